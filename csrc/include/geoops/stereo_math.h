@@ -1,0 +1,393 @@
+// Per-row scalar math of the kappa-stereographic ops, shared by the C++ (CPU)
+// and CUDA kernels.  Pure C++ plus CUDA qualifiers: no torch headers.
+//
+// Every row-wise op of the family is written in terms of a handful of row
+// scalars S = (xx, yy, xy, dd, k, r):
+//     xx = <x,x>, yy = <y,y>, xy = <x,y>, dd = |x - y|^2 (accumulated directly,
+//     never as xx + yy - 2xy, so close pairs keep their accuracy),
+//     k  = curvature of the row, r = the scalar of mobius_scalar_mul.
+// A vector-valued op returns coefficients (a, b, c) and the kernel writes
+//     out = a*x + b*y + c*(x - y);
+// a scalar-valued op returns its value in `a`.
+// Each op also has a hand-derived vector-Jacobian product: given the adjoints
+// of its outputs (ga, gb, gc) it returns the adjoints of the row scalars.  The
+// kernel turns those into vector gradients:
+//     dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)
+//     dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
+// (for vector ops ga = <g,x>, gb = <g,y>, gc = <g,x-y>; for scalar ops ga = g
+// and the g-terms are absent).
+//
+// Curvature enters only through z = k * |v|^2 and the two smooth functions
+//     tanc(z)  = tan_k(v)/|v|   = tan(sqrt z)/sqrt z   (z > 0), tanh(sqrt -z)/sqrt -z (z < 0)
+//     atanc(z) = artan_k(v)/|v| = atan(sqrt z)/sqrt z  (z > 0), artanh(sqrt -z)/sqrt -z (z < 0)
+// evaluated by their Taylor series near z = 0.  Both are analytic in k through
+// k = 0, so values and k-gradients are continuous across the Euclidean limit
+// and there is no sqrt(|v|) singularity at v = 0.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define GEO_HD __host__ __device__ __forceinline__
+#else
+#define GEO_HD inline
+#endif
+
+namespace geoops {
+namespace stereo {
+
+enum Op : int {
+  MOBIUS_ADD = 0,
+  MOBIUS_SUB = 1,
+  PROJECT = 2,
+  LAMBDA_X = 3,
+  MOBIUS_SCALAR_MUL = 4,
+  EXPMAP = 5,
+  EXPMAP0 = 6,
+  LOGMAP = 7,
+  LOGMAP0 = 8,
+  DIST = 9,
+  DIST0 = 10,
+  NUM_OPS = 11,
+};
+
+// Static facts about each op, used by every backend.
+GEO_HD bool op_has_y(int op) {
+  return op == MOBIUS_ADD || op == MOBIUS_SUB || op == EXPMAP || op == LOGMAP || op == DIST;
+}
+GEO_HD bool op_scalar_out(int op) { return op == LAMBDA_X || op == DIST || op == DIST0; }
+GEO_HD bool op_has_r(int op) { return op == MOBIUS_SCALAR_MUL; }
+
+// geoopt's guard on denominators and norms.
+template <typename T> GEO_HD T min_den() { return T(1e-15); }
+
+template <typename T> struct Row {
+  T xx, yy, xy, dd, k, r;
+};
+template <typename T> struct Coef {
+  T a, b, c;
+};
+
+// Below this |z| the Taylor series are used (error < 1e-17 resp. < 1e-9 relative).
+template <typename T> GEO_HD T series_cut();
+template <> GEO_HD double series_cut<double>() { return 1e-3; }
+template <> GEO_HD float series_cut<float>() { return 0.05f; }
+
+template <typename T> GEO_HD T tanc(T z) {
+  if (fabs(z) < series_cut<T>()) {
+    return T(1) + z * (T(1) / 3 + z * (T(2) / 15 + z * (T(17) / 315 + z * (T(62) / 2835 + z * (T(1382) / 155925)))));
+  }
+  if (z < 0) {
+    T s = sqrt(-z);
+    return tanh(s) / s;
+  }
+  T s = sqrt(z);
+  return tan(s) / s;
+}
+
+// d tanc / dz, given t = tanc(z).
+template <typename T> GEO_HD T tanc_d(T z, T t) {
+  if (fabs(z) < series_cut<T>()) {
+    return T(1) / 3 + z * (T(4) / 15 + z * (T(51) / 315 + z * (T(248) / 2835 + z * (T(6910) / 155925))));
+  }
+  return (T(1) + z * t * t - t) / (T(2) * z);
+}
+
+// q = 1 + z, passed in separately because callers can often form it without
+// cancellation (e.g. (1 + k|x|^2)(1 + k|y|^2)/den for dist); near the ball's
+// boundary q is tiny and 1 - sqrt(-z) would lose every digit.
+template <typename T> GEO_HD T clamp_q(T q) { return q > min_den<T>() ? q : min_den<T>(); }
+
+template <typename T> GEO_HD T atanc(T z, T q) {
+  if (fabs(z) < series_cut<T>()) {
+    return T(1) + z * (-T(1) / 3 + z * (T(1) / 5 + z * (-T(1) / 7 + z * (T(1) / 9 + z * (-T(1) / 11)))));
+  }
+  if (z < 0) {
+    // artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
+    T s = sqrt(-z);
+    return T(0.5) * log1p(T(2) * s * (T(1) + s) / clamp_q(q)) / s;
+  }
+  T s = sqrt(z);
+  return atan(s) / s;
+}
+
+// d atanc / dz, given a = atanc(z).
+template <typename T> GEO_HD T atanc_d(T z, T q, T a) {
+  if (fabs(z) < series_cut<T>()) {
+    return -T(1) / 3 + z * (T(2) / 5 + z * (-T(3) / 7 + z * (T(4) / 9 + z * (-T(5) / 11))));
+  }
+  return (T(1) / clamp_q(q) - a) / (T(2) * z);
+}
+
+// ---------------------------------------------------------------- forward
+template <typename T> GEO_HD Coef<T> mobius_add_coef(T xx, T yy, T xy, T k) {
+  T den = T(1) - T(2) * k * xy + k * k * xx * yy;
+  den = den > min_den<T>() ? den : min_den<T>();
+  return {(T(1) - T(2) * k * xy - k * yy) / den, (T(1) + k * xx) / den, T(0)};
+}
+
+// Row adjoints of mobius_add's coefficients (ga = dL/da, gb = dL/db).
+template <typename T> GEO_HD Row<T> mobius_add_vjp(T xx, T yy, T xy, T k, T ga, T gb) {
+  T den0 = T(1) - T(2) * k * xy + k * k * xx * yy;
+  bool live = den0 > min_den<T>();
+  T den = live ? den0 : min_den<T>();
+  T a = (T(1) - T(2) * k * xy - k * yy) / den, b = (T(1) + k * xx) / den;
+  T na_ = ga / den, nb_ = gb / den;
+  T den_ = live ? -(ga * a + gb * b) / den : T(0);
+  Row<T> g;
+  g.xx = nb_ * k + den_ * k * k * yy;
+  g.yy = -na_ * k + den_ * k * k * xx;
+  g.xy = -T(2) * k * (na_ + den_);
+  g.dd = T(0);
+  g.k = na_ * (-T(2) * xy - yy) + nb_ * xx + den_ * (-T(2) * xy + T(2) * k * xx * yy);
+  g.r = T(0);
+  return g;
+}
+
+// Denominator of (-x) (+) y and its clamp.
+template <typename T> GEO_HD T sub_den(T xx, T yy, T xy, T k) {
+  T den = T(1) + T(2) * k * xy + k * k * xx * yy;
+  return den;
+}
+
+template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
+  const T k = s.k;
+  switch (op) {
+    case MOBIUS_ADD:
+      return mobius_add_coef(s.xx, s.yy, s.xy, k);
+    case MOBIUS_SUB: {
+      Coef<T> c = mobius_add_coef(s.xx, s.yy, -s.xy, k);
+      return {c.a, -c.b, T(0)};
+    }
+    case PROJECT: {
+      // param = eps; maxnorm = (1 - eps)/sqrt(-k) on the ball, no bound otherwise
+      T n = sqrt(s.xx);
+      n = n > min_den<T>() ? n : min_den<T>();
+      if (k < 0) {
+        T m = (T(1) - param) / sqrt(-k);
+        if (n > m) return {m / n, T(0), T(0)};
+      }
+      return {T(1), T(0), T(0)};
+    }
+    case LAMBDA_X: {
+      T p = T(1) + k * s.xx;
+      p = p > min_den<T>() ? p : min_den<T>();
+      return {T(2) / p, T(0), T(0)};
+    }
+    case MOBIUS_SCALAR_MUL: {
+      // tan_k(r artan_k(|x|)) / |x| = r A(k|x|^2) T(k r^2 |x|^2 A^2)
+      T z1 = k * s.xx;
+      T a1 = atanc(z1, T(1) + z1);
+      T z2 = k * s.r * s.r * s.xx * a1 * a1;
+      return {s.r * a1 * tanc(z2), T(0), T(0)};
+    }
+    case EXPMAP: {
+      // x (+) t u with t = tan_k(lambda_x |u| / 2)/|u| = h T(k h^2 |u|^2), h = 1/(1 + k|x|^2)
+      T p = T(1) + k * s.xx;
+      p = p > min_den<T>() ? p : min_den<T>();
+      T h = T(1) / p;
+      T t = h * tanc(k * h * h * s.yy);
+      Coef<T> c = mobius_add_coef(s.xx, t * t * s.yy, t * s.xy, k);
+      return {c.a, c.b * t, T(0)};
+    }
+    case EXPMAP0:
+      return {tanc(k * s.xx), T(0), T(0)};
+    case LOGMAP: {
+      // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den, |s|^2 = dd / den,
+      // out = (1 + k xx) A(k |s|^2) s
+      T den = sub_den(s.xx, s.yy, s.xy, k);
+      den = den > min_den<T>() ? den : min_den<T>();
+      T nb = T(1) + k * s.xx;
+      T p = nb > min_den<T>() ? nb : min_den<T>();
+      T z = k * s.dd / den;
+      T q = nb * (T(1) + k * s.yy) / den;
+      T f = atanc(z, q) * p;
+      return {f * k * s.dd / den, T(0), -f * nb / den};
+    }
+    case LOGMAP0: {
+      T z = k * s.xx;
+      return {atanc(z, T(1) + z), T(0), T(0)};
+    }
+    case DIST: {
+      T den = sub_den(s.xx, s.yy, s.xy, k);
+      den = den > min_den<T>() ? den : min_den<T>();
+      T ss = s.dd / den;
+      T z = k * ss;
+      T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
+      return {T(2) * sqrt(ss) * atanc(z, q), T(0), T(0)};
+    }
+    case DIST0: {
+      T z = k * s.xx;
+      return {T(2) * sqrt(s.xx) * atanc(z, T(1) + z), T(0), T(0)};
+    }
+  }
+  return {T(0), T(0), T(0)};
+}
+
+// ---------------------------------------------------------------- backward
+// Adjoints of the row scalars from the adjoints (ga, gb, gc) of the op's
+// coefficients (vector ops) or of its value (scalar ops, ga only).
+template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, T gb, T gc) {
+  const T k = s.k;
+  Row<T> g{T(0), T(0), T(0), T(0), T(0), T(0)};
+  switch (op) {
+    case MOBIUS_ADD:
+      return mobius_add_vjp(s.xx, s.yy, s.xy, k, ga, gb);
+    case MOBIUS_SUB: {
+      g = mobius_add_vjp(s.xx, s.yy, -s.xy, k, ga, -gb);
+      g.xy = -g.xy;
+      return g;
+    }
+    case PROJECT: {
+      T n = sqrt(s.xx);
+      if (k < 0 && n > min_den<T>()) {
+        T m = (T(1) - param) / sqrt(-k);
+        if (n > m) {
+          // a = m / n
+          g.xx = -ga * m / (T(2) * n * n * n);
+          g.k = ga * m / (n * T(2) * (-k));
+        }
+      }
+      return g;
+    }
+    case LAMBDA_X: {
+      T p = T(1) + k * s.xx;
+      if (p > min_den<T>()) {
+        T p_ = -T(2) * ga / (p * p);
+        g.xx = p_ * k;
+        g.k = p_ * s.xx;
+      }
+      return g;
+    }
+    case MOBIUS_SCALAR_MUL: {
+      T z1 = k * s.xx, q1 = T(1) + z1;
+      T a1 = atanc(z1, q1);
+      T z2 = k * s.r * s.r * s.xx * a1 * a1;
+      T t2 = tanc(z2);
+      T z2_ = ga * s.r * a1 * tanc_d(z2, t2);
+      T a1_ = ga * s.r * t2 + z2_ * T(2) * k * s.r * s.r * s.xx * a1;
+      T z1_ = a1_ * atanc_d(z1, q1, a1);
+      g.xx = z2_ * k * s.r * s.r * a1 * a1 + z1_ * k;
+      g.k = z2_ * s.r * s.r * s.xx * a1 * a1 + z1_ * s.xx;
+      g.r = ga * a1 * t2 + z2_ * T(2) * k * s.r * s.xx * a1 * a1;
+      return g;
+    }
+    case EXPMAP: {
+      T p0 = T(1) + k * s.xx;
+      bool live = p0 > min_den<T>();
+      T h = T(1) / (live ? p0 : min_den<T>());
+      T z = k * h * h * s.yy;
+      T tz = tanc(z);
+      T t = h * tz;
+      T Y = t * t * s.yy, XY = t * s.xy;
+      Coef<T> c = mobius_add_coef(s.xx, Y, XY, k);
+      // out = A x + (B t) u
+      Row<T> m = mobius_add_vjp(s.xx, Y, XY, k, ga, gb * t);
+      T t_ = gb * c.b + m.yy * T(2) * t * s.yy + m.xy * s.xy;
+      g.yy = m.yy * t * t;
+      g.xy = m.xy * t;
+      g.xx = m.xx;
+      g.k = m.k;
+      T h_ = t_ * tz;
+      T z_ = t_ * h * tanc_d(z, tz);
+      g.k += z_ * h * h * s.yy;
+      h_ += z_ * T(2) * k * h * s.yy;
+      g.yy += z_ * k * h * h;
+      if (live) {
+        T p_ = -h_ * h * h;
+        g.xx += p_ * k;
+        g.k += p_ * s.xx;
+      }
+      return g;
+    }
+    case EXPMAP0: {
+      T z = k * s.xx;
+      T z_ = ga * tanc_d(z, tanc(z));
+      g.xx = z_ * k;
+      g.k = z_ * s.xx;
+      return g;
+    }
+    case LOGMAP: {
+      T den0 = sub_den(s.xx, s.yy, s.xy, k);
+      bool den_live = den0 > min_den<T>();
+      T den = den_live ? den0 : min_den<T>();
+      T nb = T(1) + k * s.xx;
+      bool p_live = nb > min_den<T>();
+      T p = p_live ? nb : min_den<T>();
+      T z = k * s.dd / den;
+      T q = nb * (T(1) + k * s.yy) / den;
+      T A = atanc(z, q);
+      T f = A * p;
+      T a = f * k * s.dd / den, c = -f * nb / den;
+      // a = f k dd / den, c = -f nb / den
+      T f_ = ga * k * s.dd / den - gc * nb / den;
+      T dd_ = ga * f * k / den;
+      T nb_ = -gc * f / den;
+      T den_ = -(a * ga + c * gc) / den;
+      T k_ = ga * f * s.dd / den;
+      // f = A(z) p
+      T A_ = f_ * p;
+      T p_ = f_ * A;
+      T z_ = A_ * atanc_d(z, q, A);
+      k_ += z_ * s.dd / den;
+      dd_ += z_ * k / den;
+      den_ -= z_ * z / den;
+      T xx1 = nb_ + (p_live ? p_ : T(0));
+      g.xx = xx1 * k;
+      k_ += xx1 * s.xx;
+      if (den_live) {
+        g.xy = den_ * T(2) * k;
+        g.xx += den_ * k * k * s.yy;
+        g.yy = den_ * k * k * s.xx;
+        k_ += den_ * (T(2) * s.xy + T(2) * k * s.xx * s.yy);
+      }
+      g.dd = dd_;
+      g.k = k_;
+      return g;
+    }
+    case LOGMAP0: {
+      T z = k * s.xx, q = T(1) + z;
+      T z_ = ga * atanc_d(z, q, atanc(z, q));
+      g.xx = z_ * k;
+      g.k = z_ * s.xx;
+      return g;
+    }
+    case DIST: {
+      T den0 = sub_den(s.xx, s.yy, s.xy, k);
+      bool den_live = den0 > min_den<T>();
+      T den = den_live ? den0 : min_den<T>();
+      T ss = s.dd / den;
+      if (!(ss > T(0))) return g;  // |s| is not differentiable at 0: zero subgradient, like torch.norm
+      T w = sqrt(ss);
+      T z = k * ss;
+      T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
+      T A = atanc(z, q), Ad = atanc_d(z, q, A);
+      // v = 2 w A(k w^2)
+      T ss_ = ga * (A / w + T(2) * w * k * Ad);
+      T k_ = ga * T(2) * w * Ad * ss;
+      g.dd = ss_ / den;
+      T den_ = -ss_ * ss / den;
+      if (den_live) {
+        g.xy = den_ * T(2) * k;
+        g.xx = den_ * k * k * s.yy;
+        g.yy = den_ * k * k * s.xx;
+        k_ += den_ * (T(2) * s.xy + T(2) * k * s.xx * s.yy);
+      }
+      g.k = k_;
+      return g;
+    }
+    case DIST0: {
+      if (!(s.xx > T(0))) return g;
+      T w = sqrt(s.xx);
+      T z = k * s.xx, q = T(1) + z;
+      T A = atanc(z, q), Ad = atanc_d(z, q, A);
+      g.xx = ga * (A / w + T(2) * w * k * Ad);
+      g.k = ga * T(2) * w * Ad * s.xx;
+      return g;
+    }
+  }
+  return g;
+}
+
+}  // namespace stereo
+}  // namespace geoops

@@ -1,0 +1,27 @@
+// Python binding of every compiled geoops kernel (module geoops._C).
+//
+// The operator schemas themselves are registered from Python with
+// torch.library (geoops/_ops.py), which also chooses the backend per call;
+// this module only exposes the kernels.  CUDA kernels are pure CUDA with
+// raw-pointer launchers (csrc/cuda/*.cu); their tensor-level wrappers are
+// compiled only when the extension is built with CUDA (GEOOPS_WITH_CUDA).
+#include <torch/extension.h>
+
+#include "cpu/stereographic.h"
+#ifdef GEOOPS_WITH_CUDA
+#include "cuda/bindings.h"
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "geoops compiled kernels";
+  m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
+  m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+#ifdef GEOOPS_WITH_CUDA
+  m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");
+  m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, "kappa-stereographic row op, backward (CUDA)");
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.attr("abi_version") = 1;
+}

@@ -1,0 +1,171 @@
+"""Which implementation runs for a tensor.
+
+Backends:
+    cpp        fused C++ kernels of geoops._C (CPU tensors)
+    triton     Triton kernels of geoops.kernels (CUDA tensors; CPU tensors only
+               under the Triton interpreter, TRITON_INTERPRET=1)
+    cuda       CUDA C++ kernels of geoops._C (CUDA tensors; built when torch has CUDA)
+    reference  the eager torch code of geoops.reference, differentiated by autograd
+    auto       CPU -> cpp, CUDA -> triton (cuda if Triton is missing); reference
+               wherever the preferred kernels are unavailable
+
+Force one with the environment variable GEOOPS_BACKEND or geoops.set_backend();
+geoops.use_backend() is the scoped form.  GEOOPS_CHECK=1 turns on the checks
+that need a pass over the data (non-finite values, points outside the ball).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("auto", "cpp", "triton", "cuda", "reference")
+# Bumped whenever the binding's signatures change; a built _C with another
+# value is stale and is not used.
+ABI_VERSION = 1
+
+_state = {"backend": None, "check": None}
+_cache: dict = {}
+
+
+def _env_backend() -> str:
+    name = os.environ.get("GEOOPS_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"GEOOPS_BACKEND={name!r} is not one of {', '.join(BACKENDS)}")
+    return name
+
+
+def get_backend() -> str:
+    """The forced backend, or 'auto'."""
+    if _state["backend"] is None:
+        _state["backend"] = _env_backend()
+    return _state["backend"]
+
+
+def set_backend(name: str) -> None:
+    """Force a backend for every op: one of auto, cpp, triton, cuda, reference."""
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    _state["backend"] = name.lower()
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager: run the enclosed ops with backend `name`."""
+    old = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _state["backend"] = old
+
+
+def checks_enabled() -> bool:
+    if _state["check"] is None:
+        _state["check"] = os.environ.get("GEOOPS_CHECK", "0").strip().lower() in ("1", "true", "yes", "on")
+    return _state["check"]
+
+
+def set_checks(enabled: bool) -> None:
+    """Turn the data-dependent debug checks (GEOOPS_CHECK) on or off."""
+    _state["check"] = bool(enabled)
+
+
+# ---------------------------------------------------------------- compiled extension
+def _stale_sources(so_path: Path) -> list:
+    """Sources newer than the built library (only in a source checkout)."""
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    if not csrc.is_dir():
+        return []
+    built = so_path.stat().st_mtime
+    exts = (".cpp", ".h", ".cu", ".cuh")
+    return [str(p.relative_to(csrc.parent)) for p in csrc.rglob("*") if p.suffix in exts and p.stat().st_mtime > built]
+
+
+def compiled():
+    """The geoops._C module, or None (with one warning saying how to build it)."""
+    if "C" in _cache:
+        return _cache["C"]
+    mod, why = None, None
+    try:
+        mod = importlib.import_module("geoops._C")
+    except ImportError as e:  # not built, or built against another torch
+        why = f"it could not be imported ({e})"
+    if mod is not None:
+        if getattr(mod, "abi_version", None) != ABI_VERSION:
+            why, mod = f"it was built from other sources (abi {getattr(mod, 'abi_version', None)} != {ABI_VERSION})", None
+        else:
+            stale = _stale_sources(Path(mod.__file__))
+            if stale:
+                warnings.warn(
+                    f"geoops._C is older than {len(stale)} source file(s) ({', '.join(stale[:3])}...); "
+                    "rebuild with `pip install --no-build-isolation -e .`",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    if mod is None:
+        warnings.warn(
+            f"geoops: the compiled extension geoops._C is not used: {why}. Every op falls back to the "
+            "eager reference (slow). Build it with `pip install --no-build-isolation -e .` "
+            "in an environment that has torch.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    _cache["C"] = mod
+    return mod
+
+
+def triton_kernels():
+    """geoops.kernels.stereographic when Triton imports, else None."""
+    if "triton" not in _cache:
+        try:
+            _cache["triton"] = importlib.import_module("geoops.kernels.stereographic")
+        except Exception:  # ImportError, or a Triton that fails on import
+            _cache["triton"] = None
+    return _cache["triton"]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(name: str, device: torch.device) -> bool:
+    """Can backend `name` run tensors on `device`?"""
+    if name == "reference":
+        return True
+    if name == "cpp":
+        return device.type == "cpu" and compiled() is not None
+    if name == "cuda":
+        C = compiled()
+        return device.type == "cuda" and C is not None and bool(getattr(C, "with_cuda", False))
+    if name == "triton":
+        ok_dev = device.type == "cuda" or (device.type == "cpu" and _interpreting())
+        return ok_dev and triton_kernels() is not None
+    return False
+
+
+def resolve(device: torch.device) -> str:
+    """The backend that runs tensors on `device` (raises if a forced one cannot)."""
+    forced = get_backend()
+    if forced != "auto":
+        if not available(forced, device):
+            raise RuntimeError(
+                f"geoops backend {forced!r} cannot run tensors on {device.type}: "
+                + {
+                    "cpp": "it needs CPU tensors and the compiled extension geoops._C",
+                    "cuda": "it needs CUDA tensors and geoops._C built with CUDA",
+                    "triton": "it needs CUDA tensors (or TRITON_INTERPRET=1 for CPU) and an importable Triton",
+                }.get(forced, "")
+            )
+        return forced
+    if device.type == "cpu":
+        return "cpp" if available("cpp", device) else "reference"
+    if device.type == "cuda":
+        for name in ("triton", "cuda"):
+            if available(name, device):
+                return name
+    return "reference"

@@ -1,0 +1,4 @@
+"""Readable eager implementations: the oracle of the tests and the `reference` backend."""
+from . import stereographic
+
+__all__ = ["stereographic"]

@@ -1,0 +1,155 @@
+"""Eager reference of the kappa-stereographic ops: readable torch, fp64-capable.
+
+This is the oracle of the test-suite and the ``reference`` backend.  The
+signatures are geoopt's (``geoopt.manifolds.stereographic.math``): ``k`` is a
+tensor of any sign (k < 0 Poincare ball of radius 1/sqrt(-k), k = 0 Euclidean
+space, k > 0 projected sphere) that broadcasts against the batch dimensions.
+
+Curvature enters only through the two analytic functions
+
+    tanc(z)  = tan(sqrt z)/sqrt z    (= tanh(sqrt -z)/sqrt -z for z < 0)
+    atanc(z) = atan(sqrt z)/sqrt z   (= artanh(sqrt -z)/sqrt -z for z < 0)
+
+with z = k*|v|^2, so that tan_k(|v|) v/|v| = tanc(k|v|^2) v and
+artan_k(|v|) v/|v| = atanc(k|v|^2) v.  Near z = 0 both use their Taylor series:
+the ops are smooth in k through the Euclidean limit and at v = 0.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "project",
+    "lambda_x",
+    "mobius_add",
+    "mobius_sub",
+    "mobius_scalar_mul",
+    "expmap",
+    "expmap0",
+    "logmap",
+    "logmap0",
+    "dist",
+    "dist0",
+    "tan_k",
+    "artan_k",
+    "default_eps",
+]
+
+MIN_NORM = 1e-15
+_SERIES_CUT = 1e-3
+
+# Default projection margins (geoopt's for fp32/fp64; half types keep the
+# boundary representable after rounding to their 8/11-bit mantissas).
+_BALL_EPS = {torch.float64: 1e-5, torch.float32: 4e-3, torch.float16: 4e-3, torch.bfloat16: 8e-3}
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    return _BALL_EPS.get(dtype, 4e-3)
+
+
+def _split(z: torch.Tensor):
+    """Masks and clamped copies of z for the three regimes (safe under autograd)."""
+    small = z.abs() < _SERIES_CUT
+    neg = z < 0
+    z_s = z.clamp(-_SERIES_CUT, _SERIES_CUT)
+    z_neg = z.clamp(max=-_SERIES_CUT)
+    z_pos = z.clamp(min=_SERIES_CUT)
+    return small, neg, z_s, z_neg, z_pos
+
+
+def tanc(z: torch.Tensor) -> torch.Tensor:
+    """tan(sqrt z)/sqrt z, analytic through z = 0."""
+    small, neg, zs, zn, zp = _split(z)
+    series = 1 + zs * (1 / 3 + zs * (2 / 15 + zs * (17 / 315 + zs * (62 / 2835 + zs * (1382 / 155925)))))
+    sn, sp = (-zn).sqrt(), zp.sqrt()
+    closed = torch.where(neg, torch.tanh(sn) / sn, torch.tan(sp) / sp)
+    return torch.where(small, series, closed)
+
+
+def atanc(z: torch.Tensor) -> torch.Tensor:
+    """atan(sqrt z)/sqrt z, analytic through z = 0 (artanh branch for z < 0)."""
+    small, neg, zs, zn, zp = _split(z)
+    series = 1 + zs * (-1 / 3 + zs * (1 / 5 + zs * (-1 / 7 + zs * (1 / 9 + zs * (-1 / 11)))))
+    # points outside the ball (z <= -1) are clamped just inside it, like geoopt
+    sn = (-zn).sqrt().clamp(max=1 - 1e-15 if z.dtype == torch.float64 else 1 - 1e-7)
+    sp = zp.sqrt()
+    closed = torch.where(neg, torch.atanh(sn) / sn, torch.atan(sp) / sp)
+    return torch.where(small, series, closed)
+
+
+def _sqnorm(x: torch.Tensor, dim: int, keepdim: bool = True) -> torch.Tensor:
+    return (x * x).sum(dim=dim, keepdim=keepdim)
+
+
+def tan_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return x * tanc(k * x * x)
+
+
+def artan_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return x * atanc(k * x * x)
+
+
+def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1) -> torch.Tensor:
+    if eps < 0:
+        eps = default_eps(x.dtype)
+    norm = x.norm(dim=dim, keepdim=True, p=2).clamp_min(MIN_NORM)
+    kabs = k.abs().clamp_min(MIN_NORM)
+    maxnorm = torch.where(k < 0, (1 - eps) / kabs.sqrt(), torch.full_like(kabs, 1e15))
+    return torch.where(norm > maxnorm, x / norm * maxnorm, x)
+
+
+def lambda_x(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
+    lam = 2 / (1 + k * _sqnorm(x, dim)).clamp_min(MIN_NORM)
+    return lam if keepdim else lam.squeeze(dim)
+
+
+def mobius_add(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    x2, y2 = _sqnorm(x, dim), _sqnorm(y, dim)
+    xy = (x * y).sum(dim=dim, keepdim=True)
+    num = (1 - 2 * k * xy - k * y2) * x + (1 + k * x2) * y
+    den = 1 - 2 * k * xy + k * k * x2 * y2
+    return num / den.clamp_min(MIN_NORM)
+
+
+def mobius_sub(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return mobius_add(x, -y, k=k, dim=dim)
+
+
+def mobius_scalar_mul(r: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    # tan_k(r artan_k(|x|)) x/|x|  with  artan_k(|x|) = |x| atanc(k|x|^2)
+    x2 = _sqnorm(x, dim)
+    a = atanc(k * x2)
+    return x * (r * a * tanc(k * r * r * x2 * a * a))
+
+
+def expmap0(u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return u * tanc(k * _sqnorm(u, dim))
+
+
+def logmap0(y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return y * atanc(k * _sqnorm(y, dim))
+
+
+def expmap(x: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    # x (+) tan_k(lambda_x |u| / 2) u/|u|
+    half_lam = lambda_x(x, k=k, keepdim=True, dim=dim) / 2
+    second = u * (half_lam * tanc(k * half_lam * half_lam * _sqnorm(u, dim)))
+    return mobius_add(x, second, k=k, dim=dim)
+
+
+def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    # 2/lambda_x * artan_k(|s|) s/|s|,  s = (-x) (+) y
+    s = mobius_add(-x, y, k=k, dim=dim)
+    lam = lambda_x(x, k=k, keepdim=True, dim=dim)
+    return s * (2 / lam * atanc(k * _sqnorm(s, dim)))
+
+
+def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
+    s = mobius_add(-x, y, k=k, dim=dim)
+    d = 2 * artan_k(s.norm(dim=dim, p=2, keepdim=True), k)
+    return d if keepdim else d.squeeze(dim)
+
+
+def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
+    d = 2 * artan_k(x.norm(dim=dim, p=2, keepdim=True), k)
+    return d if keepdim else d.squeeze(dim)
