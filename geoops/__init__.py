@@ -4,10 +4,13 @@ Families: ``geoops.stereographic`` (kappa-stereographic / Poincare-ball ops,
 geoopt-compatible).  Backends and switches: see ``geoops._backend``.
 """
 from ._backend import BACKENDS, checks_enabled, get_backend, set_backend, set_checks, use_backend
+from . import _backend as _backend_mod
 from . import _ops  # registers torch.ops.geoops.*
 from . import reference, stereographic
 
 __version__ = "0.1.0"
+
+_backend_mod.preload()
 
 __all__ = [
     "BACKENDS",

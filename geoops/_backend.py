@@ -76,14 +76,19 @@ def set_checks(enabled: bool) -> None:
 
 
 # ---------------------------------------------------------------- compiled extension
-def _stale_sources(so_path: Path) -> list:
-    """Sources newer than the built library (only in a source checkout)."""
+def _stale_sources(so_path: Path, with_cuda: bool) -> list:
+    """Sources of the built library that are newer than it (only in a source checkout)."""
     csrc = Path(__file__).resolve().parent.parent / "csrc"
     if not csrc.is_dir():
         return []
     built = so_path.stat().st_mtime
     exts = (".cpp", ".h", ".cu", ".cuh")
-    return [str(p.relative_to(csrc.parent)) for p in csrc.rglob("*") if p.suffix in exts and p.stat().st_mtime > built]
+    return [
+        str(p.relative_to(csrc.parent))
+        for p in csrc.rglob("*")
+        if p.suffix in exts and (with_cuda or "cuda" not in p.name and "cuda" not in p.parent.name)
+        and p.stat().st_mtime > built
+    ]
 
 
 def compiled():
@@ -99,7 +104,7 @@ def compiled():
         if getattr(mod, "abi_version", None) != ABI_VERSION:
             why, mod = f"it was built from other sources (abi {getattr(mod, 'abi_version', None)} != {ABI_VERSION})", None
         else:
-            stale = _stale_sources(Path(mod.__file__))
+            stale = _stale_sources(Path(mod.__file__), bool(getattr(mod, "with_cuda", False)))
             if stale:
                 warnings.warn(
                     f"geoops._C is older than {len(stale)} source file(s) ({', '.join(stale[:3])}...); "
@@ -169,3 +174,12 @@ def resolve(device: torch.device) -> str:
             if available(name, device):
                 return name
     return "reference"
+
+
+def preload() -> None:
+    """Resolve the optional modules once, eagerly, so that torch.compile never traces an import."""
+    compiled()
+    if torch.cuda.is_available() or _interpreting():
+        triton_kernels()
+    else:
+        _cache.setdefault("triton", None)  # Triton kernels only run on CUDA (or in its interpreter)

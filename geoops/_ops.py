@@ -162,11 +162,10 @@ def _register(spec: StereoOp):
     @bwd_op.register_fake
     def _(g, x, y, k, r, param, mask):
         N, D = x.shape
-        empty = x.new_empty(0)
-        dx = x.new_empty((N, D)) if mask & 1 else empty
-        dy = x.new_empty((N, D)) if (mask & 2 and y is not None) else empty
-        dk = k.new_empty((N,)) if mask & 4 else empty
-        dr = r.new_empty((N,)) if (mask & 8 and r is not None) else empty
+        dx = x.new_empty((N, D) if mask & 1 else (0,))
+        dy = x.new_empty((N, D) if (mask & 2 and y is not None) else (0,))
+        dk = k.new_empty((N,)) if mask & 4 else x.new_empty(0)
+        dr = r.new_empty((N,)) if (mask & 8 and r is not None) else x.new_empty(0)
         return dx, dy, dk, dr
 
     return fwd_op, bwd_op

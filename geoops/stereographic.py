@@ -63,7 +63,9 @@ _ON_MANIFOLD = {
 
 # ---------------------------------------------------------------- autograd
 def _make_fn(spec: _ops.StereoOp) -> type:
-    fwd_op, bwd_op = _ops.FWD[spec.name], _ops.BWD[spec.name]
+    # the OpOverloads (not the CustomOpDef objects) are what torch.compile traces
+    fwd_op = getattr(torch.ops.geoops, f"{spec.name}_fwd").default
+    bwd_op = getattr(torch.ops.geoops, f"{spec.name}_bwd").default
 
     class Fn(torch.autograd.Function):
         @staticmethod

@@ -145,8 +145,10 @@ def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) 
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    s = mobius_add(-x, y, k=k, dim=dim)
-    d = 2 * artan_k(s.norm(dim=dim, p=2, keepdim=True), k)
+    # |(-x) (+) y| = |x - y| / sqrt(1 + 2k<x,y> + k^2 |x|^2 |y|^2): no cancellation for close pairs
+    den = 1 + 2 * k * (x * y).sum(dim=dim, keepdim=True) + k * k * _sqnorm(x, dim) * _sqnorm(y, dim)
+    s_norm = (x - y).norm(dim=dim, p=2, keepdim=True) / den.clamp_min(MIN_NORM).sqrt()
+    d = 2 * artan_k(s_norm, k)
     return d if keepdim else d.squeeze(dim)
 
 

@@ -1,0 +1,437 @@
+"""kappa-stereographic family: parity, gradients, geoopt agreement, properties, errors, compile."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import geoops
+import geoops.stereographic as gs
+from geoops import parity
+from geoops._ops import STEREO_OPS
+from geoops.reference import stereographic as ref
+
+OPS = list(STEREO_OPS)
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+CPU_BACKENDS = ["cpp", "reference"]
+CASES = parity.make_cases()
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _call(op, *tensors, k, **kw):
+    return getattr(gs, op)(*tensors, k=k, **kw)
+
+
+_GEN = torch.Generator().manual_seed(1234)
+
+
+def _rand(*shape, scale=0.3, dtype=torch.float64, gen=None):
+    """Seeded normal samples (the module's generator unless one is given)."""
+    return torch.randn(*shape, dtype=dtype, generator=gen or _GEN) * scale
+
+
+def _inputs(op, shape, dtype=torch.float64, seed=0, scale=0.3):
+    """Positional tensors of `op` for vectors of `shape` (inside the unit ball for moderate shapes)."""
+    g = torch.Generator().manual_seed(seed)
+    d = shape[-1]
+    s = scale / math.sqrt(max(d, 1))
+    spec = STEREO_OPS[op]
+    if spec.has_r:
+        return [_rand(*shape[:-1], 1, scale=1.0, dtype=dtype, gen=g), _rand(*shape, scale=s, dtype=dtype, gen=g)]
+    if spec.has_y:
+        return [_rand(*shape, scale=s, dtype=dtype, gen=g), _rand(*shape, scale=s, dtype=dtype, gen=g)]
+    return [_rand(*shape, scale=s * (8 if op == "project" else 1), dtype=dtype, gen=g)]
+
+
+# ---------------------------------------------------------------- parity with the fp64 reference
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_parity_cases(op, dtype):
+    """Every case of the parity run (interior, boundary, tiny, zero, odd D; 6 curvatures) holds its bound."""
+    failures = []
+    for case in (c for c in CASES if c.op == op):
+        for q, err, bound, finite in parity.check_case(case, "cpp", dtype):
+            if not finite or err > bound:
+                failures.append(f"{case.name}:{q} err={err:.3e} bound={bound:.3e} finite={finite}")
+    assert not failures, "\n".join(failures[:20])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("shape", [(7, 33), (1, 1), (0, 3), (2, 3, 5), (4, 0)], ids=str)
+def test_forward_matches_reference_fp64(op, shape, backend):
+    args = _inputs(op, shape)
+    k = torch.tensor(-0.7, dtype=torch.float64)
+    with geoops.use_backend(backend):
+        ours = _call(op, *args, k=k)
+    expect = _call_ref(op, *args, k=k)
+    assert ours.shape == expect.shape and ours.dtype == expect.dtype
+    torch.testing.assert_close(ours, expect, rtol=1e-10, atol=1e-12)
+
+
+def _call_ref(op, *args, k, **kw):
+    return getattr(ref, op)(*args, k=k, **kw)
+
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("kval", [-1.0, -1e-4, 0.0, 0.6])
+def test_gradcheck_through_kernels(op, kval):
+    """fp64 gradcheck of the hand-written backward kernels, w.r.t. every input, k included."""
+    args = [a.requires_grad_() for a in _inputs(op, (3, 4), seed=1)]
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    with geoops.use_backend("cpp"):
+        assert gradcheck(lambda *a: _call(op, *a[:-1], k=a[-1]), (*args, k), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gradcheck_per_row_curvature(op):
+    """k with one value per row (shape (B, 1)), mixed signs."""
+    args = [a.requires_grad_() for a in _inputs(op, (4, 3), seed=2)]
+    k = torch.tensor([[-1.0], [0.3], [-2e-4], [0.0]], dtype=torch.float64, requires_grad=True)
+    with geoops.use_backend("cpp"):
+        assert gradcheck(lambda *a: _call(op, *a[:-1], k=a[-1]), (*args, k), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gradients_match_reference_fp32(op):
+    args = _inputs(op, (17, 9), dtype=torch.float32, seed=3)
+    k = torch.tensor(-0.9)
+    res = {}
+    for backend in CPU_BACKENDS:
+        leaves = [a.clone().requires_grad_() for a in args]
+        kk = k.clone().requires_grad_()
+        with geoops.use_backend(backend):
+            out = _call(op, *leaves, k=kk)
+        g = torch.ones_like(out) * torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        res[backend] = torch.autograd.grad(out, leaves + [kk], g)
+    for a, b in zip(res["cpp"], res["reference"]):
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_zero_vectors_finite_values_and_gradients(op):
+    args = [torch.zeros(3, 4, dtype=torch.float64) for _ in _inputs(op, (3, 4))]
+    if STEREO_OPS[op].has_r:
+        args[0] = torch.full((3, 1), 0.5, dtype=torch.float64)
+    args = [a.requires_grad_() for a in args]
+    for kval in (-1.0, 0.0, 1.0):
+        k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+        out = _call(op, *args, k=k)
+        grads = torch.autograd.grad(out.sum(), args + [k])
+        assert torch.isfinite(out).all()
+        assert all(torch.isfinite(g).all() for g in grads), op
+
+
+# ---------------------------------------------------------------- agreement with geoopt (independent oracle)
+geoopt_math = pytest.importorskip("geoopt.manifolds.stereographic.math")
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("kval", [-1.0, -0.3, 0.0, 0.5])
+def test_matches_geoopt_fp64(op, kval):
+    args = [a.requires_grad_() for a in _inputs(op, (6, 5), seed=4)]
+    k1 = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    k2 = k1.detach().clone().requires_grad_()
+    ours = _call(op, *args, k=k1)
+    theirs = getattr(geoopt_math, op)(*args, k=k2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-11)
+    g = torch.randn(ours.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ga = torch.autograd.grad(ours, args + [k1], g, allow_unused=True)
+    gb = torch.autograd.grad(theirs, args + [k2], g, allow_unused=True)
+    for a, b in zip(ga, gb):
+        if b is None:  # geoopt's k=0 path has no k gradient; ours has the exact Euclidean-limit one
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_better_than_geoopt_where_geoopt_is_poor():
+    """fp32 logmap0 of tiny vectors and dist near the boundary: geoops stays accurate."""
+    k = torch.tensor(-1.0)
+    y = torch.full((4, 8), 1e-6 / math.sqrt(8))  # |y| = 1e-6
+    truth = ref.logmap0(y.double(), k=k.double())
+    ours_err = (gs.logmap0(y, k=k).double() - truth).abs().max() / truth.abs().max()
+    geo_err = (geoopt_math.logmap0(y, k=k).double() - truth).abs().max() / truth.abs().max()
+    assert ours_err < 1e-6 < geo_err
+    # points at 1e-4 .. 1e-3 from the boundary
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(64, 16, generator=g, dtype=torch.float64)
+    u = u / u.norm(dim=-1, keepdim=True)
+    x = (u * (1 - torch.logspace(-4, -3, 64, dtype=torch.float64)).unsqueeze(-1)).float()
+    y = (torch.roll(u, 1, 0) * 0.5).float()
+    truth = ref.dist(x.double(), y.double(), k=k.double())
+    ours = (gs.dist(x, y, k=k).double() - truth).abs().max()
+    theirs = (geoopt_math.dist(x, y, k=k).double() - truth).abs().max()
+    assert ours < 1e-4 and ours * 10 < theirs
+
+
+# ---------------------------------------------------------------- layouts
+@pytest.mark.parametrize("op", ["mobius_add", "logmap", "dist", "expmap"])
+def test_broadcasting_and_bias_gradient(op):
+    x = _rand(4, 1, 5, scale=0.15).requires_grad_()
+    y = _rand(3, 5, scale=0.15).requires_grad_()
+    k = torch.tensor([[[-0.5]], [[-1.0]], [[0.2]], [[0.0]]], dtype=torch.float64, requires_grad=True)
+    ours = _call(op, x, y, k=k)
+    expect = _call_ref(op, x, y, k=k)
+    torch.testing.assert_close(ours, expect, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, (x, y, k), g), torch.autograd.grad(expect, (x, y, k), g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_dim_and_noncontiguous(op):
+    """Vectors along dim=1 of a transposed (non-contiguous) view give the same rows."""
+    args = _inputs(op, (5, 6, 7), seed=5)  # vectors along the last dim
+    k = torch.tensor(-0.8, dtype=torch.float64)
+    base = _call(op, *args, k=k)
+    moved = [a.transpose(1, 2) for a in args]  # vectors along dim 1; r becomes (5, 1, 6)
+    assert not moved[-1].is_contiguous()
+    for d in (1, -2):
+        ours = _call(op, *moved, k=k, dim=d)
+        torch.testing.assert_close(ours, _call_ref(op, *moved, k=k, dim=d), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ours if STEREO_OPS[op].scalar_out else ours.transpose(1, 2), base,
+                                   rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("op", ["lambda_x", "dist", "dist0"])
+def test_keepdim(op):
+    args = _inputs(op, (3, 4, 5))
+    k = torch.tensor(-1.0, dtype=torch.float64)
+    for keepdim in (True, False):
+        for d in (0, 1, -1):
+            ours = _call(op, *args, k=k, dim=d, keepdim=keepdim)
+            expect = _call_ref(op, *args, k=k, dim=d, keepdim=keepdim)
+            assert ours.shape == expect.shape
+            torch.testing.assert_close(ours, expect, rtol=1e-10, atol=1e-12)
+
+
+def test_python_number_curvature_and_mixed_dtypes():
+    x, y = _rand(3, 4, dtype=torch.float32), _rand(3, 4)
+    out = gs.mobius_add(x, y, k=-1.0)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref.mobius_add(x.double(), y, k=torch.tensor(-1.0, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_returns_own_dtype(dtype):
+    x, y = _rand(5, 8, dtype=dtype), _rand(5, 8, dtype=dtype)
+    for op in ("mobius_add", "dist", "expmap0"):
+        args = (x, y) if STEREO_OPS[op].has_y else (x,)
+        assert _call(op, *args, k=torch.tensor(-1.0)).dtype == dtype
+
+
+# ---------------------------------------------------------------- properties of the geometry
+@pytest.mark.parametrize("kval", [-1.0, -0.2, 0.0, 0.7])
+def test_geometric_identities(kval):
+    k = torch.tensor(kval, dtype=torch.float64)
+    x, y = _inputs("mobius_add", (32, 6), seed=7)
+    u = _rand(32, 6, scale=0.1)
+    # left cancellation (-x) (+) (x (+) y) = y
+    torch.testing.assert_close(gs.mobius_add(-x, gs.mobius_add(x, y, k=k), k=k), y, rtol=1e-9, atol=1e-12)
+    # logmap inverts expmap, and both maps at 0 agree with the general ones
+    torch.testing.assert_close(gs.logmap(x, gs.expmap(x, u, k=k), k=k), u, rtol=1e-8, atol=1e-11)
+    zero = torch.zeros_like(x)
+    torch.testing.assert_close(gs.expmap(zero, u, k=k), gs.expmap0(u, k=k), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gs.logmap(zero, y, k=k), gs.logmap0(y, k=k), rtol=1e-12, atol=1e-14)
+    # distance: symmetric, dist(0, x) = dist0(x), and |logmap_x(y)|_x = dist(x, y)
+    torch.testing.assert_close(gs.dist(x, y, k=k), gs.dist(y, x, k=k), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gs.dist(zero, y, k=k), gs.dist0(y, k=k), rtol=1e-10, atol=1e-12)
+    riem = gs.lambda_x(x, k=k) * gs.logmap(x, y, k=k).norm(dim=-1)
+    torch.testing.assert_close(riem, gs.dist(x, y, k=k), rtol=1e-9, atol=1e-12)
+    # scalar multiplication: 2 (x) x = x (+) x, and r (x) (s (x) x) = (r s) (x) x
+    two = torch.full((32, 1), 2.0, dtype=torch.float64)
+    torch.testing.assert_close(gs.mobius_scalar_mul(two, x, k=k), gs.mobius_add(x, x, k=k), rtol=1e-9, atol=1e-12)
+    r, s = torch.full((32, 1), 0.3, dtype=torch.float64), torch.full((32, 1), -1.7, dtype=torch.float64)
+    torch.testing.assert_close(gs.mobius_scalar_mul(r, gs.mobius_scalar_mul(s, x, k=k), k=k),
+                               gs.mobius_scalar_mul(r * s, x, k=k), rtol=1e-9, atol=1e-12)
+
+
+def test_rotation_equivariance():
+    """Every op commutes with orthogonal maps (dist is invariant)."""
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    k = torch.tensor(-1.3, dtype=torch.float64)
+    x, y = _inputs("mobius_add", (10, 6), seed=8)
+    for op in ("mobius_add", "expmap", "logmap"):
+        torch.testing.assert_close(_call(op, x @ q, y @ q, k=k), _call(op, x, y, k=k) @ q, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gs.dist(x @ q, y @ q, k=k), gs.dist(x, y, k=k), rtol=1e-10, atol=1e-12)
+
+
+def test_project_lands_inside():
+    for dtype in DTYPES:
+        x = torch.randn(50, 7).to(dtype) * 3
+        for kval in (-1.0, -4.0):
+            p = gs.project(x, k=torch.tensor(kval))
+            assert p.dtype == dtype
+            assert (p.double().norm(dim=-1) < 1 / math.sqrt(-kval)).all(), dtype
+
+
+# ---------------------------------------------------------------- errors (one per documented message)
+def test_error_integer_dtype_names_argument():
+    with pytest.raises(TypeError, match=r"mobius_add: y must be a floating-point tensor"):
+        gs.mobius_add(torch.randn(2, 3), torch.ones(2, 3, dtype=torch.int64), k=torch.tensor(-1.0))
+    with pytest.raises(TypeError, match=r"expmap0: u must be a floating-point tensor"):
+        gs.expmap0(torch.ones(2, 3, dtype=torch.int32), k=-1.0)
+
+
+def test_error_not_a_tensor():
+    with pytest.raises(TypeError, match=r"dist: x must be a torch.Tensor, got list"):
+        gs.dist([1.0, 2.0], torch.randn(2), k=-1.0)
+
+
+def test_error_shapes_do_not_broadcast():
+    with pytest.raises(ValueError, match=r"x and y do not broadcast: shapes \(3, 4\) and \(5, 4\)"):
+        gs.mobius_add(torch.randn(3, 4), torch.randn(5, 4), k=torch.tensor(-1.0))
+
+
+def test_error_mixed_devices():
+    with pytest.raises(ValueError, match=r"y is on meta but x is on cpu"):
+        gs.dist(torch.randn(3, 4), torch.randn(3, 4, device="meta"), k=torch.tensor(-1.0))
+    with pytest.raises(ValueError, match=r"k is on meta but x is on cpu"):
+        gs.expmap0(torch.randn(3, 4), k=torch.randn(3, 1, device="meta"))
+
+
+def test_error_curvature_shape():
+    with pytest.raises(ValueError, match=r"k must have size 1 along dim=-1"):
+        gs.mobius_add(torch.randn(3, 4), torch.randn(3, 4), k=torch.randn(4))
+    with pytest.raises(ValueError, match=r"k of shape \(2, 1\) does not broadcast"):
+        gs.logmap0(torch.randn(3, 4), k=torch.randn(2, 1))
+    with pytest.raises(TypeError, match=r"k must be a floating-point tensor"):
+        gs.logmap0(torch.randn(3, 4), k=torch.tensor(-1))
+
+
+def test_error_scalar_mul_r_shape():
+    with pytest.raises(ValueError, match=r"r must have size 1 along dim=-1"):
+        gs.mobius_scalar_mul(torch.randn(3, 4), torch.randn(3, 4), k=-1.0)
+
+
+def test_error_dim_out_of_range():
+    with pytest.raises(IndexError, match=r"dim=2 is out of range"):
+        gs.dist0(torch.randn(3, 4), k=-1.0, dim=2)
+    with pytest.raises(ValueError, match=r"at least one dimension"):
+        gs.dist0(torch.tensor(0.3), k=-1.0)
+
+
+def test_debug_checks_switch():
+    x = torch.randn(4, 3) * 0.1
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    outside = x.clone()
+    outside[0] = torch.tensor([2.0, 0.0, 0.0])
+    k = torch.tensor(-1.0)
+    gs.mobius_add(bad, x, k=k)  # off by default: no pass over the data
+    geoops.set_checks(True)
+    try:
+        with pytest.raises(ValueError, match=r"mobius_add: x has non-finite values"):
+            gs.mobius_add(bad, x, k=k)
+        with pytest.raises(ValueError, match=r"dist: y has points outside the ball"):
+            gs.dist(x, outside, k=k)
+        gs.expmap0(outside, k=k)  # tangent vectors may be long
+    finally:
+        geoops.set_checks(False)
+
+
+# ---------------------------------------------------------------- backend switch
+def test_backend_switch():
+    x, y = _inputs("mobius_add", (4, 5))
+    k = torch.tensor(-1.0, dtype=torch.float64)
+    assert geoops.get_backend() == "auto"
+    with geoops.use_backend("reference"):
+        assert geoops.get_backend() == "reference"
+        a = gs.mobius_add(x, y, k=k)
+    with geoops.use_backend("cpp"):
+        b = gs.mobius_add(x, y, k=k)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        geoops.set_backend("fast")
+    with geoops.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' cannot run tensors on cpu"):
+        gs.mobius_add(x, y, k=k)
+
+
+def test_backend_env_var():
+    code = "import geoops, torch; print(geoops.get_backend())"
+    env = {**os.environ, "GEOOPS_BACKEND": "reference"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "reference"
+
+
+# ---------------------------------------------------------------- torch.library / torch.compile
+def _op_samples(op):
+    spec = STEREO_OPS[op]
+    x = _rand(5, 4)
+    y = _rand(5, 4) if spec.has_y else None
+    k = torch.tensor([-0.5])
+    r = torch.randn(5) if spec.has_r else None
+    return x, y, k, r
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck(op):
+    x, y, k, r = _op_samples(op)
+    k = k.double()
+    r = None if r is None else r.double()
+    fwd = getattr(torch.ops.geoops, f"{op}_fwd")
+    bwd = getattr(torch.ops.geoops, f"{op}_bwd")
+    torch.library.opcheck(fwd, (x, y, k, r, 4e-3))
+    g = torch.randn(5, dtype=torch.float64) if STEREO_OPS[op].scalar_out else torch.randn(5, 4, dtype=torch.float64)
+    torch.library.opcheck(bwd, (g, x, y, k, r, 4e-3, 15))
+    torch.library.opcheck(bwd, (g, x, y, k, r, 4e-3, 1))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_torch_compile_fullgraph(op):
+    torch._dynamo.reset()
+    args = [a.float().requires_grad_() for a in _inputs(op, (6, 5))]
+    k = torch.tensor(-1.0, requires_grad=True)
+    fn = torch.compile(lambda *a: _call(op, *a[:-1], k=a[-1]), fullgraph=True, backend="aot_eager")
+    out = fn(*args, k)
+    expect = _call(op, *args, k=k)
+    torch.testing.assert_close(out, expect)
+    ga = torch.autograd.grad(out.sum(), args + [k])
+    gb = torch.autograd.grad(expect.sum(), args + [k])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor():
+    torch._dynamo.reset()
+    x, y = [a.float() for a in _inputs("mobius_add", (8, 16))]
+    fn = torch.compile(lambda a, b: gs.dist(gs.mobius_add(a, b, k=-1.0), b, k=-1.0), fullgraph=True)
+    torch.testing.assert_close(fn(x, y), gs.dist(gs.mobius_add(x, y, k=-1.0), y, k=-1.0))
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+@cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_parity_cases(op, dtype, backend):
+    if not geoops._backend.available(backend, torch.device("cuda")):
+        pytest.skip(f"backend {backend} not available on cuda")
+    failures = []
+    for case in (c for c in CASES if c.op == op):
+        for q, err, bound, finite in parity.check_case(case, backend, dtype, "cuda"):
+            if not finite or err > bound:
+                failures.append(f"{case.name}:{q} err={err:.3e} bound={bound:.3e}")
+    assert not failures, "\n".join(failures[:20])
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_cuda_large_broadcast_and_gradcheck(backend):
+    if not geoops._backend.available(backend, torch.device("cuda")):
+        pytest.skip(f"backend {backend} not available on cuda")
+    with geoops.use_backend(backend):
+        x = _rand(3, 7, 129).cuda().requires_grad_()
+        y = _rand(129).cuda().requires_grad_()
+        k = torch.tensor(-0.8, dtype=torch.float64, device="cuda", requires_grad=True)
+        assert gradcheck(lambda a, b, c: gs.logmap(a, b, k=c), (x, y, k), eps=1e-6, atol=1e-7)
+        big = torch.randn(2**17, 64, device="cuda") * 0.05
+        torch.testing.assert_close(gs.mobius_add(big, big.flip(0), k=-1.0).cpu(),
+                                   gs.mobius_add(big.cpu(), big.flip(0).cpu(), k=-1.0), rtol=2e-5, atol=2e-6)

@@ -1,0 +1,418 @@
+"""Triton backend of the kappa-stereographic family (geoops.kernels.stereographic).
+
+Checked three ways:
+* through the public API geoops.stereographic (forced to the triton backend),
+  values and every gradient (x, y, k, r) against geoops.reference in float64;
+* op by op (torch.ops.geoops.<op>_fwd/_bwd) against the C++ CPU backend, with
+  the contract's layouts (broadcast rows, strided inputs, masks, N = 0);
+* the chunked path for wide rows against the one-tile path.
+
+Tolerances: float64 |ours - ref| <= 1e-10 (1 + |ref|); float32
+|ours - ref64| <= 2 |ref32 - ref64| + 1e-5 max(1, max|ref64|), with ref32 the
+same computation in float32 (the error the float32 reference itself makes).
+"""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import geoops  # noqa: E402
+import geoops.stereographic as gm  # noqa: E402
+from geoops import _backend, _ops  # noqa: E402
+from geoops.reference import stereographic as ref  # noqa: E402
+from geoops.kernels import stereographic as S  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DEVICE = "cpu" if INTERPRET else "cuda"
+OPS = list(_ops.STEREO_OPS)
+EPS = 1e-3  # project's margin, the same in every dtype so that references agree
+HAVE_CPP = _backend.compiled() is not None
+needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason="geoops._C (the C++ CPU kernels) is not built")
+
+# curvature per row: ball, tiny, Euclidean, tiny sphere, sphere
+K_ROWS = [-1.0, -0.25, -1e-4, 0.0, 1e-4, 0.3, 1.0]
+
+
+# ---------------------------------------------------------------- comparison
+def assert_close(ours, ref64, ref32=None, what=""):
+    """float64: |ours - ref64| <= 1e-10 (1 + |ref64|); float32: <= 2|ref32 - ref64| + 1e-5 max(1, max|ref64|)."""
+    assert ours.shape == ref64.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
+    if ours.numel() == 0:
+        return
+    o = ours.detach().cpu().double()
+    r = ref64.detach().cpu().double()
+    assert torch.isfinite(r).all(), f"{what}: the reference is not finite (bad test input)"
+    if ref32 is None:
+        tol = 1e-10 * (1 + r.abs())
+    else:
+        scale = max(1.0, r.abs().max().item())
+        tol = 2 * (ref32.detach().cpu().double() - r).abs() + 1e-5 * scale
+    err = (o - r).abs()
+    bad = ~(err <= tol)  # NaN fails
+    if bad.any():
+        i = int(bad.flatten().nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements off; first at flat index {i}: "
+            f"ours {o.flatten()[i].item()!r} ref {r.flatten()[i].item()!r} tol {tol.flatten()[i].item():.3g} "
+            f"(max err {err.max().item():.3g})"
+        )
+
+
+# ---------------------------------------------------------------- inputs
+def _radius(k: torch.Tensor, cap: float = 1.2) -> torch.Tensor:
+    """Norm scale per row: 1/sqrt|k| (ball / sphere chart), capped for k ~ 0."""
+    return torch.where(k.abs() > 0, k.abs().clamp_min(1e-30).rsqrt(), torch.full_like(k, cap)).clamp(max=cap)
+
+
+def _points(gen, N, D, k_rows, frac):
+    """N points of dimension D with |x_i| = frac_i * radius(k_i) (float64, on CPU)."""
+    v = torch.randn(N, D, generator=gen, dtype=torch.float64)
+    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return v * (frac * _radius(k_rows)).unsqueeze(-1)
+
+
+def make_case(name, N, D, kspec, *, bcast=False, strided=False, seed=0):
+    """float64 CPU inputs of op `name`: dict with x, y, k (public-API shape), r, cot (output cotangent)."""
+    spec = _ops.STEREO_OPS[name]
+    gen = torch.Generator().manual_seed(seed * 1000 + 17 * N + D + len(name))
+    if kspec == "row":
+        k_rows = torch.tensor((K_ROWS * (N // len(K_ROWS) + 1))[:N], dtype=torch.float64)
+        k = k_rows.reshape(N, 1)
+    else:
+        k_rows = torch.full((N,), float(kspec), dtype=torch.float64)
+        k = torch.tensor(float(kspec), dtype=torch.float64)
+    if name == "project":  # some rows beyond the margin, some inside
+        frac = torch.tensor(([0.3, 1.2, 0.7, 1.05, 0.9, 1.3, 0.5] * (N // 7 + 1))[:N], dtype=torch.float64)
+    else:
+        frac = 0.1 + 0.75 * torch.rand(N, generator=gen, dtype=torch.float64)
+    x = _points(gen, N, D, k_rows, frac)
+    y = None
+    if spec.has_y:
+        fy = 0.1 + 0.75 * torch.rand(N, generator=gen, dtype=torch.float64)
+        y = _points(gen, N, D, k_rows, fy)
+        if bcast and N:  # one y of shape (D,) for every row: stride-0 rows in the kernel
+            # it must suit every row's k: well inside the smallest radius
+            y = y[0] / y[0].norm().clamp_min(1e-12) * 0.4 * _radius(k_rows).min()
+    if strided:  # inner stride 2: the launcher makes it contiguous
+        x = torch.stack([x, torch.zeros_like(x)], dim=-1).reshape(N, 2 * D)[:, ::2]
+    r = None
+    if spec.has_r:
+        r = (torch.rand(N, 1, generator=gen, dtype=torch.float64) * 3 - 1.5) if kspec == "row" else torch.tensor(0.8)
+        r = r.double()
+    out_shape = (N,) if spec.scalar_out else (N, D)
+    cot = torch.randn(out_shape, generator=gen, dtype=torch.float64)
+    return {"x": x, "y": y, "k": k, "r": r, "cot": cot}
+
+
+def _call(mod, name, x, y, k, r):
+    if name == "project":
+        return mod.project(x, k=k, eps=EPS)
+    if name == "mobius_scalar_mul":
+        return mod.mobius_scalar_mul(r, x, k=k)
+    if _ops.STEREO_OPS[name].has_y:
+        return getattr(mod, name)(x, y, k=k)
+    return getattr(mod, name)(x, k=k)
+
+
+def run_api(mod, name, case, dtype, device="cpu"):
+    """Value and gradients (x, y, k, r) of op `name` of module `mod` (geoopt-style signatures)."""
+    leaves = {}
+    for key in ("x", "y", "k", "r"):
+        t = case[key]
+        if t is not None:
+            t = t.to(dtype).to(device).detach().requires_grad_(True)
+        leaves[key] = t
+    out = _call(mod, name, leaves["x"], leaves["y"], leaves["k"], leaves["r"])
+    inputs = [(key, t) for key, t in leaves.items() if t is not None]
+    grads = torch.autograd.grad(out, [t for _, t in inputs], case["cot"].to(dtype).to(device), allow_unused=True)
+    res = {"out": out.detach()}
+    for (key, t), g in zip(inputs, grads):
+        res["d" + key] = torch.zeros_like(t) if g is None else g.detach()
+    return res
+
+
+def _round32(case):
+    """The float64 case rounded to float32 (and back), so that every comparison sees the same inputs."""
+    return {key: (t.float().double() if t is not None else None) for key, t in case.items()}
+
+
+# ---------------------------------------------------------------- public API vs reference
+API_CASES = {
+    "n7_d33_krows": dict(N=7, D=33, kspec="row"),
+    "n7_d64_kneg": dict(N=7, D=64, kspec=-0.7),
+    "n7_d3_kpos": dict(N=7, D=3, kspec=0.6),
+    "n1_d1_k0": dict(N=1, D=1, kspec=0.0),
+    "n7_d1_krows": dict(N=7, D=1, kspec="row"),
+    "n7_d3_ktiny_pos": dict(N=7, D=3, kspec=1e-4),
+    "n1_d64_ktiny_neg": dict(N=1, D=64, kspec=-1e-4),
+    "n7_d33_bcast_or_strided": dict(N=7, D=33, kspec="row", bcast=True, strided=True),
+    "n0_d3": dict(N=0, D=3, kspec=-1.0),
+}
+
+
+@pytest.mark.parametrize("case_id", list(API_CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", OPS)
+def test_api_vs_reference(name, dtype, case_id):
+    spec = _ops.STEREO_OPS[name]
+    kw = dict(API_CASES[case_id])
+    if kw.get("bcast") and not spec.has_y:
+        kw["bcast"] = False  # ops without y: strided x instead
+    else:
+        kw["strided"] = False
+    case = make_case(name, **kw)
+    if dtype == torch.float32:
+        case = _round32(case)
+    ours = run_api(gm, name, case, dtype, DEVICE)
+    ref64 = run_api(ref, name, case, torch.float64)
+    ref32 = run_api(ref, name, case, torch.float32) if dtype == torch.float32 else None
+    assert set(ours) == set(ref64)
+    for key in ours:
+        assert ours[key].dtype == dtype, f"{key} dtype"
+        assert_close(ours[key], ref64[key], None if ref32 is None else ref32[key], f"{name} {key}")
+
+
+# ---------------------------------------------------------------- op level vs the C++ CPU kernels
+LAYOUTS = ["plain", "bcast_rows", "strided"]
+
+
+def _op_inputs(name, layout, dtype, seed=1, N=7, D=33):
+    """Row-op inputs (x, y, k, r, grad) per the contract of geoops._ops, float64 values rounded to dtype."""
+    spec = _ops.STEREO_OPS[name]
+    case = make_case(name, N, D, "row", seed=seed)
+    x, y = case["x"], case["y"]
+    k = case["k"].reshape(N)
+    r = None if case["r"] is None else case["r"].reshape(N)
+    g = case["cot"]
+    if layout == "bcast_rows":
+        # stride-0 rows: broadcast y (or x), a single k and r, a broadcast cotangent row
+        if spec.has_y:
+            y = (y[:1] / y[:1].norm() * 0.3).expand(N, D)
+        else:
+            x = (x[:1] / x[:1].norm() * 0.3).expand(N, D)
+        k = torch.tensor([-0.8], dtype=torch.float64)
+        r = None if r is None else torch.tensor([1.3], dtype=torch.float64)
+        g = g[:1].expand(g.shape) if spec.scalar_out else g[:1].expand(N, D)
+    elif layout == "strided":
+        # inner stride 2 (made contiguous by the launcher), k and r with stride 2
+        x = torch.stack([x, -x], dim=-1).reshape(N, 2 * D)[:, ::2]
+        if y is not None:
+            y = torch.stack([y, -y], dim=-1).reshape(N, 2 * D)[:, ::2]
+        k = torch.stack([k, k], dim=-1).reshape(2 * N)[::2]
+        if r is not None:
+            r = torch.stack([r, r], dim=-1).reshape(2 * N)[::2]
+        g = g.t().contiguous().t() if not spec.scalar_out else torch.stack([g, g], -1).reshape(2 * N)[::2]
+    kd = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def cast(t, dt):
+        return None if t is None else t.to(dt)
+
+    return cast(x, dtype), cast(y, dtype), cast(k, kd), cast(r, kd), cast(g, dtype)
+
+
+def _to(t, device):
+    return None if t is None else t.to(device)
+
+
+def _run_ops(name, backend, x, y, k, r, g, mask, device="cpu"):
+    fwd = getattr(torch.ops.geoops, f"{name}_fwd")
+    bwd = getattr(torch.ops.geoops, f"{name}_bwd")
+    x, y, k, r, g = (_to(t, device) for t in (x, y, k, r, g))
+    with geoops.use_backend(backend):
+        out = fwd(x, y, k, r, EPS)
+        grads = bwd(g, x, y, k, r, EPS, mask)
+    return [out, *grads]
+
+
+def _ref_rows(name, x, y, k, r, g, mask, dtype):
+    kern = _ops._ReferenceRows
+    code = _ops.STEREO_OPS[name].code
+    x, y, g = (None if t is None else t.to(dtype) for t in (x, y, g))
+    kd = torch.float64 if dtype == torch.float64 else torch.float32
+    k = k.to(kd)
+    r = None if r is None else r.to(kd)
+    return [kern.stereo_fwd(code, x, y, k, r, EPS), *kern.stereo_bwd(code, g, x, y, k, r, EPS, mask)]
+
+
+@needs_cpp
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", OPS)
+def test_ops_vs_cpp(name, dtype, layout):
+    x, y, k, r, g = _op_inputs(name, layout, dtype)
+    mask = 15
+    ours = _run_ops(name, "triton", x, y, k, r, g, mask, DEVICE)
+    cpp = _run_ops(name, "cpp", x, y, k, r, g, mask)
+    if dtype == torch.float64:
+        ref32 = [None] * 5
+    else:
+        ref32 = _ref_rows(name, x, y, k, r, g, mask, torch.float32)
+        ref64 = _ref_rows(name, x, y, k, r, g, mask, torch.float64)
+        # tolerance from the float32 reference's own error, centred on the C++ (float64-computed) result
+        ref32 = [None if a.numel() == 0 else c.double() + (a.double() - b) for a, b, c in zip(ref32, ref64, cpp)]
+    for what, o, c, r32 in zip(["out", "dx", "dy", "dk", "dr"], ours, cpp, ref32):
+        assert o.dtype == c.dtype, f"{name} {what}: dtype {o.dtype} != {c.dtype}"
+        assert_close(o, c, r32, f"{name} {what} ({layout})")
+
+
+@needs_cpp
+@pytest.mark.parametrize("name", ["mobius_add", "mobius_scalar_mul", "logmap", "dist", "lambda_x"])
+def test_masks_vs_cpp(name):
+    """Every gradient subset: the same tensors (and the same empties) as the C++ kernels."""
+    x, y, k, r, g = _op_inputs(name, "plain", torch.float64, N=3, D=5)
+    for mask in range(16):
+        ours = _run_ops(name, "triton", x, y, k, r, g, mask, DEVICE)[1:]
+        cpp = _run_ops(name, "cpp", x, y, k, r, g, mask)[1:]
+        for what, o, c in zip(["dx", "dy", "dk", "dr"], ours, cpp):
+            assert o.shape == c.shape, f"{name} mask {mask} {what}: shape {tuple(o.shape)} != {tuple(c.shape)}"
+            assert_close(o, c, None, f"{name} mask {mask} {what}")
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", OPS)
+def test_special_rows_vs_cpp(name, dtype):
+    """Zero vectors, x == y, y == 0 and k == 0 rows: finite, and the same as the C++ kernels."""
+    spec = _ops.STEREO_OPS[name]
+    D = 4
+    base = torch.tensor([0.1, -0.2, 0.3, 0.05], dtype=torch.float64)
+    x = torch.stack([torch.zeros(D), base, base, torch.zeros(D), base]).double()
+    y = torch.stack([base, base, torch.zeros(D), torch.zeros(D), -base]).double() if spec.has_y else None
+    k = torch.tensor([-1.0, -1.0, 0.5, 0.0, 0.0], dtype=torch.float64)
+    r = torch.tensor([0.7, -1.1, 0.0, 2.0, 1.0], dtype=torch.float64) if spec.has_r else None
+    g = torch.linspace(-1, 1, 5 if spec.scalar_out else 5 * D, dtype=torch.float64).reshape((5,) if spec.scalar_out else (5, D))
+    kd = torch.float64 if dtype == torch.float64 else torch.float32
+    args = [x.to(dtype), None if y is None else y.to(dtype), k.to(kd), None if r is None else r.to(kd), g.to(dtype)]
+    ours = _run_ops(name, "triton", *args, 15, DEVICE)
+    cpp = _run_ops(name, "cpp", *args, 15)
+    for what, o, c in zip(["out", "dx", "dy", "dk", "dr"], ours, cpp):
+        assert torch.isfinite(o.cpu()).all(), f"{name} {what} not finite"
+        if dtype == torch.float64:
+            assert_close(o, c, None, f"{name} {what}")
+        else:  # C++ computes in float64: the float32 kernel is within a few float32 ulps
+            assert_close(o, c, c.double(), f"{name} {what}")
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("name", ["mobius_add", "expmap", "logmap", "dist", "mobius_scalar_mul", "project"])
+def test_half_types_vs_cpp(name, dtype):
+    """float16/bfloat16: computed in float32, stored in their own dtype; a rounding away from the C++ result."""
+    x, y, k, r, g = _op_inputs(name, "plain", dtype, N=5, D=8)
+    ours = _run_ops(name, "triton", x, y, k, r, g, 15, DEVICE)
+    cpp = _run_ops(name, "cpp", x, y, k, r, g, 15)
+    rel = 1e-2 if dtype == torch.float16 else 4e-2
+    for what, o, c in zip(["out", "dx", "dy", "dk", "dr"], ours, cpp):
+        assert o.dtype == c.dtype and o.shape == c.shape, f"{name} {what}"
+        if o.numel():
+            o64, c64 = o.cpu().double(), c.double()
+            scale = max(1.0, c64.abs().max().item())
+            assert ((o64 - c64).abs() <= rel * (c64.abs() + 0.05 * scale)).all(), f"{name} {what}: {o64} vs {c64}"
+
+
+# ---------------------------------------------------------------- wide rows (chunked path)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", OPS)
+def test_chunked_matches_one_tile(name, dtype):
+    """max_block_d=8 walks D=33 in 5 chunks (tail of 1): same results as the one-tile kernel."""
+    spec = _ops.STEREO_OPS[name]
+    x, y, k, r, g = (_to(t, DEVICE) for t in _op_inputs(name, "plain", dtype, seed=3))
+    code = spec.code
+    one = [S._stereo_fwd(code, x, y, k, r, EPS), *S._stereo_bwd(code, g, x, y, k, r, EPS, 15)]
+    chk = [S._stereo_fwd(code, x, y, k, r, EPS, max_block_d=8),
+           *S._stereo_bwd(code, g, x, y, k, r, EPS, 15, max_block_d=8)]  # fmt: skip
+    for what, a, b in zip(["out", "dx", "dy", "dk", "dr"], chk, one):
+        if dtype == torch.float64:
+            assert_close(a, b, None, f"{name} {what}")
+        else:  # other summation order: a few float32 ulps
+            assert_close(a, b, b.double(), f"{name} {what}")
+
+
+@needs_cpp
+@pytest.mark.parametrize("name", ["mobius_add", "logmap", "dist", "expmap0"])
+def test_wide_rows_vs_cpp(name):
+    """D = 4099 > MAX_BLOCK_D: the real chunked configuration (two chunks, a tail of 3)."""
+    assert 4099 > S.MAX_BLOCK_D
+    x, y, k, r, g = _op_inputs(name, "plain", torch.float64, N=2, D=4099)
+    ours = _run_ops(name, "triton", x, y, k, r, g, 15, DEVICE)
+    cpp = _run_ops(name, "cpp", x, y, k, r, g, 15)
+    for what, o, c in zip(["out", "dx", "dy", "dk", "dr"], ours, cpp):
+        assert_close(o, c, None, f"{name} {what}")
+
+
+# ---------------------------------------------------------------- contract details
+def test_op_table_matches_ops():
+    for spec in _ops.STEREO_OPS.values():
+        assert (spec.code in S.HAS_Y_OPS) == spec.has_y, spec.name
+        assert (spec.code in S.HAS_R_OPS) == spec.has_r, spec.name
+        assert (spec.code in S.SCALAR_OUT_OPS) == spec.scalar_out, spec.name
+    assert S.NUM_OPS == len(_ops.STEREO_OPS)
+
+
+def test_backend_routes_here():
+    """The forced triton backend really runs this module (not a silent fallback)."""
+    assert _backend.triton_kernels() is S
+    assert _ops.stereo_kernels(torch.device(DEVICE)) is S
+
+
+class _NoLaunch:
+    def __getitem__(self, grid):
+        raise AssertionError("a kernel was launched for N == 0")
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_empty_rows_do_not_launch(name, monkeypatch):
+    spec = _ops.STEREO_OPS[name]
+    monkeypatch.setattr(S, "_stereo_fwd_kernel", _NoLaunch())
+    monkeypatch.setattr(S, "_stereo_bwd_kernel", _NoLaunch())
+    x = torch.empty(0, 5, device=DEVICE)
+    y = torch.empty(0, 5, device=DEVICE) if spec.has_y else None
+    k = torch.tensor([-1.0], device=DEVICE)
+    r = torch.tensor([0.5], device=DEVICE) if spec.has_r else None
+    out = S.stereo_fwd(spec.code, x, y, k, r, EPS)
+    assert out.shape == ((0,) if spec.scalar_out else (0, 5))
+    g = torch.empty(out.shape, device=DEVICE)
+    dx, dy, dk, dr = S.stereo_bwd(spec.code, g, x, y, k, r, EPS, 15)
+    assert dx.shape == (0, 5)
+    assert dy.shape == ((0, 5) if spec.has_y else (0,))
+    assert dk.shape == (0,) and dr.shape == (0,)
+
+
+def test_comparison_catches_wrong_results():
+    """The helper fails on a perturbed output, in both precisions."""
+    case = make_case("dist", 7, 33, "row")
+    ref64 = run_api(ref, "dist", case, torch.float64)
+    good = run_api(gm, "dist", case, torch.float64, DEVICE)
+    assert_close(good["dx"], ref64["dx"], None, "dx")
+    bad = good["dx"].clone()
+    bad[3, 5] *= 1 + 1e-8
+    with pytest.raises(AssertionError, match="elements off"):
+        assert_close(bad, ref64["dx"], None, "dx")
+    case32 = _round32(case)
+    r64, r32 = run_api(ref, "dist", case32, torch.float64), run_api(ref, "dist", case32, torch.float32)
+    ours32 = run_api(gm, "dist", case32, torch.float32, DEVICE)
+    assert_close(ours32["out"], r64["out"], r32["out"], "out")
+    bad32 = ours32["out"].clone()
+    bad32[2] += 1e-4 * max(1.0, r64["out"].abs().max().item())
+    with pytest.raises(AssertionError, match="elements off"):
+        assert_close(bad32, r64["out"], r32["out"], "out")
+
+
+@pytest.mark.skipif(not INTERPRET, reason="patches the interpreter's math functions")
+def test_wrong_kernel_math_is_caught(monkeypatch):
+    """A kernel whose atan is off by 1e-9 (relative) fails the public-API comparison."""
+    import numpy as np
+
+    class Skewed(S._NumpyMath):
+        @staticmethod
+        def atan(x):
+            return S._NumpyMath._unary(lambda a: np.arctan(a) * (1 + 1e-9), x)
+
+    case = make_case("dist", 7, 33, 0.6)  # sphere: the atan branch
+    ref64 = run_api(ref, "dist", case, torch.float64)
+    monkeypatch.setattr(S, "_math", Skewed)
+    ours = run_api(gm, "dist", case, torch.float64, DEVICE)
+    with pytest.raises(AssertionError, match="elements off"):
+        assert_close(ours["out"], ref64["out"], None, "dist out")
