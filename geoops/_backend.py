@@ -129,8 +129,9 @@ def triton_kernels():
     if "triton" not in _cache:
         try:
             _cache["triton"] = importlib.import_module("geoops.kernels.stereographic")
-        except Exception:  # ImportError, or a Triton that fails on import
+        except Exception as e:  # ImportError, or a Triton that fails on import
             _cache["triton"] = None
+            _cache["triton_error"] = f"{type(e).__name__}: {e}"
     return _cache["triton"]
 
 
@@ -165,6 +166,8 @@ def resolve(device: torch.device) -> str:
                     "cuda": "it needs CUDA tensors and geoops._C built with CUDA",
                     "triton": "it needs CUDA tensors (or TRITON_INTERPRET=1 for CPU) and an importable Triton",
                 }.get(forced, "")
+                + (f" (importing the Triton kernels failed: {_cache['triton_error']})" if forced == "triton"
+                   and _cache.get("triton_error") else "")
             )
         return forced
     if device.type == "cpu":

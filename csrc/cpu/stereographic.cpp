@@ -202,7 +202,7 @@ at::Tensor stereo_fwd_cpu(int64_t op, const at::Tensor& x_, const c10::optional<
                           const c10::optional<at::Tensor>& r, double param) {
   TORCH_CHECK(op >= 0 && op < NUM_OPS, "geoops: unknown stereographic op ", op);
   const at::Tensor x = rows_view(x_);
-  const at::Tensor y = (y_.has_value() && y_->defined()) ? rows_view(*y_) : x;
+  const at::Tensor y = (op_has_y(op) && y_.has_value() && y_->defined()) ? rows_view(*y_) : x;
   const int64_t N = x.size(0), D = x.size(1);
   at::Tensor out = op_scalar_out(op) ? at::empty({N}, x.options()) : at::empty({N, D}, x.options());
   if (N == 0) return out;
@@ -222,12 +222,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cpu(
   TORCH_CHECK(op >= 0 && op < NUM_OPS, "geoops: unknown stereographic op ", op);
   const bool scalar_out = op_scalar_out(op);
   const at::Tensor x = rows_view(x_);
-  const bool has_y = y_.has_value() && y_->defined();
+  const bool y_given = y_.has_value() && y_->defined();
+  const bool has_y = y_given && op_has_y(op);  // an op without y ignores a y it is given (zero gradient)
   const at::Tensor y = has_y ? rows_view(*y_) : x;
   const at::Tensor grad = scalar_out ? grad_.contiguous() : rows_view(grad_);
   const int64_t N = x.size(0), D = x.size(1);
   at::Tensor dx = (mask & 1) ? at::empty({N, D}, x.options()) : at::empty({0}, x.options());
-  at::Tensor dy = (has_y && (mask & 2)) ? at::empty({N, D}, x.options()) : at::empty({0}, x.options());
+  at::Tensor dy = (y_given && (mask & 2)) ? (has_y ? at::empty({N, D}, x.options()) : at::zeros({N, D}, x.options()))
+                                          : at::empty({0}, x.options());
   const bool want_r = r.has_value() && r->defined() && (mask & 8);
   at::Tensor dk = (mask & 4) ? at::empty({N}, x.options().dtype(at::kDouble)) : at::empty({0}, x.options());
   at::Tensor dr = want_r ? at::empty({N}, x.options().dtype(at::kDouble)) : at::empty({0}, x.options());

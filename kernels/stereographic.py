@@ -1,0 +1,811 @@
+"""Triton kernels of the kappa-stereographic row ops (forward and backward).
+
+Installed as ``geoops.kernels.stereographic``; ``geoops._backend`` uses it for
+CUDA tensors, and for CPU tensors under the Triton interpreter
+(``TRITON_INTERPRET=1``).  The module implements the row-op contract of
+``geoops._ops`` (the same one as the C++ kernels)::
+
+    stereo_fwd(code, x, y, k, r, param)            -> (N, D), or (N,) for scalar ops
+    stereo_bwd(code, grad, x, y, k, r, param, mask) -> (dx, dy, dk, dr)
+
+Layout.  One generic forward kernel and one generic backward kernel serve all
+ops: ``OP`` is a compile-time constant, so every op gets its own specialised
+binary.  A program handles ``BLOCK_M`` rows; a row of width D sits in one tile
+of ``BLOCK_D = next_pow2(D)`` columns up to ``MAX_BLOCK_D``, and is walked in
+chunks of ``MAX_BLOCK_D`` columns beyond that (two passes: reduce, then
+write).  Per row the kernels reduce
+
+    xx = <x,x>, yy = <y,y>, xy = <x,y>, dd = |x - y|^2   (dd accumulated directly)
+    ga = <g,x>, gb = <g,y>, gc = <g,x - y>               (backward of vector ops)
+
+and the row scalar math below turns them into coefficients / adjoints.
+
+Scalar math.  The ``@triton.jit`` helpers ``_tanc``, ``_tanc_d``, ``_atanc``,
+``_atanc_d``, ``_mobius_add_coef``, ``_mobius_add_vjp``, ``_fwd_coef`` and
+``_vjp`` mirror ``csrc/include/geoops/stereo_math.h`` op by op (same
+expressions, same clamps, same order of operations).  The C++ branches become
+``tl.where`` over the rows, and the untaken side of every branch is fed a safe
+argument so that no lane divides by zero or takes sqrt of a negative number.
+
+Precision.  float64 inputs are computed in float64 with the Taylor cut 1e-3;
+everything else in float32 with the cut 0.05 (float16/bfloat16 are loaded,
+upcast, and stored back in their dtype).  k and r are loaded in their own
+dtype (float32 or float64) and pinned to the compute type.  ``param`` (the
+margin of ``project``) is a compile-time constant, so float64 keeps all its
+digits (a runtime float argument would be passed as float32); it is pinned to
+the compute type in the kernel, and only ``project`` is specialised on it.
+
+Transcendentals.  tanh, tan, atan and log1p come from libdevice when compiled.
+The Triton interpreter cannot run libdevice calls, so when the kernels are
+interpreted the same names resolve to numpy (``_NumpyMath``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at compile time
+    from triton.language.extra import libdevice as _libdevice
+except ImportError:  # pragma: no cover - older layouts
+    from triton.language.extra.cuda import libdevice as _libdevice
+
+__all__ = ["stereo_fwd", "stereo_bwd", "MAX_BLOCK_D"]
+
+# Op codes: geoops::stereo::Op in csrc/include/geoops/stereo_math.h.
+MOBIUS_ADD = tl.constexpr(0)
+MOBIUS_SUB = tl.constexpr(1)
+PROJECT = tl.constexpr(2)
+LAMBDA_X = tl.constexpr(3)
+MOBIUS_SCALAR_MUL = tl.constexpr(4)
+EXPMAP = tl.constexpr(5)
+EXPMAP0 = tl.constexpr(6)
+LOGMAP = tl.constexpr(7)
+LOGMAP0 = tl.constexpr(8)
+DIST = tl.constexpr(9)
+DIST0 = tl.constexpr(10)
+NUM_OPS = 11
+
+# Static facts per op (op_has_y / op_scalar_out / op_has_r of stereo_math.h).
+HAS_Y_OPS = frozenset({0, 1, 5, 7, 9})
+SCALAR_OUT_OPS = frozenset({3, 9, 10})
+HAS_R_OPS = frozenset({4})
+
+# geoopt's guard on denominators and norms (min_den<T>()).
+_MIN_DEN = tl.constexpr(1e-15)
+# Taylor cuts (series_cut<T>()).
+_CUT_F64 = 1e-3
+_CUT_F32 = 0.05
+
+# A row up to this width lives in one tile; wider rows are walked in chunks of it.
+MAX_BLOCK_D = 4096
+# Elements per program aimed at (rows x columns), forward and backward.
+_TILE_FWD = 4096
+_TILE_BWD = 2048
+_MAX_BLOCK_M = 64
+
+
+# ---------------------------------------------------------------- math functions
+class _NumpyMath:
+    """tanh/tan/atan/log1p on interpreter tensors (the interpreter has no libdevice)."""
+
+    @staticmethod
+    def _unary(fn, x):
+        from triton.runtime.interpreter import TensorHandle
+
+        h = x.handle
+        with np.errstate(all="ignore"):
+            data = np.asarray(fn(h.data)).astype(h.data.dtype, copy=False)
+        return tl.core.tensor(TensorHandle(data, h.dtype.scalar), x.type)
+
+    @staticmethod
+    def tanh(x):
+        return _NumpyMath._unary(np.tanh, x)
+
+    @staticmethod
+    def tan(x):
+        return _NumpyMath._unary(np.tan, x)
+
+    @staticmethod
+    def atan(x):
+        return _NumpyMath._unary(np.arctan, x)
+
+    @staticmethod
+    def log1p(x):
+        return _NumpyMath._unary(np.log1p, x)
+
+
+# Resolved by the kernels at run/compile time; set below once we know whether
+# the kernels are interpreted.
+_math = _libdevice
+
+
+@triton.jit
+def _sqrt(x):
+    # correctly rounded in both precisions, like C++ sqrt
+    if x.dtype == tl.float64:
+        s = tl.sqrt(x)
+    else:
+        s = tl.sqrt_rn(x)
+    return s
+
+
+@triton.jit
+def _clamp_min_den(v):
+    # v > min_den ? v : min_den
+    return tl.where(v > _MIN_DEN, v, _MIN_DEN)
+
+
+# ---------------------------------------------------------------- tanc / atanc
+@triton.jit
+def _tanc(z, CUT: tl.constexpr):
+    """tan(sqrt z)/sqrt z (tanh(sqrt -z)/sqrt -z for z < 0), series for |z| < CUT."""
+    az = tl.abs(z)
+    small = az < CUT
+    series = 1.0 + z * (1.0 / 3 + z * (2.0 / 15 + z * (17.0 / 315 + z * (62.0 / 2835 + z * (1382.0 / 155925)))))
+    s = _sqrt(tl.where(small, 1.0, az))  # sqrt(|z|) on the closed-form lanes, a safe 1 elsewhere
+    closed = tl.where(z < 0, _math.tanh(s) / s, _math.tan(s) / s)
+    return tl.where(small, series, closed)
+
+
+@triton.jit
+def _tanc_d(z, t, CUT: tl.constexpr):
+    """d tanc / dz given t = tanc(z)."""
+    small = tl.abs(z) < CUT
+    series = 1.0 / 3 + z * (4.0 / 15 + z * (51.0 / 315 + z * (248.0 / 2835 + z * (6910.0 / 155925))))
+    zs = tl.where(small, 1.0, z)
+    closed = (1.0 + zs * t * t - t) / (2.0 * zs)
+    return tl.where(small, series, closed)
+
+
+@triton.jit
+def _atanc(z, q, CUT: tl.constexpr):
+    """atan(sqrt z)/sqrt z (artanh(sqrt -z)/sqrt -z for z < 0); q = 1 + z formed by the caller."""
+    az = tl.abs(z)
+    small = az < CUT
+    series = 1.0 + z * (-1.0 / 3 + z * (1.0 / 5 + z * (-1.0 / 7 + z * (1.0 / 9 + z * (-1.0 / 11)))))
+    s = _sqrt(tl.where(small, 1.0, az))
+    # artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
+    neg = 0.5 * _math.log1p(2.0 * s * (1.0 + s) / _clamp_min_den(q)) / s
+    pos = _math.atan(s) / s
+    return tl.where(small, series, tl.where(z < 0, neg, pos))
+
+
+@triton.jit
+def _atanc_d(z, q, a, CUT: tl.constexpr):
+    """d atanc / dz given a = atanc(z)."""
+    small = tl.abs(z) < CUT
+    series = -1.0 / 3 + z * (2.0 / 5 + z * (-3.0 / 7 + z * (4.0 / 9 + z * (-5.0 / 11))))
+    zs = tl.where(small, 1.0, z)
+    closed = (1.0 / _clamp_min_den(q) - a) / (2.0 * zs)
+    return tl.where(small, series, closed)
+
+
+# ---------------------------------------------------------------- mobius_add
+@triton.jit
+def _mobius_add_coef(xx, yy, xy, k):
+    den = _clamp_min_den(1.0 - 2.0 * k * xy + k * k * xx * yy)
+    return (1.0 - 2.0 * k * xy - k * yy) / den, (1.0 + k * xx) / den
+
+
+@triton.jit
+def _mobius_add_vjp(xx, yy, xy, k, ga, gb):
+    """Adjoints (xx, yy, xy, k) of mobius_add's coefficients (a, b)."""
+    den0 = 1.0 - 2.0 * k * xy + k * k * xx * yy
+    live = den0 > _MIN_DEN
+    den = tl.where(live, den0, _MIN_DEN)
+    a = (1.0 - 2.0 * k * xy - k * yy) / den
+    b = (1.0 + k * xx) / den
+    na_ = ga / den
+    nb_ = gb / den
+    den_ = tl.where(live, -(ga * a + gb * b) / den, 0.0)
+    g_xx = nb_ * k + den_ * k * k * yy
+    g_yy = -na_ * k + den_ * k * k * xx
+    g_xy = -2.0 * k * (na_ + den_)
+    g_k = na_ * (-2.0 * xy - yy) + nb_ * xx + den_ * (-2.0 * xy + 2.0 * k * xx * yy)
+    return g_xx, g_yy, g_xy, g_k
+
+
+@triton.jit
+def _sub_den(xx, yy, xy, k):
+    """Denominator of (-x) (+) y (unclamped)."""
+    return 1.0 + 2.0 * k * xy + k * k * xx * yy
+
+
+# ---------------------------------------------------------------- forward coefficients
+@triton.jit
+def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: tl.constexpr):
+    """Coefficients (a, b, c): out = a x + b y + c (x - y); scalar ops return their value in a."""
+    zero = tl.zeros_like(xx)
+    a = zero
+    b = zero
+    c = zero
+    if OP == MOBIUS_ADD:
+        a, b = _mobius_add_coef(xx, yy, xy, k)
+    elif OP == MOBIUS_SUB:
+        a, b0 = _mobius_add_coef(xx, yy, -xy, k)
+        b = -b0
+    elif OP == PROJECT:
+        # maxnorm = (1 - eps)/sqrt(-k) on the ball, no bound otherwise
+        eps = zero + PARAM  # pinned to the compute type
+        n = _clamp_min_den(_sqrt(xx))
+        kneg = k < 0
+        m = (1.0 - eps) / _sqrt(tl.where(kneg, -k, 1.0))
+        a = tl.where(kneg & (n > m), m / n, 1.0)
+    elif OP == LAMBDA_X:
+        p = _clamp_min_den(1.0 + k * xx)
+        a = 2.0 / p
+    elif OP == MOBIUS_SCALAR_MUL:
+        # tan_k(r artan_k(|x|)) / |x| = r A(k|x|^2) T(k r^2 |x|^2 A^2)
+        z1 = k * xx
+        a1 = _atanc(z1, 1.0 + z1, CUT)
+        z2 = k * r * r * xx * a1 * a1
+        a = r * a1 * _tanc(z2, CUT)
+    elif OP == EXPMAP:
+        # x (+) t u with t = h T(k h^2 |u|^2), h = 1/(1 + k|x|^2)
+        p = _clamp_min_den(1.0 + k * xx)
+        h = 1.0 / p
+        t = h * _tanc(k * h * h * yy, CUT)
+        ca, cb = _mobius_add_coef(xx, t * t * yy, t * xy, k)
+        a = ca
+        b = cb * t
+    elif OP == EXPMAP0:
+        a = _tanc(k * xx, CUT)
+    elif OP == LOGMAP:
+        # s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den, |s|^2 = dd / den,
+        # out = (1 + k xx) A(k |s|^2) s
+        den = _clamp_min_den(_sub_den(xx, yy, xy, k))
+        nb = 1.0 + k * xx
+        p = _clamp_min_den(nb)
+        z = k * dd / den
+        q = nb * (1.0 + k * yy) / den
+        f = _atanc(z, q, CUT) * p
+        a = f * k * dd / den
+        c = -f * nb / den
+    elif OP == LOGMAP0:
+        z = k * xx
+        a = _atanc(z, 1.0 + z, CUT)
+    elif OP == DIST:
+        den = _clamp_min_den(_sub_den(xx, yy, xy, k))
+        ss = dd / den
+        z = k * ss
+        q = (1.0 + k * xx) * (1.0 + k * yy) / den
+        a = 2.0 * _sqrt(ss) * _atanc(z, q, CUT)
+    elif OP == DIST0:
+        z = k * xx
+        a = 2.0 * _sqrt(xx) * _atanc(z, 1.0 + z, CUT)
+    return a, b, c
+
+
+# ---------------------------------------------------------------- vector-Jacobian products
+@triton.jit
+def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr, CUT: tl.constexpr):
+    """Adjoints (xx, yy, xy, dd, k, r) of the row scalars from the adjoints (ga, gb, gc) of (a, b, c)."""
+    zero = tl.zeros_like(xx)
+    g_xx = zero
+    g_yy = zero
+    g_xy = zero
+    g_dd = zero
+    g_k = zero
+    g_r = zero
+    if OP == MOBIUS_ADD:
+        g_xx, g_yy, g_xy, g_k = _mobius_add_vjp(xx, yy, xy, k, ga, gb)
+    elif OP == MOBIUS_SUB:
+        g_xx, g_yy, m_xy, g_k = _mobius_add_vjp(xx, yy, -xy, k, ga, -gb)
+        g_xy = -m_xy
+    elif OP == PROJECT:
+        eps = zero + PARAM
+        n = _sqrt(xx)
+        kneg = k < 0
+        m = (1.0 - eps) / _sqrt(tl.where(kneg, -k, 1.0))
+        on = kneg & (n > _MIN_DEN) & (n > m)
+        ns = tl.where(on, n, 1.0)
+        nk = tl.where(on, -k, 1.0)
+        # a = m / n
+        g_xx = tl.where(on, -ga * m / (2.0 * ns * ns * ns), 0.0)
+        g_k = tl.where(on, ga * m / (ns * 2.0 * nk), 0.0)
+    elif OP == LAMBDA_X:
+        p0 = 1.0 + k * xx
+        live = p0 > _MIN_DEN
+        p = tl.where(live, p0, 1.0)
+        p_ = -2.0 * ga / (p * p)
+        g_xx = tl.where(live, p_ * k, 0.0)
+        g_k = tl.where(live, p_ * xx, 0.0)
+    elif OP == MOBIUS_SCALAR_MUL:
+        z1 = k * xx
+        q1 = 1.0 + z1
+        a1 = _atanc(z1, q1, CUT)
+        z2 = k * r * r * xx * a1 * a1
+        t2 = _tanc(z2, CUT)
+        z2_ = ga * r * a1 * _tanc_d(z2, t2, CUT)
+        a1_ = ga * r * t2 + z2_ * 2.0 * k * r * r * xx * a1
+        z1_ = a1_ * _atanc_d(z1, q1, a1, CUT)
+        g_xx = z2_ * k * r * r * a1 * a1 + z1_ * k
+        g_k = z2_ * r * r * xx * a1 * a1 + z1_ * xx
+        g_r = ga * a1 * t2 + z2_ * 2.0 * k * r * xx * a1 * a1
+    elif OP == EXPMAP:
+        p0 = 1.0 + k * xx
+        live = p0 > _MIN_DEN
+        h = 1.0 / tl.where(live, p0, _MIN_DEN)
+        z = k * h * h * yy
+        tz = _tanc(z, CUT)
+        t = h * tz
+        Y = t * t * yy
+        XY = t * xy
+        ca, cb = _mobius_add_coef(xx, Y, XY, k)
+        # out = A x + (B t) u
+        m_xx, m_yy, m_xy, m_k = _mobius_add_vjp(xx, Y, XY, k, ga, gb * t)
+        t_ = gb * cb + m_yy * 2.0 * t * yy + m_xy * xy
+        g_yy = m_yy * t * t
+        g_xy = m_xy * t
+        g_xx = m_xx
+        g_k = m_k
+        h_ = t_ * tz
+        z_ = t_ * h * _tanc_d(z, tz, CUT)
+        g_k += z_ * h * h * yy
+        h_ += z_ * 2.0 * k * h * yy
+        g_yy += z_ * k * h * h
+        p_ = -h_ * h * h
+        g_xx = tl.where(live, g_xx + p_ * k, g_xx)
+        g_k = tl.where(live, g_k + p_ * xx, g_k)
+    elif OP == EXPMAP0:
+        z = k * xx
+        z_ = ga * _tanc_d(z, _tanc(z, CUT), CUT)
+        g_xx = z_ * k
+        g_k = z_ * xx
+    elif OP == LOGMAP:
+        den0 = _sub_den(xx, yy, xy, k)
+        den_live = den0 > _MIN_DEN
+        den = tl.where(den_live, den0, _MIN_DEN)
+        nb = 1.0 + k * xx
+        p_live = nb > _MIN_DEN
+        p = tl.where(p_live, nb, _MIN_DEN)
+        z = k * dd / den
+        q = nb * (1.0 + k * yy) / den
+        A = _atanc(z, q, CUT)
+        f = A * p
+        a = f * k * dd / den
+        c = -f * nb / den
+        # a = f k dd / den, c = -f nb / den
+        f_ = ga * k * dd / den - gc * nb / den
+        dd_ = ga * f * k / den
+        nb_ = -gc * f / den
+        den_ = -(a * ga + c * gc) / den
+        k_ = ga * f * dd / den
+        # f = A(z) p
+        A_ = f_ * p
+        p_ = f_ * A
+        z_ = A_ * _atanc_d(z, q, A, CUT)
+        k_ += z_ * dd / den
+        dd_ += z_ * k / den
+        den_ -= z_ * z / den
+        xx1 = nb_ + tl.where(p_live, p_, 0.0)
+        g_xx = xx1 * k
+        k_ += xx1 * xx
+        g_xy = tl.where(den_live, den_ * 2.0 * k, 0.0)
+        g_xx = tl.where(den_live, g_xx + den_ * k * k * yy, g_xx)
+        g_yy = tl.where(den_live, den_ * k * k * xx, 0.0)
+        k_ = tl.where(den_live, k_ + den_ * (2.0 * xy + 2.0 * k * xx * yy), k_)
+        g_dd = dd_
+        g_k = k_
+    elif OP == LOGMAP0:
+        z = k * xx
+        q = 1.0 + z
+        z_ = ga * _atanc_d(z, q, _atanc(z, q, CUT), CUT)
+        g_xx = z_ * k
+        g_k = z_ * xx
+    elif OP == DIST:
+        den0 = _sub_den(xx, yy, xy, k)
+        den_live = den0 > _MIN_DEN
+        den = tl.where(den_live, den0, _MIN_DEN)
+        ss = dd / den
+        # |s| is not differentiable at 0: zero subgradient, like torch.norm
+        on = ss > 0
+        w = _sqrt(tl.where(on, ss, 1.0))
+        z = k * ss
+        q = (1.0 + k * xx) * (1.0 + k * yy) / den
+        A = _atanc(z, q, CUT)
+        Ad = _atanc_d(z, q, A, CUT)
+        # v = 2 w A(k w^2)
+        ss_ = ga * (A / w + 2.0 * w * k * Ad)
+        k_ = ga * 2.0 * w * Ad * ss
+        g_dd = tl.where(on, ss_ / den, 0.0)
+        den_ = -ss_ * ss / den
+        both = on & den_live
+        g_xy = tl.where(both, den_ * 2.0 * k, 0.0)
+        g_xx = tl.where(both, den_ * k * k * yy, 0.0)
+        g_yy = tl.where(both, den_ * k * k * xx, 0.0)
+        k_ = tl.where(den_live, k_ + den_ * (2.0 * xy + 2.0 * k * xx * yy), k_)
+        g_k = tl.where(on, k_, 0.0)
+    elif OP == DIST0:
+        on = xx > 0
+        w = _sqrt(tl.where(on, xx, 1.0))
+        z = k * xx
+        q = 1.0 + z
+        A = _atanc(z, q, CUT)
+        Ad = _atanc_d(z, q, A, CUT)
+        g_xx = tl.where(on, ga * (A / w + 2.0 * w * k * Ad), 0.0)
+        g_k = tl.where(on, ga * 2.0 * w * Ad * xx, 0.0)
+    return g_xx, g_yy, g_xy, g_dd, g_k, g_r
+
+
+# ---------------------------------------------------------------- kernels
+@triton.jit
+def _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R: tl.constexpr, CT: tl.constexpr):
+    k = tl.load(K + rows64 * stride_k, mask=rmask, other=0.0).to(CT)
+    if HAS_R:
+        r = tl.load(R + rows64 * stride_r, mask=rmask, other=0.0).to(CT)
+    else:
+        r = tl.zeros_like(k)
+    return k, r
+
+
+@triton.jit
+def _stereo_fwd_kernel(
+    X, Y, K, R, OUT,
+    N, D,
+    stride_x, stride_y, stride_k, stride_r, stride_o,
+    OP: tl.constexpr, HAS_Y: tl.constexpr, HAS_R: tl.constexpr, SCALAR_OUT: tl.constexpr,
+    PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)  # 64-bit offsets: N * stride may exceed 2^31
+    cols = tl.arange(0, BLOCK_D)
+    x_row = X + rows64 * stride_x
+    y_row = Y + rows64 * stride_y
+    o_row = OUT + rows64 * stride_o
+    k, r = _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R, CT)
+    zero = tl.zeros([BLOCK_M], dtype=CT)
+
+    if ONE_CHUNK:
+        # the whole row in one tile: load once, reduce, write from registers
+        m2 = rmask[:, None] & (cols[None, :] < D)
+        xv = tl.load(x_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
+        xx = tl.sum(xv * xv, axis=1)
+        if HAS_Y:
+            yv = tl.load(y_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
+            dv = xv - yv
+            yy = tl.sum(yv * yv, axis=1)
+            xy = tl.sum(xv * yv, axis=1)
+            dd = tl.sum(dv * dv, axis=1)
+        else:
+            yy = zero
+            xy = zero
+            dd = zero
+        a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
+        if SCALAR_OUT:
+            tl.store(OUT + rows64, a.to(OUT.dtype.element_ty), mask=rmask)
+        else:
+            if HAS_Y:
+                o = a[:, None] * xv + b[:, None] * yv + c[:, None] * dv
+            else:
+                o = a[:, None] * xv
+            tl.store(o_row[:, None] + cols[None, :], o.to(OUT.dtype.element_ty), mask=m2)
+    else:
+        # wide rows: pass 1 reduces chunk by chunk, pass 2 writes
+        xx = zero
+        yy = zero
+        xy = zero
+        dd = zero
+        for d0 in range(0, D, BLOCK_D):
+            cc = d0 + cols
+            m2 = rmask[:, None] & (cc[None, :] < D)
+            xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+            xx += tl.sum(xv * xv, axis=1)
+            if HAS_Y:
+                yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                dv = xv - yv
+                yy += tl.sum(yv * yv, axis=1)
+                xy += tl.sum(xv * yv, axis=1)
+                dd += tl.sum(dv * dv, axis=1)
+        a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
+        if SCALAR_OUT:
+            tl.store(OUT + rows64, a.to(OUT.dtype.element_ty), mask=rmask)
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                cc = d0 + cols
+                m2 = rmask[:, None] & (cc[None, :] < D)
+                xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                if HAS_Y:
+                    yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                    o = a[:, None] * xv + b[:, None] * yv + c[:, None] * (xv - yv)
+                else:
+                    o = a[:, None] * xv
+                tl.store(o_row[:, None] + cc[None, :], o.to(OUT.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _stereo_bwd_kernel(
+    G, X, Y, K, R, DX, DY, DK, DR,
+    N, D,
+    stride_g, stride_x, stride_y, stride_k, stride_r, stride_dx, stride_dy,
+    OP: tl.constexpr, HAS_Y: tl.constexpr, HAS_R: tl.constexpr, SCALAR_OUT: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_DY: tl.constexpr, NEED_DK: tl.constexpr, NEED_DR: tl.constexpr,
+    WRITE_VEC: tl.constexpr,
+    PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    x_row = X + rows64 * stride_x
+    y_row = Y + rows64 * stride_y
+    g_row = G + rows64 * stride_g
+    dx_row = DX + rows64 * stride_dx
+    dy_row = DY + rows64 * stride_dy
+    k, r = _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R, CT)
+    zero = tl.zeros([BLOCK_M], dtype=CT)
+
+    # ---- pass 1: row scalars (and <g,x>, <g,y>, <g,x-y> for vector ops)
+    xx = zero
+    yy = zero
+    xy = zero
+    dd = zero
+    ga = zero
+    gb = zero
+    gc = zero
+    if SCALAR_OUT:
+        ga = tl.load(g_row, mask=rmask, other=0.0).to(CT)
+    if ONE_CHUNK:
+        m2 = rmask[:, None] & (cols[None, :] < D)
+        xv = tl.load(x_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
+        xx = tl.sum(xv * xv, axis=1)
+        if HAS_Y:
+            yv = tl.load(y_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
+            dv = xv - yv
+            yy = tl.sum(yv * yv, axis=1)
+            xy = tl.sum(xv * yv, axis=1)
+            dd = tl.sum(dv * dv, axis=1)
+        if not SCALAR_OUT:
+            gv = tl.load(g_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
+            ga = tl.sum(gv * xv, axis=1)
+            if HAS_Y:
+                gb = tl.sum(gv * yv, axis=1)
+                gc = tl.sum(gv * dv, axis=1)
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            cc = d0 + cols
+            m2 = rmask[:, None] & (cc[None, :] < D)
+            xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+            xx += tl.sum(xv * xv, axis=1)
+            if HAS_Y:
+                yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                dv = xv - yv
+                yy += tl.sum(yv * yv, axis=1)
+                xy += tl.sum(xv * yv, axis=1)
+                dd += tl.sum(dv * dv, axis=1)
+            if not SCALAR_OUT:
+                gv = tl.load(g_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                ga += tl.sum(gv * xv, axis=1)
+                if HAS_Y:
+                    gb += tl.sum(gv * yv, axis=1)
+                    gc += tl.sum(gv * dv, axis=1)
+
+    # ---- row adjoints
+    g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM, CUT)
+    if NEED_DK:
+        tl.store(DK + rows64, g_k.to(DK.dtype.element_ty), mask=rmask)
+    if NEED_DR:
+        tl.store(DR + rows64, g_r.to(DR.dtype.element_ty), mask=rmask)
+
+    # ---- pass 2: dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)
+    #              dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
+    if WRITE_VEC:  # NEED_DX or NEED_DY (NEED_DY implies HAS_Y)
+        cxx = (2.0 * g_xx)[:, None]
+        cyy = (2.0 * g_yy)[:, None]
+        cxy = g_xy[:, None]
+        cdd = (2.0 * g_dd)[:, None]
+        if SCALAR_OUT:
+            gxc = zero[:, None]
+            gyc = zero[:, None]
+        else:
+            a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
+            gxc = (a + c)[:, None]
+            gyc = (b - c)[:, None]
+        if ONE_CHUNK:
+            if NEED_DX:
+                if HAS_Y:
+                    dxv = cxx * xv + cxy * yv + cdd * dv
+                else:
+                    dxv = cxx * xv
+                if not SCALAR_OUT:
+                    dxv = gxc * gv + dxv
+                tl.store(dx_row[:, None] + cols[None, :], dxv.to(DX.dtype.element_ty), mask=m2)
+            if NEED_DY:
+                dyv = cyy * yv + cxy * xv - cdd * dv
+                if not SCALAR_OUT:
+                    dyv = gyc * gv + dyv
+                tl.store(dy_row[:, None] + cols[None, :], dyv.to(DY.dtype.element_ty), mask=m2)
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                cc = d0 + cols
+                m2 = rmask[:, None] & (cc[None, :] < D)
+                xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                if HAS_Y:
+                    yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                    dv = xv - yv
+                if not SCALAR_OUT:
+                    gv = tl.load(g_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+                if NEED_DX:
+                    if HAS_Y:
+                        dxv = cxx * xv + cxy * yv + cdd * dv
+                    else:
+                        dxv = cxx * xv
+                    if not SCALAR_OUT:
+                        dxv = gxc * gv + dxv
+                    tl.store(dx_row[:, None] + cc[None, :], dxv.to(DX.dtype.element_ty), mask=m2)
+                if NEED_DY:
+                    dyv = cyy * yv + cxy * xv - cdd * dv
+                    if not SCALAR_OUT:
+                        dyv = gyc * gv + dyv
+                    tl.store(dy_row[:, None] + cc[None, :], dyv.to(DY.dtype.element_ty), mask=m2)
+
+
+if type(_stereo_fwd_kernel).__name__ == "InterpretedFunction":
+    _math = _NumpyMath  # noqa: F811 - the interpreter cannot call libdevice
+
+
+# ---------------------------------------------------------------- launchers
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(N, D) with unit inner stride (any row stride, 0 included)."""
+    if t.dim() != 2:
+        raise ValueError(f"geoops.kernels.stereographic: expected a 2-D (N, D) tensor, got shape {tuple(t.shape)}")
+    return t if (t.size(1) <= 1 or t.stride(1) == 1) else t.contiguous()
+
+
+def _per_row(t: torch.Tensor, N: int, name: str):
+    """A (1,) or (N,) tensor of k / r, and its row stride (0 for a single value)."""
+    t = t.reshape(-1)
+    if t.numel() == 1:
+        return t, 0
+    if t.numel() != N:
+        raise ValueError(f"geoops.kernels.stereographic: {name} must have 1 or N={N} values, got {t.numel()}")
+    return t, t.stride(0)
+
+
+def _compute_type(dtype: torch.dtype):
+    if dtype not in _FLOATS:
+        raise TypeError(f"geoops.kernels.stereographic: unsupported dtype {dtype}")
+    return (tl.float64, _CUT_F64) if dtype == torch.float64 else (tl.float32, _CUT_F32)
+
+
+def _blocks(N: int, D: int, tile: int, max_block_d=None):
+    """(BLOCK_M, BLOCK_D, ONE_CHUNK, num_warps) for N rows of width D (a heuristic, not autotuned)."""
+    limit = MAX_BLOCK_D if max_block_d is None else int(max_block_d)
+    if limit < 1 or limit & (limit - 1):
+        raise ValueError(f"max_block_d must be a power of two, got {limit}")
+    block_d = triton.next_power_of_2(max(D, 1))
+    one_chunk = block_d <= limit
+    if not one_chunk:
+        block_d = limit
+    block_m = max(1, min(tile // block_d, _MAX_BLOCK_M, triton.next_power_of_2(max(N, 1))))
+    elems = block_m * block_d
+    num_warps = 1 if elems <= 128 else 2 if elems <= 512 else 4 if elems <= 2048 else 8
+    return block_m, block_d, one_chunk, num_warps
+
+
+def _tile(tile: int, dtype: torch.dtype) -> int:
+    # float64 tiles take twice the registers
+    return tile // 2 if dtype == torch.float64 else tile
+
+
+def _param_for(code: int, param: float) -> float:
+    # only project reads param: keep the other ops on one compiled variant
+    return float(param) if code == 2 else 0.0
+
+
+def _check_code(code: int) -> int:
+    code = int(code)
+    if not 0 <= code < NUM_OPS:
+        raise ValueError(f"geoops: unknown stereographic op {code}")
+    return code
+
+
+def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
+    code = _check_code(code)
+    has_y, has_r, scalar_out = code in HAS_Y_OPS, code in HAS_R_OPS, code in SCALAR_OUT_OPS
+    x = _rows(x)
+    N, D = x.shape
+    out = x.new_empty((N,) if scalar_out else (N, D))
+    if N == 0 or (D == 0 and not scalar_out):
+        return out
+    ct, cut = _compute_type(x.dtype)
+    # like the C++ kernel, an op with y run without one reads y = x
+    y = _rows(y.to(x.dtype)) if (has_y and y is not None) else x
+    k, sk = _per_row(k, N, "k")
+    if has_r:
+        if r is None:
+            raise ValueError("geoops.kernels.stereographic: mobius_scalar_mul needs r")
+        r, sr = _per_row(r, N, "r")
+    else:
+        r, sr = k, 0
+    block_m, block_d, one_chunk, num_warps = _blocks(N, D, _tile(_TILE_FWD, x.dtype), max_block_d)
+    grid = (triton.cdiv(N, block_m),)
+    _stereo_fwd_kernel[grid](
+        x, y, k, r, out,
+        N, D,
+        x.stride(0), y.stride(0), sk, sr, 1 if scalar_out else out.stride(0),
+        OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
+        PARAM=_param_for(code, param), CT=ct, CUT=cut,
+        BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
+        num_warps=num_warps,
+    )  # fmt: skip
+    return out
+
+
+def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
+    code = _check_code(code)
+    has_y, has_r, scalar_out = code in HAS_Y_OPS, code in HAS_R_OPS, code in SCALAR_OUT_OPS
+    mask = int(mask)
+    x = _rows(x)
+    N, D = x.shape
+    y_given = y is not None
+    r_given = r is not None
+    need_dx = bool(mask & 1)
+    need_dy = y_given and bool(mask & 2)
+    need_dk = bool(mask & 4)
+    need_dr = r_given and bool(mask & 8)
+    # Unselected gradients are empty (distinct tensors: custom-op outputs may not alias).
+    # An op without y (or r) that is given one anyway has zero gradients there.
+    dx = x.new_empty((N, D)) if need_dx else x.new_empty(0)
+    dy = (x.new_empty((N, D)) if has_y else x.new_zeros((N, D))) if need_dy else x.new_empty(0)
+    dk = torch.empty(N, dtype=k.dtype, device=x.device) if need_dk else x.new_empty(0)
+    if need_dr:
+        dr = torch.empty(N, dtype=r.dtype, device=x.device) if has_r else torch.zeros(N, dtype=r.dtype, device=x.device)
+    else:
+        dr = x.new_empty(0)
+    kern_dy = need_dy and has_y
+    kern_dr = need_dr and has_r
+    if N == 0 or not (need_dx or kern_dy or need_dk or kern_dr):
+        return dx, dy, dk, dr
+    ct, cut = _compute_type(x.dtype)
+    yk = _rows(y.to(x.dtype)) if (has_y and y_given) else x
+    if scalar_out:
+        g = grad.reshape(N).to(x.dtype)
+        sg = g.stride(0)
+    else:
+        g = _rows(grad.to(x.dtype))
+        if tuple(g.shape) != (N, D):
+            raise ValueError(f"geoops.kernels.stereographic: grad has shape {tuple(grad.shape)}, expected {(N, D)}")
+        sg = g.stride(0)
+    k1, sk = _per_row(k, N, "k")
+    if has_r:
+        if r is None:
+            raise ValueError("geoops.kernels.stereographic: mobius_scalar_mul needs r")
+        r1, sr = _per_row(r, N, "r")
+    else:
+        r1, sr = k1, 0
+    block_m, block_d, one_chunk, num_warps = _blocks(N, D, _tile(_TILE_BWD, x.dtype), max_block_d)
+    grid = (triton.cdiv(N, block_m),)
+    _stereo_bwd_kernel[grid](
+        g, x, yk, k1, r1,
+        dx if need_dx else x, dy if kern_dy else x, dk if need_dk else k1, dr if kern_dr else k1,
+        N, D,
+        sg, x.stride(0), yk.stride(0), sk, sr, dx.stride(0) if need_dx else 0, dy.stride(0) if kern_dy else 0,
+        OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
+        NEED_DX=need_dx, NEED_DY=kern_dy, NEED_DK=need_dk, NEED_DR=kern_dr, WRITE_VEC=need_dx or kern_dy,
+        PARAM=_param_for(code, param), CT=ct, CUT=cut,
+        BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
+        num_warps=num_warps,
+    )  # fmt: skip
+    return dx, dy, dk, dr
+
+
+# ---------------------------------------------------------------- public (backend adapter of geoops._ops)
+def stereo_fwd(code, x, y, k, r, param):
+    """Forward of stereographic op `code` on rows: (N, D), or (N,) for scalar-valued ops."""
+    return _stereo_fwd(code, x, y, k, r, param)
+
+
+def stereo_bwd(code, grad, x, y, k, r, param, mask):
+    """(dx, dy, dk, dr) of op `code`; mask bits 1 dx, 2 dy, 4 dk, 8 dr; unselected ones are empty."""
+    return _stereo_bwd(code, grad, x, y, k, r, param, mask)
