@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Compile check of the CUDA backend without a GPU.
+#
+#   * every csrc/cuda/*.cu is compiled with nvcc for sm_80 and sm_90
+#     (objects go to a temp dir and are thrown away); any error, or any
+#     compiler warning, fails the check;
+#   * csrc/cuda/*.cpp (the tensor-level wrappers) and csrc/ops.cpp (with
+#     GEOOPS_WITH_CUDA) are syntax-checked with the host compiler against
+#     torch's headers and the CUDA runtime headers, when a Python with torch
+#     is found (skipped with a note otherwise); warnings fail here too.
+#
+# Prints one line per file.  Run from anywhere:  bash .ci/nvcc_check.sh
+# Env: NVCC (default nvcc), CXX (default g++), PYTHON (default python3, else
+# python), CUDA_HOME (else asked from nvcc).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+NVCC="${NVCC:-nvcc}"
+CXX="${CXX:-g++}"
+if ! command -v "$NVCC" >/dev/null 2>&1; then
+  echo "nvcc_check: nvcc not found" >&2
+  exit 1
+fi
+
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
+NVCC_FLAGS=(-c -std=c++17 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra --threads 0)
+
+status=0
+
+# ------------------------------------------------------------------ .cu files
+shopt -s nullglob
+cu_files=(csrc/cuda/*.cu)
+if [ "${#cu_files[@]}" -eq 0 ]; then
+  echo "nvcc_check: no csrc/cuda/*.cu files" >&2
+  exit 1
+fi
+for f in "${cu_files[@]}"; do
+  obj="$TMP/$(basename "$f" .cu).o"
+  log="$TMP/$(basename "$f").log"
+  start=$(date +%s)
+  if "$NVCC" "${NVCC_FLAGS[@]}" "$f" -o "$obj" >"$log" 2>&1; then
+    secs=$(( $(date +%s) - start ))
+    if grep -qiE "warning" "$log"; then
+      echo "FAIL  $f  (warnings, ${secs}s)"
+      cat "$log"
+      status=1
+    else
+      echo "ok    $f  (sm_80 + sm_90, $(stat -c %s "$obj") bytes, ${secs}s)"
+    fi
+  else
+    echo "FAIL  $f"
+    cat "$log"
+    status=1
+  fi
+done
+
+# ------------------------------------------------------------------ .cpp wrappers
+# csrc/cuda/*.cpp, plus csrc/ops.cpp built WITH_CUDA (checks that the wrappers'
+# signatures bind).  Torch / CUDA / Python headers are -isystem so that only
+# warnings in our own files count.
+cpp_files=(csrc/cuda/*.cpp)
+if [ "${#cpp_files[@]}" -gt 0 ] && [ -f csrc/ops.cpp ]; then cpp_files+=(csrc/ops.cpp); fi
+if [ "${#cpp_files[@]}" -gt 0 ]; then
+  PY="${PYTHON:-}"
+  if [ -z "$PY" ]; then
+    if command -v python3 >/dev/null 2>&1; then PY=python3; else PY=python; fi
+  fi
+  if TORCH_INC="$("$PY" -c 'import torch.utils.cpp_extension as c; print(" ".join("-isystem " + p for p in c.include_paths()))' 2>/dev/null)"; then
+    # The CUDA runtime headers: $CUDA_HOME, else where nvcc says its toolkit is
+    # (nvcc may be a wrapper script outside the toolkit), else next to nvcc.
+    if [ -n "${CUDA_HOME:-}" ]; then
+      CUDA_INC="$CUDA_HOME/include"
+    else
+      CUDA_INC="$("$NVCC" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n1)/include"
+      [ -f "$CUDA_INC/cuda_runtime_api.h" ] || CUDA_INC="$(dirname "$(command -v "$NVCC")")/../include"
+    fi
+    PY_INC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    for f in "${cpp_files[@]}"; do
+      log="$TMP/$(basename "$f").log"
+      # shellcheck disable=SC2086
+      if "$CXX" -fsyntax-only -std=c++17 -Wall -Wextra -DGEOOPS_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
+          -I csrc -I csrc/include $TORCH_INC -isystem "$CUDA_INC" -isystem "$PY_INC" "$f" >"$log" 2>&1; then
+        if grep -qiE "warning" "$log"; then
+          echo "FAIL  $f  (warnings)"
+          cat "$log"
+          status=1
+        else
+          echo "ok    $f  (syntax, $CXX -DGEOOPS_WITH_CUDA, torch + $CUDA_INC headers)"
+        fi
+      else
+        echo "FAIL  $f"
+        cat "$log"
+        status=1
+      fi
+    done
+  else
+    for f in "${cpp_files[@]}"; do echo "skip  $f  (no torch in $PY)"; done
+  fi
+fi
+
+exit "$status"

@@ -1,0 +1,664 @@
+// CUDA kernels of the kappa-stereographic row ops (forward and backward).
+//
+// Pure CUDA (no torch headers): the tensor-level wrappers live in bindings.cpp
+// and call the raw-pointer launchers declared in geoops/stereo_cuda.h.
+//
+// The kernels mirror the CPU kernels (csrc/cpu/stereographic.cpp) exactly:
+//   1. a first pass over the row accumulates the row scalars xx, yy, xy, dd
+//      (dd = |x - y|^2 directly) and, in the backward of vector-valued ops,
+//      ga = <g,x>, gb = <g,y>, gc = <g,x-y>;
+//   2. the per-op scalar math of stereo_math.h turns them into coefficients
+//      (forward) or row adjoints (backward);
+//   3. a second pass over the row (now in L1/L2) writes
+//        out = a x + b y + c (x - y)                                   (fwd)
+//        dx  = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)             (bwd)
+//        dy  = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
+//      (the g-terms are absent for scalar-valued ops).
+// Compute type T: double for fp64 data, float for fp32 / fp16 / bf16 data
+// (half types are loaded, widened to float, and rounded back on store).
+//
+// Work layout: a "group" of G threads owns one row at a time and walks the
+// rows grid-stride.  G <= 32 is a slice of a warp (256-thread blocks hold
+// 256/G rows) reduced with width-G xor shuffles; G = 256 is a whole block per
+// row (warp shuffles, then shared memory).  G is picked from the row length so
+// that short rows do not leave most of a warp idle.  Loads and stores are
+// 16-byte vectors (float4-like packs) when every row pointer is 16-byte
+// aligned and D and the row strides are multiples of the pack width.  All
+// offsets are 64-bit.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "geoops/stereo_cuda.h"
+#include "geoops/stereo_math.h"
+
+namespace geoops {
+namespace cuda {
+
+using namespace geoops::stereo;
+
+namespace {
+
+// ---------------------------------------------------------------- element types
+template <typename S> struct Elem;
+template <> struct Elem<float> {
+  using T = float;
+  static __device__ __forceinline__ float load(float v) { return v; }
+  static __device__ __forceinline__ float store(float v) { return v; }
+};
+template <> struct Elem<double> {
+  using T = double;
+  static __device__ __forceinline__ double load(double v) { return v; }
+  static __device__ __forceinline__ double store(double v) { return v; }
+};
+template <> struct Elem<__half> {
+  using T = float;
+  static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
+};
+template <> struct Elem<__nv_bfloat16> {
+  using T = float;
+  static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+// V consecutive elements moved as one aligned access (16 bytes for the vector path).
+template <typename S, int V> struct alignas(sizeof(S) * V) Pack {
+  S v[V];
+};
+
+template <typename S, int V>
+__device__ __forceinline__ void load_pack(const S* __restrict__ p, typename Elem<S>::T (&out)[V]) {
+  if constexpr (V == 1) {
+    out[0] = Elem<S>::load(p[0]);
+  } else {
+    const Pack<S, V> pk = *reinterpret_cast<const Pack<S, V>*>(p);
+#pragma unroll
+    for (int e = 0; e < V; ++e) out[e] = Elem<S>::load(pk.v[e]);
+  }
+}
+
+template <typename S, int V>
+__device__ __forceinline__ void store_pack(S* __restrict__ p, const typename Elem<S>::T (&in)[V]) {
+  if constexpr (V == 1) {
+    p[0] = Elem<S>::store(in[0]);
+  } else {
+    Pack<S, V> pk;
+#pragma unroll
+    for (int e = 0; e < V; ++e) pk.v[e] = Elem<S>::store(in[e]);
+    *reinterpret_cast<Pack<S, V>*>(p) = pk;
+  }
+}
+
+// Per-row scalars (k, r) and their adjoints (dk, dr) carry their own dtype.
+template <typename T> __device__ __forceinline__ T load_any(const void* p, int dt, int64_t i) {
+  switch (dt) {
+    case DT_F64:
+      return static_cast<T>(static_cast<const double*>(p)[i]);
+    case DT_F16:
+      return static_cast<T>(__half2float(static_cast<const __half*>(p)[i]));
+    case DT_BF16:
+      return static_cast<T>(__bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]));
+    default:
+      return static_cast<T>(static_cast<const float*>(p)[i]);
+  }
+}
+
+template <typename T> __device__ __forceinline__ void store_any(void* p, int dt, int64_t i, T v) {
+  switch (dt) {
+    case DT_F64:
+      static_cast<double*>(p)[i] = static_cast<double>(v);
+      break;
+    case DT_F16:
+      if constexpr (std::is_same<T, double>::value) static_cast<__half*>(p)[i] = __double2half(v);
+      else static_cast<__half*>(p)[i] = __float2half_rn(v);
+      break;
+    case DT_BF16:
+      if constexpr (std::is_same<T, double>::value) static_cast<__nv_bfloat16*>(p)[i] = __double2bfloat16(v);
+      else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+      break;
+    default:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      break;
+  }
+}
+
+// ---------------------------------------------------------------- groups
+template <int G> struct Cfg {
+  static_assert(G >= 2 && (G & (G - 1)) == 0 && (G <= 32 || G % 32 == 0), "bad group size");
+  static constexpr int kBlock = G > 32 ? G : 256;  // threads per block
+  static constexpr int kRows = kBlock / G;         // rows in flight per block
+  static constexpr int kWarps = G > 32 ? G / 32 : 1;
+};
+
+// Lanes of the calling thread's group (G <= 32), for the *_sync intrinsics.
+template <int G> __device__ __forceinline__ unsigned group_mask() {
+  if constexpr (G >= 32) {
+    return 0xffffffffu;
+  } else {
+    const unsigned base = (threadIdx.x & 31u) & ~static_cast<unsigned>(G - 1);
+    return ((1u << G) - 1u) << base;
+  }
+}
+
+// Sum each v[i] over the group; every thread of the group gets the same,
+// bitwise identical result (xor butterflies are symmetric), so the per-row
+// math below runs uniformly.  smem: NV * kWarps values (G > 32 only).
+template <typename T, int G, int NV>
+__device__ __forceinline__ void group_sum(T (&v)[NV], unsigned mask, T* smem) {
+  constexpr int W = G < 32 ? G : 32;
+#pragma unroll
+  for (int off = W / 2; off > 0; off >>= 1) {
+#pragma unroll
+    for (int i = 0; i < NV; ++i) v[i] += __shfl_xor_sync(mask, v[i], off, W);
+  }
+  if constexpr (G > 32) {
+    constexpr int NW = Cfg<G>::kWarps;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+#pragma unroll
+      for (int i = 0; i < NV; ++i) smem[i * NW + warp] = v[i];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      T s = smem[i * NW];
+#pragma unroll
+      for (int w = 1; w < NW; ++w) s += smem[i * NW + w];
+      v[i] = s;
+    }
+    __syncthreads();  // smem is reused by the next row
+  }
+}
+
+// ---------------------------------------------------------------- per-op math
+// fwd / vjp of stereo_math.h with the op switch cut down to the ops of one
+// (HAS_Y, SCALAR_OUT) shape, each case with a constant op so that the inlined
+// math of the other ops is pruned from the kernel.
+template <typename T, bool HAS_Y, bool SCALAR_OUT>
+__device__ __forceinline__ Coef<T> fwd_shaped(int op, const Row<T>& s, T param) {
+  if constexpr (HAS_Y && SCALAR_OUT) {
+    return fwd<T>(DIST, s, param);
+  } else if constexpr (HAS_Y) {
+    switch (op) {
+      case MOBIUS_ADD:
+        return fwd<T>(MOBIUS_ADD, s, param);
+      case MOBIUS_SUB:
+        return fwd<T>(MOBIUS_SUB, s, param);
+      case EXPMAP:
+        return fwd<T>(EXPMAP, s, param);
+      default:
+        return fwd<T>(LOGMAP, s, param);
+    }
+  } else if constexpr (SCALAR_OUT) {
+    return op == LAMBDA_X ? fwd<T>(LAMBDA_X, s, param) : fwd<T>(DIST0, s, param);
+  } else {
+    switch (op) {
+      case PROJECT:
+        return fwd<T>(PROJECT, s, param);
+      case MOBIUS_SCALAR_MUL:
+        return fwd<T>(MOBIUS_SCALAR_MUL, s, param);
+      case EXPMAP0:
+        return fwd<T>(EXPMAP0, s, param);
+      default:
+        return fwd<T>(LOGMAP0, s, param);
+    }
+  }
+}
+
+template <typename T, bool HAS_Y, bool SCALAR_OUT>
+__device__ __forceinline__ Row<T> vjp_shaped(int op, const Row<T>& s, T param, T ga, T gb, T gc) {
+  if constexpr (HAS_Y && SCALAR_OUT) {
+    return vjp<T>(DIST, s, param, ga, gb, gc);
+  } else if constexpr (HAS_Y) {
+    switch (op) {
+      case MOBIUS_ADD:
+        return vjp<T>(MOBIUS_ADD, s, param, ga, gb, gc);
+      case MOBIUS_SUB:
+        return vjp<T>(MOBIUS_SUB, s, param, ga, gb, gc);
+      case EXPMAP:
+        return vjp<T>(EXPMAP, s, param, ga, gb, gc);
+      default:
+        return vjp<T>(LOGMAP, s, param, ga, gb, gc);
+    }
+  } else if constexpr (SCALAR_OUT) {
+    return op == LAMBDA_X ? vjp<T>(LAMBDA_X, s, param, ga, gb, gc) : vjp<T>(DIST0, s, param, ga, gb, gc);
+  } else {
+    switch (op) {
+      case PROJECT:
+        return vjp<T>(PROJECT, s, param, ga, gb, gc);
+      case MOBIUS_SCALAR_MUL:
+        return vjp<T>(MOBIUS_SCALAR_MUL, s, param, ga, gb, gc);
+      case EXPMAP0:
+        return vjp<T>(EXPMAP0, s, param, ga, gb, gc);
+      default:
+        return vjp<T>(LOGMAP0, s, param, ga, gb, gc);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- kernels
+struct FwdParams {
+  const void* x;
+  const void* y;
+  const void* k;
+  const void* r;
+  void* out;
+  int64_t sx, sy, sk, sr, so;
+  int64_t N, D;
+  double param;
+  int op, k_dtype, r_dtype;
+};
+
+struct BwdParams {
+  const void* g;
+  const void* x;
+  const void* y;
+  const void* k;
+  const void* r;
+  void* dx;
+  void* dy;
+  void* dk;
+  void* dr;
+  int64_t sg, sx, sy, sk, sr, sdx, sdy;
+  int64_t N, D;
+  double param;
+  int op, k_dtype, r_dtype, dk_dtype, dr_dtype;
+};
+
+template <typename S, int G, int V, bool HAS_Y, bool SCALAR_OUT>
+__global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_fwd_kernel(const FwdParams p) {
+  using T = typename Elem<S>::T;
+  constexpr int NV = HAS_Y ? 4 : 1;  // xx (, yy, xy, dd)
+  __shared__ T smem[G > 32 ? NV * Cfg<G>::kWarps : 1];
+
+  const S* __restrict__ xp = static_cast<const S*>(p.x);
+  const S* __restrict__ yp = static_cast<const S*>(p.y);
+  S* __restrict__ outp = static_cast<S*>(p.out);
+  const int t = static_cast<int>(threadIdx.x) & (G - 1);  // thread within the group
+  const int64_t nvec = p.D / V;
+  const unsigned mask = group_mask<G>();
+  const T param = static_cast<T>(p.param);
+  const int64_t row_step = static_cast<int64_t>(gridDim.x) * Cfg<G>::kRows;
+
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * Cfg<G>::kRows + threadIdx.x / G; row < p.N;
+       row += row_step) {
+    const S* xr = xp + row * p.sx;
+    const S* yr = HAS_Y ? yp + row * p.sy : xr;
+
+    T acc[NV];
+#pragma unroll
+    for (int i = 0; i < NV; ++i) acc[i] = T(0);
+    for (int64_t v = t; v < nvec; v += G) {
+      T xv[V];
+      load_pack<S, V>(xr + v * V, xv);
+      if constexpr (HAS_Y) {
+        T yv[V];
+        load_pack<S, V>(yr + v * V, yv);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const T dv = xv[e] - yv[e];
+          acc[0] += xv[e] * xv[e];
+          acc[1] += yv[e] * yv[e];
+          acc[2] += xv[e] * yv[e];
+          acc[3] += dv * dv;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[0] += xv[e] * xv[e];
+      }
+    }
+    group_sum<T, G, NV>(acc, mask, smem);
+
+    Row<T> s;
+    s.xx = acc[0];
+    s.yy = HAS_Y ? acc[1 % NV] : T(0);
+    s.xy = HAS_Y ? acc[2 % NV] : T(0);
+    s.dd = HAS_Y ? acc[3 % NV] : T(0);
+    s.k = load_any<T>(p.k, p.k_dtype, row * p.sk);
+    s.r = p.r ? load_any<T>(p.r, p.r_dtype, row * p.sr) : T(0);
+    const Coef<T> c = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param);
+
+    if constexpr (SCALAR_OUT) {
+      if (t == 0) outp[row * p.so] = Elem<S>::store(c.a);
+    } else {
+      S* orow = outp + row * p.so;
+      for (int64_t v = t; v < nvec; v += G) {
+        T xv[V], o[V];
+        load_pack<S, V>(xr + v * V, xv);
+        if constexpr (HAS_Y) {
+          T yv[V];
+          load_pack<S, V>(yr + v * V, yv);
+#pragma unroll
+          for (int e = 0; e < V; ++e) o[e] = c.a * xv[e] + c.b * yv[e] + c.c * (xv[e] - yv[e]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < V; ++e) o[e] = c.a * xv[e];
+        }
+        store_pack<S, V>(orow + v * V, o);
+      }
+    }
+  }
+}
+
+template <typename S, int G, int V, bool HAS_Y, bool SCALAR_OUT>
+__global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_bwd_kernel(const BwdParams p) {
+  using T = typename Elem<S>::T;
+  // xx (, yy, xy, dd) then, for vector ops, ga (, gb, gc)
+  constexpr int NS = HAS_Y ? 4 : 1;
+  constexpr int NV = SCALAR_OUT ? NS : (HAS_Y ? 7 : 2);
+  __shared__ T smem[G > 32 ? NV * Cfg<G>::kWarps : 1];
+
+  const S* __restrict__ gp = static_cast<const S*>(p.g);
+  const S* __restrict__ xp = static_cast<const S*>(p.x);
+  const S* __restrict__ yp = static_cast<const S*>(p.y);
+  S* __restrict__ dxp = static_cast<S*>(p.dx);
+  S* __restrict__ dyp = HAS_Y ? static_cast<S*>(p.dy) : nullptr;
+  const int t = static_cast<int>(threadIdx.x) & (G - 1);
+  const int64_t nvec = p.D / V;
+  const unsigned mask = group_mask<G>();
+  const T param = static_cast<T>(p.param);
+  const int64_t row_step = static_cast<int64_t>(gridDim.x) * Cfg<G>::kRows;
+
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * Cfg<G>::kRows + threadIdx.x / G; row < p.N;
+       row += row_step) {
+    const S* xr = xp + row * p.sx;
+    const S* yr = HAS_Y ? yp + row * p.sy : xr;
+    const S* gr = gp + row * p.sg;
+
+    T acc[NV];
+#pragma unroll
+    for (int i = 0; i < NV; ++i) acc[i] = T(0);
+    for (int64_t v = t; v < nvec; v += G) {
+      T xv[V];
+      load_pack<S, V>(xr + v * V, xv);
+      if constexpr (HAS_Y) {
+        T yv[V];
+        load_pack<S, V>(yr + v * V, yv);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const T dv = xv[e] - yv[e];
+          acc[0] += xv[e] * xv[e];
+          acc[1] += yv[e] * yv[e];
+          acc[2] += xv[e] * yv[e];
+          acc[3] += dv * dv;
+        }
+        if constexpr (!SCALAR_OUT) {
+          T gv[V];
+          load_pack<S, V>(gr + v * V, gv);
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            acc[(NS + 0) % NV] += gv[e] * xv[e];
+            acc[(NS + 1) % NV] += gv[e] * yv[e];
+            acc[(NS + 2) % NV] += gv[e] * (xv[e] - yv[e]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[0] += xv[e] * xv[e];
+        if constexpr (!SCALAR_OUT) {
+          T gv[V];
+          load_pack<S, V>(gr + v * V, gv);
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[NS % NV] += gv[e] * xv[e];
+        }
+      }
+    }
+    group_sum<T, G, NV>(acc, mask, smem);
+
+    Row<T> s;
+    s.xx = acc[0];
+    s.yy = HAS_Y ? acc[1 % NV] : T(0);
+    s.xy = HAS_Y ? acc[2 % NV] : T(0);
+    s.dd = HAS_Y ? acc[3 % NV] : T(0);
+    s.k = load_any<T>(p.k, p.k_dtype, row * p.sk);
+    s.r = p.r ? load_any<T>(p.r, p.r_dtype, row * p.sr) : T(0);
+    T ga, gb = T(0), gc = T(0);
+    if constexpr (SCALAR_OUT) {
+      ga = Elem<S>::load(gr[0]);
+    } else {
+      ga = acc[NS % NV];
+      if constexpr (HAS_Y) {
+        gb = acc[(NS + 1) % NV];
+        gc = acc[(NS + 2) % NV];
+      }
+    }
+    const Row<T> adj = vjp_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param, ga, gb, gc);
+    if (t == 0) {
+      if (p.dk) store_any<T>(p.dk, p.dk_dtype, row, adj.k);
+      if (p.dr) store_any<T>(p.dr, p.dr_dtype, row, adj.r);
+    }
+    if (dxp == nullptr && dyp == nullptr) continue;
+
+    Coef<T> cf{T(0), T(0), T(0)};
+    if constexpr (!SCALAR_OUT) cf = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param);
+    const T gxc = cf.a + cf.c, gyc = cf.b - cf.c;
+    const T cxx = T(2) * adj.xx, cyy = T(2) * adj.yy, cxy = adj.xy, cdd = T(2) * adj.dd;
+    S* dxr = dxp ? dxp + row * p.sdx : nullptr;
+    S* dyr = dyp ? dyp + row * p.sdy : nullptr;
+    for (int64_t v = t; v < nvec; v += G) {
+      T xv[V], yv[V], gv[V];
+      load_pack<S, V>(xr + v * V, xv);
+      if constexpr (HAS_Y) {
+        load_pack<S, V>(yr + v * V, yv);
+      } else {
+#pragma unroll
+        for (int e = 0; e < V; ++e) yv[e] = T(0);
+      }
+      if constexpr (!SCALAR_OUT) load_pack<S, V>(gr + v * V, gv);
+      if (dxr) {
+        T o[V];
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const T base = cxx * xv[e] + cxy * yv[e] + cdd * (xv[e] - yv[e]);
+          if constexpr (SCALAR_OUT) o[e] = base;
+          else o[e] = gxc * gv[e] + base;
+        }
+        store_pack<S, V>(dxr + v * V, o);
+      }
+      if constexpr (HAS_Y) {
+        if (dyr) {
+          T o[V];
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            const T base = cyy * yv[e] + cxy * xv[e] - cdd * (xv[e] - yv[e]);
+            if constexpr (SCALAR_OUT) o[e] = base;
+            else o[e] = gyc * gv[e] + base;
+          }
+          store_pack<S, V>(dyr + v * V, o);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dispatch
+template <typename S> struct Tag {
+  using type = S;
+};
+template <int I> using Int = std::integral_constant<int, I>;
+template <bool B> using Bool = std::integral_constant<bool, B>;
+
+constexpr int64_t kMaxBlocks = int64_t(1) << 22;  // the kernels loop over rows grid-stride
+
+template <typename F> cudaError_t with_dtype(int dtype, F&& f) {
+  switch (dtype) {
+    case DT_F32:
+      return f(Tag<float>{});
+    case DT_F64:
+      return f(Tag<double>{});
+    case DT_F16:
+      return f(Tag<__half>{});
+    case DT_BF16:
+      return f(Tag<__nv_bfloat16>{});
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+template <typename F> cudaError_t with_shape(int op, F&& f) {
+  const bool has_y = op_has_y(op), scalar_out = op_scalar_out(op);
+  if (has_y && scalar_out) return f(Bool<true>{}, Bool<true>{});
+  if (has_y) return f(Bool<true>{}, Bool<false>{});
+  if (scalar_out) return f(Bool<false>{}, Bool<true>{});
+  return f(Bool<false>{}, Bool<false>{});
+}
+
+// Threads per row: enough for one pack per thread on short rows, a warp for
+// medium rows, a 256-thread block for long rows (or for fairly long rows when
+// there are too few rows to fill the GPU with warps).
+int pick_group(int64_t nvec, int64_t N) {
+  if (nvec > 512 || (nvec > 128 && N < 2048)) return 256;
+  int g = 2;
+  while (g < 32 && g < nvec) g <<= 1;
+  return g;
+}
+
+template <typename F> cudaError_t with_group(int g, F&& f) {
+  switch (g) {
+    case 2:
+      return f(Int<2>{});
+    case 4:
+      return f(Int<4>{});
+    case 8:
+      return f(Int<8>{});
+    case 16:
+      return f(Int<16>{});
+    case 32:
+      return f(Int<32>{});
+    default:
+      return f(Int<256>{});
+  }
+}
+
+template <typename F> cudaError_t with_vec(bool vec, F&& f) {
+  if (vec) return f(Bool<true>{});
+  return f(Bool<false>{});
+}
+
+bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename Kernel, typename Params>
+cudaError_t launch_rows(Kernel kernel, int block, int rows_per_block, int64_t N, Params params, cudaStream_t stream) {
+  int64_t blocks = (N + rows_per_block - 1) / rows_per_block;
+  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+  void* args[] = {&params};
+  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(blocks)),
+                          dim3(static_cast<unsigned>(block)), args, 0, stream);
+}
+
+bool valid_dtype(int dt) { return dt >= DT_F32 && dt <= DT_BF16; }
+
+}  // namespace
+
+cudaError_t launch_stereo_fwd(int op, int dtype, const void* x, int64_t x_row_stride, const void* y,
+                              int64_t y_row_stride, const void* k, int64_t k_stride, int k_dtype, const void* r,
+                              int64_t r_stride, int r_dtype, double param, void* out, int64_t out_row_stride,
+                              int64_t N, int64_t D, cudaStream_t stream) {
+  if (op < 0 || op >= NUM_OPS || !valid_dtype(dtype) || !valid_dtype(k_dtype) || N < 0 || D < 0 || k == nullptr ||
+      (r != nullptr && !valid_dtype(r_dtype)))
+    return cudaErrorInvalidValue;
+  if (N == 0) return cudaSuccess;
+
+  FwdParams p;
+  p.x = x;
+  p.y = op_has_y(op) ? y : nullptr;
+  p.k = k;
+  p.r = r;
+  p.out = out;
+  p.sx = x_row_stride;
+  p.sy = op_has_y(op) ? y_row_stride : 0;
+  p.sk = k_stride;
+  p.sr = r_stride;
+  p.so = out_row_stride;
+  p.N = N;
+  p.D = D;
+  p.param = param;
+  p.op = op;
+  p.k_dtype = k_dtype;
+  p.r_dtype = r_dtype;
+
+  return with_dtype(dtype, [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    constexpr int VW = static_cast<int>(16 / sizeof(S));
+    return with_shape(op, [&](auto hy, auto so) {
+      constexpr bool HY = decltype(hy)::value, SO = decltype(so)::value;
+      const bool vec = D % VW == 0 && aligned16(p.x) && p.sx % VW == 0 && (!HY || (aligned16(p.y) && p.sy % VW == 0)) &&
+                       (SO || (aligned16(p.out) && p.so % VW == 0));
+      const int64_t nvec = vec ? D / VW : D;
+      return with_vec(vec, [&](auto v) {
+        constexpr int V = decltype(v)::value ? VW : 1;
+        return with_group(pick_group(nvec, N), [&](auto g) {
+          constexpr int G = decltype(g)::value;
+          return launch_rows(&stereo_fwd_kernel<S, G, V, HY, SO>, Cfg<G>::kBlock, Cfg<G>::kRows, N, p, stream);
+        });
+      });
+    });
+  });
+}
+
+cudaError_t launch_stereo_bwd(int op, int dtype, const void* grad, int64_t grad_row_stride, const void* x,
+                              int64_t x_row_stride, const void* y, int64_t y_row_stride, const void* k,
+                              int64_t k_stride, int k_dtype, const void* r, int64_t r_stride, int r_dtype,
+                              double param, void* dx, int64_t dx_row_stride, void* dy, int64_t dy_row_stride,
+                              void* dk, int dk_dtype, void* dr, int dr_dtype, int64_t N, int64_t D,
+                              cudaStream_t stream) {
+  if (op < 0 || op >= NUM_OPS || !valid_dtype(dtype) || !valid_dtype(k_dtype) || N < 0 || D < 0 || k == nullptr ||
+      (r != nullptr && !valid_dtype(r_dtype)) || (dk != nullptr && !valid_dtype(dk_dtype)) ||
+      (dr != nullptr && !valid_dtype(dr_dtype)))
+    return cudaErrorInvalidValue;
+  if (N == 0) return cudaSuccess;
+
+  const bool has_y = op_has_y(op);
+  BwdParams p;
+  p.g = grad;
+  p.x = x;
+  p.y = has_y ? y : nullptr;
+  p.k = k;
+  p.r = r;
+  p.dx = dx;
+  p.dy = has_y ? dy : nullptr;
+  p.dk = dk;
+  p.dr = dr;
+  p.sg = grad_row_stride;
+  p.sx = x_row_stride;
+  p.sy = has_y ? y_row_stride : 0;
+  p.sk = k_stride;
+  p.sr = r_stride;
+  p.sdx = dx_row_stride;
+  p.sdy = has_y ? dy_row_stride : 0;
+  p.N = N;
+  p.D = D;
+  p.param = param;
+  p.op = op;
+  p.k_dtype = k_dtype;
+  p.r_dtype = r_dtype;
+  p.dk_dtype = dk_dtype;
+  p.dr_dtype = dr_dtype;
+
+  return with_dtype(dtype, [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    constexpr int VW = static_cast<int>(16 / sizeof(S));
+    return with_shape(op, [&](auto hy, auto so) {
+      constexpr bool HY = decltype(hy)::value, SO = decltype(so)::value;
+      const bool vec = D % VW == 0 && aligned16(p.x) && p.sx % VW == 0 &&
+                       (!HY || (aligned16(p.y) && p.sy % VW == 0)) && (SO || (aligned16(p.g) && p.sg % VW == 0)) &&
+                       (p.dx == nullptr || (aligned16(p.dx) && p.sdx % VW == 0)) &&
+                       (p.dy == nullptr || (aligned16(p.dy) && p.sdy % VW == 0));
+      const int64_t nvec = vec ? D / VW : D;
+      return with_vec(vec, [&](auto v) {
+        constexpr int V = decltype(v)::value ? VW : 1;
+        return with_group(pick_group(nvec, N), [&](auto g) {
+          constexpr int G = decltype(g)::value;
+          return launch_rows(&stereo_bwd_kernel<S, G, V, HY, SO>, Cfg<G>::kBlock, Cfg<G>::kRows, N, p, stream);
+        });
+      });
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace geoops
