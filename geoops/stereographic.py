@@ -67,36 +67,35 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     fwd_op = getattr(torch.ops.geoops, f"{spec.name}_fwd").default
     bwd_op = getattr(torch.ops.geoops, f"{spec.name}_bwd").default
 
-    class Fn(torch.autograd.Function):
-        @staticmethod
-        def forward(x, y, k, r, param):
-            return fwd_op(x, y, k, r, param)
+    def forward(x, y, k, r, param):
+        return fwd_op(x, y, k, r, param)
 
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            x, y, k, r, param = inputs
-            ctx.save_for_backward(x, y, k, r)
-            ctx.param = param
+    def setup_context(ctx, inputs, output):
+        x, y, k, r, param = inputs
+        ctx.save_for_backward(x, y, k, r)
+        ctx.param = param
 
-        @staticmethod
-        def backward(ctx, grad):
-            x, y, k, r = ctx.saved_tensors
-            need = ctx.needs_input_grad
-            mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
-            if mask == 0:
-                return None, None, None, None, None
-            dx, dy, dk, dr = bwd_op(grad, x, y, k, r, ctx.param, mask)
-            n = x.shape[0]
-            if need[2] and k.shape[0] != n:
-                dk = dk.sum(0, keepdim=True)
-            if need[3] and r.shape[0] != n:
-                dr = dr.sum(0, keepdim=True)
-            return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
-                    dr if need[3] else None, None)
+    def backward(ctx, grad):
+        x, y, k, r = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
+        if mask == 0:
+            return None, None, None, None, None
+        dx, dy, dk, dr = bwd_op(grad, x, y, k, r, ctx.param, mask)
+        n = x.shape[0]
+        if need[2] and k.shape[0] != n:
+            dk = dk.sum(0, keepdim=True)
+        if need[3] and r.shape[0] != n:
+            dr = dr.sum(0, keepdim=True)
+        return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
+                dr if need[3] else None, None)
 
+    # named at creation so that autograd's node is called e.g. MobiusAddFnBackward
     name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
-    Fn.__name__ = Fn.__qualname__ = name
-    return Fn
+    body = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward), "__module__": __name__,
+            "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd."}
+    return type(name, (torch.autograd.Function,), body)
 
 
 MobiusAddFn = _make_fn(_ops.STEREO_OPS["mobius_add"])
@@ -230,11 +229,15 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     for s in batch:
         N *= s
 
+    last = d == nd - 1
+
     def rows(t):
         t = t.to(dtype)
         if tuple(t.shape) != tuple(shape):
             t = t.expand(shape)
-        return t.movedim(d, -1).reshape(N, D)
+        if not last:
+            t = t.movedim(d, -1)
+        return t if nd == 2 else t.reshape(N, D)
 
     x2 = rows(x)
     y2 = rows(y) if spec.has_y else None
@@ -242,9 +245,11 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     r2 = _per_row(op, r_name, r, shape, d, N, kdtype) if spec.has_r else None
     out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
     if spec.scalar_out:
-        out = out.reshape(batch)
+        out = out.reshape(batch) if nd != 2 else out
         return out.unsqueeze(d) if keepdim else out
-    return out.reshape(batch + (D,)).movedim(-1, d)
+    if nd != 2:
+        out = out.reshape(batch + (D,))
+    return out if last else out.movedim(-1, d)
 
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)

@@ -39,28 +39,66 @@ struct Scalars {
   int64_t sr;
 };
 
+// Row sums of NS per-element terms, in double, kept as W independent partial
+// sums per term so that the additions do not form one long latency chain.
+template <int NS, int W, typename F>
+inline void row_sums(int64_t D, double (&out)[NS], F&& terms) {
+  double part[NS][W] = {};
+  int64_t j = 0;
+  for (; j + W <= D; j += W) {
+#pragma omp simd
+    for (int t = 0; t < W; ++t) {
+      double v[NS];
+      terms(j + t, v);
+      for (int s = 0; s < NS; ++s) part[s][t] += v[s];
+    }
+  }
+  for (; j < D; ++j) {
+    double v[NS];
+    terms(j, v);
+    for (int s = 0; s < NS; ++s) part[s][0] += v[s];
+  }
+  for (int s = 0; s < NS; ++s) {
+    double acc = 0;
+    for (int t = 0; t < W; ++t) acc += part[s][t];
+    out[s] = acc;
+  }
+}
+
+// xx, yy, xy and dd = |x - y|^2 (accumulated directly) of one row.
 template <typename scalar_t, bool HAS_Y>
 inline Row<double> reduce_row(const scalar_t* xr, const scalar_t* yr, int64_t D) {
-  double xx = 0, yy = 0, xy = 0, dd = 0;
-  if (HAS_Y) {
+  if (HAS_Y) {  // four independent sums already keep the adders busy
+    double xx = 0, yy = 0, xy = 0, dd = 0;
 #pragma omp simd reduction(+ : xx, yy, xy, dd)
     for (int64_t j = 0; j < D; ++j) {
-      const double xv = static_cast<double>(xr[j]);
-      const double yv = static_cast<double>(yr[j]);
+      const double xv = static_cast<double>(xr[j]), yv = static_cast<double>(yr[j]);
       const double dv = xv - yv;
       xx += xv * xv;
       yy += yv * yv;
       xy += xv * yv;
       dd += dv * dv;
     }
-  } else {
-#pragma omp simd reduction(+ : xx)
-    for (int64_t j = 0; j < D; ++j) {
-      const double xv = static_cast<double>(xr[j]);
-      xx += xv * xv;
-    }
+    return {xx, yy, xy, dd, 0.0, 0.0};
   }
-  return {xx, yy, xy, dd, 0.0, 0.0};
+  double r[1];
+  row_sums<1, 16>(D, r, [&](int64_t j, double* v) {
+    const double xv = static_cast<double>(xr[j]);
+    v[0] = xv * xv;
+  });
+  return {r[0], 0.0, 0.0, 0.0, 0.0, 0.0};
+}
+
+// Rows are processed in blocks: the reductions of a block first, then the
+// scalar math of its rows (independent, so the out-of-order core overlaps
+// their transcendental latency chains), then the writes, with the block's
+// rows still in L1.
+constexpr int64_t kMaxBlock = 16;
+
+template <typename scalar_t>
+int64_t block_rows(int64_t D, int streams) {
+  const int64_t bytes = std::max<int64_t>(D, 1) * static_cast<int64_t>(sizeof(scalar_t)) * streams;
+  return std::min<int64_t>(kMaxBlock, std::max<int64_t>(1, 16384 / bytes));
 }
 
 template <typename scalar_t, bool HAS_Y, bool SCALAR_OUT>
@@ -71,30 +109,40 @@ void fwd_loop(int op, const at::Tensor& x, const at::Tensor& y, Scalars sc, doub
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* yp = y.data_ptr<scalar_t>();
   scalar_t* op_ = out.data_ptr<scalar_t>();
+  const int64_t B = block_rows<scalar_t>(D, HAS_Y ? 3 : 2);
   at::parallel_for(0, N, grain_for(D), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* xr = xp + i * sx;
-      const scalar_t* yr = yp + i * sy;
-      Row<double> s = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
-      s.k = sc.k[i * sc.sk];
-      s.r = sc.r ? sc.r[i * sc.sr] : 0.0;
-      const Coef<double> c = fwd<double>(op, s, param);
-      if (SCALAR_OUT) {
-        op_[i] = static_cast<scalar_t>(c.a);
-        continue;
+    Row<double> rows[kMaxBlock];
+    Coef<double> coefs[kMaxBlock];
+    for (int64_t i0 = begin; i0 < end; i0 += B) {
+      const int64_t nb = std::min(B, end - i0);
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t i = i0 + b;
+        rows[b] = reduce_row<scalar_t, HAS_Y>(xp + i * sx, yp + i * sy, D);
+        rows[b].k = sc.k[i * sc.sk];
+        rows[b].r = sc.r ? sc.r[i * sc.sr] : 0.0;
       }
-      scalar_t* orow = op_ + i * so;
-      const opmath_t a = static_cast<opmath_t>(c.a);
-      if (HAS_Y) {
-        const opmath_t b = static_cast<opmath_t>(c.b), cc = static_cast<opmath_t>(c.c);
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) {
-          const opmath_t xv = static_cast<opmath_t>(xr[j]), yv = static_cast<opmath_t>(yr[j]);
-          orow[j] = static_cast<scalar_t>(a * xv + b * yv + cc * (xv - yv));
+      for (int64_t b = 0; b < nb; ++b) coefs[b] = fwd<double>(op, rows[b], param);
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t i = i0 + b;
+        if (SCALAR_OUT) {
+          op_[i] = static_cast<scalar_t>(coefs[b].a);
+          continue;
         }
-      } else {
+        const scalar_t* xr = xp + i * sx;
+        const scalar_t* yr = yp + i * sy;
+        scalar_t* orow = op_ + i * so;
+        const opmath_t a = static_cast<opmath_t>(coefs[b].a);
+        if (HAS_Y) {
+          const opmath_t bb = static_cast<opmath_t>(coefs[b].b), cc = static_cast<opmath_t>(coefs[b].c);
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) orow[j] = static_cast<scalar_t>(a * static_cast<opmath_t>(xr[j]));
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = static_cast<opmath_t>(xr[j]), yv = static_cast<opmath_t>(yr[j]);
+            orow[j] = static_cast<scalar_t>(a * xv + bb * yv + cc * (xv - yv));
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) orow[j] = static_cast<scalar_t>(a * static_cast<opmath_t>(xr[j]));
+        }
       }
     }
   });
@@ -111,65 +159,92 @@ void bwd_loop(int op, const at::Tensor& g, const at::Tensor& x, const at::Tensor
   const scalar_t* gp = g.data_ptr<scalar_t>();
   scalar_t* dxp = dx.defined() ? dx.data_ptr<scalar_t>() : nullptr;
   scalar_t* dyp = dy.defined() ? dy.data_ptr<scalar_t>() : nullptr;
+  const int64_t B = block_rows<scalar_t>(D, HAS_Y ? 5 : 3);
   at::parallel_for(0, N, grain_for(D), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* xr = xp + i * sx;
-      const scalar_t* yr = yp + i * sy;
-      const scalar_t* gr = gp + i * sg;
-      Row<double> s = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
-      s.k = sc.k[i * sc.sk];
-      s.r = sc.r ? sc.r[i * sc.sr] : 0.0;
-      double ga = 0, gb = 0, gc = 0;
-      if (SCALAR_OUT) {
-        ga = static_cast<double>(gr[0]);
-      } else if (HAS_Y) {
-#pragma omp simd reduction(+ : ga, gb, gc)
-        for (int64_t j = 0; j < D; ++j) {
-          const double gv = static_cast<double>(gr[j]);
-          const double xv = static_cast<double>(xr[j]), yv = static_cast<double>(yr[j]);
-          ga += gv * xv;
-          gb += gv * yv;
-          gc += gv * (xv - yv);
-        }
-      } else {
-#pragma omp simd reduction(+ : ga)
-        for (int64_t j = 0; j < D; ++j) ga += static_cast<double>(gr[j]) * static_cast<double>(xr[j]);
-      }
-      const Row<double> adj = vjp<double>(op, s, param, ga, gb, gc);
-      if (dk) dk[i] = adj.k;
-      if (dr) dr[i] = adj.r;
-      Coef<double> cf{0.0, 0.0, 0.0};
-      if (!SCALAR_OUT) cf = fwd<double>(op, s, param);
-      // dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y); dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
-      const opmath_t gxc = static_cast<opmath_t>(cf.a + cf.c), gyc = static_cast<opmath_t>(cf.b - cf.c);
-      const opmath_t cxx = static_cast<opmath_t>(2 * adj.xx), cyy = static_cast<opmath_t>(2 * adj.yy);
-      const opmath_t cxy = static_cast<opmath_t>(adj.xy), cdd = static_cast<opmath_t>(2 * adj.dd);
-      if (dxp) {
-        scalar_t* o = dxp + i * D;
+    Row<double> rows[kMaxBlock], adjs[kMaxBlock];
+    Coef<double> coefs[kMaxBlock];
+    double gas[kMaxBlock], gbs[kMaxBlock], gcs[kMaxBlock];
+    for (int64_t i0 = begin; i0 < end; i0 += B) {
+      const int64_t nb = std::min(B, end - i0);
+      for (int64_t b = 0; b < nb; ++b) {  // row sums, with <g,x>, <g,y>, <g,x-y>
+        const int64_t i = i0 + b;
+        const scalar_t* xr = xp + i * sx;
+        const scalar_t* yr = yp + i * sy;
+        const scalar_t* gr = gp + i * sg;
+        rows[b] = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
+        rows[b].k = sc.k[i * sc.sk];
+        rows[b].r = sc.r ? sc.r[i * sc.sr] : 0.0;
+        double gsum[3] = {0.0, 0.0, 0.0};
         if (SCALAR_OUT) {
-#pragma omp simd
+          gsum[0] = static_cast<double>(gr[0]);
+        } else if (HAS_Y) {
+          double ga = 0, gb = 0, gc = 0;
+#pragma omp simd reduction(+ : ga, gb, gc)
           for (int64_t j = 0; j < D; ++j) {
-            const opmath_t xv = static_cast<opmath_t>(xr[j]);
-            const opmath_t yv = HAS_Y ? static_cast<opmath_t>(yr[j]) : opmath_t(0);
-            o[j] = static_cast<scalar_t>(cxx * xv + cxy * yv + cdd * (xv - yv));
+            const double gv = static_cast<double>(gr[j]);
+            const double xv = static_cast<double>(xr[j]), yv = static_cast<double>(yr[j]);
+            ga += gv * xv;
+            gb += gv * yv;
+            gc += gv * (xv - yv);
           }
+          gsum[0] = ga;
+          gsum[1] = gb;
+          gsum[2] = gc;
         } else {
+          double g1[1];
+          row_sums<1, 16>(D, g1, [&](int64_t j, double* v) {
+            v[0] = static_cast<double>(gr[j]) * static_cast<double>(xr[j]);
+          });
+          gsum[0] = g1[0];
+        }
+        gas[b] = gsum[0];
+        gbs[b] = gsum[1];
+        gcs[b] = gsum[2];
+      }
+      for (int64_t b = 0; b < nb; ++b) {  // scalar math of the block
+        adjs[b] = vjp<double>(op, rows[b], param, gas[b], gbs[b], gcs[b]);
+        coefs[b] = SCALAR_OUT ? Coef<double>{0.0, 0.0, 0.0} : fwd<double>(op, rows[b], param);
+        if (dk) dk[i0 + b] = adjs[b].k;
+        if (dr) dr[i0 + b] = adjs[b].r;
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t i = i0 + b;
+        const scalar_t* xr = xp + i * sx;
+        const scalar_t* yr = yp + i * sy;
+        const scalar_t* gr = gp + i * sg;
+        const Row<double>& adj = adjs[b];
+        const Coef<double>& cf = coefs[b];
+        // dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y); dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
+        const opmath_t gxc = static_cast<opmath_t>(cf.a + cf.c), gyc = static_cast<opmath_t>(cf.b - cf.c);
+        const opmath_t cxx = static_cast<opmath_t>(2 * adj.xx), cyy = static_cast<opmath_t>(2 * adj.yy);
+        const opmath_t cxy = static_cast<opmath_t>(adj.xy), cdd = static_cast<opmath_t>(2 * adj.dd);
+        if (dxp) {
+          scalar_t* o = dxp + i * D;
+          if (SCALAR_OUT) {
 #pragma omp simd
-          for (int64_t j = 0; j < D; ++j) {
-            const opmath_t xv = static_cast<opmath_t>(xr[j]), gv = static_cast<opmath_t>(gr[j]);
-            const opmath_t yv = HAS_Y ? static_cast<opmath_t>(yr[j]) : opmath_t(0);
-            o[j] = static_cast<scalar_t>(gxc * gv + cxx * xv + cxy * yv + cdd * (xv - yv));
+            for (int64_t j = 0; j < D; ++j) {
+              const opmath_t xv = static_cast<opmath_t>(xr[j]);
+              const opmath_t yv = HAS_Y ? static_cast<opmath_t>(yr[j]) : opmath_t(0);
+              o[j] = static_cast<scalar_t>(cxx * xv + cxy * yv + cdd * (xv - yv));
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < D; ++j) {
+              const opmath_t xv = static_cast<opmath_t>(xr[j]), gv = static_cast<opmath_t>(gr[j]);
+              const opmath_t yv = HAS_Y ? static_cast<opmath_t>(yr[j]) : opmath_t(0);
+              o[j] = static_cast<scalar_t>(gxc * gv + cxx * xv + cxy * yv + cdd * (xv - yv));
+            }
           }
         }
-      }
-      if (HAS_Y && dyp) {
-        scalar_t* o = dyp + i * D;
-        const opmath_t gmul = SCALAR_OUT ? opmath_t(0) : gyc;
+        if (HAS_Y && dyp) {
+          scalar_t* o = dyp + i * D;
+          const opmath_t gmul = SCALAR_OUT ? opmath_t(0) : gyc;
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) {
-          const opmath_t xv = static_cast<opmath_t>(xr[j]), yv = static_cast<opmath_t>(yr[j]);
-          const opmath_t gv = SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(gr[j]);
-          o[j] = static_cast<scalar_t>(gmul * gv + cyy * yv + cxy * xv - cdd * (xv - yv));
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = static_cast<opmath_t>(xr[j]), yv = static_cast<opmath_t>(yr[j]);
+            const opmath_t gv = SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(gr[j]);
+            o[j] = static_cast<scalar_t>(gmul * gv + cyy * yv + cxy * xv - cdd * (xv - yv));
+          }
         }
       }
     }
