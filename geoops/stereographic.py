@@ -32,19 +32,7 @@ import torch
 from . import _backend, _ops
 from .reference import stereographic as _ref
 
-__all__ = [
-    "project",
-    "lambda_x",
-    "mobius_add",
-    "mobius_sub",
-    "mobius_scalar_mul",
-    "expmap",
-    "expmap0",
-    "logmap",
-    "logmap0",
-    "dist",
-    "dist0",
-]
+__all__ = list(_ops.STEREO_OPS)  # project, lambda_x, mobius_add, ... (geoopt's names)
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Which arguments must lie on the manifold (checked under GEOOPS_CHECK=1).

@@ -435,3 +435,19 @@ def test_cuda_large_broadcast_and_gradcheck(backend):
         big = torch.randn(2**17, 64, device="cuda") * 0.05
         torch.testing.assert_close(gs.mobius_add(big, big.flip(0), k=-1.0).cpu(),
                                    gs.mobius_add(big.cpu(), big.flip(0).cpu(), k=-1.0), rtol=2e-5, atol=2e-6)
+
+
+def test_missing_extension_falls_back_with_one_warning():
+    """Without geoops._C, import still works, warns once how to build, and runs the reference."""
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['geoops._C'] = None  # makes `import geoops._C` fail\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import torch, geoops, geoops.stereographic as gs\n"
+        "    out = gs.mobius_add(torch.zeros(2, 3), torch.ones(2, 3) * 0.1, k=-1.0)\n"
+        "msgs = [str(x.message) for x in w if 'geoops._C' in str(x.message)]\n"
+        "print(len(msgs), 'pip install --no-build-isolation' in msgs[0], geoops.backend_info()['cpu_backend'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "True", "reference"]

@@ -152,6 +152,15 @@ template <typename T> GEO_HD T sub_den(T xx, T yy, T xy, T k) {
   return den;
 }
 
+// Adds the adjoint den_ of sub_den(s.xx, s.yy, s.xy, s.k) to the row adjoints g.
+template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T>& g) {
+  const T k = s.k;
+  g.xy += den_ * T(2) * k;
+  g.xx += den_ * k * k * s.yy;
+  g.yy += den_ * k * k * s.xx;
+  g.k += den_ * (T(2) * s.xy + T(2) * k * s.xx * s.yy);
+}
+
 template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
   const T k = s.k;
   switch (op) {
@@ -337,14 +346,9 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
       T xx1 = nb_ + (p_live ? p_ : T(0));
       g.xx = xx1 * k;
       k_ += xx1 * s.xx;
-      if (den_live) {
-        g.xy = den_ * T(2) * k;
-        g.xx += den_ * k * k * s.yy;
-        g.yy = den_ * k * k * s.xx;
-        k_ += den_ * (T(2) * s.xy + T(2) * k * s.xx * s.yy);
-      }
-      g.dd = dd_;
       g.k = k_;
+      if (den_live) add_sub_den_vjp(s, den_, g);
+      g.dd = dd_;
       return g;
     }
     case LOGMAP0: {
@@ -369,13 +373,8 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
       T k_ = ga * T(2) * w * Ad * ss;
       g.dd = ss_ / den;
       T den_ = -ss_ * ss / den;
-      if (den_live) {
-        g.xy = den_ * T(2) * k;
-        g.xx = den_ * k * k * s.yy;
-        g.yy = den_ * k * k * s.xx;
-        k_ += den_ * (T(2) * s.xy + T(2) * k * s.xx * s.yy);
-      }
       g.k = k_;
+      if (den_live) add_sub_den_vjp(s, den_, g);
       return g;
     }
     case DIST0: {
