@@ -171,10 +171,21 @@ void bwd_loop(int op, const at::Tensor& g, const at::Tensor& x, const at::Tensor
         const scalar_t* xr = xp + i * sx;
         const scalar_t* yr = yp + i * sy;
         const scalar_t* gr = gp + i * sg;
-        rows[b] = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
+        double gsum[3] = {0.0, 0.0, 0.0};
+        if (!HAS_Y && !SCALAR_OUT) {  // <x,x> and <g,x> in one pass
+          double r2[2];
+          row_sums<2, 8>(D, r2, [&](int64_t j, double* v) {
+            const double xv = static_cast<double>(xr[j]);
+            v[0] = xv * xv;
+            v[1] = static_cast<double>(gr[j]) * xv;
+          });
+          rows[b] = Row<double>{r2[0], 0.0, 0.0, 0.0, 0.0, 0.0};
+          gsum[0] = r2[1];
+        } else {
+          rows[b] = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
+        }
         rows[b].k = sc.k[i * sc.sk];
         rows[b].r = sc.r ? sc.r[i * sc.sr] : 0.0;
-        double gsum[3] = {0.0, 0.0, 0.0};
         if (SCALAR_OUT) {
           gsum[0] = static_cast<double>(gr[0]);
         } else if (HAS_Y) {
@@ -190,12 +201,6 @@ void bwd_loop(int op, const at::Tensor& g, const at::Tensor& x, const at::Tensor
           gsum[0] = ga;
           gsum[1] = gb;
           gsum[2] = gc;
-        } else {
-          double g1[1];
-          row_sums<1, 16>(D, g1, [&](int64_t j, double* v) {
-            v[0] = static_cast<double>(gr[j]) * static_cast<double>(xr[j]);
-          });
-          gsum[0] = g1[0];
         }
         gas[b] = gsum[0];
         gbs[b] = gsum[1];
