@@ -93,32 +93,58 @@ int check_xy(int64_t op, const at::Tensor& x, const c10::optional<at::Tensor>& y
   return dt;
 }
 
+// What both wrappers derive from op, x and y once check_xy has passed: the
+// op's shape, x and y (for ops with y) in row layout, and N, D.
+struct Rows {
+  int op;
+  bool has_y, scalar_out;
+  at::Tensor x, y;
+  int64_t N, D;
+};
+
+Rows rows_of(int64_t op, const at::Tensor& x_, const c10::optional<at::Tensor>& y_) {
+  const int iop = static_cast<int>(op);
+  const bool has_y = op_has_y(iop);
+  const at::Tensor x = rows_view(x_);
+  return {iop, has_y, op_scalar_out(iop), x, has_y ? rows_view(*y_) : at::Tensor(), x.size(0), x.size(1)};
+}
+
+// k and r as per-row operands of the rows (k checked first); without r, has_r
+// is false and r an empty placeholder (stride 0, DT_F32).
+struct KR {
+  PerRow k, r;
+  bool has_r;
+};
+
+KR per_row_kr(const at::Tensor& k, const c10::optional<at::Tensor>& r, const Rows& rows) {
+  const at::ScalarType compute = rows.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const bool has_r = r.has_value() && r->defined();
+  // A braced list is evaluated left to right: k, then r.
+  return {per_row(k, "k", rows.N, rows.x.device(), compute),
+          has_r ? per_row(*r, "r", rows.N, rows.x.device(), compute) : PerRow{at::Tensor(), 0, DT_F32}, has_r};
+}
+
 }  // namespace
 
 at::Tensor stereo_fwd_cuda(int64_t op, const at::Tensor& x_, const c10::optional<at::Tensor>& y_, const at::Tensor& k,
                            const c10::optional<at::Tensor>& r, double param, int64_t stream) {
   const int dt = check_xy(op, x_, y_, "stereo_fwd_cuda");
   const c10::DeviceGuard guard(x_.device());
-  const int iop = static_cast<int>(op);
-  const bool has_y = op_has_y(iop), scalar_out = op_scalar_out(iop);
-  const at::Tensor x = rows_view(x_);
-  const at::Tensor y = has_y ? rows_view(*y_) : at::Tensor();
-  const int64_t N = x.size(0), D = x.size(1);
-  const at::ScalarType compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const PerRow kk = per_row(k, "k", N, x.device(), compute);
-  const bool has_r = r.has_value() && r->defined();
-  const PerRow rr = has_r ? per_row(*r, "r", N, x.device(), compute) : PerRow{at::Tensor(), 0, DT_F32};
+  const Rows rows = rows_of(op, x_, y_);
+  const at::Tensor& x = rows.x;
+  const int64_t N = rows.N, D = rows.D;
+  const KR kr = per_row_kr(k, r, rows);
 
-  at::Tensor out = scalar_out ? at::empty({N}, x.options()) : at::empty({N, D}, x.options());
+  at::Tensor out = rows.scalar_out ? at::empty({N}, x.options()) : at::empty({N, D}, x.options());
   if (N == 0) return out;
-  const cudaError_t err = launch_stereo_fwd(                                //
-      iop, dt,                                                              //
-      x.data_ptr(), x.stride(0),                                            //
-      has_y ? y.data_ptr() : nullptr, has_y ? y.stride(0) : 0,              //
-      kk.t.data_ptr(), kk.stride, kk.dtype,                                 //
-      has_r ? rr.t.data_ptr() : nullptr, rr.stride, rr.dtype,               //
-      param,                                                                //
-      out.data_ptr(), out.stride(0),                                        //
+  const cudaError_t err = launch_stereo_fwd(                                        //
+      rows.op, dt,                                                                  //
+      x.data_ptr(), x.stride(0),                                                    //
+      rows.has_y ? rows.y.data_ptr() : nullptr, rows.has_y ? rows.y.stride(0) : 0,  //
+      kr.k.t.data_ptr(), kr.k.stride, kr.k.dtype,                                   //
+      kr.has_r ? kr.r.t.data_ptr() : nullptr, kr.r.stride, kr.r.dtype,              //
+      param,                                                                        //
+      out.data_ptr(), out.stride(0),                                                //
       N, D, as_stream(stream));
   check_launch(err, "stereo_fwd_cuda");
   return out;
@@ -129,17 +155,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cuda(
     const at::Tensor& k, const c10::optional<at::Tensor>& r, double param, int64_t mask, int64_t stream) {
   const int dt = check_xy(op, x_, y_, "stereo_bwd_cuda");
   const c10::DeviceGuard guard(x_.device());
-  const int iop = static_cast<int>(op);
-  const bool has_y = op_has_y(iop), scalar_out = op_scalar_out(iop);
-  const at::Tensor x = rows_view(x_);
-  const at::Tensor y = has_y ? rows_view(*y_) : at::Tensor();
-  const int64_t N = x.size(0), D = x.size(1);
+  const Rows rows = rows_of(op, x_, y_);
+  const at::Tensor& x = rows.x;
+  const int64_t N = rows.N, D = rows.D;
 
   check_on(grad_, "grad", x.device());
   TORCH_CHECK(grad_.scalar_type() == x.scalar_type(), "geoops: stereo_bwd_cuda: grad has dtype ",
               grad_.scalar_type(), " but x has ", x.scalar_type());
   at::Tensor grad;
-  if (scalar_out) {
+  if (rows.scalar_out) {
     TORCH_CHECK(grad_.numel() == N, "geoops: stereo_bwd_cuda: grad must have N = ", N, " elements (got ",
                 grad_.sizes(), ")");
     grad = grad_.reshape({N});  // any stride, 0 included: the kernel reads grad[i * stride]
@@ -149,32 +173,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cuda(
     grad = rows_view(grad_);
   }
 
-  const at::ScalarType compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const PerRow kk = per_row(k, "k", N, x.device(), compute);
-  const bool has_r = r.has_value() && r->defined();
-  const PerRow rr = has_r ? per_row(*r, "r", N, x.device(), compute) : PerRow{at::Tensor(), 0, DT_F32};
-
-  const bool want_dx = (mask & 1) != 0, want_dy = has_y && (mask & 2) != 0;
-  const bool want_dk = (mask & 4) != 0, want_dr = has_r && (mask & 8) != 0;
+  const KR kr = per_row_kr(k, r, rows);
+  const bool want_dx = (mask & 1) != 0, want_dy = rows.has_y && (mask & 2) != 0;
+  const bool want_dk = (mask & 4) != 0, want_dr = kr.has_r && (mask & 8) != 0;
   const at::Tensor empty = at::empty({0}, x.options());
   at::Tensor dx = want_dx ? at::empty({N, D}, x.options()) : empty;
   at::Tensor dy = want_dy ? at::empty({N, D}, x.options()) : empty;
-  at::Tensor dk = want_dk ? at::empty({N}, x.options().dtype(kk.t.scalar_type())) : empty;
-  at::Tensor dr = want_dr ? at::empty({N}, x.options().dtype(rr.t.scalar_type())) : empty;
+  at::Tensor dk = want_dk ? at::empty({N}, x.options().dtype(kr.k.t.scalar_type())) : empty;
+  at::Tensor dr = want_dr ? at::empty({N}, x.options().dtype(kr.r.t.scalar_type())) : empty;
 
   if (N > 0) {
-    const cudaError_t err = launch_stereo_bwd(                            //
-        iop, dt,                                                          //
-        grad.data_ptr(), grad.stride(0),                                  //
-        x.data_ptr(), x.stride(0),                                        //
-        has_y ? y.data_ptr() : nullptr, has_y ? y.stride(0) : 0,          //
-        kk.t.data_ptr(), kk.stride, kk.dtype,                             //
-        has_r ? rr.t.data_ptr() : nullptr, rr.stride, rr.dtype,           //
-        param,                                                            //
-        want_dx ? dx.data_ptr() : nullptr, want_dx ? dx.stride(0) : 0,    //
-        want_dy ? dy.data_ptr() : nullptr, want_dy ? dy.stride(0) : 0,    //
-        want_dk ? dk.data_ptr() : nullptr, kk.dtype,                      //
-        want_dr ? dr.data_ptr() : nullptr, rr.dtype,                      //
+    const cudaError_t err = launch_stereo_bwd(                                        //
+        rows.op, dt,                                                                  //
+        grad.data_ptr(), grad.stride(0),                                              //
+        x.data_ptr(), x.stride(0),                                                    //
+        rows.has_y ? rows.y.data_ptr() : nullptr, rows.has_y ? rows.y.stride(0) : 0,  //
+        kr.k.t.data_ptr(), kr.k.stride, kr.k.dtype,                                   //
+        kr.has_r ? kr.r.t.data_ptr() : nullptr, kr.r.stride, kr.r.dtype,              //
+        param,                                                                        //
+        want_dx ? dx.data_ptr() : nullptr, want_dx ? dx.stride(0) : 0,                //
+        want_dy ? dy.data_ptr() : nullptr, want_dy ? dy.stride(0) : 0,                //
+        want_dk ? dk.data_ptr() : nullptr, kr.k.dtype,                                //
+        want_dr ? dr.data_ptr() : nullptr, kr.r.dtype,                                //
         N, D, as_stream(stream));
     check_launch(err, "stereo_bwd_cuda");
   }

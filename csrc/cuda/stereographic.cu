@@ -42,17 +42,18 @@ using namespace geoops::stereo;
 
 namespace {
 
+template <int I> using Int = std::integral_constant<int, I>;
+template <bool B> using Bool = std::integral_constant<bool, B>;
+
 // ---------------------------------------------------------------- element types
-template <typename S> struct Elem;
-template <> struct Elem<float> {
-  using T = float;
-  static __device__ __forceinline__ float load(float v) { return v; }
-  static __device__ __forceinline__ float store(float v) { return v; }
-};
-template <> struct Elem<double> {
-  using T = double;
-  static __device__ __forceinline__ double load(double v) { return v; }
-  static __device__ __forceinline__ double store(double v) { return v; }
+// Load / store between the storage type S and the compute type T: float and
+// double are computed in their own type (the primary template), the half types
+// are widened to float.
+template <typename S> struct Elem {
+  static_assert(std::is_floating_point<S>::value, "unsupported element type");
+  using T = S;
+  static __device__ __forceinline__ S load(S v) { return v; }
+  static __device__ __forceinline__ S store(S v) { return v; }
 };
 template <> struct Elem<__half> {
   using T = float;
@@ -134,6 +135,16 @@ template <int G> struct Cfg {
   static constexpr int kWarps = G > 32 ? G / 32 : 1;
 };
 
+// The calling thread's index within its group, and the grid-stride walk over
+// the rows: the group's first row, and the step to its next one.
+template <int G> __device__ __forceinline__ int thread_in_group() { return static_cast<int>(threadIdx.x) & (G - 1); }
+template <int G> __device__ __forceinline__ int64_t first_row() {
+  return static_cast<int64_t>(blockIdx.x) * Cfg<G>::kRows + threadIdx.x / G;
+}
+template <int G> __device__ __forceinline__ int64_t row_step() {
+  return static_cast<int64_t>(gridDim.x) * Cfg<G>::kRows;
+}
+
 // Lanes of the calling thread's group (G <= 32), for the *_sync intrinsics.
 template <int G> __device__ __forceinline__ unsigned group_mask() {
   if constexpr (G >= 32) {
@@ -147,9 +158,9 @@ template <int G> __device__ __forceinline__ unsigned group_mask() {
 // Sum each v[i] over the group; every thread of the group gets the same,
 // bitwise identical result (xor butterflies are symmetric), so the per-row
 // math below runs uniformly.  smem: NV * kWarps values (G > 32 only).
-template <typename T, int G, int NV>
-__device__ __forceinline__ void group_sum(T (&v)[NV], unsigned mask, T* smem) {
+template <typename T, int G, int NV> __device__ __forceinline__ void group_sum(T (&v)[NV], T* smem) {
   constexpr int W = G < 32 ? G : 32;
+  const unsigned mask = group_mask<G>();
 #pragma unroll
   for (int off = W / 2; off > 0; off >>= 1) {
 #pragma unroll
@@ -174,73 +185,122 @@ __device__ __forceinline__ void group_sum(T (&v)[NV], unsigned mask, T* smem) {
   }
 }
 
-// ---------------------------------------------------------------- per-op math
-// fwd / vjp of stereo_math.h with the op switch cut down to the ops of one
-// (HAS_Y, SCALAR_OUT) shape, each case with a constant op so that the inlined
-// math of the other ops is pruned from the kernel.
-template <typename T, bool HAS_Y, bool SCALAR_OUT>
-__device__ __forceinline__ Coef<T> fwd_shaped(int op, const Row<T>& s, T param) {
-  if constexpr (HAS_Y && SCALAR_OUT) {
-    return fwd<T>(DIST, s, param);
-  } else if constexpr (HAS_Y) {
-    switch (op) {
-      case MOBIUS_ADD:
-        return fwd<T>(MOBIUS_ADD, s, param);
-      case MOBIUS_SUB:
-        return fwd<T>(MOBIUS_SUB, s, param);
-      case EXPMAP:
-        return fwd<T>(EXPMAP, s, param);
-      default:
-        return fwd<T>(LOGMAP, s, param);
+// ---------------------------------------------------------------- row reduction
+// The dot products of one row: xx (, yy, xy, dd) with y, and with g (the
+// backward of vector-valued ops) ga = <g,x> (, gb = <g,y>, gc = <g,x-y>).
+// Absent ones are 0.
+template <typename T> struct RowSums {
+  T xx, yy, xy, dd;
+  T ga, gb, gc;
+};
+
+// How many of them a row has.
+template <bool HAS_Y, bool WITH_G> constexpr int kNumSums = (HAS_Y ? 4 : 1) + (WITH_G ? (HAS_Y ? 3 : 1) : 0);
+
+// Shared scratch of group_sum for NV values per row.
+template <typename T, int G, int NV> using GroupSmem = T[G > 32 ? NV * Cfg<G>::kWarps : 1];
+
+// First pass over a row: the group's threads walk its packs (thread t takes
+// packs t, t + G, ...), accumulate the dot products and sum them over the
+// group (smem: GroupSmem<T, G, kNumSums<HAS_Y, WITH_G>>).  yr is only read
+// with HAS_Y, gr only with WITH_G.
+template <typename S, int G, int V, bool HAS_Y, bool WITH_G, typename T = typename Elem<S>::T>
+__device__ __forceinline__ RowSums<T> row_sums(const S* xr, const S* yr, const S* gr, int t, int64_t nvec, T* smem) {
+  constexpr int NS = HAS_Y ? 4 : 1;  // xx (, yy, xy, dd), then ga (, gb, gc)
+  constexpr int NV = kNumSums<HAS_Y, WITH_G>;
+  T acc[NV];
+#pragma unroll
+  for (int i = 0; i < NV; ++i) acc[i] = T(0);
+  for (int64_t v = t; v < nvec; v += G) {
+    T xv[V], yv[V];
+    load_pack<S, V>(xr + v * V, xv);
+    if constexpr (HAS_Y) load_pack<S, V>(yr + v * V, yv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      acc[0] += xv[e] * xv[e];
+      if constexpr (HAS_Y) {
+        const T dv = xv[e] - yv[e];
+        acc[1] += yv[e] * yv[e];
+        acc[2] += xv[e] * yv[e];
+        acc[3] += dv * dv;
+      }
     }
-  } else if constexpr (SCALAR_OUT) {
-    return op == LAMBDA_X ? fwd<T>(LAMBDA_X, s, param) : fwd<T>(DIST0, s, param);
-  } else {
-    switch (op) {
-      case PROJECT:
-        return fwd<T>(PROJECT, s, param);
-      case MOBIUS_SCALAR_MUL:
-        return fwd<T>(MOBIUS_SCALAR_MUL, s, param);
-      case EXPMAP0:
-        return fwd<T>(EXPMAP0, s, param);
-      default:
-        return fwd<T>(LOGMAP0, s, param);
+    if constexpr (WITH_G) {
+      T gv[V];
+      load_pack<S, V>(gr + v * V, gv);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        acc[NS] += gv[e] * xv[e];
+        if constexpr (HAS_Y) {
+          acc[NS + 1] += gv[e] * yv[e];
+          acc[NS + 2] += gv[e] * (xv[e] - yv[e]);
+        }
+      }
     }
   }
+  group_sum<T, G, NV>(acc, smem);
+
+  RowSums<T> r{};  // absent sums stay 0
+  r.xx = acc[0];
+  if constexpr (HAS_Y) {
+    r.yy = acc[1];
+    r.xy = acc[2];
+    r.dd = acc[3];
+  }
+  if constexpr (WITH_G) {
+    r.ga = acc[NS];
+    if constexpr (HAS_Y) {
+      r.gb = acc[NS + 1];
+      r.gc = acc[NS + 2];
+    }
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------- per-op math
+// f(Int<OP>{}) with op as a compile-time constant: A, B or C when op is one
+// of them, D otherwise.
+template <int A, int B, int C, int D, typename F> __device__ __forceinline__ auto one_of4(int op, F&& f) {
+  switch (op) {
+    case A:
+      return f(Int<A>{});
+    case B:
+      return f(Int<B>{});
+    case C:
+      return f(Int<C>{});
+    default:
+      return f(Int<D>{});
+  }
+}
+
+// f(Int<OP>{}) for the ops of one (HAS_Y, SCALAR_OUT) shape only, so that the
+// inlined math of the other ops is pruned from the kernel.
+template <bool HAS_Y, bool SCALAR_OUT, typename F> __device__ __forceinline__ auto with_op(int op, F&& f) {
+  if constexpr (HAS_Y && SCALAR_OUT) {
+    return f(Int<DIST>{});
+  } else if constexpr (HAS_Y) {
+    return one_of4<MOBIUS_ADD, MOBIUS_SUB, EXPMAP, LOGMAP>(op, f);
+  } else if constexpr (SCALAR_OUT) {
+    return op == LAMBDA_X ? f(Int<LAMBDA_X>{}) : f(Int<DIST0>{});
+  } else {
+    return one_of4<PROJECT, MOBIUS_SCALAR_MUL, EXPMAP0, LOGMAP0>(op, f);
+  }
+}
+
+template <typename T, bool HAS_Y, bool SCALAR_OUT>
+__device__ __forceinline__ Coef<T> fwd_shaped(int op, const Row<T>& s, T param) {
+  return with_op<HAS_Y, SCALAR_OUT>(op, [&](auto o) { return fwd<T>(decltype(o)::value, s, param); });
 }
 
 template <typename T, bool HAS_Y, bool SCALAR_OUT>
 __device__ __forceinline__ Row<T> vjp_shaped(int op, const Row<T>& s, T param, T ga, T gb, T gc) {
-  if constexpr (HAS_Y && SCALAR_OUT) {
-    return vjp<T>(DIST, s, param, ga, gb, gc);
-  } else if constexpr (HAS_Y) {
-    switch (op) {
-      case MOBIUS_ADD:
-        return vjp<T>(MOBIUS_ADD, s, param, ga, gb, gc);
-      case MOBIUS_SUB:
-        return vjp<T>(MOBIUS_SUB, s, param, ga, gb, gc);
-      case EXPMAP:
-        return vjp<T>(EXPMAP, s, param, ga, gb, gc);
-      default:
-        return vjp<T>(LOGMAP, s, param, ga, gb, gc);
-    }
-  } else if constexpr (SCALAR_OUT) {
-    return op == LAMBDA_X ? vjp<T>(LAMBDA_X, s, param, ga, gb, gc) : vjp<T>(DIST0, s, param, ga, gb, gc);
-  } else {
-    switch (op) {
-      case PROJECT:
-        return vjp<T>(PROJECT, s, param, ga, gb, gc);
-      case MOBIUS_SCALAR_MUL:
-        return vjp<T>(MOBIUS_SCALAR_MUL, s, param, ga, gb, gc);
-      case EXPMAP0:
-        return vjp<T>(EXPMAP0, s, param, ga, gb, gc);
-      default:
-        return vjp<T>(LOGMAP0, s, param, ga, gb, gc);
-    }
-  }
+  return with_op<HAS_Y, SCALAR_OUT>(op, [&](auto o) { return vjp<T>(decltype(o)::value, s, param, ga, gb, gc); });
 }
 
 // ---------------------------------------------------------------- kernels
+// The kernels' parameter blocks.  Both have the fields x, y, k, r, sx, sy,
+// sk, sr, N, D, param, op, k_dtype, r_dtype, which the helpers templated on
+// the block (row_scalars, set_row_args) use.
 struct FwdParams {
   const void* x;
   const void* y;
@@ -269,58 +329,37 @@ struct BwdParams {
   int op, k_dtype, r_dtype, dk_dtype, dr_dtype;
 };
 
+// The row scalars of the per-op math: the row's dot products, k and r.
+template <typename T, typename Params>
+__device__ __forceinline__ Row<T> row_scalars(const Params& p, const RowSums<T>& d, int64_t row) {
+  Row<T> s;
+  s.xx = d.xx;
+  s.yy = d.yy;
+  s.xy = d.xy;
+  s.dd = d.dd;
+  s.k = load_any<T>(p.k, p.k_dtype, row * p.sk);
+  s.r = p.r ? load_any<T>(p.r, p.r_dtype, row * p.sr) : T(0);
+  return s;
+}
+
 template <typename S, int G, int V, bool HAS_Y, bool SCALAR_OUT>
 __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_fwd_kernel(const FwdParams p) {
   using T = typename Elem<S>::T;
-  constexpr int NV = HAS_Y ? 4 : 1;  // xx (, yy, xy, dd)
-  __shared__ T smem[G > 32 ? NV * Cfg<G>::kWarps : 1];
+  __shared__ GroupSmem<T, G, kNumSums<HAS_Y, false>> smem;
 
   const S* __restrict__ xp = static_cast<const S*>(p.x);
   const S* __restrict__ yp = static_cast<const S*>(p.y);
   S* __restrict__ outp = static_cast<S*>(p.out);
-  const int t = static_cast<int>(threadIdx.x) & (G - 1);  // thread within the group
+  const int t = thread_in_group<G>();
   const int64_t nvec = p.D / V;
-  const unsigned mask = group_mask<G>();
   const T param = static_cast<T>(p.param);
-  const int64_t row_step = static_cast<int64_t>(gridDim.x) * Cfg<G>::kRows;
 
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * Cfg<G>::kRows + threadIdx.x / G; row < p.N;
-       row += row_step) {
+  for (int64_t row = first_row<G>(); row < p.N; row += row_step<G>()) {
     const S* xr = xp + row * p.sx;
     const S* yr = HAS_Y ? yp + row * p.sy : xr;
 
-    T acc[NV];
-#pragma unroll
-    for (int i = 0; i < NV; ++i) acc[i] = T(0);
-    for (int64_t v = t; v < nvec; v += G) {
-      T xv[V];
-      load_pack<S, V>(xr + v * V, xv);
-      if constexpr (HAS_Y) {
-        T yv[V];
-        load_pack<S, V>(yr + v * V, yv);
-#pragma unroll
-        for (int e = 0; e < V; ++e) {
-          const T dv = xv[e] - yv[e];
-          acc[0] += xv[e] * xv[e];
-          acc[1] += yv[e] * yv[e];
-          acc[2] += xv[e] * yv[e];
-          acc[3] += dv * dv;
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < V; ++e) acc[0] += xv[e] * xv[e];
-      }
-    }
-    group_sum<T, G, NV>(acc, mask, smem);
-
-    Row<T> s;
-    s.xx = acc[0];
-    s.yy = HAS_Y ? acc[1 % NV] : T(0);
-    s.xy = HAS_Y ? acc[2 % NV] : T(0);
-    s.dd = HAS_Y ? acc[3 % NV] : T(0);
-    s.k = load_any<T>(p.k, p.k_dtype, row * p.sk);
-    s.r = p.r ? load_any<T>(p.r, p.r_dtype, row * p.sr) : T(0);
-    const Coef<T> c = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param);
+    const RowSums<T> d = row_sums<S, G, V, HAS_Y, false>(xr, yr, nullptr, t, nvec, smem);
+    const Coef<T> c = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, row_scalars(p, d, row), param);
 
     if constexpr (SCALAR_OUT) {
       if (t == 0) outp[row * p.so] = Elem<S>::store(c.a);
@@ -347,86 +386,27 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_fwd_kernel(const FwdPar
 template <typename S, int G, int V, bool HAS_Y, bool SCALAR_OUT>
 __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_bwd_kernel(const BwdParams p) {
   using T = typename Elem<S>::T;
-  // xx (, yy, xy, dd) then, for vector ops, ga (, gb, gc)
-  constexpr int NS = HAS_Y ? 4 : 1;
-  constexpr int NV = SCALAR_OUT ? NS : (HAS_Y ? 7 : 2);
-  __shared__ T smem[G > 32 ? NV * Cfg<G>::kWarps : 1];
+  __shared__ GroupSmem<T, G, kNumSums<HAS_Y, !SCALAR_OUT>> smem;
 
   const S* __restrict__ gp = static_cast<const S*>(p.g);
   const S* __restrict__ xp = static_cast<const S*>(p.x);
   const S* __restrict__ yp = static_cast<const S*>(p.y);
   S* __restrict__ dxp = static_cast<S*>(p.dx);
   S* __restrict__ dyp = HAS_Y ? static_cast<S*>(p.dy) : nullptr;
-  const int t = static_cast<int>(threadIdx.x) & (G - 1);
+  const int t = thread_in_group<G>();
   const int64_t nvec = p.D / V;
-  const unsigned mask = group_mask<G>();
   const T param = static_cast<T>(p.param);
-  const int64_t row_step = static_cast<int64_t>(gridDim.x) * Cfg<G>::kRows;
 
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * Cfg<G>::kRows + threadIdx.x / G; row < p.N;
-       row += row_step) {
+  for (int64_t row = first_row<G>(); row < p.N; row += row_step<G>()) {
     const S* xr = xp + row * p.sx;
     const S* yr = HAS_Y ? yp + row * p.sy : xr;
     const S* gr = gp + row * p.sg;
 
-    T acc[NV];
-#pragma unroll
-    for (int i = 0; i < NV; ++i) acc[i] = T(0);
-    for (int64_t v = t; v < nvec; v += G) {
-      T xv[V];
-      load_pack<S, V>(xr + v * V, xv);
-      if constexpr (HAS_Y) {
-        T yv[V];
-        load_pack<S, V>(yr + v * V, yv);
-#pragma unroll
-        for (int e = 0; e < V; ++e) {
-          const T dv = xv[e] - yv[e];
-          acc[0] += xv[e] * xv[e];
-          acc[1] += yv[e] * yv[e];
-          acc[2] += xv[e] * yv[e];
-          acc[3] += dv * dv;
-        }
-        if constexpr (!SCALAR_OUT) {
-          T gv[V];
-          load_pack<S, V>(gr + v * V, gv);
-#pragma unroll
-          for (int e = 0; e < V; ++e) {
-            acc[(NS + 0) % NV] += gv[e] * xv[e];
-            acc[(NS + 1) % NV] += gv[e] * yv[e];
-            acc[(NS + 2) % NV] += gv[e] * (xv[e] - yv[e]);
-          }
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < V; ++e) acc[0] += xv[e] * xv[e];
-        if constexpr (!SCALAR_OUT) {
-          T gv[V];
-          load_pack<S, V>(gr + v * V, gv);
-#pragma unroll
-          for (int e = 0; e < V; ++e) acc[NS % NV] += gv[e] * xv[e];
-        }
-      }
-    }
-    group_sum<T, G, NV>(acc, mask, smem);
-
-    Row<T> s;
-    s.xx = acc[0];
-    s.yy = HAS_Y ? acc[1 % NV] : T(0);
-    s.xy = HAS_Y ? acc[2 % NV] : T(0);
-    s.dd = HAS_Y ? acc[3 % NV] : T(0);
-    s.k = load_any<T>(p.k, p.k_dtype, row * p.sk);
-    s.r = p.r ? load_any<T>(p.r, p.r_dtype, row * p.sr) : T(0);
-    T ga, gb = T(0), gc = T(0);
-    if constexpr (SCALAR_OUT) {
-      ga = Elem<S>::load(gr[0]);
-    } else {
-      ga = acc[NS % NV];
-      if constexpr (HAS_Y) {
-        gb = acc[(NS + 1) % NV];
-        gc = acc[(NS + 2) % NV];
-      }
-    }
-    const Row<T> adj = vjp_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param, ga, gb, gc);
+    // Vector-valued ops reduce ga, gb, gc with the row; scalar-valued ones take ga = g.
+    RowSums<T> d = row_sums<S, G, V, HAS_Y, !SCALAR_OUT>(xr, yr, gr, t, nvec, smem);
+    const Row<T> s = row_scalars(p, d, row);
+    if constexpr (SCALAR_OUT) d.ga = Elem<S>::load(gr[0]);
+    const Row<T> adj = vjp_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param, d.ga, d.gb, d.gc);
     if (t == 0) {
       if (p.dk) store_any<T>(p.dk, p.dk_dtype, row, adj.k);
       if (p.dr) store_any<T>(p.dr, p.dr_dtype, row, adj.r);
@@ -475,12 +455,22 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_bwd_kernel(const BwdPar
   }
 }
 
+// The instantiation of each kernel for a (dtype, group, pack width, shape).
+struct FwdKernel {
+  template <typename S, int G, int V, bool HY, bool SO> static auto get() {
+    return &stereo_fwd_kernel<S, G, V, HY, SO>;
+  }
+};
+struct BwdKernel {
+  template <typename S, int G, int V, bool HY, bool SO> static auto get() {
+    return &stereo_bwd_kernel<S, G, V, HY, SO>;
+  }
+};
+
 // ---------------------------------------------------------------- dispatch
 template <typename S> struct Tag {
   using type = S;
 };
-template <int I> using Int = std::integral_constant<int, I>;
-template <bool B> using Bool = std::integral_constant<bool, B>;
 
 constexpr int64_t kMaxBlocks = int64_t(1) << 22;  // the kernels loop over rows grid-stride
 
@@ -541,6 +531,9 @@ template <typename F> cudaError_t with_vec(bool vec, F&& f) {
 
 bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// Whether rows at p with this row stride can be moved in 16-byte packs of vw elements.
+bool packable(const void* p, int64_t row_stride, int vw) { return aligned16(p) && row_stride % vw == 0; }
+
 template <typename Kernel, typename Params>
 cudaError_t launch_rows(Kernel kernel, int block, int rows_per_block, int64_t N, Params params, cudaStream_t stream) {
   int64_t blocks = (N + rows_per_block - 1) / rows_per_block;
@@ -550,7 +543,60 @@ cudaError_t launch_rows(Kernel kernel, int block, int rows_per_block, int64_t N,
                           dim3(static_cast<unsigned>(block)), args, 0, stream);
 }
 
+// Picks the instantiation of Kernel (FwdKernel / BwdKernel) for the dtype, the
+// shape of p.op, the pack width (16-byte packs when D and
+// rows_packable(vw, has_y, scalar_out) allow them) and the group size, and launches it.
+template <typename Kernel, typename Params, typename RowsPackable>
+cudaError_t launch_shaped(int dtype, const Params& p, RowsPackable&& rows_packable, cudaStream_t stream) {
+  return with_dtype(dtype, [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    constexpr int VW = static_cast<int>(16 / sizeof(S));
+    return with_shape(p.op, [&](auto hy, auto so) {
+      constexpr bool HY = decltype(hy)::value, SO = decltype(so)::value;
+      const bool vec = p.D % VW == 0 && rows_packable(VW, HY, SO);
+      const int64_t nvec = vec ? p.D / VW : p.D;
+      return with_vec(vec, [&](auto v) {
+        constexpr int V = decltype(v)::value ? VW : 1;
+        return with_group(pick_group(nvec, p.N), [&](auto g) {
+          constexpr int G = decltype(g)::value;
+          return launch_rows(Kernel::template get<S, G, V, HY, SO>(), Cfg<G>::kBlock, Cfg<G>::kRows, p.N, p, stream);
+        });
+      });
+    });
+  });
+}
+
 bool valid_dtype(int dt) { return dt >= DT_F32 && dt <= DT_BF16; }
+
+// The dtype of an optional operand matters only when it is given.
+bool valid_dtype_of(const void* p, int dt) { return p == nullptr || valid_dtype(dt); }
+
+// The checks both launchers make.
+bool valid_args(int op, int dtype, const void* k, int k_dtype, const void* r, int r_dtype, int64_t N, int64_t D) {
+  return op >= 0 && op < NUM_OPS && valid_dtype(dtype) && valid_dtype(k_dtype) && N >= 0 && D >= 0 && k != nullptr &&
+         valid_dtype_of(r, r_dtype);
+}
+
+// Sets the fields both parameter blocks have; y and its stride are dropped for ops without y.
+template <typename Params>
+void set_row_args(Params& p, int op, const void* x, int64_t sx, const void* y, int64_t sy, const void* k, int64_t sk,
+                  int k_dtype, const void* r, int64_t sr, int r_dtype, double param, int64_t N, int64_t D) {
+  const bool has_y = op_has_y(op);
+  p.x = x;
+  p.y = has_y ? y : nullptr;
+  p.k = k;
+  p.r = r;
+  p.sx = sx;
+  p.sy = has_y ? sy : 0;
+  p.sk = sk;
+  p.sr = sr;
+  p.N = N;
+  p.D = D;
+  p.param = param;
+  p.op = op;
+  p.k_dtype = k_dtype;
+  p.r_dtype = r_dtype;
+}
 
 }  // namespace
 
@@ -558,46 +604,19 @@ cudaError_t launch_stereo_fwd(int op, int dtype, const void* x, int64_t x_row_st
                               int64_t y_row_stride, const void* k, int64_t k_stride, int k_dtype, const void* r,
                               int64_t r_stride, int r_dtype, double param, void* out, int64_t out_row_stride,
                               int64_t N, int64_t D, cudaStream_t stream) {
-  if (op < 0 || op >= NUM_OPS || !valid_dtype(dtype) || !valid_dtype(k_dtype) || N < 0 || D < 0 || k == nullptr ||
-      (r != nullptr && !valid_dtype(r_dtype)))
-    return cudaErrorInvalidValue;
+  if (!valid_args(op, dtype, k, k_dtype, r, r_dtype, N, D)) return cudaErrorInvalidValue;
   if (N == 0) return cudaSuccess;
 
   FwdParams p;
-  p.x = x;
-  p.y = op_has_y(op) ? y : nullptr;
-  p.k = k;
-  p.r = r;
+  set_row_args(p, op, x, x_row_stride, y, y_row_stride, k, k_stride, k_dtype, r, r_stride, r_dtype, param, N, D);
   p.out = out;
-  p.sx = x_row_stride;
-  p.sy = op_has_y(op) ? y_row_stride : 0;
-  p.sk = k_stride;
-  p.sr = r_stride;
   p.so = out_row_stride;
-  p.N = N;
-  p.D = D;
-  p.param = param;
-  p.op = op;
-  p.k_dtype = k_dtype;
-  p.r_dtype = r_dtype;
-
-  return with_dtype(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    constexpr int VW = static_cast<int>(16 / sizeof(S));
-    return with_shape(op, [&](auto hy, auto so) {
-      constexpr bool HY = decltype(hy)::value, SO = decltype(so)::value;
-      const bool vec = D % VW == 0 && aligned16(p.x) && p.sx % VW == 0 && (!HY || (aligned16(p.y) && p.sy % VW == 0)) &&
-                       (SO || (aligned16(p.out) && p.so % VW == 0));
-      const int64_t nvec = vec ? D / VW : D;
-      return with_vec(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value ? VW : 1;
-        return with_group(pick_group(nvec, N), [&](auto g) {
-          constexpr int G = decltype(g)::value;
-          return launch_rows(&stereo_fwd_kernel<S, G, V, HY, SO>, Cfg<G>::kBlock, Cfg<G>::kRows, N, p, stream);
-        });
-      });
-    });
-  });
+  return launch_shaped<FwdKernel>(
+      dtype, p,
+      [&](int vw, bool hy, bool so) {
+        return packable(p.x, p.sx, vw) && (!hy || packable(p.y, p.sy, vw)) && (so || packable(p.out, p.so, vw));
+      },
+      stream);
 }
 
 cudaError_t launch_stereo_bwd(int op, int dtype, const void* grad, int64_t grad_row_stride, const void* x,
@@ -606,58 +625,31 @@ cudaError_t launch_stereo_bwd(int op, int dtype, const void* grad, int64_t grad_
                               double param, void* dx, int64_t dx_row_stride, void* dy, int64_t dy_row_stride,
                               void* dk, int dk_dtype, void* dr, int dr_dtype, int64_t N, int64_t D,
                               cudaStream_t stream) {
-  if (op < 0 || op >= NUM_OPS || !valid_dtype(dtype) || !valid_dtype(k_dtype) || N < 0 || D < 0 || k == nullptr ||
-      (r != nullptr && !valid_dtype(r_dtype)) || (dk != nullptr && !valid_dtype(dk_dtype)) ||
-      (dr != nullptr && !valid_dtype(dr_dtype)))
+  if (!valid_args(op, dtype, k, k_dtype, r, r_dtype, N, D) || !valid_dtype_of(dk, dk_dtype) ||
+      !valid_dtype_of(dr, dr_dtype))
     return cudaErrorInvalidValue;
   if (N == 0) return cudaSuccess;
 
   const bool has_y = op_has_y(op);
   BwdParams p;
+  set_row_args(p, op, x, x_row_stride, y, y_row_stride, k, k_stride, k_dtype, r, r_stride, r_dtype, param, N, D);
   p.g = grad;
-  p.x = x;
-  p.y = has_y ? y : nullptr;
-  p.k = k;
-  p.r = r;
   p.dx = dx;
   p.dy = has_y ? dy : nullptr;
   p.dk = dk;
   p.dr = dr;
   p.sg = grad_row_stride;
-  p.sx = x_row_stride;
-  p.sy = has_y ? y_row_stride : 0;
-  p.sk = k_stride;
-  p.sr = r_stride;
   p.sdx = dx_row_stride;
   p.sdy = has_y ? dy_row_stride : 0;
-  p.N = N;
-  p.D = D;
-  p.param = param;
-  p.op = op;
-  p.k_dtype = k_dtype;
-  p.r_dtype = r_dtype;
   p.dk_dtype = dk_dtype;
   p.dr_dtype = dr_dtype;
-
-  return with_dtype(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    constexpr int VW = static_cast<int>(16 / sizeof(S));
-    return with_shape(op, [&](auto hy, auto so) {
-      constexpr bool HY = decltype(hy)::value, SO = decltype(so)::value;
-      const bool vec = D % VW == 0 && aligned16(p.x) && p.sx % VW == 0 &&
-                       (!HY || (aligned16(p.y) && p.sy % VW == 0)) && (SO || (aligned16(p.g) && p.sg % VW == 0)) &&
-                       (p.dx == nullptr || (aligned16(p.dx) && p.sdx % VW == 0)) &&
-                       (p.dy == nullptr || (aligned16(p.dy) && p.sdy % VW == 0));
-      const int64_t nvec = vec ? D / VW : D;
-      return with_vec(vec, [&](auto v) {
-        constexpr int V = decltype(v)::value ? VW : 1;
-        return with_group(pick_group(nvec, N), [&](auto g) {
-          constexpr int G = decltype(g)::value;
-          return launch_rows(&stereo_bwd_kernel<S, G, V, HY, SO>, Cfg<G>::kBlock, Cfg<G>::kRows, N, p, stream);
-        });
-      });
-    });
-  });
+  return launch_shaped<BwdKernel>(
+      dtype, p,
+      [&](int vw, bool hy, bool so) {
+        return packable(p.x, p.sx, vw) && (!hy || packable(p.y, p.sy, vw)) && (so || packable(p.g, p.sg, vw)) &&
+               (p.dx == nullptr || packable(p.dx, p.sdx, vw)) && (p.dy == nullptr || packable(p.dy, p.sdy, vw));
+      },
+      stream);
 }
 
 }  // namespace cuda
