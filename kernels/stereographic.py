@@ -99,21 +99,10 @@ class _NumpyMath:
             data = np.asarray(fn(h.data)).astype(h.data.dtype, copy=False)
         return tl.core.tensor(TensorHandle(data, h.dtype.scalar), x.type)
 
-    @staticmethod
-    def tanh(x):
-        return _NumpyMath._unary(np.tanh, x)
-
-    @staticmethod
-    def tan(x):
-        return _NumpyMath._unary(np.tan, x)
-
-    @staticmethod
-    def atan(x):
-        return _NumpyMath._unary(np.arctan, x)
-
-    @staticmethod
-    def log1p(x):
-        return _NumpyMath._unary(np.log1p, x)
+    tanh = staticmethod(lambda x: _NumpyMath._unary(np.tanh, x))
+    tan = staticmethod(lambda x: _NumpyMath._unary(np.tan, x))
+    atan = staticmethod(lambda x: _NumpyMath._unary(np.arctan, x))
+    log1p = staticmethod(lambda x: _NumpyMath._unary(np.log1p, x))
 
 
 # Resolved by the kernels at run/compile time; set below once we know whether
@@ -135,6 +124,13 @@ def _sqrt(x):
 def _clamp_min_den(v):
     # v > min_den ? v : min_den
     return tl.where(v > _MIN_DEN, v, _MIN_DEN)
+
+
+@triton.jit
+def _clamp_min_den_live(v):
+    # (live ? v : min_den, live) with live = v > min_den: the clamp and whether it let v through
+    live = v > _MIN_DEN
+    return tl.where(live, v, _MIN_DEN), live
 
 
 # ---------------------------------------------------------------- tanc / atanc
@@ -192,9 +188,7 @@ def _mobius_add_coef(xx, yy, xy, k):
 @triton.jit
 def _mobius_add_vjp(xx, yy, xy, k, ga, gb):
     """Adjoints (xx, yy, xy, k) of mobius_add's coefficients (a, b)."""
-    den0 = 1.0 - 2.0 * k * xy + k * k * xx * yy
-    live = den0 > _MIN_DEN
-    den = tl.where(live, den0, _MIN_DEN)
+    den, live = _clamp_min_den_live(1.0 - 2.0 * k * xy + k * k * xx * yy)
     a = (1.0 - 2.0 * k * xy - k * yy) / den
     b = (1.0 + k * xx) / den
     na_ = ga / den
@@ -325,9 +319,8 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_k = z2_ * r * r * xx * a1 * a1 + z1_ * xx
         g_r = ga * a1 * t2 + z2_ * 2.0 * k * r * xx * a1 * a1
     elif OP == EXPMAP:
-        p0 = 1.0 + k * xx
-        live = p0 > _MIN_DEN
-        h = 1.0 / tl.where(live, p0, _MIN_DEN)
+        p, live = _clamp_min_den_live(1.0 + k * xx)
+        h = 1.0 / p
         z = k * h * h * yy
         tz = _tanc(z, CUT)
         t = h * tz
@@ -355,12 +348,9 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_xx = z_ * k
         g_k = z_ * xx
     elif OP == LOGMAP:
-        den0 = _sub_den(xx, yy, xy, k)
-        den_live = den0 > _MIN_DEN
-        den = tl.where(den_live, den0, _MIN_DEN)
+        den, den_live = _clamp_min_den_live(_sub_den(xx, yy, xy, k))
         nb = 1.0 + k * xx
-        p_live = nb > _MIN_DEN
-        p = tl.where(p_live, nb, _MIN_DEN)
+        p, p_live = _clamp_min_den_live(nb)
         z = k * dd / den
         q = nb * (1.0 + k * yy) / den
         A = _atanc(z, q, CUT)
@@ -396,9 +386,7 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_xx = z_ * k
         g_k = z_ * xx
     elif OP == DIST:
-        den0 = _sub_den(xx, yy, xy, k)
-        den_live = den0 > _MIN_DEN
-        den = tl.where(den_live, den0, _MIN_DEN)
+        den, den_live = _clamp_min_den_live(_sub_den(xx, yy, xy, k))
         ss = dd / den
         # |s| is not differentiable at 0: zero subgradient, like torch.norm
         on = ss > 0
@@ -431,6 +419,9 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
 
 
 # ---------------------------------------------------------------- kernels
+# Both kernels walk a row in (BLOCK_M, BLOCK_D) tiles: one tile per row (ONE_CHUNK), kept in
+# registers between the reduce and the write, or chunk by chunk, reloaded for the write.  The
+# helpers below are shared by the two paths and by the forward and the backward.
 @triton.jit
 def _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R: tl.constexpr, CT: tl.constexpr):
     k = tl.load(K + rows64 * stride_k, mask=rmask, other=0.0).to(CT)
@@ -439,6 +430,102 @@ def _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R: tl.constexpr, C
     else:
         r = tl.zeros_like(k)
     return k, r
+
+
+@triton.jit
+def _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y: tl.constexpr, HAS_G: tl.constexpr, CT: tl.constexpr):
+    """Mask and tiles x, y, x - y, g at columns cc of the rows, upcast to CT (masked lanes read 0).
+
+    Without HAS_Y (HAS_G) the y and x - y (g) tiles are zero placeholders that no caller reads."""
+    m2 = rmask[:, None] & (cc[None, :] < D)
+    xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+    yv = tl.zeros_like(xv)
+    dv = yv
+    gv = yv
+    if HAS_Y:
+        yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        dv = xv - yv
+    if HAS_G:
+        gv = tl.load(g_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+    return m2, xv, yv, dv, gv
+
+
+@triton.jit
+def _tile_sums(xv, yv, dv, gv, HAS_Y: tl.constexpr, HAS_G: tl.constexpr):
+    """A tile's share of the row sums (xx, yy, xy, dd, ga, gb, gc); those the op lacks are 0."""
+    xx = tl.sum(xv * xv, axis=1)
+    zero = tl.zeros_like(xx)
+    yy, xy, dd, ga, gb, gc = zero, zero, zero, zero, zero, zero
+    if HAS_Y:
+        yy = tl.sum(yv * yv, axis=1)
+        xy = tl.sum(xv * yv, axis=1)
+        dd = tl.sum(dv * dv, axis=1)
+    if HAS_G:
+        ga = tl.sum(gv * xv, axis=1)
+        if HAS_Y:
+            gb = tl.sum(gv * yv, axis=1)
+            gc = tl.sum(gv * dv, axis=1)
+    return xx, yy, xy, dd, ga, gb, gc
+
+
+@triton.jit
+def _chunked_sums(
+    x_row, y_row, g_row, rmask, D,
+    HAS_Y: tl.constexpr, HAS_G: tl.constexpr, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The row sums of `_tile_sums` over rows wider than a tile, accumulated chunk by chunk."""
+    cols = tl.arange(0, BLOCK_D)
+    zero = tl.zeros([BLOCK_M], dtype=CT)
+    xx, yy, xy, dd, ga, gb, gc = zero, zero, zero, zero, zero, zero, zero
+    for d0 in range(0, D, BLOCK_D):
+        m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, d0 + cols, rmask, D, HAS_Y, HAS_G, CT)
+        t_xx, t_yy, t_xy, t_dd, t_ga, t_gb, t_gc = _tile_sums(xv, yv, dv, gv, HAS_Y, HAS_G)
+        xx += t_xx
+        yy += t_yy
+        xy += t_xy
+        dd += t_dd
+        ga += t_ga
+        gb += t_gb
+        gc += t_gc
+    return xx, yy, xy, dd, ga, gb, gc
+
+
+@triton.jit
+def _store_tile(row_ptrs, cc, m2, v):
+    """Store tile v at columns cc of the rows, cast to the element type they point to."""
+    tl.store(row_ptrs[:, None] + cc[None, :], v.to(row_ptrs.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _out_tile(a, b, c, xv, yv, dv, HAS_Y: tl.constexpr):
+    """Forward output of a tile: a x + b y + c (x - y), or a x for ops without y."""
+    if HAS_Y:
+        o = a[:, None] * xv + b[:, None] * yv + c[:, None] * dv
+    else:
+        o = a[:, None] * xv
+    return o
+
+
+@triton.jit
+def _store_grad_tiles(
+    dx_row, dy_row, cc, m2, xv, yv, dv, gv,
+    cxx, cyy, cxy, cdd, gxc, gyc,
+    HAS_Y: tl.constexpr, HAS_G: tl.constexpr, NEED_DX: tl.constexpr, NEED_DY: tl.constexpr,
+):  # fmt: skip
+    """Assemble and store a tile of dx and/or dy from the (BLOCK_M, 1) coefficients of pass 2 of the backward."""
+    if NEED_DX:
+        if HAS_Y:
+            dxv = cxx * xv + cxy * yv + cdd * dv
+        else:
+            dxv = cxx * xv
+        if HAS_G:
+            dxv = gxc * gv + dxv
+        _store_tile(dx_row, cc, m2, dxv)
+    if NEED_DY:
+        dyv = cyy * yv + cxy * xv - cdd * dv
+        if HAS_G:
+            dyv = gyc * gv + dyv
+        _store_tile(dy_row, cc, m2, dyv)
 
 
 @triton.jit
@@ -459,63 +546,27 @@ def _stereo_fwd_kernel(
     y_row = Y + rows64 * stride_y
     o_row = OUT + rows64 * stride_o
     k, r = _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R, CT)
-    zero = tl.zeros([BLOCK_M], dtype=CT)
 
+    # ---- pass 1: row sums (no g in the forward: x_row stands in for the g rows, never read)
     if ONE_CHUNK:
         # the whole row in one tile: load once, reduce, write from registers
-        m2 = rmask[:, None] & (cols[None, :] < D)
-        xv = tl.load(x_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
-        xx = tl.sum(xv * xv, axis=1)
-        if HAS_Y:
-            yv = tl.load(y_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
-            dv = xv - yv
-            yy = tl.sum(yv * yv, axis=1)
-            xy = tl.sum(xv * yv, axis=1)
-            dd = tl.sum(dv * dv, axis=1)
-        else:
-            yy = zero
-            xy = zero
-            dd = zero
-        a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
-        if SCALAR_OUT:
-            tl.store(OUT + rows64, a.to(OUT.dtype.element_ty), mask=rmask)
-        else:
-            if HAS_Y:
-                o = a[:, None] * xv + b[:, None] * yv + c[:, None] * dv
-            else:
-                o = a[:, None] * xv
-            tl.store(o_row[:, None] + cols[None, :], o.to(OUT.dtype.element_ty), mask=m2)
+        m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, cols, rmask, D, HAS_Y, False, CT)
+        xx, yy, xy, dd, ga, gb, gc = _tile_sums(xv, yv, dv, gv, HAS_Y, False)
     else:
-        # wide rows: pass 1 reduces chunk by chunk, pass 2 writes
-        xx = zero
-        yy = zero
-        xy = zero
-        dd = zero
+        # wide rows: pass 1 reduces chunk by chunk, pass 2 reloads and writes
+        xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, x_row, rmask, D, HAS_Y, False, CT, BLOCK_M, BLOCK_D)
+
+    # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops
+    a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
+    if SCALAR_OUT:
+        tl.store(OUT + rows64, a.to(OUT.dtype.element_ty), mask=rmask)
+    elif ONE_CHUNK:
+        _store_tile(o_row, cols, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
+    else:
         for d0 in range(0, D, BLOCK_D):
             cc = d0 + cols
-            m2 = rmask[:, None] & (cc[None, :] < D)
-            xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-            xx += tl.sum(xv * xv, axis=1)
-            if HAS_Y:
-                yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                dv = xv - yv
-                yy += tl.sum(yv * yv, axis=1)
-                xy += tl.sum(xv * yv, axis=1)
-                dd += tl.sum(dv * dv, axis=1)
-        a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
-        if SCALAR_OUT:
-            tl.store(OUT + rows64, a.to(OUT.dtype.element_ty), mask=rmask)
-        else:
-            for d0 in range(0, D, BLOCK_D):
-                cc = d0 + cols
-                m2 = rmask[:, None] & (cc[None, :] < D)
-                xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                if HAS_Y:
-                    yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                    o = a[:, None] * xv + b[:, None] * yv + c[:, None] * (xv - yv)
-                else:
-                    o = a[:, None] * xv
-                tl.store(o_row[:, None] + cc[None, :], o.to(OUT.dtype.element_ty), mask=m2)
+            m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, cc, rmask, D, HAS_Y, False, CT)
+            _store_tile(o_row, cc, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
 
 
 @triton.jit
@@ -529,6 +580,7 @@ def _stereo_bwd_kernel(
     PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):  # fmt: skip
+    HAS_G: tl.constexpr = not SCALAR_OUT  # vector ops have a (N, D) grad; scalar ops one value a row
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
@@ -542,50 +594,16 @@ def _stereo_bwd_kernel(
     k, r = _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R, CT)
     zero = tl.zeros([BLOCK_M], dtype=CT)
 
-    # ---- pass 1: row scalars (and <g,x>, <g,y>, <g,x-y> for vector ops)
-    xx = zero
-    yy = zero
-    xy = zero
-    dd = zero
-    ga = zero
-    gb = zero
-    gc = zero
+    # ---- pass 1: row scalars (and <g,x>, <g,y>, <g,x-y> for vector ops; scalar ops read ga directly)
     if SCALAR_OUT:
-        ga = tl.load(g_row, mask=rmask, other=0.0).to(CT)
+        g_scalar = tl.load(g_row, mask=rmask, other=0.0).to(CT)
     if ONE_CHUNK:
-        m2 = rmask[:, None] & (cols[None, :] < D)
-        xv = tl.load(x_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
-        xx = tl.sum(xv * xv, axis=1)
-        if HAS_Y:
-            yv = tl.load(y_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
-            dv = xv - yv
-            yy = tl.sum(yv * yv, axis=1)
-            xy = tl.sum(xv * yv, axis=1)
-            dd = tl.sum(dv * dv, axis=1)
-        if not SCALAR_OUT:
-            gv = tl.load(g_row[:, None] + cols[None, :], mask=m2, other=0.0).to(CT)
-            ga = tl.sum(gv * xv, axis=1)
-            if HAS_Y:
-                gb = tl.sum(gv * yv, axis=1)
-                gc = tl.sum(gv * dv, axis=1)
+        m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, cols, rmask, D, HAS_Y, HAS_G, CT)
+        xx, yy, xy, dd, ga, gb, gc = _tile_sums(xv, yv, dv, gv, HAS_Y, HAS_G)
     else:
-        for d0 in range(0, D, BLOCK_D):
-            cc = d0 + cols
-            m2 = rmask[:, None] & (cc[None, :] < D)
-            xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-            xx += tl.sum(xv * xv, axis=1)
-            if HAS_Y:
-                yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                dv = xv - yv
-                yy += tl.sum(yv * yv, axis=1)
-                xy += tl.sum(xv * yv, axis=1)
-                dd += tl.sum(dv * dv, axis=1)
-            if not SCALAR_OUT:
-                gv = tl.load(g_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                ga += tl.sum(gv * xv, axis=1)
-                if HAS_Y:
-                    gb += tl.sum(gv * yv, axis=1)
-                    gc += tl.sum(gv * dv, axis=1)
+        xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, g_row, rmask, D, HAS_Y, HAS_G, CT, BLOCK_M, BLOCK_D)
+    if SCALAR_OUT:
+        ga = g_scalar
 
     # ---- row adjoints
     g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM, CUT)
@@ -609,42 +627,16 @@ def _stereo_bwd_kernel(
             gxc = (a + c)[:, None]
             gyc = (b - c)[:, None]
         if ONE_CHUNK:
-            if NEED_DX:
-                if HAS_Y:
-                    dxv = cxx * xv + cxy * yv + cdd * dv
-                else:
-                    dxv = cxx * xv
-                if not SCALAR_OUT:
-                    dxv = gxc * gv + dxv
-                tl.store(dx_row[:, None] + cols[None, :], dxv.to(DX.dtype.element_ty), mask=m2)
-            if NEED_DY:
-                dyv = cyy * yv + cxy * xv - cdd * dv
-                if not SCALAR_OUT:
-                    dyv = gyc * gv + dyv
-                tl.store(dy_row[:, None] + cols[None, :], dyv.to(DY.dtype.element_ty), mask=m2)
+            _store_grad_tiles(
+                dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, HAS_Y, HAS_G, NEED_DX, NEED_DY
+            )
         else:
             for d0 in range(0, D, BLOCK_D):
                 cc = d0 + cols
-                m2 = rmask[:, None] & (cc[None, :] < D)
-                xv = tl.load(x_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                if HAS_Y:
-                    yv = tl.load(y_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                    dv = xv - yv
-                if not SCALAR_OUT:
-                    gv = tl.load(g_row[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-                if NEED_DX:
-                    if HAS_Y:
-                        dxv = cxx * xv + cxy * yv + cdd * dv
-                    else:
-                        dxv = cxx * xv
-                    if not SCALAR_OUT:
-                        dxv = gxc * gv + dxv
-                    tl.store(dx_row[:, None] + cc[None, :], dxv.to(DX.dtype.element_ty), mask=m2)
-                if NEED_DY:
-                    dyv = cyy * yv + cxy * xv - cdd * dv
-                    if not SCALAR_OUT:
-                        dyv = gyc * gv + dyv
-                    tl.store(dy_row[:, None] + cc[None, :], dyv.to(DY.dtype.element_ty), mask=m2)
+                m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y, HAS_G, CT)
+                _store_grad_tiles(
+                    dx_row, dy_row, cc, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, HAS_Y, HAS_G, NEED_DX, NEED_DY
+                )
 
 
 if type(_stereo_fwd_kernel).__name__ == "InterpretedFunction":
@@ -670,6 +662,17 @@ def _per_row(t: torch.Tensor, N: int, name: str):
     if t.numel() != N:
         raise ValueError(f"geoops.kernels.stereographic: {name} must have 1 or N={N} values, got {t.numel()}")
     return t, t.stride(0)
+
+
+def _k_r_rows(k: torch.Tensor, r, N: int, has_r: bool):
+    """(k, stride_k, r, stride_r) for the kernels; an op without r gets k as a stand-in it never reads."""
+    k, sk = _per_row(k, N, "k")
+    if not has_r:
+        return k, sk, k, 0
+    if r is None:
+        raise ValueError("geoops.kernels.stereographic: mobius_scalar_mul needs r")
+    r, sr = _per_row(r, N, "r")
+    return k, sk, r, sr
 
 
 def _compute_type(dtype: torch.dtype):
@@ -721,13 +724,7 @@ def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
     ct, cut = _compute_type(x.dtype)
     # like the C++ kernel, an op with y run without one reads y = x
     y = _rows(y.to(x.dtype)) if (has_y and y is not None) else x
-    k, sk = _per_row(k, N, "k")
-    if has_r:
-        if r is None:
-            raise ValueError("geoops.kernels.stereographic: mobius_scalar_mul needs r")
-        r, sr = _per_row(r, N, "r")
-    else:
-        r, sr = k, 0
+    k, sk, r, sr = _k_r_rows(k, r, N, has_r)
     block_m, block_d, one_chunk, num_warps = _blocks(N, D, _tile(_TILE_FWD, x.dtype), max_block_d)
     grid = (triton.cdiv(N, block_m),)
     _stereo_fwd_kernel[grid](
@@ -777,13 +774,7 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
         if tuple(g.shape) != (N, D):
             raise ValueError(f"geoops.kernels.stereographic: grad has shape {tuple(grad.shape)}, expected {(N, D)}")
         sg = g.stride(0)
-    k1, sk = _per_row(k, N, "k")
-    if has_r:
-        if r is None:
-            raise ValueError("geoops.kernels.stereographic: mobius_scalar_mul needs r")
-        r1, sr = _per_row(r, N, "r")
-    else:
-        r1, sr = k1, 0
+    k1, sk, r1, sr = _k_r_rows(k, r, N, has_r)
     block_m, block_d, one_chunk, num_warps = _blocks(N, D, _tile(_TILE_BWD, x.dtype), max_block_d)
     grid = (triton.cdiv(N, block_m),)
     _stereo_bwd_kernel[grid](
