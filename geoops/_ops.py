@@ -168,10 +168,7 @@ def _register(spec: StereoOp):
         dr = r.new_empty((N,)) if (mask & 8 and r is not None) else x.new_empty(0)
         return dx, dy, dk, dr
 
-    return fwd_op, bwd_op
 
 
-FWD: dict = {}
-BWD: dict = {}
 for _spec in STEREO_OPS.values():
-    FWD[_spec.name], BWD[_spec.name] = _register(_spec)
+    _register(_spec)
