@@ -169,6 +169,5 @@ def _register(spec: StereoOp):
         return dx, dy, dk, dr
 
 
-
 for _spec in STEREO_OPS.values():
     _register(_spec)
