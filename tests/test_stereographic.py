@@ -98,6 +98,34 @@ def test_gradcheck_per_row_curvature(op):
         assert gradcheck(lambda *a: _call(op, *a[:-1], k=a[-1]), (*args, k), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("op", [o for o in OPS if o not in ("mobius_add", "mobius_sub", "project", "lambda_x")])
+def test_mixed_regimes_in_one_block(op):
+    """The CPU kernel evaluates tanc/atanc for blocks of rows on SIMD vectors: rows whose z = k|v|^2 falls in
+    different branches (series at |z| < 1e-3, k < 0, k > 0, z = 0 exactly, z at the cut) share a vector.
+    Values and gradients (x, y, k, r) of every row must still match the fp64 reference; 37 rows = one full
+    block, a partial one, and a tail that is not a multiple of the vector width."""
+    n, d = 37, 5
+    g = torch.Generator().manual_seed(11)
+    kvals = torch.tensor([-1.0, 0.4, -3e-4, 0.0, 2e-4, -0.02, 1.5, -0.3], dtype=torch.float64)
+    k = kvals[torch.arange(n) % len(kvals)].reshape(n, 1).clone().requires_grad_()
+    args = _inputs(op, (n, d), seed=5)
+    scale = torch.logspace(-3, 0, n, dtype=torch.float64).reshape(n, 1)  # |v| from 1e-3 to ~0.3: z spans the cut
+    args[-1] = args[-1] * scale * 2
+    args[-1][3] = 0.0
+    if STEREO_OPS[op].has_y:
+        args[0] = args[0] * scale.flip(0)
+    grads = {}
+    for backend in CPU_BACKENDS:
+        leaves = [a.clone().requires_grad_() for a in args]
+        kk = k.detach().clone().requires_grad_()
+        with geoops.use_backend(backend):
+            out = _call(op, *leaves, k=kk)
+        w = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(3))
+        grads[backend] = (out.detach(), *torch.autograd.grad(out, leaves + [kk], w))
+    for name, a, b in zip(["value"] + [f"grad{i}" for i in range(len(args) + 1)], grads["cpp"], grads["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m: f"{op} {name}: {m}")
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_gradients_match_reference_fp32(op):
     args = _inputs(op, (17, 9), dtype=torch.float32, seed=3)

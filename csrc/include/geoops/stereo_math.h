@@ -29,6 +29,9 @@
 
 #if defined(__CUDACC__)
 #define GEO_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced so that a call with a constant `op` folds to that op's straight-line code.
+#define GEO_HD inline __attribute__((always_inline))
 #else
 #define GEO_HD inline
 #endif
@@ -52,11 +55,11 @@ enum Op : int {
 };
 
 // Static facts about each op, used by every backend.
-GEO_HD bool op_has_y(int op) {
+GEO_HD constexpr bool op_has_y(int op) {
   return op == MOBIUS_ADD || op == MOBIUS_SUB || op == EXPMAP || op == LOGMAP || op == DIST;
 }
-GEO_HD bool op_scalar_out(int op) { return op == LAMBDA_X || op == DIST || op == DIST0; }
-GEO_HD bool op_has_r(int op) { return op == MOBIUS_SCALAR_MUL; }
+GEO_HD constexpr bool op_scalar_out(int op) { return op == LAMBDA_X || op == DIST || op == DIST0; }
+GEO_HD constexpr bool op_has_r(int op) { return op == MOBIUS_SCALAR_MUL; }
 
 // geoopt's guard on denominators and norms.
 template <typename T> GEO_HD T min_den() { return T(1e-15); }
@@ -75,10 +78,17 @@ template <typename T> GEO_HD T series_cut();
 template <> GEO_HD double series_cut<double>() { return 1e-3; }
 template <> GEO_HD float series_cut<float>() { return 0.05f; }
 
+// Taylor series of tanc and atanc at z = 0, written with + and * only so that
+// the CPU kernels can evaluate them on SIMD vectors too (T = at::vec::Vectorized).
+template <typename T> GEO_HD T tanc_series(T z) {
+  return T(1.0) + z * (T(1.0 / 3) + z * (T(2.0 / 15) + z * (T(17.0 / 315) + z * (T(62.0 / 2835) + z * T(1382.0 / 155925)))));
+}
+template <typename T> GEO_HD T atanc_series(T z) {
+  return T(1.0) + z * (T(-1.0 / 3) + z * (T(1.0 / 5) + z * (T(-1.0 / 7) + z * (T(1.0 / 9) + z * T(-1.0 / 11)))));
+}
+
 template <typename T> GEO_HD T tanc(T z) {
-  if (fabs(z) < series_cut<T>()) {
-    return T(1) + z * (T(1) / 3 + z * (T(2) / 15 + z * (T(17) / 315 + z * (T(62) / 2835 + z * (T(1382) / 155925)))));
-  }
+  if (fabs(z) < series_cut<T>()) return tanc_series(z);
   if (z < 0) {
     T s = sqrt(-z);
     return tanh(s) / s;
@@ -101,9 +111,7 @@ template <typename T> GEO_HD T tanc_d(T z, T t) {
 template <typename T> GEO_HD T clamp_q(T q) { return q > min_den<T>() ? q : min_den<T>(); }
 
 template <typename T> GEO_HD T atanc(T z, T q) {
-  if (fabs(z) < series_cut<T>()) {
-    return T(1) + z * (-T(1) / 3 + z * (T(1) / 5 + z * (-T(1) / 7 + z * (T(1) / 9 + z * (-T(1) / 11)))));
-  }
+  if (fabs(z) < series_cut<T>()) return atanc_series(z);
   if (z < 0) {
     // artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
     T s = sqrt(-z);
@@ -112,6 +120,14 @@ template <typename T> GEO_HD T atanc(T z, T q) {
   T s = sqrt(z);
   return atan(s) / s;
 }
+
+// The way the op math below evaluates tanc and atanc: directly (CUDA, and the
+// reference semantics), or through a policy of the same shape that batches
+// the calls of many rows (the CPU kernels; see csrc/cpu/stereographic.cpp).
+template <typename T> struct DirectMath {
+  GEO_HD T tanc(T z) { return stereo::tanc(z); }
+  GEO_HD T atanc(T z, T q) { return stereo::atanc(z, q); }
+};
 
 // d atanc / dz, given a = atanc(z).
 template <typename T> GEO_HD T atanc_d(T z, T q, T a) {
@@ -161,7 +177,7 @@ template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T
   g.k += den_ * (T(2) * s.xy + T(2) * k * s.xx * s.yy);
 }
 
-template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
+template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param, M& m) {
   const T k = s.k;
   switch (op) {
     case MOBIUS_ADD:
@@ -188,21 +204,21 @@ template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
     case MOBIUS_SCALAR_MUL: {
       // tan_k(r artan_k(|x|)) / |x| = r A(k|x|^2) T(k r^2 |x|^2 A^2)
       T z1 = k * s.xx;
-      T a1 = atanc(z1, T(1) + z1);
+      T a1 = m.atanc(z1, T(1) + z1);
       T z2 = k * s.r * s.r * s.xx * a1 * a1;
-      return {s.r * a1 * tanc(z2), T(0), T(0)};
+      return {s.r * a1 * m.tanc(z2), T(0), T(0)};
     }
     case EXPMAP: {
       // x (+) t u with t = tan_k(lambda_x |u| / 2)/|u| = h T(k h^2 |u|^2), h = 1/(1 + k|x|^2)
       T p = T(1) + k * s.xx;
       p = p > min_den<T>() ? p : min_den<T>();
       T h = T(1) / p;
-      T t = h * tanc(k * h * h * s.yy);
+      T t = h * m.tanc(k * h * h * s.yy);
       Coef<T> c = mobius_add_coef(s.xx, t * t * s.yy, t * s.xy, k);
       return {c.a, c.b * t, T(0)};
     }
     case EXPMAP0:
-      return {tanc(k * s.xx), T(0), T(0)};
+      return {m.tanc(k * s.xx), T(0), T(0)};
     case LOGMAP: {
       // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den, |s|^2 = dd / den,
       // out = (1 + k xx) A(k |s|^2) s
@@ -212,12 +228,12 @@ template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
       T p = nb > min_den<T>() ? nb : min_den<T>();
       T z = k * s.dd / den;
       T q = nb * (T(1) + k * s.yy) / den;
-      T f = atanc(z, q) * p;
+      T f = m.atanc(z, q) * p;
       return {f * k * s.dd / den, T(0), -f * nb / den};
     }
     case LOGMAP0: {
       T z = k * s.xx;
-      return {atanc(z, T(1) + z), T(0), T(0)};
+      return {m.atanc(z, T(1) + z), T(0), T(0)};
     }
     case DIST: {
       T den = sub_den(s.xx, s.yy, s.xy, k);
@@ -225,11 +241,11 @@ template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
       T ss = s.dd / den;
       T z = k * ss;
       T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
-      return {T(2) * sqrt(ss) * atanc(z, q), T(0), T(0)};
+      return {T(2) * sqrt(ss) * m.atanc(z, q), T(0), T(0)};
     }
     case DIST0: {
       T z = k * s.xx;
-      return {T(2) * sqrt(s.xx) * atanc(z, T(1) + z), T(0), T(0)};
+      return {T(2) * sqrt(s.xx) * m.atanc(z, T(1) + z), T(0), T(0)};
     }
   }
   return {T(0), T(0), T(0)};
@@ -238,7 +254,7 @@ template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
 // ---------------------------------------------------------------- backward
 // Adjoints of the row scalars from the adjoints (ga, gb, gc) of the op's
 // coefficients (vector ops) or of its value (scalar ops, ga only).
-template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, T gb, T gc) {
+template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, T gb, T gc, M& m) {
   const T k = s.k;
   Row<T> g{T(0), T(0), T(0), T(0), T(0), T(0)};
   switch (op) {
@@ -272,9 +288,9 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
     }
     case MOBIUS_SCALAR_MUL: {
       T z1 = k * s.xx, q1 = T(1) + z1;
-      T a1 = atanc(z1, q1);
+      T a1 = m.atanc(z1, q1);
       T z2 = k * s.r * s.r * s.xx * a1 * a1;
-      T t2 = tanc(z2);
+      T t2 = m.tanc(z2);
       T z2_ = ga * s.r * a1 * tanc_d(z2, t2);
       T a1_ = ga * s.r * t2 + z2_ * T(2) * k * s.r * s.r * s.xx * a1;
       T z1_ = a1_ * atanc_d(z1, q1, a1);
@@ -288,7 +304,7 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
       bool live = p0 > min_den<T>();
       T h = T(1) / (live ? p0 : min_den<T>());
       T z = k * h * h * s.yy;
-      T tz = tanc(z);
+      T tz = m.tanc(z);
       T t = h * tz;
       T Y = t * t * s.yy, XY = t * s.xy;
       Coef<T> c = mobius_add_coef(s.xx, Y, XY, k);
@@ -313,7 +329,7 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
     }
     case EXPMAP0: {
       T z = k * s.xx;
-      T z_ = ga * tanc_d(z, tanc(z));
+      T z_ = ga * tanc_d(z, m.tanc(z));
       g.xx = z_ * k;
       g.k = z_ * s.xx;
       return g;
@@ -327,7 +343,7 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
       T p = p_live ? nb : min_den<T>();
       T z = k * s.dd / den;
       T q = nb * (T(1) + k * s.yy) / den;
-      T A = atanc(z, q);
+      T A = m.atanc(z, q);
       T f = A * p;
       T a = f * k * s.dd / den, c = -f * nb / den;
       // a = f k dd / den, c = -f nb / den
@@ -353,7 +369,7 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
     }
     case LOGMAP0: {
       T z = k * s.xx, q = T(1) + z;
-      T z_ = ga * atanc_d(z, q, atanc(z, q));
+      T z_ = ga * atanc_d(z, q, m.atanc(z, q));
       g.xx = z_ * k;
       g.k = z_ * s.xx;
       return g;
@@ -367,7 +383,7 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
       T w = sqrt(ss);
       T z = k * ss;
       T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
-      T A = atanc(z, q), Ad = atanc_d(z, q, A);
+      T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
       // v = 2 w A(k w^2)
       T ss_ = ga * (A / w + T(2) * w * k * Ad);
       T k_ = ga * T(2) * w * Ad * ss;
@@ -381,13 +397,22 @@ template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, 
       if (!(s.xx > T(0))) return g;
       T w = sqrt(s.xx);
       T z = k * s.xx, q = T(1) + z;
-      T A = atanc(z, q), Ad = atanc_d(z, q, A);
+      T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
       g.xx = ga * (A / w + T(2) * w * k * Ad);
       g.k = ga * T(2) * w * Ad * s.xx;
       return g;
     }
   }
   return g;
+}
+
+template <typename T> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param) {
+  DirectMath<T> m;
+  return fwd(op, s, param, m);
+}
+template <typename T> GEO_HD Row<T> vjp(int op, const Row<T>& s, T param, T ga, T gb, T gc) {
+  DirectMath<T> m;
+  return vjp(op, s, param, ga, gb, gc, m);
 }
 
 }  // namespace stereo
