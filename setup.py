@@ -26,7 +26,7 @@ def _extensions():
     use_cuda = want in ("1", "true", "yes") or (want == "auto" and torch.version.cuda is not None and has_nvcc)
 
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wno-psabi"]
     if os.environ.get("GEOOPS_PORTABLE", "0") != "1":
         cxx.append("-march=native")
     define_macros = []

@@ -271,7 +271,9 @@ def markdown(meta: dict, rows: list) -> str:
         f"copy bandwidth {meta['copy_bandwidth']['gbps']:.1f} GB/s; torch {meta['versions']['torch']}, "
         f"geoopt {meta['versions']['geoopt']}, geoops {meta['versions']['geoops']} "
         f"@ {meta['git']['commit'] or '?'}{' (dirty)' if meta['git']['dirty'] else ''}; k = -1; "
-        f"median of {meta['repeats']} interleaved samples.",
+        f"median of {meta['repeats']} interleaved samples"
+        + ("; THP_MEM_ALLOC_ENABLE=1 (large tensors on transparent huge pages, kernel mode "
+           f"{meta.get('thp_kernel_mode', '?')})." if meta.get("thp_alloc") else "."),
         "",
         "| " + " | ".join(h for h, *_ in COLUMNS) + " |",
         "|" + "|".join(":--" if f == "s" else "--:" for *_, f in COLUMNS) + "|",
@@ -364,14 +366,32 @@ def parse_args(argv):
                    help="torch._dynamo.config.nested_graph_breaks for torch.compile(geoopt) (default on: "
                         "off makes dynamo fall back to eager geoopt at its branches on k)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    p.add_argument("--thp", action="store_true",
+                   help="CPU: rerun under THP_MEM_ALLOC_ENABLE=1 (torch's CPU allocator puts large tensors on "
+                        "transparent huge pages) so that page faults of fresh outputs, paid alike by every "
+                        "contender, weigh less; results go to latest-cpu-thp.md")
     a = p.parse_args(argv)
     a.mode = a.mode or "quick"
     return a
 
 
+def _thp_state() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unknown"
+    m = re.search(r"\[(\w+)\]", text)
+    return m.group(1) if m else "unknown"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    if args.thp and not thp:
+        # torch reads the variable once, at its first large allocation: set it for a fresh process.
+        env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1")
+        os.execve(sys.executable, [sys.executable, "-m", "bench", *argv], env)
     t_start = time.perf_counter()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -422,6 +442,7 @@ def main(argv=None) -> int:
         "geoops_backend_env": os.environ.get("GEOOPS_BACKEND"), "geoops_backend_info": geoops.backend_info(),
         "versions": versions(), "git": git_info(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "repeats": args.repeats, "warmup": args.warmup,
+        "thp_alloc": thp, "thp_kernel_mode": _thp_state(),
         "k": -1.0, "byte_model": C.BYTE_MODEL, "timing": (
             "per row: geoops, limit, geoopt, torch.compile(geoopt) run interleaved (order rotated each round); "
             "first call (compile) excluded, then warm-up, then median of the samples; "
@@ -488,10 +509,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    stem = out / f"{device_tag(device, threads)}-{stamp}"
+    stem = out / f"{device_tag(device, threads)}{'-thp' if thp else ''}-{stamp}"
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    md_path = out / f"latest-{device.type}.md"
+    md_path = out / f"latest-{device.type}{'-thp' if thp else ''}.md"
     md_path.write_text(markdown(meta, rows))
     written = [json_path, md_path]
     if not args.no_plot:
