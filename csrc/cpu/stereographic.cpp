@@ -43,30 +43,46 @@ struct Scalars {
   int64_t sr;
 };
 
-// Row sums of NS per-element terms, in double, kept as W independent partial
-// sums per term so that the additions do not form one long latency chain.
-template <int NS, int W, typename F>
-inline void row_sums(int64_t D, double (&out)[NS], F&& terms) {
-  double part[NS][W] = {};
-  int64_t j = 0;
-  for (; j + W <= D; j += W) {
-#pragma omp simd
-    for (int t = 0; t < W; ++t) {
-      double v[NS];
-      terms(j + t, v);
-      for (int s = 0; s < NS; ++s) part[s][t] += v[s];
-    }
+// Row sums of the single-vector ops.  The two halves of the row accumulate
+// separately: `omp simd reduction` turns each sum into one vector chain, and
+// two chains per sum keep the FMA units busy on short rows.
+template <typename scalar_t>
+inline double sum_sq(const scalar_t* xr, int64_t D) {
+  const int64_t h = D / 2;
+  double a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t j = 0; j < h; ++j) {
+    const double u = static_cast<double>(xr[j]), v = static_cast<double>(xr[j + h]);
+    a += u * u;
+    b += v * v;
   }
-  for (; j < D; ++j) {
-    double v[NS];
-    terms(j, v);
-    for (int s = 0; s < NS; ++s) part[s][0] += v[s];
+  if (D & 1) {
+    const double u = static_cast<double>(xr[D - 1]);
+    a += u * u;
   }
-  for (int s = 0; s < NS; ++s) {
-    double acc = 0;
-    for (int t = 0; t < W; ++t) acc += part[s][t];
-    out[s] = acc;
+  return a + b;
+}
+
+// <x,x> and <g,x> of one row, as sum_sq.
+template <typename scalar_t>
+inline void sum_sq_dot(const scalar_t* xr, const scalar_t* gr, int64_t D, double& xx, double& gx) {
+  const int64_t h = D / 2;
+  double a = 0, b = 0, c = 0, d = 0;
+#pragma omp simd reduction(+ : a, b, c, d)
+  for (int64_t j = 0; j < h; ++j) {
+    const double u = static_cast<double>(xr[j]), v = static_cast<double>(xr[j + h]);
+    a += u * u;
+    b += v * v;
+    c += static_cast<double>(gr[j]) * u;
+    d += static_cast<double>(gr[j + h]) * v;
   }
+  if (D & 1) {
+    const double u = static_cast<double>(xr[D - 1]);
+    a += u * u;
+    c += static_cast<double>(gr[D - 1]) * u;
+  }
+  xx = a + b;
+  gx = c + d;
 }
 
 // xx, yy, xy and dd = |x - y|^2 (accumulated directly) of one row.
@@ -85,12 +101,7 @@ inline Row<double> reduce_row(const scalar_t* xr, const scalar_t* yr, int64_t D)
     }
     return {xx, yy, xy, dd, 0.0, 0.0};
   }
-  double r[1];
-  row_sums<1, 16>(D, r, [&](int64_t j, double* v) {
-    const double xv = static_cast<double>(xr[j]);
-    v[0] = xv * xv;
-  });
-  return {r[0], 0.0, 0.0, 0.0, 0.0, 0.0};
+  return {sum_sq(xr, D), 0.0, 0.0, 0.0, 0.0, 0.0};
 }
 
 // ---------------------------------------------------------------- batched scalar math
@@ -280,35 +291,34 @@ void bwd_loop(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, Sca
         if (!SCALAR_OUT) prefetch(gr, sg, i, end);
         double gsum[3] = {0.0, 0.0, 0.0};
         if (!HAS_Y && !SCALAR_OUT) {  // <x,x> and <g,x> in one pass
-          double r2[2];
-          row_sums<2, 8>(D, r2, [&](int64_t j, double* v) {
-            const double xv = static_cast<double>(xr[j]);
-            v[0] = xv * xv;
-            v[1] = static_cast<double>(gr[j]) * xv;
-          });
-          rows[b] = Row<double>{r2[0], 0.0, 0.0, 0.0, 0.0, 0.0};
-          gsum[0] = r2[1];
-        } else {
-          rows[b] = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
-        }
-        rows[b].k = sc.k[i * sc.sk];
-        rows[b].r = sc.r ? sc.r[i * sc.sr] : 0.0;
-        if (SCALAR_OUT) {
-          gsum[0] = static_cast<double>(gr[0]);
-        } else if (HAS_Y) {
-          double ga = 0, gb = 0, gc = 0;
-#pragma omp simd reduction(+ : ga, gb, gc)
+          double xx, gx;
+          sum_sq_dot(xr, gr, D, xx, gx);
+          rows[b] = Row<double>{xx, 0.0, 0.0, 0.0, 0.0, 0.0};
+          gsum[0] = gx;
+        } else if (HAS_Y && !SCALAR_OUT) {  // the four row sums and <g,x>, <g,y>, <g,x-y> in one pass
+          double xx = 0, yy = 0, xy = 0, dd = 0, ga = 0, gb = 0, gc = 0;
+#pragma omp simd reduction(+ : xx, yy, xy, dd, ga, gb, gc)
           for (int64_t j = 0; j < D; ++j) {
-            const double gv = static_cast<double>(gr[j]);
             const double xv = static_cast<double>(xr[j]), yv = static_cast<double>(yr[j]);
+            const double gv = static_cast<double>(gr[j]), dv = xv - yv;
+            xx += xv * xv;
+            yy += yv * yv;
+            xy += xv * yv;
+            dd += dv * dv;
             ga += gv * xv;
             gb += gv * yv;
-            gc += gv * (xv - yv);
+            gc += gv * dv;
           }
+          rows[b] = Row<double>{xx, yy, xy, dd, 0.0, 0.0};
           gsum[0] = ga;
           gsum[1] = gb;
           gsum[2] = gc;
+        } else {
+          rows[b] = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
+          gsum[0] = static_cast<double>(gr[0]);
         }
+        rows[b].k = sc.k[i * sc.sk];
+        rows[b].r = sc.r ? sc.r[i * sc.sr] : 0.0;
         gas[b] = gsum[0];
         gbs[b] = gsum[1];
         gcs[b] = gsum[2];
@@ -332,32 +342,30 @@ void bwd_loop(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, Sca
         const opmath_t gxc = static_cast<opmath_t>(cf.a + cf.c), gyc = static_cast<opmath_t>(cf.b - cf.c);
         const opmath_t cxx = static_cast<opmath_t>(2 * adj.xx), cyy = static_cast<opmath_t>(2 * adj.yy);
         const opmath_t cxy = static_cast<opmath_t>(adj.xy), cdd = static_cast<opmath_t>(2 * adj.dd);
-        if (dxp) {
-          scalar_t* o = dxp + i * D;
-          if (SCALAR_OUT) {
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j) {
-              const opmath_t xv = static_cast<opmath_t>(xr[j]);
-              const opmath_t yv = HAS_Y ? static_cast<opmath_t>(yr[j]) : opmath_t(0);
-              o[j] = static_cast<scalar_t>(cxx * xv + cxy * yv + cdd * (xv - yv));
-            }
-          } else {
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j) {
-              const opmath_t xv = static_cast<opmath_t>(xr[j]), gv = static_cast<opmath_t>(gr[j]);
-              const opmath_t yv = HAS_Y ? static_cast<opmath_t>(yr[j]) : opmath_t(0);
-              o[j] = static_cast<scalar_t>(gxc * gv + cxx * xv + cxy * yv + cdd * (xv - yv));
-            }
-          }
-        }
-        if (HAS_Y && dyp) {
-          scalar_t* o = dyp + i * D;
-          const opmath_t gmul = SCALAR_OUT ? opmath_t(0) : gyc;
+        scalar_t* ox = dxp ? dxp + i * D : nullptr;
+        scalar_t* oy = (HAS_Y && dyp) ? dyp + i * D : nullptr;
+        const opmath_t gx = SCALAR_OUT ? opmath_t(0) : gxc, gy = SCALAR_OUT ? opmath_t(0) : gyc;
+        auto grad_at = [&](int64_t j) { return SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(gr[j]); };
+        if (HAS_Y && ox && oy) {  // both gradients in one pass over x, y, g
 #pragma omp simd
           for (int64_t j = 0; j < D; ++j) {
-            const opmath_t xv = static_cast<opmath_t>(xr[j]), yv = static_cast<opmath_t>(yr[j]);
-            const opmath_t gv = SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(gr[j]);
-            o[j] = static_cast<scalar_t>(gmul * gv + cyy * yv + cxy * xv - cdd * (xv - yv));
+            const opmath_t xv = static_cast<opmath_t>(xr[j]), yv = static_cast<opmath_t>(yr[j]), gv = grad_at(j);
+            const opmath_t dv = cdd * (xv - yv);
+            ox[j] = static_cast<scalar_t>(gx * gv + cxx * xv + cxy * yv + dv);
+            oy[j] = static_cast<scalar_t>(gy * gv + cyy * yv + cxy * xv - dv);
+          }
+        } else if (ox) {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = static_cast<opmath_t>(xr[j]), gv = grad_at(j);
+            const opmath_t yv = HAS_Y ? static_cast<opmath_t>(yr[j]) : opmath_t(0);
+            ox[j] = static_cast<scalar_t>(gx * gv + cxx * xv + cxy * yv + cdd * (xv - yv));
+          }
+        } else if (oy) {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = static_cast<opmath_t>(xr[j]), yv = static_cast<opmath_t>(yr[j]), gv = grad_at(j);
+            oy[j] = static_cast<scalar_t>(gy * gv + cyy * yv + cxy * xv - cdd * (xv - yv));
           }
         }
       }
