@@ -13,7 +13,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 
 #include "geoops/stereo_math.h"
 #include "stereographic.h"
@@ -43,65 +46,80 @@ struct Scalars {
   int64_t sr;
 };
 
-// Row sums of the single-vector ops.  The two halves of the row accumulate
-// separately: `omp simd reduction` turns each sum into one vector chain, and
-// two chains per sum keep the FMA units busy on short rows.
+// ---------------------------------------------------------------- row sums
+// Row sums are accumulated in double on 4-lane vectors (GCC/Clang vector
+// extensions: AVX2 registers in the native build, SSE pairs in the portable
+// one), two vectors per sum so that each sum is two short FMA chains.  (An
+// `omp simd reduction` spills its lanes to the stack and adds them up one by
+// one at the end of every row, which costs more than the row on D = 64.)
+typedef double dvec __attribute__((vector_size(32)));
+typedef float fvec __attribute__((vector_size(16)));
+
+// Four consecutive elements as doubles; the lanes from `n` on are zero.
 template <typename scalar_t>
-inline double sum_sq(const scalar_t* xr, int64_t D) {
-  const int64_t h = D / 2;
-  double a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-  for (int64_t j = 0; j < h; ++j) {
-    const double u = static_cast<double>(xr[j]), v = static_cast<double>(xr[j + h]);
-    a += u * u;
-    b += v * v;
+inline dvec load4(const scalar_t* p, int64_t n = 4) {
+  if (n >= 4) {
+    if constexpr (std::is_same<scalar_t, float>::value) {
+      fvec f;
+      std::memcpy(&f, p, sizeof(f));
+      return __builtin_convertvector(f, dvec);
+    } else if constexpr (std::is_same<scalar_t, double>::value) {
+      dvec d;
+      std::memcpy(&d, p, sizeof(d));
+      return d;
+    } else {
+      return dvec{static_cast<double>(p[0]), static_cast<double>(p[1]), static_cast<double>(p[2]),
+                  static_cast<double>(p[3])};
+    }
   }
-  if (D & 1) {
-    const double u = static_cast<double>(xr[D - 1]);
-    a += u * u;
-  }
-  return a + b;
+  dvec d = {0.0, 0.0, 0.0, 0.0};
+  for (int64_t t = 0; t < n; ++t) d[t] = static_cast<double>(p[t]);
+  return d;
 }
 
-// <x,x> and <g,x> of one row, as sum_sq.
-template <typename scalar_t>
-inline void sum_sq_dot(const scalar_t* xr, const scalar_t* gr, int64_t D, double& xx, double& gx) {
-  const int64_t h = D / 2;
-  double a = 0, b = 0, c = 0, d = 0;
-#pragma omp simd reduction(+ : a, b, c, d)
-  for (int64_t j = 0; j < h; ++j) {
-    const double u = static_cast<double>(xr[j]), v = static_cast<double>(xr[j + h]);
-    a += u * u;
-    b += v * v;
-    c += static_cast<double>(gr[j]) * u;
-    d += static_cast<double>(gr[j + h]) * v;
+inline double hsum(dvec v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+
+// out[s] = sum over the row of term s, for NS terms of NIN input rows:
+// terms(const dvec (&in)[NIN], dvec (&acc)[NS]) adds the terms of 4 elements
+// to acc.  Every term must vanish on zero inputs (the padded tail).
+template <int NS, int NIN, typename scalar_t, typename F>
+inline void row_sums(const scalar_t* const (&in)[NIN], int64_t D, double (&out)[NS], F&& terms) {
+  dvec acc0[NS], acc1[NS];
+  for (int s = 0; s < NS; ++s) acc0[s] = acc1[s] = dvec{0.0, 0.0, 0.0, 0.0};
+  dvec v0[NIN], v1[NIN];
+  int64_t j = 0;
+  for (; j + 8 <= D; j += 8) {
+    for (int s = 0; s < NIN; ++s) {
+      v0[s] = load4(in[s] + j);
+      v1[s] = load4(in[s] + j + 4);
+    }
+    terms(v0, acc0);
+    terms(v1, acc1);
   }
-  if (D & 1) {
-    const double u = static_cast<double>(xr[D - 1]);
-    a += u * u;
-    c += static_cast<double>(gr[D - 1]) * u;
+  for (; j < D; j += 4) {
+    for (int s = 0; s < NIN; ++s) v0[s] = load4(in[s] + j, std::min<int64_t>(4, D - j));
+    terms(v0, acc0);
   }
-  xx = a + b;
-  gx = c + d;
+  for (int s = 0; s < NS; ++s) out[s] = hsum(acc0[s] + acc1[s]);
 }
 
 // xx, yy, xy and dd = |x - y|^2 (accumulated directly) of one row.
 template <typename scalar_t, bool HAS_Y>
 inline Row<double> reduce_row(const scalar_t* xr, const scalar_t* yr, int64_t D) {
-  if (HAS_Y) {  // four independent sums already keep the adders busy
-    double xx = 0, yy = 0, xy = 0, dd = 0;
-#pragma omp simd reduction(+ : xx, yy, xy, dd)
-    for (int64_t j = 0; j < D; ++j) {
-      const double xv = static_cast<double>(xr[j]), yv = static_cast<double>(yr[j]);
-      const double dv = xv - yv;
-      xx += xv * xv;
-      yy += yv * yv;
-      xy += xv * yv;
-      dd += dv * dv;
-    }
-    return {xx, yy, xy, dd, 0.0, 0.0};
+  if (HAS_Y) {
+    double r[4];
+    row_sums<4, 2>({xr, yr}, D, r, [](const dvec(&v)[2], dvec(&a)[4]) {
+      const dvec d = v[0] - v[1];
+      a[0] += v[0] * v[0];
+      a[1] += v[1] * v[1];
+      a[2] += v[0] * v[1];
+      a[3] += d * d;
+    });
+    return {r[0], r[1], r[2], r[3], 0.0, 0.0};
   }
-  return {sum_sq(xr, D), 0.0, 0.0, 0.0, 0.0, 0.0};
+  double r[1];
+  row_sums<1, 1>({xr}, D, r, [](const dvec(&v)[1], dvec(&a)[1]) { a[0] += v[0] * v[0]; });
+  return {r[0], 0.0, 0.0, 0.0, 0.0, 0.0};
 }
 
 // ---------------------------------------------------------------- batched scalar math
@@ -291,28 +309,29 @@ void bwd_loop(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, Sca
         if (!SCALAR_OUT) prefetch(gr, sg, i, end);
         double gsum[3] = {0.0, 0.0, 0.0};
         if (!HAS_Y && !SCALAR_OUT) {  // <x,x> and <g,x> in one pass
-          double xx, gx;
-          sum_sq_dot(xr, gr, D, xx, gx);
-          rows[b] = Row<double>{xx, 0.0, 0.0, 0.0, 0.0, 0.0};
-          gsum[0] = gx;
+          double r[2];
+          row_sums<2, 2>({xr, gr}, D, r, [](const dvec(&v)[2], dvec(&a)[2]) {
+            a[0] += v[0] * v[0];
+            a[1] += v[1] * v[0];
+          });
+          rows[b] = Row<double>{r[0], 0.0, 0.0, 0.0, 0.0, 0.0};
+          gsum[0] = r[1];
         } else if (HAS_Y && !SCALAR_OUT) {  // the four row sums and <g,x>, <g,y>, <g,x-y> in one pass
-          double xx = 0, yy = 0, xy = 0, dd = 0, ga = 0, gb = 0, gc = 0;
-#pragma omp simd reduction(+ : xx, yy, xy, dd, ga, gb, gc)
-          for (int64_t j = 0; j < D; ++j) {
-            const double xv = static_cast<double>(xr[j]), yv = static_cast<double>(yr[j]);
-            const double gv = static_cast<double>(gr[j]), dv = xv - yv;
-            xx += xv * xv;
-            yy += yv * yv;
-            xy += xv * yv;
-            dd += dv * dv;
-            ga += gv * xv;
-            gb += gv * yv;
-            gc += gv * dv;
-          }
-          rows[b] = Row<double>{xx, yy, xy, dd, 0.0, 0.0};
-          gsum[0] = ga;
-          gsum[1] = gb;
-          gsum[2] = gc;
+          double r[7];
+          row_sums<7, 3>({xr, yr, gr}, D, r, [](const dvec(&v)[3], dvec(&a)[7]) {
+            const dvec d = v[0] - v[1];
+            a[0] += v[0] * v[0];
+            a[1] += v[1] * v[1];
+            a[2] += v[0] * v[1];
+            a[3] += d * d;
+            a[4] += v[2] * v[0];
+            a[5] += v[2] * v[1];
+            a[6] += v[2] * d;
+          });
+          rows[b] = Row<double>{r[0], r[1], r[2], r[3], 0.0, 0.0};
+          gsum[0] = r[4];
+          gsum[1] = r[5];
+          gsum[2] = r[6];
         } else {
           rows[b] = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
           gsum[0] = static_cast<double>(gr[0]);
