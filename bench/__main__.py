@@ -111,6 +111,14 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict:
     }
 
 
+try:
+    import geoopt  # noqa: F401  (the eager peer; optional, e.g. on a bare GPU machine)
+
+    _HAVE_GEOOPT = True
+except ImportError:
+    _HAVE_GEOOPT = False
+
+
 def bench_row(op, pass_, n, d, dtype, device, args, compiled_cache, log) -> dict:
     spec = C.OPS[op]
     half = dtype in C.HALF
@@ -124,6 +132,8 @@ def bench_row(op, pass_, n, d, dtype, device, args, compiled_cache, log) -> dict
     skipped = {}
     if half:
         skipped["geoopt"] = skipped["compiled"] = "n/a: geoopt does not support half precision"
+    elif not _HAVE_GEOOPT:
+        skipped["geoopt"] = skipped["compiled"] = "n/a: geoopt is not installed"
     else:
         calls["geoopt"] = C.op_call(C.geoopt_fn(op), op)
         if args.no_compile:

@@ -26,7 +26,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["StereoOp", "STEREO_OPS", "stereo_kernels"]
+__all__ = ["StereoOp", "STEREO_OPS", "stereo_kernels", "direct_call_ok"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,35 @@ def stereo_kernels(device: torch.device):
     if name == "triton":
         return _backend.triton_kernels()
     return _ReferenceRows
+
+
+# ---------------------------------------------------------------- eager fast path
+_len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
+_len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_HAVE_MODE_CHECKS = None not in (_len_fn_modes, _len_dispatch_modes, _functorch_active)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter disables __torch_function__: a plain tensor here
+
+
+def direct_call_ok(*tensors) -> bool:
+    """Whether calling a backend's kernels directly does exactly what dispatching the custom op would.
+
+    True for plain tensors in eager mode. False while torch.compile or export traces, under a torch-function
+    or dispatch mode (FakeTensorMode, make_fx, ...), inside a functorch transform, and for tensor subclasses:
+    those go through torch.ops.geoops.*, whose fake implementations and dispatch they need (nn.Parameter
+    counts as plain).  The custom op's Python dispatch costs tens of microseconds per call, which dominates
+    on small inputs.
+    """
+    if torch.compiler.is_compiling() or not _HAVE_MODE_CHECKS:
+        return False
+    if _len_fn_modes() or _len_dispatch_modes() or _functorch_active():
+        return False
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- registration

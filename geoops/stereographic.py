@@ -50,18 +50,46 @@ _ON_MANIFOLD = {
 
 
 # ---------------------------------------------------------------- autograd
-def _make_fn(spec: _ops.StereoOp) -> type:
+def _fwd_caller(spec: _ops.StereoOp):
+    """x, y, k, r, param -> out: the custom op, or its kernel directly where that is the same (eager fast path)."""
     # the OpOverloads (not the CustomOpDef objects) are what torch.compile traces
-    fwd_op = getattr(torch.ops.geoops, f"{spec.name}_fwd").default
-    bwd_op = getattr(torch.ops.geoops, f"{spec.name}_bwd").default
+    op = getattr(torch.ops.geoops, f"{spec.name}_fwd").default
+    code = spec.code
 
-    def forward(x, y, k, r, param):
-        return fwd_op(x, y, k, r, param)
+    def call(x, y, k, r, param):
+        if _ops.direct_call_ok(x, y, k, r):
+            return _ops.stereo_kernels(x.device).stereo_fwd(code, x, y, k, r, param)
+        return op(x, y, k, r, param)
 
-    def setup_context(ctx, inputs, output):
-        x, y, k, r, param = inputs
+    return call
+
+
+def _bwd_caller(spec: _ops.StereoOp):
+    op = getattr(torch.ops.geoops, f"{spec.name}_bwd").default
+    code = spec.code
+
+    def call(g, x, y, k, r, param, mask):
+        if _ops.direct_call_ok(g, x, y, k, r):
+            return tuple(_ops.stereo_kernels(x.device).stereo_bwd(code, g, x, y, k, r, param, mask))
+        return op(g, x, y, k, r, param, mask)
+
+    return call
+
+
+_FWD = {name: _fwd_caller(spec) for name, spec in _ops.STEREO_OPS.items()}
+
+
+def _make_fn(spec: _ops.StereoOp) -> type:
+    fwd_op = _FWD[spec.name]
+    bwd_op = _bwd_caller(spec)
+
+    # forward(ctx, ...) rather than a separate setup_context: with setup_context, Function.apply binds the
+    # arguments through inspect.signature on every call (~50 us), and functorch transforms, the reason for
+    # it, do not run through custom ops' autograd anyway.
+    def forward(ctx, x, y, k, r, param):
         ctx.save_for_backward(x, y, k, r)
         ctx.param = param
+        return fwd_op(x, y, k, r, param)
 
     def backward(ctx, grad):
         x, y, k, r = ctx.saved_tensors
@@ -80,8 +108,7 @@ def _make_fn(spec: _ops.StereoOp) -> type:
 
     # named at creation so that autograd's node is called e.g. MobiusAddFnBackward
     name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
-    body = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward), "__module__": __name__,
+    body = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__module__": __name__,
             "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd."}
     return type(name, (torch.autograd.Function,), body)
 
@@ -179,7 +206,9 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if not isinstance(dim, int) or isinstance(dim, bool):
         _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
     # broadcast shape and canonical dim
-    if spec.has_y:
+    if spec.has_y and x.shape == y.shape:
+        shape = x.shape
+    elif spec.has_y:
         try:
             shape = torch.broadcast_shapes(x.shape, y.shape)
         except RuntimeError:
@@ -231,7 +260,10 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     y2 = rows(y) if spec.has_y else None
     k2 = _per_row(op, "k", k, shape, d, N, kdtype)
     r2 = _per_row(op, r_name, r, shape, d, N, kdtype) if spec.has_r else None
-    out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
+        out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
+    else:  # nothing to differentiate: no autograd node
+        out = _FWD[op](x2, y2, k2, r2, float(eps))
     if spec.scalar_out:
         out = out.reshape(batch) if nd != 2 else out
         return out.unsqueeze(d) if keepdim else out
