@@ -159,7 +159,8 @@ def _as_scalar_tensor(op: str, name: str, v, like: torch.Tensor) -> torch.Tensor
 
 def _per_row(op: str, name: str, v: torch.Tensor, shape, dim: int, N: int, dtype) -> torch.Tensor:
     """Broadcast a curvature-like tensor to one value per row: shape (1,) or (N,)."""
-    v = v.to(dtype)
+    if v.dtype != dtype:
+        v = v.to(dtype)
     if v.numel() == 1:
         return v.reshape(1)
     nd = len(shape)
@@ -249,7 +250,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     last = d == nd - 1
 
     def rows(t):
-        t = t.to(dtype)
+        if t.dtype != dtype:
+            t = t.to(dtype)
         if tuple(t.shape) != tuple(shape):
             t = t.expand(shape)
         if not last:
