@@ -253,6 +253,22 @@ def test_python_number_curvature_and_mixed_dtypes():
     torch.testing.assert_close(out, ref.mobius_add(x.double(), y, k=torch.tensor(-1.0, dtype=torch.float64)))
 
 
+def test_bfloat16_rounding_matches_torch():
+    """The CPU kernels round their float results to bfloat16 with their own (vectorisable) code: it must give
+    torch's bits, ties to even, NaN and overflow included.  At k = 0, mobius_scalar_mul(r, x) = r * x exactly in
+    float, and products of 8-bit mantissas land on bfloat16 ties often."""
+    mant = torch.arange(128, dtype=torch.float32) / 128 + 1  # every bfloat16 in [1, 2)
+    x = torch.cat([mant, -mant * 2.0 ** -20, mant * 2.0 ** 120, torch.tensor([float("nan"), float("inf"), 0.0])])
+    x = x.bfloat16().reshape(-1, 1)
+    for rv in (1.5, 1.25, 0.75, 1.0078125, 3.0):
+        r = torch.tensor(rv)
+        ours = gs.mobius_scalar_mul(r, x, k=0.0)
+        truth = gs.mobius_scalar_mul(r, x.float(), k=0.0).bfloat16()
+        assert torch.equal(ours.view(torch.int16), truth.view(torch.int16)) or torch.equal(
+            ours.isnan(), truth.isnan()) and torch.equal(ours[~ours.isnan()].view(torch.int16),
+                                                         truth[~truth.isnan()].view(torch.int16)), rv
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_low_precision_returns_own_dtype(dtype):
     x, y = _rand(5, 8, dtype=dtype), _rand(5, 8, dtype=dtype)
