@@ -114,18 +114,21 @@ inline void row_sums(const scalar_t* const (&in)[NIN], int64_t D, double (&out)[
   for (int s = 0; s < NS; ++s) out[s] = hsum(acc0[s] + acc1[s]);
 }
 
-// xx, yy, xy and dd = |x - y|^2 (accumulated directly) of one row.
+// Adds the terms of xx, yy, xy and dd = |x - y|^2 (accumulated directly) to a[0..3].
+inline void pair_terms(const dvec& x, const dvec& y, dvec* a) {
+  const dvec d = x - y;
+  a[0] += x * x;
+  a[1] += y * y;
+  a[2] += x * y;
+  a[3] += d * d;
+}
+
+// xx, yy, xy and dd of one row.
 template <typename scalar_t, bool HAS_Y>
 inline Row<double> reduce_row(const scalar_t* xr, const scalar_t* yr, int64_t D) {
   if (HAS_Y) {
     double r[4];
-    row_sums<4, 2>({xr, yr}, D, r, [](const dvec(&v)[2], dvec(&a)[4]) {
-      const dvec d = v[0] - v[1];
-      a[0] += v[0] * v[0];
-      a[1] += v[1] * v[1];
-      a[2] += v[0] * v[1];
-      a[3] += d * d;
-    });
+    row_sums<4, 2>({xr, yr}, D, r, [](const dvec(&v)[2], dvec(&a)[4]) { pair_terms(v[0], v[1], a); });
     return {r[0], r[1], r[2], r[3], 0.0, 0.0};
   }
   double r[1];
@@ -244,11 +247,9 @@ struct RowPrefetch {
         bytes(row_bytes) {}
   template <typename T>
   inline void operator()(const T* row, int64_t stride, int64_t i, int64_t end) const {
-#if defined(__GNUC__)
     if (ahead == 0 || i + ahead >= end || stride == 0) return;
     const char* p = reinterpret_cast<const char*>(row + ahead * stride);
     for (int64_t l = 0; l < bytes; l += 64) __builtin_prefetch(p + l, 0, 3);
-#endif
   }
 };
 
@@ -343,14 +344,10 @@ void bwd_loop(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, Sca
         } else if (HAS_Y && !SCALAR_OUT) {  // the four row sums and <g,x>, <g,y>, <g,x-y> in one pass
           double r[7];
           row_sums<7, 3>({xr, yr, gr}, D, r, [](const dvec(&v)[3], dvec(&a)[7]) {
-            const dvec d = v[0] - v[1];
-            a[0] += v[0] * v[0];
-            a[1] += v[1] * v[1];
-            a[2] += v[0] * v[1];
-            a[3] += d * d;
+            pair_terms(v[0], v[1], a);
             a[4] += v[2] * v[0];
             a[5] += v[2] * v[1];
-            a[6] += v[2] * d;
+            a[6] += v[2] * (v[0] - v[1]);
           });
           rows[b] = Row<double>{r[0], r[1], r[2], r[3], 0.0, 0.0};
           gsum[0] = r[4];
