@@ -7,6 +7,7 @@
 // compiled only when the extension is built with CUDA (GEOOPS_WITH_CUDA).
 #include <torch/extension.h>
 
+#include "cpu/ssm.h"
 #include "cpu/stereographic.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
@@ -16,6 +17,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "geoops compiled kernels";
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+  // ---- ssm (diagonal state-space family: geoops/ssm.py)
+  m.def("vandermonde_fwd_cpu", &geoops::cpu::vandermonde_fwd_cpu, "2 Re sum_n v exp(x l), forward (CPU)");
+  m.def("vandermonde_bwd_cpu", &geoops::cpu::vandermonde_bwd_cpu, "2 Re sum_n v exp(x l), backward (CPU)");
+  m.def("fftconv_fwd_cpu", &geoops::cpu::fftconv_fwd_cpu, "FFT long convolution + D u, forward (CPU)");
+  m.def("fftconv_bwd_cpu", &geoops::cpu::fftconv_bwd_cpu, "FFT long convolution + D u, backward (CPU)");
+  // ---- end ssm
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");
   m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, "kappa-stereographic row op, backward (CUDA)");

@@ -1,0 +1,111 @@
+"""Eager reference of the diagonal state-space (S4D / DSS) family: readable torch, fp64-capable.
+
+This is the oracle of the test-suite and the ``reference`` backend.  It
+materialises the complex (H, N, L) Vandermonde tensor and the zero-padded
+FFT operands exactly as the usual eager recipe does: simple, slow, and
+memory-hungry (O(H*N*L)).  Run it in float64 / complex128 to get the oracle.
+
+Conventions (shared with :mod:`geoops.ssm`):
+
+* Half spectrum (S4D's convention): the N complex modes stand for N conjugate
+  pairs, so the real kernel is ``K[h, l] = 2 * Re sum_n C~[h, n] * Abar[h, n]**l``.
+* ZOH: ``Abar = exp(dt*A)``, ``C~ = C * B * (exp(dt*A) - 1) / A``;
+  bilinear: ``Abar = (1 + dt*A/2) / (1 - dt*A/2)``, ``C~ = C * B * dt / (1 - dt*A/2)``;
+  ``dt = exp(log_dt)`` per channel.
+* fftconv: causal convolution ``y[t] = sum_{l<=t} k[l] u[t-l] + D u[t]`` by an
+  FFT of size 2L; ``bidirectional=True`` takes a causal kernel ``k[..., 0, :, :]``
+  and an anti-causal one ``k[..., 1, :, :]`` (state-spaces' layout): the
+  length-2L circular kernel is ``k0`` padded with L zeros on the right plus
+  ``flip(k1)`` padded with L zeros on the left, i.e.
+  ``y[t] = sum_{l<=t} k0[l] u[t-l] + sum_{l<=L-2-t} k1[l] u[t+1+l] + D u[t]``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["vandermonde", "discretize", "s4d_kernel", "fftconv", "ssm_conv", "expm1c"]
+
+
+def expm1c(z: torch.Tensor) -> torch.Tensor:
+    """exp(z) - 1 for complex z without cancellation at small |z|."""
+    a, b = z.real, z.imag
+    re = torch.expm1(a) * torch.cos(b) - 2.0 * torch.sin(0.5 * b) ** 2
+    im = torch.exp(a) * torch.sin(b)
+    return torch.complex(re, im)
+
+
+def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
+    """K[..., h, l] = 2 Re sum_n v[..., h, n] exp(x[h, n] * l), l = 0 .. L-1.
+
+    v: (H, N) or (C, H, N) complex; x: (H, N) complex.  Returns (H, L) or (C, H, L) real.
+    Materialises exp(x * l) as (H, N, L).
+    """
+    rdt = x.real.dtype
+    ell = torch.arange(L, device=x.device, dtype=rdt)
+    E = torch.exp(x.unsqueeze(-1) * ell)  # (H, N, L)
+    return 2.0 * torch.einsum("...hn,hnl->...hl", v.to(E.dtype), E).real
+
+
+def discretize(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, discretization: str = "zoh"):
+    """(C~, Abar) of the discretised diagonal SSM: C~ (H, N) or (C_out, H, N), Abar (H, N)."""
+    dt = torch.exp(log_dt).unsqueeze(-1).to(A.real.dtype)  # (H, 1)
+    dtA = dt * A
+    if discretization == "zoh":
+        Abar = torch.exp(dtA)
+        Bbar = expm1c(dtA) / A * B
+    elif discretization == "bilinear":
+        den = 1.0 - dtA / 2
+        Abar = (1.0 + dtA / 2) / den
+        Bbar = dt / den * B
+    else:
+        raise ValueError(f"discretization must be 'zoh' or 'bilinear', got {discretization!r}")
+    return C * Bbar, Abar
+
+
+def s4d_kernel(log_dt, A, B, C, L: int, discretization: str = "zoh") -> torch.Tensor:
+    """K[..., h, l] = 2 Re sum_n C~[..., h, n] Abar[h, n]**l (the S4D kernel), materialising (H, N, L)."""
+    Ct, Abar = discretize(log_dt, A, B, C, discretization)
+    ell = torch.arange(L, device=A.device, dtype=A.real.dtype)
+    V = Abar.unsqueeze(-1) ** ell  # (H, N, L)
+    if L > 0:
+        V[..., 0] = 1.0  # 0**0 = 1 (pow at 0 is fine, keep the l = 0 column exact)
+    return 2.0 * torch.einsum("...hn,hnl->...hl", Ct, V).real
+
+
+def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, bidirectional: bool = False):
+    """Causal (or bidirectional) long convolution by a real FFT of size 2L, + D*u.
+
+    u: (B, H, L); k: (H, L) or (C, H, L), with bidirectional (2, H, L) or (C, 2, H, L);
+    D: None, (H,) or (C, H).  Returns (B, H, L), or (B, C, H, L) when k has a C axis.
+    """
+    L = u.shape[-1]
+    n = 2 * L
+    has_c = k.dim() == (4 if bidirectional else 3)
+    if bidirectional:
+        k0, k1 = k.unbind(-3)
+        kk = F.pad(k0, (0, L)) + F.pad(k1.flip(-1), (L, 0))
+    else:
+        kk = k
+    kf = torch.fft.rfft(kk, n=n)  # (C?, H, L+1)
+    uf = torch.fft.rfft(u, n=n)  # (B, H, L+1)
+    if has_c:
+        uf = uf.unsqueeze(1)
+    y = torch.fft.irfft(uf * kf, n=n)[..., :L]
+    if D is not None:
+        uu = u.unsqueeze(1) if has_c else u
+        y = y + D.unsqueeze(-1) * uu
+    return y
+
+
+def ssm_conv(u, log_dt, A, B, C, D=None, discretization: str = "zoh", bidirectional: bool = False):
+    """fftconv(u, s4d_kernel(log_dt, A, B, C, L), D, bidirectional).
+
+    With bidirectional=True, C has a leading axis of 2 (or (C_out, 2, H, N)): the causal and the anti-causal
+    kernel's output matrices.
+    """
+    L = u.shape[-1]
+    k = s4d_kernel(log_dt, A, B, C, L, discretization)
+    return fftconv(u, k, D, bidirectional)
