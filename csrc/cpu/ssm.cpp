@@ -44,6 +44,9 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kAnchor = 16;
+// below this many inner iterations a parallel region costs more than it saves (and oversubscribed
+// machines make OpenMP barriers very slow)
+constexpr int64_t kParallelMin = 1 << 15;
 
 struct Blocking {
   int64_t T, J;
@@ -109,19 +112,19 @@ template <typename scalar_t>
 at::Tensor vandermonde_fwd_impl(const at::Tensor& v, const at::Tensor& x, int64_t L) {
   const int64_t C = v.size(0), H = v.size(1), N = v.size(2);
   const auto rdt = c10::CppTypeToScalarType<scalar_t>::value;
-  auto ropt = v.options().dtype(rdt);
+  const at::TensorOptions ropt = v.options().dtype(rdt);
   if (L == 0 || C == 0 || H == 0) return at::zeros({C, H, L}, ropt);
   if (N == 0) return at::zeros({C, H, L}, ropt);
   const auto blk = choose_blocking(L);
   const int64_t T = blk.T, J = blk.J;
-  auto Z = at::empty({H, 2 * N, T}, ropt);
-  auto W = at::empty({C, H, J, 2 * N}, ropt);
+  at::Tensor Z = at::empty({H, 2 * N, T}, ropt);
+  at::Tensor W = at::empty({C, H, J, 2 * N}, ropt);
   const auto* vp = v.data_ptr<c10::complex<double>>();
   const auto* xp = x.data_ptr<c10::complex<double>>();
   scalar_t* zp = Z.data_ptr<scalar_t>();
   scalar_t* wp = W.data_ptr<scalar_t>();
   const int64_t HN = H * N;
-#pragma omp parallel
+#pragma omp parallel if (HN * (T + C * J) > kParallelMin)
   {
     std::vector<double> buf(2 * std::max(T, J));
 #pragma omp for schedule(static)
@@ -150,7 +153,7 @@ at::Tensor vandermonde_fwd_impl(const at::Tensor& v, const at::Tensor& x, int64_
       }
     }
   }
-  auto K = at::matmul(W, Z);  // (C, H, J, T)
+  at::Tensor K = at::matmul(W, Z);  // (C, H, J, T)
   K = K.view({C, H, J * T});
   if (J * T != L) K = K.narrow(2, 0, L).contiguous();
   return K;
@@ -166,11 +169,11 @@ std::tuple<at::Tensor, at::Tensor> vandermonde_bwd_impl(const at::Tensor& g, con
   at::Tensor dx = want_dx ? at::zeros({H, N}, copt) : at::Tensor();
   if (L == 0 || C == 0 || H == 0 || N == 0 || mask == 0) return {dv, dx};
   const auto rdt = c10::CppTypeToScalarType<scalar_t>::value;
-  auto ropt = g.options().dtype(rdt);
+  const at::TensorOptions ropt = g.options().dtype(rdt);
   const auto blk = choose_blocking(L);
   const int64_t T = blk.T, J = blk.J;
   const int64_t ncol = want_dx ? 4 * N : 2 * N;
-  auto Z = at::empty({H, T, ncol}, ropt);
+  at::Tensor Z = at::empty({H, T, ncol}, ropt);
   at::Tensor G = g;
   if (J * T != L) G = at::constant_pad_nd(g, {0, J * T - L}, 0);
   G = G.contiguous().view({C, H, J, T});
@@ -178,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> vandermonde_bwd_impl(const at::Tensor& g, con
   const auto* vp = v.data_ptr<c10::complex<double>>();
   scalar_t* zp = Z.data_ptr<scalar_t>();
   const int64_t HN = H * N;
-#pragma omp parallel
+#pragma omp parallel if (HN * T > kParallelMin)
   {
     std::vector<double> buf(2 * T);
 #pragma omp for schedule(static)
@@ -198,11 +201,11 @@ std::tuple<at::Tensor, at::Tensor> vandermonde_bwd_impl(const at::Tensor& g, con
       }
     }
   }
-  auto R = at::matmul(G, Z).contiguous();  // (C, H, J, ncol)
+  at::Tensor R = at::matmul(G, Z).contiguous();  // (C, H, J, ncol)
   const scalar_t* rp = R.data_ptr<scalar_t>();
   auto* dvp = want_dv ? dv.data_ptr<c10::complex<double>>() : nullptr;
   auto* dxp = want_dx ? dx.data_ptr<c10::complex<double>>() : nullptr;
-#pragma omp parallel
+#pragma omp parallel if (HN * C * J > kParallelMin)
   {
     std::vector<double> buf(2 * J);
 #pragma omp for schedule(static)
@@ -284,38 +287,126 @@ namespace {
 // Spectrum of the length-2L circular kernel: k (C, S, H, L) -> (C, H, L+1) complex.
 at::Tensor kernel_spectrum(const at::Tensor& k, int64_t L, at::ScalarType cdt) {
   const int64_t C = k.size(0), S = k.size(1), H = k.size(2);
-  auto kc = k.to(cdt);
+  at::Tensor kc = k.to(cdt);
   if (S == 1) return at::fft_rfft(kc.select(1, 0), 2 * L, -1);
   // bidirectional: k0 on [0, L), flip(k1) on [L, 2L)
-  auto buf = at::empty({C, H, 2 * L}, kc.options());
+  at::Tensor buf = at::empty({C, H, 2 * L}, kc.options());
   buf.narrow(2, 0, L).copy_(kc.select(1, 0));
   buf.narrow(2, L, L).copy_(kc.select(1, 1).flip({-1}));
   return at::fft_rfft(buf, 2 * L, -1);
 }
 
-template <typename scalar_t>
-void spectral_product(const at::Tensor& uf, const at::Tensor& kf, at::Tensor& out) {
-  // out[b, c, h, f] = uf[b, h, f] * kf[c, h, f]
-  using cplx = c10::complex<scalar_t>;
-  const int64_t B = out.size(0), C = out.size(1), H = out.size(2), F = out.size(3);
-  const cplx* up = uf.data_ptr<cplx>();
-  const cplx* kp = kf.data_ptr<cplx>();
-  cplx* op = out.data_ptr<cplx>();
-#pragma omp parallel for collapse(2) schedule(static)
+// out[b, c, h, f] = uf[b, h, f] * kf[c, h, f]   (complex as interleaved pairs)
+template <typename T>
+void spectral_product(const T* up, const T* kp, T* op, int64_t B, int64_t C, int64_t H, int64_t F) {
+#pragma omp parallel for collapse(2) schedule(static) if (B * H * C * F > kParallelMin)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
-      const scalar_t* ur = reinterpret_cast<const scalar_t*>(up + (b * H + h) * F);
+      const T* ur = up + 2 * (b * H + h) * F;
       for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* kr = reinterpret_cast<const scalar_t*>(kp + (c * H + h) * F);
-        scalar_t* o = reinterpret_cast<scalar_t*>(op + ((b * C + c) * H + h) * F);
+        const T* kr = kp + 2 * (c * H + h) * F;
+        T* o = op + 2 * ((b * C + c) * H + h) * F;
 #pragma omp simd
         for (int64_t f = 0; f < F; ++f) {
-          const scalar_t a = ur[2 * f], bb = ur[2 * f + 1], cr = kr[2 * f], ci = kr[2 * f + 1];
+          const T a = ur[2 * f], bb = ur[2 * f + 1], cr = kr[2 * f], ci = kr[2 * f + 1];
           o[2 * f] = a * cr - bb * ci;
           o[2 * f + 1] = a * ci + bb * cr;
         }
       }
     }
+}
+
+// y[b, c, h, t] = full[b, c, h, t] (t < L of 2L) + D[c, h] u[b, h, t]
+template <typename T>
+void truncate_skip(const T* full, const T* up, const T* dp, T* yp, int64_t B, int64_t C, int64_t H, int64_t L) {
+#pragma omp parallel for collapse(2) schedule(static) if (B * C * H * L > kParallelMin)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t ch = 0; ch < C * H; ++ch) {
+      const int64_t h = ch % H;
+      const T* src = full + (b * C * H + ch) * 2 * L;
+      T* dst = yp + (b * C * H + ch) * L;
+      if (dp) {
+        const T d = dp[ch];
+        const T* ur = up + (b * H + h) * L;
+#pragma omp simd
+        for (int64_t t = 0; t < L; ++t) dst[t] = src[t] + d * ur[t];
+      } else {
+        std::copy(src, src + L, dst);
+      }
+    }
+}
+
+// acc[o, h, f] = sum_s conj(a[s-th, h, f]) * g[...]: the two channel/batch sums of the backward.
+//   du: o = b, s = c: conj(kf[c, h]) * gf[b, c, h]     dk: o = c, s = b: conj(uf[b, h]) * gf[b, c, h]
+template <typename T>
+void conj_product_sum(const T* ap, const T* gp, T* accp, int64_t B, int64_t C, int64_t H, int64_t F, bool over_c) {
+  const int64_t O = over_c ? B : C, Sn = over_c ? C : B;
+#pragma omp parallel for collapse(2) schedule(static) if (B * C * H * F > kParallelMin)
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t h = 0; h < H; ++h) {
+      T* acc = accp + 2 * (o * H + h) * F;
+      for (int64_t s = 0; s < Sn; ++s) {
+        const int64_t b = over_c ? o : s, c = over_c ? s : o;
+        const T* gr = gp + 2 * ((b * C + c) * H + h) * F;
+        const T* ar = over_c ? ap + 2 * (c * H + h) * F : ap + 2 * (b * H + h) * F;
+        if (s == 0) {
+#pragma omp simd
+          for (int64_t f = 0; f < F; ++f) {
+            acc[2 * f] = ar[2 * f] * gr[2 * f] + ar[2 * f + 1] * gr[2 * f + 1];
+            acc[2 * f + 1] = ar[2 * f] * gr[2 * f + 1] - ar[2 * f + 1] * gr[2 * f];
+          }
+        } else {
+#pragma omp simd
+          for (int64_t f = 0; f < F; ++f) {
+            acc[2 * f] += ar[2 * f] * gr[2 * f] + ar[2 * f + 1] * gr[2 * f + 1];
+            acc[2 * f + 1] += ar[2 * f] * gr[2 * f + 1] - ar[2 * f + 1] * gr[2 * f];
+          }
+        }
+      }
+    }
+}
+
+// du[b, h, t] = full[b, h, t] + sum_c D[c, h] g[b, c, h, t]
+template <typename T>
+void du_finish(const T* full, const T* dp, const T* gp, T* op, int64_t B, int64_t C, int64_t H, int64_t L) {
+#pragma omp parallel for collapse(2) schedule(static) if (B * C * H * L > kParallelMin)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const T* src = full + (b * H + h) * 2 * L;
+      T* dst = op + (b * H + h) * L;
+      std::copy(src, src + L, dst);
+      if (dp)
+        for (int64_t c = 0; c < C; ++c) {
+          const T d = dp[c * H + h];
+          const T* gr = gp + ((b * C + c) * H + h) * L;
+#pragma omp simd
+          for (int64_t t = 0; t < L; ++t) dst[t] += d * gr[t];
+        }
+    }
+}
+
+// dD[c, h] = sum_{b, t} g[b, c, h, t] u[b, h, t], accumulated in double
+template <typename T>
+void dD_sum(const T* gp, const T* up, double* accp, int64_t B, int64_t C, int64_t H, int64_t L) {
+#pragma omp parallel for schedule(static) if (B * C * H * L > kParallelMin)
+  for (int64_t ch = 0; ch < C * H; ++ch) {
+    const int64_t c = ch / H, h = ch % H;
+    double s = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      const T* gr = gp + ((b * C + c) * H + h) * L;
+      const T* ur = up + (b * H + h) * L;
+      double part = 0.0;
+#pragma omp simd reduction(+ : part)
+      for (int64_t t = 0; t < L; ++t) part += static_cast<double>(gr[t]) * static_cast<double>(ur[t]);
+      s += part;
+    }
+    accp[ch] = s;
+  }
+}
+
+template <typename T>
+T* rptr(const at::Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
 }
 
 }  // namespace
@@ -327,178 +418,91 @@ std::tuple<at::Tensor, at::Tensor> fftconv_fwd_cpu(const at::Tensor& u, const at
               "fftconv: expected u (B, H, L) and k (C, S, H, L), got ", u.sizes(), " and ", k.sizes());
   const int64_t B = u.size(0), H = u.size(1), L = u.size(2), C = k.size(0);
   const auto cdt = (u.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+  const auto cplx = c10::toComplexType(cdt);
   if (B == 0 || H == 0 || L == 0 || C == 0)
     return {at::zeros({B, C, H, L}, u.options()),
-            save_uf ? at::zeros({B, H, L + 1}, u.options().dtype(c10::toComplexType(cdt)))
-                    : at::empty({0}, u.options().dtype(c10::toComplexType(cdt)))};
-  auto uc = u.to(cdt).contiguous();
-  auto uf = at::fft_rfft(uc, 2 * L, -1).contiguous();  // (B, H, L+1)
-  auto kf = kernel_spectrum(k, L, cdt).contiguous();   // (C, H, L+1)
-  auto prod = at::empty({B, C, H, L + 1}, uf.options());
-  AT_DISPATCH_FLOATING_TYPES(cdt, "fftconv_fwd", [&] { spectral_product<scalar_t>(uf, kf, prod); });
-  auto yfull = at::fft_irfft(prod, 2 * L, -1);  // (B, C, H, 2L), contiguous
-  prod = at::Tensor();
-  at::Tensor y = at::empty({B, C, H, L}, uc.options());
+            save_uf ? at::zeros({B, H, L + 1}, u.options().dtype(cplx)) : at::empty({0}, u.options().dtype(cplx))};
+  at::Tensor uc = u.to(cdt).contiguous();
+  at::Tensor uf = at::fft_rfft(uc, 2 * L, -1).contiguous();  // (B, H, L+1)
+  at::Tensor kf = kernel_spectrum(k, L, cdt).contiguous();   // (C, H, L+1)
+  at::Tensor prod = at::empty({B, C, H, L + 1}, uf.options());
   at::Tensor Dc;
   if (D.has_value() && D->defined()) Dc = D->to(cdt).contiguous().view({C, H});
-  AT_DISPATCH_FLOATING_TYPES(cdt, "fftconv_fwd_out", [&] {
-    const scalar_t* yf = yfull.data_ptr<scalar_t>();
-    const scalar_t* up = uc.data_ptr<scalar_t>();
-    const scalar_t* dp = Dc.defined() ? Dc.data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.data_ptr<scalar_t>();
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t ch = 0; ch < C * H; ++ch) {
-        const int64_t h = ch % H;
-        const scalar_t* src = yf + (b * C * H + ch) * 2 * L;
-        scalar_t* dst = yp + (b * C * H + ch) * L;
-        if (dp) {
-          const scalar_t d = dp[ch];
-          const scalar_t* ur = up + (b * H + h) * L;
-#pragma omp simd
-          for (int64_t t = 0; t < L; ++t) dst[t] = src[t] + d * ur[t];
-        } else {
-          std::copy(src, src + L, dst);
-        }
-      }
-  });
+  at::Tensor y = at::empty({B, C, H, L}, uc.options());
+  if (cdt == at::kDouble) {
+    spectral_product<double>(rptr<double>(uf), rptr<double>(kf), rptr<double>(prod), B, C, H, L + 1);
+    at::Tensor full = at::fft_irfft(prod, 2 * L, -1).contiguous();
+    prod = at::Tensor();
+    truncate_skip<double>(rptr<double>(full), rptr<double>(uc), Dc.defined() ? rptr<double>(Dc) : nullptr,
+                          rptr<double>(y), B, C, H, L);
+  } else {
+    spectral_product<float>(rptr<float>(uf), rptr<float>(kf), rptr<float>(prod), B, C, H, L + 1);
+    at::Tensor full = at::fft_irfft(prod, 2 * L, -1).contiguous();
+    prod = at::Tensor();
+    truncate_skip<float>(rptr<float>(full), rptr<float>(uc), Dc.defined() ? rptr<float>(Dc) : nullptr,
+                         rptr<float>(y), B, C, H, L);
+  }
   if (u.scalar_type() != cdt) y = y.to(u.scalar_type());
-  return {y, save_uf ? uf : uf.new_empty({0})};
+  return {y, save_uf ? uf : at::empty({0}, u.options().dtype(cplx))};
 }
+
+namespace {
+template <typename T>
+void fftconv_bwd_impl(const at::Tensor& gc, const at::Tensor& uc, const at::Tensor& uf_saved, const at::Tensor& k,
+                      const at::Tensor& Dc, bool want_du, bool want_dk, bool want_dD, at::Tensor& du, at::Tensor& dk,
+                      at::Tensor& dD) {
+  const int64_t B = uc.size(0), H = uc.size(1), L = uc.size(2), C = k.size(0), S = k.size(1), F = L + 1;
+  const auto cdt = uc.scalar_type();
+  at::Tensor gf;
+  if (want_du || want_dk) gf = at::fft_rfft(gc, 2 * L, -1).contiguous();  // (B, C, H, L+1)
+  if (want_du) {
+    at::Tensor kf = kernel_spectrum(k, L, cdt).contiguous();
+    at::Tensor acc = at::empty({B, H, F}, gf.options());
+    conj_product_sum<T>(rptr<T>(kf), rptr<T>(gf), rptr<T>(acc), B, C, H, F, /*over_c=*/true);
+    at::Tensor full = at::fft_irfft(acc, 2 * L, -1).contiguous();  // (B, H, 2L)
+    at::Tensor out = du.scalar_type() == cdt ? du : at::empty({B, H, L}, uc.options());
+    du_finish<T>(rptr<T>(full), Dc.defined() ? rptr<T>(Dc) : nullptr, rptr<T>(gc), rptr<T>(out), B, C, H, L);
+    if (du.scalar_type() != cdt) du.copy_(out);
+  }
+  if (want_dk) {
+    at::Tensor uf = uf_saved.numel() ? uf_saved.contiguous() : at::fft_rfft(uc, 2 * L, -1).contiguous();
+    at::Tensor acc = at::empty({C, H, F}, gf.options());
+    // summed over the batch before the inverse FFT
+    conj_product_sum<T>(rptr<T>(uf), rptr<T>(gf), rptr<T>(acc), B, C, H, F, /*over_c=*/false);
+    at::Tensor full = at::fft_irfft(acc, 2 * L, -1);  // (C, H, 2L): the circular cross-correlation
+    dk.select(1, 0).copy_(full.narrow(2, 0, L));
+    if (S == 2) dk.select(1, 1).copy_(full.narrow(2, L, L).flip({-1}));
+  }
+  if (want_dD) {
+    at::Tensor acc = at::empty({C, H}, gc.options().dtype(at::kDouble));
+    dD_sum<T>(rptr<T>(gc), rptr<T>(uc), rptr<double>(acc), B, C, H, L);
+    dD.copy_(acc.view(dD.sizes()));
+  }
+}
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fftconv_bwd_cpu(const at::Tensor& g, const at::Tensor& u,
                                                                const at::Tensor& uf_saved, const at::Tensor& k,
                                                                const c10::optional<at::Tensor>& D, int64_t mask) {
+  TORCH_CHECK(u.dim() == 3 && k.dim() == 4, "fftconv backward: expected u (B, H, L) and k (C, S, H, L)");
   const int64_t B = u.size(0), H = u.size(1), L = u.size(2), C = k.size(0), S = k.size(1);
   TORCH_CHECK(g.dim() == 4 && g.size(0) == B && g.size(1) == C && g.size(2) == H && g.size(3) == L,
               "fftconv backward: grad must be (B, C, H, L), got ", g.sizes());
   const bool has_D = D.has_value() && D->defined();
   const bool want_du = mask & 1, want_dk = mask & 2, want_dD = (mask & 4) && has_D;
   const auto cdt = (u.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
-  at::Tensor du = want_du ? at::zeros({B, H, L}, u.options()) : u.new_empty({0});
-  at::Tensor dk = want_dk ? at::zeros({C, S, H, L}, k.options()) : k.new_empty({0});
-  at::Tensor dD = want_dD ? at::zeros({C, H}, D->options()) : u.new_empty({0});
+  at::Tensor du = want_du ? at::zeros({B, H, L}, u.options()) : at::empty({0}, u.options());
+  at::Tensor dk = want_dk ? at::zeros({C, S, H, L}, k.options()) : at::empty({0}, k.options());
+  at::Tensor dD = want_dD ? at::zeros(D->sizes(), D->options()) : at::empty({0}, u.options());
   if (B == 0 || H == 0 || L == 0 || C == 0 || !(want_du || want_dk || want_dD)) return {du, dk, dD};
-  auto gc = g.to(cdt).contiguous();
-  auto uc = u.to(cdt).contiguous();
+  at::Tensor gc = g.to(cdt).contiguous();
+  at::Tensor uc = u.to(cdt).contiguous();
   at::Tensor Dc;
   if (has_D) Dc = D->to(cdt).contiguous().view({C, H});
-  at::Tensor gf;
-  if (want_du || want_dk) gf = at::fft_rfft(gc, 2 * L, -1).contiguous();  // (B, C, H, L+1)
-  const int64_t F = L + 1;
-  if (want_du) {
-    auto kf = kernel_spectrum(k, L, cdt).contiguous();
-    auto acc = at::empty({B, H, F}, gf.options());
-    at::Tensor full;
-    AT_DISPATCH_FLOATING_TYPES(cdt, "fftconv_bwd_du", [&] {
-      using cplx = c10::complex<scalar_t>;
-      const scalar_t* gp = reinterpret_cast<const scalar_t*>(gf.data_ptr<cplx>());
-      const scalar_t* kp = reinterpret_cast<const scalar_t*>(kf.data_ptr<cplx>());
-      scalar_t* ap = reinterpret_cast<scalar_t*>(acc.data_ptr<cplx>());
-#pragma omp parallel for collapse(2) schedule(static)
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t h = 0; h < H; ++h) {
-          scalar_t* a = ap + 2 * (b * H + h) * F;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* gr = gp + 2 * ((b * C + c) * H + h) * F;
-            const scalar_t* kr = kp + 2 * (c * H + h) * F;
-            if (c == 0) {
-#pragma omp simd
-              for (int64_t f = 0; f < F; ++f) {  // conj(k) g
-                a[2 * f] = kr[2 * f] * gr[2 * f] + kr[2 * f + 1] * gr[2 * f + 1];
-                a[2 * f + 1] = kr[2 * f] * gr[2 * f + 1] - kr[2 * f + 1] * gr[2 * f];
-              }
-            } else {
-#pragma omp simd
-              for (int64_t f = 0; f < F; ++f) {
-                a[2 * f] += kr[2 * f] * gr[2 * f] + kr[2 * f + 1] * gr[2 * f + 1];
-                a[2 * f + 1] += kr[2 * f] * gr[2 * f + 1] - kr[2 * f + 1] * gr[2 * f];
-              }
-            }
-          }
-        }
-      full = at::fft_irfft(acc, 2 * L, -1);  // (B, H, 2L)
-      at::Tensor out = (u.scalar_type() == cdt) ? du : at::empty({B, H, L}, uc.options());
-      const scalar_t* fp = full.data_ptr<scalar_t>();
-      const scalar_t* dp = Dc.defined() ? Dc.data_ptr<scalar_t>() : nullptr;
-      const scalar_t* g2 = gc.data_ptr<scalar_t>();
-      scalar_t* op = out.data_ptr<scalar_t>();
-#pragma omp parallel for collapse(2) schedule(static)
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* src = fp + (b * H + h) * 2 * L;
-          scalar_t* dst = op + (b * H + h) * L;
-#pragma omp simd
-          for (int64_t t = 0; t < L; ++t) dst[t] = src[t];
-          if (dp)
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t d = dp[c * H + h];
-              const scalar_t* gr = g2 + ((b * C + c) * H + h) * L;
-#pragma omp simd
-              for (int64_t t = 0; t < L; ++t) dst[t] += d * gr[t];
-            }
-        }
-      if (u.scalar_type() != cdt) du.copy_(out);
-    });
-  }
-  if (want_dk) {
-    at::Tensor uf = uf_saved.numel() ? uf_saved.contiguous() : at::fft_rfft(uc, 2 * L, -1).contiguous();
-    auto acc = at::empty({C, H, F}, gf.options());
-    AT_DISPATCH_FLOATING_TYPES(cdt, "fftconv_bwd_dk", [&] {
-      using cplx = c10::complex<scalar_t>;
-      const scalar_t* gp = reinterpret_cast<const scalar_t*>(gf.data_ptr<cplx>());
-      const scalar_t* up = reinterpret_cast<const scalar_t*>(uf.data_ptr<cplx>());
-      scalar_t* ap = reinterpret_cast<scalar_t*>(acc.data_ptr<cplx>());
-#pragma omp parallel for collapse(2) schedule(static)
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t h = 0; h < H; ++h) {
-          scalar_t* a = ap + 2 * (c * H + h) * F;
-          for (int64_t b = 0; b < B; ++b) {  // sum over the batch before the inverse FFT
-            const scalar_t* gr = gp + 2 * ((b * C + c) * H + h) * F;
-            const scalar_t* ur = up + 2 * (b * H + h) * F;
-            if (b == 0) {
-#pragma omp simd
-              for (int64_t f = 0; f < F; ++f) {  // conj(u) g
-                a[2 * f] = ur[2 * f] * gr[2 * f] + ur[2 * f + 1] * gr[2 * f + 1];
-                a[2 * f + 1] = ur[2 * f] * gr[2 * f + 1] - ur[2 * f + 1] * gr[2 * f];
-              }
-            } else {
-#pragma omp simd
-              for (int64_t f = 0; f < F; ++f) {
-                a[2 * f] += ur[2 * f] * gr[2 * f] + ur[2 * f + 1] * gr[2 * f + 1];
-                a[2 * f + 1] += ur[2 * f] * gr[2 * f + 1] - ur[2 * f + 1] * gr[2 * f];
-              }
-            }
-          }
-        }
-    });
-    auto full = at::fft_irfft(acc, 2 * L, -1);  // (C, H, 2L): the circular cross-correlation
-    dk.select(1, 0).copy_(full.narrow(2, 0, L));
-    if (S == 2) dk.select(1, 1).copy_(full.narrow(2, L, L).flip({-1}));
-  }
-  if (want_dD) {
-    auto acc = at::empty({C, H}, gc.options().dtype(at::kDouble));
-    double* accp = acc.data_ptr<double>();
-    AT_DISPATCH_FLOATING_TYPES(cdt, "fftconv_bwd_dD", [&] {
-      const scalar_t* gp = gc.data_ptr<scalar_t>();
-      const scalar_t* up = uc.data_ptr<scalar_t>();
-#pragma omp parallel for schedule(static)
-      for (int64_t ch = 0; ch < C * H; ++ch) {
-        const int64_t c = ch / H, h = ch % H;
-        double s = 0.0;
-        for (int64_t b = 0; b < B; ++b) {
-          const scalar_t* gr = gp + ((b * C + c) * H + h) * L;
-          const scalar_t* ur = up + (b * H + h) * L;
-          double part = 0.0;
-#pragma omp simd reduction(+ : part)
-          for (int64_t t = 0; t < L; ++t) part += static_cast<double>(gr[t]) * static_cast<double>(ur[t]);
-          s += part;
-        }
-        accp[ch] = s;
-      }
-    });
-    dD.copy_(acc.view(D->sizes()));
-  }
+  if (cdt == at::kDouble)
+    fftconv_bwd_impl<double>(gc, uc, uf_saved, k, Dc, want_du, want_dk, want_dD, du, dk, dD);
+  else
+    fftconv_bwd_impl<float>(gc, uc, uf_saved, k, Dc, want_du, want_dk, want_dD, du, dk, dD);
   return {du, dk, dD};
 }
 
