@@ -1,0 +1,233 @@
+"""Benchmark rows of the diagonal SSM family: geoops vs the eager S4D recipe vs torch.compile of it.
+
+    python -m bench --families ssm                      # the issue's CPU targets (fp32)
+    python -m bench --families ssm --ssm-L 4096         # shorter sequences
+
+Rows:
+* ``s4d_kernel`` H=256, N=32, L=16384: geoops (blocked Vandermonde, no (H, N, L) tensor) vs the eager
+  recipe ``2 * einsum('hn,hnl->hl', C~, exp(dtA[..., None] * arange(L))).real`` (materialises the complex
+  (H, N, L) tensor) and its torch.compile; "limit" is the real batched SGEMM of the blocked product (the
+  same GEMM FLOPs); GFLOP/s counts 8 H N L useful flops per pass (a complex multiply-add per (h, n, l));
+  the peak extra resident memory of one call is sampled and reported for geoops and the peer.
+* ``s4d_kernel`` at L=65536: geoops only (the eager recipe needs > 16 GB), peak memory reported.
+* ``fftconv`` B=8, H=256, L=16384: geoops vs eager ``irfft(rfft(u, 2L) * rfft(k, 2L), 2L)[..., :L] + D u``
+  and its torch.compile; "limit" is ``irfft(rfft(u, 2L), 2L)`` (the two big FFTs alone); GFLOP/s with
+  2.5 n log2 n flops per real FFT of size n.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from typing import Callable, Dict
+
+import torch
+
+from ._runner import DTYPE_SHORT, Row, parse_list
+
+TITLE = "diagonal SSM (S4D) kernel generation and FFT convolution vs the eager recipe"
+PEER = "eager"
+ALL_OPS = ("s4d_kernel", "s4d_kernel_64k", "fftconv")
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("ssm")
+    g.add_argument("--ssm-H", type=int, default=256, help="ssm: channels H (default 256)")
+    g.add_argument("--ssm-N", type=int, default=32, help="ssm: complex modes N (half spectrum; default 32)")
+    g.add_argument("--ssm-L", type=int, default=16384, help="ssm: sequence length L (default 16384)")
+    g.add_argument("--ssm-B", type=int, default=8, help="ssm: batch for fftconv (default 8)")
+    g.add_argument("--ssm-no-memory", action="store_true", help="ssm: skip the peak-memory sampling")
+
+
+# ---------------------------------------------------------------- memory
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_extra_rss(fn: Callable[[], object], period_s: float = 0.0005) -> int:
+    """Peak resident memory above the starting point while fn() runs (sampled by a thread; bytes)."""
+    import gc
+
+    gc.collect()
+    base = _rss()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(period_s)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        out = fn()
+        peak[0] = max(peak[0], _rss())
+        del out
+    finally:
+        done.set()
+        th.join()
+    return peak[0] - base
+
+
+# ---------------------------------------------------------------- inputs and contenders
+def _params(H, N, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    log_dt = torch.rand(H, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
+    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N, dtype=torch.float32).expand(H, N))
+    B = torch.ones(H, N, dtype=torch.complex64)
+    C = torch.randn(H, N, generator=g, dtype=torch.complex64)
+    return [t.to(device) for t in (log_dt, A, B, C)]
+
+
+def eager_s4d_kernel(log_dt, A, B, C, L: int):
+    """The eager S4D recipe (state-spaces' S4DKernel.forward with B folded in): materialises (H, N, L)."""
+    dt = torch.exp(log_dt)
+    dtA = A * dt.unsqueeze(-1)
+    K = dtA.unsqueeze(-1) * torch.arange(L, device=A.device)
+    Ct = C * B * (torch.exp(dtA) - 1.0) / A
+    return 2 * torch.einsum("hn,hnl->hl", Ct, torch.exp(K)).real
+
+
+def eager_fftconv(u, k, D):
+    L = u.shape[-1]
+    k_f = torch.fft.rfft(k, n=2 * L)
+    u_f = torch.fft.rfft(u, n=2 * L)
+    y = torch.fft.irfft(u_f * k_f, n=2 * L)[..., :L]
+    return y + u * D.unsqueeze(-1)
+
+
+def _blocking(L):
+    s = math.isqrt(max(L - 1, 0)) + 1
+    for t in range(s, min(2 * s, L) + 1):
+        if L % t == 0:
+            return t, L // t
+    for t in range(s - 1, max(1, s // 2) - 1, -1):
+        if L % t == 0:
+            return t, L // t
+    return s, -(-L // s)
+
+
+_compiled: Dict[str, Callable] = {}
+
+
+def _runner(fn, inputs, pass_, gout):
+    if pass_ == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(*inputs)
+        return run
+
+    def run():
+        for t in inputs:
+            t.grad = None
+        out = fn(*inputs)
+        out.backward(gout)
+        return out
+    return run
+
+
+def _s4d_setup(H, N, L, pass_, device, args, with_peer):
+    def setup():
+        import geoops.ssm as gs
+
+        want = pass_ == "fwd+bwd"
+        ps = [t.detach().requires_grad_(want) for t in _params(H, N, device)]
+        gout = torch.randn(H, L, device=device) if want else None
+        calls = {"geoops": lambda *p: gs.s4d_kernel(*p, L)}
+        T, J = _blocking(L)
+        W = torch.randn(H, J, 2 * N, device=device)
+        Z = torch.randn(H, 2 * N, T, device=device)
+        Zb = torch.randn(H, T, 4 * N, device=device)
+        G = torch.randn(H, J, T, device=device)
+        skipped = {}
+        if with_peer:
+            calls["peer"] = lambda *p: eager_s4d_kernel(*p, L)
+            if args.no_compile:
+                skipped["compiled"] = "skipped (--no-compile)"
+            else:
+                key = f"s4d{L}"
+                if key not in _compiled:
+                    _compiled[key] = torch.compile(eager_s4d_kernel, dynamic=False)
+                calls["compiled"] = lambda *p: _compiled[key](*p, L)
+        else:
+            gb = 4 * H * N * L * 8 / 2 ** 30
+            skipped["peer"] = skipped["compiled"] = f"n/a: the eager recipe's (H, N, L) tensors need > {gb:.0f} GiB"
+        fns = {name: _runner(c, ps, pass_, gout) for name, c in calls.items()}
+        if want:
+            fns["limit"] = lambda: (torch.bmm(W, Z), torch.bmm(G, Zb))
+        else:
+            fns["limit"] = lambda: torch.bmm(W, Z)
+        if not args.ssm_no_memory:
+            row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"]) / 2 ** 20, 1)
+            if "peer" in fns:
+                row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"]) / 2 ** 20, 1)
+        check = None
+        if pass_ == "fwd" and "peer" in calls:
+            def check():
+                with torch.no_grad():
+                    return calls["geoops"](*ps), calls["peer"](*ps)
+        return fns, check, skipped
+
+    row_extra: dict = {}
+    return setup, row_extra
+
+
+def _fft_setup(Bn, H, L, pass_, device, args):
+    def setup():
+        import geoops.ssm as gs
+
+        want = pass_ == "fwd+bwd"
+        g = torch.Generator().manual_seed(1)
+        u = torch.randn(Bn, H, L, generator=g).to(device).requires_grad_(want)
+        k = (torch.randn(H, L, generator=g) * torch.exp(-torch.arange(L) / 2000.0)).to(device).requires_grad_(want)
+        D = torch.randn(H, generator=g).to(device).requires_grad_(want)
+        ins = [u, k, D]
+        gout = torch.randn(Bn, H, L, device=device) if want else None
+        calls = {"geoops": lambda u, k, D: gs.fftconv(u, k, D), "peer": eager_fftconv}
+        skipped = {}
+        if args.no_compile:
+            skipped["compiled"] = "skipped (--no-compile)"
+        else:
+            if "fft" not in _compiled:
+                _compiled["fft"] = torch.compile(eager_fftconv, dynamic=False)
+            calls["compiled"] = _compiled["fft"]
+        fns = {name: _runner(c, ins, pass_, gout) for name, c in calls.items()}
+        ud = u.detach()
+        fns["limit"] = lambda: torch.fft.irfft(torch.fft.rfft(ud, n=2 * L), n=2 * L)
+        if not args.ssm_no_memory:
+            row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"]) / 2 ** 20, 1)
+            row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"]) / 2 ** 20, 1)
+
+        def check():
+            with torch.no_grad():
+                return calls["geoops"](*ins), calls["peer"](*ins)
+        return fns, (check if pass_ == "fwd" else None), skipped
+
+    row_extra: dict = {}
+    return setup, row_extra
+
+
+def rows(args, device: torch.device):
+    ops = parse_list(args.ops, ALL_OPS, ALL_OPS, "op")
+    H, N, L, Bn = args.ssm_H, args.ssm_N, args.ssm_L, args.ssm_B
+    dtype = torch.float32
+    for op in ops:
+        for pass_ in args.passes:
+            mult = 1 if pass_ == "fwd" else 3
+            if op in ("s4d_kernel", "s4d_kernel_64k"):
+                LL = L if op == "s4d_kernel" else 65536
+                setup, extra = _s4d_setup(H, N, LL, pass_, device, args, with_peer=op == "s4d_kernel")
+                yield Row(family="ssm", op="s4d_kernel", pass_=pass_, shape=[H, N, LL], dtype=DTYPE_SHORT[dtype],
+                          setup=setup, work=8.0 * H * N * LL * mult, unit="GFLOP/s",
+                          limit="bmm of the blocked real GEMM", peer=PEER, check_tol=1e-3, extra=extra,
+                          label="" if op == "s4d_kernel" else "64K, no peer")
+            else:
+                n = 2 * L
+                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 3 * H)
+                setup, extra = _fft_setup(Bn, H, L, pass_, device, args)
+                yield Row(family="ssm", op="fftconv", pass_=pass_, shape=[Bn, H, L], dtype=DTYPE_SHORT[dtype],
+                          setup=setup, work=2.5 * n * math.log2(n) * ffts, unit="GFLOP/s",
+                          limit="irfft(rfft(u, 2L), 2L)", peer=PEER, check_tol=1e-4, extra=extra)
