@@ -22,7 +22,7 @@
 // Backward (g = dLoss/dK real, torch's conjugate-Wirtinger convention for complex leaves):
 //     dv[c, h, n] = 2 conj(S0),  dx[h, n] = sum_c 2 conj(v S1),
 //     S0 = sum_l g[l] exp(x l),  S1 = sum_l g[l] l exp(x l),
-// with the same split: M = G (J x T) . [Q^T | i Q^T] (T x 4N) is one real GEMM per channel and
+// with the same split: M^T = [Q | i Q] (4N x T) . G^T (T x J) is one real GEMM per channel and
 // S0 = sum_j P[j] M[j], S1 = sum_j P[j] (j T M[j] + M'[j]) are short reductions in double.
 //
 // FFT convolution  y = irfft(rfft(u, 2L) * rfft(k, 2L))[:L] + D u  (any L): ATen's real FFT
@@ -118,7 +118,7 @@ at::Tensor vandermonde_fwd_impl(const at::Tensor& v, const at::Tensor& x, int64_
   const auto blk = choose_blocking(L);
   const int64_t T = blk.T, J = blk.J;
   at::Tensor Z = at::empty({H, 2 * N, T}, ropt);
-  at::Tensor W = at::empty({C, H, J, 2 * N}, ropt);
+  at::Tensor W = at::empty({C, H, 2 * N, J}, ropt);  // transposed: rows along j are contiguous
   const auto* vp = v.data_ptr<c10::complex<double>>();
   const auto* xp = x.data_ptr<c10::complex<double>>();
   scalar_t* zp = Z.data_ptr<scalar_t>();
@@ -143,17 +143,18 @@ at::Tensor vandermonde_fwd_impl(const at::Tensor& v, const at::Tensor& x, int64_
       powers(a, b, T, J, re, im);
       for (int64_t c = 0; c < C; ++c) {
         const double vr = vp[(c * H + h) * N + n].real(), vi = vp[(c * H + h) * N + n].imag();
-        scalar_t* w = wp + ((c * H + h) * J) * 2 * N;
+        scalar_t* wr = wp + ((c * H + h) * 2 * N + n) * J;
+        scalar_t* wi = wp + ((c * H + h) * 2 * N + N + n) * J;
         for (int64_t j = 0; j < J; ++j) {
           const double pr = vr * re[j] - vi * im[j];
           const double pi = vr * im[j] + vi * re[j];
-          w[j * 2 * N + n] = flush<scalar_t>(2.0 * pr);
-          w[j * 2 * N + N + n] = flush<scalar_t>(-2.0 * pi);
+          wr[j] = flush<scalar_t>(2.0 * pr);
+          wi[j] = flush<scalar_t>(-2.0 * pi);
         }
       }
     }
   }
-  at::Tensor K = at::matmul(W, Z);  // (C, H, J, T)
+  at::Tensor K = at::matmul(W.transpose(-1, -2), Z);  // (C, H, J, T); the transpose is the GEMM's flag
   K = K.view({C, H, J * T});
   if (J * T != L) K = K.narrow(2, 0, L).contiguous();
   return K;
@@ -173,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> vandermonde_bwd_impl(const at::Tensor& g, con
   const auto blk = choose_blocking(L);
   const int64_t T = blk.T, J = blk.J;
   const int64_t ncol = want_dx ? 4 * N : 2 * N;
-  at::Tensor Z = at::empty({H, T, ncol}, ropt);
+  at::Tensor Z = at::empty({H, ncol, T}, ropt);
   at::Tensor G = g;
   if (J * T != L) G = at::constant_pad_nd(g, {0, J * T - L}, 0);
   G = G.contiguous().view({C, H, J, T});
@@ -190,18 +191,19 @@ std::tuple<at::Tensor, at::Tensor> vandermonde_bwd_impl(const at::Tensor& g, con
       double* re = buf.data();
       double* im = buf.data() + T;
       powers(xp[hn].real(), xp[hn].imag(), 1, T, re, im);
-      scalar_t* z = zp + h * T * ncol;
+      scalar_t* z = zp + h * ncol * T;
       for (int64_t i = 0; i < T; ++i) {
-        z[i * ncol + n] = flush<scalar_t>(re[i]);
-        z[i * ncol + N + n] = flush<scalar_t>(im[i]);
-        if (want_dx) {
-          z[i * ncol + 2 * N + n] = flush<scalar_t>(re[i] * static_cast<double>(i));
-          z[i * ncol + 3 * N + n] = flush<scalar_t>(im[i] * static_cast<double>(i));
-        }
+        z[n * T + i] = flush<scalar_t>(re[i]);
+        z[(N + n) * T + i] = flush<scalar_t>(im[i]);
       }
+      if (want_dx)
+        for (int64_t i = 0; i < T; ++i) {
+          z[(2 * N + n) * T + i] = flush<scalar_t>(re[i] * static_cast<double>(i));
+          z[(3 * N + n) * T + i] = flush<scalar_t>(im[i] * static_cast<double>(i));
+        }
     }
   }
-  at::Tensor R = at::matmul(G, Z).contiguous();  // (C, H, J, ncol)
+  at::Tensor R = at::matmul(Z, G.transpose(-1, -2)).contiguous();  // (C, H, ncol, J): rows along j contiguous
   const scalar_t* rp = R.data_ptr<scalar_t>();
   auto* dvp = want_dv ? dv.data_ptr<c10::complex<double>>() : nullptr;
   auto* dxp = want_dx ? dx.data_ptr<c10::complex<double>>() : nullptr;
@@ -216,16 +218,22 @@ std::tuple<at::Tensor, at::Tensor> vandermonde_bwd_impl(const at::Tensor& g, con
       powers(xp[hn].real(), xp[hn].imag(), T, J, pre, pim);
       double dxr = 0.0, dxi = 0.0;
       for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* r = rp + (c * H + h) * J * ncol;
+        const scalar_t* r = rp + (c * H + h) * ncol * J;
+        const scalar_t* r0 = r + n * J;
+        const scalar_t* r1 = r + (N + n) * J;
         double s0r = 0.0, s0i = 0.0, s1r = 0.0, s1i = 0.0;
         for (int64_t j = 0; j < J; ++j) {
-          const double mr = r[j * ncol + n], mi = r[j * ncol + N + n];
+          const double mr = r0[j], mi = r1[j];
           s0r += pre[j] * mr - pim[j] * mi;
           s0i += pre[j] * mi + pim[j] * mr;
-          if (want_dx) {
+        }
+        if (want_dx) {
+          const scalar_t* r2 = r + (2 * N + n) * J;
+          const scalar_t* r3 = r + (3 * N + n) * J;
+          for (int64_t j = 0; j < J; ++j) {
             const double jT = static_cast<double>(j * T);
-            const double qr = jT * mr + r[j * ncol + 2 * N + n];
-            const double qi = jT * mi + r[j * ncol + 3 * N + n];
+            const double qr = jT * r0[j] + r2[j];
+            const double qi = jT * r1[j] + r3[j];
             s1r += pre[j] * qr - pim[j] * qi;
             s1i += pre[j] * qi + pim[j] * qr;
           }
