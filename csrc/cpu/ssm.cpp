@@ -13,8 +13,8 @@
 //
 // Accuracy.  Both factors are computed in double whatever the output dtype: each is exact
 // exp(x * m) of the exactly represented integer m (x * m rounded once, so the phase error is
-// 1e-16 relative to |x m|) at anchors every 16 entries, with at most 15 complex multiplications
-// by exp(x) (resp. exp(x T)) in between (error <= 16 ulp of double).  The phase is therefore
+// 1e-16 relative to |x m|) at anchors every 64 entries, with at most 63 complex multiplications
+// by exp(x) (resp. exp(x T)) in between (error <= ~64 ulp of double).  The phase is therefore
 // good to ~1e-15 relative even at L = 65536, and the fp32 result carries only the rounding of
 // the two factors to fp32 and of the fp32 GEMM (~1e-7 relative to max|K|).  Fast-math
 // evaluation of exp(x l) in fp32 instead loses ~1e-3 at L = 64K for slowly decaying modes.
@@ -43,7 +43,7 @@ namespace geoops {
 namespace cpu {
 namespace {
 
-constexpr int64_t kAnchor = 16;
+constexpr int64_t kAnchor = 64;
 // below this many inner iterations a parallel region costs more than it saves (and oversubscribed
 // machines make OpenMP barriers very slow)
 constexpr int64_t kParallelMin = 1 << 15;
