@@ -304,7 +304,7 @@ at::Tensor kernel_spectrum(const at::Tensor& k, int64_t L, at::ScalarType cdt) {
   return at::fft_rfft(buf, 2 * L, -1);
 }
 
-// out[b, c, h, f] = uf[b, h, f] * kf[c, h, f]   (complex as interleaved pairs)
+// out[b, c, h, f] = uf[b, h, f] * kf[c, h, f]   (complex as interleaved pairs; out may alias uf when C = 1)
 template <typename T>
 void spectral_product(const T* up, const T* kp, T* op, int64_t B, int64_t C, int64_t H, int64_t F) {
 #pragma omp parallel for collapse(2) schedule(static) if (B * H * C * F > kParallelMin)
@@ -433,7 +433,8 @@ std::tuple<at::Tensor, at::Tensor> fftconv_fwd_cpu(const at::Tensor& u, const at
   at::Tensor uc = u.to(cdt).contiguous();
   at::Tensor uf = at::fft_rfft(uc, 2 * L, -1).contiguous();  // (B, H, L+1)
   at::Tensor kf = kernel_spectrum(k, L, cdt).contiguous();   // (C, H, L+1)
-  at::Tensor prod = at::empty({B, C, H, L + 1}, uf.options());
+  // the product overwrites rfft(u) when nobody keeps it and there is one output channel (no fresh pages)
+  at::Tensor prod = (!save_uf && C == 1) ? uf.view({B, 1, H, L + 1}) : at::empty({B, C, H, L + 1}, uf.options());
   at::Tensor Dc;
   if (D.has_value() && D->defined()) Dc = D->to(cdt).contiguous().view({C, H});
   at::Tensor y = at::empty({B, C, H, L}, uc.options());
