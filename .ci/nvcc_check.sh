@@ -41,7 +41,7 @@ if [ "${#cu_files[@]}" -eq 0 ]; then
   exit 1
 fi
 T0=$(date +%s)
-echo "nvcc_check: $("$NVCC" --version | tail -n1); ${#cu_files[@]} .cu file(s) for sm_80 + sm_90 (about a minute each on 2 cores)"
+echo "nvcc_check: nvcc $("$NVCC" --version | grep -o "release [0-9.]*" | cut -d" " -f2); ${#cu_files[@]} .cu file(s) for sm_80 + sm_90 (about a minute each on 2 cores)"
 n=0
 for f in "${cu_files[@]}"; do
   n=$((n + 1))
