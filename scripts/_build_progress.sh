@@ -9,9 +9,11 @@ build_progress() {
     case "$line" in
       *"geoops build"*) echo "          ${line#"${line%%[! ]*}"}" ;;
       *"ninja: no work to do"*) echo "          ninja: no work to do (all objects up to date)" ;;
+      *"g++ "*" -shared "*|*"c++ "*" -shared "*) echo "          linking geoops._C   (+$((SECONDS - t0)) s)" ;;
       *\[[0-9]*/[0-9]*\]*)
         step=$(sed -n 's/.*\(\[[0-9]*\/[0-9]*\]\).*/\1/p' <<<"$line")
-        src=$(grep -oE ' -c [^ ]+' <<<"$line" | head -n1 | sed "s| -c ||; s|^$root/||")
+        # the compiled file: the first argument after -c that is not an option (torch writes "-c -c FILE")
+        src=$(grep -oE ' -c( -c)? [^ -][^ ]*' <<<"$line" | head -n1 | sed -E "s/^ -c( -c)? //; s|^$root/||")
         echo "          $step ${src:-$(cut -c1-80 <<<"${line#"${line%%[! ]*}"}")}   (+$((SECONDS - t0)) s)" ;;
     esac
   done
