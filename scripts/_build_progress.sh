@@ -9,7 +9,7 @@ build_progress() {
     case "$line" in
       *"geoops build"*) echo "          ${line#"${line%%[! ]*}"}" ;;
       *"ninja: no work to do"*) echo "          ninja: no work to do (all objects up to date)" ;;
-      *"g++ "*" -shared "*|*"c++ "*" -shared "*) echo "          linking geoops._C   (+$((SECONDS - t0)) s)" ;;
+      *"-shared "*"_C."*".so"*) echo "          linking geoops._C   (+$((SECONDS - t0)) s)" ;;
       *\[[0-9]*/[0-9]*\]*)
         step=$(sed -n 's/.*\(\[[0-9]*\/[0-9]*\]\).*/\1/p' <<<"$line")
         # the compiled file: the first argument after -c that is not an option (torch writes "-c -c FILE")
