@@ -41,6 +41,38 @@ def _fail(msg):
     raise SystemExit(f"\ngeoops build error: {msg}\n")
 
 
+def _no_torch():
+    _fail(
+        f"torch is not installed in {sys.prefix}.\n"
+        "geoops compiles its kernels against the torch it will run with, so install torch first\n"
+        "(the CPU or CUDA build you want, see https://pytorch.org), then build geoops:\n"
+        "    pip install torch\n"
+        "    pip install .          # or: pip install --no-build-isolation .\n"
+        "(`python -m build` and uv build in a separate virtualenv that has no torch: use\n"
+        " `pip wheel --no-build-isolation --no-deps .` for a wheel)"
+    )
+
+
+def _outer_python(code):
+    """Run `code` in this interpreter without pip's build isolation.
+
+    pip's isolated build environment hides the target environment's
+    site-packages (PYTHONPATH=<pip's sitecustomize>, PYTHONNOUSERSITE=1); the
+    same interpreter without them sees it.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def _check_torch_present():
+    """Fail early (while pip prepares metadata, before it collects a torch wheel) when there is no torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        if _outer_python("import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)").returncode:
+            _no_torch()
+
+
 def _import_torch():
     """torch of the environment geoops is installed into (see the module docstring)."""
     try:
@@ -49,22 +81,9 @@ def _import_torch():
         return torch
     except ImportError:
         pass
-    # pip's isolated build environment hides the target environment's
-    # site-packages (PYTHONPATH=<pip's sitecustomize>, PYTHONNOUSERSITE=1);
-    # the same interpreter without them sees it.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
-    probe = "import sys, torch; print(torch.__version__); print('\\n'.join(sys.path))"
-    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    r = _outer_python("import sys, torch; print(torch.__version__); print('\\n'.join(sys.path))")
     if r.returncode != 0:
-        _fail(
-            f"torch is not installed in {sys.prefix}.\n"
-            "geoops compiles its kernels against the torch it will run with, so install torch first\n"
-            "(the CPU or CUDA build you want, see https://pytorch.org), then build geoops:\n"
-            "    pip install torch\n"
-            "    pip install --no-build-isolation .      # or: pip install .\n"
-            "(`python -m build` and uv build in a separate virtualenv that has no torch: use\n"
-            " `pip wheel --no-build-isolation --no-deps .` for a wheel)"
-        )
+        _no_torch()
     lines = r.stdout.splitlines()
     sys.path.extend(p for p in lines[1:] if p and p not in sys.path)
     import torch
@@ -218,6 +237,8 @@ _BUILD_CMDS = {"build", "build_ext", "bdist_wheel", "install", "develop", "edita
 if _BUILD_CMDS.intersection(sys.argv[1:]):
     ext_modules, cmdclass = _extensions()
 else:
+    if "dist_info" in sys.argv[1:]:
+        _check_torch_present()
     ext_modules, cmdclass = [], {}
 
 setup(
