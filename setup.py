@@ -115,6 +115,7 @@ def _cuda_home_fix():
         if line.startswith("#$ TOP="):
             top = line.split("=", 1)[1].strip()
             if os.path.exists(os.path.join(top, "include", "cuda_runtime_api.h")):
+                top = os.path.normpath(top)
                 os.environ["CUDA_HOME"] = top
                 _say(f"CUDA_HOME={top} (where {nvcc} forwards to)")
             return
@@ -171,7 +172,9 @@ def _extensions():
 
     portable = os.environ.get("GEOOPS_PORTABLE", "0") == "1"
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wno-psabi"]
+    # No -std: torch's BuildExtension adds the standard its headers need
+    # (C++17 up to torch 2.13, C++20 from 2.14 on, whose headers reject C++17).
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
     if not portable:
         cxx.append("-march=native")
     define_macros = []
@@ -193,7 +196,7 @@ def _extensions():
             "geoops._C",
             sources,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
             **kwargs,
         )
     else:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile check of the CUDA backend without a GPU.
 #
-#   * every csrc/cuda/*.cu is compiled with nvcc for sm_80 and sm_90
+#   * every csrc/cuda/*.cu is compiled with nvcc (C++20, the standard torch builds
+#     extensions with since 2.14) for sm_80 and sm_90
 #     (objects go to a temp dir and are thrown away); any error, or any
 #     compiler warning, fails the check;
 #   * csrc/cuda/*.cpp (the tensor-level wrappers) and csrc/ops.cpp (with
@@ -29,7 +30,7 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
-NVCC_FLAGS=(-c -std=c++17 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra --threads 0)
+NVCC_FLAGS=(-c -std=c++20 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra --threads 0)
 
 status=0
 
@@ -90,7 +91,7 @@ if [ "${#cpp_files[@]}" -gt 0 ]; then
       log="$TMP/$(basename "$f").log"
       start=$(date +%s)
       # shellcheck disable=SC2086
-      if "$CXX" -fsyntax-only -std=c++17 -Wall -Wextra -DGEOOPS_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
+      if "$CXX" -fsyntax-only -std=c++20 -Wall -Wextra -DGEOOPS_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
           -I csrc -I csrc/include $TORCH_INC -isystem "$CUDA_INC" -isystem "$PY_INC" "$f" >"$log" 2>&1; then
         if grep -qiE "warning" "$log"; then
           echo "FAIL  $f  (warnings, $(( $(date +%s) - start )) s)"
