@@ -245,8 +245,8 @@ else:
     ext_modules, cmdclass = [], {}
 
 setup(
-    packages=find_packages(include=["geoops", "geoops.*"]) + ["geoops.kernels"],
-    package_dir={"geoops.kernels": "kernels"},
+    packages=find_packages(include=["geoops", "geoops.*"]) + ["geoops.kernels", "geoops.bench"],
+    package_dir={"geoops.kernels": "kernels", "geoops.bench": "bench"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     **_license(),
