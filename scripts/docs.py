@@ -5,7 +5,8 @@
     python scripts/docs.py --serve         # live preview on http://localhost:8080
 
 The reference covers the package ``geoops`` and every public submodule found by
-walking it (``geoops.<family>``, ``geoops.nn.*``, ``geoops.reference.*``), so new
+walking it (``geoops.<family>`` through ``geoops.__all__``, which lists the
+families, ``geoops.reference.*``) plus ``geoops.nn`` and its submodules, so new
 families appear without editing this file.  Left out: the kernel modules
 (``geoops.kernels``, backend internals) and the tools ``geoops.parity`` and
 ``geoops.bench`` (command-line programs, documented by their ``--help``).
@@ -24,12 +25,20 @@ ROOT = Path(__file__).resolve().parent.parent
 EXCLUDE = ("geoops.kernels", "geoops.parity", "geoops.bench", "geoops._C")
 
 
+EXTRA = ("geoops.nn",)  # packages pdoc would skip: it walks only the submodules in geoops.__all__
 SPECS = ["geoops"] + ["!" + e for e in EXCLUDE]
 
 
 def _modules() -> list[str]:
+    """The modules to document (and, as a side effect, SPECS completed with EXTRA where needed)."""
+    import importlib.util
+
     import pdoc.extract
 
+    found = pdoc.extract.walk_specs(SPECS)
+    for extra in EXTRA:
+        if extra not in found and importlib.util.find_spec(extra) is not None:
+            SPECS.insert(1, extra)
     return pdoc.extract.walk_specs(SPECS)
 
 
