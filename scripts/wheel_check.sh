@@ -9,6 +9,7 @@
 #      extension came from the wheel, and run mobius_add and dist (forward and
 #      backward) on the C++ kernels against the float64 reference.
 #   bash scripts/wheel_check.sh [OUT_DIR]     # default dist/
+# GEOOPS_PORTABLE=0 checks a native wheel instead (reuses the objects of scripts/setup.sh's build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,11 +23,12 @@ mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 T0=$SECONDS
 
-echo "[wheel] GEOOPS_PORTABLE=1 pip wheel --no-build-isolation --no-deps . -w $OUT_DIR  (first time: a full compile) ..."
+PORTABLE=${GEOOPS_PORTABLE:-1}
+echo "[wheel] GEOOPS_PORTABLE=$PORTABLE pip wheel --no-build-isolation --no-deps . -w $OUT_DIR  (first time: a full compile) ..."
 log=$(mktemp)
 rm -f "$OUT_DIR"/geoops-*.whl
 set +e
-GEOOPS_PORTABLE=1 python -m pip wheel -v --no-build-isolation --no-deps . -w "$OUT_DIR" 2>&1 | tee "$log" | build_progress "$T0" "$ROOT"
+GEOOPS_PORTABLE=$PORTABLE python -m pip wheel -v --no-build-isolation --no-deps . -w "$OUT_DIR" 2>&1 | tee "$log" | build_progress "$T0" "$ROOT"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -ne 0 ]; then
