@@ -24,7 +24,7 @@ OUT_DIR=$(cd "$OUT_DIR" && pwd)
 T0=$SECONDS
 
 PORTABLE=${GEOOPS_PORTABLE:-1}
-echo "[wheel] GEOOPS_PORTABLE=$PORTABLE pip wheel --no-build-isolation --no-deps . -w $OUT_DIR  (first time: a full compile) ..."
+echo "[wheel] GEOOPS_PORTABLE=$PORTABLE pip wheel --no-build-isolation --no-deps . -w $OUT_DIR  (a full compile the first time, incremental after) ..."
 log=$(mktemp)
 rm -f "$OUT_DIR"/geoops-*.whl
 set +e
@@ -38,8 +38,11 @@ fi
 rm -f "$log"
 whl=$(ls "$OUT_DIR"/geoops-*.whl)
 echo "[wheel] built $(basename "$whl") ($(du -h "$whl" | cut -f1)) in $((SECONDS - T0)) s; contents:"
-python -m zipfile -l "$whl" | awk 'NR > 1 {print "          " $1}' | grep -E "\.(so|py)$" | sort | tr '\n' ' ' | fold -s -w 110 | sed 's/^/          /'
-echo
+python - "$whl" <<'LIST'
+import sys, textwrap, zipfile
+names = sorted(n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.endswith((".py", ".so")))
+print(textwrap.fill(", ".join(names), width=110, initial_indent="          ", subsequent_indent="          "))
+LIST
 
 t=$SECONDS
 TMP=$(mktemp -d)
@@ -64,7 +67,7 @@ site = os.path.dirname(os.path.dirname(geoops.__file__))
 C = _backend.compiled()
 assert not geoops.__file__.startswith(root), f"geoops imported from the checkout: {geoops.__file__}"
 assert C is not None and C.__file__.startswith(site), f"compiled extension missing or not from the wheel: {C}"
-assert _backend.resolve(torch.device("cpu")) == "cpp"
+assert geoops.backend_info()["cpu_backend"]["stereographic"] == "cpp", geoops.backend_info()
 torch.manual_seed(0)
 x = (torch.randn(37, 5) * 0.2).requires_grad_()
 y = (torch.randn(37, 5) * 0.2).requires_grad_()
