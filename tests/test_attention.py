@@ -251,7 +251,7 @@ def _ok():
     (lambda a: a.__setitem__(4, a[4][:, :, :5]), ValueError, "v2 has 5 positions"),
     (lambda a: a.__setitem__(4, a[4][..., :2]), ValueError, "v1 and v2 must share"),
     (lambda a: a.__setitem__(2, a[2][:, :1]), ValueError, "k2 has 1 heads"),
-    (lambda a: [a.__setitem__(i, a[i][:, :3]) for i in range(1, 5)], ValueError, "multiple of the key/value heads"),
+    (lambda a: [a.__setitem__(i, torch.cat([a[i], a[i][:, :1]], 1)) for i in range(1, 5)], ValueError, "multiple of the key/value heads"),
     (lambda a: a.__setitem__(1, torch.cat([a[1], a[1]])), ValueError, "k1 has batch size 2"),
     (lambda a: a.__setitem__(3, a[3].double()), TypeError, "v1 has dtype torch.float64"),
     (lambda a: a.__setitem__(0, a[0].int()), TypeError, "q must be float16"),
