@@ -674,8 +674,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> triple_at
   const bool sw = fold_second(w1, w2, k1.size(2), k2.size(2));
   auto prep = [&](const at::Tensor& t) { return t.to(at_).contiguous(); };
   const at::Tensor qc = prep(q), ka = prep(sw ? k2 : k1), kb = prep(sw ? k1 : k2), va = prep(sw ? v2 : v1),
-                   vb = prep(sw ? v1 : v2), doc = prep(dout), oc = prep(out), lc = prep(lse);
+                   vb = prep(sw ? v1 : v2), doc = prep(dout), lc = prep(lse);
   const Geometry g = geometry(qc, ka, kb, va, causal, sw ? w2 : w1, sw ? w1 : w2);
+  // delta_i = <dout_i, out_i> must use the unrounded output: with a float16/bfloat16 out, the rounding
+  // of out would leave dP - delta off by ~1e-3 relative even where the exact dS vanishes (a single
+  // admissible pair), so the output is recomputed in float32 (one more forward, half precision only).
+  at::Tensor oc;
+  if (dt == at_) {
+    oc = prep(out);
+  } else {
+    oc = at::empty({g.B, g.H, g.N, g.Dv}, qc.options());
+    at::Tensor lse32 = at::empty({g.B, g.H, g.N}, qc.options());
+    if (oc.numel() > 0)
+      fwd_impl<float>(g, qc.data_ptr<float>(), ka.data_ptr<float>(), kb.data_ptr<float>(), va.data_ptr<float>(),
+                      vb.data_ptr<float>(), static_cast<float>(scale), oc.data_ptr<float>(), lse32.data_ptr<float>());
+  }
   at::Tensor dq = at::empty(qc.sizes(), qc.options());
   at::Tensor dka = at::empty(ka.sizes(), qc.options()), dkb = at::empty(kb.sizes(), qc.options());
   at::Tensor dva = at::empty(va.sizes(), qc.options()), dvb = at::empty(vb.sizes(), qc.options());
