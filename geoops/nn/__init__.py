@@ -1,41 +1,44 @@
-"""torch.nn modules of the geoops families: ``geoops.nn.<family>`` (e.g. ``geoops.nn.attention``).
+"""torch.nn modules built on geoops kernels: one submodule per family (``geoops.nn.<family>``).
 
-Family-neutral and lazy: ``geoops.nn.<Name>`` imports the family module that exports ``Name`` (in its
-``__all__``) on first use, so importing geoops does not import every layer, and a family adds its
-module without editing this file.
+Submodules are imported lazily, on first use of one of their names, so that optional
+dependencies (e.g. e3nn for ``GauntTensorProduct``) load only when needed: ``geoops.nn.S4D``,
+``geoops.nn.GauntTensorProduct``, ``geoops.nn.TripleAttention``, ...  Each submodule lists its
+public names in ``__all__``; this package knows no family.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .._families import FAMILIES
 
 
-def _family_module(family: str):
-    try:
-        return importlib.import_module(f"{__name__}.{family}")
-    except ModuleNotFoundError as e:
-        if e.name == f"{__name__}.{family}":
-            return None  # this family has no nn layer
-        raise
-
-
-def __getattr__(name: str):
+def _submodules():
     for family in FAMILIES:
-        if name == family:
-            mod = _family_module(family)
-            if mod is not None:
-                return mod
-        mod = _family_module(family) if not name.startswith("_") else None
-        if mod is not None and name in getattr(mod, "__all__", ()):
-            return getattr(mod, name)
+        if importlib.util.find_spec(f"{__name__}.{family}") is not None:
+            yield family
+
+
+def __getattr__(name):
+    if not name.startswith("_"):
+        for family in _submodules():
+            mod = importlib.import_module(f"{__name__}.{family}")
+            if name in getattr(mod, "__all__", ()):
+                return getattr(mod, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    names = []
-    for family in FAMILIES:
-        mod = _family_module(family)
-        if mod is not None:
-            names += [family, *getattr(mod, "__all__", ())]
-    return sorted(set(names))
+    names = set(globals())
+    for family in _submodules():
+        spec = importlib.util.find_spec(f"{__name__}.{family}")
+        try:  # read __all__ without importing optional dependencies: parse the source
+            import ast
+
+            tree = ast.parse(open(spec.origin).read())
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                    names.update(ast.literal_eval(node.value))
+        except Exception:
+            pass
+    return sorted(names)
