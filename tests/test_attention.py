@@ -301,3 +301,18 @@ def test_torch_compile_fullgraph():
     ga.triple_attention(*ins, window=(3, 4)).sin().sum().backward()
     for a, t in zip(grads, ins):
         torch.testing.assert_close(a, t.grad)
+
+
+def test_torch_compile_inductor():
+    ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 9, 8, 10, 4, 4, dtype=torch.float32, seed=9)]
+    fn = torch.compile(lambda *a: (ga.triple_attention(*a, causal=True) * 2).sum(), fullgraph=True)
+    loss = fn(*ins)
+    loss.backward()
+    grads = [t.grad.clone() for t in ins]
+    for t in ins:
+        t.grad = None
+    eager = (ga.triple_attention(*ins, causal=True) * 2).sum()
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for a, t in zip(grads, ins):
+        torch.testing.assert_close(a, t.grad)
