@@ -52,17 +52,20 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "attention.h"
 
+// MKL's (or OpenBLAS') Fortran GEMM entry points, which libtorch_cpu exports in the x86 wheels.  Weak, so that
+// the extension still loads against a torch whose BLAS does not export them: then gemm_rm falls back to at::mm.
 extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
+__attribute__((weak)) void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                                  const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                                  const float* beta, float* c, const int* ldc);
+__attribute__((weak)) void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                                  const double* alpha, const double* a, const int* lda, const double* b,
+                                  const int* ldb, const double* beta, double* c, const int* ldc);
 }
 
 namespace geoops {
@@ -74,6 +77,10 @@ constexpr int64_t kBQ = 16;   // queries per tile
 constexpr int64_t kBJ = 16;   // folded keys per query and chunk (rows per tile: BQ * BJ)
 constexpr int64_t kBK = 256;  // shared keys per chunk
 
+template <typename T>
+bool have_blas() {
+  return std::is_same<T, float>::value ? (&sgemm_ != nullptr) : (&dgemm_ != nullptr);
+}
 inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
                       const int* ldc) {
@@ -85,6 +92,19 @@ inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+// Row-major C (M x N) = op(A) op(B) + beta C with plain loops: the fallback when no BLAS symbols are exported
+// (correct, much slower).
+template <typename T>
+void gemm_rm_loops(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                   int64_t ldb, T beta, T* C, int64_t ldc) {
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < N; ++c) {
+      T acc = T(0);
+      for (int64_t x = 0; x < K; ++x) acc += (ta ? A[x * lda + r] : A[r * lda + x]) * (tb ? B[c * ldb + x] : B[x * ldb + c]);
+      C[r * ldc + c] = beta == T(0) ? acc : beta * C[r * ldc + c] + acc;
+    }
+}
+
 // Row-major C (M x N) = op(A) op(B) + beta C, op(A): M x K, op(B): K x N.  (Column-major BLAS computes
 // C^T = op(B)^T op(A)^T on the same memory.)  Tile sizes are far below 2^31.
 template <typename T>
@@ -94,6 +114,10 @@ void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int6
   if (K <= 0) {
     for (int64_t r = 0; r < M; ++r)
       for (int64_t c = 0; c < N; ++c) C[r * ldc + c] = beta == T(0) ? T(0) : beta * C[r * ldc + c];
+    return;
+  }
+  if (!have_blas<T>()) {
+    gemm_rm_loops<T>(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
