@@ -7,6 +7,7 @@
 // compiled only when the extension is built with CUDA (GEOOPS_WITH_CUDA).
 #include <torch/extension.h>
 
+#include "cpu/attention.h"
 #include "cpu/stereographic.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
@@ -16,6 +17,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "geoops compiled kernels";
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+  // attention (Kronecker triple attention)
+  m.def("triple_attention_fwd_cpu", &geoops::cpu::triple_attention_fwd_cpu,
+        "Kronecker triple attention, forward -> (out, lse) (CPU)");
+  m.def("triple_attention_bwd_cpu", &geoops::cpu::triple_attention_bwd_cpu,
+        "Kronecker triple attention, backward -> (dq, dk1, dk2, dv1, dv2) (CPU)");
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");
   m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, "kappa-stereographic row op, backward (CUDA)");
