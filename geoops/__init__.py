@@ -7,6 +7,7 @@ from ._backend import BACKENDS, checks_enabled, get_backend, set_backend, set_ch
 from . import _backend as _backend_mod
 from . import _ops  # registers torch.ops.geoops.*
 from . import reference, stereographic
+from . import gaunt
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "checks_enabled",
     "set_checks",
     "stereographic",
+    "gaunt",
     "reference",
     "__version__",
 ]

@@ -1,4 +1,4 @@
 """Readable eager implementations: the oracle of the tests and the `reference` backend."""
-from . import stereographic
+from . import gaunt, stereographic
 
-__all__ = ["stereographic"]
+__all__ = ["stereographic", "gaunt"]
