@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 
 import geoops
-from geoops import _gaunt_impl as impl
+from geoops._ops import gaunt as impl
 from geoops import gaunt as ga
 from geoops.reference import gaunt as R
 
+from ._runner import DTYPE_SHORT, Row
 from ._timing import interleaved
 
-TITLE = "Gaunt tensor product (geoops.gaunt)"
+TITLE = "Gaunt tensor product (L1 = L2 = lmax_out) vs e3nn TensorProduct"
+PEER = "e3nn"
 ROUTES = ("grid", "direct", "fft")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +106,85 @@ def measure_many(L: int, rows: int, C: int, dtype, repeats: int):
             ga.gaunt_tensor_product(x, x, 2 * L, route=r), x, L, route=r)
     t = interleaved(fns, torch.device("cpu"), repeats=repeats, warmup=1)
     return {k: v.median_ms for k, v in t.items()}
+
+
+# ---------------------------------------------------------------- rows of the neutral runner (python -m bench)
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("gaunt")
+    g.add_argument("--gaunt-lmax", default=None, help="gaunt: comma list of lmax (default 2,4,6; --full 1..8)")
+    g.add_argument("--gaunt-rows", type=int, default=2048, help="gaunt: rows (default 2048; x 16 channels)")
+    g.add_argument("--gaunt-channels", type=int, default=16, help="gaunt: channels (default 16)")
+    g.add_argument("--gaunt-routes", default=None,
+                   help="gaunt: comma list of auto,grid,direct,fft,torch-grid (default auto; --full all)")
+
+
+def _flops(L: int, rows: int) -> float:
+    """FLOPs of the exact-grid route (two evaluations, product, projection): the work the GEMMs do."""
+    P = len(R.sphere_grid(3 * L)[0])
+    return rows * (2.0 * P * 3 * (L + 1) ** 2 + P)
+
+
+def rows(args, device: torch.device):
+    full = args.mode == "full"
+    Ls = [int(v) for v in args.gaunt_lmax.split(",")] if args.gaunt_lmax else (list(range(1, 9)) if full else [2, 4, 6])
+    routes = (args.gaunt_routes.split(",") if args.gaunt_routes else
+              (["auto", "grid", "direct", "fft", "torch-grid"] if full else ["auto"]))
+    dtypes = args.dtypes or (torch.float32,)
+    B, C = args.gaunt_rows, args.gaunt_channels
+    for dtype in dtypes:
+        for L in Ls:
+            for route in routes:
+                for pass_ in args.passes:
+                    yield Row(family="gaunt", op="gaunt_tensor_product", pass_=pass_, shape=[B, C, (L + 1) ** 2],
+                              dtype=DTYPE_SHORT[dtype], setup=_setup(L, B, C, dtype, device, route, pass_, args),
+                              work=_flops(L, B * C) * (3 if pass_ == "fwd+bwd" else 1), unit="GFLOP/s",
+                              limit="GEMM of the grid route's FLOPs", peer=PEER, label=route,
+                              check_tol=1e-9 if dtype == torch.float64 else 1e-4)
+
+
+def _setup(L, B, C, dtype, device, route, pass_, args):
+    def setup():
+        g = torch.Generator().manual_seed(L)
+        n = (L + 1) ** 2
+        need = pass_ == "fwd+bwd"
+        x1 = torch.randn(B, C, n, generator=g).to(device=device, dtype=dtype).requires_grad_(need)
+        x2 = torch.randn(B, C, n, generator=g).to(device=device, dtype=dtype).requires_grad_(need)
+        if route == "torch-grid":
+            r1 = x1.detach().reshape(-1, n).requires_grad_(need)
+            r2 = x2.detach().reshape(-1, n).requires_grad_(need)
+            ours = lambda: impl.grid_torch([r1, r2], [None, None], None, L)  # noqa: E731
+            leaves = (r1, r2)
+        else:
+            ours = lambda: ga.gaunt_tensor_product(x1, x2, L, route=route)  # noqa: E731
+            leaves = (x1, x2)
+        P = len(R.sphere_grid(3 * L)[0])
+        a = torch.randn(B * C, 3 * n, device=device, dtype=dtype)
+        w = torch.randn(3 * n, P, device=device, dtype=dtype)
+        limit = lambda: a @ w  # noqa: E731  (same FLOPs as the grid route's conversions)
+        fns = {"geoops": _fwd_bwd(ours, leaves) if need else ours, "limit": limit}
+        skipped = {}
+        check = None
+        if route != "auto":
+            skipped["peer"] = skipped["compiled"] = "timed in the auto row"
+        else:
+            try:
+                tp = e3nn_gaunt_tp(L, C).to(device=device, dtype=dtype)
+            except ImportError:
+                tp = None
+                skipped["peer"] = skipped["compiled"] = "n/a: e3nn is not installed"
+            if tp is not None:
+                ea = to_e3nn_layout(x1.detach()).requires_grad_(need)
+                eb = to_e3nn_layout(x2.detach()).requires_grad_(need)
+                pe = lambda: tp(ea, eb)  # noqa: E731
+                fns["peer"] = _fwd_bwd(pe, (ea, eb)) if need else pe
+                skipped["compiled"] = "skipped: e3nn compiles its own fx code (torch.compile of it takes minutes)"
+                if not need:
+                    def check():
+                        with torch.no_grad():
+                            return to_e3nn_layout(ours()), pe()
+        return fns, check, skipped
+
+    return setup
 
 
 def write_routes(table: dict, many: dict, path: Path):

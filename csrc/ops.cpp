@@ -19,6 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
   // gaunt family
   m.def("gaunt_grid_fwd_cpu", &geoops::cpu::gaunt_grid_fwd_cpu, "Gaunt product, fused sphere-grid route (CPU)");
+  m.def("gaunt_fourier_fwd_cpu", &geoops::cpu::gaunt_fourier_fwd_cpu, "Gaunt product, fused Fourier route (CPU)");
   m.def("gaunt_direct_fwd_cpu", &geoops::cpu::gaunt_direct_fwd_cpu, "Gaunt product, fused sparse route (CPU)");
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");

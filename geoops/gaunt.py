@@ -32,51 +32,14 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _backend
-from . import _gaunt_impl as _impl
 from . import _gaunt_routes
-from ._ops import direct_call_ok as _direct_call_ok
+from ._ops import gaunt as _impl
 from .reference import gaunt as _ref
 
 __all__ = ["gaunt_tensor_product", "gaunt_product", "gaunt_power", "GauntFn", "ROUTES", "choose_route"]
 
 ROUTES = ("auto", "grid", "direct", "fft")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-# ---------------------------------------------------------------- op registration
-def gaunt_kernels(device: torch.device):
-    """The kernel set that the backend setting picks for `device`."""
-    forced = _backend.get_backend()
-    if forced == "reference":
-        return _impl.Reference
-    if device.type == "cpu" and _backend.available("cpp", device):
-        return _impl.Cpp
-    return _impl.Torch
-
-
-def _fwd_impl(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], wout: Optional[torch.Tensor],
-              lmax_out: int, route: str) -> torch.Tensor:
-    return gaunt_kernels(xs[0].device).gaunt_fwd(list(xs), list(ws), wout, lmax_out, route)
-
-
-_op = torch.library.custom_op(
-    "geoops::gaunt_fwd", _fwd_impl, mutates_args=(),
-    schema="(Tensor[] xs, Tensor?[] ws, Tensor? wout, int lmax_out, str route) -> Tensor")
-
-
-@_op.register_fake
-def _(xs, ws, wout, lmax_out, route):
-    return xs[0].new_empty((xs[0].shape[0], (lmax_out + 1) ** 2))
-
-
-_GAUNT_FWD = torch.ops.geoops.gaunt_fwd.default
-
-
-def _fwd_call(xs, ws, wout, lmax_out, route):
-    if _direct_call_ok(*xs, *ws, wout):
-        return _fwd_impl(xs, ws, wout, lmax_out, route)
-    return _GAUNT_FWD(list(xs), list(ws), wout, lmax_out, route)
 
 
 # ---------------------------------------------------------------- autograd
@@ -101,7 +64,7 @@ class GauntFn(torch.autograd.Function):
         xs, ws, wout = list(args[:nu]), list(args[nu:2 * nu]), args[2 * nu]
         ctx.save_for_backward(*xs, *ws, wout)
         ctx.lmax_out, ctx.route, ctx.nu = lmax_out, route, nu
-        return _fwd_call(xs, ws, wout, lmax_out, route)
+        return _impl.fwd_call(xs, ws, wout, lmax_out, route)
 
     @staticmethod
     def backward(ctx, g):
@@ -135,7 +98,7 @@ def _core(xs, ws, wout, lmax_out, route):
     """Rows-level nu-ary product: the Function when anything needs a gradient, the kernel otherwise."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*xs, *ws, wout)):
         return GauntFn.apply(lmax_out, route, len(xs), *xs, *ws, wout)
-    return _fwd_call(list(xs), list(ws), wout, lmax_out, route)
+    return _impl.fwd_call(list(xs), list(ws), wout, lmax_out, route)
 
 
 # ---------------------------------------------------------------- route choice

@@ -353,3 +353,45 @@ def test_torch_compile_fullgraph():
     f = torch.compile(lambda a, b, w: ga.gaunt_tensor_product(a, b, 3, weight_out=w, route="grid"), fullgraph=True)
     x1, x2, w = _rand(5, 9, seed=49), _rand(5, 4, seed=50), _rand(4, seed=51)
     torch.testing.assert_close(f(x1, x2, w), oracle(x1, x2, 3, wo=w), atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------- nn module
+def test_nn_gaunt_tensor_product_matches_e3nn():
+    from geoops.nn import GauntTensorProduct
+
+    C = 3
+    i1, i2, io = f"{C}x0e+{C}x1o+{C}x2e", f"{C}x0e+{C}x1o", f"{C}x0e+{C}x1o+{C}x2e+{C}x3o"
+    mod = GauntTensorProduct(i1, i2, io, route="grid").double()
+    G = oracle_gaunt(2, 1, 3)
+    instr = []
+    ir1, ir2, iro = o3.Irreps(i1), o3.Irreps(i2), o3.Irreps(io)
+    for a, (_, r1) in enumerate(ir1):
+        for b, (_, r2) in enumerate(ir2):
+            for c, (_, r3) in enumerate(iro):
+                l1, l2, l3 = r1.l, r2.l, r3.l
+                if abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0:
+                    g = G[l1 * l1:(l1 + 1) ** 2, l2 * l2:(l2 + 1) ** 2, l3 * l3:(l3 + 1) ** 2].norm().item()
+                    instr.append((a, b, c, "uuu", False, g * g))
+    with f64_default():
+        tp = o3.TensorProduct(ir1, ir2, iro, instr, irrep_normalization="none", path_normalization="none").double()
+    x1, x2 = _rand(4, ir1.dim, seed=60), _rand(4, ir2.dim, seed=61)
+    torch.testing.assert_close(mod(x1, x2), tp(x1, x2), atol=1e-12, rtol=0)
+    # learnable weights get gradients
+    mod(x1, x2).square().sum().backward()
+    assert mod.weight1.grad is not None and mod.weight_out.grad.shape == (C, 4)
+
+
+def test_nn_refuses_what_gaunt_cannot_express():
+    from geoops.nn import GauntTensorProduct
+
+    with pytest.raises(ValueError, match="natural parity"):
+        GauntTensorProduct("1x1o", "1x1o", "1x1e")  # the cross product: odd l1 + l2 + l3
+    with pytest.raises(ValueError, match="natural parity"):
+        GauntTensorProduct("2x0e+2x0o", "2x0e", "2x0e")
+    with pytest.raises(ValueError, match="one multiplicity"):
+        GauntTensorProduct("2x0e+3x1o", "2x0e", "2x0e")
+    with pytest.raises(ValueError, match="share one multiplicity"):
+        GauntTensorProduct("2x0e", "3x0e", "2x0e")
+    mod = GauntTensorProduct("2x0e+2x1o", "2x0e", "2x1o")
+    with pytest.raises(ValueError, match="x1 must have last dimension 8"):
+        mod(torch.randn(3, 7), torch.randn(3, 2))

@@ -1,5 +1,7 @@
 // Fused CPU kernels of the Gaunt tensor product family (grid and direct routes).
 //
+// (Fourier route: see fourier_impl below.)
+//
 // Grid route: the rows are cut into tiles (OpenMP over tiles); for a tile, each
 // factor's coefficients (scaled by their per-degree weights on the way in) are
 // taken to the exact sphere grid by one BLAS GEMM into a per-thread buffer, the
@@ -191,6 +193,94 @@ void grid_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optiona
   }
 }
 
+// Fourier route, fused per tile of rows: for each factor, one GEMM takes the tile's (weighted) coefficients to
+// P = [Re; Im] x u x k (SH -> half spectrum composed with the inverse DFT along the azimuth), then per row one
+// small GEMM applies the inverse DFT along the polar angle, giving the M x M torus-grid values, multiplied into
+// the tile's accumulator; back, one GEMM forms the output frequencies v = 0..V along the azimuth and one more
+// the output coefficients (Fourier -> SH).  All intermediates stay in per-thread buffers.
+template <typename T>
+void fourier_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
+                  const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& to_rows,
+                  const std::vector<at::Tensor>& to_grid, const at::Tensor& back_cols, const at::Tensor& back,
+                  at::Tensor& out) {
+  const int64_t nu = static_cast<int64_t>(xs.size());
+  const int64_t N = out.size(0), n_out = out.size(1);
+  const int64_t M = back_cols.size(0), W2 = back_cols.size(1);  // W2 = 2 (V+1)
+  const int64_t MM = M * M;
+  std::vector<const T*> xp(nu), ap(nu), bp(nu);
+  std::vector<int64_t> ns(nu), us(nu);
+  std::vector<Weight> wp(nu);
+  std::vector<std::vector<int32_t>> deg(nu);
+  int64_t nmax = 1, pmax = 1;
+  for (int64_t i = 0; i < nu; ++i) {
+    ns[i] = xs[i].size(1);
+    us[i] = to_grid[i].size(1);  // 2 (2L+1)
+    xp[i] = xs[i].data_ptr<T>();
+    ap[i] = to_rows[i].data_ptr<T>();
+    bp[i] = to_grid[i].data_ptr<T>();
+    wp[i] = weight_of<T>(ws[i], N, lmax_of(ns[i]), "weight of a factor");
+    deg[i] = degrees(ns[i]);
+    nmax = std::max(nmax, ns[i]);
+    pmax = std::max(pmax, us[i] * M);
+  }
+  const Weight wo = weight_of<T>(wout, N, lmax_of(n_out), "weight_out");
+  const std::vector<int32_t> dego = degrees(n_out);
+  const T* bc = back_cols.data_ptr<T>();
+  const T* bk = back.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+
+  int64_t tile = std::max<int64_t>(8, std::min<int64_t>(128, (96 * 1024 / sizeof(T)) / std::max<int64_t>(MM, 1)));
+  const int64_t ntiles = (N + tile - 1) / tile;
+  int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
+
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> xbuf(tile * nmax), pbuf(tile * pmax), acc(tile * MM), tmp(M * M), q(tile * M * W2);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int64_t r0 = t * tile;
+      const int64_t rows = std::min(tile, N - r0);
+      for (int64_t i = 0; i < nu; ++i) {
+        const int64_t n = ns[i], U = us[i];
+        const T* src = xp[i] + r0 * n;
+        if (wp[i].ptr) {
+          const T* w = static_cast<const T*>(wp[i].ptr);
+          const int32_t* d = deg[i].data();
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* wr = w + (r0 + r) * wp[i].row_stride;
+            for (int64_t c = 0; c < n; ++c) xbuf[r * n + c] = src[r * n + c] * wr[d[c]];
+          }
+          src = xbuf.data();
+        }
+        gemm_rm<T>(rows, U * M, n, src, n, ap[i], U * M, pbuf.data(), U * M);
+        for (int64_t r = 0; r < rows; ++r) {
+          T* a = acc.data() + r * MM;
+          if (i == 0) {
+            gemm_rm<T>(M, M, U, bp[i], U, pbuf.data() + r * U * M, M, a, M);
+          } else {
+            gemm_rm<T>(M, M, U, bp[i], U, pbuf.data() + r * U * M, M, tmp.data(), M);
+            T* __restrict aa = a;
+            const T* __restrict bb = tmp.data();
+#pragma omp simd
+            for (int64_t e = 0; e < MM; ++e) aa[e] *= bb[e];
+          }
+        }
+      }
+      gemm_rm<T>(rows * M, W2, M, acc.data(), M, bc, W2, q.data(), W2);
+      T* orow = op + r0 * n_out;
+      gemm_rm<T>(rows, n_out, M * W2, q.data(), M * W2, bk, n_out, orow, n_out);
+      if (wo.ptr) {
+        const T* w = static_cast<const T*>(wo.ptr);
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* wr = w + (r0 + r) * wo.row_stride;
+          T* o = orow + r * n_out;
+          for (int64_t c = 0; c < n_out; ++c) o[c] *= wr[dego[c]];
+        }
+      }
+    }
+  }
+}
+
 constexpr int64_t kLanes = 16;
 
 template <typename T>
@@ -293,6 +383,37 @@ at::Tensor gaunt_grid_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vect
   if (N == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "gaunt_grid_fwd_cpu",
                              [&] { grid_impl<scalar_t>(xs, ws, wout, evals, proj, out); });
+  return out;
+}
+
+at::Tensor gaunt_fourier_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
+                                 const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& to_rows,
+                                 const std::vector<at::Tensor>& to_grid, const at::Tensor& back_cols,
+                                 const at::Tensor& back) {
+  TORCH_CHECK(!xs.empty() && xs.size() == ws.size() && xs.size() == to_rows.size() && xs.size() == to_grid.size(),
+              "gaunt_fourier_fwd_cpu: xs, ws, to_rows and to_grid must be non-empty lists of one length");
+  const int64_t N = xs[0].size(0), M = back_cols.size(0);
+  check_rows(back_cols, "back_cols");
+  check_rows(back, "back");
+  TORCH_CHECK(back.size(0) == M * back_cols.size(1), "gaunt_fourier_fwd_cpu: back must be (M * 2(V+1), n_out)");
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_rows(xs[i], "a factor");
+    check_rows(to_rows[i], "to_rows");
+    check_rows(to_grid[i], "to_grid");
+    TORCH_CHECK(xs[i].size(0) == N && xs[i].scalar_type() == xs[0].scalar_type() &&
+                    to_rows[i].scalar_type() == xs[0].scalar_type() && to_grid[i].scalar_type() == xs[0].scalar_type(),
+                "gaunt_fourier_fwd_cpu: factors and matrices must share rows and dtype");
+    TORCH_CHECK(to_rows[i].size(0) == xs[i].size(1) && to_grid[i].size(0) == M &&
+                    to_rows[i].size(1) == to_grid[i].size(1) * M,
+                "gaunt_fourier_fwd_cpu: to_rows[i] must be (n_i, U M) and to_grid[i] (M, U)");
+  }
+  TORCH_CHECK(back.scalar_type() == xs[0].scalar_type() && back_cols.scalar_type() == xs[0].scalar_type(),
+              "gaunt_fourier_fwd_cpu: back and back_cols must have the factors' dtype");
+  at::Tensor out = at::empty({N, back.size(1)}, xs[0].options());
+  if (N == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "gaunt_fourier_fwd_cpu", [&] {
+    fourier_impl<scalar_t>(xs, ws, wout, to_rows, to_grid, back_cols, back, out);
+  });
   return out;
 }
 

@@ -17,6 +17,16 @@ at::Tensor gaunt_grid_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vect
                               const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
                               const at::Tensor& proj);
 
+// Fourier route (Luo et al.) of the nu-ary product, fused per tile of rows, with the 2D DFTs as small dense
+// matrices (exact; torus grid M = 2 sum(L_i) + 1): to_rows[i] (n_i, U_i M) SH -> half spectrum -> inverse DFT
+// along the azimuth (U_i = 2 (2L_i+1)); to_grid[i] (M, U_i) inverse DFT along the polar angle; back_cols
+// (M, 2(V+1)) forward DFT along the azimuth for the output frequencies only; back (M 2(V+1), n_out)
+// forward DFT along the polar angle composed with Fourier -> SH.  Returns (N, n_out).
+at::Tensor gaunt_fourier_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
+                                 const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& to_rows,
+                                 const std::vector<at::Tensor>& to_grid, const at::Tensor& back_cols,
+                                 const at::Tensor& back);
+
 // Direct route of the binary Gaunt product: out[r, k] = wout * sum over the nonzero (i, j, k, g) of
 // g * (w1 x1)[r, i] * (w2 x2)[r, j].  ii, jj, kk: int32 (nnz,), sorted by (i, j); vals: (nnz,) in x's dtype.
 at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,
