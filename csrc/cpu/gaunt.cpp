@@ -1,6 +1,4 @@
-// Fused CPU kernels of the Gaunt tensor product family (grid and direct routes).
-//
-// (Fourier route: see fourier_impl below.)
+// Fused CPU kernels of the Gaunt tensor product family (grid, Fourier and direct routes).
 //
 // Grid route: the rows are cut into tiles (OpenMP over tiles); for a tile, each
 // factor's coefficients (scaled by their per-degree weights on the way in) are
@@ -193,11 +191,12 @@ void grid_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optiona
   }
 }
 
-// Fourier route, fused per tile of rows: for each factor, one GEMM takes the tile's (weighted) coefficients to
-// P = [Re; Im] x u x k (SH -> half spectrum composed with the inverse DFT along the azimuth), then per row one
-// small GEMM applies the inverse DFT along the polar angle, giving the M x M torus-grid values, multiplied into
-// the tile's accumulator; back, one GEMM forms the output frequencies v = 0..V along the azimuth and one more
-// the output coefficients (Fourier -> SH).  All intermediates stay in per-thread buffers.
+// Fourier route, fused per tile of rows: for each factor, GEMMs take the tile's (weighted) coefficients to
+// P = [Re; Im] x u x k (SH -> half spectrum composed with the inverse DFT along the azimuth), laid out (u, r, k)
+// so that one more GEMM applies the inverse DFT along the polar angle to the whole tile, giving the M x M
+// torus-grid values of every row (layout (j, r, k)), multiplied into the tile's accumulator; back, one GEMM
+// forms the output frequencies v = 0..V along the azimuth and one more the output coefficients (Fourier -> SH).
+// All intermediates stay in per-thread buffers; no GEMM is per row.
 template <typename T>
 void fourier_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
                   const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& to_rows,
@@ -235,11 +234,13 @@ void fourier_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::opti
 
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> xbuf(tile * nmax), pbuf(tile * pmax), acc(tile * MM), tmp(M * M), q(tile * M * W2);
+    std::vector<T> xbuf(tile * nmax), pbuf(tile * pmax), acc(tile * MM), tmp(nu > 1 ? tile * MM : 0),
+        q(tile * M * W2), qt(tile * M * W2);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * tile;
       const int64_t rows = std::min(tile, N - r0);
+      const int64_t RM = rows * M;
       for (int64_t i = 0; i < nu; ++i) {
         const int64_t n = ns[i], U = us[i];
         const T* src = xp[i] + r0 * n;
@@ -252,23 +253,27 @@ void fourier_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::opti
           }
           src = xbuf.data();
         }
-        gemm_rm<T>(rows, U * M, n, src, n, ap[i], U * M, pbuf.data(), U * M);
-        for (int64_t r = 0; r < rows; ++r) {
-          T* a = acc.data() + r * MM;
-          if (i == 0) {
-            gemm_rm<T>(M, M, U, bp[i], U, pbuf.data() + r * U * M, M, a, M);
-          } else {
-            gemm_rm<T>(M, M, U, bp[i], U, pbuf.data() + r * U * M, M, tmp.data(), M);
-            T* __restrict aa = a;
-            const T* __restrict bb = tmp.data();
+        // P[u] (rows x M) = X (rows x n) @ to_rows[:, u M : (u+1) M]: layout (u, r, k)
+        for (int64_t u = 0; u < U; ++u)
+          gemm_rm<T>(rows, M, n, src, n, ap[i] + u * M, U * M, pbuf.data() + u * RM, M);
+        // values (M [j], rows x M [r, k]) = to_grid (M x U) @ P (U x rows M)
+        T* dst = i == 0 ? acc.data() : tmp.data();
+        gemm_rm<T>(M, RM, U, bp[i], U, pbuf.data(), RM, dst, RM);
+        if (i > 0) {
+          T* __restrict aa = acc.data();
+          const T* __restrict bb = tmp.data();
+          const int64_t m = M * RM;
 #pragma omp simd
-            for (int64_t e = 0; e < MM; ++e) aa[e] *= bb[e];
-          }
+          for (int64_t e = 0; e < m; ++e) aa[e] *= bb[e];
         }
       }
-      gemm_rm<T>(rows * M, W2, M, acc.data(), M, bc, W2, q.data(), W2);
+      // Q (j, r, [Re|Im] v) = values (M rows x M [k]) @ back_cols (M x W2); to (r, j, v); out = Q @ back
+      gemm_rm<T>(M * rows, W2, M, acc.data(), M, bc, W2, q.data(), W2);
+      for (int64_t j = 0; j < M; ++j)
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(qt.data() + (r * M + j) * W2, q.data() + (j * rows + r) * W2, W2 * sizeof(T));
       T* orow = op + r0 * n_out;
-      gemm_rm<T>(rows, n_out, M * W2, q.data(), M * W2, bk, n_out, orow, n_out);
+      gemm_rm<T>(rows, n_out, M * W2, qt.data(), M * W2, bk, n_out, orow, n_out);
       if (wo.ptr) {
         const T* w = static_cast<const T*>(wo.ptr);
         for (int64_t r = 0; r < rows; ++r) {
