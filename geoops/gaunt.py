@@ -43,9 +43,16 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------- autograd
+def _deg(L: int, device) -> torch.Tensor:
+    """Degree of each coefficient (cached in eager; built inline while torch.compile traces)."""
+    if torch.compiler.is_compiling():
+        return _ref.degree_of_index(L).to(device)
+    return _impl._deg_index(L, device)
+
+
 def _segsum(t: torch.Tensor, L: int) -> torch.Tensor:
     """(N, (L+1)^2) -> (N, L+1): sum over each degree's coefficients."""
-    return t.new_zeros((t.shape[0], L + 1)).index_add(1, _impl._deg_index(L, t.device), t)
+    return t.new_zeros((t.shape[0], L + 1)).index_add(1, _deg(L, t.device), t)
 
 
 def _reduce_rows(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -85,7 +92,7 @@ class GauntFn(torch.autograd.Function):
             else:
                 h = _core(others, ows, None, L, route)
                 if need[i]:
-                    gx[i] = h * ws[i][:, _impl._deg_index(L, h.device)]
+                    gx[i] = h * ws[i][:, _deg(L, h.device)]
                 gw[i] = _reduce_rows(_segsum(h * xs[i], L), ws[i])
         gwo = None
         if wout is not None and need[2 * nu]:

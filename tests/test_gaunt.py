@@ -353,6 +353,14 @@ def test_torch_compile_fullgraph():
     f = torch.compile(lambda a, b, w: ga.gaunt_tensor_product(a, b, 3, weight_out=w, route="grid"), fullgraph=True)
     x1, x2, w = _rand(5, 9, seed=49), _rand(5, 4, seed=50), _rand(4, seed=51)
     torch.testing.assert_close(f(x1, x2, w), oracle(x1, x2, 3, wo=w), atol=1e-12, rtol=0)
+    # route="auto", and gradients through the compiled graph (the backward is the same custom op)
+    fa = torch.compile(lambda a, b, w: ga.gaunt_tensor_product(a, b, 3, weight_out=w), fullgraph=True)
+    a, b, c = (t.clone().requires_grad_() for t in (x1, x2, w))
+    fa(a, b, c).square().sum().backward()
+    A, B, C = (t.clone().requires_grad_() for t in (x1, x2, w))
+    oracle(A, B, 3, wo=C).square().sum().backward()
+    for ours, ref in ((a, A), (b, B), (c, C)):
+        torch.testing.assert_close(ours.grad, ref.grad, atol=1e-11, rtol=0)
 
 
 # ---------------------------------------------------------------- nn module
