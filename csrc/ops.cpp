@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include "cpu/attention.h"
+#include "cpu/gaunt.h"
 #include "cpu/stereographic.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
@@ -22,6 +23,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Kronecker triple attention, forward -> (out, lse) (CPU)");
   m.def("triple_attention_bwd_cpu", &geoops::cpu::triple_attention_bwd_cpu,
         "Kronecker triple attention, backward -> (dq, dk1, dk2, dv1, dv2) (CPU)");
+  // gaunt family
+  m.def("gaunt_grid_fwd_cpu", &geoops::cpu::gaunt_grid_fwd_cpu, "Gaunt product, fused sphere-grid route (CPU)");
+  m.def("gaunt_fourier_fwd_cpu", &geoops::cpu::gaunt_fourier_fwd_cpu, "Gaunt product, fused Fourier route (CPU)");
+  m.def("gaunt_direct_fwd_cpu", &geoops::cpu::gaunt_direct_fwd_cpu, "Gaunt product, fused sparse route (CPU)");
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");
   m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, "kappa-stereographic row op, backward (CUDA)");

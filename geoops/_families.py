@@ -10,4 +10,5 @@ and bench runners) iterate over this tuple and know nothing else about a family.
 FAMILIES = (
     "stereographic",
     "attention",
+    "gaunt",
 )
