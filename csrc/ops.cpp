@@ -7,6 +7,8 @@
 // compiled only when the extension is built with CUDA (GEOOPS_WITH_CUDA).
 #include <torch/extension.h>
 
+#include "cpu/attention.h"
+#include "cpu/gaunt.h"
 #include "cpu/ssm.h"
 #include "cpu/stereographic.h"
 #ifdef GEOOPS_WITH_CUDA
@@ -17,6 +19,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "geoops compiled kernels";
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+  // attention (Kronecker triple attention)
+  m.def("triple_attention_fwd_cpu", &geoops::cpu::triple_attention_fwd_cpu,
+        "Kronecker triple attention, forward -> (out, lse) (CPU)");
+  m.def("triple_attention_bwd_cpu", &geoops::cpu::triple_attention_bwd_cpu,
+        "Kronecker triple attention, backward -> (dq, dk1, dk2, dv1, dv2) (CPU)");
+  // gaunt family
+  m.def("gaunt_grid_fwd_cpu", &geoops::cpu::gaunt_grid_fwd_cpu, "Gaunt product, fused sphere-grid route (CPU)");
+  m.def("gaunt_fourier_fwd_cpu", &geoops::cpu::gaunt_fourier_fwd_cpu, "Gaunt product, fused Fourier route (CPU)");
+  m.def("gaunt_direct_fwd_cpu", &geoops::cpu::gaunt_direct_fwd_cpu, "Gaunt product, fused sparse route (CPU)");
   // ---- ssm (diagonal state-space family: geoops/ssm.py)
   m.def("vandermonde_fwd_cpu", &geoops::cpu::vandermonde_fwd_cpu, "2 Re sum_n v exp(x l), forward (CPU)");
   m.def("vandermonde_bwd_cpu", &geoops::cpu::vandermonde_bwd_cpu, "2 Re sum_n v exp(x l), backward (CPU)");

@@ -9,5 +9,7 @@ and bench runners) iterate over this tuple and know nothing else about a family.
 """
 FAMILIES = (
     "stereographic",
+    "attention",
+    "gaunt",
     "ssm",
 )

@@ -250,55 +250,241 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)
 def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1) -> torch.Tensor:
-    """Pull points outside the ball back to norm (1 - eps)/sqrt(-k); eps < 0 picks the dtype's default."""
+    """Pull points outside the ball back inside: rows with |x| > (1 - eps)/sqrt(-k) are scaled to that
+    norm.
+
+    Formula: ``x * min(1, (1 - eps) / (sqrt(-k) |x|))`` for k < 0; the identity for k >= 0 (the
+    sphere and Euclidean space have no boundary).
+
+    - Shapes: ``x`` is ``(..., D, ...)`` with the vector along ``dim``; ``k`` broadcasts against the
+      batch dimensions with size 1 along ``dim``; ``eps < 0`` picks the dtype's default margin
+      (`geoops.reference.stereographic.default_eps`).
+    - Output: same shape as ``x``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``), ``k`` included, from one fused backward kernel.
+    - Numerics: the margin is 1e-5 (float64) or 4e-3 (float32); float16/bfloat16 use 4e-3/8e-3 so
+      that the projected point stays inside the ball after rounding.
+    - Peer: ``geoopt.manifolds.stereographic.math.project`` (same signature; same values to
+      rounding); geoopt has no half-precision margins.
+    """
     return _run("project", x, k=k, dim=dim, eps=eps)
 
 
 def lambda_x(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    """Conformal factor 2 / (1 + k|x|^2)."""
+    """Conformal factor of the metric at x: lambda_x = 2 / (1 + k|x|^2).
+
+    Formula: ``2 / (1 + k <x, x>)`` along ``dim``.
+
+    - Shapes: ``x`` is ``(..., D, ...)``; ``k`` broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: ``x``'s shape without ``dim`` (kept with size 1 when ``keepdim=True``).
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``), ``k`` included, from one fused backward kernel.
+    - Numerics: the denominator is clamped at 1e-15 (as in geoopt); the CPU kernels accumulate |x|^2
+      in float64.
+    - Peer: ``geoopt.manifolds.stereographic.math.lambda_x`` (same signature; same values to
+      rounding).
+    """
     return _run("lambda_x", x, k=k, dim=dim, keepdim=keepdim)
 
 
 def mobius_add(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Mobius addition x (+)_k y."""
+    """Mobius addition x (+)_k y, the group-like operation of the kappa-stereographic model.
+
+    Formula: ``((1 - 2k<x,y> - k|y|^2) x + (1 + k|x|^2) y) / (1 - 2k<x,y> + k^2 |x|^2 |y|^2)`` along
+    ``dim``; k = 0 gives x + y.
+
+    - Shapes: ``x`` and ``y`` broadcast against each other as torch broadcasts, along any ``dim``;
+      ``k`` is a tensor or a Python number that broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: the denominator is clamped at 1e-15 (as in geoopt); the three row sums are
+      accumulated in float64 on the CPU.
+    - Peer: ``geoopt.manifolds.stereographic.math.mobius_add`` (same signature; same values to
+      rounding); geoopt runs one eager torch op per term, and autograd differentiates them.
+    """
     return _run("mobius_add", x, y, k=k, dim=dim)
 
 
 def mobius_sub(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Mobius subtraction x (+)_k (-y)."""
+    """Mobius subtraction x (-)_k y = x (+)_k (-y).
+
+    Formula: ``mobius_add(x, -y, k=k)``, computed by the same fused kernel without materialising
+    ``-y``.
+
+    - Shapes: ``x`` and ``y`` broadcast against each other as torch broadcasts, along any ``dim``;
+      ``k`` is a tensor or a Python number that broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: as `mobius_add`.
+    - Peer: ``geoopt.manifolds.stereographic.math.mobius_sub`` (same signature; same values to
+      rounding).
+    """
     return _run("mobius_sub", x, y, k=k, dim=dim)
 
 
 def mobius_scalar_mul(r: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Mobius scalar multiplication r (x)_k x = tan_k(r artan_k|x|) x/|x|; r has one value per row."""
+    """Mobius scalar multiplication r (x)_k x = tan_k(r artan_k(|x|)) x/|x|.
+
+    Formula: ``tan_k(r artan_k(|x|)) x / |x|`` with tan_k(t) = tan(sqrt(k) t)/sqrt(k) (tanh for k <
+    0) and artan_k its inverse; k = 0 gives r x.
+
+    - Shapes: ``x`` is ``(..., D, ...)``; ``r`` and ``k`` are tensors (or Python numbers) with one
+      value per row: they broadcast against the batch dimensions with size 1 along ``dim``.
+    - Output: same shape as ``x``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``r``, ``x``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: curvature enters only through tanc(z) = tan(sqrt z)/sqrt z and atanc(z) = atan(sqrt
+      z)/sqrt z of z = k|x|^2 (Taylor series near z = 0), so the op is analytic through k = 0 and x
+      = 0 with finite gradients there; artanh goes through log1p without cancellation near the
+      boundary.
+    - Peer: ``geoopt.manifolds.stereographic.math.mobius_scalar_mul`` (same signature; same values
+      to rounding); geoopt divides by a clamped |x| and branches on the value of k.
+    """
     return _run("mobius_scalar_mul", x, k=k, dim=dim, r=r)
 
 
 def expmap(x: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Exponential map at x of the tangent vector u."""
+    """Exponential map at x: the point reached from x along the geodesic with initial velocity u.
+
+    Formula: ``x (+)_k tan_k(lambda_x |u| / 2) u / |u|`` with lambda_x = 2 / (1 + k|x|^2).
+
+    - Shapes: ``x`` (a point) and ``u`` (a tangent vector at x) broadcast against each other as
+      torch broadcasts, along any ``dim``; ``k`` is a tensor or a Python number that broadcasts
+      against the batch dimensions with size 1 along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``u``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``u``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: one kernel for the whole composition (no intermediate tensors); analytic through k =
+      0 and u = 0 (tanc series); row sums in float64 on the CPU.
+    - Peer: ``geoopt.manifolds.stereographic.math.expmap`` (same signature; same values to
+      rounding).
+    """
     return _run("expmap", x, u, k=k, dim=dim, names=("x", "u"))
 
 
 def expmap0(u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Exponential map at the origin: tan_k(|u|) u/|u|."""
+    """Exponential map at the origin: tan_k(|u|) u/|u|.
+
+    Formula: ``tanc(k|u|^2) u`` with tanc(z) = tan(sqrt z)/sqrt z (tanh(sqrt -z)/sqrt -z for z < 0).
+
+    - Shapes: ``u`` is ``(..., D, ...)`` (a tangent vector at the origin); ``k`` broadcasts against
+      the batch dimensions with size 1 along ``dim``.
+    - Output: same shape as ``u``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``u``), ``k`` included, from one fused backward kernel.
+    - Numerics: tanc uses its Taylor series for |z| < 1e-3: finite values and gradients at k = 0 and
+      u = 0.
+    - Peer: ``geoopt.manifolds.stereographic.math.expmap0`` (same signature; same values to
+      rounding); geoopt divides by a clamped |u|.
+    """
     return _run("expmap0", u, k=k, dim=dim, names=("u", None))
 
 
 def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Logarithmic map at x of the point y."""
+    """Logarithmic map at x: the tangent vector at x that `expmap` maps to y (the inverse of expmap).
+
+    Formula: ``(2 / lambda_x) artan_k(|s|) s / |s|`` with s = (-x) (+)_k y and lambda_x = 2 / (1 +
+    k|x|^2).
+
+    - Shapes: ``x`` and ``y`` (points) broadcast against each other as torch broadcasts, along any
+      ``dim``; ``k`` is a tensor or a Python number that broadcasts against the batch dimensions
+      with size 1 along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: |s| is formed from |x - y| accumulated directly (no cancellation for close pairs);
+      artanh through log1p keeps digits within 1e-3 of the boundary; analytic through k = 0.
+    - Peer: ``geoopt.manifolds.stereographic.math.logmap`` (same signature; same values to
+      rounding).
+    """
     return _run("logmap", x, y, k=k, dim=dim)
 
 
 def logmap0(y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Logarithmic map at the origin: artan_k(|y|) y/|y|."""
+    """Logarithmic map at the origin: artan_k(|y|) y/|y| (the inverse of `expmap0`).
+
+    Formula: ``atanc(k|y|^2) y`` with atanc(z) = atan(sqrt z)/sqrt z (artanh(sqrt -z)/sqrt -z for z
+    < 0).
+
+    - Shapes: ``y`` is ``(..., D, ...)``; ``k`` broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: same shape as ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``y``), ``k`` included, from one fused backward kernel.
+    - Numerics: atanc's Taylor series near z = 0; points on or outside the ball are clamped just
+      inside it (as geoopt does).
+    - Peer: ``geoopt.manifolds.stereographic.math.logmap0`` (same signature; same values to
+      rounding).
+    """
     return _run("logmap0", y, k=k, dim=dim, names=("y", None))
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    """Geodesic distance 2 artan_k(|(-x) (+)_k y|)."""
+    """Geodesic distance between x and y: 2 artan_k(|(-x) (+)_k y|).
+
+    Formula: ``2 artan_k(|x - y| / sqrt(1 + 2k<x,y> + k^2 |x|^2 |y|^2))`` along ``dim``.
+
+    - Shapes: ``x`` and ``y`` broadcast against each other as torch broadcasts, along any ``dim``;
+      ``k`` is a tensor or a Python number that broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: the broadcast shape without ``dim`` (kept with size 1 when ``keepdim=True``).
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: |(-x) (+) y| from |x - y| accumulated directly, so close pairs keep their relative
+      accuracy (geoopt loses it to cancellation); artanh through log1p near the boundary; row sums
+      in float64 on the CPU.
+    - Peer: ``geoopt.manifolds.stereographic.math.dist`` (same signature; same values to rounding),
+      except that a ``k`` of shape ``(B, 1)`` gives a ``(B,)`` result with ``keepdim=False`` (geoopt
+      broadcasts it to ``(B, B)``).
+    """
     return _run("dist", x, y, k=k, dim=dim, keepdim=keepdim)
 
 
 def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    """Geodesic distance to the origin 2 artan_k(|x|)."""
+    """Geodesic distance to the origin: 2 artan_k(|x|).
+
+    Formula: ``2 |x| atanc(k|x|^2)``.
+
+    - Shapes: ``x`` is ``(..., D, ...)``; ``k`` broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: ``x``'s shape without ``dim`` (kept with size 1 when ``keepdim=True``).
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``), ``k`` included, from one fused backward kernel.
+    - Numerics: atanc's Taylor series near z = 0; the gradient at x = 0 is 0 (finite, as
+      are all gradients at zero vectors).
+    - Peer: ``geoopt.manifolds.stereographic.math.dist0`` (same signature; same values to rounding).
+    """
     return _run("dist0", x, k=k, dim=dim, keepdim=keepdim)
