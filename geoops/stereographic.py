@@ -123,6 +123,8 @@ def _as_scalar_tensor(op: str, name: str, v, like: torch.Tensor) -> torch.Tensor
     """k or r: a tensor, or a Python number turned into one."""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
         return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+    if isinstance(v, torch.Tensor) and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool:
+        v = v.to(like.dtype if like.is_floating_point() else torch.get_default_dtype())  # integer k: promoted, as geoopt
     _check_float(op, name, v)
     if v.device != like.device:
         if v.numel() == 1 and v.device.type == "cpu":
@@ -302,3 +304,322 @@ def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = F
 def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
     """Geodesic distance to the origin 2 artan_k(|x|)."""
     return _run("dist0", x, k=k, dim=dim, keepdim=keepdim)
+
+
+# ---------------------------------------------------------------- pairwise: cdist, knn, pairwise_rank
+__all__ += ["cdist", "knn", "pairwise_rank", "reconstruction_metrics"]
+
+_PAIR = _ops.PAIR_CALLERS
+
+
+class CdistFn(torch.autograd.Function):
+    """autograd.Function of cdist: torch.ops.geoops.cdist_fwd / cdist_bwd (x [B,N,D], y [B,M,D], k [B])."""
+
+    @staticmethod
+    def forward(ctx, x, y, k):
+        d, A = _PAIR["cdist_fwd"](x, y, k, True)
+        ctx.save_for_backward(x, y, k, A, d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, k, A, d = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        if mask == 0:
+            return None, None, None
+        dx, dy, dk = _PAIR["cdist_bwd"](grad.contiguous(), x, y, k, A, d, mask)
+        return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None)
+
+
+def _pair_args(op: str, x, y, k):
+    """Validate and flatten the pairwise arguments: (x3 [B,N,D], y3 [B,M,D], k3 [B], batch, dtype, out dtype)."""
+    _check_float(op, "x", x)
+    _check_float(op, "y", y)
+    if y.device != x.device:
+        _fail(op, f"y is on {y.device} but x is on {x.device}; all tensors must be on one device")
+    if x.dim() < 2:
+        _fail(op, f"x must have shape [..., N, D] (at least 2 dimensions), got {tuple(x.shape)}")
+    if y.dim() < 2:
+        _fail(op, f"y must have shape [..., M, D] (at least 2 dimensions), got {tuple(y.shape)}")
+    if x.shape[-1] != y.shape[-1]:
+        _fail(op, f"x and y must have the same vector size D (last dimension), got {x.shape[-1]} and {y.shape[-1]}")
+    try:
+        batch = tuple(torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
+    except RuntimeError:
+        _fail(op, f"the batch dimensions of x {tuple(x.shape[:-2])} and y {tuple(y.shape[:-2])} do not broadcast")
+    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    k = _as_scalar_tensor(op, "k", k, x)
+    if k.dtype != dtype:
+        k = k.to(dtype)
+    N, M, D = x.shape[-2], y.shape[-2], x.shape[-1]
+    B = 1
+    for s in batch:
+        B *= s
+    if k.numel() == 1:
+        k3 = k.reshape(1).expand(B)
+    else:
+        if k.dim() < 2 or k.shape[-1] != 1 or k.shape[-2] != 1:
+            _fail(op, f"k must be a scalar or have shape batch + (1, 1) (one curvature per [N, M] block), "
+                      f"got shape {tuple(k.shape)}")
+        try:
+            k3 = k.expand(batch + (1, 1)).reshape(B)
+        except RuntimeError:
+            _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch dimensions {batch}")
+
+    def flat(t, R):
+        if t.dtype != dtype:
+            t = t.to(dtype)
+        if tuple(t.shape[:-2]) != batch:
+            t = t.expand(batch + tuple(t.shape[-2:]))
+        t = t.reshape(B, R, D)
+        return t if t.is_contiguous() else t.contiguous()
+
+    return flat(x, N), flat(y, M), k3, batch, dtype, out_dtype
+
+
+def _pair_debug_checks(op, x3, y3, k3):
+    for name, t in (("x", x3), ("y", y3), ("k", k3)):
+        if not torch.isfinite(t).all():
+            _fail(op, f"{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
+    kk = k3.double().reshape(-1, 1)
+    for name, t in (("x", x3), ("y", y3)):
+        if t.numel() and bool(((1 + kk * (t.double() ** 2).sum(-1)) <= 0).any()):
+            _fail(op, f"{name} has points outside the ball |{name}|^2 < 1/|k| [GEOOPS_CHECK]")
+
+
+def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
+    r"""Pairwise geodesic distances of the kappa-stereographic model: ``out[..., i, j] = dist(x[..., i, :], y[..., j, :])``.
+
+    Equal to geoopt's ``dist(x[..., :, None, :], y[..., None, :, :], k=k)`` without forming the
+    ``[..., N, M, D]`` broadcast.  With :math:`A = |x-y|^2`, :math:`p_x = 1 + k|x|^2`, :math:`p_y = 1 + k|y|^2`:
+
+    * k < 0 (ball of radius :math:`1/\sqrt{c}`, c = -k): :math:`d = \operatorname{arcosh}(1 + t)/\sqrt c`,
+      :math:`t = 2cA / (p_x p_y)`, evaluated as ``log1p(t + sqrt(t (t + 2)))``;
+    * k > 0 (projected sphere): :math:`d = 2\,\operatorname{atan2}(\sqrt{kA}, \sqrt{p_x p_y - kA})/\sqrt k`;
+    * k = 0: :math:`d = 2|x - y|`.
+
+    These equal :math:`2\,\operatorname{artan}_k |(-x) \oplus_k y|` since
+    :math:`|(-x) \oplus_k y|^2 = A / (p_x p_y - kA)`.  Only :math:`\langle x, y\rangle` is pairwise: it
+    comes from one GEMM; row norms and a fused, vectorised epilogue do the rest.
+
+    Args:
+        x: ``[..., N, D]`` points.  y: ``[..., M, D]`` points; the batch dimensions broadcast.
+        k: curvature: a Python number, a tensor with one element, or a tensor of shape ``batch + (1, 1)``
+            (one curvature per ``[N, M]`` block).  Integer tensors are promoted.
+
+    Returns:
+        ``[..., N, M]`` in the promoted dtype of x and y (float16/bfloat16 are computed in float32).
+
+    Gradients: to x, y and k (tensors), computed as GEMMs too (``dx = a * x - W y``, no
+    ``[N, M, D]`` tensor); once differentiable.  At x_i = y_j (distance 0, not differentiable) the
+    gradient of that pair is 0.
+
+    Numerics: :math:`A = |x|^2 + |y|^2 - 2\langle x,y\rangle` cancels for close pairs; pairs with
+    :math:`A < \tau (|x|^2 + |y|^2)`, :math:`\tau \approx 512\,u\,(D + 4)`, are recomputed from the rows,
+    so the float32 relative error stays below 1e-3 (close pairs and points near the boundary included)
+    and x against itself gives exact zeros.  Points on or outside the ball (k < 0) are handled like
+    geoopt's clamps: :math:`p` is clamped at 1e-7 (float32; 1e-15 float64), giving large, finite
+    distances.  Memory: the output, plus one ``[..., N, M]`` buffer saved for the backward when a
+    gradient is needed.  For nearest neighbours at scale use :func:`knn` (bounded memory).
+    """
+    op = "cdist"
+    x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
+    if _backend.checks_enabled():
+        _pair_debug_checks(op, x3, y3, k3)
+    N, M = x3.shape[1], y3.shape[1]
+    if torch.is_grad_enabled() and (x3.requires_grad or y3.requires_grad or k3.requires_grad):
+        out = CdistFn.apply(x3, y3, k3)
+    else:
+        out = _PAIR["cdist_fwd"](x3, y3, k3, False)[0]
+    out = out.reshape(batch + (N, M))
+    return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _tile_sizes(N: int, M: int, n: int, block_elems: int):
+    """Query and key tile sizes for a tile of about `block_elems` rank keys."""
+    mb = max(n + 1, min(M, 4096))
+    nb = max(1, min(N, block_elems // mb))
+    return nb, mb
+
+
+def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool = False,
+        block_elems: int = 1 << 22):
+    r"""The ``n_neighbors`` nearest (``largest=True``: farthest) points of ``y`` for every point of ``x``.
+
+    Returns ``(distances [..., N, n], indices [..., N, n])`` sorted by distance (ascending, or descending
+    when ``largest``), like ``torch.topk(cdist(x, y, k=k), n, largest=largest)`` but without the
+    ``[N, M]`` matrix: ``y`` is processed in tiles, so the extra memory is
+    ``O(block_elems + N n)`` (default tiles of 4M keys = 16 MiB in float32) on top of the inputs.
+
+    Ranking uses a monotone function of the distance that needs no transcendental per pair
+    (``A/(p_x p_y)`` for k < 0, ``A/(p_x p_y - kA)`` for k > 0, ``A`` for k = 0, with
+    :math:`A = |x - y|^2` from one GEMM per tile and close pairs recomputed from the rows, as in
+    :func:`cdist`); only the kept ``n`` per row are turned into distances, by the fused row-wise
+    :func:`dist` on the gathered pairs, so the distances are differentiable with respect to x, y and k
+    (the indices are not).  Ties are broken as ``torch.topk`` breaks them.
+
+    Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``,
+    k as for :func:`cdist`.
+    """
+    op = "knn"
+    if not isinstance(n_neighbors, int) or isinstance(n_neighbors, bool):
+        _fail(op, f"n_neighbors must be an int, got {type(n_neighbors).__name__}", TypeError)
+    x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
+    B, N, D = x3.shape
+    M = y3.shape[1]
+    if not 0 <= n_neighbors <= M:
+        _fail(op, f"n_neighbors must be in [0, M={M}] (the number of points of y), got {n_neighbors}")
+    n = n_neighbors
+    nb, mb = _tile_sizes(N, M, n, block_elems)
+    kd = k3.detach()
+    xd, yd = x3.detach(), y3.detach()
+    idx = torch.empty((B, N, n), dtype=torch.int64, device=x.device)
+    fill = float("-inf") if largest else float("inf")
+    with torch.no_grad():
+        for i0 in range(0, N, nb):
+            i1 = min(N, i0 + nb)
+            best_key = torch.full((B, i1 - i0, n), fill, dtype=dtype, device=x.device)
+            best_idx = torch.zeros((B, i1 - i0, n), dtype=torch.int64, device=x.device)
+            for j0 in range(0, M, mb):
+                j1 = min(M, j0 + mb)
+                key = _PAIR["rank_key"](xd[:, i0:i1], yd[:, j0:j1], kd)
+                cand_key = torch.cat([best_key, key], dim=-1)
+                ar = torch.arange(j0, j1, device=x.device).expand(B, i1 - i0, j1 - j0)
+                cand_idx = torch.cat([best_idx, ar], dim=-1)
+                best_key, pos = torch.topk(cand_key, n, dim=-1, largest=largest, sorted=True)
+                best_idx = torch.gather(cand_idx, -1, pos)
+            idx[:, i0:i1] = best_idx
+    # distances of the kept pairs with the fused row-wise op (differentiable)
+    ysel = torch.gather(y3, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(B, N, n, D)
+    dist_ = dist(x3.unsqueeze(2), ysel, k=k3.reshape(B, 1, 1, 1))
+    dist_ = dist_.reshape(batch + (N, n))
+    return (dist_ if dist_.dtype == out_dtype else dist_.to(out_dtype)), idx.reshape(batch + (N, n))
+
+
+def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target: torch.Tensor, *, k,
+                  block_elems: int = 1 << 22) -> torch.Tensor:
+    r"""For each pair p, the number of points of ``y`` other than ``y[target[p]]`` strictly closer to
+    ``x[query[p]]`` than ``y[target[p]]`` is (the 0-based rank of the target among all of ``y``).
+
+    The building block of the embedding-reconstruction metrics (mean rank, MAP; see
+    :func:`reconstruction_metrics`) at scale: ``y`` is processed in tiles of ``block_elems`` rank keys
+    (a monotone function of the distance, no transcendental per pair; see :func:`knn`), so the
+    extra memory is ``O(block_elems + P)``, never ``[N, M]``.  The threshold of each pair is taken from the
+    same tile computation as the points it is compared with, so ties and rounding are consistent.
+
+    Args: x ``[N, D]``, y ``[M, D]``, query and target: integer tensors of the same shape ``[P]`` (indices
+    into x and y), k a scalar curvature.  Returns int64 ``[P]``.  Not differentiable.
+    """
+    op = "pairwise_rank"
+    for name, t in (("query", query), ("target", target)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
+            _fail(op, f"{name} must be a 1-d int32/int64 tensor of indices, got "
+                      f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}", TypeError)
+    if query.shape != target.shape:
+        _fail(op, f"query and target must have the same shape, got {tuple(query.shape)} and {tuple(target.shape)}")
+    if x.dim() != 2 or (isinstance(y, torch.Tensor) and y.dim() != 2):
+        _fail(op, "x and y must be 2-d: [N, D] and [M, D]")
+    x3, y3, k3, _, dtype, _ = _pair_args(op, x, y, k)
+    if k3.numel() != 1:
+        _fail(op, "k must be a scalar")
+    N, M = x3.shape[1], y3.shape[1]
+    query = query.to(torch.int64)
+    target = target.to(torch.int64)
+    if query.numel() and (int(query.min()) < 0 or int(query.max()) >= N):
+        _fail(op, f"query has indices outside [0, N={N})", IndexError)
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= M):
+        _fail(op, f"target has indices outside [0, M={M})", IndexError)
+    P = query.numel()
+    counts = torch.zeros(P, dtype=torch.int64, device=x.device)
+    if P == 0:
+        return counts
+    order = torch.argsort(query, stable=True)
+    q_sorted, t_sorted = query[order], target[order]
+    uq, inv = torch.unique_consecutive(q_sorted, return_inverse=True)
+    xd, yd, kd = x3.detach(), y3.detach(), k3.detach()
+    mb = min(M, 4096)
+    # pairs per query block so that [pairs, mb] comparisons stay within block_elems
+    per_q = max(1, P // max(1, uq.numel()))
+    nb = max(1, min(uq.numel(), block_elems // (mb * per_q)))
+    out_sorted = torch.zeros(P, dtype=torch.int64, device=x.device)
+    starts = torch.searchsorted(inv, torch.arange(0, uq.numel() + 1, nb, device=x.device))
+    with torch.no_grad():
+        for bi, u0 in enumerate(range(0, uq.numel(), nb)):
+            u1 = min(uq.numel(), u0 + nb)
+            p0 = int(starts[bi])
+            p1 = int(torch.searchsorted(inv, torch.tensor(u1, device=x.device)))
+            rows = xd[:, uq[u0:u1]]
+            loc = inv[p0:p1] - u0  # query row of each pair within the block
+            tgt = t_sorted[p0:p1]
+            # thresholds: the key of each (query, target) pair, from the tile that holds the target
+            thr = torch.empty(p1 - p0, dtype=dtype, device=x.device)
+            keys = []
+            for j0 in range(0, M, mb):
+                j1 = min(M, j0 + mb)
+                key = _PAIR["rank_key"](rows, yd[:, j0:j1], kd)[0]  # [nq, mb]
+                inside = (tgt >= j0) & (tgt < j1)
+                if bool(inside.any()):
+                    thr[inside] = key[loc[inside], tgt[inside] - j0]
+                keys.append((j0, j1, key) if len(keys) == 0 and j1 == M else None)
+                del key
+            # second sweep: count (the thresholds are known now)
+            cnt = torch.zeros(p1 - p0, dtype=torch.int64, device=x.device)
+            for j0 in range(0, M, mb):
+                j1 = min(M, j0 + mb)
+                key = keys[0][2] if keys and keys[0] is not None else _PAIR["rank_key"](rows, yd[:, j0:j1], kd)[0]
+                cnt += (key[loc] < thr[:, None]).sum(-1)
+            out_sorted[p0:p1] = cnt
+    counts[order] = out_sorted
+    return counts
+
+
+def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_elems: int = 1 << 22):
+    r"""Mean rank and mean average precision of a graph reconstructed from an embedding (Nickel & Kiela 2017).
+
+    For every edge (u, v) of ``edges`` ``[P, 2]`` (the positives of u), the rank of v among u's
+    non-neighbours: ``1 + #{w not in N(u), w != u : d(u, w) < d(u, v)}``; mean rank is the mean over edges.
+    The average precision of u is the mean over its neighbours v of
+    ``#{v' in N(u): d(u, v') <= d(u, v)} / (#{v' in N(u)} closer or equal + #{w not in N(u), w != u} closer)``,
+    MAP the mean over the nodes that have neighbours.  Built on :func:`pairwise_rank` (bounded memory:
+    no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats.
+    """
+    if not isinstance(edges, torch.Tensor) or edges.dim() != 2 or edges.shape[1] != 2:
+        _fail("reconstruction_metrics", "edges must be an integer tensor of shape [P, 2]", TypeError)
+    edges = torch.unique(edges.to(torch.int64), dim=0)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    u, v = edges[:, 0], edges[:, 1]
+    closer_all = pairwise_rank(x, x, u, v, k=k, block_elems=block_elems)  # includes u itself (d = 0)
+    # keys of the positive pairs (same kernel), to count the positives closer than each
+    x3, _, k3, _, _, _ = _pair_args("reconstruction_metrics", x, x, k)
+    kd = k3.detach()
+    with torch.no_grad():
+        pk = _PAIR["rank_key"](x3[:, u].reshape(-1, 1, x.shape[-1]).detach(),
+                               x3[:, v].reshape(-1, 1, x.shape[-1]).detach(), kd.expand(u.numel()))
+    pk = pk.reshape(-1)
+    # per source: number of its positives strictly closer than each positive (sort within groups)
+    order = torch.argsort(u * 0 + u, stable=True)
+    us, ks = u[order], pk[order]
+    pos_closer = torch.zeros_like(closer_all)
+    grp_start = torch.searchsorted(us, us, right=False)
+    # within each group, rank keys (strictly smaller count) via a lexicographic sort
+    key_order = torch.from_numpy(__import__("numpy").lexsort((ks.cpu().numpy(), us.cpu().numpy())))
+    sorted_k = ks[key_order]
+    sorted_u = us[key_order]
+    first_equal = torch.ones_like(sorted_u, dtype=torch.bool)
+    first_equal[1:] = (sorted_u[1:] != sorted_u[:-1]) | (sorted_k[1:] != sorted_k[:-1])
+    pos_in_grp = torch.arange(sorted_u.numel()) - grp_start[key_order]
+    run_start = torch.cummax(torch.where(first_equal, pos_in_grp, torch.zeros_like(pos_in_grp)), 0)[0]
+    strictly = torch.empty_like(pos_in_grp)
+    strictly[key_order] = run_start
+    pos_closer[order] = strictly
+    neg_closer = closer_all - pos_closer - 1  # minus u itself (distance 0 < d(u, v))
+    mean_rank = float((1 + neg_closer).double().mean())
+    # AP: precision at each positive = (#pos with key <= own) / (that + neg closer)
+    nodes, inv = torch.unique(u, return_inverse=True)
+    counts = torch.bincount(inv).double()
+    # positives with key <= own: count of equal run end; approximate ties by strict count + 1
+    prec = (pos_closer + 1).double() / (pos_closer + 1 + neg_closer).double()
+    ap = torch.zeros(nodes.numel(), dtype=torch.float64).index_add_(0, inv, prec) / counts
+    return mean_rank, float(ap.mean())

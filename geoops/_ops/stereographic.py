@@ -164,3 +164,129 @@ def _register(spec: StereoOp):
 
 
 CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -> (fwd caller, bwd caller)
+
+
+# ---------------------------------------------------------------- pairwise (cdist, knn)
+# geoops::cdist_fwd(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor dist, Tensor A)
+# geoops::cdist_bwd(Tensor g, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) -> (dx, dy, dk)
+# on x [B, N, D], y [B, M, D] (float32/float64, contiguous), k [B]; dist and A = |x_i - y_j|^2 are
+# [B, N, M] (A empty unless save).  dk is per batch [B] in k's dtype.
+class _PairCpp:
+    @staticmethod
+    def cdist_fwd(x, y, k, save):
+        return tuple(_backend.compiled().cdist_fwd_cpu(x, y, k, save))
+
+    @staticmethod
+    def cdist_bwd(g, x, y, k, A, d, mask):
+        return tuple(_backend.compiled().cdist_bwd_cpu(g, x, y, k, A, d, mask))
+
+    @staticmethod
+    def rank_key(x, y, k):
+        return _backend.compiled().cdist_rank_key_cpu(x, y, k)
+
+    @staticmethod
+    def dist_from_key(key, k):
+        return _backend.compiled().dist_from_key_cpu(key, k)
+
+
+class _PairReference:
+    """The pairwise contract above with geoops.reference (broadcast, O(N M D) memory; autograd backward)."""
+
+    @staticmethod
+    def cdist_fwd(x, y, k, save):
+        from ..reference import stereographic as ref
+
+        with torch.no_grad():
+            d = ref.cdist(x, y, k=k.to(x.dtype).reshape(-1, 1, 1)).contiguous()
+            A = ((x.unsqueeze(-2) - y.unsqueeze(-3)) ** 2).sum(-1) if save else x.new_empty(0)
+        return d, A
+
+    @staticmethod
+    def cdist_bwd(g, x, y, k, A, d, mask):
+        from ..reference import stereographic as ref
+
+        with torch.enable_grad():
+            lx, ly, lk = (t.detach().requires_grad_(True) for t in (x, y, k))
+            out = ref.cdist(lx, ly, k=lk.to(x.dtype).reshape(-1, 1, 1))
+            want = [(1, lx), (2, ly), (4, lk)]
+            inputs = [t for bit, t in want if mask & bit]
+            grads = iter(torch.autograd.grad(out, inputs, g, allow_unused=True)) if inputs else iter(())
+        res = []
+        for bit, t in want:
+            if mask & bit:
+                gr = next(grads)
+                res.append(torch.zeros_like(t) if gr is None else gr.contiguous())
+            else:
+                res.append(x.new_empty(0))
+        return tuple(res)
+
+    @staticmethod
+    def rank_key(x, y, k):
+        # a monotone function of the distance: the distance itself
+        return _PairReference.cdist_fwd(x, y, k, False)[0]
+
+    @staticmethod
+    def dist_from_key(key, k):
+        return key.clone()
+
+
+def pair_kernels(device: torch.device):
+    """The pairwise kernel set for `device` (CPU: C++; elsewhere the reference until GPU kernels exist)."""
+    name = _backend.resolve(device, FAMILY)
+    if name == "cpp":
+        return _PairCpp
+    return _PairReference
+
+
+def _cdist_fwd(x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, save: bool):
+    return pair_kernels(x.device).cdist_fwd(x, y, k, save)
+
+
+def _cdist_fwd_fake(x, y, k, save):
+    B, N, _ = x.shape
+    M = y.shape[1]
+    return x.new_empty((B, N, M)), (x.new_empty((B, N, M)) if save else x.new_empty((0,)))
+
+
+def _cdist_bwd(g, x, y, k, A, d, mask: int):
+    return pair_kernels(x.device).cdist_bwd(g, x, y, k, A, d, mask)
+
+
+def _cdist_bwd_fake(g, x, y, k, A, d, mask):
+    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
+            torch.empty_like(y) if mask & 2 else x.new_empty((0,)),
+            torch.empty_like(k) if mask & 4 else x.new_empty((0,)))
+
+
+def _rank_key(x, y, k):
+    return pair_kernels(x.device).rank_key(x, y, k)
+
+
+def _rank_key_fake(x, y, k):
+    return x.new_empty((x.shape[0], x.shape[1], y.shape[1]))
+
+
+def _dist_from_key(key, k):
+    return pair_kernels(key.device).dist_from_key(key, k)
+
+
+def _dist_from_key_fake(key, k):
+    return torch.empty_like(key)
+
+
+_cdist_fwd_op = _library.define_op(
+    "geoops::cdist_fwd", "(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor, Tensor)", _cdist_fwd, _cdist_fwd_fake)
+_cdist_bwd_op = _library.define_op(
+    "geoops::cdist_bwd", "(Tensor grad, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) "
+    "-> (Tensor, Tensor, Tensor)", _cdist_bwd, _cdist_bwd_fake)
+_rank_key_op = _library.define_op(
+    "geoops::cdist_rank_key", "(Tensor x, Tensor y, Tensor k) -> Tensor", _rank_key, _rank_key_fake)
+_dist_from_key_op = _library.define_op(
+    "geoops::dist_from_key", "(Tensor key, Tensor k) -> Tensor", _dist_from_key, _dist_from_key_fake)
+
+PAIR_CALLERS = {
+    "cdist_fwd": _library.caller(_cdist_fwd_op, _cdist_fwd),
+    "cdist_bwd": _library.caller(_cdist_bwd_op, _cdist_bwd),
+    "rank_key": _library.caller(_rank_key_op, _rank_key),
+    "dist_from_key": _library.caller(_dist_from_key_op, _dist_from_key),
+}

@@ -1,0 +1,238 @@
+"""kappa-stereographic pairwise ops: cdist, knn, pairwise_rank (CPU kernels vs fp64 reference and geoopt)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import geoops
+import geoops.stereographic as gs
+from geoops.reference import stereographic as ref
+
+try:
+    import geoopt.manifolds.stereographic.math as gm
+except ImportError:  # geoopt is optional
+    gm = None
+needs_geoopt = pytest.mark.skipif(gm is None, reason="needs geoopt")
+KS = [-1.0, -0.3, 0.0, 1e-4, 0.7, -2.5]
+
+
+def _ball(*shape, k=-1.0, frac=0.9, dtype=torch.float64, seed=0):
+    """Points with random directions and norms uniform in [0, frac * radius) (radius 1 for k >= 0)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(*shape, generator=g, dtype=torch.float64)
+    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r = 1 / math.sqrt(-k) if k < 0 else 1.0
+    return (v * torch.rand(*shape[:-1], 1, generator=g, dtype=torch.float64) * frac * r).to(dtype)
+
+
+def _ref64(x, y, k):
+    return ref.cdist(x.double(), y.double(), k=torch.as_tensor(k, dtype=torch.float64))
+
+
+def _relerr(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs() / b.abs().clamp_min(1e-30)).max().item()
+
+
+# ---------------------------------------------------------------- values
+@pytest.mark.parametrize("kval", KS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cdist_matches_reference(kval, dtype):
+    x = _ball(37, 13, k=kval, dtype=dtype, seed=1)
+    y = _ball(29, 13, k=kval, dtype=dtype, seed=2)
+    out = gs.cdist(x, y, k=torch.tensor(kval, dtype=dtype))
+    exp = _ref64(x, y, kval)
+    assert out.shape == (37, 29) and out.dtype == dtype
+    assert _relerr(out, exp) < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@needs_geoopt
+@pytest.mark.parametrize("kval", [-1.0, -0.3, 0.0, 0.7])
+def test_cdist_matches_geoopt_broadcast(kval):
+    x = _ball(2, 20, 8, k=kval, seed=3)
+    y = _ball(2, 15, 8, k=kval, seed=4)
+    k = torch.tensor(kval, dtype=torch.float64)
+    exp = gm.dist(x[..., :, None, :], y[..., None, :, :], k=k)
+    out = gs.cdist(x, y, k=k)
+    torch.testing.assert_close(out, exp, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 1.0])
+def test_cdist_close_pairs_near_boundary_fp32(kval):
+    """Close pairs (|x - y| from 1e-6 to 1e-2) at norms up to 0.999 of the radius: fp32 relative error <= 1e-3."""
+    D = 64
+    base = _ball(200, D, k=kval, frac=0.999, seed=5)
+    if kval < 0:  # half of them right at the boundary
+        base[:100] = base[:100] / base[:100].norm(dim=-1, keepdim=True) * 0.999
+    g = torch.Generator().manual_seed(6)
+    step = torch.randn(200, D, generator=g, dtype=torch.float64)
+    step = step / step.norm(dim=-1, keepdim=True) * torch.logspace(-6, -2, 200, dtype=torch.float64)[:, None]
+    x = base.float()
+    y = (base + step).float()
+    out = gs.cdist(x, y, k=kval)
+    exp = _ref64(x, y, kval)
+    assert _relerr(out, exp) < 1e-3  # includes the diagonal (close pairs) and every far pair
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cdist_self_exact_zero(kval, dtype):
+    x = _ball(50, 17, k=kval, frac=0.99, dtype=dtype, seed=7)
+    out = gs.cdist(x, x, k=kval)
+    assert (out.diagonal() == 0).all()
+    assert _relerr(out + torch.eye(50, dtype=dtype), _ref64(x, x, kval) + torch.eye(50, dtype=torch.float64)) < (
+        1e-4 if dtype == torch.float32 else 1e-12)
+
+
+def test_cdist_batched_broadcast_and_per_batch_curvature():
+    x = _ball(3, 1, 10, 5, seed=8)
+    y = _ball(4, 7, 5, seed=9)
+    k = torch.tensor([-1.0, 0.0, 0.5], dtype=torch.float64).reshape(3, 1, 1, 1)
+    out = gs.cdist(x, y, k=k)
+    assert out.shape == (3, 4, 10, 7)
+    exp = ref.cdist(x.expand(3, 4, 10, 5), y.expand(3, 4, 7, 5), k=k)
+    torch.testing.assert_close(out, exp, rtol=1e-11, atol=1e-13)
+
+
+def test_cdist_sizes_odd_one_empty():
+    for N, M, D in [(1, 1, 1), (0, 5, 3), (4, 0, 3), (3, 5, 0), (17, 33, 3)]:
+        x = _ball(N, D, seed=10) if D else torch.zeros(N, 0, dtype=torch.float64)
+        y = _ball(M, D, seed=11) if D else torch.zeros(M, 0, dtype=torch.float64)
+        out = gs.cdist(x, y, k=-1.0)
+        assert out.shape == (N, M)
+        if N and M:
+            torch.testing.assert_close(out, _ref64(x, y, -1.0), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cdist_half_returns_own_dtype(dtype):
+    x = _ball(9, 8, seed=12).to(dtype)
+    y = _ball(11, 8, seed=13).to(dtype)
+    out = gs.cdist(x, y, k=-1.0)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), _ref64(x, y, -1.0), rtol=1e-2, atol=1e-2)
+
+
+def test_cdist_integer_curvature_tensor():
+    x, y = _ball(4, 3, seed=14), _ball(5, 3, seed=15)
+    torch.testing.assert_close(gs.cdist(x, y, k=torch.tensor(-1)), _ref64(x, y, -1.0))
+
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize("kval", [-1.0, -0.3, 0.0, 1e-5, 0.8])
+def test_cdist_gradcheck(kval):
+    x = _ball(2, 6, 4, k=kval, frac=0.8, seed=16).requires_grad_()
+    y = _ball(2, 5, 4, k=kval, frac=0.8, seed=17).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda a, b, c: gs.cdist(a, b, k=c), (x, y, k), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_cdist_gradcheck_close_pairs_and_per_batch_k():
+    x = _ball(2, 5, 3, frac=0.9, seed=18)
+    y = torch.cat([x[:, :2] + 1e-4, _ball(2, 3, 3, seed=19)], dim=1)  # two close pairs per batch
+    x.requires_grad_()
+    y.requires_grad_()
+    k = torch.tensor([-1.0, 0.6], dtype=torch.float64).reshape(2, 1, 1).requires_grad_()
+    assert gradcheck(lambda a, b, c: gs.cdist(a, b, k=c), (x, y, k), eps=1e-8, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_cdist_gradients_fp32_match_reference(kval):
+    x = _ball(40, 16, k=kval, frac=0.95, seed=20)
+    y = torch.cat([x[:10] + 1e-3 * torch.randn(10, 16, dtype=torch.float64), _ball(30, 16, k=kval, seed=21)])
+    g = torch.randn(40, 40, dtype=torch.float64)
+    grads = []
+    for dt in (torch.float32, torch.float64):
+        a = x.to(dt).requires_grad_()
+        b = y.to(dt).requires_grad_()
+        c = torch.tensor(kval, dtype=dt, requires_grad=True)
+        if dt == torch.float64:
+            out = ref.cdist(a, b, k=c)
+        else:
+            out = gs.cdist(a, b, k=c)
+        out.backward(g.to(dt))
+        grads.append((a.grad.double(), b.grad.double(), c.grad.double()))
+    for got, exp in zip(*grads):
+        assert ((got - exp).abs().max() / exp.abs().max()).item() < 1e-4
+
+
+def test_cdist_self_gradient_finite():
+    x = _ball(6, 4, seed=22).requires_grad_()
+    gs.cdist(x, x, k=-1.0).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_cdist_no_grad_saves_nothing():
+    x, y = _ball(5, 3, seed=23), _ball(4, 3, seed=24)
+    out = gs.cdist(x, y, k=-1.0)
+    assert out.grad_fn is None
+
+
+# ---------------------------------------------------------------- errors
+def test_cdist_errors_name_the_argument():
+    x, y = _ball(4, 3), _ball(5, 3)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        gs.cdist([1.0], y, k=-1.0)
+    with pytest.raises(TypeError, match="y must be a floating-point"):
+        gs.cdist(x, torch.ones(5, 3, dtype=torch.int64), k=-1.0)
+    with pytest.raises(ValueError, match="vector size D"):
+        gs.cdist(x, _ball(5, 4), k=-1.0)
+    with pytest.raises(ValueError, match="x must have shape"):
+        gs.cdist(x[0], y, k=-1.0)
+    with pytest.raises(ValueError, match="batch dimensions"):
+        gs.cdist(_ball(2, 4, 3), _ball(3, 5, 3), k=-1.0)
+    with pytest.raises(ValueError, match="k must be a scalar or have shape"):
+        gs.cdist(x, y, k=torch.tensor([-1.0, -2.0]))
+
+
+def test_cdist_debug_checks():
+    x, y = _ball(4, 3), _ball(5, 3)
+    x[0] = 2.0
+    geoops.set_checks(True)
+    try:
+        with pytest.raises(ValueError, match="x has points outside the ball"):
+            gs.cdist(x, y, k=-1.0)
+    finally:
+        geoops.set_checks(False)
+
+
+# ---------------------------------------------------------------- dispatch / compile
+def test_cdist_opcheck():
+    x = _ball(2, 5, 3, seed=25)
+    y = _ball(2, 4, 3, seed=26)
+    k = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.cdist_fwd.default, (x, y, k, True))
+    torch.library.opcheck(torch.ops.geoops.cdist_fwd.default, (x, y, k, False))
+    d, A = torch.ops.geoops.cdist_fwd(x, y, k, True)
+    g = torch.randn(2, 5, 4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.cdist_bwd.default, (g, x, y, k, A, d, 7))
+    torch.library.opcheck(torch.ops.geoops.cdist_rank_key.default, (x, y, k))
+    torch.library.opcheck(torch.ops.geoops.dist_from_key.default, (A, k))
+
+
+def test_cdist_reference_backend_agrees():
+    x = _ball(6, 5, seed=27).requires_grad_()
+    y = _ball(7, 5, seed=28).requires_grad_()
+    outs = []
+    for be in ("cpp", "reference"):
+        with geoops.use_backend(be):
+            out = gs.cdist(x, y, k=-0.7)
+            gx, gy = torch.autograd.grad(out.sum(), (x, y))
+            outs.append((out, gx, gy))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cdist_torch_compile_fullgraph():
+    x = _ball(6, 5, seed=29).float().requires_grad_()
+    y = _ball(7, 5, seed=30).float()
+    k = torch.tensor(-1.0)
+    fn = torch.compile(lambda a, b, c: gs.cdist(a, b, k=c), fullgraph=True, backend="aot_eager")
+    out = fn(x, y, k)
+    torch.testing.assert_close(out, gs.cdist(x, y, k=k))
+    (gx,) = torch.autograd.grad(out.sum(), (x,))
+    (ex,) = torch.autograd.grad(gs.cdist(x, y, k=k).sum(), (x,))
+    torch.testing.assert_close(gx, ex)
