@@ -533,45 +533,40 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
         _fail(op, f"target has indices outside [0, M={M})", IndexError)
     P = query.numel()
     counts = torch.zeros(P, dtype=torch.int64, device=x.device)
-    if P == 0:
+    if P == 0 or M == 0:
         return counts
-    order = torch.argsort(query, stable=True)
-    q_sorted, t_sorted = query[order], target[order]
-    uq, inv = torch.unique_consecutive(q_sorted, return_inverse=True)
-    xd, yd, kd = x3.detach(), y3.detach(), k3.detach()
-    mb = min(M, 4096)
-    # pairs per query block so that [pairs, mb] comparisons stay within block_elems
-    per_q = max(1, P // max(1, uq.numel()))
-    nb = max(1, min(uq.numel(), block_elems // (mb * per_q)))
-    out_sorted = torch.zeros(P, dtype=torch.int64, device=x.device)
-    starts = torch.searchsorted(inv, torch.arange(0, uq.numel() + 1, nb, device=x.device))
+    xd, yd, kd = x3.detach()[0], y3.detach()[0], k3.detach()
+    D = xd.shape[-1]
     with torch.no_grad():
+        # the key of each (query, target) pair: one 1 x 1 block per pair, same kernel and close-pair rule
+        thr = _PAIR["rank_key"](xd[query].reshape(P, 1, D), yd[target].reshape(P, 1, D), kd.expand(P)).reshape(P)
+        order = torch.argsort(query, stable=True)
+        q_sorted, t_sorted, thr_sorted = query[order], target[order], thr[order]
+        uq, inv = torch.unique_consecutive(q_sorted, return_inverse=True)
+        mb = min(M, 4096)
+        per_q = max(1, -(-P // uq.numel()))
+        nb = max(1, min(uq.numel(), block_elems // (mb * per_q)))
+        out_sorted = torch.empty(P, dtype=torch.int64, device=x.device)
+        bounds = torch.searchsorted(inv, torch.arange(0, uq.numel() + nb, nb, device=x.device).clamp(max=uq.numel()))
         for bi, u0 in enumerate(range(0, uq.numel(), nb)):
             u1 = min(uq.numel(), u0 + nb)
-            p0 = int(starts[bi])
-            p1 = int(torch.searchsorted(inv, torch.tensor(u1, device=x.device)))
-            rows = xd[:, uq[u0:u1]]
-            loc = inv[p0:p1] - u0  # query row of each pair within the block
+            p0, p1 = int(bounds[bi]), int(bounds[bi + 1])
+            rows = xd[uq[u0:u1]].unsqueeze(0)
+            loc = inv[p0:p1] - u0
             tgt = t_sorted[p0:p1]
-            # thresholds: the key of each (query, target) pair, from the tile that holds the target
-            thr = torch.empty(p1 - p0, dtype=dtype, device=x.device)
-            keys = []
-            for j0 in range(0, M, mb):
-                j1 = min(M, j0 + mb)
-                key = _PAIR["rank_key"](rows, yd[:, j0:j1], kd)[0]  # [nq, mb]
-                inside = (tgt >= j0) & (tgt < j1)
-                if bool(inside.any()):
-                    thr[inside] = key[loc[inside], tgt[inside] - j0]
-                keys.append((j0, j1, key) if len(keys) == 0 and j1 == M else None)
-                del key
-            # second sweep: count (the thresholds are known now)
+            th = thr_sorted[p0:p1, None]
             cnt = torch.zeros(p1 - p0, dtype=torch.int64, device=x.device)
             for j0 in range(0, M, mb):
                 j1 = min(M, j0 + mb)
-                key = keys[0][2] if keys and keys[0] is not None else _PAIR["rank_key"](rows, yd[:, j0:j1], kd)[0]
-                cnt += (key[loc] < thr[:, None]).sum(-1)
+                key = _PAIR["rank_key"](rows, yd[j0:j1].unsqueeze(0), kd)[0]  # [nq, mb]
+                less = key[loc] < th
+                inside = (tgt >= j0) & (tgt < j1)  # the target itself never counts
+                if bool(inside.any()):
+                    r = inside.nonzero().squeeze(1)
+                    less[r, tgt[r] - j0] = False
+                cnt += less.sum(-1)
             out_sorted[p0:p1] = cnt
-    counts[order] = out_sorted
+        counts[order] = out_sorted
     return counts
 
 
@@ -598,23 +593,21 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
         pk = _PAIR["rank_key"](x3[:, u].reshape(-1, 1, x.shape[-1]).detach(),
                                x3[:, v].reshape(-1, 1, x.shape[-1]).detach(), kd.expand(u.numel()))
     pk = pk.reshape(-1)
-    # per source: number of its positives strictly closer than each positive (sort within groups)
-    order = torch.argsort(u * 0 + u, stable=True)
-    us, ks = u[order], pk[order]
-    pos_closer = torch.zeros_like(closer_all)
-    grp_start = torch.searchsorted(us, us, right=False)
-    # within each group, rank keys (strictly smaller count) via a lexicographic sort
-    key_order = torch.from_numpy(__import__("numpy").lexsort((ks.cpu().numpy(), us.cpu().numpy())))
-    sorted_k = ks[key_order]
-    sorted_u = us[key_order]
-    first_equal = torch.ones_like(sorted_u, dtype=torch.bool)
-    first_equal[1:] = (sorted_u[1:] != sorted_u[:-1]) | (sorted_k[1:] != sorted_k[:-1])
-    pos_in_grp = torch.arange(sorted_u.numel()) - grp_start[key_order]
-    run_start = torch.cummax(torch.where(first_equal, pos_in_grp, torch.zeros_like(pos_in_grp)), 0)[0]
-    strictly = torch.empty_like(pos_in_grp)
-    strictly[key_order] = run_start
-    pos_closer[order] = strictly
-    neg_closer = closer_all - pos_closer - 1  # minus u itself (distance 0 < d(u, v))
+    # per source u: the number of its positives strictly closer than each positive (sort by (u, key))
+    import numpy as np
+
+    lex = torch.from_numpy(np.lexsort((pk.cpu().double().numpy(), u.cpu().numpy()))).to(u.device)
+    su, sk = u[lex], pk[lex]
+    pos = torch.arange(su.numel(), device=u.device)
+    new_grp = torch.ones_like(su, dtype=torch.bool)
+    new_grp[1:] = su[1:] != su[:-1]
+    new_run = new_grp.clone()
+    new_run[1:] |= sk[1:] != sk[:-1]
+    grp_start = torch.cummax(torch.where(new_grp, pos, torch.zeros_like(pos)), 0)[0]
+    run_start = torch.cummax(torch.where(new_run, pos, torch.zeros_like(pos)), 0)[0]
+    pos_closer = torch.empty_like(closer_all)
+    pos_closer[lex] = run_start - grp_start
+    neg_closer = (closer_all - pos_closer - 1).clamp_min(0)  # minus u itself (distance 0 < d(u, v))
     mean_rank = float((1 + neg_closer).double().mean())
     # AP: precision at each positive = (#pos with key <= own) / (that + neg closer)
     nodes, inv = torch.unique(u, return_inverse=True)
