@@ -319,3 +319,69 @@ def test_reconstruction_metrics_matches_brute_force():
         aps.append(sum(precs) / len(precs))
     assert mr == pytest.approx(sum(ranks) / len(ranks), rel=1e-9)
     assert mean_ap == pytest.approx(sum(aps) / len(aps), rel=1e-9)
+
+
+# ---------------------------------------------------------------- mobius_matvec, mobius_pointwise_mul
+@needs_geoopt
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 1e-4, 0.7])
+def test_mobius_matvec_matches_geoopt_values_and_grads(kval):
+    g = torch.Generator().manual_seed(41)
+    x = (torch.randn(2, 5, 7, generator=g, dtype=torch.float64) * 0.2).requires_grad_()
+    m = torch.randn(4, 7, generator=g, dtype=torch.float64).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    a, b = gs.mobius_matvec(m, x, k=k), gm.mobius_matvec(m, x, k=k)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for u, v in zip(torch.autograd.grad(a.sum(), (m, x, k)), torch.autograd.grad(b.sum(), (m, x, k))):
+        torch.testing.assert_close(u, v, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_mobius_matvec_gradcheck_and_exact_zero(kval):
+    g = torch.Generator().manual_seed(42)
+    x = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    m = torch.randn(4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda a, b, c: gs.mobius_matvec(a, b, k=c), (m, x, k))
+    out = gs.mobius_matvec(torch.zeros(4, 5, dtype=torch.float64), x, k=k)
+    assert (out == 0).all()
+    assert (gs.mobius_matvec(m, torch.zeros(2, 5, dtype=torch.float64), k=k) == 0).all()
+
+
+def test_mobius_matvec_batched_m_and_dim():
+    g = torch.Generator().manual_seed(43)
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.2
+    m = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    out = gs.mobius_matvec(m, x, k=-1.0)
+    exp = torch.stack([ref.mobius_matvec(m[i], x[i], k=torch.tensor(-1.0, dtype=torch.float64)) for i in range(3)])
+    torch.testing.assert_close(out, exp)
+    out_t = gs.mobius_matvec(m[0], x.T, k=-1.0, dim=0)
+    torch.testing.assert_close(out_t.T, ref.mobius_matvec(m[0], x, k=torch.tensor(-1.0, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="D_in=5 columns but x has 4"):
+        gs.mobius_matvec(m[0], x[:, :4], k=-1.0)
+    with pytest.raises(TypeError, match="m must be a floating-point"):
+        gs.mobius_matvec(m.long(), x, k=-1.0)
+
+
+@needs_geoopt
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_mobius_pointwise_mul_matches_geoopt(kval):
+    g = torch.Generator().manual_seed(44)
+    x = (torch.randn(6, 5, generator=g, dtype=torch.float64) * 0.2).requires_grad_()
+    w = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    a, b = gs.mobius_pointwise_mul(w, x, k=k), gm.mobius_pointwise_mul(w, x, k=k)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for u, v in zip(torch.autograd.grad(a.sum(), (w, x, k)), torch.autograd.grad(b.sum(), (w, x, k))):
+        torch.testing.assert_close(u, v, rtol=1e-8, atol=1e-10)
+    assert gradcheck(lambda a_, b_, c_: gs.mobius_pointwise_mul(a_, b_, k=c_), (w, x, k))
+    assert (gs.mobius_pointwise_mul(torch.zeros(5, dtype=torch.float64), x, k=k) == 0).all()
+
+
+def test_mobius_matvec_fp32_and_compile():
+    g = torch.Generator().manual_seed(45)
+    x = torch.randn(8, 6, generator=g) * 0.2
+    m = torch.randn(3, 6, generator=g)
+    exp = ref.mobius_matvec(m.double(), x.double(), k=torch.tensor(-1.0, dtype=torch.float64))
+    torch.testing.assert_close(gs.mobius_matvec(m, x, k=-1.0).double(), exp, rtol=1e-5, atol=1e-6)
+    fn = torch.compile(lambda a, b: gs.mobius_matvec(a, b, k=torch.tensor(-1.0)), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(m, x), gs.mobius_matvec(m, x, k=-1.0))
