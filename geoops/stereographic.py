@@ -24,6 +24,7 @@ dtype.  Differences from geoopt, all deliberate:
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional
 
@@ -183,7 +184,9 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if not isinstance(dim, int) or isinstance(dim, bool):
         _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
     # broadcast shape and canonical dim
-    if spec.has_y and x.shape == y.shape:
+    # (compare the ranks first: comparing sizes of tensors of different rank puts a guard on a dynamic batch
+    # under torch.export / torch.compile)
+    if spec.has_y and x.dim() == y.dim() and x.shape == y.shape:
         shape = x.shape
     elif spec.has_y:
         try:
@@ -199,8 +202,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if not 0 <= d < nd:
         _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
 
-    if _backend.checks_enabled():
-        _debug_checks(op, {nx: x, ny: y} if spec.has_y else {nx: x}, k, dim)
+    if _backend.checks_enabled():  # dim counted from the end: the inputs may have fewer dims than `shape`
+        _debug_checks(op, {nx: x, ny: y} if spec.has_y else {nx: x}, k, d - nd)
 
     dtype = torch.promote_types(x.dtype, y.dtype) if spec.has_y else x.dtype
     kdtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -228,7 +231,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     def rows(t):
         if t.dtype != dtype:
             t = t.to(dtype)
-        if tuple(t.shape) != tuple(shape):
+        if t.dim() != nd or tuple(t.shape) != tuple(shape):
             t = t.expand(shape)
         if not last:
             t = t.movedim(d, -1)
@@ -485,9 +488,17 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
             for j0 in range(0, M, mb):
                 j1 = min(M, j0 + mb)
                 key = _PAIR["rank_key"](xd[:, i0:i1], yd[:, j0:j1], kd)
-                cand_key = torch.cat([best_key, key], dim=-1)
-                ar = torch.arange(j0, j1, device=x.device).expand(B, i1 - i0, j1 - j0)
-                cand_idx = torch.cat([best_idx, ar], dim=-1)
+                # the tile's own top n, then a merge of 2n candidates (no copy of the tile)
+                tk, ti = torch.topk(key, min(n, j1 - j0), dim=-1, largest=largest, sorted=False)
+                del key
+                if j0 == 0:
+                    cand_key, cand_idx = tk, ti
+                else:
+                    cand_key = torch.cat([best_key, tk], dim=-1)
+                    cand_idx = torch.cat([best_idx, ti + j0], dim=-1)
+                if cand_key.shape[-1] == n and j1 < M:
+                    best_key, best_idx = cand_key, cand_idx
+                    continue
                 best_key, pos = torch.topk(cand_key, n, dim=-1, largest=largest, sorted=True)
                 best_idx = torch.gather(cand_idx, -1, pos)
             idx[:, i0:i1] = best_idx
@@ -665,37 +676,28 @@ def _atanc_d(z):
 
 class MobiusScaleFn(torch.autograd.Function):
     """out = v * phi(|x|^2, |v|^2, k) with phi = atanc(k|x|^2) tanc(k |v|^2 atanc(k|x|^2)^2): the fused
-    epilogue of mobius_matvec (v = Mx) and mobius_pointwise_mul (v = w * x).  Per-row scalars are
-    computed once; the backward is two passes over the rows (no graph of the composition)."""
+    epilogue of mobius_matvec (v = Mx) and mobius_pointwise_mul (v = w * x), on rows v [R, Do], x [R, Di],
+    k [1] or [R]: torch.ops.geoops.mobius_scale_fwd / _bwd (one pass per row forward, one backward)."""
 
     @staticmethod
     def forward(ctx, v, x, k):
-        x2 = torch.linalg.vecdot(x, x).unsqueeze(-1)
-        v2 = torch.linalg.vecdot(v, v).unsqueeze(-1)
-        kk = k.to(v.dtype)
-        a, da = _atanc_d(kk * x2)
-        z2 = kk * v2 * a * a
-        b, db = _tanc_d(z2)
-        phi = a * b
-        ctx.save_for_backward(v, x, kk, x2, v2, a, da, b, db)
-        return v * phi
+        out, st = _PAIR["mobius_scale_fwd"](v, x, k)
+        ctx.save_for_backward(v, x, k, st)
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        v, x, kk, x2, v2, a, da, b, db = ctx.saved_tensors
-        phi = a * b
-        s = torch.linalg.vecdot(g, v).unsqueeze(-1)  # <g, v> per row
-        phi_v2 = a * db * kk * a * a
-        phi_x2 = da * kk * b + a * db * kk * v2 * 2 * a * da * kk
-        gv = gx = gk = None
-        if ctx.needs_input_grad[0]:
-            gv = g * phi + v * (2 * s * phi_v2)
-        if ctx.needs_input_grad[1]:
-            gx = x * (2 * s * phi_x2)
-        if ctx.needs_input_grad[2]:
-            phi_k = da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2)
-            gk = s * phi_k
-        return gv, gx, gk
+        v, x, k, st = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        if mask == 0:
+            return None, None, None
+        gv, gx, gk = _PAIR["mobius_scale_bwd"](g.contiguous(), v, x, k, st, mask)
+        if need[2]:
+            gk = gk.to(k.dtype)
+            if k.shape[0] != v.shape[0]:
+                gk = gk.sum().reshape(1)
+        return (gv if need[0] else None, gx if need[1] else None, gk if need[2] else None)
 
 
 def _scale_k(op, k, like):
@@ -704,16 +706,32 @@ def _scale_k(op, k, like):
 
 
 def _mobius_scale(op, v, x, k):
-    if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad or k.requires_grad):
-        shape = tuple(torch.broadcast_shapes(v.shape[:-1] + (1,), k.shape))
-        return MobiusScaleFn.apply(v, x, k.expand(shape))
-    with torch.no_grad():
-        return MobiusScaleFn.forward(_NoCtx(), v, x, k)
-
-
-class _NoCtx:
-    def save_for_backward(self, *a):
-        pass
+    """v [..., Do], x broadcastable to v's batch [..., Di], k broadcasting to the batch + (1,): v * phi."""
+    batch = tuple(v.shape[:-1])
+    R = 1
+    for s_ in batch:
+        R *= s_
+    Do, Di = v.shape[-1], x.shape[-1]
+    if v.dtype not in (torch.float32, torch.float64):  # half types: computed in float32
+        return _mobius_scale(op, v.float(), x.float(), k.float()).to(v.dtype)
+    if tuple(x.shape[:-1]) != batch:
+        x = x.expand(batch + (Di,))
+    v2 = v.reshape(R, Do)
+    x2 = x.reshape(R, Di)
+    v2 = v2 if v2.is_contiguous() else v2.contiguous()
+    x2 = x2 if x2.is_contiguous() else x2.contiguous()
+    if k.numel() == 1:
+        kr = k.reshape(1)
+    else:
+        try:
+            kr = k.expand(batch + (1,)).reshape(R)
+        except RuntimeError:
+            _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch {batch} with size 1 along dim")
+    if torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
+        out = MobiusScaleFn.apply(v2, x2, kr)
+    else:
+        out = _PAIR["mobius_scale_fwd"](v2, x2, kr)[0]
+    return out.reshape(batch + (Do,))
 
 
 def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
@@ -790,3 +808,227 @@ def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) 
     zero = (wx.abs() <= 1e-8).all(dim=-1, keepdim=True)
     out = torch.where(zero, torch.zeros((), dtype=out.dtype, device=out.device), out)
     return out if last else out.movedim(-1, d)
+
+
+# Resolve the lazily initialised backend state now, at import, so that the first call inside a compiled
+# region does not install a guard on it (one extra recompile under torch.compile(dynamic=True)).
+_backend.get_backend()
+_backend.checks_enabled()
+
+
+# ---------------------------------------------------------------- the rest of geoopt's math surface
+# Compositions of the fused ops above (the hot parts, Mobius addition and the tan/artan maps, are fused
+# kernels; the glue is a few elementwise torch ops).  Same names, signatures and results as geoopt.
+__all__ += ["gyration", "mobius_coadd", "mobius_cosub", "parallel_transport", "parallel_transport0",
+            "parallel_transport0back", "egrad2rgrad", "inner", "norm", "geodesic", "geodesic_unit", "antipode",
+            "sproj", "inv_sproj", "dist2plane", "weighted_midpoint", "mobius_fn_apply", "mobius_fn_apply_chain",
+            "arsin_k", "sin_k", "retr"]
+
+
+def _kt(op, k, like):
+    return _scale_k(op, k, like)
+
+
+def _dot(a, b, dim, keepdim=True):
+    return (a * b).sum(dim=dim, keepdim=keepdim)
+
+
+def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Gyration gyr[a, b]u = -(a (+) b) (+) (a (+) (b (+) u)), in geoopt's closed form (one pass of dot products)."""
+    k = _kt("gyration", k, u)
+    a2, b2, ab = _dot(a, a, dim), _dot(b, b, dim), _dot(a, b, dim)
+    au, bu = _dot(a, u, dim), _dot(b, u, dim)
+    k2 = k * k
+    ca = -k2 * au * b2 - k * bu + 2 * k2 * ab * bu
+    cb = -k2 * bu * a2 + k * au
+    d = 1 - 2 * k * ab + k2 * a2 * b2
+    return u + 2 * (ca * a + cb * b) / d.clamp_min(1e-15)
+
+
+def mobius_coadd(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Mobius coaddition x [+] y = x (+) gyr[x, -y] y."""
+    return mobius_add(x, gyration(x, -y, y, k=k, dim=dim), k=k, dim=dim)
+
+
+def mobius_cosub(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Mobius cosubtraction x [-] y = x [+] (-y)."""
+    return mobius_coadd(x, -y, k=k, dim=dim)
+
+
+def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Parallel transport of v from x to y: gyr[y, -x] v * lambda_x / lambda_y."""
+    lx = lambda_x(x, k=k, keepdim=True, dim=dim)
+    ly = lambda_x(y, k=k, keepdim=True, dim=dim)
+    return gyration(y, -x, v, k=k, dim=dim) * lx / ly
+
+
+def parallel_transport0(y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Parallel transport of v from the origin to y: v (1 + k|y|^2) (clamped at 1e-15, as geoopt)."""
+    k = _kt("parallel_transport0", k, v)
+    return v * (1 + k * _dot(y, y, dim)).clamp_min(1e-15)
+
+
+def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Parallel transport of v from x to the origin: v / (1 + k|x|^2)."""
+    k = _kt("parallel_transport0back", k, v)
+    return v / (1 + k * _dot(x, x, dim)).clamp_min(1e-15)
+
+
+def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
+    return grad / lambda_x(x, k=k, keepdim=True, dim=dim) ** 2
+
+
+def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
+    """Riemannian inner product at x: lambda_x^2 <u, v>."""
+    return lambda_x(x, k=k, keepdim=True, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
+
+
+def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
+    """Riemannian norm at x: lambda_x |u|."""
+    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
+
+
+def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
+    v = mobius_add(-x, y, k=k, dim=dim)
+    t = torch.as_tensor(t, dtype=v.dtype, device=v.device)
+    return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
+
+
+def tan_k(x: torch.Tensor, k) -> torch.Tensor:
+    """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
+    k = _kt("tan_k", k, x)
+    return _ref.tan_k(x, k)
+
+
+def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
+    kk = _kt("geodesic_unit", k, u)
+    t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
+    un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
+    return mobius_add(x, tan_k(t / 2.0, kk) * (u / un), k=k, dim=dim)
+
+
+def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction."""
+    kk = _kt("antipode", k, x)
+    if bool(torch.all(kk.le(0))):
+        return -x
+    v = x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-15)
+    R = kk.abs().clamp_min(1e-15).sqrt().reciprocal()
+    a = geodesic_unit(math.pi * R, x, v, k=k, dim=dim)
+    return torch.where(kk.gt(0), a, -x)
+
+
+def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
+    kk = _kt("sproj", k, x)
+    inv_r = kk.abs().sqrt()
+    factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))
+    return factor * x.narrow(dim, 0, x.size(dim) - 1)
+
+
+def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Inverse stereographic projection: (lambda_x x, (lambda_x - 1)/sqrt|k|)."""
+    kk = _kt("inv_sproj", k, x)
+    lam = lambda_x(x, k=kk, keepdim=True, dim=dim)
+    return torch.cat((lam * x, (lam - 1.0) / kk.abs().sqrt()), dim=dim)
+
+
+def sin_k(x: torch.Tensor, k) -> torch.Tensor:
+    """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    k = _kt("sin_k", k, x)
+    c = k.abs().clamp_min(1e-15).sqrt()
+    small = k.abs() < 1e-6
+    closed = torch.where(k < 0, torch.sinh(c * x), torch.sin(c * x)) / c
+    return torch.where(small, x - k * x ** 3 / 6, closed)
+
+
+def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
+    """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    k = _kt("arsin_k", k, x)
+    c = k.abs().clamp_min(1e-15).sqrt()
+    small = k.abs() < 1e-6
+    closed = torch.where(k < 0, torch.asinh(c * x), torch.asin((c * x).clamp(-1 + 1e-7, 1 - 1e-7))) / c
+    return torch.where(small, x + k * x ** 3 / 6, closed)
+
+
+def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim: bool = False, signed: bool = False,
+               scaled: bool = False, dim: int = -1):
+    """Distance from x to the gyroplane through p with normal a (geoopt's dist2plane)."""
+    kk = _kt("dist2plane", k, x)
+    diff = mobius_add(-p, x, k=k, dim=dim)
+    diff2 = _dot(diff, diff, dim, keepdim=keepdim).clamp_min(1e-15)
+    sc = _dot(diff, a, dim, keepdim=keepdim)
+    if not signed:
+        sc = sc.abs()
+    an = a.norm(dim=dim, keepdim=keepdim, p=2)
+    den = (1 + kk * diff2) * an
+    den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
+    d = arsin_k(2.0 * sc / den, kk)
+    return d * an if scaled else d
+
+
+def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,
+                      keepdim: bool = False, lincomb: bool = False, posweight: bool = False) -> torch.Tensor:
+    """Weighted gyromidpoint (Einstein/Mobius midpoint) of xs along `reducedim`: geoopt's weighted_midpoint.
+
+    m = 1/2 (x) (sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1)); on the sphere the better of m and its
+    antipode; with ``lincomb`` scaled by the sum of the weights.
+    """
+    kk = _kt("weighted_midpoint", k, xs)
+    nd = xs.dim()
+    d = dim % nd
+    if reducedim is None:
+        reducedim = [i for i in range(nd) if i != d]
+    gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
+    w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
+    if posweight and bool(w.lt(0).any()):
+        xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
+        w = w.abs()
+    den = ((gamma - 1) * w).sum(reducedim, keepdim=True)
+    num = (gamma * w * xs).sum(reducedim, keepdim=True)
+    den = torch.where(den >= 0, den.clamp_min(1e-10), den.clamp_max(-1e-10))
+    two_mean = num / den
+    half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
+    mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
+    if bool(torch.any(kk.gt(0))):
+        b_mean = antipode(mean, k=kk, dim=dim)
+        a_dist = dist(mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
+        b_dist = dist(b_mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
+        mean = torch.where(kk.gt(0) & (b_dist < a_dist), b_mean, mean)
+    if lincomb:
+        if w.numel() == 1:
+            alpha = w.clone()
+            for i in reducedim:
+                alpha = alpha * xs.size(i)
+        else:
+            wb, _ = torch.broadcast_tensors(w, gamma)
+            alpha = wb.sum(reducedim, keepdim=True)
+        alpha = alpha.expand(mean.shape[:d] + (1,) + mean.shape[d + 1:])
+        mean = mobius_scalar_mul(alpha, mean, k=kk, dim=dim)
+    if not keepdim:
+        for i in sorted(reducedim, reverse=True):
+            mean = mean.squeeze(i)
+    return mean
+
+
+def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> torch.Tensor:
+    """Mobius version of fn: expmap0(fn(logmap0(x), *args, **kwargs))."""
+    return expmap0(fn(logmap0(x, k=k, dim=dim), *args, **kwargs), k=k, dim=dim)
+
+
+def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tensor:
+    """Mobius version of a chain of functions: expmap0(fn_n(...fn_1(logmap0(x))))."""
+    if not fns:
+        return x
+    v = logmap0(x, k=k, dim=dim)
+    for fn in fns:
+        v = fn(v)
+    return expmap0(v, k=k, dim=dim)
+
+
+def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Retraction x + u followed by projection into the ball (geoopt's Stereographic.retr)."""
+    return project(x + u, k=k, dim=dim)

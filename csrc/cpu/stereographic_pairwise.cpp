@@ -37,6 +37,8 @@
 
 #include "stereographic_pairwise.h"
 
+#include "geoops/stereo_math.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -226,26 +228,46 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
   const Shapes s = check_inputs(x, y, k);
   at::Tensor G = at::bmm(x, y.transpose(1, 2));  // [B, N, M], contiguous
   if (s.N == 0 || s.M == 0) return {G, save ? G.clone() : x.new_empty({0})};
-  std::vector<double> x2, y2;
-  compute_A<T>(x, y, G, s, x2, y2);
+  const T* xp = x.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  // |y|^2 serially (M D flops: cheaper than a parallel region on a busy machine); |x|^2 per row below
+  std::vector<double> y2(s.B * s.M);
+  for (int64_t j = 0; j < s.B * s.M; ++j) {
+    const T* r = yp + j * s.D;
+    double acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t d = 0; d < s.D; ++d) acc += double(r[d]) * double(r[d]);
+    y2[j] = acc;
+  }
+  std::vector<T> y2f(y2.begin(), y2.end());
   at::Tensor out = save ? at::empty_like(G) : G;
   const at::Tensor kd = k.to(at::kDouble).contiguous();
   const double* kp = kd.data_ptr<double>();
   T* Ap = G.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  std::vector<T> py(s.M);
+  const double tau = close_tau<T>(s.D);
+  std::vector<T> py(s.B * s.M);
   for (int64_t b = 0; b < s.B; ++b) {
-    const Curv<T> cv = curv<T>(kp[b]);
     const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);  // points outside the ball: clamped p (see top)
-    for (int64_t j = 0; j < s.M; ++j) py[j] = std::max(T(1.0 + kp[b] * y2[b * s.M + j]), pmin);
-    at::parallel_for(0, s.N, 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t off = (b * s.N + i) * s.M;
-        const T px = std::max(T(1.0 + kp[b] * x2[b * s.N + i]), pmin);
-        dist_row<T>(Ap + off, op + off, px, py.data(), s.M, cv);
-      }
-    });
+    for (int64_t j = 0; j < s.M; ++j) py[b * s.M + j] = std::max(T(1.0 + kp[b] * y2[b * s.M + j]), pmin);
   }
+  // one parallel region over all rows of all batches: A (close pairs exact), then the distances
+  at::parallel_for(0, s.B * s.N, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / s.N;
+      const T* xi = xp + r * s.D;
+      double x2 = 0;
+#pragma omp simd reduction(+ : x2)
+      for (int64_t d = 0; d < s.D; ++d) x2 += double(xi[d]) * double(xi[d]);
+      const int64_t off = r * s.M;
+      fill_A_row<T>(Ap + off, xi, yp + b * s.M * s.D, x2, y2.data() + b * s.M, y2f.data() + b * s.M, s.M, s.D,
+                    tau);
+      const Curv<T> cv = curv<T>(kp[b]);
+      const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);
+      const T px = std::max(T(1.0 + kp[b] * x2), pmin);
+      dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv);
+    }
+  });
   return {out, save ? G : x.new_empty({0})};
 }
 
@@ -485,6 +507,103 @@ at::Tensor cdist_rank_key_cpu(const at::Tensor& x, const at::Tensor& y, const at
 at::Tensor dist_from_key_cpu(const at::Tensor& key, const at::Tensor& k) {
   if (key.scalar_type() == at::kDouble) return from_key_impl<double>(key, k);
   return from_key_impl<float>(key, k);
+}
+
+
+// ---------------------------------------------------------------- mobius_matvec / pointwise_mul epilogue
+// out = v * phi,  phi = atanc(k|x|^2) tanc(k|v|^2 atanc(k|x|^2)^2)  (v = Mx or w*x), one pass per row.
+// stats [R, 6] (double): |x|^2, |v|^2, a, a', b, b' for the backward.
+std::tuple<at::Tensor, at::Tensor> mobius_scale_fwd_cpu(const at::Tensor& v_in, const at::Tensor& x_in,
+                                                        const at::Tensor& k) {
+  const at::Tensor v = v_in.contiguous(), x = x_in.contiguous();
+  TORCH_CHECK(v.dim() == 2 && x.dim() == 2 && v.size(0) == x.size(0), "mobius_scale: v [R, Do], x [R, Di]");
+  const int64_t R = v.size(0), Do = v.size(1), Di = x.size(1);
+  at::Tensor out = at::empty_like(v);
+  at::Tensor stats = at::empty({R, 6}, v.options().dtype(at::kDouble));
+  const at::Tensor kd = k.to(at::kDouble).contiguous();
+  const double* kp = kd.data_ptr<double>();
+  const bool per_row = kd.numel() == R && R != 1;
+  double* st = stats.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "mobius_scale_fwd", [&] {
+    const scalar_t* vp = v.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* vr = vp + r * Do;
+        const scalar_t* xr = xp + r * Di;
+        double x2 = 0, v2 = 0;
+#pragma omp simd reduction(+ : x2)
+        for (int64_t d = 0; d < Di; ++d) x2 += double(xr[d]) * double(xr[d]);
+#pragma omp simd reduction(+ : v2)
+        for (int64_t d = 0; d < Do; ++d) v2 += double(vr[d]) * double(vr[d]);
+        const double kk = per_row ? kp[r] : kp[0];
+        const double z1 = kk * x2, q1 = 1.0 + z1;
+        const double a = stereo::atanc(z1, q1), da = stereo::atanc_d(z1, q1, a);
+        const double z2 = kk * v2 * a * a;
+        const double b = stereo::tanc(z2), db = stereo::tanc_d(z2, b);
+        const scalar_t phi = scalar_t(a * b);
+        scalar_t* o = op + r * Do;
+#pragma omp simd
+        for (int64_t d = 0; d < Do; ++d) o[d] = vr[d] * phi;
+        double* sr = st + r * 6;
+        sr[0] = x2; sr[1] = v2; sr[2] = a; sr[3] = da; sr[4] = b; sr[5] = db;
+      }
+    });
+  });
+  return {out, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Tensor& g_in, const at::Tensor& v_in,
+                                                                    const at::Tensor& x_in, const at::Tensor& k,
+                                                                    const at::Tensor& stats_in, int64_t mask) {
+  const at::Tensor g = g_in.contiguous(), v = v_in.contiguous(), x = x_in.contiguous(), stats = stats_in.contiguous();
+  const int64_t R = v.size(0), Do = v.size(1), Di = x.size(1);
+  const bool want_v = mask & 1, want_x = mask & 2, want_k = mask & 4;
+  const at::Tensor kd = k.to(at::kDouble).contiguous();
+  const double* kp = kd.data_ptr<double>();
+  const bool per_row = kd.numel() == R && R != 1;
+  at::Tensor gv = want_v ? at::empty_like(v) : v.new_empty({0});
+  at::Tensor gx = want_x ? at::empty_like(x) : v.new_empty({0});
+  at::Tensor gk = want_k ? at::empty({R}, v.options().dtype(at::kDouble)) : v.new_empty({0});
+  const double* st = stats.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "mobius_scale_bwd", [&] {
+    const scalar_t* vp = v.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* gvp = want_v ? gv.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gxp = want_x ? gx.data_ptr<scalar_t>() : nullptr;
+    double* gkp = want_k ? gk.data_ptr<double>() : nullptr;
+    at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* vr = vp + r * Do;
+        const scalar_t* gr = gp + r * Do;
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t d = 0; d < Do; ++d) s += double(gr[d]) * double(vr[d]);
+        const double* sr = st + r * 6;
+        const double x2 = sr[0], v2 = sr[1], a = sr[2], da = sr[3], b = sr[4], db = sr[5];
+        const double kk = per_row ? kp[r] : kp[0];
+        const double phi = a * b;
+        if (want_v) {
+          const scalar_t c0 = scalar_t(phi), c1 = scalar_t(2 * s * a * db * kk * a * a);
+          scalar_t* o = gvp + r * Do;
+#pragma omp simd
+          for (int64_t d = 0; d < Do; ++d) o[d] = gr[d] * c0 + vr[d] * c1;
+        }
+        if (want_x) {
+          const double phi_x2 = da * kk * b + a * db * kk * v2 * 2 * a * da * kk;
+          const scalar_t c = scalar_t(2 * s * phi_x2);
+          const scalar_t* xr = xp + r * Di;
+          scalar_t* o = gxp + r * Di;
+#pragma omp simd
+          for (int64_t d = 0; d < Di; ++d) o[d] = xr[d] * c;
+        }
+        if (want_k) gkp[r] = s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2));
+      }
+    });
+  });
+  return {gv, gx, gk};
 }
 
 }  // namespace cpu

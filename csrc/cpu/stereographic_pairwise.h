@@ -29,5 +29,12 @@ at::Tensor cdist_rank_key_cpu(const at::Tensor& x, const at::Tensor& y, const at
 // The distance from a rank key (the inverse map of cdist_rank_key_cpu), elementwise: key [B, N, n], k [B].
 at::Tensor dist_from_key_cpu(const at::Tensor& key, const at::Tensor& k);
 
+// mobius_matvec / mobius_pointwise_mul epilogue: out = v * phi(|x|^2, |v|^2, k) per row; v [R, Do], x [R, Di],
+// k [1] or [R].  Returns (out, stats [R, 6] double) and, backward, (dv, dx, dk per row [R] double).
+std::tuple<at::Tensor, at::Tensor> mobius_scale_fwd_cpu(const at::Tensor& v, const at::Tensor& x, const at::Tensor& k);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Tensor& g, const at::Tensor& v,
+                                                                    const at::Tensor& x, const at::Tensor& k,
+                                                                    const at::Tensor& stats, int64_t mask);
+
 }  // namespace cpu
 }  // namespace geoops

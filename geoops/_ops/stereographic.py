@@ -290,3 +290,59 @@ PAIR_CALLERS = {
     "rank_key": _library.caller(_rank_key_op, _rank_key),
     "dist_from_key": _library.caller(_dist_from_key_op, _dist_from_key),
 }
+
+
+# ---------------------------------------------------------------- mobius_matvec epilogue
+# geoops::mobius_scale_fwd(Tensor v, Tensor x, Tensor k) -> (Tensor out, Tensor stats)
+# geoops::mobius_scale_bwd(Tensor g, Tensor v, Tensor x, Tensor k, Tensor stats, int mask) -> (dv, dx, dk)
+# v [R, Do], x [R, Di] (float32/float64), k [1] or [R]; out = v * phi(|x|^2, |v|^2, k) per row, stats [R, 6]
+# float64 (|x|^2, |v|^2, a, a', b, b'); dk per row [R] float64.
+def _scale_reference_stats(v, x, k):
+    from .. import stereographic as gs
+
+    kk = k.to(torch.float64).reshape(-1, 1)
+    x2 = (x.double() ** 2).sum(-1, keepdim=True)
+    v2 = (v.double() ** 2).sum(-1, keepdim=True)
+    a, da = gs._atanc_d(kk * x2)
+    b, db = gs._tanc_d(kk * v2 * a * a)
+    return torch.cat([x2, v2, a, da, b, db], dim=-1)
+
+
+def _scale_fwd(v: torch.Tensor, x: torch.Tensor, k: torch.Tensor):
+    if _backend.resolve(v.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_scale_fwd_cpu(v, x, k))
+    st = _scale_reference_stats(v, x, k)
+    return (v * (st[:, 2:3] * st[:, 4:5]).to(v.dtype)).contiguous(), st
+
+
+def _scale_bwd(g, v, x, k, st, mask: int):
+    if _backend.resolve(v.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_scale_bwd_cpu(g, v, x, k, st, mask))
+    kk = k.to(torch.float64).reshape(-1, 1)
+    x2, v2, a, da, b, db = (st[:, i:i + 1] for i in range(6))
+    s = (g.double() * v.double()).sum(-1, keepdim=True)
+    gv = (g.double() * (a * b) + v.double() * (2 * s * a * db * kk * a * a)).to(v.dtype) if mask & 1 else v.new_empty(0)
+    gx = (x.double() * (2 * s * (da * kk * b + a * db * kk * v2 * 2 * a * da * kk))).to(x.dtype) if mask & 2 \
+        else v.new_empty(0)
+    gk = (s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2))).reshape(-1) if mask & 4 \
+        else v.new_empty(0)
+    return gv, gx, gk
+
+
+def _scale_fwd_fake(v, x, k):
+    return torch.empty_like(v), v.new_empty((v.shape[0], 6), dtype=torch.float64)
+
+
+def _scale_bwd_fake(g, v, x, k, st, mask):
+    return (torch.empty_like(v) if mask & 1 else v.new_empty((0,)),
+            torch.empty_like(x) if mask & 2 else v.new_empty((0,)),
+            v.new_empty((v.shape[0],), dtype=torch.float64) if mask & 4 else v.new_empty((0,)))
+
+
+_scale_fwd_op = _library.define_op(
+    "geoops::mobius_scale_fwd", "(Tensor v, Tensor x, Tensor k) -> (Tensor, Tensor)", _scale_fwd, _scale_fwd_fake)
+_scale_bwd_op = _library.define_op(
+    "geoops::mobius_scale_bwd", "(Tensor grad, Tensor v, Tensor x, Tensor k, Tensor stats, int mask) "
+    "-> (Tensor, Tensor, Tensor)", _scale_bwd, _scale_bwd_fake)
+PAIR_CALLERS["mobius_scale_fwd"] = _library.caller(_scale_fwd_op, _scale_fwd)
+PAIR_CALLERS["mobius_scale_bwd"] = _library.caller(_scale_bwd_op, _scale_bwd)
