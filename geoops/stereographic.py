@@ -714,7 +714,9 @@ def _mobius_scale(op, v, x, k):
     Do, Di = v.shape[-1], x.shape[-1]
     if v.dtype not in (torch.float32, torch.float64):  # half types: computed in float32
         return _mobius_scale(op, v.float(), x.float(), k.float()).to(v.dtype)
-    if tuple(x.shape[:-1]) != batch:
+    if x.dtype != v.dtype:
+        x = x.to(v.dtype)
+    if x.dim() != len(batch) + 1 or tuple(x.shape[:-1]) != batch:
         x = x.expand(batch + (Di,))
     v2 = v.reshape(R, Do)
     x2 = x.reshape(R, Di)

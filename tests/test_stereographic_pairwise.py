@@ -385,3 +385,23 @@ def test_mobius_matvec_fp32_and_compile():
     torch.testing.assert_close(gs.mobius_matvec(m, x, k=-1.0).double(), exp, rtol=1e-5, atol=1e-6)
     fn = torch.compile(lambda a, b: gs.mobius_matvec(a, b, k=torch.tensor(-1.0)), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(fn(m, x), gs.mobius_matvec(m, x, k=-1.0))
+
+
+def test_mobius_scale_opcheck_and_reference_backend():
+    g = torch.Generator().manual_seed(46)
+    v = torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.3
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64) * 0.3
+    k = torch.tensor([-1.0], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.mobius_scale_fwd.default, (v, x, k))
+    out, st = torch.ops.geoops.mobius_scale_fwd(v, x, k)
+    gr = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.mobius_scale_bwd.default, (gr, v, x, k, st, 7))
+    m = torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_()
+    xr = x.clone().requires_grad_()
+    res = []
+    for be in ("cpp", "reference"):
+        with geoops.use_backend(be):
+            o = gs.mobius_matvec(m, xr, k=-0.8)
+            res.append((o,) + torch.autograd.grad((o * gr).sum(), (m, xr)))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

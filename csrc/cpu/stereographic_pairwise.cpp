@@ -513,18 +513,11 @@ at::Tensor dist_from_key_cpu(const at::Tensor& key, const at::Tensor& k) {
 // ---------------------------------------------------------------- mobius_matvec / pointwise_mul epilogue
 // out = v * phi,  phi = atanc(k|x|^2) tanc(k|v|^2 atanc(k|x|^2)^2)  (v = Mx or w*x), one pass per row.
 // stats [R, 6] (double): |x|^2, |v|^2, a, a', b, b' for the backward.
-std::tuple<at::Tensor, at::Tensor> mobius_scale_fwd_cpu(const at::Tensor& v_in, const at::Tensor& x_in,
-                                                        const at::Tensor& k) {
-  const at::Tensor v = v_in.contiguous(), x = x_in.contiguous();
-  TORCH_CHECK(v.dim() == 2 && x.dim() == 2 && v.size(0) == x.size(0), "mobius_scale: v [R, Do], x [R, Di]");
-  const int64_t R = v.size(0), Do = v.size(1), Di = x.size(1);
-  at::Tensor out = at::empty_like(v);
-  at::Tensor stats = at::empty({R, 6}, v.options().dtype(at::kDouble));
-  const at::Tensor kd = k.to(at::kDouble).contiguous();
-  const double* kp = kd.data_ptr<double>();
-  const bool per_row = kd.numel() == R && R != 1;
-  double* st = stats.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "mobius_scale_fwd", [&] {
+namespace {
+
+template <typename scalar_t>
+void scale_fwd_kernel(const at::Tensor& v, const at::Tensor& x, at::Tensor& out, double* st, const double* kp,
+                      bool per_row, int64_t R, int64_t Do, int64_t Di) {
     const scalar_t* vp = v.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
@@ -550,24 +543,12 @@ std::tuple<at::Tensor, at::Tensor> mobius_scale_fwd_cpu(const at::Tensor& v_in, 
         sr[0] = x2; sr[1] = v2; sr[2] = a; sr[3] = da; sr[4] = b; sr[5] = db;
       }
     });
-  });
-  return {out, stats};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Tensor& g_in, const at::Tensor& v_in,
-                                                                    const at::Tensor& x_in, const at::Tensor& k,
-                                                                    const at::Tensor& stats_in, int64_t mask) {
-  const at::Tensor g = g_in.contiguous(), v = v_in.contiguous(), x = x_in.contiguous(), stats = stats_in.contiguous();
-  const int64_t R = v.size(0), Do = v.size(1), Di = x.size(1);
-  const bool want_v = mask & 1, want_x = mask & 2, want_k = mask & 4;
-  const at::Tensor kd = k.to(at::kDouble).contiguous();
-  const double* kp = kd.data_ptr<double>();
-  const bool per_row = kd.numel() == R && R != 1;
-  at::Tensor gv = want_v ? at::empty_like(v) : v.new_empty({0});
-  at::Tensor gx = want_x ? at::empty_like(x) : v.new_empty({0});
-  at::Tensor gk = want_k ? at::empty({R}, v.options().dtype(at::kDouble)) : v.new_empty({0});
-  const double* st = stats.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "mobius_scale_bwd", [&] {
+template <typename scalar_t>
+void scale_bwd_kernel(const at::Tensor& g, const at::Tensor& v, const at::Tensor& x, at::Tensor& gv, at::Tensor& gx,
+                      at::Tensor& gk, const double* st, const double* kp, bool per_row, bool want_v, bool want_x,
+                      bool want_k, int64_t R, int64_t Do, int64_t Di) {
     const scalar_t* vp = v.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -602,7 +583,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Te
         if (want_k) gkp[r] = s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2));
       }
     });
-  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> mobius_scale_fwd_cpu(const at::Tensor& v_in, const at::Tensor& x_in,
+                                                        const at::Tensor& k) {
+  const at::Tensor v = v_in.contiguous(), x = x_in.contiguous();
+  TORCH_CHECK(v.dim() == 2 && x.dim() == 2 && v.size(0) == x.size(0), "mobius_scale: v [R, Do], x [R, Di]");
+  const int64_t R = v.size(0), Do = v.size(1), Di = x.size(1);
+  at::Tensor out = at::empty_like(v);
+  at::Tensor stats = at::empty({R, 6}, v.options().dtype(at::kDouble));
+  const at::Tensor kd = k.to(at::kDouble).contiguous();
+  const double* kp = kd.data_ptr<double>();
+  const bool per_row = kd.numel() == R && R != 1;
+  double* st = stats.data_ptr<double>();
+  if (v.scalar_type() == at::kDouble) scale_fwd_kernel<double>(v, x, out, st, kp, per_row, R, Do, Di);
+  else scale_fwd_kernel<float>(v, x, out, st, kp, per_row, R, Do, Di);
+  return {out, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Tensor& g_in, const at::Tensor& v_in,
+                                                                    const at::Tensor& x_in, const at::Tensor& k,
+                                                                    const at::Tensor& stats_in, int64_t mask) {
+  const at::Tensor g = g_in.contiguous(), v = v_in.contiguous(), x = x_in.contiguous(), stats = stats_in.contiguous();
+  const int64_t R = v.size(0), Do = v.size(1), Di = x.size(1);
+  const bool want_v = mask & 1, want_x = mask & 2, want_k = mask & 4;
+  const at::Tensor kd = k.to(at::kDouble).contiguous();
+  const double* kp = kd.data_ptr<double>();
+  const bool per_row = kd.numel() == R && R != 1;
+  at::Tensor gv = want_v ? at::empty_like(v) : v.new_empty({0});
+  at::Tensor gx = want_x ? at::empty_like(x) : v.new_empty({0});
+  at::Tensor gk = want_k ? at::empty({R}, v.options().dtype(at::kDouble)) : v.new_empty({0});
+  const double* st = stats.data_ptr<double>();
+  if (v.scalar_type() == at::kDouble)
+    scale_bwd_kernel<double>(g, v, x, gv, gx, gk, st, kp, per_row, want_v, want_x, want_k, R, Do, Di);
+  else
+    scale_bwd_kernel<float>(g, v, x, gv, gx, gk, st, kp, per_row, want_v, want_x, want_k, R, Do, Di);
   return {gv, gx, gk};
 }
 
