@@ -23,6 +23,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cdist_rank_key_cpu", &geoops::cpu::cdist_rank_key_cpu,
         "monotone surrogate of the pairwise distance (no transcendental per pair) (CPU)");
   m.def("dist_from_key_cpu", &geoops::cpu::dist_from_key_cpu, "distance from the rank key (CPU)");
+  m.def("knn_cpu", &geoops::cpu::knn_cpu, "kappa-stereographic knn: rank keys + per-row top n, fused (CPU)");
   m.def("mobius_scale_fwd_cpu", &geoops::cpu::mobius_scale_fwd_cpu, "mobius_matvec epilogue, forward (CPU)");
   m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, "mobius_matvec epilogue, backward (CPU)");
 #ifdef GEOOPS_WITH_CUDA

@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from . import _backend
+from . import _backend, _library
 from ._ops import stereographic as _ops
 from .reference import stereographic as _ref
 
@@ -480,8 +480,15 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     xd, yd = x3.detach(), y3.detach()
     idx = torch.empty((B, N, n), dtype=torch.int64, device=x.device)
     fill = float("-inf") if largest else float("inf")
+    fused = _backend.resolve(x.device, _ops.FAMILY) == "cpp" and _library.direct_call_ok(x, y, k3) and \
+        hasattr(_backend.compiled(), "knn_cpu")
     with torch.no_grad():
-        for i0 in range(0, N, nb):
+        if fused:  # C++: GEMM per (row block, tile of y) + keys + per-row sorted top n, no [N, M] tile kept
+            tile = max(n + 1, min(M, 1024))
+            for b in range(B):
+                idx[b] = _backend.compiled().knn_cpu(xd[b], yd[b], float(kd[b]), n, largest, tile)[1]
+    with torch.no_grad():
+        for i0 in (range(0, N, nb) if not fused else ()):
             i1 = min(N, i0 + nb)
             best_key = torch.full((B, i1 - i0, n), fill, dtype=dtype, device=x.device)
             best_idx = torch.zeros((B, i1 - i0, n), dtype=torch.int64, device=x.device)

@@ -405,3 +405,16 @@ def test_mobius_scale_opcheck_and_reference_backend():
             res.append((o,) + torch.autograd.grad((o * gr).sum(), (m, xr)))
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.5])
+def test_knn_fused_many_tiles_matches_tiled_python_path(kval):
+    x = _ball(300, 5, k=kval, seed=47).float()
+    y = _ball(2600, 5, k=kval, seed=48).float()  # three tiles of y, two row blocks of x in the C++ path
+    d, i = gs.knn(x, y, 6, k=kval)
+    with geoops.use_backend("reference"):
+        dr, ir = gs.knn(x, y, 6, k=kval, block_elems=50_000)
+    torch.testing.assert_close(d, dr, rtol=1e-4, atol=1e-6)
+    full = _ref64(x, y, kval)
+    torch.testing.assert_close(torch.gather(full, -1, i), torch.topk(full, 6, largest=False).values, rtol=1e-4,
+                               atol=1e-6)

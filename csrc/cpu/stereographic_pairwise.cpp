@@ -623,5 +623,97 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Te
   return {gv, gx, gk};
 }
 
+
+// ---------------------------------------------------------------- knn: rank keys + per-row top n, fused
+// For each row of x [N, D] the n points of y [M, D] with the smallest (largest) rank key (see
+// cdist_rank_key_cpu), scanning y in tiles of `tile` columns: one GEMM per (row block, tile), then the keys
+// and a per-row sorted buffer of n (a candidate enters only if it beats the current n-th).  Memory
+// O(rows_per_block * tile + N n).  k is a scalar (double).  Returns (keys [N, n], indices [N, n] int64),
+// sorted best first.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& x, const at::Tensor& y, double kv, int64_t n,
+                                            bool largest, int64_t tile) {
+  const int64_t N = x.size(0), M = y.size(0), D = x.size(1);
+  at::Tensor keys = at::empty({N, n}, x.options());
+  at::Tensor idx = at::empty({N, n}, x.options().dtype(at::kLong));
+  if (N == 0 || n == 0) return {keys, idx};
+  const T* xp = x.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  std::vector<double> y2(M);
+  for (int64_t j = 0; j < M; ++j) {
+    double acc = 0;
+    for (int64_t d = 0; d < D; ++d) acc += double(yp[j * D + d]) * double(yp[j * D + d]);
+    y2[j] = acc;
+  }
+  const double tau = close_tau<T>(D);
+  const T pmin = kv < 0 ? min_p<T>() : T(-1e30);
+  std::vector<T> py(M);
+  for (int64_t j = 0; j < M; ++j) py[j] = std::max(T(1.0 + kv * y2[j]), pmin);
+  T* kp = keys.data_ptr<T>();
+  int64_t* ip = idx.data_ptr<int64_t>();
+  const T worst_init = largest ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < N * n; ++i) { kp[i] = worst_init; ip[i] = -1; }
+  const int64_t RB = 256;  // rows per block
+  const int64_t nblocks = (N + RB - 1) / RB;
+  const T kT = T(kv);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> G;
+    std::vector<double> x2(RB);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t i0 = blk * RB, i1 = std::min(N, i0 + RB), nr = i1 - i0;
+      for (int64_t r = 0; r < nr; ++r) {
+        double acc = 0;
+        const T* xi = xp + (i0 + r) * D;
+        for (int64_t d = 0; d < D; ++d) acc += double(xi[d]) * double(xi[d]);
+        x2[r] = acc;
+      }
+      for (int64_t j0 = 0; j0 < M; j0 += tile) {
+        const int64_t j1 = std::min(M, j0 + tile), nc = j1 - j0;
+        // single-threaded GEMM of this block (we are inside a parallel region)
+        at::Tensor Gt = at::mm(x.narrow(0, i0, nr), y.narrow(0, j0, nc).t());
+        const T* Gp = Gt.data_ptr<T>();
+        for (int64_t r = 0; r < nr; ++r) {
+          const T* xi = xp + (i0 + r) * D;
+          const T px = std::max(T(1.0 + kv * x2[r]), pmin);
+          T* bk = kp + (i0 + r) * n;
+          int64_t* bi = ip + (i0 + r) * n;
+          for (int64_t c = 0; c < nc; ++c) {
+            const int64_t j = j0 + c;
+            const double sum = x2[r] + y2[j];
+            double a = sum - 2.0 * double(Gp[r * nc + c]);
+            if (a < tau * sum) a = exact_sq(xi, yp + j * D, D);
+            if (a < 0) a = 0;
+            T key;
+            if (kv < 0) key = T(a) / (px * py[j]);
+            else if (kv > 0) key = T(a) / std::max(px * py[j] - kT * T(a), T(0));
+            else key = T(a);
+            const bool better = largest ? key > bk[n - 1] : key < bk[n - 1];
+            if (!better) continue;
+            int64_t p = n - 1;  // insertion into the sorted buffer (ties keep the earlier index first)
+            while (p > 0 && (largest ? key > bk[p - 1] : key < bk[p - 1])) {
+              bk[p] = bk[p - 1];
+              bi[p] = bi[p - 1];
+              --p;
+            }
+            bk[p] = key;
+            bi[p] = j;
+          }
+        }
+      }
+    }
+  });
+  return {keys, idx};
+}
+
+std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, const at::Tensor& y, double k, int64_t n,
+                                           bool largest, int64_t tile) {
+  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  TORCH_CHECK(xc.dim() == 2 && yc.dim() == 2 && xc.size(1) == yc.size(1), "knn: x [N, D], y [M, D]");
+  TORCH_CHECK(n >= 0 && n <= yc.size(0), "knn: n out of range");
+  tile = std::max<int64_t>(tile, 1);
+  if (xc.scalar_type() == at::kDouble) return knn_impl<double>(xc, yc, k, n, largest, tile);
+  return knn_impl<float>(xc, yc, k, n, largest, tile);
+}
+
 }  // namespace cpu
 }  // namespace geoops

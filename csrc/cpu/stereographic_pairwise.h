@@ -36,5 +36,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Te
                                                                     const at::Tensor& x, const at::Tensor& k,
                                                                     const at::Tensor& stats, int64_t mask);
 
+// Fused knn over rank keys: (keys [N, n], indices [N, n]) of the n best points of y for every row of x.
+std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, const at::Tensor& y, double k, int64_t n,
+                                           bool largest, int64_t tile);
+
 }  // namespace cpu
 }  // namespace geoops
