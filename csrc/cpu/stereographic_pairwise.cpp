@@ -311,6 +311,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   std::vector<Close> closes;
   std::mutex mu;
   const int nth = at::get_num_threads();
+  std::vector<T> pyc(s.B * s.M), y2f(s.B * s.M);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t j = 0; j < s.M; ++j) {
+      const T p = T(1.0 + kp[b] * y2[b * s.M + j]);
+      pyc[b * s.M + j] = kp[b] < 0 ? std::max(p, min_p<T>()) : p;
+      y2f[b * s.M + j] = T(y2[b * s.M + j]);
+    }
 
   for (int64_t b = 0; b < s.B; ++b) {
     const double kv = kp[b];
@@ -330,6 +337,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
         const double x2i = x2[b * s.N + i];
         const T px = std::max(T(1.0 + kv * x2i), kv < 0 ? min_p<T>() : T(-1e30));
         double a_acc = 0.0;
+        if (!want_k) {
+          // branch-free, vectorisable: every pair computed, invalid ones (A = 0) masked to 0; close pairs
+          // counted here and moved out of W in a second, scalar pass over the (rare) rows that have them
+          const T* pyb = pyc.data() + b * s.M;
+          const T* y2b = y2f.data() + b * s.M;
+          const T tauT = T(tau), x2T = T(x2i), tiny = std::numeric_limits<T>::min();
+          double* btp = bt.data();
+          int64_t nclose = 0;
+#pragma omp simd reduction(+ : a_acc, nclose)
+          for (int64_t j = 0; j < s.M; ++j) {
+            const T gij = gp[off + j];
+            const T a = Ap[off + j];
+            const bool valid = a > T(0);
+            const T as = valid ? a : T(1);
+            const T pyj = pyb[j];
+            const T den = std::max(px * pyj - kT * as, tiny);
+            const T sv = std::sqrt(as / den);
+            const T gsv = T(-2) * kT * gij * sv;
+            const T w = valid ? T(2) * gij / (sv * den) : T(0);
+            const T ax = valid ? gsv / px : T(0);
+            const T ay = valid ? gsv / pyj : T(0);
+            const bool close = valid && a < tauT * (x2T + y2b[j]);
+            nclose += close ? 1 : 0;
+            Wp[off + j] = close ? T(0) : w;
+            const T wk = close ? T(0) : w;
+            a_acc += double(wk + ax);
+            btp[j] += double(wk + ay);
+          }
+          if (nclose) {
+            for (int64_t j = 0; j < s.M; ++j) {
+              const T a = Ap[off + j];
+              if (!(a > T(0)) || !(double(a) < tau * (x2i + y2[b * s.M + j])) || gp[off + j] == T(0)) continue;
+              const T pyj = pyb[j];
+              const T den = std::max(px * pyj - kT * a, tiny);
+              const T sv = std::sqrt(a / den);
+              local.push_back({b, i, j, double(T(2) * gp[off + j] / (sv * den))});
+            }
+          }
+        } else
         for (int64_t j = 0; j < s.M; ++j) {
           const T gij = gp[off + j];
           const T a = Ap[off + j];
