@@ -11,6 +11,7 @@
 #include "cpu/gaunt.h"
 #include "cpu/ssm.h"
 #include "cpu/stereographic.h"
+#include "cpu/stereographic_pairwise.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
 #endif
@@ -28,6 +29,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gaunt_grid_fwd_cpu", &geoops::cpu::gaunt_grid_fwd_cpu, "Gaunt product, fused sphere-grid route (CPU)");
   m.def("gaunt_fourier_fwd_cpu", &geoops::cpu::gaunt_fourier_fwd_cpu, "Gaunt product, fused Fourier route (CPU)");
   m.def("gaunt_direct_fwd_cpu", &geoops::cpu::gaunt_direct_fwd_cpu, "Gaunt product, fused sparse route (CPU)");
+  // ---- stereographic, pairwise (cdist / knn): one GEMM + fused epilogue (csrc/cpu/stereographic_pairwise.cpp)
+  m.def("cdist_fwd_cpu", &geoops::cpu::cdist_fwd_cpu, "kappa-stereographic pairwise distance, forward (CPU)");
+  m.def("cdist_bwd_cpu", &geoops::cpu::cdist_bwd_cpu, "kappa-stereographic pairwise distance, backward (CPU)");
+  m.def("cdist_rank_key_cpu", &geoops::cpu::cdist_rank_key_cpu,
+        "monotone surrogate of the pairwise distance (no transcendental per pair) (CPU)");
+  m.def("dist_from_key_cpu", &geoops::cpu::dist_from_key_cpu, "distance from the rank key (CPU)");
+  m.def("knn_cpu", &geoops::cpu::knn_cpu, "kappa-stereographic knn: rank keys + per-row top n, fused (CPU)");
+  m.def("mobius_scale_fwd_cpu", &geoops::cpu::mobius_scale_fwd_cpu, "mobius_matvec epilogue, forward (CPU)");
+  m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, "mobius_matvec epilogue, backward (CPU)");
   // ---- ssm (diagonal state-space family: geoops/ssm.py)
   m.def("vandermonde_fwd_cpu", &geoops::cpu::vandermonde_fwd_cpu, "2 Re sum_n v exp(x l), forward (CPU)");
   m.def("vandermonde_bwd_cpu", &geoops::cpu::vandermonde_bwd_cpu, "2 Re sum_n v exp(x l), backward (CPU)");

@@ -170,3 +170,42 @@ def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int =
     """Reference of `geoops.stereographic.dist0`: 2 artan_k(|x|)."""
     d = 2 * artan_k(x.norm(dim=dim, p=2, keepdim=True), k)
     return d if keepdim else d.squeeze(dim)
+
+
+# ---------------------------------------------------------------- pairwise
+def cdist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances dist(x[..., :, None, :], y[..., None, :, :]) by broadcasting ([..., N, M, D]).
+
+    `k` broadcasts against the batch dimensions with two trailing singleton dimensions (..., 1, 1), or is a
+    scalar.  Memory O(N M D): the oracle, not the fast path.
+    """
+    k = torch.as_tensor(k, dtype=x.dtype, device=x.device)
+    return dist(x.unsqueeze(-2), y.unsqueeze(-3), k=k.unsqueeze(-1) if k.dim() else k)
+
+
+def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mobius matrix-vector product tan_k(|Mx|/|x| artan_k|x|) Mx/|Mx| (exactly 0 where Mx = 0), geoopt's."""
+    if dim != -1 and dim != x.dim() - 1:
+        x = x.movedim(dim, -1)
+    mx = x @ m.transpose(-1, -2)
+    xn2 = _sqnorm(x, -1)
+    mxn2 = _sqnorm(mx, -1)
+    xn = xn2.clamp_min(MIN_NORM ** 2).sqrt()
+    mxn = mxn2.clamp_min(MIN_NORM ** 2).sqrt()
+    # tan_k(q) / |Mx| with q = |Mx|/|x| artan_k|x| = |Mx| atanc(k|x|^2)
+    q2 = mxn2 * atanc(k * xn2) ** 2
+    res = mx * (atanc(k * xn2) * tanc(k * q2))
+    zero = (mx == 0).all(dim=-1, keepdim=True)
+    res = torch.where(zero, torch.zeros_like(res), res)
+    del xn, mxn
+    return res if dim == -1 or dim == x.dim() - 1 else res.movedim(-1, dim)
+
+
+def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mobius pointwise multiplication tan_k(|w*x|/|x| artan_k|x|) (w*x)/|w*x| (exactly 0 where w*x = 0)."""
+    wx = w * x
+    xn2 = _sqnorm(x, dim)
+    q2 = _sqnorm(wx, dim) * atanc(k * xn2) ** 2
+    res = wx * (atanc(k * xn2) * tanc(k * q2))
+    zero = (wx == 0).all(dim=dim, keepdim=True)
+    return torch.where(zero, torch.zeros_like(res), res)
