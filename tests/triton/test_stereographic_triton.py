@@ -139,7 +139,7 @@ def run_api(mod, name, case, dtype, device="cpu"):
     for key in ("x", "y", "k", "r"):
         t = case[key]
         if t is not None:
-            t = t.to(dtype).to(device).detach().requires_grad_(True)
+            t = _to(t.to(dtype), device).detach().requires_grad_(True)
         leaves[key] = t
     out = _call(mod, name, leaves["x"], leaves["y"], leaves["k"], leaves["r"])
     inputs = [(key, t) for key, t in leaves.items() if t is not None]
@@ -224,14 +224,32 @@ def _op_inputs(name, layout, dtype, seed=1, N=7, D=33):
         g = g.t().contiguous().t() if not spec.scalar_out else torch.stack([g, g], -1).reshape(2 * N)[::2]
     kd = torch.float64 if dtype == torch.float64 else torch.float32
 
-    def cast(t, dt):
-        return None if t is None else t.to(dt)
+    def cast(t, dt):  # keeps the layout (t.to(dt) would make it dense)
+        return _to(t, t.device, dt) if t is not None else None
 
     return cast(x, dtype), cast(y, dtype), cast(k, kd), cast(r, kd), cast(g, dtype)
 
 
-def _to(t, device):
-    return None if t is None else t.to(device)
+def _to(t, device, dtype=None):
+    """t on `device` (in `dtype`) with its layout: strides (0 for broadcast rows, 2 for strided ones) kept.
+
+    ``t.to(device)`` and ``t.to(dtype)`` copy a non-contiguous tensor into a dense one, so a broadcast
+    or strided input made on the CPU would reach the GPU kernels (or, cast, any kernel) contiguous and
+    the layout cases would test nothing.
+    """
+    if t is None:
+        return t
+    dtype = t.dtype if dtype is None else dtype
+    if t.device == torch.device(device) and t.dtype == dtype:
+        return t
+    if t.is_contiguous() or t.numel() == 0:
+        return t.to(device=device, dtype=dtype)
+    # the dense part (stride-0 dims dropped) is moved; the view is rebuilt on top of it
+    dense = t[tuple(0 if (st == 0 and n > 1) else slice(None) for n, st in zip(t.shape, t.stride()))]
+    size = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0)
+    base = torch.zeros(size, dtype=dtype, device=device)
+    base.as_strided(dense.shape, dense.stride()).copy_(dense.to(device=device, dtype=dtype))
+    return base.as_strided(t.shape, t.stride())
 
 
 def _run_ops(name, backend, x, y, k, r, g, mask, device="cpu"):
@@ -273,6 +291,25 @@ def test_ops_vs_cpp(name, dtype, layout):
     for what, o, c, r32 in zip(["out", "dx", "dy", "dk", "dr"], ours, cpp, ref32):
         assert o.dtype == c.dtype, f"{name} {what}: dtype {o.dtype} != {c.dtype}"
         assert_close(o, c, r32, f"{name} {what} ({layout})")
+
+
+@pytest.mark.parametrize("layout", ["bcast_rows", "strided"])
+@pytest.mark.parametrize("name", ["mobius_add", "project", "mobius_scalar_mul", "dist"])
+def test_layouts_survive_the_move_to_the_device(name, layout):
+    """The layout cases reach the kernels with their strides, on any device (here the meta device, to
+    which, like to CUDA, `.to()` would hand a dense copy).  On the CPU interpreter nothing moves."""
+    src = _op_inputs(name, layout, torch.float32)
+    for t in src:
+        if t is None:
+            continue
+        moved = _to(t, "meta")
+        assert moved.device.type == "meta"
+        assert moved.shape == t.shape and moved.stride() == t.stride(), (tuple(moved.stride()), tuple(t.stride()))
+    x, y = src[0], src[1]
+    if layout == "bcast_rows":
+        assert 0 in ((y if y is not None else x).stride()), "bcast_rows has no stride-0 rows"
+    else:
+        assert x.stride(1) == 2, "strided x should have inner stride 2"
 
 
 @needs_cpp
