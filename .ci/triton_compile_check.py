@@ -41,6 +41,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -164,8 +165,11 @@ def install_standin(arch: int):
 class Recorder:
     """Patches JITFunction.run (compile, never launch) and Autotuner.run (every config); records kernels."""
 
-    def __init__(self):
-        self.compiled = []  # (jit fn name, constexprs, CompiledKernel, ptxas log)
+    def __init__(self, stats=None):
+        self.compiled = []  # (jit fn name, constexprs, CompiledKernel, ptxas log, from cache)
+        # ptxas logs by kernel hash: a kernel that comes from Triton's on-disk cache (a persistent
+        # TRITON_CACHE_DIR) is not assembled again, so its log is kept here (saved beside the cache)
+        self.stats = {} if stats is None else stats
 
     @contextlib.contextmanager
     def active(self):
@@ -175,12 +179,30 @@ class Recorder:
         orig_run = jit_mod.JITFunction.run
         rec = self
 
-        def run(self_fn, *args, grid, warmup, **kwargs):
+        def compile_once(self_fn, args, grid, kwargs):
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf):
                 kernel = orig_run(self_fn, *args, grid=grid, warmup=True, **kwargs)
+            log = buf.getvalue()
+            return kernel, (log if "registers" in log else None)
+
+        def run(self_fn, *args, grid, warmup, **kwargs):
+            kernel, log = compile_once(self_fn, args, grid, kwargs)
+            cached = log is None
+            if cached:
+                log = rec.stats.get(kernel.hash)
+            if log is None:
+                # from a cache filled without our logs: evict it (disk and memory) and compile again
+                from triton.runtime.cache import get_cache_manager
+
+                shutil.rmtree(get_cache_manager(kernel.hash).cache_dir, ignore_errors=True)
+                self_fn.device_caches.clear()
+                kernel, log = compile_once(self_fn, args, grid, kwargs)
+                cached = False
+            if log is not None:
+                rec.stats[kernel.hash] = log
             consts = {k: _short(v) for k, v in kwargs.items()}
-            rec.compiled.append((self_fn.__name__, consts, kernel, buf.getvalue()))
+            rec.compiled.append((self_fn.__name__, consts, kernel, log or "", cached))
             return kernel
 
         patches = [(jit_mod.JITFunction, "run", run)]
@@ -229,8 +251,13 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
     import triton
 
     install_standin(arch)
-    rec = Recorder()
-    results = {"triton": triton.__version__, "arch": arch, "families": {}, "errors": []}
+    stats_file = Path(os.environ["TRITON_CACHE_DIR"]) / "geoops-ptxas-logs.json"
+    try:
+        stats = json.loads(stats_file.read_text())
+    except (OSError, ValueError):
+        stats = {}
+    rec = Recorder(stats)
+    results = {"triton": triton.__version__, "arch": arch, "families": {}, "errors": [], "from_cache": 0}
     for fam in families(only):
         entries_out = []
         results["families"][fam] = entries_out
@@ -271,7 +298,8 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
                 entries_out.append({"label": e["label"], "error": err[-2000:], "ok": False, "seconds": secs})
                 print(f"FAIL  sm_{arch} {fam}: {e['label']}: {err.splitlines()[0][:300]}", flush=True)
                 continue
-            for name, consts, k, log in kernels:
+            for name, consts, k, log, cached in kernels:
+                results["from_cache"] += bool(cached)
                 row = {"label": e["label"], "kernel": name, "seconds": round(secs / len(kernels), 3),
                        "num_warps": k.metadata.num_warps, "num_stages": getattr(k.metadata, "num_stages", None),
                        "shared": k.metadata.shared, "hash": k.hash,
@@ -301,6 +329,10 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
                 elif verbose:
                     print(f"ok    sm_{arch} {fam}: {e['label']} [{name}] regs {row['registers']} "
                           f"spill {spill} smem {row['shared']} approx {row['approx_total']} ({secs:.1f}s)", flush=True)
+    try:
+        stats_file.write_text(json.dumps(rec.stats))
+    except OSError:
+        pass
     return results
 
 
@@ -412,8 +444,8 @@ def main(argv=None) -> int:
     bad = sum(1 for v in res["families"].values() for e in v if not e.get("ok"))
     for err in res["errors"]:
         print(f"FAIL  sm_{a.arch}: {err}")
-    print(f"triton {res['triton']} sm_{a.arch}: {n} kernels compiled, {bad} failing, "
-          f"{len(res['errors'])} errors, {res['seconds']} s")
+    print(f"triton {res['triton']} sm_{a.arch}: {n} kernels compiled ({res['from_cache']} from the cache "
+          f"{os.environ['TRITON_CACHE_DIR']}), {bad} failing, {len(res['errors'])} errors, {res['seconds']} s")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1, default=str))
     return 0 if (bad == 0 and not res["errors"]) else 1

@@ -13,7 +13,13 @@
 #
 #   bash .ci/triton_compile_check.sh [--write] [--families a,b]
 # Env: PYTHON (default python), GEOOPS_TRITON36_DIR, GEOOPS_COMPILE_JOBS (parallel compiles, default nproc),
-#      GEOOPS_COMPILE_VERSIONS ("env 3.6.0" by default; "env" alone skips Triton 3.6).
+#      GEOOPS_COMPILE_VERSIONS ("env 3.6.0" by default; "env" alone skips Triton 3.6),
+#      GEOOPS_COMPILE_CACHE: a folder for Triton's caches, one per (version, arch), default
+#      ~/.cache/geoops/triton-compile-check; "off" compiles everything afresh.  A cached kernel is reused
+#      only when Triton's own cache key matches (the source of the kernel and of every function it calls,
+#      its constexprs and specialisation, the options, the target, the Triton version): like ccache,
+#      the result is what a fresh compile would give.  Cold: every variant compiles (minutes); warm:
+#      only the changed kernels do.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -32,6 +38,7 @@ done
 VERSIONS=${GEOOPS_COMPILE_VERSIONS:-env 3.6.0}
 JOBS=${GEOOPS_COMPILE_JOBS:-$(nproc 2>/dev/null || echo 2)}
 T36=${GEOOPS_TRITON36_DIR:-$HOME/.cache/geoops/triton-3.6.0}
+CACHE=${GEOOPS_COMPILE_CACHE:-$HOME/.cache/geoops/triton-compile-check}
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 start=$(date +%s)
@@ -52,8 +59,11 @@ for v in $VERSIONS; do
     pp=""
     [ "$v" = "3.6.0" ] && pp="$T36"
     name="triton-$v-sm_$arch"
+    cache="$TMP/cache-$name"
+    [ "$CACHE" = "off" ] || cache="$CACHE/$name"
+    mkdir -p "$cache"
     (
-      PYTHONPATH="$pp${pp:+${PYTHONPATH:+:}}${PYTHONPATH:-}" TRITON_DEFAULT_FP_FUSION=1 \
+      TRITON_CACHE_DIR="$cache" PYTHONPATH="$pp${pp:+${PYTHONPATH:+:}}${PYTHONPATH:-}" TRITON_DEFAULT_FP_FUSION=1 \
         "$PY" .ci/triton_compile_check.py --arch "$arch" --json "$TMP/$name.json" "${EXTRA[@]}" \
         > "$TMP/$name.log" 2>&1
     ) &

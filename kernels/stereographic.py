@@ -27,10 +27,14 @@ expressions, same clamps, same order of operations).  The C++ branches become
 ``tl.where`` over the rows, and the untaken side of every branch is fed a safe
 argument so that no lane divides by zero or takes sqrt of a negative number.
 
-Precision.  float64 inputs are computed in float64 with the Taylor cut 1e-3;
-everything else in float32 with the cut 0.05 (float16/bfloat16 are loaded,
-upcast, and stored back in their dtype).  k and r are loaded in their own
-dtype (float32 or float64) and pinned to the compute type.  ``param`` (the
+Precision.  Tiles are loaded and reduced in the tile type CT: float64 for
+float64 inputs, float32 for the others (float16/bfloat16 are loaded, upcast,
+and stored back in their dtype).  The per-row scalar math (coefficients and
+adjoints, from the row sums) runs in float64 for every dtype, with the Taylor
+cut 1e-3, like the C++ kernels; the coefficients are cast back to CT for the
+element-wise pass.  Every division is IEEE (``_div``: div.rn, never the
+approximate div.full.f32 a plain float32 `/` compiles to).  k and r are loaded
+in their own dtype (float32 or float64).  ``param`` (the
 margin of ``project``) is a compile-time constant, so float64 keeps all its
 digits (a runtime float argument would be passed as float32); it is pinned to
 the compute type in the kernel, and only ``project`` is specialised on it.
@@ -73,6 +77,10 @@ HAS_Y_OPS = frozenset({0, 1, 5, 7, 9})
 SCALAR_OUT_OPS = frozenset({3, 9, 10})
 HAS_R_OPS = frozenset({4})
 
+# The per-row scalar math (coefficients, adjoints) runs in float64 for every input dtype, like the C++
+# kernels: near the ball's boundary expmap's float32 backward lost 5 digits to cancellation (6x outside
+# the parity bound); rows are reduced in the tile type CT, and the coefficients cast back to it.
+F64 = tl.constexpr(tl.float64)
 # geoopt's guard on denominators and norms (min_den<T>()).
 _MIN_DEN = tl.constexpr(1e-15)
 # Taylor cuts (series_cut<T>()).
@@ -151,14 +159,37 @@ def _clamp_min_den_live(v):
 
 
 # ---------------------------------------------------------------- tanc / atanc
+# The closed forms run in float64 for every input precision: float32 kernels round once at the end.
+# libdevice's float32 tan/tanh/atan are up to 4/2/2 ulp off and sqrt's rounding is amplified by the
+# slope of tan near pi/2; near the ball's boundary expmap's and logmap's backward amplify those
+# errors by 1/(1 + k|x|^2)^2, which put the float32 kernels outside the parity bound when run at
+# libdevice's error levels (tests/triton: test_parity_floors_at_libdevice_error_levels).  The cost
+# is a few float64 operations per row, against D elements of memory traffic per row.
+@triton.jit
+def _tanc_closed(az, neg):
+    """tan(s)/s, or tanh(s)/s where `neg`, for s = sqrt(az), az > 0: in float64, cast to az's type."""
+    s = tl.sqrt(az.to(tl.float64))
+    r = tl.where(neg, _math.tanh(s) / s, _math.tan(s) / s)
+    return r.to(az.dtype)
+
+
+@triton.jit
+def _atanc_closed(az, q, neg):
+    """atan(s)/s, or artanh(s)/s where `neg` (q = 1 - s^2), for s = sqrt(az): in float64, cast to az's type."""
+    s = tl.sqrt(az.to(tl.float64))
+    q64 = _clamp_min_den(q.to(tl.float64))
+    # artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
+    r = tl.where(neg, 0.5 * _math.log1p(2.0 * s * (1.0 + s) / q64) / s, _math.atan(s) / s)
+    return r.to(az.dtype)
+
+
 @triton.jit
 def _tanc(z, CUT: tl.constexpr):
     """tan(sqrt z)/sqrt z (tanh(sqrt -z)/sqrt -z for z < 0), series for |z| < CUT."""
     az = tl.abs(z)
     small = az < CUT
     series = 1.0 + z * (1.0 / 3 + z * (2.0 / 15 + z * (17.0 / 315 + z * (62.0 / 2835 + z * (1382.0 / 155925)))))
-    s = _sqrt(tl.where(small, 1.0, az))  # sqrt(|z|) on the closed-form lanes, a safe 1 elsewhere
-    closed = tl.where(z < 0, _div(_math.tanh(s), s), _div(_math.tan(s), s))
+    closed = _tanc_closed(tl.where(small, 1.0, az), z < 0)  # a safe |z| = 1 on the series lanes
     return tl.where(small, series, closed)
 
 
@@ -178,11 +209,8 @@ def _atanc(z, q, CUT: tl.constexpr):
     az = tl.abs(z)
     small = az < CUT
     series = 1.0 + z * (-1.0 / 3 + z * (1.0 / 5 + z * (-1.0 / 7 + z * (1.0 / 9 + z * (-1.0 / 11)))))
-    s = _sqrt(tl.where(small, 1.0, az))
-    # artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
-    neg = _div(0.5 * _math.log1p(_div(2.0 * s * (1.0 + s), _clamp_min_den(q))), s)
-    pos = _div(_math.atan(s), s)
-    return tl.where(small, series, tl.where(z < 0, neg, pos))
+    closed = _atanc_closed(tl.where(small, 1.0, az), q, z < 0)
+    return tl.where(small, series, closed)
 
 
 @triton.jit
@@ -575,10 +603,13 @@ def _stereo_fwd_kernel(
         # wide rows: pass 1 reduces chunk by chunk, pass 2 reloads and writes
         xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, x_row, rmask, D, HAS_Y, False, CT, BLOCK_M, BLOCK_D)
 
-    # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops
-    a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
+    # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops (row math in float64)
+    a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
+    if not SCALAR_OUT:
+        a, b, c = a.to(CT), b.to(CT), c.to(CT)
     if SCALAR_OUT:
-        tl.store(OUT + rows64, a.to(OUT.dtype.element_ty), mask=rmask)
+        # via CT: float64 -> bfloat16 directly is not lowered everywhere (nor in the interpreter)
+        tl.store(OUT + rows64, a.to(CT).to(OUT.dtype.element_ty), mask=rmask)
     elif ONE_CHUNK:
         _store_tile(o_row, cols, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
     else:
@@ -623,8 +654,9 @@ def _stereo_bwd_kernel(
     if SCALAR_OUT:
         ga = g_scalar
 
-    # ---- row adjoints
-    g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM, CUT)
+    # ---- row adjoints (row math in float64)
+    xx, yy, xy, dd, k, r = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64)
+    g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga.to(F64), gb.to(F64), gc.to(F64), PARAM, CUT)
     need_dx = (GRAD_MASK & 1) != 0
     need_dy = (GRAD_MASK & 2) != 0  # only set for ops with y
     if (GRAD_MASK & 4) != 0:
@@ -636,17 +668,17 @@ def _stereo_bwd_kernel(
     # ---- pass 2: dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)
     #              dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
     if (GRAD_MASK & 3) != 0:  # dx or dy
-        cxx = (2.0 * g_xx)[:, None]
-        cyy = (2.0 * g_yy)[:, None]
-        cxy = g_xy[:, None]
-        cdd = (2.0 * g_dd)[:, None]
+        cxx = (2.0 * g_xx).to(CT)[:, None]
+        cyy = (2.0 * g_yy).to(CT)[:, None]
+        cxy = g_xy.to(CT)[:, None]
+        cdd = (2.0 * g_dd).to(CT)[:, None]
         if SCALAR_OUT:
             gxc = zero[:, None]
             gyc = zero[:, None]
         else:
             a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
-            gxc = (a + c)[:, None]
-            gyc = (b - c)[:, None]
+            gxc = (a + c).to(CT)[:, None]
+            gyc = (b - c).to(CT)[:, None]
         if ONE_CHUNK:
             _store_grad_tiles(
                 dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
@@ -771,9 +803,9 @@ def _tile(tile: int, dtype: torch.dtype) -> int:
 
 
 def _launch_blocks(N: int, D: int, tile: int, dtype: torch.dtype, max_block_d=None):
-    """_blocks for inputs of `dtype`: float64 row math one row a thread, float32 two."""
+    """_blocks for inputs of `dtype`: the float64 row math of one row a thread."""
     return _blocks(N, D, _tile(tile, dtype), max_block_d, elem_bytes=torch.empty(0, dtype=dtype).element_size(),
-                   rows_per_thread=1 if dtype == torch.float64 else 2)
+                   rows_per_thread=1)
 
 
 def _param_for(code: int, param: float) -> float:
@@ -804,7 +836,7 @@ def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
     out = x.new_empty((N,) if scalar_out else (N, D))
     if N == 0 or (D == 0 and not scalar_out):
         return out
-    ct, cut = _compute_type(x.dtype)
+    ct, _ = _compute_type(x.dtype)
     # like the C++ kernel, an op with y run without one reads y = x
     y = _rows(y.to(x.dtype)) if (has_y and y is not None) else x
     k, sk, r, sr = _k_r_rows(k, r, N, has_r)
@@ -816,7 +848,7 @@ def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
             N, D,
             x.stride(0), y.stride(0), sk, sr, 1 if scalar_out else out.stride(0),
             OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
-            PARAM=_param_for(code, param), CT=ct, CUT=cut,
+            PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
             BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
             num_warps=num_warps,
         )  # fmt: skip
@@ -848,7 +880,7 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
     kern_dr = need_dr and has_r
     if N == 0 or not (need_dx or kern_dy or need_dk or kern_dr):
         return dx, dy, dk, dr
-    ct, cut = _compute_type(x.dtype)
+    ct, _ = _compute_type(x.dtype)
     yk = _rows(y.to(x.dtype)) if (has_y and y_given) else x
     if scalar_out:
         g = grad.reshape(N).to(x.dtype)
@@ -869,7 +901,7 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
             sg, x.stride(0), yk.stride(0), sk, sr, dx.stride(0) if need_dx else 0, dy.stride(0) if kern_dy else 0,
             int(need_dx) | 2 * int(kern_dy) | 4 * int(need_dk) | 8 * int(kern_dr),
             OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
-            PARAM=_param_for(code, param), CT=ct, CUT=cut,
+            PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
             BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
             num_warps=num_warps,
         )  # fmt: skip
