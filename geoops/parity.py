@@ -180,12 +180,20 @@ def check_case(case: Case, backend: str, dtype: torch.dtype, device="cpu") -> Li
     return rows
 
 
-def run(backends: List[str], devices: List[str], dtypes: List[torch.dtype], quick: bool, out=sys.stdout) -> bool:
+def run(backends: List[str], devices: List[str], dtypes: List[torch.dtype], quick: bool, out=None,
+        required: bool = False) -> bool:
+    """Print the parity table; True when every line passed.  A (backend, device) pair that cannot run is
+    reported on its own line; with `required` (backends named explicitly) it fails the run."""
+    out = sys.stdout if out is None else out
     cases = make_cases(quick)
     results: List[Result] = []
+    missing = []
     for device in devices:
         for backend in backends:
             if not _backend.available(backend, torch.device(device)):
+                missing.append(f"{backend}@{device}")
+                print(f"{backend}@{device}: unavailable ({_why_unavailable(backend, device)})"
+                      + ("" if required else "; skipped"), file=out)
                 continue
             for dtype in dtypes:
                 by_op: Dict[str, Result] = {}
@@ -202,28 +210,51 @@ def run(backends: List[str], devices: List[str], dtypes: List[torch.dtype], quic
         print(f"{r.op:<18} {r.backend:<14} {str(r.dtype).replace('torch.', ''):<9} {r.err:10.3e} {r.bound:10.3e}  "
               f"{r.worst:<{w}} {'ok' if r.ok else 'FAIL'}", file=out)
     bad = [r for r in results if not r.ok]
-    print(f"\n{len(results) - len(bad)} passed, {len(bad)} failed", file=out)
-    return not bad and bool(results)
+    print(f"\n{len(results) - len(bad)} passed, {len(bad)} failed"
+          + (f", unavailable: {', '.join(missing)}" if missing else ""), file=out)
+    return not bad and bool(results) and not (required and missing)
+
+
+def _why_unavailable(backend: str, device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device"
+    if backend == "cuda":
+        C = _backend.compiled()
+        return "geoops._C is not built" if C is None else "geoops._C was built without CUDA"
+    if backend == "triton":
+        err = _backend._cache.get("triton_error")
+        if err:
+            return f"the Triton kernels failed to import: {err}"
+        return "Triton runs CUDA tensors, or CPU tensors only under TRITON_INTERPRET=1"
+    if backend == "cpp":
+        return "geoops._C is not built" if device == "cpu" else "cpp runs CPU tensors only"
+    return f"unknown backend (choose from {', '.join(_backend.BACKENDS[1:])})"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m geoops.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    p.add_argument("--backends", default="cpp,triton,cuda", help="comma-separated; unavailable ones are skipped")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated (default cpp,triton,cuda: unavailable ones are reported and skipped; "
+                        "named explicitly, an unavailable one fails the run)")
     p.add_argument("--dtypes", default="float64,float32,float16,bfloat16")
     p.add_argument("--quick", action="store_true", help="fewer curvatures")
     a = p.parse_args(argv)
     devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and a.device == "all":
+        print("cuda: no CUDA device; only the CPU is checked")
         devices = [d for d in devices if d != "cuda"]
     dtypes = [getattr(torch, n) for n in a.dtypes.split(",")]
-    backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    required = a.backends is not None or a.device == "cuda"
+    backends = [b.strip() for b in (a.backends or "cpp,triton,cuda").split(",") if b.strip()]
+    if a.backends is None and a.device == "cuda":
+        backends = [b for b in backends if b != "cpp"]
     import geoops
 
     print("geoops parity run:", geoops.backend_info())
     if torch.cuda.is_available():
         print("cuda device:", torch.cuda.get_device_name())
-    return 0 if run(backends, devices, dtypes, a.quick) else 1
+    return 0 if run(backends, devices, dtypes, a.quick, required=required) else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Tolerances: float64 |ours - ref| <= 1e-10 (1 + |ref|); float32
 |ours - ref64| <= 2 |ref32 - ref64| + 1e-5 max(1, max|ref64|), with ref32 the
 same computation in float32 (the error the float32 reference itself makes).
 """
+import contextlib
 import os
 
 import pytest
@@ -663,3 +664,73 @@ def test_parity_floors_at_libdevice_error_levels(sign, monkeypatch):
             if not finite or err > bound:
                 failures.append(f"{case.name}:{q} err={err:.3e} bound={bound:.3e} finite={finite}")
     assert not failures, "\n".join(failures[:20])
+
+
+# ---------------------------------------------------------------- launch plumbing (defects of issue 12)
+def test_kernels_import_without_numpy():
+    """Compiled (not interpreted) the kernels need no numpy: without it `auto` must not drop Triton."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['numpy'] = None\n"
+            "import geoops.kernels.stereographic as S\n"
+            "print('imported', S.INTERPRETED)\n")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "imported False" in out.stdout, out.stderr[-2000:]
+
+
+def test_launchers_run_under_the_device_guard(monkeypatch):
+    """Both launchers launch inside _device_guard(x) (Triton launches on the current device and stream)."""
+    seen = []
+
+    @contextlib.contextmanager
+    def guard(t):
+        seen.append(("enter", t.device))
+        yield
+        seen.append(("exit", t.device))
+
+    class Probe:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                assert seen and seen[-1][0] == "enter", "kernel launched outside the device guard"
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(S, "_device_guard", guard)
+    monkeypatch.setattr(S, "_stereo_fwd_kernel", Probe(S._stereo_fwd_kernel))
+    monkeypatch.setattr(S, "_stereo_bwd_kernel", Probe(S._stereo_bwd_kernel))
+    x = torch.randn(3, 5, device=DEVICE) * 0.1
+    k = torch.tensor([-1.0], device=DEVICE)
+    out = S.stereo_fwd(0, x, x.flip(0), k, None, EPS)
+    S.stereo_bwd(0, torch.ones_like(out), x, x.flip(0), k, None, EPS, 15)
+    assert [s[0] for s in seen] == ["enter", "exit", "enter", "exit"]
+
+
+def test_device_guard_selects_the_tensors_device():
+    class OnCuda1:
+        device = torch.device("cuda", 1)
+
+    g = S._device_guard(OnCuda1())
+    assert isinstance(g, torch.cuda.device) and g.idx == 1  # built without touching CUDA
+    assert not isinstance(S._device_guard(torch.zeros(1)), torch.cuda.device)
+
+
+@pytest.mark.skipif(INTERPRET or not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs two CUDA devices")
+@pytest.mark.parametrize("name", ["mobius_add", "dist", "mobius_scalar_mul"])
+def test_second_device_while_first_is_current(name):
+    """Tensors on cuda:1 while cuda:0 is current: the right device's pointers and stream."""
+    x, y, k, r, g = _op_inputs(name, "plain", torch.float32, N=64, D=40)
+    torch.cuda.set_device(0)
+    ours = _run_ops(name, "triton", x, y, k, r, g, 15, "cuda:1")
+    torch.cuda.synchronize(1)
+    assert torch.cuda.current_device() == 0
+    assert all(t.device == torch.device("cuda", 1) for t in ours if t.numel())
+    want = _run_ops(name, "triton", x, y, k, r, g, 15, "cuda:0")
+    for what, a, b in zip(["out", "dx", "dy", "dk", "dr"], ours, want):
+        assert torch.equal(a.cpu(), b.cpu()), f"{name} {what}: cuda:1 differs from cuda:0"
