@@ -52,8 +52,8 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=find_packages(include=["geoops", "geoops.*"]) + ["geoops.kernels"],
-    package_dir={"geoops.kernels": "kernels"},
+    packages=find_packages(include=["geoops", "geoops.*"]) + ["geoops.kernels", "geoops.bench"],
+    package_dir={"geoops.kernels": "kernels", "geoops.bench": "bench"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

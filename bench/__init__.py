@@ -1,7 +1,7 @@
-"""Benchmarks of geoops against geoopt and torch.compile(geoopt).
+"""Benchmarks of geoops against the eager peers users run today and their torch.compile.
 
-Run ``python -m bench`` from the repository root (``--help`` for the options),
-or the pytest-benchmark cases with
-``pytest bench/bench_stereographic.py --benchmark-only``.
-Not part of the installed package.
+Installed as ``geoops.bench``: run ``python -m geoops.bench`` from anywhere (``python -m bench``
+also works from the repository root); ``--help`` for the options.  One module per family
+(``bench/<family>.py``) lists its rows; ``bench/_runner.py`` times them.  The pytest-benchmark
+cases: ``pytest bench/bench_stereographic.py --benchmark-only``.
 """

@@ -6,7 +6,7 @@
 N = 2^16 vectors of D = 64, float32, k = -1 (tensor, no grad), on CUDA when
 available (else CPU); fwd and fwd+bwd (x[, y] require grad, out.backward(g)
 with a fixed random g; grads reset to None before each call).  The inputs and
-calls are those of ``python -m bench`` (bench/_cases.py); that runner also
+calls are those of ``python -m bench`` (bench/stereographic.py); that runner also
 times torch.compile(geoopt) and the elementary "limit" op.
 """
 import pytest
@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("pytest_benchmark")
 pytest.importorskip("geoopt")
 
-from . import _cases as C  # noqa: E402
+from . import stereographic as C  # noqa: E402
 from ._timing import synchronize  # noqa: E402
 
 N, D = 2 ** 16, 64

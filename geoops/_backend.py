@@ -124,23 +124,31 @@ def compiled():
     return mod
 
 
-def triton_kernels():
-    """geoops.kernels.stereographic when Triton imports, else None."""
-    if "triton" not in _cache:
-        try:
-            _cache["triton"] = importlib.import_module("geoops.kernels.stereographic")
-        except Exception as e:  # ImportError, or a Triton that fails on import
-            _cache["triton"] = None
-            _cache["triton_error"] = f"{type(e).__name__}: {e}"
-    return _cache["triton"]
+def triton_kernels(family: str):
+    """The module geoops.kernels.<family> when it and Triton import, else None."""
+    key = ("triton", family)
+    if key not in _cache:
+        if not _triton_wanted():
+            _cache[key] = None  # Triton kernels only run on CUDA (or in its interpreter): never import Triton
+        else:
+            try:
+                _cache[key] = importlib.import_module(f"geoops.kernels.{family}")
+            except Exception as e:  # ImportError (no Triton, no kernels for this family), or a broken Triton
+                _cache[key] = None
+                _cache[("triton_error", family)] = f"{type(e).__name__}: {e}"
+    return _cache[key]
+
+
+def _triton_wanted() -> bool:
+    return torch.cuda.is_available() or _interpreting()
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def available(name: str, device: torch.device) -> bool:
-    """Can backend `name` run tensors on `device`?"""
+def available(name: str, device: torch.device, family: str) -> bool:
+    """Can backend `name` run the ops of `family` on tensors on `device`?"""
     if name == "reference":
         return True
     if name == "cpp":
@@ -150,15 +158,15 @@ def available(name: str, device: torch.device) -> bool:
         return device.type == "cuda" and C is not None and bool(getattr(C, "with_cuda", False))
     if name == "triton":
         ok_dev = device.type == "cuda" or (device.type == "cpu" and _interpreting())
-        return ok_dev and triton_kernels() is not None
+        return ok_dev and triton_kernels(family) is not None
     return False
 
 
-def resolve(device: torch.device) -> str:
-    """The backend that runs tensors on `device` (raises if a forced one cannot)."""
+def resolve(device: torch.device, family: str) -> str:
+    """The backend that runs the ops of `family` on tensors on `device` (raises if a forced one cannot)."""
     forced = get_backend()
     if forced != "auto":
-        if not available(forced, device):
+        if not available(forced, device, family):
             raise RuntimeError(
                 f"geoops backend {forced!r} cannot run tensors on {device.type}: "
                 + {
@@ -166,23 +174,21 @@ def resolve(device: torch.device) -> str:
                     "cuda": "it needs CUDA tensors and geoops._C built with CUDA",
                     "triton": "it needs CUDA tensors (or TRITON_INTERPRET=1 for CPU) and an importable Triton",
                 }.get(forced, "")
-                + (f" (importing the Triton kernels failed: {_cache['triton_error']})" if forced == "triton"
-                   and _cache.get("triton_error") else "")
+                + (f" (importing geoops.kernels.{family} failed: {_cache[('triton_error', family)]})"
+                   if forced == "triton" and _cache.get(("triton_error", family)) else "")
             )
         return forced
     if device.type == "cpu":
-        return "cpp" if available("cpp", device) else "reference"
+        return "cpp" if available("cpp", device, family) else "reference"
     if device.type == "cuda":
         for name in ("triton", "cuda"):
-            if available(name, device):
+            if available(name, device, family):
                 return name
     return "reference"
 
 
-def preload() -> None:
+def preload(families) -> None:
     """Resolve the optional modules once, eagerly, so that torch.compile never traces an import."""
     compiled()
-    if torch.cuda.is_available() or _interpreting():
-        triton_kernels()
-    else:
-        _cache.setdefault("triton", None)  # Triton kernels only run on CUDA (or in its interpreter)
+    for family in families:
+        triton_kernels(family)

@@ -29,7 +29,8 @@ from typing import Optional
 
 import torch
 
-from . import _backend, _ops
+from . import _backend
+from ._ops import stereographic as _ops
 from .reference import stereographic as _ref
 
 __all__ = list(_ops.STEREO_OPS)  # project, lambda_x, mobius_add, ... (geoopt's names)
@@ -50,38 +51,11 @@ _ON_MANIFOLD = {
 
 
 # ---------------------------------------------------------------- autograd
-def _fwd_caller(spec: _ops.StereoOp):
-    """x, y, k, r, param -> out: the custom op, or its kernel directly where that is the same (eager fast path)."""
-    # the OpOverloads (not the CustomOpDef objects) are what torch.compile traces
-    op = getattr(torch.ops.geoops, f"{spec.name}_fwd").default
-    code = spec.code
-
-    def call(x, y, k, r, param):
-        if _ops.direct_call_ok(x, y, k, r):
-            return _ops.stereo_kernels(x.device).stereo_fwd(code, x, y, k, r, param)
-        return op(x, y, k, r, param)
-
-    return call
-
-
-def _bwd_caller(spec: _ops.StereoOp):
-    op = getattr(torch.ops.geoops, f"{spec.name}_bwd").default
-    code = spec.code
-
-    def call(g, x, y, k, r, param, mask):
-        if _ops.direct_call_ok(g, x, y, k, r):
-            return tuple(_ops.stereo_kernels(x.device).stereo_bwd(code, g, x, y, k, r, param, mask))
-        return op(g, x, y, k, r, param, mask)
-
-    return call
-
-
-_FWD = {name: _fwd_caller(spec) for name, spec in _ops.STEREO_OPS.items()}
+_FWD = {name: fwd for name, (fwd, _) in _ops.CALLERS.items()}
 
 
 def _make_fn(spec: _ops.StereoOp) -> type:
-    fwd_op = _FWD[spec.name]
-    bwd_op = _bwd_caller(spec)
+    fwd_op, bwd_op = _ops.CALLERS[spec.name]
 
     # forward(ctx, ...) rather than a separate setup_context: with setup_context, Function.apply binds the
     # arguments through inspect.signature on every call (~50 us), and functorch transforms, the reason for
@@ -231,7 +205,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if eps < 0:
         eps = _ref.default_eps(dtype)
 
-    if _backend.resolve(x.device) == "reference":
+    if _backend.resolve(x.device, _ops.FAMILY) == "reference":
         args = {"k": k.to(dtype), "dim": dim}
         if op == "project":
             return _ref.project(x, eps=eps, **args)

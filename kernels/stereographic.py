@@ -3,7 +3,7 @@
 Installed as ``geoops.kernels.stereographic``; ``geoops._backend`` uses it for
 CUDA tensors, and for CPU tensors under the Triton interpreter
 (``TRITON_INTERPRET=1``).  The module implements the row-op contract of
-``geoops._ops`` (the same one as the C++ kernels)::
+``geoops._ops.stereographic`` (the same one as the C++ kernels)::
 
     stereo_fwd(code, x, y, k, r, param)            -> (N, D), or (N,) for scalar ops
     stereo_bwd(code, grad, x, y, k, r, param, mask) -> (dx, dy, dk, dr)
@@ -908,7 +908,7 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
     return dx, dy, dk, dr
 
 
-# ---------------------------------------------------------------- public (backend adapter of geoops._ops)
+# ---------------------------------------------------------------- public (backend adapter of geoops._ops.stereographic)
 def stereo_fwd(code, x, y, k, r, param):
     """Forward of stereographic op `code` on rows: (N, D), or (N,) for scalar-valued ops."""
     return _stereo_fwd(code, x, y, k, r, param)

@@ -13,13 +13,14 @@ from torch.autograd import gradcheck
 import geoops
 import geoops.stereographic as gs
 from geoops import parity
-from geoops._ops import STEREO_OPS
+from geoops.parity import stereographic as parity_cases
+from geoops._ops.stereographic import STEREO_OPS
 from geoops.reference import stereographic as ref
 
 OPS = list(STEREO_OPS)
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 CPU_BACKENDS = ["cpp", "reference"]
-CASES = parity.make_cases()
+CASES = parity_cases.cases()
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -463,7 +464,7 @@ def test_eager_fast_path_matches_dispatch_and_fake_mode():
             seen.append(str(func))
             return func(*args, **(kwargs or {}))
 
-    from geoops import _ops
+    from geoops import _library as _ops
 
     x, y = _inputs("logmap", (5, 7), seed=8)
     k = torch.tensor(-0.8, dtype=torch.float64)
@@ -509,7 +510,7 @@ def test_torch_compile_inductor():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", OPS)
 def test_cuda_parity_cases(op, dtype, backend):
-    if not geoops._backend.available(backend, torch.device("cuda")):
+    if not geoops._backend.available(backend, torch.device("cuda"), "stereographic"):
         pytest.skip(f"backend {backend} not available on cuda")
     failures = []
     for case in (c for c in CASES if c.op == op):
@@ -522,7 +523,7 @@ def test_cuda_parity_cases(op, dtype, backend):
 @cuda
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_cuda_large_broadcast_and_gradcheck(backend):
-    if not geoops._backend.available(backend, torch.device("cuda")):
+    if not geoops._backend.available(backend, torch.device("cuda"), "stereographic"):
         pytest.skip(f"backend {backend} not available on cuda")
     with geoops.use_backend(backend):
         x = _rand(3, 7, 129).cuda().requires_grad_()
@@ -559,7 +560,7 @@ def _on_cpu_kernels(fn, *tensors, backend="cpp"):
 
 
 def _need(backend, device):
-    if not geoops._backend.available(backend, torch.device(device)):
+    if not geoops._backend.available(backend, torch.device(device), "stereographic"):
         pytest.skip(f"backend {backend} not available on {device}")
 
 
@@ -628,7 +629,7 @@ def _row_inputs(op, N, D, device, dtype=torch.float32, bcast=False):
 
 def _ops_run(op, backend, x, y, k, r, gr, mask, param=1e-3):
     if backend == "reference":  # its backward differentiates with autograd: called directly, not as a custom op
-        from geoops._ops import _ReferenceRows as R
+        from geoops._ops.stereographic import _ReferenceRows as R
 
         code = STEREO_OPS[op].code
         return [R.stereo_fwd(code, x, y, k, r, param), *R.stereo_bwd(code, gr, x, y, k, r, param, mask)]
@@ -678,7 +679,7 @@ def test_parity_says_when_a_backend_is_unavailable(capsys):
     """A backend named on the command line that cannot run fails the parity run, with the reason."""
     rc = parity.main(["--device", "cpu", "--backends", "cuda", "--dtypes", "float64", "--quick"])
     out = capsys.readouterr().out
-    assert rc == 1 and "cuda@cpu: unavailable" in out, out
+    assert rc == 1 and "backend cuda on cpu: not run" in out, out
     rc = parity.main(["--device", "cpu", "--backends", "cpp,cuda", "--dtypes", "float64", "--quick"])
     assert rc == 1, "a named backend that is unavailable must fail the run"
 
@@ -693,7 +694,7 @@ def test_missing_extension_falls_back_with_one_warning():
         "    import torch, geoops, geoops.stereographic as gs\n"
         "    out = gs.mobius_add(torch.zeros(2, 3), torch.ones(2, 3) * 0.1, k=-1.0)\n"
         "msgs = [str(x.message) for x in w if 'geoops._C' in str(x.message)]\n"
-        "print(len(msgs), 'pip install --no-build-isolation' in msgs[0], geoops.backend_info()['cpu_backend'])\n"
+        "print(len(msgs), 'pip install --no-build-isolation' in msgs[0], geoops.backend_info()['cpu_backend']['stereographic'])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "True", "reference"]

@@ -1,7 +1,12 @@
-"""The benchmarked ops: inputs, the contenders' calls, the "limit" op, the byte model.
+"""Benchmark rows of the kappa-stereographic family: geoops vs geoopt vs torch.compile(geoopt).
 
-Shared by ``python -m bench`` and ``bench/bench_stereographic.py`` so that both
-time exactly the same work.
+Inputs, the contenders' calls, the "limit" op (the simplest torch op with the same inputs and
+output: x + y, x.neg(), linalg.vecdot, linalg.vector_norm) and the byte model; shared by
+``python -m bench`` (through :func:`rows`) and ``bench/bench_stereographic.py`` so that both time
+exactly the same work.
+
+    python -m bench --families stereographic            # quick: 7 ops, N=2^18 x D=64, fp32
+    python -m bench --families stereographic --full     # all 11 ops, D in {16, 64, 256}, fp32/fp64/bf16
 """
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-PASSES = ("fwd", "fwd+bwd")
+from ._runner import DTYPE_SHORT, HALF, PASSES, Row, parse_list
+
+TITLE = "kappa-stereographic ops (k = -1) vs geoopt"
+PEER = "geoopt"
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,6 @@ LIMIT_TEXT = {
     "vecdot": "linalg.vecdot(x, y)",
     "norm": "linalg.vector_norm(x, dim=-1)",
 }
-
-HALF = (torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------- inputs
@@ -185,31 +191,88 @@ def byte_model(op: str, n: int, d: int, dtype: torch.dtype, pass_: str) -> int:
     return total
 
 
-def parse_ops(text: Optional[str], default: Sequence[str]) -> Tuple[str, ...]:
-    if not text:
-        return tuple(default)
-    if text.strip().lower() == "all":
-        return ALL_OPS
-    ops = tuple(o.strip() for o in text.split(",") if o.strip())
-    bad = [o for o in ops if o not in OPS]
-    if bad:
-        raise SystemExit(f"unknown op(s) {', '.join(bad)}; choose from {', '.join(ALL_OPS)} or 'all'")
-    return ops
+# ---------------------------------------------------------------- rows for the runner
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("stereographic")
+    g.add_argument("--rows", type=int, default=2 ** 18, help="stereographic: N, the number of vectors (default 2^18)")
+    g.add_argument("--dims", default=None, help="stereographic: comma list of D (default 64; --full 16,64,256)")
+    g.add_argument("--compile-nested", choices=("on", "off"), default="on",
+                   help="stereographic: torch._dynamo.config.nested_graph_breaks for torch.compile(geoopt) "
+                        "(default on: off makes dynamo fall back to eager geoopt at its branches on k)")
 
 
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp64": torch.float64, "float64": torch.float64, "double": torch.float64,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}  # fmt: skip
+def prepare(args, log) -> dict:
+    """Once per run: dynamo's nested graph breaks for torch.compile(geoopt); returns notes for the table."""
+    if args.no_compile:
+        return {}
+    import torch._dynamo as dynamo
 
-DTYPE_SHORT = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    # geoopt branches on k (`if torch.all(k_zero): ...` inside its TorchScript helpers). Dynamo cannot trace
+    # that, and without nested graph breaks it gives up on the whole op and runs geoopt's TorchScript
+    # unchanged, so "compiled" would equal eager geoopt.  With them it compiles the straight-line pieces
+    # around each branch: torch.compile's best effort.
+    if hasattr(dynamo.config, "nested_graph_breaks"):
+        dynamo.config.nested_graph_breaks = args.compile_nested == "on"
+    elif args.compile_nested == "on":
+        log("note: this torch has no torch._dynamo.config.nested_graph_breaks; "
+            "torch.compile(geoopt) falls back to eager geoopt around k-branches")
+    return {"compile": f"torch.compile(geoopt_fn, dynamic=False), nested_graph_breaks={args.compile_nested} "
+                       "(geoopt branches on k; dynamo compiles the pieces around the branches)"}
 
 
-def parse_dtypes(text: Optional[str], default: Sequence[str]) -> Tuple[torch.dtype, ...]:
-    names = [t.strip().lower() for t in (text.split(",") if text else default) if t.strip()]
-    bad = [t for t in names if t not in _DTYPES]
-    if bad:
-        raise SystemExit(f"unknown dtype(s) {', '.join(bad)}; choose from fp32, fp64, bf16, fp16")
-    return tuple(dict.fromkeys(_DTYPES[t] for t in names))
+try:
+    import geoopt  # noqa: F401  (the eager peer; optional, e.g. on a bare GPU machine)
+
+    _HAVE_GEOOPT = True
+except ImportError:
+    _HAVE_GEOOPT = False
+
+_compiled: Dict[str, Callable] = {}
+
+
+def rows(args, device: torch.device):
+    """One Row per (dtype, D, op, pass)."""
+    full = args.mode == "full"
+    ops = parse_list(args.ops, ALL_OPS if full else QUICK_OPS, ALL_OPS, "op")
+    dtypes = args.dtypes or ((torch.float32, torch.float64, torch.bfloat16) if full else (torch.float32,))
+    dims = tuple(int(v) for v in args.dims.split(",")) if args.dims else ((16, 64, 256) if full else (64,))
+    n = args.rows
+    for dtype in dtypes:
+        for d in dims:
+            for op in ops:
+                for pass_ in args.passes:
+                    yield Row(
+                        family="stereographic", op=op, pass_=pass_, shape=[n, d], dtype=DTYPE_SHORT[dtype],
+                        setup=_setup(op, pass_, n, d, dtype, device, args), work=byte_model(op, n, d, dtype, pass_),
+                        unit="GB/s", limit=LIMIT_TEXT[OPS[op].limit], peer=PEER, check_tol=1e-9 if dtype == torch.float64
+                        else 1e-3)
+
+
+def _setup(op, pass_, n, d, dtype, device, args):
+    def setup():
+        base = make_inputs(op, n, d, dtype, device)
+        inp = for_pass(base, op, pass_)
+        g = grad_out(op, n, d, dtype, device) if pass_ == "fwd+bwd" else None
+        calls = {"geoops": op_call(geoops_fn(op), op), "limit": limit_call(op)}
+        skipped = {}
+        if dtype in HALF:
+            skipped["peer"] = skipped["compiled"] = "n/a: geoopt does not support half precision"
+        elif not _HAVE_GEOOPT:
+            skipped["peer"] = skipped["compiled"] = "n/a: geoopt is not installed"
+        else:
+            calls["peer"] = op_call(geoopt_fn(op), op)
+            if args.no_compile:
+                skipped["compiled"] = "skipped (--no-compile)"
+            else:
+                if op not in _compiled:
+                    _compiled[op] = torch.compile(geoopt_fn(op), dynamic=False)
+                calls["compiled"] = op_call(_compiled[op], op)
+        fns = {name: runner(call, inp, op, pass_, g) for name, call in calls.items()}
+        check = None
+        if pass_ == "fwd" and "peer" in calls:
+            def check():
+                with torch.no_grad():
+                    return calls["geoops"](inp), calls["peer"](inp)
+        return fns, check, skipped
+
+    return setup

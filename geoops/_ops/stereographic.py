@@ -1,6 +1,6 @@
-"""torch.library registrations of every geoops kernel, with fake (meta) implementations.
+"""torch.library registrations of the kappa-stereographic family, with fake (meta) implementations.
 
-Each op of the kappa-stereographic family is registered as a pair of custom ops
+Each op of the family is registered as a pair of custom ops
 
     geoops::<op>_fwd(Tensor x, Tensor? y, Tensor k, Tensor? r, float param) -> Tensor
     geoops::<op>_bwd(Tensor grad, Tensor x, Tensor? y, Tensor k, Tensor? r, float param, int mask)
@@ -24,9 +24,10 @@ from typing import Callable, Optional
 
 import torch
 
-from . import _backend
+from .. import _backend, _library
 
-__all__ = ["StereoOp", "STEREO_OPS", "stereo_kernels", "direct_call_ok"]
+FAMILY = "stereographic"
+__all__ = ["StereoOp", "STEREO_OPS", "stereo_kernels"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class _ReferenceRows:
 
     @staticmethod
     def _call(spec: StereoOp, x, y, k, r, param):
-        from .reference import stereographic as ref
+        from ..reference import stereographic as ref
 
         fn = getattr(ref, spec.name)
         k = k.to(x.dtype).reshape(-1, 1)
@@ -125,43 +126,7 @@ class _ReferenceRows:
 
 def stereo_kernels(device: torch.device):
     """The kernel set that the current backend setting picks for `device`."""
-    name = _backend.resolve(device)
-    if name == "cpp":
-        return _Cpp
-    if name == "cuda":
-        return _Cuda
-    if name == "triton":
-        return _backend.triton_kernels()
-    return _ReferenceRows
-
-
-# ---------------------------------------------------------------- eager fast path
-_len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
-_len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-_HAVE_MODE_CHECKS = None not in (_len_fn_modes, _len_dispatch_modes, _functorch_active)
-
-
-_PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter disables __torch_function__: a plain tensor here
-
-
-def direct_call_ok(*tensors) -> bool:
-    """Whether calling a backend's kernels directly does exactly what dispatching the custom op would.
-
-    True for plain tensors in eager mode. False while torch.compile or export traces, under a torch-function
-    or dispatch mode (FakeTensorMode, make_fx, ...), inside a functorch transform, and for tensor subclasses:
-    those go through torch.ops.geoops.*, whose fake implementations and dispatch they need (nn.Parameter
-    counts as plain).  The custom op's Python dispatch costs tens of microseconds per call, which dominates
-    on small inputs.
-    """
-    if torch.compiler.is_compiling() or not _HAVE_MODE_CHECKS:
-        return False
-    if _len_fn_modes() or _len_dispatch_modes() or _functorch_active():
-        return False
-    for t in tensors:
-        if t is not None and type(t) not in _PLAIN:
-            return False
-    return True
+    return _library.kernel_set(FAMILY, device, cpp=_Cpp, cuda=_Cuda, reference=_ReferenceRows)
 
 
 # ---------------------------------------------------------------- registration
@@ -180,16 +145,11 @@ def _register(spec: StereoOp):
     def bwd(g, x, y, k, r, param: float, mask: int):
         return tuple(stereo_kernels(x.device).stereo_bwd(code, g, x, y, k, r, param, mask))
 
-    fwd_op = torch.library.custom_op(f"geoops::{spec.name}_fwd", fwd, mutates_args=(), schema=_FWD_SCHEMA)
-    bwd_op = torch.library.custom_op(f"geoops::{spec.name}_bwd", bwd, mutates_args=(), schema=_BWD_SCHEMA)
-
-    @fwd_op.register_fake
-    def _(x, y, k, r, param):
+    def fwd_fake(x, y, k, r, param):
         N, D = x.shape
         return x.new_empty((N,) if spec.scalar_out else (N, D))
 
-    @bwd_op.register_fake
-    def _(g, x, y, k, r, param, mask):
+    def bwd_fake(g, x, y, k, r, param, mask):
         N, D = x.shape
         dx = x.new_empty((N, D) if mask & 1 else (0,))
         dy = x.new_empty((N, D) if (mask & 2 and y is not None) else (0,))
@@ -197,6 +157,10 @@ def _register(spec: StereoOp):
         dr = r.new_empty((N,)) if (mask & 8 and r is not None) else x.new_empty(0)
         return dx, dy, dk, dr
 
+    fwd_op = _library.define_op(f"geoops::{spec.name}_fwd", _FWD_SCHEMA, fwd, fwd_fake)
+    bwd_op = _library.define_op(f"geoops::{spec.name}_bwd", _BWD_SCHEMA, bwd, bwd_fake)
+    # what the autograd.Functions call: the kernel directly on the eager fast path, else the custom op
+    return _library.caller(fwd_op, fwd), _library.caller(bwd_op, bwd)
 
-for _spec in STEREO_OPS.values():
-    _register(_spec)
+
+CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -> (fwd caller, bwd caller)
