@@ -18,7 +18,8 @@ fi
 # --- GPU readiness (issue 12): every Triton kernel variant compiled for sm_80/sm_90 with this env's Triton and
 #     Triton 3.6 (the GPU machines'), without a GPU; and scripts/gpu_check.sh's whole control flow (--dry-run)
 bash .ci/triton_compile_check.sh
-OUT="$(mktemp -d)" bash scripts/gpu_check.sh --dry-run > /dev/null || { echo "gpu_check.sh --dry-run failed"; exit 1; }
+GPU_DRY_OUT="$(mktemp -d)"
+OUT="$GPU_DRY_OUT" bash scripts/gpu_check.sh --dry-run > /dev/null || { cat "$GPU_DRY_OUT/summary.md"; exit 1; }
 # ---
 TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider
 python -m geoops.parity --quick
