@@ -4,7 +4,7 @@
     python scripts/gpu_bench_side_by_side.py bench-triton.json bench-cuda.json > bench-side-by-side.md
 
 Rows are matched on (op, pass, shape, dtype); per run: the backend that ran, its median ms, GB/s
-(bytes of the byte model over the time) and the ratio to the run's own "limit" op; then the limit op's
+(the row's rate: GB/s, or GFLOP/s for compute-bound rows) and the ratio to the run's own "limit" op; then the limit op's
 ms (from the first run) and each run's copy bandwidth (y.copy_(x), bytes read + written).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def side_by_side(paths) -> str:
     lines.append("")
     hdr = ["op", "pass", "shape", "dtype"]
     for n in names:
-        hdr += [f"{n} ms", f"{n} GB/s", f"{n} x limit"]
+        hdr += [f"{n} ms", f"{n} GB/s or GFLOP/s", f"{n} x limit"]
     hdr += ["limit ms"]
     lines.append("| " + " | ".join(hdr) + " |")
     lines.append("|" + "---|" * len(hdr))
@@ -56,7 +56,8 @@ def side_by_side(paths) -> str:
                 cells += ["-", "-", "-"]
                 continue
             limit = limit if limit is not None else row.get("limit_ms")
-            cells += [_f(row.get("geoops_ms"), ".3f"), _f(row.get("gbps"), ".0f"), _f(row.get("vs_limit"), ".2f")]
+            rate = row.get("rate", row.get("gbps"))  # bench/_runner.py: "rate" (GB/s or GFLOP/s)
+            cells += [_f(row.get("geoops_ms"), ".3f"), _f(rate, ".0f"), _f(row.get("vs_limit"), ".2f")]
         cells.append(_f(limit, ".3f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
