@@ -176,7 +176,7 @@ bench() {  # bench NAME BACKEND ARGS...: one run, its json copied to $OUT/bench-
 }
 export -f bench
 if [ "$DRY" = 1 ]; then
-  tiny=(--device cpu --ops mobius_add --dims 16 --rows 1024 --passes fwd,fwd+bwd --no-compile --repeats 1 --warmup 0)
+  tiny=(--device cpu --ops mobius_add --dims 16 --rows 1024 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0)
   step bench_triton 120 bench triton cpp "${tiny[@]}"
   step bench_cuda 120 bench cuda reference "${tiny[@]}"
 else
