@@ -180,8 +180,8 @@ if [ "$DRY" = 1 ]; then
   step bench_triton 120 bench triton cpp "${tiny[@]}"
   step bench_cuda 120 bench cuda reference "${tiny[@]}"
 else
-  step bench_triton 75 bench triton triton --device cuda --quick --no-compile
-  step bench_cuda 75 bench cuda cuda --device cuda --quick --no-compile
+  step bench_triton 75 bench triton triton --device cuda --quick --no-compile --no-settle
+  step bench_cuda 75 bench cuda cuda --device cuda --quick --no-compile --no-settle
 fi
 if [ -f "$OUT/bench-triton.json" ] && [ -f "$OUT/bench-cuda.json" ]; then
   "$PY" scripts/gpu_bench_side_by_side.py "$OUT/bench-triton.json" "$OUT/bench-cuda.json" > "$OUT/bench-side-by-side.md" \
