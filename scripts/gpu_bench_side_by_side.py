@@ -20,6 +20,10 @@ def _f(v, fmt):
 
 def side_by_side(paths) -> str:
     runs = [json.loads(Path(p).read_text()) for p in paths]
+    for r in runs:  # bench/_runner.py writes {"meta", "tables": [{"family", "rows"}]}; older runs {"meta", "rows"}
+        if "rows" not in r:
+            r["rows"] = [dict(row, op=f"{t.get('family', '')}.{row['op']}" if t.get("family") else row["op"])
+                         for t in r.get("tables", []) for row in t["rows"]]
     names = []
     for p, r in zip(paths, runs):
         backends = sorted({row.get("backend", "?") for row in r["rows"]}) or ["?"]
