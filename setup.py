@@ -1,33 +1,181 @@
 """Build of geoops and its compiled extension geoops._C.
 
 The C++ CPU kernels are always built (C++17, OpenMP).  The CUDA kernels are
-added when torch was built with CUDA and nvcc is found, or forced with
-GEOOPS_BUILD_CUDA=1 (=0 never builds them); TORCH_CUDA_ARCH_LIST is
-respected.  GEOOPS_PORTABLE=1 drops -march=native (for wheels that travel).
+added when torch was built with CUDA and a matching nvcc is found, or forced
+with GEOOPS_BUILD_CUDA=1 (=0 never builds them).  TORCH_CUDA_ARCH_LIST is
+respected; without it and without a visible GPU the CUDA build targets
+8.0;9.0+PTX.  GEOOPS_PORTABLE=1 drops -march=native (for wheels that travel).
 
-Build in the environment that has torch (no build isolation):
+    pip install .                                # or, in a dev checkout:
     pip install --no-build-isolation -e .
+
+geoops._C links against torch's C++ library, whose ABI changes with every torch
+release, so it must be compiled against the torch that will import it: the
+torch of the environment being installed into.  torch is therefore not a build
+requirement (an isolated build would fetch the newest torch, a multi-GB CUDA
+build, and compile against the wrong one); when pip builds in an isolated
+environment, this script finds the target environment's torch by asking the
+same interpreter without pip's isolation.
+
+Object files live in build/temp-<python>-<torch>-<cpu|cuda>-<native|portable>,
+so that every build (editable, wheel, build_ext --inplace) is incremental.
 """
 import glob
 import os
 import shutil
+import subprocess
+import sys
 
+import setuptools
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _say(msg):
+    print(f"geoops build: {msg}", file=sys.stderr, flush=True)
+
+
+def _fail(msg):
+    raise SystemExit(f"\ngeoops build error: {msg}\n")
+
+
+def _no_torch():
+    _fail(
+        f"torch is not installed in {sys.prefix}.\n"
+        "geoops compiles its kernels against the torch it will run with, so install torch first\n"
+        "(the CPU or CUDA build you want, see https://pytorch.org), then build geoops:\n"
+        "    pip install torch\n"
+        "    pip install .          # or: pip install --no-build-isolation .\n"
+        "(`python -m build` and uv build in a separate virtualenv that has no torch: use\n"
+        " `pip wheel --no-build-isolation --no-deps .` for a wheel)"
+    )
+
+
+def _outer_python(code):
+    """Run `code` in this interpreter without pip's build isolation.
+
+    pip's isolated build environment hides the target environment's
+    site-packages (PYTHONPATH=<pip's sitecustomize>, PYTHONNOUSERSITE=1); the
+    same interpreter without them sees it.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def _check_torch_present():
+    """Fail early (while pip prepares metadata, before it collects a torch wheel) when there is no torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        if _outer_python("import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)").returncode:
+            _no_torch()
+
+
+def _import_torch():
+    """torch of the environment geoops is installed into (see the module docstring)."""
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        pass
+    r = _outer_python("import sys, torch; print(torch.__version__); print('\\n'.join(sys.path))")
+    if r.returncode != 0:
+        _no_torch()
+    lines = r.stdout.splitlines()
+    sys.path.extend(p for p in lines[1:] if p and p not in sys.path)
+    import torch
+
+    _say(f"isolated build: compiling against torch {torch.__version__} of {sys.prefix} (the environment installed into)")
+    return torch
+
+
+def _cuda_home_fix():
+    """Point CUDA_HOME at the toolkit when `nvcc` on PATH is a wrapper outside it.
+
+    torch guesses CUDA_HOME as the parent of nvcc's folder, which is wrong for a
+    wrapper such as /usr/local/bin/nvcc -> /usr/local/cuda-X/bin/nvcc.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    guess = os.path.dirname(os.path.dirname(nvcc))
+    if os.path.exists(os.path.join(guess, "include", "cuda_runtime_api.h")):
+        return
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return
+    for line in out.splitlines():
+        if line.startswith("#$ TOP="):
+            top = line.split("=", 1)[1].strip()
+            if os.path.exists(os.path.join(top, "include", "cuda_runtime_api.h")):
+                top = os.path.normpath(top)
+                os.environ["CUDA_HOME"] = top
+                _say(f"CUDA_HOME={top} (where {nvcc} forwards to)")
+            return
+
+
+def _nvcc_version(cuda_home):
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else shutil.which("nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, TypeError, subprocess.SubprocessError):
+        return None
+    for tok in out.replace(",", " ").split():
+        if tok.startswith("V") and tok[1:2].isdigit():
+            return tok[1:]
+    return None
 
 
 def _extensions():
-    import torch
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
-
+    torch = _import_torch()
     want = os.environ.get("GEOOPS_BUILD_CUDA", "auto").lower()
-    has_nvcc = CUDA_HOME is not None or shutil.which("nvcc") is not None
-    use_cuda = want in ("1", "true", "yes") or (want == "auto" and torch.version.cuda is not None and has_nvcc)
+    if want not in ("auto", "0", "1", "true", "false", "yes", "no"):
+        _fail(f"GEOOPS_BUILD_CUDA={want!r}: expected auto, 0 or 1")
+    force = want in ("1", "true", "yes")
+    use_cuda = False
+    if want not in ("0", "false", "no") and torch.version.cuda is not None:
+        _cuda_home_fix()
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
+    if want not in ("0", "false", "no"):
+        nvcc_ver = _nvcc_version(CUDA_HOME) if (CUDA_HOME or shutil.which("nvcc")) else None
+        if torch.version.cuda is None:
+            if force:
+                _fail(
+                    f"GEOOPS_BUILD_CUDA=1, but torch {torch.__version__} is a CPU-only build.\n"
+                    "Install a CUDA build of torch (https://pytorch.org), or build the CPU kernels only:\n"
+                    "    GEOOPS_BUILD_CUDA=0 pip install --no-build-isolation ."
+                )
+        elif nvcc_ver is None:
+            if force:
+                _fail(
+                    "GEOOPS_BUILD_CUDA=1, but nvcc was not found. Put the CUDA toolkit's bin/ on PATH or set\n"
+                    "CUDA_HOME=/path/to/cuda, or build the CPU kernels only: GEOOPS_BUILD_CUDA=0 pip install ."
+                )
+            _say(f"torch has CUDA {torch.version.cuda} but nvcc was not found: CPU kernels only (Triton still runs on GPUs)")
+        elif nvcc_ver.split(".")[0] != torch.version.cuda.split(".")[0]:
+            msg = (f"nvcc {nvcc_ver} and torch's CUDA {torch.version.cuda} differ in their major version, "
+                   "which torch refuses to build with")
+            if force:
+                _fail(msg + ".\nPoint CUDA_HOME at a CUDA " + torch.version.cuda.split(".")[0]
+                      + ".x toolkit, or build the CPU kernels only: GEOOPS_BUILD_CUDA=0 pip install .")
+            _say(msg + ": CPU kernels only (set CUDA_HOME to a matching toolkit for the CUDA kernels)")
+        else:
+            use_cuda = True
+
+    portable = os.environ.get("GEOOPS_PORTABLE", "0") == "1"
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wno-psabi"]
-    if os.environ.get("GEOOPS_PORTABLE", "0") != "1":
+    # No -std: torch's BuildExtension adds the standard its headers need
+    # (C++17 up to torch 2.13, C++20 from 2.14 on, whose headers reject C++17).
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
+    if not portable:
         cxx.append("-march=native")
     define_macros = []
     kwargs = dict(
@@ -35,25 +183,71 @@ def _extensions():
         extra_link_args=["-fopenmp"],
     )
     if use_cuda:
+        visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not visible:
+            # torch would build for the visible GPUs; with none it crashes on an empty list.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+            _say(f"no visible GPU and no TORCH_CUDA_ARCH_LIST: building for {DEFAULT_CUDA_ARCHS}")
+        _say(f"CUDA kernels: nvcc {nvcc_ver} at {CUDA_HOME}, TORCH_CUDA_ARCH_LIST="
+             f"{os.environ.get('TORCH_CUDA_ARCH_LIST') or 'the visible GPUs'}")
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         define_macros.append(("GEOOPS_WITH_CUDA", "1"))
         ext = CUDAExtension(
             "geoops._C",
             sources,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
             **kwargs,
         )
     else:
         ext = CppExtension("geoops._C", sources, define_macros=define_macros, extra_compile_args={"cxx": cxx}, **kwargs)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+    variant = "-".join([
+        sys.implementation.cache_tag,
+        "torch" + torch.__version__.replace("+", "_"),
+        "cuda" if use_cuda else "cpu",
+        "portable" if portable else "native",
+    ])
+    _say(f"{'C++ + CUDA' if use_cuda else 'C++'} kernels, {'portable' if portable else '-march=native'}, "
+         f"objects in build/temp-{variant} (incremental)")
+
+    base = BuildExtension.with_options(use_ninja=True)
+
+    class build_ext(base):
+        """torch's BuildExtension with a fixed object folder per build variant.
+
+        pip's editable installs build in a new temporary folder every time,
+        which made every `pip install -e .` recompile everything.
+        """
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(ROOT, "build", f"temp-{variant}")
+
+    return [ext], {"build_ext": build_ext}
 
 
-ext_modules, cmdclass = _extensions()
+def _license():
+    # project.license as an SPDX string needs setuptools >= 77; older setuptools
+    # (e.g. the 65.5 a Python 3.11 venv starts with) take the classic field.
+    major = int(setuptools.__version__.split(".")[0])
+    return {"license_expression": "Apache-2.0"} if major >= 77 else {"license": "Apache-2.0"}
+
+
+# Metadata-only calls (egg_info / dist_info, e.g. pip's "Preparing metadata")
+# need no torch: only commands that build the extension look for it.
+_BUILD_CMDS = {"build", "build_ext", "bdist_wheel", "install", "develop", "editable_wheel", "bdist_egg"}
+if _BUILD_CMDS.intersection(sys.argv[1:]):
+    ext_modules, cmdclass = _extensions()
+else:
+    if "dist_info" in sys.argv[1:]:
+        _check_torch_present()
+    ext_modules, cmdclass = [], {}
 
 setup(
     packages=find_packages(include=["geoops", "geoops.*"]) + ["geoops.kernels", "geoops.bench"],
     package_dir={"geoops.kernels": "kernels", "geoops.bench": "bench"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    **_license(),
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile check of the CUDA backend without a GPU.
 #
-#   * every csrc/cuda/*.cu is compiled with nvcc for sm_80 and sm_90
+#   * every csrc/cuda/*.cu is compiled with nvcc (C++20, the standard torch builds
+#     extensions with since 2.14) for sm_80 and sm_90
 #     (objects go to a temp dir and are thrown away); any error, or any
 #     compiler warning, fails the check;
 #   * csrc/cuda/*.cpp (the tensor-level wrappers) and csrc/ops.cpp (with
@@ -9,7 +10,8 @@
 #     torch's headers and the CUDA runtime headers, when a Python with torch
 #     is found (skipped with a note otherwise); warnings fail here too.
 #
-# Prints one line per file.  Run from anywhere:  bash .ci/nvcc_check.sh
+# Prints a line when each file starts and one with its result and time.
+# Run from anywhere:  bash .ci/nvcc_check.sh
 # Env: NVCC (default nvcc), CXX (default g++), PYTHON (default python3, else
 # python), CUDA_HOME (else asked from nvcc).
 set -euo pipefail
@@ -28,7 +30,7 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
-NVCC_FLAGS=(-c -std=c++17 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra --threads 0)
+NVCC_FLAGS=(-c -std=c++20 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra --threads 0)
 
 status=0
 
@@ -39,21 +41,26 @@ if [ "${#cu_files[@]}" -eq 0 ]; then
   echo "nvcc_check: no csrc/cuda/*.cu files" >&2
   exit 1
 fi
+T0=$(date +%s)
+echo "nvcc_check: nvcc $("$NVCC" --version | grep -o "release [0-9.]*" | cut -d" " -f2); ${#cu_files[@]} .cu file(s) for sm_80 + sm_90 (about a minute each on 2 cores)"
+n=0
 for f in "${cu_files[@]}"; do
+  n=$((n + 1))
   obj="$TMP/$(basename "$f" .cu).o"
   log="$TMP/$(basename "$f").log"
   start=$(date +%s)
+  echo "..    [$n/${#cu_files[@]}] $f: compiling ..."
   if "$NVCC" "${NVCC_FLAGS[@]}" "$f" -o "$obj" >"$log" 2>&1; then
     secs=$(( $(date +%s) - start ))
     if grep -qiE "warning" "$log"; then
-      echo "FAIL  $f  (warnings, ${secs}s)"
+      echo "FAIL  $f  (warnings, ${secs} s)"
       cat "$log"
       status=1
     else
-      echo "ok    $f  (sm_80 + sm_90, $(stat -c %s "$obj") bytes, ${secs}s)"
+      echo "ok    $f  (sm_80 + sm_90, $(stat -c %s "$obj") bytes, ${secs} s)"
     fi
   else
-    echo "FAIL  $f"
+    echo "FAIL  $f  ($(( $(date +%s) - start )) s)"
     cat "$log"
     status=1
   fi
@@ -82,18 +89,19 @@ if [ "${#cpp_files[@]}" -gt 0 ]; then
     PY_INC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
     for f in "${cpp_files[@]}"; do
       log="$TMP/$(basename "$f").log"
+      start=$(date +%s)
       # shellcheck disable=SC2086
-      if "$CXX" -fsyntax-only -std=c++17 -Wall -Wextra -DGEOOPS_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
+      if "$CXX" -fsyntax-only -std=c++20 -Wall -Wextra -DGEOOPS_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
           -I csrc -I csrc/include $TORCH_INC -isystem "$CUDA_INC" -isystem "$PY_INC" "$f" >"$log" 2>&1; then
         if grep -qiE "warning" "$log"; then
-          echo "FAIL  $f  (warnings)"
+          echo "FAIL  $f  (warnings, $(( $(date +%s) - start )) s)"
           cat "$log"
           status=1
         else
-          echo "ok    $f  (syntax, $CXX -DGEOOPS_WITH_CUDA, torch + $CUDA_INC headers)"
+          echo "ok    $f  (syntax, $CXX -DGEOOPS_WITH_CUDA, torch + $CUDA_INC headers, $(( $(date +%s) - start )) s)"
         fi
       else
-        echo "FAIL  $f"
+        echo "FAIL  $f  ($(( $(date +%s) - start )) s)"
         cat "$log"
         status=1
       fi
@@ -103,4 +111,5 @@ if [ "${#cpp_files[@]}" -gt 0 ]; then
   fi
 fi
 
+echo "nvcc_check: $([ "$status" -eq 0 ] && echo ok || echo FAILED) in $(( $(date +%s) - T0 )) s"
 exit "$status"

@@ -49,6 +49,10 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Families whose kernels/<family>.py has not yet joined the check (no compile_variants() hook): reported
+# as PENDING, not failed.  Any other family without the hook fails the check; remove a name once its
+# hook lands (tests/test_compile_check.py keeps this list exact).
+PENDING_HOOKS = frozenset({"attention", "gaunt"})
 
 
 # ---------------------------------------------------------------- PTX / TTIR analysis (no Triton needed)
@@ -268,6 +272,10 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
             continue
         hook = getattr(mod, "compile_variants", None)
         if hook is None:
+            if fam in PENDING_HOOKS:
+                results.setdefault("pending", []).append(fam)
+                print(f"PENDING  {fam}: kernels/{fam}.py has no compile_variants() hook yet (PENDING_HOOKS)")
+                continue
             results["errors"].append(f"{fam}: kernels/{fam}.py has no compile_variants() hook (see kernels/__init__.py)")
             continue
         entries = list(hook())
@@ -368,6 +376,9 @@ def merge(runs: list, report: Path) -> bool:
         "asks for IEEE division.",
         "",
     ]
+    pending = sorted({f for r in runs for f in r.get("pending", [])})
+    if pending:
+        lines.append(f"- not yet compiled (no compile_variants() hook: PENDING_HOOKS): {', '.join(pending)}")
     for r in runs:
         n = sum(len(v) for v in r["families"].values())
         lines.append(f"- Triton {r['triton']}, sm_{r['arch']}: {n} kernels, "

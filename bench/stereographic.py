@@ -196,6 +196,12 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("stereographic")
     g.add_argument("--rows", type=int, default=2 ** 18, help="stereographic: N, the number of vectors (default 2^18)")
     g.add_argument("--dims", default=None, help="stereographic: comma list of D (default 64; --full 16,64,256)")
+    g.add_argument("--pair-shape", default="2048,2048,64",
+                   help="stereographic: N,M,D of the cdist rows (default 2048,2048,64)")
+    g.add_argument("--knn-shape", default="8192,8192,10,10",
+                   help="stereographic: N,M,D,n of the knn row (default 8192,8192,10,10)")
+    g.add_argument("--matvec-shape", default="65536,256,256",
+                   help="stereographic: rows, D_in, D_out of the mobius_matvec rows (default 2^16,256,256)")
     g.add_argument("--compile-nested", choices=("on", "off"), default="on",
                    help="stereographic: torch._dynamo.config.nested_graph_breaks for torch.compile(geoopt) "
                         "(default on: off makes dynamo fall back to eager geoopt at its branches on k)")
@@ -231,9 +237,11 @@ _compiled: Dict[str, Callable] = {}
 
 
 def rows(args, device: torch.device):
-    """One Row per (dtype, D, op, pass)."""
+    """One Row per (dtype, D, op, pass); then the pairwise rows (cdist, knn, mobius_matvec)."""
     full = args.mode == "full"
-    ops = parse_list(args.ops, ALL_OPS if full else QUICK_OPS, ALL_OPS, "op")
+    ops = parse_list(args.ops, ALL_OPS + PAIR_OPS if full else QUICK_OPS + PAIR_OPS, ALL_OPS + PAIR_OPS, "op")
+    yield from pair_rows(args, device, [o for o in ops if o in PAIR_OPS])
+    ops = [o for o in ops if o in OPS]
     dtypes = args.dtypes or ((torch.float32, torch.float64, torch.bfloat16) if full else (torch.float32,))
     dims = tuple(int(v) for v in args.dims.split(",")) if args.dims else ((16, 64, 256) if full else (64,))
     n = args.rows
@@ -273,6 +281,160 @@ def _setup(op, pass_, n, d, dtype, device, args):
             def check():
                 with torch.no_grad():
                     return calls["geoops"](inp), calls["peer"](inp)
+        return fns, check, skipped
+
+    return setup
+
+
+# ---------------------------------------------------------------- pairwise rows
+PAIR_OPS = ("cdist", "knn", "mobius_matvec")
+PEER_CHUNK = 256  # geoopt's broadcast dist is timed in blocks of this many x rows (same work, bounded memory)
+
+
+def _pair_points(n, d, dtype, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return _ball(n, d, gen, 0.9).to(device=device, dtype=dtype).contiguous()
+
+
+def pair_rows(args, device, ops):
+    dtypes = args.dtypes or (torch.float32,)
+    for dtype in dtypes:
+        if dtype in HALF:
+            continue
+        if "cdist" in ops:
+            N, M, D = (int(v) for v in args.pair_shape.split(","))
+            for pass_ in args.passes:
+                flops = 2.0 * N * M * D * (1 if pass_ == "fwd" else 3)
+                yield Row(family="stereographic", op="cdist", pass_=pass_, shape=[N, M, D], dtype=DTYPE_SHORT[dtype],
+                          setup=_cdist_setup(N, M, D, dtype, device, pass_), work=flops, unit="GFLOP/s",
+                          limit="torch.cdist (Euclidean)", peer=f"{PEER} dist broadcast",
+                          check_tol=1e-9 if dtype == torch.float64 else 1e-3)
+        if "knn" in ops and "fwd" in args.passes:
+            N, M, D, n = (int(v) for v in args.knn_shape.split(","))
+            yield Row(family="stereographic", op="knn", pass_="fwd", shape=[N, M, D, n], dtype=DTYPE_SHORT[dtype],
+                      setup=_knn_setup(N, M, D, n, dtype, device), work=2.0 * N * M * D, unit="GFLOP/s",
+                      limit="geoops cdist (full matrix)", peer="topk(geoops cdist)", check_tol=1e-3)
+        if "mobius_matvec" in ops:
+            R, Din, Dout = (int(v) for v in args.matvec_shape.split(","))
+            for pass_ in args.passes:
+                flops = 2.0 * R * Din * Dout * (1 if pass_ == "fwd" else 3)
+                yield Row(family="stereographic", op="mobius_matvec", pass_=pass_, shape=[R, Din, Dout],
+                          dtype=DTYPE_SHORT[dtype], setup=_matvec_setup(R, Din, Dout, dtype, device, pass_),
+                          work=flops, unit="GFLOP/s", limit="x @ m.T", peer=PEER,
+                          check_tol=1e-9 if dtype == torch.float64 else 1e-3)
+
+
+def _fwd_bwd(call, leaves, g):
+    def run():
+        for t in leaves:
+            t.grad = None
+        call().backward(g)
+
+    return run
+
+
+def _cdist_setup(N, M, D, dtype, device, pass_):
+    def setup():
+        import geoops.stereographic as gs
+
+        need = pass_ == "fwd+bwd"
+        x = _pair_points(N, D, dtype, device, 10).requires_grad_(need)
+        y = _pair_points(M, D, dtype, device, 11).requires_grad_(need)
+        k = torch.tensor(-1.0, dtype=dtype, device=device)
+        g = torch.randn(N, M, generator=torch.Generator().manual_seed(12)).to(device=device, dtype=dtype)
+        calls = {"geoops": lambda: gs.cdist(x, y, k=k), "limit": lambda: torch.cdist(x, y)}
+        skipped = {"compiled": "n/a: torch.compile of the broadcast peer is not timed for the pairwise rows"}
+        if _HAVE_GEOOPT:
+            import geoopt.manifolds.stereographic.math as gm
+
+            def peer():
+                if need:  # same work as the full broadcast, in blocks of rows: backward per block
+                    for i in range(0, N, PEER_CHUNK):
+                        gm.dist(x[i:i + PEER_CHUNK, None, :], y[None, :, :], k=k).backward(g[i:i + PEER_CHUNK])
+                    return None
+                with torch.no_grad():
+                    return torch.cat([gm.dist(x[i:i + PEER_CHUNK, None, :], y[None, :, :], k=k)
+                                      for i in range(0, N, PEER_CHUNK)])
+
+            calls["peer"] = peer
+        else:
+            skipped["peer"] = "n/a: geoopt is not installed"
+        if need:
+            fns = {}
+            for name, c in calls.items():
+                if name == "peer":
+                    def run(c=c):
+                        x.grad = y.grad = None
+                        c()
+                    fns[name] = run
+                else:
+                    fns[name] = _fwd_bwd(c, [x, y], g)
+        else:
+            fns = {name: c for name, c in calls.items()}
+        check = None
+        if not need and "peer" in calls:
+            def check():
+                with torch.no_grad():
+                    return calls["geoops"](), calls["peer"]()
+        return fns, check, skipped
+
+    return setup
+
+
+def _knn_setup(N, M, D, n, dtype, device):
+    def setup():
+        import geoops.stereographic as gs
+
+        x = _pair_points(N, D, dtype, device, 13)
+        y = _pair_points(M, D, dtype, device, 14)
+        k = torch.tensor(-1.0, dtype=dtype, device=device)
+
+        def full():
+            return torch.topk(gs.cdist(x, y, k=k), n, dim=-1, largest=False)
+
+        fns = {"geoops": lambda: gs.knn(x, y, n, k=k), "limit": lambda: gs.cdist(x, y, k=k), "peer": full}
+        skipped = {"compiled": "n/a"}
+
+        def check():
+            return gs.knn(x, y, n, k=k)[0], full()[0]
+
+        return fns, check, skipped
+
+    return setup
+
+
+def _matvec_setup(R, Din, Dout, dtype, device, pass_):
+    def setup():
+        import geoops.stereographic as gs
+
+        need = pass_ == "fwd+bwd"
+        x = _pair_points(R, Din, dtype, device, 15).requires_grad_(need)
+        m = (torch.randn(Dout, Din, generator=torch.Generator().manual_seed(16)) / Din ** 0.5).to(
+            device=device, dtype=dtype).requires_grad_(need)
+        k = torch.tensor(-1.0, dtype=dtype, device=device)
+        g = torch.randn(R, Dout, generator=torch.Generator().manual_seed(17)).to(device=device, dtype=dtype)
+        calls = {"geoops": lambda: gs.mobius_matvec(m, x, k=k), "limit": lambda: x @ m.T}
+        skipped = {"compiled": "n/a: not timed for mobius_matvec"}
+        if _HAVE_GEOOPT:
+            import geoopt.manifolds.stereographic.math as gm
+
+            calls["peer"] = lambda: gm.mobius_matvec(m, x, k=k)
+        else:
+            skipped["peer"] = "n/a: geoopt is not installed"
+        if need:
+            fns = {name: _fwd_bwd(c, [x, m], g) for name, c in calls.items()}
+        else:
+            def nograd(c):
+                def run():
+                    with torch.no_grad():
+                        return c()
+                return run
+            fns = {name: nograd(c) for name, c in calls.items()}
+        check = None
+        if not need and "peer" in calls:
+            def check():
+                with torch.no_grad():
+                    return calls["geoops"](), calls["peer"]()
         return fns, check, skipped
 
     return setup

@@ -7,7 +7,10 @@
 // compiled only when the extension is built with CUDA (GEOOPS_WITH_CUDA).
 #include <torch/extension.h>
 
+#include "cpu/attention.h"
+#include "cpu/gaunt.h"
 #include "cpu/stereographic.h"
+#include "cpu/stereographic_pairwise.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
 #endif
@@ -16,6 +19,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "geoops compiled kernels";
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+  // attention (Kronecker triple attention)
+  m.def("triple_attention_fwd_cpu", &geoops::cpu::triple_attention_fwd_cpu,
+        "Kronecker triple attention, forward -> (out, lse) (CPU)");
+  m.def("triple_attention_bwd_cpu", &geoops::cpu::triple_attention_bwd_cpu,
+        "Kronecker triple attention, backward -> (dq, dk1, dk2, dv1, dv2) (CPU)");
+  // gaunt family
+  m.def("gaunt_grid_fwd_cpu", &geoops::cpu::gaunt_grid_fwd_cpu, "Gaunt product, fused sphere-grid route (CPU)");
+  m.def("gaunt_fourier_fwd_cpu", &geoops::cpu::gaunt_fourier_fwd_cpu, "Gaunt product, fused Fourier route (CPU)");
+  m.def("gaunt_direct_fwd_cpu", &geoops::cpu::gaunt_direct_fwd_cpu, "Gaunt product, fused sparse route (CPU)");
+  // ---- stereographic, pairwise (cdist / knn): one GEMM + fused epilogue (csrc/cpu/stereographic_pairwise.cpp)
+  m.def("cdist_fwd_cpu", &geoops::cpu::cdist_fwd_cpu, "kappa-stereographic pairwise distance, forward (CPU)");
+  m.def("cdist_bwd_cpu", &geoops::cpu::cdist_bwd_cpu, "kappa-stereographic pairwise distance, backward (CPU)");
+  m.def("cdist_rank_key_cpu", &geoops::cpu::cdist_rank_key_cpu,
+        "monotone surrogate of the pairwise distance (no transcendental per pair) (CPU)");
+  m.def("dist_from_key_cpu", &geoops::cpu::dist_from_key_cpu, "distance from the rank key (CPU)");
+  m.def("knn_cpu", &geoops::cpu::knn_cpu, "kappa-stereographic knn: rank keys + per-row top n, fused (CPU)");
+  m.def("mobius_scale_fwd_cpu", &geoops::cpu::mobius_scale_fwd_cpu, "mobius_matvec epilogue, forward (CPU)");
+  m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, "mobius_matvec epilogue, backward (CPU)");
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");
   m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, "kappa-stereographic row op, backward (CUDA)");

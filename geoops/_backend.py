@@ -65,6 +65,7 @@ def use_backend(name: str):
 
 
 def checks_enabled() -> bool:
+    """Are the debug checks on?  (`set_checks`, else GEOOPS_CHECK=1; off by default.)"""
     if _state["check"] is None:
         _state["check"] = os.environ.get("GEOOPS_CHECK", "0").strip().lower() in ("1", "true", "yes", "on")
     return _state["check"]

@@ -9,4 +9,6 @@ and bench runners) iterate over this tuple and know nothing else about a family.
 """
 FAMILIES = (
     "stereographic",
+    "attention",
+    "gaunt",
 )

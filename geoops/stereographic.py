@@ -24,12 +24,13 @@ dtype.  Differences from geoopt, all deliberate:
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional
 
 import torch
 
-from . import _backend
+from . import _backend, _library
 from ._ops import stereographic as _ops
 from .reference import stereographic as _ref
 
@@ -123,6 +124,8 @@ def _as_scalar_tensor(op: str, name: str, v, like: torch.Tensor) -> torch.Tensor
     """k or r: a tensor, or a Python number turned into one."""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
         return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+    if isinstance(v, torch.Tensor) and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool:
+        v = v.to(like.dtype if like.is_floating_point() else torch.get_default_dtype())  # integer k: promoted, as geoopt
     _check_float(op, name, v)
     if v.device != like.device:
         if v.numel() == 1 and v.device.type == "cpu":
@@ -181,7 +184,9 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if not isinstance(dim, int) or isinstance(dim, bool):
         _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
     # broadcast shape and canonical dim
-    if spec.has_y and x.shape == y.shape:
+    # (compare the ranks first: comparing sizes of tensors of different rank puts a guard on a dynamic batch
+    # under torch.export / torch.compile)
+    if spec.has_y and x.dim() == y.dim() and x.shape == y.shape:
         shape = x.shape
     elif spec.has_y:
         try:
@@ -197,8 +202,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if not 0 <= d < nd:
         _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
 
-    if _backend.checks_enabled():
-        _debug_checks(op, {nx: x, ny: y} if spec.has_y else {nx: x}, k, dim)
+    if _backend.checks_enabled():  # dim counted from the end: the inputs may have fewer dims than `shape`
+        _debug_checks(op, {nx: x, ny: y} if spec.has_y else {nx: x}, k, d - nd)
 
     dtype = torch.promote_types(x.dtype, y.dtype) if spec.has_y else x.dtype
     kdtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -226,7 +231,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     def rows(t):
         if t.dtype != dtype:
             t = t.to(dtype)
-        if tuple(t.shape) != tuple(shape):
+        if t.dim() != nd or tuple(t.shape) != tuple(shape):
             t = t.expand(shape)
         if not last:
             t = t.movedim(d, -1)
@@ -250,55 +255,975 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)
 def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1) -> torch.Tensor:
-    """Pull points outside the ball back to norm (1 - eps)/sqrt(-k); eps < 0 picks the dtype's default."""
+    """Pull points outside the ball back inside: rows with |x| > (1 - eps)/sqrt(-k) are scaled to that
+    norm.
+
+    Formula: ``x * min(1, (1 - eps) / (sqrt(-k) |x|))`` for k < 0; the identity for k >= 0 (the
+    sphere and Euclidean space have no boundary).
+
+    - Shapes: ``x`` is ``(..., D, ...)`` with the vector along ``dim``; ``k`` broadcasts against the
+      batch dimensions with size 1 along ``dim``; ``eps < 0`` picks the dtype's default margin
+      (`geoops.reference.stereographic.default_eps`).
+    - Output: same shape as ``x``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``), ``k`` included, from one fused backward kernel.
+    - Numerics: the margin is 1e-5 (float64) or 4e-3 (float32); float16/bfloat16 use 4e-3/8e-3 so
+      that the projected point stays inside the ball after rounding.
+    - Peer: ``geoopt.manifolds.stereographic.math.project`` (same signature; same values to
+      rounding); geoopt has no half-precision margins.
+    """
     return _run("project", x, k=k, dim=dim, eps=eps)
 
 
 def lambda_x(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    """Conformal factor 2 / (1 + k|x|^2)."""
+    """Conformal factor of the metric at x: lambda_x = 2 / (1 + k|x|^2).
+
+    Formula: ``2 / (1 + k <x, x>)`` along ``dim``.
+
+    - Shapes: ``x`` is ``(..., D, ...)``; ``k`` broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: ``x``'s shape without ``dim`` (kept with size 1 when ``keepdim=True``).
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``), ``k`` included, from one fused backward kernel.
+    - Numerics: the denominator is clamped at 1e-15 (as in geoopt); the CPU kernels accumulate |x|^2
+      in float64.
+    - Peer: ``geoopt.manifolds.stereographic.math.lambda_x`` (same signature; same values to
+      rounding).
+    """
     return _run("lambda_x", x, k=k, dim=dim, keepdim=keepdim)
 
 
 def mobius_add(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Mobius addition x (+)_k y."""
+    """Mobius addition x (+)_k y, the group-like operation of the kappa-stereographic model.
+
+    Formula: ``((1 - 2k<x,y> - k|y|^2) x + (1 + k|x|^2) y) / (1 - 2k<x,y> + k^2 |x|^2 |y|^2)`` along
+    ``dim``; k = 0 gives x + y.
+
+    - Shapes: ``x`` and ``y`` broadcast against each other as torch broadcasts, along any ``dim``;
+      ``k`` is a tensor or a Python number that broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: the denominator is clamped at 1e-15 (as in geoopt); the three row sums are
+      accumulated in float64 on the CPU.
+    - Peer: ``geoopt.manifolds.stereographic.math.mobius_add`` (same signature; same values to
+      rounding); geoopt runs one eager torch op per term, and autograd differentiates them.
+    """
     return _run("mobius_add", x, y, k=k, dim=dim)
 
 
 def mobius_sub(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Mobius subtraction x (+)_k (-y)."""
+    """Mobius subtraction x (-)_k y = x (+)_k (-y).
+
+    Formula: ``mobius_add(x, -y, k=k)``, computed by the same fused kernel without materialising
+    ``-y``.
+
+    - Shapes: ``x`` and ``y`` broadcast against each other as torch broadcasts, along any ``dim``;
+      ``k`` is a tensor or a Python number that broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: as `mobius_add`.
+    - Peer: ``geoopt.manifolds.stereographic.math.mobius_sub`` (same signature; same values to
+      rounding).
+    """
     return _run("mobius_sub", x, y, k=k, dim=dim)
 
 
 def mobius_scalar_mul(r: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Mobius scalar multiplication r (x)_k x = tan_k(r artan_k|x|) x/|x|; r has one value per row."""
+    """Mobius scalar multiplication r (x)_k x = tan_k(r artan_k(|x|)) x/|x|.
+
+    Formula: ``tan_k(r artan_k(|x|)) x / |x|`` with tan_k(t) = tan(sqrt(k) t)/sqrt(k) (tanh for k <
+    0) and artan_k its inverse; k = 0 gives r x.
+
+    - Shapes: ``x`` is ``(..., D, ...)``; ``r`` and ``k`` are tensors (or Python numbers) with one
+      value per row: they broadcast against the batch dimensions with size 1 along ``dim``.
+    - Output: same shape as ``x``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``r``, ``x``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: curvature enters only through tanc(z) = tan(sqrt z)/sqrt z and atanc(z) = atan(sqrt
+      z)/sqrt z of z = k|x|^2 (Taylor series near z = 0), so the op is analytic through k = 0 and x
+      = 0 with finite gradients there; artanh goes through log1p without cancellation near the
+      boundary.
+    - Peer: ``geoopt.manifolds.stereographic.math.mobius_scalar_mul`` (same signature; same values
+      to rounding); geoopt divides by a clamped |x| and branches on the value of k.
+    """
     return _run("mobius_scalar_mul", x, k=k, dim=dim, r=r)
 
 
 def expmap(x: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Exponential map at x of the tangent vector u."""
+    """Exponential map at x: the point reached from x along the geodesic with initial velocity u.
+
+    Formula: ``x (+)_k tan_k(lambda_x |u| / 2) u / |u|`` with lambda_x = 2 / (1 + k|x|^2).
+
+    - Shapes: ``x`` (a point) and ``u`` (a tangent vector at x) broadcast against each other as
+      torch broadcasts, along any ``dim``; ``k`` is a tensor or a Python number that broadcasts
+      against the batch dimensions with size 1 along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``u``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``u``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: one kernel for the whole composition (no intermediate tensors); analytic through k =
+      0 and u = 0 (tanc series); row sums in float64 on the CPU.
+    - Peer: ``geoopt.manifolds.stereographic.math.expmap`` (same signature; same values to
+      rounding).
+    """
     return _run("expmap", x, u, k=k, dim=dim, names=("x", "u"))
 
 
 def expmap0(u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Exponential map at the origin: tan_k(|u|) u/|u|."""
+    """Exponential map at the origin: tan_k(|u|) u/|u|.
+
+    Formula: ``tanc(k|u|^2) u`` with tanc(z) = tan(sqrt z)/sqrt z (tanh(sqrt -z)/sqrt -z for z < 0).
+
+    - Shapes: ``u`` is ``(..., D, ...)`` (a tangent vector at the origin); ``k`` broadcasts against
+      the batch dimensions with size 1 along ``dim``.
+    - Output: same shape as ``u``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``u``), ``k`` included, from one fused backward kernel.
+    - Numerics: tanc uses its Taylor series for |z| < 1e-3: finite values and gradients at k = 0 and
+      u = 0.
+    - Peer: ``geoopt.manifolds.stereographic.math.expmap0`` (same signature; same values to
+      rounding); geoopt divides by a clamped |u|.
+    """
     return _run("expmap0", u, k=k, dim=dim, names=("u", None))
 
 
 def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Logarithmic map at x of the point y."""
+    """Logarithmic map at x: the tangent vector at x that `expmap` maps to y (the inverse of expmap).
+
+    Formula: ``(2 / lambda_x) artan_k(|s|) s / |s|`` with s = (-x) (+)_k y and lambda_x = 2 / (1 +
+    k|x|^2).
+
+    - Shapes: ``x`` and ``y`` (points) broadcast against each other as torch broadcasts, along any
+      ``dim``; ``k`` is a tensor or a Python number that broadcasts against the batch dimensions
+      with size 1 along ``dim``.
+    - Output: the broadcast shape of ``x`` and ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: |s| is formed from |x - y| accumulated directly (no cancellation for close pairs);
+      artanh through log1p keeps digits within 1e-3 of the boundary; analytic through k = 0.
+    - Peer: ``geoopt.manifolds.stereographic.math.logmap`` (same signature; same values to
+      rounding).
+    """
     return _run("logmap", x, y, k=k, dim=dim)
 
 
 def logmap0(y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Logarithmic map at the origin: artan_k(|y|) y/|y|."""
+    """Logarithmic map at the origin: artan_k(|y|) y/|y| (the inverse of `expmap0`).
+
+    Formula: ``atanc(k|y|^2) y`` with atanc(z) = atan(sqrt z)/sqrt z (artanh(sqrt -z)/sqrt -z for z
+    < 0).
+
+    - Shapes: ``y`` is ``(..., D, ...)``; ``k`` broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: same shape as ``y``.
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``y``), ``k`` included, from one fused backward kernel.
+    - Numerics: atanc's Taylor series near z = 0; points on or outside the ball are clamped just
+      inside it (as geoopt does).
+    - Peer: ``geoopt.manifolds.stereographic.math.logmap0`` (same signature; same values to
+      rounding).
+    """
     return _run("logmap0", y, k=k, dim=dim, names=("y", None))
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    """Geodesic distance 2 artan_k(|(-x) (+)_k y|)."""
+    """Geodesic distance between x and y: 2 artan_k(|(-x) (+)_k y|).
+
+    Formula: ``2 artan_k(|x - y| / sqrt(1 + 2k<x,y> + k^2 |x|^2 |y|^2))`` along ``dim``.
+
+    - Shapes: ``x`` and ``y`` broadcast against each other as torch broadcasts, along any ``dim``;
+      ``k`` is a tensor or a Python number that broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: the broadcast shape without ``dim`` (kept with size 1 when ``keepdim=True``).
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``, ``y``), ``k`` included, from one fused backward
+      kernel.
+    - Numerics: |(-x) (+) y| from |x - y| accumulated directly, so close pairs keep their relative
+      accuracy (geoopt loses it to cancellation); artanh through log1p near the boundary; row sums
+      in float64 on the CPU.
+    - Peer: ``geoopt.manifolds.stereographic.math.dist`` (same signature; same values to rounding),
+      except that a ``k`` of shape ``(B, 1)`` gives a ``(B,)`` result with ``keepdim=False`` (geoopt
+      broadcasts it to ``(B, B)``).
+    """
     return _run("dist", x, y, k=k, dim=dim, keepdim=keepdim)
 
 
 def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    """Geodesic distance to the origin 2 artan_k(|x|)."""
+    """Geodesic distance to the origin: 2 artan_k(|x|).
+
+    Formula: ``2 |x| atanc(k|x|^2)``.
+
+    - Shapes: ``x`` is ``(..., D, ...)``; ``k`` broadcasts against the batch dimensions with size 1
+      along ``dim``.
+    - Output: ``x``'s shape without ``dim`` (kept with size 1 when ``keepdim=True``).
+    - Dtypes: float64, float32, float16, bfloat16 (half types are computed in float32 inside the
+      kernels and returned in their own dtype); CPU (C++ kernels), CUDA (Triton or CUDA C++
+      kernels).
+    - Gradients: to every tensor argument (``x``), ``k`` included, from one fused backward kernel.
+    - Numerics: atanc's Taylor series near z = 0; the gradient at x = 0 is 0 (finite, as
+      are all gradients at zero vectors).
+    - Peer: ``geoopt.manifolds.stereographic.math.dist0`` (same signature; same values to rounding).
+    """
     return _run("dist0", x, k=k, dim=dim, keepdim=keepdim)
+
+
+# ---------------------------------------------------------------- pairwise: cdist, knn, pairwise_rank
+__all__ += ["cdist", "knn", "pairwise_rank", "reconstruction_metrics"]
+
+_PAIR = _ops.PAIR_CALLERS
+
+
+class CdistFn(torch.autograd.Function):
+    """autograd.Function of cdist: torch.ops.geoops.cdist_fwd / cdist_bwd (x [B,N,D], y [B,M,D], k [B])."""
+
+    @staticmethod
+    def forward(ctx, x, y, k):
+        d, A = _PAIR["cdist_fwd"](x, y, k, True)
+        ctx.save_for_backward(x, y, k, A, d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, k, A, d = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        if mask == 0:
+            return None, None, None
+        dx, dy, dk = _PAIR["cdist_bwd"](grad.contiguous(), x, y, k, A, d, mask)
+        return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None)
+
+
+def _pair_args(op: str, x, y, k):
+    """Validate and flatten the pairwise arguments: (x3 [B,N,D], y3 [B,M,D], k3 [B], batch, dtype, out dtype)."""
+    _check_float(op, "x", x)
+    _check_float(op, "y", y)
+    if y.device != x.device:
+        _fail(op, f"y is on {y.device} but x is on {x.device}; all tensors must be on one device")
+    if x.dim() < 2:
+        _fail(op, f"x must have shape [..., N, D] (at least 2 dimensions), got {tuple(x.shape)}")
+    if y.dim() < 2:
+        _fail(op, f"y must have shape [..., M, D] (at least 2 dimensions), got {tuple(y.shape)}")
+    if x.shape[-1] != y.shape[-1]:
+        _fail(op, f"x and y must have the same vector size D (last dimension), got {x.shape[-1]} and {y.shape[-1]}")
+    try:
+        batch = tuple(torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
+    except RuntimeError:
+        _fail(op, f"the batch dimensions of x {tuple(x.shape[:-2])} and y {tuple(y.shape[:-2])} do not broadcast")
+    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    k = _as_scalar_tensor(op, "k", k, x)
+    if k.dtype != dtype:
+        k = k.to(dtype)
+    N, M, D = x.shape[-2], y.shape[-2], x.shape[-1]
+    B = 1
+    for s in batch:
+        B *= s
+    if k.numel() == 1:
+        k3 = k.reshape(1).expand(B)
+    else:
+        if k.dim() < 2 or k.shape[-1] != 1 or k.shape[-2] != 1:
+            _fail(op, f"k must be a scalar or have shape batch + (1, 1) (one curvature per [N, M] block), "
+                      f"got shape {tuple(k.shape)}")
+        try:
+            k3 = k.expand(batch + (1, 1)).reshape(B)
+        except RuntimeError:
+            _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch dimensions {batch}")
+
+    def flat(t, R):
+        if t.dtype != dtype:
+            t = t.to(dtype)
+        if tuple(t.shape[:-2]) != batch:
+            t = t.expand(batch + tuple(t.shape[-2:]))
+        t = t.reshape(B, R, D)
+        return t if t.is_contiguous() else t.contiguous()
+
+    return flat(x, N), flat(y, M), k3, batch, dtype, out_dtype
+
+
+def _pair_debug_checks(op, x3, y3, k3):
+    for name, t in (("x", x3), ("y", y3), ("k", k3)):
+        if not torch.isfinite(t).all():
+            _fail(op, f"{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
+    kk = k3.double().reshape(-1, 1)
+    for name, t in (("x", x3), ("y", y3)):
+        if t.numel() and bool(((1 + kk * (t.double() ** 2).sum(-1)) <= 0).any()):
+            _fail(op, f"{name} has points outside the ball |{name}|^2 < 1/|k| [GEOOPS_CHECK]")
+
+
+def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
+    r"""Pairwise geodesic distances of the kappa-stereographic model: ``out[..., i, j] = dist(x[..., i, :], y[..., j, :])``.
+
+    Equal to geoopt's ``dist(x[..., :, None, :], y[..., None, :, :], k=k)`` without forming the
+    ``[..., N, M, D]`` broadcast.  With :math:`A = |x-y|^2`, :math:`p_x = 1 + k|x|^2`, :math:`p_y = 1 + k|y|^2`:
+
+    * k < 0 (ball of radius :math:`1/\sqrt{c}`, c = -k): :math:`d = \operatorname{arcosh}(1 + t)/\sqrt c`,
+      :math:`t = 2cA / (p_x p_y)`, evaluated as ``log1p(t + sqrt(t (t + 2)))``;
+    * k > 0 (projected sphere): :math:`d = 2\,\operatorname{atan2}(\sqrt{kA}, \sqrt{p_x p_y - kA})/\sqrt k`;
+    * k = 0: :math:`d = 2|x - y|`.
+
+    These equal :math:`2\,\operatorname{artan}_k |(-x) \oplus_k y|` since
+    :math:`|(-x) \oplus_k y|^2 = A / (p_x p_y - kA)`.  Only :math:`\langle x, y\rangle` is pairwise: it
+    comes from one GEMM; row norms and a fused, vectorised epilogue do the rest.
+
+    Args:
+        x: ``[..., N, D]`` points.  y: ``[..., M, D]`` points; the batch dimensions broadcast.
+        k: curvature: a Python number, a tensor with one element, or a tensor of shape ``batch + (1, 1)``
+            (one curvature per ``[N, M]`` block).  Integer tensors are promoted.
+
+    Returns:
+        ``[..., N, M]`` in the promoted dtype of x and y (float16/bfloat16 are computed in float32).
+
+    Gradients: to x, y and k (tensors), computed as GEMMs too (``dx = a * x - W y``, no
+    ``[N, M, D]`` tensor); once differentiable.  At x_i = y_j (distance 0, not differentiable) the
+    gradient of that pair is 0.
+
+    Numerics: :math:`A = |x|^2 + |y|^2 - 2\langle x,y\rangle` cancels for close pairs; pairs with
+    :math:`A < \tau (|x|^2 + |y|^2)`, :math:`\tau \approx 512\,u\,(D + 4)`, are recomputed from the rows,
+    so the float32 relative error stays below 1e-3 (close pairs and points near the boundary included)
+    and x against itself gives exact zeros.  Points on or outside the ball (k < 0) are handled like
+    geoopt's clamps: :math:`p` is clamped at 1e-7 (float32; 1e-15 float64), giving large, finite
+    distances.  Memory: the output, plus one ``[..., N, M]`` buffer saved for the backward when a
+    gradient is needed.  For nearest neighbours at scale use :func:`knn` (bounded memory).
+    """
+    op = "cdist"
+    x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
+    if _backend.checks_enabled():
+        _pair_debug_checks(op, x3, y3, k3)
+    N, M = x3.shape[1], y3.shape[1]
+    if torch.is_grad_enabled() and (x3.requires_grad or y3.requires_grad or k3.requires_grad):
+        out = CdistFn.apply(x3, y3, k3)
+    else:
+        out = _PAIR["cdist_fwd"](x3, y3, k3, False)[0]
+    out = out.reshape(batch + (N, M))
+    return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _tile_sizes(N: int, M: int, n: int, block_elems: int):
+    """Query and key tile sizes for a tile of about `block_elems` rank keys."""
+    mb = max(n + 1, min(M, 4096))
+    nb = max(1, min(N, block_elems // mb))
+    return nb, mb
+
+
+def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool = False,
+        block_elems: int = 1 << 22):
+    r"""The ``n_neighbors`` nearest (``largest=True``: farthest) points of ``y`` for every point of ``x``.
+
+    Returns ``(distances [..., N, n], indices [..., N, n])`` sorted by distance (ascending, or descending
+    when ``largest``), like ``torch.topk(cdist(x, y, k=k), n, largest=largest)`` but without the
+    ``[N, M]`` matrix: ``y`` is processed in tiles, so the extra memory is
+    ``O(block_elems + N n)`` (default tiles of 4M keys = 16 MiB in float32) on top of the inputs.
+
+    Ranking uses a monotone function of the distance that needs no transcendental per pair
+    (``A/(p_x p_y)`` for k < 0, ``A/(p_x p_y - kA)`` for k > 0, ``A`` for k = 0, with
+    :math:`A = |x - y|^2` from one GEMM per tile and close pairs recomputed from the rows, as in
+    :func:`cdist`); only the kept ``n`` per row are turned into distances, by the fused row-wise
+    :func:`dist` on the gathered pairs, so the distances are differentiable with respect to x, y and k
+    (the indices are not).  Ties are broken as ``torch.topk`` breaks them.
+
+    Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``,
+    k as for :func:`cdist`.
+    """
+    op = "knn"
+    if not isinstance(n_neighbors, int) or isinstance(n_neighbors, bool):
+        _fail(op, f"n_neighbors must be an int, got {type(n_neighbors).__name__}", TypeError)
+    x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
+    B, N, D = x3.shape
+    M = y3.shape[1]
+    if not 0 <= n_neighbors <= M:
+        _fail(op, f"n_neighbors must be in [0, M={M}] (the number of points of y), got {n_neighbors}")
+    n = n_neighbors
+    nb, mb = _tile_sizes(N, M, n, block_elems)
+    kd = k3.detach()
+    xd, yd = x3.detach(), y3.detach()
+    idx = torch.empty((B, N, n), dtype=torch.int64, device=x.device)
+    fill = float("-inf") if largest else float("inf")
+    fused = _backend.resolve(x.device, _ops.FAMILY) == "cpp" and _library.direct_call_ok(x, y, k3) and \
+        hasattr(_backend.compiled(), "knn_cpu")
+    with torch.no_grad():
+        if fused:  # C++: GEMM per (row block, tile of y) + keys + per-row sorted top n, no [N, M] tile kept
+            tile = max(n + 1, min(M, 1024))
+            for b in range(B):
+                idx[b] = _backend.compiled().knn_cpu(xd[b], yd[b], float(kd[b]), n, largest, tile)[1]
+    with torch.no_grad():
+        for i0 in (range(0, N, nb) if not fused else ()):
+            i1 = min(N, i0 + nb)
+            best_key = torch.full((B, i1 - i0, n), fill, dtype=dtype, device=x.device)
+            best_idx = torch.zeros((B, i1 - i0, n), dtype=torch.int64, device=x.device)
+            for j0 in range(0, M, mb):
+                j1 = min(M, j0 + mb)
+                key = _PAIR["rank_key"](xd[:, i0:i1], yd[:, j0:j1], kd)
+                # the tile's own top n, then a merge of 2n candidates (no copy of the tile)
+                tk, ti = torch.topk(key, min(n, j1 - j0), dim=-1, largest=largest, sorted=False)
+                del key
+                if j0 == 0:
+                    cand_key, cand_idx = tk, ti
+                else:
+                    cand_key = torch.cat([best_key, tk], dim=-1)
+                    cand_idx = torch.cat([best_idx, ti + j0], dim=-1)
+                if cand_key.shape[-1] == n and j1 < M:
+                    best_key, best_idx = cand_key, cand_idx
+                    continue
+                best_key, pos = torch.topk(cand_key, n, dim=-1, largest=largest, sorted=True)
+                best_idx = torch.gather(cand_idx, -1, pos)
+            idx[:, i0:i1] = best_idx
+    # distances of the kept pairs with the fused row-wise op (differentiable)
+    ysel = torch.gather(y3, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(B, N, n, D)
+    dist_ = dist(x3.unsqueeze(2), ysel, k=k3.reshape(B, 1, 1, 1))
+    dist_ = dist_.reshape(batch + (N, n))
+    return (dist_ if dist_.dtype == out_dtype else dist_.to(out_dtype)), idx.reshape(batch + (N, n))
+
+
+def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target: torch.Tensor, *, k,
+                  block_elems: int = 1 << 22) -> torch.Tensor:
+    r"""For each pair p, the number of points of ``y`` other than ``y[target[p]]`` strictly closer to
+    ``x[query[p]]`` than ``y[target[p]]`` is (the 0-based rank of the target among all of ``y``).
+
+    The building block of the embedding-reconstruction metrics (mean rank, MAP; see
+    :func:`reconstruction_metrics`) at scale: ``y`` is processed in tiles of ``block_elems`` rank keys
+    (a monotone function of the distance, no transcendental per pair; see :func:`knn`), so the
+    extra memory is ``O(block_elems + P)``, never ``[N, M]``.  The threshold of each pair is taken from the
+    same tile computation as the points it is compared with, so ties and rounding are consistent.
+
+    Args: x ``[N, D]``, y ``[M, D]``, query and target: integer tensors of the same shape ``[P]`` (indices
+    into x and y), k a scalar curvature.  Returns int64 ``[P]``.  Not differentiable.
+    """
+    op = "pairwise_rank"
+    for name, t in (("query", query), ("target", target)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
+            _fail(op, f"{name} must be a 1-d int32/int64 tensor of indices, got "
+                      f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}", TypeError)
+    if query.shape != target.shape:
+        _fail(op, f"query and target must have the same shape, got {tuple(query.shape)} and {tuple(target.shape)}")
+    if x.dim() != 2 or (isinstance(y, torch.Tensor) and y.dim() != 2):
+        _fail(op, "x and y must be 2-d: [N, D] and [M, D]")
+    x3, y3, k3, _, dtype, _ = _pair_args(op, x, y, k)
+    if k3.numel() != 1:
+        _fail(op, "k must be a scalar")
+    N, M = x3.shape[1], y3.shape[1]
+    query = query.to(torch.int64)
+    target = target.to(torch.int64)
+    if query.numel() and (int(query.min()) < 0 or int(query.max()) >= N):
+        _fail(op, f"query has indices outside [0, N={N})", IndexError)
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= M):
+        _fail(op, f"target has indices outside [0, M={M})", IndexError)
+    P = query.numel()
+    counts = torch.zeros(P, dtype=torch.int64, device=x.device)
+    if P == 0 or M == 0:
+        return counts
+    xd, yd, kd = x3.detach()[0], y3.detach()[0], k3.detach()
+    D = xd.shape[-1]
+    with torch.no_grad():
+        # the key of each (query, target) pair: one 1 x 1 block per pair, same kernel and close-pair rule
+        thr = _PAIR["rank_key"](xd[query].reshape(P, 1, D), yd[target].reshape(P, 1, D), kd.expand(P)).reshape(P)
+        order = torch.argsort(query, stable=True)
+        q_sorted, t_sorted, thr_sorted = query[order], target[order], thr[order]
+        uq, inv = torch.unique_consecutive(q_sorted, return_inverse=True)
+        mb = min(M, 4096)
+        per_q = max(1, -(-P // uq.numel()))
+        nb = max(1, min(uq.numel(), block_elems // (mb * per_q)))
+        out_sorted = torch.empty(P, dtype=torch.int64, device=x.device)
+        bounds = torch.searchsorted(inv, torch.arange(0, uq.numel() + nb, nb, device=x.device).clamp(max=uq.numel()))
+        for bi, u0 in enumerate(range(0, uq.numel(), nb)):
+            u1 = min(uq.numel(), u0 + nb)
+            p0, p1 = int(bounds[bi]), int(bounds[bi + 1])
+            rows = xd[uq[u0:u1]].unsqueeze(0)
+            loc = inv[p0:p1] - u0
+            tgt = t_sorted[p0:p1]
+            th = thr_sorted[p0:p1, None]
+            cnt = torch.zeros(p1 - p0, dtype=torch.int64, device=x.device)
+            for j0 in range(0, M, mb):
+                j1 = min(M, j0 + mb)
+                key = _PAIR["rank_key"](rows, yd[j0:j1].unsqueeze(0), kd)[0]  # [nq, mb]
+                less = key[loc] < th
+                inside = (tgt >= j0) & (tgt < j1)  # the target itself never counts
+                if bool(inside.any()):
+                    r = inside.nonzero().squeeze(1)
+                    less[r, tgt[r] - j0] = False
+                cnt += less.sum(-1)
+            out_sorted[p0:p1] = cnt
+        counts[order] = out_sorted
+    return counts
+
+
+def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_elems: int = 1 << 22):
+    r"""Mean rank and mean average precision of a graph reconstructed from an embedding (Nickel & Kiela 2017).
+
+    For every edge (u, v) of ``edges`` ``[P, 2]`` (the positives of u), the rank of v among u's
+    non-neighbours: ``1 + #{w not in N(u), w != u : d(u, w) < d(u, v)}``; mean rank is the mean over edges.
+    The average precision of u is the mean over its neighbours v of
+    ``#{v' in N(u): d(u, v') <= d(u, v)} / (#{v' in N(u)} closer or equal + #{w not in N(u), w != u} closer)``,
+    MAP the mean over the nodes that have neighbours.  Built on :func:`pairwise_rank` (bounded memory:
+    no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats.
+    """
+    if not isinstance(edges, torch.Tensor) or edges.dim() != 2 or edges.shape[1] != 2:
+        _fail("reconstruction_metrics", "edges must be an integer tensor of shape [P, 2]", TypeError)
+    edges = torch.unique(edges.to(torch.int64), dim=0)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    u, v = edges[:, 0], edges[:, 1]
+    closer_all = pairwise_rank(x, x, u, v, k=k, block_elems=block_elems)  # includes u itself (d = 0)
+    # keys of the positive pairs (same kernel), to count the positives closer than each
+    x3, _, k3, _, _, _ = _pair_args("reconstruction_metrics", x, x, k)
+    kd = k3.detach()
+    with torch.no_grad():
+        pk = _PAIR["rank_key"](x3[:, u].reshape(-1, 1, x.shape[-1]).detach(),
+                               x3[:, v].reshape(-1, 1, x.shape[-1]).detach(), kd.expand(u.numel()))
+    pk = pk.reshape(-1)
+    # per source u: the number of its positives strictly closer than each positive (sort by (u, key))
+    import numpy as np
+
+    lex = torch.from_numpy(np.lexsort((pk.cpu().double().numpy(), u.cpu().numpy()))).to(u.device)
+    su, sk = u[lex], pk[lex]
+    pos = torch.arange(su.numel(), device=u.device)
+    new_grp = torch.ones_like(su, dtype=torch.bool)
+    new_grp[1:] = su[1:] != su[:-1]
+    new_run = new_grp.clone()
+    new_run[1:] |= sk[1:] != sk[:-1]
+    grp_start = torch.cummax(torch.where(new_grp, pos, torch.zeros_like(pos)), 0)[0]
+    run_start = torch.cummax(torch.where(new_run, pos, torch.zeros_like(pos)), 0)[0]
+    pos_closer = torch.empty_like(closer_all)
+    pos_closer[lex] = run_start - grp_start
+    neg_closer = (closer_all - pos_closer - 1).clamp_min(0)  # minus u itself (distance 0 < d(u, v))
+    mean_rank = float((1 + neg_closer).double().mean())
+    # AP: precision at each positive = (#pos with key <= own) / (that + neg closer)
+    nodes, inv = torch.unique(u, return_inverse=True)
+    counts = torch.bincount(inv).double()
+    # positives with key <= own: count of equal run end; approximate ties by strict count + 1
+    prec = (pos_closer + 1).double() / (pos_closer + 1 + neg_closer).double()
+    ap = torch.zeros(nodes.numel(), dtype=torch.float64).index_add_(0, inv, prec) / counts
+    return mean_rank, float(ap.mean())
+
+
+# ---------------------------------------------------------------- mobius_matvec, mobius_pointwise_mul
+__all__ += ["mobius_matvec", "mobius_pointwise_mul"]
+
+_TANC = (1 / 3, 2 / 15, 17 / 315, 62 / 2835, 1382 / 155925)
+_ATANC = (-1 / 3, 1 / 5, -1 / 7, 1 / 9, -1 / 11)
+_CUT = 1e-2
+
+
+def _poly(z, coefs):
+    acc = torch.zeros_like(z) + coefs[-1]
+    for c in reversed(coefs[:-1]):
+        acc = acc * z + c
+    return acc
+
+
+def _tanc_d(z):
+    """tanc(z) = tan(sqrt z)/sqrt z and its derivative (series for |z| < 1e-2, closed forms elsewhere)."""
+    small = z.abs() < _CUT
+    zs = torch.where(small, z, torch.zeros_like(z))
+    t_s = 1 + zs * _poly(zs, _TANC)
+    dt_s = _poly(zs, tuple(c * (i + 1) for i, c in enumerate(_TANC)))
+    zc = torch.where(small, torch.full_like(z, _CUT), z)
+    sn = (-zc).clamp_min(0).sqrt()
+    sp = zc.clamp_min(0).sqrt()
+    t_c = torch.where(zc < 0, torch.tanh(sn) / sn.clamp_min(1e-30), torch.tan(sp) / sp.clamp_min(1e-30))
+    dt_c = (1 + zc * t_c * t_c - t_c) / (2 * zc)
+    return torch.where(small, t_s, t_c), torch.where(small, dt_s, dt_c)
+
+
+def _atanc_d(z):
+    """atanc(z) = atan(sqrt z)/sqrt z (artanh for z < 0; clamped just inside the ball) and its derivative."""
+    small = z.abs() < _CUT
+    zs = torch.where(small, z, torch.zeros_like(z))
+    a_s = 1 + zs * _poly(zs, _ATANC)
+    da_s = _poly(zs, tuple(c * (i + 1) for i, c in enumerate(_ATANC)))
+    zc = torch.where(small, torch.full_like(z, _CUT), z)
+    lim = 1 - 1e-7 if z.dtype != torch.float64 else 1 - 1e-15
+    zc = zc.clamp_min(-lim)  # points outside the ball: clamped as geoopt clamps artanh's argument
+    sn = (-zc).clamp_min(0).sqrt()
+    sp = zc.clamp_min(0).sqrt()
+    a_c = torch.where(zc < 0, torch.atanh(sn) / sn.clamp_min(1e-30), torch.atan(sp) / sp.clamp_min(1e-30))
+    da_c = (1 / (1 + zc) - a_c) / (2 * zc)
+    return torch.where(small, a_s, a_c), torch.where(small, da_s, da_c)
+
+
+class MobiusScaleFn(torch.autograd.Function):
+    """out = v * phi(|x|^2, |v|^2, k) with phi = atanc(k|x|^2) tanc(k |v|^2 atanc(k|x|^2)^2): the fused
+    epilogue of mobius_matvec (v = Mx) and mobius_pointwise_mul (v = w * x), on rows v [R, Do], x [R, Di],
+    k [1] or [R]: torch.ops.geoops.mobius_scale_fwd / _bwd (one pass per row forward, one backward)."""
+
+    @staticmethod
+    def forward(ctx, v, x, k):
+        out, st = _PAIR["mobius_scale_fwd"](v, x, k)
+        ctx.save_for_backward(v, x, k, st)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        v, x, k, st = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        if mask == 0:
+            return None, None, None
+        gv, gx, gk = _PAIR["mobius_scale_bwd"](g.contiguous(), v, x, k, st, mask)
+        if need[2]:
+            gk = gk.to(k.dtype)
+            if k.shape[0] != v.shape[0]:
+                gk = gk.sum().reshape(1)
+        return (gv if need[0] else None, gx if need[1] else None, gk if need[2] else None)
+
+
+def _scale_k(op, k, like):
+    k = _as_scalar_tensor(op, "k", k, like)
+    return k if k.dtype == like.dtype else k.to(like.dtype)
+
+
+def _mobius_scale(op, v, x, k):
+    """v [..., Do], x broadcastable to v's batch [..., Di], k broadcasting to the batch + (1,): v * phi."""
+    batch = tuple(v.shape[:-1])
+    R = 1
+    for s_ in batch:
+        R *= s_
+    Do, Di = v.shape[-1], x.shape[-1]
+    if v.dtype not in (torch.float32, torch.float64):  # half types: computed in float32
+        return _mobius_scale(op, v.float(), x.float(), k.float()).to(v.dtype)
+    if x.dtype != v.dtype:
+        x = x.to(v.dtype)
+    if x.dim() != len(batch) + 1 or tuple(x.shape[:-1]) != batch:
+        x = x.expand(batch + (Di,))
+    v2 = v.reshape(R, Do)
+    x2 = x.reshape(R, Di)
+    v2 = v2 if v2.is_contiguous() else v2.contiguous()
+    x2 = x2 if x2.is_contiguous() else x2.contiguous()
+    if k.numel() == 1:
+        kr = k.reshape(1)
+    else:
+        try:
+            kr = k.expand(batch + (1,)).reshape(R)
+        except RuntimeError:
+            _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch {batch} with size 1 along dim")
+    if torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
+        out = MobiusScaleFn.apply(v2, x2, kr)
+    else:
+        out = _PAIR["mobius_scale_fwd"](v2, x2, kr)[0]
+    return out.reshape(batch + (Do,))
+
+
+def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    r"""Mobius matrix-vector multiplication :math:`M \otimes_k x = \tan_k(\frac{|Mx|}{|x|}\operatorname{artan}_k|x|)\frac{Mx}{|Mx|}`.
+
+    geoopt's ``mobius_matvec``: m ``[D_out, D_in]`` (or batched ``[..., D_out, D_in]``, then ``dim`` must be
+    the last), x ``[..., D_in]`` with the vector along ``dim``; returns ``[..., D_out]``.  Rows where
+    ``Mx = 0`` give exactly 0, as in geoopt.  One GEMM (``x @ m.T``, MKL) and a fused epilogue: the
+    result is :math:`Mx \cdot \varphi` with :math:`\varphi = \operatorname{atanc}(k|x|^2)\,
+    \operatorname{tanc}(k|Mx|^2\operatorname{atanc}(k|x|^2)^2)` computed once per row (analytic in k
+    through 0; artanh's argument clamped at 1 - 1e-7 (fp32) for points outside the ball, like geoopt).
+    Gradients to m, x and k: the GEMM's own backward plus a two-pass epilogue backward.  Difference from
+    geoopt: at ``Mx = 0`` the gradient is that of the analytic continuation (geoopt's ``torch.where``
+    gives 0 there).  k: a number, or a tensor broadcasting against x's batch with size 1 along ``dim``.
+    """
+    op = "mobius_matvec"
+    _check_float(op, "m", m)
+    _check_float(op, "x", x)
+    if m.dim() < 2:
+        _fail(op, f"m must be a matrix [D_out, D_in] (or batched), got shape {tuple(m.shape)}")
+    if x.dim() < 1:
+        _fail(op, "x must have at least one dimension")
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    d = dim + x.dim() if dim < 0 else dim
+    if not 0 <= d < x.dim():
+        _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    if m.dim() > 2 and d != x.dim() - 1:
+        _fail(op, "a batched m needs the vectors along the last dimension (dim=-1)")
+    if m.shape[-1] != x.shape[d]:
+        _fail(op, f"m has D_in={m.shape[-1]} columns but x has {x.shape[d]} entries along dim={dim}")
+    xl = x if d == x.dim() - 1 else x.movedim(d, -1)
+    dtype = torch.promote_types(m.dtype, x.dtype)
+    if xl.dtype != dtype:
+        xl = xl.to(dtype)
+    if m.dtype != dtype:
+        m = m.to(dtype)
+    mx = xl @ m.transpose(-1, -2) if m.dim() == 2 else (m @ xl.unsqueeze(-1)).squeeze(-1)
+    kt = _scale_k(op, k, mx)
+    if kt.dim() and d != x.dim() - 1 and kt.dim() == x.dim():
+        kt = kt.movedim(d, -1)
+    out = _mobius_scale(op, mx, xl, kt)
+    return out if d == x.dim() - 1 else out.movedim(-1, d)
+
+
+def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    r"""Mobius pointwise multiplication :math:`\operatorname{diag}(w) \otimes_k x` (geoopt's semantics).
+
+    :math:`\tan_k(\frac{|w x|}{|x|}\operatorname{artan}_k|x|)\frac{w x}{|w x|}`, w broadcasting against x;
+    rows where every entry of ``w * x`` is within 1e-8 of 0 give exactly 0 (geoopt's ``isclose`` test).
+    Fused epilogue as :func:`mobius_matvec`; gradients to w, x and k.
+    """
+    op = "mobius_pointwise_mul"
+    _check_float(op, "w", w)
+    _check_float(op, "x", x)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    try:
+        shape = torch.broadcast_shapes(w.shape, x.shape)
+    except RuntimeError:
+        _fail(op, f"w of shape {tuple(w.shape)} does not broadcast against x of shape {tuple(x.shape)}")
+    d = dim + len(shape) if dim < 0 else dim
+    if not 0 <= d < len(shape):
+        _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    wx = w * x
+    xb = x.expand(shape) if tuple(x.shape) != tuple(shape) else x
+    kt = _scale_k(op, k, wx)
+    last = d == len(shape) - 1
+    if not last:
+        wx, xb = wx.movedim(d, -1), xb.movedim(d, -1)
+        if kt.dim() == len(shape):
+            kt = kt.movedim(d, -1)
+    out = _mobius_scale(op, wx, xb, kt)
+    zero = (wx.abs() <= 1e-8).all(dim=-1, keepdim=True)
+    out = torch.where(zero, torch.zeros((), dtype=out.dtype, device=out.device), out)
+    return out if last else out.movedim(-1, d)
+
+
+# Resolve the lazily initialised backend state now, at import, so that the first call inside a compiled
+# region does not install a guard on it (one extra recompile under torch.compile(dynamic=True)).
+_backend.get_backend()
+_backend.checks_enabled()
+
+
+# ---------------------------------------------------------------- the rest of geoopt's math surface
+# Compositions of the fused ops above (the hot parts, Mobius addition and the tan/artan maps, are fused
+# kernels; the glue is a few elementwise torch ops).  Same names, signatures and results as geoopt.
+__all__ += ["gyration", "mobius_coadd", "mobius_cosub", "parallel_transport", "parallel_transport0",
+            "parallel_transport0back", "egrad2rgrad", "inner", "norm", "geodesic", "geodesic_unit", "antipode",
+            "sproj", "inv_sproj", "dist2plane", "weighted_midpoint", "mobius_fn_apply", "mobius_fn_apply_chain",
+            "arsin_k", "sin_k", "retr"]
+
+
+def _kt(op, k, like):
+    return _scale_k(op, k, like)
+
+
+def _dot(a, b, dim, keepdim=True):
+    return (a * b).sum(dim=dim, keepdim=keepdim)
+
+
+def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Gyration gyr[a, b]u = -(a (+) b) (+) (a (+) (b (+) u)), in geoopt's closed form (one pass of dot products)."""
+    k = _kt("gyration", k, u)
+    a2, b2, ab = _dot(a, a, dim), _dot(b, b, dim), _dot(a, b, dim)
+    au, bu = _dot(a, u, dim), _dot(b, u, dim)
+    k2 = k * k
+    ca = -k2 * au * b2 - k * bu + 2 * k2 * ab * bu
+    cb = -k2 * bu * a2 + k * au
+    d = 1 - 2 * k * ab + k2 * a2 * b2
+    return u + 2 * (ca * a + cb * b) / d.clamp_min(1e-15)
+
+
+def mobius_coadd(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Mobius coaddition x [+] y = x (+) gyr[x, -y] y."""
+    return mobius_add(x, gyration(x, -y, y, k=k, dim=dim), k=k, dim=dim)
+
+
+def mobius_cosub(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Mobius cosubtraction x [-] y = x [+] (-y)."""
+    return mobius_coadd(x, -y, k=k, dim=dim)
+
+
+def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Parallel transport of v from x to y: gyr[y, -x] v * lambda_x / lambda_y."""
+    lx = lambda_x(x, k=k, keepdim=True, dim=dim)
+    ly = lambda_x(y, k=k, keepdim=True, dim=dim)
+    return gyration(y, -x, v, k=k, dim=dim) * lx / ly
+
+
+def parallel_transport0(y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Parallel transport of v from the origin to y: v (1 + k|y|^2) (clamped at 1e-15, as geoopt)."""
+    k = _kt("parallel_transport0", k, v)
+    return v * (1 + k * _dot(y, y, dim)).clamp_min(1e-15)
+
+
+def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Parallel transport of v from x to the origin: v / (1 + k|x|^2)."""
+    k = _kt("parallel_transport0back", k, v)
+    return v / (1 + k * _dot(x, x, dim)).clamp_min(1e-15)
+
+
+def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
+    return grad / lambda_x(x, k=k, keepdim=True, dim=dim) ** 2
+
+
+def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
+    """Riemannian inner product at x: lambda_x^2 <u, v>."""
+    return lambda_x(x, k=k, keepdim=True, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
+
+
+def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
+    """Riemannian norm at x: lambda_x |u|."""
+    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
+
+
+def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
+    v = mobius_add(-x, y, k=k, dim=dim)
+    t = torch.as_tensor(t, dtype=v.dtype, device=v.device)
+    return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
+
+
+def tan_k(x: torch.Tensor, k) -> torch.Tensor:
+    """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
+    k = _kt("tan_k", k, x)
+    return _ref.tan_k(x, k)
+
+
+def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
+    kk = _kt("geodesic_unit", k, u)
+    t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
+    un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
+    return mobius_add(x, tan_k(t / 2.0, kk) * (u / un), k=k, dim=dim)
+
+
+def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction."""
+    kk = _kt("antipode", k, x)
+    if bool(torch.all(kk.le(0))):
+        return -x
+    v = x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-15)
+    R = kk.abs().clamp_min(1e-15).sqrt().reciprocal()
+    a = geodesic_unit(math.pi * R, x, v, k=k, dim=dim)
+    return torch.where(kk.gt(0), a, -x)
+
+
+def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
+    kk = _kt("sproj", k, x)
+    inv_r = kk.abs().sqrt()
+    factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))
+    return factor * x.narrow(dim, 0, x.size(dim) - 1)
+
+
+def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Inverse stereographic projection: (lambda_x x, (lambda_x - 1)/sqrt|k|)."""
+    kk = _kt("inv_sproj", k, x)
+    lam = lambda_x(x, k=kk, keepdim=True, dim=dim)
+    return torch.cat((lam * x, (lam - 1.0) / kk.abs().sqrt()), dim=dim)
+
+
+def sin_k(x: torch.Tensor, k) -> torch.Tensor:
+    """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    k = _kt("sin_k", k, x)
+    c = k.abs().clamp_min(1e-15).sqrt()
+    small = k.abs() < 1e-6
+    closed = torch.where(k < 0, torch.sinh(c * x), torch.sin(c * x)) / c
+    return torch.where(small, x - k * x ** 3 / 6, closed)
+
+
+def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
+    """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    k = _kt("arsin_k", k, x)
+    c = k.abs().clamp_min(1e-15).sqrt()
+    small = k.abs() < 1e-6
+    closed = torch.where(k < 0, torch.asinh(c * x), torch.asin((c * x).clamp(-1 + 1e-7, 1 - 1e-7))) / c
+    return torch.where(small, x + k * x ** 3 / 6, closed)
+
+
+def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim: bool = False, signed: bool = False,
+               scaled: bool = False, dim: int = -1):
+    """Distance from x to the gyroplane through p with normal a (geoopt's dist2plane)."""
+    kk = _kt("dist2plane", k, x)
+    diff = mobius_add(-p, x, k=k, dim=dim)
+    diff2 = _dot(diff, diff, dim, keepdim=keepdim).clamp_min(1e-15)
+    sc = _dot(diff, a, dim, keepdim=keepdim)
+    if not signed:
+        sc = sc.abs()
+    an = a.norm(dim=dim, keepdim=keepdim, p=2)
+    den = (1 + kk * diff2) * an
+    den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
+    d = arsin_k(2.0 * sc / den, kk)
+    return d * an if scaled else d
+
+
+def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,
+                      keepdim: bool = False, lincomb: bool = False, posweight: bool = False) -> torch.Tensor:
+    """Weighted gyromidpoint (Einstein/Mobius midpoint) of xs along `reducedim`: geoopt's weighted_midpoint.
+
+    m = 1/2 (x) (sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1)); on the sphere the better of m and its
+    antipode; with ``lincomb`` scaled by the sum of the weights.
+    """
+    kk = _kt("weighted_midpoint", k, xs)
+    nd = xs.dim()
+    d = dim % nd
+    if reducedim is None:
+        reducedim = [i for i in range(nd) if i != d]
+    gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
+    w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
+    if posweight and bool(w.lt(0).any()):
+        xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
+        w = w.abs()
+    den = ((gamma - 1) * w).sum(reducedim, keepdim=True)
+    num = (gamma * w * xs).sum(reducedim, keepdim=True)
+    den = torch.where(den >= 0, den.clamp_min(1e-10), den.clamp_max(-1e-10))
+    two_mean = num / den
+    half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
+    mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
+    if bool(torch.any(kk.gt(0))):
+        b_mean = antipode(mean, k=kk, dim=dim)
+        a_dist = dist(mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
+        b_dist = dist(b_mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
+        mean = torch.where(kk.gt(0) & (b_dist < a_dist), b_mean, mean)
+    if lincomb:
+        if w.numel() == 1:
+            alpha = w.clone()
+            for i in reducedim:
+                alpha = alpha * xs.size(i)
+        else:
+            wb, _ = torch.broadcast_tensors(w, gamma)
+            alpha = wb.sum(reducedim, keepdim=True)
+        alpha = alpha.expand(mean.shape[:d] + (1,) + mean.shape[d + 1:])
+        mean = mobius_scalar_mul(alpha, mean, k=kk, dim=dim)
+    if not keepdim:
+        for i in sorted(reducedim, reverse=True):
+            mean = mean.squeeze(i)
+    return mean
+
+
+def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> torch.Tensor:
+    """Mobius version of fn: expmap0(fn(logmap0(x), *args, **kwargs))."""
+    return expmap0(fn(logmap0(x, k=k, dim=dim), *args, **kwargs), k=k, dim=dim)
+
+
+def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tensor:
+    """Mobius version of a chain of functions: expmap0(fn_n(...fn_1(logmap0(x))))."""
+    if not fns:
+        return x
+    v = logmap0(x, k=k, dim=dim)
+    for fn in fns:
+        v = fn(v)
+    return expmap0(v, k=k, dim=dim)
+
+
+def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
+    """Retraction x + u followed by projection into the ball (geoopt's Stereographic.retr)."""
+    return project(x + u, k=k, dim=dim)

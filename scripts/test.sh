@@ -1,26 +1,148 @@
 #!/usr/bin/env bash
-# Every check of geoops, in the environment made by scripts/setup.sh:
-#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (when nvcc exists); every Triton kernel is
-#     compiled for sm_80/sm_90 (.ci/triton_compile_check.sh) and gpu_check.sh is dry-run;
-#  2. the Triton kernels under the Triton interpreter (own process: TRITON_INTERPRET=1);
-#  3. the parity run against the fp64 reference (python -m geoops.parity);
-#  4. the main pytest suite (CUDA cases skip themselves without a GPU).
-set -euo pipefail
+# Every check of geoops, in the environment made by scripts/setup.sh, in stages:
+#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc); every Triton kernel
+#     variant is compiled for sm_80/sm_90 (.ci/triton_compile_check.sh) and gpu_check.sh is dry-run;
+#  2. the Triton kernels under the Triton interpreter (own process: TRITON_INTERPRET=1),
+#     every tests/triton/test_*.py;
+#  3. the parity run against the fp64 reference (python -m geoops.parity --quick);
+#  4. the main pytest suite, every tests/test_*.py (CUDA cases skip themselves without a GPU);
+#  5. the API docs build and docstring check (scripts/docs.sh --check);
+#  6. with GEOOPS_TEST_WHEEL=1 (CI sets it): the wheel recipe, installed into a
+#     clean venv and imported from outside the checkout (scripts/wheel_check.sh).
+# A failed stage does not stop the later ones; the run ends with one table
+# (stage, result, passed/failed/skipped, time, skip reasons grouped) and exits
+# non-zero if any stage failed.  Arguments go to the pytest stage:
+#   bash scripts/test.sh -x -k mobius
+set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GEOOPS_VENV:-.venv}
 # shellcheck disable=SC1091
 [ -f "$VENV/bin/activate" ] && . "$VENV/bin/activate"
+export PYTHONUNBUFFERED=1
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+T_ALL=$SECONDS
+n=0
+
+# stage NAME KIND COMMAND...: run it (output shown live and kept), record the
+# result.  KIND: pytest (counts from its JUnit XML, passed as --junitxml),
+# lines (counts from "ok"/"FAIL"/"skip" line prefixes), or summary (counts from
+# a closing "N passed, N failed[, N skipped]" line).
+stage() {
+  local name=$1 kind=$2; shift 2
+  n=$((n + 1))
+  local id=$n t=$SECONDS rc
+  echo
+  echo "======== [$id] $name: $*"
+  if [ "$kind" = pytest ]; then
+    "$@" --junitxml="$WORK/$id.xml" 2>&1 | tee "$WORK/$id.log"
+  else
+    "$@" 2>&1 | tee "$WORK/$id.log"
+  fi
+  rc=${PIPESTATUS[0]}
+  printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$kind" "$rc" "$((SECONDS - t))" >> "$WORK/stages.tsv"
+  echo "======== [$id] $name: exit $rc in $((SECONDS - t)) s"
+}
+skipped_stage() {  # skipped_stage NAME REASON
+  n=$((n + 1))
+  echo
+  echo "======== [$n] $1: skipped ($2)"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$1" skipped 0 0 "$2" >> "$WORK/stages.tsv"
+}
+
 if command -v nvcc >/dev/null 2>&1; then
-  bash .ci/nvcc_check.sh
+  stage "nvcc compile check" lines bash .ci/nvcc_check.sh
 else
-  echo "nvcc not found: CUDA compile check skipped"
+  skipped_stage "nvcc compile check" "nvcc not found"
 fi
-# --- GPU readiness (issue 12): every Triton kernel variant compiled for sm_80/sm_90 with this env's Triton and
-#     Triton 3.6 (the GPU machines'), without a GPU; and scripts/gpu_check.sh's whole control flow (--dry-run)
-bash .ci/triton_compile_check.sh
-GPU_DRY_OUT="$(mktemp -d)"
-OUT="$GPU_DRY_OUT" bash scripts/gpu_check.sh --dry-run > /dev/null || { cat "$GPU_DRY_OUT/summary.md"; exit 1; }
+# --- GPU readiness (issue 12): every Triton kernel variant of every family compiled for sm_80/sm_90 with this
+#     env's Triton and Triton 3.6 (the GPU machines'), without a GPU; scripts/gpu_check.sh's control flow (--dry-run)
+stage "Triton compile check (sm_80/sm_90)" lines bash .ci/triton_compile_check.sh
+stage "gpu_check.sh --dry-run" lines env OUT="$WORK/gpu-dry" bash scripts/gpu_check.sh --dry-run
 # ---
-TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider
-python -m geoops.parity --quick
-python -m pytest tests -q -p no:cacheprovider "$@"
+stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs
+stage "parity run (--quick)" summary python -m geoops.parity --quick
+stage "pytest" pytest python -m pytest tests -q -p no:cacheprovider -rs "$@"
+stage "API docs" summary bash scripts/docs.sh --check
+if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ]; then
+  stage "wheel (GEOOPS_PORTABLE=1)" summary bash scripts/wheel_check.sh
+fi
+
+python - "$WORK" "$((SECONDS - T_ALL))" <<'EOF'
+import collections, os, re, sys
+import xml.etree.ElementTree as ET
+
+work, total_s = sys.argv[1], int(sys.argv[2])
+rows, reasons = [], {}
+for line in open(os.path.join(work, "stages.tsv")):
+    f = line.rstrip("\n").split("\t")
+    sid, name, kind, rc, secs = f[:5]
+    rc = int(rc)
+    p = fl = sk = None
+    if kind == "skipped":
+        rows.append((name, "skipped", None, None, None, int(secs)))
+        reasons[name] = [f"stage skipped: {f[5]}"]
+        continue
+    log = open(os.path.join(work, f"{sid}.log"), errors="replace").read()
+    xml = os.path.join(work, f"{sid}.xml")
+    if kind == "pytest" and os.path.exists(xml):
+        p = fl = sk = 0
+        why = collections.Counter()
+        for case in ET.parse(xml).iter("testcase"):
+            tags = {c.tag: c for c in case}
+            if "failure" in tags or "error" in tags:
+                fl += 1
+            elif "skipped" in tags:
+                sk += 1
+                msg = tags["skipped"].get("message", "") or "no reason given"
+                msg = re.sub(r"^(Skipped|XFAIL|xfail):\s*", "", msg).strip()
+                if tags["skipped"].get("type") == "pytest.xfail":
+                    msg = "expected failure (xfail): " + msg
+                why[msg] += 1
+            else:
+                p += 1
+        if why:
+            reasons[name] = [f"{c} skipped: {m}" for m, c in why.most_common()]
+    elif kind == "lines":
+        p = len(re.findall(r"^ok\b", log, re.M))
+        fl = len(re.findall(r"^FAIL\b", log, re.M))
+        sk = len(re.findall(r"^skip\b", log, re.M))
+        why = collections.Counter(m for m in re.findall(r"^skip\s+\S+\s+\((.*)\)", log, re.M))
+        if why:
+            reasons[name] = [f"{c} skipped: {m}" for m, c in why.most_common()]
+    else:
+        m = re.findall(r"^\s*(?:\w+:\s*)?(\d+) passed, (\d+) failed(?:, (\d+) skipped)?\s*$", log, re.M)
+        if m:
+            p, fl, sk = (int(x or 0) for x in m[-1])
+    if rc == 0:
+        result = "ok"
+    elif kind == "pytest" and rc == 5:
+        result = "FAILED (no tests ran)"
+    else:
+        result = f"FAILED (exit {rc})"
+    rows.append((name, result, p, fl, sk, int(secs)))
+
+fmt = lambda v: "-" if v is None else str(v)
+w = max(len(r[0]) for r in rows)
+wr = max(len(r[1]) for r in rows)
+print()
+print("=" * 28, "geoops test summary", "=" * 28)
+print(f"{'stage':<{w}}  {'result':<{wr}}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'time':>7}")
+for name, result, p, fl, sk, secs in rows:
+    print(f"{name:<{w}}  {result:<{wr}}  {fmt(p):>6}  {fmt(fl):>6}  {fmt(sk):>7}  {secs:>5} s")
+if reasons:
+    print("skip reasons:")
+    for name, lines in reasons.items():
+        for l in lines:
+            print(f"  {name}: {l}")
+bad = [r[0] for r in rows if r[1].startswith("FAILED")]
+tp = sum(r[2] or 0 for r in rows)
+tf = sum(r[3] or 0 for r in rows)
+ts = sum(r[4] or 0 for r in rows)
+m, s = divmod(total_s, 60)
+print(f"{len(rows)} stages in {m} min {s:02d} s; " + (f"FAILED: {', '.join(bad)}" if bad else "all passed"))
+# A failed stage with no counted failure (a crash, a build error) still counts as one.
+tf += sum(1 for r in rows if r[1].startswith("FAILED") and not r[3])
+print(f"total: {tp} passed, {tf} failed, {ts} skipped")
+sys.exit(1 if bad else 0)
+EOF

@@ -68,10 +68,14 @@ def test_ptxas_log_parsing():
 
 
 def test_every_kernel_module_has_the_hook():
-    """Each kernels/<family>.py declares compile_variants() (kernels/__init__.py documents it)."""
+    """Each kernels/<family>.py declares compile_variants() (kernels/__init__.py documents it), except the
+    families listed as pending, which must really lack it (the list only shrinks)."""
     for fam in CC.families():
-        src = (ROOT / "kernels" / f"{fam}.py").read_text()
-        assert "def compile_variants(" in src, f"kernels/{fam}.py lacks compile_variants()"
+        has = "def compile_variants(" in (ROOT / "kernels" / f"{fam}.py").read_text()
+        if fam in CC.PENDING_HOOKS:
+            assert not has, f"kernels/{fam}.py has its hook now: remove it from PENDING_HOOKS"
+        else:
+            assert has, f"kernels/{fam}.py lacks compile_variants() (or list it in PENDING_HOOKS)"
 
 
 def test_stereographic_variants_cover_every_op_dtype_path():

@@ -353,8 +353,8 @@ def test_error_curvature_shape():
         gs.mobius_add(torch.randn(3, 4), torch.randn(3, 4), k=torch.randn(4))
     with pytest.raises(ValueError, match=r"k of shape \(2, 1\) does not broadcast"):
         gs.logmap0(torch.randn(3, 4), k=torch.randn(2, 1))
-    with pytest.raises(TypeError, match=r"k must be a floating-point tensor"):
-        gs.logmap0(torch.randn(3, 4), k=torch.tensor(-1))
+    with pytest.raises(TypeError, match=r"k must be a floating-point tensor"):  # integer k is promoted (issue 6)
+        gs.logmap0(torch.randn(3, 4), k=torch.tensor(True))
 
 
 def test_error_scalar_mul_r_shape():

@@ -164,3 +164,185 @@ def _register(spec: StereoOp):
 
 
 CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -> (fwd caller, bwd caller)
+
+
+# ---------------------------------------------------------------- pairwise (cdist, knn)
+# geoops::cdist_fwd(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor dist, Tensor A)
+# geoops::cdist_bwd(Tensor g, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) -> (dx, dy, dk)
+# on x [B, N, D], y [B, M, D] (float32/float64, contiguous), k [B]; dist and A = |x_i - y_j|^2 are
+# [B, N, M] (A empty unless save).  dk is per batch [B] in k's dtype.
+class _PairCpp:
+    @staticmethod
+    def cdist_fwd(x, y, k, save):
+        return tuple(_backend.compiled().cdist_fwd_cpu(x, y, k, save))
+
+    @staticmethod
+    def cdist_bwd(g, x, y, k, A, d, mask):
+        return tuple(_backend.compiled().cdist_bwd_cpu(g, x, y, k, A, d, mask))
+
+    @staticmethod
+    def rank_key(x, y, k):
+        return _backend.compiled().cdist_rank_key_cpu(x, y, k)
+
+    @staticmethod
+    def dist_from_key(key, k):
+        return _backend.compiled().dist_from_key_cpu(key, k)
+
+
+class _PairReference:
+    """The pairwise contract above with geoops.reference (broadcast, O(N M D) memory; autograd backward)."""
+
+    @staticmethod
+    def cdist_fwd(x, y, k, save):
+        from ..reference import stereographic as ref
+
+        with torch.no_grad():
+            d = ref.cdist(x, y, k=k.to(x.dtype).reshape(-1, 1, 1)).contiguous()
+            A = ((x.unsqueeze(-2) - y.unsqueeze(-3)) ** 2).sum(-1) if save else x.new_empty(0)
+        return d, A
+
+    @staticmethod
+    def cdist_bwd(g, x, y, k, A, d, mask):
+        from ..reference import stereographic as ref
+
+        with torch.enable_grad():
+            lx, ly, lk = (t.detach().requires_grad_(True) for t in (x, y, k))
+            out = ref.cdist(lx, ly, k=lk.to(x.dtype).reshape(-1, 1, 1))
+            want = [(1, lx), (2, ly), (4, lk)]
+            inputs = [t for bit, t in want if mask & bit]
+            grads = iter(torch.autograd.grad(out, inputs, g, allow_unused=True)) if inputs else iter(())
+        res = []
+        for bit, t in want:
+            if mask & bit:
+                gr = next(grads)
+                res.append(torch.zeros_like(t) if gr is None else gr.contiguous())
+            else:
+                res.append(x.new_empty(0))
+        return tuple(res)
+
+    @staticmethod
+    def rank_key(x, y, k):
+        # a monotone function of the distance: the distance itself
+        return _PairReference.cdist_fwd(x, y, k, False)[0]
+
+    @staticmethod
+    def dist_from_key(key, k):
+        return key.clone()
+
+
+def pair_kernels(device: torch.device):
+    """The pairwise kernel set for `device` (CPU: C++; elsewhere the reference until GPU kernels exist)."""
+    name = _backend.resolve(device, FAMILY)
+    if name == "cpp":
+        return _PairCpp
+    return _PairReference
+
+
+def _cdist_fwd(x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, save: bool):
+    return pair_kernels(x.device).cdist_fwd(x, y, k, save)
+
+
+def _cdist_fwd_fake(x, y, k, save):
+    B, N, _ = x.shape
+    M = y.shape[1]
+    return x.new_empty((B, N, M)), (x.new_empty((B, N, M)) if save else x.new_empty((0,)))
+
+
+def _cdist_bwd(g, x, y, k, A, d, mask: int):
+    return pair_kernels(x.device).cdist_bwd(g, x, y, k, A, d, mask)
+
+
+def _cdist_bwd_fake(g, x, y, k, A, d, mask):
+    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
+            torch.empty_like(y) if mask & 2 else x.new_empty((0,)),
+            torch.empty_like(k) if mask & 4 else x.new_empty((0,)))
+
+
+def _rank_key(x, y, k):
+    return pair_kernels(x.device).rank_key(x, y, k)
+
+
+def _rank_key_fake(x, y, k):
+    return x.new_empty((x.shape[0], x.shape[1], y.shape[1]))
+
+
+def _dist_from_key(key, k):
+    return pair_kernels(key.device).dist_from_key(key, k)
+
+
+def _dist_from_key_fake(key, k):
+    return torch.empty_like(key)
+
+
+_cdist_fwd_op = _library.define_op(
+    "geoops::cdist_fwd", "(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor, Tensor)", _cdist_fwd, _cdist_fwd_fake)
+_cdist_bwd_op = _library.define_op(
+    "geoops::cdist_bwd", "(Tensor grad, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) "
+    "-> (Tensor, Tensor, Tensor)", _cdist_bwd, _cdist_bwd_fake)
+_rank_key_op = _library.define_op(
+    "geoops::cdist_rank_key", "(Tensor x, Tensor y, Tensor k) -> Tensor", _rank_key, _rank_key_fake)
+_dist_from_key_op = _library.define_op(
+    "geoops::dist_from_key", "(Tensor key, Tensor k) -> Tensor", _dist_from_key, _dist_from_key_fake)
+
+PAIR_CALLERS = {
+    "cdist_fwd": _library.caller(_cdist_fwd_op, _cdist_fwd),
+    "cdist_bwd": _library.caller(_cdist_bwd_op, _cdist_bwd),
+    "rank_key": _library.caller(_rank_key_op, _rank_key),
+    "dist_from_key": _library.caller(_dist_from_key_op, _dist_from_key),
+}
+
+
+# ---------------------------------------------------------------- mobius_matvec epilogue
+# geoops::mobius_scale_fwd(Tensor v, Tensor x, Tensor k) -> (Tensor out, Tensor stats)
+# geoops::mobius_scale_bwd(Tensor g, Tensor v, Tensor x, Tensor k, Tensor stats, int mask) -> (dv, dx, dk)
+# v [R, Do], x [R, Di] (float32/float64), k [1] or [R]; out = v * phi(|x|^2, |v|^2, k) per row, stats [R, 6]
+# float64 (|x|^2, |v|^2, a, a', b, b'); dk per row [R] float64.
+def _scale_reference_stats(v, x, k):
+    from .. import stereographic as gs
+
+    kk = k.to(torch.float64).reshape(-1, 1)
+    x2 = (x.double() ** 2).sum(-1, keepdim=True)
+    v2 = (v.double() ** 2).sum(-1, keepdim=True)
+    a, da = gs._atanc_d(kk * x2)
+    b, db = gs._tanc_d(kk * v2 * a * a)
+    return torch.cat([x2, v2, a, da, b, db], dim=-1)
+
+
+def _scale_fwd(v: torch.Tensor, x: torch.Tensor, k: torch.Tensor):
+    if _backend.resolve(v.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_scale_fwd_cpu(v, x, k))
+    st = _scale_reference_stats(v, x, k)
+    return (v * (st[:, 2:3] * st[:, 4:5]).to(v.dtype)).contiguous(), st
+
+
+def _scale_bwd(g, v, x, k, st, mask: int):
+    if _backend.resolve(v.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_scale_bwd_cpu(g, v, x, k, st, mask))
+    kk = k.to(torch.float64).reshape(-1, 1)
+    x2, v2, a, da, b, db = (st[:, i:i + 1] for i in range(6))
+    s = (g.double() * v.double()).sum(-1, keepdim=True)
+    gv = (g.double() * (a * b) + v.double() * (2 * s * a * db * kk * a * a)).to(v.dtype) if mask & 1 else v.new_empty(0)
+    gx = (x.double() * (2 * s * (da * kk * b + a * db * kk * v2 * 2 * a * da * kk))).to(x.dtype) if mask & 2 \
+        else v.new_empty(0)
+    gk = (s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2))).reshape(-1) if mask & 4 \
+        else v.new_empty(0)
+    return gv, gx, gk
+
+
+def _scale_fwd_fake(v, x, k):
+    return torch.empty_like(v), v.new_empty((v.shape[0], 6), dtype=torch.float64)
+
+
+def _scale_bwd_fake(g, v, x, k, st, mask):
+    return (torch.empty_like(v) if mask & 1 else v.new_empty((0,)),
+            torch.empty_like(x) if mask & 2 else v.new_empty((0,)),
+            v.new_empty((v.shape[0],), dtype=torch.float64) if mask & 4 else v.new_empty((0,)))
+
+
+_scale_fwd_op = _library.define_op(
+    "geoops::mobius_scale_fwd", "(Tensor v, Tensor x, Tensor k) -> (Tensor, Tensor)", _scale_fwd, _scale_fwd_fake)
+_scale_bwd_op = _library.define_op(
+    "geoops::mobius_scale_bwd", "(Tensor grad, Tensor v, Tensor x, Tensor k, Tensor stats, int mask) "
+    "-> (Tensor, Tensor, Tensor)", _scale_bwd, _scale_bwd_fake)
+PAIR_CALLERS["mobius_scale_fwd"] = _library.caller(_scale_fwd_op, _scale_fwd)
+PAIR_CALLERS["mobius_scale_bwd"] = _library.caller(_scale_bwd_op, _scale_bwd)

@@ -44,6 +44,7 @@ _BALL_EPS = {torch.float64: 1e-5, torch.float32: 4e-3, torch.float16: 4e-3, torc
 
 
 def default_eps(dtype: torch.dtype) -> float:
+    """Default margin of ``project`` for ``dtype``: 1e-5 (float64), 4e-3 (float32, float16), 8e-3 (bfloat16)."""
     return _BALL_EPS.get(dtype, 4e-3)
 
 
@@ -82,14 +83,17 @@ def _sqnorm(x: torch.Tensor, dim: int, keepdim: bool = True) -> torch.Tensor:
 
 
 def tan_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """tan_k(x) = tan(sqrt(k) x)/sqrt(k) (tanh(sqrt(-k) x)/sqrt(-k) for k < 0, x at k = 0), elementwise, smooth in k."""
     return x * tanc(k * x * x)
 
 
 def artan_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """artan_k(x) = atan(sqrt(k) x)/sqrt(k) (artanh(sqrt(-k) x)/sqrt(-k) for k < 0, x at k = 0), elementwise, smooth in k."""
     return x * atanc(k * x * x)
 
 
 def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.project`: rows of norm > (1 - eps)/sqrt(-k) scaled back to that norm (k < 0 only)."""
     if eps < 0:
         eps = default_eps(x.dtype)
     norm = x.norm(dim=dim, keepdim=True, p=2).clamp_min(MIN_NORM)
@@ -99,11 +103,14 @@ def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1)
 
 
 def lambda_x(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.lambda_x`: 2 / (1 + k|x|^2), reduced over ``dim``."""
     lam = 2 / (1 + k * _sqnorm(x, dim)).clamp_min(MIN_NORM)
     return lam if keepdim else lam.squeeze(dim)
 
 
 def mobius_add(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.mobius_add`:
+    ((1 - 2k<x,y> - k|y|^2) x + (1 + k|x|^2) y) / (1 - 2k<x,y> + k^2 |x|^2 |y|^2)."""
     x2, y2 = _sqnorm(x, dim), _sqnorm(y, dim)
     xy = (x * y).sum(dim=dim, keepdim=True)
     num = (1 - 2 * k * xy - k * y2) * x + (1 + k * x2) * y
@@ -112,10 +119,12 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = 
 
 
 def mobius_sub(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.mobius_sub`: x (+)_k (-y)."""
     return mobius_add(x, -y, k=k, dim=dim)
 
 
 def mobius_scalar_mul(r: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.mobius_scalar_mul`: tan_k(r artan_k(|x|)) x/|x|."""
     # tan_k(r artan_k(|x|)) x/|x|  with  artan_k(|x|) = |x| atanc(k|x|^2)
     x2 = _sqnorm(x, dim)
     a = atanc(k * x2)
@@ -123,14 +132,17 @@ def mobius_scalar_mul(r: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim:
 
 
 def expmap0(u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.expmap0`: tan_k(|u|) u/|u| = tanc(k|u|^2) u."""
     return u * tanc(k * _sqnorm(u, dim))
 
 
 def logmap0(y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.logmap0`: artan_k(|y|) y/|y| = atanc(k|y|^2) y."""
     return y * atanc(k * _sqnorm(y, dim))
 
 
 def expmap(x: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.expmap`: x (+)_k tan_k(lambda_x |u| / 2) u/|u|."""
     # x (+) tan_k(lambda_x |u| / 2) u/|u|
     half_lam = lambda_x(x, k=k, keepdim=True, dim=dim) / 2
     second = u * (half_lam * tanc(k * half_lam * half_lam * _sqnorm(u, dim)))
@@ -138,6 +150,7 @@ def expmap(x: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) 
 
 
 def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.logmap`: (2/lambda_x) artan_k(|s|) s/|s| with s = (-x) (+)_k y."""
     # 2/lambda_x * artan_k(|s|) s/|s|,  s = (-x) (+) y
     s = mobius_add(-x, y, k=k, dim=dim)
     lam = lambda_x(x, k=k, keepdim=True, dim=dim)
@@ -145,6 +158,7 @@ def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) 
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.dist`: 2 artan_k(|(-x) (+)_k y|), the norm formed from |x - y|."""
     # |(-x) (+) y| = |x - y| / sqrt(1 + 2k<x,y> + k^2 |x|^2 |y|^2): no cancellation for close pairs
     den = 1 + 2 * k * (x * y).sum(dim=dim, keepdim=True) + k * k * _sqnorm(x, dim) * _sqnorm(y, dim)
     s_norm = (x - y).norm(dim=dim, p=2, keepdim=True) / den.clamp_min(MIN_NORM).sqrt()
@@ -153,5 +167,45 @@ def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = F
 
 
 def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.dist0`: 2 artan_k(|x|)."""
     d = 2 * artan_k(x.norm(dim=dim, p=2, keepdim=True), k)
     return d if keepdim else d.squeeze(dim)
+
+
+# ---------------------------------------------------------------- pairwise
+def cdist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances dist(x[..., :, None, :], y[..., None, :, :]) by broadcasting ([..., N, M, D]).
+
+    `k` broadcasts against the batch dimensions with two trailing singleton dimensions (..., 1, 1), or is a
+    scalar.  Memory O(N M D): the oracle, not the fast path.
+    """
+    k = torch.as_tensor(k, dtype=x.dtype, device=x.device)
+    return dist(x.unsqueeze(-2), y.unsqueeze(-3), k=k.unsqueeze(-1) if k.dim() else k)
+
+
+def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mobius matrix-vector product tan_k(|Mx|/|x| artan_k|x|) Mx/|Mx| (exactly 0 where Mx = 0), geoopt's."""
+    if dim != -1 and dim != x.dim() - 1:
+        x = x.movedim(dim, -1)
+    mx = x @ m.transpose(-1, -2)
+    xn2 = _sqnorm(x, -1)
+    mxn2 = _sqnorm(mx, -1)
+    xn = xn2.clamp_min(MIN_NORM ** 2).sqrt()
+    mxn = mxn2.clamp_min(MIN_NORM ** 2).sqrt()
+    # tan_k(q) / |Mx| with q = |Mx|/|x| artan_k|x| = |Mx| atanc(k|x|^2)
+    q2 = mxn2 * atanc(k * xn2) ** 2
+    res = mx * (atanc(k * xn2) * tanc(k * q2))
+    zero = (mx == 0).all(dim=-1, keepdim=True)
+    res = torch.where(zero, torch.zeros_like(res), res)
+    del xn, mxn
+    return res if dim == -1 or dim == x.dim() - 1 else res.movedim(-1, dim)
+
+
+def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mobius pointwise multiplication tan_k(|w*x|/|x| artan_k|x|) (w*x)/|w*x| (exactly 0 where w*x = 0)."""
+    wx = w * x
+    xn2 = _sqnorm(x, dim)
+    q2 = _sqnorm(wx, dim) * atanc(k * xn2) ** 2
+    res = wx * (atanc(k * xn2) * tanc(k * q2))
+    zero = (wx == 0).all(dim=dim, keepdim=True)
+    return torch.where(zero, torch.zeros_like(res), res)

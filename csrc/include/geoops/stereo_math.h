@@ -134,7 +134,10 @@ template <typename T> GEO_HD T atanc_d(T z, T q, T a) {
   if (fabs(z) < series_cut<T>()) {
     return -T(1) / 3 + z * (T(2) / 5 + z * (-T(3) / 7 + z * (T(4) / 9 + z * (-T(5) / 11))));
   }
-  return (T(1) / clamp_q(q) - a) / (T(2) * z);
+  // Outside the ball (q <= min_den: the value was taken at the clamped q) the 1/q term is the derivative
+  // of the clamp, which geoopt's clamp of artanh's argument zeroes: drop it, so that points just
+  // outside the ball get bounded gradients instead of ~1/min_den = 1e15.
+  return ((q > min_den<T>() ? T(1) / q : T(0)) - a) / (T(2) * z);
 }
 
 // ---------------------------------------------------------------- forward

@@ -1,0 +1,344 @@
+"""Benchmark of geoops.gaunt: every route and "auto" vs e3nn's TensorProduct and the unfused torch grid route.
+
+    python -m bench.gaunt                      # lmax 1..8, 2048 rows x 16 channels, fp32, fwd and fwd+bwd
+    python -m bench.gaunt --lmax 2,4,6 --no-bwd
+    python -m bench.gaunt --write-routes       # also regenerate geoops/_gaunt_routes.py (the "auto" table)
+
+L1 = L2 = lmax_out = lmax.  Contenders run interleaved (bench/_timing.py), median of --repeats samples after
+warm-up.  e3nn computes the same Gaunt product: TensorProduct(C x (0e+1o+...), ..., "uuu" paths with path
+weights G^2, irrep_normalization="none", path_normalization="none").  Many-body: nu = 3 (gaunt_power(x, 3))
+at --many-lmax vs two chained binary products (truncated to lmax_out only at the end, exact).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+import geoops
+from geoops._ops import gaunt as impl
+from geoops import gaunt as ga
+from geoops.reference import gaunt as R
+
+from ._runner import DTYPE_SHORT, Row
+from ._timing import interleaved
+
+TITLE = "Gaunt tensor product (L1 = L2 = lmax_out) vs e3nn TensorProduct"
+PEER = "e3nn"
+ROUTES = ("grid", "direct", "fft")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def e3nn_gaunt_tp(L: int, C: int):
+    """e3nn's TensorProduct computing the Gaunt product of degrees <= L, C channels ("uuu")."""
+    from e3nn import o3
+
+    irr = o3.Irreps([(C, (l, (-1) ** l)) for l in range(L + 1)])
+    G = R.gaunt_coefficients(L, L, L)
+    instr = []
+    for l1 in range(L + 1):
+        for l2 in range(L + 1):
+            for l3 in range(abs(l1 - l2), min(l1 + l2, L) + 1):
+                if (l1 + l2 + l3) % 2 == 0:
+                    g = G[l1 * l1:(l1 + 1) ** 2, l2 * l2:(l2 + 1) ** 2, l3 * l3:(l3 + 1) ** 2].norm().item()
+                    instr.append((l1, l2, l3, "uuu", False, g * g))
+    return o3.TensorProduct(irr, irr, irr, instr, irrep_normalization="none", path_normalization="none")
+
+
+def to_e3nn_layout(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, (L+1)^2] -> e3nn's [B, sum_l C (2l+1)] (mul-major blocks per degree)."""
+    L = R.lmax_of(x.shape[-1])
+    return torch.cat([x[..., l * l:(l + 1) ** 2].reshape(x.shape[0], -1) for l in range(L + 1)], -1).contiguous()
+
+
+def _fwd_bwd(fn, inputs):
+    def run():
+        for t in inputs:
+            t.grad = None
+        out = fn()
+        out.backward(torch.ones_like(out))
+    return run
+
+
+def measure(L: int, rows: int, C: int, dtype, *, bwd: bool, repeats: int, with_e3nn: bool = True):
+    g = torch.Generator().manual_seed(L)
+    n = (L + 1) ** 2
+    x1 = torch.randn(rows, C, n, generator=g).to(dtype)
+    x2 = torch.randn(rows, C, n, generator=g).to(dtype)
+    res = {}
+    for mode in (("fwd", "fwd+bwd") if bwd else ("fwd",)):
+        need = mode == "fwd+bwd"
+        a, b = x1.clone().requires_grad_(need), x2.clone().requires_grad_(need)
+        fns = {}
+        for route in ("auto",) + ROUTES:
+            f = (lambda r=route: ga.gaunt_tensor_product(a, b, L, route=r))
+            fns[route] = _fwd_bwd(f, (a, b)) if need else f
+        ra, rb = a.detach().reshape(-1, n).contiguous(), b.detach().reshape(-1, n).contiguous()
+        if not need:
+            fns["torch-grid"] = lambda: impl.grid_torch([ra, rb], [None, None], None, L)
+        else:
+            ta, tb = ra.clone().requires_grad_(), rb.clone().requires_grad_()
+            fns["torch-grid"] = _fwd_bwd(lambda: impl.grid_torch([ta, tb], [None, None], None, L), (ta, tb))
+        if with_e3nn:
+            tp = e3nn_gaunt_tp(L, C).to(dtype)
+            ea = to_e3nn_layout(a.detach()).requires_grad_(need)
+            eb = to_e3nn_layout(b.detach()).requires_grad_(need)
+            fe = lambda: tp(ea, eb)  # noqa: E731
+            fns["e3nn"] = _fwd_bwd(fe, (ea, eb)) if need else fe
+        with torch.set_grad_enabled(need):
+            t = interleaved(fns, torch.device("cpu"), repeats=repeats, warmup=1)
+        res[mode] = {k: v.median_ms for k, v in t.items()}
+    return res
+
+
+def measure_many(L: int, rows: int, C: int, dtype, repeats: int):
+    g = torch.Generator().manual_seed(100 + L)
+    x = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
+    fns = {}
+    for route in ("auto", "grid", "fft"):
+        fns[f"power3-{route}"] = lambda r=route: ga.gaunt_power(x, 3, L, route=r)
+    for route in ("auto",) + ROUTES:
+        fns[f"chain2-{route}"] = lambda r=route: ga.gaunt_tensor_product(
+            ga.gaunt_tensor_product(x, x, 2 * L, route=r), x, L, route=r)
+    t = interleaved(fns, torch.device("cpu"), repeats=repeats, warmup=1)
+    return {k: v.median_ms for k, v in t.items()}
+
+
+# ---------------------------------------------------------------- rows of the neutral runner (python -m bench)
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("gaunt")
+    g.add_argument("--gaunt-lmax", default=None, help="gaunt: comma list of lmax (default 2,4,6; --full 1..8)")
+    g.add_argument("--gaunt-rows", type=int, default=2048, help="gaunt: rows (default 2048; x 16 channels)")
+    g.add_argument("--gaunt-channels", type=int, default=16, help="gaunt: channels (default 16)")
+    g.add_argument("--gaunt-routes", default=None,
+                   help="gaunt: comma list of auto,grid,direct,fft,torch-grid (default auto; --full all)")
+
+
+def _flops(L: int, rows: int) -> float:
+    """FLOPs of the exact-grid route (two evaluations, product, projection): the work the GEMMs do."""
+    P = len(R.sphere_grid(3 * L)[0])
+    return rows * (2.0 * P * 3 * (L + 1) ** 2 + P)
+
+
+def rows(args, device: torch.device):
+    full = args.mode == "full"
+    Ls = [int(v) for v in args.gaunt_lmax.split(",")] if args.gaunt_lmax else (list(range(1, 9)) if full else [2, 4, 6])
+    routes = (args.gaunt_routes.split(",") if args.gaunt_routes else
+              (["auto", "grid", "direct", "fft", "torch-grid"] if full else ["auto"]))
+    dtypes = args.dtypes or (torch.float32,)
+    B, C = args.gaunt_rows, args.gaunt_channels
+    for dtype in dtypes:
+        for L in Ls:
+            for route in routes:
+                for pass_ in args.passes:
+                    yield Row(family="gaunt", op="gaunt_tensor_product", pass_=pass_, shape=[B, C, (L + 1) ** 2],
+                              dtype=DTYPE_SHORT[dtype], setup=_setup(L, B, C, dtype, device, route, pass_, args),
+                              work=_flops(L, B * C) * (3 if pass_ == "fwd+bwd" else 1), unit="GFLOP/s",
+                              limit="GEMM of the grid route's FLOPs", peer=PEER, label=route,
+                              check_tol=1e-9 if dtype == torch.float64 else 1e-4)
+
+
+def _setup(L, B, C, dtype, device, route, pass_, args):
+    def setup():
+        g = torch.Generator().manual_seed(L)
+        n = (L + 1) ** 2
+        need = pass_ == "fwd+bwd"
+        x1 = torch.randn(B, C, n, generator=g).to(device=device, dtype=dtype).requires_grad_(need)
+        x2 = torch.randn(B, C, n, generator=g).to(device=device, dtype=dtype).requires_grad_(need)
+        if route == "torch-grid":
+            r1 = x1.detach().reshape(-1, n).requires_grad_(need)
+            r2 = x2.detach().reshape(-1, n).requires_grad_(need)
+            ours = lambda: impl.grid_torch([r1, r2], [None, None], None, L)  # noqa: E731
+            leaves = (r1, r2)
+        else:
+            ours = lambda: ga.gaunt_tensor_product(x1, x2, L, route=route)  # noqa: E731
+            leaves = (x1, x2)
+        P = len(R.sphere_grid(3 * L)[0])
+        a = torch.randn(B * C, 3 * n, device=device, dtype=dtype)
+        w = torch.randn(3 * n, P, device=device, dtype=dtype)
+        limit = lambda: a @ w  # noqa: E731  (same FLOPs as the grid route's conversions)
+        fns = {"geoops": _fwd_bwd(ours, leaves) if need else ours, "limit": limit}
+        skipped = {}
+        check = None
+        if route != "auto":
+            skipped["peer"] = skipped["compiled"] = "timed in the auto row"
+        else:
+            try:
+                tp = e3nn_gaunt_tp(L, C).to(device=device, dtype=dtype)
+            except ImportError:
+                tp = None
+                skipped["peer"] = skipped["compiled"] = "n/a: e3nn is not installed"
+            if tp is not None:
+                ea = to_e3nn_layout(x1.detach()).requires_grad_(need)
+                eb = to_e3nn_layout(x2.detach()).requires_grad_(need)
+                pe = lambda: tp(ea, eb)  # noqa: E731
+                fns["peer"] = _fwd_bwd(pe, (ea, eb)) if need else pe
+                skipped["compiled"] = "skipped: e3nn compiles its own fx code (torch.compile of it takes minutes)"
+                if not need:
+                    def check():
+                        with torch.no_grad():
+                            return to_e3nn_layout(ours()), pe()
+        return fns, check, skipped
+
+    return setup
+
+
+def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1, many: bool = False):
+    """Route ranking by process CPU time (robust when other jobs share the cores): {L: {route: ms}}.
+
+    The minimum over the samples (the least disturbed one), single-threaded by default: wall-clock medians on a loaded machine swing by several x, CPU time of one
+    thread much less; the routes parallelise alike over row tiles, so the ranking carries over.
+    """
+    import time
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {}
+    try:
+        for L in Ls:
+            g = torch.Generator().manual_seed(L)
+            x1 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
+            x2 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
+            res = {}
+            calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
+            if many:
+                calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "fft")}
+            for route, call in calls.items():
+                call()
+                ts = []
+                for _ in range(repeats):
+                    t0 = time.process_time()
+                    call()
+                    ts.append((time.process_time() - t0) * 1e3)
+                res[route] = min(ts)  # the least disturbed sample
+            out[L] = res
+            print(f"{'nu=3 ' if many else ''}lmax {L} cpu-time ({threads} thread): " + "  ".join(f"{k}={v:.2f}" for k, v in res.items()),
+                  flush=True)
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def cpu_time_vs_e3nn(Ls, rows: int, C: int, dtype, repeats: int = 2, threads: int = 1):
+    """auto, the unfused torch grid route and e3nn, fwd and fwd+bwd, by process CPU time (min of `repeats`)."""
+    import time
+
+    def tmin(fn):
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            best = min(best, (time.process_time() - t0) * 1e3)
+        return best
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {}
+    try:
+        for L in Ls:
+            g = torch.Generator().manual_seed(L)
+            n = (L + 1) ** 2
+            x1 = torch.randn(rows, C, n, generator=g).to(dtype)
+            x2 = torch.randn(rows, C, n, generator=g).to(dtype)
+            a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+            r1, r2 = x1.reshape(-1, n), x2.reshape(-1, n)
+            tr1, tr2 = r1.clone().requires_grad_(), r2.clone().requires_grad_()
+            tp = e3nn_gaunt_tp(L, C).to(dtype)
+            e1, e2 = to_e3nn_layout(x1), to_e3nn_layout(x2)
+            te1, te2 = e1.clone().requires_grad_(), e2.clone().requires_grad_()
+            res = {
+                "auto fwd": tmin(lambda: ga.gaunt_tensor_product(x1, x2, L)),
+                "auto fwd+bwd": tmin(_fwd_bwd(lambda: ga.gaunt_tensor_product(a, b, L), (a, b))),
+                "torch-grid fwd": tmin(lambda: impl.grid_torch([r1, r2], [None, None], None, L)),
+                "torch-grid fwd+bwd": tmin(_fwd_bwd(lambda: impl.grid_torch([tr1, tr2], [None, None], None, L),
+                                                    (tr1, tr2))),
+                "e3nn fwd": tmin(lambda: tp(e1, e2)),
+                "e3nn fwd+bwd": tmin(_fwd_bwd(lambda: tp(te1, te2), (te1, te2))),
+            }
+            res["x e3nn fwd"] = res["e3nn fwd"] / res["auto fwd"]
+            res["x e3nn fwd+bwd"] = res["e3nn fwd+bwd"] / res["auto fwd+bwd"]
+            out[L] = res
+            print(f"lmax {L} cpu-time ({threads} thread, ms): " + "  ".join(f"{k}={v:.2f}" for k, v in res.items()),
+                  flush=True)
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def write_routes(table: dict, many: dict, path: Path):
+    lines = ['"""Route table of geoops.gaunt\'s route="auto" (generated by `python -m bench.gaunt --write-routes`; '
+             'do not edit).', "",
+             "TABLE[(device kind, \"binary\" | \"many\")][lmax] = fastest route measured at that lmax "
+             "(L1 = L2 = lmax_out),", f"measured {_dt.datetime.utcnow():%Y-%m-%d %H:%M} UTC on "
+             f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads).", '"""',
+             "TABLE = {", f"    (\"cpu\", \"binary\"): {table!r},", f"    (\"cpu\", \"many\"): {many!r},", "}", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lmax", default="1,2,3,4,5,6,7,8")
+    p.add_argument("--rows", type=int, default=2048)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp64"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-bwd", action="store_true")
+    p.add_argument("--no-e3nn", action="store_true")
+    p.add_argument("--many-lmax", type=int, default=4)
+    p.add_argument("--write-routes", action="store_true")
+    p.add_argument("--json", default=None)
+    p.add_argument("--cpu-time", action="store_true",
+                   help="rank the routes by single-thread process CPU time (robust under load); with "
+                        "--write-routes the table comes from this ranking")
+    p.add_argument("--cpu-time-e3nn", action="store_true",
+                   help="auto / unfused torch grid / e3nn, fwd and fwd+bwd, by single-thread CPU time")
+    p.add_argument("--no-wall", action="store_true", help="skip the wall-clock table (with --cpu-time)")
+    args = p.parse_args(argv)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.float64
+    Ls = [int(s) for s in args.lmax.split(",") if s]
+    results = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "rows": args.rows, "channels": args.channels, "dtype": args.dtype, "lmax": {}}
+    best = {}
+    print(f"{TITLE}: {args.rows} rows x {args.channels} channels, {args.dtype}, median of {args.repeats} (ms)")
+    for L in ([] if args.no_wall else Ls):
+        r = measure(L, args.rows, args.channels, dtype, bwd=not args.no_bwd, repeats=args.repeats,
+                    with_e3nn=not args.no_e3nn)
+        results["lmax"][L] = r
+        best[L] = min(ROUTES, key=lambda k: r["fwd"][k])
+        for mode, t in r.items():
+            e = t.get("e3nn")
+            cells = "  ".join(f"{k}={v:8.3f}" for k, v in t.items())
+            ratio = f"  auto vs e3nn {e / t['auto']:6.1f}x" if e else ""
+            print(f"lmax {L} {mode:8s} {cells}{ratio}", flush=True)
+    if args.many_lmax:
+        m = measure_many(args.many_lmax, args.rows, args.channels, dtype, args.repeats)
+        results["many_body"] = {"lmax": args.many_lmax, "nu": 3, "ms": m}
+        print(f"many-body nu=3 lmax {args.many_lmax}: " + "  ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    if args.cpu_time:
+        results["cpu_time_1thread"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, args.repeats)
+        best = {L: min(r, key=r.get) for L, r in results["cpu_time_1thread"].items()}
+        results["cpu_time_1thread_nu3"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, args.repeats,
+                                                          many=True)
+    if args.cpu_time_e3nn:
+        results["cpu_time_vs_e3nn"] = cpu_time_vs_e3nn(Ls, args.rows, args.channels, dtype)
+    if args.write_routes:
+        many = {}
+        if args.cpu_time:
+            many = {L: min(r, key=r.get) for L, r in results["cpu_time_1thread_nu3"].items()}
+        elif args.many_lmax:
+            mm = results["many_body"]["ms"]
+            many = {args.many_lmax: min(("grid", "fft"), key=lambda k: mm[f"power3-{k}"])}
+        write_routes(best, many, ROOT / "geoops" / "_gaunt_routes.py")
+        print("wrote geoops/_gaunt_routes.py:", best, many)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``GauntTensorProduct``: an e3nn-compatible module computing the Gaunt tensor product with geoops' fused routes.
+
+e3nn is an optional dependency: it is imported only when the module is constructed.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import gaunt as _gaunt
+
+__all__ = ["GauntTensorProduct"]
+
+
+def _o3():
+    try:
+        from e3nn import o3
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "geoops.nn.GauntTensorProduct needs e3nn (pip install e3nn) for its Irreps arguments; "
+            "the functional API geoops.gaunt.gaunt_tensor_product works without it") from e
+    return o3
+
+
+def _parse(o3, irreps, name: str):
+    """(mul, {l: offset in the flat e3nn layout}, L) of a natural-parity irreps with one multiplicity."""
+    irreps = o3.Irreps(irreps)
+    muls = {mul for mul, _ in irreps}
+    if len(muls) > 1:
+        raise ValueError(f"GauntTensorProduct: {name} = {irreps} must use one multiplicity for every irrep "
+                         f"(e.g. 16x0e+16x1o+16x2e), got multiplicities {sorted(muls)}")
+    if not len(irreps):
+        raise ValueError(f"GauntTensorProduct: {name} is empty")
+    offsets, off = {}, 0
+    for mul, ir in irreps:
+        if ir.p != (-1) ** ir.l:
+            raise ValueError(
+                f"GauntTensorProduct: {name} = {irreps} contains {ir}, which does not have natural parity "
+                f"(p = (-1)^l: 0e, 1o, 2e, 3o, ...). The Gaunt product of spherical functions only produces "
+                f"natural-parity irreps; paths with odd l1 + l2 + l3 (e.g. the cross product 1o x 1o -> 1e) "
+                f"and mixed parity cannot be expressed; use e3nn.o3.TensorProduct for them")
+        if ir.l in offsets:
+            raise ValueError(f"GauntTensorProduct: {name} = {irreps} lists degree {ir.l} twice; "
+                             f"use one block per degree (simplify the irreps)")
+        offsets[ir.l] = off
+        off += mul * ir.dim
+    return irreps, muls.pop(), offsets, max(offsets)
+
+
+class GauntTensorProduct(torch.nn.Module):
+    r"""Gaunt tensor product of two e3nn feature tensors, channel by channel ("uuu").
+
+    out[c, l3 m3] = w_out[c, l3] sum G(l1 m1, l2 m2, l3 m3) w1[c, l1] x1[c, l1 m1] w2[c, l2] x2[c, l2 m2]
+
+    Args:
+        irreps_in1, irreps_in2, irreps_out: e3nn ``Irreps`` (or strings) in e3nn's ``mul x ir`` layout, one
+            multiplicity C shared by all three, natural parity only (0e, 1o, 2e, ...).  Degrees may be missing
+            (they count as zeros in the inputs and are not produced in the output).
+        internal_weights: learnable per-channel, per-degree weights ``weight1`` [C, L1+1], ``weight2``
+            [C, L2+1], ``weight_out`` [C, Lout+1] (initialised to 1); False: no weights.
+        route: geoops.gaunt route ("auto", "grid", "direct", "fft").
+
+    With weights at 1 this equals e3nn's ``TensorProduct(irreps_in1, irreps_in2, irreps_out, [(i1, i2, io,
+    "uuu", False, G_path^2) ...], irrep_normalization="none", path_normalization="none")`` over the paths with
+    even l1 + l2 + l3.  Raises ValueError for what the Gaunt product cannot express (non-natural parity, so
+    odd-sum paths such as 1o x 1o -> 1e; different multiplicities).
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, irreps_out, *, internal_weights: bool = True,
+                 route: str = "auto"):
+        super().__init__()
+        o3 = _o3()
+        self.irreps_in1, c1, self._off1, self.L1 = _parse(o3, irreps_in1, "irreps_in1")
+        self.irreps_in2, c2, self._off2, self.L2 = _parse(o3, irreps_in2, "irreps_in2")
+        self.irreps_out, co, self._offo, self.Lout = _parse(o3, irreps_out, "irreps_out")
+        if not c1 == c2 == co:
+            raise ValueError(f"GauntTensorProduct: irreps_in1, irreps_in2 and irreps_out must share one "
+                             f"multiplicity (channels), got {c1}, {c2}, {co}")
+        if route not in _gaunt.ROUTES:
+            raise ValueError(f"GauntTensorProduct: route must be one of {_gaunt.ROUTES}, got {route!r}")
+        self.mul, self.route = c1, route
+        if internal_weights:
+            self.weight1 = torch.nn.Parameter(torch.ones(c1, self.L1 + 1))
+            self.weight2 = torch.nn.Parameter(torch.ones(c1, self.L2 + 1))
+            self.weight_out = torch.nn.Parameter(torch.ones(c1, self.Lout + 1))
+        else:
+            self.weight1 = self.weight2 = self.weight_out = None
+
+    def _to_coeffs(self, x: torch.Tensor, offsets: dict, L: int, name: str) -> torch.Tensor:
+        C = self.mul
+        dim = sum(C * (2 * l + 1) for l in offsets)
+        if x.shape[-1] != dim:
+            raise ValueError(f"GauntTensorProduct: {name} must have last dimension {dim} (its irreps' dim), "
+                             f"got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        if len(offsets) == L + 1:  # every degree present: concatenation of the (C, 2l+1) blocks
+            blocks = [x[..., offsets[l]: offsets[l] + C * (2 * l + 1)].reshape(*lead, C, 2 * l + 1)
+                      for l in range(L + 1)]
+            return torch.cat(blocks, -1)
+        out = x.new_zeros((*lead, C, (L + 1) ** 2))
+        for l, off in offsets.items():
+            out[..., l * l:(l + 1) ** 2] = x[..., off: off + C * (2 * l + 1)].reshape(*lead, C, 2 * l + 1)
+        return out
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        a = self._to_coeffs(x1, self._off1, self.L1, "x1")
+        b = self._to_coeffs(x2, self._off2, self.L2, "x2")
+        out = _gaunt.gaunt_tensor_product(a, b, self.Lout, weight1=self.weight1, weight2=self.weight2,
+                                          weight_out=self.weight_out, route=self.route)
+        lead = out.shape[:-2]
+        blocks = [out[..., l * l:(l + 1) ** 2].reshape(*lead, self.mul * (2 * l + 1))
+                  for l in sorted(self._offo, key=self._offo.get)]
+        return torch.cat(blocks, -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, route={self.route!r}"

@@ -1,0 +1,348 @@
+"""Triton kernels of Kronecker triple attention (forward and backward).
+
+Installed as ``geoops.kernels.attention``; ``geoops._backend`` uses it for CUDA tensors, and for CPU
+tensors under the Triton interpreter (``TRITON_INTERPRET=1``).  The module implements the contract of
+``geoops._ops.attention`` (the same one as the C++ kernels)::
+
+    triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2) -> (out, lse)
+    triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2)
+        -> (dq, dk1, dk2, dv1, dv2)
+
+Forward (``_triple_attention_fwd_kernel``): one program per (query tile of BLOCK_M rows, batch x head).
+For each admissible first key j (a scalar loop) and each tile of BLOCK_N second keys, the score tile
+is one dot, S = (Q_I (.) k1_j) K2_tile^T, and the value update is (P V2_tile) (.) v1_j, with an online
+softmax (running max and sum per query) over the (j, k-tile) sequence.  Nothing of size N^2 is stored.
+
+Backward (no atomics, deterministic): delta_i = <dout_i, out_i> (with a float32 output recomputed for
+half-precision inputs) and the forward's lse give P = exp(S - lse) again.
+  * ``_triple_attention_bwd_dq_kernel``: per query tile, dq_i = s sum_j k1_j (.) sum_k dS_ijk k2_k.
+  * ``_triple_attention_bwd_dkv_kernel``: per tile of "shared" keys (k2, v2), loops over the query heads
+    of its key group, the query tiles that can see the tile, and their first keys j:
+    dV2 += P^T (dout (.) v1_j), dK2 += dS^T (s q (.) k1_j).  The op is symmetric in (k1, v1) <-> (k2, v2),
+    so the same kernel with the key sets swapped gives dK1, dV1.
+
+Precision: float64 in float64 (interpreter / tests); everything else accumulates in float32; fp32 dots
+use input_precision="ieee" (exact fp32, as the tests need); float16/bfloat16 tiles feed the dots in
+their own dtype with float32 accumulation.  Offsets are 64-bit.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["triple_attention_fwd", "triple_attention_bwd"]
+
+
+@triton.jit
+def _ranges(offs, N, M, W, CAUSAL: tl.constexpr):
+    """Admissible key range [lo, hi] of each query row in offs (window W > 0: i - W < j; causal: j <= i)."""
+    lo = tl.where(W > 0, tl.maximum(offs - W + 1, 0), 0)
+    if CAUSAL:
+        hi = tl.minimum(offs, M - 1)
+    else:
+        hi = tl.zeros_like(offs) + (M - 1)
+    return lo, hi
+
+
+@triton.jit
+def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale, W1, W2,
+                                 CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                 BLOCK_DV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    hk = (bh % H) // REP
+    kvh = b * (H // REP) + hk
+    ct = tl.float64 if F64 else tl.float32
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_e = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < N
+    dmask = offs_d < D
+    emask = offs_e < DV
+    q = tl.load(Q + (bh * N + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
+                other=0.0).to(ct) * scale
+    lo1, hi1 = _ranges(offs_m, N, M1, W1, CAUSAL)
+    lo2, hi2 = _ranges(offs_m, N, M2, W2, CAUSAL)
+    i0 = pid_m * BLOCK_M
+    i_last = tl.minimum(i0 + BLOCK_M, N) - 1
+    j_start = tl.where(W1 > 0, tl.maximum(i0 - W1 + 1, 0), 0)
+    k_start = tl.where(W2 > 0, tl.maximum(i0 - W2 + 1, 0), 0)
+    if CAUSAL:
+        j_end = tl.minimum(i_last + 1, M1)
+        k_end = tl.minimum(i_last + 1, M2)
+    else:
+        j_end = M1
+        k_end = M2
+    m_i = tl.full([BLOCK_M], float("-inf"), ct)
+    l_i = tl.zeros([BLOCK_M], ct)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
+    k1_base = K1 + kvh * M1 * D
+    v1_base = V1 + kvh * M1 * DV
+    k2_base = K2 + kvh * M2 * D
+    v2_base = V2 + kvh * M2 * DV
+    for j in range(j_start, j_end):
+        k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+        v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+        qj = q * k1j[None, :]
+        jok = row_ok & (j >= lo1) & (j <= hi1)
+        for k0 in range(k_start, k_end, BLOCK_N):
+            offs_n = k0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < M2
+            k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
+                         other=0.0)
+            v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
+                         other=0.0)
+            if HALF:
+                s = tl.dot(qj.to(k2.dtype), tl.trans(k2))
+            else:
+                s = tl.dot(qj, tl.trans(k2.to(ct)), input_precision="ieee")
+            ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
+            s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if HALF:
+                pv = tl.dot(p.to(v2.dtype), v2)
+            else:
+                pv = tl.dot(p, v2.to(ct), input_precision="ieee")
+            acc = acc * alpha[:, None] + pv * v1j[None, :]
+            m_i = m_new
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    out = tl.where(has[:, None], out, 0.0)
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & emask[None, :])
+    tl.store(LSE + bh * N + offs_m, lse.to(LSE.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1, M2, D, DV, H, REP, scale, W1, W2,
+                                    CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
+                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                    BLOCK_DV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    hk = (bh % H) // REP
+    kvh = b * (H // REP) + hk
+    ct = tl.float64 if F64 else tl.float32
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_e = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < N
+    dmask = offs_d < D
+    emask = offs_e < DV
+    q = tl.load(Q + (bh * N + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
+                other=0.0).to(ct) * scale
+    do = tl.load(DO + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
+                 other=0.0).to(ct)
+    lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
+    delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
+    live = row_ok & (lse > float("-inf"))
+    lse_safe = tl.where(live, lse, 0.0)
+    lo1, hi1 = _ranges(offs_m, N, M1, W1, CAUSAL)
+    lo2, hi2 = _ranges(offs_m, N, M2, W2, CAUSAL)
+    i0 = pid_m * BLOCK_M
+    i_last = tl.minimum(i0 + BLOCK_M, N) - 1
+    j_start = tl.where(W1 > 0, tl.maximum(i0 - W1 + 1, 0), 0)
+    k_start = tl.where(W2 > 0, tl.maximum(i0 - W2 + 1, 0), 0)
+    if CAUSAL:
+        j_end = tl.minimum(i_last + 1, M1)
+        k_end = tl.minimum(i_last + 1, M2)
+    else:
+        j_end = M1
+        k_end = M2
+    acc = tl.zeros([BLOCK_M, BLOCK_D], ct)
+    k1_base = K1 + kvh * M1 * D
+    v1_base = V1 + kvh * M1 * DV
+    k2_base = K2 + kvh * M2 * D
+    v2_base = V2 + kvh * M2 * DV
+    for j in range(j_start, j_end):
+        k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+        v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+        qj = q * k1j[None, :]
+        gj = do * v1j[None, :]
+        jok = live & (j >= lo1) & (j <= hi1)
+        dqj = tl.zeros([BLOCK_M, BLOCK_D], ct)
+        for k0 in range(k_start, k_end, BLOCK_N):
+            offs_n = k0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < M2
+            k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
+                         other=0.0)
+            v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
+                         other=0.0)
+            ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
+            if HALF:
+                s = tl.dot(qj.to(k2.dtype), tl.trans(k2))
+                dp = tl.dot(gj.to(v2.dtype), tl.trans(v2))
+            else:
+                s = tl.dot(qj, tl.trans(k2.to(ct)), input_precision="ieee")
+                dp = tl.dot(gj, tl.trans(v2.to(ct)), input_precision="ieee")
+            p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
+            ds = p * (dp - delta[:, None])
+            if HALF:
+                dqj += tl.dot(ds.to(k2.dtype), k2)
+            else:
+                dqj += tl.dot(ds, k2.to(ct), input_precision="ieee")
+        acc += dqj * k1j[None, :]
+    tl.store(DQ + (bh * N + offs_m[:, None]) * D + offs_d[None, :], (acc * scale).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB, N, MA, MB, D, DV, H, REP, scale,
+                                     WA, WB, CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
+                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                     BLOCK_DV: tl.constexpr):
+    """Gradients of the key set B (KB, VB) for one tile of BLOCK_N of its keys and one key head."""
+    pid_n = tl.program_id(0)
+    kvh = tl.program_id(1).to(tl.int64)
+    HK = H // REP
+    b = kvh // HK
+    hk = kvh % HK
+    ct = tl.float64 if F64 else tl.float32
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_e = tl.arange(0, BLOCK_DV)
+    nmask = offs_n < MB
+    dmask = offs_d < D
+    emask = offs_e < DV
+    kb = tl.load(KB + (kvh * MB + offs_n[:, None]) * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
+                 other=0.0)
+    vb = tl.load(VB + (kvh * MB + offs_n[:, None]) * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
+                 other=0.0)
+    dkb = tl.zeros([BLOCK_N, BLOCK_D], ct)
+    dvb = tl.zeros([BLOCK_N, BLOCK_DV], ct)
+    n0 = pid_n * BLOCK_N
+    n_last = tl.minimum(n0 + BLOCK_N, MB) - 1
+    # queries that can see some key of this tile: causal i >= n0; window i < n_last + WB
+    if CAUSAL:
+        i_lo = n0
+    else:
+        i_lo = 0
+    i_hi = tl.where(WB > 0, tl.minimum(N, n_last + WB), N)
+    i_lo = (i_lo // BLOCK_M) * BLOCK_M
+    ka_base = KA + kvh * MA * D
+    va_base = VA + kvh * MA * DV
+    for hq in range(0, REP):
+        bh = b * H + hk * REP + hq
+        for i0 in range(i_lo, i_hi, BLOCK_M):
+            offs_m = i0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < N
+            q = tl.load(Q + (bh * N + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
+                        other=0.0).to(ct) * scale
+            do = tl.load(DO + (bh * N + offs_m[:, None]) * DV + offs_e[None, :],
+                         mask=row_ok[:, None] & emask[None, :], other=0.0).to(ct)
+            lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
+            delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
+            live = row_ok & (lse > float("-inf"))
+            lse_safe = tl.where(live, lse, 0.0)
+            loa, hia = _ranges(offs_m, N, MA, WA, CAUSAL)
+            lob, hib = _ranges(offs_m, N, MB, WB, CAUSAL)
+            kok = live[:, None] & nmask[None, :] & (offs_n[None, :] >= lob[:, None]) & (offs_n[None, :] <= hib[:, None])
+            i_last = tl.minimum(i0 + BLOCK_M, N) - 1
+            j_start = tl.where(WA > 0, tl.maximum(i0 - WA + 1, 0), 0)
+            if CAUSAL:
+                j_end = tl.minimum(i_last + 1, MA)
+            else:
+                j_end = MA
+            for j in range(j_start, j_end):
+                kaj = tl.load(ka_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+                vaj = tl.load(va_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+                qj = q * kaj[None, :]
+                gj = do * vaj[None, :]
+                ok = kok & ((j >= loa) & (j <= hia))[:, None]
+                if HALF:
+                    s = tl.dot(qj.to(kb.dtype), tl.trans(kb))
+                    dp = tl.dot(gj.to(vb.dtype), tl.trans(vb))
+                else:
+                    s = tl.dot(qj, tl.trans(kb.to(ct)), input_precision="ieee")
+                    dp = tl.dot(gj, tl.trans(vb.to(ct)), input_precision="ieee")
+                p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
+                ds = p * (dp - delta[:, None])
+                if HALF:
+                    dvb += tl.dot(tl.trans(p.to(vb.dtype)), gj.to(vb.dtype))
+                    dkb += tl.dot(tl.trans(ds.to(kb.dtype)), qj.to(kb.dtype))
+                else:
+                    dvb += tl.dot(tl.trans(p), gj, input_precision="ieee")
+                    dkb += tl.dot(tl.trans(ds), qj, input_precision="ieee")
+    tl.store(DKB + (kvh * MB + offs_n[:, None]) * D + offs_d[None, :], dkb.to(DKB.dtype.element_ty),
+             mask=nmask[:, None] & dmask[None, :])
+    tl.store(DVB + (kvh * MB + offs_n[:, None]) * DV + offs_e[None, :], dvb.to(DVB.dtype.element_ty),
+             mask=nmask[:, None] & emask[None, :])
+
+
+def _blocks(D: int, DV: int, dtype: torch.dtype, device) -> dict:
+    bd = max(16, triton.next_power_of_2(max(D, 1)))
+    be = max(16, triton.next_power_of_2(max(DV, 1)))
+    if device.type == "cpu":  # the interpreter: smallest legal dot tiles
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=bd, BLOCK_DV=be)
+    big = dtype in (torch.float16, torch.bfloat16) and max(bd, be) <= 128
+    return dict(BLOCK_M=64 if big else 32, BLOCK_N=64 if big else 32, BLOCK_D=bd, BLOCK_DV=be)
+
+
+def _flags(dtype: torch.dtype) -> dict:
+    return dict(F64=dtype == torch.float64, HALF=dtype in (torch.float16, torch.bfloat16))
+
+
+def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, out_dtype=None):
+    q, k1, k2, v1, v2 = (t.contiguous() for t in (q, k1, k2, v1, v2))
+    B, H, N, D = q.shape
+    Hk, M1, M2, DV = k1.shape[1], k1.shape[2], k2.shape[2], v1.shape[3]
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.empty((B, H, N, DV), dtype=out_dtype or q.dtype, device=q.device)
+    lse = torch.empty((B, H, N), dtype=lse_dtype, device=q.device)
+    if out.numel() == 0 and lse.numel() == 0:
+        return out, lse
+    causal = bool(causal) or w1 > 0 or w2 > 0
+    blk = _blocks(D, DV, q.dtype, q.device)
+    grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
+    if N > 0 and B * H > 0:
+        _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
+                                           int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype), **blk)
+    return out, lse
+
+
+def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2):
+    q, k1, k2, v1, v2, dout = (t.contiguous() for t in (q, k1, k2, v1, v2, dout))
+    B, H, N, D = q.shape
+    Hk, M1, M2, DV = k1.shape[1], k1.shape[2], k2.shape[2], v1.shape[3]
+    causal = bool(causal) or w1 > 0 or w2 > 0
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if q.dtype in (torch.float16, torch.bfloat16):  # delta from the unrounded output
+        out, _ = _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, out_dtype=torch.float32)
+    delta = (dout.to(acc) * out.to(acc)).sum(-1).contiguous()
+    lse = lse.to(acc).contiguous()
+    dq = torch.empty_like(q)
+    dk1, dk2, dv1, dv2 = (torch.empty_like(t) for t in (k1, k2, v1, v2))
+    blk = _blocks(D, DV, q.dtype, q.device)
+    fl = _flags(q.dtype)
+    if q.numel():
+        grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
+        _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H, H // Hk,
+                                              float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **blk)
+    else:
+        dq.zero_()
+    for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb in ((k1, k2, v1, v2, dk2, dv2, M1, M2, w1, w2),
+                                                      (k2, k1, v2, v1, dk1, dv1, M2, M1, w2, w1)):
+        if dkb.numel() == 0 and dvb.numel() == 0:
+            continue
+        grid = (triton.cdiv(Mb, blk["BLOCK_N"]), B * Hk)
+        _triple_attention_bwd_dkv_kernel[grid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV, H,
+                                               H // Hk, float(scale), int(wa), int(wb), CAUSAL=causal, **fl, **blk)
+    return dq, dk1, dk2, dv1, dv2
+
+
+# the kernel-set contract of geoops._ops.attention
+def triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2):
+    return _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2)
+
+
+def triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2):
+    return _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2)

@@ -1,0 +1,318 @@
+"""Tests of geoops.attention (Kronecker triple attention) on the CPU backend.
+
+Oracle: geoops.reference.attention (float64 einsum over the full N x M1 x M2 score tensor) for small shapes;
+the rank-1 identity (k2 = 1 => ordinary softmax attention times a window mean of v2) at N = 2048.
+"""
+import itertools
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import geoops
+import geoops.attention as ga
+from geoops.reference import attention as ref
+
+torch.manual_seed(0)
+
+HAVE_CPP = (geoops._backend.compiled() is not None
+            and hasattr(geoops._backend.compiled(), "triple_attention_fwd_cpu"))
+pytestmark = pytest.mark.skipif(not HAVE_CPP, reason="geoops._C without the attention kernels")
+
+
+def _inputs(B, H, Hk, N, M1, M2, D, Dv, dtype=torch.float64, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    return mk(B, H, N, D), mk(B, Hk, M1, D), mk(B, Hk, M2, D), mk(B, Hk, M1, Dv), mk(B, Hk, M2, Dv)
+
+
+MASKS = [dict(), dict(causal=True), dict(window=(1, 1)), dict(window=(5, 3)), dict(window=(3, 7)),
+         dict(window=(100, 2)), dict(window=4), dict(window=(1000, 1000))]
+SHAPES = [  # B, H, Hk, N, M1, M2, D, Dv
+    (1, 1, 1, 1, 1, 1, 4, 4),
+    (2, 2, 1, 17, 19, 23, 8, 5),
+    (1, 3, 3, 33, 33, 31, 16, 16),
+    (1, 4, 2, 33, 40, 29, 5, 7),
+]
+
+
+def _grads(fn, ins, g):
+    xs = [t.detach().clone().requires_grad_(True) for t in ins]
+    out = fn(*xs)
+    return out, torch.autograd.grad(out, xs, g)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask", MASKS, ids=lambda m: str(m) or "dense")
+def test_parity_fp64_forward_and_gradients(shape, mask):
+    ins = _inputs(*shape)
+    out, lse = ga.triple_attention(*ins, return_lse=True, **mask)
+    rout, rlse = ref.triple_attention(*ins, return_lse=True, **mask)
+    assert out.dtype == torch.float64 and lse.dtype == torch.float64
+    torch.testing.assert_close(out, rout, rtol=1e-10, atol=1e-10)
+    assert torch.equal(torch.isinf(lse), torch.isinf(rlse))
+    torch.testing.assert_close(lse, rlse, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(rout)
+    _, ours = _grads(lambda *a: ga.triple_attention(*a, **mask), ins, g)
+    _, theirs = _grads(lambda *a: ref.triple_attention(*a, **mask), ins, g)
+    for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("in_scale", [0.5, 2.0])
+@pytest.mark.parametrize("mask", [dict(), dict(causal=True), dict(window=(6, 3))], ids=str)
+def test_parity_fp32_input_scales(in_scale, mask):
+    """Input scales 0.5 and 2 move the logits by 1/64 .. 64x (softmax rescaling in the online max)."""
+    shape = (1, 2, 1, 37, 41, 35, 16, 12)
+    ins64 = _inputs(*shape, scale=in_scale, seed=1)
+    ins = [t.float() for t in ins64]
+    out = ga.triple_attention(*ins, **mask)
+    rout = ref.triple_attention(*ins64, **mask)
+    tol = 2e-5 * max(1.0, in_scale ** 2)
+    torch.testing.assert_close(out.double(), rout, rtol=tol, atol=tol)
+    g = torch.randn_like(rout)
+    _, ours = _grads(lambda *a: ga.triple_attention(*a, **mask), ins, g.float())
+    _, theirs = _grads(lambda *a: ref.triple_attention(*a, **mask), ins64, g)
+    for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), ours, theirs):
+        scale = b.abs().max().item() + 1e-30
+        assert (a.double() - b).abs().max().item() <= 1e-4 * scale, name
+
+
+def test_large_logits_no_overflow():
+    ins = _inputs(1, 1, 1, 20, 21, 22, 8, 8, dtype=torch.float32, scale=6.0)
+    out, lse = ga.triple_attention(*ins, scale=1.0, return_lse=True)  # logits ~ 10^3
+    rout, rlse = ref.triple_attention(*[t.double() for t in ins], scale=1.0, return_lse=True)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    torch.testing.assert_close(lse.double(), rlse, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(out.double(), rout, rtol=1e-3, atol=1e-3 * rout.abs().max().item())
+
+
+def test_empty_rows_and_sizes():
+    # window (1, 1) with M2 < N: queries i >= M2 have no admissible k -> out 0, lse -inf, finite gradients
+    ins = [t.requires_grad_(True) for t in _inputs(1, 2, 2, 9, 9, 4, 3, 3)]
+    out, lse = ga.triple_attention(*ins, window=(2, 1), return_lse=True)
+    assert torch.isinf(lse[..., 4:]).all() and (lse[..., 4:] < 0).all()
+    assert torch.equal(out[..., 4:, :], torch.zeros_like(out[..., 4:, :]))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in ins)
+    assert torch.equal(ins[0].grad[..., 4:, :], torch.zeros_like(ins[0].grad[..., 4:, :]))
+    # empty key sequences / empty queries / empty batch
+    for shape in [(1, 1, 1, 5, 0, 3, 4, 4), (1, 1, 1, 0, 3, 3, 4, 4), (0, 2, 1, 3, 3, 3, 4, 4)]:
+        ins = [t.requires_grad_(True) for t in _inputs(*shape)]
+        out, lse = ga.triple_attention(*ins, return_lse=True)
+        B, H, N = shape[0], shape[1], shape[3]
+        assert out.shape == (B, H, N, shape[7]) and not out.any() and (lse == -math.inf).all()
+        out.sum().backward()
+        assert all(t.grad is not None and t.grad.shape == t.shape and not t.grad.any() for t in ins)
+
+
+def test_non_contiguous_inputs():
+    ins = _inputs(2, 3, 3, 11, 12, 13, 6, 6)
+    nc = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in ins]  # (B, N, H, D) memory
+    assert not nc[0].is_contiguous()
+    torch.testing.assert_close(ga.triple_attention(*nc, causal=True), ref.triple_attention(*ins, causal=True),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_rank1_oracle_windowed_n2048():
+    """k2 = 1: T_ijk = s <q_i, k1_j> does not depend on k, so out_i = attn(q, k1, v1)_i (.) mean_k v2_k."""
+    N, D, w1, w2 = 2048, 16, 64, 16
+    q, k1, _, v1, v2 = _inputs(1, 2, 2, N, N, N, D, D, dtype=torch.float32, seed=3)
+    k2 = torch.ones_like(k1)
+    out = ga.triple_attention(q, k1, k2, v1, v2, window=(w1, w2))
+    i = torch.arange(N)
+    band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - w1)
+    attn = F.scaled_dot_product_attention(q.double(), k1.double(), v1.double(), attn_mask=band, scale=D ** -0.5)
+    c = torch.cat([torch.zeros_like(v2[..., :1, :]), v2.double().cumsum(-2)], dim=-2)  # prefix sums
+    lo = (i - w2 + 1).clamp(min=0)
+    mean_v2 = (c[..., i + 1, :] - c[..., lo, :]) / (i - lo + 1).double().view(-1, 1)
+    expect = attn * mean_v2
+    torch.testing.assert_close(out.double(), expect, rtol=1e-4, atol=1e-5)
+
+
+def test_rank1_oracle_causal_dense():
+    N, D = 160, 8
+    q, k1, _, v1, v2 = _inputs(1, 1, 1, N, N, N, D, D, seed=4)
+    k2 = torch.ones_like(k1)
+    out = ga.triple_attention(q, k1, k2, v1, v2, causal=True)
+    attn = F.scaled_dot_product_attention(q, k1, v1, is_causal=True, scale=D ** -0.5)
+    mean_v2 = v2.cumsum(-2) / torch.arange(1, N + 1, dtype=torch.float64).view(-1, 1)
+    torch.testing.assert_close(out, attn * mean_v2, rtol=1e-10, atol=1e-10)
+
+
+def _vm_hwm_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+def _reset_hwm():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM) of this process
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+@pytest.mark.parametrize("case", ["dense_n512", "window_n32768"])
+def test_peak_memory_is_linear_in_n(case):
+    """Forward + backward peak memory stays O(N D): far below one (N, M1, M2) score tensor of the eager form."""
+    if case == "dense_n512":
+        B, H, N, D, kw = 1, 1, 512, 8, dict(causal=True)
+    else:
+        B, H, N, D, kw = 1, 2, 32768, 16, dict(window=(16, 8))
+    ins = [t.requires_grad_(True) for t in _inputs(B, H, H, N, N, N, D, D, dtype=torch.float32, seed=5)]
+    g = torch.randn(B, H, N, D)
+    ga.triple_attention(*[t.detach()[..., :16, :] for t in ins], **kw)  # warm-up (thread pools, MKL buffers)
+    if not _reset_hwm():
+        pytest.skip("cannot reset VmHWM")
+    base = _vm_hwm_kib()
+    out = ga.triple_attention(*ins, **kw)
+    torch.autograd.backward(out, g)
+    grew = (_vm_hwm_kib() - base) * 1024
+    io_bytes = 4 * B * H * N * D * 4 * 4  # inputs, outputs, gradients and their float32 copies
+    eager_bytes = 4 * B * H * N ** 3
+    assert grew <= io_bytes + 48 * 2 ** 20, f"peak grew {grew / 2**20:.1f} MiB (io {io_bytes / 2**20:.1f} MiB)"
+    assert grew < eager_bytes / 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mask", [dict(), dict(window=(7, 4))], ids=str)
+def test_low_precision_2x_rule(dtype, mask):
+    """|ours - ref64| <= 2 |ref_dtype - ref64| + floor, forward and gradients (max norms)."""
+    ins64 = _inputs(1, 2, 1, 29, 31, 27, 16, 16, seed=6)
+    ins = [t.to(dtype) for t in ins64]
+    g64 = torch.randn(1, 2, 29, 16, dtype=torch.float64)
+    out64, gr64 = _grads(lambda *a: ref.triple_attention(*a, **mask), [t.double() for t in ins], g64)
+    outd, grd = _grads(lambda *a: ref.triple_attention(*a, **mask), ins, g64.to(dtype))
+    ours, gro = _grads(lambda *a: ga.triple_attention(*a, **mask), ins, g64.to(dtype))
+    assert ours.dtype == dtype and all(t.dtype == dtype for t in gro)
+    floor = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    for name, a, b, r in [("out", ours, outd, out64)] + list(zip(("dq", "dk1", "dk2", "dv1", "dv2"), gro, grd, gr64)):
+        err = (a.double() - r).abs().max().item()
+        err_ref = (b.double() - r).abs().max().item()
+        assert err <= 2 * err_ref + floor * r.abs().max().item(), (name, err, err_ref)
+
+
+def test_gradcheck_fp64_through_kernels():
+    for kw in (dict(), dict(causal=True), dict(window=(2, 3))):
+        ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 5, 4, 6, 3, 2, seed=7)]
+        assert torch.autograd.gradcheck(lambda *a: ga.triple_attention(*a, **kw), ins, eps=1e-6, atol=1e-7)
+
+
+def test_backward_is_deterministic_across_threads():
+    ins = [t.requires_grad_(True) for t in _inputs(2, 4, 2, 70, 64, 66, 16, 16, dtype=torch.float32, seed=8)]
+    g = torch.randn(2, 4, 70, 16)
+    res = []
+    old = torch.get_num_threads()
+    try:
+        for nt in (old, 1, old):
+            torch.set_num_threads(nt)
+            _, grads = _grads(lambda *a: ga.triple_attention(*a, causal=True), ins, g)
+            res.append(grads)
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(res[0], res[1]):
+        assert torch.equal(a, b)
+    for a, b in zip(res[0], res[2]):
+        assert torch.equal(a, b)
+
+
+def test_default_scale_and_alman_song_scale():
+    ins = _inputs(1, 1, 1, 7, 7, 7, 9, 4)
+    torch.testing.assert_close(ga.triple_attention(*ins), ref.triple_attention(*ins, scale=1 / 3))
+    torch.testing.assert_close(ga.triple_attention(*ins, scale=1.0), ref.triple_attention(*ins, scale=1.0))
+
+
+def test_backends_agree():
+    ins = _inputs(1, 2, 1, 9, 8, 10, 4, 4)
+    with geoops.use_backend("reference"):
+        a = ga.triple_attention(*ins, causal=True)
+    b = ga.triple_attention(*ins, causal=True)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- errors
+def _ok():
+    return list(_inputs(1, 4, 2, 5, 6, 7, 8, 3, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("mutate, exc, words", [
+    (lambda a: a.__setitem__(0, a[0][0]), ValueError, "q must be 4-D"),
+    (lambda a: a.__setitem__(1, a[1][..., :7]), ValueError, "k1 has feature dim 7"),
+    (lambda a: a.__setitem__(2, a[2][..., :7]), ValueError, "k2 has feature dim 7"),
+    (lambda a: a.__setitem__(3, a[3][:, :, :5]), ValueError, "v1 has 5 positions"),
+    (lambda a: a.__setitem__(4, a[4][:, :, :5]), ValueError, "v2 has 5 positions"),
+    (lambda a: a.__setitem__(4, a[4][..., :2]), ValueError, "v1 and v2 must share"),
+    (lambda a: a.__setitem__(2, a[2][:, :1]), ValueError, "k2 has 1 heads"),
+    (lambda a: [a.__setitem__(i, torch.cat([a[i], a[i][:, :1]], 1)) for i in range(1, 5)], ValueError, "multiple of the key/value heads"),
+    (lambda a: a.__setitem__(1, torch.cat([a[1], a[1]])), ValueError, "k1 has batch size 2"),
+    (lambda a: a.__setitem__(3, a[3].double()), TypeError, "v1 has dtype torch.float64"),
+    (lambda a: a.__setitem__(0, a[0].int()), TypeError, "q must be float16"),
+    (lambda a: a.__setitem__(2, a[2].tolist()), TypeError, "k2 must be a torch.Tensor"),
+])
+def test_errors_name_the_argument(mutate, exc, words):
+    args = _ok()
+    mutate(args)
+    with pytest.raises(exc, match=words):
+        ga.triple_attention(*args)
+
+
+@pytest.mark.parametrize("window, exc", [((0, 3), ValueError), ((3, -1), ValueError), (0, ValueError),
+                                         ((1, 2, 3), TypeError), ((1.5, 2), TypeError), (True, TypeError),
+                                         ("64", TypeError)])
+def test_bad_window(window, exc):
+    with pytest.raises(exc, match="window"):
+        ga.triple_attention(*_ok(), window=window)
+
+
+def test_bad_scale_and_causal():
+    with pytest.raises(TypeError, match="scale"):
+        ga.triple_attention(*_ok(), scale="1")
+    with pytest.raises(TypeError, match="causal"):
+        ga.triple_attention(*_ok(), causal=None)
+
+
+# ---------------------------------------------------------------- torch.library / torch.compile
+@pytest.mark.parametrize("kw", [(False, 0, 0), (True, 0, 0), (True, 3, 2)], ids=str)
+def test_opcheck(kw):
+    ins = _inputs(1, 2, 1, 6, 5, 7, 4, 3, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.geoops.triple_attention_fwd.default, (*ins, 0.5, *kw))
+    out, lse = torch.ops.geoops.triple_attention_fwd(*ins, 0.5, *kw)
+    g = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.geoops.triple_attention_bwd.default, (g, *ins, out, lse, 0.5, *kw))
+
+
+def test_torch_compile_fullgraph():
+    ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 9, 8, 10, 4, 4, dtype=torch.float32)]
+    fn = torch.compile(lambda *a: ga.triple_attention(*a, window=(3, 4)).sin(), fullgraph=True, backend="aot_eager")
+    out = fn(*ins)
+    torch.testing.assert_close(out, ga.triple_attention(*ins, window=(3, 4)).sin())
+    out.sum().backward()
+    grads = [t.grad.clone() for t in ins]
+    for t in ins:
+        t.grad = None
+    ga.triple_attention(*ins, window=(3, 4)).sin().sum().backward()
+    for a, t in zip(grads, ins):
+        torch.testing.assert_close(a, t.grad)
+
+
+def test_torch_compile_inductor():
+    ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 9, 8, 10, 4, 4, dtype=torch.float32, seed=9)]
+    fn = torch.compile(lambda *a: (ga.triple_attention(*a, causal=True) * 2).sum(), fullgraph=True)
+    loss = fn(*ins)
+    loss.backward()
+    grads = [t.grad.clone() for t in ins]
+    for t in ins:
+        t.grad = None
+    eager = (ga.triple_attention(*ins, causal=True) * 2).sum()
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for a, t in zip(grads, ins):
+        torch.testing.assert_close(a, t.grad)

@@ -1,0 +1,113 @@
+"""geoops.compat: patch_geoopt / unpatch_geoopt, and the rest of geoopt's math surface in geoops.stereographic."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import geoops.compat as compat
+import geoops.stereographic as gs
+
+geoopt = pytest.importorskip("geoopt")
+gm = geoopt.manifolds.stereographic.math
+
+
+def _pts(n, d, scale=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale / d ** 0.5
+
+
+def test_patch_and_unpatch_restore_exactly():
+    before = {name: getattr(gm, name) for name in dir(gm)}
+    compat.patch_geoopt()
+    try:
+        assert compat.is_patched()
+        assert gm.mobius_add is gs.mobius_add and gm.dist is gs.dist
+        compat.patch_geoopt()  # idempotent
+    finally:
+        compat.unpatch_geoopt()
+    after = {name: getattr(gm, name) for name in dir(gm)}
+    assert before.keys() == after.keys() and all(before[n] is after[n] for n in before)
+    assert not compat.is_patched()
+
+
+@pytest.mark.parametrize("cls", ["PoincareBall", "Stereographic", "SphereProjection"])
+def test_patched_manifold_methods_match_geoopt(cls):
+    kw = {"Stereographic": {"k": -0.7}, "PoincareBall": {"c": 1.3}, "SphereProjection": {"k": 0.6}}[cls]
+    man = getattr(geoopt, cls)(**kw).to(torch.float64)
+    x, y, u = man.projx(_pts(7, 5, seed=1)), man.projx(_pts(7, 5, seed=2)), _pts(7, 5, seed=3)
+    calls = {
+        "dist": lambda: man.dist(x, y), "expmap": lambda: man.expmap(x, u), "logmap": lambda: man.logmap(x, y),
+        "mobius_add": lambda: man.mobius_add(x, y), "egrad2rgrad": lambda: man.egrad2rgrad(x, u),
+        "transp": lambda: man.transp(x, y, u), "inner": lambda: man.inner(x, u, u), "retr": lambda: man.retr(x, u),
+        "dist0": lambda: man.dist0(x), "expmap0": lambda: man.expmap0(u), "logmap0": lambda: man.logmap0(y),
+        "mobius_scalar_mul": lambda: man.mobius_scalar_mul(torch.tensor(0.7, dtype=torch.float64), x),
+        "weighted_midpoint": lambda: man.weighted_midpoint(x),
+        "dist2plane": lambda: man.dist2plane(x, y, u),
+        "geodesic": lambda: man.geodesic(torch.tensor(0.3, dtype=torch.float64), x, y),
+    }
+    expected = {name: f() for name, f in calls.items()}
+    with compat.patched_geoopt():
+        got = {name: f() for name, f in calls.items()}
+    for name in calls:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_patched_riemannian_sgd_step_matches():
+    def train(patched):
+        torch.manual_seed(0)
+        ball = geoopt.PoincareBall()
+        p = geoopt.ManifoldParameter(ball.projx(torch.randn(10, 3, dtype=torch.float64) * 0.1), manifold=ball)
+        opt = geoopt.optim.RiemannianSGD([p], lr=0.1)
+        target = ball.projx(torch.randn(10, 3, dtype=torch.float64) * 0.1)
+        with (compat.patched_geoopt() if patched else _null()):
+            for _ in range(5):
+                opt.zero_grad()
+                ball.dist(p, target).pow(2).sum().backward()
+                opt.step()
+        return p.detach().clone()
+
+    torch.testing.assert_close(train(True), train(False), rtol=1e-9, atol=1e-11)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.8])
+@pytest.mark.parametrize("name", ["gyration", "mobius_coadd", "mobius_cosub", "parallel_transport",
+                                  "parallel_transport0", "parallel_transport0back", "egrad2rgrad", "inner", "norm",
+                                  "geodesic", "geodesic_unit", "antipode", "sproj", "inv_sproj", "dist2plane",
+                                  "weighted_midpoint", "mobius_fn_apply", "mobius_fn_apply_chain"])
+def test_surface_matches_geoopt(name, kval):
+    if kval == 0.0 and name in ("sproj", "inv_sproj"):
+        pytest.skip("undefined at k = 0")
+    k = torch.tensor(kval, dtype=torch.float64)
+    x, y, u = _pts(6, 4, seed=4), _pts(6, 4, seed=5), _pts(6, 4, seed=6)
+    t = torch.tensor(0.4, dtype=torch.float64)
+    args = {
+        "gyration": (x, y, u), "mobius_coadd": (x, y), "mobius_cosub": (x, y), "parallel_transport": (x, y, u),
+        "parallel_transport0": (y, u), "parallel_transport0back": (x, u), "egrad2rgrad": (x, u), "inner": (x, u, y),
+        "norm": (x, u), "geodesic": (t, x, y), "geodesic_unit": (t, x, u), "antipode": (x,), "sproj": (x,),
+        "inv_sproj": (x,), "dist2plane": (x, y, u), "weighted_midpoint": (x,),
+        "mobius_fn_apply": (torch.tanh, x), "mobius_fn_apply_chain": (x, torch.tanh, torch.sin),
+    }[name]
+    got = getattr(gs, name)(*args, k=k)
+    exp = getattr(gm, name)(*args, k=k)
+    torch.testing.assert_close(got, exp, rtol=1e-8, atol=1e-10)
+
+
+def test_missing_geoopt_gives_clear_error():
+    code = (
+        "import sys; sys.modules['geoopt'] = None\n"
+        "import geoops.compat as c\n"
+        "try:\n    c.patch_geoopt()\nexcept ImportError as e:\n    print('ERR', e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ERR geoops.compat.patch_geoopt() needs geoopt" in res.stdout, res.stdout + res.stderr[-1500:]

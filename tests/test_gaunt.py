@@ -1,0 +1,417 @@
+"""Tests of geoops.gaunt: every route against independent oracles (e3nn), gradients, properties, bad inputs."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import geoops
+from geoops import gaunt as ga
+from geoops.reference import gaunt as R
+
+try:  # the independent oracle (e3nn's harmonics, Wigner D, TensorProduct); without it the routes are still
+    from e3nn import o3  # checked against a quadrature built here on geoops.reference's harmonics
+except ImportError:  # pragma: no cover - e3nn is a test extra
+    o3 = None
+needs_e3nn = pytest.mark.skipif(o3 is None, reason="e3nn is not installed (pip install e3nn)")
+
+ROUTES = ("grid", "direct", "fft")
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------- independent oracle (e3nn harmonics + quadrature)
+def _e3nn_sh(L, beta, alpha):
+    if o3 is None:
+        return R.real_sh(L, beta, alpha)
+    xyz = torch.stack([beta.sin() * alpha.sin(), beta.cos(), beta.sin() * alpha.cos()], -1)
+    return o3.spherical_harmonics(list(range(L + 1)), xyz, normalize=True, normalization="integral")
+
+
+_G_CACHE = {}
+
+
+def oracle_gaunt(L1, L2, L3):
+    """G_ijk = integral Y_i Y_j Y_k with e3nn's harmonics and a Gauss-Legendre x uniform grid built here."""
+    key = (L1, L2, L3)
+    if key not in _G_CACHE:
+        T = L1 + L2 + L3
+        x, w = np.polynomial.legendre.leggauss(T // 2 + 2)  # one node more than needed: independent of ours
+        na = T + 3
+        beta = torch.from_numpy(np.arccos(x))
+        alpha = torch.arange(na, dtype=F64) * (2 * math.pi / na)
+        B, A = torch.meshgrid(beta, alpha, indexing="ij")
+        W = torch.from_numpy(w)[:, None].expand_as(B) * (2 * math.pi / na)
+        B, A, W = B.reshape(-1), A.reshape(-1), W.reshape(-1)
+        Y1, Y2, Y3 = _e3nn_sh(L1, B, A), _e3nn_sh(L2, B, A), _e3nn_sh(L3, B, A)
+        _G_CACHE[key] = torch.einsum("p,pi,pj,pk->ijk", W, Y1, Y2, Y3)
+    return _G_CACHE[key]
+
+
+def oracle(x1, x2, L3, w1=None, w2=None, wo=None):
+    L1, L2 = R.lmax_of(x1.shape[-1]), R.lmax_of(x2.shape[-1])
+    G = oracle_gaunt(L1, L2, L3)
+    d = lambda L: R.degree_of_index(L)  # noqa: E731
+    if w1 is not None:
+        x1 = x1 * w1[..., d(L1)]
+    if w2 is not None:
+        x2 = x2 * w2[..., d(L2)]
+    out = torch.einsum("ijk,...i,...j->...k", G, x1.double(), x2.double())
+    return out * wo[..., d(L3)] if wo is not None else out
+
+
+@contextlib.contextmanager
+def f64_default():
+    """e3nn bakes its constants (wigner_3j, J matrices) in the default dtype: build them in float64."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(F64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _rand(*shape, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+# ---------------------------------------------------------------- basis and constants
+@needs_e3nn
+def test_sh_matches_e3nn():
+    g = torch.Generator().manual_seed(1)
+    beta = torch.rand(64, generator=g, dtype=F64) * math.pi
+    alpha = torch.rand(64, generator=g, dtype=F64) * 2 * math.pi
+    assert torch.allclose(R.real_sh(8, beta, alpha), _e3nn_sh(8, beta, alpha), atol=1e-13, rtol=0)
+
+
+@needs_e3nn
+def test_gaunt_coefficients_match_oracle_and_wigner_3j():
+    G = R.gaunt_coefficients(3, 4, 5)
+    assert torch.allclose(G, oracle_gaunt(3, 4, 5), atol=1e-14, rtol=0)
+    # on each path: G = g * wigner_3j, g >= 0, zero for odd l1 + l2 + l3
+    for l1, l2, l3 in [(1, 1, 2), (2, 3, 3), (3, 4, 5), (2, 2, 2), (1, 2, 2)]:
+        blk = G[l1 * l1:(l1 + 1) ** 2, l2 * l2:(l2 + 1) ** 2, l3 * l3:(l3 + 1) ** 2]
+        if (l1 + l2 + l3) % 2:
+            assert blk.abs().max() == 0
+        else:
+            C = o3.wigner_3j(l1, l2, l3).to(F64)
+            g = blk.norm()
+            assert g > 0 and torch.allclose(blk, g * C, atol=1e-14)
+
+
+def test_sparse_counts():
+    # the nonzero counts of the exact Gaunt tensor (BACKGROUND section 2)
+    for L, nnz in [(2, 83), (4, 1158)]:
+        assert R.gaunt_sparse(L, L, L)[0].numel() == nnz
+
+
+def test_quadrature_grid_sizes():
+    assert [len(R.sphere_grid(3 * L)[0]) for L in (2, 4, 6, 8)] == [28, 91, 190, 325]
+
+
+# ---------------------------------------------------------------- parity of the routes
+CASES = [(2, 3, 4), (4, 4, 4), (1, 3, 2), (3, 0, 3), (0, 0, 0), (2, 2, 6), (5, 2, 3)]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("L1,L2,L3", CASES)
+def test_routes_match_oracle_fp64(route, L1, L2, L3):
+    n = 13
+    x1, x2 = _rand(n, (L1 + 1) ** 2, seed=1), _rand(n, (L2 + 1) ** 2, seed=2)
+    out = ga.gaunt_tensor_product(x1, x2, L3, route=route)
+    assert out.shape == (n, (L3 + 1) ** 2) and out.dtype == F64
+    torch.testing.assert_close(out, oracle(x1, x2, L3), atol=1e-12, rtol=0)
+    torch.testing.assert_close(R.gaunt_tensor_product(x1, x2, L3), oracle(x1, x2, L3), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_weights_broadcast_fp64(route):
+    L1, L2, L3 = 3, 2, 4
+    x1 = _rand(3, 1, (L1 + 1) ** 2, seed=3)          # broadcast over the channel dim
+    x2 = _rand(1, 5, (L2 + 1) ** 2, seed=4)
+    w1 = _rand(5, L1 + 1, seed=5)                     # per channel
+    w2 = _rand(L2 + 1, seed=6)                        # shared
+    wo = _rand(3, 5, L3 + 1, seed=7)                  # per row
+    out = ga.gaunt_tensor_product(x1, x2, L3, weight1=w1, weight2=w2, weight_out=wo, route=route)
+    assert out.shape == (3, 5, (L3 + 1) ** 2)
+    torch.testing.assert_close(out, oracle(x1, x2, L3, w1, w2, wo), atol=1e-12, rtol=0)
+
+
+def test_default_lmax_and_high_lmax_out():
+    x1, x2 = _rand(4, 9, seed=8), _rand(4, 4, seed=9)
+    assert ga.gaunt_tensor_product(x1, x2).shape == (4, 16)  # L1 + L2
+    for route in ROUTES:
+        out = ga.gaunt_tensor_product(x1, x2, 5, route=route)
+        torch.testing.assert_close(out[:, :16], oracle(x1, x2, 3), atol=1e-12, rtol=0)
+        assert out[:, 16:].abs().max() < 1e-12  # degrees above L1 + L2 vanish
+
+
+@needs_e3nn
+def test_e3nn_tensor_product_with_gaunt_path_weights():
+    L1, L2, L3 = 2, 3, 4
+    irr = lambda L: o3.Irreps([(1, (l, (-1) ** l)) for l in range(L + 1)])  # noqa: E731
+    G = oracle_gaunt(L1, L2, L3)
+    instr = []
+    for l1 in range(L1 + 1):
+        for l2 in range(L2 + 1):
+            for l3 in range(abs(l1 - l2), min(l1 + l2, L3) + 1):
+                if (l1 + l2 + l3) % 2 == 0:
+                    g = G[l1 * l1:(l1 + 1) ** 2, l2 * l2:(l2 + 1) ** 2, l3 * l3:(l3 + 1) ** 2].norm().item()
+                    instr.append((l1, l2, l3, "uuu", False, g * g))
+    with f64_default():
+        tp = o3.TensorProduct(irr(L1), irr(L2), irr(L3), instr, irrep_normalization="none",
+                              path_normalization="none").double()
+    x1, x2 = _rand(7, (L1 + 1) ** 2, seed=10), _rand(7, (L2 + 1) ** 2, seed=11)
+    ref = tp(x1, x2)
+    for route in ROUTES:
+        torch.testing.assert_close(ga.gaunt_tensor_product(x1, x2, L3, route=route), ref, atol=1e-12, rtol=0)
+
+
+@needs_e3nn
+@pytest.mark.parametrize("route,L1,L2,L3", [("grid", 8, 5, 8), ("direct", 3, 8, 6), ("fft", 6, 8, 7)])
+def test_rotation_and_inversion_equivariance(route, L1, L2, L3):
+    x1, x2 = _rand(3, (L1 + 1) ** 2, seed=12), _rand(3, (L2 + 1) ** 2, seed=13)
+    irr = lambda L: o3.Irreps([(1, (l, (-1) ** l)) for l in range(L + 1)])  # noqa: E731
+    g = torch.Generator().manual_seed(14)
+    a, b, c = (torch.rand((), generator=g, dtype=F64) * 2 * math.pi for _ in range(3))
+    for parity in (1, -1):
+        with f64_default():
+            D1, D2, D3 = (irr(L).D_from_angles(a, b, c, torch.tensor(0 if parity == 1 else 1)) for L in (L1, L2, L3))
+        if parity == -1:  # e3nn's inversion flips the odd degrees of the rotation
+            with f64_default():
+                R1 = irr(L1).D_from_angles(a, b, c, torch.tensor(0))
+            assert torch.allclose(D1[1:4, 1:4], -R1[1:4, 1:4]) and torch.allclose(D1[4:9, 4:9], R1[4:9, 4:9])
+        D = {L1: D1, L2: D2, L3: D3}.__getitem__
+        lhs = ga.gaunt_tensor_product(x1 @ D(L1).T, x2 @ D(L2).T, L3, route=route)
+        rhs = ga.gaunt_tensor_product(x1, x2, L3, route=route) @ D(L3).T
+        torch.testing.assert_close(lhs, rhs, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_fp32_relative_error(route):
+    L = 6
+    x1, x2 = _rand(64, (L + 1) ** 2, seed=15), _rand(64, (L + 1) ** 2, seed=16)
+    ref = oracle(x1, x2, L)
+    out = ga.gaunt_tensor_product(x1.float(), x2.float(), L, route=route)
+    assert out.dtype == torch.float32
+    rel = (out.double() - ref).abs().max() / ref.abs().max()
+    assert rel <= 1e-5, rel
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rule(dtype):
+    x1, x2 = _rand(32, 16, seed=17), _rand(32, 9, seed=18)
+    ref64 = oracle(x1, x2, 4)
+    a, b = x1.to(dtype), x2.to(dtype)
+    ref_low = R.gaunt_tensor_product(a.double(), b.double(), 4).to(dtype).double()
+    for route in ROUTES:
+        out = ga.gaunt_tensor_product(a, b, 4, route=route)
+        assert out.dtype == dtype
+        err = (out.double() - ref64).abs()
+        assert bool((err <= 2 * (ref_low - ref64).abs() + 2e-2 * ref64.abs().max()).all())
+
+
+def test_empty_and_size_one():
+    for route in ROUTES:
+        out = ga.gaunt_tensor_product(torch.empty(0, 4, dtype=F64), torch.empty(0, 9, dtype=F64), route=route)
+        assert out.shape == (0, 16)
+        x1, x2 = _rand(1, seed=19), _rand(1, 1, seed=20)  # L = 0: constants
+        out = ga.gaunt_tensor_product(x1, x2, route=route)
+        torch.testing.assert_close(out, x1 * x2 / math.sqrt(4 * math.pi), atol=1e-14, rtol=0)
+
+
+def test_non_contiguous_inputs():
+    x1 = _rand(16, 6, seed=21)[:, ::2][:, :1].expand(16, 1)  # weird strides
+    x2 = _rand(9, 16, seed=22).t()  # (16, 9) transposed
+    for route in ROUTES:
+        torch.testing.assert_close(ga.gaunt_tensor_product(x1, x2, 2, route=route), oracle(x1, x2, 2),
+                                   atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------- many-body
+@pytest.mark.parametrize("route", ["grid", "fft", "direct"])
+def test_many_body_product(route):
+    xs = [_rand(5, 9, seed=23), _rand(5, 4, seed=24), _rand(5, 16, seed=25)]
+    ref = oracle(oracle(xs[0], xs[1], 3), xs[2], 4)  # full intermediate degree 2 + 1 = 3
+    torch.testing.assert_close(ga.gaunt_product(xs, 4, route=route), ref, atol=1e-12, rtol=0)
+    x = xs[2]
+    ref3 = oracle(oracle(x, x, 6), x, 5)
+    torch.testing.assert_close(ga.gaunt_power(x, 3, 5, route=route), ref3, atol=1e-11, rtol=0)
+    torch.testing.assert_close(ga.gaunt_product([x], 2, route=route), x[:, :9], atol=1e-13, rtol=0)
+
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize("route", ROUTES)
+def test_gradcheck_and_gradgradcheck(route):
+    L1, L2, L3 = 2, 1, 2
+    x1 = _rand(3, (L1 + 1) ** 2, seed=26).requires_grad_()
+    x2 = _rand(3, (L2 + 1) ** 2, seed=27).requires_grad_()
+    w1 = _rand(3, L1 + 1, seed=28).requires_grad_()
+    w2 = _rand(L2 + 1, seed=29).requires_grad_()
+    wo = _rand(1, L3 + 1, seed=30).requires_grad_()
+
+    def f(a, b, c, d, e):
+        return ga.gaunt_tensor_product(a, b, L3, weight1=c, weight2=d, weight_out=e, route=route)
+
+    assert torch.autograd.gradcheck(f, (x1, x2, w1, w2, wo))
+    assert torch.autograd.gradgradcheck(f, (x1, x2, w1, w2, wo))
+
+
+def test_gradcheck_many_body():
+    xs = (_rand(2, 4, seed=31).requires_grad_(), _rand(2, 9, seed=32).requires_grad_(),
+          _rand(2, 4, seed=33).requires_grad_())
+    w = _rand(2, seed=34).requires_grad_()
+    f = lambda a, b, c, w: ga.gaunt_product([a, b, c], 3, weights=[w, None, None], route="grid")  # noqa: E731
+    assert torch.autograd.gradcheck(f, (*xs, w))
+    assert torch.autograd.gradgradcheck(f, (*xs, w))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_fp32_gradients_match_reference(route):
+    L = 4
+    x1, x2 = _rand(16, (L + 1) ** 2, seed=35), _rand(16, (L + 1) ** 2, seed=36)
+    w = _rand(L + 1, seed=37)
+    g = _rand(16, (L + 1) ** 2, seed=38)
+    a, b, c = (t.float().requires_grad_() for t in (x1, x2, w))
+    ga.gaunt_tensor_product(a, b, L, weight_out=c, route=route).backward(g.float())
+    A, B, C = (t.clone().requires_grad_() for t in (x1, x2, w))
+    oracle(A, B, L, wo=C).backward(g)
+    for ours, ref in ((a, A), (b, B), (c, C)):
+        assert (ours.grad.double() - ref.grad).abs().max() <= 1e-5 * ref.grad.abs().max()
+
+
+# ---------------------------------------------------------------- errors
+def test_errors_name_the_argument():
+    x = _rand(4, 9)
+    with pytest.raises(ValueError, match="x1 must have a last dimension"):
+        ga.gaunt_tensor_product(_rand(4, 8), x)
+    with pytest.raises(ValueError, match="x2 must have a last dimension"):
+        ga.gaunt_tensor_product(x, _rand(4, 5))
+    with pytest.raises(TypeError, match="x1 must be a floating-point"):
+        ga.gaunt_tensor_product(torch.ones(4, 9, dtype=torch.int64), x)
+    with pytest.raises(TypeError, match="x2 must be a torch.Tensor"):
+        ga.gaunt_tensor_product(x, [1.0])
+    with pytest.raises(ValueError, match="weight1 must have last dimension L\\+1 = 3"):
+        ga.gaunt_tensor_product(x, x, weight1=_rand(4))
+    with pytest.raises(ValueError, match="weight_out must have last dimension L\\+1 = 5"):
+        ga.gaunt_tensor_product(x, x, weight_out=_rand(3))
+    with pytest.raises(ValueError, match="route must be one of"):
+        ga.gaunt_tensor_product(x, x, route="fast")
+    with pytest.raises(ValueError, match="lmax_out must be a non-negative int"):
+        ga.gaunt_tensor_product(x, x, -1)
+    with pytest.raises(TypeError, match="lmax_out must be a non-negative int"):
+        ga.gaunt_tensor_product(x, x, 2.5)
+    with pytest.raises(ValueError, match="leading dimensions do not broadcast"):
+        ga.gaunt_tensor_product(_rand(3, 9), _rand(4, 9))
+    with pytest.raises(ValueError, match="x1 must have at least one dimension"):
+        ga.gaunt_tensor_product(torch.tensor(1.0, dtype=F64), x)
+    with pytest.raises(ValueError, match="nu must be a positive int"):
+        ga.gaunt_power(x, 0)
+    with pytest.raises(ValueError, match=r"xs\[1\] must have a last dimension"):
+        ga.gaunt_product([x, _rand(4, 3)])
+    with pytest.raises(ValueError, match="xs must hold at least one tensor"):
+        ga.gaunt_product([])
+    with pytest.raises(ValueError, match="weights must have one entry per factor"):
+        ga.gaunt_product([x, x], weights=[None])
+
+
+# ---------------------------------------------------------------- op plumbing
+@pytest.mark.parametrize("route", ROUTES)
+def test_opcheck(route):
+    xs = [_rand(5, 9, seed=40), _rand(5, 4, seed=41)]
+    ws = [_rand(5, 3, seed=42), None]
+    wo = _rand(1, 4, seed=43)
+    torch.library.opcheck(torch.ops.geoops.gaunt_fwd.default, (xs, ws, wo, 3, route))
+    torch.library.opcheck(torch.ops.geoops.gaunt_fwd.default, ([_rand(4, 16, seed=44)] * 3, [None] * 3, None, 4,
+                                                               "grid" if route == "direct" else route))
+
+
+def test_custom_op_path_equals_fast_path():
+    # under a dispatch-visible mode the public function goes through torch.ops.geoops.gaunt_fwd
+    x1, x2 = _rand(6, 9, seed=45), _rand(6, 9, seed=46)
+    seen = []
+
+    class Record(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    fast = ga.gaunt_tensor_product(x1, x2, 3, route="grid")
+    with Record():
+        slow = ga.gaunt_tensor_product(x1, x2, 3, route="grid")
+    assert torch.ops.geoops.gaunt_fwd.default in seen
+    torch.testing.assert_close(fast, slow, atol=0, rtol=0)
+
+
+def test_reference_backend():
+    x1, x2 = _rand(6, 9, seed=47), _rand(6, 16, seed=48)
+    with geoops.use_backend("reference"):
+        out = ga.gaunt_tensor_product(x1, x2, 4)
+    torch.testing.assert_close(out, oracle(x1, x2, 4), atol=1e-12, rtol=0)
+
+
+def test_auto_route_from_table():
+    assert ga.choose_route([4, 4], 4, 2048, torch.device("cpu")) in ("grid", "direct", "fft")
+    assert ga.choose_route([4, 4, 4], 4, 2048, torch.device("cpu")) in ("grid", "fft")
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, b, w: ga.gaunt_tensor_product(a, b, 3, weight_out=w, route="grid"), fullgraph=True)
+    x1, x2, w = _rand(5, 9, seed=49), _rand(5, 4, seed=50), _rand(4, seed=51)
+    torch.testing.assert_close(f(x1, x2, w), oracle(x1, x2, 3, wo=w), atol=1e-12, rtol=0)
+    # route="auto", and gradients through the compiled graph (the backward is the same custom op)
+    fa = torch.compile(lambda a, b, w: ga.gaunt_tensor_product(a, b, 3, weight_out=w), fullgraph=True)
+    a, b, c = (t.clone().requires_grad_() for t in (x1, x2, w))
+    fa(a, b, c).square().sum().backward()
+    A, B, C = (t.clone().requires_grad_() for t in (x1, x2, w))
+    oracle(A, B, 3, wo=C).square().sum().backward()
+    for ours, ref in ((a, A), (b, B), (c, C)):
+        torch.testing.assert_close(ours.grad, ref.grad, atol=1e-11, rtol=0)
+
+
+# ---------------------------------------------------------------- nn module
+@needs_e3nn
+def test_nn_gaunt_tensor_product_matches_e3nn():
+    from geoops.nn import GauntTensorProduct
+
+    C = 3
+    i1, i2, io = f"{C}x0e+{C}x1o+{C}x2e", f"{C}x0e+{C}x1o", f"{C}x0e+{C}x1o+{C}x2e+{C}x3o"
+    mod = GauntTensorProduct(i1, i2, io, route="grid").double()
+    G = oracle_gaunt(2, 1, 3)
+    instr = []
+    ir1, ir2, iro = o3.Irreps(i1), o3.Irreps(i2), o3.Irreps(io)
+    for a, (_, r1) in enumerate(ir1):
+        for b, (_, r2) in enumerate(ir2):
+            for c, (_, r3) in enumerate(iro):
+                l1, l2, l3 = r1.l, r2.l, r3.l
+                if abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0:
+                    g = G[l1 * l1:(l1 + 1) ** 2, l2 * l2:(l2 + 1) ** 2, l3 * l3:(l3 + 1) ** 2].norm().item()
+                    instr.append((a, b, c, "uuu", False, g * g))
+    with f64_default():
+        tp = o3.TensorProduct(ir1, ir2, iro, instr, irrep_normalization="none", path_normalization="none").double()
+    x1, x2 = _rand(4, ir1.dim, seed=60), _rand(4, ir2.dim, seed=61)
+    torch.testing.assert_close(mod(x1, x2), tp(x1, x2), atol=1e-12, rtol=0)
+    # learnable weights get gradients
+    mod(x1, x2).square().sum().backward()
+    assert mod.weight1.grad is not None and mod.weight_out.grad.shape == (C, 4)
+
+
+@needs_e3nn
+def test_nn_refuses_what_gaunt_cannot_express():
+    from geoops.nn import GauntTensorProduct
+
+    with pytest.raises(ValueError, match="natural parity"):
+        GauntTensorProduct("1x1o", "1x1o", "1x1e")  # the cross product: odd l1 + l2 + l3
+    with pytest.raises(ValueError, match="natural parity"):
+        GauntTensorProduct("2x0e+2x0o", "2x0e", "2x0e")
+    with pytest.raises(ValueError, match="one multiplicity"):
+        GauntTensorProduct("2x0e+3x1o", "2x0e", "2x0e")
+    with pytest.raises(ValueError, match="share one multiplicity"):
+        GauntTensorProduct("2x0e", "3x0e", "2x0e")
+    mod = GauntTensorProduct("2x0e+2x1o", "2x0e", "2x1o")
+    with pytest.raises(ValueError, match="x1 must have last dimension 8"):
+        mod(torch.randn(3, 7), torch.randn(3, 2))

@@ -1,0 +1,420 @@
+"""kappa-stereographic pairwise ops: cdist, knn, pairwise_rank (CPU kernels vs fp64 reference and geoopt)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import geoops
+import geoops.stereographic as gs
+from geoops.reference import stereographic as ref
+
+try:
+    import geoopt.manifolds.stereographic.math as gm
+except ImportError:  # geoopt is optional
+    gm = None
+needs_geoopt = pytest.mark.skipif(gm is None, reason="needs geoopt")
+KS = [-1.0, -0.3, 0.0, 1e-4, 0.7, -2.5]
+
+
+def _ball(*shape, k=-1.0, frac=0.9, dtype=torch.float64, seed=0):
+    """Points with random directions and norms uniform in [0, frac * radius) (radius 1 for k >= 0)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(*shape, generator=g, dtype=torch.float64)
+    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r = 1 / math.sqrt(-k) if k < 0 else 1.0
+    return (v * torch.rand(*shape[:-1], 1, generator=g, dtype=torch.float64) * frac * r).to(dtype)
+
+
+def _ref64(x, y, k):
+    return ref.cdist(x.double(), y.double(), k=torch.as_tensor(k, dtype=torch.float64))
+
+
+def _relerr(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs() / b.abs().clamp_min(1e-30)).max().item()
+
+
+# ---------------------------------------------------------------- values
+@pytest.mark.parametrize("kval", KS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cdist_matches_reference(kval, dtype):
+    x = _ball(37, 13, k=kval, dtype=dtype, seed=1)
+    y = _ball(29, 13, k=kval, dtype=dtype, seed=2)
+    out = gs.cdist(x, y, k=torch.tensor(kval, dtype=dtype))
+    exp = _ref64(x, y, kval)
+    assert out.shape == (37, 29) and out.dtype == dtype
+    assert _relerr(out, exp) < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@needs_geoopt
+@pytest.mark.parametrize("kval", [-1.0, -0.3, 0.0, 0.7])
+def test_cdist_matches_geoopt_broadcast(kval):
+    x = _ball(2, 20, 8, k=kval, seed=3)
+    y = _ball(2, 15, 8, k=kval, seed=4)
+    k = torch.tensor(kval, dtype=torch.float64)
+    exp = gm.dist(x[..., :, None, :], y[..., None, :, :], k=k)
+    out = gs.cdist(x, y, k=k)
+    torch.testing.assert_close(out, exp, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 1.0])
+def test_cdist_close_pairs_near_boundary_fp32(kval):
+    """Close pairs (|x - y| from 1e-6 to 1e-2) at norms up to 0.999 of the radius: fp32 relative error <= 1e-3."""
+    D = 64
+    base = _ball(200, D, k=kval, frac=0.999, seed=5)
+    if kval < 0:  # half of them right at the boundary
+        base[:100] = base[:100] / base[:100].norm(dim=-1, keepdim=True) * 0.999
+    g = torch.Generator().manual_seed(6)
+    step = torch.randn(200, D, generator=g, dtype=torch.float64)
+    step = step / step.norm(dim=-1, keepdim=True) * torch.logspace(-6, -2, 200, dtype=torch.float64)[:, None]
+    x = base.float()
+    y = (base + step).float()
+    out = gs.cdist(x, y, k=kval)
+    exp = _ref64(x, y, kval)
+    assert _relerr(out, exp) < 1e-3  # includes the diagonal (close pairs) and every far pair
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cdist_self_exact_zero(kval, dtype):
+    x = _ball(50, 17, k=kval, frac=0.99, dtype=dtype, seed=7)
+    out = gs.cdist(x, x, k=kval)
+    assert (out.diagonal() == 0).all()
+    assert _relerr(out + torch.eye(50, dtype=dtype), _ref64(x, x, kval) + torch.eye(50, dtype=torch.float64)) < (
+        1e-4 if dtype == torch.float32 else 1e-12)
+
+
+def test_cdist_batched_broadcast_and_per_batch_curvature():
+    x = _ball(3, 1, 10, 5, seed=8)
+    y = _ball(4, 7, 5, seed=9)
+    k = torch.tensor([-1.0, 0.0, 0.5], dtype=torch.float64).reshape(3, 1, 1, 1)
+    out = gs.cdist(x, y, k=k)
+    assert out.shape == (3, 4, 10, 7)
+    exp = ref.cdist(x.expand(3, 4, 10, 5), y.expand(3, 4, 7, 5), k=k)
+    torch.testing.assert_close(out, exp, rtol=1e-11, atol=1e-13)
+
+
+def test_cdist_sizes_odd_one_empty():
+    for N, M, D in [(1, 1, 1), (0, 5, 3), (4, 0, 3), (3, 5, 0), (17, 33, 3)]:
+        x = _ball(N, D, seed=10) if D else torch.zeros(N, 0, dtype=torch.float64)
+        y = _ball(M, D, seed=11) if D else torch.zeros(M, 0, dtype=torch.float64)
+        out = gs.cdist(x, y, k=-1.0)
+        assert out.shape == (N, M)
+        if N and M:
+            torch.testing.assert_close(out, _ref64(x, y, -1.0), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cdist_half_returns_own_dtype(dtype):
+    x = _ball(9, 8, seed=12).to(dtype)
+    y = _ball(11, 8, seed=13).to(dtype)
+    out = gs.cdist(x, y, k=-1.0)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), _ref64(x, y, -1.0), rtol=1e-2, atol=1e-2)
+
+
+def test_cdist_integer_curvature_tensor():
+    x, y = _ball(4, 3, seed=14), _ball(5, 3, seed=15)
+    torch.testing.assert_close(gs.cdist(x, y, k=torch.tensor(-1)), _ref64(x, y, -1.0))
+
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize("kval", [-1.0, -0.3, 0.0, 1e-5, 0.8])
+def test_cdist_gradcheck(kval):
+    x = _ball(2, 6, 4, k=kval, frac=0.8, seed=16).requires_grad_()
+    y = _ball(2, 5, 4, k=kval, frac=0.8, seed=17).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda a, b, c: gs.cdist(a, b, k=c), (x, y, k), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_cdist_gradcheck_close_pairs_and_per_batch_k():
+    x = _ball(2, 5, 3, frac=0.9, seed=18)
+    y = torch.cat([x[:, :2] + 1e-4, _ball(2, 3, 3, seed=19)], dim=1)  # two close pairs per batch
+    x.requires_grad_()
+    y.requires_grad_()
+    k = torch.tensor([-1.0, 0.6], dtype=torch.float64).reshape(2, 1, 1).requires_grad_()
+    assert gradcheck(lambda a, b, c: gs.cdist(a, b, k=c), (x, y, k), eps=1e-8, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_cdist_gradients_fp32_match_reference(kval):
+    x = _ball(40, 16, k=kval, frac=0.95, seed=20)
+    y = torch.cat([x[:10] + 1e-3 * torch.randn(10, 16, dtype=torch.float64), _ball(30, 16, k=kval, seed=21)])
+    g = torch.randn(40, 40, dtype=torch.float64)
+    grads = []
+    for dt in (torch.float32, torch.float64):
+        a = x.to(dt).requires_grad_()
+        b = y.to(dt).requires_grad_()
+        c = torch.tensor(kval, dtype=dt, requires_grad=True)
+        if dt == torch.float64:
+            out = ref.cdist(a, b, k=c)
+        else:
+            out = gs.cdist(a, b, k=c)
+        out.backward(g.to(dt))
+        grads.append((a.grad.double(), b.grad.double(), c.grad.double()))
+    for got, exp in zip(*grads):
+        assert ((got - exp).abs().max() / exp.abs().max()).item() < 1e-4
+
+
+def test_cdist_self_gradient_finite():
+    x = _ball(6, 4, seed=22).requires_grad_()
+    gs.cdist(x, x, k=-1.0).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_cdist_no_grad_saves_nothing():
+    x, y = _ball(5, 3, seed=23), _ball(4, 3, seed=24)
+    out = gs.cdist(x, y, k=-1.0)
+    assert out.grad_fn is None
+
+
+# ---------------------------------------------------------------- errors
+def test_cdist_errors_name_the_argument():
+    x, y = _ball(4, 3), _ball(5, 3)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        gs.cdist([1.0], y, k=-1.0)
+    with pytest.raises(TypeError, match="y must be a floating-point"):
+        gs.cdist(x, torch.ones(5, 3, dtype=torch.int64), k=-1.0)
+    with pytest.raises(ValueError, match="vector size D"):
+        gs.cdist(x, _ball(5, 4), k=-1.0)
+    with pytest.raises(ValueError, match="x must have shape"):
+        gs.cdist(x[0], y, k=-1.0)
+    with pytest.raises(ValueError, match="batch dimensions"):
+        gs.cdist(_ball(2, 4, 3), _ball(3, 5, 3), k=-1.0)
+    with pytest.raises(ValueError, match="k must be a scalar or have shape"):
+        gs.cdist(x, y, k=torch.tensor([-1.0, -2.0]))
+
+
+def test_cdist_debug_checks():
+    x, y = _ball(4, 3), _ball(5, 3)
+    x[0] = 2.0
+    geoops.set_checks(True)
+    try:
+        with pytest.raises(ValueError, match="x has points outside the ball"):
+            gs.cdist(x, y, k=-1.0)
+    finally:
+        geoops.set_checks(False)
+
+
+# ---------------------------------------------------------------- dispatch / compile
+def test_cdist_opcheck():
+    x = _ball(2, 5, 3, seed=25)
+    y = _ball(2, 4, 3, seed=26)
+    k = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.cdist_fwd.default, (x, y, k, True))
+    torch.library.opcheck(torch.ops.geoops.cdist_fwd.default, (x, y, k, False))
+    d, A = torch.ops.geoops.cdist_fwd(x, y, k, True)
+    g = torch.randn(2, 5, 4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.cdist_bwd.default, (g, x, y, k, A, d, 7))
+    torch.library.opcheck(torch.ops.geoops.cdist_rank_key.default, (x, y, k))
+    torch.library.opcheck(torch.ops.geoops.dist_from_key.default, (A, k))
+
+
+def test_cdist_reference_backend_agrees():
+    x = _ball(6, 5, seed=27).requires_grad_()
+    y = _ball(7, 5, seed=28).requires_grad_()
+    outs = []
+    for be in ("cpp", "reference"):
+        with geoops.use_backend(be):
+            out = gs.cdist(x, y, k=-0.7)
+            gx, gy = torch.autograd.grad(out.sum(), (x, y))
+            outs.append((out, gx, gy))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cdist_torch_compile_fullgraph():
+    x = _ball(6, 5, seed=29).float().requires_grad_()
+    y = _ball(7, 5, seed=30).float()
+    k = torch.tensor(-1.0)
+    fn = torch.compile(lambda a, b, c: gs.cdist(a, b, k=c), fullgraph=True, backend="aot_eager")
+    out = fn(x, y, k)
+    torch.testing.assert_close(out, gs.cdist(x, y, k=k))
+    (gx,) = torch.autograd.grad(out.sum(), (x,))
+    (ex,) = torch.autograd.grad(gs.cdist(x, y, k=k).sum(), (x,))
+    torch.testing.assert_close(gx, ex)
+
+
+# ---------------------------------------------------------------- knn, pairwise_rank, reconstruction metrics
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.8])
+@pytest.mark.parametrize("largest", [False, True])
+def test_knn_matches_brute_force(kval, largest):
+    x = _ball(2, 50, 6, k=kval, seed=31).float()
+    y = _ball(2, 300, 6, k=kval, seed=32).float()
+    d, i = gs.knn(x, y, 7, k=kval, largest=largest, block_elems=4096)  # many tiles over y and x
+    full = _ref64(x, y, kval)
+    ed, ei = torch.topk(full, 7, dim=-1, largest=largest)
+    assert d.shape == i.shape == (2, 50, 7) and i.dtype == torch.int64
+    torch.testing.assert_close(d.double(), ed, rtol=1e-4, atol=1e-6)
+    # same neighbours (distances of the returned indices equal the brute-force ones)
+    torch.testing.assert_close(torch.gather(full, -1, i), ed, rtol=1e-4, atol=1e-6)
+
+
+def test_knn_self_and_gradients():
+    x = _ball(40, 5, seed=33).requires_grad_()
+    d, i = gs.knn(x, x, 3, k=-1.0)
+    assert (i[:, 0] == torch.arange(40)).all() and (d[:, 0] == 0).all()
+    g = torch.randn_like(d)
+    (gx,) = torch.autograd.grad((d * g).sum(), x)
+    xe = x.detach().clone().requires_grad_()
+    de = ref.dist(xe[:, None, :], xe[i], k=torch.tensor(-1.0, dtype=torch.float64))
+    (ex,) = torch.autograd.grad((de * g).sum(), xe)
+    torch.testing.assert_close(gx, ex)
+
+
+def test_knn_edge_cases_and_errors():
+    x, y = _ball(4, 3, seed=34), _ball(5, 3, seed=35)
+    d, i = gs.knn(x, y, 0, k=-1.0)
+    assert d.shape == (4, 0)
+    d, i = gs.knn(x, y, 5, k=-1.0)
+    assert (i.sort(-1).values == torch.arange(5)).all()
+    with pytest.raises(ValueError, match=r"n_neighbors must be in \[0, M=5\]"):
+        gs.knn(x, y, 6, k=-1.0)
+    with pytest.raises(TypeError, match="n_neighbors must be an int"):
+        gs.knn(x, y, 2.0, k=-1.0)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.5])
+def test_pairwise_rank_matches_brute_force(kval):
+    x = _ball(60, 4, k=kval, seed=36).float()
+    y = _ball(500, 4, k=kval, seed=37).float()
+    g = torch.Generator().manual_seed(38)
+    q = torch.randint(0, 60, (200,), generator=g)
+    t = torch.randint(0, 500, (200,), generator=g)
+    got = gs.pairwise_rank(x, y, q, t, k=kval, block_elems=8192)
+    full = _ref64(x, y, kval)
+    thr = full[q, t]
+    exp = (full[q] < thr[:, None]).sum(-1)
+    assert (got == exp).all()
+
+
+def test_reconstruction_metrics_matches_brute_force():
+    g = torch.Generator().manual_seed(39)
+    N = 80
+    x = _ball(N, 3, seed=40).float()
+    edges = torch.randint(0, N, (400, 2), generator=g)
+    mr, mean_ap = gs.reconstruction_metrics(x, edges, k=-1.0, block_elems=2048)
+    # brute force
+    full = _ref64(x, x, -1.0)
+    adj = torch.zeros(N, N, dtype=torch.bool)
+    adj[edges[:, 0], edges[:, 1]] = True
+    adj.fill_diagonal_(False)
+    ranks, aps = [], []
+    for u in range(N):
+        pos = adj[u].nonzero().squeeze(1)
+        if pos.numel() == 0:
+            continue
+        neg = ~adj[u]
+        neg[u] = False
+        precs = []
+        for v in pos:
+            dv = full[u, v]
+            nc = int((full[u][neg] < dv).sum())
+            pc = int((full[u][pos] < dv).sum())
+            ranks.append(1 + nc)
+            precs.append((pc + 1) / (pc + 1 + nc))
+        aps.append(sum(precs) / len(precs))
+    assert mr == pytest.approx(sum(ranks) / len(ranks), rel=1e-9)
+    assert mean_ap == pytest.approx(sum(aps) / len(aps), rel=1e-9)
+
+
+# ---------------------------------------------------------------- mobius_matvec, mobius_pointwise_mul
+@needs_geoopt
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 1e-4, 0.7])
+def test_mobius_matvec_matches_geoopt_values_and_grads(kval):
+    g = torch.Generator().manual_seed(41)
+    x = (torch.randn(2, 5, 7, generator=g, dtype=torch.float64) * 0.2).requires_grad_()
+    m = torch.randn(4, 7, generator=g, dtype=torch.float64).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    a, b = gs.mobius_matvec(m, x, k=k), gm.mobius_matvec(m, x, k=k)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for u, v in zip(torch.autograd.grad(a.sum(), (m, x, k)), torch.autograd.grad(b.sum(), (m, x, k))):
+        torch.testing.assert_close(u, v, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_mobius_matvec_gradcheck_and_exact_zero(kval):
+    g = torch.Generator().manual_seed(42)
+    x = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    m = torch.randn(4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda a, b, c: gs.mobius_matvec(a, b, k=c), (m, x, k))
+    out = gs.mobius_matvec(torch.zeros(4, 5, dtype=torch.float64), x, k=k)
+    assert (out == 0).all()
+    assert (gs.mobius_matvec(m, torch.zeros(2, 5, dtype=torch.float64), k=k) == 0).all()
+
+
+def test_mobius_matvec_batched_m_and_dim():
+    g = torch.Generator().manual_seed(43)
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.2
+    m = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    out = gs.mobius_matvec(m, x, k=-1.0)
+    exp = torch.stack([ref.mobius_matvec(m[i], x[i], k=torch.tensor(-1.0, dtype=torch.float64)) for i in range(3)])
+    torch.testing.assert_close(out, exp)
+    out_t = gs.mobius_matvec(m[0], x.T, k=-1.0, dim=0)
+    torch.testing.assert_close(out_t.T, ref.mobius_matvec(m[0], x, k=torch.tensor(-1.0, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="D_in=5 columns but x has 4"):
+        gs.mobius_matvec(m[0], x[:, :4], k=-1.0)
+    with pytest.raises(TypeError, match="m must be a floating-point"):
+        gs.mobius_matvec(m.long(), x, k=-1.0)
+
+
+@needs_geoopt
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_mobius_pointwise_mul_matches_geoopt(kval):
+    g = torch.Generator().manual_seed(44)
+    x = (torch.randn(6, 5, generator=g, dtype=torch.float64) * 0.2).requires_grad_()
+    w = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    a, b = gs.mobius_pointwise_mul(w, x, k=k), gm.mobius_pointwise_mul(w, x, k=k)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for u, v in zip(torch.autograd.grad(a.sum(), (w, x, k)), torch.autograd.grad(b.sum(), (w, x, k))):
+        torch.testing.assert_close(u, v, rtol=1e-8, atol=1e-10)
+    assert gradcheck(lambda a_, b_, c_: gs.mobius_pointwise_mul(a_, b_, k=c_), (w, x, k))
+    assert (gs.mobius_pointwise_mul(torch.zeros(5, dtype=torch.float64), x, k=k) == 0).all()
+
+
+def test_mobius_matvec_fp32_and_compile():
+    g = torch.Generator().manual_seed(45)
+    x = torch.randn(8, 6, generator=g) * 0.2
+    m = torch.randn(3, 6, generator=g)
+    exp = ref.mobius_matvec(m.double(), x.double(), k=torch.tensor(-1.0, dtype=torch.float64))
+    torch.testing.assert_close(gs.mobius_matvec(m, x, k=-1.0).double(), exp, rtol=1e-5, atol=1e-6)
+    fn = torch.compile(lambda a, b: gs.mobius_matvec(a, b, k=torch.tensor(-1.0)), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(m, x), gs.mobius_matvec(m, x, k=-1.0))
+
+
+def test_mobius_scale_opcheck_and_reference_backend():
+    g = torch.Generator().manual_seed(46)
+    v = torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.3
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64) * 0.3
+    k = torch.tensor([-1.0], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.mobius_scale_fwd.default, (v, x, k))
+    out, st = torch.ops.geoops.mobius_scale_fwd(v, x, k)
+    gr = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.geoops.mobius_scale_bwd.default, (gr, v, x, k, st, 7))
+    m = torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_()
+    xr = x.clone().requires_grad_()
+    res = []
+    for be in ("cpp", "reference"):
+        with geoops.use_backend(be):
+            o = gs.mobius_matvec(m, xr, k=-0.8)
+            res.append((o,) + torch.autograd.grad((o * gr).sum(), (m, xr)))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.5])
+def test_knn_fused_many_tiles_matches_tiled_python_path(kval):
+    x = _ball(300, 5, k=kval, seed=47).float()
+    y = _ball(2600, 5, k=kval, seed=48).float()  # three tiles of y, two row blocks of x in the C++ path
+    d, i = gs.knn(x, y, 6, k=kval)
+    with geoops.use_backend("reference"):
+        dr, ir = gs.knn(x, y, 6, k=kval, block_elems=50_000)
+    torch.testing.assert_close(d, dr, rtol=1e-4, atol=1e-6)
+    full = _ref64(x, y, kval)
+    torch.testing.assert_close(torch.gather(full, -1, i), torch.topk(full, 6, largest=False).values, rtol=1e-4,
+                               atol=1e-6)

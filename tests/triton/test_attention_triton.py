@@ -1,0 +1,59 @@
+"""Triton kernels of geoops.attention against the float64 reference (interpreter on CPU, tiny shapes).
+
+Run on their own: ``TRITON_INTERPRET=1 python -m pytest tests/triton/test_attention_triton.py``.
+"""
+import os
+
+import pytest
+import torch
+
+import geoops
+import geoops.attention as ga
+from geoops.reference import attention as ref
+
+pytest.importorskip("triton")
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "cuda"
+
+SHAPES = [  # B, H, Hk, N, M1, M2, D, Dv
+    (1, 1, 1, 1, 1, 1, 4, 4),
+    (1, 2, 1, 17, 19, 13, 8, 5),
+    (1, 2, 2, 20, 20, 20, 16, 16),
+]
+MASKS = [dict(), dict(causal=True), dict(window=(3, 2)), dict(window=(1, 1))]
+
+
+def _inputs(B, H, Hk, N, M1, M2, D, Dv, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device=DEVICE, dtype=dtype)  # noqa: E731
+    return [mk(B, H, N, D), mk(B, Hk, M1, D), mk(B, Hk, M2, D), mk(B, Hk, M1, Dv), mk(B, Hk, M2, Dv)]
+
+
+def test_triton_backend_is_used():
+    assert geoops._backend.resolve(torch.device(DEVICE), "attention") == "triton"
+
+
+CASES = [(s, m, torch.float64) for s in SHAPES for m in MASKS] + [(SHAPES[1], m, torch.float32) for m in MASKS]
+
+
+@pytest.mark.parametrize("shape, mask, dtype", CASES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_forward_and_gradients(shape, mask, dtype):
+    ins = [t.requires_grad_(True) for t in _inputs(*shape, dtype)]
+    out, lse = ga.triple_attention(*ins, return_lse=True, **mask)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, ins, g)
+    leaves = [t.detach().double().cpu().requires_grad_(True) for t in ins]
+    rout, rlse = ref.triple_attention(*leaves, return_lse=True, **mask)
+    rgrads = torch.autograd.grad(rout, leaves, g.double().cpu())
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out.double().cpu(), rout, rtol=tol, atol=tol)
+    assert torch.equal(torch.isinf(lse.cpu()), torch.isinf(rlse))
+    torch.testing.assert_close(lse.double().cpu(), rlse, rtol=tol, atol=tol)
+    for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, rgrads):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=10 * tol, atol=10 * tol, msg=name)
+
+
+def test_empty_rows():
+    ins = _inputs(1, 1, 1, 6, 6, 3, 4, 4, torch.float32)
+    out, lse = ga.triple_attention(*ins, window=(2, 1), return_lse=True)
+    assert torch.isinf(lse[..., 3:]).all() and not out[..., 3:, :].any()
