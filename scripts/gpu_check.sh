@@ -176,12 +176,12 @@ bench() {  # bench NAME BACKEND ARGS...: one run, its json copied to $OUT/bench-
 }
 export -f bench
 if [ "$DRY" = 1 ]; then
-  tiny=(--device cpu --ops mobius_add --dims 16 --rows 1024 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0)
+  tiny=(--families stereographic --device cpu --ops mobius_add --dims 16 --rows 1024 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0)
   step bench_triton 120 bench triton cpp "${tiny[@]}"
   step bench_cuda 120 bench cuda reference "${tiny[@]}"
 else
-  step bench_triton 75 bench triton triton --device cuda --quick --no-compile --no-settle
-  step bench_cuda 75 bench cuda cuda --device cuda --quick --no-compile --no-settle
+  step bench_triton 75 bench triton triton --families stereographic --device cuda --quick --no-compile --no-settle
+  step bench_cuda 75 bench cuda cuda --families stereographic --device cuda --quick --no-compile --no-settle
 fi
 if [ -f "$OUT/bench-triton.json" ] && [ -f "$OUT/bench-cuda.json" ]; then
   "$PY" scripts/gpu_bench_side_by_side.py "$OUT/bench-triton.json" "$OUT/bench-cuda.json" > "$OUT/bench-side-by-side.md" \
