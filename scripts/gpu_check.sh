@@ -163,7 +163,7 @@ if [ "$DRY" = 1 ]; then
   step parity_cuda 90 "$PY" -m geoops.parity --device cpu --backends cpp --dtypes float32 --quick
   echo "| parity_triton | skipped (dry run: same command as parity_cuda with --backends triton) | 0 | |" >> "$SUMMARY"
 else
-  step parity_cuda 60 "$PY" -m geoops.parity --device cuda --backends cuda --quick
+  step parity_cuda 60 "$PY" -m geoops.parity --families stereographic --device cuda --backends cuda --quick
   step parity_triton 60 "$PY" -m geoops.parity --device cuda --backends triton --quick
 fi
 
