@@ -1,0 +1,35 @@
+"""Triton kernels of geoops, one module per op family (installed as ``geoops.kernels``).
+
+``kernels/<family>.py`` holds the family's ``@triton.jit`` kernels and their launchers (``_<op>_fwd_kernel``
+/ ``_<op>_fwd`` naming); ``geoops._backend`` imports it for CUDA tensors and, under ``TRITON_INTERPRET=1``,
+for CPU tensors.  Import numpy only where the interpreter needs it (a GPU machine may not have numpy).
+
+Compile check hook (every family must provide it)
+-------------------------------------------------
+CI compiles every launchable Triton variant of every family for sm_80 and sm_90 on a CPU machine
+(``bash .ci/triton_compile_check.sh``: a stand-in driver reports a CUDA target; kernels are compiled, never
+launched), with the Triton CI installs and Triton 3.6 (the GPU machines'), and writes
+``kernels/COMPILE_REPORT.md`` (registers, spills, shared memory, approximate instructions per variant).
+It discovers ``kernels/*.py`` and calls the module-level hook::
+
+    def compile_variants() -> list[dict]:
+        return [
+            {"label": "myop/float32/one-tile fwd",   # unique within the family; shown in the table
+             "launch": lambda: _myop_fwd(torch.zeros(4096, 64), ...),   # small CPU tensors
+             "expect": {"index64": True,           # optional; these are the defaults, except ieee_div
+                        "max_spill_bytes": 0,
+                        "ieee_div": True}},        # True: no div.full/div.approx f32 may appear
+            ...
+        ]
+
+``launch`` calls the family's real launcher on CPU tensors of the right dtype and shape: the check
+patches Triton's JIT so that ``kernel[grid](...)`` compiles for the target instead of launching, so
+the compiled variant is exactly what the launcher would launch (constexprs, block heuristics,
+argument specialisation).  A launcher may not touch CUDA-only APIs before the launch (use a guard
+such as ``torch.cuda.device(x.device)`` only for CUDA tensors).  ``triton.autotune`` kernels compile
+every config.  List one entry per variant the op table can launch: ops x dtypes x paths (one-tile /
+chunked, ...) x forward / backward, plus the shapes whose block configurations differ (register
+pressure).  The check fails on a compile error, on spills above ``max_spill_bytes``, on a program id
+used in 32-bit arithmetic (``index64``: widen it first, ``tl.program_id(0).to(tl.int64)``), and on
+approximate float32 division where ``ieee_div`` is set.  See ``kernels/stereographic.py``.
+"""

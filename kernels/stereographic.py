@@ -27,10 +27,14 @@ expressions, same clamps, same order of operations).  The C++ branches become
 ``tl.where`` over the rows, and the untaken side of every branch is fed a safe
 argument so that no lane divides by zero or takes sqrt of a negative number.
 
-Precision.  float64 inputs are computed in float64 with the Taylor cut 1e-3;
-everything else in float32 with the cut 0.05 (float16/bfloat16 are loaded,
-upcast, and stored back in their dtype).  k and r are loaded in their own
-dtype (float32 or float64) and pinned to the compute type.  ``param`` (the
+Precision.  Tiles are loaded and reduced in the tile type CT: float64 for
+float64 inputs, float32 for the others (float16/bfloat16 are loaded, upcast,
+and stored back in their dtype).  The per-row scalar math (coefficients and
+adjoints, from the row sums) runs in float64 for every dtype, with the Taylor
+cut 1e-3, like the C++ kernels; the coefficients are cast back to CT for the
+element-wise pass.  Every division is IEEE (``_div``: div.rn, never the
+approximate div.full.f32 a plain float32 `/` compiles to).  k and r are loaded
+in their own dtype (float32 or float64).  ``param`` (the
 margin of ``project``) is a compile-time constant, so float64 keeps all its
 digits (a runtime float argument would be passed as float32); it is pinned to
 the compute type in the kernel, and only ``project`` is specialised on it.
@@ -41,7 +45,8 @@ interpreted the same names resolve to numpy (``_NumpyMath``).
 """
 from __future__ import annotations
 
-import numpy as np
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -72,6 +77,10 @@ HAS_Y_OPS = frozenset({0, 1, 5, 7, 9})
 SCALAR_OUT_OPS = frozenset({3, 9, 10})
 HAS_R_OPS = frozenset({4})
 
+# The per-row scalar math (coefficients, adjoints) runs in float64 for every input dtype, like the C++
+# kernels: near the ball's boundary expmap's float32 backward lost 5 digits to cancellation (6x outside
+# the parity bound); rows are reduced in the tile type CT, and the coefficients cast back to it.
+F64 = tl.constexpr(tl.float64)
 # geoopt's guard on denominators and norms (min_den<T>()).
 _MIN_DEN = tl.constexpr(1e-15)
 # Taylor cuts (series_cut<T>()).
@@ -92,17 +101,20 @@ class _NumpyMath:
 
     @staticmethod
     def _unary(fn, x):
+        """numpy's `fn` (a name, or a function of an ndarray) on the interpreter tensor x."""
+        import numpy as np  # only the interpreter needs numpy: imported here, not at module level
         from triton.runtime.interpreter import TensorHandle
 
         h = x.handle
         with np.errstate(all="ignore"):
-            data = np.asarray(fn(h.data)).astype(h.data.dtype, copy=False)
+            f = getattr(np, fn) if isinstance(fn, str) else fn
+            data = np.asarray(f(h.data)).astype(h.data.dtype, copy=False)
         return tl.core.tensor(TensorHandle(data, h.dtype.scalar), x.type)
 
-    tanh = staticmethod(lambda x: _NumpyMath._unary(np.tanh, x))
-    tan = staticmethod(lambda x: _NumpyMath._unary(np.tan, x))
-    atan = staticmethod(lambda x: _NumpyMath._unary(np.arctan, x))
-    log1p = staticmethod(lambda x: _NumpyMath._unary(np.log1p, x))
+    tanh = staticmethod(lambda x: _NumpyMath._unary("tanh", x))
+    tan = staticmethod(lambda x: _NumpyMath._unary("tan", x))
+    atan = staticmethod(lambda x: _NumpyMath._unary("arctan", x))
+    log1p = staticmethod(lambda x: _NumpyMath._unary("log1p", x))
 
 
 # Resolved by the kernels at run/compile time; set below once we know whether
@@ -121,6 +133,19 @@ def _sqrt(x):
 
 
 @triton.jit
+def _div(a, b):
+    # a / b correctly rounded in both precisions, like C++ (nvcc: div.rn.f32).  A plain `/` on float32
+    # compiles to div.full.f32 (approximate, up to 2 ulp, and 0 for |b| > 2^126); the row math below
+    # divides by clamped denominators and feeds cancellations, so every float32 division is IEEE here.
+    # The compile check's table counts div.full/approximate instructions per kernel.
+    if b.dtype == tl.float64:
+        q = a / b
+    else:
+        q = tl.div_rn(a, b)
+    return q
+
+
+@triton.jit
 def _clamp_min_den(v):
     # v > min_den ? v : min_den
     return tl.where(v > _MIN_DEN, v, _MIN_DEN)
@@ -134,14 +159,37 @@ def _clamp_min_den_live(v):
 
 
 # ---------------------------------------------------------------- tanc / atanc
+# The closed forms run in float64 for every input precision: float32 kernels round once at the end.
+# libdevice's float32 tan/tanh/atan are up to 4/2/2 ulp off and sqrt's rounding is amplified by the
+# slope of tan near pi/2; near the ball's boundary expmap's and logmap's backward amplify those
+# errors by 1/(1 + k|x|^2)^2, which put the float32 kernels outside the parity bound when run at
+# libdevice's error levels (tests/triton: test_parity_floors_at_libdevice_error_levels).  The cost
+# is a few float64 operations per row, against D elements of memory traffic per row.
+@triton.jit
+def _tanc_closed(az, neg):
+    """tan(s)/s, or tanh(s)/s where `neg`, for s = sqrt(az), az > 0: in float64, cast to az's type."""
+    s = tl.sqrt(az.to(tl.float64))
+    r = tl.where(neg, _math.tanh(s) / s, _math.tan(s) / s)
+    return r.to(az.dtype)
+
+
+@triton.jit
+def _atanc_closed(az, q, neg):
+    """atan(s)/s, or artanh(s)/s where `neg` (q = 1 - s^2), for s = sqrt(az): in float64, cast to az's type."""
+    s = tl.sqrt(az.to(tl.float64))
+    q64 = _clamp_min_den(q.to(tl.float64))
+    # artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
+    r = tl.where(neg, 0.5 * _math.log1p(2.0 * s * (1.0 + s) / q64) / s, _math.atan(s) / s)
+    return r.to(az.dtype)
+
+
 @triton.jit
 def _tanc(z, CUT: tl.constexpr):
     """tan(sqrt z)/sqrt z (tanh(sqrt -z)/sqrt -z for z < 0), series for |z| < CUT."""
     az = tl.abs(z)
     small = az < CUT
     series = 1.0 + z * (1.0 / 3 + z * (2.0 / 15 + z * (17.0 / 315 + z * (62.0 / 2835 + z * (1382.0 / 155925)))))
-    s = _sqrt(tl.where(small, 1.0, az))  # sqrt(|z|) on the closed-form lanes, a safe 1 elsewhere
-    closed = tl.where(z < 0, _math.tanh(s) / s, _math.tan(s) / s)
+    closed = _tanc_closed(tl.where(small, 1.0, az), z < 0)  # a safe |z| = 1 on the series lanes
     return tl.where(small, series, closed)
 
 
@@ -151,7 +199,7 @@ def _tanc_d(z, t, CUT: tl.constexpr):
     small = tl.abs(z) < CUT
     series = 1.0 / 3 + z * (4.0 / 15 + z * (51.0 / 315 + z * (248.0 / 2835 + z * (6910.0 / 155925))))
     zs = tl.where(small, 1.0, z)
-    closed = (1.0 + zs * t * t - t) / (2.0 * zs)
+    closed = _div(1.0 + zs * t * t - t, 2.0 * zs)
     return tl.where(small, series, closed)
 
 
@@ -161,11 +209,8 @@ def _atanc(z, q, CUT: tl.constexpr):
     az = tl.abs(z)
     small = az < CUT
     series = 1.0 + z * (-1.0 / 3 + z * (1.0 / 5 + z * (-1.0 / 7 + z * (1.0 / 9 + z * (-1.0 / 11)))))
-    s = _sqrt(tl.where(small, 1.0, az))
-    # artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
-    neg = 0.5 * _math.log1p(2.0 * s * (1.0 + s) / _clamp_min_den(q)) / s
-    pos = _math.atan(s) / s
-    return tl.where(small, series, tl.where(z < 0, neg, pos))
+    closed = _atanc_closed(tl.where(small, 1.0, az), q, z < 0)
+    return tl.where(small, series, closed)
 
 
 @triton.jit
@@ -174,7 +219,7 @@ def _atanc_d(z, q, a, CUT: tl.constexpr):
     small = tl.abs(z) < CUT
     series = -1.0 / 3 + z * (2.0 / 5 + z * (-3.0 / 7 + z * (4.0 / 9 + z * (-5.0 / 11))))
     zs = tl.where(small, 1.0, z)
-    closed = (1.0 / _clamp_min_den(q) - a) / (2.0 * zs)
+    closed = _div(_div(1.0, _clamp_min_den(q)) - a, 2.0 * zs)
     return tl.where(small, series, closed)
 
 
@@ -182,18 +227,18 @@ def _atanc_d(z, q, a, CUT: tl.constexpr):
 @triton.jit
 def _mobius_add_coef(xx, yy, xy, k):
     den = _clamp_min_den(1.0 - 2.0 * k * xy + k * k * xx * yy)
-    return (1.0 - 2.0 * k * xy - k * yy) / den, (1.0 + k * xx) / den
+    return _div(1.0 - 2.0 * k * xy - k * yy, den), _div(1.0 + k * xx, den)
 
 
 @triton.jit
 def _mobius_add_vjp(xx, yy, xy, k, ga, gb):
     """Adjoints (xx, yy, xy, k) of mobius_add's coefficients (a, b)."""
     den, live = _clamp_min_den_live(1.0 - 2.0 * k * xy + k * k * xx * yy)
-    a = (1.0 - 2.0 * k * xy - k * yy) / den
-    b = (1.0 + k * xx) / den
-    na_ = ga / den
-    nb_ = gb / den
-    den_ = tl.where(live, -(ga * a + gb * b) / den, 0.0)
+    a = _div(1.0 - 2.0 * k * xy - k * yy, den)
+    b = _div(1.0 + k * xx, den)
+    na_ = _div(ga, den)
+    nb_ = _div(gb, den)
+    den_ = tl.where(live, _div(-(ga * a + gb * b), den), 0.0)
     g_xx = nb_ * k + den_ * k * k * yy
     g_yy = -na_ * k + den_ * k * k * xx
     g_xy = -2.0 * k * (na_ + den_)
@@ -225,11 +270,11 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
         eps = zero + PARAM  # pinned to the compute type
         n = _clamp_min_den(_sqrt(xx))
         kneg = k < 0
-        m = (1.0 - eps) / _sqrt(tl.where(kneg, -k, 1.0))
-        a = tl.where(kneg & (n > m), m / n, 1.0)
+        m = _div(1.0 - eps, _sqrt(tl.where(kneg, -k, 1.0)))
+        a = tl.where(kneg & (n > m), _div(m, n), 1.0)
     elif OP == LAMBDA_X:
         p = _clamp_min_den(1.0 + k * xx)
-        a = 2.0 / p
+        a = _div(2.0, p)
     elif OP == MOBIUS_SCALAR_MUL:
         # tan_k(r artan_k(|x|)) / |x| = r A(k|x|^2) T(k r^2 |x|^2 A^2)
         z1 = k * xx
@@ -239,7 +284,7 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
     elif OP == EXPMAP:
         # x (+) t u with t = h T(k h^2 |u|^2), h = 1/(1 + k|x|^2)
         p = _clamp_min_den(1.0 + k * xx)
-        h = 1.0 / p
+        h = _div(1.0, p)
         t = h * _tanc(k * h * h * yy, CUT)
         ca, cb = _mobius_add_coef(xx, t * t * yy, t * xy, k)
         a = ca
@@ -252,19 +297,19 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
         den = _clamp_min_den(_sub_den(xx, yy, xy, k))
         nb = 1.0 + k * xx
         p = _clamp_min_den(nb)
-        z = k * dd / den
-        q = nb * (1.0 + k * yy) / den
+        z = _div(k * dd, den)
+        q = _div(nb * (1.0 + k * yy), den)
         f = _atanc(z, q, CUT) * p
-        a = f * k * dd / den
-        c = -f * nb / den
+        a = _div(f * k * dd, den)
+        c = _div(-f * nb, den)
     elif OP == LOGMAP0:
         z = k * xx
         a = _atanc(z, 1.0 + z, CUT)
     elif OP == DIST:
         den = _clamp_min_den(_sub_den(xx, yy, xy, k))
-        ss = dd / den
+        ss = _div(dd, den)
         z = k * ss
-        q = (1.0 + k * xx) * (1.0 + k * yy) / den
+        q = _div((1.0 + k * xx) * (1.0 + k * yy), den)
         a = 2.0 * _sqrt(ss) * _atanc(z, q, CUT)
     elif OP == DIST0:
         z = k * xx
@@ -292,18 +337,18 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         eps = zero + PARAM
         n = _sqrt(xx)
         kneg = k < 0
-        m = (1.0 - eps) / _sqrt(tl.where(kneg, -k, 1.0))
+        m = _div(1.0 - eps, _sqrt(tl.where(kneg, -k, 1.0)))
         on = kneg & (n > _MIN_DEN) & (n > m)
         ns = tl.where(on, n, 1.0)
         nk = tl.where(on, -k, 1.0)
         # a = m / n
-        g_xx = tl.where(on, -ga * m / (2.0 * ns * ns * ns), 0.0)
-        g_k = tl.where(on, ga * m / (ns * 2.0 * nk), 0.0)
+        g_xx = tl.where(on, _div(-ga * m, 2.0 * ns * ns * ns), 0.0)
+        g_k = tl.where(on, _div(ga * m, ns * 2.0 * nk), 0.0)
     elif OP == LAMBDA_X:
         p0 = 1.0 + k * xx
         live = p0 > _MIN_DEN
         p = tl.where(live, p0, 1.0)
-        p_ = -2.0 * ga / (p * p)
+        p_ = _div(-2.0 * ga, p * p)
         g_xx = tl.where(live, p_ * k, 0.0)
         g_k = tl.where(live, p_ * xx, 0.0)
     elif OP == MOBIUS_SCALAR_MUL:
@@ -320,7 +365,7 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_r = ga * a1 * t2 + z2_ * 2.0 * k * r * xx * a1 * a1
     elif OP == EXPMAP:
         p, live = _clamp_min_den_live(1.0 + k * xx)
-        h = 1.0 / p
+        h = _div(1.0, p)
         z = k * h * h * yy
         tz = _tanc(z, CUT)
         t = h * tz
@@ -351,25 +396,25 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         den, den_live = _clamp_min_den_live(_sub_den(xx, yy, xy, k))
         nb = 1.0 + k * xx
         p, p_live = _clamp_min_den_live(nb)
-        z = k * dd / den
-        q = nb * (1.0 + k * yy) / den
+        z = _div(k * dd, den)
+        q = _div(nb * (1.0 + k * yy), den)
         A = _atanc(z, q, CUT)
         f = A * p
-        a = f * k * dd / den
-        c = -f * nb / den
+        a = _div(f * k * dd, den)
+        c = _div(-f * nb, den)
         # a = f k dd / den, c = -f nb / den
-        f_ = ga * k * dd / den - gc * nb / den
-        dd_ = ga * f * k / den
-        nb_ = -gc * f / den
-        den_ = -(a * ga + c * gc) / den
-        k_ = ga * f * dd / den
+        f_ = _div(ga * k * dd, den) - _div(gc * nb, den)
+        dd_ = _div(ga * f * k, den)
+        nb_ = _div(-gc * f, den)
+        den_ = _div(-(a * ga + c * gc), den)
+        k_ = _div(ga * f * dd, den)
         # f = A(z) p
         A_ = f_ * p
         p_ = f_ * A
         z_ = A_ * _atanc_d(z, q, A, CUT)
-        k_ += z_ * dd / den
-        dd_ += z_ * k / den
-        den_ -= z_ * z / den
+        k_ += _div(z_ * dd, den)
+        dd_ += _div(z_ * k, den)
+        den_ -= _div(z_ * z, den)
         xx1 = nb_ + tl.where(p_live, p_, 0.0)
         g_xx = xx1 * k
         k_ += xx1 * xx
@@ -387,19 +432,19 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_k = z_ * xx
     elif OP == DIST:
         den, den_live = _clamp_min_den_live(_sub_den(xx, yy, xy, k))
-        ss = dd / den
+        ss = _div(dd, den)
         # |s| is not differentiable at 0: zero subgradient, like torch.norm
         on = ss > 0
         w = _sqrt(tl.where(on, ss, 1.0))
         z = k * ss
-        q = (1.0 + k * xx) * (1.0 + k * yy) / den
+        q = _div((1.0 + k * xx) * (1.0 + k * yy), den)
         A = _atanc(z, q, CUT)
         Ad = _atanc_d(z, q, A, CUT)
         # v = 2 w A(k w^2)
-        ss_ = ga * (A / w + 2.0 * w * k * Ad)
+        ss_ = ga * (_div(A, w) + 2.0 * w * k * Ad)
         k_ = ga * 2.0 * w * Ad * ss
-        g_dd = tl.where(on, ss_ / den, 0.0)
-        den_ = -ss_ * ss / den
+        g_dd = tl.where(on, _div(ss_, den), 0.0)
+        den_ = _div(-ss_ * ss, den)
         both = on & den_live
         g_xy = tl.where(both, den_ * 2.0 * k, 0.0)
         g_xx = tl.where(both, den_ * k * k * yy, 0.0)
@@ -413,7 +458,7 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         q = 1.0 + z
         A = _atanc(z, q, CUT)
         Ad = _atanc_d(z, q, A, CUT)
-        g_xx = tl.where(on, ga * (A / w + 2.0 * w * k * Ad), 0.0)
+        g_xx = tl.where(on, ga * (_div(A, w) + 2.0 * w * k * Ad), 0.0)
         g_k = tl.where(on, ga * 2.0 * w * Ad * xx, 0.0)
     return g_xx, g_yy, g_xy, g_dd, g_k, g_r
 
@@ -510,10 +555,12 @@ def _out_tile(a, b, c, xv, yv, dv, HAS_Y: tl.constexpr):
 def _store_grad_tiles(
     dx_row, dy_row, cc, m2, xv, yv, dv, gv,
     cxx, cyy, cxy, cdd, gxc, gyc,
-    HAS_Y: tl.constexpr, HAS_G: tl.constexpr, NEED_DX: tl.constexpr, NEED_DY: tl.constexpr,
+    need_dx, need_dy, HAS_Y: tl.constexpr, HAS_G: tl.constexpr,
 ):  # fmt: skip
-    """Assemble and store a tile of dx and/or dy from the (BLOCK_M, 1) coefficients of pass 2 of the backward."""
-    if NEED_DX:
+    """Assemble and store a tile of dx and/or dy from the (BLOCK_M, 1) coefficients of pass 2 of the backward.
+
+    need_dx / need_dy are run-time flags (uniform over the program): one binary serves every gradient mask."""
+    if need_dx:
         if HAS_Y:
             dxv = cxx * xv + cxy * yv + cdd * dv
         else:
@@ -521,11 +568,12 @@ def _store_grad_tiles(
         if HAS_G:
             dxv = gxc * gv + dxv
         _store_tile(dx_row, cc, m2, dxv)
-    if NEED_DY:
-        dyv = cyy * yv + cxy * xv - cdd * dv
-        if HAS_G:
-            dyv = gyc * gv + dyv
-        _store_tile(dy_row, cc, m2, dyv)
+    if HAS_Y:
+        if need_dy:
+            dyv = cyy * yv + cxy * xv - cdd * dv
+            if HAS_G:
+                dyv = gyc * gv + dyv
+            _store_tile(dy_row, cc, m2, dyv)
 
 
 @triton.jit
@@ -537,10 +585,9 @@ def _stereo_fwd_kernel(
     PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)  # 64-bit offsets: N * stride may exceed 2^31
+    # 64-bit row index: pid is widened before the multiply (N may exceed 2^31 rows), so are the offsets
+    rows64 = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows64 < N
     cols = tl.arange(0, BLOCK_D)
     x_row = X + rows64 * stride_x
     y_row = Y + rows64 * stride_y
@@ -556,10 +603,13 @@ def _stereo_fwd_kernel(
         # wide rows: pass 1 reduces chunk by chunk, pass 2 reloads and writes
         xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, x_row, rmask, D, HAS_Y, False, CT, BLOCK_M, BLOCK_D)
 
-    # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops
-    a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
+    # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops (row math in float64)
+    a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
+    if not SCALAR_OUT:
+        a, b, c = a.to(CT), b.to(CT), c.to(CT)
     if SCALAR_OUT:
-        tl.store(OUT + rows64, a.to(OUT.dtype.element_ty), mask=rmask)
+        # via CT: float64 -> bfloat16 directly is not lowered everywhere (nor in the interpreter)
+        tl.store(OUT + rows64, a.to(CT).to(OUT.dtype.element_ty), mask=rmask)
     elif ONE_CHUNK:
         _store_tile(o_row, cols, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
     else:
@@ -569,22 +619,21 @@ def _stereo_fwd_kernel(
             _store_tile(o_row, cc, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
 
 
-@triton.jit
+# GRAD_MASK (bits 1 dx, 2 dy, 4 dk, 8 dr: the gradients the kernel writes) is a run-time argument and
+# is not specialised (Triton would otherwise specialise the value 1): every mask runs the same binary.
+@triton.jit(do_not_specialize=["GRAD_MASK"])
 def _stereo_bwd_kernel(
     G, X, Y, K, R, DX, DY, DK, DR,
     N, D,
     stride_g, stride_x, stride_y, stride_k, stride_r, stride_dx, stride_dy,
+    GRAD_MASK,
     OP: tl.constexpr, HAS_Y: tl.constexpr, HAS_R: tl.constexpr, SCALAR_OUT: tl.constexpr,
-    NEED_DX: tl.constexpr, NEED_DY: tl.constexpr, NEED_DK: tl.constexpr, NEED_DR: tl.constexpr,
-    WRITE_VEC: tl.constexpr,
     PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):  # fmt: skip
     HAS_G: tl.constexpr = not SCALAR_OUT  # vector ops have a (N, D) grad; scalar ops one value a row
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < N
-    rows64 = rows.to(tl.int64)
+    rows64 = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows64 < N
     cols = tl.arange(0, BLOCK_D)
     x_row = X + rows64 * stride_x
     y_row = Y + rows64 * stride_y
@@ -605,42 +654,80 @@ def _stereo_bwd_kernel(
     if SCALAR_OUT:
         ga = g_scalar
 
-    # ---- row adjoints
-    g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM, CUT)
-    if NEED_DK:
+    # ---- row adjoints (row math in float64)
+    xx, yy, xy, dd, k, r = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64)
+    g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga.to(F64), gb.to(F64), gc.to(F64), PARAM, CUT)
+    need_dx = (GRAD_MASK & 1) != 0
+    need_dy = (GRAD_MASK & 2) != 0  # only set for ops with y
+    if (GRAD_MASK & 4) != 0:
         tl.store(DK + rows64, g_k.to(DK.dtype.element_ty), mask=rmask)
-    if NEED_DR:
-        tl.store(DR + rows64, g_r.to(DR.dtype.element_ty), mask=rmask)
+    if HAS_R:
+        if (GRAD_MASK & 8) != 0:
+            tl.store(DR + rows64, g_r.to(DR.dtype.element_ty), mask=rmask)
 
     # ---- pass 2: dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)
     #              dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
-    if WRITE_VEC:  # NEED_DX or NEED_DY (NEED_DY implies HAS_Y)
-        cxx = (2.0 * g_xx)[:, None]
-        cyy = (2.0 * g_yy)[:, None]
-        cxy = g_xy[:, None]
-        cdd = (2.0 * g_dd)[:, None]
+    if (GRAD_MASK & 3) != 0:  # dx or dy
+        cxx = (2.0 * g_xx).to(CT)[:, None]
+        cyy = (2.0 * g_yy).to(CT)[:, None]
+        cxy = g_xy.to(CT)[:, None]
+        cdd = (2.0 * g_dd).to(CT)[:, None]
         if SCALAR_OUT:
             gxc = zero[:, None]
             gyc = zero[:, None]
         else:
             a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
-            gxc = (a + c)[:, None]
-            gyc = (b - c)[:, None]
+            gxc = (a + c).to(CT)[:, None]
+            gyc = (b - c).to(CT)[:, None]
         if ONE_CHUNK:
             _store_grad_tiles(
-                dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, HAS_Y, HAS_G, NEED_DX, NEED_DY
+                dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
             )
         else:
             for d0 in range(0, D, BLOCK_D):
                 cc = d0 + cols
                 m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y, HAS_G, CT)
                 _store_grad_tiles(
-                    dx_row, dy_row, cc, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, HAS_Y, HAS_G, NEED_DX, NEED_DY
+                    dx_row, dy_row, cc, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
                 )
 
 
-if type(_stereo_fwd_kernel).__name__ == "InterpretedFunction":
+def _fix_interpreter_loop_bounds() -> bool:
+    """Work around a Triton interpreter bug with numpy >= 2.4 (True when the shim was installed).
+
+    Triton <= 3.6's interpreter turns a run-time loop bound (``range(0, D, BLOCK_D)`` of the chunked
+    path) into a Python int with ``int(ndarray)`` on a 1-element array, which numpy 2.4 rejects
+    ("only 0-dimensional arrays can be converted to Python scalars"); Triton 3.9 squeezes the array
+    first.  When the installed interpreter has the unsqueezed form, its tensor patch is wrapped to
+    install the squeezing one.  Only the interpreter is touched; compiled kernels never see this.
+    """
+    import inspect
+
+    from triton.runtime import interpreter as _interp
+
+    orig = getattr(_interp, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_geoops_shim", False):
+        return False
+    try:
+        src = inspect.getsource(orig)
+    except (OSError, TypeError):
+        return False
+    if "int(self.handle.data)" not in src:
+        return False
+
+    def _patch_lang_tensor(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    _patch_lang_tensor._geoops_shim = True
+    _interp._patch_lang_tensor = _patch_lang_tensor
+    return True
+
+
+INTERPRETED = type(_stereo_fwd_kernel).__name__ == "InterpretedFunction"
+if INTERPRETED:
     _math = _NumpyMath  # noqa: F811 - the interpreter cannot call libdevice
+    _fix_interpreter_loop_bounds()
 
 
 # ---------------------------------------------------------------- launchers
@@ -681,8 +768,15 @@ def _compute_type(dtype: torch.dtype):
     return (tl.float64, _CUT_F64) if dtype == torch.float64 else (tl.float32, _CUT_F32)
 
 
-def _blocks(N: int, D: int, tile: int, max_block_d=None):
-    """(BLOCK_M, BLOCK_D, ONE_CHUNK, num_warps) for N rows of width D (a heuristic, not autotuned)."""
+def _blocks(N: int, D: int, tile: int, max_block_d=None, *, elem_bytes: int = 4, rows_per_thread: int = 2):
+    """(BLOCK_M, BLOCK_D, ONE_CHUNK, num_warps) for N rows of width D (a heuristic, not autotuned).
+
+    A program takes up to `tile` elements.  Triton lays the (BLOCK_M, BLOCK_D) tile out with 16-byte
+    vectors along a row, up to 32 threads along it and the rest of a warp on further rows; the per-row
+    scalar math runs on every thread for each row that thread holds.  BLOCK_M is capped so that a
+    thread holds at most `rows_per_thread` rows: the float64 row math of several rows in one thread
+    is what made the float64 kernels spill (see kernels/COMPILE_REPORT.md).
+    """
     limit = MAX_BLOCK_D if max_block_d is None else int(max_block_d)
     if limit < 1 or limit & (limit - 1):
         raise ValueError(f"max_block_d must be a power of two, got {limit}")
@@ -693,6 +787,13 @@ def _blocks(N: int, D: int, tile: int, max_block_d=None):
     block_m = max(1, min(tile // block_d, _MAX_BLOCK_M, triton.next_power_of_2(max(N, 1))))
     elems = block_m * block_d
     num_warps = 1 if elems <= 128 else 2 if elems <= 512 else 4 if elems <= 2048 else 8
+    vec = max(1, min(16 // elem_bytes, block_d))  # elements of a 16-byte load
+    rows_per_warp = max(1, 32 // max(1, block_d // vec))  # rows one warp covers in one layout repetition
+    block_m = max(1, min(block_m, rows_per_thread * rows_per_warp * num_warps))
+    if block_m == 1 and block_d >= 4096:
+        # one 4096-wide row a program: 16 warps (8 elements a thread and tile); with 8 warps ptxas caps the
+        # float16 chunked backward at 64 registers and spills (kernels/COMPILE_REPORT.md)
+        num_warps = 16
     return block_m, block_d, one_chunk, num_warps
 
 
@@ -701,9 +802,23 @@ def _tile(tile: int, dtype: torch.dtype) -> int:
     return tile // 2 if dtype == torch.float64 else tile
 
 
+def _launch_blocks(N: int, D: int, tile: int, dtype: torch.dtype, max_block_d=None):
+    """_blocks for inputs of `dtype`: the float64 row math of one row a thread."""
+    return _blocks(N, D, _tile(tile, dtype), max_block_d, elem_bytes=torch.empty(0, dtype=dtype).element_size(),
+                   rows_per_thread=1)
+
+
 def _param_for(code: int, param: float) -> float:
     # only project reads param: keep the other ops on one compiled variant
     return float(param) if code == 2 else 0.0
+
+
+def _device_guard(t: torch.Tensor):
+    """Make t's CUDA device current for a launch (a no-op context for CPU tensors).
+
+    Triton launches on torch.cuda.current_device() and that device's current stream: without the
+    guard a tensor on cuda:1 while cuda:0 is current would run with the wrong device's context."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _check_code(code: int) -> int:
@@ -721,21 +836,22 @@ def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
     out = x.new_empty((N,) if scalar_out else (N, D))
     if N == 0 or (D == 0 and not scalar_out):
         return out
-    ct, cut = _compute_type(x.dtype)
+    ct, _ = _compute_type(x.dtype)
     # like the C++ kernel, an op with y run without one reads y = x
     y = _rows(y.to(x.dtype)) if (has_y and y is not None) else x
     k, sk, r, sr = _k_r_rows(k, r, N, has_r)
-    block_m, block_d, one_chunk, num_warps = _blocks(N, D, _tile(_TILE_FWD, x.dtype), max_block_d)
+    block_m, block_d, one_chunk, num_warps = _launch_blocks(N, D, _TILE_FWD, x.dtype, max_block_d)
     grid = (triton.cdiv(N, block_m),)
-    _stereo_fwd_kernel[grid](
-        x, y, k, r, out,
-        N, D,
-        x.stride(0), y.stride(0), sk, sr, 1 if scalar_out else out.stride(0),
-        OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
-        PARAM=_param_for(code, param), CT=ct, CUT=cut,
-        BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
-        num_warps=num_warps,
-    )  # fmt: skip
+    with _device_guard(x):
+        _stereo_fwd_kernel[grid](
+            x, y, k, r, out,
+            N, D,
+            x.stride(0), y.stride(0), sk, sr, 1 if scalar_out else out.stride(0),
+            OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
+            PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
+            BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
+            num_warps=num_warps,
+        )  # fmt: skip
     return out
 
 
@@ -764,7 +880,7 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
     kern_dr = need_dr and has_r
     if N == 0 or not (need_dx or kern_dy or need_dk or kern_dr):
         return dx, dy, dk, dr
-    ct, cut = _compute_type(x.dtype)
+    ct, _ = _compute_type(x.dtype)
     yk = _rows(y.to(x.dtype)) if (has_y and y_given) else x
     if scalar_out:
         g = grad.reshape(N).to(x.dtype)
@@ -775,19 +891,20 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
             raise ValueError(f"geoops.kernels.stereographic: grad has shape {tuple(grad.shape)}, expected {(N, D)}")
         sg = g.stride(0)
     k1, sk, r1, sr = _k_r_rows(k, r, N, has_r)
-    block_m, block_d, one_chunk, num_warps = _blocks(N, D, _tile(_TILE_BWD, x.dtype), max_block_d)
+    block_m, block_d, one_chunk, num_warps = _launch_blocks(N, D, _TILE_BWD, x.dtype, max_block_d)
     grid = (triton.cdiv(N, block_m),)
-    _stereo_bwd_kernel[grid](
-        g, x, yk, k1, r1,
-        dx if need_dx else x, dy if kern_dy else x, dk if need_dk else k1, dr if kern_dr else k1,
-        N, D,
-        sg, x.stride(0), yk.stride(0), sk, sr, dx.stride(0) if need_dx else 0, dy.stride(0) if kern_dy else 0,
-        OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
-        NEED_DX=need_dx, NEED_DY=kern_dy, NEED_DK=need_dk, NEED_DR=kern_dr, WRITE_VEC=need_dx or kern_dy,
-        PARAM=_param_for(code, param), CT=ct, CUT=cut,
-        BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
-        num_warps=num_warps,
-    )  # fmt: skip
+    with _device_guard(x):
+        _stereo_bwd_kernel[grid](
+            g, x, yk, k1, r1,
+            dx if need_dx else x, dy if kern_dy else x, dk if need_dk else k1, dr if kern_dr else k1,
+            N, D,
+            sg, x.stride(0), yk.stride(0), sk, sr, dx.stride(0) if need_dx else 0, dy.stride(0) if kern_dy else 0,
+            int(need_dx) | 2 * int(kern_dy) | 4 * int(need_dk) | 8 * int(kern_dr),
+            OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
+            PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
+            BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
+            num_warps=num_warps,
+        )  # fmt: skip
     return dx, dy, dk, dr
 
 
@@ -800,3 +917,56 @@ def stereo_fwd(code, x, y, k, r, param):
 def stereo_bwd(code, grad, x, y, k, r, param, mask):
     """(dx, dy, dk, dr) of op `code`; mask bits 1 dx, 2 dy, 4 dk, 8 dr; unselected ones are empty."""
     return _stereo_bwd(code, grad, x, y, k, r, param, mask)
+
+
+# ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
+OP_NAMES = ("mobius_add", "mobius_sub", "project", "lambda_x", "mobius_scalar_mul", "expmap", "expmap0", "logmap",
+            "logmap0", "dist", "dist0")
+
+# Shapes whose launches cover every path of the launchers: (name, N, D).  "one-tile" is the usual
+# configuration (BLOCK_M rows of one tile), "narrow" short rows (many rows a program), "single-row"
+# one row per program (small N), "wide" the widest one-tile row, "chunked" rows wider than MAX_BLOCK_D
+# (two passes).
+_COMPILE_SHAPES = (("one-tile", 4096, 64), ("narrow", 4096, 4), ("single-row", 1, 16), ("wide", 2, MAX_BLOCK_D),
+                   ("chunked", 2, MAX_BLOCK_D + 4))
+
+
+def compile_variants():
+    """Every Triton variant the launchers of this module can run, for the CI compile check.
+
+    One entry per (op, dtype, shape class, forward / backward): the launch calls ``_stereo_fwd`` or
+    ``_stereo_bwd`` (all gradients: the gradient mask is a run-time argument, so every mask runs this
+    binary) on small CPU tensors; the check compiles what it would launch.  ``project`` is specialised
+    on its margin eps (a compile-time constant): its entries use each dtype's default.  Expectations:
+    IEEE float32 division (``_div``), 64-bit row index, at most 32 bytes of spills.
+    """
+    from geoops.reference.stereographic import default_eps
+
+    entries = []
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        kd = torch.float64 if dtype == torch.float64 else torch.float32
+        dname = str(dtype).replace("torch.", "")
+        for shape, N, D in _COMPILE_SHAPES:
+            if shape in ("narrow", "single-row") and dtype in (torch.float16, torch.bfloat16):
+                continue  # the half types differ from float32 only in loads/stores: the main shapes cover them
+            for code, name in enumerate(OP_NAMES):
+                x = torch.zeros(N, D, dtype=dtype)
+                y = x if code in HAS_Y_OPS else None
+                k = torch.zeros(1, dtype=kd)
+                r = torch.zeros(1, dtype=kd) if code in HAS_R_OPS else None
+                eps = default_eps(dtype)
+                g = torch.zeros(N, dtype=dtype) if code in SCALAR_OUT_OPS else x
+                # up to 32 B of spills tolerated: ptxas spills a word or two around the float64 libdevice
+                # calls of the row math (tan/atan/log1p, once a row) in a few variants, mostly with Triton
+                # 3.6 (see kernels/COMPILE_REPORT.md); anything larger fails the check
+                expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32}
+
+                def fwd(code=code, x=x, y=y, k=k, r=r, eps=eps):
+                    _stereo_fwd(code, x, y, k, r, eps)
+
+                def bwd(code=code, g=g, x=x, y=y, k=k, r=r, eps=eps):
+                    _stereo_bwd(code, g, x, y, k, r, eps, 15)
+
+                entries.append({"label": f"{name}/{dname}/{shape} fwd", "launch": fwd, "expect": expect})
+                entries.append({"label": f"{name}/{dname}/{shape} bwd", "launch": bwd, "expect": expect})
+    return entries

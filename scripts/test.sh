@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check of geoops, in the environment made by scripts/setup.sh, in stages:
-#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc);
+#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc); every Triton kernel
+#     variant is compiled for sm_80/sm_90 (.ci/triton_compile_check.sh) and gpu_check.sh is dry-run;
 #  2. the Triton kernels under the Triton interpreter (own process: TRITON_INTERPRET=1),
 #     every tests/triton/test_*.py;
 #  3. the parity run against the fp64 reference (python -m geoops.parity --quick);
@@ -54,6 +55,11 @@ if command -v nvcc >/dev/null 2>&1; then
 else
   skipped_stage "nvcc compile check" "nvcc not found"
 fi
+# --- GPU readiness (issue 12): every Triton kernel variant of every family compiled for sm_80/sm_90 with this
+#     env's Triton and Triton 3.6 (the GPU machines'), without a GPU; scripts/gpu_check.sh's control flow (--dry-run)
+stage "Triton compile check (sm_80/sm_90)" lines bash .ci/triton_compile_check.sh
+stage "gpu_check.sh --dry-run" lines env OUT="$WORK/gpu-dry" bash scripts/gpu_check.sh --dry-run
+# ---
 stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs
 stage "parity run (--quick)" summary python -m geoops.parity --quick
 stage "pytest" pytest python -m pytest tests -q -p no:cacheprovider -rs "$@"

@@ -531,8 +531,157 @@ def test_cuda_large_broadcast_and_gradcheck(backend):
         k = torch.tensor(-0.8, dtype=torch.float64, device="cuda", requires_grad=True)
         assert gradcheck(lambda a, b, c: gs.logmap(a, b, k=c), (x, y, k), eps=1e-6, atol=1e-7)
         big = torch.randn(2**17, 64, device="cuda") * 0.05
-        torch.testing.assert_close(gs.mobius_add(big, big.flip(0), k=-1.0).cpu(),
-                                   gs.mobius_add(big.cpu(), big.flip(0).cpu(), k=-1.0), rtol=2e-5, atol=2e-6)
+        got = gs.mobius_add(big, big.flip(0), k=-1.0).cpu()
+    # the CPU comparison runs outside use_backend(backend), which (by design) refuses CPU tensors
+    want = _on_cpu_kernels(lambda a, b: gs.mobius_add(a, b, k=-1.0), big.cpu(), big.flip(0).cpu())
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6)
+
+
+# ---------------------------------------------------------------- GPU backends, device-generic
+# Each test below runs a GPU backend on CUDA tensors (skipped without a GPU) and, so that the test itself is
+# exercised by the CPU CI, the C++ backend on CPU tensors.  The expected values always come from CPU
+# kernels, computed outside the backend under test: the C++ kernels for a GPU run (float64 row math), the
+# eager reference for the CPU run.
+DEVICE_BACKENDS = [pytest.param("cpp", "cpu", id="cpp-cpu")] + [
+    pytest.param(b, "cuda", marks=cuda, id=f"{b}-cuda") for b in ("cuda", "triton")
+]
+# (N, D): the CUDA 256-thread group (no vector loads at odd D; 16-byte vectors for fp32 at 1024, for the
+# half types at 2048), sub-warp groups at short rows with many of them, and one row wider than the
+# Triton one-tile limit (chunked path).
+LARGE_SHAPES = [(3, 4099), (64, 1024), (16, 2048), (5000, 8), (2, 8200)]
+CPU_SHAPES = [(3, 129), (40, 5)]  # the CPU run checks the test, not the kernels: small shapes
+TOL = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}
+
+
+def _on_cpu_kernels(fn, *tensors, backend="cpp"):
+    """fn on CPU tensors with the CPU kernels (`backend`), whatever backend the caller forced."""
+    with geoops.use_backend(backend):
+        return fn(*tensors)
+
+
+def _need(backend, device):
+    if not geoops._backend.available(backend, torch.device(device), "stereographic"):
+        pytest.skip(f"backend {backend} not available on {device}")
+
+
+def _expected_backend(backend):
+    return "reference" if backend == "cpp" else "cpp"
+
+
+def _close(got, want, dtype, what):
+    got, want = got.detach().cpu().double(), want.detach().cpu().double()
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if want.numel() == 0:
+        return
+    scale = max(1.0, want.abs().max().item())
+    err = (got - want).abs().max().item()
+    assert err <= TOL[dtype] * scale, f"{what}: max err {err:.3g} > {TOL[dtype]:.1g} * {scale:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", DEVICE_BACKENDS)
+def test_device_large_rows_every_dtype(backend, device, dtype):
+    """Values and all gradients at large N and D, every dtype, against the CPU kernels on the same inputs."""
+    _need(backend, device)
+    for N, D in LARGE_SHAPES if device == "cuda" else CPU_SHAPES:
+        for op in ("mobius_add", "logmap", "dist", "mobius_scalar_mul", "expmap0", "project"):
+            if op == "project" and dtype in (torch.float16, torch.bfloat16):
+                continue  # points at the margin switch branch under half-precision rounding: no common truth
+            ins = [t.to(dtype) for t in _inputs(op, (N, D), seed=N + D)]
+            k = torch.tensor(-0.7, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+            cot = None
+            outs = {}
+            for key, where, bk in (("dev", device, backend), ("cpu", "cpu", _expected_backend(backend))):
+                leaves = [t.to(where).requires_grad_() for t in ins] + [k.to(where).requires_grad_()]
+                with geoops.use_backend(bk):
+                    out = _call(op, *leaves[:-1], k=leaves[-1])
+                    if cot is None:
+                        cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+                    grads = torch.autograd.grad(out, leaves, cot.to(where), allow_unused=True)
+                outs[key] = [out] + [g if g is not None else torch.zeros_like(t)
+                                                                    for g, t in zip(grads, leaves)]
+            for i, (a, b) in enumerate(zip(outs["dev"], outs["cpu"])):
+                _close(a, b, dtype, f"{op} {N}x{D} {dtype} {'out' if i == 0 else f'grad {i - 1}'}")
+
+
+def _row_inputs(op, N, D, device, dtype=torch.float32, bcast=False):
+    """Op-level operands (x, y, k, r, grad) on `device`; with bcast, stride-0 rows built on the device."""
+    spec = STEREO_OPS[op]
+    g = torch.Generator().manual_seed(N * 7 + D)
+    x = (torch.randn(N, D, generator=g, dtype=torch.float64) * 0.3 / math.sqrt(D)).to(device=device, dtype=dtype)
+    y = None
+    if spec.has_y:
+        y0 = (torch.randn(1 if bcast else N, D, generator=g, dtype=torch.float64) * 0.3 / math.sqrt(D))
+        y = y0.to(device=device, dtype=dtype)
+        if bcast:
+            y = y.expand(N, D)  # made on the device: stride 0
+    kd = torch.float64 if dtype == torch.float64 else torch.float32
+    k = (torch.tensor([-0.9]) if bcast else -0.5 - torch.rand(N, generator=g)).to(device=device, dtype=kd)
+    r = (torch.tensor([1.3]) if bcast else torch.randn(N, generator=g)).to(device=device, dtype=kd) if spec.has_r else None
+    if spec.scalar_out:
+        gr = torch.randn(N, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    else:
+        gr = torch.randn(1 if bcast else N, D, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+        if bcast:
+            gr = gr.expand(N, D)
+    return x, y, k, r, gr
+
+
+def _ops_run(op, backend, x, y, k, r, gr, mask, param=1e-3):
+    if backend == "reference":  # its backward differentiates with autograd: called directly, not as a custom op
+        from geoops._ops.stereographic import _ReferenceRows as R
+
+        code = STEREO_OPS[op].code
+        return [R.stereo_fwd(code, x, y, k, r, param), *R.stereo_bwd(code, gr, x, y, k, r, param, mask)]
+    with geoops.use_backend(backend):
+        out = getattr(torch.ops.geoops, f"{op}_fwd")(x, y, k, r, param)
+        grads = getattr(torch.ops.geoops, f"{op}_bwd")(gr, x, y, k, r, param, mask)
+    return [out, *grads]
+
+
+def _cpu_copy(t):
+    return None if t is None else t.detach().cpu()
+
+
+@pytest.mark.parametrize("op", ["mobius_add", "mobius_scalar_mul", "logmap", "dist", "expmap0"])
+@pytest.mark.parametrize("backend,device", DEVICE_BACKENDS)
+def test_device_every_gradient_mask(backend, device, op):
+    """Every gradient subset (mask 0..15, dx == dy == nullptr included) in the 256-thread group (N=300,
+    D=700: the CUDA block per row) and in short rows: the same tensors, and the same empties, as on CPU."""
+    _need(backend, device)
+    for N, D in ((300, 700), (64, 5)) if device == "cuda" else ((9, 70), (8, 5)):
+        x, y, k, r, gr = _row_inputs(op, N, D, device)
+        for mask in range(16):
+            got = _ops_run(op, backend, x, y, k, r, gr, mask)[1:]
+            want = _ops_run(op, _expected_backend(backend), *map(_cpu_copy, (x, y, k, r, gr)), mask)[1:]
+            for what, a, b in zip(("dx", "dy", "dk", "dr"), got, want):
+                _close(a, b, torch.float32, f"{op} {N}x{D} mask {mask} {what}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend,device", DEVICE_BACKENDS)
+def test_device_stride0_rows(backend, device, dtype):
+    """Op-level broadcast rows (y and the cotangent with row stride 0, one k and r), made on the device."""
+    _need(backend, device)
+    for op in ("mobius_add", "logmap", "dist", "mobius_scalar_mul", "expmap"):
+        for N, D in ((1000, 64), (4, 3000)) if device == "cuda" else ((30, 16), (3, 100)):
+            x, y, k, r, gr = _row_inputs(op, N, D, device, dtype, bcast=True)
+            if y is not None:
+                assert y.stride(0) == 0 and y.device.type == device
+            got = _ops_run(op, backend, x, y, k, r, gr, 15)
+            want = _ops_run(op, _expected_backend(backend), *(None if t is None else t.cpu().contiguous()
+                                                              for t in (x, y, k, r, gr)), 15)
+            for what, a, b in zip(("out", "dx", "dy", "dk", "dr"), got, want):
+                _close(a, b, dtype, f"{op} {N}x{D} bcast {what}")
+
+
+def test_parity_says_when_a_backend_is_unavailable(capsys):
+    """A backend named on the command line that cannot run fails the parity run, with the reason."""
+    rc = parity.main(["--device", "cpu", "--backends", "cuda", "--dtypes", "float64", "--quick"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "backend cuda on cpu: not run" in out, out
+    rc = parity.main(["--device", "cpu", "--backends", "cpp,cuda", "--dtypes", "float64", "--quick"])
+    assert rc == 1, "a named backend that is unavailable must fail the run"
 
 
 def test_missing_extension_falls_back_with_one_warning():

@@ -190,14 +190,19 @@ def _unavailable_reason(backend: str, device: str, family: str) -> str:
 
 
 def run(families: Sequence[str], backends: Sequence[str], devices: Sequence[str],
-        dtypes: Sequence[torch.dtype], quick: bool, out=sys.stdout, log: Callable = print) -> bool:
+        dtypes: Sequence[torch.dtype], quick: bool, out=None, log: Callable = print, required: bool = False) -> bool:
+    """True when every line passed.  An unavailable backend is reported; with `required` (backends or the
+    device named on the command line, as scripts/gpu_check.sh does) it also fails the run."""
+    out = sys.stdout if out is None else out
     results: List[Result] = []
+    missing: List[str] = []
     for family in families:
         cases = family_cases(family, quick)
         log(f"[{family}] {len(cases)} cases", file=out, flush=True)
         for device in devices:
             for backend in backends:
                 if not _backend.available(backend, torch.device(device), family):
+                    missing.append(f"{family}:{backend}@{device}")
                     log(f"[{family}] backend {backend} on {device}: not run ({_unavailable_reason(backend, device, family)})",
                         file=out, flush=True)
                     continue
@@ -220,15 +225,18 @@ def run(families: Sequence[str], backends: Sequence[str], devices: Sequence[str]
         log(f"{r.family:<14} {r.op:<22} {r.backend:<14} {str(r.dtype).replace('torch.', ''):<9} {r.err:10.3e} "
             f"{r.bound:10.3e}  {r.worst:<{w}} {'ok' if r.ok else 'FAIL'}", file=out)
     bad = [r for r in results if not r.ok]
-    log(f"\n{len(results) - len(bad)} passed, {len(bad)} failed", file=out)
-    return not bad and bool(results)
+    log(f"\n{len(results) - len(bad)} passed, {len(bad)} failed"
+        + (f"; unavailable{' (required)' if required else ''}: {', '.join(missing)}" if missing else ""), file=out)
+    return not bad and bool(results) and not (required and missing)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m geoops.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, from {', '.join(FAMILIES)}")
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    p.add_argument("--backends", default="cpp,triton,cuda", help="comma-separated; unavailable ones are reported")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated (default cpp,triton,cuda: unavailable ones are reported; named "
+                        "explicitly, an unavailable one also fails the run)")
     p.add_argument("--dtypes", default="float64,float32,float16,bfloat16")
     p.add_argument("--quick", action="store_true", help="fewer cases per family")
     a = p.parse_args(argv)
@@ -242,10 +250,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error("--device cuda: no CUDA device is available")
         devices = [d for d in devices if d != "cuda"]
     dtypes = [getattr(torch, n.strip()) for n in a.dtypes.split(",")]
-    backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    required = a.backends is not None
+    backends = [b.strip() for b in (a.backends or "cpp,triton,cuda").split(",") if b.strip()]
     import geoops
 
     print("geoops parity run:", geoops.backend_info(), flush=True)
     if torch.cuda.is_available():
         print("cuda device:", torch.cuda.get_device_name(), flush=True)
-    return 0 if run(families, backends, devices, dtypes, a.quick) else 1
+    return 0 if run(families, backends, devices, dtypes, a.quick, required=required) else 1
