@@ -219,7 +219,11 @@ def _atanc_d(z, q, a, CUT: tl.constexpr):
     small = tl.abs(z) < CUT
     series = -1.0 / 3 + z * (2.0 / 5 + z * (-3.0 / 7 + z * (4.0 / 9 + z * (-5.0 / 11))))
     zs = tl.where(small, 1.0, z)
-    closed = _div(_div(1.0, _clamp_min_den(q)) - a, 2.0 * zs)
+    # Outside the ball (q <= min_den) the value was taken at the clamped q, and the 1/q term is the clamp's
+    # derivative, which geoopt's clamp zeroes: drop it (as stereo_math.h does), so that points just outside
+    # the ball get bounded gradients instead of ~1/min_den.
+    qc, live = _clamp_min_den_live(q)
+    closed = _div(tl.where(live, _div(1.0, qc), 0.0) - a, 2.0 * zs)
     return tl.where(small, series, closed)
 
 

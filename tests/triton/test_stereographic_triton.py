@@ -735,3 +735,26 @@ def test_second_device_while_first_is_current(name):
     want = _run_ops(name, "triton", x, y, k, r, g, 15, "cuda:0")
     for what, a, b in zip(["out", "dx", "dy", "dk", "dr"], ours, want):
         assert torch.equal(a.cpu(), b.cpu()), f"{name} {what}: cuda:1 differs from cuda:0"
+
+
+@pytest.mark.parametrize("op", ["dist", "dist0", "logmap", "logmap0"])
+def test_points_just_outside_the_ball_bounded_gradients(op, device):
+    """As tests/test_stereographic_reliability.py for the C++ kernels: |x| = 1.0002 radius gives finite values
+    and bounded gradients (the 1/q term of the clamped atanc derivative is dropped outside the ball)."""
+    import math
+
+    import geoops.stereographic as gs
+
+    g = torch.Generator().manual_seed(0)
+    kval = -1.0
+    radius = 1 / math.sqrt(-kval)
+    x = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    x = (x / x.norm(dim=-1, keepdim=True) * radius * 1.0002).to(device).requires_grad_()
+    y = (torch.randn(6, 8, generator=g, dtype=torch.float64) * 0.1).to(device).requires_grad_()
+    args = (x, y) if op in ("dist", "logmap") else (x,)
+    out = getattr(gs, op)(*args, k=torch.tensor(kval, dtype=torch.float64, device=device))
+    assert torch.isfinite(out).all()
+    grads = torch.autograd.grad(out.sum(), args)
+    for gr in grads:
+        assert torch.isfinite(gr).all()
+        assert gr.abs().max() < 1e4, f"unbounded gradient {gr.abs().max().item():.3g}"
