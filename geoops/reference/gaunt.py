@@ -34,7 +34,6 @@ import functools
 import math
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 __all__ = [
@@ -102,6 +101,8 @@ def sphere_grid(T: int):
     Gauss-Legendre in cos(beta) with T//2+1 nodes is exact for polynomials of degree <= T+1; T+1 uniform
     azimuths integrate exp(i k a) exactly for |k| <= T.  The points are ordered beta-major.
     """
+    import numpy as np  # here, not at import: geoops imports without numpy (e.g. a bare GPU machine)
+
     nb, na = T // 2 + 1, T + 1
     xs, ws = np.polynomial.legendre.leggauss(nb)
     beta = torch.from_numpy(np.arccos(xs)).to(torch.float64)
