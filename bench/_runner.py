@@ -271,7 +271,7 @@ def _columns(unit: str, peer: str):
         ("dtype", "dtype", 5, "s"),
         ("backend", "backend", 9, "s"),
         ("geoops ms", "geoops_ms", 9, "ms"),
-        (unit, "rate", max(6, len(unit)), ".1f"),
+        (unit, "rate", max(6, len(unit)), ".1f") if unit != "mixed" else ("rate", "rate", 13, "rate"),
         ("limit ms", "limit_ms", 9, "ms"),
         ("x limit", "vs_limit", 7, "x"),
         (f"{peer} ms", "peer_ms", max(9, len(peer) + 3), "ms"),
@@ -297,6 +297,8 @@ def _cell(row, key, fmt) -> str:
         return f"{v:.3f}" if v < 100 else f"{v:.1f}"
     if fmt == "x":
         return f"{v:.2f}x"
+    if fmt == "rate":  # a table whose rows have different units (GB/s and GFLOP/s)
+        return f"{v:.1f} {row.get('unit', '')}"
     if fmt == "s":
         return str(v)
     return format(v, fmt)
@@ -335,7 +337,8 @@ def markdown(meta: dict, tables: List[dict]) -> str:
         limits = sorted({r["limit_op"] for r in rows if r["limit_op"]})
         lines += ["", f"limit: {'; '.join(limits)}. x limit = geoops time / limit time; vs {tab['peer']} / "
                       f"vs compiled: time of {tab['peer']} / torch.compile({tab['peer']}) divided by geoops time "
-                      f"(> 1: geoops is faster). {tab['unit']} = work model / geoops time."]
+                      f"(> 1: geoops is faster). "
+                      f"{tab['unit'] if tab['unit'] != 'mixed' else 'rate (GB/s or GFLOP/s)'} = work model / geoops time."]
         for key, note in tab.get("notes", {}).items():
             lines.append(f"{key}: {note}")
         extras = [r for r in rows if r.get("extra")]
@@ -545,7 +548,8 @@ def main(argv=None) -> int:
             notes = mod.prepare(args, log) if hasattr(mod, "prepare") else {}
             rows = list(mod.rows(args, device))
             peer = getattr(mod, "PEER", "eager")
-            unit = rows[0].unit if rows else "GB/s"
+            units = {r.unit for r in rows}
+            unit = units.pop() if len(units) == 1 else "mixed"
             tab = {"family": family, "title": getattr(mod, "TITLE", family), "peer": peer, "unit": unit,
                    "notes": notes or {}, "rows": []}
             cols = _columns(unit, peer)
