@@ -31,15 +31,7 @@
 // float16 / bfloat16 inputs are computed in float32 (converted once, O(N D) memory); float64 in double.
 // at::vec::Vectorized (exp on SIMD vectors) for the ISA of the native build; its code lives in the inline
 // namespace at::vec::<CPU_CAPABILITY>, so this choice does not leak into other translation units.
-#if !defined(CPU_CAPABILITY)
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
-#elif defined(__AVX2__) && defined(__FMA__)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
-#endif
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -24,16 +24,8 @@
 // clamped at a small positive value, which gives large but finite distances and bounded gradients.
 //
 // Epilogues run on at::vec vectors (SLEEF log1p/atan2 on AVX2/AVX-512) over rows spread with
-// at::parallel_for.  This translation unit picks its own CPU_CAPABILITY, as vec_math.cpp does.
-#if !defined(CPU_CAPABILITY)
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
-#elif defined(__AVX2__) && defined(__FMA__)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
-#endif
+// at::parallel_for.  The ISA comes from geoops/cpu_capability.h, included first.
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "stereographic_pairwise.h"
 

@@ -8,17 +8,9 @@
 // branch and the k > 0 branch of stereo_math.h lane by lane; a branch is only
 // evaluated when some lane needs it (in a batch of one curvature, one is).
 //
-// This is the only translation unit that picks a CPU_CAPABILITY, so that no
-// other code of the extension depends on it.
-#if !defined(CPU_CAPABILITY)
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define CPU_CAPABILITY AVX512
-#define CPU_CAPABILITY_AVX512
-#elif defined(__AVX2__) && defined(__FMA__)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
-#endif
+// The translation units that use at::vec pick the native ISA through
+// geoops/cpu_capability.h, each for itself.
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "vec_math.h"
 
