@@ -27,6 +27,8 @@ their own dtype with float32 accumulation.  Offsets are 64-bit.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -46,27 +48,26 @@ def _ranges(offs, N, M, W, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale, W1, W2,
-                                 CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                                 BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
+def _query_tile(Q, K1, K2, V1, V2, N, M1, M2, D, DV, H, REP, scale, W1, W2, CAUSAL: tl.constexpr, CT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """The prologue shared by the forward and the dq kernel: one query tile of (batch x head) bh.
+
+    Returns the tile's indices and masks, its scaled queries q (in CT), the per-row admissible key ranges,
+    the (j, k) loop bounds over the first and second keys, and the key/value bases of bh's key head.
+    The program ids are widened to 64 bits before any arithmetic (rows past 2^31 do not wrap)."""
+    i0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    hk = (bh % H) // REP
-    kvh = b * (H // REP) + hk
-    ct = tl.float64 if F64 else tl.float32
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    kvh = (bh // H) * (H // REP) + (bh % H) // REP
+    offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < N
     dmask = offs_d < D
     emask = offs_e < DV
     q = tl.load(Q + (bh * N + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
-                other=0.0).to(ct) * scale
+                other=0.0).to(CT) * scale
     lo1, hi1 = _ranges(offs_m, N, M1, W1, CAUSAL)
     lo2, hi2 = _ranges(offs_m, N, M2, W2, CAUSAL)
-    i0 = pid_m * BLOCK_M
     i_last = tl.minimum(i0 + BLOCK_M, N) - 1
     j_start = tl.where(W1 > 0, tl.maximum(i0 - W1 + 1, 0), 0)
     k_start = tl.where(W2 > 0, tl.maximum(i0 - W2 + 1, 0), 0)
@@ -74,32 +75,47 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
         j_end = tl.minimum(i_last + 1, M1)
         k_end = tl.minimum(i_last + 1, M2)
     else:
-        j_end = M1
-        k_end = M2
+        j_end = M1 + tl.zeros_like(i0)
+        k_end = M2 + tl.zeros_like(i0)
+    return (bh, kvh, offs_m, offs_d, offs_e, row_ok, dmask, emask, q, lo1, hi1, lo2, hi2, j_start, j_end, k_start,
+            k_end, K1 + kvh * M1 * D, V1 + kvh * M1 * DV, K2 + kvh * M2 * D, V2 + kvh * M2 * DV)
+
+
+@triton.jit
+def _key_tile(k2_base, v2_base, k0, M2, D, DV, offs_d, offs_e, dmask, emask, jok, lo2, hi2, BLOCK_N: tl.constexpr):
+    """Second-key tile k0 of the forward and dq loops: its keys, values and the (query, key) admissibility."""
+    offs_n = k0 + tl.arange(0, BLOCK_N)
+    nmask = offs_n < M2
+    k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
+    v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :], other=0.0)
+    ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
+    return k2, v2, ok
+
+
+@triton.jit
+def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale, W1, W2,
+                                 CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                 BLOCK_DV: tl.constexpr):
+    ct = tl.float64 if F64 else tl.float32
+    (bh, kvh, offs_m, offs_d, offs_e, row_ok, dmask, emask, q, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
+     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, N, M1, M2, D, DV, H, REP, scale, W1, W2,
+                                                       CAUSAL, ct, BLOCK_M, BLOCK_D, BLOCK_DV)
     m_i = tl.full([BLOCK_M], float("-inf"), ct)
     l_i = tl.zeros([BLOCK_M], ct)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
-    k1_base = K1 + kvh * M1 * D
-    v1_base = V1 + kvh * M1 * DV
-    k2_base = K2 + kvh * M2 * D
-    v2_base = V2 + kvh * M2 * DV
     for j in range(j_start, j_end):
         k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
         v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
         qj = q * k1j[None, :]
         jok = row_ok & (j >= lo1) & (j <= hi1)
         for k0 in range(k_start, k_end, BLOCK_N):
-            offs_n = k0 + tl.arange(0, BLOCK_N)
-            nmask = offs_n < M2
-            k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
-                         other=0.0)
-            v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
-                         other=0.0)
+            k2, v2, ok = _key_tile(k2_base, v2_base, k0, M2, D, DV, offs_d, offs_e, dmask, emask, jok, lo2, hi2,
+                                   BLOCK_N)
             if HALF:
                 s = tl.dot(qj.to(k2.dtype), tl.trans(k2))
             else:
                 s = tl.dot(qj, tl.trans(k2.to(ct)), input_precision="ieee")
-            ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
             s = tl.where(ok, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -113,7 +129,11 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
             acc = acc * alpha[:, None] + pv * v1j[None, :]
             m_i = m_new
     has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    l_safe = tl.where(has, l_i, 1.0)[:, None]
+    if F64:
+        out = acc / l_safe
+    else:  # IEEE division (a float32 `/` compiles to the approximate div.full.f32)
+        out = tl.div_rn(acc, l_safe)
     out = tl.where(has[:, None], out, 0.0)
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
     tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
@@ -126,43 +146,17 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
                                     CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                                     BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    hk = (bh % H) // REP
-    kvh = b * (H // REP) + hk
     ct = tl.float64 if F64 else tl.float32
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_e = tl.arange(0, BLOCK_DV)
-    row_ok = offs_m < N
-    dmask = offs_d < D
-    emask = offs_e < DV
-    q = tl.load(Q + (bh * N + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
-                other=0.0).to(ct) * scale
+    (bh, kvh, offs_m, offs_d, offs_e, row_ok, dmask, emask, q, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
+     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, N, M1, M2, D, DV, H, REP, scale, W1, W2,
+                                                       CAUSAL, ct, BLOCK_M, BLOCK_D, BLOCK_DV)
     do = tl.load(DO + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
                  other=0.0).to(ct)
     lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
     delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
     live = row_ok & (lse > float("-inf"))
     lse_safe = tl.where(live, lse, 0.0)
-    lo1, hi1 = _ranges(offs_m, N, M1, W1, CAUSAL)
-    lo2, hi2 = _ranges(offs_m, N, M2, W2, CAUSAL)
-    i0 = pid_m * BLOCK_M
-    i_last = tl.minimum(i0 + BLOCK_M, N) - 1
-    j_start = tl.where(W1 > 0, tl.maximum(i0 - W1 + 1, 0), 0)
-    k_start = tl.where(W2 > 0, tl.maximum(i0 - W2 + 1, 0), 0)
-    if CAUSAL:
-        j_end = tl.minimum(i_last + 1, M1)
-        k_end = tl.minimum(i_last + 1, M2)
-    else:
-        j_end = M1
-        k_end = M2
     acc = tl.zeros([BLOCK_M, BLOCK_D], ct)
-    k1_base = K1 + kvh * M1 * D
-    v1_base = V1 + kvh * M1 * DV
-    k2_base = K2 + kvh * M2 * D
-    v2_base = V2 + kvh * M2 * DV
     for j in range(j_start, j_end):
         k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
         v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
@@ -171,13 +165,8 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
         jok = live & (j >= lo1) & (j <= hi1)
         dqj = tl.zeros([BLOCK_M, BLOCK_D], ct)
         for k0 in range(k_start, k_end, BLOCK_N):
-            offs_n = k0 + tl.arange(0, BLOCK_N)
-            nmask = offs_n < M2
-            k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
-                         other=0.0)
-            v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
-                         other=0.0)
-            ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
+            k2, v2, ok = _key_tile(k2_base, v2_base, k0, M2, D, DV, offs_d, offs_e, dmask, emask, jok, lo2, hi2,
+                                   BLOCK_N)
             if HALF:
                 s = tl.dot(qj.to(k2.dtype), tl.trans(k2))
                 dp = tl.dot(gj.to(v2.dtype), tl.trans(v2))
@@ -201,13 +190,13 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                                      BLOCK_DV: tl.constexpr):
     """Gradients of the key set B (KB, VB) for one tile of BLOCK_N of its keys and one key head."""
-    pid_n = tl.program_id(0)
+    n0 = tl.program_id(0).to(tl.int64) * BLOCK_N  # 64-bit before any arithmetic
     kvh = tl.program_id(1).to(tl.int64)
     HK = H // REP
     b = kvh // HK
     hk = kvh % HK
     ct = tl.float64 if F64 else tl.float32
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_DV)
     nmask = offs_n < MB
@@ -219,7 +208,6 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                  other=0.0)
     dkb = tl.zeros([BLOCK_N, BLOCK_D], ct)
     dvb = tl.zeros([BLOCK_N, BLOCK_DV], ct)
-    n0 = pid_n * BLOCK_N
     n_last = tl.minimum(n0 + BLOCK_N, MB) - 1
     # queries that can see some key of this tile: causal i >= n0; window i < n_last + WB
     if CAUSAL:
@@ -278,10 +266,19 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
              mask=nmask[:, None] & emask[None, :])
 
 
-def _blocks(D: int, DV: int, dtype: torch.dtype, device) -> dict:
+INTERPRETED = type(_triple_attention_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _device_guard(t: torch.Tensor):
+    """Make t's CUDA device current for the launches (Triton launches on the current device and stream)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _blocks(D: int, DV: int, dtype: torch.dtype) -> dict:
+    """Tile sizes: what a GPU launch uses (also what the compile check compiles), or the interpreter's."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
-    if device.type == "cpu":  # the interpreter: smallest legal dot tiles
+    if INTERPRETED:  # the interpreter: smallest legal dot tiles
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=bd, BLOCK_DV=be)
     big = dtype in (torch.float16, torch.bfloat16) and max(bd, be) <= 128
     return dict(BLOCK_M=64 if big else 32, BLOCK_N=64 if big else 32, BLOCK_D=bd, BLOCK_DV=be)
@@ -301,7 +298,7 @@ def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, out_dtype=No
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     causal = bool(causal) or w1 > 0 or w2 > 0
-    blk = _blocks(D, DV, q.dtype, q.device)
+    blk = _blocks(D, DV, q.dtype)
     grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
     if N > 0 and B * H > 0:
         _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
@@ -321,7 +318,7 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     lse = lse.to(acc).contiguous()
     dq = torch.empty_like(q)
     dk1, dk2, dv1, dv2 = (torch.empty_like(t) for t in (k1, k2, v1, v2))
-    blk = _blocks(D, DV, q.dtype, q.device)
+    blk = _blocks(D, DV, q.dtype)
     fl = _flags(q.dtype)
     if q.numel():
         grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
@@ -339,10 +336,57 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     return dq, dk1, dk2, dv1, dv2
 
 
-# the kernel-set contract of geoops._ops.attention
+# the kernel-set contract of geoops._ops.attention (launched on q's device: see _device_guard)
 def triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2):
-    return _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2)
+    with _device_guard(q):
+        return _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2)
 
 
 def triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2):
-    return _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2)
+    with _device_guard(q):
+        return _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2)
+
+
+# ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
+# Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
+# widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
+# lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
+_COMPILE_DIMS = (16, 64, 128)
+# spill bytes (stores + loads) tolerated in the float32/float64 variants (FMA-lowered exact dots, see below)
+_FMA_SPILL_ALLOWANCE = 8192
+
+
+def compile_variants():
+    """Every Triton variant the launchers can run, for the CI compile check (see kernels/__init__.py).
+
+    Per dtype (float32, float64, float16, bfloat16) x masking (full, causal; a window is the causal
+    binary with run-time bounds) x head dim of _COMPILE_DIMS: the forward, and the backward (its dq
+    kernel, the dkv kernel for both key sets, and for the half types the float32-output forward it
+    recomputes delta with).  Expectations: 64-bit program-id arithmetic, IEEE float32 division; no spills
+    for float16/bfloat16 (tensor-core dots).  float32 and float64 dots are exact (input_precision="ieee"),
+    which Triton lowers to FMA loops where each thread holds its rows and columns of both operands over
+    the whole head dim: from D = 64 on, ptxas spills (up to _FMA_SPILL_ALLOWANCE bytes, measured in
+    kernels/COMPILE_REPORT.md).  The fix is a head-dim-chunked score dot (or tf32x3 tensor-core dots);
+    it is not done, so the allowance is explicit here and the spills show in the table.
+    """
+    entries = []
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        dname = str(dtype).replace("torch.", "")
+        for causal in (False, True):
+            for D in _COMPILE_DIMS:
+                q = torch.zeros(1, 2, 37, D, dtype=dtype)
+                kv = torch.zeros(1, 1, 37, D, dtype=dtype)
+                lse = torch.zeros(1, 2, 37, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+                mode = "causal" if causal else "full"
+                fma = dtype in (torch.float32, torch.float64)
+                expect = {"index64": True, "ieee_div": True, "max_spill_bytes": _FMA_SPILL_ALLOWANCE if fma else 0}
+
+                def fwd(q=q, kv=kv, causal=causal):
+                    _triple_attention_fwd(q, kv, kv, kv, kv, 0.125, causal, 0, 0)
+
+                def bwd(q=q, kv=kv, lse=lse, causal=causal):
+                    _triple_attention_bwd(q, q, kv, kv, kv, kv, q, lse, 0.125, causal, 0, 0)
+
+                entries.append({"label": f"{dname}/{mode}/D{D} fwd", "launch": fwd, "expect": expect})
+                entries.append({"label": f"{dname}/{mode}/D{D} bwd", "launch": bwd, "expect": expect})
+    return entries

@@ -973,4 +973,346 @@ def compile_variants():
 
                 entries.append({"label": f"{name}/{dname}/{shape} fwd", "launch": fwd, "expect": expect})
                 entries.append({"label": f"{name}/{dname}/{shape} bwd", "launch": bwd, "expect": expect})
+    return entries + _pair_compile_variants()
+
+
+# Pairwise launches: the forward's binary depends on the dtype and on what it writes (distances, + A, rank
+# keys); the backward's on the dtype, the feature block (16, 32, 64: D = 10, 32, 64; wider rows are walked in
+# 64-wide blocks), the role (dx with or without dk, dy).
+_PAIR_COMPILE_DIMS = (10, 32, 64)
+
+
+def _pair_compile_variants():
+    entries = []
+    expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 0}
+    for dtype in (torch.float32, torch.float64):
+        dname = str(dtype).replace("torch.", "")
+        x = torch.zeros(1, 37, 64, dtype=dtype)
+        k = torch.zeros(1, dtype=dtype)
+        for label, fn in (("cdist", lambda x=x, k=k: _pair_fwd(x, x, k, False, False)),
+                          ("cdist+A", lambda x=x, k=k: _pair_fwd(x, x, k, True, False)),
+                          ("rank_key", lambda x=x, k=k: _pair_fwd(x, x, k, False, True))):
+            entries.append({"label": f"pair/{label}/{dname} fwd", "launch": fn, "expect": expect})
+        for D in _PAIR_COMPILE_DIMS:
+            xd = torch.zeros(1, 37, D, dtype=dtype)
+            g = torch.zeros(1, 37, 37, dtype=dtype)
+            for mask, what in ((7, "dx,dy,dk"), (1, "dx")):
+                def bwd(xd=xd, g=g, k=k, mask=mask):
+                    _pair_bwd(g, xd, xd, k, g, g, mask)
+
+                entries.append({"label": f"pair/cdist/{dname}/D{D} bwd {what}", "launch": bwd, "expect": expect})
     return entries
+
+
+# ================================================================ pairwise: cdist, rank keys (knn / pairwise_rank)
+# The pairwise contract of geoops._ops.stereographic (the same as the C++ kernels):
+#   cdist_fwd(x [B,N,D], y [B,M,D], k [B], save) -> (dist [B,N,M], A [B,N,M] or empty)
+#   cdist_bwd(g, x, y, k, A, dist, mask)         -> (dx, dy, dk [B])   (mask bits 1 dx, 2 dy, 4 dk)
+#   rank_key(x, y, k) -> a monotone function of the distance [B,N,M]; dist_from_key(key, k)
+# x and y are float32 or float64.
+#
+# Forward (_pair_fwd_kernel): one program per (BLOCK_M rows of x, BLOCK_N rows of y, batch): G = x y^T by
+# tl.dot over BLOCK_K-wide chunks of D in the input precision (float32: input_precision="ieee", never
+# TF32), with the row norms |x|^2, |y|^2 reduced from the same chunks; A = |x|^2 + |y|^2 - 2G.  A pair
+# with A < tau (|x|^2 + |y|^2) (tau = 512 u (D + 4), as the C++ kernel) lost too many digits to the
+# cancellation: a tile that holds one recomputes its close pairs exactly, sum_d (x_d - y_d)^2 (so x
+# against itself gives exact zeros).  The epilogue turns A into the distance (or the rank key) in the
+# input precision, with IEEE division and square root and libdevice log1p / atan.
+#
+# Backward (_pair_bwd_kernel, once for dx and once for dy with the roles of x and y swapped): per pair,
+# from the saved A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
+# csrc/cpu/stereographic_pairwise.cpp; dP = alpha * P - W Q accumulated by tl.dot over tiles of Q
+# (no [N, M, D] tensor).  Close pairs are left out of W (their W (x - y) cancels in the GEMM form) and
+# added exactly afterwards, from the (rare) list of close pairs, like the C++ kernel.  dk: per row
+# partial sums of g dd/dk, summed per batch.
+_PAIR_MIN_P = {torch.float32: 1e-7, torch.float64: 1e-15}  # clamp of p = 1 + k|x|^2 for k < 0 (C++ min_p)
+
+
+@triton.jit
+def _pair_p(k, n2, PMIN: tl.constexpr):
+    """p = 1 + k |x|^2, clamped at PMIN for k < 0 (points on or outside the ball)."""
+    p = 1.0 + k * n2
+    return tl.where(k < 0, tl.maximum(p, PMIN), p)
+
+
+@triton.jit
+def _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """<x_i, y_j> for a (BLOCK_M, BLOCK_N) tile by tl.dot (exact float32 products: no TF32), and the row norms."""
+    g = tl.zeros([BLOCK_M, BLOCK_N], CT)
+    x2 = tl.zeros([BLOCK_M], CT)
+    y2 = tl.zeros([BLOCK_N], CT)
+    for d0 in range(0, D, BLOCK_K):
+        kk = d0 + tl.arange(0, BLOCK_K)
+        km = kk < D
+        xt = tl.load(X + xrow[:, None] + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0).to(CT)
+        yt = tl.load(Y + yrow[:, None] + kk[None, :], mask=cmask[:, None] & km[None, :], other=0.0).to(CT)
+        g += tl.dot(xt, tl.trans(yt), input_precision="ieee")
+        x2 += tl.sum(xt * xt, 1)
+        y2 += tl.sum(yt * yt, 1)
+    return g, x2, y2
+
+
+@triton.jit
+def _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """sum_d (x_id - y_jd)^2 for every pair of the tile (the close-pair recompute: D scalar steps)."""
+    e = tl.zeros([BLOCK_M, BLOCK_N], CT)
+    for d in range(0, D):
+        xc = tl.load(X + xrow + d, mask=rmask, other=0.0).to(CT)
+        yc = tl.load(Y + yrow + d, mask=cmask, other=0.0).to(CT)
+        t = xc[:, None] - yc[None, :]
+        e += t * t
+    return e
+
+
+@triton.jit
+def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
+                     KEY: tl.constexpr, SAVE: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    i0 = tl.program_id(0).to(tl.int64) * BLOCK_M  # 64-bit before any arithmetic
+    j0 = tl.program_id(1).to(tl.int64) * BLOCK_N
+    b = tl.program_id(2).to(tl.int64)
+    rows = i0 + tl.arange(0, BLOCK_M)
+    cols = j0 + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cmask = cols < M
+    xrow = (b * N + rows) * D
+    yrow = (b * M + cols) * D
+    k = tl.load(K + b).to(CT)
+    g, x2, y2 = _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N, BLOCK_K)
+    s2 = x2[:, None] + y2[None, :]
+    a = s2 - 2.0 * g
+    m2 = rmask[:, None] & cmask[None, :]
+    close = (a < tau * s2) & m2
+    a = tl.maximum(a, 0.0)
+    if tl.max(close.to(tl.int32)) > 0:  # rare: tiles that hold a close pair (the diagonal of cdist(x, x))
+        a = tl.where(close, _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N), a)
+    pp = _pair_p(k, x2, PMIN)[:, None] * _pair_p(k, y2, PMIN)[None, :]
+    neg = k < 0
+    pos = k > 0
+    if KEY:  # A/(p_x p_y) for k < 0, A/(p_x p_y - kA) for k > 0 (antipode: +inf), A for k = 0
+        den = tl.where(neg, pp, tl.where(pos, tl.maximum(pp - k * a, 0.0), 1.0))
+        v = _div(a, den)
+    else:  # k is uniform over the program: one branch runs (and holds registers)
+        rs = _div(1.0, _sqrt(tl.where(k != 0, tl.abs(k), 1.0)))
+        if k < 0:  # log1p(t + sqrt(t (t + 2)))/sqrt(c), t = 2cA/(p_x p_y), c = -k
+            t = _div(-2.0 * k * a, tl.maximum(pp, PMIN))
+            v = _math.log1p(t + _sqrt(t * (t + 2.0))) * rs
+        elif k > 0:  # 2 atan2(sqrt(kA), sqrt(p_x p_y - kA))/sqrt(k)
+            den = tl.maximum(pp - k * a, 0.0)
+            ratio = _div(_sqrt(k * a), _sqrt(tl.where(den > 0, den, 1.0)))
+            v = 2.0 * tl.where(den > 0, _math.atan(ratio), 1.5707963267948966) * rs
+        else:
+            v = 2.0 * _sqrt(a)
+    off = (b * N + rows[:, None]) * M + cols[None, :]
+    tl.store(OUT + off, v.to(OUT.dtype.element_ty), mask=m2)
+    if SAVE:
+        tl.store(AOUT + off, a.to(AOUT.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid):
+    """Per pair: W = 2 g dd/dA (0 for close pairs), the self term 2 g dd/d|p|^2 and s = |(-x) (+) y|.
+
+    Two IEEE divisions and one square root a pair; 1/p_p is per row (a reciprocal of the caller's)."""
+    asafe = tl.where(valid, a, 1.0)
+    den = tl.maximum(pp[:, None] * pq[None, :] - k * asafe, 1.1754943508222875e-38)
+    s = _sqrt(_div(asafe, den))
+    w = tl.where(valid, _div(2.0 * g, s * den), 0.0)
+    close = valid & (a < tau * (p2[:, None] + q2[None, :]))
+    return tl.where(close, 0.0, w), s, den
+
+
+@triton.jit
+def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
+    """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl).
+
+    The closed form of s^3 E(z) is (s den/P - d/2)/k (d = 2 s atanc(z)): no division a pair."""
+    z = k * s * s
+    small = tl.abs(z) < 1e-3
+    series = 2.0 * (-1.0 / 3 + z * (2.0 / 5 + z * (-3.0 / 7 + z * (4.0 / 9 + z * (-5.0 / 11 + z * (6.0 / 13))))))
+    s_p = s * ipp[:, None] * ipq[None, :]  # s/P
+    ik = _div(1.0, tl.where(k != 0, k, 1.0))
+    e = tl.where(small, s * s * s * series, (s_p * den - 0.5 * d) * ik)
+    dkk = e + s_p * (a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None])
+    return tl.where(valid, g * dkk, 0.0)
+
+
+@triton.jit
+def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau,
+                     NEED_K: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x)."""
+    p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
+    c0 = tl.program_id(1).to(tl.int64) * BLOCK_D
+    b = tl.program_id(2).to(tl.int64)
+    rows = p0 + tl.arange(0, BLOCK_P)
+    rmask = rows < NP
+    dc = c0 + tl.arange(0, BLOCK_D)
+    dmask = dc < D
+    k = tl.load(K + b).to(CT)
+    p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
+    pp = _pair_p(k, p2, PMIN)
+    ipp = _div(1.0, pp)
+    gbase = b * NP * NQ
+    acc = tl.zeros([BLOCK_P, BLOCK_D], CT)
+    alpha = tl.zeros([BLOCK_P], CT)
+    gs_ = tl.zeros([BLOCK_P], CT)
+    dk = tl.zeros([BLOCK_P], CT)
+    for q0 in range(0, NQ, BLOCK_Q):
+        cols = q0 + tl.arange(0, BLOCK_Q)
+        cmask = cols < NQ
+        m2 = rmask[:, None] & cmask[None, :]
+        off = gbase + rows[:, None] * stride_gp + cols[None, :] * stride_gq
+        g = tl.load(G + off, mask=m2, other=0.0).to(CT)
+        a = tl.load(A + off, mask=m2, other=0.0).to(CT)
+        q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
+        pq = _pair_p(k, q2, PMIN)
+        valid = m2 & (a > 0)
+        w, s, den = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
+        gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
+        alpha += tl.sum(w, 1)
+        qt = tl.load(Q_ + (b * NQ + cols[:, None]) * D + dc[None, :], mask=cmask[:, None] & dmask[None, :],
+                     other=0.0).to(CT)
+        acc += tl.dot(w, qt, input_precision="ieee")
+        if NEED_K:
+            d = tl.load(DIST + off, mask=m2, other=0.0).to(CT)
+            dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
+    # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
+    alpha += -2.0 * k * gs_ * ipp
+    pt = tl.load(P_ + (b * NP + rows[:, None]) * D + dc[None, :], mask=rmask[:, None] & dmask[None, :],
+                 other=0.0).to(CT)
+    out = alpha[:, None] * pt - acc
+    tl.store(OUT + (b * NP + rows[:, None]) * D + dc[None, :], out.to(OUT.dtype.element_ty),
+             mask=rmask[:, None] & dmask[None, :])
+    if NEED_K:
+        if c0 == 0:
+            tl.store(DKP + b * NP + rows, dk.to(DKP.dtype.element_ty), mask=rmask)
+
+
+def _pair_tau(D: int, dtype: torch.dtype) -> float:
+    """The close-pair threshold of the C++ kernel, rounded to float32 (the kernels' and the host's test agree)."""
+    u = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
+    return float(torch.tensor(min(0.5, 512.0 * u * (D + 4)), dtype=torch.float32))
+
+
+def _pair_check(x, y, k):
+    if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"geoops.kernels.stereographic: cdist expects x [B,N,D], y [B,M,D], got {tuple(x.shape)}, "
+                         f"{tuple(y.shape)}")
+    if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype:
+        raise TypeError(f"geoops.kernels.stereographic: cdist takes float32/float64 x and y of one dtype, got "
+                        f"{x.dtype}, {y.dtype}")
+    return x.contiguous(), y.contiguous(), k.reshape(-1).to(x.dtype).contiguous()
+
+
+def _pair_fwd_blocks(dtype: torch.dtype):
+    if INTERPRETED:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1)
+    # 8 pairs a thread (float32: 64 x 64 tiles over 8 warps): the epilogue's transcendental keeps several
+    # values per pair live, and 32 pairs a thread spilled (kernels/COMPILE_REPORT.md)
+    if dtype == torch.float64:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=8)
+
+
+def _pair_fwd(x, y, k, save: bool, key: bool):
+    x, y, k = _pair_check(x, y, k)
+    B, N, D = x.shape
+    M = y.shape[1]
+    out = x.new_empty((B, N, M))
+    A = x.new_empty((B, N, M)) if save else x.new_empty(0)
+    if out.numel() == 0:
+        return out, A
+    blk = _pair_fwd_blocks(x.dtype)
+    grid = (triton.cdiv(N, blk["BLOCK_M"]), triton.cdiv(M, blk["BLOCK_N"]), B)
+    with _device_guard(x):
+        _pair_fwd_kernel[grid](x, y, k, out, A if save else out, N, M, D, _pair_tau(D, x.dtype),
+                               KEY=key, SAVE=save, CT=_compute_type(x.dtype)[0], PMIN=_PAIR_MIN_P[x.dtype], **blk)
+    return out, A
+
+
+def _pair_bwd(g, x, y, k, A, d, mask: int):
+    x, y, k = _pair_check(x, y, k)
+    B, N, D = x.shape
+    M = y.shape[1]
+    want_x, want_y, want_k = bool(mask & 1), bool(mask & 2), bool(mask & 4)
+    dx = torch.zeros_like(x) if want_x else x.new_empty(0)
+    dy = torch.zeros_like(y) if want_y else x.new_empty(0)
+    dk = torch.zeros(B, dtype=k.dtype, device=x.device) if want_k else x.new_empty(0)
+    if N == 0 or M == 0 or D == 0 or not (want_x or want_y or want_k):
+        return dx, dy, dk
+    g, A, d = g.contiguous().to(x.dtype), A.contiguous(), d.contiguous()
+    x2 = (x * x).sum(-1).contiguous()
+    y2 = (y * y).sum(-1).contiguous()
+    tau = _pair_tau(D, x.dtype)
+    ct = _compute_type(x.dtype)[0]
+    pmin = _PAIR_MIN_P[x.dtype]
+    bd = min(64, max(16, triton.next_power_of_2(D)))  # wider feature blocks spilled (D > 64: several blocks)
+    if INTERPRETED:
+        bp, bq, nw = 16, 16, 1
+    else:
+        # 4 (float64) / 8 (float32) pairs a thread: the per-pair coefficients (and dk's) keep ~10 values
+        # per pair live; 16 pairs a thread spilled
+        bp, bq, nw = (32, 16, 4) if x.dtype == torch.float64 else (32, 32, 4)
+    dkp = torch.empty((B, N), dtype=x.dtype, device=x.device) if want_k else x
+    with _device_guard(x):
+        # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
+        if want_x or want_k:
+            out = dx if want_x else torch.empty_like(x)
+            _pair_bwd_kernel[(triton.cdiv(N, bp), triton.cdiv(D, bd), B)](
+                x, y, g, A, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau,
+                NEED_K=want_k, CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=nw)
+        if want_y:
+            _pair_bwd_kernel[(triton.cdiv(M, bp), triton.cdiv(D, bd), B)](
+                y, x, g, A, d, y2, x2, k, dy, dy, M, N, D, 1, M, tau,
+                NEED_K=False, CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=nw)
+    if want_k:
+        dk = dkp.sum(1).to(k.dtype)
+    # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own)
+    close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
+    if (want_x or want_y) and bool(close.any()):
+        bi, ii, jj = close.nonzero(as_tuple=True)
+        kk = k[bi]
+        a = A[bi, ii, jj]
+        px = 1 + kk * x2[bi, ii]
+        py = 1 + kk * y2[bi, jj]
+        px = torch.where(kk < 0, px.clamp_min(pmin), px)
+        py = torch.where(kk < 0, py.clamp_min(pmin), py)
+        den = (px * py - kk * a).clamp_min(torch.finfo(x.dtype).tiny)
+        s = torch.sqrt(a / den)
+        w = (2 * g[bi, ii, jj] / (s * den)).unsqueeze(1)
+        diff = x[bi, ii] - y[bi, jj]
+        if want_x:
+            dx.view(B * N, D).index_add_(0, bi * N + ii, w * diff)
+        if want_y:
+            dy.view(B * M, D).index_add_(0, bi * M + jj, -w * diff)
+    return dx, dy, dk
+
+
+def cdist_fwd(x, y, k, save):
+    """(dist [B,N,M], A [B,N,M] when save, else empty) for x [B,N,D], y [B,M,D], k [B]."""
+    return _pair_fwd(x, y, k, bool(save), False)
+
+
+def cdist_bwd(g, x, y, k, A, d, mask):
+    """(dx, dy, dk [B]) of cdist; mask bits 1 dx, 2 dy, 4 dk; unselected ones are empty."""
+    return _pair_bwd(g, x, y, k, A, d, int(mask))
+
+
+def rank_key(x, y, k):
+    """A monotone function of the distance per pair, no transcendental (see geoops.stereographic.knn)."""
+    return _pair_fwd(x, y, k, False, True)[0]
+
+
+def dist_from_key(key, k):
+    """The distance of a rank key (elementwise, float64 math)."""
+    kk = k.reshape(-1, *([1] * (key.dim() - 1))).to(torch.float64)
+    v = key.to(torch.float64)
+    c = kk.abs()
+    rs = torch.where(c > 0, c, torch.ones_like(c)).rsqrt()
+    t = 2 * c * v
+    dn = torch.log1p(t + torch.sqrt(t * (t + 2))) * rs
+    dp = 2 * torch.atan(torch.sqrt(kk.clamp_min(0) * v)) * rs
+    return torch.where(kk < 0, dn, torch.where(kk > 0, dp, 2 * torch.sqrt(v))).to(key.dtype)

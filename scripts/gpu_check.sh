@@ -14,6 +14,8 @@
 #                   unavailable backend fails, it is not skipped)
 #   6. bench_triton, bench_cuda     python -m bench --quick with each backend forced, the copy-bandwidth
 #                   limit in each, and bench-side-by-side.md comparing them
+#   7. bench_pairwise  the pairwise Triton kernels (cdist fwd and fwd+bwd at 2048 x 2048 x 64 against
+#                   torch.cdist, issue 6's GPU target >= 0.7x; knn through the Triton rank keys)
 #
 # Target: <= 8 minutes wall on an H100/H200 with torch 2.11 + CUDA 13, Triton 3.6, no network.  Each
 # step runs under `timeout` with the time left of GEOOPS_GPU_BUDGET_S (default 470 s); a step that
@@ -23,7 +25,7 @@
 #
 # Output (at most 8 files, for the device tool's $OUT): $OUT/gpu_check.log (every step's full log),
 # $OUT/summary.md (one line per step: status, seconds, command), $OUT/bench-triton.json,
-# $OUT/bench-cuda.json, $OUT/bench-side-by-side.md.  OUT defaults to ./gpu-out.
+# $OUT/bench-cuda.json, $OUT/bench-side-by-side.md, $OUT/bench-pairwise.json.  OUT defaults to ./gpu-out.
 #
 #   bash scripts/gpu_check.sh              # on the GPU machine
 #   bash scripts/gpu_check.sh --dry-run    # here, on a CPU (also GEOOPS_GPU_DRY_RUN=1): the whole control
@@ -182,6 +184,14 @@ if [ "$DRY" = 1 ]; then
 else
   step bench_triton 75 bench triton triton --families stereographic --device cuda --quick --no-compile --no-settle
   step bench_cuda 75 bench cuda cuda --families stereographic --device cuda --quick --no-compile --no-settle
+fi
+# ---------------------------------------------------------------- 7. pairwise (Triton cdist / knn vs torch.cdist)
+if [ "$DRY" = 1 ]; then
+  step bench_pairwise 120 bench pairwise cpp --families stereographic --device cpu --ops cdist,knn \
+    --pair-shape 64,48,8 --knn-shape 64,48,4,3 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0
+else
+  step bench_pairwise 90 bench pairwise triton --families stereographic --device cuda --ops cdist,knn \
+    --passes fwd,fwd+bwd --no-compile --no-settle
 fi
 if [ -f "$OUT/bench-triton.json" ] && [ -f "$OUT/bench-cuda.json" ]; then
   "$PY" scripts/gpu_bench_side_by_side.py "$OUT/bench-triton.json" "$OUT/bench-cuda.json" > "$OUT/bench-side-by-side.md" \

@@ -231,10 +231,12 @@ class _PairReference:
 
 
 def pair_kernels(device: torch.device):
-    """The pairwise kernel set for `device` (CPU: C++; elsewhere the reference until GPU kernels exist)."""
+    """The pairwise kernel set for `device` (CPU: C++; Triton: geoops.kernels.stereographic; else the reference)."""
     name = _backend.resolve(device, FAMILY)
     if name == "cpp":
         return _PairCpp
+    if name == "triton":  # the module implements the pairwise contract above (cdist_fwd, cdist_bwd, rank_key, ...)
+        return _backend.triton_kernels(FAMILY)
     return _PairReference
 
 
