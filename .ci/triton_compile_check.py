@@ -16,8 +16,9 @@ and asked for its variants through the module-level hook ``compile_variants()`` 
                 "max_spill_bytes": 0,                #   before any arithmetic; no spills;
                 "ieee_div": False}}                  #   True: no div.full/div.approx f32 in the PTX
 
-``launch`` may launch several kernels; each compiled kernel becomes one row.  Autotuned kernels
-(triton.autotune) compile every config.  A failed compile, a spill above ``max_spill_bytes``, a
+``launch`` may launch several kernels; each distinct compiled kernel becomes one row.  A module-level
+string ``COMPILE_NOTES`` is printed above the family's table (what its spills or approximations mean).
+Autotuned kernels (triton.autotune) compile every config.  A failed compile, a spill above ``max_spill_bytes``, a
 32-bit program-id multiply (``index64``), or an approximate f32 division (``ieee_div``) fails the check.
 
 Per compiled kernel it records registers, spill stores/loads and stack frame (ptxas -v, from Triton's
@@ -270,6 +271,8 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
         except Exception as e:
             results["errors"].append(f"{fam}: import failed: {type(e).__name__}: {e}")
             continue
+        if getattr(mod, "COMPILE_NOTES", None):  # the family's explanation of what its table shows
+            results.setdefault("notes", {})[fam] = str(mod.COMPILE_NOTES).strip()
         hook = getattr(mod, "compile_variants", None)
         if hook is None:
             if fam in PENDING_HOOKS:
@@ -399,6 +402,9 @@ def merge(runs: list, report: Path) -> bool:
                     order.append(key)
                 rows[key][ci] = e
         lines += [f"## {fam}", ""]
+        note = next((r.get("notes", {}).get(fam) for r in reversed(runs) if r.get("notes", {}).get(fam)), None)
+        if note:
+            lines += ["Notes (kernels/%s.py, COMPILE_NOTES):" % fam, "", note, ""]
         hdr = ["variant", "kernel"] + [f"regs {c}" for c in cols] + ["smem B", "warps", "PTX instr", "approx",
                                                                      "div.full", "div.rn", "ok"]
         lines.append("| " + " | ".join(hdr) + " |")

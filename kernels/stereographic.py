@@ -935,6 +935,20 @@ _COMPILE_SHAPES = (("one-tile", 4096, 64), ("narrow", 4096, 4), ("single-row", 1
                    ("chunked", 2, MAX_BLOCK_D + 4))
 
 
+COMPILE_NOTES = """\
+Row kernels: spills are at most 8 B stores in 0-9 of 352 variants per column, all at 35-64 registers
+(ptxas could use 255): in kernels that contain libdevice's float64 trig-reduction slow path
+(`__internal_trig_reduction_slowpathd`, the tan of tanc for k > 0: 96 of the 352 variants), ptxas keeps
+one or two words on the stack across that call; this accounts for every float32/float16/bfloat16 spill
+(Triton 3.6 sm_80: mobius_scalar_mul chunked fwd and half one-tile bwd; 3.6 sm_90: expmap wide fwd; 3.9
+sm_80: mobius_scalar_mul half one-tile bwd; 3.9 sm_90: none).  The slow path is libdevice's reduction of
+large arguments; the fast path does not run it.  The float64 dist/logmap variants with 4-24 B (Triton 3.6
+sm_80) have no call: ptxas's own choice at 64 registers.  Removing them needs a tan without that call
+(own argument reduction and polynomial): not done; compile_variants tolerates 32 B.  Pairwise kernels
+(pair/...): no spills tolerated; approximate instructions there are libdevice's log1p/atan internals
+(the divisions and square roots of the epilogue are IEEE)."""
+
+
 def compile_variants():
     """Every Triton variant the launchers of this module can run, for the CI compile check.
 

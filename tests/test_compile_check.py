@@ -105,3 +105,40 @@ def test_one_variant_compiles_for_sm90_without_a_gpu(tmp_path):
     r = rows[0]
     assert r["registers"] > 0 and r["spill_stores"] == 0 and r["approx"]["div.full"] == 0
     assert r["constexprs"]["OP"] == 7 and r["constexprs"]["ONE_CHUNK"] is True
+
+
+def test_attention_variants_cover_every_dtype_mask_and_pass():
+    pytest.importorskip("triton")
+    from geoops.kernels import attention as A
+
+    labels = {e["label"] for e in A.compile_variants()}
+    for dt in ("float32", "float64", "float16", "bfloat16"):
+        for mode in ("full", "causal"):
+            for D in A._COMPILE_DIMS:
+                for kind in ("fwd", "bwd"):
+                    assert f"{dt}/{mode}/D{D} {kind}" in labels
+
+
+def test_pairwise_stereographic_variants_are_listed():
+    """cdist (with and without the saved A), the rank keys, and the backward's roles and feature blocks."""
+    pytest.importorskip("triton")
+    from geoops.kernels import stereographic as S
+
+    labels = {e["label"] for e in S.compile_variants()}
+    for dt in ("float32", "float64"):
+        for what in ("cdist", "cdist+A", "rank_key"):
+            assert f"pair/{what}/{dt} fwd" in labels
+        for D in S._PAIR_COMPILE_DIMS:
+            assert f"pair/cdist/{dt}/D{D} bwd dx,dy,dk" in labels and f"pair/cdist/{dt}/D{D} bwd dx" in labels
+
+
+def test_report_prints_the_family_notes(tmp_path):
+    """A family's COMPILE_NOTES (carried in the run's JSON) lands above its table."""
+    row = {"label": "op/float32 fwd", "kernel": "_k", "registers": 40, "spill_stores": 0, "spill_loads": 0,
+           "stack": 0, "shared": 0, "num_warps": 4, "ptx_instructions": 10, "approx_total": 0,
+           "approx": {"div.full": 0}, "div_rn_f32": 0, "ok": True}
+    run = {"triton": "3.9.0", "arch": 90, "families": {"fam": [row]}, "errors": [], "notes": {"fam": "why it spills"}}
+    out = tmp_path / "r.md"
+    assert CC.merge([run], out)
+    text = out.read_text()
+    assert text.index("why it spills") < text.index("| op/float32 fwd |")
