@@ -71,6 +71,11 @@ APPROX_PATTERNS = {
 }
 
 
+# Shared memory one block may use (opt-in maximum), by compute capability: a kernel above it compiles but
+# cannot launch (Triton raises OutOfResources at the first call on such a device).
+SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+
+
 def ptx_stats(ptx: str) -> dict:
     """Counts of approximate instructions and of all instructions in a PTX module."""
     counts = {name: len(re.findall(pat, ptx)) for name, pat in APPROX_PATTERNS.items()}
@@ -114,6 +119,26 @@ def pid32_uses(ttir: str) -> list:
                 continue
             bad.append(s.split(" loc(")[0])
     return bad
+
+
+def row_problems(row: dict, expect: dict, arch: int, pid_bad: list) -> list:
+    """What fails the check for one compiled kernel (its ptxas/PTX stats in `row`)."""
+    problems = []
+    if row["registers"] is None:
+        problems.append("no ptxas log (cached kernel?)")
+    spill = (row["spill_stores"] or 0) + (row["spill_loads"] or 0)
+    if spill > expect["max_spill_bytes"]:
+        problems.append(f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads "
+                        f"(allowed {expect['max_spill_bytes']})")
+    if arch in SMEM_LIMIT and (row["shared"] or 0) > SMEM_LIMIT[arch]:
+        problems.append(f"shared memory {row['shared']} B > {SMEM_LIMIT[arch]} B per block on sm_{arch}: cannot launch")
+    if expect["index64"] and pid_bad:
+        problems.append(f"program id in 32-bit arithmetic: {pid_bad[0]}")
+    if expect["ieee_div"]:
+        n_div = row["approx"]["div.full"] + row["approx"]["div.approx"]
+        if n_div:
+            problems.append(f"{n_div} approximate f32 divisions (ieee_div expected)")
+    return problems
 
 
 # ---------------------------------------------------------------- the stand-in driver
@@ -320,19 +345,8 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
                 row.update(ptxas_stats(log))
                 row.update(ptx_stats(k.asm["ptx"]))
                 pid_bad = pid32_uses(k.asm["ttir"])
-                problems = []
-                if row["registers"] is None:
-                    problems.append("no ptxas log (cached kernel?)")
+                problems = row_problems(row, expect, arch, pid_bad)
                 spill = (row["spill_stores"] or 0) + (row["spill_loads"] or 0)
-                if spill > expect["max_spill_bytes"]:
-                    problems.append(f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads "
-                                    f"(allowed {expect['max_spill_bytes']})")
-                if expect["index64"] and pid_bad:
-                    problems.append(f"program id in 32-bit arithmetic: {pid_bad[0]}")
-                if expect["ieee_div"]:
-                    n_div = row["approx"]["div.full"] + row["approx"]["div.approx"]
-                    if n_div:
-                        problems.append(f"{n_div} approximate f32 divisions (ieee_div expected)")
                 row["problems"] = problems
                 row["ok"] = not problems
                 row["expect"] = expect

@@ -280,8 +280,12 @@ def _blocks(D: int, DV: int, dtype: torch.dtype) -> dict:
     be = max(16, triton.next_power_of_2(max(DV, 1)))
     if INTERPRETED:  # the interpreter: smallest legal dot tiles
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=bd, BLOCK_DV=be)
-    big = dtype in (torch.float16, torch.bfloat16) and max(bd, be) <= 128
-    return dict(BLOCK_M=64 if big else 32, BLOCK_N=64 if big else 32, BLOCK_D=bd, BLOCK_DV=be)
+    half = dtype in (torch.float16, torch.bfloat16)
+    big = half and max(bd, be) <= 128
+    # float32/float64 dots are FMA loops: software pipelining buys little there and its buffers took
+    # 173 KB of shared memory at D = 128 in float64 (over sm_80's 163 KB per block): one stage
+    return dict(BLOCK_M=64 if big else 32, BLOCK_N=64 if big else 32, BLOCK_D=bd, BLOCK_DV=be,
+                **({} if half else {"num_stages": 1}))
 
 
 def _flags(dtype: torch.dtype) -> dict:

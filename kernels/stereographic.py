@@ -1241,6 +1241,9 @@ def _pair_fwd(x, y, k, save: bool, key: bool):
         return out, A
     blk = _pair_fwd_blocks(x.dtype)
     grid = (triton.cdiv(N, blk["BLOCK_M"]), triton.cdiv(M, blk["BLOCK_N"]), B)
+    if grid[1] > 65535 or B > 65535:  # CUDA's limit on the grid's y and z dimensions
+        raise ValueError(f"geoops.kernels.stereographic: cdist supports M <= {65535 * blk['BLOCK_N']} points of y "
+                         f"and <= 65535 batches per call, got M={M}, B={B} (split y, e.g. with knn's tiling)")
     with _device_guard(x):
         _pair_fwd_kernel[grid](x, y, k, out, A if save else out, N, M, D, _pair_tau(D, x.dtype),
                                KEY=key, SAVE=save, CT=_compute_type(x.dtype)[0], PMIN=_PAIR_MIN_P[x.dtype], **blk)

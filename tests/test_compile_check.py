@@ -142,3 +142,18 @@ def test_report_prints_the_family_notes(tmp_path):
     assert CC.merge([run], out)
     text = out.read_text()
     assert text.index("why it spills") < text.index("| op/float32 fwd |")
+
+
+def test_row_problems_flag_spills_shared_memory_pid32_and_division():
+    expect = {"index64": True, "max_spill_bytes": 0, "ieee_div": True}
+    row = {"registers": 64, "spill_stores": 0, "spill_loads": 0, "shared": 1024,
+           "approx": {"div.full": 0, "div.approx": 0}}
+    assert CC.row_problems(row, expect, 90, []) == []
+    # 173 KB of shared memory compiles for sm_80 but cannot launch there (the A100's limit is 163 KB)
+    big = dict(row, shared=173056)
+    assert any("shared memory" in p for p in CC.row_problems(big, expect, 80, []))
+    assert CC.row_problems(big, expect, 90, []) == []
+    assert any("spills" in p for p in CC.row_problems(dict(row, spill_stores=4), expect, 90, []))
+    assert any("32-bit" in p for p in CC.row_problems(row, expect, 90, ["arith.muli %0, %c16_i32 : i32"]))
+    assert any("approximate" in p for p in CC.row_problems(
+        dict(row, approx={"div.full": 2, "div.approx": 0}), expect, 90, []))
