@@ -409,8 +409,12 @@ def merge(runs: list, report: Path) -> bool:
         rows = {}
         order = []
         for ci, r in enumerate(runs):
+            seen = {}
             for e in r["families"].get(fam, []):
-                key = (e["label"], e.get("kernel", ""))
+                # one launch may compile one jit function twice (other constexprs/specialisation): #2, #3, ...
+                base = (e["label"], e.get("kernel", ""))
+                seen[base] = seen.get(base, 0) + 1
+                key = base if seen[base] == 1 else (base[0], f"{base[1]} #{seen[base]}")
                 if key not in rows:
                     rows[key] = [None] * len(runs)
                     order.append(key)
