@@ -352,6 +352,14 @@ def triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w
 
 
 # ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
+COMPILE_NOTES = """\
+float16/bfloat16: tensor-core dots, no spills tolerated.  float32/float64: the dots are exact
+(input_precision="ieee"), which Triton lowers to FMA loops where each thread holds its rows and columns of
+both operands over the whole head dim (K = D for the score and dp dots): ptxas spills from D = 64 on (tens
+of bytes in the backward at D = 64; kilobytes at D = 128), tolerated up to _FMA_SPILL_ALLOWANCE and shown
+here.  They use one pipeline stage (three stages took 173-197 KB of shared memory in float64 at D = 128,
+more than sm_80's 163 KB per block).  The fix is a head-dim-chunked score dot (or tf32x3 tensor-core dots
+where float32 accuracy allows): not done."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
