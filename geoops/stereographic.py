@@ -668,13 +668,19 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     fill = float("-inf") if largest else float("inf")
     fused = _backend.resolve(x.device, _ops.FAMILY) == "cpp" and _library.direct_call_ok(x, y, k3) and \
         hasattr(_backend.compiled(), "knn_cpu")
+    # Triton (float32, n <= 64): one kernel keeps each row's best n in registers while it walks y
+    tri = _backend.triton_kernels(_ops.FAMILY) if (not fused and dtype == torch.float32 and n > 0) else None
+    tri = tri if (tri is not None and n <= getattr(tri, "KNN_MAX_NEIGHBORS", 0) and
+                  _backend.resolve(x.device, _ops.FAMILY) == "triton") else None
     with torch.no_grad():
         if fused:  # C++: GEMM per (row block, tile of y) + keys + per-row sorted top n, no [N, M] tile kept
             tile = max(n + 1, min(M, 1024))
             for b in range(B):
                 idx[b] = _backend.compiled().knn_cpu(xd[b], yd[b], float(kd[b]), n, largest, tile)[1]
+        elif tri is not None:
+            idx = tri.knn_indices(xd, yd, kd, n, largest)
     with torch.no_grad():
-        for i0 in (range(0, N, nb) if not fused else ()):
+        for i0 in (range(0, N, nb) if not (fused or tri is not None) else ()):
             i1 = min(N, i0 + nb)
             best_key = torch.full((B, i1 - i0, n), fill, dtype=dtype, device=x.device)
             best_idx = torch.zeros((B, i1 - i0, n), dtype=torch.int64, device=x.device)

@@ -1015,6 +1015,17 @@ def _pair_compile_variants():
                     _pair_bwd(g, xd, xd, k, g, g, mask)
 
                 entries.append({"label": f"pair/cdist/{dname}/D{D} bwd {what}", "launch": bwd, "expect": expect})
+    # the fused float32 knn: one binary per top-n width NP (2..KNN_MAX_NEIGHBORS) and direction
+    x = torch.zeros(1, 37, 10)
+    y = torch.zeros(1, 100, 10)
+    k = torch.zeros(1)
+    n = 2  # n = 1 runs the NP = 2 binary
+    while n <= KNN_MAX_NEIGHBORS:
+        for largest in (False, True):
+            entries.append({"label": f"pair/knn/float32/n{n} {'largest' if largest else 'nearest'}",
+                            "launch": lambda n=n, largest=largest: knn_indices(x, y, k, n, largest),
+                            "expect": expect})
+        n *= 2
     return entries
 
 
@@ -1081,6 +1092,29 @@ def _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M:
 
 
 @triton.jit
+def _pair_a_tile(X, Y, xrow, yrow, rmask, cmask, k, D, tau, CT: tl.constexpr, PMIN: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A = |x - y|^2 of a tile (close pairs recomputed exactly), p_x p_y, and the tile's mask."""
+    g, x2, y2 = _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N, BLOCK_K)
+    s2 = x2[:, None] + y2[None, :]
+    a = s2 - 2.0 * g
+    m2 = rmask[:, None] & cmask[None, :]
+    close = (a < tau * s2) & m2
+    a = tl.maximum(a, 0.0)
+    if tl.max(close.to(tl.int32)) > 0:  # rare: tiles that hold a close pair (the diagonal of cdist(x, x))
+        a = tl.where(close, _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N), a)
+    pp = _pair_p(k, x2, PMIN)[:, None] * _pair_p(k, y2, PMIN)[None, :]
+    return a, pp, m2
+
+
+@triton.jit
+def _pair_key(a, pp, k):
+    """The rank key: A/(p_x p_y) for k < 0, A/(p_x p_y - kA) for k > 0 (antipode: +inf), A for k = 0."""
+    den = tl.where(k < 0, pp, tl.where(k > 0, tl.maximum(pp - k * a, 0.0), 1.0))
+    return _div(a, den)
+
+
+@triton.jit
 def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
                      KEY: tl.constexpr, SAVE: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -1091,23 +1125,11 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
     cols = j0 + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cmask = cols < M
-    xrow = (b * N + rows) * D
-    yrow = (b * M + cols) * D
     k = tl.load(K + b).to(CT)
-    g, x2, y2 = _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N, BLOCK_K)
-    s2 = x2[:, None] + y2[None, :]
-    a = s2 - 2.0 * g
-    m2 = rmask[:, None] & cmask[None, :]
-    close = (a < tau * s2) & m2
-    a = tl.maximum(a, 0.0)
-    if tl.max(close.to(tl.int32)) > 0:  # rare: tiles that hold a close pair (the diagonal of cdist(x, x))
-        a = tl.where(close, _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N), a)
-    pp = _pair_p(k, x2, PMIN)[:, None] * _pair_p(k, y2, PMIN)[None, :]
-    neg = k < 0
-    pos = k > 0
-    if KEY:  # A/(p_x p_y) for k < 0, A/(p_x p_y - kA) for k > 0 (antipode: +inf), A for k = 0
-        den = tl.where(neg, pp, tl.where(pos, tl.maximum(pp - k * a, 0.0), 1.0))
-        v = _div(a, den)
+    a, pp, m2 = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT, PMIN,
+                             BLOCK_M, BLOCK_N, BLOCK_K)
+    if KEY:
+        v = _pair_key(a, pp, k)
     else:  # k is uniform over the program: one branch runs (and holds registers)
         rs = _div(1.0, _sqrt(tl.where(k != 0, tl.abs(k), 1.0)))
         if k < 0:  # log1p(t + sqrt(t (t + 2)))/sqrt(c), t = 2cA/(p_x p_y), c = -k
@@ -1203,6 +1225,75 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
     if NEED_K:
         if c0 == 0:
             tl.store(DKP + b * NP + rows, dk.to(DKP.dtype.element_ty), mask=rmask)
+
+
+# knn (float32): one program per BLOCK_M rows of x walks all of y in BLOCK_N tiles, keeping the best NP keys
+# of each row in registers (never a key tile in memory).  A key (>= 0, float32) and its column are packed
+# in one int64, (key bits << 32) | column, so that one integer top-k (tl.topk: bitonic, largest first)
+# selects keys and carries their indices; nearest = the largest of the negated packs.  Ties go to the
+# lower column index.
+_KNN_WORST = tl.constexpr(-9223372036854775807)  # below every pack (a constexpr: compiled kernels read it)
+
+
+@triton.jit
+def _pair_knn_kernel(X, Y, K, IDX, N, M, D, tau, n_out,
+                     LARGEST: tl.constexpr, PMIN: tl.constexpr, NP: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    i0 = tl.program_id(0).to(tl.int64) * BLOCK_M
+    b = tl.program_id(1).to(tl.int64)
+    rows = i0 + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    xrow = (b * N + rows) * D
+    k = tl.load(K + b).to(tl.float32)
+    best = tl.full([BLOCK_M, NP], _KNN_WORST, tl.int64)
+    for j0 in range(0, M, BLOCK_N):
+        cols = j0 + tl.arange(0, BLOCK_N)
+        cmask = cols < M
+        a, pp, m2 = _pair_a_tile(X, Y, xrow, (b * M + cols) * D, rmask, cmask, k, D, tau, tl.float32, PMIN,
+                                 BLOCK_M, BLOCK_N, BLOCK_K)
+        bits = _pair_key(a, pp, k).to(tl.int32, bitcast=True).to(tl.int64) << 32
+        c64 = cols.to(tl.int64)[None, :]
+        if LARGEST:
+            pack = bits | (2147483647 - c64)
+        else:
+            pack = -(bits | c64)
+        pack = tl.where(m2, pack, _KNN_WORST)
+        both = tl.reshape(tl.join(best, tl.topk(pack, NP)), [BLOCK_M, 2 * NP])
+        best = tl.topk(both, NP)
+    if LARGEST:
+        idx = 2147483647 - (best & 0xFFFFFFFF)
+    else:
+        idx = (-best) & 0xFFFFFFFF
+    c = tl.arange(0, NP)
+    tl.store(IDX + (b * N + rows[:, None]) * n_out + c[None, :], idx, mask=rmask[:, None] & (c[None, :] < n_out))
+
+
+KNN_MAX_NEIGHBORS = 64  # larger n: the tiled rank keys + torch.topk (geoops.stereographic.knn)
+
+
+def knn_indices(x, y, k, n, largest):
+    """Indices [B, N, n] of the n nearest (largest: farthest) points of y per row of x, float32 x and y."""
+    x, y, k = _pair_check(x, y, k)
+    B, N, D = x.shape
+    M = y.shape[1]
+    if x.dtype != torch.float32 or not 0 < n <= min(M, KNN_MAX_NEIGHBORS):
+        raise ValueError(f"geoops.kernels.stereographic: knn_indices takes float32 and 0 < n <= "
+                         f"min(M, {KNN_MAX_NEIGHBORS}), got {x.dtype}, n={n}, M={M}")
+    idx = torch.empty((B, N, n), dtype=torch.int64, device=x.device)
+    if N == 0:
+        return idx
+    NP = max(2, triton.next_power_of_2(n))
+    if INTERPRETED:
+        blk = dict(BLOCK_M=16, BLOCK_N=max(16, NP), BLOCK_K=16, num_warps=1)
+    else:
+        blk = dict(BLOCK_M=32, BLOCK_N=max(64, NP), BLOCK_K=32, num_warps=4)
+    if B > 65535:
+        raise ValueError("geoops.kernels.stereographic: knn supports <= 65535 batches per call")
+    with _device_guard(x):
+        _pair_knn_kernel[(triton.cdiv(N, blk["BLOCK_M"]), B)](
+            x, y, k, idx, N, M, D, _pair_tau(D, x.dtype), n,
+            LARGEST=bool(largest), PMIN=_PAIR_MIN_P[x.dtype], NP=NP, **blk)
+    return idx
 
 
 def _pair_tau(D: int, dtype: torch.dtype) -> float:

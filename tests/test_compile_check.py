@@ -130,6 +130,9 @@ def test_pairwise_stereographic_variants_are_listed():
             assert f"pair/{what}/{dt} fwd" in labels
         for D in S._PAIR_COMPILE_DIMS:
             assert f"pair/cdist/{dt}/D{D} bwd dx,dy,dk" in labels and f"pair/cdist/{dt}/D{D} bwd dx" in labels
+    for n in (2, 4, 8, 16, 32, 64):
+        assert f"pair/knn/float32/n{n} nearest" in labels and f"pair/knn/float32/n{n} largest" in labels
+    assert S.KNN_MAX_NEIGHBORS == 64
 
 
 def test_report_prints_the_family_notes(tmp_path):

@@ -155,3 +155,17 @@ def test_rank_key_is_monotone_in_the_distance():
         key = ops.PAIR_CALLERS["rank_key"](x, y, kk)
         d = ops.PAIR_CALLERS["dist_from_key"](key, kk)
         assert _relerr(d, _ref(x, y, k)) < 1e-4
+
+
+def test_knn_float32_fused_top_n_kernel():
+    """float32 knn runs the fused kernel (each row's best n kept in registers, no key tile in memory)."""
+    x = _points(1, 13, 4, torch.float32, 21)[0]
+    y = _points(1, 37, 4, torch.float32, 22)[0]
+    y[3] = x[3]  # a distance-0 pair comes first
+    for k, largest in ((-1.0, False), (0.7, True)):
+        dist, idx = gs.knn(x, y, 3, k=k, largest=largest)
+        r = _ref(x[None], y[None], k)[0]
+        rd, ri = torch.topk(r, 3, dim=-1, largest=largest)
+        assert torch.equal(idx.cpu(), ri), (k, largest)
+        assert _relerr(dist, rd) < 1e-4
+    assert idx.shape == (13, 3)
