@@ -47,7 +47,7 @@ PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || PY=python
 BUDGET=${GEOOPS_GPU_BUDGET_S:-470}
 # a dry run on a (shared, 2-core) CPU is slower than the device machine's 16 cores: its own budget
-[ "$DRY" = 1 ] && BUDGET=${GEOOPS_GPU_BUDGET_S:-1200} && DRYCAP=300 || DRYCAP=0
+[ "$DRY" = 1 ] && BUDGET=${GEOOPS_GPU_BUDGET_S:-1500} && DRYCAP=300 || DRYCAP=0
 export PYTHONUNBUFFERED=1
 LOG="$OUT/gpu_check.log"
 SUMMARY="$OUT/summary.md"
