@@ -7,8 +7,8 @@ plain geoopt and once after ``geoops.compat.patch_geoopt()``, with the same data
 embedding and the same negatives.  Negatives are sampled before the clock starts (the paper's sampler:
 uniform over the nodes that are neither u nor one of u's closure neighbours).
 
-    python -m geoops.bench.wordnet                      # mammals, 30 epochs, both runs, table
-    python -m geoops.bench.wordnet --epochs 200         # closer to the paper's embedding quality
+    python -m geoops.bench.wordnet                      # mammals, 20 epochs, both runs, table
+    python -m geoops.bench.wordnet --epochs 100         # more epochs
     python -m geoops.bench.wordnet --nouns PATH/noun_closure.tsv.gz   # + the noun-scale metric (heavy)
 
 The mammal closure (WordNet 3.0, 1,182 nouns) ships with geoops in ``bench/data/wordnet/`` with
@@ -123,7 +123,7 @@ def _epoch(emb, opt, batches, lr, patched):
     return time.perf_counter() - t0, time.process_time() - c0, loss
 
 
-def train_both(edges, n, *, dim=10, n_neg=10, batch=64, epochs=30, lr=1.0, burn_in=10, seed=0, threads=1):
+def train_both(edges, n, *, dim=10, n_neg=10, batch=64, epochs=20, lr=10.0, burn_in=3, seed=0, threads=1):
     """Train two identical models, one on plain geoopt and one under patch_geoopt(), epoch by epoch in turn
     (so that both see the same load), on the same batches and negatives (drawn before the clocks start).
 
@@ -167,7 +167,7 @@ def _median(v):
     return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
 
 
-def compare(path=MAMMALS, *, epochs=30, dim=10, n_neg=10, batch=64, lr=1.0, burn_in=10, seed=0, threads=1,
+def compare(path=MAMMALS, *, epochs=20, dim=10, n_neg=10, batch=64, lr=10.0, burn_in=3, seed=0, threads=1,
             log=print) -> dict:
     """Train on plain geoopt and under patch_geoopt() with the same data; epoch times and metrics of both."""
     names, edges = load_closure(path)
@@ -234,12 +234,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--closure", default=str(MAMMALS), help="closure TSV(.gz) to train on (default: the mammals)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--dim", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--negatives", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1.0)
-    p.add_argument("--burn-in", type=int, default=10)
+    p.add_argument("--lr", type=float, default=10.0)
+    p.add_argument("--burn-in", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads while training (default 1)")
     p.add_argument("--nouns", default=None, help="noun_closure.tsv.gz: also time the noun-scale reconstruction metric")
@@ -253,3 +253,44 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------- the bench row (python -m geoops.bench)
+def epoch_row_setup(path=MAMMALS, *, dim=10, n_neg=10, batch=64, lr=10.0, threads=1, seed=0):
+    """Row.setup of the ``wordnet`` row: one epoch (the same presampled batches every call) on plain geoopt
+    ("peer"), under patch_geoopt() ("geoops"), and the same loop with the Euclidean squared distance and
+    torch.optim.SGD ("limit": indexing, loss, autograd and optimizer bookkeeping without any hyperbolic math)."""
+    import geoops.compat as compat
+
+    names, edges = load_closure(path)
+    n = len(names)
+    batches = epoch_batches(edges, n, n_neg, batch, _pair_keys(edges, n), torch.Generator().manual_seed(seed + 1))
+    plain, patched = make_model(n, dim, lr, seed), make_model(n, dim, lr, seed)
+    flat = torch.nn.Parameter((torch.rand(n, dim, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * 1e-3)
+    sgd = torch.optim.SGD([flat], lr=lr)
+
+    def euclid_epoch():
+        for u, cand in batches:
+            sgd.zero_grad()
+            d = (flat[u].unsqueeze(1) - flat[cand]).square().sum(-1)
+            loss = torch.nn.functional.cross_entropy(-d, torch.zeros(u.numel(), dtype=torch.int64))
+            loss.backward()
+            sgd.step()
+            float(loss.detach())
+
+    def run(fn, patch):
+        def call():
+            was, nth = compat.is_patched(), torch.get_num_threads()
+            (compat.patch_geoopt if patch else compat.unpatch_geoopt)()
+            torch.set_num_threads(threads)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(nth)
+                (compat.patch_geoopt if was else compat.unpatch_geoopt)()
+        return call
+
+    fns = {"geoops": run(lambda: train_epoch(*patched, batches, lr), True),
+           "peer": run(lambda: train_epoch(*plain, batches, lr), False),
+           "limit": run(euclid_epoch, False)}
+    return fns, None, {"compiled": "n/a: a training loop (torch.compile of geoopt's optimizer step is not a user path)"}

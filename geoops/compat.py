@@ -81,6 +81,9 @@ def patch_geoopt() -> None:
     _saved_optim["RiemannianSGD.step"] = orig
     # the step torch.optim wraps (profiler range, step pre/post hooks): geoopt's own, for the fallback
     _saved_optim["plain"] = getattr(orig, "__wrapped__", orig) if getattr(orig, "hooked", False) else orig
+    from geoopt.manifolds.stereographic.manifold import Stereographic
+
+    _saved_optim["classes"] = (geoopt, Stereographic)
     step = torch.optim.Optimizer.profile_hook_step(_rsgd_step)  # hooks run as on the unpatched optimizer
     step.hooked = True
     geoopt.optim.RiemannianSGD.step = step
@@ -114,9 +117,7 @@ def patched_geoopt():
 # ---------------------------------------------------------------- RiemannianSGD: one fused update per parameter
 def _fused_kind(p, default_manifold):
     """('stereo' | 'euclid', manifold) when the fused update reproduces geoopt's for parameter p, else None."""
-    import geoopt
-    from geoopt.manifolds.stereographic.manifold import Stereographic
-
+    geoopt, Stereographic = _saved_optim["classes"]
     man = p.manifold if isinstance(p, (geoopt.ManifoldParameter, geoopt.ManifoldTensor)) else default_manifold
     cls = type(man)
     if isinstance(man, Stereographic):

@@ -1358,7 +1358,8 @@ def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, d
     if grad.shape != x.shape:
         _fail(op, f"grad must have x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
     with torch.no_grad():
-        xp = x if type(x) is torch.Tensor else x.as_subclass(torch.Tensor)  # geoopt's ManifoldParameter: plain view
+        # geoopt's ManifoldParameter disables __torch_function__: its views (x.view below) are plain tensors
+        xp = x if type(x) in (torch.Tensor, torch.nn.Parameter) else x.view(x.shape)
         kt = _as_scalar_tensor(op, "k", k, xp)
         if kt.numel() != 1:
             _fail(op, f"k must have one element, got shape {tuple(kt.shape)}")
