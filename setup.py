@@ -247,6 +247,7 @@ else:
 setup(
     packages=find_packages(include=["geoops", "geoops.*"]) + ["geoops.kernels", "geoops.bench"],
     package_dir={"geoops.kernels": "kernels", "geoops.bench": "bench"},
+    package_data={"geoops.bench": ["data/wordnet/*"]},  # the WordNet mammal closure + its license
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     **_license(),

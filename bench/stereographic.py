@@ -287,7 +287,7 @@ def _setup(op, pass_, n, d, dtype, device, args):
 
 
 # ---------------------------------------------------------------- pairwise rows
-PAIR_OPS = ("cdist", "knn", "mobius_matvec")
+PAIR_OPS = ("cdist", "knn", "mobius_matvec", "wordnet")
 PEER_CHUNK = 256  # geoopt's broadcast dist is timed in blocks of this many x rows (same work, bounded memory)
 
 
@@ -314,6 +314,9 @@ def pair_rows(args, device, ops):
             yield Row(family="stereographic", op="knn", pass_="fwd", shape=[N, M, D, n], dtype=DTYPE_SHORT[dtype],
                       setup=_knn_setup(N, M, D, n, dtype, device), work=2.0 * N * M * D, unit="GFLOP/s",
                       limit="geoops cdist (full matrix)", peer="topk(geoops cdist)", check_tol=1e-3)
+        if "wordnet" in ops and "fwd+bwd" in args.passes and dtype == torch.float32 and _HAVE_GEOOPT \
+                and torch.device(device).type == "cpu":
+            yield wordnet_row(dtype)
         if "mobius_matvec" in ops:
             R, Din, Dout = (int(v) for v in args.matvec_shape.split(","))
             for pass_ in args.passes:
@@ -322,6 +325,16 @@ def pair_rows(args, device, ops):
                           dtype=DTYPE_SHORT[dtype], setup=_matvec_setup(R, Din, Dout, dtype, device, pass_),
                           work=flops, unit="GFLOP/s", limit="x @ m.T", peer=PEER,
                           check_tol=1e-9 if dtype == torch.float64 else 1e-3)
+
+
+def wordnet_row(dtype):
+    """One epoch of Poincaré embeddings of the WordNet mammals (bench/wordnet.py): geoopt vs patch_geoopt()."""
+    from . import wordnet
+
+    return Row(family="stereographic", op="wordnet", pass_="fwd+bwd", shape=[1182, 10, 64, 10],
+               dtype=DTYPE_SHORT[dtype], setup=wordnet.epoch_row_setup, work=0.0, unit="GB/s",
+               limit="same loop, Euclidean distance + torch SGD", peer="geoopt RiemannianSGD epoch",
+               label="epoch: nodes, dim, batch, negatives")
 
 
 def _fwd_bwd(call, leaves, g):

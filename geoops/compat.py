@@ -17,11 +17,21 @@ geoops is deliberately more accurate (see ``geoops.stereographic``).  ``unpatch_
 original object back (identity, not a copy).  Both are idempotent.  geoopt is optional: without it
 both raise ImportError saying so.
 
+It also replaces ``geoopt.optim.RiemannianSGD.step``: for a step without momentum whose parameters all
+live on a ``Stereographic``/``PoincareBall``/``SphereProjection`` manifold (geoopt's ``retr = project(x + u)``
+and ``egrad2rgrad = grad / lambda_x^2``) or are Euclidean, each parameter gets one fused update
+(:func:`geoops.stereographic.riemannian_sgd_step_`) instead of geoopt's dozen small ops through the
+manifold's methods; any other configuration (momentum, the ``Exact`` variants, other manifolds, sparse
+gradients) runs geoopt's own step unchanged (on the patched math).  Weight decay and ``stabilize``
+behave as in geoopt.
+
 Also usable as a context manager: ``with geoops.compat.patched_geoopt(): ...``.
 """
 from __future__ import annotations
 
 import contextlib
+
+import torch
 
 __all__ = ["patch_geoopt", "unpatch_geoopt", "patched_geoopt", "is_patched", "PATCHED_NAMES"]
 
@@ -35,6 +45,7 @@ PATCHED_NAMES = (
 )
 
 _saved: dict = {}
+_saved_optim: dict = {}
 
 
 def _geoopt_math():
@@ -64,6 +75,18 @@ def patch_geoopt() -> None:
         if hasattr(gm, name) and hasattr(gs, name):
             _saved[name] = getattr(gm, name)
             setattr(gm, name, getattr(gs, name))
+    import geoopt.optim
+
+    orig = geoopt.optim.RiemannianSGD.step
+    _saved_optim["RiemannianSGD.step"] = orig
+    # the step torch.optim wraps (profiler range, step pre/post hooks): geoopt's own, for the fallback
+    _saved_optim["plain"] = getattr(orig, "__wrapped__", orig) if getattr(orig, "hooked", False) else orig
+    from geoopt.manifolds.stereographic.manifold import Stereographic
+
+    _saved_optim["classes"] = (geoopt, Stereographic)
+    step = torch.optim.Optimizer.profile_hook_step(_rsgd_step)  # hooks run as on the unpatched optimizer
+    step.hooked = True
+    geoopt.optim.RiemannianSGD.step = step
 
 
 def unpatch_geoopt() -> None:
@@ -72,6 +95,11 @@ def unpatch_geoopt() -> None:
     for name, fn in _saved.items():
         setattr(gm, name, fn)
     _saved.clear()
+    if "RiemannianSGD.step" in _saved_optim:
+        import geoopt.optim
+
+        geoopt.optim.RiemannianSGD.step = _saved_optim.pop("RiemannianSGD.step")
+        _saved_optim.clear()
 
 
 @contextlib.contextmanager
@@ -84,3 +112,52 @@ def patched_geoopt():
     finally:
         if not already:
             unpatch_geoopt()
+
+
+# ---------------------------------------------------------------- RiemannianSGD: one fused update per parameter
+def _fused_kind(p, default_manifold):
+    """('stereo' | 'euclid', manifold) when the fused update reproduces geoopt's for parameter p, else None."""
+    geoopt, Stereographic = _saved_optim["classes"]
+    man = p.manifold if isinstance(p, (geoopt.ManifoldParameter, geoopt.ManifoldTensor)) else default_manifold
+    cls = type(man)
+    if isinstance(man, Stereographic):
+        ok = cls.retr is Stereographic.retr and cls.egrad2rgrad is Stereographic.egrad2rgrad and man.k.numel() == 1
+        return ("stereo", man) if ok and p.dim() >= 1 else None
+    if cls is geoopt.Euclidean:
+        return ("euclid", man)
+    return None
+
+
+def _rsgd_step(self, closure=None):
+    """geoopt.optim.RiemannianSGD.step under patch_geoopt(): fused per-parameter updates where they apply."""
+    import geoops.stereographic as gs
+
+    plan = []
+    for group in self.param_groups:
+        if group["momentum"] != 0:
+            return _saved_optim["plain"](self, closure)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                return _saved_optim["plain"](self, closure)  # geoopt's own error
+            kind = _fused_kind(p, self._default_manifold)
+            if kind is None:
+                return _saved_optim["plain"](self, closure)
+            plan.append((group, p) + kind)
+    loss = closure() if closure is not None else None
+    with torch.no_grad():
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+        for group, p, kind, man in plan:
+            grad = p.grad
+            if group["weight_decay"]:
+                grad.add_(p, alpha=group["weight_decay"])
+            if kind == "stereo":
+                gs.riemannian_sgd_step_(p, grad, lr=group["lr"], k=man.k)
+            else:
+                p.add_(grad, alpha=-group["lr"])
+        for group in self.param_groups:
+            if group["stabilize"] is not None and group["step"] % group["stabilize"] == 0:
+                self.stabilize_group(group)
+    return loss

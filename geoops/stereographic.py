@@ -59,8 +59,9 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     fwd_op, bwd_op = _ops.CALLERS[spec.name]
 
     # forward(ctx, ...) rather than a separate setup_context: with setup_context, Function.apply binds the
-    # arguments through inspect.signature on every call (~50 us), and functorch transforms, the reason for
-    # it, do not run through custom ops' autograd anyway.
+    # arguments through inspect.signature on every call (~50 us).  The torch.func transforms need
+    # setup_context, so each op has a second Function (_FNS_FUNC, below) that _run picks only inside a
+    # transform: the eager path keeps this one.
     def forward(ctx, x, y, k, r, param):
         ctx.save_for_backward(x, y, k, r)
         ctx.param = param
@@ -85,7 +86,50 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
     body = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__module__": __name__,
             "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd."}
-    return type(name, (torch.autograd.Function,), body)
+    cls = type(name, (torch.autograd.Function,), body)
+
+    # the torch.func variant: same kernels (the custom ops have vmap rules, geoops._ops.stereographic),
+    # setup_context, generated vmap rule, and a jvp (forward mode: jacfwd) from the reference composition
+    def forward_f(x, y, k, r, param):
+        return fwd_op(x, y, k, r, param)
+
+    def setup_context(ctx, inputs, output):
+        x, y, k, r, param = inputs
+        ctx.save_for_backward(x, y, k, r)
+        ctx.save_for_forward(x, y, k, r)
+        ctx.param = param
+
+    def jvp(ctx, tx, ty, tk, tr, _):
+        x, y, k, r = ctx.saved_tensors
+        return _ref_jvp(lambda *a: _ops._ReferenceRows._call(spec, *a, ctx.param), (x, y, k, r), (tx, ty, tk, tr))
+
+    body_f = {"forward": staticmethod(forward_f), "setup_context": staticmethod(setup_context),
+              "backward": staticmethod(_once(backward)), "jvp": staticmethod(jvp), "generate_vmap_rule": True,
+              "__module__": __name__, "__doc__": f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd)."}
+    _FNS_FUNC[spec.name] = type(name + "Func", (torch.autograd.Function,), body_f)
+    return cls
+
+
+_FNS_FUNC: dict = {}
+# the backward kernels are not differentiable: under a transform (which always differentiates with
+# create_graph) they run without building a graph, and a second derivative raises instead of being 0
+_once = torch.autograd.function.once_differentiable
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _ref_jvp(fn, primals, tangents):
+    """Forward-mode derivative of `fn` (a reference composition) at `primals` along `tangents` (None: zero)."""
+    keep = [i for i, p in enumerate(primals) if isinstance(p, torch.Tensor)]
+    prim = [primals[i] for i in keep]
+    tang = [tangents[i] if tangents[i] is not None else torch.zeros_like(primals[i]) for i in keep]
+
+    def f(*ts):
+        a = list(primals)
+        for i, t in zip(keep, ts):
+            a[i] = t
+        return fn(*a)
+
+    return torch.func.jvp(f, tuple(prim), tuple(tang))[1]
 
 
 MobiusAddFn = _make_fn(_ops.STEREO_OPS["mobius_add"])
@@ -155,6 +199,25 @@ def _per_row(op: str, name: str, v: torch.Tensor, shape, dim: int, N: int, dtype
     return v.movedim(dim, -1).reshape(N)
 
 
+def _broadcast2(a, b):
+    """torch.broadcast_shapes(a, b) for two shapes, without its per-call cost (~20 us) in eager mode; symbolic
+    sizes (torch.compile / export) go through torch.broadcast_shapes, which guards as little as possible."""
+    la, lb = len(a), len(b)
+    out = list(a) if la >= lb else list(b)
+    short = b if la >= lb else a
+    off = len(out) - len(short)
+    for i, q in enumerate(short):
+        p = out[off + i]
+        if type(p) is not int or type(q) is not int:
+            return torch.broadcast_shapes(a, b)
+        if p != q:
+            if p == 1:
+                out[off + i] = q
+            elif q != 1:
+                raise RuntimeError(f"shapes {tuple(a)} and {tuple(b)} do not broadcast")
+    return torch.Size(out)
+
+
 def _debug_checks(op: str, named: dict, k: torch.Tensor, dim: int):
     for name, t in named.items():
         if t is not None and not torch.isfinite(t).all():
@@ -190,7 +253,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
         shape = x.shape
     elif spec.has_y:
         try:
-            shape = torch.broadcast_shapes(x.shape, y.shape)
+            shape = _broadcast2(x.shape, y.shape)
         except RuntimeError:
             _fail(op, f"{nx} and {ny} do not broadcast: shapes {tuple(x.shape)} and {tuple(y.shape)}")
     else:
@@ -241,7 +304,9 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     y2 = rows(y) if spec.has_y else None
     k2 = _per_row(op, "k", k, shape, d, N, kdtype)
     r2 = _per_row(op, r_name, r, shape, d, N, kdtype) if spec.has_r else None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
+    if _functorch_active():  # inside torch.func.grad / vmap / jacrev / jacfwd
+        out = _FNS_FUNC[op].apply(x2, y2, k2, r2, float(eps))
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
         out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
     else:  # nothing to differentiate: no autograd node
         out = _FWD[op](x2, y2, k2, r2, float(eps))
@@ -521,6 +586,34 @@ class CdistFn(torch.autograd.Function):
         return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None)
 
 
+def _func_with_aux(name: str, eager, forward, reference, doc: str) -> type:
+    """The torch.func variant of CdistFn / MobiusScaleFn: ``forward(*inputs)`` returns (out, aux), aux being
+    what the eager Function saves for its backward (not differentiable); setup_context, a generated vmap
+    rule (the custom ops have vmap rules), the eager Function's backward, and a jvp from ``reference``."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(*inputs, output[1], output[0])
+        ctx.save_for_forward(*inputs)
+
+    def backward(ctx, grad, _gaux):
+        return eager.backward(ctx, grad)
+
+    def jvp(ctx, *tangents):
+        return _ref_jvp(reference, ctx.saved_tensors, tangents), None
+
+    body = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(_once(backward)), "jvp": staticmethod(jvp), "generate_vmap_rule": True,
+            "reference": staticmethod(reference), "__module__": __name__, "__doc__": doc}
+    return type(name, (torch.autograd.Function,), body)
+
+
+CdistFnFunc = _func_with_aux(
+    "CdistFnFunc", CdistFn, lambda x, y, k: _PAIR["cdist_fwd"](x, y, k, True),
+    lambda x, y, k: _ref.cdist(x, y, k=k.to(x.dtype).reshape(-1, 1, 1)),
+    "CdistFn for torch.func transforms; returns (dist, A), A = |x - y|^2 saved for the backward.")
+
+
 def _pair_args(op: str, x, y, k):
     """Validate and flatten the pairwise arguments: (x3 [B,N,D], y3 [B,M,D], k3 [B], batch, dtype, out dtype)."""
     _check_float(op, "x", x)
@@ -618,7 +711,9 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     if _backend.checks_enabled():
         _pair_debug_checks(op, x3, y3, k3)
     N, M = x3.shape[1], y3.shape[1]
-    if torch.is_grad_enabled() and (x3.requires_grad or y3.requires_grad or k3.requires_grad):
+    if _functorch_active():  # inside torch.func.grad / vmap / jacrev / jacfwd
+        out = CdistFnFunc.apply(x3, y3, k3)[0]
+    elif torch.is_grad_enabled() and (x3.requires_grad or y3.requires_grad or k3.requires_grad):
         out = CdistFn.apply(x3, y3, k3)
     else:
         out = _PAIR["cdist_fwd"](x3, y3, k3, False)[0]
@@ -886,7 +981,7 @@ class MobiusScaleFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        v, x, k, st = ctx.saved_tensors
+        v, x, k, st = ctx.saved_tensors[:4]
         need = ctx.needs_input_grad
         mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
         if mask == 0:
@@ -897,6 +992,16 @@ class MobiusScaleFn(torch.autograd.Function):
             if k.shape[0] != v.shape[0]:
                 gk = gk.sum().reshape(1)
         return (gv if need[0] else None, gx if need[1] else None, gk if need[2] else None)
+
+
+def _scale_reference(v, x, k):
+    st = _ops._scale_reference_stats(v, x, k)
+    return v * (st[:, 2:3] * st[:, 4:5]).to(v.dtype)
+
+
+MobiusScaleFnFunc = _func_with_aux(
+    "MobiusScaleFnFunc", MobiusScaleFn, lambda v, x, k: _PAIR["mobius_scale_fwd"](v, x, k), _scale_reference,
+    "MobiusScaleFn for torch.func transforms; returns (out, stats), stats saved for the backward.")
 
 
 def _scale_k(op, k, like):
@@ -928,7 +1033,9 @@ def _mobius_scale(op, v, x, k):
             kr = k.expand(batch + (1,)).reshape(R)
         except RuntimeError:
             _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch {batch} with size 1 along dim")
-    if torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
+    if _functorch_active():  # inside torch.func.grad / vmap / jacrev / jacfwd
+        out = MobiusScaleFnFunc.apply(v2, x2, kr)[0]
+    elif torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
         out = MobiusScaleFn.apply(v2, x2, kr)
     else:
         out = _PAIR["mobius_scale_fwd"](v2, x2, kr)[0]
@@ -1233,3 +1340,49 @@ def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tens
 def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Retraction x + u followed by projection into the ball (geoopt's Stereographic.retr)."""
     return project(x + u, k=k, dim=dim)
+
+
+# ---------------------------------------------------------------- fused Riemannian SGD update
+__all__ += ["riemannian_sgd_step_"]
+
+
+def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, dim: int = -1) -> torch.Tensor:
+    r"""One Riemannian SGD update of the points ``x`` in place: ``x <- project(x - lr * egrad2rgrad(x, grad))``.
+
+    That is geoopt's ``RiemannianSGD`` step without momentum on a ``Stereographic``/``PoincareBall``
+    parameter (``retr(x, -lr * egrad2rgrad(x, grad))``, with ``egrad2rgrad = grad / lambda_x^2`` and
+    ``retr(x, u) = project(x + u)``), in three passes and one fused kernel: the row norms, one
+    ``addcmul`` with the per-row factor ``-lr (1 + k|x|^2)^2 / 4`` (the denominator clamped at 1e-15 as
+    geoopt's ``lambda_x``) and the fused ``project``, written back into ``x``.  No autograd (the update
+    runs under ``torch.no_grad()``); ``grad`` is not modified.  Returns ``x``.
+
+    ``x``, ``grad``: the same shape, the vectors along ``dim``; ``k``: a number or a tensor with one element.
+    """
+    op = "riemannian_sgd_step_"
+    _check_float(op, "x", x)
+    _check_float(op, "grad", grad)
+    if grad.shape != x.shape:
+        _fail(op, f"grad must have x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
+    with torch.no_grad():
+        # geoopt's ManifoldParameter disables __torch_function__: its views (x.view below) are plain tensors
+        xp = x if type(x) in (torch.Tensor, torch.nn.Parameter) else x.view(x.shape)
+        kt = _as_scalar_tensor(op, "k", k, xp)
+        if kt.numel() != 1:
+            _fail(op, f"k must have one element, got shape {tuple(kt.shape)}")
+        last = dim in (-1, xp.dim() - 1)
+        if (last and xp.dim() >= 1 and xp.dtype in (torch.float32, torch.float64) and grad.dtype == xp.dtype
+                and xp.is_contiguous() and grad.is_contiguous() and xp.numel()):
+            # rows [N, D]: lambda_x and project are one fused kernel each (no argument handling per call)
+            D = xp.shape[-1]
+            x2, g2 = xp.view(-1, D), grad.view(-1, D)
+            k1 = kt.reshape(1).to(xp.dtype)
+            eps = _ref.default_eps(xp.dtype)
+            s = _FWD["lambda_x"](x2, None, k1, None, eps).pow_(-2.0).mul_(-float(lr))  # -lr / lambda_x^2
+            x2.addcmul_(g2, s.unsqueeze(-1))
+            x2.copy_(_FWD["project"](x2, None, k1, None, eps))
+            return x
+        x2 = (xp * xp).sum(dim=dim, keepdim=True)
+        s = x2.mul_(kt.to(x2.dtype)).add_(1.0).clamp_min_(1e-15).square_().mul_(-float(lr) / 4.0)
+        moved = xp.addcmul(grad, s)
+        xp.copy_(project(moved, k=kt, dim=dim))
+    return x

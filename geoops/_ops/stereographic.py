@@ -348,3 +348,93 @@ _scale_bwd_op = _library.define_op(
     "-> (Tensor, Tensor, Tensor)", _scale_bwd, _scale_bwd_fake)
 PAIR_CALLERS["mobius_scale_fwd"] = _library.caller(_scale_fwd_op, _scale_fwd)
 PAIR_CALLERS["mobius_scale_bwd"] = _library.caller(_scale_bwd_op, _scale_bwd)
+
+
+# ---------------------------------------------------------------- vmap rules (torch.func.vmap over the custom ops)
+# Every op above works on independent rows ([N, D] row ops, [B, ...] blocks of the pairwise ops), so a
+# vmapped call folds the vmap dimension into the leading one: one kernel call for the whole batch.
+def _fold(V: int, args, in_dims, lead: int, per_row=()):
+    """Fold the vmap dimension into dim 0: [V, L, ...] -> [V * L, ...].  `lead` is the per-sample leading
+    size L; arguments in `per_row` (k, r) may have leading size 1 and then broadcast to L."""
+    out = []
+    for i, (t, bd) in enumerate(zip(args, in_dims)):
+        if not isinstance(t, torch.Tensor) or (bd is None and (t.numel() == 0 or (i in per_row and t.shape[0] == 1))):
+            out.append(t)  # not a tensor, an empty placeholder, or one shared value (k of shape [1])
+            continue
+        tb = t.movedim(bd, 0) if bd is not None else t.unsqueeze(0).expand((V,) + tuple(t.shape))
+        if i in per_row and tb.shape[1] != lead:
+            tb = tb.expand((V, lead) + tuple(tb.shape[2:]))
+        out.append(tb.reshape((V * tb.shape[1],) + tuple(tb.shape[2:])).contiguous())
+    return out
+
+
+def _unfold(V: int, outs):
+    res, dims = [], []
+    for t in outs:
+        if t.numel() == 0 and t.dim() == 1:
+            res.append(t)
+            dims.append(None)
+        else:
+            res.append(t.reshape((V, t.shape[0] // V) + tuple(t.shape[1:])))
+            dims.append(0)
+    return tuple(res), tuple(dims)
+
+
+def _lead(args, in_dims, i=0):
+    t, bd = args[i], in_dims[i]
+    return t.shape[1] if bd == 0 else (t.shape[0] if bd is None else t.movedim(bd, 0).shape[1])
+
+
+def _register_vmaps():
+    for name, spec in STEREO_OPS.items():
+        def fwd_rule(info, in_dims, x, y, k, r, param, _name=name):
+            a = (x, y, k, r)
+            N = _lead(a, in_dims)
+            fx, fy, fk, fr = _fold(info.batch_size, a, in_dims, N, per_row=(2, 3))
+            out = CALLERS[_name][0](fx, fy, fk, fr, param)
+            return out.reshape((info.batch_size, N) + tuple(out.shape[1:])), 0
+
+        def bwd_rule(info, in_dims, g, x, y, k, r, param, mask, _name=name):
+            a = (g, x, y, k, r)
+            N = _lead(a, in_dims, 1)
+            f = _fold(info.batch_size, a, in_dims, N, per_row=(3, 4))
+            return _unfold(info.batch_size, CALLERS[_name][1](*f, param, mask))
+
+        torch.library.register_vmap(f"geoops::{name}_fwd", fwd_rule)
+        torch.library.register_vmap(f"geoops::{name}_bwd", bwd_rule)
+
+    def cdist_fwd_rule(info, in_dims, x, y, k, save):
+        V = info.batch_size
+        B = _lead((x, y, k), in_dims)
+        return _unfold(V, PAIR_CALLERS["cdist_fwd"](*_fold(V, (x, y, k), in_dims, B), save))
+
+    def cdist_bwd_rule(info, in_dims, g, x, y, k, A, d, mask):
+        V = info.batch_size
+        B = _lead((g, x, y, k, A, d), in_dims, 1)
+        return _unfold(V, PAIR_CALLERS["cdist_bwd"](*_fold(V, (g, x, y, k, A, d), in_dims, B), mask))
+
+    def rank_key_rule(info, in_dims, x, y, k):
+        V = info.batch_size
+        B = _lead((x, y, k), in_dims)
+        out = PAIR_CALLERS["rank_key"](*_fold(V, (x, y, k), in_dims, B))
+        return out.reshape((V, B) + tuple(out.shape[1:])), 0
+
+    def scale_fwd_rule(info, in_dims, v, x, k):
+        V = info.batch_size
+        R = _lead((v, x, k), in_dims)
+        return _unfold(V, PAIR_CALLERS["mobius_scale_fwd"](*_fold(V, (v, x, k), in_dims, R, per_row=(2,))))
+
+    def scale_bwd_rule(info, in_dims, g, v, x, k, st, mask):
+        V = info.batch_size
+        R = _lead((g, v, x, k, st), in_dims, 1)
+        f = _fold(V, (g, v, x, k, st), in_dims, R, per_row=(3,))
+        return _unfold(V, PAIR_CALLERS["mobius_scale_bwd"](*f, mask))
+
+    torch.library.register_vmap("geoops::cdist_fwd", cdist_fwd_rule)
+    torch.library.register_vmap("geoops::cdist_bwd", cdist_bwd_rule)
+    torch.library.register_vmap("geoops::cdist_rank_key", rank_key_rule)
+    torch.library.register_vmap("geoops::mobius_scale_fwd", scale_fwd_rule)
+    torch.library.register_vmap("geoops::mobius_scale_bwd", scale_bwd_rule)
+
+
+_register_vmaps()

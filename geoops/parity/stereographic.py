@@ -70,7 +70,7 @@ def cases(quick: bool = False, seed: int = 0) -> List[Case]:
             elif spec.has_y:
                 args["y"] = zero.clone() if op in ("dist", "logmap") else _ball_points(g, 2, 5, kv, [0.3, 0.5])
             out.append(_case(f"{op}/k={kv:g}/zero", op, args, k))
-    return out
+    return out + pair_cases(quick, seed)
 
 
 def _case(name: str, op: str, args: dict, k: torch.Tensor) -> Case:
@@ -80,3 +80,107 @@ def _case(name: str, op: str, args: dict, k: torch.Tensor) -> Case:
         kwargs_for = lambda dtype: {"eps": ref.default_eps(dtype)}  # noqa: E731
     return Case(name, op, getattr(gs, op), getattr(ref, op), args, kw={"k": k}, params=("k", "r"),
                 kwargs_for=kwargs_for)
+
+
+# ---------------------------------------------------------------- pairwise ops (cdist, knn, pairwise_rank, matvec)
+PAIR_CURVATURES = (-1.0, -0.3, 0.0, 1e-4, 0.7)
+_PAIR_DTYPES = (torch.float64, torch.float32)
+
+
+def _geoopt_math():
+    try:
+        import geoopt.manifolds.stereographic.math as gm
+    except ImportError:  # geoopt is optional: its cases are left out
+        return None
+    return gm
+
+
+def _knn_values(n):
+    return lambda x, y, k: gs.knn(x, y, n, k=k)[0]
+
+
+def _knn_truth(n):
+    return lambda x, y, k: torch.topk(ref.cdist(x, y, k=k), n, dim=-1, largest=False, sorted=True).values
+
+
+def _rank_ours(x, y, q, t, k):
+    return gs.pairwise_rank(x, y, q, t, k=k)
+
+
+def _rank_truth(x, y, q, t, k):
+    d = ref.cdist(x, y, k=k)
+    dt = d[q, t]
+    closer = (d[q] < dt[:, None]).sum(-1)
+    return closer - (d[q, t] < dt).to(closer.dtype)  # the target itself never counts
+
+
+def pair_cases(quick: bool = False, seed: int = 0) -> List[Case]:
+    """cdist, knn (distances; n of 1, 3 and 0), pairwise_rank (float64) and mobius_matvec /
+    mobius_pointwise_mul, against the fp64 reference and (when installed) geoopt's broadcast formulas:
+    interior points, close pairs (y = x + 1e-6 noise, and x against itself), points within 1e-3 of the
+    boundary (k < 0), batched inputs with broadcast batch dimensions, k of both signs and k = 0."""
+    g = torch.Generator().manual_seed(seed + 7)
+    gm = _geoopt_math()
+    curv = (-1.0, 0.0, 0.7) if quick else PAIR_CURVATURES
+    out = []
+    for kv in curv:
+        k = torch.tensor(kv, dtype=torch.float64)
+        x = _ball_points(g, 7, 6, kv, torch.rand(7, generator=g, dtype=torch.float64) * 0.9)
+        y = _ball_points(g, 5, 6, kv, torch.rand(5, generator=g, dtype=torch.float64) * 0.9)
+        regimes = {
+            "interior": (x, y),
+            "close": (x, torch.cat([x[:3], x[:3] + 1e-6 * torch.randn(3, 6, generator=g, dtype=torch.float64)])),
+            "batched": (_ball_points(g, 2 * 4, 5, kv, torch.rand(8, generator=g, dtype=torch.float64) * 0.9)
+                        .reshape(2, 1, 4, 5),
+                        _ball_points(g, 3 * 3, 5, kv, torch.rand(9, generator=g, dtype=torch.float64) * 0.9)
+                        .reshape(3, 3, 5)),
+        }
+        if kv < 0:
+            regimes["boundary"] = (_ball_points(g, 4, 6, kv, 1 - torch.tensor([1e-3, 5e-4, 2e-3, 1e-3])),
+                                   _ball_points(g, 3, 6, kv, 1 - torch.tensor([1e-3, 3e-3, 1e-3])))
+        for reg, (a, b) in regimes.items():
+            args = {"x": a, "y": b}
+            # Known gap (csrc/cpu/stereographic_pairwise.cpp, close_tau): in float64 a pair is recomputed from the
+            # rows only when A < 512 u (D + 4) (|x|^2 + |y|^2) ~ 1e-12 (...), so A = |x - y|^2 of a pair 1e-6
+            # apart keeps the GEMM's relative error ~1e-5, and the gradient (the direction of x - y) does too.
+            # The float32 target (1e-3) holds; float64 reaches 1e-5 here, not 1e-9: the floor says so.
+            # Near the boundary the gradients are ~1e3-1e4: float64 rounding of their sums, as for knn below.
+            fl = {torch.float64: 2e-5} if reg == "close" else ({torch.float64: 1e-9} if reg == "boundary" else None)
+            out.append(Case(f"cdist/k={kv:g}/{reg}", "cdist", gs.cdist, ref.cdist, args, kw={"k": k},
+                            params=("k",), dtypes=_PAIR_DTYPES, floor=fl))
+            # geoopt: not at k = 0 (its dist branches on k == 0 in a way autograd cannot cross), nor for close
+            # pairs or at the boundary (its |(-x) (+) y| cancels, its artanh is clamped: there geoopt is the
+            # less accurate side, see docs/families/stereographic-pairwise.md)
+            if gm is not None and kv != 0 and reg in ("interior", "batched"):
+                out.append(Case(f"cdist/k={kv:g}/{reg}/geoopt", "cdist vs geoopt", gs.cdist,
+                                lambda x, y, k, gm=gm: gm.dist(x[..., :, None, :], y[..., None, :, :], k=k),
+                                args, kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES, floor=fl))
+            if reg != "close":  # knn of close pairs: ties of the truth's ranking, not of ours
+                for n in (1, 3, 0):
+                    # near the boundary the distances' gradients are ~1e3: float64 rounding of their sums
+                    out.append(Case(f"knn/n={n}/k={kv:g}/{reg}", "knn", _knn_values(n), _knn_truth(n), args,
+                                    kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES,
+                                    floor={torch.float64: 1e-9} if reg == "boundary" else None))
+        # pairwise_rank: float64 (the ranks are exact there), every (query, target) of a small set
+        q = torch.arange(7).repeat_interleave(5)
+        t = torch.arange(5).repeat(7)
+        out.append(Case(f"pairwise_rank/k={kv:g}", "pairwise_rank", _rank_ours, _rank_truth,
+                        {"x": x, "y": y, "q": q, "t": t}, kw={"k": k}, params=("k",), grads=(),
+                        dtypes=(torch.float64,)))
+        # mobius_matvec (a zero row: exact 0, as geoopt) and mobius_pointwise_mul
+        m = torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.5
+        xm = torch.cat([x, torch.zeros(1, 6, dtype=torch.float64)])
+        w = torch.rand(6, generator=g, dtype=torch.float64) + 0.5
+        mv = {"m": m, "x": xm}
+        pw = {"w": w, "x": x}
+        out.append(Case(f"mobius_matvec/k={kv:g}", "mobius_matvec", gs.mobius_matvec, ref.mobius_matvec, mv,
+                        kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES, grads=("m", "k")))
+        out.append(Case(f"mobius_pointwise_mul/k={kv:g}", "mobius_pointwise_mul", gs.mobius_pointwise_mul,
+                        ref.mobius_pointwise_mul, pw, kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES))
+        if gm is not None:
+            out.append(Case(f"mobius_matvec/k={kv:g}/geoopt", "mobius_matvec vs geoopt", gs.mobius_matvec,
+                            gm.mobius_matvec, {"m": m, "x": x}, kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES))
+            out.append(Case(f"mobius_pointwise_mul/k={kv:g}/geoopt", "mobius_pointwise_mul vs geoopt",
+                            gs.mobius_pointwise_mul, gm.mobius_pointwise_mul, pw, kw={"k": k}, params=("k",),
+                            dtypes=_PAIR_DTYPES))
+    return out
