@@ -9,6 +9,7 @@
 
 #include "cpu/attention.h"
 #include "cpu/gaunt.h"
+#include "cpu/poincare.h"
 #include "cpu/ssm.h"
 #include "cpu/stereographic.h"
 #include "cpu/stereographic_pairwise.h"
@@ -44,6 +45,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fftconv_fwd_cpu", &geoops::cpu::fftconv_fwd_cpu, "FFT long convolution + D u, forward (CPU)");
   m.def("fftconv_bwd_cpu", &geoops::cpu::fftconv_bwd_cpu, "FFT long convolution + D u, backward (CPU)");
   // ---- end ssm
+  // ---- poincare (Poincaré-ball network layers: geoops/poincare.py, csrc/cpu/poincare.cpp)
+  m.def("poincare_fc_fwd_cpu", &geoops::cpu::poincare_fc_fwd_cpu,
+        "Poincare fully-connected layer, forward -> (y, t = x @ z) (CPU)");
+  m.def("poincare_fc_bwd_cpu", &geoops::cpu::poincare_fc_bwd_cpu,
+        "Poincare fully-connected layer, backward -> (dx, dz, dbias, dc) (CPU)");
+  // ---- end poincare
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");
   m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, "kappa-stereographic row op, backward (CUDA)");

@@ -12,4 +12,5 @@ FAMILIES = (
     "attention",
     "gaunt",
     "ssm",
+    "poincare",
 )

@@ -26,6 +26,9 @@ gradients) runs geoopt's own step unchanged (on the patched math).  Weight decay
 behave as in geoopt.
 
 Also usable as a context manager: ``with geoops.compat.patched_geoopt(): ...``.
+
+HypLL (Poincaré ResNet's layers): ``patch_hypll()`` / ``unpatch_hypll()`` / ``patched_hypll()`` do the same for
+``hypll.manifolds.poincare_ball`` (its PoincareBall and so every ``hypll.nn`` layer), see below.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ import contextlib
 
 import torch
 
-__all__ = ["patch_geoopt", "unpatch_geoopt", "patched_geoopt", "is_patched", "PATCHED_NAMES"]
+__all__ = ["patch_geoopt", "unpatch_geoopt", "patched_geoopt", "is_patched", "PATCHED_NAMES",
+           "patch_hypll", "unpatch_hypll", "patched_hypll", "is_hypll_patched", "HYPLL_PATCHED_NAMES"]
 
 # geoopt.manifolds.stereographic.math names that geoops replaces (same signatures)
 PATCHED_NAMES = (
@@ -161,3 +165,116 @@ def _rsgd_step(self, closure=None):
             if group["stabilize"] is not None and group["step"] % group["stabilize"] == 0:
                 self.stabilize_group(group)
     return loss
+# ---------------------------------------------------------------- HypLL (Poincaré ResNet's layers)
+# hypll.manifolds.poincare_ball.manifold imports these functions by name and PoincareBall's methods call them at
+# call time; patch_hypll() replaces them there (same signatures, c positional as in HypLL).
+HYPLL_PATCHED_NAMES = ("poincare_fully_connected", "poincare_hyperplane_dists", "expmap0", "logmap0", "expmap",
+                       "logmap", "mobius_add", "project", "transp", "dist")
+
+_hypll_saved: dict = {}
+
+
+def _hypll_manifold_module():
+    try:
+        import hypll.manifolds.poincare_ball.manifold as hm
+    except ImportError as e:
+        raise ImportError(
+            "geoops.compat.patch_hypll() needs HypLL, which is not installed (pip install hypll); "
+            f"geoops itself does not need it ({e})"
+        ) from e
+    return hm
+
+
+def _neg_dim(dim, *tensors):
+    """HypLL counts a non-negative dim in the broadcast frame of its inputs: make it negative (frame-free)."""
+    return dim - max(t.dim() for t in tensors) if dim >= 0 else dim
+
+
+def _hypll_replacements():
+    import geoops.poincare as gp
+
+    def poincare_fully_connected(x, z, bias, c, dim=-1):
+        return gp.poincare_fc(x, z, bias, c=c, dim=dim)
+
+    def poincare_hyperplane_dists(x, z, r, c, dim=-1):
+        return gp.hyperplane_dists(x, z, r, c=c, dim=dim)
+
+    def expmap0(v, c, dim=-1):
+        return gp.expmap0(v, c=c, dim=dim)
+
+    def logmap0(y, c, dim=-1):
+        return gp.logmap0(y, c=c, dim=dim)
+
+    def expmap(x, v, c, dim=-1):
+        return gp.expmap(x, v, c=c, dim=_neg_dim(dim, x, v))
+
+    def logmap(x, y, c, dim=-1):
+        return gp.logmap(x, y, c=c, dim=_neg_dim(dim, x, y))
+
+    def mobius_add(x, y, c, dim=-1):
+        return gp.mobius_add(x, y, c=c, dim=_neg_dim(dim, x, y))
+
+    def project(x, c, dim=-1, eps=-1.0):
+        return gp.project(x, c=c, dim=dim, eps=None if eps < 0 else eps)
+
+    def transp(x, y, v, c, dim=-1):
+        return gp.transp(x, y, v, c=c, dim=_neg_dim(dim, x, y, v))
+
+    def dist(x, y, c, dim=-1, keepdim=False):
+        return gp.dist(x, y, c=c, dim=_neg_dim(dim, x, y), keepdim=keepdim)
+
+    return {k: v for k, v in locals().items() if k in HYPLL_PATCHED_NAMES}
+
+
+def _fully_connected_projected(self, x, z, bias):
+    """PoincareBall.fully_connected on geoops: the fused layer already projects (HypLL projects again)."""
+    from hypll.tensors import ManifoldTensor
+
+    if z.man_dim != 0:
+        raise ValueError(f"Expected the manifold dimension of the hyperplane orientations to be 0, but got "
+                         f"{z.man_dim} instead")
+    import geoops.poincare as gp
+
+    y = gp.poincare_fc(x.tensor, z.tensor, bias, c=self.c(), dim=x.man_dim)
+    return ManifoldTensor(data=y, manifold=self, man_dim=x.man_dim)
+
+
+def is_hypll_patched() -> bool:
+    """Whether patch_hypll() is in effect."""
+    return bool(_hypll_saved)
+
+
+def patch_hypll() -> None:
+    """Make HypLL's PoincareBall (and so hypll.nn's layers: HLinear, HConvolution2d, HBatchNorm(2d), HReLU,
+    pooling, flatten, ...) run on geoops kernels.  Idempotent; ``unpatch_hypll()`` restores HypLL exactly."""
+    hm = _hypll_manifold_module()
+    if _hypll_saved:
+        return
+    for name, fn in _hypll_replacements().items():
+        _hypll_saved[name] = getattr(hm, name)
+        setattr(hm, name, fn)
+    _hypll_saved["PoincareBall.fully_connected"] = hm.PoincareBall.fully_connected
+    hm.PoincareBall.fully_connected = _fully_connected_projected
+
+
+def unpatch_hypll() -> None:
+    """Restore HypLL exactly as it was before patch_hypll() (the original objects, not copies)."""
+    hm = _hypll_manifold_module()
+    for name, fn in _hypll_saved.items():
+        if name == "PoincareBall.fully_connected":
+            hm.PoincareBall.fully_connected = fn
+        else:
+            setattr(hm, name, fn)
+    _hypll_saved.clear()
+
+
+@contextlib.contextmanager
+def patched_hypll():
+    """Context manager: HypLL runs on geoops kernels inside the block."""
+    already = is_hypll_patched()
+    patch_hypll()
+    try:
+        yield
+    finally:
+        if not already:
+            unpatch_hypll()

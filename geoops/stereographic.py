@@ -924,7 +924,7 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
 
 
 # ---------------------------------------------------------------- mobius_matvec, mobius_pointwise_mul
-__all__ += ["mobius_matvec", "mobius_pointwise_mul"]
+__all__ += ["mobius_matvec", "mobius_pointwise_mul", "mobius_blockdiag_matvec"]
 
 _TANC = (1 / 3, 2 / 15, 17 / 315, 62 / 2835, 1382 / 155925)
 _ATANC = (-1 / 3, 1 / 5, -1 / 7, 1 / 9, -1 / 11)
@@ -1083,6 +1083,28 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
         kt = kt.movedim(d, -1)
     out = _mobius_scale(op, mx, xl, kt)
     return out if d == x.dim() - 1 else out.movedim(-1, d)
+
+
+def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torch.Tensor:
+    r"""Mobius matvec with a block-diagonal matrix given by its diagonal blocks (H4G's radius-reducing matmul).
+
+    blocks ``[nb, D_out_b, D_in_b]``, x ``[..., nb * D_in_b]`` (vectors along the last dimension) ->
+    ``[..., nb * D_out_b]``; equal to ``mobius_matvec(torch.block_diag(*blocks), x, k=k)`` without forming
+    the dense matrix: one batched GEMM over the blocks plus the same fused epilogue as :func:`mobius_matvec`.
+    """
+    op = "mobius_blockdiag_matvec"
+    _check_float(op, "blocks", blocks)
+    _check_float(op, "x", x)
+    if blocks.dim() != 3:
+        _fail(op, f"blocks must be [n_blocks, D_out_b, D_in_b], got shape {tuple(blocks.shape)}")
+    nb, do, di = blocks.shape
+    if x.dim() < 1 or x.shape[-1] != nb * di:
+        _fail(op, f"x must have n_blocks * D_in_b = {nb * di} entries along its last dimension, got shape "
+                  f"{tuple(x.shape)}")
+    dtype = torch.promote_types(blocks.dtype, x.dtype)
+    xl, blocks = x.to(dtype), blocks.to(dtype)
+    mx = torch.einsum("...bi,boi->...bo", xl.reshape(*xl.shape[:-1], nb, di), blocks).reshape(*xl.shape[:-1], nb * do)
+    return _mobius_scale(op, mx, xl, _scale_k(op, k, mx))
 
 
 def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:

@@ -1,0 +1,262 @@
+"""torch.nn modules of Poincaré-ball networks (Poincaré ResNet / HypLL's layers) on geoops kernels.
+
+Plain tensors in and out (no ManifoldTensor): images are ``(B, C, H, W)`` with the points along the channels
+(dim 1), vectors ``(..., D)`` with the points along the last dimension.  Every layer takes the ball, a
+:class:`PoincareBall` module whose ``forward()`` returns the curvature magnitude ``c`` (HypLL's ``Curvature``:
+``softplus(value)`` by default, learnable on request), so that one ball is shared by a whole network::
+
+    ball = PoincareBall(1.0)
+    block = torch.nn.Sequential(PoincareConv2d(16, 16, 3, ball, padding=1), PoincareBatchNorm2d(16, ball),
+                                PoincareReLU(ball))
+
+Parameter layouts are HypLL's (``z`` is ``(in_features, out_features)``, one hyperplane per column), so its
+state dicts map one to one (see ``geoops.compat.from_hypll``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+from .. import poincare as gp
+
+__all__ = [
+    "PoincareBall", "PoincareLinear", "PoincareConv2d", "PoincareReLU", "PoincareBatchNorm", "PoincareBatchNorm2d",
+    "PoincareFlatten", "PoincareMaxPool2d", "PoincareAvgPool2d", "PoincareEmbedding", "MobiusLinear", "PoincareMLR",
+    "poincare_residual",
+]
+
+
+class PoincareBall(nn.Module):
+    """The ball of curvature -c: ``forward()`` returns ``c = constraining_strategy(value)`` (softplus by default,
+    as HypLL's Curvature); ``requires_grad=True`` learns it."""
+
+    def __init__(self, value: float = 1.0, constraining_strategy: Callable = softplus, requires_grad: bool = False):
+        super().__init__()
+        self.value = nn.Parameter(torch.as_tensor(value, dtype=torch.float32), requires_grad=requires_grad)
+        self.constraining_strategy = constraining_strategy
+
+    def forward(self) -> torch.Tensor:
+        return self.constraining_strategy(self.value)
+
+
+def _init_hyperplanes(z: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """HypLL's (and Poincaré ResNet's) rule: z = I/2 when in <= out (the layer is then the identity on its first
+    `in` outputs), else N(0, (2 in out)^-1/2); bias 0."""
+    n, m = z.shape
+    with torch.no_grad():
+        if n <= m:
+            z.copy_(0.5 * torch.eye(n, m))
+        else:
+            nn.init.normal_(z, mean=0.0, std=(2 * n * m) ** -0.5)
+        if bias is not None:
+            bias.zero_()
+
+
+class PoincareLinear(nn.Module):
+    """Poincaré fully-connected layer (HypLL's HLinear): points along the last dimension, ``z`` (in, out)."""
+
+    def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.ball = in_features, out_features, ball
+        self.z = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init_hyperplanes(self.z, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"PoincareLinear: x has {x.shape[-1]} entries along its last (manifold) dimension, "
+                             f"expected in_features={self.in_features}")
+        return gp.poincare_fc(x, self.z, self.bias, c=self.ball())
+
+
+class PoincareConv2d(nn.Module):
+    """Poincaré 2D convolution (HypLL's HConvolution2d, Poincaré ResNet): x (B, C, H, W), points along dim 1.
+
+    ``weights`` is (in_channels * kh * kw, out_channels) (HypLL's name and layout).  ``id_init=True`` with
+    ``in_channels <= out_channels`` initialises the centre tap as I/2 and every other tap as 0, so that the
+    layer starts as the identity up to the beta-rescaling of the patch (Poincaré ResNet's identity
+    initialisation); otherwise HypLL's rule (:func:`_init_hyperplanes`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, ball: PoincareBall, bias: bool = True,
+                 stride: int = 1, padding: int = 0, id_init: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels, self.ball = in_channels, out_channels, ball
+        self.kernel_size = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+        self.stride, self.padding, self.id_init = stride, padding, id_init
+        kv = self.kernel_size[0] * self.kernel_size[1]
+        self.weights = nn.Parameter(torch.empty(kv * in_channels, out_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        kh, kw = self.kernel_size
+        if self.id_init and self.in_channels <= self.out_channels:
+            with torch.no_grad():
+                w = torch.zeros(self.in_channels, kh * kw, self.out_channels)
+                w[:, (kh // 2) * kw + kw // 2, :] = 0.5 * torch.eye(self.in_channels, self.out_channels)
+                self.weights.copy_(w.reshape(-1, self.out_channels))
+                if self.bias is not None:
+                    self.bias.zero_()
+        else:
+            _init_hyperplanes(self.weights, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"PoincareConv2d: x must be (B, C, H, W) with C = in_channels = {self.in_channels} "
+                             f"(the manifold dimension), got shape {tuple(x.shape)}")
+        return gp.poincare_conv2d(x, self.weights, self.bias, c=self.ball(), kernel_size=self.kernel_size,
+                                  padding=self.padding, stride=self.stride)
+
+
+class PoincareReLU(nn.Module):
+    """expmap0(relu(logmap0(x))) along ``dim`` (HypLL's HReLU; dim=1 for images, -1 for vectors)."""
+
+    def __init__(self, ball: PoincareBall, dim: int = 1):
+        super().__init__()
+        self.ball, self.dim = ball, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gp.poincare_relu(x, c=self.ball(), dim=self.dim if x.dim() > 1 else -1)
+
+
+def poincare_residual(x: torch.Tensor, y: torch.Tensor, ball: PoincareBall, dim: int = 1) -> torch.Tensor:
+    """Poincaré residual connection: Möbius addition x (+) y along ``dim``."""
+    return gp.mobius_add(x, y, c=ball(), dim=dim)
+
+
+class PoincareBatchNorm(nn.Module):
+    """Poincaré midpoint batch norm (HypLL's HBatchNorm(use_midpoint=True)) of rows (N, features).
+
+    Parameters as HypLL: ``bias`` (features,) in the tangent space at the origin (the output centre is
+    expmap0(bias)), ``weight`` a scalar (the target variance).  With ``track_running_stats`` the module keeps
+    ``running_mean`` (a point of the ball, moved along the geodesic towards each batch midpoint by
+    ``momentum``) and ``running_var``; ``eval()`` normalises with them (HypLL has no eval mode)."""
+
+    def __init__(self, features: int, ball: PoincareBall, momentum: float = 0.1, track_running_stats: bool = True):
+        super().__init__()
+        self.features, self.ball, self.momentum = features, ball, momentum
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.weight = nn.Parameter(torch.tensor(1.0))
+        self.track_running_stats = track_running_stats
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(features))
+            self.register_buffer("running_var", torch.ones(()))
+        else:
+            self.running_mean = self.running_var = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(f"PoincareBatchNorm: x must be (N, features={self.features}), got shape {tuple(x.shape)}")
+        return gp.batch_norm(x, self.bias, self.weight, c=self.ball(), running_mean=self.running_mean,
+                             running_var=self.running_var, training=self.training, momentum=self.momentum)
+
+
+class PoincareBatchNorm2d(PoincareBatchNorm):
+    """:class:`PoincareBatchNorm` over (B, C, H, W) images with points along the channels (HypLL's HBatchNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.features:
+            raise ValueError(f"PoincareBatchNorm2d: x must be (B, C, H, W) with C = features = {self.features} "
+                             f"(the manifold dimension), got shape {tuple(x.shape)}")
+        B, C, H, W = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, C)
+        return super().forward(rows).reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
+class PoincareFlatten(nn.Module):
+    """HypLL's HFlatten (beta-concatenation when the manifold dimension ``man_dim`` is flattened)."""
+
+    def __init__(self, ball: PoincareBall, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1):
+        super().__init__()
+        self.ball, self.start_dim, self.end_dim, self.man_dim = ball, start_dim, end_dim, man_dim
+
+    def forward(self, x):
+        return gp.flatten(x, c=self.ball(), start_dim=self.start_dim, end_dim=self.end_dim, man_dim=self.man_dim)
+
+
+class PoincareMaxPool2d(nn.Module):
+    def __init__(self, kernel_size, ball: PoincareBall, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.ball, self.stride, self.padding = kernel_size, ball, stride, padding
+
+    def forward(self, x):
+        return gp.max_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+
+
+class PoincareAvgPool2d(nn.Module):
+    """HypLL's HAvgPool2d(use_midpoint=True)."""
+
+    def __init__(self, kernel_size, ball: PoincareBall, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.ball, self.stride, self.padding = kernel_size, ball, stride, padding
+
+    def forward(self, x):
+        return gp.avg_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+
+
+class PoincareEmbedding(nn.Module):
+    """Embedding table on the ball (HypLL's HEmbedding: rows initialised as expmap0 of N(0, 1) samples)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, ball: PoincareBall):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.ball = num_embeddings, embedding_dim, ball
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.weight.copy_(gp.expmap0(torch.randn(self.num_embeddings, self.embedding_dim), c=self.ball().detach()))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.weight[idx]
+
+
+class MobiusLinear(nn.Module):
+    """HNN's Möbius linear layer: project(weight (x) x (+) bias), points along the last dimension.
+
+    ``blocks=nb``: a block-diagonal weight stored as its (nb, out/nb, in/nb) diagonal blocks (H4G), never dense.
+    The bias is a point of the ball (initialised at the origin)."""
+
+    def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True,
+                 blocks: Optional[int] = None):
+        super().__init__()
+        self.in_features, self.out_features, self.ball, self.blocks = in_features, out_features, ball, blocks
+        if blocks is None:
+            self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        else:
+            if in_features % blocks or out_features % blocks:
+                raise ValueError(f"MobiusLinear: blocks={blocks} must divide in_features={in_features} and "
+                                 f"out_features={out_features}")
+            self.weight = nn.Parameter(torch.empty(blocks, out_features // blocks, in_features // blocks))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for w in (self.weight,) if self.blocks is None else self.weight:
+            nn.init.kaiming_uniform_(w, a=5 ** 0.5)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x):
+        return gp.mobius_linear(x, self.weight, self.bias, c=self.ball(), blocks=self.blocks)
+
+
+class PoincareMLR(nn.Module):
+    """Hyperbolic multinomial logistic regression head (HNN++): logits = signed distances to num_classes
+    hyperplanes (z (in, classes), offsets bias)."""
+
+    def __init__(self, in_features: int, num_classes: int, ball: PoincareBall, bias: bool = True):
+        super().__init__()
+        self.ball = ball
+        self.z = nn.Parameter(torch.empty(in_features, num_classes))
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        nn.init.normal_(self.z, std=(2 * in_features * num_classes) ** -0.5)
+
+    def forward(self, x):
+        return gp.mlr(x, self.z, self.bias, c=self.ball())

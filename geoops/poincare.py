@@ -1,0 +1,407 @@
+"""Poincaré-ball network layers (HNN++, Poincaré ResNet, HypLL's semantics) on fused geoops kernels.
+
+Functional ops; the ``torch.nn`` modules are in :mod:`geoops.nn.poincare`::
+
+    import geoops.poincare as gp
+    y = gp.poincare_fc(x, z, bias, c=c)          # x (..., n) on the ball, z (n, m), bias (m,), c > 0
+
+The ball has curvature ``-c`` (``c``: a positive number or 0-dim tensor; gradients flow to it), points lie
+along ``dim``.  Results equal HypLL's (``hypll.manifolds.poincare_ball``) to rounding; every layer output is
+projected into the ball of radius ``(1 - eps)/sqrt(c)`` as HypLL does (eps = 4e-3 in float32, 1e-5 in
+float64).
+
+* :func:`poincare_fc` -- the Poincaré fully-connected layer: ONE GEMM (``x @ z``, MKL) plus a fused row-wise
+  prologue (|x|^2) and epilogue (hyperplane distances, sinh map back, normalisation, projection), with a
+  hand-written backward (the epilogue's derivative fused into one row pass, then the GEMMs ``dt z^T`` and
+  ``x^T dt``) giving gradients to x, z, bias and c.  C++ on the CPU; elsewhere the reference composition.
+* :func:`poincare_conv2d` -- unfold once (in the tangent space at the origin, beta-concatenation) + the
+  fully-connected layer on the patch rows.
+* :func:`poincare_relu`, :func:`expmap0`, :func:`logmap0`, :func:`project`, :func:`mobius_add`,
+  :func:`flatten`, :func:`max_pool2d`, :func:`avg_pool2d`, :func:`midpoint`, :func:`batch_norm`,
+  :func:`mobius_linear`, :func:`mlr` -- compositions of the fused row-wise kernels of
+  :mod:`geoops.stereographic` (k = -c), each of which has its own fused backward.
+
+float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import stereographic as _st
+from ._ops import poincare as _ops
+from .reference import poincare as _ref
+
+__all__ = [
+    "poincare_fc", "PoincareFcFn", "hyperplane_dists", "mlr", "poincare_conv2d", "poincare_unfold", "poincare_relu",
+    "expmap0", "logmap0", "expmap", "logmap", "transp", "dist", "project", "mobius_add", "flatten", "max_pool2d",
+    "avg_pool2d", "midpoint", "batch_norm", "mobius_linear", "default_eps", "beta_concat_scale",
+]
+
+default_eps = _ref.default_eps
+beta_concat_scale = _ref.beta_concat_scale
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------- argument handling
+def _fail(op: str, msg: str, exc=ValueError):
+    raise exc(f"geoops.poincare.{op}: {msg}")
+
+
+def _check_float(op: str, name: str, t):
+    if not isinstance(t, torch.Tensor):
+        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    if not t.is_floating_point():
+        _fail(op, f"{name} must be a floating-point tensor, got {t.dtype}", TypeError)
+    return t
+
+
+def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
+    """c as a 0-dim tensor on like's device (float32 for half inputs, else like's dtype)."""
+    if isinstance(c, torch.Tensor):
+        if c.numel() != 1:
+            _fail(op, f"c must be a positive scalar (a number or a 1-element tensor), got shape {tuple(c.shape)}")
+        if not (c.is_floating_point() or c.dtype in (torch.int32, torch.int64)):
+            _fail(op, f"c must be a real number, got dtype {c.dtype}", TypeError)
+        ct = c.reshape(()).to(device=like.device)
+        if not ct.is_floating_point():
+            ct = ct.to(torch.float32)
+        if ct.device.type == "cpu" and not torch.compiler.is_compiling() and not _is_fake(ct) and float(ct.detach()) <= 0:
+            _fail(op, f"c must be > 0 (the ball has curvature -c), got {float(ct.detach())}")
+        return ct
+    if isinstance(c, numbers.Real) and not isinstance(c, bool):
+        if not c > 0:
+            _fail(op, f"c must be > 0 (the ball has curvature -c), got {c}")
+        dt = torch.float32 if like.dtype in _HALF else like.dtype
+        return torch.tensor(float(c), dtype=dt, device=like.device)
+    _fail(op, f"c must be a positive number or a 0-dim tensor, got {type(c).__name__}", TypeError)
+
+
+def _is_fake(t) -> bool:
+    return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter
+
+
+def _eps(eps, dtype) -> float:
+    return default_eps(dtype) if eps is None or eps < 0 else float(eps)
+
+
+# ---------------------------------------------------------------- fully connected
+class PoincareFcFn(torch.autograd.Function):
+    """poincare_fc on 2-D x (N, n): forward geoops::poincare_fc_fwd, backward geoops::poincare_fc_bwd."""
+
+    @staticmethod
+    def forward(ctx, x, z, bias, c, eps):
+        need = any(ctx.needs_input_grad[:4]) if ctx is not None else False
+        y, t = _ops.poincare_fc_fwd(x, z, bias, c, eps, need)
+        if need:
+            ctx.save_for_backward(x, z, bias, c, t)
+        ctx.eps = eps
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, z, bias, c, t = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if (ng[2] and ctx.has_bias) else 0) | (8 if ng[3] else 0)
+        gx, gz, gb, gc = _ops.poincare_fc_bwd(g.contiguous(), x, z, bias, c, t, ctx.eps, mask)
+        return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and ctx.has_bias) else None,
+                gc.reshape(c.shape) if ng[3] else None, None)
+
+
+def _fc_args(op, x, z, bias, c, dim):
+    _check_float(op, "x", x)
+    _check_float(op, "z", z)
+    if z.dim() != 2:
+        _fail(op, f"z must be the (in_features, out_features) matrix of hyperplane orientations, got shape "
+                  f"{tuple(z.shape)}")
+    if x.dim() < 1:
+        _fail(op, "x must have at least one dimension")
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    d = dim + x.dim() if dim < 0 else dim
+    if not 0 <= d < x.dim():
+        _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    if x.shape[d] != z.shape[0]:
+        _fail(op, f"x has {x.shape[d]} entries along the manifold dimension dim={dim} but z has "
+                  f"in_features={z.shape[0]} rows")
+    if bias is not None:
+        _check_float(op, "bias", bias)
+        if bias.shape != (z.shape[1],):
+            _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output), got {tuple(bias.shape)}")
+    if x.device != z.device or (bias is not None and bias.device != x.device):
+        _fail(op, f"x, z and bias must be on one device, got {x.device}, {z.device}"
+                  + ("" if bias is None else f", {bias.device}"))
+    ct = _curv(op, c, x)
+    return d, ct
+
+
+def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1,
+                eps: Optional[float] = None) -> torch.Tensor:
+    """Poincaré fully-connected layer (HNN++; HypLL's ``poincare_fully_connected`` followed by ``project``).
+
+    x ``(..., n, ...)`` with the points along ``dim``, z ``(n, m)`` (one hyperplane orientation per output),
+    bias ``(m,)`` (hyperplane offsets) or None, c > 0.  Returns ``(..., m, ...)`` on the ball:
+    ``y = project(w / (1 + sqrt(1 + c|w|^2)))``, ``w_j = sinh(sc v_j(x)) / sc`` with ``v_j`` the signed distance
+    of x to hyperplane j (see :mod:`geoops.reference.poincare`).  One GEMM plus fused row passes, forward and
+    backward; gradients to x, z, bias and c.
+    """
+    op = "poincare_fc"
+    d, ct = _fc_args(op, x, z, bias, c, dim)
+    out_dtype = torch.promote_types(x.dtype, z.dtype)
+    cdt = torch.float32 if out_dtype in _HALF else out_dtype
+    xl = x if d == x.dim() - 1 else x.movedim(d, -1)
+    lead = xl.shape[:-1]
+    x2 = xl.reshape(-1, xl.shape[-1]).to(cdt).contiguous()
+    zz = z.to(cdt).contiguous()
+    bb = None if bias is None else bias.to(cdt).contiguous()
+    cc = ct if ct.dtype == cdt else ct.to(cdt)
+    y = PoincareFcFn.apply(x2, zz, bb, cc, _eps(eps, cdt))
+    y = y.reshape(*lead, z.shape[1])
+    if d != x.dim() - 1:
+        y = y.movedim(-1, d)
+    return y.to(out_dtype) if out_dtype != cdt else y
+
+
+def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c,
+                     dim: int = -1) -> torch.Tensor:
+    """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
+    d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
+    return _ref.hyperplane_dists(x, z, bias, ct.to(x.dtype), dim=d)
+
+
+def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1) -> torch.Tensor:
+    """Hyperbolic multinomial logistic regression logits: :func:`hyperplane_dists` (HNN++'s unidirectional MLR)."""
+    return hyperplane_dists(x, z, bias, c=c, dim=dim)
+
+
+# ---------------------------------------------------------------- maps (fused stereographic kernels, k = -c)
+def _k(op, c, like):
+    return -_curv(op, c, like)
+
+
+def project(x: torch.Tensor, *, c, dim: int = -1, eps: Optional[float] = None) -> torch.Tensor:
+    """Rescale points beyond (1 - eps)/sqrt(c) onto that radius (HypLL's project)."""
+    _check_float("project", "x", x)
+    return _st.project(x, k=_k("project", c, x), dim=dim, eps=_eps(eps, x.dtype))
+
+
+def expmap0(v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    """Exponential map at the origin, projected (HypLL's expmap0)."""
+    _check_float("expmap0", "v", v)
+    k = _k("expmap0", c, v)
+    return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, v.dtype))
+
+
+def logmap0(y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    """Logarithmic map at the origin (HypLL's logmap0)."""
+    _check_float("logmap0", "y", y)
+    return _st.logmap0(y, k=_k("logmap0", c, y), dim=dim)
+
+
+def expmap(x: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    k = _k("expmap", c, x)
+    return _st.project(_st.expmap(x, v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, x.dtype))
+
+
+def logmap(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    return _st.logmap(x, y, k=_k("logmap", c, x), dim=dim)
+
+
+def transp(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    """Parallel transport of v from x to y."""
+    return _st.parallel_transport(x, y, v, k=_k("transp", c, x), dim=dim)
+
+
+def dist(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    return _st.dist(x, y, k=_k("dist", c, x), dim=dim, keepdim=keepdim)
+
+
+def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    """Möbius addition x (+) y (the Poincaré residual connection)."""
+    _check_float("mobius_add", "x", x)
+    _check_float("mobius_add", "y", y)
+    return _st.mobius_add(x, y, k=_k("mobius_add", c, x), dim=dim)
+
+
+def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    """Poincaré ReLU: expmap0(relu(logmap0(x))), projected (HypLL's HReLU)."""
+    _check_float("poincare_relu", "x", x)
+    k = _k("poincare_relu", c, x)
+    v = torch.relu(_st.logmap0(x, k=k, dim=dim))
+    return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, x.dtype))
+
+
+# ---------------------------------------------------------------- convolution, flatten, pooling
+def _pair(v, name, op):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return tuple(v)
+    _fail(op, f"{name} must be an int or a pair of ints, got {v!r}", TypeError)
+
+
+def _check_image(op, x, channels=None, name="x"):
+    _check_float(op, name, x)
+    if x.dim() != 4:
+        _fail(op, f"{name} must be (B, C, H, W) with the points along dim 1 (the channels), got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        _fail(op, f"{name} has {x.shape[1]} channels but the layer expects in_channels={channels}")
+
+
+def _patch_rows(x, k, kernel, padding, stride):
+    """(B, C, H, W) on the ball -> (B*L, C*kh*kw) tangent rows, beta-rescaled, and (Ho, Wo)."""
+    B, C, H, W = x.shape
+    kh, kw = kernel
+    v = _st.logmap0(x, k=k, dim=1) * beta_concat_scale(C, C * kh * kw)
+    u = F.unfold(v, (kh, kw), padding=padding, stride=stride)  # (B, C*kh*kw, L): the patches, once
+    Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
+    rows = u.transpose(1, 2).reshape(B * Ho * Wo, C * kh * kw)
+    return rows, Ho, Wo
+
+
+def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> torch.Tensor:
+    """HypLL's PoincareBall.unfold: (B, C, H, W) -> (B, C*kh*kw, L) beta-concatenated patches on the ball."""
+    op = "poincare_unfold"
+    _check_image(op, x)
+    k = _k(op, c, x)
+    kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
+    rows, Ho, Wo = _patch_rows(x, k, kernel, padding, stride)
+    p = _st.project(_st.expmap0(rows, k=k), k=k, eps=_eps(None, x.dtype))
+    return p.reshape(x.shape[0], Ho * Wo, -1).transpose(1, 2)
+
+
+def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, kernel_size,
+                    padding=0, stride=1) -> torch.Tensor:
+    """Poincaré 2D convolution (HypLL's HConvolution2d): x (B, C, H, W) with points along the channels,
+    z (C*kh*kw, C_out) -> (B, C_out, H', W').  logmap0 of the input, one unfold of the beta-rescaled tangent
+    vectors, expmap0 of the patch rows, then :func:`poincare_fc` on the (B*H'*W', C*kh*kw) rows."""
+    op = "poincare_conv2d"
+    _check_image(op, x)
+    kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
+    if z.dim() != 2 or z.shape[0] != x.shape[1] * kernel[0] * kernel[1]:
+        _fail(op, f"z must have shape (in_channels*kh*kw, out_channels) = ({x.shape[1] * kernel[0] * kernel[1]}, "
+                  f"C_out) for x with {x.shape[1]} channels and kernel {kernel}, got {tuple(z.shape)}")
+    k = _k(op, c, x)
+    rows, Ho, Wo = _patch_rows(x, k, kernel, padding, stride)
+    p = _st.project(_st.expmap0(rows, k=k), k=k, eps=_eps(None, x.dtype))
+    y = poincare_fc(p, z, bias, c=-k)
+    return y.reshape(x.shape[0], Ho, Wo, z.shape[1]).permute(0, 3, 1, 2)
+
+
+def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1) -> torch.Tensor:
+    """HypLL's flatten: beta-concatenation when the manifold dimension is among the flattened ones."""
+    _check_float("flatten", "x", x)
+    start, end = start_dim % x.dim(), end_dim % x.dim()
+    if not (start <= man_dim % x.dim() <= end):
+        return torch.flatten(x, start, end)
+    k = _k("flatten", c, x)
+    n_i = x.shape[man_dim]
+    n = n_i * math.prod(x.shape[start + 1:end + 1])
+    v = torch.flatten(_st.logmap0(x, k=k, dim=man_dim), start, end) * beta_concat_scale(n_i, n)
+    return _st.project(_st.expmap0(v, k=k, dim=start), k=k, dim=start, eps=_eps(None, x.dtype))
+
+
+def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """HypLL's HMaxPool2d: max pooling of logmap0(x) in the tangent space, then expmap0."""
+    _check_image("max_pool2d", x)
+    k = _k("max_pool2d", c, x)
+    v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding)
+    return _st.project(_st.expmap0(v, k=k, dim=1), k=k, dim=1, eps=_eps(None, x.dtype))
+
+
+def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
+    """HypLL's midpoint: m = f / (1 + sqrt(1 - c|f|^2)), f = sum lam_i x_i / sum (lam_i - 1) over batch_dim."""
+    _check_float("midpoint", "x", x)
+    ct = _curv("midpoint", c, x)
+    lam = 2 / (1 - ct * x.pow(2).sum(dim=dim, keepdim=True)).clamp_min(1e-15)
+    f = (lam * x).sum(dim=batch_dim, keepdim=True) / (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
+    m = f / (1 + (1 - ct * f.pow(2).sum(dim=dim, keepdim=True)).sqrt())
+    return m if keepdim else m.squeeze(batch_dim)
+
+
+def avg_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """HypLL's HAvgPool2d(use_midpoint=True): the midpoint of each beta-concatenated window."""
+    op = "avg_pool2d"
+    _check_image(op, x)
+    kernel = _pair(kernel_size, "kernel_size", op)
+    stride = kernel if stride is None else _pair(stride, "stride", op)
+    padding = _pair(padding, "padding", op)
+    B, C, H, W = x.shape
+    u = poincare_unfold(x, c=c, kernel_size=kernel, padding=padding, stride=stride)
+    u = u.reshape(B, C, kernel[0] * kernel[1], u.shape[-1])
+    Ho = (H + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    return midpoint(u, c=c, dim=1, batch_dim=2).reshape(B, C, Ho, Wo)
+
+
+def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
+               running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
+    """Poincaré midpoint batch norm (HypLL's HBatchNorm(use_midpoint=True)) of rows x (N, D).
+
+    Training: the batch midpoint m and variance var = mean_i d(x_i, m)^2; y = expmap_b(sqrt(weight/(var+eps))
+    PT_{m->b}(logmap_m(x))) with b = expmap0(bias).  With running buffers, training updates them in place
+    (running_mean moves along the geodesic towards m by `momentum`, running_var by an exponential average of
+    the unbiased variance); eval mode (training=False) normalises with the running statistics instead.
+    """
+    op = "batch_norm"
+    _check_float(op, "x", x)
+    if x.dim() != 2:
+        _fail(op, f"x must be (N, D) rows of points, got shape {tuple(x.shape)}")
+    if bias.shape != (x.shape[1],):
+        _fail(op, f"bias must have shape ({x.shape[1]},) (the manifold dimension of x), got {tuple(bias.shape)}")
+    ct = _curv(op, c, x)
+    k = -ct
+    if training or running_mean is None:
+        mean = midpoint(x, c=ct, dim=-1, batch_dim=0)
+        var = _st.dist(x, mean, k=k).pow(2).mean()
+        if training and running_mean is not None:
+            with torch.no_grad():
+                n = x.shape[0]
+                running_mean.copy_(_st.geodesic(torch.tensor(momentum, dtype=mean.dtype), running_mean,
+                                                 mean.detach(), k=k.detach()))
+                unbiased = var.detach() * (n / max(n - 1, 1))
+                running_var.mul_(1 - momentum).add_(momentum * unbiased)
+    else:
+        mean, var = running_mean, running_var
+    b = expmap0(bias, c=ct)
+    v = _st.parallel_transport(mean, b, _st.logmap(mean, x, k=k), k=k)
+    v = (weight / (var + eps)).sqrt() * v
+    return _st.project(_st.expmap(b, v, k=k), k=k, eps=_eps(None, x.dtype))
+
+
+# ---------------------------------------------------------------- HNN
+def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c,
+                  dim: int = -1, blocks: Optional[int] = None) -> torch.Tensor:
+    """HNN's Möbius linear layer: project(project(weight (x) x) (+) bias), weight (out, in), bias on the ball.
+
+    ``blocks``: weight is block-diagonal (H4G's radius-reducing matrix), given as its (blocks, out_b, in_b)
+    diagonal blocks; the dense matrix is never formed (a batched GEMM over the blocks)."""
+    op = "mobius_linear"
+    _check_float(op, "x", x)
+    _check_float(op, "weight", weight)
+    k = _k(op, c, x)
+    if blocks is not None:
+        if weight.dim() != 3 or weight.shape[0] != blocks:
+            _fail(op, f"weight must be the ({blocks}, out_b, in_b) diagonal blocks, got {tuple(weight.shape)}")
+        d = dim % x.dim()
+        xl = x if d == x.dim() - 1 else x.movedim(d, -1)
+        if xl.shape[-1] != weight.shape[0] * weight.shape[2]:
+            _fail(op, f"x has {xl.shape[-1]} entries along dim={dim}, the blocks expect {weight.shape[0] * weight.shape[2]}")
+        res = _st.mobius_blockdiag_matvec(weight, xl, k=k)
+        res = res if d == x.dim() - 1 else res.movedim(-1, d)
+    else:
+        if weight.dim() != 2:
+            _fail(op, f"weight must be (out_features, in_features), got {tuple(weight.shape)}")
+        res = _st.mobius_matvec(weight, x, k=k, dim=dim)
+    eps = _eps(None, x.dtype)
+    res = _st.project(res, k=k, dim=dim, eps=eps)
+    if bias is not None:
+        res = _st.project(_st.mobius_add(res, bias, k=k, dim=dim), k=k, dim=dim, eps=eps)
+    return res

@@ -1,0 +1,254 @@
+"""Eager reference of the Poincaré-ball network layers: readable torch, fp64-capable.
+
+The oracle of ``tests/test_poincare*.py`` and the ``reference`` backend of ``geoops.poincare``.
+Semantics are HypLL's (``hypll.manifolds.poincare_ball``): the ball has curvature ``-c`` with ``c > 0`` a
+tensor, points lie along ``dim``, and every layer output is projected into the ball of radius
+``(1 - eps) / sqrt(c)`` (eps = 4e-3 in float32, 1e-5 in float64), as HypLL's layers do.
+
+Formulas (HNN++, Shimizu et al. 2021; Poincaré ResNet, van Spengler et al. 2023), with ``sc = sqrt(c)``:
+
+* conformal factor ``lam(x) = 2 / (1 - c |x|^2)``
+* signed distance of x to the hyperplane (z_j, r_j):
+  ``v_j = (2 |z_j| / sc) asinh(sc lam <x, z_j> cosh(2 sc r_j) / |z_j| - (lam - 1) sinh(2 sc r_j))``
+* fully-connected layer: ``w = sinh(sc v) / sc``, ``y = project(w / (1 + sqrt(1 + c |w|^2)))``
+* beta-concatenation of n_i-dimensional blocks into n dimensions: ``expmap0(logmap0(x) B(n/2, 1/2) / B(n_i/2, 1/2))``
+* midpoint (Einstein/gyro midpoint in Poincaré coordinates):
+  ``m = f / (1 + sqrt(1 - c |f|^2))``, ``f = sum_i lam_i x_i / sum_i (lam_i - 1)``
+* midpoint batch norm: ``y = expmap_b(sqrt(weight / (var + 1e-6)) PT_{m -> b}(logmap_m(x)))`` with ``b = expmap0(bias)``
+  and ``var`` the mean squared distance of the batch to its midpoint ``m``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "default_eps", "beta_func", "project", "lambda_x", "mobius_add", "expmap0", "logmap0", "expmap", "logmap",
+    "gyration", "transp", "dist", "hyperplane_dists", "poincare_fc", "poincare_relu", "beta_concat_scale",
+    "poincare_unfold", "poincare_conv2d", "midpoint", "frechet_variance", "batch_norm", "flatten",
+    "avg_pool2d", "max_pool2d", "mobius_linear", "mlr",
+]
+
+MIN_NORM = 1e-15
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    """HypLL's projection margin: 4e-3 for float32 (and the half types, computed in float32), 1e-5 for float64."""
+    return 1e-5 if dtype == torch.float64 else 4e-3
+
+
+def beta_func(a: float, b: float) -> float:
+    """The Euler beta function B(a, b) (Python floats)."""
+    return math.exp(math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+
+
+def _sq(x, dim, keepdim=True):
+    return x.pow(2).sum(dim=dim, keepdim=keepdim)
+
+
+def project(x: torch.Tensor, c: torch.Tensor, dim: int = -1, eps: float = -1.0) -> torch.Tensor:
+    if eps < 0:
+        eps = default_eps(x.dtype)
+    maxnorm = (1 - eps) / (c + 1e-15).sqrt()
+    n = x.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM)
+    return torch.where(n > maxnorm, x / n * maxnorm, x)
+
+
+def lambda_x(x: torch.Tensor, c: torch.Tensor, dim: int = -1, keepdim: bool = True) -> torch.Tensor:
+    return 2 / (1 - c * _sq(x, dim, keepdim))
+
+
+def mobius_add(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    xy = (x * y).sum(dim=dim, keepdim=True)
+    x2, y2 = _sq(x, dim), _sq(y, dim)
+    num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+    return num / (1 + 2 * c * xy + c * c * x2 * y2).clamp_min(MIN_NORM)
+
+
+def expmap0(v: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    s = v.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM) * c.sqrt()
+    return project(torch.tanh(s) / s * v, c, dim=dim)
+
+
+def logmap0(y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    s = y.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM) * c.sqrt()
+    return torch.atanh(s) / s * y
+
+
+def expmap(x: torch.Tensor, v: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    vn = v.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM)
+    lam = (2 / (1 - c * _sq(x, dim)).clamp_min(MIN_NORM))
+    sc = c.sqrt()
+    return project(mobius_add(x, torch.tanh(sc * lam * vn / 2) / (sc * vn) * v, c, dim=dim), c, dim=dim)
+
+
+def logmap(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    d = mobius_add(-x, y, c, dim=dim)
+    dn = d.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM)
+    lam = (2 / (1 - c * _sq(x, dim)).clamp_min(MIN_NORM))
+    sc = c.sqrt()
+    return 2 / (sc * lam) * torch.atanh(sc * dn) / dn * d
+
+
+def gyration(u, v, w, c, dim: int = -1):
+    u2, v2 = _sq(u, dim), _sq(v, dim)
+    uv, uw, vw = (u * v).sum(dim, keepdim=True), (u * w).sum(dim, keepdim=True), (v * w).sum(dim, keepdim=True)
+    c2 = c * c
+    a = -c2 * uw * v2 + c * vw + 2 * c2 * uv * vw
+    b = -c2 * vw * u2 - c * uw
+    d = 1 + 2 * c * uv + c2 * u2 * v2
+    return w + 2 * (a * u + b * v) / d.clamp_min(MIN_NORM)
+
+
+def transp(x, y, v, c, dim: int = -1):
+    """Parallel transport of v from x to y."""
+    lx = 2 / (1 - c * _sq(x, dim)).clamp_min(MIN_NORM)
+    ly = 2 / (1 - c * _sq(y, dim)).clamp_min(MIN_NORM)
+    return gyration(y, -x, v, c, dim=dim) * lx / ly
+
+
+def dist(x, y, c, dim: int = -1, keepdim: bool = False):
+    sc = c.sqrt()
+    return 2 / sc * torch.atanh(sc * mobius_add(-x, y, c, dim=dim).norm(dim=dim, keepdim=keepdim))
+
+
+# ---------------------------------------------------------------- fully connected
+def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor,
+                     dim: int = -1) -> torch.Tensor:
+    """Signed distances of the points x (along dim) to the hyperplanes (z[:, j], bias[j]); z is (n, m)."""
+    xm = x.movedim(dim, -1)
+    sc = c.sqrt()
+    lam = 2 / (1 - c * _sq(xm, -1))
+    zn = z.norm(dim=0).clamp_min(MIN_NORM)
+    t = xm @ z
+    if bias is None:
+        a = sc * lam * t / zn
+    else:
+        a = sc * lam * t * torch.cosh(2 * sc * bias) / zn - (lam - 1) * torch.sinh(2 * sc * bias)
+    return (2 * zn / sc * torch.asinh(a)).movedim(-1, dim)
+
+
+def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, dim: int = -1,
+                eps: float = -1.0) -> torch.Tensor:
+    sc = c.sqrt()
+    w = torch.sinh(sc * hyperplane_dists(x, z, bias, c, dim=dim)) / sc
+    y = w / (1 + (1 + c * _sq(w, dim)).sqrt())
+    return project(y, c, dim=dim, eps=eps)
+
+
+def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, dim: int = -1):
+    """Hyperbolic multinomial logistic regression logits (HNN++): the signed hyperplane distances."""
+    return hyperplane_dists(x, z, bias, c, dim=dim)
+
+
+def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor,
+                  dim: int = -1) -> torch.Tensor:
+    """HNN's Möbius linear layer: project(mobius_matvec(weight, x) (+) bias) with weight (out, in); a bias on the
+    ball (None: no bias).  mobius_matvec(M, x) = tanh(|Mx|/|x| artanh(sc|x|)) Mx / (sc |Mx|)."""
+    xm = x.movedim(dim, -1)
+    sc = c.sqrt()
+    mx = xm @ weight.transpose(-1, -2)
+    xn = xm.norm(dim=-1, keepdim=True).clamp_min(MIN_NORM)
+    mxn = mx.norm(dim=-1, keepdim=True).clamp_min(MIN_NORM)
+    res = torch.tanh(mxn / xn * torch.atanh(sc * xn)) * mx / (mxn * sc)
+    res = torch.where((mx == 0).all(dim=-1, keepdim=True), torch.zeros_like(res), res)
+    res = project(res, c)
+    if bias is not None:
+        res = project(mobius_add(res, bias, c), c)
+    return res.movedim(-1, dim)
+
+
+# ---------------------------------------------------------------- tangent-space ops
+def poincare_relu(x: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return expmap0(torch.relu(logmap0(x, c, dim=dim)), c, dim=dim)
+
+
+def beta_concat_scale(n_i: int, n: int) -> float:
+    """The tangent-space factor of beta-concatenating n_i-dimensional blocks into n dimensions."""
+    return beta_func(n / 2, 0.5) / beta_func(n_i / 2, 0.5)
+
+
+def poincare_unfold(x: torch.Tensor, c: torch.Tensor, kernel_size, padding=0, stride=1, dilation=1) -> torch.Tensor:
+    """x (B, C, H, W) with points along dim 1 -> (B, C*kh*kw, L): the beta-concatenated patches on the ball."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    C = x.shape[1]
+    v = logmap0(x, c, dim=1) * beta_concat_scale(C, C * kh * kw)
+    u = F.unfold(v, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    return expmap0(u, c, dim=1)
+
+
+def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, kernel_size,
+                    padding=0, stride=1) -> torch.Tensor:
+    """HypLL's HConvolution2d: x (B, C, H, W), z (C*kh*kw, C_out) -> (B, C_out, H', W')."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    B, C, H, W = x.shape
+    pad = padding if isinstance(padding, int) else padding[0]
+    st = stride if isinstance(stride, int) else stride[0]
+    Ho = 1 + (H + 2 * pad - kh) // st
+    Wo = 1 + (W + 2 * pad - kw) // st
+    u = poincare_unfold(x, c, (kh, kw), padding=padding, stride=stride)
+    y = poincare_fc(u, z, bias, c, dim=1)
+    return y.reshape(B, z.shape[1], Ho, Wo)
+
+
+def flatten(x: torch.Tensor, c: torch.Tensor, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1):
+    """HypLL's flatten of a tensor with points along man_dim (beta-concatenation when man_dim is flattened)."""
+    start = start_dim % x.dim()
+    end = end_dim % x.dim()
+    if not (start <= man_dim <= end):
+        return torch.flatten(x, start, end)
+    n_i = x.shape[man_dim]
+    n = n_i * math.prod(x.shape[start + 1:end + 1])
+    v = torch.flatten(logmap0(x, c, dim=man_dim), start, end) * beta_concat_scale(n_i, n)
+    return expmap0(v, c, dim=start)
+
+
+def max_pool2d(x: torch.Tensor, c: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    return expmap0(F.max_pool2d(logmap0(x, c, dim=1), kernel_size, stride, padding), c, dim=1)
+
+
+# ---------------------------------------------------------------- midpoint statistics
+def midpoint(x: torch.Tensor, c: torch.Tensor, man_dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
+    lam = 2 / (1 - c * _sq(x, man_dim)).clamp_min(MIN_NORM)
+    num = (lam * x).sum(dim=batch_dim, keepdim=True)
+    den = (lam - 1).sum(dim=batch_dim, keepdim=True)
+    f = num / den.clamp_min(MIN_NORM)
+    m = f / (1 + (1 - c * _sq(f, man_dim)).sqrt())
+    return m if keepdim else m.squeeze(dim=batch_dim)
+
+
+def avg_pool2d(x: torch.Tensor, c: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """HypLL's HAvgPool2d(use_midpoint=True): the midpoint of each window of the beta-concatenated unfold."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    stride = (kh, kw) if stride is None else stride
+    sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    ph, pw = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    B, C, H, W = x.shape
+    Ho = int((H + 2 * ph - kh) / sh + 1)
+    Wo = int((W + 2 * pw - kw) / sw + 1)
+    u = poincare_unfold(x, c, (kh, kw), padding=(ph, pw), stride=(sh, sw))
+    u = u.view(B, C, kh * kw, u.shape[-1])
+    return midpoint(u, c, man_dim=1, batch_dim=2).reshape(B, C, Ho, Wo)
+
+
+def frechet_variance(x: torch.Tensor, mu: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mean squared distance of the rows of x (N, D) to mu (D,)."""
+    return dist(x, mu, c, dim=dim).pow(2).mean(dim=0)
+
+
+def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, c: torch.Tensor,
+               mean: Optional[torch.Tensor] = None, var: Optional[torch.Tensor] = None, eps: float = 1e-6):
+    """HypLL's HBatchNorm(use_midpoint=True) on rows x (N, D): returns (y, batch mean, batch variance).
+
+    With `mean`/`var` given (eval mode, running statistics) they replace the batch statistics."""
+    b = expmap0(bias, c)
+    if mean is None:
+        mean = midpoint(x, c, man_dim=-1, batch_dim=0)
+    if var is None:
+        var = frechet_variance(x, mean, c)
+    v = transp(mean, b, logmap(mean, x, c), c)
+    v = (weight / (var + eps)).sqrt() * v
+    return expmap(b, v, c), mean, var

@@ -1,0 +1,194 @@
+"""Poincaré-ball layers (geoops.poincare, geoops.nn.poincare): parity with HypLL and the fp64 reference,
+gradients (gradcheck through the kernels, c included), opcheck, torch.compile, bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import geoops
+import geoops.poincare as gp
+from geoops._ops import poincare as pops
+from geoops.reference import poincare as ref
+
+hypll = pytest.importorskip("hypll")
+from hypll.manifolds.poincare_ball import Curvature, PoincareBall as HBall  # noqa: E402
+from hypll.manifolds.poincare_ball.math import linalg as hlinalg  # noqa: E402
+from hypll.manifolds.poincare_ball.math import diffgeom as hdiff  # noqa: E402
+from hypll.tensors import ManifoldTensor  # noqa: E402
+
+
+def _ball_points(*shape, c=1.0, radius=0.9, dtype=torch.float64, seed=0, dim=-1):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(*shape, generator=g, dtype=torch.float64)
+    n = v.norm(dim=dim, keepdim=True)
+    r = torch.rand(n.shape, generator=g, dtype=torch.float64) * radius
+    return (v / n * r / math.sqrt(c)).to(dtype)
+
+
+def _params(n, m, dtype=torch.float64, seed=1, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(n, m, generator=g, dtype=torch.float64) * scale / math.sqrt(n)).to(dtype)
+    b = (torch.randn(m, generator=g, dtype=torch.float64) * 0.3).to(dtype)
+    return z, b
+
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+# ---------------------------------------------------------------- fully connected
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 5, 9), (1, 1, 1), (33, 17, 3), (0, 4, 6), (64, 40, 24)])
+def test_fc_matches_hypll_and_reference(dtype, with_bias, shape):
+    N, n, m = shape
+    c = torch.tensor(0.7, dtype=dtype)
+    x = _ball_points(N, n, c=0.7, dtype=dtype)
+    z, b = _params(n, m, dtype)
+    b = b if with_bias else None
+    ours = gp.poincare_fc(x, z, b, c=c)
+    peer = hdiff.project(hlinalg.poincare_fully_connected(x, z, b, c), c)
+    torch.testing.assert_close(ours, peer, **TOL[dtype])
+    truth = ref.poincare_fc(x.double(), z.double(), None if b is None else b.double(), c.double(),
+                            eps=ref.default_eps(dtype))
+    torch.testing.assert_close(ours.double(), truth, **TOL[dtype])
+
+
+def test_fc_projects_like_hypll():
+    """Large activations: rows are clamped to the (1 - eps) radius as HypLL's project does."""
+    c = torch.tensor(1.3)
+    x = _ball_points(50, 8, c=1.3, radius=0.99, dtype=torch.float32)
+    z, b = _params(8, 12, torch.float32, scale=6.0)
+    y = gp.poincare_fc(x, z, b, c=c)
+    norms = y.norm(dim=-1)
+    assert (norms <= (1 - 4e-3) / math.sqrt(1.3) * (1 + 1e-6)).all()
+    assert (norms > (1 - 4e-3) / math.sqrt(1.3) * (1 - 1e-5)).sum() > 10  # the projection branch is exercised
+    peer = hdiff.project(hlinalg.poincare_fully_connected(x, z, b, c), c)
+    torch.testing.assert_close(y, peer, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -2])
+def test_fc_dim_and_batch(dim):
+    c = torch.tensor(1.0, dtype=torch.float64)
+    x = _ball_points(3, 6, 5, dtype=torch.float64, dim=dim)
+    n = x.shape[dim]
+    z, b = _params(n, 4)
+    ours = gp.poincare_fc(x, z, b, c=c, dim=dim)
+    truth = ref.poincare_fc(x, z, b, c, dim=dim)
+    assert ours.shape == truth.shape
+    torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fc_half_types(dtype):
+    c = torch.tensor(1.0)
+    x = _ball_points(20, 8, dtype=torch.float32)
+    z, b = _params(8, 6, torch.float32)
+    ours = gp.poincare_fc(x.to(dtype), z.to(dtype), b.to(dtype), c=c)
+    assert ours.dtype == dtype
+    truth = ref.poincare_fc(x.to(dtype).double(), z.to(dtype).double(), b.to(dtype).double(), c.double(), eps=4e-3)
+    same = ref.poincare_fc(x.to(dtype), z.to(dtype), b.to(dtype), c.to(dtype), eps=4e-3)
+    err = (ours.double() - truth).abs().max()
+    bound = 2 * (same.double() - truth).abs().max() + 2e-3
+    assert err <= bound
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("big", [False, True])
+def test_fc_gradcheck(with_bias, big):
+    """fp64 gradcheck through the C++ kernels, curvature included; big=True puts rows on the projection branch."""
+    x = _ball_points(6, 5, c=0.8, radius=0.95 if big else 0.6).requires_grad_(True)
+    z, b = _params(5, 4, scale=5.0 if big else 1.0)
+    z.requires_grad_(True)
+    b = b.requires_grad_(True) if with_bias else None
+    c = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    ins = (x, z, b, c) if with_bias else (x, z, c)
+
+    def f(*a):
+        if with_bias:
+            return gp.poincare_fc(a[0], a[1], a[2], c=a[3])
+        return gp.poincare_fc(a[0], a[1], None, c=a[2])
+
+    assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fc_grads_match_reference(dtype):
+    x = _ball_points(40, 12, c=0.5, dtype=dtype).requires_grad_(True)
+    z, b = _params(12, 9, dtype, scale=2.0)
+    z.requires_grad_(True)
+    b.requires_grad_(True)
+    c = torch.tensor(0.5, dtype=dtype, requires_grad=True)
+    g = torch.randn(40, 9, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    y = gp.poincare_fc(x, z, b, c=c)
+    ours = torch.autograd.grad(y, (x, z, b, c), g)
+    xx, zz, bb, cc = (t.detach().double().requires_grad_(True) for t in (x, z, b, c))
+    yr = ref.poincare_fc(xx, zz, bb, cc, eps=ref.default_eps(dtype))
+    theirs = torch.autograd.grad(yr, (xx, zz, bb, cc), g.double())
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-4)
+    for o, t in zip(ours, theirs):
+        torch.testing.assert_close(o.double(), t, **tol)
+
+
+def test_fc_opcheck():
+    x = _ball_points(5, 4)
+    z, b = _params(4, 3)
+    c = torch.tensor(0.9, dtype=torch.float64)
+    torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, b, c, 1e-5, True))
+    torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, None, c, 1e-5, False))
+    y, t = pops.poincare_fc_fwd_op(x, z, b, c, 1e-5, True)
+    g = torch.randn_like(y)
+    torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, b, c, t, 1e-5, 15))
+    torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, None, c, t, 1e-5, 1))
+
+
+def test_fc_compile_fullgraph():
+    torch._dynamo.reset()
+    x = _ball_points(9, 6, dtype=torch.float32).requires_grad_(True)
+    z, b = _params(6, 5, torch.float32)
+    c = torch.tensor(1.0)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x, z, b, c):
+        return gp.poincare_fc(x, z, b, c=c).sum()
+
+    out = f(x, z, b, c)
+    out.backward()
+    ref_x = x.detach().clone().requires_grad_(True)
+    gp.poincare_fc(ref_x, z, b, c=c).sum().backward()
+    torch.testing.assert_close(out, gp.poincare_fc(x.detach(), z, b, c=c).sum())
+    torch.testing.assert_close(x.grad, ref_x.grad)
+
+
+def test_fc_reference_backend_matches_cpp():
+    x = _ball_points(10, 6, dtype=torch.float64).requires_grad_(True)
+    z, b = _params(6, 5)
+    c = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    y = gp.poincare_fc(x, z, b, c=c)
+    gx, gc = torch.autograd.grad(y.sum(), (x, c))
+    with geoops.use_backend("reference"):
+        y2 = gp.poincare_fc(x, z, b, c=c)
+        gx2, gc2 = torch.autograd.grad(y2.sum(), (x, c))
+    torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(gx, gx2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gc, gc2, rtol=1e-10, atol=1e-12)
+
+
+def test_fc_bad_input():
+    x = _ball_points(4, 5)
+    z, b = _params(5, 3)
+    with pytest.raises(ValueError, match="z has in_features=5|in_features"):
+        gp.poincare_fc(_ball_points(4, 6), z, b, c=1.0)
+    with pytest.raises(ValueError, match="bias"):
+        gp.poincare_fc(x, z, b[:2], c=1.0)
+    with pytest.raises(ValueError, match="c must be > 0"):
+        gp.poincare_fc(x, z, b, c=-1.0)
+    with pytest.raises(ValueError, match="z must be"):
+        gp.poincare_fc(x, z[0], b, c=1.0)
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        gp.poincare_fc(torch.ones(4, 5, dtype=torch.long), z, b, c=1.0)
+    with pytest.raises(IndexError, match="dim=3"):
+        gp.poincare_fc(x, z, b, c=1.0, dim=3)
+    with pytest.raises(TypeError, match="c must be"):
+        gp.poincare_fc(x, z, b, c="1")

@@ -1,0 +1,275 @@
+"""geoops.nn.poincare modules vs HypLL's layers (same weights) and the fp64 reference; patch_hypll()."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import geoops.compat as compat
+import geoops.poincare as gp
+from geoops.nn import poincare as gnn
+from geoops.reference import poincare as ref
+
+hypll = pytest.importorskip("hypll")
+import hypll.nn as hnn  # noqa: E402
+from hypll.manifolds.poincare_ball import Curvature, PoincareBall as HBall  # noqa: E402
+from hypll.tensors import ManifoldTensor, TangentTensor  # noqa: E402
+
+F32 = dict(rtol=5e-4, atol=5e-5)
+
+
+def _img(B=2, C=3, H=6, W=5, c=1.0, dtype=torch.float32, seed=0, radius=0.8):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    n = v.norm(dim=1, keepdim=True)
+    r = torch.rand(n.shape, generator=g, dtype=torch.float64) * radius
+    return (v / n * r / math.sqrt(c)).to(dtype)
+
+
+def _balls(value=1.0):
+    hb = HBall(c=Curvature(value))
+    gb = gnn.PoincareBall(value)
+    return hb, gb, float(gb())
+
+
+def _mt(x, hb, man_dim=1):
+    return ManifoldTensor(data=x, manifold=hb, man_dim=man_dim)
+
+
+def test_linear_matches_hlinear():
+    hb, gb, c = _balls(0.5)
+    torch.manual_seed(0)
+    h = hnn.HLinear(12, 7, hb)
+    ours = gnn.PoincareLinear(12, 7, gb)
+    with torch.no_grad():
+        h.z.tensor.normal_(0, 0.3)
+        h.bias.normal_(0, 0.2)
+        ours.z.copy_(h.z.tensor)
+        ours.bias.copy_(h.bias)
+    x = gp.expmap0(torch.randn(9, 12) * 0.5, c=c)
+    yh = h(_mt(x, hb, -1)).tensor
+    yo = ours(x)
+    torch.testing.assert_close(yo, yh, **F32)
+
+
+def test_linear_identity_init():
+    """in <= out: z = I/2 and bias 0 make the layer the identity on the first `in` outputs (Poincaré ResNet)."""
+    _, gb, c = _balls(1.0)
+    lin = gnn.PoincareLinear(6, 8, gb)
+    x = gp.expmap0(torch.randn(5, 6, dtype=torch.float64) * 0.3, c=c)
+    y = gp.poincare_fc(x, lin.z.double(), lin.bias.double(), c=torch.tensor(c, dtype=torch.float64))
+    torch.testing.assert_close(y[:, :6], x, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(y[:, 6:], torch.zeros(5, 2, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1, cin=3, cout=4), dict(k=2, s=2, p=0, cin=2, cout=5),
+                                 dict(k=1, s=1, p=0, cin=4, cout=3)])
+def test_conv2d_matches_hconvolution(cfg):
+    hb, gb, c = _balls(1.0)
+    torch.manual_seed(1)
+    h = hnn.HConvolution2d(cfg["cin"], cfg["cout"], cfg["k"], hb, stride=cfg["s"], padding=cfg["p"])
+    ours = gnn.PoincareConv2d(cfg["cin"], cfg["cout"], cfg["k"], gb, stride=cfg["s"], padding=cfg["p"])
+    with torch.no_grad():
+        h.bias.normal_(0, 0.2)
+        ours.weights.copy_(h.weights.tensor)
+        ours.bias.copy_(h.bias)
+    x = _img(2, cfg["cin"], 7, 6, c=c)
+    xh = x.clone().requires_grad_(True)
+    xo = x.clone().requires_grad_(True)
+    yh = h(_mt(xh, hb)).tensor
+    yo = ours(xo)
+    torch.testing.assert_close(yo, yh, **F32)
+    g = torch.randn_like(yh)
+    gh = torch.autograd.grad(yh, (xh, h.weights.tensor, h.bias), g)
+    go = torch.autograd.grad(yo, (xo, ours.weights, ours.bias), g)
+    for a, b in zip(go, gh):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+
+
+def test_conv2d_fp64_reference_and_gradcheck():
+    c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    x = _img(1, 2, 4, 4, c=0.7, dtype=torch.float64).requires_grad_(True)
+    z = (torch.randn(18, 3, dtype=torch.float64) * 0.3).requires_grad_(True)
+    b = (torch.randn(3, dtype=torch.float64) * 0.1).requires_grad_(True)
+    ours = gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)
+    truth = ref.poincare_conv2d(x, z, b, c, 3, padding=1)
+    torch.testing.assert_close(ours, truth, rtol=1e-9, atol=1e-11)
+    assert torch.autograd.gradcheck(lambda x, z, b, c: gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1),
+                                    (x, z, b, c), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_conv2d_identity_init():
+    """Poincaré ResNet's identity init: a 1x1 convolution is the identity; a 3x3 one keeps every pixel's
+    direction (its centre tap is I/2, the neighbours only shrink the radius through the patch's conformal factor)."""
+    _, gb, c = _balls(1.0)
+    ct = torch.tensor(c, dtype=torch.float64)
+    x = _img(2, 4, 5, 5, c=c, dtype=torch.float64)
+    one = gnn.PoincareConv2d(4, 4, 1, gb)
+    y1 = gp.poincare_conv2d(x, one.weights.double(), one.bias.double(), c=ct, kernel_size=1)
+    torch.testing.assert_close(y1, x, rtol=1e-9, atol=1e-10)
+    three = gnn.PoincareConv2d(4, 6, 3, gb, padding=1)
+    y3 = gp.poincare_conv2d(x, three.weights.double(), three.bias.double(), c=ct, kernel_size=3, padding=1)
+    cos = torch.nn.functional.cosine_similarity(y3[:, :4], x, dim=1)
+    torch.testing.assert_close(cos, torch.ones_like(cos), rtol=0, atol=1e-9)
+    assert y3[:, 4:].abs().max() < 1e-12
+
+
+def test_relu_pool_flatten_match_hypll():
+    hb, gb, c = _balls(1.0)
+    x = _img(2, 3, 6, 6, c=c)
+    torch.testing.assert_close(gnn.PoincareReLU(gb)(x), hnn.HReLU(hb)(_mt(x, hb)).tensor, **F32)
+    torch.testing.assert_close(gnn.PoincareMaxPool2d(2, gb)(x), hnn.HMaxPool2d(2, hb)(_mt(x, hb)).tensor, **F32)
+    torch.testing.assert_close(gnn.PoincareAvgPool2d(2, gb)(x),
+                               hnn.HAvgPool2d(2, hb, use_midpoint=True)(_mt(x, hb)).tensor, **F32)
+    torch.testing.assert_close(gnn.PoincareFlatten(gb)(x), hnn.HFlatten()(_mt(x, hb)).tensor, **F32)
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_batchnorm_matches_hypll_midpoint(two_d):
+    hb, gb, c = _balls(1.0)
+    if two_d:
+        h = hnn.HBatchNorm2d(4, hb, use_midpoint=True)
+        ours = gnn.PoincareBatchNorm2d(4, gb)
+        x = _img(3, 4, 5, 5, c=c)
+        hn = h.norm
+    else:
+        h = hnn.HBatchNorm(4, hb, use_midpoint=True)
+        ours = gnn.PoincareBatchNorm(4, gb)
+        x = _img(30, 4, 1, 1, c=c)[:, :, 0, 0]
+        hn = h
+    with torch.no_grad():
+        hn.bias.normal_(0, 0.3)
+        hn.weight.fill_(0.7)
+        ours.bias.copy_(hn.bias)
+        ours.weight.copy_(hn.weight)
+    xh, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    yh = h(_mt(xh, hb, 1)).tensor
+    yo = ours(xo)
+    torch.testing.assert_close(yo, yh, **F32)
+    g = torch.randn_like(yh)
+    gh = torch.autograd.grad(yh, (xh, hn.bias, hn.weight), g)
+    go = torch.autograd.grad(yo, (xo, ours.bias, ours.weight), g)
+    for a, b in zip(go, gh):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+
+
+def test_batchnorm_running_stats_and_eval():
+    _, gb, c = _balls(1.0)
+    bn = gnn.PoincareBatchNorm(3, gb, momentum=0.5)
+    x = gp.expmap0(torch.randn(64, 3, dtype=torch.float64) * 0.4 + 0.2, c=c)
+    bn = bn.double()
+    for _ in range(30):
+        bn(x)
+    ct = torch.tensor(c, dtype=torch.float64)
+    m = ref.midpoint(x, ct)
+    torch.testing.assert_close(bn.running_mean, m, rtol=1e-6, atol=1e-7)
+    var = ref.frechet_variance(x, m, ct) * 64 / 63
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-6, atol=1e-7)
+    bn.eval()
+    y_eval = bn(x)
+    bn.train()
+    y_train = bn(x)
+    # eval with converged statistics: the unbiased variance instead of the biased one
+    scale = math.sqrt(64 / 63)
+    torch.testing.assert_close(gp.logmap0(y_eval, c=c), gp.logmap0(y_train, c=c) / scale, rtol=1e-6, atol=1e-7)
+    # eval mode does not touch the buffers and depends on no other row
+    rm = bn.running_mean.clone()
+    bn.eval()
+    torch.testing.assert_close(bn(x[:5]), bn(x)[:5], rtol=1e-12, atol=1e-12)
+    assert torch.equal(bn.running_mean, rm)
+
+
+def test_batchnorm_fp64_reference():
+    c = torch.tensor(0.9, dtype=torch.float64)
+    x = gp.expmap0(torch.randn(20, 5, dtype=torch.float64) * 0.5, c=c)
+    bias = torch.randn(5, dtype=torch.float64) * 0.2
+    w = torch.tensor(0.8, dtype=torch.float64)
+    ours = gp.batch_norm(x, bias, w, c=c)
+    truth, _, _ = ref.batch_norm(x, bias, w, c)
+    torch.testing.assert_close(ours, truth, rtol=1e-9, atol=1e-11)
+
+
+def test_mobius_linear_and_blockdiag():
+    _, gb, c = _balls(1.0)
+    ct = torch.tensor(c, dtype=torch.float64)
+    x = gp.expmap0(torch.randn(10, 8, dtype=torch.float64) * 0.5, c=c)
+    w = torch.randn(6, 8, dtype=torch.float64) * 0.3
+    b = gp.expmap0(torch.randn(6, dtype=torch.float64) * 0.1, c=c)
+    torch.testing.assert_close(gp.mobius_linear(x, w, b, c=ct), ref.mobius_linear(x, w, b, ct), rtol=1e-9, atol=1e-10)
+    blocks = torch.randn(2, 3, 4, dtype=torch.float64) * 0.3
+    dense = torch.block_diag(*blocks)
+    torch.testing.assert_close(gp.mobius_linear(x, blocks, b, c=ct, blocks=2), ref.mobius_linear(x, dense, b, ct),
+                               rtol=1e-9, atol=1e-10)
+    layer = gnn.MobiusLinear(8, 6, gb, blocks=2)
+    assert layer.weight.shape == (2, 3, 4)
+    assert layer(x.float()).shape == (10, 6)
+
+
+def test_mlr_and_embedding():
+    _, gb, c = _balls(1.0)
+    head = gnn.PoincareMLR(5, 3, gb)
+    x = gp.expmap0(torch.randn(4, 5) * 0.5, c=c)
+    logits = head(x)
+    want = ref.hyperplane_dists(x, head.z, head.bias, gb())
+    torch.testing.assert_close(logits, want)
+    emb = gnn.PoincareEmbedding(10, 4, gb)
+    assert emb(torch.tensor([1, 3])).shape == (2, 4)
+    assert (emb.weight.norm(dim=-1) < 1 / math.sqrt(c)).all()
+
+
+def test_bad_input_names_the_argument():
+    _, gb, _ = _balls(1.0)
+    with pytest.raises(ValueError, match="in_channels = 3"):
+        gnn.PoincareConv2d(3, 4, 3, gb)(torch.zeros(1, 2, 5, 5))
+    with pytest.raises(ValueError, match="features = 4"):
+        gnn.PoincareBatchNorm2d(4, gb)(torch.zeros(2, 3, 5, 5))
+    with pytest.raises(ValueError, match="in_features=6"):
+        gnn.PoincareLinear(6, 2, gb)(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="z must have shape"):
+        gp.poincare_conv2d(torch.zeros(1, 2, 4, 4), torch.zeros(17, 3), None, c=1.0, kernel_size=3)
+    with pytest.raises(TypeError, match="kernel_size"):
+        gp.poincare_conv2d(torch.zeros(1, 2, 4, 4), torch.zeros(18, 3), None, c=1.0, kernel_size=3.0)
+
+
+# ---------------------------------------------------------------- patch_hypll
+def _hypll_block(hb, C=4):
+    torch.manual_seed(5)
+    return torch.nn.ModuleList([hnn.HConvolution2d(C, C, 3, hb, padding=1), hnn.HBatchNorm2d(C, hb, use_midpoint=True),
+                                hnn.HReLU(hb), hnn.HConvolution2d(C, C, 3, hb, padding=1),
+                                hnn.HBatchNorm2d(C, hb, use_midpoint=True)])
+
+
+def _run_block(mods, hb, x):
+    h = _mt(x, hb)
+    y = h
+    for m in mods:
+        y = m(y)
+    return hb.mobius_add(y, h).tensor
+
+
+def test_patch_hypll_same_results_and_restores():
+    import hypll.manifolds.poincare_ball.manifold as hm
+
+    hb = HBall(c=Curvature(1.0))
+    mods = _hypll_block(hb)
+    x = _img(2, 4, 6, 6, c=float(hb.c()))
+    params = [getattr(p, "tensor", p) for m in mods for n, p in m.named_parameters() if not n.endswith("value")]
+    xa = x.clone().requires_grad_(True)
+    ya = _run_block(mods, hb, xa)
+    ga = torch.autograd.grad(ya.square().sum(), [xa] + params)
+    originals = {n: getattr(hm, n) for n in compat.HYPLL_PATCHED_NAMES}
+    fc = hm.PoincareBall.fully_connected
+    with compat.patched_hypll():
+        assert compat.is_hypll_patched()
+        assert hm.poincare_fully_connected is not originals["poincare_fully_connected"]
+        xb = x.clone().requires_grad_(True)
+        yb = _run_block(mods, hb, xb)
+        gb_ = torch.autograd.grad(yb.square().sum(), [xb] + params)
+    assert not compat.is_hypll_patched()
+    for n, f in originals.items():
+        assert getattr(hm, n) is f
+    assert hm.PoincareBall.fully_connected is fc
+    torch.testing.assert_close(yb, ya, **F32)
+    for a, b in zip(gb_, ga):
+        torch.testing.assert_close(a, b, rtol=3e-3, atol=3e-4)
