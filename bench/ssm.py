@@ -13,6 +13,9 @@ Rows:
 * ``fftconv`` B=8, H=256, L=16384: geoops vs eager ``irfft(rfft(u, 2L) * rfft(k, 2L), 2L)[..., :L] + D u``
   and its torch.compile; "limit" is ``irfft(rfft(u, 2L), 2L)`` (the two big FFTs alone); GFLOP/s with
   2.5 n log2 n flops per real FFT of size n.
+* ``ssm_conv`` B=8, H=256, N=32, L=16384: the fused pair vs the two-call composition
+  ``fftconv(u, s4d_kernel(log_dt, A, B, C, L), D)`` (geoops both; the peer column is that composition);
+  "limit" is irfft(rfft(u, n), n); same GFLOP/s count as fftconv plus the kernel's 8 H N L.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from ._runner import DTYPE_SHORT, Row, parse_list
 
 TITLE = "diagonal SSM (S4D) kernel generation and FFT convolution vs the eager recipe"
 PEER = "eager"
-ALL_OPS = ("s4d_kernel", "s4d_kernel_64k", "fftconv")
+ALL_OPS = ("s4d_kernel", "s4d_kernel_64k", "fftconv", "ssm_conv")
 
 
 def add_arguments(parser) -> None:
@@ -175,6 +178,21 @@ def _s4d_setup(H, N, L, pass_, device, args, with_peer):
     return setup, row_extra
 
 
+def _conv_contenders(calls, ins, pass_, gout, u, n, args, row_extra):
+    """(fns, check) of a convolution row: the contenders, "limit" = irfft(rfft(u, n), n), peak memory."""
+    fns = {name: _runner(c, ins, pass_, gout) for name, c in calls.items()}
+    ud = u.detach()
+    fns["limit"] = lambda: torch.fft.irfft(torch.fft.rfft(ud, n=n), n=n)
+    if not args.ssm_no_memory:
+        row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"]) / 2 ** 20, 1)
+        row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"]) / 2 ** 20, 1)
+
+    def check():
+        with torch.no_grad():
+            return calls["geoops"](*ins), calls["peer"](*ins)
+    return fns, (check if pass_ == "fwd" else None)
+
+
 def _fft_setup(Bn, H, L, pass_, device, args):
     def setup():
         import geoops.ssm as gs
@@ -194,17 +212,30 @@ def _fft_setup(Bn, H, L, pass_, device, args):
             if "fft" not in _compiled:
                 _compiled["fft"] = torch.compile(eager_fftconv, dynamic=False)
             calls["compiled"] = _compiled["fft"]
-        fns = {name: _runner(c, ins, pass_, gout) for name, c in calls.items()}
-        ud = u.detach()
-        fns["limit"] = lambda: torch.fft.irfft(torch.fft.rfft(ud, n=2 * L), n=2 * L)
-        if not args.ssm_no_memory:
-            row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"]) / 2 ** 20, 1)
-            row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"]) / 2 ** 20, 1)
+        return _conv_contenders(calls, ins, pass_, gout, u, 2 * L, args, row_extra) + (skipped,)
 
-        def check():
-            with torch.no_grad():
-                return calls["geoops"](*ins), calls["peer"](*ins)
-        return fns, (check if pass_ == "fwd" else None), skipped
+    row_extra: dict = {}
+    return setup, row_extra
+
+
+def _pair_setup(Bn, H, N, L, pass_, device, args):
+    def setup():
+        import geoops.ssm as gs
+        from geoops.reference.ssm import fft_size
+
+        want = pass_ == "fwd+bwd"
+        g = torch.Generator().manual_seed(2)
+        u = torch.randn(Bn, H, L, generator=g).to(device).requires_grad_(want)
+        D = torch.randn(H, generator=g).to(device).requires_grad_(want)
+        ins = [u] + [t.detach().requires_grad_(want) for t in _params(H, N, device)] + [D]
+        gout = torch.randn(Bn, H, L, device=device) if want else None
+
+        def pair(u, log_dt, A, B, C, D):
+            return gs.fftconv(u, gs.s4d_kernel(log_dt, A, B, C, L), D)
+
+        calls = {"geoops": gs.ssm_conv, "peer": pair}
+        return _conv_contenders(calls, ins, pass_, gout, u, fft_size(L), args, row_extra) + (
+            {"compiled": "n/a (the peer is geoops' own two calls)"},)
 
     row_extra: dict = {}
     return setup, row_extra
@@ -224,6 +255,14 @@ def rows(args, device: torch.device):
                           setup=setup, work=8.0 * H * N * LL * mult, unit="GFLOP/s",
                           limit="bmm of the blocked real GEMM", peer=PEER, check_tol=1e-3, extra=extra,
                           label="" if op == "s4d_kernel" else "64K, no peer")
+            elif op == "ssm_conv":
+                n = 2 * L
+                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 3 * H)
+                setup, extra = _pair_setup(Bn, H, N, L, pass_, device, args)
+                yield Row(family="ssm", op="ssm_conv", pass_=pass_, shape=[Bn, H, N, L], dtype=DTYPE_SHORT[dtype],
+                          setup=setup, work=2.5 * n * math.log2(n) * ffts + 8.0 * H * N * L * mult,
+                          unit="GFLOP/s", limit="irfft(rfft(u, n), n)", peer="s4d_kernel+fftconv",
+                          check_tol=1e-4, extra=extra, label="vs the two calls")
             else:
                 n = 2 * L
                 ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 3 * H)

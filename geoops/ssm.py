@@ -28,8 +28,9 @@ Numerics
 The phase of ``exp(x l)`` is computed in double for every input dtype (O(H N sqrt L) work), and only
 the final real GEMM runs in the output precision: fp32 results are within ~1e-6 of the fp64 oracle
 (relative to each channel's max |K|) up to L = 65536, slowly decaying modes included.  The
-discretisation (O(H N)) runs in float64 / complex128 for every input dtype, for the same reason:
-rounding ``dt*A`` to fp32 alone moves the phase at l = 65536 by ~1e-4.
+discretisation (O(H N), one C++ pass forward and backward) runs in complex double for every input
+dtype, for the same reason: rounding ``dt*A`` to fp32 alone moves the phase at l = 65536 by ~1e-4.
+FFT convolutions use n = the smallest 2-3-5 size >= 2L - 1 (a causal product needs no more).
 
 Backends: C++/OpenMP on CPU (``geoops._C``), Triton on CUDA, the eager reference anywhere
 (``geoops.set_backend``).
@@ -46,7 +47,7 @@ from ._ops import ssm as _ops
 from .reference import ssm as _ref
 
 __all__ = ["vandermonde", "s4d_kernel", "fftconv", "ssm_conv", "discretize",
-           "VandermondeFn", "FftconvFn"]
+           "VandermondeFn", "FftconvFn", "DiscretizeFn", "SsmConvFn"]
 
 _REAL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -75,16 +76,35 @@ class VandermondeFn(torch.autograd.Function):
         return (dv if need[0] else None), (dx if need[1] else None), None, None
 
 
+_DIRECT_FFT = []  # cached: whether geoops._C runs the per-row MKL path (queried once, outside tracing)
+
+
+def _keep_spectrum(u) -> bool:
+    """Whether the forward should keep rfft(u) for the backward (no on the CPU's per-row MKL path).
+
+    Only a speed choice: the backward kernels recompute the spectrum when it was not kept.
+    """
+    if u.device.type != "cpu" or _backend.resolve(u.device, "ssm") != "cpp":
+        return True
+    if not _DIRECT_FFT:
+        if torch.compiler.is_compiling():
+            return True
+        _DIRECT_FFT.append(bool(_backend.compiled().ssm_direct_fft(-1)))
+    return not _DIRECT_FFT[0]
+
+
 class FftconvFn(torch.autograd.Function):
     """autograd.Function of fftconv: torch.ops.geoops.fftconv_fwd / _bwd.
 
-    u (B, H, L), k (C, S, H, L), D (C, H) or None -> y (B, C, H, L).  The forward keeps rfft(u, 2L) for
-    the backward when k needs a gradient (as the eager recipe's autograd does).
+    u (B, H, L), k (C, S, H, L), D (C, H) or None -> y (B, C, H, L).  The forward keeps rfft(u, n) for
+    the backward when k needs a gradient (as the eager recipe's autograd does), except on the CPU's
+    per-row path, where recomputing each row's transform in the backward (in cache) is cheaper than
+    writing, faulting in and reading back the (B, H, n/2+1) spectrum.
     """
 
     @staticmethod
     def forward(ctx, u, k, D):
-        save = bool(ctx.needs_input_grad[1])
+        save = bool(ctx.needs_input_grad[1]) and _keep_spectrum(u)
         y, uf = _ops.fftconv_fwd(u, k, D, save)
         ctx.save_for_backward(u, uf, k, D)
         return y
@@ -98,6 +118,62 @@ class FftconvFn(torch.autograd.Function):
             return None, None, None
         du, dk, dD = _ops.fftconv_bwd(grad.contiguous(), u, uf, k, D, mask)
         return (du if need[0] else None), (dk if need[1] else None), (dD if mask & 4 else None)
+
+
+class DiscretizeFn(torch.autograd.Function):
+    """autograd.Function of the discretisation: torch.ops.geoops.ssm_discretize_fwd / _bwd.
+
+    log_dt (H,), A, B (H, N), C (..., H, N), disc -> (v = C Bbar (C's shape), x = log Abar (H, N)), complex128.
+    """
+
+    @staticmethod
+    def forward(ctx, log_dt, A, B, C, disc: str):
+        ctx.disc = disc
+        ctx.save_for_backward(log_dt, A, B, C)
+        return _ops.ssm_discretize_fwd(log_dt, A, B, C, disc)
+
+    @staticmethod
+    def backward(ctx, gv, gx):
+        log_dt, A, B, C = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = sum(1 << i for i in range(4) if need[i])
+        if mask == 0:
+            return None, None, None, None, None
+        gv = gv.contiguous() if gv is not None else C.new_empty(0, dtype=torch.complex128)
+        gx = gx.contiguous() if gx is not None else A.new_empty(0, dtype=torch.complex128)
+        grads = _ops.ssm_discretize_bwd(gv, gx, log_dt, A, B, C, ctx.disc, mask)
+        return tuple(g if need[i] else None for i, g in enumerate(grads)) + (None,)
+
+
+class SsmConvFn(torch.autograd.Function):
+    """autograd.Function of the fused ssm_conv: torch.ops.geoops.ssm_conv_fwd / _bwd.
+
+    u (B, H, L), v (C, S, H, N), x (H, N) complex, D (C, H) or None -> y (B, C, H, L).  The forward keeps
+    the kernel's spectrum (for du) and, off the CPU's per-row path, rfft(u) (for dK, when v or x needs a
+    gradient; see FftconvFn).
+    """
+
+    @staticmethod
+    def forward(ctx, u, v, x, D):
+        save = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and _keep_spectrum(u)
+        y, kf, uf = _ops.ssm_conv_fwd(u, v, x, D, save)
+        ctx.save_for_backward(u, uf, kf, v, x, D)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, uf, kf, v, x, D = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = sum(1 << i for i in range(3) if need[i]) | (8 if (D is not None and need[3]) else 0)
+        if mask == 0:
+            return None, None, None, None
+        du, dv, dx, dD = _ops.ssm_conv_bwd(grad.contiguous(), u, uf, kf, v, x, D, mask)
+        return (du if need[0] else None), (dv if need[1] else None), (dx if need[2] else None), \
+            (dD if mask & 8 else None)
+
+
+def _grad_wanted(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 # ---------------------------------------------------------------- argument handling
@@ -223,20 +299,12 @@ def discretize(log_dt, A, B, C, discretization: str = "zoh"):
     """(v, x) of the discretised diagonal SSM, in complex128: ``K = vandermonde(v, x, L)``.
 
     x = log Abar: ``dt A`` (ZOH) or ``2 artanh(dt A / 2)`` (bilinear); v = C~ (see the module docstring).
-    Differentiable torch code (O(H N)); ZOH uses exp(z) - 1 without cancellation.
+    One C++ pass over (H, N) in complex double, forward and backward (the chain rule to log_dt, A, B, C is
+    hand-written); :func:`geoops.reference.ssm.discretize_log` is the readable torch version.
     """
-    cd = torch.complex128
-    dt = torch.exp(log_dt.to(torch.float64)).unsqueeze(-1)
-    A2, B2, C2 = A.to(cd), B.to(cd), C.to(cd)
-    dtA = dt * A2
-    if discretization == "zoh":
-        x = dtA
-        v = C2 * (B2 * _ref.expm1c(dtA) / A2)
-    else:
-        half = dtA / 2
-        x = 2.0 * torch.atanh(half)
-        v = C2 * (B2 * dt / (1.0 - half))
-    return v, x
+    if _grad_wanted(log_dt, A, B, C):
+        return DiscretizeFn.apply(log_dt, A, B, C, discretization)
+    return _ops.ssm_discretize_fwd(log_dt, A, B, C, discretization)
 
 
 def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, L: int,
@@ -256,7 +324,7 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
         (H, L) or (C_out, H, L) real: float64 if any input is float64/complex128, else float32.
 
     Gradients flow to log_dt, A, B, C (complex ones in torch's convention).  The discretisation runs in
-    complex128 (O(H N), torch autograd), the kernel through :func:`vandermonde` (no (H, N, L) tensor;
+    complex double (O(H N), one C++ pass forward and backward), the kernel through :func:`vandermonde` (no (H, N, L) tensor;
     memory O(H (N sqrt L + L)) forward and backward).  Same values as state-spaces' S4D kernel
     ``2 * einsum('hn,hnl->hl', C * (exp(dtA) - 1) / A, exp(dtA.unsqueeze(-1) * arange(L))).real`` (with B
     folded in), to fp32 rounding, where that recipe's own fp32 phase error allows.
@@ -331,7 +399,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     Returns:
         (B, H, L), or (B, C, H, L) when k has a C axis, in u's dtype.
 
-    Any L (FFT size 2L, not only powers of two).  Half inputs are computed in float32 (fp32 accumulation).
+    Any L (FFT size n = the smallest 2-3-5 size >= 2L - 1, not only powers of two).  Half inputs are computed in float32 (fp32 accumulation).
     Gradients flow to u, k and D: ``du = irfft(conj(K^) G^)[:L] + D g``, ``dk = irfft(sum_b conj(U^_b) G^_b)[:L]``
     (summed over the batch before the inverse FFT), ``dD = sum g u``.  The spectral product, the sums, the
     truncation and the skip term are fused (no padded copies, no separate D*u pass).
@@ -364,23 +432,48 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     Returns:
         (B, H, L) or (B, C_out, H, L) in u's dtype.
 
-    The kernel K is generated in float32 (float64 for float64 u) and handed to the FFT convolution; its
-    (C, H, L) tensor is the only intermediate between the two (O(H L), small next to u).
+    Fused: the kernel is generated (blocked Vandermonde GEMM per channel, float32 -- float64 for float64 u)
+    straight into the zero-padded FFT input buffer and transformed once per channel; no (C, H, L) kernel
+    tensor exists, only its spectrum (kept for the backward).  The backward hands each channel's dK row,
+    still in cache, to the Vandermonde backward.  Same values and gradients as
+    ``fftconv(u, s4d_kernel(log_dt, A, B, C, L), D, bidirectional=...)``.
     """
     op = "ssm_conv"
     _check_real(op, "u", u)
     if u.dim() != 3:
         _fail(op, f"u must have shape (B, H, L), got {tuple(u.shape)}")
     _check_ssm_params(op, log_dt, A, B, C, discretization, 2 if bidirectional else 1)
+    if not isinstance(bidirectional, bool):
+        _fail(op, f"bidirectional must be a bool, got {type(bidirectional).__name__}", TypeError)
     if bidirectional and C.shape[-3] != 2:
         _fail(op, f"C must have shape (2, H, N) or (C_out, 2, H, N) with bidirectional=True, got {tuple(C.shape)}")
     if A.shape[0] != u.shape[1]:
         _fail(op, f"A has H = {A.shape[0]} channels but u has {u.shape[1]} (u is (B, H, L))")
+    _same_device(op, "u", u, A=A)
+    H, N = A.shape
     L = u.shape[-1]
-    Cf = C.reshape(-1, *C.shape[-2:]) if C.dim() > 2 else C
-    K = s4d_kernel(log_dt, A, B, Cf, L, discretization)
-    if C.dim() > 2:
-        K = K.reshape(*C.shape[:-2], K.shape[-2], L)
+    half = u.dtype in (torch.float16, torch.bfloat16)
     kd = torch.float64 if u.dtype == torch.float64 else torch.float32
-    return fftconv(u, K.to(kd), None if D is None else D.to(kd if u.dtype in (torch.float16, torch.bfloat16) else u.dtype),
-                   bidirectional=bidirectional)
+    has_c = C.dim() == (4 if bidirectional else 3)
+    Cn = C.shape[0] if has_c else 1
+    if D is not None:
+        _check_real(op, "D", D)
+        if not (D.shape == (H,) or (has_c and D.shape == (Cn, H))):
+            _fail(op, f"D must have shape (H,) = ({H},)" + (f" or (C_out, H) = ({Cn}, {H})" if has_c else "")
+                  + f", got {tuple(D.shape)}")
+        _same_device(op, "u", u, D=D)
+        D = D.to(kd if half else u.dtype)
+    if _use_reference(u.device):
+        Cf = C.reshape(-1, H, N) if C.dim() > 2 else C
+        K = s4d_kernel(log_dt, A, B, Cf, L, discretization)
+        if C.dim() > 2:
+            K = K.reshape(*C.shape[:-2], H, L)
+        return fftconv(u, K.to(kd), D, bidirectional=bidirectional)
+    v, x = discretize(log_dt, A, B, C, discretization)
+    v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
+    D2 = None if D is None else D.reshape(-1, H).expand(Cn, H).contiguous()
+    if _grad_wanted(u, v4, x, D2):
+        y = SsmConvFn.apply(u, v4, x, D2)
+    else:
+        y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False)
+    return y if has_c else y.squeeze(1)

@@ -8,6 +8,8 @@ under the Triton interpreter (``TRITON_INTERPRET=1``).  It implements the contra
     vandermonde_bwd(g, v, x, mask) -> (dv, dx)
     fftconv_fwd(u, k, D, save_uf) -> (y, uf)
     fftconv_bwd(g, u, uf, k, D, mask) -> (du, dk, dD)
+    ssm_discretize_fwd / ssm_discretize_bwd (O(H N) torch in complex128, closed-form chain rule)
+    ssm_conv_fwd(u, v, x, D, save_uf) -> (y, kf, uf);  ssm_conv_bwd(g, u, uf, kf, v, x, D, mask)
 
 Vandermonde.  As on CPU, l = j T + i with T ~ sqrt(L): the small factors P = exp(x j T) (J per mode) and
 Q = exp(x i) (T per mode) are computed in float64 by torch (exact products x*m, O(H N sqrt L)), rounded
@@ -15,10 +17,12 @@ to the output precision, and the (J x 2N) . (2N x T) real products run in ``_bmm
 IEEE fp32 -- TF32 operands lose ~4e-4 at L = 64K, so not TF32 -- or fp64).  The backward's
 (J x T) . (T x 4N) product runs in the same kernel; the short reductions over j are torch in float64.
 
-FFT convolution.  The FFTs are torch's (cuFFT); the spectral product (with the channel broadcast),
+FFT convolution.  The FFTs are torch's (cuFFT), of size n = fft_size(L) (2-3-5 size >= 2L - 1); the spectral product (with the channel broadcast),
 the truncation + skip term + output cast, and the backward's channel / batch sums of conjugate products
 (summed before the inverse FFT) are fused Triton kernels ``_spec_mul_kernel``, ``_trunc_skip_kernel`` and
-``_conj_sum_kernel``.  Offsets are 64-bit.
+``_conj_sum_kernel``.  Offsets are 64-bit.  ssm_conv on this backend is the composition (Vandermonde
+kernels, then the kernel's spectrum, then the FFT convolution pieces), without the (C, H, L) dK round trip
+saved only on CPU.
 """
 from __future__ import annotations
 
@@ -28,7 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["vandermonde_fwd", "vandermonde_bwd", "fftconv_fwd", "fftconv_bwd"]
+from ..reference.ssm import discretize_log, expm1c, fft_size
+
+__all__ = ["vandermonde_fwd", "vandermonde_bwd", "fftconv_fwd", "fftconv_bwd", "ssm_discretize_fwd",
+           "ssm_discretize_bwd", "ssm_conv_fwd", "ssm_conv_bwd", "compile_variants"]
 
 
 # ---------------------------------------------------------------- batched GEMM
@@ -37,19 +44,19 @@ def _bmm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, b_mod,
                 sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
     """c[p] = a[p] @ b[p % b_mod] for batch p = program_id(2)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
     p = tl.program_id(2).to(tl.int64)
     pb = p % b_mod
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # 64-bit: the row offsets below never wrap
     rk = tl.arange(0, BLOCK_K)
     a_base = a_ptr + p * sab
     b_base = b_ptr + pb * sbb
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if IEEE else tl.float64)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        a = tl.load(a_base + rm[:, None].to(tl.int64) * sam + kk[None, :] * sak,
+        a = tl.load(a_base + rm[:, None] * sam + kk[None, :] * sak,
                     mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
         b = tl.load(b_base + kk[:, None].to(tl.int64) * sbk + rn[None, :] * sbn,
                     mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
@@ -57,7 +64,7 @@ def _bmm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, b_mod,
             acc += tl.dot(a, b, input_precision="ieee")
         else:  # float64: no tensor-core path
             acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    c = c_ptr + p * scb + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn
+    c = c_ptr + p * scb + rm[:, None] * scm + rn[None, :] * scn
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
@@ -149,7 +156,7 @@ def _spec_mul_kernel(u_ptr, k_ptr, o_ptr, C, H, F, BLOCK: tl.constexpr):
     h = row % H
     c = (row // H) % C
     b = row // (H * C)
-    f = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    f = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = f < F
     ub = u_ptr + (b * H + h) * F * 2
     kb = k_ptr + (c * H + h) * F * 2
@@ -163,15 +170,15 @@ def _spec_mul_kernel(u_ptr, k_ptr, o_ptr, C, H, F, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _trunc_skip_kernel(full_ptr, u_ptr, d_ptr, y_ptr, C, H, L, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
-    """y[b, c, h, t] = full[b, c, h, t] (of 2L) + D[c, h] u[b, h, t], cast to y's dtype."""
+def _trunc_skip_kernel(full_ptr, u_ptr, d_ptr, y_ptr, C, H, L, NFULL, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
+    """y[b, c, h, t] = full[b, c, h, t] (rows of NFULL) + D[c, h] u[b, h, t], cast to y's dtype."""
     row = tl.program_id(0).to(tl.int64)  # (b, c, h)
     h = row % H
     ch = row % (C * H)
     b = row // (H * C)
-    t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    t = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = t < L
-    val = tl.load(full_ptr + row * 2 * L + t, mask=m, other=0.0)
+    val = tl.load(full_ptr + row * NFULL + t, mask=m, other=0.0)
     if HAS_D:
         d = tl.load(d_ptr + ch)
         u = tl.load(u_ptr + (b * H + h) * L + t, mask=m, other=0.0).to(val.dtype)
@@ -186,7 +193,7 @@ def _conj_sum_kernel(a_ptr, g_ptr, o_ptr, B, C, H, F, OVER_C: tl.constexpr, BLOC
     row = tl.program_id(0).to(tl.int64)  # (o, h)
     h = row % H
     o = row // H
-    f = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    f = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = f < F
     accr = tl.zeros((BLOCK,), dtype=o_ptr.dtype.element_ty)
     acci = tl.zeros((BLOCK,), dtype=o_ptr.dtype.element_ty)
@@ -216,39 +223,96 @@ def _cdt(u):
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _kernel_spectrum(k, L, cdt):
+def _cplx(cdt):
+    return torch.complex128 if cdt == torch.float64 else torch.complex64
+
+
+def _kernel_spectrum(k, L, n, cdt):
+    """rfft(circular kernel, n) / n: k0 on [0, L), k1[l] at n - 1 - l (l <= L - 2)."""
     kc = k.to(cdt)
-    if k.shape[1] == 1:
-        return torch.fft.rfft(kc[:, 0], n=2 * L)
-    buf = torch.cat([kc[:, 0], kc[:, 1].flip(-1)], dim=-1)  # k0 on [0, L), flip(k1) on [L, 2L)
-    return torch.fft.rfft(buf, n=2 * L)
+    circ = torch.zeros((k.shape[0], k.shape[2], n), device=k.device, dtype=cdt)
+    circ[..., :L] = kc[:, 0]
+    if k.shape[1] == 2 and L > 1:
+        circ[..., n - L + 1:] = kc[:, 1, :, :L - 1].flip(-1)
+    return torch.fft.rfft(circ, n=n, norm="forward").contiguous()
 
 
 _BLOCK = 256
+
+
+def _conv_fwd(u, kf, D, save_uf: bool, n: int):
+    """y (B, C, H, L) in u's dtype from kf = rfft(circular k, n) / n; (y, uf)."""
+    B, H, L = u.shape
+    C = kf.shape[0]
+    cdt = _cdt(u)
+    uc = u.to(cdt).contiguous()
+    uf = torch.fft.rfft(uc, n=n).contiguous()
+    F = n // 2 + 1
+    prod = torch.empty((B, C, H, F), device=u.device, dtype=_cplx(cdt))
+    _spec_mul_kernel[(B * C * H, triton.cdiv(F, _BLOCK))](
+        torch.view_as_real(uf), torch.view_as_real(kf), torch.view_as_real(prod), C, H, F, BLOCK=_BLOCK)
+    full = torch.fft.irfft(prod, n=n, norm="forward").contiguous()
+    y = torch.empty((B, C, H, L), device=u.device, dtype=u.dtype)
+    Dc = D.to(cdt).contiguous() if D is not None else full
+    _trunc_skip_kernel[(B * C * H, triton.cdiv(L, _BLOCK))](full, uc, Dc, y, C, H, L, n, HAS_D=D is not None,
+                                                            BLOCK=_BLOCK)
+    return y, (uf if save_uf else u.new_empty(0, dtype=_cplx(cdt)))
 
 
 def fftconv_fwd(u, k, D, save_uf: bool):
     B, H, L = u.shape
     C = k.shape[0]
     cdt = _cdt(u)
-    cplx = torch.complex128 if cdt == torch.float64 else torch.complex64
+    n = fft_size(L)
     if B * H * L * C == 0:
         y = torch.zeros((B, C, H, L), device=u.device, dtype=u.dtype)
-        uf = torch.zeros((B, H, L + 1), device=u.device, dtype=cplx) if save_uf else u.new_empty(0, dtype=cplx)
+        uf = torch.zeros((B, H, n // 2 + 1), device=u.device, dtype=_cplx(cdt)) if save_uf \
+            else u.new_empty(0, dtype=_cplx(cdt))
         return y, uf
+    return _conv_fwd(u, _kernel_spectrum(k, L, n, cdt), D, save_uf, n)
+
+
+def _conv_bwd(g, u, uf, kf, D, want_du: bool, want_dk: bool, want_dD: bool, n: int):
+    """(du in the compute dtype or None, dkfull = irfft(sum_b conj(U_b) G_b, n) (C, H, n) or None, dD or None)."""
+    B, H, L = u.shape
+    C = g.shape[1]
+    cdt = _cdt(u)
+    cplx = _cplx(cdt)
+    gc = g.to(cdt).contiguous()
     uc = u.to(cdt).contiguous()
-    uf = torch.fft.rfft(uc, n=2 * L).contiguous()
-    kf = _kernel_spectrum(k, L, cdt).contiguous()
-    F = L + 1
-    prod = torch.empty((B, C, H, F), device=u.device, dtype=cplx)
-    _spec_mul_kernel[(B * C * H, triton.cdiv(F, _BLOCK))](
-        torch.view_as_real(uf), torch.view_as_real(kf), torch.view_as_real(prod), C, H, F, BLOCK=_BLOCK)
-    full = torch.fft.irfft(prod, n=2 * L).contiguous()
-    y = torch.empty((B, C, H, L), device=u.device, dtype=u.dtype)
-    Dc = D.to(cdt).contiguous() if D is not None else full
-    _trunc_skip_kernel[(B * C * H, triton.cdiv(L, _BLOCK))](full, uc, Dc, y, C, H, L, HAS_D=D is not None,
-                                                            BLOCK=_BLOCK)
-    return y, (uf if save_uf else u.new_empty(0, dtype=cplx))
+    F = n // 2 + 1
+    du = dkfull = dD = None
+    if want_du or want_dk:
+        gf = torch.fft.rfft(gc, n=n).contiguous()
+    if want_du:
+        acc = torch.empty((B, H, F), device=u.device, dtype=cplx)
+        _conj_sum_kernel[(B * H, triton.cdiv(F, _BLOCK))](torch.view_as_real(kf), torch.view_as_real(gf),
+                                                         torch.view_as_real(acc), B, C, H, F, OVER_C=True,
+                                                         BLOCK=_BLOCK)
+        du = torch.fft.irfft(acc, n=n, norm="forward")[..., :L]
+        if D is not None:
+            du = du + torch.einsum("ch,bchl->bhl", D.to(cdt), gc)
+    if want_dk:
+        ufc = uf.contiguous() if uf.numel() else torch.fft.rfft(uc, n=n).contiguous()
+        acc = torch.empty((C, H, F), device=u.device, dtype=cplx)
+        _conj_sum_kernel[(C * H, triton.cdiv(F, _BLOCK))](torch.view_as_real(ufc), torch.view_as_real(gf),
+                                                         torch.view_as_real(acc), B, C, H, F, OVER_C=False,
+                                                         BLOCK=_BLOCK)
+        dkfull = torch.fft.irfft(acc, n=n)
+    if want_dD:
+        dD = torch.einsum("bchl,bhl->ch", gc.double(), uc.double())
+    return du, dkfull, dD
+
+
+def _dk_from_full(full, S: int, L: int, n: int):
+    """(C, H, n) circular correlation -> dk (C, S, H, L): k0 at l, k1 at n - 1 - l (k1[L - 1] unused: 0)."""
+    parts = [full[..., :L]]
+    if S == 2:
+        k1 = torch.zeros_like(parts[0])
+        if L > 1:
+            k1[..., :L - 1] = full[..., n - L + 1:].flip(-1)
+        parts.append(k1)
+    return torch.stack(parts, dim=1)
 
 
 def fftconv_bwd(g, u, uf, k, D, mask: int):
@@ -260,33 +324,151 @@ def fftconv_bwd(g, u, uf, k, D, mask: int):
     dD = torch.zeros_like(D) if want_dD else u.new_empty(0)
     if B * H * L * C == 0:
         return du, dk, dD
+    n = fft_size(L)
     cdt = _cdt(u)
-    cplx = torch.complex128 if cdt == torch.float64 else torch.complex64
-    gc = g.to(cdt).contiguous()
-    uc = u.to(cdt).contiguous()
-    F = L + 1
-    if want_du or want_dk:
-        gf = torch.fft.rfft(gc, n=2 * L).contiguous()
+    kf = _kernel_spectrum(k, L, n, cdt) if want_du else None
+    r_du, full, r_dD = _conv_bwd(g, u, uf, kf, D, want_du, want_dk, want_dD, n)
     if want_du:
-        kf = _kernel_spectrum(k, L, cdt).contiguous()
-        acc = torch.empty((B, H, F), device=u.device, dtype=cplx)
-        _conj_sum_kernel[(B * H, triton.cdiv(F, _BLOCK))](torch.view_as_real(kf), torch.view_as_real(gf),
-                                                         torch.view_as_real(acc), B, C, H, F, OVER_C=True,
-                                                         BLOCK=_BLOCK)
-        r = torch.fft.irfft(acc, n=2 * L)[..., :L]
-        if D is not None:
-            r = r + torch.einsum("ch,bchl->bhl", D.to(cdt), gc)
-        du = r.to(u.dtype)
+        du = r_du.to(u.dtype)
     if want_dk:
-        ufc = uf.contiguous() if uf.numel() else torch.fft.rfft(uc, n=2 * L).contiguous()
-        acc = torch.empty((C, H, F), device=u.device, dtype=cplx)
-        _conj_sum_kernel[(C * H, triton.cdiv(F, _BLOCK))](torch.view_as_real(ufc), torch.view_as_real(gf),
-                                                         torch.view_as_real(acc), B, C, H, F, OVER_C=False,
-                                                         BLOCK=_BLOCK)
-        full = torch.fft.irfft(acc, n=2 * L)
-        dk[:, 0] = full[..., :L].to(k.dtype)
-        if S == 2:
-            dk[:, 1] = full[..., L:].flip(-1).to(k.dtype)
+        dk = _dk_from_full(full, S, L, n).to(k.dtype)
     if want_dD:
-        dD = torch.einsum("bchl,bhl->ch", gc.double(), uc.double()).to(D.dtype)
+        dD = r_dD.to(D.dtype)
     return du, dk, dD
+
+
+# ---------------------------------------------------------------- discretisation and the fused pair
+def ssm_discretize_fwd(log_dt, A, B, C, disc: str):
+    """(v, x) in complex128 (O(H N) torch on the device)."""
+    with torch.no_grad():
+        return discretize_log(log_dt, A, B, C, disc)
+
+
+def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
+    """The discretisation's chain rule in closed form (torch's conjugate-Wirtinger convention)."""
+    cd = torch.complex128
+    dt = torch.exp(log_dt.to(torch.float64)).unsqueeze(-1)
+    A2, B2, C2 = A.to(cd), B.to(cd), C.to(cd)
+    z = dt * A2
+    if disc == "zoh":
+        dw_dB = expm1c(z) / A2
+        w = B2 * dw_dB
+        dx_dz, dw_dz, dw_dA, dw_ddt = torch.ones_like(z), B2 * torch.exp(z) / A2, -w / A2, torch.zeros_like(z)
+    else:
+        den = 1.0 - 0.5 * z
+        dw_dB = dt / den
+        w = B2 * dw_dB
+        dx_dz, dw_dz, dw_dA, dw_ddt = 1.0 / (den * (1.0 + 0.5 * z)), 0.5 * w / den, torch.zeros_like(z), B2 / den
+    lead = tuple(range(C.dim() - 2))
+    if gv.numel():
+        gvc = gv.to(cd)
+        gw = (C2.conj() * gvc).sum(lead) if lead else C2.conj() * gvc
+        dC = w.conj() * gvc
+    else:
+        gw = torch.zeros_like(z)
+        dC = torch.zeros_like(C2)
+    gz = dw_dz.conj() * gw + (dx_dz.conj() * gx.to(cd) if gx.numel() else 0)
+    dA = dt * gz + dw_dA.conj() * gw
+    dB = dw_dB.conj() * gw
+    dld = dt.squeeze(-1) * ((A2.conj() * gz).real + (dw_ddt.conj() * gw).real).sum(-1)
+    outs = (dld, dA, dB, dC)
+    return tuple(o.to(t.dtype) if mask & (1 << i) else t.new_empty(0)
+                 for i, (o, t) in enumerate(zip(outs, (log_dt, A, B, C))))
+
+
+def ssm_conv_fwd(u, v, x, D, save_uf: bool):
+    B, H, L = u.shape
+    C, S, _, N = v.shape
+    cdt = _cdt(u)
+    n = fft_size(L)
+    if B * H * L * C == 0:
+        F = n // 2 + 1
+        return (torch.zeros((B, C, H, L), device=u.device, dtype=u.dtype),
+                torch.zeros((C, H, F), device=u.device, dtype=_cplx(cdt)),
+                torch.zeros((B, H, F), device=u.device, dtype=_cplx(cdt)) if save_uf
+                else u.new_empty(0, dtype=_cplx(cdt)))
+    K = vandermonde_fwd(v.reshape(C * S, H, N), x, L, cdt == torch.float64).view(C, S, H, L)
+    kf = _kernel_spectrum(K, L, n, cdt)
+    y, uf = _conv_fwd(u, kf, D, save_uf, n)
+    return y, kf, uf
+
+
+def ssm_conv_bwd(g, u, uf, kf, v, x, D, mask: int):
+    B, H, L = u.shape
+    C, S, _, N = v.shape
+    want_du, want_dv, want_dx = bool(mask & 1), bool(mask & 2), bool(mask & 4)
+    want_dD = bool(mask & 8) and D is not None
+    du = torch.zeros_like(u) if want_du else u.new_empty(0)
+    dv = torch.zeros_like(v) if want_dv else v.new_empty(0)
+    dx = torch.zeros_like(x) if want_dx else x.new_empty(0)
+    dD = torch.zeros_like(D) if want_dD else u.new_empty(0)
+    if B * H * L * C == 0 or mask == 0:
+        return du, dv, dx, dD
+    n = fft_size(L)
+    want_dk = (want_dv or want_dx) and N > 0
+    r_du, full, r_dD = _conv_bwd(g, u, uf, kf, D, want_du, want_dk, want_dD, n)
+    if want_du:
+        du = r_du.to(u.dtype)
+    if want_dk:
+        dk = _dk_from_full(full, S, L, n).reshape(C * S, H, L)
+        rdv, rdx = vandermonde_bwd(dk, v.reshape(C * S, H, N), x, (1 if want_dv else 0) | (2 if want_dx else 0))
+        if want_dv:
+            dv = rdv.view(v.shape).to(v.dtype)
+        if want_dx:
+            dx = rdx.to(x.dtype)
+    if want_dD:
+        dD = r_dD.to(D.dtype)
+    return du, dv, dx, dD
+
+
+# ---------------------------------------------------------------- CI compile check hook
+def compile_variants():
+    """Every Triton variant the launchers of this module can run, for the CI compile check.
+
+    The launchers are the op functions themselves (they call torch's FFTs on the CPU tensors around the
+    patched launches).  Per compute dtype (float32 / float64): vandermonde forward and backward
+    (``_bmm_kernel``, IEEE fp32 ``tl.dot`` or the fp64 product), fftconv forward with and without D for
+    every u dtype (``_spec_mul_kernel``, ``_trunc_skip_kernel`` storing u's dtype) and backward with every
+    gradient (``_conj_sum_kernel`` both ways; half u computes in float32, the same binaries), and the
+    ssm_conv pair (the same kernels through its own launch path).  Expectations: 64-bit program-id
+    arithmetic, no spills, no approximate float32 division.
+    """
+    expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 0}
+    entries = []
+    B, H, N, L = 2, 3, 4, 40
+    for dtype in (torch.float32, torch.float64):
+        dn = str(dtype).replace("torch.", "")
+        cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+        v = torch.zeros(2, H, N, dtype=cd)
+        x = torch.zeros(H, N, dtype=cd)
+        gK = torch.zeros(2, H, L, dtype=dtype)
+        out64 = dtype == torch.float64
+        entries.append({"label": f"vandermonde/{dn} fwd", "expect": expect,
+                        "launch": lambda v=v, x=x, o=out64: vandermonde_fwd(v, x, L, o)})
+        entries.append({"label": f"vandermonde/{dn} bwd", "expect": expect,
+                        "launch": lambda g=gK, v=v, x=x: vandermonde_bwd(g, v, x, 3)})
+        k = torch.zeros(2, 2, H, L, dtype=dtype)
+        D = torch.zeros(2, H, dtype=dtype)
+        u = torch.zeros(B, H, L, dtype=dtype)
+        g = torch.zeros(B, 2, H, L, dtype=dtype)
+        entries.append({"label": f"fftconv/{dn} bwd", "expect": expect,
+                        "launch": lambda g=g, u=u, k=k, D=D: fftconv_bwd(g, u, u.new_empty(0, dtype=_cplx(u.dtype)),
+                                                                         k, D, 7)})
+        v4 = torch.zeros(2, 2, H, N, dtype=torch.complex128)
+        x2 = torch.zeros(H, N, dtype=torch.complex128)
+        entries.append({"label": f"ssm_conv/{dn} fwd", "expect": expect,
+                        "launch": lambda u=u, v4=v4, x2=x2, D=D: ssm_conv_fwd(u, v4, x2, D, True)})
+        kf = torch.zeros(2, H, fft_size(L) // 2 + 1, dtype=_cplx(dtype))
+        entries.append({"label": f"ssm_conv/{dn} bwd", "expect": expect,
+                        "launch": lambda g=g, u=u, kf=kf, v4=v4, x2=x2, D=D: ssm_conv_bwd(
+                            g, u, u.new_empty(0, dtype=_cplx(u.dtype)), kf, v4, x2, D, 15)})
+    for udt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        un = str(udt).replace("torch.", "")
+        kd = torch.float64 if udt == torch.float64 else torch.float32
+        u = torch.zeros(B, H, L, dtype=udt)
+        k = torch.zeros(1, 1, H, L, dtype=kd)
+        D = torch.zeros(1, H, dtype=kd)
+        for withD in (True, False):
+            entries.append({"label": f"fftconv/{un}/{'D' if withD else 'noD'} fwd", "expect": expect,
+                            "launch": lambda u=u, k=k, D=(D if withD else None): fftconv_fwd(u, k, D, False)})
+    return entries

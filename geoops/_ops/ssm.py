@@ -6,9 +6,20 @@
         mask: 1 dv (C, H, N) in v's dtype, 2 dx (H, N) in x's dtype; unselected ones are empty
     geoops::fftconv_fwd(Tensor u, Tensor k, Tensor? D, bool save_uf) -> (Tensor y, Tensor uf)
         u (B, H, L), k (C, S, H, L) (S = 2: bidirectional), D (C, H) -> y (B, C, H, L) in u's dtype,
-        uf = rfft(u, 2L) (B, H, L+1) complex (fp32/fp64 compute dtype) when save_uf, else empty
+        uf = rfft(u, n) (B, H, n//2+1) complex (fp32/fp64 compute dtype) when save_uf, else empty;
+        n = fft_size(L) (geoops.reference.ssm: the smallest 2-3-5 size >= 2L - 1)
     geoops::fftconv_bwd(Tensor grad, Tensor u, Tensor uf, Tensor k, Tensor? D, int mask) -> (du, dk, dD)
         mask: 1 du (B, H, L), 2 dk (C, S, H, L), 4 dD (C, H); uf may be empty (then recomputed)
+    geoops::ssm_discretize_fwd(Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc) -> (Tensor v, Tensor x)
+        v = C * Bbar (C's shape), x = log Abar (H, N), both complex128
+    geoops::ssm_discretize_bwd(Tensor gv, Tensor gx, Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc,
+                               int mask) -> (dlog_dt, dA, dB, dC)
+        gv / gx may be empty (no gradient); mask: 1 dlog_dt, 2 dA, 4 dB, 8 dC, in the inputs' dtypes
+    geoops::ssm_conv_fwd(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf) -> (Tensor y, Tensor kf, Tensor uf)
+        v (C, S, H, N), x (H, N) complex: K[c, s] = vandermonde(v[c, s], x, L) convolved as fftconv's k;
+        kf = rfft(circular K, n) / n (C, H, n//2+1) (kept for the backward), uf as in fftconv_fwd
+    geoops::ssm_conv_bwd(Tensor grad, Tensor u, Tensor uf, Tensor kf, Tensor v, Tensor x, Tensor? D, int mask)
+        -> (du, dv, dx, dD); mask: 1 du, 2 dv (v's shape, complex128), 4 dx (H, N), 8 dD (C, H)
 
 Each implementation picks the backend per call (kernel sets below), so one registration serves CPU,
 CUDA (Triton) and the eager reference; torch.compile sees opaque ops.
@@ -42,6 +53,22 @@ class _Cpp:
     @staticmethod
     def fftconv_bwd(g, u, uf, k, D, mask):
         return tuple(_backend.compiled().fftconv_bwd_cpu(g, u, uf, k, D, mask))
+
+    @staticmethod
+    def ssm_discretize_fwd(log_dt, A, B, C, disc):
+        return tuple(_backend.compiled().ssm_discretize_fwd_cpu(log_dt, A, B, C, disc))
+
+    @staticmethod
+    def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc, mask):
+        return tuple(_backend.compiled().ssm_discretize_bwd_cpu(gv, gx, log_dt, A, B, C, disc, mask))
+
+    @staticmethod
+    def ssm_conv_fwd(u, v, x, D, save_uf):
+        return tuple(_backend.compiled().ssm_conv_fwd_cpu(u, v, x, D, save_uf))
+
+    @staticmethod
+    def ssm_conv_bwd(g, u, uf, kf, v, x, D, mask):
+        return tuple(_backend.compiled().ssm_conv_bwd_cpu(g, u, uf, kf, v, x, D, mask))
 
 
 def _cdt(u):
@@ -81,10 +108,12 @@ class _Reference:
 
     @classmethod
     def fftconv_fwd(cls, u, k, D, save_uf):
+        from ..reference import ssm as ref
+
         with torch.no_grad():
             y = cls._y(u, k, D).to(u.dtype).contiguous()
-            L = u.shape[-1]
-            uf = torch.fft.rfft(u.to(_cdt(u)), n=2 * L) if save_uf else u.new_empty(0, dtype=_complex_of(u))
+            n = ref.fft_size(u.shape[-1])
+            uf = torch.fft.rfft(u.to(_cdt(u)), n=n) if save_uf else u.new_empty(0, dtype=_complex_of(u))
         return y, uf
 
     @classmethod
@@ -100,6 +129,73 @@ class _Reference:
         dk = grads[1].to(k.dtype) if mask & 2 else k.new_empty(0)
         dD = grads[2].to(D.dtype) if (mask & 4 and D is not None) else u.new_empty(0)
         return du, dk, dD
+
+
+    @staticmethod
+    def ssm_discretize_fwd(log_dt, A, B, C, disc):
+        from ..reference import ssm as ref
+
+        with torch.no_grad():
+            return ref.discretize_log(log_dt, A, B, C, disc)
+
+    @staticmethod
+    def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc, mask):
+        from ..reference import ssm as ref
+
+        with torch.enable_grad():
+            ins = [t.detach().requires_grad_(True) for t in (log_dt, A, B, C)]
+            v, x = ref.discretize_log(*ins, disc)
+            outs, grads = [], []
+            for o, g in ((v, gv), (x, gx)):
+                if g.numel():
+                    outs.append(o)
+                    grads.append(g.to(o.dtype))
+            res = torch.autograd.grad(outs, ins, grads, allow_unused=True) if outs else [None] * 4
+        return tuple((r.to(t.dtype) if r is not None else torch.zeros_like(t)) if mask & (1 << i) else t.new_empty(0)
+                     for i, (r, t) in enumerate(zip(res, (log_dt, A, B, C))))
+
+    @staticmethod
+    def _kernels(v, x, L, cdt):
+        from ..reference import ssm as ref
+
+        C, S, H, N = v.shape
+        K = ref.vandermonde(v.reshape(C * S, H, N).to(torch.complex128), x.to(torch.complex128), L)
+        return K.reshape(C, S, H, L).to(cdt)
+
+    @classmethod
+    def ssm_conv_fwd(cls, u, v, x, D, save_uf):
+        from ..reference import ssm as ref
+
+        L = u.shape[-1]
+        n = ref.fft_size(L)
+        cdt = _cdt(u)
+        with torch.no_grad():
+            k = cls._kernels(v, x, L, cdt)
+            y = cls._y(u, k, D).to(u.dtype).contiguous()
+            circ = torch.zeros(k.shape[0], k.shape[2], n, dtype=cdt, device=u.device)
+            circ[..., :L] = k[:, 0]
+            if k.shape[1] == 2 and L > 1:
+                circ[..., n - L + 1:] = k[:, 1, :, :L - 1].flip(-1)
+            kf = torch.fft.rfft(circ, n=n, norm="forward")
+            uf = torch.fft.rfft(u.to(cdt), n=n) if save_uf else u.new_empty(0, dtype=_complex_of(u))
+        return y, kf, uf
+
+    @classmethod
+    def ssm_conv_bwd(cls, g, u, uf, kf, v, x, D, mask):
+        with torch.enable_grad():
+            uu = u.detach().requires_grad_(True)
+            vv = v.detach().requires_grad_(True)
+            xx = x.detach().requires_grad_(True)
+            DD = None if D is None else D.detach().requires_grad_(True)
+            y = cls._y(uu, cls._kernels(vv, xx, u.shape[-1], _cdt(u)), DD)
+            ins = [uu, vv, xx] + ([DD] if DD is not None else [])
+            grads = torch.autograd.grad(y, ins, g.to(y.dtype), allow_unused=True)
+        grads = [torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, ins)]
+        du = grads[0].to(u.dtype) if mask & 1 else u.new_empty(0)
+        dv = grads[1].to(v.dtype) if mask & 2 else v.new_empty(0)
+        dx = grads[2].to(x.dtype) if mask & 4 else x.new_empty(0)
+        dD = grads[3].to(D.dtype) if (mask & 8 and D is not None) else u.new_empty(0)
+        return du, dv, dx, dD
 
 
 def _complex_of(u):
@@ -132,10 +228,16 @@ def _ffwd(u, k, D: Optional[torch.Tensor], save_uf: bool):
     return tuple(kernels(u.device).fftconv_fwd(u, k, D, save_uf))
 
 
+def _nfreq(L) -> int:
+    from ..reference import ssm as ref
+
+    return ref.fft_size(int(L)) // 2 + 1
+
+
 def _ffwd_fake(u, k, D, save_uf):
     B, H, L = u.shape
     y = u.new_empty((B, k.shape[0], H, L))
-    uf = u.new_empty((B, H, L + 1) if save_uf else (0,), dtype=_complex_of(u))
+    uf = u.new_empty((B, H, _nfreq(L)) if save_uf else (0,), dtype=_complex_of(u))
     return y, uf
 
 
@@ -150,6 +252,47 @@ def _fbwd_fake(g, u, uf, k, D, mask):
     return du, dk, dD
 
 
+def _dfwd(log_dt, A, B, C, disc: str):
+    return tuple(kernels(A.device).ssm_discretize_fwd(log_dt, A, B, C, disc))
+
+
+def _dfwd_fake(log_dt, A, B, C, disc):
+    return C.new_empty(C.shape, dtype=torch.complex128), A.new_empty(A.shape, dtype=torch.complex128)
+
+
+def _dbwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
+    return tuple(kernels(A.device).ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc, mask))
+
+
+def _dbwd_fake(gv, gx, log_dt, A, B, C, disc, mask):
+    return tuple(t.new_empty(t.shape) if mask & (1 << i) else t.new_empty(0) for i, t in enumerate((log_dt, A, B, C)))
+
+
+def _sfwd(u, v, x, D: Optional[torch.Tensor], save_uf: bool):
+    return tuple(kernels(u.device).ssm_conv_fwd(u, v, x, D, save_uf))
+
+
+def _sfwd_fake(u, v, x, D, save_uf):
+    B, H, L = u.shape
+    F = _nfreq(L)
+    y = u.new_empty((B, v.shape[0], H, L))
+    kf = u.new_empty((v.shape[0], H, F), dtype=_complex_of(u))
+    uf = u.new_empty((B, H, F) if save_uf else (0,), dtype=_complex_of(u))
+    return y, kf, uf
+
+
+def _sbwd(g, u, uf, kf, v, x, D: Optional[torch.Tensor], mask: int):
+    return tuple(kernels(u.device).ssm_conv_bwd(g, u, uf, kf, v, x, D, mask))
+
+
+def _sbwd_fake(g, u, uf, kf, v, x, D, mask):
+    du = u.new_empty(u.shape) if mask & 1 else u.new_empty(0)
+    dv = v.new_empty(v.shape) if mask & 2 else v.new_empty(0)
+    dx = x.new_empty(x.shape) if mask & 4 else x.new_empty(0)
+    dD = D.new_empty(D.shape) if (mask & 8 and D is not None) else u.new_empty(0)
+    return du, dv, dx, dD
+
+
 vandermonde_fwd_op = define_op("geoops::vandermonde_fwd", "(Tensor v, Tensor x, int L, bool out64) -> Tensor",
                                _vfwd, _vfwd_fake)
 vandermonde_bwd_op = define_op("geoops::vandermonde_bwd", "(Tensor grad, Tensor v, Tensor x, int mask) -> (Tensor, Tensor)",
@@ -160,8 +303,27 @@ fftconv_bwd_op = define_op("geoops::fftconv_bwd",
                            "(Tensor grad, Tensor u, Tensor uf, Tensor k, Tensor? D, int mask) -> (Tensor, Tensor, Tensor)",
                            _fbwd, _fbwd_fake)
 
+ssm_discretize_fwd_op = define_op("geoops::ssm_discretize_fwd",
+                                  "(Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc) -> (Tensor, Tensor)",
+                                  _dfwd, _dfwd_fake)
+ssm_discretize_bwd_op = define_op(
+    "geoops::ssm_discretize_bwd",
+    "(Tensor gv, Tensor gx, Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc, int mask) "
+    "-> (Tensor, Tensor, Tensor, Tensor)", _dbwd, _dbwd_fake)
+ssm_conv_fwd_op = define_op("geoops::ssm_conv_fwd",
+                            "(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf) -> (Tensor, Tensor, Tensor)",
+                            _sfwd, _sfwd_fake)
+ssm_conv_bwd_op = define_op(
+    "geoops::ssm_conv_bwd",
+    "(Tensor grad, Tensor u, Tensor uf, Tensor kf, Tensor v, Tensor x, Tensor? D, int mask) "
+    "-> (Tensor, Tensor, Tensor, Tensor)", _sbwd, _sbwd_fake)
+
 # eager fast path: plain tensors call the kernels directly, everything else dispatches the custom op
 vandermonde_fwd = caller(vandermonde_fwd_op, _vfwd)
 vandermonde_bwd = caller(vandermonde_bwd_op, _vbwd)
 fftconv_fwd = caller(fftconv_fwd_op, _ffwd)
 fftconv_bwd = caller(fftconv_bwd_op, _fbwd)
+ssm_discretize_fwd = caller(ssm_discretize_fwd_op, _dfwd)
+ssm_discretize_bwd = caller(ssm_discretize_bwd_op, _dbwd)
+ssm_conv_fwd = caller(ssm_conv_fwd_op, _sfwd)
+ssm_conv_bwd = caller(ssm_conv_bwd_op, _sbwd)

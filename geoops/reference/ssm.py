@@ -26,7 +26,24 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["vandermonde", "discretize", "s4d_kernel", "fftconv", "ssm_conv", "expm1c"]
+__all__ = ["vandermonde", "discretize", "discretize_log", "s4d_kernel", "fftconv", "ssm_conv", "expm1c", "fft_size"]
+
+
+def fft_size(L: int) -> int:
+    """FFT size of a causal length-L convolution: the smallest 2^a 3^b 5^c >= max(2, 2L - 1).
+
+    (A causal product of two length-L signals has 2L - 1 terms, so n = 2L - 1 already avoids the circular
+    wrap; a 2-3-5 size keeps the transform fast for any L.)
+    """
+    n = max(2, 2 * int(L) - 1)
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
 
 
 def expm1c(z: torch.Tensor) -> torch.Tensor:
@@ -63,6 +80,28 @@ def discretize(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
     else:
         raise ValueError(f"discretization must be 'zoh' or 'bilinear', got {discretization!r}")
     return C * Bbar, Abar
+
+
+def discretize_log(log_dt, A, B, C, discretization: str = "zoh"):
+    """(v, x) in complex128 with ``K = vandermonde(v, x, L)``: x = log Abar, v = C~.
+
+    x = ``dt A`` (ZOH) or ``2 artanh(dt A / 2)`` (bilinear: log((1 + z/2)/(1 - z/2)) with z = dt A); ZOH's
+    exp(z) - 1 without cancellation.  Readable torch (autograd gives the reference backward).
+    """
+    cd = torch.complex128
+    dt = torch.exp(log_dt.to(torch.float64)).unsqueeze(-1)
+    A2, B2, C2 = A.to(cd), B.to(cd), C.to(cd)
+    z = dt * A2
+    if discretization == "zoh":
+        x = z
+        v = C2 * (B2 * expm1c(z) / A2)
+    elif discretization == "bilinear":
+        half = z / 2
+        x = 2.0 * torch.atanh(half)
+        v = C2 * (B2 * dt / (1.0 - half))
+    else:
+        raise ValueError(f"discretization must be 'zoh' or 'bilinear', got {discretization!r}")
+    return v, x
 
 
 def s4d_kernel(log_dt, A, B, C, L: int, discretization: str = "zoh") -> torch.Tensor:
