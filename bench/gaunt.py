@@ -12,9 +12,12 @@ at --many-lmax vs two chained binary products (truncated to lmax_out only at the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import functools
 import json
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +32,7 @@ from ._timing import interleaved
 
 TITLE = "Gaunt tensor product (L1 = L2 = lmax_out) vs e3nn TensorProduct"
 PEER = "e3nn"
-ROUTES = ("grid", "direct", "fft")
+ROUTES = ("grid", "grid_gemm", "direct", "fft")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -99,7 +102,7 @@ def measure_many(L: int, rows: int, C: int, dtype, repeats: int):
     g = torch.Generator().manual_seed(100 + L)
     x = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
     fns = {}
-    for route in ("auto", "grid", "fft"):
+    for route in ("auto", "grid", "grid_gemm", "fft"):
         fns[f"power3-{route}"] = lambda r=route: ga.gaunt_power(x, 3, L, route=r)
     for route in ("auto",) + ROUTES:
         fns[f"chain2-{route}"] = lambda r=route: ga.gaunt_tensor_product(
@@ -115,7 +118,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--gaunt-rows", type=int, default=2048, help="gaunt: rows (default 2048; x 16 channels)")
     g.add_argument("--gaunt-channels", type=int, default=16, help="gaunt: channels (default 16)")
     g.add_argument("--gaunt-routes", default=None,
-                   help="gaunt: comma list of auto,grid,direct,fft,torch-grid (default auto; --full all)")
+                   help="gaunt: comma list of auto,grid,grid_gemm,direct,fft,torch-grid (default auto; --full all)")
 
 
 def _flops(L: int, rows: int) -> float:
@@ -128,7 +131,7 @@ def rows(args, device: torch.device):
     full = args.mode == "full"
     Ls = [int(v) for v in args.gaunt_lmax.split(",")] if args.gaunt_lmax else (list(range(1, 9)) if full else [2, 4, 6])
     routes = (args.gaunt_routes.split(",") if args.gaunt_routes else
-              (["auto", "grid", "direct", "fft", "torch-grid"] if full else ["auto"]))
+              (["auto", "grid", "grid_gemm", "direct", "fft", "torch-grid"] if full else ["auto"]))
     dtypes = args.dtypes or (torch.float32,)
     B, C = args.gaunt_rows, args.gaunt_channels
     for dtype in dtypes:
@@ -187,59 +190,56 @@ def _setup(L, B, C, dtype, device, route, pass_, args):
     return setup
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def cpu_ms(fn, repeats: int) -> float:
+    """Process CPU time of one call (ms): the minimum over `repeats` calls after one warm-up call (the least
+    disturbed sample; robust when other jobs share the cores)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, (time.process_time() - t0) * 1e3)
+    return best
+
+
 def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1, many: bool = False):
     """Route ranking by process CPU time (robust when other jobs share the cores): {L: {route: ms}}.
 
-    The minimum over the samples (the least disturbed one), single-threaded by default: wall-clock medians on a loaded machine swing by several x, CPU time of one
-    thread much less; the routes parallelise alike over row tiles, so the ranking carries over.
+    The minimum over the samples, single-threaded by default: wall-clock medians on a loaded machine swing by
+    several x, CPU time of one thread much less; the routes parallelise alike over row tiles, so the ranking
+    carries over.
     """
-    import time
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     out = {}
-    try:
+    with _threads(threads):
         for L in Ls:
             g = torch.Generator().manual_seed(L)
             x1 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
             x2 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
-            res = {}
             calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
             if many:
-                calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "fft")}
-            for route, call in calls.items():
-                call()
-                ts = []
-                for _ in range(repeats):
-                    t0 = time.process_time()
-                    call()
-                    ts.append((time.process_time() - t0) * 1e3)
-                res[route] = min(ts)  # the least disturbed sample
+                calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "grid_gemm", "fft")}
+            res = {route: cpu_ms(call, repeats) for route, call in calls.items()}
             out[L] = res
-            print(f"{'nu=3 ' if many else ''}lmax {L} cpu-time ({threads} thread): " + "  ".join(f"{k}={v:.2f}" for k, v in res.items()),
-                  flush=True)
-    finally:
-        torch.set_num_threads(old)
+            print(f"{'nu=3 ' if many else ''}lmax {L} cpu-time ({threads} thread): "
+                  + "  ".join(f"{k}={v:.2f}" for k, v in res.items()), flush=True)
     return out
 
 
 def cpu_time_vs_e3nn(Ls, rows: int, C: int, dtype, repeats: int = 2, threads: int = 1):
     """auto, the unfused torch grid route and e3nn, fwd and fwd+bwd, by process CPU time (min of `repeats`)."""
-    import time
-
-    def tmin(fn):
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.process_time()
-            fn()
-            best = min(best, (time.process_time() - t0) * 1e3)
-        return best
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    tmin = functools.partial(cpu_ms, repeats=repeats)
     out = {}
-    try:
+    with _threads(threads):
         for L in Ls:
             g = torch.Generator().manual_seed(L)
             n = (L + 1) ** 2
@@ -265,8 +265,6 @@ def cpu_time_vs_e3nn(Ls, rows: int, C: int, dtype, repeats: int = 2, threads: in
             out[L] = res
             print(f"lmax {L} cpu-time ({threads} thread, ms): " + "  ".join(f"{k}={v:.2f}" for k, v in res.items()),
                   flush=True)
-    finally:
-        torch.set_num_threads(old)
     return out
 
 
@@ -332,7 +330,7 @@ def main(argv=None):
             many = {L: min(r, key=r.get) for L, r in results["cpu_time_1thread_nu3"].items()}
         elif args.many_lmax:
             mm = results["many_body"]["ms"]
-            many = {args.many_lmax: min(("grid", "fft"), key=lambda k: mm[f"power3-{k}"])}
+            many = {args.many_lmax: min(("grid", "grid_gemm", "fft"), key=lambda k: mm[f"power3-{k}"])}
         write_routes(best, many, ROOT / "geoops" / "_gaunt_routes.py")
         print("wrote geoops/_gaunt_routes.py:", best, many)
     if args.json:

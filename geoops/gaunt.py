@@ -11,11 +11,16 @@ the allowed paths it is e3nn's ``wigner_3j`` times sqrt((2l1+1)(2l2+1)(2l3+1)/(4
 
 Routes (all exact to round-off; ``route="auto"`` picks the fastest from a table measured by ``python -m bench``):
 
-* ``"grid"``   evaluate on an exact Gauss-Legendre x uniform sphere grid, multiply, project back (fused per row
-                tile on CPU: two GEMMs in, product, one GEMM out; grid values stay in cache);
+* ``"grid"``   evaluate on an exact Gauss-Legendre x uniform sphere grid, multiply, project back; on CPU
+                separably (per m a small Legendre block over l, then the azimuthal sums over m with the
+                quarter-period symmetries), fused per tile of rows held in SIMD lanes;
+* ``"grid_gemm"`` the same grid as dense GEMMs per row tile (one (L+1)^2 x grid matrix per factor; on CPU the
+                BLAS form, faster at small degrees; elsewhere the same as "grid");
 * ``"direct"`` fused sparse contraction over the nonzero Gaunt coefficients (binary products);
 * ``"fft"``    Luo et al.: SH -> 2D Fourier coefficients (sparse, generated in closed form), 2D convolution by
-                real FFT, Fourier -> SH restricted to the output frequencies.
+                the convolution theorem on the torus, Fourier -> SH restricted to the output frequencies; on CPU
+                the per-m blocks of the change of basis composed with the polar DFT, the torus mirror folded
+                (same separable kernel as "grid"); on CUDA torch's rfft2/irfft2.
 
 Per-degree weights ``weight1``, ``weight2``, ``weight_out`` ([..., L+1], broadcasting with the leading dims)
 scale degree l of the inputs before the product and of the output after it: these are the weights the Gaunt
@@ -38,7 +43,7 @@ from .reference import gaunt as _ref
 
 __all__ = ["gaunt_tensor_product", "gaunt_product", "gaunt_power", "GauntFn", "ROUTES", "choose_route"]
 
-ROUTES = ("auto", "grid", "direct", "fft")
+ROUTES = ("auto", "grid", "grid_gemm", "direct", "fft")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -237,8 +242,8 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: Optional[
         lmax_out: highest output degree (default L1 + L2; degrees above L1 + L2 come out as zeros).
         weight1, weight2, weight_out: optional per-degree weights [..., L+1] (L = L1, L2, lmax_out), fused into
             the conversions.
-        route: "auto" (fastest by the measured table), "grid", "direct" or "fft"; all give the same numbers to
-            round-off.
+        route: "auto" (fastest by the measured table), "grid", "grid_gemm", "direct" or "fft"; all give the same
+            numbers to round-off.
 
     Returns:
         [..., (lmax_out+1)^2] in the promoted dtype of the inputs.  float16/bfloat16 are computed in float32.
@@ -261,7 +266,7 @@ def gaunt_product(xs: Sequence[torch.Tensor], lmax_out: Optional[int] = None, *,
     (or Fourier) domain in one pass: each factor is converted once, the nu grid functions are multiplied and one
     projection comes back, so no intermediate degree is truncated (equal to the chain of exact binary products
     with full intermediate degrees).  lmax_out defaults to sum(L_i).  weights: optional list of per-degree
-    weights [..., L_i+1] (or None entries); weight_out: [..., lmax_out+1].  route: "auto", "grid" or "fft"
+    weights [..., L_i+1] (or None entries); weight_out: [..., lmax_out+1].  route: "auto", "grid", "grid_gemm" or "fft"
     ("direct" runs as "grid" for nu != 2).  Gradients to every factor and weight, to any order.
     """
     if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)):

@@ -86,10 +86,12 @@ def _gaunt_grid_fwd(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int) -> torch.
         return out
     BLOCK_R = 16 if x1.dtype == torch.float64 else 32
     BLOCK_P = min(PP, 32)
+    # float64 with 64+ coefficient columns: 8 warps (4 spilled 8-28 B with Triton 3.6 on sm_90 at L = 5..7)
+    wide64 = x1.dtype == torch.float64 and max(N1P, N2P, NOP) >= 64
     grid = (triton.cdiv(N, BLOCK_R),)
     _gaunt_grid_fwd_kernel[grid](x1, x2, E1, E2, PR, out, N, x1.shape[1], x2.shape[1], n_out,
                                  N1P=N1P, N2P=N2P, NOP=NOP, PP=PP, BLOCK_R=BLOCK_R, BLOCK_P=BLOCK_P,
-                                 IS_F64=x1.dtype == torch.float64)
+                                 IS_F64=x1.dtype == torch.float64, num_warps=8 if wide64 else 4)
     return out
 
 
@@ -97,10 +99,46 @@ def gaunt_fwd(xs, ws, wout, lmax_out, route):
     """The kernel-set entry point (see the module docstring)."""
     from geoops._ops import gaunt as impl
 
-    if len(xs) == 2 and route in ("grid", "direct"):
+    if len(xs) == 2 and route in ("grid", "grid_gemm", "direct"):
         from geoops.reference.gaunt import lmax_of
 
         a = impl._weighted(xs[0], ws[0], lmax_of(xs[0].shape[1])).contiguous()
         b = impl._weighted(xs[1], ws[1], lmax_of(xs[1].shape[1])).contiguous()
         return impl._weighted(_gaunt_grid_fwd(a, b, lmax_out), wout, lmax_out)
     return impl.Torch.gaunt_fwd(xs, ws, wout, lmax_out, route)
+
+
+# degree triples (L1, L2, lmax_out) of the compile check, by the role they play: forward products (the
+# benchmark grid L1 = L2 = lmax_out = 1..8, whose backward products have the same degrees; a degree-0 factor;
+# an asymmetric product) and the backward products of the asymmetric ones (grad x1: (L2, Lout) -> L1,
+# grad x2: (L1, Lout) -> L2)
+_COMPILE_DEGREES = {
+    "fwd": tuple((L, L, L) for L in range(1, 9)) + ((0, 1, 1), (2, 1, 3)),
+    "bwd": ((1, 1, 0), (1, 3, 2), (2, 3, 1)),
+}
+
+
+def compile_variants():
+    """Every Triton variant the launcher of this module can run, for the CI compile check.
+
+    One kernel, ``_gaunt_grid_fwd_kernel``, serves the forward and the backward of the binary grid/direct
+    routes (a gradient of a Gaunt product is a Gaunt product: GauntFn's backward launches the same kernel with
+    the degrees permuted); its constexprs are the padded sizes of the degrees and the dtype, so one entry per
+    (dtype, degree triple) of ``_COMPILE_DEGREES``, labelled fwd / bwd by the role the triple plays in the
+    benchmark and gradient runs.  float16/bfloat16 never reach the kernel (computed in float32 by the public
+    layer).  Expectations: 64-bit row offsets, no spills, no division at all (none in the kernel).
+    """
+    entries = []
+    for dtype in (torch.float32, torch.float64):
+        dname = str(dtype).replace("torch.", "")
+        for role, triples in _COMPILE_DEGREES.items():
+            for L1, L2, Lo in triples:
+                x1 = torch.zeros(40, (L1 + 1) ** 2, dtype=dtype)  # 40 rows: more than one block, a partial one
+                x2 = torch.zeros(40, (L2 + 1) ** 2, dtype=dtype)
+
+                def launch(x1=x1, x2=x2, Lo=Lo):
+                    _gaunt_grid_fwd(x1, x2, Lo)
+
+                entries.append({"label": f"gaunt_grid/{dname}/L={L1},{L2}->{Lo} {role}", "launch": launch,
+                                "expect": {"index64": True, "max_spill_bytes": 0, "ieee_div": True}})
+    return entries

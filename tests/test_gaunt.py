@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - e3nn is a test extra
     o3 = None
 needs_e3nn = pytest.mark.skipif(o3 is None, reason="e3nn is not installed (pip install e3nn)")
 
-ROUTES = ("grid", "direct", "fft")
+ROUTES = ("grid", "grid_gemm", "direct", "fft")
 F64 = torch.float64
 
 
@@ -110,6 +110,38 @@ def test_sparse_counts():
 
 def test_quadrature_grid_sizes():
     assert [len(R.sphere_grid(3 * L)[0]) for L in (2, 4, 6, 8)] == [28, 91, 190, 325]
+
+
+@pytest.mark.parametrize("kind", ["grid", "fft"])
+def test_separable_tables(kind):
+    """The tables of the separable CPU kernel, run by the readable torch form, equal the dense contraction;
+    their sizes are the minimal exact ones (Gauss-Legendre: T//2 + 1 polar nodes; torus: K + 1 rows of 2K + 1;
+    azimuths: the smallest multiple of 4 above T)."""
+    build = R.separable_grid_tables if kind == "grid" else R.separable_fourier_tables
+    for Ls, Lo in [((2, 3), 4), ((6, 6), 6), ((2, 2), 6), ((3, 3), 0), ((1, 2, 3), 3), ((0, 0), 0)]:
+        xs = [_rand(4, (L + 1) ** 2, seed=60 + L) for L in Ls]
+        evals, back, na = tb = build(Ls, Lo)
+        T, K = sum(Ls) + Lo, sum(Ls)
+        assert na % 4 == 0 and T < na <= T + 4
+        assert back.shape[1] == (T // 2 + 1 if kind == "grid" else K + 1)
+        assert [e.shape for e in evals] == [(back.shape[1], (L + 1) * (L + 2) // 2) for L in Ls]
+        torch.testing.assert_close(R.separable_product(xs, Lo, tb), R.gaunt_product(xs, Lo), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_routes_several_row_tiles(route, dtype):
+    """Row counts around the kernels' tiles (SIMD lanes: 32 fp32 / 16 fp64 rows; 16 for direct), per-row
+    weights on every operand."""
+    L1, L2, L3 = 3, 2, 3
+    for n in (1, 15, 17, 33, 70):
+        x1, x2 = _rand(n, (L1 + 1) ** 2, seed=n), _rand(n, (L2 + 1) ** 2, seed=n + 1)
+        w1, w2, wo = _rand(n, L1 + 1, seed=n + 2), _rand(n, L2 + 1, seed=n + 3), _rand(n, L3 + 1, seed=n + 4)
+        out = ga.gaunt_tensor_product(x1.to(dtype), x2.to(dtype), L3, weight1=w1.to(dtype), weight2=w2.to(dtype),
+                                      weight_out=wo.to(dtype), route=route)
+        ref = oracle(x1, x2, L3, w1, w2, wo)
+        tol = 1e-12 if dtype == F64 else 1e-5
+        assert (out.double() - ref).abs().max() <= tol * ref.abs().max()
 
 
 # ---------------------------------------------------------------- parity of the routes
@@ -232,7 +264,7 @@ def test_non_contiguous_inputs():
 
 
 # ---------------------------------------------------------------- many-body
-@pytest.mark.parametrize("route", ["grid", "fft", "direct"])
+@pytest.mark.parametrize("route", ROUTES)
 def test_many_body_product(route):
     xs = [_rand(5, 9, seed=23), _rand(5, 4, seed=24), _rand(5, 16, seed=25)]
     ref = oracle(oracle(xs[0], xs[1], 3), xs[2], 4)  # full intermediate degree 2 + 1 = 3
@@ -354,8 +386,8 @@ def test_reference_backend():
 
 
 def test_auto_route_from_table():
-    assert ga.choose_route([4, 4], 4, 2048, torch.device("cpu")) in ("grid", "direct", "fft")
-    assert ga.choose_route([4, 4, 4], 4, 2048, torch.device("cpu")) in ("grid", "fft")
+    assert ga.choose_route([4, 4], 4, 2048, torch.device("cpu")) in ("grid", "grid_gemm", "direct", "fft")
+    assert ga.choose_route([4, 4, 4], 4, 2048, torch.device("cpu")) in ("grid", "grid_gemm", "fft")
 
 
 def test_torch_compile_fullgraph():

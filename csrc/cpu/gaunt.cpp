@@ -73,6 +73,42 @@ int64_t lmax_of(int64_t n) {
   return r - 1;
 }
 
+// The per-tile row loops of every kernel.  A tile is rows r0 .. r0+rows of an (N, n) row-major tensor.
+// scale_rows: dst[r, c] = src[r, c] * w[r0 + r, l(c)] (src, dst: the tile's rows, may alias).
+template <typename T>
+void scale_rows(const T* src, int64_t n, int64_t r0, int64_t rows, const Weight& w, const int32_t* deg, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* wr = static_cast<const T*>(w.ptr) + (r0 + r) * w.row_stride;
+    for (int64_t c = 0; c < n; ++c) dst[r * n + c] = src[r * n + c] * wr[deg[c]];
+  }
+}
+
+// rows_to_lanes: the tile into a lane buffer, lanes[pos(c) * W + r] = x[r0 + r, c] * w[r0 + r, l(c)] (pos = perm,
+// or the identity when perm is null); lanes r >= rows are zeroed.  lanes_to_rows: the way back, into out's rows.
+template <typename T>
+void rows_to_lanes(const T* x, int64_t n, int64_t r0, int64_t rows, const Weight& w, const int32_t* deg,
+                   const int64_t* perm, int64_t W, T* lanes) {
+  if (rows < W) std::fill(lanes, lanes + n * W, T(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + (r0 + r) * n;
+    const T* wr = w.ptr ? static_cast<const T*>(w.ptr) + (r0 + r) * w.row_stride : nullptr;
+    for (int64_t c = 0; c < n; ++c) lanes[(perm ? perm[c] : c) * W + r] = wr ? xr[c] * wr[deg[c]] : xr[c];
+  }
+}
+
+template <typename T>
+void lanes_to_rows(const T* lanes, int64_t n, int64_t r0, int64_t rows, const Weight& w, const int32_t* deg,
+                   const int64_t* perm, int64_t W, T* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* orow = out + (r0 + r) * n;
+    const T* wr = w.ptr ? static_cast<const T*>(w.ptr) + (r0 + r) * w.row_stride : nullptr;
+    for (int64_t c = 0; c < n; ++c) {
+      const T v = lanes[(perm ? perm[c] : c) * W + r];
+      orow[c] = wr ? v * wr[deg[c]] : v;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace geoops
@@ -157,14 +193,7 @@ void grid_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optiona
         const int64_t n = ns[i];
         const T* src = xp[i] + r0 * n;
         if (wp[i].ptr) {
-          const T* w = static_cast<const T*>(wp[i].ptr);
-          const int32_t* d = deg[i].data();
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* wr = w + (r0 + r) * wp[i].row_stride;
-            const T* s = src + r * n;
-            T* dst = xbuf.data() + r * n;
-            for (int64_t c = 0; c < n; ++c) dst[c] = s[c] * wr[d[c]];
-          }
+          scale_rows<T>(src, n, r0, rows, wp[i], deg[i].data(), xbuf.data());
           src = xbuf.data();
         }
         T* dst = i == 0 ? acc.data() : tmp.data();
@@ -179,112 +208,243 @@ void grid_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optiona
       }
       T* orow = op + r0 * n_out;
       gemm_rm<T>(rows, n_out, P, acc.data(), P, pp, n_out, orow, n_out);
-      if (wo.ptr) {
-        const T* w = static_cast<const T*>(wo.ptr);
-        for (int64_t r = 0; r < rows; ++r) {
-          const T* wr = w + (r0 + r) * wo.row_stride;
-          T* o = orow + r * n_out;
-          for (int64_t c = 0; c < n_out; ++c) o[c] *= wr[dego[c]];
+      if (wo.ptr) scale_rows<T>(orow, n_out, r0, rows, wo, dego.data(), orow);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- separable kernel (grid and Fourier routes)
+// A tile of W rows sits side by side in SIMD lanes (coefficient-major buffers, W = 128 bytes / sizeof(T)).
+// Every step is a small dense matrix times a block of lane vectors:
+//   C[p * ldc + w] = sum_q A[p * lda + q] * B[q * ldb + w],  w < W,
+// computed PB rows at a time with PB x W accumulators in registers (lane_mm).  The section asks for 512-bit
+// vectors where the ISA has them (GCC's -march=native tuning prefers 256-bit ones): W lanes = 2 registers.
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+
+template <typename T, int W, int PB>
+inline void lane_mm_block(const T* A, int64_t lda, int64_t K, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  T acc[PB][W];
+  for (int i = 0; i < PB; ++i)
+#pragma omp simd
+    for (int w = 0; w < W; ++w) acc[i][w] = T(0);
+  for (int64_t q = 0; q < K; ++q) {
+    const T* __restrict b = B + q * ldb;
+    for (int i = 0; i < PB; ++i) {
+      const T a = A[i * lda + q];
+#pragma omp simd
+      for (int w = 0; w < W; ++w) acc[i][w] += a * b[w];
+    }
+  }
+  for (int i = 0; i < PB; ++i)
+#pragma omp simd
+    for (int w = 0; w < W; ++w) C[i * ldc + w] = acc[i][w];
+}
+
+template <typename T, int W>
+void lane_mm(const T* A, int64_t lda, int64_t M, int64_t K, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  int64_t p = 0;
+  for (; p + 4 <= M; p += 4) lane_mm_block<T, W, 4>(A + p * lda, lda, K, B, ldb, C + p * ldc, ldc);
+  const T* a = A + p * lda;
+  T* c = C + p * ldc;
+  switch (M - p) {
+    case 3: lane_mm_block<T, W, 3>(a, lda, K, B, ldb, c, ldc); break;
+    case 2: lane_mm_block<T, W, 2>(a, lda, K, B, ldb, c, ldc); break;
+    case 1: lane_mm_block<T, W, 1>(a, lda, K, B, ldb, c, ldc); break;
+    default: break;
+  }
+}
+
+// Layouts of one degree-L function in the separable kernel.
+//   m-major coefficient blocks (the lane buffers xt / ot): |m| = 0, then for |m| = 1..L the +m block and the
+//   -m block, each l = |m|..L;  the table columns (evals) / rows (back) hold one block per |m| (shared by +-m).
+//   group order of the azimuthal frequencies (g, H): cos even m (0, 2, ..), cos odd m, sin even m (2, 4, ..),
+//   sin odd m -- the four parity classes that the quarter-period azimuth tables treat.
+struct SepLayout {
+  int64_t L = 0, n = 1, S = 1, G = 1;
+  int64_t nae = 1, nao = 0, nbe = 0, nbo = 0;
+  std::vector<int64_t> perm;     // coefficient l*l + l + m -> its lane-buffer row
+  std::vector<int64_t> blk, pos;  // per signed m (index m + L): first lane-buffer row of the block, group slot
+  std::vector<int64_t> col;       // per |m|: first table column (row of back) of the block
+  explicit SepLayout(int64_t L_) : L(L_), n((L_ + 1) * (L_ + 1)), S((L_ + 1) * (L_ + 2) / 2), G(2 * L_ + 1) {
+    nae = L / 2 + 1;
+    nao = (L + 1) / 2;
+    nbe = L / 2;
+    nbo = (L + 1) / 2;
+    perm.assign(n, 0);
+    blk.assign(2 * L + 1, 0);
+    pos.assign(2 * L + 1, 0);
+    col.assign(L + 1, 0);
+    int64_t row = 0, c0 = 0;
+    for (int64_t am = 0; am <= L; ++am) {
+      col[am] = c0;
+      c0 += L + 1 - am;
+      for (int64_t s = 1; s >= (am ? -1 : 1); s -= 2) {
+        const int64_t m = s * am;
+        blk[m + L] = row;
+        for (int64_t l = am; l <= L; ++l) perm[l * l + l + m] = row++;
+        pos[m + L] = m >= 0 ? (am % 2 == 0 ? am / 2 : nae + (am - 1) / 2)
+                            : (am % 2 == 0 ? nae + nao + am / 2 - 1 : nae + nao + nbe + (am - 1) / 2);
+      }
+    }
+  }
+};
+
+// Azimuth step of one polar row: the values at the na azimuths from g (the row's 2L+1 frequencies in group
+// order), a quarter period at a time -- the four class sums at base azimuth q (tables azf) give the values at
+// q, q + na/2, na - q and na/2 - q (two distinct points at q = 0 and q = na/4).  MUL: multiply them into `a`
+// (a later factor) instead of storing them.
+template <typename T, int W, bool MUL>
+void azimuth_to_grid(const T* g, const SepLayout& ly, const T* azf, int64_t Q, int64_t D2, int64_t na, T* a) {
+  const int64_t half = na / 2;
+  const int64_t cnt[4] = {ly.nae, ly.nao, ly.nbe, ly.nbo};
+  const T* grp[4] = {g, g + ly.nae * W, g + (ly.nae + ly.nao) * W, g + (ly.nae + ly.nao + ly.nbe) * W};
+  for (int64_t q = 0; q < Q; ++q) {
+    T cs[4][W];
+    for (int c = 0; c < 4; ++c) {
+      const T* t = azf + (c * Q + q) * D2;
+#pragma omp simd
+      for (int w = 0; w < W; ++w) cs[c][w] = T(0);
+      for (int64_t e = 0; e < cnt[c]; ++e) {
+        const T k = t[e];
+        const T* __restrict v = grp[c] + e * W;
+#pragma omp simd
+        for (int w = 0; w < W; ++w) cs[c][w] += k * v[w];
+      }
+    }
+    const bool two = (q == 0 || 4 * q == na);
+    T* __restrict p0 = a + q * W;
+    T* __restrict p1 = a + (q + half) * W;
+    T* __restrict p2 = a + ((na - q) % na) * W;
+    T* __restrict p3 = a + (half - q) * W;
+    // u = ce + se, v = co + so, x = ce - se, y = co - so: q -> u + v, q + na/2 -> u - v, na - q -> x + y,
+    // na/2 - q -> x - y
+#pragma omp simd
+    for (int w = 0; w < W; ++w) {
+      const T u = cs[0][w] + cs[2][w], v = cs[1][w] + cs[3][w];
+      if (MUL) {
+        p0[w] *= u + v;
+        p1[w] *= u - v;
+      } else {
+        p0[w] = u + v;
+        p1[w] = u - v;
+      }
+    }
+    if (!two) {
+#pragma omp simd
+      for (int w = 0; w < W; ++w) {
+        const T x = cs[0][w] - cs[2][w], y = cs[1][w] - cs[3][w];
+        if (MUL) {
+          p2[w] *= x + y;
+          p3[w] *= x - y;
+        } else {
+          p2[w] = x + y;
+          p3[w] = x - y;
         }
       }
     }
   }
 }
 
-// Fourier route, fused per tile of rows: for each factor, GEMMs take the tile's (weighted) coefficients to
-// P = [Re; Im] x u x k (SH -> half spectrum composed with the inverse DFT along the azimuth), laid out (u, r, k)
-// so that one more GEMM applies the inverse DFT along the polar angle to the whole tile, giving the M x M
-// torus-grid values of every row (layout (j, r, k)), multiplied into the tile's accumulator; back, one GEMM
-// forms the output frequencies v = 0..V along the azimuth and one more the output coefficients (Fourier -> SH).
-// All intermediates stay in per-thread buffers; no GEMM is per row.
-template <typename T>
-void fourier_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
-                  const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& to_rows,
-                  const std::vector<at::Tensor>& to_grid, const at::Tensor& back_cols, const at::Tensor& back,
-                  at::Tensor& out) {
+template <typename T, int W>
+void sep_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
+              const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals, const at::Tensor& back,
+              const at::Tensor& azf, const at::Tensor& azb, int64_t na, at::Tensor& out) {
   const int64_t nu = static_cast<int64_t>(xs.size());
-  const int64_t N = out.size(0), n_out = out.size(1);
-  const int64_t M = back_cols.size(0), W2 = back_cols.size(1);  // W2 = 2 (V+1)
-  const int64_t MM = M * M;
-  std::vector<const T*> xp(nu), ap(nu), bp(nu);
-  std::vector<int64_t> ns(nu), us(nu);
+  const int64_t N = out.size(0), nth = back.size(1);
+  const int64_t Q = azf.size(1), D2 = azf.size(2), half = na / 2;
+  std::vector<SepLayout> lay;
   std::vector<Weight> wp(nu);
   std::vector<std::vector<int32_t>> deg(nu);
-  int64_t nmax = 1, pmax = 1;
+  int64_t nmax = 1, gmax = 1;
   for (int64_t i = 0; i < nu; ++i) {
-    ns[i] = xs[i].size(1);
-    us[i] = to_grid[i].size(1);  // 2 (2L+1)
-    xp[i] = xs[i].data_ptr<T>();
-    ap[i] = to_rows[i].data_ptr<T>();
-    bp[i] = to_grid[i].data_ptr<T>();
-    wp[i] = weight_of<T>(ws[i], N, lmax_of(ns[i]), "weight of a factor");
-    deg[i] = degrees(ns[i]);
-    nmax = std::max(nmax, ns[i]);
-    pmax = std::max(pmax, us[i] * M);
+    lay.emplace_back(lmax_of(xs[i].size(1)));
+    wp[i] = weight_of<T>(ws[i], N, lay[i].L, "weight of a factor");
+    deg[i] = degrees(lay[i].n);
+    nmax = std::max(nmax, lay[i].n);
+    gmax = std::max(gmax, lay[i].G);
   }
-  const Weight wo = weight_of<T>(wout, N, lmax_of(n_out), "weight_out");
-  const std::vector<int32_t> dego = degrees(n_out);
-  const T* bc = back_cols.data_ptr<T>();
+  const SepLayout lo(lmax_of(out.size(1)));
+  const Weight wo = weight_of<T>(wout, N, lo.L, "weight_out");
+  const std::vector<int32_t> dego = degrees(lo.n);
   const T* bk = back.data_ptr<T>();
+  const T* af = azf.data_ptr<T>();
+  const T* ab = azb.data_ptr<T>();
   T* op = out.data_ptr<T>();
+  const int64_t QW = Q * W;
 
-  int64_t tile = std::max<int64_t>(8, std::min<int64_t>(128, (96 * 1024 / sizeof(T)) / std::max<int64_t>(MM, 1)));
-  const int64_t ntiles = (N + tile - 1) / tile;
+  const int64_t ntiles = (N + W - 1) / W;
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
-
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> xbuf(tile * nmax), pbuf(tile * pmax), acc(tile * MM), tmp(nu > 1 ? tile * MM : 0),
-        q(tile * M * W2), qt(tile * M * W2);
+    std::vector<T> xt(nmax * W), g(nth * std::max(gmax, lo.G) * W), acc(nth * na * W), s(4 * QW), ot(lo.n * W);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
-      const int64_t r0 = t * tile;
-      const int64_t rows = std::min(tile, N - r0);
-      const int64_t RM = rows * M;
+      const int64_t r0 = t * W;
+      const int64_t rows = std::min<int64_t>(W, N - r0);
       for (int64_t i = 0; i < nu; ++i) {
-        const int64_t n = ns[i], U = us[i];
-        const T* src = xp[i] + r0 * n;
-        if (wp[i].ptr) {
-          const T* w = static_cast<const T*>(wp[i].ptr);
-          const int32_t* d = deg[i].data();
-          for (int64_t r = 0; r < rows; ++r) {
-            const T* wr = w + (r0 + r) * wp[i].row_stride;
-            for (int64_t c = 0; c < n; ++c) xbuf[r * n + c] = src[r * n + c] * wr[d[c]];
-          }
-          src = xbuf.data();
+        const SepLayout& ly = lay[i];
+        const int64_t n = ly.n, G = ly.G;
+        // rows -> lanes (m-major), weighted
+        rows_to_lanes<T>(xs[i].data_ptr<T>(), n, r0, rows, wp[i], deg[i].data(), ly.perm.data(), W, xt.data());
+        // polar step: g[j, slot(m)] = sum_l evals[j, l | m] xt[l, m]
+        const T* E = evals[i].data_ptr<T>();
+        for (int64_t m = -ly.L; m <= ly.L; ++m) {
+          const int64_t am = m < 0 ? -m : m;
+          lane_mm<T, W>(E + ly.col[am], ly.S, nth, ly.L + 1 - am, xt.data() + ly.blk[m + ly.L] * W, W,
+                        g.data() + ly.pos[m + ly.L] * W, G * W);
         }
-        // P[u] (rows x M) = X (rows x n) @ to_rows[:, u M : (u+1) M]: layout (u, r, k)
-        for (int64_t u = 0; u < U; ++u)
-          gemm_rm<T>(rows, M, n, src, n, ap[i] + u * M, U * M, pbuf.data() + u * RM, M);
-        // values (M [j], rows x M [r, k]) = to_grid (M x U) @ P (U x rows M)
-        T* dst = i == 0 ? acc.data() : tmp.data();
-        gemm_rm<T>(M, RM, U, bp[i], U, pbuf.data(), RM, dst, RM);
-        if (i > 0) {
-          T* __restrict aa = acc.data();
-          const T* __restrict bb = tmp.data();
-          const int64_t m = M * RM;
+        // azimuth step, a quarter period at a time: f at q, q + na/2, na - q, na/2 - q
+        for (int64_t j = 0; j < nth; ++j) {
+          if (i == 0)
+            azimuth_to_grid<T, W, false>(g.data() + j * G * W, ly, af, Q, D2, na, acc.data() + j * na * W);
+          else
+            azimuth_to_grid<T, W, true>(g.data() + j * G * W, ly, af, Q, D2, na, acc.data() + j * na * W);
+        }
+      }
+      // back, azimuth: H[j, slot(m)] = sum_q azb[class, m, q] (class sums of h at the four images of q)
+      const int64_t Go = lo.G;
+      for (int64_t j = 0; j < nth; ++j) {
+        const T* aj = acc.data() + j * na * W;
+        for (int64_t q = 0; q < Q; ++q) {
+          const T* __restrict h0 = aj + q * W;
+          const T* __restrict h1 = aj + (q + half) * W;
+          const T* __restrict h2 = aj + ((na - q) % na) * W;
+          const T* __restrict h3 = aj + (half - q) * W;
+          T* __restrict s0 = s.data() + q * W;
+          T* __restrict s1 = s0 + QW;
+          T* __restrict s2 = s1 + QW;
+          T* __restrict s3 = s2 + QW;
 #pragma omp simd
-          for (int64_t e = 0; e < m; ++e) aa[e] *= bb[e];
+          for (int w = 0; w < W; ++w) {
+            const T a = h0[w] + h1[w], b = h0[w] - h1[w], c = h2[w] + h3[w], d = h2[w] - h3[w];
+            s0[w] = a + c;
+            s1[w] = b + d;
+            s2[w] = a - c;
+            s3[w] = b - d;
+          }
+        }
+        T* Hj = g.data() + j * Go * W;
+        const int64_t cnt[4] = {lo.nae, lo.nao, lo.nbe, lo.nbo};
+        int64_t off = 0;
+        for (int c = 0; c < 4; ++c) {
+          lane_mm<T, W>(ab + c * D2 * Q, Q, cnt[c], Q, s.data() + c * QW, W, Hj + off * W, W);
+          off += cnt[c];
         }
       }
-      // Q (j, r, [Re|Im] v) = values (M rows x M [k]) @ back_cols (M x W2); to (r, j, v); out = Q @ back
-      gemm_rm<T>(M * rows, W2, M, acc.data(), M, bc, W2, q.data(), W2);
-      for (int64_t j = 0; j < M; ++j)
-        for (int64_t r = 0; r < rows; ++r)
-          std::memcpy(qt.data() + (r * M + j) * W2, q.data() + (j * rows + r) * W2, W2 * sizeof(T));
-      T* orow = op + r0 * n_out;
-      gemm_rm<T>(rows, n_out, M * W2, qt.data(), M * W2, bk, n_out, orow, n_out);
-      if (wo.ptr) {
-        const T* w = static_cast<const T*>(wo.ptr);
-        for (int64_t r = 0; r < rows; ++r) {
-          const T* wr = w + (r0 + r) * wo.row_stride;
-          T* o = orow + r * n_out;
-          for (int64_t c = 0; c < n_out; ++c) o[c] *= wr[dego[c]];
-        }
+      // back, polar: ot[l, m] = sum_j back[l | m, j] H[j, slot(m)]
+      for (int64_t m = -lo.L; m <= lo.L; ++m) {
+        const int64_t am = m < 0 ? -m : m;
+        lane_mm<T, W>(bk + lo.col[am] * nth, nth, lo.L + 1 - am, nth, g.data() + lo.pos[m + lo.L] * W, Go * W,
+                      ot.data() + lo.blk[m + lo.L] * W, W);
       }
+      // lanes -> rows, weighted
+      lanes_to_rows<T>(ot.data(), lo.n, r0, rows, wo, dego.data(), lo.perm.data(), W, op);
     }
   }
 }
+
+#pragma GCC pop_options
 
 constexpr int64_t kLanes = 16;
 
@@ -323,17 +483,9 @@ void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * kLanes;
       const int64_t rows = std::min(kLanes, N - r0);
-      std::fill(A.begin(), A.end(), T(0));
-      std::fill(B.begin(), B.end(), T(0));
       std::fill(O.begin(), O.end(), T(0));
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* ar = a + (r0 + r) * n1;
-        const T* br = b + (r0 + r) * n2;
-        const T* war = wa.ptr ? static_cast<const T*>(wa.ptr) + (r0 + r) * wa.row_stride : nullptr;
-        const T* wbr = wb.ptr ? static_cast<const T*>(wb.ptr) + (r0 + r) * wb.row_stride : nullptr;
-        for (int64_t c = 0; c < n1; ++c) A[c * kLanes + r] = war ? ar[c] * war[d1[c]] : ar[c];
-        for (int64_t c = 0; c < n2; ++c) B[c * kLanes + r] = wbr ? br[c] * wbr[d2[c]] : br[c];
-      }
+      rows_to_lanes<T>(a, n1, r0, rows, wa, d1.data(), nullptr, kLanes, A.data());
+      rows_to_lanes<T>(b, n2, r0, rows, wb, d2.data(), nullptr, kLanes, B.data());
       for (int64_t p = 0; p < npairs; ++p) {
         const int64_t e0 = seg[p], e1 = seg[p + 1];
         const T* __restrict ap = A.data() + pi[e0] * kLanes;
@@ -348,11 +500,7 @@ void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional
           for (int64_t r = 0; r < kLanes; ++r) op[r] += g * prod[r];
         }
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        T* orow = o + (r0 + r) * n_out;
-        const T* wor = wo.ptr ? static_cast<const T*>(wo.ptr) + (r0 + r) * wo.row_stride : nullptr;
-        for (int64_t c = 0; c < n_out; ++c) orow[c] = wor ? O[c * kLanes + r] * wor[d3[c]] : O[c * kLanes + r];
-      }
+      lanes_to_rows<T>(O.data(), n_out, r0, rows, wo, d3.data(), nullptr, kLanes, o);
     }
   }
 }
@@ -391,34 +539,45 @@ at::Tensor gaunt_grid_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vect
   return out;
 }
 
-at::Tensor gaunt_fourier_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
-                                 const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& to_rows,
-                                 const std::vector<at::Tensor>& to_grid, const at::Tensor& back_cols,
-                                 const at::Tensor& back) {
-  TORCH_CHECK(!xs.empty() && xs.size() == ws.size() && xs.size() == to_rows.size() && xs.size() == to_grid.size(),
-              "gaunt_fourier_fwd_cpu: xs, ws, to_rows and to_grid must be non-empty lists of one length");
-  const int64_t N = xs[0].size(0), M = back_cols.size(0);
-  check_rows(back_cols, "back_cols");
+at::Tensor gaunt_sep_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
+                             const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
+                             const at::Tensor& back, const at::Tensor& azf, const at::Tensor& azb, int64_t na) {
+  TORCH_CHECK(!xs.empty() && xs.size() == evals.size() && xs.size() == ws.size(),
+              "gaunt_sep_fwd_cpu: xs, ws and evals must be non-empty lists of one length");
   check_rows(back, "back");
-  TORCH_CHECK(back.size(0) == M * back_cols.size(1), "gaunt_fourier_fwd_cpu: back must be (M * 2(V+1), n_out)");
+  check_rows(azf.view({azf.size(0) * azf.size(1), -1}), "azf");
+  check_rows(azb.view({azb.size(0) * azb.size(1), -1}), "azb");
+  const int64_t N = xs[0].size(0), nth = back.size(1);
+  int64_t Lout = 0;
+  while ((Lout + 1) * (Lout + 2) / 2 < back.size(0)) ++Lout;
+  TORCH_CHECK((Lout + 1) * (Lout + 2) / 2 == back.size(0), "gaunt_sep_fwd_cpu: back must have (Lout+1)(Lout+2)/2 rows");
+  TORCH_CHECK(na > 0 && na % 4 == 0, "gaunt_sep_fwd_cpu: na must be a positive multiple of 4");
+  int64_t D = Lout;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_rows(xs[i], "a factor");
-    check_rows(to_rows[i], "to_rows");
-    check_rows(to_grid[i], "to_grid");
+    check_rows(evals[i], "an evaluation table");
+    const int64_t L = lmax_of(xs[i].size(1));
+    D = std::max(D, L);
     TORCH_CHECK(xs[i].size(0) == N && xs[i].scalar_type() == xs[0].scalar_type() &&
-                    to_rows[i].scalar_type() == xs[0].scalar_type() && to_grid[i].scalar_type() == xs[0].scalar_type(),
-                "gaunt_fourier_fwd_cpu: factors and matrices must share rows and dtype");
-    TORCH_CHECK(to_rows[i].size(0) == xs[i].size(1) && to_grid[i].size(0) == M &&
-                    to_rows[i].size(1) == to_grid[i].size(1) * M,
-                "gaunt_fourier_fwd_cpu: to_rows[i] must be (n_i, U M) and to_grid[i] (M, U)");
+                    evals[i].scalar_type() == xs[0].scalar_type(),
+                "gaunt_sep_fwd_cpu: factors and tables must share rows and dtype");
+    TORCH_CHECK(evals[i].size(0) == nth && evals[i].size(1) == (L + 1) * (L + 2) / 2,
+                "gaunt_sep_fwd_cpu: evals[i] must be (n_theta, (L_i+1)(L_i+2)/2)");
   }
-  TORCH_CHECK(back.scalar_type() == xs[0].scalar_type() && back_cols.scalar_type() == xs[0].scalar_type(),
-              "gaunt_fourier_fwd_cpu: back and back_cols must have the factors' dtype");
-  at::Tensor out = at::empty({N, back.size(1)}, xs[0].options());
+  TORCH_CHECK(azf.dim() == 3 && azf.size(0) == 4 && azf.size(1) == na / 4 + 1 && azf.size(2) >= D / 2 + 1 &&
+                  azb.dim() == 3 && azb.size(0) == 4 && azb.size(1) == azf.size(2) && azb.size(2) == azf.size(1),
+              "gaunt_sep_fwd_cpu: azf must be (4, na/4+1, >= D/2+1) and azb its (4, ., na/4+1) transpose");
+  TORCH_CHECK(back.scalar_type() == xs[0].scalar_type() && azf.scalar_type() == xs[0].scalar_type() &&
+                  azb.scalar_type() == xs[0].scalar_type(),
+              "gaunt_sep_fwd_cpu: tables must have the factors' dtype");
+  at::Tensor out = at::empty({N, (Lout + 1) * (Lout + 1)}, xs[0].options());
   if (N == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "gaunt_fourier_fwd_cpu", [&] {
-    fourier_impl<scalar_t>(xs, ws, wout, to_rows, to_grid, back_cols, back, out);
-  });
+  if (xs[0].scalar_type() == at::kFloat) {
+    sep_impl<float, 32>(xs, ws, wout, evals, back, azf, azb, na, out);
+  } else {
+    TORCH_CHECK(xs[0].scalar_type() == at::kDouble, "gaunt_sep_fwd_cpu: float32 or float64 expected");
+    sep_impl<double, 16>(xs, ws, wout, evals, back, azf, azb, na, out);
+  }
   return out;
 }
 

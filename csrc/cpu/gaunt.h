@@ -17,15 +17,15 @@ at::Tensor gaunt_grid_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vect
                               const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
                               const at::Tensor& proj);
 
-// Fourier route (Luo et al.) of the nu-ary product, fused per tile of rows, with the 2D DFTs as small dense
-// matrices (exact; torus grid M = 2 sum(L_i) + 1): to_rows[i] (n_i, U_i M) SH -> half spectrum -> inverse DFT
-// along the azimuth (U_i = 2 (2L_i+1)); to_grid[i] (M, U_i) inverse DFT along the polar angle; back_cols
-// (M, 2(V+1)) forward DFT along the azimuth for the output frequencies only; back (M 2(V+1), n_out)
-// forward DFT along the polar angle composed with Fourier -> SH.  Returns (N, n_out).
-at::Tensor gaunt_fourier_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
-                                 const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& to_rows,
-                                 const std::vector<at::Tensor>& to_grid, const at::Tensor& back_cols,
-                                 const at::Tensor& back);
+// Separable kernel of the grid and FFT routes (nu-ary, fused per tile of rows, rows in SIMD lanes): each factor
+// goes to a product grid (theta_j) x (na uniform azimuths) in two small steps -- per m, evals[i] (n_theta,
+// (L_i+1)(L_i+2)/2, one column block per |m|) over l; then the azimuthal sums over m with the quarter-period
+// tables azf (4, na/4+1, D2) -- the factors are multiplied on the grid, and the product comes back by azb (4, D2,
+// na/4+1) and back ((Lout+1)(Lout+2)/2, n_theta).  Grid route: Gauss-Legendre nodes; FFT route: the torus rows
+// (see geoops.reference.gaunt.separable_*_tables).  Returns (N, (Lout+1)^2).
+at::Tensor gaunt_sep_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
+                             const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
+                             const at::Tensor& back, const at::Tensor& azf, const at::Tensor& azb, int64_t na);
 
 // Direct route of the binary Gaunt product: out[r, k] = wout * sum over the nonzero (i, j, k, g) of
 // g * (w1 x1)[r, i] * (w2 x2)[r, j].  ii, jj, kk: int32 (nnz,), sorted by (i, j); vals: (nnz,) in x's dtype.

@@ -13,7 +13,7 @@ Contract of every kernel set (``gaunt_fwd``)::
 
 xs: list of nu >= 1 contiguous (N, (L_i+1)^2) tensors of one float dtype (float32/float64); ws: list of nu
 per-degree weights (1 or N, L_i+1) or None; wout likewise for the output; route: "grid", "direct" (binary
-products only) or "fft".  out = wout * P_{<= lmax_out}[ prod_i f_i ], f_i the spherical function with
+products only), "fft", or the internal "grid_gemm" (the grid route as dense GEMMs, which "auto" may pick).  out = wout * P_{<= lmax_out}[ prod_i f_i ], f_i the spherical function with
 coefficients w_i * x_i.
 
 Constants (exact-grid harmonics, quadrature-weighted projections, sparse Gaunt lists, Fourier conversion
@@ -33,6 +33,8 @@ from ..reference import gaunt as _ref
 FAMILY = "gaunt"
 
 ROUTES = ("grid", "direct", "fft")
+# routes "auto" may pick besides ROUTES: the dense-GEMM form of the grid route (CPU; elsewhere it runs as "grid")
+INTERNAL_ROUTES = ("grid_gemm",)
 
 
 # ---------------------------------------------------------------- constants
@@ -49,6 +51,19 @@ def grid_consts(Ls: tuple, lmax_out: int, dtype: torch.dtype, device: torch.devi
     evals = [_ref.grid_sh(L, T).t().contiguous().to(device=device, dtype=dtype) for L in Ls]
     proj = (w[:, None] * _ref.grid_sh(lmax_out, T)).contiguous().to(device=device, dtype=dtype)
     return evals, proj
+
+
+@functools.lru_cache(maxsize=256)
+def sep_consts(Ls: tuple, lmax_out: int, route: str, dtype: torch.dtype, device: torch.device):
+    """Tables of the separable CPU kernel (C.gaunt_sep_fwd_cpu): (evals, back, azf, azb, na).
+
+    route "grid": Gauss-Legendre polar nodes (geoops.reference.gaunt.separable_grid_tables); "fft": the torus
+    rows of the 2D-Fourier route (separable_fourier_tables).  azf / azb: quarter-period azimuth tables."""
+    build = _ref.separable_fourier_tables if route == "fft" else _ref.separable_grid_tables
+    evals, back, na = build(tuple(Ls), lmax_out)
+    azf, azb = _ref.azimuth_tables(na, max(max(Ls), lmax_out))
+    cv = lambda t: t.to(device=device, dtype=dtype).contiguous()  # noqa: E731
+    return [cv(e) for e in evals], cv(back), cv(azf), cv(azb), na
 
 
 @functools.lru_cache(maxsize=256)
@@ -87,72 +102,6 @@ def fft_consts(Ls: tuple, lmax_out: int, dtype: torch.dtype, device: torch.devic
     n_out = Z.shape[0]
     back = torch.cat([Zo.real.reshape(n_out, -1), -Zo.imag.reshape(n_out, -1)], 1).t().contiguous()
     return conv, back.to(device=device, dtype=dtype), M, V
-
-
-@functools.lru_cache(maxsize=256)
-def dft_consts(Ls: tuple, lmax_out: int, dtype: torch.dtype, device: torch.device):
-    """The FFT route's transforms written as small dense DFT matrices (separable, real arithmetic).
-
-    Torus grid t_j = 2 pi j / M, M = 2 K + 1, K = sum(L_i).  For factor i of degree L:
-      to_rows[i]  (n_i, 2 (2L+1) M): x -> P[s, u, k] = sum_{v=-L..L} F[u, v] e^{i v t_k} (s = Re, Im), i.e. the
-                  SH -> half-spectrum conversion composed with the inverse DFT along the azimuth;
-      to_grid[i]  (M, 2 (2L+1)): P -> f[j, k] = sum_u Re(P[u, k] e^{i u t_j}) (inverse DFT along the polar angle).
-    back_cols     (M, 2 (V+1)): h[j, k] -> Q[j, v] = sum_k h[j, k] e^{-i v t_k} / M, v = 0..V (V = min(lmax_out, K));
-    back          (M 2 (V+1), n_out): Q -> sum_{u, v} Z[k, u, v] H[u, v] with H[u, v] = sum_j Q[j, v] e^{-i u t_j} / M
-                  (only the output frequencies |v| <= V are formed; the conjugate half folded in).
-    """
-    K = sum(Ls)
-    M = 2 * K + 1
-    t = torch.arange(M, dtype=torch.float64) * (2 * math.pi / M)
-    to_rows, to_grid = [], []
-    for L in Ls:
-        A = _ref.fourier_matrix(L)  # (n, u=-L..L, v=-L..L)
-        v = torch.arange(-L, L + 1, dtype=torch.float64)
-        Ev = torch.exp(1j * v[:, None] * t[None, :])  # (v, k)
-        P = torch.einsum("nuv,vk->nuk", A, Ev)  # (n, u, k)
-        n = A.shape[0]
-        to_rows.append(torch.stack([P.real, P.imag], 1).reshape(n, -1).contiguous().to(device=device, dtype=dtype))
-        u = torch.arange(-L, L + 1, dtype=torch.float64)
-        ang = t[:, None] * u[None, :]  # (j, u)
-        to_grid.append(torch.cat([torch.cos(ang), -torch.sin(ang)], 1).contiguous().to(device=device, dtype=dtype))
-    V = min(lmax_out, K)
-    vv = torch.arange(V + 1, dtype=torch.float64)
-    angv = t[:, None] * vv[None, :]  # (k, v)
-    back_cols = (torch.cat([torch.cos(angv), -torch.sin(angv)], 1) / M).contiguous()  # Q = [Re | Im]
-    Z = _ref.fourier_projection(K, lmax_out)[:, :, lmax_out: lmax_out + V + 1]  # (n_out, u=-K..K, v=0..V)
-    c = torch.full((V + 1,), 2.0, dtype=torch.float64)
-    c[0] = 1.0
-    Z = Z * c
-    uu = torch.arange(-K, K + 1, dtype=torch.float64)
-    Eu = torch.exp(-1j * t[:, None] * uu[None, :]) / M  # (j, u)
-    W = torch.einsum("ju,kuv->jvk", Eu, Z)  # out_k = Re sum_{j,v} W[j,v,k] Q[j,v]
-    n_out = Z.shape[0]
-    back = torch.cat([W.real, -W.imag], 1).reshape(M * 2 * (V + 1), n_out).contiguous()
-    return ([r for r in to_rows], [g for g in to_grid], back_cols.to(device=device, dtype=dtype),
-            back.to(device=device, dtype=dtype), M, V)
-
-
-def fft_dft(xs, ws, wout, lmax_out, chunk: int = 2048):
-    """The Fourier route with the 2D (inverse) DFTs as small dense GEMMs: SH -> Fourier -> torus grid values,
-    pointwise product (the 2D convolution of the spectra, by the convolution theorem), -> the output
-    frequencies -> SH.  Exact (no aliasing: M = 2 sum(L_i) + 1)."""
-    Ls = tuple(_ref.lmax_of(x.shape[1]) for x in xs)
-    to_rows, to_grid, back_cols, back, M, V = dft_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
-    N = xs[0].shape[0]
-    out = xs[0].new_empty((N, (lmax_out + 1) ** 2))
-    for r0 in range(0, N, chunk):
-        r1 = min(N, r0 + chunk)
-        R = r1 - r0
-        prod = None
-        for x, w, L, A, B in zip(xs, ws, Ls, to_rows, to_grid):
-            xw = _weighted(x[r0:r1], w[r0:r1] if (w is not None and w.shape[0] > 1) else w, L)
-            P = (xw @ A).view(R, 2 * (2 * L + 1), M)  # [Re; Im] x u, k
-            g = torch.matmul(B, P)  # (R, M [j], M [k])
-            prod = g if prod is None else prod.mul_(g)
-        Q = (prod.view(R * M, M) @ back_cols).view(R, M * 2 * (V + 1))
-        wo = wout[r0:r1] if (wout is not None and wout.shape[0] > 1) else wout
-        out[r0:r1] = _weighted(Q @ back, wo, lmax_out)
-    return out
 
 
 def _weighted(x: torch.Tensor, w: Optional[torch.Tensor], L: int) -> torch.Tensor:
@@ -208,33 +157,34 @@ def reference_rows(xs, ws, wout, lmax_out):
 
 # ---------------------------------------------------------------- kernel sets
 class Cpp:
-    """CPU: fused C++ grid and direct routes (geoops._C); the FFT route runs on torch's FFT."""
+    """CPU: the fused C++ kernels of geoops._C.  "grid" and "fft": the separable kernel (gaunt_sep_fwd_cpu) with
+    the Gauss-Legendre or the torus tables; "grid_gemm" (an internal route that "auto" may pick): the grid
+    route as dense BLAS GEMMs per row tile (gaunt_grid_fwd_cpu); "direct": the sparse kernel."""
 
     @staticmethod
     def gaunt_fwd(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], wout: Optional[torch.Tensor],
                   lmax_out: int, route: str) -> torch.Tensor:
         C = _backend.compiled()
-        if route == "fft":
-            Ls = tuple(_ref.lmax_of(x.shape[1]) for x in xs)
-            to_rows, to_grid, back_cols, back, _, _ = dft_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
-            return C.gaunt_fourier_fwd_cpu(list(xs), list(ws), wout, to_rows, to_grid, back_cols, back)
         if route == "direct" and len(xs) == 2:
             L1, L2 = (_ref.lmax_of(x.shape[1]) for x in xs)
             ii, jj, kk, vv = direct_consts(L1, L2, lmax_out, xs[0].dtype, xs[0].device)
             return C.gaunt_direct_fwd_cpu(xs[0], xs[1], ws[0], ws[1], wout, ii, jj, kk, vv, (lmax_out + 1) ** 2)
         Ls = tuple(_ref.lmax_of(x.shape[1]) for x in xs)
-        evals, proj = grid_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
-        return C.gaunt_grid_fwd_cpu(list(xs), list(ws), wout, evals, proj)
+        if route == "grid_gemm":
+            evals, proj = grid_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
+            return C.gaunt_grid_fwd_cpu(list(xs), list(ws), wout, evals, proj)
+        evals, back, azf, azb, na = sep_consts(Ls, lmax_out, "fft" if route == "fft" else "grid", xs[0].dtype,
+                                               xs[0].device)
+        return C.gaunt_sep_fwd_cpu(list(xs), list(ws), wout, evals, back, azf, azb, na)
 
 
 class Torch:
-    """Any device: the grid and Fourier routes with torch GEMMs and FFTs (direct runs as grid); on CPU the
-    Fourier route uses the DFT-matrix form (torch's CPU FFT costs ~16 ms per call at these sizes here)."""
+    """Any device: the grid and Fourier routes with torch GEMMs and FFTs (direct and grid_gemm run as grid)."""
 
     @staticmethod
     def gaunt_fwd(xs, ws, wout, lmax_out, route):
         if route == "fft":
-            return fft_dft(xs, ws, wout, lmax_out) if xs[0].device.type == "cpu" else fft_torch(xs, ws, wout, lmax_out)
+            return fft_torch(xs, ws, wout, lmax_out)
         return grid_torch(xs, ws, wout, lmax_out)
 
 

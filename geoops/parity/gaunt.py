@@ -16,7 +16,7 @@ from . import Case
 from .. import gaunt as ga
 from ..reference import gaunt as ref
 
-ROUTES = ("auto", "grid", "direct", "fft")
+ROUTES = ("auto", "grid", "grid_gemm", "direct", "fft")
 
 
 def _tp(route: str, lmax_out: int):
@@ -42,7 +42,7 @@ def cases(quick: bool = False, seed: int = 0) -> List[Case]:
         out.append(Case(f"gaunt_tensor_product/{route}/weights", "gaunt_tensor_product", _tp(route, L3),
                         _ref_tp(L3), {"x1": rnd(5, 3, (L1 + 1) ** 2), "x2": rnd(5, 3, (L2 + 1) ** 2)}, kw=kw,
                         params=tuple(kw)))
-    for route in ("grid", "fft"):
+    for route in ("grid", "grid_gemm", "fft"):
         xs = {"a": rnd(6, 9), "b": rnd(6, 16), "c": rnd(6, 4)}
         out.append(Case(f"gaunt_product/{route}/nu=3", "gaunt_product",
                         lambda a, b, c, route=route: ga.gaunt_product([a, b, c], 4, route=route),

@@ -250,3 +250,156 @@ def fourier_projection(K: int, L: int) -> torch.Tensor:
     Imat = _I(u[:, None] + up[None, :])  # (2K+1, 2L+1)
     A_negv = torch.flip(A, dims=(-1,))  # [.., v] -> A[.., -v]
     return 2 * math.pi * torch.einsum("ua,kav->kuv", Imat, A_negv)
+
+
+# ---------------------------------------------------------------- separable (Legendre x azimuth) tables
+# The fused CPU kernels of the grid and FFT routes evaluate a spherical function on a product grid
+# (theta_j) x (alpha_k) in two small steps instead of one dense (L+1)^2 x grid matrix:
+#   g_m(theta_j) = sum_l x_lm Lambda_l|m|(theta_j)          (per m: a (n_theta x (L+1-|m|)) block)
+#   f(theta_j, alpha_k) = sum_m g_m(theta_j) t_m(alpha_k)  (t_0 = 1, t_m = sqrt2 cos(m a), t_-m = sqrt2 sin(m a))
+# and back; Lambda_lm = N_lm P_l^m(cos theta) (no Condon-Shortley phase), so Y_lm = Lambda_l|m| t_m.
+def m_major_blocks(L: int):
+    """Offsets of the per-|m| column blocks: block |m| holds l = |m|..L, so it starts at sum_{m'<|m|} (L+1-m')."""
+    offs, o = [], 0
+    for m in range(L + 1):
+        offs.append(o)
+        o += L + 1 - m
+    return offs, o
+
+
+def _legendre_cols(L: int, beta: torch.Tensor) -> torch.Tensor:
+    """Lambda_lm(beta_j) for m = 0..L, l = m..L, as (n_theta, (L+1)(L+2)/2) in m-major block order."""
+    Y = real_sh(L, beta, torch.zeros_like(beta))  # m > 0: sqrt2 Lambda; m = 0: Lambda; m < 0: 0
+    cols = []
+    for m in range(L + 1):
+        for l in range(m, L + 1):
+            cols.append(Y[:, l * l + l + m] / (math.sqrt(2.0) if m else 1.0))
+    return torch.stack(cols, 1)
+
+
+def azimuth_grid_size(T: int) -> int:
+    """Uniform azimuths for products of total degree T: the smallest multiple of 4 that is > T (exact for
+    frequencies |k| <= T; a multiple of 4 lets the kernels use the a -> a + pi and a -> -a symmetries)."""
+    return 4 * (T // 4 + 1)
+
+
+@functools.lru_cache(maxsize=None)
+def azimuth_tables(na: int, D: int):
+    """Quarter-period azimuth tables (fp64) for na uniform azimuths (na % 4 == 0), frequencies <= D.
+
+    With Q = na/4 + 1 base azimuths a_q = 2 pi q / na, q = 0..na/4, one base point gives the four grid points
+    q, q + na/2, na - q, na/2 - q by the parities of cos / sin and of m.  Forward (coefficients -> values),
+    fwd[g, q, e] for the groups g = (cos, even m = 2e), (cos, odd m = 2e+1), (sin, even m = 2e+2),
+    (sin, odd m = 2e+1); back[g, e, q] = the transposed tables times the azimuth quadrature weight 2 pi / na
+    (halved at q = 0 and q = na/4, whose four images are two points counted twice).
+    """
+    assert na % 4 == 0
+    Q = na // 4 + 1
+    D2 = D // 2 + 1
+    a = torch.arange(Q, dtype=torch.float64) * (2 * math.pi / na)
+    e = torch.arange(D2, dtype=torch.float64)
+    s2 = math.sqrt(2.0)
+    ce = torch.cos(2 * e[None, :] * a[:, None]) * torch.where(e == 0, torch.ones_like(e), torch.full_like(e, s2))
+    co = s2 * torch.cos((2 * e[None, :] + 1) * a[:, None])
+    se = s2 * torch.sin((2 * e[None, :] + 2) * a[:, None])
+    so = s2 * torch.sin((2 * e[None, :] + 1) * a[:, None])
+    fwd = torch.stack([ce, co, se, so], 0)  # (4, Q, D2)
+    dup = torch.ones(Q, dtype=torch.float64)
+    dup[0] = dup[-1] = 0.5
+    back = (fwd * (dup * (2 * math.pi / na))[None, :, None]).transpose(1, 2)  # (4, D2, Q)
+    return fwd.contiguous(), back.contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def separable_grid_tables(Ls: tuple, lmax_out: int):
+    """Tables of the separable grid route: Gauss-Legendre nodes in cos(theta) (T//2 + 1, T = sum(Ls) + lmax_out,
+    exact), azimuth_grid_size(T) azimuths.  Returns (evals, back, na): evals[i] (n_theta, S_i) = Lambda of
+    factor i in m-major blocks; back (S_out, n_theta) = Gauss-Legendre weight times Lambda of the output."""
+    import numpy as np
+
+    T = sum(Ls) + lmax_out
+    xs, ws = np.polynomial.legendre.leggauss(T // 2 + 1)
+    beta = torch.from_numpy(np.arccos(xs)).to(torch.float64)
+    w = torch.from_numpy(ws).to(torch.float64)
+    evals = [_legendre_cols(L, beta).contiguous() for L in Ls]
+    back = (_legendre_cols(lmax_out, beta) * w[:, None]).t().contiguous()
+    return evals, back, azimuth_grid_size(T)
+
+
+@functools.lru_cache(maxsize=None)
+def separable_fourier_tables(Ls: tuple, lmax_out: int):
+    """Tables of the FFT route in the same separable form, from the 2D Fourier coefficients (fourier_matrix,
+    fourier_projection).  The product of the factors has polar frequencies |u| <= K = sum(Ls), so the torus
+    needs M = 2K + 1 polar angles theta_j = 2 pi j / M; f(2 pi - theta, a) = f(theta, a + pi) (the trigonometric
+    extension), so only j = 0..K are formed and the mirrored rows are folded into the back table.
+
+    evals[i] (K+1, S_i): per m, the SH -> Fourier block A[(l, m), u, v=m] (|u| <= l) composed with the inverse
+    DFT along theta; back (S_out, K+1): per m, the closed-form Fourier -> SH projection Z[k, u, v=+-m]
+    composed with the forward DFT along theta and the mirror fold.  Returns (evals, back, na)."""
+    K = sum(Ls)
+    M = 2 * K + 1
+    theta = torch.arange(M, dtype=torch.float64) * (2 * math.pi / M)
+    evals = []
+    for L in Ls:
+        A = fourier_matrix(L)  # (n, u=-L..L, v=-L..L)
+        u = torch.arange(-L, L + 1, dtype=torch.float64)
+        E = torch.exp(1j * theta[: K + 1, None] * u[None, :])  # (j, u)
+        cols = []
+        for m in range(L + 1):
+            for l in range(m, L + 1):
+                # the e^{i m a} part of Y_{l,m}: Lambda/2 * sqrt2 (m > 0) or Lambda (m = 0)
+                col = (E @ A[l * l + l + m, :, L + m]).real
+                cols.append(col * (math.sqrt(2.0) if m else 1.0))
+        evals.append(torch.stack(cols, 1).contiguous())
+    Lo = lmax_out
+    Z = fourier_projection(K, Lo)  # (n_out, u=-K..K, v=-Lo..Lo)
+    uu = torch.arange(-K, K + 1, dtype=torch.float64)
+    Eb = torch.exp(-1j * theta[:, None] * uu[None, :]) / M  # (j, u)
+    z = torch.einsum("ju,kuv->kjv", Eb, Z)  # (n_out, j, v): out_k = sum_{j,v} z[k,j,v] H_v(theta_j)
+    rows = []
+    for m in range(Lo + 1):
+        for l in range(m, Lo + 1):
+            k = l * l + l + m
+            if m == 0:
+                c = (z[k, :, Lo] / (2 * math.pi)).real
+            else:  # H_m = (Hhat_m - i Hhat_-m) / (2 sqrt2 pi), H_-m = conj: the Hhat_m coefficient
+                c = ((z[k, :, Lo + m] + z[k, :, Lo - m]) / (2 * math.sqrt(2.0) * math.pi)).real
+            sgn = -1.0 if m % 2 else 1.0
+            folded = c[: K + 1].clone()
+            folded[1:] += sgn * torch.flip(c[K + 1:], (0,))  # row M - j onto row j, j = 1..K
+            rows.append(folded)
+    back = torch.stack(rows, 0).contiguous()
+    T = K + lmax_out
+    return evals, back, azimuth_grid_size(T)
+
+
+def separable_product(xs, lmax_out: int, tables) -> torch.Tensor:
+    """The separable algorithm in readable torch (fp64): what the fused kernels compute, for testing tables.
+    xs: list of (N, (L_i+1)^2) tensors; tables: separable_grid_tables(...) or separable_fourier_tables(...)."""
+    evals, back, na = tables
+    D = max([lmax_of(x.shape[-1]) for x in xs] + [lmax_out])
+    alpha = torch.arange(na, dtype=torch.float64) * (2 * math.pi / na)
+    h = None
+    for x, E in zip(xs, evals):
+        L = lmax_of(x.shape[-1])
+        offs, _ = m_major_blocks(L)
+        f = 0
+        for m in range(-L, L + 1):
+            am = abs(m)
+            cols = E[:, offs[am]: offs[am] + L + 1 - am]  # (j, l)
+            xm = x[:, [l * l + l + m for l in range(am, L + 1)]]  # (N, l)
+            g = xm @ cols.t()  # (N, j)
+            t = (torch.ones_like(alpha) if m == 0 else
+                 math.sqrt(2.0) * (torch.cos(m * alpha) if m > 0 else torch.sin(am * alpha)))
+            f = f + g[:, :, None] * t[None, None, :]
+        h = f if h is None else h * f
+    offs, _ = m_major_blocks(lmax_out)
+    out = h.new_zeros((h.shape[0], (lmax_out + 1) ** 2))
+    for m in range(-lmax_out, lmax_out + 1):
+        am = abs(m)
+        t = (torch.ones_like(alpha) if m == 0 else
+             math.sqrt(2.0) * (torch.cos(m * alpha) if m > 0 else torch.sin(am * alpha)))
+        Hm = (h * t).sum(-1) * (2 * math.pi / na)  # (N, j)
+        rows = back[offs[am]: offs[am] + lmax_out + 1 - am]  # (l, j)
+        out[:, [l * l + l + m for l in range(am, lmax_out + 1)]] = Hm @ rows.t()
+    return out
