@@ -1286,7 +1286,8 @@ def knn_indices(x, y, k, n, largest):
     if INTERPRETED:
         blk = dict(BLOCK_M=16, BLOCK_N=max(16, NP), BLOCK_K=16, num_warps=1)
     else:
-        blk = dict(BLOCK_M=32, BLOCK_N=max(64, NP), BLOCK_K=32, num_warps=4)
+        # 8 warps: with 4, the int64 packs of a 32 x 64 tile and the bitonic top-n spilled 24 B (n = 16)
+        blk = dict(BLOCK_M=32, BLOCK_N=max(64, NP), BLOCK_K=32, num_warps=8)
     if B > 65535:
         raise ValueError("geoops.kernels.stereographic: knn supports <= 65535 batches per call")
     with _device_guard(x):
