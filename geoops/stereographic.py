@@ -111,9 +111,23 @@ def _make_fn(spec: _ops.StereoOp) -> type:
 
 
 _FNS_FUNC: dict = {}
-# the backward kernels are not differentiable: under a transform (which always differentiates with
-# create_graph) they run without building a graph, and a second derivative raises instead of being 0
-_once = torch.autograd.function.once_differentiable
+def _once(backward):
+    """The backward kernels are not differentiable: under a transform (which always differentiates with
+    create_graph) they run without building a graph; nested derivative transforms (jacrev(grad(f)),
+    hessian) would silently get zeros from that, so they raise instead."""
+    inner = torch.autograd.function.once_differentiable(backward)
+
+    def wrapped(ctx, *grads):
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+        from torch._C._functorch import TransformType
+
+        levels = [i for i in retrieve_all_functorch_interpreters() if i.key() in (TransformType.Grad, TransformType.Jvp)]
+        if len(levels) > 1:
+            raise RuntimeError("geoops.stereographic: second derivatives (nested grad/jacrev/jacfwd, hessian) of the "
+                               "fused ops are not supported: their backward kernels are once-differentiable")
+        return inner(ctx, *grads)
+
+    return wrapped
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 

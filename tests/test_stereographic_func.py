@@ -1,0 +1,200 @@
+"""torch.func over geoops.stereographic (grad, vmap, jacrev, jacfwd) against the reference under the same
+transforms; the fused Riemannian SGD step of patch_geoopt(); the WordNet benchmark's data path."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch.func import grad, jacfwd, jacrev, vmap
+
+import geoops.stereographic as gs
+from geoops.reference import stereographic as ref
+
+F64 = torch.float64
+ROW_OPS = {  # name: (number of point arguments, scalar output)
+    "mobius_add": 2, "mobius_sub": 2, "expmap": 2, "logmap": 2, "dist": 2,
+    "lambda_x": 1, "expmap0": 1, "logmap0": 1, "dist0": 1, "project": 1,
+}
+
+
+def _pts(*shape, scale=0.25, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=F64) * scale / shape[-1] ** 0.5
+
+
+def _fns(op, k):
+    if ROW_OPS[op] == 2:
+        return (lambda a, b: getattr(gs, op)(a, b, k=k)), (lambda a, b: getattr(ref, op)(a, b, k=k))
+    return (lambda a, b: getattr(gs, op)(a, k=k) + 0 * b.sum()), (lambda a, b: getattr(ref, op)(a, k=k) + 0 * b.sum())
+
+
+@pytest.mark.parametrize("kv", [-1.0, 0.0, 0.6])
+@pytest.mark.parametrize("op", list(ROW_OPS))
+def test_row_ops_per_sample_grads_and_jacobians(op, kv):
+    k = torch.tensor(kv, dtype=F64)
+    x, y = _pts(4, 3, 5, seed=1), _pts(4, 3, 5, seed=2)
+    ours, truth = _fns(op, k)
+    g = vmap(grad(lambda a, b: ours(a, b).sum(), argnums=(0, 1)))(x, y)
+    gr = vmap(grad(lambda a, b: truth(a, b).sum(), argnums=(0, 1)))(x, y)
+    for a, b in zip(g, gr):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    jr, jf, jt = jacrev(ours)(x[0], y[0]), jacfwd(ours)(x[0], y[0]), jacrev(truth)(x[0], y[0])
+    torch.testing.assert_close(jr, jt, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(jf, jt, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(vmap(ours)(x, y), truth(x, y), rtol=1e-9, atol=1e-12)
+
+
+def test_grad_wrt_k_and_r():
+    x = _pts(6, 4, seed=3)
+    f = lambda kk: gs.dist0(x, k=kk).sum()  # noqa: E731
+    fr = lambda kk: ref.dist0(x, k=kk).sum()  # noqa: E731
+    k = torch.tensor(-0.8, dtype=F64)
+    torch.testing.assert_close(grad(f)(k), grad(fr)(k), rtol=1e-9, atol=1e-12)
+    r = torch.tensor([[0.5]] * 6, dtype=F64)
+    h = lambda rr: gs.mobius_scalar_mul(rr, x, k=k)  # noqa: E731
+    hr = lambda rr: ref.mobius_scalar_mul(rr, x, k=k)  # noqa: E731
+    torch.testing.assert_close(jacrev(h)(r), jacrev(hr)(r), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(jacfwd(h)(r), jacrev(hr)(r), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kv", [-1.0, 0.0, 0.7])
+def test_cdist_and_matvec_under_transforms(kv):
+    k = torch.tensor(kv, dtype=F64)
+    x, y = _pts(3, 4, 5, seed=4), _pts(6, 5, seed=5)
+    f = lambda a: gs.cdist(a, y, k=k)  # noqa: E731
+    fr = lambda a: ref.cdist(a, y, k=k)  # noqa: E731
+    torch.testing.assert_close(vmap(grad(lambda a: f(a).sum()))(x), vmap(grad(lambda a: fr(a).sum()))(x),
+                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(jacfwd(f)(x[0]), jacrev(fr)(x[0]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(jacrev(f)(x[0]), jacrev(fr)(x[0]), rtol=1e-9, atol=1e-12)
+    m = torch.randn(4, 5, dtype=F64, generator=torch.Generator().manual_seed(6))
+    h = lambda a: gs.mobius_matvec(m, a, k=k)  # noqa: E731
+    hr = lambda a: ref.mobius_matvec(m, a, k=k)  # noqa: E731
+    torch.testing.assert_close(vmap(h)(x), hr(x), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(jacrev(h)(x[0, 0]), jacrev(hr)(x[0, 0]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(jacfwd(h)(x[0, 0]), jacrev(hr)(x[0, 0]), rtol=1e-9, atol=1e-12)
+    w = torch.rand(5, dtype=F64) + 0.5
+    p = lambda a: gs.mobius_pointwise_mul(w, a, k=k)  # noqa: E731
+    pr = lambda a: ref.mobius_pointwise_mul(w, a, k=k)  # noqa: E731
+    torch.testing.assert_close(vmap(grad(lambda a: p(a).sum()))(x[0]), vmap(grad(lambda a: pr(a).sum()))(x[0]),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_composition_ops_vmap():
+    k = torch.tensor(-1.0, dtype=F64)
+    x, y, v = _pts(4, 3, 5, seed=7), _pts(4, 3, 5, seed=8), _pts(4, 3, 5, seed=9)
+    f = lambda a, b, c: gs.parallel_transport(a, b, c, k=k)  # noqa: E731
+    torch.testing.assert_close(vmap(f)(x, y, v), f(x, y, v), rtol=1e-12, atol=1e-14)
+
+
+def test_second_derivative_raises_instead_of_zero():
+    x, y = _pts(3, 4, seed=10), _pts(3, 4, seed=11)
+    with pytest.raises(RuntimeError):
+        jacrev(grad(lambda a: gs.dist(a, y, k=-1.0).sum()))(x)
+
+
+def test_eager_path_unchanged_overhead():
+    """The torch.func machinery is picked only inside a transform: the eager call stays on the fast Function."""
+    x = torch.rand(4, 3, requires_grad=True)
+    y = gs.mobius_add(x, x, k=-1.0)
+    assert type(y.grad_fn).__name__ == "MobiusAddFnBackward"
+    with torch.no_grad():
+        assert gs.mobius_add(x, x, k=-1.0).grad_fn is None
+
+
+# ---------------------------------------------------------------- fused Riemannian SGD step
+@pytest.mark.parametrize("kv", [-1.0, -0.3, 0.5])
+def test_riemannian_sgd_step_matches_egrad2rgrad_retr(kv):
+    x = _pts(50, 6, scale=0.9, seed=12)
+    x[:3] *= 3.0  # a few points that the projection pulls back
+    g = _pts(50, 6, scale=2.0, seed=13)
+    k = torch.tensor(kv, dtype=F64)
+    den = (1 + k * (x * x).sum(-1, keepdim=True)).clamp_min(1e-15)  # geoopt clamps lambda_x so
+    want = ref.project(x - 0.3 * g * (den ** 2 / 4), k=k, eps=ref.default_eps(F64))
+    got = x.clone()
+    gs.riemannian_sgd_step_(got, g, lr=0.3, k=k)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    got2 = x.t().contiguous()  # vectors along dim 0: the general path
+    gs.riemannian_sgd_step_(got2, g.t().contiguous(), lr=0.3, k=k, dim=0)
+    torch.testing.assert_close(got2.t(), want, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="grad must have x's shape"):
+        gs.riemannian_sgd_step_(x, g[:3], lr=0.1, k=k)
+
+
+geoopt = pytest.importorskip("geoopt")
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_patched_rsgd_fused_step_matches_geoopt(wd):
+    import geoops.compat as compat
+
+    def run(patched):
+        torch.manual_seed(0)
+        ball = geoopt.PoincareBall(c=1.3)
+        emb = geoopt.ManifoldParameter(torch.randn(40, 5, dtype=F64) * 0.1, manifold=ball)  # well inside the ball
+        lin = torch.nn.Parameter(torch.randn(5, dtype=F64))
+        opt = geoopt.optim.RiemannianSGD([emb, lin], lr=0.01, weight_decay=wd, stabilize=3)
+        calls = []
+        opt.register_step_post_hook(lambda *a: calls.append(1))
+        ctx = compat.patched_geoopt() if patched else _null()
+        with ctx:
+            for i in range(5):
+                opt.zero_grad()
+                loss = ball.dist(emb[:20], emb[20:]).sum() + 0.1 * (emb.sum(0) * lin).sum() ** 2
+                loss.backward()
+                opt.step()
+        return emb.detach().clone(), lin.detach().clone(), len(calls)
+
+    a, b = run(False), run(True)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-8)  # k is float32 (-1.3): geoopt and geoops round it apart
+    torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-8)
+    assert a[2] == b[2] == 5  # the optimizer's step hooks still run under the patch
+
+
+def test_patched_rsgd_falls_back_with_momentum():
+    import geoops.compat as compat
+
+    ball = geoopt.PoincareBall()
+    emb = geoopt.ManifoldParameter(torch.rand(4, 3, dtype=F64) * 0.1, manifold=ball)
+    opt = geoopt.optim.RiemannianSGD([emb], lr=0.1, momentum=0.9)
+    emb.grad = torch.ones_like(emb)
+    with compat.patched_geoopt():
+        opt.step()
+    assert "momentum_buffer" in opt.state[emb]  # geoopt's own step ran
+    assert not compat.is_patched()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_wordnet_data_and_negatives():
+    from bench import wordnet as W
+
+    names, edges = W.load_closure(W.MAMMALS)
+    assert len(names) == 1182 and edges.shape == (6542, 2)
+    assert W.MAMMALS.parent.joinpath("LICENSE-WordNet-3.0").exists()
+    keys = W._pair_keys(edges, len(names))
+    gen = torch.Generator().manual_seed(0)
+    batches = W.epoch_batches(edges, len(names), 10, 64, keys, gen)
+    assert sum(u.numel() for u, _ in batches) == edges.shape[0]
+    u, cand = batches[0]
+    assert cand.shape == (64, 11)
+    adj = set(map(tuple, edges.tolist()))
+    for i in range(64):
+        for w in cand[i, 1:].tolist():
+            assert w != int(u[i]) and (int(u[i]), w) not in adj
+
+
+def test_wordnet_training_agrees_patched_and_plain():
+    from bench import wordnet as W
+
+    names, edges = W.load_closure(W.MAMMALS)
+    runs = W.train_both(edges[:640], len(names), epochs=2, burn_in=1, lr=10.0)
+    (ea, *_), (eb, *_) = runs["geoopt"], runs["geoopt+patch_geoopt"]
+    torch.testing.assert_close(ea, eb, rtol=1e-3, atol=1e-5)
