@@ -94,12 +94,13 @@ class PoincareFcFn(torch.autograd.Function):
     """poincare_fc on 2-D x (N, n): forward geoops::poincare_fc_fwd, backward geoops::poincare_fc_bwd."""
 
     @staticmethod
-    def forward(ctx, x, z, bias, c, eps):
+    def forward(ctx, x, z, bias, c, eps, tangent=False):
         need = any(ctx.needs_input_grad[:4]) if ctx is not None else False
         y, t = _ops.poincare_fc_fwd(x, z, bias, c, eps, need)
         if need:
             ctx.save_for_backward(x, z, bias, c, t)
         ctx.eps = eps
+        ctx.tangent = tangent
         ctx.has_bias = bias is not None
         return y
 
@@ -110,7 +111,7 @@ class PoincareFcFn(torch.autograd.Function):
         mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if (ng[2] and ctx.has_bias) else 0) | (8 if ng[3] else 0)
         gx, gz, gb, gc = _ops.poincare_fc_bwd(g.contiguous(), x, z, bias, c, t, ctx.eps, mask)
         return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and ctx.has_bias) else None,
-                gc.reshape(c.shape) if ng[3] else None, None)
+                gc.reshape(c.shape) if ng[3] else None, None, None)
 
 
 def _fc_args(op, x, z, bias, c, dim):
@@ -141,14 +142,16 @@ def _fc_args(op, x, z, bias, c, dim):
 
 
 def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1,
-                eps: Optional[float] = None) -> torch.Tensor:
+                eps: Optional[float] = None, from_tangent: bool = False) -> torch.Tensor:
     """Poincaré fully-connected layer (HNN++; HypLL's ``poincare_fully_connected`` followed by ``project``).
 
     x ``(..., n, ...)`` with the points along ``dim``, z ``(n, m)`` (one hyperplane orientation per output),
     bias ``(m,)`` (hyperplane offsets) or None, c > 0.  Returns ``(..., m, ...)`` on the ball:
     ``y = project(w / (1 + sqrt(1 + c|w|^2)))``, ``w_j = sinh(sc v_j(x)) / sc`` with ``v_j`` the signed distance
     of x to hyperplane j (see :mod:`geoops.reference.poincare`).  One GEMM plus fused row passes, forward and
-    backward; gradients to x, z, bias and c.
+    backward; gradients to x, z, bias and c.  ``from_tangent=True``: x holds tangent vectors u at the origin and
+    the layer takes ``project(expmap0(u))`` (today the fused stereographic expmap0 and project kernels run
+    first; folding them into the layer's passes is the next step, see docs/families/poincare.md).
     """
     op = "poincare_fc"
     d, ct = _fc_args(op, x, z, bias, c, dim)
@@ -160,7 +163,9 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     zz = z.to(cdt).contiguous()
     bb = None if bias is None else bias.to(cdt).contiguous()
     cc = ct if ct.dtype == cdt else ct.to(cdt)
-    y = PoincareFcFn.apply(x2, zz, bb, cc, _eps(eps, cdt))
+    if from_tangent:
+        x2 = _st.project(_st.expmap0(x2, k=-cc), k=-cc, eps=_eps(eps, cdt))
+    y = PoincareFcFn.apply(x2, zz, bb, cc, _eps(eps, cdt), False)
     y = y.reshape(*lead, z.shape[1])
     if d != x.dim() - 1:
         y = y.movedim(-1, d)
@@ -182,6 +187,18 @@ def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *
 # ---------------------------------------------------------------- maps (fused stereographic kernels, k = -c)
 def _k(op, c, like):
     return -_curv(op, c, like)
+
+
+def _rows(x: torch.Tensor, dim: int):
+    """x with the points along `dim` as (R, D) rows (a free view when dim is innermost in memory, e.g. a
+    channels-last image) and the function that puts rows of that shape back."""
+    d = dim % x.dim()
+    xl = x.movedim(d, -1)
+    shape = xl.shape
+
+    def back(r):
+        return r.reshape(shape).movedim(-1, d)
+    return xl.reshape(-1, shape[-1]), back
 
 
 def project(x: torch.Tensor, *, c, dim: int = -1, eps: Optional[float] = None) -> torch.Tensor:
@@ -225,15 +242,21 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
     """Möbius addition x (+) y (the Poincaré residual connection)."""
     _check_float("mobius_add", "x", x)
     _check_float("mobius_add", "y", y)
-    return _st.mobius_add(x, y, k=_k("mobius_add", c, x), dim=dim)
+    k = _k("mobius_add", c, x)
+    if x.shape == y.shape and x.dim() > 1:
+        xr, back = _rows(x, dim)
+        yr, _ = _rows(y, dim)
+        return back(_st.mobius_add(xr, yr, k=k))
+    return _st.mobius_add(x, y, k=k, dim=dim)
 
 
 def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     """Poincaré ReLU: expmap0(relu(logmap0(x))), projected (HypLL's HReLU)."""
     _check_float("poincare_relu", "x", x)
     k = _k("poincare_relu", c, x)
-    v = torch.relu(_st.logmap0(x, k=k, dim=dim))
-    return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, x.dtype))
+    r, back = _rows(x, dim)
+    v = torch.relu(_st.logmap0(r, k=k))
+    return back(_st.project(_st.expmap0(v, k=k), k=k, eps=_eps(None, x.dtype)))
 
 
 # ---------------------------------------------------------------- convolution, flatten, pooling
@@ -254,15 +277,19 @@ def _check_image(op, x, channels=None, name="x"):
 
 
 def _patch_rows(x, k, kernel, padding, stride):
-    """(B, C, H, W) on the ball -> (B*L, C*kh*kw) tangent rows, beta-rescaled, and (Ho, Wo)."""
+    """(B, C, H, W) on the ball -> (B*Ho*Wo, C*kh*kw) tangent rows (beta-rescaled), and (Ho, Wo).
+
+    logmap0 runs on the pixels as rows; the patches are gathered from a channels-last view with strided
+    windows (`Tensor.unfold`) in F.unfold's (channel, tap) order and materialised once, by the final reshape."""
     B, C, H, W = x.shape
     kh, kw = kernel
-    v = _st.logmap0(x, k=k, dim=1) * beta_concat_scale(C, C * kh * kw)
-    u = F.unfold(v, (kh, kw), padding=padding, stride=stride)  # (B, C*kh*kw, L): the patches, once
-    Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
-    Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
-    rows = u.transpose(1, 2).reshape(B * Ho * Wo, C * kh * kw)
-    return rows, Ho, Wo
+    r, _ = _rows(x, 1)  # (B*H*W, C) rows (free for a channels-last tensor)
+    v = (_st.logmap0(r, k=k) * beta_concat_scale(C, C * kh * kw)).reshape(B, H, W, C)
+    if padding != (0, 0):
+        v = F.pad(v, (0, 0, padding[1], padding[1], padding[0], padding[0]))
+    win = v.unfold(1, kh, stride[0]).unfold(2, kw, stride[1])  # (B, Ho, Wo, C, kh, kw) view
+    Ho, Wo = win.shape[1], win.shape[2]
+    return win.reshape(B * Ho * Wo, C * kh * kw), Ho, Wo
 
 
 def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> torch.Tensor:
@@ -289,8 +316,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
                   f"C_out) for x with {x.shape[1]} channels and kernel {kernel}, got {tuple(z.shape)}")
     k = _k(op, c, x)
     rows, Ho, Wo = _patch_rows(x, k, kernel, padding, stride)
-    p = _st.project(_st.expmap0(rows, k=k), k=k, eps=_eps(None, x.dtype))
-    y = poincare_fc(p, z, bias, c=-k)
+    y = poincare_fc(rows, z, bias, c=-k, from_tangent=True)  # expmap0 + project of the patch rows, then the layer
     return y.reshape(x.shape[0], Ho, Wo, z.shape[1]).permute(0, 3, 1, 2)
 
 
@@ -371,9 +397,25 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     else:
         mean, var = running_mean, running_var
     b = expmap0(bias, c=ct)
-    v = _st.parallel_transport(mean, b, _st.logmap(mean, x, k=k), k=k)
-    v = (weight / (var + eps)).sqrt() * v
+    T = _transport_matrix(mean, b, k) * (weight / (var + eps)).sqrt()
+    v = _st.logmap(mean, x, k=k) @ T  # transport m -> b and rescale: one (D, D) matrix for the whole batch
     return _st.project(_st.expmap(b, v, k=k), k=k, eps=_eps(None, x.dtype))
+
+
+def _transport_matrix(m: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Parallel transport from the point m to the point b (k = -c) as a (D, D) matrix T: PT(v) = v @ T.
+
+    PT_{m->b}(v) = gyr[b, -m] v * lam_m / lam_b, and a gyration with both points fixed is linear in v:
+    gyr[a, e] v = v + (2/d) [<a,v>, <e,v>] M [a; e] (geoopt's closed form, M 2 x 2)."""
+    a, e = b, -m
+    a2, e2, ae = (a * a).sum(), (e * e).sum(), (a * e).sum()
+    k2 = k * k
+    d = 1 - 2 * k * ae + k2 * a2 * e2
+    M = torch.stack([torch.stack([-k2 * e2, k]), torch.stack([-k + 2 * k2 * ae, -k2 * a2])])
+    AE = torch.stack([a, e])  # (2, D)
+    eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+    ratio = (1 + k * (b * b).sum()) / (1 + k * (m * m).sum())  # lam_m / lam_b
+    return (eye + AE.transpose(0, 1) @ M @ AE * (2 / d.clamp_min(1e-15))) * ratio
 
 
 # ---------------------------------------------------------------- HNN

@@ -68,9 +68,9 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, dim: int = -1)
     return num / (1 + 2 * c * xy + c * c * x2 * y2).clamp_min(MIN_NORM)
 
 
-def expmap0(v: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+def expmap0(v: torch.Tensor, c: torch.Tensor, dim: int = -1, eps: float = -1.0) -> torch.Tensor:
     s = v.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM) * c.sqrt()
-    return project(torch.tanh(s) / s * v, c, dim=dim)
+    return project(torch.tanh(s) / s * v, c, dim=dim, eps=eps)
 
 
 def logmap0(y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
