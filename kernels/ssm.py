@@ -21,8 +21,8 @@ FFT convolution.  The FFTs are torch's (cuFFT), of size n = fft_size(L) (2-3-5 s
 the truncation + skip term + output cast, and the backward's channel / batch sums of conjugate products
 (summed before the inverse FFT) are fused Triton kernels ``_spec_mul_kernel``, ``_trunc_skip_kernel`` and
 ``_conj_sum_kernel``.  Offsets are 64-bit.  ssm_conv on this backend is the composition (Vandermonde
-kernels, then the kernel's spectrum, then the FFT convolution pieces), without the (C, H, L) dK round trip
-saved only on CPU.
+kernels, then the kernel's spectrum, then the FFT convolution pieces): the fused CPU path's savings (no K or
+dK tensor) are not implemented here.
 """
 from __future__ import annotations
 
