@@ -7,6 +7,7 @@ exactly the same work.
 
     python -m bench --families stereographic            # quick: 7 ops, N=2^18 x D=64, fp32
     python -m bench --families stereographic --full     # all 11 ops, D in {16, 64, 256}, fp32/fp64/bf16
+    python -m bench --families stereographic --short-rows   # the six target ops at 2^20 x D, D in {2,5,10,16}
 """
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ ALL_OPS = tuple(OPS)
 # --quick: one op of each shape of work (two points, one point, tangent input,
 # heavy two-point op, per-row scalar input, scalar output).
 QUICK_OPS = ("mobius_add", "expmap", "expmap0", "logmap", "logmap0", "dist", "mobius_scalar_mul")
+# --short-rows: issue 6's short-row target (the six target ops of the row-wise family at 2^20 x D).
+SHORT_OPS = ("mobius_add", "expmap", "expmap0", "logmap", "logmap0", "dist")
+SHORT_DIMS = (2, 5, 10, 16)
+SHORT_ROWS = 2 ** 20
 
 LIMIT_TEXT = {
     "add": "x + y",
@@ -196,6 +201,9 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("stereographic")
     g.add_argument("--rows", type=int, default=2 ** 18, help="stereographic: N, the number of vectors (default 2^18)")
     g.add_argument("--dims", default=None, help="stereographic: comma list of D (default 64; --full 16,64,256)")
+    g.add_argument("--short-rows", action="store_true",
+                   help="stereographic: only the short-row rows: the six target ops at 2^20 x D, D in {2,5,10,16} "
+                        "(--dims/--ops/--rows override; no pairwise rows)")
     g.add_argument("--pair-shape", default="2048,2048,64",
                    help="stereographic: N,M,D of the cdist rows (default 2048,2048,64)")
     g.add_argument("--knn-shape", default="8192,8192,10,10",
@@ -239,12 +247,15 @@ _compiled: Dict[str, Callable] = {}
 def rows(args, device: torch.device):
     """One Row per (dtype, D, op, pass); then the pairwise rows (cdist, knn, mobius_matvec)."""
     full = args.mode == "full"
-    ops = parse_list(args.ops, ALL_OPS + PAIR_OPS if full else QUICK_OPS + PAIR_OPS, ALL_OPS + PAIR_OPS, "op")
+    short = getattr(args, "short_rows", False)
+    default_ops = SHORT_OPS if short else (ALL_OPS + PAIR_OPS if full else QUICK_OPS + PAIR_OPS)
+    ops = parse_list(args.ops, default_ops, ALL_OPS + PAIR_OPS, "op")
     yield from pair_rows(args, device, [o for o in ops if o in PAIR_OPS])
     ops = [o for o in ops if o in OPS]
     dtypes = args.dtypes or ((torch.float32, torch.float64, torch.bfloat16) if full else (torch.float32,))
-    dims = tuple(int(v) for v in args.dims.split(",")) if args.dims else ((16, 64, 256) if full else (64,))
-    n = args.rows
+    dims = tuple(int(v) for v in args.dims.split(",")) if args.dims else (
+        SHORT_DIMS if short else ((16, 64, 256) if full else (64,)))
+    n = SHORT_ROWS if short and args.rows == 2 ** 18 else args.rows
     for dtype in dtypes:
         for d in dims:
             for op in ops:

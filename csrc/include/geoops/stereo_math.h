@@ -64,6 +64,15 @@ GEO_HD constexpr bool op_has_r(int op) { return op == MOBIUS_SCALAR_MUL; }
 // geoopt's guard on denominators and norms.
 template <typename T> GEO_HD T min_den() { return T(1e-15); }
 
+// Branch-free building blocks of the forward math below, so that it also runs on SIMD vectors of
+// rows (T = at::vec::Vectorized<double>: the short-row kernels of csrc/cpu/stereographic_short.cpp
+// specialise these for it; a comparison there gives a lane mask instead of a bool).
+template <typename C, typename T> GEO_HD T sel(C c, T a, T b) { return c ? a : b; }
+// max(v, lo) with geoopt's clamp semantics (a NaN v gives lo).
+template <typename T> GEO_HD T clamp_lo(T v, T lo) { return v > lo ? v : lo; }
+template <typename T> GEO_HD T vsqrt(T v) { return sqrt(v); }
+template <typename T> GEO_HD T vabs(T v) { return fabs(v); }
+
 template <typename T> struct Row {
   T xx, yy, xy, dd, k, r;
 };
@@ -99,10 +108,9 @@ template <typename T> GEO_HD T tanc(T z) {
 
 // d tanc / dz, given t = tanc(z).
 template <typename T> GEO_HD T tanc_d(T z, T t) {
-  if (fabs(z) < series_cut<T>()) {
-    return T(1) / 3 + z * (T(4) / 15 + z * (T(51) / 315 + z * (T(248) / 2835 + z * (T(6910) / 155925))));
-  }
-  return (T(1) + z * t * t - t) / (T(2) * z);
+  return sel(vabs(z) < series_cut<T>(),
+             T(1.0 / 3) + z * (T(4.0 / 15) + z * (T(51.0 / 315) + z * (T(248.0 / 2835) + z * T(6910.0 / 155925)))),
+             (T(1) + z * t * t - t) / (T(2) * z));
 }
 
 // q = 1 + z, passed in separately because callers can often form it without
@@ -131,30 +139,28 @@ template <typename T> struct DirectMath {
 
 // d atanc / dz, given a = atanc(z).
 template <typename T> GEO_HD T atanc_d(T z, T q, T a) {
-  if (fabs(z) < series_cut<T>()) {
-    return -T(1) / 3 + z * (T(2) / 5 + z * (-T(3) / 7 + z * (T(4) / 9 + z * (-T(5) / 11))));
-  }
   // Outside the ball (q <= min_den: the value was taken at the clamped q) the 1/q term is the derivative
   // of the clamp, which geoopt's clamp of artanh's argument zeroes: drop it, so that points just
   // outside the ball get bounded gradients instead of ~1/min_den = 1e15.
-  return ((q > min_den<T>() ? T(1) / q : T(0)) - a) / (T(2) * z);
+  return sel(vabs(z) < series_cut<T>(),
+             T(-1.0 / 3) + z * (T(2.0 / 5) + z * (T(-3.0 / 7) + z * (T(4.0 / 9) + z * T(-5.0 / 11)))),
+             (sel(q > min_den<T>(), T(1) / q, T(0)) - a) / (T(2) * z));
 }
 
 // ---------------------------------------------------------------- forward
 template <typename T> GEO_HD Coef<T> mobius_add_coef(T xx, T yy, T xy, T k) {
-  T den = T(1) - T(2) * k * xy + k * k * xx * yy;
-  den = den > min_den<T>() ? den : min_den<T>();
+  T den = clamp_lo(T(1) - T(2) * k * xy + k * k * xx * yy, min_den<T>());
   return {(T(1) - T(2) * k * xy - k * yy) / den, (T(1) + k * xx) / den, T(0)};
 }
 
 // Row adjoints of mobius_add's coefficients (ga = dL/da, gb = dL/db).
 template <typename T> GEO_HD Row<T> mobius_add_vjp(T xx, T yy, T xy, T k, T ga, T gb) {
   T den0 = T(1) - T(2) * k * xy + k * k * xx * yy;
-  bool live = den0 > min_den<T>();
-  T den = live ? den0 : min_den<T>();
+  auto live = den0 > min_den<T>();
+  T den = sel(live, den0, min_den<T>());
   T a = (T(1) - T(2) * k * xy - k * yy) / den, b = (T(1) + k * xx) / den;
   T na_ = ga / den, nb_ = gb / den;
-  T den_ = live ? -(ga * a + gb * b) / den : T(0);
+  T den_ = sel(live, -(ga * a + gb * b) / den, T(0));
   Row<T> g;
   g.xx = nb_ * k + den_ * k * k * yy;
   g.yy = -na_ * k + den_ * k * k * xx;
@@ -191,19 +197,12 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
     }
     case PROJECT: {
       // param = eps; maxnorm = (1 - eps)/sqrt(-k) on the ball, no bound otherwise
-      T n = sqrt(s.xx);
-      n = n > min_den<T>() ? n : min_den<T>();
-      if (k < 0) {
-        T m = (T(1) - param) / sqrt(-k);
-        if (n > m) return {m / n, T(0), T(0)};
-      }
-      return {T(1), T(0), T(0)};
+      T n = clamp_lo(vsqrt(s.xx), min_den<T>());
+      T mx = (T(1) - param) / vsqrt(sel(k < T(0), -k, T(1)));
+      return {sel((k < T(0)) & (n > mx), mx / n, T(1)), T(0), T(0)};
     }
-    case LAMBDA_X: {
-      T p = T(1) + k * s.xx;
-      p = p > min_den<T>() ? p : min_den<T>();
-      return {T(2) / p, T(0), T(0)};
-    }
+    case LAMBDA_X:
+      return {T(2) / clamp_lo(T(1) + k * s.xx, min_den<T>()), T(0), T(0)};
     case MOBIUS_SCALAR_MUL: {
       // tan_k(r artan_k(|x|)) / |x| = r A(k|x|^2) T(k r^2 |x|^2 A^2)
       T z1 = k * s.xx;
@@ -213,9 +212,7 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
     }
     case EXPMAP: {
       // x (+) t u with t = tan_k(lambda_x |u| / 2)/|u| = h T(k h^2 |u|^2), h = 1/(1 + k|x|^2)
-      T p = T(1) + k * s.xx;
-      p = p > min_den<T>() ? p : min_den<T>();
-      T h = T(1) / p;
+      T h = T(1) / clamp_lo(T(1) + k * s.xx, min_den<T>());
       T t = h * m.tanc(k * h * h * s.yy);
       Coef<T> c = mobius_add_coef(s.xx, t * t * s.yy, t * s.xy, k);
       return {c.a, c.b * t, T(0)};
@@ -225,10 +222,9 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
     case LOGMAP: {
       // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den, |s|^2 = dd / den,
       // out = (1 + k xx) A(k |s|^2) s
-      T den = sub_den(s.xx, s.yy, s.xy, k);
-      den = den > min_den<T>() ? den : min_den<T>();
+      T den = clamp_lo(sub_den(s.xx, s.yy, s.xy, k), min_den<T>());
       T nb = T(1) + k * s.xx;
-      T p = nb > min_den<T>() ? nb : min_den<T>();
+      T p = clamp_lo(nb, min_den<T>());
       T z = k * s.dd / den;
       T q = nb * (T(1) + k * s.yy) / den;
       T f = m.atanc(z, q) * p;
@@ -239,16 +235,15 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
       return {m.atanc(z, T(1) + z), T(0), T(0)};
     }
     case DIST: {
-      T den = sub_den(s.xx, s.yy, s.xy, k);
-      den = den > min_den<T>() ? den : min_den<T>();
+      T den = clamp_lo(sub_den(s.xx, s.yy, s.xy, k), min_den<T>());
       T ss = s.dd / den;
       T z = k * ss;
       T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
-      return {T(2) * sqrt(ss) * m.atanc(z, q), T(0), T(0)};
+      return {T(2) * vsqrt(ss) * m.atanc(z, q), T(0), T(0)};
     }
     case DIST0: {
       T z = k * s.xx;
-      return {T(2) * sqrt(s.xx) * m.atanc(z, T(1) + z), T(0), T(0)};
+      return {T(2) * vsqrt(s.xx) * m.atanc(z, T(1) + z), T(0), T(0)};
     }
   }
   return {T(0), T(0), T(0)};
@@ -269,24 +264,19 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       return g;
     }
     case PROJECT: {
-      T n = sqrt(s.xx);
-      if (k < 0 && n > min_den<T>()) {
-        T m = (T(1) - param) / sqrt(-k);
-        if (n > m) {
-          // a = m / n
-          g.xx = -ga * m / (T(2) * n * n * n);
-          g.k = ga * m / (n * T(2) * (-k));
-        }
-      }
+      T n = vsqrt(s.xx);
+      T nc = clamp_lo(n, min_den<T>());
+      T mx = (T(1) - param) / vsqrt(sel(k < T(0), -k, T(1)));
+      auto act = (k < T(0)) & (n > min_den<T>()) & (n > mx);  // a = mx / n
+      g.xx = sel(act, -ga * mx / (T(2) * nc * nc * nc), T(0));
+      g.k = sel(act, ga * mx / (nc * T(2) * (-k)), T(0));
       return g;
     }
     case LAMBDA_X: {
       T p = T(1) + k * s.xx;
-      if (p > min_den<T>()) {
-        T p_ = -T(2) * ga / (p * p);
-        g.xx = p_ * k;
-        g.k = p_ * s.xx;
-      }
+      T p_ = sel(p > min_den<T>(), -T(2) * ga / (p * p), T(0));
+      g.xx = p_ * k;
+      g.k = p_ * s.xx;
       return g;
     }
     case MOBIUS_SCALAR_MUL: {
@@ -304,8 +294,8 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
     }
     case EXPMAP: {
       T p0 = T(1) + k * s.xx;
-      bool live = p0 > min_den<T>();
-      T h = T(1) / (live ? p0 : min_den<T>());
+      auto live = p0 > min_den<T>();
+      T h = T(1) / sel(live, p0, min_den<T>());
       T z = k * h * h * s.yy;
       T tz = m.tanc(z);
       T t = h * tz;
@@ -323,11 +313,9 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       g.k += z_ * h * h * s.yy;
       h_ += z_ * T(2) * k * h * s.yy;
       g.yy += z_ * k * h * h;
-      if (live) {
-        T p_ = -h_ * h * h;
-        g.xx += p_ * k;
-        g.k += p_ * s.xx;
-      }
+      T p_ = sel(live, -h_ * h * h, T(0));
+      g.xx += p_ * k;
+      g.k += p_ * s.xx;
       return g;
     }
     case EXPMAP0: {
@@ -339,11 +327,11 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
     }
     case LOGMAP: {
       T den0 = sub_den(s.xx, s.yy, s.xy, k);
-      bool den_live = den0 > min_den<T>();
-      T den = den_live ? den0 : min_den<T>();
+      auto den_live = den0 > min_den<T>();
+      T den = sel(den_live, den0, min_den<T>());
       T nb = T(1) + k * s.xx;
-      bool p_live = nb > min_den<T>();
-      T p = p_live ? nb : min_den<T>();
+      auto p_live = nb > min_den<T>();
+      T p = sel(p_live, nb, min_den<T>());
       T z = k * s.dd / den;
       T q = nb * (T(1) + k * s.yy) / den;
       T A = m.atanc(z, q);
@@ -362,11 +350,11 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       k_ += z_ * s.dd / den;
       dd_ += z_ * k / den;
       den_ -= z_ * z / den;
-      T xx1 = nb_ + (p_live ? p_ : T(0));
+      T xx1 = nb_ + sel(p_live, p_, T(0));
       g.xx = xx1 * k;
       k_ += xx1 * s.xx;
       g.k = k_;
-      if (den_live) add_sub_den_vjp(s, den_, g);
+      add_sub_den_vjp(s, sel(den_live, den_, T(0)), g);
       g.dd = dd_;
       return g;
     }
@@ -379,30 +367,32 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
     }
     case DIST: {
       T den0 = sub_den(s.xx, s.yy, s.xy, k);
-      bool den_live = den0 > min_den<T>();
-      T den = den_live ? den0 : min_den<T>();
-      T ss = s.dd / den;
-      if (!(ss > T(0))) return g;  // |s| is not differentiable at 0: zero subgradient, like torch.norm
-      T w = sqrt(ss);
+      auto den_live = den0 > min_den<T>();
+      T den = sel(den_live, den0, min_den<T>());
+      T ss0 = s.dd / den;
+      auto live = ss0 > T(0);  // |s| is not differentiable at 0: zero subgradient, like torch.norm
+      T ss = sel(live, ss0, T(1));
+      T w = vsqrt(ss);
       T z = k * ss;
       T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
       T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
       // v = 2 w A(k w^2)
       T ss_ = ga * (A / w + T(2) * w * k * Ad);
       T k_ = ga * T(2) * w * Ad * ss;
-      g.dd = ss_ / den;
+      g.dd = sel(live, ss_ / den, T(0));
       T den_ = -ss_ * ss / den;
-      g.k = k_;
-      if (den_live) add_sub_den_vjp(s, den_, g);
+      g.k = sel(live, k_, T(0));
+      add_sub_den_vjp(s, sel(live & den_live, den_, T(0)), g);
       return g;
     }
     case DIST0: {
-      if (!(s.xx > T(0))) return g;
-      T w = sqrt(s.xx);
-      T z = k * s.xx, q = T(1) + z;
+      auto live = s.xx > T(0);
+      T xx = sel(live, s.xx, T(1));
+      T w = vsqrt(xx);
+      T z = k * xx, q = T(1) + z;
       T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
-      g.xx = ga * (A / w + T(2) * w * k * Ad);
-      g.k = ga * T(2) * w * Ad * s.xx;
+      g.xx = sel(live, ga * (A / w + T(2) * w * k * Ad), T(0));
+      g.k = sel(live, ga * T(2) * w * Ad * xx, T(0));
       return g;
     }
   }

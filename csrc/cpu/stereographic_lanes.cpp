@@ -1,0 +1,344 @@
+// Fused CPU kernels of the kappa-stereographic row ops, forward and backward: the row math of
+// stereo_math.h on SIMD vectors, one lane per row.
+//
+// For a block of rows: the row sums first (double, whatever the dtype), then the row math of
+// stereo_math.h branch-free on at::vec::Vectorized<double> (its tanc/atanc are SLEEF vector calls,
+// vec_math_inl.h; no per-row scalar math), then the writes out = a x + b y + c (x - y) (backward: the
+// gradients, see bwd_rows), row by row with each row's coefficients broadcast, while the block is
+// still in L1.  Each op is its own instantiation (the op code is a template argument, so its math
+// folds to straight-line vector code).
+//
+// Short rows (D <= kShortRowMaxD): the row sums put the ROWS on the lanes too (the D-loop outside,
+// the row loop inside, strided vector loads), since one row alone would leave most lanes idle and its
+// horizontal sums would dominate.  Longer rows: one row at a time on 4-lane double vectors
+// (row_sums, stereographic_rows.h), with software prefetch of the rows ahead.
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "stereographic_rows.h"
+#include "vec_math_inl.h"
+
+namespace geoops {
+namespace stereo {
+// The branch-free building blocks of stereo_math.h on vectors of rows (lane masks instead of bools).
+using cpu::vecmath::Vec;
+template <> inline Vec sel<Vec, Vec>(Vec c, Vec a, Vec b) { return Vec::blendv(b, a, c); }
+template <> inline Vec clamp_lo<Vec>(Vec v, Vec lo) { return Vec::blendv(lo, v, v > lo); }
+template <> inline Vec vsqrt<Vec>(Vec v) { return v.sqrt(); }
+template <> inline Vec vabs<Vec>(Vec v) { return v.abs(); }
+template <> inline Vec series_cut<Vec>() { return Vec(series_cut<double>()); }
+}  // namespace stereo
+
+namespace cpu {
+
+namespace {
+
+using vecmath::Vec;
+using namespace geoops::stereo;
+
+constexpr int kLanes = Vec::size();
+constexpr int kBlock = 4 * kLanes;  // rows per block of short rows: 32 with AVX-512, 16 with AVX2
+static_assert(kBlock <= kMaxBlock, "the long-row blocks bound the lane arrays");
+
+// Rows of at most this many elements reduce with the rows on the lanes (measured: 0.5-0.8x the time of
+// the per-row sums at D = 2..5, 1.0-1.3x at D = 10..16).
+constexpr int64_t kShortRowMaxD = 8;
+
+// The row math's tanc / atanc, one lane per row.
+struct LaneMath {
+  Vec tanc(const Vec& z) { return vecmath::eval<false>(z, Vec(1.0)); }
+  Vec atanc(const Vec& z, const Vec& q) { return vecmath::eval<true>(z, q); }
+};
+
+// Row sums of the rows i0 .. i0+kBlock-1 (rows past `last` repeat row `last`), rows on the lanes:
+// xx, and for two-input ops yy, xy and dd = |x - y|^2 accumulated directly; with HAS_G (backward of
+// a vector op) also gx = <g,x>, and for two-input ops gy = <g,y>, gd = <g,x-y>.
+template <typename scalar_t, bool HAS_Y, bool HAS_G = false>
+inline void block_sums(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64_t sy, int64_t i0, int64_t last,
+                       int64_t D, double* xx, double* yy, double* xy, double* dd, const scalar_t* gp = nullptr,
+                       int64_t sg = 0, double* gx = nullptr, double* gy = nullptr, double* gd = nullptr) {
+  int64_t ox[kBlock], oy[kBlock], og[kBlock];
+  for (int b = 0; b < kBlock; ++b) {
+    const int64_t i = std::min<int64_t>(i0 + b, last);
+    ox[b] = i * sx;
+    oy[b] = i * sy;
+    og[b] = i * sg;
+    xx[b] = yy[b] = xy[b] = dd[b] = 0.0;
+    if (HAS_G) gx[b] = gy[b] = gd[b] = 0.0;
+  }
+  for (int64_t j = 0; j < D; ++j) {
+#pragma omp simd
+    for (int b = 0; b < kBlock; ++b) {
+      const double xv = static_cast<double>(load_elem(xp + ox[b] + j));
+      xx[b] += xv * xv;
+      const double gv = HAS_G ? static_cast<double>(load_elem(gp + og[b] + j)) : 0.0;
+      if (HAS_G) gx[b] += gv * xv;
+      if (HAS_Y) {
+        const double yv = static_cast<double>(load_elem(yp + oy[b] + j));
+        const double d = xv - yv;
+        yy[b] += yv * yv;
+        xy[b] += xv * yv;
+        dd[b] += d * d;
+        if (HAS_G) {
+          gy[b] += gv * yv;
+          gd[b] += gv * d;
+        }
+      }
+    }
+  }
+}
+
+// Rows per block: kBlock for short rows; for long rows as many as keep the block's `streams` rows in
+// L1, a multiple of the lanes (at least one vector).
+template <typename scalar_t, bool SHORT>
+int64_t lane_block(int64_t D, int streams) {
+  return SHORT ? kBlock : std::max<int64_t>(kLanes, block_rows<scalar_t>(D, streams) / kLanes * kLanes);
+}
+
+template <typename scalar_t, int OP, bool SHORT>
+void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param, at::Tensor& out) {
+  using opmath_t = typename OpMath<scalar_t>::type;
+  constexpr bool HAS_Y = op_has_y(OP), SCALAR_OUT = op_scalar_out(OP), HAS_R = op_has_r(OP);
+  const int64_t N = x.size(0), D = x.size(1);
+  const int64_t sx = x.stride(0), sy = y.stride(0), so = SCALAR_OUT ? 1 : out.stride(0);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* yp = y.data_ptr<scalar_t>();
+  scalar_t* op_ = out.data_ptr<scalar_t>();
+  const int64_t B = lane_block<scalar_t, SHORT>(D, HAS_Y ? 3 : 2);
+  const int64_t grain = SHORT ? std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(D, 1)) : grain_for(D);
+  const RowPrefetch prefetch(D * static_cast<int64_t>(sizeof(scalar_t)));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
+    alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
+    for (int64_t i0 = begin; i0 < end; i0 += B) {
+      const int64_t nb = std::min<int64_t>(B, end - i0);
+      const int64_t nv = (nb + kLanes - 1) / kLanes * kLanes;  // lanes computed (rows past nb repeat the last)
+      if (SHORT) {
+        block_sums<scalar_t, HAS_Y>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd);
+      } else {
+        for (int64_t b = 0; b < nv; ++b) {
+          if (b >= nb) {
+            xx[b] = xx[nb - 1], yy[b] = yy[nb - 1], xy[b] = xy[nb - 1], dd[b] = dd[nb - 1];
+            continue;
+          }
+          const int64_t i = i0 + b;
+          prefetch(xp + i * sx, sx, i, end);
+          if (HAS_Y) prefetch(yp + i * sy, sy, i, end);
+          const Row<double> s = reduce_row<scalar_t, HAS_Y>(xp + i * sx, yp + i * sy, D);
+          xx[b] = s.xx, yy[b] = s.yy, xy[b] = s.xy, dd[b] = s.dd;
+        }
+      }
+      for (int64_t b = 0; b < nv; ++b) {
+        const int64_t i = std::min<int64_t>(i0 + b, end - 1);
+        kk[b] = sc.k[i * sc.sk];
+        rr[b] = HAS_R ? sc.r[i * sc.sr] : 0.0;
+      }
+      LaneMath lm;
+      for (int64_t v = 0; v < nv; v += kLanes) {
+        const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                           Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+        const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
+        c.a.store(ca + v);
+        c.b.store(cb + v);
+        c.c.store(cc + v);
+      }
+      if (SCALAR_OUT) {
+        for (int64_t b = 0; b < nb; ++b) store(op_, i0 + b, static_cast<opmath_t>(ca[b]));
+        continue;
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t i = i0 + b;
+        const scalar_t* xr = xp + i * sx;
+        const scalar_t* yr = yp + i * sy;
+        scalar_t* orow = op_ + i * so;
+        const opmath_t a = static_cast<opmath_t>(ca[b]);
+        if (HAS_Y) {
+          const opmath_t bb = static_cast<opmath_t>(cb[b]), c = static_cast<opmath_t>(cc[b]);
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j);
+            store(orow, j, a * xv + bb * yv + c * (xv - yv));
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) store(orow, j, a * load_elem(xr + j));
+        }
+      }
+    }
+  });
+}
+
+// Backward: the same blocks; row sums with <g,x>, <g,y>, <g,x-y>, the vjp (and, for vector ops, the
+// forward coefficients) of stereo_math.h on the lanes, then per row
+//   dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y),  dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y).
+template <typename scalar_t, int OP, bool HAS_Y, bool SHORT>
+void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param,
+              at::Tensor& dx, at::Tensor& dy, double* dk, double* dr) {
+  using opmath_t = typename OpMath<scalar_t>::type;
+  constexpr bool SCALAR_OUT = op_scalar_out(OP), HAS_R = op_has_r(OP);
+  const int64_t N = x.size(0), D = x.size(1);
+  const int64_t sx = x.stride(0), sy = y.stride(0), sg = SCALAR_OUT ? 1 : g.stride(0);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* yp = y.data_ptr<scalar_t>();
+  const scalar_t* gp = g.data_ptr<scalar_t>();
+  scalar_t* dxp = dx.defined() ? dx.data_ptr<scalar_t>() : nullptr;
+  scalar_t* dyp = dy.defined() ? dy.data_ptr<scalar_t>() : nullptr;
+  const int64_t B = lane_block<scalar_t, SHORT>(D, HAS_Y ? 5 : 3);
+  const int64_t grain = SHORT ? std::max<int64_t>(kBlock, 16384 / std::max<int64_t>(D, 1)) : grain_for(D);
+  const RowPrefetch prefetch(D * static_cast<int64_t>(sizeof(scalar_t)));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
+    alignas(64) double ga[kMaxBlock], gb[kMaxBlock], gc[kMaxBlock];
+    alignas(64) double axx[kMaxBlock], ayy[kMaxBlock], axy[kMaxBlock], add[kMaxBlock], ak[kMaxBlock], ar[kMaxBlock];
+    alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
+    for (int64_t i0 = begin; i0 < end; i0 += B) {
+      const int64_t nb = std::min<int64_t>(B, end - i0);
+      const int64_t nv = (nb + kLanes - 1) / kLanes * kLanes;
+      if (SHORT) {
+        block_sums<scalar_t, HAS_Y, !SCALAR_OUT>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd, gp, sg, ga, gb, gc);
+      } else {
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t i = i0 + b;
+          const scalar_t* xr = xp + i * sx;
+          const scalar_t* yr = yp + i * sy;
+          const scalar_t* gr = gp + i * sg;
+          prefetch(xr, sx, i, end);
+          if (HAS_Y) prefetch(yr, sy, i, end);
+          if (!SCALAR_OUT) prefetch(gr, sg, i, end);
+          if (!HAS_Y && !SCALAR_OUT) {  // <x,x> and <g,x> in one pass
+            double r[2];
+            row_sums<2, 2>({xr, gr}, D, r, [](const dvec(&v)[2], dvec(&a)[2]) {
+              a[0] += v[0] * v[0];
+              a[1] += v[1] * v[0];
+            });
+            xx[b] = r[0], yy[b] = xy[b] = dd[b] = 0.0, ga[b] = r[1];
+          } else if (HAS_Y && !SCALAR_OUT) {  // the four row sums and <g,x>, <g,y>, <g,x-y> in one pass
+            double r[7];
+            row_sums<7, 3>({xr, yr, gr}, D, r, [](const dvec(&v)[3], dvec(&a)[7]) {
+              pair_terms(v[0], v[1], a);
+              a[4] += v[2] * v[0];
+              a[5] += v[2] * v[1];
+              a[6] += v[2] * (v[0] - v[1]);
+            });
+            xx[b] = r[0], yy[b] = r[1], xy[b] = r[2], dd[b] = r[3], ga[b] = r[4], gb[b] = r[5], gc[b] = r[6];
+          } else {
+            const Row<double> s = reduce_row<scalar_t, HAS_Y>(xr, yr, D);
+            xx[b] = s.xx, yy[b] = s.yy, xy[b] = s.xy, dd[b] = s.dd;
+          }
+        }
+        for (int64_t b = nb; b < nv; ++b) {
+          xx[b] = xx[nb - 1], yy[b] = yy[nb - 1], xy[b] = xy[nb - 1], dd[b] = dd[nb - 1];
+          ga[b] = ga[nb - 1], gb[b] = gb[nb - 1], gc[b] = gc[nb - 1];
+        }
+      }
+      for (int64_t b = 0; b < nv; ++b) {
+        const int64_t i = std::min<int64_t>(i0 + b, end - 1);
+        kk[b] = sc.k[i * sc.sk];
+        rr[b] = HAS_R ? sc.r[i * sc.sr] : 0.0;
+        if (SCALAR_OUT) ga[b] = static_cast<double>(load_elem(gp + i)), gb[b] = gc[b] = 0.0;
+        if (!HAS_Y && !SCALAR_OUT) gb[b] = gc[b] = 0.0;
+      }
+      LaneMath lm;
+      for (int64_t v = 0; v < nv; v += kLanes) {
+        const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                           Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+        const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
+                                              Vec::loadu(gc + v), lm);
+        adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
+        adj.k.store(ak + v), adj.r.store(ar + v);
+        if (!SCALAR_OUT) {
+          const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
+          c.a.store(ca + v), c.b.store(cb + v), c.c.store(cc + v);
+        }
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        if (dk) dk[i0 + b] = ak[b];
+        if (dr) dr[i0 + b] = ar[b];
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t i = i0 + b;
+        const scalar_t* xr = xp + i * sx;
+        const scalar_t* yr = yp + i * sy;
+        const scalar_t* gr = gp + i * sg;
+        const opmath_t gx = SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(ca[b] + cc[b]);
+        const opmath_t gy = SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(cb[b] - cc[b]);
+        const opmath_t cxx = static_cast<opmath_t>(2 * axx[b]), cyy = static_cast<opmath_t>(2 * ayy[b]);
+        const opmath_t cxy = static_cast<opmath_t>(axy[b]), cdd = static_cast<opmath_t>(2 * add[b]);
+        scalar_t* ox = dxp ? dxp + i * D : nullptr;
+        scalar_t* oy = (HAS_Y && dyp) ? dyp + i * D : nullptr;
+        auto grad_at = [&](int64_t j) { return SCALAR_OUT ? opmath_t(0) : load_elem(gr + j); };
+        if (HAS_Y && ox && oy) {  // both gradients in one pass over x, y, g
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j), gv = grad_at(j);
+            const opmath_t dv = cdd * (xv - yv);
+            store(ox, j, gx * gv + cxx * xv + cxy * yv + dv);
+            store(oy, j, gy * gv + cyy * yv + cxy * xv - dv);
+          }
+        } else if (ox) {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = load_elem(xr + j), gv = grad_at(j);
+            const opmath_t yv = HAS_Y ? load_elem(yr + j) : opmath_t(0);
+            store(ox, j, gx * gv + cxx * xv + cxy * yv + cdd * (xv - yv));
+          }
+        } else if (oy) {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) {
+            const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j), gv = grad_at(j);
+            store(oy, j, gy * gv + cyy * yv + cxy * xv - cdd * (xv - yv));
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void stereo_lanes_fwd(int op, const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param,
+                      at::Tensor& out) {
+  const bool short_rows = x.size(1) <= kShortRowMaxD;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "stereo_lanes_fwd", [&] {
+    dispatch_op(op, [&](auto opc) {
+      constexpr int OP = decltype(opc)::value;
+      if (short_rows) {
+        fwd_rows<scalar_t, OP, true>(x, y, sc, param, out);
+      } else {
+        fwd_rows<scalar_t, OP, false>(x, y, sc, param, out);
+      }
+    });
+  });
+}
+
+void stereo_lanes_bwd(int op, const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, bool has_y,
+                      const RowScalars& sc, double param, at::Tensor& dx, at::Tensor& dy, double* dk, double* dr) {
+  const bool short_rows = x.size(1) <= kShortRowMaxD;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "stereo_lanes_bwd", [&] {
+    dispatch_op(op, [&](auto opc) {
+      constexpr int OP = decltype(opc)::value;
+      auto run = [&](auto hy) {
+        constexpr bool HY = decltype(hy)::value;
+        if (short_rows) {
+          bwd_rows<scalar_t, OP, HY, true>(g, x, y, sc, param, dx, dy, dk, dr);
+        } else {
+          bwd_rows<scalar_t, OP, HY, false>(g, x, y, sc, param, dx, dy, dk, dr);
+        }
+      };
+      if (has_y) {
+        if constexpr (op_has_y(OP)) run(std::true_type{});
+      } else {
+        run(std::false_type{});
+      }
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace geoops
