@@ -87,11 +87,14 @@ def _gaunt_grid_fwd(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int) -> torch.
     BLOCK_R = 16 if x1.dtype == torch.float64 else 32
     BLOCK_P = min(PP, 32)
     # float64 with 64+ coefficient columns: 8 warps (4 spilled 8-28 B with Triton 3.6 on sm_90 at L = 5..7)
+    # and one pipeline stage (the default stages' operand buffers need 233 KB of shared memory at lmax 8,
+    # over the per-block limit of sm_80 and sm_90: it would compile but not launch)
     wide64 = x1.dtype == torch.float64 and max(N1P, N2P, NOP) >= 64
     grid = (triton.cdiv(N, BLOCK_R),)
     _gaunt_grid_fwd_kernel[grid](x1, x2, E1, E2, PR, out, N, x1.shape[1], x2.shape[1], n_out,
                                  N1P=N1P, N2P=N2P, NOP=NOP, PP=PP, BLOCK_R=BLOCK_R, BLOCK_P=BLOCK_P,
-                                 IS_F64=x1.dtype == torch.float64, num_warps=8 if wide64 else 4)
+                                 IS_F64=x1.dtype == torch.float64, num_warps=8 if wide64 else 4,
+                                 num_stages=1 if wide64 else 3)
     return out
 
 

@@ -23,13 +23,15 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 CURV = (-1.0, -0.3, 0.0, 0.5)
 
 
-def _mixed_case(op: str, d: int, kv: float, seed: int):
-    """45 rows (a full block of 32 lanes and a partial one): interior, near-boundary, tiny, zero."""
+def _mixed_case(op: str, d: int, kv: float, seed: int, margin: float = 1.0):
+    """45 rows (a full block of 32 lanes and a partial one): interior, near-boundary, tiny, zero.
+
+    ``margin`` scales the near-boundary rows' distance to the boundary (1 - frac)."""
     g = torch.Generator().manual_seed(seed)
     n = 45
     frac = torch.rand(n, generator=g, dtype=torch.float64) * 0.9
     if kv < 0:
-        frac[3:9] = 1 - torch.tensor([1e-3, 5e-4, 2e-3, 1e-3, 3e-3, 1e-3], dtype=torch.float64)
+        frac[3:9] = 1 - margin * torch.tensor([1e-3, 5e-4, 2e-3, 1e-3, 3e-3, 1e-3], dtype=torch.float64)
     frac[10:13] = torch.tensor([1e-8, 1e-5, 3e-4], dtype=torch.float64)
     frac[20] = 0.0
     x = pc._ball_points(g, n, d, kv, frac)
@@ -57,7 +59,11 @@ def test_short_rows_parity(op, dtype, d):
     """Values and gradients (x, y, k, r) within the low-precision rule of the fp64 reference."""
     failures = []
     for i, kv in enumerate(CURV):
-        case = _mixed_case(op, d, kv, seed=100 * d + i)
+        # bfloat16 at D = 1: a coordinate within 1e-3 of the radius rounds onto the boundary (bf16's spacing
+        # below 1 is 2^-8), where the op is unbounded; the rounded point is a different, out-of-domain input
+        # (tests/test_stereographic_reliability.py covers those).  Keep those rows 1e-2 inside instead.
+        margin = 10.0 if (dtype == torch.bfloat16 and d == 1) else 1.0
+        case = _mixed_case(op, d, kv, seed=100 * d + i, margin=margin)
         for q, err, bound, finite in parity.check_case(case, "cpp", dtype):
             if q == "dk" and dtype == torch.bfloat16:
                 # the k gradient sums 45 rows of bf16-rounded terms: the rule's floor is one element's
