@@ -221,11 +221,15 @@ def logmap0(y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
 
 
 def expmap(x: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    """Exponential map at x (HypLL's expmap): the point reached from x along the tangent vector v, projected
+    back inside the ball as HypLL does (curvature -c, c > 0). Shapes broadcast along ``dim``; gradients to x, v and c."""
     k = _k("expmap", c, x)
     return _st.project(_st.expmap(x, v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, x.dtype))
 
 
 def logmap(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
+    """Logarithmic map at x (HypLL's logmap): the tangent vector at x pointing to y with length d_c(x, y).
+    Shapes broadcast along ``dim``; gradients to x, y and c."""
     return _st.logmap(x, y, k=_k("logmap", c, x), dim=dim)
 
 
@@ -235,6 +239,8 @@ def transp(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, c, dim: int = -
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """Geodesic distance d_c(x, y) = 2/sqrt(c) artanh(sqrt(c) |(-x) (+) y|) on the ball of curvature -c
+    (HypLL's dist); reduces ``dim`` (kept with ``keepdim``). Gradients to x, y and c."""
     return _st.dist(x, y, k=_k("dist", c, x), dim=dim, keepdim=keepdim)
 
 

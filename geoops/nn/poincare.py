@@ -66,6 +66,7 @@ class PoincareLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-initialise the hyperplane normals z and biases (HypLL's initialisation)."""
         _init_hyperplanes(self.z, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +96,8 @@ class PoincareConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-initialise the kernel: identity initialisation (Poincaré ResNet) when ``id_init`` and in_channels <= out_channels,
+        else HypLL's hyperplane initialisation."""
         kh, kw = self.kernel_size
         if self.id_init and self.in_channels <= self.out_channels:
             with torch.no_grad():
@@ -210,6 +213,7 @@ class PoincareEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
+        """Re-initialise the embedding: standard normal tangent vectors mapped into the ball with expmap0."""
         with torch.no_grad():
             self.weight.copy_(gp.expmap0(torch.randn(self.num_embeddings, self.embedding_dim), c=self.ball().detach()))
 
@@ -238,6 +242,7 @@ class MobiusLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
+        """Re-initialise the weight (or each diagonal block) with Kaiming-uniform and the bias with zeros."""
         for w in (self.weight,) if self.blocks is None else self.weight:
             nn.init.kaiming_uniform_(w, a=5 ** 0.5)
         if self.bias is not None:

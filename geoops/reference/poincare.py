@@ -50,6 +50,7 @@ def _sq(x, dim, keepdim=True):
 
 
 def project(x: torch.Tensor, c: torch.Tensor, dim: int = -1, eps: float = -1.0) -> torch.Tensor:
+    """Reference: rescale rows whose norm exceeds (1 - eps)/sqrt(c) onto that radius (eps < 0: the dtype's default)."""
     if eps < 0:
         eps = default_eps(x.dtype)
     maxnorm = (1 - eps) / (c + 1e-15).sqrt()
@@ -58,10 +59,12 @@ def project(x: torch.Tensor, c: torch.Tensor, dim: int = -1, eps: float = -1.0) 
 
 
 def lambda_x(x: torch.Tensor, c: torch.Tensor, dim: int = -1, keepdim: bool = True) -> torch.Tensor:
+    """Reference: conformal factor lambda_x = 2 / (1 - c |x|^2)."""
     return 2 / (1 - c * _sq(x, dim, keepdim))
 
 
 def mobius_add(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference: Möbius addition x (+) y on the ball of curvature -c."""
     xy = (x * y).sum(dim=dim, keepdim=True)
     x2, y2 = _sq(x, dim), _sq(y, dim)
     num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
@@ -69,16 +72,19 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, dim: int = -1)
 
 
 def expmap0(v: torch.Tensor, c: torch.Tensor, dim: int = -1, eps: float = -1.0) -> torch.Tensor:
+    """Reference: exponential map at the origin, tanh(sqrt(c)|v|) v / (sqrt(c)|v|), projected."""
     s = v.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM) * c.sqrt()
     return project(torch.tanh(s) / s * v, c, dim=dim, eps=eps)
 
 
 def logmap0(y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference: logarithmic map at the origin, artanh(sqrt(c)|y|) y / (sqrt(c)|y|)."""
     s = y.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM) * c.sqrt()
     return torch.atanh(s) / s * y
 
 
 def expmap(x: torch.Tensor, v: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference: exponential map at x, x (+) tanh(sqrt(c) lambda_x |v| / 2) v / (sqrt(c)|v|), projected."""
     vn = v.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM)
     lam = (2 / (1 - c * _sq(x, dim)).clamp_min(MIN_NORM))
     sc = c.sqrt()
@@ -86,6 +92,7 @@ def expmap(x: torch.Tensor, v: torch.Tensor, c: torch.Tensor, dim: int = -1) -> 
 
 
 def logmap(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference: logarithmic map at x, 2/(sqrt(c) lambda_x) artanh(sqrt(c)|d|) d/|d| with d = (-x) (+) y."""
     d = mobius_add(-x, y, c, dim=dim)
     dn = d.norm(dim=dim, keepdim=True).clamp_min(MIN_NORM)
     lam = (2 / (1 - c * _sq(x, dim)).clamp_min(MIN_NORM))
@@ -94,6 +101,7 @@ def logmap(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, dim: int = -1) -> 
 
 
 def gyration(u, v, w, c, dim: int = -1):
+    """Reference: gyration gyr[u, v] w (Ungar's closed form on the ball of curvature -c)."""
     u2, v2 = _sq(u, dim), _sq(v, dim)
     uv, uw, vw = (u * v).sum(dim, keepdim=True), (u * w).sum(dim, keepdim=True), (v * w).sum(dim, keepdim=True)
     c2 = c * c
@@ -104,6 +112,7 @@ def gyration(u, v, w, c, dim: int = -1):
 
 
 def transp(x, y, v, c, dim: int = -1):
+    """Reference: parallel transport of v from x to y, gyr[y, -x] v lambda_x / lambda_y."""
     """Parallel transport of v from x to y."""
     lx = 2 / (1 - c * _sq(x, dim)).clamp_min(MIN_NORM)
     ly = 2 / (1 - c * _sq(y, dim)).clamp_min(MIN_NORM)
@@ -111,6 +120,7 @@ def transp(x, y, v, c, dim: int = -1):
 
 
 def dist(x, y, c, dim: int = -1, keepdim: bool = False):
+    """Reference: geodesic distance 2/sqrt(c) artanh(sqrt(c) |(-x) (+) y|)."""
     sc = c.sqrt()
     return 2 / sc * torch.atanh(sc * mobius_add(-x, y, c, dim=dim).norm(dim=dim, keepdim=keepdim))
 
@@ -133,6 +143,8 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
 
 def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, dim: int = -1,
                 eps: float = -1.0) -> torch.Tensor:
+    """Reference: Poincaré fully-connected layer (HNN++): hyperplane distances of x to the hyperplanes (z, bias),
+    mapped back into the ball by the closed form of HNN++ and projected."""
     sc = c.sqrt()
     w = torch.sinh(sc * hyperplane_dists(x, z, bias, c, dim=dim)) / sc
     y = w / (1 + (1 + c * _sq(w, dim)).sqrt())
@@ -163,6 +175,7 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
 # ---------------------------------------------------------------- tangent-space ops
 def poincare_relu(x: torch.Tensor, c: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference: Poincaré ReLU, expmap0(relu(logmap0(x)))."""
     return expmap0(torch.relu(logmap0(x, c, dim=dim)), c, dim=dim)
 
 
@@ -207,11 +220,14 @@ def flatten(x: torch.Tensor, c: torch.Tensor, start_dim: int = 1, end_dim: int =
 
 
 def max_pool2d(x: torch.Tensor, c: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """Reference: max pooling of the tangent vectors at the origin, mapped back (HypLL's max pool)."""
     return expmap0(F.max_pool2d(logmap0(x, c, dim=1), kernel_size, stride, padding), c, dim=1)
 
 
 # ---------------------------------------------------------------- midpoint statistics
 def midpoint(x: torch.Tensor, c: torch.Tensor, man_dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
+    """Reference: gyro-midpoint of x along ``batch_dim``: f = sum(lambda_i x_i) / sum(lambda_i - 1), then
+    f / (1 + sqrt(1 - c |f|^2)) (the Einstein midpoint of the Klein model, written in ball coordinates)."""
     lam = 2 / (1 - c * _sq(x, man_dim)).clamp_min(MIN_NORM)
     num = (lam * x).sum(dim=batch_dim, keepdim=True)
     den = (lam - 1).sum(dim=batch_dim, keepdim=True)
