@@ -284,7 +284,9 @@ def _blocks(D: int, DV: int, dtype: torch.dtype) -> dict:
     big = half and max(bd, be) <= 128
     # float64: one pipeline stage (three took 173-197 KB of shared memory at D = 128, over sm_80's 163 KB per
     # block).  float32 keeps three: one stage spilled more at D = 128 (23 KB vs 3 KB, Triton 3.9 sm_90)
-    return dict(BLOCK_M=64 if big else 32, BLOCK_N=64 if big else 32, BLOCK_D=bd, BLOCK_DV=be,
+    # float64 at head dim >= 128: 16 x 16 tiles (the dkv kernel with 32 x 32 took 192 KB with Triton 3.6 on sm_80)
+    tile = 64 if big else (16 if dtype == torch.float64 and max(bd, be) >= 128 else 32)
+    return dict(BLOCK_M=tile, BLOCK_N=tile, BLOCK_D=bd, BLOCK_DV=be,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
 
 

@@ -1024,7 +1024,9 @@ def _pair_compile_variants():
         for largest in (False, True):
             entries.append({"label": f"pair/knn/float32/n{n} {'largest' if largest else 'nearest'}",
                             "launch": lambda n=n, largest=largest: knn_indices(x, y, k, n, largest),
-                            "expect": expect})
+                            # n = 64: Triton 3.6 on sm_80 keeps one 8-byte word of the 64-wide top-n merge on
+                            # the stack (8 B stores / 8 B loads per merge; none on 3.9 or sm_90): allowed
+                            "expect": dict(expect, max_spill_bytes=8) if n == KNN_MAX_NEIGHBORS else expect})
         n *= 2
     return entries
 
