@@ -83,6 +83,26 @@ class Row:
     extra: dict = field(default_factory=dict)  # facts measured by setup (e.g. peak memory), saved in JSON
 
 
+def pass_runner(fn: Callable, inputs: Sequence[torch.Tensor], pass_: str, gout: Optional[torch.Tensor] = None,
+                params: Sequence[torch.Tensor] = ()) -> Callable[[], object]:
+    """A zero-argument call of ``fn(*inputs)`` for one pass: "fwd" under ``no_grad``; "fwd+bwd" clears the
+    ``.grad`` of ``inputs`` and ``params`` first and back-propagates ``gout`` (the families' rows share it)."""
+    if pass_ == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(*inputs)
+        return run
+    leaves = list(inputs) + list(params)
+
+    def run_fb():
+        for t in leaves:
+            t.grad = None
+        out = fn(*inputs)
+        out.backward(gout)
+        return out
+    return run_fb
+
+
 def parse_list(text: Optional[str], default: Sequence[str], allowed: Sequence[str], what: str) -> Tuple[str, ...]:
     """A comma list of names from `allowed` ('all' for every one), or `default`."""
     if not text:

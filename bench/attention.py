@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ._runner import DTYPE_SHORT, Row
+from ._runner import DTYPE_SHORT, Row, pass_runner
 
 TITLE = "Kronecker triple attention vs eager einsum"
 PEER = "einsum"
@@ -130,20 +130,7 @@ def _setup(c, pass_, dtype, device, args):
                     _compiled[key] = torch.compile(peer, dynamic=False)
                 calls["compiled"] = _compiled[key]
 
-        def runner(fn):
-            if pass_ == "fwd":
-                def run():
-                    with torch.no_grad():
-                        fn(*ins)
-                return run
-
-            def run_fb():
-                for t in ins:
-                    t.grad = None
-                fn(*ins).backward(gout)
-            return run_fb
-
-        fns = {name: runner(fn) for name, fn in calls.items() if fn is not None}
+        fns = {name: pass_runner(fn, ins, pass_, gout) for name, fn in calls.items() if fn is not None}
         fns["limit"] = lambda: torch.mm(la, lb)
         check = None
         if pass_ == "fwd" and "peer" in calls:

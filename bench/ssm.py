@@ -27,7 +27,9 @@ from typing import Callable, Dict
 
 import torch
 
-from ._runner import DTYPE_SHORT, Row, parse_list
+from geoops.reference.ssm import vandermonde_blocking as _blocking
+
+from ._runner import DTYPE_SHORT, Row, parse_list, pass_runner
 
 TITLE = "diagonal SSM (S4D) kernel generation and FFT convolution vs the eager recipe"
 PEER = "eager"
@@ -102,34 +104,9 @@ def eager_fftconv(u, k, D):
     return y + u * D.unsqueeze(-1)
 
 
-def _blocking(L):
-    s = math.isqrt(max(L - 1, 0)) + 1
-    for t in range(s, min(2 * s, L) + 1):
-        if L % t == 0:
-            return t, L // t
-    for t in range(s - 1, max(1, s // 2) - 1, -1):
-        if L % t == 0:
-            return t, L // t
-    return s, -(-L // s)
-
-
 _compiled: Dict[str, Callable] = {}
 
 
-def _runner(fn, inputs, pass_, gout):
-    if pass_ == "fwd":
-        def run():
-            with torch.no_grad():
-                return fn(*inputs)
-        return run
-
-    def run():
-        for t in inputs:
-            t.grad = None
-        out = fn(*inputs)
-        out.backward(gout)
-        return out
-    return run
 
 
 def _s4d_setup(H, N, L, pass_, device, args, with_peer):
@@ -158,7 +135,7 @@ def _s4d_setup(H, N, L, pass_, device, args, with_peer):
         else:
             gb = 4 * H * N * L * 8 / 2 ** 30
             skipped["peer"] = skipped["compiled"] = f"n/a: the eager recipe's (H, N, L) tensors need > {gb:.0f} GiB"
-        fns = {name: _runner(c, ps, pass_, gout) for name, c in calls.items()}
+        fns = {name: pass_runner(c, ps, pass_, gout) for name, c in calls.items()}
         if want:
             fns["limit"] = lambda: (torch.bmm(W, Z), torch.bmm(G, Zb))
         else:
@@ -180,7 +157,7 @@ def _s4d_setup(H, N, L, pass_, device, args, with_peer):
 
 def _conv_contenders(calls, ins, pass_, gout, u, n, args, row_extra):
     """(fns, check) of a convolution row: the contenders, "limit" = irfft(rfft(u, n), n), peak memory."""
-    fns = {name: _runner(c, ins, pass_, gout) for name, c in calls.items()}
+    fns = {name: pass_runner(c, ins, pass_, gout) for name, c in calls.items()}
     ud = u.detach()
     fns["limit"] = lambda: torch.fft.irfft(torch.fft.rfft(ud, n=n), n=n)
     if not args.ssm_no_memory:

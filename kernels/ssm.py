@@ -26,13 +26,13 @@ dK tensor) are not implemented here.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
 import triton.language as tl
 
 from ..reference.ssm import discretize_log, expm1c, fft_size
+from ..reference.ssm import vandermonde_blocking as _blocking
 
 __all__ = ["vandermonde_fwd", "vandermonde_bwd", "fftconv_fwd", "fftconv_bwd", "ssm_discretize_fwd",
            "ssm_discretize_bwd", "ssm_conv_fwd", "ssm_conv_bwd", "compile_variants"]
@@ -87,15 +87,6 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, b_mod: int) -> torch.Tensor:
     return c
 
 
-def _blocking(L: int):
-    s = math.isqrt(max(L - 1, 0)) + 1 if L > 0 else 1
-    for t in range(s, min(2 * s, L) + 1):
-        if L % t == 0:
-            return t, L // t
-    for t in range(s - 1, max(1, s // 2) - 1, -1):
-        if L % t == 0:
-            return t, L // t
-    return s, -(-L // s)
 
 
 def _powers(x: torch.Tensor, step: int, count: int) -> torch.Tensor:

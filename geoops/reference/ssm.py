@@ -21,12 +21,29 @@ Conventions (shared with :mod:`geoops.ssm`):
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["vandermonde", "discretize", "discretize_log", "s4d_kernel", "fftconv", "ssm_conv", "expm1c", "fft_size"]
+
+
+def vandermonde_blocking(L: int):
+    """(T, J) with T * J >= L, T close to sqrt(L): the blocked Vandermonde form l = j*T + i.
+
+    Prefers an exact factorisation L = T * J with T in [sqrt(L), 2 sqrt(L)] (then below sqrt(L) down to
+    sqrt(L)/2); otherwise T = ceil(sqrt(L)) and J = ceil(L / T), whose last block overshoots L.
+    """
+    s = math.isqrt(max(L - 1, 0)) + 1 if L > 0 else 1
+    for t in range(s, min(2 * s, L) + 1):
+        if L % t == 0:
+            return t, L // t
+    for t in range(s - 1, max(1, s // 2) - 1, -1):
+        if L % t == 0:
+            return t, L // t
+    return s, -(-L // s)
 
 
 def fft_size(L: int) -> int:
