@@ -25,6 +25,10 @@
 #include <type_traits>
 #include <vector>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -237,14 +241,22 @@ struct Simd<double> {
   static constexpr int N = 8;
 };
 
-// The first cnt (<= N) elements of p as a vector (the rest zero) / stored back.
+// The first cnt (<= N) elements of p as a vector (the rest zero) / stored back (AVX-512: masked moves; a
+// partial vector built in memory would stall store forwarding).
 template <typename T>
 inline typename Simd<T>::V load_part(const T* p, int cnt) {
   using V = typename Simd<T>::V;
   if (cnt == Simd<T>::N) return *reinterpret_cast<const typename Simd<T>::Vu*>(p);
+#ifdef __AVX512F__
+  if constexpr (std::is_same<T, float>::value)
+    return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), p);
+  else
+    return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << cnt) - 1), p);
+#else
   V v = {};
   for (int k = 0; k < cnt; ++k) v[k] = p[k];
   return v;
+#endif
 }
 template <typename T>
 inline void store_part(T* p, const typename Simd<T>::V& v, int cnt) {
@@ -252,7 +264,14 @@ inline void store_part(T* p, const typename Simd<T>::V& v, int cnt) {
     *reinterpret_cast<typename Simd<T>::Vu*>(p) = v;
     return;
   }
+#ifdef __AVX512F__
+  if constexpr (std::is_same<T, float>::value)
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << cnt) - 1), (__m512)v);
+  else
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << cnt) - 1), (__m512d)v);
+#else
   for (int k = 0; k < cnt; ++k) p[k] = v[k];
+#endif
 }
 
 // In-place N x N transpose of r[0..N) (stage B swaps bit B of the row index with bit B of the column index).
@@ -489,6 +508,14 @@ void sep_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * W;
       const int64_t rows = std::min<int64_t>(W, N - r0);
+      if (t + 1 < ntiles) {  // the next tile's input rows (contiguous), into cache while this tile computes
+        const int64_t rn = std::min<int64_t>(W, N - r0 - W);
+        for (int64_t i = 0; i < nu; ++i) {
+          const char* p = reinterpret_cast<const char*>(xs[i].data_ptr<T>() + (r0 + W) * lay[i].n);
+          const int64_t bytes = rn * lay[i].n * static_cast<int64_t>(sizeof(T));
+          for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+        }
+      }
       for (int64_t i = 0; i < nu; ++i) {
         const SepLayout& ly = lay[i];
         const int64_t G = ly.G;
