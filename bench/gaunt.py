@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import functools
 import json
 import platform
 import time
@@ -200,16 +199,20 @@ def _threads(n: int):
         torch.set_num_threads(old)
 
 
-def cpu_ms(fn, repeats: int) -> float:
-    """Process CPU time of one call (ms): the minimum over `repeats` calls after one warm-up call (the least
-    disturbed sample; robust when other jobs share the cores)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
+def cpu_ms_interleaved(calls: dict, repeats: int) -> dict:
+    """Process CPU time (ms) of each call, the contenders interleaved (A B C A B C ...) after one warm-up call
+    each: {name: (min, median)} over `repeats` rounds."""
+    import statistics
+
+    for fn in calls.values():
         fn()
-        best = min(best, (time.process_time() - t0) * 1e3)
-    return best
+    samples = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, fn in calls.items():
+            t0 = time.process_time()
+            fn()
+            samples[k].append((time.process_time() - t0) * 1e3)
+    return {k: (min(v), statistics.median(v)) for k, v in samples.items()}
 
 
 def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1, many: bool = False):
@@ -228,16 +231,16 @@ def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int
             calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
             if many:
                 calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "grid_gemm", "fft")}
-            res = {route: cpu_ms(call, repeats) for route, call in calls.items()}
+            res = {route: v[0] for route, v in cpu_ms_interleaved(calls, repeats).items()}
             out[L] = res
             print(f"{'nu=3 ' if many else ''}lmax {L} cpu-time ({threads} thread): "
                   + "  ".join(f"{k}={v:.2f}" for k, v in res.items()), flush=True)
     return out
 
 
-def cpu_time_vs_e3nn(Ls, rows: int, C: int, dtype, repeats: int = 2, threads: int = 1):
-    """auto, the unfused torch grid route and e3nn, fwd and fwd+bwd, by process CPU time (min of `repeats`)."""
-    tmin = functools.partial(cpu_ms, repeats=repeats)
+def cpu_time_vs_e3nn(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1):
+    """auto, the unfused torch grid route and e3nn, fwd and fwd+bwd, by process CPU time (contenders
+    interleaved, median of `repeats` rounds)."""
     out = {}
     with _threads(threads):
         for L in Ls:
@@ -251,15 +254,19 @@ def cpu_time_vs_e3nn(Ls, rows: int, C: int, dtype, repeats: int = 2, threads: in
             tp = e3nn_gaunt_tp(L, C).to(dtype)
             e1, e2 = to_e3nn_layout(x1), to_e3nn_layout(x2)
             te1, te2 = e1.clone().requires_grad_(), e2.clone().requires_grad_()
-            res = {
-                "auto fwd": tmin(lambda: ga.gaunt_tensor_product(x1, x2, L)),
-                "auto fwd+bwd": tmin(_fwd_bwd(lambda: ga.gaunt_tensor_product(a, b, L), (a, b))),
-                "torch-grid fwd": tmin(lambda: impl.grid_torch([r1, r2], [None, None], None, L)),
-                "torch-grid fwd+bwd": tmin(_fwd_bwd(lambda: impl.grid_torch([tr1, tr2], [None, None], None, L),
-                                                    (tr1, tr2))),
-                "e3nn fwd": tmin(lambda: tp(e1, e2)),
-                "e3nn fwd+bwd": tmin(_fwd_bwd(lambda: tp(te1, te2), (te1, te2))),
+            calls = {
+                "auto fwd": lambda: ga.gaunt_tensor_product(x1, x2, L),
+                "auto fwd+bwd": _fwd_bwd(lambda: ga.gaunt_tensor_product(a, b, L), (a, b)),
+                "torch-grid fwd": lambda: impl.grid_torch([r1, r2], [None, None], None, L),
+                "torch-grid fwd+bwd": _fwd_bwd(lambda: impl.grid_torch([tr1, tr2], [None, None], None, L),
+                                               (tr1, tr2)),
+                "e3nn fwd": lambda: tp(e1, e2),
+                "e3nn fwd+bwd": _fwd_bwd(lambda: tp(te1, te2), (te1, te2)),
             }
+            # interleaved rounds; the medians (the minima are in the json)
+            t = cpu_ms_interleaved(calls, repeats)
+            res = {k: v[1] for k, v in t.items()}
+            res.update({f"{k} min": v[0] for k, v in t.items()})
             res["x e3nn fwd"] = res["e3nn fwd"] / res["auto fwd"]
             res["x e3nn fwd+bwd"] = res["e3nn fwd+bwd"] / res["auto fwd+bwd"]
             out[L] = res
@@ -323,7 +330,7 @@ def main(argv=None):
         results["cpu_time_1thread_nu3"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, args.repeats,
                                                           many=True)
     if args.cpu_time_e3nn:
-        results["cpu_time_vs_e3nn"] = cpu_time_vs_e3nn(Ls, args.rows, args.channels, dtype)
+        results["cpu_time_vs_e3nn"] = cpu_time_vs_e3nn(Ls, args.rows, args.channels, dtype, args.repeats)
     if args.write_routes:
         many = {}
         if args.cpu_time:

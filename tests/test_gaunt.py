@@ -131,7 +131,7 @@ def test_separable_tables(kind):
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_routes_several_row_tiles(route, dtype):
-    """Row counts around the kernels' tiles (SIMD lanes: 32 fp32 / 16 fp64 rows; 16 for direct), per-row
+    """Row counts around the kernels' tiles (SIMD lanes: 16 fp32 / 8 fp64 rows; 16 for direct), per-row
     weights on every operand."""
     L1, L2, L3 = 3, 2, 3
     for n in (1, 15, 17, 33, 70):

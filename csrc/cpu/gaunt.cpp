@@ -21,8 +21,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -214,52 +219,178 @@ void grid_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optiona
 }
 
 // ---------------------------------------------------------------- separable kernel (grid and Fourier routes)
-// A tile of W rows sits side by side in SIMD lanes (coefficient-major buffers, W = 128 bytes / sizeof(T)).
-// Every step is a small dense matrix times a block of lane vectors:
-//   C[p * ldc + w] = sum_q A[p * lda + q] * B[q * ldb + w],  w < W,
-// computed PB rows at a time with PB x W accumulators in registers (lane_mm).  The section asks for 512-bit
-// vectors where the ISA has them (GCC's -march=native tuning prefers 256-bit ones): W lanes = 2 registers.
-#pragma GCC push_options
-#pragma GCC target("prefer-vector-width=512")
+// A tile of VL rows (VL = 64 bytes / sizeof(T): 16 fp32, 8 fp64) sits side by side in the lanes of one 64-byte
+// vector per coefficient (GCC vector extensions: one zmm register with AVX-512; the compiler splits it on
+// narrower ISAs).  Rows <-> lanes go through VL x VL in-register transposes.  Every step is then a small
+// dense matrix times a column of lane vectors, with a block of PB output vectors held in registers:
+//   C[p * ldc] = sum_q A[p * lda + q] * B[q * ldb],   (A: scalars, B and C: lane vectors)
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef float Vu __attribute__((vector_size(64), aligned(4)));
+  typedef int32_t I __attribute__((vector_size(64)));
+  static constexpr int N = 16;
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef double Vu __attribute__((vector_size(64), aligned(8)));
+  typedef int64_t I __attribute__((vector_size(64)));
+  static constexpr int N = 8;
+};
 
-template <typename T, int W, int PB>
-inline void lane_mm_block(const T* A, int64_t lda, int64_t K, const T* B, int64_t ldb, T* C, int64_t ldc) {
-  T acc[PB][W];
-  for (int i = 0; i < PB; ++i)
-#pragma omp simd
-    for (int w = 0; w < W; ++w) acc[i][w] = T(0);
-  for (int64_t q = 0; q < K; ++q) {
-    const T* __restrict b = B + q * ldb;
-    for (int i = 0; i < PB; ++i) {
-      const T a = A[i * lda + q];
-#pragma omp simd
-      for (int w = 0; w < W; ++w) acc[i][w] += a * b[w];
-    }
+// The first cnt (<= N) elements of p as a vector (the rest zero) / stored back (AVX-512: masked moves; a
+// partial vector built in memory would stall store forwarding).
+template <typename T>
+inline typename Simd<T>::V load_part(const T* p, int cnt) {
+  using V = typename Simd<T>::V;
+  if (cnt == Simd<T>::N) return *reinterpret_cast<const typename Simd<T>::Vu*>(p);
+#ifdef __AVX512F__
+  if constexpr (std::is_same<T, float>::value)
+    return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), p);
+  else
+    return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << cnt) - 1), p);
+#else
+  V v = {};
+  for (int k = 0; k < cnt; ++k) v[k] = p[k];
+  return v;
+#endif
+}
+template <typename T>
+inline void store_part(T* p, const typename Simd<T>::V& v, int cnt) {
+  if (cnt == Simd<T>::N) {
+    *reinterpret_cast<typename Simd<T>::Vu*>(p) = v;
+    return;
   }
-  for (int i = 0; i < PB; ++i)
-#pragma omp simd
-    for (int w = 0; w < W; ++w) C[i * ldc + w] = acc[i][w];
+#ifdef __AVX512F__
+  if constexpr (std::is_same<T, float>::value)
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << cnt) - 1), (__m512)v);
+  else
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << cnt) - 1), (__m512d)v);
+#else
+  for (int k = 0; k < cnt; ++k) p[k] = v[k];
+#endif
 }
 
-template <typename T, int W>
-void lane_mm(const T* A, int64_t lda, int64_t M, int64_t K, const T* B, int64_t ldb, T* C, int64_t ldc) {
+// In-place N x N transpose of r[0..N) (stage B swaps bit B of the row index with bit B of the column index).
+template <typename T, int B>
+inline void transpose_stage(typename Simd<T>::V* r) {
+  using I = typename Simd<T>::I;
+  constexpr int N = Simd<T>::N;
+  I lo, hi;
+  for (int k = 0; k < N; ++k) {
+    lo[k] = (k & B) ? N + k - B : k;
+    hi[k] = (k & B) ? N + k : k + B;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) {
+    if (i & B) continue;
+    const auto a = r[i], b = r[i + B];
+    r[i] = __builtin_shuffle(a, b, lo);
+    r[i + B] = __builtin_shuffle(a, b, hi);
+  }
+}
+template <typename T>
+inline void transpose(typename Simd<T>::V* r) {
+  transpose_stage<T, 1>(r);
+  transpose_stage<T, 2>(r);
+  transpose_stage<T, 4>(r);
+  if constexpr (Simd<T>::N == 16) transpose_stage<T, 8>(r);
+}
+
+// Per-tile lane weights: wl[l] = (w[r0 + i, l])_i, or the shared row broadcast.
+template <typename T>
+void lane_weights(const Weight& w, int64_t L, int64_t r0, int64_t rows, typename Simd<T>::V* wl) {
+  for (int64_t l = 0; l <= L; ++l) {
+    typename Simd<T>::V v = {};
+    for (int64_t i = 0; i < (w.row_stride ? rows : Simd<T>::N); ++i)
+      v[i] = static_cast<const T*>(w.ptr)[(r0 + i) * w.row_stride + l];
+    wl[l] = v;
+  }
+}
+
+// rows -> lanes: lanes[perm[c]] = (x[r0 + i, c] * w[r0 + i, l(c)])_i; lanes of rows >= `rows` are zero.
+template <typename T>
+void rows_to_lanes_v(const T* x, int64_t n, int64_t r0, int64_t rows, const typename Simd<T>::V* wl,
+                     const int32_t* deg, const int64_t* perm, typename Simd<T>::V* lanes) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  for (int64_t c0 = 0; c0 < n; c0 += N) {
+    const int cnt = static_cast<int>(std::min<int64_t>(N, n - c0));
+    V r[N];
+    for (int i = 0; i < N; ++i) r[i] = i < rows ? load_part<T>(x + (r0 + i) * n + c0, cnt) : V{};
+    transpose<T>(r);
+    for (int k = 0; k < cnt; ++k) {
+      const int64_t c = c0 + k;
+      lanes[perm[c]] = wl ? r[k] * wl[deg[c]] : r[k];
+    }
+  }
+}
+
+// lanes -> rows: out[r0 + i, c] = lanes[perm[c]][i] * w[r0 + i, l(c)], rows i < `rows`.
+template <typename T>
+void lanes_to_rows_v(const typename Simd<T>::V* lanes, int64_t n, int64_t r0, int64_t rows,
+                     const typename Simd<T>::V* wl, const int32_t* deg, const int64_t* perm, T* out) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  for (int64_t c0 = 0; c0 < n; c0 += N) {
+    const int cnt = static_cast<int>(std::min<int64_t>(N, n - c0));
+    V r[N];
+    for (int k = 0; k < N; ++k) {
+      if (k < cnt) {
+        const int64_t c = c0 + k;
+        r[k] = wl ? lanes[perm[c]] * wl[deg[c]] : lanes[perm[c]];
+      } else {
+        r[k] = V{};
+      }
+    }
+    transpose<T>(r);
+    for (int i = 0; i < rows; ++i) store_part<T>(out + (r0 + i) * n + c0, r[i], cnt);
+  }
+}
+
+template <typename T, int PB>
+inline void lmm_block(const T* A, int64_t lda, int64_t acs, int64_t K, const typename Simd<T>::V* B, int64_t ldb,
+                      typename Simd<T>::V* C, int64_t ldc) {
+  using V = typename Simd<T>::V;
+  V acc[PB];
+  {
+    const V b = B[0];
+#pragma GCC unroll 8
+    for (int i = 0; i < PB; ++i) acc[i] = A[i * lda] * b;
+  }
+  for (int64_t q = 1; q < K; ++q) {
+    const V b = B[q * ldb];
+#pragma GCC unroll 8
+    for (int i = 0; i < PB; ++i) acc[i] += A[i * lda + q * acs] * b;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < PB; ++i) C[i * ldc] = acc[i];
+}
+
+// C (M lane vectors, stride ldc) = A (M x K scalars, row stride lda, column stride acs) times B (K lane vectors,
+// stride ldb), K >= 1.
+template <typename T>
+void lane_mm(const T* A, int64_t lda, int64_t M, int64_t K, const typename Simd<T>::V* B, int64_t ldb,
+             typename Simd<T>::V* C, int64_t ldc, int64_t acs = 1) {
   int64_t p = 0;
-  for (; p + 4 <= M; p += 4) lane_mm_block<T, W, 4>(A + p * lda, lda, K, B, ldb, C + p * ldc, ldc);
+  for (; p + 8 <= M; p += 8) lmm_block<T, 8>(A + p * lda, lda, acs, K, B, ldb, C + p * ldc, ldc);
   const T* a = A + p * lda;
-  T* c = C + p * ldc;
+  auto* c = C + p * ldc;
   switch (M - p) {
-    case 3: lane_mm_block<T, W, 3>(a, lda, K, B, ldb, c, ldc); break;
-    case 2: lane_mm_block<T, W, 2>(a, lda, K, B, ldb, c, ldc); break;
-    case 1: lane_mm_block<T, W, 1>(a, lda, K, B, ldb, c, ldc); break;
+    case 7: lmm_block<T, 7>(a, lda, acs, K, B, ldb, c, ldc); break;
+    case 6: lmm_block<T, 6>(a, lda, acs, K, B, ldb, c, ldc); break;
+    case 5: lmm_block<T, 5>(a, lda, acs, K, B, ldb, c, ldc); break;
+    case 4: lmm_block<T, 4>(a, lda, acs, K, B, ldb, c, ldc); break;
+    case 3: lmm_block<T, 3>(a, lda, acs, K, B, ldb, c, ldc); break;
+    case 2: lmm_block<T, 2>(a, lda, acs, K, B, ldb, c, ldc); break;
+    case 1: lmm_block<T, 1>(a, lda, acs, K, B, ldb, c, ldc); break;
     default: break;
   }
 }
 
-// Layouts of one degree-L function in the separable kernel.
-//   m-major coefficient blocks (the lane buffers xt / ot): |m| = 0, then for |m| = 1..L the +m block and the
-//   -m block, each l = |m|..L;  the table columns (evals) / rows (back) hold one block per |m| (shared by +-m).
-//   group order of the azimuthal frequencies (g, H): cos even m (0, 2, ..), cos odd m, sin even m (2, 4, ..),
-//   sin odd m -- the four parity classes that the quarter-period azimuth tables treat.
 struct SepLayout {
   int64_t L = 0, n = 1, S = 1, G = 1;
   int64_t nae = 1, nao = 0, nbe = 0, nbo = 0;
@@ -294,157 +425,217 @@ struct SepLayout {
 // order), a quarter period at a time -- the four class sums at base azimuth q (tables azf) give the values at
 // q, q + na/2, na - q and na/2 - q (two distinct points at q = 0 and q = na/4).  MUL: multiply them into `a`
 // (a later factor) instead of storing them.
-template <typename T, int W, bool MUL>
-void azimuth_to_grid(const T* g, const SepLayout& ly, const T* azf, int64_t Q, int64_t D2, int64_t na, T* a) {
+template <typename T, bool MUL>
+void azimuth_to_grid(const typename Simd<T>::V* g, const SepLayout& ly, const T* azf, int64_t Q, int64_t D2,
+                     int64_t na, typename Simd<T>::V* a) {
+  using V = typename Simd<T>::V;
   const int64_t half = na / 2;
   const int64_t cnt[4] = {ly.nae, ly.nao, ly.nbe, ly.nbo};
-  const T* grp[4] = {g, g + ly.nae * W, g + (ly.nae + ly.nao) * W, g + (ly.nae + ly.nao + ly.nbe) * W};
+  const V* grp[4] = {g, g + ly.nae, g + (ly.nae + ly.nao), g + (ly.nae + ly.nao + ly.nbe)};
   for (int64_t q = 0; q < Q; ++q) {
-    T cs[4][W];
+    V cs[4];
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       const T* t = azf + (c * Q + q) * D2;
-#pragma omp simd
-      for (int w = 0; w < W; ++w) cs[c][w] = T(0);
-      for (int64_t e = 0; e < cnt[c]; ++e) {
-        const T k = t[e];
-        const T* __restrict v = grp[c] + e * W;
-#pragma omp simd
-        for (int w = 0; w < W; ++w) cs[c][w] += k * v[w];
-      }
+      V s = {};
+      for (int64_t e = 0; e < cnt[c]; ++e) s += t[e] * grp[c][e];
+      cs[c] = s;
     }
-    const bool two = (q == 0 || 4 * q == na);
-    T* __restrict p0 = a + q * W;
-    T* __restrict p1 = a + (q + half) * W;
-    T* __restrict p2 = a + ((na - q) % na) * W;
-    T* __restrict p3 = a + (half - q) * W;
     // u = ce + se, v = co + so, x = ce - se, y = co - so: q -> u + v, q + na/2 -> u - v, na - q -> x + y,
     // na/2 - q -> x - y
-#pragma omp simd
-    for (int w = 0; w < W; ++w) {
-      const T u = cs[0][w] + cs[2][w], v = cs[1][w] + cs[3][w];
-      if (MUL) {
-        p0[w] *= u + v;
-        p1[w] *= u - v;
-      } else {
-        p0[w] = u + v;
-        p1[w] = u - v;
-      }
+    const V u = cs[0] + cs[2], v = cs[1] + cs[3];
+    V* p0 = a + q;
+    V* p1 = a + (q + half);
+    if (MUL) {
+      *p0 *= u + v;
+      *p1 *= u - v;
+    } else {
+      *p0 = u + v;
+      *p1 = u - v;
     }
-    if (!two) {
-#pragma omp simd
-      for (int w = 0; w < W; ++w) {
-        const T x = cs[0][w] - cs[2][w], y = cs[1][w] - cs[3][w];
-        if (MUL) {
-          p2[w] *= x + y;
-          p3[w] *= x - y;
-        } else {
-          p2[w] = x + y;
-          p3[w] = x - y;
-        }
+    if (!(q == 0 || 4 * q == na)) {
+      const V x = cs[0] - cs[2], y = cs[1] - cs[3];
+      V* p2 = a + (na - q);
+      V* p3 = a + (half - q);
+      if (MUL) {
+        *p2 *= x + y;
+        *p3 *= x - y;
+      } else {
+        *p2 = x + y;
+        *p3 = x - y;
       }
     }
   }
 }
 
-template <typename T, int W>
+template <typename T>
 void sep_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
               const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals, const at::Tensor& back,
-              const at::Tensor& azf, const at::Tensor& azb, int64_t na, at::Tensor& out) {
+              const at::Tensor& azf, const at::Tensor& azb, int64_t na, bool sym, at::Tensor& out) {
+  using V = typename Simd<T>::V;
+  constexpr int64_t W = Simd<T>::N;
   const int64_t nu = static_cast<int64_t>(xs.size());
-  const int64_t N = out.size(0), nth = back.size(1);
+  const int64_t N = out.size(0), nth = back.size(1), nh = (nth + 1) / 2;
   const int64_t Q = azf.size(1), D2 = azf.size(2), half = na / 2;
   std::vector<SepLayout> lay;
   std::vector<Weight> wp(nu);
   std::vector<std::vector<int32_t>> deg(nu);
-  int64_t nmax = 1, gmax = 1;
+  int64_t nmax = 1, gmax = 1, lmax = 0;
   for (int64_t i = 0; i < nu; ++i) {
     lay.emplace_back(lmax_of(xs[i].size(1)));
     wp[i] = weight_of<T>(ws[i], N, lay[i].L, "weight of a factor");
     deg[i] = degrees(lay[i].n);
     nmax = std::max(nmax, lay[i].n);
     gmax = std::max(gmax, lay[i].G);
+    lmax = std::max(lmax, lay[i].L);
   }
   const SepLayout lo(lmax_of(out.size(1)));
   const Weight wo = weight_of<T>(wout, N, lo.L, "weight_out");
   const std::vector<int32_t> dego = degrees(lo.n);
+  lmax = std::max(lmax, lo.L);
   const T* bk = back.data_ptr<T>();
   const T* af = azf.data_ptr<T>();
   const T* ab = azb.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const int64_t QW = Q * W;
 
   const int64_t ntiles = (N + W - 1) / W;
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> xt(nmax * W), g(nth * std::max(gmax, lo.G) * W), acc(nth * na * W), s(4 * QW), ot(lo.n * W);
+    std::vector<V> xt(nmax), g(nth * std::max(gmax, lo.G)), acc(nth * na), s(4 * Q), ot(lo.n), wl(lmax + 1);
+    std::vector<V> pe(sym ? nh : 0), po(sym ? nh : 0), pm(sym ? 2 * nh * lo.G : 0);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * W;
       const int64_t rows = std::min<int64_t>(W, N - r0);
+      if (t + 1 < ntiles) {  // the next tile's input rows (contiguous), into cache while this tile computes
+        const int64_t rn = std::min<int64_t>(W, N - r0 - W);
+        for (int64_t i = 0; i < nu; ++i) {
+          const char* p = reinterpret_cast<const char*>(xs[i].data_ptr<T>() + (r0 + W) * lay[i].n);
+          const int64_t bytes = rn * lay[i].n * static_cast<int64_t>(sizeof(T));
+          for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+        }
+      }
       for (int64_t i = 0; i < nu; ++i) {
         const SepLayout& ly = lay[i];
-        const int64_t n = ly.n, G = ly.G;
+        const int64_t G = ly.G;
         // rows -> lanes (m-major), weighted
-        rows_to_lanes<T>(xs[i].data_ptr<T>(), n, r0, rows, wp[i], deg[i].data(), ly.perm.data(), W, xt.data());
+        if (wp[i].ptr) lane_weights<T>(wp[i], ly.L, r0, rows, wl.data());
+        rows_to_lanes_v<T>(xs[i].data_ptr<T>(), ly.n, r0, rows, wp[i].ptr ? wl.data() : nullptr, deg[i].data(),
+                           ly.perm.data(), xt.data());
         // polar step: g[j, slot(m)] = sum_l evals[j, l | m] xt[l, m]
         const T* E = evals[i].data_ptr<T>();
         for (int64_t m = -ly.L; m <= ly.L; ++m) {
-          const int64_t am = m < 0 ? -m : m;
-          lane_mm<T, W>(E + ly.col[am], ly.S, nth, ly.L + 1 - am, xt.data() + ly.blk[m + ly.L] * W, W,
-                        g.data() + ly.pos[m + ly.L] * W, G * W);
+          const int64_t am = m < 0 ? -m : m, K = ly.L + 1 - am;
+          const V* xb = xt.data() + ly.blk[m + ly.L];
+          V* gm = g.data() + ly.pos[m + ly.L];
+          if (!sym) {
+            lane_mm<T>(E + ly.col[am], ly.S, nth, K, xb, 1, gm, G);
+            continue;
+          }
+          // mirrored polar rows: Lambda_l|m|(pi - theta) = (-1)^(l+|m|) Lambda_l|m|(theta)
+          lane_mm<T>(E + ly.col[am], ly.S, nh, (K + 1) / 2, xb, 2, pe.data(), 1, 2);
+          if (K > 1) lane_mm<T>(E + ly.col[am] + 1, ly.S, nh, K / 2, xb + 1, 2, po.data(), 1, 2);
+          for (int64_t j = 0; j < nh; ++j) {
+            const V o = K > 1 ? po[j] : V{};
+            gm[j * G] = pe[j] + o;
+            if (j < nth / 2) gm[(nth - 1 - j) * G] = pe[j] - o;
+          }
         }
         // azimuth step, a quarter period at a time: f at q, q + na/2, na - q, na/2 - q
         for (int64_t j = 0; j < nth; ++j) {
           if (i == 0)
-            azimuth_to_grid<T, W, false>(g.data() + j * G * W, ly, af, Q, D2, na, acc.data() + j * na * W);
+            azimuth_to_grid<T, false>(g.data() + j * G, ly, af, Q, D2, na, acc.data() + j * na);
           else
-            azimuth_to_grid<T, W, true>(g.data() + j * G * W, ly, af, Q, D2, na, acc.data() + j * na * W);
+            azimuth_to_grid<T, true>(g.data() + j * G, ly, af, Q, D2, na, acc.data() + j * na);
         }
       }
       // back, azimuth: H[j, slot(m)] = sum_q azb[class, m, q] (class sums of h at the four images of q)
       const int64_t Go = lo.G;
+      const int64_t cnt[4] = {lo.nae, lo.nao, lo.nbe, lo.nbo};
       for (int64_t j = 0; j < nth; ++j) {
-        const T* aj = acc.data() + j * na * W;
+        const V* aj = acc.data() + j * na;
         for (int64_t q = 0; q < Q; ++q) {
-          const T* __restrict h0 = aj + q * W;
-          const T* __restrict h1 = aj + (q + half) * W;
-          const T* __restrict h2 = aj + ((na - q) % na) * W;
-          const T* __restrict h3 = aj + (half - q) * W;
-          T* __restrict s0 = s.data() + q * W;
-          T* __restrict s1 = s0 + QW;
-          T* __restrict s2 = s1 + QW;
-          T* __restrict s3 = s2 + QW;
-#pragma omp simd
-          for (int w = 0; w < W; ++w) {
-            const T a = h0[w] + h1[w], b = h0[w] - h1[w], c = h2[w] + h3[w], d = h2[w] - h3[w];
-            s0[w] = a + c;
-            s1[w] = b + d;
-            s2[w] = a - c;
-            s3[w] = b - d;
-          }
+          const V h0 = aj[q], h1 = aj[q + half], h2 = aj[(na - q) % na], h3 = aj[half - q];
+          const V a = h0 + h1, b = h0 - h1, c = h2 + h3, d = h2 - h3;
+          s[q] = a + c;
+          s[Q + q] = b + d;
+          s[2 * Q + q] = a - c;
+          s[3 * Q + q] = b - d;
         }
-        T* Hj = g.data() + j * Go * W;
-        const int64_t cnt[4] = {lo.nae, lo.nao, lo.nbe, lo.nbo};
+        V* Hj = g.data() + j * Go;
         int64_t off = 0;
         for (int c = 0; c < 4; ++c) {
-          lane_mm<T, W>(ab + c * D2 * Q, Q, cnt[c], Q, s.data() + c * QW, W, Hj + off * W, W);
+          lane_mm<T>(ab + c * D2 * Q, Q, cnt[c], Q, s.data() + c * Q, 1, Hj + off, 1);
           off += cnt[c];
         }
       }
       // back, polar: ot[l, m] = sum_j back[l | m, j] H[j, slot(m)]
-      for (int64_t m = -lo.L; m <= lo.L; ++m) {
-        const int64_t am = m < 0 ? -m : m;
-        lane_mm<T, W>(bk + lo.col[am] * nth, nth, lo.L + 1 - am, nth, g.data() + lo.pos[m + lo.L] * W, Go * W,
-                      ot.data() + lo.blk[m + lo.L] * W, W);
+      if (!sym) {
+        for (int64_t m = -lo.L; m <= lo.L; ++m) {
+          const int64_t am = m < 0 ? -m : m;
+          lane_mm<T>(bk + lo.col[am] * nth, nth, lo.L + 1 - am, nth, g.data() + lo.pos[m + lo.L], Go,
+                     ot.data() + lo.blk[m + lo.L], 1);
+        }
+      } else {
+        // mirrored polar rows: sums (even l + |m|) and differences (odd) of H at j and nth - 1 - j
+        V* P = pm.data();
+        V* M = pm.data() + nh * Go;
+        for (int64_t j = 0; j < nh; ++j) {
+          const V* a = g.data() + j * Go;
+          const V* b = g.data() + (nth - 1 - j) * Go;
+          for (int64_t k = 0; k < Go; ++k) {
+            const bool mid = (j == nth - 1 - j);
+            P[j * Go + k] = mid ? a[k] : a[k] + b[k];
+            M[j * Go + k] = mid ? a[k] : a[k] - b[k];
+          }
+        }
+        for (int64_t m = -lo.L; m <= lo.L; ++m) {
+          const int64_t am = m < 0 ? -m : m, K = lo.L + 1 - am;
+          V* ob = ot.data() + lo.blk[m + lo.L];
+          lane_mm<T>(bk + lo.col[am] * nth, 2 * nth, (K + 1) / 2, nh, P + lo.pos[m + lo.L], Go, ob, 2);
+          if (K > 1) lane_mm<T>(bk + (lo.col[am] + 1) * nth, 2 * nth, K / 2, nh, M + lo.pos[m + lo.L], Go, ob + 1, 2);
+        }
       }
       // lanes -> rows, weighted
-      lanes_to_rows<T>(ot.data(), lo.n, r0, rows, wo, dego.data(), lo.perm.data(), W, op);
+      if (wo.ptr) lane_weights<T>(wo, lo.L, r0, rows, wl.data());
+      lanes_to_rows_v<T>(ot.data(), lo.n, r0, rows, wo.ptr ? wl.data() : nullptr, dego.data(), lo.perm.data(), op);
     }
   }
 }
 
-#pragma GCC pop_options
+// Whether the polar rows of the tables are mirror images about the equator (row nth-1-j at pi - theta_j, as the
+// Gauss-Legendre nodes of the grid route are): then Lambda_l|m| on row nth-1-j is (-1)^(l+|m|) times row j, in
+// evals[i] (nth, S_i) and in back (S_out, nth), to round-off.  The torus rows of the FFT route are not.
+template <typename T>
+bool mirrored_tables(const std::vector<at::Tensor>& evals, const at::Tensor& back) {
+  auto check = [](const T* tab, int64_t nth, int64_t L, int64_t sj, int64_t sk) {
+    T scale = 0;
+    const int64_t S = (L + 1) * (L + 2) / 2;
+    for (int64_t j = 0; j < nth; ++j)
+      for (int64_t k = 0; k < S; ++k) scale = std::max(scale, std::abs(tab[j * sj + k * sk]));
+    const T tol = T(64) * std::numeric_limits<T>::epsilon() * scale;
+    for (int64_t j = 0; j < nth / 2; ++j) {
+      int64_t k = 0;
+      for (int64_t am = 0; am <= L; ++am)
+        for (int64_t l = am; l <= L; ++l, ++k) {
+          const T sgn = ((l + am) % 2) ? T(-1) : T(1);
+          if (std::abs(tab[j * sj + k * sk] - sgn * tab[(nth - 1 - j) * sj + k * sk]) > tol) return false;
+        }
+    }
+    return true;
+  };
+  const int64_t nth = back.size(1);
+  int64_t Lo = 0;
+  while ((Lo + 1) * (Lo + 2) / 2 < back.size(0)) ++Lo;
+  if (!check(back.data_ptr<T>(), nth, Lo, 1, nth)) return false;
+  for (const at::Tensor& e : evals) {
+    int64_t L = 0;
+    while ((L + 1) * (L + 2) / 2 < e.size(1)) ++L;
+    if (!check(e.data_ptr<T>(), nth, L, e.size(1), 1)) return false;
+  }
+  return true;
+}
 
 constexpr int64_t kLanes = 16;
 
@@ -573,10 +764,10 @@ at::Tensor gaunt_sep_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vecto
   at::Tensor out = at::empty({N, (Lout + 1) * (Lout + 1)}, xs[0].options());
   if (N == 0) return out;
   if (xs[0].scalar_type() == at::kFloat) {
-    sep_impl<float, 32>(xs, ws, wout, evals, back, azf, azb, na, out);
+    sep_impl<float>(xs, ws, wout, evals, back, azf, azb, na, mirrored_tables<float>(evals, back), out);
   } else {
     TORCH_CHECK(xs[0].scalar_type() == at::kDouble, "gaunt_sep_fwd_cpu: float32 or float64 expected");
-    sep_impl<double, 16>(xs, ws, wout, evals, back, azf, azb, na, out);
+    sep_impl<double>(xs, ws, wout, evals, back, azf, azb, na, mirrored_tables<double>(evals, back), out);
   }
   return out;
 }
