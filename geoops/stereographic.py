@@ -580,6 +580,18 @@ __all__ += ["cdist", "knn", "pairwise_rank", "reconstruction_metrics"]
 _PAIR = _ops.PAIR_CALLERS
 
 
+def _grad_mask(ctx):
+    """(needs_input_grad, the backward kernels' mask: bit 1, 2, 4 for the first three inputs)."""
+    need = ctx.needs_input_grad
+    return need, (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+
+
+def _rows_k_grad(gk, k, R):
+    """The per-row k gradient (float64 [R]) in k's dtype, summed when k was one curvature for all R rows."""
+    gk = gk.to(k.dtype)
+    return gk.sum().reshape(1) if k.shape[0] != R else gk
+
+
 class CdistFn(torch.autograd.Function):
     """autograd.Function of cdist: torch.ops.geoops.cdist_fwd / cdist_bwd (x [B,N,D], y [B,M,D], k [B])."""
 
@@ -592,8 +604,7 @@ class CdistFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, y, k, A, d = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        need, mask = _grad_mask(ctx)
         if mask == 0:
             return None, None, None
         dx, dy, dk = _PAIR["cdist_bwd"](grad.contiguous(), x, y, k, A, d, mask)
@@ -1010,15 +1021,11 @@ class MobiusScaleFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         v, x, k, st = ctx.saved_tensors[:4]
-        need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        need, mask = _grad_mask(ctx)
         if mask == 0:
             return None, None, None
         gv, gx, gk = _PAIR["mobius_scale_bwd"](g.contiguous(), v, x, k, st, mask)
-        if need[2]:
-            gk = gk.to(k.dtype)
-            if k.shape[0] != v.shape[0]:
-                gk = gk.sum().reshape(1)
+        gk = _rows_k_grad(gk, k, v.shape[0]) if need[2] else gk
         return (gv if need[0] else None, gx if need[1] else None, gk if need[2] else None)
 
 
@@ -1060,15 +1067,11 @@ class MobiusMatvecFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, m, k, out, st = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        need, mask = _grad_mask(ctx)
         if mask == 0:
             return None, None, None
         dx, dm, gk = _PAIR["mobius_matvec_bwd"](g.contiguous(), x, m, k, out, st, mask)
-        if need[2]:
-            gk = gk.to(k.dtype)
-            if k.shape[0] != x.shape[0]:
-                gk = gk.sum().reshape(1)
+        gk = _rows_k_grad(gk, k, x.shape[0]) if need[2] else gk
         return (dx if need[0] else None, dm if need[1] else None, gk if need[2] else None)
 
 
