@@ -536,3 +536,25 @@ def test_mobius_matvec_fused_many_blocks_matches_reference(dtype):
     torch.testing.assert_close(gs.mobius_matvec(m, xt, k=-0.5, dim=0).T,
                                ref.mobius_matvec(m, x[1], k=torch.tensor(-0.5, dtype=torch.float64)),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_entry_points_accept_inputs_that_require_grad():
+    # the blocked kernels write GEMM blocks with mm_out, which refuses inputs that require grad: the C++ entry
+    # points detach (the autograd Functions own the gradients)
+    C = geoops._backend.compiled()
+    x = _ball(1, 5, 3, seed=70).requires_grad_()
+    y = _ball(1, 4, 3, seed=71).requires_grad_()
+    k = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True)
+    d, A = C.cdist_fwd_cpu(x, y, k, True)
+    torch.testing.assert_close(d, _ref64(x.detach(), y.detach(), -1.0), rtol=1e-12, atol=1e-14)
+    dx, dy, dk = C.cdist_bwd_cpu(torch.ones(1, 5, 4, dtype=torch.float64), x, y, k, A, d, 7)
+    ex, ey, ek = torch.autograd.grad(gs.cdist(x, y, k=k).sum(), (x, y, k))
+    torch.testing.assert_close(dx, ex)
+    torch.testing.assert_close(dy, ey)
+    m = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    out, st = C.mobius_matvec_fwd_cpu(x[0], m, k)
+    torch.testing.assert_close(out, ref.mobius_matvec(m.detach(), x[0].detach(), k=torch.tensor(-1.0, dtype=torch.float64)))
+    dx, dm, _ = C.mobius_matvec_bwd_cpu(torch.ones_like(out), x[0], m, k, out, st, 3)
+    ex, em = torch.autograd.grad(gs.mobius_matvec(m, x[0], k=k).sum(), (x, m))
+    torch.testing.assert_close(dx, ex[0])
+    torch.testing.assert_close(dm, em)

@@ -569,7 +569,7 @@ at::Tensor from_key_impl(const at::Tensor& key_in, const at::Tensor& k) {
 
 std::tuple<at::Tensor, at::Tensor> cdist_fwd_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                                  bool save) {
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous();  // mm_out needs no-grad inputs
   if (xc.scalar_type() == at::kDouble) return fwd_impl<double>(xc, yc, k, save);
   return fwd_impl<float>(xc, yc, k, save);
 }
@@ -578,7 +578,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cdist_bwd_cpu(const at::Tensor& g
                                                              const at::Tensor& y, const at::Tensor& k,
                                                              const at::Tensor& A, const at::Tensor& dist,
                                                              int64_t mask) {
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous(), Ac = A.contiguous(), dc = dist.contiguous();
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous(), Ac = A.contiguous(), dc = dist.contiguous();
   if (xc.scalar_type() == at::kDouble) return bwd_impl<double>(g, xc, yc, k, Ac, dc, mask);
   return bwd_impl<float>(g, xc, yc, k, Ac, dc, mask);
 }
@@ -600,6 +600,25 @@ at::Tensor dist_from_key_cpu(const at::Tensor& key, const at::Tensor& k) {
 // stats [R, 6] (double): |x|^2, |v|^2, a, a', b, b' for the backward.
 namespace {
 
+// One row of the epilogue: o = v phi (o may be v), stats (|x|^2, |v|^2, a, a', b, b') into sr.
+template <typename scalar_t>
+inline void scale_row(const scalar_t* vr, const scalar_t* xr, scalar_t* o, double* sr, double kk, int64_t Do,
+                      int64_t Di) {
+  double x2 = 0, v2 = 0;
+#pragma omp simd reduction(+ : x2)
+  for (int64_t d = 0; d < Di; ++d) x2 += double(xr[d]) * double(xr[d]);
+#pragma omp simd reduction(+ : v2)
+  for (int64_t d = 0; d < Do; ++d) v2 += double(vr[d]) * double(vr[d]);
+  const double z1 = kk * x2, q1 = 1.0 + z1;
+  const double a = stereo::atanc(z1, q1), da = stereo::atanc_d(z1, q1, a);
+  const double z2 = kk * v2 * a * a;
+  const double b = stereo::tanc(z2), db = stereo::tanc_d(z2, b);
+  const scalar_t phi = scalar_t(a * b);
+#pragma omp simd
+  for (int64_t d = 0; d < Do; ++d) o[d] = vr[d] * phi;
+  sr[0] = x2; sr[1] = v2; sr[2] = a; sr[3] = da; sr[4] = b; sr[5] = db;
+}
+
 template <typename scalar_t>
 void scale_fwd_kernel(const at::Tensor& v, const at::Tensor& x, at::Tensor& out, double* st, const double* kp,
                       bool per_row, int64_t R, int64_t Do, int64_t Di) {
@@ -607,26 +626,8 @@ void scale_fwd_kernel(const at::Tensor& v, const at::Tensor& x, at::Tensor& out,
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* vr = vp + r * Do;
-        const scalar_t* xr = xp + r * Di;
-        double x2 = 0, v2 = 0;
-#pragma omp simd reduction(+ : x2)
-        for (int64_t d = 0; d < Di; ++d) x2 += double(xr[d]) * double(xr[d]);
-#pragma omp simd reduction(+ : v2)
-        for (int64_t d = 0; d < Do; ++d) v2 += double(vr[d]) * double(vr[d]);
-        const double kk = per_row ? kp[r] : kp[0];
-        const double z1 = kk * x2, q1 = 1.0 + z1;
-        const double a = stereo::atanc(z1, q1), da = stereo::atanc_d(z1, q1, a);
-        const double z2 = kk * v2 * a * a;
-        const double b = stereo::tanc(z2), db = stereo::tanc_d(z2, b);
-        const scalar_t phi = scalar_t(a * b);
-        scalar_t* o = op + r * Do;
-#pragma omp simd
-        for (int64_t d = 0; d < Do; ++d) o[d] = vr[d] * phi;
-        double* sr = st + r * 6;
-        sr[0] = x2; sr[1] = v2; sr[2] = a; sr[3] = da; sr[4] = b; sr[5] = db;
-      }
+      for (int64_t r = r0; r < r1; ++r)
+        scale_row(vp + r * Do, xp + r * Di, op + r * Do, st + r * 6, per_row ? kp[r] : kp[0], Do, Di);
     });
 }
 
@@ -734,25 +735,8 @@ void mv_fwd_kernel(const at::Tensor& x, const at::Tensor& m, at::Tensor& out, do
       const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
       at::Tensor ov = out.narrow(0, r0, nr);
       at::mm_out(ov, x.narrow(0, r0, nr), mt);  // single-threaded inside the parallel region
-      for (int64_t r = r0; r < r0 + nr; ++r) {
-        const scalar_t* xr = xp + r * Di;
-        scalar_t* o = op + r * Do;
-        double x2 = 0, v2 = 0;
-#pragma omp simd reduction(+ : x2)
-        for (int64_t d = 0; d < Di; ++d) x2 += double(xr[d]) * double(xr[d]);
-#pragma omp simd reduction(+ : v2)
-        for (int64_t d = 0; d < Do; ++d) v2 += double(o[d]) * double(o[d]);
-        const double kk = per_row ? kp[r] : kp[0];
-        const double z1 = kk * x2, q1 = 1.0 + z1;
-        const double a = stereo::atanc(z1, q1), da = stereo::atanc_d(z1, q1, a);
-        const double z2 = kk * v2 * a * a;
-        const double b = stereo::tanc(z2), db = stereo::tanc_d(z2, b);
-        const scalar_t phi = scalar_t(a * b);
-#pragma omp simd
-        for (int64_t d = 0; d < Do; ++d) o[d] *= phi;
-        double* sr = st + r * 6;
-        sr[0] = x2; sr[1] = v2; sr[2] = a; sr[3] = da; sr[4] = b; sr[5] = db;
-      }
+      for (int64_t r = r0; r < r0 + nr; ++r)  // in place: the block is still in cache
+        scale_row(op + r * Do, xp + r * Di, op + r * Do, st + r * 6, per_row ? kp[r] : kp[0], Do, Di);
     }
   });
 }
@@ -817,7 +801,7 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
 
 std::tuple<at::Tensor, at::Tensor> mobius_matvec_fwd_cpu(const at::Tensor& x_in, const at::Tensor& m_in,
                                                          const at::Tensor& k) {
-  const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
+  const at::Tensor x = x_in.detach().contiguous(), m = m_in.detach().contiguous();
   TORCH_CHECK(x.dim() == 2 && m.dim() == 2 && m.size(1) == x.size(1), "mobius_matvec: x [R, Di], m [Do, Di]");
   TORCH_CHECK(x.scalar_type() == m.scalar_type(), "mobius_matvec: x and m must have one dtype");
   const int64_t R = x.size(0), Do = m.size(0);
@@ -837,7 +821,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_matvec_bwd_cpu(const at::T
                                                                      const at::Tensor& m_in, const at::Tensor& k,
                                                                      const at::Tensor& out_in,
                                                                      const at::Tensor& stats_in, int64_t mask) {
-  const at::Tensor g = g_in.contiguous(), x = x_in.contiguous(), m = m_in.contiguous(), out = out_in.contiguous(),
+  const at::Tensor g = g_in.contiguous(), x = x_in.detach().contiguous(), m = m_in.detach().contiguous(),
+                   out = out_in.contiguous(),
                    stats = stats_in.contiguous();
   const int64_t R = x.size(0);
   const bool want_x = mask & 1, want_m = mask & 2, want_k = mask & 4;
@@ -1036,7 +1021,7 @@ std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, const at::Tensor& y, double k, int64_t n,
                                            bool largest, int64_t tile) {
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous();
   TORCH_CHECK(xc.dim() == 2 && yc.dim() == 2 && xc.size(1) == yc.size(1), "knn: x [N, D], y [M, D]");
   TORCH_CHECK(n >= 0 && n <= yc.size(0), "knn: n out of range");
   tile = std::max<int64_t>(tile, 1);
@@ -1047,7 +1032,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> pairwise_rank_cpu(const at::Tensor& x, const at::Tensor& y, double k,
                                                      const at::Tensor& uq, const at::Tensor& off,
                                                      const at::Tensor& tgt, int64_t block_elems) {
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous();
   TORCH_CHECK(xc.dim() == 2 && yc.dim() == 2 && xc.size(1) == yc.size(1), "pairwise_rank: x [N, D], y [M, D]");
   TORCH_CHECK(xc.scalar_type() == yc.scalar_type(), "pairwise_rank: x and y must have one dtype");
   TORCH_CHECK(uq.scalar_type() == at::kLong && off.scalar_type() == at::kLong && tgt.scalar_type() == at::kLong,
