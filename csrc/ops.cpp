@@ -37,8 +37,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "monotone surrogate of the pairwise distance (no transcendental per pair) (CPU)");
   m.def("dist_from_key_cpu", &geoops::cpu::dist_from_key_cpu, "distance from the rank key (CPU)");
   m.def("knn_cpu", &geoops::cpu::knn_cpu, "kappa-stereographic knn: rank keys + per-row top n, fused (CPU)");
+  m.def("pairwise_rank_cpu", &geoops::cpu::pairwise_rank_cpu,
+        "kappa-stereographic pairwise_rank: counts below each pair's key, one parallel region (CPU)");
   m.def("mobius_scale_fwd_cpu", &geoops::cpu::mobius_scale_fwd_cpu, "mobius_matvec epilogue, forward (CPU)");
   m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, "mobius_matvec epilogue, backward (CPU)");
+  m.def("mobius_matvec_fwd_cpu", &geoops::cpu::mobius_matvec_fwd_cpu, "mobius_matvec, blocked GEMM + epilogue (CPU)");
+  m.def("mobius_matvec_bwd_cpu", &geoops::cpu::mobius_matvec_bwd_cpu, "mobius_matvec backward, blocked (CPU)");
   // ---- ssm (diagonal state-space family: geoops/ssm.py)
   m.def("vandermonde_fwd_cpu", &geoops::cpu::vandermonde_fwd_cpu, "2 Re sum_n v exp(x l), forward (CPU)");
   m.def("vandermonde_bwd_cpu", &geoops::cpu::vandermonde_bwd_cpu, "2 Re sum_n v exp(x l), backward (CPU)");

@@ -580,6 +580,18 @@ __all__ += ["cdist", "knn", "pairwise_rank", "reconstruction_metrics"]
 _PAIR = _ops.PAIR_CALLERS
 
 
+def _grad_mask(ctx):
+    """(needs_input_grad, the backward kernels' mask: bit 1, 2, 4 for the first three inputs)."""
+    need = ctx.needs_input_grad
+    return need, (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+
+
+def _rows_k_grad(gk, k, R):
+    """The per-row k gradient (float64 [R]) in k's dtype, summed when k was one curvature for all R rows."""
+    gk = gk.to(k.dtype)
+    return gk.sum().reshape(1) if k.shape[0] != R else gk
+
+
 class CdistFn(torch.autograd.Function):
     """autograd.Function of cdist: torch.ops.geoops.cdist_fwd / cdist_bwd (x [B,N,D], y [B,M,D], k [B])."""
 
@@ -592,8 +604,7 @@ class CdistFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, y, k, A, d = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        need, mask = _grad_mask(ctx)
         if mask == 0:
             return None, None, None
         dx, dy, dk = _PAIR["cdist_bwd"](grad.contiguous(), x, y, k, A, d, mask)
@@ -823,15 +834,22 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
     ``x[query[p]]`` than ``y[target[p]]`` is (the 0-based rank of the target among all of ``y``).
 
     The building block of the embedding-reconstruction metrics (mean rank, MAP; see
-    :func:`reconstruction_metrics`) at scale: ``y`` is processed in tiles of ``block_elems`` rank keys
-    (a monotone function of the distance, no transcendental per pair; see :func:`knn`), so the
-    extra memory is ``O(block_elems + P)``, never ``[N, M]``.  The threshold of each pair is taken from the
-    same tile computation as the points it is compared with, so ties and rounding are consistent.
+    :func:`reconstruction_metrics`) at scale: distances are compared as rank keys (a monotone function of
+    the distance, no transcendental per pair; see :func:`knn`) and ``y`` is never paired with all of ``x``
+    at once, so the extra memory is ``O(block_elems + P)``, never ``[N, M]``.  On the CPU it is one C++
+    call: OpenMP over blocks of query rows, one GEMM per block against all of ``y`` (at most
+    ``block_elems`` keys per thread), each pair's threshold read from the same keys (the target itself is
+    never counted; rounding is consistent), then the counting (vectorised).  Other backends tile ``y`` in
+    Python.
 
     Args: x ``[N, D]``, y ``[M, D]``, query and target: integer tensors of the same shape ``[P]`` (indices
     into x and y), k a scalar curvature.  Returns int64 ``[P]``.  Not differentiable.
     """
-    op = "pairwise_rank"
+    return _rank_with_keys("pairwise_rank", x, y, query, target, k, block_elems)[0]
+
+
+def _rank_with_keys(op, x, y, query, target, k, block_elems):
+    """pairwise_rank's counts [P] and the rank keys [P] of the pairs themselves (the thresholds)."""
     for name, t in (("query", query), ("target", target)):
         if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
             _fail(op, f"{name} must be a 1-d int32/int64 tensor of indices, got "
@@ -853,15 +871,28 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
     P = query.numel()
     counts = torch.zeros(P, dtype=torch.int64, device=x.device)
     if P == 0 or M == 0:
-        return counts
+        return counts, torch.zeros(P, dtype=dtype, device=x.device)
     xd, yd, kd = x3.detach()[0], y3.detach()[0], k3.detach()
-    D = xd.shape[-1]
+    fused = _backend.resolve(x.device, _ops.FAMILY) == "cpp" and _library.direct_call_ok(x, y, k3) and \
+        hasattr(_backend.compiled(), "pairwise_rank_cpu")
     with torch.no_grad():
+        order = torch.argsort(query, stable=True)
+        q_sorted, t_sorted = query[order], target[order]
+        uq, inv, per = torch.unique_consecutive(q_sorted, return_inverse=True, return_counts=True)
+        keys = torch.empty(P, dtype=dtype, device=x.device)
+        if fused:  # one C++ call: OpenMP over blocks of queries, GEMM per block, no [N, M]
+            off = torch.zeros(uq.numel() + 1, dtype=torch.int64)
+            torch.cumsum(per, 0, out=off[1:])
+            c_sorted, k_sorted = _backend.compiled().pairwise_rank_cpu(
+                xd, yd, float(kd.reshape(-1)[0]), uq, off, t_sorted, int(block_elems))
+            counts[order] = c_sorted
+            keys[order] = k_sorted
+            return counts, keys
+        D = xd.shape[-1]
         # the key of each (query, target) pair: one 1 x 1 block per pair, same kernel and close-pair rule
         thr = _PAIR["rank_key"](xd[query].reshape(P, 1, D), yd[target].reshape(P, 1, D), kd.expand(P)).reshape(P)
-        order = torch.argsort(query, stable=True)
-        q_sorted, t_sorted, thr_sorted = query[order], target[order], thr[order]
-        uq, inv = torch.unique_consecutive(q_sorted, return_inverse=True)
+        keys.copy_(thr)
+        thr_sorted = thr[order]
         mb = min(M, 4096)
         per_q = max(1, -(-P // uq.numel()))
         nb = max(1, min(uq.numel(), block_elems // (mb * per_q)))
@@ -886,7 +917,7 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
                 cnt += less.sum(-1)
             out_sorted[p0:p1] = cnt
         counts[order] = out_sorted
-    return counts
+    return counts, keys
 
 
 def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_elems: int = 1 << 22):
@@ -904,14 +935,8 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     edges = torch.unique(edges.to(torch.int64), dim=0)
     edges = edges[edges[:, 0] != edges[:, 1]]
     u, v = edges[:, 0], edges[:, 1]
-    closer_all = pairwise_rank(x, x, u, v, k=k, block_elems=block_elems)  # includes u itself (d = 0)
-    # keys of the positive pairs (same kernel), to count the positives closer than each
-    x3, _, k3, _, _, _ = _pair_args("reconstruction_metrics", x, x, k)
-    kd = k3.detach()
-    with torch.no_grad():
-        pk = _PAIR["rank_key"](x3[:, u].reshape(-1, 1, x.shape[-1]).detach(),
-                               x3[:, v].reshape(-1, 1, x.shape[-1]).detach(), kd.expand(u.numel()))
-    pk = pk.reshape(-1)
+    # includes u itself (d = 0); pk: the keys of the positive pairs (the same numbers the counts compared with)
+    closer_all, pk = _rank_with_keys("reconstruction_metrics", x, x, u, v, k, block_elems)
     # per source u: the number of its positives strictly closer than each positive (sort by (u, key))
     import numpy as np
 
@@ -996,15 +1021,11 @@ class MobiusScaleFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         v, x, k, st = ctx.saved_tensors[:4]
-        need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+        need, mask = _grad_mask(ctx)
         if mask == 0:
             return None, None, None
         gv, gx, gk = _PAIR["mobius_scale_bwd"](g.contiguous(), v, x, k, st, mask)
-        if need[2]:
-            gk = gk.to(k.dtype)
-            if k.shape[0] != v.shape[0]:
-                gk = gk.sum().reshape(1)
+        gk = _rows_k_grad(gk, k, v.shape[0]) if need[2] else gk
         return (gv if need[0] else None, gx if need[1] else None, gk if need[2] else None)
 
 
@@ -1021,6 +1042,37 @@ MobiusScaleFnFunc = _func_with_aux(
 def _scale_k(op, k, like):
     k = _as_scalar_tensor(op, "k", k, like)
     return k if k.dtype == like.dtype else k.to(like.dtype)
+
+
+def _rows_k(op, k, batch, R):
+    """k as [1] or one curvature per row [R] (k broadcasting against batch + (1,))."""
+    if k.numel() == 1:
+        return k.reshape(1)
+    try:
+        return k.expand(batch + (1,)).reshape(R)
+    except RuntimeError:
+        _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch {batch} with size 1 along dim")
+
+
+class MobiusMatvecFn(torch.autograd.Function):
+    """mobius_matvec with a 2-d m on the CPU: torch.ops.geoops.mobius_matvec_fwd / _bwd (x [R, Di], m [Do, Di],
+    k [1] or [R]): the GEMM and the epilogue fused per block of rows, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, m, k):
+        out, st = _PAIR["mobius_matvec_fwd"](x, m, k)
+        ctx.save_for_backward(x, m, k, out, st)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, m, k, out, st = ctx.saved_tensors
+        need, mask = _grad_mask(ctx)
+        if mask == 0:
+            return None, None, None
+        dx, dm, gk = _PAIR["mobius_matvec_bwd"](g.contiguous(), x, m, k, out, st, mask)
+        gk = _rows_k_grad(gk, k, x.shape[0]) if need[2] else gk
+        return (dx if need[0] else None, dm if need[1] else None, gk if need[2] else None)
 
 
 def _mobius_scale(op, v, x, k):
@@ -1040,13 +1092,7 @@ def _mobius_scale(op, v, x, k):
     x2 = x.reshape(R, Di)
     v2 = v2 if v2.is_contiguous() else v2.contiguous()
     x2 = x2 if x2.is_contiguous() else x2.contiguous()
-    if k.numel() == 1:
-        kr = k.reshape(1)
-    else:
-        try:
-            kr = k.expand(batch + (1,)).reshape(R)
-        except RuntimeError:
-            _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch {batch} with size 1 along dim")
+    kr = _rows_k(op, k, batch, R)
     if _functorch_active():  # inside torch.func.grad / vmap / jacrev / jacfwd
         out = MobiusScaleFnFunc.apply(v2, x2, kr)[0]
     elif torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
@@ -1091,6 +1137,24 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
         xl = xl.to(dtype)
     if m.dtype != dtype:
         m = m.to(dtype)
+    if m.dim() == 2 and dtype in (torch.float32, torch.float64) and not _functorch_active() and \
+            _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+        # fused: GEMM + epilogue per block of rows, forward and backward (no [R, D_out] intermediate)
+        kt = _scale_k(op, k, xl)
+        if kt.dim() and d != x.dim() - 1 and kt.dim() == x.dim():
+            kt = kt.movedim(d, -1)
+        batch = tuple(xl.shape[:-1])
+        R = math.prod(batch)
+        x2 = xl.reshape(R, xl.shape[-1])
+        x2 = x2 if x2.is_contiguous() else x2.contiguous()
+        mc = m if m.is_contiguous() else m.contiguous()
+        kr = _rows_k(op, kt, batch, R)
+        if torch.is_grad_enabled() and (x2.requires_grad or mc.requires_grad or kr.requires_grad):
+            out = MobiusMatvecFn.apply(x2, mc, kr)
+        else:
+            out = _PAIR["mobius_matvec_fwd"](x2, mc, kr)[0]
+        out = out.reshape(batch + (m.shape[0],))
+        return out if d == x.dim() - 1 else out.movedim(-1, d)
     mx = xl @ m.transpose(-1, -2) if m.dim() == 2 else (m @ xl.unsqueeze(-1)).squeeze(-1)
     kt = _scale_k(op, k, mx)
     if kt.dim() and d != x.dim() - 1 and kt.dim() == x.dim():

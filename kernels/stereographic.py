@@ -1041,7 +1041,7 @@ def _pair_compile_variants():
 # Forward (_pair_fwd_kernel): one program per (BLOCK_M rows of x, BLOCK_N rows of y, batch): G = x y^T by
 # tl.dot over BLOCK_K-wide chunks of D in the input precision (float32: input_precision="ieee", never
 # TF32), with the row norms |x|^2, |y|^2 reduced from the same chunks; A = |x|^2 + |y|^2 - 2G.  A pair
-# with A < tau (|x|^2 + |y|^2) (tau = 512 u (D + 4), as the C++ kernel) lost too many digits to the
+# with A < tau (|x|^2 + |y|^2) (tau = u (D + 4)/rel, rel = 1/512 fp32, 1e-12 fp64, as the C++ kernel) lost too many digits to the
 # cancellation: a tile that holds one recomputes its close pairs exactly, sum_d (x_d - y_d)^2 (so x
 # against itself gives exact zeros).  The epilogue turns A into the distance (or the rank key) in the
 # input precision, with IEEE division and square root and libdevice log1p / atan.
@@ -1302,7 +1302,8 @@ def knn_indices(x, y, k, n, largest):
 def _pair_tau(D: int, dtype: torch.dtype) -> float:
     """The close-pair threshold of the C++ kernel, rounded to float32 (the kernels' and the host's test agree)."""
     u = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
-    return float(torch.tensor(min(0.5, 512.0 * u * (D + 4)), dtype=torch.float32))
+    rel = 1.0 / 512 if dtype == torch.float32 else 1e-12  # A's relative accuracy outside the close pairs
+    return float(torch.tensor(min(0.5, u * (D + 4) / rel), dtype=torch.float32))
 
 
 def _pair_check(x, y, k):

@@ -418,3 +418,143 @@ def test_knn_fused_many_tiles_matches_tiled_python_path(kval):
     full = _ref64(x, y, kval)
     torch.testing.assert_close(torch.gather(full, -1, i), torch.topk(full, 6, largest=False).values, rtol=1e-4,
                                atol=1e-6)
+
+
+# ---------------------------------------------------------------- float64 close pairs (issue 6: 1e-12 relative)
+def _cdist_direct64(x, y, kval):
+    """The distance from A = sum (x - y)^2 formed from the differences (no cancellation), float64."""
+    A = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    px = 1 + kval * (x * x).sum(-1)[:, None]
+    py = 1 + kval * (y * y).sum(-1)[None, :]
+    if kval < 0:
+        c = -kval
+        t = 2 * c * A / (px * py)
+        return torch.log1p(t + torch.sqrt(t * (t + 2))) / math.sqrt(c)
+    if kval > 0:
+        return 2 * torch.atan2(torch.sqrt(kval * A), torch.sqrt(px * py - kval * A)) / math.sqrt(kval)
+    return 2 * torch.sqrt(A)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+@pytest.mark.parametrize("D", [3, 64])
+def test_cdist_fp64_close_pairs_1e12(kval, D):
+    # pairs 1e-7 .. 1e-2 apart: before the fix A came from the GEMM down to A ~ 5e-13 (|x|^2 + |y|^2), so a pair
+    # 1e-5 apart kept ~1e-6 relative error (the parity floor was 2e-5)
+    x = _ball(6, D, k=kval, frac=0.8, seed=60)
+    g = torch.Generator().manual_seed(61)
+    dirs = torch.randn(6, 6, D, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    seps = torch.tensor([1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2], dtype=torch.float64)
+    y = (x[:, None, :] + seps[None, :, None] * dirs).reshape(36, D)
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    d = gs.cdist(xr, yr, k=kval)
+    xe, ye = x.clone().requires_grad_(), y.clone().requires_grad_()
+    de = _cdist_direct64(xe, ye, kval)
+    assert _relerr(d.detach(), de.detach()) < 1e-12
+    gout = torch.rand(d.shape, generator=g, dtype=torch.float64)
+    gx, gy = torch.autograd.grad((d * gout).sum(), (xr, yr))
+    gxe, gye = torch.autograd.grad((de * gout).sum(), (xe, ye))
+    torch.testing.assert_close(gx, gxe, rtol=1e-11, atol=1e-11 * gxe.abs().max().item())
+    torch.testing.assert_close(gy, gye, rtol=1e-11, atol=1e-11 * gye.abs().max().item())
+
+
+# ---------------------------------------------------------------- pairwise_rank: the C++ path (one call)
+def _rank_brute(x, y, q, t, kval):
+    full = _ref64(x, y, kval)
+    thr = full[q, t]
+    return (full[q] < thr[:, None]).sum(-1)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.5])
+@pytest.mark.parametrize("block_elems", [1, 3000, 1 << 22])
+def test_pairwise_rank_fused_many_targets_and_blocks(kval, block_elems):
+    # queries with 1 .. 40 targets (the direct count up to 16, the sorted-threshold count above), repeated
+    # queries and targets, several blocks of query rows (block_elems / M rows per block, at least one)
+    x = _ball(50, 5, k=kval, seed=62)
+    y = _ball(700, 5, k=kval, seed=63)
+    g = torch.Generator().manual_seed(64)
+    per = torch.randint(1, 41, (50,), generator=g)
+    q = torch.repeat_interleave(torch.arange(50), per)
+    q = q[torch.randperm(q.numel(), generator=g)]
+    t = torch.randint(0, 700, (q.numel(),), generator=g)
+    for dtype in (torch.float64, torch.float32):
+        got = gs.pairwise_rank(x.to(dtype), y.to(dtype), q, t, k=kval, block_elems=block_elems)
+        exp = _rank_brute(x.to(dtype), y.to(dtype), q, t, kval)
+        if dtype == torch.float64:
+            assert (got == exp).all()
+        else:  # float32 keys: a point tying the target to ~1e-7 may be counted either way
+            assert (got - exp).abs().max() <= 1
+            assert (got == exp).float().mean() > 0.99
+
+
+def test_pairwise_rank_fused_matches_python_tiles():
+    x = _ball(40, 4, seed=65).float()
+    y = _ball(900, 4, seed=66).float()
+    g = torch.Generator().manual_seed(67)
+    q = torch.randint(0, 40, (300,), generator=g)
+    t = torch.randint(0, 900, (300,), generator=g)
+    got = gs.pairwise_rank(x, y, q, t, k=-1.0)
+    with geoops.use_backend("reference"):
+        exp = gs.pairwise_rank(x, y, q, t, k=-1.0, block_elems=5000)
+    assert (got - exp).abs().max() <= 1
+    assert (got == exp).float().mean() > 0.99
+
+
+# ---------------------------------------------------------------- mobius_matvec: the fused CPU op (blocked GEMM)
+def test_mobius_matvec_fused_opcheck():
+    g = torch.Generator().manual_seed(68)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64) * 0.3
+    m = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    for k in (torch.tensor([-1.0], dtype=torch.float64), torch.linspace(-1, 0.5, 7, dtype=torch.float64)):
+        torch.library.opcheck(torch.ops.geoops.mobius_matvec_fwd.default, (x, m, k))
+        out, st = torch.ops.geoops.mobius_matvec_fwd(x, m, k)
+        gr = torch.randn(7, 4, generator=g, dtype=torch.float64)
+        for mask in (1, 2, 4, 7):
+            torch.library.opcheck(torch.ops.geoops.mobius_matvec_bwd.default, (gr, x, m, k, out, st, mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mobius_matvec_fused_many_blocks_matches_reference(dtype):
+    # 700 rows: several row blocks per thread; per-row k (a tensor broadcasting against the batch); zero rows of x
+    g = torch.Generator().manual_seed(69)
+    x = torch.randn(7, 100, 24, generator=g, dtype=torch.float64) * 0.04
+    x[0, :3] = 0
+    m = torch.randn(40, 24, generator=g, dtype=torch.float64) / 5
+    k = (torch.rand(7, 100, 1, generator=g, dtype=torch.float64) * 1.5 - 1.0)
+    gr = torch.randn(7, 100, 40, generator=g, dtype=torch.float64)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-5)
+    res = []
+    for be in ("cpp", "reference"):
+        xr, mr, kr = (t.to(dtype).clone().requires_grad_() for t in (x, m, k))
+        with geoops.use_backend(be):
+            o = gs.mobius_matvec(mr, xr, k=kr)
+            res.append((o,) + torch.autograd.grad((o * gr.to(dtype)).sum(), (xr, mr, kr)))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, **tol)
+    # the vectors along dim 0
+    xt = x[1].T.contiguous()
+    torch.testing.assert_close(gs.mobius_matvec(m, xt, k=-0.5, dim=0).T,
+                               ref.mobius_matvec(m, x[1], k=torch.tensor(-0.5, dtype=torch.float64)),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_entry_points_accept_inputs_that_require_grad():
+    # the blocked kernels write GEMM blocks with mm_out, which refuses inputs that require grad: the C++ entry
+    # points detach (the autograd Functions own the gradients)
+    C = geoops._backend.compiled()
+    x = _ball(1, 5, 3, seed=70).requires_grad_()
+    y = _ball(1, 4, 3, seed=71).requires_grad_()
+    k = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True)
+    d, A = C.cdist_fwd_cpu(x, y, k, True)
+    torch.testing.assert_close(d, _ref64(x.detach(), y.detach(), -1.0), rtol=1e-12, atol=1e-14)
+    dx, dy, dk = C.cdist_bwd_cpu(torch.ones(1, 5, 4, dtype=torch.float64), x, y, k, A, d, 7)
+    ex, ey, ek = torch.autograd.grad(gs.cdist(x, y, k=k).sum(), (x, y, k))
+    torch.testing.assert_close(dx, ex)
+    torch.testing.assert_close(dy, ey)
+    m = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    out, st = C.mobius_matvec_fwd_cpu(x[0], m, k)
+    torch.testing.assert_close(out, ref.mobius_matvec(m.detach(), x[0].detach(), k=torch.tensor(-1.0, dtype=torch.float64)))
+    dx, dm, _ = C.mobius_matvec_bwd_cpu(torch.ones_like(out), x[0], m, k, out, st, 3)
+    ex, em = torch.autograd.grad(gs.mobius_matvec(m, x[0], k=k).sum(), (x, m))
+    torch.testing.assert_close(dx, ex[0])
+    torch.testing.assert_close(dm, em)

@@ -50,11 +50,14 @@ constexpr double unit_roundoff() {
   return std::numeric_limits<T>::epsilon() * 0.5;
 }
 
-// Relative threshold on A/(|x|^2+|y|^2) under which a pair is recomputed from its rows: the GEMM's
-// error on <x,y> is at most ~D u |x||y|, so A keeps ~1e-3 relative accuracy (the distance twice that).
+// Relative threshold on A/(|x|^2+|y|^2) under which a pair is recomputed from its rows: the error of
+// A = |x|^2 + |y|^2 - 2<x,y> is at most ~(D + 4) u (|x|^2 + |y|^2) (the GEMM's D u |x||y| plus the norms and
+// the subtraction), so a pair kept from the GEMM has A to 1/512 relative in fp32 (the distance ~1e-3) and to
+// 1e-12 in fp64 (the distance ~5e-13).
 template <typename T>
 double close_tau(int64_t D) {
-  return std::min(0.5, 512.0 * unit_roundoff<T>() * double(D + 4));
+  const double rel = std::is_same<T, float>::value ? 1.0 / 512 : 1e-12;
+  return std::min(0.5, unit_roundoff<T>() * double(D + 4) / rel);
 }
 
 // Smallest p_x p_y used (points on or outside the boundary of the ball): geoopt's artanh clamp 1 - 1e-7
@@ -112,28 +115,27 @@ inline void fill_A_row(T* G, const T* xi, const T* y, double x2, const double* y
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t L = Vec::size();
   const Vec vx2{T(x2)}, two{T(2)}, vtau{T(tau)}, zero{T(0)};
-  bool any_close = false;
+  // a vector with a (possible) close pair: the test redone in double on the stored A, close pairs recomputed
+  auto redo = [&](int64_t j0, int64_t j1) {
+    for (int64_t jj = j0; jj < j1; ++jj)
+      if (double(G[jj]) < tau * (x2 + y2[jj])) G[jj] = T(exact_sq(xi, y + jj * D, D));
+  };
   int64_t j = 0;
   for (; j + L <= M; j += L) {
     const Vec vy2 = Vec::loadu(y2f + j);
     const Vec sum = vx2 + vy2;
     Vec a = sum - two * Vec::loadu(G + j);
     const Vec close = a < vtau * sum;
-    if (close.zero_mask() != (1 << L) - 1) any_close = true;
     a = at::vec::maximum(a, zero);
     a.store(G + j);
+    if (close.zero_mask() != (1 << L) - 1) redo(j, j + L);
   }
   for (; j < M; ++j) {
     const double sum = x2 + y2[j];
     const double a = sum - 2.0 * double(G[j]);
-    if (a < tau * sum) any_close = true;
     G[j] = T(std::max(a, 0.0));
   }
-  if (any_close) {  // redo the test in double on the stored A; recompute the close pairs from the rows
-    for (int64_t jj = 0; jj < M; ++jj) {
-      if (double(G[jj]) < tau * (x2 + y2[jj])) G[jj] = T(exact_sq(xi, y + jj * D, D));
-    }
-  }
+  redo(M - (M % L), M);
 }
 
 // Distances of one row from A (in place allowed: out may equal A only when A is not saved).
@@ -214,12 +216,24 @@ void compute_A(const at::Tensor& x, const at::Tensor& y, at::Tensor& G, const Sh
   }
 }
 
+// Rows per block of the blocked GEMM + epilogue loops: about 128K elements (512 KiB fp32) of [rows, M] per
+// thread, so the GEMM's output block is still in L2 when the epilogue (and, backward, the next GEMMs) read it.
+inline int64_t block_rows(int64_t N, int64_t M) {
+  return std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 17) / std::max<int64_t>(M, 1)));
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                             bool save) {
   const Shapes s = check_inputs(x, y, k);
-  at::Tensor G = at::bmm(x, y.transpose(1, 2));  // [B, N, M], contiguous
-  if (s.N == 0 || s.M == 0) return {G, save ? G.clone() : x.new_empty({0})};
+  at::Tensor out = at::empty({s.B, s.N, s.M}, x.options());
+  at::Tensor A = save ? at::empty({s.B, s.N, s.M}, x.options()) : x.new_empty({0});
+  if (s.N == 0 || s.M == 0) return {out, A};
+  if (s.D == 0) {
+    out.zero_();
+    if (save) A.zero_();
+    return {out, A};
+  }
   const T* xp = x.data_ptr<T>();
   const T* yp = y.data_ptr<T>();
   // |y|^2 serially (M D flops: cheaper than a parallel region on a busy machine); |x|^2 per row below
@@ -232,41 +246,97 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
     y2[j] = acc;
   }
   std::vector<T> y2f(y2.begin(), y2.end());
-  at::Tensor out = save ? at::empty_like(G) : G;
   const at::Tensor kd = k.to(at::kDouble).contiguous();
   const double* kp = kd.data_ptr<double>();
-  T* Ap = G.data_ptr<T>();
   T* op = out.data_ptr<T>();
+  T* Ap = save ? A.data_ptr<T>() : op;  // without save, A is built in the output and overwritten in place
   const double tau = close_tau<T>(s.D);
   std::vector<T> py(s.B * s.M);
   for (int64_t b = 0; b < s.B; ++b) {
     const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);  // points outside the ball: clamped p (see top)
     for (int64_t j = 0; j < s.M; ++j) py[b * s.M + j] = std::max(T(1.0 + kp[b] * y2[b * s.M + j]), pmin);
   }
-  // one parallel region over all rows of all batches: A (close pairs exact), then the distances
-  at::parallel_for(0, s.B * s.N, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / s.N;
-      const T* xi = xp + r * s.D;
-      double x2 = 0;
-#pragma omp simd reduction(+ : x2)
-      for (int64_t d = 0; d < s.D; ++d) x2 += double(xi[d]) * double(xi[d]);
-      const int64_t off = r * s.M;
-      fill_A_row<T>(Ap + off, xi, yp + b * s.M * s.D, x2, y2.data() + b * s.M, y2f.data() + b * s.M, s.M, s.D,
-                    tau);
+  // one parallel region over (batch, block of rows): the block's GEMM (single-threaded, into A's rows), then
+  // A (close pairs exact) and the distances while the block is in cache
+  const int64_t RB = block_rows(s.N, s.M), nblk = (s.N + RB - 1) / RB;
+  at::Tensor A3 = save ? A : out;
+  at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
+      at::Tensor Gv = A3.select(0, b).narrow(0, i0, nr);
+      at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       const Curv<T> cv = curv<T>(kp[b]);
       const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);
-      const T px = std::max(T(1.0 + kp[b] * x2), pmin);
-      dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv);
+      for (int64_t r = b * s.N + i0; r < b * s.N + i0 + nr; ++r) {
+        const T* xi = xp + r * s.D;
+        double x2 = 0;
+#pragma omp simd reduction(+ : x2)
+        for (int64_t d = 0; d < s.D; ++d) x2 += double(xi[d]) * double(xi[d]);
+        const int64_t off = r * s.M;
+        fill_A_row<T>(Ap + off, xi, yp + b * s.M * s.D, x2, y2.data() + b * s.M, y2f.data() + b * s.M, s.M, s.D,
+                      tau);
+        const T px = std::max(T(1.0 + kp[b] * x2), pmin);
+        dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv);
+      }
     }
   });
-  return {out, save ? G : x.new_empty({0})};
+  return {out, A};
 }
 
 // E(z) = (1/(1+z) - atanc(z))/z, Taylor series near 0: 2 * d/dz atanc.
 template <typename T>
 inline T E_series(T z) {
   return T(2) * (T(-1.0 / 3) + z * (T(2.0 / 5) + z * (T(-3.0 / 7) + z * (T(4.0 / 9) + z * (T(-5.0 / 11) + z * T(6.0 / 13))))));
+}
+
+// Per-row constants of the backward epilogue.
+template <typename T>
+struct BwdRow {
+  T k, ik, px, ipx, x2, tau;  // ik = 1/k (0 at k = 0: only the series branch is used there)
+};
+
+// One row of the backward epilogue, branch-free (vectorisable): wr[j] = W_ij = 2 g dd/dA with close pairs
+// left out (0; counted in nclose), col[j] += W_ij + 2 g dd/d|y_j|^2, returns alpha_i = sum_j W_ij + 2 g
+// dd/d|x_i|^2, and (WANT_K) adds sum_j g dd/dk to dk.  With r = 1/sqrt(A den): s = A r, dd/dA = r (one square
+// root and one division per pair; 1/p_x, 1/p_y precomputed).
+template <typename T, bool WANT_K>
+inline double bwd_row(const T* gr, const T* ar, const T* dr, T* wr, T* col, int64_t M, const BwdRow<T>& c,
+                      const T* py, const T* ipy, const T* y2f, double& dk, int64_t& nclose) {
+  const T tiny = std::numeric_limits<T>::min();
+  double a_acc = 0.0, dk_acc = 0.0;
+  int64_t nc = 0;
+#pragma omp simd reduction(+ : a_acc, dk_acc, nc)
+  for (int64_t j = 0; j < M; ++j) {
+    const T gij = gr[j];
+    const T a = ar[j];
+    const bool valid = a > T(0);
+    const T as = valid ? a : T(1);
+    const T pyj = py[j];
+    const T den = std::max(c.px * pyj - c.k * as, tiny);
+    const T r = T(1) / std::sqrt(as * den);
+    const T sv = as * r;
+    const T gsv = T(-2) * c.k * gij * sv;
+    const bool close = valid && a < c.tau * (c.x2 + y2f[j]);
+    nc += close ? 1 : 0;
+    const T w = (valid && !close) ? T(2) * gij * r : T(0);
+    const T ax = valid ? gsv * c.ipx : T(0);
+    const T ay = valid ? gsv * ipy[j] : T(0);
+    wr[j] = w;
+    a_acc += double(w + ax);
+    col[j] += w + ay;
+    if (WANT_K) {
+      const T z = c.k * sv * sv;
+      const T iP = c.ipx * ipy[j];
+      const T e_ser = sv * sv * sv * E_series(z);
+      const T e_cl = (sv * den * iP - dr[j] / (T(2) * sv) * sv) * c.ik;  // s^3 E(z), dr/(2s) = atanc(z)
+      const T e = std::abs(z) < T(1e-3) ? e_ser : e_cl;
+      const T dkk = e + sv * iP * (a - c.x2 * pyj - y2f[j] * c.px);
+      dk_acc += valid ? double(gij * dkk) : 0.0;
+    }
+  }
+  nclose += nc;
+  dk += dk_acc;
+  return a_acc;
 }
 
 template <typename T>
@@ -285,162 +355,155 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   const T* yp = y.data_ptr<T>();
   const T* gp = g.data_ptr<T>();
   const T* Ap = A.data_ptr<T>();
-  const T* dp = dist.data_ptr<T>();
+  const T* dp = want_k ? dist.data_ptr<T>() : nullptr;
   std::vector<double> x2(s.B * s.N), y2(s.B * s.M);
   row_sqnorms(xp, s.B * s.N, s.D, x2.data());
   row_sqnorms(yp, s.B * s.M, s.D, y2.data());
   const at::Tensor kd = k.to(at::kDouble).contiguous();
   const double* kp = kd.data_ptr<double>();
-  const double tau = close_tau<T>(s.D);
-
-  at::Tensor W = at::empty({s.B, s.N, s.M}, x.options());
-  T* Wp = W.data_ptr<T>();
-  std::vector<double> alpha(s.B * s.N, 0.0), beta(s.B * s.M, 0.0), dkb(s.B, 0.0);
-  struct Close {
-    int64_t b, i, j;
-    double w;
-  };
-  std::vector<Close> closes;
-  std::mutex mu;
-  const int nth = at::get_num_threads();
-  std::vector<T> pyc(s.B * s.M), y2f(s.B * s.M);
+  const T tauT = T(close_tau<T>(s.D));
+  // per column: clamped p_y, 1/p_y, |y|^2
+  std::vector<T> pyc(s.B * s.M), ipy(s.B * s.M), y2f(s.B * s.M);
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t j = 0; j < s.M; ++j) {
-      const T p = T(1.0 + kp[b] * y2[b * s.M + j]);
-      pyc[b * s.M + j] = kp[b] < 0 ? std::max(p, min_p<T>()) : p;
-      y2f[b * s.M + j] = T(y2[b * s.M + j]);
+      const int64_t q = b * s.M + j;
+      const T p = T(1.0 + kp[b] * y2[q]);
+      pyc[q] = kp[b] < 0 ? std::max(p, min_p<T>()) : p;
+      ipy[q] = T(1) / pyc[q];
+      y2f[q] = T(y2[q]);
     }
-
-  for (int64_t b = 0; b < s.B; ++b) {
-    const double kv = kp[b];
-    const T kT = T(kv);
-    std::vector<T> py(s.M);
-    for (int64_t j = 0; j < s.M; ++j) py[j] = T(1.0 + kv * y2[b * s.M + j]);
-    // per-thread column sums (beta) and dk partials
-    std::vector<std::vector<double>> beta_t(nth, std::vector<double>(s.M, 0.0));
-    std::vector<double> dk_t(nth, 0.0);
-    at::parallel_for(0, s.N, 16, [&](int64_t i0, int64_t i1) {
-      const int tid = at::get_thread_num();
-      std::vector<double>& bt = beta_t[tid];
-      std::vector<Close> local;
-      double dk_acc = 0.0;
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t off = (b * s.N + i) * s.M;
+  // dx = alpha x - W y and dy = beta y - W^T x, W formed per block of rows (never [N, M]) in one parallel region
+  // over (batch, block): the block's W, then its two GEMMs while it is in cache.  dy accumulates W^T x per chunk
+  // and is added to the shared [B, M, D] (negated at the end) per batch, like beta and dk.
+  at::Tensor dx = want_x ? at::empty_like(x) : x.new_empty({0});
+  at::Tensor dyacc = want_y ? at::zeros_like(y) : x.new_empty({0});
+  std::vector<double> beta(s.B * s.M, 0.0), dkb(s.B, 0.0);
+  std::mutex mu;
+  struct Close {
+    int64_t i, j;
+    T w;
+  };
+  const int64_t RB = block_rows(s.N, s.M), nblk = (s.N + RB - 1) / RB;
+  at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
+    at::Tensor Wt = at::empty({RB, s.M}, x.options());
+    T* Wp = Wt.data_ptr<T>();
+    at::Tensor dyl = want_y ? at::zeros({s.M, s.D}, x.options()) : x.new_empty({0});
+    std::vector<T> colf(s.M);
+    std::vector<double> cold(s.M, 0.0), alpha(RB);
+    std::vector<Close> closes;
+    double dk_acc = 0.0;
+    int64_t cur_b = -1;
+    auto flush = [&]() {  // this chunk's share of batch cur_b into the shared accumulators
+      if (cur_b < 0) return;
+      std::lock_guard<std::mutex> lock(mu);
+      for (int64_t j = 0; j < s.M; ++j) beta[cur_b * s.M + j] += cold[j];
+      dkb[cur_b] += dk_acc;
+      if (want_y) dyacc.select(0, cur_b).add_(dyl);
+    };
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
+      if (b != cur_b) {
+        flush();
+        cur_b = b;
+        std::fill(cold.begin(), cold.end(), 0.0);
+        dk_acc = 0.0;
+        if (want_y) dyl.zero_();
+      }
+      const double kv = kp[b];
+      const T* pyb = pyc.data() + b * s.M;
+      const T* ipyb = ipy.data() + b * s.M;
+      const T* y2b = y2f.data() + b * s.M;
+      std::fill(colf.begin(), colf.end(), T(0));
+      closes.clear();
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t i = i0 + r, off = (b * s.N + i) * s.M;
         const double x2i = x2[b * s.N + i];
-        const T px = std::max(T(1.0 + kv * x2i), kv < 0 ? min_p<T>() : T(-1e30));
-        double a_acc = 0.0;
-        if (!want_k) {
-          // branch-free, vectorisable: every pair computed, invalid ones (A = 0) masked to 0; close pairs
-          // counted here and moved out of W in a second, scalar pass over the (rare) rows that have them
-          const T* pyb = pyc.data() + b * s.M;
-          const T* y2b = y2f.data() + b * s.M;
-          const T tauT = T(tau), x2T = T(x2i), tiny = std::numeric_limits<T>::min();
-          double* btp = bt.data();
-          int64_t nclose = 0;
-#pragma omp simd reduction(+ : a_acc, nclose)
+        BwdRow<T> cr;
+        cr.k = T(kv);
+        cr.ik = kv != 0 ? T(1.0 / kv) : T(0);
+        cr.px = std::max(T(1.0 + kv * x2i), kv < 0 ? min_p<T>() : T(-1e30));
+        cr.ipx = T(1) / cr.px;
+        cr.x2 = T(x2i);
+        cr.tau = tauT;
+        int64_t nclose = 0;
+        T* wr = Wp + r * s.M;
+        alpha[r] = want_k ? bwd_row<T, true>(gp + off, Ap + off, dp + off, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
+                                             dk_acc, nclose)
+                          : bwd_row<T, false>(gp + off, Ap + off, nullptr, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
+                                              dk_acc, nclose);
+        if (nclose) {  // close pairs (rare): W_ij (x_i - y_j) added exactly after the GEMMs
           for (int64_t j = 0; j < s.M; ++j) {
-            const T gij = gp[off + j];
             const T a = Ap[off + j];
-            const bool valid = a > T(0);
-            const T as = valid ? a : T(1);
-            const T pyj = pyb[j];
-            const T den = std::max(px * pyj - kT * as, tiny);
-            const T sv = std::sqrt(as / den);
-            const T gsv = T(-2) * kT * gij * sv;
-            const T w = valid ? T(2) * gij / (sv * den) : T(0);
-            const T ax = valid ? gsv / px : T(0);
-            const T ay = valid ? gsv / pyj : T(0);
-            const bool close = valid && a < tauT * (x2T + y2b[j]);
-            nclose += close ? 1 : 0;
-            Wp[off + j] = close ? T(0) : w;
-            const T wk = close ? T(0) : w;
-            a_acc += double(wk + ax);
-            btp[j] += double(wk + ay);
+            if (!(a > T(0)) || !(a < cr.tau * (cr.x2 + y2b[j])) || gp[off + j] == T(0)) continue;
+            const T den = std::max(cr.px * pyb[j] - cr.k * a, std::numeric_limits<T>::min());
+            closes.push_back({i, j, T(2) * gp[off + j] / std::sqrt(a * den)});
           }
-          if (nclose) {
-            for (int64_t j = 0; j < s.M; ++j) {
-              const T a = Ap[off + j];
-              if (!(a > T(0)) || !(double(a) < tau * (x2i + y2[b * s.M + j])) || gp[off + j] == T(0)) continue;
-              const T pyj = pyb[j];
-              const T den = std::max(px * pyj - kT * a, tiny);
-              const T sv = std::sqrt(a / den);
-              local.push_back({b, i, j, double(T(2) * gp[off + j] / (sv * den))});
-            }
-          }
-        } else
-        for (int64_t j = 0; j < s.M; ++j) {
-          const T gij = gp[off + j];
-          const T a = Ap[off + j];
-          T w = 0, ax = 0, ay = 0;
-          if (gij != T(0) && a > T(0)) {
-            const T pyj = kv < 0 ? std::max(py[j], min_p<T>()) : py[j];
-            const T P = px * pyj;
-            const T den = std::max(P - kT * a, std::numeric_limits<T>::min());
-            const T sv = std::sqrt(a / den);
-            const T fA = T(1) / (sv * den);
-            w = T(2) * gij * fA;
-            const T gs = T(-2) * kT * gij * sv;  // 2 g dd/d|x|^2 * p_x
-            ax = gs / px;
-            ay = gs / pyj;
-            if (want_k) {
-              const T z = kT * sv * sv;
-              T e;
-              if (std::abs(z) < T(1e-3)) {
-                e = sv * sv * sv * E_series(z);
-              } else {
-                const T h = dp[off + j] / (T(2) * sv);  // atanc(z)
-                e = (sv * den / P - h * sv) / kT;       // s^3 E(z)
-              }
-              const double x2d = x2i, y2d = y2[b * s.M + j];
-              const T dkk = e + (sv / P) * T(double(a) - x2d * double(pyj) - y2d * double(px));
-              dk_acc += double(gij) * double(dkk);
-            }
-            const double sum = x2i + y2[b * s.M + j];
-            if (double(a) < tau * sum) {  // close pair: exact correction after the GEMMs
-              local.push_back({b, i, j, double(w)});
-              w = 0;
-            }
-          }
-          Wp[off + j] = w;
-          a_acc += double(w) + double(ax);
-          bt[j] += double(w) + double(ay);
         }
-        alpha[b * s.N + i] = a_acc;
       }
-      dk_t[tid] += dk_acc;
-      if (!local.empty()) {
-        std::lock_guard<std::mutex> lock(mu);
-        closes.insert(closes.end(), local.begin(), local.end());
+      for (int64_t j = 0; j < s.M; ++j) cold[j] += double(colf[j]);
+      const at::Tensor Wv = Wt.narrow(0, 0, nr);
+      const at::Tensor xb = x.select(0, b), yb = y.select(0, b);
+      if (want_x) {
+        at::Tensor dxv = dx.select(0, b).narrow(0, i0, nr);
+        at::mm_out(dxv, Wv, yb);  // single-threaded inside the parallel region
+        T* o = dxv.data_ptr<T>();
+        const T* xr = xp + (b * s.N + i0) * s.D;
+        for (int64_t r = 0; r < nr; ++r) {
+          const T al = T(alpha[r]);
+#pragma omp simd
+          for (int64_t d = 0; d < s.D; ++d) o[r * s.D + d] = al * xr[r * s.D + d] - o[r * s.D + d];
+        }
+        for (const Close& cl : closes) {
+          const T* xi = xp + (b * s.N + cl.i) * s.D;
+          const T* yj = yp + (b * s.M + cl.j) * s.D;
+          T* od = o + (cl.i - i0) * s.D;
+          for (int64_t d = 0; d < s.D; ++d) od[d] += T(double(cl.w) * (double(xi[d]) - double(yj[d])));
+        }
       }
-    });
-    for (int t = 0; t < nth; ++t) {
-      for (int64_t j = 0; j < s.M; ++j) beta[b * s.M + j] += beta_t[t][j];
-      dkb[b] += dk_t[t];
+      if (want_y) {
+        dyl.addmm_(Wv.t(), xb.narrow(0, i0, nr));
+        T* o = dyl.data_ptr<T>();
+        for (const Close& cl : closes) {
+          const T* xi = xp + (b * s.N + cl.i) * s.D;
+          const T* yj = yp + (b * s.M + cl.j) * s.D;
+          T* od = o + cl.j * s.D;
+          for (int64_t d = 0; d < s.D; ++d) od[d] += T(double(cl.w) * (double(xi[d]) - double(yj[d])));
+        }
+      }
     }
-  }
+    flush();
+  });
 
-  at::Tensor dx = x.new_empty({0}), dy = x.new_empty({0});
-  auto alpha_t = at::from_blob(alpha.data(), {s.B, s.N, 1}, at::kDouble).to(x.scalar_type());
-  auto beta_t = at::from_blob(beta.data(), {s.B, s.M, 1}, at::kDouble).to(x.scalar_type());
-  if (want_x) dx = alpha_t * x - at::bmm(W, y);
-  if (want_y) dy = beta_t * y - at::bmm(W.transpose(1, 2), x);
-  for (const Close& c : closes) {
-    const T* xi = xp + (c.b * s.N + c.i) * s.D;
-    const T* yj = yp + (c.b * s.M + c.j) * s.D;
-    if (want_x) {
-      T* o = dx.data_ptr<T>() + (c.b * s.N + c.i) * s.D;
-      for (int64_t d = 0; d < s.D; ++d) o[d] += T(c.w * (double(xi[d]) - double(yj[d])));
-    }
-    if (want_y) {
-      T* o = dy.data_ptr<T>() + (c.b * s.M + c.j) * s.D;
-      for (int64_t d = 0; d < s.D; ++d) o[d] -= T(c.w * (double(xi[d]) - double(yj[d])));
-    }
+  at::Tensor dy = x.new_empty({0});
+  if (want_y) {
+    auto beta_t = at::from_blob(beta.data(), {s.B, s.M, 1}, at::kDouble).to(x.scalar_type());
+    dy = dyacc.neg_().addcmul_(beta_t, y);
   }
-  if (want_k) {
-    auto dkd = at::from_blob(dkb.data(), {s.B}, at::kDouble).to(k.scalar_type());
-    dk.copy_(dkd);
-  }
+  if (want_k) dk.copy_(at::from_blob(dkb.data(), {s.B}, at::kDouble).to(k.scalar_type()));
   return {dx, dy, dk};
+}
+
+// Rank keys of one row in place from A: A/(p_x p_y) (k < 0), A/max(p_x p_y - kA, 0) (k > 0; the antipode
+// gives +inf, the largest distance), A (k = 0).  py holds the (clamped) p_y of the row's columns.
+template <typename T>
+inline void key_row(T* a, T px, const T* py, int64_t M, double kv) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t L = Vec::size();
+  if (kv == 0) return;
+  const T kT = T(kv);
+  const Vec vpx(px), vk(kT), zero(T(0));
+  int64_t j = 0;
+  if (kv < 0) {
+    for (; j + L <= M; j += L) (Vec::loadu(a + j) / (vpx * Vec::loadu(py + j))).store(a + j);
+    for (; j < M; ++j) a[j] = a[j] / (px * py[j]);
+  } else {
+    for (; j + L <= M; j += L) {
+      const Vec av = Vec::loadu(a + j);
+      const Vec den = at::vec::maximum(vpx * Vec::loadu(py + j) - vk * av, zero);
+      (av / den).store(a + j);
+    }
+    for (; j < M; ++j) a[j] = a[j] / std::max(px * py[j] - kT * a[j], T(0));
+  }
 }
 
 template <typename T>
@@ -457,31 +520,15 @@ at::Tensor key_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
   for (int64_t b = 0; b < s.B; ++b) {
     const double kv = kp[b];
     if (kv == 0) continue;
-    const T kT = T(kv);
     for (int64_t j = 0; j < s.M; ++j) {
       const T p = T(1.0 + kv * y2[b * s.M + j]);
       py[j] = kv < 0 ? std::max(p, min_p<T>()) : p;
     }
     at::parallel_for(0, s.N, 16, [&](int64_t i0, int64_t i1) {
-      using Vec = at::vec::Vectorized<T>;
-      constexpr int64_t L = Vec::size();
       for (int64_t i = i0; i < i1; ++i) {
-        T* a = Ap + (b * s.N + i) * s.M;
         T px = T(1.0 + kv * x2[b * s.N + i]);
         if (kv < 0) px = std::max(px, min_p<T>());
-        const Vec vpx(px), vk(kT), zero(T(0));
-        int64_t j = 0;
-        if (kv < 0) {
-          for (; j + L <= s.M; j += L) (Vec::loadu(a + j) / (vpx * Vec::loadu(py.data() + j))).store(a + j);
-          for (; j < s.M; ++j) a[j] = a[j] / (px * py[j]);
-        } else {  // A/den; den -> 0 (antipode) gives +inf, the largest distance
-          for (; j + L <= s.M; j += L) {
-            const Vec av = Vec::loadu(a + j);
-            const Vec den = at::vec::maximum(vpx * Vec::loadu(py.data() + j) - vk * av, zero);
-            (av / den).store(a + j);
-          }
-          for (; j < s.M; ++j) a[j] = a[j] / std::max(px * py[j] - kT * a[j], T(0));
-        }
+        key_row<T>(Ap + (b * s.N + i) * s.M, px, py.data(), s.M, kv);
       }
     });
   }
@@ -522,7 +569,7 @@ at::Tensor from_key_impl(const at::Tensor& key_in, const at::Tensor& k) {
 
 std::tuple<at::Tensor, at::Tensor> cdist_fwd_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                                  bool save) {
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous();  // mm_out needs no-grad inputs
   if (xc.scalar_type() == at::kDouble) return fwd_impl<double>(xc, yc, k, save);
   return fwd_impl<float>(xc, yc, k, save);
 }
@@ -531,7 +578,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cdist_bwd_cpu(const at::Tensor& g
                                                              const at::Tensor& y, const at::Tensor& k,
                                                              const at::Tensor& A, const at::Tensor& dist,
                                                              int64_t mask) {
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous(), Ac = A.contiguous(), dc = dist.contiguous();
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous(), Ac = A.contiguous(), dc = dist.contiguous();
   if (xc.scalar_type() == at::kDouble) return bwd_impl<double>(g, xc, yc, k, Ac, dc, mask);
   return bwd_impl<float>(g, xc, yc, k, Ac, dc, mask);
 }
@@ -553,6 +600,25 @@ at::Tensor dist_from_key_cpu(const at::Tensor& key, const at::Tensor& k) {
 // stats [R, 6] (double): |x|^2, |v|^2, a, a', b, b' for the backward.
 namespace {
 
+// One row of the epilogue: o = v phi (o may be v), stats (|x|^2, |v|^2, a, a', b, b') into sr.
+template <typename scalar_t>
+inline void scale_row(const scalar_t* vr, const scalar_t* xr, scalar_t* o, double* sr, double kk, int64_t Do,
+                      int64_t Di) {
+  double x2 = 0, v2 = 0;
+#pragma omp simd reduction(+ : x2)
+  for (int64_t d = 0; d < Di; ++d) x2 += double(xr[d]) * double(xr[d]);
+#pragma omp simd reduction(+ : v2)
+  for (int64_t d = 0; d < Do; ++d) v2 += double(vr[d]) * double(vr[d]);
+  const double z1 = kk * x2, q1 = 1.0 + z1;
+  const double a = stereo::atanc(z1, q1), da = stereo::atanc_d(z1, q1, a);
+  const double z2 = kk * v2 * a * a;
+  const double b = stereo::tanc(z2), db = stereo::tanc_d(z2, b);
+  const scalar_t phi = scalar_t(a * b);
+#pragma omp simd
+  for (int64_t d = 0; d < Do; ++d) o[d] = vr[d] * phi;
+  sr[0] = x2; sr[1] = v2; sr[2] = a; sr[3] = da; sr[4] = b; sr[5] = db;
+}
+
 template <typename scalar_t>
 void scale_fwd_kernel(const at::Tensor& v, const at::Tensor& x, at::Tensor& out, double* st, const double* kp,
                       bool per_row, int64_t R, int64_t Do, int64_t Di) {
@@ -560,26 +626,8 @@ void scale_fwd_kernel(const at::Tensor& v, const at::Tensor& x, at::Tensor& out,
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* vr = vp + r * Do;
-        const scalar_t* xr = xp + r * Di;
-        double x2 = 0, v2 = 0;
-#pragma omp simd reduction(+ : x2)
-        for (int64_t d = 0; d < Di; ++d) x2 += double(xr[d]) * double(xr[d]);
-#pragma omp simd reduction(+ : v2)
-        for (int64_t d = 0; d < Do; ++d) v2 += double(vr[d]) * double(vr[d]);
-        const double kk = per_row ? kp[r] : kp[0];
-        const double z1 = kk * x2, q1 = 1.0 + z1;
-        const double a = stereo::atanc(z1, q1), da = stereo::atanc_d(z1, q1, a);
-        const double z2 = kk * v2 * a * a;
-        const double b = stereo::tanc(z2), db = stereo::tanc_d(z2, b);
-        const scalar_t phi = scalar_t(a * b);
-        scalar_t* o = op + r * Do;
-#pragma omp simd
-        for (int64_t d = 0; d < Do; ++d) o[d] = vr[d] * phi;
-        double* sr = st + r * 6;
-        sr[0] = x2; sr[1] = v2; sr[2] = a; sr[3] = da; sr[4] = b; sr[5] = db;
-      }
+      for (int64_t r = r0; r < r1; ++r)
+        scale_row(vp + r * Do, xp + r * Di, op + r * Do, st + r * 6, per_row ? kp[r] : kp[0], Do, Di);
     });
 }
 
@@ -659,6 +707,139 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Te
   else
     scale_bwd_kernel<float>(g, v, x, gv, gx, gk, st, kp, per_row, want_v, want_x, want_k, R, Do, Di);
   return {gv, gx, gk};
+}
+
+
+// ---------------------------------------------------------------- mobius_matvec, fused: blocked GEMM + epilogue
+// x [R, Di], m [Do, Di], k [1] or [R].  Forward: per block of rows (one parallel region), the block's GEMM
+// x_b m^T (single-threaded, into the output's rows) and the epilogue out = v phi on the block while it is in
+// cache (v = Mx is never stored: the backward takes it as out / phi, phi = a b > 0 from the stats).  Backward:
+// per block, gv = g phi + v c1 (s = <g, v> = <g, out>/phi), then dx_b = gv_b m + c_x x_b (GEMM into dx's rows)
+// and dm += gv_b^T x_b (per chunk, summed at the end): the gradient of v never exists as an [R, Do] tensor.
+namespace {
+
+inline int64_t mv_block_rows(int64_t R, int64_t Do) {
+  return std::max<int64_t>(1, std::min<int64_t>(R, std::max<int64_t>(16, (int64_t(1) << 15) / std::max<int64_t>(Do, 1))));
+}
+
+template <typename scalar_t>
+void mv_fwd_kernel(const at::Tensor& x, const at::Tensor& m, at::Tensor& out, double* st, const double* kp,
+                   bool per_row) {
+  const int64_t R = x.size(0), Di = x.size(1), Do = m.size(0);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const int64_t RB = mv_block_rows(R, Do), nblk = (R + RB - 1) / RB;
+  const at::Tensor mt = m.t();
+  at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
+      at::Tensor ov = out.narrow(0, r0, nr);
+      at::mm_out(ov, x.narrow(0, r0, nr), mt);  // single-threaded inside the parallel region
+      for (int64_t r = r0; r < r0 + nr; ++r)  // in place: the block is still in cache
+        scale_row(op + r * Do, xp + r * Di, op + r * Do, st + r * 6, per_row ? kp[r] : kp[0], Do, Di);
+    }
+  });
+}
+
+template <typename scalar_t>
+void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m, const at::Tensor& out,
+                   at::Tensor& dx, at::Tensor& dm, double* gkp, const double* st, const double* kp, bool per_row,
+                   bool want_x, bool want_m) {
+  const int64_t R = x.size(0), Di = x.size(1), Do = m.size(0);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* gp = g.data_ptr<scalar_t>();
+  const scalar_t* op = out.data_ptr<scalar_t>();
+  const int64_t RB = mv_block_rows(R, Do), nblk = (R + RB - 1) / RB;
+  std::mutex mu;
+  at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
+    at::Tensor GV = at::empty({RB, Do}, x.options());
+    scalar_t* gvp = GV.data_ptr<scalar_t>();
+    at::Tensor dml = want_m ? at::zeros({Do, Di}, x.options()) : at::Tensor();
+    std::vector<scalar_t> cx(RB);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
+      for (int64_t r = r0; r < r0 + nr; ++r) {
+        const scalar_t* gr = gp + r * Do;
+        const scalar_t* orow = op + r * Do;
+        const double* sr = st + r * 6;
+        const double x2 = sr[0], v2 = sr[1], a = sr[2], da = sr[3], b = sr[4], db = sr[5];
+        const double kk = per_row ? kp[r] : kp[0];
+        const double phi = a * b;
+        double go = 0;
+#pragma omp simd reduction(+ : go)
+        for (int64_t d = 0; d < Do; ++d) go += double(gr[d]) * double(orow[d]);
+        const double s = go / phi;  // <g, v>, v = out / phi
+        const scalar_t c0v = scalar_t(phi), c1v = scalar_t(2 * s * a * db * kk * a * a / phi);
+        scalar_t* gvr = gvp + (r - r0) * Do;
+#pragma omp simd
+        for (int64_t d = 0; d < Do; ++d) gvr[d] = gr[d] * c0v + orow[d] * c1v;
+        cx[r - r0] = scalar_t(2 * s * (da * kk * b + a * db * kk * v2 * 2 * a * da * kk));
+        if (gkp) gkp[r] = s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2));
+      }
+      const at::Tensor gvv = GV.narrow(0, 0, nr), xb = x.narrow(0, r0, nr);
+      if (want_x) {
+        at::Tensor dxv = dx.narrow(0, r0, nr);
+        at::mm_out(dxv, gvv, m);
+        scalar_t* o = dxv.data_ptr<scalar_t>();
+        for (int64_t r = 0; r < nr; ++r) {
+          const scalar_t cr = cx[r];
+          const scalar_t* xr = xp + (r0 + r) * Di;
+#pragma omp simd
+          for (int64_t d = 0; d < Di; ++d) o[r * Di + d] += cr * xr[d];
+        }
+      }
+      if (want_m) dml.addmm_(gvv.t(), xb);
+    }
+    if (want_m) {
+      std::lock_guard<std::mutex> lock(mu);
+      dm.add_(dml);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> mobius_matvec_fwd_cpu(const at::Tensor& x_in, const at::Tensor& m_in,
+                                                         const at::Tensor& k) {
+  const at::Tensor x = x_in.detach().contiguous(), m = m_in.detach().contiguous();
+  TORCH_CHECK(x.dim() == 2 && m.dim() == 2 && m.size(1) == x.size(1), "mobius_matvec: x [R, Di], m [Do, Di]");
+  TORCH_CHECK(x.scalar_type() == m.scalar_type(), "mobius_matvec: x and m must have one dtype");
+  const int64_t R = x.size(0), Do = m.size(0);
+  at::Tensor out = at::empty({R, Do}, x.options());
+  at::Tensor stats = at::empty({R, 6}, x.options().dtype(at::kDouble));
+  if (R == 0) return {out, stats};
+  const at::Tensor kd = k.to(at::kDouble).contiguous();
+  const bool per_row = kd.numel() == R && R != 1;
+  if (x.scalar_type() == at::kDouble)
+    mv_fwd_kernel<double>(x, m, out, stats.data_ptr<double>(), kd.data_ptr<double>(), per_row);
+  else
+    mv_fwd_kernel<float>(x, m, out, stats.data_ptr<double>(), kd.data_ptr<double>(), per_row);
+  return {out, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_matvec_bwd_cpu(const at::Tensor& g_in, const at::Tensor& x_in,
+                                                                     const at::Tensor& m_in, const at::Tensor& k,
+                                                                     const at::Tensor& out_in,
+                                                                     const at::Tensor& stats_in, int64_t mask) {
+  const at::Tensor g = g_in.contiguous(), x = x_in.detach().contiguous(), m = m_in.detach().contiguous(),
+                   out = out_in.contiguous(),
+                   stats = stats_in.contiguous();
+  const int64_t R = x.size(0);
+  const bool want_x = mask & 1, want_m = mask & 2, want_k = mask & 4;
+  at::Tensor dx = want_x ? at::empty_like(x) : x.new_empty({0});
+  at::Tensor dm = want_m ? at::zeros_like(m) : x.new_empty({0});
+  at::Tensor gk = want_k ? at::zeros({R}, x.options().dtype(at::kDouble)) : x.new_empty({0});
+  if (R == 0 || !(want_x || want_m || want_k)) return {dx, dm, gk};
+  const at::Tensor kd = k.to(at::kDouble).contiguous();
+  const bool per_row = kd.numel() == R && R != 1;
+  double* gkp = want_k ? gk.data_ptr<double>() : nullptr;
+  if (x.scalar_type() == at::kDouble)
+    mv_bwd_kernel<double>(g, x, m, out, dx, dm, gkp, stats.data_ptr<double>(), kd.data_ptr<double>(), per_row,
+                          want_x, want_m);
+  else
+    mv_bwd_kernel<float>(g, x, m, out, dx, dm, gkp, stats.data_ptr<double>(), kd.data_ptr<double>(), per_row,
+                         want_x, want_m);
+  return {dx, dm, gk};
 }
 
 
@@ -743,14 +924,124 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& x, const at::Tenso
   return {keys, idx};
 }
 
+// ---------------------------------------------------------------- pairwise_rank: counts below each pair's key
+// For pairs grouped by query (uq [U] the query rows of x, off [U+1] offsets into tgt [P]), counts the points
+// of y whose rank key (see cdist_rank_key_cpu) against x[uq[u]] is strictly below that of y[tgt[p]].  One
+// parallel region over blocks of query rows; per block one GEMM against all of y (the block has at most
+// max(1, block_elems / M) rows, so the buffer is ~block_elems keys per thread), the keys in place, then each
+// pair's threshold is read from the same buffer (so the target itself is never counted and rounding is
+// consistent) and counted: directly (vectorised) for up to 16 targets per query, else by binary search of
+// each key among the sorted thresholds and a prefix sum.  Returns (counts [P] int64, keys [P]).
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tensor& y, double kv,
+                                             const at::Tensor& uq, const at::Tensor& off, const at::Tensor& tgt,
+                                             int64_t block_elems) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t L = Vec::size();
+  const int64_t M = y.size(0), D = y.size(1), U = uq.size(0), P = tgt.size(0);
+  at::Tensor counts = at::zeros({P}, x.options().dtype(at::kLong));
+  at::Tensor keys = at::zeros({P}, x.options());
+  if (P == 0 || M == 0 || U == 0) return {counts, keys};
+  const T* xp = x.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  const int64_t* uqp = uq.data_ptr<int64_t>();
+  const int64_t* offp = off.data_ptr<int64_t>();
+  const int64_t* tp = tgt.data_ptr<int64_t>();
+  int64_t* cp = counts.data_ptr<int64_t>();
+  T* kp = keys.data_ptr<T>();
+  std::vector<double> y2(M);
+  row_sqnorms(yp, M, D, y2.data());
+  const T pmin = kv < 0 ? min_p<T>() : T(-1e30);
+  std::vector<T> y2f(M), py(M);
+  for (int64_t j = 0; j < M; ++j) {
+    y2f[j] = T(y2[j]);
+    py[j] = std::max(T(1.0 + kv * y2[j]), pmin);
+  }
+  const double tau = close_tau<T>(D);
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(256, block_elems / M));
+  const int64_t nblocks = (U + RB - 1) / RB;
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    at::Tensor Xb = at::empty({RB, D}, x.options());
+    at::Tensor G = at::empty({RB, M}, x.options());
+    T* Xbp = Xb.data_ptr<T>();
+    T* Gp = G.data_ptr<T>();
+    std::vector<std::pair<T, int64_t>> thr;
+    std::vector<T> sthr;
+    std::vector<int64_t> hist;
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t u0 = blk * RB, nr = std::min(U, u0 + RB) - u0;
+      for (int64_t r = 0; r < nr; ++r) std::copy(xp + uqp[u0 + r] * D, xp + (uqp[u0 + r] + 1) * D, Xbp + r * D);
+      at::Tensor Gv = G.narrow(0, 0, nr);
+      at::mm_out(Gv, Xb.narrow(0, 0, nr), y.t());  // single-threaded inside the parallel region
+      for (int64_t r = 0; r < nr; ++r) {
+        const T* xi = Xbp + r * D;
+        T* a = Gp + r * M;
+        double x2 = 0;
+        for (int64_t d = 0; d < D; ++d) x2 += double(xi[d]) * double(xi[d]);
+        fill_A_row<T>(a, xi, yp, x2, y2.data(), y2f.data(), M, D, tau);
+        key_row<T>(a, std::max(T(1.0 + kv * x2), pmin), py.data(), M, kv);
+        const int64_t p0 = offp[u0 + r], p1 = offp[u0 + r + 1], t = p1 - p0;
+        for (int64_t p = p0; p < p1; ++p) kp[p] = a[tp[p]];
+        if (t <= 16) {  // direct: one vectorised pass over the row per target (float lanes count exactly)
+          for (int64_t p = p0; p < p1; ++p) {
+            const Vec th(kp[p]), one(T(1));
+            int64_t cnt = 0;
+            for (int64_t c0 = 0; c0 < M; c0 += (int64_t(1) << 20)) {
+              const int64_t c1 = std::min(M, c0 + (int64_t(1) << 20));
+              Vec acc(T(0));
+              int64_t j = c0;
+              for (; j + L <= c1; j += L) acc = acc + (Vec::loadu(a + j) < th & one);
+              T lanes[L];
+              acc.store(lanes);
+              for (int64_t l = 0; l < L; ++l) cnt += int64_t(lanes[l]);
+              for (; j < c1; ++j) cnt += a[j] < kp[p] ? 1 : 0;
+            }
+            cp[p] = cnt;
+          }
+        } else {  // many targets: position of each key among the sorted thresholds, then a prefix sum
+          thr.resize(t);
+          for (int64_t q = 0; q < t; ++q) thr[q] = {kp[p0 + q], p0 + q};
+          std::sort(thr.begin(), thr.end(), [](const auto& l, const auto& rr) { return l.first < rr.first; });
+          sthr.resize(t);
+          for (int64_t q = 0; q < t; ++q) sthr[q] = thr[q].first;
+          hist.assign(t + 1, 0);
+          for (int64_t j = 0; j < M; ++j)  // pos = #{thresholds <= key}: counted below thresholds q >= pos
+            ++hist[std::upper_bound(sthr.begin(), sthr.end(), a[j]) - sthr.begin()];
+          int64_t run = 0;
+          for (int64_t q = 0; q < t; ++q) {
+            run += hist[q];
+            cp[thr[q].second] = run;
+          }
+        }
+      }
+    }
+  });
+  return {counts, keys};
+}
+
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, const at::Tensor& y, double k, int64_t n,
                                            bool largest, int64_t tile) {
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous();
   TORCH_CHECK(xc.dim() == 2 && yc.dim() == 2 && xc.size(1) == yc.size(1), "knn: x [N, D], y [M, D]");
   TORCH_CHECK(n >= 0 && n <= yc.size(0), "knn: n out of range");
   tile = std::max<int64_t>(tile, 1);
   if (xc.scalar_type() == at::kDouble) return knn_impl<double>(xc, yc, k, n, largest, tile);
   return knn_impl<float>(xc, yc, k, n, largest, tile);
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_rank_cpu(const at::Tensor& x, const at::Tensor& y, double k,
+                                                     const at::Tensor& uq, const at::Tensor& off,
+                                                     const at::Tensor& tgt, int64_t block_elems) {
+  const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous();
+  TORCH_CHECK(xc.dim() == 2 && yc.dim() == 2 && xc.size(1) == yc.size(1), "pairwise_rank: x [N, D], y [M, D]");
+  TORCH_CHECK(xc.scalar_type() == yc.scalar_type(), "pairwise_rank: x and y must have one dtype");
+  TORCH_CHECK(uq.scalar_type() == at::kLong && off.scalar_type() == at::kLong && tgt.scalar_type() == at::kLong,
+              "pairwise_rank: uq, off, tgt must be int64");
+  TORCH_CHECK(off.numel() == uq.numel() + 1, "pairwise_rank: off must have U + 1 entries");
+  const at::Tensor u = uq.contiguous(), o = off.contiguous(), t = tgt.contiguous();
+  TORCH_CHECK(u.numel() == 0 || o[-1].item<int64_t>() == t.numel(), "pairwise_rank: off[-1] must be P");
+  if (xc.scalar_type() == at::kDouble) return rank_impl<double>(xc, yc, k, u, o, t, block_elems);
+  return rank_impl<float>(xc, yc, k, u, o, t, block_elems);
 }
 
 }  // namespace cpu

@@ -36,9 +36,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_scale_bwd_cpu(const at::Te
                                                                     const at::Tensor& x, const at::Tensor& k,
                                                                     const at::Tensor& stats, int64_t mask);
 
+// mobius_matvec fused (blocked GEMM + epilogue): x [R, Di], m [Do, Di], k [1] or [R] -> (out [R, Do], stats
+// [R, 6] double as above); backward (mask bits 1 x, 2 m, 4 k) -> (dx, dm, dk per row [R] double), from out
+// (v = out / phi) without an [R, Do] gradient of Mx.
+std::tuple<at::Tensor, at::Tensor> mobius_matvec_fwd_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& k);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_matvec_bwd_cpu(const at::Tensor& g, const at::Tensor& x,
+                                                                     const at::Tensor& m, const at::Tensor& k,
+                                                                     const at::Tensor& out, const at::Tensor& stats,
+                                                                     int64_t mask);
+
 // Fused knn over rank keys: (keys [N, n], indices [N, n]) of the n best points of y for every row of x.
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, const at::Tensor& y, double k, int64_t n,
                                            bool largest, int64_t tile);
+
+// pairwise_rank: pairs grouped by query (uq [U] rows of x, off [U+1] offsets into tgt [P] rows of y); for each
+// pair the number of points of y with a rank key strictly below the pair's own (the target never counts).
+// Returns (counts [P] int64, keys [P] of the pairs).  Extra memory ~block_elems keys per thread.
+std::tuple<at::Tensor, at::Tensor> pairwise_rank_cpu(const at::Tensor& x, const at::Tensor& y, double k,
+                                                     const at::Tensor& uq, const at::Tensor& off,
+                                                     const at::Tensor& tgt, int64_t block_elems);
 
 }  // namespace cpu
 }  // namespace geoops

@@ -174,11 +174,11 @@ CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -
 class _PairCpp:
     @staticmethod
     def cdist_fwd(x, y, k, save):
-        return tuple(_backend.compiled().cdist_fwd_cpu(x, y, k, save))
+        return tuple(_backend.compiled().cdist_fwd_cpu(x.detach(), y.detach(), k.detach(), save))
 
     @staticmethod
     def cdist_bwd(g, x, y, k, A, d, mask):
-        return tuple(_backend.compiled().cdist_bwd_cpu(g, x, y, k, A, d, mask))
+        return tuple(_backend.compiled().cdist_bwd_cpu(g.detach(), x.detach(), y.detach(), k.detach(), A, d, mask))
 
     @staticmethod
     def rank_key(x, y, k):
@@ -348,6 +348,45 @@ _scale_bwd_op = _library.define_op(
     "-> (Tensor, Tensor, Tensor)", _scale_bwd, _scale_bwd_fake)
 PAIR_CALLERS["mobius_scale_fwd"] = _library.caller(_scale_fwd_op, _scale_fwd)
 PAIR_CALLERS["mobius_scale_bwd"] = _library.caller(_scale_bwd_op, _scale_bwd)
+
+
+# geoops::mobius_matvec_fwd(Tensor x, Tensor m, Tensor k) -> (Tensor out, Tensor stats)
+# geoops::mobius_matvec_bwd(Tensor g, Tensor x, Tensor m, Tensor k, Tensor out, Tensor stats, int mask) -> (dx, dm, dk)
+# x [R, Di], m [Do, Di], k [1] or [R]: the GEMM x m^T and the epilogue above fused per block of rows (CPU); the
+# backward takes v = Mx as out / phi (phi = a b from the stats).  Other backends: the GEMM + the epilogue ops.
+def _mv_fwd(x: torch.Tensor, m: torch.Tensor, k: torch.Tensor):
+    if _backend.resolve(x.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_matvec_fwd_cpu(x.detach(), m.detach(), k.detach()))
+    return _scale_fwd((x @ m.transpose(0, 1)).contiguous(), x, k)
+
+
+def _mv_bwd(g, x, m, k, out, st, mask: int):
+    if _backend.resolve(x.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_matvec_bwd_cpu(g.detach(), x.detach(), m.detach(), k.detach(), out, st, mask))
+    v = (out.double() / (st[:, 2:3] * st[:, 4:5])).to(out.dtype)
+    gv, gx, gk = _scale_bwd(g, v, x, k, st, 1 | (2 if mask & 1 else 0) | (mask & 4))
+    dx = gv @ m + gx if mask & 1 else x.new_empty((0,))
+    dm = gv.transpose(0, 1) @ x if mask & 2 else x.new_empty((0,))
+    return dx, dm, (gk if mask & 4 else x.new_empty((0,)))
+
+
+def _mv_fwd_fake(x, m, k):
+    return x.new_empty((x.shape[0], m.shape[0])), x.new_empty((x.shape[0], 6), dtype=torch.float64)
+
+
+def _mv_bwd_fake(g, x, m, k, out, st, mask):
+    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
+            torch.empty_like(m) if mask & 2 else x.new_empty((0,)),
+            x.new_empty((x.shape[0],), dtype=torch.float64) if mask & 4 else x.new_empty((0,)))
+
+
+_mv_fwd_op = _library.define_op(
+    "geoops::mobius_matvec_fwd", "(Tensor x, Tensor m, Tensor k) -> (Tensor, Tensor)", _mv_fwd, _mv_fwd_fake)
+_mv_bwd_op = _library.define_op(
+    "geoops::mobius_matvec_bwd", "(Tensor grad, Tensor x, Tensor m, Tensor k, Tensor out, Tensor stats, int mask) "
+    "-> (Tensor, Tensor, Tensor)", _mv_bwd, _mv_bwd_fake)
+PAIR_CALLERS["mobius_matvec_fwd"] = _library.caller(_mv_fwd_op, _mv_fwd)
+PAIR_CALLERS["mobius_matvec_bwd"] = _library.caller(_mv_bwd_op, _mv_bwd)
 
 
 # ---------------------------------------------------------------- vmap rules (torch.func.vmap over the custom ops)

@@ -140,12 +140,10 @@ def pair_cases(quick: bool = False, seed: int = 0) -> List[Case]:
                                    _ball_points(g, 3, 6, kv, 1 - torch.tensor([1e-3, 3e-3, 1e-3])))
         for reg, (a, b) in regimes.items():
             args = {"x": a, "y": b}
-            # Known gap (csrc/cpu/stereographic_pairwise.cpp, close_tau): in float64 a pair is recomputed from the
-            # rows only when A < 512 u (D + 4) (|x|^2 + |y|^2) ~ 1e-12 (...), so A = |x - y|^2 of a pair 1e-6
-            # apart keeps the GEMM's relative error ~1e-5, and the gradient (the direction of x - y) does too.
-            # The float32 target (1e-3) holds; float64 reaches 1e-5 here, not 1e-9: the floor says so.
+            # Close pairs: float64 keeps A to 1e-12 relative (close_tau in csrc/cpu/stereographic_pairwise.cpp
+            # recomputes pairs with A < u (D + 4) 1e12 (|x|^2 + |y|^2) from the rows), so no floor there.
             # Near the boundary the gradients are ~1e3-1e4: float64 rounding of their sums, as for knn below.
-            fl = {torch.float64: 2e-5} if reg == "close" else ({torch.float64: 1e-9} if reg == "boundary" else None)
+            fl = {torch.float64: 1e-9} if reg == "boundary" else None
             out.append(Case(f"cdist/k={kv:g}/{reg}", "cdist", gs.cdist, ref.cdist, args, kw={"k": k},
                             params=("k",), dtypes=_PAIR_DTYPES, floor=fl))
             # geoopt: not at k = 0 (its dist branches on k == 0 in a way autograd cannot cross), nor for close
