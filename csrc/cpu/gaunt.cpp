@@ -665,33 +665,58 @@ void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional
   seg.push_back(nnz);
   const int64_t npairs = static_cast<int64_t>(seg.size()) - 1;
 
+  // fp32: a tile is one 64-byte lane vector, so rows <-> lanes go through the in-register transposes of the
+  // separable kernel; fp64 (two vectors a tile): scalar transposes.
+  using V = typename Simd<T>::V;
+  constexpr bool vec = Simd<T>::N == kLanes;
+  const int64_t L1 = lmax_of(n1), L2 = lmax_of(n2), Lo = lmax_of(n_out);
+  std::vector<int64_t> ident(std::max({n1, n2, n_out}));
+  for (size_t c = 0; c < ident.size(); ++c) ident[c] = static_cast<int64_t>(c);
+
   const int64_t ntiles = (N + kLanes - 1) / kLanes;
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> A(n1 * kLanes), B(n2 * kLanes), O(n_out * kLanes);
+    std::vector<T> As(vec ? 0 : n1 * kLanes), Bs(vec ? 0 : n2 * kLanes), Os(vec ? 0 : n_out * kLanes);
+    std::vector<V> Av(vec ? n1 : 0), Bv(vec ? n2 : 0), Ov(vec ? n_out : 0);
+    std::vector<V> wl(vec ? std::max({L1, L2, Lo}) + 1 : 0);
+    T* Ab = vec ? reinterpret_cast<T*>(Av.data()) : As.data();
+    T* Bb = vec ? reinterpret_cast<T*>(Bv.data()) : Bs.data();
+    T* Ob = vec ? reinterpret_cast<T*>(Ov.data()) : Os.data();
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * kLanes;
       const int64_t rows = std::min(kLanes, N - r0);
-      std::fill(O.begin(), O.end(), T(0));
-      rows_to_lanes<T>(a, n1, r0, rows, wa, d1.data(), nullptr, kLanes, A.data());
-      rows_to_lanes<T>(b, n2, r0, rows, wb, d2.data(), nullptr, kLanes, B.data());
+      std::fill(Ob, Ob + n_out * kLanes, T(0));
+      if constexpr (vec) {
+        if (wa.ptr) lane_weights<T>(wa, L1, r0, rows, wl.data());
+        rows_to_lanes_v<T>(a, n1, r0, rows, wa.ptr ? wl.data() : nullptr, d1.data(), ident.data(), Av.data());
+        if (wb.ptr) lane_weights<T>(wb, L2, r0, rows, wl.data());
+        rows_to_lanes_v<T>(b, n2, r0, rows, wb.ptr ? wl.data() : nullptr, d2.data(), ident.data(), Bv.data());
+      } else {
+        rows_to_lanes<T>(a, n1, r0, rows, wa, d1.data(), nullptr, kLanes, Ab);
+        rows_to_lanes<T>(b, n2, r0, rows, wb, d2.data(), nullptr, kLanes, Bb);
+      }
       for (int64_t p = 0; p < npairs; ++p) {
         const int64_t e0 = seg[p], e1 = seg[p + 1];
-        const T* __restrict ap = A.data() + pi[e0] * kLanes;
-        const T* __restrict bp = B.data() + pj[e0] * kLanes;
+        const T* __restrict ap = Ab + pi[e0] * kLanes;
+        const T* __restrict bp = Bb + pj[e0] * kLanes;
         T prod[kLanes];
 #pragma omp simd
         for (int64_t r = 0; r < kLanes; ++r) prod[r] = ap[r] * bp[r];
         for (int64_t e = e0; e < e1; ++e) {
           const T g = pv[e];
-          T* __restrict op = O.data() + pk[e] * kLanes;
+          T* __restrict op = Ob + pk[e] * kLanes;
 #pragma omp simd
           for (int64_t r = 0; r < kLanes; ++r) op[r] += g * prod[r];
         }
       }
-      lanes_to_rows<T>(O.data(), n_out, r0, rows, wo, d3.data(), nullptr, kLanes, o);
+      if constexpr (vec) {
+        if (wo.ptr) lane_weights<T>(wo, Lo, r0, rows, wl.data());
+        lanes_to_rows_v<T>(Ov.data(), n_out, r0, rows, wo.ptr ? wl.data() : nullptr, d3.data(), ident.data(), o);
+      } else {
+        lanes_to_rows<T>(Ob, n_out, r0, rows, wo, d3.data(), nullptr, kLanes, o);
+      }
     }
   }
 }
