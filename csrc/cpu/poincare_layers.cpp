@@ -16,6 +16,12 @@
 namespace geoops {
 namespace cpu {
 
+namespace {
+// Rows per at::parallel_for task: about 32768 elements of work, torch's own grain, so that small inputs (the
+// digits CNN's 4096 x 8 rows) run on the calling thread instead of paying a parallel region each call.
+inline int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1)); }
+}  // namespace
+
 // ---------------------------------------------------------------- Poincaré ReLU (one fused row op)
 // y = project(expmap0(relu(logmap0(x)))) per row, k = -c:  logmap0(x) = h x with h = atanc(k|x|^2) > 0, so
 // relu(h x) = h r (r = relu(x)), and expmap0(h r) = tanc(k h^2 |r|^2) h r.  Hence y = f r with
@@ -60,7 +66,7 @@ inline ReluRow relu_row(double X, double R, double k, double eps, bool grads) {
 
 template <typename T>
 void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
-  at::parallel_for(0, N, 512, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = xp + i * D;
       T* yr = yp + i * D;
@@ -82,7 +88,7 @@ template <typename T>
 double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, double k, double eps) {
   const int nth = at::get_num_threads();
   std::vector<double> gk(nth, 0.0);
-  at::parallel_for(0, N, 512, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     double acc = 0;
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = xp + i * D;
@@ -161,7 +167,7 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> acc(nth);
   std::vector<double> accL(nth, 0.0);
-  at::parallel_for(0, N, 1024, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     const int tid = at::get_thread_num();
     if (acc[tid].empty()) acc[tid].assign(D, 0.0);
     double* a = acc[tid].data();
@@ -191,7 +197,7 @@ template <typename T>
 double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int64_t D, double c) {
   const int nth = at::get_num_threads();
   std::vector<double> gcs(nth, 0.0);
-  at::parallel_for(0, N, 1024, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     double gcl = 0;
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = xp + i * D;
@@ -281,7 +287,7 @@ BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double ep
 template <typename T>
 void bn_fwd_impl(const T* up, T* yp, int64_t N, const BnRowCtx<T>& cx) {
   const int64_t D = cx.D;
-  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
     std::vector<double> v(D), e(D);
     stereo::Row<double> s1, s2;
     stereo::Coef<double> c1, c2;
@@ -301,7 +307,7 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> aM(nth), ab(nth);
   std::vector<double> ak(nth, 0.0);
-  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
     const int tid = at::get_thread_num();
     if (aM[tid].empty()) { aM[tid].assign(D * D, 0.0); ab[tid].assign(D, 0.0); }
     double* pM = aM[tid].data();
@@ -448,7 +454,7 @@ struct Geom {
 template <typename T>
 void gather_fwd(const T* v, T* out, const Geom& g, T scale) {
   const int64_t K = g.kh * g.kw * g.C;
-  at::parallel_for(0, g.B * g.Ho, 4, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, g.B * g.Ho, grain(g.Wo * K), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / g.Ho, ho = r % g.Ho;
       for (int64_t wo = 0; wo < g.Wo; ++wo) {
@@ -474,7 +480,7 @@ void gather_fwd(const T* v, T* out, const Geom& g, T scale) {
 template <typename T>
 void gather_bwd(const T* gout, T* gv, const Geom& g, T scale) {
   const int64_t K = g.kh * g.kw * g.C;
-  at::parallel_for(0, g.B * g.H, 4, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, g.B * g.H, grain(g.W * K), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / g.H, y = r % g.H;
       for (int64_t x = 0; x < g.W; ++x) {
