@@ -142,38 +142,43 @@ def copy_weights(hyp: torch.nn.Module, ours: torch.nn.Module) -> None:
                 d.copy_(src[_hypll_name(n)].reshape(d.shape))
 
 
-def _train(model, params, data, epochs, batch, lr):
-    xtr, ytr, xte, yte = data
-    opt = torch.optim.SGD(params, lr=lr)
-    losses, times = [], []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        for i in range(0, len(ytr), batch):
-            xb, yb = xtr[i:i + batch], ytr[i:i + batch]
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        times.append(time.perf_counter() - t0)
+def _epoch(model, opt, data, batch, losses):
+    xtr, ytr = data[0], data[1]
+    t0 = time.perf_counter()
+    for i in range(0, len(ytr), batch):
+        xb, yb = xtr[i:i + batch], ytr[i:i + batch]
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return time.perf_counter() - t0
+
+
+def _accuracy(model, data):
     with torch.no_grad():
-        acc = float((model(xte).argmax(-1) == yte).float().mean())
-    return losses, acc, times
+        return float((model(data[2]).argmax(-1) == data[3]).float().mean())
 
 
 def run(epochs: int = 2, C: int = 8, batch: int = 64, lr: float = 0.5, n_train: int = 1500, which=("hypll", "geoops")):
-    """Train both; returns {name: (losses per step, test accuracy, seconds per epoch)}."""
+    """Train both; returns {name: (losses per step, test accuracy, seconds per epoch)}.
+
+    The two trainings alternate epoch by epoch (geoops, HypLL, geoops, ...), so that a machine shared with
+    other work slows both alike; each keeps its own optimizer and state."""
     xtr, ytr, xte, yte = load_digits()
     data = (xtr[:n_train], ytr[:n_train], xte, yte)
     hyp = build_hypll(C)
     ours = build_geoops(C)
     copy_weights(hyp, ours)
-    out = {}
+    runs = {}
     if "geoops" in which:
-        out["geoops"] = _train(ours, _geoops_params(ours), data, epochs, batch, lr)
+        runs["geoops"] = (ours, torch.optim.SGD(_geoops_params(ours), lr=lr), [], [])
     if "hypll" in which:
-        out["hypll"] = _train(hyp, _params(hyp), data, epochs, batch, lr)
-    return out
+        runs["hypll"] = (hyp, torch.optim.SGD(_params(hyp), lr=lr), [], [])
+    for _ in range(epochs):
+        for model, opt, losses, times in runs.values():
+            times.append(_epoch(model, opt, data, batch, losses))
+    return {name: (losses, _accuracy(model, data), times) for name, (model, opt, losses, times) in runs.items()}
 
 
 def main(argv=None):

@@ -60,6 +60,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare fully-connected layer, forward -> (y, t = x @ z) (CPU)");
   m.def("poincare_fc_bwd_cpu", &geoops::cpu::poincare_fc_bwd_cpu,
         "Poincare fully-connected layer, backward -> (dx, dz, dbias, dc) (CPU)");
+  m.def("poincare_relu_fwd_cpu", &geoops::cpu::poincare_relu_fwd_cpu, "Poincare ReLU of rows, forward (CPU)");
+  m.def("poincare_midpoint_sums_fwd_cpu", &geoops::cpu::poincare_midpoint_sums_fwd_cpu,
+        "Poincare batch midpoint sums (F, L) of rows (CPU)");
+  m.def("poincare_midpoint_sums_bwd_cpu", &geoops::cpu::poincare_midpoint_sums_bwd_cpu,
+        "Poincare batch midpoint sums, backward -> (dx, dc) (CPU)");
+  m.def("poincare_bn_rows_fwd_cpu", &geoops::cpu::poincare_bn_rows_fwd_cpu,
+        "Poincare midpoint batch norm row pass project(expmap_b(u M)) (CPU)");
+  m.def("poincare_bn_rows_bwd_cpu", &geoops::cpu::poincare_bn_rows_bwd_cpu,
+        "Poincare midpoint batch norm row pass, backward -> (du, dM, db, dc) (CPU)");
+  m.def("poincare_patches_fwd_cpu", &geoops::cpu::poincare_patches_fwd_cpu,
+        "Poincare conv patch gather (channels-last, (tap, channel) order) (CPU)");
+  m.def("poincare_patches_bwd_cpu", &geoops::cpu::poincare_patches_bwd_cpu, "Poincare conv patch gather, backward (CPU)");
+  m.def("poincare_relu_bwd_cpu", &geoops::cpu::poincare_relu_bwd_cpu, "Poincare ReLU of rows, backward -> (dx, dc) (CPU)");
   // ---- end poincare
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");

@@ -37,7 +37,7 @@ from ._ops import poincare as _ops
 from .reference import poincare as _ref
 
 __all__ = [
-    "poincare_fc", "PoincareFcFn", "hyperplane_dists", "mlr", "poincare_conv2d", "poincare_unfold", "poincare_relu",
+    "poincare_fc", "PoincareFcFn", "PoincareReluFn", "hyperplane_dists", "mlr", "poincare_conv2d", "poincare_unfold", "poincare_relu",
     "expmap0", "logmap0", "expmap", "logmap", "transp", "dist", "project", "mobius_add", "flatten", "max_pool2d",
     "avg_pool2d", "midpoint", "batch_norm", "mobius_linear", "default_eps", "beta_concat_scale",
 ]
@@ -96,7 +96,7 @@ class PoincareFcFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, bias, c, eps, tangent=False):
         need = any(ctx.needs_input_grad[:4]) if ctx is not None else False
-        y, t = _ops.poincare_fc_fwd(x, z, bias, c, eps, need)
+        y, t = _ops.poincare_fc_fwd(x, z, bias, c, eps, need, tangent)
         if need:
             ctx.save_for_backward(x, z, bias, c, t)
         ctx.eps = eps
@@ -109,7 +109,7 @@ class PoincareFcFn(torch.autograd.Function):
         x, z, bias, c, t = ctx.saved_tensors
         ng = ctx.needs_input_grad
         mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if (ng[2] and ctx.has_bias) else 0) | (8 if ng[3] else 0)
-        gx, gz, gb, gc = _ops.poincare_fc_bwd(g.contiguous(), x, z, bias, c, t, ctx.eps, mask)
+        gx, gz, gb, gc = _ops.poincare_fc_bwd(g.contiguous(), x, z, bias, c, t, ctx.eps, mask, ctx.tangent)
         return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and ctx.has_bias) else None,
                 gc.reshape(c.shape) if ng[3] else None, None, None)
 
@@ -150,8 +150,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     ``y = project(w / (1 + sqrt(1 + c|w|^2)))``, ``w_j = sinh(sc v_j(x)) / sc`` with ``v_j`` the signed distance
     of x to hyperplane j (see :mod:`geoops.reference.poincare`).  One GEMM plus fused row passes, forward and
     backward; gradients to x, z, bias and c.  ``from_tangent=True``: x holds tangent vectors u at the origin and
-    the layer takes ``project(expmap0(u))`` (today the fused stereographic expmap0 and project kernels run
-    first; folding them into the layer's passes is the next step, see docs/families/poincare.md).
+    the layer takes ``project(expmap0(u))`` (fused into the same passes: the GEMM runs on u).
     """
     op = "poincare_fc"
     d, ct = _fc_args(op, x, z, bias, c, dim)
@@ -163,9 +162,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     zz = z.to(cdt).contiguous()
     bb = None if bias is None else bias.to(cdt).contiguous()
     cc = ct if ct.dtype == cdt else ct.to(cdt)
-    if from_tangent:
-        x2 = _st.project(_st.expmap0(x2, k=-cc), k=-cc, eps=_eps(eps, cdt))
-    y = PoincareFcFn.apply(x2, zz, bb, cc, _eps(eps, cdt), False)
+    y = PoincareFcFn.apply(x2, zz, bb, cc, _eps(eps, cdt), bool(from_tangent))
     y = y.reshape(*lead, z.shape[1])
     if d != x.dim() - 1:
         y = y.movedim(-1, d)
@@ -256,13 +253,33 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
     return _st.mobius_add(x, y, k=k, dim=dim)
 
 
+class PoincareReluFn(torch.autograd.Function):
+    """Poincaré ReLU of rows (N, D): forward geoops::poincare_relu_fwd, backward geoops::poincare_relu_bwd."""
+
+    @staticmethod
+    def forward(ctx, x, c, eps):
+        ctx.save_for_backward(x, c)
+        ctx.eps = eps
+        return _ops.poincare_relu_fwd(x, c, eps)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, c = ctx.saved_tensors
+        gx, gc = _ops.poincare_relu_bwd(g.contiguous(), x, c, ctx.eps)
+        return gx, (gc.reshape(c.shape) if ctx.needs_input_grad[1] else None), None
+
+
 def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
-    """Poincaré ReLU: expmap0(relu(logmap0(x))), projected (HypLL's HReLU)."""
+    """Poincaré ReLU: expmap0(relu(logmap0(x))), projected (HypLL's HReLU).
+
+    One fused row op (logmap0 -> relu -> expmap0 -> project per point, forward and hand-written backward,
+    gradients to x and c); the points along ``dim`` are taken as rows (a free view for a channels-last image)."""
     _check_float("poincare_relu", "x", x)
-    k = _k("poincare_relu", c, x)
+    ct = _curv("poincare_relu", c, x)
+    cdt = torch.float32 if x.dtype in _HALF else x.dtype
     r, back = _rows(x, dim)
-    v = torch.relu(_st.logmap0(r, k=k))
-    return back(_st.project(_st.expmap0(v, k=k), k=k, eps=_eps(None, x.dtype)))
+    y = PoincareReluFn.apply(r.to(cdt).contiguous(), ct.to(cdt), _eps(None, cdt))
+    return back(y).to(x.dtype)
 
 
 # ---------------------------------------------------------------- convolution, flatten, pooling
@@ -283,10 +300,11 @@ def _check_image(op, x, channels=None, name="x"):
 
 
 def _patch_rows(x, k, kernel, padding, stride):
-    """(B, C, H, W) on the ball -> (B*Ho*Wo, C*kh*kw) tangent rows (beta-rescaled), and (Ho, Wo).
+    """(B, C, H, W) on the ball -> (B*Ho*Wo, C*kh*kw) tangent rows (beta-rescaled) in F.unfold's (channel, tap)
+    order, and (Ho, Wo) (HypLL's unfold; the pooling layers' path).
 
     logmap0 runs on the pixels as rows; the patches are gathered from a channels-last view with strided
-    windows (`Tensor.unfold`) in F.unfold's (channel, tap) order and materialised once, by the final reshape."""
+    windows (`Tensor.unfold`) and materialised once, by the final reshape."""
     B, C, H, W = x.shape
     kh, kw = kernel
     r, _ = _rows(x, 1)  # (B*H*W, C) rows (free for a channels-last tensor)
@@ -296,6 +314,36 @@ def _patch_rows(x, k, kernel, padding, stride):
     win = v.unfold(1, kh, stride[0]).unfold(2, kw, stride[1])  # (B, Ho, Wo, C, kh, kw) view
     Ho, Wo = win.shape[1], win.shape[2]
     return win.reshape(B * Ho * Wo, C * kh * kw), Ho, Wo
+
+
+class PatchesFn(torch.autograd.Function):
+    """The convolution's patch gather (geoops::poincare_patches_fwd / _bwd): channels-last tangent pixels
+    (B, H, W, C) -> (B*Ho*Wo, kh*kw*C) rows in (tap, channel) order, times the beta-concatenation factor."""
+
+    @staticmethod
+    def forward(ctx, v, geom, scale):
+        ctx.shape, ctx.geom, ctx.scale = tuple(v.shape), geom, scale
+        return _ops.poincare_patches_fwd(v, *geom, scale)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _ops.poincare_patches_bwd(g.contiguous(), *ctx.shape, *ctx.geom, ctx.scale), None, None
+
+
+def _tap_rows(x, k, kernel, padding, stride):
+    """(B, C, H, W) on the ball -> the convolution's tangent patch rows (B*Ho*Wo, kh*kw*C) in (tap, channel)
+    order (one gather pass that also applies the beta-concatenation factor), and (Ho, Wo)."""
+    B, C, H, W = x.shape
+    kh, kw = kernel
+    r, _ = _rows(x, 1)  # (B*H*W, C) rows (free for a channels-last tensor)
+    v = _st.logmap0(r, k=k).reshape(B, H, W, C)
+    if v.dtype in _HALF:
+        v = v.float()
+    geom = (kh, kw, padding[0], padding[1], stride[0], stride[1])
+    rows = PatchesFn.apply(v, geom, beta_concat_scale(C, C * kh * kw))
+    Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
+    return rows, Ho, Wo
 
 
 def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> torch.Tensor:
@@ -321,8 +369,10 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         _fail(op, f"z must have shape (in_channels*kh*kw, out_channels) = ({x.shape[1] * kernel[0] * kernel[1]}, "
                   f"C_out) for x with {x.shape[1]} channels and kernel {kernel}, got {tuple(z.shape)}")
     k = _k(op, c, x)
-    rows, Ho, Wo = _patch_rows(x, k, kernel, padding, stride)
-    y = poincare_fc(rows, z, bias, c=-k, from_tangent=True)  # expmap0 + project of the patch rows, then the layer
+    rows, Ho, Wo = _tap_rows(x, k, kernel, padding, stride)
+    C, T = x.shape[1], kernel[0] * kernel[1]
+    zt = z.reshape(C, T, z.shape[1]).transpose(0, 1).reshape(C * T, z.shape[1])  # weight rows in (tap, channel) order
+    y = poincare_fc(rows, zt, bias, c=-k, from_tangent=True)  # expmap0 + project of the patch rows, then the layer
     return y.reshape(x.shape[0], Ho, Wo, z.shape[1]).permute(0, 3, 1, 2)
 
 
@@ -389,10 +439,17 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     if bias.shape != (x.shape[1],):
         _fail(op, f"bias must have shape ({x.shape[1]},) (the manifold dimension of x), got {tuple(bias.shape)}")
     ct = _curv(op, c, x)
+    cdt = torch.float32 if x.dtype in _HALF else x.dtype
+    xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
     k = -ct
     if training or running_mean is None:
-        mean = midpoint(x, c=ct, dim=-1, batch_dim=0)
-        var = _st.dist(x, mean, k=k).pow(2).mean()
+        # the midpoint: one fused reduction (F, L), then O(D) torch on the result
+        F_, L_ = MidpointSumsFn.apply(xr, ct)
+        f = F_ / L_.clamp_min(1e-15)
+        mean = f / (1 + (1 - ct * f.pow(2).sum()).sqrt())
+        u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
+        lam_m = 2 / (1 - ct * mean.pow(2).sum()).clamp_min(1e-15)
+        var = lam_m.pow(2) * u.pow(2).sum() / max(x.shape[0], 1)
         if training and running_mean is not None:
             with torch.no_grad():
                 n = x.shape[0]
@@ -401,11 +458,45 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
                 unbiased = var.detach() * (n / max(n - 1, 1))
                 running_var.mul_(1 - momentum).add_(momentum * unbiased)
     else:
-        mean, var = running_mean, running_var
-    b = expmap0(bias, c=ct)
-    T = _transport_matrix(mean, b, k) * (weight / (var + eps)).sqrt()
-    v = _st.logmap(mean, x, k=k) @ T  # transport m -> b and rescale: one (D, D) matrix for the whole batch
-    return _st.project(_st.expmap(b, v, k=k), k=k, eps=_eps(None, x.dtype))
+        mean, var = running_mean.to(cdt), running_var.to(cdt)
+        u = _st.logmap(mean, xr, k=k)
+    b = expmap0(bias.to(cdt), c=ct)
+    M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
+    # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass
+    return BnRowsFn.apply(u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+
+
+class MidpointSumsFn(torch.autograd.Function):
+    """Rows x (N, D) -> (F, L), the batch midpoint's sums (geoops::poincare_midpoint_sums_fwd / _bwd)."""
+
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.save_for_backward(x, c)
+        return _ops.poincare_midpoint_sums_fwd(x, c)
+
+    @staticmethod
+    def backward(ctx, gF, gL):
+        x, c = ctx.saved_tensors
+        gF = torch.zeros(x.shape[1], dtype=x.dtype) if gF is None else gF.contiguous()
+        gL = torch.zeros((), dtype=x.dtype) if gL is None else gL
+        gx, gc = _ops.poincare_midpoint_sums_bwd(gF, gL, x, c)
+        return gx, (gc.reshape(c.shape) if ctx.needs_input_grad[1] else None)
+
+
+class BnRowsFn(torch.autograd.Function):
+    """The batch norm's row pass y = project(expmap_b(u @ M)) (geoops::poincare_bn_rows_fwd / _bwd)."""
+
+    @staticmethod
+    def forward(ctx, u, M, b, c, eps):
+        ctx.save_for_backward(u, M, b, c)
+        ctx.eps = eps
+        return _ops.poincare_bn_rows_fwd(u, M, b, c, eps)
+
+    @staticmethod
+    def backward(ctx, g):
+        u, M, b, c = ctx.saved_tensors
+        gu, gM, gb, gc = _ops.poincare_bn_rows_bwd(g.contiguous(), u, M, b, c, ctx.eps)
+        return gu, gM, gb, (gc.reshape(c.shape) if ctx.needs_input_grad[3] else None), None
 
 
 def _transport_matrix(m: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -131,16 +131,39 @@ def test_fc_grads_match_reference(dtype):
         torch.testing.assert_close(o.double(), t, **tol)
 
 
+@pytest.mark.parametrize("radius", [0.3, 3.0])
+def test_fc_from_tangent(radius):
+    """from_tangent=True equals poincare_fc(project(expmap0(u))) in value and gradients (u, z, bias, c); radius 3
+    puts the expmap0 of most rows on the projection branch."""
+    g = torch.Generator().manual_seed(7)
+    u = (torch.randn(9, 6, generator=g, dtype=torch.float64) * radius).requires_grad_(True)
+    z, b = _params(6, 5)
+    z.requires_grad_(True)
+    b.requires_grad_(True)
+    c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    ours = gp.poincare_fc(u, z, b, c=c, from_tangent=True)
+    want = ref.poincare_fc(ref.expmap0(u, c), z, b, c)
+    torch.testing.assert_close(ours, want, rtol=1e-10, atol=1e-12)
+    go = torch.autograd.grad(ours.sum(), (u, z, b, c))
+    gw = torch.autograd.grad(want.sum(), (u, z, b, c))
+    for a, w in zip(go, gw):
+        torch.testing.assert_close(a, w, rtol=1e-8, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda u, z, b, c: gp.poincare_fc(u, z, b, c=c, from_tangent=True),
+                                    (u, z, b, c), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
 def test_fc_opcheck():
     x = _ball_points(5, 4)
     z, b = _params(4, 3)
     c = torch.tensor(0.9, dtype=torch.float64)
-    torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, b, c, 1e-5, True))
-    torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, None, c, 1e-5, False))
-    y, t = pops.poincare_fc_fwd_op(x, z, b, c, 1e-5, True)
-    g = torch.randn_like(y)
-    torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, b, c, t, 1e-5, 15))
-    torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, None, c, t, 1e-5, 1))
+    for tangent in (False, True):
+        torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, b, c, 1e-5, True, tangent))
+        torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, None, c, 1e-5, False, tangent))
+        y, t = pops.poincare_fc_fwd_op(x, z, b, c, 1e-5, True, tangent)
+        g = torch.randn_like(y)
+        torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, b, c, t, 1e-5, 15, tangent))
+        torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, None, c, t, 1e-5, 1, tangent))
+        torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, b, c, t, 1e-5, 8, tangent))
 
 
 def test_fc_compile_fullgraph():

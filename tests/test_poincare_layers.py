@@ -273,3 +273,105 @@ def test_patch_hypll_same_results_and_restores():
     torch.testing.assert_close(yb, ya, **F32)
     for a, b in zip(gb_, ga):
         torch.testing.assert_close(a, b, rtol=3e-3, atol=3e-4)
+
+
+@pytest.mark.parametrize("radius", [0.5, 0.999999])
+def test_relu_fused_fp64_reference_and_gradcheck(radius):
+    """The fused ReLU row op vs the fp64 composition (values and gradients to x and c) and gradcheck; radius
+    0.999999 puts rows with only positive entries past the projection radius (the projection branch)."""
+    c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    x = _img(2, 5, 3, 3, c=0.7, dtype=torch.float64, radius=radius)
+    x[0, :, 0, 0] = x[0, :, 0, 0].abs()  # one row with relu(x) = x
+    x[1, :, 1, 1] = 0.0  # a zero row
+    x[1, :, 2, 2] = -x[1, :, 2, 2].abs()  # a row with relu(x) = 0
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    ours = gp.poincare_relu(x, c=c, dim=1)
+    truth = ref.poincare_relu(x, c, dim=1)
+    torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(ours)
+    go = torch.autograd.grad(ours, (x, c), g)
+    gt = torch.autograd.grad(truth, (x, c), g)
+    for a, b in zip(go, gt):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    if radius < 0.9:
+        xs = x.detach()[:1, :, :2, :2].clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda x, c: gp.poincare_relu(x, c=c, dim=1), (xs, c), eps=1e-6, atol=1e-6,
+                                        rtol=1e-5)
+
+
+def test_relu_fused_fp32_opcheck_compile():
+    import geoops._ops.poincare as pops
+
+    c = torch.tensor(1.3)
+    x = _img(2, 4, 3, 5, c=1.3).permute(0, 2, 3, 1).reshape(-1, 4).contiguous()
+    y = gp.poincare_relu(x, c=c)
+    torch.testing.assert_close(y, ref.poincare_relu(x.double(), c.double()).float(), rtol=2e-5, atol=2e-6)
+    torch.library.opcheck(pops.poincare_relu_fwd_op, (x, c, 4e-3))
+    torch.library.opcheck(pops.poincare_relu_bwd_op, (torch.randn_like(x), x, c, 4e-3))
+    f = torch.compile(lambda x: gp.poincare_relu(x, c=c), fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(x), y)
+    assert gp.poincare_relu(x.half(), c=c).dtype == torch.float16
+    assert gp.poincare_relu(x[:0], c=c).shape == (0, 4)
+
+
+def test_batchnorm_fused_grads_fp64_and_gradcheck():
+    """Midpoint batch norm through the fused kernels (midpoint sums, bn row pass) vs the fp64 reference: values,
+    gradients to x, bias, weight and c, and gradcheck."""
+    c = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    x = gp.expmap0(torch.randn(12, 4, dtype=torch.float64) * 0.6, c=0.9).detach().requires_grad_(True)
+    bias = (torch.randn(4, dtype=torch.float64) * 0.3).requires_grad_(True)
+    w = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    ours = gp.batch_norm(x, bias, w, c=c)
+    truth, _, _ = ref.batch_norm(x, bias, w, c)
+    torch.testing.assert_close(ours, truth, rtol=1e-9, atol=1e-11)
+    g = torch.randn_like(ours)
+    go = torch.autograd.grad(ours, (x, bias, w, c), g)
+    gt = torch.autograd.grad(truth, (x, bias, w, c), g)
+    for a, b in zip(go, gt):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda x, b, w, c: gp.batch_norm(x, b, w, c=c), (x, bias, w, c), eps=1e-6,
+                                    atol=1e-6, rtol=1e-5)
+
+
+def test_batchnorm_fused_ops_opcheck():
+    import geoops._ops.poincare as pops
+
+    c = torch.tensor(0.9)
+    x = gp.expmap0(torch.randn(10, 4) * 0.6, c=0.9)
+    F_, L_ = pops.poincare_midpoint_sums_fwd_op(x, c)
+    lam = 2 / (1 - 0.9 * x.double().pow(2).sum(-1, keepdim=True))
+    torch.testing.assert_close(F_.double(), (lam * x.double()).sum(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(L_.double(), (lam - 1).sum(), rtol=1e-5, atol=1e-6)
+    torch.library.opcheck(pops.poincare_midpoint_sums_fwd_op, (x, c))
+    torch.library.opcheck(pops.poincare_midpoint_sums_bwd_op, (torch.randn(4), torch.tensor(0.3), x, c))
+    u = torch.randn(10, 4) * 0.5
+    M = torch.eye(4) + torch.randn(4, 4) * 0.1
+    b = gp.expmap0(torch.randn(4) * 0.3, c=0.9)
+    torch.library.opcheck(pops.poincare_bn_rows_fwd_op, (u, M, b, c, 4e-3))
+    torch.library.opcheck(pops.poincare_bn_rows_bwd_op, (torch.randn(10, 4), u, M, b, c, 4e-3))
+    bn = gnn.PoincareBatchNorm2d(4, gnn.PoincareBall(1.0))
+    xi = _img(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    f = torch.compile(bn, fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(xi), gnn.PoincareBatchNorm2d(4, gnn.PoincareBall(1.0))(xi), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("geom", [(3, 3, 1, 1, 1, 1), (2, 3, 0, 1, 2, 1), (1, 1, 0, 0, 1, 1), (3, 2, 2, 0, 1, 3)])
+def test_patch_gather_matches_unfold(geom):
+    """The conv's C++ patch gather (tap, channel order, beta factor) equals F.unfold's patches re-ordered, and its
+    backward equals autograd's; opcheck of both ops."""
+    import geoops._ops.poincare as pops
+
+    kh, kw, ph, pw, sh, sw = geom
+    v = torch.randn(2, 5, 6, 3, dtype=torch.float64)
+    rows = pops.poincare_patches_fwd_op(v, kh, kw, ph, pw, sh, sw, 0.5)
+    u = torch.nn.functional.unfold(v.permute(0, 3, 1, 2), (kh, kw), padding=(ph, pw), stride=(sh, sw))
+    want = (u.reshape(2, 3, kh * kw, -1).permute(0, 3, 2, 1).reshape(rows.shape)) * 0.5
+    torch.testing.assert_close(rows, want, rtol=0, atol=1e-15)
+    g = torch.randn_like(rows)
+    vv = v.clone().requires_grad_(True)
+    uu = torch.nn.functional.unfold(vv.permute(0, 3, 1, 2), (kh, kw), padding=(ph, pw), stride=(sh, sw))
+    (gw,) = torch.autograd.grad(uu.reshape(2, 3, kh * kw, -1).permute(0, 3, 2, 1).reshape(rows.shape) * 0.5, vv, g)
+    torch.testing.assert_close(pops.poincare_patches_bwd_op(g, 2, 5, 6, 3, kh, kw, ph, pw, sh, sw, 0.5), gw,
+                               rtol=1e-12, atol=1e-14)
+    torch.library.opcheck(pops.poincare_patches_fwd_op, (v.float(), kh, kw, ph, pw, sh, sw, 0.5))
+    torch.library.opcheck(pops.poincare_patches_bwd_op, (g.float(), 2, 5, 6, 3, kh, kw, ph, pw, sh, sw, 0.5))

@@ -16,6 +16,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
+#include "row_norms.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -95,19 +96,46 @@ ColConsts column_consts(const at::Tensor& z, const at::Tensor& bias, double sc) 
 
 template <typename T>
 std::vector<double> row_sq(const at::Tensor& x) {
-  const int64_t N = x.size(0), n = x.size(1);
-  const T* xp = x.data_ptr<T>();
-  std::vector<double> X(N);
-  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* xr = xp + i * n;
-      double acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t d = 0; d < n; ++d) acc += double(xr[d]) * double(xr[d]);
-      X[i] = acc;
-    }
-  });
+  std::vector<double> X(x.size(0));
+  row_sqnorms(x.data_ptr<T>(), x.size(0), x.size(1), X.data());
   return X;
+}
+
+// Tangent input (poincare_fc of project(expmap0(u))): row i's point is x_i = s_i u_i with
+// s = tanh(sc n) / (sc n), n = max(|u|, 1e-15), or maxnorm / n where that point lies beyond maxnorm.
+// Returns s per row and turns U = |u|^2 into X = |x|^2 in place; dsdn_n = (ds/dn) / n and dsdc = ds/dc.
+struct TangentRows {
+  std::vector<double> s, dsdn_n, dsdc;
+};
+
+inline TangentRows tangent_rows(std::vector<double>& X, double sc, double maxnorm, double dmax_dc) {
+  const int64_t N = X.size();
+  TangentRows tr;
+  tr.s.resize(N); tr.dsdn_n.resize(N); tr.dsdc.resize(N);
+  for (int64_t i = 0; i < N; ++i) {
+    const double n = std::max(std::sqrt(X[i]), 1e-15);
+    const double q = sc * n;
+    double s, dsdq;
+    if (q < 1e-3) {
+      s = 1.0 - q * q / 3.0;
+      dsdq = -2.0 * q / 3.0;
+    } else {
+      const double th = std::tanh(q);
+      s = th / q;
+      dsdq = ((1.0 - th * th) - s) / q;
+    }
+    if (s * n > maxnorm) {
+      s = maxnorm / n;
+      tr.dsdn_n[i] = -maxnorm / (n * n * n);
+      tr.dsdc[i] = dmax_dc / n;
+    } else {
+      tr.dsdn_n[i] = sc * dsdq / n;
+      tr.dsdc[i] = n * dsdq / (2.0 * sc);
+    }
+    tr.s[i] = s;
+    X[i] = s * s * X[i];
+  }
+  return tr;
 }
 
 // per-column constants in the compute type, laid out for vector loads
@@ -151,13 +179,15 @@ inline double row_pass(const T* tr, const ColVec<T>& cv, T k1, T k0, T inv_sc, i
 
 template <typename T>
 void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c, double eps,
-                 at::Tensor& t, at::Tensor& y) {
+                 bool tangent, at::Tensor& t, at::Tensor& y) {
   const int64_t N = x.size(0), m = z.size(1);
   const double sc = std::sqrt(c);
   const double maxnorm = (1.0 - eps) / std::sqrt(c + 1e-15);
   const ColConsts cc = column_consts<T>(z, bias, sc);
   const ColVec<T> cv(cc);
-  const std::vector<double> X = row_sq<T>(x);
+  std::vector<double> X = row_sq<T>(x);
+  std::vector<double> srow(N, 1.0);
+  if (tangent) srow = tangent_rows(X, sc, maxnorm, 0.0).s;
   at::mm_out(t, x, z);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
@@ -168,7 +198,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       const double lam = 2.0 / (1.0 - c * X[i]);
       const T* tr = tp + i * m;
       T* yr = yp + i * m;
-      const double Sw = row_pass<T>(tr, cv, T(sc * lam), T(lam - 1.0), inv_sc, m,
+      const double Sw = row_pass<T>(tr, cv, T(sc * lam * srow[i]), T(lam - 1.0), inv_sc, m,
                                     [&](int64_t j, int64_t cnt, const V&, const V&, const V& w, const V&) {
                                       if (cnt == V::size()) w.store(yr + j);
                                       else w.store(yr + j, cnt);
@@ -186,15 +216,19 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
 
 template <typename T>
 void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c,
-                 const at::Tensor& t, double eps, int64_t mask, at::Tensor& gx, at::Tensor& gz, at::Tensor& gb,
-                 at::Tensor& gc) {
+                 const at::Tensor& t, double eps, int64_t mask, bool tangent, at::Tensor& gx, at::Tensor& gz,
+                 at::Tensor& gb, at::Tensor& gc) {
   const int64_t N = x.size(0), m = z.size(1);
   const double sc = std::sqrt(c);
   const double maxnorm = (1.0 - eps) / std::sqrt(c + 1e-15);
   const double dmax_dc = -0.5 * (1.0 - eps) / ((c + 1e-15) * std::sqrt(c + 1e-15));
   const ColConsts cc = column_consts<T>(z, bias, sc);
   const ColVec<T> cv(cc);
-  const std::vector<double> X = row_sq<T>(x);
+  std::vector<double> X = row_sq<T>(x);
+  const std::vector<double> U = X;  // |u|^2 of tangent rows
+  TangentRows trw;
+  if (tangent) trw = tangent_rows(X, sc, maxnorm, dmax_dc);
+  else trw.s.assign(N, 1.0);
   const bool want_x = mask & 1, want_z = mask & 2, want_b = (mask & 4) && bias.numel() > 0, want_c = mask & 8;
   const bool need_cols = want_z || want_b || want_c;
   at::Tensor gt = at::empty({N, m}, x.options());
@@ -221,7 +255,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       T* gtr = gtp + i * m;
       V gw_acc(T(0));
       const V one(T(1));
-      const double Sw = row_pass<T>(tr, cv, T(sc * lam), T(lam - 1.0), inv_sc, m,
+      const double si = trw.s[i];
+      const double Sw = row_pass<T>(tr, cv, T(sc * lam * si), T(lam - 1.0), inv_sc, m,
                                     [&](int64_t j, int64_t cnt, const V& a, const V& A, const V& w, const V& chv) {
                                       const V gj = cnt == V::size() ? V::loadu(gr + j) : V::loadu(gr + j, cnt);
                                       gw_acc = at::vec::fmadd(gj, w, gw_acc);
@@ -250,7 +285,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         beta = -gyw * c * s0 * s0 / q;
         gcd += -gyw * Sw * s0 * s0 / (2.0 * q);
       }
-      const T aT = T(alpha), bT = T(beta), k1 = T(sc * lam), lamT = T(lam), scT = T(sc);
+      const T aT = T(alpha), bT = T(beta), k1 = T(sc * lam * si), lamT = T(lam), scT = T(sc), sT = T(si);
       T glam = 0, gsa_r = 0, gsb_r = 0;
       double* aZ = need_cols ? accZ[tid].data() : nullptr;
       double* aC = need_cols ? accC[tid].data() : nullptr;
@@ -271,7 +306,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
           const T gu = gw * cu[j];
           const T ga = gu * Zp[j] * ra[j];
           gtr[j] = ga * k1 * Cp[j];
-          const T tmp = ga * tr[j];
+          const T tmp = ga * tr[j] * sT;  // ga * t_j of the point x = s u
           r_lam += tmp * scT * Cp[j] - ga * Sp[j];
           r_sb += tmp * lamT * Cp[j];
           if constexpr (COLS) {
@@ -314,16 +349,33 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       gsc += 2.0 * rj * (gch * sh + gS[j] * ch);
     }
   }
-  if (want_x) {
-    at::mm_out(gx, gt, z.t());
-    T* gxp = gx.data_ptr<T>();
+  std::vector<double> tan_gc(nth, 0.0);
+  if (want_x || (tangent && want_c)) {
+    at::Tensor gxb = want_x ? gx : at::empty_like(x);  // tangent rows: dc needs u . dL/dx
+    at::mm_out(gxb, gt, z.t());
+    T* gxp = gxb.data_ptr<T>();
     const T* xp = x.data_ptr<T>();
     const int64_t n = x.size(1);
     at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const T rc = T(rowcoef[i]);
+        T* gr_ = gxp + i * n;
+        const T* xr = xp + i * n;
+        if (!tangent) {
+          const T rc = T(rowcoef[i]);
 #pragma omp simd
-        for (int64_t d = 0; d < n; ++d) gxp[i * n + d] += rc * xp[i * n + d];
+          for (int64_t d = 0; d < n; ++d) gr_[d] += rc * xr[d];
+        } else {
+          // gr_ = s dL/dx (the GEMM took dt of the point s u); dL/du = s dL/dx + (u . dL/dx) (ds/dn)/n u
+          const double si = trw.s[i], rc = rowcoef[i];
+          double ug = 0;
+#pragma omp simd reduction(+ : ug)
+          for (int64_t d = 0; d < n; ++d) ug += double(gr_[d]) * double(xr[d]);
+          const double u_gx = ug / si + rc * si * U[i];
+          const T coef = T(rc * si * si + u_gx * trw.dsdn_n[i]);
+#pragma omp simd
+          for (int64_t d = 0; d < n; ++d) gr_[d] += coef * xr[d];
+          tan_gc[at::get_thread_num()] += u_gx * trw.dsdc[i];
+        }
       }
     });
   }
@@ -343,6 +395,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     T* gbp = gb.data_ptr<T>();
     for (int64_t j = 0; j < m; ++j) gbp[j] = T(gr[j]);
   }
+  for (double v : tan_gc) gcd += v;
   if (want_c) gc.fill_(gcd + gsc / (2.0 * sc));
 }
 
@@ -358,7 +411,7 @@ void check_fc_args(const at::Tensor& x, const at::Tensor& z, const at::Tensor& b
 
 std::tuple<at::Tensor, at::Tensor> poincare_fc_fwd_cpu(const at::Tensor& x_in, const at::Tensor& z_in,
                                                        const at::Tensor& bias_in, const at::Tensor& c_in, double eps,
-                                                       bool save) {
+                                                       bool save, bool tangent) {
   const at::Tensor x = x_in.contiguous(), z = z_in.contiguous();
   check_fc_args(x, z, bias_in);
   const at::Tensor bias = bias_in.numel() ? bias_in.to(x.scalar_type()).contiguous() : bias_in;
@@ -366,14 +419,14 @@ std::tuple<at::Tensor, at::Tensor> poincare_fc_fwd_cpu(const at::Tensor& x_in, c
   const int64_t N = x.size(0), m = z.size(1);
   at::Tensor t = at::empty({N, m}, x.options());
   at::Tensor y = save ? at::empty({N, m}, x.options()) : t;  // without save, y overwrites t in place
-  if (x.scalar_type() == at::kDouble) fc_fwd_impl<double>(x, z, bias, c, eps, t, y);
-  else fc_fwd_impl<float>(x, z, bias, c, eps, t, y);
+  if (x.scalar_type() == at::kDouble) fc_fwd_impl<double>(x, z, bias, c, eps, tangent, t, y);
+  else fc_fwd_impl<float>(x, z, bias, c, eps, tangent, t, y);
   return {y, save ? t : x.new_empty({0})};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_bwd_cpu(
     const at::Tensor& g_in, const at::Tensor& x_in, const at::Tensor& z_in, const at::Tensor& bias_in,
-    const at::Tensor& c_in, const at::Tensor& t_in, double eps, int64_t mask) {
+    const at::Tensor& c_in, const at::Tensor& t_in, double eps, int64_t mask, bool tangent) {
   const at::Tensor x = x_in.contiguous(), z = z_in.contiguous();
   check_fc_args(x, z, bias_in);
   const at::Tensor bias = bias_in.numel() ? bias_in.to(x.scalar_type()).contiguous() : bias_in;
@@ -384,8 +437,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_bwd_cpu(
   at::Tensor gz = (mask & 2) ? at::empty_like(z) : x.new_empty({0});
   at::Tensor gb = ((mask & 4) && bias.numel()) ? at::empty({z.size(1)}, x.options()) : x.new_empty({0});
   at::Tensor gc = (mask & 8) ? at::zeros({}, x.options().dtype(at::kDouble)) : x.new_empty({0});
-  if (x.scalar_type() == at::kDouble) fc_bwd_impl<double>(g, x, z, bias, c, t, eps, mask, gx, gz, gb, gc);
-  else fc_bwd_impl<float>(g, x, z, bias, c, t, eps, mask, gx, gz, gb, gc);
+  if (x.scalar_type() == at::kDouble) fc_bwd_impl<double>(g, x, z, bias, c, t, eps, mask, tangent, gx, gz, gb, gc);
+  else fc_bwd_impl<float>(g, x, z, bias, c, t, eps, mask, tangent, gx, gz, gb, gc);
   return {gx, gz, gb, gc};
 }
 

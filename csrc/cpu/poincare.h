@@ -13,15 +13,43 @@ namespace cpu {
 //   x [N, n], z [n, m] (hyperplane orientations, one per column), bias [m] or an empty tensor (no offsets),
 //   c: 0-dim tensor.  eps: the projection margin (the ball radius times 1 - eps).
 // Returns (y [N, m], t [N, m]); t = x @ z is what the backward needs (an empty tensor unless `save`).
+// tangent: x holds tangent vectors u at the origin and the layer's input is project(expmap0(u)) (fused: the
+// GEMM runs on u, each row's scale enters the epilogue; the convolution's patch rows).
 std::tuple<at::Tensor, at::Tensor> poincare_fc_fwd_cpu(const at::Tensor& x, const at::Tensor& z,
                                                        const at::Tensor& bias, const at::Tensor& c, double eps,
-                                                       bool save);
+                                                       bool save, bool tangent);
 
 // Gradients of sum(g * y) w.r.t. x, z, bias, c (mask bits 1, 2, 4, 8); unselected ones come back empty.
 // gc is a 0-dim float64 tensor.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_bwd_cpu(
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, const at::Tensor& c,
-    const at::Tensor& t, double eps, int64_t mask);
+    const at::Tensor& t, double eps, int64_t mask, bool tangent);
+
+// Poincaré ReLU of rows x (N, D): project(expmap0(relu(logmap0(x)))), ball curvature -c, one fused row pass.
+at::Tensor poincare_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& c, double eps);
+// (dL/dx, dL/dc) for dL/dy = g; dL/dc a 0-dim float64 tensor.
+std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g, const at::Tensor& x,
+                                                         const at::Tensor& c, double eps);
+
+// Midpoint batch norm: the batch midpoint's sums F = sum_i lam_i x_i (D,), L = sum_i (lam_i - 1) (0-dim) of
+// rows x (N, D) in one fused reduction, and its backward (dx, dc) (dc a 0-dim float64 tensor).
+std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_fwd_cpu(const at::Tensor& x, const at::Tensor& c);
+std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tensor& gF, const at::Tensor& gL,
+                                                                  const at::Tensor& x, const at::Tensor& c);
+// The normalisation's fused row pass y = project(expmap_b(u M)) of rows u (N, D), M (D, D), b (D,) on the ball,
+// and its backward (du, dM, db, dc) (dc a 0-dim float64 tensor).
+at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b,
+                                    const at::Tensor& c, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_cpu(
+    const at::Tensor& g, const at::Tensor& u, const at::Tensor& M, const at::Tensor& b, const at::Tensor& c,
+    double eps);
+
+// The convolution's patch gather: v (B, H, W, C) channels-last -> (B*Ho*Wo, kh*kw*C) rows in (tap, channel)
+// order times `scale`, zero padding (ph, pw), stride (sh, sw); and its backward (the (B, H, W, C) gradient).
+at::Tensor poincare_patches_fwd_cpu(const at::Tensor& v, int64_t kh, int64_t kw, int64_t ph, int64_t pw, int64_t sh,
+                                    int64_t sw, double scale);
+at::Tensor poincare_patches_bwd_cpu(const at::Tensor& g, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh,
+                                    int64_t kw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, double scale);
 
 }  // namespace cpu
 }  // namespace geoops

@@ -28,6 +28,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "stereographic_pairwise.h"
+#include "row_norms.h"  // row_sqnorms (shared with poincare.cpp)
 
 #include "geoops/stereo_math.h"
 
@@ -65,19 +66,6 @@ double close_tau(int64_t D) {
 template <typename T>
 constexpr T min_p() {
   return std::is_same<T, float>::value ? T(1e-7) : T(1e-15);
-}
-
-template <typename T>
-void row_sqnorms(const T* x, int64_t R, int64_t D, double* out) {
-  at::parallel_for(0, R, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const T* r = x + i * D;
-      double s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t d = 0; d < D; ++d) s += double(r[d]) * double(r[d]);
-      out[i] = s;
-    }
-  });
 }
 
 template <typename T>

@@ -1,10 +1,30 @@
 """torch.library registrations of the Poincaré-ball layer (poincare) family, with fake implementations.
 
-    geoops::poincare_fc_fwd(Tensor x, Tensor z, Tensor? bias, Tensor c, float eps, bool save) -> (Tensor y, Tensor t)
+    geoops::poincare_fc_fwd(Tensor x, Tensor z, Tensor? bias, Tensor c, float eps, bool save, bool tangent)
+        -> (Tensor y, Tensor t)
         x (N, n), z (n, m), bias (m,) or None, c 0-dim (> 0) -> y (N, m) on the ball; t = x @ z (N, m) when
-        save (the backward needs it), else empty
-    geoops::poincare_fc_bwd(Tensor grad, Tensor x, Tensor z, Tensor? bias, Tensor c, Tensor t, float eps, int mask)
-        -> (dx, dz, dbias, dc); mask bits 1 dx, 2 dz, 4 dbias, 8 dc (0-dim float64); unselected ones are empty
+        save (the backward needs it), else empty.  tangent: the rows of x are tangent vectors u at the origin
+        and the layer's input is project(expmap0(u), eps) (fused; the convolution's patch rows)
+    geoops::poincare_fc_bwd(Tensor grad, Tensor x, Tensor z, Tensor? bias, Tensor c, Tensor t, float eps, int mask,
+                            bool tangent) -> (dx, dz, dbias, dc)
+        mask bits 1 dx, 2 dz, 4 dbias, 8 dc (0-dim, c's dtype); unselected ones are empty
+
+    geoops::poincare_relu_fwd(Tensor x, Tensor c, float eps) -> Tensor
+        rows x (N, D) -> project(expmap0(relu(logmap0(x))), eps) (N, D): one fused row op
+    geoops::poincare_relu_bwd(Tensor grad, Tensor x, Tensor c, float eps) -> (dx, dc)   (dc 0-dim, c's dtype)
+    geoops::poincare_midpoint_sums_fwd(Tensor x, Tensor c) -> (F, L)
+        rows x (N, D): F = sum_i lam_i x_i (D,), L = sum_i (lam_i - 1) (0-dim), lam = 2/(1 - c|x|^2): the batch
+        midpoint's one fused reduction
+    geoops::poincare_midpoint_sums_bwd(Tensor gF, Tensor gL, Tensor x, Tensor c) -> (dx, dc)
+    geoops::poincare_bn_rows_fwd(Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> Tensor
+        rows u (N, D), M (D, D), b (D,) on the ball -> project(expmap_b(u @ M), eps): the midpoint batch
+        norm's fused row pass
+    geoops::poincare_bn_rows_bwd(Tensor grad, Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> (du, dM, db, dc)
+    geoops::poincare_patches_fwd(Tensor v, int kh, int kw, int ph, int pw, int sh, int sw, float scale) -> Tensor
+        channels-last tangent pixels v (B, H, W, C) -> the convolution's patch rows (B*Ho*Wo, kh*kw*C) in
+        (tap, channel) order times scale, zero padding: one pass
+    geoops::poincare_patches_bwd(Tensor grad, int B, int H, int W, int C, int kh, int kw, int ph, int pw, int sh,
+                                 int sw, float scale) -> Tensor (B, H, W, C)
 
 x, z, bias share a float32/float64 dtype (geoops.poincare upcasts half types).  Each implementation picks
 the backend per call: CPU -> the fused C++ kernels (csrc/cpu/poincare.cpp), elsewhere the eager reference
@@ -30,31 +50,73 @@ def _empty(x):
 # ---------------------------------------------------------------- backends
 class _Cpp:
     @staticmethod
-    def poincare_fc_fwd(x, z, bias, c, eps, save):
+    def poincare_fc_fwd(x, z, bias, c, eps, save, tangent):
         b = _empty(x) if bias is None else bias
-        return tuple(_backend.compiled().poincare_fc_fwd_cpu(x, z, b, c, eps, save))
+        return tuple(_backend.compiled().poincare_fc_fwd_cpu(x, z, b, c, eps, save, tangent))
 
     @staticmethod
-    def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask):
+    def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
         b = _empty(x) if bias is None else bias
-        gx, gz, gb, gc = _backend.compiled().poincare_fc_bwd_cpu(g, x, z, b, c, t, eps, mask)
+        gx, gz, gb, gc = _backend.compiled().poincare_fc_bwd_cpu(g, x, z, b, c, t, eps, mask, tangent)
         return gx, gz, gb, (gc.to(c.dtype) if gc.numel() else _empty(c))
+
+    @staticmethod
+    def poincare_relu_fwd(x, c, eps):
+        return _backend.compiled().poincare_relu_fwd_cpu(x, c, eps)
+
+    @staticmethod
+    def poincare_relu_bwd(g, x, c, eps):
+        gx, gc = _backend.compiled().poincare_relu_bwd_cpu(g, x, c, eps)
+        return gx, gc.to(c.dtype)
+
+    @staticmethod
+    def poincare_midpoint_sums_fwd(x, c):
+        return tuple(_backend.compiled().poincare_midpoint_sums_fwd_cpu(x, c))
+
+    @staticmethod
+    def poincare_midpoint_sums_bwd(gF, gL, x, c):
+        gx, gc = _backend.compiled().poincare_midpoint_sums_bwd_cpu(gF, gL, x, c)
+        return gx, gc.to(c.dtype)
+
+    @staticmethod
+    def poincare_bn_rows_fwd(u, M, b, c, eps):
+        return _backend.compiled().poincare_bn_rows_fwd_cpu(u, M, b, c, eps)
+
+    @staticmethod
+    def poincare_bn_rows_bwd(g, u, M, b, c, eps):
+        gu, gM, gb, gc = _backend.compiled().poincare_bn_rows_bwd_cpu(g, u, M, b, c, eps)
+        return gu, gM, gb, gc.to(c.dtype)
+
+    @staticmethod
+    def poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale):
+        return _backend.compiled().poincare_patches_fwd_cpu(v, kh, kw, ph, pw, sh, sw, scale)
+
+    @staticmethod
+    def poincare_patches_bwd(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
+        return _backend.compiled().poincare_patches_bwd_cpu(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale)
 
 
 class _Reference:
     """The op contract above, evaluated with geoops.reference.poincare (autograd for the backward)."""
 
     @staticmethod
-    def poincare_fc_fwd(x, z, bias, c, eps, save):
+    def _point(x, c, eps, tangent):
+        from ..reference import poincare as ref
+
+        return ref.expmap0(x, c, eps=eps) if tangent else x
+
+    @classmethod
+    def poincare_fc_fwd(cls, x, z, bias, c, eps, save, tangent):
         from ..reference import poincare as ref
 
         with torch.no_grad():
-            y = ref.poincare_fc(x, z, bias, c.to(x.dtype), eps=eps).contiguous()
+            cx = c.to(x.dtype)
+            y = ref.poincare_fc(cls._point(x, cx, eps, tangent), z, bias, cx, eps=eps).contiguous()
             t = (x @ z) if save else _empty(x)
         return y, t
 
-    @staticmethod
-    def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask):
+    @classmethod
+    def poincare_fc_bwd(cls, g, x, z, bias, c, t, eps, mask, tangent):
         from ..reference import poincare as ref
 
         with torch.enable_grad():
@@ -62,7 +124,7 @@ class _Reference:
             zz = z.detach().requires_grad_(True)
             bb = None if bias is None else bias.detach().requires_grad_(True)
             cc = c.detach().to(x.dtype).requires_grad_(True)
-            y = ref.poincare_fc(xx, zz, bb, cc, eps=eps)
+            y = ref.poincare_fc(cls._point(xx, cc, eps, tangent), zz, bb, cc, eps=eps)
             ins = [xx, zz, cc] + ([bb] if bb is not None else [])
             gs = torch.autograd.grad(y, ins, g.to(y.dtype), allow_unused=True)
         gx = gs[0] if mask & 1 else _empty(x)
@@ -73,6 +135,83 @@ class _Reference:
         return (zero(gx, x), zero(gz, z), zero(gb, x if bias is None else bias), zero(gc, c))
 
 
+    @staticmethod
+    def _relu(x, c, eps):
+        from ..reference import poincare as ref
+
+        return ref.expmap0(torch.relu(ref.logmap0(x, c)), c, eps=eps)
+
+    @classmethod
+    def poincare_relu_fwd(cls, x, c, eps):
+        with torch.no_grad():
+            return cls._relu(x, c.to(x.dtype), eps).contiguous()
+
+    @classmethod
+    def poincare_relu_bwd(cls, g, x, c, eps):
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            cc = c.detach().to(x.dtype).requires_grad_(True)
+            gx, gc = torch.autograd.grad(cls._relu(xx, cc, eps), (xx, cc), g.to(x.dtype))
+        return gx, gc.to(c.dtype)
+
+    @staticmethod
+    def _mid(x, c):
+        lam = 2 / (1 - c * x.pow(2).sum(-1, keepdim=True)).clamp_min(1e-15)
+        return (lam * x).sum(0), (lam - 1).sum()
+
+    @classmethod
+    def poincare_midpoint_sums_fwd(cls, x, c):
+        with torch.no_grad():
+            return cls._mid(x, c.to(x.dtype))
+
+    @classmethod
+    def poincare_midpoint_sums_bwd(cls, gF, gL, x, c):
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            cc = c.detach().to(x.dtype).requires_grad_(True)
+            F, L = cls._mid(xx, cc)
+            gx, gc = torch.autograd.grad((F, L), (xx, cc), (gF.to(x.dtype), gL.to(x.dtype)))
+        return gx, gc.to(c.dtype)
+
+    @staticmethod
+    def _bn(u, M, b, c, eps):
+        from ..reference import poincare as ref
+
+        return ref.project(ref.expmap(b, u @ M, c), c, eps=eps)
+
+    @classmethod
+    def poincare_bn_rows_fwd(cls, u, M, b, c, eps):
+        with torch.no_grad():
+            return cls._bn(u, M, b, c.to(u.dtype), eps).contiguous()
+
+    @classmethod
+    def poincare_bn_rows_bwd(cls, g, u, M, b, c, eps):
+        with torch.enable_grad():
+            ins = [t.detach().requires_grad_(True) for t in (u, M, b, c.to(u.dtype))]
+            gu, gM, gb, gc = torch.autograd.grad(cls._bn(*ins, eps), ins, g.to(u.dtype))
+        return gu, gM, gb, gc.to(c.dtype)
+
+    @staticmethod
+    def _patches(v, kh, kw, ph, pw, sh, sw, scale):
+        B, H, W, C = v.shape
+        vp = torch.nn.functional.pad(v, (0, 0, pw, pw, ph, ph))
+        win = vp.unfold(1, kh, sh).unfold(2, kw, sw)  # (B, Ho, Wo, C, kh, kw)
+        Ho, Wo = win.shape[1], win.shape[2]
+        return (win.permute(0, 1, 2, 4, 5, 3) * scale).reshape(B * Ho * Wo, kh * kw * C)
+
+    @classmethod
+    def poincare_patches_fwd(cls, v, kh, kw, ph, pw, sh, sw, scale):
+        with torch.no_grad():
+            return cls._patches(v, kh, kw, ph, pw, sh, sw, scale).contiguous()
+
+    @classmethod
+    def poincare_patches_bwd(cls, g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
+        with torch.enable_grad():
+            v = g.new_zeros((B, H, W, C)).requires_grad_(True)
+            (gv,) = torch.autograd.grad(cls._patches(v, kh, kw, ph, pw, sh, sw, scale), (v,), g)
+        return gv
+
+
 def kernels(device: torch.device):
     """The kernel set that the current backend setting picks for `device` (no Triton kernels: reference)."""
     if _backend.get_backend() in ("auto", "triton", "cuda") and device.type != "cpu":
@@ -81,20 +220,20 @@ def kernels(device: torch.device):
 
 
 # ---------------------------------------------------------------- registration
-def _fc_fwd(x, z, bias: Optional[torch.Tensor], c, eps: float, save: bool):
-    return tuple(kernels(x.device).poincare_fc_fwd(x, z, bias, c, eps, save))
+def _fc_fwd(x, z, bias: Optional[torch.Tensor], c, eps: float, save: bool, tangent: bool):
+    return tuple(kernels(x.device).poincare_fc_fwd(x, z, bias, c, eps, save, tangent))
 
 
-def _fc_fwd_fake(x, z, bias, c, eps, save):
+def _fc_fwd_fake(x, z, bias, c, eps, save, tangent):
     y = x.new_empty((x.shape[0], z.shape[1]))
     return y, (x.new_empty((x.shape[0], z.shape[1])) if save else x.new_empty(0))
 
 
-def _fc_bwd(g, x, z, bias: Optional[torch.Tensor], c, t, eps: float, mask: int):
-    return tuple(kernels(x.device).poincare_fc_bwd(g, x, z, bias, c, t, eps, mask))
+def _fc_bwd(g, x, z, bias: Optional[torch.Tensor], c, t, eps: float, mask: int, tangent: bool):
+    return tuple(kernels(x.device).poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent))
 
 
-def _fc_bwd_fake(g, x, z, bias, c, t, eps, mask):
+def _fc_bwd_fake(g, x, z, bias, c, t, eps, mask, tangent):
     gx = x.new_empty(x.shape) if mask & 1 else x.new_empty(0)
     gz = z.new_empty(z.shape) if mask & 2 else x.new_empty(0)
     gb = x.new_empty(bias.shape) if (mask & 4 and bias is not None) else x.new_empty(0)
@@ -103,14 +242,116 @@ def _fc_bwd_fake(g, x, z, bias, c, t, eps, mask):
 
 
 poincare_fc_fwd_op = define_op(
-    "geoops::poincare_fc_fwd", "(Tensor x, Tensor z, Tensor? bias, Tensor c, float eps, bool save) -> (Tensor, Tensor)",
+    "geoops::poincare_fc_fwd",
+    "(Tensor x, Tensor z, Tensor? bias, Tensor c, float eps, bool save, bool tangent) -> (Tensor, Tensor)",
     _fc_fwd, _fc_fwd_fake)
 poincare_fc_bwd_op = define_op(
     "geoops::poincare_fc_bwd",
-    "(Tensor grad, Tensor x, Tensor z, Tensor? bias, Tensor c, Tensor t, float eps, int mask) "
+    "(Tensor grad, Tensor x, Tensor z, Tensor? bias, Tensor c, Tensor t, float eps, int mask, bool tangent) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
     _fc_bwd, _fc_bwd_fake)
+
+def _relu_fwd(x, c, eps: float):
+    return kernels(x.device).poincare_relu_fwd(x, c, eps)
+
+
+def _relu_fwd_fake(x, c, eps):
+    return x.new_empty(x.shape)
+
+
+def _relu_bwd(g, x, c, eps: float):
+    return tuple(kernels(x.device).poincare_relu_bwd(g, x, c, eps))
+
+
+def _relu_bwd_fake(g, x, c, eps):
+    return x.new_empty(x.shape), c.new_empty(())
+
+
+poincare_relu_fwd_op = define_op("geoops::poincare_relu_fwd", "(Tensor x, Tensor c, float eps) -> Tensor",
+                                 _relu_fwd, _relu_fwd_fake)
+poincare_relu_bwd_op = define_op("geoops::poincare_relu_bwd", "(Tensor grad, Tensor x, Tensor c, float eps) -> (Tensor, Tensor)",
+                                 _relu_bwd, _relu_bwd_fake)
+
+def _mid_fwd(x, c):
+    return tuple(kernels(x.device).poincare_midpoint_sums_fwd(x, c))
+
+
+def _mid_fwd_fake(x, c):
+    return x.new_empty((x.shape[1],)), x.new_empty(())
+
+
+def _mid_bwd(gF, gL, x, c):
+    return tuple(kernels(x.device).poincare_midpoint_sums_bwd(gF, gL, x, c))
+
+
+def _mid_bwd_fake(gF, gL, x, c):
+    return x.new_empty(x.shape), c.new_empty(())
+
+
+def _bn_fwd(u, M, b, c, eps: float):
+    return kernels(u.device).poincare_bn_rows_fwd(u, M, b, c, eps)
+
+
+def _bn_fwd_fake(u, M, b, c, eps):
+    return u.new_empty(u.shape)
+
+
+def _bn_bwd(g, u, M, b, c, eps: float):
+    return tuple(kernels(u.device).poincare_bn_rows_bwd(g, u, M, b, c, eps))
+
+
+def _bn_bwd_fake(g, u, M, b, c, eps):
+    return u.new_empty(u.shape), M.new_empty(M.shape), b.new_empty(b.shape), c.new_empty(())
+
+
+poincare_midpoint_sums_fwd_op = define_op(
+    "geoops::poincare_midpoint_sums_fwd", "(Tensor x, Tensor c) -> (Tensor, Tensor)", _mid_fwd, _mid_fwd_fake)
+poincare_midpoint_sums_bwd_op = define_op(
+    "geoops::poincare_midpoint_sums_bwd", "(Tensor gF, Tensor gL, Tensor x, Tensor c) -> (Tensor, Tensor)",
+    _mid_bwd, _mid_bwd_fake)
+poincare_bn_rows_fwd_op = define_op(
+    "geoops::poincare_bn_rows_fwd", "(Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> Tensor",
+    _bn_fwd, _bn_fwd_fake)
+poincare_bn_rows_bwd_op = define_op(
+    "geoops::poincare_bn_rows_bwd",
+    "(Tensor grad, Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> (Tensor, Tensor, Tensor, Tensor)",
+    _bn_bwd, _bn_bwd_fake)
+
+def _patches_fwd(v, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int, scale: float):
+    return kernels(v.device).poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale)
+
+
+def _patches_fwd_fake(v, kh, kw, ph, pw, sh, sw, scale):
+    B, H, W, C = v.shape
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    return v.new_empty((B * Ho * Wo, kh * kw * C))
+
+
+def _patches_bwd(g, B: int, H: int, W: int, C: int, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
+                 scale: float):
+    return kernels(g.device).poincare_patches_bwd(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale)
+
+
+def _patches_bwd_fake(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
+    return g.new_empty((B, H, W, C))
+
+
+poincare_patches_fwd_op = define_op(
+    "geoops::poincare_patches_fwd", "(Tensor v, int kh, int kw, int ph, int pw, int sh, int sw, float scale) -> Tensor",
+    _patches_fwd, _patches_fwd_fake)
+poincare_patches_bwd_op = define_op(
+    "geoops::poincare_patches_bwd",
+    "(Tensor grad, int B, int H, int W, int C, int kh, int kw, int ph, int pw, int sh, int sw, float scale) -> Tensor",
+    _patches_bwd, _patches_bwd_fake)
 
 # eager fast path: plain tensors call the kernels directly, everything else dispatches the custom op
 poincare_fc_fwd = caller(poincare_fc_fwd_op, _fc_fwd)
 poincare_fc_bwd = caller(poincare_fc_bwd_op, _fc_bwd)
+poincare_relu_fwd = caller(poincare_relu_fwd_op, _relu_fwd)
+poincare_relu_bwd = caller(poincare_relu_bwd_op, _relu_bwd)
+poincare_midpoint_sums_fwd = caller(poincare_midpoint_sums_fwd_op, _mid_fwd)
+poincare_midpoint_sums_bwd = caller(poincare_midpoint_sums_bwd_op, _mid_bwd)
+poincare_bn_rows_fwd = caller(poincare_bn_rows_fwd_op, _bn_fwd)
+poincare_bn_rows_bwd = caller(poincare_bn_rows_bwd_op, _bn_bwd)
+poincare_patches_fwd = caller(poincare_patches_fwd_op, _patches_fwd)
+poincare_patches_bwd = caller(poincare_patches_bwd_op, _patches_bwd)

@@ -1,0 +1,548 @@
+// Poincaré-ball layers on the CPU besides the fully-connected layer (csrc/cpu/poincare.cpp): the fused row ops
+// of the Poincaré ReLU and of the midpoint batch norm (geoops/poincare.py).  Per-row scalars in double with the
+// kappa-stereographic row math of geoops/stereo_math.h (k = -c); rows spread with at::parallel_for.
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
+
+#include "poincare.h"
+
+#include "geoops/stereo_math.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace geoops {
+namespace cpu {
+
+namespace {
+// Rows per at::parallel_for task: about 32768 elements of work, torch's own grain, so that small inputs (the
+// digits CNN's 4096 x 8 rows) run on the calling thread instead of paying a parallel region each call.
+inline int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1)); }
+}  // namespace
+
+// ---------------------------------------------------------------- Poincaré ReLU (one fused row op)
+// y = project(expmap0(relu(logmap0(x)))) per row, k = -c:  logmap0(x) = h x with h = atanc(k|x|^2) > 0, so
+// relu(h x) = h r (r = relu(x)), and expmap0(h r) = tanc(k h^2 |r|^2) h r.  Hence y = f r with
+// f = tanc(z2) h, z2 = k h^2 R (R = |r|^2), times mx / |y| where |y| = f sqrt(R) exceeds mx = (1 - eps)/sqrt(c)
+// (atanc / tanc and their derivatives from geoops/stereo_math.h, in double per row).  Backward, G = <g, r>:
+//   dL/dr = f g + 2 G (df/dR) r,  dL/dx = [x > 0] dL/dr + 2 G (df/dh)(dh/dX) x  (X = |x|^2),
+//   df/dR = k h^3 tanc'(z2),  df/dh = tanc(z2) + 2 k h^2 R tanc'(z2),  dh/dX = k atanc'(z1), z1 = k X;
+// on the projection branch y = mx r/|r|: dL/dr = (mx/|r|)(g - G r/R) and dL/dx has no X term.
+namespace {
+
+struct ReluRow {
+  double f, fR2, fX2, fk;  // y = f r; dL/dr = f g + G fR2 r; dL/dx += G fX2 x; dL/dk += G fk
+};
+
+inline ReluRow relu_row(double X, double R, double k, double eps, bool grads) {
+  using namespace geoops::stereo;
+  const double z1 = k * X, q1 = 1.0 + z1;
+  const double h = atanc(z1, q1);
+  const double z2 = k * h * h * R;
+  const double t2 = tanc(z2);
+  ReluRow o{t2 * h, 0, 0, 0};
+  const double ny = o.f * std::sqrt(R);
+  const double mx = (1.0 - eps) / std::sqrt(-k);
+  const double nr = std::max(std::sqrt(R), 1e-15);
+  const bool proj = ny > mx;
+  if (proj) o.f = mx / nr;
+  if (!grads) return o;
+  if (proj) {
+    o.fR2 = -mx / (nr * nr * nr);
+    o.fk = 0.5 * (1.0 - eps) / (-k * std::sqrt(-k)) / nr;
+    return o;
+  }
+  const double t2d = tanc_d(z2, t2);
+  const double h1 = atanc_d(z1, q1, h);
+  const double dh_dX = k * h1, dh_dk = X * h1;
+  const double df_dh = t2 + 2.0 * k * h * h * R * t2d;
+  o.fR2 = 2.0 * k * h * h * h * t2d;
+  o.fX2 = 2.0 * df_dh * dh_dX;
+  o.fk = h * t2d * h * h * R + df_dh * dh_dk;
+  return o;
+}
+
+template <typename T>
+void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xr = xp + i * D;
+      T* yr = yp + i * D;
+      double X = 0, R = 0;
+#pragma omp simd reduction(+ : X, R)
+      for (int64_t d = 0; d < D; ++d) {
+        const double v = double(xr[d]);
+        X += v * v;
+        R += v > 0 ? v * v : 0.0;
+      }
+      const T f = T(relu_row(X, R, k, eps, false).f);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
+    }
+  });
+}
+
+template <typename T>
+double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, double k, double eps) {
+  const int nth = at::get_num_threads();
+  std::vector<double> gk(nth, 0.0);
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+    double acc = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xr = xp + i * D;
+      const T* gr = gp + i * D;
+      T* gxr = gxp + i * D;
+      double X = 0, R = 0, G = 0;
+#pragma omp simd reduction(+ : X, R, G)
+      for (int64_t d = 0; d < D; ++d) {
+        const double v = double(xr[d]);
+        const double r = v > 0 ? v : 0.0;
+        X += v * v;
+        R += r * r;
+        G += double(gr[d]) * r;
+      }
+      const ReluRow o = relu_row(X, R, k, eps, true);
+      const T f = T(o.f), a = T(G * o.fR2), b = T(G * o.fX2);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) {
+        const T v = xr[d];
+        gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
+      }
+      acc += G * o.fk;
+    }
+    gk[at::get_thread_num()] += acc;
+  });
+  double s = 0;
+  for (double v : gk) s += v;
+  return s;
+}
+
+void check_rows(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be (N, D) rows");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": float32 or float64 on the CPU");
+}
+
+}  // namespace
+
+at::Tensor poincare_relu_fwd_cpu(const at::Tensor& x_in, const at::Tensor& c_in, double eps) {
+  check_rows("poincare_relu", x_in);
+  const at::Tensor x = x_in.contiguous();
+  const double k = -c_in.item<double>();
+  at::Tensor y = at::empty_like(x);
+  if (x.scalar_type() == at::kDouble)
+    relu_fwd_impl<double>(x.data_ptr<double>(), y.data_ptr<double>(), x.size(0), x.size(1), k, eps);
+  else
+    relu_fwd_impl<float>(x.data_ptr<float>(), y.data_ptr<float>(), x.size(0), x.size(1), k, eps);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in, const at::Tensor& x_in,
+                                                         const at::Tensor& c_in, double eps) {
+  check_rows("poincare_relu", x_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor g = g_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(g.sizes() == x.sizes(), "poincare_relu: grad and x must have one shape");
+  const double k = -c_in.item<double>();
+  at::Tensor gx = at::empty_like(x);
+  double gk;
+  if (x.scalar_type() == at::kDouble)
+    gk = relu_bwd_impl<double>(g.data_ptr<double>(), x.data_ptr<double>(), gx.data_ptr<double>(), x.size(0),
+                               x.size(1), k, eps);
+  else
+    gk = relu_bwd_impl<float>(g.data_ptr<float>(), x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0), x.size(1),
+                              k, eps);
+  return {gx, at::full({}, -gk, x.options().dtype(at::kDouble))};  // dc = -dk
+}
+
+// ---------------------------------------------------------------- midpoint batch norm
+// The batch midpoint's sums (one fused reduction): F = sum_i lam_i x_i, L = sum_i (lam_i - 1),
+// lam_i = 2 / max(1 - c |x_i|^2, 1e-15); per-thread partial sums in double.  Backward (one row pass):
+// dx_i = lam_i gF + (<gF, x_i> + gL) c lam_i^2 x_i, dc = sum_i (<gF, x_i> + gL) lam_i^2 |x_i|^2 / 2.
+namespace {
+
+template <typename T>
+void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L) {
+  const int nth = at::get_num_threads();
+  std::vector<std::vector<double>> acc(nth);
+  std::vector<double> accL(nth, 0.0);
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+    const int tid = at::get_thread_num();
+    if (acc[tid].empty()) acc[tid].assign(D, 0.0);
+    double* a = acc[tid].data();
+    double l = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xr = xp + i * D;
+      double X = 0;
+#pragma omp simd reduction(+ : X)
+      for (int64_t d = 0; d < D; ++d) X += double(xr[d]) * double(xr[d]);
+      const double lam = 2.0 / std::max(1.0 - c * X, 1e-15);
+      l += lam - 1.0;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) a[d] += lam * double(xr[d]);
+    }
+    accL[tid] += l;
+  });
+  for (int64_t d = 0; d < D; ++d) F[d] = 0;
+  *L = 0;
+  for (int t = 0; t < nth; ++t) {
+    *L += accL[t];
+    if (!acc[t].empty())
+      for (int64_t d = 0; d < D; ++d) F[d] += acc[t][d];
+  }
+}
+
+template <typename T>
+double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int64_t D, double c) {
+  const int nth = at::get_num_threads();
+  std::vector<double> gcs(nth, 0.0);
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+    double gcl = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xr = xp + i * D;
+      T* gr = gxp + i * D;
+      double X = 0, P = 0;
+#pragma omp simd reduction(+ : X, P)
+      for (int64_t d = 0; d < D; ++d) {
+        X += double(xr[d]) * double(xr[d]);
+        P += double(gF[d]) * double(xr[d]);
+      }
+      const double den = 1.0 - c * X;
+      const double lam = 2.0 / std::max(den, 1e-15);
+      const double w = den > 1e-15 ? (P + gL) * lam * lam : 0.0;  // d/dX of lam = c lam^2 / 2
+      const T a = T(lam), b = T(w * c);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) gr[d] = a * gF[d] + b * xr[d];
+      gcl += 0.5 * w * X;
+    }
+    gcs[at::get_thread_num()] += gcl;
+  });
+  double s = 0;
+  for (double v : gcs) s += v;
+  return s;
+}
+
+// The normalisation's row pass: y_i = project(expmap_b(u_i M)) with u_i = logmap_m(x_i) (the fused
+// stereographic logmap runs first: its rows also give the Fréchet variance), M = PT_{m->b} * sqrt(w/(var+eps))
+// as one (D, D) matrix, b = expmap0(bias).  expmap and project are evaluated with the coefficient forms of
+// geoops/stereo_math.h (k = -c) and differentiated with its hand-derived vjps:
+//   backward per row: ge = a_p g + 2 xx_p e (project), then (gb_i, gv) from expmap's row adjoints,
+//   gu = gv M^T (per row), gM = sum_i u_i^T gv_i, gb = sum_i gb_i, dk = sum of the row k adjoints (double).
+template <typename T>
+struct BnRowCtx {
+  int64_t D;
+  const T* M;  // (D, D)
+  std::vector<double> b;
+  double bb, k, eps;
+};
+
+template <typename T>
+inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e, stereo::Row<double>& s1,
+                       stereo::Coef<double>& c1, stereo::Row<double>& s2, stereo::Coef<double>& c2) {
+  using namespace geoops::stereo;
+  const int64_t D = cx.D;
+  for (int64_t d = 0; d < D; ++d) v[d] = 0;
+  for (int64_t e_ = 0; e_ < D; ++e_) {
+    const double ue = double(ur[e_]);
+    const T* Mr = cx.M + e_ * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) v[d] += ue * double(Mr[d]);
+  }
+  double vv = 0, bv = 0, dd = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    vv += v[d] * v[d];
+    bv += cx.b[d] * v[d];
+    const double t = cx.b[d] - v[d];
+    dd += t * t;
+  }
+  s1 = Row<double>{cx.bb, vv, bv, dd, cx.k, 0.0};
+  c1 = fwd(EXPMAP, s1, 0.0);
+  double ee = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    e[d] = c1.a * cx.b[d] + c1.b * v[d] + c1.c * (cx.b[d] - v[d]);
+    ee += e[d] * e[d];
+  }
+  s2 = Row<double>{ee, 0.0, 0.0, 0.0, cx.k, 0.0};
+  c2 = fwd(PROJECT, s2, cx.eps);
+}
+
+template <typename T>
+BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double eps) {
+  BnRowCtx<T> cx;
+  cx.D = b.size(0);
+  cx.M = M.data_ptr<T>();
+  cx.b.resize(cx.D);
+  cx.bb = 0;
+  const T* bp = b.data_ptr<T>();
+  for (int64_t d = 0; d < cx.D; ++d) {
+    cx.b[d] = double(bp[d]);
+    cx.bb += cx.b[d] * cx.b[d];
+  }
+  cx.k = -c;
+  cx.eps = eps;
+  return cx;
+}
+
+template <typename T>
+void bn_fwd_impl(const T* up, T* yp, int64_t N, const BnRowCtx<T>& cx) {
+  const int64_t D = cx.D;
+  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
+    std::vector<double> v(D), e(D);
+    stereo::Row<double> s1, s2;
+    stereo::Coef<double> c1, c2;
+    for (int64_t i = i0; i < i1; ++i) {
+      bn_row_fwd(cx, up + i * D, v.data(), e.data(), s1, c1, s2, c2);
+      T* yr = yp + i * D;
+      for (int64_t d = 0; d < D; ++d) yr[d] = T(c2.a * e[d]);
+    }
+  });
+}
+
+template <typename T>
+void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* gup, double* gM, double* gb,
+                 double* gk) {
+  using namespace geoops::stereo;
+  const int64_t D = cx.D;
+  const int nth = at::get_num_threads();
+  std::vector<std::vector<double>> aM(nth), ab(nth);
+  std::vector<double> ak(nth, 0.0);
+  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
+    const int tid = at::get_thread_num();
+    if (aM[tid].empty()) { aM[tid].assign(D * D, 0.0); ab[tid].assign(D, 0.0); }
+    double* pM = aM[tid].data();
+    double* pb = ab[tid].data();
+    std::vector<double> v(D), e(D), ge(D), gv(D);
+    Row<double> s1, s2;
+    Coef<double> c1, c2;
+    double kk = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* ur = up + i * D;
+      const T* gr = gp + i * D;
+      bn_row_fwd(cx, ur, v.data(), e.data(), s1, c1, s2, c2);
+      double ga = 0;
+      for (int64_t d = 0; d < D; ++d) ga += double(gr[d]) * e[d];
+      const Row<double> r2 = vjp(PROJECT, s2, cx.eps, ga, 0.0, 0.0);
+      double gab = 0, gav = 0, gad = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        ge[d] = (c2.a + c2.c) * double(gr[d]) + 2.0 * r2.xx * e[d];
+        gab += ge[d] * cx.b[d];
+        gav += ge[d] * v[d];
+        gad += ge[d] * (cx.b[d] - v[d]);
+      }
+      const Row<double> r1 = vjp(EXPMAP, s1, 0.0, gab, gav, gad);
+      kk += r2.k + r1.k;
+      for (int64_t d = 0; d < D; ++d) {
+        const double bd = cx.b[d], vd = v[d], dlt = bd - vd;
+        pb[d] += (c1.a + c1.c) * ge[d] + 2.0 * r1.xx * bd + r1.xy * vd + 2.0 * r1.dd * dlt;
+        gv[d] = (c1.b - c1.c) * ge[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt;
+      }
+      T* gur = gup + i * D;
+      for (int64_t e_ = 0; e_ < D; ++e_) {
+        const T* Mr = cx.M + e_ * D;
+        double acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < D; ++d) acc += double(Mr[d]) * gv[d];
+        gur[e_] = T(acc);
+        const double ue = double(ur[e_]);
+        double* pMr = pM + e_ * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) pMr[d] += ue * gv[d];
+      }
+    }
+    ak[tid] += kk;
+  });
+  for (int64_t j = 0; j < D * D; ++j) gM[j] = 0;
+  for (int64_t d = 0; d < D; ++d) gb[d] = 0;
+  *gk = 0;
+  for (int t = 0; t < nth; ++t) {
+    *gk += ak[t];
+    if (aM[t].empty()) continue;
+    for (int64_t j = 0; j < D * D; ++j) gM[j] += aM[t][j];
+    for (int64_t d = 0; d < D; ++d) gb[d] += ab[t][d];
+  }
+}
+
+void check_bn_args(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b) {
+  check_rows("poincare_bn_rows", u);
+  const int64_t D = u.size(1);
+  TORCH_CHECK(M.dim() == 2 && M.size(0) == D && M.size(1) == D, "poincare_bn_rows: M must be (D, D)");
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == D, "poincare_bn_rows: b must be (D,)");
+  TORCH_CHECK(M.scalar_type() == u.scalar_type() && b.scalar_type() == u.scalar_type(),
+              "poincare_bn_rows: u, M, b must share a dtype");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_fwd_cpu(const at::Tensor& x_in, const at::Tensor& c_in) {
+  check_rows("poincare_midpoint_sums", x_in);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t D = x.size(1);
+  at::Tensor F = at::empty({D}, x.options().dtype(at::kDouble));
+  at::Tensor L = at::empty({}, x.options().dtype(at::kDouble));
+  const double c = c_in.item<double>();
+  if (x.scalar_type() == at::kDouble)
+    mid_fwd_impl<double>(x.data_ptr<double>(), x.size(0), D, c, F.data_ptr<double>(), L.data_ptr<double>());
+  else
+    mid_fwd_impl<float>(x.data_ptr<float>(), x.size(0), D, c, F.data_ptr<double>(), L.data_ptr<double>());
+  return {F.to(x.scalar_type()), L.to(x.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tensor& gF_in, const at::Tensor& gL_in,
+                                                                  const at::Tensor& x_in, const at::Tensor& c_in) {
+  check_rows("poincare_midpoint_sums", x_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor gF = gF_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(gF.numel() == x.size(1), "poincare_midpoint_sums: grad of F must have D entries");
+  const double gL = gL_in.item<double>(), c = c_in.item<double>();
+  at::Tensor gx = at::empty_like(x);
+  double gc;
+  if (x.scalar_type() == at::kDouble)
+    gc = mid_bwd_impl<double>(gF.data_ptr<double>(), gL, x.data_ptr<double>(), gx.data_ptr<double>(), x.size(0),
+                              x.size(1), c);
+  else
+    gc = mid_bwd_impl<float>(gF.data_ptr<float>(), gL, x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0),
+                             x.size(1), c);
+  return {gx, at::full({}, gc, x.options().dtype(at::kDouble))};
+}
+
+at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u_in, const at::Tensor& M_in, const at::Tensor& b_in,
+                                    const at::Tensor& c_in, double eps) {
+  const at::Tensor u = u_in.contiguous(), M = M_in.contiguous(), b = b_in.contiguous();
+  check_bn_args(u, M, b);
+  const double c = c_in.item<double>();
+  at::Tensor y = at::empty_like(u);
+  if (u.scalar_type() == at::kDouble)
+    bn_fwd_impl<double>(u.data_ptr<double>(), y.data_ptr<double>(), u.size(0), bn_ctx<double>(M, b, c, eps));
+  else
+    bn_fwd_impl<float>(u.data_ptr<float>(), y.data_ptr<float>(), u.size(0), bn_ctx<float>(M, b, c, eps));
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_cpu(
+    const at::Tensor& g_in, const at::Tensor& u_in, const at::Tensor& M_in, const at::Tensor& b_in,
+    const at::Tensor& c_in, double eps) {
+  const at::Tensor u = u_in.contiguous(), M = M_in.contiguous(), b = b_in.contiguous();
+  check_bn_args(u, M, b);
+  const at::Tensor g = g_in.to(u.scalar_type()).contiguous();
+  TORCH_CHECK(g.sizes() == u.sizes(), "poincare_bn_rows: grad and u must have one shape");
+  const double c = c_in.item<double>();
+  const int64_t D = u.size(1);
+  at::Tensor gu = at::empty_like(u);
+  const auto dopt = u.options().dtype(at::kDouble);
+  at::Tensor gM = at::empty({D, D}, dopt), gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
+  if (u.scalar_type() == at::kDouble)
+    bn_bwd_impl<double>(g.data_ptr<double>(), u.data_ptr<double>(), u.size(0), bn_ctx<double>(M, b, c, eps),
+                        gu.data_ptr<double>(), gM.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());
+  else
+    bn_bwd_impl<float>(g.data_ptr<float>(), u.data_ptr<float>(), u.size(0), bn_ctx<float>(M, b, c, eps),
+                       gu.data_ptr<float>(), gM.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());
+  return {gu, gM.to(u.scalar_type()), gb.to(u.scalar_type()), -gk};  // dc = -dk
+}
+
+// ---------------------------------------------------------------- convolution patch gather
+// v (B, H, W, C) channels-last tangent pixels -> rows (B*Ho*Wo, kh*kw*C) in (tap, channel) order, times
+// `scale` (the beta-concatenation factor), zero padding: one pass that copies C-long runs (the layer permutes
+// its weight rows to this order).  The backward gathers, per input pixel, the <= kh*kw patch entries that read
+// it (no atomics, one write per input element).
+namespace {
+
+struct Geom {
+  int64_t B, H, W, C, kh, kw, ph, pw, sh, sw, Ho, Wo;
+};
+
+template <typename T>
+void gather_fwd(const T* v, T* out, const Geom& g, T scale) {
+  const int64_t K = g.kh * g.kw * g.C;
+  at::parallel_for(0, g.B * g.Ho, grain(g.Wo * K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / g.Ho, ho = r % g.Ho;
+      for (int64_t wo = 0; wo < g.Wo; ++wo) {
+        T* o = out + ((b * g.Ho + ho) * g.Wo + wo) * K;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t y = ho * g.sh + i - g.ph;
+          for (int64_t j = 0; j < g.kw; ++j, o += g.C) {
+            const int64_t x = wo * g.sw + j - g.pw;
+            if (y < 0 || y >= g.H || x < 0 || x >= g.W) {
+              std::fill(o, o + g.C, T(0));
+              continue;
+            }
+            const T* src = v + ((b * g.H + y) * g.W + x) * g.C;
+#pragma omp simd
+            for (int64_t c = 0; c < g.C; ++c) o[c] = scale * src[c];
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void gather_bwd(const T* gout, T* gv, const Geom& g, T scale) {
+  const int64_t K = g.kh * g.kw * g.C;
+  at::parallel_for(0, g.B * g.H, grain(g.W * K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / g.H, y = r % g.H;
+      for (int64_t x = 0; x < g.W; ++x) {
+        T* o = gv + ((b * g.H + y) * g.W + x) * g.C;
+        std::fill(o, o + g.C, T(0));
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t hs = y + g.ph - i;
+          if (hs < 0 || hs % g.sh) continue;
+          const int64_t ho = hs / g.sh;
+          if (ho >= g.Ho) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t ws = x + g.pw - j;
+            if (ws < 0 || ws % g.sw) continue;
+            const int64_t wo = ws / g.sw;
+            if (wo >= g.Wo) continue;
+            const T* src = gout + ((b * g.Ho + ho) * g.Wo + wo) * K + (i * g.kw + j) * g.C;
+#pragma omp simd
+            for (int64_t c = 0; c < g.C; ++c) o[c] += src[c];
+          }
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < g.C; ++c) o[c] *= scale;
+      }
+    }
+  });
+}
+
+Geom geom(const at::Tensor& v, int64_t kh, int64_t kw, int64_t ph, int64_t pw, int64_t sh, int64_t sw) {
+  TORCH_CHECK(v.dim() == 4, "poincare_patches: v must be (B, H, W, C)");
+  TORCH_CHECK(kh > 0 && kw > 0 && sh > 0 && sw > 0 && ph >= 0 && pw >= 0, "poincare_patches: bad kernel geometry");
+  Geom g{v.size(0), v.size(1), v.size(2), v.size(3), kh, kw, ph, pw, sh, sw, 0, 0};
+  g.Ho = (g.H + 2 * ph - kh) / sh + 1;
+  g.Wo = (g.W + 2 * pw - kw) / sw + 1;
+  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "poincare_patches: the kernel is larger than the padded image");
+  return g;
+}
+
+}  // namespace
+
+at::Tensor poincare_patches_fwd_cpu(const at::Tensor& v_in, int64_t kh, int64_t kw, int64_t ph, int64_t pw,
+                                    int64_t sh, int64_t sw, double scale) {
+  const at::Tensor v = v_in.contiguous();
+  const Geom g = geom(v, kh, kw, ph, pw, sh, sw);
+  at::Tensor out = at::empty({g.B * g.Ho * g.Wo, kh * kw * g.C}, v.options());
+  if (v.scalar_type() == at::kDouble) gather_fwd<double>(v.data_ptr<double>(), out.data_ptr<double>(), g, scale);
+  else if (v.scalar_type() == at::kFloat) gather_fwd<float>(v.data_ptr<float>(), out.data_ptr<float>(), g, float(scale));
+  else TORCH_CHECK(false, "poincare_patches: float32 or float64 on the CPU");
+  return out;
+}
+
+at::Tensor poincare_patches_bwd_cpu(const at::Tensor& g_in, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh,
+                                    int64_t kw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, double scale) {
+  const at::Tensor go = g_in.contiguous();
+  at::Tensor gv = at::empty({B, H, W, C}, go.options());
+  const Geom g = geom(gv, kh, kw, ph, pw, sh, sw);
+  TORCH_CHECK(go.dim() == 2 && go.size(0) == B * g.Ho * g.Wo && go.size(1) == kh * kw * C,
+              "poincare_patches: grad must be (B*Ho*Wo, kh*kw*C)");
+  if (go.scalar_type() == at::kDouble) gather_bwd<double>(go.data_ptr<double>(), gv.data_ptr<double>(), g, scale);
+  else if (go.scalar_type() == at::kFloat) gather_bwd<float>(go.data_ptr<float>(), gv.data_ptr<float>(), g, float(scale));
+  else TORCH_CHECK(false, "poincare_patches: float32 or float64 on the CPU");
+  return gv;
+}
+
+}  // namespace cpu
+}  // namespace geoops
