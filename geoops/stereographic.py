@@ -381,7 +381,8 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     if (tx is not torch.Tensor and tx is not torch.nn.Parameter) or type(k) is not torch.Tensor:
         return None
     dtype = x.dtype
-    if dtype not in _FAST_DTYPES or x.device.type != "cpu" or k.numel() != 1 or k.device.type != "cpu":
+    if (dtype not in _FAST_DTYPES or x.device.type != "cpu" or k.dtype not in _FLOATS or k.numel() != 1
+            or k.device.type != "cpu"):
         return None
     if spec.has_y:
         ty = type(y)
