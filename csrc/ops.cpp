@@ -21,6 +21,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "geoops compiled kernels";
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+  m.def("stereo_rsgd_step_cpu", &geoops::cpu::stereo_rsgd_step_cpu,
+        "kappa-stereographic Riemannian SGD step, in place (CPU)");
   // attention (Kronecker triple attention)
   m.def("triple_attention_fwd_cpu", &geoops::cpu::triple_attention_fwd_cpu,
         "Kronecker triple attention, forward -> (out, lse) (CPU)");

@@ -88,6 +88,36 @@ def _make_fn(spec: _ops.StereoOp) -> type:
             "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd."}
     cls = type(name, (torch.autograd.Function,), body)
 
+    # the eager CPU fast path's variant (_run checked that the custom op would run these very kernels): the
+    # C++ kernels without the caller's per-call dispatch (a backward that meets a mode or a subclass goes
+    # through the custom op as above)
+    code = spec.code
+
+    def forward_cpp(ctx, x, y, k, r, param):
+        ctx.save_for_backward(x, y, k, r)
+        ctx.param = param
+        return _backend.compiled().stereo_fwd_cpu(code, x, y, k, r, param)
+
+    def backward_cpp(ctx, grad):
+        if not _library.direct_call_ok(grad):
+            return backward(ctx, grad)
+        x, y, k, r = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
+        if mask == 0:
+            return None, None, None, None, None
+        dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
+        if need[2] and k.shape[0] != x.shape[0]:
+            dk = dk.sum(0, keepdim=True)
+        if need[3] and r.shape[0] != x.shape[0]:
+            dr = dr.sum(0, keepdim=True)
+        return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
+                dr if need[3] else None, None)
+
+    _FNS_CPP[spec.name] = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward_cpp), "backward": staticmethod(backward_cpp), "__module__": __name__,
+        "__doc__": f"{name} on the eager CPU fast path: the C++ kernels of {spec.name} called directly."})
+
     # the torch.func variant: same kernels (the custom ops have vmap rules, geoops._ops.stereographic),
     # setup_context, generated vmap rule, and a jvp (forward mode: jacfwd) from the reference composition
     def forward_f(x, y, k, r, param):
@@ -111,6 +141,9 @@ def _make_fn(spec: _ops.StereoOp) -> type:
 
 
 _FNS_FUNC: dict = {}
+_FNS_CPP: dict = {}
+
+
 def _once(backward):
     """The backward kernels are not differentiable: under a transform (which always differentiates with
     create_graph) they run without building a graph; nested derivative transforms (jacrev(grad(f)),
@@ -249,6 +282,10 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
          names=("x", "y"), r_name="r"):
     """Validate, broadcast to rows, run the op's Fn, and restore the caller's layout."""
     spec = _ops.STEREO_OPS[op]
+    if dim == -1 and r is None and eps < 0:
+        out = _run_fast(op, spec, x, y, k, keepdim)
+        if out is not None:
+            return out
     nx, ny = names
     _check_float(op, nx, x)
     if spec.has_y:
@@ -330,6 +367,59 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if nd != 2:
         out = out.reshape(batch + (D,))
     return out if last else out.movedim(-1, d)
+
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
+def _run_fast(op: str, spec, x, y, k, keepdim: bool):
+    """_run for the common eager case, with less Python per call (per-call cost is what small batches pay,
+    e.g. an embedding model's loss): plain float32/float64 CPU tensors of one dtype, vectors along the last
+    dim, a one-element tensor k, debug checks off, the C++ backend.  Returns None when any of that does
+    not hold (the general path then runs, and validates)."""
+    tx = type(x)
+    if (tx is not torch.Tensor and tx is not torch.nn.Parameter) or type(k) is not torch.Tensor:
+        return None
+    dtype = x.dtype
+    if (dtype not in _FAST_DTYPES or x.device.type != "cpu" or k.dtype not in _FLOATS or k.numel() != 1
+            or k.device.type != "cpu"):
+        return None
+    if spec.has_y:
+        ty = type(y)
+        if (ty is not torch.Tensor and ty is not torch.nn.Parameter) or y.dtype != dtype or y.device.type != "cpu":
+            return None
+    nd = x.dim()
+    if nd == 0 or (spec.has_y and y.dim() == 0) or not _library.direct_call_ok(x, y, k):
+        return None
+    if _backend.checks_enabled() or _backend.resolve(x.device, _ops.FAMILY) != "cpp":
+        return None
+    shape = x.shape
+    if spec.has_y and (y.dim() != nd or y.shape != shape):
+        try:
+            shape = _broadcast2(x.shape, y.shape)
+        except RuntimeError:
+            return None  # the general path raises its error
+        nd = len(shape)
+    D = shape[-1]
+    x2 = x if x.shape == shape else x.expand(shape)
+    y2 = (y if y.shape == shape else y.expand(shape)) if spec.has_y else None
+    if nd != 2:
+        x2 = x2.reshape(-1, D)
+        y2 = y2.reshape(-1, D) if spec.has_y else None
+    if x2.shape[0] == 0 or D == 0:
+        return None
+    kd = dtype  # the kernels take k in the inputs' dtype (float32 for float32 inputs)
+    k2 = k.reshape(1) if k.dtype == kd else k.to(kd).reshape(1)
+    eps = _ref.default_eps(dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or (spec.has_y and y.requires_grad)):
+        out = _FNS_CPP[op].apply(x2, y2, k2, None, eps)
+    else:
+        out = _backend.compiled().stereo_fwd_cpu(spec.code, x2, y2, k2, None, eps)
+    batch = shape[:-1]
+    if spec.scalar_out:
+        out = out.reshape(batch) if nd != 2 else out
+        return out.unsqueeze(-1) if keepdim else out
+    return out.reshape(shape) if nd != 2 else out
 
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)
@@ -1472,11 +1562,14 @@ def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, d
         last = dim in (-1, xp.dim() - 1)
         if (last and xp.dim() >= 1 and xp.dtype in (torch.float32, torch.float64) and grad.dtype == xp.dtype
                 and xp.is_contiguous() and grad.is_contiguous() and xp.numel()):
-            # rows [N, D]: lambda_x and project are one fused kernel each (no argument handling per call)
+            # rows [N, D]: one fused kernel in place (CPU), else lambda_x and project, one fused kernel each
             D = xp.shape[-1]
             x2, g2 = xp.view(-1, D), grad.view(-1, D)
-            k1 = kt.reshape(1).to(xp.dtype)
             eps = _ref.default_eps(xp.dtype)
+            if xp.device.type == "cpu" and _backend.resolve(xp.device, _ops.FAMILY) == "cpp":
+                _backend.compiled().stereo_rsgd_step_cpu(x2, g2, float(kt), float(lr), eps)
+                return x
+            k1 = kt.reshape(1).to(xp.dtype)
             s = _FWD["lambda_x"](x2, None, k1, None, eps).pow_(-2.0).mul_(-float(lr))  # -lr / lambda_x^2
             x2.addcmul_(g2, s.unsqueeze(-1))
             x2.copy_(_FWD["project"](x2, None, k1, None, eps))

@@ -122,6 +122,32 @@ def test_riemannian_sgd_step_matches_egrad2rgrad_retr(kv):
         gs.riemannian_sgd_step_(x, g[:3], lr=0.1, k=k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kv", [-1.0, -0.3, 0.0, 0.5])
+@pytest.mark.parametrize("d", [1, 2, 10, 33])
+def test_riemannian_sgd_step_kernel_matches_composition(d, kv, dtype):
+    """The one-call CPU step (stereo_rsgd_step_cpu) against the reference composition, per dtype, incl.
+    rows that the projection pulls back, rows at 0 and a non-contiguous row stride (a column slice)."""
+    x = _pts(37, d, scale=0.9, seed=21).to(dtype)
+    x[:4] *= 3.0
+    x[4] = 0
+    g = _pts(37, d, scale=2.0, seed=22).to(dtype)
+    k = torch.tensor(kv, dtype=dtype)
+    x64, g64 = x.double(), g.double()
+    den = (1 + kv * (x64 * x64).sum(-1, keepdim=True)).clamp_min(1e-15)
+    want = ref.project(x64 - 0.3 * g64 * (den ** 2 / 4), k=k.double(), eps=ref.default_eps(dtype))
+    got = x.clone()
+    gs.riemannian_sgd_step_(got, g, lr=0.3, k=k)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == F64 else dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(got.double(), want, **tol)
+    wide = torch.zeros(37, d + 3, dtype=dtype)  # x: rows of stride d + 3 (a view into a wider buffer)
+    wide[:, :d] = x
+    view = wide[:, :d]
+    gs.riemannian_sgd_step_(view, g, lr=0.3, k=k)
+    torch.testing.assert_close(view.double(), want, **tol)
+    assert (wide[:, d:] == 0).all()
+
+
 geoopt = pytest.importorskip("geoopt")
 
 
