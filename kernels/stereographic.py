@@ -166,10 +166,45 @@ def _clamp_min_den_live(v):
 # libdevice's error levels (tests/triton: test_parity_floors_at_libdevice_error_levels).  The cost
 # is a few float64 operations per row, against D elements of memory traffic per row.
 @triton.jit
+def _tan_cw(s):
+    """tan(s) for float64 s >= 0 without libdevice: the float32/float16/bfloat16 kernels' tan.
+
+    libdevice's double tan carries a call to its large-argument reduction (`__internal_trig_reduction_
+    slowpathd`, Payne-Hanek), around which ptxas kept a word or two on the stack in the float32 row kernels.
+    Here: Cody-Waite.  n = nearest integer to s / (pi/2); r = s - n pi/2 with pi/2 = C1 + C2 + C3 (three
+    float64 words) subtracted by fmas: the first is exact (|r| < 2, a multiple of ulp(C1)), the others round
+    once each relative to r itself, so r keeps its relative accuracy next to a multiple of pi/2 (the rest
+    of pi/2, n * 5.6e-50, is below any such r for s < 2^50; the kernels' float32 arguments carry far more
+    error than that beyond s ~ 2^24, and for s >= 2^50 r is that of a rounded n, clamped: finite).  Then
+    tan r = sin r / cos r, Taylor to r^17 / r^16 on |r| <= pi/4 (truncation < 1e-18), -cos/sin for odd n:
+    a few float64 ulp, then rounded to float32 or below."""
+    n = tl.floor(s * 0.6366197723675814 + 0.5)
+    # float64 tensors: a Python float in tl.fma would become a float32 constant (C2, C3 would lose bits)
+    c1 = tl.full(s.shape, 1.5707963267948966, tl.float64)
+    c2 = tl.full(s.shape, 6.123233995736766e-17, tl.float64)
+    c3 = tl.full(s.shape, -1.4973849048591698e-33, tl.float64)
+    r = tl.fma(-n, c3, tl.fma(-n, c2, tl.fma(-n, c1, s)))
+    r = tl.minimum(tl.maximum(r, -0.79), 0.79)
+    r2 = r * r
+    sn = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (
+        -1.0 / 39916800 + r2 * (1.0 / 6227020800 + r2 * (-1.0 / 1307674368000 + r2 * (1.0 / 355687428096000))))))))
+    cs = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800 + r2 * (
+        1.0 / 479001600 + r2 * (-1.0 / 87178291200 + r2 * (1.0 / 20922789888000))))))))
+    odd = (n - 2.0 * tl.floor(0.5 * n)) != 0.0
+    return tl.where(odd, -cs / sn, sn / cs)
+
+
+@triton.jit
 def _tanc_closed(az, neg):
-    """tan(s)/s, or tanh(s)/s where `neg`, for s = sqrt(az), az > 0: in float64, cast to az's type."""
+    """tan(s)/s, or tanh(s)/s where `neg`, for s = sqrt(az), az > 0: in float64, cast to az's type.
+
+    float64 kernels use libdevice's tan (exact reduction for any argument); the others _tan_cw."""
     s = tl.sqrt(az.to(tl.float64))
-    r = tl.where(neg, _math.tanh(s) / s, _math.tan(s) / s)
+    if az.dtype == tl.float64:
+        tn = _math.tan(s)
+    else:
+        tn = _tan_cw(s)
+    r = tl.where(neg, _math.tanh(s) / s, tn / s)
     return r.to(az.dtype)
 
 
