@@ -10,20 +10,26 @@ tensors under the Triton interpreter (``TRITON_INTERPRET=1``).  The module imple
 
 Forward (``_triple_attention_fwd_kernel``): one program per (query tile of BLOCK_M rows, batch x head).
 For each admissible first key j (a scalar loop) and each tile of BLOCK_N second keys, the score tile
-is one dot, S = (Q_I (.) k1_j) K2_tile^T, and the value update is (P V2_tile) (.) v1_j, with an online
+is S = (Q_I (.) k1_j) K2_tile^T (a dot, chunked over the head dim), and the value update is (P V2_tile) (.) v1_j, with an online
 softmax (running max and sum per query) over the (j, k-tile) sequence.  Nothing of size N^2 is stored.
 
 Backward (no atomics, deterministic): delta_i = <dout_i, out_i> (with a float32 output recomputed for
 half-precision inputs) and the forward's lse give P = exp(S - lse) again.
-  * ``_triple_attention_bwd_dq_kernel``: per query tile, dq_i = s sum_j k1_j (.) sum_k dS_ijk k2_k.
+  * ``_triple_attention_bwd_dq_kernel``: per query tile, dq_i = s sum_j sum_k dS_ijk (k1_j (.) k2_k) (one
+    accumulator; float16/bfloat16 keep the per-j partial sum, k1_j applied in float32).
   * ``_triple_attention_bwd_dkv_kernel``: per tile of "shared" keys (k2, v2), loops over the query heads
     of its key group, the query tiles that can see the tile, and their first keys j:
     dV2 += P^T (dout (.) v1_j), dK2 += dS^T (s q (.) k1_j).  The op is symmetric in (k1, v1) <-> (k2, v2),
     so the same kernel with the key sets swapped gives dK1, dV1.
 
 Precision: float64 in float64 (interpreter / tests); everything else accumulates in float32; fp32 dots
-use input_precision="ieee" (exact fp32, as the tests need); float16/bfloat16 tiles feed the dots in
-their own dtype with float32 accumulation.  Offsets are 64-bit.
+use input_precision="ieee" (exact fp32, as the tests need; never TF32); float16/bfloat16 tiles feed the
+dots in their own dtype with float32 accumulation.  Offsets are 64-bit.
+
+Registers: the score and dp dots (K = the head dim) are walked in BLOCK_K-wide chunks of the head dim
+(``_chunked_scores``: no operand is held over the whole head dim; exact float32 dots lower to FMA loops
+whose registers grow with K).  The launch configuration per dtype and head dim is chosen in one place,
+``_blocks``; kernels/COMPILE_REPORT.md shows the result (registers, spills) per variant.
 """
 from __future__ import annotations
 
@@ -280,23 +286,32 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _blocks(D: int, DV: int, dtype: torch.dtype) -> dict:
-    """Tile sizes: what a GPU launch uses (also what the compile check compiles), or the interpreter's."""
+def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
+    """Launch configuration per dtype and head dims (forward, or the backward's dq/dkv kernels): what a GPU
+    launch uses (also what the compile check compiles), or the interpreter's.  The one place it is chosen.
+
+    Every dtype walks the score/dp dots over the head dim in BLOCK_K = 16 chunks (_chunked_scores), and
+    compiles with maxnreg=255 (without it ptxas capped some kernels at 128/168 registers and spilled).
+    float32 (exact FMA dots, whose registers grow with K): 32 query x 16 key tiles (K of the P V and dS K2
+    dots = 16), 8 warps from head dim 128 on (4 spilled 2.4 KB in the dkv kernel at D = 128).  float64:
+    32 x 32, 16 x 16 from head dim 128 (a 32 x 32 dkv kernel took 192 KB of shared memory with Triton 3.6
+    on sm_80), one pipeline stage (three took 173-197 KB at D = 128, over sm_80's 163 KB per block).
+    float16/bfloat16 (tensor-core dots): 64 x 64 in the forward up to head dim 64, 32 x 32 otherwise (64 x 64
+    spilled 0.5-1.3 KB in the backward and ~0.1 KB in the forward at D = 128)."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
     if INTERPRETED:  # the interpreter: smallest legal dot tiles (head dims > 16 take the chunked path)
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be)
-    import os, json
-    half = dtype in (torch.float16, torch.bfloat16)
-    big = half and max(bd, be) <= 128
-    tile = 64 if big else (16 if dtype == torch.float64 and max(bd, be) >= 128 else 32)
-    cfg = dict(BLOCK_M=tile, BLOCK_N=16 if dtype == torch.float32 else tile, BLOCK_K=min(16, bd, be), BLOCK_D=bd,
-               BLOCK_DV=be, num_warps=8 if dtype == torch.float32 and max(bd, be) >= 128 else 4, maxnreg=255,
-               **({"num_stages": 1} if dtype == torch.float64 else {}))
-    ov = os.environ.get("ATTN_CFG")
-    if ov:
-        cfg.update(json.loads(ov).get(str(dtype).replace("torch.", ""), {}))
-    return cfg
+    wide = max(bd, be)
+    if dtype in (torch.float16, torch.bfloat16):
+        bm = bn = 64 if not bwd and wide <= 64 else 32
+    elif dtype == torch.float64:
+        bm = bn = 16 if wide >= 128 else 32
+    else:
+        bm, bn = 32, 16
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be,
+                num_warps=8 if dtype == torch.float32 and wide >= 128 else 4, maxnreg=255,
+                **({"num_stages": 1} if dtype == torch.float64 else {}))
 
 
 def _flags(dtype: torch.dtype) -> dict:
@@ -333,7 +348,7 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     lse = lse.to(acc).contiguous()
     dq = torch.empty_like(q)
     dk1, dk2, dv1, dv2 = (torch.empty_like(t) for t in (k1, k2, v1, v2))
-    blk = _blocks(D, DV, q.dtype)
+    blk = _blocks(D, DV, q.dtype, bwd=True)
     fl = _flags(q.dtype)
     if q.numel():
         grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
@@ -364,21 +379,22 @@ def triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w
 
 # ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
 COMPILE_NOTES = """\
-Spills are reported here, not bounded (the hook tolerates up to _FMA_SPILL_ALLOWANCE = 64 KB): every dtype
-spills from head dim 64 on.  float16/bfloat16 (tensor-core dots, 64 x 64 tiles): the query tile and the
-output accumulator are held in float32, 56 B at D = 64 and ~1.3 KB at D = 128 in the forward (Triton 3.9
-sm_90 / 3.6 sm_80).  float32/float64: the dots are exact
-(input_precision="ieee"), which Triton lowers to FMA loops where each thread holds its rows and columns of
-both operands over the whole head dim (K = D for the score and dp dots): ptxas spills from D = 64 on
-(float32: 0.1-0.4 KB at D = 64, 1-11 KB at D = 128; float64 more).  float64 uses one pipeline
-stage (three took 173-197 KB of shared memory at D = 128, more than sm_80's 163 KB per block).  The fix is
-a head-dim-chunked score dot (or tf32x3 tensor-core dots where float32 accuracy allows): not done."""
+No spill in any float32, float16 or bfloat16 variant, on any column (the hook allows none: a spill there fails
+the check).  Exact float32 dots (input_precision="ieee", never TF32) lower to FMA loops whose registers grow
+with the dot's K, so the score and dp dots walk the head dim in BLOCK_K = 16 chunks (_chunked_scores) and
+float32 uses 32 x 16 tiles (K = 16 in the P V and dS K2 dots), 8 warps from head dim 128 on; float16/bfloat16
+use 32 x 32 tiles except the forward up to head dim 64 (64 x 64).  Every kernel compiles with maxnreg=255:
+left to itself ptxas aimed at 128-168 registers and spilled.  Before (main, 2026-11-30): 46-59 of 84
+kernels per column spilled, up to 2-5 KB.  float64 (one pipeline stage; 16 x 16 tiles from head dim 128,
+32 x 32 below): 16 B (8 B stores + 8 B loads) in the D = 64 forward with Triton 3.6 on sm_90 only, at 255
+registers: the 32 x 32 float64 tiles' accumulator and online-softmax state; allowed up to 64 B
+(_SPILL_ALLOWANCE)."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
 _COMPILE_DIMS = (16, 64, 128)
-# spill bytes (stores + loads) tolerated: every dtype spills from head dim 64 on (see COMPILE_NOTES)
-_FMA_SPILL_ALLOWANCE = 65536  # reported, not a bound: D = 128 spills kilobytes (COMPILE_NOTES)
+# spill bytes (stores + loads) tolerated per dtype: none, except float64's (explained in COMPILE_NOTES)
+_SPILL_ALLOWANCE = {torch.float32: 0, torch.float16: 0, torch.bfloat16: 0, torch.float64: 64}
 
 
 def compile_variants():
@@ -387,12 +403,9 @@ def compile_variants():
     Per dtype (float32, float64, float16, bfloat16) x masking (full, causal; a window is the causal
     binary with run-time bounds) x head dim of _COMPILE_DIMS: the forward, and the backward (its dq
     kernel, the dkv kernel for both key sets, and for the half types the float32-output forward it
-    recomputes delta with).  Expectations: 64-bit program-id arithmetic, IEEE float32 division; spills are
-    reported, not bounded (COMPILE_NOTES).  float32 and float64 dots are exact (input_precision="ieee"),
-    which Triton lowers to FMA loops where each thread holds its rows and columns of both operands over
-    the whole head dim: from D = 64 on, ptxas spills (up to _FMA_SPILL_ALLOWANCE bytes, measured in
-    kernels/COMPILE_REPORT.md).  The fix is a head-dim-chunked score dot (or tf32x3 tensor-core dots);
-    it is not done, so the allowance is explicit here and the spills show in the table.
+    recomputes delta with).  Expectations: 64-bit program-id arithmetic, IEEE float32 division, no
+    spill in float32/float16/bfloat16 (a spill there fails the check), float64 up to _SPILL_ALLOWANCE
+    bytes (explained in COMPILE_NOTES).
     """
     entries = []
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -403,7 +416,7 @@ def compile_variants():
                 kv = torch.zeros(1, 1, 37, D, dtype=dtype)
                 lse = torch.zeros(1, 2, 37, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
                 mode = "causal" if causal else "full"
-                expect = {"index64": True, "ieee_div": True, "max_spill_bytes": _FMA_SPILL_ALLOWANCE}
+                expect = {"index64": True, "ieee_div": True, "max_spill_bytes": _SPILL_ALLOWANCE[dtype]}
 
                 def fwd(q=q, kv=kv, causal=causal):
                     _triple_attention_fwd(q, kv, kv, kv, kv, 0.125, causal, 0, 0)
