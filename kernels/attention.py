@@ -10,20 +10,26 @@ tensors under the Triton interpreter (``TRITON_INTERPRET=1``).  The module imple
 
 Forward (``_triple_attention_fwd_kernel``): one program per (query tile of BLOCK_M rows, batch x head).
 For each admissible first key j (a scalar loop) and each tile of BLOCK_N second keys, the score tile
-is one dot, S = (Q_I (.) k1_j) K2_tile^T, and the value update is (P V2_tile) (.) v1_j, with an online
+is S = (Q_I (.) k1_j) K2_tile^T (a dot, chunked over the head dim), and the value update is (P V2_tile) (.) v1_j, with an online
 softmax (running max and sum per query) over the (j, k-tile) sequence.  Nothing of size N^2 is stored.
 
 Backward (no atomics, deterministic): delta_i = <dout_i, out_i> (with a float32 output recomputed for
 half-precision inputs) and the forward's lse give P = exp(S - lse) again.
-  * ``_triple_attention_bwd_dq_kernel``: per query tile, dq_i = s sum_j k1_j (.) sum_k dS_ijk k2_k.
+  * ``_triple_attention_bwd_dq_kernel``: per query tile, dq_i = s sum_j sum_k dS_ijk (k1_j (.) k2_k) (one
+    accumulator; float16/bfloat16 keep the per-j partial sum, k1_j applied in float32).
   * ``_triple_attention_bwd_dkv_kernel``: per tile of "shared" keys (k2, v2), loops over the query heads
     of its key group, the query tiles that can see the tile, and their first keys j:
     dV2 += P^T (dout (.) v1_j), dK2 += dS^T (s q (.) k1_j).  The op is symmetric in (k1, v1) <-> (k2, v2),
     so the same kernel with the key sets swapped gives dK1, dV1.
 
 Precision: float64 in float64 (interpreter / tests); everything else accumulates in float32; fp32 dots
-use input_precision="ieee" (exact fp32, as the tests need); float16/bfloat16 tiles feed the dots in
-their own dtype with float32 accumulation.  Offsets are 64-bit.
+use input_precision="ieee" (exact fp32, as the tests need; never TF32); float16/bfloat16 tiles feed the
+dots in their own dtype with float32 accumulation.  Offsets are 64-bit.
+
+Registers: the score and dp dots (K = the head dim) are walked in BLOCK_K-wide chunks of the head dim
+(``_chunked_scores``: no operand is held over the whole head dim; exact float32 dots lower to FMA loops
+whose registers grow with K).  The launch configuration per dtype and head dim is chosen in one place,
+``_blocks``; kernels/COMPILE_REPORT.md shows the result (registers, spills) per variant.
 """
 from __future__ import annotations
 
@@ -48,24 +54,18 @@ def _ranges(offs, N, M, W, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _query_tile(Q, K1, K2, V1, V2, N, M1, M2, D, DV, H, REP, scale, W1, W2, CAUSAL: tl.constexpr, CT: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+def _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
     """The prologue shared by the forward and the dq kernel: one query tile of (batch x head) bh.
 
-    Returns the tile's indices and masks, its scaled queries q (in CT), the per-row admissible key ranges,
-    the (j, k) loop bounds over the first and second keys, and the key/value bases of bh's key head.
-    The program ids are widened to 64 bits before any arithmetic (rows past 2^31 do not wrap)."""
+    Returns the tile's rows, its row pointers into Q (head dim D) and DO (DV; the forward passes DO = Q, unused),
+    the per-row admissible key ranges, the (j, k) loop bounds over the first and second keys, and the
+    key/value bases of bh's key head.  The program ids are widened to 64 bits before any arithmetic (rows
+    past 2^31 do not wrap)."""
     i0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     kvh = (bh // H) * (H // REP) + (bh % H) // REP
     offs_m = i0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_e = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < N
-    dmask = offs_d < D
-    emask = offs_e < DV
-    q = tl.load(Q + (bh * N + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
-                other=0.0).to(CT) * scale
     lo1, hi1 = _ranges(offs_m, N, M1, W1, CAUSAL)
     lo2, hi2 = _ranges(offs_m, N, M2, W2, CAUSAL)
     i_last = tl.minimum(i0 + BLOCK_M, N) - 1
@@ -77,51 +77,67 @@ def _query_tile(Q, K1, K2, V1, V2, N, M1, M2, D, DV, H, REP, scale, W1, W2, CAUS
     else:
         j_end = M1 + tl.zeros_like(i0)
         k_end = M2 + tl.zeros_like(i0)
-    return (bh, kvh, offs_m, offs_d, offs_e, row_ok, dmask, emask, q, lo1, hi1, lo2, hi2, j_start, j_end, k_start,
-            k_end, K1 + kvh * M1 * D, V1 + kvh * M1 * DV, K2 + kvh * M2 * D, V2 + kvh * M2 * DV)
+    return (bh, kvh, offs_m, row_ok, Q + (bh * N + offs_m) * D, DO + (bh * N + offs_m) * DV, lo1, hi1, lo2, hi2,
+            j_start, j_end, k_start, k_end, K1 + kvh * M1 * D, V1 + kvh * M1 * DV, K2 + kvh * M2 * D,
+            V2 + kvh * M2 * DV)
 
 
 @triton.jit
-def _key_tile(k2_base, v2_base, k0, M2, D, DV, offs_d, offs_e, dmask, emask, jok, lo2, hi2, BLOCK_N: tl.constexpr):
-    """Second-key tile k0 of the forward and dq loops: its keys, values and the (query, key) admissibility."""
-    offs_n = k0 + tl.arange(0, BLOCK_N)
-    nmask = offs_n < M2
-    k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
-    v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :], other=0.0)
-    ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
-    return k2, v2, ok
+def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.constexpr, HALF: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """S[m, n] = sum_{d < L} (a[m, d] * a_scale * w[d]) * b[n, d]: the score (and dp) dots of every kernel.
+
+    a_rows / b_rows: pointers to the rows of a (BLOCK_M) and b (BLOCK_N), masked by a_ok / b_ok; w: the
+    first key (or value) row.  The head dim is walked in chunks of BLOCK_K (a run-time loop, the last chunk
+    masked), so no operand is ever held over the whole head dim: exact float32 dots (input_precision="ieee")
+    lower to FMA loops whose registers grow with K, which spilled from D = 16 on.  float16/bfloat16 feed the
+    chunk's tensor-core dot in their own dtype (the product a * a_scale * w in float32, rounded once)."""
+    s = tl.zeros([BLOCK_M, BLOCK_N], CT)
+    for d0 in range(0, L, BLOCK_K):
+        offs = d0 + tl.arange(0, BLOCK_K)
+        dm = offs < L
+        a = tl.load(a_rows[:, None] + offs[None, :], mask=a_ok[:, None] & dm[None, :], other=0.0).to(CT) * a_scale
+        w = tl.load(w_ptr + offs, mask=dm, other=0.0).to(CT)
+        b = tl.load(b_rows[:, None] + offs[None, :], mask=b_ok[:, None] & dm[None, :], other=0.0)
+        a = a * w[None, :]
+        if HALF:
+            s += tl.dot(a.to(b.dtype), tl.trans(b))
+        else:
+            s += tl.dot(a, tl.trans(b.to(CT)), input_precision="ieee")
+    return s
 
 
 @triton.jit
 def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale, W1, W2,
                                  CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                                 BLOCK_DV: tl.constexpr):
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     ct = tl.float64 if F64 else tl.float32
-    (bh, kvh, offs_m, offs_d, offs_e, row_ok, dmask, emask, q, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
-     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, N, M1, M2, D, DV, H, REP, scale, W1, W2,
-                                                       CAUSAL, ct, BLOCK_M, BLOCK_D, BLOCK_DV)
+    (bh, kvh, offs_m, row_ok, q_rows, _, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
+     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, Q, N, M1, M2, D, DV, H, REP, W1, W2,
+                                                       CAUSAL, BLOCK_M)
+    offs_e = tl.arange(0, BLOCK_DV)
+    emask = offs_e < DV
     m_i = tl.full([BLOCK_M], float("-inf"), ct)
     l_i = tl.zeros([BLOCK_M], ct)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
     for j in range(j_start, j_end):
-        k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
         v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
-        qj = q * k1j[None, :]
         jok = row_ok & (j >= lo1) & (j <= hi1)
         for k0 in range(k_start, k_end, BLOCK_N):
-            k2, v2, ok = _key_tile(k2_base, v2_base, k0, M2, D, DV, offs_d, offs_e, dmask, emask, jok, lo2, hi2,
-                                   BLOCK_N)
-            if HALF:
-                s = tl.dot(qj.to(k2.dtype), tl.trans(k2))
-            else:
-                s = tl.dot(qj, tl.trans(k2.to(ct)), input_precision="ieee")
+            offs_n = k0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < M2
+            s = _chunked_scores(q_rows, scale, k1_base + j * D, k2_base + offs_n * D, row_ok, nmask, D, ct, HALF,
+                                BLOCK_M, BLOCK_N, BLOCK_K)
+            ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
             s = tl.where(ok, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
+            v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
+                         other=0.0)
             if HALF:
                 pv = tl.dot(p.to(v2.dtype), v2)
             else:
@@ -144,14 +160,14 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
 @triton.jit
 def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1, M2, D, DV, H, REP, scale, W1, W2,
                                     CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
-                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                                    BLOCK_DV: tl.constexpr):
+                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     ct = tl.float64 if F64 else tl.float32
-    (bh, kvh, offs_m, offs_d, offs_e, row_ok, dmask, emask, q, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
-     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, N, M1, M2, D, DV, H, REP, scale, W1, W2,
-                                                       CAUSAL, ct, BLOCK_M, BLOCK_D, BLOCK_DV)
-    do = tl.load(DO + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
-                 other=0.0).to(ct)
+    (bh, kvh, offs_m, row_ok, q_rows, do_rows, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
+     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2,
+                                                       CAUSAL, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
     lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
     delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
     live = row_ok & (lse > float("-inf"))
@@ -159,27 +175,26 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
     acc = tl.zeros([BLOCK_M, BLOCK_D], ct)
     for j in range(j_start, j_end):
         k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
-        v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
-        qj = q * k1j[None, :]
-        gj = do * v1j[None, :]
         jok = live & (j >= lo1) & (j <= hi1)
-        dqj = tl.zeros([BLOCK_M, BLOCK_D], ct)
+        dqj = tl.zeros([BLOCK_M, BLOCK_D], ct)  # float16/bfloat16 only (k1_j applied once per j, in float32)
         for k0 in range(k_start, k_end, BLOCK_N):
-            k2, v2, ok = _key_tile(k2_base, v2_base, k0, M2, D, DV, offs_d, offs_e, dmask, emask, jok, lo2, hi2,
-                                   BLOCK_N)
-            if HALF:
-                s = tl.dot(qj.to(k2.dtype), tl.trans(k2))
-                dp = tl.dot(gj.to(v2.dtype), tl.trans(v2))
-            else:
-                s = tl.dot(qj, tl.trans(k2.to(ct)), input_precision="ieee")
-                dp = tl.dot(gj, tl.trans(v2.to(ct)), input_precision="ieee")
+            offs_n = k0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < M2
+            s = _chunked_scores(q_rows, scale, k1_base + j * D, k2_base + offs_n * D, row_ok, nmask, D, ct, HALF,
+                                BLOCK_M, BLOCK_N, BLOCK_K)
+            dp = _chunked_scores(do_rows, 1.0, v1_base + j * DV, v2_base + offs_n * DV, row_ok, nmask, DV, ct, HALF,
+                                 BLOCK_M, BLOCK_N, BLOCK_K)
+            ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
             p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
             ds = p * (dp - delta[:, None])
+            k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
+                         other=0.0)
             if HALF:
                 dqj += tl.dot(ds.to(k2.dtype), k2)
-            else:
-                dqj += tl.dot(ds, k2.to(ct), input_precision="ieee")
-        acc += dqj * k1j[None, :]
+            else:  # sum_k dS_ijk (k1_j (.) k2_k): one accumulator, no per-j partial sum held
+                acc += tl.dot(ds, k2.to(ct) * k1j[None, :], input_precision="ieee")
+        if HALF:
+            acc += dqj * k1j[None, :]
     tl.store(DQ + (bh * N + offs_m[:, None]) * D + offs_d[None, :], (acc * scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & dmask[None, :])
 
@@ -187,8 +202,8 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
 @triton.jit
 def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB, N, MA, MB, D, DV, H, REP, scale,
                                      WA, WB, CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
-                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                                     BLOCK_DV: tl.constexpr):
+                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Gradients of the key set B (KB, VB) for one tile of BLOCK_N of its keys and one key head."""
     n0 = tl.program_id(0).to(tl.int64) * BLOCK_N  # 64-bit before any arithmetic
     kvh = tl.program_id(1).to(tl.int64)
@@ -202,10 +217,8 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     nmask = offs_n < MB
     dmask = offs_d < D
     emask = offs_e < DV
-    kb = tl.load(KB + (kvh * MB + offs_n[:, None]) * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
-                 other=0.0)
-    vb = tl.load(VB + (kvh * MB + offs_n[:, None]) * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
-                 other=0.0)
+    kb_rows = KB + (kvh * MB + offs_n) * D
+    vb_rows = VB + (kvh * MB + offs_n) * DV
     dkb = tl.zeros([BLOCK_N, BLOCK_D], ct)
     dvb = tl.zeros([BLOCK_N, BLOCK_DV], ct)
     n_last = tl.minimum(n0 + BLOCK_N, MB) - 1
@@ -223,10 +236,8 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
         for i0 in range(i_lo, i_hi, BLOCK_M):
             offs_m = i0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < N
-            q = tl.load(Q + (bh * N + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
-                        other=0.0).to(ct) * scale
-            do = tl.load(DO + (bh * N + offs_m[:, None]) * DV + offs_e[None, :],
-                         mask=row_ok[:, None] & emask[None, :], other=0.0).to(ct)
+            q_rows = Q + (bh * N + offs_m) * D
+            do_rows = DO + (bh * N + offs_m) * DV
             lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
             delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
             live = row_ok & (lse > float("-inf"))
@@ -241,22 +252,23 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
             else:
                 j_end = MA
             for j in range(j_start, j_end):
-                kaj = tl.load(ka_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
-                vaj = tl.load(va_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
-                qj = q * kaj[None, :]
-                gj = do * vaj[None, :]
+                s = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
+                                    BLOCK_M, BLOCK_N, BLOCK_K)
+                dp = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
+                                     BLOCK_M, BLOCK_N, BLOCK_K)
                 ok = kok & ((j >= loa) & (j <= hia))[:, None]
-                if HALF:
-                    s = tl.dot(qj.to(kb.dtype), tl.trans(kb))
-                    dp = tl.dot(gj.to(vb.dtype), tl.trans(vb))
-                else:
-                    s = tl.dot(qj, tl.trans(kb.to(ct)), input_precision="ieee")
-                    dp = tl.dot(gj, tl.trans(vb.to(ct)), input_precision="ieee")
                 p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
                 ds = p * (dp - delta[:, None])
+                # the (query, first key) operands of the two accumulating dots, over the whole head dims
+                kaj = tl.load(ka_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+                vaj = tl.load(va_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+                qj = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
+                             other=0.0).to(ct) * scale * kaj[None, :]
+                gj = tl.load(do_rows[:, None] + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
+                             other=0.0).to(ct) * vaj[None, :]
                 if HALF:
-                    dvb += tl.dot(tl.trans(p.to(vb.dtype)), gj.to(vb.dtype))
-                    dkb += tl.dot(tl.trans(ds.to(kb.dtype)), qj.to(kb.dtype))
+                    dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)), gj.to(DVB.dtype.element_ty))
+                    dkb += tl.dot(tl.trans(ds.to(DKB.dtype.element_ty)), qj.to(DKB.dtype.element_ty))
                 else:
                     dvb += tl.dot(tl.trans(p), gj, input_precision="ieee")
                     dkb += tl.dot(tl.trans(ds), qj, input_precision="ieee")
@@ -274,19 +286,31 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _blocks(D: int, DV: int, dtype: torch.dtype) -> dict:
-    """Tile sizes: what a GPU launch uses (also what the compile check compiles), or the interpreter's."""
+def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
+    """Launch configuration per dtype and head dims (forward, or the backward's dq/dkv kernels): what a GPU
+    launch uses (also what the compile check compiles), or the interpreter's.  The one place it is chosen.
+
+    Every dtype walks the score/dp dots over the head dim in BLOCK_K = 16 chunks (_chunked_scores), and
+    compiles with maxnreg=255 (without it ptxas capped some kernels at 128/168 registers and spilled).
+    float32 (exact FMA dots, whose registers grow with K): 32 query x 16 key tiles (K of the P V and dS K2
+    dots = 16), 8 warps from head dim 128 on (4 spilled 2.4 KB in the dkv kernel at D = 128).  float64:
+    32 x 32, 16 x 16 from head dim 128 (a 32 x 32 dkv kernel took 192 KB of shared memory with Triton 3.6
+    on sm_80), one pipeline stage (three took 173-197 KB at D = 128, over sm_80's 163 KB per block).
+    float16/bfloat16 (tensor-core dots): 64 x 64 in the forward up to head dim 64, 32 x 32 otherwise (64 x 64
+    spilled 0.5-1.3 KB in the backward and ~0.1 KB in the forward at D = 128)."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
-    if INTERPRETED:  # the interpreter: smallest legal dot tiles
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=bd, BLOCK_DV=be)
-    half = dtype in (torch.float16, torch.bfloat16)
-    big = half and max(bd, be) <= 128
-    # float64: one pipeline stage (three took 173-197 KB of shared memory at D = 128, over sm_80's 163 KB per
-    # block).  float32 keeps three: one stage spilled more at D = 128 (23 KB vs 3 KB, Triton 3.9 sm_90)
-    # float64 at head dim >= 128: 16 x 16 tiles (the dkv kernel with 32 x 32 took 192 KB with Triton 3.6 on sm_80)
-    tile = 64 if big else (16 if dtype == torch.float64 and max(bd, be) >= 128 else 32)
-    return dict(BLOCK_M=tile, BLOCK_N=tile, BLOCK_D=bd, BLOCK_DV=be,
+    if INTERPRETED:  # the interpreter: smallest legal dot tiles (head dims > 16 take the chunked path)
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be)
+    wide = max(bd, be)
+    if dtype in (torch.float16, torch.bfloat16):
+        bm = bn = 64 if not bwd and wide <= 64 else 32
+    elif dtype == torch.float64:
+        bm = bn = 16 if wide >= 128 else 32
+    else:
+        bm, bn = 32, 16
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be,
+                num_warps=8 if dtype == torch.float32 and wide >= 128 else 4, maxnreg=255,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
 
 
@@ -324,7 +348,7 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     lse = lse.to(acc).contiguous()
     dq = torch.empty_like(q)
     dk1, dk2, dv1, dv2 = (torch.empty_like(t) for t in (k1, k2, v1, v2))
-    blk = _blocks(D, DV, q.dtype)
+    blk = _blocks(D, DV, q.dtype, bwd=True)
     fl = _flags(q.dtype)
     if q.numel():
         grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
@@ -355,21 +379,22 @@ def triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w
 
 # ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
 COMPILE_NOTES = """\
-Spills are reported here, not bounded (the hook tolerates up to _FMA_SPILL_ALLOWANCE = 64 KB): every dtype
-spills from head dim 64 on.  float16/bfloat16 (tensor-core dots, 64 x 64 tiles): the query tile and the
-output accumulator are held in float32, 56 B at D = 64 and ~1.3 KB at D = 128 in the forward (Triton 3.9
-sm_90 / 3.6 sm_80).  float32/float64: the dots are exact
-(input_precision="ieee"), which Triton lowers to FMA loops where each thread holds its rows and columns of
-both operands over the whole head dim (K = D for the score and dp dots): ptxas spills from D = 64 on
-(float32: 0.1-0.4 KB at D = 64, 1-11 KB at D = 128; float64 more).  float64 uses one pipeline
-stage (three took 173-197 KB of shared memory at D = 128, more than sm_80's 163 KB per block).  The fix is
-a head-dim-chunked score dot (or tf32x3 tensor-core dots where float32 accuracy allows): not done."""
+No spill in any float32, float16 or bfloat16 variant, on any column (the hook allows none: a spill there fails
+the check).  Exact float32 dots (input_precision="ieee", never TF32) lower to FMA loops whose registers grow
+with the dot's K, so the score and dp dots walk the head dim in BLOCK_K = 16 chunks (_chunked_scores) and
+float32 uses 32 x 16 tiles (K = 16 in the P V and dS K2 dots), 8 warps from head dim 128 on; float16/bfloat16
+use 32 x 32 tiles except the forward up to head dim 64 (64 x 64).  Every kernel compiles with maxnreg=255:
+left to itself ptxas aimed at 128-168 registers and spilled.  Before (main, 2026-11-30): 46-59 of 84
+kernels per column spilled, up to 2-5 KB.  float64 (one pipeline stage; 16 x 16 tiles from head dim 128,
+32 x 32 below): 16 B (8 B stores + 8 B loads) in the D = 64 forward with Triton 3.6 on sm_90 only, at 255
+registers: the 32 x 32 float64 tiles' accumulator and online-softmax state; allowed up to 64 B
+(_SPILL_ALLOWANCE)."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
 _COMPILE_DIMS = (16, 64, 128)
-# spill bytes (stores + loads) tolerated: every dtype spills from head dim 64 on (see COMPILE_NOTES)
-_FMA_SPILL_ALLOWANCE = 65536  # reported, not a bound: D = 128 spills kilobytes (COMPILE_NOTES)
+# spill bytes (stores + loads) tolerated per dtype: none, except float64's (explained in COMPILE_NOTES)
+_SPILL_ALLOWANCE = {torch.float32: 0, torch.float16: 0, torch.bfloat16: 0, torch.float64: 64}
 
 
 def compile_variants():
@@ -378,12 +403,9 @@ def compile_variants():
     Per dtype (float32, float64, float16, bfloat16) x masking (full, causal; a window is the causal
     binary with run-time bounds) x head dim of _COMPILE_DIMS: the forward, and the backward (its dq
     kernel, the dkv kernel for both key sets, and for the half types the float32-output forward it
-    recomputes delta with).  Expectations: 64-bit program-id arithmetic, IEEE float32 division; spills are
-    reported, not bounded (COMPILE_NOTES).  float32 and float64 dots are exact (input_precision="ieee"),
-    which Triton lowers to FMA loops where each thread holds its rows and columns of both operands over
-    the whole head dim: from D = 64 on, ptxas spills (up to _FMA_SPILL_ALLOWANCE bytes, measured in
-    kernels/COMPILE_REPORT.md).  The fix is a head-dim-chunked score dot (or tf32x3 tensor-core dots);
-    it is not done, so the allowance is explicit here and the spills show in the table.
+    recomputes delta with).  Expectations: 64-bit program-id arithmetic, IEEE float32 division, no
+    spill in float32/float16/bfloat16 (a spill there fails the check), float64 up to _SPILL_ALLOWANCE
+    bytes (explained in COMPILE_NOTES).
     """
     entries = []
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -394,7 +416,7 @@ def compile_variants():
                 kv = torch.zeros(1, 1, 37, D, dtype=dtype)
                 lse = torch.zeros(1, 2, 37, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
                 mode = "causal" if causal else "full"
-                expect = {"index64": True, "ieee_div": True, "max_spill_bytes": _FMA_SPILL_ALLOWANCE}
+                expect = {"index64": True, "ieee_div": True, "max_spill_bytes": _SPILL_ALLOWANCE[dtype]}
 
                 def fwd(q=q, kv=kv, causal=causal):
                     _triple_attention_fwd(q, kv, kv, kv, kv, 0.125, causal, 0, 0)

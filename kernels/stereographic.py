@@ -166,10 +166,45 @@ def _clamp_min_den_live(v):
 # libdevice's error levels (tests/triton: test_parity_floors_at_libdevice_error_levels).  The cost
 # is a few float64 operations per row, against D elements of memory traffic per row.
 @triton.jit
+def _tan_cw(s):
+    """tan(s) for float64 s >= 0 without libdevice: the float32/float16/bfloat16 kernels' tan.
+
+    libdevice's double tan carries a call to its large-argument reduction (`__internal_trig_reduction_
+    slowpathd`, Payne-Hanek), around which ptxas kept a word or two on the stack in the float32 row kernels.
+    Here: Cody-Waite.  n = nearest integer to s / (pi/2); r = s - n pi/2 with pi/2 = C1 + C2 + C3 (three
+    float64 words) subtracted by fmas: the first is exact (|r| < 2, a multiple of ulp(C1)), the others round
+    once each relative to r itself, so r keeps its relative accuracy next to a multiple of pi/2 (the rest
+    of pi/2, n * 5.6e-50, is below any such r for s < 2^50; the kernels' float32 arguments carry far more
+    error than that beyond s ~ 2^24, and for s >= 2^50 r is that of a rounded n, clamped: finite).  Then
+    tan r = sin r / cos r, Taylor to r^17 / r^16 on |r| <= pi/4 (truncation < 1e-18), -cos/sin for odd n:
+    a few float64 ulp, then rounded to float32 or below."""
+    n = tl.floor(s * 0.6366197723675814 + 0.5)
+    # float64 tensors: a Python float in tl.fma would become a float32 constant (C2, C3 would lose bits)
+    c1 = tl.full(s.shape, 1.5707963267948966, tl.float64)
+    c2 = tl.full(s.shape, 6.123233995736766e-17, tl.float64)
+    c3 = tl.full(s.shape, -1.4973849048591698e-33, tl.float64)
+    r = tl.fma(-n, c3, tl.fma(-n, c2, tl.fma(-n, c1, s)))
+    r = tl.minimum(tl.maximum(r, -0.79), 0.79)
+    r2 = r * r
+    sn = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (
+        -1.0 / 39916800 + r2 * (1.0 / 6227020800 + r2 * (-1.0 / 1307674368000 + r2 * (1.0 / 355687428096000))))))))
+    cs = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800 + r2 * (
+        1.0 / 479001600 + r2 * (-1.0 / 87178291200 + r2 * (1.0 / 20922789888000))))))))
+    odd = (n - 2.0 * tl.floor(0.5 * n)) != 0.0
+    return tl.where(odd, -cs / sn, sn / cs)
+
+
+@triton.jit
 def _tanc_closed(az, neg):
-    """tan(s)/s, or tanh(s)/s where `neg`, for s = sqrt(az), az > 0: in float64, cast to az's type."""
+    """tan(s)/s, or tanh(s)/s where `neg`, for s = sqrt(az), az > 0: in float64, cast to az's type.
+
+    float64 kernels use libdevice's tan (exact reduction for any argument); the others _tan_cw."""
     s = tl.sqrt(az.to(tl.float64))
-    r = tl.where(neg, _math.tanh(s) / s, _math.tan(s) / s)
+    if az.dtype == tl.float64:
+        tn = _math.tan(s)
+    else:
+        tn = _tan_cw(s)
+    r = tl.where(neg, _math.tanh(s) / s, tn / s)
     return r.to(az.dtype)
 
 
@@ -729,6 +764,16 @@ def _fix_interpreter_loop_bounds() -> bool:
 
 
 INTERPRETED = type(_stereo_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _maxnreg(num_warps: int) -> dict:
+    """Let ptxas use every register a block of num_warps may hold (a launch option; none in the interpreter).
+
+    Left to itself, ptxas targeted 64 registers in some row kernels and 128 in the n = 64 knn and spilled
+    (4-16 B) rather than use more; with .maxnreg it keeps them in registers (kernels/COMPILE_REPORT.md)."""
+    if INTERPRETED:
+        return {}
+    return {"maxnreg": min(255, (65536 // (32 * num_warps)) // 8 * 8)}
 if INTERPRETED:
     _math = _NumpyMath  # noqa: F811 - the interpreter cannot call libdevice
     _fix_interpreter_loop_bounds()
@@ -854,7 +899,7 @@ def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
             OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
             PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
             BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
-            num_warps=num_warps,
+            num_warps=num_warps, **_maxnreg(num_warps),
         )  # fmt: skip
     return out
 
@@ -907,7 +952,7 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
             OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
             PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
             BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
-            num_warps=num_warps,
+            num_warps=num_warps, **_maxnreg(num_warps),
         )  # fmt: skip
     return dx, dy, dk, dr
 
@@ -936,17 +981,17 @@ _COMPILE_SHAPES = (("one-tile", 4096, 64), ("narrow", 4096, 4), ("single-row", 1
 
 
 COMPILE_NOTES = """\
-Row kernels: spills are at most 8 B stores in 0-9 of 352 variants per column, all at 35-64 registers
-(ptxas could use 255): in kernels that contain libdevice's float64 trig-reduction slow path
-(`__internal_trig_reduction_slowpathd`, the tan of tanc for k > 0: 96 of the 352 variants), ptxas keeps
-one or two words on the stack across that call; this accounts for every float32/float16/bfloat16 spill
-(Triton 3.6 sm_80: mobius_scalar_mul chunked fwd and half one-tile bwd; 3.6 sm_90: expmap wide fwd; 3.9
-sm_80: mobius_scalar_mul half one-tile bwd; 3.9 sm_90: none).  The slow path is libdevice's reduction of
-large arguments; the fast path does not run it.  The float64 dist/logmap variants with 4-24 B (Triton 3.6
-sm_80) have no call: ptxas's own choice at 64 registers.  Removing them needs a tan without that call
-(own argument reduction and polynomial): not done; compile_variants tolerates 32 B.  Pairwise kernels
-(pair/...): no spills tolerated; approximate instructions there are libdevice's log1p/atan internals
-(the divisions and square roots of the epilogue are IEEE)."""
+Row kernels: float32/float16/bfloat16 allow no spill.  Their tanc uses _tan_cw (Cody-Waite reduction with
+three float64 words of pi/2 and sin/cos polynomials), not libdevice's tan, whose float64 large-argument
+reduction (`__internal_trig_reduction_slowpathd`, a call) kept 4-8 B on the stack; and they launch with
+.maxnreg (65536 / threads, at most 255): left to itself ptxas targeted 64 registers and spilled 4-8 B even
+without that call.  Checked on the 17 previously spilling or nearby variants, every column: no spill (this
+table's stereographic rows predate that change: regenerate with --write).  float64 keeps libdevice's tan
+(exact reduction for any argument) and may keep up to 32 B on the stack: the slow-path call, and ptxas's
+own choice at 64 registers in dist/logmap (Triton 3.6 sm_80).  Pairwise kernels (pair/...): no spills
+tolerated; the n = 64 knn walks features in 16-wide chunks (32 kept 8 B on the stack with Triton 3.6 on
+sm_80); approximate instructions there are libdevice's log1p/atan internals (the divisions and square
+roots of the epilogue are IEEE)."""
 
 
 def compile_variants():
@@ -974,10 +1019,10 @@ def compile_variants():
                 r = torch.zeros(1, dtype=kd) if code in HAS_R_OPS else None
                 eps = default_eps(dtype)
                 g = torch.zeros(N, dtype=dtype) if code in SCALAR_OUT_OPS else x
-                # up to 32 B of spills tolerated: ptxas spills a word or two around the float64 libdevice
-                # calls of the row math (tan/atan/log1p, once a row) in a few variants, mostly with Triton
-                # 3.6 (see kernels/COMPILE_REPORT.md); anything larger fails the check
-                expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32}
+                # no spill in float32/float16/bfloat16 (their tan is _tan_cw: no libdevice slow path); float64
+                # may keep up to 32 B on the stack (COMPILE_NOTES: libdevice's tan reduction call, and ptxas's
+                # own choice at 64 registers in a few Triton 3.6 sm_80 variants); anything more fails the check
+                expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32 if dtype == torch.float64 else 0}
 
                 def fwd(code=code, x=x, y=y, k=k, r=r, eps=eps):
                     _stereo_fwd(code, x, y, k, r, eps)
@@ -1024,9 +1069,7 @@ def _pair_compile_variants():
         for largest in (False, True):
             entries.append({"label": f"pair/knn/float32/n{n} {'largest' if largest else 'nearest'}",
                             "launch": lambda n=n, largest=largest: knn_indices(x, y, k, n, largest),
-                            # n = 64: Triton 3.6 on sm_80 keeps one 8-byte word of the 64-wide top-n merge on
-                            # the stack (8 B stores / 8 B loads per merge; none on 3.9 or sm_90): allowed
-                            "expect": dict(expect, max_spill_bytes=16) if n == KNN_MAX_NEIGHBORS else expect})
+                            "expect": expect})
         n *= 2
     return entries
 
@@ -1288,8 +1331,10 @@ def knn_indices(x, y, k, n, largest):
     if INTERPRETED:
         blk = dict(BLOCK_M=16, BLOCK_N=max(16, NP), BLOCK_K=16, num_warps=1)
     else:
-        # 8 warps: with 4, the int64 packs of a 32 x 64 tile and the bitonic top-n spilled 24 B (n = 16)
-        blk = dict(BLOCK_M=32, BLOCK_N=max(64, NP), BLOCK_K=32, num_warps=8)
+        # 8 warps: with 4, the int64 packs of a 32 x 64 tile and the bitonic top-n spilled 24 B (n = 16);
+        # NP = 64: 16-wide feature chunks (32 kept one 8-byte word on the stack with Triton 3.6 on sm_80 at
+        # 255 registers; 16 query rows, 16 warps or .maxnreg spilled 8-56 B on some column)
+        blk = dict(BLOCK_M=32, BLOCK_N=max(64, NP), BLOCK_K=16 if NP >= 64 else 32, num_warps=8)
     if B > 65535:
         raise ValueError("geoops.kernels.stereographic: knn supports <= 65535 batches per call")
     with _device_guard(x):

@@ -160,3 +160,26 @@ def test_row_problems_flag_spills_shared_memory_pid32_and_division():
     assert any("32-bit" in p for p in CC.row_problems(row, expect, 90, ["arith.muli %0, %c16_i32 : i32"]))
     assert any("approximate" in p for p in CC.row_problems(
         dict(row, approx={"div.full": 2, "div.approx": 0}), expect, 90, []))
+
+
+def test_spill_allowances_only_in_float64_variants():
+    """A hook may tolerate spills in float64 variants only; any other tolerance fails the check."""
+    ok = {"index64": True, "max_spill_bytes": 0, "ieee_div": True}
+    assert CC.allowance_problem("op/float32 fwd", ok) is None
+    assert CC.allowance_problem("op/float64 bwd", dict(ok, max_spill_bytes=32)) is None
+    for label in ("op/float32 fwd", "pair/knn/float32/n64 nearest", "float16/full/D128 bwd", "op/bfloat16 fwd"):
+        assert "not float64" in CC.allowance_problem(label, dict(ok, max_spill_bytes=8))
+
+
+def test_every_hook_keeps_float32_and_half_variants_spill_free():
+    """No family's compile_variants() tolerates a spill outside float64 (the hooks as they are now)."""
+    pytest.importorskip("triton")
+    import importlib
+
+    for path in sorted((ROOT / "kernels").glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        mod = importlib.import_module(f"geoops.kernels.{path.stem}")
+        for e in mod.compile_variants():
+            expect = {"index64": True, "max_spill_bytes": 0, "ieee_div": False, **e.get("expect", {})}
+            assert CC.allowance_problem(e["label"], expect) is None, (path.stem, e["label"])

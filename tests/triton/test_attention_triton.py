@@ -32,7 +32,18 @@ def test_triton_backend_is_used():
     assert geoops._backend.resolve(torch.device(DEVICE), "attention") == "triton"
 
 
-CASES = [(s, m, torch.float64) for s in SHAPES for m in MASKS] + [(SHAPES[1], m, torch.float32) for m in MASKS]
+# odd head dims over several BLOCK_K = 16 chunks (the interpreter's): D = 37 (16 + 16 + 5), Dv = 21 (16 + 5)
+CHUNKED = (1, 2, 1, 9, 7, 6, 37, 21)
+CASES = ([(s, m, torch.float64) for s in SHAPES for m in MASKS] + [(SHAPES[1], m, torch.float32) for m in MASKS]
+         + [(CHUNKED, m, dt) for dt in (torch.float64, torch.float32) for m in MASKS[:3]])
+
+
+def test_chunked_shape_takes_several_chunks():
+    """CHUNKED walks the head dims in more than one chunk, the last one partial (not a multiple of BLOCK_K)."""
+    from geoops.kernels import attention as K
+    D, Dv = CHUNKED[6], CHUNKED[7]
+    bk = K._blocks(D, Dv, torch.float32)["BLOCK_K"]
+    assert D > 2 * bk and D % bk and Dv > bk and Dv % bk and D % 2
 
 
 @pytest.mark.parametrize("shape, mask, dtype", CASES,

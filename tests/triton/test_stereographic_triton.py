@@ -520,6 +520,46 @@ def _check_scalar_math(dtype, what_if=""):
             )
 
 
+@triton.jit
+def _tan_cw_kernel(S_, OUT, n, BLOCK: tl.constexpr):
+    o = tl.arange(0, BLOCK)
+    m = o < n
+    tl.store(OUT + o, S._tan_cw(tl.load(S_ + o, mask=m, other=0.0)), mask=m)
+
+
+def _near_half_pi_multiples():
+    """float64 arguments on both sides of n pi/2 (n up to 2^40), the reduction's hard cases, and a few others."""
+    import math
+
+    import numpy as np
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 80
+    out = [0.0, 1e-300, 1e-8, 0.5, 0.78, 0.79, 1.0, 1.5, 2.0, 3.0, 10.0, 100.0, 12345.678, 2.0 ** 30 + 0.5]
+    # doubles within ~1e-17 of n pi/2 (n = 58 ... 3.6e11), from the continued fractions of 2^e * 2/pi
+    out += [91.106186954104, 2915.397982531328, 3397346.5699258847, 5848238277.541742, 563416747700.2246]
+    for n in (1, 2, 3, 4, 5, 7, 100, 101, 1001, 65537, 2 ** 20 + 3, 123456789, 2 ** 30 + 1, 2 ** 40 + 5):
+        c = float(n * mpmath.pi / 2)
+        out += [float(np.nextafter(c, -math.inf)), c, float(np.nextafter(c, math.inf))]
+    return out
+
+
+def test_tan_cw_vs_mpmath():
+    """The float32 kernels' own tan (Cody-Waite reduction, no libdevice slow path) within 4 float64 ulp of
+    50-digit values, at arguments next to multiples of pi/2 up to n = 2^40 (tan there is ~1e16 and every bit
+    of the reduction counts: dropping C3, or doing the first step without an fma, fails this)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    xs = _near_half_pi_multiples()
+    s = torch.tensor(xs, dtype=torch.float64, device=DEVICE)
+    out = torch.empty_like(s)
+    _tan_cw_kernel[(1,)](s, out, s.numel(), BLOCK=triton.next_power_of_2(s.numel()))
+    eps = torch.finfo(torch.float64).eps
+    for x, got in zip(xs, out.cpu().tolist()):
+        truth = mpmath.tan(mpmath.mpf(x))
+        rel = abs(got - float(truth)) / max(abs(float(truth)), 1e-300)
+        assert rel <= 4 * eps, f"tan({x!r}): {got!r} vs {float(truth)!r} ({rel / eps:.1f} ulp)"
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_scalar_math_vs_mpmath(dtype):
     """tanc, tanc', atanc, atanc' on both sides of both Taylor cuts, against 50-digit values, within
