@@ -22,7 +22,7 @@ from typing import Callable, Dict
 
 import torch
 
-from ._runner import DTYPE_SHORT, Row, parse_list
+from ._runner import DTYPE_SHORT, Row, parse_list, pass_runner
 
 TITLE = "Poincaré-ball layers (HNN++ / Poincaré ResNet) vs HypLL and vs the Euclidean layer"
 PEER = "HypLL"
@@ -61,20 +61,6 @@ def _img(B, C, H, W, c=1.0, seed=0):
     return v / n * torch.rand(n.shape, generator=g) * 0.8 / math.sqrt(c)
 
 
-def _runner(fn, inputs, params, pass_, gout):
-    if pass_ == "fwd":
-        def run():
-            with torch.no_grad():
-                return fn(*inputs)
-        return run
-
-    def run():
-        for t in list(inputs) + list(params):
-            t.grad = None
-        out = fn(*inputs)
-        out.backward(gout)
-        return out
-    return run
 
 
 # ---------------------------------------------------------------- the networks of each row
@@ -109,8 +95,8 @@ def _setup_fc(N, n, m, pass_):
         W = torch.randn(m, n, generator=g).requires_grad_(want)
         c = torch.tensor(1.0)
         gout = torch.randn(N, m) if want else None
-        fns = {"geoops": _runner(lambda x: gp.poincare_fc(x, z, b, c=c), [x], [z, b], pass_, gout),
-               "limit": _runner(lambda x: torch.nn.functional.linear(x, W, b), [x], [W, b], pass_, gout)}
+        fns = {"geoops": pass_runner(lambda x: gp.poincare_fc(x, z, b, c=c), [x], pass_, gout, [z, b]),
+               "limit": pass_runner(lambda x: torch.nn.functional.linear(x, W, b), [x], pass_, gout, [W, b])}
         skipped = {"compiled": "n/a: HypLL is not compiled"}
         calls = {}
         try:
@@ -118,7 +104,7 @@ def _setup_fc(N, n, m, pass_):
 
             def peer(x):
                 return diffgeom.project(linalg.poincare_fully_connected(x, z, b, c), c)
-            fns["peer"] = _runner(peer, [x], [z, b], pass_, gout)
+            fns["peer"] = pass_runner(peer, [x], pass_, gout, [z, b])
             calls["peer"] = peer
         except ImportError:
             skipped["peer"] = "n/a: HypLL is not installed"
@@ -199,7 +185,8 @@ def _setup_image(kind, B, C, H, W, pass_):
                 return seq(euc, x)
         gparams = [p for m_ in geo for n, p in m_.named_parameters() if not n.endswith("value")]
         eparams = [p for m_ in euc for p in m_.parameters()]
-        fns = {"geoops": _runner(f_geo, [x], gparams, pass_, gout), "limit": _runner(f_euc, [x], eparams, pass_, gout)}
+        fns = {"geoops": pass_runner(f_geo, [x], pass_, gout, gparams),
+               "limit": pass_runner(f_euc, [x], pass_, gout, eparams)}
         skipped = {"compiled": "n/a: HypLL is not compiled"}
         check = None
         try:
@@ -220,7 +207,7 @@ def _setup_image(kind, B, C, H, W, pass_):
                 if kind == "block":
                     y = hyp[2](hball.mobius_add(y, h))
                 return y.tensor
-            fns["peer"] = _runner(f_hyp, [x], _hyp_params(hyp), pass_, gout)
+            fns["peer"] = pass_runner(f_hyp, [x], pass_, gout, _hyp_params(hyp))
             if not want:
                 def check():
                     with torch.no_grad():

@@ -120,13 +120,7 @@ def _fc_args(op, x, z, bias, c, dim):
     if z.dim() != 2:
         _fail(op, f"z must be the (in_features, out_features) matrix of hyperplane orientations, got shape "
                   f"{tuple(z.shape)}")
-    if x.dim() < 1:
-        _fail(op, "x must have at least one dimension")
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
-    d = dim + x.dim() if dim < 0 else dim
-    if not 0 <= d < x.dim():
-        _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    d = _st._vector_dim(op, x, dim, fail=_fail)
     if x.shape[d] != z.shape[0]:
         _fail(op, f"x has {x.shape[d]} entries along the manifold dimension dim={dim} but z has "
                   f"in_features={z.shape[0]} rows")

@@ -211,6 +211,20 @@ def _check_float(op: str, name: str, t) -> torch.Tensor:
     return t
 
 
+def _vector_dim(op: str, x: torch.Tensor, dim, fail=None) -> int:
+    """The non-negative index of ``dim`` in ``x`` (the vector dimension of a matrix-style op), after checking
+    that x has one and that ``dim`` is an int in range; ``fail`` raises with the calling module's prefix."""
+    fail = fail or _fail
+    if x.dim() < 1:
+        fail(op, "x must have at least one dimension")
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    d = dim + x.dim() if dim < 0 else dim
+    if not 0 <= d < x.dim():
+        fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    return d
+
+
 def _as_scalar_tensor(op: str, name: str, v, like: torch.Tensor) -> torch.Tensor:
     """k or r: a tensor, or a Python number turned into one."""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
@@ -1210,13 +1224,7 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
     _check_float(op, "x", x)
     if m.dim() < 2:
         _fail(op, f"m must be a matrix [D_out, D_in] (or batched), got shape {tuple(m.shape)}")
-    if x.dim() < 1:
-        _fail(op, "x must have at least one dimension")
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
-    d = dim + x.dim() if dim < 0 else dim
-    if not 0 <= d < x.dim():
-        _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    d = _vector_dim(op, x, dim)
     if m.dim() > 2 and d != x.dim() - 1:
         _fail(op, "a batched m needs the vectors along the last dimension (dim=-1)")
     if m.shape[-1] != x.shape[d]:
