@@ -20,9 +20,9 @@ IEEE fp32 -- TF32 operands lose ~4e-4 at L = 64K, so not TF32 -- or fp64).  The 
 FFT convolution.  The FFTs are torch's (cuFFT), of size n = fft_size(L) (2-3-5 size >= 2L - 1); the spectral product (with the channel broadcast),
 the truncation + skip term + output cast, and the backward's channel / batch sums of conjugate products
 (summed before the inverse FFT) are fused Triton kernels ``_spec_mul_kernel``, ``_trunc_skip_kernel`` and
-``_conj_sum_kernel``.  Offsets are 64-bit.  ssm_conv on this backend is the composition (Vandermonde
-kernels, then the kernel's spectrum, then the FFT convolution pieces): the fused CPU path's savings (no K or
-dK tensor) are not implemented here.
+``_conj_sum_kernel``.  Offsets are 64-bit.  ssm_conv's forward is fused: the Vandermonde GEMM kernel stores
+K straight into the zero-padded circular buffer that the kernel's FFT reads (no K tensor, no pad copy); its
+backward composes the pieces (dK from the batch-summed spectrum, then the Vandermonde backward).
 """
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ __all__ = ["vandermonde_fwd", "vandermonde_bwd", "fftconv_fwd", "fftconv_bwd", "
 
 # ---------------------------------------------------------------- batched GEMM
 @triton.jit
-def _bmm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, b_mod,
+def _bmm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, b_mod, c_off, LIM,
                 sab, sam, sak, sbb, sbk, sbn, scb, scm, scn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
-    """c[p] = a[p] @ b[p % b_mod] for batch p = program_id(2)."""
+    """c[p] = a[p] @ b[p % b_mod] for batch p = program_id(2), element (m, n) stored at
+    c_ptr + c_off + p*scb + m*scm + n*scn (strides may be negative) only where m*N + n < LIM."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     p = tl.program_id(2).to(tl.int64)
@@ -64,26 +65,36 @@ def _bmm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, b_mod,
             acc += tl.dot(a, b, input_precision="ieee")
         else:  # float64: no tensor-core path
             acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    c = c_ptr + p * scb + rm[:, None] * scm + rn[None, :] * scn
-    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    c = c_ptr + c_off + p * scb + rm[:, None] * scm + rn[None, :] * scn
+    keep = (rm[:, None] < M) & (rn[None, :] < N) & (rm[:, None] * N + rn[None, :] < LIM)
+    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=keep)
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor, b_mod: int) -> torch.Tensor:
-    """(P, M, K) @ (Q, K, N) with b's batch index p % b_mod."""
+def _bmm(a: torch.Tensor, b: torch.Tensor, b_mod: int, into=None) -> torch.Tensor:
+    """(P, M, K) @ (Q, K, N) with b's batch index p % b_mod.
+
+    ``into=(buf, offset, (scb, scm, scn), lim)`` stores element (p, m, n) at buf's flat ``offset + p*scb + m*scm +
+    n*scn`` (negative strides allowed: the fused ssm_conv writes the anti-causal kernel reversed) where
+    ``m*N + n < lim``, and returns buf; K must be > 0 there (the caller zero-fills buf)."""
     P, M, K = a.shape
     N = b.shape[2]
-    c = torch.empty((P, M, N), device=a.device, dtype=a.dtype)
-    if P == 0 or M == 0 or N == 0:
-        return c
-    if K == 0:
-        return c.zero_()
+    if into is None:
+        c = torch.empty((P, M, N), device=a.device, dtype=a.dtype)
+        off, (scb, scm, scn), lim = 0, c.stride(), M * N
+        if P == 0 or M == 0 or N == 0:
+            return c
+        if K == 0:
+            return c.zero_()
+    else:
+        c, off, (scb, scm, scn), lim = into
+        if P == 0 or M == 0 or N == 0 or K == 0 or lim <= 0:
+            return c
     ieee = a.dtype == torch.float32
     BM, BN = (32, 32) if ieee else (16, 16)
     BK = 16 if ieee else 8
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), P)
-    _bmm_kernel[grid](a, b, c, M, N, K, b_mod, a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1),
-                      b.stride(2), c.stride(0), c.stride(1), c.stride(2), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-                      IEEE=ieee)
+    _bmm_kernel[grid](a, b, c, M, N, K, b_mod, off, lim, a.stride(0), a.stride(1), a.stride(2), b.stride(0),
+                      b.stride(1), b.stride(2), scb, scm, scn, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, IEEE=ieee)
     return c
 
 
@@ -95,17 +106,25 @@ def _powers(x: torch.Tensor, step: int, count: int) -> torch.Tensor:
     return torch.exp(x.to(torch.complex128).unsqueeze(-1) * m)
 
 
-def vandermonde_fwd(v, x, L: int, out64: bool):
+def _vandermonde_operands(v, x, L: int, rdt):
+    """The blocked product's factors: W (C*H, J, 2N) = [2 Re, -2 Im] of v * exp(x j T) and Z (H, 2N, T) =
+    [Re; Im] of exp(x i), so that K[c, h, j T + i] = (W[c*H + h] @ Z[h])[j, i]."""
     C, H, N = v.shape
-    rdt = torch.float64 if out64 else torch.float32
-    if L == 0 or C * H == 0 or N == 0:
-        return torch.zeros((C, H, L), device=v.device, dtype=rdt)
     T, J = _blocking(L)
     Q = _powers(x, 1, T)  # (H, N, T)
     P = _powers(x, T, J)  # (H, N, J)
     Z = torch.cat([Q.real, Q.imag], dim=1).to(rdt).contiguous()  # (H, 2N, T)
     VP = v.to(torch.complex128).unsqueeze(-1) * P  # (C, H, N, J)
     W = torch.cat([2 * VP.real, -2 * VP.imag], dim=2).transpose(-1, -2).to(rdt).reshape(C * H, J, 2 * N).contiguous()
+    return W, Z, T, J
+
+
+def vandermonde_fwd(v, x, L: int, out64: bool):
+    C, H, N = v.shape
+    rdt = torch.float64 if out64 else torch.float32
+    if L == 0 or C * H == 0 or N == 0:
+        return torch.zeros((C, H, L), device=v.device, dtype=rdt)
+    W, Z, T, J = _vandermonde_operands(v, x, L, rdt)
     K = _bmm(W, Z, H).view(C, H, J * T)
     return K[..., :L].contiguous() if J * T != L else K
 
@@ -378,8 +397,16 @@ def ssm_conv_fwd(u, v, x, D, save_uf: bool):
                 torch.zeros((C, H, F), device=u.device, dtype=_cplx(cdt)),
                 torch.zeros((B, H, F), device=u.device, dtype=_cplx(cdt)) if save_uf
                 else u.new_empty(0, dtype=_cplx(cdt)))
-    K = vandermonde_fwd(v.reshape(C * S, H, N), x, L, cdt == torch.float64).view(C, S, H, L)
-    kf = _kernel_spectrum(K, L, n, cdt)
+    # The fused pair: the Vandermonde GEMM stores K straight into the zero-padded circular FFT input (the causal
+    # kernel at [0, L), the anti-causal one reversed at n-1-l for l <= L-2), so no (C, S, H, L) K tensor exists.
+    circ = torch.zeros((C, H, n), device=u.device, dtype=cdt)
+    if N > 0:
+        W, Z, T, _ = _vandermonde_operands(v.reshape(C * S, H, N), x, L, cdt)
+        W = W.view(C, S, H, -1, 2 * N)
+        _bmm(W[:, 0].reshape(C * H, -1, 2 * N), Z, H, into=(circ, 0, (n, T, 1), L))
+        if S == 2:
+            _bmm(W[:, 1].reshape(C * H, -1, 2 * N), Z, H, into=(circ, n - 1, (n, -T, -1), L - 1))
+    kf = torch.fft.rfft(circ, n=n, norm="forward").contiguous()
     y, uf = _conv_fwd(u, kf, D, save_uf, n)
     return y, kf, uf
 
