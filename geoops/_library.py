@@ -13,6 +13,8 @@ Every family follows one path::
   for Triton.  All of them expose the same function names.
 * :func:`caller` builds the function a Function's forward/backward calls: the kernel directly
   when that does exactly what dispatching the custom op would (:func:`direct_call_ok`), else the op.
+* :func:`func_twin` makes a Function's torch.func variant (setup_context, generated vmap rule), and
+  :func:`loop_vmap` (registered by :func:`define_op` for every op) lets vmap run any custom op.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["direct_call_ok", "kernel_set", "define_op", "caller"]
+__all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "functorch_active", "loop_vmap", "func_twin", "apply"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -75,6 +77,7 @@ def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
     """
     op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
     op.register_fake(fake)
+    loop_vmap(qualname)
     ns, name = qualname.split("::")
     return getattr(getattr(torch.ops, ns), name).default
 
@@ -96,3 +99,166 @@ def caller(op, direct: Callable, tensors: Optional[Callable] = None) -> Callable
                 return direct(*args)
             return op(*args)
     return call
+
+
+# ---------------------------------------------------------------- torch.func support (family-neutral)
+def functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running around this call."""
+    return bool(_functorch_active and _functorch_active())
+
+
+def loop_vmap(qualname: str) -> None:
+    """Register a vmap rule for the custom op `qualname` that calls the op once per mapped index and stacks
+    the results along dim 0.
+
+    Correct for any schema (``Tensor[]`` / ``Tensor?`` arguments, tuple outputs), which torch's generated
+    fallback is not; :func:`define_op` registers it for every op.  A family with a cheaper rule (folding the
+    mapped dim into the kernel's rows, as geoops._ops.stereographic does) registers its own afterwards, which
+    replaces this one.
+    """
+    ns, name = qualname.split("::")
+    op = getattr(getattr(torch.ops, ns), name).default
+
+    def pick(a, d, i):
+        if isinstance(a, (list, tuple)):
+            dims = d if isinstance(d, (list, tuple)) else [d] * len(a)
+            return [pick(t, dd, i) for t, dd in zip(a, dims)]
+        if d is None or not isinstance(a, torch.Tensor):
+            return a
+        return a.select(d, i).contiguous()
+
+    def rule(info, in_dims, *args):
+        V = info.batch_size
+        if V == 0:
+            raise ValueError(f"{qualname}: torch.vmap over a dimension of size 0 is not supported")
+        outs = [op(*[pick(a, d, i) for a, d in zip(args, in_dims)]) for i in range(V)]
+        if isinstance(outs[0], (tuple, list)):
+            return tuple(torch.stack([o[j] for o in outs]) for j in range(len(outs[0]))), (0,) * len(outs[0])
+        return torch.stack(outs), 0
+
+    torch.library.register_vmap(qualname, rule)
+
+
+class _Recorder:
+    """Stands in for ``ctx`` while a Function's ``forward(ctx, ...)`` runs for its torch.func twin: records
+    what it saves and marks; reports every input as needing a gradient (so the forward keeps all it may
+    need)."""
+
+    def __init__(self, n_inputs: int):
+        self.__dict__["_rec"] = {"saved": (), "nondiff": (), "attrs": {}}
+        self.__dict__["needs_input_grad"] = (True,) * n_inputs
+
+    def save_for_backward(self, *tensors):
+        self._rec["saved"] = tensors
+
+    def mark_non_differentiable(self, *tensors):
+        self._rec["nondiff"] = tensors
+
+    def set_materialize_grads(self, value):
+        pass
+
+    def __setattr__(self, key, value):
+        self._rec["attrs"][key] = value
+
+
+# per Function class: what its twin's last forward recorded (layout of the saved tensors, ctx attributes, output
+# count, non-differentiable outputs), read by the setup_context calls that follow it (a transform stack may call
+# setup_context once per level).  The record depends only on the call's structure and non-tensor arguments.
+_LAST: dict = {}
+
+
+def func_twin(cls, *, once_differentiable: bool = True):
+    """The torch.func variant of an autograd.Function written in the eager ``forward(ctx, ...)`` style.
+
+    torch.func needs ``forward(*args)`` + ``setup_context``; the eager style (which the families keep: it
+    skips a per-call signature bind) records in forward.  The twin runs ``cls.forward`` with a recording
+    ctx, returns the saved intermediates that are not inputs as extra outputs (non-differentiable), and
+    ``setup_context`` saves them again; ``cls.backward`` runs unchanged.  vmap uses the generated rule (the
+    custom ops inside carry vmap rules, see :func:`loop_vmap`).  The public function calls
+    ``twin.apply(...)[:n]`` inside transforms (:func:`functorch_active`), ``cls.apply`` otherwise.
+
+    With ``once_differentiable`` (backward kernels without a derivative of their own), a nested derivative
+    transform (``jacrev(grad(f))``, hessian) raises instead of silently returning zeros.  Forward mode
+    (``jvp``, ``jacfwd``) is not provided: torch raises.
+    """
+    def forward(*args):
+        rec = _Recorder(len(args))
+        out = cls.forward(rec, *args)
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        r = rec._rec
+        layout, extras = [], []
+        for t in r["saved"]:
+            if t is None:
+                layout.append(("none", None))
+                continue
+            j = next((i for i, a in enumerate(args) if a is t), None)
+            if j is not None:
+                layout.append(("in", j))
+            else:
+                j = next((i for i, o in enumerate(outs) if o is t), None)
+                if j is not None:
+                    layout.append(("out", j))
+                else:
+                    layout.append(("extra", len(extras)))
+                    extras.append(t)
+        nondiff = [i for i, o in enumerate(outs) if any(o is t for t in r["nondiff"])]
+        _LAST[cls] = (layout, r["attrs"], len(outs), nondiff)
+        twin._shape = (len(outs), isinstance(out, (tuple, list)))
+        return (*outs, *extras)
+
+    def setup_context(ctx, inputs, output):
+        layout, attrs, n_out, nondiff = _LAST[cls]
+        extras = output[n_out:]
+        saved = [None if kind == "none" else inputs[j] if kind == "in" else output[j] if kind == "out"
+                 else extras[j] for kind, j in layout]
+        ctx.save_for_backward(*saved)
+        for k, v in attrs.items():
+            setattr(ctx, k, v)
+        ctx.mark_non_differentiable(*[output[i] for i in nondiff], *extras)
+        ctx._geoops_n_out = n_out
+
+    def backward(ctx, *grads):
+        return cls.backward(ctx, *grads[:ctx._geoops_n_out])
+
+    if once_differentiable:
+        backward = _once(backward, cls.__name__)
+    body = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward), "generate_vmap_rule": True, "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} for torch.func transforms (grad, vmap, jacrev); see geoops._library.func_twin."}
+    twin = type(cls.__name__ + "Func", (torch.autograd.Function,), body)
+    return twin
+
+
+_TWINS: dict = {}
+
+
+def apply(cls, *args):
+    """``cls.apply(*args)``; inside a torch.func transform the same through its :func:`func_twin` (made once
+    per class; a class whose backward is differentiable sets ``differentiable_backward = True``), with the
+    twin's extra outputs dropped, so callers see the same outputs either way."""
+    if not functorch_active():
+        return cls.apply(*args)
+    twin = _TWINS.get(cls)
+    if twin is None:
+        twin = _TWINS[cls] = func_twin(cls, once_differentiable=not getattr(cls, "differentiable_backward", False))
+    res = twin.apply(*args)
+    res = res if isinstance(res, (tuple, list)) else (res,)
+    n_out, as_tuple = twin._shape
+    return tuple(res[:n_out]) if as_tuple else res[0]
+
+
+def _once(backward, name: str):
+    """A once-differentiable backward for transforms: nested derivative transforms raise (they would get zeros)."""
+    inner = torch.autograd.function.once_differentiable(backward)
+
+    def wrapped(ctx, *grads):
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+        from torch._C._functorch import TransformType
+
+        levels = [i for i in retrieve_all_functorch_interpreters() if i.key() in (TransformType.Grad, TransformType.Jvp)]
+        if len(levels) > 1:
+            raise RuntimeError(f"geoops: second derivatives (nested grad/jacrev, hessian) of {name} are not "
+                               "supported: its backward kernels are once-differentiable")
+        return inner(ctx, *grads)
+
+    return wrapped

@@ -22,6 +22,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from . import _library
 from ._ops import attention as _ops
 
 __all__ = ["triple_attention", "TripleAttentionFn"]
@@ -157,5 +158,5 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         _fail(f"scale must be a real number or None, got {type(scale).__name__}", TypeError)
     causal = bool(causal) or w1 > 0
-    out, lse = TripleAttentionFn.apply(q, k1, k2, v1, v2, float(scale), causal, w1, w2)
+    out, lse = _library.apply(TripleAttentionFn, q, k1, k2, v1, v2, float(scale), causal, w1, w2)
     return (out, lse) if return_lse else out

@@ -37,7 +37,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _gaunt_routes
+from . import _gaunt_routes, _library
 from ._ops import gaunt as _impl
 from .reference import gaunt as _ref
 
@@ -70,6 +70,8 @@ class GauntFn(torch.autograd.Function):
     apply(lmax_out, route, nu, x_1..x_nu, w_1..w_nu, w_out).  The backward is expressed with GauntFn itself
     (grad of x_i = w_i * P_{<=L_i}[prod_{j != i} f_j * f(w_out g)]), so it is differentiable to any order.
     """
+
+    differentiable_backward = True  # its torch.func twin allows nested derivative transforms
 
     @staticmethod
     def forward(ctx, lmax_out, route, nu, *args):
@@ -109,7 +111,7 @@ class GauntFn(torch.autograd.Function):
 def _core(xs, ws, wout, lmax_out, route):
     """Rows-level nu-ary product: the Function when anything needs a gradient, the kernel otherwise."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*xs, *ws, wout)):
-        return GauntFn.apply(lmax_out, route, len(xs), *xs, *ws, wout)
+        return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout)
     return _impl.fwd_call(list(xs), list(ws), wout, lmax_out, route)
 
 

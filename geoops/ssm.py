@@ -42,7 +42,7 @@ from typing import Optional
 
 import torch
 
-from . import _backend
+from . import _backend, _library
 from ._ops import ssm as _ops
 from .reference import ssm as _ref
 
@@ -263,7 +263,7 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
         return _ref.vandermonde(v.to(cdt), x.to(cdt), L)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
     if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad):
-        K = VandermondeFn.apply(v3, x, L, out64)
+        K = _library.apply(VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
     return K if v.dim() == 3 else K.squeeze(0)
@@ -303,7 +303,7 @@ def discretize(log_dt, A, B, C, discretization: str = "zoh"):
     hand-written); :func:`geoops.reference.ssm.discretize_log` is the readable torch version.
     """
     if _grad_wanted(log_dt, A, B, C):
-        return DiscretizeFn.apply(log_dt, A, B, C, discretization)
+        return _library.apply(DiscretizeFn, log_dt, A, B, C, discretization)
     return _ops.ssm_discretize_fwd(log_dt, A, B, C, discretization)
 
 
@@ -340,7 +340,7 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
     v, x = discretize(log_dt, A, B, C, discretization)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
     if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad):
-        K = VandermondeFn.apply(v3, x, L, out64)
+        K = _library.apply(VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
     return K if C.dim() == 3 else K.squeeze(0)
@@ -415,7 +415,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     if D2 is not None and D2.stride(0) == 0 and Cn > 1:
         D2 = D2.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, k, D)):
-        y = FftconvFn.apply(u, k4, D2)
+        y = _library.apply(FftconvFn, u, k4, D2)
     else:
         y, _ = _ops.fftconv_fwd(u, k4, D2, False)
     return y if has_c else y.squeeze(1)
@@ -473,7 +473,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
     D2 = None if D is None else D.reshape(-1, H).expand(Cn, H).contiguous()
     if _grad_wanted(u, v4, x, D2):
-        y = SsmConvFn.apply(u, v4, x, D2)
+        y = _library.apply(SsmConvFn, u, v4, x, D2)
     else:
         y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False)
     return y if has_c else y.squeeze(1)

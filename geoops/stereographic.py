@@ -147,20 +147,8 @@ _FNS_CPP: dict = {}
 def _once(backward):
     """The backward kernels are not differentiable: under a transform (which always differentiates with
     create_graph) they run without building a graph; nested derivative transforms (jacrev(grad(f)),
-    hessian) would silently get zeros from that, so they raise instead."""
-    inner = torch.autograd.function.once_differentiable(backward)
-
-    def wrapped(ctx, *grads):
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-        from torch._C._functorch import TransformType
-
-        levels = [i for i in retrieve_all_functorch_interpreters() if i.key() in (TransformType.Grad, TransformType.Jvp)]
-        if len(levels) > 1:
-            raise RuntimeError("geoops.stereographic: second derivatives (nested grad/jacrev/jacfwd, hessian) of the "
-                               "fused ops are not supported: their backward kernels are once-differentiable")
-        return inner(ctx, *grads)
-
-    return wrapped
+    hessian) would silently get zeros from that, so they raise instead (geoops._library's guard)."""
+    return _library._once(backward, "the fused geoops.stereographic ops")
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 

@@ -60,7 +60,10 @@ fi
 stage "Triton compile check (sm_80/sm_90)" lines bash .ci/triton_compile_check.sh
 stage "gpu_check.sh --dry-run" lines env OUT="$WORK/gpu-dry" bash scripts/gpu_check.sh --dry-run
 # ---
-stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs
+# the interpreter is single-threaded Python: one pytest worker per core when pytest-xdist is there
+XDIST=()
+python -c "import xdist" 2>/dev/null && XDIST=(-n "$(python -c 'import os; print(min(4, max(1, len(os.sched_getaffinity(0)))))')")
+stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs "${XDIST[@]}"
 stage "parity run (--quick)" summary python -m geoops.parity --quick
 stage "pytest" pytest python -m pytest tests -q -p no:cacheprovider -rs "$@"
 stage "API docs" summary bash scripts/docs.sh --check
