@@ -985,8 +985,7 @@ Row kernels: float32/float16/bfloat16 allow no spill.  Their tanc uses _tan_cw (
 three float64 words of pi/2 and sin/cos polynomials), not libdevice's tan, whose float64 large-argument
 reduction (`__internal_trig_reduction_slowpathd`, a call) kept 4-8 B on the stack; and they launch with
 .maxnreg (65536 / threads, at most 255): left to itself ptxas targeted 64 registers and spilled 4-8 B even
-without that call.  Checked on the 17 previously spilling or nearby variants, every column: no spill (this
-table's stereographic rows predate that change: regenerate with --write).  float64 keeps libdevice's tan
+without that call.  Every float32/float16/bfloat16 row variant, every column: no spill.  float64 keeps libdevice's tan
 (exact reduction for any argument) and may keep up to 32 B on the stack: the slow-path call, and ptxas's
 own choice at 64 registers in dist/logmap (Triton 3.6 sm_80).  Pairwise kernels (pair/...): no spills
 tolerated; the n = 64 knn walks features in 16-wide chunks (32 kept 8 B on the stack with Triton 3.6 on
