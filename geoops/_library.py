@@ -24,7 +24,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "functorch_active", "loop_vmap", "func_twin", "apply"]
+__all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "functorch_active", "loop_vmap", "fold_vmap", "func_twin", "apply"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -135,6 +135,62 @@ def loop_vmap(qualname: str) -> None:
         if isinstance(outs[0], (tuple, list)):
             return tuple(torch.stack([o[j] for o in outs]) for j in range(len(outs[0]))), (0,) * len(outs[0])
         return torch.stack(outs), 0
+
+    torch.library.register_vmap(qualname, rule)
+
+
+def fold_vmap(qualname: str, *, row_broadcast: tuple = ()) -> None:
+    """Register a vmap rule for an op whose tensor arguments all lead with one batch (or row) dim: the mapped
+    dim is folded into it, so vmap costs one kernel call instead of :func:`loop_vmap`'s one per index.
+
+    Unmapped tensors are repeated along the folded dim, except a 1-row tensor at an argument position listed
+    in `row_broadcast` (the op broadcasts such rows itself).  Every output's dim 0 unfolds into (mapped, rows).
+    """
+    ns, name = qualname.split("::")
+    op = getattr(getattr(torch.ops, ns), name).default
+
+    def rule(info, in_dims, *args):
+        V = info.batch_size
+        lead = None  # per-sample rows, from the first tensor that cannot broadcast
+        for i, (a, d) in enumerate(zip(args, in_dims)):
+            for t, dd in (zip(a, d if isinstance(d, (list, tuple)) else [d] * len(a))
+                          if isinstance(a, (list, tuple)) else [(a, d)]):
+                if isinstance(t, torch.Tensor) and i not in row_broadcast:
+                    lead = t.shape[0] if dd is None else t.movedim(dd, 0).shape[1]
+                    break
+            if lead is not None:
+                break
+
+        def fold(t, d, may_broadcast):
+            if not isinstance(t, torch.Tensor):
+                return t
+            if d is None:
+                if may_broadcast and t.shape[0] == 1:
+                    return t
+                return t.unsqueeze(0).expand(V, *t.shape).reshape(V * t.shape[0], *t.shape[1:])
+            t = t.movedim(d, 0)
+            if may_broadcast and t.shape[1] == 1 and lead != 1:
+                t = t.expand(V, lead, *t.shape[2:])
+            return t.reshape(V * t.shape[1], *t.shape[2:]).contiguous()
+
+        folded = []
+        for i, (a, d) in enumerate(zip(args, in_dims)):
+            mb = i in row_broadcast
+            if isinstance(a, (list, tuple)):
+                dims = d if isinstance(d, (list, tuple)) else [d] * len(a)
+                folded.append([fold(t, dd, mb) for t, dd in zip(a, dims)])
+            else:
+                folded.append(fold(a, d, mb))
+        res = op(*folded)
+
+        def unfold(o):
+            if o.dim() and o.shape[0] == V * lead:
+                return o.view(V, lead, *o.shape[1:])
+            return o.unsqueeze(0).expand(V, *o.shape)  # a placeholder (an empty gradient slot)
+
+        if isinstance(res, (tuple, list)):
+            return tuple(unfold(o) for o in res), (0,) * len(res)
+        return unfold(res), 0
 
     torch.library.register_vmap(qualname, rule)
 

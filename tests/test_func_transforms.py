@@ -70,6 +70,10 @@ def test_triple_attention_grad_vmap_and_nested_raises():
         _close(x, y)
     _close(vmap(ga.triple_attention)(q, k1, k2, v1, v2),
            torch.stack([ra.triple_attention(*t) for t in zip(q, k1, k2, v1, v2)]))
+    # per-sample gradients (the backward op under vmap), one input mapped, the others shared
+    ps = vmap(grad(lambda a: (ga.triple_attention(a, k1[0], k2[0], v1[0], v2[0]) ** 2).sum()))(q)
+    psr = vmap(grad(lambda a: (ra.triple_attention(a, k1[0], k2[0], v1[0], v2[0]) ** 2).sum()))(q)
+    _close(ps, psr)
     with pytest.raises(RuntimeError, match="once-differentiable"):
         jacrev(grad(lambda a: f(a, k1[0])))(q[0])
 
@@ -83,10 +87,28 @@ def test_gaunt_grad_vmap_and_second_order():
     _close(grad(f)(x1[0]), grad(fr)(x1[0]))
     _close(vmap(lambda a: gg.gaunt_tensor_product(a, x2, 2))(x1),
            torch.stack([rg.gaunt_tensor_product(a, x2, 2) for a in x1]))
+    # a mapped per-degree weight with one row (broadcast over the rows inside the op), mapped on dim 1
+    w = torch.rand(3, 4, generator=g, dtype=torch.float64)  # (L + 1, mapped)
+    _close(vmap(lambda ww: gg.gaunt_tensor_product(x1[0], x2, 2, weight1=ww), in_dims=1)(w[:3]),
+           torch.stack([rg.gaunt_tensor_product(x1[0], x2, 2, weight1=w[:3, i]) for i in range(4)]))
     # the Gaunt backward is itself a Gaunt product: second derivatives work under transforms too
     f2 = lambda a: (gg.gaunt_tensor_product(a, x2[:2], 2) ** 2).sum()
     fr2 = lambda a: (rg.gaunt_tensor_product(a, x2[:2], 2) ** 2).sum()
     _close(jacrev(grad(f2))(x1[0, :2]), jacrev(grad(fr2))(x1[0, :2]))
+
+
+def test_fold_rules_make_one_kernel_call():
+    """vmap over attention and gaunt folds the mapped dim into the kernel's batch: one call, not one per index."""
+    from geoops._ops import gaunt as og
+    calls = []
+    real = og._fwd
+    torch.library.register_kernel("geoops::gaunt_fwd", "cpu", lambda *a: calls.append(1) or real(*a))
+    try:
+        x = torch.randn(6, 5, 9, dtype=torch.float64)
+        vmap(lambda a: gg.gaunt_tensor_product(a, a, 2))(x)
+    finally:
+        torch.library.register_kernel("geoops::gaunt_fwd", "cpu", real)
+    assert len(calls) == 1, len(calls)
 
 
 def test_outside_transforms_the_eager_function_runs():

@@ -103,6 +103,9 @@ def _bwd_fake(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2):
 
 _fwd_op = _library.define_op("geoops::triple_attention_fwd", _FWD_SCHEMA, _fwd, _fwd_fake)
 _bwd_op = _library.define_op("geoops::triple_attention_bwd", _BWD_SCHEMA, _bwd, _bwd_fake)
+# vmap folds the mapped dim into the batch dim B (one kernel call; per-sample gradients under vmap(grad))
+_library.fold_vmap("geoops::triple_attention_fwd")
+_library.fold_vmap("geoops::triple_attention_bwd")
 # what TripleAttentionFn calls: the kernel directly on the eager fast path, else the custom op
 FWD = _library.caller(_fwd_op, _fwd)
 BWD = _library.caller(_bwd_op, _bwd)

@@ -226,5 +226,7 @@ def _fwd_fake(xs, ws, wout, lmax_out, route):
 GAUNT_FWD = _library.define_op(
     "geoops::gaunt_fwd", "(Tensor[] xs, Tensor?[] ws, Tensor? wout, int lmax_out, str route) -> Tensor",
     _fwd, _fwd_fake)
+# vmap folds the mapped dim into the rows (one kernel call); 1-row weights broadcast as they are
+_library.fold_vmap("geoops::gaunt_fwd", row_broadcast=(1, 2))
 # what GauntFn calls: the kernel directly on the eager fast path, else the custom op
 fwd_call = _library.caller(GAUNT_FWD, _fwd, lambda xs, ws, wout, lmax_out, route: (*xs, *ws, wout))
