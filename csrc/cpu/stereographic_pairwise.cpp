@@ -168,7 +168,8 @@ inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Cur
 //
 // d = log1p(u) / sqrt(c), u = t + sqrt(t (t + 2)), t = 2c A min(1/(p_x p_y), 1/min_p) (= the clamp of
 // dist_row).  log1p(u) = log(w) + (u - (w - 1))/w with w = fl(1 + u) (the correction restores the bits of u lost
-// in the rounding of 1 + u, so small distances keep their relative accuracy), log(w) from exponent and
+// in the rounding of 1 + u, so small distances keep their relative accuracy; it is below ulp(w), so 1/w to 12-14
+// bits (rcp) is enough), log(w) from exponent and
 // mantissa (vec_math_inl.h: log_pos).  Close pairs (A < tau (|x|^2 + |y|^2)) get the sentinel -1 and are
 // recomputed exactly after the row (rare; x vs itself: the diagonal).
 struct NegRowF {
@@ -199,7 +200,7 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
     const Vec t = a * at::vec::minimum(vipx * vipy, pmax) * v2c;
     const Vec u = t + (t * (t + two)).sqrt();
     const Vec w = u + one;
-    const Vec l = vecmath::log_pos(w) + (u - (w - one)) / w;
+    const Vec l = at::vec::fmadd(u - (w - one), vecmath::approx_recip(w), vecmath::log_pos(w));
     return Vec::blendv(l * vrs, sentinel, close);
   };
   int64_t j = 0;

@@ -24,6 +24,17 @@ inline at::vec::Vectorized<int32_t> bits_of(const at::vec::Vectorized<float>& v)
 #endif
 }
 
+// ~1/v to about 12 (AVX2) or 14 (AVX-512) bits (exact division elsewhere): for small correction terms.
+inline at::vec::Vectorized<float> approx_recip(const at::vec::Vectorized<float>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_rcp14_ps(v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return _mm256_rcp_ps(v);
+#else
+  return v.reciprocal();
+#endif
+}
+
 // Any lane of a float comparison mask set.
 inline bool any_lane_f(const at::vec::Vectorized<float>& mask) {
   using Vec = at::vec::Vectorized<float>;
