@@ -558,3 +558,27 @@ def test_cpu_entry_points_accept_inputs_that_require_grad():
     ex, em = torch.autograd.grad(gs.mobius_matvec(m, x[0], k=k).sum(), (x, m))
     torch.testing.assert_close(dx, ex[0])
     torch.testing.assert_close(dm, em)
+
+
+@pytest.mark.parametrize("kval", [-1.0, -0.3, -4.0])
+@pytest.mark.parametrize("D", [1, 3, 17])
+def test_cdist_fp32_ball_fused_epilogue_tail_lanes_and_saved_path(kval, D):
+    """The float k < 0 forward (one vectorised pass, own log, close pairs fixed up after the row): close pairs
+    and exact duplicates in the tail lanes (M = 37), distances from ~1e-6 to ~15 (points at 0.999 of the
+    radius, where p_x p_y stays above the clamp), the same values with and without the saved buffer for the backward; fp32 rel. error <= 1e-3."""
+    r = 1 / math.sqrt(-kval)
+    x = _ball(40, D, k=kval, frac=0.999, seed=11)
+    x[:10] = x[:10] / x[:10].norm(dim=-1, keepdim=True) * (0.999 * r)
+    g = torch.Generator().manual_seed(12)
+    y = torch.cat([_ball(32, D, k=kval, frac=0.999, seed=13), x[32:37] * (1 - 1e-5)])  # j = 32..36: close pairs
+    y[33] = x[33]  # an exact duplicate in a tail lane
+    y[:8] = -x[:8]  # antipodal points near the boundary: the largest distances
+    y[8:16] = x[8:16] + 1e-6 * r * torch.randn(8, D, generator=g, dtype=torch.float64)
+    xf, yf = x.float(), y.float()
+    out = gs.cdist(xf, yf, k=kval)
+    exp = _ref64(xf, yf, kval)
+    assert _relerr(out, exp) < 1e-3
+    assert out[33, 33] == 0
+    assert (gs.cdist(xf, xf, k=kval).diagonal() == 0).all()
+    out_g = gs.cdist(xf.clone().requires_grad_(), yf, k=kval)
+    torch.testing.assert_close(out_g.detach(), out, rtol=1e-6, atol=0)

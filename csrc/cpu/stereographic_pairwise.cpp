@@ -29,6 +29,7 @@
 
 #include "stereographic_pairwise.h"
 #include "row_norms.h"  // row_sqnorms (shared with poincare.cpp)
+#include "vec_log.h"    // vecmath::log_pos (cdist forward, float)
 
 #include "geoops/stereo_math.h"
 
@@ -163,6 +164,65 @@ inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Cur
   }
 }
 
+// ---- float, k < 0: one fused pass per row (GEMM value -> A -> distance), written once, no libm call
+//
+// d = log1p(u) / sqrt(c), u = t + sqrt(t (t + 2)), t = 2c A min(1/(p_x p_y), 1/min_p) (= the clamp of
+// dist_row).  log1p(u) = log(w) + (u - (w - 1))/w with w = fl(1 + u) (the correction restores the bits of u lost
+// in the rounding of 1 + u, so small distances keep their relative accuracy; it is below ulp(w), so 1/w to 12-14
+// bits (rcp) is enough), log(w) from exponent and
+// mantissa (vec_math_inl.h: log_pos).  Close pairs (A < tau (|x|^2 + |y|^2)) get the sentinel -1 and are
+// recomputed exactly after the row (rare; x vs itself: the diagonal).
+struct NegRowF {
+  float x2, ipx, two_c, rs, tau;
+};
+
+// Scalar distance (double) of one pair from A, the same formula (the close-pair fix-up).
+inline float neg_dist_scalar(double A, double ipx, double ipy, double two_c, double rs) {
+  const double t = two_c * A * std::min(ipx * ipy, 1.0 / double(min_p<float>()));
+  return float(std::log1p(t + std::sqrt(t * (t + 2.0))) * rs);
+}
+
+// G: the row's <x_i, y_j> (overwritten by the distances when out == G); Asave (may be null): A.
+inline void neg_row_f32(const float* G, float* out, float* Asave, const float* xi, const float* y, const float* y2f,
+                        const float* ipy, int64_t M, int64_t D, const NegRowF& c) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t L = Vec::size();
+  const Vec vx2(c.x2), vipx(c.ipx), v2c(c.two_c), vrs(c.rs), vtau(c.tau), two(2.f), one(1.f), zero(0.f),
+      pmax(1.f / min_p<float>()), sentinel(-1.f);
+  Vec anyclose(0.f);
+  auto f = [&](const Vec& g, const Vec& vy2, const Vec& vipy, Vec& aout) {
+    const Vec sum = vx2 + vy2;
+    Vec a = at::vec::fmadd(Vec(-2.f), g, sum);
+    const Vec close = a < vtau * sum;
+    anyclose = anyclose | close;
+    a = at::vec::maximum(a, zero);
+    aout = a;
+    const Vec t = a * at::vec::minimum(vipx * vipy, pmax) * v2c;
+    const Vec u = t + (t * (t + two)).sqrt();
+    const Vec w = u + one;
+    const Vec l = at::vec::fmadd(u - (w - one), vecmath::approx_recip(w), vecmath::log_pos(w));
+    return Vec::blendv(l * vrs, sentinel, close);
+  };
+  int64_t j = 0;
+  Vec a;
+  for (; j + L <= M; j += L) {
+    f(Vec::loadu(G + j), Vec::loadu(y2f + j), Vec::loadu(ipy + j), a).store(out + j);
+    if (Asave) a.store(Asave + j);
+  }
+  if (j < M) {
+    const int64_t m = M - j;
+    f(Vec::loadu(G + j, m), Vec::loadu(y2f + j, m), Vec::loadu(ipy + j, m), a).store(out + j, m);
+    if (Asave) a.store(Asave + j, m);
+  }
+  if (!vecmath::any_lane_f(anyclose)) return;
+  for (int64_t jj = 0; jj < M; ++jj) {
+    if (!(out[jj] < 0.f)) continue;
+    const double A = exact_sq(xi, y + jj * D, D);
+    if (Asave) Asave[jj] = float(A);
+    out[jj] = neg_dist_scalar(A, c.ipx, ipy[jj], c.two_c, c.rs);
+  }
+}
+
 struct Shapes {
   int64_t B, N, M, D;
 };
@@ -247,11 +307,15 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
   // one parallel region over (batch, block of rows): the block's GEMM (single-threaded, into A's rows), then
   // A (close pairs exact) and the distances while the block is in cache
   const int64_t RB = block_rows(s.N, s.M), nblk = (s.N + RB - 1) / RB;
-  at::Tensor A3 = save ? A : out;
+  // float, k < 0 (neg_row_f32): the GEMM goes into the output, A (when saved) is written by the epilogue
+  constexpr bool is_f32 = std::is_same<T, float>::value;
+  std::vector<T> ipy(is_f32 ? s.B * s.M : 0);
+  for (size_t q = 0; q < ipy.size(); ++q) ipy[q] = T(1) / py[q];
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
-      at::Tensor Gv = A3.select(0, b).narrow(0, i0, nr);
+      const bool neg_fast = is_f32 && kp[b] < 0;
+      at::Tensor Gv = (save && !neg_fast ? A : out).select(0, b).narrow(0, i0, nr);
       at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       const Curv<T> cv = curv<T>(kp[b]);
       const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);
@@ -261,9 +325,17 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
 #pragma omp simd reduction(+ : x2)
         for (int64_t d = 0; d < s.D; ++d) x2 += double(xi[d]) * double(xi[d]);
         const int64_t off = r * s.M;
+        const T px = std::max(T(1.0 + kp[b] * x2), pmin);
+        if constexpr (is_f32) {
+          if (neg_fast) {
+            const NegRowF rc{float(x2), 1.f / px, float(2.0 * cv.c), cv.rs, float(tau)};
+            neg_row_f32(op + off, op + off, save ? Ap + off : nullptr, xi, yp + b * s.M * s.D, y2f.data() + b * s.M,
+                        ipy.data() + b * s.M, s.M, s.D, rc);
+            continue;
+          }
+        }
         fill_A_row<T>(Ap + off, xi, yp + b * s.M * s.D, x2, y2.data() + b * s.M, y2f.data() + b * s.M, s.M, s.D,
                       tau);
-        const T px = std::max(T(1.0 + kp[b] * x2), pmin);
         dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv);
       }
     }
