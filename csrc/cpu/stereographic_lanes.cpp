@@ -118,6 +118,24 @@ inline void block_sums(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64
   }
 }
 
+// Software prefetch of the short rows [i, i + kBlock) of one stream (rows of stride `stride`, D
+// elements), issued kPrefetchBlocks blocks ahead of the block being reduced so that its loads (and,
+// with WRITE, the lines of a fresh output) are in flight during this block's lane math and writes.
+// Contiguous rows: each cache line of the range once; strided rows: each row's first line.
+constexpr int64_t kPrefetchBlocks = 2;
+template <bool WRITE, typename T>
+inline void prefetch_block(const T* p, int64_t stride, int64_t D, int64_t i, int64_t end) {
+  if (i >= end || stride == 0) return;
+  const int64_t i1 = std::min<int64_t>(i + kBlock, end);
+  if (stride == D) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p + i * stride) & ~uintptr_t{63};
+    const uintptr_t b = reinterpret_cast<uintptr_t>(p + i1 * stride);
+    for (uintptr_t l = a; l < b; l += 64) __builtin_prefetch(reinterpret_cast<const void*>(l), WRITE ? 1 : 0, 3);
+  } else {
+    for (int64_t r = i; r < i1; ++r) __builtin_prefetch(p + r * stride, WRITE ? 1 : 0, 3);
+  }
+}
+
 // Rows per block: kBlock for short rows; for long rows as many as keep the block's `streams` rows in
 // L1, a multiple of the lanes (at least one vector).
 template <typename scalar_t, bool SHORT>
@@ -192,6 +210,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
     if (SHORT) {
+      const int64_t ia = i0 + kPrefetchBlocks * kBlock;
+      prefetch_block<false>(xp, sx, D, ia, end);
+      if (HAS_Y) prefetch_block<false>(yp, sy, D, ia, end);
+      if (!SCALAR_OUT) prefetch_block<true>(op_, so, D, ia, end);
       block_sums<scalar_t, HAS_Y>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd);
     } else {
       for (int64_t b = 0; b < nv; ++b) {
