@@ -50,6 +50,7 @@ PATCHED_NAMES = (
 
 _saved: dict = {}
 _saved_optim: dict = {}
+_ABSENT = object()  # a class attribute that was not there before patch_geoopt() (deleted again by unpatch)
 
 
 def _geoopt_math():
@@ -91,6 +92,10 @@ def patch_geoopt() -> None:
     step = _hook_step(_rsgd_step)  # hooks run as on the unpatched optimizer
     step.hooked = True
     geoopt.optim.RiemannianSGD.step = step
+    # zero_grad: torch's, with the profiler range opened only while a profiler records (see _zero_grad)
+    for cls in (geoopt.optim.RiemannianSGD, geoopt.optim.RiemannianAdam):
+        _saved_optim[("zero_grad", cls)] = cls.__dict__.get("zero_grad", _ABSENT)
+        cls.zero_grad = _zero_grad
 
 
 def unpatch_geoopt() -> None:
@@ -103,6 +108,13 @@ def unpatch_geoopt() -> None:
         import geoopt.optim
 
         geoopt.optim.RiemannianSGD.step = _saved_optim.pop("RiemannianSGD.step")
+        for key, fn in _saved_optim.items():
+            if isinstance(key, tuple) and key[0] == "zero_grad":
+                if fn is _ABSENT:
+                    if "zero_grad" in key[1].__dict__:
+                        del key[1].zero_grad
+                else:
+                    key[1].zero_grad = fn
         _saved_optim.clear()
 
 
@@ -125,8 +137,8 @@ def _fused_kind(p, default_manifold):
     man = p.manifold if isinstance(p, (geoopt.ManifoldParameter, geoopt.ManifoldTensor)) else default_manifold
     cls = type(man)
     if isinstance(man, Stereographic):
-        ok = cls.retr is Stereographic.retr and cls.egrad2rgrad is Stereographic.egrad2rgrad and man.k.numel() == 1
-        return ("stereo", man) if ok and p.dim() >= 1 else None
+        ok = cls.retr is Stereographic.retr and cls.egrad2rgrad is Stereographic.egrad2rgrad
+        return ("stereo", man) if ok and p.dim() >= 1 else None  # k's size: checked by the caller
     if cls is geoopt.Euclidean:
         return ("euclid", man)
     return None
@@ -168,6 +180,38 @@ def _hook_step(func):
     return wrapper
 
 
+def _zero_grad(self, set_to_none: bool = True) -> None:
+    """torch.optim.Optimizer.zero_grad under patch_geoopt(): the same, except that the profiler range
+    "Optimizer.zero_grad#<class>.zero_grad" is opened only while a profiler records (outside a profile
+    it costs more than clearing one embedding's gradient)."""
+    if set_to_none and not torch._C._autograd._profiler_enabled():
+        if not hasattr(self, "_zero_grad_profile_name"):
+            self._patch_step_function()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad = None
+        return
+    torch.optim.Optimizer.zero_grad(self, set_to_none)
+
+
+def _direct_rsgd_step(p, grad, k, lr) -> bool:
+    """riemannian_sgd_step_(p, grad, lr=lr, k=k) as one direct kernel call when p is the common case (a
+    contiguous float32/float64 CPU matrix of rows, k on the CPU, the C++ backend); False (nothing done)
+    otherwise.  Skips the argument checks that geoopt's parameter and its gradient already satisfy."""
+    from geoops import _backend
+    from geoops._ops import stereographic as _ops
+    from geoops.reference import stereographic as ref
+
+    dt = p.dtype
+    if (p.dim() != 2 or p.device.type != "cpu" or dt not in (torch.float32, torch.float64) or grad.dtype != dt
+            or grad.shape != p.shape or not p.is_contiguous() or not grad.is_contiguous() or not p.numel()
+            or k.device.type != "cpu" or _backend.resolve(p.device, _ops.FAMILY) != "cpp"):
+        return False
+    _backend.compiled().stereo_rsgd_step_cpu(p, grad, float(k), float(lr), ref.default_eps(dt))
+    return True
+
+
 def _rsgd_step(self, closure=None):
     """geoopt.optim.RiemannianSGD.step under patch_geoopt(): fused per-parameter updates where they apply."""
     import geoops.stereographic as gs
@@ -184,17 +228,23 @@ def _rsgd_step(self, closure=None):
             kind = _fused_kind(p, self._default_manifold)
             if kind is None:
                 return _saved_optim["plain"](self, closure)
-            plan.append((group, p) + kind)
+            k = None
+            if kind[0] == "stereo":
+                k = kind[1].k  # the step's one read of k (PoincareBall computes it from isp_c on every read)
+                if k.numel() != 1:
+                    return _saved_optim["plain"](self, closure)
+            plan.append((group, p, kind[0], k))
     loss = closure() if closure is not None else None
     with torch.no_grad():
         for group in self.param_groups:
             group["step"] = group.get("step", 0) + 1
-        for group, p, kind, man in plan:
+        for group, p, kind, k in plan:
             grad = p.grad
             if group["weight_decay"]:
                 grad.add_(p, alpha=group["weight_decay"])
             if kind == "stereo":
-                gs.riemannian_sgd_step_(p, grad, lr=group["lr"], k=man.k)
+                if not _direct_rsgd_step(p, grad, k, group["lr"]):
+                    gs.riemannian_sgd_step_(p, grad, lr=group["lr"], k=k)
             else:
                 p.add_(grad, alpha=-group["lr"])
         for group in self.param_groups:

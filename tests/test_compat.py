@@ -55,21 +55,58 @@ def test_patched_manifold_methods_match_geoopt(cls):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-11, msg=name)
 
 
-def test_patched_riemannian_sgd_step_matches():
-    def train(patched):
-        torch.manual_seed(0)
-        ball = geoopt.PoincareBall()
-        p = geoopt.ManifoldParameter(ball.projx(torch.randn(10, 3, dtype=torch.float64) * 0.1), manifold=ball)
-        opt = geoopt.optim.RiemannianSGD([p], lr=0.1)
-        target = ball.projx(torch.randn(10, 3, dtype=torch.float64) * 0.1)
-        with (compat.patched_geoopt() if patched else _null()):
-            for _ in range(5):
-                opt.zero_grad()
-                ball.dist(p, target).pow(2).sum().backward()
-                opt.step()
-        return p.detach().clone()
+def _train_rsgd(patched, *, shape=(10, 3), dtype=torch.float64, c=1.0, scale=0.1, lr=0.1, steps=5, strided=False):
+    """A few RiemannianSGD steps pulling a ManifoldParameter towards fixed points, plain or patched."""
+    torch.manual_seed(0)
+    ball = geoopt.PoincareBall(c=c)
+    init = ball.projx(torch.randn(*shape, dtype=dtype) * scale)
+    if strided:
+        init = init.t().contiguous().t()
+    p = geoopt.ManifoldParameter(init, manifold=ball)
+    opt = geoopt.optim.RiemannianSGD([p], lr=lr)
+    target = ball.projx(torch.randn(*shape, dtype=dtype) * scale)
+    with (compat.patched_geoopt() if patched else _null()):
+        for _ in range(steps):
+            opt.zero_grad()
+            ball.dist(p, target).pow(2).sum().backward()
+            opt.step()
+    return p.detach().clone()
 
-    torch.testing.assert_close(train(True), train(False), rtol=1e-9, atol=1e-11)
+
+def test_patched_riemannian_sgd_step_matches():
+    torch.testing.assert_close(_train_rsgd(True), _train_rsgd(False), rtol=1e-9, atol=1e-11)
+
+
+def test_patched_zero_grad_and_unpatch_restore():
+    """zero_grad under the patch clears (set_to_none) or zeros the grads as torch's, runs the step hooks'
+    setup, records its profiler range while profiling, and unpatch removes it from both optimizer classes."""
+    orig = {cls: cls.__dict__.get("zero_grad") for cls in (geoopt.optim.RiemannianSGD, geoopt.optim.RiemannianAdam)}
+    ball = geoopt.PoincareBall()
+    p = geoopt.ManifoldParameter(ball.projx(torch.randn(4, 3) * 0.1), manifold=ball)
+    opt = geoopt.optim.RiemannianSGD([p], lr=0.1)
+    with compat.patched_geoopt():
+        assert geoopt.optim.RiemannianSGD.zero_grad is not torch.optim.Optimizer.zero_grad
+        p.grad = torch.ones_like(p)
+        opt.zero_grad(set_to_none=False)
+        assert p.grad is not None and bool((p.grad == 0).all())
+        opt.zero_grad()
+        assert p.grad is None
+        p.grad = torch.ones_like(p)
+        with torch.profiler.profile() as prof:
+            opt.zero_grad()
+        assert p.grad is None
+        assert any("zero_grad" in e.name for e in prof.events())
+    for cls, fn in orig.items():
+        assert cls.__dict__.get("zero_grad") is fn
+    assert geoopt.optim.RiemannianSGD.zero_grad is torch.optim.Optimizer.zero_grad
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_patched_rsgd_float32_direct_and_fallback(layout):
+    """float32 parameters take the direct one-call step when contiguous and the checked path otherwise:
+    both equal geoopt's step."""
+    kw = dict(shape=(9, 5), dtype=torch.float32, c=0.7, scale=0.3, lr=0.3, steps=4, strided=layout == "strided")
+    torch.testing.assert_close(_train_rsgd(True, **kw), _train_rsgd(False, **kw), rtol=2e-5, atol=2e-6)
 
 
 class _null:

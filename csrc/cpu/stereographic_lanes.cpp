@@ -65,28 +65,34 @@ struct LaneMath {
 // Row sums of the rows i0 .. i0+kBlock-1 (rows past `last` repeat row `last`), rows on the lanes:
 // xx, and for two-input ops yy, xy and dd = |x - y|^2 accumulated directly; with HAS_G (backward of
 // a vector op) also gx = <g,x>, and for two-input ops gy = <g,y>, gd = <g,x-y>.
-template <typename scalar_t, bool HAS_Y, bool HAS_G = false>
-inline void block_sums(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64_t sy, int64_t i0, int64_t last,
-                       int64_t D, double* xx, double* yy, double* xy, double* dd, const scalar_t* gp = nullptr,
-                       int64_t sg = 0, double* gx = nullptr, double* gy = nullptr, double* gd = nullptr) {
-  int64_t ox[kBlock], oy[kBlock], og[kBlock];
+// The strided loads are gathers from the block's first row with offsets of type index_t: int32 when
+// the block spans less than 2^31 elements (the usual case: a gather then fetches 8 lanes with 32-bit
+// indices instead of 4 with 64-bit ones), int64 otherwise.
+template <typename index_t, typename scalar_t, bool HAS_Y, bool HAS_G>
+inline void block_sums_idx(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64_t sy, int64_t i0, int64_t last,
+                           int64_t D, double* xx, double* yy, double* xy, double* dd, const scalar_t* gp, int64_t sg,
+                           double* gx, double* gy, double* gd) {
+  index_t ox[kBlock], oy[kBlock], og[kBlock];
+  const scalar_t* xb = xp + i0 * sx;
+  const scalar_t* yb = HAS_Y ? yp + i0 * sy : yp;
+  const scalar_t* gb = HAS_G ? gp + i0 * sg : gp;
   for (int b = 0; b < kBlock; ++b) {
-    const int64_t i = std::min<int64_t>(i0 + b, last);
-    ox[b] = i * sx;
-    oy[b] = i * sy;
-    og[b] = i * sg;
+    const int64_t r = std::min<int64_t>(i0 + b, last) - i0;
+    ox[b] = static_cast<index_t>(r * sx);
+    oy[b] = static_cast<index_t>(r * sy);
+    og[b] = static_cast<index_t>(r * sg);
     xx[b] = yy[b] = xy[b] = dd[b] = 0.0;
     if (HAS_G) gx[b] = gy[b] = gd[b] = 0.0;
   }
-  for (int64_t j = 0; j < D; ++j) {
+  for (index_t j = 0; j < static_cast<index_t>(D); ++j) {  // D <= kShortRowMaxD
 #pragma omp simd
     for (int b = 0; b < kBlock; ++b) {
-      const double xv = static_cast<double>(load_elem(xp + ox[b] + j));
+      const double xv = static_cast<double>(load_elem(xb + (ox[b] + j)));
       xx[b] += xv * xv;
-      const double gv = HAS_G ? static_cast<double>(load_elem(gp + og[b] + j)) : 0.0;
+      const double gv = HAS_G ? static_cast<double>(load_elem(gb + (og[b] + j))) : 0.0;
       if (HAS_G) gx[b] += gv * xv;
       if (HAS_Y) {
-        const double yv = static_cast<double>(load_elem(yp + oy[b] + j));
+        const double yv = static_cast<double>(load_elem(yb + (oy[b] + j)));
         const double d = xv - yv;
         yy[b] += yv * yv;
         xy[b] += xv * yv;
@@ -97,6 +103,36 @@ inline void block_sums(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64
         }
       }
     }
+  }
+}
+
+template <typename scalar_t, bool HAS_Y, bool HAS_G = false>
+inline void block_sums(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64_t sy, int64_t i0, int64_t last,
+                       int64_t D, double* xx, double* yy, double* xy, double* dd, const scalar_t* gp = nullptr,
+                       int64_t sg = 0, double* gx = nullptr, double* gy = nullptr, double* gd = nullptr) {
+  const int64_t span = kBlock * (std::max<int64_t>({sx, HAS_Y ? sy : 0, HAS_G ? sg : 0}) + D);
+  if (span < (int64_t{1} << 31)) {
+    block_sums_idx<int32_t, scalar_t, HAS_Y, HAS_G>(xp, sx, yp, sy, i0, last, D, xx, yy, xy, dd, gp, sg, gx, gy, gd);
+  } else {
+    block_sums_idx<int64_t, scalar_t, HAS_Y, HAS_G>(xp, sx, yp, sy, i0, last, D, xx, yy, xy, dd, gp, sg, gx, gy, gd);
+  }
+}
+
+// Software prefetch of the short rows [i, i + kBlock) of one stream (rows of stride `stride`, D
+// elements), issued kPrefetchBlocks blocks ahead of the block being reduced so that its loads (and,
+// with WRITE, the lines of a fresh output) are in flight during this block's lane math and writes.
+// Contiguous rows: each cache line of the range once; strided rows: each row's first line.
+constexpr int64_t kPrefetchBlocks = 2;
+template <bool WRITE, typename T>
+inline void prefetch_block(const T* p, int64_t stride, int64_t D, int64_t i, int64_t end) {
+  if (i >= end || stride == 0) return;
+  const int64_t i1 = std::min<int64_t>(i + kBlock, end);
+  if (stride == D) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p + i * stride) & ~uintptr_t{63};
+    const uintptr_t b = reinterpret_cast<uintptr_t>(p + i1 * stride);
+    for (uintptr_t l = a; l < b; l += 64) __builtin_prefetch(reinterpret_cast<const void*>(l), WRITE ? 1 : 0, 3);
+  } else {
+    for (int64_t r = i; r < i1; ++r) __builtin_prefetch(p + r * stride, WRITE ? 1 : 0, 3);
   }
 }
 
@@ -174,6 +210,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
     if (SHORT) {
+      const int64_t ia = i0 + kPrefetchBlocks * kBlock;
+      prefetch_block<false>(xp, sx, D, ia, end);
+      if (HAS_Y) prefetch_block<false>(yp, sy, D, ia, end);
+      if (!SCALAR_OUT) prefetch_block<true>(op_, so, D, ia, end);
       block_sums<scalar_t, HAS_Y>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd);
     } else {
       for (int64_t b = 0; b < nv; ++b) {
