@@ -1050,7 +1050,7 @@ std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tens
               const int64_t c1 = std::min(M, c0 + (int64_t(1) << 20));
               Vec acc(T(0));
               int64_t j = c0;
-              for (; j + L <= c1; j += L) acc = acc + (Vec::loadu(a + j) < th & one);
+              for (; j + L <= c1; j += L) acc = acc + ((Vec::loadu(a + j) < th) & one);
               T lanes[L];
               acc.store(lanes);
               for (int64_t l = 0; l < L; ++l) cnt += int64_t(lanes[l]);
