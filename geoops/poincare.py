@@ -443,7 +443,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         mean = f / (1 + (1 - ct * f.pow(2).sum()).sqrt())
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
         lam_m = 2 / (1 - ct * mean.pow(2).sum()).clamp_min(1e-15)
-        var = lam_m.pow(2) * u.pow(2).sum() / max(x.shape[0], 1)
+        var = lam_m.pow(2) * SqSumFn.apply(u) / max(x.shape[0], 1)
         if training and running_mean is not None:
             with torch.no_grad():
                 n = x.shape[0]
@@ -458,6 +458,22 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
     # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass
     return BnRowsFn.apply(u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+
+
+class SqSumFn(torch.autograd.Function):
+    """sum(u * u) of a contiguous tensor as one dot product; backward one scaled copy (2 g u) -- instead of
+    pow + sum and PowBackward's three elementwise passes."""
+
+    @staticmethod
+    def forward(ctx, u):
+        ctx.save_for_backward(u)
+        flat = u.reshape(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        return u * (2 * g)
 
 
 class MidpointSumsFn(torch.autograd.Function):

@@ -352,7 +352,9 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   std::vector<double> tan_gc(nth, 0.0);
   if (want_x || (tangent && want_c)) {
     at::Tensor gxb = want_x ? gx : at::empty_like(x);  // tangent rows: dc needs u . dL/dx
-    at::mm_out(gxb, gt, z.t());
+    // z is (n, m) with m small (16 for the 3x3 conv): MKL runs gt @ z^T ~2x faster with the transposed
+    // operand materialised (an (m, n) copy of a few KB) than on the strided view
+    at::mm_out(gxb, gt, z.t().contiguous());
     T* gxp = gxb.data_ptr<T>();
     const T* xp = x.data_ptr<T>();
     const int64_t n = x.size(1);
