@@ -5,7 +5,9 @@
 The same network twice, from the same initial weights: once with HypLL's layers (``hypll.nn``), once with
 ``geoops.nn.poincare``.  conv(1 -> C) -> midpoint BN -> ReLU -> residual block (conv -> BN -> ReLU -> conv -> BN,
 Möbius addition, ReLU) -> beta-concatenating flatten -> hyperbolic MLR head (HNN++ hyperplane distances as
-logits), cross-entropy, plain SGD on the (Euclidean) parameters, fixed curvature.  Prints the loss of every step
+logits), cross-entropy, Adam (lr 3e-3; ``--optim sgd`` for plain SGD) on the (Euclidean) parameters, fixed
+curvature.  With these defaults the network learns (one epoch: ~0.9 test accuracy); plain SGD at lr 0.5 stays
+at chance (loss ln 10: the MLR logits and the identity-initialised convolutions give tiny gradients).  Prints the loss of every step
 of both runs, the test accuracy of both and the seconds per epoch side by side.  ``run()`` is what the test-suite
 and the bench call.
 """
@@ -160,7 +162,16 @@ def _accuracy(model, data):
         return float((model(data[2]).argmax(-1) == data[3]).float().mean())
 
 
-def run(epochs: int = 2, C: int = 8, batch: int = 64, lr: float = 0.5, n_train: int = 1500, which=("hypll", "geoops")):
+def _optimizer(name: str, params, lr: float):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"poincare_digits: optim must be 'adam' or 'sgd', got {name!r}")
+
+
+def run(epochs: int = 2, C: int = 8, batch: int = 64, lr: float = 3e-3, n_train: int = 1500, which=("hypll", "geoops"),
+        optim: str = "adam"):
     """Train both; returns {name: (losses per step, test accuracy, seconds per epoch)}.
 
     The two trainings alternate epoch by epoch (geoops, HypLL, geoops, ...), so that a machine shared with
@@ -172,9 +183,9 @@ def run(epochs: int = 2, C: int = 8, batch: int = 64, lr: float = 0.5, n_train: 
     copy_weights(hyp, ours)
     runs = {}
     if "geoops" in which:
-        runs["geoops"] = (ours, torch.optim.SGD(_geoops_params(ours), lr=lr), [], [])
+        runs["geoops"] = (ours, _optimizer(optim, _geoops_params(ours), lr), [], [])
     if "hypll" in which:
-        runs["hypll"] = (hyp, torch.optim.SGD(_params(hyp), lr=lr), [], [])
+        runs["hypll"] = (hyp, _optimizer(optim, _params(hyp), lr), [], [])
     for _ in range(epochs):
         for model, opt, losses, times in runs.values():
             times.append(_epoch(model, opt, data, batch, losses))
@@ -186,9 +197,11 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--channels", type=int, default=8)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--optim", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--n-train", type=int, default=1500)
     a = p.parse_args(argv)
-    res = run(a.epochs, a.channels, a.batch, a.lr)
+    res = run(a.epochs, a.channels, a.batch, a.lr, n_train=a.n_train, optim=a.optim)
     (lh, ah, th), (lg, ag, tg) = res["hypll"], res["geoops"]
     print("step  loss(HypLL)  loss(geoops)")
     for i, (u, v) in enumerate(zip(lh, lg)):

@@ -62,6 +62,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare fully-connected layer, forward -> (y, t = x @ z) (CPU)");
   m.def("poincare_fc_bwd_cpu", &geoops::cpu::poincare_fc_bwd_cpu,
         "Poincare fully-connected layer, backward -> (dx, dz, dbias, dc) (CPU)");
+  m.def("poincare_fc_rows_fwd_cpu", &geoops::cpu::poincare_fc_rows_fwd_cpu,
+        "Poincare fully-connected layer from t = x @ z and |x|^2, forward (CPU)");
+  m.def("poincare_fc_rows_bwd_cpu", &geoops::cpu::poincare_fc_rows_bwd_cpu,
+        "Poincare fully-connected layer from t and |x|^2, backward -> (dt, dU, dz cols, dbias, dc) (CPU)");
   m.def("poincare_relu_fwd_cpu", &geoops::cpu::poincare_relu_fwd_cpu, "Poincare ReLU of rows, forward (CPU)");
   m.def("poincare_midpoint_sums_fwd_cpu", &geoops::cpu::poincare_midpoint_sums_fwd_cpu,
         "Poincare batch midpoint sums (F, L) of rows (CPU)");

@@ -14,8 +14,9 @@ float64).
   prologue (|x|^2) and epilogue (hyperplane distances, sinh map back, normalisation, projection), with a
   hand-written backward (the epilogue's derivative fused into one row pass, then the GEMMs ``dt z^T`` and
   ``x^T dt``) giving gradients to x, z, bias and c.  C++ on the CPU; elsewhere the reference composition.
-* :func:`poincare_conv2d` -- unfold once (in the tangent space at the origin, beta-concatenation) + the
-  fully-connected layer on the patch rows.
+* :func:`poincare_conv2d` -- the fully-connected layer on the beta-concatenated tangent patches, with the
+  patch rows' GEMM and squared norms computed as two convolutions (``torch.nn.functional.conv2d``) of the
+  logmap0'd pixels: the patch matrix is never formed; the row passes run in the fc kernel's epilogue-only entry.
 * :func:`poincare_relu`, :func:`expmap0`, :func:`logmap0`, :func:`project`, :func:`mobius_add`,
   :func:`flatten`, :func:`max_pool2d`, :func:`avg_pool2d`, :func:`midpoint`, :func:`batch_norm`,
   :func:`mobius_linear`, :func:`mlr` -- compositions of the fused row-wise kernels of
@@ -310,36 +311,6 @@ def _patch_rows(x, k, kernel, padding, stride):
     return win.reshape(B * Ho * Wo, C * kh * kw), Ho, Wo
 
 
-class PatchesFn(torch.autograd.Function):
-    """The convolution's patch gather (geoops::poincare_patches_fwd / _bwd): channels-last tangent pixels
-    (B, H, W, C) -> (B*Ho*Wo, kh*kw*C) rows in (tap, channel) order, times the beta-concatenation factor."""
-
-    @staticmethod
-    def forward(ctx, v, geom, scale):
-        ctx.shape, ctx.geom, ctx.scale = tuple(v.shape), geom, scale
-        return _ops.poincare_patches_fwd(v, *geom, scale)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _ops.poincare_patches_bwd(g.contiguous(), *ctx.shape, *ctx.geom, ctx.scale), None, None
-
-
-def _tap_rows(x, k, kernel, padding, stride):
-    """(B, C, H, W) on the ball -> the convolution's tangent patch rows (B*Ho*Wo, kh*kw*C) in (tap, channel)
-    order (one gather pass that also applies the beta-concatenation factor), and (Ho, Wo)."""
-    B, C, H, W = x.shape
-    kh, kw = kernel
-    r, _ = _rows(x, 1)  # (B*H*W, C) rows (free for a channels-last tensor)
-    v = _st.logmap0(r, k=k).reshape(B, H, W, C)
-    if v.dtype in _HALF:
-        v = v.float()
-    geom = (kh, kw, padding[0], padding[1], stride[0], stride[1])
-    rows = PatchesFn.apply(v, geom, beta_concat_scale(C, C * kh * kw))
-    Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
-    Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
-    return rows, Ho, Wo
-
-
 def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> torch.Tensor:
     """HypLL's PoincareBall.unfold: (B, C, H, W) -> (B, C*kh*kw, L) beta-concatenated patches on the ball."""
     op = "poincare_unfold"
@@ -354,20 +325,66 @@ def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> 
 def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, kernel_size,
                     padding=0, stride=1) -> torch.Tensor:
     """Poincaré 2D convolution (HypLL's HConvolution2d): x (B, C, H, W) with points along the channels,
-    z (C*kh*kw, C_out) -> (B, C_out, H', W').  logmap0 of the input, one unfold of the beta-rescaled tangent
-    vectors, expmap0 of the patch rows, then :func:`poincare_fc` on the (B*H'*W', C*kh*kw) rows."""
+    z (C*kh*kw, C_out) in F.unfold's (channel, tap) row order -> (B, C_out, H', W').
+
+    logmap0 of the pixels; for the beta-rescaled tangent patch rows u, ``t = u @ z`` is one convolution of the
+    tangent pixels with z as a (C_out, C, kh, kw) kernel and ``|u|^2`` one convolution of the pixels' squared
+    norms with a constant kernel (zero padding is the origin's zero tangent vector); then the fully-connected
+    layer's fused row passes on (t, |u|^2) (expmap0 + project of each patch row included).  Gradients to x, z,
+    bias and c."""
     op = "poincare_conv2d"
     _check_image(op, x)
     kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
     if z.dim() != 2 or z.shape[0] != x.shape[1] * kernel[0] * kernel[1]:
         _fail(op, f"z must have shape (in_channels*kh*kw, out_channels) = ({x.shape[1] * kernel[0] * kernel[1]}, "
                   f"C_out) for x with {x.shape[1]} channels and kernel {kernel}, got {tuple(z.shape)}")
-    k = _k(op, c, x)
-    rows, Ho, Wo = _tap_rows(x, k, kernel, padding, stride)
-    C, T = x.shape[1], kernel[0] * kernel[1]
-    zt = z.reshape(C, T, z.shape[1]).transpose(0, 1).reshape(C * T, z.shape[1])  # weight rows in (tap, channel) order
-    y = poincare_fc(rows, zt, bias, c=-k, from_tangent=True)  # expmap0 + project of the patch rows, then the layer
-    return y.reshape(x.shape[0], Ho, Wo, z.shape[1]).permute(0, 3, 1, 2)
+    if bias is not None:
+        _check_float(op, "bias", bias)
+        if bias.shape != (z.shape[1],):
+            _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output channel), got {tuple(bias.shape)}")
+    ct = _curv(op, c, x)
+    out_dtype = torch.promote_types(x.dtype, z.dtype)
+    cdt = torch.float32 if out_dtype in _HALF else out_dtype
+    B, C, H, W = x.shape
+    kh, kw = kernel
+    Co = z.shape[1]
+    cc = ct.to(cdt)
+    r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
+    v = _st.logmap0(r, k=-cc).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
+    beta = beta_concat_scale(C, C * kh * kw)
+    zc = z.to(cdt)
+    # the patch rows' GEMM u @ z and their squared norms as convolutions (zero padding = the origin's zero
+    # tangent vector): the patch matrix is never formed
+    wk = (zc * beta).reshape(C, kh, kw, Co).permute(3, 0, 1, 2)  # (C_out, C, kh, kw); z rows are (channel, tap)
+    t = F.conv2d(v, wk, stride=stride, padding=padding)  # (B, C_out, Ho, Wo)
+    ones = torch.full((1, 1, kh, kw), beta * beta, dtype=cdt, device=x.device)
+    U = F.conv2d((v * v).sum(1, keepdim=True), ones, stride=stride, padding=padding)
+    Ho, Wo = t.shape[2], t.shape[3]
+    trows = t.permute(0, 2, 3, 1).reshape(-1, Co)
+    bb = None if bias is None else bias.to(cdt)
+    y = PoincareFcRowsFn.apply(trows, U.reshape(-1), zc, bb, cc, _eps(None, cdt), True)
+    return y.reshape(B, Ho, Wo, Co).permute(0, 3, 1, 2).to(out_dtype)
+
+
+class PoincareFcRowsFn(torch.autograd.Function):
+    """The fully-connected layer's row passes from t = u @ z and U = |u|^2 (geoops::poincare_fc_rows_fwd / _bwd);
+    the convolution supplies t and U by convolutions, and autograd adds u^T dt to dz through them."""
+
+    @staticmethod
+    def forward(ctx, t, U, z, bias, c, eps, tangent):
+        ctx.save_for_backward(t, U, z, bias, c)
+        ctx.eps, ctx.tangent, ctx.has_bias = eps, tangent, bias is not None
+        return _ops.poincare_fc_rows_fwd(t.contiguous(), U.contiguous(), z.contiguous(), bias, c, eps, tangent)
+
+    @staticmethod
+    def backward(ctx, g):
+        t, U, z, bias, c = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        mask = (2 if ng[2] else 0) | (4 if (ng[3] and ctx.has_bias) else 0) | (8 if ng[4] else 0)
+        gt, gU, gz, gb, gc = _ops.poincare_fc_rows_bwd(g.contiguous(), t.contiguous(), U.contiguous(),
+                                                       z.contiguous(), bias, c, ctx.eps, mask, ctx.tangent)
+        return (gt, gU, gz if ng[2] else None, gb if (ng[3] and ctx.has_bias) else None,
+                gc.reshape(c.shape) if ng[4] else None, None, None)
 
 
 def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1) -> torch.Tensor:
@@ -443,7 +460,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         mean = f / (1 + (1 - ct * f.pow(2).sum()).sqrt())
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
         lam_m = 2 / (1 - ct * mean.pow(2).sum()).clamp_min(1e-15)
-        var = lam_m.pow(2) * u.pow(2).sum() / max(x.shape[0], 1)
+        var = lam_m.pow(2) * SqSumFn.apply(u) / max(x.shape[0], 1)
         if training and running_mean is not None:
             with torch.no_grad():
                 n = x.shape[0]
@@ -458,6 +475,22 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
     # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass
     return BnRowsFn.apply(u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+
+
+class SqSumFn(torch.autograd.Function):
+    """sum(u * u) of a contiguous tensor as one dot product; backward one scaled copy (2 g u) -- instead of
+    pow + sum and PowBackward's three elementwise passes."""
+
+    @staticmethod
+    def forward(ctx, u):
+        ctx.save_for_backward(u)
+        flat = u.reshape(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        return u * (2 * g)
 
 
 class MidpointSumsFn(torch.autograd.Function):

@@ -375,3 +375,35 @@ def test_patch_gather_matches_unfold(geom):
                                rtol=1e-12, atol=1e-14)
     torch.library.opcheck(pops.poincare_patches_fwd_op, (v.float(), kh, kw, ph, pw, sh, sw, 0.5))
     torch.library.opcheck(pops.poincare_patches_bwd_op, (g.float(), 2, 5, 6, 3, kh, kw, ph, pw, sh, sw, 0.5))
+
+
+@pytest.mark.parametrize("tangent", [True, False])
+@pytest.mark.parametrize("radius", [0.5, 3.0])  # 3.0: tangent rows whose expmap0 lands on the projection
+def test_fc_rows_ops_vs_reference_and_opcheck(tangent, radius):
+    """geoops::poincare_fc_rows_fwd/_bwd (the layer from t = u @ z and |u|^2, the convolution's path): the C++
+    kernels vs the reference composition, values and every gradient, and opcheck of both ops."""
+    import geoops._ops.poincare as pops
+
+    torch.manual_seed(3)
+    N, n, m = 37, 9, 5
+    c = torch.tensor(0.8, dtype=torch.float64)
+    u = torch.randn(N, n, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True) * torch.rand(N, 1, dtype=torch.float64) * (radius if tangent else 0.9)
+    z = torch.randn(n, m, dtype=torch.float64) * 0.4
+    b = torch.randn(m, dtype=torch.float64) * 0.2
+    t, U = u @ z, (u * u).sum(1)
+    eps = 1e-5
+    y = pops.poincare_fc_rows_fwd(t, U, z, b, c, eps, tangent)
+    truth = pops._Reference.poincare_fc_rows_fwd(t, U, z, b, c, eps, tangent)
+    torch.testing.assert_close(y, truth, rtol=1e-10, atol=1e-12)
+    full = ref.poincare_fc(ref.expmap0(u, c, eps=eps) if tangent else u, z, b, c, eps=eps)
+    torch.testing.assert_close(y, full, rtol=1e-10, atol=1e-12)
+    g = torch.randn(N, m, dtype=torch.float64)
+    ours = pops.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, tangent)
+    want = pops._Reference.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, tangent)
+    for a, w in zip(ours, want):
+        torch.testing.assert_close(a.reshape(w.shape).to(w.dtype), w, rtol=1e-8, atol=1e-10)
+    tf, Uf, zf, bf, cf = (a.float() for a in (t, U, z, b, c))
+    torch.library.opcheck(pops.poincare_fc_rows_fwd_op, (tf, Uf, zf, bf, cf, 4e-3, tangent))
+    torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, bf, cf, 4e-3, 14, tangent))
+    torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, None, cf, 4e-3, 8, tangent))

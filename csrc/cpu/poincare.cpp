@@ -177,18 +177,28 @@ inline double row_pass(const T* tr, const ColVec<T>& cv, T k1, T k0, T inv_sc, i
   return hsum(acc);
 }
 
+// the squared row norms: given (U, the epilogue-only entry) or computed from the rows of x
+template <typename T>
+std::vector<double> row_sq_or(const at::Tensor& x, const at::Tensor& U) {
+  if (!U.defined()) return row_sq<T>(x);
+  const T* up = U.data_ptr<T>();
+  return std::vector<double>(up, up + U.numel());
+}
+
+// rows_only (U defined): t = x @ z is given (e.g. computed by a convolution) with U the squared row norms of x;
+// x is not used
 template <typename T>
 void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c, double eps,
-                 bool tangent, at::Tensor& t, at::Tensor& y) {
-  const int64_t N = x.size(0), m = z.size(1);
+                 bool tangent, at::Tensor& t, at::Tensor& y, const at::Tensor& U = at::Tensor()) {
+  const int64_t N = t.size(0), m = z.size(1);
   const double sc = std::sqrt(c);
   const double maxnorm = (1.0 - eps) / std::sqrt(c + 1e-15);
   const ColConsts cc = column_consts<T>(z, bias, sc);
   const ColVec<T> cv(cc);
-  std::vector<double> X = row_sq<T>(x);
+  std::vector<double> X = row_sq_or<T>(x, U);
   std::vector<double> srow(N, 1.0);
   if (tangent) srow = tangent_rows(X, sc, maxnorm, 0.0).s;
-  at::mm_out(t, x, z);
+  if (!U.defined()) at::mm_out(t, x, z);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const T inv_sc = T(1.0 / sc);
@@ -214,24 +224,28 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   });
 }
 
+// rows_only (U defined): x is not used; gt_out gets dL/dt, gU dL/dU (U = |x|^2, or |u|^2 of tangent rows) and gz
+// only the column terms (the caller adds x^T dL/dt, e.g. a convolution's weight gradient)
 template <typename T>
 void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c,
                  const at::Tensor& t, double eps, int64_t mask, bool tangent, at::Tensor& gx, at::Tensor& gz,
-                 at::Tensor& gb, at::Tensor& gc) {
-  const int64_t N = x.size(0), m = z.size(1);
+                 at::Tensor& gb, at::Tensor& gc, const at::Tensor& Uin = at::Tensor(),
+                 at::Tensor* gt_out = nullptr, at::Tensor* gU = nullptr) {
+  const bool rows_only = Uin.defined();
+  const int64_t N = t.size(0), m = z.size(1);
   const double sc = std::sqrt(c);
   const double maxnorm = (1.0 - eps) / std::sqrt(c + 1e-15);
   const double dmax_dc = -0.5 * (1.0 - eps) / ((c + 1e-15) * std::sqrt(c + 1e-15));
   const ColConsts cc = column_consts<T>(z, bias, sc);
   const ColVec<T> cv(cc);
-  std::vector<double> X = row_sq<T>(x);
+  std::vector<double> X = row_sq_or<T>(x, Uin);
   const std::vector<double> U = X;  // |u|^2 of tangent rows
   TangentRows trw;
   if (tangent) trw = tangent_rows(X, sc, maxnorm, dmax_dc);
   else trw.s.assign(N, 1.0);
   const bool want_x = mask & 1, want_z = mask & 2, want_b = (mask & 4) && bias.numel() > 0, want_c = mask & 8;
   const bool need_cols = want_z || want_b || want_c;
-  at::Tensor gt = at::empty({N, m}, x.options());
+  at::Tensor gt = at::empty({N, m}, t.options());
   std::vector<double> rowcoef(N, 0.0);
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> accZ(nth), accC(nth), accS(nth);
@@ -350,9 +364,31 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     }
   }
   std::vector<double> tan_gc(nth, 0.0);
-  if (want_x || (tangent && want_c)) {
+  if (rows_only) {
+    // dL/dx_row = dt_row z^T + coef x_row: coef/2 is dL/dU; u . (dt_row z^T) = dt_row . t_row
+    T* gUp = gU->data_ptr<T>();
+    at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+      double tg = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const double rc = rowcoef[i];
+        if (!tangent) { gUp[i] = T(0.5 * rc); continue; }
+        const T* tr = tp + i * m;
+        const T* gtr = gtp + i * m;
+        double ug = 0;
+        for (int64_t j = 0; j < m; ++j) ug += double(tr[j]) * double(gtr[j]);
+        const double si = trw.s[i];
+        const double u_gx = ug / si + rc * si * U[i];  // ug = u . (dt z^T), as gr_ . u of the full path
+        gUp[i] = T(0.5 * (rc * si * si + u_gx * trw.dsdn_n[i]));
+        tg += u_gx * trw.dsdc[i];
+      }
+      tan_gc[at::get_thread_num()] += tg;
+    });
+    *gt_out = gt;
+  } else if (want_x || (tangent && want_c)) {
     at::Tensor gxb = want_x ? gx : at::empty_like(x);  // tangent rows: dc needs u . dL/dx
-    at::mm_out(gxb, gt, z.t());
+    // z is (n, m) with m small (16 for the 3x3 conv): MKL runs gt @ z^T ~2x faster with the transposed
+    // operand materialised (an (m, n) copy of a few KB) than on the strided view
+    at::mm_out(gxb, gt, z.t().contiguous());
     T* gxp = gxb.data_ptr<T>();
     const T* xp = x.data_ptr<T>();
     const int64_t n = x.size(1);
@@ -380,7 +416,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     });
   }
   if (want_z) {
-    at::mm_out(gz, x.t(), gt);
+    if (rows_only) gz.zero_();
+    else at::mm_out(gz, x.t(), gt);
     T* gzp = gz.data_ptr<T>();
     const T* zp = z.data_ptr<T>();
     const int64_t n = z.size(0);
@@ -440,6 +477,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_bwd_cpu(
   if (x.scalar_type() == at::kDouble) fc_bwd_impl<double>(g, x, z, bias, c, t, eps, mask, tangent, gx, gz, gb, gc);
   else fc_bwd_impl<float>(g, x, z, bias, c, t, eps, mask, tangent, gx, gz, gb, gc);
   return {gx, gz, gb, gc};
+}
+
+at::Tensor poincare_fc_rows_fwd_cpu(const at::Tensor& t_in, const at::Tensor& U_in, const at::Tensor& z_in,
+                                    const at::Tensor& bias_in, const at::Tensor& c_in, double eps, bool tangent) {
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor t = t_in.contiguous(), U = U_in.contiguous();
+  TORCH_CHECK(t.dim() == 2 && z.dim() == 2 && t.size(1) == z.size(1) && U.numel() == t.size(0),
+              "poincare_fc_rows: t [N, m], U [N], z [n, m]");
+  TORCH_CHECK(t.scalar_type() == z.scalar_type() && U.scalar_type() == z.scalar_type(),
+              "poincare_fc_rows: t, U and z must share a dtype");
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "poincare_fc_rows: float32 or float64");
+  TORCH_CHECK(bias_in.numel() == 0 || (bias_in.dim() == 1 && bias_in.size(0) == z.size(1)), "poincare_fc_rows: bias [m]");
+  const at::Tensor bias = bias_in.numel() ? bias_in.to(z.scalar_type()).contiguous() : bias_in;
+  const double c = c_in.item<double>();
+  at::Tensor tt = t;
+  at::Tensor y = at::empty_like(t);
+  if (z.scalar_type() == at::kDouble) fc_fwd_impl<double>(at::Tensor(), z, bias, c, eps, tangent, tt, y, U);
+  else fc_fwd_impl<float>(at::Tensor(), z, bias, c, eps, tangent, tt, y, U);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_rows_bwd_cpu(
+    const at::Tensor& g_in, const at::Tensor& t_in, const at::Tensor& U_in, const at::Tensor& z_in,
+    const at::Tensor& bias_in, const at::Tensor& c_in, double eps, int64_t mask, bool tangent) {
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor t = t_in.contiguous(), U = U_in.contiguous();
+  TORCH_CHECK(t.dim() == 2 && z.dim() == 2 && t.size(1) == z.size(1) && U.numel() == t.size(0),
+              "poincare_fc_rows: t [N, m], U [N], z [n, m]");
+  TORCH_CHECK(t.scalar_type() == z.scalar_type() && U.scalar_type() == z.scalar_type(),
+              "poincare_fc_rows: t, U and z must share a dtype");
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "poincare_fc_rows: float32 or float64");
+  const at::Tensor bias = bias_in.numel() ? bias_in.to(z.scalar_type()).contiguous() : bias_in;
+  const at::Tensor g = g_in.to(z.scalar_type()).contiguous();
+  const double c = c_in.item<double>();
+  at::Tensor gx = t.new_empty({0});
+  at::Tensor gz = (mask & 2) ? at::empty_like(z) : t.new_empty({0});
+  at::Tensor gb = ((mask & 4) && bias.numel()) ? at::empty({z.size(1)}, t.options()) : t.new_empty({0});
+  at::Tensor gc = (mask & 8) ? at::zeros({}, t.options().dtype(at::kDouble)) : t.new_empty({0});
+  at::Tensor gt, gU = at::empty({t.size(0)}, t.options());
+  const int64_t m2 = (mask & ~int64_t(1)) | 1;  // the row terms are always formed
+  if (z.scalar_type() == at::kDouble)
+    fc_bwd_impl<double>(g, at::Tensor(), z, bias, c, t, eps, m2, tangent, gx, gz, gb, gc, U, &gt, &gU);
+  else fc_bwd_impl<float>(g, at::Tensor(), z, bias, c, t, eps, m2, tangent, gx, gz, gb, gc, U, &gt, &gU);
+  return {gt, gU, gz, gb, gc};
 }
 
 }  // namespace cpu

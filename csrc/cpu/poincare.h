@@ -25,6 +25,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_bwd_cpu(
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, const at::Tensor& c,
     const at::Tensor& t, double eps, int64_t mask, bool tangent);
 
+// The same layer given t = x @ z [N, m] and U = |x|^2 [N] (tangent: |u|^2 of the tangent rows) instead of x
+// (the convolution computes t with a convolution, never the patch matrix): forward y [N, m]; backward
+// (dL/dt [N, m], dL/dU [N], the column terms of dL/dz [n, m] (without x^T dL/dt), dbias, dc) for mask bits
+// 2 dz, 4 dbias, 8 dc (dL/dt and dL/dU always).
+at::Tensor poincare_fc_rows_fwd_cpu(const at::Tensor& t, const at::Tensor& U, const at::Tensor& z,
+                                    const at::Tensor& bias, const at::Tensor& c, double eps, bool tangent);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_rows_bwd_cpu(
+    const at::Tensor& g, const at::Tensor& t, const at::Tensor& U, const at::Tensor& z, const at::Tensor& bias,
+    const at::Tensor& c, double eps, int64_t mask, bool tangent);
+
 // Poincaré ReLU of rows x (N, D): project(expmap0(relu(logmap0(x)))), ball curvature -c, one fused row pass.
 at::Tensor poincare_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& c, double eps);
 // (dL/dx, dL/dc) for dL/dy = g; dL/dc a 0-dim float64 tensor.

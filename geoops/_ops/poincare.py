@@ -9,6 +9,14 @@
                             bool tangent) -> (dx, dz, dbias, dc)
         mask bits 1 dx, 2 dz, 4 dbias, 8 dc (0-dim, c's dtype); unselected ones are empty
 
+    geoops::poincare_fc_rows_fwd(Tensor t, Tensor U, Tensor z, Tensor? bias, Tensor c, float eps, bool tangent)
+        -> Tensor y
+        the same layer from t = x @ z (N, m) and U = |x|^2 (N,) (tangent: of the tangent rows u) without x: the
+        convolution computes t and U with convolutions, never the patch matrix
+    geoops::poincare_fc_rows_bwd(Tensor grad, Tensor t, Tensor U, Tensor z, Tensor? bias, Tensor c, float eps,
+                                 int mask, bool tangent) -> (dt, dU, dz, dbias, dc)
+        dz: only the terms through z's column norms (the caller adds x^T dt); mask bits 2 dz, 4 dbias, 8 dc
+
     geoops::poincare_relu_fwd(Tensor x, Tensor c, float eps) -> Tensor
         rows x (N, D) -> project(expmap0(relu(logmap0(x))), eps) (N, D): one fused row op
     geoops::poincare_relu_bwd(Tensor grad, Tensor x, Tensor c, float eps) -> (dx, dc)   (dc 0-dim, c's dtype)
@@ -59,6 +67,17 @@ class _Cpp:
         b = _empty(x) if bias is None else bias
         gx, gz, gb, gc = _backend.compiled().poincare_fc_bwd_cpu(g, x, z, b, c, t, eps, mask, tangent)
         return gx, gz, gb, (gc.to(c.dtype) if gc.numel() else _empty(c))
+
+    @staticmethod
+    def poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent):
+        b = _empty(t) if bias is None else bias
+        return _backend.compiled().poincare_fc_rows_fwd_cpu(t, U, z, b, c, eps, tangent)
+
+    @staticmethod
+    def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
+        b = _empty(t) if bias is None else bias
+        gt, gU, gz, gb, gc = _backend.compiled().poincare_fc_rows_bwd_cpu(g, t, U, z, b, c, eps, mask, tangent)
+        return gt, gU, gz, gb, (gc.to(c.dtype) if gc.numel() else _empty(c))
 
     @staticmethod
     def poincare_relu_fwd(x, c, eps):
@@ -134,6 +153,30 @@ class _Reference:
         zero = lambda t, ref_t: torch.zeros_like(ref_t) if t is None else t  # noqa: E731
         return (zero(gx, x), zero(gz, z), zero(gb, x if bias is None else bias), zero(gc, c))
 
+
+    @staticmethod
+    def poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent):
+        from ..reference import poincare as ref
+
+        with torch.no_grad():
+            return ref.poincare_fc_rows(t, U, z, bias, c.to(t.dtype), eps, tangent).contiguous()
+
+    @staticmethod
+    def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
+        from ..reference import poincare as ref
+
+        with torch.enable_grad():
+            tt, UU, zz = (a.detach().requires_grad_(True) for a in (t, U, z))
+            bb = None if bias is None else bias.detach().requires_grad_(True)
+            cc = c.detach().to(t.dtype).requires_grad_(True)
+            y = ref.poincare_fc_rows(tt, UU, zz, bb, cc, eps, tangent)
+            ins = [tt, UU, zz, cc] + ([bb] if bb is not None else [])
+            gs = [torch.zeros_like(a) if v is None else v
+                  for a, v in zip(ins, torch.autograd.grad(y, ins, g.to(y.dtype), allow_unused=True))]
+        gz = gs[2] if mask & 2 else _empty(t)
+        gb = gs[4] if (mask & 4 and bias is not None) else _empty(t)
+        gc = gs[3].to(c.dtype) if mask & 8 else _empty(c)
+        return gs[0], gs[1], gz, gb, gc
 
     @staticmethod
     def _relu(x, c, eps):
@@ -251,6 +294,36 @@ poincare_fc_bwd_op = define_op(
     "-> (Tensor, Tensor, Tensor, Tensor)",
     _fc_bwd, _fc_bwd_fake)
 
+def _fc_rows_fwd(t, U, z, bias: Optional[torch.Tensor], c, eps: float, tangent: bool):
+    return kernels(t.device).poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent)
+
+
+def _fc_rows_fwd_fake(t, U, z, bias, c, eps, tangent):
+    return t.new_empty(t.shape)
+
+
+def _fc_rows_bwd(g, t, U, z, bias: Optional[torch.Tensor], c, eps: float, mask: int, tangent: bool):
+    return tuple(kernels(t.device).poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent))
+
+
+def _fc_rows_bwd_fake(g, t, U, z, bias, c, eps, mask, tangent):
+    gz = z.new_empty(z.shape) if mask & 2 else t.new_empty(0)
+    gb = t.new_empty(bias.shape) if (mask & 4 and bias is not None) else t.new_empty(0)
+    gc = c.new_empty(()) if mask & 8 else c.new_empty(0)
+    return t.new_empty(t.shape), U.new_empty(U.shape), gz, gb, gc
+
+
+poincare_fc_rows_fwd_op = define_op(
+    "geoops::poincare_fc_rows_fwd",
+    "(Tensor t, Tensor U, Tensor z, Tensor? bias, Tensor c, float eps, bool tangent) -> Tensor",
+    _fc_rows_fwd, _fc_rows_fwd_fake)
+poincare_fc_rows_bwd_op = define_op(
+    "geoops::poincare_fc_rows_bwd",
+    "(Tensor grad, Tensor t, Tensor U, Tensor z, Tensor? bias, Tensor c, float eps, int mask, bool tangent) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _fc_rows_bwd, _fc_rows_bwd_fake)
+
+
 def _relu_fwd(x, c, eps: float):
     return kernels(x.device).poincare_relu_fwd(x, c, eps)
 
@@ -347,6 +420,8 @@ poincare_patches_bwd_op = define_op(
 # eager fast path: plain tensors call the kernels directly, everything else dispatches the custom op
 poincare_fc_fwd = caller(poincare_fc_fwd_op, _fc_fwd)
 poincare_fc_bwd = caller(poincare_fc_bwd_op, _fc_bwd)
+poincare_fc_rows_fwd = caller(poincare_fc_rows_fwd_op, _fc_rows_fwd)
+poincare_fc_rows_bwd = caller(poincare_fc_rows_bwd_op, _fc_rows_bwd)
 poincare_relu_fwd = caller(poincare_relu_fwd_op, _relu_fwd)
 poincare_relu_bwd = caller(poincare_relu_bwd_op, _relu_bwd)
 poincare_midpoint_sums_fwd = caller(poincare_midpoint_sums_fwd_op, _mid_fwd)

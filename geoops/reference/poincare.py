@@ -141,6 +141,30 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
     return (2 * zn / sc * torch.asinh(a)).movedim(-1, dim)
 
 
+def poincare_fc_rows(t: torch.Tensor, U: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor,
+                     eps: float = -1.0, tangent: bool = False) -> torch.Tensor:
+    """Reference: :func:`poincare_fc` of rows x (N, n) given only t = x @ z (N, m) and U = |x|^2 (N,).  tangent: the
+    rows are tangent vectors u (t = u @ z, U = |u|^2) and the layer's input is project(expmap0(u))."""
+    sc = c.sqrt()
+    if tangent:
+        if eps < 0:
+            eps = default_eps(t.dtype)
+        n = U.clamp_min(0).sqrt().clamp_min(MIN_NORM)
+        s = torch.tanh(sc * n) / (sc * n)
+        maxnorm = (1 - eps) / (c + 1e-15).sqrt()
+        s = torch.where(s * n > maxnorm, maxnorm / n, s)
+        t, U = t * s[:, None], U * s * s
+    lam = (2 / (1 - c * U))[:, None]
+    zn = z.norm(dim=0).clamp_min(MIN_NORM)
+    if bias is None:
+        a = sc * lam * t / zn
+    else:
+        a = sc * lam * t * torch.cosh(2 * sc * bias) / zn - (lam - 1) * torch.sinh(2 * sc * bias)
+    w = torch.sinh(2 * zn * torch.asinh(a)) / sc
+    y = w / (1 + (1 + c * _sq(w, -1)).sqrt())
+    return project(y, c, eps=eps)
+
+
 def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, dim: int = -1,
                 eps: float = -1.0) -> torch.Tensor:
     """Reference: Poincaré fully-connected layer (HNN++): hyperplane distances of x to the hyperplanes (z, bias),
