@@ -479,15 +479,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_bwd_cpu(
   return {gx, gz, gb, gc};
 }
 
-at::Tensor poincare_fc_rows_fwd_cpu(const at::Tensor& t_in, const at::Tensor& U_in, const at::Tensor& z_in,
-                                    const at::Tensor& bias_in, const at::Tensor& c_in, double eps, bool tangent) {
-  const at::Tensor z = z_in.contiguous();
-  const at::Tensor t = t_in.contiguous(), U = U_in.contiguous();
+// The argument checks shared by poincare_fc_rows_fwd_cpu / _bwd_cpu (t [N, m], U [N], z [n, m], one float dtype).
+static void check_fc_rows_args(const at::Tensor& t, const at::Tensor& U, const at::Tensor& z) {
   TORCH_CHECK(t.dim() == 2 && z.dim() == 2 && t.size(1) == z.size(1) && U.numel() == t.size(0),
               "poincare_fc_rows: t [N, m], U [N], z [n, m]");
   TORCH_CHECK(t.scalar_type() == z.scalar_type() && U.scalar_type() == z.scalar_type(),
               "poincare_fc_rows: t, U and z must share a dtype");
   TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "poincare_fc_rows: float32 or float64");
+}
+
+at::Tensor poincare_fc_rows_fwd_cpu(const at::Tensor& t_in, const at::Tensor& U_in, const at::Tensor& z_in,
+                                    const at::Tensor& bias_in, const at::Tensor& c_in, double eps, bool tangent) {
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor t = t_in.contiguous(), U = U_in.contiguous();
+  check_fc_rows_args(t, U, z);
   TORCH_CHECK(bias_in.numel() == 0 || (bias_in.dim() == 1 && bias_in.size(0) == z.size(1)), "poincare_fc_rows: bias [m]");
   const at::Tensor bias = bias_in.numel() ? bias_in.to(z.scalar_type()).contiguous() : bias_in;
   const double c = c_in.item<double>();
@@ -503,11 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_
     const at::Tensor& bias_in, const at::Tensor& c_in, double eps, int64_t mask, bool tangent) {
   const at::Tensor z = z_in.contiguous();
   const at::Tensor t = t_in.contiguous(), U = U_in.contiguous();
-  TORCH_CHECK(t.dim() == 2 && z.dim() == 2 && t.size(1) == z.size(1) && U.numel() == t.size(0),
-              "poincare_fc_rows: t [N, m], U [N], z [n, m]");
-  TORCH_CHECK(t.scalar_type() == z.scalar_type() && U.scalar_type() == z.scalar_type(),
-              "poincare_fc_rows: t, U and z must share a dtype");
-  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "poincare_fc_rows: float32 or float64");
+  check_fc_rows_args(t, U, z);
   const at::Tensor bias = bias_in.numel() ? bias_in.to(z.scalar_type()).contiguous() : bias_in;
   const at::Tensor g = g_in.to(z.scalar_type()).contiguous();
   const double c = c_in.item<double>();
