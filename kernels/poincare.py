@@ -67,9 +67,7 @@ _CUT = tl.constexpr(1e-3)  # Taylor cut of the float64 row math (as the C++ kern
 class _NumpyMath(_st._NumpyMath):
     """The interpreter's stand-ins for the libdevice functions used here."""
 
-    asinh = staticmethod(lambda x: _st._NumpyMath._unary("arcsinh", x))
-    sinh = staticmethod(lambda x: _st._NumpyMath._unary("sinh", x))
-    cosh = staticmethod(lambda x: _st._NumpyMath._unary("cosh", x))
+    expm1 = staticmethod(lambda x: _st._NumpyMath._unary("expm1", x))
 
 
 _math = _libdevice
@@ -445,13 +443,33 @@ def _patches_bwd_kernel(G_ptr, GV_ptr, NP, H, W, C, Ho, Wo, KH, KW, PH, PW, SH, 
 
 # ---------------------------------------------------------------- fully connected
 @triton.jit
+def _asinh(a):
+    """asinh(a) = sign(a) log1p(|a| + a^2 / (1 + sqrt(1 + a^2))) (as csrc/cpu/poincare.cpp; IEEE division)."""
+    ax = tl.abs(a)
+    a2 = ax * ax
+    r = _math.log1p(ax + _div(a2, 1.0 + _sqrt(a2 + 1.0)))
+    return tl.where(a < 0, -r, r)
+
+
+@triton.jit
+def _sinh_cosh(u):
+    """sinh(u), cosh(u) from e = expm1(|u|): no cancellation near 0, no inf/inf for large |u|."""
+    e = _math.expm1(tl.abs(u))
+    ep1 = e + 1.0
+    frac = tl.where(e > 1e30, 1.0, _div(e, ep1))
+    sh = (e + frac) * 0.5
+    ch = (ep1 + _div(tl.full(ep1.shape, 1.0, ep1.dtype), ep1)) * 0.5
+    return tl.where(u < 0, -sh, sh), ch
+
+
+@triton.jit
 def _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc):
-    """a, asinh(a), w = sinh(Z asinh a)/sc for a tile (compute type of t)."""
+    """a, asinh(a), w = sinh(Z asinh a)/sc and cosh(Z asinh a) for a tile (compute type of t)."""
     a = k1[:, None] * t * Cj[None, :] - k0[:, None] * Sj[None, :]
-    A = _math.asinh(a)
+    A = _asinh(a)
     u = Zj[None, :] * A
-    w = _math.sinh(u) * inv_sc
-    return a, A, u, w
+    sh, ch = _sinh_cosh(u)
+    return a, A, ch, sh * inv_sc
 
 
 @triton.jit
@@ -482,7 +500,7 @@ def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, 
         m = rmask[:, None] & cm[None, :]
         t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
         Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
-        _a, _A, _u, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
     q = tl.sqrt(1.0 + c * Sw)
@@ -497,7 +515,7 @@ def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, 
         m = rmask[:, None] & cm[None, :]
         t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
         Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
-        _a, _A, _u, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         tl.store(Y_ptr + base + cols[None, :], w * sT[:, None], mask=m)
 
 
@@ -529,7 +547,7 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
         t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
         Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
-        _a, _A, _u, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
         gyw += tl.sum(g * w, 1).to(tl.float64)
@@ -562,10 +580,10 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
         t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
         Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
-        a, A, u, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        a, A, chu, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         gw = aT * g + bT * w
         gw = tl.where(m, gw, 0.0)
-        gu = gw * _math.cosh(u) * inv_sc
+        gu = gw * chu * inv_sc
         ra = _div(tl.full(a.shape, 1.0, a.dtype), _sqrt(a * a + 1.0))
         ga = gu * Zj[None, :] * ra
         tl.store(GT_ptr + base + cols[None, :], ga * k1[:, None] * Cj[None, :], mask=m)
@@ -591,8 +609,12 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _blocks(N: int, D: int, tile: int = _TILE, max_block_d: int = _MAX_BLOCK_D):
-    """(BLOCK_R, BLOCK_D, num_warps): rows of a program and the chunk width (a heuristic, not autotuned)."""
+def _blocks(N: int, D: int, tile: int = _TILE, max_block_d: int = _MAX_BLOCK_D, dtype=torch.float32):
+    """(BLOCK_R, BLOCK_D, num_warps): rows of a program and the chunk width (a heuristic, not autotuned).
+
+    float64 tiles take half the elements (twice the registers a value)."""
+    if dtype == torch.float64:
+        tile //= 2
     block_d = min(triton.next_power_of_2(max(D, 1)), max_block_d)
     block_r = max(1, min(tile // block_d, 64, triton.next_power_of_2(max(N, 1))))
     elems = block_r * block_d
@@ -702,10 +724,10 @@ def poincare_fc_fwd(x, z, bias, c, eps, save, tangent):
     y = x.new_empty((N, m))
     if N and m:
         p = _fc_prep(x, z, bias, c, eps, tangent)
-        br, bm, nw = _blocks(N, m)
+        br, bm, nw = _blocks(N, m, 1024 if x.dtype == torch.float32 else 512, dtype=x.dtype)
         with _device_guard(x):
             _fc_fwd_kernel[(triton.cdiv(N, br),)](t, y, *p["cols"], p["k1"], p["k0"], _cval(c, x), N, m, float(eps),
-                                                  BLOCK_R=br, BLOCK_M=bm, num_warps=nw)
+                                                  BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
     return y, (t if save else x.new_empty(0))
 
 
@@ -723,7 +745,7 @@ def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
     want_x, want_z, want_b, want_c = bool(mask & 1), bool(mask & 2), bool(mask & 4) and has_b, bool(mask & 8)
     need_cols = want_z or want_b or want_c
     p = _fc_prep(x, z, bias, c, eps, tangent)
-    br, bm, nw = _blocks(N, m)
+    br, bm, nw = _blocks(N, m, 1024 if x.dtype == torch.float32 else 512, dtype=x.dtype)
     nprog = triton.cdiv(N, br) if N else 0
     f64 = dict(device=x.device, dtype=torch.float64)
     gt = x.new_empty((N, m))
@@ -733,7 +755,7 @@ def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
         sr = p["s"].contiguous() if tangent else torch.ones(N, **f64)
         with _device_guard(x):
             _fc_bwd_kernel[(nprog,)](g, t, gt, *p["cols"], p["k1"], p["k0"], sr, _cval(c, x), pz, pc, ps, rl, rg, rs,
-                                     N, m, float(eps), COLS=need_cols, BLOCK_R=br, BLOCK_M=bm, num_warps=nw)
+                                     N, m, float(eps), COLS=need_cols, BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
     elif N:
         gt.zero_()
     cd, sc, lam, X = p["cd"], p["sc"], p["lam"], p["X"]
@@ -782,10 +804,10 @@ def poincare_relu_fwd(x, c, eps):
     N, D = x.shape
     y = torch.empty_like(x)
     if N and D:
-        br, bd, nw = _blocks(N, D)
+        br, bd, nw = _blocks(N, D, dtype=x.dtype)
         with _device_guard(x):
             _relu_fwd_kernel[(triton.cdiv(N, br),)](x, y, _cval(c, x), N, D, float(eps),
-                                                    BLOCK_R=br, BLOCK_D=bd, num_warps=nw)
+                                                    BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
     return y
 
 
@@ -797,10 +819,10 @@ def poincare_relu_bwd(g, x, c, eps):
     gx = torch.empty_like(x)
     gk = torch.zeros(N, device=x.device, dtype=torch.float64)
     if N and D:
-        br, bd, nw = _blocks(N, D)
+        br, bd, nw = _blocks(N, D, 1024, dtype=x.dtype)
         with _device_guard(x):
             _relu_bwd_kernel[(triton.cdiv(N, br),)](g, x, gx, gk, _cval(c, x), N, D, float(eps),
-                                                    BLOCK_R=br, BLOCK_D=bd, num_warps=nw)
+                                                    BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
     return gx, (-gk.sum()).to(c.dtype)
 
 
@@ -809,13 +831,13 @@ def poincare_midpoint_sums_fwd(x, c):
     _check("poincare_midpoint_sums", x)
     x = x.contiguous()
     N, D = x.shape
-    br, bd, nw = _blocks(N, D)
+    br, bd, nw = _blocks(N, D, dtype=x.dtype)
     nprog = triton.cdiv(N, br) if N else 0
     pf = torch.zeros((max(nprog, 1), D), device=x.device, dtype=torch.float64)
     pl = torch.zeros(max(nprog, 1), device=x.device, dtype=torch.float64)
     if N:
         with _device_guard(x):
-            _mid_fwd_kernel[(nprog,)](x, pf, pl, _cval(c, x), N, D, BLOCK_R=br, BLOCK_D=bd, num_warps=nw)
+            _mid_fwd_kernel[(nprog,)](x, pf, pl, _cval(c, x), N, D, BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
     return pf.sum(0).to(x.dtype), pl.sum().to(x.dtype)
 
 
@@ -829,11 +851,11 @@ def poincare_midpoint_sums_bwd(gF, gL, x, c):
     gx = torch.empty_like(x)
     gc = torch.zeros(N, device=x.device, dtype=torch.float64)
     if N:
-        br, bd, nw = _blocks(N, D)
+        br, bd, nw = _blocks(N, D, 1024, dtype=x.dtype)
         gl = gL.detach().reshape(1).to(device=x.device, dtype=torch.float64)
         with _device_guard(x):
             _mid_bwd_kernel[(triton.cdiv(N, br),)](gF, gl, x, gx, gc, _cval(c, x), N, D,
-                                                   BLOCK_R=br, BLOCK_D=bd, num_warps=nw)
+                                                   BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
     return gx, gc.sum().to(c.dtype)
 
 
@@ -848,9 +870,9 @@ def _bn_args(u, M, b):
     return u.contiguous(), M.contiguous(), b.contiguous()
 
 
-def _bn_blocks(N, D):
+def _bn_blocks(N, D, dtype):
     # float64 row math on every element of the tile: half the usual tile
-    return _blocks(N, D, tile=_TILE // 2, max_block_d=128)
+    return _blocks(N, D, tile=512, max_block_d=128, dtype=dtype)
 
 
 def poincare_bn_rows_fwd(u, M, b, c, eps):
@@ -859,10 +881,10 @@ def poincare_bn_rows_fwd(u, M, b, c, eps):
     y = torch.empty_like(u)
     if N and D:
         v = _mm(u, M)
-        br, bd, nw = _bn_blocks(N, D)
+        br, bd, nw = _bn_blocks(N, D, u.dtype)
         with _device_guard(u):
             _bn_fwd_kernel[(triton.cdiv(N, br),)](v, b, y, _cval(c, u), N, D, EPS=float(eps),
-                                                  BLOCK_R=br, BLOCK_D=bd, num_warps=nw)
+                                                  BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
     return y
 
 
@@ -875,14 +897,14 @@ def poincare_bn_rows_bwd(g, u, M, b, c, eps):
         return torch.zeros_like(u), torch.zeros_like(M), torch.zeros_like(b), torch.zeros((), dtype=c.dtype,
                                                                                              device=c.device)
     v = _mm(u, M)
-    br, bd, nw = _bn_blocks(N, D)
+    br, bd, nw = _bn_blocks(N, D, u.dtype)
     nprog = triton.cdiv(N, br)
     gv = torch.empty_like(u)
     pb = torch.zeros((nprog, D), **f64)
     gk = torch.zeros(N, **f64)
     with _device_guard(u):
         _bn_bwd_kernel[(nprog,)](g, v, b, gv, pb, gk, _cval(c, u), N, D, EPS=float(eps),
-                                 BLOCK_R=br, BLOCK_D=bd, num_warps=nw)
+                                 BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
     gu = _mm(gv, M.t())
     gM = _mm(u.t(), gv)
     return gu, gM, pb.sum(0).to(u.dtype), (-gk.sum()).to(c.dtype)
@@ -912,7 +934,7 @@ def poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale):
         br, bk, nw = _blocks(NR, K)
         with _device_guard(v):
             _patches_fwd_kernel[(triton.cdiv(NR, br),)](v, out, NR, H, W, C, Ho, Wo, kw, ph, pw, sh, sw, K,
-                                                        float(scale), BLOCK_R=br, BLOCK_K=bk, num_warps=nw)
+                                                        float(scale), BLOCK_R=br, BLOCK_K=bk, num_warps=nw, **_st._maxnreg(nw))
     return out
 
 
@@ -929,10 +951,72 @@ def poincare_patches_bwd(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
         br, bc, nw = _blocks(NP, C)
         with _device_guard(g):
             _patches_bwd_kernel[(triton.cdiv(NP, br),)](g, gv, NP, H, W, C, Ho, Wo, kh, kw, ph, pw, sh, sw, K,
-                                                        float(scale), BLOCK_R=br, BLOCK_C=bc, num_warps=nw)
+                                                        float(scale), BLOCK_R=br, BLOCK_C=bc, num_warps=nw, **_st._maxnreg(nw))
     return gv
 
 
 INTERPRETED = type(_relu_fwd_kernel).__name__ == "InterpretedFunction"
 if INTERPRETED:
     _math = _NumpyMath  # noqa: F811 - the interpreter cannot call libdevice
+
+
+# ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
+COMPILE_NOTES = """\
+Row kernels of the Poincaré layers: per-row scalar math in float64 for both dtypes (as the C++ kernels),
+element-wise passes in the tile type.  The batch norm row pass takes expmap's and project's coefficient
+forms and vjps from kernels/stereographic.py (`_fwd_coef` / `_vjp`); fc/mm is the IEEE float32 GEMM that
+replaces cuBLAS only when torch's TF32 switch is on."""
+
+
+def compile_variants():
+    """Every Triton variant the launchers of this module can run, for the CI compile check.
+
+    Per dtype (float32, float64): the fc epilogue forward and backward (with and without the column
+    partials) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
+    the ReLU, midpoint sums and batch norm row pass forward and backward for a narrow (16) and a wide
+    (chunked, 300 / 200) row; the patch gather and its backward; and (float32) the IEEE GEMM.  The launches
+    call the module's own launchers on small CPU tensors.  Expectations: 64-bit program-id arithmetic, IEEE
+    float32 division; no spill in float32, up to 32 B in float64 (libdevice's float64 tan reduction in the
+    batch norm's expmap coefficients, as in the stereographic rows).
+    """
+    entries = []
+    for dtype in (torch.float32, torch.float64):
+        dn = str(dtype).replace("torch.", "")
+        expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32 if dtype == torch.float64 else 0}
+        c = torch.ones((), dtype=dtype)
+
+        def add(label, fn):
+            entries.append({"label": f"{label.split('/')[0]}/{dn}/{label.split('/', 1)[1]}", "launch": fn,
+                            "expect": expect})
+
+        for shape, N, n, m in (("conv 144x16", 256, 144, 16), ("wide 512x512", 64, 512, 512)):
+            x = torch.zeros(N, n, dtype=dtype)
+            z = torch.ones(n, m, dtype=dtype)
+            b = torch.zeros(m, dtype=dtype)
+            g = torch.zeros(N, m, dtype=dtype)
+            add(f"fc/{shape} fwd", lambda x=x, z=z, b=b: poincare_fc_fwd(x, z, b, c, 1e-3, True, False))
+            add(f"fc/{shape} bwd", lambda g=g, x=x, z=z, b=b: poincare_fc_bwd(g, x, z, b, c, x.new_empty(0), 1e-3,
+                                                                            15, False))
+            add(f"fc/{shape} bwd dx only", lambda g=g, x=x, z=z, b=b: poincare_fc_bwd(g, x, z, b, c, x.new_empty(0),
+                                                                                    1e-3, 1, False))
+        for shape, N, D in (("narrow", 4096, 16), ("wide", 64, 300)):
+            x = torch.zeros(N, D, dtype=dtype)
+            add(f"relu/{shape} fwd", lambda x=x: poincare_relu_fwd(x, c, 1e-3))
+            add(f"relu/{shape} bwd", lambda x=x: poincare_relu_bwd(x, x, c, 1e-3))
+            add(f"midpoint_sums/{shape} fwd", lambda x=x: poincare_midpoint_sums_fwd(x, c))
+            add(f"midpoint_sums/{shape} bwd", lambda x=x, D=D: poincare_midpoint_sums_bwd(x[0], c, x, c))
+            Db = 200 if shape == "wide" else D
+            u = torch.zeros(N, Db, dtype=dtype)
+            M = torch.zeros(Db, Db, dtype=dtype)
+            bb = torch.zeros(Db, dtype=dtype)
+            add(f"bn_rows/{shape} fwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_fwd(u, M, bb, c, 1e-3))
+            add(f"bn_rows/{shape} bwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_bwd(u, u, M, bb, c, 1e-3))
+        v = torch.zeros(2, 32, 32, 16, dtype=dtype)
+        add("patches/3x3 fwd", lambda v=v: poincare_patches_fwd(v, 3, 3, 1, 1, 1, 1, 0.5))
+        gp_ = torch.zeros(2 * 32 * 32, 144, dtype=dtype)
+        add("patches/3x3 bwd", lambda gp_=gp_: poincare_patches_bwd(gp_, 2, 32, 32, 16, 3, 3, 1, 1, 1, 1, 0.5))
+        if dtype == torch.float32:
+            a = torch.zeros(256, 144, dtype=dtype)
+            bm = torch.zeros(144, 16, dtype=dtype)
+            add("mm/ieee", lambda a=a, bm=bm: _mm(a, bm, force_ieee=True))
+    return entries
