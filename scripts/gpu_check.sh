@@ -16,6 +16,10 @@
 #                   limit in each, and bench-side-by-side.md comparing them
 #   7. bench_pairwise  the pairwise Triton kernels (cdist fwd and fwd+bwd at 2048 x 2048 x 64 against
 #                   torch.cdist, issue 6's GPU target >= 0.7x; knn through the Triton rank keys)
+#   8. poincare     scripts/gpu_poincare_check.py: the Poincaré layers on CUDA (Triton) against the CPU C++
+#                   kernels (fc, tangent fc, ReLU, conv2d, batch norm; fp32/fp64, values and gradients), and
+#                   the residual block / fc 4096x512->512 against their Euclidean layers (issue 11's GPU
+#                   target: block within 3x); $OUT/poincare.json
 #
 # Target: <= 8 minutes wall on an H100/H200 with torch 2.11 + CUDA 13, Triton 3.6, no network.  Each
 # step runs under `timeout` with the time left of GEOOPS_GPU_BUDGET_S (default 470 s); a step that
@@ -25,7 +29,7 @@
 #
 # Output (at most 8 files, for the device tool's $OUT): $OUT/gpu_check.log (every step's full log),
 # $OUT/summary.md (one line per step: status, seconds, command), $OUT/bench-triton.json,
-# $OUT/bench-cuda.json, $OUT/bench-side-by-side.md, $OUT/bench-pairwise.json.  OUT defaults to ./gpu-out.
+# $OUT/bench-cuda.json, $OUT/bench-side-by-side.md, $OUT/bench-pairwise.json, $OUT/poincare.json.  OUT defaults to ./gpu-out.
 #
 #   bash scripts/gpu_check.sh              # on the GPU machine
 #   bash scripts/gpu_check.sh --dry-run    # here, on a CPU (also GEOOPS_GPU_DRY_RUN=1): the whole control
@@ -192,6 +196,12 @@ if [ "$DRY" = 1 ]; then
 else
   step bench_pairwise 90 bench pairwise triton --families stereographic --device cuda --ops cdist,knn \
     --passes fwd,fwd+bwd --no-compile --no-settle
+fi
+# ---------------------------------------------------------------- 8. poincare (Triton layer kernels)
+if [ "$DRY" = 1 ]; then
+  step poincare 120 "$PY" scripts/gpu_poincare_check.py --dry-run --json "$OUT/poincare.json"
+else
+  step poincare 90 "$PY" scripts/gpu_poincare_check.py --json "$OUT/poincare.json"
 fi
 if [ -f "$OUT/bench-triton.json" ] && [ -f "$OUT/bench-cuda.json" ]; then
   "$PY" scripts/gpu_bench_side_by_side.py "$OUT/bench-triton.json" "$OUT/bench-cuda.json" > "$OUT/bench-side-by-side.md" \

@@ -36,8 +36,8 @@
 
 x, z, bias share a float32/float64 dtype (geoops.poincare upcasts half types).  Each implementation picks
 the backend per call: CPU -> the fused C++ kernels (csrc/cpu/poincare.cpp), elsewhere the eager reference
-composition (geoops.reference.poincare, differentiated by autograd) -- there are no Triton kernels for this
-family yet.  torch.compile sees opaque ops.
+composition (geoops.reference.poincare, differentiated by autograd); CUDA tensors (and CPU tensors under
+TRITON_INTERPRET=1 with the triton backend) run the Triton kernels of geoops.kernels.poincare.  torch.compile sees opaque ops.
 """
 from __future__ import annotations
 
@@ -256,9 +256,7 @@ class _Reference:
 
 
 def kernels(device: torch.device):
-    """The kernel set that the current backend setting picks for `device` (no Triton kernels: reference)."""
-    if _backend.get_backend() in ("auto", "triton", "cuda") and device.type != "cpu":
-        return _Reference
+    """The kernel set that the current backend setting picks for `device` (CUDA: geoops.kernels.poincare)."""
     return kernel_set(FAMILY, device, cpp=_Cpp, reference=_Reference)
 
 

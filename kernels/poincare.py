@@ -1,0 +1,1038 @@
+"""Triton kernels of the Poincaré-ball layer family (forward and backward).
+
+Installed as ``geoops.kernels.poincare``; ``geoops._backend`` uses it for CUDA tensors, and for CPU tensors
+under the Triton interpreter (``TRITON_INTERPRET=1``).  It implements the contract of
+``geoops._ops.poincare`` (the same one as the C++ kernels of csrc/cpu/poincare*.cpp)::
+
+    poincare_fc_fwd(x, z, bias, c, eps, save, tangent) -> (y, t)
+    poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent) -> (dx, dz, dbias, dc)
+    poincare_relu_fwd(x, c, eps) -> y;                 poincare_relu_bwd(g, x, c, eps) -> (dx, dc)
+    poincare_midpoint_sums_fwd(x, c) -> (F, L);        poincare_midpoint_sums_bwd(gF, gL, x, c) -> (dx, dc)
+    poincare_bn_rows_fwd(u, M, b, c, eps) -> y;        poincare_bn_rows_bwd(g, u, M, b, c, eps) -> (du, dM, db, dc)
+    poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale);  poincare_patches_bwd(g, B, H, W, C, ...)
+
+Layout.  Every kernel is a row kernel: a program takes BLOCK_R rows and walks them in BLOCK_D-wide
+chunks (reduce, then write: a chunk is reloaded, never kept), so any width runs.  Offsets are 64-bit
+(the program id is widened before any arithmetic).  Reductions over rows (the midpoint's sums, the
+column terms of the fc backward, the batch norm's bias gradient, the curvature gradients) are written
+as per-program / per-row partials and summed by torch in float64: deterministic, no atomics.
+
+GEMMs.  ``t = x @ z`` and the backward's ``dt z^T`` / ``x^T dt`` (and the batch norm's ``u @ M`` with its
+two backward products) run in cuBLAS (torch.mm) -- in IEEE fp32 for float32: when
+``torch.backends.cuda.matmul.allow_tf32`` is set the product runs in ``_mm_kernel`` instead (tl.dot with
+``input_precision="ieee"``), so the layer never depends on the global TF32 switch.
+
+fully connected.  Per row i (torch in float64 on N-vectors): X = |x|^2 (tangent rows: s = tanh(sc|u|)/(sc|u|)
+or the projection's maxnorm/|u|, X = s^2|u|^2), lam = 2/(1 - cX), k1 = sc lam s, k0 = lam - 1; per
+column j: C = cosh(2 sc r)/|z_j|, S = sinh(2 sc r), Z = 2|z_j|.  ``_fc_fwd_kernel``: a = k1 t C - k0 S,
+w = sinh(Z asinh a)/sc, |w|^2 (pass 1), then y = w / (1 + sqrt(1 + c|w|^2)) times the projection's factor
+(pass 2, w recomputed).  ``_fc_bwd_kernel`` recomputes a, w from the saved t (pass 1: |w|^2, <g, w>),
+then writes dL/dt and the row terms (through lam, sc) and the per-program column partials (through
+|z_j|, C, S) in pass 2 -- csrc/cpu/poincare.cpp's fc_bwd_impl, term by term.  The rest (dx = dt z^T +
+row coefficient * x, the tangent rows' extra term, dz = x^T dt + column coefficient * z, db, dc) is torch.
+
+ReLU, midpoint sums, batch norm rows: csrc/cpu/poincare_layers.cpp's row math in float64 per row (the
+batch norm's expmap / project coefficients and their vjps are the stereographic family's ``_fwd_coef`` /
+``_vjp``, the same forms as geoops/stereo_math.h), element-wise passes in the tile type (float32 or float64).
+Patches: the gather (forward) and the per-pixel sum over the <= kh*kw taps that read a pixel (backward).
+
+Precision: float32 or float64 (geoops.poincare upcasts the half types, as the CPU path does).  Every float32
+division is IEEE (``_div``).  The interpreter has no libdevice: asinh/sinh/cosh/tanh/log1p resolve to numpy
+there (``_NumpyMath``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from . import stereographic as _st
+from .stereographic import EXPMAP, PROJECT, _div, _fwd_coef, _sqrt, _vjp
+
+try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at compile time
+    from triton.language.extra import libdevice as _libdevice
+except ImportError:  # pragma: no cover - older layouts
+    from triton.language.extra.cuda import libdevice as _libdevice
+
+__all__ = ["poincare_fc_fwd", "poincare_fc_bwd", "poincare_relu_fwd", "poincare_relu_bwd",
+           "poincare_midpoint_sums_fwd", "poincare_midpoint_sums_bwd", "poincare_bn_rows_fwd",
+           "poincare_bn_rows_bwd", "poincare_patches_fwd", "poincare_patches_bwd", "poincare_fc_rows_fwd",
+           "poincare_fc_rows_bwd", "compile_variants"]
+
+F64 = tl.constexpr(tl.float64)
+_CUT = tl.constexpr(1e-3)  # Taylor cut of the float64 row math (as the C++ kernels)
+
+
+class _NumpyMath(_st._NumpyMath):
+    """The interpreter's stand-ins for the libdevice functions used here."""
+
+    expm1 = staticmethod(lambda x: _st._NumpyMath._unary("expm1", x))
+
+
+_math = _libdevice
+
+
+# ---------------------------------------------------------------- row math (float64), k = -c < 0
+@triton.jit
+def _tanhc(p, CUT: tl.constexpr):
+    """tanh(s)/s for s = sqrt(p), p >= 0 (series below CUT)."""
+    small = p < CUT
+    series = 1.0 - p * (1.0 / 3 - p * (2.0 / 15 - p * (17.0 / 315 - p * (62.0 / 2835))))
+    s = tl.sqrt(tl.where(small, 1.0, p))
+    return tl.where(small, series, _math.tanh(s) / s)
+
+
+@triton.jit
+def _tanhc_d(p, t, CUT: tl.constexpr):
+    """d/dp of tanh(sqrt p)/sqrt p given its value t."""
+    small = p < CUT
+    series = -1.0 / 3 + p * (4.0 / 15 - p * (51.0 / 315 - p * (248.0 / 2835)))
+    ps = tl.where(small, 1.0, p)
+    return tl.where(small, series, (1.0 - ps * t * t - t) / (2.0 * ps))
+
+
+@triton.jit
+def _atanhc(p, q, CUT: tl.constexpr):
+    """artanh(s)/s for s = sqrt(p), q = 1 - p formed by the caller (clamped at 1e-15)."""
+    small = p < CUT
+    series = 1.0 + p * (1.0 / 3 + p * (1.0 / 5 + p * (1.0 / 7 + p * (1.0 / 9))))
+    s = tl.sqrt(tl.where(small, 1.0, p))
+    qc = tl.where(q > 1e-15, q, 1e-15)
+    return tl.where(small, series, 0.5 * _math.log1p(2.0 * s * (1.0 + s) / qc) / s)
+
+
+@triton.jit
+def _atanhc_d(p, q, a, CUT: tl.constexpr):
+    """d/dp of artanh(sqrt p)/sqrt p given its value a (the clamp's derivative dropped, as stereo_math.h)."""
+    small = p < CUT
+    series = 1.0 / 3 + p * (2.0 / 5 + p * (3.0 / 7 + p * (4.0 / 9)))
+    ps = tl.where(small, 1.0, p)
+    live = q > 1e-15
+    return tl.where(small, series, (tl.where(live, 1.0 / tl.where(live, q, 1.0), 0.0) - a) / (2.0 * ps))
+
+
+@triton.jit
+def _rows_of(pid, BLOCK_R: tl.constexpr):
+    return pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+
+
+# ---------------------------------------------------------------- Poincaré ReLU
+@triton.jit
+def _relu_row(X, R, c, eps, GRADS: tl.constexpr):
+    """f (y = f relu(x)) and, with GRADS, (fR2, fX2, fk) of csrc/cpu/poincare_layers.cpp's relu_row, k = -c."""
+    # h = artanh(sqrt(cX))/sqrt(cX); z2 = -c h^2 R; f = tanh(sqrt(-z2))/sqrt(-z2) h
+    p1 = c * X
+    h = _atanhc(p1, 1.0 - p1, _CUT)
+    p2 = c * h * h * R
+    t2 = _tanhc(p2, _CUT)
+    f = t2 * h
+    ny = f * tl.sqrt(R)
+    mx = (1.0 - eps) / tl.sqrt(c)
+    nr = tl.maximum(tl.sqrt(R), 1e-15)
+    proj = ny > mx
+    f = tl.where(proj, mx / nr, f)
+    fR2 = tl.zeros_like(f)
+    fX2 = tl.zeros_like(f)
+    fk = tl.zeros_like(f)
+    if GRADS:
+        k = -c
+        t2d = -_tanhc_d(p2, t2, _CUT)        # d tanc / dz at z = -p2
+        h1 = -_atanhc_d(p1, 1.0 - p1, h, _CUT)  # d atanc / dz at z = -p1
+        dh_dX = k * h1
+        dh_dk = X * h1
+        df_dh = t2 + 2.0 * k * h * h * R * t2d
+        fR2 = tl.where(proj, -mx / (nr * nr * nr), 2.0 * k * h * h * h * t2d)
+        fX2 = tl.where(proj, 0.0, 2.0 * df_dh * dh_dX)
+        fk = tl.where(proj, 0.5 * (1.0 - eps) / (c * tl.sqrt(c)) / nr, h * t2d * h * h * R + df_dh * dh_dk)
+    return f, fR2, fX2, fk
+
+
+@triton.jit
+def _relu_fwd_kernel(X_ptr, Y_ptr, C_ptr, N, D, eps,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    c = tl.load(C_ptr).to(tl.float64)
+    base = rows[:, None] * D
+    XX = tl.zeros((BLOCK_R,), tl.float64)
+    RR = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+        XX += tl.sum(x * x, 1).to(tl.float64)
+        RR += tl.sum(tl.where(x > 0, x * x, 0.0), 1).to(tl.float64)
+    f, _a, _b, _c = _relu_row(XX, RR, c, eps, False)
+    fT = f.to(Y_ptr.dtype.element_ty)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+        tl.store(Y_ptr + base + cols[None, :], tl.where(x > 0, fT[:, None] * x, 0.0), mask=m)
+
+
+@triton.jit
+def _relu_bwd_kernel(G_ptr, X_ptr, GX_ptr, GK_ptr, C_ptr, N, D, eps,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    c = tl.load(C_ptr).to(tl.float64)
+    base = rows[:, None] * D
+    XX = tl.zeros((BLOCK_R,), tl.float64)
+    RR = tl.zeros((BLOCK_R,), tl.float64)
+    GG = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+        r = tl.where(x > 0, x, 0.0)
+        XX += tl.sum(x * x, 1).to(tl.float64)
+        RR += tl.sum(r * r, 1).to(tl.float64)
+        GG += tl.sum(g * r, 1).to(tl.float64)
+    f, fR2, fX2, fk = _relu_row(XX, RR, c, eps, True)
+    ty = GX_ptr.dtype.element_ty
+    fT = f.to(ty)[:, None]
+    aT = (GG * fR2).to(ty)[:, None]
+    bT = (GG * fX2).to(ty)[:, None]
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+        gx = tl.where(x > 0, fT * g + aT * x, 0.0) + bT * x
+        tl.store(GX_ptr + base + cols[None, :], gx, mask=m)
+    tl.store(GK_ptr + rows, GG * fk, mask=rmask)
+
+
+# ---------------------------------------------------------------- midpoint sums
+@triton.jit
+def _mid_fwd_kernel(X_ptr, PF_ptr, PL_ptr, C_ptr, N, D,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per program: PF[pid] = sum over its rows of lam_i x_i (D,), PL[pid] = sum of (lam_i - 1)."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    c = tl.load(C_ptr).to(tl.float64)
+    base = rows[:, None] * D
+    XX = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        XX += tl.sum(x * x, 1)
+    lam = 2.0 / tl.maximum(1.0 - c * XX, 1e-15)
+    lam = tl.where(rmask, lam, 0.0)
+    tl.store(PL_ptr + pid, tl.sum(tl.where(rmask, lam - 1.0, 0.0), 0))
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        tl.store(PF_ptr + pid * D + cols, tl.sum(lam[:, None] * x, 0), mask=cols < D)
+
+
+@triton.jit
+def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dx_i = lam_i gF + (<gF, x_i> + gL) c lam_i^2 x_i; GC[i] = (<gF, x_i> + gL) lam_i^2 |x_i|^2 / 2."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    c = tl.load(C_ptr).to(tl.float64)
+    gL = tl.load(GL_ptr).to(tl.float64)
+    base = rows[:, None] * D
+    XX = tl.zeros((BLOCK_R,), tl.float64)
+    PP = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
+        XX += tl.sum(x * x, 1)
+        PP += tl.sum(gf[None, :] * x, 1)
+    den = 1.0 - c * XX
+    lam = 2.0 / tl.maximum(den, 1e-15)
+    w = tl.where(den > 1e-15, (PP + gL) * lam * lam, 0.0)
+    ty = GX_ptr.dtype.element_ty
+    aT = lam.to(ty)[:, None]
+    bT = (w * c).to(ty)[:, None]
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m = rmask[:, None] & (cols[None, :] < D)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+        gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0)
+        tl.store(GX_ptr + base + cols[None, :], aT * gf[None, :] + bT * x, mask=m)
+    tl.store(GC_ptr + rows, 0.5 * w * XX, mask=rmask)
+
+
+# ---------------------------------------------------------------- batch norm row pass
+# y_i = project(expmap_b(v_i), eps), v = u @ M (the GEMM): csrc/cpu/poincare_layers.cpp's bn_row_fwd with the
+# stereographic coefficient forms (k = -c).  Row scalars: s1 = (bb, vv, bv, dd) for expmap at b, s2 = (ee,)
+# for project.
+@triton.jit
+def _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D):
+    m = rmask[:, None] & (cols[None, :] < D)
+    v = tl.load(V_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+    b = tl.load(B_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
+    return m, v, b
+
+
+@triton.jit
+def _bn_bb(B_ptr, D, BLOCK_D: tl.constexpr):
+    acc = tl.zeros((BLOCK_D,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        b = tl.load(B_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
+        acc += b * b
+    return tl.sum(acc, 0)
+
+
+@triton.jit
+def _bn_expmap(V_ptr, B_ptr, base, rmask, bb, k, N, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pass 1 (row sums of v against b) and expmap's coefficients: (vv, bv, dd, a1, b1, c1)."""
+    vv = tl.zeros((BLOCK_R,), tl.float64)
+    bv = tl.zeros((BLOCK_R,), tl.float64)
+    dd = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
+        vv += tl.sum(v * v, 1)
+        bv += tl.sum(b[None, :] * v, 1)
+        dl = b[None, :] - v
+        dd += tl.sum(dl * dl, 1)
+    bbr = tl.zeros_like(vv) + bb
+    kr = tl.zeros_like(vv) + k
+    a1, b1, c1 = _fwd_coef(EXPMAP, bbr, vv, bv, dd, kr, kr, 0.0, _CUT)
+    return vv, bv, dd, a1, b1, c1
+
+
+@triton.jit
+def _bn_fwd_kernel(V_ptr, B_ptr, Y_ptr, C_ptr, N, D,
+                   EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    k = -tl.load(C_ptr).to(tl.float64)
+    base = rows[:, None] * D
+    bb = _bn_bb(B_ptr, D, BLOCK_D)
+    vv, bv, dd, a1, b1, c1 = _bn_expmap(V_ptr, B_ptr, base, rmask, bb, k, N, D, BLOCK_R, BLOCK_D)
+    ee = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
+        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
+        ee += tl.sum(e * e, 1)
+    z0 = tl.zeros_like(ee)
+    a2, _b2, _c2 = _fwd_coef(PROJECT, ee, z0, z0, z0, z0 + k, z0, EPS, _CUT)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
+        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
+        tl.store(Y_ptr + base + cols[None, :], (a2[:, None] * e).to(Y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bn_bwd_kernel(G_ptr, V_ptr, B_ptr, GV_ptr, PB_ptr, GK_ptr, C_ptr, N, D,
+                   EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """GV = dL/dv (N, D), PB[pid] = this program's part of dL/db (D,), GK[i] = row i's dL/dk."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    k = -tl.load(C_ptr).to(tl.float64)
+    base = rows[:, None] * D
+    bb = _bn_bb(B_ptr, D, BLOCK_D)
+    vv, bv, dd, a1, b1, c1 = _bn_expmap(V_ptr, B_ptr, base, rmask, bb, k, N, D, BLOCK_R, BLOCK_D)
+    ee = tl.zeros((BLOCK_R,), tl.float64)
+    ga = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
+        ee += tl.sum(e * e, 1)
+        ga += tl.sum(g * e, 1)
+    z0 = tl.zeros_like(ee)
+    kr = z0 + k
+    a2, _b2, c2 = _fwd_coef(PROJECT, ee, z0, z0, z0, kr, z0, EPS, _CUT)
+    r2xx, _y, _xy, _dd, r2k, _r = _vjp(PROJECT, ee, z0, z0, z0, kr, z0, ga, z0, z0, EPS, _CUT)
+    gab = tl.zeros((BLOCK_R,), tl.float64)
+    gav = tl.zeros((BLOCK_R,), tl.float64)
+    gad = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
+        ge = (a2 + c2)[:, None] * g + 2.0 * r2xx[:, None] * e
+        gab += tl.sum(ge * b[None, :], 1)
+        gav += tl.sum(ge * v, 1)
+        gad += tl.sum(ge * (b[None, :] - v), 1)
+    bbr = z0 + bb
+    r1xx, r1yy, r1xy, r1dd, r1k, _r1 = _vjp(EXPMAP, bbr, vv, bv, dd, kr, kr, gab, gav, gad, 0.0, _CUT)
+    tl.store(GK_ptr + rows, r2k + r1k, mask=rmask)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
+        ge = (a2 + c2)[:, None] * g + 2.0 * r2xx[:, None] * e
+        dl = b[None, :] - v
+        pb = (a1 + c1)[:, None] * ge + 2.0 * r1xx[:, None] * b[None, :] + r1xy[:, None] * v + 2.0 * r1dd[:, None] * dl
+        gv = (b1 - c1)[:, None] * ge + 2.0 * r1yy[:, None] * v + r1xy[:, None] * b[None, :] - 2.0 * r1dd[:, None] * dl
+        tl.store(GV_ptr + base + cols[None, :], gv.to(GV_ptr.dtype.element_ty), mask=m)
+        tl.store(PB_ptr + pid * D + cols, tl.sum(tl.where(m, pb, 0.0), 0), mask=cols < D)
+
+
+# ---------------------------------------------------------------- patch gather
+@triton.jit
+def _patches_fwd_kernel(V_ptr, O_ptr, NR, H, W, C, Ho, Wo, KW, PH, PW, SH, SW, K, scale,
+                        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """O[(b, ho, wo), (i, j, ch)] = scale * V[b, ho*SH + i - PH, wo*SW + j - PW, ch] (0 outside)."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < NR
+    wo = rows % Wo
+    ho = (rows // Wo) % Ho
+    bi = rows // (Wo * Ho)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        ch = cols % C
+        tap = cols // C
+        i = tap // KW
+        j = tap % KW
+        y = ho[:, None] * SH + i[None, :] - PH
+        x = wo[:, None] * SW + j[None, :] - PW
+        m = rmask[:, None] & (cols[None, :] < K)
+        inside = m & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        src = ((bi[:, None] * H + y) * W + x) * C + ch[None, :]
+        val = tl.load(V_ptr + tl.where(inside, src, 0), mask=inside, other=0.0)
+        tl.store(O_ptr + rows[:, None] * K + cols[None, :], val * scale, mask=m)
+
+
+@triton.jit
+def _patches_bwd_kernel(G_ptr, GV_ptr, NP, H, W, C, Ho, Wo, KH, KW, PH, PW, SH, SW, K, scale,
+                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """GV[b, y, x, ch] = scale * sum over the taps (i, j) whose patch (ho, wo) reads pixel (y, x)."""
+    pid = tl.program_id(0).to(tl.int64)
+    pix = _rows_of(pid, BLOCK_R)
+    pmask = pix < NP
+    x = pix % W
+    y = (pix // W) % H
+    bi = pix // (W * H)
+    for c0 in range(0, C, BLOCK_C):
+        ch = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        m = pmask[:, None] & (ch[None, :] < C)
+        acc = tl.zeros((BLOCK_R, BLOCK_C), GV_ptr.dtype.element_ty)
+        for i in range(0, KH):
+            hs = y + PH - i
+            ho = hs // SH
+            okh = (hs >= 0) & (hs % SH == 0) & (ho < Ho)
+            for j in range(0, KW):
+                ws = x + PW - j
+                wo = ws // SW
+                ok = okh & (ws >= 0) & (ws % SW == 0) & (wo < Wo)
+                row = (bi * Ho + ho) * Wo + wo
+                src = row * K + (i * KW + j) * C
+                mm = m & ok[:, None]
+                acc += tl.load(G_ptr + tl.where(mm, src[:, None] + ch[None, :], 0), mask=mm, other=0.0)
+        tl.store(GV_ptr + pix[:, None] * C + ch[None, :], acc * scale, mask=m)
+
+
+# ---------------------------------------------------------------- fully connected
+@triton.jit
+def _asinh(a):
+    """asinh(a) = sign(a) log1p(|a| + a^2 / (1 + sqrt(1 + a^2))) (as csrc/cpu/poincare.cpp; IEEE division)."""
+    ax = tl.abs(a)
+    a2 = ax * ax
+    r = _math.log1p(ax + _div(a2, 1.0 + _sqrt(a2 + 1.0)))
+    return tl.where(a < 0, -r, r)
+
+
+@triton.jit
+def _sinh_cosh(u):
+    """sinh(u), cosh(u) from e = expm1(|u|): no cancellation near 0, no inf/inf for large |u|."""
+    e = _math.expm1(tl.abs(u))
+    ep1 = e + 1.0
+    frac = tl.where(e > 1e30, 1.0, _div(e, ep1))
+    sh = (e + frac) * 0.5
+    ch = (ep1 + _div(tl.full(ep1.shape, 1.0, ep1.dtype), ep1)) * 0.5
+    return tl.where(u < 0, -sh, sh), ch
+
+
+@triton.jit
+def _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc):
+    """a, asinh(a), w = sinh(Z asinh a)/sc and cosh(Z asinh a) for a tile (compute type of t)."""
+    a = k1[:, None] * t * Cj[None, :] - k0[:, None] * Sj[None, :]
+    A = _asinh(a)
+    u = Zj[None, :] * A
+    sh, ch = _sinh_cosh(u)
+    return a, A, ch, sh * inv_sc
+
+
+@triton.jit
+def _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm):
+    Cj = tl.load(CC_ptr + cols, mask=cm, other=0.0)
+    Sj = tl.load(SS_ptr + cols, mask=cm, other=0.0)
+    Zj = tl.load(ZZ_ptr + cols, mask=cm, other=0.0)
+    return Cj, Sj, Zj
+
+
+@triton.jit
+def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, N, M, eps,
+                   BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    c = tl.load(C_ptr).to(tl.float64)
+    sc = tl.sqrt(c)
+    ty = Y_ptr.dtype.element_ty
+    inv_sc = (1.0 / sc).to(ty)
+    k1 = tl.load(K1_ptr + rows, mask=rmask, other=0.0).to(ty)
+    k0 = tl.load(K0_ptr + rows, mask=rmask, other=0.0).to(ty)
+    base = rows[:, None] * M
+    Sw = tl.zeros((BLOCK_R,), tl.float64)
+    for j0 in range(0, M, BLOCK_M):
+        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        cm = cols < M
+        m = rmask[:, None] & cm[None, :]
+        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        w = tl.where(m, w, 0.0)
+        Sw += tl.sum(w * w, 1).to(tl.float64)
+    q = tl.sqrt(1.0 + c * Sw)
+    s = 1.0 / (1.0 + q)
+    ny = tl.sqrt(Sw) * s
+    maxnorm = (1.0 - eps) / tl.sqrt(c + 1e-15)
+    s = tl.where(ny > maxnorm, s * (maxnorm / tl.where(ny > 0, ny, 1.0)), s)
+    sT = s.to(ty)
+    for j0 in range(0, M, BLOCK_M):
+        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        cm = cols < M
+        m = rmask[:, None] & cm[None, :]
+        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        tl.store(Y_ptr + base + cols[None, :], w * sT[:, None], mask=m)
+
+
+@triton.jit
+def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, SR_ptr, C_ptr,
+                   PZ_ptr, PC_ptr, PS_ptr, RL_ptr, RG_ptr, RS_ptr, N, M, eps,
+                   COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dL/dt into GT; per row RL = dL/dlam, RG = the direct dc terms, RS = the sc terms (before 1/(2 sc));
+    with COLS per program the column partials PZ (through |z_j|), PC (through C_j), PS (through S_j)."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    rmask = rows < N
+    c = tl.load(C_ptr).to(tl.float64)
+    sc = tl.sqrt(c)
+    ty = GT_ptr.dtype.element_ty
+    inv_sc = (1.0 / sc).to(ty)
+    k1d = tl.load(K1_ptr + rows, mask=rmask, other=0.0)
+    k0d = tl.load(K0_ptr + rows, mask=rmask, other=0.0)
+    srd = tl.load(SR_ptr + rows, mask=rmask, other=1.0)
+    k1 = k1d.to(ty)
+    k0 = k0d.to(ty)
+    base = rows[:, None] * M
+    Sw = tl.zeros((BLOCK_R,), tl.float64)
+    gyw = tl.zeros((BLOCK_R,), tl.float64)
+    for j0 in range(0, M, BLOCK_M):
+        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        cm = cols < M
+        m = rmask[:, None] & cm[None, :]
+        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        w = tl.where(m, w, 0.0)
+        Sw += tl.sum(w * w, 1).to(tl.float64)
+        gyw += tl.sum(g * w, 1).to(tl.float64)
+    q = tl.sqrt(1.0 + c * Sw)
+    s0 = 1.0 / (1.0 + q)
+    nw = tl.sqrt(Sw)
+    ny = nw * s0
+    maxnorm = (1.0 - eps) / tl.sqrt(c + 1e-15)
+    dmax_dc = -0.5 * (1.0 - eps) / ((c + 1e-15) * tl.sqrt(c + 1e-15))
+    proj = ny > maxnorm
+    Sws = tl.where(Sw > 0, Sw, 1.0)
+    alpha = tl.where(proj, maxnorm / tl.where(proj, ny, 1.0) * s0, s0)
+    beta = tl.where(proj, -alpha * gyw / Sws, -gyw * c * s0 * s0 / q)
+    gcd = tl.where(proj, gyw / tl.where(nw > 0, nw, 1.0) * dmax_dc, -gyw * Sw * s0 * s0 / (2.0 * q))
+    aT = alpha.to(ty)[:, None]
+    bT = beta.to(ty)[:, None]
+    lam = k0d + 1.0
+    sl = (sc * lam).to(ty)[:, None]
+    l1 = k0[:, None]
+    lamT = lam.to(ty)[:, None]
+    scT = sc.to(ty)
+    sT = srd.to(ty)[:, None]
+    r_lam = tl.zeros((BLOCK_R,), tl.float64)
+    r_sa = tl.zeros((BLOCK_R,), tl.float64)
+    r_sb = tl.zeros((BLOCK_R,), tl.float64)
+    for j0 in range(0, M, BLOCK_M):
+        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        cm = cols < M
+        m = rmask[:, None] & cm[None, :]
+        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        a, A, chu, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        gw = aT * g + bT * w
+        gw = tl.where(m, gw, 0.0)
+        gu = gw * chu * inv_sc
+        ra = _div(tl.full(a.shape, 1.0, a.dtype), _sqrt(a * a + 1.0))
+        ga = gu * Zj[None, :] * ra
+        tl.store(GT_ptr + base + cols[None, :], ga * k1[:, None] * Cj[None, :], mask=m)
+        tmp = ga * t * sT
+        r_sa += tl.sum(gw * w, 1).to(tl.float64)
+        r_lam += tl.sum(tmp * scT * Cj[None, :] - ga * Sj[None, :], 1).to(tl.float64)
+        r_sb += tl.sum(tmp * lamT * Cj[None, :], 1).to(tl.float64)
+        if COLS:
+            tl.store(PZ_ptr + pid * M + cols, tl.sum((gu * 2.0 * A).to(tl.float64), 0), mask=cm)
+            tl.store(PC_ptr + pid * M + cols, tl.sum((tmp * sl).to(tl.float64), 0), mask=cm)
+            tl.store(PS_ptr + pid * M + cols, -tl.sum((ga * l1).to(tl.float64), 0), mask=cm)
+    tl.store(RL_ptr + rows, r_lam, mask=rmask)
+    tl.store(RG_ptr + rows, gcd, mask=rmask)
+    tl.store(RS_ptr + rows, -r_sa / sc + r_sb, mask=rmask)
+
+
+# ---------------------------------------------------------------- launchers
+_MAX_BLOCK_D = 256
+_TILE = 2048
+
+
+def _device_guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _blocks(N: int, D: int, tile: int = _TILE, max_block_d: int = _MAX_BLOCK_D, dtype=torch.float32):
+    """(BLOCK_R, BLOCK_D, num_warps): rows of a program and the chunk width (a heuristic, not autotuned).
+
+    float64 tiles take half the elements (twice the registers a value)."""
+    if dtype == torch.float64:
+        tile //= 2
+    block_d = min(triton.next_power_of_2(max(D, 1)), max_block_d)
+    block_r = max(1, min(tile // block_d, 64, triton.next_power_of_2(max(N, 1))))
+    elems = block_r * block_d
+    num_warps = 1 if elems <= 128 else 2 if elems <= 512 else 4
+    return block_r, block_d, num_warps
+
+
+def _check(op: str, x: torch.Tensor):
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"geoops.kernels.poincare.{op}: float32 or float64 expected, got {x.dtype}")
+
+
+def _cval(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """c as a 1-element float64 tensor on like's device (read by the kernels: no host sync)."""
+    return c.detach().reshape(1).to(device=like.device, dtype=torch.float64)
+
+
+def _tf32_on() -> bool:
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+@triton.jit
+def _mm_kernel(A_ptr, B_ptr, C_ptr, M, N, K, sam, sak, sbk, sbn,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C = A @ B in IEEE float32 (tl.dot input_precision="ieee"): the GEMM when TF32 is switched on globally."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        a = tl.load(A_ptr + rm[:, None] * sam + rk[None, :] * sak, mask=(rm[:, None] < M) & (rk[None, :] < K),
+                    other=0.0)
+        b = tl.load(B_ptr + rk[:, None] * sbk + rn[None, :] * sbn, mask=(rk[:, None] < K) & (rn[None, :] < N),
+                    other=0.0)
+        acc += tl.dot(a, b, input_precision="ieee")
+    tl.store(C_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, force_ieee: bool = False) -> torch.Tensor:
+    """a @ b, exact float32 products: cuBLAS unless TF32 is switched on (then _mm_kernel)."""
+    if a.dtype == torch.float32 and (force_ieee or (a.device.type == "cuda" and _tf32_on())):
+        M, K = a.shape
+        N = b.shape[1]
+        out = torch.empty((M, N), device=a.device, dtype=a.dtype)
+        if M == 0 or N == 0:
+            return out
+        if K == 0:
+            return out.zero_()
+        grid = (triton.cdiv(M, 64), triton.cdiv(N, 64))
+        with _device_guard(a):
+            _mm_kernel[grid](a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+                             BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4)
+        return out
+    return torch.mm(a, b)
+
+
+def _rowsq(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).square()
+
+
+# ---- fully connected
+def _fc_prep(x, z, bias, c, eps, tangent):
+    """Per-column constants (compute type + float64) and per-row scalars (float64) of the fc layer."""
+    cd = c.detach().to(device=x.device, dtype=torch.float64).reshape(())
+    sc = cd.sqrt()
+    zn = torch.linalg.vector_norm(z, dim=0, dtype=torch.float64).clamp_min(1e-15)
+    if bias is not None and bias.numel():
+        ang = 2.0 * sc * bias.to(torch.float64)
+        ch, sh = torch.cosh(ang), torch.sinh(ang)
+    else:
+        ch, sh = torch.ones_like(zn), torch.zeros_like(zn)
+    X = _rowsq(x)
+    U = X
+    s = dsdn_n = dsdc = None
+    if tangent:
+        maxnorm = (1.0 - eps) / (cd + 1e-15).sqrt()
+        dmax_dc = -0.5 * (1.0 - eps) / ((cd + 1e-15) * (cd + 1e-15).sqrt())
+        n = U.sqrt().clamp_min(1e-15)
+        q = sc * n
+        qs = torch.where(q < 1e-3, torch.ones_like(q), q)
+        th = torch.tanh(qs)
+        s = torch.where(q < 1e-3, 1.0 - q * q / 3.0, th / qs)
+        dsdq = torch.where(q < 1e-3, -2.0 * q / 3.0, ((1.0 - th * th) - th / qs) / qs)
+        proj = s * n > maxnorm
+        s = torch.where(proj, maxnorm / n, s)
+        dsdn_n = torch.where(proj, -maxnorm / (n * n * n), sc * dsdq / n)
+        dsdc = torch.where(proj, dmax_dc / n, n * dsdq / (2.0 * sc))
+        X = s * s * U
+    lam = 2.0 / (1.0 - cd * X)
+    k1 = sc * lam * (s if tangent else 1.0)
+    k0 = lam - 1.0
+    ct = x.dtype
+    cols = ((ch / zn).to(ct).contiguous(), sh.to(ct).contiguous(), (2.0 * zn).to(ct).contiguous())
+    return dict(cd=cd, sc=sc, zn=zn, ch=ch, sh=sh, X=X, U=U, s=s, dsdn_n=dsdn_n, dsdc=dsdc, lam=lam,
+                k1=k1.contiguous(), k0=k0.contiguous(), cols=cols)
+
+
+def poincare_fc_fwd(x, z, bias, c, eps, save, tangent):
+    _check("poincare_fc", x)
+    x, z = x.contiguous(), z.contiguous()
+    if bias is not None:
+        bias = bias.to(x.dtype).contiguous()
+    N, m = x.shape[0], z.shape[1]
+    t = _mm(x, z)
+    y = x.new_empty((N, m))
+    if N and m:
+        p = _fc_prep(x, z, bias, c, eps, tangent)
+        br, bm, nw = _blocks(N, m, 1024 if x.dtype == torch.float32 else 512, dtype=x.dtype)
+        with _device_guard(x):
+            _fc_fwd_kernel[(triton.cdiv(N, br),)](t, y, *p["cols"], p["k1"], p["k0"], _cval(c, x), N, m, float(eps),
+                                                  BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+    return y, (t if save else x.new_empty(0))
+
+
+def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
+    _check("poincare_fc", x)
+    x, z = x.contiguous(), z.contiguous()
+    if bias is not None:
+        bias = bias.to(x.dtype).contiguous()
+    g = g.to(x.dtype).contiguous()
+    N, n = x.shape
+    m = z.shape[1]
+    mask = int(mask)
+    t = t.contiguous() if t.numel() == N * m and t.numel() else _mm(x, z)
+    has_b = bias is not None and bias.numel() > 0
+    want_x, want_z, want_b, want_c = bool(mask & 1), bool(mask & 2), bool(mask & 4) and has_b, bool(mask & 8)
+    need_cols = want_z or want_b or want_c
+    p = _fc_prep(x, z, bias, c, eps, tangent)
+    br, bm, nw = _blocks(N, m, 1024 if x.dtype == torch.float32 else 512, dtype=x.dtype)
+    nprog = triton.cdiv(N, br) if N else 0
+    f64 = dict(device=x.device, dtype=torch.float64)
+    gt = x.new_empty((N, m))
+    pz, pc, ps = (torch.zeros((max(nprog, 1), m), **f64) for _ in range(3)) if need_cols else (gt, gt, gt)
+    rl, rg, rs = (torch.zeros(N, **f64) for _ in range(3))
+    if N and m:
+        sr = p["s"].contiguous() if tangent else torch.ones(N, **f64)
+        with _device_guard(x):
+            _fc_bwd_kernel[(nprog,)](g, t, gt, *p["cols"], p["k1"], p["k0"], sr, _cval(c, x), pz, pc, ps, rl, rg, rs,
+                                     N, m, float(eps), COLS=need_cols, BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+    elif N:
+        gt.zero_()
+    cd, sc, lam, X = p["cd"], p["sc"], p["lam"], p["X"]
+    rowcoef = rl * cd * lam * lam
+    gcd = rg.sum() + (rl * X * lam * lam * 0.5).sum()
+    gsc = rs.sum()
+    gx = x.new_empty(0)
+    tan_gc = torch.zeros((), **f64)
+    if want_x or (tangent and want_c):
+        gxb = _mm(gt, z.t())
+        if not tangent:
+            gxb = gxb.addcmul_(rowcoef.to(x.dtype)[:, None], x)
+        else:
+            s = p["s"]
+            ug = (gxb.to(torch.float64) * x.to(torch.float64)).sum(1)
+            u_gx = ug / s + rowcoef * s * p["U"]
+            coef = rowcoef * s * s + u_gx * p["dsdn_n"]
+            gxb = gxb.addcmul_(coef.to(x.dtype)[:, None], x)
+            tan_gc = (u_gx * p["dsdc"]).sum()
+        if want_x:
+            gx = gxb
+    gz = x.new_empty(0)
+    gb = x.new_empty(0)
+    if need_cols:
+        zn, ch, sh = p["zn"], p["ch"], p["sh"]
+        gC, gS, gzn = pc.sum(0), ps.sum(0), pz.sum(0)
+        gch = gC / zn
+        gzn = gzn - gC * ch / (zn * zn)
+        if has_b:
+            rj = bias.to(torch.float64)
+            gr = 2.0 * sc * (gch * sh + gS * ch)
+            gsc = gsc + (2.0 * rj * (gch * sh + gS * ch)).sum()
+            if want_b:
+                gb = gr.to(x.dtype)
+        if want_z:
+            colf = torch.where(zn > 1e-15, gzn / zn, torch.zeros_like(zn))
+            gz = _mm(x.t(), gt).addcmul_(colf.to(x.dtype)[None, :], z)
+    gc = (gcd + tan_gc + gsc / (2.0 * sc)).to(c.dtype) if want_c else c.new_empty(0)
+    return gx, gz, gb, gc
+
+
+# ---- ReLU
+def poincare_relu_fwd(x, c, eps):
+    _check("poincare_relu", x)
+    x = x.contiguous()
+    N, D = x.shape
+    y = torch.empty_like(x)
+    if N and D:
+        br, bd, nw = _blocks(N, D, dtype=x.dtype)
+        with _device_guard(x):
+            _relu_fwd_kernel[(triton.cdiv(N, br),)](x, y, _cval(c, x), N, D, float(eps),
+                                                    BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+    return y
+
+
+def poincare_relu_bwd(g, x, c, eps):
+    _check("poincare_relu", x)
+    x = x.contiguous()
+    g = g.to(x.dtype).contiguous()
+    N, D = x.shape
+    gx = torch.empty_like(x)
+    gk = torch.zeros(N, device=x.device, dtype=torch.float64)
+    if N and D:
+        br, bd, nw = _blocks(N, D, 1024, dtype=x.dtype)
+        with _device_guard(x):
+            _relu_bwd_kernel[(triton.cdiv(N, br),)](g, x, gx, gk, _cval(c, x), N, D, float(eps),
+                                                    BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+    return gx, (-gk.sum()).to(c.dtype)
+
+
+# ---- midpoint sums
+def poincare_midpoint_sums_fwd(x, c):
+    _check("poincare_midpoint_sums", x)
+    x = x.contiguous()
+    N, D = x.shape
+    br, bd, nw = _blocks(N, D, dtype=x.dtype)
+    nprog = triton.cdiv(N, br) if N else 0
+    pf = torch.zeros((max(nprog, 1), D), device=x.device, dtype=torch.float64)
+    pl = torch.zeros(max(nprog, 1), device=x.device, dtype=torch.float64)
+    if N:
+        with _device_guard(x):
+            _mid_fwd_kernel[(nprog,)](x, pf, pl, _cval(c, x), N, D, BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+    return pf.sum(0).to(x.dtype), pl.sum().to(x.dtype)
+
+
+def poincare_midpoint_sums_bwd(gF, gL, x, c):
+    _check("poincare_midpoint_sums", x)
+    x = x.contiguous()
+    N, D = x.shape
+    gF = gF.to(x.dtype).reshape(-1).contiguous()
+    if gF.numel() != D:
+        raise ValueError(f"geoops.kernels.poincare.poincare_midpoint_sums: grad of F must have {D} entries")
+    gx = torch.empty_like(x)
+    gc = torch.zeros(N, device=x.device, dtype=torch.float64)
+    if N:
+        br, bd, nw = _blocks(N, D, 1024, dtype=x.dtype)
+        gl = gL.detach().reshape(1).to(device=x.device, dtype=torch.float64)
+        with _device_guard(x):
+            _mid_bwd_kernel[(triton.cdiv(N, br),)](gF, gl, x, gx, gc, _cval(c, x), N, D,
+                                                   BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+    return gx, gc.sum().to(c.dtype)
+
+
+# ---- batch norm rows
+def _bn_args(u, M, b):
+    _check("poincare_bn_rows", u)
+    D = u.shape[1]
+    if tuple(M.shape) != (D, D) or tuple(b.shape) != (D,):
+        raise ValueError(f"geoops.kernels.poincare.poincare_bn_rows: M must be ({D}, {D}) and b ({D},)")
+    if M.dtype != u.dtype or b.dtype != u.dtype:
+        raise TypeError("geoops.kernels.poincare.poincare_bn_rows: u, M, b must share a dtype")
+    return u.contiguous(), M.contiguous(), b.contiguous()
+
+
+def _bn_blocks(N, D, dtype):
+    # float64 row math on every element of the tile: half the usual tile
+    return _blocks(N, D, tile=512, max_block_d=128, dtype=dtype)
+
+
+def poincare_bn_rows_fwd(u, M, b, c, eps):
+    u, M, b = _bn_args(u, M, b)
+    N, D = u.shape
+    y = torch.empty_like(u)
+    if N and D:
+        v = _mm(u, M)
+        br, bd, nw = _bn_blocks(N, D, u.dtype)
+        with _device_guard(u):
+            _bn_fwd_kernel[(triton.cdiv(N, br),)](v, b, y, _cval(c, u), N, D, EPS=float(eps),
+                                                  BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+    return y
+
+
+def poincare_bn_rows_bwd(g, u, M, b, c, eps):
+    u, M, b = _bn_args(u, M, b)
+    g = g.to(u.dtype).contiguous()
+    N, D = u.shape
+    f64 = dict(device=u.device, dtype=torch.float64)
+    if not (N and D):
+        return torch.zeros_like(u), torch.zeros_like(M), torch.zeros_like(b), torch.zeros((), dtype=c.dtype,
+                                                                                             device=c.device)
+    v = _mm(u, M)
+    br, bd, nw = _bn_blocks(N, D, u.dtype)
+    nprog = triton.cdiv(N, br)
+    gv = torch.empty_like(u)
+    pb = torch.zeros((nprog, D), **f64)
+    gk = torch.zeros(N, **f64)
+    with _device_guard(u):
+        _bn_bwd_kernel[(nprog,)](g, v, b, gv, pb, gk, _cval(c, u), N, D, EPS=float(eps),
+                                 BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+    gu = _mm(gv, M.t())
+    gM = _mm(u.t(), gv)
+    return gu, gM, pb.sum(0).to(u.dtype), (-gk.sum()).to(c.dtype)
+
+
+# ---- patches
+def _geom(H, W, kh, kw, ph, pw, sh, sw):
+    if min(kh, kw, sh, sw) <= 0 or min(ph, pw) < 0:
+        raise ValueError("geoops.kernels.poincare.poincare_patches: bad kernel geometry")
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    if Ho <= 0 or Wo <= 0:
+        raise ValueError("geoops.kernels.poincare.poincare_patches: the kernel is larger than the padded image")
+    return Ho, Wo
+
+
+def poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale):
+    _check("poincare_patches", v)
+    if v.dim() != 4:
+        raise ValueError("geoops.kernels.poincare.poincare_patches: v must be (B, H, W, C)")
+    v = v.contiguous()
+    B, H, W, C = v.shape
+    Ho, Wo = _geom(H, W, kh, kw, ph, pw, sh, sw)
+    K = kh * kw * C
+    NR = B * Ho * Wo
+    out = v.new_empty((NR, K))
+    if NR and K:
+        br, bk, nw = _blocks(NR, K)
+        with _device_guard(v):
+            _patches_fwd_kernel[(triton.cdiv(NR, br),)](v, out, NR, H, W, C, Ho, Wo, kw, ph, pw, sh, sw, K,
+                                                        float(scale), BLOCK_R=br, BLOCK_K=bk, num_warps=nw, **_st._maxnreg(nw))
+    return out
+
+
+def poincare_patches_bwd(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
+    _check("poincare_patches", g)
+    g = g.contiguous()
+    Ho, Wo = _geom(H, W, kh, kw, ph, pw, sh, sw)
+    K = kh * kw * C
+    if tuple(g.shape) != (B * Ho * Wo, K):
+        raise ValueError(f"geoops.kernels.poincare.poincare_patches: grad must be ({B * Ho * Wo}, {K})")
+    gv = g.new_empty((B, H, W, C))
+    NP = B * H * W
+    if NP and C:
+        br, bc, nw = _blocks(NP, C)
+        with _device_guard(g):
+            _patches_bwd_kernel[(triton.cdiv(NP, br),)](g, gv, NP, H, W, C, Ho, Wo, kh, kw, ph, pw, sh, sw, K,
+                                                        float(scale), BLOCK_R=br, BLOCK_C=bc, num_warps=nw, **_st._maxnreg(nw))
+    return gv
+
+
+INTERPRETED = type(_relu_fwd_kernel).__name__ == "InterpretedFunction"
+if INTERPRETED:
+    _math = _NumpyMath  # noqa: F811 - the interpreter cannot call libdevice
+
+
+# ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
+COMPILE_NOTES = """\
+Row kernels of the Poincaré layers: per-row scalar math in float64 for both dtypes (as the C++ kernels),
+element-wise passes in the tile type.  The batch norm row pass takes expmap's and project's coefficient
+forms and vjps from kernels/stereographic.py (`_fwd_coef` / `_vjp`); fc/mm is the IEEE float32 GEMM that
+replaces cuBLAS only when torch's TF32 switch is on."""
+
+
+def compile_variants():
+    """Every Triton variant the launchers of this module can run, for the CI compile check.
+
+    Per dtype (float32, float64): the fc epilogue forward and backward (with and without the column
+    partials) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
+    the ReLU, midpoint sums and batch norm row pass forward and backward for a narrow (16) and a wide
+    (chunked, 300 / 200) row; the patch gather and its backward; and (float32) the IEEE GEMM.  The launches
+    call the module's own launchers on small CPU tensors.  Expectations: 64-bit program-id arithmetic, IEEE
+    float32 division; no spill in float32, up to 32 B in float64 (libdevice's float64 tan reduction in the
+    batch norm's expmap coefficients, as in the stereographic rows).
+    """
+    entries = []
+    for dtype in (torch.float32, torch.float64):
+        dn = str(dtype).replace("torch.", "")
+        expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32 if dtype == torch.float64 else 0}
+        c = torch.ones((), dtype=dtype)
+
+        def add(label, fn):
+            entries.append({"label": f"{label.split('/')[0]}/{dn}/{label.split('/', 1)[1]}", "launch": fn,
+                            "expect": expect})
+
+        for shape, N, n, m in (("conv 144x16", 256, 144, 16), ("wide 512x512", 64, 512, 512)):
+            x = torch.zeros(N, n, dtype=dtype)
+            z = torch.ones(n, m, dtype=dtype)
+            b = torch.zeros(m, dtype=dtype)
+            g = torch.zeros(N, m, dtype=dtype)
+            add(f"fc/{shape} fwd", lambda x=x, z=z, b=b: poincare_fc_fwd(x, z, b, c, 1e-3, True, False))
+            add(f"fc/{shape} bwd", lambda g=g, x=x, z=z, b=b: poincare_fc_bwd(g, x, z, b, c, x.new_empty(0), 1e-3,
+                                                                            15, False))
+            add(f"fc/{shape} bwd dx only", lambda g=g, x=x, z=z, b=b: poincare_fc_bwd(g, x, z, b, c, x.new_empty(0),
+                                                                                    1e-3, 1, False))
+        for shape, N, D in (("narrow", 4096, 16), ("wide", 64, 300)):
+            x = torch.zeros(N, D, dtype=dtype)
+            add(f"relu/{shape} fwd", lambda x=x: poincare_relu_fwd(x, c, 1e-3))
+            add(f"relu/{shape} bwd", lambda x=x: poincare_relu_bwd(x, x, c, 1e-3))
+            add(f"midpoint_sums/{shape} fwd", lambda x=x: poincare_midpoint_sums_fwd(x, c))
+            add(f"midpoint_sums/{shape} bwd", lambda x=x, D=D: poincare_midpoint_sums_bwd(x[0], c, x, c))
+            Db = 200 if shape == "wide" else D
+            u = torch.zeros(N, Db, dtype=dtype)
+            M = torch.zeros(Db, Db, dtype=dtype)
+            bb = torch.zeros(Db, dtype=dtype)
+            add(f"bn_rows/{shape} fwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_fwd(u, M, bb, c, 1e-3))
+            add(f"bn_rows/{shape} bwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_bwd(u, u, M, bb, c, 1e-3))
+        v = torch.zeros(2, 32, 32, 16, dtype=dtype)
+        add("patches/3x3 fwd", lambda v=v: poincare_patches_fwd(v, 3, 3, 1, 1, 1, 1, 0.5))
+        gp_ = torch.zeros(2 * 32 * 32, 144, dtype=dtype)
+        add("patches/3x3 bwd", lambda gp_=gp_: poincare_patches_bwd(gp_, 2, 32, 32, 16, 3, 3, 1, 1, 1, 1, 0.5))
+        if dtype == torch.float32:
+            a = torch.zeros(256, 144, dtype=dtype)
+            bm = torch.zeros(144, 16, dtype=dtype)
+            add("mm/ieee", lambda a=a, bm=bm: _mm(a, bm, force_ieee=True))
+    return entries
+
+
+# ---- fc row passes from a given t = u z and U = |u|^2 (poincare_conv2d's entry, t from F.conv2d)
+def poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent):
+    """Not fused on this backend yet: the reference composition (torch ops on the device; cuDNN made t)."""
+    from .._ops.poincare import _Reference
+
+    return _Reference.poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent)
+
+
+def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
+    """Not fused on this backend yet: autograd through the reference composition on the device."""
+    from .._ops.poincare import _Reference
+
+    return _Reference.poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent)

@@ -1,0 +1,239 @@
+"""Triton backend of the Poincaré layer family (geoops.kernels.poincare), small and odd shapes.
+
+Op by op against the contract's eager reference evaluated in float64 (geoops._ops.poincare._Reference:
+geoops.reference.poincare, backward by autograd): values and every gradient of the fc layer (with and
+without bias, tangent rows, both projection branches), the fused ReLU, the midpoint sums, the batch norm
+row pass and the patch gather; empty inputs; then the public functions (forced to the triton backend by
+conftest) against the same reference, and the fp32 GEMM staying IEEE when TF32 is switched on.
+"""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import geoops.poincare as gp  # noqa: E402
+from geoops._ops.poincare import _Reference as R  # noqa: E402
+from geoops.kernels import poincare as P  # noqa: E402
+from geoops.reference import poincare as ref  # noqa: E402
+
+TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
+
+
+def _ball(N, D, c, radius, g, dtype=torch.float64):
+    """N points of the ball of curvature -c with norms up to radius/sqrt(c)."""
+    x = torch.randn(N, D, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    r = torch.rand(N, 1, generator=g, dtype=torch.float64) * radius / c ** 0.5
+    return (x * r).to(dtype)
+
+
+def _close(a, b, dtype, what):
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    scale = b64.abs().max().clamp_min(1.0) if b64.numel() else 1.0
+    err = (a64 - b64).abs().max().item() / float(scale) if b64.numel() else 0.0
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]}"
+
+
+def _c(val, dtype=torch.float64):
+    return torch.tensor(val, dtype=dtype)
+
+
+# ---------------------------------------------------------------- fully connected
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N,n,m", [(1, 3, 5), (7, 9, 33), (37, 16, 300), (0, 4, 6)])
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("tangent", [False, True])
+def test_fc_vs_reference(dtype, N, n, m, has_bias, tangent):
+    g = torch.Generator().manual_seed(N * 1000 + n * 10 + m)
+    c = _c(0.7)
+    x = _ball(N, n, 0.7, 0.9, g) if not tangent else torch.randn(N, n, generator=g, dtype=torch.float64) * 0.7
+    z = torch.randn(n, m, generator=g, dtype=torch.float64) * 0.5
+    b = torch.randn(m, generator=g, dtype=torch.float64) * 0.3 if has_bias else None
+    eps = ref.default_eps(dtype)
+    yr, _ = R.poincare_fc_fwd(x, z, b, c, eps, False, tangent)
+    gout = torch.randn(N, m, generator=g, dtype=torch.float64)
+    gr = R.poincare_fc_bwd(gout, x, z, b, c, x.new_empty(0), eps, 15, tangent)
+    cast = (lambda t: None if t is None else t.to(dtype))
+    y, t = P.poincare_fc_fwd(cast(x), cast(z), cast(b), c.to(dtype), eps, True, tangent)
+    _close(y, yr, dtype, "y")
+    gk = P.poincare_fc_bwd(cast(gout), cast(x), cast(z), cast(b), c.to(dtype), t, eps, 15, tangent)
+    for name, a, r in zip(("dx", "dz", "db", "dc"), gk, gr):
+        if name == "db" and b is None:
+            assert a.numel() == 0
+            continue
+        _close(a, r.reshape(a.shape), dtype, name)
+    # recomputed t (save=False) and a partial mask give the same gradients
+    gk2 = P.poincare_fc_bwd(cast(gout), cast(x), cast(z), cast(b), c.to(dtype), x.new_empty(0).to(dtype), eps, 1,
+                            tangent)
+    _close(gk2[0], gk[0], dtype, "dx (mask 1)")
+    assert gk2[1].numel() == 0 and gk2[3].numel() == 0
+
+
+def test_fc_projection_branch():
+    """Rows whose output lands beyond the margin take the projection's gradient (large curvature, big z)."""
+    g = torch.Generator().manual_seed(3)
+    c = _c(2.0)
+    x = _ball(11, 6, 2.0, 0.99, g)
+    z = torch.randn(6, 7, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(7, generator=g, dtype=torch.float64)
+    eps = 1e-5
+    yr, _ = R.poincare_fc_fwd(x, z, b, c, eps, False, False)
+    assert (yr.norm(dim=1) >= (1 - eps) / 2 ** 0.5 - 1e-9).any()
+    y, t = P.poincare_fc_fwd(x, z, b, c, eps, True, False)
+    _close(y, yr, torch.float64, "y")
+    gout = torch.randn(11, 7, generator=g, dtype=torch.float64)
+    for a, r in zip(P.poincare_fc_bwd(gout, x, z, b, c, t, eps, 15, False),
+                    R.poincare_fc_bwd(gout, x, z, b, c, t, eps, 15, False)):
+        _close(a, r.reshape(a.shape), torch.float64, "grad")
+
+
+def test_fc_gemm_stays_ieee_under_tf32(monkeypatch):
+    """With TF32 switched on globally the float32 GEMM runs the IEEE Triton kernel (exact fp32 products)."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(37, 70, generator=g)
+    b = torch.randn(70, 19, generator=g)
+    out = P._mm(a, b, force_ieee=True)
+    exact = (a.double() @ b.double())
+    assert (out.double() - exact).abs().max().item() < 1e-4
+    assert P._mm(a[:0], b, force_ieee=True).shape == (0, 19)
+
+
+# ---------------------------------------------------------------- ReLU
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N,D", [(1, 1), (9, 7), (33, 300), (0, 5)])
+@pytest.mark.parametrize("radius,c", [(0.9, 1.0), (0.999999, 3.0)])
+def test_relu_vs_reference(dtype, N, D, radius, c):
+    g = torch.Generator().manual_seed(N + D)
+    x = _ball(N, D, c, radius, g)
+    if N > 2:
+        x[0] = 0.0
+        x[1] = -x[1].abs()  # an all-negative row
+    cc = _c(c)
+    eps = ref.default_eps(dtype) if radius < 0.99 else 0.2  # the second case: the projection branch
+    yr = R.poincare_relu_fwd(x, cc, eps)
+    gout = torch.randn(N, D, generator=g, dtype=torch.float64)
+    gxr, gcr = R.poincare_relu_bwd(gout, x, cc, eps)
+    y = P.poincare_relu_fwd(x.to(dtype), cc.to(dtype), eps)
+    _close(y, yr, dtype, "y")
+    gx, gc = P.poincare_relu_bwd(gout.to(dtype), x.to(dtype), cc.to(dtype), eps)
+    _close(gx, gxr, dtype, "dx")
+    _close(gc, gcr, dtype, "dc")
+
+
+# ---------------------------------------------------------------- midpoint sums
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N,D", [(1, 1), (13, 5), (130, 300), (0, 4)])
+def test_midpoint_sums_vs_reference(dtype, N, D):
+    g = torch.Generator().manual_seed(N * 7 + D)
+    c = _c(1.3)
+    x = _ball(N, D, 1.3, 0.95, g)
+    F, L = P.poincare_midpoint_sums_fwd(x.to(dtype), c.to(dtype))
+    Fr, Lr = R.poincare_midpoint_sums_fwd(x, c)
+    _close(F, Fr, dtype, "F")
+    _close(L, Lr, dtype, "L")
+    gF = torch.randn(D, generator=g, dtype=torch.float64)
+    gL = torch.randn((), generator=g, dtype=torch.float64)
+    gx, gc = P.poincare_midpoint_sums_bwd(gF.to(dtype), gL.to(dtype), x.to(dtype), c.to(dtype))
+    gxr, gcr = R.poincare_midpoint_sums_bwd(gF, gL, x, c)
+    _close(gx, gxr, dtype, "dx")
+    _close(gc, gcr, dtype, "dc")
+
+
+# ---------------------------------------------------------------- batch norm row pass
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N,D", [(1, 1), (11, 6), (40, 200), (0, 3)])
+@pytest.mark.parametrize("scale", [0.5, 8.0])
+def test_bn_rows_vs_reference(dtype, N, D, scale):
+    g = torch.Generator().manual_seed(N + 3 * D)
+    c = _c(0.8)
+    u = torch.randn(N, D, generator=g, dtype=torch.float64) * 0.4
+    M = torch.randn(D, D, generator=g, dtype=torch.float64) * scale / D ** 0.5
+    b = _ball(1, D, 0.8, 0.6, g)[0]
+    eps = ref.default_eps(dtype)
+    yr = R.poincare_bn_rows_fwd(u, M, b, c, eps)
+    y = P.poincare_bn_rows_fwd(u.to(dtype), M.to(dtype), b.to(dtype), c.to(dtype), eps)
+    _close(y, yr, dtype, "y")
+    gout = torch.randn(N, D, generator=g, dtype=torch.float64)
+    gr = R.poincare_bn_rows_bwd(gout, u, M, b, c, eps)
+    gk = P.poincare_bn_rows_bwd(gout.to(dtype), u.to(dtype), M.to(dtype), b.to(dtype), c.to(dtype), eps)
+    for name, a, r in zip(("du", "dM", "db", "dc"), gk, gr):
+        _close(a, r.reshape(a.shape), dtype, name)
+
+
+# ---------------------------------------------------------------- patches
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("geom", [(2, 5, 6, 3, 3, 3, 1, 1, 1, 1), (1, 7, 4, 2, 3, 2, 0, 1, 2, 1),
+                                  (3, 4, 4, 1, 1, 1, 0, 0, 1, 1), (1, 6, 5, 4, 2, 2, 1, 0, 2, 3),
+                                  (0, 3, 3, 2, 3, 3, 1, 1, 1, 1)])
+def test_patches_vs_reference(dtype, geom):
+    B, H, W, C, kh, kw, ph, pw, sh, sw = geom
+    g = torch.Generator().manual_seed(sum(geom))
+    v = torch.randn(B, H, W, C, generator=g, dtype=torch.float64)
+    out = P.poincare_patches_fwd(v.to(dtype), kh, kw, ph, pw, sh, sw, 0.75)
+    outr = R.poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, 0.75)
+    _close(out, outr, dtype, "patches")
+    go = torch.randn(outr.shape, generator=g, dtype=torch.float64)
+    gv = P.poincare_patches_bwd(go.to(dtype), B, H, W, C, kh, kw, ph, pw, sh, sw, 0.75)
+    gvr = R.poincare_patches_bwd(go, B, H, W, C, kh, kw, ph, pw, sh, sw, 0.75)
+    _close(gv, gvr, dtype, "patches bwd")
+
+
+def test_errors_before_launch():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        P.poincare_relu_fwd(torch.zeros(2, 3, dtype=torch.float16), _c(1.0), 1e-3)
+    with pytest.raises(ValueError, match="kernel is larger"):
+        P.poincare_patches_fwd(torch.zeros(1, 2, 2, 1), 3, 3, 0, 0, 1, 1, 1.0)
+    with pytest.raises(ValueError, match="M must be"):
+        P.poincare_bn_rows_fwd(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(3), _c(1.0), 1e-3)
+
+
+# ---------------------------------------------------------------- public API through the triton backend
+def test_public_layers_on_triton_backend(device):
+    """poincare_fc / poincare_relu / conv2d through geoops.poincare (triton backend) vs the fp64 reference."""
+    from geoops._ops import poincare as ops
+
+    assert ops.kernels(torch.device(device)) is P  # the Triton kernels, not the reference composition
+    g = torch.Generator().manual_seed(11)
+    c = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    x = _ball(6, 5, 0.9, 0.8, g).requires_grad_(True)
+    z = (torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.5).requires_grad_(True)
+    b = (torch.randn(4, generator=g, dtype=torch.float64) * 0.2).requires_grad_(True)
+    y = gp.poincare_fc(x.to(device), z.to(device), b.to(device), c=c.to(device))
+    yr = ref.poincare_fc(x, z, b, c)
+    _close(y.detach().cpu(), yr.detach(), torch.float64, "poincare_fc")
+    w = torch.randn(yr.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((y.cpu() * w).sum(), (x, z, b, c))
+    gr = torch.autograd.grad((yr * w).sum(), (x, z, b, c))
+    for a, r in zip(ga, gr):
+        _close(a, r, torch.float64, "poincare_fc grad")
+    xr = _ball(5, 7, 0.9, 0.9, g).requires_grad_(True)
+    yrl = gp.poincare_relu(xr.to(device), c=c.to(device))
+    _close(yrl.detach().cpu(), ref.poincare_relu(xr, c).detach(), torch.float64, "poincare_relu")
+    xi = (_ball(2 * 5 * 5, 3, 0.9, 0.7, g).reshape(2, 5, 5, 3).permute(0, 3, 1, 2)).contiguous().requires_grad_(True)
+    zc = (torch.randn(27, 4, generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
+    yc = gp.poincare_conv2d(xi.to(device), zc.to(device), None, c=c.to(device), kernel_size=3, padding=1)
+    ycr = ref.poincare_conv2d(xi, zc, None, c, 3, padding=1)
+    _close(yc.detach().cpu(), ycr.detach(), torch.float64, "poincare_conv2d")
+    wc = torch.randn(ycr.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((yc.cpu() * wc).sum(), (xi, zc, c))
+    gr = torch.autograd.grad((ycr * wc).sum(), (xi, zc, c))
+    for a, r in zip(ga, gr):
+        _close(a, r, torch.float64, "poincare_conv2d grad")
+
+
+def test_batch_norm_on_triton_backend(device):
+    g = torch.Generator().manual_seed(12)
+    c = torch.tensor(1.1, dtype=torch.float64, requires_grad=True)
+    x = _ball(23, 6, 1.1, 0.9, g).requires_grad_(True)
+    bias = (torch.randn(6, generator=g, dtype=torch.float64) * 0.2).requires_grad_(True)
+    weight = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    out = gp.batch_norm(x.to(device), bias.to(device), weight.to(device), c=c.to(device))
+    y = out[0] if isinstance(out, tuple) else out
+    yr = ref.batch_norm(x, bias, weight, c)[0]
+    _close(y.detach().cpu(), yr.detach(), torch.float64, "batch_norm")
+    w = torch.randn(yr.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((y.cpu() * w).sum(), (x, bias, weight, c))
+    gr = torch.autograd.grad((yr * w).sum(), (x, bias, weight, c))
+    for a, r in zip(ga, gr):
+        _close(a, r, torch.float64, "batch_norm grad")
