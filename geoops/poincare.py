@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import _library
 from . import stereographic as _st
 from ._ops import poincare as _ops
 from .reference import poincare as _ref
@@ -157,7 +158,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     zz = z.to(cdt).contiguous()
     bb = None if bias is None else bias.to(cdt).contiguous()
     cc = ct if ct.dtype == cdt else ct.to(cdt)
-    y = PoincareFcFn.apply(x2, zz, bb, cc, _eps(eps, cdt), bool(from_tangent))
+    y = _library.apply(PoincareFcFn, x2, zz, bb, cc, _eps(eps, cdt), bool(from_tangent))
     y = y.reshape(*lead, z.shape[1])
     if d != x.dim() - 1:
         y = y.movedim(-1, d)
@@ -273,7 +274,7 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     ct = _curv("poincare_relu", c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     r, back = _rows(x, dim)
-    y = PoincareReluFn.apply(r.to(cdt).contiguous(), ct.to(cdt), _eps(None, cdt))
+    y = _library.apply(PoincareReluFn, r.to(cdt).contiguous(), ct.to(cdt), _eps(None, cdt))
     return back(y).to(x.dtype)
 
 
@@ -362,7 +363,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     Ho, Wo = t.shape[2], t.shape[3]
     trows = t.permute(0, 2, 3, 1).reshape(-1, Co)
     bb = None if bias is None else bias.to(cdt)
-    y = PoincareFcRowsFn.apply(trows, U.reshape(-1), zc, bb, cc, _eps(None, cdt), True)
+    y = _library.apply(PoincareFcRowsFn, trows, U.reshape(-1), zc, bb, cc, _eps(None, cdt), True)
     return y.reshape(B, Ho, Wo, Co).permute(0, 3, 1, 2).to(out_dtype)
 
 
@@ -455,12 +456,12 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     k = -ct
     if training or running_mean is None:
         # the midpoint: one fused reduction (F, L), then O(D) torch on the result
-        F_, L_ = MidpointSumsFn.apply(xr, ct)
+        F_, L_ = _library.apply(MidpointSumsFn, xr, ct)
         f = F_ / L_.clamp_min(1e-15)
         mean = f / (1 + (1 - ct * f.pow(2).sum()).sqrt())
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
         lam_m = 2 / (1 - ct * mean.pow(2).sum()).clamp_min(1e-15)
-        var = lam_m.pow(2) * SqSumFn.apply(u) / max(x.shape[0], 1)
+        var = lam_m.pow(2) * _library.apply(SqSumFn, u) / max(x.shape[0], 1)
         if training and running_mean is not None:
             with torch.no_grad():
                 n = x.shape[0]
@@ -474,7 +475,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     b = expmap0(bias.to(cdt), c=ct)
     M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
     # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass
-    return BnRowsFn.apply(u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+    return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
 
 
 class SqSumFn(torch.autograd.Function):

@@ -124,3 +124,19 @@ def test_outside_transforms_the_eager_function_runs():
             stack.extend(n for n, _ in node.next_functions)
     assert "FftconvFnBackward" in names and not any(n.startswith("FftconvFnFunc") for n in names), names
     assert not geoops._library.functorch_active()
+
+
+def test_poincare_fc_and_relu_grad_and_vmap():
+    import geoops.poincare as gp
+    from geoops.reference import poincare as rp
+
+    g = torch.Generator().manual_seed(11)
+    x = (torch.rand(3, 5, 6, generator=g, dtype=torch.float64) - 0.5) * 0.3
+    z = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64) * 0.1
+    c = torch.tensor(0.7, dtype=torch.float64)
+    f = lambda zz, xx: (gp.poincare_fc(xx, zz, b, c=c) ** 2).sum()
+    fr = lambda zz, xx: (rp.poincare_fc(xx, zz, b, c) ** 2).sum()
+    _close(grad(f)(z, x[0]), grad(fr)(z, x[0]))
+    _close(vmap(grad(f), in_dims=(None, 0))(z, x), vmap(grad(fr), in_dims=(None, 0))(z, x))
+    _close(vmap(lambda xx: gp.poincare_relu(xx, c=c))(x), torch.stack([rp.poincare_relu(xx, c) for xx in x]))
