@@ -2,7 +2,7 @@
 # Every check of geoops, in the environment made by scripts/setup.sh, in stages:
 #  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc); every Triton kernel
 #     variant is compiled for sm_80/sm_90 (.ci/triton_compile_check.sh) and gpu_check.sh is dry-run;
-#  2. the Triton kernels under the Triton interpreter (own process: TRITON_INTERPRET=1),
+#  2. the Triton kernels under the Triton interpreter (own processes: TRITON_INTERPRET=1, one pytest-xdist worker per core),
 #     every tests/triton/test_*.py;
 #  3. the parity run against the fp64 reference (python -m geoops.parity --quick);
 #  4. the main pytest suite, every tests/test_*.py (CUDA cases skip themselves without a GPU);
