@@ -78,8 +78,20 @@ def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
     op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
     op.register_fake(fake)
     loop_vmap(qualname)
+    return _overload(qualname)
+
+
+def _overload(qualname: str):
+    """torch.ops.<ns>.<name>.default for "ns::name"."""
     ns, name = qualname.split("::")
     return getattr(getattr(torch.ops, ns), name).default
+
+
+def _per_tensor(a, d):
+    """(tensor-or-value, in_dim) pairs of one vmap argument: a list argument's elements with their dims."""
+    if isinstance(a, (list, tuple)):
+        return list(zip(a, d if isinstance(d, (list, tuple)) else [d] * len(a)))
+    return [(a, d)]
 
 
 def caller(op, direct: Callable, tensors: Optional[Callable] = None) -> Callable:
@@ -116,13 +128,11 @@ def loop_vmap(qualname: str) -> None:
     mapped dim into the kernel's rows, as geoops._ops.stereographic does) registers its own afterwards, which
     replaces this one.
     """
-    ns, name = qualname.split("::")
-    op = getattr(getattr(torch.ops, ns), name).default
+    op = _overload(qualname)
 
     def pick(a, d, i):
         if isinstance(a, (list, tuple)):
-            dims = d if isinstance(d, (list, tuple)) else [d] * len(a)
-            return [pick(t, dd, i) for t, dd in zip(a, dims)]
+            return [pick(t, dd, i) for t, dd in _per_tensor(a, d)]
         if d is None or not isinstance(a, torch.Tensor):
             return a
         return a.select(d, i).contiguous()
@@ -146,20 +156,14 @@ def fold_vmap(qualname: str, *, row_broadcast: tuple = ()) -> None:
     Unmapped tensors are repeated along the folded dim, except a 1-row tensor at an argument position listed
     in `row_broadcast` (the op broadcasts such rows itself).  Every output's dim 0 unfolds into (mapped, rows).
     """
-    ns, name = qualname.split("::")
-    op = getattr(getattr(torch.ops, ns), name).default
+    op = _overload(qualname)
 
     def rule(info, in_dims, *args):
         V = info.batch_size
-        lead = None  # per-sample rows, from the first tensor that cannot broadcast
-        for i, (a, d) in enumerate(zip(args, in_dims)):
-            for t, dd in (zip(a, d if isinstance(d, (list, tuple)) else [d] * len(a))
-                          if isinstance(a, (list, tuple)) else [(a, d)]):
-                if isinstance(t, torch.Tensor) and i not in row_broadcast:
-                    lead = t.shape[0] if dd is None else t.movedim(dd, 0).shape[1]
-                    break
-            if lead is not None:
-                break
+        # per-sample rows, from the first tensor that cannot broadcast
+        lead = next(t.shape[0] if dd is None else t.movedim(dd, 0).shape[1]
+                    for i, (a, d) in enumerate(zip(args, in_dims)) if i not in row_broadcast
+                    for t, dd in _per_tensor(a, d) if isinstance(t, torch.Tensor))
 
         def fold(t, d, may_broadcast):
             if not isinstance(t, torch.Tensor):
@@ -173,14 +177,8 @@ def fold_vmap(qualname: str, *, row_broadcast: tuple = ()) -> None:
                 t = t.expand(V, lead, *t.shape[2:])
             return t.reshape(V * t.shape[1], *t.shape[2:]).contiguous()
 
-        folded = []
-        for i, (a, d) in enumerate(zip(args, in_dims)):
-            mb = i in row_broadcast
-            if isinstance(a, (list, tuple)):
-                dims = d if isinstance(d, (list, tuple)) else [d] * len(a)
-                folded.append([fold(t, dd, mb) for t, dd in zip(a, dims)])
-            else:
-                folded.append(fold(a, d, mb))
+        folded = [[fold(t, dd, i in row_broadcast) for t, dd in _per_tensor(a, d)] if isinstance(a, (list, tuple))
+                  else fold(a, d, i in row_broadcast) for i, (a, d) in enumerate(zip(args, in_dims))]
         res = op(*folded)
 
         def unfold(o):
@@ -218,7 +216,7 @@ class _Recorder:
 
 
 # per Function class: what its twin's last forward recorded (layout of the saved tensors, ctx attributes, output
-# count, non-differentiable outputs), read by the setup_context calls that follow it (a transform stack may call
+# count, non-differentiable outputs, whether forward returned a tuple), read by the setup_context calls that follow it (a transform stack may call
 # setup_context once per level).  The record depends only on the call's structure and non-tensor arguments.
 _LAST: dict = {}
 
@@ -258,12 +256,11 @@ def func_twin(cls, *, once_differentiable: bool = True):
                     layout.append(("extra", len(extras)))
                     extras.append(t)
         nondiff = [i for i, o in enumerate(outs) if any(o is t for t in r["nondiff"])]
-        _LAST[cls] = (layout, r["attrs"], len(outs), nondiff)
-        twin._shape = (len(outs), isinstance(out, (tuple, list)))
+        _LAST[cls] = (layout, r["attrs"], len(outs), nondiff, isinstance(out, (tuple, list)))
         return (*outs, *extras)
 
     def setup_context(ctx, inputs, output):
-        layout, attrs, n_out, nondiff = _LAST[cls]
+        layout, attrs, n_out, nondiff, _ = _LAST[cls]
         extras = output[n_out:]
         saved = [None if kind == "none" else inputs[j] if kind == "in" else output[j] if kind == "out"
                  else extras[j] for kind, j in layout]
@@ -281,8 +278,7 @@ def func_twin(cls, *, once_differentiable: bool = True):
     body = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward), "generate_vmap_rule": True, "__module__": cls.__module__,
             "__doc__": f"{cls.__name__} for torch.func transforms (grad, vmap, jacrev); see geoops._library.func_twin."}
-    twin = type(cls.__name__ + "Func", (torch.autograd.Function,), body)
-    return twin
+    return type(cls.__name__ + "Func", (torch.autograd.Function,), body)
 
 
 _TWINS: dict = {}
@@ -299,7 +295,7 @@ def apply(cls, *args):
         twin = _TWINS[cls] = func_twin(cls, once_differentiable=not getattr(cls, "differentiable_backward", False))
     res = twin.apply(*args)
     res = res if isinstance(res, (tuple, list)) else (res,)
-    n_out, as_tuple = twin._shape
+    n_out, as_tuple = _LAST[cls][2], _LAST[cls][4]
     return tuple(res[:n_out]) if as_tuple else res[0]
 
 

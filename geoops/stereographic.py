@@ -149,7 +149,7 @@ def _once(backward):
     create_graph) they run without building a graph; nested derivative transforms (jacrev(grad(f)),
     hessian) would silently get zeros from that, so they raise instead (geoops._library's guard)."""
     return _library._once(backward, "the fused geoops.stereographic ops")
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_functorch_active = _library.functorch_active
 
 
 def _ref_jvp(fn, primals, tangents):
