@@ -13,18 +13,23 @@ Every family follows one path::
   for Triton.  All of them expose the same function names.
 * :func:`caller` builds the function a Function's forward/backward calls: the kernel directly
   when that does exactly what dispatching the custom op would (:func:`direct_call_ok`), else the op.
+* Backward ops take an ``int mask`` (bit i: input i's gradient is wanted) and return 0-element tensors
+  for the rest: :func:`masked_empty` (fake implementations) and :func:`masked_grads` (reference
+  backends, whose backward differentiates the eager reference inside :func:`reference_autograd`).
 * :func:`func_twin` makes a Function's torch.func variant (setup_context, generated vmap rule), and
   :func:`loop_vmap` (registered by :func:`define_op` for every op) lets vmap run any custom op.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
 
 from . import _backend
 
-__all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "functorch_active", "loop_vmap", "fold_vmap", "func_twin", "apply"]
+__all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
+           "loop_vmap", "fold_vmap", "func_twin", "apply"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -111,6 +116,72 @@ def caller(op, direct: Callable, tensors: Optional[Callable] = None) -> Callable
                 return direct(*args)
             return op(*args)
     return call
+
+
+# ---------------------------------------------------------------- backward ops: the `mask` convention
+# A backward op `geoops::<op>_bwd(..., int mask)` returns one tensor per differentiable input; bit i of
+# `mask` says whether input i's gradient is wanted.  An unwanted (or absent, for an optional input)
+# gradient is a 0-element tensor, so that the op's schema stays a fixed tuple of Tensors.
+
+def _unused(i: int, like, optional: int) -> torch.Tensor:
+    """The 0-element output for an unwanted gradient: of input i itself, or, for one of the `optional`
+    trailing inputs (those that may be None), of the first input."""
+    t = like[i]
+    return (like[0] if i >= len(like) - optional or t is None else t).new_empty(0)
+
+
+def masked_empty(mask: int, *like: Optional[torch.Tensor], optional: int = 0):
+    """Fake-implementation outputs of a backward op: ``like[i]``-shaped empties where bit i of `mask` is
+    set and ``like[i]`` is given, else 0-element tensors (see :func:`masked_grads`)."""
+    return tuple(t.new_empty(t.shape) if (mask >> i) & 1 and t is not None else _unused(i, like, optional)
+                 for i, t in enumerate(like))
+
+
+def masked_grads(mask: int, grads, like, *, optional: int = 0):
+    """A backward op's outputs from autograd's `grads` of the inputs `like` (as a reference backend
+    computes them): cast to each input's dtype and contiguous, zeros where autograd gave None, and a 0-element tensor
+    where bit i of `mask` is clear or the input is None — of that input's dtype, or of the first input's
+    for the last `optional` inputs (those that may be None, like a skip term D)."""
+    grads = list(grads) + [None] * (len(like) - len(grads))  # autograd skips absent optional inputs
+    out = []
+    for i, (g, t) in enumerate(zip(grads, like)):
+        if not (mask >> i) & 1 or t is None:
+            out.append(_unused(i, like, optional))
+        else:
+            out.append(torch.zeros_like(t) if g is None else g.to(t.dtype).contiguous())
+    return tuple(out)
+
+
+# autograd's keys, and the lazy conjugate/negative views' (complex autograd makes those; AOT's runtime runs
+# an op below them too)
+_AUTOGRAD_KEYS = tuple(k for k in (getattr(torch._C.DispatchKey, n, None)
+                                    for n in ("AutogradFunctionality", "ADInplaceOrView", "Conjugate", "Negative"))
+                       if k is not None)
+_TLS_KEYS = hasattr(torch._C, "_dispatch_tls_set_dispatch_key_excluded") and len(_AUTOGRAD_KEYS) == 4
+
+
+@contextlib.contextmanager
+def reference_autograd():
+    """Record autograd inside a custom op's implementation, for the reference backends' backward ops
+    (they differentiate the eager reference with ``torch.autograd.grad``).
+
+    An op dispatched through the dispatcher runs its implementation below the autograd layer (the
+    autograd keys are excluded in thread-local state), where ``torch.enable_grad()`` alone records
+    nothing: a direct call of ``torch.ops.geoops.<op>_bwd`` or ``opcheck`` would fail; AOT's runtime also
+    excludes the conjugate/negative view keys, which complex autograd needs for correct values.  This
+    re-includes those keys for the block (restoring them after) and enables grad; outside an op it is
+    just ``enable_grad``."""
+    prev = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in _AUTOGRAD_KEYS] if _TLS_KEYS else []
+    try:
+        for k, p in zip(_AUTOGRAD_KEYS, prev):
+            if p:
+                torch._C._dispatch_tls_set_dispatch_key_excluded(k, False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for k, p in zip(_AUTOGRAD_KEYS, prev):
+            if p:
+                torch._C._dispatch_tls_set_dispatch_key_excluded(k, True)
 
 
 # ---------------------------------------------------------------- torch.func support (family-neutral)

@@ -280,13 +280,15 @@ def test_bad_scale_and_causal():
 
 
 # ---------------------------------------------------------------- torch.library / torch.compile
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("kw", [(False, 0, 0), (True, 0, 0), (True, 3, 2)], ids=str)
-def test_opcheck(kw):
+def test_opcheck(kw, backend):
     ins = _inputs(1, 2, 1, 6, 5, 7, 4, 3, dtype=torch.float32)
-    torch.library.opcheck(torch.ops.geoops.triple_attention_fwd.default, (*ins, 0.5, *kw))
-    out, lse = torch.ops.geoops.triple_attention_fwd(*ins, 0.5, *kw)
-    g = torch.randn_like(out)
-    torch.library.opcheck(torch.ops.geoops.triple_attention_bwd.default, (g, *ins, out, lse, 0.5, *kw))
+    with geoops.use_backend(backend):
+        torch.library.opcheck(torch.ops.geoops.triple_attention_fwd.default, (*ins, 0.5, *kw))
+        out, lse = torch.ops.geoops.triple_attention_fwd(*ins, 0.5, *kw)
+        g = torch.randn_like(out)
+        torch.library.opcheck(torch.ops.geoops.triple_attention_bwd.default, (g, *ins, out, lse, 0.5, *kw))
 
 
 def test_torch_compile_fullgraph():

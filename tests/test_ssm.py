@@ -353,7 +353,13 @@ def test_errors_name_the_argument():
 
 
 # ---------------------------------------------------------------- torch.library / torch.compile
-def test_opcheck():
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_opcheck(backend):
+    with geoops.use_backend(backend):
+        _opcheck_ops()
+
+
+def _opcheck_ops():
     g = _gen(0)
     x = torch.complex(-torch.rand(2, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64))
     v = torch.randn(2, 2, 3, dtype=torch.complex128, generator=g)
@@ -372,6 +378,10 @@ def test_opcheck():
     gy = torch.randn_like(y)
     torch.library.opcheck(ops.fftconv_bwd.default, (gy, u, uf, k, D, 7))
     torch.library.opcheck(ops.fftconv_bwd.default, (gy, u, uf[:0], k, None, 3))
+    # unwanted gradients (a given D whose gradient is not asked for, k's alone): 0-element outputs whose
+    # dtypes the fake implementation must predict, on every backend
+    torch.library.opcheck(ops.fftconv_bwd.default, (gy, u, uf, k.double(), D.double(), 1))
+    torch.library.opcheck(ops.fftconv_bwd.default, (gy, u, uf, k, D, 2))
 
 
 def test_torch_compile_fullgraph():

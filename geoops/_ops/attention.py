@@ -60,7 +60,7 @@ class _Reference:
     def triple_attention_bwd(cls, dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2):
         from ..reference import attention as ref
 
-        with torch.enable_grad():
+        with _library.reference_autograd():
             leaves = [t.detach().requires_grad_(True) for t in (q, k1, k2, v1, v2)]
             o = ref.triple_attention(*leaves, scale=scale, causal=causal, window=cls._window(w1, w2))
             grads = torch.autograd.grad(o, leaves, dout, allow_unused=True)

@@ -30,8 +30,8 @@ from typing import Optional
 
 import torch
 
-from .. import _backend
-from .._library import caller, define_op, kernel_set
+from .. import _backend, _library
+from .._library import caller, define_op, kernel_set, masked_empty, masked_grads
 
 FAMILY = "ssm"
 
@@ -84,18 +84,18 @@ class _Reference:
 
         cd = torch.complex128  # the oracle
         with torch.no_grad():
-            return ref.vandermonde(v.to(cd), x.to(cd), L).to(torch.float64 if out64 else torch.float32)
+            return ref.vandermonde(v.to(cd), x.to(cd), L).to(torch.float64 if out64 else torch.float32).contiguous()
 
     @staticmethod
     def vandermonde_bwd(g, v, x, mask):
         from ..reference import ssm as ref
 
-        with torch.enable_grad():
+        with _library.reference_autograd():
             vv = v.detach().to(torch.complex128).requires_grad_(True)
             xx = x.detach().to(torch.complex128).requires_grad_(True)
             K = ref.vandermonde(vv, xx, g.shape[-1])
             dv, dx = torch.autograd.grad(K, (vv, xx), g.to(torch.float64))
-        return (dv.to(v.dtype) if mask & 1 else v.new_empty(0), dx.to(x.dtype) if mask & 2 else x.new_empty(0))
+        return masked_grads(mask, (dv, dx), (v, x))
 
     @staticmethod
     def _y(u, k, D):
@@ -118,17 +118,14 @@ class _Reference:
 
     @classmethod
     def fftconv_bwd(cls, g, u, uf, k, D, mask):
-        with torch.enable_grad():
+        with _library.reference_autograd():
             uu = u.detach().requires_grad_(True)
             kk = k.detach().requires_grad_(True)
             DD = None if D is None else D.detach().requires_grad_(True)
             y = cls._y(uu, kk, DD)
             ins = [uu, kk] + ([DD] if DD is not None else [])
             grads = torch.autograd.grad(y, ins, g.to(y.dtype), allow_unused=True)
-        du = grads[0].to(u.dtype) if mask & 1 else u.new_empty(0)
-        dk = grads[1].to(k.dtype) if mask & 2 else k.new_empty(0)
-        dD = grads[2].to(D.dtype) if (mask & 4 and D is not None) else u.new_empty(0)
-        return du, dk, dD
+        return masked_grads(mask, grads, (u, k, D), optional=1)
 
 
     @staticmethod
@@ -142,7 +139,7 @@ class _Reference:
     def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc, mask):
         from ..reference import ssm as ref
 
-        with torch.enable_grad():
+        with _library.reference_autograd():
             ins = [t.detach().requires_grad_(True) for t in (log_dt, A, B, C)]
             v, x = ref.discretize_log(*ins, disc)
             outs, grads = [], []
@@ -151,8 +148,7 @@ class _Reference:
                     outs.append(o)
                     grads.append(g.to(o.dtype))
             res = torch.autograd.grad(outs, ins, grads, allow_unused=True) if outs else [None] * 4
-        return tuple((r.to(t.dtype) if r is not None else torch.zeros_like(t)) if mask & (1 << i) else t.new_empty(0)
-                     for i, (r, t) in enumerate(zip(res, (log_dt, A, B, C))))
+        return masked_grads(mask, res, (log_dt, A, B, C))
 
     @staticmethod
     def _kernels(v, x, L, cdt):
@@ -182,7 +178,7 @@ class _Reference:
 
     @classmethod
     def ssm_conv_bwd(cls, g, u, uf, kf, v, x, D, mask):
-        with torch.enable_grad():
+        with _library.reference_autograd():
             uu = u.detach().requires_grad_(True)
             vv = v.detach().requires_grad_(True)
             xx = x.detach().requires_grad_(True)
@@ -190,12 +186,7 @@ class _Reference:
             y = cls._y(uu, cls._kernels(vv, xx, u.shape[-1], _cdt(u)), DD)
             ins = [uu, vv, xx] + ([DD] if DD is not None else [])
             grads = torch.autograd.grad(y, ins, g.to(y.dtype), allow_unused=True)
-        grads = [torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, ins)]
-        du = grads[0].to(u.dtype) if mask & 1 else u.new_empty(0)
-        dv = grads[1].to(v.dtype) if mask & 2 else v.new_empty(0)
-        dx = grads[2].to(x.dtype) if mask & 4 else x.new_empty(0)
-        dD = grads[3].to(D.dtype) if (mask & 8 and D is not None) else u.new_empty(0)
-        return du, dv, dx, dD
+        return masked_grads(mask, grads, (u, v, x, D), optional=1)
 
 
 def _complex_of(u):
@@ -221,7 +212,7 @@ def _vbwd(g, v, x, mask: int):
 
 
 def _vbwd_fake(g, v, x, mask):
-    return (v.new_empty(v.shape) if mask & 1 else v.new_empty(0), x.new_empty(x.shape) if mask & 2 else x.new_empty(0))
+    return masked_empty(mask, v, x)
 
 
 def _ffwd(u, k, D: Optional[torch.Tensor], save_uf: bool):
@@ -246,10 +237,7 @@ def _fbwd(g, u, uf, k, D: Optional[torch.Tensor], mask: int):
 
 
 def _fbwd_fake(g, u, uf, k, D, mask):
-    du = u.new_empty(u.shape) if mask & 1 else u.new_empty(0)
-    dk = k.new_empty(k.shape) if mask & 2 else k.new_empty(0)
-    dD = D.new_empty(D.shape) if (mask & 4 and D is not None) else u.new_empty(0)
-    return du, dk, dD
+    return masked_empty(mask, u, k, D, optional=1)
 
 
 def _dfwd(log_dt, A, B, C, disc: str):
@@ -265,7 +253,7 @@ def _dbwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
 
 
 def _dbwd_fake(gv, gx, log_dt, A, B, C, disc, mask):
-    return tuple(t.new_empty(t.shape) if mask & (1 << i) else t.new_empty(0) for i, t in enumerate((log_dt, A, B, C)))
+    return masked_empty(mask, log_dt, A, B, C)
 
 
 def _sfwd(u, v, x, D: Optional[torch.Tensor], save_uf: bool):
@@ -286,11 +274,7 @@ def _sbwd(g, u, uf, kf, v, x, D: Optional[torch.Tensor], mask: int):
 
 
 def _sbwd_fake(g, u, uf, kf, v, x, D, mask):
-    du = u.new_empty(u.shape) if mask & 1 else u.new_empty(0)
-    dv = v.new_empty(v.shape) if mask & 2 else v.new_empty(0)
-    dx = x.new_empty(x.shape) if mask & 4 else x.new_empty(0)
-    dD = D.new_empty(D.shape) if (mask & 8 and D is not None) else u.new_empty(0)
-    return du, dv, dx, dD
+    return masked_empty(mask, u, v, x, D, optional=1)
 
 
 vandermonde_fwd_op = define_op("geoops::vandermonde_fwd", "(Tensor v, Tensor x, int L, bool out64) -> Tensor",

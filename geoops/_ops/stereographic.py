@@ -105,7 +105,7 @@ class _ReferenceRows:
     def stereo_bwd(cls, code, g, x, y, k, r, param, mask):
         spec = _BY_CODE[code]
         N = x.shape[0]
-        with torch.enable_grad():
+        with _library.reference_autograd():
             leaves = [t.detach().requires_grad_(True) if t is not None else None for t in (x, y, k, r)]
             lx, ly, lk, lr = leaves
             kr = lk.expand(N) if lk.numel() == 1 else lk  # per-row k gradients
@@ -205,7 +205,7 @@ class _PairReference:
     def cdist_bwd(g, x, y, k, A, d, mask):
         from ..reference import stereographic as ref
 
-        with torch.enable_grad():
+        with _library.reference_autograd():
             lx, ly, lk = (t.detach().requires_grad_(True) for t in (x, y, k))
             out = ref.cdist(lx, ly, k=lk.to(x.dtype).reshape(-1, 1, 1))
             want = [(1, lx), (2, ly), (4, lk)]
