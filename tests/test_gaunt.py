@@ -351,14 +351,16 @@ def test_errors_name_the_argument():
 
 
 # ---------------------------------------------------------------- op plumbing
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("route", ROUTES)
-def test_opcheck(route):
+def test_opcheck(route, backend):
     xs = [_rand(5, 9, seed=40), _rand(5, 4, seed=41)]
     ws = [_rand(5, 3, seed=42), None]
     wo = _rand(1, 4, seed=43)
-    torch.library.opcheck(torch.ops.geoops.gaunt_fwd.default, (xs, ws, wo, 3, route))
-    torch.library.opcheck(torch.ops.geoops.gaunt_fwd.default, ([_rand(4, 16, seed=44)] * 3, [None] * 3, None, 4,
-                                                               "grid" if route == "direct" else route))
+    with geoops.use_backend(backend):
+        torch.library.opcheck(torch.ops.geoops.gaunt_fwd.default, (xs, ws, wo, 3, route))
+        torch.library.opcheck(torch.ops.geoops.gaunt_fwd.default, ([_rand(4, 16, seed=44)] * 3, [None] * 3, None, 4,
+                                                                   "grid" if route == "direct" else route))
 
 
 def test_custom_op_path_equals_fast_path():
