@@ -242,12 +242,16 @@ inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e,
                        stereo::Coef<double>& c1, stereo::Row<double>& s2, stereo::Coef<double>& c2) {
   using namespace geoops::stereo;
   const int64_t D = cx.D;
-  for (int64_t d = 0; d < D; ++d) v[d] = 0;
-  for (int64_t e_ = 0; e_ < D; ++e_) {
-    const double ue = double(ur[e_]);
-    const T* Mr = cx.M + e_ * D;
+  if (cx.M == nullptr) {  // M = identity: the caller formed v = u M with one GEMM
+    for (int64_t d = 0; d < D; ++d) v[d] = double(ur[d]);
+  } else {
+    for (int64_t d = 0; d < D; ++d) v[d] = 0;
+    for (int64_t e_ = 0; e_ < D; ++e_) {
+      const double ue = double(ur[e_]);
+      const T* Mr = cx.M + e_ * D;
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) v[d] += ue * double(Mr[d]);
+      for (int64_t d = 0; d < D; ++d) v[d] += ue * double(Mr[d]);
+    }
   }
   double vv = 0, bv = 0, dd = 0;
   for (int64_t d = 0; d < D; ++d) {
@@ -271,7 +275,7 @@ template <typename T>
 BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double eps) {
   BnRowCtx<T> cx;
   cx.D = b.size(0);
-  cx.M = M.data_ptr<T>();
+  cx.M = M.numel() ? M.data_ptr<T>() : nullptr;  // empty M: identity (u already holds u M)
   cx.b.resize(cx.D);
   cx.bb = 0;
   const T* bp = b.data_ptr<T>();
@@ -287,7 +291,7 @@ BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double ep
 template <typename T>
 void bn_fwd_impl(const T* up, T* yp, int64_t N, const BnRowCtx<T>& cx) {
   const int64_t D = cx.D;
-  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D * ((cx.M ? D : 0) + 8)), [&](int64_t i0, int64_t i1) {
     std::vector<double> v(D), e(D);
     stereo::Row<double> s1, s2;
     stereo::Coef<double> c1, c2;
@@ -307,9 +311,10 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> aM(nth), ab(nth);
   std::vector<double> ak(nth, 0.0);
-  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
+  const bool ident = cx.M == nullptr;
+  at::parallel_for(0, N, grain(D * ((ident ? 0 : 2 * D) + 16)), [&](int64_t i0, int64_t i1) {
     const int tid = at::get_thread_num();
-    if (aM[tid].empty()) { aM[tid].assign(D * D, 0.0); ab[tid].assign(D, 0.0); }
+    if (ab[tid].empty()) { aM[tid].assign(ident ? 0 : D * D, 0.0); ab[tid].assign(D, 0.0); }
     double* pM = aM[tid].data();
     double* pb = ab[tid].data();
     std::vector<double> v(D), e(D), ge(D), gv(D);
@@ -338,6 +343,10 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
         gv[d] = (c1.b - c1.c) * ge[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt;
       }
       T* gur = gup + i * D;
+      if (ident) {
+        for (int64_t d = 0; d < D; ++d) gur[d] = T(gv[d]);
+        continue;
+      }
       for (int64_t e_ = 0; e_ < D; ++e_) {
         const T* Mr = cx.M + e_ * D;
         double acc = 0;
@@ -352,13 +361,15 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
     }
     ak[tid] += kk;
   });
-  for (int64_t j = 0; j < D * D; ++j) gM[j] = 0;
+  if (!ident)
+    for (int64_t j = 0; j < D * D; ++j) gM[j] = 0;
   for (int64_t d = 0; d < D; ++d) gb[d] = 0;
   *gk = 0;
   for (int t = 0; t < nth; ++t) {
     *gk += ak[t];
-    if (aM[t].empty()) continue;
-    for (int64_t j = 0; j < D * D; ++j) gM[j] += aM[t][j];
+    if (ab[t].empty()) continue;
+    if (!ident)
+      for (int64_t j = 0; j < D * D; ++j) gM[j] += aM[t][j];
     for (int64_t d = 0; d < D; ++d) gb[d] += ab[t][d];
   }
 }
@@ -366,7 +377,8 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
 void check_bn_args(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b) {
   check_rows("poincare_bn_rows", u);
   const int64_t D = u.size(1);
-  TORCH_CHECK(M.dim() == 2 && M.size(0) == D && M.size(1) == D, "poincare_bn_rows: M must be (D, D)");
+  TORCH_CHECK(M.numel() == 0 || (M.dim() == 2 && M.size(0) == D && M.size(1) == D),
+              "poincare_bn_rows: M must be (D, D) (or empty: the identity)");
   TORCH_CHECK(b.dim() == 1 && b.size(0) == D, "poincare_bn_rows: b must be (D,)");
   TORCH_CHECK(M.scalar_type() == u.scalar_type() && b.scalar_type() == u.scalar_type(),
               "poincare_bn_rows: u, M, b must share a dtype");
@@ -430,7 +442,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
   const int64_t D = u.size(1);
   at::Tensor gu = at::empty_like(u);
   const auto dopt = u.options().dtype(at::kDouble);
-  at::Tensor gM = at::empty({D, D}, dopt), gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
+  at::Tensor gM = M.numel() ? at::empty({D, D}, dopt) : at::empty({0}, dopt), gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
   if (u.scalar_type() == at::kDouble)
     bn_bwd_impl<double>(g.data_ptr<double>(), u.data_ptr<double>(), u.size(0), bn_ctx<double>(M, b, c, eps),
                         gu.data_ptr<double>(), gM.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());
