@@ -243,6 +243,7 @@ inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e,
   using namespace geoops::stereo;
   const int64_t D = cx.D;
   if (cx.M == nullptr) {  // M = identity: the caller formed v = u M with one GEMM
+#pragma omp simd
     for (int64_t d = 0; d < D; ++d) v[d] = double(ur[d]);
   } else {
     for (int64_t d = 0; d < D; ++d) v[d] = 0;
@@ -254,17 +255,20 @@ inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e,
     }
   }
   double vv = 0, bv = 0, dd = 0;
+  const double* bp = cx.b.data();
+#pragma omp simd reduction(+ : vv, bv, dd)
   for (int64_t d = 0; d < D; ++d) {
     vv += v[d] * v[d];
-    bv += cx.b[d] * v[d];
-    const double t = cx.b[d] - v[d];
+    bv += bp[d] * v[d];
+    const double t = bp[d] - v[d];
     dd += t * t;
   }
   s1 = Row<double>{cx.bb, vv, bv, dd, cx.k, 0.0};
   c1 = fwd(EXPMAP, s1, 0.0);
   double ee = 0;
+#pragma omp simd reduction(+ : ee)
   for (int64_t d = 0; d < D; ++d) {
-    e[d] = c1.a * cx.b[d] + c1.b * v[d] + c1.c * (cx.b[d] - v[d]);
+    e[d] = c1.a * bp[d] + c1.b * v[d] + c1.c * (bp[d] - v[d]);
     ee += e[d] * e[d];
   }
   s2 = Row<double>{ee, 0.0, 0.0, 0.0, cx.k, 0.0};
@@ -298,6 +302,7 @@ void bn_fwd_impl(const T* up, T* yp, int64_t N, const BnRowCtx<T>& cx) {
     for (int64_t i = i0; i < i1; ++i) {
       bn_row_fwd(cx, up + i * D, v.data(), e.data(), s1, c1, s2, c2);
       T* yr = yp + i * D;
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d) yr[d] = T(c2.a * e[d]);
     }
   });
@@ -326,25 +331,34 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
       const T* gr = gp + i * D;
       bn_row_fwd(cx, ur, v.data(), e.data(), s1, c1, s2, c2);
       double ga = 0;
+#pragma omp simd reduction(+ : ga)
       for (int64_t d = 0; d < D; ++d) ga += double(gr[d]) * e[d];
       const Row<double> r2 = vjp(PROJECT, s2, cx.eps, ga, 0.0, 0.0);
       double gab = 0, gav = 0, gad = 0;
+      const double* bp = cx.b.data();
+      double* gep = ge.data();
+      const double* vp = v.data();
+      const double* ep = e.data();
+#pragma omp simd reduction(+ : gab, gav, gad)
       for (int64_t d = 0; d < D; ++d) {
-        ge[d] = (c2.a + c2.c) * double(gr[d]) + 2.0 * r2.xx * e[d];
-        gab += ge[d] * cx.b[d];
-        gav += ge[d] * v[d];
-        gad += ge[d] * (cx.b[d] - v[d]);
+        gep[d] = (c2.a + c2.c) * double(gr[d]) + 2.0 * r2.xx * ep[d];
+        gab += gep[d] * bp[d];
+        gav += gep[d] * vp[d];
+        gad += gep[d] * (bp[d] - vp[d]);
       }
       const Row<double> r1 = vjp(EXPMAP, s1, 0.0, gab, gav, gad);
       kk += r2.k + r1.k;
+      double* gvp = gv.data();
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
-        const double bd = cx.b[d], vd = v[d], dlt = bd - vd;
-        pb[d] += (c1.a + c1.c) * ge[d] + 2.0 * r1.xx * bd + r1.xy * vd + 2.0 * r1.dd * dlt;
-        gv[d] = (c1.b - c1.c) * ge[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt;
+        const double bd = bp[d], vd = vp[d], dlt = bd - vd;
+        pb[d] += (c1.a + c1.c) * gep[d] + 2.0 * r1.xx * bd + r1.xy * vd + 2.0 * r1.dd * dlt;
+        gvp[d] = (c1.b - c1.c) * gep[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt;
       }
       T* gur = gup + i * D;
       if (ident) {
-        for (int64_t d = 0; d < D; ++d) gur[d] = T(gv[d]);
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) gur[d] = T(gvp[d]);
         continue;
       }
       for (int64_t e_ = 0; e_ < D; ++e_) {
