@@ -15,8 +15,8 @@ float64).
   hand-written backward (the epilogue's derivative fused into one row pass, then the GEMMs ``dt z^T`` and
   ``x^T dt``) giving gradients to x, z, bias and c.  C++ on the CPU; elsewhere the reference composition.
 * :func:`poincare_conv2d` -- the fully-connected layer on the beta-concatenated tangent patches, with the
-  patch rows' GEMM and squared norms computed as two convolutions (``torch.nn.functional.conv2d``) of the
-  logmap0'd pixels: the patch matrix is never formed; the row passes run in the fc kernel's epilogue-only entry.
+  patch rows' GEMM as one convolution (``torch.nn.functional.conv2d``) of the logmap0'd pixels and their
+  squared norms as one sum pooling: the patch matrix is never formed; the row passes run in the fc kernel's epilogue-only entry.
 * :func:`poincare_relu`, :func:`expmap0`, :func:`logmap0`, :func:`project`, :func:`mobius_add`,
   :func:`flatten`, :func:`max_pool2d`, :func:`avg_pool2d`, :func:`midpoint`, :func:`batch_norm`,
   :func:`mobius_linear`, :func:`mlr` -- compositions of the fused row-wise kernels of
@@ -329,8 +329,8 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     z (C*kh*kw, C_out) in F.unfold's (channel, tap) row order -> (B, C_out, H', W').
 
     logmap0 of the pixels; for the beta-rescaled tangent patch rows u, ``t = u @ z`` is one convolution of the
-    tangent pixels with z as a (C_out, C, kh, kw) kernel and ``|u|^2`` one convolution of the pixels' squared
-    norms with a constant kernel (zero padding is the origin's zero tangent vector); then the fully-connected
+    tangent pixels with z as a (C_out, C, kh, kw) kernel and ``|u|^2`` one sum pooling of the pixels' squared
+    norms (zero padding is the origin's zero tangent vector); then the fully-connected
     layer's fused row passes on (t, |u|^2) (expmap0 + project of each patch row included).  Gradients to x, z,
     bias and c."""
     op = "poincare_conv2d"
