@@ -6,6 +6,7 @@
 #include "poincare.h"
 
 #include "geoops/stereo_math.h"
+#include "vec_math.h"
 
 #include <ATen/Parallel.h>
 
@@ -36,12 +37,11 @@ struct ReluRow {
   double f, fR2, fX2, fk;  // y = f r; dL/dr = f g + G fR2 r; dL/dx += G fX2 x; dL/dk += G fk
 };
 
-inline ReluRow relu_row(double X, double R, double k, double eps, bool grads) {
+// h = atanc(k X) and t2 = tanc(k h^2 R) come in from the batched SIMD evaluation (relu_block below).
+inline ReluRow relu_row(double X, double R, double k, double eps, bool grads, double h, double t2) {
   using namespace geoops::stereo;
   const double z1 = k * X, q1 = 1.0 + z1;
-  const double h = atanc(z1, q1);
   const double z2 = k * h * h * R;
-  const double t2 = tanc(z2);
   ReluRow o{t2 * h, 0, 0, 0};
   const double ny = o.f * std::sqrt(R);
   const double mx = (1.0 - eps) / std::sqrt(-k);
@@ -64,22 +64,62 @@ inline ReluRow relu_row(double X, double R, double k, double eps, bool grads) {
   return o;
 }
 
+// A block of rows' scalars: the row sums X = |x|^2, R = |relu x|^2 (and G = <g, relu x> for the backward) of
+// rows [i0, i0 + n), then h = atanc(k X) and t2 = tanc(k h^2 R) for all n rows at once on SIMD vectors
+// (vec_math.h: SLEEF), instead of one libm call chain per row.
+constexpr int64_t kReluBlock = 256;
+struct ReluBlock {
+  double X[kReluBlock], R[kReluBlock], G[kReluBlock], z[kReluBlock], q[kReluBlock], h[kReluBlock], t[kReluBlock];
+};
+
 template <typename T>
-void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
-  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* xr = xp + i * D;
-      T* yr = yp + i * D;
-      double X = 0, R = 0;
+void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, int64_t D, double k) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T* xr = xp + (i0 + j) * D;
+    double X = 0, R = 0, G = 0;
+    if (gp) {
+      const T* gr = gp + (i0 + j) * D;
+#pragma omp simd reduction(+ : X, R, G)
+      for (int64_t d = 0; d < D; ++d) {
+        const double v = double(xr[d]);
+        const double r = v > 0 ? v : 0.0;
+        X += v * v;
+        R += r * r;
+        G += double(gr[d]) * r;
+      }
+    } else {
 #pragma omp simd reduction(+ : X, R)
       for (int64_t d = 0; d < D; ++d) {
         const double v = double(xr[d]);
         X += v * v;
         R += v > 0 ? v * v : 0.0;
       }
-      const T f = T(relu_row(X, R, k, eps, false).f);
+    }
+    b.X[j] = X;
+    b.R[j] = R;
+    b.G[j] = G;
+    b.z[j] = k * X;
+    b.q[j] = 1.0 + b.z[j];
+  }
+  atanc_n(b.z, b.q, b.h, n);
+  for (int64_t j = 0; j < n; ++j) b.z[j] = k * b.h[j] * b.h[j] * b.R[j];
+  tanc_n(b.z, b.t, n);
+}
+
+template <typename T>
+void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+    ReluBlock blk;
+    for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
+      const int64_t n = std::min(kReluBlock, i1 - b0);
+      relu_block<T>(blk, xp, nullptr, b0, n, D, k);
+      for (int64_t j = 0; j < n; ++j) {
+        const T* xr = xp + (b0 + j) * D;
+        T* yr = yp + (b0 + j) * D;
+        const T f = T(relu_row(blk.X[j], blk.R[j], k, eps, false, blk.h[j], blk.t[j]).f);
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
+        for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
+      }
     }
   });
 }
@@ -90,27 +130,25 @@ double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, dou
   std::vector<double> gk(nth, 0.0);
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     double acc = 0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* xr = xp + i * D;
-      const T* gr = gp + i * D;
-      T* gxr = gxp + i * D;
-      double X = 0, R = 0, G = 0;
-#pragma omp simd reduction(+ : X, R, G)
-      for (int64_t d = 0; d < D; ++d) {
-        const double v = double(xr[d]);
-        const double r = v > 0 ? v : 0.0;
-        X += v * v;
-        R += r * r;
-        G += double(gr[d]) * r;
-      }
-      const ReluRow o = relu_row(X, R, k, eps, true);
-      const T f = T(o.f), a = T(G * o.fR2), b = T(G * o.fX2);
+    ReluBlock blk;
+    for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
+      const int64_t n = std::min(kReluBlock, i1 - b0);
+      relu_block<T>(blk, xp, gp, b0, n, D, k);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = b0 + j;
+        const T* xr = xp + i * D;
+        const T* gr = gp + i * D;
+        T* gxr = gxp + i * D;
+        const double G = blk.G[j];
+        const ReluRow o = relu_row(blk.X[j], blk.R[j], k, eps, true, blk.h[j], blk.t[j]);
+        const T f = T(o.f), a = T(G * o.fR2), b = T(G * o.fX2);
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        const T v = xr[d];
-        gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
+        for (int64_t d = 0; d < D; ++d) {
+          const T v = xr[d];
+          gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
+        }
+        acc += G * o.fk;
       }
-      acc += G * o.fk;
     }
     gk[at::get_thread_num()] += acc;
   });
