@@ -15,8 +15,8 @@ float64).
   hand-written backward (the epilogue's derivative fused into one row pass, then the GEMMs ``dt z^T`` and
   ``x^T dt``) giving gradients to x, z, bias and c.  C++ on the CPU; elsewhere the reference composition.
 * :func:`poincare_conv2d` -- the fully-connected layer on the beta-concatenated tangent patches, with the
-  patch rows' GEMM and squared norms computed as two convolutions (``torch.nn.functional.conv2d``) of the
-  logmap0'd pixels: the patch matrix is never formed; the row passes run in the fc kernel's epilogue-only entry.
+  patch rows' GEMM as one convolution (``torch.nn.functional.conv2d``) of the logmap0'd pixels and their
+  squared norms as one sum pooling: the patch matrix is never formed; the row passes run in the fc kernel's epilogue-only entry.
 * :func:`poincare_relu`, :func:`expmap0`, :func:`logmap0`, :func:`project`, :func:`mobius_add`,
   :func:`flatten`, :func:`max_pool2d`, :func:`avg_pool2d`, :func:`midpoint`, :func:`batch_norm`,
   :func:`mobius_linear`, :func:`mlr` -- compositions of the fused row-wise kernels of
@@ -329,8 +329,8 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     z (C*kh*kw, C_out) in F.unfold's (channel, tap) row order -> (B, C_out, H', W').
 
     logmap0 of the pixels; for the beta-rescaled tangent patch rows u, ``t = u @ z`` is one convolution of the
-    tangent pixels with z as a (C_out, C, kh, kw) kernel and ``|u|^2`` one convolution of the pixels' squared
-    norms with a constant kernel (zero padding is the origin's zero tangent vector); then the fully-connected
+    tangent pixels with z as a (C_out, C, kh, kw) kernel and ``|u|^2`` one sum pooling of the pixels' squared
+    norms (zero padding is the origin's zero tangent vector); then the fully-connected
     layer's fused row passes on (t, |u|^2) (expmap0 + project of each patch row included).  Gradients to x, z,
     bias and c."""
     op = "poincare_conv2d"
@@ -351,15 +351,22 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     Co = z.shape[1]
     cc = ct.to(cdt)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
-    v = _st.logmap0(r, k=-cc).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
+    vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
+    v = vr.reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
     beta = beta_concat_scale(C, C * kh * kw)
     zc = z.to(cdt)
     # the patch rows' GEMM u @ z and their squared norms as convolutions (zero padding = the origin's zero
     # tangent vector): the patch matrix is never formed
     wk = (zc * beta).reshape(C, kh, kw, Co).permute(3, 0, 1, 2)  # (C_out, C, kh, kw); z rows are (channel, tap)
     t = F.conv2d(v, wk, stride=stride, padding=padding)  # (B, C_out, Ho, Wo)
-    ones = torch.full((1, 1, kh, kw), beta * beta, dtype=cdt, device=x.device)
-    U = F.conv2d((v * v).sum(1, keepdim=True), ones, stride=stride, padding=padding)
+    # |u|^2: the box sum of the pixels' squared norms, as a sum pooling (a 1-channel F.conv2d with a constant
+    # kernel costs several times more, forward and backward; avg_pool2d takes padding <= half the kernel)
+    sq = _library.apply(SqRowsFn, vr).reshape(B, 1, H, W)
+    if 2 * padding[0] <= kh and 2 * padding[1] <= kw:
+        U = F.avg_pool2d(sq, kernel, stride, padding, count_include_pad=True, divisor_override=1) * (beta * beta)
+    else:
+        ones = torch.full((1, 1, kh, kw), beta * beta, dtype=cdt, device=x.device)
+        U = F.conv2d(sq, ones, stride=stride, padding=padding)
     Ho, Wo = t.shape[2], t.shape[3]
     trows = t.permute(0, 2, 3, 1).reshape(-1, Co)
     bb = None if bias is None else bias.to(cdt)
@@ -474,7 +481,11 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         u = _st.logmap(mean, xr, k=k)
     b = expmap0(bias.to(cdt), c=ct)
     M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
-    # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass
+    # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass.  On the
+    # C++ kernels the matrix product is one GEMM (MKL; its backward two more) and the row pass gets M = identity
+    # (an empty M): the kernel's per-row D x D products in double cost far more than the GEMMs
+    if _ops.kernels(xr.device) is _ops.cpp_kernels():
+        u, M = torch.mm(u, M), M.new_empty(0)
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
 
 
@@ -492,6 +503,20 @@ class SqSumFn(torch.autograd.Function):
     def backward(ctx, g):
         (u,) = ctx.saved_tensors
         return u * (2 * g)
+
+
+class SqRowsFn(torch.autograd.Function):
+    """Row-wise squared norms |r_i|^2 of rows r (N, D); backward one pass 2 g_i r_i."""
+
+    @staticmethod
+    def forward(ctx, r):
+        ctx.save_for_backward(r)
+        return torch.linalg.vecdot(r, r)
+
+    @staticmethod
+    def backward(ctx, g):
+        (r,) = ctx.saved_tensors
+        return r * (2 * g).unsqueeze(-1)
 
 
 class MidpointSumsFn(torch.autograd.Function):

@@ -64,7 +64,7 @@ def test_linear_identity_init():
 
 
 @pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1, cin=3, cout=4), dict(k=2, s=2, p=0, cin=2, cout=5),
-                                 dict(k=1, s=1, p=0, cin=4, cout=3)])
+                                 dict(k=1, s=1, p=0, cin=4, cout=3), dict(k=3, s=2, p=2, cin=2, cout=3)])
 def test_conv2d_matches_hconvolution(cfg):
     hb, gb, c = _balls(1.0)
     torch.manual_seed(1)
@@ -87,15 +87,16 @@ def test_conv2d_matches_hconvolution(cfg):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
 
 
-def test_conv2d_fp64_reference_and_gradcheck():
+@pytest.mark.parametrize("pad", [1, 2])  # |u|^2 as a sum pooling (padding <= kernel/2), else the box convolution
+def test_conv2d_fp64_reference_and_gradcheck(pad):
     c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     x = _img(1, 2, 4, 4, c=0.7, dtype=torch.float64).requires_grad_(True)
     z = (torch.randn(18, 3, dtype=torch.float64) * 0.3).requires_grad_(True)
     b = (torch.randn(3, dtype=torch.float64) * 0.1).requires_grad_(True)
-    ours = gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)
-    truth = ref.poincare_conv2d(x, z, b, c, 3, padding=1)
+    ours = gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=pad)
+    truth = ref.poincare_conv2d(x, z, b, c, 3, padding=pad)
     torch.testing.assert_close(ours, truth, rtol=1e-9, atol=1e-11)
-    assert torch.autograd.gradcheck(lambda x, z, b, c: gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1),
+    assert torch.autograd.gradcheck(lambda x, z, b, c: gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=pad),
                                     (x, z, b, c), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 

@@ -6,6 +6,7 @@
 #include "poincare.h"
 
 #include "geoops/stereo_math.h"
+#include "vec_math.h"
 
 #include <ATen/Parallel.h>
 
@@ -36,12 +37,11 @@ struct ReluRow {
   double f, fR2, fX2, fk;  // y = f r; dL/dr = f g + G fR2 r; dL/dx += G fX2 x; dL/dk += G fk
 };
 
-inline ReluRow relu_row(double X, double R, double k, double eps, bool grads) {
+// h = atanc(k X) and t2 = tanc(k h^2 R) come in from the batched SIMD evaluation (relu_block below).
+inline ReluRow relu_row(double X, double R, double k, double eps, bool grads, double h, double t2) {
   using namespace geoops::stereo;
   const double z1 = k * X, q1 = 1.0 + z1;
-  const double h = atanc(z1, q1);
   const double z2 = k * h * h * R;
-  const double t2 = tanc(z2);
   ReluRow o{t2 * h, 0, 0, 0};
   const double ny = o.f * std::sqrt(R);
   const double mx = (1.0 - eps) / std::sqrt(-k);
@@ -64,22 +64,62 @@ inline ReluRow relu_row(double X, double R, double k, double eps, bool grads) {
   return o;
 }
 
+// A block of rows' scalars: the row sums X = |x|^2, R = |relu x|^2 (and G = <g, relu x> for the backward) of
+// rows [i0, i0 + n), then h = atanc(k X) and t2 = tanc(k h^2 R) for all n rows at once on SIMD vectors
+// (vec_math.h: SLEEF), instead of one libm call chain per row.
+constexpr int64_t kReluBlock = 256;
+struct ReluBlock {
+  double X[kReluBlock], R[kReluBlock], G[kReluBlock], z[kReluBlock], q[kReluBlock], h[kReluBlock], t[kReluBlock];
+};
+
 template <typename T>
-void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
-  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* xr = xp + i * D;
-      T* yr = yp + i * D;
-      double X = 0, R = 0;
+void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, int64_t D, double k) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T* xr = xp + (i0 + j) * D;
+    double X = 0, R = 0, G = 0;
+    if (gp) {
+      const T* gr = gp + (i0 + j) * D;
+#pragma omp simd reduction(+ : X, R, G)
+      for (int64_t d = 0; d < D; ++d) {
+        const double v = double(xr[d]);
+        const double r = v > 0 ? v : 0.0;
+        X += v * v;
+        R += r * r;
+        G += double(gr[d]) * r;
+      }
+    } else {
 #pragma omp simd reduction(+ : X, R)
       for (int64_t d = 0; d < D; ++d) {
         const double v = double(xr[d]);
         X += v * v;
         R += v > 0 ? v * v : 0.0;
       }
-      const T f = T(relu_row(X, R, k, eps, false).f);
+    }
+    b.X[j] = X;
+    b.R[j] = R;
+    b.G[j] = G;
+    b.z[j] = k * X;
+    b.q[j] = 1.0 + b.z[j];
+  }
+  atanc_n(b.z, b.q, b.h, n);
+  for (int64_t j = 0; j < n; ++j) b.z[j] = k * b.h[j] * b.h[j] * b.R[j];
+  tanc_n(b.z, b.t, n);
+}
+
+template <typename T>
+void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
+  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+    ReluBlock blk;
+    for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
+      const int64_t n = std::min(kReluBlock, i1 - b0);
+      relu_block<T>(blk, xp, nullptr, b0, n, D, k);
+      for (int64_t j = 0; j < n; ++j) {
+        const T* xr = xp + (b0 + j) * D;
+        T* yr = yp + (b0 + j) * D;
+        const T f = T(relu_row(blk.X[j], blk.R[j], k, eps, false, blk.h[j], blk.t[j]).f);
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
+        for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
+      }
     }
   });
 }
@@ -90,27 +130,25 @@ double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, dou
   std::vector<double> gk(nth, 0.0);
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     double acc = 0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* xr = xp + i * D;
-      const T* gr = gp + i * D;
-      T* gxr = gxp + i * D;
-      double X = 0, R = 0, G = 0;
-#pragma omp simd reduction(+ : X, R, G)
-      for (int64_t d = 0; d < D; ++d) {
-        const double v = double(xr[d]);
-        const double r = v > 0 ? v : 0.0;
-        X += v * v;
-        R += r * r;
-        G += double(gr[d]) * r;
-      }
-      const ReluRow o = relu_row(X, R, k, eps, true);
-      const T f = T(o.f), a = T(G * o.fR2), b = T(G * o.fX2);
+    ReluBlock blk;
+    for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
+      const int64_t n = std::min(kReluBlock, i1 - b0);
+      relu_block<T>(blk, xp, gp, b0, n, D, k);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = b0 + j;
+        const T* xr = xp + i * D;
+        const T* gr = gp + i * D;
+        T* gxr = gxp + i * D;
+        const double G = blk.G[j];
+        const ReluRow o = relu_row(blk.X[j], blk.R[j], k, eps, true, blk.h[j], blk.t[j]);
+        const T f = T(o.f), a = T(G * o.fR2), b = T(G * o.fX2);
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        const T v = xr[d];
-        gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
+        for (int64_t d = 0; d < D; ++d) {
+          const T v = xr[d];
+          gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
+        }
+        acc += G * o.fk;
       }
-      acc += G * o.fk;
     }
     gk[at::get_thread_num()] += acc;
   });
@@ -242,25 +280,33 @@ inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e,
                        stereo::Coef<double>& c1, stereo::Row<double>& s2, stereo::Coef<double>& c2) {
   using namespace geoops::stereo;
   const int64_t D = cx.D;
-  for (int64_t d = 0; d < D; ++d) v[d] = 0;
-  for (int64_t e_ = 0; e_ < D; ++e_) {
-    const double ue = double(ur[e_]);
-    const T* Mr = cx.M + e_ * D;
+  if (cx.M == nullptr) {  // M = identity: the caller formed v = u M with one GEMM
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) v[d] += ue * double(Mr[d]);
+    for (int64_t d = 0; d < D; ++d) v[d] = double(ur[d]);
+  } else {
+    for (int64_t d = 0; d < D; ++d) v[d] = 0;
+    for (int64_t e_ = 0; e_ < D; ++e_) {
+      const double ue = double(ur[e_]);
+      const T* Mr = cx.M + e_ * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) v[d] += ue * double(Mr[d]);
+    }
   }
   double vv = 0, bv = 0, dd = 0;
+  const double* bp = cx.b.data();
+#pragma omp simd reduction(+ : vv, bv, dd)
   for (int64_t d = 0; d < D; ++d) {
     vv += v[d] * v[d];
-    bv += cx.b[d] * v[d];
-    const double t = cx.b[d] - v[d];
+    bv += bp[d] * v[d];
+    const double t = bp[d] - v[d];
     dd += t * t;
   }
   s1 = Row<double>{cx.bb, vv, bv, dd, cx.k, 0.0};
   c1 = fwd(EXPMAP, s1, 0.0);
   double ee = 0;
+#pragma omp simd reduction(+ : ee)
   for (int64_t d = 0; d < D; ++d) {
-    e[d] = c1.a * cx.b[d] + c1.b * v[d] + c1.c * (cx.b[d] - v[d]);
+    e[d] = c1.a * bp[d] + c1.b * v[d] + c1.c * (bp[d] - v[d]);
     ee += e[d] * e[d];
   }
   s2 = Row<double>{ee, 0.0, 0.0, 0.0, cx.k, 0.0};
@@ -271,7 +317,7 @@ template <typename T>
 BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double eps) {
   BnRowCtx<T> cx;
   cx.D = b.size(0);
-  cx.M = M.data_ptr<T>();
+  cx.M = M.numel() ? M.data_ptr<T>() : nullptr;  // empty M: identity (u already holds u M)
   cx.b.resize(cx.D);
   cx.bb = 0;
   const T* bp = b.data_ptr<T>();
@@ -287,13 +333,14 @@ BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double ep
 template <typename T>
 void bn_fwd_impl(const T* up, T* yp, int64_t N, const BnRowCtx<T>& cx) {
   const int64_t D = cx.D;
-  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D * ((cx.M ? D : 0) + 8)), [&](int64_t i0, int64_t i1) {
     std::vector<double> v(D), e(D);
     stereo::Row<double> s1, s2;
     stereo::Coef<double> c1, c2;
     for (int64_t i = i0; i < i1; ++i) {
       bn_row_fwd(cx, up + i * D, v.data(), e.data(), s1, c1, s2, c2);
       T* yr = yp + i * D;
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d) yr[d] = T(c2.a * e[d]);
     }
   });
@@ -307,9 +354,10 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> aM(nth), ab(nth);
   std::vector<double> ak(nth, 0.0);
-  at::parallel_for(0, N, grain(D * (D + 8)), [&](int64_t i0, int64_t i1) {
+  const bool ident = cx.M == nullptr;
+  at::parallel_for(0, N, grain(D * ((ident ? 0 : 2 * D) + 16)), [&](int64_t i0, int64_t i1) {
     const int tid = at::get_thread_num();
-    if (aM[tid].empty()) { aM[tid].assign(D * D, 0.0); ab[tid].assign(D, 0.0); }
+    if (ab[tid].empty()) { aM[tid].assign(ident ? 0 : D * D, 0.0); ab[tid].assign(D, 0.0); }
     double* pM = aM[tid].data();
     double* pb = ab[tid].data();
     std::vector<double> v(D), e(D), ge(D), gv(D);
@@ -321,23 +369,36 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
       const T* gr = gp + i * D;
       bn_row_fwd(cx, ur, v.data(), e.data(), s1, c1, s2, c2);
       double ga = 0;
+#pragma omp simd reduction(+ : ga)
       for (int64_t d = 0; d < D; ++d) ga += double(gr[d]) * e[d];
       const Row<double> r2 = vjp(PROJECT, s2, cx.eps, ga, 0.0, 0.0);
       double gab = 0, gav = 0, gad = 0;
+      const double* bp = cx.b.data();
+      double* gep = ge.data();
+      const double* vp = v.data();
+      const double* ep = e.data();
+#pragma omp simd reduction(+ : gab, gav, gad)
       for (int64_t d = 0; d < D; ++d) {
-        ge[d] = (c2.a + c2.c) * double(gr[d]) + 2.0 * r2.xx * e[d];
-        gab += ge[d] * cx.b[d];
-        gav += ge[d] * v[d];
-        gad += ge[d] * (cx.b[d] - v[d]);
+        gep[d] = (c2.a + c2.c) * double(gr[d]) + 2.0 * r2.xx * ep[d];
+        gab += gep[d] * bp[d];
+        gav += gep[d] * vp[d];
+        gad += gep[d] * (bp[d] - vp[d]);
       }
       const Row<double> r1 = vjp(EXPMAP, s1, 0.0, gab, gav, gad);
       kk += r2.k + r1.k;
+      double* gvp = gv.data();
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
-        const double bd = cx.b[d], vd = v[d], dlt = bd - vd;
-        pb[d] += (c1.a + c1.c) * ge[d] + 2.0 * r1.xx * bd + r1.xy * vd + 2.0 * r1.dd * dlt;
-        gv[d] = (c1.b - c1.c) * ge[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt;
+        const double bd = bp[d], vd = vp[d], dlt = bd - vd;
+        pb[d] += (c1.a + c1.c) * gep[d] + 2.0 * r1.xx * bd + r1.xy * vd + 2.0 * r1.dd * dlt;
+        gvp[d] = (c1.b - c1.c) * gep[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt;
       }
       T* gur = gup + i * D;
+      if (ident) {
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) gur[d] = T(gvp[d]);
+        continue;
+      }
       for (int64_t e_ = 0; e_ < D; ++e_) {
         const T* Mr = cx.M + e_ * D;
         double acc = 0;
@@ -352,13 +413,15 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
     }
     ak[tid] += kk;
   });
-  for (int64_t j = 0; j < D * D; ++j) gM[j] = 0;
+  if (!ident)
+    for (int64_t j = 0; j < D * D; ++j) gM[j] = 0;
   for (int64_t d = 0; d < D; ++d) gb[d] = 0;
   *gk = 0;
   for (int t = 0; t < nth; ++t) {
     *gk += ak[t];
-    if (aM[t].empty()) continue;
-    for (int64_t j = 0; j < D * D; ++j) gM[j] += aM[t][j];
+    if (ab[t].empty()) continue;
+    if (!ident)
+      for (int64_t j = 0; j < D * D; ++j) gM[j] += aM[t][j];
     for (int64_t d = 0; d < D; ++d) gb[d] += ab[t][d];
   }
 }
@@ -366,7 +429,8 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
 void check_bn_args(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b) {
   check_rows("poincare_bn_rows", u);
   const int64_t D = u.size(1);
-  TORCH_CHECK(M.dim() == 2 && M.size(0) == D && M.size(1) == D, "poincare_bn_rows: M must be (D, D)");
+  TORCH_CHECK(M.numel() == 0 || (M.dim() == 2 && M.size(0) == D && M.size(1) == D),
+              "poincare_bn_rows: M must be (D, D) (or empty: the identity)");
   TORCH_CHECK(b.dim() == 1 && b.size(0) == D, "poincare_bn_rows: b must be (D,)");
   TORCH_CHECK(M.scalar_type() == u.scalar_type() && b.scalar_type() == u.scalar_type(),
               "poincare_bn_rows: u, M, b must share a dtype");
@@ -430,7 +494,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
   const int64_t D = u.size(1);
   at::Tensor gu = at::empty_like(u);
   const auto dopt = u.options().dtype(at::kDouble);
-  at::Tensor gM = at::empty({D, D}, dopt), gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
+  at::Tensor gM = M.numel() ? at::empty({D, D}, dopt) : at::empty({0}, dopt), gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
   if (u.scalar_type() == at::kDouble)
     bn_bwd_impl<double>(g.data_ptr<double>(), u.data_ptr<double>(), u.size(0), bn_ctx<double>(M, b, c, eps),
                         gu.data_ptr<double>(), gM.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());

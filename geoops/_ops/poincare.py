@@ -220,7 +220,7 @@ class _Reference:
     def _bn(u, M, b, c, eps):
         from ..reference import poincare as ref
 
-        return ref.project(ref.expmap(b, u @ M, c), c, eps=eps)
+        return ref.project(ref.expmap(b, u @ M if M.numel() else u, c), c, eps=eps)  # empty M: identity
 
     @classmethod
     def poincare_bn_rows_fwd(cls, u, M, b, c, eps):
@@ -231,7 +231,8 @@ class _Reference:
     def poincare_bn_rows_bwd(cls, g, u, M, b, c, eps):
         with torch.enable_grad():
             ins = [t.detach().requires_grad_(True) for t in (u, M, b, c.to(u.dtype))]
-            gu, gM, gb, gc = torch.autograd.grad(cls._bn(*ins, eps), ins, g.to(u.dtype))
+            gu, gM, gb, gc = torch.autograd.grad(cls._bn(*ins, eps), ins, g.to(u.dtype), allow_unused=True)
+        gM = torch.zeros_like(M) if gM is None else gM
         return gu, gM, gb, gc.to(c.dtype)
 
     @staticmethod
@@ -253,6 +254,11 @@ class _Reference:
             v = g.new_zeros((B, H, W, C)).requires_grad_(True)
             (gv,) = torch.autograd.grad(cls._patches(v, kh, kw, ph, pw, sh, sw, scale), (v,), g)
         return gv
+
+
+def cpp_kernels():
+    """The C++ kernel namespace (what :func:`kernels` returns when the CPU kernels run)."""
+    return _Cpp
 
 
 def kernels(device: torch.device):
