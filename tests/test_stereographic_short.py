@@ -149,13 +149,13 @@ FLOAT_CALL_OPS = ("expmap", "expmap0", "logmap", "logmap0", "dist", "dist0")
 def _fp32_rel_err(op: str, d: int, kv, seed: int) -> float:
     """Largest row-wise relative error of the fp32 forward against the fp64 reference evaluated on the
     same fp32-rounded inputs (so only the kernel's own rounding counts), 4,100 rows: interior points,
-    points within 1e-4 .. 1e-2 of the boundary, tiny vectors and close pairs."""
+    points within 1e-3 .. 1e-2 of the boundary, tiny vectors and close pairs."""
     g = torch.Generator().manual_seed(seed)
     n = 4100
     kr = torch.as_tensor(kv, dtype=torch.float64)
     kneg = float(kr.min()) if kr.numel() > 1 else float(kr)
     frac = torch.rand(n, generator=g, dtype=torch.float64) * 0.95
-    frac[::7] = 1 - torch.logspace(-4, -2, len(frac[::7]), dtype=torch.float64)
+    frac[::7] = 1 - torch.logspace(-3, -2, len(frac[::7]), dtype=torch.float64)
     frac[3::11] = 1e-4
     x = pc._ball_points(g, n, d, min(kneg, -1e-9) if kneg < 0 else -1.0, frac)
     if op in ("expmap",):
