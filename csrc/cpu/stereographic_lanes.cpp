@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "stereographic_rows.h"
 #include "vec_math_inl.h"
@@ -61,6 +62,115 @@ struct LaneMath {
   Vec tanc(const Vec& z) { return vecmath::eval<false>(z, Vec(1.0)); }
   Vec atanc(const Vec& z, const Vec& q) { return vecmath::eval<true>(z, q); }
 };
+
+// ---------------------------------------------------------------- float transcendentals (fp32/fp16/bf16 rows)
+// Ops whose forward calls tanc or atanc exactly once, with an argument that does not depend on another
+// transcendental: for float inputs their forward evaluates that one call in float (16 rows per AVX-512
+// vector, SLEEF's float tanh / log1p, 1 ulp) and everything else (the row sums and the algebra around
+// the call, where 1 + k|x|^2 and the denominators cancel near the boundary) in double, as before.
+// Three passes over a block's lanes: (1) the double algebra up to the call, recording its arguments
+// z, q (RecordMath; the rest of that pass is dead code), (2) the call in float, (3) the double algebra
+// again with the call's value replayed (ReplayMath).  On z <= 0 (k <= 0: tanh, artanh) both functions
+// are well conditioned in z and q (relative condition numbers <= 1), so rounding z and q to float
+// costs a few float ulps of the result, below the output's own rounding to float; blocks with a lane
+// of z >= series cut (k > 0: tan, whose condition grows without bound near pi/2), a NaN, or |z|, q
+// beyond float's range keep the double call.
+constexpr bool float_call_op(int op) {
+  return op == EXPMAP || op == EXPMAP0 || op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0;
+}
+constexpr bool call_is_atanc(int op) { return op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0; }
+
+using FVec = at::vec::Vectorized<float>;
+constexpr int kFLanes = FVec::size();
+static_assert(kMaxBlock % kFLanes == 0, "a block of lanes is whole float vectors");
+
+struct RecordMath {
+  Vec z = Vec(0.0), q = Vec(1.0);
+  Vec tanc(const Vec& z_) {
+    z = z_;
+    return Vec(1.0);
+  }
+  Vec atanc(const Vec& z_, const Vec& q_) {
+    z = z_, q = q_;
+    return Vec(1.0);
+  }
+};
+struct ReplayMath {
+  Vec v;
+  Vec tanc(const Vec&) { return v; }
+  Vec atanc(const Vec&, const Vec&) { return v; }
+};
+
+inline bool any_lane_f(const FVec& mask) { return mask.zero_mask() != (1 << FVec::size()) - 1; }
+
+// tanc(z) (ATANC = false) or atanc(z, q) on float lanes with z < series cut (the series and the
+// k < 0 closed forms of stereo_math.h; the caller keeps z >= cut lanes on the double path).
+template <bool ATANC>
+inline FVec eval_f(const FVec& z, const FVec& q) {
+  const FVec cut(series_cut<float>());
+  FVec out = ATANC ? stereo::atanc_series(z) : stereo::tanc_series(z);
+  const FVec neg = z <= -cut;
+  if (any_lane_f(neg)) {
+    const FVec s = at::vec::maximum(-z, cut).sqrt();
+    FVec v;
+    if (ATANC) {  // artanh(s)/s = 0.5*log1p(2s(1+s)/q)/s
+      const FVec qc = at::vec::maximum(q, FVec(min_den<float>()));
+      v = FVec(0.5f) * (FVec(2.0f) * s * (FVec(1.0f) + s) / qc).log1p() / s;
+    } else {
+      v = s.tanh() / s;
+    }
+    out = FVec::blendv(out, v, neg);
+  }
+  return out;
+}
+
+// The forward coefficients of the nv lanes of a block (row scalars in xx .. rr), OP's one tanc/atanc
+// call in float where every lane allows it (see above), in double otherwise.
+template <int OP>
+inline void block_fwd_float_call(const double* xx, const double* yy, const double* xy, const double* dd,
+                                 const double* kk, const double* rr, int64_t nv, double param, double* ca, double* cb,
+                                 double* cc) {
+  alignas(64) double zd[kMaxBlock], qd[kMaxBlock], vd[kMaxBlock];
+  alignas(64) float zf[kMaxBlock], qf[kMaxBlock], vf[kMaxBlock];
+  auto row_at = [&](int64_t v) {
+    return Row<Vec>{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                    Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+  };
+  const int64_t nf = (nv + kFLanes - 1) / kFLanes * kFLanes;  // lanes nv .. nf: z = 0, q = 1
+  const Vec cut(static_cast<double>(series_cut<float>())), big(1e30);
+  Vec ok = Vec(0.0) == Vec(0.0);
+  for (int64_t v = 0; v < nf; v += kLanes) {  // (1) the call's arguments
+    RecordMath rec;
+    if (v < nv) (void)stereo::fwd<Vec>(OP, row_at(v), Vec(param), rec);
+    ok = ok & (rec.z < cut) & (rec.z > -big) & (rec.q < big);  // !(z < cut) also catches NaN
+    rec.z.store(zd + v);
+    rec.q.store(qd + v);
+  }
+  const bool in_float = ok.zero_mask() == 0;
+  if (in_float) {  // (2) the call in float
+#pragma omp simd
+    for (int64_t b = 0; b < nf; ++b) {
+      zf[b] = static_cast<float>(zd[b]);
+      qf[b] = static_cast<float>(qd[b]);
+    }
+    for (int64_t v = 0; v < nf; v += kFLanes) {
+      eval_f<call_is_atanc(OP)>(FVec::loadu(zf + v), FVec::loadu(qf + v)).store(vf + v);
+    }
+#pragma omp simd
+    for (int64_t b = 0; b < nf; ++b) vd[b] = static_cast<double>(vf[b]);
+  } else {
+    for (int64_t v = 0; v < nv; v += kLanes) {
+      vecmath::eval<call_is_atanc(OP)>(Vec::loadu(zd + v), Vec::loadu(qd + v)).store(vd + v);
+    }
+  }
+  for (int64_t v = 0; v < nv; v += kLanes) {  // (3) the coefficients with the call's value
+    ReplayMath rep{Vec::loadu(vd + v)};
+    const Coef<Vec> c = stereo::fwd<Vec>(OP, row_at(v), Vec(param), rep);
+    c.a.store(ca + v);
+    c.b.store(cb + v);
+    c.c.store(cc + v);
+  }
+}
 
 // Row sums of the rows i0 .. i0+kBlock-1 (rows past `last` repeat row `last`), rows on the lanes:
 // xx, and for two-input ops yy, xy and dd = |x - y|^2 accumulated directly; with HAS_G (backward of
@@ -229,14 +339,18 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       }
     }
     block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
-    LaneMath lm;
-    for (int64_t v = 0; v < nv; v += kLanes) {
-      const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
-                         Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
-      const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
-      c.a.store(ca + v);
-      c.b.store(cb + v);
-      c.c.store(cc + v);
+    if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
+      block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, ca, cb, cc);
+    } else {
+      LaneMath lm;
+      for (int64_t v = 0; v < nv; v += kLanes) {
+        const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                           Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+        const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
+        c.a.store(ca + v);
+        c.b.store(cb + v);
+        c.c.store(cc + v);
+      }
     }
     if (SCALAR_OUT) {
       for (int64_t b = 0; b < nb; ++b) store(op_, i0 + b, static_cast<opmath_t>(ca[b]));
