@@ -587,8 +587,8 @@ def test_cdist_fp32_ball_fused_epilogue_tail_lanes_and_saved_path(kval, D):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kval", [-1.0, 0.7, 0.0])
 def test_cdist_cpu_forward_schedules_agree(dtype, kval, monkeypatch):
-    """The CPU forward's schedules (GEOOPS_CDIST_FWD: one GEMM per batch then one parallel epilogue pass, or
-    blocks of 7 rows: a partial last block) give the default schedule's values, with and without the
+    """The CPU forward's schedules (GEOOPS_CDIST_FWD: one GEMM per batch then one parallel epilogue pass, the
+    default row blocks, or blocks of 7 rows: a partial last block) give the default schedule's values, with and without the
     saved A (to rounding: MKL's result may depend on the block's rows), close pairs and duplicates included."""
     C = geoops._backend.compiled()
     x = _ball(2, 45, 9, k=-1.0, frac=0.9, seed=80).to(dtype)
@@ -598,7 +598,7 @@ def test_cdist_cpu_forward_schedules_agree(dtype, kval, monkeypatch):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
     monkeypatch.delenv("GEOOPS_CDIST_FWD", raising=False)
     base = [C.cdist_fwd_cpu(x, y, k, save) for save in (False, True)]
-    for mode in ("full", "7", "1000"):
+    for mode in ("full", "block", "7", "1000"):
         monkeypatch.setenv("GEOOPS_CDIST_FWD", mode)
         for save, (d0, A0) in zip((False, True), base):
             d, A = C.cdist_fwd_cpu(x, y, k, save)

@@ -272,8 +272,12 @@ inline int64_t block_rows(int64_t N, int64_t M) {
   return std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 17) / std::max<int64_t>(M, 1)));
 }
 
-// Forward schedule: rows per block of the blocked loop, or 0 for one GEMM per batch (multi-threaded) followed by
-// one parallel epilogue pass.  GEOOPS_CDIST_FWD=full|<rows> overrides it (measurements).
+// Forward schedule: the rows per block of the blocked loop (the default: single-threaded GEMM per block, epilogue
+// while the block is in cache), or 0 for one GEMM per batch (MKL's own threads) followed by one parallel epilogue
+// pass over rows.  Session 7 (2048 x 2048 x 64 fp32, shared machine): single-threaded the two were within noise
+// (full 8.1-13.7 ms, 64-row blocks 9.3-13.9 ms in alternating runs); at 2 threads the blocks were faster
+// (min 6.0 vs 6.9 ms) and far more robust under load (MKL's 2-thread GEMM stalls when a thread is descheduled).
+// GEOOPS_CDIST_FWD=full|block|<rows> overrides it (measurements; read per call).
 inline int64_t fwd_block_rows(int64_t N, int64_t M) {
   if (const char* e = std::getenv("GEOOPS_CDIST_FWD")) {
     if (std::string(e) == "full") return 0;
