@@ -210,7 +210,7 @@ def test_cdist_opcheck():
     g = torch.randn(2, 5, 4, dtype=torch.float64)
     torch.library.opcheck(torch.ops.geoops.cdist_bwd.default, (g, x, y, k, A, d, 7))
     torch.library.opcheck(torch.ops.geoops.cdist_rank_key.default, (x, y, k))
-    torch.library.opcheck(torch.ops.geoops.dist_from_key.default, (A, k))
+    torch.library.opcheck(torch.ops.geoops.dist_from_key.default, (torch.ops.geoops.cdist_rank_key(x, y, k), k))
 
 
 def test_cdist_reference_backend_agrees():
@@ -582,3 +582,59 @@ def test_cdist_fp32_ball_fused_epilogue_tail_lanes_and_saved_path(kval, D):
     assert (gs.cdist(xf, xf, k=kval).diagonal() == 0).all()
     out_g = gs.cdist(xf.clone().requires_grad_(), yf, k=kval)
     torch.testing.assert_close(out_g.detach(), out, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kval", [-1.0, 0.7, 0.0])
+def test_cdist_cpu_forward_schedules_agree(dtype, kval, monkeypatch):
+    """The CPU forward's schedules (GEOOPS_CDIST_FWD: one GEMM per batch then one parallel epilogue pass, the
+    default row blocks, or blocks of 7 rows: a partial last block) give the default schedule's values, with and without the
+    saved A (to rounding: MKL's result may depend on the block's rows), close pairs and duplicates included."""
+    C = geoops._backend.compiled()
+    x = _ball(2, 45, 9, k=-1.0, frac=0.9, seed=80).to(dtype)
+    y = torch.cat([_ball(2, 30, 9, k=-1.0, frac=0.9, seed=81).to(dtype), x[:, :6] * (1 - 1e-6)], 1)
+    y[:, 3] = x[:, 3]
+    k = torch.tensor([kval, kval / 2], dtype=torch.float64)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    monkeypatch.delenv("GEOOPS_CDIST_FWD", raising=False)
+    base = [C.cdist_fwd_cpu(x, y, k, save) for save in (False, True)]
+    for mode in ("full", "block", "7", "1000"):
+        monkeypatch.setenv("GEOOPS_CDIST_FWD", mode)
+        for save, (d0, A0) in zip((False, True), base):
+            d, A = C.cdist_fwd_cpu(x, y, k, save)
+            torch.testing.assert_close(d, d0, **tol)  # the GEMM's rounding may depend on the block's rows
+            torch.testing.assert_close(A, A0, **tol)
+            assert (d[:, 3, 3] == 0).all(), mode
+            assert _relerr(d, _ref64(x, y, k.reshape(-1, 1, 1))) < (1e-3 if dtype == torch.float32 else 1e-9), mode
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kval", [-1.0, 0.7, 0.0])
+def test_cdist_cpu_backward_recomputes_A(dtype, kval):
+    """cdist_bwd_cpu with an empty A (the CPU forward no longer saves it) recomputes A per block of rows: the same
+    gradients as from the forward's saved A, close pairs (taken out of the GEMMs) and duplicates included, for x,
+    y and k; and the autograd path (which passes the empty A) matches the float64 reference."""
+    C = geoops._backend.compiled()
+    x = _ball(2, 45, 9, k=-1.0, frac=0.9, seed=82).to(dtype)
+    y = torch.cat([_ball(2, 30, 9, k=-1.0, frac=0.9, seed=83).to(dtype), x[:, :6] * (1 - 1e-5)], 1)
+    y[:, 3] = x[:, 3]
+    k = torch.tensor([kval, kval / 2], dtype=dtype)
+    d, A = C.cdist_fwd_cpu(x, y, k, True)
+    assert A.shape == d.shape
+    g = torch.randn(d.shape, generator=torch.Generator().manual_seed(84), dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-11, atol=1e-12)
+    for mask in (7, 1, 2, 4):
+        saved = C.cdist_bwd_cpu(g, x, y, k, A, d, mask)
+        recomputed = C.cdist_bwd_cpu(g, x, y, k, x.new_empty(0), d, mask)
+        for a, b in zip(saved, recomputed):
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, **tol)
+    d2, A2 = torch.ops.geoops.cdist_fwd(x, y, k, True)
+    assert A2.numel() == 0 and torch.equal(d2, d)
+    xs, ys, ks = (t.detach().double().requires_grad_() for t in (x, y, k))
+    exp = torch.autograd.grad(ref.cdist(xs, ys, k=ks.reshape(-1, 1, 1)), (xs, ys, ks), g.double())
+    xg, yg, kg = (t.detach().clone().requires_grad_() for t in (x, y, k))
+    got = torch.autograd.grad(gs.cdist(xg, yg, k=kg.reshape(-1, 1, 1)), (xg, yg, kg), g)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3 if dtype == torch.float32 else 1e-9,
+                                   atol=1e-3 if dtype == torch.float32 else 1e-10)

@@ -38,6 +38,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <mutex>
 #include <vector>
@@ -270,6 +272,21 @@ inline int64_t block_rows(int64_t N, int64_t M) {
   return std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 17) / std::max<int64_t>(M, 1)));
 }
 
+// Forward schedule: the rows per block of the blocked loop (the default: single-threaded GEMM per block, epilogue
+// while the block is in cache), or 0 for one GEMM per batch (MKL's own threads) followed by one parallel epilogue
+// pass over rows.  Session 7 (2048 x 2048 x 64 fp32, shared machine): single-threaded the two were within noise
+// (full 8.1-13.7 ms, 64-row blocks 9.3-13.9 ms in alternating runs); at 2 threads the blocks were faster
+// (min 6.0 vs 6.9 ms) and far more robust under load (MKL's 2-thread GEMM stalls when a thread is descheduled).
+// GEOOPS_CDIST_FWD=full|block|<rows> overrides it (measurements; read per call).
+inline int64_t fwd_block_rows(int64_t N, int64_t M) {
+  if (const char* e = std::getenv("GEOOPS_CDIST_FWD")) {
+    if (std::string(e) == "full") return 0;
+    const long long v = std::atoll(e);
+    if (v > 0) return std::min<int64_t>(N, v);
+  }
+  return block_rows(N, M);
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                             bool save) {
@@ -304,40 +321,60 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
     const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);  // points outside the ball: clamped p (see top)
     for (int64_t j = 0; j < s.M; ++j) py[b * s.M + j] = std::max(T(1.0 + kp[b] * y2[b * s.M + j]), pmin);
   }
-  // one parallel region over (batch, block of rows): the block's GEMM (single-threaded, into A's rows), then
-  // A (close pairs exact) and the distances while the block is in cache
-  const int64_t RB = block_rows(s.N, s.M), nblk = (s.N + RB - 1) / RB;
   // float, k < 0 (neg_row_f32): the GEMM goes into the output, A (when saved) is written by the epilogue
   constexpr bool is_f32 = std::is_same<T, float>::value;
   std::vector<T> ipy(is_f32 ? s.B * s.M : 0);
   for (size_t q = 0; q < ipy.size(); ++q) ipy[q] = T(1) / py[q];
+  // the epilogue of rows [i0, i0 + nr) of batch b, whose <x, y> is in the GEMM target (the output or A)
+  auto epilogue = [&](int64_t b, int64_t i0, int64_t nr) {
+    const bool neg_fast = is_f32 && kp[b] < 0;
+    const Curv<T> cv = curv<T>(kp[b]);
+    const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);
+    for (int64_t r = b * s.N + i0; r < b * s.N + i0 + nr; ++r) {
+      const T* xi = xp + r * s.D;
+      double x2 = 0;
+#pragma omp simd reduction(+ : x2)
+      for (int64_t d = 0; d < s.D; ++d) x2 += double(xi[d]) * double(xi[d]);
+      const int64_t off = r * s.M;
+      const T px = std::max(T(1.0 + kp[b] * x2), pmin);
+      if constexpr (is_f32) {
+        if (neg_fast) {
+          const NegRowF rc{float(x2), 1.f / px, float(2.0 * cv.c), cv.rs, float(tau)};
+          neg_row_f32(op + off, op + off, save ? Ap + off : nullptr, xi, yp + b * s.M * s.D, y2f.data() + b * s.M,
+                      ipy.data() + b * s.M, s.M, s.D, rc);
+          continue;
+        }
+      }
+      fill_A_row<T>(Ap + off, xi, yp + b * s.M * s.D, x2, y2.data() + b * s.M, y2f.data() + b * s.M, s.M, s.D,
+                    tau);
+      dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv);
+    }
+  };
+  auto gemm_target = [&](int64_t b) { return (save && !(is_f32 && kp[b] < 0) ? A : out).select(0, b); };
+  const int64_t RB = fwd_block_rows(s.N, s.M);
+  if (RB == 0) {
+    for (int64_t b = 0; b < s.B; ++b) {
+      at::Tensor Gv = gemm_target(b);
+      at::mm_out(Gv, x.select(0, b), y.select(0, b).t());
+    }
+    at::parallel_for(0, s.B * s.N, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1;) {
+        const int64_t b = r / s.N, i0 = r % s.N, nr = std::min(r1 - r, s.N - i0);
+        epilogue(b, i0, nr);
+        r += nr;
+      }
+    });
+    return {out, A};
+  }
+  // one parallel region over (batch, block of rows): the block's GEMM (single-threaded, into the output's or A's
+  // rows), then A (close pairs exact) and the distances while the block is in cache
+  const int64_t nblk = (s.N + RB - 1) / RB;
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
-      const bool neg_fast = is_f32 && kp[b] < 0;
-      at::Tensor Gv = (save && !neg_fast ? A : out).select(0, b).narrow(0, i0, nr);
+      at::Tensor Gv = gemm_target(b).narrow(0, i0, nr);
       at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
-      const Curv<T> cv = curv<T>(kp[b]);
-      const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);
-      for (int64_t r = b * s.N + i0; r < b * s.N + i0 + nr; ++r) {
-        const T* xi = xp + r * s.D;
-        double x2 = 0;
-#pragma omp simd reduction(+ : x2)
-        for (int64_t d = 0; d < s.D; ++d) x2 += double(xi[d]) * double(xi[d]);
-        const int64_t off = r * s.M;
-        const T px = std::max(T(1.0 + kp[b] * x2), pmin);
-        if constexpr (is_f32) {
-          if (neg_fast) {
-            const NegRowF rc{float(x2), 1.f / px, float(2.0 * cv.c), cv.rs, float(tau)};
-            neg_row_f32(op + off, op + off, save ? Ap + off : nullptr, xi, yp + b * s.M * s.D, y2f.data() + b * s.M,
-                        ipy.data() + b * s.M, s.M, s.D, rc);
-            continue;
-          }
-        }
-        fill_A_row<T>(Ap + off, xi, yp + b * s.M * s.D, x2, y2.data() + b * s.M, y2f.data() + b * s.M, s.M, s.D,
-                      tau);
-        dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv);
-      }
+      epilogue(b, i0, nr);
     }
   });
   return {out, A};
@@ -414,14 +451,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   const T* xp = x.data_ptr<T>();
   const T* yp = y.data_ptr<T>();
   const T* gp = g.data_ptr<T>();
-  const T* Ap = A.data_ptr<T>();
+  // A saved by the forward, or (A empty) recomputed per block of rows: the block's GEMM and fill_A_row (close
+  // pairs exact), while the block is in cache
+  const bool recompute = A.numel() == 0;
+  TORCH_CHECK(recompute || (A.dim() == 3 && A.size(0) == s.B && A.size(1) == s.N && A.size(2) == s.M),
+              "cdist_bwd: A must be [B, N, M] or empty");
+  const T* Ap = recompute ? nullptr : A.data_ptr<T>();
   const T* dp = want_k ? dist.data_ptr<T>() : nullptr;
   std::vector<double> x2(s.B * s.N), y2(s.B * s.M);
   row_sqnorms(xp, s.B * s.N, s.D, x2.data());
   row_sqnorms(yp, s.B * s.M, s.D, y2.data());
   const at::Tensor kd = k.to(at::kDouble).contiguous();
   const double* kp = kd.data_ptr<double>();
-  const T tauT = T(close_tau<T>(s.D));
+  const double tau = close_tau<T>(s.D);
+  const T tauT = T(tau);
   // per column: clamped p_y, 1/p_y, |y|^2
   std::vector<T> pyc(s.B * s.M), ipy(s.B * s.M), y2f(s.B * s.M);
   for (int64_t b = 0; b < s.B; ++b)
@@ -443,10 +486,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
     int64_t i, j;
     T w;
   };
-  const int64_t RB = block_rows(s.N, s.M), nblk = (s.N + RB - 1) / RB;
+  int64_t RB = block_rows(s.N, s.M);
+  if (const char* e = std::getenv("GEOOPS_CDIST_BWD_RB")) RB = std::max<int64_t>(1, std::min<int64_t>(s.N, std::atoll(e)));
+  const int64_t nblk = (s.N + RB - 1) / RB;
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor Wt = at::empty({RB, s.M}, x.options());
     T* Wp = Wt.data_ptr<T>();
+    at::Tensor Ablk = recompute ? at::empty({RB, s.M}, x.options()) : x.new_empty({0});
     at::Tensor dyl = want_y ? at::zeros({s.M, s.D}, x.options()) : x.new_empty({0});
     std::vector<T> colf(s.M);
     std::vector<double> cold(s.M, 0.0), alpha(RB);
@@ -475,9 +521,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
       const T* y2b = y2f.data() + b * s.M;
       std::fill(colf.begin(), colf.end(), T(0));
       closes.clear();
+      if (recompute) {
+        at::Tensor Gv = Ablk.narrow(0, 0, nr);
+        at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
+      }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = i0 + r, off = (b * s.N + i) * s.M;
         const double x2i = x2[b * s.N + i];
+        T* Ar = recompute ? Ablk.data_ptr<T>() + r * s.M : nullptr;
+        if (recompute)
+          fill_A_row<T>(Ar, xp + (b * s.N + i) * s.D, yp + b * s.M * s.D, x2i, y2.data() + b * s.M, y2b, s.M, s.D,
+                        tau);
+        const T* ar = recompute ? Ar : Ap + off;
         BwdRow<T> cr;
         cr.k = T(kv);
         cr.ik = kv != 0 ? T(1.0 / kv) : T(0);
@@ -487,13 +542,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
         cr.tau = tauT;
         int64_t nclose = 0;
         T* wr = Wp + r * s.M;
-        alpha[r] = want_k ? bwd_row<T, true>(gp + off, Ap + off, dp + off, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
+        alpha[r] = want_k ? bwd_row<T, true>(gp + off, ar, dp + off, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
                                              dk_acc, nclose)
-                          : bwd_row<T, false>(gp + off, Ap + off, nullptr, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
+                          : bwd_row<T, false>(gp + off, ar, nullptr, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
                                               dk_acc, nclose);
         if (nclose) {  // close pairs (rare): W_ij (x_i - y_j) added exactly after the GEMMs
           for (int64_t j = 0; j < s.M; ++j) {
-            const T a = Ap[off + j];
+            const T a = ar[j];
             if (!(a > T(0)) || !(a < cr.tau * (cr.x2 + y2b[j])) || gp[off + j] == T(0)) continue;
             const T den = std::max(cr.px * pyb[j] - cr.k * a, std::numeric_limits<T>::min());
             closes.push_back({i, j, T(2) * gp[off + j] / std::sqrt(a * den)});

@@ -19,6 +19,7 @@ torch.compile sees one opaque op.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -170,11 +171,17 @@ CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -
 # geoops::cdist_fwd(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor dist, Tensor A)
 # geoops::cdist_bwd(Tensor g, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) -> (dx, dy, dk)
 # on x [B, N, D], y [B, M, D] (float32/float64, contiguous), k [B]; dist and A = |x_i - y_j|^2 are
-# [B, N, M] (A empty unless save).  dk is per batch [B] in k's dtype.
+# [B, N, M] (A empty unless save and the kernel set's SAVES_A; cdist_bwd then recomputes A).  dk is per batch [B]
+# in k's dtype.
 class _PairCpp:
+    # the C++ backward recomputes A per block of rows (one more GEMM) instead of reading an [N, M] buffer that the
+    # forward would have to write (a second output stream, its page faults and its memory)
+    SAVES_A = os.environ.get("GEOOPS_CDIST_SAVE_A", "0") == "1"
+
     @staticmethod
     def cdist_fwd(x, y, k, save):
-        return tuple(_backend.compiled().cdist_fwd_cpu(x.detach(), y.detach(), k.detach(), save))
+        return tuple(_backend.compiled().cdist_fwd_cpu(x.detach(), y.detach(), k.detach(),
+                                                       bool(save) and _PairCpp.SAVES_A))
 
     @staticmethod
     def cdist_bwd(g, x, y, k, A, d, mask):
@@ -244,10 +251,15 @@ def _cdist_fwd(x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, save: bool):
     return pair_kernels(x.device).cdist_fwd(x, y, k, save)
 
 
+def _saves_A(device: torch.device) -> bool:
+    """Whether cdist_fwd(save=True) on `device` returns A (else an empty tensor, and cdist_bwd recomputes A)."""
+    return getattr(pair_kernels(device), "SAVES_A", True)
+
+
 def _cdist_fwd_fake(x, y, k, save):
     B, N, _ = x.shape
     M = y.shape[1]
-    return x.new_empty((B, N, M)), (x.new_empty((B, N, M)) if save else x.new_empty((0,)))
+    return x.new_empty((B, N, M)), (x.new_empty((B, N, M)) if save and _saves_A(x.device) else x.new_empty((0,)))
 
 
 def _cdist_bwd(g, x, y, k, A, d, mask: int):
