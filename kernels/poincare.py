@@ -425,25 +425,28 @@ def _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm):
 
 
 @triton.jit
+def _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M: tl.constexpr):
+    """Columns j0 .. j0 + BLOCK_M of the rows: (cols, column mask, tile mask, t tile, C_j, S_j, Z_j)."""
+    cols, m = _chunk(j0, rmask, M, BLOCK_M)
+    cm = cols < M
+    t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+    Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+    return cols, cm, m, t, Cj, Sj, Zj
+
+
+@triton.jit
 def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, N, M, eps,
                    BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    _pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     sc = tl.sqrt(c)
     ty = Y_ptr.dtype.element_ty
     inv_sc = (1.0 / sc).to(ty)
     k1 = tl.load(K1_ptr + rows, mask=rmask, other=0.0).to(ty)
     k0 = tl.load(K0_ptr + rows, mask=rmask, other=0.0).to(ty)
-    base = rows[:, None] * M
     Sw = tl.zeros((BLOCK_R,), tl.float64)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
@@ -454,11 +457,7 @@ def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, 
     s = tl.where(ny > maxnorm, s * (maxnorm / tl.where(ny > 0, ny, 1.0)), s)
     sT = s.to(ty)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         tl.store(Y_ptr + base + cols[None, :], w * sT[:, None], mask=m)
 
@@ -469,9 +468,7 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
                    COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
     """dL/dt into GT; per row RL = dL/dlam, RG = the direct dc terms, RS = the sc terms (before 1/(2 sc));
     with COLS per program the column partials PZ (through |z_j|), PC (through C_j), PS (through S_j)."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     sc = tl.sqrt(c)
     ty = GT_ptr.dtype.element_ty
@@ -481,16 +478,11 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
     srd = tl.load(SR_ptr + rows, mask=rmask, other=1.0)
     k1 = k1d.to(ty)
     k0 = k0d.to(ty)
-    base = rows[:, None] * M
     Sw = tl.zeros((BLOCK_R,), tl.float64)
     gyw = tl.zeros((BLOCK_R,), tl.float64)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
         _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
@@ -518,12 +510,8 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
     r_sa = tl.zeros((BLOCK_R,), tl.float64)
     r_sb = tl.zeros((BLOCK_R,), tl.float64)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
         a, A, chu, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         gw = aT * g + bT * w
         gw = tl.where(m, gw, 0.0)
