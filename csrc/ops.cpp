@@ -75,9 +75,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare midpoint batch norm row pass project(expmap_b(u M)) (CPU)");
   m.def("poincare_bn_rows_bwd_cpu", &geoops::cpu::poincare_bn_rows_bwd_cpu,
         "Poincare midpoint batch norm row pass, backward -> (du, dM, db, dc) (CPU)");
-  m.def("poincare_patches_fwd_cpu", &geoops::cpu::poincare_patches_fwd_cpu,
-        "Poincare conv patch gather (channels-last, (tap, channel) order) (CPU)");
-  m.def("poincare_patches_bwd_cpu", &geoops::cpu::poincare_patches_bwd_cpu, "Poincare conv patch gather, backward (CPU)");
   m.def("poincare_relu_bwd_cpu", &geoops::cpu::poincare_relu_bwd_cpu, "Poincare ReLU of rows, backward -> (dx, dc) (CPU)");
   // ---- end poincare
 #ifdef GEOOPS_WITH_CUDA

@@ -9,7 +9,6 @@ under the Triton interpreter (``TRITON_INTERPRET=1``).  It implements the contra
     poincare_relu_fwd(x, c, eps) -> y;                 poincare_relu_bwd(g, x, c, eps) -> (dx, dc)
     poincare_midpoint_sums_fwd(x, c) -> (F, L);        poincare_midpoint_sums_bwd(gF, gL, x, c) -> (dx, dc)
     poincare_bn_rows_fwd(u, M, b, c, eps) -> y;        poincare_bn_rows_bwd(g, u, M, b, c, eps) -> (du, dM, db, dc)
-    poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale);  poincare_patches_bwd(g, B, H, W, C, ...)
 
 Layout.  Every kernel is a row kernel: a program takes BLOCK_R rows and walks them in BLOCK_D-wide
 chunks (reduce, then write: a chunk is reloaded, never kept), so any width runs.  Offsets are 64-bit
@@ -34,7 +33,6 @@ row coefficient * x, the tangent rows' extra term, dz = x^T dt + column coeffici
 ReLU, midpoint sums, batch norm rows: csrc/cpu/poincare_layers.cpp's row math in float64 per row (the
 batch norm's expmap / project coefficients and their vjps are the stereographic family's ``_fwd_coef`` /
 ``_vjp``, the same forms as geoops/stereo_math.h), element-wise passes in the tile type (float32 or float64).
-Patches: the gather (forward) and the per-pixel sum over the <= kh*kw taps that read a pixel (backward).
 
 Precision: float32 or float64 (geoops.poincare upcasts the half types, as the CPU path does).  Every float32
 division is IEEE (``_div``).  The interpreter has no libdevice: asinh/sinh/cosh/tanh/log1p resolve to numpy
@@ -58,8 +56,7 @@ except ImportError:  # pragma: no cover - older layouts
 
 __all__ = ["poincare_fc_fwd", "poincare_fc_bwd", "poincare_relu_fwd", "poincare_relu_bwd",
            "poincare_midpoint_sums_fwd", "poincare_midpoint_sums_bwd", "poincare_bn_rows_fwd",
-           "poincare_bn_rows_bwd", "poincare_patches_fwd", "poincare_patches_bwd", "poincare_fc_rows_fwd",
-           "poincare_fc_rows_bwd", "compile_variants"]
+           "poincare_bn_rows_bwd", "poincare_fc_rows_fwd", "poincare_fc_rows_bwd", "compile_variants"]
 
 F64 = tl.constexpr(tl.float64)
 _CUT = tl.constexpr(1e-3)  # Taylor cut of the float64 row math (as the C++ kernels)
@@ -118,6 +115,21 @@ def _rows_of(pid, BLOCK_R: tl.constexpr):
     return pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
 
 
+@triton.jit
+def _row_block(N, D, BLOCK_R: tl.constexpr):
+    """This program's rows of an (N, D) row-major tensor: (pid, rows, row mask, 64-bit row offsets (BLOCK_R, 1))."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = _rows_of(pid, BLOCK_R)
+    return pid, rows, rows < N, rows[:, None] * D
+
+
+@triton.jit
+def _chunk(d0, rmask, D, BLOCK_D: tl.constexpr):
+    """Columns d0 .. d0 + BLOCK_D of a row walk and the tile mask."""
+    cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+    return cols, rmask[:, None] & (cols[None, :] < D)
+
+
 # ---------------------------------------------------------------- Poincaré ReLU
 @triton.jit
 def _relu_row(X, R, c, eps, GRADS: tl.constexpr):
@@ -150,26 +162,33 @@ def _relu_row(X, R, c, eps, GRADS: tl.constexpr):
 
 
 @triton.jit
-def _relu_fwd_kernel(X_ptr, Y_ptr, C_ptr, N, D, eps,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
-    c = tl.load(C_ptr).to(tl.float64)
-    base = rows[:, None] * D
+def _relu_sums(X_ptr, G_ptr, base, rmask, D, GRADS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Row sums |x|^2, |relu x|^2 and (GRADS) <g, relu x> in float64 (G_ptr is not read without GRADS)."""
     XX = tl.zeros((BLOCK_R,), tl.float64)
     RR = tl.zeros((BLOCK_R,), tl.float64)
+    GG = tl.zeros((BLOCK_R,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
+        cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+        r = tl.where(x > 0, x, 0.0)
         XX += tl.sum(x * x, 1).to(tl.float64)
-        RR += tl.sum(tl.where(x > 0, x * x, 0.0), 1).to(tl.float64)
+        RR += tl.sum(r * r, 1).to(tl.float64)
+        if GRADS:
+            g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+            GG += tl.sum(g * r, 1).to(tl.float64)
+    return XX, RR, GG
+
+
+@triton.jit
+def _relu_fwd_kernel(X_ptr, Y_ptr, C_ptr, N, D, eps,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    _pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
+    c = tl.load(C_ptr).to(tl.float64)
+    XX, RR, _GG = _relu_sums(X_ptr, X_ptr, base, rmask, D, False, BLOCK_R, BLOCK_D)
     f, _a, _b, _c = _relu_row(XX, RR, c, eps, False)
     fT = f.to(Y_ptr.dtype.element_ty)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
+        cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
         tl.store(Y_ptr + base + cols[None, :], tl.where(x > 0, fT[:, None] * x, 0.0), mask=m)
 
@@ -177,31 +196,16 @@ def _relu_fwd_kernel(X_ptr, Y_ptr, C_ptr, N, D, eps,
 @triton.jit
 def _relu_bwd_kernel(G_ptr, X_ptr, GX_ptr, GK_ptr, C_ptr, N, D, eps,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    _pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
-    base = rows[:, None] * D
-    XX = tl.zeros((BLOCK_R,), tl.float64)
-    RR = tl.zeros((BLOCK_R,), tl.float64)
-    GG = tl.zeros((BLOCK_R,), tl.float64)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
-        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
-        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-        r = tl.where(x > 0, x, 0.0)
-        XX += tl.sum(x * x, 1).to(tl.float64)
-        RR += tl.sum(r * r, 1).to(tl.float64)
-        GG += tl.sum(g * r, 1).to(tl.float64)
+    XX, RR, GG = _relu_sums(X_ptr, G_ptr, base, rmask, D, True, BLOCK_R, BLOCK_D)
     f, fR2, fX2, fk = _relu_row(XX, RR, c, eps, True)
     ty = GX_ptr.dtype.element_ty
     fT = f.to(ty)[:, None]
     aT = (GG * fR2).to(ty)[:, None]
     bT = (GG * fX2).to(ty)[:, None]
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
+        cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
         gx = tl.where(x > 0, fT * g + aT * x, 0.0) + bT * x
@@ -214,23 +218,18 @@ def _relu_bwd_kernel(G_ptr, X_ptr, GX_ptr, GK_ptr, C_ptr, N, D, eps,
 def _mid_fwd_kernel(X_ptr, PF_ptr, PL_ptr, C_ptr, N, D,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per program: PF[pid] = sum over its rows of lam_i x_i (D,), PL[pid] = sum of (lam_i - 1)."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
-    base = rows[:, None] * D
     XX = tl.zeros((BLOCK_R,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
+        cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
         XX += tl.sum(x * x, 1)
     lam = 2.0 / tl.maximum(1.0 - c * XX, 1e-15)
     lam = tl.where(rmask, lam, 0.0)
     tl.store(PL_ptr + pid, tl.sum(tl.where(rmask, lam - 1.0, 0.0), 0))
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
+        cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
         tl.store(PF_ptr + pid * D + cols, tl.sum(lam[:, None] * x, 0), mask=cols < D)
 
@@ -239,17 +238,13 @@ def _mid_fwd_kernel(X_ptr, PF_ptr, PL_ptr, C_ptr, N, D,
 def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """dx_i = lam_i gF + (<gF, x_i> + gL) c lam_i^2 x_i; GC[i] = (<gF, x_i> + gL) lam_i^2 |x_i|^2 / 2."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     gL = tl.load(GL_ptr).to(tl.float64)
-    base = rows[:, None] * D
     XX = tl.zeros((BLOCK_R,), tl.float64)
     PP = tl.zeros((BLOCK_R,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
+        cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
         gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
         XX += tl.sum(x * x, 1)
@@ -261,8 +256,7 @@ def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
     aT = lam.to(ty)[:, None]
     bT = (w * c).to(ty)[:, None]
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m = rmask[:, None] & (cols[None, :] < D)
+        cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
         gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0)
         tl.store(GX_ptr + base + cols[None, :], aT * gf[None, :] + bT * x, mask=m)
@@ -274,11 +268,12 @@ def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
 # stereographic coefficient forms (k = -c).  Row scalars: s1 = (bb, vv, bv, dd) for expmap at b, s2 = (ee,)
 # for project.
 @triton.jit
-def _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D):
-    m = rmask[:, None] & (cols[None, :] < D)
+def _bn_tiles(V_ptr, B_ptr, base, rmask, d0, D, BLOCK_D: tl.constexpr):
+    """Chunk d0 of the rows: (cols, mask, v, b) in float64."""
+    cols, m = _chunk(d0, rmask, D, BLOCK_D)
     v = tl.load(V_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
     b = tl.load(B_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
-    return m, v, b
+    return cols, m, v, b
 
 
 @triton.jit
@@ -298,8 +293,7 @@ def _bn_expmap(V_ptr, B_ptr, base, rmask, bb, k, N, D, BLOCK_R: tl.constexpr, BL
     bv = tl.zeros((BLOCK_R,), tl.float64)
     dd = tl.zeros((BLOCK_R,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
+        _cols, m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, d0, D, BLOCK_D)
         vv += tl.sum(v * v, 1)
         bv += tl.sum(b[None, :] * v, 1)
         dl = b[None, :] - v
@@ -311,27 +305,49 @@ def _bn_expmap(V_ptr, B_ptr, base, rmask, bb, k, N, D, BLOCK_R: tl.constexpr, BL
 
 
 @triton.jit
+def _bn_e(v, b, a1, b1, c1):
+    """The expmap tile e = a1 b + b1 v + c1 (b - v) of rows v (float64) at b."""
+    return a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
+
+
+@triton.jit
+def _bn_e_sums(V_ptr, B_ptr, G_ptr, base, rmask, a1, b1, c1, D, GRADS: tl.constexpr, BLOCK_R: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Pass 2: row sums |e|^2 and (GRADS) <g, e> in float64 (G_ptr is not read without GRADS)."""
+    ee = tl.zeros((BLOCK_R,), tl.float64)
+    ga = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols, m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, d0, D, BLOCK_D)
+        e = _bn_e(v, b, a1, b1, c1)
+        ee += tl.sum(e * e, 1)
+        if GRADS:
+            g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+            ga += tl.sum(g * e, 1)
+    return ee, ga
+
+
+@triton.jit
+def _bn_ge(G_ptr, V_ptr, B_ptr, base, rmask, d0, D, a1, b1, c1, ac2, r2xx, BLOCK_D: tl.constexpr):
+    """Chunk d0 of dL/de = (a2 + c2) g + 2 r2xx e (project's vjp): (cols, mask, v, b, ge)."""
+    cols, m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, d0, D, BLOCK_D)
+    g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+    ge = ac2[:, None] * g + 2.0 * r2xx[:, None] * _bn_e(v, b, a1, b1, c1)
+    return cols, m, v, b, ge
+
+
+@triton.jit
 def _bn_fwd_kernel(V_ptr, B_ptr, Y_ptr, C_ptr, N, D,
                    EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    _pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     k = -tl.load(C_ptr).to(tl.float64)
-    base = rows[:, None] * D
     bb = _bn_bb(B_ptr, D, BLOCK_D)
     vv, bv, dd, a1, b1, c1 = _bn_expmap(V_ptr, B_ptr, base, rmask, bb, k, N, D, BLOCK_R, BLOCK_D)
-    ee = tl.zeros((BLOCK_R,), tl.float64)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
-        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
-        ee += tl.sum(e * e, 1)
+    ee, _ga = _bn_e_sums(V_ptr, B_ptr, V_ptr, base, rmask, a1, b1, c1, D, False, BLOCK_R, BLOCK_D)
     z0 = tl.zeros_like(ee)
     a2, _b2, _c2 = _fwd_coef(PROJECT, ee, z0, z0, z0, z0 + k, z0, EPS, _CUT)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
-        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
+        cols, m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, d0, D, BLOCK_D)
+        e = _bn_e(v, b, a1, b1, c1)
         tl.store(Y_ptr + base + cols[None, :], (a2[:, None] * e).to(Y_ptr.dtype.element_ty), mask=m)
 
 
@@ -339,35 +355,21 @@ def _bn_fwd_kernel(V_ptr, B_ptr, Y_ptr, C_ptr, N, D,
 def _bn_bwd_kernel(G_ptr, V_ptr, B_ptr, GV_ptr, PB_ptr, GK_ptr, C_ptr, N, D,
                    EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """GV = dL/dv (N, D), PB[pid] = this program's part of dL/db (D,), GK[i] = row i's dL/dk."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     k = -tl.load(C_ptr).to(tl.float64)
-    base = rows[:, None] * D
     bb = _bn_bb(B_ptr, D, BLOCK_D)
     vv, bv, dd, a1, b1, c1 = _bn_expmap(V_ptr, B_ptr, base, rmask, bb, k, N, D, BLOCK_R, BLOCK_D)
-    ee = tl.zeros((BLOCK_R,), tl.float64)
-    ga = tl.zeros((BLOCK_R,), tl.float64)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
-        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
-        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
-        ee += tl.sum(e * e, 1)
-        ga += tl.sum(g * e, 1)
+    ee, ga = _bn_e_sums(V_ptr, B_ptr, G_ptr, base, rmask, a1, b1, c1, D, True, BLOCK_R, BLOCK_D)
     z0 = tl.zeros_like(ee)
     kr = z0 + k
     a2, _b2, c2 = _fwd_coef(PROJECT, ee, z0, z0, z0, kr, z0, EPS, _CUT)
     r2xx, _y, _xy, _dd, r2k, _r = _vjp(PROJECT, ee, z0, z0, z0, kr, z0, ga, z0, z0, EPS, _CUT)
+    ac2 = a2 + c2
     gab = tl.zeros((BLOCK_R,), tl.float64)
     gav = tl.zeros((BLOCK_R,), tl.float64)
     gad = tl.zeros((BLOCK_R,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
-        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
-        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
-        ge = (a2 + c2)[:, None] * g + 2.0 * r2xx[:, None] * e
+        _cols, _m, v, b, ge = _bn_ge(G_ptr, V_ptr, B_ptr, base, rmask, d0, D, a1, b1, c1, ac2, r2xx, BLOCK_D)
         gab += tl.sum(ge * b[None, :], 1)
         gav += tl.sum(ge * v, 1)
         gad += tl.sum(ge * (b[None, :] - v), 1)
@@ -375,71 +377,12 @@ def _bn_bwd_kernel(G_ptr, V_ptr, B_ptr, GV_ptr, PB_ptr, GK_ptr, C_ptr, N, D,
     r1xx, r1yy, r1xy, r1dd, r1k, _r1 = _vjp(EXPMAP, bbr, vv, bv, dd, kr, kr, gab, gav, gad, 0.0, _CUT)
     tl.store(GK_ptr + rows, r2k + r1k, mask=rmask)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        m, v, b = _bn_tiles(V_ptr, B_ptr, base, rmask, cols, D)
-        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
-        e = a1[:, None] * b[None, :] + b1[:, None] * v + c1[:, None] * (b[None, :] - v)
-        ge = (a2 + c2)[:, None] * g + 2.0 * r2xx[:, None] * e
+        cols, m, v, b, ge = _bn_ge(G_ptr, V_ptr, B_ptr, base, rmask, d0, D, a1, b1, c1, ac2, r2xx, BLOCK_D)
         dl = b[None, :] - v
         pb = (a1 + c1)[:, None] * ge + 2.0 * r1xx[:, None] * b[None, :] + r1xy[:, None] * v + 2.0 * r1dd[:, None] * dl
         gv = (b1 - c1)[:, None] * ge + 2.0 * r1yy[:, None] * v + r1xy[:, None] * b[None, :] - 2.0 * r1dd[:, None] * dl
         tl.store(GV_ptr + base + cols[None, :], gv.to(GV_ptr.dtype.element_ty), mask=m)
         tl.store(PB_ptr + pid * D + cols, tl.sum(tl.where(m, pb, 0.0), 0), mask=cols < D)
-
-
-# ---------------------------------------------------------------- patch gather
-@triton.jit
-def _patches_fwd_kernel(V_ptr, O_ptr, NR, H, W, C, Ho, Wo, KW, PH, PW, SH, SW, K, scale,
-                        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """O[(b, ho, wo), (i, j, ch)] = scale * V[b, ho*SH + i - PH, wo*SW + j - PW, ch] (0 outside)."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < NR
-    wo = rows % Wo
-    ho = (rows // Wo) % Ho
-    bi = rows // (Wo * Ho)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        ch = cols % C
-        tap = cols // C
-        i = tap // KW
-        j = tap % KW
-        y = ho[:, None] * SH + i[None, :] - PH
-        x = wo[:, None] * SW + j[None, :] - PW
-        m = rmask[:, None] & (cols[None, :] < K)
-        inside = m & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-        src = ((bi[:, None] * H + y) * W + x) * C + ch[None, :]
-        val = tl.load(V_ptr + tl.where(inside, src, 0), mask=inside, other=0.0)
-        tl.store(O_ptr + rows[:, None] * K + cols[None, :], val * scale, mask=m)
-
-
-@triton.jit
-def _patches_bwd_kernel(G_ptr, GV_ptr, NP, H, W, C, Ho, Wo, KH, KW, PH, PW, SH, SW, K, scale,
-                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """GV[b, y, x, ch] = scale * sum over the taps (i, j) whose patch (ho, wo) reads pixel (y, x)."""
-    pid = tl.program_id(0).to(tl.int64)
-    pix = _rows_of(pid, BLOCK_R)
-    pmask = pix < NP
-    x = pix % W
-    y = (pix // W) % H
-    bi = pix // (W * H)
-    for c0 in range(0, C, BLOCK_C):
-        ch = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        m = pmask[:, None] & (ch[None, :] < C)
-        acc = tl.zeros((BLOCK_R, BLOCK_C), GV_ptr.dtype.element_ty)
-        for i in range(0, KH):
-            hs = y + PH - i
-            ho = hs // SH
-            okh = (hs >= 0) & (hs % SH == 0) & (ho < Ho)
-            for j in range(0, KW):
-                ws = x + PW - j
-                wo = ws // SW
-                ok = okh & (ws >= 0) & (ws % SW == 0) & (wo < Wo)
-                row = (bi * Ho + ho) * Wo + wo
-                src = row * K + (i * KW + j) * C
-                mm = m & ok[:, None]
-                acc += tl.load(G_ptr + tl.where(mm, src[:, None] + ch[None, :], 0), mask=mm, other=0.0)
-        tl.store(GV_ptr + pix[:, None] * C + ch[None, :], acc * scale, mask=m)
 
 
 # ---------------------------------------------------------------- fully connected
@@ -482,25 +425,28 @@ def _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm):
 
 
 @triton.jit
+def _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M: tl.constexpr):
+    """Columns j0 .. j0 + BLOCK_M of the rows: (cols, column mask, tile mask, t tile, C_j, S_j, Z_j)."""
+    cols, m = _chunk(j0, rmask, M, BLOCK_M)
+    cm = cols < M
+    t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+    Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+    return cols, cm, m, t, Cj, Sj, Zj
+
+
+@triton.jit
 def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, N, M, eps,
                    BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    _pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     sc = tl.sqrt(c)
     ty = Y_ptr.dtype.element_ty
     inv_sc = (1.0 / sc).to(ty)
     k1 = tl.load(K1_ptr + rows, mask=rmask, other=0.0).to(ty)
     k0 = tl.load(K0_ptr + rows, mask=rmask, other=0.0).to(ty)
-    base = rows[:, None] * M
     Sw = tl.zeros((BLOCK_R,), tl.float64)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
@@ -511,11 +457,7 @@ def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, 
     s = tl.where(ny > maxnorm, s * (maxnorm / tl.where(ny > 0, ny, 1.0)), s)
     sT = s.to(ty)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         tl.store(Y_ptr + base + cols[None, :], w * sT[:, None], mask=m)
 
@@ -526,9 +468,7 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
                    COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
     """dL/dt into GT; per row RL = dL/dlam, RG = the direct dc terms, RS = the sc terms (before 1/(2 sc));
     with COLS per program the column partials PZ (through |z_j|), PC (through C_j), PS (through S_j)."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = _rows_of(pid, BLOCK_R)
-    rmask = rows < N
+    pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     sc = tl.sqrt(c)
     ty = GT_ptr.dtype.element_ty
@@ -538,16 +478,11 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
     srd = tl.load(SR_ptr + rows, mask=rmask, other=1.0)
     k1 = k1d.to(ty)
     k0 = k0d.to(ty)
-    base = rows[:, None] * M
     Sw = tl.zeros((BLOCK_R,), tl.float64)
     gyw = tl.zeros((BLOCK_R,), tl.float64)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
         _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
@@ -575,12 +510,8 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
     r_sa = tl.zeros((BLOCK_R,), tl.float64)
     r_sb = tl.zeros((BLOCK_R,), tl.float64)
     for j0 in range(0, M, BLOCK_M):
-        cols = j0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        cm = cols < M
-        m = rmask[:, None] & cm[None, :]
-        t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
+        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-        Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
         a, A, chu, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
         gw = aT * g + bT * w
         gw = tl.where(m, gw, 0.0)
@@ -911,51 +842,6 @@ def poincare_bn_rows_bwd(g, u, M, b, c, eps):
     return gu, gM, pb.sum(0).to(u.dtype), (-gk.sum()).to(c.dtype)
 
 
-# ---- patches
-def _geom(H, W, kh, kw, ph, pw, sh, sw):
-    if min(kh, kw, sh, sw) <= 0 or min(ph, pw) < 0:
-        raise ValueError("geoops.kernels.poincare.poincare_patches: bad kernel geometry")
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    if Ho <= 0 or Wo <= 0:
-        raise ValueError("geoops.kernels.poincare.poincare_patches: the kernel is larger than the padded image")
-    return Ho, Wo
-
-
-def poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale):
-    _check("poincare_patches", v)
-    if v.dim() != 4:
-        raise ValueError("geoops.kernels.poincare.poincare_patches: v must be (B, H, W, C)")
-    v = v.contiguous()
-    B, H, W, C = v.shape
-    Ho, Wo = _geom(H, W, kh, kw, ph, pw, sh, sw)
-    K = kh * kw * C
-    NR = B * Ho * Wo
-    out = v.new_empty((NR, K))
-    if NR and K:
-        br, bk, nw = _blocks(NR, K)
-        with _device_guard(v):
-            _patches_fwd_kernel[(triton.cdiv(NR, br),)](v, out, NR, H, W, C, Ho, Wo, kw, ph, pw, sh, sw, K,
-                                                        float(scale), BLOCK_R=br, BLOCK_K=bk, num_warps=nw, **_st._maxnreg(nw))
-    return out
-
-
-def poincare_patches_bwd(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
-    _check("poincare_patches", g)
-    g = g.contiguous()
-    Ho, Wo = _geom(H, W, kh, kw, ph, pw, sh, sw)
-    K = kh * kw * C
-    if tuple(g.shape) != (B * Ho * Wo, K):
-        raise ValueError(f"geoops.kernels.poincare.poincare_patches: grad must be ({B * Ho * Wo}, {K})")
-    gv = g.new_empty((B, H, W, C))
-    NP = B * H * W
-    if NP and C:
-        br, bc, nw = _blocks(NP, C)
-        with _device_guard(g):
-            _patches_bwd_kernel[(triton.cdiv(NP, br),)](g, gv, NP, H, W, C, Ho, Wo, kh, kw, ph, pw, sh, sw, K,
-                                                        float(scale), BLOCK_R=br, BLOCK_C=bc, num_warps=nw, **_st._maxnreg(nw))
-    return gv
-
-
 INTERPRETED = type(_relu_fwd_kernel).__name__ == "InterpretedFunction"
 if INTERPRETED:
     _math = _NumpyMath  # noqa: F811 - the interpreter cannot call libdevice
@@ -975,7 +861,7 @@ def compile_variants():
     Per dtype (float32, float64): the fc epilogue forward and backward (with and without the column
     partials) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
     the ReLU, midpoint sums and batch norm row pass forward and backward for a narrow (16) and a wide
-    (chunked, 300 / 200) row; the patch gather and its backward; and (float32) the IEEE GEMM.  The launches
+    (chunked, 300 / 200) row; and (float32) the IEEE GEMM.  The launches
     call the module's own launchers on small CPU tensors.  Expectations: 64-bit program-id arithmetic, IEEE
     float32 division; no spill in float32, up to 32 B in float64 (libdevice's float64 tan reduction in the
     batch norm's expmap coefficients, as in the stereographic rows).
@@ -1012,10 +898,6 @@ def compile_variants():
             bb = torch.zeros(Db, dtype=dtype)
             add(f"bn_rows/{shape} fwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_fwd(u, M, bb, c, 1e-3))
             add(f"bn_rows/{shape} bwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_bwd(u, u, M, bb, c, 1e-3))
-        v = torch.zeros(2, 32, 32, 16, dtype=dtype)
-        add("patches/3x3 fwd", lambda v=v: poincare_patches_fwd(v, 3, 3, 1, 1, 1, 1, 0.5))
-        gp_ = torch.zeros(2 * 32 * 32, 144, dtype=dtype)
-        add("patches/3x3 bwd", lambda gp_=gp_: poincare_patches_bwd(gp_, 2, 32, 32, 16, 3, 3, 1, 1, 1, 1, 0.5))
         if dtype == torch.float32:
             a = torch.zeros(256, 144, dtype=dtype)
             bm = torch.zeros(144, 16, dtype=dtype)

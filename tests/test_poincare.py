@@ -215,3 +215,22 @@ def test_fc_bad_input():
         gp.poincare_fc(x, z, b, c=1.0, dim=3)
     with pytest.raises(TypeError, match="c must be"):
         gp.poincare_fc(x, z, b, c="1")
+
+
+@pytest.mark.parametrize("zn", [0.05, 0.25, 0.6])
+def test_fc_float32_epilogue_across_branches(zn):
+    """The float32 epilogue's asinh / sinh switch from their Taylor series (|a| < 1/2, |u| < 1) to SLEEF's
+    log / exp: one-column layers whose a = 2s / (1 - s^2) sweeps 1e-7 .. 2e3 (both signs, with and without an
+    offset) stay within a few float32 ulps of the float64 kernel on the same (float32-rounded) inputs."""
+    s = torch.logspace(-7, math.log10(0.999), 401, dtype=torch.float64)
+    s = torch.cat([s, -s, torch.zeros(1, dtype=torch.float64)]).float().double()
+    x = torch.stack([s, torch.zeros_like(s)], 1)
+    z = torch.tensor([[zn, zn], [0.0, 0.3]], dtype=torch.float64).float().double()
+    b = torch.tensor([0.0, 0.05], dtype=torch.float64).float().double()
+    c = torch.tensor(1.0, dtype=torch.float64)
+    want = gp.poincare_fc(x, z, b, c=c, eps=4e-3)
+    got = gp.poincare_fc(x.float(), z.float(), b.float(), c=c.float(), eps=4e-3)
+    assert want.abs().min() < 1e-6 and want.abs().max() > 0.9  # both branches of both functions ran
+    torch.testing.assert_close(got[:, 0].double(), want[:, 0], rtol=2e-6, atol=1e-12)
+    # column 1: a = k1 t C - k0 S cancels where it changes sign (float32 inputs of a, not the epilogue)
+    torch.testing.assert_close(got[:, 1].double(), want[:, 1], rtol=2e-6, atol=1e-8)

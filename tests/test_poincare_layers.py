@@ -356,28 +356,6 @@ def test_batchnorm_fused_ops_opcheck():
     torch.testing.assert_close(f(xi), gnn.PoincareBatchNorm2d(4, gnn.PoincareBall(1.0))(xi), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("geom", [(3, 3, 1, 1, 1, 1), (2, 3, 0, 1, 2, 1), (1, 1, 0, 0, 1, 1), (3, 2, 2, 0, 1, 3)])
-def test_patch_gather_matches_unfold(geom):
-    """The conv's C++ patch gather (tap, channel order, beta factor) equals F.unfold's patches re-ordered, and its
-    backward equals autograd's; opcheck of both ops."""
-    import geoops._ops.poincare as pops
-
-    kh, kw, ph, pw, sh, sw = geom
-    v = torch.randn(2, 5, 6, 3, dtype=torch.float64)
-    rows = pops.poincare_patches_fwd_op(v, kh, kw, ph, pw, sh, sw, 0.5)
-    u = torch.nn.functional.unfold(v.permute(0, 3, 1, 2), (kh, kw), padding=(ph, pw), stride=(sh, sw))
-    want = (u.reshape(2, 3, kh * kw, -1).permute(0, 3, 2, 1).reshape(rows.shape)) * 0.5
-    torch.testing.assert_close(rows, want, rtol=0, atol=1e-15)
-    g = torch.randn_like(rows)
-    vv = v.clone().requires_grad_(True)
-    uu = torch.nn.functional.unfold(vv.permute(0, 3, 1, 2), (kh, kw), padding=(ph, pw), stride=(sh, sw))
-    (gw,) = torch.autograd.grad(uu.reshape(2, 3, kh * kw, -1).permute(0, 3, 2, 1).reshape(rows.shape) * 0.5, vv, g)
-    torch.testing.assert_close(pops.poincare_patches_bwd_op(g, 2, 5, 6, 3, kh, kw, ph, pw, sh, sw, 0.5), gw,
-                               rtol=1e-12, atol=1e-14)
-    torch.library.opcheck(pops.poincare_patches_fwd_op, (v.float(), kh, kw, ph, pw, sh, sw, 0.5))
-    torch.library.opcheck(pops.poincare_patches_bwd_op, (g.float(), 2, 5, 6, 3, kh, kw, ph, pw, sh, sw, 0.5))
-
-
 @pytest.mark.parametrize("tangent", [True, False])
 @pytest.mark.parametrize("radius", [0.5, 3.0])  # 3.0: tangent rows whose expmap0 lands on the projection
 def test_fc_rows_ops_vs_reference_and_opcheck(tangent, radius):

@@ -108,30 +108,40 @@ struct TangentRows {
   std::vector<double> s, dsdn_n, dsdc;
 };
 
+// one row of tangent_rows: the scale s of a row with U = |u|^2 (X = s^2 U); dsdn_n, dsdc as below
+inline double tangent_row(double U, double sc, double maxnorm, double dmax_dc, double* dsdn_n = nullptr,
+                          double* dsdc = nullptr) {
+  const double n = std::max(std::sqrt(U), 1e-15);
+  const double q = sc * n;
+  double s, dsdq;
+  if (q < 1e-3) {
+    s = 1.0 - q * q / 3.0;
+    dsdq = -2.0 * q / 3.0;
+  } else {
+    const double th = std::tanh(q);
+    s = th / q;
+    dsdq = ((1.0 - th * th) - s) / q;
+  }
+  double dn, dc;
+  if (s * n > maxnorm) {
+    s = maxnorm / n;
+    dn = -maxnorm / (n * n * n);
+    dc = dmax_dc / n;
+  } else {
+    dn = sc * dsdq / n;
+    dc = n * dsdq / (2.0 * sc);
+  }
+  if (dsdn_n) *dsdn_n = dn;
+  if (dsdc) *dsdc = dc;
+  return s;
+}
+
 inline TangentRows tangent_rows(std::vector<double>& X, double sc, double maxnorm, double dmax_dc) {
   const int64_t N = X.size();
   TangentRows tr;
   tr.s.resize(N); tr.dsdn_n.resize(N); tr.dsdc.resize(N);
   for (int64_t i = 0; i < N; ++i) {
-    const double n = std::max(std::sqrt(X[i]), 1e-15);
-    const double q = sc * n;
-    double s, dsdq;
-    if (q < 1e-3) {
-      s = 1.0 - q * q / 3.0;
-      dsdq = -2.0 * q / 3.0;
-    } else {
-      const double th = std::tanh(q);
-      s = th / q;
-      dsdq = ((1.0 - th * th) - s) / q;
-    }
-    if (s * n > maxnorm) {
-      s = maxnorm / n;
-      tr.dsdn_n[i] = -maxnorm / (n * n * n);
-      tr.dsdc[i] = dmax_dc / n;
-    } else {
-      tr.dsdn_n[i] = sc * dsdq / n;
-      tr.dsdc[i] = n * dsdq / (2.0 * sc);
-    }
+    const double s = tangent_row(X[i], sc, maxnorm, dmax_dc, &tr.dsdn_n[i], &tr.dsdc[i]);
     tr.s[i] = s;
     X[i] = s * s * X[i];
   }
@@ -153,6 +163,50 @@ struct ColVec {
   }
 };
 
+// float32: asinh and sinh/cosh from SLEEF's log / exp (u10, no double-float arithmetic as in log1p / expm1)
+// with odd Taylor polynomials near 0, where log(|a| + sqrt(1 + a^2)) and (e^u - e^-u) / 2 cancel:
+//   asinh(a) = a (1 - a^2/6 + 3a^4/40 - ...), |a| < 1/2 (terms to a^21: truncation < 1e-9 relative)
+//   sinh(u)  = u (1 + u^2/6 + u^4/120 + ...),   |u| < 1   (terms to u^13: truncation < 1e-10 relative)
+// Both sides are evaluated for every lane and blended (no branch); e^|u| overflows to inf beyond 88.7, as
+// expm1 did.
+inline Vectorized<float> asinh_abs_f(const Vectorized<float>& ax) {
+  using V = Vectorized<float>;
+  const V one(1.f);
+  const V a2 = ax * ax;
+  const V big = (ax + (a2 + one).sqrt()).log();
+  // the series coefficients (-1)^k (2k)! / (4^k (k!)^2 (2k + 1)), k = 10 .. 1
+  V p(0.0083903358f);
+  p = at::vec::fmadd(p, a2, V(-0.0097616095f));
+  p = at::vec::fmadd(p, a2, V(0.0115518009f));
+  p = at::vec::fmadd(p, a2, V(-0.0139648438f));
+  p = at::vec::fmadd(p, a2, V(0.0173527644f));
+  p = at::vec::fmadd(p, a2, V(-0.0223721591f));
+  p = at::vec::fmadd(p, a2, V(0.0303819444f));
+  p = at::vec::fmadd(p, a2, V(-0.0446428571f));
+  p = at::vec::fmadd(p, a2, V(0.075f));
+  p = at::vec::fmadd(p, a2, V(-0.1666666667f));
+  const V small = at::vec::fmadd(p * a2, ax, ax);
+  return V::blendv(big, small, ax < V(0.5f));
+}
+
+// sinh(|u|) and cosh(|u|), float32 (see asinh_abs_f)
+inline void sinh_cosh_abs_f(const Vectorized<float>& au, Vectorized<float>& sh, Vectorized<float>& chv) {
+  using V = Vectorized<float>;
+  const V half(0.5f);
+  const V e = au.exp();
+  const V ie = V(1.f) / e;
+  const V u2 = au * au;
+  V p(1.f / 6227020800.f);  // 1/13!
+  p = at::vec::fmadd(p, u2, V(1.f / 39916800.f));
+  p = at::vec::fmadd(p, u2, V(1.f / 362880.f));
+  p = at::vec::fmadd(p, u2, V(1.f / 5040.f));
+  p = at::vec::fmadd(p, u2, V(1.f / 120.f));
+  p = at::vec::fmadd(p, u2, V(1.f / 6.f));
+  const V small = at::vec::fmadd(p * u2, au, au);
+  sh = V::blendv((e - ie) * half, small, au < V(1.f));
+  chv = (e + ie) * half;
+}
+
 // One row's a, u, w (vectorised).  Calls f(j0, count, a, A, w, cosh(u)) per vector; returns |w|^2.
 template <typename T, typename F>
 inline double row_pass(const T* tr, const ColVec<T>& cv, T k1, T k0, T inv_sc, int64_t m, F&& f) {
@@ -166,11 +220,16 @@ inline double row_pass(const T* tr, const ColVec<T>& cv, T k1, T k0, T inv_sc, i
     const V Sj = cnt == L ? V::loadu(cv.S.data() + j) : V::loadu(cv.S.data() + j, cnt);
     const V Zj = cnt == L ? V::loadu(cv.Z2.data() + j) : V::loadu(cv.Z2.data() + j, cnt);
     const V a = V(k1) * t * Cj - V(k0) * Sj;
-    const V A = asinh_v(a);
-    const V u = Zj * A;
-    V sh, chv;
-    sinh_cosh_abs(u.abs(), sh, chv);
-    const V w = sh.copysign(u) * V(inv_sc);
+    V A, sh, chv;
+    if constexpr (std::is_same_v<T, float>) {
+      const V Aabs = asinh_abs_f(a.abs());
+      A = Aabs.copysign(a);
+      sinh_cosh_abs_f(Zj * Aabs, sh, chv);  // Z > 0: |u| = Z |A|
+    } else {
+      A = asinh_v(a);
+      sinh_cosh_abs((Zj * A).abs(), sh, chv);
+    }
+    const V w = sh.copysign(a) * V(inv_sc);  // sign(u) = sign(a)
     acc = at::vec::fmadd(w, w, acc);
     f(j, cnt, a, A, w, chv);
   }
@@ -185,8 +244,32 @@ std::vector<double> row_sq_or(const at::Tensor& x, const at::Tensor& U) {
   return std::vector<double>(up, up + U.numel());
 }
 
+// The forward's epilogue of one row: t_row -> y_row (w, then its projection), X = |x|^2, s the tangent
+// row's scale (1 for plain rows).  w is written into y_row and rescaled there while the row is in L1.
+template <typename T>
+inline void fc_fwd_row(const T* tr, T* yr, double X, double s, const ColVec<T>& cv, double c, double sc,
+                       double maxnorm, int64_t m) {
+  using V = Vectorized<T>;
+  const double lam = 2.0 / (1.0 - c * X);
+  const double Sw = row_pass<T>(tr, cv, T(sc * lam * s), T(lam - 1.0), T(1.0 / sc), m,
+                                [&](int64_t j, int64_t cnt, const V&, const V&, const V& w, const V&) {
+                                  if (cnt == V::size()) w.store(yr + j);
+                                  else w.store(yr + j, cnt);
+                                });
+  const double q = std::sqrt(1.0 + c * Sw);
+  double f = 1.0 / (1.0 + q);
+  const double ny = std::sqrt(Sw) * f;
+  if (ny > maxnorm) f *= maxnorm / ny;
+  const T fT = T(f);
+#pragma omp simd
+  for (int64_t j = 0; j < m; ++j) yr[j] *= fT;
+}
+
 // rows_only (U defined): t = x @ z is given (e.g. computed by a convolution) with U the squared row norms of x;
-// x is not used
+// x is not used.  Otherwise the GEMM runs per block of kFwdBlock rows inside the parallel loop (one MKL call
+// per block, single-threaded there) and the block's epilogue follows while its t rows are still in cache.
+constexpr int64_t kFwdBlock = 64;
+
 template <typename T>
 void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c, double eps,
                  bool tangent, at::Tensor& t, at::Tensor& y, const at::Tensor& U = at::Tensor()) {
@@ -195,31 +278,37 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const double maxnorm = (1.0 - eps) / std::sqrt(c + 1e-15);
   const ColConsts cc = column_consts<T>(z, bias, sc);
   const ColVec<T> cv(cc);
-  std::vector<double> X = row_sq_or<T>(x, U);
-  std::vector<double> srow(N, 1.0);
-  if (tangent) srow = tangent_rows(X, sc, maxnorm, 0.0).s;
-  if (!U.defined()) at::mm_out(t, x, z);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const T inv_sc = T(1.0 / sc);
-  at::parallel_for(0, N, 16, [&](int64_t i0, int64_t i1) {
-    using V = Vectorized<T>;
-    for (int64_t i = i0; i < i1; ++i) {
-      const double lam = 2.0 / (1.0 - c * X[i]);
-      const T* tr = tp + i * m;
-      T* yr = yp + i * m;
-      const double Sw = row_pass<T>(tr, cv, T(sc * lam * srow[i]), T(lam - 1.0), inv_sc, m,
-                                    [&](int64_t j, int64_t cnt, const V&, const V&, const V& w, const V&) {
-                                      if (cnt == V::size()) w.store(yr + j);
-                                      else w.store(yr + j, cnt);
-                                    });
-      const double q = std::sqrt(1.0 + c * Sw);
-      double s = 1.0 / (1.0 + q);
-      const double ny = std::sqrt(Sw) * s;
-      if (ny > maxnorm) s *= maxnorm / ny;
-      const T sT = T(s);
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) yr[j] *= sT;
+  if (U.defined()) {
+    const T* up = U.data_ptr<T>();
+    at::parallel_for(0, N, 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        double X = double(up[i]), s = 1.0;
+        if (tangent) { s = tangent_row(X, sc, maxnorm, 0.0); X *= s * s; }
+        fc_fwd_row<T>(tp + i * m, yp + i * m, X, s, cv, c, sc, maxnorm, m);
+      }
+    });
+    return;
+  }
+  const int64_t n = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const int64_t nb = (N + kFwdBlock - 1) / kFwdBlock;
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    at::NoGradGuard no_grad;  // grad mode is thread-local: the pool's threads would see x's requires_grad
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kFwdBlock, nr = std::min(kFwdBlock, N - r0);
+      at::Tensor tb = t.narrow(0, r0, nr);
+      at::mm_out(tb, x.narrow(0, r0, nr), z);
+      for (int64_t i = r0; i < r0 + nr; ++i) {
+        const T* xr = xp + i * n;
+        double X = 0;
+#pragma omp simd reduction(+ : X)
+        for (int64_t d = 0; d < n; ++d) X += double(xr[d]) * double(xr[d]);
+        double s = 1.0;
+        if (tangent) { s = tangent_row(X, sc, maxnorm, 0.0); X *= s * s; }
+        fc_fwd_row<T>(tp + i * m, yp + i * m, X, s, cv, c, sc, maxnorm, m);
+      }
     }
   });
 }

@@ -54,12 +54,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
     const at::Tensor& g, const at::Tensor& u, const at::Tensor& M, const at::Tensor& b, const at::Tensor& c,
     double eps);
 
-// The convolution's patch gather: v (B, H, W, C) channels-last -> (B*Ho*Wo, kh*kw*C) rows in (tap, channel)
-// order times `scale`, zero padding (ph, pw), stride (sh, sw); and its backward (the (B, H, W, C) gradient).
-at::Tensor poincare_patches_fwd_cpu(const at::Tensor& v, int64_t kh, int64_t kw, int64_t ph, int64_t pw, int64_t sh,
-                                    int64_t sw, double scale);
-at::Tensor poincare_patches_bwd_cpu(const at::Tensor& g, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh,
-                                    int64_t kw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, double scale);
-
 }  // namespace cpu
 }  // namespace geoops

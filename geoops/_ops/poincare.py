@@ -28,11 +28,6 @@
         rows u (N, D), M (D, D), b (D,) on the ball -> project(expmap_b(u @ M), eps): the midpoint batch
         norm's fused row pass
     geoops::poincare_bn_rows_bwd(Tensor grad, Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> (du, dM, db, dc)
-    geoops::poincare_patches_fwd(Tensor v, int kh, int kw, int ph, int pw, int sh, int sw, float scale) -> Tensor
-        channels-last tangent pixels v (B, H, W, C) -> the convolution's patch rows (B*Ho*Wo, kh*kw*C) in
-        (tap, channel) order times scale, zero padding: one pass
-    geoops::poincare_patches_bwd(Tensor grad, int B, int H, int W, int C, int kh, int kw, int ph, int pw, int sh,
-                                 int sw, float scale) -> Tensor (B, H, W, C)
 
 x, z, bias share a float32/float64 dtype (geoops.poincare upcasts half types).  Each implementation picks
 the backend per call: CPU -> the fused C++ kernels (csrc/cpu/poincare.cpp), elsewhere the eager reference
@@ -105,14 +100,6 @@ class _Cpp:
     def poincare_bn_rows_bwd(g, u, M, b, c, eps):
         gu, gM, gb, gc = _backend.compiled().poincare_bn_rows_bwd_cpu(g, u, M, b, c, eps)
         return gu, gM, gb, gc.to(c.dtype)
-
-    @staticmethod
-    def poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale):
-        return _backend.compiled().poincare_patches_fwd_cpu(v, kh, kw, ph, pw, sh, sw, scale)
-
-    @staticmethod
-    def poincare_patches_bwd(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
-        return _backend.compiled().poincare_patches_bwd_cpu(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale)
 
 
 class _Reference:
@@ -234,26 +221,6 @@ class _Reference:
             gu, gM, gb, gc = torch.autograd.grad(cls._bn(*ins, eps), ins, g.to(u.dtype), allow_unused=True)
         gM = torch.zeros_like(M) if gM is None else gM
         return gu, gM, gb, gc.to(c.dtype)
-
-    @staticmethod
-    def _patches(v, kh, kw, ph, pw, sh, sw, scale):
-        B, H, W, C = v.shape
-        vp = torch.nn.functional.pad(v, (0, 0, pw, pw, ph, ph))
-        win = vp.unfold(1, kh, sh).unfold(2, kw, sw)  # (B, Ho, Wo, C, kh, kw)
-        Ho, Wo = win.shape[1], win.shape[2]
-        return (win.permute(0, 1, 2, 4, 5, 3) * scale).reshape(B * Ho * Wo, kh * kw * C)
-
-    @classmethod
-    def poincare_patches_fwd(cls, v, kh, kw, ph, pw, sh, sw, scale):
-        with torch.no_grad():
-            return cls._patches(v, kh, kw, ph, pw, sh, sw, scale).contiguous()
-
-    @classmethod
-    def poincare_patches_bwd(cls, g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
-        with torch.enable_grad():
-            v = g.new_zeros((B, H, W, C)).requires_grad_(True)
-            (gv,) = torch.autograd.grad(cls._patches(v, kh, kw, ph, pw, sh, sw, scale), (v,), g)
-        return gv
 
 
 def cpp_kernels():
@@ -394,33 +361,6 @@ poincare_bn_rows_bwd_op = define_op(
     "(Tensor grad, Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> (Tensor, Tensor, Tensor, Tensor)",
     _bn_bwd, _bn_bwd_fake)
 
-def _patches_fwd(v, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int, scale: float):
-    return kernels(v.device).poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, scale)
-
-
-def _patches_fwd_fake(v, kh, kw, ph, pw, sh, sw, scale):
-    B, H, W, C = v.shape
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    return v.new_empty((B * Ho * Wo, kh * kw * C))
-
-
-def _patches_bwd(g, B: int, H: int, W: int, C: int, kh: int, kw: int, ph: int, pw: int, sh: int, sw: int,
-                 scale: float):
-    return kernels(g.device).poincare_patches_bwd(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale)
-
-
-def _patches_bwd_fake(g, B, H, W, C, kh, kw, ph, pw, sh, sw, scale):
-    return g.new_empty((B, H, W, C))
-
-
-poincare_patches_fwd_op = define_op(
-    "geoops::poincare_patches_fwd", "(Tensor v, int kh, int kw, int ph, int pw, int sh, int sw, float scale) -> Tensor",
-    _patches_fwd, _patches_fwd_fake)
-poincare_patches_bwd_op = define_op(
-    "geoops::poincare_patches_bwd",
-    "(Tensor grad, int B, int H, int W, int C, int kh, int kw, int ph, int pw, int sh, int sw, float scale) -> Tensor",
-    _patches_bwd, _patches_bwd_fake)
-
 # eager fast path: plain tensors call the kernels directly, everything else dispatches the custom op
 poincare_fc_fwd = caller(poincare_fc_fwd_op, _fc_fwd)
 poincare_fc_bwd = caller(poincare_fc_bwd_op, _fc_bwd)
@@ -432,5 +372,3 @@ poincare_midpoint_sums_fwd = caller(poincare_midpoint_sums_fwd_op, _mid_fwd)
 poincare_midpoint_sums_bwd = caller(poincare_midpoint_sums_bwd_op, _mid_bwd)
 poincare_bn_rows_fwd = caller(poincare_bn_rows_fwd_op, _bn_fwd)
 poincare_bn_rows_bwd = caller(poincare_bn_rows_bwd_op, _bn_bwd)
-poincare_patches_fwd = caller(poincare_patches_fwd_op, _patches_fwd)
-poincare_patches_bwd = caller(poincare_patches_bwd_op, _patches_bwd)

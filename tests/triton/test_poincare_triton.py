@@ -161,29 +161,9 @@ def test_bn_rows_vs_reference(dtype, N, D, scale):
         _close(a, r.reshape(a.shape), dtype, name)
 
 
-# ---------------------------------------------------------------- patches
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("geom", [(2, 5, 6, 3, 3, 3, 1, 1, 1, 1), (1, 7, 4, 2, 3, 2, 0, 1, 2, 1),
-                                  (3, 4, 4, 1, 1, 1, 0, 0, 1, 1), (1, 6, 5, 4, 2, 2, 1, 0, 2, 3),
-                                  (0, 3, 3, 2, 3, 3, 1, 1, 1, 1)])
-def test_patches_vs_reference(dtype, geom):
-    B, H, W, C, kh, kw, ph, pw, sh, sw = geom
-    g = torch.Generator().manual_seed(sum(geom))
-    v = torch.randn(B, H, W, C, generator=g, dtype=torch.float64)
-    out = P.poincare_patches_fwd(v.to(dtype), kh, kw, ph, pw, sh, sw, 0.75)
-    outr = R.poincare_patches_fwd(v, kh, kw, ph, pw, sh, sw, 0.75)
-    _close(out, outr, dtype, "patches")
-    go = torch.randn(outr.shape, generator=g, dtype=torch.float64)
-    gv = P.poincare_patches_bwd(go.to(dtype), B, H, W, C, kh, kw, ph, pw, sh, sw, 0.75)
-    gvr = R.poincare_patches_bwd(go, B, H, W, C, kh, kw, ph, pw, sh, sw, 0.75)
-    _close(gv, gvr, dtype, "patches bwd")
-
-
 def test_errors_before_launch():
     with pytest.raises(TypeError, match="float32 or float64"):
         P.poincare_relu_fwd(torch.zeros(2, 3, dtype=torch.float16), _c(1.0), 1e-3)
-    with pytest.raises(ValueError, match="kernel is larger"):
-        P.poincare_patches_fwd(torch.zeros(1, 2, 2, 1), 3, 3, 0, 0, 1, 1, 1.0)
     with pytest.raises(ValueError, match="M must be"):
         P.poincare_bn_rows_fwd(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(3), _c(1.0), 1e-3)
 
