@@ -152,10 +152,16 @@ def test_fc_from_tangent(radius):
                                     (u, z, b, c), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def test_fc_opcheck():
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_fc_opcheck(backend):
     x = _ball_points(5, 4)
     z, b = _params(4, 3)
     c = torch.tensor(0.9, dtype=torch.float64)
+    with geoops.use_backend(backend):
+        _fc_opcheck(x, z, b, c)
+
+
+def _fc_opcheck(x, z, b, c):
     for tangent in (False, True):
         torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, b, c, 1e-5, True, tangent))
         torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, None, c, 1e-5, False, tangent))

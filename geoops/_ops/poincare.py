@@ -41,7 +41,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
-from .._library import caller, define_op, kernel_set
+from .._library import caller, define_op, kernel_set, reference_autograd
 
 FAMILY = "poincare"
 
@@ -125,7 +125,7 @@ class _Reference:
     def poincare_fc_bwd(cls, g, x, z, bias, c, t, eps, mask, tangent):
         from ..reference import poincare as ref
 
-        with torch.enable_grad():
+        with reference_autograd():
             xx = x.detach().requires_grad_(True)
             zz = z.detach().requires_grad_(True)
             bb = None if bias is None else bias.detach().requires_grad_(True)
@@ -152,7 +152,7 @@ class _Reference:
     def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
         from ..reference import poincare as ref
 
-        with torch.enable_grad():
+        with reference_autograd():
             tt, UU, zz = (a.detach().requires_grad_(True) for a in (t, U, z))
             bb = None if bias is None else bias.detach().requires_grad_(True)
             cc = c.detach().to(t.dtype).requires_grad_(True)
@@ -178,7 +178,7 @@ class _Reference:
 
     @classmethod
     def poincare_relu_bwd(cls, g, x, c, eps):
-        with torch.enable_grad():
+        with reference_autograd():
             xx = x.detach().requires_grad_(True)
             cc = c.detach().to(x.dtype).requires_grad_(True)
             gx, gc = torch.autograd.grad(cls._relu(xx, cc, eps), (xx, cc), g.to(x.dtype))
@@ -196,7 +196,7 @@ class _Reference:
 
     @classmethod
     def poincare_midpoint_sums_bwd(cls, gF, gL, x, c):
-        with torch.enable_grad():
+        with reference_autograd():
             xx = x.detach().requires_grad_(True)
             cc = c.detach().to(x.dtype).requires_grad_(True)
             F, L = cls._mid(xx, cc)
@@ -216,7 +216,7 @@ class _Reference:
 
     @classmethod
     def poincare_bn_rows_bwd(cls, g, u, M, b, c, eps):
-        with torch.enable_grad():
+        with reference_autograd():
             ins = [t.detach().requires_grad_(True) for t in (u, M, b, c.to(u.dtype))]
             gu, gM, gb, gc = torch.autograd.grad(cls._bn(*ins, eps), ins, g.to(u.dtype), allow_unused=True)
         gM = torch.zeros_like(M) if gM is None else gM
