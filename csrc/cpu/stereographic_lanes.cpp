@@ -101,29 +101,6 @@ struct ReplayMath {
   Vec atanc(const Vec&, const Vec&) { return v; }
 };
 
-inline bool any_lane_f(const FVec& mask) { return mask.zero_mask() != (1 << FVec::size()) - 1; }
-
-// tanc(z) (ATANC = false) or atanc(z, q) on float lanes with z < series cut (the series and the
-// k < 0 closed forms of stereo_math.h; the caller keeps z >= cut lanes on the double path).
-template <bool ATANC>
-inline FVec eval_f(const FVec& z, const FVec& q) {
-  const FVec cut(series_cut<float>());
-  FVec out = ATANC ? stereo::atanc_series(z) : stereo::tanc_series(z);
-  const FVec neg = z <= -cut;
-  if (any_lane_f(neg)) {
-    const FVec s = at::vec::maximum(-z, cut).sqrt();
-    FVec v;
-    if (ATANC) {  // artanh(s)/s = 0.5*log1p(2s(1+s)/q)/s
-      const FVec qc = at::vec::maximum(q, FVec(min_den<float>()));
-      v = FVec(0.5f) * (FVec(2.0f) * s * (FVec(1.0f) + s) / qc).log1p() / s;
-    } else {
-      v = s.tanh() / s;
-    }
-    out = FVec::blendv(out, v, neg);
-  }
-  return out;
-}
-
 // The forward coefficients of the nv lanes of a block (row scalars in xx .. rr), OP's one tanc/atanc
 // call in float where every lane allows it (see above), in double otherwise.
 template <int OP>
@@ -154,7 +131,8 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
       qf[b] = static_cast<float>(qd[b]);
     }
     for (int64_t v = 0; v < nf; v += kFLanes) {
-      eval_f<call_is_atanc(OP)>(FVec::loadu(zf + v), FVec::loadu(qf + v)).store(vf + v);
+      // every lane has z < series cut here (else the block takes the double call below): no k > 0 form
+      vecmath::eval_series_neg<call_is_atanc(OP)>(FVec::loadu(zf + v), FVec::loadu(qf + v)).store(vf + v);
     }
 #pragma omp simd
     for (int64_t b = 0; b < nf; ++b) vd[b] = static_cast<double>(vf[b]);

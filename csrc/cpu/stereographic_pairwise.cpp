@@ -216,7 +216,7 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
     f(Vec::loadu(G + j, m), Vec::loadu(y2f + j, m), Vec::loadu(ipy + j, m), a).store(out + j, m);
     if (Asave) a.store(Asave + j, m);
   }
-  if (!vecmath::any_lane_f(anyclose)) return;
+  if (!vecmath::any_lane(anyclose)) return;
   for (int64_t jj = 0; jj < M; ++jj) {
     if (!(out[jj] < 0.f)) continue;
     const double A = exact_sq(xi, y + jj * D, D);

@@ -35,10 +35,11 @@ inline at::vec::Vectorized<float> approx_recip(const at::vec::Vectorized<float>&
 #endif
 }
 
-// Any lane of a float comparison mask set.
-inline bool any_lane_f(const at::vec::Vectorized<float>& mask) {
-  using Vec = at::vec::Vectorized<float>;
-  return mask.zero_mask() != (1 << Vec::size()) - 1;
+// Any lane of a comparison mask set (lane masks are all-ones or all-zero bit patterns); float or double
+// vectors, shared with vec_math_inl.h.
+template <typename V>
+inline bool any_lane(const V& mask) {
+  return mask.zero_mask() != (1 << V::size()) - 1;
 }
 
 inline at::vec::Vectorized<float> log_pos(const at::vec::Vectorized<float>& w) {

@@ -15,6 +15,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include "geoops/stereo_math.h"
+#include "vec_log.h"  // vecmath::any_lane
 
 namespace geoops {
 namespace cpu {
@@ -22,28 +23,34 @@ namespace vecmath {
 
 using Vec = at::vec::Vectorized<double>;
 
-// Lane masks of a comparison are all-ones or all-zero bit patterns.
-inline bool any_lane(const Vec& mask) { return mask.zero_mask() != (1 << Vec::size()) - 1; }
+// The Taylor branch of tanc(z) (ATANC = false) or atanc(z, q) (ATANC = true) with the k < 0 closed form
+// (z <= -cut) blended in, on double or float lanes (the float lanes: stereographic_lanes.cpp).
+template <bool ATANC, typename V>
+inline V eval_series_neg(const V& z, const V& q) {
+  using S = typename V::value_type;
+  const V cut(stereo::series_cut<S>());
+  V out = ATANC ? stereo::atanc_series(z) : stereo::tanc_series(z);
+  const V neg = z <= -cut;
+  if (any_lane(neg)) {
+    const V s = at::vec::maximum(-z, cut).sqrt();
+    V v;
+    if (ATANC) {  // artanh(s)/s = 0.5*log1p(2s(1+s)/q)/s
+      const V qc = at::vec::maximum(q, V(stereo::min_den<S>()));
+      v = V(S(0.5)) * (V(S(2)) * s * (V(S(1)) + s) / qc).log1p() / s;
+    } else {
+      v = s.tanh() / s;
+    }
+    out = V::blendv(out, v, neg);
+  }
+  return out;
+}
 
 // tanc(z) (ATANC = false) or atanc(z, q) (ATANC = true) lane by lane.
 template <bool ATANC>
 inline Vec eval(const Vec& z, const Vec& q) {
-  using stereo::min_den;
-  using stereo::series_cut;
-  const Vec cut(series_cut<double>());
-  Vec out = ATANC ? stereo::atanc_series(z) : stereo::tanc_series(z);
-  const Vec neg = z <= -cut, pos = z >= cut;  // |z| >= cut: the closed forms, as stereo_math.h
-  if (any_lane(neg)) {
-    const Vec s = at::vec::maximum(-z, cut).sqrt();
-    Vec v;
-    if (ATANC) {  // artanh(s)/s = 0.5*log1p(2s(1+s)/q)/s
-      const Vec qc = at::vec::maximum(q, Vec(min_den<double>()));
-      v = Vec(0.5) * (Vec(2.0) * s * (Vec(1.0) + s) / qc).log1p() / s;
-    } else {
-      v = s.tanh() / s;
-    }
-    out = Vec::blendv(out, v, neg);
-  }
+  const Vec cut(stereo::series_cut<double>());
+  Vec out = eval_series_neg<ATANC>(z, q);
+  const Vec pos = z >= cut;  // |z| >= cut: the closed forms, as stereo_math.h
   if (any_lane(pos)) {
     const Vec s = at::vec::maximum(z, cut).sqrt();
     const Vec v = (ATANC ? s.atan() : s.tan()) / s;
