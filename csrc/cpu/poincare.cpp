@@ -280,14 +280,16 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const ColVec<T> cv(cc);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
+  // row i's epilogue from X = |x_i|^2 (of the tangent input when `tangent`: rescaled here)
+  auto epilogue_row = [&](int64_t i, double X) {
+    double s = 1.0;
+    if (tangent) { s = tangent_row(X, sc, maxnorm, 0.0); X *= s * s; }
+    fc_fwd_row<T>(tp + i * m, yp + i * m, X, s, cv, c, sc, maxnorm, m);
+  };
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     at::parallel_for(0, N, 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        double X = double(up[i]), s = 1.0;
-        if (tangent) { s = tangent_row(X, sc, maxnorm, 0.0); X *= s * s; }
-        fc_fwd_row<T>(tp + i * m, yp + i * m, X, s, cv, c, sc, maxnorm, m);
-      }
+      for (int64_t i = i0; i < i1; ++i) epilogue_row(i, double(up[i]));
     });
     return;
   }
@@ -300,15 +302,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       const int64_t r0 = b * kFwdBlock, nr = std::min(kFwdBlock, N - r0);
       at::Tensor tb = t.narrow(0, r0, nr);
       at::mm_out(tb, x.narrow(0, r0, nr), z);
-      for (int64_t i = r0; i < r0 + nr; ++i) {
-        const T* xr = xp + i * n;
-        double X = 0;
-#pragma omp simd reduction(+ : X)
-        for (int64_t d = 0; d < n; ++d) X += double(xr[d]) * double(xr[d]);
-        double s = 1.0;
-        if (tangent) { s = tangent_row(X, sc, maxnorm, 0.0); X *= s * s; }
-        fc_fwd_row<T>(tp + i * m, yp + i * m, X, s, cv, c, sc, maxnorm, m);
-      }
+      for (int64_t i = r0; i < r0 + nr; ++i) epilogue_row(i, row_sqnorm(xp + i * n, n));
     }
   });
 }
