@@ -17,6 +17,7 @@
 
 #include "poincare.h"
 #include "row_norms.h"
+#include "vec_math.h"  // tanc_n
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -54,15 +55,6 @@ inline void sinh_cosh_abs(const Vectorized<T>& au, Vectorized<T>& sh, Vectorized
   frac = V::blendv(frac, one, e > big);
   sh = (e + frac) * half;
   chv = (ep1 + one / ep1) * half;
-}
-
-template <typename T>
-inline double hsum(const Vectorized<T>& v) {
-  T buf[Vectorized<T>::size()];
-  v.store(buf);
-  double s = 0;
-  for (int i = 0; i < Vectorized<T>::size(); ++i) s += double(buf[i]);
-  return s;
 }
 
 struct ColConsts {
@@ -108,9 +100,10 @@ struct TangentRows {
   std::vector<double> s, dsdn_n, dsdc;
 };
 
-// one row of tangent_rows: the scale s of a row with U = |u|^2 (X = s^2 U); dsdn_n, dsdc as below
+// one tangent row: the scale s of a row with U = |u|^2 (X = s^2 U); dsdn_n, dsdc as below
+// (tq: tanh(q)/q when already evaluated, e.g. by tanc_n on SIMD vectors for a block of rows; < 0: not given)
 inline double tangent_row(double U, double sc, double maxnorm, double dmax_dc, double* dsdn_n = nullptr,
-                          double* dsdc = nullptr) {
+                          double* dsdc = nullptr, double tq = -1.0) {
   const double n = std::max(std::sqrt(U), 1e-15);
   const double q = sc * n;
   double s, dsdq;
@@ -118,7 +111,7 @@ inline double tangent_row(double U, double sc, double maxnorm, double dmax_dc, d
     s = 1.0 - q * q / 3.0;
     dsdq = -2.0 * q / 3.0;
   } else {
-    const double th = std::tanh(q);
+    const double th = tq >= 0 ? tq * q : std::tanh(q);
     s = th / q;
     dsdq = ((1.0 - th * th) - s) / q;
   }
@@ -136,23 +129,12 @@ inline double tangent_row(double U, double sc, double maxnorm, double dmax_dc, d
   return s;
 }
 
-inline TangentRows tangent_rows(std::vector<double>& X, double sc, double maxnorm, double dmax_dc) {
-  const int64_t N = X.size();
-  TangentRows tr;
-  tr.s.resize(N); tr.dsdn_n.resize(N); tr.dsdc.resize(N);
-  for (int64_t i = 0; i < N; ++i) {
-    const double s = tangent_row(X[i], sc, maxnorm, dmax_dc, &tr.dsdn_n[i], &tr.dsdc[i]);
-    tr.s[i] = s;
-    X[i] = s * s * X[i];
-  }
-  return tr;
-}
-
 // per-column constants in the compute type, laid out for vector loads
 template <typename T>
 struct ColVec {
   std::vector<T> C, S, Z2;  // ch / zn, sh, 2 zn
-  ColVec(const ColConsts& cc) {
+  std::vector<T> Zt;        // Z2 repeated for `rows` rows (the flat row-block layout)
+  explicit ColVec(const ColConsts& cc, int64_t rows = 0) {
     const int64_t m = cc.zn.size();
     C.resize(m); S.resize(m); Z2.resize(m);
     for (int64_t j = 0; j < m; ++j) {
@@ -160,6 +142,8 @@ struct ColVec {
       S[j] = T(cc.sh[j]);
       Z2[j] = T(2.0 * cc.zn[j]);
     }
+    Zt.resize(rows * m);
+    for (int64_t i = 0; i < rows; ++i) std::copy(Z2.begin(), Z2.end(), Zt.begin() + i * m);
   }
 };
 
@@ -207,33 +191,121 @@ inline void sinh_cosh_abs_f(const Vectorized<float>& au, Vectorized<float>& sh, 
   chv = (e + ie) * half;
 }
 
-// One row's a, u, w (vectorised).  Calls f(j0, count, a, A, w, cosh(u)) per vector; returns |w|^2.
+// One vector's a -> A = asinh(a), w = sinh(Z A) / sc and cosh(Z A) (Z = 2 zn > 0, so |u| = Z |A|, sign(u) = sign(a)).
+template <typename T>
+inline void lane_math(const Vectorized<T>& a, const Vectorized<T>& Z, T inv_sc, Vectorized<T>& A, Vectorized<T>& w,
+                      Vectorized<T>& chv) {
+  Vectorized<T> sh;
+  if constexpr (std::is_same_v<T, float>) {
+    const Vectorized<T> Aabs = asinh_abs_f(a.abs());
+    A = Aabs.copysign(a);
+    sinh_cosh_abs_f(Z * Aabs, sh, chv);
+  } else {
+    A = asinh_v(a);
+    sinh_cosh_abs((Z * A).abs(), sh, chv);
+  }
+  w = sh.copysign(a) * Vectorized<T>(inv_sc);
+}
+
+// Row blocks.  The per-row scalars of a block of rows (|x|^2, the tangent rows' scale s = tanh(q)/q on SIMD
+// vectors of doubles via tanc_n, lam, k1 = sc lam s, k0 = lam - 1, later |w|^2 and the output scale) are formed
+// for the whole block at once, and the element math (asinh, sinh/cosh) runs on full vectors over the block:
+// row by row when m is a multiple of the vector width (or large), else over the block's rows as one flat array
+// (m = 8 or 16 in the convolutions: a row is less than one vector), the per-row factors expanded per element.
+constexpr int64_t kRowBlock = 128;
+
+template <typename T>
+struct BlockBuf {
+  double X[kRowBlock], U[kRowBlock], s[kRowBlock], k1[kRowBlock], k0[kRowBlock], lam[kRowBlock], z[kRowBlock];
+  double Sw[kRowBlock], G[kRowBlock];
+  std::vector<T> P, Q;  // flat: k1_i C_j and k0_i S_j per element
+  explicit BlockBuf(int64_t m, bool flat) {
+    if (flat) { P.resize(kRowBlock * m); Q.resize(kRowBlock * m); }
+  }
+};
+
+template <typename T>
+inline bool flat_rows(int64_t m) {
+  constexpr int64_t L = Vectorized<T>::size();
+  return m % L != 0 && m < 4 * L;
+}
+
+// rows [0, n) of a block: X holds |x|^2, or |u|^2 of tangent rows (then U keeps |u|^2, X becomes s^2 |u|^2,
+// dn / dc (when given) get the scale's derivatives); fills s, lam, k1, k0
+inline void block_scalars(double* X, double* U, double* s, double* lam, double* k1, double* k0, double* ztmp,
+                          int64_t n, bool tangent, double c, double sc, double maxnorm, double dmax_dc,
+                          double* dn = nullptr, double* dc = nullptr) {
+  if (tangent) {
+    for (int64_t i = 0; i < n; ++i) { U[i] = X[i]; ztmp[i] = -c * X[i]; }
+    tanc_n(ztmp, s, n);  // tanc(-q^2) = tanh(q)/q, q = sc |u|
+    for (int64_t i = 0; i < n; ++i) {
+      s[i] = tangent_row(U[i], sc, maxnorm, dmax_dc, dn ? dn + i : nullptr, dc ? dc + i : nullptr, s[i]);
+      X[i] = s[i] * s[i] * U[i];
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) s[i] = 1.0;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    lam[i] = 2.0 / (1.0 - c * X[i]);
+    k1[i] = sc * lam[i] * s[i];
+    k0[i] = lam[i] - 1.0;
+  }
+}
+
+// The element math of rows [0, nr) of a block (tb: its t rows): f(offset, count, a, A, w, cosh) per vector, the
+// offset into the block's (nr, m) elements.
 template <typename T, typename F>
-inline double row_pass(const T* tr, const ColVec<T>& cv, T k1, T k0, T inv_sc, int64_t m, F&& f) {
+inline void block_lanes(const T* tb, int64_t nr, int64_t m, const ColVec<T>& cv, BlockBuf<T>& bb, T inv_sc, F&& f) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  V acc(T(0));
-  for (int64_t j = 0; j < m; j += L) {
-    const int64_t cnt = std::min<int64_t>(L, m - j);
-    const V t = cnt == L ? V::loadu(tr + j) : V::loadu(tr + j, cnt);
-    const V Cj = cnt == L ? V::loadu(cv.C.data() + j) : V::loadu(cv.C.data() + j, cnt);
-    const V Sj = cnt == L ? V::loadu(cv.S.data() + j) : V::loadu(cv.S.data() + j, cnt);
-    const V Zj = cnt == L ? V::loadu(cv.Z2.data() + j) : V::loadu(cv.Z2.data() + j, cnt);
-    const V a = V(k1) * t * Cj - V(k0) * Sj;
-    V A, sh, chv;
-    if constexpr (std::is_same_v<T, float>) {
-      const V Aabs = asinh_abs_f(a.abs());
-      A = Aabs.copysign(a);
-      sinh_cosh_abs_f(Zj * Aabs, sh, chv);  // Z > 0: |u| = Z |A|
-    } else {
-      A = asinh_v(a);
-      sinh_cosh_abs((Zj * A).abs(), sh, chv);
+  if (!bb.P.empty()) {  // flat
+    for (int64_t i = 0; i < nr; ++i) {
+      const T k1 = T(bb.k1[i]), k0 = T(bb.k0[i]);
+      T* Pr = bb.P.data() + i * m;
+      T* Qr = bb.Q.data() + i * m;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) { Pr[j] = k1 * cv.C[j]; Qr[j] = k0 * cv.S[j]; }
     }
-    const V w = sh.copysign(a) * V(inv_sc);  // sign(u) = sign(a)
-    acc = at::vec::fmadd(w, w, acc);
-    f(j, cnt, a, A, w, chv);
+    const int64_t ne = nr * m;
+    const T* Zt = cv.Zt.data();
+    for (int64_t e = 0; e < ne; e += L) {
+      const int64_t cnt = std::min<int64_t>(L, ne - e);
+      V t, P, Q, Z;
+      if (cnt == L) {
+        t = V::loadu(tb + e); P = V::loadu(bb.P.data() + e); Q = V::loadu(bb.Q.data() + e); Z = V::loadu(Zt + e);
+      } else {
+        t = V::loadu(tb + e, cnt); P = V::loadu(bb.P.data() + e, cnt); Q = V::loadu(bb.Q.data() + e, cnt);
+        Z = V::loadu(Zt + e, cnt);
+      }
+      const V a = t * P - Q;
+      V A, w, chv;
+      lane_math<T>(a, Z, inv_sc, A, w, chv);
+      f(e, cnt, a, A, w, chv);
+    }
+    return;
   }
-  return hsum(acc);
+  for (int64_t i = 0; i < nr; ++i) {
+    const V k1(T(bb.k1[i])), k0(T(bb.k0[i]));
+    const T* tr = tb + i * m;
+    for (int64_t j = 0; j < m; j += L) {
+      const int64_t cnt = std::min<int64_t>(L, m - j);
+      const V t = cnt == L ? V::loadu(tr + j) : V::loadu(tr + j, cnt);
+      const V Cj = cnt == L ? V::loadu(cv.C.data() + j) : V::loadu(cv.C.data() + j, cnt);
+      const V Sj = cnt == L ? V::loadu(cv.S.data() + j) : V::loadu(cv.S.data() + j, cnt);
+      const V Zj = cnt == L ? V::loadu(cv.Z2.data() + j) : V::loadu(cv.Z2.data() + j, cnt);
+      const V a = k1 * t * Cj - k0 * Sj;
+      V A, w, chv;
+      lane_math<T>(a, Zj, inv_sc, A, w, chv);
+      f(i * m + j, cnt, a, A, w, chv);
+    }
+  }
+}
+
+template <typename T>
+inline void store_n(const Vectorized<T>& v, T* p, int64_t cnt) {
+  if (cnt == Vectorized<T>::size()) v.store(p);
+  else v.store(p, cnt);
 }
 
 // the squared row norms: given (U, the epilogue-only entry) or computed from the rows of x
@@ -244,31 +316,41 @@ std::vector<double> row_sq_or(const at::Tensor& x, const at::Tensor& U) {
   return std::vector<double>(up, up + U.numel());
 }
 
-// The forward's epilogue of one row: t_row -> y_row (w, then its projection), X = |x|^2, s the tangent
-// row's scale (1 for plain rows).  w is written into y_row and rescaled there while the row is in L1.
+// The forward's epilogue of a block of nr rows: t rows tb -> y rows yb (w, then its projection); bb.X holds
+// |x|^2 (|u|^2 of tangent rows).  w is written into y and rescaled there while the block is in cache.
 template <typename T>
-inline void fc_fwd_row(const T* tr, T* yr, double X, double s, const ColVec<T>& cv, double c, double sc,
-                       double maxnorm, int64_t m) {
+inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
+                         double c, double sc, double maxnorm, int64_t m) {
   using V = Vectorized<T>;
-  const double lam = 2.0 / (1.0 - c * X);
-  const double Sw = row_pass<T>(tr, cv, T(sc * lam * s), T(lam - 1.0), T(1.0 / sc), m,
-                                [&](int64_t j, int64_t cnt, const V&, const V&, const V& w, const V&) {
-                                  if (cnt == V::size()) w.store(yr + j);
-                                  else w.store(yr + j, cnt);
-                                });
-  const double q = std::sqrt(1.0 + c * Sw);
-  double f = 1.0 / (1.0 + q);
-  const double ny = std::sqrt(Sw) * f;
-  if (ny > maxnorm) f *= maxnorm / ny;
-  const T fT = T(f);
+  block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0);
+  block_lanes<T>(tb, nr, m, cv, bb, T(1.0 / sc),
+                 [&](int64_t e, int64_t cnt, const V&, const V&, const V& w, const V&) { store_n(w, yb + e, cnt); });
+  for (int64_t i = 0; i < nr; ++i) bb.Sw[i] = row_sqnorm(yb + i * m, m);
+  double* F = bb.z;  // the output scale per row
 #pragma omp simd
-  for (int64_t j = 0; j < m; ++j) yr[j] *= fT;
+  for (int64_t i = 0; i < nr; ++i) {
+    const double q = std::sqrt(1.0 + c * bb.Sw[i]);
+    const double f = 1.0 / (1.0 + q);
+    const double ny = std::sqrt(bb.Sw[i]) * f;
+    F[i] = ny > maxnorm ? maxnorm / std::sqrt(bb.Sw[i]) : f;
+  }
+  for (int64_t i = 0; i < nr; ++i) {
+    const T fT = T(F[i]);
+    T* yr = yb + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) yr[j] *= fT;
+  }
 }
+
+// Rows per at::parallel_for task: about 32768 elements, torch's own grain, so that small inputs (the digits
+// CNN's 4096 rows of 8) run serially instead of waking the pool for a few microseconds of work.
+inline int64_t row_grain(int64_t m) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(m, 1)); }
 
 // rows_only (U defined): t = x @ z is given (e.g. computed by a convolution) with U the squared row norms of x;
 // x is not used.  Otherwise the GEMM runs per block of kFwdBlock rows inside the parallel loop (one MKL call
 // per block, single-threaded there) and the block's epilogue follows while its t rows are still in cache.
 constexpr int64_t kFwdBlock = 64;
+static_assert(kFwdBlock <= kRowBlock, "the GEMM blocks use the row-block buffers");
 
 template <typename T>
 void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c, double eps,
@@ -277,19 +359,20 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const double sc = std::sqrt(c);
   const double maxnorm = (1.0 - eps) / std::sqrt(c + 1e-15);
   const ColConsts cc = column_consts<T>(z, bias, sc);
-  const ColVec<T> cv(cc);
+  const bool flat = flat_rows<T>(m);
+  const ColVec<T> cv(cc, flat ? kRowBlock : 0);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  // row i's epilogue from X = |x_i|^2 (of the tangent input when `tangent`: rescaled here)
-  auto epilogue_row = [&](int64_t i, double X) {
-    double s = 1.0;
-    if (tangent) { s = tangent_row(X, sc, maxnorm, 0.0); X *= s * s; }
-    fc_fwd_row<T>(tp + i * m, yp + i * m, X, s, cv, c, sc, maxnorm, m);
-  };
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
-    at::parallel_for(0, N, 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) epilogue_row(i, double(up[i]));
+    const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, nb, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
+      BlockBuf<T> bb(m, flat);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
+        for (int64_t i = 0; i < nr; ++i) bb.X[i] = double(up[r0 + i]);
+        fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m);
+      }
     });
     return;
   }
@@ -298,11 +381,13 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const int64_t nb = (N + kFwdBlock - 1) / kFwdBlock;
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     at::NoGradGuard no_grad;  // grad mode is thread-local: the pool's threads would see x's requires_grad
+    BlockBuf<T> bb(m, flat);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kFwdBlock, nr = std::min(kFwdBlock, N - r0);
       at::Tensor tb = t.narrow(0, r0, nr);
       at::mm_out(tb, x.narrow(0, r0, nr), z);
-      for (int64_t i = r0; i < r0 + nr; ++i) epilogue_row(i, row_sqnorm(xp + i * n, n));
+      for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
+      fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m);
     }
   });
 }
@@ -320,12 +405,13 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   const double maxnorm = (1.0 - eps) / std::sqrt(c + 1e-15);
   const double dmax_dc = -0.5 * (1.0 - eps) / ((c + 1e-15) * std::sqrt(c + 1e-15));
   const ColConsts cc = column_consts<T>(z, bias, sc);
-  const ColVec<T> cv(cc);
+  const ColVec<T> cv(cc, flat_rows<T>(m) ? kRowBlock : 0);
   std::vector<double> X = row_sq_or<T>(x, Uin);
   const std::vector<double> U = X;  // |u|^2 of tangent rows
-  TangentRows trw;
-  if (tangent) trw = tangent_rows(X, sc, maxnorm, dmax_dc);
-  else trw.s.assign(N, 1.0);
+  TangentRows trw;  // filled block by block in the row pass below (X becomes |x|^2 there)
+  trw.s.resize(N);
+  if (tangent) { trw.dsdn_n.resize(N); trw.dsdc.resize(N); }
+  const bool flat = flat_rows<T>(m);
   const bool want_x = mask & 1, want_z = mask & 2, want_b = (mask & 4) && bias.numel() > 0, want_c = mask & 8;
   const bool need_cols = want_z || want_b || want_c;
   at::Tensor gt = at::empty({N, m}, t.options());
@@ -337,36 +423,48 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   const T* gp = g.data_ptr<T>();
   T* gtp = gt.data_ptr<T>();
   const T inv_sc = T(1.0 / sc);
-  at::parallel_for(0, N, 16, [&](int64_t i0, int64_t i1) {
+  const int64_t nblk = (N + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, nblk, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
     using V = Vectorized<T>;
     const int tid = at::get_thread_num();
     if (need_cols && accZ[tid].empty()) {
       accZ[tid].assign(m, 0.0); accC[tid].assign(m, 0.0); accS[tid].assign(m, 0.0);
     }
-    std::vector<T> wv(m), cu(m), Av(m), ra(m);
+    BlockBuf<T> bb(m, flat);
+    // the block's w, cosh(u)/sc, A = asinh(a), 1/sqrt(1 + a^2) per element
+    std::vector<T> wv(kRowBlock * m), cu(kRowBlock * m), Av(kRowBlock * m), ra(kRowBlock * m);
     double gcd = 0, gsa = 0, gsb = 0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const double lam = 2.0 / (1.0 - c * X[i]);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
+      std::copy(X.begin() + r0, X.begin() + r0 + nr, bb.X);
+      block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, dmax_dc,
+                    tangent ? trw.dsdn_n.data() + r0 : nullptr, tangent ? trw.dsdc.data() + r0 : nullptr);
+      std::copy(bb.X, bb.X + nr, X.begin() + r0);
+      std::copy(bb.s, bb.s + nr, trw.s.begin() + r0);
+      const T* tb = tp + r0 * m;
+      block_lanes<T>(tb, nr, m, cv, bb, inv_sc, [&](int64_t e, int64_t cnt, const V& a, const V& A, const V& w, const V& chv) {
+        store_n(w, wv.data() + e, cnt);
+        store_n(chv * V(inv_sc), cu.data() + e, cnt);
+        store_n(A, Av.data() + e, cnt);
+        store_n(V(T(1)) / (a * a + V(T(1))).sqrt(), ra.data() + e, cnt);
+      });
+      for (int64_t ii = 0; ii < nr; ++ii) {
+      const int64_t i = r0 + ii;
+      const double lam = bb.lam[ii];
       const T* tr = tp + i * m;
       const T* gr = gp + i * m;
       T* gtr = gtp + i * m;
-      V gw_acc(T(0));
-      const V one(T(1));
-      const double si = trw.s[i];
-      const double Sw = row_pass<T>(tr, cv, T(sc * lam * si), T(lam - 1.0), inv_sc, m,
-                                    [&](int64_t j, int64_t cnt, const V& a, const V& A, const V& w, const V& chv) {
-                                      const V gj = cnt == V::size() ? V::loadu(gr + j) : V::loadu(gr + j, cnt);
-                                      gw_acc = at::vec::fmadd(gj, w, gw_acc);
-                                      const V r = one / (a * a + one).sqrt();
-                                      if (cnt == V::size()) {
-                                        w.store(wv.data() + j); (chv * V(inv_sc)).store(cu.data() + j);
-                                        A.store(Av.data() + j); r.store(ra.data() + j);
-                                      } else {
-                                        w.store(wv.data() + j, cnt); (chv * V(inv_sc)).store(cu.data() + j, cnt);
-                                        A.store(Av.data() + j, cnt); r.store(ra.data() + j, cnt);
-                                      }
-                                    });
-      const double gyw = hsum(gw_acc);
+      const T* wr = wv.data() + ii * m;
+      const T* cur = cu.data() + ii * m;
+      const T* Ar = Av.data() + ii * m;
+      const T* rar = ra.data() + ii * m;
+      const double si = bb.s[ii];
+      double Sw = 0, gyw = 0;
+#pragma omp simd reduction(+ : Sw, gyw)
+      for (int64_t j = 0; j < m; ++j) {
+        Sw += double(wr[j]) * double(wr[j]);
+        gyw += double(gr[j]) * double(wr[j]);
+      }
       const double q = std::sqrt(1.0 + c * Sw);
       const double s0 = 1.0 / (1.0 + q);
       const double nw = std::sqrt(Sw);
@@ -398,16 +496,16 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         T r_lam = 0, r_sa = 0, r_sb = 0;
 #pragma omp simd reduction(+ : r_lam, r_sa, r_sb)
         for (int64_t j = 0; j < m; ++j) {
-          const T gw = aT * gr[j] + bT * wv[j];
-          r_sa += gw * wv[j];
-          const T gu = gw * cu[j];
-          const T ga = gu * Zp[j] * ra[j];
+          const T gw = aT * gr[j] + bT * wr[j];
+          r_sa += gw * wr[j];
+          const T gu = gw * cur[j];
+          const T ga = gu * Zp[j] * rar[j];
           gtr[j] = ga * k1 * Cp[j];
           const T tmp = ga * tr[j] * sT;  // ga * t_j of the point x = s u
           r_lam += tmp * scT * Cp[j] - ga * Sp[j];
           r_sb += tmp * lamT * Cp[j];
           if constexpr (COLS) {
-            aZ[j] += double(gu) * 2.0 * double(Av[j]);
+            aZ[j] += double(gu) * 2.0 * double(Ar[j]);
             aC[j] += double(tmp) * sl;
             aS[j] -= double(ga) * l1;
           }
@@ -422,6 +520,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       gcd += double(glam) * X[i] * lam * lam * 0.5;
       gsa += gsa_r;
       gsb += gsb_r;
+      }
     }
     gc_direct[tid] += gcd;
     gsc_a[tid] += gsa;
@@ -450,7 +549,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   if (rows_only) {
     // dL/dx_row = dt_row z^T + coef x_row: coef/2 is dL/dU; u . (dt_row z^T) = dt_row . t_row
     T* gUp = gU->data_ptr<T>();
-    at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, N, row_grain(m), [&](int64_t i0, int64_t i1) {
       double tg = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const double rc = rowcoef[i];
@@ -458,6 +557,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         const T* tr = tp + i * m;
         const T* gtr = gtp + i * m;
         double ug = 0;
+#pragma omp simd reduction(+ : ug)
         for (int64_t j = 0; j < m; ++j) ug += double(tr[j]) * double(gtr[j]);
         const double si = trw.s[i];
         const double u_gx = ug / si + rc * si * U[i];  // ug = u . (dt z^T), as gr_ . u of the full path
