@@ -243,3 +243,48 @@ def test_fc_float32_epilogue_across_branches(zn):
     torch.testing.assert_close(got[:, 0].double(), want[:, 0], rtol=2e-6, atol=1e-12)
     # column 1: a = k1 t C - k0 S cancels where it changes sign (float32 inputs of a, not the epilogue)
     torch.testing.assert_close(got[:, 1].double(), want[:, 1], rtol=2e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("tangent", [True, False])
+@pytest.mark.parametrize("m", [3, 8, 12, 16, 20, 33])
+@pytest.mark.parametrize("N", [0, 1, 129, 4500])
+def test_fc_rows_blocks_float32_vs_float64(tangent, m, N):
+    """The row-block passes of geoops::poincare_fc_rows_fwd/_bwd (blocks of 128 rows, per-row scalars batched,
+    the tangent scale tanh(q)/q on SIMD vectors, the element math over the block as one flat array when m is
+    not a multiple of the vector width): float32 vs the float64 kernel and the float64 reference on the same
+    float32-rounded inputs, values and every gradient.  Row counts that are not multiples of the block or the
+    vector width, empty input, 4500 rows (several parallel tasks), row norms from 0 and 1e-5 (the tangent
+    scale's series, q < 1e-3) to the projection, |a| and |u| on both sides of the float32 series switches."""
+    gen = torch.Generator().manual_seed(N * 131 + m)
+    n = 6
+    c = torch.tensor(0.7, dtype=torch.float64)
+    u = torch.randn(N, n, dtype=torch.float64, generator=gen)
+    r = torch.logspace(-5, math.log10(3.0 if tangent else 0.95), max(N, 1), dtype=torch.float64)[:N]
+    r = r[torch.randperm(N, generator=gen)] / math.sqrt(0.7)
+    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30) * r[:, None]
+    if N > 1:
+        u[0] = 0.0
+    z = torch.randn(n, m, dtype=torch.float64, generator=gen) * 0.7
+    b = torch.randn(m, dtype=torch.float64, generator=gen) * 0.3
+    u, z, b = (a.float().double() for a in (u, z, b))
+    t, U = u @ z, (u * u).sum(1)
+    g = torch.randn(N, m, dtype=torch.float64, generator=gen)
+    eps = 4e-3
+    y64 = pops.poincare_fc_rows_fwd(t, U, z, b, c, eps, tangent)
+    torch.testing.assert_close(y64, pops._Reference.poincare_fc_rows_fwd(t, U, z, b, c, eps, tangent),
+                               rtol=1e-10, atol=1e-12)
+    y32 = pops.poincare_fc_rows_fwd(t.float(), U.float(), z.float(), b.float(), c.float(), eps, tangent)
+    assert y32.dtype == torch.float32 and y32.shape == (N, m)
+    torch.testing.assert_close(y32.double(), y64, rtol=2e-5, atol=2e-6)
+    g64 = pops.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, tangent)
+    want = pops._Reference.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, tangent)
+    g32 = pops.poincare_fc_rows_bwd(g.float(), t.float(), U.float(), z.float(), b.float(), c.float(), eps, 14,
+                                    tangent)
+    for name, a, a32, w in zip(("gt", "gU", "gz", "gb", "gc"), g64, g32, want):
+        if name == "gU" and N > 1:  # the reference's dL/dU is nan at U = 0 (d sqrt(U)); the kernel's is finite
+            assert torch.isfinite(a[0]) and torch.isfinite(a32[0])
+            a, a32, w = a[1:], a32[1:], w[1:]
+        torch.testing.assert_close(a.reshape(w.shape).to(w.dtype), w, rtol=1e-8, atol=1e-10, msg=name)
+        scale = w.abs().max().item() if w.numel() else 1.0
+        torch.testing.assert_close(a32.reshape(w.shape).double(), w, rtol=1e-4, atol=1e-5 * max(scale, 1.0),
+                                   msg=name)

@@ -108,8 +108,9 @@ inline double tangent_row(double U, double sc, double maxnorm, double dmax_dc, d
   const double q = sc * n;
   double s, dsdq;
   if (q < 1e-3) {
-    s = 1.0 - q * q / 3.0;
-    dsdq = -2.0 * q / 3.0;
+    const double q2 = q * q;  // tanh(q)/q = 1 - q^2/3 + 2q^4/15 - 17q^6/315: truncation < 1e-19, d/dq < 1e-12 relative
+    s = 1.0 + q2 * (-1.0 / 3.0 + q2 * (2.0 / 15.0));
+    dsdq = q * (-2.0 / 3.0 + q2 * (8.0 / 15.0));
   } else {
     const double th = tq >= 0 ? tq * q : std::tanh(q);
     s = th / q;
