@@ -288,3 +288,18 @@ def test_fc_rows_blocks_float32_vs_float64(tangent, m, N):
         scale = w.abs().max().item() if w.numel() else 1.0
         torch.testing.assert_close(a32.reshape(w.shape).double(), w, rtol=1e-4, atol=1e-5 * max(scale, 1.0),
                                    msg=name)
+
+
+@pytest.mark.parametrize("N", [65, 200, 1000])
+def test_fc_float32_blocked_gemm_vs_float64(N):
+    """The float32 forward's blocked GEMM (64-row blocks; with MKL, z packed once by cblas_sgemm_pack and every
+    block through cblas_sgemm_compute, the last block shorter) and its row-block epilogue vs the float64 kernel
+    and HypLL in float64 on the same inputs; more than one block, so the packed path runs."""
+    x = _ball_points(N, 40, c=0.9, radius=0.9, dtype=torch.float32, seed=N)
+    z, b = _params(40, 24, torch.float32, seed=N + 1)
+    c = torch.tensor(0.9)
+    y = gp.poincare_fc(x, z, b, c=c)
+    want = gp.poincare_fc(x.double(), z.double(), b.double(), c=c.double(), eps=4e-3)  # float32's eps
+    torch.testing.assert_close(y.double(), want, rtol=2e-5, atol=2e-6)
+    peer = hlinalg.poincare_fully_connected(x.double(), z.double(), b.double(), c.double())
+    torch.testing.assert_close(y, hdiff.project(peer.float(), c), rtol=2e-5, atol=2e-6)

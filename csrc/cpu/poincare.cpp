@@ -18,6 +18,9 @@
 #include "poincare.h"
 #include "row_norms.h"
 #include "vec_math.h"  // tanc_n
+#include "mkl_packed.h"
+
+#include <cstdlib>
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -380,17 +383,41 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const int64_t n = x.size(1);
   const T* xp = x.data_ptr<T>();
   const int64_t nb = (N + kFwdBlock - 1) / kFwdBlock;
+  // float32 with MKL: z packed once (cblas_sgemm_pack) and reused by every block's GEMM (cblas_sgemm_compute),
+  // instead of MKL packing it again inside each block's sgemm; GEOOPS_FC_PACKED=0 turns it off
+  float* zpk = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    static const bool off = [] { const char* e = std::getenv("GEOOPS_FC_PACKED"); return e && e[0] == '0'; }();
+    const auto& mk = mkl_packed::api();
+    if (!off && mk.ok() && nb > 1 && n > 0 && m > 0 && std::max({N, n, m}) < (int64_t(1) << 31)) {
+      const size_t bytes = mk.get_size(mkl_packed::kBMatrix, int(kFwdBlock), int(m), int(n));
+      zpk = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+      if (zpk) mk.pack(mkl_packed::kRowMajor, mkl_packed::kBMatrix, mkl_packed::kNoTrans, int(kFwdBlock), int(m),
+                       int(n), 1.0f, z.data_ptr<float>(), int(m), zpk);
+    }
+  }
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     at::NoGradGuard no_grad;  // grad mode is thread-local: the pool's threads would see x's requires_grad
     BlockBuf<T> bb(m, flat);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kFwdBlock, nr = std::min(kFwdBlock, N - r0);
-      at::Tensor tb = t.narrow(0, r0, nr);
-      at::mm_out(tb, x.narrow(0, r0, nr), z);
+      if constexpr (std::is_same_v<T, float>) {
+        if (zpk) {
+          mkl_packed::api().compute(mkl_packed::kRowMajor, mkl_packed::kNoTrans, mkl_packed::kPacked, int(nr), int(m),
+                                    int(n), xp + r0 * n, int(n), zpk, int(m), 0.0f, t.data_ptr<float>() + r0 * m, int(m));
+        } else {
+          at::Tensor tb = t.narrow(0, r0, nr);
+          at::mm_out(tb, x.narrow(0, r0, nr), z);
+        }
+      } else {
+        at::Tensor tb = t.narrow(0, r0, nr);
+        at::mm_out(tb, x.narrow(0, r0, nr), z);
+      }
       for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
       fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m);
     }
   });
+  std::free(zpk);
 }
 
 // rows_only (U defined): x is not used; gt_out gets dL/dt, gU dL/dU (U = |x|^2, or |u|^2 of tangent rows) and gz
