@@ -19,6 +19,7 @@
 #include "row_norms.h"
 #include "vec_math.h"  // tanc_n
 #include "mkl_packed.h"
+#include "vec_log.h"  // vecmath::any_lane
 
 #include <cstdlib>
 
@@ -161,7 +162,9 @@ inline Vectorized<float> asinh_abs_f(const Vectorized<float>& ax) {
   using V = Vectorized<float>;
   const V one(1.f);
   const V a2 = ax * ax;
-  const V big = (ax + (a2 + one).sqrt()).log();
+  const V is_small = ax < V(0.5f);
+  const bool any_big = vecmath::any_lane(ax >= V(0.5f));
+  if (any_big && !vecmath::any_lane(is_small)) return (ax + (a2 + one).sqrt()).log();  // no lane needs the series
   // the series coefficients (-1)^k (2k)! / (4^k (k!)^2 (2k + 1)), k = 10 .. 1
   V p(0.0083903358f);
   p = at::vec::fmadd(p, a2, V(-0.0097616095f));
@@ -174,15 +177,14 @@ inline Vectorized<float> asinh_abs_f(const Vectorized<float>& ax) {
   p = at::vec::fmadd(p, a2, V(0.075f));
   p = at::vec::fmadd(p, a2, V(-0.1666666667f));
   const V small = at::vec::fmadd(p * a2, ax, ax);
-  return V::blendv(big, small, ax < V(0.5f));
+  if (!any_big) return small;  // no lane needs log / sqrt
+  return V::blendv((ax + (a2 + one).sqrt()).log(), small, is_small);
 }
 
 // sinh(|u|) and cosh(|u|), float32 (see asinh_abs_f)
 inline void sinh_cosh_abs_f(const Vectorized<float>& au, Vectorized<float>& sh, Vectorized<float>& chv) {
   using V = Vectorized<float>;
   const V half(0.5f);
-  const V e = au.exp();
-  const V ie = V(1.f) / e;
   const V u2 = au * au;
   V p(1.f / 6227020800.f);  // 1/13!
   p = at::vec::fmadd(p, u2, V(1.f / 39916800.f));
@@ -191,6 +193,19 @@ inline void sinh_cosh_abs_f(const Vectorized<float>& au, Vectorized<float>& sh, 
   p = at::vec::fmadd(p, u2, V(1.f / 120.f));
   p = at::vec::fmadd(p, u2, V(1.f / 6.f));
   const V small = at::vec::fmadd(p * u2, au, au);
+  if (!vecmath::any_lane(au >= V(1.f))) {  // every lane |u| < 1: no exp / division; cosh(u) = sum u^2k/(2k)!
+    V q(1.f / 479001600.f);                // 1/12!: truncation < 1e-10 relative
+    q = at::vec::fmadd(q, u2, V(1.f / 3628800.f));
+    q = at::vec::fmadd(q, u2, V(1.f / 40320.f));
+    q = at::vec::fmadd(q, u2, V(1.f / 720.f));
+    q = at::vec::fmadd(q, u2, V(1.f / 24.f));
+    q = at::vec::fmadd(q, u2, V(0.5f));
+    sh = small;
+    chv = at::vec::fmadd(q, u2, V(1.f));
+    return;
+  }
+  const V e = au.exp();
+  const V ie = V(1.f) / e;
   sh = V::blendv((e - ie) * half, small, au < V(1.f));
   chv = (e + ie) * half;
 }
