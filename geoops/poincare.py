@@ -481,11 +481,8 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         u = _st.logmap(mean, xr, k=k)
     b = expmap0(bias.to(cdt), c=ct)
     M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
-    # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass.  On the
-    # C++ kernels the matrix product is one GEMM (MKL; its backward two more) and the row pass gets M = identity
-    # (an empty M): the kernel's per-row D x D products in double cost far more than the GEMMs
-    if _ops.kernels(xr.device) is _ops.cpp_kernels():
-        u, M = torch.mm(u, M), M.new_empty(0)
+    # transport m -> b and rescale as one (D, D) matrix, then expmap_b(u M) + project: one fused row op (the
+    # kernels run u M as a GEMM and the row pass after it)
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
 
 

@@ -356,6 +356,30 @@ def test_batchnorm_fused_ops_opcheck():
     torch.testing.assert_close(f(xi), gnn.PoincareBatchNorm2d(4, gnn.PoincareBall(1.0))(xi), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N", [0, 1, 37])
+def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N):
+    """The C++ row op's GEMM-first path (u @ M inside the op; gu = gv M^T, gM = u^T gv after the row pass) and its
+    empty-M (identity) path vs the reference kernel set: values and du, dM, db, dc; both projection branches."""
+    import geoops._ops.poincare as pops
+
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    g0 = torch.Generator().manual_seed(N)
+    c = torch.tensor(0.9, dtype=dtype)
+    u = (torch.randn(N, 5, generator=g0, dtype=dtype) * torch.linspace(0.2, 4.0, max(N, 1), dtype=dtype)[:N, None])
+    M = torch.eye(5, dtype=dtype) * 0.7 + torch.randn(5, 5, generator=g0, dtype=dtype) * 0.2
+    b = gp.expmap0(torch.randn(5, generator=g0, dtype=dtype) * 0.3, c=0.9)
+    g = torch.randn(N, 5, generator=g0, dtype=dtype)
+    for MM in (M, M.new_empty(0)):
+        y = pops._Cpp.poincare_bn_rows_fwd(u, MM, b, c, 4e-3)
+        yr = pops._Reference.poincare_bn_rows_fwd(u, MM, b, c, 4e-3)
+        torch.testing.assert_close(y, yr, **tol)
+        for a, r in zip(pops._Cpp.poincare_bn_rows_bwd(g, u, MM, b, c, 4e-3),
+                        pops._Reference.poincare_bn_rows_bwd(g, u, MM, b, c, 4e-3)):
+            assert a.shape == r.shape and a.dtype == r.dtype
+            torch.testing.assert_close(a, r, **tol)
+
+
 @pytest.mark.parametrize("tangent", [True, False])
 @pytest.mark.parametrize("radius", [0.5, 3.0])  # 3.0: tangent rows whose expmap0 lands on the projection
 def test_fc_rows_ops_vs_reference_and_opcheck(tangent, radius):
