@@ -461,28 +461,29 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
     k = -ct
+    b = _st.expmap0(bias.to(cdt), k=k)
     if training or running_mean is None:
         # the midpoint: one fused reduction (F, L), then O(D) torch on the result
         F_, L_ = _library.apply(MidpointSumsFn, xr, ct)
         f = F_ / L_.clamp_min(1e-15)
-        mean = f / (1 + (1 - ct * f.pow(2).sum()).sqrt())
+        mean = f / (1 + (1 - ct * torch.dot(f, f)).sqrt())
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
-        lam_m = 2 / (1 - ct * mean.pow(2).sum()).clamp_min(1e-15)
-        var = lam_m.pow(2) * _library.apply(SqSumFn, u) / max(x.shape[0], 1)
+        AE, G = _gram(b, mean)
+        lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
+        var = lam_m.square() * _library.apply(SqSumFn, u) / max(x.shape[0], 1)
         if training and running_mean is not None:
             with torch.no_grad():
                 n = x.shape[0]
-                running_mean.copy_(_st.geodesic(torch.tensor(momentum, dtype=mean.dtype), running_mean,
-                                                 mean.detach(), k=k.detach()))
+                running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=k.detach()))
                 unbiased = var.detach() * (n / max(n - 1, 1))
                 running_var.mul_(1 - momentum).add_(momentum * unbiased)
     else:
         mean, var = running_mean.to(cdt), running_var.to(cdt)
         u = _st.logmap(mean, xr, k=k)
-    b = expmap0(bias.to(cdt), c=ct)
-    M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
+        AE, G = _gram(b, mean)
     # transport m -> b and rescale as one (D, D) matrix, then expmap_b(u M) + project: one fused row op (the
     # kernels run u M as a GEMM and the row pass after it)
+    M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
 
 
@@ -549,20 +550,41 @@ class BnRowsFn(torch.autograd.Function):
         return gu, gM, gb, (gc.reshape(c.shape) if ctx.needs_input_grad[3] else None), None
 
 
-def _transport_matrix(m: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Parallel transport from the point m to the point b (k = -c) as a (D, D) matrix T: PT(v) = v @ T.
+def _gram(b: torch.Tensor, m: torch.Tensor):
+    """AE = [b; -m] (2, D) and its Gram matrix [[|b|^2, -<b,m>], [-<b,m>, |m|^2]] (one small GEMM)."""
+    AE = torch.stack((b, -m))
+    return AE, AE @ AE.t()
+
+
+_TRANSPORT_CONST: dict = {}
+
+
+def _transport_consts(D: int, like: torch.Tensor):
+    key = (D, like.dtype, like.device)
+    cst = _TRANSPORT_CONST.get(key)
+    if cst is None:
+        o = dict(dtype=like.dtype, device=like.device)
+        cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o), torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
+        if len(_TRANSPORT_CONST) < 64:
+            _TRANSPORT_CONST[key] = cst
+    return cst
+
+
+def _transport_matrix(AE: torch.Tensor, G: torch.Tensor, k: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """s times the parallel transport from m to b (k = -c) as a (D, D) matrix T: s PT(v) = v @ T, from
+    AE = [a; e] = [b; -m] and its Gram matrix G (``_gram``).
 
     PT_{m->b}(v) = gyr[b, -m] v * lam_m / lam_b, and a gyration with both points fixed is linear in v:
-    gyr[a, e] v = v + (2/d) [<a,v>, <e,v>] M [a; e] (geoopt's closed form, M 2 x 2)."""
-    a, e = b, -m
-    a2, e2, ae = (a * a).sum(), (e * e).sum(), (a * e).sum()
+    gyr[a, e] v = v + (2/d) [<a,v>, <e,v>] W [a; e] with geoopt's closed form W = [[-k^2 |e|^2, k],
+    [-k + 2 k^2 <a,e>, -k^2 |a|^2]] and d = 1 - 2k<a,e> + k^2 |a|^2 |e|^2; W = k^2 (flip(G) * C1) + k C2 for the
+    constant C1 = [[-1, 0], [2, -1]], C2 = [[0, 1], [-1, 0]] (few small ops: this runs once per layer call)."""
+    eye, C1, C2 = _transport_consts(AE.shape[1], AE)
+    a2, ae, _, e2 = G.reshape(4).unbind()
     k2 = k * k
-    d = 1 - 2 * k * ae + k2 * a2 * e2
-    M = torch.stack([torch.stack([-k2 * e2, k]), torch.stack([-k + 2 * k2 * ae, -k2 * a2])])
-    AE = torch.stack([a, e])  # (2, D)
-    eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
-    ratio = (1 + k * (b * b).sum()) / (1 + k * (m * m).sum())  # lam_m / lam_b
-    return (eye + AE.transpose(0, 1) @ M @ AE * (2 / d.clamp_min(1e-15))) * ratio
+    W = torch.flip(G, (0, 1)) * C1 * k2 + C2 * k
+    d = (1 - 2 * k * ae + k2 * a2 * e2).clamp_min(1e-15)
+    alpha = s * (1 + k * a2) / (1 + k * e2)  # s lam_m / lam_b
+    return eye * alpha + AE.t() @ (W * (2 * alpha / d)) @ AE
 
 
 # ---------------------------------------------------------------- HNN
