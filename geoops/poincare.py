@@ -468,9 +468,17 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         f = F_ / L_.clamp_min(1e-15)
         mean = f / (1 + (1 - ct * torch.dot(f, f)).sqrt())
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
-        AE, G = _gram(b, mean)
-        lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
-        var = lam_m.square() * _library.apply(SqSumFn, u) / max(x.shape[0], 1)
+        S = _library.apply(SqSumFn, u)
+        n = max(x.shape[0], 1)
+        if _library.direct_call_ok(mean, b, S, weight, ct):
+            # eager: the scalar chain (variance, rescaling, the gyration's 2 x 2 form) in Python floats, one
+            # Function with a hand-written backward (the torch composition below costs ~100 tiny ops each way)
+            M, var = BnTransportFn.apply(b, mean, S, weight.to(cdt), ct, n, eps)
+        else:
+            AE, G = _gram(b, mean)
+            lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
+            var = lam_m.square() * S / n
+            M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
         if training and running_mean is not None:
             with torch.no_grad():
                 n = x.shape[0]
@@ -481,10 +489,84 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         mean, var = running_mean.to(cdt), running_var.to(cdt)
         u = _st.logmap(mean, xr, k=k)
         AE, G = _gram(b, mean)
-    # transport m -> b and rescale as one (D, D) matrix, then expmap_b(u M) + project: one fused row op (the
-    # kernels run u M as a GEMM and the row pass after it)
-    M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
+        M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
+    # M: the transport m -> b and the rescaling as one (D, D) matrix; then expmap_b(u M) + project: one fused
+    # row op (the kernels run u M as a GEMM and the row pass after it)
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+
+
+class BnTransportFn(torch.autograd.Function):
+    """(b, m, S, weight, c) -> M = s PT_{m->b} as a (D, D) matrix (see ``_transport_matrix``), with the variance
+    var = lam_m^2 S / n of S = sum_i |logmap_m(x_i)|^2 and s = sqrt(weight / (var + eps)).
+
+    Forward: one 2 x 2 Gram GEMM of AE = [b; -m], the scalar chain in Python floats (double), M = alpha I +
+    AE^T V AE (V = 2 alpha W / d, 2 x 2).  Backward by hand: gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then
+    the scalar chain's adjoints (W, d, the ratio lam_m / lam_b, s, var, lam_m) back to |b|^2, |m|^2, <b, -m>, k,
+    S and weight, and gb, gm from them with gAE.  Eager only (``.item()``-style floats): traced / transformed
+    calls take the torch composition.  Second output: the variance (no gradient; for the running statistics)."""
+
+    @staticmethod
+    def forward(ctx, b, m, S, w, c, n, eps):
+        AE = torch.stack((b, -m))
+        (a2, ae), (_, e2) = (AE @ AE.t()).tolist()
+        k, Sf, wf = -float(c), float(S), float(w)
+        q, p = 1 + k * e2, 1 + k * a2
+        lam = 2 / max(q, 1e-15)
+        var = lam * lam * Sf / n
+        s = math.sqrt(wf / (var + eps))
+        ratio = p / q
+        alpha = s * ratio
+        d = 1 - 2 * k * ae + k * k * a2 * e2
+        dc = max(d, 1e-15)
+        W = ((-k * k * e2, k), (-k + 2 * k * k * ae, -k * k * a2))
+        f = 2 * alpha / dc
+        V = torch.tensor([[f * W[0][0], f * W[0][1]], [f * W[1][0], f * W[1][1]]], dtype=AE.dtype, device=AE.device)
+        M = torch.addmm(torch.eye(AE.shape[1], dtype=AE.dtype, device=AE.device), AE.t(), V @ AE, beta=alpha)
+        ctx.save_for_backward(AE, V)
+        ctx.sc = (a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W)
+        ctx.wshape = w.shape
+        vt = torch.tensor(var, dtype=AE.dtype, device=AE.device)
+        ctx.mark_non_differentiable(vt)
+        return M, vt
+
+    @staticmethod
+    def backward(ctx, gM, _gvar):
+        AE, V = ctx.saved_tensors
+        a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W = ctx.sc
+        Q = AE @ gM  # (2, D)
+        gAE = V @ (AE @ gM.t()) + V.t() @ Q
+        gV = (Q @ AE.t()).tolist()
+        galpha = float(gM.diagonal().sum())
+        gVW = sum(gV[i][j] * W[i][j] for i in range(2) for j in range(2))
+        f = 2 * alpha / dc
+        galpha += 2 / dc * gVW
+        gd = -f / dc * gVW if d > 1e-15 else 0.0
+        gW = [[f * gV[i][j] for j in range(2)] for i in range(2)]
+        k2 = k * k
+        gk = gW[0][0] * (-2 * k * e2) + gW[0][1] + gW[1][0] * (-1 + 4 * k * ae) + gW[1][1] * (-2 * k * a2)
+        ge2, gae, ga2 = -k2 * gW[0][0], 2 * k2 * gW[1][0], -k2 * gW[1][1]
+        gk += gd * (-2 * ae + 2 * k * a2 * e2)
+        gae += gd * (-2 * k)
+        ga2 += gd * k2 * e2
+        ge2 += gd * k2 * a2
+        gs, gratio = galpha * ratio, galpha * s
+        gk += gratio * (a2 / q - p * e2 / (q * q))
+        ga2 += gratio * k / q
+        ge2 -= gratio * p * k / (q * q)
+        ve = var + eps
+        gw = gs / (2 * s * ve) if s > 0 else math.inf * gs
+        gvar = -gs * s / (2 * ve)
+        glam = gvar * 2 * lam * Sf / n
+        gS = gvar * lam * lam / n
+        if q > 1e-15:
+            gk += glam * (-2 * e2 / (q * q))
+            ge2 += glam * (-2 * k / (q * q))
+        Gg = torch.tensor([[2 * ga2, gae], [gae, 2 * ge2]], dtype=AE.dtype, device=AE.device)
+        gE = torch.addmm(gAE, Gg, AE)  # rows: d/da, d/de
+        ng = ctx.needs_input_grad
+        sc = lambda v: torch.tensor(v, dtype=AE.dtype, device=AE.device)  # noqa: E731
+        return (gE[0] if ng[0] else None, -gE[1] if ng[1] else None, sc(gS) if ng[2] else None,
+                sc(gw).reshape(ctx.wshape) if ng[3] else None, sc(-gk) if ng[4] else None, None, None)
 
 
 class SqSumFn(torch.autograd.Function):

@@ -334,6 +334,43 @@ def test_batchnorm_fused_grads_fp64_and_gradcheck():
                                     atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batchnorm_scalar_chain_fn_vs_torch_composition(dtype):
+    """Eager batch norm runs the transport / rescaling scalars in one Function (BnTransportFn, hand-written
+    backward); under a torch-function mode (as when traced) the torch composition runs instead.  Both: the same
+    values, gradients to x, bias, weight, c and running statistics; the Function's own gradcheck (fp64)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Passthrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    x0 = gp.expmap0(torch.randn(33, 5, dtype=dtype) * 0.8, c=1.3).detach()
+    outs = []
+    for mode in (None, Passthrough):
+        x = x0.clone().requires_grad_(True)
+        c = torch.tensor(1.3, dtype=dtype, requires_grad=True)
+        bias = (torch.linspace(-0.4, 0.5, 5, dtype=dtype)).requires_grad_(True)
+        w = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+        rm, rv = torch.zeros(5, dtype=dtype), torch.ones((), dtype=dtype)
+        if mode is None:
+            y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
+        else:
+            with mode():
+                y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
+        g = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
+    for a, r in zip(*outs):
+        torch.testing.assert_close(a, r, **tol)
+    if dtype == torch.float64:
+        b = gp.expmap0(torch.randn(5, dtype=dtype) * 0.4, c=1.3).requires_grad_(True)
+        m = gp.expmap0(torch.randn(5, dtype=dtype) * 0.4, c=1.3).requires_grad_(True)
+        ins = (b, m, torch.tensor(3.1, dtype=dtype, requires_grad=True), torch.tensor(0.7, dtype=dtype, requires_grad=True),
+               torch.tensor(1.3, dtype=dtype, requires_grad=True))
+        assert torch.autograd.gradcheck(lambda *t: gp.BnTransportFn.apply(*t, 33, 1e-6)[0], ins, eps=1e-6, atol=1e-7)
+
+
 def test_batchnorm_fused_ops_opcheck():
     import geoops._ops.poincare as pops
 
