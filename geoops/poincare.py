@@ -463,10 +463,8 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     k = -ct
     b = _st.expmap0(bias.to(cdt), k=k)
     if training or running_mean is None:
-        # the midpoint: one fused reduction (F, L), then O(D) torch on the result
-        F_, L_ = _library.apply(MidpointSumsFn, xr, ct)
-        f = F_ / L_.clamp_min(1e-15)
-        mean = f / (1 + (1 - ct * torch.dot(f, f)).sqrt())
+        # the midpoint: one fused reduction (F, L) and the D-vector step to m in one Function
+        mean = _library.apply(MidpointMeanFn, xr, ct)
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
         S = _library.apply(SqSumFn, u)
         n = max(x.shape[0], 1)
@@ -599,21 +597,33 @@ class SqRowsFn(torch.autograd.Function):
         return r * (2 * g).unsqueeze(-1)
 
 
-class MidpointSumsFn(torch.autograd.Function):
-    """Rows x (N, D) -> (F, L), the batch midpoint's sums (geoops::poincare_midpoint_sums_fwd / _bwd)."""
+class MidpointMeanFn(torch.autograd.Function):
+    """Rows x (N, D) -> the batch midpoint m = f / (1 + sqrt(1 - c|f|^2)), f = F / L, from the fused sums
+    (F, L) = geoops::poincare_midpoint_sums_fwd; backward by hand on the D-vector (gf, then gF = gf / L,
+    gL = -<gf, F> / L^2, the c term through the root), then geoops::poincare_midpoint_sums_bwd."""
 
     @staticmethod
     def forward(ctx, x, c):
-        ctx.save_for_backward(x, c)
-        return _ops.poincare_midpoint_sums_fwd(x, c)
+        F_, L_ = _ops.poincare_midpoint_sums_fwd(x, c)
+        Lc = L_.clamp_min(1e-15)
+        f = F_ / Lc
+        ff = torch.dot(f, f)
+        r = (1 - c * ff).sqrt()
+        ctx.save_for_backward(x, c, F_, L_, f, ff, r)
+        return f / (1 + r)
 
     @staticmethod
-    def backward(ctx, gF, gL):
-        x, c = ctx.saved_tensors
-        gF = torch.zeros(x.shape[1], dtype=x.dtype) if gF is None else gF.contiguous()
-        gL = torch.zeros((), dtype=x.dtype) if gL is None else gL
-        gx, gc = _ops.poincare_midpoint_sums_bwd(gF, gL, x, c)
-        return gx, (gc.reshape(c.shape) if ctx.needs_input_grad[1] else None)
+    def backward(ctx, gm):
+        x, c, F_, L_, f, ff, r = ctx.saved_tensors
+        opr = 1 + r
+        h = torch.dot(gm, f) / (opr * opr)  # <gm, f> / (1 + r)^2
+        gf = gm / opr + f * (h * c / r)
+        gF = gf / L_.clamp_min(1e-15)
+        gL = -torch.dot(gF, f) * (L_ > 1e-15)
+        gx, gc = _ops.poincare_midpoint_sums_bwd(gF.contiguous(), gL, x, c)
+        if not ctx.needs_input_grad[1]:
+            return gx, None
+        return gx, (gc + h * ff / (2 * r)).reshape(c.shape)
 
 
 class BnRowsFn(torch.autograd.Function):
