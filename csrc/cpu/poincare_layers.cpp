@@ -276,9 +276,34 @@ struct BnRowCtx {
   double bb, k, eps;
 };
 
+// expmap_b's one transcendental, tanc(k h^2 |v|^2) with h = 1/(1 + k|b|^2), comes in precomputed for a block of
+// rows (tanc_n of vec_math.h: SIMD over the block, instead of a libm sqrt/tanh chain per row); this policy
+// hands it to stereo_math.h's forms (EXPMAP's fwd and vjp call m.tanc exactly once, with that argument).
+struct GivenTanc {
+  double t;
+  double tanc(double) const { return t; }
+  double atanc(double z, double q) const { return stereo::atanc(z, q); }
+};
+
+constexpr int64_t kBnBlock = 256;
+
+// z_j = k h^2 |v_j|^2 for rows [i0, i0 + n), then t_j = tanc(z_j) on SIMD vectors.
+template <typename T>
+void bn_block_tanc(const T* vp, int64_t i0, int64_t n, int64_t D, double k, double bb, double* z, double* t) {
+  const double h = 1.0 / stereo::clamp_lo(1.0 + k * bb, stereo::min_den<double>());
+  for (int64_t j = 0; j < n; ++j) {
+    const T* vr = vp + (i0 + j) * D;
+    double vv = 0;
+#pragma omp simd reduction(+ : vv)
+    for (int64_t d = 0; d < D; ++d) vv += double(vr[d]) * double(vr[d]);
+    z[j] = k * h * h * vv;
+  }
+  tanc_n(z, t, n);
+}
+
 template <typename T>
 inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e, stereo::Row<double>& s1,
-                       stereo::Coef<double>& c1, stereo::Row<double>& s2, stereo::Coef<double>& c2) {
+                       stereo::Coef<double>& c1, stereo::Row<double>& s2, stereo::Coef<double>& c2, GivenTanc& gt) {
   using namespace geoops::stereo;
   const int64_t D = cx.D;
 #pragma omp simd
@@ -293,7 +318,7 @@ inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e,
     dd += t * t;
   }
   s1 = Row<double>{cx.bb, vv, bv, dd, cx.k, 0.0};
-  c1 = fwd(EXPMAP, s1, 0.0);
+  c1 = fwd(EXPMAP, s1, 0.0, gt);
   double ee = 0;
 #pragma omp simd reduction(+ : ee)
   for (int64_t d = 0; d < D; ++d) {
@@ -324,14 +349,20 @@ template <typename T>
 void bn_fwd_impl(const T* up, T* yp, int64_t N, const BnRowCtx<T>& cx) {
   const int64_t D = cx.D;
   at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
-    std::vector<double> v(D), e(D);
+    std::vector<double> v(D), e(D), z(kBnBlock), tz(kBnBlock);
     stereo::Row<double> s1, s2;
     stereo::Coef<double> c1, c2;
-    for (int64_t i = i0; i < i1; ++i) {
-      bn_row_fwd(cx, up + i * D, v.data(), e.data(), s1, c1, s2, c2);
-      T* yr = yp + i * D;
+    for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
+      const int64_t n = std::min<int64_t>(kBnBlock, i1 - b0);
+      bn_block_tanc(up, b0, n, D, cx.k, cx.bb, z.data(), tz.data());
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = b0 + j;
+        GivenTanc gt{tz[j]};
+        bn_row_fwd(cx, up + i * D, v.data(), e.data(), s1, c1, s2, c2, gt);
+        T* yr = yp + i * D;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) yr[d] = T(c2.a * e[d]);
+        for (int64_t d = 0; d < D; ++d) yr[d] = T(c2.a * e[d]);
+      }
     }
   });
 }
@@ -348,13 +379,16 @@ void bn_bwd_impl(const T* gp, const T* vp_in, int64_t N, const BnRowCtx<T>& cx, 
     const int tid = at::get_thread_num();
     if (ab[tid].empty()) ab[tid].assign(D, 0.0);
     double* pb = ab[tid].data();
-    std::vector<double> v(D), e(D), ge(D);
+    std::vector<double> v(D), e(D), ge(D), z(kBnBlock), tz(kBnBlock);
     Row<double> s1, s2;
     Coef<double> c1, c2;
     double kk = 0;
     for (int64_t i = i0; i < i1; ++i) {
+      const int64_t j = (i - i0) % kBnBlock;
+      if (j == 0) bn_block_tanc(vp_in, i, std::min<int64_t>(kBnBlock, i1 - i), D, cx.k, cx.bb, z.data(), tz.data());
+      GivenTanc gt{tz[j]};
       const T* gr = gp + i * D;
-      bn_row_fwd(cx, vp_in + i * D, v.data(), e.data(), s1, c1, s2, c2);
+      bn_row_fwd(cx, vp_in + i * D, v.data(), e.data(), s1, c1, s2, c2, gt);
       double ga = 0;
 #pragma omp simd reduction(+ : ga)
       for (int64_t d = 0; d < D; ++d) ga += double(gr[d]) * e[d];
@@ -371,7 +405,7 @@ void bn_bwd_impl(const T* gp, const T* vp_in, int64_t N, const BnRowCtx<T>& cx, 
         gav += gep[d] * vp[d];
         gad += gep[d] * (bp[d] - vp[d]);
       }
-      const Row<double> r1 = vjp(EXPMAP, s1, 0.0, gab, gav, gad);
+      const Row<double> r1 = vjp(EXPMAP, s1, 0.0, gab, gav, gad, gt);
       kk += r2.k + r1.k;
       T* gvr = gvp_out + i * D;
 #pragma omp simd
