@@ -394,10 +394,11 @@ def test_batchnorm_fused_ops_opcheck():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("N", [0, 1, 37])
+@pytest.mark.parametrize("N", [0, 1, 37, 600])
 def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N):
     """The C++ row op's GEMM-first path (u @ M inside the op; gu = gv M^T, gM = u^T gv after the row pass) and its
-    empty-M (identity) path vs the reference kernel set: values and du, dM, db, dc; both projection branches."""
+    empty-M (identity) path vs the reference kernel set: values and du, dM, db, dc; both projection branches;
+    N = 600: several 256-row blocks of the batched tanc and a partial last one."""
     import geoops._ops.poincare as pops
 
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
