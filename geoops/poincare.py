@@ -519,7 +519,7 @@ class BnTransportFn(torch.autograd.Function):
         W = ((-k * k * e2, k), (-k + 2 * k * k * ae, -k * k * a2))
         f = 2 * alpha / dc
         V = torch.tensor([[f * W[0][0], f * W[0][1]], [f * W[1][0], f * W[1][1]]], dtype=AE.dtype, device=AE.device)
-        M = torch.addmm(torch.eye(AE.shape[1], dtype=AE.dtype, device=AE.device), AE.t(), V @ AE, beta=alpha)
+        M = torch.addmm(_transport_consts(AE.shape[1], AE)[0], AE.t(), V @ AE, beta=alpha)
         ctx.save_for_backward(AE, V)
         ctx.sc = (a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W)
         ctx.wshape = w.shape
@@ -562,9 +562,9 @@ class BnTransportFn(torch.autograd.Function):
         Gg = torch.tensor([[2 * ga2, gae], [gae, 2 * ge2]], dtype=AE.dtype, device=AE.device)
         gE = torch.addmm(gAE, Gg, AE)  # rows: d/da, d/de
         ng = ctx.needs_input_grad
-        sc = lambda v: torch.tensor(v, dtype=AE.dtype, device=AE.device)  # noqa: E731
-        return (gE[0] if ng[0] else None, -gE[1] if ng[1] else None, sc(gS) if ng[2] else None,
-                sc(gw).reshape(ctx.wshape) if ng[3] else None, sc(-gk) if ng[4] else None, None, None)
+        gS_, gw_, gc_ = torch.tensor((gS, gw, -gk), dtype=AE.dtype, device=AE.device).unbind()
+        return (gE[0] if ng[0] else None, -gE[1] if ng[1] else None, gS_ if ng[2] else None,
+                gw_.reshape(ctx.wshape) if ng[3] else None, gc_ if ng[4] else None, None, None)
 
 
 class SqSumFn(torch.autograd.Function):
