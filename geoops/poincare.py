@@ -468,9 +468,10 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
         S = _library.apply(SqSumFn, u)
         n = max(x.shape[0], 1)
-        if _library.direct_call_ok(mean, b, S, weight, ct):
-            # eager: the scalar chain (variance, rescaling, the gyration's 2 x 2 form) in Python floats, one
-            # Function with a hand-written backward (the torch composition below costs ~100 tiny ops each way)
+        if xr.device.type == "cpu" and _library.direct_call_ok(mean, b, S, weight, ct):
+            # eager CPU: the scalar chain (variance, rescaling, the gyration's 2 x 2 form) in Python floats, one
+            # Function with a hand-written backward (the torch composition below costs ~100 tiny ops each way;
+            # on a GPU the floats would be a host sync per call, so CUDA keeps the composition)
             M, var = BnTransportFn.apply(b, mean, S, weight.to(cdt), ct, n, eps)
         else:
             AE, G = _gram(b, mean)
