@@ -461,32 +461,111 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
     k = -ct
+    b = _st.expmap0(bias.to(cdt), k=k)
     if training or running_mean is None:
-        # the midpoint: one fused reduction (F, L), then O(D) torch on the result
-        F_, L_ = _library.apply(MidpointSumsFn, xr, ct)
-        f = F_ / L_.clamp_min(1e-15)
-        mean = f / (1 + (1 - ct * f.pow(2).sum()).sqrt())
+        # the midpoint: one fused reduction (F, L) and the D-vector step to m in one Function
+        mean = _library.apply(MidpointMeanFn, xr, ct)
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
-        lam_m = 2 / (1 - ct * mean.pow(2).sum()).clamp_min(1e-15)
-        var = lam_m.pow(2) * _library.apply(SqSumFn, u) / max(x.shape[0], 1)
+        S = _library.apply(SqSumFn, u)
+        n = max(x.shape[0], 1)
+        if xr.device.type == "cpu" and _library.direct_call_ok(mean, b, S, weight, ct):
+            # eager CPU: the scalar chain (variance, rescaling, the gyration's 2 x 2 form) in Python floats, one
+            # Function with a hand-written backward (the torch composition below costs ~100 tiny ops each way;
+            # on a GPU the floats would be a host sync per call, so CUDA keeps the composition)
+            M, var = BnTransportFn.apply(b, mean, S, weight.to(cdt), ct, n, eps)
+        else:
+            AE, G = _gram(b, mean)
+            lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
+            var = lam_m.square() * S / n
+            M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
         if training and running_mean is not None:
             with torch.no_grad():
                 n = x.shape[0]
-                running_mean.copy_(_st.geodesic(torch.tensor(momentum, dtype=mean.dtype), running_mean,
-                                                 mean.detach(), k=k.detach()))
+                running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=k.detach()))
                 unbiased = var.detach() * (n / max(n - 1, 1))
                 running_var.mul_(1 - momentum).add_(momentum * unbiased)
     else:
         mean, var = running_mean.to(cdt), running_var.to(cdt)
         u = _st.logmap(mean, xr, k=k)
-    b = expmap0(bias.to(cdt), c=ct)
-    M = _transport_matrix(mean, b, k) * (weight.to(cdt) / (var + eps)).sqrt()
-    # transport m -> b and rescale as one (D, D) matrix, then expmap_b + project: one fused row pass.  On the
-    # C++ kernels the matrix product is one GEMM (MKL; its backward two more) and the row pass gets M = identity
-    # (an empty M): the kernel's per-row D x D products in double cost far more than the GEMMs
-    if _ops.kernels(xr.device) is _ops.cpp_kernels():
-        u, M = torch.mm(u, M), M.new_empty(0)
+        AE, G = _gram(b, mean)
+        M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
+    # M: the transport m -> b and the rescaling as one (D, D) matrix; then expmap_b(u M) + project: one fused
+    # row op (the kernels run u M as a GEMM and the row pass after it)
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+
+
+class BnTransportFn(torch.autograd.Function):
+    """(b, m, S, weight, c) -> M = s PT_{m->b} as a (D, D) matrix (see ``_transport_matrix``), with the variance
+    var = lam_m^2 S / n of S = sum_i |logmap_m(x_i)|^2 and s = sqrt(weight / (var + eps)).
+
+    Forward: one 2 x 2 Gram GEMM of AE = [b; -m], the scalar chain in Python floats (double), M = alpha I +
+    AE^T V AE (V = 2 alpha W / d, 2 x 2).  Backward by hand: gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then
+    the scalar chain's adjoints (W, d, the ratio lam_m / lam_b, s, var, lam_m) back to |b|^2, |m|^2, <b, -m>, k,
+    S and weight, and gb, gm from them with gAE.  Eager only (``.item()``-style floats): traced / transformed
+    calls take the torch composition.  Second output: the variance (no gradient; for the running statistics)."""
+
+    @staticmethod
+    def forward(ctx, b, m, S, w, c, n, eps):
+        AE = torch.stack((b, -m))
+        (a2, ae), (_, e2) = (AE @ AE.t()).tolist()
+        k, Sf, wf = -float(c), float(S), float(w)
+        q, p = 1 + k * e2, 1 + k * a2
+        lam = 2 / max(q, 1e-15)
+        var = lam * lam * Sf / n
+        s = math.sqrt(wf / (var + eps))
+        ratio = p / q
+        alpha = s * ratio
+        d = 1 - 2 * k * ae + k * k * a2 * e2
+        dc = max(d, 1e-15)
+        W = ((-k * k * e2, k), (-k + 2 * k * k * ae, -k * k * a2))
+        f = 2 * alpha / dc
+        V = torch.tensor([[f * W[0][0], f * W[0][1]], [f * W[1][0], f * W[1][1]]], dtype=AE.dtype, device=AE.device)
+        M = torch.addmm(_transport_consts(AE.shape[1], AE)[0], AE.t(), V @ AE, beta=alpha)
+        ctx.save_for_backward(AE, V)
+        ctx.sc = (a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W)
+        ctx.wshape = w.shape
+        vt = torch.tensor(var, dtype=AE.dtype, device=AE.device)
+        ctx.mark_non_differentiable(vt)
+        return M, vt
+
+    @staticmethod
+    def backward(ctx, gM, _gvar):
+        AE, V = ctx.saved_tensors
+        a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W = ctx.sc
+        Q = AE @ gM  # (2, D)
+        gAE = V @ (AE @ gM.t()) + V.t() @ Q
+        gV = (Q @ AE.t()).tolist()
+        galpha = float(gM.diagonal().sum())
+        gVW = sum(gV[i][j] * W[i][j] for i in range(2) for j in range(2))
+        f = 2 * alpha / dc
+        galpha += 2 / dc * gVW
+        gd = -f / dc * gVW if d > 1e-15 else 0.0
+        gW = [[f * gV[i][j] for j in range(2)] for i in range(2)]
+        k2 = k * k
+        gk = gW[0][0] * (-2 * k * e2) + gW[0][1] + gW[1][0] * (-1 + 4 * k * ae) + gW[1][1] * (-2 * k * a2)
+        ge2, gae, ga2 = -k2 * gW[0][0], 2 * k2 * gW[1][0], -k2 * gW[1][1]
+        gk += gd * (-2 * ae + 2 * k * a2 * e2)
+        gae += gd * (-2 * k)
+        ga2 += gd * k2 * e2
+        ge2 += gd * k2 * a2
+        gs, gratio = galpha * ratio, galpha * s
+        gk += gratio * (a2 / q - p * e2 / (q * q))
+        ga2 += gratio * k / q
+        ge2 -= gratio * p * k / (q * q)
+        ve = var + eps
+        gw = gs / (2 * s * ve) if s > 0 else math.inf * gs
+        gvar = -gs * s / (2 * ve)
+        glam = gvar * 2 * lam * Sf / n
+        gS = gvar * lam * lam / n
+        if q > 1e-15:
+            gk += glam * (-2 * e2 / (q * q))
+            ge2 += glam * (-2 * k / (q * q))
+        Gg = torch.tensor([[2 * ga2, gae], [gae, 2 * ge2]], dtype=AE.dtype, device=AE.device)
+        gE = torch.addmm(gAE, Gg, AE)  # rows: d/da, d/de
+        ng = ctx.needs_input_grad
+        gS_, gw_, gc_ = torch.tensor((gS, gw, -gk), dtype=AE.dtype, device=AE.device).unbind()
+        return (gE[0] if ng[0] else None, -gE[1] if ng[1] else None, gS_ if ng[2] else None,
+                gw_.reshape(ctx.wshape) if ng[3] else None, gc_ if ng[4] else None, None, None)
 
 
 class SqSumFn(torch.autograd.Function):
@@ -519,21 +598,33 @@ class SqRowsFn(torch.autograd.Function):
         return r * (2 * g).unsqueeze(-1)
 
 
-class MidpointSumsFn(torch.autograd.Function):
-    """Rows x (N, D) -> (F, L), the batch midpoint's sums (geoops::poincare_midpoint_sums_fwd / _bwd)."""
+class MidpointMeanFn(torch.autograd.Function):
+    """Rows x (N, D) -> the batch midpoint m = f / (1 + sqrt(1 - c|f|^2)), f = F / L, from the fused sums
+    (F, L) = geoops::poincare_midpoint_sums_fwd; backward by hand on the D-vector (gf, then gF = gf / L,
+    gL = -<gf, F> / L^2, the c term through the root), then geoops::poincare_midpoint_sums_bwd."""
 
     @staticmethod
     def forward(ctx, x, c):
-        ctx.save_for_backward(x, c)
-        return _ops.poincare_midpoint_sums_fwd(x, c)
+        F_, L_ = _ops.poincare_midpoint_sums_fwd(x, c)
+        Lc = L_.clamp_min(1e-15)
+        f = F_ / Lc
+        ff = torch.dot(f, f)
+        r = (1 - c * ff).sqrt()
+        ctx.save_for_backward(x, c, F_, L_, f, ff, r)
+        return f / (1 + r)
 
     @staticmethod
-    def backward(ctx, gF, gL):
-        x, c = ctx.saved_tensors
-        gF = torch.zeros(x.shape[1], dtype=x.dtype) if gF is None else gF.contiguous()
-        gL = torch.zeros((), dtype=x.dtype) if gL is None else gL
-        gx, gc = _ops.poincare_midpoint_sums_bwd(gF, gL, x, c)
-        return gx, (gc.reshape(c.shape) if ctx.needs_input_grad[1] else None)
+    def backward(ctx, gm):
+        x, c, F_, L_, f, ff, r = ctx.saved_tensors
+        opr = 1 + r
+        h = torch.dot(gm, f) / (opr * opr)  # <gm, f> / (1 + r)^2
+        gf = gm / opr + f * (h * c / r)
+        gF = gf / L_.clamp_min(1e-15)
+        gL = -torch.dot(gF, f) * (L_ > 1e-15)
+        gx, gc = _ops.poincare_midpoint_sums_bwd(gF.contiguous(), gL, x, c)
+        if not ctx.needs_input_grad[1]:
+            return gx, None
+        return gx, (gc + h * ff / (2 * r)).reshape(c.shape)
 
 
 class BnRowsFn(torch.autograd.Function):
@@ -552,20 +643,41 @@ class BnRowsFn(torch.autograd.Function):
         return gu, gM, gb, (gc.reshape(c.shape) if ctx.needs_input_grad[3] else None), None
 
 
-def _transport_matrix(m: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Parallel transport from the point m to the point b (k = -c) as a (D, D) matrix T: PT(v) = v @ T.
+def _gram(b: torch.Tensor, m: torch.Tensor):
+    """AE = [b; -m] (2, D) and its Gram matrix [[|b|^2, -<b,m>], [-<b,m>, |m|^2]] (one small GEMM)."""
+    AE = torch.stack((b, -m))
+    return AE, AE @ AE.t()
+
+
+_TRANSPORT_CONST: dict = {}
+
+
+def _transport_consts(D: int, like: torch.Tensor):
+    key = (D, like.dtype, like.device)
+    cst = _TRANSPORT_CONST.get(key)
+    if cst is None:
+        o = dict(dtype=like.dtype, device=like.device)
+        cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o), torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
+        if len(_TRANSPORT_CONST) < 64:
+            _TRANSPORT_CONST[key] = cst
+    return cst
+
+
+def _transport_matrix(AE: torch.Tensor, G: torch.Tensor, k: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """s times the parallel transport from m to b (k = -c) as a (D, D) matrix T: s PT(v) = v @ T, from
+    AE = [a; e] = [b; -m] and its Gram matrix G (``_gram``).
 
     PT_{m->b}(v) = gyr[b, -m] v * lam_m / lam_b, and a gyration with both points fixed is linear in v:
-    gyr[a, e] v = v + (2/d) [<a,v>, <e,v>] M [a; e] (geoopt's closed form, M 2 x 2)."""
-    a, e = b, -m
-    a2, e2, ae = (a * a).sum(), (e * e).sum(), (a * e).sum()
+    gyr[a, e] v = v + (2/d) [<a,v>, <e,v>] W [a; e] with geoopt's closed form W = [[-k^2 |e|^2, k],
+    [-k + 2 k^2 <a,e>, -k^2 |a|^2]] and d = 1 - 2k<a,e> + k^2 |a|^2 |e|^2; W = k^2 (flip(G) * C1) + k C2 for the
+    constant C1 = [[-1, 0], [2, -1]], C2 = [[0, 1], [-1, 0]] (few small ops: this runs once per layer call)."""
+    eye, C1, C2 = _transport_consts(AE.shape[1], AE)
+    a2, ae, _, e2 = G.reshape(4).unbind()
     k2 = k * k
-    d = 1 - 2 * k * ae + k2 * a2 * e2
-    M = torch.stack([torch.stack([-k2 * e2, k]), torch.stack([-k + 2 * k2 * ae, -k2 * a2])])
-    AE = torch.stack([a, e])  # (2, D)
-    eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
-    ratio = (1 + k * (b * b).sum()) / (1 + k * (m * m).sum())  # lam_m / lam_b
-    return (eye + AE.transpose(0, 1) @ M @ AE * (2 / d.clamp_min(1e-15))) * ratio
+    W = torch.flip(G, (0, 1)) * C1 * k2 + C2 * k
+    d = (1 - 2 * k * ae + k2 * a2 * e2).clamp_min(1e-15)
+    alpha = s * (1 + k * a2) / (1 + k * e2)  # s lam_m / lam_b
+    return eye * alpha + AE.t() @ (W * (2 * alpha / d)) @ AE
 
 
 # ---------------------------------------------------------------- HNN

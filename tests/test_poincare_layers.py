@@ -334,6 +334,43 @@ def test_batchnorm_fused_grads_fp64_and_gradcheck():
                                     atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batchnorm_scalar_chain_fn_vs_torch_composition(dtype):
+    """Eager batch norm runs the transport / rescaling scalars in one Function (BnTransportFn, hand-written
+    backward); under a torch-function mode (as when traced) the torch composition runs instead.  Both: the same
+    values, gradients to x, bias, weight, c and running statistics; the Function's own gradcheck (fp64)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Passthrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    x0 = gp.expmap0(torch.randn(33, 5, dtype=dtype) * 0.8, c=1.3).detach()
+    outs = []
+    for mode in (None, Passthrough):
+        x = x0.clone().requires_grad_(True)
+        c = torch.tensor(1.3, dtype=dtype, requires_grad=True)
+        bias = (torch.linspace(-0.4, 0.5, 5, dtype=dtype)).requires_grad_(True)
+        w = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+        rm, rv = torch.zeros(5, dtype=dtype), torch.ones((), dtype=dtype)
+        if mode is None:
+            y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
+        else:
+            with mode():
+                y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
+        g = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
+    for a, r in zip(*outs):
+        torch.testing.assert_close(a, r, **tol)
+    if dtype == torch.float64:
+        b = gp.expmap0(torch.randn(5, dtype=dtype) * 0.4, c=1.3).requires_grad_(True)
+        m = gp.expmap0(torch.randn(5, dtype=dtype) * 0.4, c=1.3).requires_grad_(True)
+        ins = (b, m, torch.tensor(3.1, dtype=dtype, requires_grad=True), torch.tensor(0.7, dtype=dtype, requires_grad=True),
+               torch.tensor(1.3, dtype=dtype, requires_grad=True))
+        assert torch.autograd.gradcheck(lambda *t: gp.BnTransportFn.apply(*t, 33, 1e-6)[0], ins, eps=1e-6, atol=1e-7)
+
+
 def test_batchnorm_fused_ops_opcheck():
     import geoops._ops.poincare as pops
 
@@ -354,6 +391,31 @@ def test_batchnorm_fused_ops_opcheck():
     xi = _img(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
     f = torch.compile(bn, fullgraph=True, backend="eager")
     torch.testing.assert_close(f(xi), gnn.PoincareBatchNorm2d(4, gnn.PoincareBall(1.0))(xi), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N", [0, 1, 37, 600])
+def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N):
+    """The C++ row op's GEMM-first path (u @ M inside the op; gu = gv M^T, gM = u^T gv after the row pass) and its
+    empty-M (identity) path vs the reference kernel set: values and du, dM, db, dc; both projection branches;
+    N = 600: several 256-row blocks of the batched tanc and a partial last one."""
+    import geoops._ops.poincare as pops
+
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    g0 = torch.Generator().manual_seed(N)
+    c = torch.tensor(0.9, dtype=dtype)
+    u = (torch.randn(N, 5, generator=g0, dtype=dtype) * torch.linspace(0.2, 4.0, max(N, 1), dtype=dtype)[:N, None])
+    M = torch.eye(5, dtype=dtype) * 0.7 + torch.randn(5, 5, generator=g0, dtype=dtype) * 0.2
+    b = gp.expmap0(torch.randn(5, generator=g0, dtype=dtype) * 0.3, c=0.9)
+    g = torch.randn(N, 5, generator=g0, dtype=dtype)
+    for MM in (M, M.new_empty(0)):
+        y = pops._Cpp.poincare_bn_rows_fwd(u, MM, b, c, 4e-3)
+        yr = pops._Reference.poincare_bn_rows_fwd(u, MM, b, c, 4e-3)
+        torch.testing.assert_close(y, yr, **tol)
+        for a, r in zip(pops._Cpp.poincare_bn_rows_bwd(g, u, MM, b, c, 4e-3),
+                        pops._Reference.poincare_bn_rows_bwd(g, u, MM, b, c, 4e-3)):
+            assert a.shape == r.shape and a.dtype == r.dtype
+            torch.testing.assert_close(a, r, **tol)
 
 
 @pytest.mark.parametrize("tangent", [True, False])

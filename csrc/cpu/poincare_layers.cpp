@@ -266,32 +266,48 @@ double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int6
 // as one (D, D) matrix, b = expmap0(bias).  expmap and project are evaluated with the coefficient forms of
 // geoops/stereo_math.h (k = -c) and differentiated with its hand-derived vjps:
 //   backward per row: ge = a_p g + 2 xx_p e (project), then (gb_i, gv) from expmap's row adjoints,
-//   gu = gv M^T (per row), gM = sum_i u_i^T gv_i, gb = sum_i gb_i, dk = sum of the row k adjoints (double).
+//   gb = sum_i gb_i, dk = sum of the row k adjoints (double).  The op entries run v = u M as one GEMM (at::mm,
+//   MKL) before the row pass and gu = gv M^T, gM = u^T gv as two GEMMs after it (an empty M: the identity);
+//   per-row D x D products in double cost several times more than the GEMMs.
 template <typename T>
 struct BnRowCtx {
   int64_t D;
-  const T* M;  // (D, D)
   std::vector<double> b;
   double bb, k, eps;
 };
 
+// expmap_b's one transcendental, tanc(k h^2 |v|^2) with h = 1/(1 + k|b|^2), comes in precomputed for a block of
+// rows (tanc_n of vec_math.h: SIMD over the block, instead of a libm sqrt/tanh chain per row); this policy
+// hands it to stereo_math.h's forms (EXPMAP's fwd and vjp call m.tanc exactly once, with that argument).
+struct GivenTanc {
+  double t;
+  double tanc(double) const { return t; }
+  double atanc(double z, double q) const { return stereo::atanc(z, q); }
+};
+
+constexpr int64_t kBnBlock = 256;
+
+// z_j = k h^2 |v_j|^2 for rows [i0, i0 + n), then t_j = tanc(z_j) on SIMD vectors.
+template <typename T>
+void bn_block_tanc(const T* vp, int64_t i0, int64_t n, int64_t D, double k, double bb, double* z, double* t) {
+  const double h = 1.0 / stereo::clamp_lo(1.0 + k * bb, stereo::min_den<double>());
+  for (int64_t j = 0; j < n; ++j) {
+    const T* vr = vp + (i0 + j) * D;
+    double vv = 0;
+#pragma omp simd reduction(+ : vv)
+    for (int64_t d = 0; d < D; ++d) vv += double(vr[d]) * double(vr[d]);
+    z[j] = k * h * h * vv;
+  }
+  tanc_n(z, t, n);
+}
+
 template <typename T>
 inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e, stereo::Row<double>& s1,
-                       stereo::Coef<double>& c1, stereo::Row<double>& s2, stereo::Coef<double>& c2) {
+                       stereo::Coef<double>& c1, stereo::Row<double>& s2, stereo::Coef<double>& c2, GivenTanc& gt) {
   using namespace geoops::stereo;
   const int64_t D = cx.D;
-  if (cx.M == nullptr) {  // M = identity: the caller formed v = u M with one GEMM
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) v[d] = double(ur[d]);
-  } else {
-    for (int64_t d = 0; d < D; ++d) v[d] = 0;
-    for (int64_t e_ = 0; e_ < D; ++e_) {
-      const double ue = double(ur[e_]);
-      const T* Mr = cx.M + e_ * D;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) v[d] += ue * double(Mr[d]);
-    }
-  }
+  for (int64_t d = 0; d < D; ++d) v[d] = double(ur[d]);  // the rows already hold v = u M (one GEMM first)
   double vv = 0, bv = 0, dd = 0;
   const double* bp = cx.b.data();
 #pragma omp simd reduction(+ : vv, bv, dd)
@@ -302,7 +318,7 @@ inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e,
     dd += t * t;
   }
   s1 = Row<double>{cx.bb, vv, bv, dd, cx.k, 0.0};
-  c1 = fwd(EXPMAP, s1, 0.0);
+  c1 = fwd(EXPMAP, s1, 0.0, gt);
   double ee = 0;
 #pragma omp simd reduction(+ : ee)
   for (int64_t d = 0; d < D; ++d) {
@@ -314,10 +330,9 @@ inline void bn_row_fwd(const BnRowCtx<T>& cx, const T* ur, double* v, double* e,
 }
 
 template <typename T>
-BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double eps) {
+BnRowCtx<T> bn_ctx(const at::Tensor& b, double c, double eps) {
   BnRowCtx<T> cx;
   cx.D = b.size(0);
-  cx.M = M.numel() ? M.data_ptr<T>() : nullptr;  // empty M: identity (u already holds u M)
   cx.b.resize(cx.D);
   cx.bb = 0;
   const T* bp = b.data_ptr<T>();
@@ -333,41 +348,47 @@ BnRowCtx<T> bn_ctx(const at::Tensor& M, const at::Tensor& b, double c, double ep
 template <typename T>
 void bn_fwd_impl(const T* up, T* yp, int64_t N, const BnRowCtx<T>& cx) {
   const int64_t D = cx.D;
-  at::parallel_for(0, N, grain(D * ((cx.M ? D : 0) + 8)), [&](int64_t i0, int64_t i1) {
-    std::vector<double> v(D), e(D);
+  at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
+    std::vector<double> v(D), e(D), z(kBnBlock), tz(kBnBlock);
     stereo::Row<double> s1, s2;
     stereo::Coef<double> c1, c2;
-    for (int64_t i = i0; i < i1; ++i) {
-      bn_row_fwd(cx, up + i * D, v.data(), e.data(), s1, c1, s2, c2);
-      T* yr = yp + i * D;
+    for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
+      const int64_t n = std::min<int64_t>(kBnBlock, i1 - b0);
+      bn_block_tanc(up, b0, n, D, cx.k, cx.bb, z.data(), tz.data());
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = b0 + j;
+        GivenTanc gt{tz[j]};
+        bn_row_fwd(cx, up + i * D, v.data(), e.data(), s1, c1, s2, c2, gt);
+        T* yr = yp + i * D;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) yr[d] = T(c2.a * e[d]);
+        for (int64_t d = 0; d < D; ++d) yr[d] = T(c2.a * e[d]);
+      }
     }
   });
 }
 
 template <typename T>
-void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* gup, double* gM, double* gb,
+void bn_bwd_impl(const T* gp, const T* vp_in, int64_t N, const BnRowCtx<T>& cx, T* gvp_out, double* gb,
                  double* gk) {
   using namespace geoops::stereo;
   const int64_t D = cx.D;
   const int nth = at::get_num_threads();
-  std::vector<std::vector<double>> aM(nth), ab(nth);
+  std::vector<std::vector<double>> ab(nth);
   std::vector<double> ak(nth, 0.0);
-  const bool ident = cx.M == nullptr;
-  at::parallel_for(0, N, grain(D * ((ident ? 0 : 2 * D) + 16)), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(D * 16), [&](int64_t i0, int64_t i1) {
     const int tid = at::get_thread_num();
-    if (ab[tid].empty()) { aM[tid].assign(ident ? 0 : D * D, 0.0); ab[tid].assign(D, 0.0); }
-    double* pM = aM[tid].data();
+    if (ab[tid].empty()) ab[tid].assign(D, 0.0);
     double* pb = ab[tid].data();
-    std::vector<double> v(D), e(D), ge(D), gv(D);
+    std::vector<double> v(D), e(D), ge(D), z(kBnBlock), tz(kBnBlock);
     Row<double> s1, s2;
     Coef<double> c1, c2;
     double kk = 0;
     for (int64_t i = i0; i < i1; ++i) {
-      const T* ur = up + i * D;
+      const int64_t j = (i - i0) % kBnBlock;
+      if (j == 0) bn_block_tanc(vp_in, i, std::min<int64_t>(kBnBlock, i1 - i), D, cx.k, cx.bb, z.data(), tz.data());
+      GivenTanc gt{tz[j]};
       const T* gr = gp + i * D;
-      bn_row_fwd(cx, ur, v.data(), e.data(), s1, c1, s2, c2);
+      bn_row_fwd(cx, vp_in + i * D, v.data(), e.data(), s1, c1, s2, c2, gt);
       double ga = 0;
 #pragma omp simd reduction(+ : ga)
       for (int64_t d = 0; d < D; ++d) ga += double(gr[d]) * e[d];
@@ -384,46 +405,32 @@ void bn_bwd_impl(const T* gp, const T* up, int64_t N, const BnRowCtx<T>& cx, T* 
         gav += gep[d] * vp[d];
         gad += gep[d] * (bp[d] - vp[d]);
       }
-      const Row<double> r1 = vjp(EXPMAP, s1, 0.0, gab, gav, gad);
+      const Row<double> r1 = vjp(EXPMAP, s1, 0.0, gab, gav, gad, gt);
       kk += r2.k + r1.k;
-      double* gvp = gv.data();
+      T* gvr = gvp_out + i * D;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
         const double bd = bp[d], vd = vp[d], dlt = bd - vd;
         pb[d] += (c1.a + c1.c) * gep[d] + 2.0 * r1.xx * bd + r1.xy * vd + 2.0 * r1.dd * dlt;
-        gvp[d] = (c1.b - c1.c) * gep[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt;
-      }
-      T* gur = gup + i * D;
-      if (ident) {
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) gur[d] = T(gvp[d]);
-        continue;
-      }
-      for (int64_t e_ = 0; e_ < D; ++e_) {
-        const T* Mr = cx.M + e_ * D;
-        double acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < D; ++d) acc += double(Mr[d]) * gv[d];
-        gur[e_] = T(acc);
-        const double ue = double(ur[e_]);
-        double* pMr = pM + e_ * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) pMr[d] += ue * gv[d];
+        gvr[d] = T((c1.b - c1.c) * gep[d] + 2.0 * r1.yy * vd + r1.xy * bd - 2.0 * r1.dd * dlt);
       }
     }
     ak[tid] += kk;
   });
-  if (!ident)
-    for (int64_t j = 0; j < D * D; ++j) gM[j] = 0;
   for (int64_t d = 0; d < D; ++d) gb[d] = 0;
   *gk = 0;
   for (int t = 0; t < nth; ++t) {
     *gk += ak[t];
     if (ab[t].empty()) continue;
-    if (!ident)
-      for (int64_t j = 0; j < D * D; ++j) gM[j] += aM[t][j];
     for (int64_t d = 0; d < D; ++d) gb[d] += ab[t][d];
   }
+}
+
+// v = u M (an empty M: the identity) as one GEMM; grad mode off (thread-local: the op may run inside backward)
+at::Tensor bn_times_M(const at::Tensor& u, const at::Tensor& M) {
+  if (M.numel() == 0) return u;
+  at::NoGradGuard ng;
+  return at::mm(u, M);
 }
 
 void check_bn_args(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b) {
@@ -475,11 +482,12 @@ at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u_in, const at::Tensor& M_
   const at::Tensor u = u_in.contiguous(), M = M_in.contiguous(), b = b_in.contiguous();
   check_bn_args(u, M, b);
   const double c = c_in.item<double>();
+  const at::Tensor v = bn_times_M(u, M).contiguous();
   at::Tensor y = at::empty_like(u);
   if (u.scalar_type() == at::kDouble)
-    bn_fwd_impl<double>(u.data_ptr<double>(), y.data_ptr<double>(), u.size(0), bn_ctx<double>(M, b, c, eps));
+    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), u.size(0), bn_ctx<double>(b, c, eps));
   else
-    bn_fwd_impl<float>(u.data_ptr<float>(), y.data_ptr<float>(), u.size(0), bn_ctx<float>(M, b, c, eps));
+    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), u.size(0), bn_ctx<float>(b, c, eps));
   return y;
 }
 
@@ -492,16 +500,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
   TORCH_CHECK(g.sizes() == u.sizes(), "poincare_bn_rows: grad and u must have one shape");
   const double c = c_in.item<double>();
   const int64_t D = u.size(1);
-  at::Tensor gu = at::empty_like(u);
+  const at::Tensor v = bn_times_M(u, M).contiguous();  // recomputed: one small GEMM instead of a saved (N, D)
+  at::Tensor gv = at::empty_like(u);
   const auto dopt = u.options().dtype(at::kDouble);
-  at::Tensor gM = M.numel() ? at::empty({D, D}, dopt) : at::empty({0}, dopt), gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
+  at::Tensor gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
   if (u.scalar_type() == at::kDouble)
-    bn_bwd_impl<double>(g.data_ptr<double>(), u.data_ptr<double>(), u.size(0), bn_ctx<double>(M, b, c, eps),
-                        gu.data_ptr<double>(), gM.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());
+    bn_bwd_impl<double>(g.data_ptr<double>(), v.data_ptr<double>(), u.size(0), bn_ctx<double>(b, c, eps),
+                        gv.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());
   else
-    bn_bwd_impl<float>(g.data_ptr<float>(), u.data_ptr<float>(), u.size(0), bn_ctx<float>(M, b, c, eps),
-                       gu.data_ptr<float>(), gM.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());
-  return {gu, gM.to(u.scalar_type()), gb.to(u.scalar_type()), -gk};  // dc = -dk
+    bn_bwd_impl<float>(g.data_ptr<float>(), v.data_ptr<float>(), u.size(0), bn_ctx<float>(b, c, eps),
+                       gv.data_ptr<float>(), gb.data_ptr<double>(), gk.data_ptr<double>());
+  at::Tensor gu = gv, gM = at::empty({0}, u.options());
+  if (M.numel()) {
+    at::NoGradGuard ng;
+    gu = at::mm(gv, M.t());
+    gM = at::mm(u.t(), gv);
+  }
+  return {gu, gM, gb.to(u.scalar_type()), -gk};  // dc = -dk
 }
 
 }  // namespace cpu

@@ -25,8 +25,8 @@
         midpoint's one fused reduction
     geoops::poincare_midpoint_sums_bwd(Tensor gF, Tensor gL, Tensor x, Tensor c) -> (dx, dc)
     geoops::poincare_bn_rows_fwd(Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> Tensor
-        rows u (N, D), M (D, D), b (D,) on the ball -> project(expmap_b(u @ M), eps): the midpoint batch
-        norm's fused row pass
+        rows u (N, D), M (D, D) (or empty: the identity), b (D,) on the ball -> project(expmap_b(u @ M), eps):
+        the midpoint batch norm's fused row pass (the C++ kernels run u @ M as one GEMM, then the row pass)
     geoops::poincare_bn_rows_bwd(Tensor grad, Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> (du, dM, db, dc)
 
 x, z, bias share a float32/float64 dtype (geoops.poincare upcasts half types).  Each implementation picks
@@ -221,11 +221,6 @@ class _Reference:
             gu, gM, gb, gc = torch.autograd.grad(cls._bn(*ins, eps), ins, g.to(u.dtype), allow_unused=True)
         gM = torch.zeros_like(M) if gM is None else gM
         return gu, gM, gb, gc.to(c.dtype)
-
-
-def cpp_kernels():
-    """The C++ kernel namespace (what :func:`kernels` returns when the CPU kernels run)."""
-    return _Cpp
 
 
 def kernels(device: torch.device):
