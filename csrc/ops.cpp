@@ -35,6 +35,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // ---- stereographic, pairwise (cdist / knn): one GEMM + fused epilogue (csrc/cpu/stereographic_pairwise.cpp)
   m.def("cdist_fwd_cpu", &geoops::cpu::cdist_fwd_cpu, "kappa-stereographic pairwise distance, forward (CPU)");
   m.def("cdist_bwd_cpu", &geoops::cpu::cdist_bwd_cpu, "kappa-stereographic pairwise distance, backward (CPU)");
+  m.def("cdist_packed_available", &geoops::cpu::cdist_packed_available,
+        "whether MKL's packed SGEMM was found at run time (float cdist packs y once per call) (CPU)");
   m.def("cdist_rank_key_cpu", &geoops::cpu::cdist_rank_key_cpu,
         "monotone surrogate of the pairwise distance (no transcendental per pair) (CPU)");
   m.def("dist_from_key_cpu", &geoops::cpu::dist_from_key_cpu, "distance from the rank key (CPU)");

@@ -30,6 +30,7 @@
 #include "stereographic_pairwise.h"
 #include "row_norms.h"  // row_sqnorms (shared with poincare.cpp)
 #include "vec_log.h"    // vecmath::log_pos (cdist forward, float)
+#include "mkl_packed.h" // MKL's packed SGEMM when torch exports it (the y operand packed once per call)
 
 #include "geoops/stereo_math.h"
 
@@ -200,7 +201,7 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
     a = at::vec::maximum(a, zero);
     aout = a;
     const Vec t = a * at::vec::minimum(vipx * vipy, pmax) * v2c;
-    const Vec u = t + (t * (t + two)).sqrt();
+    const Vec u = t + vecmath::sqrt_nr(t * (t + two));
     const Vec w = u + one;
     const Vec l = at::vec::fmadd(u - (w - one), vecmath::approx_recip(w), vecmath::log_pos(w));
     return Vec::blendv(l * vrs, sentinel, close);
@@ -287,6 +288,28 @@ inline int64_t fwd_block_rows(int64_t N, int64_t M) {
   return block_rows(N, M);
 }
 
+// The float GEMMs with y as the shared B operand: y packed once per batch with MKL's packed API (session 8; MKL
+// otherwise re-packs y for every block of rows), or null (at::mm path): float64, no MKL packed API in this torch,
+// sizes over int, or GEOOPS_CDIST_PACKED=0 (read per call).
+inline const mkl_packed::SgemmApi* packed_api(int64_t rows, int64_t M, int64_t D) {
+  const char* e = std::getenv("GEOOPS_CDIST_PACKED");
+  if (e && std::string(e) == "0") return nullptr;
+  if (!mkl_packed::fits_int(rows, M, D)) return nullptr;
+  return mkl_packed::packed_sgemm();
+}
+
+// y [B, M, D] packed per batch as the B operand of x_blk y^T (trans) or W_blk y (no trans), for blocks of at most
+// RB rows; empty when pack is null.
+inline std::vector<mkl_packed::PackedB> pack_y(const mkl_packed::SgemmApi* api, const float* y, int64_t B,
+                                               int64_t M, int64_t D, int64_t RB, bool trans) {
+  std::vector<mkl_packed::PackedB> v;
+  if (!api) return v;
+  v.reserve(B);
+  for (int64_t b = 0; b < B; ++b)
+    v.emplace_back(api, trans, RB, trans ? M : D, trans ? D : M, y + b * M * D, D);
+  return v;
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                             bool save) {
@@ -369,10 +392,19 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
   // one parallel region over (batch, block of rows): the block's GEMM (single-threaded, into the output's or A's
   // rows), then A (close pairs exact) and the distances while the block is in cache
   const int64_t nblk = (s.N + RB - 1) / RB;
+  std::vector<mkl_packed::PackedB> yp_packed;
+  if constexpr (is_f32) yp_packed = pack_y(packed_api(RB, s.M, s.D), yp, s.B, s.M, s.D, RB, true);
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
       at::Tensor Gv = gemm_target(b).narrow(0, i0, nr);
+      if constexpr (is_f32) {
+        if (!yp_packed.empty()) {
+          yp_packed[b].compute(nr, xp + (b * s.N + i0) * s.D, s.D, 0.f, Gv.data_ptr<float>(), s.M);
+          epilogue(b, i0, nr);
+          continue;
+        }
+      }
       at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       epilogue(b, i0, nr);
     }
@@ -489,6 +521,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   int64_t RB = block_rows(s.N, s.M);
   if (const char* e = std::getenv("GEOOPS_CDIST_BWD_RB")) RB = std::max<int64_t>(1, std::min<int64_t>(s.N, std::atoll(e)));
   const int64_t nblk = (s.N + RB - 1) / RB;
+  // float: y packed once per batch for the two GEMMs that reuse it in every block (A = x_blk y^T, dx = W_blk y);
+  // dy's GEMM (W_blk^T x_blk) shares no operand across blocks
+  constexpr bool is_f32 = std::is_same<T, float>::value;
+  std::vector<mkl_packed::PackedB> yT_packed, y_packed;
+  if constexpr (is_f32) {
+    const mkl_packed::SgemmApi* api = packed_api(RB, s.M, s.D);
+    if (recompute) yT_packed = pack_y(api, yp, s.B, s.M, s.D, RB, true);
+    if (want_x) y_packed = pack_y(api, yp, s.B, s.M, s.D, RB, false);
+  }
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor Wt = at::empty({RB, s.M}, x.options());
     T* Wp = Wt.data_ptr<T>();
@@ -523,7 +564,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
       closes.clear();
       if (recompute) {
         at::Tensor Gv = Ablk.narrow(0, 0, nr);
-        at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
+        bool done = false;
+        if constexpr (is_f32) {
+          if (!yT_packed.empty()) {
+            yT_packed[b].compute(nr, xp + (b * s.N + i0) * s.D, s.D, 0.f, Gv.data_ptr<float>(), s.M);
+            done = true;
+          }
+        }
+        if (!done) at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = i0 + r, off = (b * s.N + i) * s.M;
@@ -560,7 +608,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
       const at::Tensor xb = x.select(0, b), yb = y.select(0, b);
       if (want_x) {
         at::Tensor dxv = dx.select(0, b).narrow(0, i0, nr);
-        at::mm_out(dxv, Wv, yb);  // single-threaded inside the parallel region
+        bool done = false;
+        if constexpr (is_f32) {
+          if (!y_packed.empty()) {
+            y_packed[b].compute(nr, Wp, s.M, 0.f, dxv.data_ptr<float>(), s.D);
+            done = true;
+          }
+        }
+        if (!done) at::mm_out(dxv, Wv, yb);  // single-threaded inside the parallel region
         T* o = dxv.data_ptr<T>();
         const T* xr = xp + (b * s.N + i0) * s.D;
         for (int64_t r = 0; r < nr; ++r) {
@@ -681,6 +736,8 @@ at::Tensor from_key_impl(const at::Tensor& key_in, const at::Tensor& k) {
 }
 
 }  // namespace
+
+bool cdist_packed_available() { return mkl_packed::packed_sgemm() != nullptr; }
 
 std::tuple<at::Tensor, at::Tensor> cdist_fwd_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                                  bool save) {

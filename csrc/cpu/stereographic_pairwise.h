@@ -21,6 +21,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cdist_bwd_cpu(const at::Tensor& g
                                                              const at::Tensor& A, const at::Tensor& dist,
                                                              int64_t mask);
 
+// Whether MKL's packed SGEMM was found at run time (the float cdist GEMMs then pack y once per call; else at::mm).
+bool cdist_packed_available();
+
 // Squared stereographic distance surrogate for ranking (monotone in the distance for a fixed k):
 // r_ij = A_ij / P_ij with P = (1 + k|x|^2)(1 + k|y|^2) for k < 0, A_ij / (P_ij - k A_ij) for k > 0,
 // A_ij for k = 0.  One GEMM and no transcendental per pair.  x [B, N, D], y [B, M, D], k [B].
