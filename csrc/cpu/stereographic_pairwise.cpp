@@ -185,6 +185,27 @@ inline float neg_dist_scalar(double A, double ipx, double ipy, double two_c, dou
   return float(std::log1p(t + std::sqrt(t * (t + 2.0))) * rs);
 }
 
+// max/min of one instruction (at::vec::maximum/minimum add a NaN test and blend): the x86 max/min return the second
+// operand when either is NaN, so NaN inputs still propagate through `a`.
+inline at::vec::Vectorized<float> max_keep_nan(const at::vec::Vectorized<float>& lo, const at::vec::Vectorized<float>& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_max_ps(lo, a);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return _mm256_max_ps(lo, a);
+#else
+  return at::vec::maximum(a, lo);
+#endif
+}
+inline at::vec::Vectorized<float> min_keep_nan(const at::vec::Vectorized<float>& hi, const at::vec::Vectorized<float>& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_min_ps(hi, a);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return _mm256_min_ps(hi, a);
+#else
+  return at::vec::minimum(a, hi);
+#endif
+}
+
 // G: the row's <x_i, y_j> (overwritten by the distances when out == G); Asave (may be null): A.
 inline void neg_row_f32(const float* G, float* out, float* Asave, const float* xi, const float* y, const float* y2f,
                         const float* ipy, int64_t M, int64_t D, const NegRowF& c) {
@@ -198,10 +219,10 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
     Vec a = at::vec::fmadd(Vec(-2.f), g, sum);
     const Vec close = a < vtau * sum;
     anyclose = anyclose | close;
-    a = at::vec::maximum(a, zero);
+    a = max_keep_nan(zero, a);
     aout = a;
-    const Vec t = a * at::vec::minimum(vipx * vipy, pmax) * v2c;
-    const Vec u = t + vecmath::sqrt_nr(t * (t + two));
+    const Vec t = a * min_keep_nan(pmax, vipx * vipy) * v2c;
+    const Vec u = t + (t * (t + two)).sqrt();
     const Vec w = u + one;
     const Vec l = at::vec::fmadd(u - (w - one), vecmath::approx_recip(w), vecmath::log_pos(w));
     return Vec::blendv(l * vrs, sentinel, close);

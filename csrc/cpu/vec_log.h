@@ -35,24 +35,6 @@ inline at::vec::Vectorized<float> approx_recip(const at::vec::Vectorized<float>&
 #endif
 }
 
-// sqrt(q) for q >= 0 (finite) from the hardware reciprocal square root (12/14 bits) and one Newton step: ~23
-// bits (a few ulp), exact 0 at q = 0; several times the throughput of the vector square root (AVX-512).
-inline at::vec::Vectorized<float> sqrt_nr(const at::vec::Vectorized<float>& q) {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  using VF = at::vec::Vectorized<float>;
-  const VF qc = at::vec::maximum(q, VF(1.17549435e-38f));  // FLT_MIN: finite r; q = 0 gives 0 * r = 0
-#if defined(CPU_CAPABILITY_AVX512)
-  const VF r0 = _mm512_rsqrt14_ps(qc);
-#else
-  const VF r0 = _mm256_rsqrt_ps(qc);
-#endif
-  const VF s0 = q * r0;  // ~sqrt(q); Newton on r: r1 = r0 (3 - qc r0^2)/2, s = q r1
-  return s0 * at::vec::fmadd(VF(-0.5f) * qc * r0, r0, VF(1.5f));
-#else
-  return q.sqrt();
-#endif
-}
-
 // Any lane of a comparison mask set (lane masks are all-ones or all-zero bit patterns); float or double
 // vectors, shared with vec_math_inl.h.
 template <typename V>
