@@ -513,9 +513,12 @@ def test_mobius_matvec_fused_opcheck():
             torch.library.opcheck(torch.ops.geoops.mobius_matvec_bwd.default, (gr, x, m, k, out, st, mask))
 
 
+@pytest.mark.parametrize("packed", ["1", "0"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_mobius_matvec_fused_many_blocks_matches_reference(dtype):
-    # 700 rows: several row blocks per thread; per-row k (a tensor broadcasting against the batch); zero rows of x
+def test_mobius_matvec_fused_many_blocks_matches_reference(dtype, packed, monkeypatch):
+    # 700 rows: several row blocks per thread; per-row k (a tensor broadcasting against the batch); zero rows of x;
+    # float32: m packed once (MKL's packed SGEMM, when found) or the at::mm path (GEOOPS_CDIST_PACKED=0)
+    monkeypatch.setenv("GEOOPS_CDIST_PACKED", packed)
     g = torch.Generator().manual_seed(69)
     x = torch.randn(7, 100, 24, generator=g, dtype=torch.float64) * 0.04
     x[0, :3] = 0

@@ -923,11 +923,23 @@ void mv_fwd_kernel(const at::Tensor& x, const at::Tensor& m, at::Tensor& out, do
   scalar_t* op = out.data_ptr<scalar_t>();
   const int64_t RB = mv_block_rows(R, Do), nblk = (R + RB - 1) / RB;
   const at::Tensor mt = m.t();
+  // float: m packed once as the B operand of every block's x_b m^T (MKL's packed SGEMM when found, as in cdist)
+  std::vector<mkl_packed::PackedB> mpk;
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (Di > 0 && Do > 0) mpk = pack_y(packed_api(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, true);
+  }
   at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
       at::Tensor ov = out.narrow(0, r0, nr);
-      at::mm_out(ov, x.narrow(0, r0, nr), mt);  // single-threaded inside the parallel region
+      bool done = false;
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (!mpk.empty()) {
+          mpk[0].compute(nr, x.data_ptr<float>() + r0 * Di, Di, 0.f, ov.data_ptr<float>(), Do);
+          done = true;
+        }
+      }
+      if (!done) at::mm_out(ov, x.narrow(0, r0, nr), mt);  // single-threaded inside the parallel region
       for (int64_t r = r0; r < r0 + nr; ++r)  // in place: the block is still in cache
         scale_row(op + r * Do, xp + r * Di, op + r * Do, st + r * 6, per_row ? kp[r] : kp[0], Do, Di);
     }
