@@ -331,6 +331,17 @@ inline std::vector<mkl_packed::PackedB> pack_y(const mkl_packed::SgemmApi* api, 
   return v;
 }
 
+// C = A_blk op(B) for one block of rows (A_blk and C row-major with unit column stride): against the packed B of
+// batch b when pk holds one (float), else at::mm_out with Bop = op(B) (single-threaded inside a parallel region).
+inline void block_gemm(const std::vector<mkl_packed::PackedB>& pk, int64_t b, at::Tensor& C, const at::Tensor& Ablk,
+                       const at::Tensor& Bop) {
+  if (!pk.empty() && C.scalar_type() == at::kFloat) {
+    pk[b].compute(Ablk.size(0), Ablk.data_ptr<float>(), Ablk.stride(0), 0.f, C.data_ptr<float>(), C.stride(0));
+    return;
+  }
+  at::mm_out(C, Ablk, Bop);
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                             bool save) {
@@ -419,14 +430,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
       at::Tensor Gv = gemm_target(b).narrow(0, i0, nr);
-      if constexpr (is_f32) {
-        if (!yp_packed.empty()) {
-          yp_packed[b].compute(nr, xp + (b * s.N + i0) * s.D, s.D, 0.f, Gv.data_ptr<float>(), s.M);
-          epilogue(b, i0, nr);
-          continue;
-        }
-      }
-      at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
+      block_gemm(yp_packed, b, Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       epilogue(b, i0, nr);
     }
   });
@@ -585,14 +589,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
       closes.clear();
       if (recompute) {
         at::Tensor Gv = Ablk.narrow(0, 0, nr);
-        bool done = false;
-        if constexpr (is_f32) {
-          if (!yT_packed.empty()) {
-            yT_packed[b].compute(nr, xp + (b * s.N + i0) * s.D, s.D, 0.f, Gv.data_ptr<float>(), s.M);
-            done = true;
-          }
-        }
-        if (!done) at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
+        block_gemm(yT_packed, b, Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = i0 + r, off = (b * s.N + i) * s.M;
@@ -629,14 +626,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
       const at::Tensor xb = x.select(0, b), yb = y.select(0, b);
       if (want_x) {
         at::Tensor dxv = dx.select(0, b).narrow(0, i0, nr);
-        bool done = false;
-        if constexpr (is_f32) {
-          if (!y_packed.empty()) {
-            y_packed[b].compute(nr, Wp, s.M, 0.f, dxv.data_ptr<float>(), s.D);
-            done = true;
-          }
-        }
-        if (!done) at::mm_out(dxv, Wv, yb);  // single-threaded inside the parallel region
+        block_gemm(y_packed, b, dxv, Wv, yb);
         T* o = dxv.data_ptr<T>();
         const T* xr = xp + (b * s.N + i0) * s.D;
         for (int64_t r = 0; r < nr; ++r) {
@@ -932,14 +922,7 @@ void mv_fwd_kernel(const at::Tensor& x, const at::Tensor& m, at::Tensor& out, do
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
       at::Tensor ov = out.narrow(0, r0, nr);
-      bool done = false;
-      if constexpr (std::is_same<scalar_t, float>::value) {
-        if (!mpk.empty()) {
-          mpk[0].compute(nr, x.data_ptr<float>() + r0 * Di, Di, 0.f, ov.data_ptr<float>(), Do);
-          done = true;
-        }
-      }
-      if (!done) at::mm_out(ov, x.narrow(0, r0, nr), mt);  // single-threaded inside the parallel region
+      block_gemm(mpk, 0, ov, x.narrow(0, r0, nr), mt);
       for (int64_t r = r0; r < r0 + nr; ++r)  // in place: the block is still in cache
         scale_row(op + r * Do, xp + r * Di, op + r * Do, st + r * 6, per_row ? kp[r] : kp[0], Do, Di);
     }
@@ -956,6 +939,10 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
   const scalar_t* op = out.data_ptr<scalar_t>();
   const int64_t RB = mv_block_rows(R, Do), nblk = (R + RB - 1) / RB;
   std::mutex mu;
+  std::vector<mkl_packed::PackedB> mpk;  // float: m packed once as the B operand of every block's dx_b = gv_b m
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (want_x && Di > 0 && Do > 0) mpk = pack_y(packed_api(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, false);
+  }
   at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor GV = at::empty({RB, Do}, x.options());
     scalar_t* gvp = GV.data_ptr<scalar_t>();
@@ -984,7 +971,7 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
       const at::Tensor gvv = GV.narrow(0, 0, nr), xb = x.narrow(0, r0, nr);
       if (want_x) {
         at::Tensor dxv = dx.narrow(0, r0, nr);
-        at::mm_out(dxv, gvv, m);
+        block_gemm(mpk, 0, dxv, gvv, m);
         scalar_t* o = dxv.data_ptr<scalar_t>();
         for (int64_t r = 0; r < nr; ++r) {
           const scalar_t cr = cx[r];
