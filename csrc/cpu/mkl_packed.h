@@ -39,6 +39,7 @@ struct SgemmApi {
                float* dest);
   void (*compute)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda, const float* b,
                   int ldb, float beta, float* c, int ldc);
+  int (*set_threads_local)(int nt);  // MKL_Set_Num_Threads_Local, the C entry (may be null): packing runs single-threaded
 };
 
 namespace detail {
@@ -61,6 +62,7 @@ inline const SgemmApi* packed_sgemm() {
     a.get_size = reinterpret_cast<decltype(a.get_size)>(detail::find_symbol("cblas_sgemm_pack_get_size"));
     a.pack = reinterpret_cast<decltype(a.pack)>(detail::find_symbol("cblas_sgemm_pack"));
     a.compute = reinterpret_cast<decltype(a.compute)>(detail::find_symbol("cblas_sgemm_compute"));
+    a.set_threads_local = reinterpret_cast<decltype(a.set_threads_local)>(detail::find_symbol("MKL_Set_Num_Threads_Local"));
     return (a.get_size && a.pack && a.compute) ? &a : nullptr;
   }();
   return api;
@@ -82,8 +84,11 @@ class PackedB {
       : api_(api), n_(n), kd_(kd) {
     const size_t bytes = api->get_size(kBMatrix, int(m_max), int(n), int(kd));
     buf_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float)) + 16}, at::kFloat);
+    // one thread: a copy of one operand; MKL's threads for it stalled at 2 threads on a loaded machine
+    const int prev = api->set_threads_local ? api->set_threads_local(1) : 0;
     api->pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, int(m_max), int(n), int(kd), 1.f, src, int(ld),
               buf_.data_ptr<float>());
+    if (api->set_threads_local) api->set_threads_local(prev);
   }
   // C[m, n] (leading dimension ldc) = beta C + A[m, kd] B (A row-major, leading dimension lda).
   void compute(int64_t m, const float* a, int64_t lda, float beta, float* c, int64_t ldc) const {
