@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include "cpu/attention.h"
+#include "cpu/mkl_packed.h"
 #include "cpu/gaunt.h"
 #include "cpu/poincare.h"
 #include "cpu/ssm.h"
@@ -19,6 +20,9 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "geoops compiled kernels";
+  // shared: MKL's packed SGEMM (csrc/cpu/mkl_packed.h), used by the float32 row-blocked GEMMs when found
+  m.def("mkl_packed_available", [] { return geoops::cpu::mkl_packed::packed_sgemm() != nullptr; },
+        "whether MKL's packed SGEMM (cblas_sgemm_pack/compute) was found at run time (CPU)");
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
   m.def("stereo_rsgd_step_cpu", &geoops::cpu::stereo_rsgd_step_cpu,

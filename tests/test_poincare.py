@@ -290,11 +290,13 @@ def test_fc_rows_blocks_float32_vs_float64(tangent, m, N):
                                    msg=name)
 
 
+@pytest.mark.parametrize("packed", ["1", "0"])
 @pytest.mark.parametrize("N", [65, 200, 1000])
-def test_fc_float32_blocked_gemm_vs_float64(N):
+def test_fc_float32_blocked_gemm_vs_float64(N, packed, monkeypatch):
     """The float32 forward's blocked GEMM (64-row blocks; with MKL, z packed once by cblas_sgemm_pack and every
-    block through cblas_sgemm_compute, the last block shorter) and its row-block epilogue vs the float64 kernel
-    and HypLL in float64 on the same inputs; more than one block, so the packed path runs."""
+    block through cblas_sgemm_compute, the last block shorter; GEOOPS_MKL_PACKED=0: at::mm per block) and its
+    row-block epilogue vs the float64 kernel and HypLL in float64 on the same inputs; more than one block."""
+    monkeypatch.setenv("GEOOPS_MKL_PACKED", packed)
     x = _ball_points(N, 40, c=0.9, radius=0.9, dtype=torch.float32, seed=N)
     z, b = _params(40, 24, torch.float32, seed=N + 1)
     c = torch.tensor(0.9)

@@ -513,9 +513,12 @@ def test_mobius_matvec_fused_opcheck():
             torch.library.opcheck(torch.ops.geoops.mobius_matvec_bwd.default, (gr, x, m, k, out, st, mask))
 
 
+@pytest.mark.parametrize("packed", ["1", "0"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_mobius_matvec_fused_many_blocks_matches_reference(dtype):
-    # 700 rows: several row blocks per thread; per-row k (a tensor broadcasting against the batch); zero rows of x
+def test_mobius_matvec_fused_many_blocks_matches_reference(dtype, packed, monkeypatch):
+    # 700 rows: several row blocks per thread; per-row k (a tensor broadcasting against the batch); zero rows of x;
+    # float32: m packed once (MKL's packed SGEMM, when found) or the at::mm path (GEOOPS_MKL_PACKED=0)
+    monkeypatch.setenv("GEOOPS_MKL_PACKED", packed)
     g = torch.Generator().manual_seed(69)
     x = torch.randn(7, 100, 24, generator=g, dtype=torch.float64) * 0.04
     x[0, :3] = 0
@@ -638,3 +641,41 @@ def test_cdist_cpu_backward_recomputes_A(dtype, kval):
     for a, b in zip(got, exp):
         torch.testing.assert_close(a.double(), b, rtol=1e-3 if dtype == torch.float32 else 1e-9,
                                    atol=1e-3 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.7, 0.0])
+def test_cdist_cpu_packed_gemm_and_mm_paths(kval, monkeypatch):
+    """float32 CPU cdist: the MKL packed-SGEMM path (y packed once per call, forward and backward; used when torch
+    exports cblas_sgemm_pack/compute) and the at::mm fallback (GEOOPS_MKL_PACKED=0) both match the float64
+    reference, with a partial last row block, close pairs and exact zeros for duplicates; forward and x/y/k
+    gradients of the two paths agree to rounding."""
+    C = geoops._backend.compiled()
+    import platform
+    if platform.machine() in ("x86_64", "AMD64") and hasattr(torch._C, "has_mkl") and torch._C.has_mkl:
+        assert C.mkl_packed_available()  # torch's x86 MKL build exports the packed API
+    x = _ball(2, 150, 17, k=-1.0, frac=0.9, seed=90, dtype=torch.float32)  # 150 rows: blocks of 64 with a partial last one
+    y = torch.cat([_ball(2, 40, 17, k=-1.0, frac=0.9, seed=91, dtype=torch.float32), x[:, :5] * (1 - 1e-5)], 1)
+    y[:, 3] = x[:, 3]
+    k = torch.tensor([kval, kval / 2])
+    ref = _ref64(x, y, k.reshape(-1, 1, 1).double())
+    g = torch.randn(2, 150, 45, generator=torch.Generator().manual_seed(92))
+    results = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_MKL_PACKED", mode)
+        monkeypatch.setenv("GEOOPS_CDIST_BWD_RB", "64")
+        d, A = C.cdist_fwd_cpu(x, y, k, False)
+        assert _relerr(d, ref) < 1e-3, mode
+        assert (d[:, 3, 3] == 0).all(), mode
+        results[mode] = (d,) + tuple(C.cdist_bwd_cpu(g, x, y, k, A, d, 7))
+        xr, yr, kr = (t.clone().double().requires_grad_() for t in (x, y, k))
+        dr = _ref64(xr, yr, kr.reshape(-1, 1, 1))
+        mask = torch.ones_like(dr, dtype=torch.bool)
+        mask[:, :5, 40:45] = False  # near-duplicate pairs: the reference's gradient is ill-conditioned there
+        mask[:, 3, 3] = False
+        (dr * g.double() * mask).sum().backward()
+        # the kernel's gradients over the well-conditioned pairs only (the masked cotangent)
+        dx, dy, dk = C.cdist_bwd_cpu(g * mask, x, y, k, A, d, 7)
+        for got, exp in ((dx, xr.grad), (dy, yr.grad), (dk, kr.grad)):
+            torch.testing.assert_close(got.double(), exp, rtol=2e-3, atol=2e-3 * exp.abs().max().item())
+    for a, b in zip(results["1"], results["0"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

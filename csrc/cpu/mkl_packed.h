@@ -1,45 +1,119 @@
-// MKL's packed SGEMM (cblas_sgemm_pack / cblas_sgemm_compute), resolved at run time from the MKL that torch's
-// CPU library links in (libtorch_cpu.so exports the cblas symbols); no MKL headers.  When the symbols are not
-// there (another BLAS), `available()` is false and callers use at::mm.  A minimal version for the Poincaré fc
-// forward (helper "fc", session 8): to be unified with the cdist one of helper "hyper".
+// MKL's packed single-precision GEMM (cblas_sgemm_pack / cblas_sgemm_compute), resolved at run time.
+//
+// A loop of GEMMs that shares one operand (a row-blocked GEMM + epilogue: C_blk = X_blk op(Y) for every block of
+// rows) makes MKL re-pack that operand on every call.  MKL's packed API packs it once.  torch's x86 CPU wheel
+// links MKL statically into libtorch_cpu.so and exports these symbols, but ships no MKL header, and other builds
+// (no MKL, ARM) lack them: this header declares the documented cblas ABI (LP64: int dimensions, the CBLAS enum
+// values) itself and looks the functions up with dlsym once.  packed_sgemm() returns null when they are missing;
+// callers then keep their at::mm path (also when GEOOPS_MKL_PACKED=0: packed_sgemm_for).  Users: the
+// float32 cdist / mobius_matvec (stereographic_pairwise.cpp) and the Poincaré fc forward (poincare.cpp).  Nothing here is needed to build or import the extension.
 #pragma once
 
-#include <dlfcn.h>
+#include <ATen/ATen.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define GEOOPS_HAVE_DLSYM 1
+#endif
 
 namespace geoops {
 namespace cpu {
 namespace mkl_packed {
 
-// the CBLAS enum values (MKL's mkl_cblas.h)
-constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151, kBMatrix = 162;
-
-struct Api {
-  size_t (*get_size)(int identifier, int m, int n, int k) = nullptr;
-  void (*pack)(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src, int ld,
-               float* dest) = nullptr;
-  void (*compute)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda, const float* b,
-                  int ldb, float beta, float* c, int ldc) = nullptr;
-  bool ok() const { return get_size && pack && compute; }
+// CBLAS enum values (CBLAS_LAYOUT, CBLAS_TRANSPOSE, MKL's CBLAS_IDENTIFIER and CblasPacked).
+enum : int {
+  kRowMajor = 101,
+  kNoTrans = 111,
+  kTrans = 112,
+  kPacked = 151,
+  kAMatrix = 161,
+  kBMatrix = 162,
 };
 
-inline const Api& api() {
-  static const Api a = [] {
-    Api r;
-    void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-    void* hs[2] = {h, RTLD_DEFAULT};
-    for (void* hh : hs) {
-      if (!hh || r.ok()) continue;
-      r.get_size = reinterpret_cast<decltype(r.get_size)>(dlsym(hh, "cblas_sgemm_pack_get_size"));
-      r.pack = reinterpret_cast<decltype(r.pack)>(dlsym(hh, "cblas_sgemm_pack"));
-      r.compute = reinterpret_cast<decltype(r.compute)>(dlsym(hh, "cblas_sgemm_compute"));
-    }
-    return r;
-  }();
-  return a;
+struct SgemmApi {
+  size_t (*get_size)(int identifier, int m, int n, int k);
+  void (*pack)(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src, int ld,
+               float* dest);
+  void (*compute)(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda, const float* b,
+                  int ldb, float beta, float* c, int ldc);
+  int (*set_threads_local)(int nt);  // MKL_Set_Num_Threads_Local, the C entry (may be null): packing runs single-threaded
+};
+
+namespace detail {
+inline void* find_symbol(const char* name) {
+#ifdef GEOOPS_HAVE_DLSYM
+  if (void* p = dlsym(RTLD_DEFAULT, name)) return p;
+  // libtorch_cpu is usually loaded RTLD_LOCAL (outside the global scope): ask it by name (already loaded)
+  static void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  if (torch_cpu) return dlsym(torch_cpu, name);
+#endif
+  (void)name;
+  return nullptr;
 }
+}  // namespace detail
+
+// The packed SGEMM functions, or null when this torch does not export them (looked up once).
+inline const SgemmApi* packed_sgemm() {
+  static const SgemmApi* api = []() -> const SgemmApi* {
+    static SgemmApi a;
+    a.get_size = reinterpret_cast<decltype(a.get_size)>(detail::find_symbol("cblas_sgemm_pack_get_size"));
+    a.pack = reinterpret_cast<decltype(a.pack)>(detail::find_symbol("cblas_sgemm_pack"));
+    a.compute = reinterpret_cast<decltype(a.compute)>(detail::find_symbol("cblas_sgemm_compute"));
+    a.set_threads_local = reinterpret_cast<decltype(a.set_threads_local)>(detail::find_symbol("MKL_Set_Num_Threads_Local"));
+    return (a.get_size && a.pack && a.compute) ? &a : nullptr;
+  }();
+  return api;
+}
+
+// Dimensions the LP64 interface can take.
+inline bool fits_int(int64_t a, int64_t b, int64_t c) {
+  const int64_t lim = std::numeric_limits<int>::max();
+  return a <= lim && b <= lim && c <= lim;
+}
+
+// The API for a row-blocked GEMM of these sizes, or null (callers keep their at::mm path): no packed API in this
+// torch, a size over int, or GEOOPS_MKL_PACKED=0 (a measurement knob, read per call; same results to rounding).
+inline const SgemmApi* packed_sgemm_for(int64_t a, int64_t b, int64_t c) {
+  const char* e = std::getenv("GEOOPS_MKL_PACKED");
+  if (e && std::strcmp(e, "0") == 0) return nullptr;
+  if (!fits_int(a, b, c)) return nullptr;
+  return packed_sgemm();
+}
+
+// A float B operand packed once for C[m, n] = A[m, kd] op(B) (row-major), then used for any number of row
+// blocks of A with at most m_max rows.  src is row-major: [kd, n] (trans = false) or [n, kd] (trans = true), with
+// leading dimension ld.  The buffer is a float tensor (freed with it).
+class PackedB {
+ public:
+  PackedB() = default;
+  PackedB(const SgemmApi* api, bool trans, int64_t m_max, int64_t n, int64_t kd, const float* src, int64_t ld)
+      : api_(api), n_(n), kd_(kd) {
+    const size_t bytes = api->get_size(kBMatrix, int(m_max), int(n), int(kd));
+    buf_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float)) + 16}, at::kFloat);
+    // one thread: a copy of one operand; MKL's threads for it stalled at 2 threads on a loaded machine
+    const int prev = api->set_threads_local ? api->set_threads_local(1) : 0;
+    api->pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, int(m_max), int(n), int(kd), 1.f, src, int(ld),
+              buf_.data_ptr<float>());
+    if (api->set_threads_local) api->set_threads_local(prev);
+  }
+  // C[m, n] (leading dimension ldc) = beta C + A[m, kd] B (A row-major, leading dimension lda).
+  void compute(int64_t m, const float* a, int64_t lda, float beta, float* c, int64_t ldc) const {
+    api_->compute(kRowMajor, kNoTrans, kPacked, int(m), int(n_), int(kd_), a, int(lda), buf_.data_ptr<float>(),
+                  int(kd_), beta, c, int(ldc));
+  }
+  bool valid() const { return api_ != nullptr; }
+
+ private:
+  const SgemmApi* api_ = nullptr;
+  int64_t n_ = 0, kd_ = 0;
+  at::Tensor buf_;
+};
 
 }  // namespace mkl_packed
 }  // namespace cpu

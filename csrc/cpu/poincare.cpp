@@ -399,17 +399,12 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const T* xp = x.data_ptr<T>();
   const int64_t nb = (N + kFwdBlock - 1) / kFwdBlock;
   // float32 with MKL: z packed once (cblas_sgemm_pack) and reused by every block's GEMM (cblas_sgemm_compute),
-  // instead of MKL packing it again inside each block's sgemm; GEOOPS_FC_PACKED=0 turns it off
-  float* zpk = nullptr;
+  // instead of MKL packing it again inside each block's sgemm; GEOOPS_MKL_PACKED=0 turns it off
+  mkl_packed::PackedB zpk;
   if constexpr (std::is_same_v<T, float>) {
-    static const bool off = [] { const char* e = std::getenv("GEOOPS_FC_PACKED"); return e && e[0] == '0'; }();
-    const auto& mk = mkl_packed::api();
-    if (!off && mk.ok() && nb > 1 && n > 0 && m > 0 && std::max({N, n, m}) < (int64_t(1) << 31)) {
-      const size_t bytes = mk.get_size(mkl_packed::kBMatrix, int(kFwdBlock), int(m), int(n));
-      zpk = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-      if (zpk) mk.pack(mkl_packed::kRowMajor, mkl_packed::kBMatrix, mkl_packed::kNoTrans, int(kFwdBlock), int(m),
-                       int(n), 1.0f, z.data_ptr<float>(), int(m), zpk);
-    }
+    if (nb > 1 && n > 0 && m > 0)
+      if (const auto* api = mkl_packed::packed_sgemm_for(N, n, m))
+        zpk = mkl_packed::PackedB(api, /*trans=*/false, kFwdBlock, m, n, z.data_ptr<float>(), m);
   }
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     at::NoGradGuard no_grad;  // grad mode is thread-local: the pool's threads would see x's requires_grad
@@ -417,9 +412,8 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kFwdBlock, nr = std::min(kFwdBlock, N - r0);
       if constexpr (std::is_same_v<T, float>) {
-        if (zpk) {
-          mkl_packed::api().compute(mkl_packed::kRowMajor, mkl_packed::kNoTrans, mkl_packed::kPacked, int(nr), int(m),
-                                    int(n), xp + r0 * n, int(n), zpk, int(m), 0.0f, t.data_ptr<float>() + r0 * m, int(m));
+        if (zpk.valid()) {
+          zpk.compute(nr, xp + r0 * n, n, 0.0f, t.data_ptr<float>() + r0 * m, m);
         } else {
           at::Tensor tb = t.narrow(0, r0, nr);
           at::mm_out(tb, x.narrow(0, r0, nr), z);
@@ -432,7 +426,6 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m);
     }
   });
-  std::free(zpk);
 }
 
 // rows_only (U defined): x is not used; gt_out gets dL/dt, gU dL/dU (U = |x|^2, or |u|^2 of tangent rows) and gz

@@ -30,6 +30,7 @@
 #include "stereographic_pairwise.h"
 #include "row_norms.h"  // row_sqnorms (shared with poincare.cpp)
 #include "vec_log.h"    // vecmath::log_pos (cdist forward, float)
+#include "mkl_packed.h" // MKL's packed SGEMM when torch exports it (the y operand packed once per call)
 
 #include "geoops/stereo_math.h"
 
@@ -184,6 +185,27 @@ inline float neg_dist_scalar(double A, double ipx, double ipy, double two_c, dou
   return float(std::log1p(t + std::sqrt(t * (t + 2.0))) * rs);
 }
 
+// max/min of one instruction (at::vec::maximum/minimum add a NaN test and blend): the x86 max/min return the second
+// operand when either is NaN, so NaN inputs still propagate through `a`.
+inline at::vec::Vectorized<float> max_keep_nan(const at::vec::Vectorized<float>& lo, const at::vec::Vectorized<float>& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_max_ps(lo, a);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return _mm256_max_ps(lo, a);
+#else
+  return at::vec::maximum(a, lo);
+#endif
+}
+inline at::vec::Vectorized<float> min_keep_nan(const at::vec::Vectorized<float>& hi, const at::vec::Vectorized<float>& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_min_ps(hi, a);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return _mm256_min_ps(hi, a);
+#else
+  return at::vec::minimum(a, hi);
+#endif
+}
+
 // G: the row's <x_i, y_j> (overwritten by the distances when out == G); Asave (may be null): A.
 inline void neg_row_f32(const float* G, float* out, float* Asave, const float* xi, const float* y, const float* y2f,
                         const float* ipy, int64_t M, int64_t D, const NegRowF& c) {
@@ -197,9 +219,9 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
     Vec a = at::vec::fmadd(Vec(-2.f), g, sum);
     const Vec close = a < vtau * sum;
     anyclose = anyclose | close;
-    a = at::vec::maximum(a, zero);
+    a = max_keep_nan(zero, a);
     aout = a;
-    const Vec t = a * at::vec::minimum(vipx * vipy, pmax) * v2c;
+    const Vec t = a * min_keep_nan(pmax, vipx * vipy) * v2c;
     const Vec u = t + (t * (t + two)).sqrt();
     const Vec w = u + one;
     const Vec l = at::vec::fmadd(u - (w - one), vecmath::approx_recip(w), vecmath::log_pos(w));
@@ -287,6 +309,36 @@ inline int64_t fwd_block_rows(int64_t N, int64_t M) {
   return block_rows(N, M);
 }
 
+// The float GEMMs with y as the shared B operand: y packed once per batch with MKL's packed API (session 8; MKL
+// otherwise re-packs y for every block of rows), or null (at::mm path): float64, no MKL packed API in this torch,
+// sizes over int, or GEOOPS_MKL_PACKED=0 (read per call).
+inline const mkl_packed::SgemmApi* packed_api(int64_t rows, int64_t M, int64_t D) {
+  return mkl_packed::packed_sgemm_for(rows, M, D);
+}
+
+// y [B, M, D] packed per batch as the B operand of x_blk y^T (trans) or W_blk y (no trans), for blocks of at most
+// RB rows; empty when pack is null.
+inline std::vector<mkl_packed::PackedB> pack_y(const mkl_packed::SgemmApi* api, const float* y, int64_t B,
+                                               int64_t M, int64_t D, int64_t RB, bool trans) {
+  std::vector<mkl_packed::PackedB> v;
+  if (!api) return v;
+  v.reserve(B);
+  for (int64_t b = 0; b < B; ++b)
+    v.emplace_back(api, trans, RB, trans ? M : D, trans ? D : M, y + b * M * D, D);
+  return v;
+}
+
+// C = A_blk op(B) for one block of rows (A_blk and C row-major with unit column stride): against the packed B of
+// batch b when pk holds one (float), else at::mm_out with Bop = op(B) (single-threaded inside a parallel region).
+inline void block_gemm(const std::vector<mkl_packed::PackedB>& pk, int64_t b, at::Tensor& C, const at::Tensor& Ablk,
+                       const at::Tensor& Bop) {
+  if (!pk.empty() && C.scalar_type() == at::kFloat) {
+    pk[b].compute(Ablk.size(0), Ablk.data_ptr<float>(), Ablk.stride(0), 0.f, C.data_ptr<float>(), C.stride(0));
+    return;
+  }
+  at::mm_out(C, Ablk, Bop);
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                             bool save) {
@@ -369,11 +421,13 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
   // one parallel region over (batch, block of rows): the block's GEMM (single-threaded, into the output's or A's
   // rows), then A (close pairs exact) and the distances while the block is in cache
   const int64_t nblk = (s.N + RB - 1) / RB;
+  std::vector<mkl_packed::PackedB> yp_packed;
+  if constexpr (is_f32) yp_packed = pack_y(packed_api(RB, s.M, s.D), yp, s.B, s.M, s.D, RB, true);
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
       at::Tensor Gv = gemm_target(b).narrow(0, i0, nr);
-      at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
+      block_gemm(yp_packed, b, Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       epilogue(b, i0, nr);
     }
   });
@@ -489,6 +543,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   int64_t RB = block_rows(s.N, s.M);
   if (const char* e = std::getenv("GEOOPS_CDIST_BWD_RB")) RB = std::max<int64_t>(1, std::min<int64_t>(s.N, std::atoll(e)));
   const int64_t nblk = (s.N + RB - 1) / RB;
+  // float: y packed once per batch for the two GEMMs that reuse it in every block (A = x_blk y^T, dx = W_blk y);
+  // dy's GEMM (W_blk^T x_blk) shares no operand across blocks
+  constexpr bool is_f32 = std::is_same<T, float>::value;
+  std::vector<mkl_packed::PackedB> yT_packed, y_packed;
+  if constexpr (is_f32) {
+    const mkl_packed::SgemmApi* api = packed_api(RB, s.M, s.D);
+    if (recompute) yT_packed = pack_y(api, yp, s.B, s.M, s.D, RB, true);
+    if (want_x) y_packed = pack_y(api, yp, s.B, s.M, s.D, RB, false);
+  }
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor Wt = at::empty({RB, s.M}, x.options());
     T* Wp = Wt.data_ptr<T>();
@@ -523,7 +586,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
       closes.clear();
       if (recompute) {
         at::Tensor Gv = Ablk.narrow(0, 0, nr);
-        at::mm_out(Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
+        block_gemm(yT_packed, b, Gv, x.select(0, b).narrow(0, i0, nr), y.select(0, b).t());
       }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = i0 + r, off = (b * s.N + i) * s.M;
@@ -560,7 +623,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
       const at::Tensor xb = x.select(0, b), yb = y.select(0, b);
       if (want_x) {
         at::Tensor dxv = dx.select(0, b).narrow(0, i0, nr);
-        at::mm_out(dxv, Wv, yb);  // single-threaded inside the parallel region
+        block_gemm(y_packed, b, dxv, Wv, yb);
         T* o = dxv.data_ptr<T>();
         const T* xr = xp + (b * s.N + i0) * s.D;
         for (int64_t r = 0; r < nr; ++r) {
@@ -681,6 +744,7 @@ at::Tensor from_key_impl(const at::Tensor& key_in, const at::Tensor& k) {
 }
 
 }  // namespace
+
 
 std::tuple<at::Tensor, at::Tensor> cdist_fwd_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                                  bool save) {
@@ -845,11 +909,16 @@ void mv_fwd_kernel(const at::Tensor& x, const at::Tensor& m, at::Tensor& out, do
   scalar_t* op = out.data_ptr<scalar_t>();
   const int64_t RB = mv_block_rows(R, Do), nblk = (R + RB - 1) / RB;
   const at::Tensor mt = m.t();
+  // float: m packed once as the B operand of every block's x_b m^T (MKL's packed SGEMM when found, as in cdist)
+  std::vector<mkl_packed::PackedB> mpk;
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (Di > 0 && Do > 0) mpk = pack_y(packed_api(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, true);
+  }
   at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
       at::Tensor ov = out.narrow(0, r0, nr);
-      at::mm_out(ov, x.narrow(0, r0, nr), mt);  // single-threaded inside the parallel region
+      block_gemm(mpk, 0, ov, x.narrow(0, r0, nr), mt);
       for (int64_t r = r0; r < r0 + nr; ++r)  // in place: the block is still in cache
         scale_row(op + r * Do, xp + r * Di, op + r * Do, st + r * 6, per_row ? kp[r] : kp[0], Do, Di);
     }
@@ -866,6 +935,10 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
   const scalar_t* op = out.data_ptr<scalar_t>();
   const int64_t RB = mv_block_rows(R, Do), nblk = (R + RB - 1) / RB;
   std::mutex mu;
+  std::vector<mkl_packed::PackedB> mpk;  // float: m packed once as the B operand of every block's dx_b = gv_b m
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (want_x && Di > 0 && Do > 0) mpk = pack_y(packed_api(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, false);
+  }
   at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor GV = at::empty({RB, Do}, x.options());
     scalar_t* gvp = GV.data_ptr<scalar_t>();
@@ -894,7 +967,7 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
       const at::Tensor gvv = GV.narrow(0, 0, nr), xb = x.narrow(0, r0, nr);
       if (want_x) {
         at::Tensor dxv = dx.narrow(0, r0, nr);
-        at::mm_out(dxv, gvv, m);
+        block_gemm(mpk, 0, dxv, gvv, m);
         scalar_t* o = dxv.data_ptr<scalar_t>();
         for (int64_t r = 0; r < nr; ++r) {
           const scalar_t cr = cx[r];
