@@ -4,7 +4,7 @@
 //
 // One block of <= 32 rows, three loops over the block while it is in L1, the row length D a template
 // argument (so the loads/stores of a row are a fixed interleave the compiler vectorises, no gathers):
-//   A. per row (rows on the SIMD lanes): the row sums in double, and in double only the ADDITIVE terms
+//   A. per row (rows on the SIMD lanes; deinterleaved into SoA lanes, then single-type loops): the row sums in double, and in double only the ADDITIVE terms
 //      that cancel near the boundary (1 + k|x|^2, 1 + k|y|^2, the Mobius denominators and numerators);
 //      each is then rounded once to float, and everything multiplicative (quotients, products, the
 //      tanh/artanh arguments) is float;
@@ -44,21 +44,21 @@ constexpr bool fast_op(int op) {
          op == stereo::LOGMAP0;
 }
 
-// Where the path runs.  Measured (session 8, single thread, 2^20 rows, A/B against the double path):
-// faster only for expmap0 / logmap0 (0.67-0.76x) and expmap (0.84-0.96x) at D = 2; mobius_add and logmap
-// at D = 2, and every op at D = 5, were 1.1-1.65x SLOWER, because pass A (the double row sums and the
-// cancelling terms) is still scalar code: GCC does not vectorise that loop (see pass_a).  So by default:
-// those three ops, D <= 2.  GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= 8 (tests and
-// measurements).  Read per call (tests toggle it in one process).
+// Where the path runs: by default all five ops at D <= 8 (kDefaultAll).  Measured (session 8, 1 thread,
+// 2^20 rows, A/B against the double path, pass A vectorised): 0.52-0.74x the time at D = 2, 0.73-0.89x at
+// D = 5 (mobius_add 1.29x there: the one loss), 0.79-0.82x at D = 8.  Before pass A was vectorised it was
+// faster only for expmap / expmap0 / logmap0 at D = 2 (kDefaultAll = false keeps that narrower default).
+// GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= 8 whatever the default (tests).  Read per call.
 inline int mode() {
   const char* e = std::getenv("GEOOPS_STEREO_F32_ROWS");
   if (!e || !*e) return 1;
   return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : 1);
 }
+constexpr bool kDefaultAll = true;
 inline bool use(int op, int64_t D) {
   const int m = mode();
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
-  return m == 2 || ((op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP0) && D <= 2);
+  return m == 2 || kDefaultAll || ((op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP0) && D <= 2);
 }
 
 // v within float's working range (0 for NaN).  A macro: block() has its own optimize attribute, and GCC
@@ -87,12 +87,8 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
   constexpr bool CALL = OP != MOBIUS_ADD;
   const float cut = series_cut<float>();
   const double lo = min_den<double>();
-  (void)cut, (void)lo, (void)HAS_Y, (void)CALL;
-  alignas(64) float z[kMaxRows], q[kMaxRows], u0[kMaxRows], u1[kMaxRows], u2[kMaxRows];
-  alignas(64) double e1[kMaxRows], e2[kMaxRows], e3[kMaxRows];
-  int bad = 0;
-  // the rows into SoA lanes first (xs[j][b]): with the strided float loads inside the double loop below
-  // GCC left that loop scalar ("no vectype" for the loads)
+  // Each step its own single-type loop: one loop mixing float and double lanes stayed scalar with GCC 12.
+  // (1) the rows into SoA float lanes (contiguous loads + permutes)
   alignas(64) float xs[D][NB], ys[HAS_Y ? D : 1][NB];
 #pragma omp simd
   for (int b = 0; b < NB; ++b) {
@@ -101,58 +97,80 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
       if (HAS_Y) ys[j][b] = yb[b * D + j];
     }
   }
-  // A. row sums (double; local lanes: with the stores through `s` GCC left this loop scalar) and the call's
-  // arguments
-#pragma omp simd reduction(| : bad)
+  // (2) widened to double
+  alignas(64) double xd[D][NB], yd[HAS_Y ? D : 1][NB];
+  for (int j = 0; j < D; ++j) {
+#pragma omp simd
+    for (int b = 0; b < NB; ++b) {
+      xd[j][b] = xs[j][b];
+      if (HAS_Y) yd[j][b] = ys[j][b];
+    }
+  }
+  // (3) row sums and the cancelling additive terms, double
+  alignas(64) double t0[NB], t1[NB], t2[NB], t3[NB], t4[NB];
+#pragma omp simd
   for (int b = 0; b < NB; ++b) {
     double xx = 0, yy = 0, xy = 0, dd = 0;
     for (int j = 0; j < D; ++j) {
-      const double xv = xs[j][b];
+      const double xv = xd[j][b];
       xx += xv * xv;
       if (HAS_Y) {
-        const double yv = ys[j][b], d = xv - yv;
+        const double yv = yd[j][b], d = xv - yv;
         yy += yv * yv, xy += xv * yv, dd += d * d;
       }
     }
     const double k = kk[b];
+    if (OP == MOBIUS_ADD) {
+      const double den = 1.0 - 2.0 * k * xy + k * k * xx * yy;
+      t0[b] = 1.0 - 2.0 * k * xy - k * yy, t1[b] = 1.0 + k * xx, t2[b] = den > lo ? den : lo;
+    } else if (OP == EXPMAP) {
+      const double p = 1.0 + k * xx;
+      t0[b] = p > lo ? p : lo, t1[b] = p, t2[b] = k * yy;
+      s.e1[b] = -2.0 * k * xy, s.e2[b] = k * k * xx * yy, s.e3[b] = -k * yy;
+    } else if (OP == EXPMAP0 || OP == LOGMAP0) {
+      t0[b] = k * xx, t1[b] = 1.0 + k * xx;
+    } else if (OP == LOGMAP) {
+      const double den0 = 1.0 + 2.0 * k * xy + k * k * xx * yy, nb1 = 1.0 + k * xx;
+      t0[b] = den0 > lo ? den0 : lo, t1[b] = nb1, t2[b] = nb1 > lo ? nb1 : lo, t3[b] = k * dd, t4[b] = 1.0 + k * yy;
+    }
+  }
+  // (4) rounded to float once
+  constexpr int NT = OP == LOGMAP ? 5 : (OP == EXPMAP0 || OP == LOGMAP0 ? 2 : 3);
+  alignas(64) float f[5][NB];
+  const double* tt[5] = {t0, t1, t2, t3, t4};
+  for (int i = 0; i < NT; ++i) {
+#pragma omp simd
+    for (int b = 0; b < NB; ++b) f[i][b] = static_cast<float>(tt[i][b]);
+  }
+  // (5) the float algebra: the call's arguments and the coefficients' float terms; the hard-lane check
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int b = 0; b < NB; ++b) {
     float zb = 0.f, qb = 1.f;
     int ok = 1;
     if (OP == MOBIUS_ADD) {
-      const double den = 1.0 - 2.0 * k * xy + k * k * xx * yy;
-      u0[b] = static_cast<float>(1.0 - 2.0 * k * xy - k * yy);
-      u1[b] = static_cast<float>(1.0 + k * xx);
-      u2[b] = static_cast<float>(den > lo ? den : lo);
-      ok = GEOOPS_F32_FIN(u0[b]) & GEOOPS_F32_FIN(u1[b]) & GEOOPS_F32_FIN(u2[b]);
+      s.u0[b] = f[0][b], s.u1[b] = f[1][b], s.u2[b] = f[2][b];
+      ok = GEOOPS_F32_FIN(f[0][b]) & GEOOPS_F32_FIN(f[1][b]) & GEOOPS_F32_FIN(f[2][b]);
     } else if (OP == EXPMAP) {
-      const double p = 1.0 + k * xx;
-      const float h = 1.0f / static_cast<float>(p > lo ? p : lo);
-      zb = static_cast<float>(k * yy) * h * h;
-      u0[b] = h;
-      u1[b] = static_cast<float>(p);  // 1 + k|x|^2 (unclamped, the numerator of b)
-      e1[b] = -2.0 * k * xy, e2[b] = k * k * xx * yy, e3[b] = -k * yy;
-      ok = GEOOPS_F32_FIN(h) & GEOOPS_F32_FIN(u1[b]);
+      const float h = 1.0f / f[0][b];
+      zb = f[2][b] * h * h;
+      s.u0[b] = h, s.u1[b] = f[1][b];
+      ok = GEOOPS_F32_FIN(h) & GEOOPS_F32_FIN(f[1][b]);
     } else if (OP == EXPMAP0 || OP == LOGMAP0) {
-      zb = static_cast<float>(k * xx);
-      qb = static_cast<float>(1.0 + k * xx);
+      zb = f[0][b], qb = f[1][b];
     } else if (OP == LOGMAP) {
-      const double den0 = 1.0 + 2.0 * k * xy + k * k * xx * yy, nb1 = 1.0 + k * xx;
-      const float rden = 1.0f / static_cast<float>(den0 > lo ? den0 : lo);
-      const float nbf = static_cast<float>(nb1), pf = static_cast<float>(nb1 > lo ? nb1 : lo);
-      zb = static_cast<float>(k * dd) * rden;
-      qb = nbf * static_cast<float>(1.0 + k * yy) * rden;
-      u0[b] = pf * zb;          // a = atanc * p * k dd / den
-      u1[b] = -pf * nbf * rden;  // c = -atanc * p * (1 + k xx) / den
-      ok = GEOOPS_F32_FIN(rden) & GEOOPS_F32_FIN(u0[b]) & GEOOPS_F32_FIN(u1[b]);
+      const float rden = 1.0f / f[0][b];
+      zb = f[3][b] * rden;
+      qb = f[1][b] * f[4][b] * rden;
+      s.u0[b] = f[2][b] * zb;            // a = atanc * p * k dd / den
+      s.u1[b] = -f[2][b] * f[1][b] * rden;  // c = -atanc * p * (1 + k xx) / den
+      ok = GEOOPS_F32_FIN(rden) & GEOOPS_F32_FIN(s.u0[b]) & GEOOPS_F32_FIN(s.u1[b]);
     }
     if (CALL) ok = ok & static_cast<int>(zb < cut) & static_cast<int>(zb > -1e30f) & static_cast<int>(qb < 1e30f);
-    z[b] = zb, q[b] = qb;
+    s.z[b] = zb, s.q[b] = qb;
     bad |= ok ^ 1;
   }
-  if (bad) return false;
-  std::memcpy(s.z, z, sizeof z), std::memcpy(s.q, q, sizeof q), std::memcpy(s.u0, u0, sizeof u0);
-  std::memcpy(s.u1, u1, sizeof u1), std::memcpy(s.u2, u2, sizeof u2), std::memcpy(s.e1, e1, sizeof e1);
-  std::memcpy(s.e2, e2, sizeof e2), std::memcpy(s.e3, e3, sizeof e3);
-  return true;
+  return bad == 0;
 }
 
 // B. The call, in float lanes (SLEEF).
