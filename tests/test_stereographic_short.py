@@ -133,8 +133,10 @@ def test_gradcheck_short_rows(op, d):
     assert torch.autograd.gradcheck(lambda *a: getattr(gs, op)(*a[:-1], k=a[-1]), (*args, k))
 
 
-def test_float16_rounding_matches_torch():
-    """float16 stores round to nearest even, like torch's own conversion of the fp32 result."""
+def test_float16_rounding_matches_torch(monkeypatch):
+    """float16 stores round to nearest even, like torch's own conversion of the fp32 result (of the same
+    double-lane math: the fp32 fast path, which fp16 rows do not take, is off for the comparison)."""
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
     g = torch.Generator().manual_seed(5)
     x = (torch.randn(4099, 7, generator=g) * 0.1)
     y = (torch.randn(4099, 7, generator=g) * 0.1)
@@ -192,3 +194,89 @@ def test_fp32_forward_float_call_accuracy(op, d):
     assert _fp32_rel_err(op, d, 0.0, seed=d + 2) < tol
     mixed = torch.tensor([-1.0, -0.3, 0.0, -1e-4, 0.5] * 820, dtype=torch.float64)
     assert _fp32_rel_err(op, d, mixed, seed=d + 3) < tol
+
+
+# ---------------------------------------------------------------- the fp32 fast path (session 8)
+# fp32 rows of D <= 8 stored back to back take csrc/cpu/stereographic_rows_f32.h for mobius_add, expmap,
+# expmap0, logmap, logmap0: the row sums and the cancelling additive terms in double, everything else in
+# float.  A block with a hard lane (NaN, a call argument beyond the float series cut, i.e. k > 0, or a term
+# out of float range) goes to the double path.  GEOOPS_STEREO_F32_ROWS=0 turns the fast path off, =2 runs it
+# for all five ops at D <= 8 (default: expmap, expmap0, logmap0 at D <= 2, where it measured faster); the
+# tests below use 2 so that every op's fast code is checked.
+F32_FAST_OPS = ("mobius_add", "expmap", "expmap0", "logmap", "logmap0")
+
+
+def _fast_inputs(op: str, d: int, n: int, seed: int):
+    """Bench-like rows (k = -1): |x| < 0.9, expmap's u up to 1.5, plus every 9th x within 1e-3..1e-2 of
+    the boundary (these stay on the fast path: the cancelling terms are in double)."""
+    g = torch.Generator().manual_seed(seed)
+    frac = torch.rand(n, generator=g, dtype=torch.float64) * 0.9
+    frac[::9] = 1 - torch.logspace(-3, -2, len(frac[::9]), dtype=torch.float64)
+    x = pc._ball_points(g, n, d, -1.0, frac)
+    if op == "expmap":
+        y = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5
+    elif op in ("mobius_add", "logmap"):
+        y = pc._ball_points(g, n, d, -1.0, torch.rand(n, generator=g, dtype=torch.float64) * 0.9)
+    else:
+        y = None
+    return x.float(), (None if y is None else y.float())
+
+
+def _call(op, x, y, k):
+    return getattr(gs, op)(x, k=k) if y is None else getattr(gs, op)(x, y, k=k)
+
+
+@pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 8))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_fast_path_accuracy(op, d, monkeypatch):
+    # (also with the default mode, through the existing fp32 tests of this file at D = 2)
+    """The fast path against the fp64 math on the same fp32 inputs: row-wise relative error within a few
+    float ulps, relative to the larger of the output and its terms' size (the write a x + b y cancels in
+    float for both paths); and no worse than 4x the double path's largest error plus 1e-7."""
+    x, y = _fast_inputs(op, d, 2000, seed=100 + d)
+    k = torch.tensor(-1.0)
+    expect = getattr(ref, op)(*((x.double(),) if y is None else (x.double(), y.double())), k=k.double())
+    scale = expect.norm(dim=-1)
+    if op in ("mobius_add", "expmap", "logmap"):  # the size of the terms of the write
+        scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
+    errs = {}
+    for mode in ("2", "0"):
+        monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", mode)
+        out = _call(op, x, y, k).double()
+        assert torch.isfinite(out).all()
+        errs[mode] = float(((out - expect).norm(dim=-1) / scale.clamp_min(1e-30)).max())
+    # (expmap at D = 1: both paths ~1.7e-4 on rows where x and u point opposite ways: the write cancels)
+    assert errs["2"] <= 4 * errs["0"] + 2e-6, errs
+
+
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_fast_path_hard_blocks(op, monkeypatch):
+    """Blocks with a hard row (NaN, or k > 0 with the call's argument beyond the series cut) take the double
+    path for the whole block: those blocks equal the fast-path-off output bit for bit (NaN rows NaN),
+    while all-normal blocks took the fast path (close to, and for the call ops not identical to, the
+    double path).  Rows: 32 per block; per-row k."""
+    d, n = 2, 32 * 8
+    x, y = _fast_inputs(op, d, n, seed=7)
+    k = torch.full((n, 1), -1.0)
+    hard = [3 * 32 + 5, 5 * 32 + 31]  # blocks 3 and 5
+    k[hard[0]] = 50.0  # k > 0: the call's argument z beyond the float series cut (0.05)
+    if op in ("expmap", "logmap"):  # z = k|u|^2 h^2 / k|x - y|^2/den: a small x keeps h, den ~ 1
+        x[hard[0]] *= 0.01
+    x[hard[1]] = float("nan")
+    if op == "mobius_add":  # no call: only the NaN row is hard; make row hard[0] huge instead
+        x[hard[0]] = 1e25
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+    fast = _call(op, x, y, k)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+    slow = _call(op, x, y, k)
+    for blk in (3, 5):
+        sl = slice(blk * 32, blk * 32 + 32)
+        assert torch.equal(fast[sl].isnan(), slow[sl].isnan())
+        ok = ~slow[sl].isnan()
+        assert torch.equal(fast[sl][ok], slow[sl][ok]), blk
+    assert torch.isnan(fast[hard[1]]).all()
+    normal = torch.cat([fast[b * 32:(b + 1) * 32] for b in (0, 1, 2, 4, 6, 7)])
+    normal_slow = torch.cat([slow[b * 32:(b + 1) * 32] for b in (0, 1, 2, 4, 6, 7)])
+    torch.testing.assert_close(normal, normal_slow, rtol=1e-4, atol=1e-5)
+    if op != "expmap0" and op != "logmap0":
+        assert not torch.equal(normal, normal_slow)  # the fast path ran (float rounding differs)

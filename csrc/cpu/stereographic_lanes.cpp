@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "stereographic_rows.h"
+#include "stereographic_rows_f32.h"
 #include "vec_math_inl.h"
 
 namespace geoops {
@@ -294,9 +295,21 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     for (int e = 0; e < B * D; ++e) rowof[e] = static_cast<int>(e / D);
   }
   const RowPrefetch prefetch(D * static_cast<int64_t>(sizeof(scalar_t)));
+  // fp32 rows of D <= 8 back to back: the float fast path (stereographic_rows_f32.h) per block, the
+  // double path below for the blocks it declines
+  constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
+  const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
+    if constexpr (kF32Op) {
+      if (f32_fast) {
+        for (int64_t b = 0; b < nb; ++b) kk[b] = sc.k[(i0 + b) * sc.sk];
+        const float* xf = reinterpret_cast<const float*>(xp) + i0 * D;
+        const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) + i0 * D : nullptr;
+        if (f32rows::run<OP, kBlock>(D, xf, yf, reinterpret_cast<float*>(op_) + i0 * D, static_cast<int>(nb), kk)) return;
+      }
+    }
     if (SHORT) {
       const int64_t ia = i0 + kPrefetchBlocks * kBlock;
       prefetch_block<false>(xp, sx, D, ia, end);
