@@ -44,21 +44,20 @@ constexpr bool fast_op(int op) {
          op == stereo::LOGMAP0;
 }
 
-// Where the path runs: by default all five ops at D <= 8 (kDefaultAll).  Measured (session 8, 1 thread,
-// 2^20 rows, A/B against the double path, pass A vectorised): 0.52-0.74x the time at D = 2, 0.73-0.89x at
-// D = 5 (mobius_add 1.29x there: the one loss), 0.79-0.82x at D = 8.  Before pass A was vectorised it was
-// faster only for expmap / expmap0 / logmap0 at D = 2 (kDefaultAll = false keeps that narrower default).
-// GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= 8 whatever the default (tests).  Read per call.
+// Where the path runs: by default the five ops at D <= 8 except mobius_add at D >= 5.  Measured (session 8,
+// 1 thread, 2^20 rows, A/B against the double path): 0.52-0.74x the time at D = 2, 0.73-0.89x at D = 5,
+// 0.79-0.82x at D = 8 — but mobius_add at D = 5 took 1.29x (1 thread) / 1.11x (2 threads): the one loss, so it
+// keeps the double path from D = 5 on.  GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= 8 (tests).
+// Read per call.
 inline int mode() {
   const char* e = std::getenv("GEOOPS_STEREO_F32_ROWS");
   if (!e || !*e) return 1;
   return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : 1);
 }
-constexpr bool kDefaultAll = true;
 inline bool use(int op, int64_t D) {
   const int m = mode();
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
-  return m == 2 || kDefaultAll || ((op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP0) && D <= 2);
+  return m == 2 || !(op == stereo::MOBIUS_ADD && D >= 5);
 }
 
 // v within float's working range (0 for NaN).  A macro: block() has its own optimize attribute, and GCC
