@@ -115,6 +115,16 @@ class PackedB {
   at::Tensor buf_;
 };
 
+// C = A_blk op(B) for one block of rows (A_blk and C row-major with unit column stride): through the packed B when
+// pk is a valid packing (float), else at::mm_out with Bop = op(B) (single-threaded inside a parallel region).
+inline void block_gemm(const PackedB* pk, at::Tensor& C, const at::Tensor& Ablk, const at::Tensor& Bop) {
+  if (pk && pk->valid() && C.scalar_type() == at::kFloat) {
+    pk->compute(Ablk.size(0), Ablk.data_ptr<float>(), Ablk.stride(0), 0.f, C.data_ptr<float>(), C.stride(0));
+    return;
+  }
+  at::mm_out(C, Ablk, Bop);
+}
+
 }  // namespace mkl_packed
 }  // namespace cpu
 }  // namespace geoops

@@ -411,17 +411,8 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
     BlockBuf<T> bb(m, flat);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kFwdBlock, nr = std::min(kFwdBlock, N - r0);
-      if constexpr (std::is_same_v<T, float>) {
-        if (zpk.valid()) {
-          zpk.compute(nr, xp + r0 * n, n, 0.0f, t.data_ptr<float>() + r0 * m, m);
-        } else {
-          at::Tensor tb = t.narrow(0, r0, nr);
-          at::mm_out(tb, x.narrow(0, r0, nr), z);
-        }
-      } else {
-        at::Tensor tb = t.narrow(0, r0, nr);
-        at::mm_out(tb, x.narrow(0, r0, nr), z);
-      }
+      at::Tensor tb = t.narrow(0, r0, nr);
+      mkl_packed::block_gemm(&zpk, tb, x.narrow(0, r0, nr), z);
       for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
       fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m);
     }

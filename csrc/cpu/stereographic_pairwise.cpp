@@ -309,13 +309,6 @@ inline int64_t fwd_block_rows(int64_t N, int64_t M) {
   return block_rows(N, M);
 }
 
-// The float GEMMs with y as the shared B operand: y packed once per batch with MKL's packed API (session 8; MKL
-// otherwise re-packs y for every block of rows), or null (at::mm path): float64, no MKL packed API in this torch,
-// sizes over int, or GEOOPS_MKL_PACKED=0 (read per call).
-inline const mkl_packed::SgemmApi* packed_api(int64_t rows, int64_t M, int64_t D) {
-  return mkl_packed::packed_sgemm_for(rows, M, D);
-}
-
 // y [B, M, D] packed per batch as the B operand of x_blk y^T (trans) or W_blk y (no trans), for blocks of at most
 // RB rows; empty when pack is null.
 inline std::vector<mkl_packed::PackedB> pack_y(const mkl_packed::SgemmApi* api, const float* y, int64_t B,
@@ -328,15 +321,11 @@ inline std::vector<mkl_packed::PackedB> pack_y(const mkl_packed::SgemmApi* api, 
   return v;
 }
 
-// C = A_blk op(B) for one block of rows (A_blk and C row-major with unit column stride): against the packed B of
-// batch b when pk holds one (float), else at::mm_out with Bop = op(B) (single-threaded inside a parallel region).
+// One block's GEMM against batch b's packed B (float, y packed once per batch: MKL otherwise re-packs it for every
+// block of rows) when pk holds one, else at::mm_out (float64, no packed API, sizes over int, GEOOPS_MKL_PACKED=0).
 inline void block_gemm(const std::vector<mkl_packed::PackedB>& pk, int64_t b, at::Tensor& C, const at::Tensor& Ablk,
                        const at::Tensor& Bop) {
-  if (!pk.empty() && C.scalar_type() == at::kFloat) {
-    pk[b].compute(Ablk.size(0), Ablk.data_ptr<float>(), Ablk.stride(0), 0.f, C.data_ptr<float>(), C.stride(0));
-    return;
-  }
-  at::mm_out(C, Ablk, Bop);
+  mkl_packed::block_gemm(pk.empty() ? nullptr : &pk[b], C, Ablk, Bop);
 }
 
 template <typename T>
@@ -422,7 +411,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
   // rows), then A (close pairs exact) and the distances while the block is in cache
   const int64_t nblk = (s.N + RB - 1) / RB;
   std::vector<mkl_packed::PackedB> yp_packed;
-  if constexpr (is_f32) yp_packed = pack_y(packed_api(RB, s.M, s.D), yp, s.B, s.M, s.D, RB, true);
+  if constexpr (is_f32) yp_packed = pack_y(mkl_packed::packed_sgemm_for(RB, s.M, s.D), yp, s.B, s.M, s.D, RB, true);
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
@@ -548,7 +537,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   constexpr bool is_f32 = std::is_same<T, float>::value;
   std::vector<mkl_packed::PackedB> yT_packed, y_packed;
   if constexpr (is_f32) {
-    const mkl_packed::SgemmApi* api = packed_api(RB, s.M, s.D);
+    const mkl_packed::SgemmApi* api = mkl_packed::packed_sgemm_for(RB, s.M, s.D);
     if (recompute) yT_packed = pack_y(api, yp, s.B, s.M, s.D, RB, true);
     if (want_x) y_packed = pack_y(api, yp, s.B, s.M, s.D, RB, false);
   }
@@ -745,7 +734,6 @@ at::Tensor from_key_impl(const at::Tensor& key_in, const at::Tensor& k) {
 
 }  // namespace
 
-
 std::tuple<at::Tensor, at::Tensor> cdist_fwd_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
                                                  bool save) {
   const at::Tensor xc = x.detach().contiguous(), yc = y.detach().contiguous();  // mm_out needs no-grad inputs
@@ -912,7 +900,7 @@ void mv_fwd_kernel(const at::Tensor& x, const at::Tensor& m, at::Tensor& out, do
   // float: m packed once as the B operand of every block's x_b m^T (MKL's packed SGEMM when found, as in cdist)
   std::vector<mkl_packed::PackedB> mpk;
   if constexpr (std::is_same<scalar_t, float>::value) {
-    if (Di > 0 && Do > 0) mpk = pack_y(packed_api(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, true);
+    if (Di > 0 && Do > 0) mpk = pack_y(mkl_packed::packed_sgemm_for(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, true);
   }
   at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -937,7 +925,7 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
   std::mutex mu;
   std::vector<mkl_packed::PackedB> mpk;  // float: m packed once as the B operand of every block's dx_b = gv_b m
   if constexpr (std::is_same<scalar_t, float>::value) {
-    if (want_x && Di > 0 && Do > 0) mpk = pack_y(packed_api(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, false);
+    if (want_x && Di > 0 && Do > 0) mpk = pack_y(mkl_packed::packed_sgemm_for(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, false);
   }
   at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
     at::Tensor GV = at::empty({RB, Do}, x.options());
