@@ -394,20 +394,21 @@ def test_batchnorm_fused_ops_opcheck():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("N", [0, 1, 37, 600])
-def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N):
+@pytest.mark.parametrize("N, D", [(0, 5), (1, 5), (37, 5), (600, 5), (2003, 16), (1, 1), (13, 3)])
+def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N, D):
     """The C++ row op's GEMM-first path (u @ M inside the op; gu = gv M^T, gM = u^T gv after the row pass) and its
     empty-M (identity) path vs the reference kernel set: values and du, dM, db, dc; both projection branches;
-    N = 600: several 256-row blocks of the batched tanc and a partial last one."""
+    N = 600: several 256-row blocks of the SIMD row math and a partial last one; N = 2003 (D = 16: two threads'
+    chunks, partial vectors of lanes at the end of each), N = 1, 13: one partial vector."""
     import geoops._ops.poincare as pops
 
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
     g0 = torch.Generator().manual_seed(N)
     c = torch.tensor(0.9, dtype=dtype)
-    u = (torch.randn(N, 5, generator=g0, dtype=dtype) * torch.linspace(0.2, 4.0, max(N, 1), dtype=dtype)[:N, None])
-    M = torch.eye(5, dtype=dtype) * 0.7 + torch.randn(5, 5, generator=g0, dtype=dtype) * 0.2
-    b = gp.expmap0(torch.randn(5, generator=g0, dtype=dtype) * 0.3, c=0.9)
-    g = torch.randn(N, 5, generator=g0, dtype=dtype)
+    u = (torch.randn(N, D, generator=g0, dtype=dtype) * torch.linspace(0.2, 4.0, max(N, 1), dtype=dtype)[:N, None])
+    M = torch.eye(D, dtype=dtype) * 0.7 + torch.randn(D, D, generator=g0, dtype=dtype) * 0.2
+    b = gp.expmap0(torch.randn(D, generator=g0, dtype=dtype) * 0.3, c=0.9)
+    g = torch.randn(N, D, generator=g0, dtype=dtype)
     for MM in (M, M.new_empty(0)):
         y = pops._Cpp.poincare_bn_rows_fwd(u, MM, b, c, 4e-3)
         yr = pops._Reference.poincare_bn_rows_fwd(u, MM, b, c, 4e-3)
@@ -416,6 +417,22 @@ def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N):
                         pops._Reference.poincare_bn_rows_bwd(g, u, MM, b, c, 4e-3)):
             assert a.shape == r.shape and a.dtype == r.dtype
             torch.testing.assert_close(a, r, **tol)
+
+
+def test_bn_rows_gradcheck_both_projection_branches():
+    """fp64 gradcheck of the row op (u, M, b and c) through the C++ kernels (SIMD row math), with rows inside the
+    ball and rows that land on the projection, N = 19 (two full vectors of lanes and a partial one)."""
+    g0 = torch.Generator().manual_seed(3)
+    u = (torch.randn(19, 6, generator=g0, dtype=torch.float64)
+         * torch.linspace(0.02, 8.0, 19, dtype=torch.float64)[:, None]).requires_grad_(True)
+    M = (torch.eye(6, dtype=torch.float64) * 0.8 + torch.randn(6, 6, generator=g0, dtype=torch.float64) * 0.1)
+    b = gp.expmap0(torch.randn(6, generator=g0, dtype=torch.float64) * 0.1, c=1.3)
+    c = torch.tensor(1.3, dtype=torch.float64)
+    args = (u, M.requires_grad_(True), b.detach().requires_grad_(True), c.requires_grad_(True))
+    y = gp.BnRowsFn.apply(*args, 1e-5)
+    assert (y.norm(dim=1) > (1 - 2e-5) / 1.3 ** 0.5).any() and (y.norm(dim=1) < 0.9 / 1.3 ** 0.5).any()
+    assert torch.autograd.gradcheck(lambda u, M, b, c: gp.BnRowsFn.apply(u, M, b, c, 1e-5), args, eps=1e-6,
+                                    atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("tangent", [True, False])

@@ -28,16 +28,6 @@
 #include "vec_math_inl.h"
 
 namespace geoops {
-namespace stereo {
-// The branch-free building blocks of stereo_math.h on vectors of rows (lane masks instead of bools).
-using cpu::vecmath::Vec;
-template <> inline Vec sel<Vec, Vec>(Vec c, Vec a, Vec b) { return Vec::blendv(b, a, c); }
-template <> inline Vec clamp_lo<Vec>(Vec v, Vec lo) { return Vec::blendv(lo, v, v > lo); }
-template <> inline Vec vsqrt<Vec>(Vec v) { return v.sqrt(); }
-template <> inline Vec vabs<Vec>(Vec v) { return v.abs(); }
-template <> inline Vec series_cut<Vec>() { return Vec(series_cut<double>()); }
-}  // namespace stereo
-
 namespace cpu {
 
 namespace {
@@ -58,11 +48,9 @@ constexpr int64_t kShortRowMaxD = 8;
 // coefficient gathers cost more than the short masked stores they replace).
 constexpr int64_t kStreamMaxD = 4;
 
-// The row math's tanc / atanc, one lane per row.
-struct LaneMath {
-  Vec tanc(const Vec& z) { return vecmath::eval<false>(z, Vec(1.0)); }
-  Vec atanc(const Vec& z, const Vec& q) { return vecmath::eval<true>(z, q); }
-};
+// The row math's tanc / atanc, one lane per row (vec_math_inl.h, with the Vec forms of stereo_math.h's
+// building blocks).
+using vecmath::LaneMath;
 
 // ---------------------------------------------------------------- float transcendentals (fp32/fp16/bf16 rows)
 // Ops whose forward calls tanc or atanc exactly once, with an argument that does not depend on another

@@ -1,6 +1,7 @@
 // tanc / atanc (stereo_math.h) on one SIMD vector of doubles, inline, for the translation units that
-// run the row math on vectors: vec_math.cpp (batched calls of the long-row kernels) and
-// stereographic_short.cpp (rows in SIMD lanes).
+// run the row math on vectors: vec_math.cpp (batched calls of the long-row kernels),
+// stereographic_lanes.cpp and poincare_layers.cpp (rows in SIMD lanes: LaneMath and the Vec
+// specialisations of stereo_math.h's building blocks at the end of this file).
 //
 // Include geoops/cpu_capability.h FIRST in the .cpp (it picks the at::vec ISA of that translation unit).
 //
@@ -59,6 +60,23 @@ inline Vec eval(const Vec& z, const Vec& q) {
   return out;
 }
 
+// stereo_math.h's row math (fwd / vjp) with one row per lane: its tanc / atanc on the lanes.
+struct LaneMath {
+  Vec tanc(const Vec& z) { return eval<false>(z, Vec(1.0)); }
+  Vec atanc(const Vec& z, const Vec& q) { return eval<true>(z, q); }
+};
+
 }  // namespace vecmath
 }  // namespace cpu
+
+namespace stereo {
+// The branch-free building blocks of stereo_math.h on vectors of rows (lane masks instead of bools), for
+// stereo::fwd<Vec> / stereo::vjp<Vec> (stereographic_lanes.cpp, poincare_layers.cpp's batch-norm row pass).
+using cpu::vecmath::Vec;
+template <> inline Vec sel<Vec, Vec>(Vec c, Vec a, Vec b) { return Vec::blendv(b, a, c); }
+template <> inline Vec clamp_lo<Vec>(Vec v, Vec lo) { return Vec::blendv(lo, v, v > lo); }
+template <> inline Vec vsqrt<Vec>(Vec v) { return v.sqrt(); }
+template <> inline Vec vabs<Vec>(Vec v) { return v.abs(); }
+template <> inline Vec series_cut<Vec>() { return Vec(series_cut<double>()); }
+}  // namespace stereo
 }  // namespace geoops
