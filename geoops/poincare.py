@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Optional
 
 import torch
@@ -466,12 +467,20 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         # the midpoint: one fused reduction (F, L) and the D-vector step to m in one Function
         mean = _library.apply(MidpointMeanFn, xr, ct)
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
-        S = _library.apply(SqSumFn, u)
         n = max(x.shape[0], 1)
+        if xr.device.type == "cpu" and _library.direct_call_ok(mean, b, u, weight, ct) and _BN_NORM_FN:
+            # eager CPU: the variance, the scalar chain (rescaling, the gyration's 2 x 2 form) in Python floats and
+            # the row op in one Function with a hand-written backward (the torch composition below costs ~100
+            # tiny ops each way; on a GPU the floats would be a host sync per call, so CUDA keeps the composition)
+            y, var = BnNormFn.apply(u.contiguous(), b, mean, weight.to(cdt), ct, n, eps, _eps(None, cdt))
+            if training and running_mean is not None:
+                with torch.no_grad():
+                    nr = x.shape[0]
+                    running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=k.detach()))
+                    running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
+            return y.to(x.dtype)
+        S = _library.apply(SqSumFn, u)
         if xr.device.type == "cpu" and _library.direct_call_ok(mean, b, S, weight, ct):
-            # eager CPU: the scalar chain (variance, rescaling, the gyration's 2 x 2 form) in Python floats, one
-            # Function with a hand-written backward (the torch composition below costs ~100 tiny ops each way;
-            # on a GPU the floats would be a host sync per call, so CUDA keeps the composition)
             M, var = BnTransportFn.apply(b, mean, S, weight.to(cdt), ct, n, eps)
         else:
             AE, G = _gram(b, mean)
@@ -506,66 +515,114 @@ class BnTransportFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, b, m, S, w, c, n, eps):
-        AE = torch.stack((b, -m))
-        (a2, ae), (_, e2) = (AE @ AE.t()).tolist()
-        k, Sf, wf = -float(c), float(S), float(w)
-        q, p = 1 + k * e2, 1 + k * a2
-        lam = 2 / max(q, 1e-15)
-        var = lam * lam * Sf / n
-        s = math.sqrt(wf / (var + eps))
-        ratio = p / q
-        alpha = s * ratio
-        d = 1 - 2 * k * ae + k * k * a2 * e2
-        dc = max(d, 1e-15)
-        W = ((-k * k * e2, k), (-k + 2 * k * k * ae, -k * k * a2))
-        f = 2 * alpha / dc
-        V = torch.tensor([[f * W[0][0], f * W[0][1]], [f * W[1][0], f * W[1][1]]], dtype=AE.dtype, device=AE.device)
-        M = torch.addmm(_transport_consts(AE.shape[1], AE)[0], AE.t(), V @ AE, beta=alpha)
+        M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
         ctx.save_for_backward(AE, V)
-        ctx.sc = (a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W)
         ctx.wshape = w.shape
-        vt = torch.tensor(var, dtype=AE.dtype, device=AE.device)
         ctx.mark_non_differentiable(vt)
         return M, vt
 
     @staticmethod
     def backward(ctx, gM, _gvar):
         AE, V = ctx.saved_tensors
-        a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W = ctx.sc
-        Q = AE @ gM  # (2, D)
-        gAE = V @ (AE @ gM.t()) + V.t() @ Q
-        gV = (Q @ AE.t()).tolist()
-        galpha = float(gM.diagonal().sum())
-        gVW = sum(gV[i][j] * W[i][j] for i in range(2) for j in range(2))
-        f = 2 * alpha / dc
-        galpha += 2 / dc * gVW
-        gd = -f / dc * gVW if d > 1e-15 else 0.0
-        gW = [[f * gV[i][j] for j in range(2)] for i in range(2)]
-        k2 = k * k
-        gk = gW[0][0] * (-2 * k * e2) + gW[0][1] + gW[1][0] * (-1 + 4 * k * ae) + gW[1][1] * (-2 * k * a2)
-        ge2, gae, ga2 = -k2 * gW[0][0], 2 * k2 * gW[1][0], -k2 * gW[1][1]
-        gk += gd * (-2 * ae + 2 * k * a2 * e2)
-        gae += gd * (-2 * k)
-        ga2 += gd * k2 * e2
-        ge2 += gd * k2 * a2
-        gs, gratio = galpha * ratio, galpha * s
-        gk += gratio * (a2 / q - p * e2 / (q * q))
-        ga2 += gratio * k / q
-        ge2 -= gratio * p * k / (q * q)
-        ve = var + eps
-        gw = gs / (2 * s * ve) if s > 0 else math.inf * gs
-        gvar = -gs * s / (2 * ve)
-        glam = gvar * 2 * lam * Sf / n
-        gS = gvar * lam * lam / n
-        if q > 1e-15:
-            gk += glam * (-2 * e2 / (q * q))
-            ge2 += glam * (-2 * k / (q * q))
-        Gg = torch.tensor([[2 * ga2, gae], [gae, 2 * ge2]], dtype=AE.dtype, device=AE.device)
-        gE = torch.addmm(gAE, Gg, AE)  # rows: d/da, d/de
+        gb, gm, gS, gw, gc = _transport_bwd(AE, V, ctx.sc, gM)
         ng = ctx.needs_input_grad
-        gS_, gw_, gc_ = torch.tensor((gS, gw, -gk), dtype=AE.dtype, device=AE.device).unbind()
-        return (gE[0] if ng[0] else None, -gE[1] if ng[1] else None, gS_ if ng[2] else None,
+        gS_, gw_, gc_ = torch.tensor((gS, gw, gc), dtype=AE.dtype, device=AE.device).unbind()
+        return (gb if ng[0] else None, gm if ng[1] else None, gS_ if ng[2] else None,
                 gw_.reshape(ctx.wshape) if ng[3] else None, gc_ if ng[4] else None, None, None)
+
+
+def _transport_fwd(b, m, S, w, c, n, eps):
+    """BnTransportFn's forward: (M, var as a 0-dim tensor, AE, V, the scalar chain's floats for the backward)."""
+    AE = torch.stack((b, -m))
+    (a2, ae), (_, e2) = (AE @ AE.t()).tolist()
+    k, Sf, wf = -float(c), float(S), float(w)
+    q, p = 1 + k * e2, 1 + k * a2
+    lam = 2 / max(q, 1e-15)
+    var = lam * lam * Sf / n
+    s = math.sqrt(wf / (var + eps))
+    ratio = p / q
+    alpha = s * ratio
+    d = 1 - 2 * k * ae + k * k * a2 * e2
+    dc = max(d, 1e-15)
+    W = ((-k * k * e2, k), (-k + 2 * k * k * ae, -k * k * a2))
+    f = 2 * alpha / dc
+    V = torch.tensor([[f * W[0][0], f * W[0][1]], [f * W[1][0], f * W[1][1]]], dtype=AE.dtype, device=AE.device)
+    M = torch.addmm(_transport_consts(AE.shape[1], AE)[0], AE.t(), V @ AE, beta=alpha)
+    sc = (a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W)
+    return M, torch.tensor(var, dtype=AE.dtype, device=AE.device), AE, V, sc
+
+
+def _transport_bwd(AE, V, sc, gM):
+    """BnTransportFn's backward from gM: (gb, gm) tensors and (gS, gweight, gc) Python floats."""
+    a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W = sc
+    Q = AE @ gM  # (2, D)
+    gAE = V @ (AE @ gM.t()) + V.t() @ Q
+    gV = (Q @ AE.t()).tolist()
+    galpha = float(gM.diagonal().sum())
+    gVW = sum(gV[i][j] * W[i][j] for i in range(2) for j in range(2))
+    f = 2 * alpha / dc
+    galpha += 2 / dc * gVW
+    gd = -f / dc * gVW if d > 1e-15 else 0.0
+    gW = [[f * gV[i][j] for j in range(2)] for i in range(2)]
+    k2 = k * k
+    gk = gW[0][0] * (-2 * k * e2) + gW[0][1] + gW[1][0] * (-1 + 4 * k * ae) + gW[1][1] * (-2 * k * a2)
+    ge2, gae, ga2 = -k2 * gW[0][0], 2 * k2 * gW[1][0], -k2 * gW[1][1]
+    gk += gd * (-2 * ae + 2 * k * a2 * e2)
+    gae += gd * (-2 * k)
+    ga2 += gd * k2 * e2
+    ge2 += gd * k2 * a2
+    gs, gratio = galpha * ratio, galpha * s
+    gk += gratio * (a2 / q - p * e2 / (q * q))
+    ga2 += gratio * k / q
+    ge2 -= gratio * p * k / (q * q)
+    ve = var + eps
+    gw = gs / (2 * s * ve) if s > 0 else math.inf * gs
+    gvar = -gs * s / (2 * ve)
+    glam = gvar * 2 * lam * Sf / n
+    gS = gvar * lam * lam / n
+    if q > 1e-15:
+        gk += glam * (-2 * e2 / (q * q))
+        ge2 += glam * (-2 * k / (q * q))
+    Gg = torch.tensor([[2 * ga2, gae], [gae, 2 * ge2]], dtype=AE.dtype, device=AE.device)
+    gE = torch.addmm(gAE, Gg, AE)  # rows: d/da, d/de
+    return gE[0], -gE[1], gS, gw, -gk
+
+
+class BnNormFn(torch.autograd.Function):
+    """Eager CPU batch norm after the midpoint, one Function: (u, b, m, weight, c) -> (y, var) with
+    S = sum_i |u_i|^2 (one dot), M and var from the transport's scalar chain (``_transport_fwd``, as
+    BnTransportFn) and y = project(expmap_b(u M)) (geoops::poincare_bn_rows_fwd).  Backward: the row op's
+    backward (gu, gM, gb, gc), the transport's (gb, gm, gS, gweight, gc) from gM, then gu += 2 gS u in place
+    (instead of SqSumFn's scaled copy 2 gS u and autograd's accumulation of it into gu: one pass over (N, D)
+    instead of two, and three autograd nodes fewer).  var: no gradient (the running statistics).
+    ``GEOOPS_BN_NORM_FN=0``: SqSumFn, BnTransportFn and BnRowsFn as separate nodes instead (A/B)."""
+
+    @staticmethod
+    def forward(ctx, u, b, m, w, c, n, eps, eps_proj):
+        flat = u.reshape(-1)
+        S = torch.dot(flat, flat)
+        M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
+        ctx.save_for_backward(u, M, b, c, AE, V)
+        ctx.wshape = w.shape
+        ctx.eps_proj = eps_proj
+        ctx.mark_non_differentiable(vt)
+        return _ops.poincare_bn_rows_fwd(u, M, b, c, eps_proj), vt
+
+    @staticmethod
+    def backward(ctx, gy, _gvar):
+        u, M, b, c, AE, V = ctx.saved_tensors
+        gu, gM, gb1, gc1 = _ops.poincare_bn_rows_bwd(gy.contiguous(), u, M, b, c, ctx.eps_proj)
+        gb2, gm, gS, gw, gc2 = _transport_bwd(AE, V, ctx.sc, gM)
+        ng = ctx.needs_input_grad
+        if ng[0]:
+            gu = gu.add_(u, alpha=2 * gS)  # gu is the op's own fresh tensor
+        gw_ = torch.tensor(gw, dtype=AE.dtype, device=AE.device).reshape(ctx.wshape) if ng[3] else None
+        gc_ = (gc1 + gc2).reshape(c.shape) if ng[4] else None
+        return (gu if ng[0] else None, (gb1 + gb2) if ng[1] else None, gm if ng[2] else None, gw_, gc_,
+                None, None, None)
+
+
+_BN_NORM_FN = os.environ.get("GEOOPS_BN_NORM_FN", "1") != "0"
 
 
 class SqSumFn(torch.autograd.Function):

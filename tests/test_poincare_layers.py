@@ -419,6 +419,37 @@ def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N, D):
             torch.testing.assert_close(a, r, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batchnorm_norm_fn_vs_separate_nodes(dtype, monkeypatch):
+    """Eager CPU batch norm runs variance, transport and row op as one Function (BnNormFn: gu += 2 gS u in place);
+    with GEOOPS_BN_NORM_FN=0 (module flag) the separate SqSumFn / BnTransportFn / BnRowsFn nodes: the same values,
+    gradients to x, bias, weight, c and running statistics; and BnNormFn's own fp64 gradcheck."""
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    x0 = gp.expmap0(torch.randn(41, 6, dtype=dtype) * 0.7, c=0.8).detach()
+    outs = []
+    for fused in (True, False):
+        monkeypatch.setattr(gp, "_BN_NORM_FN", fused)
+        x = x0.clone().requires_grad_(True)
+        c = torch.tensor(0.8, dtype=dtype, requires_grad=True)
+        bias = torch.linspace(-0.3, 0.4, 6, dtype=dtype).requires_grad_(True)
+        w = torch.tensor(1.4, dtype=dtype, requires_grad=True)
+        rm, rv = torch.zeros(6, dtype=dtype), torch.ones((), dtype=dtype)
+        y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
+        g = torch.linspace(-1, 1.5, y.numel(), dtype=dtype).reshape(y.shape)
+        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
+    for a, r in zip(*outs):
+        torch.testing.assert_close(a, r, **tol)
+    if dtype == torch.float64:
+        g0 = torch.Generator().manual_seed(5)
+        u = (torch.randn(23, 4, generator=g0, dtype=dtype) * 0.5).requires_grad_(True)
+        b = gp.expmap0(torch.randn(4, generator=g0, dtype=dtype) * 0.3, c=0.8).detach().requires_grad_(True)
+        m = gp.expmap0(torch.randn(4, generator=g0, dtype=dtype) * 0.3, c=0.8).detach().requires_grad_(True)
+        ins = (u, b, m, torch.tensor(0.9, dtype=dtype, requires_grad=True),
+               torch.tensor(0.8, dtype=dtype, requires_grad=True))
+        assert torch.autograd.gradcheck(lambda *t: gp.BnNormFn.apply(*t, 23, 1e-6, 1e-5)[0], ins, eps=1e-6,
+                                        atol=1e-6, rtol=1e-5)
+
+
 def test_bn_rows_gradcheck_both_projection_branches():
     """fp64 gradcheck of the row op (u, M, b and c) through the C++ kernels (SIMD row math), with rows inside the
     ball and rows that land on the projection, N = 19 (two full vectors of lanes and a partial one)."""
