@@ -591,10 +591,11 @@ def _transport_bwd(AE, V, sc, gM):
 class BnNormFn(torch.autograd.Function):
     """Eager CPU batch norm after the midpoint, one Function: (u, b, m, weight, c) -> (y, var) with
     S = sum_i |u_i|^2 (one dot), M and var from the transport's scalar chain (``_transport_fwd``, as
-    BnTransportFn) and y = project(expmap_b(u M)) (geoops::poincare_bn_rows_fwd).  Backward: the row op's
-    backward (gu, gM, gb, gc), the transport's (gb, gm, gS, gweight, gc) from gM, then gu += 2 gS u in place
-    (instead of SqSumFn's scaled copy 2 gS u and autograd's accumulation of it into gu: one pass over (N, D)
-    instead of two, and three autograd nodes fewer).  var: no gradient (the running statistics).
+    BnTransportFn), v = u M (one GEMM, saved) and y = project(expmap_b(v)) (geoops::poincare_bn_rows_fwd with the
+    identity M).  Backward: the row op's backward (gv, gb, gc) on the saved v, gM = u^T gv, the transport's
+    (gb, gm, gS, gweight, gc) from gM, then gu = gv M^T + 2 gS u as one addmm (instead of the op's recomputed
+    v = u M, SqSumFn's scaled copy 2 gS u and autograd's accumulation of it into gu: one GEMM and two passes
+    over (N, D) fewer, three autograd nodes fewer; one more saved (N, D) tensor).  var: no gradient.
     ``GEOOPS_BN_NORM_FN=0``: SqSumFn, BnTransportFn and BnRowsFn as separate nodes instead (A/B)."""
 
     @staticmethod
@@ -602,20 +603,22 @@ class BnNormFn(torch.autograd.Function):
         flat = u.reshape(-1)
         S = torch.dot(flat, flat)
         M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
-        ctx.save_for_backward(u, M, b, c, AE, V)
+        v = torch.mm(u, M)
+        none = u.new_empty(0)  # the row op's identity M: v is formed here and saved (no recompute in backward)
+        ctx.save_for_backward(u, v, M, b, c, AE, V, none)
         ctx.wshape = w.shape
         ctx.eps_proj = eps_proj
         ctx.mark_non_differentiable(vt)
-        return _ops.poincare_bn_rows_fwd(u, M, b, c, eps_proj), vt
+        return _ops.poincare_bn_rows_fwd(v, none, b, c, eps_proj), vt
 
     @staticmethod
     def backward(ctx, gy, _gvar):
-        u, M, b, c, AE, V = ctx.saved_tensors
-        gu, gM, gb1, gc1 = _ops.poincare_bn_rows_bwd(gy.contiguous(), u, M, b, c, ctx.eps_proj)
+        u, v, M, b, c, AE, V, none = ctx.saved_tensors
+        gv, _, gb1, gc1 = _ops.poincare_bn_rows_bwd(gy.contiguous(), v, none, b, c, ctx.eps_proj)
+        gM = torch.mm(u.t(), gv)
         gb2, gm, gS, gw, gc2 = _transport_bwd(AE, V, ctx.sc, gM)
         ng = ctx.needs_input_grad
-        if ng[0]:
-            gu = gu.add_(u, alpha=2 * gS)  # gu is the op's own fresh tensor
+        gu = torch.addmm(u, gv, M.t(), beta=2 * gS) if ng[0] else None  # gv M^T + 2 gS u: one GEMM, no extra pass
         gw_ = torch.tensor(gw, dtype=AE.dtype, device=AE.device).reshape(ctx.wshape) if ng[3] else None
         gc_ = (gc1 + gc2).reshape(c.shape) if ng[4] else None
         return (gu if ng[0] else None, (gb1 + gb2) if ng[1] else None, gm if ng[2] else None, gw_, gc_,
