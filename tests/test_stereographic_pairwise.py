@@ -679,3 +679,53 @@ def test_cdist_cpu_packed_gemm_and_mm_paths(kval, monkeypatch):
             torch.testing.assert_close(got.double(), exp, rtol=2e-3, atol=2e-3 * exp.abs().max().item())
     for a, b in zip(results["1"], results["0"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kval", [-1.0, -0.3, -4.0])
+@pytest.mark.parametrize("epi", ["v2", "v1"])
+def test_cdist_fp32_ball_epilogue_log_worst_inputs(kval, epi, monkeypatch):
+    """The float k < 0 forward's logarithm at its worst inputs (session 9's AVX-512 epilogue `v2`: vgetexp/vgetmant,
+    a degree-7 polynomial of log1p(f)/f, u itself where w = 1 + u < 2; `v1` the session-8 epilogue, selected by
+    GEOOPS_CDIST_F32_EPI): points of y at distances from the origin with u = t + sqrt(t (t + 2)) from 1e-7 to ~1e7,
+    crowded around w = 2^e (the edges of the range reduction) and u = 1, against the origin, random points and
+    themselves: relative error <= 1e-6 against the float64 reference where p_x p_y >= 1e-6 (v2 measured 3.7e-7;
+    v1 2e-5: its correction term takes 1/w from rcp14, ~1e-5 off at w = 1, i.e. for distances below ~6e-8).
+    Rows whose p_x p_y reaches the clamp (points at 1 - 1e-5 of the radius) take the clamped variant and agree with
+    v1; a NaN in a row propagates to that row only; x against itself gives exact zeros."""
+    monkeypatch.setenv("GEOOPS_CDIST_F32_EPI", epi)
+    kval = float(torch.tensor(kval, dtype=torch.float32))  # the kernel's k (p_y ~ 1e-6 at the boundary: k to 1e-8 matters)
+    c = -kval
+    D = 16
+    g = torch.Generator().manual_seed(21)
+    us = torch.cat([torch.logspace(-7, 7, 300, dtype=torch.float64),
+                    (2.0 ** torch.arange(0, 22, dtype=torch.float64)) - 1,  # w = 2^e exactly
+                    torch.tensor([0.25, 1 - 2 ** -20, 1 + 2 ** -20, 3 - 1e-6, 3 + 1e-6, 0.4142135, 0.4142136],
+                                 dtype=torch.float64)])
+    # |y| with d(0, y) = log1p(u)/sqrt(c): sqrt(c)|y| = tanh(log1p(u)/2)
+    r = torch.tanh(torch.log1p(us) / 2) / math.sqrt(c)
+    v = torch.randn(us.numel(), D, generator=g, dtype=torch.float64)
+    y = (v / v.norm(dim=-1, keepdim=True) * r[:, None]).float()
+    x = torch.cat([torch.zeros(1, D), _ball(20, D, k=kval, frac=0.99, seed=22).float(), y[::37]])
+    out = gs.cdist(x, y, k=kval)
+    exp = _ref64(x, y, kval)
+    px, py = (1 - c * t.double().pow(2).sum(-1) for t in (x, y))
+    ok = (px[:, None] * py[None, :] >= 1e-6) & (exp > 0)  # away from the clamp of p_x p_y (1e-7)
+    assert ok.sum() > 8000 and (out[exp == 0] == 0).all()
+    assert _relerr(out[ok], exp[ok]) < (1e-6 if epi == "v2" else 2e-5)
+    # the clamp of p_x p_y (points at 1 - 1e-5 of the radius): the same values as the session-8 epilogue
+    b = torch.randn(8, D, generator=g, dtype=torch.float64)
+    b = (b / b.norm(dim=-1, keepdim=True) * (1 - 1e-5) / math.sqrt(c)).float()
+    xb = torch.cat([b, x[:4]])
+    out_b = gs.cdist(xb, torch.cat([b.flip(0), y[:40]]), k=kval)
+    monkeypatch.setenv("GEOOPS_CDIST_F32_EPI", "v1")
+    ref_b = gs.cdist(xb, torch.cat([b.flip(0), y[:40]]), k=kval)
+    monkeypatch.setenv("GEOOPS_CDIST_F32_EPI", epi)
+    assert torch.isfinite(out_b).all()
+    nz = ref_b > 0
+    assert (out_b[~nz] == 0).all() and _relerr(out_b[nz], ref_b[nz]) < 2e-5
+    # NaN propagation (a NaN coordinate poisons its row, nothing else) and exact zeros on the diagonal
+    xn = x.clone()
+    xn[3, 5] = float("nan")
+    out_n = gs.cdist(xn, y, k=kval)
+    assert out_n[3].isnan().all() and not out_n[torch.arange(len(x)) != 3].isnan().any()
+    assert (gs.cdist(y, y, k=kval).diagonal() == 0).all()

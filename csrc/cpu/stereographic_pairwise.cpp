@@ -247,6 +247,121 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// ---- float, k < 0, AVX-512 (session 9): the same pass as neg_row_f32 in ~25 vector operations per 16 pairs instead
+// of ~45.  Differences (accuracy: see the error budget in docs/families/stereographic-pairwise.md):
+//  * log1p(u) from w = fl(1 + u) = 2^e m, m in [1, 2) (vgetexpps / vgetmantps: no integer shifts, e already a float),
+//    log w = e ln2 + f Q(f), f = m - 1, with Q a degree-7 minimax of log1p(f)/f on [0, 1] (our own fit, max relative
+//    error 1.9e-7; ~3.6e-7 with float rounding).  Where w < 2 (e = 0) f is replaced by u itself, so the bits of u
+//    lost in 1 + u never enter (no correction term, no reciprocal); for w >= 2 they are below 2^-24 of log w.
+//  * 1/sqrt(c) is folded into Q's coefficients and ln2 (no final multiply).
+//  * t = (2c/p_x) A (1/p_y), with (2c/p_x) A from two FMAs on the GEMM value, and without the clamp of p_x p_y when
+//    no pair of the row reaches it (FAST: the caller checks 1/p_x max_j 1/p_y against the clamp per row).
+//  * close-pair mask and sentinel on mask registers (compare into a k-mask, OR of masks, masked move).
+//  * no max(A, 0): a pair with A < 0 is a close pair (A < tau (|x|^2 + |y|^2)), replaced by its exact value.
+// NaN in A propagates (ordered compares are false for NaN; vgetexp/vgetmant of NaN are NaN).
+struct NegRowV2 {
+  float q[8];   // rs * Q's coefficients, constant term first
+  float ln2rs;  // rs * ln 2
+};
+
+// Q(f) ~ log1p(f)/f on [0, 1]: degree-7 minimax in relative error (fitted for geoops, iteratively reweighted least
+// squares to equioscillation; max relative error 1.94e-7 in exact arithmetic).
+constexpr float kLog1pQ[8] = {9.999998212e-01f, -4.999740422e-01f, 3.327545226e-01f, -2.449533939e-01f,
+                              1.774494350e-01f, -1.076778844e-01f, 4.408712685e-02f, -8.538553491e-03f};
+
+inline NegRowV2 neg_row_v2_consts(float rs) {
+  NegRowV2 p;
+  for (int i = 0; i < 8; ++i) p.q[i] = kLog1pQ[i] * rs;
+  p.ln2rs = float(0.69314718055994530942 * double(rs));
+  return p;
+}
+
+// FAST: no pair of the row reaches the clamp: t = aK (1/p_y) with aK = K (x2 + y2) - 2K g, K = 2c/p_x, formed by
+// two FMAs (the close test on aK against tau K (x2 + y2): the same test, K > 0).  Otherwise (the clamp):
+// A = x2 + y2 - 2g, t = A min(1/(p_x p_y), 1/min_p) 2c.  SAVE: A (x2 + y2 - 2g) is also written to Asave; the
+// distances do not depend on SAVE (bit for bit).
+template <bool FAST, bool SAVE>
+inline void neg_row_f32_v2(const float* G, float* out, float* Asave, const float* xi, const float* y,
+                           const float* y2f, const float* ipy, int64_t M, int64_t D, const NegRowF& c,
+                           const NegRowV2& p) {
+  const float K = c.two_c * c.ipx;
+  const __m512 vx2K = _mm512_set1_ps(c.x2 * K), vx2 = _mm512_set1_ps(c.x2), vK = _mm512_set1_ps(K),
+               vm2K = _mm512_set1_ps(-2.f * K), vm2 = _mm512_set1_ps(-2.f), vtau = _mm512_set1_ps(c.tau),
+               two = _mm512_set1_ps(2.f), one = _mm512_set1_ps(1.f), sentinel = _mm512_set1_ps(-1.f),
+               vln2 = _mm512_set1_ps(p.ln2rs), v2c = _mm512_set1_ps(c.two_c), vipx = _mm512_set1_ps(c.ipx),
+               pmax = _mm512_set1_ps(1.f / min_p<float>());
+  const __m512 q0 = _mm512_set1_ps(p.q[0]), q1 = _mm512_set1_ps(p.q[1]), q2 = _mm512_set1_ps(p.q[2]),
+               q3 = _mm512_set1_ps(p.q[3]), q4 = _mm512_set1_ps(p.q[4]), q5 = _mm512_set1_ps(p.q[5]),
+               q6 = _mm512_set1_ps(p.q[6]), q7 = _mm512_set1_ps(p.q[7]);
+  __mmask16 anyclose = 0;
+  auto f = [&](__m512 g, __m512 vy2, __m512 vipy, __m512& aout) {
+    __m512 t;
+    __mmask16 close;
+    if constexpr (FAST) {
+      const __m512 sum = _mm512_fmadd_ps(vy2, vK, vx2K);  // K (x2 + y2)
+      const __m512 a = _mm512_fmadd_ps(vm2K, g, sum);      // K A
+      close = _mm512_cmp_ps_mask(a, _mm512_mul_ps(vtau, sum), _CMP_LT_OQ);
+      t = _mm512_mul_ps(a, vipy);
+      if constexpr (SAVE) aout = _mm512_fmadd_ps(vm2, g, _mm512_add_ps(vx2, vy2));
+    } else {
+      const __m512 sum = _mm512_add_ps(vx2, vy2);
+      const __m512 a = _mm512_fmadd_ps(vm2, g, sum);  // A = sum - 2g
+      close = _mm512_cmp_ps_mask(a, _mm512_mul_ps(vtau, sum), _CMP_LT_OQ);
+      aout = a;
+      t = _mm512_mul_ps(_mm512_mul_ps(a, _mm512_min_ps(pmax, _mm512_mul_ps(vipx, vipy))), v2c);
+    }
+    anyclose |= close;
+    const __m512 u = _mm512_add_ps(t, _mm512_sqrt_ps(_mm512_mul_ps(t, _mm512_add_ps(t, two))));
+    const __m512 w = _mm512_add_ps(u, one);
+    const __m512 e = _mm512_getexp_ps(w);
+    // f = mant(w) - 1 where w >= 2, u itself where w < 2 (e = 0: log1p(u) = u Q(u), no bit of u lost)
+    const __m512 fr = _mm512_mask_sub_ps(u, _mm512_cmp_ps_mask(w, two, _CMP_GE_OQ),
+                                         _mm512_getmant_ps(w, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src), one);
+    __m512 q = _mm512_fmadd_ps(q7, fr, q6);
+    q = _mm512_fmadd_ps(q, fr, q5);
+    q = _mm512_fmadd_ps(q, fr, q4);
+    q = _mm512_fmadd_ps(q, fr, q3);
+    q = _mm512_fmadd_ps(q, fr, q2);
+    q = _mm512_fmadd_ps(q, fr, q1);
+    q = _mm512_fmadd_ps(q, fr, q0);
+    const __m512 d = _mm512_fmadd_ps(fr, q, _mm512_mul_ps(e, vln2));
+    return _mm512_mask_mov_ps(d, close, sentinel);
+  };
+  int64_t j = 0;
+  __m512 a = _mm512_setzero_ps();
+  for (; j + 16 <= M; j += 16) {
+    _mm512_storeu_ps(out + j, f(_mm512_loadu_ps(G + j), _mm512_loadu_ps(y2f + j), _mm512_loadu_ps(ipy + j), a));
+    if (SAVE) _mm512_storeu_ps(Asave + j, a);
+  }
+  if (j < M) {
+    const __mmask16 tm = __mmask16((1u << (M - j)) - 1);
+    const __m512 d = f(_mm512_maskz_loadu_ps(tm, G + j), _mm512_maskz_loadu_ps(tm, y2f + j),
+                       _mm512_maskz_loadu_ps(tm, ipy + j), a);
+    _mm512_mask_storeu_ps(out + j, tm, d);
+    if (SAVE) _mm512_mask_storeu_ps(Asave + j, tm, a);
+  }
+  if (!anyclose) return;
+  for (int64_t jj = 0; jj < M; ++jj) {
+    if (!(out[jj] < 0.f)) continue;
+    const double A = exact_sq(xi, y + jj * D, D);
+    if (SAVE) Asave[jj] = float(A);
+    out[jj] = neg_dist_scalar(A, c.ipx, ipy[jj], c.two_c, c.rs);
+  }
+}
+#endif
+
+// GEOOPS_CDIST_F32_EPI=v1 selects the session-8 float k < 0 epilogue (neg_row_f32: at::vec, Cephes-degree log) on
+// AVX-512 builds, for A/B measurements (read per call); the default there is neg_row_f32_v2.
+inline bool use_epi_v2() {
+#if defined(CPU_CAPABILITY_AVX512)
+  const char* e = std::getenv("GEOOPS_CDIST_F32_EPI");
+  return !(e && std::string(e) == "v1");
+#else
+  return false;
+#endif
+}
+
 struct Shapes {
   int64_t B, N, M, D;
 };
@@ -366,6 +481,12 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
   constexpr bool is_f32 = std::is_same<T, float>::value;
   std::vector<T> ipy(is_f32 ? s.B * s.M : 0);
   for (size_t q = 0; q < ipy.size(); ++q) ipy[q] = T(1) / py[q];
+  // float k < 0 on AVX-512: the v2 epilogue, without the clamp of 1/(p_x p_y) on rows where no pair reaches it
+  const bool epi_v2 = is_f32 && use_epi_v2();
+  (void)epi_v2;
+  std::vector<T> ipy_max(is_f32 ? s.B : 0, T(0));
+  for (int64_t b = 0; b < int64_t(ipy_max.size()); ++b)
+    for (int64_t j = 0; j < s.M; ++j) ipy_max[b] = std::max(ipy_max[b], ipy[b * s.M + j]);
   // the epilogue of rows [i0, i0 + nr) of batch b, whose <x, y> is in the GEMM target (the output or A)
   auto epilogue = [&](int64_t b, int64_t i0, int64_t nr) {
     const bool neg_fast = is_f32 && kp[b] < 0;
@@ -381,6 +502,20 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
       if constexpr (is_f32) {
         if (neg_fast) {
           const NegRowF rc{float(x2), 1.f / px, float(2.0 * cv.c), cv.rs, float(tau)};
+#if defined(CPU_CAPABILITY_AVX512)
+          if (epi_v2) {
+            const NegRowV2 pc = neg_row_v2_consts(cv.rs);
+            // the clamp min(1/(p_x p_y), 1/min_p) is inactive on the whole row (NaN: take the clamped variant)
+            const bool fast = rc.ipx * ipy_max[b] <= 1.f / min_p<float>();
+            float* As = save ? Ap + off : nullptr;
+            const float *yb = yp + b * s.M * s.D, *y2b = y2f.data() + b * s.M, *ipyb = ipy.data() + b * s.M;
+            if (fast && !save) neg_row_f32_v2<true, false>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
+            else if (fast) neg_row_f32_v2<true, true>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
+            else if (!save) neg_row_f32_v2<false, false>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
+            else neg_row_f32_v2<false, true>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
+            continue;
+          }
+#endif
           neg_row_f32(op + off, op + off, save ? Ap + off : nullptr, xi, yp + b * s.M * s.D, y2f.data() + b * s.M,
                       ipy.data() + b * s.M, s.M, s.D, rc);
           continue;
