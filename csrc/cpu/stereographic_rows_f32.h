@@ -49,18 +49,28 @@ constexpr bool fast_op(int op) {
 // Where the path runs: by default the five ops at D <= 8 except mobius_add at D >= 5.  Measured (session 8,
 // 1 thread, 2^20 rows, A/B against the double path): 0.52-0.74x the time at D = 2, 0.73-0.89x at D = 5,
 // 0.79-0.82x at D = 8 — but mobius_add at D = 5 took 1.29x (1 thread) / 1.11x (2 threads): the one loss, so it
-// keeps the double path from D = 5 on.  Session 9: the fused path (block_fused, below) runs by default, and up
-// to D = 16 (kMaxD).  GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= kMaxD (tests); =3: as 2, but
-// session 8's eight-loop blocks at D <= 8 (A/B; D > 8 then takes the double path).  Read per call.
+// keeps the double path from D = 5 on.  Session 9: the fused path (block_fused, below), up to D = 16 (kMaxD), and
+// the default below.  GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= kMaxD, fused (tests); =3: as 2,
+// but session 8's eight-loop blocks at D <= 8 (A/B; D > 8 then takes the double path).  Read per call.
 inline int mode() {
   const char* e = std::getenv("GEOOPS_STEREO_F32_ROWS");
   if (!e || !*e) return 1;
   return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : (e[0] == '3' ? 3 : 1));
 }
+// Session 9's default (mode 1; A/B in docs/families/stereographic.md, 1 thread, under load): D <= 8 all five ops
+// (mobius_add at D = 5..8 now included: its eight-loop block took 0.85-0.88x the double path's time, where
+// session 8 measured 1.29x); D = 9..12 expmap, expmap0, logmap, logmap0 (0.86-0.95x); D = 13..16 expmap only
+// (0.89x; the others 0.98-1.07x there).
 inline bool use(int op, int64_t D) {
   const int m = mode();
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
-  return m >= 2 || !(op == stereo::MOBIUS_ADD && D >= 5);
+  if (m >= 2 || D <= 8) return true;
+  return op == stereo::EXPMAP || (D <= 12 && op != stereo::MOBIUS_ADD);
+}
+// Mode 1 at D <= 8: the eight-loop block (with the inline tanh) where it measured faster than the fused pass
+// (mobius_add 1.11-1.16x and logmap 1.10x slower fused at D = 2..5; expmap at D <= 2 0.92x; same A/B).
+constexpr bool prefer_unfused(int op, int64_t D) {
+  return D <= 8 && (op == stereo::MOBIUS_ADD || op == stereo::LOGMAP || (op == stereo::EXPMAP && D <= 2));
 }
 
 // v within float's working range (0 for NaN).  A macro: block() has its own optimize attribute, and GCC
@@ -487,9 +497,7 @@ template <int OP, int NB>
 inline bool run(int m, bool inline_exp, int64_t D, const float* xb, const float* yb, float* ob, int nb,
                 const double* kk) {
   if (nb != NB) return false;
-  // expmap at D <= 2: the eight loops measured faster than the fused pass (0.92x, session 9; its fused pass
-  // keeps the Mobius terms across the call), so it keeps them, with the inline tanh
-  if (m == 3 || (OP == stereo::EXPMAP && D <= 2)) {
+  if (m == 3 || (m == 1 && prefer_unfused(OP, D))) {
     switch (D) {
       case 1: return block<OP, 1, NB>(xb, yb, ob, kk, inline_exp);
       case 2: return block<OP, 2, NB>(xb, yb, ob, kk, inline_exp);
