@@ -226,7 +226,7 @@ def _call(op, x, y, k):
     return getattr(gs, op)(x, k=k) if y is None else getattr(gs, op)(x, y, k=k)
 
 
-@pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 8))
+@pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 8, 9, 10, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_fast_path_accuracy(op, d, monkeypatch):
     # (also with the default mode, through the existing fp32 tests of this file at D = 2)
@@ -280,3 +280,84 @@ def test_f32_fast_path_hard_blocks(op, monkeypatch):
     torch.testing.assert_close(normal, normal_slow, rtol=1e-4, atol=1e-5)
     if op != "expmap0" and op != "logmap0":
         assert not torch.equal(normal, normal_slow)  # the fast path ran (float rounding differs)
+
+
+# ---------------------------------------------------------------- the fused fp32 fast path (session 9)
+# The fast path now runs as three loops per block (deinterleave, one explicit-vector pass per float vector of
+# rows, writes) and extends to D <= 16; GEOOPS_STEREO_F32_ROWS=3 runs session 8's eight loops (D <= 8).
+
+
+@pytest.mark.parametrize("d", (1, 2, 3, 5, 8))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_fused_matches_unfused(op, d, monkeypatch):
+    """Same formulas and roundings as the eight-loop version: agreement to ~1 float ulp of the terms (the
+    compilers' FMA contraction may differ), per-row k of both signs, and a hard block (NaN row) handled alike."""
+    n = 32 * 6
+    x, y = _fast_inputs(op, d, n, seed=300 + d)
+    k = torch.full((n, 1), -1.0)
+    k[40:60] = -0.25
+    k[100] = 50.0  # k > 0 beyond the series: its block takes the double path in both
+    if op in ("expmap", "logmap"):  # (as in test_f32_fast_path_hard_blocks)
+        x[100] *= 0.01
+    if op == "mobius_add":  # no call: a term out of float range instead
+        x[100] = 1e25
+    x[150] = float("nan")
+    monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", "sleef")  # the same tanh as the eight-loop version
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "3")
+    old = _call(op, x, y, k)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+    new = _call(op, x, y, k)
+    assert torch.equal(old.isnan(), new.isnan())
+    ok = ~old.isnan()
+    scale = torch.maximum(old.abs(), x.abs()).clamp_min(1e-30)
+    assert float(((new - old).abs() / scale)[ok].max()) <= 4e-7
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+    slow = _call(op, x, y, k)
+    for blk in (3, 4):  # the hard blocks: the double path's output, bit for bit
+        sl = slice(blk * 32, blk * 32 + 32)
+        assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), blk
+
+
+@pytest.mark.parametrize("d", (9, 12, 16))
+@pytest.mark.parametrize("op", ("expmap", "logmap"))
+def test_f32_fast_path_long_rows_partial_and_hard(op, d, monkeypatch):
+    """D = 9..16 (the fused path only): a row count that leaves a partial last block, a hard block; the rest
+    close to the double path (and not identical for the call ops: the fast path ran)."""
+    n = 32 * 5 + 7
+    x, y = _fast_inputs(op, d, n, seed=500 + d)
+    k = torch.full((n, 1), -1.0)
+    x[70] = float("nan")
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+    slow = _call(op, x, y, k)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")  # (the default takes logmap only up to D = 12)
+    fast = _call(op, x, y, k)
+    assert torch.equal(fast.isnan(), slow.isnan())
+    assert torch.isnan(fast[70]).all() and not torch.isnan(fast[:64]).any()
+    ok = ~slow.isnan()
+    torch.testing.assert_close(fast[ok], slow[ok], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fast[:64], slow[:64])
+
+
+@pytest.mark.parametrize("d", (1, 2, 7, 16))
+def test_f32_fused_inline_tanh_accuracy(d, monkeypatch):
+    """The fused path's tanc (inline exp in place of SLEEF's tanhf): expmap0 of fp32 rows whose norms sweep
+    s = sqrt(-k)|u| from 1e-4 (series) through the series cut (s = 0.22) to 40 (tanh = 1, the clamp), k = -1 and
+    -0.3: within 6e-7 (5 float ulps) of the fp64 math on the same inputs, and no worse than 3x SLEEF's (=sleef)
+    plus 2e-7."""
+    n = 32 * 64
+    g = torch.Generator().manual_seed(900 + d)
+    u = torch.randn(n, d, generator=g, dtype=torch.float64)
+    norms = torch.logspace(-4, 1.6, n, dtype=torch.float64)
+    norms[: n // 2] = torch.linspace(0.15, 3.0, n // 2, dtype=torch.float64)  # dense around the cut
+    u = (u / u.norm(dim=-1, keepdim=True) * norms[torch.randperm(n, generator=g)].unsqueeze(-1)).float()
+    for kv in (-1.0, -0.3):
+        k = torch.tensor(kv)
+        expect = ref.expmap0(u.double(), k=k.double())
+        scale = expect.norm(dim=-1).clamp_min(1e-30)
+        errs = {}
+        for tanh in ("inline", "sleef"):
+            monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+            monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", tanh)
+            out = gs.expmap0(u, k=k).double()
+            errs[tanh] = float(((out - expect).norm(dim=-1) / scale).max())
+        assert errs["inline"] <= 6e-7 and errs["inline"] <= 3 * errs["sleef"] + 2e-7, (kv, errs)

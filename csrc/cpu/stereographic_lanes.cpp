@@ -286,6 +286,8 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // fp32 rows of D <= 8 back to back: the float fast path (stereographic_rows_f32.h) per block, the
   // double path below for the blocks it declines
   constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
+  const int f32_mode = kF32Op ? f32rows::mode() : 0;
+  const bool f32_inline_exp = kF32Op && f32rows::tanh_inline();
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
@@ -295,7 +297,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         for (int64_t b = 0; b < nb; ++b) kk[b] = sc.k[(i0 + b) * sc.sk];
         const float* xf = reinterpret_cast<const float*>(xp) + i0 * D;
         const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) + i0 * D : nullptr;
-        if (f32rows::run<OP, kBlock>(D, xf, yf, reinterpret_cast<float*>(op_) + i0 * D, static_cast<int>(nb), kk)) return;
+        if (f32rows::run<OP, kBlock>(f32_mode, f32_inline_exp, D, xf, yf, reinterpret_cast<float*>(op_) + i0 * D, static_cast<int>(nb), kk)) return;
       }
     }
     if (SHORT) {
@@ -489,7 +491,12 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
 
 void stereo_lanes_fwd(int op, const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param,
                       at::Tensor& out) {
-  const bool short_rows = x.size(1) <= kShortRowMaxD;
+  // fp32 rows of D <= f32rows::kMaxD stored back to back that the float fast path takes: its short-row blocks
+  // (the blocks it declines then take the rows-on-lanes double path, also for D = 9..16)
+  const int64_t D = x.size(1);
+  const bool f32_rows = x.scalar_type() == at::kFloat && f32rows::use(op, D) && x.stride(0) == D &&
+                        out.dim() == 2 && out.stride(0) == D && (!op_has_y(op) || y.stride(0) == D);
+  const bool short_rows = D <= kShortRowMaxD || f32_rows;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "stereo_lanes_fwd", [&] {
     dispatch_op(op, [&](auto opc) {
       constexpr int OP = decltype(opc)::value;

@@ -1,6 +1,7 @@
 // Float fast path of the short-row forward (stereographic_lanes.cpp only; include it after
-// geoops/cpu_capability.h): fp32 rows of D <= 8 elements stored back to back, the ops mobius_add,
-// expmap, expmap0, logmap, logmap0.
+// geoops/cpu_capability.h): fp32 rows of D <= 16 elements stored back to back, the ops mobius_add,
+// expmap, expmap0, logmap, logmap0.  block_fused (below, the default) is the same math as passes A-C in
+// three loops; block (passes A-C, D <= 8) stays for A/B.
 //
 // One block of <= 32 rows, three loops over the block while it is in L1, the row length D a template
 // argument (so the loads/stores of a row are a fixed interleave the compiler vectorises, no gathers):
@@ -37,7 +38,8 @@ using FVec = at::vec::Vectorized<float>;
 constexpr int kF = FVec::size();
 constexpr int kMaxRows = 32;  // rows per block (the short-row block of stereographic_lanes.cpp)
 static_assert(kMaxRows % kF == 0, "a block is whole float vectors");
-constexpr int kMaxD = 8;
+constexpr int kMaxD = 16;        // the fused path (session 9)
+constexpr int kMaxUnfusedD = 8;  // session 8's eight-loop path (GEOOPS_STEREO_F32_ROWS=3)
 
 constexpr bool fast_op(int op) {
   return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
@@ -47,17 +49,28 @@ constexpr bool fast_op(int op) {
 // Where the path runs: by default the five ops at D <= 8 except mobius_add at D >= 5.  Measured (session 8,
 // 1 thread, 2^20 rows, A/B against the double path): 0.52-0.74x the time at D = 2, 0.73-0.89x at D = 5,
 // 0.79-0.82x at D = 8 — but mobius_add at D = 5 took 1.29x (1 thread) / 1.11x (2 threads): the one loss, so it
-// keeps the double path from D = 5 on.  GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= 8 (tests).
-// Read per call.
+// keeps the double path from D = 5 on.  Session 9: the fused path (block_fused, below), up to D = 16 (kMaxD), and
+// the default below.  GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= kMaxD, fused (tests); =3: as 2,
+// but session 8's eight-loop blocks at D <= 8 (A/B; D > 8 then takes the double path).  Read per call.
 inline int mode() {
   const char* e = std::getenv("GEOOPS_STEREO_F32_ROWS");
   if (!e || !*e) return 1;
-  return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : 1);
+  return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : (e[0] == '3' ? 3 : 1));
 }
+// Session 9's default (mode 1; A/B in docs/families/stereographic.md, 1 thread, under load): D <= 8 all five ops
+// (mobius_add at D = 5..8 now included: its eight-loop block took 0.85-0.88x the double path's time, where
+// session 8 measured 1.29x); D = 9..12 expmap, expmap0, logmap, logmap0 (0.86-0.95x); D = 13..16 expmap only
+// (0.89x; the others 0.98-1.07x there).
 inline bool use(int op, int64_t D) {
   const int m = mode();
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
-  return m == 2 || !(op == stereo::MOBIUS_ADD && D >= 5);
+  if (m >= 2 || D <= 8) return true;
+  return op == stereo::EXPMAP || (D <= 12 && op != stereo::MOBIUS_ADD);
+}
+// Mode 1 at D <= 8: the eight-loop block (with the inline tanh) where it measured faster than the fused pass
+// (mobius_add 1.11-1.16x and logmap 1.10x slower fused at D = 2..5; expmap at D <= 2 0.92x; same A/B).
+constexpr bool prefer_unfused(int op, int64_t D) {
+  return D <= 8 && (op == stereo::MOBIUS_ADD || op == stereo::LOGMAP || (op == stereo::EXPMAP && D <= 2));
 }
 
 // v within float's working range (0 for NaN).  A macro: block() has its own optimize attribute, and GCC
@@ -172,14 +185,18 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
   return bad == 0;
 }
 
-// B. The call, in float lanes (SLEEF).
+inline FVec tanc_neg(const FVec& z, bool inline_exp);  // below
+
+// B. The call, in float lanes (SLEEF; tanc: tanc_neg's inline exp unless GEOOPS_STEREO_F32_TANH=sleef).
 template <int OP, int NB>
-inline void pass_b(Scratch& s) {
+inline void pass_b(Scratch& s, bool inline_exp) {
   constexpr bool ATANC = OP == stereo::LOGMAP || OP == stereo::LOGMAP0;
   // B. the call, in float lanes
   if (OP != stereo::MOBIUS_ADD) {
     for (int b = 0; b < NB; b += kF) {
-      vecmath::eval_series_neg<ATANC>(FVec::loadu(s.z + b), FVec::loadu(s.q + b)).store(s.v + b);
+      (ATANC ? vecmath::eval_series_neg<ATANC>(FVec::loadu(s.z + b), FVec::loadu(s.q + b))
+             : tanc_neg(FVec::loadu(s.z + b), inline_exp))
+          .store(s.v + b);
     }
   }
 }
@@ -233,28 +250,283 @@ GEOOPS_F32_PASS void pass_c(const float* __restrict xb, const float* __restrict 
 // The NB rows from xb / yb (D elements each, back to back) into ob; kk[b] the row's curvature.  Returns
 // false (nothing written) when a lane is hard.
 template <int OP, int D, int NB>
-inline bool block(const float* xb, const float* yb, float* ob, const double* kk) {
+inline bool block(const float* xb, const float* yb, float* ob, const double* kk, bool inline_exp) {
   static_assert(NB <= kMaxRows && NB % kF == 0, "whole float vectors");
   Scratch s;
   if (!pass_a<OP, D, NB>(xb, yb, kk, s)) return false;
-  pass_b<OP, NB>(s);
+  pass_b<OP, NB>(s, inline_exp);
   pass_c<OP, D, NB>(xb, yb, ob, s);
   return true;
 }
 
-// block<OP, D, NB> for the runtime D (1 <= D <= kMaxD) and nb rows (nb == NB, else false).
+// ------------------------------------------------------------------------------------------------ fused
+// The same math in three loops instead of eight, the lane values kept in registers in between (session 9):
+//   1. the rows into SoA float lanes (the deinterleave of pass A, vector code by GCC);
+//   2. per float vector of rows (16 with AVX-512), explicit at::vec code: widened to two double vectors, the
+//      row sums and the cancelling terms in double, rounded once to float, the float algebra, the hard-lane
+//      check, the call (SLEEF float) and the coefficients, stored as two float lane arrays ca, cb;
+//   3. the writes (pass C's write loop).
+// Same formulas and roundings as passes A-C; a hard lane returns false before step 3 (nothing written).
+using DVec = at::vec::Vectorized<double>;
+constexpr int kD = DVec::size();
+static_assert(kF == 2 * kD, "a float vector widens to two double vectors");
+
+// The kD floats at p widened to double; two double vectors narrowed to one float vector.
+inline DVec widen(const float* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return DVec(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return DVec(_mm256_cvtps_pd(_mm_loadu_ps(p)));
+#else
+  alignas(64) double t[kD];
+  for (int i = 0; i < kD; ++i) t[i] = p[i];
+  return DVec::loadu(t);
+#endif
+}
+inline FVec narrow(const DVec& lo, const DVec& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return FVec(_mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return FVec(_mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1));
+#else
+  alignas(64) double t[2 * kD];
+  alignas(64) float f[kF];
+  lo.store(t), hi.store(t + kD);
+  for (int i = 0; i < kF; ++i) f[i] = static_cast<float>(t[i]);
+  return FVec::loadu(f);
+#endif
+}
+inline void widen2(const FVec& v, DVec& lo, DVec& hi) {
+  alignas(64) float t[kF];
+  v.store(t);
+  lo = widen(t), hi = widen(t + kD);
+}
+inline FVec fin(const FVec& v) { return (v > FVec(-1e30f)) & (v < FVec(1e30f)); }
+
+// tanc(z) = tanh(s)/s, s = sqrt(-z), for z < series cut (the float lanes of the fused path): the series for
+// |z| < cut as vecmath::eval_series_neg, and for z <= -cut (s >= 0.22) (1 - e) / ((1 + e) s) with e = exp(-2s)
+// <= 0.64 from an inline exp (Cody-Waite reduction by ln 2, Taylor polynomial to r^7 on |r| <= ln2/2, 1 -/+ e
+// formed from 2^n and e^r - 1 without cancellation), in place of SLEEF's tanhf (u10), which took about half of the fused block's
+// time at D = 2 (perf).  s is clamped at 9 (e < 2^-25: tanh(s) = 1 in float).  GEOOPS_STEREO_F32_TANH=sleef:
+// SLEEF's tanh (A/B; read per call).  Without AVX-512/AVX2: SLEEF's.
+inline bool tanh_inline() {
+  const char* e = std::getenv("GEOOPS_STEREO_F32_TANH");
+  return !(e && e[0] == 's');
+}
+inline FVec tanc_neg(const FVec& z, bool inline_exp) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (inline_exp) {
+    const FVec cut(stereo::series_cut<float>());
+    const FVec series = stereo::tanc_series(z);
+    const FVec s = at::vec::maximum(z.neg(), cut).sqrt();
+    const FVec x = FVec(-2.f) * at::vec::minimum(s, FVec(9.f));
+    const FVec n = (x * FVec(1.44269504088896341f)).round();
+    const FVec r = (x - n * FVec(0.693145751953125f)) - n * FVec(1.42860682030941723e-06f);
+    FVec p = FVec(1.f / 5040.f) * r + FVec(1.f / 720.f);
+    p = p * r + FVec(1.f / 120.f);
+    p = p * r + FVec(1.f / 24.f);
+    p = p * r + FVec(1.f / 6.f);
+    p = p * r + FVec(0.5f);
+    p = p * r + FVec(1.f);
+    const FVec q = p * r;  // e^r - 1
+#if defined(CPU_CAPABILITY_AVX512)
+    const __m512i ni = _mm512_cvtps_epi32(n);
+    const FVec sc(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23)));
+#else
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const FVec sc(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23)));
+#endif
+    // e = 2^n (1 + q): 1 -/+ e = (1 -/+ 2^n) -/+ 2^n q (n = -1 .. -26), so 1 - e amplifies q's rounding by at
+    // most ~0.4 (and not e's by 1.8); that assembly and the quotient in double, rounded once (in float they
+    // added ~1.5 ulp, which expmap's cancelling write a x + b u turned into 6.6e-6 on a test row)
+    DVec d[3][2];
+    widen2(sc, d[0][0], d[0][1]);
+    widen2(q, d[1][0], d[1][1]);
+    widen2(s, d[2][0], d[2][1]);
+    DVec vd[2];
+    for (int h = 0; h < 2; ++h) {
+      const DVec sq = d[0][h] * d[1][h];
+      vd[h] = ((DVec(1.0) - d[0][h]) - sq) / (((DVec(1.0) + d[0][h]) + sq) * d[2][h]);
+    }
+    const FVec v = narrow(vd[0], vd[1]);
+    return FVec::blendv(series, v, z <= cut.neg());
+  }
+#endif
+  (void)inline_exp;
+  return vecmath::eval_series_neg<false>(z, FVec(1.f));
+}
+
+#define GEOOPS_F32_PASS __attribute__((noinline, optimize("no-trapping-math")))
+// 1. The NB rows into SoA float lanes.
+template <int D, int NB, bool HAS_Y>
+GEOOPS_F32_PASS void deinterleave(const float* __restrict xb, const float* __restrict yb, float (&xs)[D][NB],
+                                  float (&ys)[HAS_Y ? D : 1][NB]) {
+#pragma omp simd
+  for (int b = 0; b < NB; ++b) {
+    for (int j = 0; j < D; ++j) {
+      xs[j][b] = xb[b * D + j];
+      if (HAS_Y) ys[j][b] = yb[b * D + j];
+    }
+  }
+}
+// 3. out = a x + b y (logmap: a x + b (x - y)).
+template <int OP, int D, int NB>
+GEOOPS_F32_PASS void write_rows(const float* __restrict xb, const float* __restrict yb, float* __restrict ob,
+                                const float* __restrict ca, const float* __restrict cb) {
+  constexpr bool HAS_Y = stereo::op_has_y(OP);
+#pragma omp simd
+  for (int b = 0; b < NB; ++b) {
+    for (int j = 0; j < D; ++j) {
+      const float xv = xb[b * D + j];
+      if (OP == stereo::LOGMAP) {
+        ob[b * D + j] = ca[b] * xv + cb[b] * (xv - yb[b * D + j]);
+      } else if (HAS_Y) {
+        ob[b * D + j] = ca[b] * xv + cb[b] * yb[b * D + j];
+      } else {
+        ob[b * D + j] = ca[b] * xv;
+      }
+    }
+  }
+}
+#undef GEOOPS_F32_PASS
+
+// 2. One float vector of rows from offset o of the lanes: returns false on a hard lane.
+template <int OP, int D, int NB>
+inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(OP) ? D : 1][NB], const double* kk,
+                  int o, float* ca, float* cb, bool inline_exp) {
+  using namespace geoops::stereo;
+  constexpr bool HAS_Y = op_has_y(OP);
+  constexpr bool CALL = OP != MOBIUS_ADD;
+  const DVec one(1.0), two(2.0), lo(min_den<double>());
+  auto cl = [&](const DVec& v) { return DVec::blendv(lo, v, v > lo); };  // as v > lo ? v : lo
+  DVec t[5][2], e[3][2];
+  for (int h = 0; h < 2; ++h) {
+    const int oh = o + h * kD;
+    DVec xx(0.0), yy(0.0), xy(0.0), dd(0.0);
+    for (int j = 0; j < D; ++j) {
+      const DVec xv = widen(&xs[j][oh]);
+      xx = xx + xv * xv;
+      if (HAS_Y) {
+        const DVec yv = widen(&ys[j][oh]), d = xv - yv;
+        yy = yy + yv * yv, xy = xy + xv * yv, dd = dd + d * d;
+      }
+    }
+    const DVec k = DVec::loadu(kk + oh);
+    if (OP == MOBIUS_ADD) {
+      const DVec den = one - two * k * xy + k * k * xx * yy;
+      t[0][h] = one - two * k * xy - k * yy, t[1][h] = one + k * xx, t[2][h] = cl(den);
+    } else if (OP == EXPMAP) {
+      const DVec p = one + k * xx;
+      t[0][h] = cl(p), t[1][h] = p, t[2][h] = k * yy;
+      e[0][h] = -two * k * xy, e[1][h] = k * k * xx * yy, e[2][h] = (k * yy).neg();
+    } else if (OP == EXPMAP0 || OP == LOGMAP0) {
+      t[0][h] = k * xx, t[1][h] = one + k * xx;
+    } else if (OP == LOGMAP) {
+      const DVec den0 = one + two * k * xy + k * k * xx * yy, nb1 = one + k * xx;
+      t[0][h] = cl(den0), t[1][h] = nb1, t[2][h] = cl(nb1);
+      t[3][h] = k * dd, t[4][h] = one + k * yy;
+    }
+  }
+  constexpr int NT = OP == LOGMAP ? 5 : (OP == EXPMAP0 || OP == LOGMAP0 ? 2 : 3);
+  FVec f[5];
+  for (int i = 0; i < NT; ++i) f[i] = narrow(t[i][0], t[i][1]);
+  FVec z(0.f), q(1.f), u0, u1, ok;
+  if (OP == MOBIUS_ADD) {
+    ok = fin(f[0]) & fin(f[1]) & fin(f[2]);
+  } else if (OP == EXPMAP) {
+    const FVec hh = FVec(1.f) / f[0];
+    z = f[2] * hh * hh, u0 = hh, u1 = f[1];
+    ok = fin(hh) & fin(f[1]);
+  } else if (OP == EXPMAP0 || OP == LOGMAP0) {
+    z = f[0], q = f[1];
+    ok = FVec(0.f) == FVec(0.f);
+  } else if (OP == LOGMAP) {
+    const FVec rden = FVec(1.f) / f[0];
+    z = f[3] * rden, q = f[1] * f[4] * rden;
+    u0 = f[2] * z, u1 = (f[2] * f[1] * rden).neg();
+    ok = fin(rden) & fin(u0) & fin(u1);
+  }
+  if (CALL) ok = ok & (z < FVec(series_cut<float>())) & (z > FVec(-1e30f)) & (q < FVec(1e30f));
+  if (ok.zero_mask() != 0) return false;
+  FVec a, b(0.f);
+  if (OP == MOBIUS_ADD) {
+    const FVec r = FVec(1.f) / f[2];
+    a = f[0] * r, b = f[1] * r;
+  } else {
+    const FVec v = (OP == LOGMAP || OP == LOGMAP0) ? vecmath::eval_series_neg<true>(z, q) : tanc_neg(z, inline_exp);
+    if (OP == EXPMAP) {
+      const FVec tf = u0 * v;
+      DVec td[2];
+      widen2(tf, td[0], td[1]);
+      DVec den[2], num[2];
+      for (int h = 0; h < 2; ++h) {
+        den[h] = cl(one + td[h] * (e[0][h] + td[h] * e[1][h]));
+        num[h] = one + td[h] * (e[0][h] + td[h] * e[2][h]);
+      }
+      const FVec r = FVec(1.f) / narrow(den[0], den[1]);
+      a = narrow(num[0], num[1]) * r, b = u1 * r * tf;
+    } else if (OP == LOGMAP) {
+      a = v * u0, b = v * u1;
+    } else {
+      a = v;
+    }
+  }
+  a.store(ca + o);
+  b.store(cb + o);
+  return true;
+}
+
+template <int OP, int D, int NB>
+inline bool block_fused(const float* xb, const float* yb, float* ob, const double* kk, bool inline_exp) {
+  static_assert(NB <= kMaxRows && NB % kF == 0, "whole float vectors");
+  constexpr bool HAS_Y = stereo::op_has_y(OP);
+  alignas(64) float xs[D][NB], ys[HAS_Y ? D : 1][NB];
+  alignas(64) float ca[NB], cb[NB];
+  deinterleave<D, NB, HAS_Y>(xb, yb, xs, ys);
+  for (int o = 0; o < NB; o += kF) {
+    if (!lanes<OP, D, NB>(xs, ys, kk, o, ca, cb, inline_exp)) return false;
+  }
+  write_rows<OP, D, NB>(xb, yb, ob, ca, cb);
+  return true;
+}
+
+// block<OP, D, NB> (session 8's eight loops, GEOOPS_STEREO_F32_ROWS=3, D <= kMaxD) or block_fused<OP, D, NB>
+// (D <= kMaxFusedD) for the runtime D and nb rows (nb == NB, else false).
+// m: mode(), read once per call by the caller (a getenv per block cost more than the block's loops).
 template <int OP, int NB>
-inline bool run(int64_t D, const float* xb, const float* yb, float* ob, int nb, const double* kk) {
+inline bool run(int m, bool inline_exp, int64_t D, const float* xb, const float* yb, float* ob, int nb,
+                const double* kk) {
   if (nb != NB) return false;
+  if (m == 3 || (m == 1 && prefer_unfused(OP, D))) {
+    switch (D) {
+      case 1: return block<OP, 1, NB>(xb, yb, ob, kk, inline_exp);
+      case 2: return block<OP, 2, NB>(xb, yb, ob, kk, inline_exp);
+      case 3: return block<OP, 3, NB>(xb, yb, ob, kk, inline_exp);
+      case 4: return block<OP, 4, NB>(xb, yb, ob, kk, inline_exp);
+      case 5: return block<OP, 5, NB>(xb, yb, ob, kk, inline_exp);
+      case 6: return block<OP, 6, NB>(xb, yb, ob, kk, inline_exp);
+      case 7: return block<OP, 7, NB>(xb, yb, ob, kk, inline_exp);
+      case 8: return block<OP, 8, NB>(xb, yb, ob, kk, inline_exp);
+    }
+    return false;
+  }
   switch (D) {
-    case 1: return block<OP, 1, NB>(xb, yb, ob, kk);
-    case 2: return block<OP, 2, NB>(xb, yb, ob, kk);
-    case 3: return block<OP, 3, NB>(xb, yb, ob, kk);
-    case 4: return block<OP, 4, NB>(xb, yb, ob, kk);
-    case 5: return block<OP, 5, NB>(xb, yb, ob, kk);
-    case 6: return block<OP, 6, NB>(xb, yb, ob, kk);
-    case 7: return block<OP, 7, NB>(xb, yb, ob, kk);
-    case 8: return block<OP, 8, NB>(xb, yb, ob, kk);
+    case 1: return block_fused<OP, 1, NB>(xb, yb, ob, kk, inline_exp);
+    case 2: return block_fused<OP, 2, NB>(xb, yb, ob, kk, inline_exp);
+    case 3: return block_fused<OP, 3, NB>(xb, yb, ob, kk, inline_exp);
+    case 4: return block_fused<OP, 4, NB>(xb, yb, ob, kk, inline_exp);
+    case 5: return block_fused<OP, 5, NB>(xb, yb, ob, kk, inline_exp);
+    case 6: return block_fused<OP, 6, NB>(xb, yb, ob, kk, inline_exp);
+    case 7: return block_fused<OP, 7, NB>(xb, yb, ob, kk, inline_exp);
+    case 8: return block_fused<OP, 8, NB>(xb, yb, ob, kk, inline_exp);
+    case 9: return block_fused<OP, 9, NB>(xb, yb, ob, kk, inline_exp);
+    case 10: return block_fused<OP, 10, NB>(xb, yb, ob, kk, inline_exp);
+    case 11: return block_fused<OP, 11, NB>(xb, yb, ob, kk, inline_exp);
+    case 12: return block_fused<OP, 12, NB>(xb, yb, ob, kk, inline_exp);
+    case 13: return block_fused<OP, 13, NB>(xb, yb, ob, kk, inline_exp);
+    case 14: return block_fused<OP, 14, NB>(xb, yb, ob, kk, inline_exp);
+    case 15: return block_fused<OP, 15, NB>(xb, yb, ob, kk, inline_exp);
+    case 16: return block_fused<OP, 16, NB>(xb, yb, ob, kk, inline_exp);
   }
   return false;
 }
