@@ -448,3 +448,51 @@ def test_fc_rows_ops_vs_reference_and_opcheck(tangent, radius):
     torch.library.opcheck(pops.poincare_fc_rows_fwd_op, (tf, Uf, zf, bf, cf, 4e-3, tangent))
     torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, bf, cf, 4e-3, 14, tangent))
     torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, None, cf, 4e-3, 8, tangent))
+
+
+def _graph_has(y, name):
+    """Whether y's autograd graph holds a node of the Function `name`."""
+    seen, todo = set(), [y.grad_fn]
+    while todo:
+        n = todo.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        if type(n).__name__.startswith(name):
+            return True
+        todo.extend(f for f, _ in n.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1, cin=3, cout=4, bias=True, cl=True, cgrad=True),
+                                 dict(k=2, s=2, p=0, cin=2, cout=5, bias=False, cl=False, cgrad=False),
+                                 dict(k=3, s=2, p=1, cin=1, cout=8, bias=True, cl=False, cgrad=True),
+                                 dict(k=1, s=1, p=0, cin=4, cout=3, bias=True, cl=True, cgrad=False)])
+def test_conv2d_fused_fn_vs_composition(monkeypatch, dtype, cfg):
+    """The eager CPU conv Function (PoincareConv2dFn: one node, hand-written backward) against the autograd
+    composition (GEOOPS_POINCARE_FUSED=0): values and the gradients of x, z, bias and c, channels-last and
+    contiguous inputs, with and without bias / c's gradient."""
+    k, s, p, cin, cout = cfg["k"], cfg["s"], cfg["p"], cfg["cin"], cfg["cout"]
+    x0 = _img(2, cin, 7, 6, c=0.8, dtype=dtype, seed=3)
+    if cfg["cl"]:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(1)
+    z0 = (torch.randn(cin * k * k, cout, generator=g, dtype=torch.float64) * 0.4).to(dtype)
+    b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).to(dtype) if cfg["bias"] else None
+    outs = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+        x = x0.clone().requires_grad_(True)
+        z = z0.clone().requires_grad_(True)
+        b = None if b0 is None else b0.clone().requires_grad_(True)
+        c = torch.tensor(0.8, dtype=dtype, requires_grad=cfg["cgrad"])
+        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=k, padding=p, stride=s)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+        ins = [t for t in (x, z, b, c) if t is not None and t.requires_grad]
+        outs[fused] = (y.detach(), torch.autograd.grad(y, ins, gy))
+        assert (fused == "1") == _graph_has(y, "PoincareConv2dFn")
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
+    for a, b_ in zip(outs["1"][1], outs["0"][1]):
+        torch.testing.assert_close(a, b_, **tol)
