@@ -172,7 +172,57 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
                      dim: int = -1) -> torch.Tensor:
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
     d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
-    return _ref.hyperplane_dists(x, z, bias, ct.to(x.dtype), dim=d)
+    cx = ct.to(x.dtype)
+    if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype) and not cx.requires_grad and x.shape[0] > 0
+            and z.shape[0] > 0 and _fused_on() and _library.direct_call_ok(x, z, bias, cx)):
+        # eager rows with a fixed curvature: one Function with a hand-written backward (the composition
+        # records ~20 autograd nodes per call)
+        return PoincareMlrFn.apply(x, z, bias, cx)
+    return _ref.hyperplane_dists(x, z, bias, cx, dim=d)
+
+
+class PoincareMlrFn(torch.autograd.Function):
+    """hyperplane_dists of rows x (N, n) for a curvature without gradient, eager only: forward the reference
+    composition under no_grad (same values), backward by hand from the recomputed a = sc lam t ch/zn -
+    (lam - 1) sh (t = x z):  ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t
+    ch/zn - sh);  dx = dt z^T + c lam^2 dlam x;  dzn = sum_i g 2 asinh(a)/sc - sum_i ga sc lam t ch / zn^2;
+    dz = x^T dt + (dzn / zn) z;  dr = sum_i ga 2 sc (sc lam t sh / zn - (lam - 1) ch)."""
+
+    @staticmethod
+    def forward(ctx, x, z, bias, c):
+        ctx.save_for_backward(x, z, bias, c)
+        return _ref.hyperplane_dists(x, z, bias, c)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, z, bias, c = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        sc = c.sqrt()
+        lam = 2 / (1 - c * torch.linalg.vecdot(x, x)).unsqueeze(1)  # (N, 1)
+        zraw = torch.linalg.vector_norm(z, dim=0)
+        zn = zraw.clamp_min(_ref.MIN_NORM)
+        t = x @ z
+        slam = sc * lam
+        if bias is None:
+            Cz = 1 / zn
+            a = slam * t * Cz
+        else:
+            ch, sh = torch.cosh(2 * sc * bias), torch.sinh(2 * sc * bias)
+            Cz = ch / zn
+            a = slam * t * Cz - (lam - 1) * sh
+        ga = g * (2 * zn / sc) * torch.rsqrt(1 + a * a)
+        gt = ga * slam * Cz
+        gx = gz = gb = None
+        if ng[0]:
+            glam = (ga * (sc * t * Cz - (0 if bias is None else sh))).sum(1, keepdim=True)
+            gx = torch.addmm(x * (glam * c * lam * lam), gt, z.t())
+        if ng[1]:
+            gzn = (g * torch.asinh(a)).sum(0) * (2 / sc) - (ga * slam * t).sum(0) * Cz / zn
+            gz = torch.addmm(z * torch.where(zraw > _ref.MIN_NORM, gzn / zn, 0), x.t(), gt)
+        if ng[2] and bias is not None:
+            gb = (ga * (slam * t * (sh / zn) - (lam - 1) * ch)).sum(0) * (2 * sc)
+        return gx, gz, gb, None
 
 
 def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1) -> torch.Tensor:
@@ -208,7 +258,7 @@ def expmap0(v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     _check_float("expmap0", "v", v)
     k = _k("expmap0", c, v)
     e = _eps(None, v.dtype)
-    if v.dim() > 1 and v.numel() > 0 and e == _st_ref_eps(v.dtype):
+    if v.dim() > 1 and v.numel() > 0 and e == _st_ref_eps(v.dtype) and _fused_on():
         # points along any dim as (R, D) rows (a free view when dim is innermost in memory): the row ops' fast
         # path, then the caller's layout back
         r, back = _rows(v, dim)
@@ -400,7 +450,8 @@ def _st_ref_eps(dtype) -> float:
 
 
 def _fused_on() -> bool:
-    """GEOOPS_POINCARE_FUSED=0 turns the eager CPU layer Functions off (PoincareConv2dFn; A/B knob, read per call)."""
+    """GEOOPS_POINCARE_FUSED=0 turns the per-call shortcuts off (A/B knob, read per call): the eager CPU layer
+    Functions (PoincareConv2dFn, PoincareMlrFn, the ReLU's direct call) and the row routes of flatten / expmap0."""
     return os.environ.get("GEOOPS_POINCARE_FUSED", "1") != "0"
 
 
@@ -510,7 +561,7 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     k = _k("flatten", c, x)
     n_i = x.shape[man_dim]
     n = n_i * math.prod(x.shape[start + 1:end + 1])
-    if x.dim() == 4 and start == 1 and man_dim % 4 == 1 and end == 3 and x.numel() > 0:
+    if x.dim() == 4 and start == 1 and man_dim % 4 == 1 and end == 3 and x.numel() > 0 and _fused_on():
         # an image (B, C, H, W) to (B, C*H*W) rows: logmap0 of the pixel rows (a free view of a channels-last
         # image), one copy into (channel, row, column) order, then expmap0 and project of the rows along the
         # last dim (the row ops' fast path; per call, the dim=1 route costs more Python than the kernels)

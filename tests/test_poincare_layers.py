@@ -496,3 +496,41 @@ def test_conv2d_fused_fn_vs_composition(monkeypatch, dtype, cfg):
     torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
     for a, b_ in zip(outs["1"][1], outs["0"][1]):
         torch.testing.assert_close(a, b_, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_mlr_fn_vs_composition_and_gradcheck(monkeypatch, dtype, with_bias):
+    """The eager MLR Function (PoincareMlrFn: hand-written backward, fixed curvature) against the autograd
+    composition (GEOOPS_POINCARE_FUSED=0), and gradcheck in float64; a learnable c takes the composition."""
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    x0 = (x0 / x0.norm(dim=1, keepdim=True) * torch.rand(9, 1, generator=g, dtype=torch.float64) * 0.9 / 0.8 ** 0.5).to(dtype)
+    z0 = (torch.randn(7, 4, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    z0[:, 2] = 0  # a zero hyperplane normal: zn clamped, no gradient through its norm
+    b0 = (torch.randn(4, generator=g, dtype=torch.float64) * 0.3).to(dtype) if with_bias else None
+    c = torch.tensor(0.8, dtype=dtype)
+    gy = torch.randn(9, 4, generator=g, dtype=torch.float64).to(dtype)
+    outs = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+        x, z = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        b = None if b0 is None else b0.clone().requires_grad_(True)
+        y = gp.mlr(x, z, b, c=c)
+        assert (fused == "1") == _graph_has(y, "PoincareMlrFn")
+        ins = [t for t in (x, z, b) if t is not None]
+        outs[fused] = (y.detach(), torch.autograd.grad(y, ins, gy))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], rtol=0, atol=0)  # the forward is the composition's
+    for a, b_ in zip(outs["1"][1], outs["0"][1]):
+        torch.testing.assert_close(a, b_, **tol)
+    if dtype == torch.float64:
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
+        zg = z0.clone()
+        zg[:, 2] = 0.3  # |z_j| is not differentiable at 0: gradcheck on nonzero normals
+        ins = [x0.clone().requires_grad_(True), zg.requires_grad_(True)]
+        if with_bias:
+            ins.append(b0.clone().requires_grad_(True))
+        assert torch.autograd.gradcheck(lambda *a: gp.mlr(*a, c=c), tuple(ins), eps=1e-6, atol=1e-6, rtol=1e-5)
+    cg = torch.tensor(0.8, dtype=dtype, requires_grad=True)  # a learnable curvature: the composition
+    assert not _graph_has(gp.mlr(x0.clone().requires_grad_(True), z0, b0, c=cg), "PoincareMlrFn")
