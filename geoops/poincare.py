@@ -333,8 +333,31 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     ct = _curv("poincare_relu", c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     r, back = _rows(x, dim)
-    y = _library.apply(PoincareReluFn, r.to(cdt).contiguous(), ct.to(cdt), _eps(None, cdt))
+    cc = ct.to(cdt)
+    if (x.device.type == "cpu" and x.dtype == cdt and r.shape[0] > 0 and _fused_on()
+            and _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
+        return back(PoincareReluCppFn.apply(r.contiguous(), cc, _eps(None, cdt)))
+    y = _library.apply(PoincareReluFn, r.to(cdt).contiguous(), cc, _eps(None, cdt))
     return back(y).to(x.dtype)
+
+
+class PoincareReluCppFn(torch.autograd.Function):
+    """PoincareReluFn on the eager CPU fast path: the C++ kernels called directly (no per-call kernel-set lookup;
+    dc converted only when c needs it).  A backward that meets a mode or a subclass takes PoincareReluFn's."""
+
+    @staticmethod
+    def forward(ctx, x, c, eps):
+        ctx.save_for_backward(x, c)
+        ctx.eps = eps
+        return _backend.compiled().poincare_relu_fwd_cpu(x, c, eps)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not _library.direct_call_ok(g):
+            return PoincareReluFn.backward(ctx, g)
+        x, c = ctx.saved_tensors
+        gx, gc = _backend.compiled().poincare_relu_bwd_cpu(g, x, c, ctx.eps)
+        return gx, (gc.to(c.dtype).reshape(c.shape) if ctx.needs_input_grad[1] else None), None
 
 
 # ---------------------------------------------------------------- convolution, flatten, pooling

@@ -534,3 +534,23 @@ def test_mlr_fn_vs_composition_and_gradcheck(monkeypatch, dtype, with_bias):
         assert torch.autograd.gradcheck(lambda *a: gp.mlr(*a, c=c), tuple(ins), eps=1e-6, atol=1e-6, rtol=1e-5)
     cg = torch.tensor(0.8, dtype=dtype, requires_grad=True)  # a learnable curvature: the composition
     assert not _graph_has(gp.mlr(x0.clone().requires_grad_(True), z0, b0, c=cg), "PoincareMlrFn")
+
+
+@pytest.mark.parametrize("cgrad", [True, False])
+def test_relu_direct_fn_vs_op_path(monkeypatch, cgrad):
+    """The ReLU's eager direct-call Function (PoincareReluCppFn) runs the same kernels as PoincareReluFn through
+    the op caller (GEOOPS_POINCARE_FUSED=0): identical values and gradients (x channels-last and contiguous)."""
+    x0 = _img(3, 6, 5, 4, c=0.9, dtype=torch.float32, seed=7)
+    for x_ in (x0, x0.contiguous(memory_format=torch.channels_last)):
+        res = {}
+        for fused in ("1", "0"):
+            monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+            x = x_.clone().requires_grad_(True)
+            c = torch.tensor(0.9, requires_grad=cgrad)
+            y = gp.poincare_relu(x, c=c, dim=1)
+            assert _graph_has(y, "PoincareReluCppFn") == (fused == "1")
+            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
+            res[fused] = (y.detach(), torch.autograd.grad(y, [x, c] if cgrad else [x], gy))
+        torch.testing.assert_close(res["1"][0], res["0"][0], rtol=0, atol=0)
+        for a, b in zip(res["1"][1], res["0"][1]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
