@@ -554,3 +554,38 @@ def test_relu_direct_fn_vs_op_path(monkeypatch, cgrad):
         torch.testing.assert_close(res["1"][0], res["0"][0], rtol=0, atol=0)
         for a, b in zip(res["1"][1], res["0"][1]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relu_projection_branch_vs_reference(dtype):
+    """Rows whose ReLU image lies beyond the projection radius (1 - eps)/sqrt(c): positive rows at 0.9999999 of
+    the ball's radius (relu is then the identity and only the projection moves them) next to interior rows;
+    values and the gradients to x and c against the fp64 composition."""
+    c64 = 0.6
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    x[:20] = x[:20].abs()
+    x = x / x.norm(dim=1, keepdim=True) / c64 ** 0.5
+    x[:20] *= 0.9999999
+    x[20:] *= torch.rand(20, 1, generator=g, dtype=torch.float64) * 0.9
+    xd = x.to(dtype).requires_grad_(True)
+    c = torch.tensor(c64, dtype=dtype, requires_grad=True)
+    ours = gp.poincare_relu(xd, c=c)
+    r64 = x.clone().requires_grad_(True)
+    c_64 = torch.tensor(c64, dtype=torch.float64, requires_grad=True)
+    truth = ref.poincare_relu(r64, c_64, dim=-1)
+    assert (truth[:20].norm(dim=1) < x[:20].norm(dim=1) * (1 - 1e-6)).all()  # the projection acted on those rows
+    gy = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    go = torch.autograd.grad(ours, (xd, c), gy.to(dtype))
+    if dtype == torch.float64:
+        torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-12)
+        gt = torch.autograd.grad(truth, (r64, c_64), gy)
+        for a, b in zip(go, gt):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    else:  # float32 (margin 4e-3; the fp32 composition itself hits NaN at this radius): the projected rows sit on
+        # the fp32 radius, the interior rows match the fp64 truth, gradients are finite
+        rad = (1 - gp.default_eps(dtype)) / c64 ** 0.5
+        torch.testing.assert_close(ours[:20].double().norm(dim=1), torch.full((20,), rad, dtype=torch.float64),
+                                   rtol=2e-6, atol=0)
+        torch.testing.assert_close(ours[20:].double(), truth[20:].detach(), rtol=1e-5, atol=1e-6)
+        assert all(torch.isfinite(t).all() for t in go)
