@@ -34,10 +34,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import _library
+from . import _backend, _library
 from . import stereographic as _st
+from ._ops import stereographic as _st_ops
 from ._ops import poincare as _ops
 from .reference import poincare as _ref
+from .reference import stereographic as _st_ref
 
 __all__ = [
     "poincare_fc", "PoincareFcFn", "PoincareReluFn", "hyperplane_dists", "mlr", "poincare_conv2d", "poincare_unfold", "poincare_relu",
@@ -170,7 +172,57 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
                      dim: int = -1) -> torch.Tensor:
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
     d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
-    return _ref.hyperplane_dists(x, z, bias, ct.to(x.dtype), dim=d)
+    cx = ct.to(x.dtype)
+    if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype) and not cx.requires_grad and x.shape[0] > 0
+            and z.shape[0] > 0 and _fused_on() and _library.direct_call_ok(x, z, bias, cx)):
+        # eager rows with a fixed curvature: one Function with a hand-written backward (the composition
+        # records ~20 autograd nodes per call)
+        return PoincareMlrFn.apply(x, z, bias, cx)
+    return _ref.hyperplane_dists(x, z, bias, cx, dim=d)
+
+
+class PoincareMlrFn(torch.autograd.Function):
+    """hyperplane_dists of rows x (N, n) for a curvature without gradient, eager only: forward the reference
+    composition under no_grad (same values), backward by hand from the recomputed a = sc lam t ch/zn -
+    (lam - 1) sh (t = x z):  ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t
+    ch/zn - sh);  dx = dt z^T + c lam^2 dlam x;  dzn = sum_i g 2 asinh(a)/sc - sum_i ga sc lam t ch / zn^2;
+    dz = x^T dt + (dzn / zn) z;  dr = sum_i ga 2 sc (sc lam t sh / zn - (lam - 1) ch)."""
+
+    @staticmethod
+    def forward(ctx, x, z, bias, c):
+        ctx.save_for_backward(x, z, bias, c)
+        return _ref.hyperplane_dists(x, z, bias, c)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, z, bias, c = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        sc = c.sqrt()
+        lam = 2 / (1 - c * torch.linalg.vecdot(x, x)).unsqueeze(1)  # (N, 1)
+        zraw = torch.linalg.vector_norm(z, dim=0)
+        zn = zraw.clamp_min(_ref.MIN_NORM)
+        t = x @ z
+        slam = sc * lam
+        if bias is None:
+            Cz = 1 / zn
+            a = slam * t * Cz
+        else:
+            ch, sh = torch.cosh(2 * sc * bias), torch.sinh(2 * sc * bias)
+            Cz = ch / zn
+            a = slam * t * Cz - (lam - 1) * sh
+        ga = g * (2 * zn / sc) * torch.rsqrt(1 + a * a)
+        gt = ga * slam * Cz
+        gx = gz = gb = None
+        if ng[0]:
+            glam = (ga * (sc * t * Cz - (0 if bias is None else sh))).sum(1, keepdim=True)
+            gx = torch.addmm(x * (glam * c * lam * lam), gt, z.t())
+        if ng[1]:
+            gzn = (g * torch.asinh(a)).sum(0) * (2 / sc) - (ga * slam * t).sum(0) * Cz / zn
+            gz = torch.addmm(z * torch.where(zraw > _ref.MIN_NORM, gzn / zn, 0), x.t(), gt)
+        if ng[2] and bias is not None:
+            gb = (ga * (slam * t * (sh / zn) - (lam - 1) * ch)).sum(0) * (2 * sc)
+        return gx, gz, gb, None
 
 
 def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1) -> torch.Tensor:
@@ -205,7 +257,13 @@ def expmap0(v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     """Exponential map at the origin, projected (HypLL's expmap0)."""
     _check_float("expmap0", "v", v)
     k = _k("expmap0", c, v)
-    return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, v.dtype))
+    e = _eps(None, v.dtype)
+    if v.dim() > 1 and v.numel() > 0 and e == _st_ref_eps(v.dtype) and _fused_on():
+        # points along any dim as (R, D) rows (a free view when dim is innermost in memory): the row ops' fast
+        # path, then the caller's layout back
+        r, back = _rows(v, dim)
+        return back(_st.project(_st.expmap0(r, k=k), k=k))
+    return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=e)
 
 
 def logmap0(y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
@@ -275,8 +333,31 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     ct = _curv("poincare_relu", c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     r, back = _rows(x, dim)
-    y = _library.apply(PoincareReluFn, r.to(cdt).contiguous(), ct.to(cdt), _eps(None, cdt))
+    cc = ct.to(cdt)
+    if (x.device.type == "cpu" and x.dtype == cdt and r.shape[0] > 0 and _fused_on()
+            and _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
+        return back(PoincareReluCppFn.apply(r.contiguous(), cc, _eps(None, cdt)))
+    y = _library.apply(PoincareReluFn, r.to(cdt).contiguous(), cc, _eps(None, cdt))
     return back(y).to(x.dtype)
+
+
+class PoincareReluCppFn(torch.autograd.Function):
+    """PoincareReluFn on the eager CPU fast path: the C++ kernels called directly (no per-call kernel-set lookup;
+    dc converted only when c needs it).  A backward that meets a mode or a subclass takes PoincareReluFn's."""
+
+    @staticmethod
+    def forward(ctx, x, c, eps):
+        ctx.save_for_backward(x, c)
+        ctx.eps = eps
+        return _backend.compiled().poincare_relu_fwd_cpu(x, c, eps)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not _library.direct_call_ok(g):
+            return PoincareReluFn.backward(ctx, g)
+        x, c = ctx.saved_tensors
+        gx, gc = _backend.compiled().poincare_relu_bwd_cpu(g, x, c, ctx.eps)
+        return gx, (gc.to(c.dtype).reshape(c.shape) if ctx.needs_input_grad[1] else None), None
 
 
 # ---------------------------------------------------------------- convolution, flatten, pooling
@@ -351,6 +432,17 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     kh, kw = kernel
     Co = z.shape[1]
     cc = ct.to(cdt)
+    if (_fused_on() and x.device.type == "cpu" and 2 * padding[0] <= kh and 2 * padding[1] <= kw
+            and B * H * W > 0 and _library.direct_call_ok(x, z, bias, cc)
+            and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
+        # eager CPU: the whole layer as one Function with a hand-written backward (the composition below
+        # records ~15 autograd nodes per call, which is most of the cost on small images)
+        r, _ = _rows(x.to(cdt), 1)
+        bb = None if bias is None else bias.to(cdt)
+        y = PoincareConv2dFn.apply(r, z.to(cdt), bb, cc, B, H, W, kernel, padding, stride, _eps(None, cdt))
+        Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
+        Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
+        return y.view(B, Ho, Wo, Co).permute(0, 3, 1, 2).to(out_dtype)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
     v = vr.reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
@@ -373,6 +465,93 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     bb = None if bias is None else bias.to(cdt)
     y = _library.apply(PoincareFcRowsFn, trows, U.reshape(-1), zc, bb, cc, _eps(None, cdt), True)
     return y.reshape(B, Ho, Wo, Co).permute(0, 3, 1, 2).to(out_dtype)
+
+
+def _st_ref_eps(dtype) -> float:
+    """The stereographic row ops' default projection margin (their fast path takes it when eps < 0)."""
+    return _st_ref.default_eps(dtype)
+
+
+def _fused_on() -> bool:
+    """GEOOPS_POINCARE_FUSED=0 turns the per-call shortcuts off (A/B knob, read per call): the eager CPU layer
+    Functions (PoincareConv2dFn, PoincareMlrFn, the ReLU's direct call) and the row routes of flatten / expmap0."""
+    return os.environ.get("GEOOPS_POINCARE_FUSED", "1") != "0"
+
+
+_LOGMAP0 = _st_ops.STEREO_OPS["logmap0"].code
+
+
+class PoincareConv2dFn(torch.autograd.Function):
+    """poincare_conv2d on the eager CPU fast path as ONE Function (the C++ kernels called directly).
+
+    Forward: v = logmap0(x) of the pixel rows (the stereographic kernel), t = conv2d(v, beta z) (MKL-DNN),
+    U = beta^2 box-sum of |v|^2 (avg_pool2d with divisor 1), y = poincare_fc_rows(t, U) (the fc kernel's
+    epilogue).  Backward by hand: poincare_fc_rows_bwd -> (dt, dU, column terms of dz, db, dc); one
+    aten.convolution_backward for dv and the kernel's gradient; avg_pool2d_backward for d|v|^2; the
+    logmap0 backward kernel for dx (and its dc).  Same kernels and math as the composition (which the
+    non-eager paths keep), without its ~15 autograd nodes per call.  x: (B*H*W, C) pixel rows (channels
+    last), returns (B*Ho*Wo, C_out) rows."""
+
+    @staticmethod
+    def forward(ctx, x, z, bias, c, B, H, W, kernel, padding, stride, eps):
+        C2 = _backend.compiled()
+        C = x.shape[1]
+        kh, kw = kernel
+        Co = z.shape[1]
+        k1 = (-c).reshape(1)
+        seps = _ref.default_eps(x.dtype)
+        v = C2.stereo_fwd_cpu(_LOGMAP0, x, None, k1, None, seps)  # (B*H*W, C) tangent pixel rows
+        beta = beta_concat_scale(C, C * kh * kw)
+        wk = (z * beta).view(C, kh, kw, Co).permute(3, 0, 1, 2)
+        vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)  # channels-last view
+        t = F.conv2d(vimg, wk, None, stride, padding)
+        sq = torch.linalg.vecdot(v, v).mul_(beta * beta).view(B, 1, H, W)
+        U = F.avg_pool2d(sq, kernel, stride, padding, False, True, 1)
+        Ho, Wo = t.shape[2], t.shape[3]
+        trows = t.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)
+        Ur = U.reshape(-1)
+        b = x.new_empty(0) if bias is None else bias
+        y = C2.poincare_fc_rows_fwd_cpu(trows, Ur, z, b, c, eps, True)
+        ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1)
+        ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, v, wk, sq, trows, Ur, z, bias, c, k1 = ctx.saved_tensors
+        B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta = ctx.geo
+        ng = ctx.needs_input_grad
+        C2 = _backend.compiled()
+        C, Co = x.shape[1], z.shape[1]
+        has_b = bias is not None
+        b = x.new_empty(0) if bias is None else bias
+        mask = 1 | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
+        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_cpu(g.contiguous(), trows, Ur, z, b, c, eps, mask, True)
+        gtimg = gt.view(B, Ho, Wo, Co).permute(0, 3, 1, 2)
+        vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)
+        gvimg, gwk, _ = torch.ops.aten.convolution_backward(
+            gtimg, vimg, wk, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
+            [ng[0] or ng[3], ng[1], False])
+        gz = None
+        if ng[1]:
+            gz = gzc.add_(gwk.permute(1, 2, 3, 0).reshape(z.shape), alpha=beta)
+        gx = None
+        gcl = None
+        if ng[0] or ng[3]:
+            gsq = torch.ops.aten.avg_pool2d_backward(gU.view(B, 1, Ho, Wo), sq, list(kernel), list(stride),
+                                                     list(padding), False, True, 1)
+            gv = gvimg.permute(0, 2, 3, 1).reshape(v.shape)
+            gv = torch.addcmul(gv, v, gsq.view(-1, 1), value=2 * beta * beta)
+            lmask = (1 if ng[0] else 0) | (4 if ng[3] else 0)
+            gx, _, gk, _ = C2.stereo_bwd_cpu(_LOGMAP0, gv, x, None, k1, None, seps, lmask)
+            if ng[3]:
+                gcl = -gk.sum()
+        gcf = None
+        if ng[3]:
+            gcf = gc.to(c.dtype).reshape(()) + gcl
+            gcf = gcf.reshape(c.shape)
+        return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf,
+                None, None, None, None, None, None, None)
 
 
 class PoincareFcRowsFn(torch.autograd.Function):
@@ -405,6 +584,15 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     k = _k("flatten", c, x)
     n_i = x.shape[man_dim]
     n = n_i * math.prod(x.shape[start + 1:end + 1])
+    if x.dim() == 4 and start == 1 and man_dim % 4 == 1 and end == 3 and x.numel() > 0 and _fused_on():
+        # an image (B, C, H, W) to (B, C*H*W) rows: logmap0 of the pixel rows (a free view of a channels-last
+        # image), one copy into (channel, row, column) order, then expmap0 and project of the rows along the
+        # last dim (the row ops' fast path; per call, the dim=1 route costs more Python than the kernels)
+        B, C, H, W = x.shape
+        r, _ = _rows(x, 1)
+        v = _st.logmap0(r, k=k).view(B, H, W, C).permute(0, 3, 1, 2).reshape(B, n) * beta_concat_scale(n_i, n)
+        e = _eps(None, x.dtype)  # the row fast path takes the stereographic default margin: pass it only if it differs
+        return _st.project(_st.expmap0(v, k=k), k=k, eps=-1 if e == _st_ref_eps(x.dtype) else e)
     v = torch.flatten(_st.logmap0(x, k=k, dim=man_dim), start, end) * beta_concat_scale(n_i, n)
     return _st.project(_st.expmap0(v, k=k, dim=start), k=k, dim=start, eps=_eps(None, x.dtype))
 

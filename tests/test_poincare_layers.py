@@ -496,3 +496,144 @@ def test_fc_rows_ops_vs_reference_and_opcheck(tangent, radius):
     torch.library.opcheck(pops.poincare_fc_rows_fwd_op, (tf, Uf, zf, bf, cf, 4e-3, tangent))
     torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, bf, cf, 4e-3, 14, tangent))
     torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, None, cf, 4e-3, 8, tangent))
+
+
+def _graph_has(y, name):
+    """Whether y's autograd graph holds a node of the Function `name`."""
+    seen, todo = set(), [y.grad_fn]
+    while todo:
+        n = todo.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        if type(n).__name__.startswith(name):
+            return True
+        todo.extend(f for f, _ in n.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1, cin=3, cout=4, bias=True, cl=True, cgrad=True),
+                                 dict(k=2, s=2, p=0, cin=2, cout=5, bias=False, cl=False, cgrad=False),
+                                 dict(k=3, s=2, p=1, cin=1, cout=8, bias=True, cl=False, cgrad=True),
+                                 dict(k=1, s=1, p=0, cin=4, cout=3, bias=True, cl=True, cgrad=False)])
+def test_conv2d_fused_fn_vs_composition(monkeypatch, dtype, cfg):
+    """The eager CPU conv Function (PoincareConv2dFn: one node, hand-written backward) against the autograd
+    composition (GEOOPS_POINCARE_FUSED=0): values and the gradients of x, z, bias and c, channels-last and
+    contiguous inputs, with and without bias / c's gradient."""
+    k, s, p, cin, cout = cfg["k"], cfg["s"], cfg["p"], cfg["cin"], cfg["cout"]
+    x0 = _img(2, cin, 7, 6, c=0.8, dtype=dtype, seed=3)
+    if cfg["cl"]:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(1)
+    z0 = (torch.randn(cin * k * k, cout, generator=g, dtype=torch.float64) * 0.4).to(dtype)
+    b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).to(dtype) if cfg["bias"] else None
+    outs = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+        x = x0.clone().requires_grad_(True)
+        z = z0.clone().requires_grad_(True)
+        b = None if b0 is None else b0.clone().requires_grad_(True)
+        c = torch.tensor(0.8, dtype=dtype, requires_grad=cfg["cgrad"])
+        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=k, padding=p, stride=s)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+        ins = [t for t in (x, z, b, c) if t is not None and t.requires_grad]
+        outs[fused] = (y.detach(), torch.autograd.grad(y, ins, gy))
+        assert (fused == "1") == _graph_has(y, "PoincareConv2dFn")
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
+    for a, b_ in zip(outs["1"][1], outs["0"][1]):
+        torch.testing.assert_close(a, b_, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_mlr_fn_vs_composition_and_gradcheck(monkeypatch, dtype, with_bias):
+    """The eager MLR Function (PoincareMlrFn: hand-written backward, fixed curvature) against the autograd
+    composition (GEOOPS_POINCARE_FUSED=0), and gradcheck in float64; a learnable c takes the composition."""
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    x0 = (x0 / x0.norm(dim=1, keepdim=True) * torch.rand(9, 1, generator=g, dtype=torch.float64) * 0.9 / 0.8 ** 0.5).to(dtype)
+    z0 = (torch.randn(7, 4, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    z0[:, 2] = 0  # a zero hyperplane normal: zn clamped, no gradient through its norm
+    b0 = (torch.randn(4, generator=g, dtype=torch.float64) * 0.3).to(dtype) if with_bias else None
+    c = torch.tensor(0.8, dtype=dtype)
+    gy = torch.randn(9, 4, generator=g, dtype=torch.float64).to(dtype)
+    outs = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+        x, z = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        b = None if b0 is None else b0.clone().requires_grad_(True)
+        y = gp.mlr(x, z, b, c=c)
+        assert (fused == "1") == _graph_has(y, "PoincareMlrFn")
+        ins = [t for t in (x, z, b) if t is not None]
+        outs[fused] = (y.detach(), torch.autograd.grad(y, ins, gy))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], rtol=0, atol=0)  # the forward is the composition's
+    for a, b_ in zip(outs["1"][1], outs["0"][1]):
+        torch.testing.assert_close(a, b_, **tol)
+    if dtype == torch.float64:
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
+        zg = z0.clone()
+        zg[:, 2] = 0.3  # |z_j| is not differentiable at 0: gradcheck on nonzero normals
+        ins = [x0.clone().requires_grad_(True), zg.requires_grad_(True)]
+        if with_bias:
+            ins.append(b0.clone().requires_grad_(True))
+        assert torch.autograd.gradcheck(lambda *a: gp.mlr(*a, c=c), tuple(ins), eps=1e-6, atol=1e-6, rtol=1e-5)
+    cg = torch.tensor(0.8, dtype=dtype, requires_grad=True)  # a learnable curvature: the composition
+    assert not _graph_has(gp.mlr(x0.clone().requires_grad_(True), z0, b0, c=cg), "PoincareMlrFn")
+
+
+@pytest.mark.parametrize("cgrad", [True, False])
+def test_relu_direct_fn_vs_op_path(monkeypatch, cgrad):
+    """The ReLU's eager direct-call Function (PoincareReluCppFn) runs the same kernels as PoincareReluFn through
+    the op caller (GEOOPS_POINCARE_FUSED=0): identical values and gradients (x channels-last and contiguous)."""
+    x0 = _img(3, 6, 5, 4, c=0.9, dtype=torch.float32, seed=7)
+    for x_ in (x0, x0.contiguous(memory_format=torch.channels_last)):
+        res = {}
+        for fused in ("1", "0"):
+            monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+            x = x_.clone().requires_grad_(True)
+            c = torch.tensor(0.9, requires_grad=cgrad)
+            y = gp.poincare_relu(x, c=c, dim=1)
+            assert _graph_has(y, "PoincareReluCppFn") == (fused == "1")
+            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
+            res[fused] = (y.detach(), torch.autograd.grad(y, [x, c] if cgrad else [x], gy))
+        torch.testing.assert_close(res["1"][0], res["0"][0], rtol=0, atol=0)
+        for a, b in zip(res["1"][1], res["0"][1]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relu_projection_branch_vs_reference(dtype):
+    """Rows whose ReLU image lies beyond the projection radius (1 - eps)/sqrt(c): positive rows at 0.9999999 of
+    the ball's radius (relu is then the identity and only the projection moves them) next to interior rows;
+    values and the gradients to x and c against the fp64 composition."""
+    c64 = 0.6
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    x[:20] = x[:20].abs()
+    x = x / x.norm(dim=1, keepdim=True) / c64 ** 0.5
+    x[:20] *= 0.9999999
+    x[20:] *= torch.rand(20, 1, generator=g, dtype=torch.float64) * 0.9
+    xd = x.to(dtype).requires_grad_(True)
+    c = torch.tensor(c64, dtype=dtype, requires_grad=True)
+    ours = gp.poincare_relu(xd, c=c)
+    r64 = x.clone().requires_grad_(True)
+    c_64 = torch.tensor(c64, dtype=torch.float64, requires_grad=True)
+    truth = ref.poincare_relu(r64, c_64, dim=-1)
+    assert (truth[:20].norm(dim=1) < x[:20].norm(dim=1) * (1 - 1e-6)).all()  # the projection acted on those rows
+    gy = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    go = torch.autograd.grad(ours, (xd, c), gy.to(dtype))
+    if dtype == torch.float64:
+        torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-12)
+        gt = torch.autograd.grad(truth, (r64, c_64), gy)
+        for a, b in zip(go, gt):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    else:  # float32 (margin 4e-3; the fp32 composition itself hits NaN at this radius): the projected rows sit on
+        # the fp32 radius, the interior rows match the fp64 truth, gradients are finite
+        rad = (1 - gp.default_eps(dtype)) / c64 ** 0.5
+        torch.testing.assert_close(ours[:20].double().norm(dim=1), torch.full((20,), rad, dtype=torch.float64),
+                                   rtol=2e-6, atol=0)
+        torch.testing.assert_close(ours[20:].double(), truth[20:].detach(), rtol=1e-5, atol=1e-6)
+        assert all(torch.isfinite(t).all() for t in go)

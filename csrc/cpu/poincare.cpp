@@ -475,6 +475,39 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         store_n(A, Av.data() + e, cnt);
         store_n(V(T(1)) / (a * a + V(T(1))).sqrt(), ra.data() + e, cnt);
       });
+      // the block's per-row output scalars first, then the row passes: the rows' square roots and divisions are
+      // independent and overlap, instead of one serial chain per row in front of each row's pass (the same
+      // operations in the same order: same values).  bb.k1 / bb.k0 (no longer needed after block_lanes) hold
+      // each row's alpha / beta.
+      for (int64_t ii = 0; ii < nr; ++ii) {
+        const T* gr = gp + (r0 + ii) * m;
+        const T* wr = wv.data() + ii * m;
+        double Sw = 0, gyw = 0;
+#pragma omp simd reduction(+ : Sw, gyw)
+        for (int64_t j = 0; j < m; ++j) {
+          Sw += double(wr[j]) * double(wr[j]);
+          gyw += double(gr[j]) * double(wr[j]);
+        }
+        bb.Sw[ii] = Sw;
+        bb.G[ii] = gyw;
+      }
+      for (int64_t ii = 0; ii < nr; ++ii) {
+        const double Sw = bb.Sw[ii], gyw = bb.G[ii];
+        const double q = std::sqrt(1.0 + c * Sw);
+        const double s0 = 1.0 / (1.0 + q);
+        const double nw = std::sqrt(Sw);
+        const double ny = nw * s0;
+        if (ny > maxnorm) {  // projected: y = maxnorm w / |w|
+          const double f = maxnorm / ny;
+          bb.k1[ii] = f * s0;
+          bb.k0[ii] = -bb.k1[ii] * gyw / Sw;
+          gcd += (gyw / nw) * dmax_dc;
+        } else {
+          bb.k1[ii] = s0;
+          bb.k0[ii] = -gyw * c * s0 * s0 / q;
+          gcd += -gyw * Sw * s0 * s0 / (2.0 * q);
+        }
+      }
       for (int64_t ii = 0; ii < nr; ++ii) {
       const int64_t i = r0 + ii;
       const double lam = bb.lam[ii];
@@ -486,27 +519,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       const T* Ar = Av.data() + ii * m;
       const T* rar = ra.data() + ii * m;
       const double si = bb.s[ii];
-      double Sw = 0, gyw = 0;
-#pragma omp simd reduction(+ : Sw, gyw)
-      for (int64_t j = 0; j < m; ++j) {
-        Sw += double(wr[j]) * double(wr[j]);
-        gyw += double(gr[j]) * double(wr[j]);
-      }
-      const double q = std::sqrt(1.0 + c * Sw);
-      const double s0 = 1.0 / (1.0 + q);
-      const double nw = std::sqrt(Sw);
-      const double ny = nw * s0;
-      double alpha, beta;
-      if (ny > maxnorm) {  // projected: y = maxnorm w / |w|
-        const double f = maxnorm / ny;
-        alpha = f * s0;
-        beta = -alpha * gyw / Sw;
-        gcd += (gyw / nw) * dmax_dc;
-      } else {
-        alpha = s0;
-        beta = -gyw * c * s0 * s0 / q;
-        gcd += -gyw * Sw * s0 * s0 / (2.0 * q);
-      }
+      const double alpha = bb.k1[ii], beta = bb.k0[ii];
       const T aT = T(alpha), bT = T(beta), k1 = T(sc * lam * si), lamT = T(lam), scT = T(sc), sT = T(si);
       T glam = 0, gsa_r = 0, gsb_r = 0;
       double* aZ = need_cols ? accZ[tid].data() : nullptr;

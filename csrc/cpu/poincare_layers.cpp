@@ -38,18 +38,19 @@ struct ReluRow {
   double f, fR2, fX2, fk;  // y = f r; dL/dr = f g + G fR2 r; dL/dx += G fX2 x; dL/dk += G fk
 };
 
-// h = atanc(k X) and t2 = tanc(k h^2 R) come in from the batched SIMD evaluation (relu_block below).
-inline ReluRow relu_row(double X, double R, double k, double eps, bool grads, double h, double t2) {
+// h = atanc(k X) and t2 = tanc(k h^2 R) come in from the batched SIMD evaluation (relu_block below); mx = (1 -
+// eps)/sqrt(-k), the projection radius, from the caller (once per call: per row, its square root and division
+// were a serial latency chain that cost as much as the rest of the forward).
+inline ReluRow relu_row(double X, double R, double k, double eps, double mx, bool grads, double h, double t2) {
   using namespace geoops::stereo;
-  const double z1 = k * X, q1 = 1.0 + z1;
-  const double z2 = k * h * h * R;
   ReluRow o{t2 * h, 0, 0, 0};
-  const double ny = o.f * std::sqrt(R);
-  const double mx = (1.0 - eps) / std::sqrt(-k);
-  const double nr = std::max(std::sqrt(R), 1e-15);
-  const bool proj = ny > mx;
+  const double sR = std::sqrt(R);
+  const bool proj = o.f * sR > mx;
+  const double nr = std::max(sR, 1e-15);
   if (proj) o.f = mx / nr;
   if (!grads) return o;
+  const double z1 = k * X, q1 = 1.0 + z1;
+  const double z2 = k * h * h * R;
   if (proj) {
     o.fR2 = -mx / (nr * nr * nr);
     o.fk = 0.5 * (1.0 - eps) / (-k * std::sqrt(-k)) / nr;
@@ -109,6 +110,7 @@ void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, i
 
 template <typename T>
 void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
+  const double mx = (1.0 - eps) / std::sqrt(-k);
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     ReluBlock blk;
     for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
@@ -117,7 +119,7 @@ void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double ep
       for (int64_t j = 0; j < n; ++j) {
         const T* xr = xp + (b0 + j) * D;
         T* yr = yp + (b0 + j) * D;
-        const T f = T(relu_row(blk.X[j], blk.R[j], k, eps, false, blk.h[j], blk.t[j]).f);
+        const T f = T(relu_row(blk.X[j], blk.R[j], k, eps, mx, false, blk.h[j], blk.t[j]).f);
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
       }
@@ -127,6 +129,7 @@ void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double ep
 
 template <typename T>
 double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, double k, double eps) {
+  const double mx = (1.0 - eps) / std::sqrt(-k);
   const int nth = at::get_num_threads();
   std::vector<double> gk(nth, 0.0);
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
@@ -141,7 +144,7 @@ double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, dou
         const T* gr = gp + i * D;
         T* gxr = gxp + i * D;
         const double G = blk.G[j];
-        const ReluRow o = relu_row(blk.X[j], blk.R[j], k, eps, true, blk.h[j], blk.t[j]);
+        const ReluRow o = relu_row(blk.X[j], blk.R[j], k, eps, mx, true, blk.h[j], blk.t[j]);
         const T f = T(o.f), a = T(G * o.fR2), b = T(G * o.fX2);
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) {
