@@ -656,7 +656,8 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         mean = _library.apply(MidpointMeanFn, xr, ct)
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
         n = max(x.shape[0], 1)
-        if xr.device.type == "cpu" and _library.direct_call_ok(mean, b, u, weight, ct) and _BN_NORM_FN:
+        if (xr.device.type == "cpu" and _BN_NORM_FN and _library.direct_call_ok(mean, b, u, weight, ct)
+                and _backend.resolve(xr.device, _ops.FAMILY) == "cpp"):
             # eager CPU: the variance, the scalar chain (rescaling, the gyration's 2 x 2 form) in Python floats and
             # the row op in one Function with a hand-written backward (the torch composition below costs ~100
             # tiny ops each way; on a GPU the floats would be a host sync per call, so CUDA keeps the composition)
