@@ -75,6 +75,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare batch midpoint sums (F, L) of rows (CPU)");
   m.def("poincare_midpoint_sums_bwd_cpu", &geoops::cpu::poincare_midpoint_sums_bwd_cpu,
         "Poincare batch midpoint sums, backward -> (dx, dc) (CPU)");
+  m.def("poincare_midpoint_sums_bwd_acc_cpu", &geoops::cpu::poincare_midpoint_sums_bwd_acc_cpu,
+        "Poincare batch midpoint sums, backward added into gx in place -> dc (CPU)");
   m.def("poincare_bn_rows_fwd_cpu", &geoops::cpu::poincare_bn_rows_fwd_cpu,
         "Poincare midpoint batch norm row pass project(expmap_b(u M)) (CPU)");
   m.def("poincare_bn_rows_bwd_cpu", &geoops::cpu::poincare_bn_rows_bwd_cpu,

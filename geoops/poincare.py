@@ -653,6 +653,19 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     b = _st.expmap0(bias.to(cdt), k=k)
     if training or running_mean is None:
         # the midpoint: one fused reduction (F, L) and the D-vector step to m in one Function
+        n = max(x.shape[0], 1)
+        if (_BN_LAYER_FN and _BN_NORM_FN and xr.device.type == "cpu" and xr.shape[0] > 0 and xr.shape[1] > 0
+                and _library.direct_call_ok(xr, b, weight, ct) and not _backend.checks_enabled()
+                and _backend.resolve(xr.device, _ops.FAMILY) == "cpp"
+                and _backend.resolve(xr.device, _st_ops.FAMILY) == "cpp"):
+            # eager CPU: the whole layer (midpoint, logmap_m, variance, transport, row op) in one Function
+            y, var, mean = BnLayerFn.apply(xr, b, weight.to(cdt), ct, n, eps, _eps(None, cdt))
+            if training and running_mean is not None:
+                with torch.no_grad():
+                    nr = x.shape[0]
+                    running_mean.copy_(_st.geodesic(momentum, running_mean, mean, k=k.detach()))
+                    running_var.mul_(1 - momentum).add_(momentum * (var * (nr / max(nr - 1, 1))))
+            return y.to(x.dtype)
         mean = _library.apply(MidpointMeanFn, xr, ct)
         u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
         n = max(x.shape[0], 1)
@@ -815,6 +828,73 @@ class BnNormFn(torch.autograd.Function):
 
 
 _BN_NORM_FN = os.environ.get("GEOOPS_BN_NORM_FN", "1") != "0"
+_BN_LAYER_FN = os.environ.get("GEOOPS_BN_LAYER_FN", "1") != "0"
+
+
+class BnLayerFn(torch.autograd.Function):
+    """Eager CPU training batch norm, the whole layer as one Function: (x, b, weight, c) -> (y, var, m).
+
+    Forward: the midpoint (MidpointMeanFn's sums kernel and D-vector step), u = logmap_m(x) (the fused
+    stereographic kernel, m as a stride-0 row), then BnNormFn's forward (S, the transport's scalar chain,
+    v = u M, the row op).  Backward, ordered by hand: BnNormFn's backward (gu, gb, gm from the transport, gS
+    inside gu), the logmap kernel's backward (dm rows, dx, dk in one call), gm = gm_transport + sum_i dm_i, the
+    midpoint's D-vector backward, then its sums' backward added into the logmap's dx in place
+    (poincare_midpoint_sums_bwd_acc_cpu) -- instead of three Functions, the expand's reduction node and
+    autograd's accumulation pass of x's two gradients.  var and m: no gradient (running statistics).
+    ``GEOOPS_BN_LAYER_FN=0``: MidpointMeanFn, the logmap and BnNormFn as separate nodes (A/B)."""
+
+    @staticmethod
+    def forward(ctx, x, b, w, c, n, eps, eps_proj):
+        C = _backend.compiled()
+        F_, L_ = C.poincare_midpoint_sums_fwd_cpu(x, c)
+        Lc = L_.clamp_min(1e-15)
+        f = F_ / Lc
+        ff = torch.dot(f, f)
+        r = (1 - c * ff).sqrt()
+        m = f / (1 + r)
+        N, D = x.shape
+        mx = m.reshape(1, D).expand(N, D)  # stride-0 rows: the kernel reads m once per row, nothing copied
+        k1 = (-c).reshape(1)
+        eps_log = _st._ref.default_eps(x.dtype)
+        code = _st_ops.STEREO_OPS["logmap"].code
+        u = C.stereo_fwd_cpu(code, mx, x, k1, None, eps_log)
+        flat = u.reshape(-1)
+        S = torch.dot(flat, flat)
+        M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
+        v = torch.mm(u, M)
+        none = u.new_empty(0)
+        ctx.save_for_backward(x, c, F_, L_, f, ff, r, m, u, v, M, b, AE, V, none)
+        ctx.wshape = w.shape
+        ctx.eps_proj, ctx.eps_log, ctx.code = eps_proj, eps_log, code
+        ctx.mark_non_differentiable(vt, m)
+        return C.poincare_bn_rows_fwd_cpu(v, none, b, c, eps_proj), vt, m
+
+    @staticmethod
+    def backward(ctx, gy, _gvar, _gm):
+        x, c, F_, L_, f, ff, r, m, u, v, M, b, AE, V, none = ctx.saved_tensors
+        C = _backend.compiled()
+        ng = ctx.needs_input_grad
+        gv, _, gb1, gc1 = C.poincare_bn_rows_bwd_cpu(gy.contiguous(), v, none, b, c, ctx.eps_proj)
+        gM = torch.mm(u.t(), gv)
+        gb2, gm, gS, gw, gc2 = _transport_bwd(AE, V, ctx.sc, gM)
+        gu = torch.addmm(u, gv, M.t(), beta=2 * gS)  # gv M^T + 2 gS u
+        N, D = x.shape
+        mx = m.reshape(1, D).expand(N, D)
+        k1 = (-c).reshape(1)
+        dm, dx, dk, _ = C.stereo_bwd_cpu(ctx.code, gu, mx, x, k1, None, ctx.eps_log, 1 | 2 | (4 if ng[3] else 0))
+        gm = gm + dm.sum(0)
+        # the midpoint's D-vector backward (MidpointMeanFn's), then its sums' backward added into dx
+        opr = 1 + r
+        h = torch.dot(gm, f) / (opr * opr)
+        gf = gm / opr + f * (h * c / r)
+        gF = gf / L_.clamp_min(1e-15)
+        gL = -torch.dot(gF, f) * (L_ > 1e-15)
+        gc3 = C.poincare_midpoint_sums_bwd_acc_cpu(gF.contiguous(), float(gL), x, float(c), dx)
+        gw_ = torch.tensor(gw, dtype=AE.dtype, device=AE.device).reshape(ctx.wshape) if ng[2] else None
+        gc_ = None
+        if ng[3]:
+            gc_ = (gc1 + gc2 - dk.sum() + gc3 + h * ff / (2 * r)).reshape(c.shape)
+        return (dx if ng[0] else None, (gb1 + gb2) if ng[1] else None, gw_, gc_, None, None, None)
 
 
 class SqSumFn(torch.autograd.Function):

@@ -450,6 +450,41 @@ def test_batchnorm_norm_fn_vs_separate_nodes(dtype, monkeypatch):
                                         atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N, D", [(41, 6), (2, 3), (700, 16)])  # N = 1: y = b, gradients are rounding noise
+def test_batchnorm_layer_fn_vs_separate_nodes(dtype, N, D, monkeypatch):
+    """Eager CPU training batch norm runs the whole layer as one Function (BnLayerFn: midpoint, logmap_m, BnNormFn's
+    body; backward ordered by hand, the midpoint's dx added into the logmap's in place); GEOOPS_BN_LAYER_FN=0
+    (module flag): MidpointMeanFn, the logmap Function and BnNormFn; both flags off: the separate nodes.  All three:
+    the same values, gradients to x, bias, weight, c and running statistics; BnLayerFn's own fp64 gradcheck
+    (x, b, weight and the curvature)."""
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    g0 = torch.Generator().manual_seed(N + D)
+    x0 = gp.expmap0(torch.randn(N, D, generator=g0, dtype=dtype) * 0.7, c=0.8).detach()
+    outs = []
+    for layer, norm in ((True, True), (False, True), (False, False)):
+        monkeypatch.setattr(gp, "_BN_LAYER_FN", layer)
+        monkeypatch.setattr(gp, "_BN_NORM_FN", norm)
+        x = x0.clone().requires_grad_(True)
+        c = torch.tensor(0.8, dtype=dtype, requires_grad=True)
+        bias = torch.linspace(-0.3, 0.4, D, dtype=dtype).requires_grad_(True)
+        w = torch.tensor(1.4, dtype=dtype, requires_grad=True)
+        rm, rv = torch.zeros(D, dtype=dtype), torch.ones((), dtype=dtype)
+        y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
+        g = torch.linspace(-1, 1.5, y.numel(), dtype=dtype).reshape(y.shape)
+        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
+    for other in outs[1:]:
+        for a, r in zip(outs[0], other):
+            torch.testing.assert_close(a, r, **tol)
+    if dtype == torch.float64 and 1 < N < 100:  # N = 1: y = b exactly (u = 0), the numerical side is noise
+        x = x0[:min(N, 13)].clone().requires_grad_(True)
+        b = gp.expmap0(torch.randn(D, generator=g0, dtype=dtype) * 0.3, c=0.8).detach().requires_grad_(True)
+        ins = (x, b, torch.tensor(0.9, dtype=dtype, requires_grad=True),
+               torch.tensor(0.8, dtype=dtype, requires_grad=True))
+        assert torch.autograd.gradcheck(lambda *t: gp.BnLayerFn.apply(*t, x.shape[0], 1e-6, 1e-5)[0], ins,
+                                        eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
 def test_bn_rows_gradcheck_both_projection_branches():
     """fp64 gradcheck of the row op (u, M, b and c) through the C++ kernels (SIMD row math), with rows inside the
     ball and rows that land on the projection, N = 19 (two full vectors of lanes and a partial one)."""

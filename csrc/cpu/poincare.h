@@ -44,6 +44,10 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g, co
 // Midpoint batch norm: the batch midpoint's sums F = sum_i lam_i x_i (D,), L = sum_i (lam_i - 1) (0-dim) of
 // rows x (N, D) in one fused reduction, and its backward (dx, dc) (dc a 0-dim float64 tensor).
 std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_fwd_cpu(const at::Tensor& x, const at::Tensor& c);
+// gx += the midpoint sums' backward (in place, gx contiguous like x); returns dc.  The batch norm layer's
+// eager Function adds the midpoint's gradient into the logmap's with it.
+double poincare_midpoint_sums_bwd_acc_cpu(const at::Tensor& gF, double gL, const at::Tensor& x, double c,
+                                          at::Tensor gx);
 std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tensor& gF, const at::Tensor& gL,
                                                                   const at::Tensor& x, const at::Tensor& c);
 // The normalisation's fused row pass y = project(expmap_b(u M)) of rows u (N, D), M (D, D), b (D,) on the ball,

@@ -236,7 +236,7 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
 }
 
 template <typename T>
-double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int64_t D, double c) {
+double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int64_t D, double c, bool acc = false) {
   const int nth = at::get_num_threads();
   std::vector<double> gcs(nth, 0.0);
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
@@ -254,8 +254,13 @@ double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int6
       const double lam = 2.0 / std::max(den, 1e-15);
       const double w = den > 1e-15 ? (P + gL) * lam * lam : 0.0;  // d/dX of lam = c lam^2 / 2
       const T a = T(lam), b = T(w * c);
+      if (acc) {  // add into gx (the batch norm layer's logmap gradient): no separate accumulation pass
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) gr[d] = a * gF[d] + b * xr[d];
+        for (int64_t d = 0; d < D; ++d) gr[d] += a * gF[d] + b * xr[d];
+      } else {
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) gr[d] = a * gF[d] + b * xr[d];
+      }
       gcl += 0.5 * w * X;
     }
     gcs[at::get_thread_num()] += gcl;
@@ -521,6 +526,21 @@ std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tens
     gc = mid_bwd_impl<float>(gF.data_ptr<float>(), gL, x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0),
                              x.size(1), c);
   return {gx, at::full({}, gc, x.options().dtype(at::kDouble))};
+}
+
+double poincare_midpoint_sums_bwd_acc_cpu(const at::Tensor& gF_in, double gL, const at::Tensor& x,
+                                          double c, at::Tensor gx) {
+  check_rows("poincare_midpoint_sums", x);
+  TORCH_CHECK(x.is_contiguous() && gx.is_contiguous() && gx.sizes() == x.sizes() &&
+                  gx.scalar_type() == x.scalar_type(),
+              "poincare_midpoint_sums_bwd_acc: x and gx must be contiguous rows of one shape and dtype");
+  const at::Tensor gF = gF_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(gF.numel() == x.size(1), "poincare_midpoint_sums: grad of F must have D entries");
+  if (x.scalar_type() == at::kDouble)
+    return mid_bwd_impl<double>(gF.data_ptr<double>(), gL, x.data_ptr<double>(), gx.data_ptr<double>(), x.size(0),
+                                x.size(1), c, true);
+  return mid_bwd_impl<float>(gF.data_ptr<float>(), gL, x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0),
+                             x.size(1), c, true);
 }
 
 at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u_in, const at::Tensor& M_in, const at::Tensor& b_in,
