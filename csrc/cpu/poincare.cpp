@@ -529,6 +529,35 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   const T inv_sc = T(1.0 / sc);
   const int64_t nblk = (N + kRowBlock - 1) / kRowBlock;
   const bool lanes = poincare_row_lanes();
+  std::vector<double> tan_gc(nth, 0.0);
+  // rows_only tangent rows with row lanes: dL/dU (and the dc term through s) of a block's rows right after its row
+  // pass, while its t and dt rows are in cache: the rows' dots u . (dt z^T) = t . dt, then their scalars on SIMD
+  // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
+  const bool du_in_pass = rows_only && tangent && lanes;
+  T* gUp = rows_only ? gU->data_ptr<T>() : nullptr;
+  auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb) {
+    using VD = Vectorized<double>;
+    constexpr int64_t L = VD::size();
+    for (int64_t k = 0; k < nr; ++k) {
+      const T* tr = tp + (r0 + k) * m;
+      const T* gtr = gtp + (r0 + k) * m;
+      double ug = 0;
+#pragma omp simd reduction(+ : ug)
+      for (int64_t j = 0; j < m; ++j) ug += double(tr[j]) * double(gtr[j]);
+      ugb[k] = ug;
+    }
+    for (int64_t k = 0; k < nr; k += L) {
+      const int64_t cnt = std::min<int64_t>(L, nr - k), i = r0 + k;
+      const VD rc = VD::loadu(rowcoef.data() + i, cnt), si = VD::loadu(trw.s.data() + i, cnt);
+      const VD u_gx = VD::loadu(ugb + k, cnt) / si + rc * si * VD::loadu(U.data() + i, cnt);
+      (VD(0.5) * (rc * si * si + u_gx * VD::loadu(trw.dsdn_n.data() + i, cnt))).store(gub + k, cnt);
+      (u_gx * VD::loadu(trw.dsdc.data() + i, cnt)).store(tgb + k, cnt);
+    }
+    double tg = 0;
+    for (int64_t k = 0; k < nr; ++k) gUp[r0 + k] = T(gub[k]);
+    for (int64_t k = 0; k < nr; ++k) tg += tgb[k];
+    return tg;
+  };
   at::parallel_for(0, nblk, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
     using V = Vectorized<T>;
     const int tid = at::get_thread_num();
@@ -538,7 +567,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     BlockBuf<T> bb(m, flat);
     // the block's w, cosh(u)/sc, A = asinh(a), 1/sqrt(1 + a^2) per element
     std::vector<T> wv(kRowBlock * m), cu(kRowBlock * m), Av(kRowBlock * m), ra(kRowBlock * m);
-    double gcd = 0, gsa = 0, gsb = 0;
+    double gcd = 0, gsa = 0, gsb = 0, tgc = 0;
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
       std::copy(X.begin() + r0, X.begin() + r0 + nr, bb.X);
@@ -643,7 +672,9 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       gsa += gsa_r;
       gsb += gsb_r;
       }
+      if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R);  // Sw, G, R: free after the row scalars
     }
+    tan_gc[tid] += tgc;
     gc_direct[tid] += gcd;
     gsc_a[tid] += gsa;
     gsc_b[tid] += gsb;
@@ -667,39 +698,11 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       gsc += 2.0 * rj * (gch * sh + gS[j] * ch);
     }
   }
-  std::vector<double> tan_gc(nth, 0.0);
   if (rows_only) {
     // dL/dx_row = dt_row z^T + coef x_row: coef/2 is dL/dU; u . (dt_row z^T) = dt_row . t_row
-    T* gUp = gU->data_ptr<T>();
+    if (!du_in_pass)
     at::parallel_for(0, N, row_grain(m), [&](int64_t i0, int64_t i1) {
       double tg = 0;
-      if (lanes && tangent) {  // the rows' dots first, then their scalars on SIMD lanes (one row per lane)
-        using VD = Vectorized<double>;
-        constexpr int64_t L = VD::size();
-        double ugb[kRowBlock], gub[kRowBlock], tgb[kRowBlock];
-        for (int64_t r0 = i0; r0 < i1; r0 += kRowBlock) {
-          const int64_t nr = std::min(kRowBlock, i1 - r0);
-          for (int64_t k = 0; k < nr; ++k) {
-            const T* tr = tp + (r0 + k) * m;
-            const T* gtr = gtp + (r0 + k) * m;
-            double ug = 0;
-#pragma omp simd reduction(+ : ug)
-            for (int64_t j = 0; j < m; ++j) ug += double(tr[j]) * double(gtr[j]);
-            ugb[k] = ug;
-          }
-          for (int64_t k = 0; k < nr; k += L) {
-            const int64_t cnt = std::min<int64_t>(L, nr - k), i = r0 + k;
-            const VD rc = VD::loadu(rowcoef.data() + i, cnt), si = VD::loadu(trw.s.data() + i, cnt);
-            const VD u_gx = VD::loadu(ugb + k, cnt) / si + rc * si * VD::loadu(U.data() + i, cnt);
-            (VD(0.5) * (rc * si * si + u_gx * VD::loadu(trw.dsdn_n.data() + i, cnt))).store(gub + k, cnt);
-            (u_gx * VD::loadu(trw.dsdc.data() + i, cnt)).store(tgb + k, cnt);
-          }
-          for (int64_t k = 0; k < nr; ++k) gUp[r0 + k] = T(gub[k]);
-          for (int64_t k = 0; k < nr; ++k) tg += tgb[k];
-        }
-        tan_gc[at::get_thread_num()] += tg;
-        return;
-      }
       for (int64_t i = i0; i < i1; ++i) {
         const double rc = rowcoef[i];
         if (!tangent) { gUp[i] = T(0.5 * rc); continue; }
