@@ -245,6 +245,51 @@ def test_fc_float32_epilogue_across_branches(zn):
     torch.testing.assert_close(got[:, 1].double(), want[:, 1], rtol=2e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("tangent", [True, False])
+@pytest.mark.parametrize("m", [5, 16])
+@pytest.mark.parametrize("N", [1, 7, 13, 131])
+def test_fc_rows_row_lanes_vs_scalar_rows(monkeypatch, dtype, tangent, m, N):
+    """The per-row scalars of geoops::poincare_fc_rows_fwd/_bwd on SIMD lanes of doubles (one row per lane:
+    the tangent scale s and its derivatives, the backward's output scalars alpha, beta and dc term, the dU
+    tail) vs the scalar row loops (GEOOPS_POINCARE_ROW_LANES=0) and the float64 reference: row counts that leave a
+    partial vector of lanes (1, 7, 13, 131 rows: AVX2 4 / AVX-512 8 lanes, a partial 128-row block), both
+    sides of the tangent series switch (q < 1e-3), tangent rows on the projection, and outputs on both sides
+    of the output projection (asserted)."""
+    gen = torch.Generator().manual_seed(N * 17 + m)
+    n, c, eps = 6, torch.tensor(0.7, dtype=torch.float64), 4e-3
+    u = torch.randn(N, n, dtype=torch.float64, generator=gen)
+    r = torch.logspace(-5, math.log10(6.0 if tangent else 0.95), N, dtype=torch.float64)
+    r = r[torch.randperm(N, generator=gen)] / math.sqrt(0.7)
+    u = u / u.norm(dim=1, keepdim=True) * r[:, None]
+    z = torch.randn(n, m, dtype=torch.float64, generator=gen) * 0.5
+    b = torch.randn(m, dtype=torch.float64, generator=gen) * 0.3
+    u, z, b = (a.to(dtype).double() for a in (u, z, b))
+    t, U = u @ z, (u * u).sum(1)
+    g = torch.randn(N, m, dtype=torch.float64, generator=gen)
+    args = [a.to(dtype) for a in (t, U, z, b)] + [c.to(dtype)]
+    y = pops.poincare_fc_rows_fwd(*args, eps, tangent)
+    grads = pops.poincare_fc_rows_bwd(g.to(dtype), *args, eps, 14, tangent)
+    monkeypatch.setenv("GEOOPS_POINCARE_ROW_LANES", "0")
+    y0 = pops.poincare_fc_rows_fwd(*args, eps, tangent)
+    grads0 = pops.poincare_fc_rows_bwd(g.to(dtype), *args, eps, 14, tangent)
+    monkeypatch.delenv("GEOOPS_POINCARE_ROW_LANES")
+    maxn = (1 - eps) / math.sqrt(0.7)
+    ny = y.double().norm(dim=1)
+    if N >= 7:
+        assert (ny > maxn * (1 - 1e-5)).any() and (ny < 0.999 * maxn).any()  # both output branches ran
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(y, y0, **tol)
+    for name, a, a0 in zip(("gt", "gU", "gz", "gb", "gc"), grads, grads0):
+        torch.testing.assert_close(a, a0, **tol, msg=name)
+    if dtype == torch.float64:
+        torch.testing.assert_close(y, pops._Reference.poincare_fc_rows_fwd(t, U, z, b, c, eps, tangent),
+                                   rtol=1e-10, atol=1e-12)
+        want = pops._Reference.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, tangent)
+        for name, a, w in zip(("gt", "gU", "gz", "gb", "gc"), grads, want):
+            torch.testing.assert_close(a.reshape(w.shape), w, rtol=1e-8, atol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("tangent", [True, False])
 @pytest.mark.parametrize("m", [3, 8, 12, 16, 20, 33])
 @pytest.mark.parametrize("N", [0, 1, 129, 4500])

@@ -640,6 +640,42 @@ def test_relu_direct_fn_vs_op_path(monkeypatch, cgrad):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N", [1, 5, 13, 300])
+def test_relu_backward_row_lanes_vs_scalar_rows(monkeypatch, dtype, N):
+    """The ReLU backward's per-row scalars on SIMD lanes of doubles (one row per lane) vs the scalar row loop
+    (GEOOPS_POINCARE_ROW_LANES=0) and, in float64, the fp64 composition: row counts that leave a partial vector
+    of lanes (1, 5, 13; 300 = a 256-row block and a partial one), rows on the projection next to interior rows,
+    an all-negative row (R = 0) and rows near 0 (the series sides of atanc / tanc and their derivatives)."""
+    c64 = 0.6
+    g = torch.Generator().manual_seed(N)
+    x = torch.randn(N, 6, generator=g, dtype=torch.float64)
+    r = torch.rand(N, 1, generator=g, dtype=torch.float64) * 0.9
+    r[::3] = 0.9999999  # beyond the projection radius once positive
+    r[1::7] = 1e-4
+    x[::3] = x[::3].abs()
+    x = x / x.norm(dim=1, keepdim=True) / c64 ** 0.5 * r
+    if N > 4:
+        x[4] = -x[4].abs()
+    xd = x.to(dtype)
+    c = torch.tensor(c64, dtype=dtype)
+    gy = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    res = {}
+    for lanes in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_ROW_LANES", lanes)
+        xr, cr = xd.clone().requires_grad_(True), c.clone().requires_grad_(True)
+        res[lanes] = torch.autograd.grad(gp.poincare_relu(xr, c=cr), (xr, cr), gy)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-6)
+    for a, b in zip(res["1"], res["0"]):
+        torch.testing.assert_close(a, b, **tol)
+    if dtype == torch.float64:
+        r64 = x.clone().requires_grad_(True)
+        c_64 = torch.tensor(c64, dtype=torch.float64, requires_grad=True)
+        gt = torch.autograd.grad(ref.poincare_relu(r64, c_64, dim=-1), (r64, c_64), gy)
+        for a, b in zip(res["1"], gt):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_relu_projection_branch_vs_reference(dtype):
     """Rows whose ReLU image lies beyond the projection radius (1 - eps)/sqrt(c): positive rows at 0.9999999 of
     the ball's radius (relu is then the identity and only the projection moves them) next to interior rows;

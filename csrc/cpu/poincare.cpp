@@ -18,6 +18,7 @@
 #include "poincare.h"
 #include "row_norms.h"
 #include "vec_math.h"  // tanc_n
+#include "vec_math_inl.h"  // vecmath::LaneMath (tanc on SIMD lanes of rows)
 #include "mkl_packed.h"
 #include "vec_log.h"  // vecmath::any_lane
 
@@ -236,7 +237,7 @@ constexpr int64_t kRowBlock = 128;
 template <typename T>
 struct BlockBuf {
   double X[kRowBlock], U[kRowBlock], s[kRowBlock], k1[kRowBlock], k0[kRowBlock], lam[kRowBlock], z[kRowBlock];
-  double Sw[kRowBlock], G[kRowBlock];
+  double Sw[kRowBlock], G[kRowBlock], R[kRowBlock];  // R: the backward's per-row direct dc terms (row lanes)
   std::vector<T> P, Q;  // flat: k1_i C_j and k0_i S_j per element
   explicit BlockBuf(int64_t m, bool flat) {
     if (flat) { P.resize(kRowBlock * m); Q.resize(kRowBlock * m); }
@@ -251,10 +252,53 @@ inline bool flat_rows(int64_t m) {
 
 // rows [0, n) of a block: X holds |x|^2, or |u|^2 of tangent rows (then U keeps |u|^2, X becomes s^2 |u|^2,
 // dn / dc (when given) get the scale's derivatives); fills s, lam, k1, k0
+//
+// Row lanes (poincare_row_lanes(): GEOOPS_POINCARE_ROW_LANES, default on): the tangent rows' scalars
+// (tangent_row) run on SIMD vectors of doubles, one row per lane, both sides of each branch evaluated and
+// blended (tangent_rows_lanes below).
+
+// tangent_row on SIMD lanes of rows [0, n): the same operations per lane, the series / closed form of s and the
+// projection blended per lane (a partial last vector: zero lanes, computed and not stored)
+inline void tangent_rows_lanes(double* X, double* U, double* s, int64_t n, double c, double sc, double maxnorm,
+                               double dmax_dc, double* dn, double* dc) {
+  using VD = Vectorized<double>;
+  constexpr int64_t L = VD::size();
+  const VD one(1.0), tiny(1e-15), vsc(sc), vmax(maxnorm), vdm(dmax_dc), vmc(-c), two_sc(2.0 * sc);
+  vecmath::LaneMath lm;
+  for (int64_t i = 0; i < n; i += L) {
+    const int64_t cnt = std::min<int64_t>(L, n - i);
+    const VD Ui = VD::loadu(X + i, cnt);
+    Ui.store(U + i, cnt);
+    const VD nn = at::vec::maximum(Ui.sqrt(), tiny);
+    const VD q = vsc * nn;
+    const VD q2 = q * q;
+    const VD small = q < VD(1e-3);
+    VD si = one + q2 * (VD(-1.0 / 3.0) + q2 * VD(2.0 / 15.0));
+    VD dsdq = q * (VD(-2.0 / 3.0) + q2 * VD(8.0 / 15.0));
+    const VD th = lm.tanc(vmc * Ui) * q;  // tanc(-q^2) = tanh(q)/q, as tanc_n
+    const VD sb = th / q;
+    si = VD::blendv(sb, si, small);
+    dsdq = VD::blendv(((one - th * th) - sb) / q, dsdq, small);
+    const VD proj = si * nn > vmax;
+    VD dnv = vsc * dsdq / nn, dcv = nn * dsdq / two_sc;
+    if (vecmath::any_lane(proj)) {
+      si = VD::blendv(si, vmax / nn, proj);
+      dnv = VD::blendv(dnv, vmax.neg() / (nn * nn * nn), proj);
+      dcv = VD::blendv(dcv, vdm / nn, proj);
+    }
+    si.store(s + i, cnt);
+    (si * si * Ui).store(X + i, cnt);
+    if (dn) dnv.store(dn + i, cnt);
+    if (dc) dcv.store(dc + i, cnt);
+  }
+}
+
 inline void block_scalars(double* X, double* U, double* s, double* lam, double* k1, double* k0, double* ztmp,
                           int64_t n, bool tangent, double c, double sc, double maxnorm, double dmax_dc,
-                          double* dn = nullptr, double* dc = nullptr) {
-  if (tangent) {
+                          double* dn = nullptr, double* dc = nullptr, bool lanes = false) {
+  if (tangent && lanes) {
+    tangent_rows_lanes(X, U, s, n, c, sc, maxnorm, dmax_dc, dn, dc);
+  } else if (tangent) {
     for (int64_t i = 0; i < n; ++i) { U[i] = X[i]; ztmp[i] = -c * X[i]; }
     tanc_n(ztmp, s, n);  // tanc(-q^2) = tanh(q)/q, q = sc |u|
     for (int64_t i = 0; i < n; ++i) {
@@ -339,9 +383,10 @@ std::vector<double> row_sq_or(const at::Tensor& x, const at::Tensor& U) {
 // |x|^2 (|u|^2 of tangent rows).  w is written into y and rescaled there while the block is in cache.
 template <typename T>
 inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
-                         double c, double sc, double maxnorm, int64_t m) {
+                         double c, double sc, double maxnorm, int64_t m, bool lanes) {
   using V = Vectorized<T>;
-  block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0);
+  block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0, nullptr, nullptr,
+                lanes);
   block_lanes<T>(tb, nr, m, cv, bb, T(1.0 / sc),
                  [&](int64_t e, int64_t cnt, const V&, const V&, const V& w, const V&) { store_n(w, yb + e, cnt); });
   for (int64_t i = 0; i < nr; ++i) bb.Sw[i] = row_sqnorm(yb + i * m, m);
@@ -382,6 +427,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const ColVec<T> cv(cc, flat ? kRowBlock : 0);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
+  const bool lanes = poincare_row_lanes();
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
@@ -390,7 +436,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
         for (int64_t i = 0; i < nr; ++i) bb.X[i] = double(up[r0 + i]);
-        fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m);
+        fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
       }
     });
     return;
@@ -414,9 +460,40 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       at::Tensor tb = t.narrow(0, r0, nr);
       mkl_packed::block_gemm(&zpk, tb, x.narrow(0, r0, nr), z);
       for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
-      fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m);
+      fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
     }
   });
+}
+
+// The backward's per-row output scalars of rows [0, nr) of a block, one row per SIMD lane of doubles: from
+// Sw = |w|^2 and G = <g, w> to alpha (k1), beta (k0) and the row's direct dc term (R); the operations of the
+// scalar loop in fc_bwd_impl, the projection branch (y = maxnorm w / |w|) blended per lane (a partial last
+// vector: zero lanes, computed and not stored)
+template <typename T>
+inline void out_scalars_lanes(BlockBuf<T>& bb, int64_t nr, double c, double maxnorm, double dmax_dc) {
+  using VD = Vectorized<double>;
+  constexpr int64_t L = VD::size();
+  const VD one(1.0), two(2.0), vc(c), vmax(maxnorm), vdm(dmax_dc);
+  for (int64_t i = 0; i < nr; i += L) {
+    const int64_t cnt = std::min<int64_t>(L, nr - i);
+    const VD Sw = VD::loadu(bb.Sw + i, cnt), gyw = VD::loadu(bb.G + i, cnt);
+    const VD q = (one + vc * Sw).sqrt();
+    const VD s0 = one / (one + q);
+    const VD nw = Sw.sqrt();
+    const VD proj = nw * s0 > vmax;
+    VD k1 = s0;
+    VD k0 = gyw.neg() * vc * s0 * s0 / q;
+    VD gc = gyw.neg() * Sw * s0 * s0 / (two * q);
+    if (vecmath::any_lane(proj)) {
+      const VD k1p = (vmax / (nw * s0)) * s0;
+      k1 = VD::blendv(k1, k1p, proj);
+      k0 = VD::blendv(k0, k1p.neg() * gyw / Sw, proj);
+      gc = VD::blendv(gc, (gyw / nw) * vdm, proj);
+    }
+    k1.store(bb.k1 + i, cnt);
+    k0.store(bb.k0 + i, cnt);
+    gc.store(bb.R + i, cnt);
+  }
 }
 
 // rows_only (U defined): x is not used; gt_out gets dL/dt, gU dL/dU (U = |x|^2, or |u|^2 of tangent rows) and gz
@@ -451,6 +528,36 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   T* gtp = gt.data_ptr<T>();
   const T inv_sc = T(1.0 / sc);
   const int64_t nblk = (N + kRowBlock - 1) / kRowBlock;
+  const bool lanes = poincare_row_lanes();
+  std::vector<double> tan_gc(nth, 0.0);
+  // rows_only tangent rows with row lanes: dL/dU (and the dc term through s) of a block's rows right after its row
+  // pass, while its t and dt rows are in cache: the rows' dots u . (dt z^T) = t . dt, then their scalars on SIMD
+  // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
+  const bool du_in_pass = rows_only && tangent && lanes;
+  T* gUp = rows_only ? gU->data_ptr<T>() : nullptr;
+  auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb) {
+    using VD = Vectorized<double>;
+    constexpr int64_t L = VD::size();
+    for (int64_t k = 0; k < nr; ++k) {
+      const T* tr = tp + (r0 + k) * m;
+      const T* gtr = gtp + (r0 + k) * m;
+      double ug = 0;
+#pragma omp simd reduction(+ : ug)
+      for (int64_t j = 0; j < m; ++j) ug += double(tr[j]) * double(gtr[j]);
+      ugb[k] = ug;
+    }
+    for (int64_t k = 0; k < nr; k += L) {
+      const int64_t cnt = std::min<int64_t>(L, nr - k), i = r0 + k;
+      const VD rc = VD::loadu(rowcoef.data() + i, cnt), si = VD::loadu(trw.s.data() + i, cnt);
+      const VD u_gx = VD::loadu(ugb + k, cnt) / si + rc * si * VD::loadu(U.data() + i, cnt);
+      (VD(0.5) * (rc * si * si + u_gx * VD::loadu(trw.dsdn_n.data() + i, cnt))).store(gub + k, cnt);
+      (u_gx * VD::loadu(trw.dsdc.data() + i, cnt)).store(tgb + k, cnt);
+    }
+    double tg = 0;
+    for (int64_t k = 0; k < nr; ++k) gUp[r0 + k] = T(gub[k]);
+    for (int64_t k = 0; k < nr; ++k) tg += tgb[k];
+    return tg;
+  };
   at::parallel_for(0, nblk, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
     using V = Vectorized<T>;
     const int tid = at::get_thread_num();
@@ -460,12 +567,12 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     BlockBuf<T> bb(m, flat);
     // the block's w, cosh(u)/sc, A = asinh(a), 1/sqrt(1 + a^2) per element
     std::vector<T> wv(kRowBlock * m), cu(kRowBlock * m), Av(kRowBlock * m), ra(kRowBlock * m);
-    double gcd = 0, gsa = 0, gsb = 0;
+    double gcd = 0, gsa = 0, gsb = 0, tgc = 0;
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
       std::copy(X.begin() + r0, X.begin() + r0 + nr, bb.X);
       block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, dmax_dc,
-                    tangent ? trw.dsdn_n.data() + r0 : nullptr, tangent ? trw.dsdc.data() + r0 : nullptr);
+                    tangent ? trw.dsdn_n.data() + r0 : nullptr, tangent ? trw.dsdc.data() + r0 : nullptr, lanes);
       std::copy(bb.X, bb.X + nr, X.begin() + r0);
       std::copy(bb.s, bb.s + nr, trw.s.begin() + r0);
       const T* tb = tp + r0 * m;
@@ -491,6 +598,10 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         bb.Sw[ii] = Sw;
         bb.G[ii] = gyw;
       }
+      if (lanes) {  // the same values; the dc terms summed in row order as below
+        out_scalars_lanes(bb, nr, c, maxnorm, dmax_dc);
+        for (int64_t ii = 0; ii < nr; ++ii) gcd += bb.R[ii];
+      } else
       for (int64_t ii = 0; ii < nr; ++ii) {
         const double Sw = bb.Sw[ii], gyw = bb.G[ii];
         const double q = std::sqrt(1.0 + c * Sw);
@@ -561,7 +672,9 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       gsa += gsa_r;
       gsb += gsb_r;
       }
+      if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R);  // Sw, G, R: free after the row scalars
     }
+    tan_gc[tid] += tgc;
     gc_direct[tid] += gcd;
     gsc_a[tid] += gsa;
     gsc_b[tid] += gsb;
@@ -585,10 +698,9 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       gsc += 2.0 * rj * (gch * sh + gS[j] * ch);
     }
   }
-  std::vector<double> tan_gc(nth, 0.0);
   if (rows_only) {
     // dL/dx_row = dt_row z^T + coef x_row: coef/2 is dL/dU; u . (dt_row z^T) = dt_row . t_row
-    T* gUp = gU->data_ptr<T>();
+    if (!du_in_pass)
     at::parallel_for(0, N, row_grain(m), [&](int64_t i0, int64_t i1) {
       double tg = 0;
       for (int64_t i = i0; i < i1; ++i) {

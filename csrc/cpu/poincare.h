@@ -3,10 +3,19 @@
 
 #include <torch/extension.h>
 
+#include <cstdlib>
 #include <tuple>
 
 namespace geoops {
 namespace cpu {
+
+// GEOOPS_POINCARE_ROW_LANES=0 (read per call; default on): the per-row scalar math of the fc / convolution row
+// passes (poincare.cpp) and of the ReLU backward (poincare_layers.cpp) in scalar row loops instead of on SIMD
+// lanes of doubles (one row per lane), for A/B.  Same operations either way.
+inline bool poincare_row_lanes() {
+  const char* e = std::getenv("GEOOPS_POINCARE_ROW_LANES");
+  return !(e && e[0] == '0');
+}
 
 // Poincaré fully-connected layer (HNN++ / Poincaré ResNet, HypLL's poincare_fully_connected followed by its
 // project), ball curvature -c (c > 0):

@@ -72,7 +72,45 @@ inline ReluRow relu_row(double X, double R, double k, double eps, double mx, boo
 constexpr int64_t kReluBlock = 256;
 struct ReluBlock {
   double X[kReluBlock], R[kReluBlock], G[kReluBlock], z[kReluBlock], q[kReluBlock], h[kReluBlock], t[kReluBlock];
+  double F[kReluBlock], A[kReluBlock], B[kReluBlock], K[kReluBlock];  // the backward's row lanes: f, G fR2, G fX2, G fk
 };
+
+// relu_row's backward (grads) for rows [0, n) of a block on SIMD lanes of doubles, one row per lane (the
+// stereo_math.h derivatives on Vec, both branches evaluated and blended per lane; a partial last vector: zero
+// lanes, computed and not stored): F = f, A = G fR2, B = G fX2, K = G fk.  The operations of relu_row.
+inline void relu_rows_bwd_lanes(ReluBlock& b, int64_t n, double k, double eps, double mx) {
+  using VD = geoops::cpu::vecmath::Vec;
+  constexpr int64_t L = VD::size();
+  const VD vk(k), one(1.0), two(2.0), vmx(mx), tiny(1e-15), vfk(0.5 * (1.0 - eps) / (-k * std::sqrt(-k)));
+  for (int64_t i = 0; i < n; i += L) {
+    const int64_t cnt = std::min<int64_t>(L, n - i);
+    const VD X = VD::loadu(b.X + i, cnt), R = VD::loadu(b.R + i, cnt), G = VD::loadu(b.G + i, cnt);
+    const VD h = VD::loadu(b.h + i, cnt), t2 = VD::loadu(b.t + i, cnt);
+    VD f = t2 * h;
+    const VD sR = R.sqrt();
+    const VD proj = f * sR > vmx;
+    const VD z1 = vk * X, q1 = one + z1;
+    const VD z2 = vk * h * h * R;
+    const VD t2d = stereo::tanc_d(z2, t2);
+    const VD h1 = stereo::atanc_d(z1, q1, h);
+    const VD dh_dX = vk * h1, dh_dk = X * h1;
+    const VD df_dh = t2 + two * vk * h * h * R * t2d;
+    VD fR2 = two * vk * h * h * h * t2d;
+    VD fX2 = two * df_dh * dh_dX;
+    VD fk = h * t2d * h * h * R + df_dh * dh_dk;
+    if (geoops::cpu::vecmath::any_lane(proj)) {
+      const VD nr = at::vec::maximum(sR, tiny);
+      f = VD::blendv(f, vmx / nr, proj);
+      fR2 = VD::blendv(fR2, vmx.neg() / (nr * nr * nr), proj);
+      fX2 = VD::blendv(fX2, VD(0.0), proj);
+      fk = VD::blendv(fk, vfk / nr, proj);
+    }
+    f.store(b.F + i, cnt);
+    (G * fR2).store(b.A + i, cnt);
+    (G * fX2).store(b.B + i, cnt);
+    (G * fk).store(b.K + i, cnt);
+  }
+}
 
 template <typename T>
 void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, int64_t D, double k) {
@@ -132,12 +170,30 @@ double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, dou
   const double mx = (1.0 - eps) / std::sqrt(-k);
   const int nth = at::get_num_threads();
   std::vector<double> gk(nth, 0.0);
+  const bool lanes = poincare_row_lanes();
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     double acc = 0;
     ReluBlock blk;
     for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
       const int64_t n = std::min(kReluBlock, i1 - b0);
       relu_block<T>(blk, xp, gp, b0, n, D, k);
+      if (lanes) {
+        relu_rows_bwd_lanes(blk, n, k, eps, mx);
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t i = b0 + j;
+          const T* xr = xp + i * D;
+          const T* gr = gp + i * D;
+          T* gxr = gxp + i * D;
+          const T f = T(blk.F[j]), a = T(blk.A[j]), b = T(blk.B[j]);
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) {
+            const T v = xr[d];
+            gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
+          }
+          acc += blk.K[j];
+        }
+        continue;
+      }
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = b0 + j;
         const T* xr = xp + i * D;
