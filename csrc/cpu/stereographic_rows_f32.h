@@ -201,6 +201,26 @@ inline void pass_b(Scratch& s, bool inline_exp) {
   }
 }
 
+// out = a x + b y (logmap: a x + b (x - y)): the write of both block paths.
+template <int OP, int D, int NB>
+GEOOPS_F32_PASS void write_rows(const float* __restrict xb, const float* __restrict yb, float* __restrict ob,
+                                const float* __restrict ca, const float* __restrict cb) {
+  constexpr bool HAS_Y = stereo::op_has_y(OP);
+#pragma omp simd
+  for (int b = 0; b < NB; ++b) {
+    for (int j = 0; j < D; ++j) {
+      const float xv = xb[b * D + j];
+      if (OP == stereo::LOGMAP) {
+        ob[b * D + j] = ca[b] * xv + cb[b] * (xv - yb[b * D + j]);
+      } else if (HAS_Y) {
+        ob[b * D + j] = ca[b] * xv + cb[b] * yb[b * D + j];
+      } else {
+        ob[b * D + j] = ca[b] * xv;
+      }
+    }
+  }
+}
+
 // C. Coefficients and writes.
 template <int OP, int D, int NB>
 GEOOPS_F32_PASS void pass_c(const float* __restrict xb, const float* __restrict yb, float* __restrict ob,
@@ -231,19 +251,7 @@ GEOOPS_F32_PASS void pass_c(const float* __restrict xb, const float* __restrict 
       ca[b] = s.v[b];
     }
   }
-#pragma omp simd
-  for (int b = 0; b < NB; ++b) {
-    for (int j = 0; j < D; ++j) {
-      const float xv = xb[b * D + j];
-      if (OP == LOGMAP) {
-        ob[b * D + j] = ca[b] * xv + cb[b] * (xv - yb[b * D + j]);
-      } else if (HAS_Y) {
-        ob[b * D + j] = ca[b] * xv + cb[b] * yb[b * D + j];
-      } else {
-        ob[b * D + j] = ca[b] * xv;
-      }
-    }
-  }
+  write_rows<OP, D, NB>(xb, yb, ob, ca, cb);
 }
 #undef GEOOPS_F32_PASS
 
@@ -366,25 +374,6 @@ GEOOPS_F32_PASS void deinterleave(const float* __restrict xb, const float* __res
     for (int j = 0; j < D; ++j) {
       xs[j][b] = xb[b * D + j];
       if (HAS_Y) ys[j][b] = yb[b * D + j];
-    }
-  }
-}
-// 3. out = a x + b y (logmap: a x + b (x - y)).
-template <int OP, int D, int NB>
-GEOOPS_F32_PASS void write_rows(const float* __restrict xb, const float* __restrict yb, float* __restrict ob,
-                                const float* __restrict ca, const float* __restrict cb) {
-  constexpr bool HAS_Y = stereo::op_has_y(OP);
-#pragma omp simd
-  for (int b = 0; b < NB; ++b) {
-    for (int j = 0; j < D; ++j) {
-      const float xv = xb[b * D + j];
-      if (OP == stereo::LOGMAP) {
-        ob[b * D + j] = ca[b] * xv + cb[b] * (xv - yb[b * D + j]);
-      } else if (HAS_Y) {
-        ob[b * D + j] = ca[b] * xv + cb[b] * yb[b * D + j];
-      } else {
-        ob[b * D + j] = ca[b] * xv;
-      }
     }
   }
 }
