@@ -502,7 +502,7 @@ class PoincareConv2dFn(torch.autograd.Function):
         seps = _ref.default_eps(x.dtype)
         v = C2.stereo_fwd_cpu(_LOGMAP0, x, None, k1, None, seps)  # (B*H*W, C) tangent pixel rows
         beta = beta_concat_scale(C, C * kh * kw)
-        if _direct_conv_on(C2, C, Co, x.dtype):
+        if _direct_conv_on(C2, C, Co, B * H * W, x.dtype):
             # the direct small-channel convolution: t and the box sums U in one pass (no MKL-DNN call)
             z = z.contiguous()
             trows, Ur = C2.poincare_conv2d_fwd_cpu(v, z, B, H, W, kh, kw, *padding, *stride, beta)
@@ -557,16 +557,18 @@ class PoincareConv2dFn(torch.autograd.Function):
         return _conv_bwd_tail(ctx, ng, C2, x, gv if (ng[0] or ng[3]) else None, gz, gb, gc, has_b, c, k1, seps)
 
 
-def _direct_conv_on(C2, C: int, Co: int, dtype) -> bool:
+def _direct_conv_on(C2, C: int, Co: int, npix: int, dtype) -> bool:
     """PoincareConv2dFn's Euclidean step by the direct small-channel kernel (csrc/cpu/poincare_conv.cpp) instead
-    of MKL-DNN: channel counts up to _DIRECT_CONV_MAX_CH (and what the kernel takes); GEOOPS_POINCARE_DIRECT_CONV=0
-    (read per call) keeps F.conv2d / convolution_backward, for A/B."""
-    return (C <= _DIRECT_CONV_MAX_CH and Co <= _DIRECT_CONV_MAX_CH
+    of MKL-DNN where it measured faster (1 thread, fwd+bwd): up to 16 input and output channels on up to 16384
+    pixels (the digits CNN 1.4-1.7x; 32 channels or 32768 pixels ~0.95x, MKL-DNN's fixed cost amortised).
+    GEOOPS_POINCARE_DIRECT_CONV=0 (read per call) keeps F.conv2d / convolution_backward, for A/B."""
+    return (C <= _DIRECT_CONV_MAX_CH and Co <= _DIRECT_CONV_MAX_CH and npix <= _DIRECT_CONV_MAX_PIX
             and os.environ.get("GEOOPS_POINCARE_DIRECT_CONV", "1") != "0"
             and C2.poincare_conv2d_direct_ok(C, Co, dtype == torch.float64))
 
 
-_DIRECT_CONV_MAX_CH = 32
+_DIRECT_CONV_MAX_CH = 16
+_DIRECT_CONV_MAX_PIX = 16384
 
 
 def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps):
