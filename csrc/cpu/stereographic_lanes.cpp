@@ -11,7 +11,8 @@
 // Short rows (D <= kShortRowMaxD): the row sums put the ROWS on the lanes too (the D-loop outside,
 // the row loop inside, strided vector loads), since one row alone would leave most lanes idle and its
 // horizontal sums would dominate.  Longer rows: one row at a time on 4-lane double vectors
-// (row_sums, stereographic_rows.h), with software prefetch of the rows ahead.
+// (row_sums, stereographic_rows.h), with software prefetch of the rows ahead; fp32 long rows on AVX-512:
+// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows; session 10).
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include <ATen/ATen.h>
