@@ -11,7 +11,8 @@
 // Short rows (D <= kShortRowMaxD): the row sums put the ROWS on the lanes too (the D-loop outside,
 // the row loop inside, strided vector loads), since one row alone would leave most lanes idle and its
 // horizontal sums would dominate.  Longer rows: one row at a time on 4-lane double vectors
-// (row_sums, stereographic_rows.h), with software prefetch of the rows ahead.
+// (row_sums, stereographic_rows.h), with software prefetch of the rows ahead; fp32 long rows on AVX-512:
+// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows; session 10).
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include <ATen/ATen.h>
@@ -266,6 +267,131 @@ inline void write_block(const scalar_t* xb, const scalar_t* yb, scalar_t* ob, in
   }
 }
 
+// ---------------------------------------------------------------- fp32 long rows on AVX-512 (session 10)
+// Row sums of fp32 rows longer than the short-row cut: each row 16 floats at a time (a masked load for the
+// tail), widened to two 8-lane double vectors and accumulated in double (two FMA chains per sum), the eight
+// rows of a lane vector then summed across their lanes in one transposing tree (hsum8), so that lane b of
+// the result is row b's sum.  dd = |x - y|^2 only for the ops that read it (logmap, dist).  Replaces, for
+// fp32, the 4-lane double row_sums (one vcvtps2pd per 4 floats and a scalar horizontal sum per row and sum):
+// perf put those at ~50 % of fwd_rows at 2^18 x 64.  GEOOPS_STEREO_LONG_SUMS=0: the row_sums path (A/B,
+// read per call).
+constexpr bool fwd_reads_dd(int op) { return op == LOGMAP || op == DIST; }
+
+inline bool long_sums_on() {
+  const char* e = std::getenv("GEOOPS_STEREO_LONG_SUMS");
+  return !(e && e[0] == '0');
+}
+
+// Non-temporal (streaming) stores of the vector outputs of fp32 rows (D a multiple of 16, 64-byte aligned
+// rows): the output's lines go to memory without the read for ownership a normal store of a fresh line
+// costs.  Off by default (measured slower, 1 thread, THP, 2^18 x 64: docs/families/stereographic.md);
+// GEOOPS_STEREO_NT_STORES=1 turns them on (A/B, read per call).
+inline bool nt_stores_on() {
+  const char* e = std::getenv("GEOOPS_STEREO_NT_STORES");
+  return e && e[0] == '1';
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kLongSumsF32 = true;
+// Lane b of the result: the sum of the 8 lanes of a[b].
+inline __m512d hsum8(const __m512d (&a)[8]) {
+  __m512d s[4];
+  for (int p = 0; p < 4; ++p) {
+    s[p] = _mm512_add_pd(_mm512_unpacklo_pd(a[2 * p], a[2 * p + 1]), _mm512_unpackhi_pd(a[2 * p], a[2 * p + 1]));
+  }
+  const __m512d t0 = _mm512_add_pd(_mm512_shuffle_f64x2(s[0], s[1], 0x88), _mm512_shuffle_f64x2(s[0], s[1], 0xDD));
+  const __m512d t1 = _mm512_add_pd(_mm512_shuffle_f64x2(s[2], s[3], 0x88), _mm512_shuffle_f64x2(s[2], s[3], 0xDD));
+  return _mm512_add_pd(_mm512_shuffle_f64x2(t0, t1, 0x88), _mm512_shuffle_f64x2(t0, t1, 0xDD));
+}
+
+// The sums of the nb rows from row i0 (x rows of stride sx, y of sy; nb <= nv, nv a multiple of 8 lanes, the
+// lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).
+template <bool HAS_Y, bool DD>
+inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
+                          int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
+                          int64_t end, int64_t pf) {
+  constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
+  __m512d acc[NS][8];
+  for (int64_t g = 0; g < nv; g += 8) {
+    for (int r = 0; r < 8; ++r) {
+      const int64_t b = std::min<int64_t>(g + r, nb - 1);
+      const int64_t i = i0 + b;
+      const float* xr = xp + i * sx;
+      const float* yr = yp + i * sy;
+      if (pf > 0 && i + pf < end) {
+        for (int64_t l = 0; l < D * 4; l += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(xr + pf * sx) + l, 0, 3);
+          if (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(yr + pf * sy) + l, 0, 3);
+        }
+      }
+      __m512d a0[NS], a1[NS];
+      for (int s = 0; s < NS; ++s) a0[s] = a1[s] = _mm512_setzero_pd();
+      for (int64_t j = 0; j < D; j += 16) {
+        const __mmask16 m = D - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (D - j)) - 1u);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, xr + j);
+        const __m512d x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
+        const __m512d x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(xv, 1));
+        a0[0] = _mm512_fmadd_pd(x0, x0, a0[0]);
+        a1[0] = _mm512_fmadd_pd(x1, x1, a1[0]);
+        if (HAS_Y) {
+          const __m512 yv = _mm512_maskz_loadu_ps(m, yr + j);
+          const __m512d y0 = _mm512_cvtps_pd(_mm512_castps512_ps256(yv));
+          const __m512d y1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(yv, 1));
+          a0[1] = _mm512_fmadd_pd(y0, y0, a0[1]);
+          a1[1] = _mm512_fmadd_pd(y1, y1, a1[1]);
+          a0[2] = _mm512_fmadd_pd(x0, y0, a0[2]);
+          a1[2] = _mm512_fmadd_pd(x1, y1, a1[2]);
+          if (DD) {
+            const __m512d d0 = _mm512_sub_pd(x0, y0), d1 = _mm512_sub_pd(x1, y1);
+            a0[NS - 1] = _mm512_fmadd_pd(d0, d0, a0[NS - 1]);
+            a1[NS - 1] = _mm512_fmadd_pd(d1, d1, a1[NS - 1]);
+          }
+        }
+      }
+      for (int s = 0; s < NS; ++s) acc[s][r] = _mm512_add_pd(a0[s], a1[s]);
+    }
+    _mm512_storeu_pd(xx + g, hsum8(acc[0]));
+    if (HAS_Y) {
+      _mm512_storeu_pd(yy + g, hsum8(acc[1]));
+      _mm512_storeu_pd(xy + g, hsum8(acc[2]));
+      if (DD) {
+        _mm512_storeu_pd(dd + g, hsum8(acc[NS - 1]));
+      } else {
+        _mm512_storeu_pd(dd + g, _mm512_setzero_pd());
+      }
+    } else {
+      _mm512_storeu_pd(yy + g, _mm512_setzero_pd());
+      _mm512_storeu_pd(xy + g, _mm512_setzero_pd());
+      _mm512_storeu_pd(dd + g, _mm512_setzero_pd());
+    }
+  }
+}
+
+// out = a x + b y + c (x - y) of one fp32 row (D a multiple of 16, orow 64-byte aligned), streaming stores.
+template <bool HAS_Y>
+inline void write_row_nt(const float* xr, const float* yr, float* orow, int64_t D, float a, float bb, float c) {
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(bb), vc = _mm512_set1_ps(c);
+  for (int64_t j = 0; j < D; j += 16) {
+    const __m512 xv = _mm512_loadu_ps(xr + j);
+    if (HAS_Y) {
+      const __m512 yv = _mm512_loadu_ps(yr + j);
+      const __m512 o = _mm512_fmadd_ps(va, xv, _mm512_fmadd_ps(vb, yv, _mm512_mul_ps(vc, _mm512_sub_ps(xv, yv))));
+      _mm512_stream_ps(orow + j, o);
+    } else {
+      _mm512_stream_ps(orow + j, _mm512_mul_ps(va, xv));
+    }
+  }
+}
+#else
+constexpr bool kLongSumsF32 = false;
+template <bool HAS_Y, bool DD>
+inline void long_sums_f32(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, double*,
+                          double*, double*, double*, int64_t, int64_t) {}
+template <bool HAS_Y>
+inline void write_row_nt(const float*, const float*, float*, int64_t, float, float, float) {}
+#endif
+
 template <typename scalar_t, int OP, bool SHORT>
 void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param, at::Tensor& out) {
   using opmath_t = typename OpMath<scalar_t>::type;
@@ -289,6 +415,13 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   const int f32_mode = kF32Op ? f32rows::mode() : 0;
   const bool f32_inline_exp = kF32Op && f32rows::tanh_inline();
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
+  // fp32 rows longer than the short-row cut: the AVX-512 row sums and, for a large contiguous output, the
+  // streaming stores (above)
+  constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
+  const bool f32_long = kF32Long && long_sums_on();
+  const bool nt = kF32Long && !SCALAR_OUT && nt_stores_on() && so == D && D % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(op_) % 64 == 0;
+  const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
@@ -306,6 +439,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       if (HAS_Y) prefetch_block<false>(yp, sy, D, ia, end);
       if (!SCALAR_OUT) prefetch_block<true>(op_, so, D, ia, end);
       block_sums<scalar_t, HAS_Y>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd);
+    } else if (f32_long) {
+      if constexpr (kF32Long) {
+        long_sums_f32<HAS_Y, fwd_reads_dd(OP)>(xp, sx, yp, sy, i0, nb, nv, D, xx, yy, xy, dd, end, long_pf);
+      }
     } else {
       for (int64_t b = 0; b < nv; ++b) {
         if (b >= nb) {
@@ -346,6 +483,18 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       write_block<scalar_t, HAS_Y>(xp + i0 * D, HAS_Y ? yp + i0 * D : nullptr, op_ + i0 * D, static_cast<int>(nb * D), rowof, fa, fb,
                                    fc);
       return;
+    }
+    if constexpr (kF32Long && !SCALAR_OUT) {
+      if (nt) {
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t i = i0 + b;
+          write_row_nt<HAS_Y>(reinterpret_cast<const float*>(xp + i * sx), reinterpret_cast<const float*>(yp + i * sy),
+                              reinterpret_cast<float*>(op_ + i * so), D, static_cast<float>(ca[b]),
+                              static_cast<float>(cb[b]), static_cast<float>(cc[b]));
+        }
+        _mm_sfence();
+        return;
+      }
     }
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t i = i0 + b;

@@ -1,0 +1,121 @@
+"""fp32 rows longer than the short-row cut (session 10): the AVX-512 row sums (GEOOPS_STEREO_LONG_SUMS) and the
+streaming stores of large outputs (GEOOPS_STEREO_NT_STORES) in csrc/cpu/stereographic_lanes.cpp.
+
+Every row op at D from 17 to 130 (tails of 1..15 floats after whole 16-float vectors; D % 16 == 0 for the
+streaming stores), a row count that leaves a partial block of lanes, NaN rows, strided rows; against the fp64
+reference and against the previous path (both knobs 0).  NT_STORES=1 forces the streaming stores below their
+size threshold so that these small cases run them.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import geoops.stereographic as gs
+from geoops._ops.stereographic import STEREO_OPS
+from geoops.reference import stereographic as ref
+
+OPS = list(STEREO_OPS)
+DIMS = (17, 31, 32, 48, 63, 64, 100, 128)
+
+
+def _inputs(op: str, n: int, d: int, seed: int, width: int | None = None):
+    """Bench-like rows for k = -1 (|x| < 0.9, some within 1e-3 of the boundary, close pairs); fp32.
+    width > d: the rows are the first d columns of wider rows (row stride != d)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ball(max_norm, near=False):
+        v = torch.randn(n, width or d, generator=g, dtype=torch.float64)[:, :d]
+        v = v / v.norm(dim=-1, keepdim=True)
+        r = torch.rand(n, 1, generator=g, dtype=torch.float64) * max_norm
+        if near:
+            r[::7] = 1 - 1e-3
+        return v * r
+
+    args = {"x": ball(1.5 if op in ("expmap0", "project") else 0.9, near=op not in ("expmap0", "project"))}
+    if STEREO_OPS[op].has_y:
+        y = ball(1.5 if op == "expmap" else 0.9)
+        if op != "expmap":
+            y[5:9] = args["x"][5:9] + 1e-6 * torch.randn(4, d, generator=g, dtype=torch.float64)
+        args["y"] = y
+    if op == "mobius_scalar_mul":
+        args["r"] = 0.5 + 1.5 * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    out = {}
+    for key, t in args.items():
+        if width and key != "r":
+            wide = torch.zeros(n, width, dtype=torch.float32)
+            wide[:, :d] = t.float()
+            out[key] = wide[:, :d]
+        else:
+            out[key] = t.float()
+    return out
+
+
+def _call(op, args, k):
+    order = ("r", "x") if op == "mobius_scalar_mul" else ("x", "y")
+    return getattr(gs, op)(*(args[a] for a in order if a in args), k=k)
+
+
+def _ref(op, args, k):
+    order = ("r", "x") if op == "mobius_scalar_mul" else ("x", "y")
+    return getattr(ref, op)(*(args[a].double() for a in order if a in args), k=k.double())
+
+
+def _row_err(out, expect, args):
+    """Row-wise error relative to the larger of the output's and the inputs' size (the writes a x + b y
+    cancel in float on both paths)."""
+    if out.dim() == 1:
+        return ((out.double() - expect).abs() / expect.abs().clamp_min(1e-6))
+    scale = torch.maximum(expect.norm(dim=-1), args["x"].double().norm(dim=-1) * 0.1)
+    return (out.double() - expect).norm(dim=-1) / scale.clamp_min(1e-30)
+
+
+@pytest.mark.parametrize("nt", ("1", "0"))
+@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("op", OPS)
+def test_long_rows_f32_parity(op, d, nt, monkeypatch):
+    """Against the fp64 reference on the same fp32 inputs: no worse than 2x the previous path's error plus 1e-6; 16 * 5 + 7 rows (a partial block of lanes); NaN in two rows stays in those rows (and is
+    NaN there as on the previous path)."""
+    n = 16 * 5 + 7
+    args = _inputs(op, n, d, seed=d)
+    k = torch.tensor(-1.0)
+    nan_rows = [3, n - 1]
+    args["x"][nan_rows[0], d // 2] = float("nan")
+    key = "y" if STEREO_OPS[op].has_y else "x"
+    args[key][nan_rows[1], d - 1] = float("nan")  # the last element: in the masked tail when d % 16 != 0
+    expect = _ref(op, args, k)
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_SUMS", "0")
+    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", "0")
+    old = _call(op, args, k)
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_SUMS", "1")
+    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
+    new = _call(op, args, k)
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[nan_rows] = True
+    rows_nan = new.isnan() if new.dim() == 1 else new.isnan().any(-1)
+    assert not (rows_nan & ~bad).any(), rows_nan.nonzero().flatten().tolist()  # NaN stays in its row
+    assert torch.equal(new.isnan(), old.isnan())  # (project and lambda_x clamp a NaN row: both paths alike)
+    if op not in ("project", "lambda_x"):
+        assert rows_nan[bad].all()
+    e_new = float(_row_err(new[~bad], expect[~bad], {"x": args["x"][~bad]}).max())
+    e_old = float(_row_err(old[~bad], expect[~bad], {"x": args["x"][~bad]}).max())
+    assert e_new <= 2 * e_old + 1e-6, (e_new, e_old)
+    # (mobius_sub of the close pairs: ~1e-4 on both paths, the write cancels; project: fp32's own margin eps)
+    assert op == "project" or e_new < 5e-4, e_new
+
+
+@pytest.mark.parametrize("op", ("mobius_add", "logmap", "dist", "expmap0"))
+def test_long_rows_f32_strided_and_per_row_k(op, monkeypatch):
+    """Rows of stride 80 (views of wider rows) and per-row k of both signs: same as the previous path."""
+    n, d = 16 * 3 + 5, 64
+    args = _inputs(op, n, d, seed=11, width=80)
+    k = torch.tensor([-1.0, -0.3, 0.0, 0.25] * n)[:n].reshape(n, 1)
+    args = {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}  # inside k = 0.25's domain
+    expect = _ref(op, args, k)
+    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", "1")
+    new = _call(op, args, k)
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_SUMS", "0")
+    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", "0")
+    old = _call(op, args, k)
+    torch.testing.assert_close(new, old, rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(new.double(), expect, rtol=2e-5, atol=1e-6)
