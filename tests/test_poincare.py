@@ -394,8 +394,8 @@ def test_fc_rows_float32_asinh_beyond_1e18():
 @pytest.mark.parametrize("N", [4096, 4100])
 def test_fc_rows_float32_column_sums_near_boundary(N):
     """The backward's column terms (dz, db, dc: float per 128-row block, double across blocks) over the conv's
-    4096-row shapes with rows from the origin to the boundary (lam up to ~1e4) and a partial last block: float32
-    vs the float64 kernel."""
+    4096-row shapes with rows from the origin to the boundary (lam up to ~1e4) and a partial last block: the float64
+    kernel vs the float64 reference, float32 vs both."""
     gen = torch.Generator().manual_seed(N)
     m, n, c, eps = 16, 144, torch.tensor(1.0, dtype=torch.float64), 1e-5
     u = torch.randn(N, n, dtype=torch.float64, generator=gen)
@@ -407,8 +407,11 @@ def test_fc_rows_float32_column_sums_near_boundary(N):
     t, U = t.float().double(), U.float().double()
     g = torch.randn(N, m, dtype=torch.float64, generator=gen).float().double()
     d64 = pops.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, False)
+    want = pops._Reference.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, False)
     d32 = pops.poincare_fc_rows_bwd(g.float(), t.float(), U.float(), z.float(), b.float(), c.float(), eps, 14, False)
-    for name, w, a32 in zip(("gt", "gU", "gz", "gb", "gc"), d64, d32):
+    for name, a64, w, a32 in zip(("gt", "gU", "gz", "gb", "gc"), d64, want, d32):
+        w = w.reshape(a64.shape)
+        torch.testing.assert_close(a64, w, rtol=1e-8, atol=1e-10, msg=name)  # the block sums in double too
         scale = w.abs().max().item()
         torch.testing.assert_close(a32.double(), w, rtol=2e-4, atol=2e-5 * max(scale, 1.0), msg=name)
 
