@@ -251,11 +251,8 @@ inline void sinh_cosh_abs_f(const Vectorized<float>& au, Vectorized<float>& sh, 
     return;
   }
   const V e = exp_ge1_f(au);  // lanes with |u| < 1 take the series below
-  // 1/e by rcp14 and one Newton step (~1 ulp; e >= 1 here, clamped below inf so that e r stays finite)
-  // instead of a division, which alone took about a sixth of the forward's element loop (perf)
-  const V ec = at::vec::minimum(e, V(1e38f));
-  V ie = vecmath::approx_recip(ec);
-  ie = ie * at::vec::fnmadd(ec, ie, V(2.f));
+  // (the division measured faster than rcp14 + one Newton step here: 0.9x the forward's time, interleaved)
+  const V ie = V(1.f) / e;
   sh = V::blendv((e - ie) * half, small, au < V(1.f));
   chv = (e + ie) * half;
 }
