@@ -335,6 +335,87 @@ def test_fc_rows_blocks_float32_vs_float64(tangent, m, N):
                                    msg=name)
 
 
+@pytest.mark.parametrize("m", [16, 5, 33])
+@pytest.mark.parametrize("N", [37, 300])
+def test_fc_rows_float32_inline_log_exp_mixed_lanes(m, N):
+    """The float32 row passes' inline asinh / sinh / cosh (vecmath::log_pos, exp_ge1_f: no SLEEF call) with
+    every SIMD vector mixing lanes from both sides of the |a| = 1/2 and |u| = 1 switches: |a| from 1e-6 to 1e24
+    (beyond 1e18: log(2|a|)), |u| = 2 zn asinh(a) from 0 to 40, rows shuffled,
+    m a multiple of the vector width or not (the flat layout), partial row blocks; values and gradients vs the
+    float64 kernel on the same float32-rounded inputs.  Given t and U (poincare_fc_rows), so a is set directly."""
+    gen = torch.Generator().manual_seed(N * 7 + m)
+    c, eps = torch.tensor(1.0, dtype=torch.float64), 4e-3
+    U = (torch.rand(N, dtype=torch.float64, generator=gen) * 0.5).float().double()  # |x|^2: lam in [2, 4]
+    z = (torch.randn(6, m, dtype=torch.float64, generator=gen)).float().double()
+    zn = z.norm(dim=0)
+    z = z / zn * torch.logspace(-3, 0.1, m, dtype=torch.float64)[torch.randperm(m, generator=gen)]
+    z = z.float().double()
+    zn = z.norm(dim=0)
+    lam = 2 / (1 - U)
+    # a = sc lam t / zn (no bias): a target |a| per element, both signs, shuffled over rows and columns
+    a = torch.logspace(-6, 24, N * m, dtype=torch.float64)[torch.randperm(N * m, generator=gen)].view(N, m)
+    a = a * torch.where(torch.rand(N, m, generator=gen) < 0.5, -1.0, 1.0).double()
+    u = 2 * zn * torch.asinh(a)
+    a = torch.where(u.abs() > 40, torch.sinh(40 / (2 * zn)) * a.sign(), a)  # cosh(u) g products finite in float32
+    t = (a * zn / lam[:, None]).float().double()
+    g = torch.randn(N, m, dtype=torch.float64, generator=gen)
+    for bias in (torch.zeros(0, dtype=torch.float64), (torch.randn(m, dtype=torch.float64, generator=gen) * 0.01)):
+        b = bias.float().double()
+        y64 = pops.poincare_fc_rows_fwd(t, U, z, b, c, eps, False)
+        y32 = pops.poincare_fc_rows_fwd(t.float(), U.float(), z.float(), b.float(), c.float(), eps, False)
+        assert torch.isfinite(y32).all()
+        torch.testing.assert_close(y32.double(), y64, rtol=1e-5, atol=1e-6)
+        # the direction of y is w / |w|: each column's relative error shows where |w_j| ~ |w|
+        d64 = pops.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, False)
+        d32 = pops.poincare_fc_rows_bwd(g.float(), t.float(), U.float(), z.float(), b.float(), c.float(), eps,
+                                        14, False)
+        for name, w, a32 in zip(("gt", "gU", "gz", "gb", "gc"), d64, d32):
+            if w.numel() == 0:
+                continue
+            scale = w.abs().max().item()
+            torch.testing.assert_close(a32.double(), w, rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=name)
+
+
+def test_fc_rows_float32_asinh_beyond_1e18():
+    """|a| > 1e18 (a^2 overflows float32): asinh(a) = log(2|a|) in float32, as the float64 kernel; a small zn keeps
+    u = 2 zn asinh(a) moderate, so a wrong asinh shows in y."""
+    c, eps = torch.tensor(1.0, dtype=torch.float64), 4e-3
+    z = torch.tensor([[0.01, 0.02, 0.005] * 6], dtype=torch.float64).view(1, 18)
+    a = torch.logspace(17, 30, 18, dtype=torch.float64)
+    a = torch.stack([a, -a, a.flip(0)])
+    U = torch.tensor([0.0, 0.3, 0.6], dtype=torch.float64)
+    lam = 2 / (1 - U)
+    t = (a * z.norm(dim=0) / lam[:, None]).float().double()
+    y64 = pops.poincare_fc_rows_fwd(t, U, z, torch.zeros(0, dtype=torch.float64), c, eps, False)
+    y32 = pops.poincare_fc_rows_fwd(t.float(), U.float(), z.float(), torch.zeros(0), c.float(), eps, False)
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("N", [4096, 4100])
+def test_fc_rows_float32_column_sums_near_boundary(N):
+    """The backward's column terms (dz, db, dc: float per 128-row block, double across blocks) over the conv's
+    4096-row shapes with rows from the origin to the boundary (lam up to ~1e4) and a partial last block: the float64
+    kernel vs the float64 reference, float32 vs both."""
+    gen = torch.Generator().manual_seed(N)
+    m, n, c, eps = 16, 144, torch.tensor(1.0, dtype=torch.float64), 1e-5
+    u = torch.randn(N, n, dtype=torch.float64, generator=gen)
+    r = torch.rand(N, dtype=torch.float64, generator=gen) ** 0.25 * (1 - 2e-4)
+    u = (u / u.norm(dim=1, keepdim=True) * r[:, None]).float().double()
+    z = (torch.randn(n, m, dtype=torch.float64, generator=gen) * 0.1).float().double()
+    b = (torch.randn(m, dtype=torch.float64, generator=gen) * 0.2).float().double()
+    t, U = u @ z, (u * u).sum(1)
+    t, U = t.float().double(), U.float().double()
+    g = torch.randn(N, m, dtype=torch.float64, generator=gen).float().double()
+    d64 = pops.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, False)
+    want = pops._Reference.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, False)
+    d32 = pops.poincare_fc_rows_bwd(g.float(), t.float(), U.float(), z.float(), b.float(), c.float(), eps, 14, False)
+    for name, a64, w, a32 in zip(("gt", "gU", "gz", "gb", "gc"), d64, want, d32):
+        w = w.reshape(a64.shape)
+        torch.testing.assert_close(a64, w, rtol=1e-8, atol=1e-10, msg=name)  # the block sums in double too
+        scale = w.abs().max().item()
+        torch.testing.assert_close(a32.double(), w, rtol=2e-4, atol=2e-5 * max(scale, 1.0), msg=name)
+
+
 @pytest.mark.parametrize("packed", ["1", "0"])
 @pytest.mark.parametrize("N", [65, 200, 1000])
 def test_fc_float32_blocked_gemm_vs_float64(N, packed, monkeypatch):
