@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 namespace geoops {
@@ -261,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in,
 namespace {
 
 template <typename T>
-void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L) {
+void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L, double* Xo = nullptr) {
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> acc(nth);
   std::vector<double> accL(nth, 0.0);
@@ -275,6 +276,7 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
       double X = 0;
 #pragma omp simd reduction(+ : X)
       for (int64_t d = 0; d < D; ++d) X += double(xr[d]) * double(xr[d]);
+      if (Xo) Xo[i] = X;  // the batch norm layer's stats pass reuses |x_i|^2
       const double lam = 2.0 / std::max(1.0 - c * X, 1e-15);
       l += lam - 1.0;
 #pragma omp simd
@@ -581,9 +583,12 @@ struct LogBlock {
 };
 
 // Row sums of a block: yy = |x|^2, xy = <m, x>, dd = |m - x|^2, and with g: ga = <g, m>, gc = <g, m - x>;
+// without g and with Xs (the rows' |x_i|^2 from the midpoint pass, mm = |m|^2) only dd is summed, xy = (mm + yy -
+// dd) / 2 (its rounding, ~1e-16 of |m|^2 + |x|^2, is far below what LOGMAP's O(1) denominators notice);
 // padded lanes up to whole vectors: zeros (x = 0, g = 0: finite coefficients, zero adjoints).
 template <typename T>
-void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, int64_t i0, int64_t n, int64_t D) {
+void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, int64_t i0, int64_t n, int64_t D,
+                    const double* Xs = nullptr, double mm = 0) {
   for (int64_t j = 0; j < n; ++j) {
     const T* xr = xp + (i0 + j) * D;
     double yy = 0, xy = 0, dd = 0, ga = 0, gc = 0;
@@ -598,6 +603,14 @@ void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, in
         ga += g * m;
         gc += g * e;
       }
+    } else if (Xs) {
+#pragma omp simd reduction(+ : dd)
+      for (int64_t d = 0; d < D; ++d) {
+        const double e = mp[d] - double(xr[d]);
+        dd += e * e;
+      }
+      yy = Xs[i0 + j];
+      xy = 0.5 * (mm + yy - dd);
     } else {
 #pragma omp simd reduction(+ : yy, xy, dd)
       for (int64_t d = 0; d < D; ++d) {
@@ -648,7 +661,8 @@ void log_block_coefs(LogBlock& k_, int64_t n, double mm, double k, double* sm, d
 
 // u_i = a_i m + c_i (m - x_i) written as T; returns S = sum_i |u_i|^2 of the written values (double).
 template <typename T>
-double bn_log_fwd_impl(const T* xp, const double* mp, T* up, int64_t N, int64_t D, double mm, double k) {
+double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, int64_t N, int64_t D, double mm,
+                       double k) {
   const int nth = at::get_num_threads();
   std::vector<double> acc(nth, 0.0);
   at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
@@ -656,7 +670,7 @@ double bn_log_fwd_impl(const T* xp, const double* mp, T* up, int64_t N, int64_t 
     double S = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      log_block_sums<T>(blk, xp, nullptr, mp, b0, n, D);
+      log_block_sums<T>(blk, xp, nullptr, mp, b0, n, D, Xs, mm);
       log_block_coefs<false>(blk, n, mm, k, nullptr, nullptr);
       for (int64_t j = 0; j < n; ++j) {
         const T* xr = xp + (b0 + j) * D;
@@ -857,10 +871,11 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
   at::Tensor mid = at::empty({D + 1}, dopt);  // F (D), L: the backward's midpoint step starts from them
   double* Fp = mid.data_ptr<double>();
   const bool f64 = x.scalar_type() == at::kDouble;
+  std::unique_ptr<double[]> X(new double[N]);  // |x_i|^2 from the sums pass, for the stats pass
   if (f64)
-    mid_fwd_impl<double>(x.data_ptr<double>(), N, D, c, Fp, Fp + D);
+    mid_fwd_impl<double>(x.data_ptr<double>(), N, D, c, Fp, Fp + D, X.get());
   else
-    mid_fwd_impl<float>(x.data_ptr<float>(), N, D, c, Fp, Fp + D);
+    mid_fwd_impl<float>(x.data_ptr<float>(), N, D, c, Fp, Fp + D, X.get());
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
   at::Tensor m = at::empty({D}, x.options());
   std::vector<double> md(D);  // m as the layer's dtype rounds it: the logmap runs at the returned point
@@ -875,8 +890,10 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
     mm += md[d] * md[d];
   }
   at::Tensor u = at::empty_like(x);
-  const double S = f64 ? bn_log_fwd_impl<double>(x.data_ptr<double>(), md.data(), u.data_ptr<double>(), N, D, mm, -c)
-                       : bn_log_fwd_impl<float>(x.data_ptr<float>(), md.data(), u.data_ptr<float>(), N, D, mm, -c);
+  const double S = f64 ? bn_log_fwd_impl<double>(x.data_ptr<double>(), md.data(), X.get(), u.data_ptr<double>(), N, D,
+                                                 mm, -c)
+                       : bn_log_fwd_impl<float>(x.data_ptr<float>(), md.data(), X.get(), u.data_ptr<float>(), N, D,
+                                                mm, -c);
   return {u, m, S, mid};
 }
 
@@ -895,13 +912,15 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
   const double* Fp = mid_c.data_ptr<double>();
   double mm = 0;
   for (int64_t d = 0; d < D; ++d) mm += mp[d] * mp[d];
-  std::vector<double> cf(4 * N), pm(D);
+  std::unique_ptr<double[]> cfp(new double[4 * N]);  // written row by row: no zero-fill pass
+  double* cf = cfp.get();
+  std::vector<double> pm(D);
   double sm = 0, sk = 0;
   const bool f64 = x.scalar_type() == at::kDouble;
   if (f64)
-    bn_log_bwd_red<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, N, D, mm, -c, cf.data(), pm.data(), &sm, &sk);
+    bn_log_bwd_red<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk);
   else
-    bn_log_bwd_red<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, N, D, mm, -c, cf.data(), pm.data(), &sm, &sk);
+    bn_log_bwd_red<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk);
   // the total gm (the transport's, the logmap's), then the midpoint's D-vector backward in double
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
   const double* gmp = gm_t.data_ptr<double>();
@@ -916,9 +935,9 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
   }
   const double gL = mv.L > 1e-15 ? -gFf : 0.0;
   at::Tensor dx = at::empty_like(x);
-  const double gc3 = f64 ? bn_log_bwd_dx<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, cf.data(), gF.data(),
+  const double gc3 = f64 ? bn_log_bwd_dx<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, cf, gF.data(),
                                                  gL, c, dx.data_ptr<double>(), N, D)
-                         : bn_log_bwd_dx<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, cf.data(), gF.data(),
+                         : bn_log_bwd_dx<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, cf, gF.data(),
                                                 gL, c, dx.data_ptr<float>(), N, D);
   return {dx, -sk + gc3 + h * mv.ff / (2.0 * mv.r)};  // dc = -dk of the logmap + the midpoint's
 }
