@@ -70,6 +70,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare fully-connected layer from t = x @ z and |x|^2, forward (CPU)");
   m.def("poincare_fc_rows_bwd_cpu", &geoops::cpu::poincare_fc_rows_bwd_cpu,
         "Poincare fully-connected layer from t and |x|^2, backward -> (dt, dU, dz cols, dbias, dc) (CPU)");
+  m.def("poincare_conv2d_direct_ok", &geoops::cpu::poincare_conv2d_direct_ok,
+        "Whether the direct small-channel convolution takes (C, C_out, float64) (CPU)");
+  m.def("poincare_conv2d_fwd_cpu", &geoops::cpu::poincare_conv2d_fwd_cpu,
+        "Poincare conv2d's direct convolution of tangent pixel rows -> (t, U) (CPU)");
+  m.def("poincare_conv2d_bwd_cpu", &geoops::cpu::poincare_conv2d_bwd_cpu,
+        "Poincare conv2d's direct convolution, backward -> (dv, dz) (CPU)");
   m.def("poincare_relu_fwd_cpu", &geoops::cpu::poincare_relu_fwd_cpu, "Poincare ReLU of rows, forward (CPU)");
   m.def("poincare_midpoint_sums_fwd_cpu", &geoops::cpu::poincare_midpoint_sums_fwd_cpu,
         "Poincare batch midpoint sums (F, L) of rows (CPU)");

@@ -688,3 +688,119 @@ def test_relu_projection_branch_vs_reference(dtype):
                                    rtol=2e-6, atol=0)
         torch.testing.assert_close(ours[20:].double(), truth[20:].detach(), rtol=1e-5, atol=1e-6)
         assert all(torch.isfinite(t).all() for t in go)
+
+
+def _direct_conv_ref(v, z, B, H, W, k, p, s, beta):
+    """t = beta conv(v, z) and U = beta^2 box sums of |v|^2 by F.conv2d in float64 (the oracle of the direct
+    kernel), as rows (B*Ho*Wo, C_out) and (B*Ho*Wo,)."""
+    C, Co = v.shape[1], z.shape[1]
+    img = v.view(B, H, W, C).permute(0, 3, 1, 2)
+    wk = (z * beta).view(C, k[0], k[1], Co).permute(3, 0, 1, 2)
+    t = torch.nn.functional.conv2d(img, wk, None, s, p)
+    sq = (v * v).sum(1).view(B, 1, H, W)
+    U = torch.nn.functional.conv2d(sq, torch.full((1, 1, k[0], k[1]), beta * beta, dtype=v.dtype), None, s, p)
+    return t.permute(0, 2, 3, 1).reshape(-1, Co), U.reshape(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", [(2, 1, 8, 8, 1, 8, 3, 1, 1), (2, 8, 8, 8, 8, 8, 3, 1, 1), (1, 3, 7, 5, 5, 3, 3, 2, 1),
+                                 (2, 17, 9, 6, 5, 19, 5, 2, 2), (1, 16, 1, 1, 16, 16, 1, 1, 0),
+                                 (1, 4, 1, 1, 4, 3, 3, 1, 1), (3, 6, 6, 7, 9, 6, (3, 1), (2, 1), (1, 0)),
+                                 (1, 2, 5, 5, 2, 33 - 1, 5, 1, 0), (2, 5, 6, 6, 7, 13, 2, 2, 0)])
+def test_conv2d_direct_kernel_vs_conv2d(dtype, cfg):
+    """The direct small-channel convolution (poincare_conv2d_fwd_cpu / _bwd_cpu) against F.conv2d and autograd in
+    float64: t, U, dv (with the box sums' term) and dz; odd sizes, strides 1 / 2, padding 0 / 1 / 2, kernels
+    1 / 2 / 3 / 5 and non-square, channel counts off the vector width, a single pixel (B*H*W = 1)."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    B, C, H, W, _, Co, k, s, p = cfg
+    if not C2.poincare_conv2d_direct_ok(C, Co, dtype == torch.float64):
+        pytest.skip("channel count beyond this build's vector width (GEOOPS_PORTABLE)")
+    k, s, p = (k, k) if isinstance(k, int) else k, (s, s) if isinstance(s, int) else s, (p, p) if isinstance(p, int) else p
+    g = torch.Generator().manual_seed(7)
+    v = torch.randn(B * H * W, C, generator=g, dtype=torch.float64)
+    z = torch.randn(C * k[0] * k[1], Co, generator=g, dtype=torch.float64)
+    beta = 0.37
+    vr, zr = v.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    t_ref, U_ref = _direct_conv_ref(vr, zr, B, H, W, k, p, s, beta)
+    gt = torch.randn(t_ref.shape, generator=g, dtype=torch.float64)
+    gU = torch.randn(U_ref.shape, generator=g, dtype=torch.float64)
+    dv_ref, dz_ref = torch.autograd.grad((t_ref * gt).sum() + (U_ref * gU).sum(), (vr, zr))
+    t, U = C2.poincare_conv2d_fwd_cpu(v.to(dtype), z.to(dtype), B, H, W, *k, *p, *s, beta)
+    dv, dz = C2.poincare_conv2d_bwd_cpu(gt.to(dtype), gU.to(dtype), v.to(dtype), z.to(dtype), B, H, W, *k, *p, *s,
+                                        beta, True, True)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    for ours, ref_ in ((t, t_ref), (U, U_ref), (dv, dv_ref), (dz, dz_ref)):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours.double(), ref_.detach(), **tol)
+    only_dz = C2.poincare_conv2d_bwd_cpu(gt.to(dtype), gU.to(dtype), v.to(dtype), z.to(dtype), B, H, W, *k, *p,
+                                         *s, beta, False, True)
+    assert only_dz[0] is None or only_dz[0].numel() == 0
+    torch.testing.assert_close(only_dz[1], dz)
+
+
+def test_conv2d_direct_kernel_threads():
+    """dz's per-thread partial sums and the parallel row ranges: the same values with 1 and 2 threads (a shape large
+    enough to split)."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    B, C, H, W, Co = 4, 16, 32, 32, 16
+    if not C2.poincare_conv2d_direct_ok(C, Co, False):
+        pytest.skip("channel count beyond this build's vector width (GEOOPS_PORTABLE)")
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(B * H * W, C, generator=g)
+    z = torch.randn(C * 9, Co, generator=g)
+    gt = torch.randn(B * H * W, Co, generator=g)
+    gU = torch.randn(B * H * W, generator=g)
+    n0 = torch.get_num_threads()
+    res = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            res.append(C2.poincare_conv2d_fwd_cpu(v, z, B, H, W, 3, 3, 1, 1, 1, 1, 0.5)
+                       + C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, 3, 3, 1, 1, 1, 1, 0.5, True, True))
+    finally:
+        torch.set_num_threads(n0)
+    t_ref, U_ref = _direct_conv_ref(v.double(), z.double(), B, H, W, (3, 3), (1, 1), (1, 1), 0.5)
+    torch.testing.assert_close(res[0][0].double(), t_ref, rtol=1e-5, atol=1e-4)
+    for a, b in zip(res[0], res[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1, cin=8, cout=8, bias=True, cgrad=True),
+                                 dict(k=3, s=2, p=1, cin=1, cout=8, bias=False, cgrad=False),
+                                 dict(k=5, s=1, p=2, cin=3, cout=5, bias=True, cgrad=True),
+                                 dict(k=1, s=1, p=0, cin=13, cout=3, bias=True, cgrad=False),
+                                 dict(k=3, s=1, p=1, cin=17, cout=3, bias=True, cgrad=False, direct=False)])
+def test_conv2d_direct_vs_knob_off(monkeypatch, dtype, cfg):
+    """PoincareConv2dFn with the direct convolution against GEOOPS_POINCARE_DIRECT_CONV=0 (F.conv2d /
+    convolution_backward): values and the gradients of x, z, bias and c; more than 16 channels keep MKL-DNN."""
+    k, s, p, cin, cout = cfg["k"], cfg["s"], cfg["p"], cfg["cin"], cfg["cout"]
+    x0 = _img(2, cin, 7, 6, c=0.8, dtype=dtype, seed=4).contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(1)
+    z0 = (torch.randn(cin * k * k, cout, generator=g, dtype=torch.float64) * 0.4).to(dtype)
+    b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).to(dtype) if cfg["bias"] else None
+    outs = {}
+    calls = []
+    from geoops import _backend
+    C2 = _backend.compiled()
+    real = C2.poincare_conv2d_fwd_cpu
+    for direct in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_DIRECT_CONV", direct)
+        monkeypatch.setattr(C2, "poincare_conv2d_fwd_cpu", lambda *a: calls.append(direct) or real(*a))
+        x = x0.clone().requires_grad_(True)
+        z = z0.clone().requires_grad_(True)
+        b = None if b0 is None else b0.clone().requires_grad_(True)
+        c = torch.tensor(0.8, dtype=dtype, requires_grad=cfg["cgrad"])
+        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=k, padding=p, stride=s)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+        ins = [t for t in (x, z, b, c) if t is not None and t.requires_grad]
+        outs[direct] = (y.detach(), torch.autograd.grad(y, ins, gy))
+        assert _graph_has(y, "PoincareConv2dFn")
+    direct = cfg.get("direct", True) and C2.poincare_conv2d_direct_ok(cin, cout, dtype == torch.float64)
+    assert calls == (["1"] if direct else [])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
+    for a, b_ in zip(outs["1"][1], outs["0"][1]):
+        torch.testing.assert_close(a, b_, **tol)

@@ -71,5 +71,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
     const at::Tensor& g, const at::Tensor& u, const at::Tensor& M, const at::Tensor& b, const at::Tensor& c,
     double eps);
 
+// The convolution's Euclidean step as a direct small-channel convolution (poincare_conv.cpp), for
+// PoincareConv2dFn: pixel rows v [B*H*W, C] (channels last), z [C*kh*kw, C_out] (F.unfold's row order).
+// Forward -> (t [B*Ho*Wo, C_out] = beta * conv(v, z), U [B*Ho*Wo] = beta^2 box sums of |v|^2).
+// Backward from (dL/dt, dL/dU) -> (dL/dv incl. the U term [B*H*W, C], dL/dz = beta v^T dt [C*kh*kw, C_out]),
+// each only when asked (else an undefined tensor).  poincare_conv2d_direct_ok: the channel counts the kernel
+// takes (at most four SIMD vectors of them).
+bool poincare_conv2d_direct_ok(int64_t C, int64_t Co, bool dbl);
+std::tuple<at::Tensor, at::Tensor> poincare_conv2d_fwd_cpu(const at::Tensor& v, const at::Tensor& z, int64_t B,
+                                                           int64_t H, int64_t W, int64_t kh, int64_t kw,
+                                                           int64_t py, int64_t px, int64_t sy, int64_t sx,
+                                                           double beta);
+std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt, const at::Tensor& gU,
+                                                           const at::Tensor& v, const at::Tensor& z, int64_t B,
+                                                           int64_t H, int64_t W, int64_t kh, int64_t kw,
+                                                           int64_t py, int64_t px, int64_t sy, int64_t sx,
+                                                           double beta, bool need_dv, bool need_dz);
+
 }  // namespace cpu
 }  // namespace geoops

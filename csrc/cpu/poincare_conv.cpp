@@ -1,0 +1,495 @@
+// The Poincaré convolution's Euclidean step on the CPU (geoops/poincare.py, PoincareConv2dFn): a direct
+// small-channel 2D convolution of channels-last tangent pixel rows, forward and backward, in place of
+// F.conv2d / aten.convolution_backward (MKL-DNN), whose fixed cost per call dominates at small channel counts
+// (the digits CNN: 8x8 images, 1 -> 8 and 8 -> 8 channels).
+//
+// Pixel rows v [B*H*W, C] (row (b, iy, ix)), z [C*kh*kw, Co] in F.unfold's (channel, tap) row order, output
+// rows o = (b, oy, ox) of [B*Ho*Wo, Co]; input pixel of tap (ky, kx): iy = oy*sy - py + ky, ix = ox*sx - px + kx
+// (outside the image: the zero tangent vector).
+//   forward:  t[o, :] = beta sum_{taps, ci} v[q, ci] z[(ci, ky, kx), :],   U[o] = beta^2 sum_{taps} |v[q]|^2
+//             (the box sum of the squared norms in the same pass over the taps);
+//   backward: dv[q, :] = beta sum_{taps} sum_co dt[o, co] z[(:, ky, kx), co] + 2 beta^2 (sum_{taps} dU[o]) v[q]
+//             (a gather over the outputs that read pixel q: each dv row written once, no atomics),
+//             dz[(ci, ky, kx), :] = beta sum_o v[q, ci] dt[o, :]  (per-thread partial sums, then added).
+// The vectors run along the output channels (forward, dz) or the input channels (dv): the weights are repacked
+// per call into tap-major blocks padded to the vector width (beta folded in), so a tail of a channel count that
+// is not a multiple of the width costs zero lanes, never a branch.  Offsets are 64-bit.
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
+
+#include "poincare.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace geoops {
+namespace cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+struct ConvGeom {
+  int64_t B, H, W, C, Co, kh, kw, py, px, sy, sx, Ho, Wo;
+};
+
+// Threads for `work` multiply-adds: about 2^16 per thread (torch's grain), so the digits CNN's layers run on
+// the calling thread instead of paying a parallel region.
+inline int64_t threads_for(int64_t work, int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>({(int64_t)at::get_num_threads(), items, work / 65536 + 1}));
+}
+
+// Output columns ox of row oy whose tap kx falls inside the image: [lo, hi).
+inline void ox_range(const ConvGeom& g, int64_t kx, int64_t& lo, int64_t& hi) {
+  // ix = ox*sx - px + kx in [0, W)  <=>  ox >= ceil((px - kx) / sx), ox <= floor((W - 1 + px - kx) / sx)
+  const int64_t a = g.px - kx;
+  lo = a <= 0 ? 0 : (a + g.sx - 1) / g.sx;
+  const int64_t bnum = g.W - 1 + a;
+  hi = bnum < 0 ? 0 : std::min<int64_t>(g.Wo, bnum / g.sx + 1);
+  lo = std::min(lo, hi);
+}
+
+// Output pixels per register block: P pixels x NV vectors of accumulators (independent FMA chains; one chain per
+// pixel would wait on the FMA latency), plus the NV weight vectors and a broadcast, within the vector registers.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVecRegs = 32;
+#else
+constexpr int kVecRegs = 16;
+#endif
+template <int NV>
+constexpr int block_px() {
+  return std::max(1, std::min(12, (kVecRegs - NV - 2) / NV));
+}
+// The block width for rows of n pixels: 12, 8 or 4 (at most block_px<NV>), the least padding, ties to the wider.
+inline int pick_px(int nv, int64_t n) {
+  const int pmax = nv == 1 ? block_px<1>() : nv == 2 ? block_px<2>() : nv == 3 ? block_px<3>() : block_px<4>();
+  int best = 4;
+  int64_t waste = (n + 3) / 4 * 4 - n;
+  for (int p : {8, 12}) {
+    if (p > pmax) continue;
+    const int64_t w = (n + p - 1) / p * p - n;
+    if (w <= waste) best = p, waste = w;
+  }
+  return best;
+}
+
+// Forward of the output rows r = (b, oy) in [r0, r1) from the zero-padded pixel rows vp [B][Hp][Wq][C] and their
+// squared norms sp [B][Hp][Wq]: blocks of P output columns, each tap's C weight rows streamed once per block.
+template <typename T, int NV, int P>
+void conv_fwd_rows(const ConvGeom& g, const T* vp, const T* sp, int64_t Hp, int64_t Wq, const T* wp, int64_t Cop,
+                   T beta2, T* t, T* U, int64_t r0, int64_t r1) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  const int64_t C = g.C, Co = g.Co, pstride = g.sx * C;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t oy = r % g.Ho, b = r / g.Ho;
+    for (int64_t ox0 = 0; ox0 < g.Wo; ox0 += P) {
+      V acc[P][NV];
+      for (int p = 0; p < P; ++p)
+        for (int j = 0; j < NV; ++j) acc[p][j] = V(T(0));
+      T us[P] = {};
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t prow = (b * Hp + oy * g.sy + ky) * Wq;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const T* base = vp + (prow + ox0 * g.sx + kx) * C;
+          const T* sb = sp + prow + ox0 * g.sx + kx;
+          for (int p = 0; p < P; ++p) us[p] += sb[p * g.sx];
+          const T* wr = wp + (ky * g.kw + kx) * C * Cop;
+          for (int64_t ci = 0; ci < C; ++ci) {
+            V w[NV];
+            for (int j = 0; j < NV; ++j) w[j] = V::loadu(wr + ci * Cop + j * VS);
+            for (int p = 0; p < P; ++p) {
+              const V a(base[p * pstride + ci]);
+              for (int j = 0; j < NV; ++j) acc[p][j] = at::vec::fmadd(a, w[j], acc[p][j]);
+            }
+          }
+        }
+      }
+      const int np = static_cast<int>(std::min<int64_t>(P, g.Wo - ox0));
+      const int64_t o0 = r * g.Wo + ox0;
+      for (int p = 0; p < np; ++p) {
+        T* tr = t + (o0 + p) * Co;
+        for (int j = 0; j < NV; ++j) {
+          const int64_t n = std::min<int64_t>(VS, Co - j * VS);
+          if (n == VS) acc[p][j].store(tr + j * VS);
+          else acc[p][j].store(tr + j * VS, static_cast<int>(n));
+        }
+        U[o0 + p] = beta2 * us[p];
+      }
+    }
+  }
+}
+
+// dv for stride 1 of the input rows r = (b, iy) in [r0, r1): the transposed convolution of the zero-padded dt
+// image gp [B][Hg][Wg][Co] (dt[b, oy, ox] at (oy + kh-1-py, ox + kw-1-px)), in blocks of P input columns.
+template <typename T, int NV, int P>
+void conv_bwd_dv_rows_s1(const ConvGeom& g, const T* gp, const T* up, int64_t Hg, int64_t Wg, const T* v,
+                         const T* wt, int64_t Cip, T twobeta2, T* dv, int64_t r0, int64_t r1) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  const int64_t C = g.C, Co = g.Co;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t iy = r % g.H, b = r / g.H;
+    for (int64_t ix0 = 0; ix0 < g.W; ix0 += P) {
+      V acc[P][NV];
+      for (int p = 0; p < P; ++p)
+        for (int j = 0; j < NV; ++j) acc[p][j] = V(T(0));
+      T gs[P] = {};
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t grow = (b * Hg + iy + g.kh - 1 - ky) * Wg;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t c0 = grow + ix0 + g.kw - 1 - kx;
+          const T* base = gp + c0 * Co;
+          for (int p = 0; p < P; ++p) gs[p] += up[c0 + p];
+          const T* wr = wt + (ky * g.kw + kx) * Co * Cip;
+          for (int64_t co = 0; co < Co; ++co) {
+            V w[NV];
+            for (int j = 0; j < NV; ++j) w[j] = V::loadu(wr + co * Cip + j * VS);
+            for (int p = 0; p < P; ++p) {
+              const V a(base[p * Co + co]);
+              for (int j = 0; j < NV; ++j) acc[p][j] = at::vec::fmadd(a, w[j], acc[p][j]);
+            }
+          }
+        }
+      }
+      const int np = static_cast<int>(std::min<int64_t>(P, g.W - ix0));
+      const int64_t q0 = r * g.W + ix0;
+      for (int p = 0; p < np; ++p) {
+        const T* vr = v + (q0 + p) * C;
+        T* dr = dv + (q0 + p) * C;
+        const V f(twobeta2 * gs[p]);
+        for (int j = 0; j < NV; ++j) {
+          const int64_t n = std::min<int64_t>(VS, C - j * VS);
+          if (n == VS) at::vec::fmadd(f, V::loadu(vr + j * VS), acc[p][j]).store(dr + j * VS);
+          else
+            at::vec::fmadd(f, V::loadu(vr + j * VS, static_cast<int>(n)), acc[p][j]).store(dr + j * VS,
+                                                                                          static_cast<int>(n));
+        }
+      }
+    }
+  }
+}
+
+// dv of the input rows [q0, q1): NV vectors of input channels in registers; a gather over the outputs that read
+// each pixel (tap (ky, kx) of output (oy, ox) reads iy = oy*sy - py + ky).
+template <typename T, int NV>
+void conv_bwd_dv_rows(const ConvGeom& g, const T* gt, const T* gU, const T* v, const T* wt, int64_t Cip,
+                      T twobeta2, T* dv, int64_t q0, int64_t q1) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  const int64_t C = g.C, Co = g.Co;
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t ix = q % g.W, r = q / g.W, iy = r % g.H, b = r / g.H;
+    V acc[NV];
+    for (int j = 0; j < NV; ++j) acc[j] = V(T(0));
+    T gs = 0;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t ty = iy + g.py - ky;
+      if (ty < 0 || ty % g.sy != 0) continue;
+      const int64_t oy = ty / g.sy;
+      if (oy >= g.Ho) continue;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t tx = ix + g.px - kx;
+        if (tx < 0 || tx % g.sx != 0) continue;
+        const int64_t ox = tx / g.sx;
+        if (ox >= g.Wo) continue;
+        const int64_t o = (b * g.Ho + oy) * g.Wo + ox;
+        const T* gr = gt + o * Co;
+        const T* wr = wt + (ky * g.kw + kx) * Co * Cip;
+        gs += gU[o];
+        for (int64_t co = 0; co < Co; ++co) {
+          const V a(gr[co]);
+          for (int j = 0; j < NV; ++j) acc[j] = at::vec::fmadd(a, V::loadu(wr + co * Cip + j * VS), acc[j]);
+        }
+      }
+    }
+    const T* vr = v + q * C;
+    T* dr = dv + q * C;
+    const V f(twobeta2 * gs);
+    for (int j = 0; j < NV; ++j) {
+      const int64_t n = std::min<int64_t>(VS, C - j * VS);
+      if (n == VS) {
+        at::vec::fmadd(f, V::loadu(vr + j * VS), acc[j]).store(dr + j * VS);
+      } else if (n > 0) {
+        at::vec::fmadd(f, V::loadu(vr + j * VS, static_cast<int>(n)), acc[j]).store(dr + j * VS, static_cast<int>(n));
+      }
+    }
+  }
+}
+
+// dz partial sums over the output rows [o0, o1) of tap (ky, kx) and input channels [ci0, ci0 + CB) into
+// dst [C][Cop] (the tap's block of the partials): U pixels x CB channels x NV vectors of accumulators held in
+// registers across all the rows (independent chains), added into dst once.  gr: the dt rows, stride gs >= NV*VS.
+template <typename T, int NV, int CB>
+void conv_bwd_dz_block(const ConvGeom& g, const T* gr, int64_t gs, const T* v, int64_t ci0, int64_t ky,
+                       int64_t kx, int64_t o0, int64_t o1, T* dst, int64_t Cop) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  constexpr int U = std::max(1, std::min(8, 24 / (CB * NV)));
+  const int64_t C = g.C;
+  V acc[U][CB][NV];
+  for (int u = 0; u < U; ++u)
+    for (int i = 0; i < CB; ++i)
+      for (int j = 0; j < NV; ++j) acc[u][i][j] = V(T(0));
+  int64_t lo0, hi0;
+  ox_range(g, kx, lo0, hi0);
+  const int64_t r0 = o0 / g.Wo, r1 = (o1 + g.Wo - 1) / g.Wo;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t oy = r % g.Ho, b = r / g.Ho;
+    const int64_t iy = oy * g.sy - g.py + ky;
+    if (iy < 0 || iy >= g.H) continue;
+    const int64_t lo = std::max(lo0, o0 - r * g.Wo), hi = std::min(hi0, o1 - r * g.Wo);
+    const T* vrow = v + (b * g.H + iy) * g.W * C + ci0;  // tap of pixel ox: vrow + (ox*sx - px + kx)*C
+    const T* grow = gr + r * g.Wo * gs;
+    int64_t ox = lo;
+    for (; ox + U <= hi; ox += U) {
+      for (int u = 0; u < U; ++u) {
+        const T* gp = grow + (ox + u) * gs;
+        const T* vr = vrow + ((ox + u) * g.sx - g.px + kx) * C;
+        V gv[NV];
+        for (int j = 0; j < NV; ++j) gv[j] = V::loadu(gp + j * VS);
+        for (int i = 0; i < CB; ++i) {
+          const V a(vr[i]);
+          for (int j = 0; j < NV; ++j) acc[u][i][j] = at::vec::fmadd(a, gv[j], acc[u][i][j]);
+        }
+      }
+    }
+    for (; ox < hi; ++ox) {
+      const T* gp = grow + ox * gs;
+      const T* vr = vrow + (ox * g.sx - g.px + kx) * C;
+      V gv[NV];
+      for (int j = 0; j < NV; ++j) gv[j] = V::loadu(gp + j * VS);
+      for (int i = 0; i < CB; ++i) {
+        const V a(vr[i]);
+        for (int j = 0; j < NV; ++j) acc[0][i][j] = at::vec::fmadd(a, gv[j], acc[0][i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < CB; ++i)
+    for (int j = 0; j < NV; ++j) {
+      V s = acc[0][i][j];
+      for (int u = 1; u < U; ++u) s = s + acc[u][i][j];
+      T* d = dst + (ci0 + i) * Cop + j * VS;
+      (V::loadu(d) + s).store(d);
+    }
+}
+
+// dz partial sums over the output rows [o0, o1) into dzp [kh*kw][C][Cop]: per tap, channel blocks of CB (the
+// widest that fits the registers), then 4, then single channels for the rest.
+template <typename T, int NV>
+void conv_bwd_dz_rows(const ConvGeom& g, const T* gr, int64_t gs, const T* v, int64_t Cop, T* dzp, int64_t o0,
+                      int64_t o1) {
+  constexpr int CB = NV == 1 ? 8 : NV == 2 ? 4 : 2;
+  for (int64_t ky = 0; ky < g.kh; ++ky)
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      T* dst = dzp + (ky * g.kw + kx) * g.C * Cop;
+      int64_t ci = 0;
+      for (; ci + CB <= g.C; ci += CB) conv_bwd_dz_block<T, NV, CB>(g, gr, gs, v, ci, ky, kx, o0, o1, dst, Cop);
+      if constexpr (CB > 4) {
+        for (; ci + 4 <= g.C; ci += 4) conv_bwd_dz_block<T, NV, 4>(g, gr, gs, v, ci, ky, kx, o0, o1, dst, Cop);
+      }
+      for (; ci < g.C; ++ci) conv_bwd_dz_block<T, NV, 1>(g, gr, gs, v, ci, ky, kx, o0, o1, dst, Cop);
+    }
+}
+
+template <typename T>
+int nvec(int64_t n) {
+  return static_cast<int>((n + Vectorized<T>::size() - 1) / Vectorized<T>::size());
+}
+
+#define GEOOPS_CONV_P_SWITCH(p, NAME, ...)                            \
+  switch (p) {                                                        \
+    case 12: { constexpr int NAME = 12; __VA_ARGS__; break; }         \
+    case 8: { constexpr int NAME = 8; __VA_ARGS__; break; }           \
+    default: { constexpr int NAME = 4; __VA_ARGS__; break; }          \
+  }
+
+#define GEOOPS_CONV_NV_SWITCH(nv, NAME, ...)                          \
+  switch (nv) {                                                       \
+    case 1: { constexpr int NAME = 1; __VA_ARGS__; break; }           \
+    case 2: { constexpr int NAME = 2; __VA_ARGS__; break; }           \
+    case 3: { constexpr int NAME = 3; __VA_ARGS__; break; }           \
+    default: { constexpr int NAME = 4; __VA_ARGS__; break; }          \
+  }
+
+ConvGeom make_geom(const at::Tensor& v, const at::Tensor& z, int64_t B, int64_t H, int64_t W, int64_t kh,
+                   int64_t kw, int64_t py, int64_t px, int64_t sy, int64_t sx) {
+  TORCH_CHECK(v.dim() == 2 && v.is_contiguous(), "poincare_conv2d direct: v must be contiguous (B*H*W, C) rows");
+  TORCH_CHECK(z.dim() == 2 && z.is_contiguous() && z.scalar_type() == v.scalar_type(),
+              "poincare_conv2d direct: z must be contiguous (C*kh*kw, C_out) of v's dtype");
+  TORCH_CHECK(kh > 0 && kw > 0 && sy > 0 && sx > 0 && py >= 0 && px >= 0, "poincare_conv2d direct: bad geometry");
+  ConvGeom g{B, H, W, v.size(1), z.size(1), kh, kw, py, px, sy, sx, 0, 0};
+  TORCH_CHECK(v.size(0) == B * H * W, "poincare_conv2d direct: v has ", v.size(0), " rows, expected B*H*W = ",
+              B * H * W);
+  TORCH_CHECK(z.size(0) == g.C * kh * kw, "poincare_conv2d direct: z must have C*kh*kw rows");
+  g.Ho = (H + 2 * py - kh) / sy + 1;
+  g.Wo = (W + 2 * px - kw) / sx + 1;
+  TORCH_CHECK(H + 2 * py >= kh && W + 2 * px >= kw, "poincare_conv2d direct: kernel larger than the padded image");
+  const int64_t VS = v.scalar_type() == at::kDouble ? Vectorized<double>::size() : Vectorized<float>::size();
+  TORCH_CHECK(g.Co <= 4 * VS && g.C <= 4 * VS, "poincare_conv2d direct: at most ", 4 * VS,
+              " input and output channels, got ", g.C, " -> ", g.Co);
+  return g;
+}
+
+}  // namespace
+
+bool poincare_conv2d_direct_ok(int64_t C, int64_t Co, bool dbl) {
+  const int64_t VS = dbl ? Vectorized<double>::size() : Vectorized<float>::size();
+  return C >= 1 && Co >= 1 && C <= 4 * VS && Co <= 4 * VS;
+}
+
+std::tuple<at::Tensor, at::Tensor> poincare_conv2d_fwd_cpu(const at::Tensor& v, const at::Tensor& z, int64_t B,
+                                                           int64_t H, int64_t W, int64_t kh, int64_t kw,
+                                                           int64_t py, int64_t px, int64_t sy, int64_t sx,
+                                                           double beta) {
+  const ConvGeom g = make_geom(v, z, B, H, W, kh, kw, py, px, sy, sx);
+  const int64_t No = g.B * g.Ho * g.Wo;
+  at::Tensor t = at::empty({No, g.Co}, v.options());
+  at::Tensor U = at::empty({No}, v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "poincare_conv2d_fwd_cpu", [&] {
+    using T = scalar_t;
+    const int64_t VS = Vectorized<T>::size();
+    const int nv = nvec<T>(g.Co);
+    const int64_t Cop = nv * VS;
+    // wp [kh][kw][C][Cop] = beta z[(ci, ky, kx), :], zero-padded columns
+    std::vector<T> wp((size_t)(g.kh * g.kw * g.C * Cop), T(0));
+    const T* zp = z.data_ptr<T>();
+    for (int64_t ci = 0; ci < g.C; ++ci)
+      for (int64_t ky = 0; ky < g.kh; ++ky)
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const T* src = zp + ((ci * g.kh + ky) * g.kw + kx) * g.Co;
+          T* dst = wp.data() + ((ky * g.kw + kx) * g.C + ci) * Cop;
+          for (int64_t co = 0; co < g.Co; ++co) dst[co] = T(beta) * src[co];
+        }
+    // zero-padded pixel rows and squared norms, wide enough for whole blocks of P output columns
+    const int P = pick_px(nv, g.Wo);
+    const int64_t Hp = g.H + 2 * g.py, Wq = std::max<int64_t>(g.W + 2 * g.px, ((g.Wo + P - 1) / P * P - 1) * g.sx + g.kw);
+    std::vector<T> vpad((size_t)(g.B * Hp * Wq * g.C), T(0)), spad((size_t)(g.B * Hp * Wq), T(0));
+    const T* vsrc = v.data_ptr<T>();
+    for (int64_t b = 0; b < g.B; ++b)
+      for (int64_t iy = 0; iy < g.H; ++iy)
+        for (int64_t ix = 0; ix < g.W; ++ix) {
+          const int64_t d = (b * Hp + iy + g.py) * Wq + ix + g.px;
+          const T* src = vsrc + ((b * g.H + iy) * g.W + ix) * g.C;
+          T s2 = 0;
+          for (int64_t ci = 0; ci < g.C; ++ci) {
+            vpad[d * g.C + ci] = src[ci];
+            s2 += src[ci] * src[ci];
+          }
+          spad[d] = s2;
+        }
+    T* tp = t.data_ptr<T>();
+    T* up = U.data_ptr<T>();
+    const T b2 = T(beta * beta);
+    const int64_t per = g.Wo * g.kh * g.kw * g.C * nv;
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(per, 1));
+    at::parallel_for(0, g.B * g.Ho, grain, [&](int64_t r0, int64_t r1) {
+      GEOOPS_CONV_NV_SWITCH(nv, NV, GEOOPS_CONV_P_SWITCH(P, PX, conv_fwd_rows<T, NV, PX>(
+          g, vpad.data(), spad.data(), Hp, Wq, wp.data(), Cop, b2, tp, up, r0, r1)))
+    });
+  });
+  return {t, U};
+}
+
+std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt, const at::Tensor& gU,
+                                                           const at::Tensor& v, const at::Tensor& z, int64_t B,
+                                                           int64_t H, int64_t W, int64_t kh, int64_t kw,
+                                                           int64_t py, int64_t px, int64_t sy, int64_t sx,
+                                                           double beta, bool need_dv, bool need_dz) {
+  const ConvGeom g = make_geom(v, z, B, H, W, kh, kw, py, px, sy, sx);
+  const int64_t No = g.B * g.Ho * g.Wo, Ni = g.B * g.H * g.W;
+  TORCH_CHECK(gt.is_contiguous() && gt.dim() == 2 && gt.size(0) == No && gt.size(1) == g.Co &&
+                  gt.scalar_type() == v.scalar_type(),
+              "poincare_conv2d direct: dt must be contiguous (B*Ho*Wo, C_out) of v's dtype");
+  TORCH_CHECK(!need_dv || (gU.is_contiguous() && gU.numel() == No && gU.scalar_type() == v.scalar_type()),
+              "poincare_conv2d direct: dU must be contiguous with B*Ho*Wo entries of v's dtype");
+  at::Tensor dv = need_dv ? at::empty({Ni, g.C}, v.options()) : at::Tensor();
+  at::Tensor dz = need_dz ? at::empty({g.C * g.kh * g.kw, g.Co}, v.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "poincare_conv2d_bwd_cpu", [&] {
+    using T = scalar_t;
+    const int64_t VS = Vectorized<T>::size();
+    const T* zp = z.data_ptr<T>();
+    const T* vp = v.data_ptr<T>();
+    const T* gtp = gt.data_ptr<T>();
+    if (need_dv) {
+      const int nvc = nvec<T>(g.C);
+      const int64_t Cip = nvc * VS;
+      // wt [kh][kw][Co][Cip] = beta z[(ci, ky, kx), co], zero-padded input channels
+      std::vector<T> wt((size_t)(g.kh * g.kw * g.Co * Cip), T(0));
+      for (int64_t ci = 0; ci < g.C; ++ci)
+        for (int64_t ky = 0; ky < g.kh; ++ky)
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const T* src = zp + ((ci * g.kh + ky) * g.kw + kx) * g.Co;
+            for (int64_t co = 0; co < g.Co; ++co) wt[((ky * g.kw + kx) * g.Co + co) * Cip + ci] = T(beta) * src[co];
+          }
+      const T* gup = gU.data_ptr<T>();
+      T* dvp = dv.data_ptr<T>();
+      const T tb2 = T(2 * beta * beta);
+      const int64_t per = g.kh * g.kw * g.Co * nvc;
+      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(per, 1));
+      if (g.sy == 1 && g.sx == 1 && g.py < g.kh && g.px < g.kw) {
+        // zero-padded dt image and dU for the transposed convolution, wide enough for whole blocks of P columns
+        const int P = pick_px(nvc, g.W);
+        const int64_t oy0 = g.kh - 1 - g.py, ox0 = g.kw - 1 - g.px;
+        const int64_t Hg = g.H + g.kh - 1, Wg = (g.W + P - 1) / P * P + g.kw - 1;
+        std::vector<T> gpad((size_t)(g.B * Hg * Wg * g.Co), T(0)), upad((size_t)(g.B * Hg * Wg), T(0));
+        for (int64_t b = 0; b < g.B; ++b)
+          for (int64_t oy = 0; oy < g.Ho; ++oy) {
+            const int64_t d = (b * Hg + oy + oy0) * Wg + ox0, o = (b * g.Ho + oy) * g.Wo;
+            std::memcpy(&gpad[d * g.Co], gtp + o * g.Co, sizeof(T) * g.Wo * g.Co);
+            std::memcpy(&upad[d], gup + o, sizeof(T) * g.Wo);
+          }
+        at::parallel_for(0, g.B * g.H, std::max<int64_t>(1, grain / std::max<int64_t>(g.W, 1)),
+                         [&](int64_t r0, int64_t r1) {
+          GEOOPS_CONV_NV_SWITCH(nvc, NV, GEOOPS_CONV_P_SWITCH(P, PX, conv_bwd_dv_rows_s1<T, NV, PX>(
+              g, gpad.data(), upad.data(), Hg, Wg, vp, wt.data(), Cip, tb2, dvp, r0, r1)))
+        });
+      } else {
+        at::parallel_for(0, Ni, grain, [&](int64_t q0, int64_t q1) {
+          GEOOPS_CONV_NV_SWITCH(nvc, NV, conv_bwd_dv_rows<T, NV>(g, gtp, gup, vp, wt.data(), Cip, tb2, dvp, q0, q1))
+        });
+      }
+    }
+    if (need_dz) {
+      const int nv = nvec<T>(g.Co);
+      const int64_t Cop = nv * VS;
+      const int64_t K = g.kh * g.kw * g.C;
+      const int64_t nth = threads_for(No * K * nv, No);
+      std::vector<T> part((size_t)(nth * K * Cop), T(0));
+      // dt rows padded to whole vectors when C_out is not a multiple of the width
+      std::vector<T> gtpad;
+      const T* gr = gtp;
+      if (g.Co != Cop) {
+        gtpad.assign((size_t)(No * Cop), T(0));
+        for (int64_t o = 0; o < No; ++o) std::memcpy(&gtpad[o * Cop], gtp + o * g.Co, sizeof(T) * g.Co);
+        gr = gtpad.data();
+      }
+      auto work = [&](int64_t i) {
+        const int64_t o0 = No * i / nth, o1 = No * (i + 1) / nth;
+        GEOOPS_CONV_NV_SWITCH(nv, NV, conv_bwd_dz_rows<T, NV>(g, gr, Cop, vp, Cop, part.data() + i * K * Cop, o0, o1))
+      };
+      if (nth == 1) work(0);
+      else at::parallel_for(0, nth, 1, [&](int64_t i0, int64_t i1) { for (int64_t i = i0; i < i1; ++i) work(i); });
+      // dz[(ci, ky, kx), co] = beta sum of the partials at [ky][kx][ci][co]
+      T* dzp = dz.data_ptr<T>();
+      for (int64_t ci = 0; ci < g.C; ++ci)
+        for (int64_t ky = 0; ky < g.kh; ++ky)
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            T* dst = dzp + ((ci * g.kh + ky) * g.kw + kx) * g.Co;
+            const int64_t src = ((ky * g.kw + kx) * g.C + ci) * Cop;
+            for (int64_t co = 0; co < g.Co; ++co) {
+              T s = 0;
+              for (int64_t i = 0; i < nth; ++i) s += part[i * K * Cop + src + co];
+              dst[co] = T(beta) * s;
+            }
+          }
+    }
+  });
+  return {dv, dz};
+}
+
+}  // namespace cpu
+}  // namespace geoops
