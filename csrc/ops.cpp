@@ -81,8 +81,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare batch midpoint sums (F, L) of rows (CPU)");
   m.def("poincare_midpoint_sums_bwd_cpu", &geoops::cpu::poincare_midpoint_sums_bwd_cpu,
         "Poincare batch midpoint sums, backward -> (dx, dc) (CPU)");
-  m.def("poincare_midpoint_sums_bwd_acc_cpu", &geoops::cpu::poincare_midpoint_sums_bwd_acc_cpu,
-        "Poincare batch midpoint sums, backward added into gx in place -> dc (CPU)");
+  m.def("poincare_bn_layer_fwd_cpu", &geoops::cpu::poincare_bn_layer_fwd_cpu,
+        "Poincare batch norm layer: midpoint, u = logmap_m(x), S = sum |u|^2 -> (u, m, S, [F, L]) (CPU)");
+  m.def("poincare_bn_layer_bwd_cpu", &geoops::cpu::poincare_bn_layer_bwd_cpu,
+        "Poincare batch norm layer: the logmap's and the midpoint's backward from du and dm -> (dx, dc) (CPU)");
   m.def("poincare_bn_rows_fwd_cpu", &geoops::cpu::poincare_bn_rows_fwd_cpu,
         "Poincare midpoint batch norm row pass project(expmap_b(u M)) (CPU)");
   m.def("poincare_bn_rows_bwd_cpu", &geoops::cpu::poincare_bn_rows_bwd_cpu,

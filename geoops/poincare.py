@@ -686,49 +686,30 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     k = -ct
     b = _st.expmap0(bias.to(cdt), k=k)
     if training or running_mean is None:
-        # the midpoint: one fused reduction (F, L) and the D-vector step to m in one Function
         n = max(x.shape[0], 1)
-        if (_BN_LAYER_FN and _BN_NORM_FN and xr.device.type == "cpu" and xr.shape[0] > 0 and xr.shape[1] > 0
+        if (xr.device.type == "cpu" and xr.shape[0] > 0 and xr.shape[1] > 0
                 and _library.direct_call_ok(xr, b, weight, ct) and not _backend.checks_enabled()
-                and _backend.resolve(xr.device, _ops.FAMILY) == "cpp"
-                and _backend.resolve(xr.device, _st_ops.FAMILY) == "cpp"):
+                and _backend.resolve(xr.device, _ops.FAMILY) == "cpp"):
             # eager CPU: the whole layer (midpoint, logmap_m, variance, transport, row op) in one Function
             y, var, mean = BnLayerFn.apply(xr, b, weight.to(cdt), ct, n, eps, _eps(None, cdt))
-            if training and running_mean is not None:
-                with torch.no_grad():
-                    nr = x.shape[0]
-                    running_mean.copy_(_st.geodesic(momentum, running_mean, mean, k=k.detach()))
-                    running_var.mul_(1 - momentum).add_(momentum * (var * (nr / max(nr - 1, 1))))
-            return y.to(x.dtype)
-        mean = _library.apply(MidpointMeanFn, xr, ct)
-        u = _st.logmap(mean, xr, k=k)  # fused; d(m, x_i) = lam_m |logmap_m(x_i)|: its rows give the Fréchet variance
-        n = max(x.shape[0], 1)
-        if (xr.device.type == "cpu" and _BN_NORM_FN and _library.direct_call_ok(mean, b, u, weight, ct)
-                and _backend.resolve(xr.device, _ops.FAMILY) == "cpp"):
-            # eager CPU: the variance, the scalar chain (rescaling, the gyration's 2 x 2 form) in Python floats and
-            # the row op in one Function with a hand-written backward (the torch composition below costs ~100
-            # tiny ops each way; on a GPU the floats would be a host sync per call, so CUDA keeps the composition)
-            y, var = BnNormFn.apply(u.contiguous(), b, mean, weight.to(cdt), ct, n, eps, _eps(None, cdt))
-            if training and running_mean is not None:
-                with torch.no_grad():
-                    nr = x.shape[0]
-                    running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=k.detach()))
-                    running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
-            return y.to(x.dtype)
-        S = _library.apply(SqSumFn, u)
-        if xr.device.type == "cpu" and _library.direct_call_ok(mean, b, S, weight, ct):
-            M, var = BnTransportFn.apply(b, mean, S, weight.to(cdt), ct, n, eps)
         else:
+            # traced / CUDA / checked / reference calls: the torch composition over the custom ops (the midpoint
+            # sums, the fused logmap, the row op); d(m, x_i) = lam_m |logmap_m(x_i)|: u's rows give the variance
+            y = None
+            mean = _library.apply(MidpointMeanFn, xr, ct)
+            u = _st.logmap(mean, xr, k=k)
+            S = _library.apply(SqSumFn, u)
             AE, G = _gram(b, mean)
             lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
             var = lam_m.square() * S / n
             M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
         if training and running_mean is not None:
             with torch.no_grad():
-                n = x.shape[0]
+                nr = x.shape[0]
                 running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=k.detach()))
-                unbiased = var.detach() * (n / max(n - 1, 1))
-                running_var.mul_(1 - momentum).add_(momentum * unbiased)
+                running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
+        if y is not None:
+            return y.to(x.dtype)
     else:
         mean, var = running_mean.to(cdt), running_var.to(cdt)
         u = _st.logmap(mean, xr, k=k)
@@ -739,36 +720,11 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
 
 
-class BnTransportFn(torch.autograd.Function):
-    """(b, m, S, weight, c) -> M = s PT_{m->b} as a (D, D) matrix (see ``_transport_matrix``), with the variance
-    var = lam_m^2 S / n of S = sum_i |logmap_m(x_i)|^2 and s = sqrt(weight / (var + eps)).
-
-    Forward: one 2 x 2 Gram GEMM of AE = [b; -m], the scalar chain in Python floats (double), M = alpha I +
-    AE^T V AE (V = 2 alpha W / d, 2 x 2).  Backward by hand: gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then
-    the scalar chain's adjoints (W, d, the ratio lam_m / lam_b, s, var, lam_m) back to |b|^2, |m|^2, <b, -m>, k,
-    S and weight, and gb, gm from them with gAE.  Eager only (``.item()``-style floats): traced / transformed
-    calls take the torch composition.  Second output: the variance (no gradient; for the running statistics)."""
-
-    @staticmethod
-    def forward(ctx, b, m, S, w, c, n, eps):
-        M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
-        ctx.save_for_backward(AE, V)
-        ctx.wshape = w.shape
-        ctx.mark_non_differentiable(vt)
-        return M, vt
-
-    @staticmethod
-    def backward(ctx, gM, _gvar):
-        AE, V = ctx.saved_tensors
-        gb, gm, gS, gw, gc = _transport_bwd(AE, V, ctx.sc, gM)
-        ng = ctx.needs_input_grad
-        gS_, gw_, gc_ = torch.tensor((gS, gw, gc), dtype=AE.dtype, device=AE.device).unbind()
-        return (gb if ng[0] else None, gm if ng[1] else None, gS_ if ng[2] else None,
-                gw_.reshape(ctx.wshape) if ng[3] else None, gc_ if ng[4] else None, None, None)
-
-
 def _transport_fwd(b, m, S, w, c, n, eps):
-    """BnTransportFn's forward: (M, var as a 0-dim tensor, AE, V, the scalar chain's floats for the backward)."""
+    """The transport / rescaling M = s PT_{m->b} as a (D, D) matrix (see ``_transport_matrix``) with the variance
+    var = lam_m^2 S / n of S = sum_i |logmap_m(x_i)|^2 and s = sqrt(weight / (var + eps)), for BnLayerFn: one 2 x 2
+    Gram GEMM of AE = [b; -m], the scalar chain in Python floats (double), M = alpha I + AE^T V AE (V = 2 alpha W /
+    d, 2 x 2).  Returns (M, var as a 0-dim tensor, AE, V, the scalar chain's floats for ``_transport_bwd``)."""
     AE = torch.stack((b, -m))
     (a2, ae), (_, e2) = (AE @ AE.t()).tolist()
     k, Sf, wf = -float(c), float(S), float(w)
@@ -789,7 +745,9 @@ def _transport_fwd(b, m, S, w, c, n, eps):
 
 
 def _transport_bwd(AE, V, sc, gM):
-    """BnTransportFn's backward from gM: (gb, gm) tensors and (gS, gweight, gc) Python floats."""
+    """``_transport_fwd``'s backward from gM, by hand: gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then the scalar
+    chain's adjoints (W, d, the ratio lam_m / lam_b, s, var, lam_m) back to |b|^2, |m|^2, <b, -m>, k, S and
+    weight; returns (gb, gm) tensors and (gS, gweight, gc) Python floats."""
     a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W = sc
     Q = AE @ gM  # (2, D)
     gAE = V @ (AE @ gM.t()) + V.t() @ Q
@@ -824,110 +782,43 @@ def _transport_bwd(AE, V, sc, gM):
     return gE[0], -gE[1], gS, gw, -gk
 
 
-class BnNormFn(torch.autograd.Function):
-    """Eager CPU batch norm after the midpoint, one Function: (u, b, m, weight, c) -> (y, var) with
-    S = sum_i |u_i|^2 (one dot), M and var from the transport's scalar chain (``_transport_fwd``, as
-    BnTransportFn), v = u M (one GEMM, saved) and y = project(expmap_b(v)) (geoops::poincare_bn_rows_fwd with the
-    identity M).  Backward: the row op's backward (gv, gb, gc) on the saved v, gM = u^T gv, the transport's
-    (gb, gm, gS, gweight, gc) from gM, then gu = gv M^T + 2 gS u as one addmm (instead of the op's recomputed
-    v = u M, SqSumFn's scaled copy 2 gS u and autograd's accumulation of it into gu: one GEMM and two passes
-    over (N, D) fewer, three autograd nodes fewer; one more saved (N, D) tensor).  var: no gradient.
-    ``GEOOPS_BN_NORM_FN=0``: SqSumFn, BnTransportFn and BnRowsFn as separate nodes instead (A/B)."""
-
-    @staticmethod
-    def forward(ctx, u, b, m, w, c, n, eps, eps_proj):
-        flat = u.reshape(-1)
-        S = torch.dot(flat, flat)
-        M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
-        v = torch.mm(u, M)
-        none = u.new_empty(0)  # the row op's identity M: v is formed here and saved (no recompute in backward)
-        ctx.save_for_backward(u, v, M, b, c, AE, V, none)
-        ctx.wshape = w.shape
-        ctx.eps_proj = eps_proj
-        ctx.mark_non_differentiable(vt)
-        return _ops.poincare_bn_rows_fwd(v, none, b, c, eps_proj), vt
-
-    @staticmethod
-    def backward(ctx, gy, _gvar):
-        u, v, M, b, c, AE, V, none = ctx.saved_tensors
-        gv, _, gb1, gc1 = _ops.poincare_bn_rows_bwd(gy.contiguous(), v, none, b, c, ctx.eps_proj)
-        gM = torch.mm(u.t(), gv)
-        gb2, gm, gS, gw, gc2 = _transport_bwd(AE, V, ctx.sc, gM)
-        ng = ctx.needs_input_grad
-        gu = torch.addmm(u, gv, M.t(), beta=2 * gS) if ng[0] else None  # gv M^T + 2 gS u: one GEMM, no extra pass
-        gw_ = torch.tensor(gw, dtype=AE.dtype, device=AE.device).reshape(ctx.wshape) if ng[3] else None
-        gc_ = (gc1 + gc2).reshape(c.shape) if ng[4] else None
-        return (gu if ng[0] else None, (gb1 + gb2) if ng[1] else None, gm if ng[2] else None, gw_, gc_,
-                None, None, None)
-
-
-_BN_NORM_FN = os.environ.get("GEOOPS_BN_NORM_FN", "1") != "0"
-_BN_LAYER_FN = os.environ.get("GEOOPS_BN_LAYER_FN", "1") != "0"
-
-
 class BnLayerFn(torch.autograd.Function):
     """Eager CPU training batch norm, the whole layer as one Function: (x, b, weight, c) -> (y, var, m).
 
-    Forward: the midpoint (MidpointMeanFn's sums kernel and D-vector step), u = logmap_m(x) (the fused
-    stereographic kernel, m as a stride-0 row), then BnNormFn's forward (S, the transport's scalar chain,
-    v = u M, the row op).  Backward, ordered by hand: BnNormFn's backward (gu, gb, gm from the transport, gS
-    inside gu), the logmap kernel's backward (dm rows, dx, dk in one call), gm = gm_transport + sum_i dm_i, the
-    midpoint's D-vector backward, then its sums' backward added into the logmap's dx in place
-    (poincare_midpoint_sums_bwd_acc_cpu) -- instead of three Functions, the expand's reduction node and
-    autograd's accumulation pass of x's two gradients.  var and m: no gradient (running statistics).
-    ``GEOOPS_BN_LAYER_FN=0``: MidpointMeanFn, the logmap and BnNormFn as separate nodes (A/B)."""
+    Forward: geoops::poincare_bn_layer_fwd (the midpoint sums, m in double, one stats pass writing u = logmap_m(x)
+    and summing S = sum_i |u_i|^2), the transport's scalar chain (``_transport_fwd``), v = u M (one GEMM, saved),
+    the row op y = project(expmap_b(v)) (geoops::poincare_bn_rows_fwd, identity M).  Backward, ordered by hand: the
+    row op's backward (gv, gb, gc) on the saved v, gM = u^T gv, the transport's (gb, gm, gS, gweight, gc), gu =
+    gv M^T + 2 gS u (one addmm), then geoops::poincare_bn_layer_bwd: the logmap's and the midpoint's backward from
+    gu and the transport's gm (a reduction pass, the midpoint's D-vector step, one epilogue pass writing dx).
+    var and m: no gradient (running statistics)."""
 
     @staticmethod
     def forward(ctx, x, b, w, c, n, eps, eps_proj):
         C = _backend.compiled()
-        F_, L_ = C.poincare_midpoint_sums_fwd_cpu(x, c)
-        Lc = L_.clamp_min(1e-15)
-        f = F_ / Lc
-        ff = torch.dot(f, f)
-        r = (1 - c * ff).sqrt()
-        m = f / (1 + r)
-        N, D = x.shape
-        mx = m.reshape(1, D).expand(N, D)  # stride-0 rows: the kernel reads m once per row, nothing copied
-        k1 = (-c).reshape(1)
-        eps_log = _st._ref.default_eps(x.dtype)
-        code = _st_ops.STEREO_OPS["logmap"].code
-        u = C.stereo_fwd_cpu(code, mx, x, k1, None, eps_log)
-        flat = u.reshape(-1)
-        S = torch.dot(flat, flat)
+        cf = float(c)
+        u, m, S, mid = C.poincare_bn_layer_fwd_cpu(x, cf)
         M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
         v = torch.mm(u, M)
-        none = u.new_empty(0)
-        ctx.save_for_backward(x, c, F_, L_, f, ff, r, m, u, v, M, b, AE, V, none)
+        none = u.new_empty(0)  # the row op's identity M: v is formed here and saved (no recompute in backward)
+        ctx.save_for_backward(x, c, mid, m, u, v, M, b, AE, V, none)
         ctx.wshape = w.shape
-        ctx.eps_proj, ctx.eps_log, ctx.code = eps_proj, eps_log, code
+        ctx.eps_proj, ctx.cf = eps_proj, cf
         ctx.mark_non_differentiable(vt, m)
         return C.poincare_bn_rows_fwd_cpu(v, none, b, c, eps_proj), vt, m
 
     @staticmethod
     def backward(ctx, gy, _gvar, _gm):
-        x, c, F_, L_, f, ff, r, m, u, v, M, b, AE, V, none = ctx.saved_tensors
+        x, c, mid, m, u, v, M, b, AE, V, none = ctx.saved_tensors
         C = _backend.compiled()
         ng = ctx.needs_input_grad
         gv, _, gb1, gc1 = C.poincare_bn_rows_bwd_cpu(gy.contiguous(), v, none, b, c, ctx.eps_proj)
         gM = torch.mm(u.t(), gv)
         gb2, gm, gS, gw, gc2 = _transport_bwd(AE, V, ctx.sc, gM)
         gu = torch.addmm(u, gv, M.t(), beta=2 * gS)  # gv M^T + 2 gS u
-        N, D = x.shape
-        mx = m.reshape(1, D).expand(N, D)
-        k1 = (-c).reshape(1)
-        dm, dx, dk, _ = C.stereo_bwd_cpu(ctx.code, gu, mx, x, k1, None, ctx.eps_log, 1 | 2 | (4 if ng[3] else 0))
-        gm = gm + dm.sum(0)
-        # the midpoint's D-vector backward (MidpointMeanFn's), then its sums' backward added into dx
-        opr = 1 + r
-        h = torch.dot(gm, f) / (opr * opr)
-        gf = gm / opr + f * (h * c / r)
-        gF = gf / L_.clamp_min(1e-15)
-        gL = -torch.dot(gF, f) * (L_ > 1e-15)
-        gc3 = C.poincare_midpoint_sums_bwd_acc_cpu(gF.contiguous(), float(gL), x, float(c), dx)
+        dx, gc3 = C.poincare_bn_layer_bwd_cpu(gu, x, m, mid, gm, ctx.cf)
         gw_ = torch.tensor(gw, dtype=AE.dtype, device=AE.device).reshape(ctx.wshape) if ng[2] else None
-        gc_ = None
-        if ng[3]:
-            gc_ = (gc1 + gc2 - dk.sum() + gc3 + h * ff / (2 * r)).reshape(c.shape)
+        gc_ = (gc1 + (gc2 + gc3)).to(c.dtype).reshape(c.shape) if ng[3] else None
         return (dx if ng[0] else None, (gb1 + gb2) if ng[1] else None, gw_, gc_, None, None, None)
 
 

@@ -1,10 +1,12 @@
 """geoops.nn.poincare modules vs HypLL's layers (same weights) and the fp64 reference; patch_hypll()."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import geoops.compat as compat
 import geoops.poincare as gp
@@ -334,41 +336,85 @@ def test_batchnorm_fused_grads_fp64_and_gradcheck():
                                     atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batchnorm_scalar_chain_fn_vs_torch_composition(dtype):
-    """Eager batch norm runs the transport / rescaling scalars in one Function (BnTransportFn, hand-written
-    backward); under a torch-function mode (as when traced) the torch composition runs instead.  Both: the same
-    values, gradients to x, bias, weight, c and running statistics; the Function's own gradcheck (fp64)."""
-    from torch.overrides import TorchFunctionMode
+class _Passthrough(TorchFunctionMode):
+    """A torch-function mode that changes nothing but makes ``direct_call_ok`` false: the traced-call route."""
 
-    class Passthrough(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
 
+
+def _bn_eager_vs_composition(dtype, N, D, cval, wval, scale, seed):
+    """The training batch norm's eager CPU path (one BnLayerFn node) vs the torch composition that traced / CUDA
+    calls take (forced by a torch-function mode): values, gradients to x, bias, weight, c and running statistics."""
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
-    x0 = gp.expmap0(torch.randn(33, 5, dtype=dtype) * 0.8, c=1.3).detach()
+    g0 = torch.Generator().manual_seed(seed)
+    x0 = gp.expmap0(torch.randn(N, D, generator=g0, dtype=dtype) * scale, c=cval).detach()
     outs = []
-    for mode in (None, Passthrough):
+    for mode in (None, _Passthrough):
         x = x0.clone().requires_grad_(True)
-        c = torch.tensor(1.3, dtype=dtype, requires_grad=True)
-        bias = (torch.linspace(-0.4, 0.5, 5, dtype=dtype)).requires_grad_(True)
-        w = torch.tensor(0.7, dtype=dtype, requires_grad=True)
-        rm, rv = torch.zeros(5, dtype=dtype), torch.ones((), dtype=dtype)
-        if mode is None:
+        c = torch.tensor(cval, dtype=dtype, requires_grad=True)
+        bias = torch.linspace(-0.3, 0.4, D, dtype=dtype).requires_grad_(True)
+        w = torch.tensor(wval, dtype=dtype, requires_grad=True)
+        rm, rv = torch.zeros(D, dtype=dtype), torch.ones((), dtype=dtype)
+        with (mode() if mode else contextlib.nullcontext()):
             y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
-        else:
-            with mode():
-                y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
-        g = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+        assert ("BnLayerFn" in type(y.grad_fn).__name__) == (mode is None)
+        g = torch.linspace(-1, 1.5, y.numel(), dtype=dtype).reshape(y.shape)
         outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
     for a, r in zip(*outs):
         torch.testing.assert_close(a, r, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N, D", [(33, 5), (41, 6), (2, 3), (700, 16), (1000, 8)])  # N = 1: y = b, gradients are noise
+def test_batchnorm_layer_fn_vs_torch_composition(dtype, N, D):
+    """Eager CPU training batch norm: one BnLayerFn node (the logmap_m folded into the C++ layer kernels, several
+    256-row blocks, partial vectors of lanes, two threads' chunks at N = 700 and 1000) vs the torch composition."""
+    _bn_eager_vs_composition(dtype, N, D, 1.3 if D == 5 else 0.8, 0.7 if D == 5 else 1.4, 0.8 if D == 5 else 0.7,
+                             N + D)
+
+
+@pytest.mark.parametrize("N, D", [(13, 6), (2, 3), (19, 4)])
+def test_batchnorm_layer_fn_gradcheck(N, D):
+    """BnLayerFn's own fp64 gradcheck: x, b, weight and the curvature (the transport's scalar chain, the folded
+    logmap's and the midpoint's hand-written backward)."""
+    g0 = torch.Generator().manual_seed(N + D)
+    x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.7, c=0.8).detach().requires_grad_(True)
+    b = gp.expmap0(torch.randn(D, generator=g0, dtype=torch.float64) * 0.3, c=0.8).detach().requires_grad_(True)
+    ins = (x, b, torch.tensor(0.9, dtype=torch.float64, requires_grad=True),
+           torch.tensor(0.8, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda *t: gp.BnLayerFn.apply(*t, N, 1e-6, 1e-5)[0], ins, eps=1e-6, atol=1e-6,
+                                    rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N, D", [(1, 5), (13, 3), (600, 5), (2003, 16)])
+def test_bn_layer_kernel_vs_midpoint_and_logmap(dtype, N, D):
+    """geoops::poincare_bn_layer_fwd (midpoint sums, m, the stats pass writing u = logmap_m(x) and S) vs the
+    midpoint formula and the stereographic logmap; its backward vs autograd through that composition (fp64)."""
+    from geoops._backend import compiled
+
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    g0 = torch.Generator().manual_seed(N * D)
+    x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.9, c=1.1).to(dtype).double()
+    u, m, S, mid = compiled().poincare_bn_layer_fwd_cpu(x.to(dtype), 1.1)  # sums in double: fp32 input, exact
+    mr = gp.midpoint(x, c=1.1)
+    torch.testing.assert_close(m.double(), mr, **tol)
+    ur = gp.logmap(m.double(), x, c=1.1)
+    torch.testing.assert_close(u.double(), ur, **tol)
+    torch.testing.assert_close(torch.tensor(S, dtype=torch.float64), ur.pow(2).sum(), **tol)
     if dtype == torch.float64:
-        b = gp.expmap0(torch.randn(5, dtype=dtype) * 0.4, c=1.3).requires_grad_(True)
-        m = gp.expmap0(torch.randn(5, dtype=dtype) * 0.4, c=1.3).requires_grad_(True)
-        ins = (b, m, torch.tensor(3.1, dtype=dtype, requires_grad=True), torch.tensor(0.7, dtype=dtype, requires_grad=True),
-               torch.tensor(1.3, dtype=dtype, requires_grad=True))
-        assert torch.autograd.gradcheck(lambda *t: gp.BnTransportFn.apply(*t, 33, 1e-6)[0], ins, eps=1e-6, atol=1e-7)
+        xr = x.clone().requires_grad_(True)
+        c = torch.tensor(1.1, dtype=torch.float64, requires_grad=True)
+        mm = gp.midpoint(xr, c=c)
+        uu = gp.logmap(mm, xr, c=c)
+        gu = torch.randn(N, D, generator=g0, dtype=torch.float64)
+        gm = torch.randn(D, generator=g0, dtype=torch.float64)
+        dx_r, dc_r = torch.autograd.grad((uu * gu).sum() + (mm * gm).sum(), (xr, c))
+        dx, dc = compiled().poincare_bn_layer_bwd_cpu(gu, x, m, mid, gm, 1.1)
+        # (sums over N rows in another order; 1 / L amplifies them at N = 2003: 6e-10 absolute there)
+        torch.testing.assert_close(dx, dx_r, rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(torch.tensor(dc, dtype=torch.float64), dc_r, rtol=1e-7, atol=1e-9)
 
 
 def test_batchnorm_fused_ops_opcheck():
@@ -417,72 +463,6 @@ def test_bn_rows_cpp_vs_reference_with_and_without_M(dtype, N, D):
                         pops._Reference.poincare_bn_rows_bwd(g, u, MM, b, c, 4e-3)):
             assert a.shape == r.shape and a.dtype == r.dtype
             torch.testing.assert_close(a, r, **tol)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batchnorm_norm_fn_vs_separate_nodes(dtype, monkeypatch):
-    """Eager CPU batch norm runs variance, transport and row op as one Function (BnNormFn: gu += 2 gS u in place);
-    with GEOOPS_BN_NORM_FN=0 (module flag) the separate SqSumFn / BnTransportFn / BnRowsFn nodes: the same values,
-    gradients to x, bias, weight, c and running statistics; and BnNormFn's own fp64 gradcheck."""
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
-    x0 = gp.expmap0(torch.randn(41, 6, dtype=dtype) * 0.7, c=0.8).detach()
-    outs = []
-    for fused in (True, False):
-        monkeypatch.setattr(gp, "_BN_NORM_FN", fused)
-        x = x0.clone().requires_grad_(True)
-        c = torch.tensor(0.8, dtype=dtype, requires_grad=True)
-        bias = torch.linspace(-0.3, 0.4, 6, dtype=dtype).requires_grad_(True)
-        w = torch.tensor(1.4, dtype=dtype, requires_grad=True)
-        rm, rv = torch.zeros(6, dtype=dtype), torch.ones((), dtype=dtype)
-        y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
-        g = torch.linspace(-1, 1.5, y.numel(), dtype=dtype).reshape(y.shape)
-        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
-    for a, r in zip(*outs):
-        torch.testing.assert_close(a, r, **tol)
-    if dtype == torch.float64:
-        g0 = torch.Generator().manual_seed(5)
-        u = (torch.randn(23, 4, generator=g0, dtype=dtype) * 0.5).requires_grad_(True)
-        b = gp.expmap0(torch.randn(4, generator=g0, dtype=dtype) * 0.3, c=0.8).detach().requires_grad_(True)
-        m = gp.expmap0(torch.randn(4, generator=g0, dtype=dtype) * 0.3, c=0.8).detach().requires_grad_(True)
-        ins = (u, b, m, torch.tensor(0.9, dtype=dtype, requires_grad=True),
-               torch.tensor(0.8, dtype=dtype, requires_grad=True))
-        assert torch.autograd.gradcheck(lambda *t: gp.BnNormFn.apply(*t, 23, 1e-6, 1e-5)[0], ins, eps=1e-6,
-                                        atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("N, D", [(41, 6), (2, 3), (700, 16)])  # N = 1: y = b, gradients are rounding noise
-def test_batchnorm_layer_fn_vs_separate_nodes(dtype, N, D, monkeypatch):
-    """Eager CPU training batch norm runs the whole layer as one Function (BnLayerFn: midpoint, logmap_m, BnNormFn's
-    body; backward ordered by hand, the midpoint's dx added into the logmap's in place); GEOOPS_BN_LAYER_FN=0
-    (module flag): MidpointMeanFn, the logmap Function and BnNormFn; both flags off: the separate nodes.  All three:
-    the same values, gradients to x, bias, weight, c and running statistics; BnLayerFn's own fp64 gradcheck
-    (x, b, weight and the curvature)."""
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
-    g0 = torch.Generator().manual_seed(N + D)
-    x0 = gp.expmap0(torch.randn(N, D, generator=g0, dtype=dtype) * 0.7, c=0.8).detach()
-    outs = []
-    for layer, norm in ((True, True), (False, True), (False, False)):
-        monkeypatch.setattr(gp, "_BN_LAYER_FN", layer)
-        monkeypatch.setattr(gp, "_BN_NORM_FN", norm)
-        x = x0.clone().requires_grad_(True)
-        c = torch.tensor(0.8, dtype=dtype, requires_grad=True)
-        bias = torch.linspace(-0.3, 0.4, D, dtype=dtype).requires_grad_(True)
-        w = torch.tensor(1.4, dtype=dtype, requires_grad=True)
-        rm, rv = torch.zeros(D, dtype=dtype), torch.ones((), dtype=dtype)
-        y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
-        g = torch.linspace(-1, 1.5, y.numel(), dtype=dtype).reshape(y.shape)
-        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
-    for other in outs[1:]:
-        for a, r in zip(outs[0], other):
-            torch.testing.assert_close(a, r, **tol)
-    if dtype == torch.float64 and 1 < N < 100:  # N = 1: y = b exactly (u = 0), the numerical side is noise
-        x = x0[:min(N, 13)].clone().requires_grad_(True)
-        b = gp.expmap0(torch.randn(D, generator=g0, dtype=dtype) * 0.3, c=0.8).detach().requires_grad_(True)
-        ins = (x, b, torch.tensor(0.9, dtype=dtype, requires_grad=True),
-               torch.tensor(0.8, dtype=dtype, requires_grad=True))
-        assert torch.autograd.gradcheck(lambda *t: gp.BnLayerFn.apply(*t, x.shape[0], 1e-6, 1e-5)[0], ins,
-                                        eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 def test_bn_rows_gradcheck_both_projection_branches():

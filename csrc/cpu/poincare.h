@@ -53,12 +53,16 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g, co
 // Midpoint batch norm: the batch midpoint's sums F = sum_i lam_i x_i (D,), L = sum_i (lam_i - 1) (0-dim) of
 // rows x (N, D) in one fused reduction, and its backward (dx, dc) (dc a 0-dim float64 tensor).
 std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_fwd_cpu(const at::Tensor& x, const at::Tensor& c);
-// gx += the midpoint sums' backward (in place, gx contiguous like x); returns dc.  The batch norm layer's
-// eager Function adds the midpoint's gradient into the logmap's with it.
-double poincare_midpoint_sums_bwd_acc_cpu(const at::Tensor& gF, double gL, const at::Tensor& x, double c,
-                                          at::Tensor gx);
 std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tensor& gF, const at::Tensor& gL,
                                                                   const at::Tensor& x, const at::Tensor& c);
+// The training layer's midpoint, u = logmap_m(x) and S = sum_i |u_i|^2 in one call -> (u, m, S, the sums
+// [F, L] as float64 (D + 1) for the backward); x contiguous rows.
+std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu(const at::Tensor& x, double c);
+// Its backward from gu = dL/du and the other gradient of m (gm, the transport's) -> (dx, dc) with the logmap's
+// and the midpoint's dc.
+std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu, const at::Tensor& x,
+                                                         const at::Tensor& m, const at::Tensor& mid,
+                                                         const at::Tensor& gm, double c);
 // The normalisation's fused row pass y = project(expmap_b(u M)) of rows u (N, D), M (D, D), b (D,) on the ball,
 // and its backward (du, dM, db, dc) (dc a 0-dim float64 tensor).
 at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b,

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 namespace geoops {
@@ -261,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in,
 namespace {
 
 template <typename T>
-void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L) {
+void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L, double* Xo = nullptr) {
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> acc(nth);
   std::vector<double> accL(nth, 0.0);
@@ -275,6 +276,7 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
       double X = 0;
 #pragma omp simd reduction(+ : X)
       for (int64_t d = 0; d < D; ++d) X += double(xr[d]) * double(xr[d]);
+      if (Xo) Xo[i] = X;  // the batch norm layer's stats pass reuses |x_i|^2
       const double lam = 2.0 / std::max(1.0 - c * X, 1e-15);
       l += lam - 1.0;
 #pragma omp simd
@@ -292,7 +294,7 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
 }
 
 template <typename T>
-double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int64_t D, double c, bool acc = false) {
+double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int64_t D, double c) {
   const int nth = at::get_num_threads();
   std::vector<double> gcs(nth, 0.0);
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
@@ -310,13 +312,8 @@ double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int6
       const double lam = 2.0 / std::max(den, 1e-15);
       const double w = den > 1e-15 ? (P + gL) * lam * lam : 0.0;  // d/dX of lam = c lam^2 / 2
       const T a = T(lam), b = T(w * c);
-      if (acc) {  // add into gx (the batch norm layer's logmap gradient): no separate accumulation pass
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) gr[d] += a * gF[d] + b * xr[d];
-      } else {
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) gr[d] = a * gF[d] + b * xr[d];
-      }
+      for (int64_t d = 0; d < D; ++d) gr[d] = a * gF[d] + b * xr[d];
       gcl += 0.5 * w * X;
     }
     gcs[at::get_thread_num()] += gcl;
@@ -326,8 +323,8 @@ double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int6
   return s;
 }
 
-// The normalisation's row pass: y_i = project(expmap_b(u_i M)) with u_i = logmap_m(x_i) (the fused
-// stereographic logmap runs first: its rows also give the Fréchet variance), M = PT_{m->b} * sqrt(w/(var+eps))
+// The normalisation's row pass: y_i = project(expmap_b(u_i M)) with u_i = logmap_m(x_i) (from the stats pass
+// below or the fused stereographic logmap: its rows also give the Fréchet variance), M = PT_{m->b} * sqrt(w/(var+eps))
 // as one (D, D) matrix, b = expmap0(bias).  expmap and project are evaluated with the coefficient forms of
 // geoops/stereo_math.h (k = -c) and differentiated with its hand-derived vjps:
 //   backward per row: ge = a_p g + 2 xx_p e (project), then (gb_i, gv) from expmap's row adjoints,
@@ -552,6 +549,247 @@ void check_bn_args(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b
 
 }  // namespace
 
+// ---------------------------------------------------------------- the training layer's logmap_m, folded
+// BnLayerFn (geoops/poincare.py) runs the midpoint, u_i = logmap_m(x_i) and the variance's S = sum_i |u_i|^2 as
+// one C++ call (bn_layer_fwd: the midpoint sums pass, m on the D-vector in double, one stats pass that writes u
+// and sums S), and the backward of all three after gu = dL/du as one call (bn_layer_bwd: a reduction pass, the
+// midpoint's D-vector backward in double, one epilogue pass writing dx).  LOGMAP's coefficient form with
+// x = m, y = x_i (stereo_math.h): u_i = a_i m + c_i (m - x_i) from the row scalars |m|^2, |x_i|^2, <m, x_i>,
+// |m - x_i|^2 (the last summed directly); its row adjoints (xx_, yy_, xy_, dd_, k_) from ga = <gu_i, m>,
+// gc = <gu_i, m - x_i> give
+//   dx_i = -c_i gu_i + 2 (yy_ + dd_) x_i + (xy_ - 2 dd_) m,
+//   dm  += (a_i + c_i) gu_i + (xy_ - 2 dd_) x_i + 2 (xx_ + dd_) m,
+// so the reduction pass sums the D-vector sum_i (a_i + c_i) gu_i + (xy_ - 2 dd_) x_i and two scalars, and keeps
+// four doubles per row (-c_i, 2 (yy_ + dd_), xy_ - 2 dd_, |x_i|^2) for the epilogue, which adds the midpoint
+// sums' backward lam_i gF + (<gF, x_i> + gL) c lam_i^2 x_i in the same write.  Instead of the stereographic
+// logmap kernel's forward and backward (its dm rows (N, D), their reduction), the dot for S and a separate
+// accumulation pass of the midpoint's dx.
+namespace {
+
+// stereo_math.h's LOGMAP calls atanc once in its forward and once in its vjp, with the same argument.
+struct OnceAtanc {
+  vecmath::Vec a;
+  bool have = false;
+  vecmath::Vec tanc(const vecmath::Vec& z) { return vecmath::LaneMath().tanc(z); }
+  vecmath::Vec atanc(const vecmath::Vec& z, const vecmath::Vec& q) {
+    if (!have) a = vecmath::LaneMath().atanc(z, q), have = true;
+    return a;
+  }
+};
+
+struct LogBlock {
+  alignas(64) double yy[kBnBlock], xy[kBnBlock], dd[kBnBlock], ga[kBnBlock], gc[kBnBlock];
+  alignas(64) double ca[kBnBlock], cc[kBnBlock], cx[kBnBlock], cm[kBnBlock];
+};
+
+// Row sums of a block: yy = |x|^2, xy = <m, x>, dd = |m - x|^2, and with g: ga = <g, m>, gc = <g, m - x>;
+// without g and with Xs (the rows' |x_i|^2 from the midpoint pass, mm = |m|^2) only dd is summed, xy = (mm + yy -
+// dd) / 2 (its rounding, ~1e-16 of |m|^2 + |x|^2, is far below what LOGMAP's O(1) denominators notice);
+// padded lanes up to whole vectors: zeros (x = 0, g = 0: finite coefficients, zero adjoints).
+template <typename T>
+void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, int64_t i0, int64_t n, int64_t D,
+                    const double* Xs = nullptr, double mm = 0) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T* xr = xp + (i0 + j) * D;
+    double yy = 0, xy = 0, dd = 0, ga = 0, gc = 0;
+    if (gp) {
+      const T* gr = gp + (i0 + j) * D;
+#pragma omp simd reduction(+ : yy, xy, dd, ga, gc)
+      for (int64_t d = 0; d < D; ++d) {
+        const double x = double(xr[d]), m = mp[d], g = double(gr[d]), e = m - x;
+        yy += x * x;
+        xy += m * x;
+        dd += e * e;
+        ga += g * m;
+        gc += g * e;
+      }
+    } else if (Xs) {
+#pragma omp simd reduction(+ : dd)
+      for (int64_t d = 0; d < D; ++d) {
+        const double e = mp[d] - double(xr[d]);
+        dd += e * e;
+      }
+      yy = Xs[i0 + j];
+      xy = 0.5 * (mm + yy - dd);
+    } else {
+#pragma omp simd reduction(+ : yy, xy, dd)
+      for (int64_t d = 0; d < D; ++d) {
+        const double x = double(xr[d]), m = mp[d], e = m - x;
+        yy += x * x;
+        xy += m * x;
+        dd += e * e;
+      }
+    }
+    k_.yy[j] = yy, k_.xy[j] = xy, k_.dd[j] = dd, k_.ga[j] = ga, k_.gc[j] = gc;
+  }
+  const int64_t nv = (n + kLanes - 1) / kLanes * kLanes;
+  for (int64_t j = n; j < nv; ++j) k_.yy[j] = k_.xy[j] = k_.dd[j] = k_.ga[j] = k_.gc[j] = 0.0;
+}
+
+// LOGMAP on the block's lanes: forward ca = a, cc = c; backward (GRAD) ca = a + c, cc = -c, cx = 2 (yy_ + dd_),
+// cm = xy_ - 2 dd_, and the block's sums of 2 (xx_ + dd_) and of k_ added to *sm, *sk.
+template <bool GRAD>
+void log_block_coefs(LogBlock& k_, int64_t n, double mm, double k, double* sm, double* sk) {
+  using namespace geoops::stereo;
+  using vecmath::Vec;
+  Vec accm(0.0), acck(0.0);
+  const Vec vmm(mm), vk(k), zero(0.0), two(2.0);
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const Row<Vec> s{vmm, Vec::loadu(k_.yy + j), Vec::loadu(k_.xy + j), Vec::loadu(k_.dd + j), vk, zero};
+    OnceAtanc am;
+    const Coef<Vec> cf = fwd<Vec>(LOGMAP, s, zero, am);
+    if constexpr (!GRAD) {
+      cf.a.store(k_.ca + j);
+      cf.c.store(k_.cc + j);
+    } else {
+      const Row<Vec> r = vjp<Vec>(LOGMAP, s, zero, Vec::loadu(k_.ga + j), zero, Vec::loadu(k_.gc + j), am);
+      (cf.a + cf.c).store(k_.ca + j);
+      (zero - cf.c).store(k_.cc + j);
+      (two * (r.yy + r.dd)).store(k_.cx + j);
+      (r.xy - two * r.dd).store(k_.cm + j);
+      accm = accm + two * (r.xx + r.dd);
+      acck = acck + r.k;
+    }
+  }
+  if constexpr (GRAD) {
+    alignas(64) double tm[kLanes], tk[kLanes];
+    accm.store(tm);
+    acck.store(tk);
+    for (int64_t l = 0; l < kLanes; ++l) *sm += tm[l], *sk += tk[l];
+  }
+}
+
+// u_i = a_i m + c_i (m - x_i) written as T; returns S = sum_i |u_i|^2 of the written values (double).
+template <typename T>
+double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, int64_t N, int64_t D, double mm,
+                       double k) {
+  const int nth = at::get_num_threads();
+  std::vector<double> acc(nth, 0.0);
+  at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
+    LogBlock blk;
+    double S = 0;
+    for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
+      const int64_t n = std::min(kBnBlock, i1 - b0);
+      log_block_sums<T>(blk, xp, nullptr, mp, b0, n, D, Xs, mm);
+      log_block_coefs<false>(blk, n, mm, k, nullptr, nullptr);
+      for (int64_t j = 0; j < n; ++j) {
+        const T* xr = xp + (b0 + j) * D;
+        T* ur = up + (b0 + j) * D;
+        const double a = blk.ca[j], c = blk.cc[j];
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t d = 0; d < D; ++d) {
+          const T u = T(a * mp[d] + c * (mp[d] - double(xr[d])));
+          ur[d] = u;
+          s += double(u) * double(u);
+        }
+        S += s;
+      }
+    }
+    acc[at::get_thread_num()] += S;
+  });
+  double S = 0;
+  for (double v : acc) S += v;
+  return S;
+}
+
+// The backward's reduction pass: per row (-c_i, 2 (yy_ + dd_), xy_ - 2 dd_, |x_i|^2) into cf (N x 4), the
+// D-vector pm = sum_i (a_i + c_i) g_i + (xy_ - 2 dd_) x_i, *sm = sum_i 2 (xx_ + dd_), *sk = sum_i k_.
+template <typename T>
+void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64_t D, double mm, double k,
+                    double* cf, double* pm, double* sm, double* sk) {
+  const int nth = at::get_num_threads();
+  std::vector<std::vector<double>> ap(nth);
+  std::vector<double> am(nth, 0.0), ak(nth, 0.0);
+  at::parallel_for(0, N, grain(D * 16), [&](int64_t i0, int64_t i1) {
+    const int tid = at::get_thread_num();
+    if (ap[tid].empty()) ap[tid].assign(D, 0.0);
+    double* p = ap[tid].data();
+    LogBlock blk;
+    double smt = 0, skt = 0;
+    for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
+      const int64_t n = std::min(kBnBlock, i1 - b0);
+      log_block_sums<T>(blk, xp, gp, mp, b0, n, D);
+      log_block_coefs<true>(blk, n, mm, k, &smt, &skt);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = b0 + j;
+        const T* xr = xp + i * D;
+        const T* gr = gp + i * D;
+        const double ag = blk.ca[j], cm = blk.cm[j];
+        double* o = cf + 4 * i;
+        o[0] = blk.cc[j], o[1] = blk.cx[j], o[2] = cm, o[3] = blk.yy[j];
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) p[d] += ag * double(gr[d]) + cm * double(xr[d]);
+      }
+    }
+    am[tid] += smt;
+    ak[tid] += skt;
+  });
+  *sm = *sk = 0;
+  for (int t = 0; t < nth; ++t) *sm += am[t], *sk += ak[t];
+  for (int64_t d = 0; d < D; ++d) pm[d] = 0;
+  for (int t = 0; t < nth; ++t) {
+    if (ap[t].empty()) continue;
+    for (int64_t d = 0; d < D; ++d) pm[d] += ap[t][d];
+  }
+}
+
+// The epilogue: dx_i = -c_i g_i + (2 (yy_ + dd_) + w_i c) x_i + (xy_ - 2 dd_) m + lam_i gF with the midpoint
+// sums' lam_i = 2 / max(1 - c |x_i|^2, 1e-15), w_i = (<gF, x_i> + gL) lam_i^2; returns the sums' dc.
+template <typename T>
+double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* cf, const double* gF, double gL,
+                     double c, T* dxp, int64_t N, int64_t D) {
+  const int nth = at::get_num_threads();
+  std::vector<double> gcs(nth, 0.0);
+  at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
+    double gcl = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xr = xp + i * D;
+      const T* gr = gp + i * D;
+      T* dr = dxp + i * D;
+      double P = 0;
+#pragma omp simd reduction(+ : P)
+      for (int64_t d = 0; d < D; ++d) P += gF[d] * double(xr[d]);
+      const double* o = cf + 4 * i;
+      const double X = o[3], den = 1.0 - c * X;
+      const double lam = 2.0 / std::max(den, 1e-15);
+      const double w = den > 1e-15 ? (P + gL) * lam * lam : 0.0;
+      const double cg = o[0], cx = o[1] + w * c, cm = o[2];
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) dr[d] = T(cg * double(gr[d]) + cx * double(xr[d]) + cm * mp[d] + lam * gF[d]);
+      gcl += 0.5 * w * X;
+    }
+    gcs[at::get_thread_num()] += gcl;
+  });
+  double s = 0;
+  for (double v : gcs) s += v;
+  return s;
+}
+
+// The midpoint's D-vector step in double from the sums F (D), L: f = F / max(L, 1e-15), r = sqrt(1 - c |f|^2),
+// m = f / (1 + r).
+struct MidVec {
+  std::vector<double> f;
+  double L, Lc, ff, r;
+};
+MidVec mid_vec(const double* F, double L, int64_t D, double c) {
+  MidVec o;
+  o.L = L;
+  o.Lc = std::max(L, 1e-15);
+  o.f.resize(D);
+  o.ff = 0;
+  for (int64_t d = 0; d < D; ++d) o.f[d] = F[d] / o.Lc, o.ff += o.f[d] * o.f[d];
+  o.r = std::sqrt(1.0 - c * o.ff);
+  return o;
+}
+
+void check_layer_rows(const at::Tensor& x) {
+  check_rows("poincare_bn_layer", x);
+  TORCH_CHECK(x.is_contiguous(), "poincare_bn_layer: x must be contiguous rows");
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_fwd_cpu(const at::Tensor& x_in, const at::Tensor& c_in) {
   check_rows("poincare_midpoint_sums", x_in);
   const at::Tensor x = x_in.contiguous();
@@ -582,21 +820,6 @@ std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tens
     gc = mid_bwd_impl<float>(gF.data_ptr<float>(), gL, x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0),
                              x.size(1), c);
   return {gx, at::full({}, gc, x.options().dtype(at::kDouble))};
-}
-
-double poincare_midpoint_sums_bwd_acc_cpu(const at::Tensor& gF_in, double gL, const at::Tensor& x,
-                                          double c, at::Tensor gx) {
-  check_rows("poincare_midpoint_sums", x);
-  TORCH_CHECK(x.is_contiguous() && gx.is_contiguous() && gx.sizes() == x.sizes() &&
-                  gx.scalar_type() == x.scalar_type(),
-              "poincare_midpoint_sums_bwd_acc: x and gx must be contiguous rows of one shape and dtype");
-  const at::Tensor gF = gF_in.to(x.scalar_type()).contiguous();
-  TORCH_CHECK(gF.numel() == x.size(1), "poincare_midpoint_sums: grad of F must have D entries");
-  if (x.scalar_type() == at::kDouble)
-    return mid_bwd_impl<double>(gF.data_ptr<double>(), gL, x.data_ptr<double>(), gx.data_ptr<double>(), x.size(0),
-                                x.size(1), c, true);
-  return mid_bwd_impl<float>(gF.data_ptr<float>(), gL, x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0),
-                             x.size(1), c, true);
 }
 
 at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u_in, const at::Tensor& M_in, const at::Tensor& b_in,
@@ -639,6 +862,84 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
     gM = at::mm(u.t(), gv);
   }
   return {gu, gM, gb.to(u.scalar_type()), -gk};  // dc = -dk
+}
+
+std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu(const at::Tensor& x, double c) {
+  check_layer_rows(x);
+  const int64_t N = x.size(0), D = x.size(1);
+  const auto dopt = x.options().dtype(at::kDouble);
+  at::Tensor mid = at::empty({D + 1}, dopt);  // F (D), L: the backward's midpoint step starts from them
+  double* Fp = mid.data_ptr<double>();
+  const bool f64 = x.scalar_type() == at::kDouble;
+  std::unique_ptr<double[]> X(new double[N]);  // |x_i|^2 from the sums pass, for the stats pass
+  if (f64)
+    mid_fwd_impl<double>(x.data_ptr<double>(), N, D, c, Fp, Fp + D, X.get());
+  else
+    mid_fwd_impl<float>(x.data_ptr<float>(), N, D, c, Fp, Fp + D, X.get());
+  const MidVec mv = mid_vec(Fp, Fp[D], D, c);
+  at::Tensor m = at::empty({D}, x.options());
+  std::vector<double> md(D);  // m as the layer's dtype rounds it: the logmap runs at the returned point
+  double mm = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double v = mv.f[d] / (1.0 + mv.r);
+    if (f64) {
+      m.data_ptr<double>()[d] = v, md[d] = v;
+    } else {
+      m.data_ptr<float>()[d] = float(v), md[d] = double(float(v));
+    }
+    mm += md[d] * md[d];
+  }
+  at::Tensor u = at::empty_like(x);
+  const double S = f64 ? bn_log_fwd_impl<double>(x.data_ptr<double>(), md.data(), X.get(), u.data_ptr<double>(), N, D,
+                                                 mm, -c)
+                       : bn_log_fwd_impl<float>(x.data_ptr<float>(), md.data(), X.get(), u.data_ptr<float>(), N, D,
+                                                mm, -c);
+  return {u, m, S, mid};
+}
+
+std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in, const at::Tensor& x,
+                                                         const at::Tensor& m_in, const at::Tensor& mid,
+                                                         const at::Tensor& gm_in, double c) {
+  check_layer_rows(x);
+  const int64_t N = x.size(0), D = x.size(1);
+  const at::Tensor gu = gu_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(gu.sizes() == x.sizes(), "poincare_bn_layer: grad of u and x must have one shape");
+  TORCH_CHECK(m_in.numel() == D && gm_in.numel() == D && mid.numel() == D + 1 && mid.scalar_type() == at::kDouble,
+              "poincare_bn_layer: m, its grad (D,) and the sums (D + 1, float64) must match x");
+  const at::Tensor md_t = m_in.to(at::kDouble).contiguous(), gm_t = gm_in.to(at::kDouble).contiguous();
+  const at::Tensor mid_c = mid.contiguous();
+  const double* mp = md_t.data_ptr<double>();
+  const double* Fp = mid_c.data_ptr<double>();
+  double mm = 0;
+  for (int64_t d = 0; d < D; ++d) mm += mp[d] * mp[d];
+  std::unique_ptr<double[]> cfp(new double[4 * N]);  // written row by row: no zero-fill pass
+  double* cf = cfp.get();
+  std::vector<double> pm(D);
+  double sm = 0, sk = 0;
+  const bool f64 = x.scalar_type() == at::kDouble;
+  if (f64)
+    bn_log_bwd_red<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk);
+  else
+    bn_log_bwd_red<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk);
+  // the total gm (the transport's, the logmap's), then the midpoint's D-vector backward in double
+  const MidVec mv = mid_vec(Fp, Fp[D], D, c);
+  const double* gmp = gm_t.data_ptr<double>();
+  std::vector<double> gm(D), gF(D);
+  double gmf = 0;
+  for (int64_t d = 0; d < D; ++d) gm[d] = gmp[d] + pm[d] + sm * mp[d], gmf += gm[d] * mv.f[d];
+  const double opr = 1.0 + mv.r, h = gmf / (opr * opr);
+  double gFf = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    gF[d] = (gm[d] / opr + mv.f[d] * (h * c / mv.r)) / mv.Lc;
+    gFf += gF[d] * mv.f[d];
+  }
+  const double gL = mv.L > 1e-15 ? -gFf : 0.0;
+  at::Tensor dx = at::empty_like(x);
+  const double gc3 = f64 ? bn_log_bwd_dx<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, cf, gF.data(),
+                                                 gL, c, dx.data_ptr<double>(), N, D)
+                         : bn_log_bwd_dx<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, cf, gF.data(),
+                                                gL, c, dx.data_ptr<float>(), N, D);
+  return {dx, -sk + gc3 + h * mv.ff / (2.0 * mv.r)};  // dc = -dk of the logmap + the midpoint's
 }
 
 }  // namespace cpu
