@@ -410,3 +410,33 @@ def test_f32_expmap0_float_path(d, monkeypatch):
         err = ((fast.double() - expect).norm(dim=-1) / scale)[ok]
         assert float(err.max()) <= 6e-7, (name, float(err.max()))
         assert not torch.equal(fast[ok], slow[ok]), name  # the fast path ran
+
+
+@pytest.mark.parametrize("d", (1, 2, 5, 10, 16))
+@pytest.mark.parametrize("op", ("logmap0", "logmap"))
+def test_f32_fused_atanc_float_accuracy(op, d, monkeypatch):
+    """The fused logmap0 / logmap's atanc with s, 1/s and 1/q from Newton-refined estimates (the default) in place
+    of sqrt and two divisions (GEOOPS_STEREO_F32_TANH=double): points whose norms sweep from 1e-4 (series) to within
+    1e-4 of the boundary, k = -1 and -0.3: within 1e-6 of the fp64 math on the same fp32 inputs, relative to the
+    output's norm (logmap: to the larger of it and |x| / 10, the write cancels), and no worse than 2x the exact
+    operations' error plus 2e-7."""
+    n = 32 * 40
+    g = torch.Generator().manual_seed(1100 + d)
+    for kv in (-1.0, -0.3):
+        frac = torch.logspace(-4, 0, n, dtype=torch.float64)[torch.randperm(n, generator=g)]
+        frac = torch.where(frac > 0.5, 1 - torch.logspace(-4, -0.3, n, dtype=torch.float64), frac)
+        y = pc._ball_points(g, n, d, kv, frac).float()
+        x = pc._ball_points(g, n, d, kv, torch.rand(n, generator=g, dtype=torch.float64) * 0.9).float()
+        args = (y,) if op == "logmap0" else (x, y)
+        k = torch.tensor(kv)
+        expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
+        scale = expect.norm(dim=-1)
+        if op == "logmap":
+            scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
+        errs = {}
+        for tanh in ("inline", "double"):
+            monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+            monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", tanh)
+            out = getattr(gs, op)(*args, k=k).double()
+            errs[tanh] = float(((out - expect).norm(dim=-1) / scale.clamp_min(1e-30)).max())
+        assert errs["inline"] <= 1e-6 and errs["inline"] <= 2 * errs["double"] + 2e-7, (kv, errs)

@@ -55,7 +55,6 @@ constexpr bool fast_op(int op) {
 inline int mode() {
   const char* e = std::getenv("GEOOPS_STEREO_F32_ROWS");
   if (!e || !*e) return 1;
-  if (e[0] == '8' || e[0] == '9') return e[0] - '0';  // TEMP floor
   return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : (e[0] == '3' ? 3 : 1));
 }
 // Session 9's default (mode 1; A/B in docs/families/stereographic.md, 1 thread, under load): D <= 8 all five ops
@@ -405,7 +404,8 @@ inline FVec fin(const FVec& v) { return (v > FVec(-1e30f)) & (v < FVec(1e30f)); 
 // time at D = 2 (perf).  s is clamped at 9 (e < 2^-25: tanh(s) = 1 in float).  GEOOPS_STEREO_F32_TANH=sleef:
 // SLEEF's tanh (A/B; read per call).  Without AVX-512/AVX2: SLEEF's.
 // 0: SLEEF (=sleef), 1: the inline exp with the double quotient (=double; expmap0 too), 2 (unset): as 1, but
-// expmap0 all in float (tanc_neg_f, lanes_expmap0_f).
+// expmap0 all in float (tanc_neg_f, lanes_expmap0_f) and the fused logmap0 / logmap's atanc without vsqrtps /
+// vdivps (atanc_neg_f).
 inline int tanh_inline() {
   const char* e = std::getenv("GEOOPS_STEREO_F32_TANH");
   if (!e || !*e) return 2;
@@ -510,6 +510,21 @@ inline FVec tanc_neg_f(const FVec& z) {
   const FVec rd = rcp_nr(den);
   const FVec v0 = num * rd;
   const FVec v = at::vec::fmadd(at::vec::fnmadd(den, v0, num), rd, v0);  // one Newton step on num / den
+  return FVec::blendv(series, v, z <= cut.neg());
+}
+
+// atanc(z, q) = artanh(s)/s (s = sqrt(-z), q = 1 - s^2 from the double terms) for z < series cut, the float
+// lanes of the fused logmap0 / logmap (tanh_kind 2): eval_series_neg<true>'s 0.5 log1p(2s(1 + s)/q)/s with s and 1/s
+// from one reciprocal square root and 1/q from a reciprocal (Newton-refined estimates) in place of vsqrtps and two
+// vdivps; the log1p stays SLEEF's.
+inline FVec atanc_neg_f(const FVec& z, const FVec& q) {
+  const FVec cut(stereo::series_cut<float>());
+  const FVec series = stereo::atanc_series(z);
+  const FVec s2 = at::vec::maximum(z.neg(), cut);
+  const FVec rs = rsqrt_nr(s2);
+  const FVec s = s2 * rs;
+  const FVec rq = rcp_nr(at::vec::maximum(q, FVec(stereo::min_den<float>())));
+  const FVec v = FVec(0.5f) * (FVec(2.f) * s * (FVec(1.f) + s) * rq).log1p() * rs;
   return FVec::blendv(series, v, z <= cut.neg());
 }
 
@@ -619,7 +634,9 @@ inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(O
     const FVec r = FVec(1.f) / f[2];
     a = f[0] * r, b = f[1] * r;
   } else {
-    const FVec v = (OP == LOGMAP || OP == LOGMAP0) ? vecmath::eval_series_neg<true>(z, q) : tanc_neg(z, inline_exp);
+    const FVec v = (OP == LOGMAP || OP == LOGMAP0)
+                       ? (inline_exp == 2 ? atanc_neg_f(z, q) : vecmath::eval_series_neg<true>(z, q))
+                       : tanc_neg(z, inline_exp);
     if (OP == EXPMAP) {
       const FVec tf = u0 * v;
       DVec td[2];
@@ -663,13 +680,6 @@ template <int OP, int NB>
 inline bool run(int m, int inline_exp, int64_t D, const float* xb, const float* yb, float* ob, int nb,
                 const double* kk) {
   if (nb != NB) return false;
-  if (m >= 8) {  // TEMP floor
-    alignas(64) float ca[NB], cb[NB];
-    for (int b = 0; b < NB; ++b) ca[b] = 1.f, cb[b] = 0.f;
-    if (D == 2) { if (m == 9) { alignas(64) float xs[2][NB], ys[stereo::op_has_y(OP) ? 2 : 1][NB]; deinterleave<2, NB, stereo::op_has_y(OP)>(xb, yb, xs, ys); ca[0] = xs[0][0] * 0.f + 1.f; } write_rows<OP, 2, NB>(xb, yb, ob, ca, cb); return true; }
-    if (D == 5) { if (m == 9) { alignas(64) float xs[5][NB], ys[stereo::op_has_y(OP) ? 5 : 1][NB]; deinterleave<5, NB, stereo::op_has_y(OP)>(xb, yb, xs, ys); ca[0] = xs[0][0] * 0.f + 1.f; } write_rows<OP, 5, NB>(xb, yb, ob, ca, cb); return true; }
-    return false;
-  }
   if (m == 3 || (m == 1 && prefer_unfused(OP, D))) {
     switch (D) {
       case 1: return block<OP, 1, NB>(xb, yb, ob, kk, inline_exp);
