@@ -355,9 +355,88 @@ def test_f32_fused_inline_tanh_accuracy(d, monkeypatch):
         expect = ref.expmap0(u.double(), k=k.double())
         scale = expect.norm(dim=-1).clamp_min(1e-30)
         errs = {}
-        for tanh in ("inline", "sleef"):
+        for tanh in ("inline", "sleef", "double"):
             monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
             monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", tanh)
             out = gs.expmap0(u, k=k).double()
             errs[tanh] = float(((out - expect).norm(dim=-1) / scale).max())
-        assert errs["inline"] <= 6e-7 and errs["inline"] <= 3 * errs["sleef"] + 2e-7, (kv, errs)
+        for tanh in ("inline", "double"):  # (inline: session 10's all-float expmap0; double: session 9's)
+            assert errs[tanh] <= 6e-7 and errs[tanh] <= 3 * errs["sleef"] + 2e-7, (kv, tanh, errs)
+
+
+# ---------------------------------------------------------------- session 10: expmap0 all in float; row permutes
+# expmap0's fast path computes |u|^2, z = k|u|^2 and tanh(s)/s in float (rsqrt/rcp estimates + Newton steps, no
+# double conversions); GEOOPS_STEREO_F32_TANH=double keeps session 9's double quotient.  At 3 <= D <= 8 (AVX-512)
+# the rows are deinterleaved and written with explicit permutes (the fast path's accuracy tests above cover them).
+
+
+@pytest.mark.parametrize("d", (1, 2, 3, 5, 8, 16))
+def test_f32_expmap0_float_path(d, monkeypatch):
+    """expmap0's all-float lanes: tiny and zero vectors, norms across the series cut and into tanh = 1, a NaN
+    row, a row whose float |u|^2 overflows (its block takes the double path: bit for bit), a partial last block,
+    and k given three ways (one value, per row, per row with a stride of 2): within 6e-7 of the fp64 math on the
+    same inputs, and the declined / partial blocks equal to the double path (GEOOPS_STEREO_F32_ROWS=0)."""
+    n = 32 * 7 + 11
+    g = torch.Generator().manual_seed(1000 + d)
+    u = torch.randn(n, d, generator=g, dtype=torch.float64)
+    norms = torch.logspace(-3, 1.3, n, dtype=torch.float64)[torch.randperm(n, generator=g)]
+    norms[5], norms[6], norms[7] = 1e-20, 0.0, 1e-30
+    u = u / u.norm(dim=-1, keepdim=True) * norms.unsqueeze(-1)
+    u[6] = 0.0
+    u = u.float()
+    u[40] = float("nan")  # block 1
+    u[100] = 3e19  # block 3: |u|^2 overflows in float
+    kv = torch.tensor([-1.0, -0.3, -2.5] * n)[:n].reshape(n, 1)
+    ks = {"scalar": torch.tensor(-0.7), "per_row": kv, "strided": torch.cat([kv, kv], 1)[:, :1]}
+    assert ks["strided"].stride(0) == 2
+    for name, k in ks.items():
+        monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+        monkeypatch.delenv("GEOOPS_STEREO_F32_TANH", raising=False)
+        fast = gs.expmap0(u, k=k)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+        slow = gs.expmap0(u, k=k)
+        expect = ref.expmap0(u.double(), k=k.double())
+        assert torch.equal(fast.isnan(), slow.isnan()), name
+        assert torch.isnan(fast[40]).all()
+        for blk in (1, 3):
+            sl = slice(blk * 32, blk * 32 + 32)
+            assert torch.equal(fast[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, blk)
+        tail = slice(32 * 7, n)
+        assert torch.equal(fast[tail], slow[tail]), name
+        assert torch.equal(fast[6], torch.zeros(d))
+        ok = torch.isfinite(expect).all(-1)
+        ok[32:64] = ok[96:128] = False
+        scale = expect.norm(dim=-1).clamp_min(1e-38)
+        err = ((fast.double() - expect).norm(dim=-1) / scale)[ok]
+        assert float(err.max()) <= 6e-7, (name, float(err.max()))
+        assert not torch.equal(fast[ok], slow[ok]), name  # the fast path ran
+
+
+@pytest.mark.parametrize("d", (1, 2, 5, 10, 16))
+@pytest.mark.parametrize("op", ("logmap0", "logmap"))
+def test_f32_fused_atanc_float_accuracy(op, d, monkeypatch):
+    """The fused logmap0 / logmap's atanc with s, 1/s and 1/q from Newton-refined estimates (the default) in place
+    of sqrt and two divisions (GEOOPS_STEREO_F32_TANH=double): points whose norms sweep from 1e-4 (series) to within
+    1e-4 of the boundary, k = -1 and -0.3: within 1e-6 of the fp64 math on the same fp32 inputs, relative to the
+    output's norm (logmap: to the larger of it and |x| / 10, the write cancels), and no worse than 2x the exact
+    operations' error plus 2e-7."""
+    n = 32 * 40
+    g = torch.Generator().manual_seed(1100 + d)
+    for kv in (-1.0, -0.3):
+        frac = torch.logspace(-4, 0, n, dtype=torch.float64)[torch.randperm(n, generator=g)]
+        frac = torch.where(frac > 0.5, 1 - torch.logspace(-4, -0.3, n, dtype=torch.float64), frac)
+        y = pc._ball_points(g, n, d, kv, frac).float()
+        x = pc._ball_points(g, n, d, kv, torch.rand(n, generator=g, dtype=torch.float64) * 0.9).float()
+        args = (y,) if op == "logmap0" else (x, y)
+        k = torch.tensor(kv)
+        expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
+        scale = expect.norm(dim=-1)
+        if op == "logmap":
+            scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
+        errs = {}
+        for tanh in ("inline", "double"):
+            monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+            monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", tanh)
+            out = getattr(gs, op)(*args, k=k).double()
+            errs[tanh] = float(((out - expect).norm(dim=-1) / scale.clamp_min(1e-30)).max())
+        assert errs["inline"] <= 1e-6 and errs["inline"] <= 2 * errs["double"] + 2e-7, (kv, errs)

@@ -413,7 +413,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // double path below for the blocks it declines
   constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
   const int f32_mode = kF32Op ? f32rows::mode() : 0;
-  const bool f32_inline_exp = kF32Op && f32rows::tanh_inline();
+  const int f32_inline_exp = kF32Op ? f32rows::tanh_inline() : 0;
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
   // fp32 rows longer than the short-row cut: the AVX-512 row sums and, for a large contiguous output, the
   // streaming stores (above)
@@ -422,15 +422,22 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   const bool nt = kF32Long && !SCALAR_OUT && nt_stores_on() && so == D && D % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(op_) % 64 == 0;
   const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
+  // the fast path's k per row: a call-wide curvature filled once (a per-block scalar fill of 32 rows cost about
+  // a third of the D = 2 block's load/store floor), per-row k of stride 1 read in place
+  alignas(64) double kconst[kMaxBlock];
+  if (kF32Op && f32_fast && sc.sk == 0 && N > 0) std::fill(kconst, kconst + kMaxBlock, sc.k[0]);
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
     if constexpr (kF32Op) {
       if (f32_fast) {
-        for (int64_t b = 0; b < nb; ++b) kk[b] = sc.k[(i0 + b) * sc.sk];
+        const double* kb = sc.sk == 0 ? kconst : (sc.sk == 1 ? sc.k + i0 : kk);
+        if (sc.sk != 0 && sc.sk != 1) {
+          for (int64_t b = 0; b < nb; ++b) kk[b] = sc.k[(i0 + b) * sc.sk];
+        }
         const float* xf = reinterpret_cast<const float*>(xp) + i0 * D;
         const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) + i0 * D : nullptr;
-        if (f32rows::run<OP, kBlock>(f32_mode, f32_inline_exp, D, xf, yf, reinterpret_cast<float*>(op_) + i0 * D, static_cast<int>(nb), kk)) return;
+        if (f32rows::run<OP, kBlock>(f32_mode, f32_inline_exp, D, xf, yf, reinterpret_cast<float*>(op_) + i0 * D, static_cast<int>(nb), kb)) return;
       }
     }
     if (SHORT) {

@@ -84,6 +84,78 @@ struct Scratch {
   alignas(64) double e1[kMaxRows], e2[kMaxRows], e3[kMaxRows];
 };
 
+// ---------------------------------------------------------------- AVX-512 row permutes (3 <= D <= 8)
+// GCC 12 compiles the deinterleave and write loops below to vector permutes at D = 1, 2 but to one scalar
+// load/store per element (deinterleave) or one 4-wide row at a time (writes) at D = 3..8 (objdump, session 10:
+// the D = 5 deinterleave alone cost ~2.5 ns per row).  So there, with AVX-512, explicitly: 16 rows of D floats
+// are D vectors; column j of them is one two-source permute per pair of vectors, merged by lane masks; the writes
+// expand each row's coefficient to its D elements with one permute per output vector.
+template <int D>
+struct PermTab {
+  alignas(64) int32_t col[D][16];  // column j, lane l: element (D l + j) mod 32 of its pair of vectors
+  alignas(64) int32_t row[D][16];  // output vector i, lane l: row (16 i + l) / D
+  uint16_t pair[D][(D + 1) / 2];   // column j: the lanes whose element lies in pair p (vectors 2p, 2p + 1)
+  constexpr PermTab() : col{}, row{}, pair{} {
+    for (int j = 0; j < D; ++j) {
+      for (int l = 0; l < 16; ++l) {
+        col[j][l] = (D * l + j) % 32;
+        pair[j][(D * l + j) / 32] |= static_cast<uint16_t>(1u << l);
+        row[j][l] = (16 * j + l) / D;
+      }
+    }
+  }
+};
+template <int D>
+inline constexpr PermTab<D> kPermTab{};
+constexpr bool perm_rows(int D) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return kF == 16 && D >= 3 && D <= 8;
+#else
+  return (void)D, false;
+#endif
+}
+#define GEOOPS_F32_INL inline __attribute__((optimize("no-trapping-math")))
+#if defined(CPU_CAPABILITY_AVX512)
+// The NB rows at p (D floats each, back to back) into SoA lanes xs[j][b].
+template <int D, int NB>
+GEOOPS_F32_INL void deint_v(const float* __restrict p, float (&xs)[D][NB]) {
+  const PermTab<D>& T = kPermTab<D>;
+  for (int r0 = 0; r0 < NB; r0 += 16) {
+    __m512 v[D];
+    for (int i = 0; i < D; ++i) v[i] = _mm512_loadu_ps(p + r0 * D + 16 * i);
+    for (int j = 0; j < D; ++j) {
+      const __m512i ix = _mm512_loadu_si512(T.col[j]);
+      __m512 r = _mm512_permutex2var_ps(v[0], ix, v[1]);
+      for (int q = 1; 2 * q < D; ++q) {
+        r = _mm512_mask_mov_ps(r, T.pair[j][q], _mm512_permutex2var_ps(v[2 * q], ix, v[2 * q + 1 < D ? 2 * q + 1 : 2 * q]));
+      }
+      _mm512_storeu_ps(&xs[j][r0], r);
+    }
+  }
+}
+// out = a x + b y (logmap: a x + b (x - y); one-input ops: a x) for the NB rows, coefficients ca[b], cb[b].
+template <int OP, int D, int NB>
+GEOOPS_F32_INL void write_v(const float* __restrict xb, const float* __restrict yb, float* __restrict ob,
+                            const float* __restrict ca, const float* __restrict cb) {
+  const PermTab<D>& T = kPermTab<D>;
+  for (int r0 = 0; r0 < NB; r0 += 16) {
+    const __m512 a = _mm512_loadu_ps(ca + r0), b = _mm512_loadu_ps(cb + r0);
+    for (int i = 0; i < D; ++i) {
+      const __m512i ix = _mm512_loadu_si512(T.row[i]);
+      const int off = r0 * D + 16 * i;
+      const __m512 xv = _mm512_loadu_ps(xb + off);
+      __m512 o = _mm512_mul_ps(_mm512_permutexvar_ps(ix, a), xv);
+      if (OP == stereo::LOGMAP) {
+        o = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, b), _mm512_sub_ps(xv, _mm512_loadu_ps(yb + off)), o);
+      } else if (stereo::op_has_y(OP)) {
+        o = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, b), _mm512_loadu_ps(yb + off), o);
+      }
+      _mm512_storeu_ps(ob + off, o);
+    }
+  }
+}
+#endif
+
 // Passes A and C: NB rows exactly (the caller's full blocks; a partial block takes the double path), a
 // compile-time count; own functions (__restrict kept) with no-trapping-math, without which GCC turned the
 // clamps before the divisions into branches and left the loops scalar (perf: vcomiss / vcvtss2sd per
@@ -102,11 +174,19 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
   // Each step its own single-type loop: one loop mixing float and double lanes stayed scalar with GCC 12.
   // (1) the rows into SoA float lanes (contiguous loads + permutes)
   alignas(64) float xs[D][NB], ys[HAS_Y ? D : 1][NB];
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (perm_rows(D)) {
+    deint_v<D, NB>(xb, xs);
+    if constexpr (HAS_Y) deint_v<D, NB>(yb, ys);
+  } else
+#endif
+  {
 #pragma omp simd
-  for (int b = 0; b < NB; ++b) {
-    for (int j = 0; j < D; ++j) {
-      xs[j][b] = xb[b * D + j];
-      if (HAS_Y) ys[j][b] = yb[b * D + j];
+    for (int b = 0; b < NB; ++b) {
+      for (int j = 0; j < D; ++j) {
+        xs[j][b] = xb[b * D + j];
+        if (HAS_Y) ys[j][b] = yb[b * D + j];
+      }
     }
   }
   // (2) widened to double
@@ -185,11 +265,11 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
   return bad == 0;
 }
 
-inline FVec tanc_neg(const FVec& z, bool inline_exp);  // below
+inline FVec tanc_neg(const FVec& z, int inline_exp);  // below
 
 // B. The call, in float lanes (SLEEF; tanc: tanc_neg's inline exp unless GEOOPS_STEREO_F32_TANH=sleef).
 template <int OP, int NB>
-inline void pass_b(Scratch& s, bool inline_exp) {
+inline void pass_b(Scratch& s, int inline_exp) {
   constexpr bool ATANC = OP == stereo::LOGMAP || OP == stereo::LOGMAP0;
   // B. the call, in float lanes
   if (OP != stereo::MOBIUS_ADD) {
@@ -206,6 +286,12 @@ template <int OP, int D, int NB>
 GEOOPS_F32_PASS void write_rows(const float* __restrict xb, const float* __restrict yb, float* __restrict ob,
                                 const float* __restrict ca, const float* __restrict cb) {
   constexpr bool HAS_Y = stereo::op_has_y(OP);
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (perm_rows(D)) {
+    write_v<OP, D, NB>(xb, yb, ob, ca, cb);
+    return;
+  }
+#endif
 #pragma omp simd
   for (int b = 0; b < NB; ++b) {
     for (int j = 0; j < D; ++j) {
@@ -258,7 +344,7 @@ GEOOPS_F32_PASS void pass_c(const float* __restrict xb, const float* __restrict 
 // The NB rows from xb / yb (D elements each, back to back) into ob; kk[b] the row's curvature.  Returns
 // false (nothing written) when a lane is hard.
 template <int OP, int D, int NB>
-inline bool block(const float* xb, const float* yb, float* ob, const double* kk, bool inline_exp) {
+inline bool block(const float* xb, const float* yb, float* ob, const double* kk, int inline_exp) {
   static_assert(NB <= kMaxRows && NB % kF == 0, "whole float vectors");
   Scratch s;
   if (!pass_a<OP, D, NB>(xb, yb, kk, s)) return false;
@@ -317,11 +403,15 @@ inline FVec fin(const FVec& v) { return (v > FVec(-1e30f)) & (v < FVec(1e30f)); 
 // formed from 2^n and e^r - 1 without cancellation), in place of SLEEF's tanhf (u10), which took about half of the fused block's
 // time at D = 2 (perf).  s is clamped at 9 (e < 2^-25: tanh(s) = 1 in float).  GEOOPS_STEREO_F32_TANH=sleef:
 // SLEEF's tanh (A/B; read per call).  Without AVX-512/AVX2: SLEEF's.
-inline bool tanh_inline() {
+// 0: SLEEF (=sleef), 1: the inline exp with the double quotient (=double; expmap0 too), 2 (unset): as 1, but
+// expmap0 all in float (tanc_neg_f, lanes_expmap0_f) and the fused logmap0 / logmap's atanc without vsqrtps /
+// vdivps (atanc_neg_f).
+inline int tanh_inline() {
   const char* e = std::getenv("GEOOPS_STEREO_F32_TANH");
-  return !(e && e[0] == 's');
+  if (!e || !*e) return 2;
+  return e[0] == 's' ? 0 : (e[0] == 'd' ? 1 : 2);
 }
-inline FVec tanc_neg(const FVec& z, bool inline_exp) {
+inline FVec tanc_neg(const FVec& z, int inline_exp) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if (inline_exp) {
     const FVec cut(stereo::series_cut<float>());
@@ -364,11 +454,110 @@ inline FVec tanc_neg(const FVec& z, bool inline_exp) {
   return vecmath::eval_series_neg<false>(z, FVec(1.f));
 }
 
+// 1/sqrt(v) and 1/v for v > 0 in float lanes: AVX-512's 14-bit estimates refined by one Newton step (relative
+// error ~2^-27 before the final rounding: within about one float ulp), in place of vsqrtps / vdivps, whose
+// zmm throughput (one per ~6-12 cycles on one port) was a large share of expmap0's short-row block.
+// Without AVX-512: the exact operations.
+inline FVec rsqrt_nr(const FVec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const FVec r(_mm512_rsqrt14_ps(v));
+  const FVec h = at::vec::fnmadd(v * r, r, FVec(1.f));  // 1 - v r^2
+  return at::vec::fmadd(FVec(0.5f) * r, h, r);
+#else
+  return FVec(1.f) / v.sqrt();
+#endif
+}
+inline FVec rcp_nr(const FVec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const FVec r(_mm512_rcp14_ps(v));
+  return at::vec::fmadd(r, at::vec::fnmadd(v, r, FVec(1.f)), r);
+#else
+  return FVec(1.f) / v;
+#endif
+}
+
+// tanc(z) for z < series cut, all in float (session 10; expmap0's coefficient, whose write out = tanc * u does
+// not cancel): the series for |z| < cut; for z <= -cut, s = sqrt(-z) and 1/s from one reciprocal square root,
+// e = exp(-2s) = 2^n (1 + q) from tanc_neg's inline exp, and tanh(s)/s = ((1 - 2^n) - 2^n q) / ((1 + 2^n) + 2^n q)
+// / s with one reciprocal (a Newton step on the quotient keeps it within ~1 ulp of the float division).  No
+// double conversions, no vsqrtps / vdivps.  GEOOPS_STEREO_F32_TANH=double: tanc_neg's double quotient (A/B).
+inline FVec tanc_neg_f(const FVec& z) {
+  const FVec cut(stereo::series_cut<float>());
+  const FVec series = stereo::tanc_series(z);
+  const FVec s2 = at::vec::maximum(z.neg(), cut);
+  const FVec rs = rsqrt_nr(s2);  // 1/s
+  const FVec s = s2 * rs;
+  const FVec x = FVec(-2.f) * at::vec::minimum(s, FVec(9.f));
+  const FVec n = (x * FVec(1.44269504088896341f)).round();
+  const FVec r = at::vec::fnmadd(n, FVec(1.42860682030941723e-06f), at::vec::fnmadd(n, FVec(0.693145751953125f), x));
+  FVec p = at::vec::fmadd(FVec(1.f / 5040.f), r, FVec(1.f / 720.f));
+  p = at::vec::fmadd(p, r, FVec(1.f / 120.f));
+  p = at::vec::fmadd(p, r, FVec(1.f / 24.f));
+  p = at::vec::fmadd(p, r, FVec(1.f / 6.f));
+  p = at::vec::fmadd(p, r, FVec(0.5f));
+  p = at::vec::fmadd(p, r, FVec(1.f));
+  const FVec q = p * r;  // e^r - 1
+  FVec sc;
+#if defined(CPU_CAPABILITY_AVX512)
+  sc = FVec(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  sc = FVec(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)));
+#else
+  return vecmath::eval_series_neg<false>(z, FVec(1.f));
+#endif
+  const FVec num = at::vec::fnmadd(sc, q, FVec(1.f) - sc) * rs;  // ((1 - 2^n) - 2^n q) / s
+  const FVec den = at::vec::fmadd(sc, q, FVec(1.f) + sc);        // (1 + 2^n) + 2^n q, in [1, 2)
+  const FVec rd = rcp_nr(den);
+  const FVec v0 = num * rd;
+  const FVec v = at::vec::fmadd(at::vec::fnmadd(den, v0, num), rd, v0);  // one Newton step on num / den
+  return FVec::blendv(series, v, z <= cut.neg());
+}
+
+// atanc(z, q) = artanh(s)/s (s = sqrt(-z), q = 1 - s^2 from the double terms) for z < series cut, the float
+// lanes of the fused logmap0 / logmap (tanh_kind 2): eval_series_neg<true>'s 0.5 log1p(2s(1 + s)/q)/s with s and 1/s
+// from one reciprocal square root and 1/q from a reciprocal (Newton-refined estimates) in place of vsqrtps and two
+// vdivps; the log1p stays SLEEF's.
+inline FVec atanc_neg_f(const FVec& z, const FVec& q) {
+  const FVec cut(stereo::series_cut<float>());
+  const FVec series = stereo::atanc_series(z);
+  const FVec s2 = at::vec::maximum(z.neg(), cut);
+  const FVec rs = rsqrt_nr(s2);
+  const FVec s = s2 * rs;
+  const FVec rq = rcp_nr(at::vec::maximum(q, FVec(stereo::min_den<float>())));
+  const FVec v = FVec(0.5f) * (FVec(2.f) * s * (FVec(1.f) + s) * rq).log1p() * rs;
+  return FVec::blendv(series, v, z <= cut.neg());
+}
+
+// expmap0's lanes all in float (tanh_kind 2, the default): |u|^2 as float FMAs (no cancelling term: the
+// coefficient tanh(s)/s depends on |u|^2 only through s, with a condition number <= 1), z = k |u|^2, the hard-lane
+// check as lanes() (z < cut, z and q finite in float: a row whose float |u|^2 overflows takes the double path).
+template <int D, int NB>
+inline bool lanes_expmap0_f(const float (&xs)[D][NB], const double* kk, int o, float* ca) {
+  FVec xx(0.f);
+  for (int j = 0; j < D; ++j) {
+    const FVec xv = FVec::loadu(&xs[j][o]);
+    xx = at::vec::fmadd(xv, xv, xx);
+  }
+  const FVec k = narrow(DVec::loadu(kk + o), DVec::loadu(kk + o + kD));
+  const FVec z = k * xx, q = FVec(1.f) + z;
+  const FVec ok = (z < FVec(stereo::series_cut<float>())) & (z > FVec(-1e30f)) & (q < FVec(1e30f));
+  if (ok.zero_mask() != 0) return false;
+  tanc_neg_f(z).store(ca + o);
+  return true;
+}
+
 #define GEOOPS_F32_PASS __attribute__((noinline, optimize("no-trapping-math")))
 // 1. The NB rows into SoA float lanes.
 template <int D, int NB, bool HAS_Y>
 GEOOPS_F32_PASS void deinterleave(const float* __restrict xb, const float* __restrict yb, float (&xs)[D][NB],
                                   float (&ys)[HAS_Y ? D : 1][NB]) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (perm_rows(D)) {
+    deint_v<D, NB>(xb, xs);
+    if constexpr (HAS_Y) deint_v<D, NB>(yb, ys);
+    return;
+  }
+#endif
 #pragma omp simd
   for (int b = 0; b < NB; ++b) {
     for (int j = 0; j < D; ++j) {
@@ -382,8 +571,11 @@ GEOOPS_F32_PASS void deinterleave(const float* __restrict xb, const float* __res
 // 2. One float vector of rows from offset o of the lanes: returns false on a hard lane.
 template <int OP, int D, int NB>
 inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(OP) ? D : 1][NB], const double* kk,
-                  int o, float* ca, float* cb, bool inline_exp) {
+                  int o, float* ca, float* cb, int inline_exp) {
   using namespace geoops::stereo;
+  if constexpr (OP == EXPMAP0) {
+    if (inline_exp == 2) return lanes_expmap0_f<D, NB>(xs, kk, o, ca);
+  }
   constexpr bool HAS_Y = op_has_y(OP);
   constexpr bool CALL = OP != MOBIUS_ADD;
   const DVec one(1.0), two(2.0), lo(min_den<double>());
@@ -442,7 +634,9 @@ inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(O
     const FVec r = FVec(1.f) / f[2];
     a = f[0] * r, b = f[1] * r;
   } else {
-    const FVec v = (OP == LOGMAP || OP == LOGMAP0) ? vecmath::eval_series_neg<true>(z, q) : tanc_neg(z, inline_exp);
+    const FVec v = (OP == LOGMAP || OP == LOGMAP0)
+                       ? (inline_exp == 2 ? atanc_neg_f(z, q) : vecmath::eval_series_neg<true>(z, q))
+                       : tanc_neg(z, inline_exp);
     if (OP == EXPMAP) {
       const FVec tf = u0 * v;
       DVec td[2];
@@ -466,7 +660,7 @@ inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(O
 }
 
 template <int OP, int D, int NB>
-inline bool block_fused(const float* xb, const float* yb, float* ob, const double* kk, bool inline_exp) {
+inline bool block_fused(const float* xb, const float* yb, float* ob, const double* kk, int inline_exp) {
   static_assert(NB <= kMaxRows && NB % kF == 0, "whole float vectors");
   constexpr bool HAS_Y = stereo::op_has_y(OP);
   alignas(64) float xs[D][NB], ys[HAS_Y ? D : 1][NB];
@@ -483,7 +677,7 @@ inline bool block_fused(const float* xb, const float* yb, float* ob, const doubl
 // (D <= kMaxFusedD) for the runtime D and nb rows (nb == NB, else false).
 // m: mode(), read once per call by the caller (a getenv per block cost more than the block's loops).
 template <int OP, int NB>
-inline bool run(int m, bool inline_exp, int64_t D, const float* xb, const float* yb, float* ob, int nb,
+inline bool run(int m, int inline_exp, int64_t D, const float* xb, const float* yb, float* ob, int nb,
                 const double* kk) {
   if (nb != NB) return false;
   if (m == 3 || (m == 1 && prefer_unfused(OP, D))) {
