@@ -527,6 +527,19 @@ def _graph_has(y, name):
     return False
 
 
+def _conv_layer_run(x0, z0, b0, dtype, cgrad, k, p, s):
+    """poincare_conv2d on fresh leaves copied from (x0, z0, b0) and c = 0.8 (a leaf when cgrad), then the
+    gradients of a fixed random cotangent: (y, (y.detach(), grads of the leaves that require grad))."""
+    x = x0.clone().requires_grad_(True)
+    z = z0.clone().requires_grad_(True)
+    b = None if b0 is None else b0.clone().requires_grad_(True)
+    c = torch.tensor(0.8, dtype=dtype, requires_grad=cgrad)
+    y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=k, padding=p, stride=s)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+    ins = [t for t in (x, z, b, c) if t is not None and t.requires_grad]
+    return y, (y.detach(), torch.autograd.grad(y, ins, gy))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("cfg", [dict(k=3, s=1, p=1, cin=3, cout=4, bias=True, cl=True, cgrad=True),
                                  dict(k=2, s=2, p=0, cin=2, cout=5, bias=False, cl=False, cgrad=False),
@@ -546,14 +559,7 @@ def test_conv2d_fused_fn_vs_composition(monkeypatch, dtype, cfg):
     outs = {}
     for fused in ("1", "0"):
         monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
-        x = x0.clone().requires_grad_(True)
-        z = z0.clone().requires_grad_(True)
-        b = None if b0 is None else b0.clone().requires_grad_(True)
-        c = torch.tensor(0.8, dtype=dtype, requires_grad=cfg["cgrad"])
-        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=k, padding=p, stride=s)
-        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
-        ins = [t for t in (x, z, b, c) if t is not None and t.requires_grad]
-        outs[fused] = (y.detach(), torch.autograd.grad(y, ins, gy))
+        y, outs[fused] = _conv_layer_run(x0, z0, b0, dtype, cfg["cgrad"], k, p, s)
         assert (fused == "1") == _graph_has(y, "PoincareConv2dFn")
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
     torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
@@ -789,14 +795,7 @@ def test_conv2d_direct_vs_knob_off(monkeypatch, dtype, cfg):
     for direct in ("1", "0"):
         monkeypatch.setenv("GEOOPS_POINCARE_DIRECT_CONV", direct)
         monkeypatch.setattr(C2, "poincare_conv2d_fwd_cpu", lambda *a: calls.append(direct) or real(*a))
-        x = x0.clone().requires_grad_(True)
-        z = z0.clone().requires_grad_(True)
-        b = None if b0 is None else b0.clone().requires_grad_(True)
-        c = torch.tensor(0.8, dtype=dtype, requires_grad=cfg["cgrad"])
-        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=k, padding=p, stride=s)
-        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
-        ins = [t for t in (x, z, b, c) if t is not None and t.requires_grad]
-        outs[direct] = (y.detach(), torch.autograd.grad(y, ins, gy))
+        y, outs[direct] = _conv_layer_run(x0, z0, b0, dtype, cfg["cgrad"], k, p, s)
         assert _graph_has(y, "PoincareConv2dFn")
     direct = cfg.get("direct", True) and C2.poincare_conv2d_direct_ok(cin, cout, dtype == torch.float64)
     assert calls == (["1"] if direct else [])
