@@ -78,6 +78,22 @@ inline int pick_px(int nv, int64_t n) {
 
 // Forward of the output rows r = (b, oy) in [r0, r1) from the zero-padded pixel rows vp [B][Hp][Wq][C] and their
 // squared norms sp [B][Hp][Wq]: blocks of P output columns, each tap's C weight rows streamed once per block.
+// One tap of a register block: acc[p][:] += sum_i a[p * astride + i] * w[i * wld + :] over the n channels i
+// (P pixels x NV vectors of independent FMA chains; the weight row loaded once per channel).  The forward's
+// t and the stride-1 dv's transposed convolution both run it.
+template <typename T, int NV, int P>
+inline void tap_fma(Vectorized<T> (&acc)[P][NV], const T* a, int64_t astride, const T* w, int64_t wld, int64_t n) {
+  using V = Vectorized<T>;
+  for (int64_t i = 0; i < n; ++i) {
+    V wv[NV];
+    for (int j = 0; j < NV; ++j) wv[j] = V::loadu(w + i * wld + j * V::size());
+    for (int p = 0; p < P; ++p) {
+      const V av(a[p * astride + i]);
+      for (int j = 0; j < NV; ++j) acc[p][j] = at::vec::fmadd(av, wv[j], acc[p][j]);
+    }
+  }
+}
+
 template <typename T, int NV, int P>
 void conv_fwd_rows(const ConvGeom& g, const T* vp, const T* sp, int64_t Hp, int64_t Wq, const T* wp, int64_t Cop,
                    T beta2, T* t, T* U, int64_t r0, int64_t r1) {
@@ -98,14 +114,7 @@ void conv_fwd_rows(const ConvGeom& g, const T* vp, const T* sp, int64_t Hp, int6
           const T* sb = sp + prow + ox0 * g.sx + kx;
           for (int p = 0; p < P; ++p) us[p] += sb[p * g.sx];
           const T* wr = wp + (ky * g.kw + kx) * C * Cop;
-          for (int64_t ci = 0; ci < C; ++ci) {
-            V w[NV];
-            for (int j = 0; j < NV; ++j) w[j] = V::loadu(wr + ci * Cop + j * VS);
-            for (int p = 0; p < P; ++p) {
-              const V a(base[p * pstride + ci]);
-              for (int j = 0; j < NV; ++j) acc[p][j] = at::vec::fmadd(a, w[j], acc[p][j]);
-            }
-          }
+          tap_fma<T, NV, P>(acc, base, pstride, wr, Cop, C);
         }
       }
       const int np = static_cast<int>(std::min<int64_t>(P, g.Wo - ox0));
@@ -145,14 +154,7 @@ void conv_bwd_dv_rows_s1(const ConvGeom& g, const T* gp, const T* up, int64_t Hg
           const T* base = gp + c0 * Co;
           for (int p = 0; p < P; ++p) gs[p] += up[c0 + p];
           const T* wr = wt + (ky * g.kw + kx) * Co * Cip;
-          for (int64_t co = 0; co < Co; ++co) {
-            V w[NV];
-            for (int j = 0; j < NV; ++j) w[j] = V::loadu(wr + co * Cip + j * VS);
-            for (int p = 0; p < P; ++p) {
-              const V a(base[p * Co + co]);
-              for (int j = 0; j < NV; ++j) acc[p][j] = at::vec::fmadd(a, w[j], acc[p][j]);
-            }
-          }
+          tap_fma<T, NV, P>(acc, base, Co, wr, Cip, Co);
         }
       }
       const int np = static_cast<int>(std::min<int64_t>(P, g.W - ix0));
