@@ -179,13 +179,7 @@ inline Vectorized<float> exp_ge1_f(const Vectorized<float>& x_in) {
   p = at::vec::fmadd(p, r, V(0.5f));
   p = at::vec::fmadd(p, r, V(1.f));
   p = at::vec::fmadd(p, r, V(1.f));
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512i ni = _mm512_cvtps_epi32(n);
-  const V p2(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(126)), 23)));
-#else
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const V p2(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(126)), 23)));
-#endif
+  const V p2 = vecmath::pow2_f(n, 126);  // 2^(n-1)
   return (p * p2) * V(2.f);
 #else
   return x_in.exp();

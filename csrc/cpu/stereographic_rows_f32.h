@@ -427,13 +427,7 @@ inline FVec tanc_neg(const FVec& z, int inline_exp) {
     p = p * r + FVec(0.5f);
     p = p * r + FVec(1.f);
     const FVec q = p * r;  // e^r - 1
-#if defined(CPU_CAPABILITY_AVX512)
-    const __m512i ni = _mm512_cvtps_epi32(n);
-    const FVec sc(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23)));
-#else
-    const __m256i ni = _mm256_cvtps_epi32(n);
-    const FVec sc(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23)));
-#endif
+    const FVec sc = vecmath::pow2_f(n);  // 2^n
     // e = 2^n (1 + q): 1 -/+ e = (1 -/+ 2^n) -/+ 2^n q (n = -1 .. -26), so 1 - e amplifies q's rounding by at
     // most ~0.4 (and not e's by 1.8); that assembly and the quotient in double, rounded once (in float they
     // added ~1.5 ulp, which expmap's cancelling write a x + b u turned into 6.6e-6 on a test row)
@@ -497,11 +491,9 @@ inline FVec tanc_neg_f(const FVec& z) {
   p = at::vec::fmadd(p, r, FVec(0.5f));
   p = at::vec::fmadd(p, r, FVec(1.f));
   const FVec q = p * r;  // e^r - 1
-  FVec sc;
-#if defined(CPU_CAPABILITY_AVX512)
-  sc = FVec(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23)));
-#elif defined(CPU_CAPABILITY_AVX2)
-  sc = FVec(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)));
+  FVec sc;  // 2^n
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  sc = vecmath::pow2_f(n);
 #else
   return vecmath::eval_series_neg<false>(z, FVec(1.f));
 #endif

@@ -66,6 +66,19 @@ struct LaneMath {
   Vec atanc(const Vec& z, const Vec& q) { return eval<true>(z, q); }
 };
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// 2^(n + bias - 127) on float lanes whose values n are integers (the exponent of an inline exp's Cody-Waite
+// reduction), built in the exponent field; n + bias must lie in [1, 254] (no inf / subnormal handling).
+// The inline exps of stereographic_rows_f32.h (bias 127: 2^n) and poincare.cpp (bias 126: 2^(n-1)) use it.
+inline at::vec::Vectorized<float> pow2_f(const at::vec::Vectorized<float>& n, int bias = 127) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(bias)), 23));
+#else
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(bias)), 23));
+#endif
+}
+#endif
+
 }  // namespace vecmath
 }  // namespace cpu
 
