@@ -17,6 +17,7 @@ eager -- its ManifoldTensor code does not go through torch.compile, so "compiled
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Callable, Dict
 
@@ -42,12 +43,22 @@ def prepare(args, log) -> dict:
     if getattr(args, "poincare_digits", False):
         from . import poincare_digits as pdg
 
-        res = pdg.run(epochs=1)
+        # Three epochs each, alternating (see pdg.run); the first one of each pays one-time costs (lazy
+        # initialisation, the allocator's first blocks, first calls), so the reported time is the median of the
+        # last two (steady state), with the first epoch's time alongside.
+        res = pdg.run(epochs=3)
         (lh, ah, th), (lg, ag, tg) = res["hypll"], res["geoops"]
-        notes["digits CNN, 1 epoch (1500 images, batch 64)"] = (
-            f"HypLL {th[0]:.2f} s, geoops {tg[0]:.2f} s ({th[0] / tg[0]:.1f}x); max |loss diff| "
-            f"{max(abs(u - v) for u, v in zip(lh, lg)):.1e}; test accuracy HypLL {ah:.4f}, geoops {ag:.4f}")
+        mh, mg = statistics.median(th[1:]), statistics.median(tg[1:])
+        notes["digits CNN, per epoch (1500 images, batch 64; median of epochs 2-3)"] = (
+            f"HypLL {mh:.2f} s, geoops {mg:.2f} s ({mh / mg:.1f}x); first epoch HypLL {th[0]:.2f} s, geoops "
+            f"{tg[0]:.2f} s ({th[0] / tg[0]:.1f}x); max |loss diff| epoch 1 {_maxdiff(lh, lg, len(lh) // 3):.1e}, "
+            f"over 3 epochs {_maxdiff(lh, lg, len(lh)):.1e} (fp32 rounding differences grow with the steps); "
+            f"test accuracy HypLL {ah:.4f}, geoops {ag:.4f}")
     return notes
+
+
+def _maxdiff(a, b, n):
+    return max(abs(u - v) for u, v in zip(a[:n], b[:n]))
 
 
 def _ints(text):
