@@ -524,7 +524,10 @@ class PoincareConv2dFn(torch.autograd.Function):
         y = C2.poincare_fc_rows_fwd_cpu(trows, Ur, z, b, c, eps, True)
         ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1)
         ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
-        return y.view(B, Ho, Wo, Co).permute(0, 3, 1, 2)
+        # the rows as a (B, C_out, Ho, Wo) channels-last tensor on the same storage; set_, not a view: autograd
+        # forbids in-place ops on views created inside a Function, and the caller may modify the output in place
+        return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), (B, Co, Ho, Wo),
+                                   (Ho * Wo * Co, 1, Wo * Co, Co))
 
     @staticmethod
     def backward(ctx, g):

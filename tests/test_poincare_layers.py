@@ -869,3 +869,25 @@ def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
     assert not _graph_has(gp.flatten(x0.clone().requires_grad_(True), c=cl), "PoincareFlattenFn")
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(lambda t: gp.flatten(t, c=c), (x0.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_conv2d_output_inplace(monkeypatch, fused):
+    """The conv layer's output may be modified in place (PoincareConv2dFn returns a plain channels-last tensor,
+    not a view made inside the Function): the gradients then match the composition's."""
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+    x0 = _img(2, 3, 5, 4, c=0.8, dtype=torch.float64, seed=8)
+    z0 = torch.randn(27, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.4
+    x, z = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    y = gp.poincare_conv2d(x, z, None, c=0.8, kernel_size=3, padding=1)
+    assert not y._is_view() or fused == "0"
+    assert y.shape == (2, 4, 5, 4)
+    y.mul_(torch.linspace(0.5, 1.5, 4, dtype=torch.float64).view(1, 4, 1, 1))
+    gx, gz = torch.autograd.grad((y * y).sum(), (x, z))
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "0")
+    xr, zr = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    yr = gp.poincare_conv2d(xr, zr, None, c=0.8, kernel_size=3, padding=1) * torch.linspace(
+        0.5, 1.5, 4, dtype=torch.float64).view(1, 4, 1, 1)
+    torch.testing.assert_close(y.detach(), yr.detach(), rtol=1e-10, atol=1e-12)
+    for a, b_ in zip((gx, gz), torch.autograd.grad((yr * yr).sum(), (xr, zr))):
+        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
