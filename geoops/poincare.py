@@ -184,33 +184,36 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
 
 class PoincareMlrFn(torch.autograd.Function):
     """hyperplane_dists of rows x (N, n) for a curvature without gradient, eager only: forward the reference
-    composition under no_grad (same values), backward by hand from the recomputed a = sc lam t ch/zn -
-    (lam - 1) sh (t = x z):  ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t
+    composition's ops in its order (same values), saving lam, |z|, t = x z, a = sc lam t ch/zn - (lam - 1) sh
+    and asinh(a) for the backward by hand (nothing recomputed):  ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t
     ch/zn - sh);  dx = dt z^T + c lam^2 dlam x;  dzn = sum_i g 2 asinh(a)/sc - sum_i ga sc lam t ch / zn^2;
     dz = x^T dt + (dzn / zn) z;  dr = sum_i ga 2 sc (sc lam t sh / zn - (lam - 1) ch)."""
 
     @staticmethod
     def forward(ctx, x, z, bias, c):
-        ctx.save_for_backward(x, z, bias, c)
-        return _ref.hyperplane_dists(x, z, bias, c)
+        # the reference composition's ops in its order (same values), keeping what the backward needs
+        sc = c.sqrt()
+        lam = 2 / (1 - c * x.pow(2).sum(dim=-1, keepdim=True))  # (N, 1)
+        zraw = z.norm(dim=0)
+        zn = zraw.clamp_min(_ref.MIN_NORM)
+        t = x @ z
+        if bias is None:
+            ch = sh = None
+            a = sc * lam * t / zn
+        else:
+            ch, sh = torch.cosh(2 * sc * bias), torch.sinh(2 * sc * bias)
+            a = sc * lam * t * ch / zn - (lam - 1) * sh
+        ash = torch.asinh(a)
+        ctx.save_for_backward(x, z, bias, c, lam, zraw, zn, t, a, ash, ch, sh)
+        return 2 * zn / sc * ash
 
     @staticmethod
     def backward(ctx, g):
-        x, z, bias, c = ctx.saved_tensors
+        x, z, bias, c, lam, zraw, zn, t, a, ash, ch, sh = ctx.saved_tensors
         ng = ctx.needs_input_grad
         sc = c.sqrt()
-        lam = 2 / (1 - c * torch.linalg.vecdot(x, x)).unsqueeze(1)  # (N, 1)
-        zraw = torch.linalg.vector_norm(z, dim=0)
-        zn = zraw.clamp_min(_ref.MIN_NORM)
-        t = x @ z
         slam = sc * lam
-        if bias is None:
-            Cz = 1 / zn
-            a = slam * t * Cz
-        else:
-            ch, sh = torch.cosh(2 * sc * bias), torch.sinh(2 * sc * bias)
-            Cz = ch / zn
-            a = slam * t * Cz - (lam - 1) * sh
+        Cz = 1 / zn if bias is None else ch / zn
         ga = g * (2 * zn / sc) * torch.rsqrt(1 + a * a)
         gt = ga * slam * Cz
         gx = gz = gb = None
@@ -218,7 +221,7 @@ class PoincareMlrFn(torch.autograd.Function):
             glam = (ga * (sc * t * Cz - (0 if bias is None else sh))).sum(1, keepdim=True)
             gx = torch.addmm(x * (glam * c * lam * lam), gt, z.t())
         if ng[1]:
-            gzn = (g * torch.asinh(a)).sum(0) * (2 / sc) - (ga * slam * t).sum(0) * Cz / zn
+            gzn = (g * ash).sum(0) * (2 / sc) - (ga * slam * t).sum(0) * Cz / zn
             gz = torch.addmm(z * torch.where(zraw > _ref.MIN_NORM, gzn / zn, 0), x.t(), gt)
         if ng[2] and bias is not None:
             gb = (ga * (slam * t * (sh / zn) - (lam - 1) * ch)).sum(0) * (2 * sc)
@@ -437,12 +440,9 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
             and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
         # eager CPU: the whole layer as one Function with a hand-written backward (the composition below
         # records ~15 autograd nodes per call, which is most of the cost on small images)
-        r, _ = _rows(x.to(cdt), 1)
         bb = None if bias is None else bias.to(cdt)
-        y = PoincareConv2dFn.apply(r, z.to(cdt), bb, cc, B, H, W, kernel, padding, stride, _eps(None, cdt))
-        Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
-        Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
-        return y.view(B, Ho, Wo, Co).permute(0, 3, 1, 2).to(out_dtype)
+        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, kernel, padding, stride, _eps(None, cdt))
+        return y.to(out_dtype)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
     v = vr.reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
@@ -489,13 +489,15 @@ class PoincareConv2dFn(torch.autograd.Function):
     epilogue).  Backward by hand: poincare_fc_rows_bwd -> (dt, dU, column terms of dz, db, dc); one
     aten.convolution_backward for dv and the kernel's gradient; avg_pool2d_backward for d|v|^2; the
     logmap0 backward kernel for dx (and its dc).  Same kernels and math as the composition (which the
-    non-eager paths keep), without its ~15 autograd nodes per call.  x: (B*H*W, C) pixel rows (channels
-    last), returns (B*Ho*Wo, C_out) rows."""
+    non-eager paths keep), without its ~15 autograd nodes per call.  x: the (B, C, H, W) image; its pixel rows
+    (B*H*W, C) are a free view when x is channels last.  Returns (B, C_out, Ho, Wo), a channels-last view of
+    the (B*Ho*Wo, C_out) output rows (the layout changes inside the Function: no view / permute nodes)."""
 
     @staticmethod
-    def forward(ctx, x, z, bias, c, B, H, W, kernel, padding, stride, eps):
+    def forward(ctx, x, z, bias, c, kernel, padding, stride, eps):
         C2 = _backend.compiled()
-        C = x.shape[1]
+        B, C, H, W = x.shape
+        x = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
         kh, kw = kernel
         Co = z.shape[1]
         k1 = (-c).reshape(1)
@@ -522,7 +524,10 @@ class PoincareConv2dFn(torch.autograd.Function):
         y = C2.poincare_fc_rows_fwd_cpu(trows, Ur, z, b, c, eps, True)
         ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1)
         ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
-        return y
+        # the rows as a (B, C_out, Ho, Wo) channels-last tensor on the same storage; set_, not a view: autograd
+        # forbids in-place ops on views created inside a Function, and the caller may modify the output in place
+        return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), (B, Co, Ho, Wo),
+                                   (Ho * Wo * Co, 1, Wo * Co, Co))
 
     @staticmethod
     def backward(ctx, g):
@@ -534,6 +539,7 @@ class PoincareConv2dFn(torch.autograd.Function):
         has_b = bias is not None
         b = x.new_empty(0) if bias is None else bias
         mask = 1 | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
+        g = g.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)  # free when g is channels last
         gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_cpu(g.contiguous(), trows, Ur, z, b, c, eps, mask, True)
         if wk is None:  # the forward's direct convolution: dv (with the box sums' term) and dz in one call
             gv, gzd = C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, *kernel, *padding, *stride, beta,
@@ -584,8 +590,10 @@ def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps):
     if ng[3]:
         gcf = gc.to(c.dtype).reshape(()) + gcl
         gcf = gcf.reshape(c.shape)
-    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf,
-            None, None, None, None, None, None, None)
+    if ng[0]:
+        B, H, W = ctx.geo[:3]
+        gx = gx.view(B, H, W, x.shape[1]).permute(0, 3, 1, 2)  # the image's shape, channels last
+    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None, None, None, None)
 
 
 class PoincareFcRowsFn(torch.autograd.Function):
@@ -609,6 +617,43 @@ class PoincareFcRowsFn(torch.autograd.Function):
                 gc.reshape(c.shape) if ng[4] else None, None, None)
 
 
+_EXPMAP0 = _st_ops.STEREO_OPS["expmap0"].code
+_PROJECT = _st_ops.STEREO_OPS["project"].code
+
+
+class PoincareFlattenFn(torch.autograd.Function):
+    """flatten of an image (B, C, H, W) to (B, C*H*W) rows on the eager CPU path, for a curvature without
+    gradient, as ONE Function: the stereographic kernels logmap0 (pixel rows), expmap0 and project (the flat
+    rows) called directly, the (channel, row, column) reorder and the beta scale in one copy; backward: the three
+    kernels' backward in reverse.  Same kernels and values as the composition; k1 = -c as a (1,) tensor."""
+
+    @staticmethod
+    def forward(ctx, x, k1, beta, seps):
+        C2 = _backend.compiled()
+        B, C, H, W = x.shape
+        r = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # free view of a channels-last image
+        v = C2.stereo_fwd_cpu(_LOGMAP0, r, None, k1, None, seps)
+        u = x.new_empty(B, C * H * W)
+        torch.mul(v.view(B, H, W, C).permute(0, 3, 1, 2), beta, out=u.view(B, C, H, W))
+        e = C2.stereo_fwd_cpu(_EXPMAP0, u, None, k1, None, seps)
+        y = C2.stereo_fwd_cpu(_PROJECT, e, None, k1, None, seps)
+        ctx.save_for_backward(r, u, e, k1)
+        ctx.geo = (B, C, H, W, beta, seps)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        r, u, e, k1 = ctx.saved_tensors
+        B, C, H, W, beta, seps = ctx.geo
+        C2 = _backend.compiled()
+        ge = C2.stereo_bwd_cpu(_PROJECT, g.contiguous(), e, None, k1, None, seps, 1)[0]
+        gu = C2.stereo_bwd_cpu(_EXPMAP0, ge, u, None, k1, None, seps, 1)[0]
+        gv = r.new_empty(B * H * W, C)
+        torch.mul(gu.view(B, C, H, W).permute(0, 2, 3, 1), beta, out=gv.view(B, H, W, C))
+        gr = C2.stereo_bwd_cpu(_LOGMAP0, gv, r, None, k1, None, seps, 1)[0]
+        return gr.view(B, H, W, C).permute(0, 3, 1, 2), None, None, None
+
+
 def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1) -> torch.Tensor:
     """HypLL's flatten: beta-concatenation when the manifold dimension is among the flattened ones."""
     _check_float("flatten", "x", x)
@@ -623,6 +668,12 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
         # image), one copy into (channel, row, column) order, then expmap0 and project of the rows along the
         # last dim (the row ops' fast path; per call, the dim=1 route costs more Python than the kernels)
         B, C, H, W = x.shape
+        seps = _st_ref.default_eps(x.dtype)
+        if (x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and not k.requires_grad
+                and _eps(None, x.dtype) == seps and _library.direct_call_ok(x, k)
+                and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
+            # eager CPU, fixed curvature: the three kernels in one Function (no per-op Python or graph nodes)
+            return PoincareFlattenFn.apply(x, k.reshape(1).to(x.dtype), beta_concat_scale(n_i, n), seps)
         r, _ = _rows(x, 1)
         v = _st.logmap0(r, k=k).view(B, H, W, C).permute(0, 3, 1, 2).reshape(B, n) * beta_concat_scale(n_i, n)
         e = _eps(None, x.dtype)  # the row fast path takes the stereographic default margin: pass it only if it differs

@@ -748,6 +748,38 @@ def test_conv2d_direct_kernel_vs_conv2d(dtype, cfg):
     torch.testing.assert_close(only_dz[1], dz)
 
 
+@pytest.mark.parametrize("chunk", ["1", "7", "40", "0"])
+@pytest.mark.parametrize("cfg", [(2, 8, 8, 8, 8, 3, 1, 1), (2, 5, 9, 7, 13, 3, 2, 1), (1, 17, 6, 5, 3, 3, 1, 0),
+                                 (3, 16, 10, 12, 16, 3, 1, 1)])
+def test_conv2d_direct_dz_chunks(monkeypatch, chunk, cfg):
+    """dz in chunks of output pixels (GEOOPS_POINCARE_CONV_DZ_CHUNK: 1, chunks that split output rows, several
+    rows, 0 = unchunked) against F.conv2d's autograd in float64, 1 and 2 threads (chunks inside thread ranges)."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    B, C, H, W, Co, k, s, p = cfg
+    if not C2.poincare_conv2d_direct_ok(C, Co, True):
+        pytest.skip("channel count beyond this build's vector width (GEOOPS_PORTABLE)")
+    monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_CHUNK", chunk)
+    g = torch.Generator().manual_seed(11)
+    v = torch.randn(B * H * W, C, generator=g, dtype=torch.float64)
+    z = torch.randn(C * k * k, Co, generator=g, dtype=torch.float64)
+    zr = z.clone().requires_grad_(True)
+    t_ref, _ = _direct_conv_ref(v, zr, B, H, W, (k, k), (p, p), (s, s), 0.6)
+    gt = torch.randn(t_ref.shape, generator=g, dtype=torch.float64)
+    gU = torch.zeros(t_ref.shape[0], dtype=torch.float64)
+    (dz_ref,) = torch.autograd.grad((t_ref * gt).sum(), (zr,))
+    n0 = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for dtype, tol in ((torch.float64, 1e-11), (torch.float32, 2e-4)):
+                _, dz = C2.poincare_conv2d_bwd_cpu(gt.to(dtype), gU.to(dtype), v.to(dtype), z.to(dtype), B, H, W,
+                                                   k, k, p, p, s, s, 0.6, False, True)
+                torch.testing.assert_close(dz.double(), dz_ref, rtol=tol, atol=tol)
+    finally:
+        torch.set_num_threads(n0)
+
+
 def test_conv2d_direct_kernel_threads():
     """dz's per-thread partial sums and the parallel row ranges: the same values with 1 and 2 threads (a shape large
     enough to split)."""
@@ -806,3 +838,56 @@ def test_conv2d_direct_vs_knob_off(monkeypatch, dtype, cfg):
     torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
     for a, b_ in zip(outs["1"][1], outs["0"][1]):
         torch.testing.assert_close(a, b_, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 3), True), ((2, 8, 8, 8), True), ((2, 3, 1, 7), False),
+                                                 ((1, 1, 5, 5), True)])
+def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
+    """The eager flatten Function (PoincareFlattenFn: logmap0, reorder + beta, expmap0, project in one node)
+    against the composition (GEOOPS_POINCARE_FUSED=0): values and dx; odd sizes, a channel count of 1, a
+    non-channels-last image; gradcheck in float64; a learnable c takes the composition."""
+    B, C, H, W = shape
+    x0 = _img(B, C, H, W, c=0.7, dtype=dtype, seed=6, radius=0.95)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    c = torch.tensor(0.7, dtype=dtype)
+    gy = torch.randn(B, C * H * W, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+    outs = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+        x = x0.clone().requires_grad_(True)
+        y = gp.flatten(x, c=c)
+        assert y.shape == (B, C * H * W)
+        assert (fused == "1") == _graph_has(y, "PoincareFlattenFn")
+        outs[fused] = (y.detach(), torch.autograd.grad(y, x, gy)[0])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    for a, b_ in zip(outs["1"], outs["0"]):
+        torch.testing.assert_close(a, b_, **tol)
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
+    cl = c.clone().requires_grad_(True)
+    assert not _graph_has(gp.flatten(x0.clone().requires_grad_(True), c=cl), "PoincareFlattenFn")
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda t: gp.flatten(t, c=c), (x0.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_conv2d_output_inplace(monkeypatch, fused):
+    """The conv layer's output may be modified in place (PoincareConv2dFn returns a plain channels-last tensor,
+    not a view made inside the Function): the gradients then match the composition's."""
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+    x0 = _img(2, 3, 5, 4, c=0.8, dtype=torch.float64, seed=8)
+    z0 = torch.randn(27, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.4
+    x, z = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    y = gp.poincare_conv2d(x, z, None, c=0.8, kernel_size=3, padding=1)
+    assert not y._is_view() or fused == "0"
+    assert y.shape == (2, 4, 5, 4)
+    y.mul_(torch.linspace(0.5, 1.5, 4, dtype=torch.float64).view(1, 4, 1, 1))
+    gx, gz = torch.autograd.grad((y * y).sum(), (x, z))
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "0")
+    xr, zr = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    yr = gp.poincare_conv2d(xr, zr, None, c=0.8, kernel_size=3, padding=1) * torch.linspace(
+        0.5, 1.5, 4, dtype=torch.float64).view(1, 4, 1, 1)
+    torch.testing.assert_close(y.detach(), yr.detach(), rtol=1e-10, atol=1e-12)
+    for a, b_ in zip((gx, gz), torch.autograd.grad((yr * yr).sum(), (xr, zr))):
+        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
