@@ -122,3 +122,38 @@ def test_scalar_mul_float_call_half(dtype, monkeypatch):
     new, old = _both(r, x, k, monkeypatch)
     tol = 8e-3 if dtype == torch.bfloat16 else 1e-3
     torch.testing.assert_close(new, old, rtol=tol, atol=1e-7)
+
+
+SINGLE_CALL_OPS = ("expmap", "expmap0", "logmap", "logmap0", "dist", "dist0")
+
+
+@pytest.mark.parametrize("d", (17, 64))
+@pytest.mark.parametrize("op", SINGLE_CALL_OPS)
+def test_single_call_float(op, d, monkeypatch):
+    """The one-call ops' float call (default) against the double call (GEOOPS_STEREO_FLOAT_CALL=0), on the fp64
+    reference of the same fp32 inputs: rows near the boundary (|x| = 1 - 1e-3, 1 - 1e-5), tiny and zero rows, a
+    partial block, k = -1.  Row error relative to max(|out|, |x| / 10) (expmap's and logmap's writes a x + b y
+    cancel in float on both paths)."""
+    n = 16 * 5 + 7
+    k = torch.tensor(-1.0)
+    x = _rows(n, d, seed=d + 20, max_norm=1.5 if op == "expmap0" else 1.0).float()
+    args = [x]
+    if op in ("expmap", "logmap", "dist"):
+        y = _rows(n, d, seed=d + 21, max_norm=1.5 if op == "expmap" else 1.0).float()
+        args.append(y)
+    fn = getattr(gs, op)
+    expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
+    monkeypatch.setenv("GEOOPS_STEREO_FLOAT_CALL", "0")
+    old = fn(*args, k=k)
+    monkeypatch.delenv("GEOOPS_STEREO_FLOAT_CALL")
+    new = fn(*args, k=k)
+
+    def err(out):
+        if out.dim() == 1:
+            return (out.double() - expect).abs() / expect.abs().clamp_min(1e-6)
+        scale = torch.maximum(expect.norm(dim=-1), x.double().norm(dim=-1) * 0.1).clamp_min(1e-30)
+        return (out.double() - expect).norm(dim=-1) / scale
+
+    e_new, e_old = err(new), err(old)
+    assert float(e_new.max()) < 3e-7, (float(e_new.max()), float(e_old.max()))
+    assert bool((e_new <= e_old + 2e-7).all()), float((e_new - e_old).max())
