@@ -59,80 +59,108 @@ using vecmath::LaneMath;
 // vector, SLEEF's float tanh / log1p, 1 ulp) and everything else (the row sums and the algebra around
 // the call, where 1 + k|x|^2 and the denominators cancel near the boundary) in double, as before.
 // Three passes over a block's lanes: (1) the double algebra up to the call, recording its arguments
-// z, q (RecordMath; the rest of that pass is dead code), (2) the call in float, (3) the double algebra
-// again with the call's value replayed (ReplayMath).  On z <= 0 (k <= 0: tanh, artanh) both functions
+// z, q (StagedMath; the rest of that pass is dead code), (2) the call in float, (3) the double algebra
+// again with the call's value replayed.  On z <= 0 (k <= 0: tanh, artanh) both functions
 // are well conditioned in z and q (relative condition numbers <= 1), so rounding z and q to float
 // costs a few float ulps of the result, below the output's own rounding to float; blocks with a lane
 // of z >= series cut (k > 0: tan, whose condition grows without bound near pi/2), a NaN, or |z|, q
 // beyond float's range keep the double call.
+// mobius_scalar_mul (session 11) chains two calls, a1 = atanc(z1, q1) with z1 = k|x|^2, q1 = 1 + z1 (formed
+// in double: near the boundary q1 = (1 - s)(1 + s) keeps its digits), then tanc(z2) with
+// z2 = k r^2 |x|^2 a1^2: one record / float call stage per call (the second stage replays the first call's
+// float value), then the coefficients.  Each stage decides float or double for the block on its own.
+// GEOOPS_STEREO_FLOAT_CALL=0: every call in double (A/B, read per call).
 constexpr bool float_call_op(int op) {
-  return op == EXPMAP || op == EXPMAP0 || op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0;
+  return op == EXPMAP || op == EXPMAP0 || op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0 ||
+         op == MOBIUS_SCALAR_MUL;
 }
-constexpr bool call_is_atanc(int op) { return op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0; }
+constexpr int n_calls(int op) { return op == MOBIUS_SCALAR_MUL ? 2 : 1; }
+// Whether call c of OP's forward is atanc (else tanc).
+constexpr bool call_is_atanc(int op, int c) {
+  return op == MOBIUS_SCALAR_MUL ? c == 0 : (op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0);
+}
+
+inline bool float_call_on() {
+  const char* e = std::getenv("GEOOPS_STEREO_FLOAT_CALL");
+  return !(e && e[0] == '0');
+}
 
 using FVec = at::vec::Vectorized<float>;
 constexpr int kFLanes = FVec::size();
 static_assert(kMaxBlock % kFLanes == 0, "a block of lanes is whole float vectors");
 
-struct RecordMath {
+// The tanc / atanc policy of the staged passes: calls before `stage` return their recorded values, call
+// `stage` records its arguments z, q (and returns 1: what follows it in that pass is dead code).
+struct StagedMath {
+  int stage;
+  const Vec* vals;
+  int n = 0;
   Vec z = Vec(0.0), q = Vec(1.0);
-  Vec tanc(const Vec& z_) {
-    z = z_;
+  Vec take(const Vec& z_, const Vec& q_) {
+    const int c = n++;
+    if (c < stage) return vals[c];
+    if (c == stage) z = z_, q = q_;
     return Vec(1.0);
   }
-  Vec atanc(const Vec& z_, const Vec& q_) {
-    z = z_, q = q_;
-    return Vec(1.0);
-  }
-};
-struct ReplayMath {
-  Vec v;
-  Vec tanc(const Vec&) { return v; }
-  Vec atanc(const Vec&, const Vec&) { return v; }
+  Vec tanc(const Vec& z_) { return take(z_, Vec(1.0)); }
+  Vec atanc(const Vec& z_, const Vec& q_) { return take(z_, q_); }
 };
 
-// The forward coefficients of the nv lanes of a block (row scalars in xx .. rr), OP's one tanc/atanc
-// call in float where every lane allows it (see above), in double otherwise.
+// The forward coefficients of the nv lanes of a block (row scalars in xx .. rr), OP's tanc/atanc calls in
+// float where every lane of the block allows it (see above), in double otherwise (FLOAT = false: always).
 template <int OP>
 inline void block_fwd_float_call(const double* xx, const double* yy, const double* xy, const double* dd,
-                                 const double* kk, const double* rr, int64_t nv, double param, double* ca, double* cb,
-                                 double* cc) {
-  alignas(64) double zd[kMaxBlock], qd[kMaxBlock], vd[kMaxBlock];
+                                 const double* kk, const double* rr, int64_t nv, double param, bool use_float,
+                                 double* ca, double* cb, double* cc) {
+  constexpr int NC = n_calls(OP);
+  alignas(64) double zd[kMaxBlock], qd[kMaxBlock], vd[NC][kMaxBlock];
   alignas(64) float zf[kMaxBlock], qf[kMaxBlock], vf[kMaxBlock];
   auto row_at = [&](int64_t v) {
     return Row<Vec>{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
                     Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
   };
+  auto vals_at = [&](int64_t v, Vec (&vals)[NC]) {
+    for (int c = 0; c < NC; ++c) vals[c] = Vec::loadu(vd[c] + v);
+  };
   const int64_t nf = (nv + kFLanes - 1) / kFLanes * kFLanes;  // lanes nv .. nf: z = 0, q = 1
   const Vec cut(static_cast<double>(series_cut<float>())), big(1e30);
-  Vec ok = Vec(0.0) == Vec(0.0);
-  for (int64_t v = 0; v < nf; v += kLanes) {  // (1) the call's arguments
-    RecordMath rec;
-    if (v < nv) (void)stereo::fwd<Vec>(OP, row_at(v), Vec(param), rec);
-    ok = ok & (rec.z < cut) & (rec.z > -big) & (rec.q < big);  // !(z < cut) also catches NaN
-    rec.z.store(zd + v);
-    rec.q.store(qd + v);
-  }
-  const bool in_float = ok.zero_mask() == 0;
-  if (in_float) {  // (2) the call in float
+  for (int c = 0; c < NC; ++c) {
+    Vec ok = Vec(0.0) == Vec(0.0);
+    for (int64_t v = 0; v < nf; v += kLanes) {  // (1) call c's arguments
+      Vec vals[NC];
+      vals_at(v, vals);
+      StagedMath rec{c, vals};
+      if (v < nv) (void)stereo::fwd<Vec>(OP, row_at(v), Vec(param), rec);
+      ok = ok & (rec.z < cut) & (rec.z > -big) & (rec.q < big);  // !(z < cut) also catches NaN
+      rec.z.store(zd + v);
+      rec.q.store(qd + v);
+    }
+    const bool in_float = use_float && ok.zero_mask() == 0;
+    const bool atanc = call_is_atanc(OP, c);
+    if (in_float) {  // (2) the call in float
 #pragma omp simd
-    for (int64_t b = 0; b < nf; ++b) {
-      zf[b] = static_cast<float>(zd[b]);
-      qf[b] = static_cast<float>(qd[b]);
-    }
-    for (int64_t v = 0; v < nf; v += kFLanes) {
-      // every lane has z < series cut here (else the block takes the double call below): no k > 0 form
-      vecmath::eval_series_neg<call_is_atanc(OP)>(FVec::loadu(zf + v), FVec::loadu(qf + v)).store(vf + v);
-    }
+      for (int64_t b = 0; b < nf; ++b) {
+        zf[b] = static_cast<float>(zd[b]);
+        qf[b] = static_cast<float>(qd[b]);
+      }
+      for (int64_t v = 0; v < nf; v += kFLanes) {
+        // every lane has z < series cut here (else the block takes the double call below): no k > 0 form
+        const FVec z = FVec::loadu(zf + v), q = FVec::loadu(qf + v);
+        (atanc ? vecmath::eval_series_neg<true>(z, q) : vecmath::eval_series_neg<false>(z, q)).store(vf + v);
+      }
 #pragma omp simd
-    for (int64_t b = 0; b < nf; ++b) vd[b] = static_cast<double>(vf[b]);
-  } else {
-    for (int64_t v = 0; v < nv; v += kLanes) {
-      vecmath::eval<call_is_atanc(OP)>(Vec::loadu(zd + v), Vec::loadu(qd + v)).store(vd + v);
+      for (int64_t b = 0; b < nf; ++b) vd[c][b] = static_cast<double>(vf[b]);
+    } else {
+      for (int64_t v = 0; v < nv; v += kLanes) {
+        const Vec z = Vec::loadu(zd + v), q = Vec::loadu(qd + v);
+        (atanc ? vecmath::eval<true>(z, q) : vecmath::eval<false>(z, q)).store(vd[c] + v);
+      }
     }
   }
-  for (int64_t v = 0; v < nv; v += kLanes) {  // (3) the coefficients with the call's value
-    ReplayMath rep{Vec::loadu(vd + v)};
+  for (int64_t v = 0; v < nv; v += kLanes) {  // (3) the coefficients with the calls' values
+    Vec vals[NC];
+    vals_at(v, vals);
+    StagedMath rep{NC, vals};
     const Coef<Vec> c = stereo::fwd<Vec>(OP, row_at(v), Vec(param), rep);
     c.a.store(ca + v);
     c.b.store(cb + v);
@@ -424,6 +452,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
   // the fast path's k per row: a call-wide curvature filled once (a per-block scalar fill of 32 rows cost about
   // a third of the D = 2 block's load/store floor), per-row k of stride 1 read in place
+  const bool float_on = float_call_on();
   alignas(64) double kconst[kMaxBlock];
   if (kF32Op && f32_fast && sc.sk == 0 && N > 0) std::fill(kconst, kconst + kMaxBlock, sc.k[0]);
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
@@ -465,7 +494,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     }
     block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
     if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
-      block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, ca, cb, cc);
+      block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
     } else {
       LaneMath lm;
       for (int64_t v = 0; v < nv; v += kLanes) {
