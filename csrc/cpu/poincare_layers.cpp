@@ -163,8 +163,8 @@ void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, i
 }
 
 // ---- float row lanes (fp32 rows of D <= 16; GEOOPS_POINCARE_RELU_F32=0 turns them off, read per call)
-// Blocks of 32 rows deinterleaved into SoA float lanes (stereographic_rows_f32.h's deinterleave: AVX-512 permutes
-// at D = 3..8), 16 rows per AVX-512 vector.  Forward all in float: X = |x|^2 and R = |relu x|^2 as float FMAs (no
+// Blocks of 32 rows deinterleaved into SoA float lanes (stereographic_rows_f32.h's AVX-512 permutes at D = 3..16,
+// relu_perm below), 16 rows per AVX-512 vector.  Forward all in float: X = |x|^2 and R = |relu x|^2 as float FMAs (no
 // cancellation: 1 + k X is one fused rounding), h = atanc(k X) and t2 = tanc(k h^2 R) from f32rows' atanc_neg_f /
 // tanc_neg_f, f = t2 h or the projection's mx / |r|, and y = f max(x, 0).  Backward: the row sums X, R,
 // G = <g, relu x> in float (X again in double), then h, t2 and relu_bwd_vec in double lanes (tanc'/atanc' cancel ~1/|z| above the
@@ -181,6 +181,28 @@ inline bool relu_f32_on() {
   return !(e && e[0] == '0');
 }
 
+
+// AVX-512 permutes for the rows <-> SoA lanes at D = 3..16 (f32rows' deint_v and its row table; the header uses
+// them at D <= 8 only, where its blocks measured faster; here GCC's loop at D = 9..16 was half of the D = 16
+// backward's time, perf); D = 1, 2: GCC's loops (vector permutes already).
+constexpr bool relu_perm(int D) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return f32r::kF == 16 && D >= 3 && D <= kReluF32MaxD;
+#else
+  return (void)D, false;
+#endif
+}
+template <int D, int NB, bool HAS_G>
+inline void relu_deint(const float* xb, const float* gb, float (&xs)[D][NB], float (&gs)[HAS_G ? D : 1][NB]) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (relu_perm(D)) {
+    f32r::deint_v<D, NB>(xb, xs);
+    if constexpr (HAS_G) f32r::deint_v<D, NB>(gb, gs);
+    return;
+  }
+#endif
+  f32r::deinterleave<D, NB, HAS_G>(xb, gb, xs, gs);
+}
 
 // One float vector of rows from lane o: the row sums X, R (and G when BWD) and the hard-row check.
 template <int D, int NB, bool BWD>
@@ -207,7 +229,7 @@ __attribute__((noinline, optimize("no-trapping-math"))) void relu_write_f(
     const float* __restrict xb, const float* __restrict gb, float* __restrict ob, const float* __restrict ca,
     const float* __restrict cb, const float* __restrict cc) {
 #if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (f32r::perm_rows(D)) {
+  if constexpr (relu_perm(D)) {
     const f32r::PermTab<D>& T = f32r::kPermTab<D>;
     const __m512 zero = _mm512_setzero_ps();
     for (int r0 = 0; r0 < NB; r0 += 16) {
@@ -252,7 +274,7 @@ template <int D, int NB>
 inline bool relu_f32_fwd_block(const float* xb, float* yb, float k, float mx) {
   alignas(64) float xs[D][NB], none[1][NB];
   alignas(64) float ca[NB];
-  f32r::deinterleave<D, NB, false>(xb, nullptr, xs, none);
+  relu_deint<D, NB, false>(xb, nullptr, xs, none);
   for (int o = 0; o < NB; o += f32r::kF) {
     FVec X, R, G, q1;
     if (!relu_sums_f<D, NB, false>(xs, none, o, k, X, R, G, q1)) return false;
@@ -275,7 +297,7 @@ inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, dou
                                         double vfk, double& acc) {
   alignas(64) float xs[D][NB], gs[D][NB];
   alignas(64) float ca[NB], cb[NB], cc[NB];
-  f32r::deinterleave<D, NB, true>(xb, gb, xs, gs);
+  relu_deint<D, NB, true>(xb, gb, xs, gs);
   const VD vk(k), one(1.0);
   VD kacc(0.0);
   for (int o = 0; o < NB; o += f32r::kF) {
