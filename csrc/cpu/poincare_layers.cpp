@@ -8,12 +8,15 @@
 #include "geoops/stereo_math.h"
 #include "vec_math.h"
 #include "vec_math_inl.h"
+#include "stereographic_rows_f32.h"  // the float row lanes (deinterleave, tanc / atanc on float vectors)
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace geoops {
@@ -79,37 +82,49 @@ struct ReluBlock {
 // relu_row's backward (grads) for rows [0, n) of a block on SIMD lanes of doubles, one row per lane (the
 // stereo_math.h derivatives on Vec, both branches evaluated and blended per lane; a partial last vector: zero
 // lanes, computed and not stored): F = f, A = G fR2, B = G fX2, K = G fk.  The operations of relu_row.
+// relu_row's backward on one vector of rows (one row per lane): F = f, A = G fR2, B = G fX2, K = G fk from the row
+// sums X, R, G and h = atanc(k X), t2 = tanc(k h^2 R); vfk = (1 - eps) / (2 (-k)^(3/2)), the projection's dfk.
+using VD = geoops::cpu::vecmath::Vec;
+inline void relu_bwd_vec(const VD& X, const VD& R, const VD& G, const VD& h, const VD& t2, double k, double mx,
+                         double vfk, VD& F, VD& A, VD& B, VD& K) {
+  const VD vk(k), one(1.0), two(2.0), vmx(mx), tiny(1e-15);
+  VD f = t2 * h;
+  const VD sR = R.sqrt();
+  const VD proj = f * sR > vmx;
+  const VD z1 = vk * X, q1 = one + z1;
+  const VD z2 = vk * h * h * R;
+  const VD t2d = stereo::tanc_d(z2, t2);
+  const VD h1 = stereo::atanc_d(z1, q1, h);
+  const VD dh_dX = vk * h1, dh_dk = X * h1;
+  const VD df_dh = t2 + two * vk * h * h * R * t2d;
+  VD fR2 = two * vk * h * h * h * t2d;
+  VD fX2 = two * df_dh * dh_dX;
+  VD fk = h * t2d * h * h * R + df_dh * dh_dk;
+  if (geoops::cpu::vecmath::any_lane(proj)) {
+    const VD nr = at::vec::maximum(sR, tiny);
+    f = VD::blendv(f, vmx / nr, proj);
+    fR2 = VD::blendv(fR2, vmx.neg() / (nr * nr * nr), proj);
+    fX2 = VD::blendv(fX2, VD(0.0), proj);
+    fk = VD::blendv(fk, VD(vfk) / nr, proj);
+  }
+  F = f, A = G * fR2, B = G * fX2, K = G * fk;
+}
+
+inline double relu_vfk(double k, double eps) { return 0.5 * (1.0 - eps) / (-k * std::sqrt(-k)); }
+
 inline void relu_rows_bwd_lanes(ReluBlock& b, int64_t n, double k, double eps, double mx) {
-  using VD = geoops::cpu::vecmath::Vec;
   constexpr int64_t L = VD::size();
-  const VD vk(k), one(1.0), two(2.0), vmx(mx), tiny(1e-15), vfk(0.5 * (1.0 - eps) / (-k * std::sqrt(-k)));
+  const double vfk = relu_vfk(k, eps);
   for (int64_t i = 0; i < n; i += L) {
     const int64_t cnt = std::min<int64_t>(L, n - i);
     const VD X = VD::loadu(b.X + i, cnt), R = VD::loadu(b.R + i, cnt), G = VD::loadu(b.G + i, cnt);
     const VD h = VD::loadu(b.h + i, cnt), t2 = VD::loadu(b.t + i, cnt);
-    VD f = t2 * h;
-    const VD sR = R.sqrt();
-    const VD proj = f * sR > vmx;
-    const VD z1 = vk * X, q1 = one + z1;
-    const VD z2 = vk * h * h * R;
-    const VD t2d = stereo::tanc_d(z2, t2);
-    const VD h1 = stereo::atanc_d(z1, q1, h);
-    const VD dh_dX = vk * h1, dh_dk = X * h1;
-    const VD df_dh = t2 + two * vk * h * h * R * t2d;
-    VD fR2 = two * vk * h * h * h * t2d;
-    VD fX2 = two * df_dh * dh_dX;
-    VD fk = h * t2d * h * h * R + df_dh * dh_dk;
-    if (geoops::cpu::vecmath::any_lane(proj)) {
-      const VD nr = at::vec::maximum(sR, tiny);
-      f = VD::blendv(f, vmx / nr, proj);
-      fR2 = VD::blendv(fR2, vmx.neg() / (nr * nr * nr), proj);
-      fX2 = VD::blendv(fX2, VD(0.0), proj);
-      fk = VD::blendv(fk, vfk / nr, proj);
-    }
-    f.store(b.F + i, cnt);
-    (G * fR2).store(b.A + i, cnt);
-    (G * fX2).store(b.B + i, cnt);
-    (G * fk).store(b.K + i, cnt);
+    VD F, A, B, K;
+    relu_bwd_vec(X, R, G, h, t2, k, mx, vfk, F, A, B, K);
+    F.store(b.F + i, cnt);
+    A.store(b.A + i, cnt);
+    B.store(b.B + i, cnt);
+    K.store(b.K + i, cnt);
   }
 }
 
@@ -147,13 +162,211 @@ void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, i
   tanc_n(b.z, b.t, n);
 }
 
+// ---- float row lanes (fp32 rows of D <= 16; GEOOPS_POINCARE_RELU_F32=0 turns them off, read per call)
+// Blocks of 32 rows deinterleaved into SoA float lanes (stereographic_rows_f32.h's AVX-512 permutes at D = 3..16,
+// relu_perm below), 16 rows per AVX-512 vector.  Forward all in float: X = |x|^2 and R = |relu x|^2 as float FMAs (no
+// cancellation: 1 + k X is one fused rounding), h = atanc(k X) and t2 = tanc(k h^2 R) from f32rows' atanc_neg_f /
+// tanc_neg_f, f = t2 h or the projection's mx / |r|, and y = f max(x, 0).  Backward: the row sums X, R,
+// G = <g, relu x> in float (X again in double), then h, t2 and relu_bwd_vec in double lanes (tanc'/atanc' cancel ~1/|z| above the
+// series cut: from float t2 and h they lost up to ~1e-5 relative), the coefficients rounded to float for the
+// writes gx = [x > 0](f g + a x) + b x.  A block with a hard row (1 + k X <= 1e-6 in float: on or past the ball's
+// boundary; X or G not finite, NaN) or a partial block (< 32 rows) takes the double path (relu_block), whose
+// results are unchanged.
+using FVec = at::vec::Vectorized<float>;
+namespace f32r = geoops::cpu::f32rows;
+constexpr int kReluF32Rows = 32;
+constexpr int kReluF32MaxD = 16;
+inline bool relu_f32_on() {
+  const char* e = std::getenv("GEOOPS_POINCARE_RELU_F32");
+  return !(e && e[0] == '0');
+}
+
+
+// AVX-512 permutes for the rows <-> SoA lanes at D = 3..16 (f32rows' deint_v and its row table; the header uses
+// them at D <= 8 only, where its blocks measured faster; here GCC's loop at D = 9..16 was half of the D = 16
+// backward's time, perf); D = 1, 2: GCC's loops (vector permutes already).
+constexpr bool relu_perm(int D) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return f32r::kF == 16 && D >= 3 && D <= kReluF32MaxD;
+#else
+  return (void)D, false;
+#endif
+}
+template <int D, int NB, bool HAS_G>
+inline void relu_deint(const float* xb, const float* gb, float (&xs)[D][NB], float (&gs)[HAS_G ? D : 1][NB]) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (relu_perm(D)) {
+    f32r::deint_v<D, NB>(xb, xs);
+    if constexpr (HAS_G) f32r::deint_v<D, NB>(gb, gs);
+    return;
+  }
+#endif
+  f32r::deinterleave<D, NB, HAS_G>(xb, gb, xs, gs);
+}
+
+// One float vector of rows from lane o: the row sums X, R (and G when BWD) and the hard-row check.
+template <int D, int NB, bool BWD>
+inline bool relu_sums_f(const float (&xs)[D][NB], const float (&gs)[BWD ? D : 1][NB], int o, float k,
+                                 FVec& X, FVec& R, FVec& G, FVec& q1) {
+  const FVec zero(0.f);
+  X = zero, R = zero, G = zero;
+  for (int j = 0; j < D; ++j) {
+    const FVec v = FVec::loadu(&xs[j][o]);
+    const FVec r = v & (v > zero);
+    X = at::vec::fmadd(v, v, X);
+    R = at::vec::fmadd(r, r, R);
+    if (BWD) G = at::vec::fmadd(FVec::loadu(&gs[j][o]), r, G);
+  }
+  q1 = at::vec::fmadd(FVec(k), X, FVec(1.f));
+  FVec ok = (q1 > FVec(1e-6f)) & (X < FVec(1e30f));
+  if (BWD) ok = ok & f32r::fin(G);
+  return ok.zero_mask() == 0;
+}
+
+// y = f max(x, 0) for the NB rows (f: ca[b]); gx = [x > 0](f g + a x) + b x (f, a, b: ca, cb, cc) when BWD.
+template <int D, int NB, bool BWD>
+__attribute__((noinline, optimize("no-trapping-math"))) void relu_write_f(
+    const float* __restrict xb, const float* __restrict gb, float* __restrict ob, const float* __restrict ca,
+    const float* __restrict cb, const float* __restrict cc) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (relu_perm(D)) {
+    const f32r::PermTab<D>& T = f32r::kPermTab<D>;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int r0 = 0; r0 < NB; r0 += 16) {
+      const __m512 f = _mm512_loadu_ps(ca + r0);
+      __m512 a = zero, b = zero;
+      if (BWD) a = _mm512_loadu_ps(cb + r0), b = _mm512_loadu_ps(cc + r0);
+      for (int i = 0; i < D; ++i) {
+        const __m512i ix = _mm512_loadu_si512(T.row[i]);
+        const int off = r0 * D + 16 * i;
+        const __m512 xv = _mm512_loadu_ps(xb + off);
+        __m512 o;
+        if (BWD) {
+          const __mmask16 pos = _mm512_cmp_ps_mask(xv, zero, _CMP_GT_OQ);
+          const __m512 t = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, f), _mm512_loadu_ps(gb + off),
+                                           _mm512_mul_ps(_mm512_permutexvar_ps(ix, a), xv));
+          o = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, b), xv, _mm512_maskz_mov_ps(pos, t));
+        } else {
+          o = _mm512_mul_ps(_mm512_permutexvar_ps(ix, f), _mm512_max_ps(xv, zero));
+        }
+        _mm512_storeu_ps(ob + off, o);
+      }
+    }
+    return;
+  }
+#endif
+  for (int b = 0; b < NB; ++b) {
+    const float f = ca[b], a = BWD ? cb[b] : 0.f, bb = BWD ? cc[b] : 0.f;
+#pragma omp simd
+    for (int j = 0; j < D; ++j) {
+      const float v = xb[b * D + j];
+      if (BWD) {
+        ob[b * D + j] = (v > 0.f ? f * gb[b * D + j] + a * v : 0.f) + bb * v;
+      } else {
+        ob[b * D + j] = v > 0.f ? f * v : 0.f;
+      }
+    }
+  }
+}
+
+// The forward of NB rows at xb into yb; false (nothing written) on a hard row.
+template <int D, int NB>
+inline bool relu_f32_fwd_block(const float* xb, float* yb, float k, float mx) {
+  alignas(64) float xs[D][NB], none[1][NB];
+  alignas(64) float ca[NB];
+  relu_deint<D, NB, false>(xb, nullptr, xs, none);
+  for (int o = 0; o < NB; o += f32r::kF) {
+    FVec X, R, G, q1;
+    if (!relu_sums_f<D, NB, false>(xs, none, o, k, X, R, G, q1)) return false;
+    const FVec vk(k);
+    const FVec h = f32r::atanc_neg_f(vk * X, q1);
+    const FVec t2 = f32r::tanc_neg_f(vk * h * h * R);
+    FVec f = t2 * h;
+    const FVec sR = R.sqrt();
+    const FVec proj = f * sR > FVec(mx);
+    if (proj.zero_mask() != (1 << f32r::kF) - 1) f = FVec::blendv(f, FVec(mx) / at::vec::maximum(sR, FVec(1e-15f)), proj);
+    f.store(ca + o);
+  }
+  relu_write_f<D, NB, false>(xb, nullptr, yb, ca, nullptr, nullptr);
+  return true;
+}
+
+// The backward of NB rows: gx into gxb, the rows' dL/dk added to acc; false (nothing written) on a hard row.
+template <int D, int NB>
+inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, double k, double mx,
+                                        double vfk, double& acc) {
+  alignas(64) float xs[D][NB], gs[D][NB];
+  alignas(64) float ca[NB], cb[NB], cc[NB];
+  relu_deint<D, NB, true>(xb, gb, xs, gs);
+  const VD vk(k), one(1.0);
+  VD kacc(0.0);
+  for (int o = 0; o < NB; o += f32r::kF) {
+    FVec X, R, G, q1;
+    if (!relu_sums_f<D, NB, true>(xs, gs, o, float(k), X, R, G, q1)) return false;
+    // X again in double: 1 + k X cancels near the boundary and tanc' / atanc' amplify its rounding there (the
+    // float sum gave ~8x the double path's gradient error on rows at 0.99 of the radius)
+    VD Xd[2] = {VD(0.0), VD(0.0)}, Rd[2], Gd[2], F[2], A[2], B[2];
+    for (int j = 0; j < D; ++j) {
+      const VD lo = f32r::widen(&xs[j][o]), hi = f32r::widen(&xs[j][o + f32r::kD]);
+      Xd[0] = at::vec::fmadd(lo, lo, Xd[0]);
+      Xd[1] = at::vec::fmadd(hi, hi, Xd[1]);
+    }
+    f32r::widen2(R, Rd[0], Rd[1]);
+    f32r::widen2(G, Gd[0], Gd[1]);
+    for (int hh = 0; hh < 2; ++hh) {
+      const VD z1 = vk * Xd[hh];
+      const VD h = vecmath::eval<true>(z1, one + z1);
+      const VD t2 = vecmath::eval<false>(vk * h * h * Rd[hh], one);
+      VD K;
+      relu_bwd_vec(Xd[hh], Rd[hh], Gd[hh], h, t2, k, mx, vfk, F[hh], A[hh], B[hh], K);
+      kacc = kacc + K;
+    }
+    f32r::narrow(F[0], F[1]).store(ca + o);
+    f32r::narrow(A[0], A[1]).store(cb + o);
+    f32r::narrow(B[0], B[1]).store(cc + o);
+  }
+  relu_write_f<D, NB, true>(xb, gb, gxb, ca, cb, cc);
+  alignas(64) double kl[VD::size()];
+  kacc.store(kl);
+  for (int i = 0; i < VD::size(); ++i) acc += kl[i];
+  return true;
+}
+
+
+// The float blocks for the runtime D (<= kReluF32MaxD).
+template <bool BWD>
+inline bool relu_f32_block(int64_t D, const float* xb, const float* gb, float* ob, double k, double mx, double vfk,
+                           double& acc) {
+  constexpr int NB = kReluF32Rows;
+  switch (D) {
+#define GEOOPS_RELU_CASE(d)                                                                        \
+  case d:                                                                                          \
+    return BWD ? relu_f32_bwd_block<d, NB>(xb, gb, ob, k, mx, vfk, acc)                             \
+               : relu_f32_fwd_block<d, NB>(xb, ob, float(k), float(mx));
+    GEOOPS_RELU_CASE(1) GEOOPS_RELU_CASE(2) GEOOPS_RELU_CASE(3) GEOOPS_RELU_CASE(4) GEOOPS_RELU_CASE(5)
+    GEOOPS_RELU_CASE(6) GEOOPS_RELU_CASE(7) GEOOPS_RELU_CASE(8) GEOOPS_RELU_CASE(9) GEOOPS_RELU_CASE(10)
+    GEOOPS_RELU_CASE(11) GEOOPS_RELU_CASE(12) GEOOPS_RELU_CASE(13) GEOOPS_RELU_CASE(14) GEOOPS_RELU_CASE(15)
+    GEOOPS_RELU_CASE(16)
+#undef GEOOPS_RELU_CASE
+  }
+  return false;
+}
+
 template <typename T>
 void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
   const double mx = (1.0 - eps) / std::sqrt(-k);
+  const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     ReluBlock blk;
-    for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
-      const int64_t n = std::min(kReluBlock, i1 - b0);
+    const int64_t step = f32 ? kReluF32Rows : kReluBlock;
+    for (int64_t b0 = i0; b0 < i1; b0 += step) {
+      const int64_t n = std::min(step, i1 - b0);
+      if constexpr (std::is_same<T, float>::value) {
+        double unused = 0;
+        if (f32 && n == kReluF32Rows &&
+            relu_f32_block<false>(D, xp + b0 * D, nullptr, yp + b0 * D, k, mx, 0.0, unused))
+          continue;
+      }
       relu_block<T>(blk, xp, nullptr, b0, n, D, k);
       for (int64_t j = 0; j < n; ++j) {
         const T* xr = xp + (b0 + j) * D;
@@ -172,11 +385,19 @@ double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, dou
   const int nth = at::get_num_threads();
   std::vector<double> gk(nth, 0.0);
   const bool lanes = poincare_row_lanes();
+  const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
+  const double vfk = relu_vfk(k, eps);
   at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
     double acc = 0;
     ReluBlock blk;
-    for (int64_t b0 = i0; b0 < i1; b0 += kReluBlock) {
-      const int64_t n = std::min(kReluBlock, i1 - b0);
+    const int64_t step = f32 ? kReluF32Rows : kReluBlock;
+    for (int64_t b0 = i0; b0 < i1; b0 += step) {
+      const int64_t n = std::min(step, i1 - b0);
+      if constexpr (std::is_same<T, float>::value) {
+        if (f32 && n == kReluF32Rows &&
+            relu_f32_block<true>(D, xp + b0 * D, gp + b0 * D, gxp + b0 * D, k, mx, vfk, acc))
+          continue;
+      }
       relu_block<T>(blk, xp, gp, b0, n, D, k);
       if (lanes) {
         relu_rows_bwd_lanes(blk, n, k, eps, mx);
