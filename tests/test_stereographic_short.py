@@ -303,6 +303,7 @@ def test_f32_fused_matches_unfused(op, d, monkeypatch):
         x[100] = 1e25
     x[150] = float("nan")
     monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", "sleef")  # the same tanh as the eight-loop version
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")  # the fused blocks (not session 11's register pass)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "3")
     old = _call(op, x, y, k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
@@ -440,3 +441,80 @@ def test_f32_fused_atanc_float_accuracy(op, d, monkeypatch):
             out = getattr(gs, op)(*args, k=k).double()
             errs[tanh] = float(((out - expect).norm(dim=-1) / scale.clamp_min(1e-30)).max())
         assert errs["inline"] <= 1e-6 and errs["inline"] <= 2 * errs["double"] + 2e-7, (kv, errs)
+
+
+# ---------------------------------------------------------------- session 11: one register pass per 16 rows
+# At D <= 8 (AVX-512 builds) the fast path loads 16 rows as D vectors, permutes them into column registers, runs
+# the fused path's lane math on those registers and writes through expanding permutes, with no scratch lanes
+# (csrc/cpu/stereographic_rows_f32_reg.h).  GEOOPS_STEREO_F32_REG=0 keeps the fused blocks: the same code and
+# roundings, so the outputs are equal bit for bit (at D = 1, 2 up to the fused blocks' write without FMA).
+
+
+def _reg_inputs(op: str, d: int, n: int, seed: int):
+    """Rows for the register pass: interior points, points within 1e-4 .. 1e-2 of the boundary, tiny and zero
+    vectors, close pairs (logmap), a NaN row (block 2), and a row beyond float range (block 4)."""
+    g = torch.Generator().manual_seed(seed)
+    frac = torch.rand(n, generator=g, dtype=torch.float64) * 0.9
+    # (expmap: 1e-3 .. 1e-2; nearer, its write a x + b u cancels in float in both paths)
+    frac[::9] = 1 - torch.logspace(-3 if op == "expmap" else -4, -2, len(frac[::9]), dtype=torch.float64)
+    frac[4::11] = 1e-6
+    x = pc._ball_points(g, n, d, -1.0, frac)
+    x[7] = 0.0
+    x[13] *= 1e-20
+    if op == "expmap":
+        y = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5
+        y[21] = 0.0
+    elif op in ("mobius_add", "logmap"):
+        y = pc._ball_points(g, n, d, -1.0, torch.rand(n, generator=g, dtype=torch.float64) * 0.9)
+        y[5::13] = x[5::13] + 1e-5 * torch.randn(y[5::13].shape, generator=g, dtype=torch.float64)
+        y[22] = x[22]
+    else:
+        y = None
+    x, y = x.float(), (None if y is None else y.float())
+    x[2 * 32 + 9] = float("nan")
+    x[4 * 32 + 3] = 3e25
+    return x, y
+
+
+@pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_register_pass(op, d, monkeypatch):
+    """The register pass against the fused blocks (GEOOPS_STEREO_F32_REG=0): equal bit for bit at D >= 3, for k = -1, k = 0,
+    k = 0.5 (positive, within the float series for most rows: the others' blocks take the double path) and per-row k
+    of both signs; a partial last block (13 rows: the double path); the blocks with a NaN row or a row beyond float
+    range equal the double path (GEOOPS_STEREO_F32_ROWS=0) bit for bit; every finite row within a few float ulps of
+    the fp64 math on the same inputs (relative to the output's norm, or |x| / 10 where the write cancels)."""
+    n = 32 * 6 + 13
+    x, y = _reg_inputs(op, d, n, seed=1200 + d)
+    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5] * n)[:n].reshape(n, 1)
+    for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
+                    "per_row": kr}.items():
+        xs = x if name != "0.5" else x * 0.1  # (inside the positive ball's series range mostly)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+        monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
+        fused = _call(op, xs, y, k)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")  # (the default keeps expmap at D <= 2 off it)
+        new = _call(op, xs, y, k)
+        if d >= 3:  # the same permute writes as the fused blocks
+            assert torch.equal(new.nan_to_num(7.0), fused.nan_to_num(7.0)), name
+        else:  # the fused blocks' scalar write loop rounds a x + b y without FMA: ~1 ulp of its terms
+            assert torch.equal(new.isnan(), fused.isnan()), name
+            fin = ~fused.isnan()
+            terms = torch.maximum(fused.abs(), xs.abs() if y is None else torch.maximum(xs.abs(), y.abs()))
+            tol = 2e-4 if (op == "expmap" and d == 1) else 1e-6  # (expmap, D = 1: a x + b u cancels, see above)
+            assert float(((new - fused).abs() / terms.clamp_min(1e-30))[fin].max()) <= tol, name
+        monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+        slow = _call(op, xs, y, k)
+        for sl in (slice(64, 96), slice(128, 160), slice(192, n)):  # NaN row, huge row, partial block
+            assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, sl)
+        assert torch.isnan(new[73]).all()
+        args = (xs.double(),) if y is None else (xs.double(), y.double())
+        expect = getattr(ref, op)(*args, k=k.double())
+        ok = torch.isfinite(expect).all(-1)
+        ok[64:96] = ok[128:160] = False
+        scale = expect.norm(dim=-1)
+        if op in ("mobius_add", "expmap", "logmap"):
+            scale = torch.maximum(scale, xs.double().norm(dim=-1) * 1e-1)
+        err = ((new.double() - expect).norm(dim=-1) / scale.clamp_min(1e-30))[ok]
+        tol = 2e-4 if (op == "expmap" and d == 1) else 2e-6  # (expmap at D = 1: see test_f32_fast_path_accuracy)
+        assert float(err.max()) <= tol, (name, float(err.max()))

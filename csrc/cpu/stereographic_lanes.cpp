@@ -26,6 +26,7 @@
 
 #include "stereographic_rows.h"
 #include "stereographic_rows_f32.h"
+#include "stereographic_rows_f32_reg.h"
 #include "vec_math_inl.h"
 
 namespace geoops {
@@ -442,6 +443,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
   const int f32_mode = kF32Op ? f32rows::mode() : 0;
   const int f32_inline_exp = kF32Op ? f32rows::tanh_inline() : 0;
+  const int f32_reg = kF32Op ? f32rows::reg_mode() : 0;
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
   // fp32 rows longer than the short-row cut: the AVX-512 row sums and, for a large contiguous output, the
   // streaming stores (above)
@@ -455,7 +457,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   const bool float_on = float_call_on();
   alignas(64) double kconst[kMaxBlock];
   if (kF32Op && f32_fast && sc.sk == 0 && N > 0) std::fill(kconst, kconst + kMaxBlock, sc.k[0]);
-  for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
+  auto block = [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
     if constexpr (kF32Op) {
@@ -550,7 +552,25 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         for (int64_t j = 0; j < D; ++j) store(orow, j, a * load_elem(xr + j));
       }
     }
-  });
+  };
+  if constexpr (kF32Op) {
+    // fp32 rows of D <= 8 (AVX-512): one register pass per 16 rows over each chunk's blocks
+    // (stereographic_rows_f32_reg.h), the blocks it declines as above (the same blocks as for_row_blocks)
+    if (f32_fast && f32rows::reg_takes(OP, f32_reg, f32_mode, D, sc.sk)) {
+      const float* xf = reinterpret_cast<const float*>(xp);
+      const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) : nullptr;
+      float* of = reinterpret_cast<float*>(op_);
+      const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(D, 1));
+      at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+        f32rows::reg_range<OP, kBlock>(D, begin, end, xf, yf, of, sc.k, sc.sk, kconst, f32_inline_exp,
+                                       [&](int64_t i0, int64_t nb) {
+                                         block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
+                                       });
+      });
+      return;
+    }
+  }
+  for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, block);
 }
 
 // Backward: the same blocks; row sums with <g,x>, <g,y>, <g,x-y>, the vjp (and, for vector ops, the

@@ -117,41 +117,61 @@ constexpr bool perm_rows(int D) {
 #define GEOOPS_F32_INL inline __attribute__((optimize("no-trapping-math")))
 #if defined(CPU_CAPABILITY_AVX512)
 // The NB rows at p (D floats each, back to back) into SoA lanes xs[j][b].
-template <int D, int NB>
-GEOOPS_F32_INL void deint_v(const float* __restrict p, float (&xs)[D][NB]) {
+// The 16 rows at p (D floats each, back to back) as D column vectors c[j] (lane l: row l's element j).
+template <int D>
+inline __attribute__((always_inline)) void cols16(const float* __restrict p, __m512 (&c)[D]) {
   const PermTab<D>& T = kPermTab<D>;
-  for (int r0 = 0; r0 < NB; r0 += 16) {
-    __m512 v[D];
-    for (int i = 0; i < D; ++i) v[i] = _mm512_loadu_ps(p + r0 * D + 16 * i);
+  __m512 v[D];
+  for (int i = 0; i < D; ++i) v[i] = _mm512_loadu_ps(p + 16 * i);
+  if constexpr (D == 1) {
+    c[0] = v[0];
+  } else {
     for (int j = 0; j < D; ++j) {
       const __m512i ix = _mm512_loadu_si512(T.col[j]);
       __m512 r = _mm512_permutex2var_ps(v[0], ix, v[1]);
       for (int q = 1; 2 * q < D; ++q) {
         r = _mm512_mask_mov_ps(r, T.pair[j][q], _mm512_permutex2var_ps(v[2 * q], ix, v[2 * q + 1 < D ? 2 * q + 1 : 2 * q]));
       }
-      _mm512_storeu_ps(&xs[j][r0], r);
+      c[j] = r;
     }
   }
 }
+// The NB rows at p into SoA lanes xs[j][b].
+template <int D, int NB>
+GEOOPS_F32_INL void deint_v(const float* __restrict p, float (&xs)[D][NB]) {
+  for (int r0 = 0; r0 < NB; r0 += 16) {
+    __m512 c[D];
+    cols16<D>(p + r0 * D, c);
+    for (int j = 0; j < D; ++j) _mm512_storeu_ps(&xs[j][r0], c[j]);
+  }
+}
 // out = a x + b y (logmap: a x + b (x - y); one-input ops: a x) for the NB rows, coefficients ca[b], cb[b].
+// out = a x + b y (logmap: a x + b (x - y); one-input ops: a x) for the 16 rows at xb, yb, ob, coefficients in
+// the lanes of a, b (each expanded to its row's D elements by one permute per output vector).
+template <int OP, int D>
+inline __attribute__((always_inline)) void write16(const float* __restrict xb, const float* __restrict yb, float* __restrict ob, __m512 a,
+                            __m512 b) {
+  const PermTab<D>& T = kPermTab<D>;
+  for (int i = 0; i < D; ++i) {
+    const __m512i ix = _mm512_loadu_si512(T.row[i]);
+    const __m512 xv = _mm512_loadu_ps(xb + 16 * i);
+    const __m512 ai = D == 1 ? a : _mm512_permutexvar_ps(ix, a), bi = D == 1 ? b : _mm512_permutexvar_ps(ix, b);
+    __m512 o = _mm512_mul_ps(ai, xv);
+    if (OP == stereo::LOGMAP) {
+      o = _mm512_fmadd_ps(bi, _mm512_sub_ps(xv, _mm512_loadu_ps(yb + 16 * i)), o);
+    } else if (stereo::op_has_y(OP)) {
+      o = _mm512_fmadd_ps(bi, _mm512_loadu_ps(yb + 16 * i), o);
+    }
+    _mm512_storeu_ps(ob + 16 * i, o);
+  }
+}
 template <int OP, int D, int NB>
 GEOOPS_F32_INL void write_v(const float* __restrict xb, const float* __restrict yb, float* __restrict ob,
                             const float* __restrict ca, const float* __restrict cb) {
-  const PermTab<D>& T = kPermTab<D>;
   for (int r0 = 0; r0 < NB; r0 += 16) {
-    const __m512 a = _mm512_loadu_ps(ca + r0), b = _mm512_loadu_ps(cb + r0);
-    for (int i = 0; i < D; ++i) {
-      const __m512i ix = _mm512_loadu_si512(T.row[i]);
-      const int off = r0 * D + 16 * i;
-      const __m512 xv = _mm512_loadu_ps(xb + off);
-      __m512 o = _mm512_mul_ps(_mm512_permutexvar_ps(ix, a), xv);
-      if (OP == stereo::LOGMAP) {
-        o = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, b), _mm512_sub_ps(xv, _mm512_loadu_ps(yb + off)), o);
-      } else if (stereo::op_has_y(OP)) {
-        o = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, b), _mm512_loadu_ps(yb + off), o);
-      }
-      _mm512_storeu_ps(ob + off, o);
-    }
+    const int off = r0 * D;
+    write16<OP, D>(xb + off, stereo::op_has_y(OP) ? yb + off : yb, ob + off, _mm512_loadu_ps(ca + r0),
+                   _mm512_loadu_ps(cb + r0));
   }
 }
 #endif
@@ -265,7 +285,10 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
   return bad == 0;
 }
 
-inline FVec tanc_neg(const FVec& z, int inline_exp);  // below
+// Forced inline (session 11): GCC kept tanc_neg_f / atanc_neg_f / tanc_neg out of line, a call per 16 rows that
+// spilled the live vectors.
+#define GEOOPS_F32_AI inline __attribute__((always_inline))
+GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp);  // below
 
 // B. The call, in float lanes (SLEEF; tanc: tanc_neg's inline exp unless GEOOPS_STEREO_F32_TANH=sleef).
 template <int OP, int NB>
@@ -391,9 +414,15 @@ inline FVec narrow(const DVec& lo, const DVec& hi) {
 #endif
 }
 inline void widen2(const FVec& v, DVec& lo, DVec& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 w = v;
+  lo = DVec(_mm512_cvtps_pd(_mm512_castps512_ps256(w)));
+  hi = DVec(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w), 1))));
+#else
   alignas(64) float t[kF];
   v.store(t);
   lo = widen(t), hi = widen(t + kD);
+#endif
 }
 inline FVec fin(const FVec& v) { return (v > FVec(-1e30f)) & (v < FVec(1e30f)); }
 
@@ -411,7 +440,7 @@ inline int tanh_inline() {
   if (!e || !*e) return 2;
   return e[0] == 's' ? 0 : (e[0] == 'd' ? 1 : 2);
 }
-inline FVec tanc_neg(const FVec& z, int inline_exp) {
+GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if (inline_exp) {
     const FVec cut(stereo::series_cut<float>());
@@ -475,7 +504,7 @@ inline FVec rcp_nr(const FVec& v) {
 // e = exp(-2s) = 2^n (1 + q) from tanc_neg's inline exp, and tanh(s)/s = ((1 - 2^n) - 2^n q) / ((1 + 2^n) + 2^n q)
 // / s with one reciprocal (a Newton step on the quotient keeps it within ~1 ulp of the float division).  No
 // double conversions, no vsqrtps / vdivps.  GEOOPS_STEREO_F32_TANH=double: tanc_neg's double quotient (A/B).
-inline FVec tanc_neg_f(const FVec& z) {
+GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
   const FVec cut(stereo::series_cut<float>());
   const FVec series = stereo::tanc_series(z);
   const FVec s2 = at::vec::maximum(z.neg(), cut);
@@ -508,33 +537,63 @@ inline FVec tanc_neg_f(const FVec& z) {
 // atanc(z, q) = artanh(s)/s (s = sqrt(-z), q = 1 - s^2 from the double terms) for z < series cut, the float
 // lanes of the fused logmap0 / logmap (tanh_kind 2): eval_series_neg<true>'s 0.5 log1p(2s(1 + s)/q)/s with s and 1/s
 // from one reciprocal square root and 1/q from a reciprocal (Newton-refined estimates) in place of vsqrtps and two
-// vdivps; the log1p stays SLEEF's.
-inline FVec atanc_neg_f(const FVec& z, const FVec& q) {
+// vdivps; the log1p inline (log1p_big_f).
+// log1p(w) for w >= 0.5 (finite; atanc_neg_f's w >= 0.57): log(1 + w) inline (session 11, in place of SLEEF's log1pf
+// call, which spilled the register pass's live vectors): 1 + w = m 2^e with m in [0.75, 1.5) (vgetexpps /
+// vgetmantps), log m = 2 artanh(t), t = (m - 1)/(m + 1) (|t| <= 0.2; a reciprocal estimate, a Newton step and one
+// correction of the quotient), the odd series to t^11 (truncation < 1e-9 relative), e ln 2 in two parts.  The
+// rounding of 1 + w costs at most 2^-24 / log(1.5) ~ 1.5e-7 relative.  Without AVX-512: SLEEF's log1p.
+GEOOPS_F32_AI FVec log1p_big_f(const FVec& w) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 u = FVec(1.f) + w;
+  const __m512 m1 = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+  const __m512 e1 = _mm512_getexp_ps(u);
+  const __mmask16 big = _mm512_cmp_ps_mask(m1, _mm512_set1_ps(1.5f), _CMP_GE_OQ);
+  const FVec m(_mm512_mask_mul_ps(m1, big, m1, _mm512_set1_ps(0.5f)));
+  const FVec e(_mm512_mask_add_ps(e1, big, e1, _mm512_set1_ps(1.f)));
+  const FVec num = m - FVec(1.f), den = m + FVec(1.f);
+  const FVec rd = rcp_nr(den);
+  const FVec t0 = num * rd;
+  const FVec t = at::vec::fmadd(at::vec::fnmadd(den, t0, num), rd, t0);
+  const FVec t2 = t * t;
+  FVec p = at::vec::fmadd(FVec(1.f / 11.f), t2, FVec(1.f / 9.f));
+  p = at::vec::fmadd(p, t2, FVec(1.f / 7.f));
+  p = at::vec::fmadd(p, t2, FVec(1.f / 5.f));
+  p = at::vec::fmadd(p, t2, FVec(1.f / 3.f));
+  const FVec lm = at::vec::fmadd(FVec(2.f) * t * t2, p, FVec(2.f) * t);  // log m = 2t + 2t^3 p
+  return at::vec::fmadd(e, FVec(0.693145751953125f), at::vec::fmadd(e, FVec(1.42860682030941723e-06f), lm));
+#else
+  return w.log1p();
+#endif
+}
+
+GEOOPS_F32_AI FVec atanc_neg_f(const FVec& z, const FVec& q) {
   const FVec cut(stereo::series_cut<float>());
   const FVec series = stereo::atanc_series(z);
   const FVec s2 = at::vec::maximum(z.neg(), cut);
   const FVec rs = rsqrt_nr(s2);
   const FVec s = s2 * rs;
   const FVec rq = rcp_nr(at::vec::maximum(q, FVec(stereo::min_den<float>())));
-  const FVec v = FVec(0.5f) * (FVec(2.f) * s * (FVec(1.f) + s) * rq).log1p() * rs;
+  const FVec v = FVec(0.5f) * log1p_big_f(FVec(2.f) * s * (FVec(1.f) + s) * rq) * rs;
   return FVec::blendv(series, v, z <= cut.neg());
 }
 
 // expmap0's lanes all in float (tanh_kind 2, the default): |u|^2 as float FMAs (no cancelling term: the
 // coefficient tanh(s)/s depends on |u|^2 only through s, with a condition number <= 1), z = k |u|^2, the hard-lane
 // check as lanes() (z < cut, z and q finite in float: a row whose float |u|^2 overflows takes the double path).
-template <int D, int NB>
-inline bool lanes_expmap0_f(const float (&xs)[D][NB], const double* kk, int o, float* ca) {
+// XC: the rows' columns (ArrCols or RegCols below); kk: the k of these kF rows.
+template <int D, typename XC>
+inline bool lanes_expmap0_f(const XC& xc, const double* kk, FVec& a) {
   FVec xx(0.f);
   for (int j = 0; j < D; ++j) {
-    const FVec xv = FVec::loadu(&xs[j][o]);
+    const FVec xv = xc.f(j);
     xx = at::vec::fmadd(xv, xv, xx);
   }
-  const FVec k = narrow(DVec::loadu(kk + o), DVec::loadu(kk + o + kD));
+  const FVec k = narrow(DVec::loadu(kk), DVec::loadu(kk + kD));
   const FVec z = k * xx, q = FVec(1.f) + z;
   const FVec ok = (z < FVec(stereo::series_cut<float>())) & (z > FVec(-1e30f)) & (q < FVec(1e30f));
   if (ok.zero_mask() != 0) return false;
-  tanc_neg_f(z).store(ca + o);
+  a = tanc_neg_f(z);
   return true;
 }
 
@@ -560,13 +619,22 @@ GEOOPS_F32_PASS void deinterleave(const float* __restrict xb, const float* __res
 }
 #undef GEOOPS_F32_PASS
 
-// 2. One float vector of rows from offset o of the lanes: returns false on a hard lane.
-template <int OP, int D, int NB>
-inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(OP) ? D : 1][NB], const double* kk,
-                  int o, float* ca, float* cb, int inline_exp) {
+// The columns of kF rows for lanes_core: f(j) column j as floats, d(j, h) its half h widened to double.
+// ArrCols: from the SoA lanes of a block at offset o; RegCols: from registers (stereographic_rows_f32_reg.h).
+template <int D, int NB>
+struct ArrCols {
+  const float (&xs)[D][NB];
+  int o;
+  FVec f(int j) const { return FVec::loadu(&xs[j][o]); }
+  DVec d(int j, int h) const { return widen(&xs[j][o + h * kD]); }
+};
+
+// 2. One float vector of rows (columns xc, yc; k at kk): the coefficients a, b; false on a hard lane.
+template <int OP, int D, typename XC, typename YC>
+GEOOPS_F32_AI bool lanes_core(const XC& xc, const YC& yc, const double* kk, FVec& a, FVec& b, int inline_exp) {
   using namespace geoops::stereo;
   if constexpr (OP == EXPMAP0) {
-    if (inline_exp == 2) return lanes_expmap0_f<D, NB>(xs, kk, o, ca);
+    if (inline_exp == 2) return b = FVec(0.f), lanes_expmap0_f<D>(xc, kk, a);
   }
   constexpr bool HAS_Y = op_has_y(OP);
   constexpr bool CALL = OP != MOBIUS_ADD;
@@ -574,17 +642,16 @@ inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(O
   auto cl = [&](const DVec& v) { return DVec::blendv(lo, v, v > lo); };  // as v > lo ? v : lo
   DVec t[5][2], e[3][2];
   for (int h = 0; h < 2; ++h) {
-    const int oh = o + h * kD;
     DVec xx(0.0), yy(0.0), xy(0.0), dd(0.0);
     for (int j = 0; j < D; ++j) {
-      const DVec xv = widen(&xs[j][oh]);
+      const DVec xv = xc.d(j, h);
       xx = xx + xv * xv;
       if (HAS_Y) {
-        const DVec yv = widen(&ys[j][oh]), d = xv - yv;
+        const DVec yv = yc.d(j, h), d = xv - yv;
         yy = yy + yv * yv, xy = xy + xv * yv, dd = dd + d * d;
       }
     }
-    const DVec k = DVec::loadu(kk + oh);
+    const DVec k = DVec::loadu(kk + h * kD);
     if (OP == MOBIUS_ADD) {
       const DVec den = one - two * k * xy + k * k * xx * yy;
       t[0][h] = one - two * k * xy - k * yy, t[1][h] = one + k * xx, t[2][h] = cl(den);
@@ -621,7 +688,7 @@ inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(O
   }
   if (CALL) ok = ok & (z < FVec(series_cut<float>())) & (z > FVec(-1e30f)) & (q < FVec(1e30f));
   if (ok.zero_mask() != 0) return false;
-  FVec a, b(0.f);
+  b = FVec(0.f);
   if (OP == MOBIUS_ADD) {
     const FVec r = FVec(1.f) / f[2];
     a = f[0] * r, b = f[1] * r;
@@ -646,6 +713,16 @@ inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(O
       a = v;
     }
   }
+  return true;
+}
+
+// lanes_core on the rows at offset o of a block's SoA lanes, the coefficients stored to ca, cb.
+template <int OP, int D, int NB>
+inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(OP) ? D : 1][NB], const double* kk,
+                  int o, float* ca, float* cb, int inline_exp) {
+  constexpr int DY = stereo::op_has_y(OP) ? D : 1;
+  FVec a, b;
+  if (!lanes_core<OP, D>(ArrCols<D, NB>{xs, o}, ArrCols<DY, NB>{ys, o}, kk + o, a, b, inline_exp)) return false;
   a.store(ca + o);
   b.store(cb + o);
   return true;

@@ -1,0 +1,121 @@
+// One register pass per 16 rows for the fp32 short-row forward (session 11; stereographic_lanes.cpp only, included
+// after stereographic_rows_f32.h): mobius_add, expmap, expmap0, logmap, logmap0 at D <= kRegMaxD with AVX-512.
+//
+// The fused block (block_fused) deinterleaves a block's rows into SoA scratch lanes, computes the coefficients
+// into two more scratch arrays and writes in a third loop; at D = 2 that structure alone (loads, deinterleave,
+// write, no math) took ~1.5x the limit op (session 10's floor).  Here each 16 rows are D vectors loaded once,
+// turned into D column vectors by permutes (cols16), and the whole row math runs on those registers
+// (lanes_core, the same code and roundings as the fused path: row sums and the cancelling additive terms in
+// double halves, everything else in float), then each coefficient vector is expanded to the rows' elements by
+// one permute per output vector and combined with the x (and y) vectors (write16).  No scratch stores between
+// the stages.  A block of 32 rows (the caller's block) is two such passes; a hard lane in either returns false
+// before anything is written (the caller runs the double path for the block), as the fused path.
+// GEOOPS_STEREO_F32_REG=0: the previous paths (A/B; read per call).
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+
+namespace geoops {
+namespace cpu {
+namespace f32rows {
+
+constexpr int kRegMaxD = 8;
+
+// 1 (unset): the register pass where it measured faster (all five ops at D <= kRegMaxD but expmap at D <= 2, whose
+// eight-loop blocks were faster, see reg_takes); 2 (=2): all five ops at D <= kRegMaxD (tests); 0 (=0):
+// off.  AVX-512 builds only (elsewhere 0).
+inline int reg_mode() {
+#if defined(CPU_CAPABILITY_AVX512)
+  const char* e = std::getenv("GEOOPS_STEREO_F32_REG");
+  if (!e || !*e) return 1;
+  return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : 1);
+#else
+  return 0;
+#endif
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// lanes_core's columns from registers.
+template <int D>
+struct RegCols {
+  const __m512 (&c)[D];
+  FVec f(int j) const { return FVec(c[j]); }
+  DVec d(int j, int h) const {
+    return DVec(h == 0 ? _mm512_cvtps_pd(_mm512_castps512_ps256(c[j]))
+                       : _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(c[j]), 1))));
+  }
+};
+
+template <int OP, int D, int NB>
+inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb, const float* __restrict yb,
+                                                     float* __restrict ob, const double* __restrict kk, int inline_exp) {
+  static_assert(NB % 16 == 0 && NB <= kMaxRows, "whole 16-row groups");
+  constexpr bool HAS_Y = stereo::op_has_y(OP);
+  constexpr int DY = HAS_Y ? D : 1;
+  constexpr int G = NB / 16;
+  FVec a[G], b[G];
+  for (int g = 0; g < G; ++g) {
+    __m512 xc[D], yc[DY];
+    cols16<D>(xb + 16 * D * g, xc);
+    if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc);
+    if (!lanes_core<OP, D>(RegCols<D>{xc}, RegCols<DY>{yc}, kk + 16 * g, a[g], b[g], inline_exp)) return false;
+  }
+  for (int g = 0; g < G; ++g) {
+    const int off = 16 * D * g;
+    write16<OP, D>(xb + off, HAS_Y ? yb + off : yb, ob + off, a[g], b[g]);
+  }
+  return true;
+}
+
+// The rows [begin, end) of x, y, out (D floats each, back to back) in blocks of NB rows from begin (the caller's
+// blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
+template <int OP, int D, int NB, typename F>
+inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
+                     int64_t sk, const double* kconst, int inline_exp, F&& fallback) {
+  constexpr bool HAS_Y = stereo::op_has_y(OP);
+  for (int64_t i0 = begin; i0 < end; i0 += NB) {
+    const int64_t nb = std::min<int64_t>(NB, end - i0);
+    const double* kb = sk == 0 ? kconst : k + i0;
+    if (nb == NB && block_reg<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, inline_exp)) {
+      continue;
+    }
+    fallback(i0, nb);
+  }
+}
+#endif
+
+// Whether the register pass takes a call of op (reg: reg_mode(), m: mode(), both read once per call by the
+// caller): k one value or one per row (stride 1).
+inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
+  if (reg == 0 || m == 3 || D < 1 || D > kRegMaxD || (sk != 0 && sk != 1)) return false;
+  return reg == 2 || !(D <= 2 && op == stereo::EXPMAP);
+}
+
+// reg_loop for the runtime D (reg_takes must hold).
+template <int OP, int NB, typename F>
+inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, const float* y, float* o,
+                      const double* k, int64_t sk, const double* kconst, int inline_exp, F&& fallback) {
+#if defined(CPU_CAPABILITY_AVX512)
+#define GEOOPS_REG_CASE(DD) \
+  return reg_loop<OP, DD, NB>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback)
+  switch (D) {
+    case 1: GEOOPS_REG_CASE(1);
+    case 2: GEOOPS_REG_CASE(2);
+    case 3: GEOOPS_REG_CASE(3);
+    case 4: GEOOPS_REG_CASE(4);
+    case 5: GEOOPS_REG_CASE(5);
+    case 6: GEOOPS_REG_CASE(6);
+    case 7: GEOOPS_REG_CASE(7);
+    case 8: GEOOPS_REG_CASE(8);
+  }
+#undef GEOOPS_REG_CASE
+#else
+  (void)D, (void)x, (void)y, (void)o, (void)k, (void)sk, (void)kconst, (void)inline_exp;
+#endif
+  for (int64_t i0 = begin; i0 < end; i0 += NB) fallback(i0, std::min<int64_t>(NB, end - i0));
+}
+
+}  // namespace f32rows
+}  // namespace cpu
+}  // namespace geoops
