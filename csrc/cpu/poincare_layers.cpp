@@ -26,6 +26,109 @@ namespace {
 // Rows per at::parallel_for task: about 32768 elements of work, torch's own grain, so that small inputs (the
 // digits CNN's 4096 x 8 rows) run on the calling thread instead of paying a parallel region each call.
 inline int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1)); }
+
+// ---------------------------------------------------------------- rows on lanes (the batch norm's row sums)
+// GEOOPS_POINCARE_BN_LANES=0 (read per call; default on): the batch norm's per-row sums (midpoint, logmap_m,
+// the row op, forward and backward) as one `omp simd` reduction per row instead of on SIMD lanes of rows.  On
+// lanes (D <= kBnLaneMaxD): one row per lane of a vector of doubles (8 rows per AVX-512 vector), column d of
+// those rows gathered into one vector, each sum accumulated lane by lane in column order: no horizontal sum per
+// row (GCC spilled the per-row reductions' lanes and summed them serially) and a fixed order of every sum, so
+// two calls on the same data agree bit for bit whatever the buffers' alignment.
+constexpr int64_t kBnLaneMaxD = 16;
+inline bool bn_lanes(int64_t D) {
+  const char* e = std::getenv("GEOOPS_POINCARE_BN_LANES");
+  return D <= kBnLaneMaxD && !(e && e[0] == '0');
+}
+
+// Lane l (< cnt) <-> element d of row l of the rows at p (row stride D); lanes >= cnt load as 0 and are not
+// stored.  AVX-512 / AVX2: masked gathers (and AVX-512 scatters); otherwise element by element.
+template <typename T>
+struct Cols {
+  using Vec = vecmath::Vec;
+  static constexpr int L = Vec::size();
+  int64_t D;
+  int cnt;
+#if defined(CPU_CAPABILITY_AVX512)
+  static_assert(L == 8, "AVX-512 lanes of doubles");
+  __m256i idx;
+  __mmask8 mask;
+  Cols(int64_t D_, int64_t cnt_) : D(D_), cnt(int(cnt_)) {
+    idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(D)));
+    mask = __mmask8((1u << cnt) - 1u);
+  }
+  Vec load(const T* p) const {
+    if constexpr (std::is_same_v<T, float>)
+      return Vec(_mm512_cvtps_pd(_mm256_mmask_i32gather_ps(_mm256_setzero_ps(), mask, idx, p, 4)));
+    else
+      return Vec(_mm512_mask_i32gather_pd(_mm512_setzero_pd(), mask, idx, p, 8));
+  }
+  void store(T* p, const Vec& v) const {
+    if constexpr (std::is_same_v<T, float>)
+      _mm256_mask_i32scatter_ps(p, mask, idx, _mm512_cvtpd_ps(v), 4);
+    else
+      _mm512_mask_i32scatter_pd(p, mask, idx, v, 8);
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  static_assert(L == 4, "AVX2 lanes of doubles");
+  __m128i idx, mf;
+  __m256i md;
+  Cols(int64_t D_, int64_t cnt_) : D(D_), cnt(int(cnt_)) {
+    idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(int(D)));
+    const __m128i on = _mm_cmpgt_epi32(_mm_set1_epi32(cnt), _mm_setr_epi32(0, 1, 2, 3));
+    mf = on;
+    md = _mm256_cvtepi32_epi64(on);
+  }
+  Vec load(const T* p) const {
+    if constexpr (std::is_same_v<T, float>)
+      return Vec(_mm256_cvtps_pd(_mm_mask_i32gather_ps(_mm_setzero_ps(), p, idx, _mm_castsi128_ps(mf), 4)));
+    else
+      return Vec(_mm256_mask_i32gather_pd(_mm256_setzero_pd(), p, idx, _mm256_castsi256_pd(md), 8));
+  }
+  void store(T* p, const Vec& v) const {
+    alignas(64) double t[L];
+    v.store(t);
+    for (int l = 0; l < cnt; ++l) p[l * D] = T(t[l]);
+  }
+#else
+  Cols(int64_t D_, int64_t cnt_) : D(D_), cnt(int(cnt_)) {}
+  Vec load(const T* p) const {
+    alignas(64) double t[L] = {};
+    for (int l = 0; l < cnt; ++l) t[l] = double(p[l * D]);
+    return Vec::loadu(t);
+  }
+  void store(T* p, const Vec& v) const {
+    alignas(64) double t[L];
+    v.store(t);
+    for (int l = 0; l < cnt; ++l) p[l * D] = T(t[l]);
+  }
+#endif
+  // v's lanes rounded to T and back (what store writes)
+  static Vec round(const Vec& v) {
+    if constexpr (std::is_same_v<T, float>) {
+#if defined(CPU_CAPABILITY_AVX512)
+      return Vec(_mm512_cvtps_pd(_mm512_cvtpd_ps(v)));
+#elif defined(CPU_CAPABILITY_AVX2)
+      return Vec(_mm256_cvtps_pd(_mm256_cvtpd_ps(v)));
+#else
+      alignas(64) double t[L];
+      v.store(t);
+      for (int l = 0; l < L; ++l) t[l] = double(float(t[l]));
+      return Vec::loadu(t);
+#endif
+    } else {
+      return v;
+    }
+  }
+};
+
+// The lanes of v summed in lane order.
+inline double lane_sum(const vecmath::Vec& v) {
+  alignas(64) double t[vecmath::Vec::size()];
+  v.store(t);
+  double s = 0;
+  for (int l = 0; l < vecmath::Vec::size(); ++l) s += t[l];
+  return s;
+}
 }  // namespace
 
 // ---------------------------------------------------------------- Poincaré ReLU (one fused row op)
@@ -483,7 +586,8 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in,
 namespace {
 
 template <typename T>
-void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L, double* Xo = nullptr) {
+void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L, double* Xo = nullptr,
+                  bool lanes = false) {
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> acc(nth);
   std::vector<double> accL(nth, 0.0);
@@ -492,6 +596,27 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
     if (acc[tid].empty()) acc[tid].assign(D, 0.0);
     double* a = acc[tid].data();
     double l = 0;
+    if (lanes) {  // rows on lanes: F and L accumulated per lane, the lanes summed in order at the end
+      using vecmath::Vec;
+      constexpr int64_t VL = Vec::size();
+      Vec aF[kBnLaneMaxD], aL(0.0), xs[kBnLaneMaxD];
+      for (int64_t d = 0; d < D; ++d) aF[d] = Vec(0.0);
+      const Vec one(1.0), two(2.0), vc(c), tiny(1e-15), zero(0.0);
+      for (int64_t i = i0; i < i1; i += VL) {
+        const int64_t cnt = std::min(VL, i1 - i);
+        const Cols<T> cl(D, cnt);
+        const T* xr = xp + i * D;
+        Vec X(0.0);
+        for (int64_t d = 0; d < D; ++d) xs[d] = cl.load(xr + d), X = at::vec::fmadd(xs[d], xs[d], X);
+        if (Xo) X.store(Xo + i, int(cnt));
+        const Vec lam = two / at::vec::maximum(one - vc * X, tiny);
+        aL = aL + Vec::set(zero, lam - one, cnt);
+        for (int64_t d = 0; d < D; ++d) aF[d] = at::vec::fmadd(lam, xs[d], aF[d]);  // padded lanes: x = 0
+      }
+      for (int64_t d = 0; d < D; ++d) a[d] += lane_sum(aF[d]);
+      accL[tid] += lane_sum(aL);
+      return;
+    }
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = xp + i * D;
       double X = 0;
@@ -573,7 +698,31 @@ struct BnBlock {
 // Row sums of a block: vv = |v|^2, bv = <b, v>, and with g (backward) gb = <g, b>, gv = <g, v>; one pass over
 // each row (the only |v|^2 of the row pass: the lane math below takes expmap's tanc argument from it).
 template <typename T>
-void bn_block_sums(BnBlock& k_, const T* vp, const T* gp, const double* bp, int64_t i0, int64_t n, int64_t D) {
+void bn_block_sums(BnBlock& k_, const T* vp, const T* gp, const double* bp, int64_t i0, int64_t n, int64_t D,
+                   bool lanes) {
+  using vecmath::Vec;
+  if (lanes) {  // rows on lanes (bn_lanes): padded lanes load zeros, so their sums are 0
+    for (int64_t j = 0; j < n; j += kLanes) {
+      const Cols<T> cl(D, std::min(kLanes, n - j));
+      const T* vr = vp + (i0 + j) * D;
+      Vec vv(0.0), bv(0.0), gb(0.0), gv(0.0);
+      if (gp) {
+        const T* gr = gp + (i0 + j) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const Vec v = cl.load(vr + d), g = cl.load(gr + d), b(bp[d]);
+          vv = at::vec::fmadd(v, v, vv), bv = at::vec::fmadd(b, v, bv);
+          gb = at::vec::fmadd(g, b, gb), gv = at::vec::fmadd(g, v, gv);
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d) {
+          const Vec v = cl.load(vr + d);
+          vv = at::vec::fmadd(v, v, vv), bv = at::vec::fmadd(Vec(bp[d]), v, bv);
+        }
+      }
+      vv.store(k_.vv + j), bv.store(k_.bv + j), gb.store(k_.gb + j), gv.store(k_.gv + j);
+    }
+    return;
+  }
   for (int64_t j = 0; j < n; ++j) {
     const T* vr = vp + (i0 + j) * D;
     double vv = 0, bv = 0, gb = 0, gv = 0;
@@ -671,14 +820,14 @@ struct BnRowCtx {
 };
 
 template <typename T>
-void bn_fwd_impl(const T* vp, T* yp, int64_t N, const BnRowCtx& cx) {
+void bn_fwd_impl(const T* vp, T* yp, int64_t N, const BnRowCtx& cx, bool lanes) {
   const int64_t D = cx.D;
   const double* bp = cx.b.data();
   at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
     BnBlock blk;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      bn_block_sums<T>(blk, vp, nullptr, bp, b0, n, D);
+      bn_block_sums<T>(blk, vp, nullptr, bp, b0, n, D, lanes);
       bn_block_coefs<false>(blk, n, cx.bb, cx.k, cx.eps, nullptr, nullptr);
       for (int64_t j = 0; j < n; ++j) {
         const T* vr = vp + (b0 + j) * D;
@@ -692,7 +841,8 @@ void bn_fwd_impl(const T* vp, T* yp, int64_t N, const BnRowCtx& cx) {
 }
 
 template <typename T>
-void bn_bwd_impl(const T* gp, const T* vp, int64_t N, const BnRowCtx& cx, T* gvp, double* gb, double* gk) {
+void bn_bwd_impl(const T* gp, const T* vp, int64_t N, const BnRowCtx& cx, T* gvp, double* gb, double* gk,
+                 bool lanes) {
   const int64_t D = cx.D;
   const double* bp = cx.b.data();
   const int nth = at::get_num_threads();
@@ -706,7 +856,7 @@ void bn_bwd_impl(const T* gp, const T* vp, int64_t N, const BnRowCtx& cx, T* gvp
     double sb = 0, sk = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      bn_block_sums<T>(blk, vp, gp, bp, b0, n, D);
+      bn_block_sums<T>(blk, vp, gp, bp, b0, n, D, lanes);
       bn_block_coefs<true>(blk, n, cx.bb, cx.k, cx.eps, &sb, &sk);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = b0 + j;
@@ -809,7 +959,41 @@ struct LogBlock {
 // padded lanes up to whole vectors: zeros (x = 0, g = 0: finite coefficients, zero adjoints).
 template <typename T>
 void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, int64_t i0, int64_t n, int64_t D,
-                    const double* Xs = nullptr, double mm = 0) {
+                    bool lanes, const double* Xs = nullptr, double mm = 0) {
+  using vecmath::Vec;
+  if (lanes) {  // rows on lanes (bn_lanes); padded lanes set to zeros as below
+    const Vec zero(0.0), half(0.5), vmm(mm);
+    for (int64_t j = 0; j < n; j += kLanes) {
+      const int64_t cnt = std::min(kLanes, n - j);
+      const Cols<T> cl(D, cnt);
+      const T* xr = xp + (i0 + j) * D;
+      Vec yy(0.0), xy(0.0), dd(0.0), ga(0.0), gc(0.0);
+      if (gp) {
+        const T* gr = gp + (i0 + j) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const Vec x = cl.load(xr + d), m(mp[d]), g = cl.load(gr + d), e = m - x;
+          yy = at::vec::fmadd(x, x, yy), xy = at::vec::fmadd(m, x, xy), dd = at::vec::fmadd(e, e, dd);
+          ga = at::vec::fmadd(g, m, ga), gc = at::vec::fmadd(g, e, gc);
+        }
+      } else if (Xs) {
+        for (int64_t d = 0; d < D; ++d) {
+          const Vec e = Vec(mp[d]) - cl.load(xr + d);
+          dd = at::vec::fmadd(e, e, dd);
+        }
+        yy = Vec::loadu(Xs + i0 + j, int(cnt));
+        xy = half * (vmm + yy - dd);
+      } else {
+        for (int64_t d = 0; d < D; ++d) {
+          const Vec x = cl.load(xr + d), m(mp[d]), e = m - x;
+          yy = at::vec::fmadd(x, x, yy), xy = at::vec::fmadd(m, x, xy), dd = at::vec::fmadd(e, e, dd);
+        }
+      }
+      Vec::set(zero, yy, cnt).store(k_.yy + j), Vec::set(zero, xy, cnt).store(k_.xy + j);
+      Vec::set(zero, dd, cnt).store(k_.dd + j);
+      ga.store(k_.ga + j), gc.store(k_.gc + j);
+    }
+    return;
+  }
   for (int64_t j = 0; j < n; ++j) {
     const T* xr = xp + (i0 + j) * D;
     double yy = 0, xy = 0, dd = 0, ga = 0, gc = 0;
@@ -883,7 +1067,7 @@ void log_block_coefs(LogBlock& k_, int64_t n, double mm, double k, double* sm, d
 // u_i = a_i m + c_i (m - x_i) written as T; returns S = sum_i |u_i|^2 of the written values (double).
 template <typename T>
 double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, int64_t N, int64_t D, double mm,
-                       double k) {
+                       double k, bool lanes) {
   const int nth = at::get_num_threads();
   std::vector<double> acc(nth, 0.0);
   at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
@@ -891,8 +1075,29 @@ double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, i
     double S = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      log_block_sums<T>(blk, xp, nullptr, mp, b0, n, D, Xs, mm);
+      log_block_sums<T>(blk, xp, nullptr, mp, b0, n, D, lanes, Xs, mm);
       log_block_coefs<false>(blk, n, mm, k, nullptr, nullptr);
+      if (lanes) {  // the writes on lanes too (scatters), S summed per lane, in order
+        using vecmath::Vec;
+        Vec sl(0.0);
+        for (int64_t j = 0; j < n; j += kLanes) {
+          const int64_t cnt = std::min(kLanes, n - j);
+          const Cols<T> cl(D, cnt);
+          const T* xr = xp + (b0 + j) * D;
+          T* ur = up + (b0 + j) * D;
+          const Vec a = Vec::loadu(blk.ca + j), c = Vec::loadu(blk.cc + j);
+          Vec s(0.0);
+          for (int64_t d = 0; d < D; ++d) {
+            const Vec m(mp[d]);
+            const Vec u = Cols<T>::round(a * m + c * (m - cl.load(xr + d)));
+            cl.store(ur + d, u);
+            s = at::vec::fmadd(u, u, s);
+          }
+          sl = sl + Vec::set(Vec(0.0), s, cnt);
+        }
+        S += lane_sum(sl);
+        continue;
+      }
       for (int64_t j = 0; j < n; ++j) {
         const T* xr = xp + (b0 + j) * D;
         T* ur = up + (b0 + j) * D;
@@ -914,11 +1119,11 @@ double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, i
   return S;
 }
 
-// The backward's reduction pass: per row (-c_i, 2 (yy_ + dd_), xy_ - 2 dd_, |x_i|^2) into cf (N x 4), the
+// The backward's reduction pass: per row (-c_i, 2 (yy_ + dd_), xy_ - 2 dd_, |x_i|^2) into cf (4 x N), the
 // D-vector pm = sum_i (a_i + c_i) g_i + (xy_ - 2 dd_) x_i, *sm = sum_i 2 (xx_ + dd_), *sk = sum_i k_.
 template <typename T>
 void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64_t D, double mm, double k,
-                    double* cf, double* pm, double* sm, double* sk) {
+                    double* cf, double* pm, double* sm, double* sk, bool lanes) {
   const int nth = at::get_num_threads();
   std::vector<std::vector<double>> ap(nth);
   std::vector<double> am(nth, 0.0), ak(nth, 0.0);
@@ -930,15 +1135,14 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
     double smt = 0, skt = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      log_block_sums<T>(blk, xp, gp, mp, b0, n, D);
+      log_block_sums<T>(blk, xp, gp, mp, b0, n, D, lanes);
       log_block_coefs<true>(blk, n, mm, k, &smt, &skt);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = b0 + j;
         const T* xr = xp + i * D;
         const T* gr = gp + i * D;
         const double ag = blk.ca[j], cm = blk.cm[j];
-        double* o = cf + 4 * i;
-        o[0] = blk.cc[j], o[1] = blk.cx[j], o[2] = cm, o[3] = blk.yy[j];
+        cf[i] = blk.cc[j], cf[N + i] = blk.cx[j], cf[2 * N + i] = cm, cf[3 * N + i] = blk.yy[j];
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) p[d] += ag * double(gr[d]) + cm * double(xr[d]);
       }
@@ -959,11 +1163,37 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
 // sums' lam_i = 2 / max(1 - c |x_i|^2, 1e-15), w_i = (<gF, x_i> + gL) lam_i^2; returns the sums' dc.
 template <typename T>
 double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* cf, const double* gF, double gL,
-                     double c, T* dxp, int64_t N, int64_t D) {
+                     double c, T* dxp, int64_t N, int64_t D, bool lanes) {
   const int nth = at::get_num_threads();
   std::vector<double> gcs(nth, 0.0);
   at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
     double gcl = 0;
+    if (lanes) {  // rows on lanes: P = <gF, x_i>, the row scalars and the writes (scatters); dc per lane
+      using vecmath::Vec;
+      constexpr int64_t VL = Vec::size();
+      const Vec one(1.0), two(2.0), half(0.5), vc(c), tiny(1e-15), zero(0.0), vgL(gL);
+      Vec xs[kBnLaneMaxD], gcv(0.0);
+      for (int64_t i = i0; i < i1; i += VL) {
+        const int64_t cnt = std::min(VL, i1 - i);
+        const Cols<T> cl(D, cnt);
+        const T* xr = xp + i * D;
+        const T* gr = gp + i * D;
+        T* dr = dxp + i * D;
+        Vec P(0.0);
+        for (int64_t d = 0; d < D; ++d) xs[d] = cl.load(xr + d), P = at::vec::fmadd(Vec(gF[d]), xs[d], P);
+        const int ic = int(cnt);
+        const Vec X = Vec::loadu(cf + 3 * N + i, ic), den = one - vc * X;
+        const Vec lam = two / at::vec::maximum(den, tiny);
+        const Vec w = Vec::blendv(zero, (P + vgL) * lam * lam, den > tiny);
+        const Vec cg = Vec::loadu(cf + i, ic), cx = Vec::loadu(cf + N + i, ic) + w * vc;
+        const Vec cm = Vec::loadu(cf + 2 * N + i, ic);
+        for (int64_t d = 0; d < D; ++d)
+          cl.store(dr + d, cg * cl.load(gr + d) + cx * xs[d] + cm * Vec(mp[d]) + lam * Vec(gF[d]));
+        gcv = gcv + Vec::set(zero, half * w * X, cnt);
+      }
+      gcs[at::get_thread_num()] += lane_sum(gcv);
+      return;
+    }
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = xp + i * D;
       const T* gr = gp + i * D;
@@ -971,11 +1201,10 @@ double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* c
       double P = 0;
 #pragma omp simd reduction(+ : P)
       for (int64_t d = 0; d < D; ++d) P += gF[d] * double(xr[d]);
-      const double* o = cf + 4 * i;
-      const double X = o[3], den = 1.0 - c * X;
+      const double X = cf[3 * N + i], den = 1.0 - c * X;
       const double lam = 2.0 / std::max(den, 1e-15);
       const double w = den > 1e-15 ? (P + gL) * lam * lam : 0.0;
-      const double cg = o[0], cx = o[1] + w * c, cm = o[2];
+      const double cg = cf[i], cx = cf[N + i] + w * c, cm = cf[2 * N + i];
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) dr[d] = T(cg * double(gr[d]) + cx * double(xr[d]) + cm * mp[d] + lam * gF[d]);
       gcl += 0.5 * w * X;
@@ -1049,11 +1278,12 @@ at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u_in, const at::Tensor& M_
   check_bn_args(u, M, b);
   const double c = c_in.item<double>();
   const at::Tensor v = bn_times_M(u, M).contiguous();
+  const bool lanes = bn_lanes(u.size(1));
   at::Tensor y = at::empty_like(u);
   if (u.scalar_type() == at::kDouble)
-    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), u.size(0), bn_ctx(b, c, eps));
+    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), u.size(0), bn_ctx(b, c, eps), lanes);
   else
-    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), u.size(0), bn_ctx(b, c, eps));
+    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), u.size(0), bn_ctx(b, c, eps), lanes);
   return y;
 }
 
@@ -1070,12 +1300,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
   at::Tensor gv = at::empty_like(u);
   const auto dopt = u.options().dtype(at::kDouble);
   at::Tensor gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
+  const bool lanes = bn_lanes(D);
   if (u.scalar_type() == at::kDouble)
     bn_bwd_impl<double>(g.data_ptr<double>(), v.data_ptr<double>(), u.size(0), bn_ctx(b, c, eps),
-                        gv.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>());
+                        gv.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>(), lanes);
   else
     bn_bwd_impl<float>(g.data_ptr<float>(), v.data_ptr<float>(), u.size(0), bn_ctx(b, c, eps),
-                       gv.data_ptr<float>(), gb.data_ptr<double>(), gk.data_ptr<double>());
+                       gv.data_ptr<float>(), gb.data_ptr<double>(), gk.data_ptr<double>(), lanes);
   at::Tensor gu = gv, gM = at::empty({0}, u.options());
   if (M.numel()) {
     at::NoGradGuard ng;
@@ -1092,11 +1323,12 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
   at::Tensor mid = at::empty({D + 1}, dopt);  // F (D), L: the backward's midpoint step starts from them
   double* Fp = mid.data_ptr<double>();
   const bool f64 = x.scalar_type() == at::kDouble;
+  const bool lanes = bn_lanes(D);
   std::unique_ptr<double[]> X(new double[N]);  // |x_i|^2 from the sums pass, for the stats pass
   if (f64)
-    mid_fwd_impl<double>(x.data_ptr<double>(), N, D, c, Fp, Fp + D, X.get());
+    mid_fwd_impl<double>(x.data_ptr<double>(), N, D, c, Fp, Fp + D, X.get(), lanes);
   else
-    mid_fwd_impl<float>(x.data_ptr<float>(), N, D, c, Fp, Fp + D, X.get());
+    mid_fwd_impl<float>(x.data_ptr<float>(), N, D, c, Fp, Fp + D, X.get(), lanes);
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
   at::Tensor m = at::empty({D}, x.options());
   std::vector<double> md(D);  // m as the layer's dtype rounds it: the logmap runs at the returned point
@@ -1112,9 +1344,9 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
   }
   at::Tensor u = at::empty_like(x);
   const double S = f64 ? bn_log_fwd_impl<double>(x.data_ptr<double>(), md.data(), X.get(), u.data_ptr<double>(), N, D,
-                                                 mm, -c)
+                                                 mm, -c, lanes)
                        : bn_log_fwd_impl<float>(x.data_ptr<float>(), md.data(), X.get(), u.data_ptr<float>(), N, D,
-                                                mm, -c);
+                                                mm, -c, lanes);
   return {u, m, S, mid};
 }
 
@@ -1138,10 +1370,13 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
   std::vector<double> pm(D);
   double sm = 0, sk = 0;
   const bool f64 = x.scalar_type() == at::kDouble;
+  const bool lanes = bn_lanes(D);
   if (f64)
-    bn_log_bwd_red<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk);
+    bn_log_bwd_red<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk,
+                           lanes);
   else
-    bn_log_bwd_red<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk);
+    bn_log_bwd_red<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk,
+                          lanes);
   // the total gm (the transport's, the logmap's), then the midpoint's D-vector backward in double
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
   const double* gmp = gm_t.data_ptr<double>();
@@ -1157,9 +1392,9 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
   const double gL = mv.L > 1e-15 ? -gFf : 0.0;
   at::Tensor dx = at::empty_like(x);
   const double gc3 = f64 ? bn_log_bwd_dx<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, cf, gF.data(),
-                                                 gL, c, dx.data_ptr<double>(), N, D)
+                                                 gL, c, dx.data_ptr<double>(), N, D, lanes)
                          : bn_log_bwd_dx<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, cf, gF.data(),
-                                                gL, c, dx.data_ptr<float>(), N, D);
+                                                gL, c, dx.data_ptr<float>(), N, D, lanes);
   return {dx, -sk + gc3 + h * mv.ff / (2.0 * mv.r)};  // dc = -dk of the logmap + the midpoint's
 }
 
