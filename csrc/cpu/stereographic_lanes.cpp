@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "stereographic_bwd_f32.h"
 #include "stereographic_rows.h"
 #include "stereographic_rows_f32.h"
 #include "stereographic_rows_f32_reg.h"
@@ -573,6 +574,15 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, block);
 }
 
+// The float backward of stereographic_bwd_f32.h applies to this call: fp32 expmap0 / logmap0, D <= 16, x, g and
+// dx (if wanted) of row stride D and inner stride 1, GEOOPS_STEREO_F32_BWD not 0.
+inline bool f32bwd_applies(int op, const at::Tensor& g, const at::Tensor& x, const at::Tensor& dx) {
+  const int64_t D = x.size(1);
+  auto rows = [D](const at::Tensor& t) { return t.dim() == 2 && t.stride(0) == D && (D == 1 || t.stride(1) == 1); };
+  return x.scalar_type() == at::kFloat && f32bwd::fast_op(op) && D >= 1 && D <= f32bwd::kMaxD && rows(x) &&
+         rows(g) && (!dx.defined() || rows(dx)) && f32bwd::enabled();
+}
+
 // Backward: the same blocks; row sums with <g,x>, <g,y>, <g,x-y>, the vjp (and, for vector ops, the
 // forward coefficients) of stereo_math.h on the lanes, then per row
 //   dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y),  dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y).
@@ -589,11 +599,24 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
   scalar_t* dxp = dx.defined() ? dx.data_ptr<scalar_t>() : nullptr;
   scalar_t* dyp = dy.defined() ? dy.data_ptr<scalar_t>() : nullptr;
   const RowPrefetch prefetch(D * static_cast<int64_t>(sizeof(scalar_t)));
+  // fp32 expmap0 / logmap0 rows of D <= 16 back to back: the float backward (stereographic_bwd_f32.h) per block,
+  // the double path below for the blocks it declines
+  constexpr bool kF32Bwd = std::is_same<scalar_t, float>::value && SHORT && f32bwd::fast_op(OP) && !HAS_Y;
+  const bool f32_bwd = kF32Bwd && f32bwd_applies(OP, g, x, dx);
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 5 : 3, 16384, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ga[kMaxBlock], gb[kMaxBlock], gc[kMaxBlock];
     alignas(64) double axx[kMaxBlock], ayy[kMaxBlock], axy[kMaxBlock], add[kMaxBlock], ak[kMaxBlock], ar[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
+    if constexpr (kF32Bwd) {
+      if (f32_bwd) {
+        for (int b = 0; b < f32bwd::kRows; ++b) kk[b] = sc.k[std::min<int64_t>(i0 + b, end - 1) * sc.sk];
+        if (f32bwd::run<OP>(D, reinterpret_cast<const float*>(xp) + i0 * D, reinterpret_cast<const float*>(gp) + i0 * D,
+                            dxp ? reinterpret_cast<float*>(dxp) + i0 * D : nullptr, static_cast<int>(nb), kk,
+                            dk ? dk + i0 : nullptr))
+          return;
+      }
+    }
     if (SHORT) {
       block_sums<scalar_t, HAS_Y, !SCALAR_OUT>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd, gp, sg, ga, gb, gc);
     } else {
@@ -716,7 +739,8 @@ void stereo_lanes_fwd(int op, const at::Tensor& x, const at::Tensor& y, const Ro
 
 void stereo_lanes_bwd(int op, const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, bool has_y,
                       const RowScalars& sc, double param, at::Tensor& dx, at::Tensor& dy, double* dk, double* dr) {
-  const bool short_rows = x.size(1) <= kShortRowMaxD;
+  // (fp32 expmap0 / logmap0 rows the float backward takes: its short-row blocks also at D = 9..16, as the forward)
+  const bool short_rows = x.size(1) <= kShortRowMaxD || (!has_y && f32bwd_applies(op, g, x, dx));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "stereo_lanes_bwd", [&] {
     dispatch_op(op, [&](auto opc) {
       constexpr int OP = decltype(opc)::value;
