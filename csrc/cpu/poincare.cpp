@@ -537,6 +537,30 @@ inline void out_scalars_lanes(BlockBuf<T>& bb, int64_t nr, double c, double maxn
 }
 
 // rows_only (U defined): x is not used; gt_out gets dL/dt, gU dL/dU (U = |x|^2, or |u|^2 of tangent rows) and gz
+// The per-row sums |w|^2 and <g, w> of nr float rows of m <= 8 (the digits CNN's convolutions: m = 8) as one
+// masked 8-float load per row widened to one AVX-512 vector of doubles and a reduction tree: the omp simd
+// reduction below spilled its lanes and summed them back serially, every row (session 11).  The products of
+// floats are exact in double; only the summation order differs (fixed here).  Returns false where it does not
+// apply (other types, m > 8, no AVX-512): the caller's loop runs.
+template <typename T>
+inline bool short_row_sums(const T* wp, const T* gp, int64_t nr, int64_t m, double* Sw, double* G) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    if (m > 8) return false;
+    const __mmask8 mk = __mmask8((1u << m) - 1u);
+    for (int64_t ii = 0; ii < nr; ++ii) {
+      const __m512d w = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mk, wp + ii * m));
+      const __m512d g = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mk, gp + ii * m));
+      Sw[ii] = _mm512_reduce_add_pd(_mm512_mul_pd(w, w));
+      G[ii] = _mm512_reduce_add_pd(_mm512_mul_pd(g, w));
+    }
+    return true;
+  }
+#endif
+  (void)wp; (void)gp; (void)nr; (void)m; (void)Sw; (void)G;
+  return false;
+}
+
 // only the column terms (the caller adds x^T dL/dt, e.g. a convolution's weight gradient)
 template <typename T>
 void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c,
@@ -639,6 +663,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       // independent and overlap, instead of one serial chain per row in front of each row's pass (the same
       // operations in the same order: same values).  bb.k1 / bb.k0 (no longer needed after block_lanes) hold
       // each row's alpha / beta.
+      if (!short_row_sums(wv.data(), gp + r0 * m, nr, m, bb.Sw, bb.G))
       for (int64_t ii = 0; ii < nr; ++ii) {
         const T* gr = gp + (r0 + ii) * m;
         const T* wr = wv.data() + ii * m;
