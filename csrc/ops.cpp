@@ -89,6 +89,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare midpoint batch norm row pass project(expmap_b(u M)) (CPU)");
   m.def("poincare_bn_rows_bwd_cpu", &geoops::cpu::poincare_bn_rows_bwd_cpu,
         "Poincare midpoint batch norm row pass, backward -> (du, dM, db, dc) (CPU)");
+  m.def("poincare_bn_train_fwd_cpu", &geoops::cpu::poincare_bn_train_fwd_cpu,
+        "Poincare batch norm training layer, forward -> (y, var, m, saved...) (CPU)");
+  m.def("poincare_bn_train_bwd_cpu", &geoops::cpu::poincare_bn_train_bwd_cpu,
+        "Poincare batch norm training layer, backward -> (dx, dbias, dweight, dc) (CPU)");
   m.def("poincare_relu_bwd_cpu", &geoops::cpu::poincare_relu_bwd_cpu, "Poincare ReLU of rows, backward -> (dx, dc) (CPU)");
   // ---- end poincare
 #ifdef GEOOPS_WITH_CUDA

@@ -735,14 +735,21 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
     k = -ct
-    b = _st.expmap0(bias.to(cdt), k=k)
+    fused = ((training or running_mean is None) and xr.device.type == "cpu" and xr.shape[0] > 0
+             and xr.shape[1] > 0 and _library.direct_call_ok(xr, bias, weight, ct)
+             and not _backend.checks_enabled() and _backend.resolve(xr.device, _ops.FAMILY) == "cpp")
+    if fused and os.environ.get("GEOOPS_POINCARE_BN_CPP_GLUE", "1") != "0":
+        b = None  # expmap0(bias) inside the layer's C++ calls
+    else:
+        b = _st.expmap0(bias.to(cdt), k=k)
     if training or running_mean is None:
         n = max(x.shape[0], 1)
-        if (xr.device.type == "cpu" and xr.shape[0] > 0 and xr.shape[1] > 0
-                and _library.direct_call_ok(xr, b, weight, ct) and not _backend.checks_enabled()
-                and _backend.resolve(xr.device, _ops.FAMILY) == "cpp"):
+        if fused:
             # eager CPU: the whole layer (midpoint, logmap_m, variance, transport, row op) in one Function
-            y, var, mean = BnLayerFn.apply(xr, b, weight.to(cdt), ct, n, eps, _eps(None, cdt))
+            if b is None:
+                y, var, mean = BnLayerFn.apply(xr, bias.to(cdt), weight.to(cdt), ct, n, eps, _eps(None, cdt))
+            else:
+                y, var, mean = BnLayerGlueFn.apply(xr, b, weight.to(cdt), ct, n, eps, _eps(None, cdt))
         else:
             # traced / CUDA / checked / reference calls: the torch composition over the custom ops (the midpoint
             # sums, the fused logmap, the row op); d(m, x_i) = lam_m |logmap_m(x_i)|: u's rows give the variance
@@ -834,7 +841,39 @@ def _transport_bwd(AE, V, sc, gM):
 
 
 class BnLayerFn(torch.autograd.Function):
+    """Eager CPU training batch norm, the whole layer as one Function of two C++ calls: (x, bias, weight, c) ->
+    (y, var, m).  geoops::poincare_bn_train_fwd: b = expmap0(bias), the midpoint / logmap_m / variance pass, the
+    transport's scalar chain and M in double, v = u M (GEMM), the row op; poincare_bn_train_bwd: the row op's
+    backward, gM = u^T gv, the transport's backward in double, gu = gv M^T + 2 gS u, the logmap's and midpoint's
+    backward, expmap0's backward -- the steps of ``BnLayerGlueFn`` without its ~20 small aten calls per direction
+    and the separate expmap0 node (GEOOPS_POINCARE_BN_CPP_GLUE=0, read per call: BnLayerGlueFn).  var and m: no
+    gradient (running statistics)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, w, c, n, eps, eps_proj):
+        cf = float(c)
+        y, var, m, u, v, M, b, mid, tr = _backend.compiled().poincare_bn_train_fwd_cpu(
+            x, bias, float(w), cf, float(n), eps, eps_proj)
+        ctx.save_for_backward(x, bias, m, mid, u, v, M, b, tr)
+        ctx.cf, ctx.eps_proj, ctx.wshape, ctx.c_meta = cf, eps_proj, w.shape, (c.dtype, c.shape)
+        ctx.mark_non_differentiable(var, m)
+        return y, var, m
+
+    @staticmethod
+    def backward(ctx, gy, _gvar, _gm):
+        x, bias, m, mid, u, v, M, b, tr = ctx.saved_tensors
+        dx, gbias, gw, gc = _backend.compiled().poincare_bn_train_bwd_cpu(
+            gy, x, bias, m, mid, u, v, M, b, tr, ctx.cf, ctx.eps_proj)
+        ng = ctx.needs_input_grad
+        cdt, cshape = ctx.c_meta
+        return (dx if ng[0] else None, gbias if ng[1] else None,
+                gw.to(x.dtype).reshape(ctx.wshape) if ng[2] else None,
+                gc.to(cdt).reshape(cshape) if ng[3] else None, None, None, None)
+
+
+class BnLayerGlueFn(torch.autograd.Function):
     """Eager CPU training batch norm, the whole layer as one Function: (x, b, weight, c) -> (y, var, m).
+    (Session 11's glue, kept for A/B under GEOOPS_POINCARE_BN_CPP_GLUE=0; the default is ``BnLayerFn``.)
 
     Forward: geoops::poincare_bn_layer_fwd (the midpoint sums, m in double, one stats pass writing u = logmap_m(x)
     and summing S = sum_i |u_i|^2), the transport's scalar chain (``_transport_fwd``), v = u M (one GEMM, saved),

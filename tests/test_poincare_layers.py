@@ -374,20 +374,43 @@ def test_batchnorm_layer_fn_vs_torch_composition(dtype, N, D):
                              N + D)
 
 
+@pytest.mark.parametrize("glue", [False, True])
 @pytest.mark.parametrize("N, D", [(13, 6), (2, 3), (19, 4)])
-def test_batchnorm_layer_fn_gradcheck(N, D):
-    """BnLayerFn's own fp64 gradcheck: x, b, weight and the curvature (the transport's scalar chain, the folded
-    logmap's and the midpoint's hand-written backward)."""
+def test_batchnorm_layer_fn_gradcheck(N, D, glue):
+    """BnLayerFn's own fp64 gradcheck: x, bias (its expmap0 inside the C++ calls), weight and the curvature (the
+    transport's scalar chain and 2 x 2 algebra in C++, the folded logmap's and the midpoint's hand-written
+    backward); glue: session 11's BnLayerGlueFn (b = expmap0(bias) an input, the Python transport)."""
     g0 = torch.Generator().manual_seed(N + D)
     x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.7, c=0.8).detach().requires_grad_(True)
-    b = gp.expmap0(torch.randn(D, generator=g0, dtype=torch.float64) * 0.3, c=0.8).detach().requires_grad_(True)
+    bias = torch.randn(D, generator=g0, dtype=torch.float64) * 0.3
+    b = (gp.expmap0(bias, c=0.8) if glue else bias).detach().requires_grad_(True)
     ins = (x, b, torch.tensor(0.9, dtype=torch.float64, requires_grad=True),
            torch.tensor(0.8, dtype=torch.float64, requires_grad=True))
-    # no nondet_tol: the C++ row sums run on lanes of rows in a fixed order (GEOOPS_POINCARE_BN_LANES), so two
-    # backward passes agree bit for bit (the per-row `omp simd` reductions could sum in an alignment-dependent
-    # order: once in ~10 runs of the file under two pytest workers, "Backward is not reentrant")
-    assert torch.autograd.gradcheck(lambda *t: gp.BnLayerFn.apply(*t, N, 1e-6, 1e-5)[0], ins, eps=1e-6, atol=1e-6,
-                                    rtol=1e-5)
+    fn = gp.BnLayerGlueFn if glue else gp.BnLayerFn
+    # no nondet_tol: every sum of the C++ passes runs in a fixed order (poincare_layers.cpp, "Reproducibility"),
+    # so two backward passes agree bit for bit
+    assert torch.autograd.gradcheck(lambda *t: fn.apply(*t, N, 1e-6, 1e-5)[0], ins, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_batchnorm_bias_zero_and_glue_knob(monkeypatch):
+    """bias = 0 (the modules' initial value: expmap0's series branch) through the C++ layer, and the two eager
+    Functions (GEOOPS_POINCARE_BN_CPP_GLUE=0: BnLayerGlueFn) agreeing on values and every gradient."""
+    g0 = torch.Generator().manual_seed(5)
+    x0 = gp.expmap0(torch.randn(40, 6, generator=g0, dtype=torch.float64) * 0.7, c=1.1)
+    outs = []
+    for knob, bias0 in (("1", 0.0), ("0", 0.0), ("1", 0.2), ("0", 0.2)):
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_CPP_GLUE", knob)
+        x = x0.clone().requires_grad_(True)
+        bias = torch.full((6,), bias0, dtype=torch.float64).requires_grad_(True)
+        w = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        c = torch.tensor(1.1, dtype=torch.float64, requires_grad=True)
+        y = gp.batch_norm(x, bias, w, c=c)
+        assert type(y.grad_fn).__name__.startswith("BnLayerGlueFn" if knob == "0" else "BnLayerFn")
+        g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g)))
+    for i in (0, 2):
+        for a, r in zip(outs[i], outs[i + 1]):
+            torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -1032,3 +1055,47 @@ def test_bn_lanes_fp32_accuracy_vs_fp64(D, training):
         # terms that the eval path's fp32 torch ops (the transport matrix, u^T gv) accumulate in float: 1e-5
         floor = (1e-5 if i >= 3 else 1e-6) * t.abs().max().clamp_min(1)
         assert err <= 2 * ref_err + floor, (i, float(err), float(ref_err))
+
+
+def _heap_churn(rng, held):
+    """malloc / free a few small blocks (kept ones in `held`): the next std::vector the kernels allocate lands at
+    another 16-byte offset of a 64-byte line."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    for _ in range(rng.randint(0, 30)):
+        p = libc.malloc(rng.choice([8, 16, 24, 32, 40, 48, 64, 96, 128, 200, 1000]))
+        held.append(p) if rng.random() < 0.5 else libc.free(p)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
+@pytest.mark.parametrize("D", [4, 8, 20])
+def test_bn_kernels_bitwise_reproducible_heap_and_threads(D):
+    """The CI failure of test_batchnorm_fused_grads_fp64_and_gradcheck ("Backward is not reentrant"): the layer's
+    backward dx differed in the last bit between two identical calls when the heap had moved.  Every batch norm
+    kernel must agree bit for bit on identical inputs after heap churn, at any buffer alignment, and with 1 or
+    2 threads (N = 5000: several row chunks, split differently per thread count)."""
+    import random
+
+    rng, held = random.Random(D), []
+    nth = torch.get_num_threads()
+    try:
+        for N in (12, 5000):
+            for seed in range(6 if N == 12 else 2):
+                x, b, g, gm = _bn_lane_inputs(N, D, torch.float64, seed)
+                ref_out = None
+                for rep in range(12 if N == 12 else 4):
+                    torch.set_num_threads(1 + rep % 2)
+                    off = rep % 4
+                    bx, bg = torch.empty(N * D + 8, dtype=x.dtype), torch.empty(N * D + 8, dtype=x.dtype)
+                    xs, gs = bx[off:off + N * D].view(N, D), bg[off:off + N * D].view(N, D)
+                    xs.copy_(x), gs.copy_(g)
+                    _heap_churn(rng, held)
+                    out = _bn_kernel_outputs(xs, b, gs, gm, 0.9)
+                    if ref_out is None:
+                        ref_out = out
+                    for i, (a, r) in enumerate(zip(out, ref_out)):
+                        assert torch.equal(a, r), (N, seed, rep, i)
+    finally:
+        torch.set_num_threads(nth)

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <tuple>
+#include <vector>
 
 namespace geoops {
 namespace cpu {
@@ -70,6 +71,15 @@ at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u, const at::Tensor& M, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_cpu(
     const at::Tensor& g, const at::Tensor& u, const at::Tensor& M, const at::Tensor& b, const at::Tensor& c,
     double eps);
+// The training layer whole (BnLayerFn): b = expmap0(bias), midpoint, logmap_m, variance, transport M, v = u M,
+// the row op -> (y, var, m, u, v, M, b, [F, L], the transport's scalars) and its backward from dL/dy and what the
+// forward saved -> (dx, dbias, dweight, dc) (dweight, dc 0-dim float64).
+std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at::Tensor& bias, double w, double c,
+                                                  double n, double eps, double eps_proj);
+std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& bias,
+                                                  const at::Tensor& m, const at::Tensor& mid, const at::Tensor& u,
+                                                  const at::Tensor& v, const at::Tensor& M, const at::Tensor& b,
+                                                  const at::Tensor& tr, double c, double eps_proj);
 
 // The convolution's Euclidean step as a direct small-channel convolution (poincare_conv.cpp), for
 // PoincareConv2dFn: pixel rows v [B*H*W, C] (channels last), z [C*kh*kw, C_out] (F.unfold's row order).

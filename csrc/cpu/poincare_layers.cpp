@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -583,18 +585,60 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in,
 // The batch midpoint's sums (one fused reduction): F = sum_i lam_i x_i, L = sum_i (lam_i - 1),
 // lam_i = 2 / max(1 - c |x_i|^2, 1e-15); per-thread partial sums in double.  Backward (one row pass):
 // dx_i = lam_i gF + (<gF, x_i> + gL) c lam_i^2 x_i, dc = sum_i (<gF, x_i> + gL) lam_i^2 |x_i|^2 / 2.
+//
+// Reproducibility (every batch norm pass below, forward and backward): identical inputs give bit-identical
+// results whatever the buffers' alignment, the heap's state and the thread count.  Rows go in chunks of a
+// fixed number of rows (chunk_rows: independent of the thread count, a multiple of kBnBlock), each chunk's sums
+// in a 64-byte-aligned row of Partials, added in chunk order; per-row sums are plain sequential loops (no
+// `omp simd reduction`: its peel, and with it the summation order, followed the row's alignment) or the lane
+// sums; every vectorised element-wise update and write spells its FMAs out (std::fma), so an alignment peel
+// computes exactly what the vector body does, and every D-vector dot product is a chain of std::fma (GCC
+// vectorises `s += a[d] * b[d]` as an in-order reduction whose vector part does not fuse the multiply and
+// whose scalar peel, sized by the vector's alignment, does).  (Was: per-thread std::vector accumulators updated in an
+// `omp simd` loop whose peel followed the vector's 16-byte heap alignment: the fused layer's dx differed in the
+// last bit between two identical backward calls after heap churn, gradcheck's "Backward is not reentrant".)
 namespace {
+
+constexpr int64_t kBnBlock = 256;  // rows per block of the row passes: their scalars and coefficients stay in L1
+
+// Rows per chunk of the reductions: about grain(work_per_row) rows rounded up to whole blocks.
+inline int64_t chunk_rows(int64_t work_per_row) { return (grain(work_per_row) + kBnBlock - 1) / kBnBlock * kBnBlock; }
+
+// Rows [0, N) in chunks of `rows` rows spread over the threads: fn(i0, i1, chunk index).
+template <typename F>
+void for_row_chunks(int64_t N, int64_t rows, const F& fn) {
+  const int64_t nc = (N + rows - 1) / rows;
+  at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ci = c0; ci < c1; ++ci) fn(ci * rows, std::min(N, (ci + 1) * rows), ci);
+  });
+}
+
+// Per-chunk partial sums: one zeroed, 64-byte-aligned row of W doubles per chunk of `rows` rows of [0, N);
+// sum() adds the rows in chunk order.
+struct Partials {
+  int64_t nc, W, stride;
+  std::unique_ptr<double[]> raw;
+  double* base;
+  Partials(int64_t N, int64_t rows, int64_t W_)
+      : nc((N + rows - 1) / rows), W(W_), stride((W_ + 7) / 8 * 8), raw(new double[nc * stride + 8]()) {
+    base = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(raw.get()) + 63) & ~std::uintptr_t(63));
+  }
+  double* row(int64_t ci) const { return base + ci * stride; }
+  std::vector<double> sum() const {
+    std::vector<double> out(W, 0.0);
+    for (int64_t ci = 0; ci < nc; ++ci)
+      for (int64_t w = 0; w < W; ++w) out[w] += base[ci * stride + w];
+    return out;
+  }
+};
 
 template <typename T>
 void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L, double* Xo = nullptr,
                   bool lanes = false) {
-  const int nth = at::get_num_threads();
-  std::vector<std::vector<double>> acc(nth);
-  std::vector<double> accL(nth, 0.0);
-  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
-    const int tid = at::get_thread_num();
-    if (acc[tid].empty()) acc[tid].assign(D, 0.0);
-    double* a = acc[tid].data();
+  const int64_t CH = chunk_rows(D);
+  const Partials part(N, CH, D + 1);  // F (D), L
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
+    double* a = part.row(ci);
     double l = 0;
     if (lanes) {  // rows on lanes: F and L accumulated per lane, the lanes summed in order at the end
       using vecmath::Vec;
@@ -613,60 +657,52 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
         aL = aL + Vec::set(zero, lam - one, cnt);
         for (int64_t d = 0; d < D; ++d) aF[d] = at::vec::fmadd(lam, xs[d], aF[d]);  // padded lanes: x = 0
       }
-      for (int64_t d = 0; d < D; ++d) a[d] += lane_sum(aF[d]);
-      accL[tid] += lane_sum(aL);
+      for (int64_t d = 0; d < D; ++d) a[d] = lane_sum(aF[d]);
+      a[D] = lane_sum(aL);
       return;
     }
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = xp + i * D;
       double X = 0;
-#pragma omp simd reduction(+ : X)
-      for (int64_t d = 0; d < D; ++d) X += double(xr[d]) * double(xr[d]);
+      for (int64_t d = 0; d < D; ++d) X = std::fma(double(xr[d]), double(xr[d]), X);
       if (Xo) Xo[i] = X;  // the batch norm layer's stats pass reuses |x_i|^2
       const double lam = 2.0 / std::max(1.0 - c * X, 1e-15);
       l += lam - 1.0;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) a[d] += lam * double(xr[d]);
+      for (int64_t d = 0; d < D; ++d) a[d] = std::fma(lam, double(xr[d]), a[d]);
     }
-    accL[tid] += l;
+    a[D] = l;
   });
-  for (int64_t d = 0; d < D; ++d) F[d] = 0;
-  *L = 0;
-  for (int t = 0; t < nth; ++t) {
-    *L += accL[t];
-    if (!acc[t].empty())
-      for (int64_t d = 0; d < D; ++d) F[d] += acc[t][d];
-  }
+  const std::vector<double> s = part.sum();
+  for (int64_t d = 0; d < D; ++d) F[d] = s[d];
+  *L = s[D];
 }
 
 template <typename T>
 double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int64_t D, double c) {
-  const int nth = at::get_num_threads();
-  std::vector<double> gcs(nth, 0.0);
-  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+  const int64_t CH = chunk_rows(D);
+  const Partials part(N, CH, 1);
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double gcl = 0;
     for (int64_t i = i0; i < i1; ++i) {
       const T* xr = xp + i * D;
       T* gr = gxp + i * D;
       double X = 0, P = 0;
-#pragma omp simd reduction(+ : X, P)
       for (int64_t d = 0; d < D; ++d) {
-        X += double(xr[d]) * double(xr[d]);
-        P += double(gF[d]) * double(xr[d]);
+        X = std::fma(double(xr[d]), double(xr[d]), X);
+        P = std::fma(double(gF[d]), double(xr[d]), P);
       }
       const double den = 1.0 - c * X;
       const double lam = 2.0 / std::max(den, 1e-15);
       const double w = den > 1e-15 ? (P + gL) * lam * lam : 0.0;  // d/dX of lam = c lam^2 / 2
       const T a = T(lam), b = T(w * c);
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) gr[d] = a * gF[d] + b * xr[d];
+      for (int64_t d = 0; d < D; ++d) gr[d] = std::fma(a, gF[d], b * xr[d]);
       gcl += 0.5 * w * X;
     }
-    gcs[at::get_thread_num()] += gcl;
+    part.row(ci)[0] = gcl;
   });
-  double s = 0;
-  for (double v : gcs) s += v;
-  return s;
+  return part.sum()[0];
 }
 
 // The normalisation's row pass: y_i = project(expmap_b(u_i M)) with u_i = logmap_m(x_i) (from the stats pass
@@ -684,7 +720,6 @@ double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int6
 // coefficients.  (Was: per-row scalar double math, the tanc batched separately; C++ op alone, 1 thread, under
 // load, fwd / bwd: 4096 x 8 62-80 / 113-137 us vs 122-143 / 261-278 us, 32768 x 16 714-742 / 1249-1267 us vs
 // 1260-1335 / 3105-3424 us.)
-constexpr int64_t kBnBlock = 256;  // rows per block: their scalars and coefficients stay in L1
 constexpr int64_t kLanes = vecmath::Vec::size();
 static_assert(kBnBlock % kLanes == 0, "a block of rows is whole vectors of lanes");
 
@@ -728,20 +763,18 @@ void bn_block_sums(BnBlock& k_, const T* vp, const T* gp, const double* bp, int6
     double vv = 0, bv = 0, gb = 0, gv = 0;
     if (gp) {
       const T* gr = gp + (i0 + j) * D;
-#pragma omp simd reduction(+ : vv, bv, gb, gv)
-      for (int64_t d = 0; d < D; ++d) {
+      for (int64_t d = 0; d < D; ++d) {  // sequential sums: a fixed order (see "Reproducibility" above)
         const double v = double(vr[d]), g = double(gr[d]);
-        vv += v * v;
-        bv += bp[d] * v;
-        gb += g * bp[d];
-        gv += g * v;
+        vv = std::fma(v, v, vv);
+        bv = std::fma(bp[d], v, bv);
+        gb = std::fma(g, bp[d], gb);
+        gv = std::fma(g, v, gv);
       }
     } else {
-#pragma omp simd reduction(+ : vv, bv)
       for (int64_t d = 0; d < D; ++d) {
         const double v = double(vr[d]);
-        vv += v * v;
-        bv += bp[d] * v;
+        vv = std::fma(v, v, vv);
+        bv = std::fma(bp[d], v, bv);
       }
     }
     k_.vv[j] = vv, k_.bv[j] = bv, k_.gb[j] = gb, k_.gv[j] = gv;
@@ -834,7 +867,7 @@ void bn_fwd_impl(const T* vp, T* yp, int64_t N, const BnRowCtx& cx, bool lanes) 
         T* yr = yp + (b0 + j) * D;
         const double a = blk.ca[j], b = blk.cb[j];
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) yr[d] = T(a * bp[d] + b * double(vr[d]));
+        for (int64_t d = 0; d < D; ++d) yr[d] = T(std::fma(a, bp[d], b * double(vr[d])));
       }
     }
   });
@@ -845,13 +878,10 @@ void bn_bwd_impl(const T* gp, const T* vp, int64_t N, const BnRowCtx& cx, T* gvp
                  bool lanes) {
   const int64_t D = cx.D;
   const double* bp = cx.b.data();
-  const int nth = at::get_num_threads();
-  std::vector<std::vector<double>> ab(nth);
-  std::vector<double> ak(nth, 0.0), abb(nth, 0.0);
-  at::parallel_for(0, N, grain(D * 16), [&](int64_t i0, int64_t i1) {
-    const int tid = at::get_thread_num();
-    if (ab[tid].empty()) ab[tid].assign(D, 0.0);
-    double* pb = ab[tid].data();
+  const int64_t CH = chunk_rows(D * 16);
+  const Partials part(N, CH, D + 2);  // the dL/db partials (D), the k adjoints, the b coefficient
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
+    double* pb = part.row(ci);
     BnBlock blk;
     double sb = 0, sk = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
@@ -867,22 +897,16 @@ void bn_bwd_impl(const T* gp, const T* vp, int64_t N, const BnRowCtx& cx, T* gvp
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) {
           const double g = double(gr[d]), v = double(vr[d]);
-          gvr[d] = T(ca * g + cb * v + cc * bp[d]);
-          pb[d] += cd * g + cc * v;
+          gvr[d] = T(std::fma(ca, g, std::fma(cb, v, cc * bp[d])));
+          pb[d] += std::fma(cd, g, cc * v);
         }
       }
     }
-    ak[tid] += sk;
-    abb[tid] += sb;
+    pb[D] = sk, pb[D + 1] = sb;
   });
-  double sbb = 0;
-  *gk = 0;
-  for (int t = 0; t < nth; ++t) *gk += ak[t], sbb += abb[t];
-  for (int64_t d = 0; d < D; ++d) gb[d] = sbb * bp[d];
-  for (int t = 0; t < nth; ++t) {
-    if (ab[t].empty()) continue;
-    for (int64_t d = 0; d < D; ++d) gb[d] += ab[t][d];
-  }
+  const std::vector<double> s = part.sum();
+  *gk = s[D];
+  for (int64_t d = 0; d < D; ++d) gb[d] = std::fma(s[D + 1], bp[d], s[d]);
 }
 
 BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
@@ -894,7 +918,7 @@ BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
   const double* bp = bd.data_ptr<double>();
   for (int64_t d = 0; d < cx.D; ++d) {
     cx.b[d] = bp[d];
-    cx.bb += cx.b[d] * cx.b[d];
+    cx.bb = std::fma(cx.b[d], cx.b[d], cx.bb);
   }
   cx.k = -c;
   cx.eps = eps;
@@ -999,30 +1023,27 @@ void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, in
     double yy = 0, xy = 0, dd = 0, ga = 0, gc = 0;
     if (gp) {
       const T* gr = gp + (i0 + j) * D;
-#pragma omp simd reduction(+ : yy, xy, dd, ga, gc)
-      for (int64_t d = 0; d < D; ++d) {
+      for (int64_t d = 0; d < D; ++d) {  // sequential sums: a fixed order (see "Reproducibility" above)
         const double x = double(xr[d]), m = mp[d], g = double(gr[d]), e = m - x;
-        yy += x * x;
-        xy += m * x;
-        dd += e * e;
-        ga += g * m;
-        gc += g * e;
+        yy = std::fma(x, x, yy);
+        xy = std::fma(m, x, xy);
+        dd = std::fma(e, e, dd);
+        ga = std::fma(g, m, ga);
+        gc = std::fma(g, e, gc);
       }
     } else if (Xs) {
-#pragma omp simd reduction(+ : dd)
       for (int64_t d = 0; d < D; ++d) {
         const double e = mp[d] - double(xr[d]);
-        dd += e * e;
+        dd = std::fma(e, e, dd);
       }
       yy = Xs[i0 + j];
       xy = 0.5 * (mm + yy - dd);
     } else {
-#pragma omp simd reduction(+ : yy, xy, dd)
       for (int64_t d = 0; d < D; ++d) {
         const double x = double(xr[d]), m = mp[d], e = m - x;
-        yy += x * x;
-        xy += m * x;
-        dd += e * e;
+        yy = std::fma(x, x, yy);
+        xy = std::fma(m, x, xy);
+        dd = std::fma(e, e, dd);
       }
     }
     k_.yy[j] = yy, k_.xy[j] = xy, k_.dd[j] = dd, k_.ga[j] = ga, k_.gc[j] = gc;
@@ -1068,9 +1089,9 @@ void log_block_coefs(LogBlock& k_, int64_t n, double mm, double k, double* sm, d
 template <typename T>
 double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, int64_t N, int64_t D, double mm,
                        double k, bool lanes) {
-  const int nth = at::get_num_threads();
-  std::vector<double> acc(nth, 0.0);
-  at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
+  const int64_t CH = chunk_rows(D * 8);
+  const Partials part(N, CH, 1);
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     LogBlock blk;
     double S = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
@@ -1102,21 +1123,16 @@ double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, i
         const T* xr = xp + (b0 + j) * D;
         T* ur = up + (b0 + j) * D;
         const double a = blk.ca[j], c = blk.cc[j];
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) ur[d] = T(std::fma(a, mp[d], c * (mp[d] - double(xr[d]))));
         double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t d = 0; d < D; ++d) {
-          const T u = T(a * mp[d] + c * (mp[d] - double(xr[d])));
-          ur[d] = u;
-          s += double(u) * double(u);
-        }
+        for (int64_t d = 0; d < D; ++d) s = std::fma(double(ur[d]), double(ur[d]), s);
         S += s;
       }
     }
-    acc[at::get_thread_num()] += S;
+    part.row(ci)[0] = S;
   });
-  double S = 0;
-  for (double v : acc) S += v;
-  return S;
+  return part.sum()[0];
 }
 
 // The backward's reduction pass: per row (-c_i, 2 (yy_ + dd_), xy_ - 2 dd_, |x_i|^2) into cf (4 x N), the
@@ -1124,13 +1140,10 @@ double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, i
 template <typename T>
 void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64_t D, double mm, double k,
                     double* cf, double* pm, double* sm, double* sk, bool lanes) {
-  const int nth = at::get_num_threads();
-  std::vector<std::vector<double>> ap(nth);
-  std::vector<double> am(nth, 0.0), ak(nth, 0.0);
-  at::parallel_for(0, N, grain(D * 16), [&](int64_t i0, int64_t i1) {
-    const int tid = at::get_thread_num();
-    if (ap[tid].empty()) ap[tid].assign(D, 0.0);
-    double* p = ap[tid].data();
+  const int64_t CH = chunk_rows(D * 16);
+  const Partials part(N, CH, D + 2);  // pm (D), sm, sk
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
+    double* p = part.row(ci);
     LogBlock blk;
     double smt = 0, skt = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
@@ -1144,19 +1157,14 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
         const double ag = blk.ca[j], cm = blk.cm[j];
         cf[i] = blk.cc[j], cf[N + i] = blk.cx[j], cf[2 * N + i] = cm, cf[3 * N + i] = blk.yy[j];
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) p[d] += ag * double(gr[d]) + cm * double(xr[d]);
+        for (int64_t d = 0; d < D; ++d) p[d] += std::fma(ag, double(gr[d]), cm * double(xr[d]));
       }
     }
-    am[tid] += smt;
-    ak[tid] += skt;
+    p[D] = smt, p[D + 1] = skt;
   });
-  *sm = *sk = 0;
-  for (int t = 0; t < nth; ++t) *sm += am[t], *sk += ak[t];
-  for (int64_t d = 0; d < D; ++d) pm[d] = 0;
-  for (int t = 0; t < nth; ++t) {
-    if (ap[t].empty()) continue;
-    for (int64_t d = 0; d < D; ++d) pm[d] += ap[t][d];
-  }
+  const std::vector<double> s = part.sum();
+  for (int64_t d = 0; d < D; ++d) pm[d] = s[d];
+  *sm = s[D], *sk = s[D + 1];
 }
 
 // The epilogue: dx_i = -c_i g_i + (2 (yy_ + dd_) + w_i c) x_i + (xy_ - 2 dd_) m + lam_i gF with the midpoint
@@ -1164,9 +1172,9 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
 template <typename T>
 double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* cf, const double* gF, double gL,
                      double c, T* dxp, int64_t N, int64_t D, bool lanes) {
-  const int nth = at::get_num_threads();
-  std::vector<double> gcs(nth, 0.0);
-  at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
+  const int64_t CH = chunk_rows(D * 8);
+  const Partials part(N, CH, 1);
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double gcl = 0;
     if (lanes) {  // rows on lanes: P = <gF, x_i>, the row scalars and the writes (scatters); dc per lane
       using vecmath::Vec;
@@ -1191,7 +1199,7 @@ double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* c
           cl.store(dr + d, cg * cl.load(gr + d) + cx * xs[d] + cm * Vec(mp[d]) + lam * Vec(gF[d]));
         gcv = gcv + Vec::set(zero, half * w * X, cnt);
       }
-      gcs[at::get_thread_num()] += lane_sum(gcv);
+      part.row(ci)[0] = lane_sum(gcv);
       return;
     }
     for (int64_t i = i0; i < i1; ++i) {
@@ -1199,21 +1207,19 @@ double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* c
       const T* gr = gp + i * D;
       T* dr = dxp + i * D;
       double P = 0;
-#pragma omp simd reduction(+ : P)
-      for (int64_t d = 0; d < D; ++d) P += gF[d] * double(xr[d]);
+      for (int64_t d = 0; d < D; ++d) P = std::fma(gF[d], double(xr[d]), P);
       const double X = cf[3 * N + i], den = 1.0 - c * X;
       const double lam = 2.0 / std::max(den, 1e-15);
       const double w = den > 1e-15 ? (P + gL) * lam * lam : 0.0;
       const double cg = cf[i], cx = cf[N + i] + w * c, cm = cf[2 * N + i];
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) dr[d] = T(cg * double(gr[d]) + cx * double(xr[d]) + cm * mp[d] + lam * gF[d]);
+      for (int64_t d = 0; d < D; ++d)
+        dr[d] = T(std::fma(cg, double(gr[d]), std::fma(cx, double(xr[d]), std::fma(cm, mp[d], lam * gF[d]))));
       gcl += 0.5 * w * X;
     }
-    gcs[at::get_thread_num()] += gcl;
+    part.row(ci)[0] = gcl;
   });
-  double s = 0;
-  for (double v : gcs) s += v;
-  return s;
+  return part.sum()[0];
 }
 
 // The midpoint's D-vector step in double from the sums F (D), L: f = F / max(L, 1e-15), r = sqrt(1 - c |f|^2),
@@ -1228,7 +1234,7 @@ MidVec mid_vec(const double* F, double L, int64_t D, double c) {
   o.Lc = std::max(L, 1e-15);
   o.f.resize(D);
   o.ff = 0;
-  for (int64_t d = 0; d < D; ++d) o.f[d] = F[d] / o.Lc, o.ff += o.f[d] * o.f[d];
+  for (int64_t d = 0; d < D; ++d) o.f[d] = F[d] / o.Lc, o.ff = std::fma(o.f[d], o.f[d], o.ff);
   o.r = std::sqrt(1.0 - c * o.ff);
   return o;
 }
@@ -1340,7 +1346,7 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
     } else {
       m.data_ptr<float>()[d] = float(v), md[d] = double(float(v));
     }
-    mm += md[d] * md[d];
+    mm = std::fma(md[d], md[d], mm);
   }
   at::Tensor u = at::empty_like(x);
   const double S = f64 ? bn_log_fwd_impl<double>(x.data_ptr<double>(), md.data(), X.get(), u.data_ptr<double>(), N, D,
@@ -1364,7 +1370,7 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
   const double* mp = md_t.data_ptr<double>();
   const double* Fp = mid_c.data_ptr<double>();
   double mm = 0;
-  for (int64_t d = 0; d < D; ++d) mm += mp[d] * mp[d];
+  for (int64_t d = 0; d < D; ++d) mm = std::fma(mp[d], mp[d], mm);
   std::unique_ptr<double[]> cfp(new double[4 * N]);  // written row by row: no zero-fill pass
   double* cf = cfp.get();
   std::vector<double> pm(D);
@@ -1382,12 +1388,12 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
   const double* gmp = gm_t.data_ptr<double>();
   std::vector<double> gm(D), gF(D);
   double gmf = 0;
-  for (int64_t d = 0; d < D; ++d) gm[d] = gmp[d] + pm[d] + sm * mp[d], gmf += gm[d] * mv.f[d];
+  for (int64_t d = 0; d < D; ++d) gm[d] = std::fma(sm, mp[d], gmp[d] + pm[d]), gmf = std::fma(gm[d], mv.f[d], gmf);
   const double opr = 1.0 + mv.r, h = gmf / (opr * opr);
   double gFf = 0;
   for (int64_t d = 0; d < D; ++d) {
     gF[d] = (gm[d] / opr + mv.f[d] * (h * c / mv.r)) / mv.Lc;
-    gFf += gF[d] * mv.f[d];
+    gFf = std::fma(gF[d], mv.f[d], gFf);
   }
   const double gL = mv.L > 1e-15 ? -gFf : 0.0;
   at::Tensor dx = at::empty_like(x);
@@ -1396,6 +1402,208 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
                          : bn_log_bwd_dx<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, cf, gF.data(),
                                                 gL, c, dx.data_ptr<float>(), N, D, lanes);
   return {dx, -sk + gc3 + h * mv.ff / (2.0 * mv.r)};  // dc = -dk of the logmap + the midpoint's
+}
+
+// ---------------------------------------------------------------- the whole training layer in two calls
+// BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each (GEOOPS_POINCARE_BN_GLUE=0 there
+// keeps the Python glue): b = expmap0(bias), the layer's midpoint / logmap pass (poincare_bn_layer_fwd_cpu), the
+// transport's scalar chain and M = alpha I + AE^T V AE (AE = [b; -m], V = 2 alpha W / d, 2 x 2) in double, v = u M
+// (one GEMM), the row op; backward: the row op's backward on the saved v, gM = u^T gv (GEMM), the transport's
+// backward in double (the adjoints of the 2 x 2 algebra and of the scalar chain, as _transport_bwd),
+// gu = gv M^T + 2 gS u (one addmm), the layer's backward, expmap0's backward to bias.  Instead of ~20 small aten
+// calls per direction (stack, Gram, tolist, tensor, addmm, ...) and the separate expmap0 Function.
+namespace {
+
+// The transport's scalars (names of geoops/poincare.py's _transport_fwd) and V, in double; kept for the backward
+// in a float64 tensor of kTrN entries.
+struct BnTransport {
+  double a2, ae, e2, k, S, w, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W[2][2], V[2][2];
+};
+constexpr int64_t kTrN = sizeof(BnTransport) / sizeof(double);
+
+BnTransport bn_transport(const double* b, const double* m, int64_t D, double S, double w, double c, double n,
+                         double eps) {
+  BnTransport t;
+  t.a2 = t.ae = t.e2 = 0;
+  for (int64_t d = 0; d < D; ++d)
+    t.a2 = std::fma(b[d], b[d], t.a2), t.ae = std::fma(-b[d], m[d], t.ae), t.e2 = std::fma(m[d], m[d], t.e2);
+  const double k = -c;
+  t.k = k, t.S = S, t.w = w, t.n = n, t.eps = eps;
+  t.q = 1 + k * t.e2, t.p = 1 + k * t.a2;
+  t.lam = 2 / std::max(t.q, 1e-15);
+  t.var = t.lam * t.lam * S / n;
+  t.s = std::sqrt(w / (t.var + eps));
+  t.ratio = t.p / t.q;
+  t.alpha = t.s * t.ratio;
+  t.d = 1 - 2 * k * t.ae + k * k * t.a2 * t.e2;
+  t.dc = std::max(t.d, 1e-15);
+  t.W[0][0] = -k * k * t.e2, t.W[0][1] = k, t.W[1][0] = -k + 2 * k * k * t.ae, t.W[1][1] = -k * k * t.a2;
+  const double f = 2 * t.alpha / t.dc;
+  for (int r = 0; r < 2; ++r)
+    for (int s2 = 0; s2 < 2; ++s2) t.V[r][s2] = f * t.W[r][s2];
+  return t;
+}
+
+// _transport_bwd: from gM (D x D, double) the adjoints gb, gm (D), gS, gw, gc.
+void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, const double* gM, int64_t D,
+                      double* gb, double* gm, double* gS, double* gw, double* gc) {
+  std::vector<double> Q(2 * D, 0.0), R(2 * D, 0.0);  // Q = AE gM, R = AE gM^T (rows a = b, e = -m)
+  double galpha = 0;
+  for (int64_t i = 0; i < D; ++i) {
+    const double ai = b[i], ei = -m[i];
+    galpha += gM[i * D + i];
+    for (int64_t j = 0; j < D; ++j) {
+      const double g = gM[i * D + j];
+      Q[j] = std::fma(ai, g, Q[j]), Q[D + j] = std::fma(ei, g, Q[D + j]);
+      R[i] = std::fma(b[j], g, R[i]), R[D + i] = std::fma(-m[j], g, R[D + i]);
+    }
+  }
+  double gV[2][2] = {{0, 0}, {0, 0}};
+  for (int64_t j = 0; j < D; ++j) {
+    const double aj = b[j], ej = -m[j];
+    gV[0][0] = std::fma(Q[j], aj, gV[0][0]), gV[0][1] = std::fma(Q[j], ej, gV[0][1]);
+    gV[1][0] = std::fma(Q[D + j], aj, gV[1][0]), gV[1][1] = std::fma(Q[D + j], ej, gV[1][1]);
+  }
+  const double k = t.k, k2 = k * k, f = 2 * t.alpha / t.dc;
+  double gVW = 0;
+  for (int r = 0; r < 2; ++r)
+    for (int s2 = 0; s2 < 2; ++s2) gVW += gV[r][s2] * t.W[r][s2];
+  galpha += 2 / t.dc * gVW;
+  const double gd = t.d > 1e-15 ? -f / t.dc * gVW : 0.0;
+  const double gW00 = f * gV[0][0], gW01 = f * gV[0][1], gW10 = f * gV[1][0], gW11 = f * gV[1][1];
+  double gk = gW00 * (-2 * k * t.e2) + gW01 + gW10 * (-1 + 4 * k * t.ae) + gW11 * (-2 * k * t.a2);
+  double ge2 = -k2 * gW00, gae = 2 * k2 * gW10, ga2 = -k2 * gW11;
+  gk += gd * (-2 * t.ae + 2 * k * t.a2 * t.e2);
+  gae += gd * (-2 * k);
+  ga2 += gd * k2 * t.e2;
+  ge2 += gd * k2 * t.a2;
+  const double gs = galpha * t.ratio, gratio = galpha * t.s;
+  gk += gratio * (t.a2 / t.q - t.p * t.e2 / (t.q * t.q));
+  ga2 += gratio * k / t.q;
+  ge2 -= gratio * t.p * k / (t.q * t.q);
+  const double ve = t.var + t.eps;
+  *gw = t.s > 0 ? gs / (2 * t.s * ve) : INFINITY * gs;
+  const double gvar = -gs * t.s / (2 * ve);
+  const double glam = gvar * 2 * t.lam * t.S / t.n;
+  *gS = gvar * t.lam * t.lam / t.n;
+  if (t.q > 1e-15) {
+    gk += glam * (-2 * t.e2 / (t.q * t.q));
+    ge2 += glam * (-2 * k / (t.q * t.q));
+  }
+  // gAE = V R + V^T Q, then + Gg AE with Gg = [[2 ga2, gae], [gae, 2 ge2]]; gb = row a, gm = -(row e)
+  for (int64_t j = 0; j < D; ++j) {
+    const double aj = b[j], ej = -m[j];
+    const double ga = t.V[0][0] * R[j] + t.V[0][1] * R[D + j] + t.V[0][0] * Q[j] + t.V[1][0] * Q[D + j];
+    const double ge = t.V[1][0] * R[j] + t.V[1][1] * R[D + j] + t.V[0][1] * Q[j] + t.V[1][1] * Q[D + j];
+    gb[j] = ga + (2 * ga2 * aj + gae * ej);
+    gm[j] = -(ge + (gae * aj + 2 * ge2 * ej));
+  }
+  *gc = -gk;
+}
+
+// b = expmap0(bias) at k = -c in double: tanc(k |bias|^2) bias.
+double bn_expmap0(const double* u, int64_t D, double k, double* b) {
+  double uu = 0;
+  for (int64_t d = 0; d < D; ++d) uu = std::fma(u[d], u[d], uu);
+  const double t = geoops::stereo::tanc(k * uu);
+  for (int64_t d = 0; d < D; ++d) b[d] = t * u[d];
+  return uu;
+}
+
+std::vector<double> to_dvec(const at::Tensor& t) {
+  const at::Tensor d = t.to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+}  // namespace
+
+std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at::Tensor& bias, double w, double c,
+                                                  double n, double eps, double eps_proj) {
+  check_layer_rows(x);
+  const int64_t D = x.size(1);
+  TORCH_CHECK(bias.numel() == D, "poincare_bn_train: bias must have D entries");
+  const auto [u, m, S, mid] = poincare_bn_layer_fwd_cpu(x, c);
+  const std::vector<double> bu = to_dvec(bias);
+  std::vector<double> bd(D);
+  bn_expmap0(bu.data(), D, -c, bd.data());
+  const at::Tensor b = at::tensor(bd, x.options().dtype(at::kDouble)).to(x.scalar_type());
+  const std::vector<double> br = to_dvec(b), md = to_dvec(m);  // b and m as the layer's dtype rounds them
+  const BnTransport t = bn_transport(br.data(), md.data(), D, S, w, c, n, eps);
+  at::Tensor Md = at::empty({D, D}, x.options().dtype(at::kDouble));
+  double* Mp = Md.data_ptr<double>();
+  for (int64_t i = 0; i < D; ++i) {
+    const double ai = br[i], ei = -md[i];
+    for (int64_t j = 0; j < D; ++j) {
+      const double aj = br[j], ej = -md[j];
+      Mp[i * D + j] = (i == j ? t.alpha : 0.0) + ai * (t.V[0][0] * aj + t.V[0][1] * ej) +
+                      ei * (t.V[1][0] * aj + t.V[1][1] * ej);
+    }
+  }
+  const at::Tensor M = Md.to(x.scalar_type());
+  const at::Tensor v = bn_times_M(u, M).contiguous();
+  at::Tensor y = at::empty_like(u);
+  const BnRowCtx cx = bn_ctx(b, c, eps_proj);
+  const bool lanes = bn_lanes(D);
+  if (x.scalar_type() == at::kDouble)
+    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), x.size(0), cx, lanes);
+  else
+    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), x.size(0), cx, lanes);
+  at::Tensor tr = at::empty({kTrN}, x.options().dtype(at::kDouble));
+  std::memcpy(tr.data_ptr<double>(), &t, sizeof(BnTransport));
+  const at::Tensor var = at::full({}, t.var, x.options());
+  return {y, var, m, u, v, M, b, mid, tr};
+}
+
+std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const at::Tensor& x, const at::Tensor& bias,
+                                                  const at::Tensor& m, const at::Tensor& mid, const at::Tensor& u,
+                                                  const at::Tensor& v, const at::Tensor& M, const at::Tensor& b,
+                                                  const at::Tensor& tr, double c, double eps_proj) {
+  check_layer_rows(x);
+  const int64_t N = x.size(0), D = x.size(1);
+  TORCH_CHECK(tr.numel() == kTrN && tr.scalar_type() == at::kDouble, "poincare_bn_train: bad saved transport");
+  const at::Tensor gy = gy_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(gy.sizes() == x.sizes(), "poincare_bn_train: grad and x must have one shape");
+  BnTransport t;
+  std::memcpy(&t, tr.contiguous().data_ptr<double>(), sizeof(BnTransport));
+  // the row op's backward on the saved v (identity M)
+  at::Tensor gv = at::empty_like(x);
+  std::vector<double> gb1(D);
+  double gk1 = 0;
+  const BnRowCtx cx = bn_ctx(b, c, eps_proj);
+  const bool lanes = bn_lanes(D);
+  if (x.scalar_type() == at::kDouble)
+    bn_bwd_impl<double>(gy.data_ptr<double>(), v.data_ptr<double>(), N, cx, gv.data_ptr<double>(), gb1.data(), &gk1,
+                        lanes);
+  else
+    bn_bwd_impl<float>(gy.data_ptr<float>(), v.data_ptr<float>(), N, cx, gv.data_ptr<float>(), gb1.data(), &gk1,
+                       lanes);
+  at::NoGradGuard ng;
+  const std::vector<double> gMd = to_dvec(at::mm(u.t(), gv));
+  const std::vector<double> br = to_dvec(b), md = to_dvec(m);
+  std::vector<double> gb2(D), gm(D);
+  double gS, gw, gc2;
+  bn_transport_bwd(t, br.data(), md.data(), gMd.data(), D, gb2.data(), gm.data(), &gS, &gw, &gc2);
+  const at::Tensor gu = at::addmm(u, gv, M.t(), 2 * gS, 1);  // gv M^T + 2 gS u
+  const at::Tensor gm_t = at::tensor(gm, x.options().dtype(at::kDouble));
+  const auto [dx, gc3] = poincare_bn_layer_bwd_cpu(gu, x, m, mid, gm_t, c);
+  // b = expmap0(bias): gbias = t g + 2 (<g, u> tanc'(z) k) u, dk = <g, u> tanc'(z) |u|^2 (z = k |u|^2), with
+  // g = gb1 + gb2 rounded to the dtype (as the composition's b gradient)
+  const std::vector<double> bu = to_dvec(bias);
+  const bool f64 = x.scalar_type() == at::kDouble;
+  std::vector<double> g(D);
+  double uu = 0, gu_ = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    g[d] = gb1[d] + gb2[d];
+    if (!f64) g[d] = double(float(g[d]));
+    uu = std::fma(bu[d], bu[d], uu), gu_ = std::fma(g[d], bu[d], gu_);
+  }
+  const double k = -c, z = k * uu, tz = geoops::stereo::tanc(z), z_ = gu_ * geoops::stereo::tanc_d(z, tz);
+  std::vector<double> gbias(D);
+  for (int64_t d = 0; d < D; ++d) gbias[d] = tz * g[d] + 2 * z_ * k * bu[d];
+  const double gc4 = -(z_ * uu);  // dc = -dk
+  const auto dopt = x.options().dtype(at::kDouble);
+  return {dx, at::tensor(gbias, dopt).to(x.scalar_type()), at::full({}, gw, dopt),
+          at::full({}, -gk1 + (gc2 + gc3) + gc4, dopt)};
 }
 
 }  // namespace cpu
