@@ -1099,3 +1099,35 @@ def test_bn_kernels_bitwise_reproducible_heap_and_threads(D):
                         assert torch.equal(a, r), (N, seed, rep, i)
     finally:
         torch.set_num_threads(nth)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
+@pytest.mark.parametrize("glue", ["1", "0"])
+def test_batchnorm_backward_reentrant_after_heap_churn(monkeypatch, glue):
+    """gradcheck's reentrancy check of test_batchnorm_fused_grads_fp64_and_gradcheck (12 x 4, fp64) made likely
+    to fail: the full Jacobian by 48 backward calls, twice, with heap churn before every call; both eager
+    Functions (GEOOPS_POINCARE_BN_CPP_GLUE).  Session 11's kernels differed in ~1 of 5 inputs."""
+    import random
+
+    monkeypatch.setenv("GEOOPS_POINCARE_BN_CPP_GLUE", glue)
+    rng, held = random.Random(12), []
+    for seed in range(12):
+        g0 = torch.Generator().manual_seed(seed)
+        c = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        x = gp.expmap0(torch.randn(12, 4, generator=g0, dtype=torch.float64) * 0.6, c=0.9)
+        x = x.detach().requires_grad_(True)
+        bias = (torch.randn(4, generator=g0, dtype=torch.float64) * 0.3).requires_grad_(True)
+        w = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+        y = gp.batch_norm(x, bias, w, c=c)
+
+        def jacobian():
+            rows, g = [], torch.zeros_like(y)
+            for j in range(y.numel()):
+                _heap_churn(rng, held)
+                g.view(-1).zero_()
+                g.view(-1)[j] = 1
+                gs = torch.autograd.grad(y, (x, bias, w, c), g, retain_graph=True)
+                rows.append(torch.cat([t.reshape(-1) for t in gs]))
+            return torch.stack(rows)
+
+        assert torch.equal(jacobian(), jacobian()), seed
