@@ -424,9 +424,10 @@ inline void widen2(const FVec& v, DVec& lo, DVec& hi) {
   lo = widen(t), hi = widen(t + kD);
 #endif
 }
+inline FVec fin(const FVec& v) { return (v > FVec(-1e30f)) & (v < FVec(1e30f)); }
 // The hard-lane check of lanes_core_g as one lane mask (session 12): with AVX-512 a mask register that each
 // comparison narrows (a masked compare: no vector masks, no and-ops); elsewhere the vector masks as before.
-// lt / gt: ordered (a NaN lane fails); fin: within float's working range (-1e30, 1e30), as GEOOPS_F32_FIN.
+// lt / gt: ordered (a NaN lane fails); fin: within float's working range (-1e30, 1e30), as fin() above.
 struct OkMask {
 #if defined(CPU_CAPABILITY_AVX512)
   __mmask16 m = 0xFFFF;

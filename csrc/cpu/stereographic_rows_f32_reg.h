@@ -22,9 +22,9 @@ namespace f32rows {
 
 constexpr int kRegMaxD = 8;
 
-// 1 (unset): the register pass where it measured faster (all five ops at D <= kRegMaxD but expmap at D <= 2, whose
-// eight-loop blocks were faster, see reg_takes); 2 (=2): all five ops at D <= kRegMaxD (tests); 0 (=0):
-// off.  AVX-512 builds only (elsewhere 0).
+// 1 (unset): the register pass for all five ops at D <= kRegMaxD (session 11 kept expmap at D <= 2 on its
+// eight-loop blocks; session 12's interleaved groups made the register pass faster there too); 2 (=2): the same
+// (tests; it was "all five" when 1 was not); 0 (=0): off.  AVX-512 builds only (elsewhere 0).
 inline int reg_mode() {
 #if defined(CPU_CAPABILITY_AVX512)
   const char* e = std::getenv("GEOOPS_STEREO_F32_REG");
@@ -69,7 +69,11 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
     cols16<D>(xb + 16 * D * g, xc[g]);
     if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc[g]);
   }
-  if constexpr (IL) {
+  // The one-input ops interleave at D <= 4 only: at D = 5 expmap0 measured 3-6 % slower interleaved (its 2 x D column
+  // registers and the chain's vectors spill), logmap0 the same; at D = 3 both 0.85-0.95x the time of one group
+  // after the other, at D = 4 even (standalone loop, 1 thread, under load).
+  constexpr bool kIL = IL && (HAS_Y || D <= 4);
+  if constexpr (kIL) {
     if (!lanes_core_g<OP, D, G>([&](int g, int j) { return FVec(xc[g][j]); },
                                 [&](int g, int j, int h) { return RegCols<D>{xc[g]}.d(j, h); },
                                 [&](int g, int j, int h) { return RegCols<DY>{yc[g]}.d(j, h); }, kk, a, b,
@@ -109,7 +113,8 @@ inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y,
 // caller): k one value or one per row (stride 1).
 inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
   if (reg == 0 || m == 3 || D < 1 || D > kRegMaxD || (sk != 0 && sk != 1)) return false;
-  return reg == 2 || !(D <= 2 && op == stereo::EXPMAP);
+  (void)op;  // (session 12: expmap at D <= 2 too, now faster here than in its eight-loop blocks)
+  return true;
 }
 
 // reg_loop for the runtime D (reg_takes must hold).
