@@ -493,7 +493,7 @@ def test_f32_register_pass(op, d, monkeypatch):
         monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
         monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
         fused = _call(op, xs, y, k)
-        monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")  # (the default keeps expmap at D <= 2 off it)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")  # (session 11: the default kept expmap at D <= 2 off it)
         new = _call(op, xs, y, k)
         if d >= 3:  # the same permute writes as the fused blocks
             assert torch.equal(new.nan_to_num(7.0), fused.nan_to_num(7.0)), name
@@ -535,11 +535,14 @@ def test_f32_register_pass_interleaved(op, d, monkeypatch):
     and beyond-float rows, a partial last block), so that a group reading another group's columns or k fails."""
     n = 32 * 6 + 13
     x, y = _reg_inputs(op, d, n, seed=1300 + d)
+    # per row: k of both signs (blocks with a positive k beyond the float series decline to the double path), and
+    # k in [-1, 0] (no block declines: each group's rows see their own k)
     kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * n)[:n].reshape(n, 1)
+    kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65] * n)[:n].reshape(n, 1)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
     monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
     for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
-                    "per_row": kr}.items():
+                    "per_row": kr, "per_row_neg": kn}.items():
         xs = x if name != "0.5" else x * 0.1
         monkeypatch.delenv("GEOOPS_STEREO_F32_REG_IL", raising=False)
         new = _call(op, xs, y, k)

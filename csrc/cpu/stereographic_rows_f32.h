@@ -580,6 +580,8 @@ inline FVec rcp_nr(const FVec& v) {
 // alone ran at ~0.7 instructions per cycle.  G = 1 is the single-vector function; the operations and their
 // roundings do not depend on G.
 #define GEOOPS_G for (int g = 0; g < G; ++g)
+// One vector as the G = 1 array of the functions below.
+inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec(*)[1]>(&v); }
 template <int G>
 GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
@@ -613,10 +615,8 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
 #endif
 }
 GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
-  const FVec zz[1] = {z};
   FVec out[1];
-  tanc_neg_fg<1>(zz, out);
-  return out[0];
+  return tanc_neg_fg<1>(as1(z), out), out[0];
 }
 
 // atanc(z, q) = artanh(s)/s (s = sqrt(-z), q = 1 - s^2 from the double terms) for z < series cut, the float
@@ -658,10 +658,8 @@ GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
 #endif
 }
 GEOOPS_F32_AI FVec log1p_big_f(const FVec& w) {
-  const FVec ww[1] = {w};
   FVec out[1];
-  log1p_big_fg<1>(ww, out);
-  return out[0];
+  return log1p_big_fg<1>(as1(w), out), out[0];
 }
 
 template <int G>
@@ -675,10 +673,8 @@ GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&o
   GEOOPS_G out[g] = FVec::blendv(stereo::atanc_series(z[g]), FVec(0.5f) * l[g] * rs[g], z[g] <= cut.neg());
 }
 GEOOPS_F32_AI FVec atanc_neg_f(const FVec& z, const FVec& q) {
-  const FVec zz[1] = {z}, qq[1] = {q};
   FVec out[1];
-  atanc_neg_fg<1>(zz, qq, out);
-  return out[0];
+  return atanc_neg_fg<1>(as1(z), as1(q), out), out[0];
 }
 
 // expmap0's lanes all in float (tanh_kind 2, the default): |u|^2 as float FMAs (no cancelling term: the
