@@ -493,7 +493,7 @@ def test_f32_register_pass(op, d, monkeypatch):
         monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
         monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
         fused = _call(op, xs, y, k)
-        monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")  # (the default keeps expmap at D <= 2 off it)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")  # (session 11: the default kept expmap at D <= 2 off it)
         new = _call(op, xs, y, k)
         if d >= 3:  # the same permute writes as the fused blocks
             assert torch.equal(new.nan_to_num(7.0), fused.nan_to_num(7.0)), name
@@ -518,3 +518,67 @@ def test_f32_register_pass(op, d, monkeypatch):
         err = ((new.double() - expect).norm(dim=-1) / scale.clamp_min(1e-30))[ok]
         tol = 2e-4 if (op == "expmap" and d == 1) else 2e-6  # (expmap at D = 1: see test_f32_fast_path_accuracy)
         assert float(err.max()) <= tol, (name, float(err.max()))
+
+
+# ---------------------------------------------------------------- session 12: interleaved groups, no divisions
+# The register pass runs its two 16-row groups through the lane math together (lanes_core_g, G = 2), step by step;
+# GEOOPS_STEREO_F32_REG_IL=0 runs them one after the other (session 11's order): the same operations, so the same
+# bits.  The divisions and square roots of the lane math (1/den of mobius_add, expmap, logmap; expmap's tanc:
+# sqrt and its double quotient) are reciprocal / square-root estimates refined to the correctly rounded result
+# but for rare last-bit cases; GEOOPS_STEREO_F32_TANH=double keeps the exact operations.
+
+
+@pytest.mark.parametrize("d", (1, 2, 3, 5, 8))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_register_pass_interleaved(op, d, monkeypatch):
+    """Interleaved groups (default) against one group at a time: equal bit for bit (k = -1, 0, 0.5, per row; NaN
+    and beyond-float rows, a partial last block), so that a group reading another group's columns or k fails."""
+    n = 32 * 6 + 13
+    x, y = _reg_inputs(op, d, n, seed=1300 + d)
+    # per row: k of both signs (blocks with a positive k beyond the float series decline to the double path), and
+    # k in [-1, 0] (no block declines: each group's rows see their own k)
+    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * n)[:n].reshape(n, 1)
+    kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65] * n)[:n].reshape(n, 1)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
+    for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
+                    "per_row": kr, "per_row_neg": kn}.items():
+        xs = x if name != "0.5" else x * 0.1
+        monkeypatch.delenv("GEOOPS_STEREO_F32_REG_IL", raising=False)
+        new = _call(op, xs, y, k)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_REG_IL", "0")
+        old = _call(op, xs, y, k)
+        assert torch.equal(new.nan_to_num(7.0), old.nan_to_num(7.0)), name
+
+
+@pytest.mark.parametrize("d", (1, 2, 5, 8, 10, 16))
+@pytest.mark.parametrize("op", ("mobius_add", "expmap"))
+def test_f32_reciprocals_match_exact_ops(op, d, monkeypatch):
+    """mobius_add's and expmap's lanes with the refined reciprocals / square root (default) against the exact
+    vdivps / vsqrtps / vdivpd (GEOOPS_STEREO_F32_TANH=double; for these two ops the only difference): within one
+    float ulp of the output's terms on every row, equal on at least 90 % of the elements (a reciprocal of a
+    denominator just below 1, 1 - 2^-24, as the tiny rows give, lies 2^-48 from a rounding midpoint: there the
+    two differ in the last bit, equally close to the exact value); near-boundary, tiny,
+    zero rows, k = -1, -0.3, 0, 0.5 and per-row k, register pass and fused blocks (D = 10, 16)."""
+    n = 32 * 12 + 7
+    x, y = _reg_inputs(op, min(d, 8), n, seed=1400 + d)
+    if d > 8:  # (the fused blocks: rows of D > 8 from the same construction)
+        x = torch.cat([x, x.flip(0)[:, : d - 8]], 1) * 0.7
+        y = torch.cat([y, y.flip(0)[:, : d - 8]], 1) * 0.7
+    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5] * n)[:n].reshape(n, 1)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
+    for name, k in {"-1": torch.tensor(-1.0), "-0.3": torch.tensor(-0.3), "0": torch.tensor(0.0),
+                    "0.5": torch.tensor(0.5), "per_row": kr}.items():
+        xs = x if name != "0.5" else x * 0.1
+        monkeypatch.delenv("GEOOPS_STEREO_F32_TANH", raising=False)
+        new = _call(op, xs, y, k)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", "double")
+        exact = _call(op, xs, y, k)
+        assert torch.equal(new.isnan(), exact.isnan()), name
+        fin = ~exact.isnan()
+        terms = torch.maximum(exact.abs(), torch.maximum(xs.abs(), y.abs()))
+        ulp = torch.finfo(torch.float32).eps
+        rel = ((new - exact).abs() / terms.clamp_min(1e-30))[fin]
+        assert float(rel.max()) <= 2 * ulp, (name, float(rel.max()))
+        assert float((new == exact)[fin].float().mean()) >= 0.9, name

@@ -562,8 +562,9 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) : nullptr;
       float* of = reinterpret_cast<float*>(op_);
       const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(D, 1));
+      const bool reg_il = f32rows::reg_il();
       at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-        f32rows::reg_range<OP, kBlock>(D, begin, end, xf, yf, of, sc.k, sc.sk, kconst, f32_inline_exp,
+        f32rows::reg_range<OP, kBlock>(D, begin, end, xf, yf, of, sc.k, sc.sk, kconst, f32_inline_exp, reg_il,
                                        [&](int64_t i0, int64_t nb) {
                                          block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
                                        });

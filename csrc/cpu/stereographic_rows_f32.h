@@ -425,6 +425,33 @@ inline void widen2(const FVec& v, DVec& lo, DVec& hi) {
 #endif
 }
 inline FVec fin(const FVec& v) { return (v > FVec(-1e30f)) & (v < FVec(1e30f)); }
+// The hard-lane check of lanes_core_g as one lane mask (session 12): with AVX-512 a mask register that each
+// comparison narrows (a masked compare: no vector masks, no and-ops); elsewhere the vector masks as before.
+// lt / gt: ordered (a NaN lane fails); fin: within float's working range (-1e30, 1e30), as fin() above.
+struct OkMask {
+#if defined(CPU_CAPABILITY_AVX512)
+  __mmask16 m = 0xFFFF;
+  void lt(const FVec& a, const FVec& b) { m = _mm512_mask_cmp_ps_mask(m, a, b, _CMP_LT_OQ); }
+  void gt(const FVec& a, const FVec& b) { m = _mm512_mask_cmp_ps_mask(m, a, b, _CMP_GT_OQ); }
+  void also(const OkMask& o) { m &= o.m; }
+  bool all() const { return m == 0xFFFF; }
+#else
+  FVec v = FVec(0.f) == FVec(0.f);
+  void lt(const FVec& a, const FVec& b) { v = v & (a < b); }
+  void gt(const FVec& a, const FVec& b) { v = v & (a > b); }
+  void also(const OkMask& o) { v = v & o.v; }
+  bool all() const { return v.zero_mask() == 0; }
+#endif
+  void fin(const FVec& a) { gt(a, FVec(-1e30f)), lt(a, FVec(1e30f)); }
+};
+// max(v, lo) with clamp_lo's semantics (a NaN v gives lo): vmaxpd returns its second operand when either is NaN.
+inline DVec clamp_lo_d(const DVec& v, const DVec& lo) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return DVec(_mm512_max_pd(v, lo));
+#else
+  return DVec::blendv(lo, v, v > lo);
+#endif
+}
 
 // tanc(z) = tanh(s)/s, s = sqrt(-z), for z < series cut (the float lanes of the fused path): the series for
 // |z| < cut as vecmath::eval_series_neg, and for z <= -cut (s >= 0.22) (1 - e) / ((1 + e) s) with e = exp(-2s)
@@ -440,12 +467,55 @@ inline int tanh_inline() {
   if (!e || !*e) return 2;
   return e[0] == 's' ? 0 : (e[0] == 'd' ? 1 : 2);
 }
+// Session 12: sqrt, 1/v and the double quotient without vsqrtps / vdivps / vdivpd (zmm throughput ~12 / ~10 / ~16
+// cycles on one port, the largest single cost of expmap's and logmap's 16 rows at D = 2), each as accurate as the
+// exact operation up to a rare last-bit difference: the estimate (vrsqrt14 / vrcp14, relative error < 2^-14)
+// refined by one Newton step (< 2^-27 before rounding) and then corrected once by its exact FMA residual
+// (sqrt: s + (v - s^2) / (2 s); 1/v: r + r (1 - v r)), which leaves an error ~2^-46 relative plus the final rounding:
+// the correctly rounded result unless the exact one lies within ~2^-46 of a rounding midpoint.  The double
+// reciprocal: two Newton steps from vrcp14pd (2^-14 -> 2^-28 -> 2^-56 before rounding), the quotient num * (1/den)
+// within ~2 double ulps, then rounded to float once as before.  Without AVX-512: the exact operations.
+// ie: tanh_inline(); 2 (the default) these, 0 / 1 (GEOOPS_STEREO_F32_TANH=sleef / double) the exact operations (A/B).
+inline FVec rcp_nr(const FVec& v);
+inline FVec rsqrt_nr(const FVec& v);
+GEOOPS_F32_AI FVec rcp_cr(const FVec& v, int ie = 2) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (ie == 2) {
+    const FVec r = rcp_nr(v);
+    return at::vec::fmadd(r, at::vec::fnmadd(v, r, FVec(1.f)), r);
+  }
+#endif
+  (void)ie;
+  return FVec(1.f) / v;
+}
+GEOOPS_F32_AI FVec sqrt_cr(const FVec& v, int ie = 2) {  // v > 0 (finite)
+#if defined(CPU_CAPABILITY_AVX512)
+  if (ie == 2) {
+    const FVec rs = rsqrt_nr(v);
+    const FVec s0 = v * rs;
+    return at::vec::fmadd(at::vec::fnmadd(s0, s0, v), FVec(0.5f) * rs, s0);
+  }
+#endif
+  (void)ie;
+  return v.sqrt();
+}
+GEOOPS_F32_AI DVec rcp_pd(const DVec& v, int ie = 2) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (ie == 2) {
+    DVec r(_mm512_rcp14_pd(v));
+    r = at::vec::fmadd(r, at::vec::fnmadd(v, r, DVec(1.0)), r);
+    return at::vec::fmadd(r, at::vec::fnmadd(v, r, DVec(1.0)), r);
+  }
+#endif
+  (void)ie;
+  return DVec(1.0) / v;
+}
 GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if (inline_exp) {
     const FVec cut(stereo::series_cut<float>());
     const FVec series = stereo::tanc_series(z);
-    const FVec s = at::vec::maximum(z.neg(), cut).sqrt();
+    const FVec s = sqrt_cr(at::vec::maximum(z.neg(), cut), inline_exp);
     const FVec x = FVec(-2.f) * at::vec::minimum(s, FVec(9.f));
     const FVec n = (x * FVec(1.44269504088896341f)).round();
     const FVec r = (x - n * FVec(0.693145751953125f)) - n * FVec(1.42860682030941723e-06f);
@@ -467,7 +537,7 @@ GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp) {
     DVec vd[2];
     for (int h = 0; h < 2; ++h) {
       const DVec sq = d[0][h] * d[1][h];
-      vd[h] = ((DVec(1.0) - d[0][h]) - sq) / (((DVec(1.0) + d[0][h]) + sq) * d[2][h]);
+      vd[h] = ((DVec(1.0) - d[0][h]) - sq) * rcp_pd(((DVec(1.0) + d[0][h]) + sq) * d[2][h], inline_exp);
     }
     const FVec v = narrow(vd[0], vd[1]);
     return FVec::blendv(series, v, z <= cut.neg());
@@ -504,34 +574,49 @@ inline FVec rcp_nr(const FVec& v) {
 // e = exp(-2s) = 2^n (1 + q) from tanc_neg's inline exp, and tanh(s)/s = ((1 - 2^n) - 2^n q) / ((1 + 2^n) + 2^n q)
 // / s with one reciprocal (a Newton step on the quotient keeps it within ~1 ulp of the float division).  No
 // double conversions, no vsqrtps / vdivps.  GEOOPS_STEREO_F32_TANH=double: tanc_neg's double quotient (A/B).
-GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
+// G independent vectors of rows at once (session 12; the register pass runs its two 16-row groups as G = 2): every
+// step of the chain for each group before the next step, so that the out-of-order core finds G independent chains
+// in its window; one group's chain (sums -> z -> rsqrt -> exp/log -> quotient, ~100 dependent vector operations)
+// alone ran at ~0.7 instructions per cycle.  G = 1 is the single-vector function; the operations and their
+// roundings do not depend on G.
+#define GEOOPS_G for (int g = 0; g < G; ++g)
+// One vector as the G = 1 array of the functions below.
+inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec(*)[1]>(&v); }
+template <int G>
+GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
-  const FVec series = stereo::tanc_series(z);
-  const FVec s2 = at::vec::maximum(z.neg(), cut);
-  const FVec rs = rsqrt_nr(s2);  // 1/s
-  const FVec s = s2 * rs;
-  const FVec x = FVec(-2.f) * at::vec::minimum(s, FVec(9.f));
-  const FVec n = (x * FVec(1.44269504088896341f)).round();
-  const FVec r = at::vec::fnmadd(n, FVec(1.42860682030941723e-06f), at::vec::fnmadd(n, FVec(0.693145751953125f), x));
-  FVec p = at::vec::fmadd(FVec(1.f / 5040.f), r, FVec(1.f / 720.f));
-  p = at::vec::fmadd(p, r, FVec(1.f / 120.f));
-  p = at::vec::fmadd(p, r, FVec(1.f / 24.f));
-  p = at::vec::fmadd(p, r, FVec(1.f / 6.f));
-  p = at::vec::fmadd(p, r, FVec(0.5f));
-  p = at::vec::fmadd(p, r, FVec(1.f));
-  const FVec q = p * r;  // e^r - 1
-  FVec sc;  // 2^n
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  sc = vecmath::pow2_f(n);
+  FVec s2[G], rs[G], s[G], x[G], n[G], r[G], p[G], q[G], sc[G], num[G], den[G], rd[G], v0[G];
+  GEOOPS_G s2[g] = at::vec::maximum(z[g].neg(), cut);
+  GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
+  GEOOPS_G s[g] = s2[g] * rs[g];
+  GEOOPS_G x[g] = FVec(-2.f) * at::vec::minimum(s[g], FVec(9.f));
+  GEOOPS_G n[g] = (x[g] * FVec(1.44269504088896341f)).round();
+  GEOOPS_G r[g] = at::vec::fnmadd(n[g], FVec(1.42860682030941723e-06f), at::vec::fnmadd(n[g], FVec(0.693145751953125f), x[g]));
+  GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 5040.f), r[g], FVec(1.f / 720.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(1.f / 120.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(1.f / 24.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(1.f / 6.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(0.5f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(1.f));
+  GEOOPS_G q[g] = p[g] * r[g];  // e^r - 1
+  GEOOPS_G sc[g] = vecmath::pow2_f(n[g]);  // 2^n
+  GEOOPS_G num[g] = at::vec::fnmadd(sc[g], q[g], FVec(1.f) - sc[g]) * rs[g];  // ((1 - 2^n) - 2^n q) / s
+  GEOOPS_G den[g] = at::vec::fmadd(sc[g], q[g], FVec(1.f) + sc[g]);        // (1 + 2^n) + 2^n q, in [1, 2)
+  GEOOPS_G rd[g] = rcp_nr(den[g]);
+  GEOOPS_G v0[g] = num[g] * rd[g];
+  GEOOPS_G {
+    const FVec v = at::vec::fmadd(at::vec::fnmadd(den[g], v0[g], num[g]), rd[g], v0[g]);  // a Newton step on num / den
+    out[g] = FVec::blendv(stereo::tanc_series(z[g]), v, z[g] <= cut.neg());
+  }
 #else
-  return vecmath::eval_series_neg<false>(z, FVec(1.f));
+  (void)cut;
+  GEOOPS_G out[g] = vecmath::eval_series_neg<false>(z[g], FVec(1.f));
 #endif
-  const FVec num = at::vec::fnmadd(sc, q, FVec(1.f) - sc) * rs;  // ((1 - 2^n) - 2^n q) / s
-  const FVec den = at::vec::fmadd(sc, q, FVec(1.f) + sc);        // (1 + 2^n) + 2^n q, in [1, 2)
-  const FVec rd = rcp_nr(den);
-  const FVec v0 = num * rd;
-  const FVec v = at::vec::fmadd(at::vec::fnmadd(den, v0, num), rd, v0);  // one Newton step on num / den
-  return FVec::blendv(series, v, z <= cut.neg());
+}
+GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
+  FVec out[1];
+  return tanc_neg_fg<1>(as1(z), out), out[0];
 }
 
 // atanc(z, q) = artanh(s)/s (s = sqrt(-z), q = 1 - s^2 from the double terms) for z < series cut, the float
@@ -543,57 +628,88 @@ GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
 // vgetmantps), log m = 2 artanh(t), t = (m - 1)/(m + 1) (|t| <= 0.2; a reciprocal estimate, a Newton step and one
 // correction of the quotient), the odd series to t^11 (truncation < 1e-9 relative), e ln 2 in two parts.  The
 // rounding of 1 + w costs at most 2^-24 / log(1.5) ~ 1.5e-7 relative.  Without AVX-512: SLEEF's log1p.
-GEOOPS_F32_AI FVec log1p_big_f(const FVec& w) {
+template <int G>
+GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
 #if defined(CPU_CAPABILITY_AVX512)
-  const __m512 u = FVec(1.f) + w;
-  const __m512 m1 = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
-  const __m512 e1 = _mm512_getexp_ps(u);
-  const __mmask16 big = _mm512_cmp_ps_mask(m1, _mm512_set1_ps(1.5f), _CMP_GE_OQ);
-  const FVec m(_mm512_mask_mul_ps(m1, big, m1, _mm512_set1_ps(0.5f)));
-  const FVec e(_mm512_mask_add_ps(e1, big, e1, _mm512_set1_ps(1.f)));
-  const FVec num = m - FVec(1.f), den = m + FVec(1.f);
-  const FVec rd = rcp_nr(den);
-  const FVec t0 = num * rd;
-  const FVec t = at::vec::fmadd(at::vec::fnmadd(den, t0, num), rd, t0);
-  const FVec t2 = t * t;
-  FVec p = at::vec::fmadd(FVec(1.f / 11.f), t2, FVec(1.f / 9.f));
-  p = at::vec::fmadd(p, t2, FVec(1.f / 7.f));
-  p = at::vec::fmadd(p, t2, FVec(1.f / 5.f));
-  p = at::vec::fmadd(p, t2, FVec(1.f / 3.f));
-  const FVec lm = at::vec::fmadd(FVec(2.f) * t * t2, p, FVec(2.f) * t);  // log m = 2t + 2t^3 p
-  return at::vec::fmadd(e, FVec(0.693145751953125f), at::vec::fmadd(e, FVec(1.42860682030941723e-06f), lm));
+  FVec m[G], e[G], num[G], den[G], rd[G], t0[G], t[G], t2[G], p[G];
+  GEOOPS_G {
+    const __m512 u = FVec(1.f) + w[g];
+    const __m512 m1 = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+    const __m512 e1 = _mm512_getexp_ps(u);
+    const __mmask16 big = _mm512_cmp_ps_mask(m1, _mm512_set1_ps(1.5f), _CMP_GE_OQ);
+    m[g] = FVec(_mm512_mask_mul_ps(m1, big, m1, _mm512_set1_ps(0.5f)));
+    e[g] = FVec(_mm512_mask_add_ps(e1, big, e1, _mm512_set1_ps(1.f)));
+  }
+  GEOOPS_G num[g] = m[g] - FVec(1.f), den[g] = m[g] + FVec(1.f);
+  GEOOPS_G rd[g] = rcp_nr(den[g]);
+  GEOOPS_G t0[g] = num[g] * rd[g];
+  GEOOPS_G t[g] = at::vec::fmadd(at::vec::fnmadd(den[g], t0[g], num[g]), rd[g], t0[g]);
+  GEOOPS_G t2[g] = t[g] * t[g];
+  GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 11.f), t2[g], FVec(1.f / 9.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 7.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 5.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 3.f));
+  GEOOPS_G {
+    const FVec lm = at::vec::fmadd(FVec(2.f) * t[g] * t2[g], p[g], FVec(2.f) * t[g]);  // log m = 2t + 2t^3 p
+    out[g] = at::vec::fmadd(e[g], FVec(0.693145751953125f), at::vec::fmadd(e[g], FVec(1.42860682030941723e-06f), lm));
+  }
 #else
-  return w.log1p();
+  GEOOPS_G out[g] = w[g].log1p();
 #endif
 }
+GEOOPS_F32_AI FVec log1p_big_f(const FVec& w) {
+  FVec out[1];
+  return log1p_big_fg<1>(as1(w), out), out[0];
+}
 
-GEOOPS_F32_AI FVec atanc_neg_f(const FVec& z, const FVec& q) {
+template <int G>
+GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
-  const FVec series = stereo::atanc_series(z);
-  const FVec s2 = at::vec::maximum(z.neg(), cut);
-  const FVec rs = rsqrt_nr(s2);
-  const FVec s = s2 * rs;
-  const FVec rq = rcp_nr(at::vec::maximum(q, FVec(stereo::min_den<float>())));
-  const FVec v = FVec(0.5f) * log1p_big_f(FVec(2.f) * s * (FVec(1.f) + s) * rq) * rs;
-  return FVec::blendv(series, v, z <= cut.neg());
+  FVec rs[G], s[G], w[G], l[G];
+  GEOOPS_G rs[g] = rsqrt_nr(at::vec::maximum(z[g].neg(), cut));
+  GEOOPS_G s[g] = at::vec::maximum(z[g].neg(), cut) * rs[g];
+  GEOOPS_G w[g] = FVec(2.f) * s[g] * (FVec(1.f) + s[g]) * rcp_nr(at::vec::maximum(q[g], FVec(stereo::min_den<float>())));
+  log1p_big_fg<G>(w, l);
+  GEOOPS_G out[g] = FVec::blendv(stereo::atanc_series(z[g]), FVec(0.5f) * l[g] * rs[g], z[g] <= cut.neg());
+}
+GEOOPS_F32_AI FVec atanc_neg_f(const FVec& z, const FVec& q) {
+  FVec out[1];
+  return atanc_neg_fg<1>(as1(z), as1(q), out), out[0];
 }
 
 // expmap0's lanes all in float (tanh_kind 2, the default): |u|^2 as float FMAs (no cancelling term: the
 // coefficient tanh(s)/s depends on |u|^2 only through s, with a condition number <= 1), z = k |u|^2, the hard-lane
 // check as lanes() (z < cut, z and q finite in float: a row whose float |u|^2 overflows takes the double path).
 // XC: the rows' columns (ArrCols or RegCols below); kk: the k of these kF rows.
+// G groups of rows: XF xf(g, j) the float column j of group g; kk + kF g the k of group g.
+template <int D, int G, typename XF>
+GEOOPS_F32_AI bool lanes_expmap0_fg(const XF& xf, const double* kk, FVec (&a)[G]) {
+  FVec xx[G], z[G];
+  OkMask ok;
+  GEOOPS_G xx[g] = FVec(0.f);
+  for (int j = 0; j < D; ++j) {
+    GEOOPS_G {
+      const FVec xv = xf(g, j);
+      xx[g] = at::vec::fmadd(xv, xv, xx[g]);
+    }
+  }
+  GEOOPS_G {
+    const FVec k = narrow(DVec::loadu(kk + kF * g), DVec::loadu(kk + kF * g + kD));
+    z[g] = k * xx[g];
+    const FVec q = FVec(1.f) + z[g];
+    OkMask o;
+    o.lt(z[g], FVec(stereo::series_cut<float>())), o.gt(z[g], FVec(-1e30f)), o.lt(q, FVec(1e30f));
+    ok.also(o);
+  }
+  if (!ok.all()) return false;
+  tanc_neg_fg<G>(z, a);
+  return true;
+}
 template <int D, typename XC>
 inline bool lanes_expmap0_f(const XC& xc, const double* kk, FVec& a) {
-  FVec xx(0.f);
-  for (int j = 0; j < D; ++j) {
-    const FVec xv = xc.f(j);
-    xx = at::vec::fmadd(xv, xv, xx);
-  }
-  const FVec k = narrow(DVec::loadu(kk), DVec::loadu(kk + kD));
-  const FVec z = k * xx, q = FVec(1.f) + z;
-  const FVec ok = (z < FVec(stereo::series_cut<float>())) & (z > FVec(-1e30f)) & (q < FVec(1e30f));
-  if (ok.zero_mask() != 0) return false;
-  a = tanc_neg_f(z);
+  FVec aa[1];
+  if (!lanes_expmap0_fg<D, 1>([&](int, int j) { return xc.f(j); }, kk, aa)) return false;
+  a = aa[0];
   return true;
 }
 
@@ -629,90 +745,129 @@ struct ArrCols {
   DVec d(int j, int h) const { return widen(&xs[j][o + h * kD]); }
 };
 
-// 2. One float vector of rows (columns xc, yc; k at kk): the coefficients a, b; false on a hard lane.
-template <int OP, int D, typename XC, typename YC>
-GEOOPS_F32_AI bool lanes_core(const XC& xc, const YC& yc, const double* kk, FVec& a, FVec& b, int inline_exp) {
+// 2. G float vectors of rows (group g: column j as floats xf(g, j), its half h widened to double xd(g, j, h), y's
+// yd(g, j, h); k at kk + kF g): the coefficients a[g], b[g]; false on a hard lane of any group.
+template <int OP, int D, int G, typename XF, typename XD, typename YD>
+GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YD& yd, const double* kk, FVec (&a)[G],
+                                FVec (&b)[G], int inline_exp) {
   using namespace geoops::stereo;
   if constexpr (OP == EXPMAP0) {
-    if (inline_exp == 2) return b = FVec(0.f), lanes_expmap0_f<D>(xc, kk, a);
+    if (inline_exp == 2) {
+      GEOOPS_G b[g] = FVec(0.f);
+      return lanes_expmap0_fg<D, G>(xf, kk, a);
+    }
   }
   constexpr bool HAS_Y = op_has_y(OP);
   constexpr bool CALL = OP != MOBIUS_ADD;
   const DVec one(1.0), two(2.0), lo(min_den<double>());
-  auto cl = [&](const DVec& v) { return DVec::blendv(lo, v, v > lo); };  // as v > lo ? v : lo
-  DVec t[5][2], e[3][2];
-  for (int h = 0; h < 2; ++h) {
-    DVec xx(0.0), yy(0.0), xy(0.0), dd(0.0);
-    for (int j = 0; j < D; ++j) {
-      const DVec xv = xc.d(j, h);
-      xx = xx + xv * xv;
-      if (HAS_Y) {
-        const DVec yv = yc.d(j, h), d = xv - yv;
-        yy = yy + yv * yv, xy = xy + xv * yv, dd = dd + d * d;
+  auto cl = [&](const DVec& v) { return clamp_lo_d(v, lo); };  // as v > lo ? v : lo
+  DVec t[G][5][2], e[G][3][2];
+  DVec xx[G][2], yy[G][2], xy[G][2], dd[G][2];
+  GEOOPS_G for (int h = 0; h < 2; ++h) xx[g][h] = yy[g][h] = xy[g][h] = dd[g][h] = DVec(0.0);
+  for (int j = 0; j < D; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      GEOOPS_G {
+        const DVec xv = xd(g, j, h);
+        xx[g][h] = xx[g][h] + xv * xv;
+        if (HAS_Y) {
+          const DVec yv = yd(g, j, h), d = xv - yv;
+          yy[g][h] = yy[g][h] + yv * yv, xy[g][h] = xy[g][h] + xv * yv, dd[g][h] = dd[g][h] + d * d;
+        }
       }
     }
-    const DVec k = DVec::loadu(kk + h * kD);
-    if (OP == MOBIUS_ADD) {
-      const DVec den = one - two * k * xy + k * k * xx * yy;
-      t[0][h] = one - two * k * xy - k * yy, t[1][h] = one + k * xx, t[2][h] = cl(den);
-    } else if (OP == EXPMAP) {
-      const DVec p = one + k * xx;
-      t[0][h] = cl(p), t[1][h] = p, t[2][h] = k * yy;
-      e[0][h] = -two * k * xy, e[1][h] = k * k * xx * yy, e[2][h] = (k * yy).neg();
-    } else if (OP == EXPMAP0 || OP == LOGMAP0) {
-      t[0][h] = k * xx, t[1][h] = one + k * xx;
-    } else if (OP == LOGMAP) {
-      const DVec den0 = one + two * k * xy + k * k * xx * yy, nb1 = one + k * xx;
-      t[0][h] = cl(den0), t[1][h] = nb1, t[2][h] = cl(nb1);
-      t[3][h] = k * dd, t[4][h] = one + k * yy;
+  }
+  for (int h = 0; h < 2; ++h) {
+    GEOOPS_G {
+      const DVec k = DVec::loadu(kk + kF * g + h * kD);
+      const DVec &x2 = xx[g][h], &y2 = yy[g][h], &xy2 = xy[g][h];
+      DVec(&tt)[5][2] = t[g];
+      if (OP == MOBIUS_ADD) {
+        const DVec den = one - two * k * xy2 + k * k * x2 * y2;
+        tt[0][h] = one - two * k * xy2 - k * y2, tt[1][h] = one + k * x2, tt[2][h] = cl(den);
+      } else if (OP == EXPMAP) {
+        const DVec p = one + k * x2;
+        tt[0][h] = cl(p), tt[1][h] = p, tt[2][h] = k * y2;
+        e[g][0][h] = -two * k * xy2, e[g][1][h] = k * k * x2 * y2, e[g][2][h] = (k * y2).neg();
+      } else if (OP == EXPMAP0 || OP == LOGMAP0) {
+        tt[0][h] = k * x2, tt[1][h] = one + k * x2;
+      } else if (OP == LOGMAP) {
+        const DVec den0 = one + two * k * xy2 + k * k * x2 * y2, nb1 = one + k * x2;
+        tt[0][h] = cl(den0), tt[1][h] = nb1, tt[2][h] = cl(nb1);
+        tt[3][h] = k * dd[g][h], tt[4][h] = one + k * y2;
+      }
     }
   }
   constexpr int NT = OP == LOGMAP ? 5 : (OP == EXPMAP0 || OP == LOGMAP0 ? 2 : 3);
-  FVec f[5];
-  for (int i = 0; i < NT; ++i) f[i] = narrow(t[i][0], t[i][1]);
-  FVec z(0.f), q(1.f), u0, u1, ok;
-  if (OP == MOBIUS_ADD) {
-    ok = fin(f[0]) & fin(f[1]) & fin(f[2]);
-  } else if (OP == EXPMAP) {
-    const FVec hh = FVec(1.f) / f[0];
-    z = f[2] * hh * hh, u0 = hh, u1 = f[1];
-    ok = fin(hh) & fin(f[1]);
-  } else if (OP == EXPMAP0 || OP == LOGMAP0) {
-    z = f[0], q = f[1];
-    ok = FVec(0.f) == FVec(0.f);
-  } else if (OP == LOGMAP) {
-    const FVec rden = FVec(1.f) / f[0];
-    z = f[3] * rden, q = f[1] * f[4] * rden;
-    u0 = f[2] * z, u1 = (f[2] * f[1] * rden).neg();
-    ok = fin(rden) & fin(u0) & fin(u1);
+  FVec f[G][5], z[G], q[G], u0[G], u1[G];
+  OkMask okg[G];
+  GEOOPS_G for (int i = 0; i < NT; ++i) f[g][i] = narrow(t[g][i][0], t[g][i][1]);
+  GEOOPS_G {
+    z[g] = FVec(0.f), q[g] = FVec(1.f);
+    if (OP == MOBIUS_ADD) {
+      okg[g].fin(f[g][0]), okg[g].fin(f[g][1]), okg[g].fin(f[g][2]);
+    } else if (OP == EXPMAP) {
+      const FVec hh = rcp_cr(f[g][0], inline_exp);
+      z[g] = f[g][2] * hh * hh, u0[g] = hh, u1[g] = f[g][1];
+      okg[g].fin(hh), okg[g].fin(f[g][1]);
+    } else if (OP == EXPMAP0 || OP == LOGMAP0) {
+      z[g] = f[g][0], q[g] = f[g][1];
+    } else if (OP == LOGMAP) {
+      const FVec rden = rcp_cr(f[g][0], inline_exp);
+      z[g] = f[g][3] * rden, q[g] = f[g][1] * f[g][4] * rden;
+      u0[g] = f[g][2] * z[g], u1[g] = (f[g][2] * f[g][1] * rden).neg();
+      okg[g].fin(rden), okg[g].fin(u0[g]), okg[g].fin(u1[g]);
+    }
+    if (CALL) okg[g].lt(z[g], FVec(series_cut<float>())), okg[g].gt(z[g], FVec(-1e30f)), okg[g].lt(q[g], FVec(1e30f));
   }
-  if (CALL) ok = ok & (z < FVec(series_cut<float>())) & (z > FVec(-1e30f)) & (q < FVec(1e30f));
-  if (ok.zero_mask() != 0) return false;
-  b = FVec(0.f);
+  for (int g = 1; g < G; ++g) okg[0].also(okg[g]);
+  if (!okg[0].all()) return false;
+  GEOOPS_G b[g] = FVec(0.f);
   if (OP == MOBIUS_ADD) {
-    const FVec r = FVec(1.f) / f[2];
-    a = f[0] * r, b = f[1] * r;
+    GEOOPS_G {
+      const FVec r = rcp_cr(f[g][2], inline_exp);
+      a[g] = f[g][0] * r, b[g] = f[g][1] * r;
+    }
+    return true;
+  }
+  FVec v[G];
+  if (OP == LOGMAP || OP == LOGMAP0) {
+    if (inline_exp == 2) {
+      atanc_neg_fg<G>(z, q, v);
+    } else {
+      GEOOPS_G v[g] = vecmath::eval_series_neg<true>(z[g], q[g]);
+    }
   } else {
-    const FVec v = (OP == LOGMAP || OP == LOGMAP0)
-                       ? (inline_exp == 2 ? atanc_neg_f(z, q) : vecmath::eval_series_neg<true>(z, q))
-                       : tanc_neg(z, inline_exp);
+    GEOOPS_G v[g] = tanc_neg(z[g], inline_exp);
+  }
+  GEOOPS_G {
     if (OP == EXPMAP) {
-      const FVec tf = u0 * v;
+      const FVec tf = u0[g] * v[g];
       DVec td[2];
       widen2(tf, td[0], td[1]);
       DVec den[2], num[2];
       for (int h = 0; h < 2; ++h) {
-        den[h] = cl(one + td[h] * (e[0][h] + td[h] * e[1][h]));
-        num[h] = one + td[h] * (e[0][h] + td[h] * e[2][h]);
+        den[h] = cl(one + td[h] * (e[g][0][h] + td[h] * e[g][1][h]));
+        num[h] = one + td[h] * (e[g][0][h] + td[h] * e[g][2][h]);
       }
-      const FVec r = FVec(1.f) / narrow(den[0], den[1]);
-      a = narrow(num[0], num[1]) * r, b = u1 * r * tf;
+      const FVec r = rcp_cr(narrow(den[0], den[1]), inline_exp);
+      a[g] = narrow(num[0], num[1]) * r, b[g] = u1[g] * r * tf;
     } else if (OP == LOGMAP) {
-      a = v * u0, b = v * u1;
+      a[g] = v[g] * u0[g], b[g] = v[g] * u1[g];
     } else {
-      a = v;
+      a[g] = v[g];
     }
   }
+  return true;
+}
+// One float vector of rows (columns xc, yc; k at kk): lanes_core_g with G = 1.
+template <int OP, int D, typename XC, typename YC>
+GEOOPS_F32_AI bool lanes_core(const XC& xc, const YC& yc, const double* kk, FVec& a, FVec& b, int inline_exp) {
+  FVec aa[1], bb[1];
+  if (!lanes_core_g<OP, D, 1>([&](int, int j) { return xc.f(j); }, [&](int, int j, int h) { return xc.d(j, h); },
+                              [&](int, int j, int h) { return yc.d(j, h); }, kk, aa, bb, inline_exp)) {
+    return false;
+  }
+  a = aa[0], b = bb[0];
   return true;
 }
 

@@ -22,9 +22,9 @@ namespace f32rows {
 
 constexpr int kRegMaxD = 8;
 
-// 1 (unset): the register pass where it measured faster (all five ops at D <= kRegMaxD but expmap at D <= 2, whose
-// eight-loop blocks were faster, see reg_takes); 2 (=2): all five ops at D <= kRegMaxD (tests); 0 (=0):
-// off.  AVX-512 builds only (elsewhere 0).
+// 1 (unset): the register pass for all five ops at D <= kRegMaxD (session 11 kept expmap at D <= 2 on its
+// eight-loop blocks; session 12's interleaved groups made the register pass faster there too); 2 (=2): the same
+// (tests; it was "all five" when 1 was not); 0 (=0): off.  AVX-512 builds only (elsewhere 0).
 inline int reg_mode() {
 #if defined(CPU_CAPABILITY_AVX512)
   const char* e = std::getenv("GEOOPS_STEREO_F32_REG");
@@ -33,6 +33,13 @@ inline int reg_mode() {
 #else
   return 0;
 #endif
+}
+
+// GEOOPS_STEREO_F32_REG_IL=0: the register pass's two 16-row groups one after the other (session 11's order, A/B);
+// unset / other: interleaved (block_reg's IL).  Same results either way.  Read per call.
+inline bool reg_il() {
+  const char* e = std::getenv("GEOOPS_STEREO_F32_REG_IL");
+  return !(e && e[0] == '0');
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -47,7 +54,9 @@ struct RegCols {
   }
 };
 
-template <int OP, int D, int NB>
+// IL (session 12): the block's 16-row groups through lanes_core_g together (G = NB / 16 chains interleaved step
+// by step); !IL: one group after the other (session 11; GEOOPS_STEREO_F32_REG_IL=0).  Same results either way.
+template <int OP, int D, int NB, bool IL>
 inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb, const float* __restrict yb,
                                                      float* __restrict ob, const double* __restrict kk, int inline_exp) {
   static_assert(NB % 16 == 0 && NB <= kMaxRows, "whole 16-row groups");
@@ -55,11 +64,26 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
   constexpr int DY = HAS_Y ? D : 1;
   constexpr int G = NB / 16;
   FVec a[G], b[G];
+  __m512 xc[G][D], yc[G][DY];
   for (int g = 0; g < G; ++g) {
-    __m512 xc[D], yc[DY];
-    cols16<D>(xb + 16 * D * g, xc);
-    if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc);
-    if (!lanes_core<OP, D>(RegCols<D>{xc}, RegCols<DY>{yc}, kk + 16 * g, a[g], b[g], inline_exp)) return false;
+    cols16<D>(xb + 16 * D * g, xc[g]);
+    if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc[g]);
+  }
+  // The one-input ops interleave at D <= 4 only: at D = 5 expmap0 measured 3-6 % slower interleaved (its 2 x D column
+  // registers and the chain's vectors spill), logmap0 the same; at D = 3 both 0.85-0.95x the time of one group
+  // after the other, at D = 4 even (standalone loop, 1 thread, under load).
+  constexpr bool kIL = IL && (HAS_Y || D <= 4);
+  if constexpr (kIL) {
+    if (!lanes_core_g<OP, D, G>([&](int g, int j) { return FVec(xc[g][j]); },
+                                [&](int g, int j, int h) { return RegCols<D>{xc[g]}.d(j, h); },
+                                [&](int g, int j, int h) { return RegCols<DY>{yc[g]}.d(j, h); }, kk, a, b,
+                                inline_exp)) {
+      return false;
+    }
+  } else {
+    for (int g = 0; g < G; ++g) {
+      if (!lanes_core<OP, D>(RegCols<D>{xc[g]}, RegCols<DY>{yc[g]}, kk + 16 * g, a[g], b[g], inline_exp)) return false;
+    }
   }
   for (int g = 0; g < G; ++g) {
     const int off = 16 * D * g;
@@ -70,14 +94,14 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
 
 // The rows [begin, end) of x, y, out (D floats each, back to back) in blocks of NB rows from begin (the caller's
 // blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
-template <int OP, int D, int NB, typename F>
+template <int OP, int D, int NB, bool IL, typename F>
 inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
                      int64_t sk, const double* kconst, int inline_exp, F&& fallback) {
   constexpr bool HAS_Y = stereo::op_has_y(OP);
   for (int64_t i0 = begin; i0 < end; i0 += NB) {
     const int64_t nb = std::min<int64_t>(NB, end - i0);
     const double* kb = sk == 0 ? kconst : k + i0;
-    if (nb == NB && block_reg<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, inline_exp)) {
+    if (nb == NB && block_reg<OP, D, NB, IL>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, inline_exp)) {
       continue;
     }
     fallback(i0, nb);
@@ -89,16 +113,18 @@ inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y,
 // caller): k one value or one per row (stride 1).
 inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
   if (reg == 0 || m == 3 || D < 1 || D > kRegMaxD || (sk != 0 && sk != 1)) return false;
-  return reg == 2 || !(D <= 2 && op == stereo::EXPMAP);
+  (void)op;  // (session 12: expmap at D <= 2 too, now faster here than in its eight-loop blocks)
+  return true;
 }
 
 // reg_loop for the runtime D (reg_takes must hold).
 template <int OP, int NB, typename F>
 inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, const float* y, float* o,
-                      const double* k, int64_t sk, const double* kconst, int inline_exp, F&& fallback) {
+                      const double* k, int64_t sk, const double* kconst, int inline_exp, bool il, F&& fallback) {
 #if defined(CPU_CAPABILITY_AVX512)
-#define GEOOPS_REG_CASE(DD) \
-  return reg_loop<OP, DD, NB>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback)
+#define GEOOPS_REG_CASE(DD)                                                                       \
+  return il ? reg_loop<OP, DD, NB, true>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback) \
+            : reg_loop<OP, DD, NB, false>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback)
   switch (D) {
     case 1: GEOOPS_REG_CASE(1);
     case 2: GEOOPS_REG_CASE(2);
@@ -111,7 +137,7 @@ inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, con
   }
 #undef GEOOPS_REG_CASE
 #else
-  (void)D, (void)x, (void)y, (void)o, (void)k, (void)sk, (void)kconst, (void)inline_exp;
+  (void)D, (void)x, (void)y, (void)o, (void)k, (void)sk, (void)kconst, (void)inline_exp, (void)il;
 #endif
   for (int64_t i0 = begin; i0 < end; i0 += NB) fallback(i0, std::min<int64_t>(NB, end - i0));
 }
