@@ -49,7 +49,7 @@ def prepare(args, log) -> dict:
         res = pdg.run(epochs=3)
         (lh, ah, th), (lg, ag, tg) = res["hypll"], res["geoops"]
         mh, mg = statistics.median(th[1:]), statistics.median(tg[1:])
-        notes["digits CNN, per epoch (1500 images, batch 64; median of epochs 2-3)"] = (
+        notes["digits CNN, per epoch (1500 images, batch 64, Adam fused=True on both sides; median of epochs 2-3)"] = (
             f"HypLL {mh:.2f} s, geoops {mg:.2f} s ({mh / mg:.1f}x); first epoch HypLL {th[0]:.2f} s, geoops "
             f"{tg[0]:.2f} s ({th[0] / tg[0]:.1f}x); max |loss diff| epoch 1 {_maxdiff(lh, lg, len(lh) // 3):.1e}, "
             f"over 3 epochs {_maxdiff(lh, lg, len(lh)):.1e} (fp32 rounding differences grow with the steps); "

@@ -11,6 +11,7 @@
 #include "cpu/mkl_packed.h"
 #include "cpu/gaunt.h"
 #include "cpu/poincare.h"
+#include "cpu/poincare_head.h"
 #include "cpu/ssm.h"
 #include "cpu/stereographic.h"
 #include "cpu/stereographic_pairwise.h"
@@ -94,6 +95,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("poincare_bn_train_bwd_cpu", &geoops::cpu::poincare_bn_train_bwd_cpu,
         "Poincare batch norm training layer, backward -> (dx, dbias, dweight, dc) (CPU)");
   m.def("poincare_relu_bwd_cpu", &geoops::cpu::poincare_relu_bwd_cpu, "Poincare ReLU of rows, backward -> (dx, dc) (CPU)");
+  m.def("poincare_mlr_fwd_cpu", &geoops::cpu::poincare_mlr_fwd_cpu,
+        "Poincare MLR head (hyperplane distances) of rows -> (y, x @ z) (CPU)");
+  m.def("poincare_mlr_bwd_cpu", &geoops::cpu::poincare_mlr_bwd_cpu,
+        "Poincare MLR head, backward -> (dx, dz, dbias, dc) (CPU)");
+  m.def("poincare_flatten_fwd_cpu", &geoops::cpu::poincare_flatten_fwd_cpu,
+        "Poincare beta-concatenating flatten of a channels-last image -> (y, pixel rows, u, expmap0(u)) (CPU)");
+  m.def("poincare_flatten_bwd_cpu", &geoops::cpu::poincare_flatten_bwd_cpu,
+        "Poincare flatten, backward -> dL/d(pixel rows) (CPU)");
   // ---- end poincare
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");

@@ -172,14 +172,53 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
                      dim: int = -1) -> torch.Tensor:
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
     d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
-    cx = ct.to(x.dtype)
+    cx = ct if ct.dtype == x.dtype else ct.to(x.dtype)
     if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
-            and (bias is None or bias.dtype == x.dtype) and not cx.requires_grad and x.shape[0] > 0
-            and z.shape[0] > 0 and _fused_on() and _library.direct_call_ok(x, z, bias, cx)):
-        # eager rows with a fixed curvature: one Function with a hand-written backward (the composition
-        # records ~20 autograd nodes per call)
-        return PoincareMlrFn.apply(x, z, bias, cx)
+            and (bias is None or bias.dtype == x.dtype) and x.shape[0] > 0 and z.shape[0] > 0 and _fused_on()
+            and _library.direct_call_ok(x, z, bias, cx)):
+        if x.device.type == "cpu" and _mlr_cpp_on() and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+            # eager CPU rows: one GEMM and one row pass in C++, forward and backward (gradients to c too)
+            return PoincareMlrCppFn.apply(x, z, bias, cx)
+        if not cx.requires_grad:
+            # eager rows with a fixed curvature: one Function with a hand-written backward (the composition
+            # records ~20 autograd nodes per call)
+            return PoincareMlrFn.apply(x, z, bias, cx)
     return _ref.hyperplane_dists(x, z, bias, cx, dim=d)
+
+
+def _mlr_cpp_on() -> bool:
+    """GEOOPS_POINCARE_MLR_CPP=0 (read per call; default on): the MLR head's eager CPU rows through
+    PoincareMlrFn (the aten composition with a hand-written backward) instead of the C++ kernels, for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_MLR_CPP", "1") != "0"
+
+
+class PoincareMlrCppFn(torch.autograd.Function):
+    """hyperplane_dists of rows x (N, n) on the eager CPU path: geoops::poincare_mlr_fwd_cpu (t = x z by at::mm,
+    then one row pass in double) and its backward (one row pass, dt z^T and x^T dt); gradients to x, z, bias and
+    c.  A backward that meets a mode or a subclass takes the reference composition's gradients."""
+
+    @staticmethod
+    def forward(ctx, x, z, bias, c):
+        y, t = _backend.compiled().poincare_mlr_fwd_cpu(x, z, bias, c)
+        ctx.save_for_backward(x, z, bias, c, t)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, z, bias, c, t = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        if not _library.direct_call_ok(g):
+            with torch.enable_grad():
+                args = [a.detach().requires_grad_(n) if a is not None else None for a, n in zip((x, z, bias, c), ng)]
+                y = _ref.hyperplane_dists(*args)
+                want = [a for a, n in zip(args, ng) if n and a is not None]
+                got = iter(torch.autograd.grad(y, want, g))
+            return tuple(next(got) if (n and a is not None) else None for a, n in zip(args, ng))
+        has_b = bias is not None
+        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
+        gx, gz, gb, gc = _backend.compiled().poincare_mlr_bwd_cpu(g, x, z, bias, c, t, mask)
+        return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and has_b) else None,
+                gc.to(c.dtype).reshape(c.shape) if ng[3] else None)
 
 
 class PoincareMlrFn(torch.autograd.Function):
@@ -619,6 +658,14 @@ class PoincareFcRowsFn(torch.autograd.Function):
 
 _EXPMAP0 = _st_ops.STEREO_OPS["expmap0"].code
 _PROJECT = _st_ops.STEREO_OPS["project"].code
+_FLAT_OPS = [_LOGMAP0, _EXPMAP0, _PROJECT]
+
+
+def _flatten_cpp_on() -> bool:
+    """GEOOPS_POINCARE_FLATTEN_CPP=0 (read per call; default on): PoincareFlattenFn's three stereographic kernels
+    and its (channel, row, column) reorder from Python (torch.mul into a permuted view) instead of one C++ call
+    each way (the same kernels; the reorder as a loop, same values), for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_FLATTEN_CPP", "1") != "0"
 
 
 class PoincareFlattenFn(torch.autograd.Function):
@@ -631,6 +678,13 @@ class PoincareFlattenFn(torch.autograd.Function):
     def forward(ctx, x, k1, beta, seps):
         C2 = _backend.compiled()
         B, C, H, W = x.shape
+        ctx.geo = (B, C, H, W, beta, seps)
+        if _flatten_cpp_on():  # the same kernels and values in one C++ call (the reorder as a loop)
+            y, r, u, e = C2.poincare_flatten_fwd_cpu(x, k1, beta, seps, _FLAT_OPS)
+            ctx.save_for_backward(r, u, e, k1)
+            ctx.cpp = True
+            return y
+        ctx.cpp = False
         r = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # free view of a channels-last image
         v = C2.stereo_fwd_cpu(_LOGMAP0, r, None, k1, None, seps)
         u = x.new_empty(B, C * H * W)
@@ -638,7 +692,6 @@ class PoincareFlattenFn(torch.autograd.Function):
         e = C2.stereo_fwd_cpu(_EXPMAP0, u, None, k1, None, seps)
         y = C2.stereo_fwd_cpu(_PROJECT, e, None, k1, None, seps)
         ctx.save_for_backward(r, u, e, k1)
-        ctx.geo = (B, C, H, W, beta, seps)
         return y
 
     @staticmethod
@@ -646,6 +699,9 @@ class PoincareFlattenFn(torch.autograd.Function):
         r, u, e, k1 = ctx.saved_tensors
         B, C, H, W, beta, seps = ctx.geo
         C2 = _backend.compiled()
+        if ctx.cpp:
+            gr = C2.poincare_flatten_bwd_cpu(g, r, u, e, k1, beta, seps, C, _FLAT_OPS)
+            return gr.view(B, H, W, C).permute(0, 3, 1, 2), None, None, None
         ge = C2.stereo_bwd_cpu(_PROJECT, g.contiguous(), e, None, k1, None, seps, 1)[0]
         gu = C2.stereo_bwd_cpu(_EXPMAP0, ge, u, None, k1, None, seps, 1)[0]
         gv = r.new_empty(B * H * W, C)

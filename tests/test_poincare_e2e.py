@@ -77,3 +77,12 @@ def test_ddp_gloo_two_processes_same_gradients():
     for r in range(2):
         for g, w in zip(got[r], want):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_digits_optimizer_choice():
+    """The bench's Adam is torch's fused Adam on both sides; "adam-single" the default loop; unknown names raise."""
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    assert pdg._optimizer("adam", p, 1e-3).defaults["fused"] is True
+    assert not pdg._optimizer("adam-single", p, 1e-3).defaults["fused"]
+    with pytest.raises(ValueError):
+        pdg._optimizer("adamw", p, 1e-3)

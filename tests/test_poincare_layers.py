@@ -607,6 +607,7 @@ def test_mlr_fn_vs_composition_and_gradcheck(monkeypatch, dtype, with_bias):
     c = torch.tensor(0.8, dtype=dtype)
     gy = torch.randn(9, 4, generator=g, dtype=torch.float64).to(dtype)
     outs = {}
+    monkeypatch.setenv("GEOOPS_POINCARE_MLR_CPP", "0")  # PoincareMlrFn (the C++ head: test_mlr_cpp_*)
     for fused in ("1", "0"):
         monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
         x, z = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
@@ -629,6 +630,90 @@ def test_mlr_fn_vs_composition_and_gradcheck(monkeypatch, dtype, with_bias):
         assert torch.autograd.gradcheck(lambda *a: gp.mlr(*a, c=c), tuple(ins), eps=1e-6, atol=1e-6, rtol=1e-5)
     cg = torch.tensor(0.8, dtype=dtype, requires_grad=True)  # a learnable curvature: the composition
     assert not _graph_has(gp.mlr(x0.clone().requires_grad_(True), z0, b0, c=cg), "PoincareMlrFn")
+
+
+def _mlr_case(N, n, m, dtype, seed, radius=0.9, with_bias=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, n, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True) * torch.rand(N, 1, generator=g, dtype=torch.float64) * radius / 0.8 ** 0.5
+    z = torch.randn(n, m, generator=g, dtype=torch.float64) * 0.5
+    b = torch.randn(m, generator=g, dtype=torch.float64) * 0.3 if with_bias else None
+    gy = torch.randn(N, m, generator=g, dtype=torch.float64)
+    cast = (lambda t: None if t is None else t.to(dtype))
+    return cast(x), cast(z), cast(b), gy.to(dtype)
+
+
+def _mlr_grads(x0, z0, b0, c0, gy):
+    x, z, c = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True), c0.clone().requires_grad_(True)
+    b = None if b0 is None else b0.clone().requires_grad_(True)
+    y = gp.mlr(x, z, b, c=c)
+    ins = [t for t in (x, z, b, c) if t is not None]
+    return y, [y.detach()] + list(torch.autograd.grad(y, ins, gy))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 3), (64, 512, 10), (33, 5, 17)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_mlr_cpp_vs_reference_fp32_error(monkeypatch, shape, with_bias):
+    """The C++ MLR head (PoincareMlrCppFn, float32): its error against the float64 reference is at most twice
+    the eager reference composition's float32 error (values and the gradients to x, z, bias and c)."""
+    x, z, b, gy = _mlr_case(*shape, torch.float32, seed=sum(shape), with_bias=with_bias)
+    c = torch.tensor(0.8)
+    f64 = (lambda t: None if t is None else t.double())
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "0")  # the eager reference composition, float32 and float64
+    _, exact = _mlr_grads(f64(x), f64(z), f64(b), c.double(), gy.double())
+    _, eager = _mlr_grads(x, z, b, c, gy)
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
+    y, ours = _mlr_grads(x, z, b, c, gy)
+    assert _graph_has(y, "PoincareMlrCppFn")
+    for e, r, o in zip(exact, eager, ours):
+        err_ref = (r.double() - e).abs().max().item()
+        err = (o.double() - e).abs().max().item()
+        assert err <= 2 * err_ref + 1e-6 * max(1.0, e.abs().max().item()), (err, err_ref)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_mlr_cpp_fp64_gradcheck_and_composition(monkeypatch, with_bias):
+    """The C++ MLR head in float64: the reference composition's values and gradients (x, z, bias and a learnable
+    c; a zero hyperplane normal), gradcheck incl. c, NaN rows stay NaN rows, and GEOOPS_POINCARE_MLR_CPP=0
+    takes PoincareMlrFn."""
+    x, z, b, gy = _mlr_case(11, 6, 5, torch.float64, seed=3, with_bias=with_bias)
+    z[:, 1] = 0
+    c = torch.tensor(0.7, dtype=torch.float64)
+    y, ours = _mlr_grads(x, z, b, c, gy)
+    assert _graph_has(y, "PoincareMlrCppFn")
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "0")
+    _, exact = _mlr_grads(x, z, b, c, gy)
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
+    for o, e in zip(ours, exact):
+        torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-12)
+    zg = z.clone()
+    zg[:, 1] = 0.4
+    ins = [t.clone().requires_grad_(True) for t in (x, zg) + ((b,) if with_bias else ()) + (c,)]
+    fn = (lambda x_, z_, b_, c_: gp.mlr(x_, z_, b_, c=c_)) if with_bias else (lambda x_, z_, c_: gp.mlr(x_, z_, c=c_))
+    assert torch.autograd.gradcheck(fn, tuple(ins), eps=1e-6, atol=1e-6, rtol=1e-5)
+    xn = x.clone()
+    xn[4, 2] = float("nan")
+    yn = gp.mlr(xn, z, b, c=c)
+    assert yn[4].isnan().all() and not yn[torch.arange(11) != 4].isnan().any()
+    monkeypatch.setenv("GEOOPS_POINCARE_MLR_CPP", "0")
+    assert _graph_has(gp.mlr(x.clone().requires_grad_(True), z, b, c=c), "PoincareMlrFn")
+
+
+def test_mlr_cpp_backward_bitwise_repeatable():
+    """Two identical backward calls of the C++ MLR head agree bit for bit, with 1 and 2 threads."""
+    x, z, b, gy = _mlr_case(300, 40, 12, torch.float32, seed=9)
+    c = torch.tensor(0.9)
+    nth = torch.get_num_threads()
+    try:
+        runs = []
+        for th in (1, 2, 1, 2):
+            torch.set_num_threads(th)
+            runs.append(_mlr_grads(x, z, b, c, gy)[1])
+    finally:
+        torch.set_num_threads(nth)
+    for r in runs[1:]:
+        for a, e in zip(r, runs[0]):
+            assert torch.equal(a, e)
 
 
 @pytest.mark.parametrize("cgrad", [True, False])
@@ -892,6 +977,33 @@ def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
     assert not _graph_has(gp.flatten(x0.clone().requires_grad_(True), c=cl), "PoincareFlattenFn")
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(lambda t: gp.flatten(t, c=c), (x0.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 3), True), ((64, 8, 8, 8), True), ((2, 3, 1, 7), False),
+                                                 ((1, 1, 5, 5), True)])
+def test_flatten_cpp_vs_python_fn_bitwise(monkeypatch, dtype, shape, channels_last):
+    """PoincareFlattenFn's one C++ call each way (poincare_flatten_fwd_cpu / _bwd_cpu) against its Python body
+    (GEOOPS_POINCARE_FLATTEN_CPP=0: the same kernels, the reorder by torch.mul into a permuted view): bit for bit
+    equal values and dx; a NaN pixel poisons only its image's row."""
+    B, C, H, W = shape
+    x0 = _img(B, C, H, W, c=0.7, dtype=dtype, seed=8, radius=0.95)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    x0[0, 0, 0, min(1, W - 1)] = float("nan")
+    c = torch.tensor(0.7, dtype=dtype)
+    gy = torch.randn(B, C * H * W, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(dtype)
+    outs = {}
+    for cpp in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_FLATTEN_CPP", cpp)
+        x = x0.clone().requires_grad_(True)
+        y = gp.flatten(x, c=c)
+        assert _graph_has(y, "PoincareFlattenFn")
+        outs[cpp] = (y.detach(), torch.autograd.grad(y, x, gy)[0])
+    for a, b_ in zip(outs["1"], outs["0"]):
+        assert torch.equal(a.nan_to_num(7.0), b_.nan_to_num(7.0))
+    y = outs["1"][0]
+    assert y[0].isnan().all() and not y[1:].isnan().any()
 
 
 @pytest.mark.parametrize("fused", ["1", "0"])

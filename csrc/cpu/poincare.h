@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -50,6 +51,15 @@ at::Tensor poincare_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& c, doubl
 // (dL/dx, dL/dc) for dL/dy = g; dL/dc a 0-dim float64 tensor.
 std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g, const at::Tensor& x,
                                                          const at::Tensor& c, double eps);
+
+// The MLR head's hyperplane distances (poincare_head.cpp): rows x (N, n), z (n, m), bias (m,) or None, c 0-dim
+// -> (y [N, m], t = x z [N, m] for the backward); backward -> (dx, dz, dbias, dc) for mask bits 1, 2, 4, 8
+// (unselected ones undefined; dc a 0-dim float64 tensor).
+std::tuple<at::Tensor, at::Tensor> poincare_mlr_fwd_cpu(const at::Tensor& x, const at::Tensor& z,
+                                                        const std::optional<at::Tensor>& bias, const at::Tensor& c);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, const std::optional<at::Tensor>& bias,
+    const at::Tensor& c, const at::Tensor& t, int64_t mask);
 
 // Midpoint batch norm: the batch midpoint's sums F = sum_i lam_i x_i (D,), L = sum_i (lam_i - 1) (0-dim) of
 // rows x (N, D) in one fused reduction, and its backward (dx, dc) (dc a 0-dim float64 tensor).
