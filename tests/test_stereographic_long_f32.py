@@ -119,3 +119,35 @@ def test_long_rows_f32_strided_and_per_row_k(op, monkeypatch):
     old = _call(op, args, k)
     torch.testing.assert_close(new, old, rtol=2e-5, atol=1e-6)
     torch.testing.assert_close(new.double(), expect, rtol=2e-5, atol=1e-6)
+
+
+VEC_OPS = [op for op in OPS if not STEREO_OPS[op].scalar_out]
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("d", (17, 63, 64, 100))
+@pytest.mark.parametrize("op", VEC_OPS)
+def test_one_pass_matches_blocked(op, d, threads, monkeypatch):
+    """The one-pass loop (GEOOPS_STEREO_ONE_PASS, session 12: block j's sums interleaved with block j - 1's writes)
+    gives the blocked loop's output bit for bit: odd D (masked tails), row counts with a partial last block in each
+    thread's chunk, a single partial block, NaN rows, per-row k, strided rows, 1 and 2 threads."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, width, per_row_k in ((1031, None, False), (13, None, False), (613, d + 5, True)):
+            args = _inputs(op, n, d, seed=d + n)
+            if width:
+                args = {key: (torch.cat([t, torch.zeros(n, width - d)], 1)[:, :d] if key != "r" else t)
+                        for key, t in args.items()}
+            args["x"][n // 2, d // 3] = float("nan")
+            k = (torch.tensor([-1.0, -0.3, 0.0, 0.25] * n)[:n].reshape(n, 1) if per_row_k else torch.tensor(-1.0))
+            if per_row_k:
+                args = {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}
+            monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", "0")
+            old = _call(op, args, k)
+            monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", "1")
+            new = _call(op, args, k)
+            torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"n={n} width={width}")
+            assert new[n // 2].isnan().any() or op in ("project", "lambda_x")
+    finally:
+        torch.set_num_threads(prev)

@@ -297,6 +297,23 @@ inline void write_block(const scalar_t* xb, const scalar_t* yb, scalar_t* ob, in
   }
 }
 
+// out = a x + b y + c (x - y) of one row of D elements (one-input ops: a x): the per-row writes of fwd_rows
+// and of its one-pass loop (the same code, so that both round alike).
+template <typename scalar_t, bool HAS_Y, typename opmath_t>
+inline void write_row(const scalar_t* xr, const scalar_t* yr, scalar_t* orow, int64_t D, opmath_t a, opmath_t bb,
+                      opmath_t c) {
+  if (HAS_Y) {
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) {
+      const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j);
+      store(orow, j, a * xv + bb * yv + c * (xv - yv));
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) store(orow, j, a * load_elem(xr + j));
+  }
+}
+
 // ---------------------------------------------------------------- fp32 long rows on AVX-512 (session 10)
 // Row sums of fp32 rows longer than the short-row cut: each row 16 floats at a time (a masked load for the
 // tail), widened to two 8-lane double vectors and accumulated in double (two FMA chains per sum), the eight
@@ -321,6 +338,12 @@ inline bool nt_stores_on() {
   return e && e[0] == '1';
 }
 
+// The one-pass loop of fp32 long rows (fwd_rows, session 12); GEOOPS_STEREO_ONE_PASS=0: the blocked loop (A/B).
+inline bool one_pass_on() {
+  const char* e = std::getenv("GEOOPS_STEREO_ONE_PASS");
+  return !(e && e[0] == '0');
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr bool kLongSumsF32 = true;
 // Lane b of the result: the sum of the 8 lanes of a[b].
@@ -335,11 +358,12 @@ inline __m512d hsum8(const __m512d (&a)[8]) {
 }
 
 // The sums of the nb rows from row i0 (x rows of stride sx, y of sy; nb <= nv, nv a multiple of 8 lanes, the
-// lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).
-template <bool HAS_Y, bool DD>
+// lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).  after_row(b) runs
+// after the loads and sums of lane b (b = 0 .. nv - 1): the one-pass loop writes a row of the previous block there.
+template <bool HAS_Y, bool DD, typename W>
 inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
                           int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
-                          int64_t end, int64_t pf) {
+                          int64_t end, int64_t pf, W&& after_row) {
   constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
   __m512d acc[NS][8];
   for (int64_t g = 0; g < nv; g += 8) {
@@ -380,6 +404,7 @@ inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t 
         }
       }
       for (int s = 0; s < NS; ++s) acc[s][r] = _mm512_add_pd(a0[s], a1[s]);
+      after_row(g + r);
     }
     _mm512_storeu_pd(xx + g, hsum8(acc[0]));
     if (HAS_Y) {
@@ -415,9 +440,9 @@ inline void write_row_nt(const float* xr, const float* yr, float* orow, int64_t 
 }
 #else
 constexpr bool kLongSumsF32 = false;
-template <bool HAS_Y, bool DD>
+template <bool HAS_Y, bool DD, typename W>
 inline void long_sums_f32(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, double*,
-                          double*, double*, double*, int64_t, int64_t) {}
+                          double*, double*, double*, int64_t, int64_t, W&&) {}
 template <bool HAS_Y>
 inline void write_row_nt(const float*, const float*, float*, int64_t, float, float, float) {}
 #endif
@@ -458,6 +483,59 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   const bool float_on = float_call_on();
   alignas(64) double kconst[kMaxBlock];
   if (kF32Op && f32_fast && sc.sk == 0 && N > 0) std::fill(kconst, kconst + kMaxBlock, sc.k[0]);
+  // the lane math of a block: the coefficients ca, cb, cc of its nv lanes from its row sums (kk, rr: scratch)
+  auto block_coefs = [&](int64_t i0, int64_t nv, int64_t end, const double* xx, const double* yy, const double* xy,
+                         const double* dd, double* kk, double* rr, double* ca, double* cb, double* cc) {
+    block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
+    if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
+      block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
+    } else {
+      LaneMath lm;
+      for (int64_t v = 0; v < nv; v += kLanes) {
+        const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                           Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+        const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
+        c.a.store(ca + v);
+        c.b.store(cb + v);
+        c.c.store(cc + v);
+      }
+    }
+  };
+  // row b of a block from row i0 with coefficients ca, cb, cc: the per-row write
+  auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
+    const int64_t i = i0 + b;
+    write_row<scalar_t, HAS_Y>(xp + i * sx, yp + i * sy, op_ + i * so, D, static_cast<opmath_t>(ca[b]),
+                               static_cast<opmath_t>(cb[b]), static_cast<opmath_t>(cc[b]));
+  };
+  if constexpr (kF32Long && !SCALAR_OUT) {
+    // One pass (session 12): block j's row sums interleaved, row by row, with the writes of block j - 1 (whose
+    // x, y rows are still in L1), so that the loads of fresh rows and the stores of the output are in flight
+    // together (the blocked loop alternated a load-bound sums phase and a store-bound write phase).  The same
+    // sums, coefficients and row writes as the blocked loop below: bit-identical results.
+    // GEOOPS_STEREO_ONE_PASS=0: the blocked loop (A/B, read per call).
+    if (f32_long && !nt && one_pass_on()) {
+      at::parallel_for(0, N, grain_for(D), [&](int64_t begin, int64_t end) {
+        alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
+        alignas(64) double co[2][3][kMaxBlock];
+        int64_t p0 = begin, pn = 0;  // the pending block: rows p0 .. p0 + pn, coefficients co[1 - cur]
+        int cur = 0;
+        for (int64_t i0 = begin; i0 < end; i0 += B) {
+          const int64_t nb = std::min<int64_t>(B, end - i0), nv = (nb + kLanes - 1) / kLanes * kLanes;
+          const double *pa = co[1 - cur][0], *pb = co[1 - cur][1], *pc = co[1 - cur][2];
+          long_sums_f32<HAS_Y, fwd_reads_dd(OP)>(
+              reinterpret_cast<const float*>(xp), sx, reinterpret_cast<const float*>(yp), sy, i0, nb, nv, D, xx, yy,
+              xy, dd, end, long_pf, [&](int64_t b) {
+                if (b < pn) write_block_row(p0, b, pa, pb, pc);
+              });
+          for (int64_t b = nv; b < pn; ++b) write_block_row(p0, b, pa, pb, pc);
+          block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
+          p0 = i0, pn = nb, cur = 1 - cur;
+        }
+        for (int64_t b = 0; b < pn; ++b) write_block_row(p0, b, co[1 - cur][0], co[1 - cur][1], co[1 - cur][2]);
+      });
+      return;
+    }
+  }
   auto block = [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
@@ -480,7 +558,8 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       block_sums<scalar_t, HAS_Y>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd);
     } else if (f32_long) {
       if constexpr (kF32Long) {
-        long_sums_f32<HAS_Y, fwd_reads_dd(OP)>(xp, sx, yp, sy, i0, nb, nv, D, xx, yy, xy, dd, end, long_pf);
+        long_sums_f32<HAS_Y, fwd_reads_dd(OP)>(xp, sx, yp, sy, i0, nb, nv, D, xx, yy, xy, dd, end, long_pf,
+                                               [](int64_t) {});
       }
     } else {
       for (int64_t b = 0; b < nv; ++b) {
@@ -495,20 +574,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         xx[b] = s.xx, yy[b] = s.yy, xy[b] = s.xy, dd[b] = s.dd;
       }
     }
-    block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
-    if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
-      block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
-    } else {
-      LaneMath lm;
-      for (int64_t v = 0; v < nv; v += kLanes) {
-        const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
-                           Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
-        const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
-        c.a.store(ca + v);
-        c.b.store(cb + v);
-        c.c.store(cc + v);
-      }
-    }
+    block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, ca, cb, cc);
     if (SCALAR_OUT) {
       for (int64_t b = 0; b < nb; ++b) store(op_, i0 + b, static_cast<opmath_t>(ca[b]));
       return;
@@ -535,24 +601,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         return;
       }
     }
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t i = i0 + b;
-      const scalar_t* xr = xp + i * sx;
-      const scalar_t* yr = yp + i * sy;
-      scalar_t* orow = op_ + i * so;
-      const opmath_t a = static_cast<opmath_t>(ca[b]);
-      if (HAS_Y) {
-        const opmath_t bb = static_cast<opmath_t>(cb[b]), c = static_cast<opmath_t>(cc[b]);
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) {
-          const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j);
-          store(orow, j, a * xv + bb * yv + c * (xv - yv));
-        }
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) store(orow, j, a * load_elem(xr + j));
-      }
-    }
+    for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc);
   };
   if constexpr (kF32Op) {
     // fp32 rows of D <= 8 (AVX-512): one register pass per 16 rows over each chunk's blocks
