@@ -255,7 +255,9 @@ def test_fc_rows_row_lanes_vs_scalar_rows(monkeypatch, dtype, tangent, m, N):
     tail) vs the scalar row loops (GEOOPS_POINCARE_ROW_LANES=0) and the float64 reference: row counts that leave a
     partial vector of lanes (1, 7, 13, 131 rows: AVX2 4 / AVX-512 8 lanes, a partial 128-row block), both
     sides of the tangent series switch (q < 1e-3), tangent rows on the projection, and outputs on both sides
-    of the output projection (asserted)."""
+    of the output projection (asserted).  float32 rows of m <= 16 take the 16-row lanes with row lanes on
+    (GEOOPS_POINCARE_FC_LANES16, its own test below): off here, so that both sides run the same operations."""
+    monkeypatch.setenv("GEOOPS_POINCARE_FC_LANES16", "0")
     gen = torch.Generator().manual_seed(N * 17 + m)
     n, c, eps = 6, torch.tensor(0.7, dtype=torch.float64), 4e-3
     u = torch.randn(N, n, dtype=torch.float64, generator=gen)
@@ -431,3 +433,84 @@ def test_fc_float32_blocked_gemm_vs_float64(N, packed, monkeypatch):
     torch.testing.assert_close(y.double(), want, rtol=2e-5, atol=2e-6)
     peer = hlinalg.poincare_fully_connected(x.double(), z.double(), b.double(), c.double())
     torch.testing.assert_close(y, hdiff.project(peer.float(), c), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("tangent", [True, False])
+@pytest.mark.parametrize("m", list(range(1, 17)) + [17])
+@pytest.mark.parametrize("N", [1, 15, 17, 130, 300])
+def test_fc_rows_float32_lanes16_vs_knob_off(monkeypatch, tangent, m, N):
+    """float32 rows of m <= 16 on row lanes (16 rows per AVX-512 vector; GEOOPS_POINCARE_FC_LANES16=0: the flat /
+    per-row path) vs the knob-off path and the float64 kernel on the same float32-rounded inputs, values and every
+    gradient: every m from 1 to 16 (17: the knob does not apply), partial groups of 16 rows and partial 128-row
+    blocks, rows on both sides of the output projection, a NaN row (NaN stays in its own row), and two identical
+    calls bit-identical (the lane sums in a fixed order)."""
+    gen = torch.Generator().manual_seed(N * 31 + m)
+    n, c, eps = 6, torch.tensor(0.8, dtype=torch.float64), 4e-3
+    u = torch.randn(N, n, dtype=torch.float64, generator=gen)
+    r = torch.logspace(-5, math.log10(5.0 if tangent else 0.97), N, dtype=torch.float64)
+    r = r[torch.randperm(N, generator=gen)] / math.sqrt(0.8)
+    u = u / u.norm(dim=1, keepdim=True) * r[:, None]
+    z = torch.randn(n, m, dtype=torch.float64, generator=gen) * 0.6 * min(1.0, 2.0 / math.sqrt(m))
+    b = torch.randn(m, dtype=torch.float64, generator=gen) * 0.3
+    u, z, b = (a.float().double() for a in (u, z, b))
+    t, U = (u @ z).float().double(), (u * u).sum(1).float().double()
+    g = torch.randn(N, m, dtype=torch.float64, generator=gen).float().double()
+    nan_row = N // 2 if N > 2 else None
+    if nan_row is not None:
+        t[nan_row, 0] = float("nan")
+    args32 = [a.float() for a in (t, U, z, b)] + [c.float()]
+
+    def run():
+        y = pops.poincare_fc_rows_fwd(*args32, eps, tangent)
+        return [y] + list(pops.poincare_fc_rows_bwd(g.float(), *args32, eps, 14, tangent))
+
+    got = run()
+    again = run()
+    monkeypatch.setenv("GEOOPS_POINCARE_FC_LANES16", "0")
+    off = run()
+    monkeypatch.delenv("GEOOPS_POINCARE_FC_LANES16")
+    names = ("y", "gt", "gU", "gz", "gb", "gc")
+    if N >= 130 and m <= 16 and torch.backends.cpu.get_cpu_capability() == "AVX512":
+        # the lanes path ran: its sums in another order change some bits somewhere
+        assert any(not torch.equal(a.nan_to_num(7.0), a0.nan_to_num(7.0)) for a, a0 in zip(got, off))
+    for name, a, a2 in zip(names, got, again):
+        assert torch.equal(a.nan_to_num(7.0), a2.nan_to_num(7.0)), name
+    ok = torch.ones(N, dtype=torch.bool)
+    if nan_row is not None:
+        ok[nan_row] = False
+        for a in got[:2]:  # y and dt: NaN in the NaN row only
+            assert torch.isnan(a[nan_row]).all() and torch.isfinite(a[ok]).all()
+        assert torch.isnan(got[2][nan_row])
+    y64 = pops.poincare_fc_rows_fwd(t, U, z, b, c, eps, tangent)
+    maxn = (1 - eps) / math.sqrt(0.8)
+    ny = y64[ok].norm(dim=1)
+    if N >= 130:
+        assert (ny > maxn * (1 - 1e-6)).any() and (ny < maxn * (1 - 1e-4)).any()  # both output branches ran
+    torch.testing.assert_close(got[0][ok], off[0][ok], rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(got[0][ok].double(), y64[ok], rtol=2e-5, atol=2e-6)
+    for name, a, a0 in zip(names[1:3], got[1:3], off[1:3]):
+        torch.testing.assert_close(a[ok], a0[ok], rtol=2e-5, atol=1e-5, msg=name)
+    if nan_row is None:  # the column terms and dc sum over every row
+        d64 = pops.poincare_fc_rows_bwd(g, t, U, z, b, c, eps, 14, tangent)
+        for name, a, a0, w in zip(names[1:], got[1:], off[1:], d64):
+            scale = max(w.abs().max().item(), 1.0)
+            torch.testing.assert_close(a, a0, rtol=1e-4, atol=1e-5 * scale, msg=name)
+            torch.testing.assert_close(a.double(), w, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("m", [1, 8, 13, 16])
+def test_fc_float32_lanes16_gemm_path(monkeypatch, m):
+    """The fc layer's GEMM path (x given, 64-row GEMM blocks) with the lanes16 epilogue vs the knob off."""
+    x = _ball_points(203, 9, c=0.9, radius=0.95, dtype=torch.float32, seed=m)
+    z, b = _params(9, m, torch.float32, seed=m + 1, scale=2.0)
+    c = torch.tensor(0.9)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = []
+    for knob, xx in zip(("1", "0"), xs):
+        monkeypatch.setenv("GEOOPS_POINCARE_FC_LANES16", knob)
+        zz, bb, cc = z.clone().requires_grad_(), b.clone().requires_grad_(), c.clone().requires_grad_()
+        y = gp.poincare_fc(xx, zz, bb, c=cc)
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        outs.append([y.detach(), xx.grad, zz.grad, bb.grad, cc.grad])
+    for name, a, a0 in zip(("y", "gx", "gz", "gb", "gc"), *outs):
+        torch.testing.assert_close(a, a0, rtol=2e-5, atol=2e-5, msg=name)

@@ -419,6 +419,100 @@ std::vector<double> row_sq_or(const at::Tensor& x, const at::Tensor& U) {
   return std::vector<double>(up, up + U.numel());
 }
 
+// Short float rows on row lanes (poincare_fc_lanes16(): GEOOPS_POINCARE_FC_LANES16, default on; float32 with
+// AVX-512, m <= 16: the convolutions' m = 8): 16 rows per vector, one column j at a time (a gather of 16 rows'
+// t[:, j] at stride m; the outputs scattered back), so that the per-row sums (|w|^2, <g, w>, the backward's row
+// coefficient and u . dt) are lane-wise adds over the columns instead of horizontal reductions per row, and the
+// per-row scalars are 16-lane vectors.  The column sums of the backward are vector accumulators per column,
+// reduced (a fixed shuffle tree) once per row block.  Same formulas; float sums in column order (the flat path
+// sums a row with a shuffle tree): values agree to float rounding.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int64_t kLanesF = 16;
+
+inline bool fc_lanes16_on(int64_t m) {
+  const char* e = std::getenv("GEOOPS_POINCARE_FC_LANES16");
+  return m >= 1 && m <= kLanesF && !(e && e[0] == '0');
+}
+
+// lane l -> l * m (the gather / scatter offsets of a group of 16 rows)
+inline __m512i lane_rows(int64_t m) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(int(m)));
+}
+inline __mmask16 lane_mask(int64_t cnt) { return cnt >= kLanesF ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1u); }
+
+// 16 doubles (two vectors) <-> one float vector, rounded as float(double)
+inline __m512 f32_of(const __m512d lo, const __m512d hi) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
+}
+inline __m512 f32_of(const double* p) { return f32_of(_mm512_loadu_pd(p), _mm512_loadu_pd(p + 8)); }
+inline __m512d lo_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+inline __m512d hi_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
+
+// zero the per-row scalars of the lanes [nr, next multiple of 16) of a block: padding lanes compute on zeros
+template <typename T>
+inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
+  for (int64_t i = nr; i < (nr + kLanesF - 1) / kLanesF * kLanesF && i < kRowBlock; ++i)
+    bb.X[i] = bb.U[i] = bb.s[i] = bb.k1[i] = bb.k0[i] = bb.lam[i] = 0.0;
+}
+
+// fc_fwd_block's element math, output scale and store on row lanes (bb's scalars already formed by block_scalars)
+// (out of line: the wide GEMM path's epilogue, fc_fwd_block, keeps its code as it was)
+__attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, int64_t nr, BlockBuf<float>& bb,
+                                                    bool tangent, const ColVec<float>& cv, double c, double sc,
+                                                    double maxnorm, int64_t m, bool lanes) {
+  using V = Vectorized<float>;
+  const double inv_sc = 1.0 / sc;
+  block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0, nullptr, nullptr,
+                lanes);
+  pad_block_lanes(bb, nr);
+  const __m512i idx = lane_rows(m);
+  alignas(64) float wbuf[kLanesF * kLanesF];
+  const __m512d one = _mm512_set1_pd(1.0), vc = _mm512_set1_pd(c), vmax = _mm512_set1_pd(maxnorm);
+  for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
+    const __mmask16 mk = lane_mask(nr - g0);
+    const V k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
+    const float* tg = tb + g0 * m;
+    __m512d slo = _mm512_setzero_pd(), shi = _mm512_setzero_pd();
+    for (int64_t j = 0; j < m; ++j) {
+      const V t = V(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, tg + j, 4));
+      const V a = t * (k1 * V(cv.C[j])) - k0 * V(cv.S[j]);
+      V A, w, chv;
+      lane_math<float>(a, V(cv.Z2[j]), float(inv_sc), A, w, chv);
+      w.store(wbuf + j * kLanesF);
+      const __m512d wl = lo_pd(w), wh = hi_pd(w);
+      slo = _mm512_fmadd_pd(wl, wl, slo);
+      shi = _mm512_fmadd_pd(wh, wh, shi);
+    }
+    // the output scale per lane: 1 / (1 + sqrt(1 + c |w|^2)), or maxnorm / |w| where the point lies beyond maxnorm
+    __m512d F[2];
+    const __m512d S2[2] = {slo, shi};
+    for (int h = 0; h < 2; ++h) {
+      const __m512d q = _mm512_sqrt_pd(_mm512_fmadd_pd(vc, S2[h], one));
+      const __m512d f = _mm512_div_pd(one, _mm512_add_pd(one, q));
+      const __m512d nw = _mm512_sqrt_pd(S2[h]);
+      const __mmask8 proj = _mm512_cmp_pd_mask(_mm512_mul_pd(nw, f), vmax, _CMP_GT_OQ);
+      F[h] = _mm512_mask_blend_pd(proj, f, _mm512_div_pd(vmax, nw));
+    }
+    const V Fv = V(f32_of(F[0], F[1]));
+    for (int64_t j = 0; j < m; ++j)
+      _mm512_mask_i32scatter_ps(yb + g0 * m + j, mk, idx, V::loadu(wbuf + j * kLanesF) * Fv, 4);
+  }
+}
+#else
+inline bool fc_lanes16_on(int64_t) { return false; }
+#endif
+
+// The forward's element math of a block: w into y.  Out of line, as the compiler chose when fc_fwd_block was its
+// only caller in the float GEMM path (inlined into the block loop it measured 3-5 % slower at FC 4096x512->512).
+template <typename T>
+__attribute__((noinline)) void fwd_block_w(const T* tb, T* yb, int64_t nr, int64_t m, const ColVec<T>& cv,
+                                           BlockBuf<T>& bb, T inv_sc) {
+  using V = Vectorized<T>;
+  block_lanes<T>(tb, nr, m, cv, bb, inv_sc,
+                 [&](int64_t e, int64_t cnt, const V&, const V&, const V& w, const V&) { store_n(w, yb + e, cnt); });
+}
+
 // The forward's epilogue of a block of nr rows: t rows tb -> y rows yb (w, then its projection); bb.X holds
 // |x|^2 (|u|^2 of tangent rows).  w is written into y and rescaled there while the block is in cache.
 template <typename T>
@@ -427,8 +521,7 @@ inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool t
   using V = Vectorized<T>;
   block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0, nullptr, nullptr,
                 lanes);
-  block_lanes<T>(tb, nr, m, cv, bb, T(1.0 / sc),
-                 [&](int64_t e, int64_t cnt, const V&, const V&, const V& w, const V&) { store_n(w, yb + e, cnt); });
+  fwd_block_w<T>(tb, yb, nr, m, cv, bb, T(1.0 / sc));
   for (int64_t i = 0; i < nr; ++i) bb.Sw[i] = row_sqnorm(yb + i * m, m);
   double* F = bb.z;  // the output scale per row
 #pragma omp simd
@@ -444,6 +537,18 @@ inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool t
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) yr[j] *= fT;
   }
+}
+
+// fc_fwd_block, or its 16-row-lanes form (float, m <= 16: fc_lanes16_on)
+template <typename T>
+inline void fc_fwd_block_any(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
+                             double c, double sc, double maxnorm, int64_t m, bool lanes, bool lanes16) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    if (lanes16) return fc_fwd_block_lanes16(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
+  }
+#endif
+  fc_fwd_block<T>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
 }
 
 // Rows per at::parallel_for task: about 32768 elements, torch's own grain, so that small inputs (the digits
@@ -468,6 +573,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const bool lanes = poincare_row_lanes();
+  const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m);
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
@@ -476,7 +582,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
         for (int64_t i = 0; i < nr; ++i) bb.X[i] = double(up[r0 + i]);
-        fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
+        fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, lanes16);
       }
     });
     return;
@@ -500,7 +606,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       at::Tensor tb = t.narrow(0, r0, nr);
       mkl_packed::block_gemm(&zpk, tb, x.narrow(0, r0, nr), z);
       for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
-      fc_fwd_block<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
+      fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, lanes16);
     }
   });
 }
@@ -535,6 +641,119 @@ inline void out_scalars_lanes(BlockBuf<T>& bb, int64_t nr, double c, double maxn
     gc.store(bb.R + i, cnt);
   }
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The backward's block on row lanes (see fc_fwd_block_lanes16), after block_scalars: pass 1 per group of 16 rows
+// forms a, A = asinh(a), w, cosh(u)/sc, 1/sqrt(1 + a^2) per column into `sc16` (layout [group][field][j][16]) and
+// |w|^2, <g, w> per lane into bb.Sw / bb.G; the output scalars per row (out_scalars_lanes); pass 2 per group forms
+// dL/dt (scattered into gt), the row coefficient (through lam) and u . dt as lane sums over the columns, and the
+// column terms as vector accumulators per column (acc: [6][j][16]: fA, fB, fZ, fC, fS), reduced per block by the
+// caller.  Per-row outputs: rowcoef, the dc terms (glam part into gl[], in row order by the caller), and with du
+// (u . dt into bb.Sw for the caller's dL/dU).  Returns the block's direct dc terms (summed in row order).
+struct Lanes16Bwd {
+  const float* tb;  // the block's t rows
+  const float* gb;  // the block's g rows
+  float* gtb;       // the block's dt rows
+  const float *C, *S, *Z2;
+  double c, sc;
+  int64_t m;
+};
+
+__attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64_t nr, BlockBuf<float>& bb, float* sc16, float* acc,
+                                   double maxnorm, double dmax_dc, double* rowc, double* gl) {
+  using V = Vectorized<float>;
+  const int64_t m = p.m;
+  const __m512i idx = lane_rows(m);
+  const float inv_sc = float(1.0 / p.sc);
+  const int64_t fs = m * kLanesF;  // one field of a group
+  for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
+    const __mmask16 mk = lane_mask(nr - g0);
+    float* gsc = sc16 + (g0 / kLanesF) * 7 * fs;  // t, g, w, cu, A, ra (+1 spare)
+    const V k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
+    __m512d slo = _mm512_setzero_pd(), shi = _mm512_setzero_pd(), glo = _mm512_setzero_pd(), ghi = slo;
+    for (int64_t j = 0; j < m; ++j) {
+      const V t = V(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, p.tb + g0 * m + j, 4));
+      const V g = V(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, p.gb + g0 * m + j, 4));
+      const V a = t * (k1 * V(p.C[j])) - k0 * V(p.S[j]);
+      V A, w, chv;
+      lane_math<float>(a, V(p.Z2[j]), inv_sc, A, w, chv);
+      const int64_t o = j * kLanesF;
+      t.store(gsc + o);
+      g.store(gsc + fs + o);
+      w.store(gsc + 2 * fs + o);
+      (chv * V(inv_sc)).store(gsc + 3 * fs + o);
+      A.store(gsc + 4 * fs + o);
+      const V aa = a.abs();  // 1 / sqrt(1 + a^2); beyond |a| = 1e18 (a^2 overflows float32) 1 / |a|
+      V::blendv(V(1.f) / (aa * aa + V(1.f)).sqrt(), V(1.f) / aa, aa > V(1e18f)).store(gsc + 5 * fs + o);
+      const __m512d wl = lo_pd(w), wh = hi_pd(w);
+      slo = _mm512_fmadd_pd(wl, wl, slo);
+      shi = _mm512_fmadd_pd(wh, wh, shi);
+      glo = _mm512_fmadd_pd(lo_pd(g), wl, glo);
+      ghi = _mm512_fmadd_pd(hi_pd(g), wh, ghi);
+    }
+    _mm512_storeu_pd(bb.Sw + g0, slo);
+    _mm512_storeu_pd(bb.Sw + g0 + 8, shi);
+    _mm512_storeu_pd(bb.G + g0, glo);
+    _mm512_storeu_pd(bb.G + g0 + 8, ghi);
+  }
+  out_scalars_lanes(bb, nr, p.c, maxnorm, dmax_dc);  // alpha, beta into k1 / k0 (padding lanes keep 0)
+  double gcd = 0;  // the rows' direct dc terms, in row order
+  for (int64_t ii = 0; ii < nr; ++ii) gcd += bb.R[ii];
+  const __m512d vsc = _mm512_set1_pd(p.sc), one = _mm512_set1_pd(1.0);
+  float* fA = acc;
+  float* fB = acc + fs;
+  float* fZ = acc + 2 * fs;
+  float* fC = acc + 3 * fs;
+  float* fS = acc + 4 * fs;
+  for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
+    const __mmask16 mk = lane_mask(nr - g0);
+    const float* gsc = sc16 + (g0 / kLanesF) * 7 * fs;
+    const V aT = V(f32_of(bb.k1 + g0)), bT = V(f32_of(bb.k0 + g0));
+    __m512d lam[2], s[2];
+    for (int h = 0; h < 2; ++h) { lam[h] = _mm512_loadu_pd(bb.lam + g0 + 8 * h); s[h] = _mm512_loadu_pd(bb.s + g0 + 8 * h); }
+    const V k1T = V(f32_of(_mm512_mul_pd(_mm512_mul_pd(vsc, lam[0]), s[0]), _mm512_mul_pd(_mm512_mul_pd(vsc, lam[1]), s[1])));
+    const V lamT = V(f32_of(lam[0], lam[1])), sT = V(f32_of(s[0], s[1]));
+    const V slT = V(f32_of(_mm512_mul_pd(vsc, lam[0]), _mm512_mul_pd(vsc, lam[1])));
+    const V l1T = V(f32_of(_mm512_sub_pd(lam[0], one), _mm512_sub_pd(lam[1], one)));
+    const V scT(float(p.sc));
+    V glam(0.f);
+    __m512d ulo = _mm512_setzero_pd(), uhi = _mm512_setzero_pd();
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t o = j * kLanesF;
+      const V t = V::loadu(gsc + o), g = V::loadu(gsc + fs + o), w = V::loadu(gsc + 2 * fs + o);
+      const V cu = V::loadu(gsc + 3 * fs + o), A = V::loadu(gsc + 4 * fs + o), ra = V::loadu(gsc + 5 * fs + o);
+      const V Cj(p.C[j]), Sj(p.S[j]);
+      const V gw = aT * g + bT * w;
+      (V::loadu(fA + o) + gw * w).store(fA + o);
+      const V gu = gw * cu;
+      const V ga = gu * V(p.Z2[j]) * ra;
+      const V gt = ga * k1T * Cj;
+      _mm512_mask_i32scatter_ps(p.gtb + g0 * m + j, mk, idx, gt, 4);
+      const V tmp = ga * t * sT;  // ga * t_j of the point x = s u
+      glam = glam + (tmp * scT * Cj - ga * Sj);
+      (V::loadu(fB + o) + tmp * lamT * Cj).store(fB + o);
+      (V::loadu(fZ + o) + gu * A).store(fZ + o);
+      (V::loadu(fC + o) + tmp * slT).store(fC + o);
+      (V::loadu(fS + o) - ga * l1T).store(fS + o);
+      ulo = _mm512_fmadd_pd(lo_pd(t), lo_pd(gt), ulo);
+      uhi = _mm512_fmadd_pd(hi_pd(t), hi_pd(gt), uhi);
+    }
+    // per lane: rowcoef = glam c lam^2, the dc term glam X lam^2 / 2 (summed by the caller in row order), u . dt
+    const __m512d gld[2] = {lo_pd(glam), hi_pd(glam)};
+    const __m512d vc = _mm512_set1_pd(p.c), half = _mm512_set1_pd(0.5);
+    for (int h = 0; h < 2; ++h) {
+      const __m512d l2 = _mm512_mul_pd(lam[h], lam[h]);
+      _mm512_mask_storeu_pd(rowc + g0 + 8 * h, __mmask8(h ? (mk >> 8) : (mk & 0xFF)),
+                            _mm512_mul_pd(_mm512_mul_pd(gld[h], vc), l2));
+      _mm512_storeu_pd(gl + g0 + 8 * h,
+                       _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(gld[h], _mm512_loadu_pd(bb.X + g0 + 8 * h)), l2), half));
+    }
+    _mm512_storeu_pd(bb.Sw + g0, ulo);  // u . dt per row (bb.Sw: free after the output scalars)
+    _mm512_storeu_pd(bb.Sw + g0 + 8, uhi);
+  }
+  return gcd;
+}
+#endif
 
 // rows_only (U defined): x is not used; gt_out gets dL/dt, gU dL/dU (U = |x|^2, or |u|^2 of tangent rows) and gz
 // The per-row sums |w|^2 and <g, w> of nr float rows of m <= 8 (the digits CNN's convolutions: m = 8) as one
@@ -598,11 +817,12 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   // pass, while its t and dt rows are in cache: the rows' dots u . (dt z^T) = t . dt, then their scalars on SIMD
   // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
   const bool du_in_pass = rows_only && tangent && lanes;
+  const bool lanes16 = std::is_same_v<T, float> && lanes && fc_lanes16_on(m);
   T* gUp = rows_only ? gU->data_ptr<T>() : nullptr;
-  auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb) {
+  auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb, bool have_ug = false) {
     using VD = Vectorized<double>;
     constexpr int64_t L = VD::size();
-    for (int64_t k = 0; k < nr; ++k) {
+    for (int64_t k = 0; k < (have_ug ? 0 : nr); ++k) {
       const T* tr = tp + (r0 + k) * m;
       const T* gtr = gtp + (r0 + k) * m;
       double ug = 0;
@@ -642,6 +862,23 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     T* fB = fA + m;
     T* rl = fB + m;  // one row's terms of its row coefficient (through lam), summed on vectors after the pass
     double gcd = 0, gsa = 0, gsb = 0, tgc = 0;
+    // the block's column sums (fA, fB; with need_cols fZ, fC, fS) into the thread's sums
+    auto fold_cols = [&]() {
+      for (int64_t j = 0; j < m; ++j) { gsa += double(fA[j]); gsb += double(fB[j]); }
+      if (need_cols) {
+        double* aZ = accZ[tid].data();
+        double* aC = accC[tid].data();
+        double* aS = accS[tid].data();
+        for (int64_t j = 0; j < m; ++j) {
+          aZ[j] += 2.0 * double(fZ[j]);
+          aC[j] += double(fC[j]);
+          aS[j] += double(fS[j]);
+        }
+      }
+    };
+    std::vector<float> sc16, acc16;  // lanes16: the block's per-group fields and column accumulators
+    double gl16[kRowBlock];
+    if (lanes16) { sc16.resize(kRowBlock * 7 * m); acc16.resize(5 * 16 * m); }
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
       std::fill(colsum.begin(), colsum.end(), T(0));
@@ -651,6 +888,23 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       std::copy(bb.X, bb.X + nr, X.begin() + r0);
       std::copy(bb.s, bb.s + nr, trw.s.begin() + r0);
       const T* tb = tp + r0 * m;
+#if defined(CPU_CAPABILITY_AVX512)
+      if constexpr (std::is_same_v<T, float>) {
+        if (lanes16) {
+          pad_block_lanes(bb, nr);
+          const Lanes16Bwd p{tb, gp + r0 * m, gtp + r0 * m, cv.C.data(), cv.S.data(), cv.Z2.data(), c, sc, m};
+          std::fill(acc16.begin(), acc16.end(), 0.f);
+          gcd += fc_bwd_block_lanes16(p, nr, bb, sc16.data(), acc16.data(), maxnorm, dmax_dc, rowcoef.data() + r0, gl16);
+          for (int64_t ii = 0; ii < nr; ++ii) gcd += gl16[ii];
+          T* cs[5] = {fA, fB, fZ, fC, fS};
+          for (int k = 0; k < 5; ++k)
+            for (int64_t j = 0; j < m; ++j) cs[k][j] = _mm512_reduce_add_ps(_mm512_loadu_ps(acc16.data() + (k * m + j) * 16));
+          fold_cols();
+          if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R, true);
+          continue;
+        }
+      }
+#endif
       block_lanes<T>(tb, nr, m, cv, bb, inv_sc, [&](int64_t e, int64_t cnt, const V& a, const V& A, const V& w, const V& chv) {
         store_n(w, wv.data() + e, cnt);
         store_n(chv * V(inv_sc), cu.data() + e, cnt);
@@ -747,17 +1001,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       rowcoef[i] = double(glam) * c * lam * lam;
       gcd += double(glam) * X[i] * lam * lam * 0.5;
       }
-      for (int64_t j = 0; j < m; ++j) { gsa += double(fA[j]); gsb += double(fB[j]); }
-      if (need_cols) {
-        double* aZ = accZ[tid].data();
-        double* aC = accC[tid].data();
-        double* aS = accS[tid].data();
-        for (int64_t j = 0; j < m; ++j) {
-          aZ[j] += 2.0 * double(fZ[j]);
-          aC[j] += double(fC[j]);
-          aS[j] += double(fS[j]);
-        }
-      }
+      fold_cols();
       if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R);  // Sw, G, R: free after the row scalars
     }
     tan_gc[tid] += tgc;
