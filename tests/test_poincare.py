@@ -164,6 +164,19 @@ def test_fc_opcheck(backend):
         _fc_opcheck(x, z, b, c)
 
 
+def _fc_row_inputs(seed, N, n, m, c, rmax, zscale):
+    """float64 inputs of the fc row kernels: N tangent rows u (n,) with norms log-spaced from 1e-5 to rmax (over
+    sqrt(c)) in random order, z (n, m) scaled by zscale, bias (m,) scaled by 0.3; and the generator, to draw more."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(N, n, dtype=torch.float64, generator=gen)
+    r = torch.logspace(-5, math.log10(rmax), N, dtype=torch.float64)
+    r = r[torch.randperm(N, generator=gen)] / math.sqrt(c)
+    u = u / u.norm(dim=1, keepdim=True) * r[:, None]
+    z = torch.randn(n, m, dtype=torch.float64, generator=gen) * zscale
+    b = torch.randn(m, dtype=torch.float64, generator=gen) * 0.3
+    return u, z, b, gen
+
+
 def _fc_opcheck(x, z, b, c):
     for tangent in (False, True):
         torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, b, c, 1e-5, True, tangent))
@@ -258,14 +271,8 @@ def test_fc_rows_row_lanes_vs_scalar_rows(monkeypatch, dtype, tangent, m, N):
     of the output projection (asserted).  float32 rows of m <= 16 take the 16-row lanes with row lanes on
     (GEOOPS_POINCARE_FC_LANES16, its own test below): off here, so that both sides run the same operations."""
     monkeypatch.setenv("GEOOPS_POINCARE_FC_LANES16", "0")
-    gen = torch.Generator().manual_seed(N * 17 + m)
     n, c, eps = 6, torch.tensor(0.7, dtype=torch.float64), 4e-3
-    u = torch.randn(N, n, dtype=torch.float64, generator=gen)
-    r = torch.logspace(-5, math.log10(6.0 if tangent else 0.95), N, dtype=torch.float64)
-    r = r[torch.randperm(N, generator=gen)] / math.sqrt(0.7)
-    u = u / u.norm(dim=1, keepdim=True) * r[:, None]
-    z = torch.randn(n, m, dtype=torch.float64, generator=gen) * 0.5
-    b = torch.randn(m, dtype=torch.float64, generator=gen) * 0.3
+    u, z, b, gen = _fc_row_inputs(N * 17 + m, N, n, m, 0.7, 6.0 if tangent else 0.95, 0.5)
     u, z, b = (a.to(dtype).double() for a in (u, z, b))
     t, U = u @ z, (u * u).sum(1)
     g = torch.randn(N, m, dtype=torch.float64, generator=gen)
@@ -444,14 +451,8 @@ def test_fc_rows_float32_lanes16_vs_knob_off(monkeypatch, tangent, m, N):
     gradient: every m from 1 to 16 (17: the knob does not apply), partial groups of 16 rows and partial 128-row
     blocks, rows on both sides of the output projection, a NaN row (NaN stays in its own row), and two identical
     calls bit-identical (the lane sums in a fixed order)."""
-    gen = torch.Generator().manual_seed(N * 31 + m)
     n, c, eps = 6, torch.tensor(0.8, dtype=torch.float64), 4e-3
-    u = torch.randn(N, n, dtype=torch.float64, generator=gen)
-    r = torch.logspace(-5, math.log10(5.0 if tangent else 0.97), N, dtype=torch.float64)
-    r = r[torch.randperm(N, generator=gen)] / math.sqrt(0.8)
-    u = u / u.norm(dim=1, keepdim=True) * r[:, None]
-    z = torch.randn(n, m, dtype=torch.float64, generator=gen) * 0.6 * min(1.0, 2.0 / math.sqrt(m))
-    b = torch.randn(m, dtype=torch.float64, generator=gen) * 0.3
+    u, z, b, gen = _fc_row_inputs(N * 31 + m, N, n, m, 0.8, 5.0 if tangent else 0.97, 0.6 * min(1.0, 2.0 / math.sqrt(m)))
     u, z, b = (a.float().double() for a in (u, z, b))
     t, U = (u @ z).float().double(), (u * u).sum(1).float().double()
     g = torch.randn(N, m, dtype=torch.float64, generator=gen).float().double()
