@@ -272,18 +272,31 @@ template <typename T>
 void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, int64_t D, double k) {
   for (int64_t j = 0; j < n; ++j) {
     const T* xr = xp + (i0 + j) * D;
-    double X = 0, R = 0, G = 0;  // sequential std::fma chains: the same sums whatever the row's alignment
-    for (int64_t d = 0; d < D; ++d) {
+    // element d into partial sum d % 4 (std::fma; four scalars, unrolled), the partials added in a fixed order: the
+    // same sums whatever the row's alignment (no `omp simd reduction`), four independent chains, relu as maxsd (GCC compiled std::max
+    // to a branch per element: mispredicted on random signs, 3x the double path's time)
+    double X0 = 0, X1 = 0, X2 = 0, X3 = 0, R0 = 0, R1 = 0, R2 = 0, R3 = 0, G0 = 0, G1 = 0, G2 = 0, G3 = 0;
+    const T* gr = gp ? gp + (i0 + j) * D : nullptr;
+    auto acc = [&](int64_t d, double& x, double& r, double& g) {
       const double v = double(xr[d]);
-      const double r = v > 0 ? v : 0.0;
-      X = std::fma(v, v, X);
-      R = std::fma(r, r, R);
-      if (gp) G = std::fma(double(gp[(i0 + j) * D + d]), r, G);
-    }
-    b.X[j] = X;
-    b.R[j] = R;
-    b.G[j] = G;
-    b.z[j] = k * X;
+#if defined(__SSE2__)
+      const double rv = _mm_cvtsd_f64(_mm_max_sd(_mm_set_sd(v), _mm_setzero_pd()));  // no branch (GCC's std::max)
+#else
+      const double rv = v > 0 ? v : 0.0;
+#endif
+      x = std::fma(v, v, x);
+      r = std::fma(rv, rv, r);
+      if (gr) g = std::fma(double(gr[d]), rv, g);
+    };
+    int64_t d = 0;
+    for (; d + 4 <= D; d += 4) acc(d, X0, R0, G0), acc(d + 1, X1, R1, G1), acc(d + 2, X2, R2, G2), acc(d + 3, X3, R3, G3);
+    if (d < D) acc(d, X0, R0, G0);
+    if (d + 1 < D) acc(d + 1, X1, R1, G1);
+    if (d + 2 < D) acc(d + 2, X2, R2, G2);
+    b.X[j] = (X0 + X1) + (X2 + X3);
+    b.R[j] = (R0 + R1) + (R2 + R3);
+    b.G[j] = (G0 + G1) + (G2 + G3);
+    b.z[j] = k * b.X[j];
     b.q[j] = 1.0 + b.z[j];
   }
   atanc_n(b.z, b.q, b.h, n);
