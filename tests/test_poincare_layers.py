@@ -1243,3 +1243,45 @@ def test_batchnorm_backward_reentrant_after_heap_churn(monkeypatch, glue):
             return torch.stack(rows)
 
         assert torch.equal(jacobian(), jacobian()), seed
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
+@pytest.mark.parametrize("dtype, D, knobs", [(torch.float32, 8, {}), (torch.float32, 5, {}),
+                                             (torch.float32, 8, {"GEOOPS_POINCARE_RELU_BWD_F32": "0"}),
+                                             (torch.float32, 8, {"GEOOPS_POINCARE_RELU_F32": "0"}),
+                                             (torch.float32, 20, {}), (torch.float64, 8, {})])
+def test_relu_kernels_bitwise_reproducible_heap_and_threads(monkeypatch, dtype, D, knobs):
+    """The ReLU's forward and backward (gx and dL/dc) agree bit for bit on identical inputs after heap churn, at
+    any buffer alignment and with 1 or 2 threads: the float row lanes (32-row blocks; the float backward math and
+    session 12's double lanes), the double path, fp64.  N = 9000 rows: several row chunks (each split into blocks
+    and a partial tail the same way whatever the thread count), with a tail block."""
+    import random
+
+    from geoops import _backend
+
+    for kk, vv in knobs.items():
+        monkeypatch.setenv(kk, vv)
+    C = _backend.compiled()
+    rng, held = random.Random(D), []
+    nth = torch.get_num_threads()
+    try:
+        for N in (77, 9000):
+            g0 = torch.Generator().manual_seed(N + D)
+            x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.8, c=0.9).to(dtype)
+            g = torch.randn(N, D, generator=g0, dtype=torch.float64).to(dtype)
+            c = torch.tensor(0.9, dtype=dtype)
+            ref_out = None
+            for rep in range(8):
+                torch.set_num_threads(1 + rep % 2)
+                off = rep % 4
+                bx, bg = torch.empty(N * D + 8, dtype=dtype), torch.empty(N * D + 8, dtype=dtype)
+                xs, gs = bx[off:off + N * D].view(N, D), bg[off:off + N * D].view(N, D)
+                xs.copy_(x), gs.copy_(g)
+                _heap_churn(rng, held)
+                out = (C.poincare_relu_fwd_cpu(xs, c, 4e-3), *C.poincare_relu_bwd_cpu(gs, xs, c, 4e-3))
+                if ref_out is None:
+                    ref_out = out
+                for i, (a, r) in enumerate(zip(out, ref_out)):
+                    assert torch.equal(a, r), (N, rep, i)
+    finally:
+        torch.set_num_threads(nth)

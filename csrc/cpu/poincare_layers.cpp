@@ -131,6 +131,41 @@ inline double lane_sum(const vecmath::Vec& v) {
   for (int l = 0; l < vecmath::Vec::size(); ++l) s += t[l];
   return s;
 }
+
+// Fixed row chunks and their partial sums (the reproducibility notes at the batch norm below; the ReLU uses them too).
+constexpr int64_t kBnBlock = 256;  // rows per block of the row passes: their scalars and coefficients stay in L1
+
+// Rows per chunk of the reductions: about grain(work_per_row) rows rounded up to whole blocks.
+inline int64_t chunk_rows(int64_t work_per_row) { return (grain(work_per_row) + kBnBlock - 1) / kBnBlock * kBnBlock; }
+
+// Rows [0, N) in chunks of `rows` rows spread over the threads: fn(i0, i1, chunk index).
+template <typename F>
+void for_row_chunks(int64_t N, int64_t rows, const F& fn) {
+  const int64_t nc = (N + rows - 1) / rows;
+  at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ci = c0; ci < c1; ++ci) fn(ci * rows, std::min(N, (ci + 1) * rows), ci);
+  });
+}
+
+// Per-chunk partial sums: one zeroed, 64-byte-aligned row of W doubles per chunk of `rows` rows of [0, N);
+// sum() adds the rows in chunk order.
+struct Partials {
+  int64_t nc, W, stride;
+  std::unique_ptr<double[]> raw;
+  double* base;
+  Partials(int64_t N, int64_t rows, int64_t W_)
+      : nc((N + rows - 1) / rows), W(W_), stride((W_ + 7) / 8 * 8), raw(new double[nc * stride + 8]()) {
+    base = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(raw.get()) + 63) & ~std::uintptr_t(63));
+  }
+  double* row(int64_t ci) const { return base + ci * stride; }
+  std::vector<double> sum() const {
+    std::vector<double> out(W, 0.0);
+    for (int64_t ci = 0; ci < nc; ++ci)
+      for (int64_t w = 0; w < W; ++w) out[w] += base[ci * stride + w];
+    return out;
+  }
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------- Poincaré ReLU (one fused row op)
@@ -237,29 +272,31 @@ template <typename T>
 void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, int64_t D, double k) {
   for (int64_t j = 0; j < n; ++j) {
     const T* xr = xp + (i0 + j) * D;
-    double X = 0, R = 0, G = 0;
-    if (gp) {
-      const T* gr = gp + (i0 + j) * D;
-#pragma omp simd reduction(+ : X, R, G)
-      for (int64_t d = 0; d < D; ++d) {
-        const double v = double(xr[d]);
-        const double r = v > 0 ? v : 0.0;
-        X += v * v;
-        R += r * r;
-        G += double(gr[d]) * r;
-      }
-    } else {
-#pragma omp simd reduction(+ : X, R)
-      for (int64_t d = 0; d < D; ++d) {
-        const double v = double(xr[d]);
-        X += v * v;
-        R += v > 0 ? v * v : 0.0;
-      }
-    }
-    b.X[j] = X;
-    b.R[j] = R;
-    b.G[j] = G;
-    b.z[j] = k * X;
+    // element d into partial sum d % 4 (std::fma; four scalars, unrolled), the partials added in a fixed order: the
+    // same sums whatever the row's alignment (no `omp simd reduction`), four independent chains, relu as maxsd (GCC compiled std::max
+    // to a branch per element: mispredicted on random signs, 3x the double path's time)
+    double X0 = 0, X1 = 0, X2 = 0, X3 = 0, R0 = 0, R1 = 0, R2 = 0, R3 = 0, G0 = 0, G1 = 0, G2 = 0, G3 = 0;
+    const T* gr = gp ? gp + (i0 + j) * D : nullptr;
+    auto acc = [&](int64_t d, double& x, double& r, double& g) {
+      const double v = double(xr[d]);
+#if defined(__SSE2__)
+      const double rv = _mm_cvtsd_f64(_mm_max_sd(_mm_set_sd(v), _mm_setzero_pd()));  // no branch (GCC's std::max)
+#else
+      const double rv = v > 0 ? v : 0.0;
+#endif
+      x = std::fma(v, v, x);
+      r = std::fma(rv, rv, r);
+      if (gr) g = std::fma(double(gr[d]), rv, g);
+    };
+    int64_t d = 0;
+    for (; d + 4 <= D; d += 4) acc(d, X0, R0, G0), acc(d + 1, X1, R1, G1), acc(d + 2, X2, R2, G2), acc(d + 3, X3, R3, G3);
+    if (d < D) acc(d, X0, R0, G0);
+    if (d + 1 < D) acc(d + 1, X1, R1, G1);
+    if (d + 2 < D) acc(d + 2, X2, R2, G2);
+    b.X[j] = (X0 + X1) + (X2 + X3);
+    b.R[j] = (R0 + R1) + (R2 + R3);
+    b.G[j] = (G0 + G1) + (G2 + G3);
+    b.z[j] = k * b.X[j];
     b.q[j] = 1.0 + b.z[j];
   }
   atanc_n(b.z, b.q, b.h, n);
@@ -272,8 +309,10 @@ void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, i
 // relu_perm below), 16 rows per AVX-512 vector.  Forward all in float: X = |x|^2 and R = |relu x|^2 as float FMAs (no
 // cancellation: 1 + k X is one fused rounding), h = atanc(k X) and t2 = tanc(k h^2 R) from f32rows' atanc_neg_f /
 // tanc_neg_f, f = t2 h or the projection's mx / |r|, and y = f max(x, 0).  Backward: the row sums X, R,
-// G = <g, relu x> in float (X again in double), then h, t2 and relu_bwd_vec in double lanes (tanc'/atanc' cancel ~1/|z| above the
-// series cut: from float t2 and h they lost up to ~1e-5 relative), the coefficients rounded to float for the
+// G = <g, relu x> in float (X again in double), then the row math in float lanes (relu_bwd_vec_f below: its terms
+// regrouped so that none cancels; session 13) or, GEOOPS_POINCARE_RELU_BWD_F32=0, h, t2 and relu_bwd_vec in double
+// lanes (session 11: tanc'/atanc' in their closed forms cancel ~1/|z| above the series cut, so from float t2 and h
+// they lost up to ~1e-5 relative), the coefficients rounded to float for the
 // writes gx = [x > 0](f g + a x) + b x.  A block with a hard row (1 + k X <= 1e-6 in float: on or past the ball's
 // boundary; X or G not finite, NaN) or a partial block (< 32 rows) takes the double path (relu_block), whose
 // results are unchanged.
@@ -366,7 +405,7 @@ __attribute__((noinline, optimize("no-trapping-math"))) void relu_write_f(
     for (int j = 0; j < D; ++j) {
       const float v = xb[b * D + j];
       if (BWD) {
-        ob[b * D + j] = (v > 0.f ? f * gb[b * D + j] + a * v : 0.f) + bb * v;
+        ob[b * D + j] = std::fma(bb, v, v > 0.f ? std::fma(f, gb[b * D + j], a * v) : 0.f);
       } else {
         ob[b * D + j] = v > 0.f ? f * v : 0.f;
       }
@@ -396,10 +435,73 @@ inline bool relu_f32_fwd_block(const float* xb, float* yb, float k, float mx) {
   return true;
 }
 
+// ---- the backward's row math in float lanes (session 13; GEOOPS_POINCARE_RELU_BWD_F32=0: the double lanes above,
+// read per call).  With u = sqrt(c h^2 R) (z2 = -u^2), s^2 = c X (z1 = -s^2) and e = exp(-2u), relu_bwd_vec's terms
+// regrouped so that none cancels:
+//   df/dh = t2 + 2 z2 tanc'(z2) = sech^2 u = 4e / (1 + e)^2 (from e: no 1 - tanh^2 near tanh = 1);
+//   tanc'(z2) = (t2 - sech^2 u) / (2u^2) for u^2 >= 1 (the difference >= 0.34 t2: ~2 ulp), below it
+//     2 sech^2 u S(2u) with S(w) = (sinh w - w)/w^3 = sum_n w^2n / (2n+3)! (all terms positive; 7 terms for
+//     w^2 < 4: truncation < 3e-10 relative);
+//   atanc'(z1) = (h - 1/q1) / (2 s^2) for s^2 >= 1/4 (the difference >= 0.18 / q1: the float h's ~2 ulp become
+//     <= ~6 ulp), below it -sum_{n>=1} n/(2n+1) s^(2n-2) (13 terms: truncation < 1e-8 relative);
+// q1 = 1 + k X from X in double (as before: it cancels near the boundary), h = atanc_neg_f, t2 = tanc_neg_f (the
+// forward's float functions, ~1-2 ulp), e from SLEEF's float exp (1 ulp).  Then fR2 = 2 k h^3 tanc', fX2 = 2 k
+// sech^2 u atanc', fk = h^3 R tanc' + sech^2 u X atanc' (its two terms cancel on rows with relu x = x, where
+// the exact dL/dk is 0: float leaves ~1e-7 |G| X there), each a few float ulps: the gradients stay within ~1e-6
+// relative of the double lanes (tests/test_poincare_relu_f32.py).  The projection branch as relu_bwd_vec.
+inline bool relu_bwd_f32_on() {
+  const char* e = std::getenv("GEOOPS_POINCARE_RELU_BWD_F32");
+  return !(e && e[0] == '0');
+}
+template <int N>
+inline FVec horner_f(const FVec& x, const float (&c)[N]) {
+  FVec p(c[N - 1]);
+  for (int i = N - 2; i >= 0; --i) p = at::vec::fmadd(p, x, FVec(c[i]));
+  return p;
+}
+constexpr float kSinhS[7] = {1.f / 6, 1.f / 120, 1.f / 5040, 1.f / 362880, 1.f / 39916800, 1.f / 6227020800.f,
+                             1.f / 1307674368000.f};
+constexpr float kAtancD[13] = {1.f / 3,  2.f / 5,   3.f / 7,   4.f / 9,   5.f / 11,  6.f / 13, 7.f / 15,
+                               8.f / 17, 9.f / 19, 10.f / 21, 11.f / 23, 12.f / 25, 13.f / 27};
+// F = f, A = G fR2, B = G fX2, K = G fk for one float vector of rows from X, q1 (= 1 + k X, rounded once from
+// double), R, G.
+inline void relu_bwd_vec_f(const FVec& X, const FVec& q1, const FVec& R, const FVec& G, float k, float mx, float vfk,
+                           FVec& F, FVec& A, FVec& B, FVec& K) {
+  const FVec vk(k), one(1.f), two(2.f), zero(0.f);
+  const FVec h = f32r::atanc_neg_f(vk * X, q1);
+  const FVec u2 = (vk * h * h * R).neg();
+  const FVec t2 = f32r::tanc_neg_f(u2.neg());
+  const FVec e = (FVec(-2.f) * u2.sqrt()).exp();
+  const FVec re = f32r::rcp_cr(one + e);
+  const FVec sech2 = FVec(4.f) * e * re * re;
+  const FVec t2d = FVec::blendv(two * sech2 * horner_f(FVec(4.f) * u2, kSinhS),
+                                (t2 - sech2) * f32r::rcp_cr(two * u2), u2 >= one);
+  const FVec y = vk.neg() * X;
+  const FVec h1 = FVec::blendv(horner_f(y, kAtancD).neg(), (h - f32r::rcp_cr(q1)) * f32r::rcp_cr(two * y),
+                               y >= FVec(0.25f));
+  const FVec h3 = h * h * h;
+  FVec f = t2 * h;
+  FVec fR2 = two * vk * h3 * t2d;
+  FVec fX2 = two * vk * sech2 * h1;
+  FVec fk = at::vec::fmadd(h3 * R, t2d, sech2 * X * h1);
+  const FVec sR = R.sqrt();
+  const FVec vmx(mx);
+  const FVec proj = f * sR > vmx;
+  if (proj.zero_mask() != (1 << f32r::kF) - 1) {
+    const FVec rn = f32r::rcp_cr(at::vec::maximum(sR, FVec(1e-15f)));
+    f = FVec::blendv(f, vmx * rn, proj);
+    fR2 = FVec::blendv(fR2, vmx.neg() * rn * rn * rn, proj);
+    fX2 = FVec::blendv(fX2, zero, proj);
+    fk = FVec::blendv(fk, FVec(vfk) * rn, proj);
+  }
+  F = f, A = G * fR2, B = G * fX2, K = G * fk;
+}
+
 // The backward of NB rows: gx into gxb, the rows' dL/dk added to acc; false (nothing written) on a hard row.
+// fl: the row math in float lanes (relu_bwd_vec_f), else in double lanes (relu_bwd_vec).
 template <int D, int NB>
 inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, double k, double mx,
-                                        double vfk, double& acc) {
+                                        double vfk, double& acc, bool fl) {
   alignas(64) float xs[D][NB], gs[D][NB];
   alignas(64) float ca[NB], cb[NB], cc[NB];
   relu_deint<D, NB, true>(xb, gb, xs, gs);
@@ -415,6 +517,18 @@ inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, dou
       const VD lo = f32r::widen(&xs[j][o]), hi = f32r::widen(&xs[j][o + f32r::kD]);
       Xd[0] = at::vec::fmadd(lo, lo, Xd[0]);
       Xd[1] = at::vec::fmadd(hi, hi, Xd[1]);
+    }
+    if (fl) {
+      const FVec q1d = f32r::narrow(at::vec::fmadd(vk, Xd[0], one), at::vec::fmadd(vk, Xd[1], one));
+      FVec Ff, Af, Bf, Kf;
+      relu_bwd_vec_f(X, q1d, R, G, float(k), float(mx), float(vfk), Ff, Af, Bf, Kf);
+      Ff.store(ca + o);
+      Af.store(cb + o);
+      Bf.store(cc + o);
+      VD K0, K1;
+      f32r::widen2(Kf, K0, K1);
+      kacc = kacc + K0 + K1;
+      continue;
     }
     f32r::widen2(R, Rd[0], Rd[1]);
     f32r::widen2(G, Gd[0], Gd[1]);
@@ -441,12 +555,12 @@ inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, dou
 // The float blocks for the runtime D (<= kReluF32MaxD).
 template <bool BWD>
 inline bool relu_f32_block(int64_t D, const float* xb, const float* gb, float* ob, double k, double mx, double vfk,
-                           double& acc) {
+                           double& acc, bool fl = false) {
   constexpr int NB = kReluF32Rows;
   switch (D) {
 #define GEOOPS_RELU_CASE(d)                                                                        \
   case d:                                                                                          \
-    return BWD ? relu_f32_bwd_block<d, NB>(xb, gb, ob, k, mx, vfk, acc)                             \
+    return BWD ? relu_f32_bwd_block<d, NB>(xb, gb, ob, k, mx, vfk, acc, fl)                         \
                : relu_f32_fwd_block<d, NB>(xb, ob, float(k), float(mx));
     GEOOPS_RELU_CASE(1) GEOOPS_RELU_CASE(2) GEOOPS_RELU_CASE(3) GEOOPS_RELU_CASE(4) GEOOPS_RELU_CASE(5)
     GEOOPS_RELU_CASE(6) GEOOPS_RELU_CASE(7) GEOOPS_RELU_CASE(8) GEOOPS_RELU_CASE(9) GEOOPS_RELU_CASE(10)
@@ -457,11 +571,16 @@ inline bool relu_f32_block(int64_t D, const float* xb, const float* gb, float* o
   return false;
 }
 
+// Rows in fixed chunks (chunk_rows: whole 32-row float blocks, independent of the thread count) and dL/dk summed
+// per chunk in a Partials row, the chunks added in order: identical inputs give bit-identical outputs whatever the
+// thread count and the buffers' alignment (the row sums sequential std::fma chains, the writes explicit FMAs).
+// (Was: at::parallel_for's per-thread ranges, whose 32-row blocks and partial tails — the double path — moved with
+// the thread count, and per-thread dL/dk accumulators.)
 template <typename T>
 void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
   const double mx = (1.0 - eps) / std::sqrt(-k);
   const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
-  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+  for_row_chunks(N, chunk_rows(D), [&](int64_t i0, int64_t i1, int64_t) {
     ReluBlock blk;
     const int64_t step = f32 ? kReluF32Rows : kReluBlock;
     for (int64_t b0 = i0; b0 < i1; b0 += step) {
@@ -484,15 +603,26 @@ void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double ep
   });
 }
 
+// gx = [x > 0](f g + a x) + b x with explicit FMAs (as the AVX-512 write of relu_write_f).
+template <typename T>
+inline void relu_bwd_write_row(const T* xr, const T* gr, T* gxr, int64_t D, T f, T a, T b) {
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) {
+    const T v = xr[d];
+    gxr[d] = std::fma(b, v, v > T(0) ? std::fma(f, gr[d], a * v) : T(0));
+  }
+}
+
 template <typename T>
 double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, double k, double eps) {
   const double mx = (1.0 - eps) / std::sqrt(-k);
-  const int nth = at::get_num_threads();
-  std::vector<double> gk(nth, 0.0);
   const bool lanes = poincare_row_lanes();
   const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
+  const bool fl = relu_bwd_f32_on();
   const double vfk = relu_vfk(k, eps);
-  at::parallel_for(0, N, grain(D), [&](int64_t i0, int64_t i1) {
+  const int64_t CH = chunk_rows(D);
+  const Partials part(N, CH, 1);
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double acc = 0;
     ReluBlock blk;
     const int64_t step = f32 ? kReluF32Rows : kReluBlock;
@@ -500,48 +630,27 @@ double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, dou
       const int64_t n = std::min(step, i1 - b0);
       if constexpr (std::is_same<T, float>::value) {
         if (f32 && n == kReluF32Rows &&
-            relu_f32_block<true>(D, xp + b0 * D, gp + b0 * D, gxp + b0 * D, k, mx, vfk, acc))
+            relu_f32_block<true>(D, xp + b0 * D, gp + b0 * D, gxp + b0 * D, k, mx, vfk, acc, fl))
           continue;
       }
       relu_block<T>(blk, xp, gp, b0, n, D, k);
-      if (lanes) {
-        relu_rows_bwd_lanes(blk, n, k, eps, mx);
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t i = b0 + j;
-          const T* xr = xp + i * D;
-          const T* gr = gp + i * D;
-          T* gxr = gxp + i * D;
-          const T f = T(blk.F[j]), a = T(blk.A[j]), b = T(blk.B[j]);
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) {
-            const T v = xr[d];
-            gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
-          }
-          acc += blk.K[j];
-        }
-        continue;
-      }
+      if (lanes) relu_rows_bwd_lanes(blk, n, k, eps, mx);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = b0 + j;
-        const T* xr = xp + i * D;
-        const T* gr = gp + i * D;
-        T* gxr = gxp + i * D;
+        if (lanes) {
+          relu_bwd_write_row<T>(xp + i * D, gp + i * D, gxp + i * D, D, T(blk.F[j]), T(blk.A[j]), T(blk.B[j]));
+          acc += blk.K[j];
+          continue;
+        }
         const double G = blk.G[j];
         const ReluRow o = relu_row(blk.X[j], blk.R[j], k, eps, mx, true, blk.h[j], blk.t[j]);
-        const T f = T(o.f), a = T(G * o.fR2), b = T(G * o.fX2);
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) {
-          const T v = xr[d];
-          gxr[d] = (v > T(0) ? f * gr[d] + a * v : T(0)) + b * v;
-        }
+        relu_bwd_write_row<T>(xp + i * D, gp + i * D, gxp + i * D, D, T(o.f), T(G * o.fR2), T(G * o.fX2));
         acc += G * o.fk;
       }
     }
-    gk[at::get_thread_num()] += acc;
+    part.row(ci)[0] = acc;
   });
-  double s = 0;
-  for (double v : gk) s += v;
-  return s;
+  return part.sum()[0];
 }
 
 void check_rows(const char* op, const at::Tensor& x) {
@@ -598,39 +707,6 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in,
 // `omp simd` loop whose peel followed the vector's 16-byte heap alignment: the fused layer's dx differed in the
 // last bit between two identical backward calls after heap churn, gradcheck's "Backward is not reentrant".)
 namespace {
-
-constexpr int64_t kBnBlock = 256;  // rows per block of the row passes: their scalars and coefficients stay in L1
-
-// Rows per chunk of the reductions: about grain(work_per_row) rows rounded up to whole blocks.
-inline int64_t chunk_rows(int64_t work_per_row) { return (grain(work_per_row) + kBnBlock - 1) / kBnBlock * kBnBlock; }
-
-// Rows [0, N) in chunks of `rows` rows spread over the threads: fn(i0, i1, chunk index).
-template <typename F>
-void for_row_chunks(int64_t N, int64_t rows, const F& fn) {
-  const int64_t nc = (N + rows - 1) / rows;
-  at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t ci = c0; ci < c1; ++ci) fn(ci * rows, std::min(N, (ci + 1) * rows), ci);
-  });
-}
-
-// Per-chunk partial sums: one zeroed, 64-byte-aligned row of W doubles per chunk of `rows` rows of [0, N);
-// sum() adds the rows in chunk order.
-struct Partials {
-  int64_t nc, W, stride;
-  std::unique_ptr<double[]> raw;
-  double* base;
-  Partials(int64_t N, int64_t rows, int64_t W_)
-      : nc((N + rows - 1) / rows), W(W_), stride((W_ + 7) / 8 * 8), raw(new double[nc * stride + 8]()) {
-    base = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(raw.get()) + 63) & ~std::uintptr_t(63));
-  }
-  double* row(int64_t ci) const { return base + ci * stride; }
-  std::vector<double> sum() const {
-    std::vector<double> out(W, 0.0);
-    for (int64_t ci = 0; ci < nc; ++ci)
-      for (int64_t w = 0; w < W; ++w) out[w] += base[ci * stride + w];
-    return out;
-  }
-};
 
 template <typename T>
 void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double* L, double* Xo = nullptr,
