@@ -353,27 +353,63 @@ at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g_in, const at::Tensor& xl
   return gr;
 }
 
-// ---------------------------------------------------------------- the residual Möbius addition, fused
+// ---------------------------------------------------------------- the residual Möbius addition
 // out = x (+) y along the points' dimension of two images (B, C, H, W) (points along C, read as channels-last
-// pixel rows) or two row matrices (N, D): per row xx, yy, xy in double (sequential fma chains), the coefficients
-// and their adjoints from stereo_math.h (mobius_add_coef / mobius_add_vjp, k = -c), one pass each way; no
-// projection (the stereographic op's semantics).  The curvature's gradient sums the rows' terms in row order.
+// pixel rows) or two row matrices (N, D), no projection (the stereographic op's semantics).  Forward: the
+// stereographic row kernel (its SIMD lanes of rows) on the pixel rows, its output returned as the channels-last
+// image.  Backward: blocks of 64 rows -- the five row dots (xx, yy, xy, <g,x>, <g,y>) in double as sequential fma
+// chains, the coefficients and their adjoints (stereo_math.h's mobius_add_coef / mobius_add_vjp, k = -c) as a
+// loop over the block's rows (SIMD over rows), then dx, dy with explicit fma; the curvature's gradient sums the
+// rows' terms in row order: the same bits whatever the thread count or the buffers' alignment.
 namespace {
 
 at::MemoryFormat rows_format(const at::Tensor& x) {
   return x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-template <typename T>
-inline void dots3(const T* x, const T* y, int64_t D, double& xx, double& yy, double& xy) {
-  xx = yy = xy = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    const double a = double(x[d]), b = double(y[d]);
-    xx = std::fma(a, a, xx), yy = std::fma(b, b, yy), xy = std::fma(a, b, xy);
-  }
+// The (N, D) rows of a tensor laid out by rows_format.
+at::Tensor as_rows(const at::Tensor& x) {
+  return x.dim() == 4 ? x.permute({0, 2, 3, 1}).reshape({-1, x.size(1)}) : x;
 }
 
-inline int64_t residual_grain(int64_t D) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)); }
+constexpr int64_t kResBlock = 64;
+
+template <typename T>
+void residual_bwd_rows(const T* gp, const T* xp, const T* yp, T* gxp, T* gyp, double* rowk, int64_t i0, int64_t i1,
+                       int64_t D, double k) {
+  double xx[kResBlock], yy[kResBlock], xy[kResBlock], ga[kResBlock], gb[kResBlock];
+  double ca[kResBlock], cb[kResBlock], sxx[kResBlock], syy[kResBlock], sxy[kResBlock], sk[kResBlock];
+  for (int64_t ib = i0; ib < i1; ib += kResBlock) {
+    const int64_t n = std::min(kResBlock, i1 - ib);
+    for (int64_t r = 0; r < n; ++r) {
+      const T *xr = xp + (ib + r) * D, *yr = yp + (ib + r) * D, *gr = gp + (ib + r) * D;
+      double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double u = double(xr[d]), v = double(yr[d]), w = double(gr[d]);
+        a0 = std::fma(u, u, a0), a1 = std::fma(v, v, a1), a2 = std::fma(u, v, a2);
+        a3 = std::fma(w, u, a3), a4 = std::fma(w, v, a4);
+      }
+      xx[r] = a0, yy[r] = a1, xy[r] = a2, ga[r] = a3, gb[r] = a4;
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const auto cf = stereo::mobius_add_coef(xx[r], yy[r], xy[r], k);
+      const auto s = stereo::mobius_add_vjp(xx[r], yy[r], xy[r], k, ga[r], gb[r]);
+      ca[r] = cf.a, cb[r] = cf.b, sxx[r] = 2.0 * s.xx, syy[r] = 2.0 * s.yy, sxy[r] = s.xy, sk[r] = s.k;
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t o = (ib + r) * D;
+      const T *xr = xp + o, *yr = yp + o, *gr = gp + o;
+      // dx = a g + 2 xx_ x + xy_ y;  dy = b g + 2 yy_ y + xy_ x
+      if (gxp)
+        for (int64_t d = 0; d < D; ++d)
+          gxp[o + d] = T(std::fma(ca[r], double(gr[d]), std::fma(sxx[r], double(xr[d]), sxy[r] * double(yr[d]))));
+      if (gyp)
+        for (int64_t d = 0; d < D; ++d)
+          gyp[o + d] = T(std::fma(cb[r], double(gr[d]), std::fma(syy[r], double(yr[d]), sxy[r] * double(xr[d]))));
+      if (rowk) rowk[ib + r] = -sk[r];  // dL/dc = -dL/dk
+    }
+  }
+}
 
 }  // namespace
 
@@ -385,24 +421,11 @@ at::Tensor poincare_residual_fwd_cpu(const at::Tensor& x_in, const at::Tensor& y
               "poincare_residual: x and y of one dtype, float32 or float64");
   const auto fmt = rows_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt), y = y_in.contiguous(fmt);
-  const int64_t D = x.size(1), N = D ? x.numel() / D : 0;
-  const double k = -scalar_value(c_in);
-  at::Tensor out = at::empty_like(x, fmt);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_residual_fwd", [&] {
-    using T = scalar_t;
-    const T *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>();
-    T* op = out.data_ptr<T>();
-    at::parallel_for(0, N, residual_grain(D), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const T *xr = xp + i * D, *yr = yp + i * D;
-        double xx, yy, xy;
-        dots3(xr, yr, D, xx, yy, xy);
-        const auto cf = stereo::mobius_add_coef(xx, yy, xy, k);
-        for (int64_t d = 0; d < D; ++d) op[i * D + d] = T(std::fma(cf.a, double(xr[d]), cf.b * double(yr[d])));
-      }
-    });
-  });
-  return out;
+  const at::Tensor k1 = at::full({1}, -scalar_value(c_in), x.options());
+  const at::Tensor rows = stereo_fwd_cpu(stereo::MOBIUS_ADD, as_rows(x), as_rows(y), k1, c10::nullopt, 0.0);
+  TORCH_CHECK(rows.is_contiguous(), "poincare_residual: the row kernel's output must be contiguous");
+  // the rows' storage as the image (a plain tensor, not a view: the caller may modify it in place)
+  return at::empty({0}, x.options()).set_(rows.storage(), rows.storage_offset(), x.sizes(), x.strides());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> poincare_residual_bwd_cpu(const at::Tensor& g_in,
@@ -424,28 +447,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> poincare_residual_bwd_cpu(const a
     const T *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>(), *gp = g.data_ptr<T>();
     T* gxp = (mask & 1) ? gx.data_ptr<T>() : nullptr;
     T* gyp = (mask & 2) ? gy.data_ptr<T>() : nullptr;
-    at::parallel_for(0, N, residual_grain(2 * D), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const T *xr = xp + i * D, *yr = yp + i * D, *gr = gp + i * D;
-        double xx, yy, xy, ga = 0, gb = 0;
-        dots3(xr, yr, D, xx, yy, xy);
-        for (int64_t d = 0; d < D; ++d) {
-          ga = std::fma(double(gr[d]), double(xr[d]), ga);
-          gb = std::fma(double(gr[d]), double(yr[d]), gb);
-        }
-        const auto cf = stereo::mobius_add_coef(xx, yy, xy, k);
-        const auto s = stereo::mobius_add_vjp(xx, yy, xy, k, ga, gb);
-        // dx = a g + 2 xx_ x + xy_ y;  dy = b g + 2 yy_ y + xy_ x
-        if (gxp)
-          for (int64_t d = 0; d < D; ++d)
-            gxp[i * D + d] = T(std::fma(cf.a, double(gr[d]),
-                                        std::fma(2.0 * s.xx, double(xr[d]), s.xy * double(yr[d]))));
-        if (gyp)
-          for (int64_t d = 0; d < D; ++d)
-            gyp[i * D + d] = T(std::fma(cf.b, double(gr[d]),
-                                        std::fma(2.0 * s.yy, double(yr[d]), s.xy * double(xr[d]))));
-        if (mask & 4) rowk[i] = -s.k;  // dL/dc = -dL/dk
-      }
+    double* rk = (mask & 4) ? rowk.data() : nullptr;
+    at::parallel_for(0, N, std::max<int64_t>(kResBlock, 8192 / std::max<int64_t>(D, 1)), [&](int64_t i0, int64_t i1) {
+      residual_bwd_rows<T>(gp, xp, yp, gxp, gyp, rk, i0, i1, D, k);
     });
   });
   if (mask & 4) {
