@@ -747,7 +747,7 @@ class PoincareFlattenFn(torch.autograd.Function):
         ctx.cpp = _flatten_cpp_on()
         if ctx.cpp:
             y, xl, pix, img = C2.poincare_flatten_fwd_cpu(x, c, beta, seps)
-            ctx.save_for_backward(xl, pix, img)
+            ctx.save_for_backward(xl, pix, img, c)
             return y
         k1 = (-c).reshape(1).to(x.dtype)
         r = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # free view of a channels-last image
@@ -764,8 +764,8 @@ class PoincareFlattenFn(torch.autograd.Function):
         B, C, H, W, beta, seps = ctx.geo
         C2 = _backend.compiled()
         if ctx.cpp:
-            xl, pix, img = ctx.saved_tensors
-            return C2.poincare_flatten_bwd_cpu(g, xl, pix, img, beta), None, None, None
+            xl, pix, img, c = ctx.saved_tensors
+            return C2.poincare_flatten_bwd_cpu(g, xl, pix, img, c, beta), None, None, None
         r, u, e, k1 = ctx.saved_tensors
         ge = C2.stereo_bwd_cpu(_PROJECT, g.contiguous(), e, None, k1, None, seps, 1)[0]
         gu = C2.stereo_bwd_cpu(_EXPMAP0, ge, u, None, k1, None, seps, 1)[0]

@@ -226,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
 //   u[ch*P + p] = beta a_p r_p[ch]         (the beta concatenation; |u|^2 = beta^2 sum_p a_p^2 |r_p|^2)
 //   t = tanc(k |u|^2), n = t |u|           (expmap0: e = t u, |e| = n)
 //   s = mx / n if n > mx else 1            (project, mx = (1 - seps) / sqrt(c))
-//   y = s t u                              (one rounding per element; the scalars in double)
+//   y = s t u                              (the pixel's factor s t beta a_p rounded to T, times r_p in T)
 // Backward (curvature without gradient), G = <g, u> = beta sum_p a_p w_p, w_p = <g_p, r_p> (g_p: pixel p's C
 // entries of the image's row of g):
 //   project: gxx_e = [active] -(t G) mx / (2 n^3);  expmap0: gxx_u = k tanc'(k|u|^2) (s G + 2 gxx_e t |u|^2)
@@ -236,9 +236,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
 // two-term element updates use explicit fma: the same bits whatever the thread count or the buffers' alignment.
 namespace {
 
-// Per-pixel (a_p, k atanc'(z_p), |r_p|^2) and per-image (t, s, k tanc'(k|u|^2), |u|^2, the project
+// Per-pixel (a_p, |r_p|^2) and per-image (t, s, k tanc'(k|u|^2), |u|^2, the project
 // coefficient [active] -mx / (2 n^3)) saved by the forward for the backward.
-constexpr int kFlatPix = 3, kFlatImg = 5;
+constexpr int kFlatPix = 2, kFlatImg = 5;
 
 template <typename T>
 void flatten_fwd_impl(const T* r, T* y, double* pix, double* img, int64_t B, int64_t P, int64_t C, double k,
@@ -251,7 +251,7 @@ void flatten_fwd_impl(const T* r, T* y, double* pix, double* img, int64_t B, int
       for (int64_t p = 0; p < P; ++p) {
         double xx = 0;
         for (int64_t ch = 0; ch < C; ++ch) xx = std::fma(double(rb[p * C + ch]), double(rb[p * C + ch]), xx);
-        pb[p * kFlatPix + 2] = xx;
+        pb[p * kFlatPix + 1] = xx;
         z[p] = k * xx;
         q[p] = 1.0 + z[p];
       }
@@ -260,9 +260,8 @@ void flatten_fwd_impl(const T* r, T* y, double* pix, double* img, int64_t B, int
       for (int64_t p = 0; p < P; ++p) {
         const double ap = a[p];
         pb[p * kFlatPix] = ap;
-        pb[p * kFlatPix + 1] = k * stereo::atanc_d(z[p], q[p], ap);
         const double ba = beta * ap;
-        uu = std::fma(ba * ba, pb[p * kFlatPix + 2], uu);
+        uu = std::fma(ba * ba, pb[p * kFlatPix + 1], uu);
       }
       const double zu = k * uu;
       const double t = stereo::tanc(zu);
@@ -275,19 +274,19 @@ void flatten_fwd_impl(const T* r, T* y, double* pix, double* img, int64_t B, int
       ib[4] = (act && n > stereo::min_den<double>()) ? -mx / (2.0 * nc * nc * nc) : 0.0;
       const double f = s * t * beta;
       T* yb = y + b * P * C;
-      for (int64_t p = 0; p < P; ++p) {
-        const double fa = f * a[p];
-        for (int64_t ch = 0; ch < C; ++ch) yb[ch * P + p] = T(fa * double(rb[p * C + ch]));
-      }
+      T* cf = reinterpret_cast<T*>(z.data());  // the pixels' output factors in T (z is no longer needed)
+      for (int64_t p = 0; p < P; ++p) cf[p] = T(f * a[p]);
+      for (int64_t ch = 0; ch < C; ++ch)
+        for (int64_t p = 0; p < P; ++p) yb[ch * P + p] = cf[p] * rb[p * C + ch];
     }
   });
 }
 
 template <typename T>
 void flatten_bwd_impl(const T* g, const T* r, const double* pix, const double* img, T* gr, int64_t B, int64_t P,
-                      int64_t C, double beta) {
+                      int64_t C, double beta, double k) {
   at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(P * C, 1)), [&](int64_t b0, int64_t b1) {
-    std::vector<double> w(P);
+    std::vector<double> w(P), w2(P);
     for (int64_t b = b0; b < b1; ++b) {
       const T* rb = r + b * P * C;
       const T* gb = g + b * P * C;
@@ -306,11 +305,15 @@ void flatten_bwd_impl(const T* g, const T* r, const double* pix, const double* i
       const double gxx_u = ktd * std::fma(2.0 * gxx_e * t, uu, s * G);
       const double F = s * t, H = std::fma(2.0 * t * t, gxx_e, 2.0 * gxx_u);
       T* grb = gr + b * P * C;
+      for (int64_t p = 0; p < P; ++p) {  // k atanc'(z_p), z_p = k |r_p|^2 (not needed by the forward)
+        const double zp = k * pb[p * kFlatPix + 1];
+        w2[p] = k * stereo::atanc_d(zp, 1.0 + zp, pb[p * kFlatPix]);
+      }
       for (int64_t p = 0; p < P; ++p) {
         const double ap = pb[p * kFlatPix], bap = beta * ap;
-        const double ga = beta * std::fma(H * bap, pb[p * kFlatPix + 2], F * w[p]);  // <g_v_p, r_p>
+        const double ga = beta * std::fma(H * bap, pb[p * kFlatPix + 1], F * w[p]);  // <g_v_p, r_p>
         const double cg = bap * F;
-        const double cr = std::fma(bap * bap, H, 2.0 * pb[p * kFlatPix + 1] * ga);
+        const double cr = std::fma(bap * bap, H, 2.0 * w2[p] * ga);
         for (int64_t ch = 0; ch < C; ++ch)
           grb[p * C + ch] = T(std::fma(cg, double(gb[ch * P + p]), cr * double(rb[p * C + ch])));
       }
@@ -339,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_flatten_fwd_
 }
 
 at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g_in, const at::Tensor& xl, const at::Tensor& pix,
-                                    const at::Tensor& img, double beta) {
+                                    const at::Tensor& img, const at::Tensor& c_in, double beta) {
   TORCH_CHECK(xl.dim() == 4 && xl.is_contiguous(at::MemoryFormat::ChannelsLast),
               "poincare_flatten: the saved channels-last image");
   const int64_t B = xl.size(0), C = xl.size(1), P = xl.size(2) * xl.size(3);
@@ -348,7 +351,7 @@ at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g_in, const at::Tensor& xl
   at::Tensor gr = at::empty_like(xl, at::MemoryFormat::ChannelsLast);
   AT_DISPATCH_FLOATING_TYPES(xl.scalar_type(), "poincare_flatten_bwd", [&] {
     flatten_bwd_impl<scalar_t>(g.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), pix.data_ptr<double>(),
-                               img.data_ptr<double>(), gr.data_ptr<scalar_t>(), B, P, C, beta);
+                               img.data_ptr<double>(), gr.data_ptr<scalar_t>(), B, P, C, beta, -scalar_value(c_in));
   });
   return gr;
 }

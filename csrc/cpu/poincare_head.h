@@ -19,7 +19,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_flatten_fwd_
 // dL/dx as a channels-last image from g = dL/dy [B, C*H*W] and the forward's saved tensors (the curvature
 // takes no gradient on this path).
 at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g, const at::Tensor& xl, const at::Tensor& pix,
-                                    const at::Tensor& img, double beta);
+                                    const at::Tensor& img, const at::Tensor& c, double beta);
 
 // The residual x (+) y (Möbius addition on the ball of curvature -c, no projection) of two images (B, C, H, W)
 // with the points along C (the output channels last) or two row matrices (N, D), one pass.
