@@ -100,9 +100,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("poincare_mlr_bwd_cpu", &geoops::cpu::poincare_mlr_bwd_cpu,
         "Poincare MLR head, backward -> (dx, dz, dbias, dc) (CPU)");
   m.def("poincare_flatten_fwd_cpu", &geoops::cpu::poincare_flatten_fwd_cpu,
-        "Poincare beta-concatenating flatten of a channels-last image -> (y, pixel rows, u, expmap0(u)) (CPU)");
+        "Poincare beta-concatenating flatten of an image, fused -> (y, channels-last x, pixel and image scalars) (CPU)");
   m.def("poincare_flatten_bwd_cpu", &geoops::cpu::poincare_flatten_bwd_cpu,
-        "Poincare flatten, backward -> dL/d(pixel rows) (CPU)");
+        "Poincare flatten, backward -> dL/dx as a channels-last image (CPU)");
+  m.def("poincare_residual_fwd_cpu", &geoops::cpu::poincare_residual_fwd_cpu,
+        "Poincare residual Mobius addition of two images (points along dim 1) or row matrices, fused (CPU)");
+  m.def("poincare_residual_bwd_cpu", &geoops::cpu::poincare_residual_bwd_cpu,
+        "Poincare residual Mobius addition, backward -> (dx, dy, dc) (CPU)");
   // ---- end poincare
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");

@@ -67,6 +67,8 @@ def _check_float(op: str, name: str, t):
 
 def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
     """c as a 0-dim tensor on like's device (float32 for half inputs, else like's dtype)."""
+    if _checked(c, like):
+        return c
     if isinstance(c, torch.Tensor):
         if c.numel() != 1:
             _fail(op, f"c must be a positive scalar (a number or a 1-element tensor), got shape {tuple(c.shape)}")
@@ -84,6 +86,24 @@ def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
         dt = torch.float32 if like.dtype in _HALF else like.dtype
         return torch.tensor(float(c), dtype=dt, device=like.device)
     _fail(op, f"c must be a positive number or a 0-dim tensor, got {type(c).__name__}", TypeError)
+
+
+def _mark_checked_curvature(c: torch.Tensor) -> torch.Tensor:
+    """Marks c (a 0-dim floating tensor without gradient made by geoops, e.g. PoincareBall's cached curvature)
+    as checked: while its version counter stays, ``_curv`` returns it as is and ``_k`` a cached -c (no per-call
+    reshape / to / positivity read / negation).  A c <= 0 is left unmarked (the checks then raise per call)."""
+    if (c.dim() == 0 and c.is_floating_point() and not c.requires_grad and c.device.type == "cpu"
+            and not _is_fake(c) and float(c) > 0):
+        c._geoops_checked = (c._version, -c)
+    return c
+
+
+def _checked(c, like) -> bool:
+    """Whether c is a marked curvature (``_mark_checked_curvature``) still at its marked version, on like's
+    device, eager."""
+    mark = getattr(c, "_geoops_checked", None)
+    return (mark is not None and mark[0] == c._version and like.device.type == "cpu"
+            and not torch.compiler.is_compiling())
 
 
 def _is_fake(t) -> bool:
@@ -274,6 +294,8 @@ def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *
 
 # ---------------------------------------------------------------- maps (fused stereographic kernels, k = -c)
 def _k(op, c, like):
+    if _checked(c, like):
+        return c._geoops_checked[1]
     return -_curv(op, c, like)
 
 
@@ -342,12 +364,54 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
     """Möbius addition x (+) y (the Poincaré residual connection)."""
     _check_float("mobius_add", "x", x)
     _check_float("mobius_add", "y", y)
+    if (x.shape == y.shape and x.dim() in (2, 4) and dim % x.dim() == 1 and x.dtype == y.dtype
+            and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and y.device.type == "cpu"
+            and x.numel() > 0 and _fused_on() and _residual_cpp_on()):
+        ct = _curv("mobius_add", c, x)
+        if _library.direct_call_ok(x, y, ct) and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+            # eager CPU: the residual of two images (points along dim 1) or of two row matrices in one C++
+            # pass each way (the output channels last for an image)
+            return PoincareResidualFn.apply(x, y, ct)
     k = _k("mobius_add", c, x)
     if x.shape == y.shape and x.dim() > 1:
         xr, back = _rows(x, dim)
         yr, _ = _rows(y, dim)
         return back(_st.mobius_add(xr, yr, k=k))
     return _st.mobius_add(x, y, k=k, dim=dim)
+
+
+def _residual_cpp_on() -> bool:
+    """GEOOPS_POINCARE_RESIDUAL_CPP=0 (read per call; default on): mobius_add of two images / row matrices on the
+    eager CPU path through the stereographic row op (MobiusAddFn) instead of PoincareResidualFn, for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_RESIDUAL_CPP", "1") != "0"
+
+
+class PoincareResidualFn(torch.autograd.Function):
+    """mobius_add(x, y) of two images (B, C, H, W) with the points along dim 1, or two row matrices (N, D), on the
+    eager CPU path: geoops::poincare_residual_fwd_cpu (one pass: the three row dots in double, the coefficients,
+    the output, channels last for an image) and _bwd_cpu (one pass: dx, dy, and dc summed in row order).  A
+    backward that meets a mode or a subclass takes the stereographic op's gradients."""
+
+    @staticmethod
+    def forward(ctx, x, y, c):
+        ctx.save_for_backward(x, y, c)
+        return _backend.compiled().poincare_residual_fwd_cpu(x, y, c)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y, c = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        if not _library.direct_call_ok(g):
+            with torch.enable_grad():
+                args = [a.detach().requires_grad_(n) for a, n in zip((x, y, c), ng)]
+                xr, back = _rows(args[0], 1)
+                out = back(_st.mobius_add(xr, _rows(args[1], 1)[0], k=-args[2]))
+                want = [a for a, n in zip(args, ng) if n]
+                got = iter(torch.autograd.grad(out, want, g))
+            return tuple(next(got) if n else None for n in ng)
+        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if ng[2] else 0)
+        gx, gy, gc = _backend.compiled().poincare_residual_bwd_cpu(g, x, y, c, mask)
+        return gx, gy, (gc.to(c.dtype).reshape(c.shape) if ng[2] else None)
 
 
 class PoincareReluFn(torch.autograd.Function):
@@ -658,33 +722,34 @@ class PoincareFcRowsFn(torch.autograd.Function):
 
 _EXPMAP0 = _st_ops.STEREO_OPS["expmap0"].code
 _PROJECT = _st_ops.STEREO_OPS["project"].code
-_FLAT_OPS = [_LOGMAP0, _EXPMAP0, _PROJECT]
 
 
 def _flatten_cpp_on() -> bool:
     """GEOOPS_POINCARE_FLATTEN_CPP=0 (read per call; default on): PoincareFlattenFn's three stereographic kernels
-    and its (channel, row, column) reorder from Python (torch.mul into a permuted view) instead of one C++ call
-    each way (the same kernels; the reorder as a loop, same values), for A/B."""
+    and its (channel, row, column) reorder from Python (torch.mul into a permuted view) instead of the fused C++
+    pass each way (the same math to rounding), for A/B."""
     return os.environ.get("GEOOPS_POINCARE_FLATTEN_CPP", "1") != "0"
 
 
 class PoincareFlattenFn(torch.autograd.Function):
     """flatten of an image (B, C, H, W) to (B, C*H*W) rows on the eager CPU path, for a curvature without
-    gradient, as ONE Function: the stereographic kernels logmap0 (pixel rows), expmap0 and project (the flat
-    rows) called directly, the (channel, row, column) reorder and the beta scale in one copy; backward: the three
-    kernels' backward in reverse.  Same kernels and values as the composition; k1 = -c as a (1,) tensor."""
+    gradient, as ONE Function: geoops::poincare_flatten_fwd_cpu (logmap0 of the pixel rows, the beta-scaled
+    (channel, row, column) reorder, expmap0 and project of each image's row in one pass per image: the scalars
+    in double, one rounding per output) and its backward (one pass per image, dx channels last).
+    GEOOPS_POINCARE_FLATTEN_CPP=0 (read per call): the three stereographic kernels from Python (logmap0 of the
+    pixel rows, the reorder by torch.mul into a permuted view, expmap0, project; their backward in reverse)."""
 
     @staticmethod
-    def forward(ctx, x, k1, beta, seps):
+    def forward(ctx, x, c, beta, seps):
         C2 = _backend.compiled()
         B, C, H, W = x.shape
         ctx.geo = (B, C, H, W, beta, seps)
-        if _flatten_cpp_on():  # the same kernels and values in one C++ call (the reorder as a loop)
-            y, r, u, e = C2.poincare_flatten_fwd_cpu(x, k1, beta, seps, _FLAT_OPS)
-            ctx.save_for_backward(r, u, e, k1)
-            ctx.cpp = True
+        ctx.cpp = _flatten_cpp_on()
+        if ctx.cpp:
+            y, xl, pix, img = C2.poincare_flatten_fwd_cpu(x, c, beta, seps)
+            ctx.save_for_backward(xl, pix, img, c)
             return y
-        ctx.cpp = False
+        k1 = (-c).reshape(1).to(x.dtype)
         r = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # free view of a channels-last image
         v = C2.stereo_fwd_cpu(_LOGMAP0, r, None, k1, None, seps)
         u = x.new_empty(B, C * H * W)
@@ -696,12 +761,12 @@ class PoincareFlattenFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        r, u, e, k1 = ctx.saved_tensors
         B, C, H, W, beta, seps = ctx.geo
         C2 = _backend.compiled()
         if ctx.cpp:
-            gr = C2.poincare_flatten_bwd_cpu(g, r, u, e, k1, beta, seps, C, _FLAT_OPS)
-            return gr.view(B, H, W, C).permute(0, 3, 1, 2), None, None, None
+            xl, pix, img, c = ctx.saved_tensors
+            return C2.poincare_flatten_bwd_cpu(g, xl, pix, img, c, beta), None, None, None
+        r, u, e, k1 = ctx.saved_tensors
         ge = C2.stereo_bwd_cpu(_PROJECT, g.contiguous(), e, None, k1, None, seps, 1)[0]
         gu = C2.stereo_bwd_cpu(_EXPMAP0, ge, u, None, k1, None, seps, 1)[0]
         gv = r.new_empty(B * H * W, C)
@@ -716,7 +781,7 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     start, end = start_dim % x.dim(), end_dim % x.dim()
     if not (start <= man_dim % x.dim() <= end):
         return torch.flatten(x, start, end)
-    k = _k("flatten", c, x)
+    ct = _curv("flatten", c, x)
     n_i = x.shape[man_dim]
     n = n_i * math.prod(x.shape[start + 1:end + 1])
     if x.dim() == 4 and start == 1 and man_dim % 4 == 1 and end == 3 and x.numel() > 0 and _fused_on():
@@ -725,15 +790,17 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
         # last dim (the row ops' fast path; per call, the dim=1 route costs more Python than the kernels)
         B, C, H, W = x.shape
         seps = _st_ref.default_eps(x.dtype)
-        if (x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and not k.requires_grad
-                and _eps(None, x.dtype) == seps and _library.direct_call_ok(x, k)
+        if (x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and not ct.requires_grad
+                and _eps(None, x.dtype) == seps and _library.direct_call_ok(x, ct)
                 and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
-            # eager CPU, fixed curvature: the three kernels in one Function (no per-op Python or graph nodes)
-            return PoincareFlattenFn.apply(x, k.reshape(1).to(x.dtype), beta_concat_scale(n_i, n), seps)
+            # eager CPU, fixed curvature: one Function, one fused C++ pass each way
+            return PoincareFlattenFn.apply(x, ct, beta_concat_scale(n_i, n), seps)
+        k = _k("flatten", ct, x)
         r, _ = _rows(x, 1)
         v = _st.logmap0(r, k=k).view(B, H, W, C).permute(0, 3, 1, 2).reshape(B, n) * beta_concat_scale(n_i, n)
         e = _eps(None, x.dtype)  # the row fast path takes the stereographic default margin: pass it only if it differs
         return _st.project(_st.expmap0(v, k=k), k=k, eps=-1 if e == _st_ref_eps(x.dtype) else e)
+    k = _k("flatten", ct, x)
     v = torch.flatten(_st.logmap0(x, k=k, dim=man_dim), start, end) * beta_concat_scale(n_i, n)
     return _st.project(_st.expmap0(v, k=k, dim=start), k=k, dim=start, eps=_eps(None, x.dtype))
 

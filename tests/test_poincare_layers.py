@@ -979,18 +979,47 @@ def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
         assert torch.autograd.gradcheck(lambda t: gp.flatten(t, c=c), (x0.clone().requires_grad_(True),))
 
 
+def _churn_heap(rng, held):
+    """A few malloc / free calls of assorted sizes (moves where the next buffers land)."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    for _ in range(rng.randint(0, 30)):
+        p = libc.malloc(rng.choice([8, 16, 24, 40, 64, 96, 200, 1000]))
+        held.append(p) if rng.random() < 0.5 else libc.free(p)
+
+
+def _bitwise_grads_repeat(fn, ins, g):
+    """The gradients of fn(*ins) from 6 backward calls with 1 / 2 threads and heap churn in between: all equal."""
+    import random
+    rng, held = random.Random(0), []
+    nth = torch.get_num_threads()
+    try:
+        out = fn(*ins)
+        runs = []
+        for rep in range(6):
+            torch.set_num_threads(1 + rep % 2)
+            _churn_heap(rng, held)
+            runs.append(torch.autograd.grad(out, [t for t in ins if t.requires_grad], g, retain_graph=True))
+    finally:
+        torch.set_num_threads(nth)
+    for r in runs[1:]:
+        for a, e in zip(r, runs[0]):
+            assert torch.equal(a, e)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 3), True), ((64, 8, 8, 8), True), ((2, 3, 1, 7), False),
                                                  ((1, 1, 5, 5), True)])
-def test_flatten_cpp_vs_python_fn_bitwise(monkeypatch, dtype, shape, channels_last):
-    """PoincareFlattenFn's one C++ call each way (poincare_flatten_fwd_cpu / _bwd_cpu) against its Python body
-    (GEOOPS_POINCARE_FLATTEN_CPP=0: the same kernels, the reorder by torch.mul into a permuted view): bit for bit
-    equal values and dx; a NaN pixel poisons only its image's row."""
+def test_flatten_fused_vs_python_fn(monkeypatch, dtype, shape, channels_last):
+    """PoincareFlattenFn's fused C++ pass each way (poincare_flatten_fwd_cpu / _bwd_cpu) against its Python body
+    (GEOOPS_POINCARE_FLATTEN_CPP=0: the three stereographic kernels, the reorder by torch.mul into a permuted
+    view): values and dx to rounding, against the float64 reference too (fp32 error within 2x the Python body's
+    + floor); a NaN pixel poisons only its image's row; points near the boundary (project active)."""
     B, C, H, W = shape
     x0 = _img(B, C, H, W, c=0.7, dtype=dtype, seed=8, radius=0.95)
     if channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
-    x0[0, 0, 0, min(1, W - 1)] = float("nan")
     c = torch.tensor(0.7, dtype=dtype)
     gy = torch.randn(B, C * H * W, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(dtype)
     outs = {}
@@ -1000,10 +1029,124 @@ def test_flatten_cpp_vs_python_fn_bitwise(monkeypatch, dtype, shape, channels_la
         y = gp.flatten(x, c=c)
         assert _graph_has(y, "PoincareFlattenFn")
         outs[cpp] = (y.detach(), torch.autograd.grad(y, x, gy)[0])
-    for a, b_ in zip(outs["1"], outs["0"]):
-        assert torch.equal(a.nan_to_num(7.0), b_.nan_to_num(7.0))
-    y = outs["1"][0]
-    assert y[0].isnan().all() and not y[1:].isnan().any()
+    monkeypatch.setenv("GEOOPS_POINCARE_FLATTEN_CPP", "1")
+    x64 = x0.double().requires_grad_(True)
+    y64 = gp.flatten(x64, c=c.double())
+    ref = (y64.detach(), torch.autograd.grad(y64, x64, gy.double())[0])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    for a, b_, r in zip(outs["1"], outs["0"], ref):
+        torch.testing.assert_close(a, b_, **tol)
+        if dtype == torch.float32:
+            err, err0 = (a.double() - r).abs().max().item(), (b_.double() - r).abs().max().item()
+            assert err <= 2 * err0 + 1e-7 * r.abs().max().item()
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda t: gp.flatten(t, c=c), (x0[:2].clone().requires_grad_(True),))
+    xn = x0.clone()
+    xn[0, 0, 0, min(1, W - 1)] = float("nan")
+    yn = gp.flatten(xn, c=c)
+    assert yn[0].isnan().all() and not yn[1:].isnan().any()
+
+
+def test_flatten_fused_backward_bitwise_repeatable():
+    """The fused flatten's backward gives the same bits with 1 and 2 threads and after heap churn (odd sizes: the
+    per-image chunks of the threads, unaligned buffers)."""
+    for dtype in (torch.float32, torch.float64):
+        x = _img(37, 5, 7, 3, c=0.8, dtype=dtype, seed=3, radius=0.9).contiguous(memory_format=torch.channels_last)
+        g = torch.randn(37, 5 * 21, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+        _bitwise_grads_repeat(lambda t: gp.flatten(t, c=0.8), [x.requires_grad_(True)], g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,layout", [((3, 5, 4, 3), "cl"), ((64, 8, 8, 8), "cl"), ((2, 3, 1, 7), "nchw"),
+                                          ((37, 6), "rows"), ((5, 1), "rows")])
+def test_residual_fn_vs_stereographic(monkeypatch, dtype, shape, layout):
+    """PoincareResidualFn (mobius_add of two images along dim 1 / two row matrices in one C++ pass each way)
+    against the stereographic row op (GEOOPS_POINCARE_RESIDUAL_CPP=0): values and gradients to x, y and c,
+    fp32 error vs float64 within 2x the row op's (+ floor); gradcheck in float64 with the curvature's gradient;
+    nearly opposite points near the boundary."""
+    g0 = torch.Generator().manual_seed(5)
+    if layout == "rows":
+        x0 = gp.expmap0(torch.randn(*shape, generator=g0, dtype=torch.float64) * 1.5, c=0.9)
+        y0 = gp.expmap0(torch.randn(*shape, generator=g0, dtype=torch.float64) * 1.5, c=0.9)
+        y0[0] = -x0[0] * 0.999
+        dim = -1
+    else:
+        B, C, H, W = shape
+        x0 = _img(B, C, H, W, c=0.9, dtype=torch.float64, seed=11, radius=0.97)
+        y0 = _img(B, C, H, W, c=0.9, dtype=torch.float64, seed=12, radius=0.97)
+        y0[0, :, 0, 0] = -x0[0, :, 0, 0] * 0.999
+        if layout == "cl":
+            x0, y0 = (t.contiguous(memory_format=torch.channels_last) for t in (x0, y0))
+        dim = 1
+    gout = torch.randn(shape, generator=g0, dtype=torch.float64)
+    outs = {}
+    for cpp, dt in (("1", dtype), ("0", dtype), ("1", torch.float64)):
+        monkeypatch.setenv("GEOOPS_POINCARE_RESIDUAL_CPP", cpp)
+        x, y = x0.to(dt).requires_grad_(True), y0.to(dt).requires_grad_(True)
+        c = torch.tensor(0.9, dtype=dt, requires_grad=True)
+        out = gp.mobius_add(x, y, c=c, dim=dim)
+        assert _graph_has(out, "PoincareResidualFn") == (cpp == "1")
+        assert out.shape == shape
+        outs[cpp, dt] = (out.detach(), *torch.autograd.grad(out, (x, y, c), gout.to(dt)))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5)
+    for a, b_, r in zip(outs["1", dtype], outs["0", dtype], outs["1", torch.float64]):
+        torch.testing.assert_close(a, b_, **tol)
+        if dtype == torch.float32:
+            err, err0 = (a.double() - r).abs().max().item(), (b_.double() - r).abs().max().item()
+            assert err <= 2 * err0 + 1e-6 * max(r.abs().max().item(), 1.0)
+    if dtype == torch.float64:
+        monkeypatch.setenv("GEOOPS_POINCARE_RESIDUAL_CPP", "1")
+        xs, ys = x0[:2].clone().requires_grad_(True), y0[:2].clone().requires_grad_(True)
+        cs = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, b, cc: gp.mobius_add(a, b, c=cc, dim=dim), (xs, ys, cs))
+
+
+def test_residual_backward_bitwise_repeatable():
+    """The residual's backward (dx, dy and the row-ordered dc) gives the same bits with 1 and 2 threads and
+    after heap churn."""
+    for dtype in (torch.float32, torch.float64):
+        x = _img(33, 8, 9, 7, c=0.9, dtype=dtype, seed=1).contiguous(memory_format=torch.channels_last)
+        y = _img(33, 8, 9, 7, c=0.9, dtype=dtype, seed=2).contiguous(memory_format=torch.channels_last)
+        c = torch.tensor(0.9, dtype=dtype, requires_grad=True)
+        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+        _bitwise_grads_repeat(lambda a, b, cc: gp.mobius_add(a, b, c=cc, dim=1),
+                              [x.requires_grad_(True), y.requires_grad_(True), c], g)
+
+
+def test_poincare_ball_cached_curvature(monkeypatch):
+    """A fixed PoincareBall computes c once per value of its parameter (the same checked tensor each call, a
+    new one after the parameter changes or the cached tensor is modified in place); a learnable one builds c
+    per call with its gradient; the layers give the same values with the cache off (GEOOPS_POINCARE_BALL_CACHE=0)."""
+    ball = gnn.PoincareBall(0.8)
+    c1, c2 = ball(), ball()
+    assert c1 is c2 and not c1.requires_grad
+    torch.testing.assert_close(c1, torch.nn.functional.softplus(torch.tensor(0.8)))
+    assert gp._curv("t", c1, torch.zeros(2)) is c1 and gp._k("t", c1, torch.zeros(2)) is gp._k("t", c1, torch.zeros(2))
+    with torch.no_grad():
+        ball.value.fill_(1.3)
+    c3 = ball()
+    assert c3 is not c1
+    torch.testing.assert_close(c3, torch.nn.functional.softplus(torch.tensor(1.3)))
+    torch.testing.assert_close(gp._k("t", c3, torch.zeros(2)), -c3)
+    c3.mul_(2.0)  # the caller modified the cached tensor: neither the cache nor its check mark hold any more
+    assert ball() is not c3 and gp._k("t", c3, torch.zeros(2)).item() == pytest.approx(-c3.item())
+    with torch.no_grad():
+        ball.value.fill_(-200.0)  # softplus underflows to 0: not marked, the checks raise per call
+    with pytest.raises(ValueError, match="c must be > 0"):
+        gp.poincare_relu(torch.zeros(2, 3), c=ball())
+    lball = gnn.PoincareBall(0.8, requires_grad=True)
+    assert lball() is not lball() and lball().requires_grad
+    x = _img(2, 3, 4, 4, c=0.5, seed=2).requires_grad_(True)
+    gnn.PoincareReLU(lball)(x).sum().backward()
+    assert lball.value.grad is not None and lball.value.grad.abs().item() > 0
+    fixed = gnn.PoincareBall(0.5)
+    net = torch.nn.Sequential(gnn.PoincareReLU(fixed), gnn.PoincareFlatten(fixed))
+    outs = []
+    for on in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_BALL_CACHE", on)
+        outs.append(net(x.detach()))
+        assert (fixed() is fixed()) == (on == "1")
+    assert torch.equal(outs[0], outs[1])
 
 
 @pytest.mark.parametrize("fused", ["1", "0"])

@@ -17,6 +17,9 @@
 #include "poincare.h"
 #include "poincare_head.h"
 #include "stereographic.h"
+#include "vec_math.h"  // atanc_n
+
+#include "geoops/stereo_math.h"
 
 #include <ATen/Parallel.h>
 
@@ -30,6 +33,14 @@ namespace cpu {
 namespace {
 
 constexpr double kMlrMinNorm = 1e-15;
+
+// A CPU scalar tensor's value without the dispatcher (item() records an aten call per read).
+double scalar_value(const at::Tensor& c) {
+  TORCH_CHECK(c.numel() == 1 && c.device().is_cpu(), "geoops: c must be a 1-element CPU tensor");
+  if (c.scalar_type() == at::kFloat) return double(*c.data_ptr<float>());
+  if (c.scalar_type() == at::kDouble) return *c.data_ptr<double>();
+  return c.item<double>();
+}
 
 // The columns' constants: |z_j| (raw), zn_j = max(|z_j|, 1e-15), ch_j, sh_j and 2 bias_j.
 struct MlrCols {
@@ -136,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_mlr_fwd_cpu(const at::Tensor& x_in, 
   check_mlr(x_in, z_in, bias_in);
   const at::Tensor x = x_in.contiguous(), z = z_in.contiguous();
   const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
-  const double c = c_in.item<double>();
+  const double c = scalar_value(c_in);
   const int64_t N = x.size(0), n = x.size(1), m = z.size(1);
   const at::Tensor t = at::mm(x, z);
   at::Tensor y = at::empty({N, m}, x.options());
@@ -157,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
   const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
   const int64_t N = x.size(0), n = x.size(1), m = z.size(1);
   TORCH_CHECK(g.size(0) == N && g.size(1) == m && t.sizes() == g.sizes(), "poincare_mlr: grad and t must be (N, m)");
-  const double c = c_in.item<double>(), sc = std::sqrt(c);
+  const double c = scalar_value(c_in), sc = std::sqrt(c);
   at::Tensor dt = at::empty({N, m}, x.options());
   at::Tensor gx, gz, gb, gc;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_mlr_bwd", [&] {
@@ -208,61 +219,248 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
   return {gx, gz, gb, gc};
 }
 
-// ---------------------------------------------------------------- flatten (beta concatenation)
+// ---------------------------------------------------------------- flatten (beta concatenation), fused
+// An image x (B, C, H, W) with its points along C, read as its B*P pixel rows r_p (P = H*W; a free view of a
+// channels-last image), to rows y (B, C*P) in (channel, pixel) order:
+//   a_p = atanc(k |r_p|^2)                 (logmap0: v_p = a_p r_p; k = -c)
+//   u[ch*P + p] = beta a_p r_p[ch]         (the beta concatenation; |u|^2 = beta^2 sum_p a_p^2 |r_p|^2)
+//   t = tanc(k |u|^2), n = t |u|           (expmap0: e = t u, |e| = n)
+//   s = mx / n if n > mx else 1            (project, mx = (1 - seps) / sqrt(c))
+//   y = s t u                              (the pixel's factor s t beta a_p rounded to T, times r_p in T)
+// Backward (curvature without gradient), G = <g, u> = beta sum_p a_p w_p, w_p = <g_p, r_p> (g_p: pixel p's C
+// entries of the image's row of g):
+//   project: gxx_e = [active] -(t G) mx / (2 n^3);  expmap0: gxx_u = k tanc'(k|u|^2) (s G + 2 gxx_e t |u|^2)
+//   gu = F g + H u with F = s t, H = 2 t^2 gxx_e + 2 gxx_u
+//   logmap0: gr_p = beta a_p F g_p + (beta^2 a_p^2 H + 2 k atanc'(k|r_p|^2) beta (F w_p + H beta a_p |r_p|^2)) r_p
+// Every image is independent (no sums across images); within an image the sums run in a fixed order and the
+// two-term element updates use explicit fma: the same bits whatever the thread count or the buffers' alignment.
 namespace {
 
-// dst[b, ch, p] = src[b, p, ch] * beta for B images of P pixels and C channels (in T: torch.mul's rounding).
+// Per-pixel (a_p, |r_p|^2) and per-image (t, s, k tanc'(k|u|^2), |u|^2, the project
+// coefficient [active] -mx / (2 n^3)) saved by the forward for the backward.
+constexpr int kFlatPix = 2, kFlatImg = 5;
+
 template <typename T>
-void flat_scale(const T* src, T* dst, int64_t B, int64_t P, int64_t C, T beta, bool to_flat) {
-  at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(P * C, 1)), [&](int64_t b0, int64_t b1) {
+void flatten_fwd_impl(const T* r, T* y, double* pix, double* img, int64_t B, int64_t P, int64_t C, double k,
+                      double beta, double mx) {
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(P * C, 1)), [&](int64_t b0, int64_t b1) {
+    std::vector<double> z(P), q(P), a(P);
     for (int64_t b = b0; b < b1; ++b) {
-      const T* s = src + b * P * C;
-      T* d = dst + b * P * C;
-      if (to_flat) {
+      const T* rb = r + b * P * C;
+      double* pb = pix + b * P * kFlatPix;
+      for (int64_t p = 0; p < P; ++p) {
+        double xx = 0;
+        for (int64_t ch = 0; ch < C; ++ch) xx = std::fma(double(rb[p * C + ch]), double(rb[p * C + ch]), xx);
+        pb[p * kFlatPix + 1] = xx;
+        z[p] = k * xx;
+        q[p] = 1.0 + z[p];
+      }
+      atanc_n(z.data(), q.data(), a.data(), P);
+      double uu = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        const double ap = a[p];
+        pb[p * kFlatPix] = ap;
+        const double ba = beta * ap;
+        uu = std::fma(ba * ba, pb[p * kFlatPix + 1], uu);
+      }
+      const double zu = k * uu;
+      const double t = stereo::tanc(zu);
+      const double n = t * std::sqrt(uu);
+      const double nc = std::max(n, stereo::min_den<double>());
+      const bool act = n > mx;  // (a NaN row stays NaN: s = 1)
+      const double s = act ? mx / nc : 1.0;
+      double* ib = img + b * kFlatImg;
+      ib[0] = t, ib[1] = s, ib[2] = k * stereo::tanc_d(zu, t), ib[3] = uu;
+      ib[4] = (act && n > stereo::min_den<double>()) ? -mx / (2.0 * nc * nc * nc) : 0.0;
+      const double f = s * t * beta;
+      T* yb = y + b * P * C;
+      T* cf = reinterpret_cast<T*>(z.data());  // the pixels' output factors in T (z is no longer needed)
+      for (int64_t p = 0; p < P; ++p) cf[p] = T(f * a[p]);
+      for (int64_t ch = 0; ch < C; ++ch)
+        for (int64_t p = 0; p < P; ++p) yb[ch * P + p] = cf[p] * rb[p * C + ch];
+    }
+  });
+}
+
+template <typename T>
+void flatten_bwd_impl(const T* g, const T* r, const double* pix, const double* img, T* gr, int64_t B, int64_t P,
+                      int64_t C, double beta, double k) {
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(P * C, 1)), [&](int64_t b0, int64_t b1) {
+    std::vector<double> w(P), w2(P);
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* rb = r + b * P * C;
+      const T* gb = g + b * P * C;
+      const double* pb = pix + b * P * kFlatPix;
+      const double* ib = img + b * kFlatImg;
+      double G = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        double wp = 0;
+        for (int64_t ch = 0; ch < C; ++ch) wp = std::fma(double(gb[ch * P + p]), double(rb[p * C + ch]), wp);
+        w[p] = wp;
+        G = std::fma(pb[p * kFlatPix], wp, G);
+      }
+      G *= beta;
+      const double t = ib[0], s = ib[1], ktd = ib[2], uu = ib[3];
+      const double gxx_e = ib[4] * (t * G);
+      const double gxx_u = ktd * std::fma(2.0 * gxx_e * t, uu, s * G);
+      const double F = s * t, H = std::fma(2.0 * t * t, gxx_e, 2.0 * gxx_u);
+      T* grb = gr + b * P * C;
+      for (int64_t p = 0; p < P; ++p) {  // k atanc'(z_p), z_p = k |r_p|^2 (not needed by the forward)
+        const double zp = k * pb[p * kFlatPix + 1];
+        w2[p] = k * stereo::atanc_d(zp, 1.0 + zp, pb[p * kFlatPix]);
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        const double ap = pb[p * kFlatPix], bap = beta * ap;
+        const double ga = beta * std::fma(H * bap, pb[p * kFlatPix + 1], F * w[p]);  // <g_v_p, r_p>
+        const double cg = bap * F;
+        const double cr = std::fma(bap * bap, H, 2.0 * w2[p] * ga);
         for (int64_t ch = 0; ch < C; ++ch)
-          for (int64_t p = 0; p < P; ++p) d[ch * P + p] = s[p * C + ch] * beta;
-      } else {
-        for (int64_t p = 0; p < P; ++p)
-          for (int64_t ch = 0; ch < C; ++ch) d[p * C + ch] = s[ch * P + p] * beta;
+          grb[p * C + ch] = T(std::fma(cg, double(gb[ch * P + p]), cr * double(rb[p * C + ch])));
       }
     }
   });
 }
 
-void flat_scale_any(const at::Tensor& src, at::Tensor& dst, int64_t B, int64_t P, int64_t C, double beta,
-                    bool to_flat) {
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "poincare_flatten", [&] {
-    flat_scale<scalar_t>(src.data_ptr<scalar_t>(), dst.data_ptr<scalar_t>(), B, P, C, scalar_t(beta), to_flat);
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_flatten_fwd_cpu(const at::Tensor& x,
+                                                                                     const at::Tensor& c_in,
+                                                                                     double beta, double seps) {
+  TORCH_CHECK(x.dim() == 4, "poincare_flatten: x (B, C, H, W)");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "poincare_flatten: float32/64");
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const double c = scalar_value(c_in);
+  const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);  // its pixel rows, (B*P, C) in memory
+  at::Tensor y = at::empty({B, C * P}, x.options());
+  const auto dopt = x.options().dtype(at::kDouble);
+  at::Tensor pix = at::empty({B * P, kFlatPix}, dopt), img = at::empty({B, kFlatImg}, dopt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_flatten_fwd", [&] {
+    flatten_fwd_impl<scalar_t>(xl.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), pix.data_ptr<double>(),
+                               img.data_ptr<double>(), B, P, C, -c, beta, (1.0 - seps) / std::sqrt(c));
   });
+  return {y, xl, pix, img};
+}
+
+at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g_in, const at::Tensor& xl, const at::Tensor& pix,
+                                    const at::Tensor& img, const at::Tensor& c_in, double beta) {
+  TORCH_CHECK(xl.dim() == 4 && xl.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "poincare_flatten: the saved channels-last image");
+  const int64_t B = xl.size(0), C = xl.size(1), P = xl.size(2) * xl.size(3);
+  const at::Tensor g = g_in.to(xl.scalar_type()).contiguous();
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == B && g.size(1) == C * P, "poincare_flatten: grad (B, C*H*W)");
+  at::Tensor gr = at::empty_like(xl, at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES(xl.scalar_type(), "poincare_flatten_bwd", [&] {
+    flatten_bwd_impl<scalar_t>(g.data_ptr<scalar_t>(), xl.data_ptr<scalar_t>(), pix.data_ptr<double>(),
+                               img.data_ptr<double>(), gr.data_ptr<scalar_t>(), B, P, C, beta, -scalar_value(c_in));
+  });
+  return gr;
+}
+
+// ---------------------------------------------------------------- the residual Möbius addition
+// out = x (+) y along the points' dimension of two images (B, C, H, W) (points along C, read as channels-last
+// pixel rows) or two row matrices (N, D), no projection (the stereographic op's semantics).  Forward: the
+// stereographic row kernel (its SIMD lanes of rows) on the pixel rows, its output returned as the channels-last
+// image.  Backward: blocks of 64 rows -- the five row dots (xx, yy, xy, <g,x>, <g,y>) in double as sequential fma
+// chains, the coefficients and their adjoints (stereo_math.h's mobius_add_coef / mobius_add_vjp, k = -c) as a
+// loop over the block's rows (SIMD over rows), then dx, dy with explicit fma; the curvature's gradient sums the
+// rows' terms in row order: the same bits whatever the thread count or the buffers' alignment.
+namespace {
+
+at::MemoryFormat rows_format(const at::Tensor& x) {
+  return x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// The (N, D) rows of a tensor laid out by rows_format.
+at::Tensor as_rows(const at::Tensor& x) {
+  return x.dim() == 4 ? x.permute({0, 2, 3, 1}).reshape({-1, x.size(1)}) : x;
+}
+
+constexpr int64_t kResBlock = 64;
+
+template <typename T>
+void residual_bwd_rows(const T* gp, const T* xp, const T* yp, T* gxp, T* gyp, double* rowk, int64_t i0, int64_t i1,
+                       int64_t D, double k) {
+  double xx[kResBlock], yy[kResBlock], xy[kResBlock], ga[kResBlock], gb[kResBlock];
+  double ca[kResBlock], cb[kResBlock], sxx[kResBlock], syy[kResBlock], sxy[kResBlock], sk[kResBlock];
+  for (int64_t ib = i0; ib < i1; ib += kResBlock) {
+    const int64_t n = std::min(kResBlock, i1 - ib);
+    for (int64_t r = 0; r < n; ++r) {
+      const T *xr = xp + (ib + r) * D, *yr = yp + (ib + r) * D, *gr = gp + (ib + r) * D;
+      double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double u = double(xr[d]), v = double(yr[d]), w = double(gr[d]);
+        a0 = std::fma(u, u, a0), a1 = std::fma(v, v, a1), a2 = std::fma(u, v, a2);
+        a3 = std::fma(w, u, a3), a4 = std::fma(w, v, a4);
+      }
+      xx[r] = a0, yy[r] = a1, xy[r] = a2, ga[r] = a3, gb[r] = a4;
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const auto cf = stereo::mobius_add_coef(xx[r], yy[r], xy[r], k);
+      const auto s = stereo::mobius_add_vjp(xx[r], yy[r], xy[r], k, ga[r], gb[r]);
+      ca[r] = cf.a, cb[r] = cf.b, sxx[r] = 2.0 * s.xx, syy[r] = 2.0 * s.yy, sxy[r] = s.xy, sk[r] = s.k;
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t o = (ib + r) * D;
+      const T *xr = xp + o, *yr = yp + o, *gr = gp + o;
+      // dx = a g + 2 xx_ x + xy_ y;  dy = b g + 2 yy_ y + xy_ x
+      if (gxp)
+        for (int64_t d = 0; d < D; ++d)
+          gxp[o + d] = T(std::fma(ca[r], double(gr[d]), std::fma(sxx[r], double(xr[d]), sxy[r] * double(yr[d]))));
+      if (gyp)
+        for (int64_t d = 0; d < D; ++d)
+          gyp[o + d] = T(std::fma(cb[r], double(gr[d]), std::fma(syy[r], double(yr[d]), sxy[r] * double(xr[d]))));
+      if (rowk) rowk[ib + r] = -sk[r];  // dL/dc = -dL/dk
+    }
+  }
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_flatten_fwd_cpu(
-    const at::Tensor& x, const at::Tensor& k1, double beta, double seps, const std::vector<int64_t>& ops) {
-  TORCH_CHECK(x.dim() == 4 && ops.size() == 3, "poincare_flatten: x (B, C, H, W) and three op codes");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "poincare_flatten: float32/64");
-  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  const at::Tensor r = x.permute({0, 2, 3, 1}).reshape({B * P, C}).contiguous();
-  const at::Tensor v = stereo_fwd_cpu(ops[0], r, c10::nullopt, k1, c10::nullopt, seps);
-  at::Tensor u = at::empty({B, C * P}, x.options());
-  flat_scale_any(v.contiguous(), u, B, P, C, beta, true);
-  at::Tensor e = stereo_fwd_cpu(ops[1], u, c10::nullopt, k1, c10::nullopt, seps);
-  at::Tensor y = stereo_fwd_cpu(ops[2], e, c10::nullopt, k1, c10::nullopt, seps);
-  return {y, r, u, e};
+at::Tensor poincare_residual_fwd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& c_in) {
+  TORCH_CHECK((x_in.dim() == 4 || x_in.dim() == 2) && x_in.sizes() == y_in.sizes(),
+              "poincare_residual: x and y of one shape, (B, C, H, W) or (N, D)");
+  TORCH_CHECK(x_in.scalar_type() == y_in.scalar_type() &&
+                  (x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble),
+              "poincare_residual: x and y of one dtype, float32 or float64");
+  const auto fmt = rows_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt), y = y_in.contiguous(fmt);
+  const at::Tensor k1 = at::full({1}, -scalar_value(c_in), x.options());
+  const at::Tensor rows = stereo_fwd_cpu(stereo::MOBIUS_ADD, as_rows(x), as_rows(y), k1, c10::nullopt, 0.0);
+  TORCH_CHECK(rows.is_contiguous(), "poincare_residual: the row kernel's output must be contiguous");
+  // the rows' storage as the image (a plain tensor, not a view: the caller may modify it in place)
+  return at::empty({0}, x.options()).set_(rows.storage(), rows.storage_offset(), x.sizes(), x.strides());
 }
 
-at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g, const at::Tensor& r, const at::Tensor& u,
-                                    const at::Tensor& e, const at::Tensor& k1, double beta, double seps, int64_t C,
-                                    const std::vector<int64_t>& ops) {
-  TORCH_CHECK(ops.size() == 3 && r.dim() == 2 && r.size(1) == C, "poincare_flatten: pixel rows (B*H*W, C)");
-  const int64_t B = u.size(0), P = u.size(1) / C;
-  const at::Tensor ge = std::get<0>(stereo_bwd_cpu(ops[2], g.to(e.scalar_type()).contiguous(), e, c10::nullopt, k1,
-                                                   c10::nullopt, seps, 1));
-  const at::Tensor gu = std::get<0>(stereo_bwd_cpu(ops[1], ge, u, c10::nullopt, k1, c10::nullopt, seps, 1));
-  at::Tensor gv = at::empty({B * P, C}, r.options());
-  flat_scale_any(gu.contiguous(), gv, B, P, C, beta, false);
-  return std::get<0>(stereo_bwd_cpu(ops[0], gv, r, c10::nullopt, k1, c10::nullopt, seps, 1));
+std::tuple<at::Tensor, at::Tensor, at::Tensor> poincare_residual_bwd_cpu(const at::Tensor& g_in,
+                                                                         const at::Tensor& x_in,
+                                                                         const at::Tensor& y_in,
+                                                                         const at::Tensor& c_in, int64_t mask) {
+  TORCH_CHECK(x_in.sizes() == y_in.sizes() && g_in.sizes() == x_in.sizes(), "poincare_residual: g, x, y of one shape");
+  const auto fmt = rows_format(x_in);
+  const at::Tensor x = x_in.contiguous(fmt), y = y_in.contiguous(fmt);
+  const at::Tensor g = g_in.to(x.scalar_type()).contiguous(fmt);
+  const int64_t D = x.size(1), N = D ? x.numel() / D : 0;
+  const double k = -scalar_value(c_in);
+  at::Tensor gx = (mask & 1) ? at::empty_like(x, fmt) : at::Tensor();
+  at::Tensor gy = (mask & 2) ? at::empty_like(x, fmt) : at::Tensor();
+  at::Tensor gc;
+  std::vector<double> rowk((mask & 4) ? N : 0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_residual_bwd", [&] {
+    using T = scalar_t;
+    const T *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>(), *gp = g.data_ptr<T>();
+    T* gxp = (mask & 1) ? gx.data_ptr<T>() : nullptr;
+    T* gyp = (mask & 2) ? gy.data_ptr<T>() : nullptr;
+    double* rk = (mask & 4) ? rowk.data() : nullptr;
+    at::parallel_for(0, N, std::max<int64_t>(kResBlock, 8192 / std::max<int64_t>(D, 1)), [&](int64_t i0, int64_t i1) {
+      residual_bwd_rows<T>(gp, xp, yp, gxp, gyp, rk, i0, i1, D, k);
+    });
+  });
+  if (mask & 4) {
+    double sum = 0;
+    for (int64_t i = 0; i < N; ++i) sum += rowk[i];
+    gc = at::full({}, sum, x.options().dtype(at::kDouble));
+  }
+  return {gx, gy, gc};
 }
 
 }  // namespace cpu

@@ -1,5 +1,5 @@
-// The Poincaré network's flatten on the CPU (poincare_head.cpp): HypLL's beta-concatenating flatten of a
-// channels-last image, as one call each way over the kappa-stereographic row kernels (stereographic.h).
+// The Poincaré network's head on the CPU (poincare_head.cpp): HypLL's beta-concatenating flatten of an image and
+// the residual Möbius addition, each one fused pass each way.
 #pragma once
 
 #include <torch/extension.h>
@@ -9,16 +9,25 @@
 namespace geoops {
 namespace cpu {
 
-// x (B, C, H, W) with the points along C (a channels-last tensor: its pixel rows are a free view), k1 = -c as a
-// (1,) tensor of x's dtype, ops = the stereographic codes of (logmap0, expmap0, project), seps their margin.
-// -> (y [B, C*H*W] = project(expmap0(beta * flat(logmap0(pixel rows)))), the pixel rows r [B*H*W, C],
-// u [B, C*H*W] and e = expmap0(u) for the backward).  flat: (pixel, channel) -> (channel, row, column) order.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_flatten_fwd_cpu(
-    const at::Tensor& x, const at::Tensor& k1, double beta, double seps, const std::vector<int64_t>& ops);
-// dL/dr [B*H*W, C] (the pixel rows; the caller views it as the image) from g = dL/dy [B, C*H*W].
-at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g, const at::Tensor& r, const at::Tensor& u,
-                                    const at::Tensor& e, const at::Tensor& k1, double beta, double seps, int64_t C,
-                                    const std::vector<int64_t>& ops);
+// x (B, C, H, W) with the points along C (a channels-last tensor is read in place; others are copied), c > 0 a
+// 1-element tensor -> (y [B, C*H*W] = project(expmap0(beta * flat(logmap0(pixel rows)))) in one pass per image,
+// the channels-last image and the per-pixel / per-image double scalars the backward takes).
+// flat: (pixel, channel) -> (channel, row, column) order; seps: the projection margin.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_flatten_fwd_cpu(const at::Tensor& x,
+                                                                                     const at::Tensor& c,
+                                                                                     double beta, double seps);
+// dL/dx as a channels-last image from g = dL/dy [B, C*H*W] and the forward's saved tensors (the curvature
+// takes no gradient on this path).
+at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g, const at::Tensor& xl, const at::Tensor& pix,
+                                    const at::Tensor& img, const at::Tensor& c, double beta);
+
+// The residual x (+) y (Möbius addition on the ball of curvature -c, no projection) of two images (B, C, H, W)
+// with the points along C (the output channels last) or two row matrices (N, D), one pass.
+at::Tensor poincare_residual_fwd_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& c);
+// (dx, dy, dc as a 0-dim double) for mask bits 1, 2, 4; dx, dy in the layout of the forward's output.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> poincare_residual_bwd_cpu(const at::Tensor& g, const at::Tensor& x,
+                                                                         const at::Tensor& y, const at::Tensor& c,
+                                                                         int64_t mask);
 
 }  // namespace cpu
 }  // namespace geoops

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
+import os
+
+from .. import _library
 from .. import poincare as gp
 
 __all__ = [
@@ -37,9 +40,28 @@ class PoincareBall(nn.Module):
         super().__init__()
         self.value = nn.Parameter(torch.as_tensor(value, dtype=torch.float32), requires_grad=requires_grad)
         self.constraining_strategy = constraining_strategy
+        self._c_cache = None
 
     def forward(self) -> torch.Tensor:
-        return self.constraining_strategy(self.value)
+        v = self.value
+        if (v.requires_grad and torch.is_grad_enabled()) or not _library.direct_call_ok(v) or not _cache_c_on():
+            return self.constraining_strategy(v)
+        # a curvature without gradient (the usual fixed ball): computed once per value of the parameter (its
+        # version counter, storage, dtype and device; the strategy) and shared by every layer call, marked as
+        # checked for geoops.poincare (no per-call softplus, positivity check, negation)
+        key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy)
+        hit = getattr(self, "_c_cache", None)
+        if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
+            return hit[1]
+        with torch.no_grad():
+            c = self.constraining_strategy(v)
+        self._c_cache = (key, c, c._version)
+        return gp._mark_checked_curvature(c)
+
+
+def _cache_c_on() -> bool:
+    """GEOOPS_POINCARE_BALL_CACHE=0 (read per call; default on): PoincareBall recomputes c every call, for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_BALL_CACHE", "1") != "0"
 
 
 def _init_hyperplanes(z: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
