@@ -468,7 +468,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // double path below for the blocks it declines
   constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
   const int f32_mode = kF32Op ? f32rows::mode() : 0;
-  const int f32_inline_exp = kF32Op ? f32rows::tanh_inline() : 0;
+  const int f32_inline_exp = kF32Op ? f32rows::lane_mode() : 0;  // (with session 13's Mobius bit)
   const int f32_reg = kF32Op ? f32rows::reg_mode() : 0;
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
   // fp32 rows longer than the short-row cut: the AVX-512 row sums and, for a large contiguous output, the

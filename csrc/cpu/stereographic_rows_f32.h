@@ -467,6 +467,23 @@ inline int tanh_inline() {
   if (!e || !*e) return 2;
   return e[0] == 's' ? 0 : (e[0] == 'd' ? 1 : 2);
 }
+// Session 13: the Mobius terms of mobius_add / expmap / logmap in float without cancellation (lanes_mob_g below):
+// GEOOPS_STEREO_F32_MOB=0 keeps session 12's double terms (A/B; read per call).  Only with AVX-512 and the float
+// tanh (tanh_inline() == 2); it travels as kMobBit in the caller's inline_exp.
+constexpr int kMobBit = 8;
+inline int mob_bit() {
+#if defined(CPU_CAPABILITY_AVX512)
+  const char* e = std::getenv("GEOOPS_STEREO_F32_MOB");
+  return (e && e[0] == '0') ? 0 : kMobBit;
+#else
+  return 0;
+#endif
+}
+// tanh_inline() with the Mobius bit (the fused / register paths' inline_exp argument).
+inline int lane_mode() {
+  const int t = tanh_inline();
+  return t == 2 ? t | mob_bit() : t;
+}
 // Session 12: sqrt, 1/v and the double quotient without vsqrtps / vdivps / vdivpd (zmm throughput ~12 / ~10 / ~16
 // cycles on one port, the largest single cost of expmap's and logmap's 16 rows at D = 2), each as accurate as the
 // exact operation up to a rare last-bit difference: the estimate (vrsqrt14 / vrcp14, relative error < 2^-14)
@@ -745,12 +762,130 @@ struct ArrCols {
   DVec d(int j, int h) const { return widen(&xs[j][o + h * kD]); }
 };
 
-// 2. G float vectors of rows (group g: column j as floats xf(g, j), its half h widened to double xd(g, j, h), y's
-// yd(g, j, h); k at kk + kF g): the coefficients a[g], b[g]; false on a hard lane of any group.
-template <int OP, int D, int G, typename XF, typename XD, typename YD>
-GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YD& yd, const double* kk, FVec (&a)[G],
-                                FVec (&b)[G], int inline_exp) {
+// Session 13: mobius_add, expmap and logmap with their Mobius terms regrouped so that nothing cancels for k <= 0
+// (the hyperbolic case), all in float but for 1 + k|x|^2 and 1 + k|y|^2 (row sums and the term in double, rounded
+// once, as before).  With p_x = 1 + k|x|^2, p_y = 1 + k|y|^2 and w = x + y:
+//   1 - 2k<x,y> - k|y|^2 = p_x - k|w|^2,   1 - 2k<x,y> + k^2|x|^2|y|^2 = p_x p_y - k|w|^2
+// (expand |w|^2 = |x|^2 + 2<x,y> + |y|^2), and logmap's (-x) + y denominator is p_x p_y - k|x - y|^2.  For k <= 0
+// both sides are sums of non-negative terms: each rounded float operation adds at most 2^-24 relative to its own
+// result, so num and den come out within ~(D + 4) 2^-24 relative (w_j = x_j + t u_j is one FMA, one rounding of the
+// exact value; |w|^2 D FMAs of positive terms; -k|w|^2 one product, k rounded to float; the sum of two non-negative
+// terms one rounding), where session 12 rounded the double terms once (2^-24) but spent ~56 double operations and
+// ~43 conversions per 16 rows on them (expmap, D = 2).  For k > 0 (spherical) num may cancel: its absolute error is
+// then ~(D + 4) 2^-24 (p_x + k|w|^2), i.e. relative to the output's terms (the test's tolerance), not to num.
+// expmap's y = t u (t = tanc(z)/p_x rounded to float): p_y = 1 + k t^2|u|^2 in double for that float t, rounded once
+// (session 12's terms were those of the float y = t u too; sech^2(s) from the tanc's exp(-2s) instead measured up to
+// 0.17 relative error on rows whose y lies within ~1e-10 of the boundary: the float t then misses |y| by an ulp, and
+// num, den must be those of the float y).
+// The float |u|^2 (for z) and k in float add a few ulps to z, whose tanc has a condition number < 1.
+// A lane whose float terms leave (-1e30, 1e30) (|w|^2 overflow, ...) is hard: the block takes the double path.
+template <int OP, int D, int G, typename XF, typename XD, typename YF, typename YD>
+GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
+                               FVec (&a)[G], FVec (&b)[G]) {
   using namespace geoops::stereo;
+  const DVec one(1.0);
+  DVec xx[G][2], yy[G][2];
+  GEOOPS_G for (int h = 0; h < 2; ++h) xx[g][h] = yy[g][h] = DVec(0.0);
+  for (int j = 0; j < D; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      GEOOPS_G {
+        const DVec xv = xd(g, j, h);
+        xx[g][h] = at::vec::fmadd(xv, xv, xx[g][h]);
+        const DVec yv = yd(g, j, h);
+        yy[g][h] = at::vec::fmadd(yv, yv, yy[g][h]);
+      }
+    }
+  }
+  FVec px[G], py[G], kf[G], s2[G];  // s2: |w|^2 (mobius_add), |x - y|^2 (logmap), |u|^2 (expmap)
+  GEOOPS_G {
+    DVec k[2], p[2], q[2];
+    for (int h = 0; h < 2; ++h) {
+      k[h] = DVec::loadu(kk + kF * g + h * kD);
+      p[h] = at::vec::fmadd(k[h], xx[g][h], one);
+      if constexpr (OP != EXPMAP) q[h] = at::vec::fmadd(k[h], yy[g][h], one);
+    }
+    px[g] = narrow(p[0], p[1]), kf[g] = narrow(k[0], k[1]);
+    if constexpr (OP != EXPMAP) py[g] = narrow(q[0], q[1]);
+  }
+  GEOOPS_G s2[g] = FVec(0.f);
+  for (int j = 0; j < D; ++j) {
+    GEOOPS_G {
+      const FVec xv = xf(g, j), yv = yf(g, j);
+      const FVec w = OP == MOBIUS_ADD ? xv + yv : (OP == LOGMAP ? xv - yv : yv);
+      s2[g] = at::vec::fmadd(w, w, s2[g]);
+    }
+  }
+  const FVec lo(min_den<float>());
+  OkMask ok;
+  if constexpr (OP == MOBIUS_ADD) {
+    GEOOPS_G {
+      const FVec kw = kf[g] * s2[g];
+      const FVec num = px[g] - kw, den = at::vec::maximum(at::vec::fmsub(px[g], py[g], kw), lo);
+      const FVec r = rcp_cr(den);
+      a[g] = num * r, b[g] = px[g] * r;
+      ok.fin(num), ok.fin(den), ok.fin(px[g]), ok.fin(kw);
+    }
+    return ok.all();
+  } else if constexpr (OP == LOGMAP) {
+    FVec z[G], q[G], v[G], u0[G], u1[G];
+    GEOOPS_G {
+      const FVec kd = kf[g] * s2[g];
+      const FVec rden = rcp_cr(at::vec::maximum(at::vec::fmsub(px[g], py[g], kd), lo));
+      const FVec pc = at::vec::maximum(px[g], lo);
+      z[g] = kd * rden, q[g] = px[g] * py[g] * rden;
+      u0[g] = pc * z[g], u1[g] = (pc * px[g] * rden).neg();
+      ok.fin(kd), ok.fin(rden), ok.fin(u0[g]), ok.fin(u1[g]);
+      ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f)), ok.lt(q[g], FVec(1e30f));
+    }
+    if (!ok.all()) return false;
+    atanc_neg_fg<G>(z, q, v);
+    GEOOPS_G a[g] = v[g] * u0[g], b[g] = v[g] * u1[g];
+    return true;
+  } else {
+    static_assert(OP == EXPMAP, "mobius_add, expmap, logmap");
+    FVec hh[G], z[G], v[G];
+    GEOOPS_G {
+      hh[g] = rcp_cr(at::vec::maximum(px[g], lo));
+      z[g] = kf[g] * s2[g] * hh[g] * hh[g];
+      ok.fin(hh[g]), ok.fin(px[g]), ok.lt(s2[g], FVec(1e30f));
+      ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f));
+    }
+    if (!ok.all()) return false;
+    tanc_neg_fg<G>(z, v);
+    GEOOPS_G {
+      const FVec t = hh[g] * v[g];  // y = t u
+      DVec td[2], q[2];
+      widen2(t, td[0], td[1]);
+      for (int h = 0; h < 2; ++h) {  // p_y = 1 + k t^2 |u|^2 for this float t (see above)
+        q[h] = at::vec::fmadd(DVec::loadu(kk + kF * g + h * kD) * (td[h] * td[h]), yy[g][h], one);
+      }
+      py[g] = narrow(q[0], q[1]);
+      FVec w2(0.f);
+      for (int j = 0; j < D; ++j) {
+        const FVec w = at::vec::fmadd(t, yf(g, j), xf(g, j));
+        w2 = at::vec::fmadd(w, w, w2);
+      }
+      const FVec kw = kf[g] * w2;
+      const FVec num = px[g] - kw, den = at::vec::maximum(at::vec::fmsub(px[g], py[g], kw), lo);
+      const FVec r = rcp_cr(den);
+      a[g] = num * r, b[g] = px[g] * r * t;
+      ok.fin(kw), ok.fin(a[g]), ok.fin(b[g]);
+    }
+    return ok.all();
+  }
+}
+
+// 2. G float vectors of rows (group g: column j as floats xf(g, j), its half h widened to double xd(g, j, h), y's
+// yf(g, j) and yd(g, j, h); k at kk + kF g): the coefficients a[g], b[g]; false on a hard lane of any group.
+// inline_exp: lane_mode() (tanh_inline() and the session-13 Mobius bit kMobBit).
+template <int OP, int D, int G, typename XF, typename XD, typename YF, typename YD>
+GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
+                                FVec (&a)[G], FVec (&b)[G], int inline_exp) {
+  using namespace geoops::stereo;
+  if constexpr (OP == MOBIUS_ADD || OP == EXPMAP || OP == LOGMAP) {
+    if (inline_exp & kMobBit) return lanes_mob_g<OP, D, G>(xf, xd, yf, yd, kk, a, b);
+  }
+  inline_exp &= ~kMobBit;
   if constexpr (OP == EXPMAP0) {
     if (inline_exp == 2) {
       GEOOPS_G b[g] = FVec(0.f);
@@ -864,7 +999,8 @@ template <int OP, int D, typename XC, typename YC>
 GEOOPS_F32_AI bool lanes_core(const XC& xc, const YC& yc, const double* kk, FVec& a, FVec& b, int inline_exp) {
   FVec aa[1], bb[1];
   if (!lanes_core_g<OP, D, 1>([&](int, int j) { return xc.f(j); }, [&](int, int j, int h) { return xc.d(j, h); },
-                              [&](int, int j, int h) { return yc.d(j, h); }, kk, aa, bb, inline_exp)) {
+                              [&](int, int j) { return yc.f(j); }, [&](int, int j, int h) { return yc.d(j, h); }, kk,
+                              aa, bb, inline_exp)) {
     return false;
   }
   a = aa[0], b = bb[0];
@@ -905,6 +1041,7 @@ inline bool run(int m, int inline_exp, int64_t D, const float* xb, const float* 
                 const double* kk) {
   if (nb != NB) return false;
   if (m == 3 || (m == 1 && prefer_unfused(OP, D))) {
+    inline_exp &= ~kMobBit;  // (session 8's eight loops: the double terms)
     switch (D) {
       case 1: return block<OP, 1, NB>(xb, yb, ob, kk, inline_exp);
       case 2: return block<OP, 2, NB>(xb, yb, ob, kk, inline_exp);

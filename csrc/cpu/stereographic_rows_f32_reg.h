@@ -76,6 +76,7 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
   if constexpr (kIL) {
     if (!lanes_core_g<OP, D, G>([&](int g, int j) { return FVec(xc[g][j]); },
                                 [&](int g, int j, int h) { return RegCols<D>{xc[g]}.d(j, h); },
+                                [&](int g, int j) { return FVec(yc[g][j]); },
                                 [&](int g, int j, int h) { return RegCols<DY>{yc[g]}.d(j, h); }, kk, a, b,
                                 inline_exp)) {
       return false;
