@@ -1,0 +1,31 @@
+// Standalone instantiation of the register pass for instruction counts (objdump): one noinline function per
+// (op, D, mode) running block_reg over 32 rows; mode = lane_mode value (2: session 12 double terms, 10: float terms).
+#include "geoops/cpu_capability.h"
+#include <ATen/ATen.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include "stereographic_rows.h"
+#include "stereographic_rows_f32.h"
+#include "stereographic_rows_f32_reg.h"
+using namespace geoops::cpu::f32rows;
+namespace st = geoops::stereo;
+#define INST(NAME, OP, D, M) \
+  extern "C" __attribute__((noinline)) bool NAME(const float* x, const float* y, float* o, const double* k) { \
+    return block_reg<OP, D, 32, true>(x, y, o, k, M); }
+INST(expmap_2_old, st::EXPMAP, 2, 2)
+INST(expmap_2_new, st::EXPMAP, 2, 10)
+INST(logmap_2_old, st::LOGMAP, 2, 2)
+INST(logmap_2_new, st::LOGMAP, 2, 10)
+INST(mobius_add_2_old, st::MOBIUS_ADD, 2, 2)
+INST(mobius_add_2_new, st::MOBIUS_ADD, 2, 10)
+INST(expmap0_2, st::EXPMAP0, 2, 2)
+INST(logmap0_2, st::LOGMAP0, 2, 2)
+INST(expmap_5_old, st::EXPMAP, 5, 2)
+INST(expmap_5_new, st::EXPMAP, 5, 10)
+INST(logmap_5_old, st::LOGMAP, 5, 2)
+INST(logmap_5_new, st::LOGMAP, 5, 10)
+INST(mobius_add_5_old, st::MOBIUS_ADD, 5, 2)
+INST(mobius_add_5_new, st::MOBIUS_ADD, 5, 10)
+INST(expmap0_5, st::EXPMAP0, 5, 2)
+INST(logmap0_5, st::LOGMAP0, 5, 2)
