@@ -560,8 +560,10 @@ class PoincareConv2dFn(torch.autograd.Function):
             trows = t.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)
             Ur = U.reshape(-1)
         b = x.new_empty(0) if bias is None else bias
-        y = C2.poincare_fc_rows_fwd_cpu(trows, Ur, z, b, c, eps, True)
-        ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1)
+        # the fc rows' per-element fields kept for the backward where its row-lanes pass reads them (float32,
+        # C_out <= 16 on AVX-512; else an empty tensor): the backward skips their asinh / sinh / cosh
+        y, fsave = C2.poincare_fc_rows_fwd_save_cpu(trows, Ur, z, b, c, eps, True, _fc_save_on())
+        ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave)
         ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
         # the rows as a (B, C_out, Ho, Wo) channels-last tensor on the same storage; set_, not a view: autograd
         # forbids in-place ops on views created inside a Function, and the caller may modify the output in place
@@ -570,7 +572,7 @@ class PoincareConv2dFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        x, v, wk, sq, trows, Ur, z, bias, c, k1 = ctx.saved_tensors
+        x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave = ctx.saved_tensors
         B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta = ctx.geo
         ng = ctx.needs_input_grad
         C2 = _backend.compiled()
@@ -579,7 +581,8 @@ class PoincareConv2dFn(torch.autograd.Function):
         b = x.new_empty(0) if bias is None else bias
         mask = 1 | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
         g = g.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)  # free when g is channels last
-        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_cpu(g.contiguous(), trows, Ur, z, b, c, eps, mask, True)
+        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_saved_cpu(g.contiguous(), trows, Ur, z, b, c, eps, mask, True,
+                                                                fsave)
         if wk is None:  # the forward's direct convolution: dv (with the box sums' term) and dz in one call
             gv, gzd = C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, *kernel, *padding, *stride, beta,
                                                  bool(ng[0] or ng[3]), bool(ng[1]))
@@ -600,6 +603,13 @@ class PoincareConv2dFn(torch.autograd.Function):
             gv = gvimg.permute(0, 2, 3, 1).reshape(v.shape)
             gv = torch.addcmul(gv, v, gsq.view(-1, 1), value=2 * beta * beta)
         return _conv_bwd_tail(ctx, ng, C2, x, gv if (ng[0] or ng[3]) else None, gz, gb, gc, has_b, c, k1, seps)
+
+
+def _fc_save_on() -> bool:
+    """PoincareConv2dFn's forward keeps the fc rows' per-element fields (w, cosh(u)/sc, asinh(a)) for its backward
+    (csrc/cpu/poincare.cpp, fc_saved_floats): same values, the backward skips their transcendentals.
+    GEOOPS_POINCARE_FC_SAVE=0 (read per call) recomputes them in the backward, for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_FC_SAVE", "1") != "0"
 
 
 def _direct_conv_on(C2, C: int, Co: int, npix: int, dtype) -> bool:
