@@ -480,7 +480,9 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         # eager CPU: the whole layer as one Function with a hand-written backward (the composition below
         # records ~15 autograd nodes per call, which is most of the cost on small images)
         bb = None if bias is None else bias.to(cdt)
-        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, kernel, padding, stride, _eps(None, cdt))
+        # the fc rows' fields for the backward only where a backward can follow
+        keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, z, bias, ct))
+        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, kernel, padding, stride, _eps(None, cdt), keep)
         return y.to(out_dtype)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
@@ -533,7 +535,7 @@ class PoincareConv2dFn(torch.autograd.Function):
     the (B*Ho*Wo, C_out) output rows (the layout changes inside the Function: no view / permute nodes)."""
 
     @staticmethod
-    def forward(ctx, x, z, bias, c, kernel, padding, stride, eps):
+    def forward(ctx, x, z, bias, c, kernel, padding, stride, eps, keep):
         C2 = _backend.compiled()
         B, C, H, W = x.shape
         x = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
@@ -562,7 +564,7 @@ class PoincareConv2dFn(torch.autograd.Function):
         b = x.new_empty(0) if bias is None else bias
         # the fc rows' per-element fields kept for the backward where its row-lanes pass reads them (float32,
         # C_out <= 16 on AVX-512; else an empty tensor): the backward skips their asinh / sinh / cosh
-        y, fsave = C2.poincare_fc_rows_fwd_save_cpu(trows, Ur, z, b, c, eps, True, _fc_save_on())
+        y, fsave = C2.poincare_fc_rows_fwd_save_cpu(trows, Ur, z, b, c, eps, True, keep and _fc_save_on())
         ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave)
         ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
         # the rows as a (B, C_out, Ho, Wo) channels-last tensor on the same storage; set_, not a view: autograd
@@ -642,7 +644,7 @@ def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps):
     if ng[0]:
         B, H, W = ctx.geo[:3]
         gx = gx.view(B, H, W, x.shape[1]).permute(0, 3, 1, 2)  # the image's shape, channels last
-    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None, None, None, None)
+    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None, None, None, None, None)
 
 
 class PoincareFcRowsFn(torch.autograd.Function):

@@ -1040,6 +1040,17 @@ def test_conv2d_fc_saved_fields_bitwise(monkeypatch, cfg):
         assert torch.equal(o[0], ref[0]), key
         for a, b_ in zip(o[1], ref[1]):
             assert torch.equal(a, b_), key
+    # the fields are asked for only where a backward can follow (not under no_grad, not without any gradient)
+    asked = []
+    real = C2.poincare_fc_rows_fwd_save_cpu
+    monkeypatch.setattr(C2, "poincare_fc_rows_fwd_save_cpu", lambda *a: asked.append(a[-1]) or real(*a))
+    monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", "1")
+    x = x0.clone().requires_grad_(True)
+    gp.poincare_conv2d(x, z0, b0, c=0.8, kernel_size=3, padding=1)
+    with torch.no_grad():
+        gp.poincare_conv2d(x, z0, b0, c=0.8, kernel_size=3, padding=1)
+    gp.poincare_conv2d(x0, z0, b0, c=0.8, kernel_size=3, padding=1)
+    assert asked == [True, False, False]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
