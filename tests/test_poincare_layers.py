@@ -892,10 +892,10 @@ def test_conv2d_direct_dz_chunks(monkeypatch, chunk, cfg):
                                  (3, 16, 6, 5, 1, 3, 1, 0), (1, 3, 7, 9, 8, 5, 1, 2), (2, 4, 5, 6, 7, 1, 1, 0),
                                  (2, 8, 6, 6, 8, 3, 2, 0), (2, 6, 7, 5, 16, 3, 1, 1), (1, 8, 5, 7, 12, 3, 1, 2)])
 def test_conv2d_direct_pairs_vs_rows(monkeypatch, cfg):
-    """The float32 forward (C_out <= 8) and stride-1 dv (C <= 8) with two pixels per vector (conv_pairs) against
+    """The float32 stride-1 forward (C_out <= 8) and dv (C <= 8) with two pixels per vector (conv_pairs) against
     the row blocks (GEOOPS_POINCARE_CONV_PAIRS=0): t and dv bit for bit (the same FMAs in the same order), U to
-    rounding, odd widths, strides 2, kernels 1 / 3 / 5, blocks that span rows, 1 and 2 threads; and against
-    F.conv2d and its autograd."""
+    rounding, odd widths, kernels 1 / 3 / 5, padding 0 / 1 / 2, blocks that span rows, 1 and 2 threads (stride 2
+    keeps the row blocks); and against F.conv2d and its autograd."""
     from geoops import _backend
     C2 = _backend.compiled()
     B, C, H, W, Co, k, s, p = cfg

@@ -136,13 +136,14 @@ void conv_fwd_rows(const ConvGeom& g, const T* vp, const T* sp, int64_t Hp, int6
 #if defined(CPU_CAPABILITY_AVX512)
 // Float32 with at most 8 output channels (half a vector): two output pixels per vector, lanes interleaved (lane
 // 2k: the first pixel's channel k, lane 2k + 1: the second's), so that one FMA serves both pixels.  The forward
-// (C_out <= 8) and the stride-1 dv (C <= 8: the transposed convolution of the zero-padded dt image, the same loop)
-// run it.  The input image is copied once into pairs [B][Hp][Wq][Cin] of (pixel q, pixel q + sx) floats (8 bytes:
-// one broadcast load per channel and pair, vbroadcastsd), the weights into [tap][Cin][16] (each output channel
-// twice, beta folded in).  A register block is up to kPairBlk pairs of any output rows (the digits CNN's 8-pixel
-// rows are 4 pairs); the accumulators are de-interleaved once per pair at the store.  The same FMAs in the same
-// order per output element as conv_fwd_rows / conv_bwd_dv_rows_s1 (taps, then channels) and the same box sums:
-// the same values.  GEOOPS_POINCARE_CONV_PAIRS=0 (read per call) keeps those, for A/B.
+// (C_out <= 8, stride 1) and the stride-1 dv (C <= 8: the transposed convolution of the zero-padded dt image, the
+// same loop) run it.  The input image is copied once, zero-padded, channel-planar per image row ([B][Hp][Cin][Wq]),
+// so that the pixels q and q + 1 of a channel are one 8-byte broadcast load (vbroadcastsd); the weights into
+// [tap][Cin][16] (each output channel twice, beta folded in).  A register block is up to kPairBlk pairs of any
+// output rows (the digits CNN's 8-pixel rows are 4 pairs); the accumulators are de-interleaved once per pair at the
+// store.  The same FMAs in the same order per output element as conv_fwd_rows / conv_bwd_dv_rows_s1 (taps, then
+// channels) and the same box sums: the same values.  GEOOPS_POINCARE_CONV_PAIRS=0 (read per call) keeps those,
+// for A/B.
 constexpr int kPairBlk = 8;
 
 inline bool conv_pairs_on(int64_t cout) {
@@ -150,16 +151,18 @@ inline bool conv_pairs_on(int64_t cout) {
   return cout <= 8 && !(e && e[0] == '0');
 }
 
-// One pair pass: output pixels (b, oy, ox) of a Ho x Wo grid, image pairs `img` [B][Hp][Wq][Cin] (tap k of output
-// (b, oy, ox) at position (b*Hp + oy*sy)*Wq + ox*sx + toff[k]), box sums `sq` on the same grid; per output pixel
+// One pair pass: output pixels (b, oy, ox) of a Ho x Wo grid, the planar image `img` (tap k of output (b, oy, ox)
+// at (b*Hp + oy*sy)*Cin*Wq + ox + poff[k] + ci*Wq), box sums `sq` [B][Hp][Wq] (at (b*Hp + oy*sy)*Wq + ox +
+// toff[k]); per output pixel
 // acc = sum_k sum_ci img * w[k][ci], us = sum_k sq.  DV = false: out[o] = acc (Cout columns), U[o] = scale * us;
 // DV = true: out[o] = fma(scale * us, res[o], acc) (res: v's rows, Cout columns).
 struct PairPass {
-  int64_t B, Ho, Wo, Hp, Wq, sy, sx, Cin, Cout, ntaps;
-  const float* img;
-  const float* sq;
+  int64_t B, Ho, Wo, Hp, Wq, sy, Cin, Cout, ntaps;
+  const float* img;   // [B][Hp][Cin][Wq]: a pair is two consecutive floats (stride 1)
+  const float* sq;    // [B][Hp][Wq]
   const float* w;
-  const int64_t* toff;
+  const int64_t* toff;  // tap offsets in sq (positions)
+  const int64_t* poff;  // tap offsets in img (floats)
   float scale;
 };
 
@@ -171,12 +174,13 @@ void conv_pairs(const PairPass& q, float* out, float* U, const float* res, int64
   const __mmask8 cmask = __mmask8((1u << Co) - 1u);
   for (int64_t b0 = i0; b0 < i1; b0 += kPairBlk) {
     const int np = static_cast<int>(std::min<int64_t>(kPairBlk, i1 - b0));
-    int64_t base[kPairBlk], orow[kPairBlk];
+    int64_t base[kPairBlk], pbase[kPairBlk], orow[kPairBlk];
     bool two[kPairBlk];
     for (int p = 0; p < kPairBlk; ++p) {
       const int64_t it = b0 + std::min(p, np - 1);  // a short block repeats its last pair (computed, not stored)
       const int64_t r = it / npr, ox = 2 * (it % npr), oy = r % q.Ho, b = r / q.Ho;
-      base[p] = (b * q.Hp + oy * q.sy) * q.Wq + ox * q.sx;
+      base[p] = (b * q.Hp + oy * q.sy) * q.Wq + ox;
+      pbase[p] = (b * q.Hp + oy * q.sy) * Cin * q.Wq + ox;
       orow[p] = r * q.Wo + ox;
       two[p] = ox + 1 < q.Wo;
     }
@@ -184,17 +188,17 @@ void conv_pairs(const PairPass& q, float* out, float* U, const float* res, int64
     float u0[kPairBlk], u1[kPairBlk];
     for (int p = 0; p < kPairBlk; ++p) acc[p] = _mm512_setzero_ps(), u0[p] = u1[p] = 0.f;
     for (int64_t k = 0; k < q.ntaps; ++k) {
-      const int64_t toff = q.toff[k];
+      const int64_t toff = q.toff[k], poff = q.poff[k];
       const float* wr = q.w + k * Cin * 16;
       for (int p = 0; p < kPairBlk; ++p) {
         u0[p] += q.sq[base[p] + toff];
-        u1[p] += q.sq[base[p] + toff + q.sx];
+        u1[p] += q.sq[base[p] + toff + 1];
       }
       for (int64_t ci = 0; ci < Cin; ++ci) {
         const __m512 wv = _mm512_loadu_ps(wr + ci * 16);
         for (int p = 0; p < kPairBlk; ++p) {
           double pr;
-          std::memcpy(&pr, q.img + 2 * ((base[p] + toff) * Cin + ci), sizeof(double));
+          std::memcpy(&pr, q.img + pbase[p] + poff + ci * q.Wq, sizeof(double));
           acc[p] = _mm512_fmadd_ps(_mm512_castpd_ps(_mm512_set1_pd(pr)), wv, acc[p]);
         }
       }
@@ -223,27 +227,27 @@ void conv_pairs(const PairPass& q, float* out, float* U, const float* res, int64
   }
 }
 
-// The pairs image [B][Hp][Wq][Cin] and box-sum image [B][Hp][Wq] from rows src (B*Hs*Ws, Cin) placed at padded
-// (row + oy0, column + ox0), pairs (q, q + sx); the box-sum image: |row|^2 (sqv) or the given per-row values.
+// The channel-planar image [B][Hp][Cin][Wq] and box-sum image [B][Hp][Wq] from rows src (B*Hs*Ws, Cin) placed at
+// padded (row + oy0, column + ox0), zero elsewhere; the box-sum image: |row|^2 or the given per-row values.
 void pair_image(const float* src, const float* rowval, int64_t B, int64_t Hs, int64_t Ws, int64_t Cin, int64_t Hp,
-                int64_t Wq, int64_t oy0, int64_t ox0, int64_t sx, std::vector<float>& img, std::vector<float>& sq) {
-  img.assign((size_t)(2 * B * Hp * Wq * Cin), 0.f);
+                int64_t Wq, int64_t oy0, int64_t ox0, std::vector<float>& img, std::vector<float>& sq) {
+  img.assign((size_t)(B * Hp * Cin * Wq), 0.f);
   sq.assign((size_t)(B * Hp * Wq), 0.f);
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t iy = 0; iy < Hs; ++iy)
+    for (int64_t iy = 0; iy < Hs; ++iy) {
+      const int64_t prow = b * Hp + iy + oy0;
+      float* ir = img.data() + prow * Cin * Wq + ox0;
       for (int64_t ix = 0; ix < Ws; ++ix) {
-        const int64_t qp = (b * Hp + iy + oy0) * Wq + ix + ox0;  // (pair qp: first; pair qp - sx: second)
-        const bool second = ix + ox0 >= sx;
         const int64_t row = (b * Hs + iy) * Ws + ix;
         const float* sr = src + row * Cin;
         float s2 = 0;
         for (int64_t ci = 0; ci < Cin; ++ci) {
-          img[2 * (qp * Cin + ci)] = sr[ci];
-          if (second) img[2 * ((qp - sx) * Cin + ci) + 1] = sr[ci];
+          ir[ci * Wq + ix] = sr[ci];
           s2 += sr[ci] * sr[ci];
         }
-        sq[qp] = rowval ? rowval[row] : s2;
+        sq[prow * Wq + ix + ox0] = rowval ? rowval[row] : s2;
       }
+    }
 }
 
 template <bool DV>
@@ -261,12 +265,13 @@ void conv_pairs_run(const PairPass& q, float* out, float* U, const float* res) {
 void conv_fwd_pairs_run(const ConvGeom& g, const float* v, const float* zp, double beta, float* tp, float* up) {
   const int64_t C = g.C, Co = g.Co, nt = g.kh * g.kw;
   std::vector<float> w2((size_t)(nt * C * 16), 0.f);
-  std::vector<int64_t> toff(nt);
+  std::vector<int64_t> toff(nt), poff(nt);
   const int64_t npr = (g.Wo + 1) / 2;
-  const int64_t Hp = g.H + 2 * g.py, Wq = std::max<int64_t>(g.W + 2 * g.px, 2 * npr * g.sx + g.kw);
+  const int64_t Hp = g.H + 2 * g.py, Wq = std::max<int64_t>(g.W + 2 * g.px, 2 * npr + g.kw);
   for (int64_t ky = 0; ky < g.kh; ++ky)
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       toff[ky * g.kw + kx] = ky * Wq + kx;
+      poff[ky * g.kw + kx] = ky * C * Wq + kx;
       for (int64_t ci = 0; ci < C; ++ci) {
         const float* src = zp + ((ci * g.kh + ky) * g.kw + kx) * Co;
         float* dst = w2.data() + ((ky * g.kw + kx) * C + ci) * 16;
@@ -274,9 +279,9 @@ void conv_fwd_pairs_run(const ConvGeom& g, const float* v, const float* zp, doub
       }
     }
   std::vector<float> img, sq;
-  pair_image(v, nullptr, g.B, g.H, g.W, C, Hp, Wq, g.py, g.px, g.sx, img, sq);
-  const PairPass q{g.B, g.Ho, g.Wo, Hp, Wq, g.sy, g.sx, C, Co, nt, img.data(), sq.data(), w2.data(), toff.data(),
-                   float(beta * beta)};
+  pair_image(v, nullptr, g.B, g.H, g.W, C, Hp, Wq, g.py, g.px, img, sq);
+  const PairPass q{g.B, g.Ho, g.Wo, Hp, Wq, g.sy, C, Co, nt, img.data(), sq.data(), w2.data(), toff.data(),
+                   poff.data(), float(beta * beta)};
   conv_pairs_run<false>(q, tp, up, nullptr);
 }
 
@@ -288,10 +293,11 @@ void conv_dv_pairs_run(const ConvGeom& g, const float* gt, const float* gU, cons
   const int64_t npr = (g.W + 1) / 2;
   const int64_t Hg = g.H + g.kh - 1, Wg = std::max<int64_t>(g.Wo + g.kw - 1, 2 * npr + g.kw);
   std::vector<float> w2((size_t)(nt * Co * 16), 0.f);
-  std::vector<int64_t> toff(nt);
+  std::vector<int64_t> toff(nt), poff(nt);
   for (int64_t ky = 0; ky < g.kh; ++ky)
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       toff[ky * g.kw + kx] = (g.kh - 1 - ky) * Wg + (g.kw - 1 - kx);
+      poff[ky * g.kw + kx] = (g.kh - 1 - ky) * Co * Wg + (g.kw - 1 - kx);
       for (int64_t ci = 0; ci < C; ++ci) {
         const float* src = zp + ((ci * g.kh + ky) * g.kw + kx) * Co;
         for (int64_t co = 0; co < Co; ++co) {
@@ -301,9 +307,9 @@ void conv_dv_pairs_run(const ConvGeom& g, const float* gt, const float* gU, cons
       }
     }
   std::vector<float> img, sq;
-  pair_image(gt, gU, g.B, g.Ho, g.Wo, Co, Hg, Wg, g.kh - 1 - g.py, g.kw - 1 - g.px, 1, img, sq);
-  const PairPass q{g.B, g.H, g.W, Hg, Wg, 1, 1, Co, C, nt, img.data(), sq.data(), w2.data(), toff.data(),
-                   float(2 * beta * beta)};
+  pair_image(gt, gU, g.B, g.Ho, g.Wo, Co, Hg, Wg, g.kh - 1 - g.py, g.kw - 1 - g.px, img, sq);
+  const PairPass q{g.B, g.H, g.W, Hg, Wg, 1, Co, C, nt, img.data(), sq.data(), w2.data(), toff.data(),
+                   poff.data(), float(2 * beta * beta)};
   conv_pairs_run<true>(q, dvp, nullptr, v);
 }
 #endif
@@ -551,7 +557,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_fwd_cpu(const at::Tensor& v, 
   at::Tensor t = at::empty({No, g.Co}, v.options());
   at::Tensor U = at::empty({No}, v.options());
 #if defined(CPU_CAPABILITY_AVX512)
-  if (v.scalar_type() == at::kFloat && conv_pairs_on(g.Co)) {
+  if (v.scalar_type() == at::kFloat && g.sx == 1 && conv_pairs_on(g.Co)) {
     conv_fwd_pairs_run(g, v.data_ptr<float>(), z.data_ptr<float>(), beta, t.data_ptr<float>(), U.data_ptr<float>());
     return {t, U};
   }
