@@ -466,7 +466,9 @@ inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
 
 // fc_fwd_block's element math, output scale and store on row lanes (bb's scalars already formed by block_scalars)
 // (out of line: the wide GEMM path's epilogue, fc_fwd_block, keeps its code as it was)
-// sv (not null): the block's saved fields for the backward ([group][w, cosh(u)/sc, A][j][16], fc_saved_floats)
+// SAVE: sv gets the block's fields for the backward ([group][w, cosh(u)/sc, A][j][16], fc_saved_floats); a
+// template parameter, so that the forward without it compiles as before
+template <bool SAVE>
 __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, int64_t nr, BlockBuf<float>& bb,
                                                     bool tangent, const ColVec<float>& cv, double c, double sc,
                                                     double maxnorm, int64_t m, bool lanes, float* sv) {
@@ -489,7 +491,7 @@ __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, 
       V A, w, chv;
       lane_math<float>(a, V(cv.Z2[j]), float(inv_sc), A, w, chv);
       w.store(wbuf + j * kLanesF);
-      if (sv) {
+      if constexpr (SAVE) {
         float* sg = sv + (g0 / kLanesF) * 3 * m * kLanesF + j * kLanesF;
         w.store(sg);
         (chv * V(float(inv_sc))).store(sg + m * kLanesF);
@@ -561,7 +563,8 @@ inline void fc_fwd_block_any(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bo
                              float* sv = nullptr) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, float>) {
-    if (lanes16) return fc_fwd_block_lanes16(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, sv);
+    if (lanes16 && sv) return fc_fwd_block_lanes16<true>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, sv);
+    if (lanes16) return fc_fwd_block_lanes16<false>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, nullptr);
   }
 #endif
   (void)sv;
