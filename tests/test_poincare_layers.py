@@ -931,8 +931,8 @@ def test_conv2d_direct_pairs_vs_rows(monkeypatch, cfg):
 
 
 def test_conv2d_direct_kernel_threads():
-    """dz's per-thread partial sums and the parallel row ranges: the same values with 1 and 2 threads (a shape large
-    enough to split)."""
+    """dz's per-chunk partial sums and the parallel row ranges: the same values with 1 and 2 threads (a shape large
+    enough to split; dz bit for bit)."""
     from geoops import _backend
     C2 = _backend.compiled()
     B, C, H, W, Co = 4, 16, 32, 32, 16
@@ -956,6 +956,8 @@ def test_conv2d_direct_kernel_threads():
     torch.testing.assert_close(res[0][0].double(), t_ref, rtol=1e-5, atol=1e-4)
     for a, b in zip(res[0], res[1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    # dz's partial sums run per fixed chunk of rows, added in chunk order: the same bits with 1 and 2 threads
+    assert torch.equal(res[0][3], res[1][3])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -10,7 +10,7 @@
 //             (the box sum of the squared norms in the same pass over the taps);
 //   backward: dv[q, :] = beta sum_{taps} sum_co dt[o, co] z[(:, ky, kx), co] + 2 beta^2 (sum_{taps} dU[o]) v[q]
 //             (a gather over the outputs that read pixel q: each dv row written once, no atomics),
-//             dz[(ci, ky, kx), :] = beta sum_o v[q, ci] dt[o, :]  (per-thread partial sums, then added).
+//             dz[(ci, ky, kx), :] = beta sum_o v[q, ci] dt[o, :]  (partial sums per fixed chunk of rows, added in chunk order).
 // The vectors run along the output channels (forward, dz) or the input channels (dv): the weights are repacked
 // per call into tap-major blocks padded to the vector width (beta folded in), so a tail of a channel count that
 // is not a multiple of the width costs zero lanes, never a branch.  Offsets are 64-bit.
@@ -37,10 +37,10 @@ struct ConvGeom {
   int64_t B, H, W, C, Co, kh, kw, py, px, sy, sx, Ho, Wo;
 };
 
-// Threads for `work` multiply-adds: about 2^16 per thread (torch's grain), so the digits CNN's layers run on
-// the calling thread instead of paying a parallel region.
-inline int64_t threads_for(int64_t work, int64_t items) {
-  return std::max<int64_t>(1, std::min<int64_t>({(int64_t)at::get_num_threads(), items, work / 65536 + 1}));
+// Chunks of the rows for `work` multiply-adds: about 2^16 each (torch's grain), at most 64, whatever the thread
+// count: dz's partial sums per chunk, added in chunk order, give the same bits with any number of threads.
+inline int64_t chunks_for(int64_t work, int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>({int64_t(64), items, work / 65536 + 1}));
 }
 
 // Output columns ox of row oy whose tap kx falls inside the image: [lo, hi).
@@ -679,7 +679,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt,
       const int nv = nvec<T>(g.Co);
       const int64_t Cop = nv * VS;
       const int64_t K = g.kh * g.kw * g.C;
-      const int64_t nth = threads_for(No * K * nv, No);
+      const int64_t nth = chunks_for(No * K * nv, No);  // partial sums per chunk (not per thread)
       std::vector<T> part((size_t)(nth * K * Cop), T(0));
       // the dt rows as they are (stride C_out): a partial last vector is read with masked loads
       const int64_t chunk = dz_chunk(g, g.Co, sizeof(T));
