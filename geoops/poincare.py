@@ -544,7 +544,9 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         # eager CPU: the whole layer as one Function with a hand-written backward (the composition below
         # records ~15 autograd nodes per call, which is most of the cost on small images)
         bb = None if bias is None else bias.to(cdt)
-        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, kernel, padding, stride, _eps(None, cdt))
+        # the fc rows' fields for the backward only where a backward can follow
+        keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, z, bias, ct))
+        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, kernel, padding, stride, _eps(None, cdt), keep)
         return y.to(out_dtype)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
@@ -597,7 +599,7 @@ class PoincareConv2dFn(torch.autograd.Function):
     the (B*Ho*Wo, C_out) output rows (the layout changes inside the Function: no view / permute nodes)."""
 
     @staticmethod
-    def forward(ctx, x, z, bias, c, kernel, padding, stride, eps):
+    def forward(ctx, x, z, bias, c, kernel, padding, stride, eps, keep):
         C2 = _backend.compiled()
         B, C, H, W = x.shape
         x = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
@@ -624,8 +626,10 @@ class PoincareConv2dFn(torch.autograd.Function):
             trows = t.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)
             Ur = U.reshape(-1)
         b = x.new_empty(0) if bias is None else bias
-        y = C2.poincare_fc_rows_fwd_cpu(trows, Ur, z, b, c, eps, True)
-        ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1)
+        # the fc rows' per-element fields kept for the backward where its row-lanes pass reads them (float32,
+        # C_out <= 16 on AVX-512; else an empty tensor): the backward skips their asinh / sinh / cosh
+        y, fsave = C2.poincare_fc_rows_fwd_save_cpu(trows, Ur, z, b, c, eps, True, keep and _fc_save_on())
+        ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave)
         ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
         # the rows as a (B, C_out, Ho, Wo) channels-last tensor on the same storage; set_, not a view: autograd
         # forbids in-place ops on views created inside a Function, and the caller may modify the output in place
@@ -634,7 +638,7 @@ class PoincareConv2dFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        x, v, wk, sq, trows, Ur, z, bias, c, k1 = ctx.saved_tensors
+        x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave = ctx.saved_tensors
         B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta = ctx.geo
         ng = ctx.needs_input_grad
         C2 = _backend.compiled()
@@ -643,7 +647,8 @@ class PoincareConv2dFn(torch.autograd.Function):
         b = x.new_empty(0) if bias is None else bias
         mask = 1 | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
         g = g.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)  # free when g is channels last
-        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_cpu(g.contiguous(), trows, Ur, z, b, c, eps, mask, True)
+        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_saved_cpu(g.contiguous(), trows, Ur, z, b, c, eps, mask, True,
+                                                                fsave)
         if wk is None:  # the forward's direct convolution: dv (with the box sums' term) and dz in one call
             gv, gzd = C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, *kernel, *padding, *stride, beta,
                                                  bool(ng[0] or ng[3]), bool(ng[1]))
@@ -664,6 +669,13 @@ class PoincareConv2dFn(torch.autograd.Function):
             gv = gvimg.permute(0, 2, 3, 1).reshape(v.shape)
             gv = torch.addcmul(gv, v, gsq.view(-1, 1), value=2 * beta * beta)
         return _conv_bwd_tail(ctx, ng, C2, x, gv if (ng[0] or ng[3]) else None, gz, gb, gc, has_b, c, k1, seps)
+
+
+def _fc_save_on() -> bool:
+    """PoincareConv2dFn's forward keeps the fc rows' per-element fields (w, cosh(u)/sc, asinh(a)) for its backward
+    (csrc/cpu/poincare.cpp, fc_saved_floats): same values, the backward skips their transcendentals.
+    GEOOPS_POINCARE_FC_SAVE=0 (read per call) recomputes them in the backward, for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_FC_SAVE", "1") != "0"
 
 
 def _direct_conv_on(C2, C: int, Co: int, npix: int, dtype) -> bool:
@@ -696,7 +708,7 @@ def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps):
     if ng[0]:
         B, H, W = ctx.geo[:3]
         gx = gx.view(B, H, W, x.shape[1]).permute(0, 3, 1, 2)  # the image's shape, channels last
-    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None, None, None, None)
+    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None, None, None, None, None)
 
 
 class PoincareFcRowsFn(torch.autograd.Function):

@@ -888,9 +888,51 @@ def test_conv2d_direct_dz_chunks(monkeypatch, chunk, cfg):
         torch.set_num_threads(n0)
 
 
+@pytest.mark.parametrize("cfg", [(64, 8, 8, 8, 8, 3, 1, 1), (64, 1, 8, 8, 8, 3, 1, 1), (2, 5, 9, 7, 3, 3, 2, 1),
+                                 (3, 16, 6, 5, 1, 3, 1, 0), (1, 3, 7, 9, 8, 5, 1, 2), (2, 4, 5, 6, 7, 1, 1, 0),
+                                 (2, 8, 6, 6, 8, 3, 2, 0), (2, 6, 7, 5, 16, 3, 1, 1), (1, 8, 5, 7, 12, 3, 1, 2)])
+def test_conv2d_direct_pairs_vs_rows(monkeypatch, cfg):
+    """The float32 stride-1 forward (C_out <= 8) and dv (C <= 8) with two pixels per vector (conv_pairs) against
+    the row blocks (GEOOPS_POINCARE_CONV_PAIRS=0): t and dv bit for bit (the same FMAs in the same order), U to
+    rounding, odd widths, kernels 1 / 3 / 5, padding 0 / 1 / 2, blocks that span rows, 1 and 2 threads (stride 2
+    keeps the row blocks); and against F.conv2d and its autograd."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    B, C, H, W, Co, k, s, p = cfg
+    g = torch.Generator().manual_seed(12)
+    v = torch.randn(B * H * W, C, generator=g)
+    z = torch.randn(C * k * k, Co, generator=g)
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    gt = torch.randn(B * Ho * Wo, Co, generator=g)
+    gU = torch.randn(B * Ho * Wo, generator=g)
+    outs = {}
+    n0 = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for pairs in ("1", "0"):
+                monkeypatch.setenv("GEOOPS_POINCARE_CONV_PAIRS", pairs)
+                outs[n, pairs] = (C2.poincare_conv2d_fwd_cpu(v, z, B, H, W, k, k, p, p, s, s, 0.7)
+                                  + C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, k, k, p, p, s, s, 0.7, True,
+                                                               False)[:1])
+    finally:
+        torch.set_num_threads(n0)
+    t0, U0, dv0 = outs[1, "0"]
+    for key, (t, U, dv) in outs.items():
+        assert torch.equal(t, t0), key
+        assert torch.equal(dv, dv0), key
+        torch.testing.assert_close(U, U0, rtol=1e-6, atol=1e-7)
+    vr = v.double().requires_grad_(True)
+    t_ref, U_ref = _direct_conv_ref(vr, z.double(), B, H, W, (k, k), (p, p), (s, s), 0.7)
+    (dv_ref,) = torch.autograd.grad((t_ref * gt.double()).sum() + (U_ref * gU.double()).sum(), (vr,))
+    torch.testing.assert_close(outs[2, "1"][0].double(), t_ref.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs[2, "1"][1].double(), U_ref.detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(outs[2, "1"][2].double(), dv_ref, rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_direct_kernel_threads():
-    """dz's per-thread partial sums and the parallel row ranges: the same values with 1 and 2 threads (a shape large
-    enough to split)."""
+    """dz's per-chunk partial sums and the parallel row ranges: the same values with 1 and 2 threads (a shape large
+    enough to split; dz bit for bit)."""
     from geoops import _backend
     C2 = _backend.compiled()
     B, C, H, W, Co = 4, 16, 32, 32, 16
@@ -914,6 +956,8 @@ def test_conv2d_direct_kernel_threads():
     torch.testing.assert_close(res[0][0].double(), t_ref, rtol=1e-5, atol=1e-4)
     for a, b in zip(res[0], res[1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    # dz's partial sums run per fixed chunk of rows, added in chunk order: the same bits with 1 and 2 threads
+    assert torch.equal(res[0][3], res[1][3])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -946,6 +990,69 @@ def test_conv2d_direct_vs_knob_off(monkeypatch, dtype, cfg):
     torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
     for a, b_ in zip(outs["1"][1], outs["0"][1]):
         torch.testing.assert_close(a, b_, **tol)
+
+
+@pytest.mark.parametrize("cfg", [dict(B=2, cin=3, cout=8, H=7, W=6, cgrad=True),     # 84 rows: a partial group
+                                 dict(B=3, cin=8, cout=16, H=9, W=10, cgrad=False),  # 270 rows: 3 row blocks
+                                 dict(B=1, cin=2, cout=5, H=3, W=3, cgrad=True),     # 9 rows: one partial group
+                                 dict(B=2, cin=4, cout=17, H=5, W=5, cgrad=False)])  # 17 columns: nothing saved
+def test_conv2d_fc_saved_fields_bitwise(monkeypatch, cfg):
+    """PoincareConv2dFn's forward keeping the fc rows' per-element fields for the backward
+    (poincare_fc_rows_fwd_save_cpu / _bwd_saved_cpu) against GEOOPS_POINCARE_FC_SAVE=0 (the backward recomputes
+    them): bit for bit equal values and gradients of x, z, bias (and c), 1 and 2 threads; the saved tensor has
+    the group layout where it applies (float32, C_out <= 16 with the 16-row lanes) and is empty elsewhere."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    B, cin, cout, H, W = cfg["B"], cfg["cin"], cfg["cout"], cfg["H"], cfg["W"]
+    x0 = _img(B, cin, H, W, c=0.8, dtype=torch.float32, seed=5).contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(3)
+    z0 = (torch.randn(cin * 9, cout, generator=g, dtype=torch.float64) * 0.4).float()
+    b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).float()
+    # the saved fields exist exactly where the backward's row-lanes pass applies (AVX-512 builds, C_out <= 16)
+    N = B * H * W
+    t = torch.randn(N, cout, generator=g) * 0.3
+    U = (t * t).sum(1)
+    c = torch.tensor(0.8)
+    y0 = C2.poincare_fc_rows_fwd_cpu(t, U, z0, b0, c, 1e-5, True)
+    y1, sv = C2.poincare_fc_rows_fwd_save_cpu(t, U, z0, b0, c, 1e-5, True, True)
+    assert torch.equal(y0, y1)
+    lanes16 = cout <= 16 and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    assert sv.numel() == ((N + 15) // 16 * 3 * cout * 16 if lanes16 else 0)
+    monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", "0")
+    assert C2.poincare_fc_rows_fwd_save_cpu(t, U, z0, b0, c, 1e-5, True, True)[1].numel() == 0
+    monkeypatch.delenv("GEOOPS_POINCARE_FC_SAVE")
+    gy = torch.randn(N, cout, generator=g)
+    r0 = C2.poincare_fc_rows_bwd_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True)
+    r1 = C2.poincare_fc_rows_bwd_saved_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True, sv)
+    for a, b_ in zip(r0, r1):
+        assert torch.equal(a, b_)
+    n0 = torch.get_num_threads()
+    outs = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for save in ("1", "0"):
+                monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", save)
+                y, outs[n, save] = _conv_layer_run(x0, z0, b0, torch.float32, cfg["cgrad"], 3, 1, 1)
+                assert _graph_has(y, "PoincareConv2dFn")
+    finally:
+        torch.set_num_threads(n0)
+    ref = outs[1, "0"]
+    for key, o in outs.items():
+        assert torch.equal(o[0], ref[0]), key
+        for a, b_ in zip(o[1], ref[1]):
+            assert torch.equal(a, b_), key
+    # the fields are asked for only where a backward can follow (not under no_grad, not without any gradient)
+    asked = []
+    real = C2.poincare_fc_rows_fwd_save_cpu
+    monkeypatch.setattr(C2, "poincare_fc_rows_fwd_save_cpu", lambda *a: asked.append(a[-1]) or real(*a))
+    monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", "1")
+    x = x0.clone().requires_grad_(True)
+    gp.poincare_conv2d(x, z0, b0, c=0.8, kernel_size=3, padding=1)
+    with torch.no_grad():
+        gp.poincare_conv2d(x, z0, b0, c=0.8, kernel_size=3, padding=1)
+    gp.poincare_conv2d(x0, z0, b0, c=0.8, kernel_size=3, padding=1)
+    assert asked == [True, False, False]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

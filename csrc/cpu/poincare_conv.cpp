@@ -10,7 +10,7 @@
 //             (the box sum of the squared norms in the same pass over the taps);
 //   backward: dv[q, :] = beta sum_{taps} sum_co dt[o, co] z[(:, ky, kx), co] + 2 beta^2 (sum_{taps} dU[o]) v[q]
 //             (a gather over the outputs that read pixel q: each dv row written once, no atomics),
-//             dz[(ci, ky, kx), :] = beta sum_o v[q, ci] dt[o, :]  (per-thread partial sums, then added).
+//             dz[(ci, ky, kx), :] = beta sum_o v[q, ci] dt[o, :]  (partial sums per fixed chunk of rows, added in chunk order).
 // The vectors run along the output channels (forward, dz) or the input channels (dv): the weights are repacked
 // per call into tap-major blocks padded to the vector width (beta folded in), so a tail of a channel count that
 // is not a multiple of the width costs zero lanes, never a branch.  Offsets are 64-bit.
@@ -37,10 +37,10 @@ struct ConvGeom {
   int64_t B, H, W, C, Co, kh, kw, py, px, sy, sx, Ho, Wo;
 };
 
-// Threads for `work` multiply-adds: about 2^16 per thread (torch's grain), so the digits CNN's layers run on
-// the calling thread instead of paying a parallel region.
-inline int64_t threads_for(int64_t work, int64_t items) {
-  return std::max<int64_t>(1, std::min<int64_t>({(int64_t)at::get_num_threads(), items, work / 65536 + 1}));
+// Chunks of the rows for `work` multiply-adds: about 2^16 each (torch's grain), at most 64, whatever the thread
+// count: dz's partial sums per chunk, added in chunk order, give the same bits with any number of threads.
+inline int64_t chunks_for(int64_t work, int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>({int64_t(64), items, work / 65536 + 1}));
 }
 
 // Output columns ox of row oy whose tap kx falls inside the image: [lo, hi).
@@ -132,6 +132,187 @@ void conv_fwd_rows(const ConvGeom& g, const T* vp, const T* sp, int64_t Hp, int6
     }
   }
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// Float32 with at most 8 output channels (half a vector): two output pixels per vector, lanes interleaved (lane
+// 2k: the first pixel's channel k, lane 2k + 1: the second's), so that one FMA serves both pixels.  The forward
+// (C_out <= 8, stride 1) and the stride-1 dv (C <= 8: the transposed convolution of the zero-padded dt image, the
+// same loop) run it.  The input image is copied once, zero-padded, channel-planar per image row ([B][Hp][Cin][Wq]),
+// so that the pixels q and q + 1 of a channel are one 8-byte broadcast load (vbroadcastsd); the weights into
+// [tap][Cin][16] (each output channel twice, beta folded in).  A register block is up to kPairBlk pairs of any
+// output rows (the digits CNN's 8-pixel rows are 4 pairs); the accumulators are de-interleaved once per pair at the
+// store.  The same FMAs in the same order per output element as conv_fwd_rows / conv_bwd_dv_rows_s1 (taps, then
+// channels) and the same box sums: the same values.  GEOOPS_POINCARE_CONV_PAIRS=0 (read per call) keeps those,
+// for A/B.
+constexpr int kPairBlk = 8;
+
+inline bool conv_pairs_on(int64_t cout) {
+  const char* e = std::getenv("GEOOPS_POINCARE_CONV_PAIRS");
+  return cout <= 8 && !(e && e[0] == '0');
+}
+
+// One pair pass: output pixels (b, oy, ox) of a Ho x Wo grid, the planar image `img` (tap k of output (b, oy, ox)
+// at (b*Hp + oy*sy)*Cin*Wq + ox + poff[k] + ci*Wq), box sums `sq` [B][Hp][Wq] (at (b*Hp + oy*sy)*Wq + ox +
+// toff[k]); per output pixel
+// acc = sum_k sum_ci img * w[k][ci], us = sum_k sq.  DV = false: out[o] = acc (Cout columns), U[o] = scale * us;
+// DV = true: out[o] = fma(scale * us, res[o], acc) (res: v's rows, Cout columns).
+struct PairPass {
+  int64_t B, Ho, Wo, Hp, Wq, sy, Cin, Cout, ntaps;
+  const float* img;   // [B][Hp][Cin][Wq]: a pair is two consecutive floats (stride 1)
+  const float* sq;    // [B][Hp][Wq]
+  const float* w;
+  const int64_t* toff;  // tap offsets in sq (positions)
+  const int64_t* poff;  // tap offsets in img (floats)
+  float scale;
+};
+
+// the output items [i0, i1) (item = output row r times (Wo + 1) / 2 pairs + pair)
+template <bool DV>
+void conv_pairs(const PairPass& q, float* out, float* U, const float* res, int64_t i0, int64_t i1) {
+  const int64_t Cin = q.Cin, Co = q.Cout, npr = (q.Wo + 1) / 2;
+  const __m512i deint = _mm512_set_epi32(15, 13, 11, 9, 7, 5, 3, 1, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __mmask8 cmask = __mmask8((1u << Co) - 1u);
+  for (int64_t b0 = i0; b0 < i1; b0 += kPairBlk) {
+    const int np = static_cast<int>(std::min<int64_t>(kPairBlk, i1 - b0));
+    int64_t base[kPairBlk], pbase[kPairBlk], orow[kPairBlk];
+    bool two[kPairBlk];
+    for (int p = 0; p < kPairBlk; ++p) {
+      const int64_t it = b0 + std::min(p, np - 1);  // a short block repeats its last pair (computed, not stored)
+      const int64_t r = it / npr, ox = 2 * (it % npr), oy = r % q.Ho, b = r / q.Ho;
+      base[p] = (b * q.Hp + oy * q.sy) * q.Wq + ox;
+      pbase[p] = (b * q.Hp + oy * q.sy) * Cin * q.Wq + ox;
+      orow[p] = r * q.Wo + ox;
+      two[p] = ox + 1 < q.Wo;
+    }
+    __m512 acc[kPairBlk];
+    float u0[kPairBlk], u1[kPairBlk];
+    for (int p = 0; p < kPairBlk; ++p) acc[p] = _mm512_setzero_ps(), u0[p] = u1[p] = 0.f;
+    for (int64_t k = 0; k < q.ntaps; ++k) {
+      const int64_t toff = q.toff[k], poff = q.poff[k];
+      const float* wr = q.w + k * Cin * 16;
+      for (int p = 0; p < kPairBlk; ++p) {
+        u0[p] += q.sq[base[p] + toff];
+        u1[p] += q.sq[base[p] + toff + 1];
+      }
+      for (int64_t ci = 0; ci < Cin; ++ci) {
+        const __m512 wv = _mm512_loadu_ps(wr + ci * 16);
+        for (int p = 0; p < kPairBlk; ++p) {
+          double pr;
+          std::memcpy(&pr, q.img + pbase[p] + poff + ci * q.Wq, sizeof(double));
+          acc[p] = _mm512_fmadd_ps(_mm512_castpd_ps(_mm512_set1_pd(pr)), wv, acc[p]);
+        }
+      }
+    }
+    for (int p = 0; p < np; ++p) {
+      __m512 o = _mm512_permutexvar_ps(deint, acc[p]);  // lanes 0..7: first pixel, 8..15: second
+      float* tr = out + orow[p] * Co;
+      if constexpr (DV) {
+        const float* vr = res + orow[p] * Co;
+        const __m512 f = _mm512_insertf32x8(_mm512_set1_ps(q.scale * u0[p]), _mm256_set1_ps(q.scale * u1[p]), 1);
+        const __m512 vv = (two[p] && Co == 8) ? _mm512_loadu_ps(vr)
+                                              : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(cmask, vr)),
+                                                                   _mm256_maskz_loadu_ps(two[p] ? cmask : 0, vr + Co), 1);
+        o = _mm512_fmadd_ps(f, vv, o);
+      } else {
+        U[orow[p]] = q.scale * u0[p];
+        if (two[p]) U[orow[p] + 1] = q.scale * u1[p];
+      }
+      if (two[p] && Co == 8) {
+        _mm512_storeu_ps(tr, o);
+      } else {
+        _mm256_mask_storeu_ps(tr, cmask, _mm512_castps512_ps256(o));
+        if (two[p]) _mm256_mask_storeu_ps(tr + Co, cmask, _mm512_extractf32x8_ps(o, 1));
+      }
+    }
+  }
+}
+
+// The channel-planar image [B][Hp][Cin][Wq] and box-sum image [B][Hp][Wq] from rows src (B*Hs*Ws, Cin) placed at
+// padded (row + oy0, column + ox0), zero elsewhere; the box-sum image: |row|^2 or the given per-row values.
+void pair_image(const float* src, const float* rowval, int64_t B, int64_t Hs, int64_t Ws, int64_t Cin, int64_t Hp,
+                int64_t Wq, int64_t oy0, int64_t ox0, std::vector<float>& img, std::vector<float>& sq) {
+  img.assign((size_t)(B * Hp * Cin * Wq), 0.f);
+  sq.assign((size_t)(B * Hp * Wq), 0.f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t iy = 0; iy < Hs; ++iy) {
+      const int64_t prow = b * Hp + iy + oy0;
+      float* ir = img.data() + prow * Cin * Wq + ox0;
+      for (int64_t ix = 0; ix < Ws; ++ix) {
+        const int64_t row = (b * Hs + iy) * Ws + ix;
+        const float* sr = src + row * Cin;
+        float s2 = 0;
+        for (int64_t ci = 0; ci < Cin; ++ci) {
+          ir[ci * Wq + ix] = sr[ci];
+          s2 += sr[ci] * sr[ci];
+        }
+        sq[prow * Wq + ix + ox0] = rowval ? rowval[row] : s2;
+      }
+    }
+}
+
+template <bool DV>
+void conv_pairs_run(const PairPass& q, float* out, float* U, const float* res) {
+  const int64_t items = q.B * q.Ho * ((q.Wo + 1) / 2);
+  const int64_t per = q.ntaps * q.Cin;  // vector FMAs per item
+  const int64_t blocks = (items + kPairBlk - 1) / kPairBlk;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(per * kPairBlk, 1));
+  at::parallel_for(0, blocks, grain, [&](int64_t k0, int64_t k1) {
+    conv_pairs<DV>(q, out, U, res, k0 * kPairBlk, std::min(items, k1 * kPairBlk));
+  });
+}
+
+// the forward by pairs (float32, C_out <= 8)
+void conv_fwd_pairs_run(const ConvGeom& g, const float* v, const float* zp, double beta, float* tp, float* up) {
+  const int64_t C = g.C, Co = g.Co, nt = g.kh * g.kw;
+  std::vector<float> w2((size_t)(nt * C * 16), 0.f);
+  std::vector<int64_t> toff(nt), poff(nt);
+  const int64_t npr = (g.Wo + 1) / 2;
+  const int64_t Hp = g.H + 2 * g.py, Wq = std::max<int64_t>(g.W + 2 * g.px, 2 * npr + g.kw);
+  for (int64_t ky = 0; ky < g.kh; ++ky)
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      toff[ky * g.kw + kx] = ky * Wq + kx;
+      poff[ky * g.kw + kx] = ky * C * Wq + kx;
+      for (int64_t ci = 0; ci < C; ++ci) {
+        const float* src = zp + ((ci * g.kh + ky) * g.kw + kx) * Co;
+        float* dst = w2.data() + ((ky * g.kw + kx) * C + ci) * 16;
+        for (int64_t co = 0; co < Co; ++co) dst[2 * co] = dst[2 * co + 1] = float(beta) * src[co];
+      }
+    }
+  std::vector<float> img, sq;
+  pair_image(v, nullptr, g.B, g.H, g.W, C, Hp, Wq, g.py, g.px, img, sq);
+  const PairPass q{g.B, g.Ho, g.Wo, Hp, Wq, g.sy, C, Co, nt, img.data(), sq.data(), w2.data(), toff.data(),
+                   poff.data(), float(beta * beta)};
+  conv_pairs_run<false>(q, tp, up, nullptr);
+}
+
+// the stride-1 dv by pairs (float32, C <= 8): the transposed convolution of dt (zero-padded by kh-1-py rows and
+// kw-1-px columns) with the flipped taps, then dv = 2 beta^2 (box sum of dU) v + that
+void conv_dv_pairs_run(const ConvGeom& g, const float* gt, const float* gU, const float* v, const float* zp,
+                       double beta, float* dvp) {
+  const int64_t C = g.C, Co = g.Co, nt = g.kh * g.kw;
+  const int64_t npr = (g.W + 1) / 2;
+  const int64_t Hg = g.H + g.kh - 1, Wg = std::max<int64_t>(g.Wo + g.kw - 1, 2 * npr + g.kw);
+  std::vector<float> w2((size_t)(nt * Co * 16), 0.f);
+  std::vector<int64_t> toff(nt), poff(nt);
+  for (int64_t ky = 0; ky < g.kh; ++ky)
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      toff[ky * g.kw + kx] = (g.kh - 1 - ky) * Wg + (g.kw - 1 - kx);
+      poff[ky * g.kw + kx] = (g.kh - 1 - ky) * Co * Wg + (g.kw - 1 - kx);
+      for (int64_t ci = 0; ci < C; ++ci) {
+        const float* src = zp + ((ci * g.kh + ky) * g.kw + kx) * Co;
+        for (int64_t co = 0; co < Co; ++co) {
+          float* dst = w2.data() + ((ky * g.kw + kx) * Co + co) * 16;
+          dst[2 * ci] = dst[2 * ci + 1] = float(beta) * src[co];
+        }
+      }
+    }
+  std::vector<float> img, sq;
+  pair_image(gt, gU, g.B, g.Ho, g.Wo, Co, Hg, Wg, g.kh - 1 - g.py, g.kw - 1 - g.px, img, sq);
+  const PairPass q{g.B, g.H, g.W, Hg, Wg, 1, Co, C, nt, img.data(), sq.data(), w2.data(), toff.data(),
+                   poff.data(), float(2 * beta * beta)};
+  conv_pairs_run<true>(q, dvp, nullptr, v);
+}
+#endif
 
 // dv for stride 1 of the input rows r = (b, iy) in [r0, r1): the transposed convolution of the zero-padded dt
 // image gp [B][Hg][Wg][Co] (dt[b, oy, ox] at (oy + kh-1-py, ox + kw-1-px)), in blocks of P input columns.
@@ -375,6 +556,12 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_fwd_cpu(const at::Tensor& v, 
   const int64_t No = g.B * g.Ho * g.Wo;
   at::Tensor t = at::empty({No, g.Co}, v.options());
   at::Tensor U = at::empty({No}, v.options());
+#if defined(CPU_CAPABILITY_AVX512)
+  if (v.scalar_type() == at::kFloat && g.sx == 1 && conv_pairs_on(g.Co)) {
+    conv_fwd_pairs_run(g, v.data_ptr<float>(), z.data_ptr<float>(), beta, t.data_ptr<float>(), U.data_ptr<float>());
+    return {t, U};
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "poincare_conv2d_fwd_cpu", [&] {
     using T = scalar_t;
     const int64_t VS = Vectorized<T>::size();
@@ -440,7 +627,16 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt,
     const T* zp = z.data_ptr<T>();
     const T* vp = v.data_ptr<T>();
     const T* gtp = gt.data_ptr<T>();
-    if (need_dv) {
+    bool dv_pairs = false;  // the stride-1 dv by pairs (float32, C <= 8)
+#if defined(CPU_CAPABILITY_AVX512)
+    if (std::is_same_v<T, float> && need_dv && g.sy == 1 && g.sx == 1 && g.py < g.kh && g.px < g.kw &&
+        conv_pairs_on(g.C)) {
+      conv_dv_pairs_run(g, gt.data_ptr<float>(), gU.data_ptr<float>(), v.data_ptr<float>(), z.data_ptr<float>(),
+                        beta, dv.data_ptr<float>());
+      dv_pairs = true;
+    }
+#endif
+    if (need_dv && !dv_pairs) {
       const int nvc = nvec<T>(g.C);
       const int64_t Cip = nvc * VS;
       // wt [kh][kw][Co][Cip] = beta z[(ci, ky, kx), co], zero-padded input channels
@@ -483,7 +679,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt,
       const int nv = nvec<T>(g.Co);
       const int64_t Cop = nv * VS;
       const int64_t K = g.kh * g.kw * g.C;
-      const int64_t nth = threads_for(No * K * nv, No);
+      const int64_t nth = chunks_for(No * K * nv, No);  // partial sums per chunk (not per thread)
       std::vector<T> part((size_t)(nth * K * Cop), T(0));
       // the dt rows as they are (stride C_out): a partial last vector is read with masked loads
       const int64_t chunk = dz_chunk(g, g.Co, sizeof(T));
