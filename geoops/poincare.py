@@ -44,7 +44,7 @@ from .reference import stereographic as _st_ref
 __all__ = [
     "poincare_fc", "PoincareFcFn", "PoincareReluFn", "hyperplane_dists", "mlr", "poincare_conv2d", "poincare_unfold", "poincare_relu",
     "expmap0", "logmap0", "expmap", "logmap", "transp", "dist", "project", "mobius_add", "flatten", "max_pool2d",
-    "avg_pool2d", "midpoint", "batch_norm", "mobius_linear", "default_eps", "beta_concat_scale",
+    "avg_pool2d", "midpoint", "batch_norm", "batch_norm2d", "mobius_linear", "default_eps", "beta_concat_scale",
 ]
 
 default_eps = _ref.default_eps
@@ -94,8 +94,28 @@ def _mark_checked_curvature(c: torch.Tensor) -> torch.Tensor:
     reshape / to / positivity read / negation).  A c <= 0 is left unmarked (the checks then raise per call)."""
     if (c.dim() == 0 and c.is_floating_point() and not c.requires_grad and c.device.type == "cpu"
             and not _is_fake(c) and float(c) > 0):
-        c._geoops_checked = (c._version, -c)
+        # (version, -c, c as a Python float, -c as a (1,) float64 tensor: the stereographic kernels' k, which
+        # they would otherwise convert to double on every call)
+        c._geoops_checked = (c._version, -c, float(c), (-c).to(torch.float64).reshape(1))
     return c
+
+
+def _c_float(c: torch.Tensor) -> float:
+    """float(c) of a 0-dim curvature tensor; a marked one (``_mark_checked_curvature``) gives its cached value
+    (no item() call)."""
+    mark = getattr(c, "_geoops_checked", None)
+    if mark is not None and mark[0] == c._version:
+        return mark[2]
+    return float(c.detach())
+
+
+def _k64_rows(c: torch.Tensor) -> torch.Tensor:
+    """-c as a (1,) float64 tensor (the stereographic CPU kernels' k; bit-identical to passing -c of c's dtype,
+    which they convert to double); a marked curvature gives its cached one (no neg / to / reshape per call)."""
+    mark = getattr(c, "_geoops_checked", None)
+    if mark is not None and mark[0] == c._version:
+        return mark[3]
+    return (-c.detach()).to(torch.float64).reshape(1)
 
 
 def _checked(c, like) -> bool:
@@ -605,7 +625,7 @@ class PoincareConv2dFn(torch.autograd.Function):
         x = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
         kh, kw = kernel
         Co = z.shape[1]
-        k1 = (-c).reshape(1)
+        k1 = _k64_rows(c)
         seps = _ref.default_eps(x.dtype)
         v = C2.stereo_fwd_cpu(_LOGMAP0, x, None, k1, None, seps)  # (B*H*W, C) tangent pixel rows
         beta = beta_concat_scale(C, C * kh * kw)
@@ -631,10 +651,7 @@ class PoincareConv2dFn(torch.autograd.Function):
         y, fsave = C2.poincare_fc_rows_fwd_save_cpu(trows, Ur, z, b, c, eps, True, keep and _fc_save_on())
         ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave)
         ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
-        # the rows as a (B, C_out, Ho, Wo) channels-last tensor on the same storage; set_, not a view: autograd
-        # forbids in-place ops on views created inside a Function, and the caller may modify the output in place
-        return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), (B, Co, Ho, Wo),
-                                   (Ho * Wo * Co, 1, Wo * Co, Co))
+        return _rows_as_image(y, B, Co, Ho, Wo)
 
     @staticmethod
     def backward(ctx, g):
@@ -669,6 +686,13 @@ class PoincareConv2dFn(torch.autograd.Function):
             gv = gvimg.permute(0, 2, 3, 1).reshape(v.shape)
             gv = torch.addcmul(gv, v, gsq.view(-1, 1), value=2 * beta * beta)
         return _conv_bwd_tail(ctx, ng, C2, x, gv if (ng[0] or ng[3]) else None, gz, gb, gc, has_b, c, k1, seps)
+
+
+def _rows_as_image(y: torch.Tensor, B: int, C: int, H: int, W: int) -> torch.Tensor:
+    """Contiguous rows y (B*H*W, C) as a (B, C, H, W) channels-last tensor on the same storage; set_, not a view:
+    autograd forbids in-place ops on views created inside a Function, and the caller may modify the output in
+    place."""
+    return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), (B, C, H, W), (H * W * C, 1, W * C, C))
 
 
 def _fc_save_on() -> bool:
@@ -871,26 +895,28 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     ct = _curv(op, c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
-    k = -ct
     fused = ((training or running_mean is None) and xr.device.type == "cpu" and xr.shape[0] > 0
              and xr.shape[1] > 0 and _library.direct_call_ok(xr, bias, weight, ct)
              and not _backend.checks_enabled() and _backend.resolve(xr.device, _ops.FAMILY) == "cpp")
     if fused and os.environ.get("GEOOPS_POINCARE_BN_CPP_GLUE", "1") != "0":
-        b = None  # expmap0(bias) inside the layer's C++ calls
+        b = k = None  # expmap0(bias) inside the layer's C++ calls
     else:
+        k = -ct
         b = _st.expmap0(bias.to(cdt), k=k)
     if training or running_mean is None:
         n = max(x.shape[0], 1)
         if fused:
             # eager CPU: the whole layer (midpoint, logmap_m, variance, transport, row op) in one Function
             if b is None:
-                y, var, mean = BnLayerFn.apply(xr, bias.to(cdt), weight.to(cdt), ct, n, eps, _eps(None, cdt))
+                y, var, mean = BnLayerFn.apply(xr, bias.to(cdt), weight.to(cdt), ct, n, eps, _eps(None, cdt),
+                                               _c_float(ct))
             else:
                 y, var, mean = BnLayerGlueFn.apply(xr, b, weight.to(cdt), ct, n, eps, _eps(None, cdt))
         else:
             # traced / CUDA / checked / reference calls: the torch composition over the custom ops (the midpoint
             # sums, the fused logmap, the row op); d(m, x_i) = lam_m |logmap_m(x_i)|: u's rows give the variance
             y = None
+            k = -ct if k is None else k
             mean = _library.apply(MidpointMeanFn, xr, ct)
             u = _st.logmap(mean, xr, k=k)
             S = _library.apply(SqSumFn, u)
@@ -899,20 +925,117 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
             var = lam_m.square() * S / n
             M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
         if training and running_mean is not None:
-            with torch.no_grad():
-                nr = x.shape[0]
-                running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=k.detach()))
-                running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
+            _bn_running_update_(running_mean, running_var, mean, var, x.shape[0], momentum, ct, k, fused)
         if y is not None:
             return y.to(x.dtype)
     else:
         mean, var = running_mean.to(cdt), running_var.to(cdt)
+        k = -ct if k is None else k
         u = _st.logmap(mean, xr, k=k)
         AE, G = _gram(b, mean)
         M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
     # M: the transport m -> b and the rescaling as one (D, D) matrix; then expmap_b(u M) + project: one fused
     # row op (the kernels run u M as a GEMM and the row pass after it)
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+
+
+def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
+                 running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
+                 training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
+    """:func:`batch_norm` of the pixel rows of an image x (B, C, H, W) with the points along the channels (HypLL's
+    HBatchNorm2d) -> (B, C, H, W), channels last.  Eager CPU training of a channels-last float32 / float64 image:
+    BnLayerFn takes the image itself (its pixel rows a free view inside the Function, the output rows returned
+    as a channels-last image on their storage): no permute / reshape autograd nodes either way."""
+    op = "batch_norm"
+    _check_float(op, "x", x)
+    if x.dim() != 4:
+        _fail(op, f"x must be an image (B, C, H, W), got shape {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
+            and B * H * W > 0 and C > 0 and bias.shape == (C,) and x.is_contiguous(memory_format=torch.channels_last)
+            and _bn_image_on() and os.environ.get("GEOOPS_POINCARE_BN_CPP_GLUE", "1") != "0"):
+        ct = _curv(op, c, x).to(x.dtype)
+        if (_library.direct_call_ok(x, bias, weight, ct) and not _backend.checks_enabled()
+                and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
+            n = B * H * W
+            y, var, mean = BnLayerFn.apply(x, bias.to(x.dtype), weight.to(x.dtype), ct, n, eps, _eps(None, x.dtype),
+                                           _c_float(ct))
+            if training and running_mean is not None:
+                _bn_running_update_(running_mean, running_var, mean, var, n, momentum, ct, None, True)
+            return y
+    rows = x.permute(0, 2, 3, 1).reshape(-1, C)
+    return batch_norm(rows, bias, weight, c=c, running_mean=running_mean, running_var=running_var, training=training,
+                      momentum=momentum, eps=eps).reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
+def _bn_image_on() -> bool:
+    """GEOOPS_POINCARE_BN_IMAGE=0 (read per call; default on): batch_norm2d always goes through the pixel rows'
+    permute / reshape views and batch_norm, for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_BN_IMAGE", "1") != "0"
+
+
+def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum: float, ct, k, fused: bool) -> None:
+    """batch_norm's training update of the running statistics in place (no gradient): running_mean moves along the
+    geodesic towards the batch midpoint by momentum, running_var by an exponential average of the unbiased
+    variance (nr rows)."""
+    with torch.no_grad():
+        if fused and _running_direct_on(running_mean, mean):
+            # eager CPU: the geodesic step as running_mean <- A running_mean + B mean (scalars from three inner
+            # products), the averages as add_ calls with Python alphas (no scalar tensors to convert)
+            _running_mean_step_(running_mean, mean, momentum, _c_float(ct))
+            running_var.add_(running_var, alpha=-momentum).add_(var, alpha=momentum * (nr / max(nr - 1, 1)))
+        else:
+            kd = (-ct).detach() if k is None else k.detach()
+            running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=kd))
+            running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
+
+
+def _running_direct_on(running_mean: torch.Tensor, mean: torch.Tensor) -> bool:
+    """Whether batch_norm's running-mean update takes ``_running_mean_step_`` (eager CPU, one dtype, a 1-D mean);
+    GEOOPS_POINCARE_BN_RUNNING_DIRECT=0 (read per call) keeps the stereographic geodesic composition, for A/B."""
+    return (running_mean.dim() == 1 and mean.dtype == running_mean.dtype and running_mean.device.type == "cpu"
+            and _library.direct_call_ok(running_mean, mean)
+            and os.environ.get("GEOOPS_POINCARE_BN_RUNNING_DIRECT", "1") != "0")
+
+
+def _atanc_neg(z: float, single: bool) -> float:
+    """atanc(z) = artanh(sqrt(-z))/sqrt(-z) for z <= 0 (the reference's clamp just inside the ball)."""
+    if z > -1e-12:
+        return 1 - z / 3
+    sn = min(math.sqrt(-z), 1 - 1e-7 if single else 1 - 1e-15)
+    return math.atanh(sn) / sn
+
+
+def _tanc_neg(z: float) -> float:
+    """tanc(z) = tanh(sqrt(-z))/sqrt(-z) for z <= 0."""
+    if z > -1e-12:
+        return 1 + z / 3
+    sn = math.sqrt(-z)
+    return math.tanh(sn) / sn
+
+
+def _running_mean_step_(rm: torch.Tensor, m: torch.Tensor, t: float, c: float) -> None:
+    """rm <- geodesic(t, rm, m) on the ball of curvature -c, in place: x (+) t (x) ((-x) (+) y) is a linear
+    combination A x + B y whose coefficients follow from |x|^2, <x, y>, |y|^2 (the Möbius formulas of
+    geoops.reference.stereographic on those scalars, in double); the same values as the composition up to
+    rounding, in 3 small aten calls instead of ~40."""
+    G = torch.stack((rm, m))
+    (x2, xy), (_, y2) = (G @ G.t()).tolist()
+    k = -c
+    single = rm.dtype != torch.float64
+    # v = (-x) (+) y = p x + q y
+    den = max(1 + 2 * k * xy + k * k * x2 * y2, 1e-15)
+    p, q = -(1 + 2 * k * xy - k * y2) / den, (1 + k * x2) / den
+    v2 = p * p * x2 + 2 * p * q * xy + q * q * y2
+    # w = t (x) v = s v
+    a = _atanc_neg(k * v2, single)
+    s = t * a * _tanc_neg(k * t * t * v2 * a * a)
+    w2, xw = s * s * v2, s * (p * x2 + q * xy)
+    # x (+) w = A x + B y
+    den = max(1 - 2 * k * xw + k * k * x2 * w2, 1e-15)
+    A = ((1 - 2 * k * xw - k * w2) + (1 + k * x2) * s * p) / den
+    B = (1 + k * x2) * s * q / den
+    rm.add_(rm, alpha=A - 1).add_(m, alpha=B)  # add_ with a Python alpha: no scalar tensor to convert (mul_)
 
 
 def _transport_fwd(b, m, S, w, c, n, eps):
@@ -987,25 +1110,36 @@ class BnLayerFn(torch.autograd.Function):
     gradient (running statistics)."""
 
     @staticmethod
-    def forward(ctx, x, bias, w, c, n, eps, eps_proj):
-        cf = float(c)
+    def forward(ctx, x, bias, w, c, n, eps, eps_proj, cf=None):
+        cf = float(c) if cf is None else cf  # cf: float(c) when the caller has it (a marked curvature's cache)
+        ctx.image = x.shape if x.dim() == 4 else None
+        if ctx.image is not None:  # a (B, C, H, W) image (batch_norm2d): its pixel rows, a free view when channels last
+            B, C, H, W = x.shape
+            x = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
         y, var, m, u, v, M, b, mid, tr = _backend.compiled().poincare_bn_train_fwd_cpu(
             x, bias, float(w), cf, float(n), eps, eps_proj)
         ctx.save_for_backward(x, bias, m, mid, u, v, M, b, tr)
         ctx.cf, ctx.eps_proj, ctx.wshape, ctx.c_meta = cf, eps_proj, w.shape, (c.dtype, c.shape)
         ctx.mark_non_differentiable(var, m)
+        if ctx.image is not None:
+            y = _rows_as_image(y.contiguous(), B, C, H, W)
         return y, var, m
 
     @staticmethod
     def backward(ctx, gy, _gvar, _gm):
         x, bias, m, mid, u, v, M, b, tr = ctx.saved_tensors
+        if ctx.image is not None:
+            gy = gy.permute(0, 2, 3, 1).reshape(x.shape)  # free when gy is channels last
         dx, gbias, gw, gc = _backend.compiled().poincare_bn_train_bwd_cpu(
             gy, x, bias, m, mid, u, v, M, b, tr, ctx.cf, ctx.eps_proj)
         ng = ctx.needs_input_grad
+        if ctx.image is not None and ng[0]:
+            B, C, H, W = ctx.image
+            dx = dx.view(B, H, W, C).permute(0, 3, 1, 2)  # the image's shape, channels last
         cdt, cshape = ctx.c_meta
         return (dx if ng[0] else None, gbias if ng[1] else None,
-                gw.to(x.dtype).reshape(ctx.wshape) if ng[2] else None,
-                gc.to(cdt).reshape(cshape) if ng[3] else None, None, None, None)
+                (gw.to(x.dtype) if gw.shape == ctx.wshape else gw.to(x.dtype).reshape(ctx.wshape)) if ng[2] else None,
+                gc.to(cdt).reshape(cshape) if ng[3] else None, None, None, None, None)
 
 
 class BnLayerGlueFn(torch.autograd.Function):

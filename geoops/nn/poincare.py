@@ -189,9 +189,8 @@ class PoincareBatchNorm2d(PoincareBatchNorm):
         if x.dim() != 4 or x.shape[1] != self.features:
             raise ValueError(f"PoincareBatchNorm2d: x must be (B, C, H, W) with C = features = {self.features} "
                              f"(the manifold dimension), got shape {tuple(x.shape)}")
-        B, C, H, W = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, C)
-        return super().forward(rows).reshape(B, H, W, C).permute(0, 3, 1, 2)
+        return gp.batch_norm2d(x, self.bias, self.weight, c=self.ball(), running_mean=self.running_mean,
+                               running_var=self.running_var, training=self.training, momentum=self.momentum)
 
 
 class PoincareFlatten(nn.Module):

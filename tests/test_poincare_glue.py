@@ -1,0 +1,98 @@
+"""Session 13 (glue13b): the Poincaré layers' per-call glue -- the batch norm's direct running-mean step, the
+image batch norm as one BnLayerFn node, the marked curvature's cached float / float64 k."""
+import pytest
+import torch
+
+from geoops import poincare as gp
+from geoops import stereographic as st
+from geoops.nn import PoincareBall, PoincareBatchNorm2d, PoincareConv2d
+
+
+def _points(n, d, scale, dtype, seed, c):
+    g = torch.Generator().manual_seed(seed)
+    return gp.expmap0(torch.randn(n, d, generator=g, dtype=dtype) * scale, c=c)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("scale, t, c", [(0.3, 0.1, 1.0), (0.8, 0.5, 0.7), (0.0, 0.1, 1.3), (0.6, 0.9, 2.0)])
+def test_running_mean_step_matches_geodesic(dtype, tol, scale, t, c):
+    """_running_mean_step_ (A x + B y from three inner products) vs the stereographic geodesic composition (in
+    float64 on the same inputs), points up to ~0.95 of the ball's radius."""
+    x, y = _points(2, 7, scale, dtype, 3, c)
+    y = y if scale else _points(1, 7, 0.5, dtype, 4, c)[0]  # x at the origin, y not
+    want = st.geodesic(t, x.double(), y.double(), k=torch.tensor(-c, dtype=torch.float64)).to(dtype)
+    got = x.clone()
+    gp._running_mean_step_(got, y, t, c)
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_batchnorm2d_running_stats_direct_knob(monkeypatch, direct):
+    """Training updates of the running statistics: the direct step (default) and the geodesic composition
+    (GEOOPS_POINCARE_BN_RUNNING_DIRECT=0) agree to rounding over several steps; eval then uses them."""
+    torch.manual_seed(0)
+    ball = PoincareBall(1.0)
+    outs = {}
+    for knob in ("0", direct):
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_RUNNING_DIRECT", knob)
+        bn = PoincareBatchNorm2d(6, ball, momentum=0.3)
+        for s in range(4):
+            x = _points(5 * 4 * 3, 6, 0.8, torch.float32, s, 1.0).reshape(5, 4, 3, 6).permute(0, 3, 1, 2)
+            bn(x)
+        outs[knob] = (bn.running_mean.clone(), bn.running_var.clone())
+    torch.testing.assert_close(outs[direct][0], outs["0"][0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(outs[direct][1], outs["0"][1], rtol=1e-6, atol=1e-7)
+    assert outs[direct][0].abs().sum() > 0.01  # the mean moved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batchnorm2d_image_node(monkeypatch, dtype, channels_last):
+    """batch_norm2d: a channels-last image goes into ONE BnLayerFn node (no permute / view nodes), values and
+    gradients bit-identical to the pixel rows' route (GEOOPS_POINCARE_BN_IMAGE=0); another layout falls back."""
+    c = torch.tensor(0.9, dtype=dtype)
+    x0 = _points(3 * 5 * 4, 6, 0.8, dtype, 1, 0.9).reshape(3, 5, 4, 6).permute(0, 3, 1, 2)
+    if not channels_last:
+        x0 = x0.contiguous()
+    gy = torch.randn(3, 6, 5, 4, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    res = {}
+    for knob in ("0", "1"):
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_IMAGE", knob)
+        x = x0.clone().requires_grad_(True)
+        bias = torch.linspace(-0.2, 0.3, 6, dtype=dtype).requires_grad_(True)
+        w = torch.tensor(1.3, dtype=dtype, requires_grad=True)
+        rm, rv = torch.zeros(6, dtype=dtype), torch.ones((), dtype=dtype)
+        y = gp.batch_norm2d(x, bias, w, c=c, running_mean=rm, running_var=rv)
+        if knob == "1":
+            assert type(y.grad_fn).__name__.startswith("BnLayerFn") == channels_last
+        assert y.shape == x0.shape and y.is_contiguous(memory_format=torch.channels_last)
+        y.backward(gy)
+        res[knob] = (y.detach(), x.grad, bias.grad, w.grad, rm, rv)
+    for a, b in zip(res["1"], res["0"]):
+        assert torch.equal(a, b)
+    y = gp.batch_norm2d(x0.clone(), bias.detach(), w.detach(), c=c)
+    y.mul_(2)  # the output may be modified in place
+
+
+def test_marked_curvature_caches_bit_identical():
+    """The marked curvature's cached float (BnLayerFn) and float64 k (PoincareConv2dFn's logmap0): the layers
+    give bit-identical values and gradients with a fresh unmarked c of the same value."""
+    ball = PoincareBall(0.4)
+    torch.manual_seed(0)
+    conv = PoincareConv2d(4, 6, 3, ball, padding=1, id_init=False)
+    bn = PoincareBatchNorm2d(6, ball)
+    x0 = _points(2 * 5 * 5, 4, 0.9, torch.float32, 7, 1.0).reshape(2, 5, 5, 4).permute(0, 3, 1, 2)
+    res = []
+    for marked in (True, False):
+        c = ball()
+        assert hasattr(c, "_geoops_checked")
+        if not marked:
+            c = c.clone()
+        x = x0.clone().requires_grad_(True)
+        t = gp.poincare_conv2d(x, conv.weights, conv.bias, c=c, kernel_size=3, padding=1)
+        y = gp.batch_norm2d(t, bn.bias, bn.weight, c=c)
+        y.square().sum().backward()
+        res.append((y.detach(), x.grad, conv.weights.grad.clone(), bn.bias.grad.clone()))
+        conv.weights.grad = bn.bias.grad = None
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
