@@ -1481,7 +1481,7 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
 }
 
 // ---------------------------------------------------------------- the whole training layer in two calls
-// BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each (GEOOPS_POINCARE_BN_GLUE=0 there
+// BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each (GEOOPS_POINCARE_BN_CPP_GLUE=0 there
 // keeps the Python glue): b = expmap0(bias), the layer's midpoint / logmap pass (poincare_bn_layer_fwd_cpu), the
 // transport's scalar chain and M = alpha I + AE^T V AE (AE = [b; -m], V = 2 alpha W / d, 2 x 2) in double, v = u M
 // (one GEMM), the row op; backward: the row op's backward on the saved v, gM = u^T gv (GEMM), the transport's
