@@ -100,30 +100,30 @@ def _mark_checked_curvature(c: torch.Tensor) -> torch.Tensor:
     return c
 
 
+def _valid_mark(c):
+    """The mark of ``_mark_checked_curvature`` on c while c is still at the marked version, else None."""
+    mark = getattr(c, "_geoops_checked", None)
+    return mark if mark is not None and mark[0] == c._version else None
+
+
 def _c_float(c: torch.Tensor) -> float:
     """float(c) of a 0-dim curvature tensor; a marked one (``_mark_checked_curvature``) gives its cached value
     (no item() call)."""
-    mark = getattr(c, "_geoops_checked", None)
-    if mark is not None and mark[0] == c._version:
-        return mark[2]
-    return float(c.detach())
+    mark = _valid_mark(c)
+    return mark[2] if mark is not None else float(c.detach())
 
 
 def _k64_rows(c: torch.Tensor) -> torch.Tensor:
     """-c as a (1,) float64 tensor (the stereographic CPU kernels' k; bit-identical to passing -c of c's dtype,
     which they convert to double); a marked curvature gives its cached one (no neg / to / reshape per call)."""
-    mark = getattr(c, "_geoops_checked", None)
-    if mark is not None and mark[0] == c._version:
-        return mark[3]
-    return (-c.detach()).to(torch.float64).reshape(1)
+    mark = _valid_mark(c)
+    return mark[3] if mark is not None else (-c.detach()).to(torch.float64).reshape(1)
 
 
 def _checked(c, like) -> bool:
     """Whether c is a marked curvature (``_mark_checked_curvature``) still at its marked version, on like's
     device, eager."""
-    mark = getattr(c, "_geoops_checked", None)
-    return (mark is not None and mark[0] == c._version and like.device.type == "cpu"
-            and not torch.compiler.is_compiling())
+    return (_valid_mark(c) is not None and like.device.type == "cpu" and not torch.compiler.is_compiling())
 
 
 def _is_fake(t) -> bool:
