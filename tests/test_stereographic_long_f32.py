@@ -4,7 +4,8 @@ streaming stores of large outputs (GEOOPS_STEREO_NT_STORES) in csrc/cpu/stereogr
 Every row op at D from 17 to 130 (tails of 1..15 floats after whole 16-float vectors; D % 16 == 0 for the
 streaming stores), a row count that leaves a partial block of lanes, NaN rows, strided rows; against the fp64
 reference and against the previous path (both knobs 0).  NT_STORES=1 forces the streaming stores below their
-size threshold so that these small cases run them.
+size threshold so that these small cases run them.  Session 14 (at the end): the one-call float ops' staging in
+registers (GEOOPS_STEREO_FLOAT_STAGE) and mobius_add / mobius_sub's float row sums (GEOOPS_STEREO_F32_SUMS).
 """
 from __future__ import annotations
 
@@ -151,3 +152,119 @@ def test_one_pass_matches_blocked(op, d, threads, monkeypatch):
             assert new[n // 2].isnan().any() or op in ("project", "lambda_x")
     finally:
         torch.set_num_threads(prev)
+
+
+# ---------------------------------------------------------------- session 14
+# The one-call float ops' staging in registers (GEOOPS_STEREO_FLOAT_STAGE): bit-identical to block_fwd_float_call
+# (the knob off) on every case, k > 0 rows sending their block back to it.  mobius_add / mobius_sub's float row
+# sums (GEOOPS_STEREO_F32_SUMS): within 2x the eager fp32 reference's error plus a floor, close to the double sums.
+STAGE_OPS = ("expmap", "expmap0", "logmap", "logmap0", "dist", "mobius_scalar_mul")
+
+
+def _with_threads(threads, fn):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _cases(op, d):
+    """(n, args, k): a partial last block per thread chunk with a NaN row; one partial block; strided rows with
+    per-row k of both signs; tiny rows (the series branch)."""
+    out = []
+    for n, width, per_row_k in ((1031, None, False), (13, None, False), (613, d + 5, True)):
+        args = _inputs(op, n, d, seed=d + n)
+        if width:
+            args = {key: (torch.cat([t, torch.zeros(n, width - d)], 1)[:, :d] if key != "r" else t)
+                    for key, t in args.items()}
+        args["x"][n // 2, d // 3] = float("nan")
+        if per_row_k:
+            k = torch.tensor([-1.0, -0.3, 0.0, 0.25] * n)[:n].reshape(n, 1)
+            args = {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}
+        else:
+            k = torch.tensor(-1.0)
+            args["x"][1:4] *= 1e-4  # z below the series cut
+        out.append((n, args, k))
+    return out
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("one_pass", ("1", "0"))
+@pytest.mark.parametrize("d", (17, 63, 64, 100))
+@pytest.mark.parametrize("op", STAGE_OPS)
+def test_float_stage_matches_staged_blocks(op, d, one_pass, threads, monkeypatch):
+    """GEOOPS_STEREO_FLOAT_STAGE on (the default) and off give the same output bit for bit; knob read per call."""
+    monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", one_pass)
+    for n, args, k in _cases(op, d):
+        monkeypatch.setenv("GEOOPS_STEREO_FLOAT_STAGE", "0")
+        old = _with_threads(threads, lambda: _call(op, args, k))
+        monkeypatch.setenv("GEOOPS_STEREO_FLOAT_STAGE", "1")
+        new = _with_threads(threads, lambda: _call(op, args, k))
+        torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"n={n}")
+        expect = _ref(op, args, k)
+        ok = ~(new.isnan() if new.dim() == 1 else new.isnan().any(-1))
+        assert ok.sum() >= n - 1
+        assert float(_row_err(new[ok], expect[ok], {"x": args["x"][ok]}).max()) < 5e-4
+
+
+def _sum_inputs(n, d, seed, k_signs):
+    """mobius_add rows: norms up to the boundary (1 - 1e-4 of it), close pairs, opposite pairs (x (+) y ~ 0),
+    tiny rows; k = -1 or per-row k of both signs (positive-k rows scaled inside their domain)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ball(max_norm):
+        v = torch.randn(n, d, generator=g, dtype=torch.float64)
+        v = v / v.norm(dim=-1, keepdim=True)
+        r = torch.rand(n, 1, generator=g, dtype=torch.float64) * max_norm
+        r[::5] = 1 - 1e-4
+        return v * r
+
+    x, y = ball(1.0), ball(1.0)
+    y[7:15] = x[7:15] + 1e-5 * torch.randn(8, d, generator=g, dtype=torch.float64)
+    y[15:23] = -x[15:23] * (1 - 1e-3)
+    x[23:26] *= 1e-6
+    if k_signs:
+        k = torch.tensor([-1.0, -0.3, 0.0, 0.25] * n, dtype=torch.float64)[:n].reshape(n, 1)
+        x, y = x * 0.7, y * 0.7
+    else:
+        k = torch.tensor(-1.0, dtype=torch.float64)
+    return x.float(), y.float(), k
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("k_signs", (False, True))
+@pytest.mark.parametrize("d", (17, 31, 64, 100, 256, 300))
+@pytest.mark.parametrize("op", ("mobius_add", "mobius_sub"))
+def test_float_sums_accuracy(op, d, k_signs, threads, monkeypatch):
+    """The float row sums (default) against the fp64 reference: per-row error <= 2x the eager fp32 reference's error
+    plus 1e-6 (relative to the output's / inputs' size) and <= 2x the double sums' (GEOOPS_STEREO_F32_SUMS=0, read
+    per call) plus 2e-6; NaN rows stay NaN; D = 300 (past the cut) keeps the double sums bit for bit."""
+    n = 16 * 9 + 5  # a partial last block
+    x, y, k = _sum_inputs(n, d, seed=d + 3 * k_signs, k_signs=k_signs)
+    x[n - 2, d - 1] = float("nan")
+    fn = getattr(gs, op)
+    kf = k.float()
+    monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "1")
+    new = _with_threads(threads, lambda: fn(x, y, k=kf))
+    monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
+    old = _with_threads(threads, lambda: fn(x, y, k=kf))
+    expect = getattr(ref, op)(x.double(), y.double(), k=k)
+    eager = getattr(ref, op)(x, y, k=kf)
+    assert new[n - 2].isnan().all() and old[n - 2].isnan().all()
+    ok = torch.ones(n, dtype=torch.bool)
+    ok[n - 2] = False
+    assert not new[ok].isnan().any()
+    args = {"x": x[ok]}
+    e_new = _row_err(new[ok], expect[ok], args)
+    e_eager = _row_err(eager[ok], expect[ok], args)
+    assert float(e_new.max()) <= 2 * float(e_eager.max()) + 1e-6, (float(e_new.max()), float(e_eager.max()))
+    # row by row too, with a floor of a few float ulps of the output / input size
+    assert bool((e_new <= 2 * e_eager + 1e-6).all()), int((e_new > 2 * e_eager + 1e-6).sum())
+    # against the double sums: the near-boundary opposite pairs (den < 0.5) take them again, the rest is a few ulps
+    e_old = _row_err(old[ok], expect[ok], args)
+    assert bool((e_new <= 2 * e_old + 2e-6).all()), float((e_new - 2 * e_old).max())
+    torch.testing.assert_close(new[ok], old[ok], rtol=2e-5, atol=2e-6)
+    if d > 256:
+        torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True)

@@ -338,6 +338,21 @@ inline bool nt_stores_on() {
   return e && e[0] == '1';
 }
 
+// Float row sums of fp32 mobius_add / mobius_sub rows of D <= kFloatSumsMaxD (long_sums_f32's FS, session 14):
+// each of the 16 lanes x 2 chains sums D / 32 products in float (the chains then added, the 16 lane sums
+// widened and summed in double), so a row sum is within ~(D / 16 + 1) float ulps of the sum of its terms'
+// magnitudes (inductor's loop, compiled geoopt, and the eager reference sum in float too).  The coefficients
+// divide by den = 1 - 2k<x,y> + k^2|x|^2|y|^2, whose rounding from these sums is ~16 ulps absolute: a block with
+// a lane of den < kFloatSumsMinDen (near-boundary pairs pointing apart) or NaN takes the double sums again, so
+// the coefficients stay within ~32 float ulps (docs/families/stereographic.md, session 14).
+// GEOOPS_STEREO_F32_SUMS=0: the double sums throughout (A/B, read per call).
+constexpr int64_t kFloatSumsMaxD = 256;
+constexpr double kFloatSumsMinDen = 0.5;
+inline bool float_sums_on() {
+  const char* e = std::getenv("GEOOPS_STEREO_F32_SUMS");
+  return !(e && e[0] == '0');
+}
+
 // The one-pass loop of fp32 long rows (fwd_rows, session 12); GEOOPS_STEREO_ONE_PASS=0: the blocked loop (A/B).
 inline bool one_pass_on() {
   const char* e = std::getenv("GEOOPS_STEREO_ONE_PASS");
@@ -360,10 +375,13 @@ inline __m512d hsum8(const __m512d (&a)[8]) {
 // The sums of the nb rows from row i0 (x rows of stride sx, y of sy; nb <= nv, nv a multiple of 8 lanes, the
 // lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).  after_row(b) runs
 // after the loads and sums of lane b (b = 0 .. nv - 1): the one-pass loop writes a row of the previous block there.
-template <bool HAS_Y, bool DD, typename W>
+// FS (float sums, mobius_add / mobius_sub, session 14): the products summed in float, 16 lanes x two chains
+// (32-float steps), the two chains added and each row's 16 lane sums then widened to double for hsum8.
+template <bool HAS_Y, bool DD, bool FS = false, typename W>
 inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
                           int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
                           int64_t end, int64_t pf, W&& after_row) {
+  static_assert(!(FS && DD), "float sums: no dd");
   constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
   __m512d acc[NS][8];
   for (int64_t g = 0; g < nv; g += 8) {
@@ -377,6 +395,34 @@ inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t 
           __builtin_prefetch(reinterpret_cast<const char*>(xr + pf * sx) + l, 0, 3);
           if (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(yr + pf * sy) + l, 0, 3);
         }
+      }
+      if constexpr (FS) {
+        __m512 f0[NS], f1[NS];
+        for (int s = 0; s < NS; ++s) f0[s] = f1[s] = _mm512_setzero_ps();
+        auto mask_at = [D](int64_t j) {
+          return D - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                             : static_cast<__mmask16>(D > j ? (1u << (D - j)) - 1u : 0u);
+        };
+        for (int64_t j = 0; j < D; j += 32) {  // explicit FMAs: the same rounding whatever the compiler
+          const __mmask16 m0 = mask_at(j), m1 = mask_at(j + 16);
+          const __m512 x0 = _mm512_maskz_loadu_ps(m0, xr + j), x1 = _mm512_maskz_loadu_ps(m1, xr + j + 16);
+          f0[0] = _mm512_fmadd_ps(x0, x0, f0[0]);
+          f1[0] = _mm512_fmadd_ps(x1, x1, f1[0]);
+          if (HAS_Y) {
+            const __m512 y0 = _mm512_maskz_loadu_ps(m0, yr + j), y1 = _mm512_maskz_loadu_ps(m1, yr + j + 16);
+            f0[1] = _mm512_fmadd_ps(y0, y0, f0[1]);
+            f1[1] = _mm512_fmadd_ps(y1, y1, f1[1]);
+            f0[2] = _mm512_fmadd_ps(x0, y0, f0[2]);
+            f1[2] = _mm512_fmadd_ps(x1, y1, f1[2]);
+          }
+        }
+        for (int s = 0; s < NS; ++s) {
+          const __m512 f = _mm512_add_ps(f0[s], f1[s]);
+          acc[s][r] = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)),
+                                    _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)));
+        }
+        after_row(g + r);
+        continue;
       }
       __m512d a0[NS], a1[NS];
       for (int s = 0; s < NS; ++s) a0[s] = a1[s] = _mm512_setzero_pd();
@@ -438,6 +484,66 @@ inline void write_row_nt(const float* xr, const float* yr, float* orow, int64_t 
     }
   }
 }
+
+// The one-call float ops' coefficients of one block of long fp32 rows with the staging in registers (session 14;
+// mobius_scalar_mul's two chained calls measured ~3 % slower this way and keep block_fwd_float_call):
+// per 16 lanes (two double vectors, one float vector) the arguments of call c (the double algebra of
+// stereo::fwd up to the call; StagedMath), rounded to float, the call on the float vector, its value widened
+// back, and after the last call the coefficients, without the block's arrays of arguments and values that
+// block_fwd_float_call stages through (its three passes over the block and its out-of-line call).  The float
+// calls run for every lane speculatively; `ok` collects the same per-block, per-call test as
+// block_fwd_float_call's, and a block that fails it (a lane with k > 0, a NaN, float overflow) is redone by
+// block_fwd_float_call, which then takes the double call there.  So the results equal block_fwd_float_call's
+// (the same operations on the same values; tested bit for bit against GEOOPS_STEREO_FLOAT_STAGE=0, which
+// restores block_fwd_float_call for every block; read per call).
+inline bool float_stage_on() {
+  const char* e = std::getenv("GEOOPS_STEREO_FLOAT_STAGE");
+  return !(e && e[0] == '0');
+}
+
+template <int OP>
+inline bool block_fwd_float_reg(const double* xx, const double* yy, const double* xy, const double* dd,
+                                const double* kk, const double* rr, int64_t nv, double param, double* ca, double* cb,
+                                double* cc) {
+  constexpr int NC = n_calls(OP);
+  static_assert(kFLanes == 2 * kLanes, "one float vector = two double vectors");
+  const Vec cut(static_cast<double>(series_cut<float>())), big(1e30);
+  auto row_at = [&](int64_t v) {
+    return Row<Vec>{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                    Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+  };
+  auto to_f = [](const Vec& lo, const Vec& hi) {
+    return FVec(_mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1));
+  };
+  Vec ok = Vec(0.0) == Vec(0.0);
+  for (int64_t v = 0; v < nv; v += kFLanes) {
+    const bool two = v + kLanes < nv;  // else lanes v + 8 .. v + 15 are past the block: z = 0, q = 1
+    const Row<Vec> r0 = row_at(v);
+    const Row<Vec> r1 = two ? row_at(v + kLanes) : r0;
+    Vec v0[NC], v1[NC];
+    for (int c = 0; c < NC; ++c) {
+      StagedMath rec0{c, v0}, rec1{c, v1};
+      (void)stereo::fwd<Vec>(OP, r0, Vec(param), rec0);
+      if (two) (void)stereo::fwd<Vec>(OP, r1, Vec(param), rec1);
+      ok = ok & (rec0.z < cut) & (rec0.z > -big) & (rec0.q < big) & (rec1.z < cut) & (rec1.z > -big) &
+           (rec1.q < big);  // !(z < cut) also catches NaN
+      const FVec z = to_f(rec0.z, rec1.z), q = to_f(rec0.q, rec1.q);
+      const __m512 f = call_is_atanc(OP, c) ? __m512(vecmath::eval_series_neg<true>(z, q))
+                                            : __m512(vecmath::eval_series_neg<false>(z, q));
+      v0[c] = Vec(_mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+      v1[c] = Vec(_mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)));
+    }
+    StagedMath rep0{NC, v0};
+    const Coef<Vec> c0 = stereo::fwd<Vec>(OP, r0, Vec(param), rep0);
+    c0.a.store(ca + v), c0.b.store(cb + v), c0.c.store(cc + v);
+    if (two) {
+      StagedMath rep1{NC, v1};
+      const Coef<Vec> c1 = stereo::fwd<Vec>(OP, r1, Vec(param), rep1);
+      c1.a.store(ca + v + kLanes), c1.b.store(cb + v + kLanes), c1.c.store(cc + v + kLanes);
+    }
+  }
+  return ok.zero_mask() == 0;
+}
 #else
 constexpr bool kLongSumsF32 = false;
 template <bool HAS_Y, bool DD, typename W>
@@ -445,6 +551,12 @@ inline void long_sums_f32(const float*, int64_t, const float*, int64_t, int64_t,
                           double*, double*, double*, int64_t, int64_t, W&&) {}
 template <bool HAS_Y>
 inline void write_row_nt(const float*, const float*, float*, int64_t, float, float, float) {}
+inline bool float_stage_on() { return false; }
+template <int OP>
+inline bool block_fwd_float_reg(const double*, const double*, const double*, const double*, const double*,
+                                const double*, int64_t, double, double*, double*, double*) {
+  return false;
+}
 #endif
 
 template <typename scalar_t, int OP, bool SHORT>
@@ -481,6 +593,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // the fast path's k per row: a call-wide curvature filled once (a per-block scalar fill of 32 rows cost about
   // a third of the D = 2 block's load/store floor), per-row k of stride 1 read in place
   const bool float_on = float_call_on();
+  const bool float_stage = !SHORT && float_on && float_call_op(OP) && n_calls(OP) == 1 && float_stage_on();
   alignas(64) double kconst[kMaxBlock];
   if (kF32Op && f32_fast && sc.sk == 0 && N > 0) std::fill(kconst, kconst + kMaxBlock, sc.k[0]);
   // the lane math of a block: the coefficients ca, cb, cc of its nv lanes from its row sums (kk, rr: scratch)
@@ -488,6 +601,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
                          const double* dd, double* kk, double* rr, double* ca, double* cb, double* cc) {
     block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
     if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
+      // long rows on AVX-512: the staging in registers (above), block_fwd_float_call for the blocks it declines
+      if constexpr (!SHORT && kLongSumsF32 && n_calls(OP) == 1) {
+        if (float_stage && block_fwd_float_reg<OP>(xx, yy, xy, dd, kk, rr, nv, param, ca, cb, cc)) return;
+      }
       block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
     } else {
       LaneMath lm;
@@ -507,6 +624,35 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     write_row<scalar_t, HAS_Y>(xp + i * sx, yp + i * sy, op_ + i * so, D, static_cast<opmath_t>(ca[b]),
                                static_cast<opmath_t>(cb[b]), static_cast<opmath_t>(cc[b]));
   };
+  // the row sums of long fp32 rows (long_sums_f32): mobius_add / mobius_sub's in float for D <= kFloatSumsMaxD
+  // (session 14; GEOOPS_STEREO_F32_SUMS=0: in double, read per call), the others' in double
+  constexpr bool kFSumOp = OP == MOBIUS_ADD || OP == MOBIUS_SUB;
+  const bool f32_fsum = kF32Long && kFSumOp && D <= kFloatSumsMaxD && float_sums_on();
+  auto long_sums = [&](int64_t i0, int64_t nb, int64_t nv, int64_t end, double* xx, double* yy, double* xy,
+                       double* dd, auto&& after_row) {
+    if constexpr (kF32Long) {
+      const float* xf = reinterpret_cast<const float*>(xp);
+      const float* yf = reinterpret_cast<const float*>(yp);
+      if constexpr (kFSumOp) {
+        if (f32_fsum) {
+          long_sums_f32<HAS_Y, false, true>(xf, sx, yf, sy, i0, nb, nv, D, xx, yy, xy, dd, end, long_pf, after_row);
+          // a lane whose Mobius denominator is below kFloatSumsMinDen (or NaN): the block's sums again in double
+          // (its rows are still in L1), so that the float sums' roundings are never amplified by a small den
+          const double sgn = OP == MOBIUS_SUB ? -1.0 : 1.0;
+          bool fine = true;
+          for (int64_t b = 0; b < nv; ++b) {
+            const double k = sc.k[std::min<int64_t>(i0 + b, end - 1) * sc.sk];
+            fine &= 1.0 - 2.0 * sgn * k * xy[b] + k * k * xx[b] * yy[b] >= kFloatSumsMinDen;
+          }
+          if (!fine) {
+            long_sums_f32<HAS_Y, false>(xf, sx, yf, sy, i0, nb, nv, D, xx, yy, xy, dd, end, 0, [](int64_t) {});
+          }
+          return;
+        }
+      }
+      long_sums_f32<HAS_Y, fwd_reads_dd(OP)>(xf, sx, yf, sy, i0, nb, nv, D, xx, yy, xy, dd, end, long_pf, after_row);
+    }
+  };
   if constexpr (kF32Long && !SCALAR_OUT) {
     // One pass (session 12): block j's row sums interleaved, row by row, with the writes of block j - 1 (whose
     // x, y rows are still in L1), so that the loads of fresh rows and the stores of the output are in flight
@@ -522,11 +668,9 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         for (int64_t i0 = begin; i0 < end; i0 += B) {
           const int64_t nb = std::min<int64_t>(B, end - i0), nv = (nb + kLanes - 1) / kLanes * kLanes;
           const double *pa = co[1 - cur][0], *pb = co[1 - cur][1], *pc = co[1 - cur][2];
-          long_sums_f32<HAS_Y, fwd_reads_dd(OP)>(
-              reinterpret_cast<const float*>(xp), sx, reinterpret_cast<const float*>(yp), sy, i0, nb, nv, D, xx, yy,
-              xy, dd, end, long_pf, [&](int64_t b) {
-                if (b < pn) write_block_row(p0, b, pa, pb, pc);
-              });
+          long_sums(i0, nb, nv, end, xx, yy, xy, dd, [&](int64_t b) {
+            if (b < pn) write_block_row(p0, b, pa, pb, pc);
+          });
           for (int64_t b = nv; b < pn; ++b) write_block_row(p0, b, pa, pb, pc);
           block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
           p0 = i0, pn = nb, cur = 1 - cur;
@@ -558,8 +702,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       block_sums<scalar_t, HAS_Y>(xp, sx, yp, sy, i0, end - 1, D, xx, yy, xy, dd);
     } else if (f32_long) {
       if constexpr (kF32Long) {
-        long_sums_f32<HAS_Y, fwd_reads_dd(OP)>(xp, sx, yp, sy, i0, nb, nv, D, xx, yy, xy, dd, end, long_pf,
-                                               [](int64_t) {});
+        long_sums(i0, nb, nv, end, xx, yy, xy, dd, [](int64_t) {});
       }
     } else {
       for (int64_t b = 0; b < nv; ++b) {
