@@ -476,7 +476,7 @@ def _reg_inputs(op: str, d: int, n: int, seed: int):
     return x, y
 
 
-@pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8))
+@pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass(op, d, monkeypatch):
     """The register pass against the fused blocks (GEOOPS_STEREO_F32_REG=0): equal bit for bit at D >= 3, for k = -1, k = 0,
@@ -495,9 +495,9 @@ def test_f32_register_pass(op, d, monkeypatch):
         fused = _call(op, xs, y, k)
         monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")  # (session 11: the default kept expmap at D <= 2 off it)
         new = _call(op, xs, y, k)
-        if d >= 3:  # the same permute writes as the fused blocks
+        if 3 <= d <= 8:  # the same permute writes as the fused blocks
             assert torch.equal(new.nan_to_num(7.0), fused.nan_to_num(7.0)), name
-        else:  # the fused blocks' scalar write loop rounds a x + b y without FMA: ~1 ulp of its terms
+        else:  # the fused blocks' scalar write loop (D <= 2, D > 8) rounds a x + b y in its own order: ~1 ulp of its terms
             assert torch.equal(new.isnan(), fused.isnan()), name
             fin = ~fused.isnan()
             terms = torch.maximum(fused.abs(), xs.abs() if y is None else torch.maximum(xs.abs(), y.abs()))
@@ -518,6 +518,70 @@ def test_f32_register_pass(op, d, monkeypatch):
         err = ((new.double() - expect).norm(dim=-1) / scale.clamp_min(1e-30))[ok]
         tol = 2e-4 if (op == "expmap" and d == 1) else 2e-6  # (expmap at D = 1: see test_f32_fast_path_accuracy)
         assert float(err.max()) <= tol, (name, float(err.max()))
+
+
+# ---------------------------------------------------------------- session 14: the register pass at D = 9..16
+# fp32 rows of D = 9..16 now take the register pass too, by default (all five ops; mobius_add at D > 8 had taken
+# the double path by default, the others the fused blocks); the columns come from a 16 x 16 transpose of 16
+# masked row loads (cols16_t).  GEOOPS_STEREO_F32_REG=8 keeps the register pass at D <= 8 (the previous paths).
+
+
+@pytest.mark.parametrize("d", (9, 10, 12, 13, 16))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_register_pass_wide(op, d, monkeypatch):
+    """The default (register pass) at D = 9..16, without GEOOPS_STEREO_F32_ROWS: near-boundary, tiny, zero, close
+    and (mobius_add, logmap, expmap) adversarial rows, k = -1, -0.3, 0, 0.5 and per-row k of both signs; every
+    finite row within 2x the eager fp32 reference's error vs fp64 + 2e-6 (relative to the output, or |x| / 10
+    where the write's terms are larger); NaN / beyond-float / partial blocks equal the short-row double path (the
+    fused blocks' fallback) bit for bit;
+    the knob (=8) selects the previous path (read per call)."""
+    n = 32 * 6 + 13
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0] * n)[:n].reshape(n, 1)
+    differs = False
+    for name, k in {"-1": torch.tensor(-1.0), "-0.3": torch.tensor(-0.3), "0": torch.tensor(0.0),
+                    "0.5": torch.tensor(0.5), "per_row": kr}.items():
+        for src in ("reg", "mob") if op in ("mobius_add", "expmap", "logmap") else ("reg",):
+            if src == "reg":
+                x, y = _reg_inputs(op, d, n, seed=1700 + d)
+                if name == "0.5":
+                    x = x * 0.1
+            else:
+                kv = -1.0 if name == "per_row" else float(k)
+                x, y = _mob_adversarial(op, d, kv, seed=1800 + d)
+                x, y = x[:n].clone(), y[:n].clone()
+                x[2 * 32 + 9] = float("nan")
+            monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+            new = _call(op, x, y, k)
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "8")
+            old = _call(op, x, y, k)
+            monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")  # (the fused blocks: their hard blocks take the same
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")  # short-row double path as the register pass's)
+            slow = _call(op, x, y, k)
+            monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+            monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+            differs = differs or not torch.equal(new.nan_to_num(7.0), old.nan_to_num(7.0))
+            assert torch.isnan(new[73]).all()
+            hard = [slice(64, 96), slice(192, n)] + ([slice(128, 160)] if src == "reg" else [])
+            for sl in hard:  # NaN row, huge row, partial block: the double path
+                assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, src, sl)
+            args = (x,) if y is None else (x, y)
+            expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
+            eager = getattr(ref, op)(*args, k=k.float())
+            ok = torch.isfinite(expect).all(-1)
+            ok[64:96] = ok[128:160] = False
+            scale = expect.norm(dim=-1)
+            if op in ("mobius_add", "expmap", "logmap"):
+                scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
+            scale = scale.clamp_min(1e-30)
+
+            def err(o):
+                return float(((o.double() - expect).norm(dim=-1) / scale)[ok].max())
+
+            e_new, e_eager = err(new), err(eager)
+            assert e_new <= 2 * e_eager + 2e-6, (name, src, e_new, err(old), e_eager)
+    if op == "mobius_add":  # (the knob is read per call: =8 runs the double path there)
+        assert differs
 
 
 # ---------------------------------------------------------------- session 12: interleaved groups, no divisions

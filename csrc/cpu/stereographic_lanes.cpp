@@ -747,7 +747,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc);
   };
   if constexpr (kF32Op) {
-    // fp32 rows of D <= 8 (AVX-512): one register pass per 16 rows over each chunk's blocks
+    // fp32 rows of D <= 16 (AVX-512; D <= 8 with GEOOPS_STEREO_F32_REG=8): one register pass per 16 rows over each chunk's blocks
     // (stereographic_rows_f32_reg.h), the blocks it declines as above (the same blocks as for_row_blocks)
     if (f32_fast && f32rows::reg_takes(OP, f32_reg, f32_mode, D, sc.sk)) {
       const float* xf = reinterpret_cast<const float*>(xp);

@@ -61,10 +61,20 @@ inline int mode() {
 // (mobius_add at D = 5..8 now included: its eight-loop block took 0.85-0.88x the double path's time, where
 // session 8 measured 1.29x); D = 9..12 expmap, expmap0, logmap, logmap0 (0.86-0.95x); D = 13..16 expmap only
 // (0.89x; the others 0.98-1.07x there).
+// GEOOPS_STEREO_F32_REG (stereographic_rows_f32_reg.h's reg_mode): 0 off, 8 only at D <= 8, 2 / other / unset 1.
+inline int reg_env() {
+  const char* e = std::getenv("GEOOPS_STEREO_F32_REG");
+  if (!e || !*e) return 1;
+  return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : (e[0] == '8' ? 8 : 1));
+}
 inline bool use(int op, int64_t D) {
   const int m = mode();
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
   if (m >= 2 || D <= 8) return true;
+#if defined(CPU_CAPABILITY_AVX512)
+  // Session 14: the register pass at D = 9..16 (stereographic_rows_f32_reg.h) takes all five ops.
+  if (m == 1 && (reg_env() == 1 || reg_env() == 2)) return true;
+#endif
   return op == stereo::EXPMAP || (D <= 12 && op != stereo::MOBIUS_ADD);
 }
 // Mode 1 at D <= 8: the eight-loop block (with the inline tanh) where it measured faster than the fused pass
@@ -118,8 +128,47 @@ constexpr bool perm_rows(int D) {
 #if defined(CPU_CAPABILITY_AVX512)
 // The NB rows at p (D floats each, back to back) into SoA lanes xs[j][b].
 // The 16 rows at p (D floats each, back to back) as D column vectors c[j] (lane l: row l's element j).
+// D = 9..16 (session 14): the 16 rows as 16 row vectors (masked loads, lanes >= D zero), then a 16 x 16
+// transpose (unpack ps, unpack pd, two 128-bit shuffles) that makes only the D columns wanted: 16 loads + 32 +
+// ~2 D operations where the pair permutes above take D loads + ~D^2 (D = 10: 90, D = 16: 240).  Exact moves: the
+// same columns bit for bit.
+template <int D>
+inline __attribute__((always_inline)) void cols16_t(const float* __restrict p, __m512 (&c)[D]) {
+  static_assert(D > 8 && D <= 16, "rows of 9..16 floats");
+  const __mmask16 m = static_cast<__mmask16>((1u << D) - 1u);
+  __m512 a[16];
+  for (int i = 0; i < 16; i += 2) {
+    const __m512 r0 = _mm512_maskz_loadu_ps(m, p + i * D), r1 = _mm512_maskz_loadu_ps(m, p + (i + 1) * D);
+    a[i] = _mm512_unpacklo_ps(r0, r1), a[i + 1] = _mm512_unpackhi_ps(r0, r1);
+  }
+  // b[4 n + q], 128-bit lane L: column 4 L + q of rows 4 n .. 4 n + 3
+  __m512 b[16];
+  for (int n = 0; n < 4; ++n) {
+    const __m512d a0 = _mm512_castps_pd(a[4 * n]), a1 = _mm512_castps_pd(a[4 * n + 1]);
+    const __m512d a2 = _mm512_castps_pd(a[4 * n + 2]), a3 = _mm512_castps_pd(a[4 * n + 3]);
+    b[4 * n] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    b[4 * n + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    b[4 * n + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    b[4 * n + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  // column 4 L + q = lane L of b[q], b[4 + q], b[8 + q], b[12 + q]; lanes L0, L0 + 1 at a time
+  for (int l0 = 0; l0 < 4; l0 += 2) {
+    for (int q = 0; q < 4; ++q) {
+      if (4 * l0 + q >= D) continue;
+      const __m512 d01 = l0 == 0 ? _mm512_shuffle_f32x4(b[q], b[4 + q], 0x44) : _mm512_shuffle_f32x4(b[q], b[4 + q], 0xEE);
+      const __m512 d23 = l0 == 0 ? _mm512_shuffle_f32x4(b[8 + q], b[12 + q], 0x44)
+                                 : _mm512_shuffle_f32x4(b[8 + q], b[12 + q], 0xEE);
+      c[4 * l0 + q] = _mm512_shuffle_f32x4(d01, d23, 0x88);
+      if (4 * (l0 + 1) + q < D) c[4 * (l0 + 1) + q] = _mm512_shuffle_f32x4(d01, d23, 0xDD);
+    }
+  }
+}
 template <int D>
 inline __attribute__((always_inline)) void cols16(const float* __restrict p, __m512 (&c)[D]) {
+  if constexpr (D > 8) {
+    cols16_t<D>(p, c);
+    return;
+  }
   const PermTab<D>& T = kPermTab<D>;
   __m512 v[D];
   for (int i = 0; i < D; ++i) v[i] = _mm512_loadu_ps(p + 16 * i);
@@ -453,6 +502,32 @@ inline DVec clamp_lo_d(const DVec& v, const DVec& lo) {
 #endif
 }
 
+// Session 14: max(v, c), min(v, c) for a constant c (never NaN) and the select z <= c ? b : a as one instruction
+// each with AVX-512 (vmaxps / vminps with v second: a NaN v comes out as NaN, as at::vec::maximum / minimum, whose
+// NaN-propagating form cost four (vcmpunordps, vmaxps, vpmovm2d, vorps); the select from a mask register where
+// blendv took a vector mask and a compare back to a mask).  Same values (a NaN's payload aside).
+GEOOPS_F32_AI FVec max_c(const FVec& v, const FVec& c) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return FVec(_mm512_max_ps(c, v));
+#else
+  return at::vec::maximum(v, c);
+#endif
+}
+GEOOPS_F32_AI FVec min_c(const FVec& v, const FVec& c) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return FVec(_mm512_min_ps(c, v));
+#else
+  return at::vec::minimum(v, c);
+#endif
+}
+GEOOPS_F32_AI FVec sel_le(const FVec& z, const FVec& c, const FVec& a, const FVec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return FVec(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, c, _CMP_LE_OQ), a, b));
+#else
+  return FVec::blendv(a, b, z <= c);
+#endif
+}
+
 // tanc(z) = tanh(s)/s, s = sqrt(-z), for z < series cut (the float lanes of the fused path): the series for
 // |z| < cut as vecmath::eval_series_neg, and for z <= -cut (s >= 0.22) (1 - e) / ((1 + e) s) with e = exp(-2s)
 // <= 0.64 from an inline exp (Cody-Waite reduction by ln 2, Taylor polynomial to r^7 on |r| <= ln2/2, 1 -/+ e
@@ -532,8 +607,8 @@ GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp) {
   if (inline_exp) {
     const FVec cut(stereo::series_cut<float>());
     const FVec series = stereo::tanc_series(z);
-    const FVec s = sqrt_cr(at::vec::maximum(z.neg(), cut), inline_exp);
-    const FVec x = FVec(-2.f) * at::vec::minimum(s, FVec(9.f));
+    const FVec s = sqrt_cr(max_c(z.neg(), cut), inline_exp);
+    const FVec x = FVec(-2.f) * min_c(s, FVec(9.f));
     const FVec n = (x * FVec(1.44269504088896341f)).round();
     const FVec r = (x - n * FVec(0.693145751953125f)) - n * FVec(1.42860682030941723e-06f);
     FVec p = FVec(1.f / 5040.f) * r + FVec(1.f / 720.f);
@@ -557,7 +632,7 @@ GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp) {
       vd[h] = ((DVec(1.0) - d[0][h]) - sq) * rcp_pd(((DVec(1.0) + d[0][h]) + sq) * d[2][h], inline_exp);
     }
     const FVec v = narrow(vd[0], vd[1]);
-    return FVec::blendv(series, v, z <= cut.neg());
+    return sel_le(z, cut.neg(), series, v);
   }
 #endif
   (void)inline_exp;
@@ -604,10 +679,10 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   FVec s2[G], rs[G], s[G], x[G], n[G], r[G], p[G], q[G], sc[G], num[G], den[G], rd[G], v0[G];
-  GEOOPS_G s2[g] = at::vec::maximum(z[g].neg(), cut);
+  GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
   GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
   GEOOPS_G s[g] = s2[g] * rs[g];
-  GEOOPS_G x[g] = FVec(-2.f) * at::vec::minimum(s[g], FVec(9.f));
+  GEOOPS_G x[g] = FVec(-2.f) * min_c(s[g], FVec(9.f));
   GEOOPS_G n[g] = (x[g] * FVec(1.44269504088896341f)).round();
   GEOOPS_G r[g] = at::vec::fnmadd(n[g], FVec(1.42860682030941723e-06f), at::vec::fnmadd(n[g], FVec(0.693145751953125f), x[g]));
   GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 5040.f), r[g], FVec(1.f / 720.f));
@@ -624,7 +699,7 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   GEOOPS_G v0[g] = num[g] * rd[g];
   GEOOPS_G {
     const FVec v = at::vec::fmadd(at::vec::fnmadd(den[g], v0[g], num[g]), rd[g], v0[g]);  // a Newton step on num / den
-    out[g] = FVec::blendv(stereo::tanc_series(z[g]), v, z[g] <= cut.neg());
+    out[g] = sel_le(z[g], cut.neg(), stereo::tanc_series(z[g]), v);
   }
 #else
   (void)cut;
@@ -682,12 +757,13 @@ GEOOPS_F32_AI FVec log1p_big_f(const FVec& w) {
 template <int G>
 GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
-  FVec rs[G], s[G], w[G], l[G];
-  GEOOPS_G rs[g] = rsqrt_nr(at::vec::maximum(z[g].neg(), cut));
-  GEOOPS_G s[g] = at::vec::maximum(z[g].neg(), cut) * rs[g];
-  GEOOPS_G w[g] = FVec(2.f) * s[g] * (FVec(1.f) + s[g]) * rcp_nr(at::vec::maximum(q[g], FVec(stereo::min_den<float>())));
+  FVec s2[G], rs[G], s[G], w[G], l[G];
+  GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
+  GEOOPS_G rs[g] = rsqrt_nr(s2[g]);
+  GEOOPS_G s[g] = s2[g] * rs[g];
+  GEOOPS_G w[g] = FVec(2.f) * s[g] * (FVec(1.f) + s[g]) * rcp_nr(max_c(q[g], FVec(stereo::min_den<float>())));
   log1p_big_fg<G>(w, l);
-  GEOOPS_G out[g] = FVec::blendv(stereo::atanc_series(z[g]), FVec(0.5f) * l[g] * rs[g], z[g] <= cut.neg());
+  GEOOPS_G out[g] = sel_le(z[g], cut.neg(), stereo::atanc_series(z[g]), FVec(0.5f) * l[g] * rs[g]);
 }
 GEOOPS_F32_AI FVec atanc_neg_f(const FVec& z, const FVec& q) {
   FVec out[1];
@@ -820,7 +896,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
   if constexpr (OP == MOBIUS_ADD) {
     GEOOPS_G {
       const FVec kw = kf[g] * s2[g];
-      const FVec num = px[g] - kw, den = at::vec::maximum(at::vec::fmsub(px[g], py[g], kw), lo);
+      const FVec num = px[g] - kw, den = max_c(at::vec::fmsub(px[g], py[g], kw), lo);
       const FVec r = rcp_cr(den);
       a[g] = num * r, b[g] = px[g] * r;
       ok.fin(num), ok.fin(den), ok.fin(px[g]), ok.fin(kw);
@@ -830,8 +906,8 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
     FVec z[G], q[G], v[G], u0[G], u1[G];
     GEOOPS_G {
       const FVec kd = kf[g] * s2[g];
-      const FVec rden = rcp_cr(at::vec::maximum(at::vec::fmsub(px[g], py[g], kd), lo));
-      const FVec pc = at::vec::maximum(px[g], lo);
+      const FVec rden = rcp_cr(max_c(at::vec::fmsub(px[g], py[g], kd), lo));
+      const FVec pc = max_c(px[g], lo);
       z[g] = kd * rden, q[g] = px[g] * py[g] * rden;
       u0[g] = pc * z[g], u1[g] = (pc * px[g] * rden).neg();
       ok.fin(kd), ok.fin(rden), ok.fin(u0[g]), ok.fin(u1[g]);
@@ -845,7 +921,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
     static_assert(OP == EXPMAP, "mobius_add, expmap, logmap");
     FVec hh[G], z[G], v[G];
     GEOOPS_G {
-      hh[g] = rcp_cr(at::vec::maximum(px[g], lo));
+      hh[g] = rcp_cr(max_c(px[g], lo));
       z[g] = kf[g] * s2[g] * hh[g] * hh[g];
       ok.fin(hh[g]), ok.fin(px[g]), ok.lt(s2[g], FVec(1e30f));
       ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f));
@@ -866,7 +942,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
         w2 = at::vec::fmadd(w, w, w2);
       }
       const FVec kw = kf[g] * w2;
-      const FVec num = px[g] - kw, den = at::vec::maximum(at::vec::fmsub(px[g], py[g], kw), lo);
+      const FVec num = px[g] - kw, den = max_c(at::vec::fmsub(px[g], py[g], kw), lo);
       const FVec r = rcp_cr(den);
       a[g] = num * r, b[g] = px[g] * r * t;
       ok.fin(kw), ok.fin(a[g]), ok.fin(b[g]);

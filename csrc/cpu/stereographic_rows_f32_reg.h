@@ -1,5 +1,6 @@
 // One register pass per 16 rows for the fp32 short-row forward (session 11; stereographic_lanes.cpp only, included
-// after stereographic_rows_f32.h): mobius_add, expmap, expmap0, logmap, logmap0 at D <= kRegMaxD with AVX-512.
+// after stereographic_rows_f32.h): mobius_add, expmap, expmap0, logmap, logmap0 at D <= kRegMaxD with AVX-512
+// (D <= 8 since session 11, D = 9..16 since session 14: columns by cols16_t's transpose, one group at a time).
 //
 // The fused block (block_fused) deinterleaves a block's rows into SoA scratch lanes, computes the coefficients
 // into two more scratch arrays and writes in a third loop; at D = 2 that structure alone (loads, deinterleave,
@@ -10,7 +11,7 @@
 // one permute per output vector and combined with the x (and y) vectors (write16).  No scratch stores between
 // the stages.  A block of 32 rows (the caller's block) is two such passes; a hard lane in either returns false
 // before anything is written (the caller runs the double path for the block), as the fused path.
-// GEOOPS_STEREO_F32_REG=0: the previous paths (A/B; read per call).
+// GEOOPS_STEREO_F32_REG=0: the previous paths (A/B; read per call); =8: only at D <= 8 (session 13's dispatch).
 #pragma once
 
 #include <cstdint>
@@ -20,18 +21,19 @@ namespace geoops {
 namespace cpu {
 namespace f32rows {
 
-constexpr int kRegMaxD = 8;
+constexpr int kRegMaxD = 16;     // session 14: D = 9..16 too
+constexpr int kRegNarrowD = 8;   // sessions 11-13's limit (GEOOPS_STEREO_F32_REG=8)
 
 // 1 (unset): the register pass for all five ops at D <= kRegMaxD (session 11 kept expmap at D <= 2 on its
 // eight-loop blocks; session 12's interleaved groups made the register pass faster there too); 2 (=2): the same
-// (tests; it was "all five" when 1 was not); 0 (=0): off.  AVX-512 builds only (elsewhere 0).
+// (tests; it was "all five" when 1 was not); 8 (=8): only at D <= 8 (sessions 11-13; D = 9..16 then take the
+// fused blocks or the double path as before, A/B); 0 (=0): off.  AVX-512 builds only (elsewhere 0).
 inline int reg_mode() {
+  const int r = reg_env();
 #if defined(CPU_CAPABILITY_AVX512)
-  const char* e = std::getenv("GEOOPS_STEREO_F32_REG");
-  if (!e || !*e) return 1;
-  return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : 1);
+  return r;
 #else
-  return 0;
+  return (void)r, 0;
 #endif
 }
 
@@ -64,16 +66,17 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
   constexpr int DY = HAS_Y ? D : 1;
   constexpr int G = NB / 16;
   FVec a[G], b[G];
-  __m512 xc[G][D], yc[G][DY];
-  for (int g = 0; g < G; ++g) {
-    cols16<D>(xb + 16 * D * g, xc[g]);
-    if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc[g]);
-  }
   // The one-input ops interleave at D <= 4 only: at D = 5 expmap0 measured 3-6 % slower interleaved (its 2 x D column
   // registers and the chain's vectors spill), logmap0 the same; at D = 3 both 0.85-0.95x the time of one group
-  // after the other, at D = 4 even (standalone loop, 1 thread, under load).
-  constexpr bool kIL = IL && (HAS_Y || D <= 4);
+  // after the other, at D = 4 even (standalone loop, 1 thread, under load).  D > 8 (session 14): one group after
+  // the other, each group's columns made just before its lane math (2 x 2 x D column registers would not fit).
+  constexpr bool kIL = IL && (HAS_Y ? D <= kRegNarrowD : D <= 4);
   if constexpr (kIL) {
+    __m512 xc[G][D], yc[G][DY];
+    for (int g = 0; g < G; ++g) {
+      cols16<D>(xb + 16 * D * g, xc[g]);
+      if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc[g]);
+    }
     if (!lanes_core_g<OP, D, G>([&](int g, int j) { return FVec(xc[g][j]); },
                                 [&](int g, int j, int h) { return RegCols<D>{xc[g]}.d(j, h); },
                                 [&](int g, int j) { return FVec(yc[g][j]); },
@@ -83,7 +86,10 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
     }
   } else {
     for (int g = 0; g < G; ++g) {
-      if (!lanes_core<OP, D>(RegCols<D>{xc[g]}, RegCols<DY>{yc[g]}, kk + 16 * g, a[g], b[g], inline_exp)) return false;
+      __m512 xc[D], yc[DY];
+      cols16<D>(xb + 16 * D * g, xc);
+      if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc);
+      if (!lanes_core<OP, D>(RegCols<D>{xc}, RegCols<DY>{yc}, kk + 16 * g, a[g], b[g], inline_exp)) return false;
     }
   }
   for (int g = 0; g < G; ++g) {
@@ -113,7 +119,7 @@ inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y,
 // Whether the register pass takes a call of op (reg: reg_mode(), m: mode(), both read once per call by the
 // caller): k one value or one per row (stride 1).
 inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
-  if (reg == 0 || m == 3 || D < 1 || D > kRegMaxD || (sk != 0 && sk != 1)) return false;
+  if (reg == 0 || m == 3 || D < 1 || D > (reg == 8 ? kRegNarrowD : kRegMaxD) || (sk != 0 && sk != 1)) return false;
   (void)op;  // (session 12: expmap at D <= 2 too, now faster here than in its eight-loop blocks)
   return true;
 }
@@ -135,6 +141,14 @@ inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, con
     case 6: GEOOPS_REG_CASE(6);
     case 7: GEOOPS_REG_CASE(7);
     case 8: GEOOPS_REG_CASE(8);
+    case 9: GEOOPS_REG_CASE(9);
+    case 10: GEOOPS_REG_CASE(10);
+    case 11: GEOOPS_REG_CASE(11);
+    case 12: GEOOPS_REG_CASE(12);
+    case 13: GEOOPS_REG_CASE(13);
+    case 14: GEOOPS_REG_CASE(14);
+    case 15: GEOOPS_REG_CASE(15);
+    case 16: GEOOPS_REG_CASE(16);
   }
 #undef GEOOPS_REG_CASE
 #else
