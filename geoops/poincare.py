@@ -1135,6 +1135,7 @@ class BnLayerFn(torch.autograd.Function):
         ctx.save_for_backward(x, bias, m, mid, u, v, M, b, tr)
         ctx.cf, ctx.eps_proj, ctx.wshape, ctx.c_meta = cf, eps_proj, w.shape, (c.dtype, c.shape)
         ctx.mark_non_differentiable(var, m)
+        ctx.set_materialize_grads(False)  # no zero tensors for var's and m's (unused) gradients
         if ctx.image is not None:
             y = _rows_as_image(y.contiguous(), B, C, H, W)
         return y, var, m
@@ -1142,6 +1143,10 @@ class BnLayerFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, _gvar, _gm):
         x, bias, m, mid, u, v, M, b, tr = ctx.saved_tensors
+        if gy is None:  # y itself unused (set_materialize_grads(False))
+            gy = torch.zeros(ctx.image if ctx.image is not None else x.shape, dtype=x.dtype, device=x.device)
+            if ctx.image is not None:
+                gy = gy.contiguous(memory_format=torch.channels_last)
         if ctx.image is not None:
             gy = gy.permute(0, 2, 3, 1).reshape(x.shape)  # free when gy is channels last
         dx, gbias, gw, gc = _backend.compiled().poincare_bn_train_bwd_cpu(

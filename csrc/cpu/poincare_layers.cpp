@@ -1636,41 +1636,72 @@ at::Tensor from_dvec(const std::vector<double>& v, at::IntArrayRef sizes, const 
   return t;
 }
 
-// ---- the training layer's small GEMMs as row passes (session 14; GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call:
-// at::mm / at::addmm as before).  At D <= kBnLaneMaxD the layer's three GEMMs (v = u M, gM = u^T gv,
-// gu = gv M^T + 2 gS u) are (N, D) x (D, D) products that MKL ran in 12-50 us each at 4096 x 8 (addmm with its
-// beta pass the slowest), plus the float64 copy of gM.  Here: each output element an explicit std::fma chain in
-// double over d in order (rounded once to the dtype: at least as accurate as the float GEMM), rows independent
-// (v, gu) or summed in fixed row chunks whose D x D partials are added in chunk order (gM, in double for the
-// transport's backward): bit-identical whatever the alignment and the thread count.
+// ---- the backward's two small GEMMs as row passes (session 14; GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call:
+// at::mm / at::addmm as before).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS u (MKL's addmm took ~50 us at 4096 x 8,
+// its beta pass) -- each output element beta u (one rounding), then an explicit std::fma chain in double over d in
+// order, rounded once to the dtype (at least as accurate as the float GEMM), rows independent; and gM = u^T gv in
+// double in fixed row chunks (below): both bit-identical whatever the alignment and the thread count.  The
+// forward's v = u M stays MKL's (rows independent; a row pass in double measured ~1.4x slower than its float GEMM).
 inline bool bn_small_gemm(int64_t D) {
   const char* e = std::getenv("GEOOPS_POINCARE_BN_SMALL_GEMM");
   return D <= kBnLaneMaxD && !(e && e[0] == '0');
 }
 
-// out_i = beta add_i + a_i Mat for rows a (N, DD), Mat (DD, DD) double row-major; add may be null (beta unused).
+// Rows of T <-> vectors of doubles (L = Vec::size() entries from p).
+template <typename T>
+inline vecmath::Vec load_dv(const T* p) {
+  using vecmath::Vec;
+  if constexpr (std::is_same_v<T, double>) {
+    return Vec::loadu(p);
+  } else {
+    alignas(64) double t[Vec::size()];
+    for (int l = 0; l < Vec::size(); ++l) t[l] = double(p[l]);
+    return Vec::loadu(t);
+  }
+}
+template <typename T>
+inline void store_dv(T* p, const vecmath::Vec& v) {
+  using vecmath::Vec;
+  if constexpr (std::is_same_v<T, double>) {
+    v.store(p);
+  } else {
+    alignas(64) double t[Vec::size()];
+    v.store(t);
+    for (int l = 0; l < Vec::size(); ++l) p[l] = T(t[l]);
+  }
+}
+
+// out_i = beta add_i + a_i Mat for rows a (N, D), Mat (D, D) double row-major; add may be null (beta unused).
+// Every output element: beta add (one rounding), then an fma chain over d in order.  DD = D a multiple of the
+// vector width (8, 16): each row's outputs in NV vectors of doubles (registers), else scalar loops.
 template <typename T, int DD>
 void rows_times_fixed(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t N, int64_t Drt) {
+  using vecmath::Vec;
+  constexpr int L = Vec::size();
   const int64_t D = DD ? DD : Drt;
   at::parallel_for(0, N, grain(D * D), [&](int64_t i0, int64_t i1) {
-    double acc[kBnLaneMaxD];
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* ar = a + i * D;
-      if (add) {
-#pragma omp simd
-        for (int64_t e = 0; e < D; ++e) acc[e] = beta * double(add[i * D + e]);
-      } else {
-        for (int64_t e = 0; e < D; ++e) acc[e] = 0.0;
+    if constexpr (DD > 0 && DD % L == 0) {
+      constexpr int NV = DD / L;
+      const Vec vb(beta);
+      for (int64_t i = i0; i < i1; ++i) {
+        Vec acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = add ? vb * load_dv(add + i * DD + v * L) : Vec(0.0);
+        const T* ar = a + i * DD;
+        for (int d = 0; d < DD; ++d) {
+          const Vec ad = Vec(double(ar[d]));
+          for (int v = 0; v < NV; ++v) acc[v] = at::vec::fmadd(ad, Vec::loadu(Mat + d * DD + v * L), acc[v]);
+        }
+        for (int v = 0; v < NV; ++v) store_dv(out + i * DD + v * L, acc[v]);
       }
-      for (int64_t d = 0; d < D; ++d) {
-        const double ad = double(ar[d]);
-        const double* mr = Mat + d * D;
-#pragma omp simd
-        for (int64_t e = 0; e < D; ++e) acc[e] = std::fma(ad, mr[e], acc[e]);
+    } else {
+      double acc[kBnLaneMaxD];
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* ar = a + i * D;
+        for (int64_t e = 0; e < D; ++e) acc[e] = add ? beta * double(add[i * D + e]) : 0.0;
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t e = 0; e < D; ++e) acc[e] = std::fma(double(ar[d]), Mat[d * D + e], acc[e]);
+        for (int64_t e = 0; e < D; ++e) out[i * D + e] = T(acc[e]);
       }
-      T* orow = out + i * D;
-#pragma omp simd
-      for (int64_t e = 0; e < D; ++e) orow[e] = T(acc[e]);
     }
   });
 }
@@ -1685,26 +1716,36 @@ void rows_times(const T* a, const double* Mat, const T* add, double beta, T* out
     rows_times_fixed<T, 0>(a, Mat, add, beta, out, N, D);
 }
 
-// out = a^T g (D x D, double) for rows a, g (N, DD): fixed row chunks, each chunk's partial D x D in a Partials
-// row, the chunks added in order.
+// out = a^T g (D x D, double) for rows a, g (N, D): fixed row chunks, each chunk's partial D x D in a Partials
+// row, the chunks added in order; within a chunk every entry an fma chain over its rows in order.  DD = D a
+// multiple of the vector width: columns in blocks of one vector, the block's D accumulators in registers (one
+// sweep over the chunk's rows per block), else scalar loops on the Partials row.  (MKL's at::mm(u.t(), gv) split
+// its reduction by the thread count: the layer's dx differed in the last bit between 1 and 2 threads.)
 template <typename T, int DD>
 void rows_gram_fixed(const T* a, const T* g, int64_t N, int64_t Drt, double* out) {
+  using vecmath::Vec;
+  constexpr int L = Vec::size();
   const int64_t D = DD ? DD : Drt;
   const int64_t CH = chunk_rows(D * D);
   const Partials part(N, CH, D * D);
   for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double* p = part.row(ci);
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* ar = a + i * D;
-      const T* gr = g + i * D;
-      double gd[kBnLaneMaxD];
-      for (int64_t e = 0; e < D; ++e) gd[e] = double(gr[e]);
-      for (int64_t d = 0; d < D; ++d) {
-        const double ad = double(ar[d]);
-        double* pr = p + d * D;
-#pragma omp simd
-        for (int64_t e = 0; e < D; ++e) pr[e] = std::fma(ad, gd[e], pr[e]);
+    if constexpr (DD > 0 && DD % L == 0) {
+      for (int e0 = 0; e0 < DD; e0 += L) {
+        Vec acc[DD];
+        for (int d = 0; d < DD; ++d) acc[d] = Vec(0.0);
+        for (int64_t i = i0; i < i1; ++i) {
+          const Vec gv = load_dv(g + i * DD + e0);
+          const T* ar = a + i * DD;
+          for (int d = 0; d < DD; ++d) acc[d] = at::vec::fmadd(Vec(double(ar[d])), gv, acc[d]);
+        }
+        for (int d = 0; d < DD; ++d) acc[d].store(p + d * DD + e0);
       }
+    } else {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t e = 0; e < D; ++e)
+            p[d * D + e] = std::fma(double(a[i * D + d]), double(g[i * D + e]), p[d * D + e]);
     }
   });
   const std::vector<double> s = part.sum();
@@ -1730,7 +1771,7 @@ std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at:
   TORCH_CHECK(bias.numel() == D, "poincare_bn_train: bias must have D entries");
   const auto [u, m, S, mid] = poincare_bn_layer_fwd_cpu(x, c);
   const std::vector<double> bu = to_dvec(bias);
-  std::vector<double> bd(D), br, Mr;
+  std::vector<double> bd(D), br;
   bn_expmap0(bu.data(), D, -c, bd.data());
   const at::Tensor b = from_dvec(bd, {D}, x.options(), &br);  // br, md: b and m as the layer's dtype rounds them
   const std::vector<double> md = to_dvec(m);
@@ -1744,18 +1785,9 @@ std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at:
                       ei * (t.V[1][0] * aj + t.V[1][1] * ej);
     }
   }
-  const at::Tensor M = from_dvec(Md, {D, D}, x.options(), &Mr);
+  const at::Tensor M = from_dvec(Md, {D, D}, x.options());
   const bool f64 = x.scalar_type() == at::kDouble;
-  at::Tensor v;
-  if (bn_small_gemm(D)) {
-    v = at::empty_like(u);
-    if (f64)
-      rows_times<double>(u.data_ptr<double>(), Mr.data(), nullptr, 0.0, v.data_ptr<double>(), N, D);
-    else
-      rows_times<float>(u.data_ptr<float>(), Mr.data(), nullptr, 0.0, v.data_ptr<float>(), N, D);
-  } else {
-    v = bn_times_M(u, M).contiguous();
-  }
+  const at::Tensor v = bn_times_M(u, M).contiguous();  // MKL's float GEMM: faster than a row pass here (bn14)
   at::Tensor y = at::empty_like(u);
   const BnRowCtx cx = bn_ctx_d(br, c, eps_proj);
   const bool lanes = bn_lanes(D);
@@ -1803,7 +1835,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   const bool small = bn_small_gemm(D);
   std::vector<double> gMd(D * D);
   if (!small)
-    gMd = to_dvec(at::mm(u.t(), gv));
+    gMd = to_dvec(at::mm(u.t(), gv));  // read in place (no float64 copy)
   else if (f64)
     rows_gram<double>(u.data_ptr<double>(), gv.data_ptr<double>(), N, D, gMd.data());
   else
