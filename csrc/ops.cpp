@@ -98,6 +98,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare batch norm training layer, forward -> (y, var, m, saved...) (CPU)");
   m.def("poincare_bn_train_bwd_cpu", &geoops::cpu::poincare_bn_train_bwd_cpu,
         "Poincare batch norm training layer, backward -> (dx, dbias, dweight, dc) (CPU)");
+  m.def("poincare_bn_running_update_cpu", &geoops::cpu::poincare_bn_running_update_cpu,
+        "Poincare batch norm: the running statistics' training update in place (CPU)");
   m.def("poincare_relu_bwd_cpu", &geoops::cpu::poincare_relu_bwd_cpu, "Poincare ReLU of rows, backward -> (dx, dc) (CPU)");
   m.def("poincare_mlr_fwd_cpu", &geoops::cpu::poincare_mlr_fwd_cpu,
         "Poincare MLR head (hyperplane distances) of rows -> (y, x @ z) (CPU)");

@@ -979,7 +979,11 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
     geodesic towards the batch midpoint by momentum, running_var by an exponential average of the unbiased
     variance (nr rows)."""
     with torch.no_grad():
-        if fused and _running_direct_on(running_mean, mean):
+        if fused and _running_direct_on(running_mean, mean) and _running_cpp_on(running_mean, running_var, var):
+            # eager CPU: both updates in one C++ call (the geodesic step's coefficients in double)
+            _backend.compiled().poincare_bn_running_update_cpu(running_mean, running_var, mean, var, momentum,
+                                                               _c_float(ct), nr / max(nr - 1, 1))
+        elif fused and _running_direct_on(running_mean, mean):
             # eager CPU: the geodesic step as running_mean <- A running_mean + B mean (scalars from three inner
             # products), the averages as add_ calls with Python alphas (no scalar tensors to convert)
             _running_mean_step_(running_mean, mean, momentum, _c_float(ct))
@@ -996,6 +1000,16 @@ def _running_direct_on(running_mean: torch.Tensor, mean: torch.Tensor) -> bool:
     return (running_mean.dim() == 1 and mean.dtype == running_mean.dtype and running_mean.device.type == "cpu"
             and _library.direct_call_ok(running_mean, mean)
             and os.environ.get("GEOOPS_POINCARE_BN_RUNNING_DIRECT", "1") != "0")
+
+
+def _running_cpp_on(running_mean: torch.Tensor, running_var: torch.Tensor, var: torch.Tensor) -> bool:
+    """Whether the direct running update runs as one C++ call (geoops::poincare_bn_running_update: the geodesic
+    step's Gram and coefficients in double, the variance's average, in place) instead of ``_running_mean_step_``
+    and two ``add_`` calls: contiguous buffers of the mean's dtype, a one-entry running_var.
+    GEOOPS_POINCARE_BN_RUNNING_CPP=0 (read per call) keeps the Python step, for A/B."""
+    return (running_mean.is_contiguous() and running_var.numel() == 1 and running_var.dtype == running_mean.dtype
+            and var.dtype == running_mean.dtype and running_var.device.type == "cpu"
+            and os.environ.get("GEOOPS_POINCARE_BN_RUNNING_CPP", "1") != "0")
 
 
 def _atanc_neg(z: float, single: bool) -> float:
@@ -1121,6 +1135,7 @@ class BnLayerFn(torch.autograd.Function):
         ctx.save_for_backward(x, bias, m, mid, u, v, M, b, tr)
         ctx.cf, ctx.eps_proj, ctx.wshape, ctx.c_meta = cf, eps_proj, w.shape, (c.dtype, c.shape)
         ctx.mark_non_differentiable(var, m)
+        ctx.set_materialize_grads(False)  # no zero tensors for var's and m's (unused) gradients
         if ctx.image is not None:
             y = _rows_as_image(y.contiguous(), B, C, H, W)
         return y, var, m
@@ -1128,6 +1143,10 @@ class BnLayerFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, _gvar, _gm):
         x, bias, m, mid, u, v, M, b, tr = ctx.saved_tensors
+        if gy is None:  # y itself unused (set_materialize_grads(False))
+            gy = torch.zeros(ctx.image if ctx.image is not None else x.shape, dtype=x.dtype, device=x.device)
+            if ctx.image is not None:
+                gy = gy.contiguous(memory_format=torch.channels_last)
         if ctx.image is not None:
             gy = gy.permute(0, 2, 3, 1).reshape(x.shape)  # free when gy is channels last
         dx, gbias, gw, gc = _backend.compiled().poincare_bn_train_bwd_cpu(
@@ -1136,10 +1155,13 @@ class BnLayerFn(torch.autograd.Function):
         if ctx.image is not None and ng[0]:
             B, C, H, W = ctx.image
             dx = dx.view(B, H, W, C).permute(0, 3, 1, 2)  # the image's shape, channels last
-        cdt, cshape = ctx.c_meta
+        cdt, cshape = ctx.c_meta  # dweight and dc come in x's dtype, 0-dim
+        if ng[3]:
+            gc = gc if gc.dtype == cdt else gc.to(cdt)
+            gc = gc if gc.shape == cshape else gc.reshape(cshape)
         return (dx if ng[0] else None, gbias if ng[1] else None,
-                (gw.to(x.dtype) if gw.shape == ctx.wshape else gw.to(x.dtype).reshape(ctx.wshape)) if ng[2] else None,
-                gc.to(cdt).reshape(cshape) if ng[3] else None, None, None, None, None)
+                (gw if gw.shape == ctx.wshape else gw.reshape(ctx.wshape)) if ng[2] else None,
+                gc if ng[3] else None, None, None, None, None)
 
 
 class BnLayerGlueFn(torch.autograd.Function):

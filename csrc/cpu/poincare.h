@@ -100,6 +100,10 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy, const at
                                                   const at::Tensor& m, const at::Tensor& mid, const at::Tensor& u,
                                                   const at::Tensor& v, const at::Tensor& M, const at::Tensor& b,
                                                   const at::Tensor& tr, double c, double eps_proj);
+// batch_norm's training update of its running buffers in place (one call): rm (D,) <- geodesic(momentum, rm, m) on
+// the ball of curvature -c, rv (one entry) <- (1 - momentum) rv + momentum f var; rm, rv, m, var of one float dtype.
+void poincare_bn_running_update_cpu(const at::Tensor& rm, const at::Tensor& rv, const at::Tensor& m,
+                                    const at::Tensor& var, double momentum, double c, double f);
 
 // The convolution's Euclidean step as a direct small-channel convolution (poincare_conv.cpp), for
 // PoincareConv2dFn: pixel rows v [B*H*W, C] (channels last), z [C*kh*kw, C_out] (F.unfold's row order).

@@ -985,20 +985,21 @@ void bn_bwd_impl(const T* gp, const T* vp, int64_t N, const BnRowCtx& cx, T* gvp
   for (int64_t d = 0; d < D; ++d) gb[d] = std::fma(s[D + 1], bp[d], s[d]);
 }
 
-BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
+// The row op's context from b in double (the values of the dtype's b).
+BnRowCtx bn_ctx_d(std::vector<double> b, double c, double eps) {
   BnRowCtx cx;
-  cx.D = b.size(0);
-  cx.b.resize(cx.D);
+  cx.D = int64_t(b.size());
+  cx.b = std::move(b);
   cx.bb = 0;
-  const at::Tensor bd = b.to(at::kDouble).contiguous();
-  const double* bp = bd.data_ptr<double>();
-  for (int64_t d = 0; d < cx.D; ++d) {
-    cx.b[d] = bp[d];
-    cx.bb = std::fma(cx.b[d], cx.b[d], cx.bb);
-  }
+  for (int64_t d = 0; d < cx.D; ++d) cx.bb = std::fma(cx.b[d], cx.b[d], cx.bb);
   cx.k = -c;
   cx.eps = eps;
   return cx;
+}
+
+BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
+  const at::Tensor bd = b.to(at::kDouble).contiguous();
+  return bn_ctx_d(std::vector<double>(bd.data_ptr<double>(), bd.data_ptr<double>() + bd.numel()), c, eps);
 }
 
 // v = u M (an empty M: the identity) as one GEMM; grad mode off (thread-local: the op may run inside backward)
@@ -1432,19 +1433,12 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
   return {u, m, S, mid};
 }
 
-std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in, const at::Tensor& x,
-                                                         const at::Tensor& m_in, const at::Tensor& mid,
-                                                         const at::Tensor& gm_in, double c) {
-  check_layer_rows(x);
+namespace {
+
+// poincare_bn_layer_bwd_cpu's body on gu (x's dtype, contiguous rows) and the D-vectors m, [F, L], gm in double.
+std::tuple<at::Tensor, double> bn_layer_bwd(const at::Tensor& gu, const at::Tensor& x, const double* mp,
+                                            const double* Fp, const double* gmp, double c) {
   const int64_t N = x.size(0), D = x.size(1);
-  const at::Tensor gu = gu_in.to(x.scalar_type()).contiguous();
-  TORCH_CHECK(gu.sizes() == x.sizes(), "poincare_bn_layer: grad of u and x must have one shape");
-  TORCH_CHECK(m_in.numel() == D && gm_in.numel() == D && mid.numel() == D + 1 && mid.scalar_type() == at::kDouble,
-              "poincare_bn_layer: m, its grad (D,) and the sums (D + 1, float64) must match x");
-  const at::Tensor md_t = m_in.to(at::kDouble).contiguous(), gm_t = gm_in.to(at::kDouble).contiguous();
-  const at::Tensor mid_c = mid.contiguous();
-  const double* mp = md_t.data_ptr<double>();
-  const double* Fp = mid_c.data_ptr<double>();
   double mm = 0;
   for (int64_t d = 0; d < D; ++d) mm = std::fma(mp[d], mp[d], mm);
   std::unique_ptr<double[]> cfp(new double[4 * N]);  // written row by row: no zero-fill pass
@@ -1461,7 +1455,6 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
                           lanes);
   // the total gm (the transport's, the logmap's), then the midpoint's D-vector backward in double
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
-  const double* gmp = gm_t.data_ptr<double>();
   std::vector<double> gm(D), gF(D);
   double gmf = 0;
   for (int64_t d = 0; d < D; ++d) gm[d] = std::fma(sm, mp[d], gmp[d] + pm[d]), gmf = std::fma(gm[d], mv.f[d], gmf);
@@ -1478,6 +1471,22 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
                          : bn_log_bwd_dx<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, cf, gF.data(),
                                                 gL, c, dx.data_ptr<float>(), N, D, lanes);
   return {dx, -sk + gc3 + h * mv.ff / (2.0 * mv.r)};  // dc = -dk of the logmap + the midpoint's
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in, const at::Tensor& x,
+                                                         const at::Tensor& m_in, const at::Tensor& mid,
+                                                         const at::Tensor& gm_in, double c) {
+  check_layer_rows(x);
+  const int64_t D = x.size(1);
+  const at::Tensor gu = gu_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(gu.sizes() == x.sizes(), "poincare_bn_layer: grad of u and x must have one shape");
+  TORCH_CHECK(m_in.numel() == D && gm_in.numel() == D && mid.numel() == D + 1 && mid.scalar_type() == at::kDouble,
+              "poincare_bn_layer: m, its grad (D,) and the sums (D + 1, float64) must match x");
+  const at::Tensor md_t = m_in.to(at::kDouble).contiguous(), gm_t = gm_in.to(at::kDouble).contiguous();
+  const at::Tensor mid_c = mid.contiguous();
+  return bn_layer_bwd(gu, x, md_t.data_ptr<double>(), mid_c.data_ptr<double>(), gm_t.data_ptr<double>(), c);
 }
 
 // ---------------------------------------------------------------- the whole training layer in two calls
@@ -1586,9 +1595,171 @@ double bn_expmap0(const double* u, int64_t D, double k, double* b) {
   return uu;
 }
 
+// t's entries in double; float / double vectors (any stride) and contiguous matrices are read in place (no
+// float64 copy of the tensor: session 14), other dtypes converted.
 std::vector<double> to_dvec(const at::Tensor& t) {
-  const at::Tensor d = t.to(at::kDouble).contiguous();
-  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+  const int64_t n = t.numel();
+  const bool flat = t.dim() <= 1 || t.is_contiguous();
+  const int64_t st = t.dim() == 1 ? t.stride(0) : 1;
+  std::vector<double> o(n);
+  if (flat && t.scalar_type() == at::kDouble) {
+    const double* p = t.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) o[i] = p[i * st];
+  } else if (flat && t.scalar_type() == at::kFloat) {
+    const float* p = t.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) o[i] = double(p[i * st]);
+  } else {
+    const at::Tensor d = t.to(at::kDouble).contiguous();
+    std::copy(d.data_ptr<double>(), d.data_ptr<double>() + n, o.begin());
+  }
+  return o;
+}
+
+// A new tensor of `opt`'s dtype (float or double) with shape `sizes` holding v rounded to that dtype; r (when given)
+// gets the rounded values back in double.
+at::Tensor from_dvec(const std::vector<double>& v, at::IntArrayRef sizes, const at::TensorOptions& opt,
+                     std::vector<double>* r = nullptr) {
+  at::Tensor t = at::empty(sizes, opt);
+  const int64_t n = int64_t(v.size());
+  if (r) r->resize(n);
+  if (t.scalar_type() == at::kDouble) {
+    double* p = t.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) p[i] = v[i];
+    if (r) *r = v;
+  } else {
+    float* p = t.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      p[i] = float(v[i]);
+      if (r) (*r)[i] = double(p[i]);
+    }
+  }
+  return t;
+}
+
+// ---- the backward's two small GEMMs as row passes (session 14; GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call:
+// at::mm / at::addmm as before).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS u (MKL's addmm took ~50 us at 4096 x 8,
+// its beta pass) -- each output element beta u (one rounding), then an explicit std::fma chain in double over d in
+// order, rounded once to the dtype (at least as accurate as the float GEMM), rows independent; and gM = u^T gv in
+// double in fixed row chunks (below): both bit-identical whatever the alignment and the thread count.  The
+// forward's v = u M stays MKL's (rows independent; a row pass in double measured ~1.4x slower than its float GEMM).
+inline bool bn_small_gemm(int64_t D) {
+  const char* e = std::getenv("GEOOPS_POINCARE_BN_SMALL_GEMM");
+  return D <= kBnLaneMaxD && !(e && e[0] == '0');
+}
+
+// Rows of T <-> vectors of doubles (L = Vec::size() entries from p).
+template <typename T>
+inline vecmath::Vec load_dv(const T* p) {
+  using vecmath::Vec;
+  if constexpr (std::is_same_v<T, double>) {
+    return Vec::loadu(p);
+  } else {
+    alignas(64) double t[Vec::size()];
+    for (int l = 0; l < Vec::size(); ++l) t[l] = double(p[l]);
+    return Vec::loadu(t);
+  }
+}
+template <typename T>
+inline void store_dv(T* p, const vecmath::Vec& v) {
+  using vecmath::Vec;
+  if constexpr (std::is_same_v<T, double>) {
+    v.store(p);
+  } else {
+    alignas(64) double t[Vec::size()];
+    v.store(t);
+    for (int l = 0; l < Vec::size(); ++l) p[l] = T(t[l]);
+  }
+}
+
+// out_i = beta add_i + a_i Mat for rows a (N, D), Mat (D, D) double row-major; add may be null (beta unused).
+// Every output element: beta add (one rounding), then an fma chain over d in order.  DD = D a multiple of the
+// vector width (8, 16): each row's outputs in NV vectors of doubles (registers), else scalar loops.
+template <typename T, int DD>
+void rows_times_fixed(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t N, int64_t Drt) {
+  using vecmath::Vec;
+  constexpr int L = Vec::size();
+  const int64_t D = DD ? DD : Drt;
+  at::parallel_for(0, N, grain(D * D), [&](int64_t i0, int64_t i1) {
+    if constexpr (DD > 0 && DD % L == 0) {
+      constexpr int NV = DD / L;
+      const Vec vb(beta);
+      for (int64_t i = i0; i < i1; ++i) {
+        Vec acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = add ? vb * load_dv(add + i * DD + v * L) : Vec(0.0);
+        const T* ar = a + i * DD;
+        for (int d = 0; d < DD; ++d) {
+          const Vec ad = Vec(double(ar[d]));
+          for (int v = 0; v < NV; ++v) acc[v] = at::vec::fmadd(ad, Vec::loadu(Mat + d * DD + v * L), acc[v]);
+        }
+        for (int v = 0; v < NV; ++v) store_dv(out + i * DD + v * L, acc[v]);
+      }
+    } else {
+      double acc[kBnLaneMaxD];
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* ar = a + i * D;
+        for (int64_t e = 0; e < D; ++e) acc[e] = add ? beta * double(add[i * D + e]) : 0.0;
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t e = 0; e < D; ++e) acc[e] = std::fma(double(ar[d]), Mat[d * D + e], acc[e]);
+        for (int64_t e = 0; e < D; ++e) out[i * D + e] = T(acc[e]);
+      }
+    }
+  });
+}
+
+template <typename T>
+void rows_times(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t N, int64_t D) {
+  if (D == 8)
+    rows_times_fixed<T, 8>(a, Mat, add, beta, out, N, D);
+  else if (D == 16)
+    rows_times_fixed<T, 16>(a, Mat, add, beta, out, N, D);
+  else
+    rows_times_fixed<T, 0>(a, Mat, add, beta, out, N, D);
+}
+
+// out = a^T g (D x D, double) for rows a, g (N, D): fixed row chunks, each chunk's partial D x D in a Partials
+// row, the chunks added in order; within a chunk every entry an fma chain over its rows in order.  DD = D a
+// multiple of the vector width: columns in blocks of one vector, the block's D accumulators in registers (one
+// sweep over the chunk's rows per block), else scalar loops on the Partials row.  (MKL's at::mm(u.t(), gv) split
+// its reduction by the thread count: the layer's dx differed in the last bit between 1 and 2 threads.)
+template <typename T, int DD>
+void rows_gram_fixed(const T* a, const T* g, int64_t N, int64_t Drt, double* out) {
+  using vecmath::Vec;
+  constexpr int L = Vec::size();
+  const int64_t D = DD ? DD : Drt;
+  const int64_t CH = chunk_rows(D * D);
+  const Partials part(N, CH, D * D);
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
+    double* p = part.row(ci);
+    if constexpr (DD > 0 && DD % L == 0) {
+      for (int e0 = 0; e0 < DD; e0 += L) {
+        Vec acc[DD];
+        for (int d = 0; d < DD; ++d) acc[d] = Vec(0.0);
+        for (int64_t i = i0; i < i1; ++i) {
+          const Vec gv = load_dv(g + i * DD + e0);
+          const T* ar = a + i * DD;
+          for (int d = 0; d < DD; ++d) acc[d] = at::vec::fmadd(Vec(double(ar[d])), gv, acc[d]);
+        }
+        for (int d = 0; d < DD; ++d) acc[d].store(p + d * DD + e0);
+      }
+    } else {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t e = 0; e < D; ++e)
+            p[d * D + e] = std::fma(double(a[i * D + d]), double(g[i * D + e]), p[d * D + e]);
+    }
+  });
+  const std::vector<double> s = part.sum();
+  std::copy(s.begin(), s.end(), out);
+}
+
+template <typename T>
+void rows_gram(const T* a, const T* g, int64_t N, int64_t D, double* out) {
+  if (D == 8)
+    rows_gram_fixed<T, 8>(a, g, N, D, out);
+  else if (D == 16)
+    rows_gram_fixed<T, 16>(a, g, N, D, out);
+  else
+    rows_gram_fixed<T, 0>(a, g, N, D, out);
 }
 
 }  // namespace
@@ -1596,37 +1767,37 @@ std::vector<double> to_dvec(const at::Tensor& t) {
 std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at::Tensor& bias, double w, double c,
                                                   double n, double eps, double eps_proj) {
   check_layer_rows(x);
-  const int64_t D = x.size(1);
+  const int64_t N = x.size(0), D = x.size(1);
   TORCH_CHECK(bias.numel() == D, "poincare_bn_train: bias must have D entries");
   const auto [u, m, S, mid] = poincare_bn_layer_fwd_cpu(x, c);
   const std::vector<double> bu = to_dvec(bias);
-  std::vector<double> bd(D);
+  std::vector<double> bd(D), br;
   bn_expmap0(bu.data(), D, -c, bd.data());
-  const at::Tensor b = at::tensor(bd, x.options().dtype(at::kDouble)).to(x.scalar_type());
-  const std::vector<double> br = to_dvec(b), md = to_dvec(m);  // b and m as the layer's dtype rounds them
+  const at::Tensor b = from_dvec(bd, {D}, x.options(), &br);  // br, md: b and m as the layer's dtype rounds them
+  const std::vector<double> md = to_dvec(m);
   const BnTransport t = bn_transport(br.data(), md.data(), D, S, w, c, n, eps);
-  at::Tensor Md = at::empty({D, D}, x.options().dtype(at::kDouble));
-  double* Mp = Md.data_ptr<double>();
+  std::vector<double> Md(D * D);
   for (int64_t i = 0; i < D; ++i) {
     const double ai = br[i], ei = -md[i];
     for (int64_t j = 0; j < D; ++j) {
       const double aj = br[j], ej = -md[j];
-      Mp[i * D + j] = (i == j ? t.alpha : 0.0) + ai * (t.V[0][0] * aj + t.V[0][1] * ej) +
+      Md[i * D + j] = (i == j ? t.alpha : 0.0) + ai * (t.V[0][0] * aj + t.V[0][1] * ej) +
                       ei * (t.V[1][0] * aj + t.V[1][1] * ej);
     }
   }
-  const at::Tensor M = Md.to(x.scalar_type());
-  const at::Tensor v = bn_times_M(u, M).contiguous();
+  const at::Tensor M = from_dvec(Md, {D, D}, x.options());
+  const bool f64 = x.scalar_type() == at::kDouble;
+  const at::Tensor v = bn_times_M(u, M).contiguous();  // MKL's float GEMM: faster than a row pass here (bn14)
   at::Tensor y = at::empty_like(u);
-  const BnRowCtx cx = bn_ctx(b, c, eps_proj);
+  const BnRowCtx cx = bn_ctx_d(br, c, eps_proj);
   const bool lanes = bn_lanes(D);
-  if (x.scalar_type() == at::kDouble)
-    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), x.size(0), cx, lanes);
+  if (f64)
+    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), N, cx, lanes);
   else
-    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), x.size(0), cx, lanes);
+    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), N, cx, lanes);
   at::Tensor tr = at::empty({kTrN}, x.options().dtype(at::kDouble));
   std::memcpy(tr.data_ptr<double>(), &t, sizeof(BnTransport));
-  const at::Tensor var = at::full({}, t.var, x.options());
+  const at::Tensor var = from_dvec({t.var}, {}, x.options());
   return {y, var, m, u, v, M, b, mid, tr};
 }
 
@@ -1636,36 +1807,60 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
                                                   const at::Tensor& tr, double c, double eps_proj) {
   check_layer_rows(x);
   const int64_t N = x.size(0), D = x.size(1);
-  TORCH_CHECK(tr.numel() == kTrN && tr.scalar_type() == at::kDouble, "poincare_bn_train: bad saved transport");
-  const at::Tensor gy = gy_in.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(tr.numel() == kTrN && tr.scalar_type() == at::kDouble && tr.is_contiguous(),
+              "poincare_bn_train: bad saved transport");
+  TORCH_CHECK(mid.numel() == D + 1 && mid.scalar_type() == at::kDouble && mid.is_contiguous(),
+              "poincare_bn_train: bad saved sums");
+  const bool f64 = x.scalar_type() == at::kDouble;
+  const at::Tensor gy = gy_in.scalar_type() == x.scalar_type() && gy_in.is_contiguous()
+                            ? gy_in
+                            : gy_in.to(x.scalar_type()).contiguous();
   TORCH_CHECK(gy.sizes() == x.sizes(), "poincare_bn_train: grad and x must have one shape");
   BnTransport t;
-  std::memcpy(&t, tr.contiguous().data_ptr<double>(), sizeof(BnTransport));
+  std::memcpy(&t, tr.data_ptr<double>(), sizeof(BnTransport));
   // the row op's backward on the saved v (identity M)
   at::Tensor gv = at::empty_like(x);
   std::vector<double> gb1(D);
   double gk1 = 0;
-  const BnRowCtx cx = bn_ctx(b, c, eps_proj);
+  const std::vector<double> br = to_dvec(b), md = to_dvec(m);
+  const BnRowCtx cx = bn_ctx_d(br, c, eps_proj);
   const bool lanes = bn_lanes(D);
-  if (x.scalar_type() == at::kDouble)
+  if (f64)
     bn_bwd_impl<double>(gy.data_ptr<double>(), v.data_ptr<double>(), N, cx, gv.data_ptr<double>(), gb1.data(), &gk1,
                         lanes);
   else
     bn_bwd_impl<float>(gy.data_ptr<float>(), v.data_ptr<float>(), N, cx, gv.data_ptr<float>(), gb1.data(), &gk1,
                        lanes);
   at::NoGradGuard ng;
-  const std::vector<double> gMd = to_dvec(at::mm(u.t(), gv));
-  const std::vector<double> br = to_dvec(b), md = to_dvec(m);
+  const bool small = bn_small_gemm(D);
+  std::vector<double> gMd(D * D);
+  if (!small)
+    gMd = to_dvec(at::mm(u.t(), gv));  // read in place (no float64 copy)
+  else if (f64)
+    rows_gram<double>(u.data_ptr<double>(), gv.data_ptr<double>(), N, D, gMd.data());
+  else
+    rows_gram<float>(u.data_ptr<float>(), gv.data_ptr<float>(), N, D, gMd.data());
   std::vector<double> gb2(D), gm(D);
   double gS, gw, gc2;
   bn_transport_bwd(t, br.data(), md.data(), gMd.data(), D, gb2.data(), gm.data(), &gS, &gw, &gc2);
-  const at::Tensor gu = at::addmm(u, gv, M.t(), 2 * gS, 1);  // gv M^T + 2 gS u
-  const at::Tensor gm_t = at::tensor(gm, x.options().dtype(at::kDouble));
-  const auto [dx, gc3] = poincare_bn_layer_bwd_cpu(gu, x, m, mid, gm_t, c);
+  at::Tensor gu;
+  if (!small) {
+    gu = at::addmm(u, gv, M.t(), 2 * gS, 1);  // gv M^T + 2 gS u
+  } else {
+    const std::vector<double> Mv = to_dvec(M);
+    std::vector<double> Mt(D * D);
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t j = 0; j < D; ++j) Mt[j * D + i] = Mv[i * D + j];
+    gu = at::empty_like(x);
+    if (f64)
+      rows_times<double>(gv.data_ptr<double>(), Mt.data(), u.data_ptr<double>(), 2 * gS, gu.data_ptr<double>(), N, D);
+    else
+      rows_times<float>(gv.data_ptr<float>(), Mt.data(), u.data_ptr<float>(), 2 * gS, gu.data_ptr<float>(), N, D);
+  }
+  const auto [dx, gc3] = bn_layer_bwd(gu, x, md.data(), mid.data_ptr<double>(), gm.data(), c);
   // b = expmap0(bias): gbias = t g + 2 (<g, u> tanc'(z) k) u, dk = <g, u> tanc'(z) |u|^2 (z = k |u|^2), with
   // g = gb1 + gb2 rounded to the dtype (as the composition's b gradient)
   const std::vector<double> bu = to_dvec(bias);
-  const bool f64 = x.scalar_type() == at::kDouble;
   std::vector<double> g(D);
   double uu = 0, gu_ = 0;
   for (int64_t d = 0; d < D; ++d) {
@@ -1677,9 +1872,68 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   std::vector<double> gbias(D);
   for (int64_t d = 0; d < D; ++d) gbias[d] = tz * g[d] + 2 * z_ * k * bu[d];
   const double gc4 = -(z_ * uu);  // dc = -dk
-  const auto dopt = x.options().dtype(at::kDouble);
-  return {dx, at::tensor(gbias, dopt).to(x.scalar_type()), at::full({}, gw, dopt),
-          at::full({}, -gk1 + (gc2 + gc3) + gc4, dopt)};
+  // dweight and dc rounded to the dtype here (BnLayerFn's .to() calls before)
+  return {dx, from_dvec(gbias, {D}, x.options()), from_dvec({gw}, {}, x.options()),
+          from_dvec({-gk1 + (gc2 + gc3) + gc4}, {}, x.options())};
+}
+
+// ---------------------------------------------------------------- the running statistics' update
+// batch_norm's training update of its running buffers in place, in one call (session 14; was ~8 small aten calls
+// in geoops/poincare.py's _bn_running_update_): rm <- geodesic(t, rm, m) as A rm + B m, the coefficients from
+// |rm|^2, <rm, m>, |m|^2 in double (the Möbius formulas of _running_mean_step_), rv <- (1 - t) rv + t f var.
+namespace {
+
+double atanc_neg_d(double z, bool single) {
+  if (z > -1e-12) return 1 - z / 3;
+  const double sn = std::min(std::sqrt(-z), single ? 1 - 1e-7 : 1 - 1e-15);
+  return std::atanh(sn) / sn;
+}
+
+double tanc_neg_d(double z) {
+  if (z > -1e-12) return 1 + z / 3;
+  const double sn = std::sqrt(-z);
+  return std::tanh(sn) / sn;
+}
+
+template <typename T>
+void bn_running_impl(T* rm, T* rv, const T* m, double var, int64_t D, double t, double c, double f) {
+  double x2 = 0, xy = 0, y2 = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double a = double(rm[d]), b = double(m[d]);
+    x2 = std::fma(a, a, x2), xy = std::fma(a, b, xy), y2 = std::fma(b, b, y2);
+  }
+  const double k = -c;
+  const bool single = !std::is_same_v<T, double>;
+  double den = std::max(1 + 2 * k * xy + k * k * x2 * y2, 1e-15);
+  const double p = -(1 + 2 * k * xy - k * y2) / den, q = (1 + k * x2) / den;  // (-x) (+) y = p x + q y
+  const double v2 = p * p * x2 + 2 * p * q * xy + q * q * y2;
+  const double a = atanc_neg_d(k * v2, single);
+  const double s = t * a * tanc_neg_d(k * t * t * v2 * a * a);  // t (x) v = s v
+  const double w2 = s * s * v2, xw = s * (p * x2 + q * xy);
+  den = std::max(1 - 2 * k * xw + k * k * x2 * w2, 1e-15);
+  const double A = ((1 - 2 * k * xw - k * w2) + (1 + k * x2) * s * p) / den;
+  const double B = (1 + k * x2) * s * q / den;
+  for (int64_t d = 0; d < D; ++d) rm[d] = T(std::fma(A, double(rm[d]), B * double(m[d])));
+  rv[0] = T(std::fma(1 - t, double(rv[0]), t * f * var));
+}
+
+}  // namespace
+
+void poincare_bn_running_update_cpu(const at::Tensor& rm, const at::Tensor& rv, const at::Tensor& m,
+                                    const at::Tensor& var, double momentum, double c, double f) {
+  TORCH_CHECK(rm.dim() == 1 && rm.is_contiguous() && m.is_contiguous() && m.numel() == rm.numel() &&
+                  rv.numel() == 1 && var.numel() == 1 && rm.scalar_type() == m.scalar_type() &&
+                  rv.scalar_type() == rm.scalar_type() && var.scalar_type() == rm.scalar_type() &&
+                  (rm.scalar_type() == at::kFloat || rm.scalar_type() == at::kDouble),
+              "poincare_bn_running_update: rm (D,), m (D,), rv, var (one entry) of one float dtype");
+  if (rm.scalar_type() == at::kDouble)
+    bn_running_impl<double>(rm.data_ptr<double>(), rv.data_ptr<double>(), m.data_ptr<double>(),
+                            var.data_ptr<double>()[0], rm.numel(), momentum, c, f);
+  else
+    bn_running_impl<float>(rm.data_ptr<float>(), rv.data_ptr<float>(), m.data_ptr<float>(),
+                           double(var.data_ptr<float>()[0]), rm.numel(), momentum, c, f);
+  rm.unsafeGetTensorImpl()->bump_version();
+  rv.unsafeGetTensorImpl()->bump_version();
 }
 
 }  // namespace cpu

@@ -1,0 +1,155 @@
+"""Session 14 (bn14): the batch norm training layer's glue inside its C++ calls -- the three small GEMMs as row
+passes (GEOOPS_POINCARE_BN_SMALL_GEMM), the D-vectors read in place, dweight / dc in the dtype, and the running
+statistics' update as one C++ call (GEOOPS_POINCARE_BN_RUNNING_CPP)."""
+import random
+
+import pytest
+import torch
+
+from geoops import poincare as gp
+from geoops import stereographic as st
+from geoops._backend import compiled
+from geoops.nn import PoincareBall, PoincareBatchNorm2d
+
+
+def _inputs(N, D, dtype, seed, c=0.9):
+    g0 = torch.Generator().manual_seed(seed)
+    x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.8, c=c)
+    if N > 2:  # one row near the boundary (1 - c|x|^2 ~ 2e-3)
+        x[N // 2] = x[N // 2] / x[N // 2].norm() * (1 - 1e-3) / c ** 0.5
+    bias = torch.randn(D, generator=g0, dtype=torch.float64) * 0.3
+    gy = torch.randn(N, D, generator=g0, dtype=torch.float64)
+    return x.to(dtype), bias.to(dtype), gy.to(dtype)
+
+
+def _layer(x, bias, gy, c=0.9, w=0.8):
+    """BnLayerFn's forward and backward: y, var, m and the gradients to x, bias, weight, c."""
+    x = x.clone().requires_grad_(True)
+    bias = bias.clone().requires_grad_(True)
+    wt = torch.tensor(w, dtype=x.dtype, requires_grad=True)
+    ct = torch.tensor(c, dtype=x.dtype, requires_grad=True)
+    y, var, m = gp.BnLayerFn.apply(x, bias, wt, ct, x.shape[0], 1e-6, 4e-3)
+    return [y.detach(), var, m, *torch.autograd.grad(y, (x, bias, wt, ct), gy)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("D", [1, 3, 8, 16])
+def test_bn_small_gemm_vs_mkl(monkeypatch, dtype, D):
+    """The backward's gu = gv M^T + 2 gS u as a double-accumulated row pass vs at::addmm
+    (GEOOPS_POINCARE_BN_SMALL_GEMM=0): values and every gradient (fp64 to 1e-10; fp32 within the float GEMM's
+    rounding, relative to the largest entry); N = 2, 263, 5000; D = 8, 16 (the vector path), 1, 3 (scalar)."""
+    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    for N in (2, 263, 5000):
+        x, bias, gy = _inputs(N, D, dtype, 7 * D + N)
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_SMALL_GEMM", "0")
+        want = _layer(x, bias, gy)
+        monkeypatch.delenv("GEOOPS_POINCARE_BN_SMALL_GEMM")
+        got = _layer(x, bias, gy)
+        for i, (a, r) in enumerate(zip(got, want)):
+            assert a.shape == r.shape and a.dtype == r.dtype, i
+            scale = r.abs().max().clamp_min(1)
+            torch.testing.assert_close(a / scale, r / scale, **tol, msg=lambda s: f"{N} {i}: {s}")
+
+
+@pytest.mark.parametrize("D", [3, 8, 16])
+def test_bn_small_gemm_accuracy_vs_fp64(monkeypatch, D):
+    """gu = gv M^T + 2 gS u as the double-accumulated row pass: the fp32 layer's values and gradients (dx, dbias,
+    dweight, dc) vs the same layer in fp64 within 2x (+ floor) the addmm path's own error."""
+    N = 1000
+    x, bias, gy = _inputs(N, D, torch.float32, D)
+    x64, bias64, gy64 = _inputs(N, D, torch.float64, D)
+    truth = _layer(x64, bias64, gy64)
+    got = _layer(x, bias, gy)
+    monkeypatch.setenv("GEOOPS_POINCARE_BN_SMALL_GEMM", "0")
+    mkl = _layer(x, bias, gy)
+    for i, (o, r, t) in enumerate(zip(got, mkl, truth)):
+        err, ref_err = (o.double() - t).abs().max(), (r.double() - t).abs().max()
+        assert err <= 2 * ref_err + 1e-6 * t.abs().max().clamp_min(1), (i, float(err), float(ref_err))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("D", [5, 8, 16])
+def test_bn_train_bitwise_reproducible_heap_and_threads(dtype, D):
+    """The training layer's two C++ calls (the gu row pass included) agree bit for bit on identical inputs
+    after heap churn, at 4-byte buffer offsets and with 1 or 2 threads (N = 5000: several row chunks)."""
+    from test_poincare_layers import _heap_churn
+
+    C = compiled()
+    rng, held = random.Random(D), []
+    nth = torch.get_num_threads()
+    try:
+        for N in (12, 5000):
+            x, bias, gy = _inputs(N, D, dtype, D + N)
+            ref_out = None
+            for rep in range(8 if N == 12 else 4):
+                torch.set_num_threads(1 + rep % 2)
+                off = rep % 4
+                bx, bg = torch.empty(N * D + 8, dtype=dtype), torch.empty(N * D + 8, dtype=dtype)
+                xs, gs = bx[off:off + N * D].view(N, D), bg[off:off + N * D].view(N, D)
+                xs.copy_(x), gs.copy_(gy)
+                _heap_churn(rng, held)
+                fw = C.poincare_bn_train_fwd_cpu(xs, bias, 0.8, 0.9, float(N), 1e-6, 4e-3)
+                y, var, m, u, v, M, b, mid, tr = fw
+                _heap_churn(rng, held)
+                bw = C.poincare_bn_train_bwd_cpu(gs, xs, bias, m, mid, u, v, M, b, tr, 0.9, 4e-3)
+                out = list(fw) + list(bw)
+                if ref_out is None:
+                    ref_out = out
+                for i, (a, r) in enumerate(zip(out, ref_out)):
+                    assert torch.equal(a, r), (N, rep, i)
+    finally:
+        torch.set_num_threads(nth)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("scale, t, c", [(0.3, 0.1, 1.0), (0.8, 0.5, 0.7), (0.0, 0.1, 1.3), (0.6, 0.9, 2.0)])
+def test_running_update_cpp_matches_geodesic(dtype, tol, scale, t, c):
+    """poincare_bn_running_update (one C++ call) vs the stereographic geodesic in float64 and the variance's
+    exponential average; the buffers' version counters move (in-place updates)."""
+    x, y = (gp.expmap0(torch.randn(2, 7, generator=torch.Generator().manual_seed(3), dtype=dtype) * scale, c=c)
+            if scale else (torch.zeros(7, dtype=dtype), None))
+    if y is None:
+        y = gp.expmap0(torch.randn(7, generator=torch.Generator().manual_seed(4), dtype=dtype) * 0.5, c=c)
+    want = st.geodesic(t, x.double(), y.double(), k=torch.tensor(-c, dtype=torch.float64)).to(dtype)
+    rm, rv, var = x.clone(), torch.tensor(0.7, dtype=dtype), torch.tensor(1.3, dtype=dtype)
+    v0, w0 = rm._version, rv._version
+    compiled().poincare_bn_running_update_cpu(rm, rv, y, var, t, c, 1.25)
+    torch.testing.assert_close(rm, want, rtol=tol, atol=tol)
+    torch.testing.assert_close(rv, torch.tensor((1 - t) * 0.7 + t * 1.25 * 1.3, dtype=dtype), rtol=tol, atol=tol)
+    assert rm._version > v0 and rv._version > w0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batchnorm2d_running_stats_cpp_knob(monkeypatch, dtype):
+    """The module's running statistics over several training steps: the C++ update (default) vs the Python direct
+    step (GEOOPS_POINCARE_BN_RUNNING_CPP=0) to rounding; the C++ call is the one taken."""
+    ball = PoincareBall(1.0)
+    outs = {}
+    for knob in ("0", "1"):
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_RUNNING_CPP", knob)
+        bn = PoincareBatchNorm2d(6, ball, momentum=0.3).to(dtype)
+        for s in range(4):
+            g = torch.Generator().manual_seed(s)
+            x = gp.expmap0(torch.randn(60, 6, generator=g, dtype=dtype) * 0.8, c=1.0)
+            bn(x.reshape(5, 4, 3, 6).permute(0, 3, 1, 2))
+        outs[knob] = (bn.running_mean.clone(), bn.running_var.clone())
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
+    torch.testing.assert_close(outs["1"][1], outs["0"][1], **tol)
+    assert outs["1"][0].abs().sum() > 0.01
+    calls = []
+    monkeypatch.delenv("GEOOPS_POINCARE_BN_RUNNING_CPP")
+    real = compiled().poincare_bn_running_update_cpu
+
+    class Wrap:
+        def __getattr__(self, name):
+            if name == "poincare_bn_running_update_cpu":
+                return lambda *a: (calls.append(1), real(*a))[1]
+            return getattr(compiled(), name)
+
+    import geoops._backend as be
+    monkeypatch.setattr(be, "compiled", lambda: Wrap())
+    bn(x.reshape(5, 4, 3, 6).permute(0, 3, 1, 2))
+    assert calls == [1]
+
