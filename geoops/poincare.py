@@ -669,7 +669,7 @@ class PoincareConv2dFn(torch.autograd.Function):
         if wk is None:  # the forward's direct convolution: dv (with the box sums' term) and dz in one call
             gv, gzd = C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, *kernel, *padding, *stride, beta,
                                                  bool(ng[0] or ng[3]), bool(ng[1]))
-            return _conv_bwd_tail(ctx, ng, C2, x, gv, gzc.add_(gzd) if ng[1] else None, gb, gc, has_b, c, k1, seps)
+            return _conv_bwd_tail(ctx, ng, C2, x, gv, gzc.add_(gzd) if ng[1] else None, gb, gc, has_b, c, k1, seps, v)
         gtimg = gt.view(B, Ho, Wo, Co).permute(0, 3, 1, 2)
         vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)
         gvimg, gwk, _ = torch.ops.aten.convolution_backward(
@@ -685,7 +685,7 @@ class PoincareConv2dFn(torch.autograd.Function):
                                                      list(padding), False, True, 1)
             gv = gvimg.permute(0, 2, 3, 1).reshape(v.shape)
             gv = torch.addcmul(gv, v, gsq.view(-1, 1), value=2 * beta * beta)
-        return _conv_bwd_tail(ctx, ng, C2, x, gv if (ng[0] or ng[3]) else None, gz, gb, gc, has_b, c, k1, seps)
+        return _conv_bwd_tail(ctx, ng, C2, x, gv if (ng[0] or ng[3]) else None, gz, gb, gc, has_b, c, k1, seps, v)
 
 
 def _rows_as_image(y: torch.Tensor, B: int, C: int, H: int, W: int) -> torch.Tensor:
@@ -693,6 +693,16 @@ def _rows_as_image(y: torch.Tensor, B: int, C: int, H: int, W: int) -> torch.Ten
     autograd forbids in-place ops on views created inside a Function, and the caller may modify the output in
     place."""
     return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), (B, C, H, W), (H * W * C, 1, W * C, C))
+
+
+def _conv_logmap_on(C2) -> bool:
+    """Whether PoincareConv2dFn's backward takes its logmap0's backward by the convolution's own row pass
+    (csrc/cpu/poincare_conv.cpp, poincare_conv2d_logmap0_bwd_cpu: v = A x gives A = <v, x> / |x|^2, so that
+    dx = A dv + 2 k A' <x, dv> x needs no transcendental) instead of the stereographic kernel (which recomputes
+    atanc and its derivative per row: ~4x its forward); for dx only -- with c's gradient the kernel takes A from
+    atanc itself (a scalar log1p per row), slower than the stereographic kernel, which then runs.
+    GEOOPS_POINCARE_CONV_LOGMAP=0 (read per call) keeps the stereographic kernel, for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_CONV_LOGMAP", "1") != "0" and hasattr(C2, "poincare_conv2d_logmap0_bwd_cpu")
 
 
 def _fc_save_on() -> bool:
@@ -718,13 +728,18 @@ _DIRECT_CONV_MAX_CH = 16
 _DIRECT_CONV_MAX_PIX = 16384
 
 
-def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps):
-    """PoincareConv2dFn.backward after the convolution's backward: the logmap0 backward of gv (dx and its dc)."""
+def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps, v):
+    """PoincareConv2dFn.backward after the convolution's backward: the logmap0 backward of gv (dx and its dc), by
+    the convolution's own row pass (the factor of v = A x taken from v, no transcendental) or, with
+    GEOOPS_POINCARE_CONV_LOGMAP=0, the stereographic kernel."""
     gx = None
     gcl = None
     if ng[0] or ng[3]:
-        lmask = (1 if ng[0] else 0) | (4 if ng[3] else 0)
-        gx, _, gk, _ = C2.stereo_bwd_cpu(_LOGMAP0, gv, x, None, k1, None, seps, lmask)
+        if not ng[3] and _conv_logmap_on(C2):  # (a learnable c: the stereographic kernel, faster with dc)
+            gx, _ = C2.poincare_conv2d_logmap0_bwd_cpu(gv.contiguous(), x.contiguous(), v, _c_float(c), True, False)
+        else:
+            lmask = (1 if ng[0] else 0) | (4 if ng[3] else 0)
+            gx, _, gk, _ = C2.stereo_bwd_cpu(_LOGMAP0, gv, x, None, k1, None, seps, lmask)
         if ng[3]:
             gcl = -gk.sum()
     gcf = None

@@ -1535,3 +1535,181 @@ def test_relu_kernels_bitwise_reproducible_heap_and_threads(monkeypatch, dtype, 
                     assert torch.equal(a, r), (N, rep, i)
     finally:
         torch.set_num_threads(nth)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", [dict(cin=8, cout=8, k=3, s=1, p=1, cgrad=True, cl=True),     # the digits layer
+                                 dict(cin=1, cout=8, k=3, s=1, p=1, cgrad=True, cl=False),
+                                 dict(cin=13, cout=5, k=3, s=2, p=1, cgrad=False, cl=True),
+                                 dict(cin=3, cout=4, k=1, s=1, p=0, cgrad=False, cl=False),
+                                 dict(cin=8, cout=8, k=3, s=1, p=1, cgrad=False, cl=True),
+                                 dict(cin=17, cout=6, k=3, s=1, p=1, cgrad=True, cl=True)])  # MKL-DNN conv
+def test_conv2d_logmap0_bwd_vs_stereo(monkeypatch, dtype, cfg):
+    """PoincareConv2dFn's logmap0 backward by its own row pass (poincare_conv2d_logmap0_bwd_cpu) against
+    GEOOPS_POINCARE_CONV_LOGMAP=0 (the stereographic kernel) and float64: values and the gradients of x, z, bias
+    and c; points at the origin, tiny and near the ball's boundary; which path ran."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    k, s, p, cin, cout = cfg["k"], cfg["s"], cfg["p"], cfg["cin"], cfg["cout"]
+    x0 = _img(2, cin, 7, 6, c=0.8, dtype=torch.float64, seed=6, radius=0.999)
+    x0[0, :, 0, 0] = 0.0                   # the origin: the series side, z = 0
+    x0[0, :, 1, 1] *= 1e-6 / x0[0, :, 1, 1].norm().clamp_min(1e-30)  # tiny
+    x0[1, :, 2, 3] *= 0.9999 / math.sqrt(0.8) / x0[1, :, 2, 3].norm()  # |x| = 0.9999 of the radius
+    x0 = x0.to(dtype)
+    if cfg["cl"]:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(7)
+    z0 = (torch.randn(cin * k * k, cout, generator=g, dtype=torch.float64) * 0.4).to(dtype)
+    b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    calls = []
+    real = C2.poincare_conv2d_logmap0_bwd_cpu
+    monkeypatch.setattr(C2, "poincare_conv2d_logmap0_bwd_cpu", lambda *a: calls.append(a[4:]) or real(*a))
+    outs = {}
+    for knob in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_POINCARE_CONV_LOGMAP", knob)
+        y, outs[knob] = _conv_layer_run(x0, z0, b0, dtype, cfg["cgrad"], k, p, s)
+        assert _graph_has(y, "PoincareConv2dFn")
+    assert calls == ([] if cfg["cgrad"] else [(True, False)])  # a learnable c keeps the stereographic kernel
+    if dtype == torch.float64:
+        torch.testing.assert_close(outs["1"][0], outs["0"][0], rtol=1e-12, atol=1e-14)
+        for a, b_ in zip(outs["1"][1], outs["0"][1]):
+            torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
+        return
+    # float32: the new path's error against float64 at most 2x the stereographic path's (+ a floor)
+    monkeypatch.setenv("GEOOPS_POINCARE_CONV_LOGMAP", "1")
+    _, o64 = _conv_layer_run(x0.double(), z0.double(), b0.double(), torch.float64, cfg["cgrad"], k, p, s)
+    new, old = [outs["1"][0]] + list(outs["1"][1]), [outs["0"][0]] + list(outs["0"][1])
+    ref64 = [o64[0]] + list(o64[1])
+    for a, b_, r in zip(new, old, ref64):
+        ea = (a.double() - r).abs().max().item()
+        eb = (b_.double() - r).abs().max().item()
+        assert ea <= 2 * eb + 1e-6 * (1 + r.abs().max().item()), (ea, eb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conv2d_logmap0_kernel(dtype):
+    """poincare_conv2d_logmap0_bwd_cpu alone (the factor from v = logmap0(x), no transcendental): dx and the
+    per-row dk against the stereographic backward (float64 tight, float32 to rounding), rows at the origin, tiny,
+    on both sides of the series cut |z| = 0.05, near the boundary and just outside the ball (the clamped side);
+    1 vs 2 threads and shifted (unaligned) copies bit for bit."""
+    from geoops import _backend
+    from geoops.poincare import _LOGMAP0
+    C2 = _backend.compiled()
+    g = torch.Generator().manual_seed(11)
+    c = 0.7
+    for C in (1, 3, 8, 16, 19):
+        N = 1000
+        x = torch.randn(N, C, generator=g, dtype=torch.float64)
+        x = x / x.norm(dim=1, keepdim=True) * torch.rand(N, 1, generator=g, dtype=torch.float64) / math.sqrt(c)
+        x[0] = 0.0
+        x[1] *= 1e-9
+        x[2] *= 0.99999 / math.sqrt(c) / x[2].norm()
+        x[3] *= 1.001 / math.sqrt(c) / x[3].norm()  # outside: the clamped branch
+        x[4] *= math.sqrt(0.0499999 / c) / x[4].norm()  # |z| just below / above the series cut
+        x[5] *= math.sqrt(0.0500001 / c) / x[5].norm()
+        x = x.to(dtype)
+        gv = torch.randn(N, C, generator=g, dtype=torch.float64).to(dtype)
+        k1 = torch.tensor([-c], dtype=torch.float64)
+        seps = gp._ref.default_eps(dtype)
+        v = C2.stereo_fwd_cpu(_LOGMAP0, x, None, k1, None, seps)
+        gx, gk = C2.poincare_conv2d_logmap0_bwd_cpu(gv, x, v, c, True, True)
+        gxr, _, gkr, _ = C2.stereo_bwd_cpu(_LOGMAP0, gv, x, None, k1, None, seps, 5)
+        if dtype == torch.float64:
+            torch.testing.assert_close(gx, gxr, rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(gk, gkr.reshape(gk.shape), rtol=1e-9, atol=1e-12)
+            gx_only = C2.poincare_conv2d_logmap0_bwd_cpu(gv, x, v, c, True, False)[0]
+            torch.testing.assert_close(gx_only, gxr, rtol=1e-10, atol=1e-13)
+        else:  # against the float64 backward: at most 2x the stereographic float32 kernel's error (+ a floor)
+            x64, g64 = x.double(), gv.double()
+            gx64, _, gk64, _ = C2.stereo_bwd_cpu(_LOGMAP0, g64, x64, None, k1, None, 1e-15, 5)
+            # (dx alone takes A from v: a few float roundings, floor 6e-7 of the row's largest entry)
+            gx_only = C2.poincare_conv2d_logmap0_bwd_cpu(gv, x, v, c, True, False)[0]
+            for ours, theirs, r, fl in ((gx, gxr, gx64, 2e-7), (gk, gkr.reshape(gk.shape), gk64.reshape(gk.shape), 2e-7),
+                                        (gx_only, gxr, gx64, 6e-7)):
+                scale = r.abs().amax(dim=-1, keepdim=True) if r.dim() == 2 else r.abs()
+                ok = torch.isfinite(r) & (scale > 0) if r.dim() == 1 else torch.isfinite(r)
+                eo = ((ours.double() - r).abs() / (scale + 1e-30))[ok].max().item()
+                et = ((theirs.double() - r).abs() / (scale + 1e-30))[ok].max().item()
+                assert eo <= 2 * et + fl, (C, eo, et)
+        assert torch.equal(C2.poincare_conv2d_logmap0_bwd_cpu(gv, x, v, c, False, True)[1], gk)
+        nt = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1 if nt > 1 else 2)
+            xs = torch.empty(N * C + 3, dtype=dtype)[3:].view(N, C).copy_(x)
+            gs = torch.empty(N * C + 1, dtype=dtype)[1:].view(N, C).copy_(gv)
+            vs = torch.empty(N * C + 2, dtype=dtype)[2:].view(N, C).copy_(v)
+            gx2, gk2 = C2.poincare_conv2d_logmap0_bwd_cpu(gs, xs, vs, c, True, True)
+        finally:
+            torch.set_num_threads(nt)
+        assert torch.equal(gx, gx2) and torch.equal(gk, gk2)
+
+
+@pytest.mark.parametrize("cgrad", [False, True])
+def test_conv2d_logmap0_bwd_gradcheck(monkeypatch, cgrad):
+    """gradcheck (float64) of the conv layer with the logmap0 backward's row pass on (a fixed c: the row pass;
+    a learnable c: the stereographic kernel)."""
+    monkeypatch.setenv("GEOOPS_POINCARE_CONV_LOGMAP", "1")
+    x = _img(1, 3, 4, 3, c=0.8, dtype=torch.float64, seed=9, radius=0.95).requires_grad_(True)
+    g = torch.Generator().manual_seed(5)
+    z = (torch.randn(27, 4, generator=g, dtype=torch.float64) * 0.4).requires_grad_(True)
+    b = (torch.randn(4, generator=g, dtype=torch.float64) * 0.2).requires_grad_(True)
+    c = torch.tensor(0.8, dtype=torch.float64, requires_grad=cgrad)
+    f = lambda x, z, b, c: gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)
+    assert _graph_has(f(x, z, b, c), "PoincareConv2dFn")
+    assert torch.autograd.gradcheck(f, (x, z, b, c) if cgrad else (x, z, b, c.detach()))
+
+
+@pytest.mark.parametrize("cfg", [(64, 8, 8, 8, 8, 3, 1, 1, 1), (64, 1, 8, 8, 8, 3, 1, 1, 1),
+                                 (2, 5, 9, 7, 3, 3, 2, 1, 1), (3, 13, 6, 5, 1, 3, 1, 0, 1),
+                                 (1, 3, 7, 9, 8, 5, 1, 2, 1), (2, 4, 5, 6, 7, 1, 1, 0, 1),
+                                 (2, 9, 7, 6, 6, 3, 2, 1, 2), (40, 16, 9, 9, 5, 3, 1, 1, 1),
+                                 (1, 2, 1, 1, 4, 3, 1, 1, 1)])
+def test_conv2d_direct_dz_pairs(monkeypatch, cfg):
+    """dz with two output pixels per vector (float32, C >= 4, C_out <= 8, column stride 1; conv_dz_pairs_run) against the
+    per-pixel kernel (GEOOPS_POINCARE_CONV_DZ_PAIRS=0) to rounding and against float64 autograd: odd widths (a
+    row's last pixel alone), channel blocks of 8 / 4 / 1, kernels 1 / 3 / 5, padding 0 / 1 / 2, row stride 2 (column
+    stride 2 keeps the per-pixel kernel), several chunks; 1 and 2 threads and unaligned inputs bit for bit; a NaN
+    in an input column that only a masked-off lane reads does not reach dz."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    B, C, H, W, Co, k, sy, p, sx = cfg
+    g = torch.Generator().manual_seed(21)
+    v = torch.randn(B * H * W, C, generator=g)
+    z = torch.randn(C * k * k, Co, generator=g)
+    Ho, Wo = (H + 2 * p - k) // sy + 1, (W + 2 * p - k) // sx + 1
+    gt = torch.randn(B * Ho * Wo, Co, generator=g)
+    gU = torch.randn(B * Ho * Wo, generator=g)
+    run = lambda vv, gg: C2.poincare_conv2d_bwd_cpu(gg, gU, vv, z, B, H, W, k, k, p, p, sy, sx, 0.7, False, True)[1]
+    outs = {}
+    n0 = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for knob in ("1", "0"):
+                monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_PAIRS", knob)
+                outs[n, knob] = run(v, gt)
+            monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_PAIRS", "1")
+            vs = torch.empty(v.numel() + 1)[1:].view_as(v).copy_(v)
+            gs = torch.empty(gt.numel() + 3)[3:].view_as(gt).copy_(gt)
+            outs[n, "u"] = run(vs, gs)
+    finally:
+        torch.set_num_threads(n0)
+    pairs_ran = torch.backends.cpu.get_cpu_capability() == "AVX512" and sx == 1 and Co <= 8 and C >= 4
+    assert torch.equal(outs[1, "1"], outs[2, "1"]) and torch.equal(outs[1, "1"], outs[1, "u"])
+    assert torch.equal(outs[2, "1"], outs[2, "u"])
+    if pairs_ran and B * Ho * Wo * C * k * k > 2000:
+        assert not torch.equal(outs[1, "1"], outs[1, "0"])  # the pairs' summation order: some bits differ
+    torch.testing.assert_close(outs[1, "1"], outs[1, "0"], rtol=2e-5, atol=2e-5)
+    vr = v.double().requires_grad_(True)
+    zr = z.double().requires_grad_(True)
+    t_ref, U_ref = _direct_conv_ref(vr, zr, B, H, W, (k, k), (p, p), (sy, sx), 0.7)
+    (dz_ref,) = torch.autograd.grad((t_ref * gt.double()).sum(), (zr,))
+    torch.testing.assert_close(outs[2, "1"].double(), dz_ref, rtol=1e-4, atol=1e-4)
+    if pairs_ran and Wo % 2 == 1 and p == 1 and k == 3:
+        # the last input column: through tap kx = 0 only the masked-off second lane of a row's last pair reads it
+        vn = v.clone().view(B, H, W, C)
+        vn[:, :, -1, :] = float("nan")
+        nan_pairs = torch.isnan(run(vn.view(-1, C), gt))
+        monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_PAIRS", "0")
+        nan_rows = torch.isnan(run(vn.view(-1, C), gt))
+        assert torch.equal(nan_pairs, nan_rows) and not nan_pairs.all()

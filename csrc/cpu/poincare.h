@@ -121,6 +121,11 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt,
                                                            int64_t H, int64_t W, int64_t kh, int64_t kw,
                                                            int64_t py, int64_t px, int64_t sy, int64_t sx,
                                                            double beta, bool need_dv, bool need_dz);
+// The backward of logmap0 of the pixel rows x [N, C] (ball curvature -c) from its output v and dL/dv -> (dL/dx,
+// per-row dL/dk with k = -c), each only when asked (no transcendental: the factor from v).
+std::tuple<at::Tensor, at::Tensor> poincare_conv2d_logmap0_bwd_cpu(const at::Tensor& g, const at::Tensor& x,
+                                                                   const at::Tensor& v, double c, bool need_dx,
+                                                                   bool need_dk);
 
 }  // namespace cpu
 }  // namespace geoops

@@ -23,6 +23,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -312,6 +313,119 @@ void conv_dv_pairs_run(const ConvGeom& g, const float* gt, const float* gU, cons
                    poff.data(), float(2 * beta * beta)};
   conv_pairs_run<true>(q, dvp, nullptr, v);
 }
+
+// dz by pairs (float32, C >= 4, C_out <= 8, column stride 1): two consecutive output pixels (ox, ox + 1) of a row share
+// one vector, lanes interleaved as in conv_pairs (lane 2k: the first pixel's dt channel k, 2k + 1: the
+// second's), so that one FMA serves both; the input pixels the pair reads through tap (ky, kx) are consecutive in
+// the channel-planar padded image (one 8-byte broadcast per channel, no bounds checks).  A row's odd last pixel
+// is a pair whose second lanes are masked off (masked FMAs keep them at zero).  Accumulators: CB channels x 2
+// pairs per (tap, channel block), in registers across a chunk's pairs; per fixed chunk of pairs (chunks_for,
+// whatever the thread count) partial sums [tap][C][16], added in chunk order, then the two lanes of each channel:
+// the same bits with any number of threads (a different summation order from conv_bwd_dz_rows).
+// (at least 4 input channels: with fewer, the padded copies cost more than the pairs save -- 1 -> 8 at the digits
+// shape measured 0.9x)
+inline bool conv_dz_pairs_on(int64_t cin, int64_t cout) {
+  const char* e = std::getenv("GEOOPS_POINCARE_CONV_DZ_PAIRS");
+  return cin >= 4 && cout <= 8 && !(e && e[0] == '0');
+}
+
+template <int CB>
+void dz_pairs_block(const float* img, int64_t Wq, const float* dtp, const int64_t* pb, const __mmask16* pm,
+                    int64_t i0, int64_t i1, int64_t off, float* dst) {
+  __m512 acc[2][CB];
+  for (int u = 0; u < 2; ++u)
+    for (int i = 0; i < CB; ++i) acc[u][i] = _mm512_setzero_ps();
+  int64_t it = i0;
+  for (; it + 2 <= i1; it += 2) {
+    for (int u = 0; u < 2; ++u) {
+      const __m512 d = _mm512_loadu_ps(dtp + (it + u) * 16);
+      const float* src = img + pb[it + u] + off;
+      const __mmask16 mk = pm[it + u];
+      for (int i = 0; i < CB; ++i) {
+        double pr;
+        std::memcpy(&pr, src + i * Wq, sizeof(double));
+        acc[u][i] = _mm512_mask3_fmadd_ps(_mm512_castpd_ps(_mm512_set1_pd(pr)), d, acc[u][i], mk);
+      }
+    }
+  }
+  for (; it < i1; ++it) {
+    const __m512 d = _mm512_loadu_ps(dtp + it * 16);
+    const float* src = img + pb[it] + off;
+    const __mmask16 mk = pm[it];
+    for (int i = 0; i < CB; ++i) {
+      double pr;
+      std::memcpy(&pr, src + i * Wq, sizeof(double));
+      acc[0][i] = _mm512_mask3_fmadd_ps(_mm512_castpd_ps(_mm512_set1_pd(pr)), d, acc[0][i], mk);
+    }
+  }
+  for (int i = 0; i < CB; ++i)
+    _mm512_storeu_ps(dst + i * 16, _mm512_add_ps(_mm512_loadu_ps(dst + i * 16), _mm512_add_ps(acc[0][i], acc[1][i])));
+}
+
+void conv_dz_pairs_run(const ConvGeom& g, const float* gt, const float* v, double beta, float* dzp) {
+  const int64_t C = g.C, Co = g.Co, nt = g.kh * g.kw;
+  const int64_t npr = (g.Wo + 1) / 2;
+  const int64_t Hp = g.H + 2 * g.py, Wq = std::max<int64_t>(g.W + 2 * g.px, 2 * npr + g.kw);
+  std::vector<float> img, sq;
+  pair_image(v, nullptr, g.B, g.H, g.W, C, Hp, Wq, g.py, g.px, img, sq);
+  const int64_t NI = g.B * g.Ho * npr;  // pairs: output row r = (b, oy), pair p
+  std::vector<float> dtp((size_t)(NI * 16));
+  std::vector<int64_t> pb((size_t)NI);
+  std::vector<__mmask16> pm((size_t)NI);
+  const __m512i inter = _mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+  const __mmask8 cmask = __mmask8((1u << Co) - 1u);
+  for (int64_t it = 0; it < NI; ++it) {
+    const int64_t r = it / npr, ox = 2 * (it % npr), oy = r % g.Ho, b = r / g.Ho;
+    const bool two = ox + 1 < g.Wo;
+    const float* gr = gt + (r * g.Wo + ox) * Co;
+    const __m512 d = (two && Co == 8)
+                         ? _mm512_loadu_ps(gr)
+                         : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(cmask, gr)),
+                                              _mm256_maskz_loadu_ps(two ? cmask : 0, gr + Co), 1);
+    _mm512_storeu_ps(dtp.data() + it * 16, _mm512_permutexvar_ps(inter, d));
+    pb[it] = (b * Hp + oy * g.sy) * C * Wq + ox;
+    pm[it] = two ? __mmask16(0xFFFF) : __mmask16(0x5555);
+  }
+  const int64_t nch = chunks_for(NI * nt * C, NI);
+  const int64_t K = nt * C;
+  std::vector<float> part((size_t)(nch * K * 16), 0.f);
+  constexpr int64_t kCache = 256;  // pairs per pass over the taps (16 KiB of dt pairs stay in L1)
+  auto work = [&](int64_t ch) {
+    const int64_t a0 = NI * ch / nch, a1 = NI * (ch + 1) / nch;
+    float* pc = part.data() + ch * K * 16;
+    for (int64_t c0 = a0; c0 < a1; c0 += kCache) {
+      const int64_t c1 = std::min(a1, c0 + kCache);
+      for (int64_t ky = 0; ky < g.kh; ++ky)
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t k = ky * g.kw + kx;
+          float* dst = pc + k * C * 16;
+          int64_t ci = 0;
+          for (; ci + 8 <= C; ci += 8)
+            dz_pairs_block<8>(img.data(), Wq, dtp.data(), pb.data(), pm.data(), c0, c1, ky * C * Wq + kx + ci * Wq, dst + ci * 16);
+          for (; ci + 4 <= C; ci += 4)
+            dz_pairs_block<4>(img.data(), Wq, dtp.data(), pb.data(), pm.data(), c0, c1, ky * C * Wq + kx + ci * Wq, dst + ci * 16);
+          for (; ci < C; ++ci)
+            dz_pairs_block<1>(img.data(), Wq, dtp.data(), pb.data(), pm.data(), c0, c1, ky * C * Wq + kx + ci * Wq, dst + ci * 16);
+        }
+    }
+  };
+  if (nch == 1) work(0);
+  else at::parallel_for(0, nch, 1, [&](int64_t i0, int64_t i1) { for (int64_t i = i0; i < i1; ++i) work(i); });
+  // dz[(ci, ky, kx), co] = beta (sum over chunks, in order, of lane 2co + lane 2co + 1)
+  for (int64_t ci = 0; ci < C; ++ci)
+    for (int64_t k = 0; k < nt; ++k) {
+      float* dst = dzp + (ci * nt + k) * Co;
+      for (int64_t co = 0; co < Co; ++co) {
+        float s0 = 0.f, s1 = 0.f;
+        for (int64_t ch = 0; ch < nch; ++ch) {
+          const float* pc = part.data() + (ch * K + k * C + ci) * 16;
+          s0 += pc[2 * co];
+          s1 += pc[2 * co + 1];
+        }
+        dst[co] = float(beta) * (s0 + s1);
+      }
+    }
+}
 #endif
 
 // dv for stride 1 of the input rows r = (b, iy) in [r0, r1): the transposed convolution of the zero-padded dt
@@ -541,6 +655,100 @@ ConvGeom make_geom(const at::Tensor& v, const at::Tensor& z, int64_t B, int64_t 
   return g;
 }
 
+// The backward of PoincareConv2dFn's logmap0 of its pixel rows (stereo_math.h's LOGMAP0, k = -c): v = A x with
+// A = atanc(z, 1 + z), z = k |x|^2, so dx = A dv + 2 k A' <x, dv> x and the row's dk = A' <x, dv> |x|^2, A' =
+// d atanc / dz.  The stereographic backward recomputes atanc (a log1p per row) and its derivative; here A comes
+// from the forward's output, A = <v, x> / |x|^2 (to the rounding of v), and A' = ((q > 1e-15 ? 1/q : 0) - A) / (2z)
+// -- or its Taylor series for |z| < 0.05, where that difference cancels (terms to z^13: truncation < 1e-17
+// relative) -- so the pass has no transcendental: per row three dot products in double (x.x, v.x, x.dv, j
+// ascending, explicit fma: the same bits wherever the row lies and whatever the thread count), the row scalars in
+// double, and dx = fma(A, dv, (2 k A' <x, dv>) x) in the rows' type.  Beyond the series, A's rounding error
+// (float v: ~2-3e-7 relative) enters A' amplified by at most A / |1/q - A| <= 30, and A' enters dx weighted by
+// 2 |z| |<x, dv>| <= 2 |z| |x| |dv|: dx within ~2-3 float roundings (the stereographic float backward: ~1).
+// When dk is asked for (a learnable curvature), A' is its main term: A then comes from atanc itself (log1p).
+constexpr double kLogSeriesCut = 0.05;
+
+// exact: A by atanc itself (a log1p per row) where the series does not apply -- for dk, in which A' is the main
+// term (A's rounding from v would enter it amplified up to 30x)
+inline void logmap0_bwd_scalars(double xx, double vx, double xg, double k, bool exact, double& a, double& f,
+                                double& dk) {
+  const double z = k * xx, q = 1.0 + z;
+  a = xx > 0 ? vx / xx : 1.0;
+  double ad;
+  if (std::fabs(z) < kLogSeriesCut) {  // d/dz sum (-1)^n z^n / (2n + 1) = sum_{n>=1} (-1)^n n z^(n-1) / (2n + 1)
+    ad = 0;
+    for (int n = 14; n >= 1; --n) ad = std::fma(ad, z, (n % 2 ? -1.0 : 1.0) * n / (2 * n + 1));
+  } else {
+    if (exact) {  // stereo_math.h's atanc(z, q)
+      const double sg = std::sqrt(std::fabs(z));
+      a = z < 0 ? 0.5 * std::log1p(2.0 * sg * (1.0 + sg) / (q > 1e-15 ? q : 1e-15)) / sg : std::atan(sg) / sg;
+    }
+    ad = ((q > 1e-15 ? 1.0 / q : 0.0) - a) / (2.0 * z);
+  }
+  f = 2.0 * k * ad * xg;
+  dk = ad * xg * xx;
+}
+
+template <typename T>
+void logmap0_rows_bwd(const T* g, const T* x, const T* v, T* dx, T* dk, int64_t i0, int64_t i1, int64_t C,
+                      double k) {
+  constexpr int64_t R = 16;
+  double xx[R], vx[R], xg[R];
+  for (int64_t b0 = i0; b0 < i1; b0 += R) {
+    const int64_t nb = std::min<int64_t>(R, i1 - b0);
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) {  // 16 rows per vector: column gathers, sums in double lanes
+      const __mmask16 mk = nb >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nb) - 1u);
+      const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                             _mm512_set1_epi32(int(C)));
+      __m512d s[3][2];
+      for (auto& h : s) h[0] = h[1] = _mm512_setzero_pd();
+      const float *xb = x + b0 * C, *vb = v + b0 * C, *gb = g + b0 * C;
+      for (int64_t j = 0; j < C; ++j) {
+        const __m512 xj = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, xb + j, 4);
+        const __m512 vj = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, vb + j, 4);
+        const __m512 gj = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, gb + j, 4);
+        const __m512d xl = _mm512_cvtps_pd(_mm512_castps512_ps256(xj)), xh = _mm512_cvtps_pd(_mm512_extractf32x8_ps(xj, 1));
+        s[0][0] = _mm512_fmadd_pd(xl, xl, s[0][0]);
+        s[0][1] = _mm512_fmadd_pd(xh, xh, s[0][1]);
+        s[1][0] = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(vj)), xl, s[1][0]);
+        s[1][1] = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(vj, 1)), xh, s[1][1]);
+        s[2][0] = _mm512_fmadd_pd(xl, _mm512_cvtps_pd(_mm512_castps512_ps256(gj)), s[2][0]);
+        s[2][1] = _mm512_fmadd_pd(xh, _mm512_cvtps_pd(_mm512_extractf32x8_ps(gj, 1)), s[2][1]);
+      }
+      double* outs[3] = {xx, vx, xg};
+      for (int t = 0; t < 3; ++t) {
+        _mm512_storeu_pd(outs[t], s[t][0]);
+        _mm512_storeu_pd(outs[t] + 8, s[t][1]);
+      }
+    } else
+#endif
+    {
+      for (int64_t i = 0; i < nb; ++i) {
+        const T *xr = x + (b0 + i) * C, *vr = v + (b0 + i) * C, *gr = g + (b0 + i) * C;
+        double a = 0, b = 0, d = 0;
+        for (int64_t j = 0; j < C; ++j) {
+          a = std::fma(double(xr[j]), double(xr[j]), a);
+          b = std::fma(double(vr[j]), double(xr[j]), b);
+          d = std::fma(double(xr[j]), double(gr[j]), d);
+        }
+        xx[i] = a, vx[i] = b, xg[i] = d;
+      }
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+      double a, f, dki;
+      logmap0_bwd_scalars(xx[i], vx[i], xg[i], k, dk != nullptr, a, f, dki);
+      if (dx) {
+        const T *xr = x + (b0 + i) * C, *gr = g + (b0 + i) * C;
+        T* o = dx + (b0 + i) * C;
+        const T at = T(a), ft = T(f);
+        for (int64_t j = 0; j < C; ++j) o[j] = std::fma(at, gr[j], ft * xr[j]);
+      }
+      if (dk) dk[b0 + i] = T(dki);
+    }
+  }
+}
+
 }  // namespace
 
 bool poincare_conv2d_direct_ok(int64_t C, int64_t Co, bool dbl) {
@@ -675,7 +883,14 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt,
         });
       }
     }
-    if (need_dz) {
+    bool dz_pairs = false;  // dz by pairs (float32, C >= 4, C_out <= 8, column stride 1)
+#if defined(CPU_CAPABILITY_AVX512)
+    if (std::is_same_v<T, float> && need_dz && g.sx == 1 && conv_dz_pairs_on(g.C, g.Co)) {
+      conv_dz_pairs_run(g, gt.data_ptr<float>(), v.data_ptr<float>(), beta, dz.data_ptr<float>());
+      dz_pairs = true;
+    }
+#endif
+    if (need_dz && !dz_pairs) {
       const int nv = nvec<T>(g.Co);
       const int64_t Cop = nv * VS;
       const int64_t K = g.kh * g.kw * g.C;
@@ -710,6 +925,32 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt,
     }
   });
   return {dv, dz};
+}
+
+
+std::tuple<at::Tensor, at::Tensor> poincare_conv2d_logmap0_bwd_cpu(const at::Tensor& g, const at::Tensor& x,
+                                                                   const at::Tensor& v, double c, bool need_dx,
+                                                                   bool need_dk) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && g.is_contiguous() && v.is_contiguous() &&
+                  g.sizes() == x.sizes() && v.sizes() == x.sizes() && g.scalar_type() == x.scalar_type() &&
+                  v.scalar_type() == x.scalar_type() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "poincare_conv2d logmap0 backward: g, x and v = logmap0(x) must be contiguous float32/64 (N, C) "
+              "rows of one dtype");
+  const int64_t N = x.size(0), C = x.size(1);
+  at::Tensor dx = need_dx ? at::empty_like(x) : at::Tensor();
+  at::Tensor dk = need_dk ? at::empty({N}, x.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_conv2d_logmap0_bwd_cpu", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* vp = v.data_ptr<scalar_t>();
+    scalar_t* dxp = need_dx ? dx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dkp = need_dk ? dk.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, N, std::max<int64_t>(16, 32768 / std::max<int64_t>(C, 1)), [&](int64_t i0, int64_t i1) {
+      logmap0_rows_bwd<scalar_t>(gp, xp, vp, dxp, dkp, i0, i1, C, -c);
+    });
+  });
+  return {dx, dk};
 }
 
 }  // namespace cpu
