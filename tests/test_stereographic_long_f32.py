@@ -268,3 +268,24 @@ def test_float_sums_accuracy(op, d, k_signs, threads, monkeypatch):
     torch.testing.assert_close(new[ok], old[ok], rtol=2e-5, atol=2e-6)
     if d > 256:
         torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("d", (9, 16, 64))
+@pytest.mark.parametrize("op", ("mobius_add", "mobius_sub"))
+def test_float_sums_overflow_falls_back(op, d, monkeypatch):
+    """A row whose float sums overflow (|x| ~ 3e25: |x|^2 beyond float's range, finite in double) sends its block's
+    sums back to double: that block equals the double sums (GEOOPS_STEREO_F32_SUMS=0) bit for bit, the huge row
+    included (before the fallback checked finiteness, the block kept its float sums: an infinite |x|^2)."""
+    g = torch.Generator().manual_seed(77 + d)
+    n = 16 * 4
+    x = torch.randn(n, d, generator=g) * 0.3 / d ** 0.5
+    y = torch.randn(n, d, generator=g) * 0.3 / d ** 0.5
+    x[16 + 5] = 3e25
+    fn = getattr(gs, op)
+    k = torch.tensor(-1.0)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")  # (D <= 16: the long path, not the register pass)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "1")
+    new = fn(x, y, k=k)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
+    old = fn(x, y, k=k)
+    torch.testing.assert_close(new[16:32], old[16:32], rtol=0, atol=0, equal_nan=True)

@@ -636,13 +636,16 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       if constexpr (kFSumOp) {
         if (f32_fsum) {
           long_sums_f32<HAS_Y, false, true>(xf, sx, yf, sy, i0, nb, nv, D, xx, yy, xy, dd, end, long_pf, after_row);
-          // a lane whose Mobius denominator is below kFloatSumsMinDen (or NaN): the block's sums again in double
+          // a lane whose Mobius denominator is below kFloatSumsMinDen (or NaN, or a sum beyond float's range): the
+          // block's sums again in double
           // (its rows are still in L1), so that the float sums' roundings are never amplified by a small den
           const double sgn = OP == MOBIUS_SUB ? -1.0 : 1.0;
           bool fine = true;
           for (int64_t b = 0; b < nv; ++b) {
             const double k = sc.k[std::min<int64_t>(i0 + b, end - 1) * sc.sk];
-            fine &= 1.0 - 2.0 * sgn * k * xy[b] + k * k * xx[b] * yy[b] >= kFloatSumsMinDen;
+            const double den = 1.0 - 2.0 * sgn * k * xy[b] + k * k * xx[b] * yy[b];
+            // (a float sum that overflowed, of a row double sums keep finite, also goes back to double)
+            fine &= den >= kFloatSumsMinDen && std::isfinite(den) && std::isfinite(xx[b]) && std::isfinite(yy[b]);
           }
           if (!fine) {
             long_sums_f32<HAS_Y, false>(xf, sx, yf, sy, i0, nb, nv, D, xx, yy, xy, dd, end, 0, [](int64_t) {});
