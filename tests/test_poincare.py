@@ -591,3 +591,27 @@ def test_fc_rows_float32_tangent_scalars_f32(monkeypatch, c, m):
     ok[5] = ok[40] = False
     assert torch.isnan(yn[5]).all() and torch.isnan(yn[40]).all()
     assert torch.equal(yn[ok], got[0][ok])
+
+
+@pytest.mark.parametrize("m", [3, 8, 16])
+@pytest.mark.parametrize("radius", [0.3, 3.0])
+def test_fc_float32_from_tangent_scalars_f32_gemm_path(monkeypatch, m, radius):
+    """The fc layer's GEMM path (x given) with from_tangent=True takes the float tangent scalars too (float32,
+    m <= 16): values and gradients vs GEOOPS_POINCARE_FC_TANH_F32=0 and vs float64; radius 3 puts most rows on
+    the projection branch."""
+    g = torch.Generator().manual_seed(m)
+    u = torch.randn(203, 9, generator=g, dtype=torch.float64) * radius
+    z, b = _params(9, m, seed=m + 1, scale=2.0)
+    outs = []
+    for knob, dt in (("1", torch.float32), ("0", torch.float32), ("1", torch.float64)):
+        monkeypatch.setenv("GEOOPS_POINCARE_FC_TANH_F32", knob)
+        uu, zz, bb = (a.to(dt).requires_grad_() for a in (u, z, b))
+        cc = torch.tensor(0.9, dtype=dt, requires_grad=True)
+        y = gp.poincare_fc(uu, zz, bb, c=cc, from_tangent=True, eps=4e-3)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=dt).view(y.shape)).sum().backward()
+        outs.append([y.detach().double(), uu.grad.double(), zz.grad.double(), bb.grad.double(), cc.grad.double()])
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        assert not torch.equal(outs[0][0], outs[1][0])  # the float scalars ran
+    for name, a, a0, w in zip(("y", "gu", "gz", "gb", "gc"), *outs):
+        torch.testing.assert_close(a, a0, rtol=2e-5, atol=2e-5, msg=name)
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4, msg=name)
