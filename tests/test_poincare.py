@@ -515,3 +515,103 @@ def test_fc_float32_lanes16_gemm_path(monkeypatch, m):
         outs.append([y.detach(), xx.grad, zz.grad, bb.grad, cc.grad])
     for name, a, a0 in zip(("y", "gx", "gz", "gb", "gc"), *outs):
         torch.testing.assert_close(a, a0, rtol=2e-5, atol=2e-5, msg=name)
+
+
+def _tangent_q_rows(c, eps, nrand, gen):
+    """q = sqrt(c) |u| of adversarial tangent rows for the float tangent scalars: 0 and tiny, both sides of the
+    series cut q^2 = 0.05 and of the exp's first switch (2q / ln 2 = 1/2, 3/2), around the projection boundary
+    tanh(q) = 1 - eps, the exp's clamp at 9, large q up to 1e18; then nrand random q in [0, 4)."""
+    qb = math.atanh(math.sqrt(c) * (1 - eps) / math.sqrt(c + 1e-15))
+    qc = math.sqrt(0.05)
+    qs = [0.0, 1e-20, 1e-8, 1e-3, 0.1, qc * (1 - 1e-6), qc, qc * (1 + 1e-6), 0.25 * math.log(2) * (1 + 1e-6),
+          0.75 * math.log(2) * (1 - 1e-6), 0.75 * math.log(2) * (1 + 1e-6), 0.35, 0.5, 0.7, 1.0, 1.5, 2.0, 2.5, 3.0,
+          qb * (1 - 1e-3), qb * (1 - 1e-5), qb * (1 - 1e-7), qb, qb * (1 + 1e-7), qb * (1 + 1e-5), 4.0, 8.9, 9.0,
+          9.1, 20.0, 1e3, 1e10, 1e18]
+    q = torch.tensor(qs, dtype=torch.float64)
+    return torch.cat([q, torch.rand(nrand, dtype=torch.float64, generator=gen) * 4])
+
+
+@pytest.mark.parametrize("c", [0.8, 0.05, 3.0])
+@pytest.mark.parametrize("m", [8, 13, 16])
+def test_fc_rows_float32_tangent_scalars_f32(monkeypatch, c, m):
+    """Session 14: the tangent rows' k1 = sc lam s, k0 = lam - 1 in float lanes (tangent_k16,
+    GEOOPS_POINCARE_FC_TANH_F32, default on) on adversarial rows (_tangent_q_rows: the series cut, the exp's
+    switches, the projection boundary, large q): per row, the float32 forward's error vs the float64 kernel within
+    2x the eager float32 reference's (torch composition) plus a floor of 5e-7 of the row's largest entry; the knob
+    off (double-lane scalars) agreeing; the path ran (some bits differ from the knob off); two calls bit-identical;
+    the gradients vs the knob off and the float64 kernel; a NaN row stays in its row."""
+    eps = 4e-3
+    gen = torch.Generator().manual_seed(m * 7 + int(c * 100))
+    q = _tangent_q_rows(c, eps, 300, gen)
+    N, n = q.numel(), 6
+    U = ((q / math.sqrt(c)) ** 2).float().double()
+    z = (torch.randn(n, m, dtype=torch.float64, generator=gen) * 0.5).float().double()
+    b = (torch.randn(m, dtype=torch.float64, generator=gen) * 0.5).float().double()
+    d = torch.randn(N, m, dtype=torch.float64, generator=gen)
+    frac = torch.rand(N, 1, dtype=torch.float64, generator=gen)
+    t = (d / d.norm(dim=1, keepdim=True) * U.sqrt()[:, None] * z.norm(dim=0)[None] * frac).float().double()
+    g = torch.randn(N, m, dtype=torch.float64, generator=gen).float().double()
+    c64 = torch.tensor(c, dtype=torch.float64)
+    args32 = [a.float() for a in (t, U, z, b)] + [c64.float()]
+
+    def run():
+        y = pops.poincare_fc_rows_fwd(*args32, eps, True)
+        return [y] + list(pops.poincare_fc_rows_bwd(g.float(), *args32, eps, 14, True))
+
+    monkeypatch.delenv("GEOOPS_POINCARE_FC_TANH_F32", raising=False)
+    got, again = run(), run()
+    monkeypatch.setenv("GEOOPS_POINCARE_FC_TANH_F32", "0")
+    off = run()
+    monkeypatch.delenv("GEOOPS_POINCARE_FC_TANH_F32")
+    names = ("y", "gt", "gU", "gz", "gb", "gc")
+    for name, a, a2 in zip(names, got, again):
+        assert torch.equal(a, a2), name
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        assert not torch.equal(got[0], off[0])  # the float scalars ran
+    y64 = pops.poincare_fc_rows_fwd(t, U, z, b, c64, eps, True)
+    yref = pops._Reference.poincare_fc_rows_fwd(*args32, eps, True).double()
+    scale = y64.abs().amax(dim=1).clamp_min(1e-30)
+    err = ((got[0].double() - y64).abs().amax(dim=1)) / scale
+    eref = ((yref - y64).abs().amax(dim=1)) / scale
+    eoff = ((off[0].double() - y64).abs().amax(dim=1)) / scale
+    bad = err > 2 * eref + 5e-7
+    assert not bad.any(), (q[bad], err[bad], eref[bad])
+    assert (eoff <= 2 * eref + 5e-7).all()
+    assert ((got[0].double() - off[0].double()).abs().amax(dim=1) / scale).max() < 2e-6
+    d64 = pops.poincare_fc_rows_bwd(g, t, U, z, b, c64, eps, 14, True)
+    for name, a, a0, w in zip(names[1:], got[1:], off[1:], d64):
+        sc_ = max(w.abs().max().item(), 1.0)
+        torch.testing.assert_close(a, a0, rtol=1e-4, atol=1e-5 * sc_, msg=name)
+        torch.testing.assert_close(a.double(), w, rtol=1e-4, atol=1e-5 * sc_, msg=name)
+    # a NaN in U (this row's scalars) and in t stay in their rows
+    Un, tn = args32[1].clone(), args32[0].clone()
+    Un[5], tn[40, 0] = float("nan"), float("nan")
+    yn = pops.poincare_fc_rows_fwd(tn, Un, *args32[2:], eps, True)
+    ok = torch.ones(N, dtype=torch.bool)
+    ok[5] = ok[40] = False
+    assert torch.isnan(yn[5]).all() and torch.isnan(yn[40]).all()
+    assert torch.equal(yn[ok], got[0][ok])
+
+
+@pytest.mark.parametrize("m", [3, 8, 16])
+@pytest.mark.parametrize("radius", [0.3, 3.0])
+def test_fc_float32_from_tangent_scalars_f32_gemm_path(monkeypatch, m, radius):
+    """The fc layer's GEMM path (x given) with from_tangent=True takes the float tangent scalars too (float32,
+    m <= 16): values and gradients vs GEOOPS_POINCARE_FC_TANH_F32=0 and vs float64; radius 3 puts most rows on
+    the projection branch."""
+    g = torch.Generator().manual_seed(m)
+    u = torch.randn(203, 9, generator=g, dtype=torch.float64) * radius
+    z, b = _params(9, m, seed=m + 1, scale=2.0)
+    outs = []
+    for knob, dt in (("1", torch.float32), ("0", torch.float32), ("1", torch.float64)):
+        monkeypatch.setenv("GEOOPS_POINCARE_FC_TANH_F32", knob)
+        uu, zz, bb = (a.to(dt).requires_grad_() for a in (u, z, b))
+        cc = torch.tensor(0.9, dtype=dt, requires_grad=True)
+        y = gp.poincare_fc(uu, zz, bb, c=cc, from_tangent=True, eps=4e-3)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=dt).view(y.shape)).sum().backward()
+        outs.append([y.detach().double(), uu.grad.double(), zz.grad.double(), bb.grad.double(), cc.grad.double()])
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        assert not torch.equal(outs[0][0], outs[1][0])  # the float scalars ran
+    for name, a, a0, w in zip(("y", "gu", "gz", "gb", "gc"), *outs):
+        torch.testing.assert_close(a, a0, rtol=2e-5, atol=2e-5, msg=name)
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-4, msg=name)

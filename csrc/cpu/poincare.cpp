@@ -457,6 +457,67 @@ inline __m512 f32_of(const double* p) { return f32_of(_mm512_loadu_pd(p), _mm512
 inline __m512d lo_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 inline __m512d hi_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
 
+// Session 14: the tangent rows' forward scalars k1 = sc lam s, k0 = lam - 1 of 16 rows in float lanes
+// (GEOOPS_POINCARE_FC_TANH_F32, default on; 0: block_scalars' double lanes, read per call), in place of the
+// double-lane SLEEF tanh and its divisions (~25 % of the forward at the digits shape).  q = sc max(|u|, 1e-15),
+// s = tanh(q)/q, lam = 2 / (1 - tanh(q)^2):
+//   q^2 < 0.05: s by stereo::tanc_series(-q^2) (truncation < 1e-10), lam = 2 / (1 - q^2 s^2) (q^2 s^2 < 0.05:
+//     no cancellation);
+//   else e = exp(-2q) = 2^n (1 + p), n = round(-2q / ln 2) <= -1, the reduction r = -2q - n ln 2 formed in
+//     double and rounded once (so q's own rounding is not amplified by 2q), e^r - 1 = p by its Taylor polynomial
+//     to r^7 (|r| <= ln2/2, truncation < 1e-8); s = ((1 - 2^n) - 2^n p) / (((1 + 2^n) + 2^n p) q) and
+//     lam = 2 cosh(q)^2 = ((1 + 2^n) + 2^n p)^2 / (2 e): no cancelling difference (1 - 2^n >= 1/2), where the
+//     float form 2 / (1 - c |x|^2) (the eager reference's) loses lam times a rounding near the boundary;
+//   projected rows (s |u| > maxnorm): s = maxnorm / |u|, lam = 2 / (1 - c maxnorm^2) (double constants).
+// Each of s and lam within a few float roundings (~4e-7 relative), k1 = sc lam s one more: the elements' a =
+// k1 t C - k0 S are then within a few roundings of the double path's (which rounds k1, k0 to float too).  q is
+// clamped at 9 for the exp (tanh(9) = 1 in float: such rows are projected for any eps >= 1.2e-7).
+// The backward's first pass (fc_bwd_block_lanes16) recomputes a from the same k1, k0, so its w, A match the
+// forward's (and the saved fields); its derivative terms keep the double scalars.
+inline bool fc_tanh_f32_on() {
+  const char* e = std::getenv("GEOOPS_POINCARE_FC_TANH_F32");
+  return !(e && e[0] == '0');
+}
+inline void tangent_k16(const double* U, double c, double sc, double maxnorm, Vectorized<float>& k1,
+                        Vectorized<float>& k0) {
+  using V = Vectorized<float>;
+  const double lmax = 2.0 / (1.0 - c * maxnorm * maxnorm);
+  __m512d nd[2], qd[2], n2[2], rd[2];
+  for (int h = 0; h < 2; ++h) {
+    nd[h] = _mm512_max_pd(_mm512_set1_pd(1e-15), _mm512_sqrt_pd(_mm512_loadu_pd(U + 8 * h)));  // NaN stays NaN
+    qd[h] = _mm512_mul_pd(_mm512_set1_pd(sc), nd[h]);
+    const __m512d x = _mm512_mul_pd(_mm512_set1_pd(-2.0), _mm512_min_pd(qd[h], _mm512_set1_pd(9.0)));
+    n2[h] = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    rd[h] = _mm512_fnmadd_pd(n2[h], _mm512_set1_pd(0.69314718055994531), x);
+  }
+  const V nn(f32_of(nd[0], nd[1])), q(f32_of(qd[0], qd[1])), n(f32_of(n2[0], n2[1])), r(f32_of(rd[0], rd[1]));
+  const V q2(f32_of(_mm512_mul_pd(qd[0], qd[0]), _mm512_mul_pd(qd[1], qd[1])));
+  V p(1.f / 5040.f);
+  p = at::vec::fmadd(p, r, V(1.f / 720.f));
+  p = at::vec::fmadd(p, r, V(1.f / 120.f));
+  p = at::vec::fmadd(p, r, V(1.f / 24.f));
+  p = at::vec::fmadd(p, r, V(1.f / 6.f));
+  p = at::vec::fmadd(p, r, V(0.5f));
+  p = at::vec::fmadd(p, r, V(1.f));
+  p = p * r;                           // e^r - 1
+  const V p2 = vecmath::pow2_f(n);     // 2^n
+  const V num = at::vec::fnmadd(p2, p, V(1.f) - p2);
+  const V den = at::vec::fmadd(p2, p, V(1.f) + p2);
+  const V e = at::vec::fmadd(p2, p, p2);
+  const V ss = stereo::tanc_series(q2.neg());
+  const V small = q2 < V(0.05f);
+  V s = V::blendv(num / (den * q), ss, small);
+  V lam = V::blendv((den * den) / (e + e), V(2.f) / at::vec::fnmadd(q2 * ss, ss, V(1.f)), small);
+  k1 = V(float(sc)) * lam * s;
+  k0 = lam - V(1.f);
+  const V proj = s * nn > V(float(maxnorm));
+  if (vecmath::any_lane(proj)) {
+    k1 = V::blendv(k1, V(float(sc * lmax * maxnorm)) / nn, proj);
+    k0 = V::blendv(k0, V(float(lmax - 1.0)), proj);
+  }
+}
+
 // zero the per-row scalars of the lanes [nr, next multiple of 16) of a block: padding lanes compute on zeros
 template <typename T>
 inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
@@ -471,18 +532,22 @@ inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
 template <bool SAVE>
 __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, int64_t nr, BlockBuf<float>& bb,
                                                     bool tangent, const ColVec<float>& cv, double c, double sc,
-                                                    double maxnorm, int64_t m, bool lanes, float* sv) {
+                                                    double maxnorm, int64_t m, bool lanes, float* sv, bool ftan) {
   using V = Vectorized<float>;
   const double inv_sc = 1.0 / sc;
-  block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0, nullptr, nullptr,
-                lanes);
+  ftan = ftan && tangent;  // bb.X: |u|^2 of the rows (padding lanes zeroed below)
+  if (!ftan)
+    block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0, nullptr, nullptr,
+                  lanes);
   pad_block_lanes(bb, nr);
   const __m512i idx = lane_rows(m);
   alignas(64) float wbuf[kLanesF * kLanesF];
   const __m512d one = _mm512_set1_pd(1.0), vc = _mm512_set1_pd(c), vmax = _mm512_set1_pd(maxnorm);
   for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
     const __mmask16 mk = lane_mask(nr - g0);
-    const V k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
+    V k1, k0;
+    if (ftan) tangent_k16(bb.X + g0, c, sc, maxnorm, k1, k0);
+    else k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
     const float* tg = tb + g0 * m;
     __m512d slo = _mm512_setzero_pd(), shi = _mm512_setzero_pd();
     for (int64_t j = 0; j < m; ++j) {
@@ -518,6 +583,7 @@ __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, 
 }
 #else
 inline bool fc_lanes16_on(int64_t) { return false; }
+inline bool fc_tanh_f32_on() { return false; }
 #endif
 
 // The forward's element math of a block: w into y.  Out of line, as the compiler chose when fc_fwd_block was its
@@ -560,14 +626,16 @@ inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool t
 template <typename T>
 inline void fc_fwd_block_any(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
                              double c, double sc, double maxnorm, int64_t m, bool lanes, bool lanes16,
-                             float* sv = nullptr) {
+                             float* sv = nullptr, bool ftan = false) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, float>) {
-    if (lanes16 && sv) return fc_fwd_block_lanes16<true>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, sv);
-    if (lanes16) return fc_fwd_block_lanes16<false>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, nullptr);
+    if (lanes16 && sv)
+      return fc_fwd_block_lanes16<true>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, sv, ftan);
+    if (lanes16)
+      return fc_fwd_block_lanes16<false>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, nullptr, ftan);
   }
 #endif
-  (void)sv;
+  (void)sv, (void)ftan;
   fc_fwd_block<T>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
 }
 
@@ -596,6 +664,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   T* yp = y.data_ptr<T>();
   const bool lanes = poincare_row_lanes();
   const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m);
+  const bool ftan = lanes16 && tangent && fc_tanh_f32_on();
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
@@ -605,7 +674,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
         const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
         for (int64_t i = 0; i < nr; ++i) bb.X[i] = double(up[r0 + i]);
         fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, lanes16,
-                            saved ? saved + r0 / kSaveLanes * 3 * m * kSaveLanes : nullptr);
+                            saved ? saved + r0 / kSaveLanes * 3 * m * kSaveLanes : nullptr, ftan);
       }
     });
     return;
@@ -629,7 +698,8 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       at::Tensor tb = t.narrow(0, r0, nr);
       mkl_packed::block_gemm(&zpk, tb, x.narrow(0, r0, nr), z);
       for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
-      fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, lanes16);
+      fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, lanes16, nullptr,
+                          ftan);
     }
   });
 }
@@ -681,6 +751,7 @@ struct Lanes16Bwd {
   double c, sc;
   int64_t m;
   const float* sv;  // the block's saved fields from the forward (fc_saved_floats layout), or null
+  bool ftan;        // tangent rows with the forward's float scalars (tangent_k16): pass 1's a from them too
 };
 
 __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64_t nr, BlockBuf<float>& bb, float* sc16, float* acc,
@@ -693,7 +764,9 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
   for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
     const __mmask16 mk = lane_mask(nr - g0);
     float* gsc = sc16 + (g0 / kLanesF) * 7 * fs;  // t, g, w, cu, A, ra (+1 spare)
-    const V k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
+    V k1, k0;
+    if (p.ftan) tangent_k16(bb.U + g0, p.c, p.sc, maxnorm, k1, k0);
+    else k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
     __m512d slo = _mm512_setzero_pd(), shi = _mm512_setzero_pd(), glo = _mm512_setzero_pd(), ghi = slo;
     for (int64_t j = 0; j < m; ++j) {
       const V t = V(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, p.tb + g0 * m + j, 4));
@@ -849,6 +922,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
   const bool du_in_pass = rows_only && tangent && lanes;
   const bool lanes16 = std::is_same_v<T, float> && lanes && fc_lanes16_on(m);
+  const bool ftan = lanes16 && tangent && fc_tanh_f32_on();
   T* gUp = rows_only ? gU->data_ptr<T>() : nullptr;
   auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb, bool have_ug = false) {
     using VD = Vectorized<double>;
@@ -924,7 +998,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         if (lanes16) {
           pad_block_lanes(bb, nr);
           const Lanes16Bwd p{tb, gp + r0 * m, gtp + r0 * m, cv.C.data(), cv.S.data(), cv.Z2.data(), c, sc, m,
-                             saved ? saved + r0 / kSaveLanes * 3 * m * kSaveLanes : nullptr};
+                             saved ? saved + r0 / kSaveLanes * 3 * m * kSaveLanes : nullptr, ftan};
           std::fill(acc16.begin(), acc16.end(), 0.f);
           gcd += fc_bwd_block_lanes16(p, nr, bb, sc16.data(), acc16.data(), maxnorm, dmax_dc, rowcoef.data() + r0, gl16);
           for (int64_t ii = 0; ii < nr; ++ii) gcd += gl16[ii];
