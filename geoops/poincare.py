@@ -551,6 +551,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
                                             or (bias is not None and bias.requires_grad))
         return PoincareConv2dFn.apply(x, z, bias, c, cfg.geo_keep if keep else cfg.geo)
     _check_image(op, x)
+    geo_args = (kernel_size, padding, stride)  # as given: the cache's key
     kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
     if z.dim() != 2 or z.shape[0] != x.shape[1] * kernel[0] * kernel[1]:
         _fail(op, f"z must have shape (in_channels*kh*kw, out_channels) = ({x.shape[1] * kernel[0] * kernel[1]}, "
@@ -577,7 +578,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         cfg = _ConvCfg(x, Co, kernel, padding, stride, cdt)
         if (_conv_cache_on() and out_dtype == cdt and x.dtype == cdt and z.dtype == cdt
                 and (bias is None or bias.dtype == cdt)):
-            key = _conv_cfg_key(x, z, bias, kernel_size, padding, stride)
+            key = _conv_cfg_key(x, z, bias, *geo_args)
             if key is not None:
                 if len(_CONV_CFG) >= _CONV_CFG_MAX:
                     _CONV_CFG.clear()
