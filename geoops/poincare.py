@@ -542,7 +542,16 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     layer's fused row passes on (t, |u|^2) (expmap0 + project of each patch row included).  Gradients to x, z,
     bias and c."""
     op = "poincare_conv2d"
+    cfg = _conv_cfg_hit(x, z, bias, c, kernel_size, padding, stride)
+    if cfg is not None:
+        # the same argument metadata as an earlier call that passed every check below and took the eager CPU
+        # Function, and a curvature checked by its mark: the checks would pass again and pick the same path
+        # (see _conv_cfg_key); the per-call conditions were re-read by _conv_cfg_hit
+        keep = torch.is_grad_enabled() and (x.requires_grad or z.requires_grad or c.requires_grad
+                                            or (bias is not None and bias.requires_grad))
+        return PoincareConv2dFn.apply(x, z, bias, c, cfg.geo_keep if keep else cfg.geo)
     _check_image(op, x)
+    geo_args = (kernel_size, padding, stride)  # as given: the cache's key
     kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
     if z.dim() != 2 or z.shape[0] != x.shape[1] * kernel[0] * kernel[1]:
         _fail(op, f"z must have shape (in_channels*kh*kw, out_channels) = ({x.shape[1] * kernel[0] * kernel[1]}, "
@@ -566,7 +575,15 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         bb = None if bias is None else bias.to(cdt)
         # the fc rows' fields for the backward only where a backward can follow
         keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, z, bias, ct))
-        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, kernel, padding, stride, _eps(None, cdt), keep)
+        cfg = _ConvCfg(x, Co, kernel, padding, stride, cdt)
+        if (_conv_cache_on() and out_dtype == cdt and x.dtype == cdt and z.dtype == cdt
+                and (bias is None or bias.dtype == cdt)):
+            key = _conv_cfg_key(x, z, bias, *geo_args)
+            if key is not None:
+                if len(_CONV_CFG) >= _CONV_CFG_MAX:
+                    _CONV_CFG.clear()
+                _CONV_CFG[key] = cfg
+        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, cfg.geo_keep if keep else cfg.geo)
         return y.to(out_dtype)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
@@ -619,22 +636,18 @@ class PoincareConv2dFn(torch.autograd.Function):
     the (B*Ho*Wo, C_out) output rows (the layout changes inside the Function: no view / permute nodes)."""
 
     @staticmethod
-    def forward(ctx, x, z, bias, c, kernel, padding, stride, eps, keep):
+    def forward(ctx, x, z, bias, c, geo):
         C2 = _backend.compiled()
-        B, C, H, W = x.shape
-        x = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
+        # geo: _ConvCfg's tuple (the image and output sizes, kernel / padding / stride, eps, beta, ...)
+        B, C, H, W, Ho, Wo, Co, kernel, padding, stride, eps, seps, beta, direct, keep = geo
         kh, kw = kernel
-        Co = z.shape[1]
+        x = _image_rows(x, B * H * W, C)
         k1 = _k64_rows(c)
-        seps = _ref.default_eps(x.dtype)
         v = C2.stereo_fwd_cpu(_LOGMAP0, x, None, k1, None, seps)  # (B*H*W, C) tangent pixel rows
-        beta = beta_concat_scale(C, C * kh * kw)
-        if _direct_conv_on(C2, C, Co, B * H * W, x.dtype):
+        if direct and _direct_conv_knob_on():
             # the direct small-channel convolution: t and the box sums U in one pass (no MKL-DNN call)
             z = z.contiguous()
             trows, Ur = C2.poincare_conv2d_fwd_cpu(v, z, B, H, W, kh, kw, *padding, *stride, beta)
-            Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
-            Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
             wk = sq = None
         else:
             wk = (z * beta).view(C, kh, kw, Co).permute(3, 0, 1, 2)
@@ -650,22 +663,20 @@ class PoincareConv2dFn(torch.autograd.Function):
         # C_out <= 16 on AVX-512; else an empty tensor): the backward skips their asinh / sinh / cosh
         y, fsave = C2.poincare_fc_rows_fwd_save_cpu(trows, Ur, z, b, c, eps, True, keep and _fc_save_on())
         ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave)
-        ctx.geo = (B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta)
+        ctx.geo = geo
         return _rows_as_image(y, B, Co, Ho, Wo)
 
     @staticmethod
     def backward(ctx, g):
         x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave = ctx.saved_tensors
-        B, H, W, Ho, Wo, kernel, padding, stride, eps, seps, beta = ctx.geo
+        B, C, H, W, Ho, Wo, Co, kernel, padding, stride, eps, seps, beta, _, _ = ctx.geo
         ng = ctx.needs_input_grad
         C2 = _backend.compiled()
-        C, Co = x.shape[1], z.shape[1]
         has_b = bias is not None
         b = x.new_empty(0) if bias is None else bias
         mask = 1 | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
-        g = g.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)  # free when g is channels last
-        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_saved_cpu(g.contiguous(), trows, Ur, z, b, c, eps, mask, True,
-                                                                fsave)
+        g = _image_rows(g, B * Ho * Wo, Co).contiguous()  # free when g is channels last
+        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_saved_cpu(g, trows, Ur, z, b, c, eps, mask, True, fsave)
         if wk is None:  # the forward's direct convolution: dv (with the box sums' term) and dz in one call
             gv, gzd = C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, *kernel, *padding, *stride, beta,
                                                  bool(ng[0] or ng[3]), bool(ng[1]))
@@ -714,14 +725,90 @@ def _fc_save_on() -> bool:
     return os.environ.get("GEOOPS_POINCARE_FC_SAVE", "0") == "1"
 
 
-def _direct_conv_on(C2, C: int, Co: int, npix: int, dtype) -> bool:
+def _direct_conv_fits(C2, C: int, Co: int, npix: int, dtype) -> bool:
     """PoincareConv2dFn's Euclidean step by the direct small-channel kernel (csrc/cpu/poincare_conv.cpp) instead
     of MKL-DNN where it measured faster (1 thread, fwd+bwd): up to 16 input and output channels on up to 16384
     pixels (the digits CNN 1.4-1.7x; 32 channels or 32768 pixels ~0.95x, MKL-DNN's fixed cost amortised).
-    GEOOPS_POINCARE_DIRECT_CONV=0 (read per call) keeps F.conv2d / convolution_backward, for A/B."""
+    The shape's part (``_ConvCfg``); GEOOPS_POINCARE_DIRECT_CONV=0 (``_direct_conv_knob_on``, read per call)
+    keeps F.conv2d / convolution_backward, for A/B."""
     return (C <= _DIRECT_CONV_MAX_CH and Co <= _DIRECT_CONV_MAX_CH and npix <= _DIRECT_CONV_MAX_PIX
-            and os.environ.get("GEOOPS_POINCARE_DIRECT_CONV", "1") != "0"
-            and C2.poincare_conv2d_direct_ok(C, Co, dtype == torch.float64))
+            and C2 is not None and C2.poincare_conv2d_direct_ok(C, Co, dtype == torch.float64))
+
+
+def _direct_conv_knob_on() -> bool:
+    return os.environ.get("GEOOPS_POINCARE_DIRECT_CONV", "1") != "0"
+
+
+def _conv_cache_on() -> bool:
+    """GEOOPS_POINCARE_CONV_CACHE=0 (read per call; default on): poincare_conv2d runs its argument checks on
+    every call instead of once per argument metadata (``_conv_cfg_key``), for A/B."""
+    return os.environ.get("GEOOPS_POINCARE_CONV_CACHE", "1") != "0"
+
+
+def _int_geo(v) -> bool:
+    """An int or a pair of ints, exactly (a bool, a float or a list is not: it takes the checks)."""
+    return type(v) is int or (type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int)
+
+
+def _conv_cfg_key(x, z, bias, kernel_size, padding, stride):
+    """The key of poincare_conv2d's checked-arguments cache, or None (no caching for this call): everything its
+    checks and its path choice read except the curvature and the per-call state -- the tensors' exact types
+    (plain: Tensor or Parameter), shapes, dtypes and devices, and the geometry arguments as given (ints or pairs
+    of ints only, so 3.0 or True cannot share a key with 3 or 1).  Values and version counters are not in it:
+    no check reads a value of x, z or bias (the curvature's are checked through its mark per call)."""
+    if type(x) not in _library._PLAIN or type(z) not in _library._PLAIN or (
+            bias is not None and type(bias) not in _library._PLAIN):
+        return None
+    if not (_int_geo(kernel_size) and _int_geo(padding) and _int_geo(stride)):
+        return None
+    return (x.shape, x.dtype, x.device, z.shape, z.dtype, z.device,
+            None if bias is None else (bias.shape, bias.dtype, bias.device), kernel_size, padding, stride)
+
+
+_CONV_CFG: dict = {}  # _conv_cfg_key -> _ConvCfg, filled by poincare_conv2d's eager CPU path (cleared when full)
+_CONV_CFG_MAX = 64
+
+
+def _conv_cfg_hit(x, z, bias, c, kernel_size, padding, stride):
+    """poincare_conv2d's cached checks: the _ConvCfg of an earlier call with the same argument metadata (only
+    calls whose x, z and bias had the compute dtype and that took PoincareConv2dFn are stored) when c is a
+    curvature marked as checked (``_mark_checked_curvature``: positive, version-guarded) of that dtype and the
+    per-call conditions of that path hold now (eager, no mode, GEOOPS_POINCARE_FUSED, the C++ backend); else
+    None (the caller runs every check)."""
+    if not _conv_cache_on() or _valid_mark(c) is None or not _library.direct_call_ok():
+        return None
+    key = _conv_cfg_key(x, z, bias, kernel_size, padding, stride)
+    cfg = _CONV_CFG.get(key) if key is not None else None
+    if (cfg is None or c.dtype != cfg.cdt or not _fused_on()
+            or _backend.resolve(cfg.device, _ops.FAMILY) != "cpp"):
+        return None
+    return cfg
+
+
+class _ConvCfg:
+    """What poincare_conv2d derives from checked arguments of one metadata key: the device and compute dtype, and
+    PoincareConv2dFn's ``geo`` tuple (sizes, kernel / padding / stride pairs, eps, the stereographic margin, beta,
+    whether the direct kernel fits, keep) with keep False / True."""
+
+    __slots__ = ("device", "cdt", "geo", "geo_keep")
+
+    def __init__(self, x, Co, kernel, padding, stride, cdt):
+        B, C, H, W = x.shape
+        kh, kw = kernel
+        Ho = (H + 2 * padding[0] - kh) // stride[0] + 1
+        Wo = (W + 2 * padding[1] - kw) // stride[1] + 1
+        direct = _direct_conv_fits(_backend.compiled(), C, Co, B * H * W, cdt)
+        geo = (B, C, H, W, Ho, Wo, Co, kernel, padding, stride, _eps(None, cdt), _ref.default_eps(cdt),
+               beta_concat_scale(C, C * kh * kw), direct)
+        self.device, self.cdt, self.geo, self.geo_keep = x.device, cdt, geo + (False,), geo + (True,)
+
+
+def _image_rows(x, n: int, C: int):
+    """The (B, C, H, W) image x as its (B*H*W, C) pixel rows: a view for a channels-last x (as_strided, cheaper
+    than the permute and reshape), else permute + reshape (a copy)."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x.as_strided((n, C), (C, 1))
+    return x.permute(0, 2, 3, 1).reshape(n, C)
 
 
 _DIRECT_CONV_MAX_CH = 16
@@ -747,9 +834,11 @@ def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps, v):
         gcf = gc.to(c.dtype).reshape(()) + gcl
         gcf = gcf.reshape(c.shape)
     if ng[0]:
-        B, H, W = ctx.geo[:3]
-        gx = gx.view(B, H, W, x.shape[1]).permute(0, 3, 1, 2)  # the image's shape, channels last
-    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None, None, None, None, None)
+        B, C, H, W = ctx.geo[:4]
+        # the rows as the image's shape, channels last
+        gx = (gx.as_strided((B, C, H, W), (H * W * C, 1, W * C, C)) if gx.is_contiguous()
+              else gx.view(B, H, W, C).permute(0, 3, 1, 2))
+    return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None)
 
 
 class PoincareFcRowsFn(torch.autograd.Function):
