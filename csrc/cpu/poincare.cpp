@@ -161,6 +161,18 @@ struct ColVec {
   }
 };
 
+// (e^r - 1) / r for the reduced argument |r| <= ln2 / 2 of the float exps below: Taylor terms to r^6 (Horner)
+inline Vectorized<float> expm1_over_r_f(const Vectorized<float>& r) {
+  using V = Vectorized<float>;
+  V p(1.f / 5040.f);
+  p = at::vec::fmadd(p, r, V(1.f / 720.f));
+  p = at::vec::fmadd(p, r, V(1.f / 120.f));
+  p = at::vec::fmadd(p, r, V(1.f / 24.f));
+  p = at::vec::fmadd(p, r, V(1.f / 6.f));
+  p = at::vec::fmadd(p, r, V(0.5f));
+  return at::vec::fmadd(p, r, V(1.f));
+}
+
 // e^x of float vectors with 1 <= x (the sinh / cosh side of sinh_cosh_abs_f), inline (no SLEEF call, which
 // spilled every live vector register): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor
 // polynomial to r^7 (truncation < 6e-9 relative), times 2^(n-1) * 2 (so that e^x just below the float maximum
@@ -171,13 +183,7 @@ inline Vectorized<float> exp_ge1_f(const Vectorized<float>& x_in) {
   const V x = at::vec::minimum(x_in, V(89.f));
   const V n = (x * V(1.44269504088896341f)).round();
   const V r = (x - n * V(0.693145751953125f)) - n * V(1.42860682030941723e-06f);
-  V p(1.f / 5040.f);
-  p = at::vec::fmadd(p, r, V(1.f / 720.f));
-  p = at::vec::fmadd(p, r, V(1.f / 120.f));
-  p = at::vec::fmadd(p, r, V(1.f / 24.f));
-  p = at::vec::fmadd(p, r, V(1.f / 6.f));
-  p = at::vec::fmadd(p, r, V(0.5f));
-  p = at::vec::fmadd(p, r, V(1.f));
+  V p = expm1_over_r_f(r);
   p = at::vec::fmadd(p, r, V(1.f));
   const V p2 = vecmath::pow2_f(n, 126);  // 2^(n-1)
   return (p * p2) * V(2.f);
@@ -493,13 +499,7 @@ inline void tangent_k16(const double* U, double c, double sc, double maxnorm, Ve
   }
   const V nn(f32_of(nd[0], nd[1])), q(f32_of(qd[0], qd[1])), n(f32_of(n2[0], n2[1])), r(f32_of(rd[0], rd[1]));
   const V q2(f32_of(_mm512_mul_pd(qd[0], qd[0]), _mm512_mul_pd(qd[1], qd[1])));
-  V p(1.f / 5040.f);
-  p = at::vec::fmadd(p, r, V(1.f / 720.f));
-  p = at::vec::fmadd(p, r, V(1.f / 120.f));
-  p = at::vec::fmadd(p, r, V(1.f / 24.f));
-  p = at::vec::fmadd(p, r, V(1.f / 6.f));
-  p = at::vec::fmadd(p, r, V(0.5f));
-  p = at::vec::fmadd(p, r, V(1.f));
+  V p = expm1_over_r_f(r);
   p = p * r;                           // e^r - 1
   const V p2 = vecmath::pow2_f(n);     // 2^n
   const V num = at::vec::fnmadd(p2, p, V(1.f) - p2);
