@@ -11,15 +11,13 @@ from geoops import stereographic as st
 from geoops._backend import compiled
 from geoops.nn import PoincareBall, PoincareBatchNorm2d
 
+from _poincare_rows import bn_rows
+from _stress import assert_bitwise_repeatable, heap_churn
 
-def _inputs(N, D, dtype, seed, c=0.9):
-    g0 = torch.Generator().manual_seed(seed)
-    x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.8, c=c)
-    if N > 2:  # one row near the boundary (1 - c|x|^2 ~ 2e-3)
-        x[N // 2] = x[N // 2] / x[N // 2].norm() * (1 - 1e-3) / c ** 0.5
-    bias = torch.randn(D, generator=g0, dtype=torch.float64) * 0.3
-    gy = torch.randn(N, D, generator=g0, dtype=torch.float64)
-    return x.to(dtype), bias.to(dtype), gy.to(dtype)
+
+def _inputs(N, D, dtype, seed):
+    """x (one row near the boundary), the bias (not on the ball) and the upstream gradient: bn_rows' first three."""
+    return bn_rows(N, D, dtype, seed, bias_on_ball=False)[:3]
 
 
 def _layer(x, bias, gy, c=0.9, w=0.8):
@@ -73,33 +71,19 @@ def test_bn_small_gemm_accuracy_vs_fp64(monkeypatch, D):
 def test_bn_train_bitwise_reproducible_heap_and_threads(dtype, D):
     """The training layer's two C++ calls (the gu row pass included) agree bit for bit on identical inputs
     after heap churn, at 4-byte buffer offsets and with 1 or 2 threads (N = 5000: several row chunks)."""
-    from test_poincare_layers import _heap_churn
-
     C = compiled()
     rng, held = random.Random(D), []
-    nth = torch.get_num_threads()
-    try:
-        for N in (12, 5000):
-            x, bias, gy = _inputs(N, D, dtype, D + N)
-            ref_out = None
-            for rep in range(8 if N == 12 else 4):
-                torch.set_num_threads(1 + rep % 2)
-                off = rep % 4
-                bx, bg = torch.empty(N * D + 8, dtype=dtype), torch.empty(N * D + 8, dtype=dtype)
-                xs, gs = bx[off:off + N * D].view(N, D), bg[off:off + N * D].view(N, D)
-                xs.copy_(x), gs.copy_(gy)
-                _heap_churn(rng, held)
-                fw = C.poincare_bn_train_fwd_cpu(xs, bias, 0.8, 0.9, float(N), 1e-6, 4e-3)
-                y, var, m, u, v, M, b, mid, tr = fw
-                _heap_churn(rng, held)
-                bw = C.poincare_bn_train_bwd_cpu(gs, xs, bias, m, mid, u, v, M, b, tr, 0.9, 4e-3)
-                out = list(fw) + list(bw)
-                if ref_out is None:
-                    ref_out = out
-                for i, (a, r) in enumerate(zip(out, ref_out)):
-                    assert torch.equal(a, r), (N, rep, i)
-    finally:
-        torch.set_num_threads(nth)
+
+    def train(xs, gs):
+        fw = C.poincare_bn_train_fwd_cpu(xs, bias, 0.8, 0.9, float(N), 1e-6, 4e-3)
+        y, var, m, u, v, M, b, mid, tr = fw
+        heap_churn(rng, held)
+        bw = C.poincare_bn_train_bwd_cpu(gs, xs, bias, m, mid, u, v, M, b, tr, 0.9, 4e-3)
+        return list(fw) + list(bw)
+
+    for N in (12, 5000):
+        x, bias, gy = _inputs(N, D, dtype, D + N)
+        assert_bitwise_repeatable(train, (x, gy), 8 if N == 12 else 4, rng, held, tag=(N,))
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])

@@ -18,6 +18,9 @@ import hypll.nn as hnn  # noqa: E402
 from hypll.manifolds.poincare_ball import Curvature, PoincareBall as HBall  # noqa: E402
 from hypll.tensors import ManifoldTensor, TangentTensor  # noqa: E402
 
+from _poincare_rows import bn_rows  # noqa: E402
+from _stress import assert_bitwise_repeatable, heap_churn, offset_copies  # noqa: E402
+
 F32 = dict(rtol=5e-4, atol=5e-5)
 
 
@@ -1297,17 +1300,6 @@ def _bn_kernel_outputs(x, b, g, gm, c, eps=4e-3, M=None):
     return [u, m, torch.tensor(S), mid, dx, torch.tensor(dc), y, gv, gM, gb, gc]
 
 
-def _bn_lane_inputs(N, D, dtype, seed, c=0.9):
-    g0 = torch.Generator().manual_seed(seed)
-    x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.8, c=c)
-    if N > 2:  # one row near the boundary (1 - c|x|^2 ~ 2e-3): the cancelling terms the sums must keep
-        x[N // 2] = x[N // 2] / x[N // 2].norm() * (1 - 1e-3) / math.sqrt(c)
-    b = gp.expmap0(torch.randn(D, generator=g0, dtype=torch.float64) * 0.3, c=c)
-    g = torch.randn(N, D, generator=g0, dtype=torch.float64)
-    gm = torch.randn(D, generator=g0, dtype=torch.float64)
-    return [t.to(dtype) for t in (x, b, g)] + [gm.to(dtype)]
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("D", list(range(1, 18)))  # D = 17: past kBnLaneMaxD, the row path either way
 def test_bn_lanes_vs_row_sums(monkeypatch, dtype, D):
@@ -1317,7 +1309,7 @@ def test_bn_lanes_vs_row_sums(monkeypatch, dtype, D):
     (N = 1 is degenerate: u = 0, the gradients rounding noise.)"""
     tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=3e-6, atol=1e-7)
     for N in (2, 7, 9, 263):
-        x, b, g, gm = _bn_lane_inputs(N, D, dtype, 100 * D + N)
+        x, b, g, gm = bn_rows(N, D, dtype, 100 * D + N)
         gM = torch.Generator().manual_seed(D + N)
         M = (torch.eye(D, dtype=torch.float64) * 0.8 + torch.randn(D, D, generator=gM, dtype=torch.float64) * 0.1)
         M = M.to(dtype)
@@ -1340,12 +1332,10 @@ def test_bn_lanes_bitwise_reproducible(dtype, D):
     """Rows on lanes: every sum in a fixed order, so the kernels agree bit for bit on the same data at any buffer
     alignment (the rows copied to 4-byte offsets in a larger buffer)."""
     N = 301
-    x, b, g, gm = _bn_lane_inputs(N, D, dtype, D)
+    x, b, g, gm = bn_rows(N, D, dtype, D)
     outs = []
     for off in range(4):
-        bx, bg = torch.empty(N * D + 8, dtype=dtype), torch.empty(N * D + 8, dtype=dtype)
-        xs, gs = bx[off:off + N * D].view(N, D), bg[off:off + N * D].view(N, D)
-        xs.copy_(x), gs.copy_(g)
+        xs, gs = offset_copies(off, x, g)
         outs.append(_bn_kernel_outputs(xs, b, gs, gm, 0.9))
     for o in outs[1:]:
         for a, r in zip(o, outs[0]):
@@ -1361,7 +1351,7 @@ def test_bn_lanes_nan_stays_in_its_row(D):
 
     C = compiled()
     N, r = 21, 9  # row 9: lane 1 of the second vector of 8 lanes
-    x, b, g, gm = _bn_lane_inputs(N, D, torch.float32, D)
+    x, b, g, gm = bn_rows(N, D, torch.float32, D)
     ct = torch.tensor(0.9)
     none = x.new_empty(0)
     u = x.clone()
@@ -1419,18 +1409,6 @@ def test_bn_lanes_fp32_accuracy_vs_fp64(D, training):
         assert err <= 2 * ref_err + floor, (i, float(err), float(ref_err))
 
 
-def _heap_churn(rng, held):
-    """malloc / free a few small blocks (kept ones in `held`): the next std::vector the kernels allocate lands at
-    another 16-byte offset of a 64-byte line."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-    for _ in range(rng.randint(0, 30)):
-        p = libc.malloc(rng.choice([8, 16, 24, 32, 40, 48, 64, 96, 128, 200, 1000]))
-        held.append(p) if rng.random() < 0.5 else libc.free(p)
-
-
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
 @pytest.mark.parametrize("D", [4, 8, 20])
 def test_bn_kernels_bitwise_reproducible_heap_and_threads(D):
@@ -1441,26 +1419,11 @@ def test_bn_kernels_bitwise_reproducible_heap_and_threads(D):
     import random
 
     rng, held = random.Random(D), []
-    nth = torch.get_num_threads()
-    try:
-        for N in (12, 5000):
-            for seed in range(6 if N == 12 else 2):
-                x, b, g, gm = _bn_lane_inputs(N, D, torch.float64, seed)
-                ref_out = None
-                for rep in range(12 if N == 12 else 4):
-                    torch.set_num_threads(1 + rep % 2)
-                    off = rep % 4
-                    bx, bg = torch.empty(N * D + 8, dtype=x.dtype), torch.empty(N * D + 8, dtype=x.dtype)
-                    xs, gs = bx[off:off + N * D].view(N, D), bg[off:off + N * D].view(N, D)
-                    xs.copy_(x), gs.copy_(g)
-                    _heap_churn(rng, held)
-                    out = _bn_kernel_outputs(xs, b, gs, gm, 0.9)
-                    if ref_out is None:
-                        ref_out = out
-                    for i, (a, r) in enumerate(zip(out, ref_out)):
-                        assert torch.equal(a, r), (N, seed, rep, i)
-    finally:
-        torch.set_num_threads(nth)
+    for N in (12, 5000):
+        for seed in range(6 if N == 12 else 2):
+            x, b, g, gm = bn_rows(N, D, torch.float64, seed)
+            assert_bitwise_repeatable(lambda xs, gs: _bn_kernel_outputs(xs, b, gs, gm, 0.9), (x, g),
+                                      12 if N == 12 else 4, rng, held, tag=(N, seed))
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
@@ -1485,7 +1448,7 @@ def test_batchnorm_backward_reentrant_after_heap_churn(monkeypatch, glue):
         def jacobian():
             rows, g = [], torch.zeros_like(y)
             for j in range(y.numel()):
-                _heap_churn(rng, held)
+                heap_churn(rng, held)
                 g.view(-1).zero_()
                 g.view(-1)[j] = 1
                 gs = torch.autograd.grad(y, (x, bias, w, c), g, retain_graph=True)
@@ -1513,28 +1476,14 @@ def test_relu_kernels_bitwise_reproducible_heap_and_threads(monkeypatch, dtype, 
         monkeypatch.setenv(kk, vv)
     C = _backend.compiled()
     rng, held = random.Random(D), []
-    nth = torch.get_num_threads()
-    try:
-        for N in (77, 9000):
-            g0 = torch.Generator().manual_seed(N + D)
-            x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.8, c=0.9).to(dtype)
-            g = torch.randn(N, D, generator=g0, dtype=torch.float64).to(dtype)
-            c = torch.tensor(0.9, dtype=dtype)
-            ref_out = None
-            for rep in range(8):
-                torch.set_num_threads(1 + rep % 2)
-                off = rep % 4
-                bx, bg = torch.empty(N * D + 8, dtype=dtype), torch.empty(N * D + 8, dtype=dtype)
-                xs, gs = bx[off:off + N * D].view(N, D), bg[off:off + N * D].view(N, D)
-                xs.copy_(x), gs.copy_(g)
-                _heap_churn(rng, held)
-                out = (C.poincare_relu_fwd_cpu(xs, c, 4e-3), *C.poincare_relu_bwd_cpu(gs, xs, c, 4e-3))
-                if ref_out is None:
-                    ref_out = out
-                for i, (a, r) in enumerate(zip(out, ref_out)):
-                    assert torch.equal(a, r), (N, rep, i)
-    finally:
-        torch.set_num_threads(nth)
+    c = torch.tensor(0.9, dtype=dtype)
+    for N in (77, 9000):
+        g0 = torch.Generator().manual_seed(N + D)
+        x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.8, c=0.9).to(dtype)
+        g = torch.randn(N, D, generator=g0, dtype=torch.float64).to(dtype)
+        assert_bitwise_repeatable(
+            lambda xs, gs: (C.poincare_relu_fwd_cpu(xs, c, 4e-3), *C.poincare_relu_bwd_cpu(gs, xs, c, 4e-3)),
+            (x, g), 8, rng, held, tag=(N,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
