@@ -1089,16 +1089,6 @@ def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
         assert torch.autograd.gradcheck(lambda t: gp.flatten(t, c=c), (x0.clone().requires_grad_(True),))
 
 
-def _churn_heap(rng, held):
-    """A few malloc / free calls of assorted sizes (moves where the next buffers land)."""
-    import ctypes
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-    for _ in range(rng.randint(0, 30)):
-        p = libc.malloc(rng.choice([8, 16, 24, 40, 64, 96, 200, 1000]))
-        held.append(p) if rng.random() < 0.5 else libc.free(p)
-
-
 def _bitwise_grads_repeat(fn, ins, g):
     """The gradients of fn(*ins) from 6 backward calls with 1 / 2 threads and heap churn in between: all equal."""
     import random
@@ -1109,7 +1099,7 @@ def _bitwise_grads_repeat(fn, ins, g):
         runs = []
         for rep in range(6):
             torch.set_num_threads(1 + rep % 2)
-            _churn_heap(rng, held)
+            heap_churn(rng, held, sizes=(8, 16, 24, 40, 64, 96, 200, 1000))
             runs.append(torch.autograd.grad(out, [t for t in ins if t.requires_grad], g, retain_graph=True))
     finally:
         torch.set_num_threads(nth)
