@@ -5,6 +5,8 @@ thread count; these helpers vary all three between calls of the same kernel (imp
 pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # malloc sizes of heap_churn: the next std::vector a kernel allocates lands at another 16-byte offset of a 64-byte line
@@ -52,3 +54,14 @@ def assert_bitwise_repeatable(run, tensors, reps, rng, held, tag=()):
                 assert torch.equal(a, r), (*tag, rep, i)
     finally:
         torch.set_num_threads(nth)
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """torch's intra-op thread count set to n inside the block, restored afterwards."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)

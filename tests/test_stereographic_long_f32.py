@@ -16,6 +16,9 @@ import geoops.stereographic as gs
 from geoops._ops.stereographic import STEREO_OPS
 from geoops.reference import stereographic as ref
 
+from _stereo_rows import per_row_k, row_rel_err
+from _stress import num_threads
+
 OPS = list(STEREO_OPS)
 DIMS = (17, 31, 32, 48, 63, 64, 100, 128)
 
@@ -52,14 +55,18 @@ def _inputs(op: str, n: int, d: int, seed: int, width: int | None = None):
     return out
 
 
-def _call(op, args, k):
+def _ordered(op, args):
+    """The op's positional arguments from the dict: (r, x) or (x[, y])."""
     order = ("r", "x") if op == "mobius_scalar_mul" else ("x", "y")
-    return getattr(gs, op)(*(args[a] for a in order if a in args), k=k)
+    return [args[a] for a in order if a in args]
+
+
+def _call(op, args, k):
+    return getattr(gs, op)(*_ordered(op, args), k=k)
 
 
 def _ref(op, args, k):
-    order = ("r", "x") if op == "mobius_scalar_mul" else ("x", "y")
-    return getattr(ref, op)(*(args[a].double() for a in order if a in args), k=k.double())
+    return getattr(ref, op)(*(a.double() for a in _ordered(op, args)), k=k.double())
 
 
 def _row_err(out, expect, args):
@@ -67,8 +74,12 @@ def _row_err(out, expect, args):
     cancel in float on both paths)."""
     if out.dim() == 1:
         return ((out.double() - expect).abs() / expect.abs().clamp_min(1e-6))
-    scale = torch.maximum(expect.norm(dim=-1), args["x"].double().norm(dim=-1) * 0.1)
-    return (out.double() - expect).norm(dim=-1) / scale.clamp_min(1e-30)
+    return row_rel_err(out, expect, args["x"])
+
+
+def _halved(args):
+    """x and y (not r) scaled by 1/2: inside k = 0.25's domain."""
+    return {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}
 
 
 @pytest.mark.parametrize("nt", ("1", "0"))
@@ -110,8 +121,8 @@ def test_long_rows_f32_strided_and_per_row_k(op, monkeypatch):
     """Rows of stride 80 (views of wider rows) and per-row k of both signs: same as the previous path."""
     n, d = 16 * 3 + 5, 64
     args = _inputs(op, n, d, seed=11, width=80)
-    k = torch.tensor([-1.0, -0.3, 0.0, 0.25] * n)[:n].reshape(n, 1)
-    args = {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}  # inside k = 0.25's domain
+    k = per_row_k(n, (-1.0, -0.3, 0.0, 0.25))
+    args = _halved(args)
     expect = _ref(op, args, k)
     monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", "1")
     new = _call(op, args, k)
@@ -132,26 +143,14 @@ def test_one_pass_matches_blocked(op, d, threads, monkeypatch):
     """The one-pass loop (GEOOPS_STEREO_ONE_PASS, session 12: block j's sums interleaved with block j - 1's writes)
     gives the blocked loop's output bit for bit: odd D (masked tails), row counts with a partial last block in each
     thread's chunk, a single partial block, NaN rows, per-row k, strided rows, 1 and 2 threads."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for n, width, per_row_k in ((1031, None, False), (13, None, False), (613, d + 5, True)):
-            args = _inputs(op, n, d, seed=d + n)
-            if width:
-                args = {key: (torch.cat([t, torch.zeros(n, width - d)], 1)[:, :d] if key != "r" else t)
-                        for key, t in args.items()}
-            args["x"][n // 2, d // 3] = float("nan")
-            k = (torch.tensor([-1.0, -0.3, 0.0, 0.25] * n)[:n].reshape(n, 1) if per_row_k else torch.tensor(-1.0))
-            if per_row_k:
-                args = {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}
+    with num_threads(threads):
+        for n, args, k in _cases(op, d, tiny=False):
             monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", "0")
             old = _call(op, args, k)
             monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", "1")
             new = _call(op, args, k)
-            torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"n={n} width={width}")
+            torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"n={n}")
             assert new[n // 2].isnan().any() or op in ("project", "lambda_x")
-    finally:
-        torch.set_num_threads(prev)
 
 
 # ---------------------------------------------------------------- session 14
@@ -162,30 +161,28 @@ STAGE_OPS = ("expmap", "expmap0", "logmap", "logmap0", "dist", "mobius_scalar_mu
 
 
 def _with_threads(threads, fn):
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         return fn()
-    finally:
-        torch.set_num_threads(prev)
 
 
-def _cases(op, d):
-    """(n, args, k): a partial last block per thread chunk with a NaN row; one partial block; strided rows with
-    per-row k of both signs; tiny rows (the series branch)."""
+def _cases(op, d, tiny=True):
+    """(n, args, k): a partial last block per thread chunk with a NaN row (row n // 2); one partial block; strided
+    rows (stride d + 5) with per-row k of both signs; with `tiny`, rows 1..3 of the k = -1 cases scaled by 1e-4 (the
+    series branch)."""
     out = []
-    for n, width, per_row_k in ((1031, None, False), (13, None, False), (613, d + 5, True)):
+    for n, width, per_row in ((1031, None, False), (13, None, False), (613, d + 5, True)):
         args = _inputs(op, n, d, seed=d + n)
         if width:
             args = {key: (torch.cat([t, torch.zeros(n, width - d)], 1)[:, :d] if key != "r" else t)
                     for key, t in args.items()}
         args["x"][n // 2, d // 3] = float("nan")
-        if per_row_k:
-            k = torch.tensor([-1.0, -0.3, 0.0, 0.25] * n)[:n].reshape(n, 1)
-            args = {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}
+        if per_row:
+            k = per_row_k(n, (-1.0, -0.3, 0.0, 0.25))
+            args = _halved(args)
         else:
             k = torch.tensor(-1.0)
-            args["x"][1:4] *= 1e-4  # z below the series cut
+            if tiny:
+                args["x"][1:4] *= 1e-4  # z below the series cut
         out.append((n, args, k))
     return out
 
