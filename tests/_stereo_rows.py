@@ -21,3 +21,9 @@ def row_rel_err(out, expect, x=None):
     if x is not None:
         scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
     return (out.double() - expect).norm(dim=-1) / scale.clamp_min(1e-30)
+
+
+def op_row_err(op, out, expect, x):
+    """row_rel_err of op's output: relative to the larger of |expect| and |x| / 10 where op's write cancels
+    (WRITE_CANCELS), else to |expect|."""
+    return row_rel_err(out, expect, x if op in WRITE_CANCELS else None)

@@ -17,6 +17,8 @@ from geoops._ops.stereographic import STEREO_OPS
 from geoops.parity import stereographic as pc
 from geoops.reference import stereographic as ref
 
+from _stereo_rows import op_row_err, per_row_k, row_rel_err
+
 OPS = list(STEREO_OPS)
 DIMS = (1, 2, 3, 5, 8, 9, 10, 16, 17, 31, 32, 33)
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -175,7 +177,7 @@ def _fp32_rel_err(op: str, d: int, kv, seed: int) -> float:
     expect = getattr(ref, op)(*(a.double() for a in args32), k=k32.double())
     if ours.dim() == 1:
         ours, expect = ours.unsqueeze(-1), expect.unsqueeze(-1)
-    err = (ours - expect).norm(dim=-1) / expect.norm(dim=-1).clamp_min(1e-30)
+    err = row_rel_err(ours, expect)
     assert torch.isfinite(ours).all()
     return float(err.max())
 
@@ -236,15 +238,12 @@ def test_f32_fast_path_accuracy(op, d, monkeypatch):
     x, y = _fast_inputs(op, d, 2000, seed=100 + d)
     k = torch.tensor(-1.0)
     expect = getattr(ref, op)(*((x.double(),) if y is None else (x.double(), y.double())), k=k.double())
-    scale = expect.norm(dim=-1)
-    if op in ("mobius_add", "expmap", "logmap"):  # the size of the terms of the write
-        scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
     errs = {}
     for mode in ("2", "0"):
         monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", mode)
         out = _call(op, x, y, k).double()
         assert torch.isfinite(out).all()
-        errs[mode] = float(((out - expect).norm(dim=-1) / scale.clamp_min(1e-30)).max())
+        errs[mode] = float(op_row_err(op, out, expect, x).max())  # (relative to the write's terms where it cancels)
     # (expmap at D = 1: both paths ~1.7e-4 on rows where x and u point opposite ways: the write cancels)
     assert errs["2"] <= 4 * errs["0"] + 2e-6, errs
 
@@ -354,13 +353,12 @@ def test_f32_fused_inline_tanh_accuracy(d, monkeypatch):
     for kv in (-1.0, -0.3):
         k = torch.tensor(kv)
         expect = ref.expmap0(u.double(), k=k.double())
-        scale = expect.norm(dim=-1).clamp_min(1e-30)
         errs = {}
         for tanh in ("inline", "sleef", "double"):
             monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
             monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", tanh)
             out = gs.expmap0(u, k=k).double()
-            errs[tanh] = float(((out - expect).norm(dim=-1) / scale).max())
+            errs[tanh] = float(row_rel_err(out, expect).max())
         for tanh in ("inline", "double"):  # (inline: session 10's all-float expmap0; double: session 9's)
             assert errs[tanh] <= 6e-7 and errs[tanh] <= 3 * errs["sleef"] + 2e-7, (kv, tanh, errs)
 
@@ -387,7 +385,7 @@ def test_f32_expmap0_float_path(d, monkeypatch):
     u = u.float()
     u[40] = float("nan")  # block 1
     u[100] = 3e19  # block 3: |u|^2 overflows in float
-    kv = torch.tensor([-1.0, -0.3, -2.5] * n)[:n].reshape(n, 1)
+    kv = per_row_k(n, (-1.0, -0.3, -2.5))
     ks = {"scalar": torch.tensor(-0.7), "per_row": kv, "strided": torch.cat([kv, kv], 1)[:, :1]}
     assert ks["strided"].stride(0) == 2
     for name, k in ks.items():
@@ -431,15 +429,12 @@ def test_f32_fused_atanc_float_accuracy(op, d, monkeypatch):
         args = (y,) if op == "logmap0" else (x, y)
         k = torch.tensor(kv)
         expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
-        scale = expect.norm(dim=-1)
-        if op == "logmap":
-            scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
         errs = {}
         for tanh in ("inline", "double"):
             monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
             monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", tanh)
             out = getattr(gs, op)(*args, k=k).double()
-            errs[tanh] = float(((out - expect).norm(dim=-1) / scale.clamp_min(1e-30)).max())
+            errs[tanh] = float(op_row_err(op, out, expect, x).max())
         assert errs["inline"] <= 1e-6 and errs["inline"] <= 2 * errs["double"] + 2e-7, (kv, errs)
 
 
@@ -476,6 +471,22 @@ def _reg_inputs(op: str, d: int, n: int, seed: int):
     return x, y
 
 
+def _reg_normal_rows(expect):
+    """The rows of _reg_inputs' layout to measure: outside block 2 (the NaN row's) and block 4 (the row beyond float
+    range), where the fp64 reference is finite."""
+    ok = torch.isfinite(expect).all(-1)
+    ok[64:96] = ok[128:160] = False
+    return ok
+
+
+def _k_cases(n, scalars, **per_row):
+    """{name: k}: a single curvature per value of `scalars` (named by the value: "-1", "0.5"), then per-row
+    curvatures (n, 1) for each keyword (the name) cycling through its values."""
+    ks = {f"{v:g}": torch.tensor(v) for v in scalars}
+    ks.update({name: per_row_k(n, values) for name, values in per_row.items()})
+    return ks
+
+
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass(op, d, monkeypatch):
@@ -486,9 +497,7 @@ def test_f32_register_pass(op, d, monkeypatch):
     the fp64 math on the same inputs (relative to the output's norm, or |x| / 10 where the write cancels)."""
     n = 32 * 6 + 13
     x, y = _reg_inputs(op, d, n, seed=1200 + d)
-    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5] * n)[:n].reshape(n, 1)
-    for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
-                    "per_row": kr}.items():
+    for name, k in _k_cases(n, (-1.0, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5)).items():
         xs = x if name != "0.5" else x * 0.1  # (inside the positive ball's series range mostly)
         monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
         monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
@@ -512,12 +521,7 @@ def test_f32_register_pass(op, d, monkeypatch):
         assert torch.isnan(new[73]).all()
         args = (xs.double(),) if y is None else (xs.double(), y.double())
         expect = getattr(ref, op)(*args, k=k.double())
-        ok = torch.isfinite(expect).all(-1)
-        ok[64:96] = ok[128:160] = False
-        scale = expect.norm(dim=-1)
-        if op in ("mobius_add", "expmap", "logmap"):
-            scale = torch.maximum(scale, xs.double().norm(dim=-1) * 1e-1)
-        err = ((new.double() - expect).norm(dim=-1) / scale.clamp_min(1e-30))[ok]
+        err = op_row_err(op, new, expect, xs)[_reg_normal_rows(expect)]
         tol = 2e-4 if (op == "expmap" and d == 1) else 2e-6  # (expmap at D = 1: see test_f32_fast_path_accuracy)
         assert float(err.max()) <= tol, (name, float(err.max()))
 
@@ -539,10 +543,8 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
     the knob (=8) selects the previous path (read per call)."""
     n = 32 * 6 + 13
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
-    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0] * n)[:n].reshape(n, 1)
     differs = False
-    for name, k in {"-1": torch.tensor(-1.0), "-0.3": torch.tensor(-0.3), "0": torch.tensor(0.0),
-                    "0.5": torch.tensor(0.5), "per_row": kr}.items():
+    for name, k in _k_cases(n, (-1.0, -0.3, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5, -2.0)).items():
         for src in ("reg", "mob") if op in ("mobius_add", "expmap", "logmap") else ("reg",):
             if src == "reg":
                 x, y = _reg_inputs(op, d, n, seed=1700 + d)
@@ -570,15 +572,10 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
             args = (x,) if y is None else (x, y)
             expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
             eager = getattr(ref, op)(*args, k=k.float())
-            ok = torch.isfinite(expect).all(-1)
-            ok[64:96] = ok[128:160] = False
-            scale = expect.norm(dim=-1)
-            if op in ("mobius_add", "expmap", "logmap"):
-                scale = torch.maximum(scale, x.double().norm(dim=-1) * 1e-1)
-            scale = scale.clamp_min(1e-30)
+            ok = _reg_normal_rows(expect)
 
             def err(o):
-                return float(((o.double() - expect).norm(dim=-1) / scale)[ok].max())
+                return float(op_row_err(op, o, expect, x)[ok].max())
 
             e_new, e_eager = err(new), err(eager)
             assert e_new <= 2 * e_eager + 2e-6, (name, src, e_new, err(old), e_eager)
@@ -603,12 +600,10 @@ def test_f32_register_pass_interleaved(op, d, monkeypatch):
     x, y = _reg_inputs(op, d, n, seed=1300 + d)
     # per row: k of both signs (blocks with a positive k beyond the float series decline to the double path), and
     # k in [-1, 0] (no block declines: each group's rows see their own k)
-    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * n)[:n].reshape(n, 1)
-    kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65] * n)[:n].reshape(n, 1)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
     monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
-    for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
-                    "per_row": kr, "per_row_neg": kn}.items():
+    for name, k in _k_cases(n, (-1.0, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2),
+                            per_row_neg=(-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65)).items():
         xs = x if name != "0.5" else x * 0.1
         monkeypatch.delenv("GEOOPS_STEREO_F32_REG_IL", raising=False)
         new = _call(op, xs, y, k)
@@ -631,12 +626,10 @@ def test_f32_reciprocals_match_exact_ops(op, d, monkeypatch):
     if d > 8:  # (the fused blocks: rows of D > 8 from the same construction)
         x = torch.cat([x, x.flip(0)[:, : d - 8]], 1) * 0.7
         y = torch.cat([y, y.flip(0)[:, : d - 8]], 1) * 0.7
-    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5] * n)[:n].reshape(n, 1)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
     monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
     monkeypatch.setenv("GEOOPS_STEREO_F32_MOB", "0")  # (session 13: the double Mobius terms, whose only A/B this is)
-    for name, k in {"-1": torch.tensor(-1.0), "-0.3": torch.tensor(-0.3), "0": torch.tensor(0.0),
-                    "0.5": torch.tensor(0.5), "per_row": kr}.items():
+    for name, k in _k_cases(n, (-1.0, -0.3, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5)).items():
         xs = x if name != "0.5" else x * 0.1
         monkeypatch.delenv("GEOOPS_STEREO_F32_TANH", raising=False)
         new = _call(op, xs, y, k)
@@ -696,7 +689,7 @@ def test_f32_mobius_float_terms_accuracy(op, d, monkeypatch):
         x, y = _mob_adversarial(op, d, kv if kv is not None else -1.0, seed=1500 + d)
         n = x.shape[0]
         if kv is None:
-            k = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0] * n)[:n].reshape(n, 1)
+            k = per_row_k(n, (-1.0, -0.3, 0.0, 0.05, -0.5, -2.0))
         else:
             k = torch.tensor(kv)
         x[100] = float("nan")
@@ -710,10 +703,9 @@ def test_f32_mobius_float_terms_accuracy(op, d, monkeypatch):
         assert torch.isnan(new[100]).all()
         ok = torch.isfinite(expect).all(-1)
         ok[100] = False
-        scale = torch.maximum(expect.norm(dim=-1), x.double().norm(dim=-1) * 1e-1).clamp_min(1e-30)
 
         def err(o):
-            return float(((o.double() - expect).norm(dim=-1) / scale)[ok].max())
+            return float(row_rel_err(o, expect, x)[ok].max())
 
         e_new, e_old, e_eager = err(new), err(old), err(eager)
         # (vs the double terms: 2x, but expmap 8x — its write a x + b u cancels on rows whose y lies on the far side
