@@ -1058,6 +1058,31 @@ def test_conv2d_fc_saved_fields_bitwise(monkeypatch, cfg):
     assert asked == [True, False, False]
 
 
+def _flatten_case(shape, channels_last, dtype, seed, gseed):
+    """An image batch of `shape` at c = 0.7 with points near the boundary (radius 0.95; channels-last or not) from
+    _img(seed), the curvature tensor, and an upstream gradient of the flattened shape from gseed."""
+    B, C, H, W = shape
+    x0 = _img(B, C, H, W, c=0.7, dtype=dtype, seed=seed, radius=0.95)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(B, C * H * W, generator=torch.Generator().manual_seed(gseed), dtype=torch.float64).to(dtype)
+    return x0, torch.tensor(0.7, dtype=dtype), gy
+
+
+def _flatten_by_knob(monkeypatch, knob, x0, c, gy, fn_node):
+    """{value: (y, dx)} of gp.flatten with the env knob set to "1" and "0"; fn_node(value): whether the graph must
+    hold the eager PoincareFlattenFn node."""
+    outs = {}
+    for v in ("1", "0"):
+        monkeypatch.setenv(knob, v)
+        x = x0.clone().requires_grad_(True)
+        y = gp.flatten(x, c=c)
+        assert y.shape == gy.shape
+        assert _graph_has(y, "PoincareFlattenFn") == fn_node(v)
+        outs[v] = (y.detach(), torch.autograd.grad(y, x, gy)[0])
+    return outs
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 3), True), ((2, 8, 8, 8), True), ((2, 3, 1, 7), False),
                                                  ((1, 1, 5, 5), True)])
@@ -1065,20 +1090,8 @@ def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
     """The eager flatten Function (PoincareFlattenFn: logmap0, reorder + beta, expmap0, project in one node)
     against the composition (GEOOPS_POINCARE_FUSED=0): values and dx; odd sizes, a channel count of 1, a
     non-channels-last image; gradcheck in float64; a learnable c takes the composition."""
-    B, C, H, W = shape
-    x0 = _img(B, C, H, W, c=0.7, dtype=dtype, seed=6, radius=0.95)
-    if channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-    c = torch.tensor(0.7, dtype=dtype)
-    gy = torch.randn(B, C * H * W, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
-    outs = {}
-    for fused in ("1", "0"):
-        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
-        x = x0.clone().requires_grad_(True)
-        y = gp.flatten(x, c=c)
-        assert y.shape == (B, C * H * W)
-        assert (fused == "1") == _graph_has(y, "PoincareFlattenFn")
-        outs[fused] = (y.detach(), torch.autograd.grad(y, x, gy)[0])
+    x0, c, gy = _flatten_case(shape, channels_last, dtype, seed=6, gseed=2)
+    outs = _flatten_by_knob(monkeypatch, "GEOOPS_POINCARE_FUSED", x0, c, gy, fn_node=lambda v: v == "1")
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
     for a, b_ in zip(outs["1"], outs["0"]):
         torch.testing.assert_close(a, b_, **tol)
@@ -1116,19 +1129,9 @@ def test_flatten_fused_vs_python_fn(monkeypatch, dtype, shape, channels_last):
     (GEOOPS_POINCARE_FLATTEN_CPP=0: the three stereographic kernels, the reorder by torch.mul into a permuted
     view): values and dx to rounding, against the float64 reference too (fp32 error within 2x the Python body's
     + floor); a NaN pixel poisons only its image's row; points near the boundary (project active)."""
-    B, C, H, W = shape
-    x0 = _img(B, C, H, W, c=0.7, dtype=dtype, seed=8, radius=0.95)
-    if channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-    c = torch.tensor(0.7, dtype=dtype)
-    gy = torch.randn(B, C * H * W, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(dtype)
-    outs = {}
-    for cpp in ("1", "0"):
-        monkeypatch.setenv("GEOOPS_POINCARE_FLATTEN_CPP", cpp)
-        x = x0.clone().requires_grad_(True)
-        y = gp.flatten(x, c=c)
-        assert _graph_has(y, "PoincareFlattenFn")
-        outs[cpp] = (y.detach(), torch.autograd.grad(y, x, gy)[0])
+    W = shape[3]
+    x0, c, gy = _flatten_case(shape, channels_last, dtype, seed=8, gseed=4)
+    outs = _flatten_by_knob(monkeypatch, "GEOOPS_POINCARE_FLATTEN_CPP", x0, c, gy, fn_node=lambda v: True)
     monkeypatch.setenv("GEOOPS_POINCARE_FLATTEN_CPP", "1")
     x64 = x0.double().requires_grad_(True)
     y64 = gp.flatten(x64, c=c.double())
