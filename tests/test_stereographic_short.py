@@ -487,6 +487,18 @@ def _k_cases(n, scalars, **per_row):
     return ks
 
 
+def _default_vs_knob(monkeypatch, op, x, y, ks, knob, value):
+    """For each (name, k) of ks: (name, xs, new, old), the op on (xs, y) with `knob` unset (the default) and with
+    knob=value; xs = x, scaled by 0.1 for k = 0.5 (inside the positive ball's series range mostly)."""
+    for name, k in ks.items():
+        xs = x if name != "0.5" else x * 0.1
+        monkeypatch.delenv(knob, raising=False)
+        new = _call(op, xs, y, k)
+        monkeypatch.setenv(knob, value)
+        old = _call(op, xs, y, k)
+        yield name, xs, new, old
+
+
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass(op, d, monkeypatch):
@@ -602,13 +614,9 @@ def test_f32_register_pass_interleaved(op, d, monkeypatch):
     # k in [-1, 0] (no block declines: each group's rows see their own k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
     monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
-    for name, k in _k_cases(n, (-1.0, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2),
-                            per_row_neg=(-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65)).items():
-        xs = x if name != "0.5" else x * 0.1
-        monkeypatch.delenv("GEOOPS_STEREO_F32_REG_IL", raising=False)
-        new = _call(op, xs, y, k)
-        monkeypatch.setenv("GEOOPS_STEREO_F32_REG_IL", "0")
-        old = _call(op, xs, y, k)
+    ks = _k_cases(n, (-1.0, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2),
+                  per_row_neg=(-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65))
+    for name, xs, new, old in _default_vs_knob(monkeypatch, op, x, y, ks, "GEOOPS_STEREO_F32_REG_IL", "0"):
         assert torch.equal(new.nan_to_num(7.0), old.nan_to_num(7.0)), name
 
 
@@ -629,12 +637,8 @@ def test_f32_reciprocals_match_exact_ops(op, d, monkeypatch):
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
     monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
     monkeypatch.setenv("GEOOPS_STEREO_F32_MOB", "0")  # (session 13: the double Mobius terms, whose only A/B this is)
-    for name, k in _k_cases(n, (-1.0, -0.3, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5)).items():
-        xs = x if name != "0.5" else x * 0.1
-        monkeypatch.delenv("GEOOPS_STEREO_F32_TANH", raising=False)
-        new = _call(op, xs, y, k)
-        monkeypatch.setenv("GEOOPS_STEREO_F32_TANH", "double")
-        exact = _call(op, xs, y, k)
+    ks = _k_cases(n, (-1.0, -0.3, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5))
+    for name, xs, new, exact in _default_vs_knob(monkeypatch, op, x, y, ks, "GEOOPS_STEREO_F32_TANH", "double"):
         assert torch.equal(new.isnan(), exact.isnan()), name
         fin = ~exact.isnan()
         terms = torch.maximum(exact.abs(), torch.maximum(xs.abs(), y.abs()))
