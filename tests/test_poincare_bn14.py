@@ -11,6 +11,7 @@ from geoops import stereographic as st
 from geoops._backend import compiled
 from geoops.nn import PoincareBall, PoincareBatchNorm2d
 
+from _compare import assert_2x_rule, assert_close_to_largest
 from _poincare_rows import bn_rows
 from _stress import assert_bitwise_repeatable, heap_churn
 
@@ -43,10 +44,7 @@ def test_bn_small_gemm_vs_mkl(monkeypatch, dtype, D):
         want = _layer(x, bias, gy)
         monkeypatch.delenv("GEOOPS_POINCARE_BN_SMALL_GEMM")
         got = _layer(x, bias, gy)
-        for i, (a, r) in enumerate(zip(got, want)):
-            assert a.shape == r.shape and a.dtype == r.dtype, i
-            scale = r.abs().max().clamp_min(1)
-            torch.testing.assert_close(a / scale, r / scale, **tol, msg=lambda s: f"{N} {i}: {s}")
+        assert_close_to_largest(got, want, tag=(N,), **tol)
 
 
 @pytest.mark.parametrize("D", [3, 8, 16])
@@ -61,8 +59,7 @@ def test_bn_small_gemm_accuracy_vs_fp64(monkeypatch, D):
     monkeypatch.setenv("GEOOPS_POINCARE_BN_SMALL_GEMM", "0")
     mkl = _layer(x, bias, gy)
     for i, (o, r, t) in enumerate(zip(got, mkl, truth)):
-        err, ref_err = (o.double() - t).abs().max(), (r.double() - t).abs().max()
-        assert err <= 2 * ref_err + 1e-6 * t.abs().max().clamp_min(1), (i, float(err), float(ref_err))
+        assert_2x_rule(o, r, t, 1e-6 * t.abs().max().clamp_min(1), tag=(i,))
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
