@@ -20,7 +20,7 @@ from hypll.tensors import ManifoldTensor, TangentTensor  # noqa: E402
 
 from _compare import assert_2x_rule, assert_close_to_largest  # noqa: E402
 from _poincare_rows import bn_rows  # noqa: E402
-from _stress import assert_bitwise_repeatable, heap_churn, offset_copies  # noqa: E402
+from _stress import assert_bitwise_repeatable, heap_churn, num_threads, offset_copies  # noqa: E402
 
 F32 = dict(rtol=5e-4, atol=5e-5)
 
@@ -707,14 +707,10 @@ def test_mlr_cpp_backward_bitwise_repeatable():
     """Two identical backward calls of the C++ MLR head agree bit for bit, with 1 and 2 threads."""
     x, z, b, gy = _mlr_case(300, 40, 12, torch.float32, seed=9)
     c = torch.tensor(0.9)
-    nth = torch.get_num_threads()
-    try:
-        runs = []
-        for th in (1, 2, 1, 2):
-            torch.set_num_threads(th)
+    runs = []
+    for th in (1, 2, 1, 2):
+        with num_threads(th):
             runs.append(_mlr_grads(x, z, b, c, gy)[1])
-    finally:
-        torch.set_num_threads(nth)
     for r in runs[1:]:
         for a, e in zip(r, runs[0]):
             assert torch.equal(a, e)
@@ -880,16 +876,12 @@ def test_conv2d_direct_dz_chunks(monkeypatch, chunk, cfg):
     gt = torch.randn(t_ref.shape, generator=g, dtype=torch.float64)
     gU = torch.zeros(t_ref.shape[0], dtype=torch.float64)
     (dz_ref,) = torch.autograd.grad((t_ref * gt).sum(), (zr,))
-    n0 = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with num_threads(n):
             for dtype, tol in ((torch.float64, 1e-11), (torch.float32, 2e-4)):
                 _, dz = C2.poincare_conv2d_bwd_cpu(gt.to(dtype), gU.to(dtype), v.to(dtype), z.to(dtype), B, H, W,
                                                    k, k, p, p, s, s, 0.6, False, True)
                 torch.testing.assert_close(dz.double(), dz_ref, rtol=tol, atol=tol)
-    finally:
-        torch.set_num_threads(n0)
 
 
 @pytest.mark.parametrize("cfg", [(64, 8, 8, 8, 8, 3, 1, 1), (64, 1, 8, 8, 8, 3, 1, 1), (2, 5, 9, 7, 3, 3, 2, 1),
@@ -910,17 +902,13 @@ def test_conv2d_direct_pairs_vs_rows(monkeypatch, cfg):
     gt = torch.randn(B * Ho * Wo, Co, generator=g)
     gU = torch.randn(B * Ho * Wo, generator=g)
     outs = {}
-    n0 = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with num_threads(n):
             for pairs in ("1", "0"):
                 monkeypatch.setenv("GEOOPS_POINCARE_CONV_PAIRS", pairs)
                 outs[n, pairs] = (C2.poincare_conv2d_fwd_cpu(v, z, B, H, W, k, k, p, p, s, s, 0.7)
                                   + C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, k, k, p, p, s, s, 0.7, True,
                                                                False)[:1])
-    finally:
-        torch.set_num_threads(n0)
     t0, U0, dv0 = outs[1, "0"]
     for key, (t, U, dv) in outs.items():
         assert torch.equal(t, t0), key
@@ -947,15 +935,11 @@ def test_conv2d_direct_kernel_threads():
     z = torch.randn(C * 9, Co, generator=g)
     gt = torch.randn(B * H * W, Co, generator=g)
     gU = torch.randn(B * H * W, generator=g)
-    n0 = torch.get_num_threads()
     res = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with num_threads(n):
             res.append(C2.poincare_conv2d_fwd_cpu(v, z, B, H, W, 3, 3, 1, 1, 1, 1, 0.5)
                        + C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, 3, 3, 1, 1, 1, 1, 0.5, True, True))
-    finally:
-        torch.set_num_threads(n0)
     t_ref, U_ref = _direct_conv_ref(v.double(), z.double(), B, H, W, (3, 3), (1, 1), (1, 1), 0.5)
     torch.testing.assert_close(res[0][0].double(), t_ref, rtol=1e-5, atol=1e-4)
     for a, b in zip(res[0], res[1]):
@@ -1030,17 +1014,13 @@ def test_conv2d_fc_saved_fields_bitwise(monkeypatch, cfg):
     r1 = C2.poincare_fc_rows_bwd_saved_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True, sv)
     for a, b_ in zip(r0, r1):
         assert torch.equal(a, b_)
-    n0 = torch.get_num_threads()
     outs = {}
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with num_threads(n):
             for save in ("1", "0"):
                 monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", save)
                 y, outs[n, save] = _conv_layer_run(x0, z0, b0, torch.float32, cfg["cgrad"], 3, 1, 1)
                 assert _graph_has(y, "PoincareConv2dFn")
-    finally:
-        torch.set_num_threads(n0)
     ref = outs[1, "0"]
     for key, o in outs.items():
         assert torch.equal(o[0], ref[0]), key
@@ -1107,16 +1087,12 @@ def _bitwise_grads_repeat(fn, ins, g):
     """The gradients of fn(*ins) from 6 backward calls with 1 / 2 threads and heap churn in between: all equal."""
     import random
     rng, held = random.Random(0), []
-    nth = torch.get_num_threads()
-    try:
-        out = fn(*ins)
-        runs = []
-        for rep in range(6):
-            torch.set_num_threads(1 + rep % 2)
+    out = fn(*ins)
+    runs = []
+    for rep in range(6):
+        with num_threads(1 + rep % 2):
             heap_churn(rng, held, sizes=(8, 16, 24, 40, 64, 96, 200, 1000))
             runs.append(torch.autograd.grad(out, [t for t in ins if t.requires_grad], g, retain_graph=True))
-    finally:
-        torch.set_num_threads(nth)
     for r in runs[1:]:
         for a, e in zip(r, runs[0]):
             assert torch.equal(a, e)
@@ -1568,15 +1544,11 @@ def test_conv2d_logmap0_kernel(dtype):
                 et = ((theirs.double() - r).abs() / (scale + 1e-30))[ok].max().item()
                 assert eo <= 2 * et + fl, (C, eo, et)
         assert torch.equal(C2.poincare_conv2d_logmap0_bwd_cpu(gv, x, v, c, False, True)[1], gk)
-        nt = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1 if nt > 1 else 2)
+        with num_threads(1 if torch.get_num_threads() > 1 else 2):
             xs = torch.empty(N * C + 3, dtype=dtype)[3:].view(N, C).copy_(x)
             gs = torch.empty(N * C + 1, dtype=dtype)[1:].view(N, C).copy_(gv)
             vs = torch.empty(N * C + 2, dtype=dtype)[2:].view(N, C).copy_(v)
             gx2, gk2 = C2.poincare_conv2d_logmap0_bwd_cpu(gs, xs, vs, c, True, True)
-        finally:
-            torch.set_num_threads(nt)
         assert torch.equal(gx, gx2) and torch.equal(gk, gk2)
 
 
@@ -1617,10 +1589,8 @@ def test_conv2d_direct_dz_pairs(monkeypatch, cfg):
     gU = torch.randn(B * Ho * Wo, generator=g)
     run = lambda vv, gg: C2.poincare_conv2d_bwd_cpu(gg, gU, vv, z, B, H, W, k, k, p, p, sy, sx, 0.7, False, True)[1]
     outs = {}
-    n0 = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with num_threads(n):
             for knob in ("1", "0"):
                 monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_PAIRS", knob)
                 outs[n, knob] = run(v, gt)
@@ -1628,8 +1598,6 @@ def test_conv2d_direct_dz_pairs(monkeypatch, cfg):
             vs = torch.empty(v.numel() + 1)[1:].view_as(v).copy_(v)
             gs = torch.empty(gt.numel() + 3)[3:].view_as(gt).copy_(gt)
             outs[n, "u"] = run(vs, gs)
-    finally:
-        torch.set_num_threads(n0)
     pairs_ran = torch.backends.cpu.get_cpu_capability() == "AVX512" and sx == 1 and Co <= 8 and C >= 4
     assert torch.equal(outs[1, "1"], outs[2, "1"]) and torch.equal(outs[1, "1"], outs[1, "u"])
     assert torch.equal(outs[2, "1"], outs[2, "u"])
