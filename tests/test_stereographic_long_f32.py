@@ -23,18 +23,24 @@ OPS = list(STEREO_OPS)
 DIMS = (17, 31, 32, 48, 63, 64, 100, 128)
 
 
+def _ball_rows(g, n, d, max_norm, near_step=0, near=0.0, width=None):
+    """n random directions (the first d columns of width-column draws) with norms uniform in [0, max_norm), every
+    near_step-th row at norm `near` instead; float64."""
+    v = torch.randn(n, width or d, generator=g, dtype=torch.float64)[:, :d]
+    v = v / v.norm(dim=-1, keepdim=True)
+    r = torch.rand(n, 1, generator=g, dtype=torch.float64) * max_norm
+    if near_step:
+        r[::near_step] = near
+    return v * r
+
+
 def _inputs(op: str, n: int, d: int, seed: int, width: int | None = None):
     """Bench-like rows for k = -1 (|x| < 0.9, some within 1e-3 of the boundary, close pairs); fp32.
     width > d: the rows are the first d columns of wider rows (row stride != d)."""
     g = torch.Generator().manual_seed(seed)
 
     def ball(max_norm, near=False):
-        v = torch.randn(n, width or d, generator=g, dtype=torch.float64)[:, :d]
-        v = v / v.norm(dim=-1, keepdim=True)
-        r = torch.rand(n, 1, generator=g, dtype=torch.float64) * max_norm
-        if near:
-            r[::7] = 1 - 1e-3
-        return v * r
+        return _ball_rows(g, n, d, max_norm, near_step=7 if near else 0, near=1 - 1e-3, width=width)
 
     args = {"x": ball(1.5 if op in ("expmap0", "project") else 0.9, near=op not in ("expmap0", "project"))}
     if STEREO_OPS[op].has_y:
@@ -210,15 +216,7 @@ def _sum_inputs(n, d, seed, k_signs):
     """mobius_add rows: norms up to the boundary (1 - 1e-4 of it), close pairs, opposite pairs (x (+) y ~ 0),
     tiny rows; k = -1 or per-row k of both signs (positive-k rows scaled inside their domain)."""
     g = torch.Generator().manual_seed(seed)
-
-    def ball(max_norm):
-        v = torch.randn(n, d, generator=g, dtype=torch.float64)
-        v = v / v.norm(dim=-1, keepdim=True)
-        r = torch.rand(n, 1, generator=g, dtype=torch.float64) * max_norm
-        r[::5] = 1 - 1e-4
-        return v * r
-
-    x, y = ball(1.0), ball(1.0)
+    x, y = (_ball_rows(g, n, d, 1.0, near_step=5, near=1 - 1e-4) for _ in range(2))
     y[7:15] = x[7:15] + 1e-5 * torch.randn(8, d, generator=g, dtype=torch.float64)
     y[15:23] = -x[15:23] * (1 - 1e-3)
     x[23:26] *= 1e-6
