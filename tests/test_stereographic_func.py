@@ -2,6 +2,7 @@
 transforms; the fused Riemannian SGD step of patch_geoopt(); the WordNet benchmark's data path."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -163,7 +164,7 @@ def test_patched_rsgd_fused_step_matches_geoopt(wd):
         opt = geoopt.optim.RiemannianSGD([emb, lin], lr=0.01, weight_decay=wd, stabilize=3)
         calls = []
         opt.register_step_post_hook(lambda *a: calls.append(1))
-        ctx = compat.patched_geoopt() if patched else _null()
+        ctx = compat.patched_geoopt() if patched else contextlib.nullcontext()
         with ctx:
             for i in range(5):
                 opt.zero_grad()
@@ -189,14 +190,6 @@ def test_patched_rsgd_falls_back_with_momentum():
         opt.step()
     assert "momentum_buffer" in opt.state[emb]  # geoopt's own step ran
     assert not compat.is_patched()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def test_wordnet_data_and_negatives():
