@@ -807,6 +807,18 @@ def test_relu_projection_branch_vs_reference(dtype):
         assert all(torch.isfinite(t).all() for t in go)
 
 
+def _direct_conv_inputs(B, C, H, W, Co, k, p, sy, sx, seed):
+    """float32 inputs of the direct convolution kernels from one generator, in this order: the pixel rows v
+    (B*H*W, C), the weights z (C*k*k, Co), the gradients gt (B*Ho*Wo, Co) and gU (B*Ho*Wo,); and Ho, Wo."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(B * H * W, C, generator=g)
+    z = torch.randn(C * k * k, Co, generator=g)
+    Ho, Wo = (H + 2 * p - k) // sy + 1, (W + 2 * p - k) // sx + 1
+    gt = torch.randn(B * Ho * Wo, Co, generator=g)
+    gU = torch.randn(B * Ho * Wo, generator=g)
+    return v, z, gt, gU, Ho, Wo
+
+
 def _direct_conv_ref(v, z, B, H, W, k, p, s, beta):
     """t = beta conv(v, z) and U = beta^2 box sums of |v|^2 by F.conv2d in float64 (the oracle of the direct
     kernel), as rows (B*Ho*Wo, C_out) and (B*Ho*Wo,)."""
@@ -895,12 +907,7 @@ def test_conv2d_direct_pairs_vs_rows(monkeypatch, cfg):
     from geoops import _backend
     C2 = _backend.compiled()
     B, C, H, W, Co, k, s, p = cfg
-    g = torch.Generator().manual_seed(12)
-    v = torch.randn(B * H * W, C, generator=g)
-    z = torch.randn(C * k * k, Co, generator=g)
-    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-    gt = torch.randn(B * Ho * Wo, Co, generator=g)
-    gU = torch.randn(B * Ho * Wo, generator=g)
+    v, z, gt, gU, _, _ = _direct_conv_inputs(B, C, H, W, Co, k, p, s, s, seed=12)
     outs = {}
     for n in (1, 2):
         with num_threads(n):
@@ -930,11 +937,7 @@ def test_conv2d_direct_kernel_threads():
     B, C, H, W, Co = 4, 16, 32, 32, 16
     if not C2.poincare_conv2d_direct_ok(C, Co, False):
         pytest.skip("channel count beyond this build's vector width (GEOOPS_PORTABLE)")
-    g = torch.Generator().manual_seed(3)
-    v = torch.randn(B * H * W, C, generator=g)
-    z = torch.randn(C * 9, Co, generator=g)
-    gt = torch.randn(B * H * W, Co, generator=g)
-    gU = torch.randn(B * H * W, generator=g)
+    v, z, gt, gU, _, _ = _direct_conv_inputs(B, C, H, W, Co, 3, 1, 1, 1, seed=3)
     res = []
     for n in (1, 2):
         with num_threads(n):
@@ -1581,12 +1584,7 @@ def test_conv2d_direct_dz_pairs(monkeypatch, cfg):
     from geoops import _backend
     C2 = _backend.compiled()
     B, C, H, W, Co, k, sy, p, sx = cfg
-    g = torch.Generator().manual_seed(21)
-    v = torch.randn(B * H * W, C, generator=g)
-    z = torch.randn(C * k * k, Co, generator=g)
-    Ho, Wo = (H + 2 * p - k) // sy + 1, (W + 2 * p - k) // sx + 1
-    gt = torch.randn(B * Ho * Wo, Co, generator=g)
-    gU = torch.randn(B * Ho * Wo, generator=g)
+    v, z, gt, gU, Ho, Wo = _direct_conv_inputs(B, C, H, W, Co, k, p, sy, sx, seed=21)
     run = lambda vv, gg: C2.poincare_conv2d_bwd_cpu(gg, gU, vv, z, B, H, W, k, k, p, p, sy, sx, 0.7, False, True)[1]
     outs = {}
     for n in (1, 2):
