@@ -6,6 +6,8 @@ streaming stores), a row count that leaves a partial block of lanes, NaN rows, s
 reference and against the previous path (both knobs 0).  NT_STORES=1 forces the streaming stores below their
 size threshold so that these small cases run them.  Session 14 (at the end): the one-call float ops' staging in
 registers (GEOOPS_STEREO_FLOAT_STAGE) and mobius_add / mobius_sub's float row sums (GEOOPS_STEREO_F32_SUMS).
+Session 15: logmap's one reciprocal of the denominator (GEOOPS_STEREO_LOGMAP_RCP), mobius_scalar_mul's float32 r
+read in place (RowScalars::rf).
 """
 from __future__ import annotations
 
@@ -200,6 +202,7 @@ def _cases(op, d, tiny=True):
 def test_float_stage_matches_staged_blocks(op, d, one_pass, threads, monkeypatch):
     """GEOOPS_STEREO_FLOAT_STAGE on (the default) and off give the same output bit for bit; knob read per call."""
     monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", one_pass)
+    monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "0")  # (logmap's one-reciprocal lanes: tested below)
     for n, args, k in _cases(op, d):
         monkeypatch.setenv("GEOOPS_STEREO_FLOAT_STAGE", "0")
         old = _with_threads(threads, lambda: _call(op, args, k))
@@ -284,3 +287,64 @@ def test_float_sums_overflow_falls_back(op, d, monkeypatch):
     monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
     old = fn(x, y, k=k)
     torch.testing.assert_close(new[16:32], old[16:32], rtol=0, atol=0, equal_nan=True)
+
+
+# ---------------------------------------------------------------- session 15
+# logmap's lanes with one reciprocal of the denominator (GEOOPS_STEREO_LOGMAP_RCP, the default) against the four
+# divisions (=0): the coefficients differ by a few double roundings, so the outputs agree to a float ulp (in practice
+# bit for bit) and keep the divisions' error against fp64; blocks with k > 0 / NaN rows go back to the divisions.
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("one_pass", ("1", "0"))
+@pytest.mark.parametrize("d", (17, 63, 64, 100))
+def test_logmap_rcp_matches_divisions(d, one_pass, threads, monkeypatch):
+    """GEOOPS_STEREO_LOGMAP_RCP on and off: outputs within 1 float ulp of each other (relative to the row's size),
+    errors against the fp64 reference within the divisions' + 1e-7; the near-boundary rows (1 - 1e-3) and close
+    pairs of _inputs included; knob read per call."""
+    monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", one_pass)
+    ndiff = 0
+    for n, args, k in _cases("logmap", d):
+        monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "0")
+        old = _with_threads(threads, lambda: _call("logmap", args, k))
+        monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "1")
+        new = _with_threads(threads, lambda: _call("logmap", args, k))
+        assert torch.equal(new.isnan(), old.isnan())
+        ok = ~new.isnan().any(-1)
+        assert ok.sum() >= n - 1
+        scale = torch.maximum(old.abs().amax(-1, keepdim=True), args["x"].abs().amax(-1, keepdim=True))[ok]
+        assert bool(((new[ok] - old[ok]).abs() <= 2 ** -23 * scale).all()), f"n={n}"
+        ndiff += int((new[ok] != old[ok]).sum())
+        expect = _ref("logmap", args, k)
+        e_new = _row_err(new[ok], expect[ok], {"x": args["x"][ok]})
+        e_old = _row_err(old[ok], expect[ok], {"x": args["x"][ok]})
+        assert bool((e_new <= e_old + 1e-7).all()), float((e_new - e_old).max())
+    assert ndiff <= 4, ndiff  # (a coefficient within ~3e-16 of a float rounding boundary: rare)
+
+
+# mobius_scalar_mul's float32 r read in place (RowScalars::rf): the C++ op with r in float32 and the same values in
+# float64 (the double copy, as before) give the same output and gradients bit for bit; per-row r of stride 1 and 2,
+# one r for all rows.
+@pytest.mark.parametrize("d", (5, 64))
+@pytest.mark.parametrize("r_kind", ("rows", "strided", "one"))
+def test_scalar_mul_float_r_in_place(d, r_kind):
+    from geoops import _backend
+    from geoops._ops.stereographic import STEREO_OPS as SO
+
+    C = _backend.compiled()
+    code = SO["mobius_scalar_mul"].code
+    n = 613
+    g = torch.Generator().manual_seed(d)
+    x = (torch.randn(n, d, generator=g) * 0.8 / d ** 0.5).float()
+    x[n // 3, 0] = float("nan")
+    gy = torch.randn(n, d, generator=g)
+    r_wide = (0.5 + 1.5 * torch.rand(2 * n, generator=g)).float()
+    r_wide[7] = -1.25
+    r32 = {"rows": r_wide[:n], "strided": r_wide[::2], "one": r_wide[3:4]}[r_kind]
+    assert r_kind != "strided" or r32.stride(0) == 2
+    k = torch.tensor([-1.0])
+    outs = []
+    for r in (r32, r32.double()):
+        out = C.stereo_fwd_cpu(code, x, None, k, r, 1e-5)
+        dx, _, dk, dr = C.stereo_bwd_cpu(code, gy, x, None, k, r, 1e-5, 1 | 4 | 8)
+        outs.append((out, dx, dk, dr))
+    for a, b in zip(*outs):  # (dr comes back in r's dtype)
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=0, atol=0, equal_nan=True)

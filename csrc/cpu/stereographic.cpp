@@ -28,7 +28,11 @@ at::Tensor rows_view(const at::Tensor& t) {
 RowScalars scalars_of(const at::Tensor& k, const c10::optional<at::Tensor>& r, at::Tensor& k64, at::Tensor& r64) {
   k64 = k.to(at::kDouble).contiguous();
   RowScalars sc{k64.data_ptr<double>(), k64.numel() == 1 ? 0 : 1, nullptr, 0};
-  if (r.has_value() && r->defined()) {
+  if (r.has_value() && r->defined() && r->scalar_type() == at::kFloat && r->dim() <= 1) {
+    // float32 r (one value, or one per row): read in place by the kernels (RowScalars::rf), no double copy
+    sc.rf = r->data_ptr<float>();
+    sc.sr = r->numel() == 1 ? 0 : (r->dim() == 1 ? r->stride(0) : 0);
+  } else if (r.has_value() && r->defined()) {
     r64 = r->to(at::kDouble).contiguous();
     sc.r = r64.data_ptr<double>();
     sc.sr = r64.numel() == 1 ? 0 : 1;

@@ -273,7 +273,7 @@ inline void block_scalars(const RowScalars& sc, int64_t i0, int64_t nv, int64_t 
   for (int64_t b = 0; b < nv; ++b) {
     const int64_t i = std::min<int64_t>(i0 + b, end - 1);
     kk[b] = sc.k[i * sc.sk];
-    rr[b] = HAS_R ? sc.r[i * sc.sr] : 0.0;
+    rr[b] = HAS_R ? sc.r_at(i) : 0.0;
   }
 }
 
@@ -298,11 +298,20 @@ inline void write_block(const scalar_t* xb, const scalar_t* yb, scalar_t* ob, in
 }
 
 // out = a x + b y + c (x - y) of one row of D elements (one-input ops: a x): the per-row writes of fwd_rows
-// and of its one-pass loop (the same code, so that both round alike).
-template <typename scalar_t, bool HAS_Y, typename opmath_t>
+// and of its one-pass loop (the same code, so that both round alike).  NO_B (logmap's fp32 long rows, whose b is
+// 0 by construction; session 15): out = fma(c, x - y, a x), the value the general loop computes there
+// (GCC contracts it to fma(c, x - y, fma(a, x, b y)), and b y = 0) up to the sign of an exact zero, without
+// the b y product.
+template <typename scalar_t, bool HAS_Y, bool NO_B = false, typename opmath_t>
 inline void write_row(const scalar_t* xr, const scalar_t* yr, scalar_t* orow, int64_t D, opmath_t a, opmath_t bb,
                       opmath_t c) {
-  if (HAS_Y) {
+  if (HAS_Y && NO_B) {
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) {
+      const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j);
+      store(orow, j, std::fma(c, xv - yv, a * xv));
+    }
+  } else if (HAS_Y) {
 #pragma omp simd
     for (int64_t j = 0; j < D; ++j) {
       const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j);
@@ -544,8 +553,61 @@ inline bool block_fwd_float_reg(const double* xx, const double* yy, const double
   }
   return ok.zero_mask() == 0;
 }
+
+// logmap's coefficients of one block of long fp32 rows with one reciprocal of the denominator (session 15): the
+// staging of block_fwd_float_reg (the float call on 16 lanes in registers), with stereo::fwd's four double
+// divisions per lane (z = k dd / den, q = nb (1 + k yy) / den, a = f k dd / den, c = -f nb / den) replaced by one,
+// rd = 1 / den, and products: z = k dd rd, q = nb (1 + k yy) rd, a = f z, c = -(f nb rd).  Each of z, q, a, c
+// then differs from the divisions' value by at most ~3 double roundings (~3e-16 relative); the coefficients are
+// rounded to float before the writes, so the output differs from the divisions' only where a coefficient lies
+// within ~3e-16 relative of a float rounding boundary (a 1-float-ulp change of that coefficient; none in the
+// tests).  den, nb, 1 + k yy stay in double (they cancel near the boundary).  The per-block test is
+// block_fwd_float_reg's (z below the float series cut, z and q finite in float); a block that fails it is redone
+// by block_fwd_float_call (the divisions, then the double call).  GEOOPS_STEREO_LOGMAP_RCP=0: block_fwd_float_reg's
+// divisions (A/B, read per call).
+inline bool logmap_rcp_on() {
+  const char* e = std::getenv("GEOOPS_STEREO_LOGMAP_RCP");
+  return !(e && e[0] == '0');
+}
+
+inline bool block_fwd_logmap_rcp(const double* xx, const double* yy, const double* xy, const double* dd,
+                                 const double* kk, int64_t nv, double* ca, double* cb, double* cc) {
+  const Vec cut(static_cast<double>(series_cut<float>())), big(1e30), one(1.0), two_(2.0), lo(min_den<double>());
+  Vec ok = Vec(0.0) == Vec(0.0);
+  for (int64_t v = 0; v < nv; v += kFLanes) {
+    const bool two = v + kLanes < nv;  // else lanes v + 8 .. v + 15 are past the block: z = 0, q = 1
+    Vec z[2] = {Vec(0.0), Vec(0.0)}, q[2] = {one, one}, nb[2], rd[2];
+    for (int h = 0; h < (two ? 2 : 1); ++h) {
+      const int64_t o = v + h * kLanes;
+      const Vec k = Vec::loadu(kk + o), x2 = Vec::loadu(xx + o), y2 = Vec::loadu(yy + o);
+      const Vec den = clamp_lo(one + two_ * k * Vec::loadu(xy + o) + k * k * x2 * y2, lo);
+      nb[h] = one + k * x2;
+      rd[h] = one / den;
+      z[h] = k * Vec::loadu(dd + o) * rd[h];
+      q[h] = nb[h] * (one + k * y2) * rd[h];
+      ok = ok & (z[h] < cut) & (z[h] > -big) & (q[h] < big);  // !(z < cut) also catches NaN
+    }
+    const __m512 zf = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(z[0])), _mm512_cvtpd_ps(z[1]), 1);
+    const __m512 qf = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(q[0])), _mm512_cvtpd_ps(q[1]), 1);
+    const __m512 f = vecmath::eval_series_neg<true>(FVec(zf), FVec(qf));
+    const Vec A[2] = {Vec(_mm512_cvtps_pd(_mm512_castps512_ps256(f))), Vec(_mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)))};
+    for (int h = 0; h < (two ? 2 : 1); ++h) {
+      const int64_t o = v + h * kLanes;
+      const Vec fa = A[h] * clamp_lo(nb[h], lo);
+      (fa * z[h]).store(ca + o);
+      Vec(0.0).store(cb + o);
+      (fa * nb[h] * rd[h]).neg().store(cc + o);
+    }
+  }
+  return ok.zero_mask() == 0;
+}
 #else
 constexpr bool kLongSumsF32 = false;
+inline bool logmap_rcp_on() { return false; }
+inline bool block_fwd_logmap_rcp(const double*, const double*, const double*, const double*, const double*, int64_t,
+                                 double*, double*, double*) {
+  return false;
+}
 template <bool HAS_Y, bool DD, typename W>
 inline void long_sums_f32(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, double*,
                           double*, double*, double*, int64_t, int64_t, W&&) {}
@@ -594,6 +656,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // a third of the D = 2 block's load/store floor), per-row k of stride 1 read in place
   const bool float_on = float_call_on();
   const bool float_stage = !SHORT && float_on && float_call_op(OP) && n_calls(OP) == 1 && float_stage_on();
+  const bool logmap_rcp = OP == LOGMAP && float_stage && logmap_rcp_on();
   alignas(64) double kconst[kMaxBlock];
   if (kF32Op && f32_fast && sc.sk == 0 && N > 0) std::fill(kconst, kconst + kMaxBlock, sc.k[0]);
   // the lane math of a block: the coefficients ca, cb, cc of its nv lanes from its row sums (kk, rr: scratch)
@@ -602,8 +665,17 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
     if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
       // long rows on AVX-512: the staging in registers (above), block_fwd_float_call for the blocks it declines
-      if constexpr (!SHORT && kLongSumsF32 && n_calls(OP) == 1) {
-        if (float_stage && block_fwd_float_reg<OP>(xx, yy, xy, dd, kk, rr, nv, param, ca, cb, cc)) return;
+      if constexpr (!SHORT && kLongSumsF32) {
+        if constexpr (OP == LOGMAP) {
+          if (logmap_rcp) {
+            if (block_fwd_logmap_rcp(xx, yy, xy, dd, kk, nv, ca, cb, cc)) return;
+            block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
+            return;
+          }
+        }
+        if constexpr (n_calls(OP) == 1) {
+          if (float_stage && block_fwd_float_reg<OP>(xx, yy, xy, dd, kk, rr, nv, param, ca, cb, cc)) return;
+        }
       }
       block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
     } else {
@@ -621,7 +693,8 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // row b of a block from row i0 with coefficients ca, cb, cc: the per-row write
   auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
     const int64_t i = i0 + b;
-    write_row<scalar_t, HAS_Y>(xp + i * sx, yp + i * sy, op_ + i * so, D, static_cast<opmath_t>(ca[b]),
+    constexpr bool kNoB = OP == LOGMAP && !SHORT && std::is_same<scalar_t, float>::value;
+    write_row<scalar_t, HAS_Y, kNoB>(xp + i * sx, yp + i * sy, op_ + i * so, D, static_cast<opmath_t>(ca[b]),
                                static_cast<opmath_t>(cb[b]), static_cast<opmath_t>(cc[b]));
   };
   // the row sums of long fp32 rows (long_sums_f32): mobius_add / mobius_sub's in float for D <= kFloatSumsMaxD
