@@ -620,6 +620,59 @@ def test_f32_register_pass_interleaved(op, d, monkeypatch):
         assert torch.equal(new.nan_to_num(7.0), old.nan_to_num(7.0)), name
 
 
+@pytest.mark.parametrize("d", (4, 5, 6, 7, 8, 9))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_register_prefetch(op, d, monkeypatch):
+    """Session 15's register pass loop with the prefetch at D = 5..8 (default) against the loop without it
+    (GEOOPS_STEREO_F32_REG_PF=0) and one group at a time (GEOOPS_STEREO_F32_REG_IL=0, no prefetch): equal bit for bit
+    over 1600 rows (blocks both with and without a block 128 rows ahead), on the register pass's rows (a NaN row, a
+    beyond-float row: their blocks take the double path) and the Mobius-adversarial rows, k = -1, 0, 0.5 and per row
+    of both signs, rows at an odd float offset (unaligned), a partial last block; D = 4, 9 (not taken) equal too.
+    The knob is read per call.  Every finite row of the default within a few float ulps of the fp64 math."""
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * 400)
+    kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65, -2.0, -0.05] * 400)
+    for src in ("reg", "mob"):
+        if src == "reg":
+            x, y = _reg_inputs(op, d, 1600 + 13, seed=1500 + d)
+            x[900] = float("nan")
+            x[1300] = 3e25
+        else:
+            x, y = _mob_adversarial(op, d, -1.0, seed=1600 + d)
+            if op in ("expmap0", "logmap0"):
+                y = None
+            x = torch.cat([x] * 6)
+            y = None if y is None else torch.cat([y] * 6)
+        m = x.shape[0]
+        # unaligned rows: the same values one (three) floats into a fresh buffer
+        xu = torch.empty(m * d + 1)[1:].view(m, d).copy_(x)
+        yu = None if y is None else torch.empty(m * d + 3)[3:].view(m, d).copy_(y)
+        for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
+                        "per_row": kr[:m].reshape(m, 1), "per_row_neg": kn[:m].reshape(m, 1)}.items():
+            for xx, yy in ((x, y), (xu, yu)):
+                xs = xx if name != "0.5" else xx * 0.1
+                out = {}
+                for pf, il in (("1", "1"), ("0", "1"), ("1", "0")):
+                    monkeypatch.setenv("GEOOPS_STEREO_F32_REG_PF", pf)
+                    monkeypatch.setenv("GEOOPS_STEREO_F32_REG_IL", il)
+                    out[pf + il] = _call(op, xs, yy, k)
+                for v in ("01", "10"):
+                    assert torch.equal(out["11"].nan_to_num(7.0), out[v].nan_to_num(7.0)), (src, name, v)
+                if name == "-1" and src == "reg":
+                    args = (xs,) if yy is None else (xs, yy)
+                    expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
+                    ok = torch.isfinite(expect).all(-1)
+                    ok[64:96] = ok[128:160] = ok[896:928] = ok[1280:1312] = False  # (NaN / beyond-float rows' blocks)
+                    scale = expect.norm(dim=-1)
+                    if op in ("mobius_add", "expmap", "logmap"):
+                        scale = torch.maximum(scale, xs.double().norm(dim=-1) * 1e-1)
+                    err = ((out["11"].double() - expect).norm(dim=-1) / scale.clamp_min(1e-30))[ok]
+                    assert float(err.max()) <= 2e-6, float(err.max())
+    monkeypatch.delenv("GEOOPS_STEREO_F32_REG_IL")
+    monkeypatch.delenv("GEOOPS_STEREO_F32_REG_PF")
+
+
 @pytest.mark.parametrize("d", (1, 2, 5, 8, 10, 16))
 @pytest.mark.parametrize("op", ("mobius_add", "expmap"))
 def test_f32_reciprocals_match_exact_ops(op, d, monkeypatch):

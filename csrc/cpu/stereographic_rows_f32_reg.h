@@ -12,6 +12,7 @@
 // the stages.  A block of 32 rows (the caller's block) is two such passes; a hard lane in either returns false
 // before anything is written (the caller runs the double path for the block), as the fused path.
 // GEOOPS_STEREO_F32_REG=0: the previous paths (A/B; read per call); =8: only at D <= 8 (session 13's dispatch).
+// Session 15: D = 5..8 prefetch the rows 128 ahead (reg_loop's PF; GEOOPS_STEREO_F32_REG_PF=0: off).
 #pragma once
 
 #include <cstdint>
@@ -99,13 +100,43 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
   return true;
 }
 
+// Session 15: software prefetch of the rows kPfRows ahead of the block (x, y for reading, out for writing) at
+// D = 5..8.  The lane math between two blocks' loads is long (~200 ns per 32 rows at D = 5) and the rows are short,
+// so the hardware prefetchers (which stop at each 4 KiB page: every ~13 blocks here) leave the block's loads to miss:
+// standalone over 2^20 rows (streaming, 1 thread) the prefetch took expmap 129 -> 112, logmap 123 -> 98, mobius_add
+// 106 -> 79, logmap0 88 -> 68, expmap0 70 -> 56 ns per 16 rows at D = 5 (128 rows ahead with out's lines for
+// writing; 64 and 256 rows, or x / y alone, measured less).  A hint only: same values.  GEOOPS_STEREO_F32_REG_PF=0:
+// no prefetch (A/B; read per chunk).
+constexpr int kPfRows = 128, kPfLo = 5, kPfHi = 8;
+inline bool reg_pf() {
+  const char* e = std::getenv("GEOOPS_STEREO_F32_REG_PF");
+  return !(e && e[0] == '0');
+}
+// The lines of the n bytes from p, q (if HAS_Y) for reading and from w for writing (prefetchw where the target has it).
+template <bool HAS_Y, int N>
+inline __attribute__((always_inline)) void prefetch_rows(const float* p, const float* q, float* w) {
+#pragma GCC unroll 16
+  for (int b = 0; b < N; b += 64) {
+    __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 3);
+    if constexpr (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(q) + b, 0, 3);
+    __builtin_prefetch(reinterpret_cast<char*>(w) + b, 1, 3);
+  }
+}
+
 // The rows [begin, end) of x, y, out (D floats each, back to back) in blocks of NB rows from begin (the caller's
 // blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
-template <int OP, int D, int NB, bool IL, typename F>
+// PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).
+template <int OP, int D, int NB, bool IL, bool PF, typename F>
 inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
                      int64_t sk, const double* kconst, int inline_exp, F&& fallback) {
   constexpr bool HAS_Y = stereo::op_has_y(OP);
   for (int64_t i0 = begin; i0 < end; i0 += NB) {
+    if constexpr (PF) {
+      if (end - i0 >= kPfRows + NB) {
+        const int64_t a = (i0 + kPfRows) * D;
+        prefetch_rows<HAS_Y, NB * D * 4>(x + a, HAS_Y ? y + a : y, o + a);
+      }
+    }
     const int64_t nb = std::min<int64_t>(NB, end - i0);
     const double* kb = sk == 0 ? kconst : k + i0;
     if (nb == NB && block_reg<OP, D, NB, IL>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, inline_exp)) {
@@ -129,18 +160,24 @@ template <int OP, int NB, typename F>
 inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, const float* y, float* o,
                       const double* k, int64_t sk, const double* kconst, int inline_exp, bool il, F&& fallback) {
 #if defined(CPU_CAPABILITY_AVX512)
-#define GEOOPS_REG_CASE(DD)                                                                       \
-  return il ? reg_loop<OP, DD, NB, true>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback) \
-            : reg_loop<OP, DD, NB, false>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback)
+#define GEOOPS_REG_CASE(DD)                                                                              \
+  return il ? reg_loop<OP, DD, NB, true, false>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback) \
+            : reg_loop<OP, DD, NB, false, false>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback)
+  // D = 5..8 (session 15): with the prefetch unless GEOOPS_STEREO_F32_REG_PF=0 (interleaved groups only)
+#define GEOOPS_REG_CASE_PF(DD)                                                                        \
+  if (il && reg_pf()) {                                                                               \
+    return reg_loop<OP, DD, NB, true, true>(begin, end, x, y, o, k, sk, kconst, inline_exp, fallback); \
+  }                                                                                                   \
+  GEOOPS_REG_CASE(DD)
   switch (D) {
     case 1: GEOOPS_REG_CASE(1);
     case 2: GEOOPS_REG_CASE(2);
     case 3: GEOOPS_REG_CASE(3);
     case 4: GEOOPS_REG_CASE(4);
-    case 5: GEOOPS_REG_CASE(5);
-    case 6: GEOOPS_REG_CASE(6);
-    case 7: GEOOPS_REG_CASE(7);
-    case 8: GEOOPS_REG_CASE(8);
+    case 5: GEOOPS_REG_CASE_PF(5);
+    case 6: GEOOPS_REG_CASE_PF(6);
+    case 7: GEOOPS_REG_CASE_PF(7);
+    case 8: GEOOPS_REG_CASE_PF(8);
     case 9: GEOOPS_REG_CASE(9);
     case 10: GEOOPS_REG_CASE(10);
     case 11: GEOOPS_REG_CASE(11);
@@ -150,6 +187,7 @@ inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, con
     case 15: GEOOPS_REG_CASE(15);
     case 16: GEOOPS_REG_CASE(16);
   }
+#undef GEOOPS_REG_CASE_PF
 #undef GEOOPS_REG_CASE
 #else
   (void)D, (void)x, (void)y, (void)o, (void)k, (void)sk, (void)kconst, (void)inline_exp, (void)il;

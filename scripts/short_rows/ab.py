@@ -1,5 +1,5 @@
-"""A/B of the fp32 short-row forward: default vs GEOOPS_STEREO_F32_MOB=0, x the limit op.
-1 thread, time.thread_time, interleaved rounds, medians.  usage: ab.py DIMS OPS ROUNDS"""
+"""A/B of the fp32 short-row forward: default vs GEOOPS_STEREO_F32_MOB=0 (or KNOB=0), x the limit op.
+1 thread, time.thread_time, interleaved rounds, medians.  usage: ab.py DIMS OPS ROUNDS [KNOB]"""
 import os, sys, time, statistics as st
 import torch
 torch.set_num_threads(1)
@@ -9,6 +9,7 @@ from bench.stereographic import make_inputs, limit_call, op_call, geoops_fn
 dims = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "2,5,10,16").split(",")]
 ops = (sys.argv[2] if len(sys.argv) > 2 else "mobius_add,expmap,logmap,expmap0,logmap0").split(",")
 R = int(sys.argv[3]) if len(sys.argv) > 3 else 9
+KNOB = sys.argv[4] if len(sys.argv) > 4 else "GEOOPS_STEREO_F32_MOB"  # session 15: e.g. GEOOPS_STEREO_F32_REG_PF
 N = 2 ** 20
 def t1(f):
     t = time.thread_time(); f(); return time.thread_time() - t
@@ -17,14 +18,14 @@ for d in dims:
         inp = make_inputs(op, N, d, torch.float32, "cpu")
         g = op_call(geoops_fn(op), op); lim = limit_call(op)
         def new():
-            os.environ.pop("GEOOPS_STEREO_F32_MOB", None); g(inp)
+            os.environ.pop(KNOB, None); g(inp)
         def old():
-            os.environ["GEOOPS_STEREO_F32_MOB"] = "0"; g(inp)
+            os.environ[KNOB] = "0"; g(inp)
         for f in (new, old, lambda: lim(inp)): f(); f()
         tl, tn, to = [], [], []
         for r in range(R):
             tl.append(t1(lambda: lim(inp))); tn.append(t1(new)); to.append(t1(old))
-        os.environ.pop("GEOOPS_STEREO_F32_MOB", None)
+        os.environ.pop(KNOB, None)
         ml = st.median(tl)
         print(f"D={d:2d} {op:10s} limit {ml*1e3:6.2f} ms  new {st.median(tn)/ml:5.2f}x (min {min(tn)/min(tl):4.2f})  "
               f"old {st.median(to)/ml:5.2f}x (min {min(to)/min(tl):4.2f})  new/old {st.median([a/b for a,b in zip(tn,to)]):.3f}",
