@@ -98,6 +98,20 @@ int main(int argc, char** argv) {
     printf("D=%d %-16s stream %6.1f  cached %6.1f ns/16 rows (min %5.1f / %5.1f)\n", D, name, a[reps / 2] * per,
            b[reps / 2] * per, a[0] * per, b[0] * per);
   };
+  if (const char* dump = std::getenv("BOUND_DUMP")) {  // the outputs of the five ops (G = 2) to a file (bit A/B)
+    FILE* f = std::fopen(dump, "wb");
+    auto one = [&](auto fn, const std::vector<float>& X, const std::vector<float>& Y) {
+      fn(X.data(), Y.data(), o.data(), N, k, lm, 0, false);
+      std::fwrite(o.data(), sizeof(float), o.size(), f);
+    };
+    one(&run_rows<st::EXPMAP0, D>, u, y), one(&run_rows<st::LOGMAP0, D>, x, y), one(&run_rows<st::EXPMAP, D>, x, u);
+    one(&run_rows<st::LOGMAP, D>, x, y), one(&run_rows<st::MOBIUS_ADD, D>, x, y);
+    for (double& v : k) v = -0.37;
+    one(&run_rows<st::EXPMAP0, D>, u, y), one(&run_rows<st::LOGMAP0, D>, x, y), one(&run_rows<st::EXPMAP, D>, x, u);
+    one(&run_rows<st::LOGMAP, D>, x, y);
+    std::fclose(f);
+    return 0;
+  }
   rep("neg", [&] { run_limit<D, false>(x.data(), y.data(), o.data(), N); },
       [&] { run_limit<D, false>(x.data(), y.data(), o.data(), NS); });
   rep("add", [&] { run_limit<D, true>(x.data(), y.data(), o.data(), N); },
