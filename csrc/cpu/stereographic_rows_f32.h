@@ -678,6 +678,7 @@ inline FVec rcp_nr(const FVec& v) {
 // sum's bits + 127) << 23 modulo 2^32 (the sum's bits are 0x4B400000 + n, whose high part shifts out): one add and
 // one subtract in place of vrndscaleps (two uops) and vcvtps2dq, the same n and 2^n bit for bit (n = -0 becomes +0,
 // which no caller tells apart: x - n c is x either way).  Elsewhere round() and vecmath::pow2_f as before.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 GEOOPS_F32_AI void round_pow2(const FVec& m, FVec& n, FVec& sc) {
 #if defined(CPU_CAPABILITY_AVX512)
   const __m512 c = _mm512_set1_ps(12582912.f);  // 1.5 2^23
@@ -689,6 +690,7 @@ GEOOPS_F32_AI void round_pow2(const FVec& m, FVec& n, FVec& sc) {
   sc = vecmath::pow2_f(n);
 #endif
 }
+#endif
 // One vector as the G = 1 array of the functions below.
 inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec(*)[1]>(&v); }
 template <int G>
