@@ -673,6 +673,33 @@ def test_f32_register_prefetch(op, d, monkeypatch):
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG_PF")
 
 
+# Session 15: four 16-row groups (two 32-row blocks) through the lane math together for expmap0 / logmap0 at D <= 4
+# and expmap / logmap at D <= 2; a pair with a hard lane goes back to the blocks one by one (register pass, else the
+# double path).  GEOOPS_STEREO_F32_REG_G4=0: two groups as before.  Same operations per lane: the same bits.
+@pytest.mark.parametrize("d", (1, 2, 3, 4))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_register_pass_four_groups(op, d, monkeypatch):
+    """Four groups (default) against two (GEOOPS_STEREO_F32_REG_G4=0) and one at a time (GEOOPS_STEREO_F32_REG_IL=0):
+    equal bit for bit, k = -1, 0, 0.5, per row; NaN / beyond-float rows in blocks 2 and 4 (declined pairs), a
+    partial last block and a last pair cut short."""
+    n = 32 * 7 + 13
+    x, y = _reg_inputs(op, d, n, seed=1500 + d)
+    kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * n)[:n].reshape(n, 1)
+    kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65] * n)[:n].reshape(n, 1)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
+    for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
+                    "per_row": kr, "per_row_neg": kn}.items():
+        xs = x if name != "0.5" else x * 0.1
+        outs = []
+        for g4, il in (("1", "1"), ("0", "1"), ("1", "0")):
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG_G4", g4)
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG_IL", il)
+            outs.append(_call(op, xs, y, k).nan_to_num(7.0))
+        assert torch.equal(outs[0], outs[1]), name
+        assert torch.equal(outs[0], outs[2]), name
+
+
 @pytest.mark.parametrize("d", (1, 2, 5, 8, 10, 16))
 @pytest.mark.parametrize("op", ("mobius_add", "expmap"))
 def test_f32_reciprocals_match_exact_ops(op, d, monkeypatch):

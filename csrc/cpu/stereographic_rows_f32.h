@@ -672,6 +672,25 @@ inline FVec rcp_nr(const FVec& v) {
 // alone ran at ~0.7 instructions per cycle.  G = 1 is the single-vector function; the operations and their
 // roundings do not depend on G.
 #define GEOOPS_G for (int g = 0; g < G; ++g)
+// n = round(m) (ties to even) and sc = 2^n for integer-valued results n in [-126, 127], |m| < 2^22 (the inline exps'
+// n = round(x log2 e)).  Session 15, AVX-512: m + 1.5 2^23 rounds to the integer C + n (spacing 1 in [2^23, 2^24),
+// ties to even as C is even: the n of vrndscaleps), n = that - C exactly, and 2^n's bits are (n + 127) << 23 = (the
+// sum's bits + 127) << 23 modulo 2^32 (the sum's bits are 0x4B400000 + n, whose high part shifts out): one add and
+// one subtract in place of vrndscaleps (two uops) and vcvtps2dq, the same n and 2^n bit for bit (n = -0 becomes +0,
+// which no caller tells apart: x - n c is x either way).  Elsewhere round() and vecmath::pow2_f as before.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+GEOOPS_F32_AI void round_pow2(const FVec& m, FVec& n, FVec& sc) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 c = _mm512_set1_ps(12582912.f);  // 1.5 2^23
+  const __m512 t = _mm512_add_ps(m, c);
+  n = FVec(_mm512_sub_ps(t, c));
+  sc = FVec(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127)), 23)));
+#else
+  n = m.round();
+  sc = vecmath::pow2_f(n);
+#endif
+}
+#endif
 // One vector as the G = 1 array of the functions below.
 inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec(*)[1]>(&v); }
 template <int G>
@@ -683,7 +702,7 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
   GEOOPS_G s[g] = s2[g] * rs[g];
   GEOOPS_G x[g] = FVec(-2.f) * min_c(s[g], FVec(9.f));
-  GEOOPS_G n[g] = (x[g] * FVec(1.44269504088896341f)).round();
+  GEOOPS_G round_pow2(x[g] * FVec(1.44269504088896341f), n[g], sc[g]);  // n = round(x log2 e), sc = 2^n
   GEOOPS_G r[g] = at::vec::fnmadd(n[g], FVec(1.42860682030941723e-06f), at::vec::fnmadd(n[g], FVec(0.693145751953125f), x[g]));
   GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 5040.f), r[g], FVec(1.f / 720.f));
   GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(1.f / 120.f));
@@ -692,7 +711,6 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(0.5f));
   GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(1.f));
   GEOOPS_G q[g] = p[g] * r[g];  // e^r - 1
-  GEOOPS_G sc[g] = vecmath::pow2_f(n[g]);  // 2^n
   GEOOPS_G num[g] = at::vec::fnmadd(sc[g], q[g], FVec(1.f) - sc[g]) * rs[g];  // ((1 - 2^n) - 2^n q) / s
   GEOOPS_G den[g] = at::vec::fmadd(sc[g], q[g], FVec(1.f) + sc[g]);        // (1 + 2^n) + 2^n q, in [1, 2)
   GEOOPS_G rd[g] = rcp_nr(den[g]);
@@ -789,10 +807,8 @@ GEOOPS_F32_AI bool lanes_expmap0_fg(const XF& xf, const double* kk, FVec (&a)[G]
   GEOOPS_G {
     const FVec k = narrow(DVec::loadu(kk + kF * g), DVec::loadu(kk + kF * g + kD));
     z[g] = k * xx[g];
-    const FVec q = FVec(1.f) + z[g];
-    OkMask o;
-    o.lt(z[g], FVec(stereo::series_cut<float>())), o.gt(z[g], FVec(-1e30f)), o.lt(q, FVec(1e30f));
-    ok.also(o);
+    // (session 15: 1 + z < 1e30 follows from z < cut, so that check, as the q it took, is gone: the same mask)
+    ok.lt(z[g], FVec(stereo::series_cut<float>())), ok.gt(z[g], FVec(-1e30f));
   }
   if (!ok.all()) return false;
   tanc_neg_fg<G>(z, a);
@@ -910,7 +926,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
       const FVec pc = max_c(px[g], lo);
       z[g] = kd * rden, q[g] = px[g] * py[g] * rden;
       u0[g] = pc * z[g], u1[g] = (pc * px[g] * rden).neg();
-      ok.fin(kd), ok.fin(rden), ok.fin(u0[g]), ok.fin(u1[g]);
+      ok.fin(kd), ok.fin(u0[g]), ok.fin(u1[g]);  // (rden: in (0, 1e15] or NaN, and then z fails below)
       ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f)), ok.lt(q[g], FVec(1e30f));
     }
     if (!ok.all()) return false;
@@ -923,7 +939,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
     GEOOPS_G {
       hh[g] = rcp_cr(max_c(px[g], lo));
       z[g] = kf[g] * s2[g] * hh[g] * hh[g];
-      ok.fin(hh[g]), ok.fin(px[g]), ok.lt(s2[g], FVec(1e30f));
+      ok.fin(px[g]), ok.lt(s2[g], FVec(1e30f));  // (hh: in (0, 1e15] for a px that passes)
       ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f));
     }
     if (!ok.all()) return false;
@@ -1028,7 +1044,10 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
       u0[g] = f[g][2] * z[g], u1[g] = (f[g][2] * f[g][1] * rden).neg();
       okg[g].fin(rden), okg[g].fin(u0[g]), okg[g].fin(u1[g]);
     }
-    if (CALL) okg[g].lt(z[g], FVec(series_cut<float>())), okg[g].gt(z[g], FVec(-1e30f)), okg[g].lt(q[g], FVec(1e30f));
+    if (CALL) okg[g].lt(z[g], FVec(series_cut<float>())), okg[g].gt(z[g], FVec(-1e30f));
+    // (session 15: q < 1e30 is checked where it does not follow from z < cut: logmap's q = p_x p_y / den; expmap's
+    // q is 1, expmap0's / logmap0's 1 + k|x|^2 rounded from the double whose k|x|^2 rounded to z < cut)
+    if (OP == LOGMAP) okg[g].lt(q[g], FVec(1e30f));
   }
   for (int g = 1; g < G; ++g) okg[0].also(okg[g]);
   if (!okg[0].all()) return false;

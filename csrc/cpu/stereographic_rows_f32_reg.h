@@ -15,6 +15,7 @@
 // Session 15: D = 5..8 prefetch the rows 128 ahead (reg_loop's PF; GEOOPS_STEREO_F32_REG_PF=0: off).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -57,12 +58,27 @@ struct RegCols {
   }
 };
 
+// Session 15: four 16-row groups (two of the caller's 32-row blocks) through lanes_core_g together where that
+// measured faster than two: expmap0 / logmap0 at D <= 4, expmap / logmap at D <= 2 (the standalone loop,
+// scripts/short_rows/bound.cpp, 1 thread, 2^20 rows: 0.85-0.92x the time of two groups; mobius_add no better, expmap /
+// logmap at D = 4 slower streaming).  Same results bit for bit (the lane math does not depend on G).
+template <int OP, int D>
+constexpr bool reg_four(int NB) {
+  return NB == 32 && (OP == stereo::EXPMAP0 || OP == stereo::LOGMAP0 ? D <= 4
+                                                                     : (OP == stereo::EXPMAP || OP == stereo::LOGMAP) && D <= 2);
+}
+// GEOOPS_STEREO_F32_REG_G4=0: two groups as before (A/B; read per call by reg_loop).
+inline bool reg_g4() {
+  const char* e = std::getenv("GEOOPS_STEREO_F32_REG_G4");
+  return !(e && e[0] == '0');
+}
+
 // IL (session 12): the block's 16-row groups through lanes_core_g together (G = NB / 16 chains interleaved step
 // by step); !IL: one group after the other (session 11; GEOOPS_STEREO_F32_REG_IL=0).  Same results either way.
 template <int OP, int D, int NB, bool IL>
 inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb, const float* __restrict yb,
                                                      float* __restrict ob, const double* __restrict kk, int inline_exp) {
-  static_assert(NB % 16 == 0 && NB <= kMaxRows, "whole 16-row groups");
+  static_assert(NB % 16 == 0 && NB <= 2 * kMaxRows, "whole 16-row groups");
   constexpr bool HAS_Y = stereo::op_has_y(OP);
   constexpr int DY = HAS_Y ? D : 1;
   constexpr int G = NB / 16;
@@ -130,11 +146,23 @@ template <int OP, int D, int NB, bool IL, bool PF, typename F>
 inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
                      int64_t sk, const double* kconst, int inline_exp, F&& fallback) {
   constexpr bool HAS_Y = stereo::op_has_y(OP);
+  constexpr bool G4 = IL && reg_four<OP, D>(NB);
+  alignas(64) double k2[G4 ? 2 * NB : 1];  // kconst's value for 2 NB rows (kconst holds NB)
+  const bool g4 = G4 && reg_g4();
+  if (G4 && g4 && sk == 0) std::fill(k2, k2 + (G4 ? 2 * NB : 1), kconst[0]);
   for (int64_t i0 = begin; i0 < end; i0 += NB) {
     if constexpr (PF) {
       if (end - i0 >= kPfRows + NB) {
         const int64_t a = (i0 + kPfRows) * D;
         prefetch_rows<HAS_Y, NB * D * 4>(x + a, HAS_Y ? y + a : y, o + a);
+      }
+    }
+    if constexpr (G4) {  // two blocks at once; a declined pair takes the blocks one by one below (same results)
+      if (g4 && end - i0 >= 2 * NB &&
+          block_reg<OP, D, 2 * NB, true>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, sk == 0 ? k2 : k + i0,
+                                         inline_exp)) {
+        i0 += NB;
+        continue;
       }
     }
     const int64_t nb = std::min<int64_t>(NB, end - i0);
