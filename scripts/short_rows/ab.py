@@ -1,6 +1,10 @@
 """A/B of the fp32 short-row forward: default vs GEOOPS_STEREO_F32_MOB=0 (or KNOB=0), x the limit op.
-1 thread, time.thread_time, interleaved rounds, medians.  usage: ab.py DIMS OPS ROUNDS [KNOB]"""
-import os, sys, time, statistics as st
+1 thread, time.thread_time, interleaved rounds, medians.  usage: ab.py DIMS OPS ROUNDS [KNOB]
+pf: median minor page faults per call (limit / new): a call whose output lands on fresh pages (glibc returns large
+blocks to the OS depending on the heap's history) pays ~2-4x its time, so a ratio is only comparable where both
+read 0.  MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 in the environment keeps the outputs on
+the heap (no faults after the first calls) for a kernel-only comparison."""
+import os, sys, time, resource, statistics as st
 import torch
 torch.set_num_threads(1)
 import geoops.stereographic as gs
@@ -11,8 +15,12 @@ ops = (sys.argv[2] if len(sys.argv) > 2 else "mobius_add,expmap,logmap,expmap0,l
 R = int(sys.argv[3]) if len(sys.argv) > 3 else 9
 KNOB = sys.argv[4] if len(sys.argv) > 4 else "GEOOPS_STEREO_F32_MOB"  # session 15: e.g. GEOOPS_STEREO_F32_REG_PF
 N = 2 ** 20
-def t1(f):
-    t = time.thread_time(); f(); return time.thread_time() - t
+PF = {}
+def t1(f, tag=None):
+    p = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    t = time.thread_time(); f(); dt = time.thread_time() - t
+    if tag: PF.setdefault(tag, []).append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - p)
+    return dt
 for d in dims:
     for op in ops:
         inp = make_inputs(op, N, d, torch.float32, "cpu")
@@ -23,10 +31,12 @@ for d in dims:
             os.environ[KNOB] = "0"; g(inp)
         for f in (new, old, lambda: lim(inp)): f(); f()
         tl, tn, to = [], [], []
+        PF.clear()
         for r in range(R):
-            tl.append(t1(lambda: lim(inp))); tn.append(t1(new)); to.append(t1(old))
+            tl.append(t1(lambda: lim(inp), "l")); tn.append(t1(new, "n")); to.append(t1(old))
         os.environ.pop(KNOB, None)
         ml = st.median(tl)
         print(f"D={d:2d} {op:10s} limit {ml*1e3:6.2f} ms  new {st.median(tn)/ml:5.2f}x (min {min(tn)/min(tl):4.2f})  "
-              f"old {st.median(to)/ml:5.2f}x (min {min(to)/min(tl):4.2f})  new/old {st.median([a/b for a,b in zip(tn,to)]):.3f}",
+              f"old {st.median(to)/ml:5.2f}x (min {min(to)/min(tl):4.2f})  new/old {st.median([a/b for a,b in zip(tn,to)]):.3f}"
+              f"  pf {st.median(PF['l']):.0f} / {st.median(PF['n']):.0f}",
               flush=True)
