@@ -665,16 +665,12 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
     if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
       // long rows on AVX-512: the staging in registers (above), block_fwd_float_call for the blocks it declines
-      if constexpr (!SHORT && kLongSumsF32) {
-        if constexpr (OP == LOGMAP) {
-          if (logmap_rcp) {
-            if (block_fwd_logmap_rcp(xx, yy, xy, dd, kk, nv, ca, cb, cc)) return;
-            block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
-            return;
-          }
-        }
-        if constexpr (n_calls(OP) == 1) {
-          if (float_stage && block_fwd_float_reg<OP>(xx, yy, xy, dd, kk, rr, nv, param, ca, cb, cc)) return;
+      // (logmap_rcp holds for logmap only: its one-reciprocal staging in place of block_fwd_float_reg)
+      if constexpr (!SHORT && kLongSumsF32 && n_calls(OP) == 1) {
+        if (logmap_rcp) {
+          if (block_fwd_logmap_rcp(xx, yy, xy, dd, kk, nv, ca, cb, cc)) return;
+        } else if (float_stage && block_fwd_float_reg<OP>(xx, yy, xy, dd, kk, rr, nv, param, ca, cb, cc)) {
+          return;
         }
       }
       block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
