@@ -1,5 +1,5 @@
 """The forward's tanc / atanc calls in float lanes for float inputs (csrc/cpu/stereographic_lanes.cpp,
-block_fwd_float_call): session 11 added mobius_scalar_mul's two chained calls (atanc of k|x|^2, then tanc of
+block_fwd_float_call), mobius_scalar_mul's two chained calls included (atanc of k|x|^2, then tanc of
 k r^2 |x|^2 atanc^2), at any D the float short-row path does not take (all D for mobius_scalar_mul).
 
 Against the fp64 reference on the same fp32 inputs, and against the double calls (GEOOPS_STEREO_FLOAT_CALL=0):

@@ -1,13 +1,12 @@
-"""fp32 rows longer than the short-row cut (session 10): the AVX-512 row sums (GEOOPS_STEREO_LONG_SUMS) and the
-streaming stores of large outputs (GEOOPS_STEREO_NT_STORES) in csrc/cpu/stereographic_lanes.cpp.
+"""fp32 rows longer than the short-row cut in csrc/cpu/stereographic_lanes.cpp: the AVX-512 row sums against the
+row_sums path of other builds and dtypes (GEOOPS_STEREO_LONG_SUMS=0) and the one-pass loop.
 
-Every row op at D from 17 to 130 (tails of 1..15 floats after whole 16-float vectors; D % 16 == 0 for the
-streaming stores), a row count that leaves a partial block of lanes, NaN rows, strided rows; against the fp64
-reference and against the previous path (both knobs 0).  NT_STORES=1 forces the streaming stores below their
-size threshold so that these small cases run them.  Session 14 (at the end): the one-call float ops' staging in
-registers (GEOOPS_STEREO_FLOAT_STAGE) and mobius_add / mobius_sub's float row sums (GEOOPS_STEREO_F32_SUMS).
-Session 15: logmap's one reciprocal of the denominator (GEOOPS_STEREO_LOGMAP_RCP), mobius_scalar_mul's float32 r
-read in place (RowScalars::rf).
+Every row op at D from 17 to 128 (tails of 1..15 floats after whole 16-float vectors), a row count that leaves a
+partial block of lanes, NaN rows, strided rows; against the fp64 reference and against the row_sums path.  At the
+end: the one-call float ops' staging in registers against its fallback block_fwd_float_call
+(GEOOPS_STEREO_FLOAT_STAGE=0), mobius_add / mobius_sub's float row sums against the double sums
+(GEOOPS_STEREO_F32_SUMS=0), logmap's one reciprocal of the denominator (GEOOPS_STEREO_LOGMAP_RCP), mobius_scalar_mul's
+float32 r read in place (RowScalars::rf).
 """
 from __future__ import annotations
 
@@ -90,12 +89,12 @@ def _halved(args):
     return {key: (t * 0.5 if key in ("x", "y") else t) for key, t in args.items()}
 
 
-@pytest.mark.parametrize("nt", ("1", "0"))
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("op", OPS)
-def test_long_rows_f32_parity(op, d, nt, monkeypatch):
-    """Against the fp64 reference on the same fp32 inputs: no worse than 2x the previous path's error plus 1e-6; 16 * 5 + 7 rows (a partial block of lanes); NaN in two rows stays in those rows (and is
-    NaN there as on the previous path)."""
+def test_long_rows_f32_parity(op, d, monkeypatch):
+    """Against the fp64 reference on the same fp32 inputs: no worse than 2x the row_sums path's error plus 1e-6;
+    16 * 5 + 7 rows (a partial block of lanes); NaN in two rows stays in those rows (and is NaN there as on the
+    row_sums path)."""
     n = 16 * 5 + 7
     args = _inputs(op, n, d, seed=d)
     k = torch.tensor(-1.0)
@@ -105,10 +104,8 @@ def test_long_rows_f32_parity(op, d, nt, monkeypatch):
     args[key][nan_rows[1], d - 1] = float("nan")  # the last element: in the masked tail when d % 16 != 0
     expect = _ref(op, args, k)
     monkeypatch.setenv("GEOOPS_STEREO_LONG_SUMS", "0")
-    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", "0")
     old = _call(op, args, k)
     monkeypatch.setenv("GEOOPS_STEREO_LONG_SUMS", "1")
-    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
     new = _call(op, args, k)
     bad = torch.zeros(n, dtype=torch.bool)
     bad[nan_rows] = True
@@ -126,16 +123,14 @@ def test_long_rows_f32_parity(op, d, nt, monkeypatch):
 
 @pytest.mark.parametrize("op", ("mobius_add", "logmap", "dist", "expmap0"))
 def test_long_rows_f32_strided_and_per_row_k(op, monkeypatch):
-    """Rows of stride 80 (views of wider rows) and per-row k of both signs: same as the previous path."""
+    """Rows of stride 80 (views of wider rows) and per-row k of both signs: same as the row_sums path."""
     n, d = 16 * 3 + 5, 64
     args = _inputs(op, n, d, seed=11, width=80)
     k = per_row_k(n, (-1.0, -0.3, 0.0, 0.25))
     args = _halved(args)
     expect = _ref(op, args, k)
-    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", "1")
     new = _call(op, args, k)
     monkeypatch.setenv("GEOOPS_STEREO_LONG_SUMS", "0")
-    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", "0")
     old = _call(op, args, k)
     torch.testing.assert_close(new, old, rtol=2e-5, atol=1e-6)
     torch.testing.assert_close(new.double(), expect, rtol=2e-5, atol=1e-6)
@@ -147,23 +142,24 @@ VEC_OPS = [op for op in OPS if not STEREO_OPS[op].scalar_out]
 @pytest.mark.parametrize("threads", (1, 2))
 @pytest.mark.parametrize("d", (17, 63, 64, 100))
 @pytest.mark.parametrize("op", VEC_OPS)
-def test_one_pass_matches_blocked(op, d, threads, monkeypatch):
-    """The one-pass loop (GEOOPS_STEREO_ONE_PASS, session 12: block j's sums interleaved with block j - 1's writes)
-    gives the blocked loop's output bit for bit: odd D (masked tails), row counts with a partial last block in each
-    thread's chunk, a single partial block, NaN rows, per-row k, strided rows, 1 and 2 threads."""
+def test_one_pass_against_reference(op, d, threads):
+    """The one-pass loop (block j's sums interleaved with block j - 1's writes) against the fp64 reference: odd D
+    (masked tails), row counts with a partial last block in each thread's chunk, a single partial block, NaN rows
+    (staying NaN), per-row k, strided rows, 1 and 2 threads."""
     with num_threads(threads):
         for n, args, k in _cases(op, d, tiny=False):
-            monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", "0")
-            old = _call(op, args, k)
-            monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", "1")
             new = _call(op, args, k)
-            torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"n={n}")
             assert new[n // 2].isnan().any() or op in ("project", "lambda_x")
+            ok = ~new.isnan().any(-1)
+            assert ok.sum() >= n - 1
+            expect = _ref(op, args, k)
+            err = float(_row_err(new[ok], expect[ok], {"x": args["x"][ok]}).max())
+            assert op == "project" or err < 5e-4, (n, err)
 
 
-# ---------------------------------------------------------------- session 14
-# The one-call float ops' staging in registers (GEOOPS_STEREO_FLOAT_STAGE): bit-identical to block_fwd_float_call
-# (the knob off) on every case, k > 0 rows sending their block back to it.  mobius_add / mobius_sub's float row
+# ---------------------------------------------------------------- float staging and float sums
+# The one-call float ops' staging in registers: bit-identical to its fallback block_fwd_float_call
+# (GEOOPS_STEREO_FLOAT_STAGE=0) on every case, k > 0 rows sending their block back to it.  mobius_add / mobius_sub's float row
 # sums (GEOOPS_STEREO_F32_SUMS): within 2x the eager fp32 reference's error plus a floor, close to the double sums.
 STAGE_OPS = ("expmap", "expmap0", "logmap", "logmap0", "dist", "mobius_scalar_mul")
 
@@ -196,12 +192,10 @@ def _cases(op, d, tiny=True):
 
 
 @pytest.mark.parametrize("threads", (1, 2))
-@pytest.mark.parametrize("one_pass", ("1", "0"))
 @pytest.mark.parametrize("d", (17, 63, 64, 100))
 @pytest.mark.parametrize("op", STAGE_OPS)
-def test_float_stage_matches_staged_blocks(op, d, one_pass, threads, monkeypatch):
+def test_float_stage_matches_staged_blocks(op, d, threads, monkeypatch):
     """GEOOPS_STEREO_FLOAT_STAGE on (the default) and off give the same output bit for bit; knob read per call."""
-    monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", one_pass)
     monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "0")  # (logmap's one-reciprocal lanes: tested below)
     for n, args, k in _cases(op, d):
         monkeypatch.setenv("GEOOPS_STEREO_FLOAT_STAGE", "0")
@@ -289,18 +283,16 @@ def test_float_sums_overflow_falls_back(op, d, monkeypatch):
     torch.testing.assert_close(new[16:32], old[16:32], rtol=0, atol=0, equal_nan=True)
 
 
-# ---------------------------------------------------------------- session 15
+# ---------------------------------------------------------------- logmap's one reciprocal, msm's float r
 # logmap's lanes with one reciprocal of the denominator (GEOOPS_STEREO_LOGMAP_RCP, the default) against the four
 # divisions (=0): the coefficients differ by a few double roundings, so the outputs agree to a float ulp (in practice
 # bit for bit) and keep the divisions' error against fp64; blocks with k > 0 / NaN rows go back to the divisions.
 @pytest.mark.parametrize("threads", (1, 2))
-@pytest.mark.parametrize("one_pass", ("1", "0"))
 @pytest.mark.parametrize("d", (17, 63, 64, 100))
-def test_logmap_rcp_matches_divisions(d, one_pass, threads, monkeypatch):
+def test_logmap_rcp_matches_divisions(d, threads, monkeypatch):
     """GEOOPS_STEREO_LOGMAP_RCP on and off: outputs within 1 float ulp of each other (relative to the row's size),
     errors against the fp64 reference within the divisions' + 1e-7; the near-boundary rows (1 - 1e-3) and close
     pairs of _inputs included; knob read per call."""
-    monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", one_pass)
     ndiff = 0
     for n, args, k in _cases("logmap", d):
         monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "0")

@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include "knobs.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -78,10 +80,10 @@ inline bool fits_int(int64_t a, int64_t b, int64_t c) {
 }
 
 // The API for a row-blocked GEMM of these sizes, or null (callers keep their at::mm path): no packed API in this
-// torch, a size over int, or GEOOPS_MKL_PACKED=0 (a measurement knob, read per call; same results to rounding).
+// torch, a size over int, or GEOOPS_MKL_PACKED=0 (read per call; same results to rounding): the at::mm path that
+// builds without the packed API take, forced so that the tests run it here.
 inline const SgemmApi* packed_sgemm_for(int64_t a, int64_t b, int64_t c) {
-  const char* e = std::getenv("GEOOPS_MKL_PACKED");
-  if (e && std::strcmp(e, "0") == 0) return nullptr;
+  if (knobs::off("GEOOPS_MKL_PACKED")) return nullptr;
   if (!fits_int(a, b, c)) return nullptr;
   return packed_sgemm();
 }

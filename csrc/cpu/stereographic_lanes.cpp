@@ -12,7 +12,7 @@
 // the row loop inside, strided vector loads), since one row alone would leave most lanes idle and its
 // horizontal sums would dominate.  Longer rows: one row at a time on 4-lane double vectors
 // (row_sums, stereographic_rows.h), with software prefetch of the rows ahead; fp32 long rows on AVX-512:
-// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows; session 10).
+// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows).
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include <ATen/ATen.h>
@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "knobs.h"
 #include "stereographic_bwd_f32.h"
 #include "stereographic_rows.h"
 #include "stereographic_rows_f32.h"
@@ -67,11 +68,12 @@ using vecmath::LaneMath;
 // costs a few float ulps of the result, below the output's own rounding to float; blocks with a lane
 // of z >= series cut (k > 0: tan, whose condition grows without bound near pi/2), a NaN, or |z|, q
 // beyond float's range keep the double call.
-// mobius_scalar_mul (session 11) chains two calls, a1 = atanc(z1, q1) with z1 = k|x|^2, q1 = 1 + z1 (formed
+// mobius_scalar_mul chains two calls, a1 = atanc(z1, q1) with z1 = k|x|^2, q1 = 1 + z1 (formed
 // in double: near the boundary q1 = (1 - s)(1 + s) keeps its digits), then tanc(z2) with
 // z2 = k r^2 |x|^2 a1^2: one record / float call stage per call (the second stage replays the first call's
 // float value), then the coefficients.  Each stage decides float or double for the block on its own.
-// GEOOPS_STEREO_FLOAT_CALL=0: every call in double (A/B, read per call).
+// GEOOPS_STEREO_FLOAT_CALL=0: every call in double (read per call): the path of the blocks that decline the float
+// call, forced for every block so that tests compare the two.
 constexpr bool float_call_op(int op) {
   return op == EXPMAP || op == EXPMAP0 || op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0 ||
          op == MOBIUS_SCALAR_MUL;
@@ -82,10 +84,7 @@ constexpr bool call_is_atanc(int op, int c) {
   return op == MOBIUS_SCALAR_MUL ? c == 0 : (op == LOGMAP || op == LOGMAP0 || op == DIST || op == DIST0);
 }
 
-inline bool float_call_on() {
-  const char* e = std::getenv("GEOOPS_STEREO_FLOAT_CALL");
-  return !(e && e[0] == '0');
-}
+inline bool float_call_on() { return !knobs::off("GEOOPS_STEREO_FLOAT_CALL"); }
 
 using FVec = at::vec::Vectorized<float>;
 constexpr int kFLanes = FVec::size();
@@ -299,7 +298,7 @@ inline void write_block(const scalar_t* xb, const scalar_t* yb, scalar_t* ob, in
 
 // out = a x + b y + c (x - y) of one row of D elements (one-input ops: a x): the per-row writes of fwd_rows
 // and of its one-pass loop (the same code, so that both round alike).  NO_B (logmap's fp32 long rows, whose b is
-// 0 by construction; session 15): out = fma(c, x - y, a x), the value the general loop computes there
+// 0 by construction): out = fma(c, x - y, a x), the value the general loop computes there
 // (GCC contracts it to fma(c, x - y, fma(a, x, b y)), and b y = 0) up to the sign of an exact zero, without
 // the b y product.
 template <typename scalar_t, bool HAS_Y, bool NO_B = false, typename opmath_t>
@@ -323,50 +322,34 @@ inline void write_row(const scalar_t* xr, const scalar_t* yr, scalar_t* orow, in
   }
 }
 
-// ---------------------------------------------------------------- fp32 long rows on AVX-512 (session 10)
+// ---------------------------------------------------------------- fp32 long rows on AVX-512
 // Row sums of fp32 rows longer than the short-row cut: each row 16 floats at a time (a masked load for the
 // tail), widened to two 8-lane double vectors and accumulated in double (two FMA chains per sum), the eight
 // rows of a lane vector then summed across their lanes in one transposing tree (hsum8), so that lane b of
 // the result is row b's sum.  dd = |x - y|^2 only for the ops that read it (logmap, dist).  Replaces, for
 // fp32, the 4-lane double row_sums (one vcvtps2pd per 4 floats and a scalar horizontal sum per row and sum):
-// perf put those at ~50 % of fwd_rows at 2^18 x 64.  GEOOPS_STEREO_LONG_SUMS=0: the row_sums path (A/B,
-// read per call).
+// perf put those at ~50 % of fwd_rows at 2^18 x 64.  GEOOPS_STEREO_LONG_SUMS=0: the row_sums path (read per call;
+// the path of other builds and dtypes, forced here so that tests compare the two).
 constexpr bool fwd_reads_dd(int op) { return op == LOGMAP || op == DIST; }
 
-inline bool long_sums_on() {
-  const char* e = std::getenv("GEOOPS_STEREO_LONG_SUMS");
-  return !(e && e[0] == '0');
-}
+inline bool long_sums_on() { return !knobs::off("GEOOPS_STEREO_LONG_SUMS"); }
 
-// Non-temporal (streaming) stores of the vector outputs of fp32 rows (D a multiple of 16, 64-byte aligned
-// rows): the output's lines go to memory without the read for ownership a normal store of a fresh line
-// costs.  Off by default (measured slower, 1 thread, THP, 2^18 x 64: docs/families/stereographic.md);
-// GEOOPS_STEREO_NT_STORES=1 turns them on (A/B, read per call).
-inline bool nt_stores_on() {
-  const char* e = std::getenv("GEOOPS_STEREO_NT_STORES");
-  return e && e[0] == '1';
-}
-
-// Float row sums of fp32 mobius_add / mobius_sub rows of D <= kFloatSumsMaxD (long_sums_f32's FS, session 14):
+// Float row sums of fp32 mobius_add / mobius_sub rows of D <= kFloatSumsMaxD (long_sums_f32's FS):
 // each of the 16 lanes x 2 chains sums D / 32 products in float (the chains then added, the 16 lane sums
 // widened and summed in double), so a row sum is within ~(D / 16 + 1) float ulps of the sum of its terms'
 // magnitudes (inductor's loop, compiled geoopt, and the eager reference sum in float too).  The coefficients
 // divide by den = 1 - 2k<x,y> + k^2|x|^2|y|^2, whose rounding from these sums is ~16 ulps absolute: a block with
 // a lane of den < kFloatSumsMinDen (near-boundary pairs pointing apart) or NaN takes the double sums again, so
-// the coefficients stay within ~32 float ulps (docs/families/stereographic.md, session 14).
-// GEOOPS_STEREO_F32_SUMS=0: the double sums throughout (A/B, read per call).
+// the coefficients stay within ~32 float ulps (docs/families/stereographic.md).
+// GEOOPS_STEREO_F32_SUMS=0: the double sums (the fallback of those blocks and of D > kFloatSumsMaxD) for every
+// block (read per call; the accuracy tests compare the two).
 constexpr int64_t kFloatSumsMaxD = 256;
 constexpr double kFloatSumsMinDen = 0.5;
-inline bool float_sums_on() {
-  const char* e = std::getenv("GEOOPS_STEREO_F32_SUMS");
-  return !(e && e[0] == '0');
-}
+inline bool float_sums_on() { return !knobs::off("GEOOPS_STEREO_F32_SUMS"); }
 
-// The one-pass loop of fp32 long rows (fwd_rows, session 12); GEOOPS_STEREO_ONE_PASS=0: the blocked loop (A/B).
-inline bool one_pass_on() {
-  const char* e = std::getenv("GEOOPS_STEREO_ONE_PASS");
-  return !(e && e[0] == '0');
-}
+// The one-call float ops' staging in registers of long fp32 rows (block_fwd_float_reg, AVX-512 builds, below);
+// GEOOPS_STEREO_FLOAT_STAGE=0: block_fwd_float_call, its fallback, for every block (read per call).
+inline bool float_stage_on() { return !knobs::off("GEOOPS_STEREO_FLOAT_STAGE"); }
 
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr bool kLongSumsF32 = true;
@@ -384,7 +367,7 @@ inline __m512d hsum8(const __m512d (&a)[8]) {
 // The sums of the nb rows from row i0 (x rows of stride sx, y of sy; nb <= nv, nv a multiple of 8 lanes, the
 // lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).  after_row(b) runs
 // after the loads and sums of lane b (b = 0 .. nv - 1): the one-pass loop writes a row of the previous block there.
-// FS (float sums, mobius_add / mobius_sub, session 14): the products summed in float, 16 lanes x two chains
+// FS (float sums, mobius_add / mobius_sub): the products summed in float, 16 lanes x two chains
 // (32-float steps), the two chains added and each row's 16 lane sums then widened to double for hsum8.
 template <bool HAS_Y, bool DD, bool FS = false, typename W>
 inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
@@ -478,24 +461,8 @@ inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t 
   }
 }
 
-// out = a x + b y + c (x - y) of one fp32 row (D a multiple of 16, orow 64-byte aligned), streaming stores.
-template <bool HAS_Y>
-inline void write_row_nt(const float* xr, const float* yr, float* orow, int64_t D, float a, float bb, float c) {
-  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(bb), vc = _mm512_set1_ps(c);
-  for (int64_t j = 0; j < D; j += 16) {
-    const __m512 xv = _mm512_loadu_ps(xr + j);
-    if (HAS_Y) {
-      const __m512 yv = _mm512_loadu_ps(yr + j);
-      const __m512 o = _mm512_fmadd_ps(va, xv, _mm512_fmadd_ps(vb, yv, _mm512_mul_ps(vc, _mm512_sub_ps(xv, yv))));
-      _mm512_stream_ps(orow + j, o);
-    } else {
-      _mm512_stream_ps(orow + j, _mm512_mul_ps(va, xv));
-    }
-  }
-}
-
-// The one-call float ops' coefficients of one block of long fp32 rows with the staging in registers (session 14;
-// mobius_scalar_mul's two chained calls measured ~3 % slower this way and keep block_fwd_float_call):
+// The one-call float ops' coefficients of one block of long fp32 rows with the staging in registers
+// (mobius_scalar_mul's two chained calls measured ~3 % slower this way and keep block_fwd_float_call):
 // per 16 lanes (two double vectors, one float vector) the arguments of call c (the double algebra of
 // stereo::fwd up to the call; StagedMath), rounded to float, the call on the float vector, its value widened
 // back, and after the last call the coefficients, without the block's arrays of arguments and values that
@@ -504,11 +471,7 @@ inline void write_row_nt(const float* xr, const float* yr, float* orow, int64_t 
 // block_fwd_float_call's, and a block that fails it (a lane with k > 0, a NaN, float overflow) is redone by
 // block_fwd_float_call, which then takes the double call there.  So the results equal block_fwd_float_call's
 // (the same operations on the same values; tested bit for bit against GEOOPS_STEREO_FLOAT_STAGE=0, which
-// restores block_fwd_float_call for every block; read per call).
-inline bool float_stage_on() {
-  const char* e = std::getenv("GEOOPS_STEREO_FLOAT_STAGE");
-  return !(e && e[0] == '0');
-}
+// runs that fallback for every block; read per call: float_stage_on, above).
 
 template <int OP>
 inline bool block_fwd_float_reg(const double* xx, const double* yy, const double* xy, const double* dd,
@@ -611,9 +574,6 @@ inline bool block_fwd_logmap_rcp(const double*, const double*, const double*, co
 template <bool HAS_Y, bool DD, typename W>
 inline void long_sums_f32(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, double*,
                           double*, double*, double*, int64_t, int64_t, W&&) {}
-template <bool HAS_Y>
-inline void write_row_nt(const float*, const float*, float*, int64_t, float, float, float) {}
-inline bool float_stage_on() { return false; }
 template <int OP>
 inline bool block_fwd_float_reg(const double*, const double*, const double*, const double*, const double*,
                                 const double*, int64_t, double, double*, double*, double*) {
@@ -642,15 +602,12 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // double path below for the blocks it declines
   constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
   const int f32_mode = kF32Op ? f32rows::mode() : 0;
-  const int f32_inline_exp = kF32Op ? f32rows::lane_mode() : 0;  // (with session 13's Mobius bit)
+  const int f32_inline_exp = kF32Op ? f32rows::lane_mode() : 0;  // (with the Mobius bit)
   const int f32_reg = kF32Op ? f32rows::reg_mode() : 0;
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
-  // fp32 rows longer than the short-row cut: the AVX-512 row sums and, for a large contiguous output, the
-  // streaming stores (above)
+  // fp32 rows longer than the short-row cut: the AVX-512 row sums (above)
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
-  const bool nt = kF32Long && !SCALAR_OUT && nt_stores_on() && so == D && D % 16 == 0 &&
-                  reinterpret_cast<uintptr_t>(op_) % 64 == 0;
   const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
   // the fast path's k per row: a call-wide curvature filled once (a per-block scalar fill of 32 rows cost about
   // a third of the D = 2 block's load/store floor), per-row k of stride 1 read in place
@@ -694,7 +651,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
                                static_cast<opmath_t>(cb[b]), static_cast<opmath_t>(cc[b]));
   };
   // the row sums of long fp32 rows (long_sums_f32): mobius_add / mobius_sub's in float for D <= kFloatSumsMaxD
-  // (session 14; GEOOPS_STEREO_F32_SUMS=0: in double, read per call), the others' in double
+  // (GEOOPS_STEREO_F32_SUMS=0: in double, read per call), the others' in double
   constexpr bool kFSumOp = OP == MOBIUS_ADD || OP == MOBIUS_SUB;
   const bool f32_fsum = kF32Long && kFSumOp && D <= kFloatSumsMaxD && float_sums_on();
   auto long_sums = [&](int64_t i0, int64_t nb, int64_t nv, int64_t end, double* xx, double* yy, double* xy,
@@ -726,12 +683,12 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     }
   };
   if constexpr (kF32Long && !SCALAR_OUT) {
-    // One pass (session 12): block j's row sums interleaved, row by row, with the writes of block j - 1 (whose
-    // x, y rows are still in L1), so that the loads of fresh rows and the stores of the output are in flight
-    // together (the blocked loop alternated a load-bound sums phase and a store-bound write phase).  The same
-    // sums, coefficients and row writes as the blocked loop below: bit-identical results.
-    // GEOOPS_STEREO_ONE_PASS=0: the blocked loop (A/B, read per call).
-    if (f32_long && !nt && one_pass_on()) {
+    // One pass: block j's row sums interleaved, row by row, with the writes of block j - 1 (whose x, y rows are
+    // still in L1), so that the loads of fresh rows and the stores of the output are in flight together (a
+    // blocked loop alternates a load-bound sums phase and a store-bound write phase: measured 1.29-1.30x the
+    // limit op vs 1.11-1.18x for the one pass, 2^18 x 64).  The same sums, coefficients and row writes as the
+    // blocked loop below (scalar outputs, GEOOPS_STEREO_LONG_SUMS=0): bit-identical results.
+    if (f32_long) {
       at::parallel_for(0, N, grain_for(D), [&](int64_t begin, int64_t end) {
         alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
         alignas(64) double co[2][3][kMaxBlock];
@@ -803,18 +760,6 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       write_block<scalar_t, HAS_Y>(xp + i0 * D, HAS_Y ? yp + i0 * D : nullptr, op_ + i0 * D, static_cast<int>(nb * D), rowof, fa, fb,
                                    fc);
       return;
-    }
-    if constexpr (kF32Long && !SCALAR_OUT) {
-      if (nt) {
-        for (int64_t b = 0; b < nb; ++b) {
-          const int64_t i = i0 + b;
-          write_row_nt<HAS_Y>(reinterpret_cast<const float*>(xp + i * sx), reinterpret_cast<const float*>(yp + i * sy),
-                              reinterpret_cast<float*>(op_ + i * so), D, static_cast<float>(ca[b]),
-                              static_cast<float>(cb[b]), static_cast<float>(cc[b]));
-        }
-        _mm_sfence();
-        return;
-      }
     }
     for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc);
   };

@@ -31,6 +31,7 @@
 #include "row_norms.h"  // row_sqnorms (shared with poincare.cpp)
 #include "vec_log.h"    // vecmath::log_pos (cdist forward, float)
 #include "mkl_packed.h" // MKL's packed SGEMM when torch exports it (the y operand packed once per call)
+#include "knobs.h"
 
 #include "geoops/stereo_math.h"
 
@@ -248,7 +249,7 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// ---- float, k < 0, AVX-512 (session 9): the same pass as neg_row_f32 in ~25 vector operations per 16 pairs instead
+// ---- float, k < 0, AVX-512: the same pass as neg_row_f32 in ~25 vector operations per 16 pairs instead
 // of ~45.  Differences (accuracy: see the error budget in docs/families/stereographic-pairwise.md):
 //  * log1p(u) from w = fl(1 + u) = 2^e m, m in [1, 2) (vgetexpps / vgetmantps: no integer shifts, e already a float),
 //    log w = e ln2 + f Q(f), f = m - 1, with Q a degree-7 minimax of log1p(f)/f on [0, 1] (our own fit, max relative
@@ -351,11 +352,12 @@ inline void neg_row_f32_v2(const float* G, float* out, float* Asave, const float
 }
 #endif
 
-// GEOOPS_CDIST_F32_EPI=v1 selects the session-8 float k < 0 epilogue (neg_row_f32: at::vec, Cephes-degree log) on
-// AVX-512 builds, for A/B measurements (read per call); the default there is neg_row_f32_v2.
+// The float k < 0 epilogue: neg_row_f32_v2 on AVX-512 builds, neg_row_f32 (at::vec, Cephes-degree log) on the
+// others; GEOOPS_CDIST_F32_EPI=v1 selects neg_row_f32 on AVX-512 builds too (read per call), so that the tests run
+// the other builds' epilogue here.
 inline bool use_epi_v2() {
 #if defined(CPU_CAPABILITY_AVX512)
-  const char* e = std::getenv("GEOOPS_CDIST_F32_EPI");
+  const char* e = knobs::get("GEOOPS_CDIST_F32_EPI");
   return !(e && std::string(e) == "v1");
 #else
   return false;
@@ -407,21 +409,6 @@ void compute_A(const at::Tensor& x, const at::Tensor& y, at::Tensor& G, const Sh
 // thread, so the GEMM's output block is still in L2 when the epilogue (and, backward, the next GEMMs) read it.
 inline int64_t block_rows(int64_t N, int64_t M) {
   return std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 17) / std::max<int64_t>(M, 1)));
-}
-
-// Forward schedule: the rows per block of the blocked loop (the default: single-threaded GEMM per block, epilogue
-// while the block is in cache), or 0 for one GEMM per batch (MKL's own threads) followed by one parallel epilogue
-// pass over rows.  Session 7 (2048 x 2048 x 64 fp32, shared machine): single-threaded the two were within noise
-// (full 8.1-13.7 ms, 64-row blocks 9.3-13.9 ms in alternating runs); at 2 threads the blocks were faster
-// (min 6.0 vs 6.9 ms) and far more robust under load (MKL's 2-thread GEMM stalls when a thread is descheduled).
-// GEOOPS_CDIST_FWD=full|block|<rows> overrides it (measurements; read per call).
-inline int64_t fwd_block_rows(int64_t N, int64_t M) {
-  if (const char* e = std::getenv("GEOOPS_CDIST_FWD")) {
-    if (std::string(e) == "full") return 0;
-    const long long v = std::atoll(e);
-    if (v > 0) return std::min<int64_t>(N, v);
-  }
-  return block_rows(N, M);
 }
 
 // y [B, M, D] packed per batch as the B operand of x_blk y^T (trans) or W_blk y (no trans), for blocks of at most
@@ -527,23 +514,11 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
     }
   };
   auto gemm_target = [&](int64_t b) { return (save && !(is_f32 && kp[b] < 0) ? A : out).select(0, b); };
-  const int64_t RB = fwd_block_rows(s.N, s.M);
-  if (RB == 0) {
-    for (int64_t b = 0; b < s.B; ++b) {
-      at::Tensor Gv = gemm_target(b);
-      at::mm_out(Gv, x.select(0, b), y.select(0, b).t());
-    }
-    at::parallel_for(0, s.B * s.N, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1;) {
-        const int64_t b = r / s.N, i0 = r % s.N, nr = std::min(r1 - r, s.N - i0);
-        epilogue(b, i0, nr);
-        r += nr;
-      }
-    });
-    return {out, A};
-  }
   // one parallel region over (batch, block of rows): the block's GEMM (single-threaded, into the output's or A's
-  // rows), then A (close pairs exact) and the distances while the block is in cache
+  // rows), then A (close pairs exact) and the distances while the block is in cache.  (One GEMM per batch on MKL's
+  // own threads, then one parallel epilogue pass, measured within noise at 1 thread, 2048 x 2048 x 64 fp32, and
+  // slower and far less robust under load at 2: MKL's 2-thread GEMM stalls when a thread is descheduled.)
+  const int64_t RB = block_rows(s.N, s.M);
   const int64_t nblk = (s.N + RB - 1) / RB;
   std::vector<mkl_packed::PackedB> yp_packed;
   if constexpr (is_f32) yp_packed = pack_y(mkl_packed::packed_sgemm_for(RB, s.M, s.D), yp, s.B, s.M, s.D, RB, true);
@@ -664,8 +639,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
     int64_t i, j;
     T w;
   };
-  int64_t RB = block_rows(s.N, s.M);
-  if (const char* e = std::getenv("GEOOPS_CDIST_BWD_RB")) RB = std::max<int64_t>(1, std::min<int64_t>(s.N, std::atoll(e)));
+  const int64_t RB = block_rows(s.N, s.M);
   const int64_t nblk = (s.N + RB - 1) / RB;
   // float: y packed once per batch for the two GEMMs that reuse it in every block (A = x_blk y^T, dx = W_blk y);
   // dy's GEMM (W_blk^T x_blk) shares no operand across blocks

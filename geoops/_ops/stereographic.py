@@ -19,7 +19,6 @@ torch.compile sees one opaque op.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -176,7 +175,7 @@ CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -
 class _PairCpp:
     # the C++ backward recomputes A per block of rows (one more GEMM) instead of reading an [N, M] buffer that the
     # forward would have to write (a second output stream, its page faults and its memory)
-    SAVES_A = os.environ.get("GEOOPS_CDIST_SAVE_A", "0") == "1"
+    SAVES_A = False
 
     @staticmethod
     def cdist_fwd(x, y, k, save):
