@@ -1,6 +1,6 @@
 // Float fast path of the short-row BACKWARD of expmap0 and logmap0 (stereographic_lanes.cpp only; include it
 // after geoops/cpu_capability.h): fp32 rows of D <= 16 elements stored back to back (x, g and dx of row
-// stride D), one block of <= 32 rows at a time (session 11).
+// stride D), one block of <= 32 rows at a time.
 //
 // Per row: z = k|x|^2, F = tanc(z) (expmap0) or atanc(z, 1 + z) (logmap0), F' = dF/dz, and
 //   dx = F g + 2 k <g,x> F' x,   dk = <g,x> F' |x|^2.
@@ -19,16 +19,17 @@
 // bit the previous ones): z >= kCut (k > 0 beyond the series: tan's condition grows without bound), |z| beyond
 // float's range, any NaN, and for logmap0 q <= 1e-6 (at or outside the ball's boundary, where the double path
 // clamps q).  The formulas are those of geoops/stereo_math.h (EXPMAP0 / LOGMAP0 in fwd and vjp).
-// GEOOPS_STEREO_F32_BWD=0 turns the path off (A/B; read per call).
+// GEOOPS_STEREO_F32_BWD=0 turns the path off (the double path, which other dtypes, strides and D > 16 run; read per
+// call).
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "geoops/stereo_math.h"
+#include "knobs.h"
 
 namespace geoops {
 namespace cpu {
@@ -41,10 +42,7 @@ static_assert(kRows % kFL == 0, "a block is whole float vectors");
 constexpr int kMaxD = 16;
 constexpr float kCut = 0.25f;
 
-inline bool enabled() {
-  const char* e = std::getenv("GEOOPS_STEREO_F32_BWD");
-  return !(e && e[0] == '0');
-}
+inline bool enabled() { return !knobs::off("GEOOPS_STEREO_F32_BWD"); }
 
 constexpr bool fast_op(int op) { return op == stereo::LOGMAP0 || op == stereo::EXPMAP0; }
 

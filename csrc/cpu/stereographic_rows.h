@@ -15,7 +15,7 @@ namespace geoops {
 namespace cpu {
 
 // Per-row curvature k and scalar r (mobius_scalar_mul) in double; stride 0 broadcasts one value.
-// rf (session 15): a float32 r read in place (stride sr) and widened per row, exactly, in place of r (then
+// rf: a float32 r read in place (stride sr) and widened per row, exactly, in place of r (then
 // null): no double copy of r per call (r.to(kDouble) of 2^18 rows cost ~1.3 ms, ~6 % of the op).
 struct RowScalars {
   const double* k;

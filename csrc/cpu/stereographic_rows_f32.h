@@ -1,7 +1,7 @@
 // Float fast path of the short-row forward (stereographic_lanes.cpp only; include it after
 // geoops/cpu_capability.h): fp32 rows of D <= 16 elements stored back to back, the ops mobius_add,
-// expmap, expmap0, logmap, logmap0.  block_fused (below, the default) is the same math as passes A-C in
-// three loops; block (passes A-C, D <= 8) stays for A/B.
+// expmap, expmap0, logmap, logmap0.  block_fused (below) is the same math as passes A-C in three loops; block
+// (passes A-C, D <= 8) runs where it measured faster than the fused loops (prefer_unfused).
 //
 // One block of <= 32 rows, three loops over the block while it is in L1, the row length D a template
 // argument (so the loads/stores of a row are a fixed interleave the compiler vectorises, no gathers):
@@ -9,14 +9,15 @@
 //      that cancel near the boundary (1 + k|x|^2, 1 + k|y|^2, the Mobius denominators and numerators);
 //      each is then rounded once to float, and everything multiplicative (quotients, products, the
 //      tanh/artanh arguments) is float;
-//   B. the one tanc/atanc call in float lanes (SLEEF float tanh / log1p, 16 rows per AVX-512 vector);
+//   B. the one tanc/atanc call in float lanes (tanc: tanc_neg's inline exp; atanc: SLEEF float log1p; 16 rows
+//      per AVX-512 vector);
 //   C. the coefficients (float; for expmap the Mobius sum with t = tan_k(...)/|u|, whose denominator
 //      1 - 2k t<x,u> + k^2 t^2 |x|^2|u|^2 cancels: double) and the writes out = a x + b y (+ c (x - y)).
 // Products and quotients of accurately rounded values lose only a few float ulps, so the results stay
 // within a few ulps of the double path (tests/test_stereographic_short.py: test_f32_fast_path_*).
 // A block with a "hard" lane (the call's argument z >= the float series cut, i.e. k > 0 beyond the
 // series; z or q or a float term out of float range; any NaN) returns false, and the caller runs the
-// double path for that block (whose results are the previous ones, bit for bit).
+// double path for that block (the double path's results, bit for bit).
 // The formulas are those of geoops/stereo_math.h (fwd), regrouped: a change there must be mirrored
 // here (the fp32 accuracy tests compare both against the fp64 reference).
 #pragma once
@@ -28,6 +29,7 @@
 #include <cstring>
 
 #include "geoops/stereo_math.h"
+#include "knobs.h"
 #include "vec_math_inl.h"
 
 namespace geoops {
@@ -38,42 +40,30 @@ using FVec = at::vec::Vectorized<float>;
 constexpr int kF = FVec::size();
 constexpr int kMaxRows = 32;  // rows per block (the short-row block of stereographic_lanes.cpp)
 static_assert(kMaxRows % kF == 0, "a block is whole float vectors");
-constexpr int kMaxD = 16;        // the fused path (session 9)
-constexpr int kMaxUnfusedD = 8;  // session 8's eight-loop path (GEOOPS_STEREO_F32_ROWS=3)
+constexpr int kMaxD = 16;  // the fused path; the eight-loop blocks (block) run at D <= 8
 
 constexpr bool fast_op(int op) {
   return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
          op == stereo::LOGMAP0;
 }
 
-// Where the path runs: by default the five ops at D <= 8 except mobius_add at D >= 5.  Measured (session 8,
-// 1 thread, 2^20 rows, A/B against the double path): 0.52-0.74x the time at D = 2, 0.73-0.89x at D = 5,
-// 0.79-0.82x at D = 8 — but mobius_add at D = 5 took 1.29x (1 thread) / 1.11x (2 threads): the one loss, so it
-// keeps the double path from D = 5 on.  Session 9: the fused path (block_fused, below), up to D = 16 (kMaxD), and
-// the default below.  GEOOPS_STEREO_F32_ROWS=0: off; =2: all five ops at D <= kMaxD, fused (tests); =3: as 2,
-// but session 8's eight-loop blocks at D <= 8 (A/B; D > 8 then takes the double path).  Read per call.
+// Where the path runs (mode 1, the default): every op at D <= 8; at D = 9..16 all five ops on AVX-512 builds (the
+// register pass, stereographic_rows_f32_reg.h, unless GEOOPS_STEREO_F32_REG=0), elsewhere expmap, expmap0, logmap,
+// logmap0 at D = 9..12 and expmap at D = 13..16: where the float path measured faster than the double path (1 thread,
+// A/B in docs/families/stereographic.md: the fused blocks 0.86-0.95x at D = 9..12, expmap 0.89x at D = 13..16, the
+// other ops 0.98-1.07x there).  GEOOPS_STEREO_F32_ROWS=0: always the double path (the path of other dtypes, strided
+// rows and hard blocks); =2: the fused blocks for all five ops at every D <= kMaxD (so that tests reach them on
+// every build).  Read per call.
 inline int mode() {
-  const char* e = std::getenv("GEOOPS_STEREO_F32_ROWS");
-  if (!e || !*e) return 1;
-  return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : (e[0] == '3' ? 3 : 1));
-}
-// Session 9's default (mode 1; A/B in docs/families/stereographic.md, 1 thread, under load): D <= 8 all five ops
-// (mobius_add at D = 5..8 now included: its eight-loop block took 0.85-0.88x the double path's time, where
-// session 8 measured 1.29x); D = 9..12 expmap, expmap0, logmap, logmap0 (0.86-0.95x); D = 13..16 expmap only
-// (0.89x; the others 0.98-1.07x there).
-// GEOOPS_STEREO_F32_REG (stereographic_rows_f32_reg.h's reg_mode): 0 off, 8 only at D <= 8, 2 / other / unset 1.
-inline int reg_env() {
-  const char* e = std::getenv("GEOOPS_STEREO_F32_REG");
-  if (!e || !*e) return 1;
-  return e[0] == '0' ? 0 : (e[0] == '2' ? 2 : (e[0] == '8' ? 8 : 1));
+  const char* e = knobs::get("GEOOPS_STEREO_F32_ROWS");
+  return e && e[0] == '0' ? 0 : (e && e[0] == '2' ? 2 : 1);
 }
 inline bool use(int op, int64_t D) {
   const int m = mode();
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
-  if (m >= 2 || D <= 8) return true;
+  if (m == 2 || D <= 8) return true;
 #if defined(CPU_CAPABILITY_AVX512)
-  // Session 14: the register pass at D = 9..16 (stereographic_rows_f32_reg.h) takes all five ops.
-  if (m == 1 && (reg_env() == 1 || reg_env() == 2)) return true;
+  if (!knobs::off("GEOOPS_STEREO_F32_REG")) return true;  // the register pass takes all five ops at D = 9..16
 #endif
   return op == stereo::EXPMAP || (D <= 12 && op != stereo::MOBIUS_ADD);
 }
@@ -96,7 +86,7 @@ struct Scratch {
 
 // ---------------------------------------------------------------- AVX-512 row permutes (3 <= D <= 8)
 // GCC 12 compiles the deinterleave and write loops below to vector permutes at D = 1, 2 but to one scalar
-// load/store per element (deinterleave) or one 4-wide row at a time (writes) at D = 3..8 (objdump, session 10:
+// load/store per element (deinterleave) or one 4-wide row at a time (writes) at D = 3..8 (objdump:
 // the D = 5 deinterleave alone cost ~2.5 ns per row).  So there, with AVX-512, explicitly: 16 rows of D floats
 // are D vectors; column j of them is one two-source permute per pair of vectors, merged by lane masks; the writes
 // expand each row's coefficient to its D elements with one permute per output vector.
@@ -128,7 +118,7 @@ constexpr bool perm_rows(int D) {
 #if defined(CPU_CAPABILITY_AVX512)
 // The NB rows at p (D floats each, back to back) into SoA lanes xs[j][b].
 // The 16 rows at p (D floats each, back to back) as D column vectors c[j] (lane l: row l's element j).
-// D = 9..16 (session 14): the 16 rows as 16 row vectors (masked loads, lanes >= D zero), then a 16 x 16
+// D = 9..16: the 16 rows as 16 row vectors (masked loads, lanes >= D zero), then a 16 x 16
 // transpose (unpack ps, unpack pd, two 128-bit shuffles) that makes only the D columns wanted: 16 loads + 32 +
 // ~2 D operations where the pair permutes above take D loads + ~D^2 (D = 10: 90, D = 16: 240).  Exact moves: the
 // same columns bit for bit.
@@ -334,20 +324,20 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
   return bad == 0;
 }
 
-// Forced inline (session 11): GCC kept tanc_neg_f / atanc_neg_f / tanc_neg out of line, a call per 16 rows that
+// Forced inline: GCC kept tanc_neg_f / atanc_neg_f / tanc_neg out of line, a call per 16 rows that
 // spilled the live vectors.
 #define GEOOPS_F32_AI inline __attribute__((always_inline))
-GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp);  // below
+GEOOPS_F32_AI FVec tanc_neg(const FVec& z);  // below
 
-// B. The call, in float lanes (SLEEF; tanc: tanc_neg's inline exp unless GEOOPS_STEREO_F32_TANH=sleef).
+// B. The call, in float lanes (atanc: SLEEF's log1p via eval_series_neg; tanc: tanc_neg's inline exp).
 template <int OP, int NB>
-inline void pass_b(Scratch& s, int inline_exp) {
+inline void pass_b(Scratch& s) {
   constexpr bool ATANC = OP == stereo::LOGMAP || OP == stereo::LOGMAP0;
   // B. the call, in float lanes
   if (OP != stereo::MOBIUS_ADD) {
     for (int b = 0; b < NB; b += kF) {
       (ATANC ? vecmath::eval_series_neg<ATANC>(FVec::loadu(s.z + b), FVec::loadu(s.q + b))
-             : tanc_neg(FVec::loadu(s.z + b), inline_exp))
+             : tanc_neg(FVec::loadu(s.z + b)))
           .store(s.v + b);
     }
   }
@@ -416,17 +406,17 @@ GEOOPS_F32_PASS void pass_c(const float* __restrict xb, const float* __restrict 
 // The NB rows from xb / yb (D elements each, back to back) into ob; kk[b] the row's curvature.  Returns
 // false (nothing written) when a lane is hard.
 template <int OP, int D, int NB>
-inline bool block(const float* xb, const float* yb, float* ob, const double* kk, int inline_exp) {
+inline bool block(const float* xb, const float* yb, float* ob, const double* kk) {
   static_assert(NB <= kMaxRows && NB % kF == 0, "whole float vectors");
   Scratch s;
   if (!pass_a<OP, D, NB>(xb, yb, kk, s)) return false;
-  pass_b<OP, NB>(s, inline_exp);
+  pass_b<OP, NB>(s);
   pass_c<OP, D, NB>(xb, yb, ob, s);
   return true;
 }
 
 // ------------------------------------------------------------------------------------------------ fused
-// The same math in three loops instead of eight, the lane values kept in registers in between (session 9):
+// The same math in three loops instead of eight, the lane values kept in registers in between:
 //   1. the rows into SoA float lanes (the deinterleave of pass A, vector code by GCC);
 //   2. per float vector of rows (16 with AVX-512), explicit at::vec code: widened to two double vectors, the
 //      row sums and the cancelling terms in double, rounded once to float, the float algebra, the hard-lane
@@ -474,8 +464,8 @@ inline void widen2(const FVec& v, DVec& lo, DVec& hi) {
 #endif
 }
 inline FVec fin(const FVec& v) { return (v > FVec(-1e30f)) & (v < FVec(1e30f)); }
-// The hard-lane check of lanes_core_g as one lane mask (session 12): with AVX-512 a mask register that each
-// comparison narrows (a masked compare: no vector masks, no and-ops); elsewhere the vector masks as before.
+// The hard-lane check of lanes_core_g as one lane mask: with AVX-512 a mask register that each comparison
+// narrows (a masked compare: no vector masks, no and-ops); elsewhere vector masks.
 // lt / gt: ordered (a NaN lane fails); fin: within float's working range (-1e30, 1e30), as fin() above.
 struct OkMask {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -502,7 +492,7 @@ inline DVec clamp_lo_d(const DVec& v, const DVec& lo) {
 #endif
 }
 
-// Session 14: max(v, c), min(v, c) for a constant c (never NaN) and the select z <= c ? b : a as one instruction
+// max(v, c), min(v, c) for a constant c (never NaN) and the select z <= c ? b : a as one instruction
 // each with AVX-512 (vmaxps / vminps with v second: a NaN v comes out as NaN, as at::vec::maximum / minimum, whose
 // NaN-propagating form cost four (vcmpunordps, vmaxps, vpmovm2d, vorps); the select from a mask register where
 // blendv took a vector mask and a compare back to a mask).  Same values (a NaN's payload aside).
@@ -532,82 +522,62 @@ GEOOPS_F32_AI FVec sel_le(const FVec& z, const FVec& c, const FVec& a, const FVe
 // |z| < cut as vecmath::eval_series_neg, and for z <= -cut (s >= 0.22) (1 - e) / ((1 + e) s) with e = exp(-2s)
 // <= 0.64 from an inline exp (Cody-Waite reduction by ln 2, Taylor polynomial to r^7 on |r| <= ln2/2, 1 -/+ e
 // formed from 2^n and e^r - 1 without cancellation), in place of SLEEF's tanhf (u10), which took about half of the fused block's
-// time at D = 2 (perf).  s is clamped at 9 (e < 2^-25: tanh(s) = 1 in float).  GEOOPS_STEREO_F32_TANH=sleef:
-// SLEEF's tanh (A/B; read per call).  Without AVX-512/AVX2: SLEEF's.
-// 0: SLEEF (=sleef), 1: the inline exp with the double quotient (=double; expmap0 too), 2 (unset): as 1, but
-// expmap0 all in float (tanc_neg_f, lanes_expmap0_f) and the fused logmap0 / logmap's atanc without vsqrtps /
-// vdivps (atanc_neg_f).
-inline int tanh_inline() {
-  const char* e = std::getenv("GEOOPS_STEREO_F32_TANH");
-  if (!e || !*e) return 2;
-  return e[0] == 's' ? 0 : (e[0] == 'd' ? 1 : 2);
-}
-// Session 13: the Mobius terms of mobius_add / expmap / logmap in float without cancellation (lanes_mob_g below):
-// GEOOPS_STEREO_F32_MOB=0 keeps session 12's double terms (A/B; read per call).  Only with AVX-512 and the float
-// tanh (tanh_inline() == 2); it travels as kMobBit in the caller's inline_exp.
-constexpr int kMobBit = 8;
-inline int mob_bit() {
+// time at D = 2 (perf).  s is clamped at 9 (e < 2^-25: tanh(s) = 1 in float).  Without AVX-512/AVX2: SLEEF's.
+// Its callers: the eight-loop blocks' pass B and the lane math of expmap where the double Mobius terms run.
+// The Mobius terms of mobius_add / expmap / logmap in float without cancellation (lanes_mob_g below): AVX-512
+// builds; elsewhere, and with GEOOPS_STEREO_F32_MOB=0 (read per call: how tests reach that path here), the terms
+// in double halves rounded once to float.  mob_terms() travels to the lane math as its `mob` argument.
+inline bool mob_terms() {
 #if defined(CPU_CAPABILITY_AVX512)
-  const char* e = std::getenv("GEOOPS_STEREO_F32_MOB");
-  return (e && e[0] == '0') ? 0 : kMobBit;
+  return !knobs::off("GEOOPS_STEREO_F32_MOB");
 #else
-  return 0;
+  return false;
 #endif
 }
-// tanh_inline() with the Mobius bit (the fused / register paths' inline_exp argument).
-inline int lane_mode() {
-  const int t = tanh_inline();
-  return t == 2 ? t | mob_bit() : t;
-}
-// Session 12: sqrt, 1/v and the double quotient without vsqrtps / vdivps / vdivpd (zmm throughput ~12 / ~10 / ~16
+// The caller's lane-mode argument of run / reg_range: 1 with the float Mobius terms, 0 with the double ones.
+inline int lane_mode() { return mob_terms() ? 1 : 0; }
+// sqrt, 1/v and the double quotient without vsqrtps / vdivps / vdivpd (zmm throughput ~12 / ~10 / ~16
 // cycles on one port, the largest single cost of expmap's and logmap's 16 rows at D = 2), each as accurate as the
 // exact operation up to a rare last-bit difference: the estimate (vrsqrt14 / vrcp14, relative error < 2^-14)
 // refined by one Newton step (< 2^-27 before rounding) and then corrected once by its exact FMA residual
 // (sqrt: s + (v - s^2) / (2 s); 1/v: r + r (1 - v r)), which leaves an error ~2^-46 relative plus the final rounding:
 // the correctly rounded result unless the exact one lies within ~2^-46 of a rounding midpoint.  The double
 // reciprocal: two Newton steps from vrcp14pd (2^-14 -> 2^-28 -> 2^-56 before rounding), the quotient num * (1/den)
-// within ~2 double ulps, then rounded to float once as before.  Without AVX-512: the exact operations.
-// ie: tanh_inline(); 2 (the default) these, 0 / 1 (GEOOPS_STEREO_F32_TANH=sleef / double) the exact operations (A/B).
+// within ~2 double ulps, then rounded to float once.  Without AVX-512: the exact operations.
 inline FVec rcp_nr(const FVec& v);
 inline FVec rsqrt_nr(const FVec& v);
-GEOOPS_F32_AI FVec rcp_cr(const FVec& v, int ie = 2) {
+GEOOPS_F32_AI FVec rcp_cr(const FVec& v) {
 #if defined(CPU_CAPABILITY_AVX512)
-  if (ie == 2) {
-    const FVec r = rcp_nr(v);
-    return at::vec::fmadd(r, at::vec::fnmadd(v, r, FVec(1.f)), r);
-  }
-#endif
-  (void)ie;
+  const FVec r = rcp_nr(v);
+  return at::vec::fmadd(r, at::vec::fnmadd(v, r, FVec(1.f)), r);
+#else
   return FVec(1.f) / v;
-}
-GEOOPS_F32_AI FVec sqrt_cr(const FVec& v, int ie = 2) {  // v > 0 (finite)
-#if defined(CPU_CAPABILITY_AVX512)
-  if (ie == 2) {
-    const FVec rs = rsqrt_nr(v);
-    const FVec s0 = v * rs;
-    return at::vec::fmadd(at::vec::fnmadd(s0, s0, v), FVec(0.5f) * rs, s0);
-  }
 #endif
-  (void)ie;
+}
+GEOOPS_F32_AI FVec sqrt_cr(const FVec& v) {  // v > 0 (finite)
+#if defined(CPU_CAPABILITY_AVX512)
+  const FVec rs = rsqrt_nr(v);
+  const FVec s0 = v * rs;
+  return at::vec::fmadd(at::vec::fnmadd(s0, s0, v), FVec(0.5f) * rs, s0);
+#else
   return v.sqrt();
-}
-GEOOPS_F32_AI DVec rcp_pd(const DVec& v, int ie = 2) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if (ie == 2) {
-    DVec r(_mm512_rcp14_pd(v));
-    r = at::vec::fmadd(r, at::vec::fnmadd(v, r, DVec(1.0)), r);
-    return at::vec::fmadd(r, at::vec::fnmadd(v, r, DVec(1.0)), r);
-  }
 #endif
-  (void)ie;
-  return DVec(1.0) / v;
 }
-GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp) {
+GEOOPS_F32_AI DVec rcp_pd(const DVec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  DVec r(_mm512_rcp14_pd(v));
+  r = at::vec::fmadd(r, at::vec::fnmadd(v, r, DVec(1.0)), r);
+  return at::vec::fmadd(r, at::vec::fnmadd(v, r, DVec(1.0)), r);
+#else
+  return DVec(1.0) / v;
+#endif
+}
+GEOOPS_F32_AI FVec tanc_neg(const FVec& z) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if (inline_exp) {
+  {
     const FVec cut(stereo::series_cut<float>());
     const FVec series = stereo::tanc_series(z);
-    const FVec s = sqrt_cr(max_c(z.neg(), cut), inline_exp);
+    const FVec s = sqrt_cr(max_c(z.neg(), cut));
     const FVec x = FVec(-2.f) * min_c(s, FVec(9.f));
     const FVec n = (x * FVec(1.44269504088896341f)).round();
     const FVec r = (x - n * FVec(0.693145751953125f)) - n * FVec(1.42860682030941723e-06f);
@@ -629,14 +599,14 @@ GEOOPS_F32_AI FVec tanc_neg(const FVec& z, int inline_exp) {
     DVec vd[2];
     for (int h = 0; h < 2; ++h) {
       const DVec sq = d[0][h] * d[1][h];
-      vd[h] = ((DVec(1.0) - d[0][h]) - sq) * rcp_pd(((DVec(1.0) + d[0][h]) + sq) * d[2][h], inline_exp);
+      vd[h] = ((DVec(1.0) - d[0][h]) - sq) * rcp_pd(((DVec(1.0) + d[0][h]) + sq) * d[2][h]);
     }
     const FVec v = narrow(vd[0], vd[1]);
     return sel_le(z, cut.neg(), series, v);
   }
-#endif
-  (void)inline_exp;
+#else
   return vecmath::eval_series_neg<false>(z, FVec(1.f));
+#endif
 }
 
 // 1/sqrt(v) and 1/v for v > 0 in float lanes: AVX-512's 14-bit estimates refined by one Newton step (relative
@@ -661,23 +631,23 @@ inline FVec rcp_nr(const FVec& v) {
 #endif
 }
 
-// tanc(z) for z < series cut, all in float (session 10; expmap0's coefficient, whose write out = tanc * u does
+// tanc(z) for z < series cut, all in float (expmap0's coefficient, whose write out = tanc * u does
 // not cancel): the series for |z| < cut; for z <= -cut, s = sqrt(-z) and 1/s from one reciprocal square root,
 // e = exp(-2s) = 2^n (1 + q) from tanc_neg's inline exp, and tanh(s)/s = ((1 - 2^n) - 2^n q) / ((1 + 2^n) + 2^n q)
 // / s with one reciprocal (a Newton step on the quotient keeps it within ~1 ulp of the float division).  No
-// double conversions, no vsqrtps / vdivps.  GEOOPS_STEREO_F32_TANH=double: tanc_neg's double quotient (A/B).
-// G independent vectors of rows at once (session 12; the register pass runs its two 16-row groups as G = 2): every
+// double conversions, no vsqrtps / vdivps.
+// G independent vectors of rows at once (the register pass runs its 16-row groups as G = 2 or 4): every
 // step of the chain for each group before the next step, so that the out-of-order core finds G independent chains
 // in its window; one group's chain (sums -> z -> rsqrt -> exp/log -> quotient, ~100 dependent vector operations)
 // alone ran at ~0.7 instructions per cycle.  G = 1 is the single-vector function; the operations and their
 // roundings do not depend on G.
 #define GEOOPS_G for (int g = 0; g < G; ++g)
 // n = round(m) (ties to even) and sc = 2^n for integer-valued results n in [-126, 127], |m| < 2^22 (the inline exps'
-// n = round(x log2 e)).  Session 15, AVX-512: m + 1.5 2^23 rounds to the integer C + n (spacing 1 in [2^23, 2^24),
+// n = round(x log2 e)).  AVX-512: m + 1.5 2^23 rounds to the integer C + n (spacing 1 in [2^23, 2^24),
 // ties to even as C is even: the n of vrndscaleps), n = that - C exactly, and 2^n's bits are (n + 127) << 23 = (the
 // sum's bits + 127) << 23 modulo 2^32 (the sum's bits are 0x4B400000 + n, whose high part shifts out): one add and
 // one subtract in place of vrndscaleps (two uops) and vcvtps2dq, the same n and 2^n bit for bit (n = -0 becomes +0,
-// which no caller tells apart: x - n c is x either way).  Elsewhere round() and vecmath::pow2_f as before.
+// which no caller tells apart: x - n c is x either way).  Elsewhere round() and vecmath::pow2_f.
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 GEOOPS_F32_AI void round_pow2(const FVec& m, FVec& n, FVec& sc) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -730,10 +700,10 @@ GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
 }
 
 // atanc(z, q) = artanh(s)/s (s = sqrt(-z), q = 1 - s^2 from the double terms) for z < series cut, the float
-// lanes of the fused logmap0 / logmap (tanh_kind 2): eval_series_neg<true>'s 0.5 log1p(2s(1 + s)/q)/s with s and 1/s
+// lanes of the fused logmap0 / logmap: eval_series_neg<true>'s 0.5 log1p(2s(1 + s)/q)/s with s and 1/s
 // from one reciprocal square root and 1/q from a reciprocal (Newton-refined estimates) in place of vsqrtps and two
 // vdivps; the log1p inline (log1p_big_f).
-// log1p(w) for w >= 0.5 (finite; atanc_neg_f's w >= 0.57): log(1 + w) inline (session 11, in place of SLEEF's log1pf
+// log1p(w) for w >= 0.5 (finite; atanc_neg_f's w >= 0.57): log(1 + w) inline (in place of SLEEF's log1pf
 // call, which spilled the register pass's live vectors): 1 + w = m 2^e with m in [0.75, 1.5) (vgetexpps /
 // vgetmantps), log m = 2 artanh(t), t = (m - 1)/(m + 1) (|t| <= 0.2; a reciprocal estimate, a Newton step and one
 // correction of the quotient), the odd series to t^11 (truncation < 1e-9 relative), e ln 2 in two parts.  The
@@ -788,7 +758,7 @@ GEOOPS_F32_AI FVec atanc_neg_f(const FVec& z, const FVec& q) {
   return atanc_neg_fg<1>(as1(z), as1(q), out), out[0];
 }
 
-// expmap0's lanes all in float (tanh_kind 2, the default): |u|^2 as float FMAs (no cancelling term: the
+// expmap0's lanes all in float: |u|^2 as float FMAs (no cancelling term: the
 // coefficient tanh(s)/s depends on |u|^2 only through s, with a condition number <= 1), z = k |u|^2, the hard-lane
 // check as lanes() (z < cut, z and q finite in float: a row whose float |u|^2 overflows takes the double path).
 // XC: the rows' columns (ArrCols or RegCols below); kk: the k of these kF rows.
@@ -807,7 +777,7 @@ GEOOPS_F32_AI bool lanes_expmap0_fg(const XF& xf, const double* kk, FVec (&a)[G]
   GEOOPS_G {
     const FVec k = narrow(DVec::loadu(kk + kF * g), DVec::loadu(kk + kF * g + kD));
     z[g] = k * xx[g];
-    // (session 15: 1 + z < 1e30 follows from z < cut, so that check, as the q it took, is gone: the same mask)
+    // (1 + z < 1e30 follows from z < cut: no check of q needed)
     ok.lt(z[g], FVec(stereo::series_cut<float>())), ok.gt(z[g], FVec(-1e30f));
   }
   if (!ok.all()) return false;
@@ -854,19 +824,19 @@ struct ArrCols {
   DVec d(int j, int h) const { return widen(&xs[j][o + h * kD]); }
 };
 
-// Session 13: mobius_add, expmap and logmap with their Mobius terms regrouped so that nothing cancels for k <= 0
+// mobius_add, expmap and logmap with their Mobius terms regrouped so that nothing cancels for k <= 0
 // (the hyperbolic case), all in float but for 1 + k|x|^2 and 1 + k|y|^2 (row sums and the term in double, rounded
-// once, as before).  With p_x = 1 + k|x|^2, p_y = 1 + k|y|^2 and w = x + y:
+// once).  With p_x = 1 + k|x|^2, p_y = 1 + k|y|^2 and w = x + y:
 //   1 - 2k<x,y> - k|y|^2 = p_x - k|w|^2,   1 - 2k<x,y> + k^2|x|^2|y|^2 = p_x p_y - k|w|^2
 // (expand |w|^2 = |x|^2 + 2<x,y> + |y|^2), and logmap's (-x) + y denominator is p_x p_y - k|x - y|^2.  For k <= 0
 // both sides are sums of non-negative terms: each rounded float operation adds at most 2^-24 relative to its own
 // result, so num and den come out within ~(D + 4) 2^-24 relative (w_j = x_j + t u_j is one FMA, one rounding of the
 // exact value; |w|^2 D FMAs of positive terms; -k|w|^2 one product, k rounded to float; the sum of two non-negative
-// terms one rounding), where session 12 rounded the double terms once (2^-24) but spent ~56 double operations and
-// ~43 conversions per 16 rows on them (expmap, D = 2).  For k > 0 (spherical) num may cancel: its absolute error is
+// terms one rounding), where the double terms (lanes_core_g's, used without AVX-512 or with GEOOPS_STEREO_F32_MOB=0)
+// round once (2^-24) but spend ~56 double operations and ~43 conversions per 16 rows on them (expmap, D = 2).  For k > 0 (spherical) num may cancel: its absolute error is
 // then ~(D + 4) 2^-24 (p_x + k|w|^2), i.e. relative to the output's terms (the test's tolerance), not to num.
 // expmap's y = t u (t = tanc(z)/p_x rounded to float): p_y = 1 + k t^2|u|^2 in double for that float t, rounded once
-// (session 12's terms were those of the float y = t u too; sech^2(s) from the tanc's exp(-2s) instead measured up to
+// (the double terms are those of the float y = t u too; sech^2(s) from the tanc's exp(-2s) instead measured up to
 // 0.17 relative error on rows whose y lies within ~1e-10 of the boundary: the float t then misses |y| by an ulp, and
 // num, den must be those of the float y).
 // The float |u|^2 (for z) and k in float add a few ulps to z, whose tanc has a condition number < 1.
@@ -969,20 +939,19 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
 
 // 2. G float vectors of rows (group g: column j as floats xf(g, j), its half h widened to double xd(g, j, h), y's
 // yf(g, j) and yd(g, j, h); k at kk + kF g): the coefficients a[g], b[g]; false on a hard lane of any group.
-// inline_exp: lane_mode() (tanh_inline() and the session-13 Mobius bit kMobBit).
+// mob: mob_terms() (mobius_add / expmap / logmap through lanes_mob_g).
 template <int OP, int D, int G, typename XF, typename XD, typename YF, typename YD>
 GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
-                                FVec (&a)[G], FVec (&b)[G], int inline_exp) {
+                                FVec (&a)[G], FVec (&b)[G], bool mob) {
   using namespace geoops::stereo;
   if constexpr (OP == MOBIUS_ADD || OP == EXPMAP || OP == LOGMAP) {
-    if (inline_exp & kMobBit) return lanes_mob_g<OP, D, G>(xf, xd, yf, yd, kk, a, b);
+    if (mob) return lanes_mob_g<OP, D, G>(xf, xd, yf, yd, kk, a, b);
+  } else {
+    (void)mob;
   }
-  inline_exp &= ~kMobBit;
   if constexpr (OP == EXPMAP0) {
-    if (inline_exp == 2) {
-      GEOOPS_G b[g] = FVec(0.f);
-      return lanes_expmap0_fg<D, G>(xf, kk, a);
-    }
+    GEOOPS_G b[g] = FVec(0.f);
+    return lanes_expmap0_fg<D, G>(xf, kk, a);
   }
   constexpr bool HAS_Y = op_has_y(OP);
   constexpr bool CALL = OP != MOBIUS_ADD;
@@ -1033,19 +1002,19 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
     if (OP == MOBIUS_ADD) {
       okg[g].fin(f[g][0]), okg[g].fin(f[g][1]), okg[g].fin(f[g][2]);
     } else if (OP == EXPMAP) {
-      const FVec hh = rcp_cr(f[g][0], inline_exp);
+      const FVec hh = rcp_cr(f[g][0]);
       z[g] = f[g][2] * hh * hh, u0[g] = hh, u1[g] = f[g][1];
       okg[g].fin(hh), okg[g].fin(f[g][1]);
     } else if (OP == EXPMAP0 || OP == LOGMAP0) {
       z[g] = f[g][0], q[g] = f[g][1];
     } else if (OP == LOGMAP) {
-      const FVec rden = rcp_cr(f[g][0], inline_exp);
+      const FVec rden = rcp_cr(f[g][0]);
       z[g] = f[g][3] * rden, q[g] = f[g][1] * f[g][4] * rden;
       u0[g] = f[g][2] * z[g], u1[g] = (f[g][2] * f[g][1] * rden).neg();
       okg[g].fin(rden), okg[g].fin(u0[g]), okg[g].fin(u1[g]);
     }
     if (CALL) okg[g].lt(z[g], FVec(series_cut<float>())), okg[g].gt(z[g], FVec(-1e30f));
-    // (session 15: q < 1e30 is checked where it does not follow from z < cut: logmap's q = p_x p_y / den; expmap's
+    // (q < 1e30 is checked where it does not follow from z < cut: logmap's q = p_x p_y / den; expmap's
     // q is 1, expmap0's / logmap0's 1 + k|x|^2 rounded from the double whose k|x|^2 rounded to z < cut)
     if (OP == LOGMAP) okg[g].lt(q[g], FVec(1e30f));
   }
@@ -1054,20 +1023,16 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
   GEOOPS_G b[g] = FVec(0.f);
   if (OP == MOBIUS_ADD) {
     GEOOPS_G {
-      const FVec r = rcp_cr(f[g][2], inline_exp);
+      const FVec r = rcp_cr(f[g][2]);
       a[g] = f[g][0] * r, b[g] = f[g][1] * r;
     }
     return true;
   }
   FVec v[G];
   if (OP == LOGMAP || OP == LOGMAP0) {
-    if (inline_exp == 2) {
-      atanc_neg_fg<G>(z, q, v);
-    } else {
-      GEOOPS_G v[g] = vecmath::eval_series_neg<true>(z[g], q[g]);
-    }
+    atanc_neg_fg<G>(z, q, v);
   } else {
-    GEOOPS_G v[g] = tanc_neg(z[g], inline_exp);
+    GEOOPS_G v[g] = tanc_neg(z[g]);
   }
   GEOOPS_G {
     if (OP == EXPMAP) {
@@ -1079,7 +1044,7 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
         den[h] = cl(one + td[h] * (e[g][0][h] + td[h] * e[g][1][h]));
         num[h] = one + td[h] * (e[g][0][h] + td[h] * e[g][2][h]);
       }
-      const FVec r = rcp_cr(narrow(den[0], den[1]), inline_exp);
+      const FVec r = rcp_cr(narrow(den[0], den[1]));
       a[g] = narrow(num[0], num[1]) * r, b[g] = u1[g] * r * tf;
     } else if (OP == LOGMAP) {
       a[g] = v[g] * u0[g], b[g] = v[g] * u1[g];
@@ -1091,11 +1056,11 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
 }
 // One float vector of rows (columns xc, yc; k at kk): lanes_core_g with G = 1.
 template <int OP, int D, typename XC, typename YC>
-GEOOPS_F32_AI bool lanes_core(const XC& xc, const YC& yc, const double* kk, FVec& a, FVec& b, int inline_exp) {
+GEOOPS_F32_AI bool lanes_core(const XC& xc, const YC& yc, const double* kk, FVec& a, FVec& b, bool mob) {
   FVec aa[1], bb[1];
   if (!lanes_core_g<OP, D, 1>([&](int, int j) { return xc.f(j); }, [&](int, int j, int h) { return xc.d(j, h); },
                               [&](int, int j) { return yc.f(j); }, [&](int, int j, int h) { return yc.d(j, h); }, kk,
-                              aa, bb, inline_exp)) {
+                              aa, bb, mob)) {
     return false;
   }
   a = aa[0], b = bb[0];
@@ -1105,67 +1070,67 @@ GEOOPS_F32_AI bool lanes_core(const XC& xc, const YC& yc, const double* kk, FVec
 // lanes_core on the rows at offset o of a block's SoA lanes, the coefficients stored to ca, cb.
 template <int OP, int D, int NB>
 inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(OP) ? D : 1][NB], const double* kk,
-                  int o, float* ca, float* cb, int inline_exp) {
+                  int o, float* ca, float* cb, bool mob) {
   constexpr int DY = stereo::op_has_y(OP) ? D : 1;
   FVec a, b;
-  if (!lanes_core<OP, D>(ArrCols<D, NB>{xs, o}, ArrCols<DY, NB>{ys, o}, kk + o, a, b, inline_exp)) return false;
+  if (!lanes_core<OP, D>(ArrCols<D, NB>{xs, o}, ArrCols<DY, NB>{ys, o}, kk + o, a, b, mob)) return false;
   a.store(ca + o);
   b.store(cb + o);
   return true;
 }
 
 template <int OP, int D, int NB>
-inline bool block_fused(const float* xb, const float* yb, float* ob, const double* kk, int inline_exp) {
+inline bool block_fused(const float* xb, const float* yb, float* ob, const double* kk, bool mob) {
   static_assert(NB <= kMaxRows && NB % kF == 0, "whole float vectors");
   constexpr bool HAS_Y = stereo::op_has_y(OP);
   alignas(64) float xs[D][NB], ys[HAS_Y ? D : 1][NB];
   alignas(64) float ca[NB], cb[NB];
   deinterleave<D, NB, HAS_Y>(xb, yb, xs, ys);
   for (int o = 0; o < NB; o += kF) {
-    if (!lanes<OP, D, NB>(xs, ys, kk, o, ca, cb, inline_exp)) return false;
+    if (!lanes<OP, D, NB>(xs, ys, kk, o, ca, cb, mob)) return false;
   }
   write_rows<OP, D, NB>(xb, yb, ob, ca, cb);
   return true;
 }
 
-// block<OP, D, NB> (session 8's eight loops, GEOOPS_STEREO_F32_ROWS=3, D <= kMaxD) or block_fused<OP, D, NB>
-// (D <= kMaxFusedD) for the runtime D and nb rows (nb == NB, else false).
-// m: mode(), read once per call by the caller (a getenv per block cost more than the block's loops).
+// block<OP, D, NB> (the eight loops, prefer_unfused in mode 1: they use the double Mobius terms) or
+// block_fused<OP, D, NB> for the runtime D and nb rows (nb == NB, else false).
+// m: mode(), lm: lane_mode(), both read once per call by the caller (a getenv per block cost more than the block's
+// loops).
 template <int OP, int NB>
-inline bool run(int m, int inline_exp, int64_t D, const float* xb, const float* yb, float* ob, int nb,
-                const double* kk) {
+inline bool run(int m, int lm, int64_t D, const float* xb, const float* yb, float* ob, int nb, const double* kk) {
   if (nb != NB) return false;
-  if (m == 3 || (m == 1 && prefer_unfused(OP, D))) {
-    inline_exp &= ~kMobBit;  // (session 8's eight loops: the double terms)
+  if (m == 1 && prefer_unfused(OP, D)) {
     switch (D) {
-      case 1: return block<OP, 1, NB>(xb, yb, ob, kk, inline_exp);
-      case 2: return block<OP, 2, NB>(xb, yb, ob, kk, inline_exp);
-      case 3: return block<OP, 3, NB>(xb, yb, ob, kk, inline_exp);
-      case 4: return block<OP, 4, NB>(xb, yb, ob, kk, inline_exp);
-      case 5: return block<OP, 5, NB>(xb, yb, ob, kk, inline_exp);
-      case 6: return block<OP, 6, NB>(xb, yb, ob, kk, inline_exp);
-      case 7: return block<OP, 7, NB>(xb, yb, ob, kk, inline_exp);
-      case 8: return block<OP, 8, NB>(xb, yb, ob, kk, inline_exp);
+      case 1: return block<OP, 1, NB>(xb, yb, ob, kk);
+      case 2: return block<OP, 2, NB>(xb, yb, ob, kk);
+      case 3: return block<OP, 3, NB>(xb, yb, ob, kk);
+      case 4: return block<OP, 4, NB>(xb, yb, ob, kk);
+      case 5: return block<OP, 5, NB>(xb, yb, ob, kk);
+      case 6: return block<OP, 6, NB>(xb, yb, ob, kk);
+      case 7: return block<OP, 7, NB>(xb, yb, ob, kk);
+      case 8: return block<OP, 8, NB>(xb, yb, ob, kk);
     }
     return false;
   }
+  const bool mob = lm != 0;
   switch (D) {
-    case 1: return block_fused<OP, 1, NB>(xb, yb, ob, kk, inline_exp);
-    case 2: return block_fused<OP, 2, NB>(xb, yb, ob, kk, inline_exp);
-    case 3: return block_fused<OP, 3, NB>(xb, yb, ob, kk, inline_exp);
-    case 4: return block_fused<OP, 4, NB>(xb, yb, ob, kk, inline_exp);
-    case 5: return block_fused<OP, 5, NB>(xb, yb, ob, kk, inline_exp);
-    case 6: return block_fused<OP, 6, NB>(xb, yb, ob, kk, inline_exp);
-    case 7: return block_fused<OP, 7, NB>(xb, yb, ob, kk, inline_exp);
-    case 8: return block_fused<OP, 8, NB>(xb, yb, ob, kk, inline_exp);
-    case 9: return block_fused<OP, 9, NB>(xb, yb, ob, kk, inline_exp);
-    case 10: return block_fused<OP, 10, NB>(xb, yb, ob, kk, inline_exp);
-    case 11: return block_fused<OP, 11, NB>(xb, yb, ob, kk, inline_exp);
-    case 12: return block_fused<OP, 12, NB>(xb, yb, ob, kk, inline_exp);
-    case 13: return block_fused<OP, 13, NB>(xb, yb, ob, kk, inline_exp);
-    case 14: return block_fused<OP, 14, NB>(xb, yb, ob, kk, inline_exp);
-    case 15: return block_fused<OP, 15, NB>(xb, yb, ob, kk, inline_exp);
-    case 16: return block_fused<OP, 16, NB>(xb, yb, ob, kk, inline_exp);
+    case 1: return block_fused<OP, 1, NB>(xb, yb, ob, kk, mob);
+    case 2: return block_fused<OP, 2, NB>(xb, yb, ob, kk, mob);
+    case 3: return block_fused<OP, 3, NB>(xb, yb, ob, kk, mob);
+    case 4: return block_fused<OP, 4, NB>(xb, yb, ob, kk, mob);
+    case 5: return block_fused<OP, 5, NB>(xb, yb, ob, kk, mob);
+    case 6: return block_fused<OP, 6, NB>(xb, yb, ob, kk, mob);
+    case 7: return block_fused<OP, 7, NB>(xb, yb, ob, kk, mob);
+    case 8: return block_fused<OP, 8, NB>(xb, yb, ob, kk, mob);
+    case 9: return block_fused<OP, 9, NB>(xb, yb, ob, kk, mob);
+    case 10: return block_fused<OP, 10, NB>(xb, yb, ob, kk, mob);
+    case 11: return block_fused<OP, 11, NB>(xb, yb, ob, kk, mob);
+    case 12: return block_fused<OP, 12, NB>(xb, yb, ob, kk, mob);
+    case 13: return block_fused<OP, 13, NB>(xb, yb, ob, kk, mob);
+    case 14: return block_fused<OP, 14, NB>(xb, yb, ob, kk, mob);
+    case 15: return block_fused<OP, 15, NB>(xb, yb, ob, kk, mob);
+    case 16: return block_fused<OP, 16, NB>(xb, yb, ob, kk, mob);
   }
   return false;
 }

@@ -13,7 +13,7 @@ from bench.stereographic import make_inputs, limit_call, op_call, geoops_fn
 dims = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "2,5,10,16").split(",")]
 ops = (sys.argv[2] if len(sys.argv) > 2 else "mobius_add,expmap,logmap,expmap0,logmap0").split(",")
 R = int(sys.argv[3]) if len(sys.argv) > 3 else 9
-KNOB = sys.argv[4] if len(sys.argv) > 4 else "GEOOPS_STEREO_F32_MOB"  # session 15: e.g. GEOOPS_STEREO_F32_REG_PF
+KNOB = sys.argv[4] if len(sys.argv) > 4 else "GEOOPS_STEREO_F32_MOB"  # or GEOOPS_STEREO_F32_REG, _ROWS
 N = 2 ** 20
 PF = {}
 def t1(f, tag=None):

@@ -1,4 +1,4 @@
-// What bounds the register pass at small D (session 15): time block_reg over (a) 2^20 rows streaming from memory
+// What bounds the register pass at small D: time block_reg over (a) 2^20 rows streaming from memory
 // and (b) the same 4096 rows (L1/L2-resident) repeated, per op, against the limit-op loop (o = -x, o = x + y) over
 // the same rows, and the floor (columns + write, a = 1: no lane math).  1 thread, thread CPU time, medians.
 // Build: see README.md (bound).  usage: bound D ops reps [variant]
@@ -17,15 +17,15 @@
 #include "stereographic_rows_f32.h"
 #include "stereographic_rows_f32_reg.h"
 using namespace geoops::cpu::f32rows;
-// SLEEF calls of the non-default modes (not linked here; never reached with lane_mode() 10)
+// SLEEF entry points the headers reference (not linked here; block_reg never calls them on AVX-512)
 extern "C" __m512 Sleef_tanhf16_u10(__m512) { std::abort(); }
 extern "C" __m512 Sleef_log1pf16_u10(__m512) { std::abort(); }
 namespace st = geoops::stereo;
 
 static double now() { timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 // pf: software prefetch pf rows ahead (0: none); pw: also the output's lines (prefetchw)
-template <int OP, int D, int NB = 32, bool IL = true>
-__attribute__((noinline)) void run_rows(const float* x, const float* y, float* o, int64_t n, const double* k, int mode,
+template <int OP, int D, int NB = 32>
+__attribute__((noinline)) void run_rows(const float* x, const float* y, float* o, int64_t n, const double* k, int lm,
                                         int pf = 0, bool pw = false) {
   for (int64_t i = 0; i < n; i += NB) {
     if (pf) {
@@ -35,7 +35,7 @@ __attribute__((noinline)) void run_rows(const float* x, const float* y, float* o
         if (pw) __builtin_prefetch(reinterpret_cast<const char*>(o + (i + pf) * D) + l, 1, 3);
       }
     }
-    if (!block_reg<OP, D, NB, IL>(x + i * D, y + i * D, o + i * D, k, mode)) std::abort();
+    if (!block_reg<OP, D, NB>(x + i * D, y + i * D, o + i * D, k, lm != 0)) std::abort();
   }
 }
 template <int D, bool ADD>
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
       [&] { run_floor<D, true>(x.data(), y.data(), o.data(), NS); });
 #ifdef GVAR
   {
-    // the register pass with G = 1 (one group after the other), 2 (block_reg's default), 3, 4 groups interleaved;
+    // the register pass with G = 1 (16-row blocks: one group at a time), 2 (block_reg's default), 3, 4 groups interleaved;
     // the variants interleaved round by round
     using Fn = void (*)(const float*, const float*, float*, int64_t, const double*, int, int, bool);
     auto var = [&](const char* name, const std::vector<float>& X, const std::vector<float>& Y, const Fn (&f)[4]) {
@@ -143,8 +143,7 @@ int main(int argc, char** argv) {
       }
     };
 #define OPRUN(NAME, OP, XV, YV)                                                                            \
-    { const Fn f[4] = {&run_rows<OP, D, 32, false>, &run_rows<OP, D, 32, true>, &run_rows<OP, D, 48, true>, \
-                       &run_rows<OP, D, 64, true>};                                                          \
+    { const Fn f[4] = {&run_rows<OP, D, 16>, &run_rows<OP, D, 32>, &run_rows<OP, D, 48>, &run_rows<OP, D, 64>}; \
       var(NAME, XV, YV, f); }
 #else
   const int pfs[] = {0, 64, 128, 256, 512};
