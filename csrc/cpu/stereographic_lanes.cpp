@@ -254,11 +254,21 @@ int64_t lane_block(int64_t D, int streams) {
 // `grain_elems` elements each for short rows), each chunk in blocks of rows;
 // block(i0, nb, nv, end) runs for the nb rows from i0 (nv: nb rounded up to whole vectors, the lanes
 // computed; rows past nb repeat row end - 1, the chunk's last).
+// The rows [0, N) in parallel chunks of about `grain` rows that start at multiples of `align` rows: the blocks a
+// chunk is cut into then sit at the same rows whatever the thread count, and so do the choices made per block (the
+// float or the double call, the register pass or its fallback), so that a row's bits do not depend on the threads.
+template <typename F>
+inline void parallel_rows(int64_t N, int64_t align, int64_t grain, F&& chunk) {
+  at::parallel_for(0, (N + align - 1) / align, std::max<int64_t>(1, grain / align), [&](int64_t b0, int64_t b1) {
+    chunk(b0 * align, std::min<int64_t>(N, b1 * align));
+  });
+}
+
 template <typename scalar_t, bool SHORT, typename F>
 inline void for_row_blocks(int64_t N, int64_t D, int streams, int64_t grain_elems, F&& block) {
   const int64_t B = lane_block<scalar_t, SHORT>(D, streams);
   const int64_t grain = SHORT ? std::max<int64_t>(kBlock, grain_elems / std::max<int64_t>(D, 1)) : grain_for(D);
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  parallel_rows(N, B, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i0 = begin; i0 < end; i0 += B) {
       const int64_t nb = std::min<int64_t>(B, end - i0);
       block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
@@ -602,7 +612,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // double path below for the blocks it declines
   constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
   const int f32_mode = kF32Op ? f32rows::mode() : 0;
-  const int f32_inline_exp = kF32Op ? f32rows::lane_mode() : 0;  // (with the Mobius bit)
+  const int f32_lane_mode = kF32Op ? f32rows::lane_mode() : 0;
   const int f32_reg = kF32Op ? f32rows::reg_mode() : 0;
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
   // fp32 rows longer than the short-row cut: the AVX-512 row sums (above)
@@ -689,7 +699,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     // limit op vs 1.11-1.18x for the one pass, 2^18 x 64).  The same sums, coefficients and row writes as the
     // blocked loop below (scalar outputs, GEOOPS_STEREO_LONG_SUMS=0): bit-identical results.
     if (f32_long) {
-      at::parallel_for(0, N, grain_for(D), [&](int64_t begin, int64_t end) {
+      parallel_rows(N, B, grain_for(D), [&](int64_t begin, int64_t end) {
         alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
         alignas(64) double co[2][3][kMaxBlock];
         int64_t p0 = begin, pn = 0;  // the pending block: rows p0 .. p0 + pn, coefficients co[1 - cur]
@@ -720,7 +730,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         }
         const float* xf = reinterpret_cast<const float*>(xp) + i0 * D;
         const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) + i0 * D : nullptr;
-        if (f32rows::run<OP, kBlock>(f32_mode, f32_inline_exp, D, xf, yf, reinterpret_cast<float*>(op_) + i0 * D, static_cast<int>(nb), kb)) return;
+        if (f32rows::run<OP, kBlock>(f32_mode, f32_lane_mode, D, xf, yf, reinterpret_cast<float*>(op_) + i0 * D, static_cast<int>(nb), kb)) return;
       }
     }
     if (SHORT) {
@@ -764,16 +774,15 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc);
   };
   if constexpr (kF32Op) {
-    // fp32 rows of D <= 16 (AVX-512; D <= 8 with GEOOPS_STEREO_F32_REG=8): one register pass per 16 rows over each chunk's blocks
+    // fp32 rows of D <= 16 (AVX-512): one register pass per 16 rows over each chunk's blocks
     // (stereographic_rows_f32_reg.h), the blocks it declines as above (the same blocks as for_row_blocks)
     if (f32_fast && f32rows::reg_takes(OP, f32_reg, f32_mode, D, sc.sk)) {
       const float* xf = reinterpret_cast<const float*>(xp);
       const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) : nullptr;
       float* of = reinterpret_cast<float*>(op_);
       const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(D, 1));
-      const bool reg_il = f32rows::reg_il();
-      at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-        f32rows::reg_range<OP, kBlock>(D, begin, end, xf, yf, of, sc.k, sc.sk, kconst, f32_inline_exp, reg_il,
+      parallel_rows(N, kBlock, grain, [&](int64_t begin, int64_t end) {
+        f32rows::reg_range<OP, kBlock>(D, begin, end, xf, yf, of, sc.k, sc.sk, kconst, f32_lane_mode,
                                        [&](int64_t i0, int64_t nb) {
                                          block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
                                        });

@@ -37,8 +37,6 @@ inline int reg_mode() {
 #endif
 }
 
-// The caller's `il` argument of reg_range (no longer a switch: the groups always interleave where block_reg does).
-inline bool reg_il() { return true; }
 
 #if defined(CPU_CAPABILITY_AVX512)
 // lanes_core's columns from registers.
@@ -165,11 +163,10 @@ inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
   return reg != 0 && D >= 1 && D <= kRegMaxD && (sk == 0 || sk == 1);
 }
 
-// reg_loop for the runtime D (reg_takes must hold); lm: lane_mode(); il: reg_il() (unused).
+// reg_loop for the runtime D (reg_takes must hold); lm: lane_mode().
 template <int OP, int NB, typename F>
 inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, const float* y, float* o,
-                      const double* k, int64_t sk, const double* kconst, int lm, bool il, F&& fallback) {
-  (void)il;
+                      const double* k, int64_t sk, const double* kconst, int lm, F&& fallback) {
 #if defined(CPU_CAPABILITY_AVX512)
   const bool mob = lm != 0;
 #define GEOOPS_REG_CASE(DD, PF) return reg_loop<OP, DD, NB, PF>(begin, end, x, y, o, k, sk, kconst, mob, fallback)
