@@ -1406,8 +1406,9 @@ def test_batchnorm_backward_reentrant_after_heap_churn():
                                              (torch.float32, 20, {}), (torch.float64, 8, {})])
 def test_relu_kernels_bitwise_reproducible_heap_and_threads(monkeypatch, dtype, D, knobs):
     """The ReLU's forward and backward (gx and dL/dc) agree bit for bit on identical inputs after heap churn, at
-    any buffer alignment and with 1 or 2 threads: the float row lanes (32-row blocks), the double path, fp64.  N = 9000 rows: several row chunks (each split into blocks
-    and a partial tail the same way whatever the thread count), with a tail block."""
+    any buffer alignment and with 1 or 2 threads: the float row lanes (32-row blocks), the double path, fp64.
+    N = 9000 rows: several row chunks (each split into blocks and a partial tail the same way whatever the thread
+    count), with a tail block."""
     import random
 
     from geoops import _backend

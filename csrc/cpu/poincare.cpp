@@ -431,8 +431,8 @@ inline __m512d lo_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_castps512_p
 inline __m512d hi_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
 
 // The tangent rows' forward scalars k1 = sc lam s, k0 = lam - 1 of 16 rows in float lanes, in place of
-// block_scalars' double-lane SLEEF tanh and its divisions (those measured ~25 % of the forward at the digits shape).  q = sc max(|u|, 1e-15),
-// s = tanh(q)/q, lam = 2 / (1 - tanh(q)^2):
+// block_scalars' double-lane SLEEF tanh and its divisions (those measured ~25 % of the forward at the digits shape).
+// q = sc max(|u|, 1e-15), s = tanh(q)/q, lam = 2 / (1 - tanh(q)^2):
 //   q^2 < 0.05: s by stereo::tanc_series(-q^2) (truncation < 1e-10), lam = 2 / (1 - q^2 s^2) (q^2 s^2 < 0.05:
 //     no cancellation);
 //   else e = exp(-2q) = 2^n (1 + p), n = round(-2q / ln 2) <= -1, the reduction r = -2q - n ln 2 formed in

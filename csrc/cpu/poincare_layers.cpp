@@ -31,12 +31,12 @@ namespace {
 inline int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1)); }
 
 // ---------------------------------------------------------------- rows on lanes (the batch norm's row sums)
-// The batch norm's per-row sums (midpoint, logmap_m, the row op, forward and backward) on SIMD lanes of rows at
-// D <= kBnLaneMaxD, as one `omp simd` reduction per row above (GEOOPS_POINCARE_BN_LANES=0, read per call, forces
-// the per-row path at every D, so that the tests compare the two).  On lanes: one row per lane of a vector of doubles (8 rows per AVX-512 vector), column d of
-// those rows gathered into one vector, each sum accumulated lane by lane in column order: no horizontal sum per
-// row (GCC spilled the per-row reductions' lanes and summed them serially) and a fixed order of every sum, so
-// two calls on the same data agree bit for bit whatever the buffers' alignment.
+// The batch norm's per-row sums (midpoint, logmap_m, the row op, forward and backward) on SIMD lanes of rows at D <=
+// kBnLaneMaxD, as one `omp simd` reduction per row above (GEOOPS_POINCARE_BN_LANES=0, read per call, forces the
+// per-row path at every D, so that the tests compare the two).  On lanes: one row per lane of a vector of doubles (8
+// rows per AVX-512 vector), column d of those rows gathered into one vector, each sum accumulated lane by lane in
+// column order: no horizontal sum per row (GCC spilled the per-row reductions' lanes and summed them serially) and a
+// fixed order of every sum, so two calls on the same data agree bit for bit whatever the buffers' alignment.
 constexpr int64_t kBnLaneMaxD = 16;
 inline bool bn_lanes(int64_t D) { return D <= kBnLaneMaxD && !knobs::off("GEOOPS_POINCARE_BN_LANES"); }
 
@@ -408,8 +408,8 @@ inline bool relu_f32_fwd_block(const float* xb, float* yb, float k, float mx) {
   return true;
 }
 
-// ---- the backward's row math in float lanes.  With u = sqrt(c h^2 R) (z2 = -u^2), s^2 = c X (z1 = -s^2) and e = exp(-2u), relu_bwd_vec's terms
-// regrouped so that none cancels:
+// ---- the backward's row math in float lanes.  With u = sqrt(c h^2 R) (z2 = -u^2), s^2 = c X (z1 = -s^2) and
+// e = exp(-2u), relu_bwd_vec's terms regrouped so that none cancels:
 //   df/dh = t2 + 2 z2 tanc'(z2) = sech^2 u = 4e / (1 + e)^2 (from e: no 1 - tanh^2 near tanh = 1);
 //   tanc'(z2) = (t2 - sech^2 u) / (2u^2) for u^2 >= 1 (the difference >= 0.34 t2: ~2 ulp), below it
 //     2 sech^2 u S(2u) with S(w) = (sinh w - w)/w^3 = sum_n w^2n / (2n+3)! (all terms positive; 7 terms for
@@ -1432,17 +1432,19 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
 }
 
 // ---------------------------------------------------------------- the whole training layer in two calls
-// BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each (GEOOPS_POINCARE_BN_CPP_GLUE=0 there
-// keeps the Python glue): b = expmap0(bias), the layer's midpoint / logmap pass (poincare_bn_layer_fwd_cpu), the
-// transport's scalar chain and M = alpha I + AE^T V AE (AE = [b; -m], V = 2 alpha W / d, 2 x 2) in double, v = u M
-// (one GEMM), the row op; backward: the row op's backward on the saved v, gM = u^T gv (GEMM), the transport's
-// backward in double (the adjoints of the 2 x 2 algebra and of the scalar chain, as _transport_bwd),
-// gu = gv M^T + 2 gS u (one addmm), the layer's backward, expmap0's backward to bias.  Instead of ~20 small aten
-// calls per direction (stack, Gram, tolist, tensor, addmm, ...) and the separate expmap0 Function.
+// BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each: b = expmap0(bias), the layer's midpoint
+// / logmap pass (poincare_bn_layer_fwd_cpu), the transport's scalar chain and M = alpha I + AE^T V AE (AE = [b; -m],
+// V = 2 alpha W / d, 2 x 2) in double, v = u M (one GEMM), the row op; backward: the row op's backward on the saved
+// v, gM = u^T gv (GEMM), the transport's backward in double (the adjoints of the 2 x 2 algebra and of the scalar
+// chain, bn_transport_bwd), gu = gv M^T + 2 gS u (one addmm), the layer's backward, expmap0's backward to bias.
+// Instead of ~20 small aten calls per direction (stack, Gram, tolist, tensor, addmm, ...) and the separate expmap0
+// Function.
 namespace {
 
-// The transport's scalars (names of geoops/poincare.py's _transport_fwd) and V, in double; kept for the backward
-// in a float64 tensor of kTrN entries.
+// The transport's scalars and V, in double; kept for the backward in a float64 tensor of kTrN entries:
+// a2 = |b|^2, ae = <b, -m>, e2 = |m|^2, k = -c, S, w (weight), n, eps, q = 1 + k e2, p = 1 + k a2,
+// lam = 2 / max(q, 1e-15), var = lam^2 S / n, s = sqrt(w / (var + eps)), ratio = p / q, alpha = s ratio,
+// d = 1 - 2 k ae + k^2 a2 e2, dc = max(d, 1e-15), W = ((-k^2 e2, k), (-k + 2 k^2 ae, -k^2 a2)), V = 2 alpha W / dc.
 struct BnTransport {
   double a2, ae, e2, k, S, w, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W[2][2], V[2][2];
 };
@@ -1471,7 +1473,9 @@ BnTransport bn_transport(const double* b, const double* m, int64_t D, double S, 
   return t;
 }
 
-// _transport_bwd: from gM (D x D, double) the adjoints gb, gm (D), gS, gw, gc.
+// The transport's backward from gM (D x D, double): gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then the scalar
+// chain's adjoints (W, d, the ratio, s, var, lam) back to |b|^2, |m|^2, <b, -m>, k, S and w -> gb, gm (D), gS, gw,
+// gc.
 void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, const double* gM, int64_t D,
                       double* gb, double* gm, double* gS, double* gw, double* gc) {
   std::vector<double> Q(2 * D, 0.0), R(2 * D, 0.0);  // Q = AE gM, R = AE gM^T (rows a = b, e = -m)
@@ -1578,12 +1582,13 @@ at::Tensor from_dvec(const std::vector<double>& v, at::IntArrayRef sizes, const 
   return t;
 }
 
-// ---- the backward's two small GEMMs as row passes (GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call, forces
-// at::mm / at::addmm, what D > kBnLaneMaxD runs, so that the tests compare the two).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS u (MKL's addmm took ~50 us at 4096 x 8,
-// its beta pass) -- each output element beta u (one rounding), then an explicit std::fma chain in double over d in
-// order, rounded once to the dtype (at least as accurate as the float GEMM), rows independent; and gM = u^T gv in
-// double in fixed row chunks (below): both bit-identical whatever the alignment and the thread count.  The
-// forward's v = u M stays MKL's (rows independent; a row pass in double measured ~1.4x slower than its float GEMM).
+// ---- the backward's two small GEMMs as row passes (GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call, forces at::mm /
+// at::addmm, what D > kBnLaneMaxD runs, so that the tests compare the two).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS
+// u (MKL's addmm took ~50 us at 4096 x 8, its beta pass) -- each output element beta u (one rounding), then an
+// explicit std::fma chain in double over d in order, rounded once to the dtype (at least as accurate as the float
+// GEMM), rows independent; and gM = u^T gv in double in fixed row chunks (below): both bit-identical whatever the
+// alignment and the thread count.  The forward's v = u M stays MKL's (rows independent; a row pass in double measured
+// ~1.4x slower than its float GEMM).
 inline bool bn_small_gemm(int64_t D) { return D <= kBnLaneMaxD && !knobs::off("GEOOPS_POINCARE_BN_SMALL_GEMM"); }
 
 // Rows of T <-> vectors of doubles (L = Vec::size() entries from p).
@@ -1817,8 +1822,9 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
 }
 
 // ---------------------------------------------------------------- the running statistics' update
-// batch_norm's training update of its running buffers in place, in one call (instead of ~8 small aten calls): rm <- geodesic(t, rm, m) as A rm + B m, the coefficients from
-// |rm|^2, <rm, m>, |m|^2 in double (the Möbius formulas of _running_mean_step_), rv <- (1 - t) rv + t f var.
+// batch_norm's training update of its running buffers in place, in one call (instead of ~8 small aten calls):
+// rm <- geodesic(t, rm, m) as A rm + B m, the coefficients from |rm|^2, <rm, m>, |m|^2 in double (the Möbius
+// formulas of geoops/poincare.py's _running_mean_step_), rv <- (1 - t) rv + t f var.
 namespace {
 
 double atanc_neg_d(double z, bool single) {
