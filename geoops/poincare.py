@@ -262,10 +262,10 @@ class PoincareMlrCppFn(torch.autograd.Function):
 
 class PoincareMlrFn(torch.autograd.Function):
     """hyperplane_dists of rows x (N, n) for a curvature without gradient, eager, off the C++ backend (other devices,
-    a forced backend): forward the reference
-    composition's ops in its order (same values), saving lam, |z|, t = x z, a = sc lam t ch/zn - (lam - 1) sh
-    and asinh(a) for the backward by hand (nothing recomputed):  ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t
-    ch/zn - sh);  dx = dt z^T + c lam^2 dlam x;  dzn = sum_i g 2 asinh(a)/sc - sum_i ga sc lam t ch / zn^2;
+    a forced backend): forward the reference composition's ops in its order (same values), saving lam, |z|,
+    t = x z, a = sc lam t ch/zn - (lam - 1) sh and asinh(a) for the backward by hand (nothing recomputed):
+    ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t ch/zn - sh);
+    dx = dt z^T + c lam^2 dlam x;  dzn = sum_i g 2 asinh(a)/sc - sum_i ga sc lam t ch / zn^2;
     dz = x^T dt + (dzn / zn) z;  dr = sum_i ga 2 sc (sc lam t sh / zn - (lam - 1) ch)."""
 
     @staticmethod
