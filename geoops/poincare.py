@@ -130,6 +130,11 @@ def _is_fake(t) -> bool:
     return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter
 
 
+def _knob_off(name: str) -> bool:
+    """An env switch read per call (README knob table): true when the variable is set and starts with '0'."""
+    return os.environ.get(name, "")[:1] == "0"
+
+
 def _eps(eps, dtype) -> float:
     return default_eps(dtype) if eps is None or eps < 0 else float(eps)
 
@@ -216,7 +221,7 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
     if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.shape[0] > 0 and z.shape[0] > 0 and _fused_on()
             and _library.direct_call_ok(x, z, bias, cx)):
-        if x.device.type == "cpu" and _mlr_cpp_on() and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+        if x.device.type == "cpu" and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
             # eager CPU rows: one GEMM and one row pass in C++, forward and backward (gradients to c too)
             return PoincareMlrCppFn.apply(x, z, bias, cx)
         if not cx.requires_grad:
@@ -224,12 +229,6 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
             # records ~20 autograd nodes per call)
             return PoincareMlrFn.apply(x, z, bias, cx)
     return _ref.hyperplane_dists(x, z, bias, cx, dim=d)
-
-
-def _mlr_cpp_on() -> bool:
-    """GEOOPS_POINCARE_MLR_CPP=0 (read per call; default on): the MLR head's eager CPU rows through
-    PoincareMlrFn (the aten composition with a hand-written backward) instead of the C++ kernels, for A/B."""
-    return os.environ.get("GEOOPS_POINCARE_MLR_CPP", "1") != "0"
 
 
 class PoincareMlrCppFn(torch.autograd.Function):
@@ -262,10 +261,11 @@ class PoincareMlrCppFn(torch.autograd.Function):
 
 
 class PoincareMlrFn(torch.autograd.Function):
-    """hyperplane_dists of rows x (N, n) for a curvature without gradient, eager only: forward the reference
-    composition's ops in its order (same values), saving lam, |z|, t = x z, a = sc lam t ch/zn - (lam - 1) sh
-    and asinh(a) for the backward by hand (nothing recomputed):  ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t
-    ch/zn - sh);  dx = dt z^T + c lam^2 dlam x;  dzn = sum_i g 2 asinh(a)/sc - sum_i ga sc lam t ch / zn^2;
+    """hyperplane_dists of rows x (N, n) for a curvature without gradient, eager, off the C++ backend (other devices,
+    a forced backend): forward the reference composition's ops in its order (same values), saving lam, |z|,
+    t = x z, a = sc lam t ch/zn - (lam - 1) sh and asinh(a) for the backward by hand (nothing recomputed):
+    ga = g (2 zn / sc) / sqrt(1 + a^2);  dt = ga sc lam ch/zn;  dlam = sum_j ga (sc t ch/zn - sh);
+    dx = dt z^T + c lam^2 dlam x;  dzn = sum_i g 2 asinh(a)/sc - sum_i ga sc lam t ch / zn^2;
     dz = x^T dt + (dzn / zn) z;  dr = sum_i ga 2 sc (sc lam t sh / zn - (lam - 1) ch)."""
 
     @staticmethod
@@ -386,7 +386,7 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
     _check_float("mobius_add", "y", y)
     if (x.shape == y.shape and x.dim() in (2, 4) and dim % x.dim() == 1 and x.dtype == y.dtype
             and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and y.device.type == "cpu"
-            and x.numel() > 0 and _fused_on() and _residual_cpp_on()):
+            and x.numel() > 0 and _fused_on()):
         ct = _curv("mobius_add", c, x)
         if _library.direct_call_ok(x, y, ct) and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
             # eager CPU: the residual of two images (points along dim 1) or of two row matrices in one C++
@@ -398,12 +398,6 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
         yr, _ = _rows(y, dim)
         return back(_st.mobius_add(xr, yr, k=k))
     return _st.mobius_add(x, y, k=k, dim=dim)
-
-
-def _residual_cpp_on() -> bool:
-    """GEOOPS_POINCARE_RESIDUAL_CPP=0 (read per call; default on): mobius_add of two images / row matrices on the
-    eager CPU path through the stereographic row op (MobiusAddFn) instead of PoincareResidualFn, for A/B."""
-    return os.environ.get("GEOOPS_POINCARE_RESIDUAL_CPP", "1") != "0"
 
 
 class PoincareResidualFn(torch.autograd.Function):
@@ -547,9 +541,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         # the same argument metadata as an earlier call that passed every check below and took the eager CPU
         # Function, and a curvature checked by its mark: the checks would pass again and pick the same path
         # (see _conv_cfg_key); the per-call conditions were re-read by _conv_cfg_hit
-        keep = torch.is_grad_enabled() and (x.requires_grad or z.requires_grad or c.requires_grad
-                                            or (bias is not None and bias.requires_grad))
-        return PoincareConv2dFn.apply(x, z, bias, c, cfg.geo_keep if keep else cfg.geo)
+        return PoincareConv2dFn.apply(x, z, bias, c, cfg.geo)
     _check_image(op, x)
     geo_args = (kernel_size, padding, stride)  # as given: the cache's key
     kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
@@ -573,17 +565,15 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         # eager CPU: the whole layer as one Function with a hand-written backward (the composition below
         # records ~15 autograd nodes per call, which is most of the cost on small images)
         bb = None if bias is None else bias.to(cdt)
-        # the fc rows' fields for the backward only where a backward can follow
-        keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, z, bias, ct))
         cfg = _ConvCfg(x, Co, kernel, padding, stride, cdt)
-        if (_conv_cache_on() and out_dtype == cdt and x.dtype == cdt and z.dtype == cdt
+        if (out_dtype == cdt and x.dtype == cdt and z.dtype == cdt
                 and (bias is None or bias.dtype == cdt)):
             key = _conv_cfg_key(x, z, bias, *geo_args)
             if key is not None:
                 if len(_CONV_CFG) >= _CONV_CFG_MAX:
                     _CONV_CFG.clear()
                 _CONV_CFG[key] = cfg
-        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, cfg.geo_keep if keep else cfg.geo)
+        y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, cfg.geo)
         return y.to(out_dtype)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
@@ -615,9 +605,12 @@ def _st_ref_eps(dtype) -> float:
 
 
 def _fused_on() -> bool:
-    """GEOOPS_POINCARE_FUSED=0 turns the per-call shortcuts off (A/B knob, read per call): the eager CPU layer
-    Functions (PoincareConv2dFn, PoincareMlrFn, the ReLU's direct call) and the row routes of flatten / expmap0."""
-    return os.environ.get("GEOOPS_POINCARE_FUSED", "1") != "0"
+    """The eager per-call shortcuts (the CPU layer Functions: PoincareConv2dFn, PoincareMlrCppFn / PoincareMlrFn,
+    PoincareResidualFn, PoincareFlattenFn, the ReLU's direct call; the row routes of flatten / expmap0).
+    GEOOPS_POINCARE_FUSED=0 (read per call) turns them off: the layers then run the compositions of separate
+    autograd nodes that modes, subclasses, torch.compile and the other backends take, on the C++ kernels (how the
+    tests compare the two)."""
+    return not _knob_off("GEOOPS_POINCARE_FUSED")
 
 
 _LOGMAP0 = _st_ops.STEREO_OPS["logmap0"].code
@@ -639,7 +632,7 @@ class PoincareConv2dFn(torch.autograd.Function):
     def forward(ctx, x, z, bias, c, geo):
         C2 = _backend.compiled()
         # geo: _ConvCfg's tuple (the image and output sizes, kernel / padding / stride, eps, beta, ...)
-        B, C, H, W, Ho, Wo, Co, kernel, padding, stride, eps, seps, beta, direct, keep = geo
+        B, C, H, W, Ho, Wo, Co, kernel, padding, stride, eps, seps, beta, direct = geo
         kh, kw = kernel
         x = _image_rows(x, B * H * W, C)
         k1 = _k64_rows(c)
@@ -659,24 +652,22 @@ class PoincareConv2dFn(torch.autograd.Function):
             trows = t.permute(0, 2, 3, 1).reshape(B * Ho * Wo, Co)
             Ur = U.reshape(-1)
         b = x.new_empty(0) if bias is None else bias
-        # the fc rows' per-element fields kept for the backward where its row-lanes pass reads them (float32,
-        # C_out <= 16 on AVX-512; else an empty tensor): the backward skips their asinh / sinh / cosh
-        y, fsave = C2.poincare_fc_rows_fwd_save_cpu(trows, Ur, z, b, c, eps, True, keep and _fc_save_on())
-        ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave)
+        y = C2.poincare_fc_rows_fwd_cpu(trows, Ur, z, b, c, eps, True)
+        ctx.save_for_backward(x, v, wk, sq, trows, Ur, z, bias, c, k1)
         ctx.geo = geo
         return _rows_as_image(y, B, Co, Ho, Wo)
 
     @staticmethod
     def backward(ctx, g):
-        x, v, wk, sq, trows, Ur, z, bias, c, k1, fsave = ctx.saved_tensors
-        B, C, H, W, Ho, Wo, Co, kernel, padding, stride, eps, seps, beta, _, _ = ctx.geo
+        x, v, wk, sq, trows, Ur, z, bias, c, k1 = ctx.saved_tensors
+        B, C, H, W, Ho, Wo, Co, kernel, padding, stride, eps, seps, beta, _ = ctx.geo
         ng = ctx.needs_input_grad
         C2 = _backend.compiled()
         has_b = bias is not None
         b = x.new_empty(0) if bias is None else bias
         mask = 1 | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
         g = _image_rows(g, B * Ho * Wo, Co).contiguous()  # free when g is channels last
-        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_saved_cpu(g, trows, Ur, z, b, c, eps, mask, True, fsave)
+        gt, gU, gzc, gb, gc = C2.poincare_fc_rows_bwd_cpu(g, trows, Ur, z, b, c, eps, mask, True)
         if wk is None:  # the forward's direct convolution: dv (with the box sums' term) and dz in one call
             gv, gzd = C2.poincare_conv2d_bwd_cpu(gt, gU, v, z, B, H, W, *kernel, *padding, *stride, beta,
                                                  bool(ng[0] or ng[3]), bool(ng[1]))
@@ -706,43 +697,18 @@ def _rows_as_image(y: torch.Tensor, B: int, C: int, H: int, W: int) -> torch.Ten
     return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), (B, C, H, W), (H * W * C, 1, W * C, C))
 
 
-def _conv_logmap_on(C2) -> bool:
-    """Whether PoincareConv2dFn's backward takes its logmap0's backward by the convolution's own row pass
-    (csrc/cpu/poincare_conv.cpp, poincare_conv2d_logmap0_bwd_cpu: v = A x gives A = <v, x> / |x|^2, so that
-    dx = A dv + 2 k A' <x, dv> x needs no transcendental) instead of the stereographic kernel (which recomputes
-    atanc and its derivative per row: ~4x its forward); for dx only -- with c's gradient the kernel takes A from
-    atanc itself (a scalar log1p per row), slower than the stereographic kernel, which then runs.
-    GEOOPS_POINCARE_CONV_LOGMAP=0 (read per call) keeps the stereographic kernel, for A/B."""
-    return os.environ.get("GEOOPS_POINCARE_CONV_LOGMAP", "1") != "0" and hasattr(C2, "poincare_conv2d_logmap0_bwd_cpu")
-
-
-def _fc_save_on() -> bool:
-    """Whether PoincareConv2dFn's forward keeps the fc rows' per-element fields (w, cosh(u)/sc, asinh(a)) for its
-    backward (csrc/cpu/poincare.cpp, fc_saved_floats): same values, the backward skips their transcendentals.
-    Off by default (GEOOPS_POINCARE_FC_SAVE=1 turns it on, read per call): it costs three times the layer's output
-    in memory until the backward and measured no faster on the digits step (session 13: the fc row backward 1.49x
-    faster, the forward 3-11 % slower, the step equal within noise)."""
-    return os.environ.get("GEOOPS_POINCARE_FC_SAVE", "0") == "1"
-
-
 def _direct_conv_fits(C2, C: int, Co: int, npix: int, dtype) -> bool:
     """PoincareConv2dFn's Euclidean step by the direct small-channel kernel (csrc/cpu/poincare_conv.cpp) instead
     of MKL-DNN where it measured faster (1 thread, fwd+bwd): up to 16 input and output channels on up to 16384
     pixels (the digits CNN 1.4-1.7x; 32 channels or 32768 pixels ~0.95x, MKL-DNN's fixed cost amortised).
     The shape's part (``_ConvCfg``); GEOOPS_POINCARE_DIRECT_CONV=0 (``_direct_conv_knob_on``, read per call)
-    keeps F.conv2d / convolution_backward, for A/B."""
+    forces F.conv2d / convolution_backward, what larger layers run, so that the tests compare the two."""
     return (C <= _DIRECT_CONV_MAX_CH and Co <= _DIRECT_CONV_MAX_CH and npix <= _DIRECT_CONV_MAX_PIX
             and C2 is not None and C2.poincare_conv2d_direct_ok(C, Co, dtype == torch.float64))
 
 
 def _direct_conv_knob_on() -> bool:
-    return os.environ.get("GEOOPS_POINCARE_DIRECT_CONV", "1") != "0"
-
-
-def _conv_cache_on() -> bool:
-    """GEOOPS_POINCARE_CONV_CACHE=0 (read per call; default on): poincare_conv2d runs its argument checks on
-    every call instead of once per argument metadata (``_conv_cfg_key``), for A/B."""
-    return os.environ.get("GEOOPS_POINCARE_CONV_CACHE", "1") != "0"
+    return not _knob_off("GEOOPS_POINCARE_DIRECT_CONV")
 
 
 def _int_geo(v) -> bool:
@@ -775,7 +741,7 @@ def _conv_cfg_hit(x, z, bias, c, kernel_size, padding, stride):
     curvature marked as checked (``_mark_checked_curvature``: positive, version-guarded) of that dtype and the
     per-call conditions of that path hold now (eager, no mode, GEOOPS_POINCARE_FUSED, the C++ backend); else
     None (the caller runs every check)."""
-    if not _conv_cache_on() or _valid_mark(c) is None or not _library.direct_call_ok():
+    if _valid_mark(c) is None or not _library.direct_call_ok():
         return None
     key = _conv_cfg_key(x, z, bias, kernel_size, padding, stride)
     cfg = _CONV_CFG.get(key) if key is not None else None
@@ -788,9 +754,9 @@ def _conv_cfg_hit(x, z, bias, c, kernel_size, padding, stride):
 class _ConvCfg:
     """What poincare_conv2d derives from checked arguments of one metadata key: the device and compute dtype, and
     PoincareConv2dFn's ``geo`` tuple (sizes, kernel / padding / stride pairs, eps, the stereographic margin, beta,
-    whether the direct kernel fits, keep) with keep False / True."""
+    whether the direct kernel fits)."""
 
-    __slots__ = ("device", "cdt", "geo", "geo_keep")
+    __slots__ = ("device", "cdt", "geo")
 
     def __init__(self, x, Co, kernel, padding, stride, cdt):
         B, C, H, W = x.shape
@@ -800,7 +766,7 @@ class _ConvCfg:
         direct = _direct_conv_fits(_backend.compiled(), C, Co, B * H * W, cdt)
         geo = (B, C, H, W, Ho, Wo, Co, kernel, padding, stride, _eps(None, cdt), _ref.default_eps(cdt),
                beta_concat_scale(C, C * kh * kw), direct)
-        self.device, self.cdt, self.geo, self.geo_keep = x.device, cdt, geo + (False,), geo + (True,)
+        self.device, self.cdt, self.geo = x.device, cdt, geo
 
 
 def _image_rows(x, n: int, C: int):
@@ -816,13 +782,15 @@ _DIRECT_CONV_MAX_PIX = 16384
 
 
 def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps, v):
-    """PoincareConv2dFn.backward after the convolution's backward: the logmap0 backward of gv (dx and its dc), by
-    the convolution's own row pass (the factor of v = A x taken from v, no transcendental) or, with
-    GEOOPS_POINCARE_CONV_LOGMAP=0, the stereographic kernel."""
+    """PoincareConv2dFn.backward after the convolution's backward: the logmap0 backward of gv (dx and its dc).  For
+    dx only, the convolution's own row pass (csrc/cpu/poincare_conv.cpp, poincare_conv2d_logmap0_bwd_cpu: v = A x
+    gives A = <v, x> / |x|^2, so that dx = A dv + 2 k A' <x, dv> x needs no transcendental) instead of the
+    stereographic kernel (which recomputes atanc and its derivative per row: ~4x its forward); with c's gradient
+    the stereographic kernel (the row pass would take A from atanc itself, a scalar log1p per row: slower)."""
     gx = None
     gcl = None
     if ng[0] or ng[3]:
-        if not ng[3] and _conv_logmap_on(C2):  # (a learnable c: the stereographic kernel, faster with dc)
+        if not ng[3]:
             gx, _ = C2.poincare_conv2d_logmap0_bwd_cpu(gv.contiguous(), x.contiguous(), v, _c_float(c), True, False)
         else:
             lmask = (1 if ng[0] else 0) | (4 if ng[3] else 0)
@@ -862,59 +830,23 @@ class PoincareFcRowsFn(torch.autograd.Function):
                 gc.reshape(c.shape) if ng[4] else None, None, None)
 
 
-_EXPMAP0 = _st_ops.STEREO_OPS["expmap0"].code
-_PROJECT = _st_ops.STEREO_OPS["project"].code
-
-
-def _flatten_cpp_on() -> bool:
-    """GEOOPS_POINCARE_FLATTEN_CPP=0 (read per call; default on): PoincareFlattenFn's three stereographic kernels
-    and its (channel, row, column) reorder from Python (torch.mul into a permuted view) instead of the fused C++
-    pass each way (the same math to rounding), for A/B."""
-    return os.environ.get("GEOOPS_POINCARE_FLATTEN_CPP", "1") != "0"
-
-
 class PoincareFlattenFn(torch.autograd.Function):
     """flatten of an image (B, C, H, W) to (B, C*H*W) rows on the eager CPU path, for a curvature without
     gradient, as ONE Function: geoops::poincare_flatten_fwd_cpu (logmap0 of the pixel rows, the beta-scaled
     (channel, row, column) reorder, expmap0 and project of each image's row in one pass per image: the scalars
-    in double, one rounding per output) and its backward (one pass per image, dx channels last).
-    GEOOPS_POINCARE_FLATTEN_CPP=0 (read per call): the three stereographic kernels from Python (logmap0 of the
-    pixel rows, the reorder by torch.mul into a permuted view, expmap0, project; their backward in reverse)."""
+    in double, one rounding per output) and its backward (one pass per image, dx channels last)."""
 
     @staticmethod
     def forward(ctx, x, c, beta, seps):
-        C2 = _backend.compiled()
-        B, C, H, W = x.shape
-        ctx.geo = (B, C, H, W, beta, seps)
-        ctx.cpp = _flatten_cpp_on()
-        if ctx.cpp:
-            y, xl, pix, img = C2.poincare_flatten_fwd_cpu(x, c, beta, seps)
-            ctx.save_for_backward(xl, pix, img, c)
-            return y
-        k1 = (-c).reshape(1).to(x.dtype)
-        r = x.permute(0, 2, 3, 1).reshape(B * H * W, C)  # free view of a channels-last image
-        v = C2.stereo_fwd_cpu(_LOGMAP0, r, None, k1, None, seps)
-        u = x.new_empty(B, C * H * W)
-        torch.mul(v.view(B, H, W, C).permute(0, 3, 1, 2), beta, out=u.view(B, C, H, W))
-        e = C2.stereo_fwd_cpu(_EXPMAP0, u, None, k1, None, seps)
-        y = C2.stereo_fwd_cpu(_PROJECT, e, None, k1, None, seps)
-        ctx.save_for_backward(r, u, e, k1)
+        y, xl, pix, img = _backend.compiled().poincare_flatten_fwd_cpu(x, c, beta, seps)
+        ctx.save_for_backward(xl, pix, img, c)
+        ctx.beta = beta
         return y
 
     @staticmethod
     def backward(ctx, g):
-        B, C, H, W, beta, seps = ctx.geo
-        C2 = _backend.compiled()
-        if ctx.cpp:
-            xl, pix, img, c = ctx.saved_tensors
-            return C2.poincare_flatten_bwd_cpu(g, xl, pix, img, c, beta), None, None, None
-        r, u, e, k1 = ctx.saved_tensors
-        ge = C2.stereo_bwd_cpu(_PROJECT, g.contiguous(), e, None, k1, None, seps, 1)[0]
-        gu = C2.stereo_bwd_cpu(_EXPMAP0, ge, u, None, k1, None, seps, 1)[0]
-        gv = r.new_empty(B * H * W, C)
-        torch.mul(gu.view(B, C, H, W).permute(0, 2, 3, 1), beta, out=gv.view(B, H, W, C))
-        gr = C2.stereo_bwd_cpu(_LOGMAP0, gv, r, None, k1, None, seps, 1)[0]
-        return gr.view(B, H, W, C).permute(0, 3, 1, 2), None, None, None
+        xl, pix, img, c = ctx.saved_tensors
+        return _backend.compiled().poincare_flatten_bwd_cpu(g, xl, pix, img, c, ctx.beta), None, None, None
 
 
 def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1) -> torch.Tensor:
@@ -1002,7 +934,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     fused = ((training or running_mean is None) and xr.device.type == "cpu" and xr.shape[0] > 0
              and xr.shape[1] > 0 and _library.direct_call_ok(xr, bias, weight, ct)
              and not _backend.checks_enabled() and _backend.resolve(xr.device, _ops.FAMILY) == "cpp")
-    if fused and os.environ.get("GEOOPS_POINCARE_BN_CPP_GLUE", "1") != "0":
+    if fused:
         b = k = None  # expmap0(bias) inside the layer's C++ calls
     else:
         k = -ct
@@ -1011,11 +943,8 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         n = max(x.shape[0], 1)
         if fused:
             # eager CPU: the whole layer (midpoint, logmap_m, variance, transport, row op) in one Function
-            if b is None:
-                y, var, mean = BnLayerFn.apply(xr, bias.to(cdt), weight.to(cdt), ct, n, eps, _eps(None, cdt),
-                                               _c_float(ct))
-            else:
-                y, var, mean = BnLayerGlueFn.apply(xr, b, weight.to(cdt), ct, n, eps, _eps(None, cdt))
+            y, var, mean = BnLayerFn.apply(xr, bias.to(cdt), weight.to(cdt), ct, n, eps, _eps(None, cdt),
+                                           _c_float(ct))
         else:
             # traced / CUDA / checked / reference calls: the torch composition over the custom ops (the midpoint
             # sums, the fused logmap, the row op); d(m, x_i) = lam_m |logmap_m(x_i)|: u's rows give the variance
@@ -1056,8 +985,7 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
         _fail(op, f"x must be an image (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
-            and B * H * W > 0 and C > 0 and bias.shape == (C,) and x.is_contiguous(memory_format=torch.channels_last)
-            and _bn_image_on() and os.environ.get("GEOOPS_POINCARE_BN_CPP_GLUE", "1") != "0"):
+            and B * H * W > 0 and C > 0 and bias.shape == (C,) and x.is_contiguous(memory_format=torch.channels_last)):
         ct = _curv(op, c, x).to(x.dtype)
         if (_library.direct_call_ok(x, bias, weight, ct) and not _backend.checks_enabled()
                 and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
@@ -1070,12 +998,6 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
     rows = x.permute(0, 2, 3, 1).reshape(-1, C)
     return batch_norm(rows, bias, weight, c=c, running_mean=running_mean, running_var=running_var, training=training,
                       momentum=momentum, eps=eps).reshape(B, H, W, C).permute(0, 3, 1, 2)
-
-
-def _bn_image_on() -> bool:
-    """GEOOPS_POINCARE_BN_IMAGE=0 (read per call; default on): batch_norm2d always goes through the pixel rows'
-    permute / reshape views and batch_norm, for A/B."""
-    return os.environ.get("GEOOPS_POINCARE_BN_IMAGE", "1") != "0"
 
 
 def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum: float, ct, k, fused: bool) -> None:
@@ -1099,21 +1021,18 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
 
 
 def _running_direct_on(running_mean: torch.Tensor, mean: torch.Tensor) -> bool:
-    """Whether batch_norm's running-mean update takes ``_running_mean_step_`` (eager CPU, one dtype, a 1-D mean);
-    GEOOPS_POINCARE_BN_RUNNING_DIRECT=0 (read per call) keeps the stereographic geodesic composition, for A/B."""
+    """Whether batch_norm's running-mean update takes the direct two-coefficient step (eager CPU, one dtype, a 1-D
+    mean) instead of the stereographic geodesic composition."""
     return (running_mean.dim() == 1 and mean.dtype == running_mean.dtype and running_mean.device.type == "cpu"
-            and _library.direct_call_ok(running_mean, mean)
-            and os.environ.get("GEOOPS_POINCARE_BN_RUNNING_DIRECT", "1") != "0")
+            and _library.direct_call_ok(running_mean, mean))
 
 
 def _running_cpp_on(running_mean: torch.Tensor, running_var: torch.Tensor, var: torch.Tensor) -> bool:
     """Whether the direct running update runs as one C++ call (geoops::poincare_bn_running_update: the geodesic
     step's Gram and coefficients in double, the variance's average, in place) instead of ``_running_mean_step_``
-    and two ``add_`` calls: contiguous buffers of the mean's dtype, a one-entry running_var.
-    GEOOPS_POINCARE_BN_RUNNING_CPP=0 (read per call) keeps the Python step, for A/B."""
+    and two ``add_`` calls: contiguous buffers of the mean's dtype, a one-entry running_var."""
     return (running_mean.is_contiguous() and running_var.numel() == 1 and running_var.dtype == running_mean.dtype
-            and var.dtype == running_mean.dtype and running_var.device.type == "cpu"
-            and os.environ.get("GEOOPS_POINCARE_BN_RUNNING_CPP", "1") != "0")
+            and var.dtype == running_mean.dtype and running_var.device.type == "cpu")
 
 
 def _atanc_neg(z: float, single: bool) -> float:
@@ -1156,76 +1075,13 @@ def _running_mean_step_(rm: torch.Tensor, m: torch.Tensor, t: float, c: float) -
     rm.add_(rm, alpha=A - 1).add_(m, alpha=B)  # add_ with a Python alpha: no scalar tensor to convert (mul_)
 
 
-def _transport_fwd(b, m, S, w, c, n, eps):
-    """The transport / rescaling M = s PT_{m->b} as a (D, D) matrix (see ``_transport_matrix``) with the variance
-    var = lam_m^2 S / n of S = sum_i |logmap_m(x_i)|^2 and s = sqrt(weight / (var + eps)), for BnLayerFn: one 2 x 2
-    Gram GEMM of AE = [b; -m], the scalar chain in Python floats (double), M = alpha I + AE^T V AE (V = 2 alpha W /
-    d, 2 x 2).  Returns (M, var as a 0-dim tensor, AE, V, the scalar chain's floats for ``_transport_bwd``)."""
-    AE = torch.stack((b, -m))
-    (a2, ae), (_, e2) = (AE @ AE.t()).tolist()
-    k, Sf, wf = -float(c), float(S), float(w)
-    q, p = 1 + k * e2, 1 + k * a2
-    lam = 2 / max(q, 1e-15)
-    var = lam * lam * Sf / n
-    s = math.sqrt(wf / (var + eps))
-    ratio = p / q
-    alpha = s * ratio
-    d = 1 - 2 * k * ae + k * k * a2 * e2
-    dc = max(d, 1e-15)
-    W = ((-k * k * e2, k), (-k + 2 * k * k * ae, -k * k * a2))
-    f = 2 * alpha / dc
-    V = torch.tensor([[f * W[0][0], f * W[0][1]], [f * W[1][0], f * W[1][1]]], dtype=AE.dtype, device=AE.device)
-    M = torch.addmm(_transport_consts(AE.shape[1], AE)[0], AE.t(), V @ AE, beta=alpha)
-    sc = (a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W)
-    return M, torch.tensor(var, dtype=AE.dtype, device=AE.device), AE, V, sc
-
-
-def _transport_bwd(AE, V, sc, gM):
-    """``_transport_fwd``'s backward from gM, by hand: gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then the scalar
-    chain's adjoints (W, d, the ratio lam_m / lam_b, s, var, lam_m) back to |b|^2, |m|^2, <b, -m>, k, S and
-    weight; returns (gb, gm) tensors and (gS, gweight, gc) Python floats."""
-    a2, ae, e2, k, Sf, wf, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W = sc
-    Q = AE @ gM  # (2, D)
-    gAE = V @ (AE @ gM.t()) + V.t() @ Q
-    gV = (Q @ AE.t()).tolist()
-    galpha = float(gM.diagonal().sum())
-    gVW = sum(gV[i][j] * W[i][j] for i in range(2) for j in range(2))
-    f = 2 * alpha / dc
-    galpha += 2 / dc * gVW
-    gd = -f / dc * gVW if d > 1e-15 else 0.0
-    gW = [[f * gV[i][j] for j in range(2)] for i in range(2)]
-    k2 = k * k
-    gk = gW[0][0] * (-2 * k * e2) + gW[0][1] + gW[1][0] * (-1 + 4 * k * ae) + gW[1][1] * (-2 * k * a2)
-    ge2, gae, ga2 = -k2 * gW[0][0], 2 * k2 * gW[1][0], -k2 * gW[1][1]
-    gk += gd * (-2 * ae + 2 * k * a2 * e2)
-    gae += gd * (-2 * k)
-    ga2 += gd * k2 * e2
-    ge2 += gd * k2 * a2
-    gs, gratio = galpha * ratio, galpha * s
-    gk += gratio * (a2 / q - p * e2 / (q * q))
-    ga2 += gratio * k / q
-    ge2 -= gratio * p * k / (q * q)
-    ve = var + eps
-    gw = gs / (2 * s * ve) if s > 0 else math.inf * gs
-    gvar = -gs * s / (2 * ve)
-    glam = gvar * 2 * lam * Sf / n
-    gS = gvar * lam * lam / n
-    if q > 1e-15:
-        gk += glam * (-2 * e2 / (q * q))
-        ge2 += glam * (-2 * k / (q * q))
-    Gg = torch.tensor([[2 * ga2, gae], [gae, 2 * ge2]], dtype=AE.dtype, device=AE.device)
-    gE = torch.addmm(gAE, Gg, AE)  # rows: d/da, d/de
-    return gE[0], -gE[1], gS, gw, -gk
-
-
 class BnLayerFn(torch.autograd.Function):
     """Eager CPU training batch norm, the whole layer as one Function of two C++ calls: (x, bias, weight, c) ->
     (y, var, m).  geoops::poincare_bn_train_fwd: b = expmap0(bias), the midpoint / logmap_m / variance pass, the
     transport's scalar chain and M in double, v = u M (GEMM), the row op; poincare_bn_train_bwd: the row op's
     backward, gM = u^T gv, the transport's backward in double, gu = gv M^T + 2 gS u, the logmap's and midpoint's
-    backward, expmap0's backward -- the steps of ``BnLayerGlueFn`` without its ~20 small aten calls per direction
-    and the separate expmap0 node (GEOOPS_POINCARE_BN_CPP_GLUE=0, read per call: BnLayerGlueFn).  var and m: no
-    gradient (running statistics)."""
+    backward, expmap0's backward (measured against the same steps glued in Python: ~20 small aten calls per
+    direction and a separate expmap0 node).  var and m: no gradient (running statistics)."""
 
     @staticmethod
     def forward(ctx, x, bias, w, c, n, eps, eps_proj, cf=None):
@@ -1266,47 +1122,6 @@ class BnLayerFn(torch.autograd.Function):
         return (dx if ng[0] else None, gbias if ng[1] else None,
                 (gw if gw.shape == ctx.wshape else gw.reshape(ctx.wshape)) if ng[2] else None,
                 gc if ng[3] else None, None, None, None, None)
-
-
-class BnLayerGlueFn(torch.autograd.Function):
-    """Eager CPU training batch norm, the whole layer as one Function: (x, b, weight, c) -> (y, var, m).
-    (Session 11's glue, kept for A/B under GEOOPS_POINCARE_BN_CPP_GLUE=0; the default is ``BnLayerFn``.)
-
-    Forward: geoops::poincare_bn_layer_fwd (the midpoint sums, m in double, one stats pass writing u = logmap_m(x)
-    and summing S = sum_i |u_i|^2), the transport's scalar chain (``_transport_fwd``), v = u M (one GEMM, saved),
-    the row op y = project(expmap_b(v)) (geoops::poincare_bn_rows_fwd, identity M).  Backward, ordered by hand: the
-    row op's backward (gv, gb, gc) on the saved v, gM = u^T gv, the transport's (gb, gm, gS, gweight, gc), gu =
-    gv M^T + 2 gS u (one addmm), then geoops::poincare_bn_layer_bwd: the logmap's and the midpoint's backward from
-    gu and the transport's gm (a reduction pass, the midpoint's D-vector step, one epilogue pass writing dx).
-    var and m: no gradient (running statistics)."""
-
-    @staticmethod
-    def forward(ctx, x, b, w, c, n, eps, eps_proj):
-        C = _backend.compiled()
-        cf = float(c)
-        u, m, S, mid = C.poincare_bn_layer_fwd_cpu(x, cf)
-        M, vt, AE, V, ctx.sc = _transport_fwd(b, m, S, w, c, n, eps)
-        v = torch.mm(u, M)
-        none = u.new_empty(0)  # the row op's identity M: v is formed here and saved (no recompute in backward)
-        ctx.save_for_backward(x, c, mid, m, u, v, M, b, AE, V, none)
-        ctx.wshape = w.shape
-        ctx.eps_proj, ctx.cf = eps_proj, cf
-        ctx.mark_non_differentiable(vt, m)
-        return C.poincare_bn_rows_fwd_cpu(v, none, b, c, eps_proj), vt, m
-
-    @staticmethod
-    def backward(ctx, gy, _gvar, _gm):
-        x, c, mid, m, u, v, M, b, AE, V, none = ctx.saved_tensors
-        C = _backend.compiled()
-        ng = ctx.needs_input_grad
-        gv, _, gb1, gc1 = C.poincare_bn_rows_bwd_cpu(gy.contiguous(), v, none, b, c, ctx.eps_proj)
-        gM = torch.mm(u.t(), gv)
-        gb2, gm, gS, gw, gc2 = _transport_bwd(AE, V, ctx.sc, gM)
-        gu = torch.addmm(u, gv, M.t(), beta=2 * gS)  # gv M^T + 2 gS u
-        dx, gc3 = C.poincare_bn_layer_bwd_cpu(gu, x, m, mid, gm, ctx.cf)
-        gw_ = torch.tensor(gw, dtype=AE.dtype, device=AE.device).reshape(ctx.wshape) if ng[2] else None
-        gc_ = (gc1 + (gc2 + gc3)).to(c.dtype).reshape(c.shape) if ng[3] else None
-        return (dx if ng[0] else None, (gb1 + gb2) if ng[1] else None, gw_, gc_, None, None, None)
 
 
 class SqSumFn(torch.autograd.Function):

@@ -1,6 +1,6 @@
-"""Session 14 (bn14): the batch norm training layer's glue inside its C++ calls -- the three small GEMMs as row
-passes (GEOOPS_POINCARE_BN_SMALL_GEMM), the D-vectors read in place, dweight / dc in the dtype, and the running
-statistics' update as one C++ call (GEOOPS_POINCARE_BN_RUNNING_CPP)."""
+"""The batch norm training layer's glue inside its C++ calls -- the three small GEMMs as row passes
+(GEOOPS_POINCARE_BN_SMALL_GEMM), the D-vectors read in place, dweight / dc in the dtype, and the running
+statistics' update as one C++ call."""
 import random
 
 import pytest
@@ -102,25 +102,26 @@ def test_running_update_cpp_matches_geodesic(dtype, tol, scale, t, c):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_batchnorm2d_running_stats_cpp_knob(monkeypatch, dtype):
-    """The module's running statistics over several training steps: the C++ update (default) vs the Python direct
-    step (GEOOPS_POINCARE_BN_RUNNING_CPP=0) to rounding; the C++ call is the one taken."""
-    ball = PoincareBall(1.0)
+def test_batchnorm2d_running_stats_cpp(monkeypatch, dtype):
+    """The running statistics over several training steps: the C++ update (contiguous buffers) vs the Python direct
+    step (which a strided running_mean takes) to rounding; the C++ call is the one the module takes."""
     outs = {}
-    for knob in ("0", "1"):
-        monkeypatch.setenv("GEOOPS_POINCARE_BN_RUNNING_CPP", knob)
-        bn = PoincareBatchNorm2d(6, ball, momentum=0.3).to(dtype)
+    for strided in (True, False):
+        rm = torch.zeros(12, dtype=dtype)[::2] if strided else torch.zeros(6, dtype=dtype)
+        rv = torch.ones((), dtype=dtype)
+        bias, w = torch.zeros(6, dtype=dtype), torch.tensor(1.0, dtype=dtype)
         for s in range(4):
             g = torch.Generator().manual_seed(s)
             x = gp.expmap0(torch.randn(60, 6, generator=g, dtype=dtype) * 0.8, c=1.0)
-            bn(x.reshape(5, 4, 3, 6).permute(0, 3, 1, 2))
-        outs[knob] = (bn.running_mean.clone(), bn.running_var.clone())
+            gp.batch_norm2d(x.reshape(5, 4, 3, 6).permute(0, 3, 1, 2), bias, w, c=torch.tensor(1.0, dtype=dtype),
+                            running_mean=rm, running_var=rv, momentum=0.3)
+        outs[strided] = (rm.clone(), rv.clone())
     tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
-    torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
-    torch.testing.assert_close(outs["1"][1], outs["0"][1], **tol)
-    assert outs["1"][0].abs().sum() > 0.01
+    torch.testing.assert_close(outs[False][0], outs[True][0], **tol)
+    torch.testing.assert_close(outs[False][1], outs[True][1], **tol)
+    assert outs[False][0].abs().sum() > 0.01
+    bn = PoincareBatchNorm2d(6, PoincareBall(1.0), momentum=0.3).to(dtype)
     calls = []
-    monkeypatch.delenv("GEOOPS_POINCARE_BN_RUNNING_CPP")
     real = compiled().poincare_bn_running_update_cpu
 
     class Wrap:

@@ -1,4 +1,4 @@
-"""Session 13 (glue13b): the Poincaré layers' per-call glue -- the batch norm's direct running-mean step, the
+"""The Poincaré layers' per-call glue -- the batch norm's direct running-mean step, the
 image batch norm as one BnLayerFn node, the marked curvature's cached float / float64 k."""
 import pytest
 import torch
@@ -26,49 +26,32 @@ def test_running_mean_step_matches_geodesic(dtype, tol, scale, t, c):
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("direct", ["1", "0"])
-def test_batchnorm2d_running_stats_direct_knob(monkeypatch, direct):
-    """Training updates of the running statistics: the direct step (default) and the geodesic composition
-    (GEOOPS_POINCARE_BN_RUNNING_DIRECT=0) agree to rounding over several steps; eval then uses them."""
-    torch.manual_seed(0)
-    ball = PoincareBall(1.0)
-    outs = {}
-    for knob in ("0", direct):
-        monkeypatch.setenv("GEOOPS_POINCARE_BN_RUNNING_DIRECT", knob)
-        bn = PoincareBatchNorm2d(6, ball, momentum=0.3)
-        for s in range(4):
-            x = _points(5 * 4 * 3, 6, 0.8, torch.float32, s, 1.0).reshape(5, 4, 3, 6).permute(0, 3, 1, 2)
-            bn(x)
-        outs[knob] = (bn.running_mean.clone(), bn.running_var.clone())
-    torch.testing.assert_close(outs[direct][0], outs["0"][0], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(outs[direct][1], outs["0"][1], rtol=1e-6, atol=1e-7)
-    assert outs[direct][0].abs().sum() > 0.01  # the mean moved
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_batchnorm2d_image_node(monkeypatch, dtype, channels_last):
+def test_batchnorm2d_image_node(dtype, channels_last):
     """batch_norm2d: a channels-last image goes into ONE BnLayerFn node (no permute / view nodes), values and
-    gradients bit-identical to the pixel rows' route (GEOOPS_POINCARE_BN_IMAGE=0); another layout falls back."""
+    gradients bit-identical to batch_norm of its pixel rows (the route another layout takes)."""
     c = torch.tensor(0.9, dtype=dtype)
     x0 = _points(3 * 5 * 4, 6, 0.8, dtype, 1, 0.9).reshape(3, 5, 4, 6).permute(0, 3, 1, 2)
     if not channels_last:
         x0 = x0.contiguous()
     gy = torch.randn(3, 6, 5, 4, dtype=dtype, generator=torch.Generator().manual_seed(2))
     res = {}
-    for knob in ("0", "1"):
-        monkeypatch.setenv("GEOOPS_POINCARE_BN_IMAGE", knob)
+    for image in (False, True):
         x = x0.clone().requires_grad_(True)
         bias = torch.linspace(-0.2, 0.3, 6, dtype=dtype).requires_grad_(True)
         w = torch.tensor(1.3, dtype=dtype, requires_grad=True)
         rm, rv = torch.zeros(6, dtype=dtype), torch.ones((), dtype=dtype)
-        y = gp.batch_norm2d(x, bias, w, c=c, running_mean=rm, running_var=rv)
-        if knob == "1":
+        if image:
+            y = gp.batch_norm2d(x, bias, w, c=c, running_mean=rm, running_var=rv)
             assert type(y.grad_fn).__name__.startswith("BnLayerFn") == channels_last
+        else:
+            y = gp.batch_norm(x.permute(0, 2, 3, 1).reshape(-1, 6), bias, w, c=c, running_mean=rm,
+                              running_var=rv).reshape(3, 5, 4, 6).permute(0, 3, 1, 2)
         assert y.shape == x0.shape and y.is_contiguous(memory_format=torch.channels_last)
         y.backward(gy)
-        res[knob] = (y.detach(), x.grad, bias.grad, w.grad, rm, rv)
-    for a, b in zip(res["1"], res["0"]):
+        res[image] = (y.detach(), x.grad, bias.grad, w.grad, rm, rv)
+    for a, b in zip(res[True], res[False]):
         assert torch.equal(a, b)
     y = gp.batch_norm2d(x0.clone(), bias.detach(), w.detach(), c=c)
     y.mul_(2)  # the output may be modified in place

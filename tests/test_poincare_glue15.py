@@ -1,4 +1,4 @@
-"""Session 14 (glue15): poincare_conv2d's checked-arguments cache (GEOOPS_POINCARE_CONV_CACHE) -- a call with
+"""poincare_conv2d's checked-arguments cache -- a call with
 the argument metadata of an earlier checked call and a marked curvature skips the checks; every other call runs
 them, so every error path still raises before a kernel runs."""
 import pytest
@@ -29,9 +29,15 @@ def hits(monkeypatch):
     return seen
 
 
-def _run(conv, x, g_seed=5):
+def _run(conv, x, g_seed=5, checked=False):
+    """The layer's forward and backward; checked: poincare_conv2d called with an unmarked copy of the layer's
+    curvature, so that it runs every check (no cache lookup)."""
     x = x.detach().clone().requires_grad_()
-    y = conv(x)
+    if checked:
+        y = gp.poincare_conv2d(x, conv.weights, conv.bias, c=conv.ball().clone(), kernel_size=conv.kernel_size,
+                               padding=conv.padding, stride=conv.stride)
+    else:
+        y = conv(x)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(g_seed), dtype=y.dtype)
     y.backward(g)
     out = (y.detach().clone(), x.grad.clone(), conv.weights.grad.clone(),
@@ -56,17 +62,16 @@ def _same(a, b):
     (4, 20, 5, 2, 1, True, torch.float32, True),   # 20 channels out: F.conv2d, not the direct kernel
 ])
 def test_conv_cache_bit_identical(monkeypatch, hits, Ci, Co, k, pad, stride, bias, dtype, cl):
-    """Cached calls (the second and later) give the same bits, strides and gradients as the checked ones and
-    as GEOOPS_POINCARE_CONV_CACHE=0; the first call stores, the later ones hit."""
+    """Cached calls (the second and later) give the same bits, strides and gradients as the checked ones (an
+    unmarked curvature); the first call stores, the later ones hit."""
     torch.manual_seed(0)
     ball = PoincareBall(1.0)
     conv = PoincareConv2d(Ci, Co, k, ball, bias=bias, stride=stride, padding=pad, id_init=False).to(dtype)
     x = _image(2, Ci, 7, 6, dtype, channels_last=cl)
     gp._CONV_CFG.clear()
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "0")
-    ref = _run(conv, x)
-    assert hits == [False] and not gp._CONV_CFG
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "1")
+    ref = _run(conv, x, checked=True)
+    assert hits == [False]
+    gp._CONV_CFG.clear()
     first, second, third = _run(conv, x), _run(conv, x), _run(conv, x)
     assert hits == [False, False, True, True]
     for got in (first, second, third):
@@ -85,10 +90,8 @@ def test_conv_cache_invalidation(monkeypatch, hits):
     gp._CONV_CFG.clear()
 
     def check(x):
-        monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "1")
         got = _run(conv, x)
-        monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "0")
-        _same(got, _run(conv, x))
+        _same(got, _run(conv, x, checked=True))
 
     x = _image(4, 8, 8, 8)
     check(x)
@@ -110,31 +113,25 @@ def test_conv_cache_invalidation(monkeypatch, hits):
     assert hits[-2] is True
     c = ball()
     c.mul_(2.0)  # an in-place change of the marked c: its mark no longer holds, the checks run
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "1")
     y1 = gp.poincare_conv2d(x, conv.weights, conv.bias, c=c, kernel_size=(3, 3), padding=1, stride=1)
     assert hits[-1] is False
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "0")
     assert torch.equal(y1, gp.poincare_conv2d(x, conv.weights, conv.bias, c=c.item(), kernel_size=3, padding=1))
     y0 = gp.poincare_conv2d(x, conv.weights, conv.bias, c=ball(), kernel_size=3, padding=1)  # the ball: a new c
     assert not torch.equal(y0, y1)
     # float64 input with the float32 layer: promoted, not stored (x's dtype is not the compute dtype's z)
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "1")
     ball.value.data.fill_(1.0)
     x64 = _image(4, 8, 8, 8, torch.float64)
     a = conv(x64)
     b = conv(x64)
     assert hits[-2:] == [False, False] and a.dtype == torch.float64
     assert torch.equal(a, b)
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "0")
-    assert torch.equal(a, conv(x64))
+    assert torch.equal(a, _run(conv, x64, checked=True)[0])
     # a float64 ball and layer with a float32 input: c has the compute dtype, x does not -- not stored either
     ball64 = PoincareBall(1.0).double()
     conv64 = PoincareConv2d(8, 8, 3, ball64, padding=1, id_init=False).double()
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "1")
     a, b = conv64(x), conv64(x)
     assert hits[-2:] == [False, False] and a.dtype == torch.float64 and torch.equal(a, b)
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "0")
-    assert torch.equal(a, conv64(x))
+    assert torch.equal(a, _run(conv64, x, checked=True)[0])
 
 
 def test_conv_cache_errors_still_raise(monkeypatch):
@@ -189,19 +186,18 @@ def test_conv_cache_errors_still_raise(monkeypatch):
         gp.poincare_conv2d(x, z, b, c=c, kernel_size=k, padding=1, stride=1)
 
 
-def test_conv_cache_knob_and_modes(monkeypatch, hits):
-    """GEOOPS_POINCARE_CONV_CACHE=0 neither reads nor fills the cache; GEOOPS_POINCARE_FUSED=0 and a
-    torch-function mode take the composition even when the key is cached."""
+def test_conv_cache_fused_off_and_modes(monkeypatch, hits):
+    """A call with an unmarked curvature never hits (its checks run); GEOOPS_POINCARE_FUSED=0 and a torch-function
+    mode take the composition even when the key is cached."""
     torch.manual_seed(0)
     ball = PoincareBall(1.0)
     conv = PoincareConv2d(8, 8, 3, ball, padding=1)
     x = _image(2, 8, 6, 6)
     gp._CONV_CFG.clear()
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "0")
-    conv(x)
-    conv(x)
-    assert not gp._CONV_CFG and hits == [False, False]
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_CACHE", "1")
+    _run(conv, x, checked=True)
+    _run(conv, x, checked=True)
+    assert hits == [False, False]
+    gp._CONV_CFG.clear()
     conv(x)
     y = conv(x)
     assert hits[-1] is True and type(y.grad_fn).__name__.startswith("PoincareConv2dFn")

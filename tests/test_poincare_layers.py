@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import geoops
 import geoops.compat as compat
 import geoops.poincare as gp
 from geoops.nn import poincare as gnn
@@ -378,40 +379,38 @@ def test_batchnorm_layer_fn_vs_torch_composition(dtype, N, D):
                              N + D)
 
 
-@pytest.mark.parametrize("glue", [False, True])
 @pytest.mark.parametrize("N, D", [(13, 6), (2, 3), (19, 4)])
-def test_batchnorm_layer_fn_gradcheck(N, D, glue):
+def test_batchnorm_layer_fn_gradcheck(N, D):
     """BnLayerFn's own fp64 gradcheck: x, bias (its expmap0 inside the C++ calls), weight and the curvature (the
     transport's scalar chain and 2 x 2 algebra in C++, the folded logmap's and the midpoint's hand-written
-    backward); glue: session 11's BnLayerGlueFn (b = expmap0(bias) an input, the Python transport)."""
+    backward)."""
     g0 = torch.Generator().manual_seed(N + D)
     x = gp.expmap0(torch.randn(N, D, generator=g0, dtype=torch.float64) * 0.7, c=0.8).detach().requires_grad_(True)
-    bias = torch.randn(D, generator=g0, dtype=torch.float64) * 0.3
-    b = (gp.expmap0(bias, c=0.8) if glue else bias).detach().requires_grad_(True)
+    b = (torch.randn(D, generator=g0, dtype=torch.float64) * 0.3).requires_grad_(True)
     ins = (x, b, torch.tensor(0.9, dtype=torch.float64, requires_grad=True),
            torch.tensor(0.8, dtype=torch.float64, requires_grad=True))
-    fn = gp.BnLayerGlueFn if glue else gp.BnLayerFn
+    fn = gp.BnLayerFn
     # no nondet_tol: every sum of the C++ passes runs in a fixed order (poincare_layers.cpp, "Reproducibility"),
     # so two backward passes agree bit for bit
     assert torch.autograd.gradcheck(lambda *t: fn.apply(*t, N, 1e-6, 1e-5)[0], ins, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def test_batchnorm_bias_zero_and_glue_knob(monkeypatch):
-    """bias = 0 (the modules' initial value: expmap0's series branch) through the C++ layer, and the two eager
-    Functions (GEOOPS_POINCARE_BN_CPP_GLUE=0: BnLayerGlueFn) agreeing on values and every gradient."""
+def test_batchnorm_bias_zero_vs_composition():
+    """bias = 0 (the modules' initial value: expmap0's series branch) through the C++ layer (BnLayerFn) and the
+    composition that the other backends run (the reference backend here) agreeing on values and every gradient."""
     g0 = torch.Generator().manual_seed(5)
     x0 = gp.expmap0(torch.randn(40, 6, generator=g0, dtype=torch.float64) * 0.7, c=1.1)
     outs = []
-    for knob, bias0 in (("1", 0.0), ("0", 0.0), ("1", 0.2), ("0", 0.2)):
-        monkeypatch.setenv("GEOOPS_POINCARE_BN_CPP_GLUE", knob)
+    for fused, bias0 in ((True, 0.0), (False, 0.0), (True, 0.2), (False, 0.2)):
         x = x0.clone().requires_grad_(True)
         bias = torch.full((6,), bias0, dtype=torch.float64).requires_grad_(True)
         w = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
         c = torch.tensor(1.1, dtype=torch.float64, requires_grad=True)
-        y = gp.batch_norm(x, bias, w, c=c)
-        assert type(y.grad_fn).__name__.startswith("BnLayerGlueFn" if knob == "0" else "BnLayerFn")
-        g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
-        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g)))
+        with geoops.use_backend("cpp" if fused else "reference"):
+            y = gp.batch_norm(x, bias, w, c=c)
+            assert type(y.grad_fn).__name__.startswith("BnLayerFn") == fused
+            g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+            outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g)))
     for i in (0, 2):
         for a, r in zip(outs[i], outs[i + 1]):
             torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
@@ -600,8 +599,9 @@ def test_conv2d_fused_fn_vs_composition(monkeypatch, dtype, cfg):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_mlr_fn_vs_composition_and_gradcheck(monkeypatch, dtype, with_bias):
-    """The eager MLR Function (PoincareMlrFn: hand-written backward, fixed curvature) against the autograd
-    composition (GEOOPS_POINCARE_FUSED=0), and gradcheck in float64; a learnable c takes the composition."""
+    """The eager MLR Function off the C++ backend (PoincareMlrFn: hand-written backward, fixed curvature; the
+    reference backend here) against the autograd composition (GEOOPS_POINCARE_FUSED=0), and gradcheck in float64;
+    a learnable c takes the composition."""
     g = torch.Generator().manual_seed(5)
     x0 = torch.randn(9, 7, generator=g, dtype=torch.float64)
     x0 = (x0 / x0.norm(dim=1, keepdim=True) * torch.rand(9, 1, generator=g, dtype=torch.float64) * 0.9 / 0.8 ** 0.5).to(dtype)
@@ -611,15 +611,15 @@ def test_mlr_fn_vs_composition_and_gradcheck(monkeypatch, dtype, with_bias):
     c = torch.tensor(0.8, dtype=dtype)
     gy = torch.randn(9, 4, generator=g, dtype=torch.float64).to(dtype)
     outs = {}
-    monkeypatch.setenv("GEOOPS_POINCARE_MLR_CPP", "0")  # PoincareMlrFn (the C++ head: test_mlr_cpp_*)
     for fused in ("1", "0"):
         monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
         x, z = x0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
         b = None if b0 is None else b0.clone().requires_grad_(True)
-        y = gp.mlr(x, z, b, c=c)
-        assert (fused == "1") == _graph_has(y, "PoincareMlrFn")
-        ins = [t for t in (x, z, b) if t is not None]
-        outs[fused] = (y.detach(), torch.autograd.grad(y, ins, gy))
+        with geoops.use_backend("reference"):  # PoincareMlrFn (the C++ head: test_mlr_cpp_*)
+            y = gp.mlr(x, z, b, c=c)
+            assert (fused == "1") == _graph_has(y, "PoincareMlrFn")
+            ins = [t for t in (x, z, b) if t is not None]
+            outs[fused] = (y.detach(), torch.autograd.grad(y, ins, gy))
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
     torch.testing.assert_close(outs["1"][0], outs["0"][0], rtol=0, atol=0)  # the forward is the composition's
     for a, b_ in zip(outs["1"][1], outs["0"][1]):
@@ -678,8 +678,8 @@ def test_mlr_cpp_vs_reference_fp32_error(monkeypatch, shape, with_bias):
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_mlr_cpp_fp64_gradcheck_and_composition(monkeypatch, with_bias):
     """The C++ MLR head in float64: the reference composition's values and gradients (x, z, bias and a learnable
-    c; a zero hyperplane normal), gradcheck incl. c, NaN rows stay NaN rows, and GEOOPS_POINCARE_MLR_CPP=0
-    takes PoincareMlrFn."""
+    c; a zero hyperplane normal), gradcheck incl. c, NaN rows stay NaN rows, and the reference backend takes
+    PoincareMlrFn."""
     x, z, b, gy = _mlr_case(11, 6, 5, torch.float64, seed=3, with_bias=with_bias)
     z[:, 1] = 0
     c = torch.tensor(0.7, dtype=torch.float64)
@@ -699,8 +699,8 @@ def test_mlr_cpp_fp64_gradcheck_and_composition(monkeypatch, with_bias):
     xn[4, 2] = float("nan")
     yn = gp.mlr(xn, z, b, c=c)
     assert yn[4].isnan().all() and not yn[torch.arange(11) != 4].isnan().any()
-    monkeypatch.setenv("GEOOPS_POINCARE_MLR_CPP", "0")
-    assert _graph_has(gp.mlr(x.clone().requires_grad_(True), z, b, c=c), "PoincareMlrFn")
+    with geoops.use_backend("reference"):
+        assert _graph_has(gp.mlr(x.clone().requires_grad_(True), z, b, c=c), "PoincareMlrFn")
 
 
 def test_mlr_cpp_backward_bitwise_repeatable():
@@ -738,11 +738,12 @@ def test_relu_direct_fn_vs_op_path(monkeypatch, cgrad):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("N", [1, 5, 13, 300])
-def test_relu_backward_row_lanes_vs_scalar_rows(monkeypatch, dtype, N):
-    """The ReLU backward's per-row scalars on SIMD lanes of doubles (one row per lane) vs the scalar row loop
-    (GEOOPS_POINCARE_ROW_LANES=0) and, in float64, the fp64 composition: row counts that leave a partial vector
-    of lanes (1, 5, 13; 300 = a 256-row block and a partial one), rows on the projection next to interior rows,
-    an all-negative row (R = 0) and rows near 0 (the series sides of atanc / tanc and their derivatives)."""
+def test_relu_backward_row_lanes_vs_reference(monkeypatch, dtype, N):
+    """The ReLU backward's per-row scalars on SIMD lanes of doubles (one row per lane; float32 forced onto them
+    with GEOOPS_POINCARE_RELU_F32=0) vs the float64 kernel on the same inputs and, in float64, the fp64
+    composition: row counts that leave a partial vector of lanes (1, 5, 13; 300 = a 256-row block and a partial
+    one), rows on the projection next to interior rows, an all-negative row (R = 0) and rows near 0 (the series
+    sides of atanc / tanc and their derivatives)."""
     c64 = 0.6
     g = torch.Generator().manual_seed(N)
     x = torch.randn(N, 6, generator=g, dtype=torch.float64)
@@ -756,14 +757,17 @@ def test_relu_backward_row_lanes_vs_scalar_rows(monkeypatch, dtype, N):
     xd = x.to(dtype)
     c = torch.tensor(c64, dtype=dtype)
     gy = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    monkeypatch.setenv("GEOOPS_POINCARE_RELU_F32", "0")
     res = {}
-    for lanes in ("1", "0"):
-        monkeypatch.setenv("GEOOPS_POINCARE_ROW_LANES", lanes)
-        xr, cr = xd.clone().requires_grad_(True), c.clone().requires_grad_(True)
-        res[lanes] = torch.autograd.grad(gp.poincare_relu(xr, c=cr), (xr, cr), gy)
-    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-6)
-    for a, b in zip(res["1"], res["0"]):
-        torch.testing.assert_close(a, b, **tol)
+    xr, cr = xd.clone().requires_grad_(True), c.clone().requires_grad_(True)
+    res["1"] = torch.autograd.grad(gp.poincare_relu(xr, c=cr), (xr, cr), gy)
+    if dtype == torch.float32:  # vs the float64 kernel on the same inputs and the same projection margin
+        from geoops._backend import compiled
+        eps = gp.default_eps(torch.float32)
+        want = compiled().poincare_relu_bwd_cpu(gy.double(), xd.double(), c.double(), eps)
+        for a, b in zip(res["1"], want):
+            b = b.reshape(a.shape)
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6 * max(1.0, b.abs().max().item()))
     if dtype == torch.float64:
         r64 = x.clone().requires_grad_(True)
         c_64 = torch.tensor(c64, dtype=torch.float64, requires_grad=True)
@@ -868,18 +872,16 @@ def test_conv2d_direct_kernel_vs_conv2d(dtype, cfg):
     torch.testing.assert_close(only_dz[1], dz)
 
 
-@pytest.mark.parametrize("chunk", ["1", "7", "40", "0"])
 @pytest.mark.parametrize("cfg", [(2, 8, 8, 8, 8, 3, 1, 1), (2, 5, 9, 7, 13, 3, 2, 1), (1, 17, 6, 5, 3, 3, 1, 0),
-                                 (3, 16, 10, 12, 16, 3, 1, 1)])
-def test_conv2d_direct_dz_chunks(monkeypatch, chunk, cfg):
-    """dz in chunks of output pixels (GEOOPS_POINCARE_CONV_DZ_CHUNK: 1, chunks that split output rows, several
-    rows, 0 = unchunked) against F.conv2d's autograd in float64, 1 and 2 threads (chunks inside thread ranges)."""
+                                 (3, 16, 10, 12, 16, 3, 1, 1), (1, 5, 20, 24, 16, 3, 1, 1), (2, 3, 32, 32, 8, 3, 1, 1)])
+def test_conv2d_direct_dz_chunks(cfg):
+    """dz in chunks of whole output rows (~16 KiB of dt rows each: several chunks on the last two images, one on
+    the others) against F.conv2d's autograd in float64, 1 and 2 threads (chunks inside thread ranges)."""
     from geoops import _backend
     C2 = _backend.compiled()
     B, C, H, W, Co, k, s, p = cfg
     if not C2.poincare_conv2d_direct_ok(C, Co, True):
         pytest.skip("channel count beyond this build's vector width (GEOOPS_PORTABLE)")
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_CHUNK", chunk)
     g = torch.Generator().manual_seed(11)
     v = torch.randn(B * H * W, C, generator=g, dtype=torch.float64)
     z = torch.randn(C * k * k, Co, generator=g, dtype=torch.float64)
@@ -987,15 +989,14 @@ def test_conv2d_direct_vs_knob_off(monkeypatch, dtype, cfg):
                                  dict(B=3, cin=8, cout=16, H=9, W=10, cgrad=False),  # 270 rows: 3 row blocks
                                  dict(B=1, cin=2, cout=5, H=3, W=3, cgrad=True),     # 9 rows: one partial group
                                  dict(B=2, cin=4, cout=17, H=5, W=5, cgrad=False)])  # 17 columns: nothing saved
-def test_conv2d_fc_saved_fields_bitwise(monkeypatch, cfg):
-    """PoincareConv2dFn's forward keeping the fc rows' per-element fields for the backward
-    (poincare_fc_rows_fwd_save_cpu / _bwd_saved_cpu) against GEOOPS_POINCARE_FC_SAVE=0 (the backward recomputes
-    them): bit for bit equal values and gradients of x, z, bias (and c), 1 and 2 threads; the saved tensor has
-    the group layout where it applies (float32, C_out <= 16 with the 16-row lanes) and is empty elsewhere."""
+def test_conv2d_fc_saved_fields_bitwise(cfg):
+    """The fc rows' forward keeping the per-element fields for the backward (poincare_fc_rows_fwd_save_cpu /
+    _bwd_saved_cpu, save=True) against the backward recomputing them: bit for bit equal values and gradients;
+    the saved tensor has the group layout where it applies (float32, C_out <= 16 with the 16-row lanes) and is
+    empty elsewhere.  PoincareConv2dFn never asks for them (save=False: no faster on the digits step)."""
     from geoops import _backend
     C2 = _backend.compiled()
     B, cin, cout, H, W = cfg["B"], cfg["cin"], cfg["cout"], cfg["H"], cfg["W"]
-    x0 = _img(B, cin, H, W, c=0.8, dtype=torch.float32, seed=5).contiguous(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(3)
     z0 = (torch.randn(cin * 9, cout, generator=g, dtype=torch.float64) * 0.4).float()
     b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).float()
@@ -1009,37 +1010,16 @@ def test_conv2d_fc_saved_fields_bitwise(monkeypatch, cfg):
     assert torch.equal(y0, y1)
     lanes16 = cout <= 16 and torch.backends.cpu.get_cpu_capability() == "AVX512"
     assert sv.numel() == ((N + 15) // 16 * 3 * cout * 16 if lanes16 else 0)
-    monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", "0")
-    assert C2.poincare_fc_rows_fwd_save_cpu(t, U, z0, b0, c, 1e-5, True, True)[1].numel() == 0
-    monkeypatch.delenv("GEOOPS_POINCARE_FC_SAVE")
+    assert C2.poincare_fc_rows_fwd_save_cpu(t, U, z0, b0, c, 1e-5, True, False)[1].numel() == 0
     gy = torch.randn(N, cout, generator=g)
     r0 = C2.poincare_fc_rows_bwd_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True)
     r1 = C2.poincare_fc_rows_bwd_saved_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True, sv)
     for a, b_ in zip(r0, r1):
         assert torch.equal(a, b_)
-    outs = {}
-    for n in (1, 2):
-        with num_threads(n):
-            for save in ("1", "0"):
-                monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", save)
-                y, outs[n, save] = _conv_layer_run(x0, z0, b0, torch.float32, cfg["cgrad"], 3, 1, 1)
-                assert _graph_has(y, "PoincareConv2dFn")
-    ref = outs[1, "0"]
-    for key, o in outs.items():
-        assert torch.equal(o[0], ref[0]), key
-        for a, b_ in zip(o[1], ref[1]):
-            assert torch.equal(a, b_), key
-    # the fields are asked for only where a backward can follow (not under no_grad, not without any gradient)
-    asked = []
-    real = C2.poincare_fc_rows_fwd_save_cpu
-    monkeypatch.setattr(C2, "poincare_fc_rows_fwd_save_cpu", lambda *a: asked.append(a[-1]) or real(*a))
-    monkeypatch.setenv("GEOOPS_POINCARE_FC_SAVE", "1")
-    x = x0.clone().requires_grad_(True)
-    gp.poincare_conv2d(x, z0, b0, c=0.8, kernel_size=3, padding=1)
-    with torch.no_grad():
-        gp.poincare_conv2d(x, z0, b0, c=0.8, kernel_size=3, padding=1)
-    gp.poincare_conv2d(x0, z0, b0, c=0.8, kernel_size=3, padding=1)
-    assert asked == [True, False, False]
+    with num_threads(2):
+        r2 = C2.poincare_fc_rows_bwd_saved_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True, sv)
+    for a, b_ in zip(r0, r2):
+        assert torch.equal(a, b_)
 
 
 def _flatten_case(shape, channels_last, dtype, seed, gseed):
@@ -1104,15 +1084,15 @@ def _bitwise_grads_repeat(fn, ins, g):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 3), True), ((64, 8, 8, 8), True), ((2, 3, 1, 7), False),
                                                  ((1, 1, 5, 5), True)])
-def test_flatten_fused_vs_python_fn(monkeypatch, dtype, shape, channels_last):
-    """PoincareFlattenFn's fused C++ pass each way (poincare_flatten_fwd_cpu / _bwd_cpu) against its Python body
-    (GEOOPS_POINCARE_FLATTEN_CPP=0: the three stereographic kernels, the reorder by torch.mul into a permuted
-    view): values and dx to rounding, against the float64 reference too (fp32 error within 2x the Python body's
-    + floor); a NaN pixel poisons only its image's row; points near the boundary (project active)."""
+def test_flatten_fused_vs_composition_near_boundary(monkeypatch, dtype, shape, channels_last):
+    """PoincareFlattenFn's fused C++ pass each way (poincare_flatten_fwd_cpu / _bwd_cpu) against the composition
+    of the stereographic row ops (GEOOPS_POINCARE_FUSED=0): values and dx to rounding, against the float64
+    reference too (fp32 error within 2x the composition's + floor); a NaN pixel poisons only its image's row;
+    points near the boundary (project active)."""
     W = shape[3]
     x0, c, gy = _flatten_case(shape, channels_last, dtype, seed=8, gseed=4)
-    outs = _flatten_by_knob(monkeypatch, "GEOOPS_POINCARE_FLATTEN_CPP", x0, c, gy, fn_node=lambda v: True)
-    monkeypatch.setenv("GEOOPS_POINCARE_FLATTEN_CPP", "1")
+    outs = _flatten_by_knob(monkeypatch, "GEOOPS_POINCARE_FUSED", x0, c, gy, fn_node=lambda v: v == "1")
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
     x64 = x0.double().requires_grad_(True)
     y64 = gp.flatten(x64, c=c.double())
     ref = (y64.detach(), torch.autograd.grad(y64, x64, gy.double())[0])
@@ -1143,7 +1123,7 @@ def test_flatten_fused_backward_bitwise_repeatable():
                                           ((37, 6), "rows"), ((5, 1), "rows")])
 def test_residual_fn_vs_stereographic(monkeypatch, dtype, shape, layout):
     """PoincareResidualFn (mobius_add of two images along dim 1 / two row matrices in one C++ pass each way)
-    against the stereographic row op (GEOOPS_POINCARE_RESIDUAL_CPP=0): values and gradients to x, y and c,
+    against the stereographic row op (GEOOPS_POINCARE_FUSED=0): values and gradients to x, y and c,
     fp32 error vs float64 within 2x the row op's (+ floor); gradcheck in float64 with the curvature's gradient;
     nearly opposite points near the boundary."""
     g0 = torch.Generator().manual_seed(5)
@@ -1163,7 +1143,7 @@ def test_residual_fn_vs_stereographic(monkeypatch, dtype, shape, layout):
     gout = torch.randn(shape, generator=g0, dtype=torch.float64)
     outs = {}
     for cpp, dt in (("1", dtype), ("0", dtype), ("1", torch.float64)):
-        monkeypatch.setenv("GEOOPS_POINCARE_RESIDUAL_CPP", cpp)
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", cpp)
         x, y = x0.to(dt).requires_grad_(True), y0.to(dt).requires_grad_(True)
         c = torch.tensor(0.9, dtype=dt, requires_grad=True)
         out = gp.mobius_add(x, y, c=c, dim=dim)
@@ -1176,7 +1156,7 @@ def test_residual_fn_vs_stereographic(monkeypatch, dtype, shape, layout):
         if dtype == torch.float32:
             assert_2x_rule(a, b_, r, 1e-6 * max(r.abs().max().item(), 1.0))
     if dtype == torch.float64:
-        monkeypatch.setenv("GEOOPS_POINCARE_RESIDUAL_CPP", "1")
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
         xs, ys = x0[:2].clone().requires_grad_(True), y0[:2].clone().requires_grad_(True)
         cs = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda a, b, cc: gp.mobius_add(a, b, c=cc, dim=dim), (xs, ys, cs))
@@ -1194,10 +1174,10 @@ def test_residual_backward_bitwise_repeatable():
                               [x.requires_grad_(True), y.requires_grad_(True), c], g)
 
 
-def test_poincare_ball_cached_curvature(monkeypatch):
+def test_poincare_ball_cached_curvature():
     """A fixed PoincareBall computes c once per value of its parameter (the same checked tensor each call, a
     new one after the parameter changes or the cached tensor is modified in place); a learnable one builds c
-    per call with its gradient; the layers give the same values with the cache off (GEOOPS_POINCARE_BALL_CACHE=0)."""
+    per call with its gradient; the layers give the same values as with a c computed per call (unmarked)."""
     ball = gnn.PoincareBall(0.8)
     c1, c2 = ball(), ball()
     assert c1 is c2 and not c1.requires_grad
@@ -1222,12 +1202,10 @@ def test_poincare_ball_cached_curvature(monkeypatch):
     assert lball.value.grad is not None and lball.value.grad.abs().item() > 0
     fixed = gnn.PoincareBall(0.5)
     net = torch.nn.Sequential(gnn.PoincareReLU(fixed), gnn.PoincareFlatten(fixed))
-    outs = []
-    for on in ("1", "0"):
-        monkeypatch.setenv("GEOOPS_POINCARE_BALL_CACHE", on)
-        outs.append(net(x.detach()))
-        assert (fixed() is fixed()) == (on == "1")
-    assert torch.equal(outs[0], outs[1])
+    assert fixed() is fixed()
+    cf = torch.nn.functional.softplus(torch.tensor(0.5))  # as the ball computes it, without the mark
+    assert not hasattr(cf, "_geoops_checked")
+    assert torch.equal(net(x.detach()), gp.flatten(gp.poincare_relu(x.detach(), c=cf, dim=1), c=cf))
 
 
 @pytest.mark.parametrize("fused", ["1", "0"])
@@ -1393,14 +1371,12 @@ def test_bn_kernels_bitwise_reproducible_heap_and_threads(D):
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
-@pytest.mark.parametrize("glue", ["1", "0"])
-def test_batchnorm_backward_reentrant_after_heap_churn(monkeypatch, glue):
+def test_batchnorm_backward_reentrant_after_heap_churn():
     """gradcheck's reentrancy check of test_batchnorm_fused_grads_fp64_and_gradcheck (12 x 4, fp64) made likely
-    to fail: the full Jacobian by 48 backward calls, twice, with heap churn before every call; both eager
-    Functions (GEOOPS_POINCARE_BN_CPP_GLUE).  Session 11's kernels differed in ~1 of 5 inputs."""
+    to fail: the full Jacobian by 48 backward calls, twice, with heap churn before every call (kernels whose sums
+    follow the heap alignment differ in ~1 of 5 inputs here)."""
     import random
 
-    monkeypatch.setenv("GEOOPS_POINCARE_BN_CPP_GLUE", glue)
     rng, held = random.Random(12), []
     for seed in range(12):
         g0 = torch.Generator().manual_seed(seed)
@@ -1426,14 +1402,13 @@ def test_batchnorm_backward_reentrant_after_heap_churn(monkeypatch, glue):
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
 @pytest.mark.parametrize("dtype, D, knobs", [(torch.float32, 8, {}), (torch.float32, 5, {}),
-                                             (torch.float32, 8, {"GEOOPS_POINCARE_RELU_BWD_F32": "0"}),
                                              (torch.float32, 8, {"GEOOPS_POINCARE_RELU_F32": "0"}),
                                              (torch.float32, 20, {}), (torch.float64, 8, {})])
 def test_relu_kernels_bitwise_reproducible_heap_and_threads(monkeypatch, dtype, D, knobs):
     """The ReLU's forward and backward (gx and dL/dc) agree bit for bit on identical inputs after heap churn, at
-    any buffer alignment and with 1 or 2 threads: the float row lanes (32-row blocks; the float backward math and
-    session 12's double lanes), the double path, fp64.  N = 9000 rows: several row chunks (each split into blocks
-    and a partial tail the same way whatever the thread count), with a tail block."""
+    any buffer alignment and with 1 or 2 threads: the float row lanes (32-row blocks), the double path, fp64.
+    N = 9000 rows: several row chunks (each split into blocks and a partial tail the same way whatever the thread
+    count), with a tail block."""
     import random
 
     from geoops import _backend
@@ -1460,9 +1435,9 @@ def test_relu_kernels_bitwise_reproducible_heap_and_threads(monkeypatch, dtype, 
                                  dict(cin=8, cout=8, k=3, s=1, p=1, cgrad=False, cl=True),
                                  dict(cin=17, cout=6, k=3, s=1, p=1, cgrad=True, cl=True)])  # MKL-DNN conv
 def test_conv2d_logmap0_bwd_vs_stereo(monkeypatch, dtype, cfg):
-    """PoincareConv2dFn's logmap0 backward by its own row pass (poincare_conv2d_logmap0_bwd_cpu) against
-    GEOOPS_POINCARE_CONV_LOGMAP=0 (the stereographic kernel) and float64: values and the gradients of x, z, bias
-    and c; points at the origin, tiny and near the ball's boundary; which path ran."""
+    """PoincareConv2dFn's logmap0 backward by its own row pass (poincare_conv2d_logmap0_bwd_cpu) against the
+    composition (GEOOPS_POINCARE_FUSED=0: the stereographic kernel's logmap0) and float64: values and the gradients
+    of x, z, bias and c; points at the origin, tiny and near the ball's boundary; which path ran."""
     from geoops import _backend
     C2 = _backend.compiled()
     k, s, p, cin, cout = cfg["k"], cfg["s"], cfg["p"], cfg["cin"], cfg["cout"]
@@ -1481,17 +1456,17 @@ def test_conv2d_logmap0_bwd_vs_stereo(monkeypatch, dtype, cfg):
     monkeypatch.setattr(C2, "poincare_conv2d_logmap0_bwd_cpu", lambda *a: calls.append(a[4:]) or real(*a))
     outs = {}
     for knob in ("1", "0"):
-        monkeypatch.setenv("GEOOPS_POINCARE_CONV_LOGMAP", knob)
+        monkeypatch.setenv("GEOOPS_POINCARE_FUSED", knob)
         y, outs[knob] = _conv_layer_run(x0, z0, b0, dtype, cfg["cgrad"], k, p, s)
-        assert _graph_has(y, "PoincareConv2dFn")
+        assert _graph_has(y, "PoincareConv2dFn") == (knob == "1")
     assert calls == ([] if cfg["cgrad"] else [(True, False)])  # a learnable c keeps the stereographic kernel
     if dtype == torch.float64:
         torch.testing.assert_close(outs["1"][0], outs["0"][0], rtol=1e-12, atol=1e-14)
         for a, b_ in zip(outs["1"][1], outs["0"][1]):
             torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
         return
-    # float32: the new path's error against float64 at most 2x the stereographic path's (+ a floor)
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_LOGMAP", "1")
+    # float32: the fused path's error against float64 at most 2x the composition's (+ a floor)
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
     _, o64 = _conv_layer_run(x0.double(), z0.double(), b0.double(), torch.float64, cfg["cgrad"], k, p, s)
     new, old = [outs["1"][0]] + list(outs["1"][1]), [outs["0"][0]] + list(outs["0"][1])
     ref64 = [o64[0]] + list(o64[1])
@@ -1556,10 +1531,9 @@ def test_conv2d_logmap0_kernel(dtype):
 
 
 @pytest.mark.parametrize("cgrad", [False, True])
-def test_conv2d_logmap0_bwd_gradcheck(monkeypatch, cgrad):
+def test_conv2d_logmap0_bwd_gradcheck(cgrad):
     """gradcheck (float64) of the conv layer with the logmap0 backward's row pass on (a fixed c: the row pass;
     a learnable c: the stereographic kernel)."""
-    monkeypatch.setenv("GEOOPS_POINCARE_CONV_LOGMAP", "1")
     x = _img(1, 3, 4, 3, c=0.8, dtype=torch.float64, seed=9, radius=0.95).requires_grad_(True)
     g = torch.Generator().manual_seed(5)
     z = (torch.randn(27, 4, generator=g, dtype=torch.float64) * 0.4).requires_grad_(True)

@@ -16,8 +16,9 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
+#include "knobs.h"
 #include "row_norms.h"
-#include "vec_math.h"  // tanc_n
+#include "vec_math.h"
 #include "vec_math_inl.h"  // vecmath::LaneMath (tanc on SIMD lanes of rows)
 #include "mkl_packed.h"
 #include "vec_log.h"  // vecmath::any_lane
@@ -112,36 +113,6 @@ std::vector<double> row_sq(const at::Tensor& x) {
 struct TangentRows {
   std::vector<double> s, dsdn_n, dsdc;
 };
-
-// one tangent row: the scale s of a row with U = |u|^2 (X = s^2 U); dsdn_n, dsdc as below
-// (tq: tanh(q)/q when already evaluated, e.g. by tanc_n on SIMD vectors for a block of rows; < 0: not given)
-inline double tangent_row(double U, double sc, double maxnorm, double dmax_dc, double* dsdn_n = nullptr,
-                          double* dsdc = nullptr, double tq = -1.0) {
-  const double n = std::max(std::sqrt(U), 1e-15);
-  const double q = sc * n;
-  double s, dsdq;
-  if (q < 1e-3) {
-    const double q2 = q * q;  // tanh(q)/q = 1 - q^2/3 + 2q^4/15 - 17q^6/315: truncation < 1e-19, d/dq < 1e-12 relative
-    s = 1.0 + q2 * (-1.0 / 3.0 + q2 * (2.0 / 15.0));
-    dsdq = q * (-2.0 / 3.0 + q2 * (8.0 / 15.0));
-  } else {
-    const double th = tq >= 0 ? tq * q : std::tanh(q);
-    s = th / q;
-    dsdq = ((1.0 - th * th) - s) / q;
-  }
-  double dn, dc;
-  if (s * n > maxnorm) {
-    s = maxnorm / n;
-    dn = -maxnorm / (n * n * n);
-    dc = dmax_dc / n;
-  } else {
-    dn = sc * dsdq / n;
-    dc = n * dsdq / (2.0 * sc);
-  }
-  if (dsdn_n) *dsdn_n = dn;
-  if (dsdc) *dsdc = dc;
-  return s;
-}
 
 // per-column constants in the compute type, laid out for vector loads
 template <typename T>
@@ -274,7 +245,7 @@ inline void lane_math(const Vectorized<T>& a, const Vectorized<T>& Z, T inv_sc, 
 }
 
 // Row blocks.  The per-row scalars of a block of rows (|x|^2, the tangent rows' scale s = tanh(q)/q on SIMD
-// vectors of doubles via tanc_n, lam, k1 = sc lam s, k0 = lam - 1, later |w|^2 and the output scale) are formed
+// vectors of doubles, lam, k1 = sc lam s, k0 = lam - 1, later |w|^2 and the output scale) are formed
 // for the whole block at once, and the element math (asinh, sinh/cosh) runs on full vectors over the block:
 // row by row when m is a multiple of the vector width (or large), else over the block's rows as one flat array
 // (m = 8 or 16 in the convolutions: a row is less than one vector), the per-row factors expanded per element.
@@ -299,12 +270,13 @@ inline bool flat_rows(int64_t m) {
 // rows [0, n) of a block: X holds |x|^2, or |u|^2 of tangent rows (then U keeps |u|^2, X becomes s^2 |u|^2,
 // dn / dc (when given) get the scale's derivatives); fills s, lam, k1, k0
 //
-// Row lanes (poincare_row_lanes(): GEOOPS_POINCARE_ROW_LANES, default on): the tangent rows' scalars
-// (tangent_row) run on SIMD vectors of doubles, one row per lane, both sides of each branch evaluated and
-// blended (tangent_rows_lanes below).
+// The tangent rows' scalars run on SIMD vectors of doubles, one row per lane, both sides of each branch evaluated
+// and blended (tangent_rows_lanes below).
 
-// tangent_row on SIMD lanes of rows [0, n): the same operations per lane, the series / closed form of s and the
-// projection blended per lane (a partial last vector: zero lanes, computed and not stored)
+// The tangent rows' scale on SIMD lanes of rows [0, n): n = max(|u|, 1e-15), q = sc n, s = tanh(q)/q (its series
+// 1 - q^2/3 + 2q^4/15 below q = 1e-3: truncation < 1e-19, d/dq < 1e-12 relative), or maxnorm / n where s n would
+// lie beyond maxnorm (projected); dn = (ds/dn) / n, dc = ds/dc.  Per lane, both sides of each branch evaluated and
+// blended (a partial last vector: zero lanes, computed and not stored)
 inline void tangent_rows_lanes(double* X, double* U, double* s, int64_t n, double c, double sc, double maxnorm,
                                double dmax_dc, double* dn, double* dc) {
   using VD = Vectorized<double>;
@@ -339,18 +311,11 @@ inline void tangent_rows_lanes(double* X, double* U, double* s, int64_t n, doubl
   }
 }
 
-inline void block_scalars(double* X, double* U, double* s, double* lam, double* k1, double* k0, double* ztmp,
+inline void block_scalars(double* X, double* U, double* s, double* lam, double* k1, double* k0,
                           int64_t n, bool tangent, double c, double sc, double maxnorm, double dmax_dc,
-                          double* dn = nullptr, double* dc = nullptr, bool lanes = false) {
-  if (tangent && lanes) {
+                          double* dn = nullptr, double* dc = nullptr) {
+  if (tangent) {
     tangent_rows_lanes(X, U, s, n, c, sc, maxnorm, dmax_dc, dn, dc);
-  } else if (tangent) {
-    for (int64_t i = 0; i < n; ++i) { U[i] = X[i]; ztmp[i] = -c * X[i]; }
-    tanc_n(ztmp, s, n);  // tanc(-q^2) = tanh(q)/q, q = sc |u|
-    for (int64_t i = 0; i < n; ++i) {
-      s[i] = tangent_row(U[i], sc, maxnorm, dmax_dc, dn ? dn + i : nullptr, dc ? dc + i : nullptr, s[i]);
-      X[i] = s[i] * s[i] * U[i];
-    }
   } else {
     for (int64_t i = 0; i < n; ++i) s[i] = 1.0;
   }
@@ -429,11 +394,12 @@ std::vector<double> row_sq_or(const at::Tensor& x, const at::Tensor& U) {
 // would recompute (asinh, sinh / cosh): w, cosh(u)/sc and A = asinh(a) of each group of 16 rows, laid out
 // [group][field][j][16] as that pass reads them (fc_fwd_block_lanes16 writes them; fc_bwd_block_lanes16 reads
 // them instead of evaluating lane_math: the same operations on the same inputs, so the same values).  Float32 with
-// AVX-512, m <= 16, row lanes on (fc_saves); GEOOPS_POINCARE_FC_SAVE=0 (read per call) turns it off.
+// AVX-512, m <= 16 (fc_saves), only when the caller asks (save): PoincareConv2dFn does not (three times the
+// output's memory until the backward, measured no faster on the digits step).
 constexpr int64_t kSaveLanes = 16;
 inline int64_t fc_saved_floats(int64_t N, int64_t m) { return (N + kSaveLanes - 1) / kSaveLanes * 3 * m * kSaveLanes; }
 
-// Short float rows on row lanes (poincare_fc_lanes16(): GEOOPS_POINCARE_FC_LANES16, default on; float32 with
+// Short float rows on row lanes (fc_lanes16_on(): float32 with
 // AVX-512, m <= 16: the convolutions' m = 8): 16 rows per vector, one column j at a time (a gather of 16 rows'
 // t[:, j] at stride m; the outputs scattered back), so that the per-row sums (|w|^2, <g, w>, the backward's row
 // coefficient and u . dt) are lane-wise adds over the columns instead of horizontal reductions per row, and the
@@ -443,9 +409,10 @@ inline int64_t fc_saved_floats(int64_t N, int64_t m) { return (N + kSaveLanes - 
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int64_t kLanesF = 16;
 
+// GEOOPS_POINCARE_FC_LANES16=0 (read per call) forces the 8-row double-lane path that m > 16, float64 and
+// builds without AVX-512 run (the tests cover it that way).
 inline bool fc_lanes16_on(int64_t m) {
-  const char* e = std::getenv("GEOOPS_POINCARE_FC_LANES16");
-  return m >= 1 && m <= kLanesF && !(e && e[0] == '0');
+  return m >= 1 && m <= kLanesF && !knobs::off("GEOOPS_POINCARE_FC_LANES16");
 }
 
 // lane l -> l * m (the gather / scatter offsets of a group of 16 rows)
@@ -463,10 +430,9 @@ inline __m512 f32_of(const double* p) { return f32_of(_mm512_loadu_pd(p), _mm512
 inline __m512d lo_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 inline __m512d hi_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
 
-// Session 14: the tangent rows' forward scalars k1 = sc lam s, k0 = lam - 1 of 16 rows in float lanes
-// (GEOOPS_POINCARE_FC_TANH_F32, default on; 0: block_scalars' double lanes, read per call), in place of the
-// double-lane SLEEF tanh and its divisions (~25 % of the forward at the digits shape).  q = sc max(|u|, 1e-15),
-// s = tanh(q)/q, lam = 2 / (1 - tanh(q)^2):
+// The tangent rows' forward scalars k1 = sc lam s, k0 = lam - 1 of 16 rows in float lanes, in place of
+// block_scalars' double-lane SLEEF tanh and its divisions (those measured ~25 % of the forward at the digits shape).
+// q = sc max(|u|, 1e-15), s = tanh(q)/q, lam = 2 / (1 - tanh(q)^2):
 //   q^2 < 0.05: s by stereo::tanc_series(-q^2) (truncation < 1e-10), lam = 2 / (1 - q^2 s^2) (q^2 s^2 < 0.05:
 //     no cancellation);
 //   else e = exp(-2q) = 2^n (1 + p), n = round(-2q / ln 2) <= -1, the reduction r = -2q - n ln 2 formed in
@@ -480,10 +446,6 @@ inline __m512d hi_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x
 // clamped at 9 for the exp (tanh(9) = 1 in float: such rows are projected for any eps >= 1.2e-7).
 // The backward's first pass (fc_bwd_block_lanes16) recomputes a from the same k1, k0, so its w, A match the
 // forward's (and the saved fields); its derivative terms keep the double scalars.
-inline bool fc_tanh_f32_on() {
-  const char* e = std::getenv("GEOOPS_POINCARE_FC_TANH_F32");
-  return !(e && e[0] == '0');
-}
 inline void tangent_k16(const double* U, double c, double sc, double maxnorm, Vectorized<float>& k1,
                         Vectorized<float>& k0) {
   using V = Vectorized<float>;
@@ -526,19 +488,18 @@ inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
 }
 
 // fc_fwd_block's element math, output scale and store on row lanes (bb's scalars already formed by block_scalars)
-// (out of line: the wide GEMM path's epilogue, fc_fwd_block, keeps its code as it was)
+// (out of line, so that the wide GEMM path's epilogue, fc_fwd_block, is compiled on its own)
 // SAVE: sv gets the block's fields for the backward ([group][w, cosh(u)/sc, A][j][16], fc_saved_floats); a
-// template parameter, so that the forward without it compiles as before
+// template parameter, so that the forward without it carries no save code
 template <bool SAVE>
 __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, int64_t nr, BlockBuf<float>& bb,
                                                     bool tangent, const ColVec<float>& cv, double c, double sc,
-                                                    double maxnorm, int64_t m, bool lanes, float* sv, bool ftan) {
+                                                    double maxnorm, int64_t m, float* sv, bool ftan) {
   using V = Vectorized<float>;
   const double inv_sc = 1.0 / sc;
   ftan = ftan && tangent;  // bb.X: |u|^2 of the rows (padding lanes zeroed below)
   if (!ftan)
-    block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0, nullptr, nullptr,
-                  lanes);
+    block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, 0.0);
   pad_block_lanes(bb, nr);
   const __m512i idx = lane_rows(m);
   alignas(64) float wbuf[kLanesF * kLanesF];
@@ -583,7 +544,6 @@ __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, 
 }
 #else
 inline bool fc_lanes16_on(int64_t) { return false; }
-inline bool fc_tanh_f32_on() { return false; }
 #endif
 
 // The forward's element math of a block: w into y.  Out of line, as the compiler chose when fc_fwd_block was its
@@ -600,10 +560,9 @@ __attribute__((noinline)) void fwd_block_w(const T* tb, T* yb, int64_t nr, int64
 // |x|^2 (|u|^2 of tangent rows).  w is written into y and rescaled there while the block is in cache.
 template <typename T>
 inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
-                         double c, double sc, double maxnorm, int64_t m, bool lanes) {
+                         double c, double sc, double maxnorm, int64_t m) {
   using V = Vectorized<T>;
-  block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, 0.0, nullptr, nullptr,
-                lanes);
+  block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, 0.0);
   fwd_block_w<T>(tb, yb, nr, m, cv, bb, T(1.0 / sc));
   for (int64_t i = 0; i < nr; ++i) bb.Sw[i] = row_sqnorm(yb + i * m, m);
   double* F = bb.z;  // the output scale per row
@@ -625,18 +584,18 @@ inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool t
 // fc_fwd_block, or its 16-row-lanes form (float, m <= 16: fc_lanes16_on)
 template <typename T>
 inline void fc_fwd_block_any(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
-                             double c, double sc, double maxnorm, int64_t m, bool lanes, bool lanes16,
+                             double c, double sc, double maxnorm, int64_t m, bool lanes16,
                              float* sv = nullptr, bool ftan = false) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, float>) {
     if (lanes16 && sv)
-      return fc_fwd_block_lanes16<true>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, sv, ftan);
+      return fc_fwd_block_lanes16<true>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, sv, ftan);
     if (lanes16)
-      return fc_fwd_block_lanes16<false>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, nullptr, ftan);
+      return fc_fwd_block_lanes16<false>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, nullptr, ftan);
   }
 #endif
   (void)sv, (void)ftan;
-  fc_fwd_block<T>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes);
+  fc_fwd_block<T>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m);
 }
 
 // Rows per at::parallel_for task: about 32768 elements, torch's own grain, so that small inputs (the digits
@@ -649,7 +608,7 @@ inline int64_t row_grain(int64_t m) { return std::max<int64_t>(1, 32768 / std::m
 constexpr int64_t kFwdBlock = 64;
 static_assert(kFwdBlock <= kRowBlock, "the GEMM blocks use the row-block buffers");
 
-// saved (rows_only, float, lanes16 with row lanes: fc_saves): the backward's per-element fields, fc_saved_floats
+// saved (rows_only, float, lanes16: fc_saves): the backward's per-element fields, fc_saved_floats
 template <typename T>
 void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bias, double c, double eps,
                  bool tangent, at::Tensor& t, at::Tensor& y, const at::Tensor& U = at::Tensor(),
@@ -662,9 +621,8 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const ColVec<T> cv(cc, flat ? kRowBlock : 0);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const bool lanes = poincare_row_lanes();
   const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m);
-  const bool ftan = lanes16 && tangent && fc_tanh_f32_on();
+  const bool ftan = lanes16 && tangent;
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
@@ -673,7 +631,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
         for (int64_t i = 0; i < nr; ++i) bb.X[i] = double(up[r0 + i]);
-        fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, lanes16,
+        fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes16,
                             saved ? saved + r0 / kSaveLanes * 3 * m * kSaveLanes : nullptr, ftan);
       }
     });
@@ -698,7 +656,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
       at::Tensor tb = t.narrow(0, r0, nr);
       mkl_packed::block_gemm(&zpk, tb, x.narrow(0, r0, nr), z);
       for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
-      fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes, lanes16, nullptr,
+      fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes16, nullptr,
                           ftan);
     }
   });
@@ -862,7 +820,7 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
 // rows_only (U defined): x is not used; gt_out gets dL/dt, gU dL/dU (U = |x|^2, or |u|^2 of tangent rows) and gz
 // The per-row sums |w|^2 and <g, w> of nr float rows of m <= 8 (the digits CNN's convolutions: m = 8) as one
 // masked 8-float load per row widened to one AVX-512 vector of doubles and a reduction tree: the omp simd
-// reduction below spilled its lanes and summed them back serially, every row (session 11).  The products of
+// reduction below spilled its lanes and summed them back serially, every row).  The products of
 // floats are exact in double; only the summation order differs (fixed here).  Returns false where it does not
 // apply (other types, m > 8, no AVX-512): the caller's loop runs.
 template <typename T>
@@ -915,14 +873,13 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   T* gtp = gt.data_ptr<T>();
   const T inv_sc = T(1.0 / sc);
   const int64_t nblk = (N + kRowBlock - 1) / kRowBlock;
-  const bool lanes = poincare_row_lanes();
   std::vector<double> tan_gc(nth, 0.0);
-  // rows_only tangent rows with row lanes: dL/dU (and the dc term through s) of a block's rows right after its row
+  // rows_only tangent rows: dL/dU (and the dc term through s) of a block's rows right after its row
   // pass, while its t and dt rows are in cache: the rows' dots u . (dt z^T) = t . dt, then their scalars on SIMD
   // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
-  const bool du_in_pass = rows_only && tangent && lanes;
-  const bool lanes16 = std::is_same_v<T, float> && lanes && fc_lanes16_on(m);
-  const bool ftan = lanes16 && tangent && fc_tanh_f32_on();
+  const bool du_in_pass = rows_only && tangent;
+  const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m);
+  const bool ftan = lanes16 && tangent;
   T* gUp = rows_only ? gU->data_ptr<T>() : nullptr;
   auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb, bool have_ug = false) {
     using VD = Vectorized<double>;
@@ -988,8 +945,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
       std::fill(colsum.begin(), colsum.end(), T(0));
       std::copy(X.begin() + r0, X.begin() + r0 + nr, bb.X);
-      block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, bb.z, nr, tangent, c, sc, maxnorm, dmax_dc,
-                    tangent ? trw.dsdn_n.data() + r0 : nullptr, tangent ? trw.dsdc.data() + r0 : nullptr, lanes);
+      block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, dmax_dc,
+                    tangent ? trw.dsdn_n.data() + r0 : nullptr, tangent ? trw.dsdc.data() + r0 : nullptr);
       std::copy(bb.X, bb.X + nr, X.begin() + r0);
       std::copy(bb.s, bb.s + nr, trw.s.begin() + r0);
       const T* tb = tp + r0 * m;
@@ -1036,27 +993,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         bb.Sw[ii] = Sw;
         bb.G[ii] = gyw;
       }
-      if (lanes) {  // the same values; the dc terms summed in row order as below
-        out_scalars_lanes(bb, nr, c, maxnorm, dmax_dc);
-        for (int64_t ii = 0; ii < nr; ++ii) gcd += bb.R[ii];
-      } else
-      for (int64_t ii = 0; ii < nr; ++ii) {
-        const double Sw = bb.Sw[ii], gyw = bb.G[ii];
-        const double q = std::sqrt(1.0 + c * Sw);
-        const double s0 = 1.0 / (1.0 + q);
-        const double nw = std::sqrt(Sw);
-        const double ny = nw * s0;
-        if (ny > maxnorm) {  // projected: y = maxnorm w / |w|
-          const double f = maxnorm / ny;
-          bb.k1[ii] = f * s0;
-          bb.k0[ii] = -bb.k1[ii] * gyw / Sw;
-          gcd += (gyw / nw) * dmax_dc;
-        } else {
-          bb.k1[ii] = s0;
-          bb.k0[ii] = -gyw * c * s0 * s0 / q;
-          gcd += -gyw * Sw * s0 * s0 / (2.0 * q);
-        }
-      }
+      out_scalars_lanes(bb, nr, c, maxnorm, dmax_dc);  // the dc terms summed in row order
+      for (int64_t ii = 0; ii < nr; ++ii) gcd += bb.R[ii];
       for (int64_t ii = 0; ii < nr; ++ii) {
       const int64_t i = r0 + ii;
       const double lam = bb.lam[ii];
@@ -1259,11 +1197,10 @@ static void check_fc_rows_args(const at::Tensor& t, const at::Tensor& U, const a
   TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "poincare_fc_rows: float32 or float64");
 }
 
-// Whether the rows-only forward keeps the backward's fields (fc_saved_floats): float32, the backward's row-lanes
-// pass (AVX-512, m <= 16, row lanes on), GEOOPS_POINCARE_FC_SAVE not 0 (read per call).
+// Whether the rows-only forward keeps the backward's fields (fc_saved_floats) when asked: float32, the backward's
+// 16-row-lanes pass (AVX-512, m <= 16).
 static bool fc_saves(const at::Tensor& z) {
-  const char* e = std::getenv("GEOOPS_POINCARE_FC_SAVE");
-  return z.scalar_type() == at::kFloat && poincare_row_lanes() && fc_lanes16_on(z.size(1)) && !(e && e[0] == '0');
+  return z.scalar_type() == at::kFloat && fc_lanes16_on(z.size(1));
 }
 
 std::tuple<at::Tensor, at::Tensor> poincare_fc_rows_fwd_save_cpu(const at::Tensor& t_in, const at::Tensor& U_in,
@@ -1311,8 +1248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_
   else {
     // the forward's saved fields: used where this backward takes the row-lanes pass they were laid out for
     const bool sv = saved.defined() && saved.scalar_type() == at::kFloat && saved.is_contiguous() &&
-                    saved.numel() == fc_saved_floats(t.size(0), z.size(1)) && poincare_row_lanes() &&
-                    fc_lanes16_on(z.size(1));
+                    saved.numel() == fc_saved_floats(t.size(0), z.size(1)) && fc_lanes16_on(z.size(1));
     fc_bwd_impl<float>(g, at::Tensor(), z, bias, c, t, eps, m2, tangent, gx, gz, gb, gc, U, &gt, &gU,
                        sv ? saved.data_ptr<float>() : nullptr);
   }

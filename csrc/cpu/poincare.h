@@ -11,14 +11,6 @@
 namespace geoops {
 namespace cpu {
 
-// GEOOPS_POINCARE_ROW_LANES=0 (read per call; default on): the per-row scalar math of the fc / convolution row
-// passes (poincare.cpp) and of the ReLU backward (poincare_layers.cpp) in scalar row loops instead of on SIMD
-// lanes of doubles (one row per lane), for A/B.  Same operations either way.
-inline bool poincare_row_lanes() {
-  const char* e = std::getenv("GEOOPS_POINCARE_ROW_LANES");
-  return !(e && e[0] == '0');
-}
-
 // Poincaré fully-connected layer (HNN++ / Poincaré ResNet, HypLL's poincare_fully_connected followed by its
 // project), ball curvature -c (c > 0):
 //   x [N, n], z [n, m] (hyperplane orientations, one per column), bias [m] or an empty tensor (no offsets),
@@ -46,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_
     const at::Tensor& g, const at::Tensor& t, const at::Tensor& U, const at::Tensor& z, const at::Tensor& bias,
     const at::Tensor& c, double eps, int64_t mask, bool tangent);
 // The same with the backward's per-element fields kept by the forward (save: when it applies, float32 m <= 16 on
-// AVX-512, GEOOPS_POINCARE_FC_SAVE not 0; else an empty tensor) and passed back: the backward skips their
+// AVX-512; else an empty tensor) and passed back: the backward skips their
 // transcendentals (same values).
 std::tuple<at::Tensor, at::Tensor> poincare_fc_rows_fwd_save_cpu(const at::Tensor& t, const at::Tensor& U,
                                                                  const at::Tensor& z, const at::Tensor& bias,

@@ -17,6 +17,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
+#include "knobs.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -143,14 +144,11 @@ void conv_fwd_rows(const ConvGeom& g, const T* vp, const T* sp, int64_t Hp, int6
 // [tap][Cin][16] (each output channel twice, beta folded in).  A register block is up to kPairBlk pairs of any
 // output rows (the digits CNN's 8-pixel rows are 4 pairs); the accumulators are de-interleaved once per pair at the
 // store.  The same FMAs in the same order per output element as conv_fwd_rows / conv_bwd_dv_rows_s1 (taps, then
-// channels) and the same box sums: the same values.  GEOOPS_POINCARE_CONV_PAIRS=0 (read per call) keeps those,
-// for A/B.
+// channels) and the same box sums: the same values.  GEOOPS_POINCARE_CONV_PAIRS=0 (read per call) forces those
+// one-pixel loops (what more than 8 channels and strided columns run), so that the tests compare the two.
 constexpr int kPairBlk = 8;
 
-inline bool conv_pairs_on(int64_t cout) {
-  const char* e = std::getenv("GEOOPS_POINCARE_CONV_PAIRS");
-  return cout <= 8 && !(e && e[0] == '0');
-}
+inline bool conv_pairs_on(int64_t cout) { return cout <= 8 && !knobs::off("GEOOPS_POINCARE_CONV_PAIRS"); }
 
 // One pair pass: output pixels (b, oy, ox) of a Ho x Wo grid, the planar image `img` (tap k of output (b, oy, ox)
 // at (b*Hp + oy*sy)*Cin*Wq + ox + poff[k] + ci*Wq), box sums `sq` [B][Hp][Wq] (at (b*Hp + oy*sy)*Wq + ox +
@@ -324,9 +322,10 @@ void conv_dv_pairs_run(const ConvGeom& g, const float* gt, const float* gU, cons
 // the same bits with any number of threads (a different summation order from conv_bwd_dz_rows).
 // (at least 4 input channels: with fewer, the padded copies cost more than the pairs save -- 1 -> 8 at the digits
 // shape measured 0.9x)
+// GEOOPS_POINCARE_CONV_DZ_PAIRS=0 (read per call) forces conv_bwd_dz_rows (what fewer than 4 input or more than 8
+// output channels, float64 and strided columns run), so that the tests compare the two.
 inline bool conv_dz_pairs_on(int64_t cin, int64_t cout) {
-  const char* e = std::getenv("GEOOPS_POINCARE_CONV_DZ_PAIRS");
-  return cin >= 4 && cout <= 8 && !(e && e[0] == '0');
+  return cin >= 4 && cout <= 8 && !knobs::off("GEOOPS_POINCARE_CONV_DZ_PAIRS");
 }
 
 template <int CB>
@@ -604,14 +603,8 @@ void conv_bwd_dz_rows(const ConvGeom& g, const T* gr, int64_t gs, const T* v, in
   }
 }
 
-// Output pixels per dz chunk: whole output rows covering about 16 KiB of dt rows (stride gs);
-// GEOOPS_POINCARE_CONV_DZ_CHUNK (read per call) sets the pixel count, 0 = one chunk (the unchunked order).
+// Output pixels per dz chunk: whole output rows covering about 16 KiB of dt rows (stride gs).
 int64_t dz_chunk(const ConvGeom& g, int64_t gs, size_t elt) {
-  const int64_t No = g.B * g.Ho * g.Wo;
-  if (const char* e = std::getenv("GEOOPS_POINCARE_CONV_DZ_CHUNK")) {
-    const long long n = std::atoll(e);
-    return n <= 0 ? std::max<int64_t>(No, 1) : static_cast<int64_t>(n);
-  }
   const int64_t px = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, gs * (int64_t)elt));
   return std::max<int64_t>(1, (px + g.Wo - 1) / g.Wo) * g.Wo;
 }

@@ -4,6 +4,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
+#include "knobs.h"
 
 #include "geoops/stereo_math.h"
 #include "vec_math.h"
@@ -30,17 +31,14 @@ namespace {
 inline int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1)); }
 
 // ---------------------------------------------------------------- rows on lanes (the batch norm's row sums)
-// GEOOPS_POINCARE_BN_LANES=0 (read per call; default on): the batch norm's per-row sums (midpoint, logmap_m,
-// the row op, forward and backward) as one `omp simd` reduction per row instead of on SIMD lanes of rows.  On
-// lanes (D <= kBnLaneMaxD): one row per lane of a vector of doubles (8 rows per AVX-512 vector), column d of
-// those rows gathered into one vector, each sum accumulated lane by lane in column order: no horizontal sum per
-// row (GCC spilled the per-row reductions' lanes and summed them serially) and a fixed order of every sum, so
-// two calls on the same data agree bit for bit whatever the buffers' alignment.
+// The batch norm's per-row sums (midpoint, logmap_m, the row op, forward and backward) on SIMD lanes of rows at D <=
+// kBnLaneMaxD, as one `omp simd` reduction per row above (GEOOPS_POINCARE_BN_LANES=0, read per call, forces the
+// per-row path at every D, so that the tests compare the two).  On lanes: one row per lane of a vector of doubles (8
+// rows per AVX-512 vector), column d of those rows gathered into one vector, each sum accumulated lane by lane in
+// column order: no horizontal sum per row (GCC spilled the per-row reductions' lanes and summed them serially) and a
+// fixed order of every sum, so two calls on the same data agree bit for bit whatever the buffers' alignment.
 constexpr int64_t kBnLaneMaxD = 16;
-inline bool bn_lanes(int64_t D) {
-  const char* e = std::getenv("GEOOPS_POINCARE_BN_LANES");
-  return D <= kBnLaneMaxD && !(e && e[0] == '0');
-}
+inline bool bn_lanes(int64_t D) { return D <= kBnLaneMaxD && !knobs::off("GEOOPS_POINCARE_BN_LANES"); }
 
 // Lane l (< cnt) <-> element d of row l of the rows at p (row stride D); lanes >= cnt load as 0 and are not
 // stored.  AVX-512 / AVX2: masked gathers (and AVX-512 scatters); otherwise element by element.
@@ -178,36 +176,14 @@ struct Partials {
 // on the projection branch y = mx r/|r|: dL/dr = (mx/|r|)(g - G r/R) and dL/dx has no X term.
 namespace {
 
-struct ReluRow {
-  double f, fR2, fX2, fk;  // y = f r; dL/dr = f g + G fR2 r; dL/dx += G fX2 x; dL/dk += G fk
-};
-
-// h = atanc(k X) and t2 = tanc(k h^2 R) come in from the batched SIMD evaluation (relu_block below); mx = (1 -
-// eps)/sqrt(-k), the projection radius, from the caller (once per call: per row, its square root and division
-// were a serial latency chain that cost as much as the rest of the forward).
-inline ReluRow relu_row(double X, double R, double k, double eps, double mx, bool grads, double h, double t2) {
-  using namespace geoops::stereo;
-  ReluRow o{t2 * h, 0, 0, 0};
+// The forward's scale of one row (y = f relu(x)): f = t2 h, or mx / |r| on the projection branch.  h = atanc(k X)
+// and t2 = tanc(k h^2 R) come in from the batched SIMD evaluation (relu_block below); mx = (1 - eps)/sqrt(-k), the
+// projection radius, from the caller (once per call: per row, its square root and division were a serial latency
+// chain that cost as much as the rest of the forward).
+inline double relu_row_f(double R, double mx, double h, double t2) {
+  const double f = t2 * h;
   const double sR = std::sqrt(R);
-  const bool proj = o.f * sR > mx;
-  const double nr = std::max(sR, 1e-15);
-  if (proj) o.f = mx / nr;
-  if (!grads) return o;
-  const double z1 = k * X, q1 = 1.0 + z1;
-  const double z2 = k * h * h * R;
-  if (proj) {
-    o.fR2 = -mx / (nr * nr * nr);
-    o.fk = 0.5 * (1.0 - eps) / (-k * std::sqrt(-k)) / nr;
-    return o;
-  }
-  const double t2d = tanc_d(z2, t2);
-  const double h1 = atanc_d(z1, q1, h);
-  const double dh_dX = k * h1, dh_dk = X * h1;
-  const double df_dh = t2 + 2.0 * k * h * h * R * t2d;
-  o.fR2 = 2.0 * k * h * h * h * t2d;
-  o.fX2 = 2.0 * df_dh * dh_dX;
-  o.fk = h * t2d * h * h * R + df_dh * dh_dk;
-  return o;
+  return f * sR > mx ? mx / std::max(sR, 1e-15) : f;
 }
 
 // A block of rows' scalars: the row sums X = |x|^2, R = |relu x|^2 (and G = <g, relu x> for the backward) of
@@ -219,11 +195,11 @@ struct ReluBlock {
   double F[kReluBlock], A[kReluBlock], B[kReluBlock], K[kReluBlock];  // the backward's row lanes: f, G fR2, G fX2, G fk
 };
 
-// relu_row's backward (grads) for rows [0, n) of a block on SIMD lanes of doubles, one row per lane (the
-// stereo_math.h derivatives on Vec, both branches evaluated and blended per lane; a partial last vector: zero
-// lanes, computed and not stored): F = f, A = G fR2, B = G fX2, K = G fk.  The operations of relu_row.
-// relu_row's backward on one vector of rows (one row per lane): F = f, A = G fR2, B = G fX2, K = G fk from the row
-// sums X, R, G and h = atanc(k X), t2 = tanc(k h^2 R); vfk = (1 - eps) / (2 (-k)^(3/2)), the projection's dfk.
+// The backward's row scalars (the formulas above) for rows [0, n) of a block on SIMD lanes of doubles, one row per
+// lane (the stereo_math.h derivatives on Vec, both branches evaluated and blended per lane; a partial last vector:
+// zero lanes, computed and not stored), relu_rows_bwd_lanes; relu_bwd_vec is one vector of rows: F = f,
+// A = G fR2, B = G fX2, K = G fk from the row sums X, R, G and h = atanc(k X), t2 = tanc(k h^2 R) (y = f r,
+// dL/dr = f g + G fR2 r, dL/dx += G fX2 x, dL/dk += G fk); vfk = (1 - eps) / (2 (-k)^(3/2)), the projection's dfk.
 using VD = geoops::cpu::vecmath::Vec;
 inline void relu_bwd_vec(const VD& X, const VD& R, const VD& G, const VD& h, const VD& t2, double k, double mx,
                          double vfk, VD& F, VD& A, VD& B, VD& K) {
@@ -304,15 +280,15 @@ void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, i
   tanc_n(b.z, b.t, n);
 }
 
-// ---- float row lanes (fp32 rows of D <= 16; GEOOPS_POINCARE_RELU_F32=0 turns them off, read per call)
+// ---- float row lanes (fp32 rows of D <= 16; GEOOPS_POINCARE_RELU_F32=0, read per call, forces the double row
+// lanes that float64, D > 16 and the hard blocks below run, so that the tests compare the two)
 // Blocks of 32 rows deinterleaved into SoA float lanes (stereographic_rows_f32.h's AVX-512 permutes at D = 3..16,
 // relu_perm below), 16 rows per AVX-512 vector.  Forward all in float: X = |x|^2 and R = |relu x|^2 as float FMAs (no
 // cancellation: 1 + k X is one fused rounding), h = atanc(k X) and t2 = tanc(k h^2 R) from f32rows' atanc_neg_f /
 // tanc_neg_f, f = t2 h or the projection's mx / |r|, and y = f max(x, 0).  Backward: the row sums X, R,
 // G = <g, relu x> in float (X again in double), then the row math in float lanes (relu_bwd_vec_f below: its terms
-// regrouped so that none cancels; session 13) or, GEOOPS_POINCARE_RELU_BWD_F32=0, h, t2 and relu_bwd_vec in double
-// lanes (session 11: tanc'/atanc' in their closed forms cancel ~1/|z| above the series cut, so from float t2 and h
-// they lost up to ~1e-5 relative), the coefficients rounded to float for the
+// regrouped so that none cancels; tanc'/atanc' in their closed forms cancel ~1/|z| above the series cut, so from
+// float t2 and h they would lose up to ~1e-5 relative), the coefficients rounded to float for the
 // writes gx = [x > 0](f g + a x) + b x.  A block with a hard row (1 + k X <= 1e-6 in float: on or past the ball's
 // boundary; X or G not finite, NaN) or a partial block (< 32 rows) takes the double path (relu_block), whose
 // results are unchanged.
@@ -320,10 +296,7 @@ using FVec = at::vec::Vectorized<float>;
 namespace f32r = geoops::cpu::f32rows;
 constexpr int kReluF32Rows = 32;
 constexpr int kReluF32MaxD = 16;
-inline bool relu_f32_on() {
-  const char* e = std::getenv("GEOOPS_POINCARE_RELU_F32");
-  return !(e && e[0] == '0');
-}
+inline bool relu_f32_on() { return !knobs::off("GEOOPS_POINCARE_RELU_F32"); }
 
 
 // AVX-512 permutes for the rows <-> SoA lanes at D = 3..16 (f32rows' deint_v and its row table; the header uses
@@ -435,24 +408,19 @@ inline bool relu_f32_fwd_block(const float* xb, float* yb, float k, float mx) {
   return true;
 }
 
-// ---- the backward's row math in float lanes (session 13; GEOOPS_POINCARE_RELU_BWD_F32=0: the double lanes above,
-// read per call).  With u = sqrt(c h^2 R) (z2 = -u^2), s^2 = c X (z1 = -s^2) and e = exp(-2u), relu_bwd_vec's terms
-// regrouped so that none cancels:
+// ---- the backward's row math in float lanes.  With u = sqrt(c h^2 R) (z2 = -u^2), s^2 = c X (z1 = -s^2) and
+// e = exp(-2u), relu_bwd_vec's terms regrouped so that none cancels:
 //   df/dh = t2 + 2 z2 tanc'(z2) = sech^2 u = 4e / (1 + e)^2 (from e: no 1 - tanh^2 near tanh = 1);
 //   tanc'(z2) = (t2 - sech^2 u) / (2u^2) for u^2 >= 1 (the difference >= 0.34 t2: ~2 ulp), below it
 //     2 sech^2 u S(2u) with S(w) = (sinh w - w)/w^3 = sum_n w^2n / (2n+3)! (all terms positive; 7 terms for
 //     w^2 < 4: truncation < 3e-10 relative);
 //   atanc'(z1) = (h - 1/q1) / (2 s^2) for s^2 >= 1/4 (the difference >= 0.18 / q1: the float h's ~2 ulp become
 //     <= ~6 ulp), below it -sum_{n>=1} n/(2n+1) s^(2n-2) (13 terms: truncation < 1e-8 relative);
-// q1 = 1 + k X from X in double (as before: it cancels near the boundary), h = atanc_neg_f, t2 = tanc_neg_f (the
+// q1 = 1 + k X from X in double (it cancels near the boundary), h = atanc_neg_f, t2 = tanc_neg_f (the
 // forward's float functions, ~1-2 ulp), e from SLEEF's float exp (1 ulp).  Then fR2 = 2 k h^3 tanc', fX2 = 2 k
 // sech^2 u atanc', fk = h^3 R tanc' + sech^2 u X atanc' (its two terms cancel on rows with relu x = x, where
 // the exact dL/dk is 0: float leaves ~1e-7 |G| X there), each a few float ulps: the gradients stay within ~1e-6
 // relative of the double lanes (tests/test_poincare_relu_f32.py).  The projection branch as relu_bwd_vec.
-inline bool relu_bwd_f32_on() {
-  const char* e = std::getenv("GEOOPS_POINCARE_RELU_BWD_F32");
-  return !(e && e[0] == '0');
-}
 template <int N>
 inline FVec horner_f(const FVec& x, const float (&c)[N]) {
   FVec p(c[N - 1]);
@@ -498,10 +466,10 @@ inline void relu_bwd_vec_f(const FVec& X, const FVec& q1, const FVec& R, const F
 }
 
 // The backward of NB rows: gx into gxb, the rows' dL/dk added to acc; false (nothing written) on a hard row.
-// fl: the row math in float lanes (relu_bwd_vec_f), else in double lanes (relu_bwd_vec).
+// The row math in float lanes (relu_bwd_vec_f).
 template <int D, int NB>
 inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, double k, double mx,
-                                        double vfk, double& acc, bool fl) {
+                                        double vfk, double& acc) {
   alignas(64) float xs[D][NB], gs[D][NB];
   alignas(64) float ca[NB], cb[NB], cc[NB];
   relu_deint<D, NB, true>(xb, gb, xs, gs);
@@ -512,37 +480,21 @@ inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, dou
     if (!relu_sums_f<D, NB, true>(xs, gs, o, float(k), X, R, G, q1)) return false;
     // X again in double: 1 + k X cancels near the boundary and tanc' / atanc' amplify its rounding there (the
     // float sum gave ~8x the double path's gradient error on rows at 0.99 of the radius)
-    VD Xd[2] = {VD(0.0), VD(0.0)}, Rd[2], Gd[2], F[2], A[2], B[2];
+    VD Xd[2] = {VD(0.0), VD(0.0)};
     for (int j = 0; j < D; ++j) {
       const VD lo = f32r::widen(&xs[j][o]), hi = f32r::widen(&xs[j][o + f32r::kD]);
       Xd[0] = at::vec::fmadd(lo, lo, Xd[0]);
       Xd[1] = at::vec::fmadd(hi, hi, Xd[1]);
     }
-    if (fl) {
-      const FVec q1d = f32r::narrow(at::vec::fmadd(vk, Xd[0], one), at::vec::fmadd(vk, Xd[1], one));
-      FVec Ff, Af, Bf, Kf;
-      relu_bwd_vec_f(X, q1d, R, G, float(k), float(mx), float(vfk), Ff, Af, Bf, Kf);
-      Ff.store(ca + o);
-      Af.store(cb + o);
-      Bf.store(cc + o);
-      VD K0, K1;
-      f32r::widen2(Kf, K0, K1);
-      kacc = kacc + K0 + K1;
-      continue;
-    }
-    f32r::widen2(R, Rd[0], Rd[1]);
-    f32r::widen2(G, Gd[0], Gd[1]);
-    for (int hh = 0; hh < 2; ++hh) {
-      const VD z1 = vk * Xd[hh];
-      const VD h = vecmath::eval<true>(z1, one + z1);
-      const VD t2 = vecmath::eval<false>(vk * h * h * Rd[hh], one);
-      VD K;
-      relu_bwd_vec(Xd[hh], Rd[hh], Gd[hh], h, t2, k, mx, vfk, F[hh], A[hh], B[hh], K);
-      kacc = kacc + K;
-    }
-    f32r::narrow(F[0], F[1]).store(ca + o);
-    f32r::narrow(A[0], A[1]).store(cb + o);
-    f32r::narrow(B[0], B[1]).store(cc + o);
+    const FVec q1d = f32r::narrow(at::vec::fmadd(vk, Xd[0], one), at::vec::fmadd(vk, Xd[1], one));
+    FVec Ff, Af, Bf, Kf;
+    relu_bwd_vec_f(X, q1d, R, G, float(k), float(mx), float(vfk), Ff, Af, Bf, Kf);
+    Ff.store(ca + o);
+    Af.store(cb + o);
+    Bf.store(cc + o);
+    VD K0, K1;
+    f32r::widen2(Kf, K0, K1);
+    kacc = kacc + K0 + K1;
   }
   relu_write_f<D, NB, true>(xb, gb, gxb, ca, cb, cc);
   alignas(64) double kl[VD::size()];
@@ -555,12 +507,12 @@ inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, dou
 // The float blocks for the runtime D (<= kReluF32MaxD).
 template <bool BWD>
 inline bool relu_f32_block(int64_t D, const float* xb, const float* gb, float* ob, double k, double mx, double vfk,
-                           double& acc, bool fl = false) {
+                           double& acc) {
   constexpr int NB = kReluF32Rows;
   switch (D) {
 #define GEOOPS_RELU_CASE(d)                                                                        \
   case d:                                                                                          \
-    return BWD ? relu_f32_bwd_block<d, NB>(xb, gb, ob, k, mx, vfk, acc, fl)                         \
+    return BWD ? relu_f32_bwd_block<d, NB>(xb, gb, ob, k, mx, vfk, acc)                         \
                : relu_f32_fwd_block<d, NB>(xb, ob, float(k), float(mx));
     GEOOPS_RELU_CASE(1) GEOOPS_RELU_CASE(2) GEOOPS_RELU_CASE(3) GEOOPS_RELU_CASE(4) GEOOPS_RELU_CASE(5)
     GEOOPS_RELU_CASE(6) GEOOPS_RELU_CASE(7) GEOOPS_RELU_CASE(8) GEOOPS_RELU_CASE(9) GEOOPS_RELU_CASE(10)
@@ -574,8 +526,7 @@ inline bool relu_f32_block(int64_t D, const float* xb, const float* gb, float* o
 // Rows in fixed chunks (chunk_rows: whole 32-row float blocks, independent of the thread count) and dL/dk summed
 // per chunk in a Partials row, the chunks added in order: identical inputs give bit-identical outputs whatever the
 // thread count and the buffers' alignment (the row sums sequential std::fma chains, the writes explicit FMAs).
-// (Was: at::parallel_for's per-thread ranges, whose 32-row blocks and partial tails — the double path — moved with
-// the thread count, and per-thread dL/dk accumulators.)
+// (Per-thread ranges would move the 32-row blocks and the partial tails — the double path — with the thread count.)
 template <typename T>
 void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
   const double mx = (1.0 - eps) / std::sqrt(-k);
@@ -595,7 +546,7 @@ void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double ep
       for (int64_t j = 0; j < n; ++j) {
         const T* xr = xp + (b0 + j) * D;
         T* yr = yp + (b0 + j) * D;
-        const T f = T(relu_row(blk.X[j], blk.R[j], k, eps, mx, false, blk.h[j], blk.t[j]).f);
+        const T f = T(relu_row_f(blk.R[j], mx, blk.h[j], blk.t[j]));
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
       }
@@ -616,9 +567,7 @@ inline void relu_bwd_write_row(const T* xr, const T* gr, T* gxr, int64_t D, T f,
 template <typename T>
 double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, double k, double eps) {
   const double mx = (1.0 - eps) / std::sqrt(-k);
-  const bool lanes = poincare_row_lanes();
   const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
-  const bool fl = relu_bwd_f32_on();
   const double vfk = relu_vfk(k, eps);
   const int64_t CH = chunk_rows(D);
   const Partials part(N, CH, 1);
@@ -630,22 +579,15 @@ double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, dou
       const int64_t n = std::min(step, i1 - b0);
       if constexpr (std::is_same<T, float>::value) {
         if (f32 && n == kReluF32Rows &&
-            relu_f32_block<true>(D, xp + b0 * D, gp + b0 * D, gxp + b0 * D, k, mx, vfk, acc, fl))
+            relu_f32_block<true>(D, xp + b0 * D, gp + b0 * D, gxp + b0 * D, k, mx, vfk, acc))
           continue;
       }
       relu_block<T>(blk, xp, gp, b0, n, D, k);
-      if (lanes) relu_rows_bwd_lanes(blk, n, k, eps, mx);
+      relu_rows_bwd_lanes(blk, n, k, eps, mx);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = b0 + j;
-        if (lanes) {
-          relu_bwd_write_row<T>(xp + i * D, gp + i * D, gxp + i * D, D, T(blk.F[j]), T(blk.A[j]), T(blk.B[j]));
-          acc += blk.K[j];
-          continue;
-        }
-        const double G = blk.G[j];
-        const ReluRow o = relu_row(blk.X[j], blk.R[j], k, eps, mx, true, blk.h[j], blk.t[j]);
-        relu_bwd_write_row<T>(xp + i * D, gp + i * D, gxp + i * D, D, T(o.f), T(G * o.fR2), T(G * o.fX2));
-        acc += G * o.fk;
+        relu_bwd_write_row<T>(xp + i * D, gp + i * D, gxp + i * D, D, T(blk.F[j]), T(blk.A[j]), T(blk.B[j]));
+        acc += blk.K[j];
       }
     }
     part.row(ci)[0] = acc;
@@ -703,9 +645,9 @@ std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in,
 // sums; every vectorised element-wise update and write spells its FMAs out (std::fma), so an alignment peel
 // computes exactly what the vector body does, and every D-vector dot product is a chain of std::fma (GCC
 // vectorises `s += a[d] * b[d]` as an in-order reduction whose vector part does not fuse the multiply and
-// whose scalar peel, sized by the vector's alignment, does).  (Was: per-thread std::vector accumulators updated in an
-// `omp simd` loop whose peel followed the vector's 16-byte heap alignment: the fused layer's dx differed in the
-// last bit between two identical backward calls after heap churn, gradcheck's "Backward is not reentrant".)
+// whose scalar peel, sized by the vector's alignment, does).  (Accumulators updated in an `omp simd` loop whose
+// peel follows the vector's 16-byte heap alignment make dx differ in the last bit between two identical backward
+// calls after heap churn: gradcheck's "Backward is not reentrant".)
 namespace {
 
 template <typename T>
@@ -793,9 +735,9 @@ double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int6
 // pass (bn_block_sums), (2) the row math of the whole block on SIMD lanes, one row per lane, from those sums
 // alone (bn_block_coefs: every vector the row math needs is a combination of b and v_i, so its dot products are
 // combinations of the sums), (3) one pass per row writing y_i (dL/dv_i and the dL/db partials) from the row's
-// coefficients.  (Was: per-row scalar double math, the tanc batched separately; C++ op alone, 1 thread, under
-// load, fwd / bwd: 4096 x 8 62-80 / 113-137 us vs 122-143 / 261-278 us, 32768 x 16 714-742 / 1249-1267 us vs
-// 1260-1335 / 3105-3424 us.)
+// coefficients.  (Measured against per-row scalar double math with the tanc batched separately, C++ op alone,
+// 1 thread, under load, fwd / bwd: 4096 x 8 62-80 / 113-137 us vs 122-143 / 261-278 us, 32768 x 16 714-742 /
+// 1249-1267 us vs 1260-1335 / 3105-3424 us.)
 constexpr int64_t kLanes = vecmath::Vec::size();
 static_assert(kBnBlock % kLanes == 0, "a block of rows is whole vectors of lanes");
 
@@ -1490,17 +1432,19 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
 }
 
 // ---------------------------------------------------------------- the whole training layer in two calls
-// BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each (GEOOPS_POINCARE_BN_CPP_GLUE=0 there
-// keeps the Python glue): b = expmap0(bias), the layer's midpoint / logmap pass (poincare_bn_layer_fwd_cpu), the
-// transport's scalar chain and M = alpha I + AE^T V AE (AE = [b; -m], V = 2 alpha W / d, 2 x 2) in double, v = u M
-// (one GEMM), the row op; backward: the row op's backward on the saved v, gM = u^T gv (GEMM), the transport's
-// backward in double (the adjoints of the 2 x 2 algebra and of the scalar chain, as _transport_bwd),
-// gu = gv M^T + 2 gS u (one addmm), the layer's backward, expmap0's backward to bias.  Instead of ~20 small aten
-// calls per direction (stack, Gram, tolist, tensor, addmm, ...) and the separate expmap0 Function.
+// BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each: b = expmap0(bias), the layer's midpoint
+// / logmap pass (poincare_bn_layer_fwd_cpu), the transport's scalar chain and M = alpha I + AE^T V AE (AE = [b; -m],
+// V = 2 alpha W / d, 2 x 2) in double, v = u M (one GEMM), the row op; backward: the row op's backward on the saved
+// v, gM = u^T gv (GEMM), the transport's backward in double (the adjoints of the 2 x 2 algebra and of the scalar
+// chain, bn_transport_bwd), gu = gv M^T + 2 gS u (one addmm), the layer's backward, expmap0's backward to bias.
+// Instead of ~20 small aten calls per direction (stack, Gram, tolist, tensor, addmm, ...) and the separate expmap0
+// Function.
 namespace {
 
-// The transport's scalars (names of geoops/poincare.py's _transport_fwd) and V, in double; kept for the backward
-// in a float64 tensor of kTrN entries.
+// The transport's scalars and V, in double; kept for the backward in a float64 tensor of kTrN entries:
+// a2 = |b|^2, ae = <b, -m>, e2 = |m|^2, k = -c, S, w (weight), n, eps, q = 1 + k e2, p = 1 + k a2,
+// lam = 2 / max(q, 1e-15), var = lam^2 S / n, s = sqrt(w / (var + eps)), ratio = p / q, alpha = s ratio,
+// d = 1 - 2 k ae + k^2 a2 e2, dc = max(d, 1e-15), W = ((-k^2 e2, k), (-k + 2 k^2 ae, -k^2 a2)), V = 2 alpha W / dc.
 struct BnTransport {
   double a2, ae, e2, k, S, w, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W[2][2], V[2][2];
 };
@@ -1529,7 +1473,9 @@ BnTransport bn_transport(const double* b, const double* m, int64_t D, double S, 
   return t;
 }
 
-// _transport_bwd: from gM (D x D, double) the adjoints gb, gm (D), gS, gw, gc.
+// The transport's backward from gM (D x D, double): gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then the scalar
+// chain's adjoints (W, d, the ratio, s, var, lam) back to |b|^2, |m|^2, <b, -m>, k, S and w -> gb, gm (D), gS, gw,
+// gc.
 void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, const double* gM, int64_t D,
                       double* gb, double* gm, double* gS, double* gw, double* gc) {
   std::vector<double> Q(2 * D, 0.0), R(2 * D, 0.0);  // Q = AE gM, R = AE gM^T (rows a = b, e = -m)
@@ -1596,7 +1542,7 @@ double bn_expmap0(const double* u, int64_t D, double k, double* b) {
 }
 
 // t's entries in double; float / double vectors (any stride) and contiguous matrices are read in place (no
-// float64 copy of the tensor: session 14), other dtypes converted.
+// float64 copy of the tensor), other dtypes converted.
 std::vector<double> to_dvec(const at::Tensor& t) {
   const int64_t n = t.numel();
   const bool flat = t.dim() <= 1 || t.is_contiguous();
@@ -1636,16 +1582,14 @@ at::Tensor from_dvec(const std::vector<double>& v, at::IntArrayRef sizes, const 
   return t;
 }
 
-// ---- the backward's two small GEMMs as row passes (session 14; GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call:
-// at::mm / at::addmm as before).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS u (MKL's addmm took ~50 us at 4096 x 8,
-// its beta pass) -- each output element beta u (one rounding), then an explicit std::fma chain in double over d in
-// order, rounded once to the dtype (at least as accurate as the float GEMM), rows independent; and gM = u^T gv in
-// double in fixed row chunks (below): both bit-identical whatever the alignment and the thread count.  The
-// forward's v = u M stays MKL's (rows independent; a row pass in double measured ~1.4x slower than its float GEMM).
-inline bool bn_small_gemm(int64_t D) {
-  const char* e = std::getenv("GEOOPS_POINCARE_BN_SMALL_GEMM");
-  return D <= kBnLaneMaxD && !(e && e[0] == '0');
-}
+// ---- the backward's two small GEMMs as row passes (GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call, forces at::mm /
+// at::addmm, what D > kBnLaneMaxD runs, so that the tests compare the two).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS
+// u (MKL's addmm took ~50 us at 4096 x 8, its beta pass) -- each output element beta u (one rounding), then an
+// explicit std::fma chain in double over d in order, rounded once to the dtype (at least as accurate as the float
+// GEMM), rows independent; and gM = u^T gv in double in fixed row chunks (below): both bit-identical whatever the
+// alignment and the thread count.  The forward's v = u M stays MKL's (rows independent; a row pass in double measured
+// ~1.4x slower than its float GEMM).
+inline bool bn_small_gemm(int64_t D) { return D <= kBnLaneMaxD && !knobs::off("GEOOPS_POINCARE_BN_SMALL_GEMM"); }
 
 // Rows of T <-> vectors of doubles (L = Vec::size() entries from p).
 template <typename T>
@@ -1878,9 +1822,9 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
 }
 
 // ---------------------------------------------------------------- the running statistics' update
-// batch_norm's training update of its running buffers in place, in one call (session 14; was ~8 small aten calls
-// in geoops/poincare.py's _bn_running_update_): rm <- geodesic(t, rm, m) as A rm + B m, the coefficients from
-// |rm|^2, <rm, m>, |m|^2 in double (the Möbius formulas of _running_mean_step_), rv <- (1 - t) rv + t f var.
+// batch_norm's training update of its running buffers in place, in one call (instead of ~8 small aten calls):
+// rm <- geodesic(t, rm, m) as A rm + B m, the coefficients from |rm|^2, <rm, m>, |m|^2 in double (the Möbius
+// formulas of geoops/poincare.py's _running_mean_step_), rv <- (1 - t) rv + t f var.
 namespace {
 
 double atanc_neg_d(double z, bool single) {

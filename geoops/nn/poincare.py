@@ -20,8 +20,6 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-import os
-
 from .. import _library
 from .. import poincare as gp
 
@@ -44,7 +42,7 @@ class PoincareBall(nn.Module):
 
     def forward(self) -> torch.Tensor:
         v = self.value
-        if (v.requires_grad and torch.is_grad_enabled()) or not _library.direct_call_ok(v) or not _cache_c_on():
+        if (v.requires_grad and torch.is_grad_enabled()) or not _library.direct_call_ok(v):
             return self.constraining_strategy(v)
         # a curvature without gradient (the usual fixed ball): computed once per value of the parameter (its
         # version counter, storage, dtype and device; the strategy) and shared by every layer call, marked as
@@ -57,11 +55,6 @@ class PoincareBall(nn.Module):
             c = self.constraining_strategy(v)
         self._c_cache = (key, c, c._version)
         return gp._mark_checked_curvature(c)
-
-
-def _cache_c_on() -> bool:
-    """GEOOPS_POINCARE_BALL_CACHE=0 (read per call; default on): PoincareBall recomputes c every call, for A/B."""
-    return os.environ.get("GEOOPS_POINCARE_BALL_CACHE", "1") != "0"
 
 
 def _init_hyperplanes(z: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
