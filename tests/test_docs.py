@@ -11,8 +11,9 @@ README = ROOT / "README.md"
 pytestmark = pytest.mark.skipif(not (README.exists() and (ROOT / "csrc").is_dir()),
                                 reason="needs the source checkout (README.md, csrc/)")
 
-# How a variable is read: os.environ.get("X" / os.environ["X"] / os.getenv("X" in Python, std::getenv("X") in C++.
-_READ = re.compile(r"""(?:environ\.get|environ\[|getenv)\(?\s*["'](GEOOPS_[A-Z0-9_]+)["']""")
+# How a variable is read: os.environ.get("X" / os.environ["X"] / os.getenv("X" / a _knob...("X" helper in Python,
+# std::getenv("X") or the csrc/cpu/knobs.h readers knobs::off("X") / knobs::get("X") in C++.
+_READ = re.compile(r"""(?:environ\.get|environ\[|getenv|knobs::(?:off|get)|_knob\w*)\(?\s*["'](GEOOPS_[A-Z0-9_]+)["']""")
 
 
 def _read_vars():
@@ -35,6 +36,16 @@ def test_every_env_var_read_is_in_readme():
     text = README.read_text()
     missing = {n: f for n, f in found.items() if n not in text}
     assert not missing, f"environment variables read by the code but not named in README.md: {missing}"
+
+
+def test_every_knob_in_readme_is_read():
+    # The README's knob table names no switch the code has stopped reading (a retired knob must leave the table).
+    text = README.read_text()
+    table = text.split("### Switches of the CPU kernels", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"GEOOPS_[A-Z0-9_]+", table))
+    assert named, "the README's knob table was not found"
+    stale = sorted(named - set(_read_vars()))
+    assert not stale, f"README.md's knob table names variables the code no longer reads: {stale}"
 
 
 _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
