@@ -527,7 +527,7 @@ inline bool block_fwd_float_reg(const double* xx, const double* yy, const double
   return ok.zero_mask() == 0;
 }
 
-// logmap's coefficients of one block of long fp32 rows with one reciprocal of the denominator (session 15): the
+// logmap's coefficients of one block of long fp32 rows with one reciprocal of the denominator: the
 // staging of block_fwd_float_reg (the float call on 16 lanes in registers), with stereo::fwd's four double
 // divisions per lane (z = k dd / den, q = nb (1 + k yy) / den, a = f k dd / den, c = -f nb / den) replaced by one,
 // rd = 1 / den, and products: z = k dd rd, q = nb (1 + k yy) rd, a = f z, c = -(f nb rd).  Each of z, q, a, c
@@ -574,9 +574,77 @@ inline bool block_fwd_logmap_rcp(const double* xx, const double* yy, const doubl
   }
   return ok.zero_mask() == 0;
 }
+
+// mobius_scalar_mul's coefficients of a block in registers, in float (fp32/fp16/bf16 rows on AVX-512,
+// k <= 0).  stereo::fwd's r a1 tanc(z2), with a1 = atanc(z1, q1) = artanh(s)/s, s = sqrt(-z1), z1 = k|x|^2, and
+// z2 = k r^2 |x|^2 a1^2 = -sigma^2, sigma = |r| artanh(s), is r's sign times tanh(sigma) / s; with L = 2 artanh(s) =
+// log1p(2s(1 + s)/q1) (atanc's own argument, q1 = 1 + z1 formed in double and rounded once, as before) and
+// em = expm1(-2 sigma) in (-1, 0], tanh(sigma) = -em / (2 + em).  Below the float series cut (|z1| or |z2| < cut)
+// a1 and tanc(z2) come from their series, as in block_fwd_float_call.  So one log1p, one expm1 and two float
+// divisions per 16 rows, in place of block_fwd_float_call's two staged calls (atanc, then tanh, with their three
+// passes over the block's arrays).  No overflow for any sigma (em -> -1); a zero row gives r.  A block declines
+// (returns false; block_fwd_float_call then, the float or double calls as before) on a lane with k > 0 (z1 > 0), a
+// NaN, |z1|, q1 or |r| beyond 1e30, or 0 < -z1 < 1e-30 (where s would be a float subnormal).  Accuracy: within the
+// float calls' bounds (tests/test_stereographic_float_call.py: <= 3e-7 of the fp64 reference per row).
+// (out of line: inlined into the one-pass sums loop, where its first part runs, its constants cost that loop registers)
+__attribute__((noinline)) bool block_fwd_msm_closed(const double* xx, const double* kk, const double* rr, int64_t nv,
+                                                    double* ca, double* cb, double* cc) {
+  const Vec big(1e30), tiny_d(-1e-30), zero(0.0), one(1.0);
+  const __m512 two_f = _mm512_set1_ps(2.0f), one_f = _mm512_set1_ps(1.0f), half_f = _mm512_set1_ps(0.5f),
+               lo_f = _mm512_set1_ps(min_den<float>()), sign_f = _mm512_set1_ps(-0.0f),
+               neg_cut = _mm512_set1_ps(-series_cut<float>());
+  Vec ok = zero == zero;
+  auto to_f = [](const Vec& lo, const Vec& hi) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
+  };
+  for (int64_t v = 0; v < nv; v += kFLanes) {
+    const bool two = v + kLanes < nv;  // else lanes v + 8 .. v + 15 are past the block: z1 = 0, r = 0
+    Vec z[2] = {zero, zero}, q[2] = {one, one}, r[2] = {zero, zero};
+    for (int h = 0; h < (two ? 2 : 1); ++h) {
+      const int64_t o = v + h * kLanes;
+      z[h] = Vec::loadu(kk + o) * Vec::loadu(xx + o);
+      q[h] = one + z[h];
+      r[h] = Vec::loadu(rr + o);
+      // (z1 <= 0 fails for NaN)
+      ok = ok & (z[h] <= zero) & (z[h] > -big) & (q[h] < big) & (r[h].abs() < big) & ((z[h] == zero) | (z[h] <= tiny_d));
+    }
+    const __m512 zf = to_f(z[0], z[1]), qf = to_f(q[0], q[1]), rf = to_f(r[0], r[1]);
+    // s = sqrt(-z1); L = 2 artanh(s) and a1 = L / (2 s): below the float series cut |z1| < cut a1 from atanc's
+    // series and L = 2 s a1, else L = log1p(2s(1 + s)/q1); y = |r| L = 2 sigma, sigma = |r| artanh(s)
+    const __m512 zero_f = _mm512_setzero_ps(), s = _mm512_sqrt_ps(_mm512_sub_ps(zero_f, zf));
+    const __mmask16 zsmall = _mm512_cmp_ps_mask(zf, neg_cut, _CMP_GT_OQ);
+    const __m512 a1s = __m512(stereo::atanc_series(FVec(zf)));
+    const __m512 arg =
+        _mm512_div_ps(_mm512_mul_ps(_mm512_mul_ps(two_f, s), _mm512_add_ps(one_f, s)), _mm512_max_ps(qf, lo_f));
+    const __m512 L = _mm512_mask_blend_ps(zsmall, __m512(FVec(arg).log1p()), _mm512_mul_ps(_mm512_mul_ps(two_f, s), a1s));
+    const __m512 ra = _mm512_andnot_ps(sign_f, rf);  // |r|
+    const __m512 y = _mm512_mul_ps(ra, L), h = _mm512_mul_ps(half_f, y);
+    // tanc(z2) = tanh(sigma) / sigma, z2 = -sigma^2: its series below the cut, else tanh(sigma) = -em / (2 + em)
+    // with em = expm1(-2 sigma) in (-1, 0]
+    const __m512 z2 = _mm512_sub_ps(zero_f, _mm512_mul_ps(h, h));
+    const __mmask16 tsmall = _mm512_cmp_ps_mask(z2, neg_cut, _CMP_GT_OQ);
+    const __m512 tc = __m512(stereo::tanc_series(FVec(z2)));
+    const __m512 em = __m512(FVec(_mm512_sub_ps(zero_f, y)).expm1());
+    // |coefficient| = |r| a1 tanc(z2) = num / den: sigma large: tanh(sigma) / s; sigma small: (sigma tanc) / s, or
+    // (z1 small too) |r| a1 tanc
+    const __m512 num = _mm512_mask_blend_ps(
+        tsmall, _mm512_sub_ps(zero_f, em),
+        _mm512_mask_blend_ps(zsmall, _mm512_mul_ps(h, tc), _mm512_mul_ps(_mm512_mul_ps(ra, a1s), tc)));
+    const __m512 den = _mm512_mask_blend_ps(tsmall, _mm512_mul_ps(_mm512_add_ps(two_f, em), s),
+                                            _mm512_mask_blend_ps(zsmall, s, one_f));
+    const __m512 c = _mm512_or_ps(_mm512_div_ps(num, den), _mm512_and_ps(rf, sign_f));  // r's sign (num / den >= 0)
+    const Vec c0(_mm512_cvtps_pd(_mm512_castps512_ps256(c))), c1(_mm512_cvtps_pd(_mm512_extractf32x8_ps(c, 1)));
+    c0.store(ca + v), zero.store(cb + v), zero.store(cc + v);
+    if (two) c1.store(ca + v + kLanes), zero.store(cb + v + kLanes), zero.store(cc + v + kLanes);
+  }
+  return ok.zero_mask() == 0;
+}
 #else
 constexpr bool kLongSumsF32 = false;
 inline bool logmap_rcp_on() { return false; }
+inline bool block_fwd_msm_closed(const double*, const double*, const double*, int64_t, double*, double*, double*) {
+  return false;
+}
 inline bool block_fwd_logmap_rcp(const double*, const double*, const double*, const double*, const double*, int64_t,
                                  double*, double*, double*) {
   return false;
@@ -640,6 +708,9 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
           return;
         }
       }
+      if constexpr (OP == MOBIUS_SCALAR_MUL) {
+        if (float_on && block_fwd_msm_closed(xx, kk, rr, nv, ca, cb, cc)) return;
+      }
       block_fwd_float_call<OP>(xx, yy, xy, dd, kk, rr, nv, param, float_on, ca, cb, cc);
     } else {
       LaneMath lm;
@@ -698,6 +769,18 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     // blocked loop alternates a load-bound sums phase and a store-bound write phase: measured 1.29-1.30x the
     // limit op vs 1.11-1.18x for the one pass, 2^18 x 64).  The same sums, coefficients and row writes as the
     // blocked loop below (scalar outputs, GEOOPS_STEREO_LONG_SUMS=0): bit-identical results.
+    // mobius_scalar_mul: the closed-form coefficients of a block's first kFLanes lanes run inside its row sums, as
+    // soon as those lanes' sums are stored (after row kFLanes), so that their latency overlaps the loads of the
+    // block's other rows; the other lanes after the sums.  The coefficients are lane by lane, so the split changes
+    // no bits; a part that declines sends the whole block to block_coefs, the same per-block choice as without the
+    // split.  (The same split of logmap's 16-row blocks, 8 lanes inside the sums, measured no gain.)
+    const bool msm_early = OP == MOBIUS_SCALAR_MUL && float_on;
+    // the coefficients of lanes v0 .. v1 of the block from row i0 into c (false: declined)
+    auto msm_part = [&](int64_t i0, int64_t v0, int64_t v1, int64_t end, const double* xx, double* kk, double* rr,
+                        double (*c)[kMaxBlock]) {
+      block_scalars<HAS_R>(sc, i0 + v0, v1 - v0, end, kk + v0, rr + v0);
+      return block_fwd_msm_closed(xx + v0, kk + v0, rr + v0, v1 - v0, c[0] + v0, c[1] + v0, c[2] + v0);
+    };
     if (f32_long) {
       parallel_rows(N, B, grain_for(D), [&](int64_t begin, int64_t end) {
         alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
@@ -707,11 +790,17 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         for (int64_t i0 = begin; i0 < end; i0 += B) {
           const int64_t nb = std::min<int64_t>(B, end - i0), nv = (nb + kLanes - 1) / kLanes * kLanes;
           const double *pa = co[1 - cur][0], *pb = co[1 - cur][1], *pc = co[1 - cur][2];
+          bool early = false;  // mobius_scalar_mul: the first kFLanes lanes' coefficients done (msm_part)
           long_sums(i0, nb, nv, end, xx, yy, xy, dd, [&](int64_t b) {
             if (b < pn) write_block_row(p0, b, pa, pb, pc);
+            if constexpr (OP == MOBIUS_SCALAR_MUL) {
+              if (b == kFLanes && msm_early) early = msm_part(i0, 0, kFLanes, end, xx, kk, rr, co[cur]);
+            }
           });
           for (int64_t b = nv; b < pn; ++b) write_block_row(p0, b, pa, pb, pc);
-          block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
+          if (!(early && msm_part(i0, kFLanes, nv, end, xx, kk, rr, co[cur]))) {
+            block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
+          }
           p0 = i0, pn = nb, cur = 1 - cur;
         }
         for (int64_t b = 0; b < pn; ++b) write_block_row(p0, b, co[1 - cur][0], co[1 - cur][1], co[1 - cur][2]);
