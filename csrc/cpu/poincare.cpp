@@ -436,8 +436,8 @@ inline __m512d hi_pd(const __m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x
 // k1 t C - k0 S are then within a few roundings of the double path's (which rounds k1, k0 to float too).  q is
 // clamped at 9 for the exp (tanh(9) = 1 in float: such rows are projected for any eps >= 1.2e-7).
 // The backward's first pass (fc_bwd_block_lanes16) recomputes a from the same k1, k0, so its w, A match the
-// forward's; its derivative terms keep the double scalars.  Out of line: inlined into its callers, the compiler
-// contracts its float operations into FMAs differently (other bits).
+// forward's; its derivative terms keep the double scalars.  Out of line (as it was with three callers): the
+// compiler's FMA contraction of inlined float code depends on the surrounding code, and so would the bits.
 __attribute__((noinline)) void tangent_k16(const double* U, double c, double sc, double maxnorm, Vectorized<float>& k1,
                         Vectorized<float>& k0) {
   using V = Vectorized<float>;
