@@ -71,10 +71,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare fully-connected layer from t = x @ z and |x|^2, forward (CPU)");
   m.def("poincare_fc_rows_bwd_cpu", &geoops::cpu::poincare_fc_rows_bwd_cpu,
         "Poincare fully-connected layer from t and |x|^2, backward -> (dt, dU, dz cols, dbias, dc) (CPU)");
-  m.def("poincare_fc_rows_fwd_save_cpu", &geoops::cpu::poincare_fc_rows_fwd_save_cpu,
-        "poincare_fc_rows_fwd_cpu keeping the backward's per-element fields -> (y, saved) (CPU)");
-  m.def("poincare_fc_rows_bwd_saved_cpu", &geoops::cpu::poincare_fc_rows_bwd_saved_cpu,
-        "poincare_fc_rows_bwd_cpu with the forward's saved fields (CPU)");
   m.def("poincare_conv2d_direct_ok", &geoops::cpu::poincare_conv2d_direct_ok,
         "Whether the direct small-channel convolution takes (C, C_out, float64) (CPU)");
   m.def("poincare_conv2d_fwd_cpu", &geoops::cpu::poincare_conv2d_fwd_cpu,

@@ -985,43 +985,6 @@ def test_conv2d_direct_vs_knob_off(monkeypatch, dtype, cfg):
         torch.testing.assert_close(a, b_, **tol)
 
 
-@pytest.mark.parametrize("cfg", [dict(B=2, cin=3, cout=8, H=7, W=6, cgrad=True),     # 84 rows: a partial group
-                                 dict(B=3, cin=8, cout=16, H=9, W=10, cgrad=False),  # 270 rows: 3 row blocks
-                                 dict(B=1, cin=2, cout=5, H=3, W=3, cgrad=True),     # 9 rows: one partial group
-                                 dict(B=2, cin=4, cout=17, H=5, W=5, cgrad=False)])  # 17 columns: nothing saved
-def test_conv2d_fc_saved_fields_bitwise(cfg):
-    """The fc rows' forward keeping the per-element fields for the backward (poincare_fc_rows_fwd_save_cpu /
-    _bwd_saved_cpu, save=True) against the backward recomputing them: bit for bit equal values and gradients;
-    the saved tensor has the group layout where it applies (float32, C_out <= 16 with the 16-row lanes) and is
-    empty elsewhere.  PoincareConv2dFn never asks for them (save=False: no faster on the digits step)."""
-    from geoops import _backend
-    C2 = _backend.compiled()
-    B, cin, cout, H, W = cfg["B"], cfg["cin"], cfg["cout"], cfg["H"], cfg["W"]
-    g = torch.Generator().manual_seed(3)
-    z0 = (torch.randn(cin * 9, cout, generator=g, dtype=torch.float64) * 0.4).float()
-    b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).float()
-    # the saved fields exist exactly where the backward's row-lanes pass applies (AVX-512 builds, C_out <= 16)
-    N = B * H * W
-    t = torch.randn(N, cout, generator=g) * 0.3
-    U = (t * t).sum(1)
-    c = torch.tensor(0.8)
-    y0 = C2.poincare_fc_rows_fwd_cpu(t, U, z0, b0, c, 1e-5, True)
-    y1, sv = C2.poincare_fc_rows_fwd_save_cpu(t, U, z0, b0, c, 1e-5, True, True)
-    assert torch.equal(y0, y1)
-    lanes16 = cout <= 16 and torch.backends.cpu.get_cpu_capability() == "AVX512"
-    assert sv.numel() == ((N + 15) // 16 * 3 * cout * 16 if lanes16 else 0)
-    assert C2.poincare_fc_rows_fwd_save_cpu(t, U, z0, b0, c, 1e-5, True, False)[1].numel() == 0
-    gy = torch.randn(N, cout, generator=g)
-    r0 = C2.poincare_fc_rows_bwd_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True)
-    r1 = C2.poincare_fc_rows_bwd_saved_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True, sv)
-    for a, b_ in zip(r0, r1):
-        assert torch.equal(a, b_)
-    with num_threads(2):
-        r2 = C2.poincare_fc_rows_bwd_saved_cpu(gy, t, U, z0, b0, c, 1e-5, 15, True, sv)
-    for a, b_ in zip(r0, r2):
-        assert torch.equal(a, b_)
-
-
 def _flatten_case(shape, channels_last, dtype, seed, gseed):
     """An image batch of `shape` at c = 0.7 with points near the boundary (radius 0.95; channels-last or not) from
     _img(seed), the curvature tensor, and an upstream gradient of the flattened shape from gseed."""

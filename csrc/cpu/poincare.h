@@ -37,16 +37,6 @@ at::Tensor poincare_fc_rows_fwd_cpu(const at::Tensor& t, const at::Tensor& U, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_rows_bwd_cpu(
     const at::Tensor& g, const at::Tensor& t, const at::Tensor& U, const at::Tensor& z, const at::Tensor& bias,
     const at::Tensor& c, double eps, int64_t mask, bool tangent);
-// The same with the backward's per-element fields kept by the forward (save: when it applies, float32 m <= 16 on
-// AVX-512; else an empty tensor) and passed back: the backward skips their
-// transcendentals (same values).
-std::tuple<at::Tensor, at::Tensor> poincare_fc_rows_fwd_save_cpu(const at::Tensor& t, const at::Tensor& U,
-                                                                 const at::Tensor& z, const at::Tensor& bias,
-                                                                 const at::Tensor& c, double eps, bool tangent,
-                                                                 bool save);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_fc_rows_bwd_saved_cpu(
-    const at::Tensor& g, const at::Tensor& t, const at::Tensor& U, const at::Tensor& z, const at::Tensor& bias,
-    const at::Tensor& c, double eps, int64_t mask, bool tangent, const at::Tensor& saved);
 
 // Poincaré ReLU of rows x (N, D): project(expmap0(relu(logmap0(x)))), ball curvature -c, one fused row pass.
 at::Tensor poincare_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& c, double eps);
