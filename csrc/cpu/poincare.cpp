@@ -544,7 +544,6 @@ __attribute__((noinline)) void fwd_block_w(const T* tb, T* yb, int64_t nr, int64
 template <typename T>
 inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
                          double c, double sc, double maxnorm, int64_t m) {
-  using V = Vectorized<T>;
   block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, 0.0);
   fwd_block_w<T>(tb, yb, nr, m, cv, bb, T(1.0 / sc));
   for (int64_t i = 0; i < nr; ++i) bb.Sw[i] = row_sqnorm(yb + i * m, m);
@@ -848,7 +847,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
   const bool du_in_pass = rows_only && tangent;
   const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m);
-  const bool ftan = lanes16 && tangent;
+  [[maybe_unused]] const bool ftan = lanes16 && tangent;  // (float only)
   T* gUp = rows_only ? gU->data_ptr<T>() : nullptr;
   auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb, bool have_ug = false) {
     using VD = Vectorized<double>;
