@@ -106,10 +106,10 @@ def test_scalar_mul_float_call_mixed_k_nan_and_overflow(monkeypatch):
     ok = ~rows_nan
     assert float(_rel_row_err(new[ok], expect[ok]).max()) < 3e-7
     assert torch.equal(new[32:64], old[32:64])  # the block with k > 0 lanes
-    # (row 65's block takes the closed form of session 16, which has no z2: see test_scalar_mul_closed_form)
+    # (row 65's block takes the closed form, which has no z2: see test_scalar_mul_closed_form)
 
 
-# ---------------------------------------------------------------- session 16
+# ---------------------------------------------------------------- the closed form
 # mobius_scalar_mul's closed form (block_fwd_msm_closed: tanh(|r| artanh(s)) / s with r's sign, one log1p and one
 # expm1 in float).  A block declines it on a row of 0 < k|x|^2 < 1e-30 (the 1e-19 rows of _rows), so these inputs
 # replace those rows by 1e-6 ones; blocks of rows near the boundary, tiny / zero rows, r = 1e-5, 40, -1.7, 0, 1e20.
