@@ -538,10 +538,7 @@ inline bool block_fwd_float_reg(const double* xx, const double* yy, const double
 // block_fwd_float_reg's (z below the float series cut, z and q finite in float); a block that fails it is redone
 // by block_fwd_float_call (the divisions, then the double call).  GEOOPS_STEREO_LOGMAP_RCP=0: block_fwd_float_reg's
 // divisions (A/B, read per call).
-inline bool logmap_rcp_on() {
-  const char* e = std::getenv("GEOOPS_STEREO_LOGMAP_RCP");
-  return !(e && e[0] == '0');
-}
+inline bool logmap_rcp_on() { return !knobs::off("GEOOPS_STEREO_LOGMAP_RCP"); }
 
 inline bool block_fwd_logmap_rcp(const double* xx, const double* yy, const double* xy, const double* dd,
                                  const double* kk, int64_t nv, double* ca, double* cb, double* cc) {
@@ -686,7 +683,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // fp32 rows longer than the short-row cut: the AVX-512 row sums (above)
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
-  const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
+  [[maybe_unused]] const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
   // the fast path's k per row: a call-wide curvature filled once (a per-block scalar fill of 32 rows cost about
   // a third of the D = 2 block's load/store floor), per-row k of stride 1 read in place
   const bool float_on = float_call_on();
