@@ -16,6 +16,9 @@ Every family follows one path::
 * Backward ops take an ``int mask`` (bit i: input i's gradient is wanted) and return 0-element tensors
   for the rest: :func:`masked_empty` (fake implementations) and :func:`masked_grads` (reference
   backends, whose backward differentiates the eager reference inside :func:`reference_autograd`).
+* :func:`autograd_wanted` decides whether a public function needs its Function (a gradient is wanted or
+  forward-mode AD may carry tangents), and :func:`first_order_only` makes a second derivative through a
+  once-differentiable backward raise instead of silently missing the op's terms.
 * :func:`func_twin` makes a Function's torch.func variant (setup_context, generated vmap rule), and
   :func:`loop_vmap` (registered by :func:`define_op` for every op) lets vmap run any custom op.
 """
@@ -29,7 +32,7 @@ import torch
 from . import _backend
 
 __all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
-           "loop_vmap", "fold_vmap", "func_twin", "apply"]
+           "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "apply"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -182,6 +185,78 @@ def reference_autograd():
         for k, p in zip(_AUTOGRAD_KEYS, prev):
             if p:
                 torch._C._dispatch_tls_set_dispatch_key_excluded(k, True)
+
+
+# ---------------------------------------------------------------- derivative contracts (family-neutral)
+def forward_ad_active() -> bool:
+    """Whether forward-mode AD may be running: ``torch.autograd.forward_ad`` dual tensors (a dual level is
+    open) or a ``torch.func.jvp`` / ``jacfwd`` transform around this call."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    if not functorch_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+
+
+def autograd_wanted(*tensors) -> bool:
+    """Whether a public function must call its autograd.Function rather than the forward op alone: reverse
+    mode wants a gradient of some argument, or forward mode may carry tangents.  A custom op called outside
+    its Function drops forward tangents silently (a ``jvp`` of zeros); through the Function they reach its
+    ``jvp`` or torch's error for a Function without one.  ``None`` and numbers are ignored."""
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        return True
+    return forward_ad_active()
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on a backward's results whose own backward raises.  Its extra inputs (the backward's incoming
+    gradients and saved tensors that require grad) connect it to everything a second derivative could
+    differentiate through the backward."""
+
+    @staticmethod
+    def forward(ctx, name, n, *ts):
+        ctx.name = name
+        return tuple(t.view_as(t) for t in ts[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"geoops: second derivatives through {ctx.name} are not supported (its backward "
+                           "kernels are once-differentiable)")
+
+
+def first_order_only(backward):
+    """Decorate a Function's ``backward`` whose kernels have no derivative of their own.
+
+    Under ``create_graph=True`` its results carry a node that raises when they are differentiated again.
+    torch's ``once_differentiable`` is not enough: its error node hangs off the incoming gradients only, so
+    ``torch.autograd.grad(g, inputs)`` prunes it whenever those gradients do not depend on the inputs (e.g.
+    the gradient of ``f(x).sum()``) and the second derivative silently misses the op's terms.  Without
+    ``create_graph`` the backward runs unchanged."""
+    import functools
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled() or functorch_active():  # transforms: func_twin's guard instead
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            outs = backward(ctx, *grads)
+        single = not isinstance(outs, tuple)
+        outs = (outs,) if single else outs
+        deps = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+        idx = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
+        if deps and idx:
+            name = type(ctx).__name__.replace("Backward", "")
+            res = _NoSecondDerivative.apply(name, len(idx), *[outs[i] for i in idx], *deps)
+            outs = list(outs)
+            for i, r in zip(idx, res):
+                outs[i] = r
+            outs = tuple(outs)
+        return outs[0] if single else outs
+
+    return wrapper
 
 
 # ---------------------------------------------------------------- torch.func support (family-neutral)

@@ -45,6 +45,7 @@ class TripleAttentionFn(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, dout, _dlse):
         q, k1, k2, v1, v2, out, lse = ctx.saved_tensors
         if not any(ctx.needs_input_grad[:5]):

@@ -109,8 +109,9 @@ class GauntFn(torch.autograd.Function):
 
 
 def _core(xs, ws, wout, lmax_out, route):
-    """Rows-level nu-ary product: the Function when anything needs a gradient, the kernel otherwise."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*xs, *ws, wout)):
+    """Rows-level nu-ary product: the Function when anything needs a gradient (or forward-mode AD may carry
+    tangents), the kernel otherwise."""
+    if _library.autograd_wanted(*xs, *ws, wout):
         return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout)
     return _impl.fwd_call(list(xs), list(ws), wout, lmax_out, route)
 

@@ -155,6 +155,7 @@ class PoincareFcFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         x, z, bias, c, t = ctx.saved_tensors
         ng = ctx.needs_input_grad
@@ -243,6 +244,7 @@ class PoincareMlrCppFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         x, z, bias, c, t = ctx.saved_tensors
         ng = ctx.needs_input_grad
@@ -287,6 +289,7 @@ class PoincareMlrFn(torch.autograd.Function):
         return 2 * zn / sc * ash
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         x, z, bias, c, lam, zraw, zn, t, a, ash, ch, sh = ctx.saved_tensors
         ng = ctx.needs_input_grad
@@ -412,6 +415,7 @@ class PoincareResidualFn(torch.autograd.Function):
         return _backend.compiled().poincare_residual_fwd_cpu(x, y, c)
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         x, y, c = ctx.saved_tensors
         ng = ctx.needs_input_grad
@@ -438,6 +442,7 @@ class PoincareReluFn(torch.autograd.Function):
         return _ops.poincare_relu_fwd(x, c, eps)
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         x, c = ctx.saved_tensors
         gx, gc = _ops.poincare_relu_bwd(g.contiguous(), x, c, ctx.eps)
@@ -472,6 +477,7 @@ class PoincareReluCppFn(torch.autograd.Function):
         return _backend.compiled().poincare_relu_fwd_cpu(x, c, eps)
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         if not _library.direct_call_ok(g):
             return PoincareReluFn.backward(ctx, g)
@@ -658,6 +664,7 @@ class PoincareConv2dFn(torch.autograd.Function):
         return _rows_as_image(y, B, Co, Ho, Wo)
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         x, v, wk, sq, trows, Ur, z, bias, c, k1 = ctx.saved_tensors
         B, C, H, W, Ho, Wo, Co, kernel, padding, stride, eps, seps, beta, _ = ctx.geo
@@ -820,6 +827,7 @@ class PoincareFcRowsFn(torch.autograd.Function):
         return _ops.poincare_fc_rows_fwd(t.contiguous(), U.contiguous(), z.contiguous(), bias, c, eps, tangent)
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         t, U, z, bias, c = ctx.saved_tensors
         ng = ctx.needs_input_grad
@@ -844,6 +852,7 @@ class PoincareFlattenFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         xl, pix, img, c = ctx.saved_tensors
         return _backend.compiled().poincare_flatten_bwd_cpu(g, xl, pix, img, c, ctx.beta), None, None, None
@@ -1101,6 +1110,7 @@ class BnLayerFn(torch.autograd.Function):
         return y, var, m
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, gy, _gvar, _gm):
         x, bias, m, mid, u, v, M, b, tr = ctx.saved_tensors
         if gy is None:  # y itself unused (set_materialize_grads(False))
@@ -1170,6 +1180,7 @@ class MidpointMeanFn(torch.autograd.Function):
         return f / (1 + r)
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, gm):
         x, c, F_, L_, f, ff, r = ctx.saved_tensors
         opr = 1 + r
@@ -1193,6 +1204,7 @@ class BnRowsFn(torch.autograd.Function):
         return _ops.poincare_bn_rows_fwd(u, M, b, c, eps)
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         u, M, b, c = ctx.saved_tensors
         gu, gM, gb, gc = _ops.poincare_bn_rows_bwd(g.contiguous(), u, M, b, c, ctx.eps)

@@ -84,7 +84,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
 
     # named at creation so that autograd's node is called e.g. MobiusAddFnBackward
     name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
-    body = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__module__": __name__,
+    body = {"forward": staticmethod(forward), "backward": staticmethod(_library.first_order_only(backward)),
+            "__module__": __name__,
             "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd."}
     cls = type(name, (torch.autograd.Function,), body)
 
@@ -115,7 +116,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
                 dr if need[3] else None, None)
 
     _FNS_CPP[spec.name] = type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward_cpp), "backward": staticmethod(backward_cpp), "__module__": __name__,
+        "forward": staticmethod(forward_cpp), "backward": staticmethod(_library.first_order_only(backward_cpp)),
+        "__module__": __name__,
         "__doc__": f"{name} on the eager CPU fast path: the C++ kernels of {spec.name} called directly."})
 
     # the torch.func variant: same kernels (the custom ops have vmap rules, geoops._ops.stereographic),
@@ -150,6 +152,12 @@ def _once(backward):
     hessian) would silently get zeros from that, so they raise instead (geoops._library's guard)."""
     return _library._once(backward, "the fused geoops.stereographic ops")
 _functorch_active = _library.functorch_active
+
+
+def _transformed() -> bool:
+    """Whether the torch.func variants must run: a torch.func transform, or forward-mode AD dual tensors
+    (the variants carry the jvp; the eager Functions and the bare ops would drop the tangents)."""
+    return _library.functorch_active() or _library.forward_ad_active()
 
 
 def _ref_jvp(fn, primals, tangents):
@@ -357,7 +365,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     y2 = rows(y) if spec.has_y else None
     k2 = _per_row(op, "k", k, shape, d, N, kdtype)
     r2 = _per_row(op, r_name, r, shape, d, N, kdtype) if spec.has_r else None
-    if _functorch_active():  # inside torch.func.grad / vmap / jacrev / jacfwd
+    if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = _FNS_FUNC[op].apply(x2, y2, k2, r2, float(eps))
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
         out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
@@ -694,6 +702,7 @@ class CdistFn(torch.autograd.Function):
         return d
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, grad):
         x, y, k, A, d = ctx.saved_tensors
         need, mask = _grad_mask(ctx)
@@ -713,8 +722,10 @@ def _func_with_aux(name: str, eager, forward, reference, doc: str) -> type:
         ctx.save_for_backward(*inputs, output[1], output[0])
         ctx.save_for_forward(*inputs)
 
+    eager_backward = getattr(eager.backward, "__wrapped__", eager.backward)  # _once guards transforms
+
     def backward(ctx, grad, _gaux):
-        return eager.backward(ctx, grad)
+        return eager_backward(ctx, grad)
 
     def jvp(ctx, *tangents):
         return _ref_jvp(reference, ctx.saved_tensors, tangents), None
@@ -829,7 +840,7 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     if _backend.checks_enabled():
         _pair_debug_checks(op, x3, y3, k3)
     N, M = x3.shape[1], y3.shape[1]
-    if _functorch_active():  # inside torch.func.grad / vmap / jacrev / jacfwd
+    if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = CdistFnFunc.apply(x3, y3, k3)[0]
     elif torch.is_grad_enabled() and (x3.requires_grad or y3.requires_grad or k3.requires_grad):
         out = CdistFn.apply(x3, y3, k3)
@@ -1112,6 +1123,7 @@ class MobiusScaleFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         v, x, k, st = ctx.saved_tensors[:4]
         need, mask = _grad_mask(ctx)
@@ -1158,6 +1170,7 @@ class MobiusMatvecFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_library.first_order_only
     def backward(ctx, g):
         x, m, k, out, st = ctx.saved_tensors
         need, mask = _grad_mask(ctx)
@@ -1186,7 +1199,7 @@ def _mobius_scale(op, v, x, k):
     v2 = v2 if v2.is_contiguous() else v2.contiguous()
     x2 = x2 if x2.is_contiguous() else x2.contiguous()
     kr = _rows_k(op, k, batch, R)
-    if _functorch_active():  # inside torch.func.grad / vmap / jacrev / jacfwd
+    if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = MobiusScaleFnFunc.apply(v2, x2, kr)[0]
     elif torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
         out = MobiusScaleFn.apply(v2, x2, kr)
@@ -1224,7 +1237,7 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
         xl = xl.to(dtype)
     if m.dtype != dtype:
         m = m.to(dtype)
-    if m.dim() == 2 and dtype in (torch.float32, torch.float64) and not _functorch_active() and \
+    if m.dim() == 2 and dtype in (torch.float32, torch.float64) and not _transformed() and \
             _backend.resolve(x.device, _ops.FAMILY) == "cpp":
         # fused: GEMM + epilogue per block of rows, forward and backward (no [R, D_out] intermediate)
         kt = _scale_k(op, k, xl)
