@@ -172,7 +172,19 @@ def _ref_jvp(fn, primals, tangents):
             a[i] = t
         return fn(*a)
 
-    return torch.func.jvp(f, tuple(prim), tuple(tang))[1]
+    if _library.functorch_active():
+        return torch.func.jvp(f, tuple(prim), tuple(tang))[1]
+    # forward-mode dual tensors (torch.autograd.forward_ad): a nested forward level is not allowed, so J t comes
+    # from reverse mode: the vjp v -> J^T v is linear in v, and J t is the gradient of <J^T v, t> with respect to v
+    with torch.enable_grad():
+        xs = [p.detach().requires_grad_() for p in prim]
+        out = f(*xs)
+        v = torch.zeros_like(out, requires_grad=True)
+        jtv = torch.autograd.grad(out, xs, v, create_graph=True, allow_unused=True)
+        s = sum((g * t).sum() for g, t in zip(jtv, tang) if g is not None)
+        if not isinstance(s, torch.Tensor) or not s.requires_grad:
+            return torch.zeros_like(out)
+        return torch.autograd.grad(s, v)[0]
 
 
 MobiusAddFn = _make_fn(_ops.STEREO_OPS["mobius_add"])

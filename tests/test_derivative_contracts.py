@@ -83,6 +83,8 @@ def _cases():
 CASES = list(_cases())
 IDS = [c[0] for c in CASES]
 BACKENDS = ["auto", "reference"]
+# families whose forward mode is documented to work (README "Use"): there it must not raise
+FORWARD_MODE = ("stereographic.",)
 
 
 def _fd_jvp(f, args, tans, h=1e-6):
@@ -114,6 +116,8 @@ def test_forward_mode_right_or_raises(case, backend, mode):
                     if got is None:  # no tangent at all: the same silent zero
                         got = torch.zeros_like(fwAD.unpack_dual(out).primal)
         except (NotImplementedError, RuntimeError):
+            if name.startswith(FORWARD_MODE):
+                raise
             return  # refused: allowed
         want = _fd_jvp(f, args, tans)
     _close(got, want, f"{name} {mode} ({backend})")
