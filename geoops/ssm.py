@@ -269,7 +269,7 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
     return K if v.dim() == 3 else K.squeeze(0)
 
 
-def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int):
+def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int, want_C=None):
     """Validate log_dt (H,), A (H, N), B (H, N), C (*lead, H, N) with len(lead) <= c_lead."""
     _check_real(op, "log_dt", log_dt, (torch.float32, torch.float64))
     _check_complex(op, "A", A)
@@ -285,7 +285,7 @@ def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int):
     if B.shape != A.shape:
         _fail(op, f"B must have the shape of A (H, N) = {tuple(A.shape)}, got {tuple(B.shape)}")
     if C.dim() < 2 or C.dim() > 2 + c_lead or tuple(C.shape[-2:]) != (H, N):
-        want = {0: "(H, N)", 1: "(H, N) or (C_out, H, N)", 2: "(2, H, N) or (C_out, 2, H, N)"}[c_lead]
+        want = want_C or {0: "(H, N)", 1: "(H, N) or (C_out, H, N)", 2: "(2, H, N) or (C_out, 2, H, N)"}[c_lead]
         _fail(op, f"C must have shape {want} with (H, N) = {(H, N)}, got {tuple(C.shape)}")
     _same_device(op, "A", A, log_dt=log_dt, B=B, C=C)
     if not torch.compiler.is_compiling() and A.numel() and bool((A.real >= 0).any()):
@@ -301,7 +301,16 @@ def discretize(log_dt, A, B, C, discretization: str = "zoh"):
     x = log Abar: ``dt A`` (ZOH) or ``2 artanh(dt A / 2)`` (bilinear); v = C~ (see the module docstring).
     One C++ pass over (H, N) in complex double, forward and backward (the chain rule to log_dt, A, B, C is
     hand-written); :func:`geoops.reference.ssm.discretize_log` is the readable torch version.
+
+    Args: log_dt (H,) float32/float64; A, B (H, N) complex, Re A < 0; C (H, N), (C_out, H, N), (2, H, N) or
+    (C_out, 2, H, N) complex (v has C's shape); discretization "zoh" or "bilinear".
     """
+    _check_ssm_params("discretize", log_dt, A, B, C, discretization, 2, "(H, N), (C_out, H, N) or (C_out, 2, H, N)")
+    return _discretize(log_dt, A, B, C, discretization)
+
+
+def _discretize(log_dt, A, B, C, discretization):
+    """discretize without the argument checks (the callers have run them)."""
     if _grad_wanted(log_dt, A, B, C):
         return _library.apply(DiscretizeFn, log_dt, A, B, C, discretization)
     return _ops.ssm_discretize_fwd(log_dt, A, B, C, discretization)
@@ -337,7 +346,7 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
         cd = torch.complex128 if out64 else torch.complex64
         rd = torch.float64 if out64 else torch.float32
         return _ref.s4d_kernel(log_dt.to(rd), A.to(cd), B.to(cd), C.to(cd), L, discretization)
-    v, x = discretize(log_dt, A, B, C, discretization)
+    v, x = _discretize(log_dt, A, B, C, discretization)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
     if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad):
         K = _library.apply(VandermondeFn, v3, x, L, out64)
@@ -411,7 +420,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         y = _ref.fftconv(u.to(cdt), k.to(cdt), None if D is None else D.to(cdt), bidirectional)
         return y.to(u.dtype)
     k4 = k.reshape(Cn, 2 if bidirectional else 1, H, L)
-    D2 = None if D is None else D.reshape(-1, H).expand(Cn, H)
+    D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H)
     if D2 is not None and D2.stride(0) == 0 and Cn > 1:
         D2 = D2.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, k, D)):
@@ -445,7 +454,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     _check_ssm_params(op, log_dt, A, B, C, discretization, 2 if bidirectional else 1)
     if not isinstance(bidirectional, bool):
         _fail(op, f"bidirectional must be a bool, got {type(bidirectional).__name__}", TypeError)
-    if bidirectional and C.shape[-3] != 2:
+    if bidirectional and (C.dim() < 3 or C.shape[-3] != 2):
         _fail(op, f"C must have shape (2, H, N) or (C_out, 2, H, N) with bidirectional=True, got {tuple(C.shape)}")
     if A.shape[0] != u.shape[1]:
         _fail(op, f"A has H = {A.shape[0]} channels but u has {u.shape[1]} (u is (B, H, L))")
@@ -464,14 +473,14 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         _same_device(op, "u", u, D=D)
         D = D.to(kd if half else u.dtype)
     if _use_reference(u.device):
-        Cf = C.reshape(-1, H, N) if C.dim() > 2 else C
+        Cf = C.flatten(0, -3) if C.dim() > 2 else C
         K = s4d_kernel(log_dt, A, B, Cf, L, discretization)
         if C.dim() > 2:
             K = K.reshape(*C.shape[:-2], H, L)
         return fftconv(u, K.to(kd), D, bidirectional=bidirectional)
-    v, x = discretize(log_dt, A, B, C, discretization)
+    v, x = _discretize(log_dt, A, B, C, discretization)
     v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
-    D2 = None if D is None else D.reshape(-1, H).expand(Cn, H).contiguous()
+    D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H).contiguous()
     if _grad_wanted(u, v4, x, D2):
         y = _library.apply(SsmConvFn, u, v4, x, D2)
     else:

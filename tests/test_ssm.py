@@ -351,6 +351,50 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"A has H = 3 channels but u has 5"):
         gs.ssm_conv(torch.randn(2, 5, 10), log_dt, A, B, C)
 
+    with pytest.raises(ValueError, match=r"C must have shape \(2, H, N\) or \(C_out, 2, H, N\) with bidirectional"):
+        gs.ssm_conv(torch.randn(2, 3, 10), log_dt, A, B, C, bidirectional=True)  # a 2-d C has no direction axis
+
+
+def test_discretize_checks_its_arguments():
+    """The public discretize validates like s4d_kernel (it used to accept a real A, Re A >= 0, and raise
+    unnamed RuntimeErrors from the kernel for wrong shapes or discretisations)."""
+    log_dt, A, B, C = _ssm_params(3, 4)
+    with pytest.raises(TypeError, match=r"discretize: A must be complex"):
+        gs.discretize(log_dt, A.real, B, C)
+    with pytest.raises(ValueError, match=r"discretize: A must have negative real parts"):
+        gs.discretize(log_dt, torch.complex(-A.real, A.imag), B, C)
+    with pytest.raises(ValueError, match=r"discretize: B must have the shape of A"):
+        gs.discretize(log_dt, A, B[:2], C)
+    with pytest.raises(ValueError, match=r"discretize: discretization must be"):
+        gs.discretize(log_dt, A, B, C, "euler")
+    with pytest.raises(ValueError, match=r"discretize: C must have shape \(H, N\), \(C_out, H, N\) or"):
+        gs.discretize(log_dt, A, B, C.expand(1, 1, 1, 3, 4))
+    v, x = gs.discretize(log_dt, A, B, C.expand(2, 2, 3, 4))  # (C_out, 2, H, N): ssm_conv's bidirectional C
+    assert v.shape == (2, 2, 3, 4) and x.shape == (3, 4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_sizes_every_backend(backend):
+    """Zero-size batch, channels or length give empty / zero outputs (H = 0 with a D used to fail in
+    D.reshape(-1, 0); the reference backend's fftconv failed in torch.fft for any empty operand)."""
+    with geoops.use_backend(backend):
+        for Bsz, H, L, C in [(0, 3, 5, None), (2, 0, 5, None), (2, 3, 0, None), (2, 0, 5, 2), (1, 3, 6, 0)]:
+            u = torch.randn(Bsz, H, L, dtype=torch.float64)
+            k = torch.randn(*(() if C is None else (C,)), H, L, dtype=torch.float64)
+            D = torch.randn(H, dtype=torch.float64)
+            want = (Bsz, H, L) if C is None else (Bsz, C, H, L)
+            for DD in (None, D):
+                y = gs.fftconv(u, k, DD)
+                assert y.shape == want and y.dtype == u.dtype
+                assert y.numel() == 0 or (L == 0) or bool((y == gs.fftconv(u, k, DD)).all())
+            log_dt, A, B, Cm = _ssm_params(H, 2, C_out=C)
+            y = gs.ssm_conv(u, log_dt, A, B, Cm, D)
+            assert y.shape == want
+            if H == 0:
+                uu = u.detach().requires_grad_()
+                gs.fftconv(uu, k, D).sum().backward()
+                assert uu.grad.shape == u.shape
+
 
 # ---------------------------------------------------------------- torch.library / torch.compile
 @pytest.mark.parametrize("backend", ["auto", "reference"])
