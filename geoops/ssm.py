@@ -41,6 +41,7 @@ import numbers
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _fwAD
 
 from . import _backend, _library
 from ._ops import ssm as _ops
@@ -54,6 +55,45 @@ _COMPLEX = (torch.complex64, torch.complex128)
 
 
 # ---------------------------------------------------------------- autograd
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on first-order gradients whose own backward raises: it takes the backward's incoming gradients
+    and saved inputs as extra inputs, so that any second derivative through an ssm backward reaches it."""
+
+    @staticmethod
+    def forward(ctx, name, n, *ts):
+        ctx.name = name
+        return tuple(t.view_as(t) for t in ts[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"geoops.ssm: second derivatives through {ctx.name} are not supported (its backward "
+                           "kernels are once-differentiable)")
+
+
+def _first_order_only(backward):
+    """Decorate an ssm Function's backward: under create_graph=True its gradients carry a node that raises
+    when they are differentiated again.  (torch's once_differentiable leaves an unconnected error node that
+    torch.autograd.grad(..., inputs) prunes: the second derivative then silently missed the ssm terms.)"""
+    def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            outs = backward(ctx, *grads)
+        deps = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+        idx = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
+        if not deps or not idx:
+            return outs
+        res = _NoSecondDerivative.apply(type(ctx).__name__.replace("Backward", ""), len(idx),
+                                        *[outs[i] for i in idx], *deps)
+        outs = list(outs)
+        for i, r in zip(idx, res):
+            outs[i] = r
+        return tuple(outs)
+
+    wrapper.__doc__, wrapper.__name__ = backward.__doc__, backward.__name__
+    return wrapper
+
+
 class VandermondeFn(torch.autograd.Function):
     """autograd.Function of vandermonde: torch.ops.geoops.vandermonde_fwd / _bwd.
 
@@ -66,6 +106,7 @@ class VandermondeFn(torch.autograd.Function):
         return _ops.vandermonde_fwd(v, x, L, out64)
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, grad):
         v, x = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -110,6 +151,7 @@ class FftconvFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, grad):
         u, uf, k, D = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -133,6 +175,7 @@ class DiscretizeFn(torch.autograd.Function):
         return _ops.ssm_discretize_fwd(log_dt, A, B, C, disc)
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, gv, gx):
         log_dt, A, B, C = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -161,6 +204,7 @@ class SsmConvFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, grad):
         u, uf, kf, v, x, D = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -172,8 +216,35 @@ class SsmConvFn(torch.autograd.Function):
             (dD if mask & 8 else None)
 
 
+def _forward_ad_active() -> bool:
+    """Whether forward-mode AD (torch.func.jvp / jacfwd, or forward_ad dual tensors) may be running."""
+    if _fwAD._current_level >= 0:
+        return True
+    if not _library.functorch_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+
+
 def _grad_wanted(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+    """Whether the call must go through the autograd.Function (reverse mode wants a gradient, or forward
+    mode may carry tangents: the Function refuses those instead of dropping them)."""
+    return (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)) or _forward_ad_active()
+
+
+def _apply(op: str, cls, *args):
+    """_library.apply, with forward-mode AD refused by a message naming the op (without this path the
+    custom ops silently dropped the tangents: jvp returned zeros)."""
+    try:
+        return _library.apply(cls, *args)
+    except NotImplementedError as e:
+        if "jvp" not in str(e):
+            raise
+        _fail(op, "forward-mode AD (torch.func.jvp, jacfwd, forward_ad dual tensors) is not supported: the "
+                  "kernels have no forward derivative; use reverse mode (torch.func.grad, vjp, jacrev)",
+              NotImplementedError)
 
 
 # ---------------------------------------------------------------- argument handling
@@ -262,8 +333,8 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
         cdt = torch.complex128 if out64 else torch.complex64
         return _ref.vandermonde(v.to(cdt), x.to(cdt), L)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad):
-        K = _library.apply(VandermondeFn, v3, x, L, out64)
+    if _grad_wanted(v, x):
+        K = _apply(op, VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
     return K if v.dim() == 3 else K.squeeze(0)
@@ -312,7 +383,7 @@ def discretize(log_dt, A, B, C, discretization: str = "zoh"):
 def _discretize(log_dt, A, B, C, discretization):
     """discretize without the argument checks (the callers have run them)."""
     if _grad_wanted(log_dt, A, B, C):
-        return _library.apply(DiscretizeFn, log_dt, A, B, C, discretization)
+        return _apply("discretize", DiscretizeFn, log_dt, A, B, C, discretization)
     return _ops.ssm_discretize_fwd(log_dt, A, B, C, discretization)
 
 
@@ -348,8 +419,8 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
         return _ref.s4d_kernel(log_dt.to(rd), A.to(cd), B.to(cd), C.to(cd), L, discretization)
     v, x = _discretize(log_dt, A, B, C, discretization)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad):
-        K = _library.apply(VandermondeFn, v3, x, L, out64)
+    if _grad_wanted(v, x):
+        K = _apply(op, VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
     return K if C.dim() == 3 else K.squeeze(0)
@@ -423,8 +494,8 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H)
     if D2 is not None and D2.stride(0) == 0 and Cn > 1:
         D2 = D2.contiguous()
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, k, D)):
-        y = _library.apply(FftconvFn, u, k4, D2)
+    if _grad_wanted(u, k, D):
+        y = _apply(op, FftconvFn, u, k4, D2)
     else:
         y, _ = _ops.fftconv_fwd(u, k4, D2, False)
     return y if has_c else y.squeeze(1)
@@ -482,7 +553,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H).contiguous()
     if _grad_wanted(u, v4, x, D2):
-        y = _library.apply(SsmConvFn, u, v4, x, D2)
+        y = _apply(op, SsmConvFn, u, v4, x, D2)
     else:
         y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False)
     return y if has_c else y.squeeze(1)

@@ -396,6 +396,51 @@ def test_empty_sizes_every_backend(backend):
                 assert uu.grad.shape == u.shape
 
 
+
+def test_forward_mode_ad_raises_instead_of_dropping_tangents():
+    """jvp / jacfwd / forward_ad dual tensors used to reach the custom ops, which dropped the tangents:
+    jvp returned zeros (a wrong answer).  Forward mode is not provided: it must raise, naming the op."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jacfwd, jvp
+
+    log_dt, A, B, C = _ssm_params(2, 3)
+    u = torch.randn(2, 2, 6, dtype=torch.float64, generator=_gen(1))
+    k = torch.randn(2, 6, dtype=torch.float64, generator=_gen(2))
+    with pytest.raises(NotImplementedError, match=r"fftconv: forward-mode AD"):
+        jvp(lambda a: gs.fftconv(a, k), (u,), (u,))
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD"):
+        jacfwd(lambda ld: gs.s4d_kernel(ld, A, B, C, 5))(log_dt)
+    with pytest.raises(NotImplementedError, match=r"vandermonde: forward-mode AD"):
+        jvp(lambda v: gs.vandermonde(v, A, 5), (C,), (C,))
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD"):
+        jvp(lambda a: gs.ssm_conv(a, log_dt, A, B, C), (u,), (u,))
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match=r"fftconv: forward-mode AD"):
+        gs.fftconv(fwAD.make_dual(u, u), k)
+    # a jvp whose tangents do not reach the op still works (the op's inputs carry no tangent)
+    out, tan = jvp(lambda a: gs.fftconv(u, k) * a, (torch.ones(()),), (torch.ones(()),))
+    torch.testing.assert_close(tan, gs.fftconv(u, k))
+
+
+def test_second_derivatives_raise_not_drop_terms():
+    """create_graph=True: a second derivative through the once-differentiable kernels used to skip them silently
+    when other terms kept the graph alive (torch.autograd.grad prunes once_differentiable's unconnected error
+    node): the Hessian term of the ssm op was missing.  It must raise; first-order gradients stay exact."""
+    log_dt, A, B, C = _ssm_params(2, 3)
+    u0 = torch.randn(2, 2, 6, dtype=torch.float64, generator=_gen(1))
+    k = torch.randn(2, 6, dtype=torch.float64, generator=_gen(2))
+    cases = [("FftconvFn", lambda u: gs.fftconv(u, k)),
+             ("VandermondeFn", lambda u: gs.vandermonde(C * u.sum(), A, 4)),
+             ("DiscretizeFn", lambda u: gs.s4d_kernel(log_dt * u.sum(), A, B, C, 4)),
+             ("DiscretizeFn", lambda u: gs.ssm_conv(u, log_dt * u.sum(), A, B, C))]
+    for name, f in cases:
+        u = u0.clone().requires_grad_()
+        g, = torch.autograd.grad((f(u) ** 3).sum() + (u ** 3).sum(), u, create_graph=True)
+        g0, = torch.autograd.grad((f(u) ** 3).sum() + (u ** 3).sum(), u)
+        torch.testing.assert_close(g, g0, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match=f"second derivatives through {name}"):
+            torch.autograd.grad((g ** 2).sum(), u)
+
+
 # ---------------------------------------------------------------- torch.library / torch.compile
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_opcheck(backend):
