@@ -57,12 +57,18 @@ _COMPLEX = (torch.complex64, torch.complex128)
 # ---------------------------------------------------------------- autograd
 class _NoSecondDerivative(torch.autograd.Function):
     """Identity on first-order gradients whose own backward raises: it takes the backward's incoming gradients
-    and saved inputs as extra inputs, so that any second derivative through an ssm backward reaches it."""
+    and saved inputs as extra inputs, so that any second derivative through an ssm backward reaches it.
+    (torch.func style: it also runs inside transforms, e.g. jacrev(jacrev(f)).)"""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, name, n, *ts):
-        ctx.name = name
-        return tuple(t.view_as(t) for t in ts[:n])
+    def forward(name, n, *ts):
+        return tuple(t.clone() for t in ts[:n])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[0]
 
     @staticmethod
     def backward(ctx, *grads):
@@ -83,7 +89,7 @@ def _first_order_only(backward):
         idx = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
         if not deps or not idx:
             return outs
-        res = _NoSecondDerivative.apply(type(ctx).__name__.replace("Backward", ""), len(idx),
+        res = _NoSecondDerivative.apply(type(ctx).__name__.split("Fn")[0] + "Fn", len(idx),
                                         *[outs[i] for i in idx], *deps)
         outs = list(outs)
         for i, r in zip(idx, res):
@@ -99,6 +105,8 @@ class VandermondeFn(torch.autograd.Function):
 
     v (C, H, N) complex, x (H, N) complex, L int, out64 bool -> K (C, H, L) real.
     """
+
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
 
     @staticmethod
     def forward(ctx, v, x, L: int, out64: bool):
@@ -143,6 +151,8 @@ class FftconvFn(torch.autograd.Function):
     writing, faulting in and reading back the (B, H, n/2+1) spectrum.
     """
 
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
+
     @staticmethod
     def forward(ctx, u, k, D):
         save = bool(ctx.needs_input_grad[1]) and _keep_spectrum(u)
@@ -167,6 +177,8 @@ class DiscretizeFn(torch.autograd.Function):
 
     log_dt (H,), A, B (H, N), C (..., H, N), disc -> (v = C Bbar (C's shape), x = log Abar (H, N)), complex128.
     """
+
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
 
     @staticmethod
     def forward(ctx, log_dt, A, B, C, disc: str):
@@ -195,6 +207,8 @@ class SsmConvFn(torch.autograd.Function):
     the kernel's spectrum (for du) and, off the CPU's per-row path, rfft(u) (for dK, when v or x needs a
     gradient; see FftconvFn).
     """
+
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
 
     @staticmethod
     def forward(ctx, u, v, x, D):

@@ -301,6 +301,30 @@ def test_gradcheck_many_body():
     assert torch.autograd.gradgradcheck(f, (*xs, w))
 
 
+def test_forward_mode_ad_raises_and_nested_jacrev_works():
+    """Forward mode (jvp, jacfwd, hessian, forward_ad duals) reached the bare custom op, which dropped the
+    tangents: jvp returned zeros.  It must raise.  jacrev(jacrev(f)) reached the bare op through the inner
+    vmap (a requires_grad hidden by the vmap wrapper) and failed in torch; it must equal the reference."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jacfwd, jacrev, jvp
+
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.randn(3, 9, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match=r"geoops.gaunt: forward-mode AD"):
+        jvp(lambda a: ga.gaunt_tensor_product(a, x2), (x1,), (x1,))
+    with pytest.raises(NotImplementedError, match=r"geoops.gaunt: forward-mode AD"):
+        jacfwd(lambda a: ga.gaunt_power(a, 2, 2))(x1)
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match=r"geoops.gaunt: forward-mode AD"):
+        ga.gaunt_tensor_product(fwAD.make_dual(x1, x1), x2)
+    out, tan = jvp(lambda s: ga.gaunt_tensor_product(x1, x2) * s, (torch.ones((), dtype=torch.float64),),
+                   (torch.ones((), dtype=torch.float64),))  # no tangent reaches the op: fine
+    torch.testing.assert_close(tan, ga.gaunt_tensor_product(x1, x2))
+    f = lambda a: (ga.gaunt_tensor_product(a, x2, 2) ** 2).sum()  # noqa: E731
+    fr = lambda a: (R.gaunt_tensor_product(a, x2, 2) ** 2).sum()  # noqa: E731
+    torch.testing.assert_close(jacrev(jacrev(f))(x1), jacrev(jacrev(fr))(x1), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_fp32_gradients_match_reference(route):
     L = 4

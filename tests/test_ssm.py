@@ -439,6 +439,15 @@ def test_second_derivatives_raise_not_drop_terms():
         torch.testing.assert_close(g, g0, rtol=0, atol=0)
         with pytest.raises(RuntimeError, match=f"second derivatives through {name}"):
             torch.autograd.grad((g ** 2).sum(), u)
+    # the same under torch.func: jacrev(jacrev(f)) used to give zeros (the inner vjp's backward ran outside its
+    # own grad level, so the nesting check missed it and once_differentiable's error node was pruned)
+    from torch.func import grad, jacrev
+
+    f = lambda a: (gs.fftconv(a, k) ** 2).sum()  # noqa: E731
+    for nested in (jacrev(jacrev(f)), jacrev(grad(f)), grad(lambda a: jacrev(f)(a).sum())):
+        with pytest.raises(RuntimeError, match="second derivatives"):
+            nested(u0)
+    torch.testing.assert_close(jacrev(f)(u0), grad(f)(u0))
 
 
 # ---------------------------------------------------------------- torch.library / torch.compile
