@@ -192,7 +192,7 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     lmax_out = int(lmax_out)
     if not isinstance(route, str) or route not in ROUTES:
         _fail(fn, f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
-    wnames = [f"weight{i + 1}" if len(xs) == 2 else f"weights[{i}]" for i in range(len(xs))]
+    wnames = [f"weight{i + 1}" if fn == "gaunt_tensor_product" else f"weights[{i}]" for i in range(len(xs))]
     for n, w, L in zip(wnames, weights, Ls):
         _check_w(fn, n, w, L, device)
     _check_w(fn, "weight_out", weight_out, lmax_out, device)

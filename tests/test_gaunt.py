@@ -354,6 +354,8 @@ def test_errors_name_the_argument():
         ga.gaunt_tensor_product(x, x, weight1=_rand(4))
     with pytest.raises(ValueError, match="weight_out must have last dimension L\\+1 = 5"):
         ga.gaunt_tensor_product(x, x, weight_out=_rand(3))
+    with pytest.raises(ValueError, match=r"weights\[0\] must have last dimension"):  # gaunt_product's argument
+        ga.gaunt_product([x, x], weights=[_rand(4), None])                       # is weights (said weight1)
     with pytest.raises(ValueError, match="route must be one of"):
         ga.gaunt_tensor_product(x, x, route="fast")
     with pytest.raises(ValueError, match="lmax_out must be a non-negative int"):
