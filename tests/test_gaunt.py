@@ -433,6 +433,21 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(ours.grad, ref.grad, atol=1e-11, rtol=0)
 
 
+def test_torch_compile_dynamic_shapes():
+    """torch.compile(dynamic=True) makes the coefficient dims symbolic: lmax_of's math.isqrt could not be traced
+    (fullgraph failed with 'torch.* op returned non-Tensor')."""
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, b: ga.gaunt_tensor_product(a, b, 2).square().sum(), fullgraph=True, dynamic=True,
+                      backend="aot_eager")
+    for n in (3, 5):
+        a = _rand(n, 9, seed=60 + n).requires_grad_()
+        b = _rand(n, 4, seed=70 + n)
+        f(a, b).backward()
+        A = a.detach().clone().requires_grad_()
+        oracle(A, b, 2).square().sum().backward()
+        torch.testing.assert_close(a.grad, A.grad, atol=1e-11, rtol=0)
+
+
 # ---------------------------------------------------------------- nn module
 @needs_e3nn
 def test_nn_gaunt_tensor_product_matches_e3nn():
