@@ -28,7 +28,9 @@ form admits (per-path weights are not expressible: a product of two functions ha
 
 Gradients: to every input and every weight, and double backward: the gradient of x1 is itself a Gaunt product,
 grad_x1 = w1 * P_{<=L1}[ f(w2 x2) f(w_out g) ] (G is symmetric in its three indices), so the backward is written
-with the same fused op and is differentiable again; nothing O(L^6) is ever formed.
+with the same fused op and is differentiable again; nothing O(L^6) is ever formed.  Reverse mode only: forward
+mode (torch.func.jvp, jacfwd, hessian, forward_ad dual tensors) raises NotImplementedError (use
+jacrev(jacrev(f)) for a Hessian).
 """
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ Conventions
   ``k_ss.view(2, C, H, L).transpose(0, 1)`` is our ``(C, 2, H, L)``.
 * **Complex gradients** follow torch's autograd convention (the conjugate Wirtinger derivative
   ``dLoss/dRe z + i dLoss/dIm z``), checked with gradcheck in complex128 through the kernels.
+* **Transforms**: reverse mode only (autograd, ``torch.func`` grad / vjp / jacrev / vmap).  Forward mode (jvp,
+  jacfwd, hessian, forward_ad dual tensors) raises NotImplementedError; second derivatives raise RuntimeError
+  (the backward kernels are once-differentiable).
 
 Numerics
 --------
