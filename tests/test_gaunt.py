@@ -326,6 +326,20 @@ def test_forward_mode_ad_raises_and_nested_jacrev_works():
 
 
 @pytest.mark.parametrize("route", ROUTES)
+def test_lazy_negative_views(route):
+    """A contiguous lazily negated tensor (torch._neg_view; public ops such as z.conj().imag give strided ones,
+    which the row packing copies) used to reach the C++ kernels as raw memory: the sign was lost."""
+    x1 = torch._neg_view(_rand(4, 9, seed=75))
+    w = torch._neg_view(_rand(3, seed=76))
+    x2 = _rand(4, 4, seed=77)
+    assert x1.is_neg() and x1.is_contiguous() and w.is_neg()
+    ours = ga.gaunt_tensor_product(x1, x2, 2, route=route)
+    torch.testing.assert_close(ours, oracle(x1.resolve_neg(), x2, 2), atol=1e-12, rtol=0)
+    ours = ga.gaunt_tensor_product(x2, x2, 2, weight_out=w, route=route)
+    torch.testing.assert_close(ours, oracle(x2, x2, 2, wo=w.resolve_neg()), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("route", ROUTES)
 def test_fp32_gradients_match_reference(route):
     L = 4
     x1, x2 = _rand(16, (L + 1) ** 2, seed=35), _rand(16, (L + 1) ** 2, seed=36)

@@ -450,6 +450,34 @@ def test_second_derivatives_raise_not_drop_terms():
     torch.testing.assert_close(jacrev(f)(u0), grad(f)(u0))
 
 
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_lazy_conjugate_and_negative_views(backend):
+    """C.conj() (a lazy conjugate view) and z.conj().imag (a lazy negative view) used to reach the C++ kernels
+    as raw memory: the kernels read them unconjugated / unnegated (K and y off by O(1))."""
+    log_dt, A, B, C = _ssm_params(3, 4, C_out=2)
+    u = torch.randn(2, 3, 9, dtype=torch.float64, generator=_gen(1))
+    zk = torch.complex(torch.randn(3, 9, dtype=torch.float64, generator=_gen(2)),
+                       torch.randn(3, 9, dtype=torch.float64, generator=_gen(3)))
+    k_neg = zk.conj().imag  # public ops giving a negative view
+    assert k_neg.is_neg() and C.conj().is_conj()
+    plain = lambda t: t.resolve_conj().resolve_neg()  # noqa: E731
+    with geoops.use_backend(backend):
+        torch.testing.assert_close(gs.vandermonde(C.conj(), A, 9), gs.vandermonde(plain(C.conj()), A, 9))
+        for args in [(log_dt, A.conj(), B, C), (log_dt, A, B.conj(), C), (log_dt, A, B, C.conj())]:
+            torch.testing.assert_close(gs.s4d_kernel(*args, 9), ref.s4d_kernel(*map(plain, args), 9),
+                                       rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(gs.ssm_conv(u, *args), ref.ssm_conv(u, *map(plain, args)),
+                                       rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(gs.fftconv(u, k_neg, k_neg[:, 0]), ref.fftconv(u, plain(k_neg), plain(k_neg[:, 0])),
+                                   rtol=1e-10, atol=1e-12)
+        uu = u.clone().requires_grad_()
+        y = gs.fftconv(uu, plain(k_neg))
+        y.backward(torch._neg_view(torch.ones_like(y)))  # a lazily negated upstream gradient
+        expect = torch.autograd.functional.vjp(lambda a: ref.fftconv(a, plain(k_neg)), u, -torch.ones_like(y))[1]
+        torch.testing.assert_close(uu.grad, expect, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- torch.library / torch.compile
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_opcheck(backend):
