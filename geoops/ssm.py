@@ -44,7 +44,6 @@ import numbers
 from typing import Optional
 
 import torch
-import torch.autograd.forward_ad as _fwAD
 
 from . import _backend, _library
 from ._ops import ssm as _ops
@@ -82,7 +81,12 @@ class _NoSecondDerivative(torch.autograd.Function):
 def _first_order_only(backward):
     """Decorate an ssm Function's backward: under create_graph=True its gradients carry a node that raises
     when they are differentiated again.  (torch's once_differentiable leaves an unconnected error node that
-    torch.autograd.grad(..., inputs) prunes: the second derivative then silently missed the ssm terms.)"""
+    torch.autograd.grad(..., inputs) prunes: the second derivative then silently missed the ssm terms.)
+
+    Like geoops._library.first_order_only, but it also runs inside torch.func transforms (its node has the
+    torch.func form), with the Functions' twins built without once_differentiable (differentiable_backward):
+    the twins' level-count guard misses jacrev(jacrev(f)), whose inner vjp backward runs outside its own grad
+    level, and returned zeros there."""
     def wrapper(ctx, *grads):
         if not torch.is_grad_enabled():
             return backward(ctx, *grads)
@@ -233,22 +237,10 @@ class SsmConvFn(torch.autograd.Function):
             (dD if mask & 8 else None)
 
 
-def _forward_ad_active() -> bool:
-    """Whether forward-mode AD (torch.func.jvp / jacfwd, or forward_ad dual tensors) may be running."""
-    if _fwAD._current_level >= 0:
-        return True
-    if not _library.functorch_active():
-        return False
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-    return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
-
-
 def _grad_wanted(*ts) -> bool:
-    """Whether the call must go through the autograd.Function (reverse mode wants a gradient, or forward
-    mode may carry tangents: the Function refuses those instead of dropping them)."""
-    return (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)) or _forward_ad_active()
+    """Whether the call must go through the autograd.Function (a gradient is wanted, or forward-mode AD may carry
+    tangents, which the Function refuses instead of dropping them): geoops._library.autograd_wanted."""
+    return _library.autograd_wanted(*ts)
 
 
 def _apply(op: str, cls, *args):
