@@ -28,7 +28,9 @@ form admits (per-path weights are not expressible: a product of two functions ha
 
 Gradients: to every input and every weight, and double backward: the gradient of x1 is itself a Gaunt product,
 grad_x1 = w1 * P_{<=L1}[ f(w2 x2) f(w_out g) ] (G is symmetric in its three indices), so the backward is written
-with the same fused op and is differentiable again; nothing O(L^6) is ever formed.
+with the same fused op and is differentiable again; nothing O(L^6) is ever formed.  Reverse mode only: forward
+mode (torch.func.jvp, jacfwd, hessian, forward_ad dual tensors) raises NotImplementedError (use
+jacrev(jacrev(f)) for a Hessian).
 """
 from __future__ import annotations
 
@@ -109,10 +111,21 @@ class GauntFn(torch.autograd.Function):
 
 
 def _core(xs, ws, wout, lmax_out, route):
-    """Rows-level nu-ary product: the Function when anything needs a gradient (or forward-mode AD may carry
-    tangents), the kernel otherwise."""
-    if _library.autograd_wanted(*xs, *ws, wout):
-        return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout)
+    """Rows-level nu-ary product: the Function when anything needs a gradient, the kernel otherwise.
+
+    The Function also whenever forward-mode AD may carry tangents (the bare custom op dropped them: jvp returned
+    zeros; GauntFn refuses them) and inside any torch.func transform (a requires_grad seen through a vmap
+    wrapper is not the outer grad level's: jacrev(jacrev(f)) reached the bare op)."""
+    if _library.functorch_active() or _library.autograd_wanted(*xs, *ws, wout):
+        try:
+            return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout)
+        except NotImplementedError as e:
+            if "jvp" not in str(e):
+                raise
+            raise NotImplementedError(
+                "geoops.gaunt: forward-mode AD (torch.func.jvp, jacfwd, hessian, forward_ad dual tensors) is not "
+                "supported: GauntFn has no forward derivative; use reverse mode (torch.func.grad, vjp, jacrev, "
+                "jacrev(jacrev(f)) for a Hessian)") from None
     return _impl.fwd_call(list(xs), list(ws), wout, lmax_out, route)
 
 
@@ -181,7 +194,7 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     lmax_out = int(lmax_out)
     if not isinstance(route, str) or route not in ROUTES:
         _fail(fn, f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
-    wnames = [f"weight{i + 1}" if len(xs) == 2 else f"weights[{i}]" for i in range(len(xs))]
+    wnames = [f"weight{i + 1}" if fn == "gaunt_tensor_product" else f"weights[{i}]" for i in range(len(xs))]
     for n, w, L in zip(wnames, weights, Ls):
         _check_w(fn, n, w, L, device)
     _check_w(fn, "weight_out", weight_out, lmax_out, device)

@@ -22,6 +22,9 @@ Conventions
   ``k_ss.view(2, C, H, L).transpose(0, 1)`` is our ``(C, 2, H, L)``.
 * **Complex gradients** follow torch's autograd convention (the conjugate Wirtinger derivative
   ``dLoss/dRe z + i dLoss/dIm z``), checked with gradcheck in complex128 through the kernels.
+* **Transforms**: reverse mode only (autograd, ``torch.func`` grad / vjp / jacrev / vmap).  Forward mode (jvp,
+  jacfwd, hessian, forward_ad dual tensors) raises NotImplementedError; second derivatives raise RuntimeError
+  (the backward kernels are once-differentiable).
 
 Numerics
 --------
@@ -54,11 +57,63 @@ _COMPLEX = (torch.complex64, torch.complex128)
 
 
 # ---------------------------------------------------------------- autograd
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on first-order gradients whose own backward raises: it takes the backward's incoming gradients
+    and saved inputs as extra inputs, so that any second derivative through an ssm backward reaches it.
+    (torch.func style: it also runs inside transforms, e.g. jacrev(jacrev(f)).)"""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(name, n, *ts):
+        return tuple(t.clone() for t in ts[:n])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"geoops.ssm: second derivatives through {ctx.name} are not supported (its backward "
+                           "kernels are once-differentiable)")
+
+
+def _first_order_only(backward):
+    """Decorate an ssm Function's backward: under create_graph=True its gradients carry a node that raises
+    when they are differentiated again.  (torch's once_differentiable leaves an unconnected error node that
+    torch.autograd.grad(..., inputs) prunes: the second derivative then silently missed the ssm terms.)
+
+    Like geoops._library.first_order_only, but it also runs inside torch.func transforms (its node has the
+    torch.func form), with the Functions' twins built without once_differentiable (differentiable_backward):
+    the twins' level-count guard misses jacrev(jacrev(f)), whose inner vjp backward runs outside its own grad
+    level, and returned zeros there."""
+    def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            outs = backward(ctx, *grads)
+        deps = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+        idx = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
+        if not deps or not idx:
+            return outs
+        res = _NoSecondDerivative.apply(type(ctx).__name__.split("Fn")[0] + "Fn", len(idx),
+                                        *[outs[i] for i in idx], *deps)
+        outs = list(outs)
+        for i, r in zip(idx, res):
+            outs[i] = r
+        return tuple(outs)
+
+    wrapper.__doc__, wrapper.__name__ = backward.__doc__, backward.__name__
+    return wrapper
+
+
 class VandermondeFn(torch.autograd.Function):
     """autograd.Function of vandermonde: torch.ops.geoops.vandermonde_fwd / _bwd.
 
     v (C, H, N) complex, x (H, N) complex, L int, out64 bool -> K (C, H, L) real.
     """
+
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
 
     @staticmethod
     def forward(ctx, v, x, L: int, out64: bool):
@@ -66,6 +121,7 @@ class VandermondeFn(torch.autograd.Function):
         return _ops.vandermonde_fwd(v, x, L, out64)
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, grad):
         v, x = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -102,6 +158,8 @@ class FftconvFn(torch.autograd.Function):
     writing, faulting in and reading back the (B, H, n/2+1) spectrum.
     """
 
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
+
     @staticmethod
     def forward(ctx, u, k, D):
         save = bool(ctx.needs_input_grad[1]) and _keep_spectrum(u)
@@ -110,6 +168,7 @@ class FftconvFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, grad):
         u, uf, k, D = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -126,6 +185,8 @@ class DiscretizeFn(torch.autograd.Function):
     log_dt (H,), A, B (H, N), C (..., H, N), disc -> (v = C Bbar (C's shape), x = log Abar (H, N)), complex128.
     """
 
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
+
     @staticmethod
     def forward(ctx, log_dt, A, B, C, disc: str):
         ctx.disc = disc
@@ -133,6 +194,7 @@ class DiscretizeFn(torch.autograd.Function):
         return _ops.ssm_discretize_fwd(log_dt, A, B, C, disc)
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, gv, gx):
         log_dt, A, B, C = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -153,6 +215,8 @@ class SsmConvFn(torch.autograd.Function):
     gradient; see FftconvFn).
     """
 
+    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
+
     @staticmethod
     def forward(ctx, u, v, x, D):
         save = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and _keep_spectrum(u)
@@ -161,6 +225,7 @@ class SsmConvFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, grad):
         u, uf, kf, v, x, D = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -173,7 +238,22 @@ class SsmConvFn(torch.autograd.Function):
 
 
 def _grad_wanted(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+    """Whether the call must go through the autograd.Function (a gradient is wanted, or forward-mode AD may carry
+    tangents, which the Function refuses instead of dropping them): geoops._library.autograd_wanted."""
+    return _library.autograd_wanted(*ts)
+
+
+def _apply(op: str, cls, *args):
+    """_library.apply, with forward-mode AD refused by a message naming the op (without this path the
+    custom ops silently dropped the tangents: jvp returned zeros)."""
+    try:
+        return _library.apply(cls, *args)
+    except NotImplementedError as e:
+        if "jvp" not in str(e):
+            raise
+        _fail(op, "forward-mode AD (torch.func.jvp, jacfwd, forward_ad dual tensors) is not supported: the "
+                  "kernels have no forward derivative; use reverse mode (torch.func.grad, vjp, jacrev)",
+              NotImplementedError)
 
 
 # ---------------------------------------------------------------- argument handling
@@ -262,14 +342,14 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
         cdt = torch.complex128 if out64 else torch.complex64
         return _ref.vandermonde(v.to(cdt), x.to(cdt), L)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad):
-        K = _library.apply(VandermondeFn, v3, x, L, out64)
+    if _grad_wanted(v, x):
+        K = _apply(op, VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
     return K if v.dim() == 3 else K.squeeze(0)
 
 
-def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int):
+def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int, want_C=None):
     """Validate log_dt (H,), A (H, N), B (H, N), C (*lead, H, N) with len(lead) <= c_lead."""
     _check_real(op, "log_dt", log_dt, (torch.float32, torch.float64))
     _check_complex(op, "A", A)
@@ -285,7 +365,7 @@ def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int):
     if B.shape != A.shape:
         _fail(op, f"B must have the shape of A (H, N) = {tuple(A.shape)}, got {tuple(B.shape)}")
     if C.dim() < 2 or C.dim() > 2 + c_lead or tuple(C.shape[-2:]) != (H, N):
-        want = {0: "(H, N)", 1: "(H, N) or (C_out, H, N)", 2: "(2, H, N) or (C_out, 2, H, N)"}[c_lead]
+        want = want_C or {0: "(H, N)", 1: "(H, N) or (C_out, H, N)", 2: "(2, H, N) or (C_out, 2, H, N)"}[c_lead]
         _fail(op, f"C must have shape {want} with (H, N) = {(H, N)}, got {tuple(C.shape)}")
     _same_device(op, "A", A, log_dt=log_dt, B=B, C=C)
     if not torch.compiler.is_compiling() and A.numel() and bool((A.real >= 0).any()):
@@ -301,9 +381,18 @@ def discretize(log_dt, A, B, C, discretization: str = "zoh"):
     x = log Abar: ``dt A`` (ZOH) or ``2 artanh(dt A / 2)`` (bilinear); v = C~ (see the module docstring).
     One C++ pass over (H, N) in complex double, forward and backward (the chain rule to log_dt, A, B, C is
     hand-written); :func:`geoops.reference.ssm.discretize_log` is the readable torch version.
+
+    Args: log_dt (H,) float32/float64; A, B (H, N) complex, Re A < 0; C (H, N), (C_out, H, N), (2, H, N) or
+    (C_out, 2, H, N) complex (v has C's shape); discretization "zoh" or "bilinear".
     """
+    _check_ssm_params("discretize", log_dt, A, B, C, discretization, 2, "(H, N), (C_out, H, N) or (C_out, 2, H, N)")
+    return _discretize(log_dt, A, B, C, discretization)
+
+
+def _discretize(log_dt, A, B, C, discretization):
+    """discretize without the argument checks (the callers have run them)."""
     if _grad_wanted(log_dt, A, B, C):
-        return _library.apply(DiscretizeFn, log_dt, A, B, C, discretization)
+        return _apply("discretize", DiscretizeFn, log_dt, A, B, C, discretization)
     return _ops.ssm_discretize_fwd(log_dt, A, B, C, discretization)
 
 
@@ -337,10 +426,10 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
         cd = torch.complex128 if out64 else torch.complex64
         rd = torch.float64 if out64 else torch.float32
         return _ref.s4d_kernel(log_dt.to(rd), A.to(cd), B.to(cd), C.to(cd), L, discretization)
-    v, x = discretize(log_dt, A, B, C, discretization)
+    v, x = _discretize(log_dt, A, B, C, discretization)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if torch.is_grad_enabled() and (v.requires_grad or x.requires_grad):
-        K = _library.apply(VandermondeFn, v3, x, L, out64)
+    if _grad_wanted(v, x):
+        K = _apply(op, VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
     return K if C.dim() == 3 else K.squeeze(0)
@@ -411,11 +500,11 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         y = _ref.fftconv(u.to(cdt), k.to(cdt), None if D is None else D.to(cdt), bidirectional)
         return y.to(u.dtype)
     k4 = k.reshape(Cn, 2 if bidirectional else 1, H, L)
-    D2 = None if D is None else D.reshape(-1, H).expand(Cn, H)
+    D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H)
     if D2 is not None and D2.stride(0) == 0 and Cn > 1:
         D2 = D2.contiguous()
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, k, D)):
-        y = _library.apply(FftconvFn, u, k4, D2)
+    if _grad_wanted(u, k, D):
+        y = _apply(op, FftconvFn, u, k4, D2)
     else:
         y, _ = _ops.fftconv_fwd(u, k4, D2, False)
     return y if has_c else y.squeeze(1)
@@ -445,7 +534,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     _check_ssm_params(op, log_dt, A, B, C, discretization, 2 if bidirectional else 1)
     if not isinstance(bidirectional, bool):
         _fail(op, f"bidirectional must be a bool, got {type(bidirectional).__name__}", TypeError)
-    if bidirectional and C.shape[-3] != 2:
+    if bidirectional and (C.dim() < 3 or C.shape[-3] != 2):
         _fail(op, f"C must have shape (2, H, N) or (C_out, 2, H, N) with bidirectional=True, got {tuple(C.shape)}")
     if A.shape[0] != u.shape[1]:
         _fail(op, f"A has H = {A.shape[0]} channels but u has {u.shape[1]} (u is (B, H, L))")
@@ -464,16 +553,16 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         _same_device(op, "u", u, D=D)
         D = D.to(kd if half else u.dtype)
     if _use_reference(u.device):
-        Cf = C.reshape(-1, H, N) if C.dim() > 2 else C
+        Cf = C.flatten(0, -3) if C.dim() > 2 else C
         K = s4d_kernel(log_dt, A, B, Cf, L, discretization)
         if C.dim() > 2:
             K = K.reshape(*C.shape[:-2], H, L)
         return fftconv(u, K.to(kd), D, bidirectional=bidirectional)
-    v, x = discretize(log_dt, A, B, C, discretization)
+    v, x = _discretize(log_dt, A, B, C, discretization)
     v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
-    D2 = None if D is None else D.reshape(-1, H).expand(Cn, H).contiguous()
+    D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H).contiguous()
     if _grad_wanted(u, v4, x, D2):
-        y = _library.apply(SsmConvFn, u, v4, x, D2)
+        y = _apply(op, SsmConvFn, u, v4, x, D2)
     else:
         y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False)
     return y if has_c else y.squeeze(1)

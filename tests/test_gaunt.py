@@ -301,6 +301,44 @@ def test_gradcheck_many_body():
     assert torch.autograd.gradgradcheck(f, (*xs, w))
 
 
+def test_forward_mode_ad_raises_and_nested_jacrev_works():
+    """Forward mode (jvp, jacfwd, hessian, forward_ad duals) reached the bare custom op, which dropped the
+    tangents: jvp returned zeros.  It must raise.  jacrev(jacrev(f)) reached the bare op through the inner
+    vmap (a requires_grad hidden by the vmap wrapper) and failed in torch; it must equal the reference."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jacfwd, jacrev, jvp
+
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.randn(3, 9, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match=r"geoops.gaunt: forward-mode AD"):
+        jvp(lambda a: ga.gaunt_tensor_product(a, x2), (x1,), (x1,))
+    with pytest.raises(NotImplementedError, match=r"geoops.gaunt: forward-mode AD"):
+        jacfwd(lambda a: ga.gaunt_power(a, 2, 2))(x1)
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match=r"geoops.gaunt: forward-mode AD"):
+        ga.gaunt_tensor_product(fwAD.make_dual(x1, x1), x2)
+    out, tan = jvp(lambda s: ga.gaunt_tensor_product(x1, x2) * s, (torch.ones((), dtype=torch.float64),),
+                   (torch.ones((), dtype=torch.float64),))  # no tangent reaches the op: fine
+    torch.testing.assert_close(tan, ga.gaunt_tensor_product(x1, x2))
+    f = lambda a: (ga.gaunt_tensor_product(a, x2, 2) ** 2).sum()  # noqa: E731
+    fr = lambda a: (R.gaunt_tensor_product(a, x2, 2) ** 2).sum()  # noqa: E731
+    torch.testing.assert_close(jacrev(jacrev(f))(x1), jacrev(jacrev(fr))(x1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_lazy_negative_views(route):
+    """A contiguous lazily negated tensor (torch._neg_view; public ops such as z.conj().imag give strided ones,
+    which the row packing copies) used to reach the C++ kernels as raw memory: the sign was lost."""
+    x1 = torch._neg_view(_rand(4, 9, seed=75))
+    w = torch._neg_view(_rand(3, seed=76))
+    x2 = _rand(4, 4, seed=77)
+    assert x1.is_neg() and x1.is_contiguous() and w.is_neg()
+    ours = ga.gaunt_tensor_product(x1, x2, 2, route=route)
+    torch.testing.assert_close(ours, oracle(x1.resolve_neg(), x2, 2), atol=1e-12, rtol=0)
+    ours = ga.gaunt_tensor_product(x2, x2, 2, weight_out=w, route=route)
+    torch.testing.assert_close(ours, oracle(x2, x2, 2, wo=w.resolve_neg()), atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_fp32_gradients_match_reference(route):
     L = 4
@@ -330,6 +368,8 @@ def test_errors_name_the_argument():
         ga.gaunt_tensor_product(x, x, weight1=_rand(4))
     with pytest.raises(ValueError, match="weight_out must have last dimension L\\+1 = 5"):
         ga.gaunt_tensor_product(x, x, weight_out=_rand(3))
+    with pytest.raises(ValueError, match=r"weights\[0\] must have last dimension"):  # gaunt_product's argument
+        ga.gaunt_product([x, x], weights=[_rand(4), None])                       # is weights (said weight1)
     with pytest.raises(ValueError, match="route must be one of"):
         ga.gaunt_tensor_product(x, x, route="fast")
     with pytest.raises(ValueError, match="lmax_out must be a non-negative int"):
@@ -405,6 +445,21 @@ def test_torch_compile_fullgraph():
     oracle(A, B, 3, wo=C).square().sum().backward()
     for ours, ref in ((a, A), (b, B), (c, C)):
         torch.testing.assert_close(ours.grad, ref.grad, atol=1e-11, rtol=0)
+
+
+def test_torch_compile_dynamic_shapes():
+    """torch.compile(dynamic=True) makes the coefficient dims symbolic: lmax_of's math.isqrt could not be traced
+    (fullgraph failed with 'torch.* op returned non-Tensor')."""
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, b: ga.gaunt_tensor_product(a, b, 2).square().sum(), fullgraph=True, dynamic=True,
+                      backend="aot_eager")
+    for n in (3, 5):
+        a = _rand(n, 9, seed=60 + n).requires_grad_()
+        b = _rand(n, 4, seed=70 + n)
+        f(a, b).backward()
+        A = a.detach().clone().requires_grad_()
+        oracle(A, b, 2).square().sum().backward()
+        torch.testing.assert_close(a.grad, A.grad, atol=1e-11, rtol=0)
 
 
 # ---------------------------------------------------------------- nn module

@@ -351,6 +351,132 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"A has H = 3 channels but u has 5"):
         gs.ssm_conv(torch.randn(2, 5, 10), log_dt, A, B, C)
 
+    with pytest.raises(ValueError, match=r"C must have shape \(2, H, N\) or \(C_out, 2, H, N\) with bidirectional"):
+        gs.ssm_conv(torch.randn(2, 3, 10), log_dt, A, B, C, bidirectional=True)  # a 2-d C has no direction axis
+
+
+def test_discretize_checks_its_arguments():
+    """The public discretize validates like s4d_kernel (it used to accept a real A, Re A >= 0, and raise
+    unnamed RuntimeErrors from the kernel for wrong shapes or discretisations)."""
+    log_dt, A, B, C = _ssm_params(3, 4)
+    with pytest.raises(TypeError, match=r"discretize: A must be complex"):
+        gs.discretize(log_dt, A.real, B, C)
+    with pytest.raises(ValueError, match=r"discretize: A must have negative real parts"):
+        gs.discretize(log_dt, torch.complex(-A.real, A.imag), B, C)
+    with pytest.raises(ValueError, match=r"discretize: B must have the shape of A"):
+        gs.discretize(log_dt, A, B[:2], C)
+    with pytest.raises(ValueError, match=r"discretize: discretization must be"):
+        gs.discretize(log_dt, A, B, C, "euler")
+    with pytest.raises(ValueError, match=r"discretize: C must have shape \(H, N\), \(C_out, H, N\) or"):
+        gs.discretize(log_dt, A, B, C.expand(1, 1, 1, 3, 4))
+    v, x = gs.discretize(log_dt, A, B, C.expand(2, 2, 3, 4))  # (C_out, 2, H, N): ssm_conv's bidirectional C
+    assert v.shape == (2, 2, 3, 4) and x.shape == (3, 4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_sizes_every_backend(backend):
+    """Zero-size batch, channels or length give empty / zero outputs (H = 0 with a D used to fail in
+    D.reshape(-1, 0); the reference backend's fftconv failed in torch.fft for any empty operand)."""
+    with geoops.use_backend(backend):
+        for Bsz, H, L, C in [(0, 3, 5, None), (2, 0, 5, None), (2, 3, 0, None), (2, 0, 5, 2), (1, 3, 6, 0)]:
+            u = torch.randn(Bsz, H, L, dtype=torch.float64)
+            k = torch.randn(*(() if C is None else (C,)), H, L, dtype=torch.float64)
+            D = torch.randn(H, dtype=torch.float64)
+            want = (Bsz, H, L) if C is None else (Bsz, C, H, L)
+            for DD in (None, D):
+                y = gs.fftconv(u, k, DD)
+                assert y.shape == want and y.dtype == u.dtype
+                assert y.numel() == 0 or (L == 0) or bool((y == gs.fftconv(u, k, DD)).all())
+            log_dt, A, B, Cm = _ssm_params(H, 2, C_out=C)
+            y = gs.ssm_conv(u, log_dt, A, B, Cm, D)
+            assert y.shape == want
+            if H == 0:
+                uu = u.detach().requires_grad_()
+                gs.fftconv(uu, k, D).sum().backward()
+                assert uu.grad.shape == u.shape
+
+
+
+def test_forward_mode_ad_raises_instead_of_dropping_tangents():
+    """jvp / jacfwd / forward_ad dual tensors used to reach the custom ops, which dropped the tangents:
+    jvp returned zeros (a wrong answer).  Forward mode is not provided: it must raise, naming the op."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jacfwd, jvp
+
+    log_dt, A, B, C = _ssm_params(2, 3)
+    u = torch.randn(2, 2, 6, dtype=torch.float64, generator=_gen(1))
+    k = torch.randn(2, 6, dtype=torch.float64, generator=_gen(2))
+    with pytest.raises(NotImplementedError, match=r"fftconv: forward-mode AD"):
+        jvp(lambda a: gs.fftconv(a, k), (u,), (u,))
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD"):
+        jacfwd(lambda ld: gs.s4d_kernel(ld, A, B, C, 5))(log_dt)
+    with pytest.raises(NotImplementedError, match=r"vandermonde: forward-mode AD"):
+        jvp(lambda v: gs.vandermonde(v, A, 5), (C,), (C,))
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD"):
+        jvp(lambda a: gs.ssm_conv(a, log_dt, A, B, C), (u,), (u,))
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match=r"fftconv: forward-mode AD"):
+        gs.fftconv(fwAD.make_dual(u, u), k)
+    # a jvp whose tangents do not reach the op still works (the op's inputs carry no tangent)
+    out, tan = jvp(lambda a: gs.fftconv(u, k) * a, (torch.ones(()),), (torch.ones(()),))
+    torch.testing.assert_close(tan, gs.fftconv(u, k))
+
+
+def test_second_derivatives_raise_not_drop_terms():
+    """create_graph=True: a second derivative through the once-differentiable kernels used to skip them silently
+    when other terms kept the graph alive (torch.autograd.grad prunes once_differentiable's unconnected error
+    node): the Hessian term of the ssm op was missing.  It must raise; first-order gradients stay exact."""
+    log_dt, A, B, C = _ssm_params(2, 3)
+    u0 = torch.randn(2, 2, 6, dtype=torch.float64, generator=_gen(1))
+    k = torch.randn(2, 6, dtype=torch.float64, generator=_gen(2))
+    cases = [("FftconvFn", lambda u: gs.fftconv(u, k)),
+             ("VandermondeFn", lambda u: gs.vandermonde(C * u.sum(), A, 4)),
+             ("DiscretizeFn", lambda u: gs.s4d_kernel(log_dt * u.sum(), A, B, C, 4)),
+             ("DiscretizeFn", lambda u: gs.ssm_conv(u, log_dt * u.sum(), A, B, C))]
+    for name, f in cases:
+        u = u0.clone().requires_grad_()
+        g, = torch.autograd.grad((f(u) ** 3).sum() + (u ** 3).sum(), u, create_graph=True)
+        g0, = torch.autograd.grad((f(u) ** 3).sum() + (u ** 3).sum(), u)
+        torch.testing.assert_close(g, g0, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match=f"second derivatives through {name}"):
+            torch.autograd.grad((g ** 2).sum(), u)
+    # the same under torch.func: jacrev(jacrev(f)) used to give zeros (the inner vjp's backward ran outside its
+    # own grad level, so the nesting check missed it and once_differentiable's error node was pruned)
+    from torch.func import grad, jacrev
+
+    f = lambda a: (gs.fftconv(a, k) ** 2).sum()  # noqa: E731
+    for nested in (jacrev(jacrev(f)), jacrev(grad(f)), grad(lambda a: jacrev(f)(a).sum())):
+        with pytest.raises(RuntimeError, match="second derivatives"):
+            nested(u0)
+    torch.testing.assert_close(jacrev(f)(u0), grad(f)(u0))
+
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_lazy_conjugate_and_negative_views(backend):
+    """C.conj() (a lazy conjugate view) and z.conj().imag (a lazy negative view) used to reach the C++ kernels
+    as raw memory: the kernels read them unconjugated / unnegated (K and y off by O(1))."""
+    log_dt, A, B, C = _ssm_params(3, 4, C_out=2)
+    u = torch.randn(2, 3, 9, dtype=torch.float64, generator=_gen(1))
+    zk = torch.complex(torch.randn(3, 9, dtype=torch.float64, generator=_gen(2)),
+                       torch.randn(3, 9, dtype=torch.float64, generator=_gen(3)))
+    k_neg = zk.conj().imag  # public ops giving a negative view
+    assert k_neg.is_neg() and C.conj().is_conj()
+    plain = lambda t: t.resolve_conj().resolve_neg()  # noqa: E731
+    with geoops.use_backend(backend):
+        torch.testing.assert_close(gs.vandermonde(C.conj(), A, 9), gs.vandermonde(plain(C.conj()), A, 9))
+        for args in [(log_dt, A.conj(), B, C), (log_dt, A, B.conj(), C), (log_dt, A, B, C.conj())]:
+            torch.testing.assert_close(gs.s4d_kernel(*args, 9), ref.s4d_kernel(*map(plain, args), 9),
+                                       rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(gs.ssm_conv(u, *args), ref.ssm_conv(u, *map(plain, args)),
+                                       rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(gs.fftconv(u, k_neg, k_neg[:, 0]), ref.fftconv(u, plain(k_neg), plain(k_neg[:, 0])),
+                                   rtol=1e-10, atol=1e-12)
+        uu = u.clone().requires_grad_()
+        y = gs.fftconv(uu, plain(k_neg))
+        y.backward(torch._neg_view(torch.ones_like(y)))  # a lazily negated upstream gradient
+        expect = torch.autograd.functional.vjp(lambda a: ref.fftconv(a, plain(k_neg)), u, -torch.ones_like(y))[1]
+        torch.testing.assert_close(uu.grad, expect, rtol=1e-10, atol=1e-12)
+
 
 # ---------------------------------------------------------------- torch.library / torch.compile
 @pytest.mark.parametrize("backend", ["auto", "reference"])

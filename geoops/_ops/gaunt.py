@@ -216,7 +216,11 @@ def gaunt_kernels(device: torch.device):
 # ---------------------------------------------------------------- registration
 def _fwd(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], wout: Optional[torch.Tensor], lmax_out: int,
          route: str) -> torch.Tensor:
-    return gaunt_kernels(xs[0].device).gaunt_fwd(list(xs), list(ws), wout, lmax_out, route)
+    # the kernels read raw memory: lazily negated views (z.conj().imag) are materialised first (no-op otherwise;
+    # the C++ kernels used to read them unnegated)
+    plain = lambda t: None if t is None else t.resolve_neg()  # noqa: E731
+    return gaunt_kernels(xs[0].device).gaunt_fwd([plain(x) for x in xs], [plain(w) for w in ws], plain(wout),
+                                                 lmax_out, route)
 
 
 def _fwd_fake(xs, ws, wout, lmax_out, route):

@@ -199,8 +199,14 @@ def kernels(device: torch.device):
 
 
 # ---------------------------------------------------------------- registration
+def _plain(*ts):
+    """The kernels read raw memory: lazy conjugate / negative views (``C.conj()``, ``z.conj().imag``) are
+    materialised first (no-ops for ordinary tensors; the C++ kernels used to read them unconjugated)."""
+    return [t.resolve_conj().resolve_neg() if t is not None else None for t in ts]
+
+
 def _vfwd(v: torch.Tensor, x: torch.Tensor, L: int, out64: bool) -> torch.Tensor:
-    return kernels(x.device).vandermonde_fwd(v, x, L, out64)
+    return kernels(x.device).vandermonde_fwd(*_plain(v, x), L, out64)
 
 
 def _vfwd_fake(v, x, L, out64):
@@ -208,7 +214,7 @@ def _vfwd_fake(v, x, L, out64):
 
 
 def _vbwd(g, v, x, mask: int):
-    return tuple(kernels(x.device).vandermonde_bwd(g, v, x, mask))
+    return tuple(kernels(x.device).vandermonde_bwd(*_plain(g, v, x), mask))
 
 
 def _vbwd_fake(g, v, x, mask):
@@ -216,7 +222,7 @@ def _vbwd_fake(g, v, x, mask):
 
 
 def _ffwd(u, k, D: Optional[torch.Tensor], save_uf: bool):
-    return tuple(kernels(u.device).fftconv_fwd(u, k, D, save_uf))
+    return tuple(kernels(u.device).fftconv_fwd(*_plain(u, k, D), save_uf))
 
 
 def _nfreq(L) -> int:
@@ -233,7 +239,7 @@ def _ffwd_fake(u, k, D, save_uf):
 
 
 def _fbwd(g, u, uf, k, D: Optional[torch.Tensor], mask: int):
-    return tuple(kernels(u.device).fftconv_bwd(g, u, uf, k, D, mask))
+    return tuple(kernels(u.device).fftconv_bwd(*_plain(g, u, uf, k, D), mask))
 
 
 def _fbwd_fake(g, u, uf, k, D, mask):
@@ -241,7 +247,7 @@ def _fbwd_fake(g, u, uf, k, D, mask):
 
 
 def _dfwd(log_dt, A, B, C, disc: str):
-    return tuple(kernels(A.device).ssm_discretize_fwd(log_dt, A, B, C, disc))
+    return tuple(kernels(A.device).ssm_discretize_fwd(*_plain(log_dt, A, B, C), disc))
 
 
 def _dfwd_fake(log_dt, A, B, C, disc):
@@ -249,7 +255,7 @@ def _dfwd_fake(log_dt, A, B, C, disc):
 
 
 def _dbwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
-    return tuple(kernels(A.device).ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc, mask))
+    return tuple(kernels(A.device).ssm_discretize_bwd(*_plain(gv, gx, log_dt, A, B, C), disc, mask))
 
 
 def _dbwd_fake(gv, gx, log_dt, A, B, C, disc, mask):
@@ -257,7 +263,7 @@ def _dbwd_fake(gv, gx, log_dt, A, B, C, disc, mask):
 
 
 def _sfwd(u, v, x, D: Optional[torch.Tensor], save_uf: bool):
-    return tuple(kernels(u.device).ssm_conv_fwd(u, v, x, D, save_uf))
+    return tuple(kernels(u.device).ssm_conv_fwd(*_plain(u, v, x, D), save_uf))
 
 
 def _sfwd_fake(u, v, x, D, save_uf):
@@ -270,7 +276,7 @@ def _sfwd_fake(u, v, x, D, save_uf):
 
 
 def _sbwd(g, u, uf, kf, v, x, D: Optional[torch.Tensor], mask: int):
-    return tuple(kernels(u.device).ssm_conv_bwd(g, u, uf, kf, v, x, D, mask))
+    return tuple(kernels(u.device).ssm_conv_bwd(*_plain(g, u, uf, kf, v, x, D), mask))
 
 
 def _sbwd_fake(g, u, uf, kf, v, x, D, mask):

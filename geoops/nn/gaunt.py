@@ -59,7 +59,7 @@ class GauntTensorProduct(torch.nn.Module):
             (they count as zeros in the inputs and are not produced in the output).
         internal_weights: learnable per-channel, per-degree weights ``weight1`` [C, L1+1], ``weight2``
             [C, L2+1], ``weight_out`` [C, Lout+1] (initialised to 1); False: no weights.
-        route: geoops.gaunt route ("auto", "grid", "direct", "fft").
+        route: geoops.gaunt route ("auto", "grid", "grid_gemm", "direct", "fft").
 
     With weights at 1 this equals e3nn's ``TensorProduct(irreps_in1, irreps_in2, irreps_out, [(i1, i2, io,
     "uuu", False, G_path^2) ...], irrep_normalization="none", path_normalization="none")`` over the paths with

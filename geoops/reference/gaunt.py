@@ -55,7 +55,9 @@ def lmax_of(n: int) -> Optional[int]:
     """L with (L+1)^2 == n, or None when n is not a positive square."""
     if n < 1:
         return None
-    r = math.isqrt(n)
+    r = 1  # not math.isqrt: torch.compile(dynamic=True) passes a symbolic n, which isqrt cannot trace
+    while (r + 1) * (r + 1) <= n:
+        r += 1
     return r - 1 if r * r == n else None
 
 

@@ -138,6 +138,10 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     L = u.shape[-1]
     n = 2 * L
     has_c = k.dim() == (4 if bidirectional else 3)
+    if u.numel() == 0 or k.numel() == 0:  # torch.fft refuses empty transforms; the result is empty too
+        Bsz, H = u.shape[0], u.shape[1]
+        deps = u.sum() + k.sum() + (0 if D is None else D.sum())  # keeps the (empty) result in the graph
+        return deps.expand((Bsz, k.shape[0], H, L) if has_c else (Bsz, H, L)) * 0
     if bidirectional:
         k0, k1 = k.unbind(-3)
         kk = F.pad(k0, (0, L)) + F.pad(k1.flip(-1), (L, 0))
