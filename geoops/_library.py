@@ -212,14 +212,20 @@ def autograd_wanted(*tensors) -> bool:
 
 
 class _NoSecondDerivative(torch.autograd.Function):
-    """Identity on a backward's results whose own backward raises.  Its extra inputs (the backward's incoming
-    gradients and saved tensors that require grad) connect it to everything a second derivative could
-    differentiate through the backward."""
+    """Identity (a copy) on a backward's results whose own backward raises.  Its extra inputs (the backward's
+    incoming gradients and saved tensors that require grad) connect it to everything a second derivative could
+    differentiate through the backward.  Written in the torch.func form, so that it also works inside
+    transforms (``jacrev(jacrev(f))``, ``hessian``)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, name, n, *ts):
-        ctx.name = name
-        return tuple(t.view_as(t) for t in ts[:n])
+    def forward(name, n, *ts):
+        return tuple(t.clone() for t in ts[:n])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[0]
 
     @staticmethod
     def backward(ctx, *grads):
@@ -233,13 +239,14 @@ def first_order_only(backward):
     Under ``create_graph=True`` its results carry a node that raises when they are differentiated again.
     torch's ``once_differentiable`` is not enough: its error node hangs off the incoming gradients only, so
     ``torch.autograd.grad(g, inputs)`` prunes it whenever those gradients do not depend on the inputs (e.g.
-    the gradient of ``f(x).sum()``) and the second derivative silently misses the op's terms.  Without
-    ``create_graph`` the backward runs unchanged."""
+    the gradient of ``f(x).sum()``) and the second derivative silently misses the op's terms.  The same holds
+    inside torch.func transforms (:func:`func_twin` uses it for every once-differentiable Function): nested
+    ``jacrev`` / ``hessian`` raise.  Without ``create_graph`` the backward runs unchanged."""
     import functools
 
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
-        if not torch.is_grad_enabled() or functorch_active():  # transforms: func_twin's guard instead
+        if not torch.is_grad_enabled():
             return backward(ctx, *grads)
         with torch.no_grad():
             outs = backward(ctx, *grads)
@@ -256,6 +263,7 @@ def first_order_only(backward):
             outs = tuple(outs)
         return outs[0] if single else outs
 
+    wrapper.first_order_only = True
     return wrapper
 
 
@@ -378,8 +386,9 @@ def func_twin(cls, *, once_differentiable: bool = True):
     ``twin.apply(...)[:n]`` inside transforms (:func:`functorch_active`), ``cls.apply`` otherwise.
 
     With ``once_differentiable`` (backward kernels without a derivative of their own), a nested derivative
-    transform (``jacrev(grad(f))``, hessian) raises instead of silently returning zeros.  Forward mode
-    (``jvp``, ``jacfwd``) is not provided: torch raises.
+    transform (``jacrev(grad(f))``, hessian) raises instead of silently returning zeros (:func:`first_order_only`,
+    unless ``cls.backward`` already carries it).  Forward mode (``jvp``, ``jacfwd``) is not provided: torch
+    raises.
     """
     def forward(*args):
         rec = _Recorder(len(args))
@@ -419,8 +428,8 @@ def func_twin(cls, *, once_differentiable: bool = True):
     def backward(ctx, *grads):
         return cls.backward(ctx, *grads[:ctx._geoops_n_out])
 
-    if once_differentiable:
-        backward = _once(backward, cls.__name__)
+    if once_differentiable and not getattr(cls.backward, "first_order_only", False):
+        backward = first_order_only(backward)
     body = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward), "generate_vmap_rule": True, "__module__": cls.__module__,
             "__doc__": f"{cls.__name__} for torch.func transforms (grad, vmap, jacrev); see geoops._library.func_twin."}
@@ -443,20 +452,3 @@ def apply(cls, *args):
     res = res if isinstance(res, (tuple, list)) else (res,)
     n_out, as_tuple = _LAST[cls][2], _LAST[cls][4]
     return tuple(res[:n_out]) if as_tuple else res[0]
-
-
-def _once(backward, name: str):
-    """A once-differentiable backward for transforms: nested derivative transforms raise (they would get zeros)."""
-    inner = torch.autograd.function.once_differentiable(backward)
-
-    def wrapped(ctx, *grads):
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-        from torch._C._functorch import TransformType
-
-        levels = [i for i in retrieve_all_functorch_interpreters() if i.key() in (TransformType.Grad, TransformType.Jvp)]
-        if len(levels) > 1:
-            raise RuntimeError(f"geoops: second derivatives (nested grad/jacrev, hessian) of {name} are not "
-                               "supported: its backward kernels are once-differentiable")
-        return inner(ctx, *grads)
-
-    return wrapped

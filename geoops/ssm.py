@@ -57,63 +57,11 @@ _COMPLEX = (torch.complex64, torch.complex128)
 
 
 # ---------------------------------------------------------------- autograd
-class _NoSecondDerivative(torch.autograd.Function):
-    """Identity on first-order gradients whose own backward raises: it takes the backward's incoming gradients
-    and saved inputs as extra inputs, so that any second derivative through an ssm backward reaches it.
-    (torch.func style: it also runs inside transforms, e.g. jacrev(jacrev(f)).)"""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(name, n, *ts):
-        return tuple(t.clone() for t in ts[:n])
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.name = inputs[0]
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(f"geoops.ssm: second derivatives through {ctx.name} are not supported (its backward "
-                           "kernels are once-differentiable)")
-
-
-def _first_order_only(backward):
-    """Decorate an ssm Function's backward: under create_graph=True its gradients carry a node that raises
-    when they are differentiated again.  (torch's once_differentiable leaves an unconnected error node that
-    torch.autograd.grad(..., inputs) prunes: the second derivative then silently missed the ssm terms.)
-
-    Like geoops._library.first_order_only, but it also runs inside torch.func transforms (its node has the
-    torch.func form), with the Functions' twins built without once_differentiable (differentiable_backward):
-    the twins' level-count guard misses jacrev(jacrev(f)), whose inner vjp backward runs outside its own grad
-    level, and returned zeros there."""
-    def wrapper(ctx, *grads):
-        if not torch.is_grad_enabled():
-            return backward(ctx, *grads)
-        with torch.no_grad():
-            outs = backward(ctx, *grads)
-        deps = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
-        idx = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
-        if not deps or not idx:
-            return outs
-        res = _NoSecondDerivative.apply(type(ctx).__name__.split("Fn")[0] + "Fn", len(idx),
-                                        *[outs[i] for i in idx], *deps)
-        outs = list(outs)
-        for i, r in zip(idx, res):
-            outs[i] = r
-        return tuple(outs)
-
-    wrapper.__doc__, wrapper.__name__ = backward.__doc__, backward.__name__
-    return wrapper
-
-
 class VandermondeFn(torch.autograd.Function):
     """autograd.Function of vandermonde: torch.ops.geoops.vandermonde_fwd / _bwd.
 
     v (C, H, N) complex, x (H, N) complex, L int, out64 bool -> K (C, H, L) real.
     """
-
-    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
 
     @staticmethod
     def forward(ctx, v, x, L: int, out64: bool):
@@ -121,7 +69,7 @@ class VandermondeFn(torch.autograd.Function):
         return _ops.vandermonde_fwd(v, x, L, out64)
 
     @staticmethod
-    @_first_order_only
+    @_library.first_order_only
     def backward(ctx, grad):
         v, x = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -158,8 +106,6 @@ class FftconvFn(torch.autograd.Function):
     writing, faulting in and reading back the (B, H, n/2+1) spectrum.
     """
 
-    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
-
     @staticmethod
     def forward(ctx, u, k, D):
         save = bool(ctx.needs_input_grad[1]) and _keep_spectrum(u)
@@ -168,7 +114,7 @@ class FftconvFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    @_first_order_only
+    @_library.first_order_only
     def backward(ctx, grad):
         u, uf, k, D = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -185,8 +131,6 @@ class DiscretizeFn(torch.autograd.Function):
     log_dt (H,), A, B (H, N), C (..., H, N), disc -> (v = C Bbar (C's shape), x = log Abar (H, N)), complex128.
     """
 
-    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
-
     @staticmethod
     def forward(ctx, log_dt, A, B, C, disc: str):
         ctx.disc = disc
@@ -194,7 +138,7 @@ class DiscretizeFn(torch.autograd.Function):
         return _ops.ssm_discretize_fwd(log_dt, A, B, C, disc)
 
     @staticmethod
-    @_first_order_only
+    @_library.first_order_only
     def backward(ctx, gv, gx):
         log_dt, A, B, C = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -215,8 +159,6 @@ class SsmConvFn(torch.autograd.Function):
     gradient; see FftconvFn).
     """
 
-    differentiable_backward = True  # torch.func twin without once_differentiable: _first_order_only guards
-
     @staticmethod
     def forward(ctx, u, v, x, D):
         save = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and _keep_spectrum(u)
@@ -225,7 +167,7 @@ class SsmConvFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    @_first_order_only
+    @_library.first_order_only
     def backward(ctx, grad):
         u, uf, kf, v, x, D = ctx.saved_tensors
         need = ctx.needs_input_grad

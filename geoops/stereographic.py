@@ -136,8 +136,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
         return _ref_jvp(lambda *a: _ops._ReferenceRows._call(spec, *a, ctx.param), (x, y, k, r), (tx, ty, tk, tr))
 
     body_f = {"forward": staticmethod(forward_f), "setup_context": staticmethod(setup_context),
-              "backward": staticmethod(_once(backward)), "jvp": staticmethod(jvp), "generate_vmap_rule": True,
-              "__module__": __name__, "__doc__": f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd)."}
+              "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
+              "generate_vmap_rule": True, "__module__": __name__, "__doc__": f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd)."}
     _FNS_FUNC[spec.name] = type(name + "Func", (torch.autograd.Function,), body_f)
     return cls
 
@@ -146,11 +146,6 @@ _FNS_FUNC: dict = {}
 _FNS_CPP: dict = {}
 
 
-def _once(backward):
-    """The backward kernels are not differentiable: under a transform (which always differentiates with
-    create_graph) they run without building a graph; nested derivative transforms (jacrev(grad(f)),
-    hessian) would silently get zeros from that, so they raise instead (geoops._library's guard)."""
-    return _library._once(backward, "the fused geoops.stereographic ops")
 _functorch_active = _library.functorch_active
 
 
@@ -734,7 +729,7 @@ def _func_with_aux(name: str, eager, forward, reference, doc: str) -> type:
         ctx.save_for_backward(*inputs, output[1], output[0])
         ctx.save_for_forward(*inputs)
 
-    eager_backward = getattr(eager.backward, "__wrapped__", eager.backward)  # _once guards transforms
+    eager_backward = eager.backward.__wrapped__  # the kernels' backward, guarded here for the twin's signature
 
     def backward(ctx, grad, _gaux):
         return eager_backward(ctx, grad)
@@ -743,7 +738,8 @@ def _func_with_aux(name: str, eager, forward, reference, doc: str) -> type:
         return _ref_jvp(reference, ctx.saved_tensors, tangents), None
 
     body = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(_once(backward)), "jvp": staticmethod(jvp), "generate_vmap_rule": True,
+            "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
+            "generate_vmap_rule": True,
             "reference": staticmethod(reference), "__module__": __name__, "__doc__": doc}
     return type(name, (torch.autograd.Function,), body)
 

@@ -154,3 +154,30 @@ def test_second_derivative_right_or_raises(case, backend):
         want = (p - m) / (2 * h)
         got = torch.zeros_like(want) if got is None else got
         _close(got, want, f"{name} Hessian-vector product, argument {i} ({backend})")
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_nested_transform_right_or_raises(case):
+    """jacrev(jacrev(f)) along a direction (a Hessian-vector product through torch.func's nested levels, where a
+    once-differentiable guard that counts levels missed the inner vjp's backward and returned zeros)."""
+    name, f, args = case
+    w = torch.randn(f(*args).shape, dtype=D64, generator=_g(400))
+    vs = tuple(torch.randn(a.shape, dtype=D64, generator=_g(500 + i)) for i, a in enumerate(args))
+
+    def scalar(*xs):
+        return (f(*xs) * w).sum()
+
+    def gdot(*xs):  # <grad scalar, v>
+        gs = torch.func.grad(scalar, argnums=tuple(range(len(xs))))(*xs)
+        return sum((g * v).sum() for g, v in zip(gs, vs))
+
+    try:
+        hv = torch.func.jacrev(gdot, argnums=tuple(range(len(args))))(*args)
+    except (NotImplementedError, RuntimeError):
+        return  # refused: allowed
+    h = 1e-5
+    g_at = lambda xs: torch.func.grad(scalar, argnums=tuple(range(len(xs))))(*xs)  # noqa: E731
+    plus = g_at([a + h * v for a, v in zip(args, vs)])
+    minus = g_at([a - h * v for a, v in zip(args, vs)])
+    for i, (got, p, m) in enumerate(zip(hv, plus, minus)):
+        _close(got, (p - m) / (2 * h), f"{name} nested jacrev(grad), argument {i}")
