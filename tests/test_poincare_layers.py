@@ -240,6 +240,108 @@ def test_bad_input_names_the_argument():
         gp.poincare_conv2d(torch.zeros(1, 2, 4, 4), torch.zeros(18, 3), None, c=1.0, kernel_size=3.0)
 
 
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_bad_geometry_and_parameters_raise_before_kernels(fused, monkeypatch):
+    """Every error names its argument and raises before a kernel runs (these used to surface as a ZeroDivisionError,
+    'math domain error', a C++ 'bad geometry', an AttributeError or a wrongly named argument -- or not at all)."""
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+    img = _img(1, 2, 4, 4)
+    z = torch.zeros(18, 3)
+    conv = lambda x=img, z=z, **kw: gp.poincare_conv2d(x, z, None, c=1.0, **{"kernel_size": 3, **kw})  # noqa: E731
+    for kw, exc, msg in [(dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
+                         (dict(stride=0), ValueError, "stride must be >= 1"),
+                         (dict(stride=(1, -1)), ValueError, "stride must be >= 1"),
+                         (dict(padding=-1), ValueError, "padding must be >= 0"),
+                         (dict(padding=(True, 0)), TypeError, "padding must be an int"),
+                         (dict(z=torch.zeros(18, 3, dtype=torch.long)), TypeError, "z must be a floating-point"),
+                         (dict(z=torch.zeros(18, 0)), ValueError, "out_channels >= 1"),
+                         (dict(x=img[:, :0], z=torch.zeros(0, 3)), ValueError, "at least one channel"),
+                         (dict(kernel_size=5, z=torch.zeros(50, 3)), ValueError, "larger than x's padded image")]:
+        with pytest.raises(exc, match=msg):
+            conv(**kw)
+    for f, msg in [(lambda: gp.poincare_unfold(img, c=1.0, kernel_size=2, stride=0), "stride must be >= 1"),
+                   (lambda: gp.avg_pool2d(img, c=1.0, kernel_size=0), "kernel_size must be >= 1"),
+                   (lambda: gp.avg_pool2d(img, c=1.0, kernel_size=2, padding=-1), "padding must be >= 0")]:
+        with pytest.raises(ValueError, match=msg):
+            f()
+    x = _img(1, 3, 1, 4).reshape(3, 4).t().contiguous()  # (4, 3) rows
+    with pytest.raises(IndexError, match="dim=3 is out of range"):
+        gp.poincare_relu(x, c=1.0, dim=3)
+    with pytest.raises(IndexError, match="dim=-3 is out of range"):
+        gp.expmap0(x, c=1.0, dim=-3)
+    with pytest.raises(IndexError, match="man_dim=4"):
+        gp.flatten(img, c=1.0, man_dim=4)
+    with pytest.raises(IndexError, match="start_dim=5"):
+        gp.flatten(img, c=1.0, start_dim=5)
+    w1 = torch.tensor(1.0)
+    bn = lambda **kw: gp.batch_norm(x, **{"bias": torch.zeros(3), "weight": w1, "c": 1.0, **kw})  # noqa: E731
+    for kw, exc, msg in [(dict(bias=torch.zeros(3, dtype=torch.long)), TypeError, "bias must be a floating-point"),
+                         (dict(weight=1.0), TypeError, "weight must be a torch.Tensor"),
+                         (dict(weight=torch.ones(2)), ValueError, "weight must be a 1-element"),
+                         (dict(running_mean=torch.zeros(3)), ValueError, "running_mean and running_var"),
+                         (dict(running_mean=torch.zeros(2), running_var=torch.ones(())), ValueError,
+                          r"running_mean must have shape \(3,\)"),
+                         (dict(running_mean=torch.zeros(2), running_var=torch.ones(()), training=False), ValueError,
+                          r"running_mean must have shape \(3,\)"),
+                         (dict(running_mean=torch.zeros(3), running_var=torch.ones(2)), ValueError,
+                          "running_var must be a 1-element")]:
+        with pytest.raises(exc, match=msg):
+            bn(**kw)
+    cl = _img(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="weight must be a 1-element"):
+        gp.batch_norm2d(cl, torch.zeros(3), torch.ones(2), c=1.0)
+    with pytest.raises(ValueError, match=r"weight \(out_features, in_features\) = \(4, 2\) expects in_features=2"):
+        gp.mobius_linear(x, torch.zeros(4, 2), c=1.0)
+    with pytest.raises(ValueError, match=r"bias must be a point of the ball of shape \(4,\)"):
+        gp.mobius_linear(x, torch.zeros(4, 3), torch.zeros(3), c=1.0)
+    with pytest.raises(ValueError, match=r"bias must be a point of the ball of shape \(4,\)"):
+        gp.mobius_linear(torch.zeros(5, 4), torch.zeros(2, 2, 2), torch.zeros(3), c=1.0, blocks=2)
+
+
+def test_empty_manifold_or_batch_dims():
+    """Size 0 along the manifold or batch dimension: empty results of the right shape (these used to raise from a
+    reshape(-1, 0) / reshape(0, L, -1) of an empty tensor, or 'math domain error' from the beta factor)."""
+    x = _img(2, 3, 4, 4)
+    assert gp.poincare_relu(torch.zeros(5, 0), c=1.0).shape == (5, 0)
+    assert gp.expmap0(torch.zeros(2, 0, 3), c=1.0, dim=1).shape == (2, 0, 3)
+    assert gp.avg_pool2d(x[:0], c=1.0, kernel_size=2).shape == (0, 3, 2, 2)
+    assert gp.poincare_unfold(x[:0], c=1.0, kernel_size=2).shape == (0, 12, 9)
+    assert gp.flatten(x[:, :0], c=1.0).shape == (2, 0)
+    assert gp.flatten(x[:, :, :0], c=1.0).shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mlr_half_types_computed_in_float32(dtype):
+    """mlr / hyperplane_dists of half inputs: computed in float32 and returned in their dtype, as every other op of the
+    family (they ran the composition in half precision: ~5x the error of the float32 result's rounding)."""
+    g = torch.Generator().manual_seed(0)
+    x = gp.expmap0(torch.randn(9, 5, generator=g, dtype=torch.float64) * 0.6, c=0.9).to(dtype)
+    z = (torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.4).to(dtype)
+    b = (torch.randn(4, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    y = gp.mlr(x, z, b, c=0.9)
+    assert y.dtype == dtype
+    assert torch.equal(y, gp.mlr(x.float(), z.float(), b.float(), c=0.9).to(dtype))
+    truth = ref.mlr(x.double(), z.double(), b.double(), torch.tensor(0.9, dtype=torch.float64))
+    assert_2x_rule(y, ref.mlr(x, z, b, torch.tensor(0.9, dtype=dtype)).float().to(dtype), truth,
+                   1e-3 if dtype == torch.float16 else 8e-3)
+    xg = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(gp.mlr(xg, z, b, c=0.9).sum(), xg)
+    assert gx.dtype == dtype
+
+
+def test_batchnorm2d_under_vmap():
+    """torch.func.vmap over a channels-last test of batch_norm2d: the layout query no longer runs under the
+    transform (it raised 'NYI: querying is_contiguous inside of vmap'); each mapped slice is its own batch."""
+    c = torch.tensor(0.8, dtype=torch.float64)
+    xs = torch.stack([_img(2, 3, 3, 2, c=0.8, dtype=torch.float64, seed=s) for s in range(2)])
+    bias = torch.randn(3, dtype=torch.float64) * 0.2
+    w = torch.tensor(0.7, dtype=torch.float64)
+    got = torch.func.vmap(lambda x: gp.batch_norm2d(x, bias, w, c=c))(xs)
+    for i in range(2):
+        want = gp.batch_norm2d(xs[i].contiguous(memory_format=torch.channels_last), bias, w, c=c)
+        torch.testing.assert_close(got[i], want, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- patch_hypll
 def _hypll_block(hb, C=4):
     torch.manual_seed(5)
@@ -254,6 +356,25 @@ def _run_block(mods, hb, x):
     for m in mods:
         y = m(y)
     return hb.mobius_add(y, h).tensor
+
+
+def test_patch_hypll_fully_connected_function_does_not_project():
+    """HypLL's poincare_fully_connected does not project (PoincareBall.fully_connected projects after it): the
+    patched function must not either -- it projected with the dtype's margin, 4e-3 off for outputs beyond it."""
+    import hypll.manifolds.poincare_ball.manifold as hm
+
+    for dtype, tol in ((torch.float64, dict(rtol=1e-9, atol=1e-11)), (torch.float32, dict(rtol=1e-5, atol=1e-6))):
+        c = torch.tensor(0.8, dtype=dtype, requires_grad=True)
+        x = gp.expmap0(torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=dtype) * 2.0, c=0.8)
+        z = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        b = torch.tensor([0.1, -0.2, 0.3], dtype=dtype)
+        want = hm.poincare_fully_connected(x, z, b, c)
+        assert (want.norm(dim=-1) > (1 - gp.default_eps(dtype)) / math.sqrt(0.8)).any()  # beyond the margin
+        with compat.patched_hypll():
+            got = hm.poincare_fully_connected(x, z, b, c)
+        torch.testing.assert_close(got, want, **tol)
+        if dtype == torch.float64:  # (float32 gradients of saturated rows: HypLL's own error is ~1e-2 there)
+            torch.testing.assert_close(torch.autograd.grad(got.sum(), c), torch.autograd.grad(want.sum(), c), **tol)
 
 
 def test_patch_hypll_same_results_and_restores():

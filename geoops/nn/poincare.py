@@ -10,7 +10,7 @@ Plain tensors in and out (no ManifoldTensor): images are ``(B, C, H, W)`` with t
                                 PoincareReLU(ball))
 
 Parameter layouts are HypLL's (``z`` is ``(in_features, out_features)``, one hyperplane per column), so its
-state dicts map one to one (see ``geoops.compat.from_hypll``).
+the parameters map one to one: copy HypLL's ``z.tensor`` / ``weights.tensor`` and ``bias`` into ours.
 """
 from __future__ import annotations
 
