@@ -1275,6 +1275,15 @@ def test_poincare_ball_cached_curvature():
     torch.testing.assert_close(gp._k("t", c3, torch.zeros(2)), -c3)
     c3.mul_(2.0)  # the caller modified the cached tensor: neither the cache nor its check mark hold any more
     assert ball() is not c3 and gp._k("t", c3, torch.zeros(2)).item() == pytest.approx(-c3.item())
+    # an in-place change through .data keeps the parameter's version counter: the value is part of the key (the
+    # cached c of the old value was returned before, wrong layer outputs)
+    c4 = ball()
+    ball.value.data.fill_(3.0)
+    torch.testing.assert_close(ball(), torch.nn.functional.softplus(torch.tensor(3.0)))
+    assert ball() is not c4
+    x3 = _img(2, 3, 2, 2, c=3.0, seed=4)
+    torch.testing.assert_close(gnn.PoincareReLU(ball)(x3), gp.poincare_relu(x3, c=float(torch.nn.functional.softplus(
+        torch.tensor(3.0))), dim=1))
     with torch.no_grad():
         ball.value.fill_(-200.0)  # softplus underflows to 0: not marked, the checks raise per call
     with pytest.raises(ValueError, match="c must be > 0"):

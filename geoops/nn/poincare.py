@@ -45,9 +45,11 @@ class PoincareBall(nn.Module):
         if (v.requires_grad and torch.is_grad_enabled()) or not _library.direct_call_ok(v):
             return self.constraining_strategy(v)
         # a curvature without gradient (the usual fixed ball): computed once per value of the parameter (its
-        # version counter, storage, dtype and device; the strategy) and shared by every layer call, marked as
-        # checked for geoops.poincare (no per-call softplus, positivity check, negation)
-        key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy)
+        # version counter, storage, dtype and device, the strategy, and the value itself: an in-place change
+        # through ``.data`` keeps the version counter) and shared by every layer call, marked as checked for
+        # geoops.poincare (no per-call softplus, positivity check, negation)
+        key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy,
+               v.item() if v.numel() == 1 else None)
         hit = getattr(self, "_c_cache", None)
         if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
             return hit[1]
