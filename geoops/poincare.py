@@ -1327,5 +1327,7 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     eps = _eps(None, x.dtype)
     res = _st.project(res, k=k, dim=dim, eps=eps)
     if bias is not None:
-        res = _st.project(_st.mobius_add(res, bias, k=k, dim=dim), k=k, dim=dim, eps=eps)
+        # the bias along dim (a (out,) vector broadcasts along the last dim only)
+        bb = bias if d == x.dim() - 1 else bias.reshape(bias.shape[0], *([1] * (x.dim() - 1 - d)))
+        res = _st.project(_st.mobius_add(res, bb, k=k, dim=dim), k=k, dim=dim, eps=eps)
     return res

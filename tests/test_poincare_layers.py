@@ -329,6 +329,26 @@ def test_mlr_half_types_computed_in_float32(dtype):
     assert gx.dtype == dtype
 
 
+@pytest.mark.parametrize("blocks", [None, 2])
+def test_mobius_linear_bias_along_dim(blocks):
+    """mobius_linear with the points along a dim other than the last: the bias goes along that dim (it was added
+    along the last one: an error, or -- when that dim had out_features entries -- a silently wrong result)."""
+    c = torch.tensor(0.8, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    x = gp.expmap0(torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.5, c=c)  # 4 points = out_features
+    W = torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.3
+    b = gp.expmap0(torch.randn(4, generator=g, dtype=torch.float64) * 0.2, c=c)
+    w = W if blocks is None else torch.stack([W[:2, :3], W[2:, 3:]])
+    dense = W if blocks is None else torch.block_diag(W[:2, :3], W[2:, 3:])
+    want = ref.mobius_linear(x, dense, b, c)
+    torch.testing.assert_close(gp.mobius_linear(x, w, b, c=c, blocks=blocks), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gp.mobius_linear(x.t(), w, b, c=c, dim=0, blocks=blocks).t(), want, rtol=1e-10,
+                               atol=1e-12)
+    x3 = x.t().unsqueeze(0).expand(2, 6, 4)  # (2, 6, 4), points along dim 1
+    torch.testing.assert_close(gp.mobius_linear(x3, w, b, c=c, dim=1, blocks=blocks),
+                               want.t().unsqueeze(0).expand(2, 4, 4), rtol=1e-10, atol=1e-12)
+
+
 def test_batchnorm2d_under_vmap():
     """torch.func.vmap over a channels-last test of batch_norm2d: the layout query no longer runs under the
     transform (it raised 'NYI: querying is_contiguous inside of vmap'); each mapped slice is its own batch."""
