@@ -913,11 +913,13 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     return _st.project(_st.expmap0(v, k=k, dim=start), k=k, dim=start, eps=_eps(None, x.dtype))
 
 
-def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> torch.Tensor:
-    """HypLL's HMaxPool2d: max pooling of logmap0(x) in the tangent space, then expmap0."""
+def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False) -> torch.Tensor:
+    """HypLL's HMaxPool2d: max pooling of logmap0(x) in the tangent space (``F.max_pool2d``'s kernel_size, stride,
+    padding, dilation, ceil_mode), then expmap0."""
     _check_image("max_pool2d", x)
     k = _k("max_pool2d", c, x)
-    v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding)
+    v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding, dilation, ceil_mode)
     return _st.project(_st.expmap0(v, k=k, dim=1), k=k, dim=1, eps=_eps(None, x.dtype))
 
 

@@ -349,6 +349,20 @@ def test_mobius_linear_bias_along_dim(blocks):
                                want.t().unsqueeze(0).expand(2, 4, 4), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cfg", [dict(kernel_size=2, dilation=2), dict(kernel_size=3, stride=2, ceil_mode=True),
+                                 dict(kernel_size=(2, 3), stride=(1, 2), padding=1, dilation=(1, 2), ceil_mode=True)])
+def test_max_pool2d_dilation_ceil_mode_match_hypll(cfg):
+    """HMaxPool2d's dilation and ceil_mode (they were missing: PoincareMaxPool2d could not express HypLL's layer)."""
+    hb, gb, c = _balls(0.7)
+    x = _img(2, 3, 7, 8, c=c, seed=6)
+    xh, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    yh = hnn.HMaxPool2d(manifold=hb, **cfg)(_mt(xh, hb)).tensor
+    yo = gnn.PoincareMaxPool2d(ball=gb, **cfg)(xo)
+    torch.testing.assert_close(yo, yh, **F32)
+    g = torch.randn_like(yh)
+    torch.testing.assert_close(torch.autograd.grad(yo, xo, g)[0], torch.autograd.grad(yh, xh, g)[0], **F32)
+
+
 def test_batchnorm2d_under_vmap():
     """torch.func.vmap over a channels-last test of batch_norm2d: the layout query no longer runs under the
     transform (it raised 'NYI: querying is_contiguous inside of vmap'); each mapped slice is its own batch."""

@@ -200,12 +200,16 @@ class PoincareFlatten(nn.Module):
 
 
 class PoincareMaxPool2d(nn.Module):
-    def __init__(self, kernel_size, ball: PoincareBall, stride=None, padding=0):
+    """HypLL's HMaxPool2d: max pooling in the tangent space at the origin (points along dim 1)."""
+
+    def __init__(self, kernel_size, ball: PoincareBall, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
         super().__init__()
         self.kernel_size, self.ball, self.stride, self.padding = kernel_size, ball, stride, padding
+        self.dilation, self.ceil_mode = dilation, ceil_mode
 
     def forward(self, x):
-        return gp.max_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+        return gp.max_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, ceil_mode=self.ceil_mode)
 
 
 class PoincareAvgPool2d(nn.Module):
