@@ -141,6 +141,24 @@ def _eps(eps, dtype) -> float:
     return default_eps(dtype) if eps is None or eps < 0 else float(eps)
 
 
+def _debug_checks(op: str, c, points: dict, others: dict = None, k=None) -> None:
+    """GEOOPS_CHECK=1 (``geoops.set_checks``): non-finite values in every named tensor, and points (name -> (tensor,
+    dim)) outside the ball c |x|^2 < 1 -- raised before any kernel.  Off by default (a pass over the data); skipped
+    while tracing (the test reads values).  c: the curvature (a number or tensor), or None with k = -c."""
+    if not _backend.checks_enabled() or torch.compiler.is_compiling():
+        return
+    named = {n: t for n, (t, _) in points.items()}
+    named.update(others or {})
+    for name, t in named.items():
+        if isinstance(t, torch.Tensor) and not _is_fake(t) and t.numel() and not bool(torch.isfinite(t).all()):
+            _fail(op, f"{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
+    c = -k if c is None else c
+    cv = float(c.detach()) if isinstance(c, torch.Tensor) else float(c)
+    for name, (t, dim) in points.items():
+        if not _is_fake(t) and t.numel() and bool((cv * (t.double() ** 2).sum(dim) >= 1).any()):
+            _fail(op, f"{name} has points outside the ball c |{name}|^2 < 1 [GEOOPS_CHECK]")
+
+
 # ---------------------------------------------------------------- fully connected
 class PoincareFcFn(torch.autograd.Function):
     """poincare_fc on 2-D x (N, n): forward geoops::poincare_fc_fwd, backward geoops::poincare_fc_bwd."""
@@ -200,6 +218,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     """
     op = "poincare_fc"
     d, ct = _fc_args(op, x, z, bias, c, dim)
+    _debug_checks(op, ct, {} if from_tangent else {"x": (x, d)}, {"x": x, "z": z, "bias": bias})
     out_dtype = torch.promote_types(x.dtype, z.dtype)
     cdt = torch.float32 if out_dtype in _HALF else out_dtype
     xl = x if d == x.dim() - 1 else x.movedim(d, -1)
@@ -219,6 +238,7 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
                      dim: int = -1) -> torch.Tensor:
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
     d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
+    _debug_checks("hyperplane_dists", ct, {"x": (x, d)}, {"z": z, "bias": bias})
     out_dtype = torch.promote_types(x.dtype, z.dtype)
     if out_dtype in _HALF or x.dtype in _HALF:  # half types: computed in float32, returned in their own dtype
         y = hyperplane_dists(x.float(), z.float(), None if bias is None else bias.float(), c=ct.float(), dim=d)
@@ -395,6 +415,7 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
             and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and y.device.type == "cpu"
             and x.numel() > 0 and _fused_on()):
         ct = _curv("mobius_add", c, x)
+        _debug_checks("mobius_add", ct, {"x": (x, dim), "y": (y, dim)})
         if _library.direct_call_ok(x, y, ct) and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
             # eager CPU: the residual of two images (points along dim 1) or of two row matrices in one C++
             # pass each way (the output channels last for an image)
@@ -460,6 +481,7 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     ct = _curv("poincare_relu", c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     r, back = _rows(x, dim, "poincare_relu")
+    _debug_checks("poincare_relu", ct, {"x": (r, -1)})
     cc = ct.to(cdt)
     if (x.device.type == "cpu" and x.dtype == cdt and r.shape[0] > 0 and _fused_on()
             and _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
@@ -546,6 +568,7 @@ def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> 
     _check_image(op, x)
     kernel, padding, stride = _geometry(op, x, kernel_size, padding, stride)
     k = _k(op, c, x)
+    _debug_checks(op, None, {"x": (x, 1)}, k=k)
     rows, Ho, Wo = _patch_rows(x, k, kernel, padding, stride)
     p = _st.project(_st.expmap0(rows, k=k), k=k, eps=_eps(None, x.dtype))
     return p.reshape(x.shape[0], Ho * Wo, rows.shape[1]).transpose(1, 2)
@@ -582,6 +605,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         if bias.shape != (z.shape[1],):
             _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output channel), got {tuple(bias.shape)}")
     ct = _curv(op, c, x)
+    _debug_checks(op, ct, {"x": (x, 1)}, {"z": z, "bias": bias})
     out_dtype = torch.promote_types(x.dtype, z.dtype)
     cdt = torch.float32 if out_dtype in _HALF else out_dtype
     B, C, H, W = x.shape
@@ -770,7 +794,7 @@ def _conv_cfg_hit(x, z, bias, c, kernel_size, padding, stride):
     curvature marked as checked (``_mark_checked_curvature``: positive, version-guarded) of that dtype and the
     per-call conditions of that path hold now (eager, no mode, GEOOPS_POINCARE_FUSED, the C++ backend); else
     None (the caller runs every check)."""
-    if _valid_mark(c) is None or not _library.direct_call_ok():
+    if _valid_mark(c) is None or not _library.direct_call_ok() or _backend.checks_enabled():
         return None
     key = _conv_cfg_key(x, z, bias, kernel_size, padding, stride)
     cfg = _CONV_CFG.get(key) if key is not None else None
@@ -888,6 +912,7 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     if not (start <= man_dim % x.dim() <= end):
         return torch.flatten(x, start, end)
     ct = _curv("flatten", c, x)
+    _debug_checks("flatten", ct, {"x": (x, man_dim)})
     n_i = x.shape[man_dim]
     n = n_i * math.prod(x.shape[start + 1:end + 1])
     if n == 0:  # no point has an entry: nothing to map (and the beta factor is undefined)
@@ -919,6 +944,7 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
     padding, dilation, ceil_mode), then expmap0."""
     _check_image("max_pool2d", x)
     k = _k("max_pool2d", c, x)
+    _debug_checks("max_pool2d", None, {"x": (x, 1)}, k=k)
     v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding, dilation, ceil_mode)
     return _st.project(_st.expmap0(v, k=k, dim=1), k=k, dim=1, eps=_eps(None, x.dtype))
 
@@ -962,6 +988,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         _fail(op, f"x must be (N, D) rows of points, got shape {tuple(x.shape)}")
     _bn_check_params(op, x.shape[1], bias, weight, running_mean, running_var)
     ct = _curv(op, c, x)
+    _debug_checks(op, ct, {"x": (x, 1)}, {"bias": bias, "weight": weight})
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
     fused = ((training or running_mean is None) and xr.device.type == "cpu" and xr.shape[0] > 0
@@ -1038,6 +1065,8 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
         _fail(op, f"x must be an image (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     _bn_check_params(op, C, bias, weight, running_mean, running_var)
+    if _backend.checks_enabled():
+        _debug_checks(op, _curv(op, c, x), {"x": (x, 1)}, {"bias": bias, "weight": weight})
     if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
             and B * H * W > 0 and C > 0 and _library.direct_call_ok(x)
             and x.is_contiguous(memory_format=torch.channels_last)):
@@ -1320,6 +1349,7 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         _check_float(op, "bias", bias)
         if bias.shape != (n_out,):
             _fail(op, f"bias must be a point of the ball of shape ({n_out},) (out_features), got {tuple(bias.shape)}")
+    _debug_checks(op, None, {"x": (x, d), **({} if bias is None else {"bias": (bias, -1)})}, {"weight": weight}, k=k)
     if blocks is not None:
         xl = x if d == x.dim() - 1 else x.movedim(d, -1)
         res = _st.mobius_blockdiag_matvec(weight, xl, k=k)

@@ -363,6 +363,48 @@ def test_max_pool2d_dilation_ceil_mode_match_hypll(cfg):
     torch.testing.assert_close(torch.autograd.grad(yo, xo, g)[0], torch.autograd.grad(yh, xh, g)[0], **F32)
 
 
+def test_debug_checks_cover_the_layers():
+    """GEOOPS_CHECK (geoops.set_checks(True)): points outside the ball and non-finite values raise before any kernel
+    in every public op of the family, the fused eager paths and a warm convolution cache included (the one-Function
+    paths skipped the checks: garbage outputs from points outside the ball); valid inputs pass; off by default."""
+    x = _img(2, 3, 5, 5, c=1.0, seed=3)
+    bad = x.clone()
+    bad[0, :, 1, 1] = torch.tensor([0.9, 0.9, 0.0])
+    nan = x.clone()
+    nan[1, 0, 0, 0] = float("nan")
+    rows = lambda t: t.permute(0, 2, 3, 1).reshape(-1, 3)  # noqa: E731
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    z, zc = torch.randn(3, 4) * 0.3, torch.randn(27, 4) * 0.3
+    conv = gnn.PoincareConv2d(3, 4, 3, gnn.PoincareBall(0.5414), padding=1)  # c = softplus(0.5414) = 1.0
+    ops = {
+        "poincare_fc": lambda t: gp.poincare_fc(rows(t), z, c=1.0),
+        "hyperplane_dists": lambda t: gp.mlr(rows(t), z, c=1.0),
+        "poincare_relu": lambda t: gp.poincare_relu(cl(t), c=1.0, dim=1),
+        "poincare_conv2d": lambda t: gp.poincare_conv2d(cl(t), zc, c=1.0, kernel_size=3, padding=1),
+        "conv module": lambda t: conv(cl(t)),
+        "batch_norm": lambda t: gp.batch_norm2d(cl(t), torch.zeros(3), torch.tensor(1.0), c=1.0),
+        "batch_norm rows": lambda t: gp.batch_norm(rows(t), torch.zeros(3), torch.tensor(1.0), c=1.0),
+        "flatten": lambda t: gp.flatten(cl(t), c=1.0),
+        "max_pool2d": lambda t: gp.max_pool2d(t, c=1.0, kernel_size=2),
+        "avg_pool2d": lambda t: gp.avg_pool2d(t, c=1.0, kernel_size=2),
+        "mobius_add": lambda t: gp.mobius_add(t, x, c=1.0, dim=1),
+        "mobius_linear": lambda t: gp.mobius_linear(rows(t), torch.randn(4, 3) * 0.3, c=1.0),
+    }
+    prev = geoops._backend.checks_enabled()
+    geoops.set_checks(False)
+    for f in ops.values():  # off: no check (and the convolution's argument cache warm)
+        f(bad), f(x)
+    geoops.set_checks(True)
+    try:
+        for name, f in ops.items():
+            f(x)
+            for t in (bad, nan):
+                with pytest.raises(ValueError, match=r"(outside the ball|non-finite).*GEOOPS_CHECK"):
+                    f(t)
+    finally:
+        geoops.set_checks(prev)
+
+
 def test_batchnorm2d_under_vmap():
     """torch.func.vmap over a channels-last test of batch_norm2d: the layout query no longer runs under the
     transform (it raised 'NYI: querying is_contiguous inside of vmap'); each mapped slice is its own batch."""
