@@ -214,7 +214,9 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     ``y = project(w / (1 + sqrt(1 + c|w|^2)))``, ``w_j = sinh(sc v_j(x)) / sc`` with ``v_j`` the signed distance
     of x to hyperplane j (see :mod:`geoops.reference.poincare`).  One GEMM plus fused row passes, forward and
     backward; gradients to x, z, bias and c.  ``from_tangent=True``: x holds tangent vectors u at the origin and
-    the layer takes ``project(expmap0(u))`` (fused into the same passes: the GEMM runs on u).
+    the layer takes ``project(expmap0(u))`` (fused into the same passes: the GEMM runs on u).  ``eps``: the
+    projection margin, radius ``(1 - eps)/sqrt(c)`` (None: 4e-3 for float32 and the half types, 1e-5 for float64),
+    for the output and, with ``from_tangent``, for the input's projection too.
     """
     op = "poincare_fc"
     d, ct = _fc_args(op, x, z, bias, c, dim)
