@@ -399,7 +399,11 @@ def logmap(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tenso
 
 
 def transp(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
-    """Parallel transport of v from x to y."""
+    """Parallel transport of v from x to y (half types computed in float32: the transport is a composition whose
+    intermediate products would round to the half type)."""
+    half = torch.promote_types(torch.promote_types(x.dtype, y.dtype), v.dtype)
+    if half in _HALF:
+        return transp(x.float(), y.float(), v.float(), c=c, dim=dim).to(half)
     return _st.parallel_transport(x, y, v, k=_k("transp", c, x), dim=dim)
 
 
@@ -568,6 +572,8 @@ def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> 
     """HypLL's PoincareBall.unfold: (B, C, H, W) -> (B, C*kh*kw, L) beta-concatenated patches on the ball."""
     op = "poincare_unfold"
     _check_image(op, x)
+    if x.dtype in _HALF:  # compositions of kernels: computed in float32 (no half rounding in between)
+        return poincare_unfold(x.float(), c=c, kernel_size=kernel_size, padding=padding, stride=stride).to(x.dtype)
     kernel, padding, stride = _geometry(op, x, kernel_size, padding, stride)
     k = _k(op, c, x)
     _debug_checks(op, None, {"x": (x, 1)}, k=k)
@@ -907,6 +913,8 @@ class PoincareFlattenFn(torch.autograd.Function):
 def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1) -> torch.Tensor:
     """HypLL's flatten: beta-concatenation when the manifold dimension is among the flattened ones."""
     _check_float("flatten", "x", x)
+    if x.dtype in _HALF:  # computed in float32 (no half rounding between the maps)
+        return flatten(x.float(), c=c, start_dim=start_dim, end_dim=end_dim, man_dim=man_dim).to(x.dtype)
     for name, v in (("start_dim", start_dim), ("end_dim", end_dim), ("man_dim", man_dim)):
         if not isinstance(v, int) or isinstance(v, bool) or not -x.dim() <= v < x.dim():
             _fail("flatten", f"{name}={v!r} is out of range for x of shape {tuple(x.shape)}", IndexError)
@@ -945,6 +953,9 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
     """HypLL's HMaxPool2d: max pooling of logmap0(x) in the tangent space (``F.max_pool2d``'s kernel_size, stride,
     padding, dilation, ceil_mode), then expmap0."""
     _check_image("max_pool2d", x)
+    if x.dtype in _HALF:  # computed in float32 (no half rounding between the maps)
+        return max_pool2d(x.float(), c=c, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                          ceil_mode=ceil_mode).to(x.dtype)
     k = _k("max_pool2d", c, x)
     _debug_checks("max_pool2d", None, {"x": (x, 1)}, k=k)
     v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding, dilation, ceil_mode)
@@ -954,6 +965,8 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
 def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
     """HypLL's midpoint: m = f / (1 + sqrt(1 - c|f|^2)), f = sum lam_i x_i / sum (lam_i - 1) over batch_dim."""
     _check_float("midpoint", "x", x)
+    if x.dtype in _HALF:  # a composition of torch ops: computed in float32, returned in x's dtype
+        return midpoint(x.float(), c=c, dim=dim, batch_dim=batch_dim, keepdim=keepdim).to(x.dtype)
     ct = _curv("midpoint", c, x)
     lam = 2 / (1 - ct * x.pow(2).sum(dim=dim, keepdim=True)).clamp_min(1e-15)
     f = (lam * x).sum(dim=batch_dim, keepdim=True) / (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
@@ -965,6 +978,8 @@ def avg_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> to
     """HypLL's HAvgPool2d(use_midpoint=True): the midpoint of each beta-concatenated window."""
     op = "avg_pool2d"
     _check_image(op, x)
+    if x.dtype in _HALF:  # computed in float32 (no half rounding between the unfold and the midpoint)
+        return avg_pool2d(x.float(), c=c, kernel_size=kernel_size, stride=stride, padding=padding).to(x.dtype)
     kernel, padding, stride = _geometry(op, x, kernel_size, padding, kernel_size if stride is None else stride)
     B, C, H, W = x.shape
     u = poincare_unfold(x, c=c, kernel_size=kernel, padding=padding, stride=stride)
@@ -1332,6 +1347,10 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     op = "mobius_linear"
     _check_float(op, "x", x)
     _check_float(op, "weight", weight)
+    half = torch.promote_types(x.dtype, weight.dtype)
+    if half in _HALF:  # a chain of kernels: computed in float32 (no half rounding in between)
+        return mobius_linear(x.float(), weight.float(), None if bias is None else bias.float(), c=c, dim=dim,
+                             blocks=blocks).to(half)
     k = _k(op, c, x)
     d = _st._vector_dim(op, x, dim, fail=_fail)
     if blocks is not None:

@@ -405,6 +405,27 @@ def test_debug_checks_cover_the_layers():
         geoops.set_checks(prev)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compositions_half_types_computed_in_float32(dtype):
+    """transp, midpoint, the pools, unfold, flatten and mobius_linear (compositions of kernels and torch ops) of half
+    inputs: computed in float32 and returned in their dtype (their intermediate results rounded to the half type:
+    10-300x the error of the float32 result's rounding for transp and midpoint)."""
+    g = torch.Generator().manual_seed(0)
+    x = gp.expmap0(torch.randn(64, 5, generator=g, dtype=torch.float64) * 0.9, c=0.9).to(dtype)
+    y, v = x.roll(1, 0), (x * 0.7).to(dtype)
+    img = _img(2, 3, 4, 4, c=0.9, seed=2).to(dtype)
+    w = (torch.randn(4, 5, generator=g) * 0.3).to(dtype)
+    for f in (lambda x, y, v, im: gp.transp(x, y, v, c=0.9), lambda x, y, v, im: gp.midpoint(x, c=0.9),
+              lambda x, y, v, im: gp.avg_pool2d(im, c=0.9, kernel_size=2),
+              lambda x, y, v, im: gp.max_pool2d(im, c=0.9, kernel_size=2),
+              lambda x, y, v, im: gp.poincare_unfold(im, c=0.9, kernel_size=2),
+              lambda x, y, v, im: gp.flatten(im, c=0.9),
+              lambda x, y, v, im: gp.mobius_linear(x, w.to(x.dtype), v[0, :4], c=0.9)):
+        got = f(x, y, v, img)
+        assert got.dtype == dtype
+        assert torch.equal(got, f(x.float(), y.float(), v.float(), img.float()).to(dtype))
+
+
 def test_batchnorm2d_under_vmap():
     """torch.func.vmap over a channels-last test of batch_norm2d: the layout query no longer runs under the
     transform (it raised 'NYI: querying is_contiguous inside of vmap'); each mapped slice is its own batch."""
