@@ -280,7 +280,9 @@ def _hypll_replacements():
     import geoops.poincare as gp
 
     def poincare_fully_connected(x, z, bias, c, dim=-1):
-        return gp.poincare_fc(x, z, bias, c=c, dim=dim)
+        # HypLL's function does not project (PoincareBall.fully_connected projects after it): eps=0 keeps only
+        # the mathematically inactive projection onto the ball's own radius (rounding at the boundary)
+        return gp.poincare_fc(x, z, bias, c=c, dim=dim, eps=0.0)
 
     def poincare_hyperplane_dists(x, z, r, c, dim=-1):
         return gp.hyperplane_dists(x, z, r, c=c, dim=dim)

@@ -77,12 +77,14 @@ def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
         ct = c.reshape(()).to(device=like.device)
         if not ct.is_floating_point():
             ct = ct.to(torch.float32)
-        if ct.device.type == "cpu" and not torch.compiler.is_compiling() and not _is_fake(ct) and float(ct.detach()) <= 0:
-            _fail(op, f"c must be > 0 (the ball has curvature -c), got {float(ct.detach())}")
+        if ct.device.type == "cpu" and not torch.compiler.is_compiling() and not _is_fake(ct):
+            cv = float(ct.detach())
+            if not 0 < cv < math.inf:  # also NaN
+                _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {cv}")
         return ct
     if isinstance(c, numbers.Real) and not isinstance(c, bool):
-        if not c > 0:
-            _fail(op, f"c must be > 0 (the ball has curvature -c), got {c}")
+        if not 0 < c < math.inf:  # also NaN
+            _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {c}")
         dt = torch.float32 if like.dtype in _HALF else like.dtype
         return torch.tensor(float(c), dtype=dt, device=like.device)
     _fail(op, f"c must be a positive number or a 0-dim tensor, got {type(c).__name__}", TypeError)
@@ -93,7 +95,7 @@ def _mark_checked_curvature(c: torch.Tensor) -> torch.Tensor:
     as checked: while its version counter stays, ``_curv`` returns it as is and ``_k`` a cached -c (no per-call
     reshape / to / positivity read / negation).  A c <= 0 is left unmarked (the checks then raise per call)."""
     if (c.dim() == 0 and c.is_floating_point() and not c.requires_grad and c.device.type == "cpu"
-            and not _is_fake(c) and float(c) > 0):
+            and not _is_fake(c) and 0 < float(c) < math.inf):
         # (version, -c, c as a Python float, -c as a (1,) float64 tensor: the stereographic kernels' k, which
         # they would otherwise convert to double on every call)
         c._geoops_checked = (c._version, -c, float(c), (-c).to(torch.float64).reshape(1))
@@ -137,6 +139,24 @@ def _knob_off(name: str) -> bool:
 
 def _eps(eps, dtype) -> float:
     return default_eps(dtype) if eps is None or eps < 0 else float(eps)
+
+
+def _debug_checks(op: str, c, points: dict, others: dict = None, k=None) -> None:
+    """GEOOPS_CHECK=1 (``geoops.set_checks``): non-finite values in every named tensor, and points (name -> (tensor,
+    dim)) outside the ball c |x|^2 < 1 -- raised before any kernel.  Off by default (a pass over the data); skipped
+    while tracing (the test reads values).  c: the curvature (a number or tensor), or None with k = -c."""
+    if not _backend.checks_enabled() or torch.compiler.is_compiling():
+        return
+    named = {n: t for n, (t, _) in points.items()}
+    named.update(others or {})
+    for name, t in named.items():
+        if isinstance(t, torch.Tensor) and not _is_fake(t) and t.numel() and not bool(torch.isfinite(t).all()):
+            _fail(op, f"{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
+    c = -k if c is None else c
+    cv = float(c.detach()) if isinstance(c, torch.Tensor) else float(c)
+    for name, (t, dim) in points.items():
+        if not _is_fake(t) and t.numel() and bool((cv * (t.double() ** 2).sum(dim) >= 1).any()):
+            _fail(op, f"{name} has points outside the ball c |{name}|^2 < 1 [GEOOPS_CHECK]")
 
 
 # ---------------------------------------------------------------- fully connected
@@ -195,15 +215,18 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     ``y = project(w / (1 + sqrt(1 + c|w|^2)))``, ``w_j = sinh(sc v_j(x)) / sc`` with ``v_j`` the signed distance
     of x to hyperplane j (see :mod:`geoops.reference.poincare`).  One GEMM plus fused row passes, forward and
     backward; gradients to x, z, bias and c.  ``from_tangent=True``: x holds tangent vectors u at the origin and
-    the layer takes ``project(expmap0(u))`` (fused into the same passes: the GEMM runs on u).
+    the layer takes ``project(expmap0(u))`` (fused into the same passes: the GEMM runs on u).  ``eps``: the
+    projection margin, radius ``(1 - eps)/sqrt(c)`` (None: 4e-3 for float32 and the half types, 1e-5 for float64),
+    for the output and, with ``from_tangent``, for the input's projection too.
     """
     op = "poincare_fc"
     d, ct = _fc_args(op, x, z, bias, c, dim)
+    _debug_checks(op, ct, {} if from_tangent else {"x": (x, d)}, {"x": x, "z": z, "bias": bias})
     out_dtype = torch.promote_types(x.dtype, z.dtype)
     cdt = torch.float32 if out_dtype in _HALF else out_dtype
     xl = x if d == x.dim() - 1 else x.movedim(d, -1)
     lead = xl.shape[:-1]
-    x2 = xl.reshape(-1, xl.shape[-1]).to(cdt).contiguous()
+    x2 = xl.reshape(math.prod(lead), xl.shape[-1]).to(cdt).contiguous()  # (an explicit row count: n may be 0)
     zz = z.to(cdt).contiguous()
     bb = None if bias is None else bias.to(cdt).contiguous()
     cc = ct if ct.dtype == cdt else ct.to(cdt)
@@ -218,6 +241,11 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
                      dim: int = -1) -> torch.Tensor:
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
     d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
+    _debug_checks("hyperplane_dists", ct, {"x": (x, d)}, {"z": z, "bias": bias})
+    out_dtype = torch.promote_types(x.dtype, z.dtype)
+    if out_dtype in _HALF or x.dtype in _HALF:  # half types: computed in float32, returned in their own dtype
+        y = hyperplane_dists(x.float(), z.float(), None if bias is None else bias.float(), c=ct.float(), dim=d)
+        return y.to(out_dtype)
     cx = ct if ct.dtype == x.dtype else ct.to(x.dtype)
     if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.shape[0] > 0 and z.shape[0] > 0 and _fused_on()
@@ -322,16 +350,17 @@ def _k(op, c, like):
     return -_curv(op, c, like)
 
 
-def _rows(x: torch.Tensor, dim: int):
+def _rows(x: torch.Tensor, dim: int, op: str = "rows"):
     """x with the points along `dim` as (R, D) rows (a free view when dim is innermost in memory, e.g. a
-    channels-last image) and the function that puts rows of that shape back."""
-    d = dim % x.dim()
+    channels-last image) and the function that puts rows of that shape back.  A dim out of range raises (op's
+    name in the message)."""
+    d = _st._vector_dim(op, x, dim, fail=_fail)
     xl = x.movedim(d, -1)
     shape = xl.shape
 
     def back(r):
         return r.reshape(shape).movedim(-1, d)
-    return xl.reshape(-1, shape[-1]), back
+    return xl.reshape(math.prod(shape[:-1]), shape[-1]), back  # (an explicit row count: D may be 0)
 
 
 def project(x: torch.Tensor, *, c, dim: int = -1, eps: Optional[float] = None) -> torch.Tensor:
@@ -348,7 +377,7 @@ def expmap0(v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     if v.dim() > 1 and v.numel() > 0 and e == _st_ref_eps(v.dtype) and _fused_on():
         # points along any dim as (R, D) rows (a free view when dim is innermost in memory): the row ops' fast
         # path, then the caller's layout back
-        r, back = _rows(v, dim)
+        r, back = _rows(v, dim, "expmap0")
         return back(_st.project(_st.expmap0(r, k=k), k=k))
     return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=e)
 
@@ -373,7 +402,11 @@ def logmap(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tenso
 
 
 def transp(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
-    """Parallel transport of v from x to y."""
+    """Parallel transport of v from x to y (half types computed in float32: the transport is a composition whose
+    intermediate products would round to the half type)."""
+    half = torch.promote_types(torch.promote_types(x.dtype, y.dtype), v.dtype)
+    if half in _HALF:
+        return transp(x.float(), y.float(), v.float(), c=c, dim=dim).to(half)
     return _st.parallel_transport(x, y, v, k=_k("transp", c, x), dim=dim)
 
 
@@ -391,14 +424,15 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
             and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and y.device.type == "cpu"
             and x.numel() > 0 and _fused_on()):
         ct = _curv("mobius_add", c, x)
+        _debug_checks("mobius_add", ct, {"x": (x, dim), "y": (y, dim)})
         if _library.direct_call_ok(x, y, ct) and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
             # eager CPU: the residual of two images (points along dim 1) or of two row matrices in one C++
             # pass each way (the output channels last for an image)
             return PoincareResidualFn.apply(x, y, ct)
     k = _k("mobius_add", c, x)
     if x.shape == y.shape and x.dim() > 1:
-        xr, back = _rows(x, dim)
-        yr, _ = _rows(y, dim)
+        xr, back = _rows(x, dim, "mobius_add")
+        yr, _ = _rows(y, dim, "mobius_add")
         return back(_st.mobius_add(xr, yr, k=k))
     return _st.mobius_add(x, y, k=k, dim=dim)
 
@@ -457,7 +491,8 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     _check_float("poincare_relu", "x", x)
     ct = _curv("poincare_relu", c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
-    r, back = _rows(x, dim)
+    r, back = _rows(x, dim, "poincare_relu")
+    _debug_checks("poincare_relu", ct, {"x": (r, -1)})
     cc = ct.to(cdt)
     if (x.device.type == "cpu" and x.dtype == cdt and r.shape[0] > 0 and _fused_on()
             and _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
@@ -487,12 +522,31 @@ class PoincareReluCppFn(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------- convolution, flatten, pooling
-def _pair(v, name, op):
+def _pair(v, name, op, least=None):
+    """v as a pair of ints (an int or a pair of ints, not bools); least: the smallest value allowed."""
     if isinstance(v, int) and not isinstance(v, bool):
-        return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
-        return tuple(v)
-    _fail(op, f"{name} must be an int or a pair of ints, got {v!r}", TypeError)
+        p = (v, v)
+    elif (isinstance(v, (tuple, list)) and len(v) == 2
+          and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+        p = tuple(v)
+    else:
+        _fail(op, f"{name} must be an int or a pair of ints, got {v!r}", TypeError)
+    if least is not None and min(p) < least:
+        _fail(op, f"{name} must be >= {least}, got {v!r}")
+    return p
+
+
+def _geometry(op, x, kernel_size, padding, stride):
+    """kernel_size (>= 1), padding (>= 0), stride (>= 1) as pairs, checked against the image x (B, C, H, W): at
+    least one channel (the beta-concatenation's dimension) and a padded image no smaller than the kernel."""
+    kernel = _pair(kernel_size, "kernel_size", op, 1)
+    padding, stride = _pair(padding, "padding", op, 0), _pair(stride, "stride", op, 1)
+    if x.shape[1] < 1:
+        _fail(op, f"x must have at least one channel (the manifold dimension), got shape {tuple(x.shape)}")
+    if any(x.shape[2 + i] + 2 * padding[i] < kernel[i] for i in range(2)):
+        _fail(op, f"kernel_size {kernel} is larger than x's padded image ({x.shape[2] + 2 * padding[0]}, "
+                  f"{x.shape[3] + 2 * padding[1]}) (x {tuple(x.shape)}, padding {padding})")
+    return kernel, padding, stride
 
 
 def _check_image(op, x, channels=None, name="x"):
@@ -524,11 +578,14 @@ def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> 
     """HypLL's PoincareBall.unfold: (B, C, H, W) -> (B, C*kh*kw, L) beta-concatenated patches on the ball."""
     op = "poincare_unfold"
     _check_image(op, x)
+    if x.dtype in _HALF:  # compositions of kernels: computed in float32 (no half rounding in between)
+        return poincare_unfold(x.float(), c=c, kernel_size=kernel_size, padding=padding, stride=stride).to(x.dtype)
+    kernel, padding, stride = _geometry(op, x, kernel_size, padding, stride)
     k = _k(op, c, x)
-    kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
+    _debug_checks(op, None, {"x": (x, 1)}, k=k)
     rows, Ho, Wo = _patch_rows(x, k, kernel, padding, stride)
     p = _st.project(_st.expmap0(rows, k=k), k=k, eps=_eps(None, x.dtype))
-    return p.reshape(x.shape[0], Ho * Wo, -1).transpose(1, 2)
+    return p.reshape(x.shape[0], Ho * Wo, rows.shape[1]).transpose(1, 2)
 
 
 def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, kernel_size,
@@ -549,16 +606,20 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         # (see _conv_cfg_key); the per-call conditions were re-read by _conv_cfg_hit
         return PoincareConv2dFn.apply(x, z, bias, c, cfg.geo)
     _check_image(op, x)
+    _check_float(op, "z", z)
     geo_args = (kernel_size, padding, stride)  # as given: the cache's key
-    kernel, padding, stride = _pair(kernel_size, "kernel_size", op), _pair(padding, "padding", op), _pair(stride, "stride", op)
+    kernel, padding, stride = _geometry(op, x, kernel_size, padding, stride)
     if z.dim() != 2 or z.shape[0] != x.shape[1] * kernel[0] * kernel[1]:
         _fail(op, f"z must have shape (in_channels*kh*kw, out_channels) = ({x.shape[1] * kernel[0] * kernel[1]}, "
                   f"C_out) for x with {x.shape[1]} channels and kernel {kernel}, got {tuple(z.shape)}")
+    if z.shape[1] == 0:
+        _fail(op, "z must have at least one column (out_channels >= 1)")
     if bias is not None:
         _check_float(op, "bias", bias)
         if bias.shape != (z.shape[1],):
             _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output channel), got {tuple(bias.shape)}")
     ct = _curv(op, c, x)
+    _debug_checks(op, ct, {"x": (x, 1)}, {"z": z, "bias": bias})
     out_dtype = torch.promote_types(x.dtype, z.dtype)
     cdt = torch.float32 if out_dtype in _HALF else out_dtype
     B, C, H, W = x.shape
@@ -748,7 +809,7 @@ def _conv_cfg_hit(x, z, bias, c, kernel_size, padding, stride):
     curvature marked as checked (``_mark_checked_curvature``: positive, version-guarded) of that dtype and the
     per-call conditions of that path hold now (eager, no mode, GEOOPS_POINCARE_FUSED, the C++ backend); else
     None (the caller runs every check)."""
-    if _valid_mark(c) is None or not _library.direct_call_ok():
+    if _valid_mark(c) is None or not _library.direct_call_ok() or _backend.checks_enabled():
         return None
     key = _conv_cfg_key(x, z, bias, kernel_size, padding, stride)
     cfg = _CONV_CFG.get(key) if key is not None else None
@@ -861,12 +922,20 @@ class PoincareFlattenFn(torch.autograd.Function):
 def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1) -> torch.Tensor:
     """HypLL's flatten: beta-concatenation when the manifold dimension is among the flattened ones."""
     _check_float("flatten", "x", x)
+    if x.dtype in _HALF:  # computed in float32 (no half rounding between the maps)
+        return flatten(x.float(), c=c, start_dim=start_dim, end_dim=end_dim, man_dim=man_dim).to(x.dtype)
+    for name, v in (("start_dim", start_dim), ("end_dim", end_dim), ("man_dim", man_dim)):
+        if not isinstance(v, int) or isinstance(v, bool) or not -x.dim() <= v < x.dim():
+            _fail("flatten", f"{name}={v!r} is out of range for x of shape {tuple(x.shape)}", IndexError)
     start, end = start_dim % x.dim(), end_dim % x.dim()
     if not (start <= man_dim % x.dim() <= end):
         return torch.flatten(x, start, end)
     ct = _curv("flatten", c, x)
+    _debug_checks("flatten", ct, {"x": (x, man_dim)})
     n_i = x.shape[man_dim]
     n = n_i * math.prod(x.shape[start + 1:end + 1])
+    if n == 0:  # no point has an entry: nothing to map (and the beta factor is undefined)
+        return torch.flatten(x, start, end)
     if x.dim() == 4 and start == 1 and man_dim % 4 == 1 and end == 3 and x.numel() > 0 and _fused_on():
         # an image (B, C, H, W) to (B, C*H*W) rows: logmap0 of the pixel rows (a free view of a channels-last
         # image), one copy into (channel, row, column) order, then expmap0 and project of the rows along the
@@ -888,17 +957,25 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     return _st.project(_st.expmap0(v, k=k, dim=start), k=k, dim=start, eps=_eps(None, x.dtype))
 
 
-def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> torch.Tensor:
-    """HypLL's HMaxPool2d: max pooling of logmap0(x) in the tangent space, then expmap0."""
+def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False) -> torch.Tensor:
+    """HypLL's HMaxPool2d: max pooling of logmap0(x) in the tangent space (``F.max_pool2d``'s kernel_size, stride,
+    padding, dilation, ceil_mode), then expmap0."""
     _check_image("max_pool2d", x)
+    if x.dtype in _HALF:  # computed in float32 (no half rounding between the maps)
+        return max_pool2d(x.float(), c=c, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                          ceil_mode=ceil_mode).to(x.dtype)
     k = _k("max_pool2d", c, x)
-    v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding)
+    _debug_checks("max_pool2d", None, {"x": (x, 1)}, k=k)
+    v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding, dilation, ceil_mode)
     return _st.project(_st.expmap0(v, k=k, dim=1), k=k, dim=1, eps=_eps(None, x.dtype))
 
 
 def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
     """HypLL's midpoint: m = f / (1 + sqrt(1 - c|f|^2)), f = sum lam_i x_i / sum (lam_i - 1) over batch_dim."""
     _check_float("midpoint", "x", x)
+    if x.dtype in _HALF:  # a composition of torch ops: computed in float32, returned in x's dtype
+        return midpoint(x.float(), c=c, dim=dim, batch_dim=batch_dim, keepdim=keepdim).to(x.dtype)
     ct = _curv("midpoint", c, x)
     lam = 2 / (1 - ct * x.pow(2).sum(dim=dim, keepdim=True)).clamp_min(1e-15)
     f = (lam * x).sum(dim=batch_dim, keepdim=True) / (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
@@ -910,9 +987,9 @@ def avg_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> to
     """HypLL's HAvgPool2d(use_midpoint=True): the midpoint of each beta-concatenated window."""
     op = "avg_pool2d"
     _check_image(op, x)
-    kernel = _pair(kernel_size, "kernel_size", op)
-    stride = kernel if stride is None else _pair(stride, "stride", op)
-    padding = _pair(padding, "padding", op)
+    if x.dtype in _HALF:  # computed in float32 (no half rounding between the unfold and the midpoint)
+        return avg_pool2d(x.float(), c=c, kernel_size=kernel_size, stride=stride, padding=padding).to(x.dtype)
+    kernel, padding, stride = _geometry(op, x, kernel_size, padding, kernel_size if stride is None else stride)
     B, C, H, W = x.shape
     u = poincare_unfold(x, c=c, kernel_size=kernel, padding=padding, stride=stride)
     u = u.reshape(B, C, kernel[0] * kernel[1], u.shape[-1])
@@ -935,9 +1012,9 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     _check_float(op, "x", x)
     if x.dim() != 2:
         _fail(op, f"x must be (N, D) rows of points, got shape {tuple(x.shape)}")
-    if bias.shape != (x.shape[1],):
-        _fail(op, f"bias must have shape ({x.shape[1]},) (the manifold dimension of x), got {tuple(bias.shape)}")
+    _bn_check_params(op, x.shape[1], bias, weight, running_mean, running_var)
     ct = _curv(op, c, x)
+    _debug_checks(op, ct, {"x": (x, 1)}, {"bias": bias, "weight": weight})
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
     fused = ((training or running_mean is None) and xr.device.type == "cpu" and xr.shape[0] > 0
@@ -981,6 +1058,26 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
 
 
+def _bn_check_params(op, D, bias, weight, running_mean, running_var):
+    """batch_norm's parameters and buffers against x's manifold dimension D."""
+    _check_float(op, "bias", bias)
+    if bias.shape != (D,):
+        _fail(op, f"bias must have shape ({D},) (the manifold dimension of x), got {tuple(bias.shape)}")
+    _check_float(op, "weight", weight)
+    if weight.numel() != 1:
+        _fail(op, f"weight must be a 1-element tensor (the target variance), got shape {tuple(weight.shape)}")
+    if (running_mean is None) != (running_var is None):
+        _fail(op, "running_mean and running_var must be given together (or both None)")
+    if running_mean is not None:
+        _check_float(op, "running_mean", running_mean)
+        _check_float(op, "running_var", running_var)
+        if running_mean.shape != (D,):
+            _fail(op, f"running_mean must have shape ({D},) (the manifold dimension of x), got "
+                      f"{tuple(running_mean.shape)}")
+        if running_var.numel() != 1:
+            _fail(op, f"running_var must be a 1-element tensor, got shape {tuple(running_var.shape)}")
+
+
 def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
                  running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
                  training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
@@ -993,8 +1090,12 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
     if x.dim() != 4:
         _fail(op, f"x must be an image (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
+    _bn_check_params(op, C, bias, weight, running_mean, running_var)
+    if _backend.checks_enabled():
+        _debug_checks(op, _curv(op, c, x), {"x": (x, 1)}, {"bias": bias, "weight": weight})
     if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
-            and B * H * W > 0 and C > 0 and bias.shape == (C,) and x.is_contiguous(memory_format=torch.channels_last)):
+            and B * H * W > 0 and C > 0 and _library.direct_call_ok(x)
+            and x.is_contiguous(memory_format=torch.channels_last)):
         ct = _curv(op, c, x).to(x.dtype)
         if (_library.direct_call_ok(x, bias, weight, ct) and not _backend.checks_enabled()
                 and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
@@ -1258,22 +1359,40 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     op = "mobius_linear"
     _check_float(op, "x", x)
     _check_float(op, "weight", weight)
+    half = torch.promote_types(x.dtype, weight.dtype)
+    if half in _HALF:  # a chain of kernels: computed in float32 (no half rounding in between)
+        return mobius_linear(x.float(), weight.float(), None if bias is None else bias.float(), c=c, dim=dim,
+                             blocks=blocks).to(half)
     k = _k(op, c, x)
+    d = _st._vector_dim(op, x, dim, fail=_fail)
     if blocks is not None:
         if weight.dim() != 3 or weight.shape[0] != blocks:
             _fail(op, f"weight must be the ({blocks}, out_b, in_b) diagonal blocks, got {tuple(weight.shape)}")
-        d = dim % x.dim()
-        xl = x if d == x.dim() - 1 else x.movedim(d, -1)
-        if xl.shape[-1] != weight.shape[0] * weight.shape[2]:
-            _fail(op, f"x has {xl.shape[-1]} entries along dim={dim}, the blocks expect {weight.shape[0] * weight.shape[2]}")
-        res = _st.mobius_blockdiag_matvec(weight, xl, k=k)
-        res = res if d == x.dim() - 1 else res.movedim(-1, d)
+        n_in, n_out = weight.shape[0] * weight.shape[2], weight.shape[0] * weight.shape[1]
+        if x.shape[d] != n_in:
+            _fail(op, f"x has {x.shape[d]} entries along dim={dim}, the blocks expect {n_in}")
     else:
         if weight.dim() != 2:
             _fail(op, f"weight must be (out_features, in_features), got {tuple(weight.shape)}")
+        n_out = weight.shape[0]
+        if x.shape[d] != weight.shape[1]:
+            _fail(op, f"x has {x.shape[d]} entries along dim={dim}, weight (out_features, in_features) = "
+                      f"{tuple(weight.shape)} expects in_features={weight.shape[1]}")
+    if bias is not None:
+        _check_float(op, "bias", bias)
+        if bias.shape != (n_out,):
+            _fail(op, f"bias must be a point of the ball of shape ({n_out},) (out_features), got {tuple(bias.shape)}")
+    _debug_checks(op, None, {"x": (x, d), **({} if bias is None else {"bias": (bias, -1)})}, {"weight": weight}, k=k)
+    if blocks is not None:
+        xl = x if d == x.dim() - 1 else x.movedim(d, -1)
+        res = _st.mobius_blockdiag_matvec(weight, xl, k=k)
+        res = res if d == x.dim() - 1 else res.movedim(-1, d)
+    else:
         res = _st.mobius_matvec(weight, x, k=k, dim=dim)
     eps = _eps(None, x.dtype)
     res = _st.project(res, k=k, dim=dim, eps=eps)
     if bias is not None:
-        res = _st.project(_st.mobius_add(res, bias, k=k, dim=dim), k=k, dim=dim, eps=eps)
+        # the bias along dim (a (out,) vector broadcasts along the last dim only)
+        bb = bias if d == x.dim() - 1 else bias.reshape(bias.shape[0], *([1] * (x.dim() - 1 - d)))
+        res = _st.project(_st.mobius_add(res, bb, k=k, dim=dim), k=k, dim=dim, eps=eps)
     return res

@@ -1,4 +1,4 @@
-"""Shared inputs of the Poincare batch norm tests (tests/test_poincare_layers.py, tests/test_poincare_bn14.py)."""
+"""Shared inputs of the Poincare batch norm tests (tests/test_poincare_layers.py, tests/test_poincare_bn_train_passes.py)."""
 from __future__ import annotations
 
 import math

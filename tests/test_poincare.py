@@ -237,6 +237,24 @@ def test_fc_bad_input():
         gp.poincare_fc(x, z, b, c=1.0, dim=3)
     with pytest.raises(TypeError, match="c must be"):
         gp.poincare_fc(x, z, b, c="1")
+    # a NaN or infinite curvature, as a number or a tensor (a NaN tensor used to pass the check: NaN outputs)
+    for bad in (float("nan"), float("inf"), torch.tensor(float("nan")), torch.tensor(float("inf"), dtype=torch.float64)):
+        with pytest.raises(ValueError, match="c must be > 0 and finite"):
+            gp.poincare_fc(x, z, b, c=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fc_zero_in_features(dtype):
+    """in_features = 0 (x (..., 0), z (0, m)): t = 0, so every output is the bias' own hyperplane term; the row
+    count is explicit (a reshape(-1, 0) of an empty tensor used to raise)."""
+    c = torch.tensor(0.7, dtype=dtype)
+    x = torch.zeros(5, 0, dtype=dtype)
+    z = torch.zeros(0, 3, dtype=dtype)
+    b = torch.tensor([0.1, -0.3, 0.0], dtype=dtype)
+    for bias in (b, None):
+        want = ref.poincare_fc(x.double(), z.double(), None if bias is None else bias.double(), c.double())
+        torch.testing.assert_close(gp.poincare_fc(x, z, bias, c=c), want.to(dtype), **TOL[dtype])
+        assert gp.poincare_fc(x.reshape(5, 1, 0), z, bias, c=c).shape == (5, 1, 3)
 
 
 @pytest.mark.parametrize("zn", [0.05, 0.25, 0.6])

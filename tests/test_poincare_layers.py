@@ -240,6 +240,205 @@ def test_bad_input_names_the_argument():
         gp.poincare_conv2d(torch.zeros(1, 2, 4, 4), torch.zeros(18, 3), None, c=1.0, kernel_size=3.0)
 
 
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_bad_geometry_and_parameters_raise_before_kernels(fused, monkeypatch):
+    """Every error names its argument and raises before a kernel runs (these used to surface as a ZeroDivisionError,
+    'math domain error', a C++ 'bad geometry', an AttributeError or a wrongly named argument -- or not at all)."""
+    monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+    img = _img(1, 2, 4, 4)
+    z = torch.zeros(18, 3)
+    conv = lambda x=img, z=z, **kw: gp.poincare_conv2d(x, z, None, c=1.0, **{"kernel_size": 3, **kw})  # noqa: E731
+    for kw, exc, msg in [(dict(kernel_size=0), ValueError, "kernel_size must be >= 1"),
+                         (dict(stride=0), ValueError, "stride must be >= 1"),
+                         (dict(stride=(1, -1)), ValueError, "stride must be >= 1"),
+                         (dict(padding=-1), ValueError, "padding must be >= 0"),
+                         (dict(padding=(True, 0)), TypeError, "padding must be an int"),
+                         (dict(z=torch.zeros(18, 3, dtype=torch.long)), TypeError, "z must be a floating-point"),
+                         (dict(z=torch.zeros(18, 0)), ValueError, "out_channels >= 1"),
+                         (dict(x=img[:, :0], z=torch.zeros(0, 3)), ValueError, "at least one channel"),
+                         (dict(kernel_size=5, z=torch.zeros(50, 3)), ValueError, "larger than x's padded image")]:
+        with pytest.raises(exc, match=msg):
+            conv(**kw)
+    for f, msg in [(lambda: gp.poincare_unfold(img, c=1.0, kernel_size=2, stride=0), "stride must be >= 1"),
+                   (lambda: gp.avg_pool2d(img, c=1.0, kernel_size=0), "kernel_size must be >= 1"),
+                   (lambda: gp.avg_pool2d(img, c=1.0, kernel_size=2, padding=-1), "padding must be >= 0")]:
+        with pytest.raises(ValueError, match=msg):
+            f()
+    x = _img(1, 3, 1, 4).reshape(3, 4).t().contiguous()  # (4, 3) rows
+    with pytest.raises(IndexError, match="dim=3 is out of range"):
+        gp.poincare_relu(x, c=1.0, dim=3)
+    with pytest.raises(IndexError, match="dim=-3 is out of range"):
+        gp.expmap0(x, c=1.0, dim=-3)
+    with pytest.raises(IndexError, match="man_dim=4"):
+        gp.flatten(img, c=1.0, man_dim=4)
+    with pytest.raises(IndexError, match="start_dim=5"):
+        gp.flatten(img, c=1.0, start_dim=5)
+    w1 = torch.tensor(1.0)
+    bn = lambda **kw: gp.batch_norm(x, **{"bias": torch.zeros(3), "weight": w1, "c": 1.0, **kw})  # noqa: E731
+    for kw, exc, msg in [(dict(bias=torch.zeros(3, dtype=torch.long)), TypeError, "bias must be a floating-point"),
+                         (dict(weight=1.0), TypeError, "weight must be a torch.Tensor"),
+                         (dict(weight=torch.ones(2)), ValueError, "weight must be a 1-element"),
+                         (dict(running_mean=torch.zeros(3)), ValueError, "running_mean and running_var"),
+                         (dict(running_mean=torch.zeros(2), running_var=torch.ones(())), ValueError,
+                          r"running_mean must have shape \(3,\)"),
+                         (dict(running_mean=torch.zeros(2), running_var=torch.ones(()), training=False), ValueError,
+                          r"running_mean must have shape \(3,\)"),
+                         (dict(running_mean=torch.zeros(3), running_var=torch.ones(2)), ValueError,
+                          "running_var must be a 1-element")]:
+        with pytest.raises(exc, match=msg):
+            bn(**kw)
+    cl = _img(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="weight must be a 1-element"):
+        gp.batch_norm2d(cl, torch.zeros(3), torch.ones(2), c=1.0)
+    with pytest.raises(ValueError, match=r"weight \(out_features, in_features\) = \(4, 2\) expects in_features=2"):
+        gp.mobius_linear(x, torch.zeros(4, 2), c=1.0)
+    with pytest.raises(ValueError, match=r"bias must be a point of the ball of shape \(4,\)"):
+        gp.mobius_linear(x, torch.zeros(4, 3), torch.zeros(3), c=1.0)
+    with pytest.raises(ValueError, match=r"bias must be a point of the ball of shape \(4,\)"):
+        gp.mobius_linear(torch.zeros(5, 4), torch.zeros(2, 2, 2), torch.zeros(3), c=1.0, blocks=2)
+
+
+def test_empty_manifold_or_batch_dims():
+    """Size 0 along the manifold or batch dimension: empty results of the right shape (these used to raise from a
+    reshape(-1, 0) / reshape(0, L, -1) of an empty tensor, or 'math domain error' from the beta factor)."""
+    x = _img(2, 3, 4, 4)
+    assert gp.poincare_relu(torch.zeros(5, 0), c=1.0).shape == (5, 0)
+    assert gp.expmap0(torch.zeros(2, 0, 3), c=1.0, dim=1).shape == (2, 0, 3)
+    assert gp.avg_pool2d(x[:0], c=1.0, kernel_size=2).shape == (0, 3, 2, 2)
+    assert gp.poincare_unfold(x[:0], c=1.0, kernel_size=2).shape == (0, 12, 9)
+    assert gp.flatten(x[:, :0], c=1.0).shape == (2, 0)
+    assert gp.flatten(x[:, :, :0], c=1.0).shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mlr_half_types_computed_in_float32(dtype):
+    """mlr / hyperplane_dists of half inputs: computed in float32 and returned in their dtype, as every other op of the
+    family (they ran the composition in half precision: ~5x the error of the float32 result's rounding)."""
+    g = torch.Generator().manual_seed(0)
+    x = gp.expmap0(torch.randn(9, 5, generator=g, dtype=torch.float64) * 0.6, c=0.9).to(dtype)
+    z = (torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.4).to(dtype)
+    b = (torch.randn(4, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    y = gp.mlr(x, z, b, c=0.9)
+    assert y.dtype == dtype
+    assert torch.equal(y, gp.mlr(x.float(), z.float(), b.float(), c=0.9).to(dtype))
+    truth = ref.mlr(x.double(), z.double(), b.double(), torch.tensor(0.9, dtype=torch.float64))
+    assert_2x_rule(y, ref.mlr(x, z, b, torch.tensor(0.9, dtype=dtype)).float().to(dtype), truth,
+                   1e-3 if dtype == torch.float16 else 8e-3)
+    xg = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(gp.mlr(xg, z, b, c=0.9).sum(), xg)
+    assert gx.dtype == dtype
+
+
+@pytest.mark.parametrize("blocks", [None, 2])
+def test_mobius_linear_bias_along_dim(blocks):
+    """mobius_linear with the points along a dim other than the last: the bias goes along that dim (it was added
+    along the last one: an error, or -- when that dim had out_features entries -- a silently wrong result)."""
+    c = torch.tensor(0.8, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    x = gp.expmap0(torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.5, c=c)  # 4 points = out_features
+    W = torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.3
+    b = gp.expmap0(torch.randn(4, generator=g, dtype=torch.float64) * 0.2, c=c)
+    w = W if blocks is None else torch.stack([W[:2, :3], W[2:, 3:]])
+    dense = W if blocks is None else torch.block_diag(W[:2, :3], W[2:, 3:])
+    want = ref.mobius_linear(x, dense, b, c)
+    torch.testing.assert_close(gp.mobius_linear(x, w, b, c=c, blocks=blocks), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gp.mobius_linear(x.t(), w, b, c=c, dim=0, blocks=blocks).t(), want, rtol=1e-10,
+                               atol=1e-12)
+    x3 = x.t().unsqueeze(0).expand(2, 6, 4)  # (2, 6, 4), points along dim 1
+    torch.testing.assert_close(gp.mobius_linear(x3, w, b, c=c, dim=1, blocks=blocks),
+                               want.t().unsqueeze(0).expand(2, 4, 4), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", [dict(kernel_size=2, dilation=2), dict(kernel_size=3, stride=2, ceil_mode=True),
+                                 dict(kernel_size=(2, 3), stride=(1, 2), padding=1, dilation=(1, 2), ceil_mode=True)])
+def test_max_pool2d_dilation_ceil_mode_match_hypll(cfg):
+    """HMaxPool2d's dilation and ceil_mode (they were missing: PoincareMaxPool2d could not express HypLL's layer)."""
+    hb, gb, c = _balls(0.7)
+    x = _img(2, 3, 7, 8, c=c, seed=6)
+    xh, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    yh = hnn.HMaxPool2d(manifold=hb, **cfg)(_mt(xh, hb)).tensor
+    yo = gnn.PoincareMaxPool2d(ball=gb, **cfg)(xo)
+    torch.testing.assert_close(yo, yh, **F32)
+    g = torch.randn_like(yh)
+    torch.testing.assert_close(torch.autograd.grad(yo, xo, g)[0], torch.autograd.grad(yh, xh, g)[0], **F32)
+
+
+def test_debug_checks_cover_the_layers():
+    """GEOOPS_CHECK (geoops.set_checks(True)): points outside the ball and non-finite values raise before any kernel
+    in every public op of the family, the fused eager paths and a warm convolution cache included (the one-Function
+    paths skipped the checks: garbage outputs from points outside the ball); valid inputs pass; off by default."""
+    x = _img(2, 3, 5, 5, c=1.0, seed=3)
+    bad = x.clone()
+    bad[0, :, 1, 1] = torch.tensor([0.9, 0.9, 0.0])
+    nan = x.clone()
+    nan[1, 0, 0, 0] = float("nan")
+    rows = lambda t: t.permute(0, 2, 3, 1).reshape(-1, 3)  # noqa: E731
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    z, zc = torch.randn(3, 4) * 0.3, torch.randn(27, 4) * 0.3
+    conv = gnn.PoincareConv2d(3, 4, 3, gnn.PoincareBall(0.5414), padding=1)  # c = softplus(0.5414) = 1.0
+    ops = {
+        "poincare_fc": lambda t: gp.poincare_fc(rows(t), z, c=1.0),
+        "hyperplane_dists": lambda t: gp.mlr(rows(t), z, c=1.0),
+        "poincare_relu": lambda t: gp.poincare_relu(cl(t), c=1.0, dim=1),
+        "poincare_conv2d": lambda t: gp.poincare_conv2d(cl(t), zc, c=1.0, kernel_size=3, padding=1),
+        "conv module": lambda t: conv(cl(t)),
+        "batch_norm": lambda t: gp.batch_norm2d(cl(t), torch.zeros(3), torch.tensor(1.0), c=1.0),
+        "batch_norm rows": lambda t: gp.batch_norm(rows(t), torch.zeros(3), torch.tensor(1.0), c=1.0),
+        "flatten": lambda t: gp.flatten(cl(t), c=1.0),
+        "max_pool2d": lambda t: gp.max_pool2d(t, c=1.0, kernel_size=2),
+        "avg_pool2d": lambda t: gp.avg_pool2d(t, c=1.0, kernel_size=2),
+        "mobius_add": lambda t: gp.mobius_add(t, x, c=1.0, dim=1),
+        "mobius_linear": lambda t: gp.mobius_linear(rows(t), torch.randn(4, 3) * 0.3, c=1.0),
+    }
+    prev = geoops._backend.checks_enabled()
+    geoops.set_checks(False)
+    for f in ops.values():  # off: no check (and the convolution's argument cache warm)
+        f(bad), f(x)
+    geoops.set_checks(True)
+    try:
+        for name, f in ops.items():
+            f(x)
+            for t in (bad, nan):
+                with pytest.raises(ValueError, match=r"(outside the ball|non-finite).*GEOOPS_CHECK"):
+                    f(t)
+    finally:
+        geoops.set_checks(prev)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compositions_half_types_computed_in_float32(dtype):
+    """transp, midpoint, the pools, unfold, flatten and mobius_linear (compositions of kernels and torch ops) of half
+    inputs: computed in float32 and returned in their dtype (their intermediate results rounded to the half type:
+    10-300x the error of the float32 result's rounding for transp and midpoint)."""
+    g = torch.Generator().manual_seed(0)
+    x = gp.expmap0(torch.randn(64, 5, generator=g, dtype=torch.float64) * 0.9, c=0.9).to(dtype)
+    y, v = x.roll(1, 0), (x * 0.7).to(dtype)
+    img = _img(2, 3, 4, 4, c=0.9, seed=2).to(dtype)
+    w = (torch.randn(4, 5, generator=g) * 0.3).to(dtype)
+    for f in (lambda x, y, v, im: gp.transp(x, y, v, c=0.9), lambda x, y, v, im: gp.midpoint(x, c=0.9),
+              lambda x, y, v, im: gp.avg_pool2d(im, c=0.9, kernel_size=2),
+              lambda x, y, v, im: gp.max_pool2d(im, c=0.9, kernel_size=2),
+              lambda x, y, v, im: gp.poincare_unfold(im, c=0.9, kernel_size=2),
+              lambda x, y, v, im: gp.flatten(im, c=0.9),
+              lambda x, y, v, im: gp.mobius_linear(x, w.to(x.dtype), v[0, :4], c=0.9)):
+        got = f(x, y, v, img)
+        assert got.dtype == dtype
+        assert torch.equal(got, f(x.float(), y.float(), v.float(), img.float()).to(dtype))
+
+
+def test_batchnorm2d_under_vmap():
+    """torch.func.vmap over a channels-last test of batch_norm2d: the layout query no longer runs under the
+    transform (it raised 'NYI: querying is_contiguous inside of vmap'); each mapped slice is its own batch."""
+    c = torch.tensor(0.8, dtype=torch.float64)
+    xs = torch.stack([_img(2, 3, 3, 2, c=0.8, dtype=torch.float64, seed=s) for s in range(2)])
+    bias = torch.randn(3, dtype=torch.float64) * 0.2
+    w = torch.tensor(0.7, dtype=torch.float64)
+    got = torch.func.vmap(lambda x: gp.batch_norm2d(x, bias, w, c=c))(xs)
+    for i in range(2):
+        want = gp.batch_norm2d(xs[i].contiguous(memory_format=torch.channels_last), bias, w, c=c)
+        torch.testing.assert_close(got[i], want, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- patch_hypll
 def _hypll_block(hb, C=4):
     torch.manual_seed(5)
@@ -254,6 +453,25 @@ def _run_block(mods, hb, x):
     for m in mods:
         y = m(y)
     return hb.mobius_add(y, h).tensor
+
+
+def test_patch_hypll_fully_connected_function_does_not_project():
+    """HypLL's poincare_fully_connected does not project (PoincareBall.fully_connected projects after it): the
+    patched function must not either -- it projected with the dtype's margin, 4e-3 off for outputs beyond it."""
+    import hypll.manifolds.poincare_ball.manifold as hm
+
+    for dtype, tol in ((torch.float64, dict(rtol=1e-9, atol=1e-11)), (torch.float32, dict(rtol=1e-5, atol=1e-6))):
+        c = torch.tensor(0.8, dtype=dtype, requires_grad=True)
+        x = gp.expmap0(torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=dtype) * 2.0, c=0.8)
+        z = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        b = torch.tensor([0.1, -0.2, 0.3], dtype=dtype)
+        want = hm.poincare_fully_connected(x, z, b, c)
+        assert (want.norm(dim=-1) > (1 - gp.default_eps(dtype)) / math.sqrt(0.8)).any()  # beyond the margin
+        with compat.patched_hypll():
+            got = hm.poincare_fully_connected(x, z, b, c)
+        torch.testing.assert_close(got, want, **tol)
+        if dtype == torch.float64:  # (float32 gradients of saturated rows: HypLL's own error is ~1e-2 there)
+            torch.testing.assert_close(torch.autograd.grad(got.sum(), c), torch.autograd.grad(want.sum(), c), **tol)
 
 
 def test_patch_hypll_same_results_and_restores():
@@ -1154,6 +1372,15 @@ def test_poincare_ball_cached_curvature():
     torch.testing.assert_close(gp._k("t", c3, torch.zeros(2)), -c3)
     c3.mul_(2.0)  # the caller modified the cached tensor: neither the cache nor its check mark hold any more
     assert ball() is not c3 and gp._k("t", c3, torch.zeros(2)).item() == pytest.approx(-c3.item())
+    # an in-place change through .data keeps the parameter's version counter: the value is part of the key (the
+    # cached c of the old value was returned before, wrong layer outputs)
+    c4 = ball()
+    ball.value.data.fill_(3.0)
+    torch.testing.assert_close(ball(), torch.nn.functional.softplus(torch.tensor(3.0)))
+    assert ball() is not c4
+    x3 = _img(2, 3, 2, 2, c=3.0, seed=4)
+    torch.testing.assert_close(gnn.PoincareReLU(ball)(x3), gp.poincare_relu(x3, c=float(torch.nn.functional.softplus(
+        torch.tensor(3.0))), dim=1))
     with torch.no_grad():
         ball.value.fill_(-200.0)  # softplus underflows to 0: not marked, the checks raise per call
     with pytest.raises(ValueError, match="c must be > 0"):

@@ -10,7 +10,7 @@ Plain tensors in and out (no ManifoldTensor): images are ``(B, C, H, W)`` with t
                                 PoincareReLU(ball))
 
 Parameter layouts are HypLL's (``z`` is ``(in_features, out_features)``, one hyperplane per column), so its
-state dicts map one to one (see ``geoops.compat.from_hypll``).
+the parameters map one to one: copy HypLL's ``z.tensor`` / ``weights.tensor`` and ``bias`` into ours.
 """
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ class PoincareBall(nn.Module):
         if (v.requires_grad and torch.is_grad_enabled()) or not _library.direct_call_ok(v):
             return self.constraining_strategy(v)
         # a curvature without gradient (the usual fixed ball): computed once per value of the parameter (its
-        # version counter, storage, dtype and device; the strategy) and shared by every layer call, marked as
-        # checked for geoops.poincare (no per-call softplus, positivity check, negation)
-        key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy)
+        # version counter, storage, dtype and device, the strategy, and the value itself: an in-place change
+        # through ``.data`` keeps the version counter) and shared by every layer call, marked as checked for
+        # geoops.poincare (no per-call softplus, positivity check, negation)
+        key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy,
+               v.item() if v.numel() == 1 else None)
         hit = getattr(self, "_c_cache", None)
         if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
             return hit[1]
@@ -198,12 +200,16 @@ class PoincareFlatten(nn.Module):
 
 
 class PoincareMaxPool2d(nn.Module):
-    def __init__(self, kernel_size, ball: PoincareBall, stride=None, padding=0):
+    """HypLL's HMaxPool2d: max pooling in the tangent space at the origin (points along dim 1)."""
+
+    def __init__(self, kernel_size, ball: PoincareBall, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
         super().__init__()
         self.kernel_size, self.ball, self.stride, self.padding = kernel_size, ball, stride, padding
+        self.dilation, self.ceil_mode = dilation, ceil_mode
 
     def forward(self, x):
-        return gp.max_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+        return gp.max_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, ceil_mode=self.ceil_mode)
 
 
 class PoincareAvgPool2d(nn.Module):

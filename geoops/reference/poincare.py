@@ -243,9 +243,10 @@ def flatten(x: torch.Tensor, c: torch.Tensor, start_dim: int = 1, end_dim: int =
     return expmap0(v, c, dim=start)
 
 
-def max_pool2d(x: torch.Tensor, c: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+def max_pool2d(x: torch.Tensor, c: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False) -> torch.Tensor:
     """Reference: max pooling of the tangent vectors at the origin, mapped back (HypLL's max pool)."""
-    return expmap0(F.max_pool2d(logmap0(x, c, dim=1), kernel_size, stride, padding), c, dim=1)
+    return expmap0(F.max_pool2d(logmap0(x, c, dim=1), kernel_size, stride, padding, dilation, ceil_mode), c, dim=1)
 
 
 # ---------------------------------------------------------------- midpoint statistics
