@@ -276,14 +276,16 @@ inline void for_row_blocks(int64_t N, int64_t D, int streams, int64_t grain_elem
   });
 }
 
-// k (and r) of the block's nv lanes.
+// k (and r) of the block's nv >= 1 lanes (a do-while: the first lane is written on every path, which GCC's
+// -Wmaybe-uninitialized can see for the block's kk passed on as const double*).
 template <bool HAS_R>
 inline void block_scalars(const RowScalars& sc, int64_t i0, int64_t nv, int64_t end, double* kk, double* rr) {
-  for (int64_t b = 0; b < nv; ++b) {
+  int64_t b = 0;
+  do {
     const int64_t i = std::min<int64_t>(i0 + b, end - 1);
     kk[b] = sc.k[i * sc.sk];
     rr[b] = HAS_R ? sc.r_at(i) : 0.0;
-  }
+  } while (++b < nv);
 }
 
 // Writes out = a x + b y + c (x - y) for the nb rows of a block of contiguous short rows (x, y, out
@@ -656,8 +658,10 @@ inline bool block_fwd_float_reg(const double*, const double*, const double*, con
 }
 #endif
 
+// sw: the fp32 float path's switches of the call (f32rows::switches; all off for other dtypes).
 template <typename scalar_t, int OP, bool SHORT>
-void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param, at::Tensor& out) {
+void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param, at::Tensor& out,
+              const f32rows::Switches& sw) {
   using opmath_t = typename OpMath<scalar_t>::type;
   constexpr bool HAS_Y = op_has_y(OP), SCALAR_OUT = op_scalar_out(OP), HAS_R = op_has_r(OP);
   const int64_t N = x.size(0), D = x.size(1);
@@ -676,10 +680,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // fp32 rows of D <= 8 back to back: the float fast path (stereographic_rows_f32.h) per block, the
   // double path below for the blocks it declines
   constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
-  const int f32_mode = kF32Op ? f32rows::mode() : 0;
-  const int f32_lane_mode = kF32Op ? f32rows::lane_mode() : 0;
-  const int f32_reg = kF32Op ? f32rows::reg_mode() : 0;
-  const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && f32rows::use(OP, D);
+  const int f32_mode = kF32Op ? sw.mode : 0;
+  const int f32_lane_mode = kF32Op ? sw.lane : 0;
+  const int f32_reg = kF32Op ? sw.reg : 0;
+  const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && sw.use;
   // fp32 rows longer than the short-row cut: the AVX-512 row sums (above)
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
@@ -1026,17 +1030,19 @@ void stereo_lanes_fwd(int op, const at::Tensor& x, const at::Tensor& y, const Ro
                       at::Tensor& out) {
   // fp32 rows of D <= f32rows::kMaxD stored back to back that the float fast path takes: its short-row blocks
   // (the blocks it declines then take the rows-on-lanes double path, also for D = 9..16)
+  // (its switches read once here, for the whole call)
   const int64_t D = x.size(1);
-  const bool f32_rows = x.scalar_type() == at::kFloat && f32rows::use(op, D) && x.stride(0) == D &&
+  const f32rows::Switches sw = x.scalar_type() == at::kFloat ? f32rows::switches(op, D) : f32rows::Switches{};
+  const bool f32_rows = sw.use && x.stride(0) == D &&
                         out.dim() == 2 && out.stride(0) == D && (!op_has_y(op) || y.stride(0) == D);
   const bool short_rows = D <= kShortRowMaxD || f32_rows;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "stereo_lanes_fwd", [&] {
     dispatch_op(op, [&](auto opc) {
       constexpr int OP = decltype(opc)::value;
       if (short_rows) {
-        fwd_rows<scalar_t, OP, true>(x, y, sc, param, out);
+        fwd_rows<scalar_t, OP, true>(x, y, sc, param, out, sw);
       } else {
-        fwd_rows<scalar_t, OP, false>(x, y, sc, param, out);
+        fwd_rows<scalar_t, OP, false>(x, y, sc, param, out, sw);
       }
     });
   });

@@ -53,18 +53,16 @@ constexpr bool fast_op(int op) {
 // A/B in docs/families/stereographic.md: the fused blocks 0.86-0.95x at D = 9..12, expmap 0.89x at D = 13..16, the
 // other ops 0.98-1.07x there).  GEOOPS_STEREO_F32_ROWS=0: always the double path (the path of other dtypes, strided
 // rows and hard blocks); =2: the fused blocks for all five ops at every D <= kMaxD (so that tests reach them on
-// every build).  Read per call.
+// every build).  Read per call (once: switches(), stereographic_rows_f32_reg.h).
 inline int mode() {
   const char* e = knobs::get("GEOOPS_STEREO_F32_ROWS");
   return e && e[0] == '0' ? 0 : (e && e[0] == '2' ? 2 : 1);
 }
-inline bool use(int op, int64_t D) {
-  const int m = mode();
+// m: mode(), reg: the register pass on (reg_mode() != 0).
+inline bool use(int m, bool reg, int op, int64_t D) {
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
   if (m == 2 || D <= 8) return true;
-#if defined(CPU_CAPABILITY_AVX512)
-  if (!knobs::off("GEOOPS_STEREO_F32_REG")) return true;  // the register pass takes all five ops at D = 9..16
-#endif
+  if (reg) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
   return op == stereo::EXPMAP || (D <= 12 && op != stereo::MOBIUS_ADD);
 }
 // Mode 1 at D <= 8: the eight-loop block (with the inline tanh) where it measured faster than the fused pass
@@ -1095,7 +1093,7 @@ inline bool block_fused(const float* xb, const float* yb, float* ob, const doubl
 
 // block<OP, D, NB> (the eight loops, prefer_unfused in mode 1: they use the double Mobius terms) or
 // block_fused<OP, D, NB> for the runtime D and nb rows (nb == NB, else false).
-// m: mode(), lm: lane_mode(), both read once per call by the caller (a getenv per block cost more than the block's
+// m: mode(), lm: lane_mode(), both read once per call (switches(); a getenv per block cost more than the block's
 // loops).
 template <int OP, int NB>
 inline bool run(int m, int lm, int64_t D, const float* xb, const float* yb, float* ob, int nb, const double* kk) {

@@ -37,6 +37,26 @@ inline int reg_mode() {
 #endif
 }
 
+// The switches of one fp32 row-op call (op, rows of D), each environment variable read once, at the call's entry
+// (stereo_lanes_fwd), and passed down: mode(), then, where the float path can take the call at all, reg_mode() and
+// lane_mode() (at most three getenv per call; the separate reads of each switch cost ~1 us per call, which showed
+// at batches of 64 rows).  Still read per call (tests flip them between calls).
+struct Switches {
+  int mode = 0;  // mode()
+  int reg = 0;   // reg_mode()
+  int lane = 0;  // lane_mode()
+  bool use = false;  // use(): the float path takes op at D (if the rows are back to back)
+};
+inline Switches switches(int op, int64_t D) {
+  Switches s;
+  s.mode = mode();
+  if (s.mode == 0 || !fast_op(op) || D > kMaxD) return s;
+  s.reg = reg_mode();
+  s.lane = lane_mode();
+  s.use = use(s.mode, s.reg != 0, op, D);
+  return s;
+}
+
 
 #if defined(CPU_CAPABILITY_AVX512)
 // lanes_core's columns from registers.
@@ -156,7 +176,7 @@ inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y,
 }
 #endif
 
-// Whether the register pass takes a call of op (reg: reg_mode(), read once per call by the caller; m, the caller's
+// Whether the register pass takes a call of op (reg: reg_mode(), read once per call: switches(); m, the caller's
 // mode(), does not matter: mode 0 never gets here): k one value or one per row (stride 1).
 inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
   (void)op, (void)m;

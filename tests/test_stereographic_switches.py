@@ -1,0 +1,45 @@
+"""The fp32 short-row forward's env switches (GEOOPS_STEREO_F32_ROWS, _F32_MOB; read once per call at the entry point,
+csrc/cpu/stereographic_rows_f32_reg.h: f32rows::switches) still take effect call by call, in either order, and leave
+nothing behind: default, switch, default again give the default's bits."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import geoops.stereographic as gs
+
+AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def _rows(d: int, n: int = 301, seed: int = 0):
+    """x within 1e-6 .. 1e-2 (relative) of the unit ball's boundary, y in random directions inside it."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, d, generator=g, dtype=torch.float64)
+    frac = 1 - torch.logspace(-6, -2, n, dtype=torch.float64).reshape(-1, 1)
+    x = v / v.norm(dim=-1, keepdim=True) * frac
+    y = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.4 / d ** 0.5
+    return x.float(), y.float()
+
+
+@pytest.mark.parametrize("d", (2, 10))
+@pytest.mark.parametrize("op", ("mobius_add", "expmap", "logmap"))
+def test_f32_switches_read_per_call(op, d, monkeypatch):
+    x, y = _rows(d, seed=d)
+    k = torch.tensor(-1.0)
+    f = getattr(gs, op)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_MOB", raising=False)
+    a = f(x, y, k=k)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")  # the double path
+    c = f(x, y, k=k)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS")
+    a2 = f(x, y, k=k)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_MOB", "0")  # the double Mobius terms
+    b = f(x, y, k=k)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_MOB")
+    a3 = f(x, y, k=k)
+    assert torch.equal(a, a2) and torch.equal(a, a3)
+    assert not torch.equal(a, c)
+    if AVX512:
+        assert not torch.equal(a, b)
+    assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
