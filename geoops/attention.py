@@ -162,5 +162,8 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         _fail(f"scale must be a real number or None, got {type(scale).__name__}", TypeError)
     causal = bool(causal) or w1 > 0
+    if w1 > 0:  # a window of N or more keeps every j, k <= i: clamped, so that huge ints fit the op's int64 args
+        n = max(q.shape[2], 1)
+        w1, w2 = min(w1, n), min(w2, n)
     out, lse = _library.apply(TripleAttentionFn, q, k1, k2, v1, v2, float(scale), causal, w1, w2)
     return (out, lse) if return_lse else out

@@ -300,6 +300,14 @@ def test_bad_window(window, exc):
         ga.triple_attention(*_ok(), window=window)
 
 
+def test_huge_window_is_causal():
+    """A window of N or more is plain causal; ints past int64 used to fail with a pybind signature dump."""
+    ins = _inputs(1, 2, 1, 9, 7, 11, 4, 3)
+    exp = ref.triple_attention(*ins, causal=True)
+    for window in (9, 2 ** 62, 2 ** 64, (3 ** 50, 10 ** 30)):
+        torch.testing.assert_close(ga.triple_attention(*ins, window=window), exp, rtol=1e-12, atol=1e-12)
+
+
 def test_bad_scale_and_causal():
     with pytest.raises(TypeError, match="scale"):
         ga.triple_attention(*_ok(), scale="1")
