@@ -135,6 +135,8 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
         out (B, H, N, Dv) in the inputs' dtype, and with ``return_lse`` also lse (B, H, N) in float32
         (float64 for float64 inputs; not differentiable).  A query without any admissible pair (e.g. a
         window that reaches past the end of a shorter key sequence) gets out = 0 and lse = -inf, never NaN.
+        A query with a NaN or +inf admissible score (NaN inputs, a NaN or infinite scale, overflow) gets
+        out = NaN and lse = NaN, as the eager softmax does.
 
     Dtypes: float32 and float64 natively; float16 and bfloat16 are computed with float32 accumulation and
     float32 softmax statistics and rounded once at the end.  Gradients flow to q, k1, k2, v1 and v2
@@ -147,17 +149,22 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
 
     Raises:
         TypeError / ValueError naming the argument for non-tensors, non-floating or mixed dtypes, mixed
-        devices, wrong ranks, batch/head/feature/length mismatches, H not a multiple of H_kv, and windows
-        that are not positive ints.
+        devices, wrong ranks, batch/head/feature/length mismatches, H not a multiple of H_kv, windows
+        that are not positive ints, a non-bool ``causal`` or ``return_lse`` and a non-real ``scale``.
     """
     _check(q, k1, k2, v1, v2)
     if not isinstance(causal, bool):
         _fail(f"causal must be a bool, got {type(causal).__name__}", TypeError)
+    if not isinstance(return_lse, bool):
+        _fail(f"return_lse must be a bool, got {type(return_lse).__name__}", TypeError)
     w1, w2 = _window_arg(window, causal)
     if scale is None:
         scale = q.shape[-1] ** -0.5 if q.shape[-1] > 0 else 1.0
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         _fail(f"scale must be a real number or None, got {type(scale).__name__}", TypeError)
     causal = bool(causal) or w1 > 0
+    if w1 > 0:  # a window of N or more keeps every j, k <= i: clamped, so that huge ints fit the op's int64 args
+        n = max(q.shape[2], 1)
+        w1, w2 = min(w1, n), min(w2, n)
     out, lse = _library.apply(TripleAttentionFn, q, k1, k2, v1, v2, float(scale), causal, w1, w2)
     return (out, lse) if return_lse else out

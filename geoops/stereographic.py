@@ -418,6 +418,8 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
             return None  # the general path raises its error
         nd = len(shape)
     D = shape[-1]
+    if D == 0:  # reshape(-1, 0) below is ambiguous; the general path handles empty vectors
+        return None
     x2 = x if x.shape == shape else x.expand(shape)
     y2 = (y if y.shape == shape else y.expand(shape)) if spec.has_y else None
     if nd != 2:
@@ -840,8 +842,9 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     so the float32 relative error stays below 1e-3 (close pairs and points near the boundary included)
     and x against itself gives exact zeros.  Points on or outside the ball (k < 0) are handled like
     geoopt's clamps: :math:`p` is clamped at 1e-7 (float32; 1e-15 float64), giving large, finite
-    distances.  Memory: the output, plus one ``[..., N, M]`` buffer saved for the backward when a
-    gradient is needed.  For nearest neighbours at scale use :func:`knn` (bounded memory).
+    distances.  Memory: the output; with a gradient the C++ backend saves nothing of size ``[N, M]`` (its
+    backward recomputes ``A`` per block of rows), the Triton and reference backends save one ``[..., N, M]``
+    buffer.  For nearest neighbours at scale use :func:`knn` (bounded memory).
     """
     op = "cdist"
     x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
@@ -879,7 +882,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     :math:`A = |x - y|^2` from one GEMM per tile and close pairs recomputed from the rows, as in
     :func:`cdist`); only the kept ``n`` per row are turned into distances, by the fused row-wise
     :func:`dist` on the gathered pairs, so the distances are differentiable with respect to x, y and k
-    (the indices are not).  Ties are broken as ``torch.topk`` breaks them.
+    (the indices are not).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
+    backends (Python tiles, Triton) return them in ``torch.topk``'s / the kernel's order, which is unspecified.
 
     Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``,
     k as for :func:`cdist`.
@@ -887,6 +891,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     op = "knn"
     if not isinstance(n_neighbors, int) or isinstance(n_neighbors, bool):
         _fail(op, f"n_neighbors must be an int, got {type(n_neighbors).__name__}", TypeError)
+    if not isinstance(largest, bool):
+        _fail(op, f"largest must be a bool, got {type(largest).__name__}", TypeError)
     x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
     B, N, D = x3.shape
     M = y3.shape[1]
@@ -1042,8 +1048,14 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     MAP the mean over the nodes that have neighbours.  Built on :func:`pairwise_rank` (bounded memory:
     no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats.
     """
-    if not isinstance(edges, torch.Tensor) or edges.dim() != 2 or edges.shape[1] != 2:
-        _fail("reconstruction_metrics", "edges must be an integer tensor of shape [P, 2]", TypeError)
+    op = "reconstruction_metrics"
+    if (not isinstance(edges, torch.Tensor) or edges.dim() != 2 or edges.shape[1] != 2
+            or edges.dtype not in (torch.int32, torch.int64)):
+        got = f"{edges.dtype} {tuple(edges.shape)}" if isinstance(edges, torch.Tensor) else type(edges).__name__
+        _fail(op, f"edges must be an int32/int64 tensor of shape [P, 2], got {got}", TypeError)
+    if isinstance(x, torch.Tensor) and x.dim() == 2 and edges.numel() and (
+            int(edges.min()) < 0 or int(edges.max()) >= x.shape[0]):
+        _fail(op, f"edges has node indices outside [0, N={x.shape[0]}) (the rows of x)", IndexError)
     edges = torch.unique(edges.to(torch.int64), dim=0)
     edges = edges[edges[:, 0] != edges[:, 1]]
     u, v = edges[:, 0], edges[:, 1]
@@ -1068,8 +1080,14 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     # AP: precision at each positive = (#pos with key <= own) / (that + neg closer)
     nodes, inv = torch.unique(u, return_inverse=True)
     counts = torch.bincount(inv).double()
-    # positives with key <= own: count of equal run end; approximate ties by strict count + 1
-    prec = (pos_closer + 1).double() / (pos_closer + 1 + neg_closer).double()
+    # positives with key <= own (itself and any positive that ties it): up to the end of its run of equal keys
+    is_last = torch.ones_like(new_run)
+    is_last[:-1] = new_run[1:]
+    run_last = torch.flip(torch.cummin(torch.flip(torch.where(is_last, pos, torch.full_like(pos, su.numel())), (0,)),
+                                       0)[0], (0,))
+    pos_le = torch.empty_like(closer_all)
+    pos_le[lex] = run_last - grp_start + 1
+    prec = pos_le.double() / (pos_le + neg_closer).double()
     ap = torch.zeros(nodes.numel(), dtype=torch.float64).index_add_(0, inv, prec) / counts
     return mean_rank, float(ap.mean())
 
@@ -1237,6 +1255,12 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
     d = _vector_dim(op, x, dim)
     if m.dim() > 2 and d != x.dim() - 1:
         _fail(op, "a batched m needs the vectors along the last dimension (dim=-1)")
+    if m.dim() > 2:
+        try:
+            torch.broadcast_shapes(m.shape[:-2], x.shape[:-1])
+        except RuntimeError:
+            _fail(op, f"the batch dimensions of m {tuple(m.shape[:-2])} do not broadcast against x's "
+                      f"{tuple(x.shape[:-1])}")
     if m.shape[-1] != x.shape[d]:
         _fail(op, f"m has D_in={m.shape[-1]} columns but x has {x.shape[d]} entries along dim={dim}")
     xl = x if d == x.dim() - 1 else x.movedim(d, -1)

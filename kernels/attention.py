@@ -144,7 +144,7 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
                 pv = tl.dot(p, v2.to(ct), input_precision="ieee")
             acc = acc * alpha[:, None] + pv * v1j[None, :]
             m_i = m_new
-    has = l_i > 0
+    has = l_i != 0  # l_i = 0: no admissible pair (out 0, lse -inf); NaN (a NaN or +inf score) propagates
     l_safe = tl.where(has, l_i, 1.0)[:, None]
     if F64:
         out = acc / l_safe
@@ -170,7 +170,7 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
     dmask = offs_d < D
     lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
     delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
-    live = row_ok & (lse > float("-inf"))
+    live = row_ok & (lse != float("-inf"))  # NaN lse propagates
     lse_safe = tl.where(live, lse, 0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_D], ct)
     for j in range(j_start, j_end):
@@ -240,7 +240,7 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
             do_rows = DO + (bh * N + offs_m) * DV
             lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
             delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
-            live = row_ok & (lse > float("-inf"))
+            live = row_ok & (lse != float("-inf"))  # NaN lse propagates
             lse_safe = tl.where(live, lse, 0.0)
             loa, hia = _ranges(offs_m, N, MA, WA, CAUSAL)
             lob, hib = _ranges(offs_m, N, MB, WB, CAUSAL)

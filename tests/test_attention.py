@@ -89,6 +89,34 @@ def test_large_logits_no_overflow():
     torch.testing.assert_close(out.double(), rout, rtol=1e-3, atol=1e-3 * rout.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask", [dict(), dict(causal=True), dict(window=(1, 1)), dict(window=(3, 2))],
+                         ids=lambda m: str(m) or "dense")
+def test_nan_and_overflowed_scores_propagate(dtype, mask):
+    """A NaN score (NaN input, NaN scale) or an overflowed one (+inf) gives NaN for that query, as the eager
+    softmax does, never the zeros / lse = -inf of a query without admissible pairs (which hid NaN inputs)."""
+    ins = list(_inputs(1, 2, 1, 20, 20, 20, 4, 3, dtype=dtype))
+    k1 = ins[1].clone()
+    k1[0, 0, 2, 0] = float("nan")  # NaN scores for every query that may see j = 2
+    pos = [t.abs() for t in ins]  # scale = inf on positive inputs: every admissible score is +inf
+    cases = [((ins[0], k1, *ins[2:]), {}), (ins, dict(scale=float("nan"))), (pos, dict(scale=float("inf")))]
+    for args, kw in cases:
+        out, lse = ga.triple_attention(*args, return_lse=True, **mask, **kw)
+        rout, rlse = ref.triple_attention(*[t.double() for t in args], return_lse=True, **mask, **kw)
+        nan_rows = rout.isnan().any(-1)
+        assert nan_rows.any()
+        assert torch.equal(out.isnan().all(-1), nan_rows) and lse[nan_rows].isnan().all()
+        assert torch.equal(lse.isfinite(), rlse.isfinite())  # the eager lse: NaN, or +inf for +inf scores
+        ok = ~nan_rows[..., None]
+        torch.testing.assert_close(torch.where(ok, out.double(), 0.0), torch.where(ok, rout, 0.0),
+                                   rtol=1e-2, atol=1e-2)
+    # the gradient of a NaN output is NaN (eager autograd), not the zero gradient of an empty row
+    xs = [t.detach().clone().requires_grad_(True) for t in (ins[0], k1, *ins[2:])]
+    out = ga.triple_attention(*xs, **mask)
+    out.sum().backward()
+    assert xs[0].grad[out.isnan().any(-1)].isnan().all()
+
+
 def test_empty_rows_and_sizes():
     # window (1, 1) with M2 < N: queries i >= M2 have no admissible k -> out 0, lse -inf, finite gradients
     ins = [t.requires_grad_(True) for t in _inputs(1, 2, 2, 9, 9, 4, 3, 3)]
@@ -272,11 +300,21 @@ def test_bad_window(window, exc):
         ga.triple_attention(*_ok(), window=window)
 
 
+def test_huge_window_is_causal():
+    """A window of N or more is plain causal; ints past int64 used to fail with a pybind signature dump."""
+    ins = _inputs(1, 2, 1, 9, 7, 11, 4, 3)
+    exp = ref.triple_attention(*ins, causal=True)
+    for window in (9, 2 ** 62, 2 ** 64, (3 ** 50, 10 ** 30)):
+        torch.testing.assert_close(ga.triple_attention(*ins, window=window), exp, rtol=1e-12, atol=1e-12)
+
+
 def test_bad_scale_and_causal():
     with pytest.raises(TypeError, match="scale"):
         ga.triple_attention(*_ok(), scale="1")
     with pytest.raises(TypeError, match="causal"):
         ga.triple_attention(*_ok(), causal=None)
+    with pytest.raises(TypeError, match="return_lse"):
+        ga.triple_attention(*_ok(), return_lse="no")  # a truthy non-bool used to return a tuple
 
 
 # ---------------------------------------------------------------- torch.library / torch.compile

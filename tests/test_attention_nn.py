@@ -37,6 +37,12 @@ def test_cross_attention_and_errors():
         TripleAttention(10, 4)
     with pytest.raises(ValueError, match="x must have shape"):
         layer(torch.randn(7, 16))
+    # context of the wrong width / batch / rank: an error naming `context`, not a matmul or view error
+    for bad in (torch.randn(1, 9, 12), torch.randn(2, 9, 16), torch.randn(9, 16)):
+        with pytest.raises(ValueError, match="context must have shape"):
+            layer(torch.randn(1, 7, 16), bad)
+    with pytest.raises(ValueError, match="window"):  # at construction, not at the first call
+        TripleAttention(16, 2, window=0)
 
 
 def test_small_training_run_learns_a_teacher():

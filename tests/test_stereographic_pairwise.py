@@ -277,6 +277,50 @@ def test_knn_edge_cases_and_errors():
         gs.knn(x, y, 2.0, k=-1.0)
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_knn_empty_vectors(backend):
+    with geoops.use_backend(backend):
+        # D = 0: every distance 0 (the row-wise dist's fast path used to fail on reshape(-1, 0))
+        for xs, ys in (((5, 0), (4, 0)), ((2, 5, 0), (2, 4, 0))):
+            d, i = gs.knn(torch.zeros(xs), torch.zeros(ys), 2, k=-1.0)
+            assert d.shape == i.shape == xs[:-1] + (2,) and not d.any() and ((i >= 0) & (i < 4)).all()
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_knn_nan_points_and_ties(backend):
+    with geoops.use_backend(backend):
+        # a NaN point: its row ranks NaN keys as torch.topk does (NaN distances, valid indices; the C++
+        # kernel used to leave index -1 and fail in the gather with "index -1 is out of bounds")
+        x, y = _ball(4, 3, seed=41), _ball(6, 3, seed=42)
+        x[1, 0] = float("nan")
+        y[2, 0] = float("nan")
+        for largest in (False, True):
+            d, i = gs.knn(x, y, 6, k=-1.0, largest=largest)
+            assert (i.sort(-1).values == torch.arange(6)).all()
+            assert d[1].isnan().all() and d[[0, 2, 3]].isnan().sum() == 3
+            assert (i[[0, 2, 3], -1 if not largest else 0] == 2).all()  # the NaN point last / first, like topk
+    # exact ties (duplicated points of y): the C++ kernel keeps the lower index first (docstring)
+    y = _ball(5, 3, seed=43)
+    y = torch.cat([y, y])
+    d, i = gs.knn(_ball(3, 3, seed=44), y, 10, k=-1.0)
+    assert (i.view(3, 5, 2).diff(dim=-1) == 5).all()
+
+
+def test_pairwise_errors_name_the_argument():
+    """Errors raised before any kernel, naming the argument (were: a pybind signature dump for a non-bool
+    `largest`, a float `edges` silently truncated, out-of-range edges blamed on an internal `target`, and a
+    batched m whose batch does not broadcast reported by matmul)."""
+    x, y = _ball(4, 3, seed=45), _ball(5, 3, seed=46)
+    with pytest.raises(TypeError, match="largest must be a bool"):
+        gs.knn(x, y, 2, k=-1.0, largest="yes")
+    with pytest.raises(TypeError, match="edges must be an int32/int64 tensor"):
+        gs.reconstruction_metrics(x, torch.tensor([[0.0, 1.0]]), k=-1.0)
+    with pytest.raises(IndexError, match=r"edges has node indices outside \[0, N=4\)"):
+        gs.reconstruction_metrics(x, torch.tensor([[0, 9]]), k=-1.0)
+    with pytest.raises(ValueError, match="batch dimensions of m"):
+        gs.mobius_matvec(torch.randn(3, 2, 3, dtype=torch.float64), x, k=-1.0)
+
+
 @pytest.mark.parametrize("kval", [-1.0, 0.5])
 def test_pairwise_rank_matches_brute_force(kval):
     x = _ball(60, 4, k=kval, seed=36).float()
@@ -289,6 +333,18 @@ def test_pairwise_rank_matches_brute_force(kval):
     thr = full[q, t]
     exp = (full[q] < thr[:, None]).sum(-1)
     assert (got == exp).all()
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_reconstruction_metrics_tied_positives(backend):
+    """AP counts the positives at a distance <= d(u, v), ties included (it counted strictly closer + 1)."""
+    # node 0 at the origin; a negative w at 0.1; its positives v and -v at 0.3 (exactly tied: <0, y> = 0)
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.3, 0.0], [-0.3, 0.0]], dtype=torch.float64)
+    edges = torch.tensor([[0, 2], [0, 3]])
+    with geoops.use_backend(backend):
+        mr, mean_ap = gs.reconstruction_metrics(x, edges, k=-1.0)
+    assert mr == 2.0  # w is closer than either positive; the tied positive is not
+    assert mean_ap == pytest.approx(2 / 3)  # 2 positives within d(0, v) / (2 + 1 negative closer); was 1/2
 
 
 def test_reconstruction_metrics_matches_brute_force():
@@ -731,3 +787,32 @@ def test_cdist_fp32_ball_epilogue_log_worst_inputs(kval, epi, monkeypatch):
     out_n = gs.cdist(xn, y, k=kval)
     assert out_n[3].isnan().all() and not out_n[torch.arange(len(x)) != 3].isnan().any()
     assert (gs.cdist(y, y, k=kval).diagonal() == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3000, 1100, 17, 9), (40, 30, 200, 5)], ids=["many-blocks", "one-block"])
+def test_pairwise_gradients_independent_of_thread_count(dtype, shape):
+    """cdist's dy / dk and mobius_matvec's dm were summed per thread in completion order (and a lone block's
+    GEMM ran on MKL's threads): their bits changed with the number of threads."""
+    N, M, D, Do = shape
+    g = torch.Generator().manual_seed(47)
+    x0 = (torch.rand(N, D, generator=g) * 0.2 / D ** 0.5).to(dtype)
+    y0 = (torch.rand(M, D, generator=g) * 0.2 / D ** 0.5).to(dtype)
+    m0 = (torch.randn(Do, D, generator=g) * 0.3).to(dtype)
+    prev = torch.get_num_threads()
+    runs = []
+    try:
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            x, y, m = (t.clone().requires_grad_() for t in (x0, y0, m0))
+            k = torch.tensor(-1.0, dtype=dtype, requires_grad=True)
+            gs.cdist(x, y, k=k).sum().backward()
+            z = gs.mobius_matvec(m, x, k=-1.0)
+            (z * z).sum().backward()
+            runs.append([x.grad, y.grad, k.grad, m.grad])
+    finally:
+        torch.set_num_threads(prev)
+    for other in runs[1:]:
+        for name, a, b in zip(("dx", "dy", "dk", "dm"), runs[0], other):
+            assert torch.equal(a, b), name
+

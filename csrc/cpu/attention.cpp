@@ -123,6 +123,13 @@ void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int6
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
+// max(a, b) that returns NaN when either is NaN (std::max drops a NaN second argument): a NaN score must
+// reach the softmax sum, so that the query's output is NaN as in the eager softmax, not "no admissible pair"
+template <typename T>
+inline T max_nan(T a, T b) {
+  return (b > a || b != b) ? b : a;
+}
+
 template <typename T>
 T row_max(const T* x, int64_t n) {
   constexpr int64_t L = Vec<T>::size();
@@ -130,12 +137,12 @@ T row_max(const T* x, int64_t n) {
   int64_t c = 0;
   if (n >= L) {
     Vec<T> vm = Vec<T>::loadu(x);
-    for (c = L; c + L <= n; c += L) vm = at::vec::maximum(vm, Vec<T>::loadu(x + c));
+    for (c = L; c + L <= n; c += L) vm = at::vec::maximum(vm, Vec<T>::loadu(x + c));  // propagates NaN
     T tmp[L];
     vm.store(tmp);
-    for (int64_t t = 0; t < L; ++t) m = std::max(m, tmp[t]);
+    for (int64_t t = 0; t < L; ++t) m = max_nan(m, tmp[t]);
   }
-  for (; c < n; ++c) m = std::max(m, x[c]);
+  for (; c < n; ++c) m = max_nan(m, x[c]);
   return m;
 }
 
@@ -269,8 +276,12 @@ void fwd_tile(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
           T mx = ninf;
           if (c1 > c0)
             for (int64_t tt = 0; tt < bj; ++tt)
-              if (w.jrow[ii * bj + tt] >= 0) mx = std::max(mx, row_max(S + (ii * bj + tt) * bk + c0, c1 - c0));
-          if (mx == ninf) {  // nothing admissible for this query in this chunk
+              if (w.jrow[ii * bj + tt] >= 0) mx = max_nan(mx, row_max(S + (ii * bj + tt) * bk + c0, c1 - c0));
+          // a NaN or +inf score (NaN input or scale, overflow): the eager softmax gives NaN; l stays NaN and the
+          // query's out and lse are NaN (not left to exp(inf - inf), which the vector exp need not make NaN)
+          const bool poison = !(mx < std::numeric_limits<T>::infinity());
+          if (mx == ninf || poison) {  // nothing admissible for this query in this chunk, or poisoned
+            if (poison) w.l[ii] = std::numeric_limits<T>::quiet_NaN();
             zero(S + ii * bj * bk, bj * bk);
             continue;
           }
@@ -320,6 +331,9 @@ void fwd_tile(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
 #pragma omp simd
       for (int64_t e = 0; e < Dv; ++e) o[e] = acc[e] * inv;
       lse[ii] = w.m[ii] + std::log(l);
+    } else if (l != l) {  // poisoned by a NaN or +inf score (above): NaN, as the eager softmax
+      std::fill(o, o + Dv, std::numeric_limits<T>::quiet_NaN());
+      lse[ii] = std::numeric_limits<T>::quiet_NaN();
     } else {
       zero(o, Dv);
       lse[ii] = ninf;
@@ -406,7 +420,8 @@ void bwd_tile(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
       const int64_t bj = std::min(BJ, Ta - t0), R = nq * bj;
       for (int64_t ii = 0; ii < nq; ++ii) {
         const int64_t i = i0 + ii;
-        const bool any = std::isfinite(static_cast<double>(w.L[ii])) && g.hi_b(i) >= g.lo_b(i);
+        // lse = -inf: no admissible pair (zero gradients); lse = NaN (a NaN forward) propagates NaN
+        const bool any = w.L[ii] != -std::numeric_limits<T>::infinity() && g.hi_b(i) >= g.lo_b(i);
         const T* qi = q + ii * D;
         const T* di = dout + ii * Dv;
         for (int64_t tt = 0; tt < bj; ++tt) {

@@ -43,13 +43,30 @@
 #include <cstdlib>
 #include <string>
 #include <limits>
-#include <mutex>
 #include <vector>
 
 namespace geoops {
 namespace cpu {
 
 namespace {
+
+// Reductions across blocks of rows (cdist's dy / beta / dk, mobius_matvec's dm) use this many fixed groups of
+// blocks, each with its own partial, summed in group order: results independent of the number of threads.
+constexpr int64_t kDetGroups = 16;
+
+// MKL's own threads off (thread-local, restored on exit) for the GEMMs of one parallel task: a task that runs
+// alone (one block or group, a team of one) would otherwise hand its GEMM to MKL's threads, whose split of the
+// sums depends on their number; inside a team of several MKL runs single-threaded anyway.
+struct OneMklThread {
+  const mkl_packed::SgemmApi* api = mkl_packed::packed_sgemm();
+  int prev = 0;
+  OneMklThread() {
+    if (api && api->set_threads_local) prev = api->set_threads_local(1);
+  }
+  ~OneMklThread() {
+    if (api && api->set_threads_local) api->set_threads_local(prev);
+  }
+};
 
 template <typename T>
 constexpr double unit_roundoff() {
@@ -523,6 +540,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
   std::vector<mkl_packed::PackedB> yp_packed;
   if constexpr (is_f32) yp_packed = pack_y(mkl_packed::packed_sgemm_for(RB, s.M, s.D), yp, s.B, s.M, s.D, RB, true);
   at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
+    const OneMklThread one_mkl_thread;
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
       at::Tensor Gv = gemm_target(b).narrow(0, i0, nr);
@@ -634,7 +652,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   at::Tensor dx = want_x ? at::empty_like(x) : x.new_empty({0});
   at::Tensor dyacc = want_y ? at::zeros_like(y) : x.new_empty({0});
   std::vector<double> beta(s.B * s.M, 0.0), dkb(s.B, 0.0);
-  std::mutex mu;
   struct Close {
     int64_t i, j;
     T w;
@@ -650,31 +667,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
     if (recompute) yT_packed = pack_y(api, yp, s.B, s.M, s.D, RB, true);
     if (want_x) y_packed = pack_y(api, yp, s.B, s.M, s.D, RB, false);
   }
-  at::parallel_for(0, s.B * nblk, 1, [&](int64_t c0, int64_t c1) {
+  // The (batch, block) tasks are cut into a fixed number of groups (not one per thread): each group keeps its
+  // partial beta / dk / dy per batch, summed in group order after the region, so the bits do not depend on the
+  // number of threads (they did when each thread's share was added under a lock in completion order).
+  const int64_t ntask = s.B * nblk, ngroups = std::min<int64_t>(ntask, kDetGroups);
+  const int64_t per_group = ngroups > 0 ? (ntask + ngroups - 1) / ngroups : 0;
+  struct Part {
+    int64_t b;
+    std::vector<double> beta;
+    double dk;
+    at::Tensor dy;
+  };
+  std::vector<std::vector<Part>> parts(ngroups);
+  at::parallel_for(0, ngroups, 1, [&](int64_t g0, int64_t g1) {
+    const OneMklThread one_mkl_thread;
     at::Tensor Wt = at::empty({RB, s.M}, x.options());
     T* Wp = Wt.data_ptr<T>();
     at::Tensor Ablk = recompute ? at::empty({RB, s.M}, x.options()) : x.new_empty({0});
-    at::Tensor dyl = want_y ? at::zeros({s.M, s.D}, x.options()) : x.new_empty({0});
+    at::Tensor dyl;
     std::vector<T> colf(s.M);
     std::vector<double> cold(s.M, 0.0), alpha(RB);
     std::vector<Close> closes;
     double dk_acc = 0.0;
-    int64_t cur_b = -1;
-    auto flush = [&]() {  // this chunk's share of batch cur_b into the shared accumulators
+    int64_t cur_b = -1, grp = -1;
+    auto flush = [&]() {  // this group's share of batch cur_b, kept for the ordered sum
       if (cur_b < 0) return;
-      std::lock_guard<std::mutex> lock(mu);
-      for (int64_t j = 0; j < s.M; ++j) beta[cur_b * s.M + j] += cold[j];
-      dkb[cur_b] += dk_acc;
-      if (want_y) dyacc.select(0, cur_b).add_(dyl);
+      parts[grp].push_back({cur_b, cold, dk_acc, dyl});
     };
-    for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t c = g0 * per_group; c < std::min(ntask, g1 * per_group); ++c) {
       const int64_t b = c / nblk, i0 = (c % nblk) * RB, nr = std::min(s.N, i0 + RB) - i0;
-      if (b != cur_b) {
+      if (b != cur_b || c / per_group != grp) {
         flush();
         cur_b = b;
+        grp = c / per_group;
         std::fill(cold.begin(), cold.end(), 0.0);
         dk_acc = 0.0;
-        if (want_y) dyl.zero_();
+        dyl = want_y ? at::zeros({s.M, s.D}, x.options()) : x.new_empty({0});
       }
       const double kv = kp[b];
       const T* pyb = pyc.data() + b * s.M;
@@ -749,6 +777,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
     }
     flush();
   });
+  for (const auto& pg : parts)  // fixed order: group by group
+    for (const Part& pt : pg) {
+      for (int64_t j = 0; j < s.M; ++j) beta[pt.b * s.M + j] += pt.beta[j];
+      dkb[pt.b] += pt.dk;
+      if (want_y) dyacc.select(0, pt.b).add_(pt.dy);
+    }
 
   at::Tensor dy = x.new_empty({0});
   if (want_y) {
@@ -1012,6 +1046,7 @@ void mv_fwd_kernel(const at::Tensor& x, const at::Tensor& m, at::Tensor& out, do
     if (Di > 0 && Do > 0) mpk = pack_y(mkl_packed::packed_sgemm_for(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, true);
   }
   at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
+    const OneMklThread one_mkl_thread;
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
       at::Tensor ov = out.narrow(0, r0, nr);
@@ -1031,18 +1066,24 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
   const scalar_t* gp = g.data_ptr<scalar_t>();
   const scalar_t* op = out.data_ptr<scalar_t>();
   const int64_t RB = mv_block_rows(R, Do), nblk = (R + RB - 1) / RB;
-  std::mutex mu;
+  // dm: one partial per group of blocks (a fixed number of groups, not one per thread), summed in group order
+  // after the region: the same bits for any number of threads
+  const int64_t ngroups = std::min<int64_t>(nblk, kDetGroups);
+  const int64_t per_group = ngroups ? (nblk + ngroups - 1) / ngroups : 0;
+  std::vector<at::Tensor> dm_parts(ngroups);
   std::vector<mkl_packed::PackedB> mpk;  // float: m packed once as the B operand of every block's dx_b = gv_b m
   if constexpr (std::is_same<scalar_t, float>::value) {
     if (want_x && Di > 0 && Do > 0) mpk = pack_y(mkl_packed::packed_sgemm_for(RB, Do, Di), m.data_ptr<float>(), 1, Do, Di, RB, false);
   }
-  at::parallel_for(0, nblk, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, ngroups, 1, [&](int64_t g0, int64_t g1) {
+    const OneMklThread one_mkl_thread;
     at::Tensor GV = at::empty({RB, Do}, x.options());
     scalar_t* gvp = GV.data_ptr<scalar_t>();
-    at::Tensor dml = want_m ? at::zeros({Do, Di}, x.options()) : at::Tensor();
+    at::Tensor dml;
     std::vector<scalar_t> cx(RB);
-    for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t c = g0 * per_group; c < std::min(nblk, g1 * per_group); ++c) {
       const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
+      if (want_m && c % per_group == 0) dml = dm_parts[c / per_group] = at::zeros({Do, Di}, x.options());
       for (int64_t r = r0; r < r0 + nr; ++r) {
         const scalar_t* gr = gp + r * Do;
         const scalar_t* orow = op + r * Do;
@@ -1075,11 +1116,10 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
       }
       if (want_m) dml.addmm_(gvv.t(), xb);
     }
-    if (want_m) {
-      std::lock_guard<std::mutex> lock(mu);
-      dm.add_(dml);
-    }
   });
+  if (want_m)
+    for (const at::Tensor& part : dm_parts)
+      if (part.defined()) dm.add_(part);  // groups past the last block hold none
 }
 
 }  // namespace
@@ -1161,6 +1201,7 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& x, const at::Tenso
   const int64_t nblocks = (N + RB - 1) / RB;
   const T kT = T(kv);
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    const OneMklThread one_mkl_thread;
     std::vector<T> G;
     std::vector<double> x2(RB);
     for (int64_t blk = b0; blk < b1; ++blk) {
@@ -1191,10 +1232,16 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& x, const at::Tenso
             if (kv < 0) key = T(a) / (px * py[j]);
             else if (kv > 0) key = T(a) / std::max(px * py[j] - kT * T(a), T(0));
             else key = T(a);
-            const bool better = largest ? key > bk[n - 1] : key < bk[n - 1];
-            if (!better) continue;
+            // key ranks before slot p: the slot is empty, or key is strictly better; a NaN key (NaN input)
+            // ranks as torch.topk ranks NaN (above every number), so every slot gets an index of y
+            auto before = [&](int64_t p) {
+              const T b = bk[p];
+              if (bi[p] < 0) return true;
+              return largest ? (key > b || (key != key && b == b)) : (key < b || (b != b && key == key));
+            };
+            if (!before(n - 1)) continue;
             int64_t p = n - 1;  // insertion into the sorted buffer (ties keep the earlier index first)
-            while (p > 0 && (largest ? key > bk[p - 1] : key < bk[p - 1])) {
+            while (p > 0 && before(p - 1)) {
               bk[p] = bk[p - 1];
               bi[p] = bi[p - 1];
               --p;
@@ -1246,6 +1293,7 @@ std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tens
   const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(256, block_elems / M));
   const int64_t nblocks = (U + RB - 1) / RB;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    const OneMklThread one_mkl_thread;
     at::Tensor Xb = at::empty({RB, D}, x.options());
     at::Tensor G = at::empty({RB, M}, x.options());
     T* Xbp = Xb.data_ptr<T>();

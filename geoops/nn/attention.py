@@ -51,6 +51,8 @@ class TripleAttention(nn.Module):
                 raise ValueError(f"TripleAttention: embed_dim={embed_dim} is not a multiple of num_heads="
                                  f"{num_heads}; pass head_dim")
             head_dim = embed_dim // num_heads
+        if window is not None:
+            _attention._window_arg(window, causal)  # raises (naming `window`) now rather than at the first call
         fk = dict(device=device, dtype=dtype)
         self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim = embed_dim, num_heads, num_kv_heads, head_dim
         self.causal, self.window, self.scale = causal, window, scale
@@ -62,6 +64,11 @@ class TripleAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"TripleAttention: x must have shape (B, N, {self.embed_dim}), got {tuple(x.shape)}")
         ctx = x if context is None else context
+        if context is not None and (not isinstance(context, torch.Tensor) or context.dim() != 3
+                                    or context.shape[0] != x.shape[0] or context.shape[-1] != self.embed_dim):
+            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(f"TripleAttention: context must have shape ({x.shape[0]}, M, {self.embed_dim}) "
+                             f"(x's batch size and embed_dim), got {shape}")
         B, N, _ = x.shape
         M = ctx.shape[1]
         q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)

@@ -68,3 +68,15 @@ def test_empty_rows():
     ins = _inputs(1, 1, 1, 6, 6, 3, 4, 4, torch.float32)
     out, lse = ga.triple_attention(*ins, window=(2, 1), return_lse=True)
     assert torch.isinf(lse[..., 3:]).all() and not out[..., 3:, :].any()
+
+
+def test_nan_scores_propagate():
+    """A NaN score gives NaN for that query (out and lse), not the zeros / -inf of a query without pairs."""
+    ins = _inputs(1, 1, 1, 6, 6, 6, 4, 4, torch.float32)
+    ins[1][0, 0, 2, 0] = float("nan")
+    out, lse = ga.triple_attention(*ins, causal=True, return_lse=True)
+    rout = ref.triple_attention(*[t.double().cpu() for t in ins], causal=True)
+    assert torch.equal(out.isnan().any(-1).cpu(), rout.isnan().any(-1)) and lse[..., 2:].isnan().all()
+    xs = [t.detach().clone().requires_grad_(True) for t in ins]
+    ga.triple_attention(*xs, causal=True).sum().backward()
+    assert xs[0].grad[..., 2:, :].isnan().all()
