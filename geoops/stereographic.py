@@ -1328,8 +1328,40 @@ def _dot(a, b, dim, keepdim=True):
     return (a * b).sum(dim=dim, keepdim=keepdim)
 
 
+def _check_surface(op: str, dim, k=None, **tensors):
+    """The composed ops' argument checks, before any kernel runs: every named argument a floating-point
+    tensor on the first one's device, all broadcasting against each other (and a tensor ``k`` against
+    them), ``dim`` an int in range."""
+    shape, seen, dev = None, [], None
+    for name, t in tensors.items():
+        _check_float(op, name, t)
+        if not seen:
+            shape, dev = t.shape, t.device
+        elif t.device != dev:
+            _fail(op, f"{name} is on {t.device} but {seen[0]} is on {dev}; all tensors must be on one device")
+        else:
+            try:
+                shape = _broadcast2(shape, t.shape)
+            except RuntimeError:
+                _fail(op, f"{name} of shape {tuple(t.shape)} does not broadcast against {', '.join(seen)} "
+                          f"(shape {tuple(shape)})")
+        seen.append(name)
+    if isinstance(k, torch.Tensor) and k.dim():
+        try:
+            _broadcast2(shape, k.shape)
+        except RuntimeError:
+            _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the inputs' shape {tuple(shape)}")
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    if len(shape) == 0:
+        _fail(op, f"{seen[0]} must have at least one dimension (the vector dimension `dim`), got a 0-d tensor")
+    if not -len(shape) <= dim < len(shape):
+        _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
+
+
 def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Gyration gyr[a, b]u = -(a (+) b) (+) (a (+) (b (+) u)), in geoopt's closed form (one pass of dot products)."""
+    _check_surface("gyration", dim, k, a=a, b=b, u=u)
     k = _kt("gyration", k, u)
     a2, b2, ab = _dot(a, a, dim), _dot(b, b, dim), _dot(a, b, dim)
     au, bu = _dot(a, u, dim), _dot(b, u, dim)
@@ -1342,16 +1374,19 @@ def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int =
 
 def mobius_coadd(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Mobius coaddition x [+] y = x (+) gyr[x, -y] y."""
+    _check_surface("mobius_coadd", dim, k, x=x, y=y)
     return mobius_add(x, gyration(x, -y, y, k=k, dim=dim), k=k, dim=dim)
 
 
 def mobius_cosub(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Mobius cosubtraction x [-] y = x [+] (-y)."""
+    _check_surface("mobius_cosub", dim, k, x=x, y=y)
     return mobius_coadd(x, -y, k=k, dim=dim)
 
 
 def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from x to y: gyr[y, -x] v * lambda_x / lambda_y."""
+    _check_surface("parallel_transport", dim, k, x=x, y=y, v=v)
     lx = lambda_x(x, k=k, keepdim=True, dim=dim)
     ly = lambda_x(y, k=k, keepdim=True, dim=dim)
     return gyration(y, -x, v, k=k, dim=dim) * lx / ly
@@ -1359,33 +1394,47 @@ def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, 
 
 def parallel_transport0(y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from the origin to y: v (1 + k|y|^2) (clamped at 1e-15, as geoopt)."""
+    _check_surface("parallel_transport0", dim, k, y=y, v=v)
     k = _kt("parallel_transport0", k, v)
     return v * (1 + k * _dot(y, y, dim)).clamp_min(1e-15)
 
 
 def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from x to the origin: v / (1 + k|x|^2)."""
+    _check_surface("parallel_transport0back", dim, k, x=x, v=v)
     k = _kt("parallel_transport0back", k, v)
     return v / (1 + k * _dot(x, x, dim)).clamp_min(1e-15)
 
 
 def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
+    _check_surface("egrad2rgrad", dim, k, x=x, grad=grad)
     return grad / lambda_x(x, k=k, keepdim=True, dim=dim) ** 2
 
 
 def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
-    """Riemannian inner product at x: lambda_x^2 <u, v>."""
-    return lambda_x(x, k=k, keepdim=True, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
+    """Riemannian inner product at x: lambda_x^2 <u, v>, reduced over ``dim`` (kept with size 1 when ``keepdim``).
+
+    Deliberate difference from geoopt: with ``keepdim=False`` geoopt multiplies a kept-dim lambda_x^2 by the
+    reduced <u, v>, so rows of shape (B, D) give a (B, B) outer product; here the result has shape (B,).
+    """
+    _check_surface("inner", dim, k, x=x, u=u, v=v)
+    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
     """Riemannian norm at x: lambda_x |u|."""
+    _check_surface("norm", dim, k, x=x, u=u)
     return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
 def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
+    _check_surface("geodesic", dim, k, x=x, y=y)
+    if isinstance(t, torch.Tensor):
+        _check_float("geodesic", "t", t)
+    elif not isinstance(t, numbers.Real):
+        _fail("geodesic", f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
     v = mobius_add(-x, y, k=k, dim=dim)
     t = torch.as_tensor(t, dtype=v.dtype, device=v.device)
     return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
@@ -1399,6 +1448,11 @@ def tan_k(x: torch.Tensor, k) -> torch.Tensor:
 
 def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
+    _check_surface("geodesic_unit", dim, k, x=x, u=u)
+    if isinstance(t, torch.Tensor):
+        _check_float("geodesic_unit", "t", t)
+    elif not isinstance(t, numbers.Real):
+        _fail("geodesic_unit", f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
     kk = _kt("geodesic_unit", k, u)
     t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
     un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
@@ -1407,17 +1461,20 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction."""
+    _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
-    if bool(torch.all(kk.le(0))):
+    sphere = kk.gt(0)
+    if not torch.compiler.is_compiling() and not bool(sphere.any()):  # eager shortcut (compile: no data-dependent branch)
         return -x
+    ks = torch.where(sphere, kk, torch.ones_like(kk))  # the sphere's formula on a safe k where it is not used
     v = x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-15)
-    R = kk.abs().clamp_min(1e-15).sqrt().reciprocal()
-    a = geodesic_unit(math.pi * R, x, v, k=k, dim=dim)
-    return torch.where(kk.gt(0), a, -x)
+    a = geodesic_unit(math.pi * ks.sqrt().reciprocal(), x, v, k=ks, dim=dim)
+    return torch.where(sphere, a, -x)
 
 
 def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
+    _check_surface("sproj", dim, k, x=x)
     kk = _kt("sproj", k, x)
     inv_r = kk.abs().sqrt()
     factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))
@@ -1426,6 +1483,7 @@ def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 
 def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Inverse stereographic projection: (lambda_x x, (lambda_x - 1)/sqrt|k|)."""
+    _check_surface("inv_sproj", dim, k, x=x)
     kk = _kt("inv_sproj", k, x)
     lam = lambda_x(x, k=kk, keepdim=True, dim=dim)
     return torch.cat((lam * x, (lam - 1.0) / kk.abs().sqrt()), dim=dim)
@@ -1452,6 +1510,7 @@ def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
 def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim: bool = False, signed: bool = False,
                scaled: bool = False, dim: int = -1):
     """Distance from x to the gyroplane through p with normal a (geoopt's dist2plane)."""
+    _check_surface("dist2plane", dim, k, x=x, p=p, a=a)
     kk = _kt("dist2plane", k, x)
     diff = mobius_add(-p, x, k=k, dim=dim)
     diff2 = _dot(diff, diff, dim, keepdim=keepdim).clamp_min(1e-15)
@@ -1472,6 +1531,17 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     m = 1/2 (x) (sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1)); on the sphere the better of m and its
     antipode; with ``lincomb`` scaled by the sum of the weights.
     """
+    _check_surface("weighted_midpoint", dim, k, xs=xs)
+    if weights is not None:
+        _check_float("weighted_midpoint", "weights", weights)
+        if weights.dim() >= xs.dim():
+            _fail("weighted_midpoint", f"weights of shape {tuple(weights.shape)} must have fewer dimensions than "
+                                       f"xs {tuple(xs.shape)} (one weight per point, no vector dimension)")
+        try:
+            _broadcast2(xs.shape, weights.unsqueeze(dim % xs.dim()).shape)
+        except RuntimeError:
+            _fail("weighted_midpoint", f"weights of shape {tuple(weights.shape)} does not broadcast against xs "
+                                       f"{tuple(xs.shape)} without its dim={dim}")
     kk = _kt("weighted_midpoint", k, xs)
     nd = xs.dim()
     d = dim % nd
@@ -1479,7 +1549,8 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
         reducedim = [i for i in range(nd) if i != d]
     gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
     w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
-    if posweight and bool(w.lt(0).any()):
+    compiling = torch.compiler.is_compiling()  # no data-dependent branches under torch.compile
+    if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
         w = w.abs()
     den = ((gamma - 1) * w).sum(reducedim, keepdim=True)
@@ -1488,7 +1559,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     two_mean = num / den
     half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
     mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
-    if bool(torch.any(kk.gt(0))):
+    if compiling or bool(torch.any(kk.gt(0))):
         b_mean = antipode(mean, k=kk, dim=dim)
         a_dist = dist(mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
         b_dist = dist(b_mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
@@ -1511,6 +1582,8 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
 
 def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> torch.Tensor:
     """Mobius version of fn: expmap0(fn(logmap0(x), *args, **kwargs))."""
+    if not callable(fn):
+        _fail("mobius_fn_apply", f"fn must be callable, got {type(fn).__name__}", TypeError)
     return expmap0(fn(logmap0(x, k=k, dim=dim), *args, **kwargs), k=k, dim=dim)
 
 
@@ -1526,6 +1599,7 @@ def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tens
 
 def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Retraction x + u followed by projection into the ball (geoopt's Stereographic.retr)."""
+    _check_surface("retr", dim, k, x=x, u=u)
     return project(x + u, k=k, dim=dim)
 
 
