@@ -19,7 +19,9 @@ dtype.  Differences from geoopt, all deliberate:
 * the ops are analytic in k through k = 0 (Taylor series near the Euclidean
   limit) and at zero vectors, where values and gradients are finite;
 * a ``k`` shaped like the batch (e.g. ``(B, 1)``) gives ``dist(..., keepdim=False)``
-  of shape ``(B,)`` (geoopt broadcasts it to ``(B, B)``);
+  of shape ``(B,)`` (geoopt broadcasts it to ``(B, B)``), likewise ``dist0``, ``lambda_x``, ``norm``;
+* ``inner(x, u, v, keepdim=False)`` of ``(B, D)`` rows has shape ``(B,)`` (geoopt's is a
+  ``(B, B)`` outer product of lambda_x^2 and <u, v>);
 * float16/bfloat16 ``project`` uses a margin of 4e-3/8e-3 (geoopt has none).
 """
 from __future__ import annotations
@@ -1317,7 +1319,7 @@ _backend.checks_enabled()
 __all__ += ["gyration", "mobius_coadd", "mobius_cosub", "parallel_transport", "parallel_transport0",
             "parallel_transport0back", "egrad2rgrad", "inner", "norm", "geodesic", "geodesic_unit", "antipode",
             "sproj", "inv_sproj", "dist2plane", "weighted_midpoint", "mobius_fn_apply", "mobius_fn_apply_chain",
-            "arsin_k", "sin_k", "retr"]
+            "tan_k", "artan_k", "arsin_k", "sin_k", "retr"]
 
 
 def _kt(op, k, like):
@@ -1444,6 +1446,12 @@ def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
     k = _kt("tan_k", k, x)
     return _ref.tan_k(x, k)
+
+
+def artan_k(x: torch.Tensor, k) -> torch.Tensor:
+    """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
+    k = _kt("artan_k", k, x)
+    return _ref.artan_k(x, k)
 
 
 def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:

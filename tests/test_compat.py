@@ -226,6 +226,16 @@ def test_antipode_per_row_curvature_of_both_signs():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["tan_k", "artan_k", "sin_k", "arsin_k"])
+def test_curvature_trig_matches_geoopt(name):
+    """geoopt's tan_k / artan_k / sin_k / arsin_k (artan_k was missing, tan_k not exported), through k = 0."""
+    assert name in gs.__all__
+    x = torch.linspace(-0.6, 0.6, 7, dtype=torch.float64)  # inside the ball of k = -2
+    for kval in (-2.0, -1e-7, 0.0, 1e-5, 0.5):
+        k = torch.tensor(kval, dtype=torch.float64)
+        torch.testing.assert_close(getattr(gs, name)(x, k), getattr(gm, name)(x, k), rtol=1e-9, atol=1e-12)
+
+
 def test_missing_geoopt_gives_clear_error():
     code = (
         "import sys; sys.modules['geoopt'] = None\n"
