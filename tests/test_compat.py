@@ -226,6 +226,36 @@ def test_antipode_per_row_curvature_of_both_signs():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("opt,kw", [("RiemannianSGD", dict(lr=1e-4, momentum=0.9, nesterov=True)),
+                                    ("RiemannianSGD", dict(lr=1e-2, weight_decay=0.1, stabilize=2)),
+                                    ("RiemannianAdam", dict(lr=1e-2, amsgrad=True, weight_decay=0.01, stabilize=3))])
+@pytest.mark.parametrize("man", ["PoincareBall-learnable", "SphereProjection", "PoincareBallExact"])
+def test_patched_training_matches_geoopt(man, opt, kw):
+    """A few steps of a small loss over dist, dist0, logmap0, norm and inner: patched and plain geoopt agree
+    (momentum, weight decay, stabilize, Adam / AMSGrad, a learnable curvature, the Exact variant)."""
+    def run():
+        torch.manual_seed(0)
+        m = {"PoincareBall-learnable": lambda: geoopt.PoincareBall(c=1.3, learnable=True),
+             "SphereProjection": lambda: geoopt.SphereProjection(k=0.8),
+             "PoincareBallExact": lambda: geoopt.PoincareBallExact(c=0.7)}[man]().to(torch.float64)
+        emb = geoopt.ManifoldParameter(m.random_normal(12, 4, std=0.3, dtype=torch.float64), manifold=m)
+        params = [emb] + list(m.parameters())
+        o = getattr(geoopt.optim, opt)(params, **kw)
+        for _ in range(4):
+            o.zero_grad()
+            loss = (m.dist(emb[:6], emb[6:]).pow(2).sum() + m.dist0(emb[:3]).sum() + m.logmap0(emb).pow(2).sum()
+                    + m.norm(emb[:4], emb[4:8]).sum() + m.inner(emb[:2], emb[2:4], emb[4:6], keepdim=True).sum())
+            loss.backward()
+            o.step()
+        return [p.detach().clone() for p in params]
+
+    plain = run()
+    with compat.patched_geoopt():
+        patched = run()
+    for a, b in zip(patched, plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.parametrize("name", ["tan_k", "artan_k", "sin_k", "arsin_k"])
 def test_curvature_trig_matches_geoopt(name):
     """geoopt's tan_k / artan_k / sin_k / arsin_k (artan_k was missing, tan_k not exported), through k = 0."""
