@@ -1330,6 +1330,12 @@ def _dot(a, b, dim, keepdim=True):
     return (a * b).sum(dim=dim, keepdim=keepdim)
 
 
+def _branch_free() -> bool:
+    """Under torch.compile or a torch.func transform the composed ops take no data-dependent branch (a bool()
+    of a traced / batched tensor fails there); eagerly they skip work that the values make unnecessary."""
+    return torch.compiler.is_compiling() or _functorch_active()
+
+
 def _check_surface(op: str, dim, k=None, **tensors):
     """The composed ops' argument checks, before any kernel runs: every named argument a floating-point
     tensor on the first one's device, all broadcasting against each other (and a tensor ``k`` against
@@ -1472,7 +1478,7 @@ def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
-    if not torch.compiler.is_compiling() and not bool(sphere.any()):  # eager shortcut (compile: no data-dependent branch)
+    if not _branch_free() and not bool(sphere.any()):  # eager shortcut
         return -x
     ks = torch.where(sphere, kk, torch.ones_like(kk))  # the sphere's formula on a safe k where it is not used
     v = x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-15)
@@ -1557,7 +1563,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
         reducedim = [i for i in range(nd) if i != d]
     gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
     w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
-    compiling = torch.compiler.is_compiling()  # no data-dependent branches under torch.compile
+    compiling = _branch_free()
     if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
         w = w.abs()
