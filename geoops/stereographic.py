@@ -19,7 +19,8 @@ dtype.  Differences from geoopt, all deliberate:
 * the ops are analytic in k through k = 0 (Taylor series near the Euclidean
   limit) and at zero vectors, where values and gradients are finite;
 * a ``k`` shaped like the batch (e.g. ``(B, 1)``) gives ``dist(..., keepdim=False)``
-  of shape ``(B,)`` (geoopt broadcasts it to ``(B, B)``), likewise ``dist0``, ``lambda_x``, ``norm``;
+  of shape ``(B,)`` (geoopt broadcasts it to ``(B, B)``), likewise ``dist0``, ``lambda_x``, ``norm``,
+  ``dist2plane``;
 * ``inner(x, u, v, keepdim=False)`` of ``(B, D)`` rows has shape ``(B,)`` (geoopt's is a
   ``(B, B)`` outer product of lambda_x^2 and <u, v>);
 * float16/bfloat16 ``project`` uses a margin of 4e-3/8e-3 (geoopt has none).
@@ -1527,15 +1528,17 @@ def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim:
     _check_surface("dist2plane", dim, k, x=x, p=p, a=a)
     kk = _kt("dist2plane", k, x)
     diff = mobius_add(-p, x, k=k, dim=dim)
-    diff2 = _dot(diff, diff, dim, keepdim=keepdim).clamp_min(1e-15)
-    sc = _dot(diff, a, dim, keepdim=keepdim)
+    # reduced with keepdim=True and squeezed at the end: a per-row k (B, 1) against (B,) sums gave (B, B)
+    diff2 = _dot(diff, diff, dim).clamp_min(1e-15)
+    sc = _dot(diff, a, dim)
     if not signed:
         sc = sc.abs()
-    an = a.norm(dim=dim, keepdim=keepdim, p=2)
+    an = a.norm(dim=dim, keepdim=True, p=2)
     den = (1 + kk * diff2) * an
     den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
     d = arsin_k(2.0 * sc / den, kk)
-    return d * an if scaled else d
+    d = d * an if scaled else d
+    return d if keepdim else d.squeeze(dim)
 
 
 def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,

@@ -159,6 +159,20 @@ def test_inner_keepdim_false(dim):
         assert man.inner(x.t() if dim == 0 else x, u.t() if dim == 0 else u).shape == (5,)
 
 
+@pytest.mark.parametrize("scaled", [False, True])
+def test_dist2plane_per_row_curvature_keepdim_false(scaled):
+    """dist2plane with a per-row k (B, 1) and keepdim=False: one distance per row (B,); it multiplied k by the
+    reduced (B,) sums, a (B, B) matrix (as geoopt does).  Values equal geoopt's keepdim=True rows."""
+    x, p, a = _pts(5, 3, seed=12), _pts(5, 3, seed=13), _pts(5, 3, seed=14)
+    k = torch.tensor([[-1.0], [-0.3], [0.0], [0.4], [0.9]], dtype=torch.float64)
+    got = gs.dist2plane(x, p, a, k=k, signed=True, scaled=scaled)
+    assert got.shape == (5,)
+    exp = gm.dist2plane(x, p, a, k=k, keepdim=True, signed=True, scaled=scaled).squeeze(-1)
+    torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(gs.dist2plane(x.t(), p.t(), a.t(), k=k.t(), dim=0, signed=True, scaled=scaled), exp,
+                               rtol=1e-9, atol=1e-11)
+
+
 _BAD = torch.ones(4, 3, dtype=torch.int64)
 _X = torch.randn(4, 3, dtype=torch.float64) * 0.1
 
