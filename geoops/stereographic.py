@@ -19,7 +19,10 @@ dtype.  Differences from geoopt, all deliberate:
 * the ops are analytic in k through k = 0 (Taylor series near the Euclidean
   limit) and at zero vectors, where values and gradients are finite;
 * a ``k`` shaped like the batch (e.g. ``(B, 1)``) gives ``dist(..., keepdim=False)``
-  of shape ``(B,)`` (geoopt broadcasts it to ``(B, B)``);
+  of shape ``(B,)`` (geoopt broadcasts it to ``(B, B)``), likewise ``dist0``, ``lambda_x``, ``norm``,
+  ``dist2plane``;
+* ``inner(x, u, v, keepdim=False)`` of ``(B, D)`` rows has shape ``(B,)`` (geoopt's is a
+  ``(B, B)`` outer product of lambda_x^2 and <u, v>);
 * float16/bfloat16 ``project`` uses a margin of 4e-3/8e-3 (geoopt has none).
 """
 from __future__ import annotations
@@ -1362,7 +1365,7 @@ _backend.checks_enabled()
 __all__ += ["gyration", "mobius_coadd", "mobius_cosub", "parallel_transport", "parallel_transport0",
             "parallel_transport0back", "egrad2rgrad", "inner", "norm", "geodesic", "geodesic_unit", "antipode",
             "sproj", "inv_sproj", "dist2plane", "weighted_midpoint", "mobius_fn_apply", "mobius_fn_apply_chain",
-            "arsin_k", "sin_k", "retr"]
+            "tan_k", "artan_k", "arsin_k", "sin_k", "retr"]
 
 
 def _kt(op, k, like):
@@ -1373,8 +1376,46 @@ def _dot(a, b, dim, keepdim=True):
     return (a * b).sum(dim=dim, keepdim=keepdim)
 
 
+def _branch_free() -> bool:
+    """Under torch.compile or a torch.func transform the composed ops take no data-dependent branch (a bool()
+    of a traced / batched tensor fails there); eagerly they skip work that the values make unnecessary."""
+    return torch.compiler.is_compiling() or _functorch_active()
+
+
+def _check_surface(op: str, dim, k=None, **tensors):
+    """The composed ops' argument checks, before any kernel runs: every named argument a floating-point
+    tensor on the first one's device, all broadcasting against each other (and a tensor ``k`` against
+    them), ``dim`` an int in range."""
+    shape, seen, dev = None, [], None
+    for name, t in tensors.items():
+        _check_float(op, name, t)
+        if not seen:
+            shape, dev = t.shape, t.device
+        elif t.device != dev:
+            _fail(op, f"{name} is on {t.device} but {seen[0]} is on {dev}; all tensors must be on one device")
+        else:
+            try:
+                shape = _broadcast2(shape, t.shape)
+            except RuntimeError:
+                _fail(op, f"{name} of shape {tuple(t.shape)} does not broadcast against {', '.join(seen)} "
+                          f"(shape {tuple(shape)})")
+        seen.append(name)
+    if isinstance(k, torch.Tensor) and k.dim():
+        try:
+            _broadcast2(shape, k.shape)
+        except RuntimeError:
+            _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the inputs' shape {tuple(shape)}")
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    if len(shape) == 0:
+        _fail(op, f"{seen[0]} must have at least one dimension (the vector dimension `dim`), got a 0-d tensor")
+    if not -len(shape) <= dim < len(shape):
+        _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
+
+
 def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Gyration gyr[a, b]u = -(a (+) b) (+) (a (+) (b (+) u)), in geoopt's closed form (one pass of dot products)."""
+    _check_surface("gyration", dim, k, a=a, b=b, u=u)
     k = _kt("gyration", k, u)
     a2, b2, ab = _dot(a, a, dim), _dot(b, b, dim), _dot(a, b, dim)
     au, bu = _dot(a, u, dim), _dot(b, u, dim)
@@ -1387,16 +1428,19 @@ def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int =
 
 def mobius_coadd(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Mobius coaddition x [+] y = x (+) gyr[x, -y] y."""
+    _check_surface("mobius_coadd", dim, k, x=x, y=y)
     return mobius_add(x, gyration(x, -y, y, k=k, dim=dim), k=k, dim=dim)
 
 
 def mobius_cosub(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Mobius cosubtraction x [-] y = x [+] (-y)."""
+    _check_surface("mobius_cosub", dim, k, x=x, y=y)
     return mobius_coadd(x, -y, k=k, dim=dim)
 
 
 def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from x to y: gyr[y, -x] v * lambda_x / lambda_y."""
+    _check_surface("parallel_transport", dim, k, x=x, y=y, v=v)
     lx = lambda_x(x, k=k, keepdim=True, dim=dim)
     ly = lambda_x(y, k=k, keepdim=True, dim=dim)
     return gyration(y, -x, v, k=k, dim=dim) * lx / ly
@@ -1404,33 +1448,47 @@ def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, 
 
 def parallel_transport0(y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from the origin to y: v (1 + k|y|^2) (clamped at 1e-15, as geoopt)."""
+    _check_surface("parallel_transport0", dim, k, y=y, v=v)
     k = _kt("parallel_transport0", k, v)
     return v * (1 + k * _dot(y, y, dim)).clamp_min(1e-15)
 
 
 def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from x to the origin: v / (1 + k|x|^2)."""
+    _check_surface("parallel_transport0back", dim, k, x=x, v=v)
     k = _kt("parallel_transport0back", k, v)
     return v / (1 + k * _dot(x, x, dim)).clamp_min(1e-15)
 
 
 def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
+    _check_surface("egrad2rgrad", dim, k, x=x, grad=grad)
     return grad / lambda_x(x, k=k, keepdim=True, dim=dim) ** 2
 
 
 def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
-    """Riemannian inner product at x: lambda_x^2 <u, v>."""
-    return lambda_x(x, k=k, keepdim=True, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
+    """Riemannian inner product at x: lambda_x^2 <u, v>, reduced over ``dim`` (kept with size 1 when ``keepdim``).
+
+    Deliberate difference from geoopt: with ``keepdim=False`` geoopt multiplies a kept-dim lambda_x^2 by the
+    reduced <u, v>, so rows of shape (B, D) give a (B, B) outer product; here the result has shape (B,).
+    """
+    _check_surface("inner", dim, k, x=x, u=u, v=v)
+    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
     """Riemannian norm at x: lambda_x |u|."""
+    _check_surface("norm", dim, k, x=x, u=u)
     return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
 def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
+    _check_surface("geodesic", dim, k, x=x, y=y)
+    if isinstance(t, torch.Tensor):
+        _check_float("geodesic", "t", t)
+    elif not isinstance(t, numbers.Real):
+        _fail("geodesic", f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
     v = mobius_add(-x, y, k=k, dim=dim)
     t = torch.as_tensor(t, dtype=v.dtype, device=v.device)
     return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
@@ -1442,8 +1500,19 @@ def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     return _ref.tan_k(x, k)
 
 
+def artan_k(x: torch.Tensor, k) -> torch.Tensor:
+    """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
+    k = _kt("artan_k", k, x)
+    return _ref.artan_k(x, k)
+
+
 def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
+    _check_surface("geodesic_unit", dim, k, x=x, u=u)
+    if isinstance(t, torch.Tensor):
+        _check_float("geodesic_unit", "t", t)
+    elif not isinstance(t, numbers.Real):
+        _fail("geodesic_unit", f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
     kk = _kt("geodesic_unit", k, u)
     t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
     un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
@@ -1452,17 +1521,20 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction."""
+    _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
-    if bool(torch.all(kk.le(0))):
+    sphere = kk.gt(0)
+    if not _branch_free() and not bool(sphere.any()):  # eager shortcut
         return -x
+    ks = torch.where(sphere, kk, torch.ones_like(kk))  # the sphere's formula on a safe k where it is not used
     v = x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-15)
-    R = kk.abs().clamp_min(1e-15).sqrt().reciprocal()
-    a = geodesic_unit(math.pi * R, x, v, k=k, dim=dim)
-    return torch.where(kk.gt(0), a, -x)
+    a = geodesic_unit(math.pi * ks.sqrt().reciprocal(), x, v, k=ks, dim=dim)
+    return torch.where(sphere, a, -x)
 
 
 def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
+    _check_surface("sproj", dim, k, x=x)
     kk = _kt("sproj", k, x)
     inv_r = kk.abs().sqrt()
     factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))
@@ -1471,6 +1543,7 @@ def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 
 def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Inverse stereographic projection: (lambda_x x, (lambda_x - 1)/sqrt|k|)."""
+    _check_surface("inv_sproj", dim, k, x=x)
     kk = _kt("inv_sproj", k, x)
     lam = lambda_x(x, k=kk, keepdim=True, dim=dim)
     return torch.cat((lam * x, (lam - 1.0) / kk.abs().sqrt()), dim=dim)
@@ -1497,17 +1570,20 @@ def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
 def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim: bool = False, signed: bool = False,
                scaled: bool = False, dim: int = -1):
     """Distance from x to the gyroplane through p with normal a (geoopt's dist2plane)."""
+    _check_surface("dist2plane", dim, k, x=x, p=p, a=a)
     kk = _kt("dist2plane", k, x)
     diff = mobius_add(-p, x, k=k, dim=dim)
-    diff2 = _dot(diff, diff, dim, keepdim=keepdim).clamp_min(1e-15)
-    sc = _dot(diff, a, dim, keepdim=keepdim)
+    # reduced with keepdim=True and squeezed at the end: a per-row k (B, 1) against (B,) sums gave (B, B)
+    diff2 = _dot(diff, diff, dim).clamp_min(1e-15)
+    sc = _dot(diff, a, dim)
     if not signed:
         sc = sc.abs()
-    an = a.norm(dim=dim, keepdim=keepdim, p=2)
+    an = a.norm(dim=dim, keepdim=True, p=2)
     den = (1 + kk * diff2) * an
     den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
     d = arsin_k(2.0 * sc / den, kk)
-    return d * an if scaled else d
+    d = d * an if scaled else d
+    return d if keepdim else d.squeeze(dim)
 
 
 def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,
@@ -1517,6 +1593,17 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     m = 1/2 (x) (sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1)); on the sphere the better of m and its
     antipode; with ``lincomb`` scaled by the sum of the weights.
     """
+    _check_surface("weighted_midpoint", dim, k, xs=xs)
+    if weights is not None:
+        _check_float("weighted_midpoint", "weights", weights)
+        if weights.dim() >= xs.dim():
+            _fail("weighted_midpoint", f"weights of shape {tuple(weights.shape)} must have fewer dimensions than "
+                                       f"xs {tuple(xs.shape)} (one weight per point, no vector dimension)")
+        try:
+            _broadcast2(xs.shape, weights.unsqueeze(dim % xs.dim()).shape)
+        except RuntimeError:
+            _fail("weighted_midpoint", f"weights of shape {tuple(weights.shape)} does not broadcast against xs "
+                                       f"{tuple(xs.shape)} without its dim={dim}")
     kk = _kt("weighted_midpoint", k, xs)
     nd = xs.dim()
     d = dim % nd
@@ -1524,7 +1611,8 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
         reducedim = [i for i in range(nd) if i != d]
     gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
     w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
-    if posweight and bool(w.lt(0).any()):
+    compiling = _branch_free()
+    if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
         w = w.abs()
     den = ((gamma - 1) * w).sum(reducedim, keepdim=True)
@@ -1533,7 +1621,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     two_mean = num / den
     half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
     mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
-    if bool(torch.any(kk.gt(0))):
+    if compiling or bool(torch.any(kk.gt(0))):
         b_mean = antipode(mean, k=kk, dim=dim)
         a_dist = dist(mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
         b_dist = dist(b_mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
@@ -1556,6 +1644,8 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
 
 def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> torch.Tensor:
     """Mobius version of fn: expmap0(fn(logmap0(x), *args, **kwargs))."""
+    if not callable(fn):
+        _fail("mobius_fn_apply", f"fn must be callable, got {type(fn).__name__}", TypeError)
     return expmap0(fn(logmap0(x, k=k, dim=dim), *args, **kwargs), k=k, dim=dim)
 
 
@@ -1571,6 +1661,7 @@ def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tens
 
 def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Retraction x + u followed by projection into the ball (geoopt's Stereographic.retr)."""
+    _check_surface("retr", dim, k, x=x, u=u)
     return project(x + u, k=k, dim=dim)
 
 

@@ -312,7 +312,8 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
         m = _div(1.0 - eps, _sqrt(tl.where(kneg, -k, 1.0)))
         a = tl.where(kneg & (n > m), _div(m, n), 1.0)
     elif OP == LAMBDA_X:
-        p = _clamp_min_den(1.0 + k * xx)
+        p = 1.0 + k * xx
+        p = tl.where(p != p, p, _clamp_min_den(p))  # a NaN stays NaN (torch.clamp_min)
         a = _div(2.0, p)
     elif OP == MOBIUS_SCALAR_MUL:
         # tan_k(r artan_k(|x|)) / |x| = r A(k|x|^2) T(k r^2 |x|^2 A^2)

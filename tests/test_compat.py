@@ -42,7 +42,9 @@ def test_patched_manifold_methods_match_geoopt(cls):
     calls = {
         "dist": lambda: man.dist(x, y), "expmap": lambda: man.expmap(x, u), "logmap": lambda: man.logmap(x, y),
         "mobius_add": lambda: man.mobius_add(x, y), "egrad2rgrad": lambda: man.egrad2rgrad(x, u),
-        "transp": lambda: man.transp(x, y, u), "inner": lambda: man.inner(x, u, u), "retr": lambda: man.retr(x, u),
+        "transp": lambda: man.transp(x, y, u), "retr": lambda: man.retr(x, u),
+        # keepdim=True: with keepdim=False geoopt's inner broadcasts rows to (B, B) (see test_inner_keepdim_false)
+        "inner": lambda: man.inner(x, u, u, keepdim=True),
         "dist0": lambda: man.dist0(x), "expmap0": lambda: man.expmap0(u), "logmap0": lambda: man.logmap0(y),
         "mobius_scalar_mul": lambda: man.mobius_scalar_mul(torch.tensor(0.7, dtype=torch.float64), x),
         "weighted_midpoint": lambda: man.weighted_midpoint(x),
@@ -129,8 +131,153 @@ def test_surface_matches_geoopt(name, kval):
         "mobius_fn_apply": (torch.tanh, x), "mobius_fn_apply_chain": (x, torch.tanh, torch.sin),
     }[name]
     got = getattr(gs, name)(*args, k=k)
-    exp = getattr(gm, name)(*args, k=k)
+    if name == "inner":  # geoopt's keepdim=False result is a (B, B) outer product: compare its keepdim=True rows
+        exp = gm.inner(*args, k=k, keepdim=True).squeeze(-1)
+    else:
+        exp = getattr(gm, name)(*args, k=k)
     torch.testing.assert_close(got, exp, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("dim", [-1, 0])
+def test_inner_keepdim_false(dim):
+    """inner(x, u, v) reduces the vector dim to one value per row: geoopt (and geoops before) multiplied the
+    kept-dim lambda_x^2 (B, 1) by the reduced <u, v> (B,), a (B, B) outer product."""
+    x, u, v = _pts(5, 3, seed=7), _pts(5, 3, seed=8), _pts(5, 3, seed=9)
+    k = torch.tensor([[-1.0], [-0.3], [0.0], [0.4], [0.9]], dtype=torch.float64)
+    if dim == 0:
+        x, u, v, k = x.t(), u.t(), v.t(), k.t()
+    exp = (2 / (1 + k * (x * x).sum(dim, keepdim=True))) ** 2 * (u * v).sum(dim, keepdim=True)
+    got = gs.inner(x, u, v, k=k, dim=dim)
+    assert got.shape == (5,)
+    torch.testing.assert_close(got, exp.squeeze(dim), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gs.inner(x, u, v, k=k, dim=dim, keepdim=True), exp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gs.inner(x[:, :1] if dim == 0 else x[0], u[:, :1] if dim == 0 else u[0],
+                                        v[:, :1] if dim == 0 else v[0], k=-1.0, dim=dim).squeeze(),
+                               gs.inner(x, u, v, k=-1.0, dim=dim)[0])
+    with compat.patched_geoopt():
+        man = geoopt.Stereographic(k=-0.5).to(torch.float64)
+        assert man.inner(x.t() if dim == 0 else x, u.t() if dim == 0 else u).shape == (5,)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_dist2plane_per_row_curvature_keepdim_false(scaled):
+    """dist2plane with a per-row k (B, 1) and keepdim=False: one distance per row (B,); it multiplied k by the
+    reduced (B,) sums, a (B, B) matrix (as geoopt does).  Values equal geoopt's keepdim=True rows."""
+    x, p, a = _pts(5, 3, seed=12), _pts(5, 3, seed=13), _pts(5, 3, seed=14)
+    k = torch.tensor([[-1.0], [-0.3], [0.0], [0.4], [0.9]], dtype=torch.float64)
+    got = gs.dist2plane(x, p, a, k=k, signed=True, scaled=scaled)
+    assert got.shape == (5,)
+    exp = gm.dist2plane(x, p, a, k=k, keepdim=True, signed=True, scaled=scaled).squeeze(-1)
+    torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(gs.dist2plane(x.t(), p.t(), a.t(), k=k.t(), dim=0, signed=True, scaled=scaled), exp,
+                               rtol=1e-9, atol=1e-11)
+
+
+_BAD = torch.ones(4, 3, dtype=torch.int64)
+_X = torch.randn(4, 3, dtype=torch.float64) * 0.1
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: gs.gyration(_X, _X, _BAD, k=-1.0), TypeError, "gyration: u must be a floating-point"),
+    (lambda: gs.gyration([1.0], _X, _X, k=-1.0), TypeError, "gyration: a must be a torch.Tensor"),
+    (lambda: gs.gyration(_X, _X, torch.randn(4, 5), k=-1.0), ValueError, "gyration: u of shape"),
+    (lambda: gs.gyration(_X, _X, _X, k=torch.randn(3, 1)), ValueError, "gyration: k of shape"),
+    (lambda: gs.gyration(_X, _X, _X, k=-1.0, dim=2), IndexError, "gyration: dim=2"),
+    (lambda: gs.parallel_transport(_X, torch.randn(5, 3), _X, k=-1.0), ValueError, "parallel_transport: y of shape"),
+    (lambda: gs.parallel_transport0back(_X, torch.randn(4, 5), k=-1.0), ValueError, "parallel_transport0back: v"),
+    (lambda: gs.egrad2rgrad(_X, torch.randn(4, 5), k=-1.0), ValueError, "egrad2rgrad: grad of shape"),
+    (lambda: gs.egrad2rgrad(_X, _BAD, k=-1.0), TypeError, "egrad2rgrad: grad must be a floating-point"),
+    (lambda: gs.inner(_X, _BAD, _X, k=-1.0), TypeError, "inner: u must be"),
+    (lambda: gs.norm(_X, _BAD, k=-1.0), TypeError, "norm: u must be"),
+    (lambda: gs.geodesic("a", _X, _X, k=-1.0), TypeError, "geodesic: t must be"),
+    (lambda: gs.geodesic_unit(0.5, _X, _BAD, k=-1.0), TypeError, "geodesic_unit: u must be"),
+    (lambda: gs.antipode(torch.tensor(0.5), k=1.0), ValueError, "antipode: x must have at least one dimension"),
+    (lambda: gs.sproj(_BAD, k=1.0), TypeError, "sproj: x must be"),
+    (lambda: gs.dist2plane(_X, _X, torch.randn(4, 5), k=-1.0), ValueError, "dist2plane: a of shape"),
+    (lambda: gs.weighted_midpoint(_BAD, k=-1.0), TypeError, "weighted_midpoint: xs must be"),
+    (lambda: gs.weighted_midpoint(_X, torch.rand(5), k=-1.0), ValueError, "weighted_midpoint: weights of shape"),
+    (lambda: gs.mobius_fn_apply(3, _X, k=-1.0), TypeError, "mobius_fn_apply: fn must be callable"),
+    (lambda: gs.retr(_X, torch.randn(4, 5), k=-1.0), ValueError, "retr: u of shape"),
+])
+def test_surface_errors_name_the_argument(call, exc, match):
+    """The composed ops check their arguments before any kernel runs (before: torch's own messages from deep
+    inside, naming no argument, or a silent broadcast of mismatched vectors / promotion of integer tensors)."""
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.6])
+@pytest.mark.parametrize("name", ["antipode", "weighted_midpoint", "weighted_midpoint_posweight"])
+def test_surface_compile_fullgraph(name, kval):
+    """antipode and weighted_midpoint branched on tensor values (`bool(...)`): torch.compile(fullgraph=True)
+    failed on a data-dependent guard; under compile they now take the branch-free path, same values."""
+    import torch._dynamo
+
+    k = torch.tensor(kval, dtype=torch.float64)
+    x, w = _pts(5, 3, seed=10), torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) - 0.3
+    f = {"antipode": lambda a: gs.antipode(a, k=k),
+         "weighted_midpoint": lambda a: gs.weighted_midpoint(a, w.abs(), k=k),
+         "weighted_midpoint_posweight": lambda a: gs.weighted_midpoint(a, w, k=k, posweight=True)}[name]
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True, backend="eager")(x)
+    torch.testing.assert_close(got, f(x), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(f(x), getattr(gm, name.replace("_posweight", ""))(
+        x, *(() if name == "antipode" else (w.abs() if name == "weighted_midpoint" else w,)), k=k,
+        **({"posweight": True} if name.endswith("posweight") else {})), rtol=1e-9, atol=1e-11)
+
+
+def test_antipode_per_row_curvature_of_both_signs():
+    """A per-row k with ball, Euclidean and sphere rows: the sphere's formula runs on a safe k where it is not
+    used, values and gradients (to x and k) as geoopt's and finite."""
+    x = _pts(3, 4, seed=11).requires_grad_()
+    k = torch.tensor([[-1.0], [0.0], [0.5]], dtype=torch.float64, requires_grad=True)
+    got = gs.antipode(x, k=k)
+    exp = gm.antipode(x, k=k)
+    torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-11)
+    g = torch.randn_like(got)
+    for a, b in zip(torch.autograd.grad(got, (x, k), g), torch.autograd.grad(exp, (x, k), g)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("opt,kw", [("RiemannianSGD", dict(lr=1e-4, momentum=0.9, nesterov=True)),
+                                    ("RiemannianSGD", dict(lr=1e-2, weight_decay=0.1, stabilize=2)),
+                                    ("RiemannianAdam", dict(lr=1e-2, amsgrad=True, weight_decay=0.01, stabilize=3))])
+@pytest.mark.parametrize("man", ["PoincareBall-learnable", "SphereProjection", "PoincareBallExact"])
+def test_patched_training_matches_geoopt(man, opt, kw):
+    """A few steps of a small loss over dist, dist0, logmap0, norm and inner: patched and plain geoopt agree
+    (momentum, weight decay, stabilize, Adam / AMSGrad, a learnable curvature, the Exact variant)."""
+    def run():
+        torch.manual_seed(0)
+        m = {"PoincareBall-learnable": lambda: geoopt.PoincareBall(c=1.3, learnable=True),
+             "SphereProjection": lambda: geoopt.SphereProjection(k=0.8),
+             "PoincareBallExact": lambda: geoopt.PoincareBallExact(c=0.7)}[man]().to(torch.float64)
+        emb = geoopt.ManifoldParameter(m.random_normal(12, 4, std=0.3, dtype=torch.float64), manifold=m)
+        params = [emb] + list(m.parameters())
+        o = getattr(geoopt.optim, opt)(params, **kw)
+        for _ in range(4):
+            o.zero_grad()
+            loss = (m.dist(emb[:6], emb[6:]).pow(2).sum() + m.dist0(emb[:3]).sum() + m.logmap0(emb).pow(2).sum()
+                    + m.norm(emb[:4], emb[4:8]).sum() + m.inner(emb[:2], emb[2:4], emb[4:6], keepdim=True).sum())
+            loss.backward()
+            o.step()
+        return [p.detach().clone() for p in params]
+
+    plain = run()
+    with compat.patched_geoopt():
+        patched = run()
+    for a, b in zip(patched, plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["tan_k", "artan_k", "sin_k", "arsin_k"])
+def test_curvature_trig_matches_geoopt(name):
+    """geoopt's tan_k / artan_k / sin_k / arsin_k (artan_k was missing, tan_k not exported), through k = 0."""
+    assert name in gs.__all__
+    x = torch.linspace(-0.6, 0.6, 7, dtype=torch.float64)  # inside the ball of k = -2
+    for kval in (-2.0, -1e-7, 0.0, 1e-5, 0.5):
+        k = torch.tensor(kval, dtype=torch.float64)
+        torch.testing.assert_close(getattr(gs, name)(x, k), getattr(gm, name)(x, k), rtol=1e-9, atol=1e-12)
 
 
 def test_missing_geoopt_gives_clear_error():

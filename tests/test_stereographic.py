@@ -324,6 +324,27 @@ def test_project_lands_inside():
 
 
 # ---------------------------------------------------------------- errors (one per documented message)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [2, 16, 64])
+def test_lambda_x_nan_row_gives_nan(d, dtype, backend):
+    """A NaN in a row makes that row's lambda_x NaN, as torch.clamp_min (geoopt, the reference): the kernels'
+    clamp of 1 + k|x|^2 at 1e-15 turned it into 2e15, and egrad2rgrad then scaled the NaN row's gradient
+    to ~0 instead of NaN.  The other rows keep their values."""
+    x = _rand(9, d, scale=0.3 / math.sqrt(d)).to(dtype)
+    x[4, d // 2] = float("nan")
+    with geoops.use_backend(backend):
+        for kval in (-1.0, 0.0, 0.5):
+            k = torch.tensor(kval, dtype=dtype)
+            lam = gs.lambda_x(x, k=k)
+            assert lam[4].isnan(), (kval, lam[4].item())
+            exp = ref.lambda_x(x.double(), k=k.double())
+            keep = torch.arange(9) != 4
+            torch.testing.assert_close(lam[keep].double(), exp[keep], rtol=1e-2 if dtype == torch.bfloat16 else 1e-6,
+                                       atol=0)
+            assert gs.egrad2rgrad(x, torch.ones_like(x), k=k)[4].isnan().all()
+
+
 def test_error_integer_dtype_names_argument():
     with pytest.raises(TypeError, match=r"mobius_add: y must be a floating-point tensor"):
         gs.mobius_add(torch.randn(2, 3), torch.ones(2, 3, dtype=torch.int64), k=torch.tensor(-1.0))

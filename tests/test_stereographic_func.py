@@ -89,6 +89,23 @@ def test_composition_ops_vmap():
     torch.testing.assert_close(vmap(f)(x, y, v), f(x, y, v), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", ["weighted_midpoint_posweight", "antipode_batched_k", "weighted_midpoint_sphere"])
+def test_composition_ops_vmap_data_dependent(name):
+    """vmap over weighted_midpoint(posweight=True) with batched weights and antipode with a batched k raised
+    ("data-dependent control flow": a bool() of a batched tensor); they take the branch-free path now."""
+    xs = _pts(3, 5, 4, seed=12)
+    w = torch.rand(3, 5, dtype=F64, generator=torch.Generator().manual_seed(2)) - 0.3
+    kb = torch.tensor([-1.0, 0.0, 0.5], dtype=F64)
+    f, args = {
+        "weighted_midpoint_posweight": (lambda a, b: gs.weighted_midpoint(a, b, k=torch.tensor(0.6, dtype=F64),
+                                                                          posweight=True), (xs, w)),
+        "antipode_batched_k": (lambda a, kk: gs.antipode(a, k=kk), (xs, kb)),
+        "weighted_midpoint_sphere": (lambda a, kk: gs.weighted_midpoint(a, k=kk), (xs, kb)),
+    }[name]
+    expected = torch.stack([f(*[a[i] for a in args]) for i in range(3)])
+    torch.testing.assert_close(vmap(f)(*args), expected, rtol=1e-12, atol=1e-14)
+
+
 def test_second_derivative_raises_instead_of_zero():
     x, y = _pts(3, 4, seed=10), _pts(3, 4, seed=11)
     with pytest.raises(RuntimeError):

@@ -327,6 +327,21 @@ def test_masks_vs_cpp(name):
             assert_close(o, c, None, f"{name} mask {mask} {what}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_lambda_x_nan_row_gives_nan(dtype):
+    """A NaN row's lambda_x is NaN (torch.clamp_min's semantics, as the reference): the clamp of 1 + k|x|^2 at
+    1e-15 turned it into 2e15.  The other rows are unchanged."""
+    x = (torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 0.2).to(dtype)
+    x[2, 1] = float("nan")
+    for kv in (-1.0, 0.0, 0.5):
+        k = torch.full((5,), kv, dtype=dtype)
+        out = _run_ops("lambda_x", "triton", x, None, k, None, torch.ones(5, dtype=dtype), 1, DEVICE)[0].cpu()
+        assert out[2].isnan(), (kv, out[2].item())
+        exp = ref.lambda_x(x.double(), k=torch.tensor(kv, dtype=torch.float64))
+        keep = torch.tensor([0, 1, 3, 4])
+        torch.testing.assert_close(out[keep].double(), exp[keep], rtol=1e-6, atol=0)
+
+
 def _special_rows(spec, boundary: bool):
     """Zero vectors, x == y, y == 0, k == 0; with boundary=True also points beyond the ball's
     boundary, where the clamps of stereo_math.h are active.  Returns (x, y, k, r, g, x_beyond)."""

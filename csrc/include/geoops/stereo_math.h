@@ -201,8 +201,11 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
       T mx = (T(1) - param) / vsqrt(sel(k < T(0), -k, T(1)));
       return {sel((k < T(0)) & (n > mx), mx / n, T(1)), T(0), T(0)};
     }
-    case LAMBDA_X:
-      return {T(2) / clamp_lo(T(1) + k * s.xx, min_den<T>()), T(0), T(0)};
+    case LAMBDA_X: {
+      // clamped as torch.clamp_min (geoopt): a NaN 1 + k|x|^2 stays NaN (clamp_lo alone gave 2e15)
+      T p = T(1) + k * s.xx;
+      return {T(2) / sel(p != p, p, clamp_lo(p, min_den<T>())), T(0), T(0)};
+    }
     case MOBIUS_SCALAR_MUL: {
       // tan_k(r artan_k(|x|)) / |x| = r A(k|x|^2) T(k r^2 |x|^2 A^2)
       T z1 = k * s.xx;
