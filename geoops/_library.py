@@ -439,16 +439,27 @@ def func_twin(cls, *, once_differentiable: bool = True):
 _TWINS: dict = {}
 
 
-def apply(cls, *args):
+def apply(cls, *args, op: Optional[str] = None):
     """``cls.apply(*args)``; inside a torch.func transform the same through its :func:`func_twin` (made once
     per class; a class whose backward is differentiable sets ``differentiable_backward = True``), with the
-    twin's extra outputs dropped, so callers see the same outputs either way."""
-    if not functorch_active():
-        return cls.apply(*args)
-    twin = _TWINS.get(cls)
-    if twin is None:
-        twin = _TWINS[cls] = func_twin(cls, once_differentiable=not getattr(cls, "differentiable_backward", False))
-    res = twin.apply(*args)
+    twin's extra outputs dropped, so callers see the same outputs either way.  Forward-mode AD through a
+    Function without a jvp raises NotImplementedError naming ``op`` (default: the Function) instead of torch's
+    generic message."""
+    try:
+        if not functorch_active():
+            return cls.apply(*args)
+        twin = _TWINS.get(cls)
+        if twin is None:
+            twin = _TWINS[cls] = func_twin(cls, once_differentiable=not getattr(cls, "differentiable_backward", False))
+        res = twin.apply(*args)
+    except NotImplementedError as e:
+        if "jvp" not in str(e):
+            raise
+        hint = "; jacrev(jacrev(f)) for a Hessian" if getattr(cls, "differentiable_backward", False) else ""
+        raise NotImplementedError(
+            f"{op or cls.__module__ + '.' + cls.__name__}: forward-mode AD (torch.func.jvp, jacfwd, hessian, "
+            "forward_ad dual tensors) is not supported: the kernels have no forward derivative; use reverse mode "
+            f"(torch.func.grad, vjp, jacrev{hint})") from None
     res = res if isinstance(res, (tuple, list)) else (res,)
     n_out, as_tuple = _LAST[cls][2], _LAST[cls][4]
     return tuple(res[:n_out]) if as_tuple else res[0]

@@ -117,15 +117,7 @@ def _core(xs, ws, wout, lmax_out, route):
     zeros; GauntFn refuses them) and inside any torch.func transform (a requires_grad seen through a vmap
     wrapper is not the outer grad level's: jacrev(jacrev(f)) reached the bare op)."""
     if _library.functorch_active() or _library.autograd_wanted(*xs, *ws, wout):
-        try:
-            return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout)
-        except NotImplementedError as e:
-            if "jvp" not in str(e):
-                raise
-            raise NotImplementedError(
-                "geoops.gaunt: forward-mode AD (torch.func.jvp, jacfwd, hessian, forward_ad dual tensors) is not "
-                "supported: GauntFn has no forward derivative; use reverse mode (torch.func.grad, vjp, jacrev, "
-                "jacrev(jacrev(f)) for a Hessian)") from None
+        return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout, op="geoops.gaunt")
     return _impl.fwd_call(list(xs), list(ws), wout, lmax_out, route)
 
 

@@ -179,23 +179,9 @@ class SsmConvFn(torch.autograd.Function):
             (dD if mask & 8 else None)
 
 
-def _grad_wanted(*ts) -> bool:
-    """Whether the call must go through the autograd.Function (a gradient is wanted, or forward-mode AD may carry
-    tangents, which the Function refuses instead of dropping them): geoops._library.autograd_wanted."""
-    return _library.autograd_wanted(*ts)
-
-
 def _apply(op: str, cls, *args):
-    """_library.apply, with forward-mode AD refused by a message naming the op (without this path the
-    custom ops silently dropped the tangents: jvp returned zeros)."""
-    try:
-        return _library.apply(cls, *args)
-    except NotImplementedError as e:
-        if "jvp" not in str(e):
-            raise
-        _fail(op, "forward-mode AD (torch.func.jvp, jacfwd, forward_ad dual tensors) is not supported: the "
-                  "kernels have no forward derivative; use reverse mode (torch.func.grad, vjp, jacrev)",
-              NotImplementedError)
+    """_library.apply, forward-mode AD refused with a message naming the op."""
+    return _library.apply(cls, *args, op=f"geoops.ssm.{op}")
 
 
 # ---------------------------------------------------------------- argument handling
@@ -284,7 +270,7 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
         cdt = torch.complex128 if out64 else torch.complex64
         return _ref.vandermonde(v.to(cdt), x.to(cdt), L)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if _grad_wanted(v, x):
+    if _library.autograd_wanted(v, x):
         K = _apply(op, VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
@@ -333,7 +319,7 @@ def discretize(log_dt, A, B, C, discretization: str = "zoh"):
 
 def _discretize(log_dt, A, B, C, discretization):
     """discretize without the argument checks (the callers have run them)."""
-    if _grad_wanted(log_dt, A, B, C):
+    if _library.autograd_wanted(log_dt, A, B, C):
         return _apply("discretize", DiscretizeFn, log_dt, A, B, C, discretization)
     return _ops.ssm_discretize_fwd(log_dt, A, B, C, discretization)
 
@@ -370,7 +356,7 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
         return _ref.s4d_kernel(log_dt.to(rd), A.to(cd), B.to(cd), C.to(cd), L, discretization)
     v, x = _discretize(log_dt, A, B, C, discretization)
     v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if _grad_wanted(v, x):
+    if _library.autograd_wanted(v, x):
         K = _apply(op, VandermondeFn, v3, x, L, out64)
     else:
         K = _ops.vandermonde_fwd(v3, x, L, out64)
@@ -445,7 +431,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H)
     if D2 is not None and D2.stride(0) == 0 and Cn > 1:
         D2 = D2.contiguous()
-    if _grad_wanted(u, k, D):
+    if _library.autograd_wanted(u, k, D):
         y = _apply(op, FftconvFn, u, k4, D2)
     else:
         y, _ = _ops.fftconv_fwd(u, k4, D2, False)
@@ -503,7 +489,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     v, x = _discretize(log_dt, A, B, C, discretization)
     v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H).contiguous()
-    if _grad_wanted(u, v4, x, D2):
+    if _library.autograd_wanted(u, v4, x, D2):
         y = _apply(op, SsmConvFn, u, v4, x, D2)
     else:
         y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False)

@@ -16,13 +16,10 @@
 #include "stereographic_rows.h"
 #include "stereographic_rows_f32.h"
 #include "stereographic_rows_f32_reg.h"
+#include "driver_common.h"
 using namespace geoops::cpu::f32rows;
-// SLEEF entry points the headers reference (not linked here; block_reg never calls them on AVX-512)
-extern "C" __m512 Sleef_tanhf16_u10(__m512) { std::abort(); }
-extern "C" __m512 Sleef_log1pf16_u10(__m512) { std::abort(); }
 namespace st = geoops::stereo;
 
-static double now() { timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 // pf: software prefetch pf rows ahead (0: none); pw: also the output's lines (prefetchw)
 template <int OP, int D, int NB = 32>
 __attribute__((noinline)) void run_rows(const float* x, const float* y, float* o, int64_t n, const double* k, int lm,
@@ -70,18 +67,9 @@ int main(int argc, char** argv) {
   const int reps = argc > 2 ? atoi(argv[2]) : 9;
   const std::string ops = argc > 1 ? argv[1] : "expmap0,logmap0,expmap";
   const int64_t N = 1 << 20, NS = 4096;
-  std::vector<float> x(N * D), y(N * D), u(N * D), o(N * D);
-  std::mt19937 gen(0);
-  std::normal_distribution<float> nd;
-  std::uniform_real_distribution<float> ud;
-  auto ball = [&](std::vector<float>& v, float r) {
-    for (int64_t i = 0; i < N; ++i) {
-      float s = 0; for (int j = 0; j < D; ++j) { v[i * D + j] = nd(gen); s += v[i * D + j] * v[i * D + j]; }
-      const float f = r * ud(gen) / std::sqrt(s);
-      for (int j = 0; j < D; ++j) v[i * D + j] *= f;
-    }
-  };
-  ball(x, 0.9f), ball(y, 0.9f), ball(u, 1.5f);
+  const RowInputs in = ball_inputs(N, D);
+  const std::vector<float>& x = in.x; const std::vector<float>& y = in.y; const std::vector<float>& u = in.u;
+  std::vector<float> o(N * D);
   alignas(64) double k[64];
   for (double& v : k) v = -1.0;
   const int lm = lane_mode();

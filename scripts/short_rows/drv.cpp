@@ -17,11 +17,9 @@
 #include "stereographic_rows.h"
 #include "stereographic_rows_f32.h"
 #include "stereographic_rows_f32_reg.h"
+#include "driver_common.h"
 using namespace geoops::cpu::f32rows;
-extern "C" __m512 Sleef_tanhf16_u10(__m512) { std::abort(); }
-extern "C" __m512 Sleef_log1pf16_u10(__m512) { std::abort(); }
 namespace st = geoops::stereo;
-static double now() { timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 alignas(64) double kc[64];
 template <int OP>
 __attribute__((noinline)) void run(const float* x, const float* y, float* o, int64_t n) {
@@ -31,18 +29,9 @@ int main(int argc, char** argv) {
   constexpr int D = DD;
   const int reps = argc > 1 ? atoi(argv[1]) : 7;
   const int64_t N = 1 << 20, NS = 4096;
-  std::vector<float> x(N * D), y(N * D), u(N * D), o(N * D);
-  std::mt19937 gen(0);
-  std::normal_distribution<float> nd;
-  std::uniform_real_distribution<float> ud;
-  auto ball = [&](std::vector<float>& v, float r) {
-    for (int64_t i = 0; i < N; ++i) {
-      float s = 0; for (int j = 0; j < D; ++j) { v[i * D + j] = nd(gen); s += v[i * D + j] * v[i * D + j]; }
-      const float f = r * ud(gen) / std::sqrt(s);
-      for (int j = 0; j < D; ++j) v[i * D + j] *= f;
-    }
-  };
-  ball(x, 0.9f), ball(y, 0.9f), ball(u, 1.5f);
+  const RowInputs in = ball_inputs(N, D);
+  const std::vector<float>& x = in.x; const std::vector<float>& y = in.y; const std::vector<float>& u = in.u;
+  std::vector<float> o(N * D);
   for (double& v : kc) v = -1.0;
   std::fill(o.begin(), o.end(), 0.f);
   const double per = 1e9 / (N / 16.0);
