@@ -1,4 +1,4 @@
-"""The forward's tanc / atanc calls in float lanes for float inputs (csrc/cpu/stereographic_lanes.cpp,
+"""The forward's tanc / atanc calls in float lanes for float inputs (csrc/cpu/stereographic_lanes.h,
 block_fwd_float_call), mobius_scalar_mul's two chained calls included (atanc of k|x|^2, then tanc of
 k r^2 |x|^2 atanc^2), at any D the float short-row path does not take (all D for mobius_scalar_mul).
 

@@ -1,4 +1,4 @@
-"""fp32 rows longer than the short-row cut in csrc/cpu/stereographic_lanes.cpp: the AVX-512 row sums against the
+"""fp32 rows longer than the short-row cut in csrc/cpu/stereographic_lanes.h: the AVX-512 row sums against the
 row_sums path of other builds and dtypes (GEOOPS_STEREO_LONG_SUMS=0) and the one-pass loop.
 
 Every row op at D from 17 to 128 (tails of 1..15 floats after whole 16-float vectors), a row count that leaves a

@@ -1,5 +1,5 @@
 // Entry points of the fused CPU kernels of the kappa-stereographic row ops (forward and backward):
-// argument handling, outputs, per-row k and r in double.  The kernels are in stereographic_lanes.cpp
+// argument handling, outputs, per-row k and r in double.  The kernels are in stereographic_lanes.h
 // (the row math of stereo_math.h on SIMD vectors, one lane per row).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -1,4 +1,4 @@
-// Float fast path of the short-row BACKWARD of expmap0 and logmap0 (stereographic_lanes.cpp only; include it
+// Float fast path of the short-row BACKWARD of expmap0 and logmap0 (stereographic_lanes.h only; include it
 // after geoops/cpu_capability.h): fp32 rows of D <= 16 elements stored back to back (x, g and dx of row
 // stride D), one block of <= 32 rows at a time.
 //

@@ -1,5 +1,5 @@
-// Internal pieces shared by the two row-kernel translation units of the kappa-stereographic family:
-// stereographic.cpp (the entry points) and stereographic_lanes.cpp (the kernels).
+// Internal pieces shared by the row-kernel translation units of the kappa-stereographic family:
+// stereographic.cpp (the entry points) and the stereographic_lanes*.cpp units (the kernels, stereographic_lanes.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -27,7 +27,8 @@ struct RowScalars {
   double r_at(int64_t i) const { return rf ? static_cast<double>(rf[i * sr]) : r[i * sr]; }
 };
 
-// The row kernels (stereographic_lanes.cpp): the row math on SIMD vectors, one lane per row.
+// The row kernels (stereographic_lanes.h; defined in stereographic_lanes.cpp and stereographic_lanes_bwd.cpp): the row
+// math on SIMD vectors, one lane per row.
 // x, y, g: (N, D) with inner stride 1 (any row stride, 0 broadcasts a row); out: (N, D) or (N,);
 // g of a scalar-output op: (N,) contiguous.  dx, dy: contiguous (N, D) or undefined; dk, dr: (N,) or null.
 void stereo_lanes_fwd(int op, const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, double param,

@@ -1,4 +1,4 @@
-// Float fast path of the short-row forward (stereographic_lanes.cpp only; include it after
+// Float fast path of the short-row forward (stereographic_lanes.h only; include it after
 // geoops/cpu_capability.h): fp32 rows of D <= 16 elements stored back to back, the ops mobius_add,
 // expmap, expmap0, logmap, logmap0.  block_fused (below) is the same math as passes A-C in three loops; block
 // (passes A-C, D <= 8) runs where it measured faster than the fused loops (prefer_unfused).
@@ -38,7 +38,7 @@ namespace f32rows {
 
 using FVec = at::vec::Vectorized<float>;
 constexpr int kF = FVec::size();
-constexpr int kMaxRows = 32;  // rows per block (the short-row block of stereographic_lanes.cpp)
+constexpr int kMaxRows = 32;  // rows per block (the short-row block of stereographic_lanes.h)
 static_assert(kMaxRows % kF == 0, "a block is whole float vectors");
 constexpr int kMaxD = 16;  // the fused path; the eight-loop blocks (block) run at D <= 8
 

@@ -1,4 +1,4 @@
-// One register pass per 16 rows for the fp32 short-row forward (stereographic_lanes.cpp only, included after
+// One register pass per 16 rows for the fp32 short-row forward (stereographic_lanes.h only, included after
 // stereographic_rows_f32.h): mobius_add, expmap, expmap0, logmap, logmap0 at D <= kRegMaxD with AVX-512 (columns
 // by permutes at D <= 8, by cols16_t's transpose at D = 9..16).
 //
