@@ -5,7 +5,8 @@
 #  2. the Triton kernels under the Triton interpreter (own processes: TRITON_INTERPRET=1, one pytest-xdist worker per core),
 #     every tests/triton/test_*.py;
 #  3. the parity run against the fp64 reference (python -m geoops.parity --quick);
-#  4. the main pytest suite, every tests/test_*.py (CUDA cases skip themselves without a GPU);
+#  4. the main pytest suite, every tests/test_*.py (CUDA cases skip themselves without a GPU), on pytest-xdist
+#     workers as stage 2 (one per core, at most 4; `-n 0` among the arguments runs it in one process);
 #  5. the API docs build and docstring check (scripts/docs.sh --check);
 #  6. with GEOOPS_TEST_WHEEL=1 (CI sets it): the wheel recipe, installed into a
 #     clean venv and imported from outside the checkout (scripts/wheel_check.sh).
@@ -60,12 +61,13 @@ fi
 stage "Triton compile check (sm_80/sm_90)" lines bash .ci/triton_compile_check.sh
 stage "gpu_check.sh --dry-run" lines env OUT="$WORK/gpu-dry" bash scripts/gpu_check.sh --dry-run
 # ---
-# the interpreter is single-threaded Python: one pytest worker per core when pytest-xdist is there
+# one pytest worker per core (at most 4) when pytest-xdist is there: the interpreter is single-threaded Python; the
+# main suite runs on them too (its tests that change the thread count, an env switch or the backend restore it)
 XDIST=()
 python -c "import xdist" 2>/dev/null && XDIST=(-n "$(python -c 'import os; print(min(4, max(1, len(os.sched_getaffinity(0)))))')")
 stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs "${XDIST[@]}"
 stage "parity run (--quick)" summary python -m geoops.parity --quick
-stage "pytest" pytest python -m pytest tests -q -p no:cacheprovider -rs "$@"
+stage "pytest" pytest python -m pytest tests -q -p no:cacheprovider -rs "${XDIST[@]}" "$@"
 stage "API docs" summary bash scripts/docs.sh --check
 if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ]; then
   stage "wheel (GEOOPS_PORTABLE=1)" summary bash scripts/wheel_check.sh
