@@ -62,8 +62,21 @@ constexpr double kTanC[kTerms] = {1.0,
                                   18888466084.0 / 194896477400625,
                                   113927491862.0 / 2900518163668125,
                                   58870668456604.0 / 3698160658676859375,
-                                  8374643517010684.0 / 1298054391195577640625,
-                                  689005380505609448.0 / 263505041412702261046875};
+                                  8374643517010684.0 / 1298054391195577640625.0,
+                                  689005380505609448.0 / 263505041412702261046875.0};
+
+// The table checked at compile time against tan' = 1 + tan^2, i.e. (2n + 1) t_n = sum_{i+j=n-1} t_i t_j
+// (two denominators once overflowed as integer literals and gave two wrong coefficients silently).
+constexpr bool tanc_table_ok() {
+  for (int n = 1; n < kTerms; ++n) {
+    double s = 0.0;
+    for (int i = 0; i < n; ++i) s += kTanC[i] * kTanC[n - 1 - i];
+    const double want = s / (2 * n + 1), rel = (kTanC[n] - want) / want;
+    if (rel > 1e-12 || rel < -1e-12) return false;
+  }
+  return true;
+}
+static_assert(tanc_table_ok(), "kTanC: the tan(sqrt z)/sqrt z series coefficients do not satisfy their recurrence");
 
 template <int OP>
 inline double coef(int n) {
