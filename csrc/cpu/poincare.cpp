@@ -21,6 +21,7 @@
 #include "vec_math.h"
 #include "vec_math_inl.h"  // vecmath::LaneMath (tanc on SIMD lanes of rows)
 #include "mkl_packed.h"
+#include "poincare_gemm.h"
 #include "vec_log.h"  // vecmath::any_lane
 
 #include <cstdlib>
@@ -1007,15 +1008,16 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   const bool need_cols = want_z || want_b || want_c;
   at::Tensor gt = at::empty({N, m}, t.options());
   std::vector<double> rowcoef(N, 0.0);
-  const int nth = at::get_num_threads();
-  std::vector<std::vector<double>> accZ(nth), accC(nth), accS(nth);
-  std::vector<double> gc_direct(nth, 0.0), gsc_a(nth, 0.0), gsc_b(nth, 0.0);
   const T* tp = t.data_ptr<T>();
   const T* gp = g.data_ptr<T>();
   T* gtp = gt.data_ptr<T>();
   const T inv_sc = T(1.0 / sc);
   const int64_t nblk = (N + kRowBlock - 1) / kRowBlock;
-  std::vector<double> tan_gc(nth, 0.0);
+  // Sums over rows that do not depend on the thread count: each row block's column terms (through zn, C, S) and
+  // scalars (dc direct, the sc terms fA / fB, the tangent dc terms) into its own slot, reduced in block order
+  // below (~3 m doubles per 128 rows); later per-row dc terms per row, summed in row order.
+  std::vector<double> blk_cols(need_cols ? nblk * 3 * m : 0), blk_sc(nblk * 4, 0.0);
+  std::vector<double> tan_rows(tangent ? N : 0, 0.0);
   // rows_only tangent rows: dL/dU (and the dc term through s) of a block's rows right after its row
   // pass, while its t and dt rows are in cache: the rows' dots u . (dt z^T) = t . dt, then their scalars on SIMD
   // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
@@ -1048,10 +1050,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   };
   at::parallel_for(0, nblk, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
     using V = Vectorized<T>;
-    const int tid = at::get_thread_num();
-    if (need_cols && accZ[tid].empty()) {
-      accZ[tid].assign(m, 0.0); accC[tid].assign(m, 0.0); accS[tid].assign(m, 0.0);
-    }
+    int64_t cur = b0;  // the block being summed
     BlockBuf<T> bb(m, flat);
     // the block's w, cosh(u)/sc, A = asinh(a), 1/sqrt(1 + a^2) per element
     std::vector<T> wv(kRowBlock * m), cu(kRowBlock * m), Av(kRowBlock * m), ra(kRowBlock * m);
@@ -1066,19 +1065,23 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     T* fB = fA + m;
     T* rl = fB + m;  // one row's terms of its row coefficient (through lam), summed on vectors after the pass
     double gcd = 0, gsa = 0, gsb = 0, tgc = 0;
-    // the block's column sums (fA, fB; with need_cols fZ, fC, fS) into the thread's sums
+    // the block's column sums (fA, fB; with need_cols fZ, fC, fS) into the block's slots
     auto fold_cols = [&]() {
       for (int64_t j = 0; j < m; ++j) { gsa += double(fA[j]); gsb += double(fB[j]); }
       if (need_cols) {
-        double* aZ = accZ[tid].data();
-        double* aC = accC[tid].data();
-        double* aS = accS[tid].data();
+        double* aZ = blk_cols.data() + cur * 3 * m;
+        double* aC = aZ + m;
+        double* aS = aC + m;
         for (int64_t j = 0; j < m; ++j) {
-          aZ[j] += 2.0 * double(fZ[j]);
-          aC[j] += double(fC[j]);
-          aS[j] += double(fS[j]);
+          aZ[j] = 2.0 * double(fZ[j]);
+          aC[j] = double(fC[j]);
+          aS[j] = double(fS[j]);
         }
       }
+    };
+    auto store_scalars = [&]() {
+      double* o = blk_sc.data() + cur * 4;
+      o[0] = gcd; o[1] = gsa; o[2] = gsb; o[3] = tgc;
     };
     ScaledRow sr;
     std::vector<float> sc16, acc16;  // lanes16: the block's per-group fields and column accumulators
@@ -1086,6 +1089,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     if (lanes16) { sc16.resize(kRowBlock * 7 * m); acc16.resize(5 * 16 * m); }
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
+      cur = blk;
+      gcd = gsa = gsb = tgc = 0;
       std::fill(colsum.begin(), colsum.end(), T(0));
       std::copy(X.begin() + r0, X.begin() + r0 + nr, bb.X);
       block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, dmax_dc,
@@ -1114,6 +1119,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
           }
           fold_cols();
           if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R, true);
+          store_scalars();
           continue;
         }
       }
@@ -1212,19 +1218,22 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       }
       fold_cols();
       if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R);  // Sw, G, R: free after the row scalars
+      store_scalars();
     }
-    tan_gc[tid] += tgc;
-    gc_direct[tid] += gcd;
-    gsc_a[tid] += gsa;
-    gsc_b[tid] += gsb;
   });
-  double gsc = 0, gcd = 0;
-  for (int k = 0; k < nth; ++k) { gsc += -gsc_a[k] / sc + gsc_b[k]; gcd += gc_direct[k]; }
+  double gsc = 0, gcd = 0, tgc_all = 0;
+  for (int64_t b = 0; b < nblk; ++b) {
+    const double* o = blk_sc.data() + b * 4;
+    gcd += o[0];
+    gsc += -o[1] / sc + o[2];
+    tgc_all += o[3];
+  }
   std::vector<double> gzn(m, 0.0), gC(m, 0.0), gS(m, 0.0);
   if (need_cols)
-    for (int k = 0; k < nth; ++k)
-      if (!accZ[k].empty())
-        for (int64_t j = 0; j < m; ++j) { gzn[j] += accZ[k][j]; gC[j] += accC[k][j]; gS[j] += accS[k][j]; }
+    for (int64_t b = 0; b < nblk; ++b) {
+      const double* aZ = blk_cols.data() + b * 3 * m;
+      for (int64_t j = 0; j < m; ++j) { gzn[j] += aZ[j]; gC[j] += aZ[m + j]; gS[j] += aZ[2 * m + j]; }
+    }
   const bool has_bias = bias.numel() > 0;
   std::vector<double> gr(m, 0.0);
   for (int64_t j = 0; j < m; ++j) {
@@ -1241,7 +1250,6 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     // dL/dx_row = dt_row z^T + coef x_row: coef/2 is dL/dU; u . (dt_row z^T) = dt_row . t_row
     if (!du_in_pass)
     at::parallel_for(0, N, row_grain(m), [&](int64_t i0, int64_t i1) {
-      double tg = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const double rc = rowcoef[i];
         if (!tangent) { gUp[i] = T(0.5 * rc); continue; }
@@ -1253,9 +1261,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         const double si = trw.s[i];
         const double u_gx = ug / si + rc * si * U[i];  // ug = u . (dt z^T), as gr_ . u of the full path
         gUp[i] = T(0.5 * (rc * si * si + u_gx * trw.dsdn_n[i]));
-        tg += u_gx * trw.dsdc[i];
+        tan_rows[i] = u_gx * trw.dsdc[i];
       }
-      tan_gc[at::get_thread_num()] += tg;
     });
     *gt_out = gt;
   } else if (want_x || (tangent && want_c)) {
@@ -1284,14 +1291,14 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
           const T coef = T(rc * si * si + u_gx * trw.dsdn_n[i]);
 #pragma omp simd
           for (int64_t d = 0; d < n; ++d) gr_[d] += coef * xr[d];
-          tan_gc[at::get_thread_num()] += u_gx * trw.dsdc[i];
+          tan_rows[i] = u_gx * trw.dsdc[i];
         }
       }
     });
   }
   if (want_z) {
     if (rows_only) gz.zero_();
-    else at::mm_out(gz, x.t(), gt);
+    else fixed_gemm::mm_tn(gz, x, gt);  // x^T dt: the same bits for any thread count
     T* gzp = gz.data_ptr<T>();
     const T* zp = z.data_ptr<T>();
     const int64_t n = z.size(0);
@@ -1306,7 +1313,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     T* gbp = gb.data_ptr<T>();
     for (int64_t j = 0; j < m; ++j) gbp[j] = T(gr[j]);
   }
-  for (double v : tan_gc) gcd += v;
+  gcd += tgc_all;
+  for (double v : tan_rows) gcd += v;
   if (want_c) gc.fill_(gcd + gsc / (2.0 * sc));
 }
 
