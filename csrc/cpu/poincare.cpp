@@ -21,6 +21,7 @@
 #include "vec_math.h"
 #include "vec_math_inl.h"  // vecmath::LaneMath (tanc on SIMD lanes of rows)
 #include "mkl_packed.h"
+#include "poincare_gemm.h"
 #include "vec_log.h"  // vecmath::any_lane
 
 #include <cstdlib>
@@ -129,6 +130,13 @@ struct ColVec {
     }
     Zt.resize(rows * m);
     for (int64_t i = 0; i < rows; ++i) std::copy(Z2.begin(), Z2.end(), Zt.begin() + i * m);
+  }
+  // C and S finite in T (cosh(2 sc r) of a large offset overflows float32 beyond 89): else every row takes the
+  // scaled row pass (in double), and the row-lane paths, which form products with C and S of every lane, are off
+  bool finite() const {
+    for (size_t j = 0; j < C.size(); ++j)
+      if (!std::isfinite(C[j]) || !std::isfinite(S[j])) return false;
+    return true;
   }
 };
 
@@ -255,11 +263,138 @@ template <typename T>
 struct BlockBuf {
   double X[kRowBlock], U[kRowBlock], s[kRowBlock], k1[kRowBlock], k0[kRowBlock], lam[kRowBlock], z[kRowBlock];
   double Sw[kRowBlock], G[kRowBlock], R[kRowBlock];  // R: the backward's per-row direct dc terms (row lanes)
+  int64_t bad[kRowBlock], nbad = 0;  // rows whose |w|^2 overflowed (sinh): redone by the scaled row pass below
   std::vector<T> P, Q;  // flat: k1_i C_j and k0_i S_j per element
   explicit BlockBuf(int64_t m, bool flat) {
     if (flat) { P.resize(kRowBlock * m); Q.resize(kRowBlock * m); }
   }
 };
+
+// The scaled row pass: rows whose w_j = sinh(u_j) / sc (u_j = 2 zn_j asinh(a_j)) or |w|^2 overflow or near it
+// (largest |u_j| = T beyond ~35 in float32, ~320 in float64; the true output lies near the boundary, projected) are redone
+// in double, one row at a time, with w scaled by sigma = sinh(T):
+//   v_j = sinh(u_j) / sigma = (e^(u_j - T) - e^(-u_j - T)) / -expm1(-2T),  ch_j = cosh(u_j) / sigma likewise,
+//   q = 1 / sigma,  Sh = hypot(q, |v|),  Dh = q + Sh:  y = v / (sc Dh), or maxnorm v / |v| where that lies beyond
+//   maxnorm (sigma = 1 below T = 20: then v = sc w, q = 1 and these are the direct formulas).
+// The backward in the same scaled terms: dL/dw = Gam / sigma with Gam = (B + g q Dh) / (Dh^2 Sh), B_j = g_j |v|^2 -
+// v_j <g, v> (projected: Gam = sc maxnorm B / |v|^3), so that every product the row pass forms (dL/dw w,
+// dL/dw cosh(u)/sc, the direct dc term) is a finite product of scaled factors.  B of the largest |v_j| (where
+// v_j^2 ~ |v|^2 and the two terms cancel) as sum_{k != j} v_k (g_j v_k - v_j g_k).  The fast passes detect such a row by its |w|^2
+// (not finite) and hand it here; no other row changes.
+// The fast passes hand a row here once |w|^2 exceeds sw_max (or is not finite): |w| > 1e15 (float; the forward's
+// scale maxnorm / |w| and the backward's dL/dw ~ g / |w| then near float's smallest normals) or 1e140 (double);
+// |w| > 1e15 means sc times a distance > ~35, a row within 1e-15 of the boundary (projected).
+template <typename T>
+constexpr double sw_max() { return std::is_same_v<T, float> ? 1e30 : 1e280; }
+
+struct ScaledRow {
+  std::vector<double> t, a, A, v, ch;
+  double q = 1, Sv = 0, Sh = 1, Dh = 2;
+};
+
+// the point's scalars of a row from its |x|^2 (or |u|^2 of a tangent row): s, lam, and X = |x|^2
+inline void row_point(double U, bool tangent, double c, double sc, double maxnorm, double& s, double& lam, double& X) {
+  s = 1.0;
+  if (tangent) {
+    const double n = std::max(std::sqrt(U), 1e-15), q = sc * n;
+    s = q < 1e-8 ? 1.0 : std::tanh(q) / q;
+    if (s * n > maxnorm) s = maxnorm / n;
+  }
+  X = s * s * U;
+  lam = 2.0 / (1.0 - c * X);
+}
+
+// a, A, u -> v, ch, q, Sv, Sh, Dh of one row (r.t holds its t in double); k1 = sc lam s, k0 = lam - 1
+inline void scaled_row(ScaledRow& r, int64_t m, const ColConsts& cc, double k1, double k0) {
+  r.a.resize(m); r.A.resize(m); r.v.resize(m); r.ch.resize(m);
+  double T = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    r.a[j] = k1 * r.t[j] * (cc.ch[j] / cc.zn[j]) - k0 * cc.sh[j];
+    r.A[j] = std::asinh(r.a[j]);
+    r.v[j] = 2.0 * cc.zn[j] * r.A[j];  // u_j for now
+    T = std::max(T, std::abs(r.v[j]));
+  }
+  const bool scaled = T > 20.0;
+  const double den = scaled ? -std::expm1(-2.0 * T) : 1.0;
+  r.q = scaled ? 2.0 * std::exp(-T) / den : 1.0;
+  r.Sv = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const double u = r.v[j];
+    if (scaled) {
+      const double ep = std::exp(u - T), em = std::exp(-u - T);
+      r.v[j] = (ep - em) / den;
+      r.ch[j] = (ep + em) / den;
+    } else {
+      r.v[j] = std::sinh(u);
+      r.ch[j] = std::cosh(u);
+    }
+    r.Sv += r.v[j] * r.v[j];
+  }
+  r.Sh = std::hypot(r.q, std::sqrt(r.Sv));
+  r.Dh = r.q + r.Sh;
+}
+
+// the forward of one such row: t row (double) -> y row
+template <typename T>
+void scaled_row_fwd(ScaledRow& r, T* y, int64_t m, const ColConsts& cc, double c, double sc, double U, bool tangent,
+                    double maxnorm) {
+  double s, lam, X;
+  row_point(U, tangent, c, sc, maxnorm, s, lam, X);
+  scaled_row(r, m, cc, sc * lam * s, lam - 1.0);
+  const double nv = std::sqrt(r.Sv);
+  const double f = nv / (sc * r.Dh) > maxnorm ? maxnorm / nv : 1.0 / (sc * r.Dh);
+  for (int64_t j = 0; j < m; ++j) y[j] = T(r.v[j] * f);
+}
+
+// The backward of one such row (the point's s, lam, X from block_scalars): writes its dL/dt row, adds its column
+// terms to the block's sums (fA: dL/dw w, fB: through sc in a, fZ: through zn in u (without the 2), fC, fS: through
+// C = ch / zn and S = sh), and returns its per-row terms: rowc (the row coefficient through lam), gl (the dc term
+// through lam), R (the direct dc term) and ug = t . dt.
+struct ScaledRowGrads { double rowc, gl, R, ug; };
+
+template <typename T>
+ScaledRowGrads scaled_row_bwd(ScaledRow& r, const T* tr, const T* gr, T* gtr, int64_t m, const ColConsts& cc, double c,
+                              double sc, double s, double lam, double X, double maxnorm, double dmax_dc,
+                              T* fA, T* fB, T* fZ, T* fC, T* fS) {
+  r.t.assign(tr, tr + m);
+  const double k1 = sc * lam * s;
+  scaled_row(r, m, cc, k1, lam - 1.0);
+  double Gv = 0;
+  for (int64_t j = 0; j < m; ++j) Gv += double(gr[j]) * r.v[j];
+  const double nv = std::sqrt(r.Sv);
+  const bool proj = nv / (sc * r.Dh) > maxnorm;
+  int64_t jmax = 0;
+  for (int64_t j = 1; j < m; ++j)
+    if (std::abs(r.v[j]) > std::abs(r.v[jmax])) jmax = j;
+  double Bmax = 0;
+  for (int64_t k = 0; k < m; ++k)
+    if (k != jmax) Bmax += r.v[k] * (double(gr[jmax]) * r.v[k] - r.v[jmax] * double(gr[k]));
+  const double Bf = proj ? sc * maxnorm / (nv * r.Sv) : 1.0 / (r.Dh * r.Dh * r.Sh);  // Gam = Bf (B + Bq g)
+  const double Bq = proj ? 0.0 : r.q * r.Dh;
+  ScaledRowGrads o{0, 0, 0, 0};
+  o.R = proj ? Gv / nv * dmax_dc : -Gv * r.Sv / (2.0 * sc * c * r.Dh * r.Dh * r.Sh);
+  double glam = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const double B = j == jmax ? Bmax : double(gr[j]) * r.Sv - r.v[j] * Gv;
+    const double Gam = Bf * (B + Bq * double(gr[j]));
+    const double C = cc.ch[j] / cc.zn[j];
+    const double gu = Gam * r.ch[j] / sc;                                   // dL/du_j
+    const double ga = gu * 2.0 * cc.zn[j] / std::hypot(1.0, r.a[j]);        // dL/da_j
+    const T gt = T(ga * k1 * C);
+    gtr[j] = gt;
+    const double tmp = ga * r.t[j] * s;
+    glam += tmp * sc * C - ga * cc.sh[j];
+    fA[j] += T(Gam * r.v[j] / sc);
+    fB[j] += T(tmp * lam * C);
+    fZ[j] += T(gu * r.A[j]);
+    fC[j] += T(tmp * sc * lam);
+    fS[j] -= T(ga * (lam - 1.0));
+    o.ug += r.t[j] * double(gt);
+  }
+  o.rowc = glam * c * lam * lam;
+  o.gl = glam * X * lam * lam * 0.5;
+  return o;
+}
 
 template <typename T>
 inline bool flat_rows(int64_t m) {
@@ -493,6 +628,7 @@ __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, 
   const __m512i idx = lane_rows(m);
   alignas(64) float wbuf[kLanesF * kLanesF];
   const __m512d one = _mm512_set1_pd(1.0), vc = _mm512_set1_pd(c), vmax = _mm512_set1_pd(maxnorm);
+  bb.nbad = 0;
   for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
     const __mmask16 mk = lane_mask(nr - g0);
     V k1, k0;
@@ -519,6 +655,11 @@ __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, 
       const __m512d nw = _mm512_sqrt_pd(S2[h]);
       const __mmask8 proj = _mm512_cmp_pd_mask(_mm512_mul_pd(nw, f), vmax, _CMP_GT_OQ);
       F[h] = _mm512_mask_blend_pd(proj, f, _mm512_div_pd(vmax, nw));
+      // |w|^2 beyond sw_max or not finite: the scaled row pass redoes the row
+      const __mmask8 nf = _mm512_cmp_pd_mask(S2[h], _mm512_set1_pd(sw_max<float>()), _CMP_NLE_UQ);
+      if (nf)
+        for (int l = 0; l < 8; ++l)
+          if (((nf >> l) & 1) && g0 + 8 * h + l < nr) bb.bad[bb.nbad++] = g0 + 8 * h + l;
     }
     const V Fv = V(f32_of(F[0], F[1]));
     for (int64_t j = 0; j < m; ++j)
@@ -546,7 +687,11 @@ inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool t
                          double c, double sc, double maxnorm, int64_t m) {
   block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, 0.0);
   fwd_block_w<T>(tb, yb, nr, m, cv, bb, T(1.0 / sc));
-  for (int64_t i = 0; i < nr; ++i) bb.Sw[i] = row_sqnorm(yb + i * m, m);
+  bb.nbad = 0;
+  for (int64_t i = 0; i < nr; ++i) {
+    bb.Sw[i] = row_sqnorm(yb + i * m, m);
+    if (!(bb.Sw[i] <= sw_max<T>())) bb.bad[bb.nbad++] = i;  // redone by the scaled row pass
+  }
   double* F = bb.z;  // the output scale per row
 #pragma omp simd
   for (int64_t i = 0; i < nr; ++i) {
@@ -597,17 +742,23 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   const ColVec<T> cv(cc, flat ? kRowBlock : 0);
   const T* tp = t.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m);
+  const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m) && cv.finite();
   const bool ftan = lanes16 && tangent;
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
     at::parallel_for(0, nb, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
       BlockBuf<T> bb(m, flat);
+      ScaledRow sr;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
         for (int64_t i = 0; i < nr; ++i) bb.X[i] = double(up[r0 + i]);
         fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes16, ftan);
+        for (int64_t k = 0; k < bb.nbad; ++k) {
+          const int64_t i = r0 + bb.bad[k];
+          sr.t.assign(tp + i * m, tp + (i + 1) * m);
+          scaled_row_fwd<T>(sr, yp + i * m, m, cc, c, sc, double(up[i]), tangent, maxnorm);
+        }
       }
     });
     return;
@@ -626,12 +777,22 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
     at::NoGradGuard no_grad;  // grad mode is thread-local: the pool's threads would see x's requires_grad
     BlockBuf<T> bb(m, flat);
+    ScaledRow sr;
+    const T* zp = z.data_ptr<T>();
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kFwdBlock, nr = std::min(kFwdBlock, N - r0);
       at::Tensor tb = t.narrow(0, r0, nr);
       mkl_packed::block_gemm(&zpk, tb, x.narrow(0, r0, nr), z);
       for (int64_t i = 0; i < nr; ++i) bb.X[i] = row_sqnorm(xp + (r0 + i) * n, n);
       fc_fwd_block_any<T>(tp + r0 * m, yp + r0 * m, nr, bb, tangent, cv, c, sc, maxnorm, m, lanes16, ftan);
+      for (int64_t k = 0; k < bb.nbad; ++k) {  // the scaled row pass; t again (y overwrote it unless saved)
+        const int64_t i = r0 + bb.bad[k];
+        const T* xr = xp + i * n;
+        sr.t.assign(m, 0.0);
+        for (int64_t d = 0; d < n; ++d)
+          for (int64_t j = 0; j < m; ++j) sr.t[j] += double(xr[d]) * double(zp[d * m + j]);
+        scaled_row_fwd<T>(sr, yp + i * m, m, cc, c, sc, row_sqnorm(xr, n), tangent, maxnorm);
+      }
     }
   });
 }
@@ -692,6 +853,7 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
   const __m512i idx = lane_rows(m);
   const float inv_sc = float(1.0 / p.sc);
   const int64_t fs = m * kLanesF;  // one field of a group
+  bb.nbad = 0;
   for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
     const __mmask16 mk = lane_mask(nr - g0);
     float* gsc = sc16 + (g0 / kLanesF) * 7 * fs;  // t, g, w, cu, A, ra (+1 spare)
@@ -724,6 +886,19 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
     _mm512_storeu_pd(bb.Sw + g0 + 8, shi);
     _mm512_storeu_pd(bb.G + g0, glo);
     _mm512_storeu_pd(bb.G + g0 + 8, ghi);
+    // rows whose |w|^2 overflowed: their lanes' fields zeroed (pass 2 adds nothing for them), redone by the caller
+    // with the scaled row pass
+    const __mmask8 nf0 = _mm512_cmp_pd_mask(slo, _mm512_set1_pd(sw_max<float>()), _CMP_NLE_UQ);
+    const __mmask8 nf1 = _mm512_cmp_pd_mask(shi, _mm512_set1_pd(sw_max<float>()), _CMP_NLE_UQ);
+    const unsigned nf = (unsigned(nf0) | (unsigned(nf1) << 8)) & unsigned(mk);
+    if (nf)
+      for (int l = 0; l < kLanesF; ++l) {
+        if (!((nf >> l) & 1)) continue;
+        bb.bad[bb.nbad++] = g0 + l;
+        bb.Sw[g0 + l] = bb.G[g0 + l] = 0.0;
+        for (int f = 0; f < 6; ++f)
+          for (int64_t j = 0; j < m; ++j) gsc[f * fs + j * kLanesF + l] = 0.f;
+      }
   }
   out_scalars_lanes(bb, nr, p.c, maxnorm, dmax_dc);  // alpha, beta into k1 / k0 (padding lanes keep 0)
   double gcd = 0;  // the rows' direct dc terms, in row order
@@ -833,20 +1008,21 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   const bool need_cols = want_z || want_b || want_c;
   at::Tensor gt = at::empty({N, m}, t.options());
   std::vector<double> rowcoef(N, 0.0);
-  const int nth = at::get_num_threads();
-  std::vector<std::vector<double>> accZ(nth), accC(nth), accS(nth);
-  std::vector<double> gc_direct(nth, 0.0), gsc_a(nth, 0.0), gsc_b(nth, 0.0);
   const T* tp = t.data_ptr<T>();
   const T* gp = g.data_ptr<T>();
   T* gtp = gt.data_ptr<T>();
   const T inv_sc = T(1.0 / sc);
   const int64_t nblk = (N + kRowBlock - 1) / kRowBlock;
-  std::vector<double> tan_gc(nth, 0.0);
+  // Sums over rows that do not depend on the thread count: each row block's column terms (through zn, C, S) and
+  // scalars (dc direct, the sc terms fA / fB, the tangent dc terms) into its own slot, reduced in block order
+  // below (~3 m doubles per 128 rows); later per-row dc terms per row, summed in row order.
+  std::vector<double> blk_cols(need_cols ? nblk * 3 * m : 0), blk_sc(nblk * 4, 0.0);
+  std::vector<double> tan_rows(tangent ? N : 0, 0.0);
   // rows_only tangent rows: dL/dU (and the dc term through s) of a block's rows right after its row
   // pass, while its t and dt rows are in cache: the rows' dots u . (dt z^T) = t . dt, then their scalars on SIMD
   // lanes (one row per lane; a partial last vector: zero lanes, computed and not stored), in row order
   const bool du_in_pass = rows_only && tangent;
-  const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m);
+  const bool lanes16 = std::is_same_v<T, float> && fc_lanes16_on(m) && cv.finite();
   [[maybe_unused]] const bool ftan = lanes16 && tangent;  // (float only)
   T* gUp = rows_only ? gU->data_ptr<T>() : nullptr;
   auto du_rows = [&](int64_t r0, int64_t nr, double* ugb, double* gub, double* tgb, bool have_ug = false) {
@@ -874,10 +1050,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   };
   at::parallel_for(0, nblk, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
     using V = Vectorized<T>;
-    const int tid = at::get_thread_num();
-    if (need_cols && accZ[tid].empty()) {
-      accZ[tid].assign(m, 0.0); accC[tid].assign(m, 0.0); accS[tid].assign(m, 0.0);
-    }
+    int64_t cur = b0;  // the block being summed
     BlockBuf<T> bb(m, flat);
     // the block's w, cosh(u)/sc, A = asinh(a), 1/sqrt(1 + a^2) per element
     std::vector<T> wv(kRowBlock * m), cu(kRowBlock * m), Av(kRowBlock * m), ra(kRowBlock * m);
@@ -892,25 +1065,32 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     T* fB = fA + m;
     T* rl = fB + m;  // one row's terms of its row coefficient (through lam), summed on vectors after the pass
     double gcd = 0, gsa = 0, gsb = 0, tgc = 0;
-    // the block's column sums (fA, fB; with need_cols fZ, fC, fS) into the thread's sums
+    // the block's column sums (fA, fB; with need_cols fZ, fC, fS) into the block's slots
     auto fold_cols = [&]() {
       for (int64_t j = 0; j < m; ++j) { gsa += double(fA[j]); gsb += double(fB[j]); }
       if (need_cols) {
-        double* aZ = accZ[tid].data();
-        double* aC = accC[tid].data();
-        double* aS = accS[tid].data();
+        double* aZ = blk_cols.data() + cur * 3 * m;
+        double* aC = aZ + m;
+        double* aS = aC + m;
         for (int64_t j = 0; j < m; ++j) {
-          aZ[j] += 2.0 * double(fZ[j]);
-          aC[j] += double(fC[j]);
-          aS[j] += double(fS[j]);
+          aZ[j] = 2.0 * double(fZ[j]);
+          aC[j] = double(fC[j]);
+          aS[j] = double(fS[j]);
         }
       }
     };
+    auto store_scalars = [&]() {
+      double* o = blk_sc.data() + cur * 4;
+      o[0] = gcd; o[1] = gsa; o[2] = gsb; o[3] = tgc;
+    };
+    ScaledRow sr;
     std::vector<float> sc16, acc16;  // lanes16: the block's per-group fields and column accumulators
     double gl16[kRowBlock];
     if (lanes16) { sc16.resize(kRowBlock * 7 * m); acc16.resize(5 * 16 * m); }
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
+      cur = blk;
+      gcd = gsa = gsb = tgc = 0;
       std::fill(colsum.begin(), colsum.end(), T(0));
       std::copy(X.begin() + r0, X.begin() + r0 + nr, bb.X);
       block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, dmax_dc,
@@ -929,8 +1109,17 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
           T* cs[5] = {fA, fB, fZ, fC, fS};
           for (int k = 0; k < 5; ++k)
             for (int64_t j = 0; j < m; ++j) cs[k][j] = _mm512_reduce_add_ps(_mm512_loadu_ps(acc16.data() + (k * m + j) * 16));
+          for (int64_t k = 0; k < bb.nbad; ++k) {  // the scaled row pass (rows in ascending order)
+            const int64_t ii = bb.bad[k], i = r0 + ii;
+            const ScaledRowGrads o = scaled_row_bwd<T>(sr, tb + ii * m, gp + i * m, gtp + i * m, m, cc, c, sc, bb.s[ii],
+                                                      bb.lam[ii], bb.X[ii], maxnorm, dmax_dc, fA, fB, fZ, fC, fS);
+            rowcoef[i] = o.rowc;
+            gcd += o.gl + o.R;
+            bb.Sw[ii] = o.ug;
+          }
           fold_cols();
           if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R, true);
+          store_scalars();
           continue;
         }
       }
@@ -960,10 +1149,25 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         bb.Sw[ii] = Sw;
         bb.G[ii] = gyw;
       }
+      bb.nbad = 0;
+      for (int64_t ii = 0; ii < nr; ++ii)
+        if (!(bb.Sw[ii] <= sw_max<T>())) {  // |w|^2 overflowed: the scaled row pass below, not the row pass
+          bb.bad[bb.nbad++] = ii;
+          bb.Sw[ii] = bb.G[ii] = 0.0;
+        }
       out_scalars_lanes(bb, nr, c, maxnorm, dmax_dc);  // the dc terms summed in row order
       for (int64_t ii = 0; ii < nr; ++ii) gcd += bb.R[ii];
+      int64_t kbad = 0;
       for (int64_t ii = 0; ii < nr; ++ii) {
       const int64_t i = r0 + ii;
+      if (kbad < bb.nbad && bb.bad[kbad] == ii) {
+        ++kbad;
+        const ScaledRowGrads o = scaled_row_bwd<T>(sr, tp + i * m, gp + i * m, gtp + i * m, m, cc, c, sc, bb.s[ii],
+                                                  bb.lam[ii], X[i], maxnorm, dmax_dc, fA, fB, fZ, fC, fS);
+        rowcoef[i] = o.rowc;
+        gcd += o.gl + o.R;
+        continue;
+      }
       const double lam = bb.lam[ii];
       const T* tr = tp + i * m;
       const T* gr = gp + i * m;
@@ -1014,19 +1218,22 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       }
       fold_cols();
       if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R);  // Sw, G, R: free after the row scalars
+      store_scalars();
     }
-    tan_gc[tid] += tgc;
-    gc_direct[tid] += gcd;
-    gsc_a[tid] += gsa;
-    gsc_b[tid] += gsb;
   });
-  double gsc = 0, gcd = 0;
-  for (int k = 0; k < nth; ++k) { gsc += -gsc_a[k] / sc + gsc_b[k]; gcd += gc_direct[k]; }
+  double gsc = 0, gcd = 0, tgc_all = 0;
+  for (int64_t b = 0; b < nblk; ++b) {
+    const double* o = blk_sc.data() + b * 4;
+    gcd += o[0];
+    gsc += -o[1] / sc + o[2];
+    tgc_all += o[3];
+  }
   std::vector<double> gzn(m, 0.0), gC(m, 0.0), gS(m, 0.0);
   if (need_cols)
-    for (int k = 0; k < nth; ++k)
-      if (!accZ[k].empty())
-        for (int64_t j = 0; j < m; ++j) { gzn[j] += accZ[k][j]; gC[j] += accC[k][j]; gS[j] += accS[k][j]; }
+    for (int64_t b = 0; b < nblk; ++b) {
+      const double* aZ = blk_cols.data() + b * 3 * m;
+      for (int64_t j = 0; j < m; ++j) { gzn[j] += aZ[j]; gC[j] += aZ[m + j]; gS[j] += aZ[2 * m + j]; }
+    }
   const bool has_bias = bias.numel() > 0;
   std::vector<double> gr(m, 0.0);
   for (int64_t j = 0; j < m; ++j) {
@@ -1043,7 +1250,6 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     // dL/dx_row = dt_row z^T + coef x_row: coef/2 is dL/dU; u . (dt_row z^T) = dt_row . t_row
     if (!du_in_pass)
     at::parallel_for(0, N, row_grain(m), [&](int64_t i0, int64_t i1) {
-      double tg = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const double rc = rowcoef[i];
         if (!tangent) { gUp[i] = T(0.5 * rc); continue; }
@@ -1055,9 +1261,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         const double si = trw.s[i];
         const double u_gx = ug / si + rc * si * U[i];  // ug = u . (dt z^T), as gr_ . u of the full path
         gUp[i] = T(0.5 * (rc * si * si + u_gx * trw.dsdn_n[i]));
-        tg += u_gx * trw.dsdc[i];
+        tan_rows[i] = u_gx * trw.dsdc[i];
       }
-      tan_gc[at::get_thread_num()] += tg;
     });
     *gt_out = gt;
   } else if (want_x || (tangent && want_c)) {
@@ -1086,14 +1291,14 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
           const T coef = T(rc * si * si + u_gx * trw.dsdn_n[i]);
 #pragma omp simd
           for (int64_t d = 0; d < n; ++d) gr_[d] += coef * xr[d];
-          tan_gc[at::get_thread_num()] += u_gx * trw.dsdc[i];
+          tan_rows[i] = u_gx * trw.dsdc[i];
         }
       }
     });
   }
   if (want_z) {
     if (rows_only) gz.zero_();
-    else at::mm_out(gz, x.t(), gt);
+    else fixed_gemm::mm_tn(gz, x, gt);  // x^T dt: the same bits for any thread count
     T* gzp = gz.data_ptr<T>();
     const T* zp = z.data_ptr<T>();
     const int64_t n = z.size(0);
@@ -1108,7 +1313,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     T* gbp = gb.data_ptr<T>();
     for (int64_t j = 0; j < m; ++j) gbp[j] = T(gr[j]);
   }
-  for (double v : tan_gc) gcd += v;
+  gcd += tgc_all;
+  for (double v : tan_rows) gcd += v;
   if (want_c) gc.fill_(gcd + gsc / (2.0 * sc));
 }
 

@@ -16,6 +16,7 @@
 
 #include "poincare.h"
 #include "poincare_head.h"
+#include "poincare_gemm.h"
 #include "stereographic.h"
 #include "vec_math.h"  // atanc_n
 
@@ -180,7 +181,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
     mlr_bwd_rows<T>(g.data_ptr<T>(), xp, t.data_ptr<T>(), C, dt.data_ptr<T>(), rowc.data(), rowk.data(), P0.data(),
                     P1.data(), P2.data(), N, n, m, c);
     if (mask & 1) {  // dx = dt z^T + (c lam^2 dlam) x
-      gx = at::mm(dt, z.t());
+      gx = at::empty({N, n}, x.options());
+      fixed_gemm::mm_rows(gx, dt, z.t().contiguous());  // dt z^T, x^T dt: the same bits for any thread count
       T* gxp = gx.data_ptr<T>();
       at::parallel_for(0, N, mlr_grain(n), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i)
@@ -199,7 +201,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
         }
       });
       if (mask & 2) {  // dz = x^T dt + (dzn / zn) z
-        gz = at::mm(x.t(), dt);
+        gz = at::empty({n, m}, x.options());
+        fixed_gemm::mm_tn(gz, x, dt);
         T* gzp = gz.data_ptr<T>();
         for (int64_t r = 0; r < n; ++r)
           for (int64_t j = 0; j < m; ++j) gzp[r * m + j] = T(double(gzp[r * m + j]) + zc[j] * double(zp[r * m + j]));

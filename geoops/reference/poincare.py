@@ -160,9 +160,7 @@ def poincare_fc_rows(t: torch.Tensor, U: torch.Tensor, z: torch.Tensor, bias: Op
         a = sc * lam * t / zn
     else:
         a = sc * lam * t * torch.cosh(2 * sc * bias) / zn - (lam - 1) * torch.sinh(2 * sc * bias)
-    w = torch.sinh(2 * zn * torch.asinh(a)) / sc
-    y = w / (1 + (1 + c * _sq(w, -1)).sqrt())
-    return project(y, c, eps=eps)
+    return project(_ball_of_sinh(2 * zn * torch.asinh(a), c, sc, -1), c, eps=eps)
 
 
 def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, dim: int = -1,
@@ -170,9 +168,34 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], 
     """Reference: Poincaré fully-connected layer (HNN++): hyperplane distances of x to the hyperplanes (z, bias),
     mapped back into the ball by the closed form of HNN++ and projected."""
     sc = c.sqrt()
-    w = torch.sinh(sc * hyperplane_dists(x, z, bias, c, dim=dim)) / sc
-    y = w / (1 + (1 + c * _sq(w, dim)).sqrt())
-    return project(y, c, dim=dim, eps=eps)
+    return project(_ball_of_sinh(sc * hyperplane_dists(x, z, bias, c, dim=dim), c, sc, dim), c, dim=dim, eps=eps)
+
+
+# Rows whose largest |u_j| passes this take the scaled form of _ball_of_sinh (sinh(20) ~ 2.4e8: such rows lie
+# within 1e-8 of the boundary and are projected; below it sinh(u) / sc and |w|^2 cannot overflow).
+SINH_SCALED_FROM = 20.0
+
+
+def _ball_of_sinh(u: torch.Tensor, c: torch.Tensor, sc: torch.Tensor, dim: int) -> torch.Tensor:
+    """y = w / (1 + sqrt(1 + c |w|^2)) with w = sinh(u) / sc (HNN++'s map of the distances back into the ball).
+
+    Directly, sinh(u) overflows beyond |u| ~ 89 (float32; ~710 in float64) and |w|^2 already near 44 (355):
+    inf / inf = NaN from finite inputs.  Rows whose largest |u_j| = T passes SINH_SCALED_FROM use the same map
+    with w scaled by sinh(T): with v_j = sinh(u_j) / sinh(T) = (e^(u_j - T) - e^(-u_j - T)) / -expm1(-2T)
+    (|v_j| <= 1, no exponent above 0) and q = 1 / sinh(T) = -2 e^(-T) / expm1(-2T),  y = v / (sc (q + hypot(q, |v|))).  Each branch gets
+    inputs on which it is finite (so are autograd's gradients); other rows are computed as before, bit for bit."""
+    T = u.abs().amax(dim=dim, keepdim=True).detach()
+    big = T > SINH_SCALED_FROM
+    us = torch.where(big, 0.0, u)  # the direct form's rows
+    w = torch.sinh(us) / sc
+    direct = w / (1 + (1 + c * _sq(w, dim)).sqrt())
+    Tb = torch.where(big, T, SINH_SCALED_FROM)  # the scaled form's rows (|u| <= Tb)
+    ub = torch.where(big, u, 0.0)
+    den = -torch.expm1(-2 * Tb)
+    v = (torch.exp(ub - Tb) - torch.exp(-ub - Tb)) / den
+    q = 2 * torch.exp(-Tb) / den
+    scaled = v / (sc * (q + torch.hypot(q, v.norm(dim=dim, keepdim=True))))
+    return torch.where(big, scaled, direct)
 
 
 def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, dim: int = -1):
