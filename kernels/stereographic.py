@@ -1608,6 +1608,9 @@ def _midpoint_bwd_kernel(GF, GL, X_ptr, W_ptr, K_ptr, DX, DW, DKP, N, D, n_per, 
 
 
 _MID_TILE = 2048  # float64 elements of a program's tile
+# warps per program, launched with .maxnreg (_maxnreg): left to itself ptxas spilled 4 B in the float32 posweight
+# backward (Triton 3.6, sm_90)
+_MID_WARPS = 4
 
 
 def _midpoint_launch(x: torch.Tensor, k: torch.Tensor):
@@ -1641,7 +1644,8 @@ def midpoint_fwd(x, w, k, posweight):
     grid = (G, S, triton.cdiv(max(D, 1), block_d))
     with _device_guard(x):
         _midpoint_fwd_kernel[grid](x, w if w is not None else x, k, part, N, D, n_per, S, sk,
-                                   HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d)
+                                   HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d,
+                                   num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
     s = part.sum(1) if S > 1 else part[:, 0]
     return s[:, :D].contiguous(), s[:, D].contiguous()
 
@@ -1665,7 +1669,7 @@ def midpoint_bwd(gF, gL, x, w, k, posweight, mask):
         _midpoint_bwd_kernel[(G, S)](gF, gL, x, w if w is not None else x, k, dx if need_dx else x,
                                      dw if need_dw else x, dkp, N, D, n_per, S, sk,
                                      HAS_W=w is not None, POSW=bool(posweight), NEED_DX=need_dx, NEED_DW=need_dw,
-                                     BLOCK_N=block_n, BLOCK_D=block_d)
+                                     BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
     dk = (dkp.sum(1) if S > 1 else dkp[:, 0].contiguous()) if need_dk else x.new_empty(0)
     return dx, dw, dk
 

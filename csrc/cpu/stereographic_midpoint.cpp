@@ -97,12 +97,13 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
               double* F, double* L) {
   const int64_t CH = chunk_points(D);
   const int64_t nc = std::max<int64_t>(1, (N + CH - 1) / CH);
-  const chunks::Partials part(G * nc, D + 1);  // per (group, chunk): F (D), L
+  // per (group, chunk): F (D), L; a group of one chunk sums straight into F and L (zeros on entry)
+  const chunks::Partials part(nc > 1 ? G * nc : 0, D + 1);
   at::parallel_for(0, G * nc, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / nc, i0 = (t % nc) * CH, i1 = std::min(N, i0 + CH);
       const double kk = kg(k, nk, g);
-      double* a = part.row(t);
+      double* a = nc > 1 ? part.row(t) : F + g * D;
       double l = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const T* xr = xp + (g * N + i) * D;
@@ -114,9 +115,13 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) a[d] = std::fma(c, double(xr[d]), a[d]);
       }
-      a[D] = l;
+      if (nc > 1)
+        a[D] = l;
+      else
+        L[g] = l;
     }
   });
+  if (nc == 1) return;
   at::parallel_for(0, G, 16, [&](int64_t g0, int64_t g1) {
     std::vector<double> s_(D + 1);
     for (int64_t g = g0; g < g1; ++g) {
