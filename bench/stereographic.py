@@ -210,6 +210,9 @@ def add_arguments(parser) -> None:
                    help="stereographic: N,M,D,n of the knn row (default 8192,8192,10,10)")
     g.add_argument("--matvec-shape", default="65536,256,256",
                    help="stereographic: rows, D_in, D_out of the mobius_matvec rows (default 2^16,256,256)")
+    g.add_argument("--midpoint-shapes", default="65536x64:0,4096x32x64:1",
+                   help="stereographic: weighted_midpoint rows, comma list of SHAPE:REDUCEDIM (default "
+                        "65536x64:0,4096x32x64:1: one midpoint of 2^16 points, 4096 midpoints of 32 points)")
     g.add_argument("--compile-nested", choices=("on", "off"), default="on",
                    help="stereographic: torch._dynamo.config.nested_graph_breaks for torch.compile(geoopt) "
                         "(default on: off makes dynamo fall back to eager geoopt at its branches on k)")
@@ -298,7 +301,7 @@ def _setup(op, pass_, n, d, dtype, device, args):
 
 
 # ---------------------------------------------------------------- pairwise rows
-PAIR_OPS = ("cdist", "knn", "mobius_matvec", "wordnet")
+PAIR_OPS = ("cdist", "knn", "mobius_matvec", "wordnet", "weighted_midpoint", "weighted_midpoint_composed")
 PEER_CHUNK = 256  # geoopt's broadcast dist is timed in blocks of this many x rows (same work, bounded memory)
 
 
@@ -328,6 +331,22 @@ def pair_rows(args, device, ops):
         if "wordnet" in ops and "fwd+bwd" in args.passes and dtype == torch.float32 and _HAVE_GEOOPT \
                 and torch.device(device).type == "cpu":
             yield wordnet_row(dtype)
+        for op in ("weighted_midpoint", "weighted_midpoint_composed"):
+            if op not in ops:
+                continue
+            for spec in args.midpoint_shapes.split(","):
+                shape_s, red_s = spec.split(":")
+                shape = [int(v) for v in shape_s.split("x")]
+                red = [int(v) for v in red_s.split("+")]
+                for pass_ in args.passes:
+                    n = 1
+                    for v in shape:
+                        n *= v
+                    nbytes = n * torch.empty(0, dtype=dtype).element_size() * (1 if pass_ == "fwd" else 3)
+                    yield Row(family="stereographic", op=op, pass_=pass_, shape=shape, dtype=DTYPE_SHORT[dtype],
+                              setup=_midpoint_setup(op, shape, red, dtype, device, pass_, args.no_compile), work=nbytes, unit="GB/s",
+                              limit="weighted Euclidean mean (w x).sum(reducedim)", peer=PEER,
+                              label=f"reducedim={red}", check_tol=1e-9 if dtype == torch.float64 else 1e-4)
         if "mobius_matvec" in ops:
             R, Din, Dout = (int(v) for v in args.matvec_shape.split(","))
             for pass_ in args.passes:
@@ -355,6 +374,26 @@ def _fwd_bwd(call, leaves, g):
         call().backward(g)
 
     return run
+
+
+def _timed_calls(calls, leaves, g, need):
+    """(fns, check) of a row: each call as forward + backward(g) into `leaves` when `need`, else under no_grad;
+    check compares geoops with the peer (forward rows only)."""
+    if need:
+        return {name: _fwd_bwd(c, leaves, g) for name, c in calls.items()}, None
+
+    def nograd(c):
+        def run():
+            with torch.no_grad():
+                return c()
+        return run
+
+    check = None
+    if "peer" in calls:
+        def check():
+            with torch.no_grad():
+                return calls["geoops"](), calls["peer"]()
+    return {name: nograd(c) for name, c in calls.items()}, check
 
 
 def _cdist_setup(N, M, D, dtype, device, pass_):
@@ -445,20 +484,53 @@ def _matvec_setup(R, Din, Dout, dtype, device, pass_):
             calls["peer"] = lambda: gm.mobius_matvec(m, x, k=k)
         else:
             skipped["peer"] = "n/a: geoopt is not installed"
-        if need:
-            fns = {name: _fwd_bwd(c, [x, m], g) for name, c in calls.items()}
+        return (*_timed_calls(calls, [x, m], g, need), skipped)
+
+    return setup
+
+
+def _midpoint_setup(op, shape, red, dtype, device, pass_, no_compile=False):
+    """weighted_midpoint (weights given, k = -1) of points of `shape` over `red`: geoops (op "weighted_midpoint": the
+    fused reduction; "weighted_midpoint_composed": the previous composition of row kernels and torch ops), geoopt,
+    torch.compile(geoopt), and the weighted Euclidean mean as the byte limit."""
+    def setup():
+        import geoops.stereographic as gs
+
+        need = pass_ == "fwd+bwd"
+        gen = torch.Generator().manual_seed(18)
+        D = shape[-1]
+        n = 1
+        for v in shape[:-1]:
+            n *= v
+        x = _ball(n, D, gen, 0.9).reshape(shape).to(device=device, dtype=dtype).requires_grad_(need)
+        w = (torch.rand(shape[:-1], generator=gen) + 0.1).to(device=device, dtype=dtype).requires_grad_(need)
+        k = torch.tensor(-1.0, dtype=dtype, device=device)
+        d = len(shape) - 1
+        if op == "weighted_midpoint":
+            ours = lambda: gs.weighted_midpoint(x, w, k=k, reducedim=red)  # noqa: E731
         else:
-            def nograd(c):
-                def run():
-                    with torch.no_grad():
-                        return c()
-                return run
-            fns = {name: nograd(c) for name, c in calls.items()}
-        check = None
-        if not need and "peer" in calls:
-            def check():
-                with torch.no_grad():
-                    return calls["geoops"](), calls["peer"]()
-        return fns, check, skipped
+            ours = lambda: gs._weighted_midpoint_composed(x, w, k=k, reducedim=red, dim=d, keepdim=False,  # noqa: E731
+                                                          lincomb=False, posweight=False)
+        calls = {"geoops": ours, "limit": lambda: (w.unsqueeze(-1) * x).sum(red)}
+        skipped = {}
+        if _HAVE_GEOOPT:
+            import geoopt.manifolds.stereographic.math as gm
+
+            def peer_fn(x, w, k):
+                return gm.weighted_midpoint(x, weights=w, k=k, reducedim=red)
+
+            calls["peer"] = lambda: peer_fn(x, w, k)
+            key = ("weighted_midpoint", tuple(red))
+            if no_compile:
+                skipped["compiled"] = "skipped (--no-compile)"
+            else:
+                if key not in _compiled:
+                    _compiled[key] = torch.compile(peer_fn, dynamic=False)
+                calls["compiled"] = lambda: _compiled[key](x, w, k)
+        else:
+            skipped["peer"] = skipped["compiled"] = "n/a: geoopt is not installed"
+        g = torch.randn(ours().shape, generator=torch.Generator().manual_seed(19)).to(device=device, dtype=dtype) \
+            if need else None
+        return (*_timed_calls(calls, [x, w], g, need), skipped)
 
     return setup

@@ -15,6 +15,7 @@
 #include "cpu/ssm.h"
 #include "cpu/stereographic.h"
 #include "cpu/stereographic_pairwise.h"
+#include "cpu/stereographic_midpoint.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
 #endif
@@ -50,6 +51,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, "mobius_matvec epilogue, backward (CPU)");
   m.def("mobius_matvec_fwd_cpu", &geoops::cpu::mobius_matvec_fwd_cpu, "mobius_matvec, blocked GEMM + epilogue (CPU)");
   m.def("mobius_matvec_bwd_cpu", &geoops::cpu::mobius_matvec_bwd_cpu, "mobius_matvec backward, blocked (CPU)");
+  m.def("stereo_midpoint_fwd_cpu", &geoops::cpu::stereo_midpoint_fwd_cpu,
+        "weighted midpoint sums (F, L) per group of points (CPU; csrc/cpu/stereographic_midpoint.cpp)");
+  m.def("stereo_midpoint_bwd_cpu", &geoops::cpu::stereo_midpoint_bwd_cpu, "weighted midpoint sums, backward (CPU)");
   // ---- ssm (diagonal state-space family: geoops/ssm.py)
   m.def("vandermonde_fwd_cpu", &geoops::cpu::vandermonde_fwd_cpu, "2 Re sum_n v exp(x l), forward (CPU)");
   m.def("vandermonde_bwd_cpu", &geoops::cpu::vandermonde_bwd_cpu, "2 Re sum_n v exp(x l), backward (CPU)");

@@ -1426,16 +1426,31 @@ def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int =
     return u + 2 * (ca * a + cb * b) / d.clamp_min(1e-15)
 
 
+def _coadd(x, y, k, dim):
+    """x [+] y in closed form: ((1 + k|y|^2) x + (1 + k|x|^2) y) / (1 - k^2 |x|^2 |y|^2).
+
+    Derivation: with gamma_x^2 = 1 / (1 + k|x|^2) = lambda_x / 2, Mobius coaddition is the gyromidpoint's doubled
+    mean x [+] y = (lambda_x x + lambda_y y) / (lambda_x + lambda_y - 2); multiplying through by
+    (1 + k|x|^2)(1 + k|y|^2) / 2 gives the form above (<x, y> cancels).  The denominator is clamped away from 0 with
+    its sign (1e-15, geoopt's clamp of mobius_add's)."""
+    k = _kt("mobius_coadd", k, x)
+    xx, yy = _dot(x, x, dim), _dot(y, y, dim)
+    den = 1 - k * k * xx * yy
+    den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
+    return ((1 + k * yy) * x + (1 + k * xx) * y) / den
+
+
 def mobius_coadd(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Mobius coaddition x [+] y = x (+) gyr[x, -y] y."""
+    """Mobius coaddition x [+] y = x (+) gyr[x, -y] y, in closed form: ((1 + k|y|^2) x + (1 + k|x|^2) y) /
+    (1 - k^2 |x|^2 |y|^2) (two row sums and one element-wise pass; autograd through torch ops)."""
     _check_surface("mobius_coadd", dim, k, x=x, y=y)
-    return mobius_add(x, gyration(x, -y, y, k=k, dim=dim), k=k, dim=dim)
+    return _coadd(x, y, k, dim)
 
 
 def mobius_cosub(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Mobius cosubtraction x [-] y = x [+] (-y)."""
+    """Mobius cosubtraction x [-] y = x [+] (-y): ((1 + k|y|^2) x - (1 + k|x|^2) y) / (1 - k^2 |x|^2 |y|^2)."""
     _check_surface("mobius_cosub", dim, k, x=x, y=y)
-    return mobius_coadd(x, -y, k=k, dim=dim)
+    return _coadd(x, -y, k, dim)
 
 
 def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
@@ -1586,29 +1601,179 @@ def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim:
     return d if keepdim else d.squeeze(dim)
 
 
+class MidpointSumsFn(torch.autograd.Function):
+    """The weighted midpoint's reduction: (F, L) = sums over the points of each group (x [G, N, D], w [G, N] or
+    None, k [1] or [G]; float64 results): torch.ops.geoops.stereo_midpoint_fwd / _bwd (one pass each)."""
+
+    @staticmethod
+    def forward(ctx, x, w, k, posweight):
+        F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
+        ctx.save_for_backward(x, w, k)
+        ctx.posweight = posweight
+        return F, L
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, gF, gL):
+        x, w, k = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] and w is not None else 0) | (4 if need[2] else 0)
+        if mask == 0:
+            return None, None, None, None
+        dx, dw, dk = _PAIR["midpoint_bwd"](gF.contiguous(), gL.contiguous(), x, w, k, ctx.posweight, mask)
+        if need[2]:
+            dk = dk.to(k.dtype)
+            dk = dk.sum().reshape(1) if k.shape[0] != x.shape[0] else dk
+        return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
+
+
+def _midpoint_sums_cat(x, w, k, posweight):
+    F, L = _ops.midpoint_sums_reference(x, w, k, posweight)
+    return torch.cat([F, L.unsqueeze(-1)], dim=-1)
+
+
+def _midpoint_func_forward(x, w, k, posweight):
+    return _PAIR["midpoint_fwd"](x, w, k, posweight)
+
+
+def _midpoint_func_setup(ctx, inputs, output):
+    x, w, k, posweight = inputs
+    ctx.save_for_backward(x, w, k)
+    ctx.save_for_forward(x, w, k)
+    ctx.posweight = posweight
+
+
+def _midpoint_func_jvp(ctx, tx, tw, tk, _):
+    x, w, k = ctx.saved_tensors
+    t = _ref_jvp(lambda a, b, c: _midpoint_sums_cat(a, b, c, ctx.posweight), (x, w, k), (tx, tw, tk))
+    return t[..., :-1], t[..., -1]
+
+
+MidpointSumsFnFunc = type("MidpointSumsFnFunc", (torch.autograd.Function,), {
+    "forward": staticmethod(_midpoint_func_forward), "setup_context": staticmethod(_midpoint_func_setup),
+    "backward": staticmethod(_library.first_order_only(MidpointSumsFn.backward.__wrapped__)),
+    "jvp": staticmethod(_midpoint_func_jvp), "generate_vmap_rule": True, "__module__": __name__,
+    "__doc__": "MidpointSumsFn for torch.func transforms (grad, vmap, jacrev, jacfwd); jvp from the reference sums."})
+
+
+def _midpoint_sums(x, w, k, posweight):
+    if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
+        return MidpointSumsFnFunc.apply(x, w, k, posweight)
+    if _library.autograd_wanted(x, w, k):
+        return MidpointSumsFn.apply(x, w, k, posweight)
+    return _PAIR["midpoint_fwd"](x, w, k, posweight)
+
+
 def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,
                       keepdim: bool = False, lincomb: bool = False, posweight: bool = False) -> torch.Tensor:
     """Weighted gyromidpoint (Einstein/Mobius midpoint) of xs along `reducedim`: geoopt's weighted_midpoint.
 
     m = 1/2 (x) (sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1)); on the sphere the better of m and its
-    antipode; with ``lincomb`` scaled by the sum of the weights.
+    antipode; with ``lincomb`` scaled by the sum of the weights; with ``posweight`` a point of negative weight
+    counts as its antipode with weight |w|.  The sums over the points are one fused pass (forward and backward,
+    ``MidpointSumsFn``), the rest runs on the result rows; the ``reference`` backend runs the composition.
     """
-    _check_surface("weighted_midpoint", dim, k, xs=xs)
+    op = "weighted_midpoint"
+    _check_surface(op, dim, k, xs=xs)
     if weights is not None:
-        _check_float("weighted_midpoint", "weights", weights)
+        _check_float(op, "weights", weights)
+        if weights.device != xs.device:
+            _fail(op, f"weights is on {weights.device} but xs is on {xs.device}; all tensors must be on one device")
         if weights.dim() >= xs.dim():
-            _fail("weighted_midpoint", f"weights of shape {tuple(weights.shape)} must have fewer dimensions than "
-                                       f"xs {tuple(xs.shape)} (one weight per point, no vector dimension)")
+            _fail(op, f"weights of shape {tuple(weights.shape)} must have fewer dimensions than "
+                      f"xs {tuple(xs.shape)} (one weight per point, no vector dimension)")
         try:
-            _broadcast2(xs.shape, weights.unsqueeze(dim % xs.dim()).shape)
+            _broadcast2(xs.shape, weights.unsqueeze(dim).shape)
         except RuntimeError:
-            _fail("weighted_midpoint", f"weights of shape {tuple(weights.shape)} does not broadcast against xs "
-                                       f"{tuple(xs.shape)} without its dim={dim}")
-    kk = _kt("weighted_midpoint", k, xs)
+            _fail(op, f"weights of shape {tuple(weights.shape)} does not broadcast against xs "
+                      f"{tuple(xs.shape)} without its dim={dim}")
     nd = xs.dim()
     d = dim % nd
     if reducedim is None:
-        reducedim = [i for i in range(nd) if i != d]
+        red = [i for i in range(nd) if i != d]
+    else:
+        rd = [reducedim] if isinstance(reducedim, int) and not isinstance(reducedim, bool) else reducedim
+        try:
+            red = sorted({int(i) % nd for i in rd if -nd <= int(i) < nd} if all(
+                isinstance(i, int) and not isinstance(i, bool) for i in rd) else None)
+        except TypeError:
+            _fail(op, f"reducedim must be an int or a list of ints, got {reducedim!r}", TypeError)
+        if len(set(rd)) != len(rd) or len(red) != len(rd):
+            _fail(op, f"reducedim={reducedim!r} must name distinct dims in range for xs of {nd} dims", IndexError)
+        if d in red:
+            _fail(op, f"reducedim={reducedim!r} must not contain the vector dim={dim}")
+    kk = _kt(op, k, xs)
+    kshape = (1,) * (nd - kk.dim()) + tuple(kk.shape)
+    if kk.dim() > nd or any(kshape[i] != 1 for i in red):
+        _fail(op, f"k of shape {tuple(kk.shape)} must have size 1 along the reduced dims {red} and no more "
+                  f"dimensions than xs {tuple(xs.shape)} (one curvature per midpoint)")
+    if _backend.resolve(xs.device, _ops.FAMILY) == "reference":
+        return _weighted_midpoint_composed(xs, weights, k=kk, reducedim=red, dim=d, keepdim=keepdim,
+                                           lincomb=lincomb, posweight=posweight)
+    dtype = xs.dtype
+    x = xs if dtype in (torch.float32, torch.float64) else xs.float()
+    w = None
+    if weights is not None:
+        wu = weights.unsqueeze(dim).to(x.dtype)
+        shape = _broadcast2(x.shape, wu.shape)
+        if tuple(shape) != tuple(x.shape):
+            x = x.expand(shape)
+        w = wu.expand(tuple(shape[:d]) + (1,) + tuple(shape[d + 1:])).squeeze(d)
+    shape = tuple(x.shape)
+    keep = [i for i in range(nd) if i != d and i not in red]
+    G = 1
+    for i in keep:
+        G *= shape[i]
+    N = 1
+    for i in red:
+        N *= shape[i]
+    D = shape[d]
+    x3 = x.permute(keep + red + [d]).reshape(G, N, D)
+    if w is not None:
+        wdims = [i if i < d else i - 1 for i in keep + red]
+        w = w.permute(wdims).reshape(G, N)
+    kd = kk.reshape(kshape).to(torch.float64)
+    kg = kd.expand(tuple(shape[i] if i in keep else 1 for i in range(nd))).permute(keep + red + [d]).reshape(G) \
+        if kd.numel() != 1 else kd.reshape(1)
+    F, L = _midpoint_sums(x3, w, kg, bool(posweight))
+    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
+    two_mean = F / den
+    k2 = kg.unsqueeze(-1)
+    half = torch.full((G, 1), 0.5, dtype=torch.float64, device=xs.device)
+    mean = mobius_scalar_mul(half, two_mean, k=k2)
+    sphere = kg.gt(0)
+    if _branch_free() or bool(sphere.any()):
+        b_mean = antipode(mean, k=k2)
+        with torch.no_grad():  # the sphere's choice between m and its antipode (geoopt: the smaller sum of dists)
+            k3 = k2.unsqueeze(-1).to(x3.dtype)
+            xp = x3
+            if posweight and w is not None:
+                xp = torch.where(w.unsqueeze(-1) < 0, antipode(x3, k=k3), x3)
+            a_dist = dist(mean.to(x3.dtype).unsqueeze(1), xp, k=k3).sum(1)
+            b_dist = dist(b_mean.to(x3.dtype).unsqueeze(1), xp, k=k3).sum(1)
+            better = (sphere & (b_dist < a_dist)).unsqueeze(-1)
+        mean = torch.where(better, b_mean, mean)
+    if lincomb:
+        if w is None:
+            alpha = torch.full((G, 1), float(N), dtype=torch.float64, device=xs.device)
+        else:
+            alpha = (w.abs() if posweight else w).to(torch.float64).sum(1, keepdim=True)
+        mean = mobius_scalar_mul(alpha, mean, k=k2)
+    perm = keep + red + [d]
+    out = mean.to(dtype).reshape([shape[i] for i in keep] + [1] * len(red) + [D])
+    out = out.permute([perm.index(i) for i in range(nd)])
+    if not keepdim:
+        for i in sorted(red, reverse=True):
+            out = out.squeeze(i)
+    return out
+
+
+def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, lincomb, posweight):
+    """weighted_midpoint as a composition of the row kernels and torch ops (the reference backend's path; the
+    previous implementation, kept for the tests' and the benchmarks' comparison)."""
+    kk = k
+    nd = xs.dim()
+    d = dim % nd
     gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
     w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
     compiling = _branch_free()

@@ -56,7 +56,7 @@ try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at co
 except ImportError:  # pragma: no cover - older layouts
     from triton.language.extra.cuda import libdevice as _libdevice
 
-__all__ = ["stereo_fwd", "stereo_bwd", "MAX_BLOCK_D"]
+__all__ = ["stereo_fwd", "stereo_bwd", "MAX_BLOCK_D", "midpoint_fwd", "midpoint_bwd"]
 
 # Op codes: geoops::stereo::Op in csrc/include/geoops/stereo_math.h.
 MOBIUS_ADD = tl.constexpr(0)
@@ -1032,7 +1032,7 @@ def compile_variants():
 
                 entries.append({"label": f"{name}/{dname}/{shape} fwd", "launch": fwd, "expect": expect})
                 entries.append({"label": f"{name}/{dname}/{shape} bwd", "launch": bwd, "expect": expect})
-    return entries + _pair_compile_variants()
+    return entries + _pair_compile_variants() + _midpoint_compile_variants()
 
 
 # Pairwise launches: the forward's binary depends on the dtype and on what it writes (distances, + A, rank
@@ -1473,3 +1473,222 @@ def dist_from_key(key, k):
     dn = torch.log1p(t + torch.sqrt(t * (t + 2))) * rs
     dp = 2 * torch.atan(torch.sqrt(kk.clamp_min(0) * v)) * rs
     return torch.where(kk < 0, dn, torch.where(kk > 0, dp, 2 * torch.sqrt(v))).to(key.dtype)
+
+
+# ================================================================ weighted midpoint: the reduction over the points
+# The contract of geoops._ops.stereographic (the same as csrc/cpu/stereographic_midpoint.cpp):
+#   midpoint_fwd(x [G,N,D], w [G,N] or None, k [1] or [G], posweight) -> (F [G,D], L [G]) float64
+#   midpoint_bwd(gF [G,D], gL [G], x, w, k, posweight, mask) -> (dx [G,N,D], dw [G,N], dk [G] float64)
+# Per point: X = |x_i|^2, lam = 2 / max(1 + k X, 1e-15), F += w c x_i, L += s w (lam - 1) (c = lam, s = 1 except
+# for posweight's points of negative weight: s = -1, and on the sphere c = lam / (k X), 0 at X = 0).
+#
+# Forward (_midpoint_fwd_kernel): one program per (group, split of the points, BLOCK_D columns of F); it walks its
+# points in BLOCK_N-row tiles in order, |x_i|^2 over all columns (BLOCK_D chunks), then F's columns and L, all in
+# float64.  The splits' partial sums ([G, S, D + 1] float64) are added in split order by torch (a fixed order: the
+# same bits on every run).  Backward (_midpoint_bwd_kernel): one program per (group, split); per tile |x_i|^2 and
+# <gF, x_i> over the column chunks, then dx written chunk by chunk, dw, and the split's dk partial.
+@triton.jit
+def _midpoint_coef(X, k, w, POSW: tl.constexpr):
+    """(lam, c, s, lam_X, lam_k, c_X, c_k) of a tile of points (float64)."""
+    den = 1.0 + k * X
+    live = den > 1e-15
+    lam = 2.0 / tl.where(live, den, 1e-15)
+    lam_x = tl.where(live, -0.5 * k * lam * lam, 0.0)
+    lam_k = tl.where(live, -0.5 * X * lam * lam, 0.0)
+    c, c_x, c_k, s = lam, lam_x, lam_k, tl.full(X.shape, 1.0, tl.float64)
+    if POSW:
+        flip = w < 0.0
+        s = tl.where(flip, -1.0, 1.0)
+        sph = flip & ((X * 0.0 + k) > 0.0)  # k broadcast to the tile (a scalar & a block: the interpreter's numpy)
+        pos = X > 0.0
+        u = k * X + k * k * X * X
+        q = 2.0 / tl.where(sph & pos, u, 1.0)
+        qx = -0.5 * q * q * (k + 2.0 * k * k * X)
+        qk = -0.5 * q * q * (X + 2.0 * k * X * X)
+        c = tl.where(sph, tl.where(pos, q, 0.0), c)
+        c_x = tl.where(sph, tl.where(pos, qx, 0.0), c_x)
+        c_k = tl.where(sph, tl.where(pos, qk, 0.0), c_k)
+    return lam, c, s, lam_x, lam_k, c_x, c_k
+
+
+@triton.jit
+def _midpoint_split(sp, n_per, N):
+    """Points [i_lo, i_hi) of split sp."""
+    i_lo = sp * n_per
+    return i_lo, tl.minimum(i_lo + n_per, N)
+
+
+@triton.jit
+def _midpoint_rows(i0, i_hi, BLOCK_N: tl.constexpr):
+    """A tile's point indices and their mask."""
+    rows = i0 + tl.arange(0, BLOCK_N)
+    return rows, rows < i_hi
+
+
+@triton.jit
+def _midpoint_w(W_ptr, idx, rmask, HAS_W: tl.constexpr):
+    """The weights of a tile of points in float64 (1 without weights; 0 on masked rows)."""
+    if HAS_W:
+        w = tl.load(W_ptr + idx, mask=rmask, other=0.0).to(tl.float64)
+    else:
+        w = tl.where(rmask, 1.0, 0.0).to(tl.float64)
+    return w
+
+
+@triton.jit
+def _midpoint_fwd_kernel(X_ptr, W_ptr, K_ptr, PART, N, D, n_per, S, stride_k,
+                         HAS_W: tl.constexpr, POSW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    g = tl.program_id(0).to(tl.int64)
+    sp = tl.program_id(1).to(tl.int64)
+    dc = tl.program_id(2).to(tl.int64)
+    k = tl.load(K_ptr + g * stride_k).to(tl.float64)
+    cols = dc * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    acc_f = tl.zeros([BLOCK_D], tl.float64)
+    acc_l = tl.zeros([BLOCK_N], tl.float64)
+    i_lo, i_hi = _midpoint_split(sp, n_per, N)
+    for i0 in range(i_lo, i_hi, BLOCK_N):
+        rows, rmask = _midpoint_rows(i0, i_hi, BLOCK_N)
+        base = X_ptr + (g * N + rows)[:, None] * D
+        xx = tl.zeros([BLOCK_N], tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            cc = d0 + tl.arange(0, BLOCK_D)
+            xt = tl.load(base + cc[None, :], mask=rmask[:, None] & (cc < D)[None, :], other=0.0).to(tl.float64)
+            xx += tl.sum(xt * xt, axis=1)
+        w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
+        lam, c, s, lam_x, lam_k, c_x, c_k = _midpoint_coef(xx, k, w, POSW)
+        acc_l += tl.where(rmask, s * w * (lam - 1.0), 0.0)
+        xt = tl.load(base + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float64)
+        acc_f += tl.sum(tl.where(rmask, w * c, 0.0)[:, None] * xt, axis=0)
+    out = PART + (g * S + sp) * (D + 1)
+    tl.store(out + cols, acc_f, mask=cmask)
+    if dc == 0:
+        tl.store(out + D, tl.sum(acc_l, axis=0))
+
+
+@triton.jit
+def _midpoint_bwd_kernel(GF, GL, X_ptr, W_ptr, K_ptr, DX, DW, DKP, N, D, n_per, S, stride_k,
+                         HAS_W: tl.constexpr, POSW: tl.constexpr, NEED_DX: tl.constexpr, NEED_DW: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    g = tl.program_id(0).to(tl.int64)
+    sp = tl.program_id(1).to(tl.int64)
+    k = tl.load(K_ptr + g * stride_k).to(tl.float64)
+    gl = tl.load(GL + g).to(tl.float64)
+    acc_k = tl.zeros([BLOCK_N], tl.float64)
+    i_lo, i_hi = _midpoint_split(sp, n_per, N)
+    for i0 in range(i_lo, i_hi, BLOCK_N):
+        rows, rmask = _midpoint_rows(i0, i_hi, BLOCK_N)
+        base = (g * N + rows)[:, None] * D
+        xx = tl.zeros([BLOCK_N], tl.float64)
+        pp = tl.zeros([BLOCK_N], tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            cc = d0 + tl.arange(0, BLOCK_D)
+            m2 = rmask[:, None] & (cc < D)[None, :]
+            xt = tl.load(X_ptr + base + cc[None, :], mask=m2, other=0.0).to(tl.float64)
+            gf = tl.load(GF + g * D + cc, mask=cc < D, other=0.0).to(tl.float64)
+            xx += tl.sum(xt * xt, axis=1)
+            pp += tl.sum(xt * gf[None, :], axis=1)
+        w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
+        lam, c, s, lam_x, lam_k, c_x, c_k = _midpoint_coef(xx, k, w, POSW)
+        sgl = s * gl
+        if NEED_DW:
+            tl.store(DW + g * N + rows, (c * pp + sgl * (lam - 1.0)).to(DW.dtype.element_ty), mask=rmask)
+        acc_k += tl.where(rmask, w * (pp * c_k + sgl * lam_k), 0.0)
+        if NEED_DX:
+            a = w * c
+            b = 2.0 * w * (pp * c_x + sgl * lam_x)
+            for d0 in range(0, D, BLOCK_D):
+                cc = d0 + tl.arange(0, BLOCK_D)
+                m2 = rmask[:, None] & (cc < D)[None, :]
+                xt = tl.load(X_ptr + base + cc[None, :], mask=m2, other=0.0).to(tl.float64)
+                gf = tl.load(GF + g * D + cc, mask=cc < D, other=0.0).to(tl.float64)
+                v = a[:, None] * gf[None, :] + b[:, None] * xt
+                tl.store(DX + base + cc[None, :], v.to(DX.dtype.element_ty), mask=m2)
+    tl.store(DKP + g * S + sp, tl.sum(acc_k, axis=0))
+
+
+_MID_TILE = 2048  # float64 elements of a program's tile
+# warps per program, launched with .maxnreg (_maxnreg): left to itself ptxas spilled 4 B in the float32 posweight
+# backward (Triton 3.6, sm_90)
+_MID_WARPS = 4
+
+
+def _midpoint_launch(x: torch.Tensor, k: torch.Tensor):
+    """(x contiguous [G,N,D], k [1] or [G], its stride, BLOCK_N, BLOCK_D, S splits, points per split)."""
+    if x.dim() != 3 or x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"geoops.kernels.stereographic: midpoint x must be float32/float64 (G, N, D), got "
+                         f"{tuple(x.shape)} {x.dtype}")
+    x = x.contiguous()
+    G, N, D = x.shape
+    k = k.reshape(-1)
+    if k.numel() not in (1, G):
+        raise ValueError(f"geoops.kernels.stereographic: midpoint k must have 1 or G={G} values, got {k.numel()}")
+    block_d = min(triton.next_power_of_2(max(D, 1)), 256)
+    block_n = max(1, min(_MID_TILE // block_d, triton.next_power_of_2(max(N, 1))))
+    # enough programs for the machine when there are few groups: split the points (partials added in order)
+    S = max(1, min(triton.cdiv(N, block_n * 4), triton.cdiv(256, max(G, 1)))) if N else 1
+    n_per = triton.cdiv(max(N, 1), S)
+    n_per = triton.cdiv(n_per, block_n) * block_n
+    S = max(1, triton.cdiv(max(N, 1), n_per))
+    return x, k.contiguous(), (0 if k.numel() == 1 else 1), block_n, block_d, S, n_per
+
+
+def midpoint_fwd(x, w, k, posweight):
+    """(F [G,D], L [G]) float64: the weighted midpoint's sums per group (see the contract above)."""
+    x, k, sk, block_n, block_d, S, n_per = _midpoint_launch(x, k)
+    G, N, D = x.shape
+    if G == 0 or N == 0:
+        return x.new_zeros((G, D), dtype=torch.float64), x.new_zeros((G,), dtype=torch.float64)
+    w = w.to(x.dtype).contiguous() if w is not None else None
+    part = torch.empty((G, S, D + 1), dtype=torch.float64, device=x.device)
+    grid = (G, S, triton.cdiv(max(D, 1), block_d))
+    with _device_guard(x):
+        _midpoint_fwd_kernel[grid](x, w if w is not None else x, k, part, N, D, n_per, S, sk,
+                                   HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d,
+                                   num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
+    s = part.sum(1) if S > 1 else part[:, 0]
+    return s[:, :D].contiguous(), s[:, D].contiguous()
+
+
+def midpoint_bwd(gF, gL, x, w, k, posweight, mask):
+    """(dx, dw, dk [G] float64) of the sums; mask bits 1 dx, 2 dw, 4 dk; unselected ones are empty."""
+    x, k, sk, block_n, block_d, S, n_per = _midpoint_launch(x, k)
+    G, N, D = x.shape
+    mask = int(mask)
+    need_dx, need_dw, need_dk = bool(mask & 1), bool(mask & 2) and w is not None, bool(mask & 4)
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    dw = x.new_empty((G, N)) if need_dw else x.new_empty(0)
+    if G == 0 or N == 0 or not (need_dx or need_dw or need_dk):
+        dk = x.new_zeros((G,), dtype=torch.float64) if need_dk else x.new_empty(0)
+        return dx, dw, dk
+    w = w.to(x.dtype).contiguous() if w is not None else None
+    gF = gF.to(torch.float64).expand(G, D).contiguous()
+    gL = gL.to(torch.float64).expand(G).contiguous()
+    dkp = torch.empty((G, S), dtype=torch.float64, device=x.device)
+    with _device_guard(x):
+        _midpoint_bwd_kernel[(G, S)](gF, gL, x, w if w is not None else x, k, dx if need_dx else x,
+                                     dw if need_dw else x, dkp, N, D, n_per, S, sk,
+                                     HAS_W=w is not None, POSW=bool(posweight), NEED_DX=need_dx, NEED_DW=need_dw,
+                                     BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
+    dk = (dkp.sum(1) if S > 1 else dkp[:, 0].contiguous()) if need_dk else x.new_empty(0)
+    return dx, dw, dk
+
+
+def _midpoint_compile_variants():
+    entries = []
+    expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 0}
+    for dtype in (torch.float32, torch.float64):
+        dname = str(dtype).replace("torch.", "")
+        for D in (64, 300):
+            x = torch.zeros(2, 37, D, dtype=dtype)
+            w = torch.zeros(2, 37, dtype=dtype)
+            k = torch.zeros(2, dtype=torch.float64)
+            gF = torch.zeros(2, D, dtype=torch.float64)
+            gL = torch.zeros(2, dtype=torch.float64)
+            for pw in (False, True):
+                tag = f"midpoint/{dname}/D{D}{'/posweight' if pw else ''}"
+                entries.append({"label": f"{tag} fwd", "expect": expect,
+                                "launch": lambda x=x, w=w, k=k, pw=pw: midpoint_fwd(x, w, k, pw)})
+                entries.append({"label": f"{tag} bwd", "expect": expect,
+                                "launch": lambda x=x, w=w, k=k, pw=pw, gF=gF, gL=gL: midpoint_bwd(gF, gL, x, w, k, pw, 7)})
+    return entries

@@ -5,6 +5,7 @@
 
 #include "poincare.h"
 #include "knobs.h"
+#include "row_chunks.h"
 
 #include "geoops/stereo_math.h"
 #include "vec_math.h"
@@ -136,33 +137,9 @@ constexpr int64_t kBnBlock = 256;  // rows per block of the row passes: their sc
 // Rows per chunk of the reductions: about grain(work_per_row) rows rounded up to whole blocks.
 inline int64_t chunk_rows(int64_t work_per_row) { return (grain(work_per_row) + kBnBlock - 1) / kBnBlock * kBnBlock; }
 
-// Rows [0, N) in chunks of `rows` rows spread over the threads: fn(i0, i1, chunk index).
-template <typename F>
-void for_row_chunks(int64_t N, int64_t rows, const F& fn) {
-  const int64_t nc = (N + rows - 1) / rows;
-  at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t ci = c0; ci < c1; ++ci) fn(ci * rows, std::min(N, (ci + 1) * rows), ci);
-  });
-}
-
-// Per-chunk partial sums: one zeroed, 64-byte-aligned row of W doubles per chunk of `rows` rows of [0, N);
-// sum() adds the rows in chunk order.
-struct Partials {
-  int64_t nc, W, stride;
-  std::unique_ptr<double[]> raw;
-  double* base;
-  Partials(int64_t N, int64_t rows, int64_t W_)
-      : nc((N + rows - 1) / rows), W(W_), stride((W_ + 7) / 8 * 8), raw(new double[nc * stride + 8]()) {
-    base = reinterpret_cast<double*>((reinterpret_cast<std::uintptr_t>(raw.get()) + 63) & ~std::uintptr_t(63));
-  }
-  double* row(int64_t ci) const { return base + ci * stride; }
-  std::vector<double> sum() const {
-    std::vector<double> out(W, 0.0);
-    for (int64_t ci = 0; ci < nc; ++ci)
-      for (int64_t w = 0; w < W; ++w) out[w] += base[ci * stride + w];
-    return out;
-  }
-};
+// for_row_chunks, Partials: csrc/cpu/row_chunks.h (shared with the stereographic weighted midpoint)
+using chunks::for_row_chunks;
+using chunks::Partials;
 
 }  // namespace
 

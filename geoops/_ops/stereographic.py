@@ -488,3 +488,127 @@ def _register_vmaps():
 
 
 _register_vmaps()
+
+
+# ---------------------------------------------------------------- weighted midpoint (the reduction)
+# geoops::stereo_midpoint_fwd(Tensor x, Tensor? w, Tensor k, bool posweight) -> (Tensor F, Tensor L)
+# geoops::stereo_midpoint_bwd(Tensor gF, Tensor gL, Tensor x, Tensor? w, Tensor k, bool posweight, int mask)
+#     -> (dx, dw, dk)
+# x [G, N, D] (float32/float64), w [G, N] of x's dtype or None (ones), k [1] or [G].  Per group, with
+# lam_i = 2 / max(1 + k |x_i|^2, 1e-15): F = sum_i w_i c_i x_i [G, D], L = sum_i s_i w_i (lam_i - 1) [G], both
+# float64; c_i = lam_i, s_i = 1, except where posweight and w_i < 0: geoopt replaces x_i by its antipode with weight
+# |w_i| and keeps lam_i of x_i, so s_i = -1 and, on the sphere (antipode -x / (k |x|^2)), c_i = lam_i / (k |x_i|^2)
+# (0 at x_i = 0, whose antipode geoopt takes as 0).  The backward: dx [G, N, D], dw [G, N] in x's dtype, dk [G]
+# float64 (per group; the caller sums a shared k's).  csrc/cpu/stereographic_midpoint.cpp, kernels/stereographic.py.
+def midpoint_sums_reference(x, w, k, posweight: bool):
+    """The sums above with torch ops in float64 (the reference backend, the jvp of forward mode)."""
+    xd = x.to(torch.float64)
+    kk = k.to(torch.float64).reshape(-1, 1)
+    X = (xd * xd).sum(-1)
+    lam = 2.0 / (1.0 + kk * X).clamp_min(1e-15)
+    wd = torch.ones_like(lam) if w is None else w.to(torch.float64)
+    c, sw = lam, wd
+    if posweight:
+        flip = wd < 0
+        sph = flip & (kk > 0)
+        safe = sph & (X > 0)  # the unused side of each where gets finite arguments (no 0 * inf in autograd)
+        q = lam / torch.where(safe, kk * X, torch.ones_like(X))
+        c = torch.where(sph, torch.where(X > 0, q, torch.zeros_like(lam)), lam)
+        sw = torch.where(flip, -wd, wd)
+    F = ((wd * c).unsqueeze(-1) * xd).sum(1)
+    return F, (sw * (lam - 1.0)).sum(1)
+
+
+class _MidpointTorch:
+    @staticmethod
+    def midpoint_fwd(x, w, k, posweight):
+        with torch.no_grad():
+            return tuple(t.contiguous() for t in midpoint_sums_reference(x, w, k, posweight))
+
+    @staticmethod
+    def midpoint_bwd(gF, gL, x, w, k, posweight, mask):
+        G = x.shape[0]
+        with _library.reference_autograd():
+            lx, lk = x.detach().requires_grad_(True), k.detach().requires_grad_(True)
+            lw = None if w is None else w.detach().requires_grad_(True)
+            kr = lk.expand(G) if lk.numel() == 1 else lk
+            F, L = midpoint_sums_reference(lx, lw, kr, posweight)
+            want = [(1, lx), (2, lw), (4, kr)]
+            inputs = [t for bit, t in want if (mask & bit) and t is not None]
+            grads = iter(torch.autograd.grad((F, L), inputs, (gF.to(F.dtype), gL.to(L.dtype)), allow_unused=True)) \
+                if inputs else iter(())
+        res = []
+        for bit, t in want:
+            if (mask & bit) and t is not None:
+                gr = next(grads)
+                gr = torch.zeros_like(t) if gr is None else gr
+                res.append((gr if bit == 4 else gr.to(x.dtype)).to(torch.float64 if bit == 4 else x.dtype).contiguous())
+            else:
+                res.append(x.new_empty(0))
+        return tuple(res)
+
+
+def _midpoint_kernels(device: torch.device):
+    name = _backend.resolve(device, FAMILY)
+    if name == "cpp":
+        return None
+    if name in ("triton", "cuda"):  # the Triton kernels where they import (no pure-CUDA midpoint kernel)
+        tk = _backend.triton_kernels(FAMILY)
+        return tk if tk is not None and hasattr(tk, "midpoint_fwd") else _MidpointTorch
+    return _MidpointTorch
+
+
+def _midpoint_fwd(x: torch.Tensor, w: Optional[torch.Tensor], k: torch.Tensor, posweight: bool):
+    ks = _midpoint_kernels(x.device)
+    if ks is None:
+        return tuple(_backend.compiled().stereo_midpoint_fwd_cpu(x, w, k, bool(posweight)))
+    return tuple(ks.midpoint_fwd(x, w, k, bool(posweight)))
+
+
+def _midpoint_bwd(gF, gL, x, w, k, posweight: bool, mask: int):
+    ks = _midpoint_kernels(x.device)
+    if ks is None:
+        return tuple(_backend.compiled().stereo_midpoint_bwd_cpu(gF, gL, x, w, k, bool(posweight), mask))
+    return tuple(ks.midpoint_bwd(gF, gL, x, w, k, bool(posweight), mask))
+
+
+def _midpoint_fwd_fake(x, w, k, posweight):
+    G, _, D = x.shape
+    return x.new_empty((G, D), dtype=torch.float64), x.new_empty((G,), dtype=torch.float64)
+
+
+def _midpoint_bwd_fake(gF, gL, x, w, k, posweight, mask):
+    G, N, _ = x.shape
+    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
+            x.new_empty((G, N)) if (mask & 2 and w is not None) else x.new_empty((0,)),
+            x.new_empty((G,), dtype=torch.float64) if mask & 4 else x.new_empty((0,)))
+
+
+_midpoint_fwd_op = _library.define_op(
+    "geoops::stereo_midpoint_fwd", "(Tensor x, Tensor? w, Tensor k, bool posweight) -> (Tensor, Tensor)",
+    _midpoint_fwd, _midpoint_fwd_fake)
+_midpoint_bwd_op = _library.define_op(
+    "geoops::stereo_midpoint_bwd", "(Tensor gF, Tensor gL, Tensor x, Tensor? w, Tensor k, bool posweight, int mask) "
+    "-> (Tensor, Tensor, Tensor)", _midpoint_bwd, _midpoint_bwd_fake)
+PAIR_CALLERS["midpoint_fwd"] = _library.caller(_midpoint_fwd_op, _midpoint_fwd)
+PAIR_CALLERS["midpoint_bwd"] = _library.caller(_midpoint_bwd_op, _midpoint_bwd)
+
+
+def _register_midpoint_vmaps():
+    # groups are independent: the vmap dim folds into G (k of shape [1] unbatched stays shared)
+    def fwd_rule(info, in_dims, x, w, k, posweight):
+        V = info.batch_size
+        G = _lead((x, w, k), in_dims)
+        return _unfold(V, PAIR_CALLERS["midpoint_fwd"](*_fold(V, (x, w, k), in_dims, G, per_row=(2,)), posweight))
+
+    def bwd_rule(info, in_dims, gF, gL, x, w, k, posweight, mask):
+        V = info.batch_size
+        G = _lead((gF, gL, x, w, k), in_dims, 2)
+        f = _fold(V, (gF, gL, x, w, k), in_dims, G, per_row=(4,))
+        return _unfold(V, PAIR_CALLERS["midpoint_bwd"](*f, posweight, mask))
+
+    torch.library.register_vmap("geoops::stereo_midpoint_fwd", fwd_rule)
+    torch.library.register_vmap("geoops::stereo_midpoint_bwd", bwd_rule)
+
+
+_register_midpoint_vmaps()

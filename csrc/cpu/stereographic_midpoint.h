@@ -1,0 +1,27 @@
+// The kappa-stereographic weighted midpoint's reduction (geoops.stereographic.weighted_midpoint), CPU.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace geoops {
+namespace cpu {
+
+// x: (G, N, D) float/double, w: (G, N) of x's dtype or None (all ones), k: (1,) or (G,).  Per group g, with
+// lam_i = 2 / max(1 + k_g |x_i|^2, 1e-15) from |x_i|^2 in double:
+//   F_g = sum_i w_i c_i x_i (D),   L_g = sum_i s_i w_i (lam_i - 1),
+// c_i = lam_i and s_i = 1, except for the points of negative weight under posweight (geoopt: the antipode of x_i with
+// weight |w_i|, lam_i of x_i): s_i = -1, and on the sphere (k_g > 0) c_i = lam_i / (k_g |x_i|^2).
+// Returns (F (G, D), L (G,)) in double.
+std::tuple<at::Tensor, at::Tensor> stereo_midpoint_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& w,
+                                                           const at::Tensor& k, bool posweight);
+
+// Backward of the sums above from gF (G, D), gL (G,) (double): mask bits 1 dx (G, N, D), 2 dw (G, N), 4 dk (G,)
+// (double).  Absent outputs are empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stereo_midpoint_bwd_cpu(
+    const at::Tensor& gF, const at::Tensor& gL, const at::Tensor& x, const c10::optional<at::Tensor>& w,
+    const at::Tensor& k, bool posweight, int64_t mask);
+
+}  // namespace cpu
+}  // namespace geoops
