@@ -363,6 +363,15 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
     return K if C.dim() == 3 else K.squeeze(0)
 
 
+def _check_like_u(op, name, t, u):
+    """k and D (fftconv, ssm_conv) take u's dtype, or float32 for a float16 / bfloat16 u: no silent cast
+    (a float64 D with a float32 u is refused as torch's conv refuses a bias of another dtype)."""
+    half = u.dtype in (torch.float16, torch.bfloat16)
+    if t is not None and t.dtype != u.dtype and not (half and t.dtype == torch.float32):
+        _fail(op, f"{name} must have u's dtype {u.dtype}" + (" or float32" if half else "") + f", got {t.dtype}",
+              TypeError)
+
+
 def _fftconv_args(op, u, k, D, bidirectional):
     _check_real(op, "u", u)
     _check_real(op, "k", k)
@@ -392,11 +401,8 @@ def _fftconv_args(op, u, k, D, bidirectional):
         if not okD:
             _fail(op, f"D must have shape (H,) = ({H},)" + (f" or (C, H) = ({Cn}, {H})" if has_c else "")
                   + f", got {tuple(D.shape)}")
-    half = u.dtype in (torch.float16, torch.bfloat16)
     for name, t in (("k", k), ("D", D)):
-        if t is not None and t.dtype != u.dtype and not (half and t.dtype == torch.float32):
-            _fail(op, f"{name} must have u's dtype {u.dtype}" + (" or float32" if half else "") + f", got {t.dtype}",
-                  TypeError)
+        _check_like_u(op, name, t, u)
     _same_device(op, "u", u, k=k, D=D)
     return Bsz, H, L, has_c, Cn
 
@@ -469,7 +475,6 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     _same_device(op, "u", u, A=A)
     H, N = A.shape
     L = u.shape[-1]
-    half = u.dtype in (torch.float16, torch.bfloat16)
     kd = torch.float64 if u.dtype == torch.float64 else torch.float32
     has_c = C.dim() == (4 if bidirectional else 3)
     Cn = C.shape[0] if has_c else 1
@@ -478,8 +483,9 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         if not (D.shape == (H,) or (has_c and D.shape == (Cn, H))):
             _fail(op, f"D must have shape (H,) = ({H},)" + (f" or (C_out, H) = ({Cn}, {H})" if has_c else "")
                   + f", got {tuple(D.shape)}")
+        _check_like_u(op, "D", D, u)
         _same_device(op, "u", u, D=D)
-        D = D.to(kd if half else u.dtype)
+        D = D.to(kd)  # u's dtype, or float32 (the kernels' dtype) for half u
     if _use_reference(u.device):
         Cf = C.flatten(0, -3) if C.dim() > 2 else C
         K = s4d_kernel(log_dt, A, B, Cf, L, discretization)

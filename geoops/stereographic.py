@@ -1014,6 +1014,11 @@ def _rank_with_keys(op, x, y, query, target, k, block_elems):
         thr = _PAIR["rank_key"](xd[query].reshape(P, 1, D), yd[target].reshape(P, 1, D), kd.expand(P)).reshape(P)
         keys.copy_(thr)
         thr_sorted = thr[order]
+        # keys within the kernels' error band of a threshold are decided again from the rows (as the C++ path)
+        kv = float(kd.reshape(-1)[0])
+        band = _rank_band(thr_sorted, xd[q_sorted], yd, kv)
+        lo_sorted, hi_sorted = thr_sorted - band, thr_sorted + band
+        lim_sorted = _exact_rank_limit(xd[q_sorted], yd[t_sorted], kv)
         mb = min(M, 4096)
         per_q = max(1, -(-P // uq.numel()))
         nb = max(1, min(uq.numel(), block_elems // (mb * per_q)))
@@ -1025,20 +1030,60 @@ def _rank_with_keys(op, x, y, query, target, k, block_elems):
             rows = xd[uq[u0:u1]].unsqueeze(0)
             loc = inv[p0:p1] - u0
             tgt = t_sorted[p0:p1]
-            th = thr_sorted[p0:p1, None]
+            lo, hi = lo_sorted[p0:p1, None], hi_sorted[p0:p1, None]
             cnt = torch.zeros(p1 - p0, dtype=torch.int64, device=x.device)
             for j0 in range(0, M, mb):
                 j1 = min(M, j0 + mb)
-                key = _PAIR["rank_key"](rows, yd[j0:j1].unsqueeze(0), kd)[0]  # [nq, mb]
-                less = key[loc] < th
+                key = _PAIR["rank_key"](rows, yd[j0:j1].unsqueeze(0), kd)[0][loc]  # [pairs, mb]
+                less = key < lo
+                amb = (key >= lo) & (key <= hi)
                 inside = (tgt >= j0) & (tgt < j1)  # the target itself never counts
                 if bool(inside.any()):
                     r = inside.nonzero().squeeze(1)
-                    less[r, tgt[r] - j0] = False
+                    amb[r, tgt[r] - j0] = False
+                if bool(amb.any()):  # near ties: the same double arithmetic for candidate and target
+                    r, c = amb.nonzero(as_tuple=True)
+                    ek = _exact_rank_key(rows[0][loc[r]], yd[j0 + c], kv)
+                    less[r, c] = ek < lim_sorted[p0:p1][r]
                 cnt += less.sum(-1)
             out_sorted[p0:p1] = cnt
         counts[order] = out_sorted
     return counts, keys
+
+
+def _rank_band(th, x, y, kv):
+    """Half-width of the band around the rank-key thresholds `th` (of the rows `x`) within which the kernels' keys
+    may round a tie either way: C++ rank_impl's band (the GEMM's bound (D + 4) u (|x|^2 + |y|^2) on A, through the
+    key formula, maximised over the columns of y; twice (candidate and target), plus 16 u key)."""
+    u = 2.0 ** -24 if th.dtype == torch.float32 else 2.0 ** -53
+    pmin = (1e-7 if th.dtype == torch.float32 else 1e-15) if kv < 0 else -1e30
+    x2, y2 = x.double().square().sum(-1), y.double().square().sum(-1)
+    px = (1.0 + kv * x2).clamp_min(pmin) if kv else torch.ones_like(x2)
+    py = (1.0 + kv * y2).clamp_min(pmin) if kv else torch.ones_like(y2)
+    wmax, zmax = (float((1 / py).max()), float((y2 / py).max())) if y2.numel() else (0.0, 0.0)
+    t = th.double()
+    g = 1.0 + max(kv, 0.0) * t
+    band = 2.0 * (x.shape[-1] + 4) * u * (x2 * wmax + zmax) / px * g * g + 16.0 * u * t.abs()
+    return torch.where(torch.isfinite(t), band, torch.zeros_like(band)).to(th.dtype)
+
+
+def _exact_rank_key(x, y, kv):
+    """The rank key of row pairs in float64 from the rows (position independent; C++ exact_key)."""
+    pmin = (1e-7 if x.dtype == torch.float32 else 1e-15) if kv < 0 else -1e30
+    xd, yd = x.double(), y.double()
+    A = (xd - yd).square().sum(-1)
+    if kv == 0:
+        return A
+    px = (1.0 + kv * xd.square().sum(-1)).clamp_min(pmin)
+    py = (1.0 + kv * yd.square().sum(-1)).clamp_min(pmin)
+    return A / (px * py) if kv < 0 else A / (px * py - kv * A).clamp_min(0.0)
+
+
+def _exact_rank_limit(x, y, kv):
+    """A candidate's exact key must be below this (the target's, less ~1e-14 relative) to count as closer."""
+    kt = _exact_rank_key(x, y, kv)
+    tol = 8.0 * (x.shape[-1] + 4) * 2.0 ** -53
+    return kt - tol * (1.0 + max(kv, 0.0) * kt) * kt
 
 
 def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_elems: int = 1 << 22):

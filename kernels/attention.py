@@ -186,7 +186,7 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
                                  BLOCK_M, BLOCK_N, BLOCK_K)
             ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
             p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
-            ds = p * (dp - delta[:, None])
+            ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
             k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
                          other=0.0)
             if HALF:
@@ -258,7 +258,7 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                                      BLOCK_M, BLOCK_N, BLOCK_K)
                 ok = kok & ((j >= loa) & (j <= hia))[:, None]
                 p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
-                ds = p * (dp - delta[:, None])
+                ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
                 # the (query, first key) operands of the two accumulating dots, over the whole head dims
                 kaj = tl.load(ka_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
                 vaj = tl.load(va_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)

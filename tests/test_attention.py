@@ -117,6 +117,84 @@ def test_nan_and_overflowed_scores_propagate(dtype, mask):
     assert xs[0].grad[out.isnan().any(-1)].isnan().all()
 
 
+_NF_MODES = [dict(), dict(causal=True), dict(window=(2, 3)), dict(window=(3, 1))]
+
+
+def _nonfinite_patterns(x):
+    return x.isnan(), x.isinf() & (x > 0), x.isinf() & (x < 0)
+
+
+def _elementwise_out(q, k1, k2, v1, v2, **mask):
+    """out as the IEEE sum of every term P[i,j,k] v1[j,e] v2[k,e] (masked pairs: P = 0), in no particular order."""
+    B, H, N, D = q.shape
+    M1, M2 = k1.shape[2], k2.shape[2]
+    T = torch.einsum("bhid,bhjd,bhkd->bhijk", q * D ** -0.5, k1, k2)
+    w = mask.get("window")
+    ok = ref.admissible_mask(N, M1, M2, causal=mask.get("causal", False), window=w)
+    P = torch.softmax(T.masked_fill(~ok, float("-inf")).reshape(B, H, N, -1), -1).reshape(T.shape)
+    P = torch.where(ok.any((-1, -2)).view(1, 1, N, 1, 1), P, 0.0)
+    return (P[..., None] * v1[:, :, None, :, None, :] * v2[:, :, None, None, :, :]).sum((3, 4))
+
+
+def check_nan_rows_like_eager(backend, dtype=torch.float64):
+    """A NaN in one row of q, k1, k2, v1 or v2: out and all five gradients NaN exactly where the eager reference
+    has them, for dense, causal and windowed masks, grouped heads and unequal lengths."""
+    g = torch.Generator().manual_seed(80)
+    for mask in _NF_MODES:
+        for (H, Hk, N, M1, M2) in ((1, 1, 5, 5, 5), (2, 1, 6, 4, 7)):
+            shapes = [(1, H, N, 3), (1, Hk, M1, 3), (1, Hk, M2, 3), (1, Hk, M1, 2), (1, Hk, M2, 2)]
+            for which in range(5):
+                for row in (0, shapes[which][2] // 2, shapes[which][2] - 1):
+                    ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+                    ins[which][0, -1, row, 1] = float("nan")
+                    a = [t.clone().to(dtype).requires_grad_() for t in ins]
+                    b = [t.clone().requires_grad_() for t in ins]
+                    go = torch.randn(1, H, N, 2, generator=g, dtype=torch.float64)
+                    with geoops.use_backend(backend):
+                        out = ga.triple_attention(*a, **mask)
+                    out.backward(go.to(dtype))
+                    rout = ref.triple_attention(*b, **mask)
+                    rout.backward(go)
+                    case = (mask, H, which, row)
+                    assert torch.equal(out.isnan(), rout.isnan()), case
+                    for n, x, y in zip(("q", "k1", "k2", "v1", "v2"), a, b):
+                        assert torch.equal(x.grad.isnan(), y.grad.isnan()), (case, n, x.grad.isnan().sum(),
+                                                                              y.grad.isnan().sum())
+
+
+def check_inf_values_like_elementwise(backend):
+    """+-inf in v1 or v2: out is NaN / +inf / -inf as the IEEE sum of all terms P v1 (.) v2 (a masked pair's
+    0 * inf is NaN, as in the eager einsum; infinite terms of both signs are NaN).  The kernels gave +-inf for
+    queries with a masked pair containing the inf, and +-inf for an inf v1 against v2 values of both signs."""
+    g = torch.Generator().manual_seed(81)
+    for mask in _NF_MODES:
+        for (H, Hk, N, M1, M2) in ((1, 1, 5, 5, 5), (2, 1, 6, 4, 7)):
+            shapes = [(1, H, N, 3), (1, Hk, M1, 3), (1, Hk, M2, 3), (1, Hk, M1, 2), (1, Hk, M2, 2)]
+            for which in (3, 4):
+                for row in range(shapes[which][2]):
+                    for val in (float("inf"), -float("inf")):
+                        ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+                        ins[7 - which][..., 0] = ins[7 - which][..., 0].abs()  # column 0: other values of one sign
+                        ins[7 - which][0, 0, 0, 1] = 0.0  # column 1: a zero among them (inf * 0 = NaN)
+                        ins[which][0, 0, row] = val
+                        with geoops.use_backend(backend):
+                            out = ga.triple_attention(*ins, **mask)
+                        want = _elementwise_out(*ins, **mask)
+                        for u, v in zip(_nonfinite_patterns(out), _nonfinite_patterns(want)):
+                            assert torch.equal(u, v), (mask, H, which, row, val, out[0, 0], want[0, 0])
+                        fin = torch.isfinite(want)
+                        torch.testing.assert_close(out[fin], want[fin])
+
+
+def test_nan_rows_gradients_like_eager():
+    check_nan_rows_like_eager("auto")
+    check_nan_rows_like_eager("auto", torch.float32)
+
+
+def test_inf_values_like_elementwise_sum():
+    check_inf_values_like_elementwise("auto")
+
+
 def test_empty_rows_and_sizes():
     # window (1, 1) with M2 < N: queries i >= M2 have no admissible k -> out 0, lse -inf, finite gradients
     ins = [t.requires_grad_(True) for t in _inputs(1, 2, 2, 9, 9, 4, 3, 3)]

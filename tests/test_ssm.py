@@ -355,6 +355,29 @@ def test_errors_name_the_argument():
         gs.ssm_conv(torch.randn(2, 3, 10), log_dt, A, B, C, bidirectional=True)  # a 2-d C has no direction axis
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_skip_D_dtype_checked_alike(backend):
+    """D of another dtype than u: fftconv refused it while ssm_conv cast it silently (a float64 D with a float32
+    u ran in float32).  Both refuse it now, naming D and the expected dtype; both accept a float32 D for half u."""
+    log_dt, A, B, C = _ssm_params(3, 4, dtype=torch.float32)
+    u = torch.randn(2, 3, 10)
+    k = torch.randn(3, 10)
+    with geoops.use_backend(backend):
+        for Dbad in (torch.randn(3, dtype=torch.float64), torch.randn(3).to(torch.bfloat16)):
+            pat = r"D must have u's dtype torch.float32, got " + str(Dbad.dtype)
+            with pytest.raises(TypeError, match=pat):
+                gs.fftconv(u, k, Dbad)
+            with pytest.raises(TypeError, match=pat):
+                gs.ssm_conv(u, log_dt, A, B, C, Dbad)
+        ub = u.to(torch.bfloat16)
+        with pytest.raises(TypeError, match=r"D must have u's dtype torch.bfloat16 or float32, got torch.float64"):
+            gs.ssm_conv(ub, log_dt, A, B, C, torch.randn(3, dtype=torch.float64))
+        for Dok in (torch.randn(3), torch.randn(3).to(torch.bfloat16)):
+            y = gs.ssm_conv(ub, log_dt, A, B, C, Dok)
+            assert y.dtype == torch.bfloat16
+            assert gs.fftconv(ub, k, Dok).dtype == torch.bfloat16
+
+
 def test_discretize_checks_its_arguments():
     """The public discretize validates like s4d_kernel (it used to accept a real A, Re A >= 0, and raise
     unnamed RuntimeErrors from the kernel for wrong shapes or discretisations)."""

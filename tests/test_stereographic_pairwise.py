@@ -545,6 +545,51 @@ def test_pairwise_rank_fused_many_targets_and_blocks(kval, block_elems):
             assert (got == exp).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_pairwise_rank_never_counts_ties_with_the_target(backend, kval):
+    """Exact duplicates of the target and points at exactly its distance (mirror images about a query at the
+    origin) are not closer.  The keys came from a GEMM whose rounding of one dot product depends on the column,
+    so a duplicate sitting elsewhere in y could come out below the target's own key and was counted (seen in
+    float64 at D = 3 and in float32); both counting paths (<= 16 and > 16 targets per query) and both backends."""
+    g = torch.Generator().manual_seed(70)
+    for dtype in (torch.float32, torch.float64):
+        for D, M in ((3, 300), (10, 50), (10, 2000)):
+            y = (_ball(M, D, k=min(kval, -0.5), seed=71 + D + M, frac=0.6) / (1 + max(kval, 0))).to(dtype)
+            t = torch.randint(0, M, (40,), generator=g)
+            y[torch.randint(0, M, (40,), generator=g)] = y[t]  # duplicates of targets anywhere in y
+            y[-5:] = -y[-10:-5]
+            x = y[:20].clone()
+            x[0] = 0  # from the origin, y and -y are at one distance
+            for nq in (20, 3):  # ~2 targets per query (direct count), ~130 (sorted thresholds)
+                q = torch.randint(0, nq, (400,), generator=g)
+                q[:5] = 0
+                tg = torch.randint(0, M, (400,), generator=g)
+                tg[5:45] = t
+                tg[:5] = torch.arange(M - 5, M)
+                with geoops.use_backend(backend):
+                    got = gs.pairwise_rank(x, y, q, tg, k=kval, block_elems=4096)
+                exp = _rank_brute(x, y, q, tg, kval)
+                bad = (got != exp).nonzero().squeeze(1)
+                assert bad.numel() == 0, (dtype, D, M, nq, got[bad].tolist(), exp[bad].tolist())
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_reconstruction_metrics_with_duplicate_points(backend):
+    """A negative that duplicates a positive ties it: not closer (mean rank 1, MAP 1 when nothing else is closer)."""
+    for dtype in (torch.float32, torch.float64):
+        base = _ball(60, 3, seed=73, frac=0.8).to(dtype)
+        x = torch.cat([base, base])  # node i + 60 duplicates node i
+        u = torch.arange(60)
+        nearest = _ref64(base, base, -1.0).fill_diagonal_(float("inf")).argmin(-1)
+        edges = torch.stack([u, nearest], 1)  # each node's nearest other point: its only positive
+        with geoops.use_backend(backend):
+            mr, mean_ap = gs.reconstruction_metrics(x, edges, k=-1.0)
+        # closer than the positive: only u's own duplicate u + 60 (distance 0); the positive's duplicate ties it
+        assert mr == 2.0, (dtype, mr)
+        assert mean_ap == pytest.approx(0.5), (dtype, mean_ap)
+
+
 def test_pairwise_rank_fused_matches_python_tiles():
     x = _ball(40, 4, seed=65).float()
     y = _ball(900, 4, seed=66).float()

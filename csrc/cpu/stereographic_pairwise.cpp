@@ -1264,6 +1264,20 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& x, const at::Tenso
 // pair's threshold is read from the same buffer (so the target itself is never counted and rounding is
 // consistent) and counted: directly (vectorised) for up to 16 targets per query, else by binary search of
 // each key among the sorted thresholds and a prefix sum.  Returns (counts [P] int64, keys [P]).
+// Ties: the GEMM may round one pair's dot product differently in another column, so a key within the GEMM's
+// error band of the threshold (|a - th| <= band, from close_tau's bound on A) is decided again from the rows by
+// exact_key (double, the same arithmetic for the candidate and the target wherever they sit in the tile): an
+// exact duplicate of the target, or a point at its distance to ~1e-14 relative, is never counted as closer.
+
+// The rank key of one pair from its rows in double (key_row's formula on exact_sq): position independent.
+template <typename T>
+inline double exact_key(const T* xi, const T* yj, int64_t D, double px, double y2, double kv, double pmin) {
+  const double A = exact_sq(xi, yj, D);
+  if (kv == 0) return A;
+  const double py = std::max(1.0 + kv * y2, pmin);
+  return kv < 0 ? A / (px * py) : A / std::max(px * py - kv * A, 0.0);
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tensor& y, double kv,
                                              const at::Tensor& uq, const at::Tensor& off, const at::Tensor& tgt,
@@ -1290,6 +1304,38 @@ std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tens
     py[j] = std::max(T(1.0 + kv * y2[j]), pmin);
   }
   const double tau = close_tau<T>(D);
+  // The band: a GEMM key's A errs by at most (D + 4) u (|x|^2 + |y_j|^2) (close_tau), i.e. the key by
+  // (D + 4) u (|x|^2 + |y_j|^2) / (p_x p_y_j) (1 + k+ key)^2 (k+ = max(k, 0): p_x p_y - k A cancels), bounded over
+  // the columns by Wmax = max 1/p_y, Zmax = max |y|^2/p_y; twice that (candidate and target), plus 16 u key for
+  // the key formula's own rounding.
+  const double u = unit_roundoff<T>();
+  const double kpos = std::max(kv, 0.0);
+  double Wmax = 0, Zmax = 0;
+  for (int64_t j = 0; j < M; ++j) {
+    const double pyj = kv == 0 ? 1.0 : double(py[j]);
+    Wmax = std::max(Wmax, 1.0 / pyj);
+    Zmax = std::max(Zmax, y2[j] / pyj);
+  }
+  const double cband = 2.0 * double(D + 4) * u;
+  auto band_of = [&](T th, double x2, double px) -> T {  // 0 for a non-finite threshold (+inf: the antipode; NaN)
+    const double t = double(th), g = 1.0 + kpos * t;
+    return std::isfinite(t) ? T(cband * (x2 * Wmax + Zmax) / px * g * g + 16.0 * u * std::abs(t)) : T(0);
+  };
+  // decides the keys of row a in [th - band, th + band] (other than the target t) from the rows
+  const double tol_exact = 8.0 * double(D + 4) * unit_roundoff<double>();
+  // the number of candidates j (keys within the band of target t's threshold) whose exact key is below t's
+  auto ties_closer = [&](const T* xi, double x2, int64_t t, const int64_t* cand, int64_t n) -> int64_t {
+    const double pmin_d = double(pmin);
+    const double px = kv == 0 ? 1.0 : std::max(1.0 + kv * x2, pmin_d);
+    const double kt = exact_key(xi, yp + t * D, D, px, y2[t], kv, pmin_d);
+    const double lim = kt - tol_exact * (1.0 + kpos * kt) * kt;
+    int64_t c = 0;
+    for (int64_t m = 0; m < n; ++m) {
+      const int64_t j = cand[m];
+      if (j != t && exact_key(xi, yp + j * D, D, px, y2[j], kv, pmin_d) < lim) ++c;
+    }
+    return c;
+  };
   const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(256, block_elems / M));
   const int64_t nblocks = (U + RB - 1) / RB;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
@@ -1300,7 +1346,9 @@ std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tens
     T* Gp = G.data_ptr<T>();
     std::vector<std::pair<T, int64_t>> thr;
     std::vector<T> sthr;
-    std::vector<int64_t> hist;
+    std::vector<T> shi;
+    std::vector<int64_t> hist, cand;
+    std::vector<std::pair<int64_t, int64_t>> amb;  // (sorted threshold, column) pairs within the band
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t u0 = blk * RB, nr = std::min(U, u0 + RB) - u0;
       for (int64_t r = 0; r < nr; ++r) std::copy(xp + uqp[u0 + r] * D, xp + (uqp[u0 + r] + 1) * D, Xbp + r * D);
@@ -1313,37 +1361,90 @@ std::tuple<at::Tensor, at::Tensor> rank_impl(const at::Tensor& x, const at::Tens
         for (int64_t d = 0; d < D; ++d) x2 += double(xi[d]) * double(xi[d]);
         fill_A_row<T>(a, xi, yp, x2, y2.data(), y2f.data(), M, D, tau);
         key_row<T>(a, std::max(T(1.0 + kv * x2), pmin), py.data(), M, kv);
+        const double pxb = kv == 0 ? 1.0 : double(std::max(T(1.0 + kv * x2), pmin));
         const int64_t p0 = offp[u0 + r], p1 = offp[u0 + r + 1], t = p1 - p0;
         for (int64_t p = p0; p < p1; ++p) kp[p] = a[tp[p]];
         if (t <= 16) {  // direct: one vectorised pass over the row per target (float lanes count exactly)
           for (int64_t p = p0; p < p1; ++p) {
-            const Vec th(kp[p]), one(T(1));
-            int64_t cnt = 0;
+            const T band = band_of(kp[p], x2, pxb), tlo = kp[p] - band, thi = kp[p] + band;
+            const Vec lo(tlo), hi(thi), one(T(1));
+            int64_t cnt = 0, cnt_hi = 0;  // keys < lo: closer; keys <= hi: more than the target in the band?
             for (int64_t c0 = 0; c0 < M; c0 += (int64_t(1) << 20)) {
               const int64_t c1 = std::min(M, c0 + (int64_t(1) << 20));
-              Vec acc(T(0));
+              Vec acc(T(0)), acc_hi(T(0));
               int64_t j = c0;
-              for (; j + L <= c1; j += L) acc = acc + ((Vec::loadu(a + j) < th) & one);
-              T lanes[L];
+              for (; j + L <= c1; j += L) {
+                const Vec av = Vec::loadu(a + j);
+                acc = acc + ((av < lo) & one);
+                acc_hi = acc_hi + ((av <= hi) & one);
+              }
+              T lanes[L], lanes_hi[L];
               acc.store(lanes);
-              for (int64_t l = 0; l < L; ++l) cnt += int64_t(lanes[l]);
-              for (; j < c1; ++j) cnt += a[j] < kp[p] ? 1 : 0;
+              acc_hi.store(lanes_hi);
+              for (int64_t l = 0; l < L; ++l) {
+                cnt += int64_t(lanes[l]);
+                cnt_hi += int64_t(lanes_hi[l]);
+              }
+              for (; j < c1; ++j) {
+                cnt += a[j] < tlo ? 1 : 0;
+                cnt_hi += a[j] <= thi ? 1 : 0;
+              }
             }
+            cand.clear();
+            if (cnt_hi - cnt > 1) {  // keys in [lo, hi] besides the target's (rare): decided from the rows
+              int64_t j = 0;
+              for (; j + L <= M; j += L)
+                if (((Vec::loadu(a + j) >= lo) & (Vec::loadu(a + j) <= hi)).zero_mask() != (1 << L) - 1)
+                  for (int64_t l = 0; l < L; ++l)
+                    if (a[j + l] >= tlo && a[j + l] <= thi) cand.push_back(j + l);
+              for (; j < M; ++j)
+                if (a[j] >= tlo && a[j] <= thi) cand.push_back(j);
+            }
+            if (cand.size() > 1) cnt += ties_closer(xi, x2, tp[p], cand.data(), int64_t(cand.size()));
             cp[p] = cnt;
           }
-        } else {  // many targets: position of each key among the sorted thresholds, then a prefix sum
+        } else {  // many targets: position of each key among the sorted lower ends th - band, then a prefix sum
           thr.resize(t);
-          for (int64_t q = 0; q < t; ++q) thr[q] = {kp[p0 + q], p0 + q};
+          T maxw = T(0);  // the widest band [lo, hi]
+          for (int64_t q = 0; q < t; ++q) {
+            const T band = band_of(kp[p0 + q], x2, pxb);
+            thr[q] = {kp[p0 + q] - band, p0 + q};
+            maxw = std::max(maxw, T(2) * band);
+          }
           std::sort(thr.begin(), thr.end(), [](const auto& l, const auto& rr) { return l.first < rr.first; });
           sthr.resize(t);
-          for (int64_t q = 0; q < t; ++q) sthr[q] = thr[q].first;
+          shi.resize(t);
+          for (int64_t q = 0; q < t; ++q) {
+            sthr[q] = thr[q].first;
+            const int64_t p = thr[q].second;
+            shi[q] = kp[p] + band_of(kp[p], x2, pxb);
+          }
           hist.assign(t + 1, 0);
-          for (int64_t j = 0; j < M; ++j)  // pos = #{thresholds <= key}: counted below thresholds q >= pos
-            ++hist[std::upper_bound(sthr.begin(), sthr.end(), a[j]) - sthr.begin()];
+          amb.clear();
+          for (int64_t j = 0; j < M; ++j) {  // pos = #{lower ends <= key}: counted below the ends q >= pos
+            const int64_t pos = std::upper_bound(sthr.begin(), sthr.end(), a[j]) - sthr.begin();
+            ++hist[pos];
+            // in the band of q < pos when hi_q >= key; lo_q >= key - maxw for those: a short walk back
+            for (int64_t q = pos - 1; q >= 0 && sthr[q] >= a[j] - maxw; --q)
+              if (shi[q] >= a[j]) amb.push_back({q, j});
+          }
           int64_t run = 0;
           for (int64_t q = 0; q < t; ++q) {
             run += hist[q];
             cp[thr[q].second] = run;
+          }
+          if (amb.size() > 1) {  // group the candidates by threshold; a threshold's own target is among its own
+            std::sort(amb.begin(), amb.end());
+            for (size_t m0 = 0; m0 < amb.size();) {
+              size_t m1 = m0;
+              cand.clear();
+              while (m1 < amb.size() && amb[m1].first == amb[m0].first) cand.push_back(amb[m1++].second);
+              if (cand.size() > 1) {
+                const int64_t p = thr[amb[m0].first].second;
+                cp[p] += ties_closer(xi, x2, tp[p], cand.data(), int64_t(cand.size()));
+              }
+              m0 = m1;
+            }
           }
         }
       }

@@ -80,3 +80,25 @@ def test_nan_scores_propagate():
     xs = [t.detach().clone().requires_grad_(True) for t in ins]
     ga.triple_attention(*xs, causal=True).sum().backward()
     assert xs[0].grad[..., 2:, :].isnan().all()
+
+
+def _cpu_checks():
+    """tests/test_attention.py, for its non-finite checks (run here on the Triton kernels)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_attention_cpu_tests", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_attention.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
+def test_nan_rows_gradients_like_eager():
+    """The NaN patterns of out and the five gradients as the eager reference's (a NaN in one row of an input)."""
+    _cpu_checks().check_nan_rows_like_eager("triton")
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
+def test_inf_values_like_elementwise_sum():
+    _cpu_checks().check_inf_values_like_elementwise("triton")
