@@ -1265,8 +1265,10 @@ def _triple_bwd_kernel(G, V0, V1, V2, K, D0, D1, D2, DK, N, D, sg, s0, s1, s2, s
 
 
 def _triple_blocks(N, D):
-    block_d = min(triton.next_power_of_2(max(D, 1)), 256)
-    block_m = max(1, min(_MAX_BLOCK_M, 2048 // block_d, triton.next_power_of_2(max(N, 1))))
+    """(BLOCK_M, BLOCK_D): tiles of <= 512 elements (the float64 epilogue of a row needs the registers), rows wider
+    than 128 walked in 128-wide chunks."""
+    block_d = min(triton.next_power_of_2(max(D, 1)), 128)
+    block_m = max(1, min(_MAX_BLOCK_M, 512 // block_d, triton.next_power_of_2(max(N, 1))))
     return block_m, block_d
 
 
@@ -1290,7 +1292,8 @@ def triple_fwd(code, v0, v1, v2, k, flags):
     bm, bd = _triple_blocks(N, D)
     _triple_fwd_kernel[(triton.cdiv(N, bm),)](
         v0, v1, v2, kk, out, N, D, v0.stride(0), v1.stride(0), v2.stride(0), sk,
-        OP=code, FLAGS=int(flags), THREE=three, SCALAR=scalar, CT=ct, BLOCK_M=bm, BLOCK_D=bd)
+        OP=code, FLAGS=int(flags), THREE=three, SCALAR=scalar, CT=ct, BLOCK_M=bm, BLOCK_D=bd, num_warps=4,
+        **_maxnreg(4))
     return out
 
 
@@ -1312,7 +1315,8 @@ def triple_bwd(code, grad, v0, v1, v2, k, flags, mask):
             g, v0, v1, v2, kk, d[0] if d[0].numel() else v0, d[1] if d[1].numel() else v0,
             d[2] if d[2].numel() else v0, dk if mask & 8 else kk, N, D, 0 if scalar else g.stride(0),
             v0.stride(0), v1.stride(0), v2.stride(0), sk,
-            OP=code, FLAGS=int(flags), THREE=three, SCALAR=scalar, MASK=m, CT=ct, BLOCK_M=bm, BLOCK_D=bd)
+            OP=code, FLAGS=int(flags), THREE=three, SCALAR=scalar, MASK=m, CT=ct, BLOCK_M=bm, BLOCK_D=bd,
+            num_warps=4, **_maxnreg(4))
     if mask & 8:
         dk = dk.to(k.dtype)
     return d[0], d[1], d[2], dk
@@ -1385,7 +1389,7 @@ def compile_variants():
 
 
 # Three-vector launches: one binary per (op, flags, dtype, forward / backward with every gradient); the row
-# width only changes BLOCK_D (one-tile D = 64, chunked D = 300 walks 256-wide chunks).  The epilogue runs in
+# width only changes BLOCK_D (one-tile D = 64, chunked D = 300 walks 128-wide chunks).  The epilogue runs in
 # float64 for every dtype (libdevice asinh / asin in dist2plane).
 def _triple_compile_variants():
     entries = []
