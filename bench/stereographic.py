@@ -251,9 +251,11 @@ def rows(args, device: torch.device):
     """One Row per (dtype, D, op, pass); then the pairwise rows (cdist, knn, mobius_matvec)."""
     full = args.mode == "full"
     short = getattr(args, "short_rows", False)
-    default_ops = SHORT_OPS if short else (ALL_OPS + PAIR_OPS if full else QUICK_OPS + PAIR_OPS)
-    ops = parse_list(args.ops, default_ops, ALL_OPS + PAIR_OPS, "op")
+    default_ops = SHORT_OPS if short else (ALL_OPS + PAIR_OPS + TRIPLE_OPS if full else
+                                           QUICK_OPS + PAIR_OPS + TRIPLE_OPS)
+    ops = parse_list(args.ops, default_ops, ALL_OPS + PAIR_OPS + TRIPLE_OPS, "op")
     yield from pair_rows(args, device, [o for o in ops if o in PAIR_OPS])
+    yield from triple_rows(args, device, [o for o in ops if o in TRIPLE_OPS])
     ops = [o for o in ops if o in OPS]
     dtypes = args.dtypes or ((torch.float32, torch.float64, torch.bfloat16) if full else (torch.float32,))
     dims = tuple(int(v) for v in args.dims.split(",")) if args.dims else (
@@ -532,5 +534,98 @@ def _midpoint_setup(op, shape, red, dtype, device, pass_, no_compile=False):
         g = torch.randn(ours().shape, generator=torch.Generator().manual_seed(19)).to(device=device, dtype=dtype) \
             if need else None
         return (*_timed_calls(calls, [x, w], g, need), skipped)
+
+    return setup
+
+
+# ---------------------------------------------------------------- three-vector row ops
+# gyration, parallel_transport, dist2plane: fused kernels (csrc/cpu/stereographic_triple.cpp) against geoopt, and
+# against the composition geoops ran before them (row label "vs composition": the peer column is that composition).
+TRIPLE_OPS = ("gyration", "parallel_transport", "dist2plane")
+
+
+def _composition(op):
+    """The composition of fused row ops and torch ops that geoops.stereographic ran before the fused kernels."""
+    import geoops.stereographic as gs
+    from geoops.reference import stereographic as ref
+
+    if op == "gyration":
+        return lambda a, b, u, k: ref.gyration(a, b, u, k=k)
+    if op == "parallel_transport":
+        return lambda x, y, v, k: (ref.gyration(y, -x, v, k=k) * gs.lambda_x(x, k=k, keepdim=True)
+                                   / gs.lambda_x(y, k=k, keepdim=True))
+
+    def d2p(x, p, a, k):
+        diff = gs.mobius_add(-p, x, k=k)
+        diff2 = (diff * diff).sum(-1, keepdim=True).clamp_min(1e-15)
+        sc = (diff * a).sum(-1, keepdim=True).abs()
+        an = a.norm(dim=-1, keepdim=True)
+        den = (1 + k * diff2) * an
+        den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
+        return gs.arsin_k(2.0 * sc / den, k).squeeze(-1)
+
+    return d2p
+
+
+def triple_rows(args, device, ops):
+    dtypes = args.dtypes or (torch.float32,)
+    dims = tuple(int(v) for v in args.dims.split(",")) if args.dims else (64,)
+    for dtype in dtypes:
+        if dtype in HALF:
+            continue
+        e = torch.empty((), dtype=dtype).element_size()
+        for d in dims:
+            for op in ops:
+                for pass_ in args.passes:
+                    n = args.rows
+                    out = n * (1 if op == "dist2plane" else d) * e
+                    work = 3 * n * d * e + out + ((3 * n * d * e + out + 3 * n * d * e) if pass_ == "fwd+bwd" else 0)
+                    for vs in ("geoopt", "composition"):
+                        yield Row(family="stereographic", op=op, pass_=pass_, shape=[n, d], dtype=DTYPE_SHORT[dtype],
+                                  setup=_triple_setup(op, pass_, n, d, dtype, device, vs), work=work, unit="GB/s",
+                                  limit="linalg.vecdot(x + y, u)" if op == "dist2plane" else "x + y + u", peer=PEER if vs == "geoopt" else "geoops composition (before)",
+                                  label="" if vs == "geoopt" else "vs composition",
+                                  check_tol=1e-9 if dtype == torch.float64 else 1e-3)
+
+
+def _triple_setup(op, pass_, n, d, dtype, device, vs):
+    def setup():
+        import geoops.stereographic as gs
+
+        need = pass_ == "fwd+bwd"
+        gen = torch.Generator().manual_seed(20)
+        x = _ball(n, d, gen, 0.9).to(device=device, dtype=dtype).requires_grad_(need)
+        y = _ball(n, d, gen, 0.9).to(device=device, dtype=dtype).requires_grad_(need)
+        u = _ball(n, d, gen, 1.0).to(device=device, dtype=dtype).requires_grad_(need)
+        k = torch.tensor(-1.0, dtype=dtype, device=device)
+        shape = (n,) if op == "dist2plane" else (n, d)
+        g = torch.randn(*shape, generator=torch.Generator().manual_seed(21)).to(device=device, dtype=dtype)
+        limit = (lambda: torch.linalg.vecdot(x + y, u)) if op == "dist2plane" else (lambda: x + y + u)
+        calls = {"geoops": lambda: getattr(gs, op)(x, y, u, k=k), "limit": limit}
+        skipped = {"compiled": "n/a: not timed for the three-vector ops"}
+        if vs == "composition":
+            comp = _composition(op)
+            calls["peer"] = lambda: comp(x, y, u, k)
+        elif _HAVE_GEOOPT:
+            import geoopt.manifolds.stereographic.math as gm
+
+            calls["peer"] = lambda: getattr(gm, op)(x, y, u, k=k)
+        else:
+            skipped["peer"] = "n/a: geoopt is not installed"
+        if need:
+            fns = {name: _fwd_bwd(c, [x, y, u], g) for name, c in calls.items()}
+        else:
+            def nograd(c):
+                def run():
+                    with torch.no_grad():
+                        return c()
+                return run
+            fns = {name: nograd(c) for name, c in calls.items()}
+        check = None
+        if not need and "peer" in calls:
+            def check():
+                with torch.no_grad():
+                    return calls["geoops"](), calls["peer"]()
+        return fns, check, skipped
 
     return setup

@@ -16,6 +16,7 @@
 #include "cpu/stereographic.h"
 #include "cpu/stereographic_pairwise.h"
 #include "cpu/stereographic_midpoint.h"
+#include "cpu/stereographic_triple.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
 #endif
@@ -27,6 +28,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether MKL's packed SGEMM (cblas_sgemm_pack/compute) was found at run time (CPU)");
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+  m.def("stereo_triple_fwd_cpu", &geoops::cpu::stereo_triple_fwd_cpu,
+        "kappa-stereographic three-vector row op (gyration, transports, dist2plane), forward (CPU)");
+  m.def("stereo_triple_bwd_cpu", &geoops::cpu::stereo_triple_bwd_cpu,
+        "kappa-stereographic three-vector row op, backward -> (dv0, dv1, dv2, dk) (CPU)");
   m.def("stereo_rsgd_step_cpu", &geoops::cpu::stereo_rsgd_step_cpu,
         "kappa-stereographic Riemannian SGD step, in place (CPU)");
   // attention (Kronecker triple attention)

@@ -1458,17 +1458,144 @@ def _check_surface(op: str, dim, k=None, **tensors):
         _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
 
 
+# ---------------------------------------------------------------- three-vector row ops (fused)
+# gyration, parallel_transport(0, 0back), dist2plane: torch.ops.geoops.<op>_fwd / _bwd (geoops._ops.stereographic,
+# csrc/cpu/stereographic_triple.cpp): vectors v0, v1 (, v2) as rows (N, D), k (1,) or (N,), int flags.
+_TRIPLE = _ops.TRIPLE_CALLERS
+_ON_MANIFOLD.update({"gyration": ("a", "b"), "parallel_transport": ("x", "y"), "parallel_transport0": ("y",),
+                     "parallel_transport0back": ("x",), "dist2plane": ("x", "p")})
+
+
+def _triple_mask(need):
+    return (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
+
+
+def _make_triple_fn(spec) -> tuple:
+    fwd_op, bwd_op = _TRIPLE[spec.name]
+
+    def forward(ctx, v0, v1, v2, k, flags):
+        ctx.save_for_backward(v0, v1, v2, k)
+        ctx.flags = flags
+        return fwd_op(v0, v1, v2, k, flags)
+
+    def backward(ctx, grad):
+        v0, v1, v2, k = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = _triple_mask(need)
+        if mask == 0:
+            return None, None, None, None, None
+        d0, d1, d2, dk = bwd_op(grad, v0, v1, v2, k, ctx.flags, mask)
+        if need[3] and k.shape[0] != v0.shape[0]:
+            dk = dk.sum(0, keepdim=True)
+        return (d0 if need[0] else None, d1 if need[1] else None, d2 if need[2] else None,
+                dk if need[3] else None, None)
+
+    name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
+    cls = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(_library.first_order_only(backward)),
+        "__module__": __name__,
+        "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd (one fused kernel each)."})
+
+    # the torch.func variant: setup_context, generated vmap rule (the custom ops fold vmap into their rows), and
+    # a jvp (forward mode) from the reference composition
+    def forward_f(v0, v1, v2, k, flags):
+        return fwd_op(v0, v1, v2, k, flags)
+
+    def setup_context(ctx, inputs, output):
+        v0, v1, v2, k, flags = inputs
+        ctx.save_for_backward(v0, v1, v2, k)
+        ctx.save_for_forward(v0, v1, v2, k)
+        ctx.flags = flags
+
+    def jvp(ctx, t0, t1, t2, tk, _):
+        v0, v1, v2, k = ctx.saved_tensors
+        return _ref_jvp(lambda *a: _ops._TripleReference._call(spec, *a, ctx.flags), (v0, v1, v2, k),
+                        (t0, t1, t2, tk))
+
+    twin = type(name + "Func", (torch.autograd.Function,), {
+        "forward": staticmethod(forward_f), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
+        "generate_vmap_rule": True, "__module__": __name__,
+        "__doc__": f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd)."})
+    return cls, twin
+
+
+GyrationFn, GyrationFnFunc = _make_triple_fn(_ops.TRIPLE_OPS["gyration"])
+ParallelTransportFn, ParallelTransportFnFunc = _make_triple_fn(_ops.TRIPLE_OPS["parallel_transport"])
+ParallelTransport0Fn, ParallelTransport0FnFunc = _make_triple_fn(_ops.TRIPLE_OPS["parallel_transport0"])
+ParallelTransport0backFn, ParallelTransport0backFnFunc = _make_triple_fn(_ops.TRIPLE_OPS["parallel_transport0back"])
+Dist2planeFn, Dist2planeFnFunc = _make_triple_fn(_ops.TRIPLE_OPS["dist2plane"])
+_TRIPLE_FNS = {
+    "gyration": (GyrationFn, GyrationFnFunc), "parallel_transport": (ParallelTransportFn, ParallelTransportFnFunc),
+    "parallel_transport0": (ParallelTransport0Fn, ParallelTransport0FnFunc),
+    "parallel_transport0back": (ParallelTransport0backFn, ParallelTransport0backFnFunc),
+    "dist2plane": (Dist2planeFn, Dist2planeFnFunc),
+}
+
+
+def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool = False):
+    """Validate, broadcast the vectors (and a tensor k) to rows, run the op's Fn, restore the caller's layout."""
+    spec = _ops.TRIPLE_OPS[op]
+    names = spec.names
+    _check_surface(op, dim, k, **dict(zip(names, vecs)))
+    kt = _as_scalar_tensor(op, "k", k, vecs[0])
+    dtype = vecs[0].dtype
+    shape = vecs[0].shape
+    for v in vecs[1:]:
+        dtype = torch.promote_types(dtype, v.dtype)
+        if v.dim() != len(shape) or v.shape != shape:
+            shape = _broadcast2(shape, v.shape)
+    if kt.dim() > len(shape):  # a k with more batch dimensions than the vectors broadcasts them (as torch would)
+        shape = _broadcast2(shape, kt.shape)
+    nd = len(shape)
+    d = dim + nd if dim < 0 else dim
+    if _backend.checks_enabled():
+        _debug_checks(op, dict(zip(names, vecs)), kt, d - nd)
+    if _backend.resolve(vecs[0].device, _ops.FAMILY) == "reference":
+        args = {"k": kt.to(dtype), "dim": dim}
+        if spec.scalar_out:
+            args.update(keepdim=keepdim, signed=bool(flags & 1), scaled=bool(flags & 2))
+        return getattr(_ref, op)(*[v.to(dtype) for v in vecs], **args)
+    kdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    D = shape[d]
+    batch = tuple(shape[:d]) + tuple(shape[d + 1:])
+    N = math.prod(batch)
+    last = d == nd - 1
+
+    def rows(t):
+        if t.dtype != dtype:
+            t = t.to(dtype)
+        if t.dim() != nd or tuple(t.shape) != tuple(shape):
+            t = t.expand(shape)
+        if not last:
+            t = t.movedim(d, -1)
+        return t if nd == 2 else t.reshape(N, D)
+
+    rs = [rows(v) for v in vecs]
+    v0, v1 = rs[0], rs[1]
+    v2 = rs[2] if len(rs) == 3 else None
+    k2 = _per_row(op, "k", kt, shape, d, N, kdtype)
+    if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
+        out = _TRIPLE_FNS[op][1].apply(v0, v1, v2, k2, int(flags))
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (v0, v1, v2, k2)):
+        out = _TRIPLE_FNS[op][0].apply(v0, v1, v2, k2, int(flags))
+    else:  # nothing to differentiate: no autograd node
+        out = _TRIPLE[op][0](v0, v1, v2, k2, int(flags))
+    if spec.scalar_out:
+        out = out.reshape(batch) if nd != 2 else out
+        return out.unsqueeze(d) if keepdim else out
+    if nd != 2:
+        out = out.reshape(batch + (D,))
+    return out if last else out.movedim(-1, d)
+
+
 def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Gyration gyr[a, b]u = -(a (+) b) (+) (a (+) (b (+) u)), in geoopt's closed form (one pass of dot products)."""
-    _check_surface("gyration", dim, k, a=a, b=b, u=u)
-    k = _kt("gyration", k, u)
-    a2, b2, ab = _dot(a, a, dim), _dot(b, b, dim), _dot(a, b, dim)
-    au, bu = _dot(a, u, dim), _dot(b, u, dim)
-    k2 = k * k
-    ca = -k2 * au * b2 - k * bu + 2 * k2 * ab * bu
-    cb = -k2 * bu * a2 + k * au
-    d = 1 - 2 * k * ab + k2 * a2 * b2
-    return u + 2 * (ca * a + cb * b) / d.clamp_min(1e-15)
+    """Gyration gyr[a, b]u = -(a (+) b) (+) (a (+) (b (+) u)), in geoopt's closed form
+    ``u + 2 (c_a a + c_b b) / max(d, 1e-15)`` (coefficients from <a,a>, <b,b>, <a,b>, <a,u>, <b,u> and k).
+
+    One fused kernel (forward: one pass of dot products, then the combination; backward: one hand-written fused
+    kernel), gradients to a, b, u and k; same values as geoopt to rounding."""
+    return _run_triple("gyration", (a, b, u), k, dim)
 
 
 def _coadd(x, y, k, dim):
@@ -1499,25 +1626,20 @@ def mobius_cosub(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch
 
 
 def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Parallel transport of v from x to y: gyr[y, -x] v * lambda_x / lambda_y."""
-    _check_surface("parallel_transport", dim, k, x=x, y=y, v=v)
-    lx = lambda_x(x, k=k, keepdim=True, dim=dim)
-    ly = lambda_x(y, k=k, keepdim=True, dim=dim)
-    return gyration(y, -x, v, k=k, dim=dim) * lx / ly
+    """Parallel transport of v from x to y: gyr[y, -x] v * lambda_x / lambda_y (geoopt's clamps), one fused
+    kernel forward and backward, gradients to x, y, v and k."""
+    return _run_triple("parallel_transport", (x, y, v), k, dim)
 
 
 def parallel_transport0(y: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Parallel transport of v from the origin to y: v (1 + k|y|^2) (clamped at 1e-15, as geoopt)."""
-    _check_surface("parallel_transport0", dim, k, y=y, v=v)
-    k = _kt("parallel_transport0", k, v)
-    return v * (1 + k * _dot(y, y, dim)).clamp_min(1e-15)
+    """Parallel transport of v from the origin to y: v (1 + k|y|^2) (clamped at 1e-15, as geoopt); one fused
+    kernel."""
+    return _run_triple("parallel_transport0", (y, v), k, dim)
 
 
 def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Parallel transport of v from x to the origin: v / (1 + k|x|^2)."""
-    _check_surface("parallel_transport0back", dim, k, x=x, v=v)
-    k = _kt("parallel_transport0back", k, v)
-    return v / (1 + k * _dot(x, x, dim)).clamp_min(1e-15)
+    """Parallel transport of v from x to the origin: v / (1 + k|x|^2) (clamped at 1e-15); one fused kernel."""
+    return _run_triple("parallel_transport0back", (x, v), k, dim)
 
 
 def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
@@ -1629,21 +1751,13 @@ def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
 
 def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim: bool = False, signed: bool = False,
                scaled: bool = False, dim: int = -1):
-    """Distance from x to the gyroplane through p with normal a (geoopt's dist2plane)."""
-    _check_surface("dist2plane", dim, k, x=x, p=p, a=a)
-    kk = _kt("dist2plane", k, x)
-    diff = mobius_add(-p, x, k=k, dim=dim)
-    # reduced with keepdim=True and squeezed at the end: a per-row k (B, 1) against (B,) sums gave (B, B)
-    diff2 = _dot(diff, diff, dim).clamp_min(1e-15)
-    sc = _dot(diff, a, dim)
-    if not signed:
-        sc = sc.abs()
-    an = a.norm(dim=dim, keepdim=True, p=2)
-    den = (1 + kk * diff2) * an
-    den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
-    d = arsin_k(2.0 * sc / den, kk)
-    d = d * an if scaled else d
-    return d if keepdim else d.squeeze(dim)
+    """Distance from x to the gyroplane through p with normal a (geoopt's dist2plane):
+    ``arsin_k(2 |<d, a>| / ((1 + k|d|^2) |a|))`` with d = (-p) (+)_k x (|d|^2 clamped at 1e-15, the denominator's
+    magnitude at 1e-15), signed without the |.|, times |a| when ``scaled``.  One fused kernel: d is never
+    formed, its norm and <d, a> come from the row's dot products (|x - p|^2 accumulated directly, so close x
+    and p keep their digits); gradients to x, p, a and k."""
+    return _run_triple("dist2plane", (x, p, a), k, dim, flags=(1 if signed else 0) | (2 if scaled else 0),
+                       keepdim=keepdim)
 
 
 class MidpointSumsFn(torch.autograd.Function):

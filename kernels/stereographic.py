@@ -8,6 +8,9 @@ CUDA tensors, and for CPU tensors under the Triton interpreter
     stereo_fwd(code, x, y, k, r, param)            -> (N, D), or (N,) for scalar ops
     stereo_bwd(code, grad, x, y, k, r, param, mask) -> (dx, dy, dk, dr)
 
+and the three-vector contract (gyration, the parallel transports, dist2plane; section "three-vector row
+ops" below): ``triple_fwd(code, v0, v1, v2, k, flags)``, ``triple_bwd(code, grad, v0, v1, v2, k, flags, mask)``.
+
 Layout.  One generic forward kernel and one generic backward kernel serve all
 ops: ``OP`` is a compile-time constant, so every op gets its own specialised
 binary.  A program handles ``BLOCK_M`` rows; a row of width D sits in one tile
@@ -56,7 +59,7 @@ try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at co
 except ImportError:  # pragma: no cover - older layouts
     from triton.language.extra.cuda import libdevice as _libdevice
 
-__all__ = ["stereo_fwd", "stereo_bwd", "MAX_BLOCK_D", "midpoint_fwd", "midpoint_bwd"]
+__all__ = ["stereo_fwd", "stereo_bwd", "triple_fwd", "triple_bwd", "MAX_BLOCK_D", "midpoint_fwd", "midpoint_bwd"]
 
 # Op codes: geoops::stereo::Op in csrc/include/geoops/stereo_math.h.
 MOBIUS_ADD = tl.constexpr(0)
@@ -115,6 +118,8 @@ class _NumpyMath:
     tan = staticmethod(lambda x: _NumpyMath._unary("tan", x))
     atan = staticmethod(lambda x: _NumpyMath._unary("arctan", x))
     log1p = staticmethod(lambda x: _NumpyMath._unary("log1p", x))
+    asinh = staticmethod(lambda x: _NumpyMath._unary("arcsinh", x))
+    asin = staticmethod(lambda x: _NumpyMath._unary("arcsin", x))
 
 
 # Resolved by the kernels at run/compile time; set below once we know whether
@@ -969,6 +974,354 @@ def stereo_bwd(code, grad, x, y, k, r, param, mask):
     return _stereo_bwd(code, grad, x, y, k, r, param, mask)
 
 
+# ---------------------------------------------------------------- three-vector row ops
+# gyration (v0, v1, v2 = a, b, u), parallel_transport (x, y, v), parallel_transport0 (y, v),
+# parallel_transport0back (x, v), dist2plane (x, p, a): the contract of geoops._ops.stereographic's
+# TRIPLE section (the same as csrc/cpu/stereographic_triple.cpp):
+#
+#     triple_fwd(code, v0, v1, v2, k, flags)              -> (N, D), or (N,) for dist2plane
+#     triple_bwd(code, grad, v0, v1, v2, k, flags, mask)  -> (dv0, dv1, dv2, dk)
+#
+# Per row the kernels reduce the dot products S00 = <v0,v0>, S11, S22, S01, S02, S12 and, for dist2plane,
+# SEE = |e|^2, SE1 = <e,v1>, SE2 = <e,v2> with e = v0 - v1 (csrc/include/geoops/stereo_triple.h), in chunks
+# of BLOCK_D columns, in the tile type CT; the epilogue runs in float64.  The forward writes
+# c0 v0 + c1 v1 + c2 v2 (or the scalar); the backward's epilogue is the hand-derived vector-Jacobian product
+# of the coefficients (the C++ kernels evaluate the same epilogue on dual numbers; the tests compare the two),
+# and every gradient is a combination of v0, v1, v2 and g, written in a second pass.
+GYRATION = tl.constexpr(0)
+PARALLEL_TRANSPORT = tl.constexpr(1)
+PARALLEL_TRANSPORT0 = tl.constexpr(2)
+PARALLEL_TRANSPORT0BACK = tl.constexpr(3)
+DIST2PLANE = tl.constexpr(4)
+TRIPLE_OP_NAMES = ("gyration", "parallel_transport", "parallel_transport0", "parallel_transport0back", "dist2plane")
+_TRIPLE_NVEC = (3, 3, 2, 2, 3)
+
+
+@triton.jit
+def _live_min(v, lo):
+    """(torch.clamp_min(v, lo), whether the gradient passes: v >= lo; NaN passes, as in torch)."""
+    live = ~(v < lo)
+    return tl.where(live, v, lo), live
+
+
+@triton.jit
+def _gyr_vjp(a2, b2, ab, au, bu, k, A, B):
+    """geoopt's gyration coefficients ca, cb (gyr[a, b]u = u + ca a + cb b) and the vjp of (A, B) = the adjoints
+    of (ca, cb) -> adjoints of a2, b2, ab, au, bu, k."""
+    k2 = k * k
+    na = -k2 * au * b2 - k * bu + 2.0 * k2 * ab * bu
+    nb = -k2 * bu * a2 + k * au
+    d, live = _live_min(1.0 - 2.0 * k * ab + k2 * a2 * b2, 1e-15)
+    ca = 2.0 * na / d
+    cb = 2.0 * nb / d
+    adj_na = 2.0 * A / d
+    adj_nb = 2.0 * B / d
+    adj_d = tl.where(live, -(A * ca + B * cb) / d, 0.0)
+    g_a2 = adj_nb * (-k2 * bu) + adj_d * k2 * b2
+    g_b2 = adj_na * (-k2 * au) + adj_d * k2 * a2
+    g_ab = adj_na * (2.0 * k2 * bu) - adj_d * 2.0 * k
+    g_au = adj_na * (-k2 * b2) + adj_nb * k
+    g_bu = adj_na * (2.0 * k2 * ab - k) + adj_nb * (-k2 * a2)
+    g_k = (adj_na * (-2.0 * k * au * b2 - bu + 4.0 * k * ab * bu) + adj_nb * (-2.0 * k * bu * a2 + au)
+           + adj_d * (2.0 * k * a2 * b2 - 2.0 * ab))
+    return ca, cb, g_a2, g_b2, g_ab, g_au, g_bu, g_k
+
+
+@triton.jit
+def _arsin_k_vjp(z, k, adj):
+    """geoops.stereographic.arsin_k(z, k) and the vjp of adj -> (adjoint of z, adjoint of k)."""
+    small = tl.abs(k) < 1e-6
+    kabs = tl.maximum(tl.abs(k), 1e-15)
+    c = _sqrt(kabs)
+    cz = c * z
+    # k < 0: asinh(c z) / c
+    rn = 1.0 / _sqrt(1.0 + cz * cz)
+    hn = _math.asinh(cz)
+    # k > 0: asin(clamp(c z, +-(1 - 1e-7))) / c
+    lo = -1.0 + 1e-7
+    hi = 1.0 - 1e-7
+    live = (cz >= lo) & (cz <= hi)
+    wc = tl.minimum(tl.maximum(cz, lo), hi)
+    hp = _math.asin(wc)
+    rp = 1.0 / _sqrt(1.0 - wc * wc)
+    neg = k < 0
+    val = tl.where(small, z + k * z * z * z / 6.0, tl.where(neg, hn, hp) / c)
+    dz = tl.where(neg, rn, tl.where(live, rp, 0.0))
+    dc = tl.where(neg, z * rn / c - hn / (c * c), tl.where(live, rp * z / c, 0.0) - hp / (c * c))
+    dcdk = tl.where(neg, -0.5 / c, 0.5 / c)
+    adj_z = tl.where(small, adj * (1.0 + k * z * z / 2.0), adj * dz)
+    adj_k = tl.where(small, adj * z * z * z / 6.0, adj * dc * dcdk)
+    return val, adj_z, adj_k
+
+
+@triton.jit
+def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, s12, see, se1, se2, k, w0, w1, w2):
+    """Coefficients (c0, c1, c2) of the op (dist2plane: its value in c0) from the row's dot products and k, and
+    the vjp of the adjoints (w0, w1, w2) of (c0, c1, c2): the adjoints of the nine dot products and of k.
+    Float64 row vectors in and out."""
+    zero = tl.zeros_like(k)
+    c0, c1, c2 = zero, zero, zero
+    g00, g11, g22, g01, g02, g12, gee, ge1, ge2, gk = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+    if OP == GYRATION:  # (a, b, u): u + ca a + cb b
+        ca, cb, g00, g11, g01, g02, g12, gk = _gyr_vjp(s00, s11, s01, s02, s12, k, w0, w1)
+        c0, c1, c2 = ca, cb, zero + 1.0
+    elif OP == PARALLEL_TRANSPORT:  # (x, y, v): gyr[y, -x] v * lambda_x / lambda_y
+        qx, live_x = _live_min(1.0 + k * s00, 1e-15)
+        qy, live_y = _live_min(1.0 + k * s11, 1e-15)
+        ratio = (2.0 / qx) / (2.0 / qy)
+        ca, cb, g_a2, g_b2, g_ab, g_au, g_bu, gk = _gyr_vjp(s11, s00, -s01, s12, -s02, k, w1 * ratio, -w0 * ratio)
+        c0 = -(cb * ratio)
+        c1 = ca * ratio
+        c2 = ratio
+        adj_ratio = -w0 * cb + w1 * ca + w2
+        adj_qy = tl.where(live_y, adj_ratio * ratio / qy, 0.0)
+        adj_qx = tl.where(live_x, -adj_ratio * ratio / qx, 0.0)
+        g00 = g_b2 + adj_qx * k
+        g11 = g_a2 + adj_qy * k
+        g01 = -g_ab
+        g02 = -g_bu
+        g12 = g_au
+        gk = gk + adj_qy * s11 + adj_qx * s00
+    elif OP == PARALLEL_TRANSPORT0:  # (y, v): v * max(1 + k yy, 1e-15)
+        q, live = _live_min(1.0 + k * s00, 1e-15)
+        c1 = q
+        g00 = tl.where(live, w1 * k, 0.0)
+        gk = tl.where(live, w1 * s00, 0.0)
+    elif OP == PARALLEL_TRANSPORT0BACK:  # (x, v): v / max(1 + k xx, 1e-15)
+        q, live = _live_min(1.0 + k * s00, 1e-15)
+        c1 = 1.0 / q
+        adj_q = tl.where(live, -w1 / (q * q), 0.0)
+        g00 = adj_q * k
+        gk = adj_q * s00
+    else:  # DIST2PLANE (x, p, a): xx = s00, pp = s11, aa = s22, xp = s01, pa = s12, ee, pe = se1, ea = se2
+        B = 1.0 + k * s11
+        den, live_den = _live_min(1.0 + 2.0 * k * s01 + k * k * s11 * s00, 1e-15)
+        kee = k * see
+        n2 = B * B * see + 2.0 * B * kee * se1 + kee * kee * s11
+        r2 = n2 / (den * den)
+        diff2, live_d2 = _live_min(r2, 1e-15)
+        scs = (B * se2 + kee * s12) / den
+        if FLAGS & 1:
+            sc = scs
+        else:
+            sc = tl.abs(scs)
+        an = _sqrt(s22)
+        dd_raw = (1.0 + k * diff2) * an
+        live_dd = ~(tl.abs(dd_raw) < 1e-15)
+        dd = tl.where(live_dd, dd_raw, tl.where(dd_raw >= 0, 1e-15, -1e-15))
+        z = 2.0 * sc / dd
+        if FLAGS & 2:
+            d, adj_z, gk = _arsin_k_vjp(z, k, w0 * an)
+            c0 = d * an
+            adj_an = w0 * d
+        else:
+            d, adj_z, gk = _arsin_k_vjp(z, k, w0)
+            c0 = d
+            adj_an = zero
+        adj_sc = adj_z * 2.0 / dd
+        adj_dd = tl.where(live_dd, -adj_z * z / dd, 0.0)
+        adj_diff2 = adj_dd * k * an
+        gk += adj_dd * diff2 * an
+        adj_an += adj_dd * (1.0 + k * diff2)
+        g22 = tl.where(an > 0, adj_an * 0.5 / tl.where(an > 0, an, 1.0), 0.0)
+        if FLAGS & 1:
+            adj_scs = adj_sc
+        else:
+            adj_scs = tl.where(scs > 0, adj_sc, tl.where(scs < 0, -adj_sc, 0.0))
+        adj_num = adj_scs / den
+        adj_den = -adj_scs * scs / den
+        adj_r2 = tl.where(live_d2, adj_diff2, 0.0)
+        adj_n2 = adj_r2 / (den * den)
+        adj_den += -2.0 * adj_r2 * r2 / den
+        adj_B = adj_num * se2 + adj_n2 * (2.0 * B * see + 2.0 * kee * se1)
+        ge2 = adj_num * B
+        adj_kee = adj_num * s12 + adj_n2 * (2.0 * B * se1 + 2.0 * kee * s11)
+        g12 = adj_num * kee
+        gee = adj_n2 * B * B + adj_kee * k
+        ge1 = adj_n2 * 2.0 * B * kee
+        g11 = adj_n2 * kee * kee
+        gk += adj_kee * see
+        adj_denr = tl.where(live_den, adj_den, 0.0)
+        g01 = adj_denr * 2.0 * k
+        g11 += adj_denr * k * k * s00 + adj_B * k
+        g00 = adj_denr * k * k * s11
+        gk += adj_denr * (2.0 * s01 + 2.0 * k * s11 * s00) + adj_B * s11
+    return c0, c1, c2, g00, g11, g22, g01, g02, g12, gee, ge1, ge2, gk
+
+
+@triton.jit
+def _triple_sums(p0, p1, p2, pg, rmask, D, OP: tl.constexpr, THREE: tl.constexpr, HAS_G: tl.constexpr,
+                 CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The row's dot products (and <g, v_j> with HAS_G), accumulated in CT chunk by chunk, as float64."""
+    cols = tl.arange(0, BLOCK_D)
+    z = tl.zeros([BLOCK_M], dtype=CT)
+    s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2 = z, z, z, z, z, z, z, z, z, z, z, z
+    for d0 in range(0, D, BLOCK_D):
+        cc = d0 + cols
+        m2 = rmask[:, None] & (cc[None, :] < D)
+        a = tl.load(p0[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        b = tl.load(p1[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        s00 += tl.sum(a * a, axis=1)
+        if OP != PARALLEL_TRANSPORT0 and OP != PARALLEL_TRANSPORT0BACK:
+            s11 += tl.sum(b * b, axis=1)
+            s01 += tl.sum(a * b, axis=1)
+        if HAS_G:
+            gv = tl.load(pg[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+            g0 += tl.sum(gv * a, axis=1)
+            g1 += tl.sum(gv * b, axis=1)
+        if THREE:
+            c = tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+            s12 += tl.sum(b * c, axis=1)
+            if OP == DIST2PLANE:
+                e = a - b
+                s22 += tl.sum(c * c, axis=1)
+                see += tl.sum(e * e, axis=1)
+                se1 += tl.sum(e * b, axis=1)
+                se2 += tl.sum(e * c, axis=1)
+            else:
+                s02 += tl.sum(a * c, axis=1)
+            if HAS_G:
+                g2 += tl.sum(gv * c, axis=1)
+    f = tl.float64
+    return (s00.to(f), s11.to(f), s22.to(f), s01.to(f), s02.to(f), s12.to(f), see.to(f), se1.to(f), se2.to(f),
+            g0.to(f), g1.to(f), g2.to(f))
+
+
+@triton.jit
+def _triple_fwd_kernel(V0, V1, V2, K, OUT, N, D, s0, s1, s2, sk,
+                       OP: tl.constexpr, FLAGS: tl.constexpr, THREE: tl.constexpr, SCALAR: tl.constexpr,
+                       CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < N
+    p0 = V0 + rows * s0
+    p1 = V1 + rows * s1
+    p2 = V2 + rows * s2
+    s00, s11, s22, s01, s02, s12, see, se1, se2, _g0, _g1, _g2 = _triple_sums(
+        p0, p1, p2, p0, rmask, D, OP, THREE, False, CT, BLOCK_M, BLOCK_D)
+    k = tl.load(K + rows * sk, mask=rmask, other=0.0).to(tl.float64)
+    zero = tl.zeros_like(k)
+    c0, c1, c2, _a, _b, _c, _d, _e, _f, _g, _h, _i, _j = _triple_vjp(
+        OP, FLAGS, s00, s11, s22, s01, s02, s12, see, se1, se2, k, zero, zero, zero)
+    if SCALAR:
+        tl.store(OUT + rows, c0.to(CT).to(OUT.dtype.element_ty), mask=rmask)  # float64 -> bfloat16 via CT
+    else:
+        _triple_store_comb(OUT, rows, rmask, D, p0, p1, p2, p0, c0, c1, c2, zero, THREE, False, CT, BLOCK_D)
+
+
+@triton.jit
+def _triple_store_comb(PD, rows, rmask, D, p0, p1, p2, pg, w0, w1, w2, wg, THREE: tl.constexpr,
+                       HAS_G: tl.constexpr, CT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Store the rows w0 v0 + w1 v1 + w2 v2 (+ wg g with HAS_G) into PD ((N, D), contiguous), chunk by chunk."""
+    cols = tl.arange(0, BLOCK_D)
+    a0 = w0.to(CT)[:, None]
+    a1 = w1.to(CT)[:, None]
+    a2 = w2.to(CT)[:, None]
+    ag = wg.to(CT)[:, None]
+    pd = PD + rows * D
+    for d0 in range(0, D, BLOCK_D):
+        cc = d0 + cols
+        m2 = rmask[:, None] & (cc[None, :] < D)
+        o = a0 * tl.load(p0[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        o += a1 * tl.load(p1[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        if THREE:
+            o += a2 * tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        if HAS_G:
+            o += ag * tl.load(pg[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        tl.store(pd[:, None] + cc[None, :], o.to(PD.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _triple_bwd_kernel(G, V0, V1, V2, K, D0, D1, D2, DK, N, D, sg, s0, s1, s2, sk,
+                       OP: tl.constexpr, FLAGS: tl.constexpr, THREE: tl.constexpr, SCALAR: tl.constexpr,
+                       MASK: tl.constexpr, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < N
+    p0 = V0 + rows * s0
+    p1 = V1 + rows * s1
+    p2 = V2 + rows * s2
+    pg = G + rows * sg
+    s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2 = _triple_sums(
+        p0, p1, p2, pg, rmask, D, OP, THREE, not SCALAR, CT, BLOCK_M, BLOCK_D)
+    k = tl.load(K + rows * sk, mask=rmask, other=0.0).to(tl.float64)
+    if SCALAR:
+        g0 = tl.load(G + rows, mask=rmask, other=0.0).to(tl.float64)
+    c0, c1, c2, q00, q11, q22, q01, q02, q12, qee, qe1, qe2, gk = _triple_vjp(
+        OP, FLAGS, s00, s11, s22, s01, s02, s12, see, se1, se2, k, g0, g1, g2)
+    if MASK & 8:
+        tl.store(DK + rows, gk, mask=rmask)
+    zero = tl.zeros_like(k)
+    if SCALAR:
+        c0, c1, c2 = zero, zero, zero
+    if MASK & 1:
+        _triple_store_comb(D0, rows, rmask, D, p0, p1, p2, pg, 2.0 * q00 + 2.0 * qee, q01 - 2.0 * qee + qe1,
+                           q02 + qe2, c0, THREE, not SCALAR, CT, BLOCK_D)
+    if MASK & 2:
+        _triple_store_comb(D1, rows, rmask, D, p0, p1, p2, pg, q01 - 2.0 * qee + qe1,
+                           2.0 * q11 + 2.0 * qee - 2.0 * qe1, q12 - qe2, c1, THREE, not SCALAR, CT, BLOCK_D)
+    if THREE:
+        if MASK & 4:
+            _triple_store_comb(D2, rows, rmask, D, p0, p1, p2, pg, q02 + qe2, q12 - qe2, 2.0 * q22, c2, THREE,
+                               not SCALAR, CT, BLOCK_D)
+
+
+def _triple_blocks(N, D):
+    """(BLOCK_M, BLOCK_D): tiles of <= 512 elements (the float64 epilogue of a row needs the registers), rows wider
+    than 128 walked in 128-wide chunks."""
+    block_d = min(triton.next_power_of_2(max(D, 1)), 128)
+    block_m = max(1, min(_MAX_BLOCK_M, 512 // block_d, triton.next_power_of_2(max(N, 1))))
+    return block_m, block_d
+
+
+def _triple_prep(code, v0, v1, v2):
+    v0, v1 = _rows(v0), _rows(v1)
+    three = _TRIPLE_NVEC[code] == 3
+    v2 = _rows(v2) if three else v0
+    ct = tl.float64 if v0.dtype == torch.float64 else tl.float32
+    return v0, v1, v2, three, ct
+
+
+def triple_fwd(code, v0, v1, v2, k, flags):
+    """Forward of three-vector op `code` (geoops._ops.stereographic.TRIPLE_OPS) on rows."""
+    N, D = v0.shape
+    scalar = code == 4
+    out = torch.empty((N,) if scalar else (N, D), dtype=v0.dtype, device=v0.device)
+    if N == 0:
+        return out
+    v0, v1, v2, three, ct = _triple_prep(code, v0, v1, v2)
+    kk, sk = _per_row(k, N, "k")
+    bm, bd = _triple_blocks(N, D)
+    _triple_fwd_kernel[(triton.cdiv(N, bm),)](
+        v0, v1, v2, kk, out, N, D, v0.stride(0), v1.stride(0), v2.stride(0), sk,
+        OP=code, FLAGS=int(flags), THREE=three, SCALAR=scalar, CT=ct, BLOCK_M=bm, BLOCK_D=bd, num_warps=4,
+        **_maxnreg(4))
+    return out
+
+
+def triple_bwd(code, grad, v0, v1, v2, k, flags, mask):
+    """(dv0, dv1, dv2, dk) of three-vector op `code`; mask bits 1 dv0, 2 dv1, 4 dv2, 8 dk (per row, k's dtype)."""
+    N, D = v0.shape
+    scalar = code == 4
+    nvec = _TRIPLE_NVEC[code]
+    d = [torch.empty((N, D), dtype=v0.dtype, device=v0.device) if (mask >> i) & 1 and i < nvec
+         else v0.new_empty(0) for i in range(3)]
+    dk = torch.empty(N, dtype=torch.float64, device=v0.device) if mask & 8 else v0.new_empty(0)
+    m = int(mask) & (15 if nvec == 3 else 11)
+    if N and m:
+        v0, v1, v2, three, ct = _triple_prep(code, v0, v1, v2)
+        g = grad.to(v0.dtype).reshape(N).contiguous() if scalar else _rows(grad.to(v0.dtype))
+        kk, sk = _per_row(k, N, "k")
+        bm, bd = _triple_blocks(N, D)
+        _triple_bwd_kernel[(triton.cdiv(N, bm),)](
+            g, v0, v1, v2, kk, d[0] if d[0].numel() else v0, d[1] if d[1].numel() else v0,
+            d[2] if d[2].numel() else v0, dk if mask & 8 else kk, N, D, 0 if scalar else g.stride(0),
+            v0.stride(0), v1.stride(0), v2.stride(0), sk,
+            OP=code, FLAGS=int(flags), THREE=three, SCALAR=scalar, MASK=m, CT=ct, BLOCK_M=bm, BLOCK_D=bd,
+            num_warps=4, **_maxnreg(4))
+    if mask & 8:
+        dk = dk.to(k.dtype)
+    return d[0], d[1], d[2], dk
+
+
 # ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
 OP_NAMES = ("mobius_add", "mobius_sub", "project", "lambda_x", "mobius_scalar_mul", "expmap", "expmap0", "logmap",
             "logmap0", "dist", "dist0")
@@ -1032,7 +1385,38 @@ def compile_variants():
 
                 entries.append({"label": f"{name}/{dname}/{shape} fwd", "launch": fwd, "expect": expect})
                 entries.append({"label": f"{name}/{dname}/{shape} bwd", "launch": bwd, "expect": expect})
-    return entries + _pair_compile_variants() + _midpoint_compile_variants()
+    return entries + _pair_compile_variants() + _midpoint_compile_variants() + _triple_compile_variants()
+
+
+# Three-vector launches: one binary per (op, flags, dtype, forward / backward with every gradient); the row
+# width only changes BLOCK_D (one-tile D = 64, chunked D = 300 walks 128-wide chunks).  The epilogue runs in
+# float64 for every dtype (libdevice asinh / asin in dist2plane).
+def _triple_compile_variants():
+    entries = []
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        kd = torch.float64 if dtype == torch.float64 else torch.float32
+        dname = str(dtype).replace("torch.", "")
+        expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32 if dtype == torch.float64 else 0}
+        for shape, N, D in (("one-tile", 4096, 64), ("chunked", 2, 300)):
+            if shape == "chunked" and dtype in (torch.float16, torch.bfloat16):
+                continue
+            for code, name in enumerate(TRIPLE_OP_NAMES):
+                for flags in ((0, 1, 2, 3) if code == 4 else (0,)):
+                    x = torch.zeros(N, D, dtype=dtype)
+                    v2 = x if _TRIPLE_NVEC[code] == 3 else None
+                    k = torch.zeros(1, dtype=kd)
+                    g = torch.zeros(N, dtype=dtype) if code == 4 else x
+                    tag = f"{name}" + (f"[flags={flags}]" if code == 4 else "")
+
+                    def fwd(code=code, x=x, v2=v2, k=k, flags=flags):
+                        triple_fwd(code, x, x, v2, k, flags)
+
+                    def bwd(code=code, g=g, x=x, v2=v2, k=k, flags=flags):
+                        triple_bwd(code, g, x, x, v2, k, flags, 15)
+
+                    entries.append({"label": f"triple/{tag}/{dname}/{shape} fwd", "launch": fwd, "expect": expect})
+                    entries.append({"label": f"triple/{tag}/{dname}/{shape} bwd", "launch": bwd, "expect": expect})
+    return entries
 
 
 # Pairwise launches: the forward's binary depends on the dtype and on what it writes (distances, + A, rank

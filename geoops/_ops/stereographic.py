@@ -27,7 +27,7 @@ import torch
 from .. import _backend, _library
 
 FAMILY = "stereographic"
-__all__ = ["StereoOp", "STEREO_OPS", "stereo_kernels"]
+__all__ = ["StereoOp", "STEREO_OPS", "stereo_kernels", "TripleOp", "TRIPLE_OPS", "triple_kernels"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,142 @@ def _register(spec: StereoOp):
 
 
 CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -> (fwd caller, bwd caller)
+
+
+# ---------------------------------------------------------------- three-vector row ops
+# geoops::<op>_fwd(Tensor v0, Tensor v1, Tensor? v2, Tensor k, int flags) -> Tensor
+# geoops::<op>_bwd(Tensor grad, Tensor v0, Tensor v1, Tensor? v2, Tensor k, int flags, int mask)
+#     -> (Tensor dv0, Tensor dv1, Tensor dv2, Tensor dk)
+# for gyration (v0, v1, v2 = a, b, u), parallel_transport (x, y, v), parallel_transport0 (y, v; v2 None),
+# parallel_transport0back (x, v; v2 None) and dist2plane (x, p, a; flags 1 signed, 2 scaled): v* of shape (N, D),
+# one dtype, unit inner stride; k (1,) or (N,).  The forward returns (N, D), or (N,) for dist2plane.  mask bits:
+# 1 dv0, 2 dv1, 4 dv2, 8 dk; dk per row (N,) in k's dtype (the caller sums it); unselected: empty tensors.
+@dataclass(frozen=True)
+class TripleOp:
+    name: str
+    code: int  # geoops::triple::Op in csrc/include/geoops/stereo_triple.h
+    names: tuple  # the public arguments' names of v0, v1 (, v2)
+    scalar_out: bool = False
+
+
+TRIPLE_OPS = {
+    op.name: op
+    for op in (
+        TripleOp("gyration", 0, ("a", "b", "u")),
+        TripleOp("parallel_transport", 1, ("x", "y", "v")),
+        TripleOp("parallel_transport0", 2, ("y", "v")),
+        TripleOp("parallel_transport0back", 3, ("x", "v")),
+        TripleOp("dist2plane", 4, ("x", "p", "a"), scalar_out=True),
+    )
+}
+_TRIPLE_BY_CODE = {op.code: op for op in TRIPLE_OPS.values()}
+
+
+class _TripleCpp:
+    @staticmethod
+    def triple_fwd(code, v0, v1, v2, k, flags):
+        return _backend.compiled().stereo_triple_fwd_cpu(code, v0, v1, v2, k, flags)
+
+    @staticmethod
+    def triple_bwd(code, g, v0, v1, v2, k, flags, mask):
+        return tuple(_backend.compiled().stereo_triple_bwd_cpu(code, g, v0, v1, v2, k, flags, mask))
+
+
+class _TripleReference:
+    """The three-vector contract above, evaluated with geoops.reference (autograd for the backward); also the
+    kernels of the CUDA C++ backend, which has none of its own for these ops."""
+
+    @staticmethod
+    def _call(spec: TripleOp, v0, v1, v2, k, flags):
+        from ..reference import stereographic as ref
+
+        k = k.to(v0.dtype).reshape(-1, 1)
+        if spec.name == "dist2plane":
+            return ref.dist2plane(v0, v1, v2, k=k, signed=bool(flags & 1), scaled=bool(flags & 2))
+        vs = (v0, v1) if v2 is None else (v0, v1, v2)
+        return getattr(ref, spec.name)(*vs, k=k)
+
+    @classmethod
+    def triple_fwd(cls, code, v0, v1, v2, k, flags):
+        spec = _TRIPLE_BY_CODE[code]
+        with torch.no_grad():
+            half = v0.dtype in (torch.float16, torch.bfloat16)
+            args = [t.float() if half and t is not None else t for t in (v0, v1, v2)]
+            out = cls._call(spec, *args, k, flags)
+            return out.to(v0.dtype).contiguous()
+
+    @classmethod
+    def triple_bwd(cls, code, g, v0, v1, v2, k, flags, mask):
+        spec = _TRIPLE_BY_CODE[code]
+        N = v0.shape[0]
+        half = v0.dtype in (torch.float16, torch.bfloat16)
+        up = (lambda t: t.float()) if half else (lambda t: t)
+        with _library.reference_autograd():
+            leaves = [up(t).detach().requires_grad_(True) if t is not None else None for t in (v0, v1, v2)]
+            lk = k.detach().requires_grad_(True)
+            kr = lk.expand(N) if lk.numel() == 1 else lk  # per-row k gradients
+            out = cls._call(spec, *leaves, kr, flags)
+            want = [t for i, t in enumerate((*leaves, kr)) if (mask >> i) & 1 and t is not None]
+            grads = torch.autograd.grad(out, want, up(g), allow_unused=True) if want else ()
+        it = iter(grads)
+        res = []
+        for i, t in enumerate((*leaves, kr)):
+            if (mask >> i) & 1 and t is not None:
+                gr = next(it)
+                gr = torch.zeros_like(t) if gr is None else gr
+                res.append(gr.to(k.dtype if i == 3 else v0.dtype).contiguous())
+            else:
+                res.append(v0.new_empty(0))
+        return tuple(res)
+
+
+def triple_kernels(device: torch.device):
+    """The three-vector kernel set for `device`: C++ (CPU), the Triton module when it has these kernels, else the
+    reference compositions (CUDA C++ backend)."""
+    name = _backend.resolve(device, FAMILY)
+    if name == "cpp":
+        return _TripleCpp
+    if name == "triton":
+        mod = _backend.triton_kernels(FAMILY)
+        if hasattr(mod, "triple_fwd"):
+            return mod
+    return _TripleReference
+
+
+_TRIPLE_FWD_SCHEMA = "(Tensor v0, Tensor v1, Tensor? v2, Tensor k, int flags) -> Tensor"
+_TRIPLE_BWD_SCHEMA = ("(Tensor grad, Tensor v0, Tensor v1, Tensor? v2, Tensor k, int flags, int mask) "
+                      "-> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def _register_triple(spec: TripleOp):
+    code = spec.code
+    nvec = len(spec.names)
+
+    def fwd(v0: torch.Tensor, v1: torch.Tensor, v2: Optional[torch.Tensor], k: torch.Tensor, flags: int):
+        return triple_kernels(v0.device).triple_fwd(code, v0, v1, v2, k, flags)
+
+    def bwd(g, v0, v1, v2, k, flags: int, mask: int):
+        return tuple(triple_kernels(v0.device).triple_bwd(code, g, v0, v1, v2, k, flags, mask))
+
+    def fwd_fake(v0, v1, v2, k, flags):
+        N, D = v0.shape
+        return v0.new_empty((N,) if spec.scalar_out else (N, D))
+
+    def bwd_fake(g, v0, v1, v2, k, flags, mask):
+        N, D = v0.shape
+        dv = [v0.new_empty((N, D)) if (mask >> i) & 1 and i < nvec else v0.new_empty((0,)) for i in range(3)]
+        dk = k.new_empty((N,)) if mask & 8 else v0.new_empty((0,))
+        return dv[0], dv[1], dv[2], dk
+
+    fwd_op = _library.define_op(f"geoops::{spec.name}_fwd", _TRIPLE_FWD_SCHEMA, fwd, fwd_fake)
+    bwd_op = _library.define_op(f"geoops::{spec.name}_bwd", _TRIPLE_BWD_SCHEMA, bwd, bwd_fake)
+    # vmap folds the mapped dim into the rows (k of one row broadcasts)
+    _library.fold_vmap(f"geoops::{spec.name}_fwd", row_broadcast=(3,))
+    _library.fold_vmap(f"geoops::{spec.name}_bwd", row_broadcast=(4,))
+    return _library.caller(fwd_op, fwd), _library.caller(bwd_op, bwd)
+
+
+TRIPLE_CALLERS = {name: _register_triple(spec) for name, spec in TRIPLE_OPS.items()}
 
 
 # ---------------------------------------------------------------- pairwise (cdist, knn)

@@ -33,6 +33,12 @@ __all__ = [
     "tan_k",
     "artan_k",
     "default_eps",
+    "gyration",
+    "parallel_transport",
+    "parallel_transport0",
+    "parallel_transport0back",
+    "arsin_k",
+    "dist2plane",
 ]
 
 MIN_NORM = 1e-15
@@ -169,6 +175,69 @@ def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = F
 def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
     """Reference of `geoops.stereographic.dist0`: 2 artan_k(|x|)."""
     d = 2 * artan_k(x.norm(dim=dim, p=2, keepdim=True), k)
+    return d if keepdim else d.squeeze(dim)
+
+
+# ---------------------------------------------------------------- three-vector row ops
+# The compositions that geoops.stereographic ran before its fused kernels (csrc/cpu/stereographic_triple.cpp):
+# geoopt's formulas and clamps, one torch op per term.
+def _dot(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    return (a * b).sum(dim=dim, keepdim=True)
+
+
+def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.gyration`: geoopt's closed form of gyr[a, b]u, the denominator clamped
+    at 1e-15."""
+    a2, b2, ab = _dot(a, a, dim), _dot(b, b, dim), _dot(a, b, dim)
+    au, bu = _dot(a, u, dim), _dot(b, u, dim)
+    k2 = k * k
+    ca = -k2 * au * b2 - k * bu + 2 * k2 * ab * bu
+    cb = -k2 * bu * a2 + k * au
+    d = 1 - 2 * k * ab + k2 * a2 * b2
+    return u + 2 * (ca * a + cb * b) / d.clamp_min(MIN_NORM)
+
+
+def parallel_transport(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, k: torch.Tensor,
+                       dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.parallel_transport`: gyr[y, -x] v * lambda_x / lambda_y."""
+    lx = lambda_x(x, k=k, keepdim=True, dim=dim)
+    ly = lambda_x(y, k=k, keepdim=True, dim=dim)
+    return gyration(y, -x, v, k=k, dim=dim) * lx / ly
+
+
+def parallel_transport0(y: torch.Tensor, v: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.parallel_transport0`: v (1 + k|y|^2), clamped at 1e-15."""
+    return v * (1 + k * _sqnorm(y, dim)).clamp_min(MIN_NORM)
+
+
+def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.parallel_transport0back`: v / (1 + k|x|^2), clamped at 1e-15."""
+    return v / (1 + k * _sqnorm(x, dim)).clamp_min(MIN_NORM)
+
+
+def arsin_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Reference of `geoops.stereographic.arsin_k`: asinh(sqrt(-k) x)/sqrt(-k) (k < 0), asin(sqrt(k) x)/sqrt(k)
+    (k > 0, the argument clamped at 1 - 1e-7), x + k x^3/6 for |k| < 1e-6."""
+    c = k.abs().clamp_min(MIN_NORM).sqrt()
+    small = k.abs() < 1e-6
+    closed = torch.where(k < 0, torch.asinh(c * x), torch.asin((c * x).clamp(-1 + 1e-7, 1 - 1e-7))) / c
+    return torch.where(small, x + k * x ** 3 / 6, closed)
+
+
+def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False,
+               signed: bool = False, scaled: bool = False, dim: int = -1) -> torch.Tensor:
+    """Reference of `geoops.stereographic.dist2plane`: geoopt's distance from x to the gyroplane through p with
+    normal a, arsin_k(2 |<(-p) (+) x, a>| / ((1 + k|(-p) (+) x|^2) |a|)) (times |a| when ``scaled``)."""
+    diff = mobius_add(-p, x, k=k, dim=dim)
+    diff2 = _dot(diff, diff, dim).clamp_min(MIN_NORM)
+    sc = _dot(diff, a, dim)
+    if not signed:
+        sc = sc.abs()
+    an = a.norm(dim=dim, keepdim=True, p=2)
+    den = (1 + k * diff2) * an
+    den = torch.where(den >= 0, den.clamp_min(MIN_NORM), den.clamp_max(-MIN_NORM))
+    d = arsin_k(2.0 * sc / den, k)
+    d = d * an if scaled else d
     return d if keepdim else d.squeeze(dim)
 
 

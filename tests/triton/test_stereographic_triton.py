@@ -813,3 +813,95 @@ def test_points_just_outside_the_ball_bounded_gradients(op, device):
     for gr in grads:
         assert torch.isfinite(gr).all()
         assert gr.abs().max() < 1e4, f"unbounded gradient {gr.abs().max().item():.3g}"
+
+
+# ---------------------------------------------------------------- three-vector row ops (gyration, transports, dist2plane)
+TRIPLE = list(_ops.TRIPLE_OPS)
+TRIPLE_CASES = [(op, f) for op in TRIPLE for f in ((0, 1, 2, 3) if op == "dist2plane" else (0,))]
+TRIPLE_IDS = [op + (f"-f{f}" if op == "dist2plane" else "") for op, f in TRIPLE_CASES]
+
+
+def _triple_inputs(op, N, D, seed=0, k_rows=None):
+    gen = torch.Generator().manual_seed(seed)
+    if k_rows is None:
+        k_rows = torch.tensor((K_ROWS * (N // len(K_ROWS) + 1))[:N], dtype=torch.float64)
+    nvec = len(_ops.TRIPLE_OPS[op].names)
+    vs = [_points(gen, N, D, k_rows, 0.1 + 0.75 * torch.rand(N, generator=gen, dtype=torch.float64))
+          for _ in range(nvec)]
+    return vs, k_rows
+
+
+def _triple_public(op, flags, vs, k, **kw):
+    extra = {"signed": bool(flags & 1), "scaled": bool(flags & 2)} if op == "dist2plane" else {}
+    return getattr(gm, op)(*vs, k=k, **extra, **kw)
+
+
+@pytest.mark.parametrize("D", [1, 7, 64, 300])
+@pytest.mark.parametrize("case", TRIPLE_CASES, ids=TRIPLE_IDS)
+def test_triple_values_and_gradients_match_reference_fp64(case, D, device):
+    """Through the public API on the triton backend, per-row k of every sign (D = 300: the chunked loops)."""
+    op, flags = case
+    vs, k_rows = _triple_inputs(op, 9, D, seed=D)
+    xs = [v.to(device).requires_grad_() for v in vs]
+    k = k_rows.reshape(-1, 1).to(device).requires_grad_()
+    out = _triple_public(op, flags, xs, k)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+    got = torch.autograd.grad((out * w).sum(), xs + [k])
+    r_in = [v.detach().cpu().requires_grad_() for v in xs]
+    rk = k.detach().cpu().requires_grad_()
+    extra = {"signed": bool(flags & 1), "scaled": bool(flags & 2)} if op == "dist2plane" else {}
+    ref_out = getattr(ref, op)(*r_in, k=rk, **extra)
+    want = torch.autograd.grad((ref_out * w.cpu()).sum(), r_in + [rk])
+    assert_close(out, ref_out.reshape(out.shape), what=f"{op} value")
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_close(a, b, what=f"{op} grad {i}")
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", TRIPLE_CASES, ids=TRIPLE_IDS)
+def test_triple_low_precision_by_the_2x_rule(case, dtype, device):
+    op, flags = case
+    vs, k_rows = _triple_inputs(op, 32, 33, seed=5)
+    k = torch.tensor(-1.0)
+    vs = [v * 0.5 for v in vs]  # inside the unit ball for every row
+    got = _triple_public(op, flags, [v.to(dtype).to(device) for v in vs], k.to(device))
+    assert got.dtype == dtype
+    extra = {"signed": bool(flags & 1), "scaled": bool(flags & 2)} if op == "dist2plane" else {}
+    vd = [v.to(dtype).double() for v in vs]  # the same rounded inputs
+    exact = getattr(ref, op)(*vd, k=k.double(), **extra)
+    eager = getattr(ref, op)(*[v.to(dtype) for v in vs], k=k.to(dtype), **extra).double()
+    floor = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    err = (got.cpu().double() - exact).abs()
+    assert bool((err <= 2 * (eager - exact).abs() + floor * (1 + exact.abs())).all()), float(err.max())
+
+
+@needs_cpp
+@pytest.mark.parametrize("mask", [1, 2, 4, 8, 15])
+@pytest.mark.parametrize("case", TRIPLE_CASES, ids=TRIPLE_IDS)
+def test_triple_ops_match_cpp_every_mask_and_layout(case, mask, device):
+    """torch.ops.geoops.<op>_fwd/_bwd on the triton backend against the C++ kernels: broadcast (stride-0) rows,
+    one k for all rows, each gradient mask, N = 0."""
+    op, flags = case
+    vs, _ = _triple_inputs(op, 6, 5, seed=mask)
+    vs = [v * 0.5 for v in vs]
+    vs[1] = vs[1][:1].expand(6, 5)  # stride-0 rows
+    v2 = vs[2] if len(vs) == 3 else None
+    k = torch.tensor([-0.7], dtype=torch.float64)
+    g = torch.randn((6,) if op == "dist2plane" else (6, 5), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(2))
+    fwd = getattr(torch.ops.geoops, f"{op}_fwd")
+    bwd = getattr(torch.ops.geoops, f"{op}_bwd")
+    dev = [v.to(device) for v in vs[:2]] + [None if v2 is None else v2.to(device)]
+    ours_f = fwd(*dev, k.to(device), flags)
+    ours_b = bwd(g.to(device), *dev, k.to(device), flags, mask)
+    with geoops.use_backend("cpp"):
+        want_f = fwd(vs[0], vs[1], v2, k, flags)
+        want_b = bwd(g, vs[0], vs[1], v2, k, flags, mask)
+    assert_close(ours_f, want_f, what=f"{op} fwd")
+    for i, (a, b) in enumerate(zip(ours_b, want_b)):
+        assert a.shape == b.shape, (i, a.shape, b.shape)
+        assert_close(a, b, what=f"{op} bwd[{i}]")
+    empty = [torch.zeros(0, 5, dtype=torch.float64, device=device)] * 2 + [
+        None if v2 is None else torch.zeros(0, 5, dtype=torch.float64, device=device)]
+    assert fwd(*empty, k.to(device), flags).shape[0] == 0

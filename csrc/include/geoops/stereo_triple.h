@@ -1,0 +1,249 @@
+// Row math of the kappa-stereographic "three-vector" row ops (gyration, the parallel transports,
+// dist2plane), shared by every backend that evaluates them per row.  Pure C++ (no torch headers).
+//
+// Each op reads up to three vectors of one row, v0, v1, v2 (gyration: a, b, u; parallel_transport: x, y, v;
+// parallel_transport0: y, v; parallel_transport0back: x, v; dist2plane: x, p, a), and a curvature k.  Its
+// result is a linear combination c0 v0 + c1 v1 + c2 v2 (vector ops) or a scalar c0 (dist2plane) whose
+// coefficients are functions of a few dot products of the row,
+//     S00 = <v0,v0>, S11 = <v1,v1>, S22 = <v2,v2>, S01 = <v0,v1>, S02 = <v0,v2>, S12 = <v1,v2>,
+//     SEE = |e|^2, SE1 = <e,v1>, SE2 = <e,v2>   with e = v0 - v1 accumulated directly,
+// and of k.  So a kernel is one pass for the dot products, then the epilogue `eval` below, then one pass
+// writing the combination.  The backward differentiates `eval` exactly by evaluating it on dual numbers
+// (value + gradient with respect to the op's dot products and k, `Dual` below): with the adjoints G of the
+// dot products every vector gradient is again a combination of v0, v1, v2 and the incoming gradient g
+// (`dot_adjoint_coefs`).  Clamps follow torch's gradients (0 where clamped), as do |.| and sqrt at 0.
+#pragma once
+
+#include <cmath>
+
+#include "geoops/stereo_math.h"
+
+namespace geoops {
+namespace triple {
+
+enum Op : int {
+  GYRATION = 0,
+  PARALLEL_TRANSPORT = 1,
+  PARALLEL_TRANSPORT0 = 2,
+  PARALLEL_TRANSPORT0BACK = 3,
+  DIST2PLANE = 4,
+  NUM_OPS = 5,
+};
+
+enum Dot : int { S00 = 0, S11, S22, S01, S02, S12, SEE, SE1, SE2, NUM_DOTS };
+
+// dist2plane's flags
+constexpr int SIGNED = 1;
+constexpr int SCALED = 2;
+
+GEO_HD constexpr int op_nvec(int op) { return (op == PARALLEL_TRANSPORT0 || op == PARALLEL_TRANSPORT0BACK) ? 2 : 3; }
+GEO_HD constexpr bool op_scalar_out(int op) { return op == DIST2PLANE; }
+
+// The dot products each op reads, in the order of its `s` array (and of its dual components; k comes last).
+template <int OP> struct Dots;
+template <> struct Dots<GYRATION> {
+  static constexpr int n = 5;
+  static constexpr int id[n] = {S00, S11, S01, S02, S12};
+};
+template <> struct Dots<PARALLEL_TRANSPORT> {
+  static constexpr int n = 5;
+  static constexpr int id[n] = {S00, S11, S01, S02, S12};
+};
+template <> struct Dots<PARALLEL_TRANSPORT0> {
+  static constexpr int n = 1;
+  static constexpr int id[n] = {S00};
+};
+template <> struct Dots<PARALLEL_TRANSPORT0BACK> {
+  static constexpr int n = 1;
+  static constexpr int id[n] = {S00};
+};
+template <> struct Dots<DIST2PLANE> {
+  static constexpr int n = 8;
+  static constexpr int id[n] = {S00, S11, S01, S12, S22, SEE, SE1, SE2};
+};
+
+// ---------------------------------------------------------------- forward-mode dual numbers
+// value v and its gradient d[] with respect to NV independent variables.
+template <int NV> struct Dual {
+  double v;
+  double d[NV];
+  GEO_HD Dual() : v(0) {
+    for (int i = 0; i < NV; ++i) d[i] = 0;
+  }
+  GEO_HD Dual(double c) : v(c) {  // NOLINT: constants convert implicitly
+    for (int i = 0; i < NV; ++i) d[i] = 0;
+  }
+  GEO_HD static Dual var(double c, int i) {
+    Dual r(c);
+    r.d[i] = 1;
+    return r;
+  }
+};
+
+template <int NV> GEO_HD Dual<NV> chain(const Dual<NV>& a, double val, double da) {
+  Dual<NV> r;
+  r.v = val;
+  for (int i = 0; i < NV; ++i) r.d[i] = da * a.d[i];
+  return r;
+}
+template <int NV> GEO_HD Dual<NV> operator+(const Dual<NV>& a, const Dual<NV>& b) {
+  Dual<NV> r;
+  r.v = a.v + b.v;
+  for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] + b.d[i];
+  return r;
+}
+template <int NV> GEO_HD Dual<NV> operator-(const Dual<NV>& a, const Dual<NV>& b) {
+  Dual<NV> r;
+  r.v = a.v - b.v;
+  for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] - b.d[i];
+  return r;
+}
+template <int NV> GEO_HD Dual<NV> operator-(const Dual<NV>& a) { return chain(a, -a.v, -1.0); }
+template <int NV> GEO_HD Dual<NV> operator*(const Dual<NV>& a, const Dual<NV>& b) {
+  Dual<NV> r;
+  r.v = a.v * b.v;
+  for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] * b.v + a.v * b.d[i];
+  return r;
+}
+template <int NV> GEO_HD Dual<NV> operator/(const Dual<NV>& a, const Dual<NV>& b) {
+  Dual<NV> r;
+  r.v = a.v / b.v;
+  const double inv = 1.0 / b.v;
+  for (int i = 0; i < NV; ++i) r.d[i] = (a.d[i] - r.v * b.d[i]) * inv;
+  return r;
+}
+template <int NV> GEO_HD Dual<NV> operator+(const Dual<NV>& a, double b) { return a + Dual<NV>(b); }
+template <int NV> GEO_HD Dual<NV> operator+(double a, const Dual<NV>& b) { return Dual<NV>(a) + b; }
+template <int NV> GEO_HD Dual<NV> operator-(const Dual<NV>& a, double b) { return a - Dual<NV>(b); }
+template <int NV> GEO_HD Dual<NV> operator-(double a, const Dual<NV>& b) { return Dual<NV>(a) - b; }
+template <int NV> GEO_HD Dual<NV> operator*(const Dual<NV>& a, double b) { return chain(a, a.v * b, b); }
+template <int NV> GEO_HD Dual<NV> operator*(double a, const Dual<NV>& b) { return chain(b, a * b.v, a); }
+template <int NV> GEO_HD Dual<NV> operator/(const Dual<NV>& a, double b) { return chain(a, a.v / b, 1.0 / b); }
+template <int NV> GEO_HD Dual<NV> operator/(double a, const Dual<NV>& b) { return Dual<NV>(a) / b; }
+template <int NV> GEO_HD bool operator>(const Dual<NV>& a, const Dual<NV>& b) { return a.v > b.v; }
+template <int NV> GEO_HD bool operator>(const Dual<NV>& a, double b) { return a.v > b; }
+
+// value of a plain double or a dual
+GEO_HD double val(double a) { return a; }
+template <int NV> GEO_HD double val(const Dual<NV>& a) { return a.v; }
+
+// torch's gradients: |a|' = sign(a) (0 at 0), sqrt'(0) taken as 0 (as norm's backward), clamps 0 where clamped
+GEO_HD double t_abs(double a) { return fabs(a); }
+template <int NV> GEO_HD Dual<NV> t_abs(const Dual<NV>& a) {
+  return chain(a, fabs(a.v), a.v > 0 ? 1.0 : (a.v < 0 ? -1.0 : 0.0));
+}
+GEO_HD double t_sqrt(double a) { return sqrt(a); }
+template <int NV> GEO_HD Dual<NV> t_sqrt(const Dual<NV>& a) {
+  const double s = sqrt(a.v);
+  return chain(a, s, s > 0 ? 0.5 / s : 0.0);
+}
+GEO_HD double t_asinh(double a) { return asinh(a); }
+template <int NV> GEO_HD Dual<NV> t_asinh(const Dual<NV>& a) { return chain(a, asinh(a.v), 1.0 / sqrt(1.0 + a.v * a.v)); }
+GEO_HD double t_asin(double a) { return asin(a); }
+template <int NV> GEO_HD Dual<NV> t_asin(const Dual<NV>& a) { return chain(a, asin(a.v), 1.0 / sqrt(1.0 - a.v * a.v)); }
+// torch.clamp_min(a, lo) / clamp_max(a, hi): the gradient passes where a >= lo (a <= hi); NaN stays NaN
+template <typename T> GEO_HD T t_max(const T& a, double lo) { return !(val(a) < lo) ? a : T(lo); }
+template <typename T> GEO_HD T t_min(const T& a, double hi) { return !(val(a) > hi) ? a : T(hi); }
+
+// geoops.stereographic.arsin_k(z, k): asinh(sqrt(-k) z)/sqrt(-k) (k < 0), asin(sqrt(k) z)/sqrt(k) (k > 0, the
+// argument clamped at +-(1 - 1e-7)), z + k z^3/6 for |k| < 1e-6
+template <typename T> GEO_HD T arsin_k(const T& z, const T& k) {
+  if (fabs(val(k)) < 1e-6) return z + k * z * z * z / 6.0;
+  const T c = t_sqrt(t_max(t_abs(k), 1e-15));
+  if (val(k) < 0) return t_asinh(c * z) / c;
+  return t_asin(t_min(t_max(c * z, -1.0 + 1e-7), 1.0 - 1e-7)) / c;
+}
+
+// ---------------------------------------------------------------- the epilogues
+// s: the op's dot products (Dots<OP>::id order), k: the row's curvature.  Writes c[0..2] (vector ops: the
+// coefficients of v0, v1, v2) or c[0] (dist2plane: the value).
+template <int OP, typename T> GEO_HD void eval(const T* s, const T& k, int flags, T* c);
+
+// geoopt's gyration closed form, gyr[a, b]u = u + 2 (ca a + cb b) / max(d, 1e-15)
+template <typename T>
+GEO_HD void gyr_coefs(const T& a2, const T& b2, const T& ab, const T& au, const T& bu, const T& k, T& ca, T& cb) {
+  const T k2 = k * k;
+  const T na = -k2 * au * b2 - k * bu + 2.0 * k2 * ab * bu;
+  const T nb = -k2 * bu * a2 + k * au;
+  const T d = t_max(1.0 - 2.0 * k * ab + k2 * a2 * b2, stereo::min_den<double>());
+  ca = 2.0 * na / d;
+  cb = 2.0 * nb / d;
+}
+
+template <typename T> GEO_HD void eval_gyration(const T* s, const T& k, T* c) {
+  // s = (aa, bb, ab, au, bu)
+  gyr_coefs(s[0], s[1], s[2], s[3], s[4], k, c[0], c[1]);
+  c[2] = T(1.0);
+}
+
+template <typename T> GEO_HD void eval_parallel_transport(const T* s, const T& k, T* c) {
+  // v0 = x, v1 = y, v2 = v: gyr[y, -x] v * lambda_x / lambda_y; s = (xx, yy, xy, xv, yv)
+  T ca, cb;
+  gyr_coefs(s[1], s[0], -s[2], s[4], -s[3], k, ca, cb);  // a = y, b = -x, u = v
+  const T lx = 2.0 / t_max(1.0 + k * s[0], stereo::min_den<double>());
+  const T ly = 2.0 / t_max(1.0 + k * s[1], stereo::min_den<double>());
+  const T ratio = lx / ly;
+  c[0] = -(cb * ratio);
+  c[1] = ca * ratio;
+  c[2] = ratio;
+}
+
+template <typename T> GEO_HD void eval_dist2plane(const T* s, const T& k, int flags, T* c) {
+  // v0 = x, v1 = p, v2 = a; s = (xx, pp, xp, pa, aa, ee, pe, ea) with e = x - p.
+  // diff = (-p) (+)_k x = (B e + k ee p) / max(den, 1e-15), B = 1 + k pp, den = 1 + 2k <x,p> + k^2 pp xx:
+  // the numerator (1 + 2k<x,p> - k xx)(-p) + B x rewritten so that close x, p keep their digits
+  const T& xx = s[0];
+  const T& pp = s[1];
+  const T& xp = s[2];
+  const T& pa = s[3];
+  const T& aa = s[4];
+  const T& ee = s[5];
+  const T& pe = s[6];
+  const T& ea = s[7];
+  const T B = 1.0 + k * pp;
+  const T den = t_max(1.0 + 2.0 * k * xp + k * k * pp * xx, stereo::min_den<double>());
+  const T kee = k * ee;
+  const T diff2 = t_max((B * B * ee + 2.0 * B * kee * pe + kee * kee * pp) / (den * den), 1e-15);
+  T sc = (B * ea + kee * pa) / den;
+  if (!(flags & SIGNED)) sc = t_abs(sc);
+  const T an = t_sqrt(aa);
+  T dd = (1.0 + k * diff2) * an;
+  dd = val(dd) >= 0 ? t_max(dd, 1e-15) : t_min(dd, -1e-15);
+  T d = arsin_k(2.0 * sc / dd, k);
+  if (flags & SCALED) d = d * an;
+  c[0] = d;
+}
+
+template <int OP, typename T> GEO_HD void eval(const T* s, const T& k, int flags, T* c) {
+  if constexpr (OP == GYRATION) {
+    eval_gyration(s, k, c);
+  } else if constexpr (OP == PARALLEL_TRANSPORT) {
+    eval_parallel_transport(s, k, c);
+  } else if constexpr (OP == PARALLEL_TRANSPORT0) {
+    c[0] = T(0.0);  // v0 = y, v1 = v: v * max(1 + k yy, 1e-15)
+    c[1] = t_max(1.0 + k * s[0], stereo::min_den<double>());
+  } else if constexpr (OP == PARALLEL_TRANSPORT0BACK) {
+    c[0] = T(0.0);  // v0 = x, v1 = v: v / max(1 + k xx, 1e-15)
+    c[1] = 1.0 / t_max(1.0 + k * s[0], stereo::min_den<double>());
+  } else {
+    eval_dist2plane(s, k, flags, c);
+  }
+}
+
+// The adjoints of the dot products, G[NUM_DOTS], as vector gradients: dv_i = sum_j W[i][j] v_j (i, j < 3).
+//   <v0,v0>: dv0 += 2G v0;  <v0,v1>: dv0 += G v1, dv1 += G v0;  e = v0 - v1:  |e|^2: dv0 += 2G e, dv1 -= 2G e;
+//   <e,v1>: dv0 += G v1, dv1 += G (v0 - 2 v1);  <e,v2>: dv0 += G v2, dv1 -= G v2, dv2 += G e
+GEO_HD void dot_adjoint_coefs(const double* G, double W[3][3]) {
+  W[0][0] = 2 * G[S00] + 2 * G[SEE];
+  W[0][1] = G[S01] - 2 * G[SEE] + G[SE1];
+  W[0][2] = G[S02] + G[SE2];
+  W[1][0] = G[S01] - 2 * G[SEE] + G[SE1];
+  W[1][1] = 2 * G[S11] + 2 * G[SEE] - 2 * G[SE1];
+  W[1][2] = G[S12] - G[SE2];
+  W[2][0] = G[S02] + G[SE2];
+  W[2][1] = G[S12] - G[SE2];
+  W[2][2] = 2 * G[S22];
+}
+
+}  // namespace triple
+}  // namespace geoops
