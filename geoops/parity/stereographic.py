@@ -70,7 +70,7 @@ def cases(quick: bool = False, seed: int = 0) -> List[Case]:
             elif spec.has_y:
                 args["y"] = zero.clone() if op in ("dist", "logmap") else _ball_points(g, 2, 5, kv, [0.3, 0.5])
             out.append(_case(f"{op}/k={kv:g}/zero", op, args, k))
-    return out + pair_cases(quick, seed)
+    return out + pair_cases(quick, seed) + surface_cases(quick, seed)
 
 
 def _case(name: str, op: str, args: dict, k: torch.Tensor) -> Case:
@@ -181,4 +181,54 @@ def pair_cases(quick: bool = False, seed: int = 0) -> List[Case]:
             out.append(Case(f"mobius_pointwise_mul/k={kv:g}/geoopt", "mobius_pointwise_mul vs geoopt",
                             gs.mobius_pointwise_mul, gm.mobius_pointwise_mul, pw, kw={"k": k}, params=("k",),
                             dtypes=_PAIR_DTYPES))
+    return out
+
+
+def _midpoint_ref(xs, w, k):
+    return gs._weighted_midpoint_composed(xs, w, k=k, reducedim=[0], dim=-1, keepdim=False, lincomb=False,
+                                          posweight=False)
+
+
+def surface_cases(quick: bool = False, seed: int = 0) -> List[Case]:
+    """The fused ops of geoopt's wider surface: the three-vector row ops (gyration, the transports, dist2plane)
+    against the reference compositions and geoopt, weighted_midpoint against the composition of the row ops and
+    geoopt, mobius_coadd's closed form against geoopt's x (+) gyr[x, -y] y; interior and near-boundary points,
+    k of both signs and k = 0 (geoopt: not at k = 0, where its formulas branch)."""
+    g = torch.Generator().manual_seed(seed + 11)
+    gm = _geoopt_math()
+    out = []
+    for kv in ((-1.0, 0.0, 0.7) if quick else PAIR_CURVATURES):
+        k = torch.tensor(kv, dtype=torch.float64)
+        fracs = {"interior": torch.rand(6, generator=g, dtype=torch.float64) * 0.9}
+        if kv < 0:
+            fracs["boundary"] = 1 - torch.tensor([1e-3, 5e-4, 2e-3, 1e-3, 3e-3, 1e-3], dtype=torch.float64)
+        for reg, frac in fracs.items():
+            a, b, c = (_ball_points(g, 6, 7, kv, frac.roll(i)) for i in range(3))
+            v = torch.randn(6, 7, generator=g, dtype=torch.float64)
+            calls = {
+                "gyration": {"a": a, "b": b, "u": v},
+                "parallel_transport": {"x": a, "y": b, "v": v},
+                "parallel_transport0": {"y": b, "v": v},
+                "parallel_transport0back": {"x": a, "v": v},
+                "dist2plane": {"x": a, "p": b, "a": v},
+            }
+            fl = {torch.float64: 1e-9} if reg == "boundary" else None
+            for op, args in calls.items():
+                out.append(Case(f"{op}/k={kv:g}/{reg}", op, getattr(gs, op), getattr(ref, op), args, kw={"k": k},
+                                params=("k",), dtypes=_PAIR_DTYPES, floor=fl))
+                if gm is not None and kv != 0 and reg == "interior":
+                    out.append(Case(f"{op}/k={kv:g}/{reg}/geoopt", f"{op} vs geoopt", getattr(gs, op),
+                                    getattr(gm, op), args, kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES))
+            w = torch.rand(6, generator=g, dtype=torch.float64) + 0.1
+            mid = {"xs": a, "weights": w}
+            out.append(Case(f"weighted_midpoint/k={kv:g}/{reg}", "weighted_midpoint",
+                            lambda xs, weights, k: gs.weighted_midpoint(xs, weights, k=k, reducedim=[0]),
+                            _midpoint_ref, mid, kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES, floor=fl))
+            if gm is not None and kv != 0 and reg == "interior":
+                out.append(Case(f"weighted_midpoint/k={kv:g}/{reg}/geoopt", "weighted_midpoint vs geoopt",
+                                lambda xs, weights, k: gs.weighted_midpoint(xs, weights, k=k, reducedim=[0]),
+                                lambda xs, weights, k: gm.weighted_midpoint(xs, weights, k=k, reducedim=[0]),
+                                mid, kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES))
+                out.append(Case(f"mobius_coadd/k={kv:g}/{reg}/geoopt", "mobius_coadd vs geoopt", gs.mobius_coadd,
+                                gm.mobius_coadd, {"x": a, "y": b}, kw={"k": k}, params=("k",), dtypes=_PAIR_DTYPES))
     return out
