@@ -1151,26 +1151,27 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
 
 @triton.jit
 def _triple_sums(p0, p1, p2, pg, rmask, D, OP: tl.constexpr, THREE: tl.constexpr, HAS_G: tl.constexpr,
-                 CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The row's dot products (and <g, v_j> with HAS_G), accumulated in CT chunk by chunk, as float64."""
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The row's dot products (and <g, v_j> with HAS_G) in float64 for every dtype (as the C++ kernel: near the
+    boundary 1 + k|x|^2 cancels, and float32 sums cost the gradients their 2x bound), chunk by chunk."""
     cols = tl.arange(0, BLOCK_D)
-    z = tl.zeros([BLOCK_M], dtype=CT)
+    z = tl.zeros([BLOCK_M], dtype=tl.float64)
     s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2 = z, z, z, z, z, z, z, z, z, z, z, z
     for d0 in range(0, D, BLOCK_D):
         cc = d0 + cols
         m2 = rmask[:, None] & (cc[None, :] < D)
-        a = tl.load(p0[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-        b = tl.load(p1[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        a = tl.load(p0[:, None] + cc[None, :], mask=m2, other=0.0).to(tl.float64)
+        b = tl.load(p1[:, None] + cc[None, :], mask=m2, other=0.0).to(tl.float64)
         s00 += tl.sum(a * a, axis=1)
         if OP != PARALLEL_TRANSPORT0 and OP != PARALLEL_TRANSPORT0BACK:
             s11 += tl.sum(b * b, axis=1)
             s01 += tl.sum(a * b, axis=1)
         if HAS_G:
-            gv = tl.load(pg[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+            gv = tl.load(pg[:, None] + cc[None, :], mask=m2, other=0.0).to(tl.float64)
             g0 += tl.sum(gv * a, axis=1)
             g1 += tl.sum(gv * b, axis=1)
         if THREE:
-            c = tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+            c = tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(tl.float64)
             s12 += tl.sum(b * c, axis=1)
             if OP == DIST2PLANE:
                 e = a - b
@@ -1182,9 +1183,7 @@ def _triple_sums(p0, p1, p2, pg, rmask, D, OP: tl.constexpr, THREE: tl.constexpr
                 s02 += tl.sum(a * c, axis=1)
             if HAS_G:
                 g2 += tl.sum(gv * c, axis=1)
-    f = tl.float64
-    return (s00.to(f), s11.to(f), s22.to(f), s01.to(f), s02.to(f), s12.to(f), see.to(f), se1.to(f), se2.to(f),
-            g0.to(f), g1.to(f), g2.to(f))
+    return s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2
 
 
 @triton.jit
@@ -1197,7 +1196,7 @@ def _triple_fwd_kernel(V0, V1, V2, K, OUT, N, D, s0, s1, s2, sk,
     p1 = V1 + rows * s1
     p2 = V2 + rows * s2
     s00, s11, s22, s01, s02, s12, see, se1, se2, _g0, _g1, _g2 = _triple_sums(
-        p0, p1, p2, p0, rmask, D, OP, THREE, False, CT, BLOCK_M, BLOCK_D)
+        p0, p1, p2, p0, rmask, D, OP, THREE, False, BLOCK_M, BLOCK_D)
     k = tl.load(K + rows * sk, mask=rmask, other=0.0).to(tl.float64)
     zero = tl.zeros_like(k)
     c0, c1, c2, _a, _b, _c, _d, _e, _f, _g, _h, _i, _j = _triple_vjp(
@@ -1241,7 +1240,7 @@ def _triple_bwd_kernel(G, V0, V1, V2, K, D0, D1, D2, DK, N, D, sg, s0, s1, s2, s
     p2 = V2 + rows * s2
     pg = G + rows * sg
     s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2 = _triple_sums(
-        p0, p1, p2, pg, rmask, D, OP, THREE, not SCALAR, CT, BLOCK_M, BLOCK_D)
+        p0, p1, p2, pg, rmask, D, OP, THREE, not SCALAR, BLOCK_M, BLOCK_D)
     k = tl.load(K + rows * sk, mask=rmask, other=0.0).to(tl.float64)
     if SCALAR:
         g0 = tl.load(G + rows, mask=rmask, other=0.0).to(tl.float64)
