@@ -58,6 +58,32 @@ _ON_MANIFOLD = {
 _FWD = {name: fwd for name, (fwd, _) in _ops.CALLERS.items()}
 
 
+def _need_mask(need, n: int) -> int:
+    """The backward kernels' mask of the first n inputs' needs_input_grad: bit i set when input i wants a grad."""
+    return sum(1 << i for i in range(n) if need[i])
+
+
+def _func_twin(name: str, fwd_op, backward, reference, attr: str, doc: str) -> type:
+    """The torch.func variant of a row Function whose inputs are tensors plus one trailing int (kept on the ctx as
+    ``attr``, as the eager forward does): the same kernels (the custom ops have vmap rules), setup_context, a
+    generated vmap rule, the eager backward, and a jvp (forward mode: jacfwd) from ``reference(*tensors, int)``."""
+
+    def setup_context(ctx, inputs, output):
+        *tensors, param = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.save_for_forward(*tensors)
+        setattr(ctx, attr, param)
+
+    def jvp(ctx, *tangents):
+        param = getattr(ctx, attr)
+        return _ref_jvp(lambda *a: reference(*a, param), ctx.saved_tensors, tangents[:-1])
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(lambda *args: fwd_op(*args)), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
+        "generate_vmap_rule": True, "__module__": __name__, "__doc__": doc})
+
+
 def _make_fn(spec: _ops.StereoOp) -> type:
     fwd_op, bwd_op = _ops.CALLERS[spec.name]
 
@@ -73,7 +99,7 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     def backward(ctx, grad):
         x, y, k, r = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
+        mask = _need_mask(need, 4)
         if mask == 0:
             return None, None, None, None, None
         dx, dy, dk, dr = bwd_op(grad, x, y, k, r, ctx.param, mask)
@@ -107,7 +133,7 @@ def _make_fn(spec: _ops.StereoOp) -> type:
             return backward(ctx, grad)
         x, y, k, r = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
+        mask = _need_mask(need, 4)
         if mask == 0:
             return None, None, None, None, None
         dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
@@ -123,25 +149,10 @@ def _make_fn(spec: _ops.StereoOp) -> type:
         "__module__": __name__,
         "__doc__": f"{name} on the eager CPU fast path: the C++ kernels of {spec.name} called directly."})
 
-    # the torch.func variant: same kernels (the custom ops have vmap rules, geoops._ops.stereographic),
-    # setup_context, generated vmap rule, and a jvp (forward mode: jacfwd) from the reference composition
-    def forward_f(x, y, k, r, param):
-        return fwd_op(x, y, k, r, param)
-
-    def setup_context(ctx, inputs, output):
-        x, y, k, r, param = inputs
-        ctx.save_for_backward(x, y, k, r)
-        ctx.save_for_forward(x, y, k, r)
-        ctx.param = param
-
-    def jvp(ctx, tx, ty, tk, tr, _):
-        x, y, k, r = ctx.saved_tensors
-        return _ref_jvp(lambda *a: _ops._ReferenceRows._call(spec, *a, ctx.param), (x, y, k, r), (tx, ty, tk, tr))
-
-    body_f = {"forward": staticmethod(forward_f), "setup_context": staticmethod(setup_context),
-              "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
-              "generate_vmap_rule": True, "__module__": __name__, "__doc__": f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd)."}
-    _FNS_FUNC[spec.name] = type(name + "Func", (torch.autograd.Function,), body_f)
+    # the torch.func variant: same kernels, a jvp from the reference composition
+    _FNS_FUNC[spec.name] = _func_twin(
+        name + "Func", fwd_op, backward, lambda *a: _ops._ReferenceRows._call(spec, *a), "param",
+        f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd).")
     return cls
 
 
@@ -695,7 +706,7 @@ _PAIR = _ops.PAIR_CALLERS
 def _grad_mask(ctx):
     """(needs_input_grad, the backward kernels' mask: bit 1, 2, 4 for the first three inputs)."""
     need = ctx.needs_input_grad
-    return need, (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0)
+    return need, _need_mask(need, 3)
 
 
 def _rows_k_grad(gk, k, R):
@@ -1466,10 +1477,6 @@ _ON_MANIFOLD.update({"gyration": ("a", "b"), "parallel_transport": ("x", "y"), "
                      "parallel_transport0back": ("x",), "dist2plane": ("x", "p")})
 
 
-def _triple_mask(need):
-    return (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
-
-
 def _make_triple_fn(spec) -> tuple:
     fwd_op, bwd_op = _TRIPLE[spec.name]
 
@@ -1481,7 +1488,7 @@ def _make_triple_fn(spec) -> tuple:
     def backward(ctx, grad):
         v0, v1, v2, k = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = _triple_mask(need)
+        mask = _need_mask(need, 4)
         if mask == 0:
             return None, None, None, None, None
         d0, d1, d2, dk = bwd_op(grad, v0, v1, v2, k, ctx.flags, mask)
@@ -1496,27 +1503,9 @@ def _make_triple_fn(spec) -> tuple:
         "__module__": __name__,
         "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd (one fused kernel each)."})
 
-    # the torch.func variant: setup_context, generated vmap rule (the custom ops fold vmap into their rows), and
-    # a jvp (forward mode) from the reference composition
-    def forward_f(v0, v1, v2, k, flags):
-        return fwd_op(v0, v1, v2, k, flags)
-
-    def setup_context(ctx, inputs, output):
-        v0, v1, v2, k, flags = inputs
-        ctx.save_for_backward(v0, v1, v2, k)
-        ctx.save_for_forward(v0, v1, v2, k)
-        ctx.flags = flags
-
-    def jvp(ctx, t0, t1, t2, tk, _):
-        v0, v1, v2, k = ctx.saved_tensors
-        return _ref_jvp(lambda *a: _ops._TripleReference._call(spec, *a, ctx.flags), (v0, v1, v2, k),
-                        (t0, t1, t2, tk))
-
-    twin = type(name + "Func", (torch.autograd.Function,), {
-        "forward": staticmethod(forward_f), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
-        "generate_vmap_rule": True, "__module__": __name__,
-        "__doc__": f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd)."})
+    # the torch.func variant: same kernels, a jvp from the reference composition
+    twin = _func_twin(name + "Func", fwd_op, backward, lambda *a: _ops._TripleReference._call(spec, *a), "flags",
+                      f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd).")
     return cls, twin
 
 
