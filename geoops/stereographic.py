@@ -388,7 +388,9 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     # broadcast shape): the rows grow to that shape (stride-0 views)
     grown = False
     reference = _backend.resolve(x.device, _ops.FAMILY) == "reference"
-    if sizes or reference or k.dim() > nd or (spec.has_r and r.dim() > nd):
+    # (under torch.compile up front: the retry after _per_row's failed expand cannot trace)
+    if (sizes or reference or k.dim() > nd or (spec.has_r and r.dim() > nd)
+            or ((k.numel() != 1 or (spec.has_r and r.numel() != 1)) and torch.compiler.is_compiling())):
         for vname, v in ((("k", k), (r_name, r)) if spec.has_r else (("k", k),)):
             if v.dim() > nd or (v.numel() != 1 and not _fits(v, shape, d)):
                 shape, d = _grow(op, vname, v, shape, d)

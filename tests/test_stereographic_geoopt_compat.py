@@ -260,3 +260,14 @@ def test_reference_backend_with_a_broadcasting_k(op):
     with geoops._backend.use_backend("reference"):
         ref = _call(gs, op, args, k, -1, keep)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kshape,xshape", [((3, 1, 1), (5, 4)), ((5, 1), (1, 4))])
+def test_broadcasting_k_under_compile(kshape, xshape):
+    # torch.compile(fullgraph=True): the grown shape (and the retry after _per_row's _Grows) trace without a break
+    x, y, k = _pts(*xshape, seed=40).float(), _pts(1, 4, seed=41).float(), _k(*kshape, seed=42).float()
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, b, kk: gs.dist(a, b, k=kk, keepdim=True) + gs.mobius_add(a, b, k=kk).sum(-1, True),
+                      fullgraph=True)
+    ref = gm.dist(y, x, k=k, keepdim=True) + gm.mobius_add(y, x, k=k).sum(-1, True)
+    torch.testing.assert_close(f(y, x, k), ref, rtol=1e-5, atol=1e-6)
