@@ -9,9 +9,11 @@ hand-written fused backward::
 
 ``k`` is a tensor (a Python number is accepted too) that broadcasts against the
 batch dimensions and has size 1 along ``dim``; gradients flow to every tensor
-argument, k included.  Inputs broadcast as torch broadcasts; float16 and
-bfloat16 are computed in float32 inside the kernels and returned in their own
-dtype.  Differences from geoopt, all deliberate:
+argument, k included.  Inputs broadcast as torch broadcasts, and a ``k`` (or
+``r``, ``t``) with more dimensions or larger sizes than the inputs broadcasts
+them, as in geoopt (a non-negative ``dim`` counts in the inputs' dims); float16
+and bfloat16 are computed in float32 inside the kernels and returned in their
+own dtype.  Differences from geoopt, all deliberate:
 
 * artanh is evaluated without cancellation (log1p), and dist/logmap form
   |(-x) (+) y| from |x - y| accumulated directly, so close pairs and points near
@@ -23,6 +25,10 @@ dtype.  Differences from geoopt, all deliberate:
   ``dist2plane``;
 * ``inner(x, u, v, keepdim=False)`` of ``(B, D)`` rows has shape ``(B,)`` (geoopt's is a
   ``(B, B)`` outer product of lambda_x^2 and <u, v>);
+* a ``k`` that varies along ``dim`` (one curvature per coordinate) is refused, and so is a
+  ``k`` that varies over ``weighted_midpoint``'s reduced points (geoopt's result there is
+  no midpoint: see its error message);
+* the result has the points' dtype (geoopt promotes float32 points to a float64 k's dtype);
 * float16/bfloat16 ``project`` uses a margin of 4e-3/8e-3 (geoopt has none).
 """
 from __future__ import annotations
@@ -273,8 +279,38 @@ def _per_row(op: str, name: str, v: torch.Tensor, shape, dim: int, N: int, dtype
     try:
         v = v.reshape(vshape).expand(target)
     except RuntimeError:
-        _fail(op, f"{name} of shape {tuple(v.shape)} does not broadcast against inputs of shape {tuple(shape)}")
+        _fail(op, f"{name} of shape {tuple(v.shape)} does not broadcast against inputs of shape {tuple(shape)}",
+              _Grows)
     return v.movedim(dim, -1).reshape(N)
+
+
+class _Grows(ValueError):
+    """_per_row's error for a k-like tensor larger than the inputs along some dim: _run then grows the inputs'
+    shape to it (checked only then, so that the ordinary per-row call pays nothing for it)."""
+
+
+def _fits(v: torch.Tensor, shape, d: int) -> bool:
+    """Whether a k-like tensor v (no more dimensions than ``shape``) broadcasts to ``shape`` with size 1 at d."""
+    off = len(shape) - v.dim()
+    for i, q in enumerate(v.shape):  # (a size along d other than 1 fits here: _per_row raises its error)
+        if q != 1 and i + off != d and q != shape[i + off]:
+            return False
+    return True
+
+
+def _grow(op: str, name: str, v: torch.Tensor, shape, d: int):
+    """(shape, d) grown by a k-like tensor v that has more dimensions or larger sizes than the inputs: their
+    broadcast shape (geoopt's result has it), d shifted by the new leading dims; v must have size 1 along d."""
+    nd, vd = len(shape), v.dim()
+    dn = d + max(vd - nd, 0)
+    vshape = (1,) * (nd - vd) + tuple(v.shape)
+    if vshape[dn] != 1:
+        _fail(op, f"{name} must have size 1 along dim={d - nd} (one value per row), got shape {tuple(v.shape)} "
+                  f"for inputs of shape {tuple(shape)}")
+    try:
+        return _broadcast2(shape, v.shape), dn
+    except RuntimeError:
+        _fail(op, f"{name} of shape {tuple(v.shape)} does not broadcast against inputs of shape {tuple(shape)}")
 
 
 def _broadcast2(a, b):
@@ -310,8 +346,9 @@ def _debug_checks(op: str, named: dict, k: torch.Tensor, dim: int):
 
 
 def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, keepdim: bool = False,
-         names=("x", "y"), r_name="r"):
-    """Validate, broadcast to rows, run the op's Fn, and restore the caller's layout."""
+         names=("x", "y"), r_name="r", sizes: bool = False):
+    """Validate, broadcast to rows, run the op's Fn, and restore the caller's layout (``sizes``: check whether k or
+    r is larger than the inputs along some dim, after _per_row found it so)."""
     spec = _ops.STEREO_OPS[op]
     if dim == -1 and r is None and eps < 0:
         out = _run_fast(op, spec, x, y, k, keepdim)
@@ -347,6 +384,18 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if not 0 <= d < nd:
         _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
 
+    # a k (or r) with more dimensions or larger sizes than the inputs broadcasts them (geoopt's result has the
+    # broadcast shape): the rows grow to that shape (stride-0 views)
+    grown = False
+    reference = _backend.resolve(x.device, _ops.FAMILY) == "reference"
+    # (under torch.compile up front: the retry after _per_row's failed expand cannot trace)
+    if (sizes or reference or k.dim() > nd or (spec.has_r and r.dim() > nd)
+            or ((k.numel() != 1 or (spec.has_r and r.numel() != 1)) and torch.compiler.is_compiling())):
+        for vname, v in ((("k", k), (r_name, r)) if spec.has_r else (("k", k),)):
+            if v.dim() > nd or (v.numel() != 1 and not _fits(v, shape, d)):
+                shape, d = _grow(op, vname, v, shape, d)
+                nd, grown = len(shape), True
+
     if _backend.checks_enabled():  # dim counted from the end: the inputs may have fewer dims than `shape`
         _debug_checks(op, {nx: x, ny: y} if spec.has_y else {nx: x}, k, d - nd)
 
@@ -355,8 +404,11 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if eps < 0:
         eps = _ref.default_eps(dtype)
 
-    if _backend.resolve(x.device, _ops.FAMILY) == "reference":
+    if reference:
         args = {"k": k.to(dtype), "dim": dim}
+        if grown:  # the inputs at the grown shape, so that k broadcasts within it (dim counted from the end)
+            x, y = x.expand(shape), (y.expand(shape) if spec.has_y else y)
+            args["dim"] = d - nd
         if op == "project":
             return _ref.project(x, eps=eps, **args)
         if spec.scalar_out:
@@ -382,10 +434,15 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
             t = t.movedim(d, -1)
         return t if nd == 2 else t.reshape(N, D)
 
+    try:
+        k2 = _per_row(op, "k", k, shape, d, N, kdtype)
+        r2 = _per_row(op, r_name, r, shape, d, N, kdtype) if spec.has_r else None
+    except _Grows:
+        if sizes:
+            raise
+        return _run(op, x, y, k=k, dim=dim, r=r, eps=eps, keepdim=keepdim, names=names, r_name=r_name, sizes=True)
     x2 = rows(x)
     y2 = rows(y) if spec.has_y else None
-    k2 = _per_row(op, "k", k, shape, d, N, kdtype)
-    r2 = _per_row(op, r_name, r, shape, d, N, kdtype) if spec.has_r else None
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = _FNS_FUNC[op].apply(x2, y2, k2, r2, float(eps))
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
@@ -432,8 +489,8 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
             return None  # the general path raises its error
         nd = len(shape)
     D = shape[-1]
-    if D == 0:  # reshape(-1, 0) below is ambiguous; the general path handles empty vectors
-        return None
+    if D == 0 or k.dim() > nd:  # reshape(-1, 0) below is ambiguous; the general path handles empty vectors
+        return None  # (and a k with more dims, which grows the result's shape)
     x2 = x if x.shape == shape else x.expand(shape)
     y2 = (y if y.shape == shape else y.expand(shape)) if spec.has_y else None
     if nd != 2:
@@ -1234,6 +1291,19 @@ def _scale_k(op, k, like):
     return k if k.dtype == like.dtype else k.to(like.dtype)
 
 
+def _grow_rows(op, k, batch):
+    """The batch grown by a k (vector dim last, size 1 there) that has more dimensions or larger sizes than it
+    (geoopt's result has the broadcast shape); the batch itself (the same object) otherwise."""
+    if k.dim() <= len(batch) + 1 and (k.numel() == 1 or _fits(k, batch + (1,), len(batch))):
+        return batch
+    if k.shape[-1] != 1:
+        _fail(op, f"k of shape {tuple(k.shape)} must have size 1 along dim (one curvature per vector)")
+    try:
+        return tuple(_broadcast2(batch + (1,), k.shape)[:-1])
+    except RuntimeError:
+        _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch {batch} with size 1 along dim")
+
+
 def _rows_k(op, k, batch, R):
     """k as [1] or one curvature per row [R] (k broadcasting against batch + (1,))."""
     if k.numel() == 1:
@@ -1269,6 +1339,9 @@ class MobiusMatvecFn(torch.autograd.Function):
 def _mobius_scale(op, v, x, k):
     """v [..., Do], x broadcastable to v's batch [..., Di], k broadcasting to the batch + (1,): v * phi."""
     batch = tuple(v.shape[:-1])
+    grown = _grow_rows(op, k, batch)
+    if grown is not batch:
+        v, batch = v.expand(grown + (v.shape[-1],)), grown
     R = 1
     for s_ in batch:
         R *= s_
@@ -1332,9 +1405,12 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
             _backend.resolve(x.device, _ops.FAMILY) == "cpp":
         # fused: GEMM + epilogue per block of rows, forward and backward (no [R, D_out] intermediate)
         kt = _scale_k(op, k, xl)
-        if kt.dim() and d != x.dim() - 1 and kt.dim() == x.dim():
-            kt = kt.movedim(d, -1)
+        if kt.dim() and d != x.dim() - 1 and kt.dim() >= x.dim():
+            kt = kt.movedim(d - x.dim(), -1)
         batch = tuple(xl.shape[:-1])
+        grown = _grow_rows(op, kt, batch)
+        if grown is not batch:
+            xl, batch = xl.expand(grown + (xl.shape[-1],)), grown
         R = math.prod(batch)
         x2 = xl.reshape(R, xl.shape[-1])
         x2 = x2 if x2.is_contiguous() else x2.contiguous()
@@ -1345,13 +1421,13 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
         else:
             out = _PAIR["mobius_matvec_fwd"](x2, mc, kr)[0]
         out = out.reshape(batch + (m.shape[0],))
-        return out if d == x.dim() - 1 else out.movedim(-1, d)
+        return out if d == x.dim() - 1 else out.movedim(-1, d - x.dim())
     mx = xl @ m.transpose(-1, -2) if m.dim() == 2 else (m @ xl.unsqueeze(-1)).squeeze(-1)
     kt = _scale_k(op, k, mx)
-    if kt.dim() and d != x.dim() - 1 and kt.dim() == x.dim():
-        kt = kt.movedim(d, -1)
+    if kt.dim() and d != x.dim() - 1 and kt.dim() >= x.dim():
+        kt = kt.movedim(d - x.dim(), -1)
     out = _mobius_scale(op, mx, xl, kt)
-    return out if d == x.dim() - 1 else out.movedim(-1, d)
+    return out if d == x.dim() - 1 else out.movedim(-1, d - x.dim())
 
 
 def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torch.Tensor:
@@ -1401,12 +1477,12 @@ def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) 
     last = d == len(shape) - 1
     if not last:
         wx, xb = wx.movedim(d, -1), xb.movedim(d, -1)
-        if kt.dim() == len(shape):
-            kt = kt.movedim(d, -1)
+        if kt.dim() >= len(shape):
+            kt = kt.movedim(d - len(shape), -1)
     out = _mobius_scale(op, wx, xb, kt)
     zero = (wx.abs() <= 1e-8).all(dim=-1, keepdim=True)
     out = torch.where(zero, torch.zeros((), dtype=out.dtype, device=out.device), out)
-    return out if last else out.movedim(-1, d)
+    return out if last else out.movedim(-1, d - len(shape))
 
 
 # Resolve the lazily initialised backend state now, at import, so that the first call inside a compiled
@@ -1438,10 +1514,12 @@ def _branch_free() -> bool:
     return torch.compiler.is_compiling() or _functorch_active()
 
 
-def _check_surface(op: str, dim, k=None, **tensors):
+def _check_surface(op: str, dim, k=None, **tensors) -> int:
     """The composed ops' argument checks, before any kernel runs: every named argument a floating-point
     tensor on the first one's device, all broadcasting against each other (and a tensor ``k`` against
-    them), ``dim`` an int in range."""
+    them, with size 1 along ``dim``), ``dim`` an int in range.  Returns ``dim`` counted from the end (a k with
+    more dimensions than the inputs prepends dims to the intermediate results; a non-negative dim counts in the
+    inputs' dims)."""
     shape, seen, dev = None, [], None
     for name, t in tensors.items():
         _check_float(op, name, t)
@@ -1456,17 +1534,23 @@ def _check_surface(op: str, dim, k=None, **tensors):
                 _fail(op, f"{name} of shape {tuple(t.shape)} does not broadcast against {', '.join(seen)} "
                           f"(shape {tuple(shape)})")
         seen.append(name)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    nd = len(shape)
+    if nd == 0:
+        _fail(op, f"{seen[0]} must have at least one dimension (the vector dimension `dim`), got a 0-d tensor")
+    if not -nd <= dim < nd:
+        _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
+    dim = dim - nd if dim >= 0 else dim
     if isinstance(k, torch.Tensor) and k.dim():
         try:
             _broadcast2(shape, k.shape)
         except RuntimeError:
             _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the inputs' shape {tuple(shape)}")
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
-    if len(shape) == 0:
-        _fail(op, f"{seen[0]} must have at least one dimension (the vector dimension `dim`), got a 0-d tensor")
-    if not -len(shape) <= dim < len(shape):
-        _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
+        if k.dim() >= -dim and k.shape[dim] != 1:  # geoopt would mix curvatures within one vector
+            _fail(op, f"k must have size 1 along dim={dim} (one curvature per vector), got shape {tuple(k.shape)} "
+                      f"for inputs of shape {tuple(shape)}")
+    return dim
 
 
 # ---------------------------------------------------------------- three-vector row ops (fused)
@@ -1526,7 +1610,7 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     """Validate, broadcast the vectors (and a tensor k) to rows, run the op's Fn, restore the caller's layout."""
     spec = _ops.TRIPLE_OPS[op]
     names = spec.names
-    _check_surface(op, dim, k, **dict(zip(names, vecs)))
+    dim = _check_surface(op, dim, k, **dict(zip(names, vecs)))
     kt = _as_scalar_tensor(op, "k", k, vecs[0])
     dtype = vecs[0].dtype
     shape = vecs[0].shape
@@ -1534,17 +1618,19 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
         dtype = torch.promote_types(dtype, v.dtype)
         if v.dim() != len(shape) or v.shape != shape:
             shape = _broadcast2(shape, v.shape)
-    if kt.dim() > len(shape):  # a k with more batch dimensions than the vectors broadcasts them (as torch would)
-        shape = _broadcast2(shape, kt.shape)
     nd = len(shape)
     d = dim + nd if dim < 0 else dim
+    # a k with more dimensions or larger sizes than the vectors broadcasts them (as geoopt's result does)
+    if kt.dim() > nd or (kt.numel() != 1 and not _fits(kt, shape, d)):
+        shape, d = _grow(op, "k", kt, shape, d)
+        nd = len(shape)
     if _backend.checks_enabled():
         _debug_checks(op, dict(zip(names, vecs)), kt, d - nd)
     if _backend.resolve(vecs[0].device, _ops.FAMILY) == "reference":
-        args = {"k": kt.to(dtype), "dim": dim}
+        args = {"k": kt.to(dtype), "dim": d - nd}
         if spec.scalar_out:
             args.update(keepdim=keepdim, signed=bool(flags & 1), scaled=bool(flags & 2))
-        return getattr(_ref, op)(*[v.to(dtype) for v in vecs], **args)
+        return getattr(_ref, op)(*[v.to(dtype).expand(shape) for v in vecs], **args)
     kdtype = torch.float64 if dtype == torch.float64 else torch.float32
     D = shape[d]
     batch = tuple(shape[:d]) + tuple(shape[d + 1:])
@@ -1604,13 +1690,13 @@ def _coadd(x, y, k, dim):
 def mobius_coadd(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Mobius coaddition x [+] y = x (+) gyr[x, -y] y, in closed form: ((1 + k|y|^2) x + (1 + k|x|^2) y) /
     (1 - k^2 |x|^2 |y|^2) (two row sums and one element-wise pass; autograd through torch ops)."""
-    _check_surface("mobius_coadd", dim, k, x=x, y=y)
+    dim = _check_surface("mobius_coadd", dim, k, x=x, y=y)
     return _coadd(x, y, k, dim)
 
 
 def mobius_cosub(x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Mobius cosubtraction x [-] y = x [+] (-y): ((1 + k|y|^2) x - (1 + k|x|^2) y) / (1 - k^2 |x|^2 |y|^2)."""
-    _check_surface("mobius_cosub", dim, k, x=x, y=y)
+    dim = _check_surface("mobius_cosub", dim, k, x=x, y=y)
     return _coadd(x, -y, k, dim)
 
 
@@ -1633,7 +1719,7 @@ def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -
 
 def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
-    _check_surface("egrad2rgrad", dim, k, x=x, grad=grad)
+    dim = _check_surface("egrad2rgrad", dim, k, x=x, grad=grad)
     return grad / lambda_x(x, k=k, keepdim=True, dim=dim) ** 2
 
 
@@ -1643,19 +1729,19 @@ def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool
     Deliberate difference from geoopt: with ``keepdim=False`` geoopt multiplies a kept-dim lambda_x^2 by the
     reduced <u, v>, so rows of shape (B, D) give a (B, B) outer product; here the result has shape (B,).
     """
-    _check_surface("inner", dim, k, x=x, u=u, v=v)
+    dim = _check_surface("inner", dim, k, x=x, u=u, v=v)
     return lambda_x(x, k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
     """Riemannian norm at x: lambda_x |u|."""
-    _check_surface("norm", dim, k, x=x, u=u)
+    dim = _check_surface("norm", dim, k, x=x, u=u)
     return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
 def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
-    _check_surface("geodesic", dim, k, x=x, y=y)
+    dim = _check_surface("geodesic", dim, k, x=x, y=y)
     if isinstance(t, torch.Tensor):
         _check_float("geodesic", "t", t)
     elif not isinstance(t, numbers.Real):
@@ -1679,7 +1765,7 @@ def artan_k(x: torch.Tensor, k) -> torch.Tensor:
 
 def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
-    _check_surface("geodesic_unit", dim, k, x=x, u=u)
+    dim = _check_surface("geodesic_unit", dim, k, x=x, u=u)
     if isinstance(t, torch.Tensor):
         _check_float("geodesic_unit", "t", t)
     elif not isinstance(t, numbers.Real):
@@ -1692,7 +1778,7 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction."""
-    _check_surface("antipode", dim, k, x=x)
+    dim = _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
     if not _branch_free() and not bool(sphere.any()):  # eager shortcut
@@ -1705,7 +1791,7 @@ def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 
 def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
-    _check_surface("sproj", dim, k, x=x)
+    dim = _check_surface("sproj", dim, k, x=x)
     kk = _kt("sproj", k, x)
     inv_r = kk.abs().sqrt()
     factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))
@@ -1714,7 +1800,7 @@ def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 
 def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Inverse stereographic projection: (lambda_x x, (lambda_x - 1)/sqrt|k|)."""
-    _check_surface("inv_sproj", dim, k, x=x)
+    dim = _check_surface("inv_sproj", dim, k, x=x)
     kk = _kt("inv_sproj", k, x)
     lam = lambda_x(x, k=kk, keepdim=True, dim=dim)
     return torch.cat((lam * x, (lam - 1.0) / kk.abs().sqrt()), dim=dim)
@@ -1822,7 +1908,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     ``MidpointSumsFn``), the rest runs on the result rows; the ``reference`` backend runs the composition.
     """
     op = "weighted_midpoint"
-    _check_surface(op, dim, k, xs=xs)
+    udim, dim = dim, _check_surface(op, dim, k, xs=xs)
     if weights is not None:
         _check_float(op, "weights", weights)
         if weights.device != xs.device:
@@ -1834,7 +1920,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
             _broadcast2(xs.shape, weights.unsqueeze(dim).shape)
         except RuntimeError:
             _fail(op, f"weights of shape {tuple(weights.shape)} does not broadcast against xs "
-                      f"{tuple(xs.shape)} without its dim={dim}")
+                      f"{tuple(xs.shape)} without its dim={udim}")
     nd = xs.dim()
     d = dim % nd
     if reducedim is None:
@@ -1849,12 +1935,20 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
         if len(set(rd)) != len(rd) or len(red) != len(rd):
             _fail(op, f"reducedim={reducedim!r} must name distinct dims in range for xs of {nd} dims", IndexError)
         if d in red:
-            _fail(op, f"reducedim={reducedim!r} must not contain the vector dim={dim}")
+            _fail(op, f"reducedim={reducedim!r} must not contain the vector dim={udim}")
     kk = _kt(op, k, xs)
+    ured = red
+    if kk.dim() > nd:  # k's leading dims: more midpoints, of the same points in each curvature (reducedim and a
+        e = kk.dim() - nd  # non-negative dim count in xs's dims; geoopt counts them in the broadcast shape)
+        xs = xs.expand(tuple(kk.shape[:e]) + tuple(xs.shape))
+        red, d, nd = [i + e for i in red], d + e, nd + e
     kshape = (1,) * (nd - kk.dim()) + tuple(kk.shape)
-    if kk.dim() > nd or any(kshape[i] != 1 for i in red):
-        _fail(op, f"k of shape {tuple(kk.shape)} must have size 1 along the reduced dims {red} and no more "
-                  f"dimensions than xs {tuple(xs.shape)} (one curvature per midpoint)")
+    if any(kshape[i] != 1 for i in red):
+        _fail(op, f"k of shape {tuple(kk.shape)} must have size 1 along the reduced dims {ured} (one curvature per "
+                  f"midpoint): a k that varies over the points has no midpoint. geoopt returns no midpoint there "
+                  f"either: it sums lambda_i x_i with each point's own k_i, scales that one sum by 1/2 in every k_j "
+                  f"of the reduced dims (its result keeps them, keepdim or not) and, on the sphere, measures each "
+                  f"candidate against one point only")
     if _backend.resolve(xs.device, _ops.FAMILY) == "reference":
         return _weighted_midpoint_composed(xs, weights, k=kk, reducedim=red, dim=d, keepdim=keepdim,
                                            lincomb=lincomb, posweight=posweight)
@@ -1959,13 +2053,21 @@ def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> t
     """Mobius version of fn: expmap0(fn(logmap0(x), *args, **kwargs))."""
     if not callable(fn):
         _fail("mobius_fn_apply", f"fn must be callable, got {type(fn).__name__}", TypeError)
+    dim = _from_end(x, dim)
     return expmap0(fn(logmap0(x, k=k, dim=dim), *args, **kwargs), k=k, dim=dim)
+
+
+def _from_end(x, dim):
+    """A non-negative dim counted from x's end (x's dims: a k with more dimensions grows the intermediates)."""
+    ok = isinstance(x, torch.Tensor) and isinstance(dim, int) and not isinstance(dim, bool)
+    return dim - x.dim() if ok and 0 <= dim < x.dim() else dim
 
 
 def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tensor:
     """Mobius version of a chain of functions: expmap0(fn_n(...fn_1(logmap0(x))))."""
     if not fns:
         return x
+    dim = _from_end(x, dim)
     v = logmap0(x, k=k, dim=dim)
     for fn in fns:
         v = fn(v)
