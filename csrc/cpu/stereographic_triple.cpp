@@ -11,7 +11,7 @@
 // Session 19 (the backward was ~2.3-2.8x the forward, cache-resident, fp32 D = 64; perf: 15 % dot pass, 32 %
 // the scalar dual epilogue, 52 % the gradient writes, one pass per gradient re-widening the row each time):
 // float / double rows run explicit at::vec loops (DVec accumulators, float rows widened once per element), the
-// dual numbers carry their tangent on SIMD vectors (VDual below: one vector op per dual op instead of n + 1
+// dual numbers carry their tangent on SIMD vectors (VTan below: one vector op per dual op instead of n + 1
 // scalar ones), and the gradients are written in one pass.  Half types keep the scalar loops.
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this unit
 
@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "geoops/stereo_triple.h"
+#include "stereographic_rows_f32.h"  // f32rows::widen
 #include "stereographic_triple.h"
 
 namespace geoops {
@@ -34,88 +35,48 @@ namespace triple {
 using DVec = at::vec::Vectorized<double>;
 constexpr int kL = DVec::size();
 
-// A dual number whose gradient (NV components) lies on SIMD vectors: the same arithmetic as Dual<NV> in
-// stereo_triple.h (eval<OP, T> runs on either), each operation one vector op on the tangent.
-template <int NV> struct VDual {
+// A dual number's tangent (NV components) on SIMD vectors (Dual<NV, VTan<NV>>): each dual operation one vector
+// operation per kL components instead of NV scalar ones.
+template <int NV> struct VTan {
   static constexpr int NB = (NV + kL - 1) / kL;
-  double v;
   DVec d[NB];
-  GEO_HD VDual() : v(0) {
+  VTan() {
     for (int b = 0; b < NB; ++b) d[b] = DVec(0.0);
   }
-  GEO_HD VDual(double c) : v(c) {  // NOLINT: constants convert implicitly
-    for (int b = 0; b < NB; ++b) d[b] = DVec(0.0);
-  }
-  static VDual var(double c, int i) {
-    VDual r(c);
+  static VTan unit(int i) {
+    VTan r;
     alignas(64) double t[kL] = {};
     t[i % kL] = 1.0;
     r.d[i / kL] = DVec::loadu(t);
     return r;
   }
+  void store(double* out) const {  // NB * kL doubles
+    for (int b = 0; b < NB; ++b) d[b].store(out + b * kL);
+  }
 };
-
-template <int NV> GEO_HD VDual<NV> chain(const VDual<NV>& a, double val, double da) {
-  VDual<NV> r;
-  r.v = val;
-  const DVec s(da);
-  for (int b = 0; b < VDual<NV>::NB; ++b) r.d[b] = a.d[b] * s;
+// doubles a tangent's store writes, at most (NV <= NUM_DOTS + 1)
+constexpr int kMaxTanStore = (NUM_DOTS + 1 + kL - 1) / kL * kL;
+template <int NV> GEO_HD VTan<NV> operator+(const VTan<NV>& a, const VTan<NV>& b) {
+  VTan<NV> r;
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = a.d[q] + b.d[q];
   return r;
 }
-template <int NV> GEO_HD VDual<NV> operator+(const VDual<NV>& a, const VDual<NV>& b) {
-  VDual<NV> r;
-  r.v = a.v + b.v;
-  for (int q = 0; q < VDual<NV>::NB; ++q) r.d[q] = a.d[q] + b.d[q];
+template <int NV> GEO_HD VTan<NV> operator-(const VTan<NV>& a, const VTan<NV>& b) {
+  VTan<NV> r;
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = a.d[q] - b.d[q];
   return r;
 }
-template <int NV> GEO_HD VDual<NV> operator-(const VDual<NV>& a, const VDual<NV>& b) {
-  VDual<NV> r;
-  r.v = a.v - b.v;
-  for (int q = 0; q < VDual<NV>::NB; ++q) r.d[q] = a.d[q] - b.d[q];
+template <int NV> GEO_HD VTan<NV> operator*(const VTan<NV>& a, double s) {
+  VTan<NV> r;
+  const DVec sv(s);
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = a.d[q] * sv;
   return r;
 }
-template <int NV> GEO_HD VDual<NV> operator-(const VDual<NV>& a) { return chain(a, -a.v, -1.0); }
-template <int NV> GEO_HD VDual<NV> operator*(const VDual<NV>& a, const VDual<NV>& b) {
-  VDual<NV> r;
-  r.v = a.v * b.v;
-  const DVec av(a.v), bv(b.v);
-  for (int q = 0; q < VDual<NV>::NB; ++q) r.d[q] = at::vec::fmadd(a.d[q], bv, av * b.d[q]);
+template <int NV> GEO_HD VTan<NV> lin(const VTan<NV>& a, double s, const VTan<NV>& b, double t) {
+  VTan<NV> r;
+  const DVec sv(s), tv(t);
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = at::vec::fmadd(a.d[q], sv, b.d[q] * tv);
   return r;
-}
-template <int NV> GEO_HD VDual<NV> operator/(const VDual<NV>& a, const VDual<NV>& b) {
-  VDual<NV> r;
-  r.v = a.v / b.v;
-  const DVec inv(1.0 / b.v), rv(r.v);
-  for (int q = 0; q < VDual<NV>::NB; ++q) r.d[q] = at::vec::fnmadd(rv, b.d[q], a.d[q]) * inv;
-  return r;
-}
-template <int NV> GEO_HD VDual<NV> operator+(const VDual<NV>& a, double b) {
-  VDual<NV> r = a;
-  r.v = a.v + b;
-  return r;
-}
-template <int NV> GEO_HD VDual<NV> operator+(double a, const VDual<NV>& b) { return b + a; }
-template <int NV> GEO_HD VDual<NV> operator-(const VDual<NV>& a, double b) { return a + (-b); }
-template <int NV> GEO_HD VDual<NV> operator-(double a, const VDual<NV>& b) { return chain(b, a - b.v, -1.0); }
-template <int NV> GEO_HD VDual<NV> operator*(const VDual<NV>& a, double b) { return chain(a, a.v * b, b); }
-template <int NV> GEO_HD VDual<NV> operator*(double a, const VDual<NV>& b) { return chain(b, a * b.v, a); }
-template <int NV> GEO_HD VDual<NV> operator/(const VDual<NV>& a, double b) { return chain(a, a.v / b, 1.0 / b); }
-template <int NV> GEO_HD VDual<NV> operator/(double a, const VDual<NV>& b) { return VDual<NV>(a) / b; }
-template <int NV> GEO_HD bool operator>(const VDual<NV>& a, const VDual<NV>& b) { return a.v > b.v; }
-template <int NV> GEO_HD bool operator>(const VDual<NV>& a, double b) { return a.v > b; }
-template <int NV> GEO_HD double val(const VDual<NV>& a) { return a.v; }
-template <int NV> GEO_HD VDual<NV> t_abs(const VDual<NV>& a) {
-  return chain(a, fabs(a.v), a.v > 0 ? 1.0 : (a.v < 0 ? -1.0 : 0.0));
-}
-template <int NV> GEO_HD VDual<NV> t_sqrt(const VDual<NV>& a) {
-  const double s = sqrt(a.v);
-  return chain(a, s, s > 0 ? 0.5 / s : 0.0);
-}
-template <int NV> GEO_HD VDual<NV> t_asinh(const VDual<NV>& a) {
-  return chain(a, asinh(a.v), 1.0 / sqrt(1.0 + a.v * a.v));
-}
-template <int NV> GEO_HD VDual<NV> t_asin(const VDual<NV>& a) {
-  return chain(a, asin(a.v), 1.0 / sqrt(1.0 - a.v * a.v));
 }
 
 }  // namespace triple
@@ -182,17 +143,7 @@ template <typename T> constexpr bool kVecRows = std::is_same_v<T, float> || std:
 
 // kL elements from p widened to double; kL doubles narrowed and stored at p.
 inline DVec ld(const double* p) { return DVec::loadu(p); }
-inline DVec ld(const float* p) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return DVec(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
-#elif defined(CPU_CAPABILITY_AVX2)
-  return DVec(_mm256_cvtps_pd(_mm_loadu_ps(p)));
-#else
-  alignas(64) double t[kL];
-  for (int i = 0; i < kL; ++i) t[i] = p[i];
-  return DVec::loadu(t);
-#endif
-}
+inline DVec ld(const float* p) { return f32rows::widen(p); }
 inline void st(double* p, const DVec& v) { v.store(p); }
 inline void st(float* p, const DVec& v) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -355,8 +306,9 @@ void bwd_kernel(const Ptrs& p, const scalar_t* gp, int64_t sg, const double* kp,
   constexpr bool vec = !op_scalar_out(OP);
   constexpr int n = Dots<OP>::n;
   constexpr int nq = three ? 3 : 2;
-  using DualT = VDual<n + 1>;
-  constexpr int NB = DualT::NB;
+  using TanT = VTan<n + 1>;
+  using DualT = Dual<n + 1, TanT>;
+  static_assert(TanT::NB * kL <= kMaxTanStore, "a tangent fits gd");
   at::parallel_for(0, N, grain(D), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const scalar_t* a = static_cast<const scalar_t*>(p.v[0]) + i * p.s[0];
@@ -377,13 +329,11 @@ void bwd_kernel(const Ptrs& p, const scalar_t* gp, int64_t sg, const double* kp,
       // adjoints of the dot products and of k: sum_j dL/dc_j dc_j/d(s, k)
       const double w0 = vec ? gv[0] : static_cast<double>(gp[i * sg]), w1 = vec ? gv[1] : 0.0;
       const double w2 = vec ? gv[2] : 0.0;
-      alignas(64) double gd[NB * kL];
-      for (int q = 0; q < NB; ++q) {
-        DVec t = co[0].d[q] * DVec(w0);
-        if (vec) t = at::vec::fmadd(co[1].d[q], DVec(w1), t);
-        if (vec && three) t = at::vec::fmadd(co[2].d[q], DVec(w2), t);
-        t.store(gd + q * kL);
-      }
+      alignas(64) double gd[kMaxTanStore];
+      TanT t = co[0].d * w0;
+      if (vec) t = lin(t, 1.0, co[1].d, w1);
+      if (vec && three) t = lin(t, 1.0, co[2].d, w2);
+      t.store(gd);
       double G[NUM_DOTS] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
       for (int m = 0; m < n; ++m) G[Dots<OP>::id[m]] = gd[m];
       if (dk) dk[i] = gd[n];
