@@ -344,3 +344,39 @@ def test_nan_row_gives_nan_in_that_row_only(case):
     want = _call(ref, op, args, torch.tensor(-1.0, dtype=D64), **_kw(op, flags))
     torch.testing.assert_close(out, want, equal_nan=True)
     assert bool(out[1].isnan().all()) and bool(torch.isfinite(out[[0, 2, 3]]).all())
+
+
+# ---------------------------------------------------------------- session 19: the vectorised float / double rows
+# The kernels run float / double rows on at::vec (DVec lanes of 8 / 4 columns, the last D mod lanes columns in
+# scalars) and the backward's dual numbers on SIMD vectors; rows of D = 5 / 4 (the gradchecks above) are all tail.
+@pytest.mark.parametrize("D", [8, 11, 19])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_gradcheck_vector_body_and_tail(case, D):
+    op, flags = case
+    args = [a.requires_grad_() for a in _args(op, (3, D), k=-0.7, seed=11)]
+    k = torch.tensor([[-0.7], [0.0], [0.5]], dtype=D64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: _call(gs, op, t[:-1], t[-1], **_kw(op, flags)), (*args, k))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("D", [16, 37, 64])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_each_gradient_subset_strided_rows(case, D, dtype):
+    """Every subset of the wanted gradients (one write pass serves them all) on rows with a row stride != D,
+    against the fp64 reference."""
+    op, flags = case
+    wide = [torch.cat([a, torch.randn_like(a)], -1) for a in _args(op, (33, D), seed=12)]
+    base = [a.to(dtype)[:, :D] for a in wide]  # row stride 2 D
+    assert base[0].stride(0) == 2 * D
+    k = torch.tensor(-0.9, dtype=dtype)
+    w = torch.randn(33, *([] if op == "dist2plane" else [D]), dtype=D64, generator=_g(13))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == D64 else dict(rtol=1e-4, atol=1e-5)
+    a64 = [a.detach().double().requires_grad_() for a in base]
+    want = torch.autograd.grad((_call(ref, op, a64, k.double(), **_kw(op, flags)) * w).sum(), a64)
+    for want_mask in range(1, 2 ** len(base)):
+        args = [a.detach().requires_grad_(bool(want_mask >> i & 1)) for i, a in enumerate(base)]
+        out = _call(gs, op, args, k, **_kw(op, flags))
+        sel = [i for i in range(len(args)) if want_mask >> i & 1]
+        got = torch.autograd.grad((out * w.to(dtype)).sum(), [args[i] for i in sel])
+        for i, g_ in zip(sel, got):
+            torch.testing.assert_close(g_.double(), want[i], **tol)

@@ -4,12 +4,21 @@
 // One kernel shape for all five.  Forward, per row: one pass accumulating the op's dot products in double
 // (and, backward, <g, v_j>), the epilogue in double, one pass writing c0 v0 + c1 v1 + c2 v2 (or the scalar).
 // Backward, per row: the same dot pass plus <g, v_j>, the epilogue on dual numbers (its exact derivatives
-// with respect to the dot products and k), one pass writing each wanted dv_i as a combination of v0, v1, v2
-// and g.  Rows are independent and each row is summed in a fixed order: results do not depend on the
-// number of threads.
+// with respect to the dot products and k), one pass writing every wanted dv_i as a combination of v0, v1, v2
+// and g (each element of the row loaded and widened once for all the gradients).  Rows are independent and
+// each row is summed in a fixed order: results do not depend on the number of threads.
+//
+// Session 19 (the backward was ~2.3-2.8x the forward, cache-resident, fp32 D = 64; perf: 15 % dot pass, 32 %
+// the scalar dual epilogue, 52 % the gradient writes, one pass per gradient re-widening the row each time):
+// float / double rows run explicit at::vec loops (DVec accumulators, float rows widened once per element), the
+// dual numbers carry their tangent on SIMD vectors (VTan below: one vector op per dual op instead of n + 1
+// scalar ones), and the gradients are written in one pass.  Half types keep the scalar loops.
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this unit
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -17,7 +26,61 @@
 #include <type_traits>
 
 #include "geoops/stereo_triple.h"
+#include "stereographic_rows_f32.h"  // f32rows::widen
 #include "stereographic_triple.h"
+
+namespace geoops {
+namespace triple {
+
+using DVec = at::vec::Vectorized<double>;
+constexpr int kL = DVec::size();
+
+// A dual number's tangent (NV components) on SIMD vectors (Dual<NV, VTan<NV>>): each dual operation one vector
+// operation per kL components instead of NV scalar ones.
+template <int NV> struct VTan {
+  static constexpr int NB = (NV + kL - 1) / kL;
+  DVec d[NB];
+  VTan() {
+    for (int b = 0; b < NB; ++b) d[b] = DVec(0.0);
+  }
+  static VTan unit(int i) {
+    VTan r;
+    alignas(64) double t[kL] = {};
+    t[i % kL] = 1.0;
+    r.d[i / kL] = DVec::loadu(t);
+    return r;
+  }
+  void store(double* out) const {  // NB * kL doubles
+    for (int b = 0; b < NB; ++b) d[b].store(out + b * kL);
+  }
+};
+// doubles a tangent's store writes, at most (NV <= NUM_DOTS + 1)
+constexpr int kMaxTanStore = (NUM_DOTS + 1 + kL - 1) / kL * kL;
+template <int NV> GEO_HD VTan<NV> operator+(const VTan<NV>& a, const VTan<NV>& b) {
+  VTan<NV> r;
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = a.d[q] + b.d[q];
+  return r;
+}
+template <int NV> GEO_HD VTan<NV> operator-(const VTan<NV>& a, const VTan<NV>& b) {
+  VTan<NV> r;
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = a.d[q] - b.d[q];
+  return r;
+}
+template <int NV> GEO_HD VTan<NV> operator*(const VTan<NV>& a, double s) {
+  VTan<NV> r;
+  const DVec sv(s);
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = a.d[q] * sv;
+  return r;
+}
+template <int NV> GEO_HD VTan<NV> lin(const VTan<NV>& a, double s, const VTan<NV>& b, double t) {
+  VTan<NV> r;
+  const DVec sv(s), tv(t);
+  for (int q = 0; q < VTan<NV>::NB; ++q) r.d[q] = at::vec::fmadd(a.d[q], sv, b.d[q] * tv);
+  return r;
+}
+
+}  // namespace triple
+}  // namespace geoops
 
 namespace geoops {
 namespace cpu {
@@ -75,6 +138,137 @@ inline void row_dots(const scalar_t* a, const scalar_t* b, const scalar_t* c, co
   if (GRAD) gv[0] = g0, gv[1] = g1, gv[2] = g2;
 }
 
+// ---------------------------------------------------------------- float / double rows on at::vec
+template <typename T> constexpr bool kVecRows = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+// kL elements from p widened to double; kL doubles narrowed and stored at p.
+inline DVec ld(const double* p) { return DVec::loadu(p); }
+inline DVec ld(const float* p) { return f32rows::widen(p); }
+inline void st(double* p, const DVec& v) { v.store(p); }
+inline void st(float* p, const DVec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm256_storeu_ps(p, _mm512_cvtpd_ps(v));
+#elif defined(CPU_CAPABILITY_AVX2)
+  _mm_storeu_ps(p, _mm256_cvtpd_ps(v));
+#else
+  alignas(64) double t[kL];
+  v.store(t);
+  for (int i = 0; i < kL; ++i) p[i] = static_cast<float>(t[i]);
+#endif
+}
+// the lanes of v summed in a fixed order
+inline double hsum(const DVec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_reduce_add_pd(v);
+#else
+  alignas(64) double t[kL];
+  v.store(t);
+  double r = 0;
+  for (int i = 0; i < kL; ++i) r += t[i];
+  return r;
+#endif
+}
+
+// row_dots for float / double rows: one DVec accumulator per sum (lane l sums the columns = l mod kL), the
+// last D mod kL columns in scalar accumulators added after the lanes.
+template <int OP, typename scalar_t, bool GRAD>
+inline void row_dots_vec(const scalar_t* a, const scalar_t* b, const scalar_t* c, const scalar_t* g, int64_t D,
+                         double* s, double* gv) {
+  constexpr bool three = op_nvec(OP) == 3;
+  constexpr bool vec = !op_scalar_out(OP);
+  constexpr int ids[9] = {S00, S11, S22, S01, S02, S12, SEE, SE1, SE2};
+  constexpr bool nd[9] = {needs<OP>(S00), needs<OP>(S11), needs<OP>(S22), needs<OP>(S01), needs<OP>(S02),
+                          needs<OP>(S12), needs<OP>(SEE), needs<OP>(SE1), needs<OP>(SE2)};
+  constexpr bool ng[3] = {GRAD && vec, GRAD && vec, GRAD && vec && three};
+  DVec acc[12];
+  for (int q = 0; q < 12; ++q) acc[q] = DVec(0.0);
+  auto step = [&](const DVec& x, const DVec& y, const DVec& z, const DVec& gg, DVec* A) {
+    const DVec e = x - y;
+    if (nd[0]) A[0] = at::vec::fmadd(x, x, A[0]);
+    if (nd[1]) A[1] = at::vec::fmadd(y, y, A[1]);
+    if (nd[2]) A[2] = at::vec::fmadd(z, z, A[2]);
+    if (nd[3]) A[3] = at::vec::fmadd(x, y, A[3]);
+    if (nd[4]) A[4] = at::vec::fmadd(x, z, A[4]);
+    if (nd[5]) A[5] = at::vec::fmadd(y, z, A[5]);
+    if (nd[6]) A[6] = at::vec::fmadd(e, e, A[6]);
+    if (nd[7]) A[7] = at::vec::fmadd(e, y, A[7]);
+    if (nd[8]) A[8] = at::vec::fmadd(e, z, A[8]);
+    if (ng[0]) A[9] = at::vec::fmadd(gg, x, A[9]);
+    if (ng[1]) A[10] = at::vec::fmadd(gg, y, A[10]);
+    if (ng[2]) A[11] = at::vec::fmadd(gg, z, A[11]);
+  };
+  int64_t j = 0;
+  for (; j + kL <= D; j += kL) {
+    const DVec x = ld(a + j), y = ld(b + j);
+    const DVec z = three ? ld(c + j) : DVec(0.0);
+    const DVec gg = ng[0] ? ld(g + j) : DVec(0.0);
+    step(x, y, z, gg, acc);
+  }
+  double r[12];
+  for (int q = 0; q < 12; ++q) r[q] = (q < 9 ? nd[q] : ng[q - 9]) ? hsum(acc[q]) : 0.0;
+  for (; j < D; ++j) {  // the tail, in scalars
+    const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
+    const double z = three ? static_cast<double>(c[j]) : 0.0, e = x - y;
+    const double gg = ng[0] ? static_cast<double>(g[j]) : 0.0;
+    const double t[12] = {x * x, y * y, z * z, x * y, x * z, y * z, e * e, e * y, e * z, gg * x, gg * y, gg * z};
+    for (int q = 0; q < 12; ++q) r[q] += t[q];
+  }
+  for (int q = 0; q < 9; ++q) s[ids[q]] = nd[q] ? r[q] : 0.0;
+  if (GRAD) gv[0] = r[9], gv[1] = r[10], gv[2] = r[11];
+}
+
+// out[q] = w[q][0] v0 + w[q][1] v1 + w[q][2] v2 + w[q][3] g for the q < NQ with out[q] != nullptr, one pass over
+// the row (each element loaded and widened once).  V2 / G: whether v2 / g are read.
+template <int NQ, bool V2, bool G, typename scalar_t>
+inline void row_combine(const scalar_t* a, const scalar_t* b, const scalar_t* c, const scalar_t* g, int64_t D,
+                        const double (*w)[4], scalar_t* const* out) {
+  if constexpr (kVecRows<scalar_t>) {
+    DVec W[NQ][4];
+    for (int q = 0; q < NQ; ++q)
+      for (int m = 0; m < 4; ++m) W[q][m] = DVec(w[q][m]);
+    bool on[NQ];
+    for (int q = 0; q < NQ; ++q) on[q] = out[q] != nullptr;
+    int64_t j = 0;
+    for (; j + kL <= D; j += kL) {
+      const DVec x = ld(a + j), y = ld(b + j);
+      DVec z, gg;
+      if (V2) z = ld(c + j);
+      if (G) gg = ld(g + j);
+      for (int q = 0; q < NQ; ++q) {
+        if (!on[q]) continue;
+        DVec o = at::vec::fmadd(W[q][1], y, x * W[q][0]);
+        if (V2) o = at::vec::fmadd(W[q][2], z, o);
+        if (G) o = at::vec::fmadd(W[q][3], gg, o);
+        st(out[q] + j, o);
+      }
+    }
+    for (; j < D; ++j) {
+      const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
+      const double z = V2 ? static_cast<double>(c[j]) : 0.0, gg = G ? static_cast<double>(g[j]) : 0.0;
+      for (int q = 0; q < NQ; ++q) {
+        if (!on[q]) continue;
+        double o = std::fma(w[q][1], y, x * w[q][0]);
+        if (V2) o = std::fma(w[q][2], z, o);
+        if (G) o = std::fma(w[q][3], gg, o);
+        out[q][j] = static_cast<scalar_t>(o);
+      }
+    }
+  } else {
+    for (int q = 0; q < NQ; ++q) {
+      if (!out[q]) continue;
+      scalar_t* o = out[q];
+      const double w0 = w[q][0], w1 = w[q][1], w2 = w[q][2], wg = w[q][3];
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) {
+        double v = w0 * static_cast<double>(a[j]) + w1 * static_cast<double>(b[j]);
+        if (V2) v += w2 * static_cast<double>(c[j]);
+        if (G) v += wg * static_cast<double>(g[j]);
+        o[j] = static_cast<scalar_t>(v);
+      }
+    }
+  }
+}
+
 inline int64_t grain(int64_t D) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(D, 1)); }
 
 template <int OP, typename scalar_t>
@@ -86,21 +280,20 @@ void fwd_kernel(const Ptrs& p, const double* kp, int64_t sk, int flags, scalar_t
       const scalar_t* b = static_cast<const scalar_t*>(p.v[1]) + i * p.s[1];
       const scalar_t* c = three ? static_cast<const scalar_t*>(p.v[2]) + i * p.s[2] : nullptr;
       double s[NUM_DOTS], sel[Dots<OP>::n];
-      row_dots<OP, scalar_t, false>(a, b, c, nullptr, D, s, nullptr);
+      if constexpr (kVecRows<scalar_t>) {
+        row_dots_vec<OP, scalar_t, false>(a, b, c, nullptr, D, s, nullptr);
+      } else {
+        row_dots<OP, scalar_t, false>(a, b, c, nullptr, D, s, nullptr);
+      }
       for (int m = 0; m < Dots<OP>::n; ++m) sel[m] = s[Dots<OP>::id[m]];
       double co[3] = {0.0, 0.0, 0.0};
       eval<OP, double>(sel, kp[i * sk], flags, co);
       if constexpr (op_scalar_out(OP)) {
         out[i] = static_cast<scalar_t>(co[0]);
       } else {
-        scalar_t* o = out + i * D;
-        const double c0 = co[0], c1 = co[1], c2 = co[2];
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) {
-          double v = c0 * static_cast<double>(a[j]) + c1 * static_cast<double>(b[j]);
-          if (three) v += c2 * static_cast<double>(c[j]);
-          o[j] = static_cast<scalar_t>(v);
-        }
+        scalar_t* o[1] = {out + i * D};
+        const double w[1][4] = {{co[0], co[1], co[2], 0.0}};
+        row_combine<1, three, false>(a, b, c, static_cast<const scalar_t*>(nullptr), D, w, o);
       }
     }
   });
@@ -112,7 +305,10 @@ void bwd_kernel(const Ptrs& p, const scalar_t* gp, int64_t sg, const double* kp,
   constexpr bool three = op_nvec(OP) == 3;
   constexpr bool vec = !op_scalar_out(OP);
   constexpr int n = Dots<OP>::n;
-  using DualT = Dual<n + 1>;
+  constexpr int nq = three ? 3 : 2;
+  using TanT = VTan<n + 1>;
+  using DualT = Dual<n + 1, TanT>;
+  static_assert(TanT::NB * kL <= kMaxTanStore, "a tangent fits gd");
   at::parallel_for(0, N, grain(D), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const scalar_t* a = static_cast<const scalar_t*>(p.v[0]) + i * p.s[0];
@@ -120,36 +316,36 @@ void bwd_kernel(const Ptrs& p, const scalar_t* gp, int64_t sg, const double* kp,
       const scalar_t* c = three ? static_cast<const scalar_t*>(p.v[2]) + i * p.s[2] : nullptr;
       const scalar_t* g = vec ? gp + i * sg : nullptr;
       double s[NUM_DOTS], gv[3] = {0.0, 0.0, 0.0};
-      row_dots<OP, scalar_t, true>(a, b, c, g, D, s, gv);
+      if constexpr (kVecRows<scalar_t>) {
+        row_dots_vec<OP, scalar_t, true>(a, b, c, g, D, s, gv);
+      } else {
+        row_dots<OP, scalar_t, true>(a, b, c, g, D, s, gv);
+      }
       DualT sd[n];
       for (int m = 0; m < n; ++m) sd[m] = DualT::var(s[Dots<OP>::id[m]], m);
       const DualT kd = DualT::var(kp[i * sk], n);
       DualT co[3] = {DualT(0.0), DualT(0.0), DualT(0.0)};
       eval<OP, DualT>(sd, kd, flags, co);
-      // adjoints of the dot products and of k
-      double w[3];  // dL/dc_j
-      if (vec) {
-        w[0] = gv[0], w[1] = gv[1], w[2] = gv[2];
-      } else {
-        w[0] = static_cast<double>(gp[i * sg]), w[1] = 0.0, w[2] = 0.0;
-      }
+      // adjoints of the dot products and of k: sum_j dL/dc_j dc_j/d(s, k)
+      const double w0 = vec ? gv[0] : static_cast<double>(gp[i * sg]), w1 = vec ? gv[1] : 0.0;
+      const double w2 = vec ? gv[2] : 0.0;
+      alignas(64) double gd[kMaxTanStore];
+      TanT t = co[0].d * w0;
+      if (vec) t = lin(t, 1.0, co[1].d, w1);
+      if (vec && three) t = lin(t, 1.0, co[2].d, w2);
+      t.store(gd);
       double G[NUM_DOTS] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-      for (int m = 0; m < n; ++m) G[Dots<OP>::id[m]] = w[0] * co[0].d[m] + w[1] * co[1].d[m] + w[2] * co[2].d[m];
-      if (dk) dk[i] = w[0] * co[0].d[n] + w[1] * co[1].d[n] + w[2] * co[2].d[n];
+      for (int m = 0; m < n; ++m) G[Dots<OP>::id[m]] = gd[m];
+      if (dk) dk[i] = gd[n];
       double W[3][3];
       dot_adjoint_coefs(G, W);
-      for (int q = 0; q < (three ? 3 : 2); ++q) {
-        if (!dv[q]) continue;
-        scalar_t* o = dv[q] + i * D;
-        const double w0 = W[q][0], w1 = W[q][1], w2 = W[q][2], wg = vec ? co[q].v : 0.0;
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) {
-          double v = w0 * static_cast<double>(a[j]) + w1 * static_cast<double>(b[j]);
-          if (three) v += w2 * static_cast<double>(c[j]);
-          if (vec) v += wg * static_cast<double>(g[j]);
-          o[j] = static_cast<scalar_t>(v);
-        }
+      double w[3][4];
+      scalar_t* o[3];
+      for (int q = 0; q < nq; ++q) {
+        w[q][0] = W[q][0], w[q][1] = W[q][1], w[q][2] = W[q][2], w[q][3] = vec ? co[q].v : 0.0;
+        o[q] = dv[q] ? dv[q] + i * D : nullptr;
       }
+      row_combine<nq, three, vec>(a, b, c, g, D, w, o);
     }
   });
 }

@@ -9,7 +9,7 @@
 //     SEE = |e|^2, SE1 = <e,v1>, SE2 = <e,v2>   with e = v0 - v1 accumulated directly,
 // and of k.  So a kernel is one pass for the dot products, then the epilogue `eval` below, then one pass
 // writing the combination.  The backward differentiates `eval` exactly by evaluating it on dual numbers
-// (value + gradient with respect to the op's dot products and k, `Dual` below): with the adjoints G of the
+// (value + gradient with respect to the op's dot products and k, `Dual` below, its gradient a tangent type): with the adjoints G of the
 // dot products every vector gradient is again a combination of v0, v1, v2 and the incoming gradient g
 // (`dot_adjoint_coefs`).  Clamps follow torch's gradients (0 where clamped), as do |.| and sqrt at 0.
 #pragma once
@@ -63,84 +63,133 @@ template <> struct Dots<DIST2PLANE> {
 };
 
 // ---------------------------------------------------------------- forward-mode dual numbers
-// value v and its gradient d[] with respect to NV independent variables.
-template <int NV> struct Dual {
-  double v;
+// The tangent of a dual number: its gradient with respect to NV independent variables.  Tan() is zero,
+// Tan::unit(i) the i-th unit vector, and a tangent type has +, -, * double and lin(a, s, b, t) = a s + b t.
+// STan: NV plain doubles (any backend); the CPU kernels bring one on SIMD vectors (csrc/cpu/stereographic_triple.cpp).
+template <int NV> struct STan {
   double d[NV];
-  GEO_HD Dual() : v(0) {
+  GEO_HD STan() {
     for (int i = 0; i < NV; ++i) d[i] = 0;
   }
-  GEO_HD Dual(double c) : v(c) {  // NOLINT: constants convert implicitly
-    for (int i = 0; i < NV; ++i) d[i] = 0;
-  }
-  GEO_HD static Dual var(double c, int i) {
-    Dual r(c);
+  GEO_HD static STan unit(int i) {
+    STan r;
     r.d[i] = 1;
     return r;
   }
 };
-
-template <int NV> GEO_HD Dual<NV> chain(const Dual<NV>& a, double val, double da) {
-  Dual<NV> r;
-  r.v = val;
-  for (int i = 0; i < NV; ++i) r.d[i] = da * a.d[i];
-  return r;
-}
-template <int NV> GEO_HD Dual<NV> operator+(const Dual<NV>& a, const Dual<NV>& b) {
-  Dual<NV> r;
-  r.v = a.v + b.v;
+template <int NV> GEO_HD STan<NV> operator+(const STan<NV>& a, const STan<NV>& b) {
+  STan<NV> r;
   for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] + b.d[i];
   return r;
 }
-template <int NV> GEO_HD Dual<NV> operator-(const Dual<NV>& a, const Dual<NV>& b) {
-  Dual<NV> r;
-  r.v = a.v - b.v;
+template <int NV> GEO_HD STan<NV> operator-(const STan<NV>& a, const STan<NV>& b) {
+  STan<NV> r;
   for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] - b.d[i];
   return r;
 }
-template <int NV> GEO_HD Dual<NV> operator-(const Dual<NV>& a) { return chain(a, -a.v, -1.0); }
-template <int NV> GEO_HD Dual<NV> operator*(const Dual<NV>& a, const Dual<NV>& b) {
-  Dual<NV> r;
-  r.v = a.v * b.v;
-  for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] * b.v + a.v * b.d[i];
+template <int NV> GEO_HD STan<NV> operator*(const STan<NV>& a, double s) {
+  STan<NV> r;
+  for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] * s;
   return r;
 }
-template <int NV> GEO_HD Dual<NV> operator/(const Dual<NV>& a, const Dual<NV>& b) {
-  Dual<NV> r;
+template <int NV> GEO_HD STan<NV> lin(const STan<NV>& a, double s, const STan<NV>& b, double t) {
+  STan<NV> r;
+  for (int i = 0; i < NV; ++i) r.d[i] = a.d[i] * s + b.d[i] * t;
+  return r;
+}
+
+// value v and its tangent d
+template <int NV, typename Tan = STan<NV>> struct Dual {
+  double v;
+  Tan d;
+  GEO_HD Dual() : v(0), d() {}
+  GEO_HD Dual(double c) : v(c), d() {}  // NOLINT: constants convert implicitly
+  GEO_HD static Dual var(double c, int i) {
+    Dual r(c);
+    r.d = Tan::unit(i);
+    return r;
+  }
+};
+
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> chain(const Dual<NV, Tan>& a, double val, double da) {
+  Dual<NV, Tan> r;
+  r.v = val;
+  r.d = a.d * da;
+  return r;
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator+(const Dual<NV, Tan>& a, const Dual<NV, Tan>& b) {
+  Dual<NV, Tan> r;
+  r.v = a.v + b.v;
+  r.d = a.d + b.d;
+  return r;
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator-(const Dual<NV, Tan>& a, const Dual<NV, Tan>& b) {
+  Dual<NV, Tan> r;
+  r.v = a.v - b.v;
+  r.d = a.d - b.d;
+  return r;
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator-(const Dual<NV, Tan>& a) { return chain(a, -a.v, -1.0); }
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator*(const Dual<NV, Tan>& a, const Dual<NV, Tan>& b) {
+  Dual<NV, Tan> r;
+  r.v = a.v * b.v;
+  r.d = lin(a.d, b.v, b.d, a.v);
+  return r;
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator/(const Dual<NV, Tan>& a, const Dual<NV, Tan>& b) {
+  Dual<NV, Tan> r;
   r.v = a.v / b.v;
   const double inv = 1.0 / b.v;
-  for (int i = 0; i < NV; ++i) r.d[i] = (a.d[i] - r.v * b.d[i]) * inv;
+  r.d = lin(a.d, inv, b.d, -r.v * inv);
   return r;
 }
-template <int NV> GEO_HD Dual<NV> operator+(const Dual<NV>& a, double b) { return a + Dual<NV>(b); }
-template <int NV> GEO_HD Dual<NV> operator+(double a, const Dual<NV>& b) { return Dual<NV>(a) + b; }
-template <int NV> GEO_HD Dual<NV> operator-(const Dual<NV>& a, double b) { return a - Dual<NV>(b); }
-template <int NV> GEO_HD Dual<NV> operator-(double a, const Dual<NV>& b) { return Dual<NV>(a) - b; }
-template <int NV> GEO_HD Dual<NV> operator*(const Dual<NV>& a, double b) { return chain(a, a.v * b, b); }
-template <int NV> GEO_HD Dual<NV> operator*(double a, const Dual<NV>& b) { return chain(b, a * b.v, a); }
-template <int NV> GEO_HD Dual<NV> operator/(const Dual<NV>& a, double b) { return chain(a, a.v / b, 1.0 / b); }
-template <int NV> GEO_HD Dual<NV> operator/(double a, const Dual<NV>& b) { return Dual<NV>(a) / b; }
-template <int NV> GEO_HD bool operator>(const Dual<NV>& a, const Dual<NV>& b) { return a.v > b.v; }
-template <int NV> GEO_HD bool operator>(const Dual<NV>& a, double b) { return a.v > b; }
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator+(const Dual<NV, Tan>& a, double b) {
+  Dual<NV, Tan> r = a;
+  r.v = a.v + b;
+  return r;
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator+(double a, const Dual<NV, Tan>& b) { return b + a; }
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator-(const Dual<NV, Tan>& a, double b) { return a + (-b); }
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator-(double a, const Dual<NV, Tan>& b) {
+  return chain(b, a - b.v, -1.0);
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator*(const Dual<NV, Tan>& a, double b) {
+  return chain(a, a.v * b, b);
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator*(double a, const Dual<NV, Tan>& b) {
+  return chain(b, a * b.v, a);
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator/(const Dual<NV, Tan>& a, double b) {
+  return chain(a, a.v / b, 1.0 / b);
+}
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> operator/(double a, const Dual<NV, Tan>& b) {
+  return Dual<NV, Tan>(a) / b;
+}
+template <int NV, typename Tan> GEO_HD bool operator>(const Dual<NV, Tan>& a, const Dual<NV, Tan>& b) { return a.v > b.v; }
+template <int NV, typename Tan> GEO_HD bool operator>(const Dual<NV, Tan>& a, double b) { return a.v > b; }
 
 // value of a plain double or a dual
 GEO_HD double val(double a) { return a; }
-template <int NV> GEO_HD double val(const Dual<NV>& a) { return a.v; }
+template <int NV, typename Tan> GEO_HD double val(const Dual<NV, Tan>& a) { return a.v; }
 
 // torch's gradients: |a|' = sign(a) (0 at 0), sqrt'(0) taken as 0 (as norm's backward), clamps 0 where clamped
 GEO_HD double t_abs(double a) { return fabs(a); }
-template <int NV> GEO_HD Dual<NV> t_abs(const Dual<NV>& a) {
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> t_abs(const Dual<NV, Tan>& a) {
   return chain(a, fabs(a.v), a.v > 0 ? 1.0 : (a.v < 0 ? -1.0 : 0.0));
 }
 GEO_HD double t_sqrt(double a) { return sqrt(a); }
-template <int NV> GEO_HD Dual<NV> t_sqrt(const Dual<NV>& a) {
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> t_sqrt(const Dual<NV, Tan>& a) {
   const double s = sqrt(a.v);
   return chain(a, s, s > 0 ? 0.5 / s : 0.0);
 }
 GEO_HD double t_asinh(double a) { return asinh(a); }
-template <int NV> GEO_HD Dual<NV> t_asinh(const Dual<NV>& a) { return chain(a, asinh(a.v), 1.0 / sqrt(1.0 + a.v * a.v)); }
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> t_asinh(const Dual<NV, Tan>& a) {
+  return chain(a, asinh(a.v), 1.0 / sqrt(1.0 + a.v * a.v));
+}
 GEO_HD double t_asin(double a) { return asin(a); }
-template <int NV> GEO_HD Dual<NV> t_asin(const Dual<NV>& a) { return chain(a, asin(a.v), 1.0 / sqrt(1.0 - a.v * a.v)); }
+template <int NV, typename Tan> GEO_HD Dual<NV, Tan> t_asin(const Dual<NV, Tan>& a) {
+  return chain(a, asin(a.v), 1.0 / sqrt(1.0 - a.v * a.v));
+}
 // torch.clamp_min(a, lo) / clamp_max(a, hi): the gradient passes where a >= lo (a <= hi); NaN stays NaN
 template <typename T> GEO_HD T t_max(const T& a, double lo) { return !(val(a) < lo) ? a : T(lo); }
 template <typename T> GEO_HD T t_min(const T& a, double hi) { return !(val(a) > hi) ? a : T(hi); }
