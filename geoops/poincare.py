@@ -307,24 +307,26 @@ class PoincareMlrFn(torch.autograd.Function):
         zn = zraw.clamp_min(_ref.MIN_NORM)
         t = x @ z
         if bias is None:
-            ch = sh = None
+            ch = sh = q = None
             a = sc * lam * t / zn
+            ash = torch.asinh(a)
         else:
-            ch, sh = torch.cosh(2 * sc * bias), torch.sinh(2 * sc * bias)
+            # offsets beyond |2 sc r| = 20: ch, sh, a divided by e^ell (the reference's offset_consts), q = e^(-2 ell)
+            ch, sh, q, ell, big = _ref.offset_consts(bias, sc)
             a = sc * lam * t * ch / zn - (lam - 1) * sh
-        ash = torch.asinh(a)
-        ctx.save_for_backward(x, z, bias, c, lam, zraw, zn, t, a, ash, ch, sh)
+            ash = _ref._asinh_scaled(a, ell, q, big)
+        ctx.save_for_backward(x, z, bias, c, lam, zraw, zn, t, a, ash, ch, sh, q)
         return 2 * zn / sc * ash
 
     @staticmethod
     @_library.first_order_only
     def backward(ctx, g):
-        x, z, bias, c, lam, zraw, zn, t, a, ash, ch, sh = ctx.saved_tensors
+        x, z, bias, c, lam, zraw, zn, t, a, ash, ch, sh, q = ctx.saved_tensors
         ng = ctx.needs_input_grad
         sc = c.sqrt()
         slam = sc * lam
         Cz = 1 / zn if bias is None else ch / zn
-        ga = g * (2 * zn / sc) * torch.rsqrt(1 + a * a)
+        ga = g * (2 * zn / sc) * torch.rsqrt((1 if q is None else q) + a * a)  # scaled columns: dL/db
         gt = ga * slam * Cz
         gx = gz = gb = None
         if ng[0]:

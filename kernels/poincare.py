@@ -29,6 +29,12 @@ w = sinh(Z asinh a)/sc, |w|^2 (pass 1), then y = w / (1 + sqrt(1 + c|w|^2)) time
 then writes dL/dt and the row terms (through lam, sc) and the per-program column partials (through
 |z_j|, C, S) in pass 2 -- csrc/cpu/poincare.cpp's fc_bwd_impl, term by term.  The rest (dx = dt z^T +
 row coefficient * x, the tangent rows' extra term, dz = x^T dt + column coefficient * z, db, dc) is torch.
+Large distances: pass 1 also finds each row's largest |u_j| = T; a block with a row beyond T = 20 (where w and
+|w|^2 overflow near 44 in float32, 355 in float64) takes one more pass for that row's sums with w scaled by
+sinh(T) (v = sinh(u)/sinh(T) from exp(+-u - T)) and writes / differentiates it in that form (the C++ scaled
+row pass's formulas, in the tile type); other blocks run as before.  Large offsets (|2 sc r| > 20): the
+column constants C, S come divided by e^ell (geoops.reference.poincare.offset_consts) with per-column Q = e^-2ell
+and L = ell, and a chunk with such a column takes asinh(a) = ell + log(|b| + sqrt(b^2 + Q)) of b = a e^-ell.
 
 ReLU, midpoint sums, batch norm rows: csrc/cpu/poincare_layers.cpp's row math in float64 per row (the
 batch norm's expmap / project coefficients and their vjps are the stereographic family's ``_fwd_coef`` /
@@ -66,6 +72,8 @@ class _NumpyMath(_st._NumpyMath):
     """The interpreter's stand-ins for the libdevice functions used here."""
 
     expm1 = staticmethod(lambda x: _st._NumpyMath._unary("expm1", x))
+    exp = staticmethod(lambda x: _st._NumpyMath._unary("exp", x))
+    log = staticmethod(lambda x: _st._NumpyMath._unary("log", x))
 
 
 _math = _libdevice
@@ -407,36 +415,80 @@ def _sinh_cosh(u):
 
 
 @triton.jit
-def _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc):
-    """a, asinh(a), w = sinh(Z asinh a)/sc and cosh(Z asinh a) for a tile (compute type of t)."""
+def _fc_u(t, Cj, Sj, Zj, Qj, Lj, k1, k0):
+    """a, A = asinh(a) and u = Z A of a tile.  Columns with a scaled offset (L_j = ell_j > 0,
+    geoops.reference.poincare.offset_consts: C_j, S_j divided by e^ell) hold b = a e^-ell in `a` and
+    A = sign(b) (ell + log(|b| + sqrt(b^2 + Q_j))), Q_j = e^(-2 ell): a = e^ell b is never formed (the branch runs
+    only for a chunk that has such a column)."""
     a = k1[:, None] * t * Cj[None, :] - k0[:, None] * Sj[None, :]
     A = _asinh(a)
-    u = Zj[None, :] * A
-    sh, ch = _sinh_cosh(u)
-    return a, A, ch, sh * inv_sc
+    if tl.max(Lj, 0) > 0:
+        ab = tl.abs(a)
+        r = Lj[None, :] + _math.log(tl.maximum(ab + _sqrt(ab * ab + Qj[None, :]), 1e-30))  # Q may underflow
+        A = tl.where(Lj[None, :] > 0, tl.where(a < 0, -r, r), A)
+    return a, A, Zj[None, :] * A
 
 
 @triton.jit
-def _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm):
+def _fc_w(t, Cj, Sj, Zj, Qj, Lj, k1, k0, inv_sc):
+    """a, asinh(a), cosh(u), w = sinh(u)/sc and u = Z asinh a for a tile (compute type of t)."""
+    a, A, u = _fc_u(t, Cj, Sj, Zj, Qj, Lj, k1, k0)
+    sh, ch = _sinh_cosh(u)
+    return a, A, ch, sh * inv_sc, u
+
+
+@triton.jit
+def _sinh_scaled(u, Tb, den):
+    """sinh(u) / sigma and cosh(u) / sigma, sigma = sinh(T) of the row (|u| <= T): (e^(u-T) -+ e^(-u-T)) / den,
+    den = -expm1(-2T) (no exponent above 0)."""
+    ep = _math.exp(u - Tb[:, None])
+    em = _math.exp(-u - Tb[:, None])
+    return _div(ep - em, den[:, None]), _div(ep + em, den[:, None])
+
+
+@triton.jit
+def _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, cols, cm):
     Cj = tl.load(CC_ptr + cols, mask=cm, other=0.0)
     Sj = tl.load(SS_ptr + cols, mask=cm, other=0.0)
     Zj = tl.load(ZZ_ptr + cols, mask=cm, other=0.0)
-    return Cj, Sj, Zj
+    Qj = tl.load(QQ_ptr + cols, mask=cm, other=1.0)
+    Lj = tl.load(LL_ptr + cols, mask=cm, other=0.0)
+    return Cj, Sj, Zj, Qj, Lj
 
 
 @triton.jit
-def _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M: tl.constexpr):
-    """Columns j0 .. j0 + BLOCK_M of the rows: (cols, column mask, tile mask, t tile, C_j, S_j, Z_j)."""
+def _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask, j0, M, BLOCK_M: tl.constexpr):
+    """Columns j0 .. j0 + BLOCK_M of the rows: (cols, column mask, tile mask, t tile, C_j, S_j, Z_j, Q_j, L_j)."""
     cols, m = _chunk(j0, rmask, M, BLOCK_M)
     cm = cols < M
     t = tl.load(T_ptr + base + cols[None, :], mask=m, other=0.0)
-    Cj, Sj, Zj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, cols, cm)
-    return cols, cm, m, t, Cj, Sj, Zj
+    Cj, Sj, Zj, Qj, Lj = _fc_cols(CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, cols, cm)
+    return cols, cm, m, t, Cj, Sj, Zj, Qj, Lj
+
+
+# Rows whose largest |u_j| passes this take the scaled form (geoops.reference.poincare.SINH_SCALED_FROM; the
+# C++ scaled row pass): w = sinh(u) / sc and |w|^2 overflow near |u| ~ 44 (float32; ~355 float64).
+_SCALED_FROM = tl.constexpr(20.0)
 
 
 @triton.jit
-def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, N, M, eps,
+def _scaled_row_consts(Tu, rmask):
+    """The scaled rows of a block: big (largest |u| > 20), their T (20 elsewhere), den = -expm1(-2T) (tile type)
+    and q = 1 / sinh(T) = 2 e^-T / -expm1(-2T) (float64)."""
+    big = (Tu > _SCALED_FROM) & rmask
+    Tb = tl.where(big, Tu, _SCALED_FROM)
+    den = -_math.expm1(-2.0 * Tb)
+    Td = Tb.to(tl.float64)
+    qd = 2.0 * _math.exp(-Td) / (-_math.expm1(-2.0 * Td))
+    return big, Tb, den, qd
+
+
+@triton.jit
+def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, K1_ptr, K0_ptr, C_ptr, N, M, eps,
                    BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Pass 1: |w|^2 and the largest |u| per row; rows with |u| > 20 (a block that has one) take one more pass for
+    |v|^2 of v = sinh(u) / sinh(T) (the scaled form: y = v / (sc (q + hypot(q, |v|))), q = 1 / sinh(T), or
+    maxnorm v / |v| when projected); pass 2 writes y (the scaled rows' from v)."""
     _pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     sc = tl.sqrt(c)
@@ -445,29 +497,79 @@ def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, C_ptr, 
     k1 = tl.load(K1_ptr + rows, mask=rmask, other=0.0).to(ty)
     k0 = tl.load(K0_ptr + rows, mask=rmask, other=0.0).to(ty)
     Sw = tl.zeros((BLOCK_R,), tl.float64)
+    Tu = tl.zeros((BLOCK_R,), ty)
     for j0 in range(0, M, BLOCK_M):
-        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
-        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask, j0,
+                                                       M, BLOCK_M)
+        _a, _A, _ch, w, u = _fc_w(t, Cj, Sj, Zj, Qj, Lj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
+        Tu = tl.maximum(Tu, tl.max(tl.where(m, tl.abs(u), 0.0), 1))
     q = tl.sqrt(1.0 + c * Sw)
     s = 1.0 / (1.0 + q)
     ny = tl.sqrt(Sw) * s
     maxnorm = (1.0 - eps) / tl.sqrt(c + 1e-15)
     s = tl.where(ny > maxnorm, s * (maxnorm / tl.where(ny > 0, ny, 1.0)), s)
-    sT = s.to(ty)
-    for j0 in range(0, M, BLOCK_M):
-        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
-        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
-        tl.store(Y_ptr + base + cols[None, :], w * sT[:, None], mask=m)
+    big, Tb, den, qd = _scaled_row_consts(Tu, rmask)
+    if tl.max(big.to(tl.int32), 0) > 0:
+        Sv = tl.zeros((BLOCK_R,), tl.float64)
+        for j0 in range(0, M, BLOCK_M):
+            cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask,
+                                                           j0, M, BLOCK_M)
+            _a, _A, u = _fc_u(t, Cj, Sj, Zj, Qj, Lj, k1, k0)
+            v, _chs = _sinh_scaled(u, Tb, den)
+            v = tl.where(m, v, 0.0)
+            Sv += tl.sum(v * v, 1).to(tl.float64)
+        nv = tl.sqrt(Sv)
+        Dh = qd + tl.sqrt(qd * qd + Sv)
+        fb = tl.where(nv > sc * Dh * maxnorm, maxnorm / tl.where(nv > 0, nv, 1.0), 1.0 / (sc * Dh))
+        sT = s.to(ty)
+        fT = fb.to(ty)
+        for j0 in range(0, M, BLOCK_M):
+            cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask,
+                                                           j0, M, BLOCK_M)
+            _a, _A, _ch, w, u = _fc_w(t, Cj, Sj, Zj, Qj, Lj, k1, k0, inv_sc)
+            v, _chs = _sinh_scaled(u, Tb, den)
+            y = tl.where(big[:, None], v * fT[:, None], w * sT[:, None])
+            tl.store(Y_ptr + base + cols[None, :], y, mask=m)
+    else:
+        sT = s.to(ty)
+        for j0 in range(0, M, BLOCK_M):
+            cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask,
+                                                           j0, M, BLOCK_M)
+            _a, _A, _ch, w, _u = _fc_w(t, Cj, Sj, Zj, Qj, Lj, k1, k0, inv_sc)
+            tl.store(Y_ptr + base + cols[None, :], w * sT[:, None], mask=m)
 
 
 @triton.jit
-def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr, SR_ptr, C_ptr,
+def _fc_bwd_elems(GT_ptr, PZ_ptr, PC_ptr, PS_ptr, base, pid, M, cols, cm, m, t, Cj, Sj, Zj, Qj, a, A, k1, l1, sl,
+                  scT, lamT, sT, gu, gww, COLS: tl.constexpr):
+    """From dL/du (gu) and dL/dw w (gww) of a tile: dL/dt, the column partials and the row sums' terms
+    (r_sa, r_lam, r_sb contributions)."""
+    gu = tl.where(m, gu, 0.0)
+    ra = _div(tl.full(a.shape, 1.0, a.dtype), _sqrt(a * a + Qj[None, :]))
+    ga = tl.where(m, gu * Zj[None, :] * ra, 0.0)  # ra = inf where a = 0 and Q underflowed (masked rows)
+    tl.store(GT_ptr + base + cols[None, :], ga * k1[:, None] * Cj[None, :], mask=m)
+    tmp = ga * t * sT
+    if COLS:
+        tl.store(PZ_ptr + pid * M + cols, tl.sum((gu * 2.0 * A).to(tl.float64), 0), mask=cm)
+        tl.store(PC_ptr + pid * M + cols, tl.sum((tmp * sl).to(tl.float64), 0), mask=cm)
+        tl.store(PS_ptr + pid * M + cols, -tl.sum((ga * l1).to(tl.float64), 0), mask=cm)
+    return (tl.sum(tl.where(m, gww, 0.0), 1).to(tl.float64),
+            tl.sum(tmp * scT * Cj[None, :] - ga * Sj[None, :], 1).to(tl.float64),
+            tl.sum(tmp * lamT * Cj[None, :], 1).to(tl.float64))
+
+
+@triton.jit
+def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, K1_ptr, K0_ptr, SR_ptr, C_ptr,
                    PZ_ptr, PC_ptr, PS_ptr, RL_ptr, RG_ptr, RS_ptr, N, M, eps,
                    COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
     """dL/dt into GT; per row RL = dL/dlam, RG = the direct dc terms, RS = the sc terms (before 1/(2 sc));
-    with COLS per program the column partials PZ (through |z_j|), PC (through C_j), PS (through S_j)."""
+    with COLS per program the column partials PZ (through |z_j|), PC (through C_j), PS (through S_j).
+    Rows whose largest |u| passes 20 (a block that has one) take the scaled form of csrc/cpu/poincare.cpp's
+    scaled_row_bwd: with v = sinh(u) / sinh(T), Gv = <g, v>, Sv = |v|^2, Sh = hypot(q, |v|), Dh = q + Sh,
+    dL/dw = Gam / sinh(T), Gam_j = (B_j + q Dh g_j) / (Dh^2 Sh) (projected: sc maxnorm B_j / (|v| Sv)),
+    B_j = g_j Sv - v_j Gv, B of the row's largest |u_j| as g_j S' - v_j G' (S', G': the sums without j)."""
     pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     sc = tl.sqrt(c)
@@ -480,13 +582,21 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
     k0 = k0d.to(ty)
     Sw = tl.zeros((BLOCK_R,), tl.float64)
     gyw = tl.zeros((BLOCK_R,), tl.float64)
+    Tu = tl.zeros((BLOCK_R,), ty)
+    jmax = tl.zeros((BLOCK_R,), tl.int64)
     for j0 in range(0, M, BLOCK_M):
-        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
+        cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask, j0,
+                                                       M, BLOCK_M)
         g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-        _a, _A, _ch, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
+        _a, _A, _ch, w, u = _fc_w(t, Cj, Sj, Zj, Qj, Lj, k1, k0, inv_sc)
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
         gyw += tl.sum(g * w, 1).to(tl.float64)
+        au = tl.where(m, tl.abs(u), 0.0)
+        Tc = tl.max(au, 1)
+        jc = tl.argmax(au, 1).to(tl.int64)
+        jmax = tl.where(Tc > Tu, j0 + jc, jmax)
+        Tu = tl.maximum(Tu, Tc)
     q = tl.sqrt(1.0 + c * Sw)
     s0 = 1.0 / (1.0 + q)
     nw = tl.sqrt(Sw)
@@ -509,24 +619,73 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, K1_ptr, K0_ptr,
     r_lam = tl.zeros((BLOCK_R,), tl.float64)
     r_sa = tl.zeros((BLOCK_R,), tl.float64)
     r_sb = tl.zeros((BLOCK_R,), tl.float64)
-    for j0 in range(0, M, BLOCK_M):
-        cols, cm, m, t, Cj, Sj, Zj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, base, rmask, j0, M, BLOCK_M)
-        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-        a, A, chu, w = _fc_w(t, Cj, Sj, Zj, k1, k0, inv_sc)
-        gw = aT * g + bT * w
-        gw = tl.where(m, gw, 0.0)
-        gu = gw * chu * inv_sc
-        ra = _div(tl.full(a.shape, 1.0, a.dtype), _sqrt(a * a + 1.0))
-        ga = gu * Zj[None, :] * ra
-        tl.store(GT_ptr + base + cols[None, :], ga * k1[:, None] * Cj[None, :], mask=m)
-        tmp = ga * t * sT
-        r_sa += tl.sum(gw * w, 1).to(tl.float64)
-        r_lam += tl.sum(tmp * scT * Cj[None, :] - ga * Sj[None, :], 1).to(tl.float64)
-        r_sb += tl.sum(tmp * lamT * Cj[None, :], 1).to(tl.float64)
-        if COLS:
-            tl.store(PZ_ptr + pid * M + cols, tl.sum((gu * 2.0 * A).to(tl.float64), 0), mask=cm)
-            tl.store(PC_ptr + pid * M + cols, tl.sum((tmp * sl).to(tl.float64), 0), mask=cm)
-            tl.store(PS_ptr + pid * M + cols, -tl.sum((ga * l1).to(tl.float64), 0), mask=cm)
+    big, Tb, den, qd = _scaled_row_consts(Tu, rmask)
+    if tl.max(big.to(tl.int32), 0) > 0:
+        Sv = tl.zeros((BLOCK_R,), tl.float64)
+        Gv = tl.zeros((BLOCK_R,), tl.float64)
+        S1 = tl.zeros((BLOCK_R,), tl.float64)
+        G1 = tl.zeros((BLOCK_R,), tl.float64)
+        vj = tl.zeros((BLOCK_R,), tl.float64)
+        gj = tl.zeros((BLOCK_R,), tl.float64)
+        for j0 in range(0, M, BLOCK_M):
+            cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask,
+                                                           j0, M, BLOCK_M)
+            g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+            _a, _A, u = _fc_u(t, Cj, Sj, Zj, Qj, Lj, k1, k0)
+            v, _chs = _sinh_scaled(u, Tb, den)
+            v = tl.where(m, v, 0.0)
+            ismax = cols[None, :] == jmax[:, None]
+            vv = (v * v).to(tl.float64)
+            gv = (g * v).to(tl.float64)
+            Sv += tl.sum(vv, 1)
+            Gv += tl.sum(gv, 1)
+            S1 += tl.sum(tl.where(ismax, 0.0, vv), 1)
+            G1 += tl.sum(tl.where(ismax, 0.0, gv), 1)
+            vj += tl.sum(tl.where(ismax, v, 0.0).to(tl.float64), 1)
+            gj += tl.sum(tl.where(ismax, g, 0.0).to(tl.float64), 1)
+        Bmax = gj * S1 - vj * G1
+        nv = tl.sqrt(Sv)
+        Sh = tl.sqrt(qd * qd + Sv)
+        Dh = qd + Sh
+        pb = nv > sc * Dh * maxnorm
+        Svs = tl.where(Sv > 0, Sv, 1.0)
+        nvs = tl.where(nv > 0, nv, 1.0)
+        Bf = tl.where(pb, sc * maxnorm / (nvs * Svs), 1.0 / (Dh * Dh * Sh))
+        Bq = tl.where(pb, 0.0, qd * Dh)
+        gcd = tl.where(big, tl.where(pb, Gv / nvs * dmax_dc, -Gv * Sv / (2.0 * sc * c * Dh * Dh * Sh)), gcd)
+        SvT = Sv.to(ty)[:, None]
+        GvT = Gv.to(ty)[:, None]
+        BmT = Bmax.to(ty)[:, None]
+        BfT = Bf.to(ty)[:, None]
+        BqT = Bq.to(ty)[:, None]
+        for j0 in range(0, M, BLOCK_M):
+            cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask,
+                                                           j0, M, BLOCK_M)
+            g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+            a, A, chu, w, u = _fc_w(t, Cj, Sj, Zj, Qj, Lj, k1, k0, inv_sc)
+            v, chs = _sinh_scaled(u, Tb, den)
+            B = tl.where(cols[None, :] == jmax[:, None], BmT, g * SvT - v * GvT)
+            Gam = BfT * (B + BqT * g)
+            gw = aT * g + bT * w
+            gu = tl.where(big[:, None], Gam * chs * inv_sc, gw * chu * inv_sc)
+            gww = tl.where(big[:, None], Gam * v * inv_sc, gw * w)
+            d_sa, d_lam, d_sb = _fc_bwd_elems(GT_ptr, PZ_ptr, PC_ptr, PS_ptr, base, pid, M, cols, cm, m, t, Cj, Sj, Zj,
+                                              Qj, a, A, k1, l1, sl, scT, lamT, sT, gu, gww, COLS)
+            r_sa += d_sa
+            r_lam += d_lam
+            r_sb += d_sb
+    else:
+        for j0 in range(0, M, BLOCK_M):
+            cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask,
+                                                           j0, M, BLOCK_M)
+            g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+            a, A, chu, w, _u = _fc_w(t, Cj, Sj, Zj, Qj, Lj, k1, k0, inv_sc)
+            gw = aT * g + bT * w
+            d_sa, d_lam, d_sb = _fc_bwd_elems(GT_ptr, PZ_ptr, PC_ptr, PS_ptr, base, pid, M, cols, cm, m, t, Cj, Sj, Zj,
+                                              Qj, a, A, k1, l1, sl, scT, lamT, sT, gw * chu * inv_sc, gw * w, COLS)
+            r_sa += d_sa
+            r_lam += d_lam
+            r_sb += d_sb
     tl.store(RL_ptr + rows, r_lam, mask=rmask)
     tl.store(RG_ptr + rows, gcd, mask=rmask)
     tl.store(RS_ptr + rows, -r_sa / sc + r_sb, mask=rmask)
@@ -616,10 +775,14 @@ def _fc_prep(x, z, bias, c, eps, tangent):
     sc = cd.sqrt()
     zn = torch.linalg.vector_norm(z, dim=0, dtype=torch.float64).clamp_min(1e-15)
     if bias is not None and bias.numel():
-        ang = 2.0 * sc * bias.to(torch.float64)
-        ch, sh = torch.cosh(ang), torch.sinh(ang)
+        # offsets beyond |2 sc r| = 20: ch, sh divided by e^ell, a scaled the same way (the kernels' L_j, Q_j);
+        # the column terms below take the scaled ch, sh as they are (dL/dC e^ell times C e^-ell)
+        from ..reference.poincare import offset_consts
+
+        ch, sh, qq, ll, _big = offset_consts(bias.to(torch.float64), sc)
     else:
         ch, sh = torch.ones_like(zn), torch.zeros_like(zn)
+        qq, ll = torch.ones_like(zn), torch.zeros_like(zn)
     X = _rowsq(x)
     U = X
     s = dsdn_n = dsdc = None
@@ -642,7 +805,8 @@ def _fc_prep(x, z, bias, c, eps, tangent):
     k1 = sc * lam * (s if tangent else 1.0)
     k0 = lam - 1.0
     ct = x.dtype
-    cols = ((ch / zn).to(ct).contiguous(), sh.to(ct).contiguous(), (2.0 * zn).to(ct).contiguous())
+    cols = ((ch / zn).to(ct).contiguous(), sh.to(ct).contiguous(), (2.0 * zn).to(ct).contiguous(),
+            qq.to(ct).contiguous(), ll.to(ct).contiguous())
     return dict(cd=cd, sc=sc, zn=zn, ch=ch, sh=sh, X=X, U=U, s=s, dsdn_n=dsdn_n, dsdc=dsdc, lam=lam,
                 k1=k1.contiguous(), k0=k0.contiguous(), cols=cols)
 

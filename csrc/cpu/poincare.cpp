@@ -72,9 +72,13 @@ inline void sinh_cosh_abs(const Vectorized<T>& au, Vectorized<T>& sh, Vectorized
   chv = (ep1 + one / ep1) * half;
 }
 
+// Offsets beyond kOffsetScaledFrom (poincare.h): scaled columns; such a layer takes the scaled row pass (in
+// double) for every row.
 struct ColConsts {
   std::vector<double> zn, ch, sh;  // double: used by the backward's column terms
+  std::vector<double> q, ell;      // the scaled columns' e^(-2 ell) and ell (1 and 0 elsewhere)
   bool clamped_any = false;
+  bool scaled_any = false;  // some column scaled: every row takes the scaled row pass
 };
 
 template <typename T>
@@ -85,6 +89,8 @@ ColConsts column_consts(const at::Tensor& z, const at::Tensor& bias, double sc) 
   cc.zn.assign(m, 0.0);
   cc.ch.assign(m, 1.0);
   cc.sh.assign(m, 0.0);
+  cc.q.assign(m, 1.0);
+  cc.ell.assign(m, 0.0);
   for (int64_t d = 0; d < n; ++d) {
     const T* zr = zp + d * m;
     for (int64_t j = 0; j < m; ++j) cc.zn[j] += double(zr[j]) * double(zr[j]);
@@ -94,8 +100,9 @@ ColConsts column_consts(const at::Tensor& z, const at::Tensor& bias, double sc) 
     const T* bp = bias.data_ptr<T>();
     for (int64_t j = 0; j < m; ++j) {
       const double s = 2.0 * sc * double(bp[j]);
-      cc.ch[j] = std::cosh(s);
-      cc.sh[j] = std::sinh(s);
+      cc.ell[j] = offset_col(s, cc.ch[j], cc.sh[j], cc.q[j],
+                             std::is_same_v<T, float> ? kOffsetScaledFromF32 : kOffsetScaledFrom);
+      if (cc.ell[j] > 0) cc.scaled_any = true;
     }
   }
   return cc;
@@ -120,7 +127,8 @@ template <typename T>
 struct ColVec {
   std::vector<T> C, S, Z2;  // ch / zn, sh, 2 zn
   std::vector<T> Zt;        // Z2 repeated for `rows` rows (the flat row-block layout)
-  explicit ColVec(const ColConsts& cc, int64_t rows = 0) {
+  bool all_scaled = false;  // every row to the scaled row pass (ColConsts::scaled_any)
+  explicit ColVec(const ColConsts& cc, int64_t rows = 0) : all_scaled(cc.scaled_any) {
     const int64_t m = cc.zn.size();
     C.resize(m); S.resize(m); Z2.resize(m);
     for (int64_t j = 0; j < m; ++j) {
@@ -134,6 +142,7 @@ struct ColVec {
   // C and S finite in T (cosh(2 sc r) of a large offset overflows float32 beyond 89): else every row takes the
   // scaled row pass (in double), and the row-lane paths, which form products with C and S of every lane, are off
   bool finite() const {
+    if (all_scaled) return false;
     for (size_t j = 0; j < C.size(); ++j)
       if (!std::isfinite(C[j]) || !std::isfinite(S[j])) return false;
     return true;
@@ -309,8 +318,8 @@ inline void scaled_row(ScaledRow& r, int64_t m, const ColConsts& cc, double k1, 
   r.a.resize(m); r.A.resize(m); r.v.resize(m); r.ch.resize(m);
   double T = 0;
   for (int64_t j = 0; j < m; ++j) {
-    r.a[j] = k1 * r.t[j] * (cc.ch[j] / cc.zn[j]) - k0 * cc.sh[j];
-    r.A[j] = std::asinh(r.a[j]);
+    r.a[j] = k1 * r.t[j] * (cc.ch[j] / cc.zn[j]) - k0 * cc.sh[j];  // b = a e^-ell of a scaled column
+    r.A[j] = cc.ell[j] > 0 ? asinh_scaled_col(r.a[j], cc.ell[j], cc.q[j]) : std::asinh(r.a[j]);
     r.v[j] = 2.0 * cc.zn[j] * r.A[j];  // u_j for now
     T = std::max(T, std::abs(r.v[j]));
   }
@@ -379,7 +388,8 @@ ScaledRowGrads scaled_row_bwd(ScaledRow& r, const T* tr, const T* gr, T* gtr, in
     const double Gam = Bf * (B + Bq * double(gr[j]));
     const double C = cc.ch[j] / cc.zn[j];
     const double gu = Gam * r.ch[j] / sc;                                   // dL/du_j
-    const double ga = gu * 2.0 * cc.zn[j] / std::hypot(1.0, r.a[j]);        // dL/da_j
+    const double ga = cc.ell[j] > 0 ? gu * 2.0 * cc.zn[j] * rsqrt_scaled_col(r.a[j], cc.q[j])  // dL/db_j
+                                    : gu * 2.0 * cc.zn[j] / std::hypot(1.0, r.a[j]);          // dL/da_j
     const T gt = T(ga * k1 * C);
     gtr[j] = gt;
     const double tmp = ga * r.t[j] * s;
@@ -690,7 +700,7 @@ inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool t
   bb.nbad = 0;
   for (int64_t i = 0; i < nr; ++i) {
     bb.Sw[i] = row_sqnorm(yb + i * m, m);
-    if (!(bb.Sw[i] <= sw_max<T>())) bb.bad[bb.nbad++] = i;  // redone by the scaled row pass
+    if (!(bb.Sw[i] <= sw_max<T>()) || cv.all_scaled) bb.bad[bb.nbad++] = i;  // redone by the scaled row pass
   }
   double* F = bb.z;  // the output scale per row
 #pragma omp simd
@@ -1151,7 +1161,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       }
       bb.nbad = 0;
       for (int64_t ii = 0; ii < nr; ++ii)
-        if (!(bb.Sw[ii] <= sw_max<T>())) {  // |w|^2 overflowed: the scaled row pass below, not the row pass
+        if (!(bb.Sw[ii] <= sw_max<T>()) || cv.all_scaled) {  // |w|^2 overflowed: the scaled row pass below
           bb.bad[bb.nbad++] = ii;
           bb.Sw[ii] = bb.G[ii] = 0.0;
         }

@@ -3,6 +3,8 @@
 
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <tuple>
@@ -10,6 +12,42 @@
 
 namespace geoops {
 namespace cpu {
+
+// Hyperplane offsets (fc, conv, MLR): a = sc lam t ch / zn - (lam - 1) sh with ch, sh = cosh, sinh(rho), rho =
+// 2 sc r.  Beyond |rho| = kOffsetScaledFrom (cosh(300) ~ 1e130: below it a, a^2 and the backward's products stay
+// finite in double for every point of the ball, and nothing changes) the column is scaled: ch, sh divided by
+// e^ell = e^|rho| / 2 (1 + e^(-2|rho|) and +-(1 - e^(-2|rho|))), so that the row math forms b = a e^-ell, and
+// asinh(a) = sign(b) (ell + log(|b| + sqrt(b^2 + q))), q = e^(-2 ell); d asinh(a) / db = 1 / sqrt(b^2 + q).
+// Every column term of a backward is a product dL/dC e^ell times C e^-ell, formed as it is from the scaled
+// ch, sh (geoops.reference.poincare.offset_consts).
+// The fc / conv row passes of float32 layers scale from 20 (as the reference): their float column sums of
+// dL/da ~ e^-|rho| would underflow near |rho| ~ 87.
+constexpr double kOffsetScaledFrom = 300.0, kOffsetScaledFromF32 = 20.0;
+
+// ch, sh (and q) of the offset angle s; returns ell (0: an ordinary column, q = 1)
+inline double offset_col(double s, double& ch, double& sh, double& q, double from = kOffsetScaledFrom) {
+  q = 1.0;
+  if (!(std::abs(s) > from)) {
+    ch = std::cosh(s);
+    sh = std::sinh(s);
+    return 0.0;
+  }
+  const double e2 = std::expm1(-2.0 * std::abs(s));
+  ch = 2.0 + e2;
+  sh = s < 0 ? e2 : -e2;
+  q = 4.0 * (1.0 + e2);
+  return std::abs(s) - std::log(2.0);
+}
+
+// asinh(a) of a = e^ell b (ell > 0; q may underflow to 0)
+inline double asinh_scaled_col(double b, double ell, double q) {
+  const double ab = std::abs(b);
+  const double l = ell + std::log(std::max(ab + std::sqrt(ab * ab + q), 1e-300));
+  return b < 0 ? -l : l;
+}
+
+// e^ell / sqrt(1 + a^2) = 1 / sqrt(b^2 + q) of a = e^ell b
+inline double rsqrt_scaled_col(double b, double q) { return 1.0 / std::max(std::sqrt(b * b + q), 1e-300); }
 
 // Poincaré fully-connected layer (HNN++ / Poincaré ResNet, HypLL's poincare_fully_connected followed by its
 // project), ball curvature -c (c > 0):

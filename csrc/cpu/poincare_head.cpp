@@ -46,6 +46,8 @@ double scalar_value(const at::Tensor& c) {
 // The columns' constants: |z_j| (raw), zn_j = max(|z_j|, 1e-15), ch_j, sh_j and 2 bias_j.
 struct MlrCols {
   std::vector<double> zraw, zn, ch, sh, b2;
+  std::vector<double> q, ell;  // offsets beyond kOffsetScaledFrom (poincare.h): scaled ch, sh; else 1, 0
+  bool scaled_any = false;     // such a column: the row passes' SCALED instance
 };
 
 template <typename T>
@@ -57,13 +59,15 @@ MlrCols mlr_cols(const T* zp, const T* bp, int64_t n, int64_t m, double sc) {
       const double v = double(zp[r * m + j]);
       o.zraw[j] += v * v;
     }
-  o.zn.resize(m), o.ch.resize(m), o.sh.resize(m), o.b2.resize(m);
+  o.zn.resize(m), o.ch.resize(m), o.sh.resize(m), o.b2.resize(m), o.q.assign(m, 1.0), o.ell.assign(m, 0.0);
   for (int64_t j = 0; j < m; ++j) {
     o.zraw[j] = std::sqrt(o.zraw[j]);
     o.zn[j] = std::max(o.zraw[j], kMlrMinNorm);
     o.b2[j] = bp ? 2.0 * double(bp[j]) : 0.0;
-    o.ch[j] = bp ? std::cosh(sc * o.b2[j]) : 1.0;
-    o.sh[j] = bp ? std::sinh(sc * o.b2[j]) : 0.0;
+    o.ch[j] = 1.0;
+    o.sh[j] = 0.0;
+    if (bp) o.ell[j] = offset_col(sc * o.b2[j], o.ch[j], o.sh[j], o.q[j]);
+    if (o.ell[j] > 0) o.scaled_any = true;
   }
   return o;
 }
@@ -83,7 +87,9 @@ inline double row_sq(const T* xr, int64_t n) {
 // Rows per parallel task: ~32768 elements of work (the digits head's 64 rows run on the calling thread).
 inline int64_t mlr_grain(int64_t work) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1)); }
 
-template <typename T>
+// SCALED: the layer has a scaled column (poincare.h); the other instance is the plain formula (the same code, and
+// bits, as before scaled columns existed)
+template <typename T, bool SCALED>
 void mlr_fwd_impl(const T* xp, const T* tp, const MlrCols& C, T* yp, int64_t N, int64_t n, int64_t m, double c) {
   const double sc = std::sqrt(c);
   at::parallel_for(0, N, mlr_grain(n + 8 * m), [&](int64_t i0, int64_t i1) {
@@ -91,7 +97,10 @@ void mlr_fwd_impl(const T* xp, const T* tp, const MlrCols& C, T* yp, int64_t N, 
       const double lam = 2.0 / (1.0 - c * row_sq(xp + i * n, n));
       for (int64_t j = 0; j < m; ++j) {
         const double a = sc * lam * double(tp[i * m + j]) * C.ch[j] / C.zn[j] - (lam - 1.0) * C.sh[j];
-        yp[i * m + j] = T(2.0 * C.zn[j] / sc * std::asinh(a));
+        if constexpr (SCALED)
+          yp[i * m + j] = T(2.0 * C.zn[j] / sc * (C.ell[j] > 0 ? asinh_scaled_col(a, C.ell[j], C.q[j]) : std::asinh(a)));
+        else
+          yp[i * m + j] = T(2.0 * C.zn[j] / sc * std::asinh(a));
       }
     }
   });
@@ -100,7 +109,7 @@ void mlr_fwd_impl(const T* xp, const T* tp, const MlrCols& C, T* yp, int64_t N, 
 // The row pass of the backward: dt (T, for the GEMMs), the row coefficient c lam^2 dlam of dx, the rows' dc
 // terms, and the per-element column terms P0 = g asinh(a), P1 = ga sc lam t, P2 = ga (sc lam t sh / zn - (lam - 1)
 // ch) for the column sums.
-template <typename T>
+template <typename T, bool SCALED>
 void mlr_bwd_rows(const T* gp, const T* xp, const T* tp, const MlrCols& C, T* dtp, double* rowc, double* rowk,
                   double* P0, double* P1, double* P2, int64_t N, int64_t n, int64_t m, double c) {
   const double sc = std::sqrt(c);
@@ -114,8 +123,16 @@ void mlr_bwd_rows(const T* gp, const T* xp, const T* tp, const MlrCols& C, T* dt
         const double t = double(tp[e]), g = double(gp[e]);
         const double Cz = C.ch[j] / C.zn[j];
         const double a = sc * lam * t * Cz - (lam - 1.0) * C.sh[j];
-        const double ash = std::asinh(a);
-        const double ga = g * (2.0 * C.zn[j] / sc) / std::sqrt(1.0 + a * a);
+        double ash, ga;
+        if constexpr (SCALED) {  // a scaled column (poincare.h): a holds b = a e^-ell, ga = dL/db
+          const bool scl = C.ell[j] > 0;
+          ash = scl ? asinh_scaled_col(a, C.ell[j], C.q[j]) : std::asinh(a);
+          ga = scl ? g * (2.0 * C.zn[j] / sc) * rsqrt_scaled_col(a, C.q[j])
+                   : g * (2.0 * C.zn[j] / sc) / std::sqrt(1.0 + a * a);
+        } else {
+          ash = std::asinh(a);
+          ga = g * (2.0 * C.zn[j] / sc) / std::sqrt(1.0 + a * a);
+        }
         dtp[e] = T(ga * sc * lam * Cz);
         glam += ga * (sc * t * Cz - C.sh[j]);
         const double lt = lam * t;
@@ -155,7 +172,8 @@ std::tuple<at::Tensor, at::Tensor> poincare_mlr_fwd_cpu(const at::Tensor& x_in, 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_mlr_fwd", [&] {
     const MlrCols C = mlr_cols<scalar_t>(z.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : nullptr, n, m,
                                          std::sqrt(c));
-    mlr_fwd_impl<scalar_t>(x.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), C, y.data_ptr<scalar_t>(), N, n, m, c);
+    (C.scaled_any ? mlr_fwd_impl<scalar_t, true> : mlr_fwd_impl<scalar_t, false>)(
+        x.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), C, y.data_ptr<scalar_t>(), N, n, m, c);
   });
   return {y, t};
 }
@@ -178,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
     const MlrCols C = mlr_cols<T>(zp, bias ? bias->data_ptr<T>() : nullptr, n, m, sc);
     std::vector<double> rowc(N), rowk(N), P0(N * m), P1(N * m), P2(N * m);
     const T* xp = x.data_ptr<T>();
-    mlr_bwd_rows<T>(g.data_ptr<T>(), xp, t.data_ptr<T>(), C, dt.data_ptr<T>(), rowc.data(), rowk.data(), P0.data(),
+    (C.scaled_any ? mlr_bwd_rows<T, true> : mlr_bwd_rows<T, false>)(g.data_ptr<T>(), xp, t.data_ptr<T>(), C, dt.data_ptr<T>(), rowc.data(), rowk.data(), P0.data(),
                     P1.data(), P2.data(), N, n, m, c);
     if (mask & 1) {  // dx = dt z^T + (c lam^2 dlam) x
       gx = at::empty({N, n}, x.options());

@@ -134,11 +134,51 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
     lam = 2 / (1 - c * _sq(xm, -1))
     zn = z.norm(dim=0).clamp_min(MIN_NORM)
     t = xm @ z
+    return (2 * zn / sc * _asinh_a(t, lam, zn, bias, sc)).movedim(-1, dim)
+
+
+# Columns whose offset angle |2 sc r_j| passes this take the scaled form of _asinh_a (cosh(20) ~ 2.4e8; below it
+# a and a^2 stay finite in float32 for every point of the ball, and the direct formula runs, bit for bit as before).
+OFFSET_SCALED_FROM = 20.0
+
+
+def offset_consts(bias: torch.Tensor, sc: torch.Tensor):
+    """The hyperplane offsets' column constants (ch, sh, q, ell, big) of a = sc lam t ch / zn - (lam - 1) sh.
+
+    Columns with |rho| = |2 sc r| <= OFFSET_SCALED_FROM: ch, sh = cosh(rho), sinh(rho), q = 1, ell = 0 (a itself).
+    Beyond (big), where cosh(rho) overflows (float32 ~89, float64 ~710) or a^2 does, both are divided by
+    e^ell = e^|rho| / 2: ch = 1 + e^(-2|rho|), sh = sign(rho) (1 - e^(-2|rho|)) (both in [0, 2]), q = e^(-2 ell)
+    and the row math forms b = a e^(-ell) instead of a (see _asinh_scaled).  No exponent above 0 is formed."""
+    rho = 2 * sc * bias
+    big = rho.detach().abs() > OFFSET_SCALED_FROM
+    r0 = torch.where(big, 0.0, bias)  # the direct form's columns
+    ar = torch.where(big, rho, OFFSET_SCALED_FROM + 1).abs()  # the scaled form's columns (|rho| > 20)
+    e2 = torch.expm1(-2 * ar)
+    ch = torch.where(big, 2 + e2, torch.cosh(2 * sc * r0))
+    sh = torch.where(big, torch.where(rho < 0, e2, -e2), torch.sinh(2 * sc * r0))
+    ones = torch.ones_like(ch)
+    q = torch.where(big, 4 * (1 + e2), ones)
+    ell = torch.where(big, ar - math.log(2.0), 0 * ones)
+    return ch, sh, q, ell, big
+
+
+def _asinh_scaled(b: torch.Tensor, ell: torch.Tensor, q: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
+    """asinh(a) of a = e^ell b (offset_consts): on big columns ell + log(|b| + sqrt(b^2 + q)) with the sign of b,
+    q = e^(-2 ell) (a = e^ell b is never formed: asinh(a) = log(|a| + sqrt(a^2 + 1))); elsewhere asinh(b).
+    d/db = e^ell / sqrt(1 + a^2) = 1 / sqrt(b^2 + q) on both."""
+    ab = torch.where(b < 0, -b, b)
+    tiny = torch.finfo(b.dtype).tiny
+    r = ell + torch.log((ab + (ab * ab + q).clamp_min(tiny).sqrt()).clamp_min(tiny))
+    return torch.where(big, torch.where(b < 0, -r, r), torch.asinh(torch.where(big, 0.0, b)))
+
+
+def _asinh_a(t, lam, zn, bias, sc):
+    """asinh(a), a = sc lam t cosh(2 sc r) / zn - (lam - 1) sinh(2 sc r) (t / zn without offsets), finite for any
+    offset (offset_consts; columns within OFFSET_SCALED_FROM bit for bit the direct formula)."""
     if bias is None:
-        a = sc * lam * t / zn
-    else:
-        a = sc * lam * t * torch.cosh(2 * sc * bias) / zn - (lam - 1) * torch.sinh(2 * sc * bias)
-    return (2 * zn / sc * torch.asinh(a)).movedim(-1, dim)
+        return torch.asinh(sc * lam * t / zn)
+    ch, sh, q, ell, big = offset_consts(bias, sc)
+    return _asinh_scaled(sc * lam * t * ch / zn - (lam - 1) * sh, ell, q, big)
 
 
 def poincare_fc_rows(t: torch.Tensor, U: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor,
@@ -156,11 +196,7 @@ def poincare_fc_rows(t: torch.Tensor, U: torch.Tensor, z: torch.Tensor, bias: Op
         t, U = t * s[:, None], U * s * s
     lam = (2 / (1 - c * U))[:, None]
     zn = z.norm(dim=0).clamp_min(MIN_NORM)
-    if bias is None:
-        a = sc * lam * t / zn
-    else:
-        a = sc * lam * t * torch.cosh(2 * sc * bias) / zn - (lam - 1) * torch.sinh(2 * sc * bias)
-    return project(_ball_of_sinh(2 * zn * torch.asinh(a), c, sc, -1), c, eps=eps)
+    return project(_ball_of_sinh(2 * zn * _asinh_a(t, lam, zn, bias, sc), c, sc, -1), c, eps=eps)
 
 
 def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor], c: torch.Tensor, dim: int = -1,

@@ -88,6 +88,79 @@ def test_fc_projection_branch():
         _close(a, r.reshape(a.shape), torch.float64, "grad")
 
 
+# ---- large hyperplane distances and offsets (tests/test_poincare_overflow.py's cases on the Triton kernels)
+def _near_columns(n, m, scale, g, bias_angle=0.0, c=1.0):
+    """z (n, m): columns of norm ~scale pointing nearly one way (several outputs of a row near its largest
+    distance); bias (m,) of offset angles 2 sc r within +-0.4, or of magnitude bias_angle with both signs."""
+    d = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    z = d / d.norm() + 0.05 * torch.randn(n, m, generator=g, dtype=torch.float64)
+    z = z / z.norm(dim=0) * scale * (1 + 0.02 * torch.rand(m, generator=g, dtype=torch.float64))
+    ang = 0.01 * torch.randn(m, generator=g, dtype=torch.float64)
+    if bias_angle:
+        sign = torch.where(torch.arange(m) % 2 == 0, 1.0, -1.0).to(torch.float64)
+        ang = sign * bias_angle * (1 + 0.3 * torch.rand(m, generator=g, dtype=torch.float64))
+        ang[::5] = 0.3  # ordinary columns in the same layer
+    return z, ang / (2 * c ** 0.5)
+
+
+def _fc_vals_grads(fc_fwd, fc_bwd, x, z, b, c, gout, eps):
+    y, t = fc_fwd(x, z, b, c, eps, True, False)
+    return [y] + list(fc_bwd(gout, x, z, b, c, t, eps, 15, False))
+
+
+def _check_2x(ours, truth, same, label):
+    """Finite, and within 2x the same-dtype reference's error of the float64 truth plus a floor (1e-9 / 1e-5 of
+    the tensor's largest entry)."""
+    for name, o, t, r in zip(("y", "dx", "dz", "db", "dc"), ours, truth, same):
+        o, t, r = o.detach().cpu().double().reshape(t.shape), t.detach().double(), r.detach().double().reshape(t.shape)
+        assert torch.isfinite(o).all(), f"{label}: {name} not finite"
+        scale = t.abs().max().item()
+        floor = (1e-9 if ours[0].dtype == torch.float64 else 1e-5) * scale + 1e-300
+        err, err_ref = (o - t).abs().max().item(), (r - t).abs().max().item()
+        assert err <= 2 * err_ref + floor, f"{label}: {name} error {err:.3g} (reference {err_ref:.3g}, scale {scale:.3g})"
+
+
+# sc * distance up to ~60-90 (float32, beyond the overflow near 44) / ~500-800 (float64, beyond ~355)
+_FC_SCALES = {torch.float32: 12.0, torch.float64: 150.0}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [8, 20, 300])
+@pytest.mark.parametrize("case", ["distances", "offsets"])
+def test_fc_large_distances_and_offsets_vs_reference(dtype, m, case, device):
+    """Rows whose largest sc * distance |u| passes 20 take the kernels' scaled form (w = sinh(u)/sinh(T) ...), and
+    offsets with |2 sc r| > 20 the scaled column form (a e^-ell): values and all gradients finite and within the
+    2x rule of the float64 reference, next to ordinary rows and columns of the same blocks.  The direct formulas
+    gave NaN / zeros there (float32 |w|^2 overflows near |u| ~ 44, cosh(2 sc r) near 89)."""
+    g = torch.Generator().manual_seed(7 * m + (dtype == torch.float32))
+    N, n = 70, 16
+    cv = 0.8
+    c = _c(cv)
+    x = _ball(N, n, cv, 0.9, g)
+    x[::7] *= 1e-5  # rows near the origin: small distances (direct rows next to scaled ones)
+    if case == "distances":
+        z, b = _near_columns(n, m, _FC_SCALES[dtype], g, c=cv)
+    else:  # |2 sc r| ~ 150-200 (float32: cosh overflows at 89) / 1000-1300 (float64: 710), distances still large
+        z, b = _near_columns(n, m, 0.15 if dtype == torch.float32 else 0.4, g,
+                             bias_angle=150.0 if dtype == torch.float32 else 1000.0, c=cv)
+    u = c.sqrt() * ref.hyperplane_dists(x, z, b, c)
+    T = u.abs().amax(dim=1)
+    if case == "distances":
+        assert (T > 20).any() and (T <= 20).any()  # scaled and direct rows in one launch
+        assert T.max().item() > (45 if dtype == torch.float32 else 360)  # beyond the overflow
+    else:
+        rho = (2 * c.sqrt() * b).abs()
+        assert (rho > (89 if dtype == torch.float32 else 710)).any() and (rho < 1).any()
+    gout = torch.randn(N, m, generator=g, dtype=torch.float64)
+    eps = ref.default_eps(dtype)
+    truth = _fc_vals_grads(R.poincare_fc_fwd, R.poincare_fc_bwd, x, z, b, c, gout, eps)
+    args = [a.to(dtype) for a in (x, z, b, c, gout)]
+    same = _fc_vals_grads(R.poincare_fc_fwd, R.poincare_fc_bwd, *args[:4], args[4], eps)
+    dev = [a.to(device) for a in args]
+    ours = _fc_vals_grads(P.poincare_fc_fwd, P.poincare_fc_bwd, *dev[:4], dev[4], eps)
+    _check_2x(ours, truth, same, f"{case} {dtype} m={m}")
+
+
 def test_fc_gemm_stays_ieee_under_tf32(monkeypatch):
     """With TF32 switched on globally the float32 GEMM runs the IEEE Triton kernel (exact fp32 products)."""
     g = torch.Generator().manual_seed(5)
