@@ -167,7 +167,10 @@ std::tuple<at::Tensor, at::Tensor> poincare_mlr_fwd_cpu(const at::Tensor& x_in, 
   const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
   const double c = scalar_value(c_in);
   const int64_t N = x.size(0), n = x.size(1), m = z.size(1);
-  const at::Tensor t = at::mm(x, z);
+  // t = x z as fixed 512-row chunks, one MKL thread each: MKL's own split of this GEMM gives other last bits for
+  // another thread count on some CPUs (AMD EPYC: 3000 x 48 -> 20 float32), and y must not depend on it
+  at::Tensor t = at::empty({N, m}, x.options());
+  fixed_gemm::mm_rows(t, x, z);
   at::Tensor y = at::empty({N, m}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_mlr_fwd", [&] {
     const MlrCols C = mlr_cols<scalar_t>(z.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : nullptr, n, m,
