@@ -86,6 +86,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare conv2d's direct convolution of tangent pixel rows -> (t, U) (CPU)");
   m.def("poincare_conv2d_bwd_cpu", &geoops::cpu::poincare_conv2d_bwd_cpu,
         "Poincare conv2d's direct convolution, backward -> (dv, dz) (CPU)");
+  m.def("poincare_conv2d_dz_cpu", &geoops::cpu::poincare_conv2d_dz_cpu,
+        "Poincare conv2d's weight gradient beta u^T dt in fixed GEMM tiles (any thread count: the same bits) (CPU)");
   m.def("poincare_conv2d_logmap0_bwd_cpu", &geoops::cpu::poincare_conv2d_logmap0_bwd_cpu,
         "Poincare conv2d's logmap0 backward from its output v -> (dx, per-row dk) (CPU)");
   m.def("poincare_relu_fwd_cpu", &geoops::cpu::poincare_relu_fwd_cpu, "Poincare ReLU of rows, forward (CPU)");

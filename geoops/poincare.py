@@ -691,7 +691,8 @@ class PoincareConv2dFn(torch.autograd.Function):
     Forward: v = logmap0(x) of the pixel rows (the stereographic kernel), t = conv2d(v, beta z) (MKL-DNN),
     U = beta^2 box-sum of |v|^2 (avg_pool2d with divisor 1), y = poincare_fc_rows(t, U) (the fc kernel's
     epilogue).  Backward by hand: poincare_fc_rows_bwd -> (dt, dU, column terms of dz, db, dc); one
-    aten.convolution_backward for dv and the kernel's gradient; avg_pool2d_backward for d|v|^2; the
+    aten.convolution_backward for dv and the kernel's gradient (GEOOPS_POINCARE_CONV_DZ_FIXED=1: the kernel's
+    gradient from poincare_conv2d_dz_cpu's fixed GEMM tiles instead); avg_pool2d_backward for d|v|^2; the
     logmap0 backward kernel for dx (and its dc).  Same kernels and math as the composition (which the
     non-eager paths keep), without its ~15 autograd nodes per call.  x: the (B, C, H, W) image; its pixel rows
     (B*H*W, C) are a free view when x is channels last.  Returns (B, C_out, Ho, Wo), a channels-last view of
@@ -744,11 +745,18 @@ class PoincareConv2dFn(torch.autograd.Function):
             return _conv_bwd_tail(ctx, ng, C2, x, gv, gzc.add_(gzd) if ng[1] else None, gb, gc, has_b, c, k1, seps, v)
         gtimg = gt.view(B, Ho, Wo, Co).permute(0, 3, 1, 2)
         vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)
-        gvimg, gwk, _ = torch.ops.aten.convolution_backward(
-            gtimg, vimg, wk, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
-            [ng[0] or ng[3], ng[1], False])
+        # GEOOPS_POINCARE_CONV_DZ_FIXED=1: dz in fixed GEMM tiles (the same bits for any thread count, ~10-45 %
+        # slower per layer); else oneDNN's weight gradient (float32: its last bits depend on the thread count)
+        fixed = bool(ng[1]) and _conv_dz_fixed_on()
+        gvimg = gwk = None
+        if ng[0] or ng[3] or (ng[1] and not fixed):
+            gvimg, gwk, _ = torch.ops.aten.convolution_backward(
+                gtimg, vimg, wk, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
+                [ng[0] or ng[3], ng[1] and not fixed, False])
         gz = None
-        if ng[1]:
+        if fixed:
+            gz = gzc.add_(C2.poincare_conv2d_dz_cpu(gt, v, B, H, W, *kernel, *padding, *stride, beta, 0))
+        elif ng[1]:
             gz = gzc.add_(gwk.permute(1, 2, 3, 0).reshape(z.shape), alpha=beta)
         gx = None
         gcl = None
@@ -779,6 +787,14 @@ def _direct_conv_fits(C2, C: int, Co: int, npix: int, dtype) -> bool:
 
 def _direct_conv_knob_on() -> bool:
     return not _knob_off("GEOOPS_POINCARE_DIRECT_CONV")
+
+
+def _conv_dz_fixed_on() -> bool:
+    """GEOOPS_POINCARE_CONV_DZ_FIXED=1 (read per call): PoincareConv2dFn's weight gradient beyond the direct
+    kernel (the MKL-DNN path: more than 16 channels or 16384 input pixels) as fixed GEMM tiles
+    (poincare_conv2d_dz_cpu: the same bits for any thread count) instead of oneDNN's convolution backward (the
+    default: faster, its float32 last bits depend on the thread count)."""
+    return os.environ.get("GEOOPS_POINCARE_CONV_DZ_FIXED", "")[:1] == "1"
 
 
 def _int_geo(v) -> bool:

@@ -936,9 +936,10 @@ def test_mlr_cpp_backward_bitwise_repeatable():
 
 def _layer_grads(kind, dtype, m, seed=0):
     g0 = torch.Generator().manual_seed(seed)
-    if kind == "conv":
-        v = torch.randn(16, 8, 16, 16, generator=g0, dtype=torch.float64)
-        x = 0.9 * v / v.norm(dim=1, keepdim=True) * torch.rand(16, 1, 16, 16, generator=g0, dtype=torch.float64)
+    if kind.startswith("conv"):
+        B, S = (5, 64) if kind == "conv_wide" else (16, 16)  # conv_wide: 20480 pixels, beyond the direct kernel
+        v = torch.randn(B, 8, S, S, generator=g0, dtype=torch.float64)
+        x = 0.9 * v / v.norm(dim=1, keepdim=True) * torch.rand(B, 1, S, S, generator=g0, dtype=torch.float64)
         z = torch.randn(72, m, generator=g0, dtype=torch.float64) / 8
     else:
         v = torch.randn(3000, 48, generator=g0, dtype=torch.float64)
@@ -947,8 +948,8 @@ def _layer_grads(kind, dtype, m, seed=0):
     b = 0.3 * torch.randn(m, generator=g0, dtype=torch.float64)
     args = [t.to(dtype).requires_grad_(True) for t in (x, z, b, torch.tensor(0.9, dtype=torch.float64))]
     x, z, b, c = args
-    if kind == "conv":
-        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)
+    if kind.startswith("conv"):
+        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1, stride=2 if kind == "conv_s2" else 1)
     elif kind == "mlr":
         y = gp.mlr(x, z, b, c=c)
     else:
@@ -959,19 +960,20 @@ def _layer_grads(kind, dtype, m, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind,m", [("fc", 8), ("fc", 20), ("fc", 64), ("fc_tangent", 20), ("mlr", 20), ("mlr", 200),
-                                    ("conv", 8), ("conv", 20)])
-def test_fc_family_grads_same_bits_any_thread_count(kind, m, dtype):
-    """fc / conv / MLR: values and every gradient (x, z, bias, c) bit-identical with 1, 2 and 3 threads (3000 rows,
-    4096 pixels: many row blocks and several fixed GEMM chunks).  Before: the per-thread partial sums of the column and dc
-    terms and MKL's split of x^T dt made z / bias / c differ in the last bits.  Not covered: float32 convolutions
-    with more than 16 channels, whose weight gradient is oneDNN's (mkldnn) convolution backward."""
-    if kind == "conv" and m > 16 and dtype == torch.float32:
-        pytest.skip("oneDNN's weight gradient: thread-count dependent (docs/families/poincare.md, Known gaps)")
+                                    ("conv", 8), ("conv", 20), ("conv_s2", 20), ("conv_wide", 8)])
+def test_fc_family_grads_same_bits_any_thread_count(monkeypatch, kind, m, dtype):
+    """fc / conv / MLR: values and every gradient (x, z, bias, c) bit-identical with 1, 2, 3 and 4 threads (3000
+    rows, 4096 pixels: many row blocks and several fixed GEMM chunks).  Before: the per-thread partial sums of the
+    column and dc terms and MKL's split of x^T dt made z / bias / c differ in the last bits.  Convolutions beyond
+    the direct kernel (more than 16 channels: m = 20, also with stride 2; more than 16384 pixels: conv_wide) with
+    GEOOPS_POINCARE_CONV_DZ_FIXED=1: the weight gradient in fixed GEMM tiles (oneDNN's, the default, differs in
+    float32's last bits across thread counts)."""
+    monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_FIXED", "1")
     runs = []
-    for th in (1, 2, 3):
+    for th in (1, 2, 3, 4):
         with num_threads(th):
             runs.append(_layer_grads(kind, dtype, m))
-    for th, r in zip((2, 3), runs[1:]):
+    for th, r in zip((2, 3, 4), runs[1:]):
         for name, a, e in zip(("y", "dx", "dz", "db", "dc"), r, runs[0]):
             assert torch.equal(a, e), f"{kind} m={m} {dtype}: {name} differs between 1 and {th} threads"
 
@@ -1243,6 +1245,88 @@ def test_conv2d_direct_vs_knob_off(monkeypatch, dtype, cfg):
     torch.testing.assert_close(outs["1"][0], outs["0"][0], **tol)
     for a, b_ in zip(outs["1"][1], outs["0"][1]):
         torch.testing.assert_close(a, b_, **tol)
+
+
+@pytest.mark.parametrize("cfg", [(2, 8, 8, 8, 8, 3, 1, 1, 0), (1, 3, 7, 5, 3, 3, 2, 1, 5), (2, 17, 9, 6, 19, 5, 2, 2, 0),
+                                 (1, 16, 1, 1, 16, 1, 1, 0, 0), (3, 6, 7, 9, 6, (3, 1), (2, 1), (1, 0), 7),
+                                 (2, 5, 6, 6, 13, 2, 2, 0, 3), (2, 40, 9, 7, 33, 3, 1, 1, 64), (1, 4, 8, 7, 3, 3, 3, 2, 0),
+                                 (1, 2, 5, 6, 3, (1, 3), (1, 2), (0, 1), 1), (3, 20, 12, 10, 24, 3, 1, 1, 0)])
+def test_conv2d_dz_fixed_tiles_vs_conv2d(cfg):
+    """poincare_conv2d_dz_cpu (the weight gradient beyond the direct kernel: fixed GEMM tiles over shifted
+    windows of the stride phases of the padded image) against F.conv2d's autograd in float64: strides 1 / 2 / 3
+    and mixed, padding 0 / 1 / 2 (also beyond half the kernel), kernels 1 / 2 / 3 / 5 and non-square, channel
+    counts off any vector width, a single pixel, chunks of 1 / 3 / 5 / 7 / 64 grid rows (0: the default) with odd
+    tails; float32 to rounding."""
+    from geoops import _backend
+    C2 = _backend.compiled()
+    B, C, H, W, Co, k, s, p, rows = cfg
+    k, s, p = (k, k) if isinstance(k, int) else k, (s, s) if isinstance(s, int) else s, (p, p) if isinstance(p, int) else p
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(B * H * W, C, generator=g, dtype=torch.float64)
+    zr = torch.randn(C * k[0] * k[1], Co, generator=g, dtype=torch.float64).requires_grad_(True)
+    t_ref, _ = _direct_conv_ref(v, zr, B, H, W, k, p, s, 0.43)
+    gt = torch.randn(t_ref.shape, generator=g, dtype=torch.float64)
+    (dz_ref,) = torch.autograd.grad((t_ref * gt).sum(), (zr,))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        dz = C2.poincare_conv2d_dz_cpu(gt.to(dtype), v.to(dtype), B, H, W, *k, *p, *s, 0.43, rows)
+        assert dz.dtype == dtype and dz.shape == dz_ref.shape
+        torch.testing.assert_close(dz.double(), dz_ref, rtol=tol, atol=tol * dz_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", [dict(cin=17, cout=20, k=3, s=1, p=1), dict(cin=17, cout=5, k=3, s=2, p=1),
+                                 dict(cin=3, cout=33, k=(3, 1), s=(2, 1), p=(1, 0))])
+def test_conv2d_dz_fixed_vs_onednn(monkeypatch, dtype, cfg):
+    """PoincareConv2dFn beyond the direct kernel with the fixed-tile weight gradient (GEOOPS_POINCARE_CONV_DZ_FIXED=1)
+    against =0 and unset (the default: oneDNN's convolution backward): dz to rounding, the value and the other
+    gradients (x, bias, c) bit for bit; the fixed path never asks convolution_backward for the weight gradient."""
+    k, s, p, cin, cout = cfg["k"], cfg["s"], cfg["p"], cfg["cin"], cfg["cout"]
+    x0 = _img(2, cin, 9, 7, c=0.8, dtype=dtype, seed=6).contiguous(memory_format=torch.channels_last)
+    kk = (k, k) if isinstance(k, int) else k
+    g = torch.Generator().manual_seed(2)
+    z0 = (torch.randn(cin * kk[0] * kk[1], cout, generator=g, dtype=torch.float64) * 0.3).to(dtype)
+    b0 = (torch.randn(cout, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    masks = []
+    real = torch.ops.aten.convolution_backward
+
+    class Spy:  # records the output masks of convolution_backward
+        def __call__(self, *a):
+            masks.append(tuple(a[-1]))
+            return real(*a)
+
+    monkeypatch.setattr(torch.ops.aten, "convolution_backward", Spy())
+    outs = {}
+    for fixed in ("1", "0", None):
+        if fixed is None:
+            monkeypatch.delenv("GEOOPS_POINCARE_CONV_DZ_FIXED", raising=False)
+        else:
+            monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_FIXED", fixed)
+        y, outs[fixed] = _conv_layer_run(x0, z0, b0, dtype, True, k, p, s)
+        assert _graph_has(y, "PoincareConv2dFn")
+    assert [m[1] for m in masks] == [False, True, True]  # the default: oneDNN's weight gradient
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], rtol=0, atol=0)
+    names = ("dx", "dz", "db", "dc")
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for name, a, b_ in zip(names, outs["1"][1], outs["0"][1]):
+        if name == "dz":
+            torch.testing.assert_close(a, b_, **tol)
+        else:
+            assert torch.equal(a, b_), name
+
+
+def test_conv2d_dz_fixed_gradcheck(monkeypatch):
+    """fp64 gradcheck of poincare_conv2d through PoincareConv2dFn's MKL-DNN path (GEOOPS_POINCARE_DIRECT_CONV=0)
+    with the fixed-tile weight gradient (GEOOPS_POINCARE_CONV_DZ_FIXED=1): stride 2, padding 1, an odd image."""
+    monkeypatch.setenv("GEOOPS_POINCARE_DIRECT_CONV", "0")
+    monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_FIXED", "1")
+    x = _img(1, 3, 5, 4, c=0.8, dtype=torch.float64, seed=8).requires_grad_(True)
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(27, 2, generator=g, dtype=torch.float64) * 0.4).requires_grad_(True)
+    b = (torch.randn(2, generator=g, dtype=torch.float64) * 0.2).requires_grad_(True)
+    y = gp.poincare_conv2d(x, z, b, c=0.8, kernel_size=3, padding=1, stride=2)
+    assert _graph_has(y, "PoincareConv2dFn")
+    assert torch.autograd.gradcheck(lambda x_, z_, b_: gp.poincare_conv2d(x_, z_, b_, c=0.8, kernel_size=3,
+                                                                           padding=1, stride=2), (x, z, b))
 
 
 def _flatten_case(shape, channels_last, dtype, seed, gseed):

@@ -141,6 +141,12 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_bwd_cpu(const at::Tensor& gt,
                                                            int64_t H, int64_t W, int64_t kh, int64_t kw,
                                                            int64_t py, int64_t px, int64_t sy, int64_t sx,
                                                            double beta, bool need_dv, bool need_dz);
+// The weight gradient dL/dz = beta u^T dt [C*kh*kw, C_out] of a convolution of any channel count from its pixel rows
+// v [B*H*W, C] and dL/dt [B*Ho*Wo, C_out] (both contiguous): fixed GEMM tiles of `rows` grid rows (0: the default),
+// the same bits for any thread count (poincare_conv.cpp).
+at::Tensor poincare_conv2d_dz_cpu(const at::Tensor& gt, const at::Tensor& v, int64_t B, int64_t H, int64_t W,
+                                  int64_t kh, int64_t kw, int64_t py, int64_t px, int64_t sy, int64_t sx,
+                                  double beta, int64_t rows);
 // The backward of logmap0 of the pixel rows x [N, C] (ball curvature -c) from its output v and dL/dv -> (dL/dx,
 // per-row dL/dk with k = -c), each only when asked (no transcendental: the factor from v).
 std::tuple<at::Tensor, at::Tensor> poincare_conv2d_logmap0_bwd_cpu(const at::Tensor& g, const at::Tensor& x,

@@ -18,6 +18,7 @@
 
 #include "poincare.h"
 #include "knobs.h"
+#include "poincare_gemm.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -944,6 +945,90 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_logmap0_bwd_cpu(const at::Ten
     });
   });
   return {dx, dk};
+}
+
+
+// The weight gradient dz = beta u^T dt of any convolution (PoincareConv2dFn's MKL-DNN path; oneDNN's own weight
+// gradient splits the reduction over its threads, so its last bits depend on the thread count) as fixed GEMM
+// tiles over shifted windows of the padded pixel rows -- no patch matrix.  The zero-padded image is cut into its
+// sy*sx stride phases (phase (ry, rx): padded pixels (ry + sy i, rx + sx j)), each a (B*Hph*Wph, C) row matrix, and
+// dt is scattered onto the same (B, Hph, Wph) grid (zero rows off the Ho x Wo outputs); tap (ky, kx) then reads
+// phase (ky % sy, kx % sx) at grid row r + (ky / sy) Wph + kx / sx for the output at grid row r, so that its block of
+// dz is ONE product A_tap^T dt with A_tap a row window of a phase (the padding rows of dt add zeros; the grid is
+// ~13 % larger than Ho x Wo at 32 x 32 with padding 1).  The grid rows are cut into fixed chunks of `rows` (never the
+// thread count); each (chunk, tap) tile is one single-threaded MKL call (fixed_gemm::tile_tn) into its own partial
+// block, and the chunks' partials are summed in chunk order: the same bits with any number of threads.
+at::Tensor poincare_conv2d_dz_cpu(const at::Tensor& gt, const at::Tensor& v, int64_t B, int64_t H, int64_t W,
+                                  int64_t kh, int64_t kw, int64_t py, int64_t px, int64_t sy, int64_t sx,
+                                  double beta, int64_t rows) {
+  TORCH_CHECK(v.dim() == 2 && v.is_contiguous() && (v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble),
+              "poincare_conv2d dz: v must be contiguous float32/64 (B*H*W, C) pixel rows");
+  TORCH_CHECK(kh > 0 && kw > 0 && sy > 0 && sx > 0 && py >= 0 && px >= 0 && B >= 0 && H > 0 && W > 0,
+              "poincare_conv2d dz: bad geometry");
+  TORCH_CHECK(v.size(0) == B * H * W, "poincare_conv2d dz: v has ", v.size(0), " rows, expected B*H*W = ", B * H * W);
+  const int64_t C = v.size(1), Hp = H + 2 * py, Wp = W + 2 * px;
+  TORCH_CHECK(Hp >= kh && Wp >= kw, "poincare_conv2d dz: kernel larger than the padded image");
+  const int64_t Ho = (Hp - kh) / sy + 1, Wo = (Wp - kw) / sx + 1;
+  TORCH_CHECK(gt.dim() == 2 && gt.is_contiguous() && gt.size(0) == B * Ho * Wo && gt.scalar_type() == v.scalar_type(),
+              "poincare_conv2d dz: dt must be contiguous (B*Ho*Wo, C_out) rows of v's dtype");
+  const int64_t Co = gt.size(1), ntap = kh * kw;
+  at::Tensor dz = at::empty({C * ntap, Co}, v.options());
+  if (dz.numel() == 0) return dz;
+  if (B == 0) return dz.zero_();
+  const int64_t Hph = (Hp + sy - 1) / sy, Wph = (Wp + sx - 1) / sx, Np = B * Hph * Wph;
+  const int64_t tail = (kh - 1) / sy * Wph + (kw - 1) / sx;  // the last windows' reach past the grid
+  const int64_t nph = sy * sx, R = rows > 0 ? rows : 2048, nch = (Np + R - 1) / R;
+  at::Tensor ph = at::zeros({nph, Np + tail, C}, v.options());
+  at::Tensor dtg = at::zeros({Np, Co}, v.options());
+  at::Tensor parts = at::empty({nch, ntap, C, Co}, v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "poincare_conv2d_dz_cpu", [&] {
+    using T = scalar_t;
+    const T* vp = v.data_ptr<T>();
+    const T* gp = gt.data_ptr<T>();
+    T* php = ph.data_ptr<T>();
+    T* dgp = dtg.data_ptr<T>();
+    at::parallel_for(0, B * H, std::max<int64_t>(1, 16384 / std::max<int64_t>(W * C, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / H, iy = r % H + py;
+        for (int64_t ix = 0; ix < W; ++ix) {
+          const int64_t jx = ix + px;
+          T* dst = php + ((iy % sy * sx + jx % sx) * (Np + tail) + (b * Hph + iy / sy) * Wph + jx / sx) * C;
+          std::memcpy(dst, vp + (r * W + ix) * C, sizeof(T) * C);
+        }
+      }
+    });
+    at::parallel_for(0, B * Ho, std::max<int64_t>(1, 16384 / std::max<int64_t>(Wo * Co, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / Ho, oy = r % Ho;
+        std::memcpy(dgp + (b * Hph + oy) * Wph * Co, gp + r * Wo * Co, sizeof(T) * Wo * Co);
+      }
+    });
+    at::parallel_for(0, nch * ntap, 1, [&](int64_t t0, int64_t t1) {
+      at::NoGradGuard no_grad;
+      fixed_gemm::OneMklThread one;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t ch = t / ntap, tap = t % ntap, ky = tap / kw, kx = tap % kw;
+        const at::Tensor a = ph[ky % sy * sx + kx % sx].narrow(0, ky / sy * Wph + kx / sx, Np);
+        fixed_gemm::tile_tn<T>(parts.data_ptr<T>() + t * C * Co, a, dtg, ch * R, std::min(R, Np - ch * R), 0, Co);
+      }
+    });
+    // dz[(ci, ky, kx), :] = beta sum_ch parts[ch, (ky, kx), ci, :], the chunks in order
+    const T* pp = parts.data_ptr<T>();
+    T* dzp = dz.data_ptr<T>();
+    const int64_t E = ntap * C * Co;
+    at::parallel_for(0, ntap * C, std::max<int64_t>(1, 8192 / Co), [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t tap = q / C, ci = q % C;
+        T* o = dzp + (ci * ntap + tap) * Co;
+        for (int64_t co = 0; co < Co; ++co) {
+          T s = pp[q * Co + co];
+          for (int64_t ch = 1; ch < nch; ++ch) s += pp[ch * E + q * Co + co];
+          o[co] = T(beta) * s;
+        }
+      }
+    });
+  });
+  return dz;
 }
 
 }  // namespace cpu
