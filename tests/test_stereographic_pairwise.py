@@ -784,6 +784,53 @@ def test_cdist_cpu_packed_gemm_and_mm_paths(kval, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kval", [-1.0, -0.3, 0.7, 0.0])
+def test_cdist_cpu_bwd_fused_f32_matches_two_pass(kval, monkeypatch):
+    """float32 CPU cdist backward: the fused AVX-512 pass (session 20: A, the close test and W in one vectorised pass,
+    W written over the block's GEMM output; dy accumulated as dy^T = x_blk^T W_blk; groups handed out one at a time)
+    and the two-pass path (fill_A_row + bwd_row, GEOOPS_CDIST_F32_EPI=v1, the other builds' path) give the same x, y
+    and k gradients to rounding, and both match the float64 reference.  M = 1005 (a 13-lane tail), 150 rows (row
+    blocks with a partial last one), close pairs (near-duplicates and an exact duplicate, whose gradient is 0-safe),
+    zeros in the cotangent, points near the boundary; 1 and 2 threads give the same bits."""
+    C = geoops._backend.compiled()
+    x = _ball(2, 150, 17, k=-1.0, frac=0.9, seed=190, dtype=torch.float32)
+    radius = 1 / abs(kval) ** 0.5 if kval < 0 else 1.0
+    x[:, 7] = x[:, 7] / x[:, 7].norm(dim=-1, keepdim=True) * (radius * (1 - 1e-4))  # near batch 0's boundary
+    y = torch.cat([_ball(2, 1000, 17, k=-1.0, frac=0.9, seed=191, dtype=torch.float32), x[:, :5] * (1 - 1e-5)], 1)
+    y[:, 3] = x[:, 3]
+    if kval > 0:
+        x, y = x * 0.5, y * 0.5
+    k = torch.tensor([kval, kval / 2])
+    g = torch.randn(2, 150, 1005, generator=torch.Generator().manual_seed(192))
+    g[:, 1, 1000] = 0.0  # a close pair with a zero cotangent
+    d, A = C.cdist_fwd_cpu(x, y, k, False)
+    res = {}
+    for epi in ("v2", "v1"):
+        monkeypatch.setenv("GEOOPS_CDIST_F32_EPI", epi)
+        res[epi] = C.cdist_bwd_cpu(g, x, y, k, A, d, 7)
+        assert all(torch.isfinite(t).all() for t in res[epi]), epi
+    for a, b in zip(res["v2"], res["v1"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+    monkeypatch.delenv("GEOOPS_CDIST_F32_EPI")
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = C.cdist_bwd_cpu(g, x, y, k, A, d, 7)
+    finally:
+        torch.set_num_threads(prev)
+    for a, b in zip(one, res["v2"]):
+        assert torch.equal(a, b)
+    xr, yr, kr = (t.clone().double().requires_grad_() for t in (x, y, k))
+    dr = _ref64(xr, yr, kr.reshape(-1, 1, 1))
+    mask = torch.ones_like(dr, dtype=torch.bool)
+    mask[:, :5, 1000:1005] = False  # near-duplicates: the reference's gradient is ill-conditioned there
+    mask[:, 3, 3] = False
+    (dr * g.double() * mask).sum().backward()
+    dx, dy, dk = C.cdist_bwd_cpu(g * mask, x, y, k, A, d, 7)
+    for got, exp in ((dx, xr.grad), (dy, yr.grad), (dk, kr.grad)):
+        torch.testing.assert_close(got.double(), exp, rtol=2e-3, atol=2e-3 * exp.abs().max().item())
+
+
 @pytest.mark.parametrize("kval", [-1.0, -0.3, -4.0])
 @pytest.mark.parametrize("epi", ["v2", "v1"])
 def test_cdist_fp32_ball_epilogue_log_worst_inputs(kval, epi, monkeypatch):
