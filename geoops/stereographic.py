@@ -110,8 +110,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
             return None, None, None, None, None
         dx, dy, dk, dr = bwd_op(grad, x, y, k, r, ctx.param, mask)
         n = x.shape[0]
-        if need[2] and k.shape[0] != n:
-            dk = dk.sum(0, keepdim=True)
+        if need[2] and (k.dim() != 1 or k.shape[0] != n):  # one k (0-d from _run_fast, or (1,)): k's shape
+            dk = dk.sum(0, keepdim=True).reshape(k.shape)
         if need[3] and r.shape[0] != n:
             dr = dr.sum(0, keepdim=True)
         return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
@@ -143,8 +143,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
         if mask == 0:
             return None, None, None, None, None
         dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
-        if need[2] and k.shape[0] != x.shape[0]:
-            dk = dk.sum(0, keepdim=True)
+        if need[2] and (k.dim() != 1 or k.shape[0] != x.shape[0]):  # one k (0-d from _run_fast, or (1,))
+            dk = dk.sum(0, keepdim=True).reshape(k.shape)
         if need[3] and r.shape[0] != x.shape[0]:
             dr = dr.sum(0, keepdim=True)
         return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
@@ -499,7 +499,9 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     if x2.shape[0] == 0 or D == 0:
         return None
     kd = dtype  # the kernels take k in the inputs' dtype (float32 for float32 inputs)
-    k2 = k.reshape(1) if k.dtype == kd else k.to(kd).reshape(1)
+    # (a 0-d or (1,) k as it is: the kernels read one value in place, the backward sums dk to k's shape; a
+    # reshape is a dispatch, ~1 us per call)
+    k2 = k if k.dim() <= 1 and k.dtype == kd else (k if k.dtype == kd else k.to(kd)).reshape(1)
     eps = _ref.default_eps(dtype)
     if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or (spec.has_y and y.requires_grad)):
         out = _FNS_CPP[op].apply(x2, y2, k2, None, eps)
