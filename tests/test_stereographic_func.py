@@ -279,3 +279,31 @@ def test_one_k_0d_gradcheck_fast_path():
     k = torch.tensor(-0.7, dtype=F64, requires_grad=True)
     for op in ("dist", "mobius_add", "logmap"):
         assert torch.autograd.gradcheck(lambda a, b, c: getattr(gs, op)(a, b, k=c), (x, y, k))
+
+
+@pytest.mark.parametrize("shapes", [((5, 1, 4), (5, 3, 4)), ((4,), (6, 4)), ((1, 4), (6, 4)), ((2, 1, 3, 4), (5, 1, 4)),
+                                    ((3, 4), (3, 4)), ((2, 3, 4), (2, 3, 4))])
+@pytest.mark.parametrize("op", ["dist", "mobius_add", "logmap"])
+def test_fast_path_broadcast_inside_one_node(op, shapes):
+    """On the eager fast path the Function takes the caller's x and y and the broadcast shape, makes the rows
+    itself and sums the gradients back (session 20): one autograd node, whose inputs are the caller's tensors
+    (no expand / reshape / view nodes); values, gradients (fp64 gradcheck) and shapes as the reference's."""
+    x = _pts(*shapes[0], seed=61).requires_grad_()
+    y = _pts(*shapes[1], seed=62).requires_grad_()
+    k = torch.tensor(-0.9, dtype=F64)
+    out = getattr(gs, op)(x, y, k=k)
+    want = getattr(ref, op)(x, y, k=k)
+    assert out.shape == want.shape
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
+    nxt = [f for f, _ in out.grad_fn.next_functions if f is not None]
+    assert type(out.grad_fn).__name__.endswith("FnBackward")
+    assert [type(f).__name__ for f in nxt] == ["AccumulateGrad", "AccumulateGrad"]
+    w = torch.randn(out.shape, dtype=F64, generator=torch.Generator().manual_seed(63))
+    gx, gy = torch.autograd.grad((out * w).sum(), (x, y))
+    rx, ry = torch.autograd.grad((want * w).sum(), (x, y))
+    assert gx.shape == x.shape and gy.shape == y.shape
+    torch.testing.assert_close(gx, rx, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(gy, ry, rtol=1e-9, atol=1e-11)
+    assert torch.autograd.gradcheck(lambda a, b: getattr(gs, op)(a, b, k=k), (x, y))
+    d = gs.dist(x, y, k=k, keepdim=True)  # keepdim: a view of the node's output
+    assert d.shape == ref.dist(x, y, k=k, keepdim=True).shape
