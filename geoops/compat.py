@@ -33,8 +33,16 @@ HypLL (Poincaré ResNet's layers): ``patch_hypll()`` / ``unpatch_hypll()`` / ``p
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
+
+from . import _backend
+from ._ops import stereographic as _stereo_ops
+from .reference import stereographic as _ref
+
+_RSGD_DTYPES = (torch.float32, torch.float64)
+_EPS = {dt: _ref.default_eps(dt) for dt in _RSGD_DTYPES}
 
 __all__ = ["patch_geoopt", "unpatch_geoopt", "patched_geoopt", "is_patched", "PATCHED_NAMES",
            "patch_hypll", "unpatch_hypll", "patched_hypll", "is_hypll_patched", "HYPLL_PATCHED_NAMES"]
@@ -89,6 +97,9 @@ def patch_geoopt() -> None:
     from geoopt.manifolds.stereographic.manifold import Stereographic
 
     _saved_optim["classes"] = (geoopt, Stereographic)
+    from geoopt.manifolds.stereographic.manifold import PoincareBall, SphereProjection
+
+    _saved_optim["k_props"] = (PoincareBall.__dict__["k"], SphereProjection.__dict__["k"])  # see _step_k
     step = _hook_step(_rsgd_step)  # hooks run as on the unpatched optimizer
     step.hooked = True
     geoopt.optim.RiemannianSGD.step = step
@@ -195,62 +206,101 @@ def _zero_grad(self, set_to_none: bool = True) -> None:
     torch.optim.Optimizer.zero_grad(self, set_to_none)
 
 
-def _direct_rsgd_step(p, grad, k, lr) -> bool:
+_CPU = torch.device("cpu")
+_K_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # manifold -> (source, version, ptr, k, float k)
+
+
+def _step_k(man):
+    """(k, float(k)) of a fused parameter's manifold for the step, read once per value of the tensor k comes
+    from: ``PoincareBall.k`` is ``-softplus(isp_c)`` (``SphereProjection``: ``softplus(isp_k)``), two dispatches
+    per read, and ``float(k)`` is one more.  The cache entry holds that source tensor with its version counter
+    and data pointer (an in-place change or a ``.data`` swap reads k again); a manifold class with another ``k``
+    reads it every step, as geoopt does."""
+    pb_k, sp_k = _saved_optim["k_props"]
+    kp = getattr(type(man), "k", None)  # the class's property; None for Stereographic (k: a registered Parameter)
+    if kp is pb_k:
+        src = man.isp_c
+    elif kp is sp_k:
+        src = man.isp_k
+    elif kp is None and "k" in man._parameters:
+        src = man._parameters["k"]
+    else:
+        k = man.k
+        return k, (float(k) if k.numel() == 1 else None)
+    e = _K_CACHE.get(man)
+    ver, ptr = src._version, src.data_ptr()
+    if e is not None and e[0] is src and e[1] == ver and e[2] == ptr:
+        return e[3], e[4]
+    with torch.no_grad():
+        k = man.k
+    kf = float(k) if k.numel() == 1 else None
+    _K_CACHE[man] = (src, ver, ptr, k, kf)
+    return k, kf
+
+
+def _direct_rsgd_step(p, grad, k, kf, lr) -> bool:
     """riemannian_sgd_step_(p, grad, lr=lr, k=k) as one direct kernel call when p is the common case (a
     contiguous float32/float64 CPU matrix of rows, k on the CPU, the C++ backend); False (nothing done)
     otherwise.  Skips the argument checks that geoopt's parameter and its gradient already satisfy."""
-    from geoops import _backend
-    from geoops._ops import stereographic as _ops
-    from geoops.reference import stereographic as ref
-
     dt = p.dtype
-    if (p.dim() != 2 or p.device.type != "cpu" or dt not in (torch.float32, torch.float64) or grad.dtype != dt
-            or grad.shape != p.shape or not p.is_contiguous() or not grad.is_contiguous() or not p.numel()
-            or k.device.type != "cpu" or _backend.resolve(p.device, _ops.FAMILY) != "cpp"):
+    if (p.dim() != 2 or not p.is_cpu or dt not in _RSGD_DTYPES or grad.dtype != dt or grad.shape != p.shape
+            or not p.is_contiguous() or not grad.is_contiguous() or not p.numel() or not k.is_cpu
+            or _backend.resolve(_CPU, _stereo_ops.FAMILY) != "cpp"):
         return False
-    _backend.compiled().stereo_rsgd_step_cpu(p, grad, float(k), float(lr), ref.default_eps(dt))
+    _backend.compiled().stereo_rsgd_step_cpu(p, grad, kf, float(lr), _EPS[dt])
     return True
 
 
 def _rsgd_step(self, closure=None):
     """geoopt.optim.RiemannianSGD.step under patch_geoopt(): fused per-parameter updates where they apply."""
-    import geoops.stereographic as gs
-
     plan = []
     for group in self.param_groups:
         if group["momentum"] != 0:
             return _saved_optim["plain"](self, closure)
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 return _saved_optim["plain"](self, closure)  # geoopt's own error
             kind = _fused_kind(p, self._default_manifold)
             if kind is None:
                 return _saved_optim["plain"](self, closure)
-            k = None
+            k = kf = None
             if kind[0] == "stereo":
-                k = kind[1].k  # the step's one read of k (PoincareBall computes it from isp_c on every read)
-                if k.numel() != 1:
+                k, kf = _step_k(kind[1])  # the step's one read of k
+                if kf is None:  # k of more than one element
                     return _saved_optim["plain"](self, closure)
-            plan.append((group, p, kind[0], k))
+            plan.append((group, p, kind[0], k, kf))
     loss = closure() if closure is not None else None
-    with torch.no_grad():
+    was = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)  # torch.no_grad() without its context-manager calls
+    try:
         for group in self.param_groups:
             group["step"] = group.get("step", 0) + 1
-        for group, p, kind, k in plan:
+        for group, p, kind, k, kf in plan:
             grad = p.grad
             if group["weight_decay"]:
                 grad.add_(p, alpha=group["weight_decay"])
             if kind == "stereo":
-                if not _direct_rsgd_step(p, grad, k, group["lr"]):
-                    gs.riemannian_sgd_step_(p, grad, lr=group["lr"], k=k)
+                if not _direct_rsgd_step(p, grad, k, kf, group["lr"]):
+                    _gs().riemannian_sgd_step_(p, grad, lr=group["lr"], k=k)
             else:
                 p.add_(grad, alpha=-group["lr"])
         for group in self.param_groups:
             if group["stabilize"] is not None and group["step"] % group["stabilize"] == 0:
                 self.stabilize_group(group)
+    finally:
+        torch._C._set_grad_enabled(was)
     return loss
+
+
+def _gs():
+    import geoops.stereographic as gs
+
+    return gs
+
+
 # ---------------------------------------------------------------- HypLL (Poincaré ResNet's layers)
 # hypll.manifolds.poincare_ball.manifold imports these functions by name and PoincareBall's methods call them at
 # call time; patch_hypll() replaces them there (same signatures, c positional as in HypLL).

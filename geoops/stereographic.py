@@ -110,8 +110,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
             return None, None, None, None, None
         dx, dy, dk, dr = bwd_op(grad, x, y, k, r, ctx.param, mask)
         n = x.shape[0]
-        if need[2] and k.shape[0] != n:
-            dk = dk.sum(0, keepdim=True)
+        if need[2] and (k.dim() != 1 or k.shape[0] != n):  # one k (0-d from _run_fast, or (1,)): k's shape
+            dk = dk.sum(0, keepdim=True).reshape(k.shape)
         if need[3] and r.shape[0] != n:
             dr = dr.sum(0, keepdim=True)
         return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
@@ -128,27 +128,58 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     # C++ kernels without the caller's per-call dispatch (a backward that meets a mode or a subclass goes
     # through the custom op as above)
     code = spec.code
+    scalar_out = spec.scalar_out
 
-    def forward_cpp(ctx, x, y, k, r, param):
+    # shape: None (x, y are the (N, D) rows), or the broadcast shape (..., D) of the caller's x and y, which this
+    # Function then reshapes to rows itself and its backward sums back (one autograd node for the op instead of
+    # expand / reshape / view nodes around it: at the WordNet loss's (64, 1, 10) x (64, 11, 10) they cost more
+    # than the op, session 20)
+    def forward_cpp(ctx, x, y, k, r, param, shape=None):
+        if shape is not None:
+            ctx.shapes = (shape, x.shape, y.shape if y is not None else None)
+            D = shape[-1]
+            x = (x if x.shape == shape else x.expand(shape)).reshape(-1, D)
+            if y is not None:
+                y = (y if y.shape == shape else y.expand(shape)).reshape(-1, D)
+        else:
+            ctx.shapes = None
         ctx.save_for_backward(x, y, k, r)
         ctx.param = param
-        return _backend.compiled().stereo_fwd_cpu(code, x, y, k, r, param)
+        out = _backend.compiled().stereo_fwd_cpu(code, x, y, k, r, param)
+        if shape is not None and len(shape) != 2:
+            out = out.reshape(shape[:-1] if scalar_out else shape)
+        return out
+
+    def _to_caller(dv, shape, vshape):
+        """A rows gradient (N, D) as the gradient of the caller's tensor of shape vshape (summed over broadcasts)."""
+        if dv is None:
+            return None
+        dv = dv.view(shape)
+        return dv if vshape == shape else dv.sum_to_size(vshape)
 
     def backward_cpp(ctx, grad):
+        shapes = ctx.shapes
+        if shapes is not None:
+            grad = grad.reshape(-1) if scalar_out else grad.reshape(-1, shapes[0][-1])
         if not _library.direct_call_ok(grad):
-            return backward(ctx, grad)
-        x, y, k, r = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = _need_mask(need, 4)
-        if mask == 0:
-            return None, None, None, None, None
-        dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
-        if need[2] and k.shape[0] != x.shape[0]:
-            dk = dk.sum(0, keepdim=True)
-        if need[3] and r.shape[0] != x.shape[0]:
-            dr = dr.sum(0, keepdim=True)
-        return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
-                dr if need[3] else None, None)
+            dx, dy, dk, dr, _ = backward(ctx, grad)
+        else:
+            x, y, k, r = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            mask = _need_mask(need, 4)
+            if mask == 0:
+                return None, None, None, None, None, None
+            dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
+            if need[2] and (k.dim() != 1 or k.shape[0] != x.shape[0]):  # one k (0-d from _run_fast, or (1,))
+                dk = dk.sum(0, keepdim=True).reshape(k.shape)
+            if need[3] and r.shape[0] != x.shape[0]:
+                dr = dr.sum(0, keepdim=True)
+            dx, dy, dk, dr = (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
+                              dr if need[3] else None)
+        if shapes is not None:
+            dx = _to_caller(dx, shapes[0], shapes[1])
+            dy = _to_caller(dy, shapes[0], shapes[2])
+        return dx, dy, dk, dr, None, None
 
     _FNS_CPP[spec.name] = type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward_cpp), "backward": staticmethod(_library.first_order_only(backward_cpp)),
@@ -491,25 +522,33 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     D = shape[-1]
     if D == 0 or k.dim() > nd:  # reshape(-1, 0) below is ambiguous; the general path handles empty vectors
         return None  # (and a k with more dims, which grows the result's shape)
-    x2 = x if x.shape == shape else x.expand(shape)
-    y2 = (y if y.shape == shape else y.expand(shape)) if spec.has_y else None
-    if nd != 2:
-        x2 = x2.reshape(-1, D)
-        y2 = y2.reshape(-1, D) if spec.has_y else None
-    if x2.shape[0] == 0 or D == 0:
+    N = 1
+    for s in shape[:-1]:
+        N *= s
+    if N == 0:
         return None
     kd = dtype  # the kernels take k in the inputs' dtype (float32 for float32 inputs)
-    k2 = k.reshape(1) if k.dtype == kd else k.to(kd).reshape(1)
+    # (a 0-d or (1,) k as it is: the kernels read one value in place, the backward sums dk to k's shape; a
+    # reshape is a dispatch, ~1 us per call)
+    k2 = k if k.dim() <= 1 and k.dtype == kd else (k if k.dtype == kd else k.to(kd)).reshape(1)
     eps = _ref.default_eps(dtype)
     if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or (spec.has_y and y.requires_grad)):
-        out = _FNS_CPP[op].apply(x2, y2, k2, None, eps)
+        # the Function takes the caller's tensors and the broadcast shape (rows inside, no view nodes around it)
+        out = _FNS_CPP[op].apply(x, y if spec.has_y else None, k2, None, eps,
+                                 None if nd == 2 and x.shape == shape and (not spec.has_y or y.shape == shape)
+                                 else shape)
     else:
+        x2 = x if x.shape == shape else x.expand(shape)
+        y2 = (y if y.shape == shape else y.expand(shape)) if spec.has_y else None
+        if nd != 2:
+            x2 = x2.reshape(-1, D)
+            y2 = y2.reshape(-1, D) if spec.has_y else None
         out = _backend.compiled().stereo_fwd_cpu(spec.code, x2, y2, k2, None, eps)
-    batch = shape[:-1]
-    if spec.scalar_out:
-        out = out.reshape(batch) if nd != 2 else out
-        return out.unsqueeze(-1) if keepdim else out
-    return out.reshape(shape) if nd != 2 else out
+        if nd != 2:
+            out = out.reshape(shape[:-1] if spec.scalar_out else shape)
+    if spec.scalar_out and keepdim:
+        return out.unsqueeze(-1)
+    return out
 
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)

@@ -288,3 +288,42 @@ def test_missing_geoopt_gives_clear_error():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERR geoops.compat.patch_geoopt() needs geoopt" in res.stdout, res.stdout + res.stderr[-1500:]
+
+
+class _OwnK(geoopt.PoincareBall):
+    """A PoincareBall subclass with its own k property (the step reads it every time)."""
+
+    @property
+    def k(self):
+        return -torch.nn.functional.softplus(self.isp_c) * 1.0
+
+
+@pytest.mark.parametrize("change", ["in_place", "data_swap"])
+@pytest.mark.parametrize("man", ["PoincareBall", "SphereProjection", "Stereographic", "OwnK"])
+def test_patched_rsgd_reads_k_again_after_it_changes(man, change):
+    """The patched RiemannianSGD step reads a manifold's k once per value of the tensor it comes from (session 20:
+    PoincareBall's -softplus(isp_c) is two dispatches per read): a curvature changed between steps, in place or by
+    swapping .data, is the one the next step uses, as in geoopt's own step."""
+    def run():
+        torch.manual_seed(0)
+        m = {"PoincareBall": lambda: geoopt.PoincareBall(c=1.3), "SphereProjection": lambda: geoopt.SphereProjection(k=0.8),
+             "Stereographic": lambda: geoopt.Stereographic(k=-0.6), "OwnK": lambda: _OwnK(c=0.9)}[man]()
+        m = m.to(torch.float64)
+        emb = geoopt.ManifoldParameter(m.random_normal(10, 4, std=0.2, dtype=torch.float64), manifold=m)
+        o = geoopt.optim.RiemannianSGD([emb], lr=0.05)
+        src = m._parameters.get("isp_c", m._parameters.get("isp_k", m._parameters.get("k")))
+        for step in range(4):
+            o.zero_grad()
+            (m.dist(emb[:5], emb[5:]).pow(2).sum() + m.dist0(emb).sum()).backward()
+            o.step()
+            with torch.no_grad():
+                if change == "in_place":
+                    src.mul_(1.25)
+                else:
+                    src.data = src.data * 1.25
+        return emb.detach().clone()
+
+    plain = run()
+    with compat.patched_geoopt():
+        patched = run()
+    torch.testing.assert_close(patched, plain, rtol=1e-9, atol=1e-11)

@@ -234,3 +234,76 @@ def test_wordnet_training_agrees_patched_and_plain():
     runs = W.train_both(edges[:640], len(names), epochs=2, burn_in=1, lr=10.0)
     (ea, *_), (eb, *_) = runs["geoopt"], runs["geoopt+patch_geoopt"]
     torch.testing.assert_close(ea, eb, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_riemannian_sgd_step_block_rows_equal_single_rows(dtype):
+    """Short rows (D <= 32) run kRsgdBlock rows at a time, the rows after the last whole block one at a time
+    (session 20): a row gives the same bits in either place (same arithmetic, same order of its sums)."""
+    row = _pts(1, 10, scale=0.9, seed=31).to(dtype)
+    grow = _pts(1, 10, scale=2.0, seed=32).to(dtype)
+    x, g = row.repeat(13, 1), grow.repeat(13, 1)  # rows 0..7: one block; rows 8..12: one at a time
+    gs.riemannian_sgd_step_(x, g, lr=0.3, k=torch.tensor(-1.0, dtype=dtype))
+    assert all(torch.equal(x[i], x[0]) for i in range(13))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kshape", [(), (1,)])
+def test_one_k_read_in_place_values_and_grads(kshape, dtype):
+    """A one-element k goes to the kernels as it is (0-d or (1,): the C++ reads the value in place, session 20);
+    k a view with a storage offset, float32 / float64 k with either dtype of points: values, and k's gradient
+    summed to k's own shape."""
+    x, y = _pts(7, 5, seed=41).to(dtype), _pts(7, 5, seed=42).to(dtype)
+    for kdt in (torch.float32, torch.float64):
+        base = torch.tensor([0.7, -0.8, 0.2], dtype=kdt)
+        k = base[1:2].reshape(kshape)  # a view at offset 1
+        assert k.storage_offset() == 1
+        want = ref.dist(x.double(), y.double(), k=torch.tensor(-0.8, dtype=kdt).double())
+        tol = dict(rtol=1e-12, atol=1e-14) if dtype == kdt == F64 else dict(rtol=2e-6, atol=2e-6)
+        torch.testing.assert_close(gs.dist(x, y, k=k).double(), want, **tol)
+        kg = k.detach().clone().requires_grad_()
+        for op in ("dist", "mobius_add", "expmap0"):
+            out = getattr(gs, op)(x, y, k=kg) if op != "expmap0" else gs.expmap0(x, k=kg)
+            (dk,) = torch.autograd.grad(out.sum(), kg)
+            assert dk.shape == kg.shape and dk.dtype == kg.dtype
+            kr = kg.detach().double().requires_grad_()
+            outr = getattr(ref, op)(x.double(), y.double(), k=kr) if op != "expmap0" else ref.expmap0(x.double(), k=kr)
+            (dkr,) = torch.autograd.grad(outr.sum(), kr)
+            torch.testing.assert_close(dk.double(), dkr, **(dict(rtol=1e-10, atol=1e-12) if dtype == kdt == F64
+                                                            else dict(rtol=1e-4, atol=1e-5)))
+
+
+def test_one_k_0d_gradcheck_fast_path():
+    """fp64 gradcheck through the eager fast path with a 0-d k that needs its gradient (x, y and k)."""
+    x, y = _pts(6, 4, seed=51).requires_grad_(), _pts(6, 4, seed=52).requires_grad_()
+    k = torch.tensor(-0.7, dtype=F64, requires_grad=True)
+    for op in ("dist", "mobius_add", "logmap"):
+        assert torch.autograd.gradcheck(lambda a, b, c: getattr(gs, op)(a, b, k=c), (x, y, k))
+
+
+@pytest.mark.parametrize("shapes", [((5, 1, 4), (5, 3, 4)), ((4,), (6, 4)), ((1, 4), (6, 4)), ((2, 1, 3, 4), (5, 1, 4)),
+                                    ((3, 4), (3, 4)), ((2, 3, 4), (2, 3, 4))])
+@pytest.mark.parametrize("op", ["dist", "mobius_add", "logmap"])
+def test_fast_path_broadcast_inside_one_node(op, shapes):
+    """On the eager fast path the Function takes the caller's x and y and the broadcast shape, makes the rows
+    itself and sums the gradients back (session 20): one autograd node, whose inputs are the caller's tensors
+    (no expand / reshape / view nodes); values, gradients (fp64 gradcheck) and shapes as the reference's."""
+    x = _pts(*shapes[0], seed=61).requires_grad_()
+    y = _pts(*shapes[1], seed=62).requires_grad_()
+    k = torch.tensor(-0.9, dtype=F64)
+    out = getattr(gs, op)(x, y, k=k)
+    want = getattr(ref, op)(x, y, k=k)
+    assert out.shape == want.shape
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
+    nxt = [f for f, _ in out.grad_fn.next_functions if f is not None]
+    assert type(out.grad_fn).__name__.endswith("FnBackward")
+    assert [type(f).__name__ for f in nxt] == ["AccumulateGrad", "AccumulateGrad"]
+    w = torch.randn(out.shape, dtype=F64, generator=torch.Generator().manual_seed(63))
+    gx, gy = torch.autograd.grad((out * w).sum(), (x, y))
+    rx, ry = torch.autograd.grad((want * w).sum(), (x, y))
+    assert gx.shape == x.shape and gy.shape == y.shape
+    torch.testing.assert_close(gx, rx, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(gy, ry, rtol=1e-9, atol=1e-11)
+    assert torch.autograd.gradcheck(lambda a, b: getattr(gs, op)(a, b, k=k), (x, y))
+    d = gs.dist(x, y, k=k, keepdim=True)  # keepdim: a view of the node's output
+    assert d.shape == ref.dist(x, y, k=k, keepdim=True).shape

@@ -54,3 +54,25 @@ def test_rows_same_bits_for_1_and_2_threads(op, d, dtype):
         return [t.nan_to_num(nan=1234.5) for t in [out.detach()] + [g for g in grads if g is not None]]
 
     assert_bitwise_repeatable(run, (x, y, k, r), reps=4, rng=random.Random(d), held=[], tag=(op, d))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [2, 10, 33])
+def test_rsgd_step_same_bits_for_1_and_2_threads(d, dtype):
+    """The fused Riemannian SGD step (stereo_rsgd_step_cpu): short rows go kRsgdBlock rows at a time and the rows
+    after a thread's last whole block one at a time (session 20), with the same per-row arithmetic, so a row's bits
+    do not depend on where the chunks begin.  Enough rows that two threads split them at a row that is not a
+    multiple of the block, some rows that the projection pulls back."""
+    n = 3 * (16384 // d) + 5
+    g = torch.Generator().manual_seed(d)
+    x = (torch.rand(n, d, generator=g) - 0.5) * (2.5 / d ** 0.5)
+    grad = torch.randn(n, d, generator=g)
+    k = torch.tensor(-1.0, dtype=dtype)
+
+    def run(x, grad):
+        out = x.clone()
+        gs.riemannian_sgd_step_(out, grad, lr=0.05, k=k)
+        return [out]
+
+    assert_bitwise_repeatable(run, (x.to(dtype), grad.to(dtype)), reps=4, rng=random.Random(d), held=[],
+                              tag=("rsgd", d))

@@ -25,9 +25,19 @@ at::Tensor rows_view(const at::Tensor& t) {
   return (t.size(1) <= 1 || t.stride(1) == 1) ? t : t.contiguous();
 }
 
-RowScalars scalars_of(const at::Tensor& k, const c10::optional<at::Tensor>& r, at::Tensor& k64, at::Tensor& r64) {
-  k64 = k.to(at::kDouble).contiguous();
-  RowScalars sc{k64.data_ptr<double>(), k64.numel() == 1 ? 0 : 1, nullptr, 0};
+// k (and r) as the kernels read them: one value or one per row, in double.  A one-element float32/float64 k (every
+// call with one curvature) is read in place into `k1` (the value k.to(kDouble) holds): no double tensor per call.
+RowScalars scalars_of(const at::Tensor& k, const c10::optional<at::Tensor>& r, at::Tensor& k64, at::Tensor& r64,
+                      double& k1) {
+  RowScalars sc{nullptr, 0, nullptr, 0};
+  if (k.numel() == 1 && k.device().is_cpu() && (k.scalar_type() == at::kFloat || k.scalar_type() == at::kDouble)) {
+    k1 = k.scalar_type() == at::kFloat ? static_cast<double>(*k.const_data_ptr<float>()) : *k.const_data_ptr<double>();
+    sc.k = &k1;
+  } else {
+    k64 = k.to(at::kDouble).contiguous();
+    sc.k = k64.data_ptr<double>();
+    sc.sk = k64.numel() == 1 ? 0 : 1;
+  }
   if (r.has_value() && r->defined() && r->scalar_type() == at::kFloat && r->dim() <= 1) {
     // float32 r (one value, or one per row): read in place by the kernels (RowScalars::rf), no double copy
     sc.rf = r->data_ptr<float>();
@@ -51,7 +61,8 @@ at::Tensor stereo_fwd_cpu(int64_t op, const at::Tensor& x_, const c10::optional<
   at::Tensor out = op_scalar_out(op) ? at::empty({N}, x.options()) : at::empty({N, D}, x.options());
   if (N == 0) return out;
   at::Tensor k64, r64;
-  RowScalars sc = scalars_of(k, r, k64, r64);
+  double k1;
+  RowScalars sc = scalars_of(k, r, k64, r64, k1);
   stereo_lanes_fwd(static_cast<int>(op), x, y, sc, param, out);  // stereographic_lanes.cpp
   return out;
 }
@@ -75,7 +86,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cpu(
   at::Tensor dr = want_r ? at::empty({N}, x.options().dtype(at::kDouble)) : at::empty({0}, x.options());
   if (N > 0) {
     at::Tensor k64, r64;
-    RowScalars sc = scalars_of(k, r, k64, r64);
+    double k1;
+    RowScalars sc = scalars_of(k, r, k64, r64, k1);
     at::Tensor dx_arg = (mask & 1) ? dx : at::Tensor();
     at::Tensor dy_arg = (has_y && (mask & 2)) ? dy : at::Tensor();
     double* dkp = (mask & 4) ? dk.data_ptr<double>() : nullptr;

@@ -27,35 +27,87 @@ void stereo_lanes_fwd(int op, const at::Tensor& x, const at::Tensor& y, const Ro
 // parameter): per row, s = -lr (1 + k|x|^2)^2 / 4 (the denominator clamped at 1e-15 as geoopt's
 // lambda_x), x <- x + s g, then project x (k < 0: rows with |x| > (1 - eps)/sqrt(-k) scaled to that
 // norm; the identity otherwise).  Row sums and coefficients in double.
+//
+// Short rows (D <= kRsgdShortD) go kRsgdBlock rows at a time with the row sums interleaved across the rows
+// (column j of every row of the block, then column j + 1): one row's chain (|x|^2 -> s -> update -> |x'|^2 ->
+// sqrt -> projection) is ~100 cycles of dependent latency, and a per-row `omp simd reduction` over D = 10
+// floats (conversions, masked remainder, horizontal sum) took ~40 ns per row on the AMD EPYC: 50 us of the
+// WordNet example's 1182 x 10 step.  Interleaved, the block's chains overlap: ~8 us (session 20).
+constexpr int64_t kRsgdShortD = 32;
+constexpr int kRsgdBlock = 8;
+
+template <typename scalar_t>
+inline void rsgd_project_row(scalar_t* xr, int64_t D, double nn, double maxnorm) {
+  const double n = stereo::clamp_lo(std::sqrt(nn), stereo::min_den<double>());
+  if (n > maxnorm) {
+    const scalar_t a = static_cast<scalar_t>(maxnorm / n);
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) xr[j] *= a;
+  }
+}
+
+template <typename scalar_t>
+inline void rsgd_step_row(scalar_t* xr, const scalar_t* gr, int64_t D, double k, double lr, double maxnorm) {
+  double xx = 0.0;
+#pragma omp simd reduction(+ : xx)
+  for (int64_t j = 0; j < D; ++j) xx += static_cast<double>(xr[j]) * static_cast<double>(xr[j]);
+  const double den = stereo::clamp_lo(1.0 + k * xx, stereo::min_den<double>());
+  const scalar_t s = static_cast<scalar_t>(-lr * den * den / 4.0);
+  double nn = 0.0;
+#pragma omp simd reduction(+ : nn)
+  for (int64_t j = 0; j < D; ++j) {
+    const scalar_t v = xr[j] + s * gr[j];
+    xr[j] = v;
+    nn += static_cast<double>(v) * static_cast<double>(v);
+  }
+  if (k < 0) rsgd_project_row(xr, D, nn, maxnorm);
+}
+
+// NB short rows (kRsgdBlock, or 1 for the rows after the last whole block): each row's sums in column order, one
+// chain per row, so that a row's bits do not depend on where a thread's chunk of rows begins
+template <int NB, typename scalar_t>
+inline void rsgd_step_block(scalar_t* xp, int64_t sx, const scalar_t* gp, int64_t sg, int64_t D, double k,
+                            double lr, double maxnorm) {
+  double acc[NB];
+  scalar_t s[NB];
+  for (int r = 0; r < NB; ++r) acc[r] = 0.0;
+  for (int64_t j = 0; j < D; ++j) {
+    for (int r = 0; r < NB; ++r) {
+      const double v = static_cast<double>(xp[r * sx + j]);
+      acc[r] += v * v;
+    }
+  }
+  for (int r = 0; r < NB; ++r) {
+    const double den = stereo::clamp_lo(1.0 + k * acc[r], stereo::min_den<double>());
+    s[r] = static_cast<scalar_t>(-lr * den * den / 4.0);
+    acc[r] = 0.0;
+  }
+  for (int64_t j = 0; j < D; ++j) {
+    for (int r = 0; r < NB; ++r) {
+      const scalar_t v = xp[r * sx + j] + s[r] * gp[r * sg + j];
+      xp[r * sx + j] = v;
+      acc[r] += static_cast<double>(v) * static_cast<double>(v);
+    }
+  }
+  if (k < 0) {
+    for (int r = 0; r < NB; ++r) rsgd_project_row(xp + r * sx, D, acc[r], maxnorm);
+  }
+}
+
 template <typename scalar_t>
 void rsgd_step_rows(scalar_t* xp, int64_t sx, const scalar_t* gp, int64_t sg, int64_t N, int64_t D, double k,
                     double lr, double eps) {
   const double maxnorm = k < 0 ? (1.0 - eps) / std::sqrt(-k) : 0.0;
   at::parallel_for(0, N, grain_for(D), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      scalar_t* xr = xp + i * sx;
-      const scalar_t* gr = gp + i * sg;
-      double xx = 0.0;
-#pragma omp simd reduction(+ : xx)
-      for (int64_t j = 0; j < D; ++j) xx += static_cast<double>(xr[j]) * static_cast<double>(xr[j]);
-      const double den = stereo::clamp_lo(1.0 + k * xx, stereo::min_den<double>());
-      const scalar_t s = static_cast<scalar_t>(-lr * den * den / 4.0);
-      double nn = 0.0;
-#pragma omp simd reduction(+ : nn)
-      for (int64_t j = 0; j < D; ++j) {
-        const scalar_t v = xr[j] + s * gr[j];
-        xr[j] = v;
-        nn += static_cast<double>(v) * static_cast<double>(v);
+    int64_t i = begin;
+    if (D <= kRsgdShortD) {
+      for (; i + kRsgdBlock <= end; i += kRsgdBlock) {
+        rsgd_step_block<kRsgdBlock>(xp + i * sx, sx, gp + i * sg, sg, D, k, lr, maxnorm);
       }
-      if (k < 0) {
-        const double n = stereo::clamp_lo(std::sqrt(nn), stereo::min_den<double>());
-        if (n > maxnorm) {
-          const scalar_t a = static_cast<scalar_t>(maxnorm / n);
-#pragma omp simd
-          for (int64_t j = 0; j < D; ++j) xr[j] *= a;
-        }
-      }
+      for (; i < end; ++i) rsgd_step_block<1>(xp + i * sx, sx, gp + i * sg, sg, D, k, lr, maxnorm);
+      return;
     }
+    for (; i < end; ++i) rsgd_step_row(xp + i * sx, gp + i * sg, D, k, lr, maxnorm);
   });
 }
 
