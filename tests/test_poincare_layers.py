@@ -893,6 +893,28 @@ def test_mlr_cpp_vs_reference_fp32_error(monkeypatch, shape, with_bias):
         assert err <= 2 * err_ref + 1e-6 * max(1.0, e.abs().max().item()), (err, err_ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 1), (64, 512, 10), (37, 700, 16), (300, 48, 10), (9, 20, 17)])
+def test_mlr_narrow_gemm_vs_mkl(monkeypatch, dtype, shape):
+    """The MLR head's small narrow products (x z, dt z^T, x^T dt with at most 16 output columns or reduction rows and
+    at most 2^22 multiply-adds: fma chains, in double where the reduction is long) vs MKL's
+    (GEOOPS_POINCARE_NARROW_GEMM=0): values and every gradient equal to rounding (float64 1e-12, float32 relative to
+    the largest entry); (9, 20, 17): 17 columns, MKL on both sides, bit-identical."""
+    x, z, b, gy = _mlr_case(*shape, dtype, seed=sum(shape))
+    c = torch.tensor(0.8, dtype=dtype)
+    monkeypatch.setenv("GEOOPS_POINCARE_NARROW_GEMM", "0")
+    y0, want = _mlr_grads(x, z, b, c, gy)
+    monkeypatch.delenv("GEOOPS_POINCARE_NARROW_GEMM")
+    y1, got = _mlr_grads(x, z, b, c, gy)
+    assert _graph_has(y1, "PoincareMlrCppFn")
+    if shape[2] > 16 and shape[1] > 16:
+        for a, e in zip(got, want):
+            assert torch.equal(a, e)
+        return
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    assert_close_to_largest(got, want, tag=shape, **tol)
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_mlr_cpp_fp64_gradcheck_and_composition(monkeypatch, with_bias):
     """The C++ MLR head in float64: the reference composition's values and gradients (x, z, bias and a learnable
@@ -959,7 +981,8 @@ def _layer_grads(kind, dtype, m, seed=0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind,m", [("fc", 8), ("fc", 20), ("fc", 64), ("fc_tangent", 20), ("mlr", 20), ("mlr", 200),
+@pytest.mark.parametrize("kind,m", [("fc", 8), ("fc", 20), ("fc", 64), ("fc_tangent", 20), ("mlr", 10), ("mlr", 20),
+                                    ("mlr", 200),
                                     ("conv", 8), ("conv", 20), ("conv_s2", 20), ("conv_wide", 8)])
 def test_fc_family_grads_same_bits_any_thread_count(monkeypatch, kind, m, dtype):
     """fc / conv / MLR: values and every gradient (x, z, bias, c) bit-identical with 1, 2, 3 and 4 threads (3000

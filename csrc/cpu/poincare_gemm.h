@@ -10,11 +10,15 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
+#include "knobs.h"
 #include "mkl_packed.h"
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
+#include <vector>
 
 namespace geoops {
 namespace cpu {
@@ -66,10 +70,120 @@ inline void tile_tn(T* c, const at::Tensor& a, const at::Tensor& b, int64_t r0, 
   at::mm_out(out, a.narrow(0, r0, nr).t(), b.narrow(0, r0, nr).narrow(1, j0, nc));
 }
 
+// ---- small narrow products without MKL (session 20; the MLR head's x z, dt z^T and x^T dt).  On the AMD EPYC MKL ran
+// these (64 x 512 -> 10 and its transposes, the digits CNN's head) in its generic `def` kernels at 40-100 us per call
+// for ~0.3 M multiply-adds; the loops below take a few us.  Only products of at most kNarrowWork multiply-adds with an
+// output (mm_rows: n, mm_tn: m) or reduction (mm_rows: k) of at most kNarrow: larger ones keep MKL.  Every output
+// element is an fma chain over the reduction in order (in double, rounded once, where the reduction is long: mm_rows
+// with n <= kNarrow, mm_tn; in the dtype for mm_rows' k <= kNarrow), so the bits do not depend on the thread count or
+// the buffers' alignment.
+// GEOOPS_POINCARE_NARROW_GEMM=0 (read per call) keeps MKL for these too (what the tests compare with).
+constexpr int64_t kNarrow = 16;
+constexpr int64_t kNarrowWork = int64_t(1) << 22;
+constexpr int64_t kNarrowGrain = int64_t(1) << 19;  // multiply-adds per task, at least (smaller products: one thread)
+inline bool narrow_on() { return !knobs::off("GEOOPS_POINCARE_NARROW_GEMM"); }
+
+// out (N, n) = a (N, k) b (k, n), n <= kNarrow: b padded to kNarrow columns (whole vectors) in double; R rows at a
+// time (R independent chains per vector); each output an fma chain in double over k in order, rounded once to the
+// dtype (a float chain over k = 512 in order missed the 2x rule against MKL's blocked sums); explicit at::vec fmadd
+// (GCC's own vectorisation of the scalar loop shuffled xmm lanes and ran 2x slower than MKL)
+template <typename T>
+void rows_narrow_out(T* out, const T* a, const T* b, int64_t N, int64_t k, int64_t n) {
+  using V = at::vec::Vectorized<double>;
+  constexpr int64_t W = kNarrow, R = 4, L = V::size(), NV = W / L;
+  static_assert(W % L == 0, "kNarrow: whole vectors");
+  std::vector<double> bp(size_t(std::max<int64_t>(k, 1) * W), 0.0);
+  for (int64_t d = 0; d < k; ++d)
+    for (int64_t j = 0; j < n; ++j) bp[d * W + j] = double(b[d * n + j]);
+  const double* B = bp.data();
+  at::parallel_for(0, (N + R - 1) / R, std::max<int64_t>(1, kNarrowGrain / (R * W * std::max<int64_t>(k, 1))),
+                   [&](int64_t g0, int64_t g1) {
+    alignas(64) double tmp[W];
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t i0 = g * R, nr = std::min(R, N - i0);
+      V acc[R][NV];
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t v = 0; v < NV; ++v) acc[r][v] = V(0.0);
+      if (nr == R) {
+        for (int64_t d = 0; d < k; ++d) {
+          const double* br = B + d * W;
+          V bv[NV];
+          for (int64_t v = 0; v < NV; ++v) bv[v] = V::loadu(br + v * L);
+          for (int64_t r = 0; r < R; ++r) {
+            const V ad(double(a[(i0 + r) * k + d]));
+            for (int64_t v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(ad, bv[v], acc[r][v]);
+          }
+        }
+      } else {
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t d = 0; d < k; ++d) {
+            const V ad(double(a[(i0 + r) * k + d]));
+            for (int64_t v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(ad, V::loadu(B + d * W + v * L), acc[r][v]);
+          }
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int64_t v = 0; v < NV; ++v) acc[r][v].store(tmp + v * L);
+        for (int64_t j = 0; j < n; ++j) out[(i0 + r) * n + j] = T(tmp[j]);
+      }
+    }
+  });
+}
+
+// out (N, n) = a (N, k) b (k, n), k <= kNarrow: each output row an fma chain of b's rows (contiguous) in order
+template <typename T>
+void rows_narrow_in(T* out, const T* a, const T* b, int64_t N, int64_t k, int64_t n) {
+  // rows per task: ~kNarrowGrain multiply-adds (the digits head's 64 x 10 -> 512 runs on one thread: a fork cost more)
+  at::parallel_for(0, N, std::max<int64_t>(1, kNarrowGrain / std::max<int64_t>(n * std::max<int64_t>(k, 1), 1)),
+                   [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T* o = out + i * n;
+      for (int64_t e = 0; e < n; ++e) o[e] = T(0);
+      for (int64_t d = 0; d < k; ++d) {
+        const T ad = a[i * k + d];
+        const T* br = b + d * n;
+        for (int64_t e = 0; e < n; ++e) o[e] = std::fma(ad, br[e], o[e]);
+      }
+    }
+  });
+}
+
+// out (n, m) = a^T b for a (K, n), b (K, m), m <= kNarrow: blocks of RB of a's columns over the threads; per block,
+// each entry an fma chain in double over the rows in order, rounded once to the dtype
+template <typename T>
+void tn_narrow(T* out, const T* a, const T* b, int64_t K, int64_t n, int64_t m) {
+  constexpr int64_t RB = 256;
+  const int64_t nblk = (n + RB - 1) / RB;
+  at::parallel_for(0, nblk, K * m * RB >= kNarrowGrain ? 1 : nblk, [&](int64_t b0, int64_t b1) {
+    std::vector<double> acc(static_cast<size_t>(kNarrow * RB)), ad(static_cast<size_t>(RB));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * RB, nb = std::min(RB, n - r0);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t i = 0; i < K; ++i) {
+        const T* ar = a + i * n + r0;
+        for (int64_t r = 0; r < nb; ++r) ad[r] = double(ar[r]);
+        for (int64_t j = 0; j < m; ++j) {
+          const double bij = double(b[i * m + j]);
+          double* aj = acc.data() + j * RB;
+          for (int64_t r = 0; r < nb; ++r) aj[r] = std::fma(ad[r], bij, aj[r]);
+        }
+      }
+      for (int64_t r = 0; r < nb; ++r)
+        for (int64_t j = 0; j < m; ++j) out[(r0 + r) * m + j] = T(acc[j * RB + r]);
+    }
+  });
+}
+
 // out (n, m) = a^T b for a (K, n), b (K, m), all contiguous: tiles of kRows reduction rows x kCols output
 // columns over the threads (so that one chunk of rows still runs on all threads), the chunks' partial products
 // summed in chunk order
-inline void mm_tn(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+inline void mm_tn(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool narrow = false) {
+  if (narrow && b.size(1) <= kNarrow && a.size(0) * a.size(1) * b.size(1) <= kNarrowWork && narrow_on()) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fixed_gemm_tn_narrow", [&] {
+      tn_narrow<scalar_t>(out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), a.size(0),
+                          a.size(1), b.size(1));
+    });
+    return;
+  }
   const int64_t K = a.size(0), m = b.size(1), nch = std::max<int64_t>(1, (K + kRows - 1) / kRows);
   const int64_t npan = std::max<int64_t>(1, (m + kCols - 1) / kCols);
   at::Tensor parts = nch == 1 ? out : at::empty({nch, a.size(1), m}, a.options());
@@ -100,8 +214,16 @@ inline void mm_tn(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
 }
 
 // out (N, n) = a b for a (N, m) and b (m, n) (contiguous): fixed chunks of rows, one MKL thread each
-inline void mm_rows(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, int64_t rows = 512) {
+// (narrow: small products with n or k <= kNarrow by the loops above instead)
+inline void mm_rows(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, int64_t rows = 512, bool narrow = false) {
   const int64_t N = a.size(0), k = a.size(1), n = b.size(1), nch = std::max<int64_t>(1, (N + rows - 1) / rows);
+  if (narrow && (n <= kNarrow || k <= kNarrow) && N * k * n <= kNarrowWork && narrow_on()) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fixed_gemm_rows_narrow", [&] {
+      (n <= kNarrow ? rows_narrow_out<scalar_t> : rows_narrow_in<scalar_t>)(
+          out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), N, k, n);
+    });
+    return;
+  }
   at::parallel_for(0, nch, 1, [&](int64_t c0, int64_t c1) {
     at::NoGradGuard no_grad;
     OneMklThread one;

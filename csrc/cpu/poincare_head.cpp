@@ -170,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_mlr_fwd_cpu(const at::Tensor& x_in, 
   // t = x z as fixed 512-row chunks, one MKL thread each: MKL's own split of this GEMM gives other last bits for
   // another thread count on some CPUs (AMD EPYC: 3000 x 48 -> 20 float32), and y must not depend on it
   at::Tensor t = at::empty({N, m}, x.options());
-  fixed_gemm::mm_rows(t, x, z);
+  fixed_gemm::mm_rows(t, x, z, 512, true);  // small narrow products: no MKL (session 20)
   at::Tensor y = at::empty({N, m}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "poincare_mlr_fwd", [&] {
     const MlrCols C = mlr_cols<scalar_t>(z.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : nullptr, n, m,
@@ -203,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
                     P1.data(), P2.data(), N, n, m, c);
     if (mask & 1) {  // dx = dt z^T + (c lam^2 dlam) x
       gx = at::empty({N, n}, x.options());
-      fixed_gemm::mm_rows(gx, dt, z.t().contiguous());  // dt z^T, x^T dt: the same bits for any thread count
+      fixed_gemm::mm_rows(gx, dt, z.t().contiguous(), 512, true);  // dt z^T, x^T dt: the same bits for any thread count
       T* gxp = gx.data_ptr<T>();
       at::parallel_for(0, N, mlr_grain(n), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i)
@@ -223,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
       });
       if (mask & 2) {  // dz = x^T dt + (dzn / zn) z
         gz = at::empty({n, m}, x.options());
-        fixed_gemm::mm_tn(gz, x, dt);
+        fixed_gemm::mm_tn(gz, x, dt, true);
         T* gzp = gz.data_ptr<T>();
         for (int64_t r = 0; r < n; ++r)
           for (int64_t j = 0; j < m; ++j) gzp[r * m + j] = T(double(gzp[r * m + j]) + zc[j] * double(zp[r * m + j]));

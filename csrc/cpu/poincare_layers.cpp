@@ -921,11 +921,55 @@ BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
   return bn_ctx_d(std::vector<double>(bd.data_ptr<double>(), bd.data_ptr<double>() + bd.numel()), c, eps);
 }
 
-// v = u M (an empty M: the identity) as one GEMM; grad mode off (thread-local: the op may run inside backward)
-at::Tensor bn_times_M(const at::Tensor& u, const at::Tensor& M) {
-  if (M.numel() == 0) return u;
+// v = u M for D <= kBnLaneMaxD as a row pass in the dtype (session 20): every output element an fma chain over d in
+// order (the first term a product), rounded in the dtype as a float GEMM rounds -- rows independent, so the same bits
+// for any thread count and alignment.  MKL's GEMM at these shapes (4096 x 8 x 8, the digits CNN) took 40-75 us per
+// call on the AMD EPYC (its generic `def` kernels, a fixed cost per call), this pass a few us; on the Intel Xeon
+// MKL's AVX-512 path was ~1.4x faster than the earlier row pass in double (bn14), which this float pass is not.
+// GEOOPS_POINCARE_BN_SMALL_GEMM=0 (read per call) forces at::mm, what D > kBnLaneMaxD runs.
+template <typename T, int DD>
+void rows_times_dtype(const T* u, const T* M, T* v, int64_t N, int64_t Drt) {
+  const int64_t D = DD ? DD : Drt;
+  at::parallel_for(0, N, grain(D * D), [&](int64_t i0, int64_t i1) {
+    T acc[kBnLaneMaxD];
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* ur = u + i * D;
+      const T a0 = ur[0];
+      for (int64_t e = 0; e < D; ++e) acc[e] = a0 * M[e];
+      for (int64_t d = 1; d < D; ++d) {
+        const T ad = ur[d];
+        const T* Mr = M + d * D;
+        for (int64_t e = 0; e < D; ++e) acc[e] = std::fma(ad, Mr[e], acc[e]);
+      }
+      T* vr = v + i * D;
+      for (int64_t e = 0; e < D; ++e) vr[e] = acc[e];
+    }
+  });
+}
+
+template <typename T>
+void rows_times_dtype_d(const T* u, const T* M, T* v, int64_t N, int64_t D) {
+  (D == 8 ? rows_times_dtype<T, 8> : D == 16 ? rows_times_dtype<T, 16> : rows_times_dtype<T, 0>)(u, M, v, N, D);
+}
+
+// v = u M (an empty M: the identity): D <= kBnLaneMaxD the row pass above, else one GEMM; grad mode off
+// (thread-local: the op may run inside backward)
+at::Tensor bn_times_M(const at::Tensor& u_in, const at::Tensor& M_in) {
+  if (M_in.numel() == 0) return u_in;
+  const int64_t D = u_in.size(1);
+  if (D > 0 && D <= kBnLaneMaxD && u_in.dim() == 2 && M_in.scalar_type() == u_in.scalar_type() &&
+      (u_in.scalar_type() == at::kFloat || u_in.scalar_type() == at::kDouble) &&
+      !knobs::off("GEOOPS_POINCARE_BN_SMALL_GEMM")) {
+    const at::Tensor u = u_in.contiguous(), M = M_in.contiguous();
+    at::Tensor v = at::empty_like(u);
+    if (u.scalar_type() == at::kDouble)
+      rows_times_dtype_d<double>(u.data_ptr<double>(), M.data_ptr<double>(), v.data_ptr<double>(), u.size(0), D);
+    else
+      rows_times_dtype_d<float>(u.data_ptr<float>(), M.data_ptr<float>(), v.data_ptr<float>(), u.size(0), D);
+    return v;
+  }
   at::NoGradGuard ng;
-  return at::mm(u, M);
+  return at::mm(u_in, M_in);
 }
 
 void check_bn_args(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b) {
@@ -1708,7 +1752,7 @@ std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at:
   }
   const at::Tensor M = from_dvec(Md, {D, D}, x.options());
   const bool f64 = x.scalar_type() == at::kDouble;
-  const at::Tensor v = bn_times_M(u, M).contiguous();  // MKL's float GEMM: faster than a row pass here (bn14)
+  const at::Tensor v = bn_times_M(u, M).contiguous();  // D <= 16: a float row pass (session 20), else MKL
   at::Tensor y = at::empty_like(u);
   const BnRowCtx cx = bn_ctx_d(br, c, eps_proj);
   const bool lanes = bn_lanes(D);
