@@ -169,6 +169,16 @@ def _with_threads(threads, fn):
         return fn()
 
 
+def _same_bits_both_ways(knob, op, args, k, n, threads, monkeypatch):
+    """The op's output with `knob`=0 and =1 (read per call): equal bit for bit (NaN where NaN); returns the =1 one."""
+    monkeypatch.setenv(knob, "0")
+    old = _with_threads(threads, lambda: _call(op, args, k))
+    monkeypatch.setenv(knob, "1")
+    new = _with_threads(threads, lambda: _call(op, args, k))
+    torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"{knob}, n={n}")
+    return new
+
+
 def _cases(op, d, tiny=True):
     """(n, args, k): a partial last block per thread chunk with a NaN row (row n // 2); one partial block; strided
     rows (stride d + 5) with per-row k of both signs; with `tiny`, rows 1..3 of the k = -1 cases scaled by 1e-4 (the
@@ -198,11 +208,7 @@ def test_float_stage_matches_staged_blocks(op, d, threads, monkeypatch):
     """GEOOPS_STEREO_FLOAT_STAGE on (the default) and off give the same output bit for bit; knob read per call."""
     monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "0")  # (logmap's one-reciprocal lanes: tested below)
     for n, args, k in _cases(op, d):
-        monkeypatch.setenv("GEOOPS_STEREO_FLOAT_STAGE", "0")
-        old = _with_threads(threads, lambda: _call(op, args, k))
-        monkeypatch.setenv("GEOOPS_STEREO_FLOAT_STAGE", "1")
-        new = _with_threads(threads, lambda: _call(op, args, k))
-        torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"n={n}")
+        new = _same_bits_both_ways("GEOOPS_STEREO_FLOAT_STAGE", op, args, k, n, threads, monkeypatch)
         expect = _ref(op, args, k)
         ok = ~(new.isnan() if new.dim() == 1 else new.isnan().any(-1))
         assert ok.sum() >= n - 1
@@ -340,3 +346,20 @@ def test_scalar_mul_float_r_in_place(d, r_kind):
         outs.append((out, dx, dk, dr))
     for a, b in zip(*outs):  # (dr comes back in r's dtype)
         torch.testing.assert_close(a, b.to(a.dtype), rtol=0, atol=0, equal_nan=True)
+
+
+# ---------------------------------------------------------------- non-temporal row writes (session 20)
+# The one-pass loop's row writes with non-temporal stores (write_row_f32_nt; GEOOPS_STEREO_NT_STORES=1 forces them,
+# =0 forces the regular stores; the default takes them for outputs of >= 32 MiB on huge pages): the same operations
+# as write_row's contracted loop, so the same bits.  D a multiple of 16 takes them (32, 64, 128); D = 17 / 100 keep
+# the regular stores under the knob (checked not to break); strided inputs, per-row k, NaN rows, partial blocks.
+NT_OPS = tuple(op for op in OPS if not STEREO_OPS[op].scalar_out)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("d", (17, 32, 64, 100, 128))
+@pytest.mark.parametrize("op", NT_OPS)
+def test_nt_stores_same_bits(op, d, threads, monkeypatch):
+    """GEOOPS_STEREO_NT_STORES=1 and =0 give the same output bit for bit (knob read per call)."""
+    for n, args, k in _cases(op, d):
+        _same_bits_both_ways("GEOOPS_STEREO_NT_STORES", op, args, k, n, threads, monkeypatch)

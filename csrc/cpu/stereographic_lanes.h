@@ -368,6 +368,21 @@ constexpr int64_t kFloatSumsMaxD = 256;
 constexpr double kFloatSumsMinDen = 0.5;
 inline bool float_sums_on() { return !knobs::off("GEOOPS_STEREO_F32_SUMS"); }
 
+// Non-temporal writes of long fp32 rows (the one-pass loop of fwd_rows, AVX-512; the output row-contiguous, 64-byte
+// aligned, D a multiple of 16): the output's lines are written without reading them first (no read for ownership)
+// and not kept in the caches.  Worth it where a fresh output's pages are not already in the caches: on huge pages
+// (2 MiB cleared at the first touch, evicted from L1 / L2 before the rows reach them) and beyond the last-level cache.
+// With 4 KiB page faults each page is cleared just before its rows are written, so its lines are in L1 and regular
+// stores win (measured, AMD EPYC: docs/families/stereographic.md, Session 20).  Default: on for outputs of at least
+// kNtMinBytes when torch's allocator puts large tensors on huge pages (THP_MEM_ALLOC_ENABLE=1); GEOOPS_STEREO_NT_STORES
+// =1 / =0 forces them on / off (read per call).  Bit-identical either way.
+constexpr int64_t kNtMinBytes = int64_t{32} << 20;
+inline bool nt_stores_on(int64_t out_bytes) {
+  if (const char* e = knobs::get("GEOOPS_STEREO_NT_STORES")) return e[0] == '1';
+  const char* thp = knobs::get("THP_MEM_ALLOC_ENABLE");
+  return out_bytes >= kNtMinBytes && thp && thp[0] == '1';
+}
+
 // The one-call float ops' staging in registers of long fp32 rows (block_fwd_float_reg, AVX-512 builds, below);
 // GEOOPS_STEREO_FLOAT_STAGE=0: block_fwd_float_call, its fallback, for every block (read per call).
 inline bool float_stage_on() { return !knobs::off("GEOOPS_STEREO_FLOAT_STAGE"); }
@@ -647,7 +662,30 @@ __attribute__((noinline)) bool block_fwd_msm_closed(const double* xx, const doub
   }
   return ok.zero_mask() == 0;
 }
+// out = a x + b y + c (x - y) of one long fp32 row with non-temporal stores (the writes of fwd_rows' one-pass loop
+// where nt_stores_on says so): the same operations as write_row's loop, which GCC contracts to
+// fma(c, x - y, fma(a, x, b y)) (NO_B, logmap: fma(c, x - y, a x); one-input ops: a x), so the same bits
+// (tested against the regular stores).  orow 64-byte aligned, D a multiple of 16 (the caller checks).
+template <bool HAS_Y, bool NO_B>
+inline void write_row_f32_nt(const float* xr, const float* yr, float* orow, int64_t D, float a, float b, float c) {
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vc = _mm512_set1_ps(c);
+  for (int64_t j = 0; j < D; j += 16) {
+    const __m512 xv = _mm512_loadu_ps(xr + j);
+    __m512 o;
+    if constexpr (HAS_Y) {
+      const __m512 yv = _mm512_loadu_ps(yr + j);
+      const __m512 d = _mm512_sub_ps(xv, yv);
+      o = NO_B ? _mm512_fmadd_ps(vc, d, _mm512_mul_ps(va, xv))
+               : _mm512_fmadd_ps(vc, d, _mm512_fmadd_ps(va, xv, _mm512_mul_ps(vb, yv)));
+    } else {
+      o = _mm512_mul_ps(va, xv);
+    }
+    _mm512_stream_ps(orow + j, o);
+  }
+}
 #else
+template <bool HAS_Y, bool NO_B>
+inline void write_row_f32_nt(const float*, const float*, float*, int64_t, float, float, float) {}
 constexpr bool kLongSumsF32 = false;
 inline bool logmap_rcp_on() { return false; }
 inline bool block_fwd_msm_closed(const double*, const double*, const double*, int64_t, double*, double*, double*) {
@@ -697,6 +735,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
   [[maybe_unused]] const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
+  // the one-pass loop's row writes (f32_long: that loop runs) with non-temporal stores (nt_stores_on, above)
+  [[maybe_unused]] const bool nt = kF32Long && !SCALAR_OUT && f32_long && so == D && D % 16 == 0 &&
+                                   reinterpret_cast<uintptr_t>(op_) % 64 == 0 &&
+                                   nt_stores_on(N * D * static_cast<int64_t>(sizeof(scalar_t)));
   // the fast path's k per row: a call-wide curvature filled once (a per-block scalar fill of 32 rows cost about
   // a third of the D = 2 block's load/store floor), per-row k of stride 1 read in place
   const bool float_on = float_call_on();
@@ -738,6 +780,14 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
     const int64_t i = i0 + b;
     constexpr bool kNoB = OP == LOGMAP && !SHORT && std::is_same<scalar_t, float>::value;
+    if constexpr (kF32Long && !SCALAR_OUT) {
+      if (nt) {
+        write_row_f32_nt<HAS_Y, kNoB>(reinterpret_cast<const float*>(xp + i * sx),
+                                      reinterpret_cast<const float*>(yp + i * sy), reinterpret_cast<float*>(op_ + i * so),
+                                      D, static_cast<float>(ca[b]), static_cast<float>(cb[b]), static_cast<float>(cc[b]));
+        return;
+      }
+    }
     write_row<scalar_t, HAS_Y, kNoB>(xp + i * sx, yp + i * sy, op_ + i * so, D, static_cast<opmath_t>(ca[b]),
                                static_cast<opmath_t>(cb[b]), static_cast<opmath_t>(cc[b]));
   };
@@ -814,6 +864,9 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
           p0 = i0, pn = nb, cur = 1 - cur;
         }
         for (int64_t b = 0; b < pn; ++b) write_block_row(p0, b, co[1 - cur][0], co[1 - cur][1], co[1 - cur][2]);
+#if defined(CPU_CAPABILITY_AVX512)
+        if (nt) _mm_sfence();  // the streamed rows visible before the chunk ends
+#endif
       });
       return;
     }
