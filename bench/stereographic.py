@@ -210,6 +210,9 @@ def add_arguments(parser) -> None:
                    help="stereographic: N,M,D,n of the knn row (default 8192,8192,10,10)")
     g.add_argument("--matvec-shape", default="65536,256,256",
                    help="stereographic: rows, D_in, D_out of the mobius_matvec rows (default 2^16,256,256)")
+    g.add_argument("--blockdiag-shapes", default="16384x8x8,16384x16x4,16384x4x32",
+                   help="stereographic: mobius_blockdiag_matvec rows, comma list of ROWSxNBLOCKSxBLOCK (square blocks; "
+                        "default 16384x8x8,16384x16x4,16384x4x32)")
     g.add_argument("--midpoint-shapes", default="65536x64:0,4096x32x64:1",
                    help="stereographic: weighted_midpoint rows, comma list of SHAPE:REDUCEDIM (default "
                         "65536x64:0,4096x32x64:1: one midpoint of 2^16 points, 4096 midpoints of 32 points)")
@@ -303,7 +306,7 @@ def _setup(op, pass_, n, d, dtype, device, args):
 
 
 # ---------------------------------------------------------------- pairwise rows
-PAIR_OPS = ("cdist", "knn", "mobius_matvec", "wordnet", "weighted_midpoint", "weighted_midpoint_composed")
+PAIR_OPS = ("cdist", "knn", "mobius_matvec", "mobius_blockdiag_matvec", "wordnet", "weighted_midpoint", "weighted_midpoint_composed")
 PEER_CHUNK = 256  # geoopt's broadcast dist is timed in blocks of this many x rows (same work, bounded memory)
 
 
@@ -358,6 +361,16 @@ def pair_rows(args, device, ops):
                           work=flops, unit="GFLOP/s", limit="x @ m.T", peer=PEER,
                           check_tol=1e-9 if dtype == torch.float64 else 1e-3)
 
+        if "mobius_blockdiag_matvec" in ops:
+            for spec in args.blockdiag_shapes.split(","):
+                R, nb, b = (int(v) for v in spec.split("x"))
+                for pass_ in args.passes:
+                    flops = 2.0 * R * nb * b * b * (1 if pass_ == "fwd" else 3)
+                    yield Row(family="stereographic", op="mobius_blockdiag_matvec", pass_=pass_, shape=[R, nb, b],
+                              dtype=DTYPE_SHORT[dtype], setup=_blockdiag_setup(R, nb, b, dtype, device, pass_),
+                              work=flops, unit="GFLOP/s", limit="x @ block_diag(W).T (dense)",
+                              peer="geoops mobius_matvec(block_diag(W))", label="rows, blocks, block size",
+                              check_tol=1e-9 if dtype == torch.float64 else 1e-4)
 
 def wordnet_row(dtype):
     """One epoch of Poincaré embeddings of the WordNet mammals (bench/wordnet.py): geoopt vs patch_geoopt()."""
@@ -490,6 +503,27 @@ def _matvec_setup(R, Din, Dout, dtype, device, pass_):
 
     return setup
 
+
+
+def _blockdiag_setup(R, nb, b, dtype, device, pass_):
+    """H4G's block-diagonal Moebius matvec: the fused op vs the dense route (mobius_matvec on torch.block_diag of
+    the blocks, the peer) and the plain dense matmul (the limit); FLOPs counted for the block-diagonal work."""
+    def setup():
+        import geoops.stereographic as gs
+
+        need = pass_ == "fwd+bwd"
+        x = _pair_points(R, nb * b, dtype, device, 18).requires_grad_(need)
+        blocks = (torch.randn(nb, b, b, generator=torch.Generator().manual_seed(19)) / b ** 0.5).to(
+            device=device, dtype=dtype).requires_grad_(need)
+        dense = torch.block_diag(*blocks.detach()).requires_grad_(need)
+        k = torch.tensor(-1.0, dtype=dtype, device=device)
+        g = torch.randn(R, nb * b, generator=torch.Generator().manual_seed(20)).to(device=device, dtype=dtype)
+        calls = {"geoops": lambda: gs.mobius_blockdiag_matvec(blocks, x, k=k),
+                 "peer": lambda: gs.mobius_matvec(dense, x, k=k), "limit": lambda: x @ dense.T}
+        skipped = {"compiled": "n/a: not timed for mobius_blockdiag_matvec"}
+        return (*_timed_calls(calls, [x, blocks, dense], g, need), skipped)
+
+    return setup
 
 def _midpoint_setup(op, shape, red, dtype, device, pass_, no_compile=False):
     """weighted_midpoint (weights given, k = -1) of points of `shape` over `red`: geoops (op "weighted_midpoint": the

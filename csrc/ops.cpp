@@ -56,6 +56,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, "mobius_matvec epilogue, backward (CPU)");
   m.def("mobius_matvec_fwd_cpu", &geoops::cpu::mobius_matvec_fwd_cpu, "mobius_matvec, blocked GEMM + epilogue (CPU)");
   m.def("mobius_matvec_bwd_cpu", &geoops::cpu::mobius_matvec_bwd_cpu, "mobius_matvec backward, blocked (CPU)");
+  m.def("mobius_blockdiag_matvec_fwd_cpu", &geoops::cpu::mobius_blockdiag_matvec_fwd_cpu,
+        "block-diagonal Moebius matvec, fused (CPU)");
+  m.def("mobius_blockdiag_matvec_bwd_cpu", &geoops::cpu::mobius_blockdiag_matvec_bwd_cpu,
+        "block-diagonal Moebius matvec backward, fused (CPU)");
   m.def("stereo_midpoint_fwd_cpu", &geoops::cpu::stereo_midpoint_fwd_cpu,
         "weighted midpoint sums (F, L) per group of points (CPU; csrc/cpu/stereographic_midpoint.cpp)");
   m.def("stereo_midpoint_bwd_cpu", &geoops::cpu::stereo_midpoint_bwd_cpu, "weighted midpoint sums, backward (CPU)");

@@ -1469,12 +1469,40 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
     return out if d == x.dim() - 1 else out.movedim(-1, d - x.dim())
 
 
+class MobiusBlockdiagMatvecFn(torch.autograd.Function):
+    """mobius_blockdiag_matvec on the CPU: torch.ops.geoops.mobius_blockdiag_matvec_fwd / _bwd (x [R, nb*Di],
+    blocks [nb, Do, Di], k [1] or [R]): the per-block products and the epilogue fused per tile of rows, forward
+    and backward (no dense matrix, no [R, nb*Do] intermediate)."""
+
+    @staticmethod
+    def forward(ctx, x, blocks, k):
+        out, st = _PAIR["mobius_blockdiag_matvec_fwd"](x, blocks, k)
+        ctx.save_for_backward(x, blocks, k, out, st)
+        return out
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, g):
+        x, blocks, k, out, st = ctx.saved_tensors
+        need, mask = _grad_mask(ctx)
+        if mask == 0:
+            return None, None, None
+        dx, dw, gk = _PAIR["mobius_blockdiag_matvec_bwd"](g.contiguous(), x, blocks, k, out, st, mask)
+        gk = _rows_k_grad(gk, k, x.shape[0]) if need[2] else gk
+        return (dx if need[0] else None, dw if need[1] else None, gk if need[2] else None)
+
+
 def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torch.Tensor:
     r"""Mobius matvec with a block-diagonal matrix given by its diagonal blocks (H4G's radius-reducing matmul).
 
     blocks ``[nb, D_out_b, D_in_b]``, x ``[..., nb * D_in_b]`` (vectors along the last dimension) ->
     ``[..., nb * D_out_b]``; equal to ``mobius_matvec(torch.block_diag(*blocks), x, k=k)`` without forming
-    the dense matrix: one batched GEMM over the blocks plus the same fused epilogue as :func:`mobius_matvec`.
+    the dense matrix.  On the CPU one fused op (forward and backward): the per-block products (a lane kernel
+    over tiles of rows for small blocks, one GEMM per block and chunk of rows for large ones), the row norms
+    and :func:`mobius_matvec`'s epilogue in one pass; rows with ``Mx = 0`` give exactly 0.  Elsewhere (and
+    under torch.func transforms) a batched product over the blocks plus the same epilogue ops.  Gradients to
+    blocks, x and k; float16/bfloat16 are computed in float32.  k: a number, or a tensor broadcasting against
+    x's batch with size 1 last.
     """
     op = "mobius_blockdiag_matvec"
     _check_float(op, "blocks", blocks)
@@ -1485,8 +1513,28 @@ def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torc
     if x.dim() < 1 or x.shape[-1] != nb * di:
         _fail(op, f"x must have n_blocks * D_in_b = {nb * di} entries along its last dimension, got shape "
                   f"{tuple(x.shape)}")
+    if blocks.device != x.device:
+        _fail(op, f"blocks is on {blocks.device} but x is on {x.device}")
     dtype = torch.promote_types(blocks.dtype, x.dtype)
     xl, blocks = x.to(dtype), blocks.to(dtype)
+    if not _transformed() and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+        if dtype not in (torch.float32, torch.float64):  # half types: computed in float32
+            return mobius_blockdiag_matvec(blocks.float(), xl.float(), k=k).to(dtype)
+        kt = _scale_k(op, k, xl)
+        batch = tuple(xl.shape[:-1])
+        grown = _grow_rows(op, kt, batch)
+        if grown is not batch:
+            xl, batch = xl.expand(grown + (xl.shape[-1],)), grown
+        R = math.prod(batch)
+        x2 = xl.reshape(R, xl.shape[-1])
+        x2 = x2 if x2.is_contiguous() else x2.contiguous()
+        bc = blocks if blocks.is_contiguous() else blocks.contiguous()
+        kr = _rows_k(op, kt, batch, R)
+        if torch.is_grad_enabled() and (x2.requires_grad or bc.requires_grad or kr.requires_grad):
+            out = MobiusBlockdiagMatvecFn.apply(x2, bc, kr)
+        else:
+            out = _PAIR["mobius_blockdiag_matvec_fwd"](x2, bc, kr)[0]
+        return out.reshape(batch + (nb * do,))
     mx = torch.einsum("...bi,boi->...bo", xl.reshape(*xl.shape[:-1], nb, di), blocks).reshape(*xl.shape[:-1], nb * do)
     return _mobius_scale(op, mx, xl, _scale_k(op, k, mx))
 

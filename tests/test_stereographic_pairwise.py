@@ -908,3 +908,173 @@ def test_pairwise_gradients_independent_of_thread_count(dtype, shape):
         for name, a, b in zip(("dx", "dy", "dk", "dm"), runs[0], other):
             assert torch.equal(a, b), name
 
+
+
+# ---------------------------------------------------------------- mobius_blockdiag_matvec: the fused CPU op (H4G)
+# (nb, Do, Di): the lane kernel (small blocks, odd sizes, one block, more outputs than inputs) and the GEMM route
+# (both sides >= 32)
+BD_SHAPES = [(8, 8, 8), (16, 4, 4), (3, 5, 7), (1, 6, 3), (4, 2, 9), (2, 33, 40), (1, 32, 32), (1, 64, 65)]
+
+
+def _bd_inputs(nb, do, di, rows=(5, 7), dtype=torch.float64, seed=80):
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.randn(nb, do, di, generator=g, dtype=torch.float64) / di ** 0.5
+    x = torch.randn(*rows, nb * di, generator=g, dtype=torch.float64) * 0.4 / (nb * di) ** 0.5
+    return blocks.to(dtype), x.to(dtype)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+@pytest.mark.parametrize("shape", BD_SHAPES)
+def test_mobius_blockdiag_matvec_matches_dense_route(shape, kval):
+    blocks, x = _bd_inputs(*shape, rows=(3, 23))  # 69 rows: several lane tiles and a ragged last one
+    x[0, :2] = 0  # x = 0 rows
+    blocks, x = blocks.requires_grad_(), x.requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    gr = torch.randn(3, 23, shape[0] * shape[1], generator=torch.Generator().manual_seed(81), dtype=torch.float64)
+    out = gs.mobius_blockdiag_matvec(blocks, x, k=k)
+    exp = gs.mobius_matvec(torch.block_diag(*blocks), x, k=k)
+    torch.testing.assert_close(out, exp, rtol=1e-12, atol=1e-14)
+    assert (out[0, :2] == 0).all()
+    for a, b in zip(torch.autograd.grad((out * gr).sum(), (blocks, x, k)),
+                    torch.autograd.grad((exp * gr).sum(), (blocks, x, k))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["0", "1"], ids=["lanes", "gemm"])
+@pytest.mark.parametrize("shape", [(8, 8, 8), (3, 5, 7), (2, 33, 40), (1, 1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mobius_blockdiag_matvec_forced_routes(shape, route, dtype, monkeypatch):
+    # both CPU routes on every shape (GEOOPS_BLOCKDIAG_GEMM), per-row k, against the composed reference backend
+    monkeypatch.setenv("GEOOPS_BLOCKDIAG_GEMM", route)
+    blocks, x = _bd_inputs(*shape, rows=(2, 150), seed=89)
+    k = torch.rand(2, 150, 1, generator=torch.Generator().manual_seed(90), dtype=torch.float64) * 1.5 - 1.0
+    gr = torch.randn(2, 150, shape[0] * shape[1], generator=torch.Generator().manual_seed(91), dtype=torch.float64)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-5)
+    res = []
+    for be in ("cpp", "reference"):
+        b_, x_, k_ = (t.to(dtype).clone().requires_grad_() for t in (blocks, x, k))
+        with geoops.use_backend(be):
+            o = gs.mobius_blockdiag_matvec(b_, x_, k=k_)
+            res.append((o,) + torch.autograd.grad((o * gr.to(dtype)).sum(), (b_, x_, k_)))
+    for i, (a, b) in enumerate(zip(*res)):
+        # fp64 gradients to 1e-8: the reference's closed-form derivatives switch to the series at another |z|
+        torch.testing.assert_close(a, b, **(dict(rtol=1e-8, atol=1e-10) if i and dtype == torch.float64 else tol))
+
+
+@needs_geoopt
+@pytest.mark.parametrize("kval", [-1.0, 1e-4, 0.7])
+def test_mobius_blockdiag_matvec_matches_geoopt(kval):
+    blocks, x = _bd_inputs(3, 4, 5, rows=(2, 9), seed=82)
+    blocks, x = blocks.requires_grad_(), x.requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    ours = gs.mobius_blockdiag_matvec(blocks, x, k=k)
+    theirs = gm.mobius_matvec(torch.block_diag(*blocks), x, k=k)
+    _assert_matches_geoopt(ours, theirs, (blocks, x, k))
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 3), (2, 32, 33)])
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_mobius_blockdiag_matvec_gradcheck_and_exact_zero(shape, kval):
+    blocks, x = _bd_inputs(*shape, rows=(4,), seed=83)
+    blocks, x = blocks.requires_grad_(), x.requires_grad_()
+    k = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda a, b, c: gs.mobius_blockdiag_matvec(a, b, k=c), (blocks, x, k))
+    kr = torch.linspace(-1, 0.5, 4, dtype=torch.float64).reshape(4, 1).requires_grad_()  # one k per row
+    assert gradcheck(lambda a, b, c: gs.mobius_blockdiag_matvec(a, b, k=c), (blocks, x, kr))
+    z = torch.zeros_like(blocks)
+    assert (gs.mobius_blockdiag_matvec(z, x, k=k) == 0).all()
+    assert (gs.mobius_blockdiag_matvec(blocks, torch.zeros_like(x), k=k) == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 8), (16, 4, 4), (3, 5, 7), (2, 33, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_mobius_blockdiag_matvec_low_precision_within_twice_eager(shape, dtype):
+    # |ours - fp64| <= 2 |eager dense route in dtype - fp64| + floor, forward and the gradients
+    blocks, x = _bd_inputs(*shape, rows=(300,), seed=84)
+    g = torch.randn(300, shape[0] * shape[1], generator=torch.Generator().manual_seed(85), dtype=torch.float64)
+    k = -1.0
+
+    def run(fn, dt, be):
+        b_, x_ = blocks.to(dt).requires_grad_(), x.to(dt).requires_grad_()
+        with geoops.use_backend(be):
+            o = fn(b_, x_)
+            gb, gx = torch.autograd.grad((o * g.to(dt)).sum(), (b_, x_))
+        return [t.double() for t in (o, gb, gx)]
+
+    ours = run(lambda b_, x_: gs.mobius_blockdiag_matvec(b_, x_, k=k), dtype, "cpp")
+    eager = run(lambda b_, x_: ref.mobius_matvec(torch.block_diag(*b_), x_, k=torch.tensor(k, dtype=x_.dtype)),
+                dtype, "reference")
+    exact = run(lambda b_, x_: ref.mobius_matvec(torch.block_diag(*b_), x_, k=torch.tensor(k, dtype=x_.dtype)),
+                torch.float64, "reference")
+    floor = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
+    for name, o, e, t in zip(("out", "dblocks", "dx"), ours, eager, exact):
+        err, err_ref = (o - t).abs().max().item(), (e - t).abs().max().item()
+        assert err <= 2 * err_ref + floor * t.abs().max().item(), (name, err, err_ref)
+    assert gs.mobius_blockdiag_matvec(blocks.to(dtype), x.to(dtype), k=k).dtype == dtype
+
+
+def test_mobius_blockdiag_matvec_opcheck_compile_and_reference_backend():
+    blocks, x = _bd_inputs(3, 2, 4, rows=(7,), seed=86)
+    for k in (torch.tensor([-1.0], dtype=torch.float64), torch.linspace(-1, 0.5, 7, dtype=torch.float64)):
+        torch.library.opcheck(torch.ops.geoops.mobius_blockdiag_matvec_fwd.default, (x, blocks, k))
+        out, st = torch.ops.geoops.mobius_blockdiag_matvec_fwd(x, blocks, k)
+        gr = torch.randn(7, 6, generator=torch.Generator().manual_seed(87), dtype=torch.float64)
+        for mask in (1, 2, 4, 7):
+            torch.library.opcheck(torch.ops.geoops.mobius_blockdiag_matvec_bwd.default,
+                                  (gr, x, blocks, k, out, st, mask))
+    xf, bf = x.float(), blocks.float()
+    fn = torch.compile(lambda a, b: gs.mobius_blockdiag_matvec(a, b, k=torch.tensor(-1.0)), fullgraph=True,
+                       backend="aot_eager")
+    torch.testing.assert_close(fn(bf, xf), gs.mobius_blockdiag_matvec(bf, xf, k=-1.0))
+    with geoops.use_backend("reference"):  # the composed route (other devices)
+        b_, x_ = blocks.clone().requires_grad_(), x.clone().requires_grad_()
+        o = gs.mobius_blockdiag_matvec(b_, x_, k=-0.5)
+        gref = torch.autograd.grad(o.sum(), (b_, x_))
+    b2, x2 = blocks.clone().requires_grad_(), x.clone().requires_grad_()
+    o2 = gs.mobius_blockdiag_matvec(b2, x2, k=-0.5)
+    torch.testing.assert_close(o2, o, rtol=1e-12, atol=1e-14)
+    for a, b in zip(torch.autograd.grad(o2.sum(), (b2, x2)), gref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    f = torch.func.grad(lambda x_: gs.mobius_blockdiag_matvec(blocks, x_, k=-0.5).sum())  # transforms: composed
+    torch.testing.assert_close(f(x), gref[1], rtol=1e-10, atol=1e-12)
+
+
+def test_mobius_blockdiag_matvec_empty_and_bad_input():
+    blocks, x = _bd_inputs(2, 3, 4, rows=(0,))
+    out = gs.mobius_blockdiag_matvec(blocks.requires_grad_(), x.requires_grad_(), k=-1.0)
+    assert out.shape == (0, 6)
+    out.sum().backward()
+    assert blocks.grad is not None and (blocks.grad == 0).all() and x.grad.shape == (0, 8)
+    assert gs.mobius_blockdiag_matvec(torch.zeros(0, 3, 4), torch.zeros(5, 0), k=-1.0).shape == (5, 0)
+    b, x = _bd_inputs(2, 3, 4, rows=(5,))
+    with pytest.raises(ValueError, match="blocks must be"):
+        gs.mobius_blockdiag_matvec(b[0], x, k=-1.0)
+    with pytest.raises(ValueError, match="x must have n_blocks"):
+        gs.mobius_blockdiag_matvec(b, x[:, :7], k=-1.0)
+    with pytest.raises(TypeError, match="blocks must be a floating-point"):
+        gs.mobius_blockdiag_matvec(b.long(), x, k=-1.0)
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        gs.mobius_blockdiag_matvec(b, x.long(), k=-1.0)
+    with pytest.raises(ValueError, match="k of shape"):
+        gs.mobius_blockdiag_matvec(b, x, k=torch.zeros(4, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(8, 8, 8), (2, 40, 32)], ids=["lanes", "gemm"])
+def test_mobius_blockdiag_matvec_bits_independent_of_thread_count(dtype, shape):
+    blocks0, x0 = _bd_inputs(*shape, rows=(2100,), dtype=dtype, seed=88)
+    prev = torch.get_num_threads()
+    runs = []
+    try:
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            b, x = blocks0.clone().requires_grad_(), x0.clone().requires_grad_()
+            k = torch.tensor(-1.0, dtype=dtype, requires_grad=True)
+            z = gs.mobius_blockdiag_matvec(b, x, k=k)
+            (z * z).sum().backward()
+            runs.append([z, b.grad, x.grad, k.grad])
+    finally:
+        torch.set_num_threads(prev)
+    for other in runs[1:]:
+        for name, a, b in zip(("out", "dblocks", "dx", "dk"), runs[0], other):
+            assert torch.equal(a, b), name

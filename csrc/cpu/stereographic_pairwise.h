@@ -45,6 +45,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_matvec_bwd_cpu(const at::T
                                                                      const at::Tensor& out, const at::Tensor& stats,
                                                                      int64_t mask);
 
+// mobius_blockdiag_matvec fused (H4G): x [R, nb*Di], blocks [nb, Do, Di], k [1] or [R] -> (out [R, nb*Do], stats
+// [R, 6] double as above); backward (mask bits 1 x, 2 blocks, 4 k) -> (dx, dblocks, dk per row [R] double).  No
+// dense matrix; lanes kernel for small blocks, one GEMM per block and chunk of rows for large ones
+// (stereographic_blockdiag.cpp).
+std::tuple<at::Tensor, at::Tensor> mobius_blockdiag_matvec_fwd_cpu(const at::Tensor& x, const at::Tensor& blocks,
+                                                                   const at::Tensor& k);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mobius_blockdiag_matvec_bwd_cpu(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& blocks, const at::Tensor& k, const at::Tensor& out,
+    const at::Tensor& stats, int64_t mask);
+
 // Fused knn over rank keys: (keys [N, n], indices [N, n]) of the n best points of y for every row of x.
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, const at::Tensor& y, double k, int64_t n,
                                            bool largest, int64_t tile);

@@ -536,6 +536,59 @@ PAIR_CALLERS["mobius_matvec_fwd"] = _library.caller(_mv_fwd_op, _mv_fwd)
 PAIR_CALLERS["mobius_matvec_bwd"] = _library.caller(_mv_bwd_op, _mv_bwd)
 
 
+# geoops::mobius_blockdiag_matvec_fwd(Tensor x, Tensor blocks, Tensor k) -> (Tensor out, Tensor stats)
+# geoops::mobius_blockdiag_matvec_bwd(Tensor g, Tensor x, Tensor blocks, Tensor k, Tensor out, Tensor stats, int mask)
+#   -> (dx, dblocks, dk)
+# x [R, nb*Di], blocks [nb, Do, Di], k [1] or [R]: mobius_matvec with the block-diagonal matrix, never formed; the
+# per-block products and the epilogue above fused per tile of rows (CPU); stats and backward algebra as
+# mobius_matvec's.  Other backends: a batched product over the blocks + the epilogue ops.
+def _bd_v(x, blocks):
+    nb, do, di = blocks.shape
+    R = x.shape[0]
+    return torch.einsum("rbi,boi->rbo", x.reshape(R, nb, di), blocks).reshape(R, nb * do)
+
+
+def _bd_fwd(x: torch.Tensor, blocks: torch.Tensor, k: torch.Tensor):
+    if _backend.resolve(x.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_blockdiag_matvec_fwd_cpu(x.detach(), blocks.detach(), k.detach()))
+    return _scale_fwd(_bd_v(x, blocks).contiguous(), x, k)
+
+
+def _bd_bwd(g, x, blocks, k, out, st, mask: int):
+    if _backend.resolve(x.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().mobius_blockdiag_matvec_bwd_cpu(
+            g.detach(), x.detach(), blocks.detach(), k.detach(), out, st, mask))
+    nb, do, di = blocks.shape
+    R = x.shape[0]
+    v = (out.double() / (st[:, 2:3] * st[:, 4:5])).to(out.dtype)
+    gv, gx, gk = _scale_bwd(g, v, x, k, st, 1 | (2 if mask & 1 else 0) | (mask & 4))
+    gvb = gv.reshape(R, nb, do)
+    dx = torch.einsum("rbo,boi->rbi", gvb, blocks).reshape(R, nb * di) + gx if mask & 1 else x.new_empty((0,))
+    dw = torch.einsum("rbo,rbi->boi", gvb, x.reshape(R, nb, di)) if mask & 2 else x.new_empty((0,))
+    return dx, dw, (gk if mask & 4 else x.new_empty((0,)))
+
+
+def _bd_fwd_fake(x, blocks, k):
+    return (x.new_empty((x.shape[0], blocks.shape[0] * blocks.shape[1])),
+            x.new_empty((x.shape[0], 6), dtype=torch.float64))
+
+
+def _bd_bwd_fake(g, x, blocks, k, out, st, mask):
+    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
+            torch.empty_like(blocks) if mask & 2 else x.new_empty((0,)),
+            x.new_empty((x.shape[0],), dtype=torch.float64) if mask & 4 else x.new_empty((0,)))
+
+
+_bd_fwd_op = _library.define_op(
+    "geoops::mobius_blockdiag_matvec_fwd", "(Tensor x, Tensor blocks, Tensor k) -> (Tensor, Tensor)", _bd_fwd,
+    _bd_fwd_fake)
+_bd_bwd_op = _library.define_op(
+    "geoops::mobius_blockdiag_matvec_bwd", "(Tensor grad, Tensor x, Tensor blocks, Tensor k, Tensor out, "
+    "Tensor stats, int mask) -> (Tensor, Tensor, Tensor)", _bd_bwd, _bd_bwd_fake)
+PAIR_CALLERS["mobius_blockdiag_matvec_fwd"] = _library.caller(_bd_fwd_op, _bd_fwd)
+PAIR_CALLERS["mobius_blockdiag_matvec_bwd"] = _library.caller(_bd_bwd_op, _bd_bwd)
+
+
 # ---------------------------------------------------------------- vmap rules (torch.func.vmap over the custom ops)
 # Every op above works on independent rows ([N, D] row ops, [B, ...] blocks of the pairwise ops), so a
 # vmapped call folds the vmap dimension into the leading one: one kernel call for the whole batch.
