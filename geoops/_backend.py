@@ -92,6 +92,34 @@ def _stale_sources(so_path: Path, with_cuda: bool) -> list:
     ]
 
 
+def cpu_class() -> str:
+    """The class of this machine's CPU that measured tables are keyed by: "<arch>-<vendor>-<isa>", e.g.
+    "x86_64-intel-avx512", "x86_64-amd-avx512", "x86_64-amd-avx2" (vendor and widest vector ISA from
+    /proc/cpuinfo), or just the architecture ("aarch64") where those are unknown."""
+    if "cpu_class" in _cache:
+        return _cache["cpu_class"]
+    import platform
+
+    arch = platform.machine().lower() or "unknown"
+    vendor, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(val.strip(), val.strip().lower())
+                elif key == "flags" and not flags:
+                    flags = set(val.split())
+                if vendor and flags:
+                    break
+    except OSError:
+        pass
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
+    _cache["cpu_class"] = "-".join(p for p in (arch, vendor, isa) if p)
+    return _cache["cpu_class"]
+
+
 def compiled():
     """The geoops._C module, or None (with one warning saying how to build it)."""
     if "C" in _cache:

@@ -9,7 +9,8 @@ i.e. the coefficients of the product of the two spherical functions f1 = sum x1_
 projected onto degrees <= lmax_out.  G vanishes unless l1 + l2 + l3 is even and |l1 - l2| <= l3 <= l1 + l2; on
 the allowed paths it is e3nn's ``wigner_3j`` times sqrt((2l1+1)(2l2+1)(2l3+1)/(4 pi)) |(l1 l2 l3; 0 0 0)|.
 
-Routes (all exact to round-off; ``route="auto"`` picks the fastest from a table measured by ``python -m bench``):
+Routes (all exact to round-off; ``route="auto"`` picks the fastest from the table measured on this machine's CPU class by ``python -m bench.gaunt --write-routes``,
+see ``route_table``):
 
 * ``"grid"``   evaluate on an exact Gauss-Legendre x uniform sphere grid, multiply, project back; on CPU
                 separably (per m a small Legendre block over l, then the azimuthal sums over m with the
@@ -28,7 +29,8 @@ form admits (per-path weights are not expressible: a product of two functions ha
 
 Gradients: to every input and every weight, and double backward: the gradient of x1 is itself a Gaunt product,
 grad_x1 = w1 * P_{<=L1}[ f(w2 x2) f(w_out g) ] (G is symmetric in its three indices), so the backward is written
-with the same fused op and is differentiable again; nothing O(L^6) is ever formed.  Reverse mode only: forward
+with the same fused op and is differentiable again; nothing O(L^6) is ever formed.  A first-order backward of the
+grid route on CPU runs these products as one fused kernel sharing the grid (same numbers).  Reverse mode only: forward
 mode (torch.func.jvp, jacfwd, hessian, forward_ad dual tensors) raises NotImplementedError (use
 jacrev(jacrev(f)) for a Hessian).
 """
@@ -39,11 +41,11 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _gaunt_routes, _library
+from . import _backend, _gaunt_routes, _library
 from ._ops import gaunt as _impl
 from .reference import gaunt as _ref
 
-__all__ = ["gaunt_tensor_product", "gaunt_product", "gaunt_power", "GauntFn", "ROUTES", "choose_route"]
+__all__ = ["gaunt_tensor_product", "gaunt_product", "gaunt_power", "GauntFn", "ROUTES", "choose_route", "route_table"]
 
 ROUTES = ("auto", "grid", "grid_gemm", "direct", "fft")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -70,7 +72,9 @@ class GauntFn(torch.autograd.Function):
     """autograd.Function of the nu-ary Gaunt product on rows: torch.ops.geoops.gaunt_fwd.
 
     apply(lmax_out, route, nu, x_1..x_nu, w_1..w_nu, w_out).  The backward is expressed with GauntFn itself
-    (grad of x_i = w_i * P_{<=L_i}[prod_{j != i} f_j * f(w_out g)]), so it is differentiable to any order.
+    (grad of x_i = w_i * P_{<=L_i}[prod_{j != i} f_j * f(w_out g)]), so it is differentiable to any order.  When it
+    need not be (no create_graph, no torch.func transform) the grid route on CPU computes the same products in one
+    fused kernel (geoops::gaunt_bwd: every factor and w_out g evaluated on the shared grid once), bit for bit.
     """
 
     differentiable_backward = True  # its torch.func twin allows nested derivative transforms
@@ -90,6 +94,9 @@ class GauntFn(torch.autograd.Function):
         need = ctx.needs_input_grad[3:]
         gx, gw = [None] * nu, [None] * nu
         g = g.contiguous()
+        if (not torch.is_grad_enabled() and not _library.functorch_active()
+                and _impl.has_fused_bwd(g.device, route)):
+            return GauntFn._fused_backward(ctx, xs, ws, wout, g, need)
         for i in range(nu):
             if not (need[i] or need[nu + i]):
                 continue
@@ -109,6 +116,35 @@ class GauntFn(torch.autograd.Function):
             gwo = _reduce_rows(_segsum(g * raw, lmax_out), wout)
         return (None, None, None, *[gx[i] if need[i] else None for i in range(nu)], *gw, gwo)
 
+    @staticmethod
+    def _fused_backward(ctx, xs, ws, wout, g, need):
+        """First-order backward through the fused grid kernel (geoops::gaunt_bwd): the same products as the
+        loop above, the factors and wout * g evaluated on the shared grid once.  Used only when the backward
+        need not be differentiable (no create_graph, no torch.func transform); same numbers as the loop."""
+        nu, lmax_out = ctx.nu, ctx.lmax_out
+        mode = []
+        for i in range(nu):
+            if not (need[i] or need[nu + i]):
+                mode.append(0)
+            else:
+                mode.append(2 if (ws[i] is not None and not need[nu + i]) else 1)
+        want_raw = wout is not None and need[2 * nu]
+        outs = iter(_impl.bwd_call(xs, ws, g, wout, mode + [int(want_raw)], lmax_out, ctx.route))
+        gx, gw = [None] * nu, [None] * nu
+        for i in range(nu):
+            if not mode[i]:
+                continue
+            h = next(outs)
+            if mode[i] == 2 or ws[i] is None:
+                gx[i] = h
+                continue
+            L = _ref.lmax_of(xs[i].shape[1])
+            if need[i]:
+                gx[i] = h * ws[i][:, _deg(L, h.device)]
+            gw[i] = _reduce_rows(_segsum(h * xs[i], L), ws[i])
+        gwo = _reduce_rows(_segsum(g * next(outs), lmax_out), wout) if want_raw else None
+        return (None, None, None, *[gx[i] if need[i] else None for i in range(nu)], *gw, gwo)
+
 
 def _core(xs, ws, wout, lmax_out, route):
     """Rows-level nu-ary product: the Function when anything needs a gradient, the kernel otherwise.
@@ -122,12 +158,29 @@ def _core(xs, ws, wout, lmax_out, route):
 
 
 # ---------------------------------------------------------------- route choice
+def route_table(nu: int, device: torch.device, cpu: Optional[str] = None) -> dict:
+    """{lmax: route} that 'auto' reads for nu factors on `device` (geoops/_gaunt_routes.py).
+
+    CPU: the table measured on this machine's CPU class (geoops._backend.cpu_class(), or `cpu`); for a class
+    nobody measured, a table of the same architecture and vendor (the BLAS and vector units behave alike),
+    else the default class's (the Intel Xeon table, what every machine used before session 21).  Other devices:
+    no measured table ({}: 'auto' runs grid)."""
+    if device.type != "cpu":
+        return {}
+    tables = _gaunt_routes.TABLES
+    cls = cpu or _backend.cpu_class()
+    if cls not in tables:
+        vendor = "-".join(cls.split("-")[:2])
+        cls = next((k for k in tables if "-".join(k.split("-")[:2]) == vendor),
+                   _gaunt_routes.DEFAULT_CLASS)
+    return tables[cls].get("binary" if nu == 2 else "many", {})
+
+
 def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.device) -> str:
-    """The route 'auto' runs: the fastest in the measured table geoops/_gaunt_routes.py for the device kind and
-    the largest degree (nearest measured lmax; grid where nothing was measured)."""
-    kind = "cpu" if device.type == "cpu" else "gpu"
+    """The route 'auto' runs: the fastest in the measured table for this machine (route_table) at the largest
+    degree (nearest measured lmax; grid where nothing was measured)."""
     nu = len(Ls)
-    table = _gaunt_routes.TABLE.get((kind, "binary" if nu == 2 else "many"), {})
+    table = route_table(nu, device)
     if not table:
         return "grid"
     L = max(max(Ls), lmax_out)

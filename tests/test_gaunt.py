@@ -11,6 +11,7 @@ import torch
 import geoops
 from geoops import gaunt as ga
 from geoops.reference import gaunt as R
+from _stress import num_threads
 
 try:  # the independent oracle (e3nn's harmonics, Wigner D, TensorProduct); without it the routes are still
     from e3nn import o3  # checked against a quadrature built here on geoops.reference's harmonics
@@ -353,6 +354,125 @@ def test_fp32_gradients_match_reference(route):
         assert (ours.grad.double() - ref.grad).abs().max() <= 1e-5 * ref.grad.abs().max()
 
 
+# ---------------------------------------------------------------- fused grid backward (session 21)
+@contextlib.contextmanager
+def _count_fused_bwd():
+    """Count calls of the fused backward kernel (geoops._ops.gaunt.Cpp.gaunt_bwd)."""
+    from geoops._ops import gaunt as og
+    calls = []
+    real = og.Cpp.__dict__["gaunt_bwd"]
+    og.Cpp.gaunt_bwd = staticmethod(lambda *a: calls.append(1) or real.__func__(*a))
+    try:
+        yield calls
+    finally:
+        og.Cpp.gaunt_bwd = real
+
+
+@contextlib.contextmanager
+def _unfused_bwd():
+    """The backward as further forward products (what GauntFn did before the fused kernel)."""
+    from geoops._ops import gaunt as og
+    real = og.has_fused_bwd
+    og.has_fused_bwd = lambda *a: False
+    try:
+        yield
+    finally:
+        og.has_fused_bwd = real
+
+
+def _bwd_case(Ls, Lo, dtype, weights, rows=37, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    xs = [r(rows, (L + 1) ** 2).requires_grad_() for L in Ls]
+    wrows = {"row": rows, "shared": 1}.get(weights)
+    ws = [None if wrows is None else r(wrows, L + 1).requires_grad_() for L in Ls]
+    if weights == "mixed":  # a weight that needs no gradient, one that does, none
+        ws = [r(rows, Ls[0] + 1), r(Ls[1] + 1).requires_grad_()] + [None] * (len(Ls) - 2)
+    wo = None if weights in (None, "mixed") else r(wrows, Lo + 1).requires_grad_()
+    up = r(rows, (Lo + 1) ** 2)
+    leaves = [t for t in (*xs, *ws, wo) if t is not None and t.requires_grad]
+
+    def grads():
+        out = ga.gaunt_product(xs, Lo, weights=ws, weight_out=wo, route="grid")
+        return torch.autograd.grad(out, leaves, up)
+    return grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("Ls,Lo,weights", [((2, 3), 4, "row"), ((0, 1), 1, None), ((4, 4), 4, "shared"),
+                                           ((3, 2, 1), 5, "row"), ((2,), 2, "shared"), ((6, 5), 3, "mixed"),
+                                           ((1, 2), 0, None)])
+def test_fused_grid_backward_equals_forward_product_backward(dtype, Ls, Lo, weights):
+    """The grid route's first-order backward runs the fused kernel (factors and wout * g on the shared grid once)
+    and gives bit for bit the gradients of the backward as further forward products (same steps, same order)."""
+    grads = _bwd_case(Ls, Lo, dtype, weights)
+    with _count_fused_bwd() as calls:
+        fused = grads()
+    assert calls, "the grid route's backward did not run the fused kernel"
+    with _unfused_bwd(), _count_fused_bwd() as calls:
+        old = grads()
+    assert not calls
+    for a, b in zip(fused, old):
+        assert torch.equal(a, b)
+
+
+def test_fused_grid_backward_gradcheck_and_double_backward():
+    """fp64 gradcheck through the fused kernel; under create_graph (force training) the backward stays the
+    differentiable forward-product form, so gradgradcheck holds."""
+    x1, x2 = _rand(5, 9, seed=90).requires_grad_(), _rand(5, 16, seed=91).requires_grad_()
+    w1, wo = _rand(5, 3, seed=92).requires_grad_(), _rand(4, seed=93).requires_grad_()
+    f = lambda a, b, c, d: ga.gaunt_tensor_product(a, b, 3, weight1=c, weight_out=d, route="grid")  # noqa: E731
+    with _count_fused_bwd() as calls:
+        assert torch.autograd.gradcheck(f, (x1, x2, w1, wo))
+    assert calls
+    with _count_fused_bwd() as calls:
+        out = f(x1, x2, w1, wo)
+        g1, = torch.autograd.grad(out.square().sum(), x1, create_graph=True)
+    assert g1.requires_grad and not calls
+    # the second derivative's own (first-order) backward of those products may run fused again
+    assert torch.autograd.gradgradcheck(f, (x1, x2, w1, wo))
+
+
+def test_fused_grid_backward_thread_count_bit_identity():
+    """Like the forward, the fused backward's gradients are bit-identical for 1 and 2 threads (tiles of 16 / 8
+    rows are independent; shared weights' sums are the same torch reductions as before)."""
+    grads = _bwd_case((3, 4), 4, torch.float32, "shared", rows=333, seed=5)
+    grads_row = _bwd_case((4, 2), 5, torch.float32, "row", rows=333, seed=6)
+    with num_threads(1):
+        one = grads() + grads_row()
+    with num_threads(2):
+        two = grads() + grads_row()
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def test_fused_grid_backward_fp32_error_rule():
+    """fp32 gradients through the fused kernel: error vs the fp64 oracle <= 2x the fp32 eager reference's + floor."""
+    L = 5
+    x1, x2, w, g = _rand(64, (L + 1) ** 2, seed=94), _rand(64, (L + 1) ** 2, seed=95), _rand(L + 1, seed=96), \
+        _rand(64, (L + 1) ** 2, seed=97)
+    exact = [t.clone().requires_grad_() for t in (x1, x2, w)]
+    oracle(*exact[:2], L, wo=exact[2]).backward(g)
+    ref32 = [t.float().requires_grad_() for t in (x1, x2, w)]
+    R.gaunt_tensor_product(*ref32[:2], L, weight_out=ref32[2]).backward(g.float())
+    ours = [t.float().requires_grad_() for t in (x1, x2, w)]
+    with _count_fused_bwd() as calls:
+        ga.gaunt_tensor_product(*ours[:2], L, weight_out=ours[2], route="grid").backward(g.float())
+    assert calls
+    for o, r, e in zip(ours, ref32, exact):
+        err = (o.grad.double() - e.grad).abs().max()
+        ref_err = (r.grad.double() - e.grad).abs().max()
+        assert err <= 2 * ref_err + 1e-6 * e.grad.abs().max(), (err, ref_err)
+
+
+def test_fused_grid_backward_opcheck():
+    xs = [_rand(5, 9, seed=98), _rand(5, 4, seed=99)]
+    ws = [_rand(5, 3, seed=100), None]
+    g, wo = _rand(5, 16, seed=101), _rand(1, 4, seed=102)
+    torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, wo, [2, 1, 1], 3, "grid"))
+    torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, None, [0, 1, 0], 3, "grid"))
+
+
 # ---------------------------------------------------------------- errors
 def test_errors_name_the_argument():
     x = _rand(4, 9)
@@ -430,6 +550,32 @@ def test_reference_backend():
 def test_auto_route_from_table():
     assert ga.choose_route([4, 4], 4, 2048, torch.device("cpu")) in ("grid", "grid_gemm", "direct", "fft")
     assert ga.choose_route([4, 4, 4], 4, 2048, torch.device("cpu")) in ("grid", "grid_gemm", "fft")
+
+
+def test_auto_route_table_per_cpu_class():
+    """'auto' reads the table measured on this machine's CPU class (session 21: the Intel Xeon's table picked the
+    dense-GEMM route for nu = 3 at lmax 1-2, 1.4-1.8x slower than grid on the AMD EPYC), a table of the same
+    vendor for an unmeasured ISA, and the default (Intel) table for an unknown machine."""
+    from geoops import _backend, _gaunt_routes
+    cpu = torch.device("cpu")
+    assert set(_gaunt_routes.TABLES) >= {"x86_64-intel-avx512", "x86_64-amd-avx512"}
+    assert _gaunt_routes.DEFAULT_CLASS in _gaunt_routes.TABLES
+    for cls, t in _gaunt_routes.TABLES.items():
+        assert cls in _gaunt_routes.MEASURED
+        assert ga.route_table(2, cpu, cls) == t["binary"] and ga.route_table(3, cpu, cls) == t["many"]
+        assert set(t["binary"].values()) <= {"grid", "grid_gemm", "direct", "fft"}
+        assert set(t["many"].values()) <= {"grid", "grid_gemm", "fft"}
+    amd, intel = _gaunt_routes.TABLES["x86_64-amd-avx512"], _gaunt_routes.TABLES["x86_64-intel-avx512"]
+    assert amd["many"][1] == amd["many"][2] == "grid" and intel["many"][1] == "grid_gemm"
+    assert ga.route_table(3, cpu, "x86_64-amd-avx2") == amd["many"]
+    assert ga.route_table(3, cpu, "x86_64-intel-avx2") == intel["many"]
+    assert ga.route_table(3, cpu, "aarch64") == _gaunt_routes.TABLES[_gaunt_routes.DEFAULT_CLASS]["many"]
+    assert ga.route_table(2, torch.device("meta")) == {}
+    cls = _backend.cpu_class()
+    assert cls.split("-")[0] and ga.route_table(2, cpu) == ga.route_table(2, cpu, cls)
+    if cls in _gaunt_routes.TABLES:
+        L = max(_gaunt_routes.TABLES[cls]["many"])
+        assert ga.choose_route([L] * 3, L, 2048, cpu) == _gaunt_routes.TABLES[cls]["many"][L]
 
 
 def test_torch_compile_fullgraph():

@@ -468,6 +468,146 @@ void azimuth_to_grid(const typename Simd<T>::V* g, const SepLayout& ly, const T*
   }
 }
 
+// Shapes shared by every step of one separable call: n_theta polar rows (nh of them formed when the tables are
+// mirrored about the equator, sym), na azimuths with Q = na/4 + 1 base azimuths, D2 frequency slots per class.
+template <typename T>
+struct SepGrid {
+  int64_t nth = 0, nh = 0, Q = 0, D2 = 0, na = 0;
+  bool sym = false;
+  const T* af = nullptr;  // azf (4, Q, D2)
+  const T* ab = nullptr;  // azb (4, D2, Q)
+};
+
+// Per-thread work buffers of the separable steps (sized for the largest degree of a call).
+template <typename T>
+struct SepWork {
+  using V = typename Simd<T>::V;
+  std::vector<V> xt, g, s, ot, wl, pe, po, pm;
+  SepWork(const SepGrid<T>& sg, int64_t nmax, int64_t gmax, int64_t lmax)
+      : xt(nmax), g(sg.nth * gmax), s(4 * sg.Q), ot(nmax), wl(lmax + 1), pe(sg.sym ? sg.nh : 0),
+        po(sg.sym ? sg.nh : 0), pm(sg.sym ? 2 * sg.nh * gmax : 0) {}
+};
+
+// One factor of a tile to the grid: rows -> lanes (weighted), the polar step per m, the azimuth step per polar row.
+// a: (nth, na) lane vectors; MUL: multiply the factor's values into a instead of storing them.
+template <typename T, bool MUL>
+void sep_to_grid(const T* x, const SepLayout& ly, const Weight& w, const int32_t* deg, const T* E, int64_t r0,
+                 int64_t rows, const SepGrid<T>& sg, SepWork<T>& wk, typename Simd<T>::V* a) {
+  using V = typename Simd<T>::V;
+  const int64_t G = ly.G, nth = sg.nth, nh = sg.nh;
+  // rows -> lanes (m-major), weighted
+  if (w.ptr) lane_weights<T>(w, ly.L, r0, rows, wk.wl.data());
+  rows_to_lanes_v<T>(x, ly.n, r0, rows, w.ptr ? wk.wl.data() : nullptr, deg, ly.perm.data(), wk.xt.data());
+  // polar step: g[j, slot(m)] = sum_l evals[j, l | m] xt[l, m]
+  for (int64_t m = -ly.L; m <= ly.L; ++m) {
+    const int64_t am = m < 0 ? -m : m, K = ly.L + 1 - am;
+    const V* xb = wk.xt.data() + ly.blk[m + ly.L];
+    V* gm = wk.g.data() + ly.pos[m + ly.L];
+    if (!sg.sym) {
+      lane_mm<T>(E + ly.col[am], ly.S, nth, K, xb, 1, gm, G);
+      continue;
+    }
+    // mirrored polar rows: Lambda_l|m|(pi - theta) = (-1)^(l+|m|) Lambda_l|m|(theta)
+    lane_mm<T>(E + ly.col[am], ly.S, nh, (K + 1) / 2, xb, 2, wk.pe.data(), 1, 2);
+    if (K > 1) lane_mm<T>(E + ly.col[am] + 1, ly.S, nh, K / 2, xb + 1, 2, wk.po.data(), 1, 2);
+    for (int64_t j = 0; j < nh; ++j) {
+      const V o = K > 1 ? wk.po[j] : V{};
+      gm[j * G] = wk.pe[j] + o;
+      if (j < nth / 2) gm[(nth - 1 - j) * G] = wk.pe[j] - o;
+    }
+  }
+  // azimuth step, a quarter period at a time: f at q, q + na/2, na - q, na/2 - q
+  for (int64_t j = 0; j < nth; ++j)
+    azimuth_to_grid<T, MUL>(wk.g.data() + j * G, ly, sg.af, sg.Q, sg.D2, sg.na, a + j * sg.na);
+}
+
+// Grid values a (nth, na) of a tile back to coefficients of degrees <= lo.L (quadrature folded into azb and bk),
+// lanes -> rows into out (weighted by wo).
+template <typename T>
+void sep_from_grid(const typename Simd<T>::V* acc, const SepLayout& lo, const T* bk, const Weight& wo,
+                   const int32_t* dego, int64_t r0, int64_t rows, const SepGrid<T>& sg, SepWork<T>& wk, T* op) {
+  using V = typename Simd<T>::V;
+  const int64_t nth = sg.nth, nh = sg.nh, Q = sg.Q, D2 = sg.D2, na = sg.na, half = na / 2;
+  V* s = wk.s.data();
+  // back, azimuth: H[j, slot(m)] = sum_q azb[class, m, q] (class sums of h at the four images of q)
+  const int64_t Go = lo.G;
+  const int64_t cnt[4] = {lo.nae, lo.nao, lo.nbe, lo.nbo};
+  for (int64_t j = 0; j < nth; ++j) {
+    const V* aj = acc + j * na;
+    for (int64_t q = 0; q < Q; ++q) {
+      const V h0 = aj[q], h1 = aj[q + half], h2 = aj[(na - q) % na], h3 = aj[half - q];
+      const V a = h0 + h1, b = h0 - h1, c = h2 + h3, d = h2 - h3;
+      s[q] = a + c;
+      s[Q + q] = b + d;
+      s[2 * Q + q] = a - c;
+      s[3 * Q + q] = b - d;
+    }
+    V* Hj = wk.g.data() + j * Go;
+    int64_t off = 0;
+    for (int c = 0; c < 4; ++c) {
+      lane_mm<T>(sg.ab + c * D2 * Q, Q, cnt[c], Q, s + c * Q, 1, Hj + off, 1);
+      off += cnt[c];
+    }
+  }
+  // back, polar: ot[l, m] = sum_j back[l | m, j] H[j, slot(m)]
+  if (!sg.sym) {
+    for (int64_t m = -lo.L; m <= lo.L; ++m) {
+      const int64_t am = m < 0 ? -m : m;
+      lane_mm<T>(bk + lo.col[am] * nth, nth, lo.L + 1 - am, nth, wk.g.data() + lo.pos[m + lo.L], Go,
+                 wk.ot.data() + lo.blk[m + lo.L], 1);
+    }
+  } else {
+    // mirrored polar rows: sums (even l + |m|) and differences (odd) of H at j and nth - 1 - j
+    V* P = wk.pm.data();
+    V* M = wk.pm.data() + nh * Go;
+    for (int64_t j = 0; j < nh; ++j) {
+      const V* a = wk.g.data() + j * Go;
+      const V* b = wk.g.data() + (nth - 1 - j) * Go;
+      for (int64_t k = 0; k < Go; ++k) {
+        const bool mid = (j == nth - 1 - j);
+        P[j * Go + k] = mid ? a[k] : a[k] + b[k];
+        M[j * Go + k] = mid ? a[k] : a[k] - b[k];
+      }
+    }
+    for (int64_t m = -lo.L; m <= lo.L; ++m) {
+      const int64_t am = m < 0 ? -m : m, K = lo.L + 1 - am;
+      V* ob = wk.ot.data() + lo.blk[m + lo.L];
+      lane_mm<T>(bk + lo.col[am] * nth, 2 * nth, (K + 1) / 2, nh, P + lo.pos[m + lo.L], Go, ob, 2);
+      if (K > 1) lane_mm<T>(bk + (lo.col[am] + 1) * nth, 2 * nth, K / 2, nh, M + lo.pos[m + lo.L], Go, ob + 1, 2);
+    }
+  }
+  // lanes -> rows, weighted
+  if (wo.ptr) lane_weights<T>(wo, lo.L, r0, rows, wk.wl.data());
+  lanes_to_rows_v<T>(wk.ot.data(), lo.n, r0, rows, wo.ptr ? wk.wl.data() : nullptr, dego, lo.perm.data(), op);
+}
+
+template <typename T>
+SepGrid<T> sep_grid(const at::Tensor& back, const at::Tensor& azf, const at::Tensor& azb, int64_t na, bool sym) {
+  SepGrid<T> sg;
+  sg.nth = back.size(1);
+  sg.nh = (sg.nth + 1) / 2;
+  sg.Q = azf.size(1);
+  sg.D2 = azf.size(2);
+  sg.na = na;
+  sg.sym = sym;
+  sg.af = azf.data_ptr<T>();
+  sg.ab = azb.data_ptr<T>();
+  return sg;
+}
+
+// The next tile's input rows (contiguous), into cache while this tile computes.
+template <typename T>
+void prefetch_next_tile(const std::vector<const T*>& xs, const std::vector<int64_t>& ns, int64_t r0, int64_t N) {
+  constexpr int64_t W = Simd<T>::N;
+  if (r0 + W >= N) return;
+  const int64_t rn = std::min<int64_t>(W, N - r0 - W);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const char* p = reinterpret_cast<const char*>(xs[i] + (r0 + W) * ns[i]);
+    const int64_t bytes = rn * ns[i] * static_cast<int64_t>(sizeof(T));
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+  }
+}
+
 template <typename T>
 void sep_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
               const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals, const at::Tensor& back,
@@ -475,16 +615,20 @@ void sep_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional
   using V = typename Simd<T>::V;
   constexpr int64_t W = Simd<T>::N;
   const int64_t nu = static_cast<int64_t>(xs.size());
-  const int64_t N = out.size(0), nth = back.size(1), nh = (nth + 1) / 2;
-  const int64_t Q = azf.size(1), D2 = azf.size(2), half = na / 2;
+  const int64_t N = out.size(0);
+  const SepGrid<T> sg = sep_grid<T>(back, azf, azb, na, sym);
   std::vector<SepLayout> lay;
   std::vector<Weight> wp(nu);
   std::vector<std::vector<int32_t>> deg(nu);
+  std::vector<const T*> xp(nu);
+  std::vector<int64_t> ns(nu);
   int64_t nmax = 1, gmax = 1, lmax = 0;
   for (int64_t i = 0; i < nu; ++i) {
     lay.emplace_back(lmax_of(xs[i].size(1)));
     wp[i] = weight_of<T>(ws[i], N, lay[i].L, "weight of a factor");
     deg[i] = degrees(lay[i].n);
+    xp[i] = xs[i].data_ptr<T>();
+    ns[i] = lay[i].n;
     nmax = std::max(nmax, lay[i].n);
     gmax = std::max(gmax, lay[i].G);
     lmax = std::max(lmax, lay[i].L);
@@ -493,113 +637,105 @@ void sep_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional
   const Weight wo = weight_of<T>(wout, N, lo.L, "weight_out");
   const std::vector<int32_t> dego = degrees(lo.n);
   lmax = std::max(lmax, lo.L);
+  nmax = std::max(nmax, lo.n);
+  gmax = std::max(gmax, lo.G);
   const T* bk = back.data_ptr<T>();
-  const T* af = azf.data_ptr<T>();
-  const T* ab = azb.data_ptr<T>();
   T* op = out.data_ptr<T>();
 
   const int64_t ntiles = (N + W - 1) / W;
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<V> xt(nmax), g(nth * std::max(gmax, lo.G)), acc(nth * na), s(4 * Q), ot(lo.n), wl(lmax + 1);
-    std::vector<V> pe(sym ? nh : 0), po(sym ? nh : 0), pm(sym ? 2 * nh * lo.G : 0);
+    SepWork<T> wk(sg, nmax, gmax, lmax);
+    std::vector<V> acc(sg.nth * na);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * W;
       const int64_t rows = std::min<int64_t>(W, N - r0);
-      if (t + 1 < ntiles) {  // the next tile's input rows (contiguous), into cache while this tile computes
-        const int64_t rn = std::min<int64_t>(W, N - r0 - W);
-        for (int64_t i = 0; i < nu; ++i) {
-          const char* p = reinterpret_cast<const char*>(xs[i].data_ptr<T>() + (r0 + W) * lay[i].n);
-          const int64_t bytes = rn * lay[i].n * static_cast<int64_t>(sizeof(T));
-          for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
-        }
-      }
+      prefetch_next_tile<T>(xp, ns, r0, N);
       for (int64_t i = 0; i < nu; ++i) {
-        const SepLayout& ly = lay[i];
-        const int64_t G = ly.G;
-        // rows -> lanes (m-major), weighted
-        if (wp[i].ptr) lane_weights<T>(wp[i], ly.L, r0, rows, wl.data());
-        rows_to_lanes_v<T>(xs[i].data_ptr<T>(), ly.n, r0, rows, wp[i].ptr ? wl.data() : nullptr, deg[i].data(),
-                           ly.perm.data(), xt.data());
-        // polar step: g[j, slot(m)] = sum_l evals[j, l | m] xt[l, m]
         const T* E = evals[i].data_ptr<T>();
-        for (int64_t m = -ly.L; m <= ly.L; ++m) {
-          const int64_t am = m < 0 ? -m : m, K = ly.L + 1 - am;
-          const V* xb = xt.data() + ly.blk[m + ly.L];
-          V* gm = g.data() + ly.pos[m + ly.L];
-          if (!sym) {
-            lane_mm<T>(E + ly.col[am], ly.S, nth, K, xb, 1, gm, G);
-            continue;
-          }
-          // mirrored polar rows: Lambda_l|m|(pi - theta) = (-1)^(l+|m|) Lambda_l|m|(theta)
-          lane_mm<T>(E + ly.col[am], ly.S, nh, (K + 1) / 2, xb, 2, pe.data(), 1, 2);
-          if (K > 1) lane_mm<T>(E + ly.col[am] + 1, ly.S, nh, K / 2, xb + 1, 2, po.data(), 1, 2);
-          for (int64_t j = 0; j < nh; ++j) {
-            const V o = K > 1 ? po[j] : V{};
-            gm[j * G] = pe[j] + o;
-            if (j < nth / 2) gm[(nth - 1 - j) * G] = pe[j] - o;
-          }
-        }
-        // azimuth step, a quarter period at a time: f at q, q + na/2, na - q, na/2 - q
-        for (int64_t j = 0; j < nth; ++j) {
-          if (i == 0)
-            azimuth_to_grid<T, false>(g.data() + j * G, ly, af, Q, D2, na, acc.data() + j * na);
-          else
-            azimuth_to_grid<T, true>(g.data() + j * G, ly, af, Q, D2, na, acc.data() + j * na);
-        }
+        if (i == 0)
+          sep_to_grid<T, false>(xp[i], lay[i], wp[i], deg[i].data(), E, r0, rows, sg, wk, acc.data());
+        else
+          sep_to_grid<T, true>(xp[i], lay[i], wp[i], deg[i].data(), E, r0, rows, sg, wk, acc.data());
       }
-      // back, azimuth: H[j, slot(m)] = sum_q azb[class, m, q] (class sums of h at the four images of q)
-      const int64_t Go = lo.G;
-      const int64_t cnt[4] = {lo.nae, lo.nao, lo.nbe, lo.nbo};
-      for (int64_t j = 0; j < nth; ++j) {
-        const V* aj = acc.data() + j * na;
-        for (int64_t q = 0; q < Q; ++q) {
-          const V h0 = aj[q], h1 = aj[q + half], h2 = aj[(na - q) % na], h3 = aj[half - q];
-          const V a = h0 + h1, b = h0 - h1, c = h2 + h3, d = h2 - h3;
-          s[q] = a + c;
-          s[Q + q] = b + d;
-          s[2 * Q + q] = a - c;
-          s[3 * Q + q] = b - d;
+      sep_from_grid<T>(acc.data(), lo, bk, wo, dego.data(), r0, rows, sg, wk, op);
+    }
+  }
+}
+
+// Fused backward of the separable grid route (nu factors and the incoming gradient g share one grid: the
+// backward products P_{<=L_k}[prod_{j != k} f_j * f(wout g)] have the forward's total degree).  Each tile takes
+// the nu factors and wout * g to the grid once, then projects, for every wanted k, the product of the others
+// and of f(wout g) (multiplied in the order of the unfused path: factors j != k ascending, then g) onto degrees
+// <= L_k, weighted by owk[k] when given; and, if wanted, the raw forward product (no wout) onto degrees <= Lout.
+template <typename T>
+void sep_bwd_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
+                  const at::Tensor& g, const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
+                  const std::vector<at::Tensor>& backs, const std::vector<c10::optional<at::Tensor>>& owk,
+                  const std::vector<int64_t>& need, const at::Tensor& azf, const at::Tensor& azb, int64_t na,
+                  bool sym, std::vector<at::Tensor>& outs) {
+  using V = typename Simd<T>::V;
+  constexpr int64_t W = Simd<T>::N;
+  const int64_t nu = static_cast<int64_t>(xs.size());
+  const int64_t N = g.size(0);
+  const SepGrid<T> sg = sep_grid<T>(backs[0], azf, azb, na, sym);
+  // inputs 0..nu-1: the factors; nu: g (weighted by wout)
+  std::vector<SepLayout> lay;
+  std::vector<Weight> wp(nu + 1), wk_out(nu + 1);
+  std::vector<std::vector<int32_t>> deg(nu + 1);
+  std::vector<const T*> xp(nu + 1);
+  std::vector<int64_t> ns(nu + 1);
+  int64_t nmax = 1, gmax = 1, lmax = 0;
+  for (int64_t i = 0; i <= nu; ++i) {
+    const at::Tensor& x = i < nu ? xs[i] : g;
+    lay.emplace_back(lmax_of(x.size(1)));
+    wp[i] = i < nu ? weight_of<T>(ws[i], N, lay[i].L, "weight of a factor") : weight_of<T>(wout, N, lay[i].L, "weight_out");
+    if (i < nu) wk_out[i] = weight_of<T>(owk[i], N, lay[i].L, "weight of a gradient");
+    deg[i] = degrees(lay[i].n);
+    xp[i] = x.data_ptr<T>();
+    ns[i] = lay[i].n;
+    nmax = std::max(nmax, lay[i].n);
+    gmax = std::max(gmax, lay[i].G);
+    lmax = std::max(lmax, lay[i].L);
+  }
+  std::vector<T*> op(nu + 1, nullptr);
+  for (int64_t k = 0; k <= nu; ++k)
+    if (need[k]) op[k] = outs[k].data_ptr<T>();
+  const int64_t P = sg.nth * na;
+
+  const int64_t ntiles = (N + W - 1) / W;
+  int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
+#pragma omp parallel num_threads(nthreads)
+  {
+    SepWork<T> wk(sg, nmax, gmax, lmax);
+    std::vector<V> F((nu + 1) * P), acc(P);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int64_t r0 = t * W;
+      const int64_t rows = std::min<int64_t>(W, N - r0);
+      prefetch_next_tile<T>(xp, ns, r0, N);
+      for (int64_t i = 0; i <= nu; ++i)
+        sep_to_grid<T, false>(xp[i], lay[i], wp[i], deg[i].data(), evals[i].data_ptr<T>(), r0, rows, sg, wk,
+                              F.data() + i * P);
+      for (int64_t k = 0; k <= nu; ++k) {
+        if (!need[k]) continue;
+        // k < nu: prod_{j != k} F_j * F_g;  k == nu: prod_j F_j (the raw forward product)
+        V* __restrict a = acc.data();
+        const int64_t first = k == 0 ? 1 : 0;
+        const int64_t last = k < nu ? nu : nu - 1;
+        std::copy(F.data() + first * P, F.data() + (first + 1) * P, a);
+        for (int64_t j = first + 1; j <= last; ++j) {
+          if (j == k) continue;
+          const V* __restrict b = F.data() + j * P;
+          for (int64_t q = 0; q < P; ++q) a[q] *= b[q];
         }
-        V* Hj = g.data() + j * Go;
-        int64_t off = 0;
-        for (int c = 0; c < 4; ++c) {
-          lane_mm<T>(ab + c * D2 * Q, Q, cnt[c], Q, s.data() + c * Q, 1, Hj + off, 1);
-          off += cnt[c];
-        }
+        const int64_t kk = k < nu ? k : nu;  // output degree: L_k, or Lout (= g's degree) for the raw product
+        const Weight none;
+        sep_from_grid<T>(a, lay[kk], backs[k].data_ptr<T>(), k < nu ? wk_out[k] : none, deg[kk].data(), r0, rows,
+                         sg, wk, op[k]);
       }
-      // back, polar: ot[l, m] = sum_j back[l | m, j] H[j, slot(m)]
-      if (!sym) {
-        for (int64_t m = -lo.L; m <= lo.L; ++m) {
-          const int64_t am = m < 0 ? -m : m;
-          lane_mm<T>(bk + lo.col[am] * nth, nth, lo.L + 1 - am, nth, g.data() + lo.pos[m + lo.L], Go,
-                     ot.data() + lo.blk[m + lo.L], 1);
-        }
-      } else {
-        // mirrored polar rows: sums (even l + |m|) and differences (odd) of H at j and nth - 1 - j
-        V* P = pm.data();
-        V* M = pm.data() + nh * Go;
-        for (int64_t j = 0; j < nh; ++j) {
-          const V* a = g.data() + j * Go;
-          const V* b = g.data() + (nth - 1 - j) * Go;
-          for (int64_t k = 0; k < Go; ++k) {
-            const bool mid = (j == nth - 1 - j);
-            P[j * Go + k] = mid ? a[k] : a[k] + b[k];
-            M[j * Go + k] = mid ? a[k] : a[k] - b[k];
-          }
-        }
-        for (int64_t m = -lo.L; m <= lo.L; ++m) {
-          const int64_t am = m < 0 ? -m : m, K = lo.L + 1 - am;
-          V* ob = ot.data() + lo.blk[m + lo.L];
-          lane_mm<T>(bk + lo.col[am] * nth, 2 * nth, (K + 1) / 2, nh, P + lo.pos[m + lo.L], Go, ob, 2);
-          if (K > 1) lane_mm<T>(bk + (lo.col[am] + 1) * nth, 2 * nth, K / 2, nh, M + lo.pos[m + lo.L], Go, ob + 1, 2);
-        }
-      }
-      // lanes -> rows, weighted
-      if (wo.ptr) lane_weights<T>(wo, lo.L, r0, rows, wl.data());
-      lanes_to_rows_v<T>(ot.data(), lo.n, r0, rows, wo.ptr ? wl.data() : nullptr, dego.data(), lo.perm.data(), op);
     }
   }
 }
@@ -795,6 +931,62 @@ at::Tensor gaunt_sep_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vecto
     sep_impl<double>(xs, ws, wout, evals, back, azf, azb, na, mirrored_tables<double>(evals, back), out);
   }
   return out;
+}
+
+std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
+                                          const std::vector<c10::optional<at::Tensor>>& ws, const at::Tensor& g,
+                                          const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
+                                          const std::vector<at::Tensor>& backs,
+                                          const std::vector<c10::optional<at::Tensor>>& owk,
+                                          const std::vector<int64_t>& need, const at::Tensor& azf,
+                                          const at::Tensor& azb, int64_t na) {
+  const size_t nu = xs.size();
+  TORCH_CHECK(nu >= 1 && ws.size() == nu && owk.size() == nu && evals.size() == nu + 1 && backs.size() == nu + 1 &&
+                  need.size() == nu + 1,
+              "gaunt_sep_bwd_cpu: xs, ws, owk (nu) and evals, backs, need (nu + 1) must be lists of matching lengths");
+  check_rows(g, "g");
+  check_rows(azf.view({azf.size(0) * azf.size(1), -1}), "azf");
+  check_rows(azb.view({azb.size(0) * azb.size(1), -1}), "azb");
+  TORCH_CHECK(na > 0 && na % 4 == 0, "gaunt_sep_bwd_cpu: na must be a positive multiple of 4");
+  const int64_t N = g.size(0), nth = backs[0].size(1);
+  const auto dt = g.scalar_type();
+  int64_t D = 0;
+  for (size_t i = 0; i <= nu; ++i) {
+    const at::Tensor& x = i < nu ? xs[i] : g;
+    if (i < nu) check_rows(x, "a factor");
+    check_rows(evals[i], "an evaluation table");
+    check_rows(backs[i], "a projection table");
+    const int64_t L = lmax_of(x.size(1));
+    D = std::max(D, L);
+    TORCH_CHECK(x.size(0) == N && x.scalar_type() == dt && evals[i].scalar_type() == dt &&
+                    backs[i].scalar_type() == dt,
+                "gaunt_sep_bwd_cpu: factors, g and tables must share rows and dtype");
+    TORCH_CHECK(evals[i].size(0) == nth && evals[i].size(1) == (L + 1) * (L + 2) / 2 && backs[i].size(1) == nth &&
+                    backs[i].size(0) == (L + 1) * (L + 2) / 2,
+                "gaunt_sep_bwd_cpu: evals[i] must be (n_theta, S_i) and backs[i] (S_i, n_theta), S_i = (L_i+1)(L_i+2)/2");
+  }
+  TORCH_CHECK(azf.dim() == 3 && azf.size(0) == 4 && azf.size(1) == na / 4 + 1 && azf.size(2) >= D / 2 + 1 &&
+                  azb.dim() == 3 && azb.size(0) == 4 && azb.size(1) == azf.size(2) && azb.size(2) == azf.size(1) &&
+                  azf.scalar_type() == dt && azb.scalar_type() == dt,
+              "gaunt_sep_bwd_cpu: azf must be (4, na/4+1, >= D/2+1) and azb its (4, ., na/4+1) transpose");
+  std::vector<at::Tensor> outs(nu + 1);
+  for (size_t k = 0; k <= nu; ++k)
+    if (need[k]) outs[k] = at::empty({N, k < nu ? xs[k].size(1) : g.size(1)}, g.options());
+  std::vector<at::Tensor> res;
+  if (N > 0) {
+    bool sym = true;
+    if (dt == at::kFloat) {
+      for (const at::Tensor& b : backs) sym = sym && mirrored_tables<float>(evals, b);
+      sep_bwd_impl<float>(xs, ws, g, wout, evals, backs, owk, need, azf, azb, na, sym, outs);
+    } else {
+      TORCH_CHECK(dt == at::kDouble, "gaunt_sep_bwd_cpu: float32 or float64 expected");
+      for (const at::Tensor& b : backs) sym = sym && mirrored_tables<double>(evals, b);
+      sep_bwd_impl<double>(xs, ws, g, wout, evals, backs, owk, need, azf, azb, na, sym, outs);
+    }
+  }
+  for (size_t k = 0; k <= nu; ++k)
+    if (need[k]) res.push_back(outs[k]);
+  return res;
 }
 
 at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,

@@ -27,6 +27,21 @@ at::Tensor gaunt_sep_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vecto
                              const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
                              const at::Tensor& back, const at::Tensor& azf, const at::Tensor& azb, int64_t na);
 
+// Fused backward of the separable grid route (Gauss-Legendre tables; the backward products of a Gaunt product
+// have the forward's total degree, so they share its grid).  Per tile of rows, the nu factors (weighted by ws)
+// and g (N, n_out) (weighted by wout) go to the grid once; then for every k < nu with need[k]:
+//   out_k = owk[k] * P_{<= L_k}[ prod_{j != k} f_j * f(wout g) ]      (backs[k]: the projection onto L_k)
+// and, with need[nu], the raw forward product P_{<= Lout}[ prod_j f_j ] (backs[nu]).  evals: the nu factors'
+// tables, then g's.  Returns the wanted outputs in order k = 0..nu.  Bit-identical to the same products through
+// gaunt_sep_fwd_cpu (same steps, same order of the grid products), for any thread count.
+std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
+                                          const std::vector<c10::optional<at::Tensor>>& ws, const at::Tensor& g,
+                                          const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
+                                          const std::vector<at::Tensor>& backs,
+                                          const std::vector<c10::optional<at::Tensor>>& owk,
+                                          const std::vector<int64_t>& need, const at::Tensor& azf,
+                                          const at::Tensor& azb, int64_t na);
+
 // Direct route of the binary Gaunt product: out[r, k] = wout * sum over the nonzero (i, j, k, g) of
 // g * (w1 x1)[r, i] * (w2 x2)[r, j].  ii, jj, kk: int32 (nnz,), sorted by (i, j); vals: (nnz,) in x's dtype.
 at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,

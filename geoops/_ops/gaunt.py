@@ -4,8 +4,15 @@ Custom op (fake implementation registered)::
 
     geoops::gaunt_fwd(Tensor[] xs, Tensor?[] ws, Tensor? wout, int lmax_out, str route) -> Tensor
 
-There is no separate gaunt_bwd: the gradient of a Gaunt product is a Gaunt product (G is symmetric in its
-three indices), so geoops.gaunt.GauntFn's backward calls gaunt_fwd again (differentiable to any order).
+    geoops::gaunt_bwd(Tensor[] xs, Tensor?[] ws, Tensor g, Tensor? wout, int[] need, int lmax_out, str route)
+        -> Tensor[]
+
+The gradient of a Gaunt product is a Gaunt product (G is symmetric in its three indices), so
+geoops.gaunt.GauntFn's backward can call gaunt_fwd again (differentiable to any order: what it does under
+create_graph / torch.func).  gaunt_bwd is the first-order shortcut of the grid route on CPU (session 21): the
+backward products have the forward's total degree, so they share one grid; the C++ kernel evaluates the factors
+and wout * g on it once and projects every wanted product (see ``Cpp.gaunt_bwd``).  Kernel sets without it
+(Torch, Triton, Reference) have no ``gaunt_bwd`` attribute and GauntFn keeps the forward-product backward.
 
 Contract of every kernel set (``gaunt_fwd``)::
 
@@ -64,6 +71,26 @@ def sep_consts(Ls: tuple, lmax_out: int, route: str, dtype: torch.dtype, device:
     azf, azb = _ref.azimuth_tables(na, max(max(Ls), lmax_out))
     cv = lambda t: t.to(device=device, dtype=dtype).contiguous()  # noqa: E731
     return [cv(e) for e in evals], cv(back), cv(azf), cv(azb), na
+
+
+@functools.lru_cache(maxsize=256)
+def sep_bwd_consts(Ls: tuple, lmax_out: int, dtype: torch.dtype, device: torch.device):
+    """Tables of the fused grid backward (C.gaunt_sep_bwd_cpu): (evals, backs, azf, azb, na).
+
+    evals: the factors' tables, then the output degree's (g is evaluated on the grid); backs: the projections
+    onto each factor's degree, then onto lmax_out.  All are the tables of the same products through the forward
+    kernel (sep_consts of the backward product: the other factors and lmax_out in, L_k out), so the fused
+    backward repeats their arithmetic exactly."""
+    evals_f, back_o, azf, azb, na = sep_consts(tuple(Ls), lmax_out, "grid", dtype, device)
+    evals, backs = list(evals_f), []
+    for k, L in enumerate(Ls):
+        e, b, az1, _, na1 = sep_consts(tuple(Ls[:k]) + tuple(Ls[k + 1:]) + (lmax_out,), L, "grid", dtype, device)
+        assert na1 == na and az1.shape == azf.shape, "gaunt: backward products must share the forward's grid"
+        if k == 0:
+            evals.append(e[-1])
+        backs.append(b)
+    backs.append(back_o)
+    return evals, backs, azf, azb, na
 
 
 @functools.lru_cache(maxsize=256)
@@ -177,6 +204,22 @@ class Cpp:
                                                xs[0].device)
         return C.gaunt_sep_fwd_cpu(list(xs), list(ws), wout, evals, back, azf, azb, na)
 
+    @staticmethod
+    def gaunt_bwd(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], g: torch.Tensor,
+                  wout: Optional[torch.Tensor], need: List[int], lmax_out: int, route: str) -> List[torch.Tensor]:
+        """First-order backward of the grid route, fused (one grid evaluation per factor and of wout * g).
+
+        need[k] (k < nu): 0 skip, 1 h_k = P_{<=L_k}[prod_{j != k} f_j * f(wout g)], 2 the same times ws[k] (the
+        gradient of x_k); need[nu]: 1 for the raw product P_{<=lmax_out}[prod_j f_j] (no wout; for wout's
+        gradient).  Returns the wanted tensors in that order.  Only route "grid" (the torus of the FFT route
+        depends on the factors' degrees, so its backward products do not share the forward's grid)."""
+        assert route == "grid", route
+        Ls = tuple(_ref.lmax_of(x.shape[1]) for x in xs)
+        evals, backs, azf, azb, na = sep_bwd_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
+        owk = [ws[k] if need[k] == 2 else None for k in range(len(xs))]
+        return _backend.compiled().gaunt_sep_bwd_cpu(list(xs), list(ws), g, wout, evals, backs, owk,
+                                                    [int(bool(n)) for n in need], azf, azb, na)
+
 
 class Torch:
     """Any device: the grid and Fourier routes with torch GEMMs and FFTs (direct and grid_gemm run as grid)."""
@@ -227,6 +270,25 @@ def _fwd_fake(xs, ws, wout, lmax_out, route):
     return xs[0].new_empty((xs[0].shape[0], (lmax_out + 1) ** 2))
 
 
+def has_fused_bwd(device: torch.device, route: str) -> bool:
+    """Whether the kernel set for `device` has the fused first-order backward for `route` (CPU C++, grid)."""
+    if route != "grid" or not hasattr(gaunt_kernels(device), "gaunt_bwd"):
+        return False
+    return gaunt_kernels(device) is not Cpp or hasattr(_backend.compiled(), "gaunt_sep_bwd_cpu")
+
+
+def _bwd(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], g: torch.Tensor, wout: Optional[torch.Tensor],
+         need: List[int], lmax_out: int, route: str) -> List[torch.Tensor]:
+    plain = lambda t: None if t is None else t.resolve_neg()  # noqa: E731
+    return gaunt_kernels(xs[0].device).gaunt_bwd([plain(x) for x in xs], [plain(w) for w in ws], plain(g),
+                                                 plain(wout), list(need), lmax_out, route)
+
+
+def _bwd_fake(xs, ws, g, wout, need, lmax_out, route):
+    return [(xs[k] if k < len(xs) else g).new_empty((g.shape[0], (xs[k] if k < len(xs) else g).shape[1]))
+            for k in range(len(need)) if need[k]]
+
+
 GAUNT_FWD = _library.define_op(
     "geoops::gaunt_fwd", "(Tensor[] xs, Tensor?[] ws, Tensor? wout, int lmax_out, str route) -> Tensor",
     _fwd, _fwd_fake)
@@ -234,3 +296,9 @@ GAUNT_FWD = _library.define_op(
 _library.fold_vmap("geoops::gaunt_fwd", row_broadcast=(1, 2))
 # what GauntFn calls: the kernel directly on the eager fast path, else the custom op
 fwd_call = _library.caller(GAUNT_FWD, _fwd, lambda xs, ws, wout, lmax_out, route: (*xs, *ws, wout))
+
+GAUNT_BWD = _library.define_op(
+    "geoops::gaunt_bwd",
+    "(Tensor[] xs, Tensor?[] ws, Tensor g, Tensor? wout, int[] need, int lmax_out, str route) -> Tensor[]",
+    _bwd, _bwd_fake)
+bwd_call = _library.caller(GAUNT_BWD, _bwd, lambda xs, ws, g, wout, need, lmax_out, route: (*xs, *ws, g, wout))
