@@ -123,6 +123,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare beta-concatenating flatten of an image, fused -> (y, channels-last x, pixel and image scalars) (CPU)");
   m.def("poincare_flatten_bwd_cpu", &geoops::cpu::poincare_flatten_bwd_cpu,
         "Poincare flatten, backward -> dL/dx as a channels-last image (CPU)");
+  m.def("poincare_image_channels_last_cpu", &geoops::cpu::image_channels_last,
+        "A (B, C, H, W) image as a channels-last tensor (a contiguous float image by a tiled transpose) (CPU)");
   m.def("poincare_residual_fwd_cpu", &geoops::cpu::poincare_residual_fwd_cpu,
         "Poincare residual Mobius addition of two images (points along dim 1) or row matrices, fused (CPU)");
   m.def("poincare_residual_bwd_cpu", &geoops::cpu::poincare_residual_bwd_cpu,

@@ -1003,22 +1003,46 @@ def test_fc_family_grads_same_bits_any_thread_count(monkeypatch, kind, m, dtype)
 
 @pytest.mark.parametrize("cgrad", [True, False])
 def test_relu_direct_fn_vs_op_path(monkeypatch, cgrad):
-    """The ReLU's eager direct-call Function (PoincareReluCppFn) runs the same kernels as PoincareReluFn through
-    the op caller (GEOOPS_POINCARE_FUSED=0): identical values and gradients (x channels-last and contiguous)."""
+    """The ReLU's eager direct-call Functions (PoincareReluImgFn for an image with the points along the channels,
+    PoincareReluCppFn for rows) run the same kernels as PoincareReluFn through the op caller
+    (GEOOPS_POINCARE_FUSED=0): identical values and gradients (x channels-last and contiguous, the upstream
+    gradient contiguous, channels-last and permuted; rows)."""
     x0 = _img(3, 6, 5, 4, c=0.9, dtype=torch.float32, seed=7)
-    for x_ in (x0, x0.contiguous(memory_format=torch.channels_last)):
-        res = {}
-        for fused in ("1", "0"):
-            monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
-            x = x_.clone().requires_grad_(True)
-            c = torch.tensor(0.9, requires_grad=cgrad)
-            y = gp.poincare_relu(x, c=c, dim=1)
-            assert _graph_has(y, "PoincareReluCppFn") == (fused == "1")
-            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
-            res[fused] = (y.detach(), torch.autograd.grad(y, [x, c] if cgrad else [x], gy))
-        torch.testing.assert_close(res["1"][0], res["0"][0], rtol=0, atol=0)
-        for a, b in zip(res["1"][1], res["0"][1]):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    r0 = x0.permute(0, 2, 3, 1).reshape(-1, 6)
+    for x_, dim, fn in ((x0, 1, "PoincareReluImgFn"), (x0.contiguous(memory_format=torch.channels_last), 1,
+                                                       "PoincareReluImgFn"), (r0, -1, "PoincareReluCppFn")):
+        for gfmt in ("contiguous", "channels_last", "permuted"):
+            res = {}
+            for fused in ("1", "0"):
+                monkeypatch.setenv("GEOOPS_POINCARE_FUSED", fused)
+                x = x_.clone().requires_grad_(True)
+                c = torch.tensor(0.9, requires_grad=cgrad)
+                y = gp.poincare_relu(x, c=c, dim=dim)
+                assert _graph_has(y, fn) == (fused == "1")
+                gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
+                if gfmt == "channels_last" and gy.dim() == 4:
+                    gy = gy.contiguous(memory_format=torch.channels_last)
+                elif gfmt == "permuted":
+                    gy = gy.transpose(0, -1).contiguous().transpose(0, -1)
+                res[fused] = (y.detach(), torch.autograd.grad(y, [x, c] if cgrad else [x], gy))
+            torch.testing.assert_close(res["1"][0], res["0"][0], rtol=0, atol=0)
+            for a, b in zip(res["1"][1], res["0"][1]):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_image_channels_last_transpose():
+    """geoops' transpose of a contiguous image to channels last (the convolution's, ReLU's, flatten's and residual's
+    pixel rows) gives x.contiguous(channels_last) exactly: float32 / float64, one channel, odd sizes, empty
+    images, a non-contiguous view (torch's copy); the strides are channels last."""
+    C2 = gp._backend.compiled()
+    for dt in (torch.float32, torch.float64):
+        for shp in ((3, 5, 7, 9), (2, 16, 32, 32), (1, 1, 4, 4), (0, 3, 2, 2), (2, 3, 0, 5), (4, 100, 3, 3),
+                    (2, 7, 1, 131)):
+            x = torch.randn(shp, dtype=dt)
+            y, ref = C2.poincare_image_channels_last_cpu(x), x.contiguous(memory_format=torch.channels_last)
+            assert y.stride() == ref.stride() and torch.equal(y, ref), shp
+        xs = torch.randn(2, 8, 6, 6, dtype=dt)[:, ::2]
+        assert torch.equal(C2.poincare_image_channels_last_cpu(xs), xs.contiguous(memory_format=torch.channels_last))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -129,22 +129,46 @@ void rows_narrow_out(T* out, const T* a, const T* b, int64_t N, int64_t k, int64
   });
 }
 
-// out (N, n) = a (N, k) b (k, n), k <= kNarrow: each output row an fma chain of b's rows (contiguous) in order
-template <typename T>
-void rows_narrow_in(T* out, const T* a, const T* b, int64_t N, int64_t k, int64_t n) {
-  // rows per task: ~kNarrowGrain multiply-adds (the digits head's 64 x 10 -> 512 runs on one thread: a fork cost more)
-  at::parallel_for(0, N, std::max<int64_t>(1, kNarrowGrain / std::max<int64_t>(n * std::max<int64_t>(k, 1), 1)),
-                   [&](int64_t i0, int64_t i1) {
+// out (N, n) = a (N, k) b (k, n), k <= kNarrow: every output element an fma chain over b's rows (contiguous) in order
+// in the dtype, the first term a product (as a float GEMM rounds; an fma onto +0 would turn a -0 product into +0);
+// rows independent, so the same bits for any thread count.  NN = n fixed at compile time (8, 16: the row's outputs in
+// registers), else n at run time; grain: rows per task.  The MLR head's dt z^T (mm_rows) and the batch norm's
+// v = u M (poincare_layers.cpp, bn_times_M: D <= 16, grain ~32768 / D^2 rows) -- one loop for both since session 21.
+template <typename T, int NN = 0>
+void rows_narrow_in_n(T* out, const T* a, const T* b, int64_t N, int64_t k, int64_t n_rt, int64_t grain) {
+  const int64_t n = NN ? NN : n_rt;
+  at::parallel_for(0, N, std::max<int64_t>(grain, 1), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
+      const T* ar = a + i * k;
       T* o = out + i * n;
-      for (int64_t e = 0; e < n; ++e) o[e] = T(0);
-      for (int64_t d = 0; d < k; ++d) {
-        const T ad = a[i * k + d];
-        const T* br = b + d * n;
-        for (int64_t e = 0; e < n; ++e) o[e] = std::fma(ad, br[e], o[e]);
+      if (k == 0) {
+        std::fill(o, o + n, T(0));
+        continue;
       }
+      T buf[NN > 0 ? NN : 1];
+      T* acc = NN > 0 ? buf : o;  // NN: the row's outputs in registers, written once
+      const T a0 = ar[0];
+      for (int64_t e = 0; e < n; ++e) acc[e] = a0 * b[e];
+      for (int64_t d = 1; d < k; ++d) {
+        const T ad = ar[d];
+        const T* br = b + d * n;
+        for (int64_t e = 0; e < n; ++e) acc[e] = std::fma(ad, br[e], acc[e]);
+      }
+      if constexpr (NN > 0) std::copy(buf, buf + NN, o);
     }
   });
+}
+
+template <typename T>
+void rows_narrow_in(T* out, const T* a, const T* b, int64_t N, int64_t k, int64_t n, int64_t grain) {
+  (n == 8 ? rows_narrow_in_n<T, 8> : n == 16 ? rows_narrow_in_n<T, 16> : rows_narrow_in_n<T, 0>)(out, a, b, N, k, n,
+                                                                                                   grain);
+}
+
+// mm_rows' rows per task: ~kNarrowGrain multiply-adds (the digits head's 64 x 10 -> 512 runs on one thread: a fork
+// cost more)
+inline int64_t narrow_in_grain(int64_t k, int64_t n) {
+  return std::max<int64_t>(1, kNarrowGrain / std::max<int64_t>(n * std::max<int64_t>(k, 1), 1));
 }
 
 // out (n, m) = a^T b for a (K, n), b (K, m), m <= kNarrow: blocks of RB of a's columns over the threads; per block,
@@ -219,8 +243,11 @@ inline void mm_rows(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, i
   const int64_t N = a.size(0), k = a.size(1), n = b.size(1), nch = std::max<int64_t>(1, (N + rows - 1) / rows);
   if (narrow && (n <= kNarrow || k <= kNarrow) && N * k * n <= kNarrowWork && narrow_on()) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fixed_gemm_rows_narrow", [&] {
-      (n <= kNarrow ? rows_narrow_out<scalar_t> : rows_narrow_in<scalar_t>)(
-          out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), N, k, n);
+      if (n <= kNarrow)
+        rows_narrow_out<scalar_t>(out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), N, k, n);
+      else
+        rows_narrow_in<scalar_t>(out.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), N, k, n,
+                                 narrow_in_grain(k, n));
     });
     return;
   }

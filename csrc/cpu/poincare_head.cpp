@@ -354,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_flatten_fwd_
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "poincare_flatten: float32/64");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const double c = scalar_value(c_in);
-  const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);  // its pixel rows, (B*P, C) in memory
+  const at::Tensor xl = image_channels_last(x);  // its pixel rows, (B*P, C) in memory
   at::Tensor y = at::empty({B, C * P}, x.options());
   const auto dopt = x.options().dtype(at::kDouble);
   at::Tensor pix = at::empty({B * P, kFlatPix}, dopt), img = at::empty({B, kFlatImg}, dopt);
@@ -380,6 +380,44 @@ at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g_in, const at::Tensor& xl
   return gr;
 }
 
+// ---------------------------------------------------------------- images as pixel rows
+// A (B, C, H, W) image as a channels-last tensor (its (B*H*W, C) pixel rows contiguous).  A plain contiguous float /
+// double image (the usual input layout) is transposed here, one (C, H*W) -> (H*W, C) matrix per image in tiles of
+// kPixTile pixels (reads along the pixels, writes within a tile of C * kPixTile entries): the same values as
+// x.contiguous(ChannelsLast), whose strided TensorIterator copy measured ~1.1 ms for 32 x 16 x 32 x 32 float32 on
+// the AMD EPYC (1 thread; a plain copy of the same bytes ~0.05 ms).  Other layouts and dtypes take that copy.
+namespace {
+constexpr int64_t kPixTile = 64;
+
+template <typename T>
+void nchw_to_nhwc(const T* in, T* out, int64_t B, int64_t C, int64_t P) {
+  const int64_t tiles = (P + kPixTile - 1) / kPixTile;
+  at::parallel_for(0, B * tiles, std::max<int64_t>(1, 16384 / std::max<int64_t>(C * kPixTile, 1)),
+                   [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / tiles, p0 = (t % tiles) * kPixTile, np = std::min(kPixTile, P - p0);
+      const T* src = in + b * C * P + p0;
+      T* dst = out + (b * P + p0) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T* sr = src + c * P;
+        for (int64_t p = 0; p < np; ++p) dst[p * C + c] = sr[p];
+      }
+    }
+  });
+}
+}  // namespace
+
+at::Tensor image_channels_last(const at::Tensor& x) {
+  if (x.dim() != 4 || x.size(1) <= 1 || x.is_contiguous(at::MemoryFormat::ChannelsLast) || !x.is_contiguous() ||
+      !x.device().is_cpu() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+    return x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_channels_last",
+                             [&] { nchw_to_nhwc<scalar_t>(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, C, P); });
+  return out;
+}
+
 // ---------------------------------------------------------------- the residual Möbius addition
 // out = x (+) y along the points' dimension of two images (B, C, H, W) (points along C, read as channels-last
 // pixel rows) or two row matrices (N, D), no projection (the stereographic op's semantics).  Forward: the
@@ -392,6 +430,11 @@ namespace {
 
 at::MemoryFormat rows_format(const at::Tensor& x) {
   return x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// x laid out by rows_format (an image through image_channels_last).
+at::Tensor in_format(const at::Tensor& x, at::MemoryFormat fmt) {
+  return fmt == at::MemoryFormat::ChannelsLast ? image_channels_last(x) : x.contiguous(fmt);
 }
 
 // The (N, D) rows of a tensor laid out by rows_format.
@@ -447,7 +490,7 @@ at::Tensor poincare_residual_fwd_cpu(const at::Tensor& x_in, const at::Tensor& y
                   (x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble),
               "poincare_residual: x and y of one dtype, float32 or float64");
   const auto fmt = rows_format(x_in);
-  const at::Tensor x = x_in.contiguous(fmt), y = y_in.contiguous(fmt);
+  const at::Tensor x = in_format(x_in, fmt), y = in_format(y_in, fmt);
   const at::Tensor k1 = at::full({1}, -scalar_value(c_in), x.options());
   const at::Tensor rows = stereo_fwd_cpu(stereo::MOBIUS_ADD, as_rows(x), as_rows(y), k1, c10::nullopt, 0.0);
   TORCH_CHECK(rows.is_contiguous(), "poincare_residual: the row kernel's output must be contiguous");
@@ -461,8 +504,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> poincare_residual_bwd_cpu(const a
                                                                          const at::Tensor& c_in, int64_t mask) {
   TORCH_CHECK(x_in.sizes() == y_in.sizes() && g_in.sizes() == x_in.sizes(), "poincare_residual: g, x, y of one shape");
   const auto fmt = rows_format(x_in);
-  const at::Tensor x = x_in.contiguous(fmt), y = y_in.contiguous(fmt);
-  const at::Tensor g = g_in.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor x = in_format(x_in, fmt), y = in_format(y_in, fmt);
+  const at::Tensor g = in_format(g_in.to(x.scalar_type()), fmt);
   const int64_t D = x.size(1), N = D ? x.numel() / D : 0;
   const double k = -scalar_value(c_in);
   at::Tensor gx = (mask & 1) ? at::empty_like(x, fmt) : at::Tensor();

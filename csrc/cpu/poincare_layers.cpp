@@ -4,6 +4,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
+#include "poincare_gemm.h"
 #include "knobs.h"
 #include "row_chunks.h"
 
@@ -921,37 +922,13 @@ BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
   return bn_ctx_d(std::vector<double>(bd.data_ptr<double>(), bd.data_ptr<double>() + bd.numel()), c, eps);
 }
 
-// v = u M for D <= kBnLaneMaxD as a row pass in the dtype (session 20): every output element an fma chain over d in
-// order (the first term a product), rounded in the dtype as a float GEMM rounds -- rows independent, so the same bits
-// for any thread count and alignment.  MKL's GEMM at these shapes (4096 x 8 x 8, the digits CNN) took 40-75 us per
-// call on the AMD EPYC (its generic `def` kernels, a fixed cost per call), this pass a few us; on the Intel Xeon
-// MKL's AVX-512 path was ~1.4x faster than the earlier row pass in double (bn14), which this float pass is not.
+// v = u M for D <= kBnLaneMaxD as a row pass in the dtype (session 20): fixed_gemm::rows_narrow_in (poincare_gemm.h,
+// shared with the MLR head since session 21) -- every output element an fma chain over d in order (the first term a
+// product), rounded in the dtype as a float GEMM rounds; rows independent, so the same bits for any thread count and
+// alignment.  MKL's GEMM at these shapes (4096 x 8 x 8, the digits CNN) took 40-75 us per call on the AMD EPYC (its
+// generic `def` kernels, a fixed cost per call), this pass a few us; on the Intel Xeon MKL's AVX-512 path was ~1.4x
+// faster than the earlier row pass *in double* (bn14), which this float pass is not.
 // GEOOPS_POINCARE_BN_SMALL_GEMM=0 (read per call) forces at::mm, what D > kBnLaneMaxD runs.
-template <typename T, int DD>
-void rows_times_dtype(const T* u, const T* M, T* v, int64_t N, int64_t Drt) {
-  const int64_t D = DD ? DD : Drt;
-  at::parallel_for(0, N, grain(D * D), [&](int64_t i0, int64_t i1) {
-    T acc[kBnLaneMaxD];
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* ur = u + i * D;
-      const T a0 = ur[0];
-      for (int64_t e = 0; e < D; ++e) acc[e] = a0 * M[e];
-      for (int64_t d = 1; d < D; ++d) {
-        const T ad = ur[d];
-        const T* Mr = M + d * D;
-        for (int64_t e = 0; e < D; ++e) acc[e] = std::fma(ad, Mr[e], acc[e]);
-      }
-      T* vr = v + i * D;
-      for (int64_t e = 0; e < D; ++e) vr[e] = acc[e];
-    }
-  });
-}
-
-template <typename T>
-void rows_times_dtype_d(const T* u, const T* M, T* v, int64_t N, int64_t D) {
-  (D == 8 ? rows_times_dtype<T, 8> : D == 16 ? rows_times_dtype<T, 16> : rows_times_dtype<T, 0>)(u, M, v, N, D);
-}
-
 // v = u M (an empty M: the identity): D <= kBnLaneMaxD the row pass above, else one GEMM; grad mode off
 // (thread-local: the op may run inside backward)
 at::Tensor bn_times_M(const at::Tensor& u_in, const at::Tensor& M_in) {
@@ -962,10 +939,10 @@ at::Tensor bn_times_M(const at::Tensor& u_in, const at::Tensor& M_in) {
       !knobs::off("GEOOPS_POINCARE_BN_SMALL_GEMM")) {
     const at::Tensor u = u_in.contiguous(), M = M_in.contiguous();
     at::Tensor v = at::empty_like(u);
-    if (u.scalar_type() == at::kDouble)
-      rows_times_dtype_d<double>(u.data_ptr<double>(), M.data_ptr<double>(), v.data_ptr<double>(), u.size(0), D);
-    else
-      rows_times_dtype_d<float>(u.data_ptr<float>(), M.data_ptr<float>(), v.data_ptr<float>(), u.size(0), D);
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "poincare_bn_times_M", [&] {
+      fixed_gemm::rows_narrow_in<scalar_t>(v.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), M.data_ptr<scalar_t>(),
+                                           u.size(0), D, D, grain(D * D));
+    });
     return v;
   }
   at::NoGradGuard ng;
