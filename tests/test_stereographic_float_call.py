@@ -114,13 +114,13 @@ def test_scalar_mul_float_call_mixed_k_nan_and_overflow(monkeypatch):
 # expm1 in float).  A block declines it on a row of 0 < k|x|^2 < 1e-30 (the 1e-19 rows of _rows), so these inputs
 # replace those rows by 1e-6 ones; blocks of rows near the boundary, tiny / zero rows, r = 1e-5, 40, -1.7, 0, 1e20.
 @pytest.mark.parametrize("threads", (1, 2))
-@pytest.mark.parametrize("one_pass", ("1", "0"))
+@pytest.mark.parametrize("one_pass", ("pass", "block"))
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("kv", (-1.0, -0.3))
 def test_scalar_mul_closed_form(d, kv, one_pass, threads, monkeypatch):
     """Each row within 3e-7 of the fp64 reference and of the double calls' error + 2e-7; zero rows stay zero;
     the one pass (its first 16 lanes' coefficients inside the sums) and the blocked loop alike, 1 and 2 threads."""
-    monkeypatch.setenv("GEOOPS_STEREO_ONE_PASS", one_pass)
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_LOOP", one_pass)
     n = 16 * 9 + 7
     k = torch.tensor(kv)
     x = _rows(n, d, seed=d + 40, max_norm=1.0 / abs(kv) ** 0.5)

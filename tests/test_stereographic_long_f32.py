@@ -268,12 +268,15 @@ def test_float_sums_accuracy(op, d, k_signs, threads, monkeypatch):
         torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("loop", ("pass", "row"))
 @pytest.mark.parametrize("d", (9, 16, 64))
 @pytest.mark.parametrize("op", ("mobius_add", "mobius_sub"))
-def test_float_sums_overflow_falls_back(op, d, monkeypatch):
+def test_float_sums_overflow_falls_back(op, d, loop, monkeypatch):
     """A row whose float sums overflow (|x| ~ 3e25: |x|^2 beyond float's range, finite in double) sends its block's
     sums back to double: that block equals the double sums (GEOOPS_STEREO_F32_SUMS=0) bit for bit, the huge row
-    included (before the fallback checked finiteness, the block kept its float sums: an infinite |x|^2)."""
+    included (before the fallback checked finiteness, the block kept its float sums: an infinite |x|^2).  One row at
+    a time (GEOOPS_STEREO_LONG_LOOP=row, session 21): the huge row alone goes back to double."""
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_LOOP", loop)
     g = torch.Generator().manual_seed(77 + d)
     n = 16 * 4
     x = torch.randn(n, d, generator=g) * 0.3 / d ** 0.5
@@ -286,7 +289,9 @@ def test_float_sums_overflow_falls_back(op, d, monkeypatch):
     new = fn(x, y, k=k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
     old = fn(x, y, k=k)
-    torch.testing.assert_close(new[16:32], old[16:32], rtol=0, atol=0, equal_nan=True)
+    rows = slice(16, 32) if loop == "pass" else slice(21, 22)
+    torch.testing.assert_close(new[rows], old[rows], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(new, old, rtol=2e-5, atol=2e-6, equal_nan=True)
 
 
 # ---------------------------------------------------------------- logmap's one reciprocal, msm's float r
@@ -363,3 +368,79 @@ def test_nt_stores_same_bits(op, d, threads, monkeypatch):
     """GEOOPS_STEREO_NT_STORES=1 and =0 give the same output bit for bit (knob read per call)."""
     for n, args, k in _cases(op, d):
         _same_bits_both_ways("GEOOPS_STEREO_NT_STORES", op, args, k, n, threads, monkeypatch)
+
+
+# ---------------------------------------------------------------- the loops over long rows (session 21)
+# fwd_rows' three loops over long fp32 vector rows (GEOOPS_STEREO_LONG_LOOP, read per call): pass (block j's sums with
+# block j - 1's writes; the default on Intel CPUs), block (a block's sums, lane math, writes), row (mobius_add /
+# mobius_sub one row at a time; their default elsewhere).  pass and block: the same bits; row: the same bits where the
+# row sums are in double (GEOOPS_STEREO_F32_SUMS=0), and with the float sums the same bits except rows that share a
+# 16-row block with a row whose denominator sends its sums back to double (the block loops redo the block);
+# regular and non-temporal writes; partial blocks per thread chunk, strided rows, per-row k of both signs, NaN rows.
+def _loop_out(loop, op, args, k, threads, monkeypatch):
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_LOOP", loop)
+    return _with_threads(threads, lambda: _call(op, args, k))
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("nt", ("0", "1"))
+@pytest.mark.parametrize("d", (17, 64, 100))
+@pytest.mark.parametrize("op", NT_OPS)
+def test_long_loops(op, d, nt, threads, monkeypatch):
+    """GEOOPS_STEREO_LONG_LOOP=pass / block / row: pass and block bit for bit; row bit for bit with double sums and
+    within the float sums' rounding (and bit for bit where no block fell back to double) with them."""
+    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
+    for n, args, k in _cases(op, d):
+        ref_out = _loop_out("pass", op, args, k, threads, monkeypatch)
+        blk = _loop_out("block", op, args, k, threads, monkeypatch)
+        torch.testing.assert_close(blk, ref_out, rtol=0, atol=0, equal_nan=True, msg=f"block, n={n}")
+        row = _loop_out("row", op, args, k, threads, monkeypatch)
+        if op not in ("mobius_add", "mobius_sub"):
+            torch.testing.assert_close(row, ref_out, rtol=0, atol=0, equal_nan=True, msg=f"row, n={n}")
+            continue
+        torch.testing.assert_close(row, ref_out, rtol=2e-6, atol=2e-7, equal_nan=True, msg=f"row, n={n}")
+        monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
+        try:
+            a = _loop_out("pass", op, args, k, threads, monkeypatch)
+            b = _loop_out("row", op, args, k, threads, monkeypatch)
+        finally:
+            monkeypatch.delenv("GEOOPS_STEREO_F32_SUMS")
+        torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=f"row, double sums, n={n}")
+        if d != 64:
+            continue
+        # (D = 64: blocks of 16 rows) rows of the blocks with no row near the fallback (den < 0.5 or not finite, with
+        # a margin): the same bits
+        x, y = (t.double() for t in _ordered(op, args))
+        kk = k.double().reshape(-1) if k.numel() > 1 else k.double().expand(n)
+        sgn = -1.0 if op == "mobius_sub" else 1.0
+        xx, yy, xy = (x * x).sum(-1), (y * y).sum(-1), (x * y).sum(-1)
+        den = 1 - 2 * sgn * kk * xy + kk * kk * xx * yy
+        bad = ~(den >= 0.6)
+        nb = (n + 15) // 16
+        bad_blk = torch.zeros(nb * 16, dtype=torch.bool)
+        bad_blk[:n] = bad
+        keep = ~bad_blk.view(nb, 16).any(-1, keepdim=True).expand(nb, 16).reshape(-1)[:n]
+        assert n < 100 or int(keep.sum()) >= n // 2
+        torch.testing.assert_close(row[keep], ref_out[keep], rtol=0, atol=0, equal_nan=True, msg=f"row bits, n={n}")
+
+
+def test_row_loop_falls_back_per_row(monkeypatch):
+    """mobius_add one row at a time: a near-boundary pair pointing apart (den < 0.5) takes the double sums for its
+    row, whose result then equals the double-sum path's; its block neighbours keep the float sums."""
+    n, d = 37, 64
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x = (x / x.norm(dim=-1, keepdim=True) * 0.3).float()
+    y = (x * 0.5).clone()
+    x[9] = x[9] / x[9].norm() * 0.97
+    y[9] = -x[9] * 0.99
+    k = torch.tensor(-1.0)
+    args = {"x": x, "y": y}
+    row = _loop_out("row", "mobius_add", args, k, 1, monkeypatch)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
+    dbl = _loop_out("row", "mobius_add", args, k, 1, monkeypatch)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_SUMS")
+    assert torch.equal(row[9], dbl[9])
+    expect = _ref("mobius_add", args, k)
+    assert bool(torch.isfinite(row).all())
+    torch.testing.assert_close(row.double(), expect.double(), rtol=1e-5, atol=1e-6)

@@ -273,8 +273,9 @@ inline void parallel_rows(int64_t N, int64_t align, int64_t grain, F&& chunk) {
   });
 }
 
-template <typename scalar_t, bool SHORT, typename F>
-inline void for_row_blocks(int64_t N, int64_t D, int streams, int64_t grain_elems, F&& block) {
+// chunk_end() runs at the end of each thread's chunk of rows
+template <typename scalar_t, bool SHORT, typename F, typename E = void (*)()>
+inline void for_row_blocks(int64_t N, int64_t D, int streams, int64_t grain_elems, F&& block, E chunk_end = [] {}) {
   const int64_t B = lane_block<scalar_t, SHORT>(D, streams);
   const int64_t grain = SHORT ? std::max<int64_t>(kBlock, grain_elems / std::max<int64_t>(D, 1)) : grain_for(D);
   parallel_rows(N, B, grain, [&](int64_t begin, int64_t end) {
@@ -282,6 +283,7 @@ inline void for_row_blocks(int64_t N, int64_t D, int streams, int64_t grain_elem
       const int64_t nb = std::min<int64_t>(B, end - i0);
       block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
     }
+    chunk_end();
   });
 }
 
@@ -383,6 +385,32 @@ inline bool nt_stores_on(int64_t out_bytes) {
   return out_bytes >= kNtMinBytes && thp && thp[0] == '1';
 }
 
+// The loop of long fp32 vector rows (AVX-512, fwd_rows), GEOOPS_STEREO_LONG_LOOP (read per call):
+// * pass: the one pass, block j's row sums interleaved, row by row, with the writes of block j - 1 (session 12,
+//   measured faster than the blocked loop on an Intel Xeon: 1.11-1.18x the limit op vs 1.29-1.30x, 2^18 x 64, huge pages);
+// * block: the blocked loop (a block's sums, its lane math, then its writes);
+// * row (mobius_add / mobius_sub; the others take the one pass): one row at a time, as inductor's loop: the row's
+//   sums, its coefficients (in scalar double: stereo::mobius_add_coef), its write.  On the AMD EPYC (Zen 4), from DRAM on
+//   huge pages, the structure of the loop decides: a standalone harness of the three (scripts/rows_ab/harness.cpp,
+//   same flags) and the same kernels called on torch's tensors put the one pass at 1.34x the time of x + y, the
+//   blocked loop at 1.14x, one row at a time at 1.04x (docs/families/stereographic.md, Session 21).
+// Default: row for mobius_add / mobius_sub on CPUs other than Intel's, pass otherwise (Intel keeps the path measured
+// there).  pass and block: the same sums, coefficients and writes, bit-identical; row: the same per row, except that
+// a row's float sums go back to double only when its own Mobius denominator asks for it (the block loops redo the
+// whole block), so rows that share a block with such a row can differ by the float sums' rounding (within the
+// documented bounds; tests/test_stereographic_long_f32.py::test_long_loops).
+enum LongLoop { kLoopPass = 0, kLoopBlock = 1, kLoopRow = 2 };
+inline int long_loop(int op) {
+  const bool row_op = op == MOBIUS_ADD || op == MOBIUS_SUB;
+  if (const char* e = knobs::get("GEOOPS_STEREO_LONG_LOOP")) {
+    if (e[0] == 'b') return kLoopBlock;
+    if (e[0] == 'r' && row_op) return kLoopRow;
+    return kLoopPass;
+  }
+  static const bool intel = __builtin_cpu_is("intel");
+  return !intel && row_op ? kLoopRow : kLoopPass;
+}
+
 // The one-call float ops' staging in registers of long fp32 rows (block_fwd_float_reg, AVX-512 builds, below);
 // GEOOPS_STEREO_FLOAT_STAGE=0: block_fwd_float_call, its fallback, for every block (read per call).
 inline bool float_stage_on() { return !knobs::off("GEOOPS_STEREO_FLOAT_STAGE"); }
@@ -400,11 +428,78 @@ inline __m512d hsum8(const __m512d (&a)[8]) {
   return _mm512_add_pd(_mm512_shuffle_f64x2(t0, t1, 0x88), _mm512_shuffle_f64x2(t0, t1, 0xDD));
 }
 
+// The sums of one fp32 row (x row xr, y row yr) as 8-lane double vectors acc[s] (s: xx, yy, xy, dd), whose 8 lanes
+// hsum8 / hsum8_one then add: FS (float sums, mobius_add / mobius_sub) the products in float, 16 lanes x two chains
+// (32-float steps), the two chains added and the 16 lane sums widened to 8 doubles; else in double, two chains.
+template <bool HAS_Y, bool DD, bool FS>
+inline void row_acc_f32(const float* xr, const float* yr, int64_t D, __m512d* acc) {
+  constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
+  if constexpr (FS) {
+    __m512 f0[NS], f1[NS];
+    for (int s = 0; s < NS; ++s) f0[s] = f1[s] = _mm512_setzero_ps();
+    auto mask_at = [D](int64_t j) {
+      return D - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                         : static_cast<__mmask16>(D > j ? (1u << (D - j)) - 1u : 0u);
+    };
+    for (int64_t j = 0; j < D; j += 32) {  // explicit FMAs: the same rounding whatever the compiler
+      const __mmask16 m0 = mask_at(j), m1 = mask_at(j + 16);
+      const __m512 x0 = _mm512_maskz_loadu_ps(m0, xr + j), x1 = _mm512_maskz_loadu_ps(m1, xr + j + 16);
+      f0[0] = _mm512_fmadd_ps(x0, x0, f0[0]);
+      f1[0] = _mm512_fmadd_ps(x1, x1, f1[0]);
+      if (HAS_Y) {
+        const __m512 y0 = _mm512_maskz_loadu_ps(m0, yr + j), y1 = _mm512_maskz_loadu_ps(m1, yr + j + 16);
+        f0[1] = _mm512_fmadd_ps(y0, y0, f0[1]);
+        f1[1] = _mm512_fmadd_ps(y1, y1, f1[1]);
+        f0[2] = _mm512_fmadd_ps(x0, y0, f0[2]);
+        f1[2] = _mm512_fmadd_ps(x1, y1, f1[2]);
+      }
+    }
+    for (int s = 0; s < NS; ++s) {
+      const __m512 f = _mm512_add_ps(f0[s], f1[s]);
+      acc[s] = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)));
+    }
+    return;
+  }
+  __m512d a0[NS], a1[NS];
+  for (int s = 0; s < NS; ++s) a0[s] = a1[s] = _mm512_setzero_pd();
+  for (int64_t j = 0; j < D; j += 16) {
+    const __mmask16 m = D - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                    : static_cast<__mmask16>((1u << (D - j)) - 1u);
+    const __m512 xv = _mm512_maskz_loadu_ps(m, xr + j);
+    const __m512d x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
+    const __m512d x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(xv, 1));
+    a0[0] = _mm512_fmadd_pd(x0, x0, a0[0]);
+    a1[0] = _mm512_fmadd_pd(x1, x1, a1[0]);
+    if (HAS_Y) {
+      const __m512 yv = _mm512_maskz_loadu_ps(m, yr + j);
+      const __m512d y0 = _mm512_cvtps_pd(_mm512_castps512_ps256(yv));
+      const __m512d y1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(yv, 1));
+      a0[1] = _mm512_fmadd_pd(y0, y0, a0[1]);
+      a1[1] = _mm512_fmadd_pd(y1, y1, a1[1]);
+      a0[2] = _mm512_fmadd_pd(x0, y0, a0[2]);
+      a1[2] = _mm512_fmadd_pd(x1, y1, a1[2]);
+      if (DD) {
+        const __m512d d0 = _mm512_sub_pd(x0, y0), d1 = _mm512_sub_pd(x1, y1);
+        a0[NS - 1] = _mm512_fmadd_pd(d0, d0, a0[NS - 1]);
+        a1[NS - 1] = _mm512_fmadd_pd(d1, d1, a1[NS - 1]);
+      }
+    }
+  }
+  for (int s = 0; s < NS; ++s) acc[s] = _mm512_add_pd(a0[s], a1[s]);
+}
+
+// The sum of the 8 lanes of a in hsum8's order (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))): the same bits as
+// hsum8's lane for a row.
+inline double hsum8_one(__m512d a) {
+  alignas(64) double t[8];
+  _mm512_store_pd(t, a);
+  return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
+
 // The sums of the nb rows from row i0 (x rows of stride sx, y of sy; nb <= nv, nv a multiple of 8 lanes, the
 // lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).  after_row(b) runs
 // after the loads and sums of lane b (b = 0 .. nv - 1): the one-pass loop writes a row of the previous block there.
-// FS (float sums, mobius_add / mobius_sub): the products summed in float, 16 lanes x two chains
-// (32-float steps), the two chains added and each row's 16 lane sums then widened to double for hsum8.
+// FS: float sums (row_acc_f32).
 template <bool HAS_Y, bool DD, bool FS = false, typename W>
 inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
                           int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
@@ -424,60 +519,9 @@ inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t 
           if (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(yr + pf * sy) + l, 0, 3);
         }
       }
-      if constexpr (FS) {
-        __m512 f0[NS], f1[NS];
-        for (int s = 0; s < NS; ++s) f0[s] = f1[s] = _mm512_setzero_ps();
-        auto mask_at = [D](int64_t j) {
-          return D - j >= 16 ? static_cast<__mmask16>(0xFFFF)
-                             : static_cast<__mmask16>(D > j ? (1u << (D - j)) - 1u : 0u);
-        };
-        for (int64_t j = 0; j < D; j += 32) {  // explicit FMAs: the same rounding whatever the compiler
-          const __mmask16 m0 = mask_at(j), m1 = mask_at(j + 16);
-          const __m512 x0 = _mm512_maskz_loadu_ps(m0, xr + j), x1 = _mm512_maskz_loadu_ps(m1, xr + j + 16);
-          f0[0] = _mm512_fmadd_ps(x0, x0, f0[0]);
-          f1[0] = _mm512_fmadd_ps(x1, x1, f1[0]);
-          if (HAS_Y) {
-            const __m512 y0 = _mm512_maskz_loadu_ps(m0, yr + j), y1 = _mm512_maskz_loadu_ps(m1, yr + j + 16);
-            f0[1] = _mm512_fmadd_ps(y0, y0, f0[1]);
-            f1[1] = _mm512_fmadd_ps(y1, y1, f1[1]);
-            f0[2] = _mm512_fmadd_ps(x0, y0, f0[2]);
-            f1[2] = _mm512_fmadd_ps(x1, y1, f1[2]);
-          }
-        }
-        for (int s = 0; s < NS; ++s) {
-          const __m512 f = _mm512_add_ps(f0[s], f1[s]);
-          acc[s][r] = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)),
-                                    _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)));
-        }
-        after_row(g + r);
-        continue;
-      }
-      __m512d a0[NS], a1[NS];
-      for (int s = 0; s < NS; ++s) a0[s] = a1[s] = _mm512_setzero_pd();
-      for (int64_t j = 0; j < D; j += 16) {
-        const __mmask16 m = D - j >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                        : static_cast<__mmask16>((1u << (D - j)) - 1u);
-        const __m512 xv = _mm512_maskz_loadu_ps(m, xr + j);
-        const __m512d x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
-        const __m512d x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(xv, 1));
-        a0[0] = _mm512_fmadd_pd(x0, x0, a0[0]);
-        a1[0] = _mm512_fmadd_pd(x1, x1, a1[0]);
-        if (HAS_Y) {
-          const __m512 yv = _mm512_maskz_loadu_ps(m, yr + j);
-          const __m512d y0 = _mm512_cvtps_pd(_mm512_castps512_ps256(yv));
-          const __m512d y1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(yv, 1));
-          a0[1] = _mm512_fmadd_pd(y0, y0, a0[1]);
-          a1[1] = _mm512_fmadd_pd(y1, y1, a1[1]);
-          a0[2] = _mm512_fmadd_pd(x0, y0, a0[2]);
-          a1[2] = _mm512_fmadd_pd(x1, y1, a1[2]);
-          if (DD) {
-            const __m512d d0 = _mm512_sub_pd(x0, y0), d1 = _mm512_sub_pd(x1, y1);
-            a0[NS - 1] = _mm512_fmadd_pd(d0, d0, a0[NS - 1]);
-            a1[NS - 1] = _mm512_fmadd_pd(d1, d1, a1[NS - 1]);
-          }
-        }
-      }
-      for (int s = 0; s < NS; ++s) acc[s][r] = _mm512_add_pd(a0[s], a1[s]);
+      __m512d a[NS];
+      row_acc_f32<HAS_Y, DD, FS>(xr, yr, D, a);
+      for (int s = 0; s < NS; ++s) acc[s][r] = a[s];
       after_row(g + r);
     }
     _mm512_storeu_pd(xx + g, hsum8(acc[0]));
@@ -684,6 +728,9 @@ inline void write_row_f32_nt(const float* xr, const float* yr, float* orow, int6
   }
 }
 #else
+template <bool HAS_Y, bool DD, bool FS>
+inline void row_acc_f32(const float*, const float*, int64_t, __m512d*) {}
+inline double hsum8_one(__m512d) { return 0.0; }
 template <bool HAS_Y, bool NO_B>
 inline void write_row_f32_nt(const float*, const float*, float*, int64_t, float, float, float) {}
 constexpr bool kLongSumsF32 = false;
@@ -841,7 +888,44 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       block_scalars<HAS_R>(sc, i0 + v0, v1 - v0, end, kk + v0, rr + v0);
       return block_fwd_msm_closed(xx + v0, kk + v0, rr + v0, v1 - v0, c[0] + v0, c[1] + v0, c[2] + v0);
     };
-    if (f32_long) {
+    const int loop = long_loop(OP);
+    if constexpr (kFSumOp) {
+      if (f32_long && loop == kLoopRow) {
+        // one row at a time (long_loop, above): its sums, its coefficients, its write
+        parallel_rows(N, B, grain_for(D), [&](int64_t begin, int64_t end) {
+          const float* xf = reinterpret_cast<const float*>(xp);
+          const float* yf = reinterpret_cast<const float*>(yp);
+          const double sgn = OP == MOBIUS_SUB ? -1.0 : 1.0;
+          double ca[1], cb[1], cc[1];
+          for (int64_t i = begin; i < end; ++i) {
+            const float* xr = xf + i * sx;
+            const float* yr = yf + i * sy;
+            const double k = sc.k[i * sc.sk];
+            __m512d a[3];
+            double sxx = 0, syy = 0, sxy = 0;
+            bool dbl = !f32_fsum;
+            if (f32_fsum) {
+              row_acc_f32<true, false, true>(xr, yr, D, a);
+              sxx = hsum8_one(a[0]), syy = hsum8_one(a[1]), sxy = hsum8_one(a[2]);
+              // the block loops' test (long_sums, above), for this row alone
+              const double den = 1.0 - 2.0 * sgn * k * sxy + k * k * sxx * syy;
+              dbl = !(den >= kFloatSumsMinDen && std::isfinite(den) && std::isfinite(sxx) && std::isfinite(syy));
+            }
+            if (dbl) {
+              row_acc_f32<true, false, false>(xr, yr, D, a);
+              sxx = hsum8_one(a[0]), syy = hsum8_one(a[1]), sxy = hsum8_one(a[2]);
+            }
+            // the coefficients in scalar double (a vdivpd of a whole vector per row was ~18 % of the loop's samples)
+            const Coef<double> c = stereo::mobius_add_coef(sxx, syy, sgn * sxy, k);
+            ca[0] = c.a, cb[0] = sgn * c.b, cc[0] = 0.0;
+            write_block_row(i, 0, ca, cb, cc);
+          }
+          if (nt) _mm_sfence();  // the streamed rows visible before the chunk ends
+        });
+        return;
+      }
+    }
+    if (f32_long && loop == kLoopPass) {
       parallel_rows(N, B, grain_for(D), [&](int64_t begin, int64_t end) {
         alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
         alignas(64) double co[2][3][kMaxBlock];
@@ -938,6 +1022,16 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
                                        [&](int64_t i0, int64_t nb) {
                                          block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
                                        });
+      });
+      return;
+    }
+  }
+  if constexpr (kF32Long && !SCALAR_OUT) {
+    if (nt) {  // the blocked loop of long fp32 rows with non-temporal writes (long_loop, above)
+      for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, block, [] {
+#if defined(CPU_CAPABILITY_AVX512)
+        _mm_sfence();  // the streamed rows visible before the chunk ends
+#endif
       });
       return;
     }

@@ -17,6 +17,33 @@ sys.path.insert(0, os.getcwd())
 from bench import stereographic as bs  # noqa: E402
 
 
+def timed_rounds(calls, inp, rounds, reps, clock, envs=None, warmup=0):
+    """{name: [ms per round]}: each round calls every entry of `calls` (order rotated by one per round) `reps` times
+    with its env settings (envs[name]) in place, and keeps the median."""
+    envs = envs or {}
+    names = list(calls)
+    t = {k: [] for k in names}
+    for _ in range(warmup):
+        for k in names:
+            calls[k](inp)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            old = {e: os.environ.get(e) for e in envs.get(k, {})}
+            os.environ.update(envs.get(k, {}))
+            best = []
+            for _ in range(reps):
+                t0 = clock()
+                calls[k](inp)
+                best.append(clock() - t0)
+            for e, v in old.items():
+                if v is None:
+                    os.environ.pop(e)
+                else:
+                    os.environ[e] = v
+            t[k].append(statistics.median(best) * 1e3)
+    return t
+
+
 def main():
     ops = sys.argv[1].split(",")
     threads = int(sys.argv[2])
@@ -41,27 +68,8 @@ def main():
             envs[name] = {} if v == "-" else dict(kv.split("=") for kv in v.split(","))
         if os.environ.get("AB_NOCOMPILE") != "1":
             calls["compiled"] = bs.op_call(torch.compile(bs.geoopt_fn(op), dynamic=False), op)
+        t = timed_rounds(calls, inp, rounds, reps, clock, envs, warmup=2)
         names = list(calls)
-        t = {k: [] for k in names}
-        for _ in range(2):
-            for k in names:
-                calls[k](inp)
-        for r in range(rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for k in order:
-                old = {e: os.environ.get(e) for e in envs.get(k, {})}
-                os.environ.update(envs.get(k, {}))
-                best = []
-                for _ in range(reps):
-                    t0 = clock()
-                    calls[k](inp)
-                    best.append(clock() - t0)
-                for e, v in old.items():
-                    if v is None:
-                        os.environ.pop(e)
-                    else:
-                        os.environ[e] = v
-                t[k].append(statistics.median(best) * 1e3)
         lim = statistics.median(t["limit"])
         print(f"{op} N={n} D={d} threads={threads} THP={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')} "
               f"rounds={rounds} load={os.getloadavg()[0]:.2f}")
