@@ -1353,26 +1353,55 @@ def _rows_k(op, k, batch, R):
         _fail(op, f"k of shape {tuple(k.shape)} does not broadcast against the batch {batch} with size 1 along dim")
 
 
-class MobiusMatvecFn(torch.autograd.Function):
-    """mobius_matvec with a 2-d m on the CPU: torch.ops.geoops.mobius_matvec_fwd / _bwd (x [R, Di], m [Do, Di],
-    k [1] or [R]): the GEMM and the epilogue fused per block of rows, forward and backward."""
+def _matvec_epilogue_fn(name, doc):
+    """The autograd Function of a fused Mobius matvec op pair torch.ops.geoops.<name>_fwd / _bwd: forward
+    (x [R, Di], w, k [1] or [R]) -> (out, stats), backward from (g, x, w, k, out, stats, grad mask) -> (dx, dw, dk)."""
+    fwd, bwd = name + "_fwd", name + "_bwd"
 
-    @staticmethod
-    def forward(ctx, x, m, k):
-        out, st = _PAIR["mobius_matvec_fwd"](x, m, k)
-        ctx.save_for_backward(x, m, k, out, st)
+    def forward(ctx, x, w, k):
+        out, st = _PAIR[fwd](x, w, k)
+        ctx.save_for_backward(x, w, k, out, st)
         return out
 
-    @staticmethod
     @_library.first_order_only
     def backward(ctx, g):
-        x, m, k, out, st = ctx.saved_tensors
+        x, w, k, out, st = ctx.saved_tensors
         need, mask = _grad_mask(ctx)
         if mask == 0:
             return None, None, None
-        dx, dm, gk = _PAIR["mobius_matvec_bwd"](g.contiguous(), x, m, k, out, st, mask)
+        dx, dw, gk = _PAIR[bwd](g.contiguous(), x, w, k, out, st, mask)
         gk = _rows_k_grad(gk, k, x.shape[0]) if need[2] else gk
-        return (dx if need[0] else None, dm if need[1] else None, gk if need[2] else None)
+        return (dx if need[0] else None, dw if need[1] else None, gk if need[2] else None)
+
+    cls_name = "".join(p.capitalize() for p in name.split("_")) + "Fn"
+    return type(cls_name, (torch.autograd.Function,), {
+        "__doc__": doc, "__module__": __name__,
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+def _fused_matvec_rows(op, fn, xl, w, kt):
+    """Run the fused op pair ``op`` (autograd Function ``fn``) on the rows of xl [..., Di] with the matrix w and
+    the curvature kt (broadcasting to the batch + (1,)): rows flattened (grown where k has more rows), one k
+    per row or one for all -> [..., D_out]."""
+    batch = tuple(xl.shape[:-1])
+    grown = _grow_rows(op, kt, batch)
+    if grown is not batch:
+        xl, batch = xl.expand(grown + (xl.shape[-1],)), grown
+    R = math.prod(batch)
+    x2 = xl.reshape(R, xl.shape[-1])
+    x2 = x2 if x2.is_contiguous() else x2.contiguous()
+    wc = w if w.is_contiguous() else w.contiguous()
+    kr = _rows_k(op, kt, batch, R)
+    if torch.is_grad_enabled() and (x2.requires_grad or wc.requires_grad or kr.requires_grad):
+        out = fn.apply(x2, wc, kr)
+    else:
+        out = _PAIR[op + "_fwd"](x2, wc, kr)[0]
+    return out.reshape(batch + (out.shape[-1],))
+
+
+MobiusMatvecFn = _matvec_epilogue_fn(
+    "mobius_matvec", """mobius_matvec with a 2-d m on the CPU: torch.ops.geoops.mobius_matvec_fwd / _bwd (x [R, Di],
+    m [Do, Di], k [1] or [R]): the GEMM and the epilogue fused per block of rows, forward and backward.""")
 
 
 def _mobius_scale(op, v, x, k):
@@ -1446,20 +1475,7 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
         kt = _scale_k(op, k, xl)
         if kt.dim() and d != x.dim() - 1 and kt.dim() >= x.dim():
             kt = kt.movedim(d - x.dim(), -1)
-        batch = tuple(xl.shape[:-1])
-        grown = _grow_rows(op, kt, batch)
-        if grown is not batch:
-            xl, batch = xl.expand(grown + (xl.shape[-1],)), grown
-        R = math.prod(batch)
-        x2 = xl.reshape(R, xl.shape[-1])
-        x2 = x2 if x2.is_contiguous() else x2.contiguous()
-        mc = m if m.is_contiguous() else m.contiguous()
-        kr = _rows_k(op, kt, batch, R)
-        if torch.is_grad_enabled() and (x2.requires_grad or mc.requires_grad or kr.requires_grad):
-            out = MobiusMatvecFn.apply(x2, mc, kr)
-        else:
-            out = _PAIR["mobius_matvec_fwd"](x2, mc, kr)[0]
-        out = out.reshape(batch + (m.shape[0],))
+        out = _fused_matvec_rows(op, MobiusMatvecFn, xl, m, kt)
         return out if d == x.dim() - 1 else out.movedim(-1, d - x.dim())
     mx = xl @ m.transpose(-1, -2) if m.dim() == 2 else (m @ xl.unsqueeze(-1)).squeeze(-1)
     kt = _scale_k(op, k, mx)
@@ -1469,27 +1485,10 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
     return out if d == x.dim() - 1 else out.movedim(-1, d - x.dim())
 
 
-class MobiusBlockdiagMatvecFn(torch.autograd.Function):
-    """mobius_blockdiag_matvec on the CPU: torch.ops.geoops.mobius_blockdiag_matvec_fwd / _bwd (x [R, nb*Di],
-    blocks [nb, Do, Di], k [1] or [R]): the per-block products and the epilogue fused per tile of rows, forward
-    and backward (no dense matrix, no [R, nb*Do] intermediate)."""
-
-    @staticmethod
-    def forward(ctx, x, blocks, k):
-        out, st = _PAIR["mobius_blockdiag_matvec_fwd"](x, blocks, k)
-        ctx.save_for_backward(x, blocks, k, out, st)
-        return out
-
-    @staticmethod
-    @_library.first_order_only
-    def backward(ctx, g):
-        x, blocks, k, out, st = ctx.saved_tensors
-        need, mask = _grad_mask(ctx)
-        if mask == 0:
-            return None, None, None
-        dx, dw, gk = _PAIR["mobius_blockdiag_matvec_bwd"](g.contiguous(), x, blocks, k, out, st, mask)
-        gk = _rows_k_grad(gk, k, x.shape[0]) if need[2] else gk
-        return (dx if need[0] else None, dw if need[1] else None, gk if need[2] else None)
+MobiusBlockdiagMatvecFn = _matvec_epilogue_fn(
+    "mobius_blockdiag_matvec", """mobius_blockdiag_matvec on the CPU: torch.ops.geoops.mobius_blockdiag_matvec_fwd /
+    _bwd (x [R, nb*Di], blocks [nb, Do, Di], k [1] or [R]): the per-block products and the epilogue fused per tile
+    of rows, forward and backward (no dense matrix, no [R, nb*Do] intermediate).""")
 
 
 def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torch.Tensor:
@@ -1520,21 +1519,7 @@ def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torc
     if not _transformed() and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
         if dtype not in (torch.float32, torch.float64):  # half types: computed in float32
             return mobius_blockdiag_matvec(blocks.float(), xl.float(), k=k).to(dtype)
-        kt = _scale_k(op, k, xl)
-        batch = tuple(xl.shape[:-1])
-        grown = _grow_rows(op, kt, batch)
-        if grown is not batch:
-            xl, batch = xl.expand(grown + (xl.shape[-1],)), grown
-        R = math.prod(batch)
-        x2 = xl.reshape(R, xl.shape[-1])
-        x2 = x2 if x2.is_contiguous() else x2.contiguous()
-        bc = blocks if blocks.is_contiguous() else blocks.contiguous()
-        kr = _rows_k(op, kt, batch, R)
-        if torch.is_grad_enabled() and (x2.requires_grad or bc.requires_grad or kr.requires_grad):
-            out = MobiusBlockdiagMatvecFn.apply(x2, bc, kr)
-        else:
-            out = _PAIR["mobius_blockdiag_matvec_fwd"](x2, bc, kr)[0]
-        return out.reshape(batch + (nb * do,))
+        return _fused_matvec_rows(op, MobiusBlockdiagMatvecFn, xl, blocks, _scale_k(op, k, xl))
     mx = torch.einsum("...bi,boi->...bo", xl.reshape(*xl.shape[:-1], nb, di), blocks).reshape(*xl.shape[:-1], nb * do)
     return _mobius_scale(op, mx, xl, _scale_k(op, k, mx))
 

@@ -616,6 +616,18 @@ def test_mobius_matvec_fused_opcheck():
             torch.library.opcheck(torch.ops.geoops.mobius_matvec_bwd.default, (gr, x, m, k, out, st, mask))
 
 
+def _cpp_and_reference(f, inputs, gr, dtype):
+    """[(out, *grads) of the cpp backend, the same of the reference backend] for f(*inputs) in dtype, the
+    gradients of sum(out * gr) to every input."""
+    res = []
+    for be in ("cpp", "reference"):
+        ins = [t.to(dtype).clone().requires_grad_() for t in inputs]
+        with geoops.use_backend(be):
+            o = f(*ins)
+            res.append((o,) + torch.autograd.grad((o * gr.to(dtype)).sum(), ins))
+    return res
+
+
 @pytest.mark.parametrize("packed", ["1", "0"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_mobius_matvec_fused_many_blocks_matches_reference(dtype, packed, monkeypatch):
@@ -629,12 +641,7 @@ def test_mobius_matvec_fused_many_blocks_matches_reference(dtype, packed, monkey
     k = (torch.rand(7, 100, 1, generator=g, dtype=torch.float64) * 1.5 - 1.0)
     gr = torch.randn(7, 100, 40, generator=g, dtype=torch.float64)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-5)
-    res = []
-    for be in ("cpp", "reference"):
-        xr, mr, kr = (t.to(dtype).clone().requires_grad_() for t in (x, m, k))
-        with geoops.use_backend(be):
-            o = gs.mobius_matvec(mr, xr, k=kr)
-            res.append((o,) + torch.autograd.grad((o * gr.to(dtype)).sum(), (xr, mr, kr)))
+    res = _cpp_and_reference(lambda x_, m_, k_: gs.mobius_matvec(m_, x_, k=k_), (x, m, k), gr, dtype)
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, **tol)
     # the vectors along dim 0
@@ -950,12 +957,7 @@ def test_mobius_blockdiag_matvec_forced_routes(shape, route, dtype, monkeypatch)
     k = torch.rand(2, 150, 1, generator=torch.Generator().manual_seed(90), dtype=torch.float64) * 1.5 - 1.0
     gr = torch.randn(2, 150, shape[0] * shape[1], generator=torch.Generator().manual_seed(91), dtype=torch.float64)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=1e-5)
-    res = []
-    for be in ("cpp", "reference"):
-        b_, x_, k_ = (t.to(dtype).clone().requires_grad_() for t in (blocks, x, k))
-        with geoops.use_backend(be):
-            o = gs.mobius_blockdiag_matvec(b_, x_, k=k_)
-            res.append((o,) + torch.autograd.grad((o * gr.to(dtype)).sum(), (b_, x_, k_)))
+    res = _cpp_and_reference(lambda b_, x_, k_: gs.mobius_blockdiag_matvec(b_, x_, k=k_), (blocks, x, k), gr, dtype)
     for i, (a, b) in enumerate(zip(*res)):
         # fp64 gradients to 1e-8: the reference's closed-form derivatives switch to the series at another |z|
         torch.testing.assert_close(a, b, **(dict(rtol=1e-8, atol=1e-10) if i and dtype == torch.float64 else tol))
