@@ -424,6 +424,27 @@ def test_long_loops(op, d, nt, threads, monkeypatch):
         torch.testing.assert_close(row[keep], ref_out[keep], rtol=0, atol=0, equal_nan=True, msg=f"row bits, n={n}")
 
 
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("nt", ("0", "1"))
+@pytest.mark.parametrize("d", (17, 64, 100))
+@pytest.mark.parametrize("op", NT_OPS)
+def test_pass_rotation_same_bits(op, d, nt, threads, monkeypatch):
+    """GEOOPS_STEREO_PASS_ROT (the one pass's write order of the pending block: default, 0, 3, 8, 15, 16 rows):
+    every row written once, with its own coefficients: bit for bit the blocked loop's result."""
+    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
+    for n, args, k in _cases(op, d):
+        monkeypatch.delenv("GEOOPS_STEREO_PASS_ROT", raising=False)
+        ref_out = _loop_out("block", op, args, k, threads, monkeypatch)
+        for rot in (None, "0", "3", "8", "15", "16"):
+            if rot is None:
+                monkeypatch.delenv("GEOOPS_STEREO_PASS_ROT", raising=False)
+            else:
+                monkeypatch.setenv("GEOOPS_STEREO_PASS_ROT", rot)
+            out = _loop_out("pass", op, args, k, threads, monkeypatch)
+            torch.testing.assert_close(out, ref_out, rtol=0, atol=0, equal_nan=True, msg=f"rot {rot}, n={n}")
+        monkeypatch.delenv("GEOOPS_STEREO_PASS_ROT", raising=False)
+
+
 def test_row_loop_falls_back_per_row(monkeypatch):
     """mobius_add one row at a time: a near-boundary pair pointing apart (den < 0.5) takes the double sums for its
     row, whose result then equals the double-sum path's; its block neighbours keep the float sums."""

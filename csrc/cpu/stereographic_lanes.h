@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "knobs.h"
@@ -409,6 +410,34 @@ inline int long_loop(int op) {
   }
   static const bool intel = __builtin_cpu_is("intel");
   return !intel && row_op ? kLoopRow : kLoopPass;
+}
+
+// The one-pass loop's (kLoopPass) write order of the pending block, GEOOPS_STEREO_PASS_ROT (read per call): with
+// the sums of row b of block j it writes row (b + s) mod pn of block j - 1.  s = 0 writes row b, 16 rows (4 KiB at
+// D = 64) behind the x / y row then loaded: on huge pages x, y and the output start at the same offset mod 4 KiB, so
+// each store and the next loads alias in their low 12 address bits (the loads wait on the store's address check).
+// Default (unset / auto): the s in [0, B) whose store address lies farthest, mod 4 KiB, from both loads' (8 at
+// D = 64 on aligned tensors: 2 KiB); =N: s = N mod B.  Only the order of the row writes changes (each row's write
+// reads its own x, y rows and coefficients): bit-identical to s = 0.
+inline int64_t pass_rotation(const void* out, int64_t so, const void* x, int64_t sx, const void* y, int64_t sy,
+                             bool has_y, int64_t row0, int64_t B, int64_t elem) {
+  if (const char* e = knobs::get("GEOOPS_STEREO_PASS_ROT")) {
+    if (e[0] >= '0' && e[0] <= '9') return std::strtoll(e, nullptr, 10) % B;
+  }
+  auto circ = [](int64_t d) {
+    d &= 4095;
+    return std::min<int64_t>(d, 4096 - d);
+  };
+  const int64_t o = reinterpret_cast<intptr_t>(out), xa = reinterpret_cast<intptr_t>(x),
+                ya = reinterpret_cast<intptr_t>(y);
+  int64_t best = 0, score = -1;
+  for (int64_t s = 0; s < B; ++s) {
+    const int64_t st = o + (row0 + s) * so * elem;  // the store of pending row s, with the loads of row row0 + B
+    int64_t m = circ(st - (xa + (row0 + B) * sx * elem));
+    if (has_y) m = std::min(m, circ(st - (ya + (row0 + B) * sy * elem)));
+    if (m > score) best = s, score = m;
+  }
+  return best;
 }
 
 // The one-call float ops' staging in registers of long fp32 rows (block_fwd_float_reg, AVX-512 builds, below);
@@ -931,17 +960,20 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         alignas(64) double co[2][3][kMaxBlock];
         int64_t p0 = begin, pn = 0;  // the pending block: rows p0 .. p0 + pn, coefficients co[1 - cur]
         int cur = 0;
+        // the pending rows' write order (pass_rotation, above): row (b + rot) mod pn with the sums of row b
+        const int64_t rot = pass_rotation(op_, so, xp, sx, yp, sy, HAS_Y, begin, B, sizeof(scalar_t));
         for (int64_t i0 = begin; i0 < end; i0 += B) {
           const int64_t nb = std::min<int64_t>(B, end - i0), nv = (nb + kLanes - 1) / kLanes * kLanes;
           const double *pa = co[1 - cur][0], *pb = co[1 - cur][1], *pc = co[1 - cur][2];
+          const int64_t s = rot < pn ? rot : 0;
           bool early = false;  // mobius_scalar_mul: the first kFLanes lanes' coefficients done (msm_part)
           long_sums(i0, nb, nv, end, xx, yy, xy, dd, [&](int64_t b) {
-            if (b < pn) write_block_row(p0, b, pa, pb, pc);
+            if (b < pn) write_block_row(p0, b + s < pn ? b + s : b + s - pn, pa, pb, pc);
             if constexpr (OP == MOBIUS_SCALAR_MUL) {
               if (b == kFLanes && msm_early) early = msm_part(i0, 0, kFLanes, end, xx, kk, rr, co[cur]);
             }
           });
-          for (int64_t b = nv; b < pn; ++b) write_block_row(p0, b, pa, pb, pc);
+          for (int64_t b = nv; b < pn; ++b) write_block_row(p0, b + s < pn ? b + s : b + s - pn, pa, pb, pc);
           if (!(early && msm_part(i0, kFLanes, nv, end, xx, kk, rr, co[cur]))) {
             block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
           }
