@@ -429,13 +429,13 @@ def test_long_loops(op, d, nt, threads, monkeypatch):
 @pytest.mark.parametrize("d", (17, 64, 100))
 @pytest.mark.parametrize("op", NT_OPS)
 def test_pass_rotation_same_bits(op, d, nt, threads, monkeypatch):
-    """GEOOPS_STEREO_PASS_ROT (the one pass's write order of the pending block: default, 0, 3, 8, 15, 16 rows):
+    """GEOOPS_STEREO_PASS_ROT (the one pass's write order of the pending block: default, auto, 0, 3, 8, 15, 16 rows):
     every row written once, with its own coefficients: bit for bit the blocked loop's result."""
     monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
     for n, args, k in _cases(op, d):
         monkeypatch.delenv("GEOOPS_STEREO_PASS_ROT", raising=False)
         ref_out = _loop_out("block", op, args, k, threads, monkeypatch)
-        for rot in (None, "0", "3", "8", "15", "16"):
+        for rot in (None, "auto", "0", "3", "8", "15", "16"):
             if rot is None:
                 monkeypatch.delenv("GEOOPS_STEREO_PASS_ROT", raising=False)
             else:
