@@ -369,6 +369,12 @@ inline bool long_sums_on() { return !knobs::off("GEOOPS_STEREO_LONG_SUMS"); }
 // block (read per call; the accuracy tests compare the two).
 constexpr int64_t kFloatSumsMaxD = 256;
 constexpr double kFloatSumsMinDen = 0.5;
+// Whether a row's float sums (xx, yy, xy of mobius_add; sgn = -1 for mobius_sub) may stand: a Mobius denominator of
+// at least kFloatSumsMinDen and finite sums (a float sum that overflowed, of a row double sums keep finite, fails).
+inline bool float_sums_fine(double sgn, double k, double xx, double yy, double xy) {
+  const double den = 1.0 - 2.0 * sgn * k * xy + k * k * xx * yy;
+  return den >= kFloatSumsMinDen && std::isfinite(den) && std::isfinite(xx) && std::isfinite(yy);
+}
 inline bool float_sums_on() { return !knobs::off("GEOOPS_STEREO_F32_SUMS"); }
 
 // Non-temporal writes of long fp32 rows (the one-pass loop of fwd_rows, AVX-512; the output row-contiguous, 64-byte
@@ -891,9 +897,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
           bool fine = true;
           for (int64_t b = 0; b < nv; ++b) {
             const double k = sc.k[std::min<int64_t>(i0 + b, end - 1) * sc.sk];
-            const double den = 1.0 - 2.0 * sgn * k * xy[b] + k * k * xx[b] * yy[b];
-            // (a float sum that overflowed, of a row double sums keep finite, also goes back to double)
-            fine &= den >= kFloatSumsMinDen && std::isfinite(den) && std::isfinite(xx[b]) && std::isfinite(yy[b]);
+            fine &= float_sums_fine(sgn, k, xx[b], yy[b], xy[b]);
           }
           if (!fine) {
             long_sums_f32<HAS_Y, false>(xf, sx, yf, sy, i0, nb, nv, D, xx, yy, xy, dd, end, 0, [](int64_t) {});
@@ -941,9 +945,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
             if (f32_fsum) {
               row_acc_f32<true, false, true>(xr, yr, D, a);
               sxx = hsum8_one(a[0]), syy = hsum8_one(a[1]), sxy = hsum8_one(a[2]);
-              // the block loops' test (long_sums, above), for this row alone
-              const double den = 1.0 - 2.0 * sgn * k * sxy + k * k * sxx * syy;
-              dbl = !(den >= kFloatSumsMinDen && std::isfinite(den) && std::isfinite(sxx) && std::isfinite(syy));
+              dbl = !float_sums_fine(sgn, k, sxx, syy, sxy);  // the block loops' test, for this row alone
             }
             if (dbl) {
               row_acc_f32<true, false, false>(xr, yr, D, a);
@@ -973,13 +975,14 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
           const double *pa = co[1 - cur][0], *pb = co[1 - cur][1], *pc = co[1 - cur][2];
           const int64_t s = rot < pn ? rot : 0;
           bool early = false;  // mobius_scalar_mul: the first kFLanes lanes' coefficients done (msm_part)
+          auto write_pending = [&](int64_t b) { write_block_row(p0, b + s < pn ? b + s : b + s - pn, pa, pb, pc); };
           long_sums(i0, nb, nv, end, xx, yy, xy, dd, [&](int64_t b) {
-            if (b < pn) write_block_row(p0, b + s < pn ? b + s : b + s - pn, pa, pb, pc);
+            if (b < pn) write_pending(b);
             if constexpr (OP == MOBIUS_SCALAR_MUL) {
               if (b == kFLanes && msm_early) early = msm_part(i0, 0, kFLanes, end, xx, kk, rr, co[cur]);
             }
           });
-          for (int64_t b = nv; b < pn; ++b) write_block_row(p0, b + s < pn ? b + s : b + s - pn, pa, pb, pc);
+          for (int64_t b = nv; b < pn; ++b) write_pending(b);
           if (!(early && msm_part(i0, kFLanes, nv, end, xx, kk, rr, co[cur]))) {
             block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
           }
