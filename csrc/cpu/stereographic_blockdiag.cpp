@@ -80,23 +80,6 @@ inline void bd_stats_n(const double* x2, const double* v2, const double* kk, boo
   }
 }
 
-// Backward scalars of one row (mobius_matvec_bwd's): from go = <g, out> and the stats: c0 = phi, c1 (gv = g c0 +
-// out c1), cx (dx += cx x), gk.
-struct BdRowGrad {
-  double c0, c1, cx, gk;
-};
-inline BdRowGrad bd_row_grad(double go, const double* sr, double kk) {
-  const double x2 = sr[0], v2 = sr[1], a = sr[2], da = sr[3], b = sr[4], db = sr[5];
-  const double phi = a * b;
-  const double s = go / phi;  // <g, v>, v = out / phi
-  BdRowGrad r;
-  r.c0 = phi;
-  r.c1 = 2 * s * a * db * kk * a * a / phi;
-  r.cx = 2 * s * (da * kk * b + a * db * kk * v2 * 2 * a * da * kk);
-  r.gk = s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2));
-  return r;
-}
-
 // ---------------------------------------------------------------- lanes route
 // dst[(b*P + p) * TR + t] = sum_q M[b, p, q] src[(b*Q + q) * TR + t] for t < TR (two vectors), M [nb, P, Q].
 template <typename T>
@@ -221,7 +204,7 @@ void lanes_bwd(const T* gp, const T* xp, const T* W, const T* op, T* dxp, T* dWp
         }
         for (int64_t t = 0; t < TR; ++t) {
           if (t < nr) {
-            const BdRowGrad rg = bd_row_grad(go[t], st + (r0 + t) * 6, per_row ? kp[r0 + t] : kp[0]);
+            const MatvecRowGrad rg = matvec_row_grad(go[t], st + (r0 + t) * 6, per_row ? kp[r0 + t] : kp[0]);
             c0[t] = T(rg.c0); c1[t] = T(rg.c1); cx[t] = T(rg.cx);
             if (gkp) gkp[r0 + t] = rg.gk;
           } else {
@@ -341,20 +324,7 @@ void gemm_bwd(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, con
     for (int64_t grp = g0; grp < g1; ++grp) {
       for (int64_t c = grp * per_group; c < std::min(nchunks, (grp + 1) * per_group); ++c) {
         const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
-        for (int64_t r = r0; r < r0 + nr; ++r) {
-          const T* gr = gp + r * Co;
-          const T* orow = op + r * Co;
-          double go = 0;
-#pragma omp simd reduction(+ : go)
-          for (int64_t d = 0; d < Co; ++d) go += double(gr[d]) * double(orow[d]);
-          const BdRowGrad rg = bd_row_grad(go, st + r * 6, per_row ? kp[r] : kp[0]);
-          const T c0 = T(rg.c0), c1 = T(rg.c1);
-          T* gv = GV + (r - r0) * Co;
-#pragma omp simd
-          for (int64_t d = 0; d < Co; ++d) gv[d] = gr[d] * c0 + orow[d] * c1;
-          cx[r - r0] = T(rg.cx);
-          if (gkp) gkp[r] = rg.gk;
-        }
+        matvec_rows_gv(gp, op, st, kp, per_row, r0, nr, Co, GV, cx.data(), gkp);
         const at::Tensor gvc = GVt.narrow(0, 0, nr), xc = x.narrow(0, r0, nr);
         for (int64_t b = 0; b < nb; ++b) {
           const at::Tensor gvb = gvc.narrow(1, b * Do, Do);

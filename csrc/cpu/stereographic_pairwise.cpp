@@ -1210,24 +1210,7 @@ void mv_bwd_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& m
     for (int64_t c = g0 * per_group; c < std::min(nblk, g1 * per_group); ++c) {
       const int64_t r0 = c * RB, nr = std::min(R, r0 + RB) - r0;
       if (want_m && c % per_group == 0) dml = dm_parts[c / per_group] = at::zeros({Do, Di}, x.options());
-      for (int64_t r = r0; r < r0 + nr; ++r) {
-        const scalar_t* gr = gp + r * Do;
-        const scalar_t* orow = op + r * Do;
-        const double* sr = st + r * 6;
-        const double x2 = sr[0], v2 = sr[1], a = sr[2], da = sr[3], b = sr[4], db = sr[5];
-        const double kk = per_row ? kp[r] : kp[0];
-        const double phi = a * b;
-        double go = 0;
-#pragma omp simd reduction(+ : go)
-        for (int64_t d = 0; d < Do; ++d) go += double(gr[d]) * double(orow[d]);
-        const double s = go / phi;  // <g, v>, v = out / phi
-        const scalar_t c0v = scalar_t(phi), c1v = scalar_t(2 * s * a * db * kk * a * a / phi);
-        scalar_t* gvr = gvp + (r - r0) * Do;
-#pragma omp simd
-        for (int64_t d = 0; d < Do; ++d) gvr[d] = gr[d] * c0v + orow[d] * c1v;
-        cx[r - r0] = scalar_t(2 * s * (da * kk * b + a * db * kk * v2 * 2 * a * da * kk));
-        if (gkp) gkp[r] = s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2));
-      }
+      matvec_rows_gv(gp, op, st, kp, per_row, r0, nr, Do, gvp, cx.data(), gkp);
       const at::Tensor gvv = GV.narrow(0, 0, nr), xb = x.narrow(0, r0, nr);
       if (want_x) {
         at::Tensor dxv = dx.narrow(0, r0, nr);
