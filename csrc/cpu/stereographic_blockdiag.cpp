@@ -17,6 +17,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "stereographic_pairwise.h"
+#include "stereographic_matvec_rows.h"  // matvec_row_grad / matvec_rows_gv (the backward per row)
 #include "poincare_gemm.h"  // fixed_gemm::OneMklThread
 #include "knobs.h"
 

@@ -28,6 +28,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "stereographic_pairwise.h"
+#include "stereographic_matvec_rows.h"  // matvec_row_grad / matvec_rows_gv (the backward per row)
 #include "row_norms.h"  // row_sqnorms (shared with poincare.cpp)
 #include "vec_log.h"    // vecmath::log_pos (cdist forward, float)
 #include "mkl_packed.h" // MKL's packed SGEMM when torch exports it (the y operand packed once per call)
@@ -1084,25 +1085,21 @@ void scale_bwd_kernel(const at::Tensor& g, const at::Tensor& v, const at::Tensor
         double s = 0;
 #pragma omp simd reduction(+ : s)
         for (int64_t d = 0; d < Do; ++d) s += double(gr[d]) * double(vr[d]);
-        const double* sr = st + r * 6;
-        const double x2 = sr[0], v2 = sr[1], a = sr[2], da = sr[3], b = sr[4], db = sr[5];
-        const double kk = per_row ? kp[r] : kp[0];
-        const double phi = a * b;
+        const MatvecRowGrad rg = scale_row_grad(s, st + r * 6, per_row ? kp[r] : kp[0]);
         if (want_v) {
-          const scalar_t c0 = scalar_t(phi), c1 = scalar_t(2 * s * a * db * kk * a * a);
+          const scalar_t c0 = scalar_t(rg.c0), c1 = scalar_t(rg.c1);
           scalar_t* o = gvp + r * Do;
 #pragma omp simd
           for (int64_t d = 0; d < Do; ++d) o[d] = gr[d] * c0 + vr[d] * c1;
         }
         if (want_x) {
-          const double phi_x2 = da * kk * b + a * db * kk * v2 * 2 * a * da * kk;
-          const scalar_t c = scalar_t(2 * s * phi_x2);
+          const scalar_t c = scalar_t(rg.cx);
           const scalar_t* xr = xp + r * Di;
           scalar_t* o = gxp + r * Di;
 #pragma omp simd
           for (int64_t d = 0; d < Di; ++d) o[d] = xr[d] * c;
         }
-        if (want_k) gkp[r] = s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2));
+        if (want_k) gkp[r] = rg.gk;
       }
     });
 }

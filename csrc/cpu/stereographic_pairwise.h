@@ -66,44 +66,5 @@ std::tuple<at::Tensor, at::Tensor> pairwise_rank_cpu(const at::Tensor& x, const 
                                                      const at::Tensor& uq, const at::Tensor& off,
                                                      const at::Tensor& tgt, int64_t block_elems);
 
-// Backward scalars of one row of the fused Mobius matvec epilogue (mobius_matvec and mobius_blockdiag_matvec):
-// from go = <g, out> and the row's stats (x2, v2, a, da, b, db; out = v phi, phi = a b): c0 = phi and c1 with
-// gv = g c0 + out c1, cx with dx += cx x (through |x|^2), gk the gradient to the row's k.
-struct MatvecRowGrad {
-  double c0, c1, cx, gk;
-};
-inline MatvecRowGrad matvec_row_grad(double go, const double* sr, double kk) {
-  const double x2 = sr[0], v2 = sr[1], a = sr[2], da = sr[3], b = sr[4], db = sr[5];
-  const double phi = a * b;
-  const double s = go / phi;  // <g, v>, v = out / phi
-  MatvecRowGrad r;
-  r.c0 = phi;
-  r.c1 = 2 * s * a * db * kk * a * a / phi;
-  r.cx = 2 * s * (da * kk * b + a * db * kk * v2 * 2 * a * da * kk);
-  r.gk = s * (da * x2 * b + a * db * (v2 * a * a + kk * v2 * 2 * a * da * x2));
-  return r;
-}
-
-// The backward's per-row pass of a chunk of nr rows from row r0 (out rows and g of Co columns): gv rows (nr, Co)
-// = g c0 + out c1, cx[r - r0] (dx += cx x) and, when gkp, the k gradients gkp[r] (matvec_row_grad).
-template <typename T>
-inline void matvec_rows_gv(const T* gp, const T* op, const double* st, const double* kp, bool per_row, int64_t r0,
-                           int64_t nr, int64_t Co, T* gv, T* cx, double* gkp) {
-  for (int64_t r = r0; r < r0 + nr; ++r) {
-    const T* gr = gp + r * Co;
-    const T* orow = op + r * Co;
-    double go = 0;
-#pragma omp simd reduction(+ : go)
-    for (int64_t d = 0; d < Co; ++d) go += double(gr[d]) * double(orow[d]);
-    const MatvecRowGrad rg = matvec_row_grad(go, st + r * 6, per_row ? kp[r] : kp[0]);
-    const T c0 = T(rg.c0), c1 = T(rg.c1);
-    T* gvr = gv + (r - r0) * Co;
-#pragma omp simd
-    for (int64_t d = 0; d < Co; ++d) gvr[d] = gr[d] * c0 + orow[d] * c1;
-    cx[r - r0] = T(rg.cx);
-    if (gkp) gkp[r] = rg.gk;
-  }
-}
-
 }  // namespace cpu
 }  // namespace geoops
