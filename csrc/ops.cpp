@@ -44,6 +44,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gaunt_sep_fwd_cpu", &geoops::cpu::gaunt_sep_fwd_cpu, "Gaunt product, fused separable grid/Fourier kernel (CPU)");
   m.def("gaunt_sep_bwd_cpu", &geoops::cpu::gaunt_sep_bwd_cpu, "Gaunt product, fused backward of the separable grid route (CPU)");
   m.def("gaunt_direct_fwd_cpu", &geoops::cpu::gaunt_direct_fwd_cpu, "Gaunt product, fused sparse route (CPU)");
+  m.def("gaunt_direct_bwd_cpu", &geoops::cpu::gaunt_direct_bwd_cpu, "Gaunt product, fused backward of the sparse route (CPU)");
   // ---- stereographic, pairwise (cdist / knn): one GEMM + fused epilogue (csrc/cpu/stereographic_pairwise.cpp)
   m.def("cdist_fwd_cpu", &geoops::cpu::cdist_fwd_cpu, "kappa-stereographic pairwise distance, forward (CPU)");
   m.def("cdist_bwd_cpu", &geoops::cpu::cdist_bwd_cpu, "kappa-stereographic pairwise distance, backward (CPU)");

@@ -30,7 +30,7 @@ form admits (per-path weights are not expressible: a product of two functions ha
 Gradients: to every input and every weight, and double backward: the gradient of x1 is itself a Gaunt product,
 grad_x1 = w1 * P_{<=L1}[ f(w2 x2) f(w_out g) ] (G is symmetric in its three indices), so the backward is written
 with the same fused op and is differentiable again; nothing O(L^6) is ever formed.  A first-order backward of the
-grid route on CPU runs these products as one fused kernel sharing the grid (same numbers).  Reverse mode only: forward
+grid and direct routes on CPU runs these products as one fused kernel (same numbers).  Reverse mode only: forward
 mode (torch.func.jvp, jacfwd, hessian, forward_ad dual tensors) raises NotImplementedError (use
 jacrev(jacrev(f)) for a Hessian).
 """
@@ -73,8 +73,9 @@ class GauntFn(torch.autograd.Function):
 
     apply(lmax_out, route, nu, x_1..x_nu, w_1..w_nu, w_out).  The backward is expressed with GauntFn itself
     (grad of x_i = w_i * P_{<=L_i}[prod_{j != i} f_j * f(w_out g)]), so it is differentiable to any order.  When it
-    need not be (no create_graph, no torch.func transform) the grid route on CPU computes the same products in one
-    fused kernel (geoops::gaunt_bwd: every factor and w_out g evaluated on the shared grid once), bit for bit.
+    need not be (no create_graph, no torch.func transform) the grid and direct routes on CPU compute the same products
+    in one fused kernel (geoops::gaunt_bwd: every factor and w_out g evaluated on the shared grid once, or moved
+    into SIMD lanes once for the sparse contractions), bit for bit.
     """
 
     differentiable_backward = True  # its torch.func twin allows nested derivative transforms
@@ -95,7 +96,7 @@ class GauntFn(torch.autograd.Function):
         gx, gw = [None] * nu, [None] * nu
         g = g.contiguous()
         if (not torch.is_grad_enabled() and not _library.functorch_active()
-                and _impl.has_fused_bwd(g.device, route)):
+                and _impl.has_fused_bwd(g.device, route, nu)):
             return GauntFn._fused_backward(ctx, xs, ws, wout, g, need)
         for i in range(nu):
             if not (need[i] or need[nu + i]):
@@ -118,9 +119,10 @@ class GauntFn(torch.autograd.Function):
 
     @staticmethod
     def _fused_backward(ctx, xs, ws, wout, g, need):
-        """First-order backward through the fused grid kernel (geoops::gaunt_bwd): the same products as the
-        loop above, the factors and wout * g evaluated on the shared grid once.  Used only when the backward
-        need not be differentiable (no create_graph, no torch.func transform); same numbers as the loop."""
+        """First-order backward through the fused kernel (geoops::gaunt_bwd, routes grid and direct): the same
+        products as the loop above, the factors and wout * g evaluated on the shared grid (or put in lanes) once.
+        Used only when the backward need not be differentiable (no create_graph, no torch.func transform); same
+        numbers as the loop."""
         nu, lmax_out = ctx.nu, ctx.lmax_out
         mode = []
         for i in range(nu):

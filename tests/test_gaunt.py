@@ -380,7 +380,7 @@ def _unfused_bwd():
         og.has_fused_bwd = real
 
 
-def _bwd_case(Ls, Lo, dtype, weights, rows=37, seed=0):
+def _bwd_case(Ls, Lo, dtype, weights, rows=37, seed=0, route="grid"):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     xs = [r(rows, (L + 1) ** 2).requires_grad_() for L in Ls]
@@ -393,7 +393,7 @@ def _bwd_case(Ls, Lo, dtype, weights, rows=37, seed=0):
     leaves = [t for t in (*xs, *ws, wo) if t is not None and t.requires_grad]
 
     def grads():
-        out = ga.gaunt_product(xs, Lo, weights=ws, weight_out=wo, route="grid")
+        out = ga.gaunt_product(xs, Lo, weights=ws, weight_out=wo, route=route)
         return torch.autograd.grad(out, leaves, up)
     return grads
 
@@ -416,12 +416,13 @@ def test_fused_grid_backward_equals_forward_product_backward(dtype, Ls, Lo, weig
         assert torch.equal(a, b)
 
 
-def test_fused_grid_backward_gradcheck_and_double_backward():
-    """fp64 gradcheck through the fused kernel; under create_graph (force training) the backward stays the
-    differentiable forward-product form, so gradgradcheck holds."""
+@pytest.mark.parametrize("route", ["grid", "direct"])
+def test_fused_grid_backward_gradcheck_and_double_backward(route):
+    """fp64 gradcheck through the fused kernel (grid; direct since session 22); under create_graph (force
+    training) the backward stays the differentiable forward-product form, so gradgradcheck holds."""
     x1, x2 = _rand(5, 9, seed=90).requires_grad_(), _rand(5, 16, seed=91).requires_grad_()
     w1, wo = _rand(5, 3, seed=92).requires_grad_(), _rand(4, seed=93).requires_grad_()
-    f = lambda a, b, c, d: ga.gaunt_tensor_product(a, b, 3, weight1=c, weight_out=d, route="grid")  # noqa: E731
+    f = lambda a, b, c, d: ga.gaunt_tensor_product(a, b, 3, weight1=c, weight_out=d, route=route)  # noqa: E731
     with _count_fused_bwd() as calls:
         assert torch.autograd.gradcheck(f, (x1, x2, w1, wo))
     assert calls
@@ -433,11 +434,14 @@ def test_fused_grid_backward_gradcheck_and_double_backward():
     assert torch.autograd.gradgradcheck(f, (x1, x2, w1, wo))
 
 
-def test_fused_grid_backward_thread_count_bit_identity():
+@pytest.mark.parametrize("route,cases", [("grid", (((3, 4), 4, torch.float32), ((4, 2), 5, torch.float32))),
+                                         ("direct", (((3, 2), 3, torch.float32), ((1, 2), 3, F64)))])
+def test_fused_grid_backward_thread_count_bit_identity(route, cases):
     """Like the forward, the fused backward's gradients are bit-identical for 1 and 2 threads (tiles of 16 / 8
     rows are independent; shared weights' sums are the same torch reductions as before)."""
-    grads = _bwd_case((3, 4), 4, torch.float32, "shared", rows=333, seed=5)
-    grads_row = _bwd_case((4, 2), 5, torch.float32, "row", rows=333, seed=6)
+    (La, Loa, da), (Lb, Lob, db) = cases
+    grads = _bwd_case(La, Loa, da, "shared", rows=333, seed=5, route=route)
+    grads_row = _bwd_case(Lb, Lob, db, "row", rows=333, seed=6, route=route)
     with num_threads(1):
         one = grads() + grads_row()
     with num_threads(2):
@@ -446,9 +450,9 @@ def test_fused_grid_backward_thread_count_bit_identity():
         assert torch.equal(a, b)
 
 
-def test_fused_grid_backward_fp32_error_rule():
+@pytest.mark.parametrize("route,L", [("grid", 5), ("direct", 3)])
+def test_fused_grid_backward_fp32_error_rule(route, L):
     """fp32 gradients through the fused kernel: error vs the fp64 oracle <= 2x the fp32 eager reference's + floor."""
-    L = 5
     x1, x2, w, g = _rand(64, (L + 1) ** 2, seed=94), _rand(64, (L + 1) ** 2, seed=95), _rand(L + 1, seed=96), \
         _rand(64, (L + 1) ** 2, seed=97)
     exact = [t.clone().requires_grad_() for t in (x1, x2, w)]
@@ -457,7 +461,7 @@ def test_fused_grid_backward_fp32_error_rule():
     R.gaunt_tensor_product(*ref32[:2], L, weight_out=ref32[2]).backward(g.float())
     ours = [t.float().requires_grad_() for t in (x1, x2, w)]
     with _count_fused_bwd() as calls:
-        ga.gaunt_tensor_product(*ours[:2], L, weight_out=ours[2], route="grid").backward(g.float())
+        ga.gaunt_tensor_product(*ours[:2], L, weight_out=ours[2], route=route).backward(g.float())
     assert calls
     for o, r, e in zip(ours, ref32, exact):
         err = (o.grad.double() - e.grad).abs().max()
@@ -471,6 +475,47 @@ def test_fused_grid_backward_opcheck():
     g, wo = _rand(5, 16, seed=101), _rand(1, 4, seed=102)
     torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, wo, [2, 1, 1], 3, "grid"))
     torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, None, [0, 1, 0], 3, "grid"))
+    for need in ([2, 1, 1], [1, 0, 0], [0, 2, 1]):
+        torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, wo, need, 3, "direct"))
+
+
+# ---------------------------------------------------------------- fused direct backward (session 22)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("Ls,Lo,weights", [((2, 3), 4, "row"), ((0, 1), 1, None), ((3, 3), 3, "shared"),
+                                           ((3, 1), 2, "mixed"), ((1, 2), 0, None), ((2, 2), 5, "row"),
+                                           ((0, 0), 0, "shared")])
+def test_fused_direct_backward_equals_forward_product_backward(dtype, Ls, Lo, weights):
+    """The direct route's first-order backward runs the fused kernel (x1, x2, wout * g in lanes once, each
+    gradient coefficient summed over its nonzeros in four register partial sums).  Its summation order is not
+    the forward products', so the gradients equal the old backward's to round-off, not bit for bit: within
+    1e-14 (fp64) / 2e-6 (fp32) of each gradient's largest magnitude (measured: <= 3.4e-16 / 5.4e-7)."""
+    grads = _bwd_case(Ls, Lo, dtype, weights, route="direct")
+    with _count_fused_bwd() as calls:
+        fused = grads()
+    assert calls, "the direct route's backward did not run the fused kernel"
+    with _unfused_bwd(), _count_fused_bwd() as calls:
+        old = grads()
+    assert not calls
+    tol = 1e-14 if dtype == F64 else 2e-6
+    for a, b in zip(fused, old):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert (a - b).abs().max() <= tol * b.abs().max().clamp_min(1e-30), ((a - b).abs().max(), b.abs().max())
+
+
+def test_fused_direct_backward_not_for_many_body():
+    """'direct' is binary: a nu-ary product asked for it runs (and backpropagates through) the grid route's
+    fused kernel; the direct kernel never sees nu != 2."""
+    from geoops._ops import gaunt as og
+    assert og.has_fused_bwd(torch.device("cpu"), "direct", 2)
+    assert not og.has_fused_bwd(torch.device("cpu"), "direct", 3)
+    seen = []
+    real = og.Cpp.__dict__["gaunt_bwd"]
+    og.Cpp.gaunt_bwd = staticmethod(lambda *a: seen.append(a[-1]) or real.__func__(*a))
+    try:
+        _bwd_case((2, 1, 2), 3, F64, "row", route="direct")()
+    finally:
+        og.Cpp.gaunt_bwd = real
+    assert seen == ["grid"]
 
 
 # ---------------------------------------------------------------- errors

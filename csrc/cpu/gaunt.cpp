@@ -775,37 +775,92 @@ bool mirrored_tables(const std::vector<at::Tensor>& evals, const at::Tensor& bac
 
 constexpr int64_t kLanes = 16;
 
+// One sparse Gaunt list of the direct route: the nonzeros (i, j, k, g) sorted by (i, j), cut into pair segments
+// (consecutive nonzeros with the same (i, j), whose lane product x1[i] * x2[j] is formed once).
+template <typename T>
+struct DirectList {
+  const int32_t *pi, *pj, *pk;
+  const T* pv;
+  std::vector<int64_t> seg;
+  DirectList(const at::Tensor& ii, const at::Tensor& jj, const at::Tensor& kk, const at::Tensor& vals)
+      : pi(ii.data_ptr<int32_t>()), pj(jj.data_ptr<int32_t>()), pk(kk.data_ptr<int32_t>()), pv(vals.data_ptr<T>()) {
+    const int64_t nnz = vals.size(0);
+    seg.reserve(nnz + 1);
+    for (int64_t e = 0; e < nnz; ++e)
+      if (e == 0 || pi[e] != pi[e - 1] || pj[e] != pj[e - 1]) seg.push_back(e);
+    seg.push_back(nnz);
+  }
+};
+
+// O[k] += g * A[i] * B[j] on kLanes lanes for every nonzero of the list (lane buffers: kLanes values a coefficient).
+template <typename T>
+void direct_contract(const DirectList<T>& dl, const T* Ab, const T* Bb, T* Ob) {
+  const int64_t npairs = static_cast<int64_t>(dl.seg.size()) - 1;
+  for (int64_t p = 0; p < npairs; ++p) {
+    const int64_t e0 = dl.seg[p], e1 = dl.seg[p + 1];
+    const T* __restrict ap = Ab + dl.pi[e0] * kLanes;
+    const T* __restrict bp = Bb + dl.pj[e0] * kLanes;
+    T prod[kLanes];
+#pragma omp simd
+    for (int64_t r = 0; r < kLanes; ++r) prod[r] = ap[r] * bp[r];
+    for (int64_t e = e0; e < e1; ++e) {
+      const T g = dl.pv[e];
+      T* __restrict op = Ob + dl.pk[e] * kLanes;
+#pragma omp simd
+      for (int64_t r = 0; r < kLanes; ++r) op[r] += g * prod[r];
+    }
+  }
+}
+
+// Per-thread lane buffers of the direct route and the rows <-> lanes moves of one tile.  fp32: a tile is one
+// 64-byte lane vector, so rows <-> lanes go through the in-register transposes of the separable kernel; fp64 (two
+// vectors a tile): scalar transposes.
+template <typename T>
+struct DirectLanes {
+  using V = typename Simd<T>::V;
+  static constexpr bool vec = Simd<T>::N == kLanes;
+  const int64_t* ident;
+  std::vector<V> wl;
+  DirectLanes(const int64_t* id, int64_t lmax) : ident(id), wl(vec ? lmax + 1 : 0) {}
+  static int64_t vectors(int64_t n) { return (n * kLanes * static_cast<int64_t>(sizeof(T)) + sizeof(V) - 1) / sizeof(V); }
+  // lanes[c] = x[r0 + r, c] * w[r0 + r, l(c)] for the tile's rows r (the other lanes zero)
+  void load(const T* x, int64_t n, int64_t L, const Weight& w, const int32_t* deg, int64_t r0, int64_t rows,
+            T* lanes) {
+    if constexpr (vec) {
+      if (w.ptr) lane_weights<T>(w, L, r0, rows, wl.data());
+      rows_to_lanes_v<T>(x, n, r0, rows, w.ptr ? wl.data() : nullptr, deg, ident, reinterpret_cast<V*>(lanes));
+    } else {
+      rows_to_lanes<T>(x, n, r0, rows, w, deg, nullptr, kLanes, lanes);
+    }
+  }
+  // out[r0 + r, c] = lanes[c][r] * w[r0 + r, l(c)]
+  void store(const T* lanes, int64_t n, int64_t L, const Weight& w, const int32_t* deg, int64_t r0, int64_t rows,
+             T* out) {
+    if constexpr (vec) {
+      if (w.ptr) lane_weights<T>(w, L, r0, rows, wl.data());
+      lanes_to_rows_v<T>(reinterpret_cast<const V*>(lanes), n, r0, rows, w.ptr ? wl.data() : nullptr, deg, ident,
+                         out);
+    } else {
+      lanes_to_rows<T>(lanes, n, r0, rows, w, deg, nullptr, kLanes, out);
+    }
+  }
+};
+
 template <typename T>
 void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,
                  const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& wout, const at::Tensor& ii,
                  const at::Tensor& jj, const at::Tensor& kk, const at::Tensor& vals, at::Tensor& out) {
+  using V = typename Simd<T>::V;
   const int64_t N = out.size(0), n_out = out.size(1), n1 = x1.size(1), n2 = x2.size(1);
-  const int64_t nnz = vals.size(0);
-  const Weight wa = weight_of<T>(w1, N, lmax_of(n1), "weight1");
-  const Weight wb = weight_of<T>(w2, N, lmax_of(n2), "weight2");
-  const Weight wo = weight_of<T>(wout, N, lmax_of(n_out), "weight_out");
+  const int64_t L1 = lmax_of(n1), L2 = lmax_of(n2), Lo = lmax_of(n_out);
+  const Weight wa = weight_of<T>(w1, N, L1, "weight1");
+  const Weight wb = weight_of<T>(w2, N, L2, "weight2");
+  const Weight wo = weight_of<T>(wout, N, Lo, "weight_out");
   const std::vector<int32_t> d1 = degrees(n1), d2 = degrees(n2), d3 = degrees(n_out);
   const T* a = x1.data_ptr<T>();
   const T* b = x2.data_ptr<T>();
   T* o = out.data_ptr<T>();
-  const int32_t* pi = ii.data_ptr<int32_t>();
-  const int32_t* pj = jj.data_ptr<int32_t>();
-  const int32_t* pk = kk.data_ptr<int32_t>();
-  const T* pv = vals.data_ptr<T>();
-
-  // Pair segments: consecutive nonzeros with the same (i, j).
-  std::vector<int64_t> seg;
-  seg.reserve(nnz + 1);
-  for (int64_t e = 0; e < nnz; ++e)
-    if (e == 0 || pi[e] != pi[e - 1] || pj[e] != pj[e - 1]) seg.push_back(e);
-  seg.push_back(nnz);
-  const int64_t npairs = static_cast<int64_t>(seg.size()) - 1;
-
-  // fp32: a tile is one 64-byte lane vector, so rows <-> lanes go through the in-register transposes of the
-  // separable kernel; fp64 (two vectors a tile): scalar transposes.
-  using V = typename Simd<T>::V;
-  constexpr bool vec = Simd<T>::N == kLanes;
-  const int64_t L1 = lmax_of(n1), L2 = lmax_of(n2), Lo = lmax_of(n_out);
+  const DirectList<T> dl(ii, jj, kk, vals);
   std::vector<int64_t> ident(std::max({n1, n2, n_out}));
   for (size_t c = 0; c < ident.size(); ++c) ident[c] = static_cast<int64_t>(c);
 
@@ -813,45 +868,130 @@ void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> As(vec ? 0 : n1 * kLanes), Bs(vec ? 0 : n2 * kLanes), Os(vec ? 0 : n_out * kLanes);
-    std::vector<V> Av(vec ? n1 : 0), Bv(vec ? n2 : 0), Ov(vec ? n_out : 0);
-    std::vector<V> wl(vec ? std::max({L1, L2, Lo}) + 1 : 0);
-    T* Ab = vec ? reinterpret_cast<T*>(Av.data()) : As.data();
-    T* Bb = vec ? reinterpret_cast<T*>(Bv.data()) : Bs.data();
-    T* Ob = vec ? reinterpret_cast<T*>(Ov.data()) : Os.data();
+    DirectLanes<T> dln(ident.data(), std::max({L1, L2, Lo}));
+    using DL = DirectLanes<T>;
+    std::vector<V> Av(DL::vectors(n1)), Bv(DL::vectors(n2)), Ov(DL::vectors(n_out));
+    T* Ab = reinterpret_cast<T*>(Av.data());
+    T* Bb = reinterpret_cast<T*>(Bv.data());
+    T* Ob = reinterpret_cast<T*>(Ov.data());
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * kLanes;
       const int64_t rows = std::min(kLanes, N - r0);
       std::fill(Ob, Ob + n_out * kLanes, T(0));
-      if constexpr (vec) {
-        if (wa.ptr) lane_weights<T>(wa, L1, r0, rows, wl.data());
-        rows_to_lanes_v<T>(a, n1, r0, rows, wa.ptr ? wl.data() : nullptr, d1.data(), ident.data(), Av.data());
-        if (wb.ptr) lane_weights<T>(wb, L2, r0, rows, wl.data());
-        rows_to_lanes_v<T>(b, n2, r0, rows, wb.ptr ? wl.data() : nullptr, d2.data(), ident.data(), Bv.data());
-      } else {
-        rows_to_lanes<T>(a, n1, r0, rows, wa, d1.data(), nullptr, kLanes, Ab);
-        rows_to_lanes<T>(b, n2, r0, rows, wb, d2.data(), nullptr, kLanes, Bb);
-      }
-      for (int64_t p = 0; p < npairs; ++p) {
-        const int64_t e0 = seg[p], e1 = seg[p + 1];
-        const T* __restrict ap = Ab + pi[e0] * kLanes;
-        const T* __restrict bp = Bb + pj[e0] * kLanes;
-        T prod[kLanes];
-#pragma omp simd
-        for (int64_t r = 0; r < kLanes; ++r) prod[r] = ap[r] * bp[r];
-        for (int64_t e = e0; e < e1; ++e) {
-          const T g = pv[e];
-          T* __restrict op = Ob + pk[e] * kLanes;
-#pragma omp simd
-          for (int64_t r = 0; r < kLanes; ++r) op[r] += g * prod[r];
-        }
-      }
-      if constexpr (vec) {
-        if (wo.ptr) lane_weights<T>(wo, Lo, r0, rows, wl.data());
-        lanes_to_rows_v<T>(Ov.data(), n_out, r0, rows, wo.ptr ? wl.data() : nullptr, d3.data(), ident.data(), o);
-      } else {
-        lanes_to_rows<T>(Ob, n_out, r0, rows, wo, d3.data(), nullptr, kLanes, o);
+      dln.load(a, n1, L1, wa, d1.data(), r0, rows, Ab);
+      dln.load(b, n2, L2, wb, d2.data(), r0, rows, Bb);
+      direct_contract<T>(dl, Ab, Bb, Ob);
+      dln.store(Ob, n_out, Lo, wo, d3.data(), r0, rows, o);
+    }
+  }
+}
+
+// One output-major sparse list of the direct backward: for output coefficient o, the nonzeros
+// e = off[o] .. off[o+1] with the coefficients ia[e], ib[e] of the two inputs and the value v[e].
+template <typename T>
+struct GatherList {
+  const int32_t *off, *ia, *ib;
+  const T* v;
+  int64_t n;  // outputs
+};
+
+// O[o] = sum_e v[e] * A[ia[e]] * B[ib[e]] on kLanes lanes, per output o.  The sum runs in four partial sums held
+// in registers (nonzeros e0, e0+1, e0+2, e0+3 in turn, then ((s0 + s1) + (s2 + s3))): no store per nonzero and no
+// chain of dependent adds through memory, as the pair-major forward has.  Fixed order: the same bits for any
+// thread count or tiling.
+template <typename T>
+void direct_gather(const GatherList<T>& gl, const T* Ab, const T* Bb, T* Ob) {
+  using V = typename Simd<T>::V;
+  constexpr int NV = static_cast<int>(kLanes / Simd<T>::N);
+  const V* A = reinterpret_cast<const V*>(Ab);
+  const V* B = reinterpret_cast<const V*>(Bb);
+  V* O = reinterpret_cast<V*>(Ob);
+  for (int64_t o = 0; o < gl.n; ++o) {
+    const int64_t e0 = gl.off[o], e1 = gl.off[o + 1];
+    V s0[NV] = {}, s1[NV] = {}, s2[NV] = {}, s3[NV] = {};
+    int64_t e = e0;
+    auto term = [&](V* acc, int64_t f) {
+      const V* ap = A + static_cast<int64_t>(gl.ia[f]) * NV;
+      const V* bp = B + static_cast<int64_t>(gl.ib[f]) * NV;
+      const T c = gl.v[f];
+      for (int q = 0; q < NV; ++q) acc[q] += c * (ap[q] * bp[q]);
+    };
+    for (; e + 4 <= e1; e += 4) {
+      term(s0, e);
+      term(s1, e + 1);
+      term(s2, e + 2);
+      term(s3, e + 3);
+    }
+    if (e < e1) term(s0, e++);
+    if (e < e1) term(s1, e++);
+    if (e < e1) term(s2, e++);
+    for (int q = 0; q < NV; ++q) O[o * NV + q] = (s0[q] + s1[q]) + (s2[q] + s3[q]);
+  }
+}
+
+// Fused first-order backward of the direct route (binary).  Per tile, x1 (weighted by w1), x2 (by w2) and g (by
+// wout) go to lanes once; then, from one set of nonzeros G_ijk in three output-major orders (lists 0, 1, 2: by i,
+// by j, by k), out_0[i] = owk[0] * sum_jk G x2_j g_k, out_1[j] = owk[1] * sum_ik G x1_i g_k, and the raw product
+// out_2[k] = sum_ij G x1_i x2_j (no wout), each where need[s] (direct_gather).
+template <typename T>
+void direct_bwd_impl(const at::Tensor& x1, const at::Tensor& x2, const std::vector<c10::optional<at::Tensor>>& ws,
+                     const at::Tensor& g, const c10::optional<at::Tensor>& wout,
+                     const std::vector<c10::optional<at::Tensor>>& owk, const std::vector<at::Tensor>& lists,
+                     const std::vector<int64_t>& need, std::vector<at::Tensor>& outs) {
+  using V = typename Simd<T>::V;
+  const int64_t N = g.size(0);
+  const at::Tensor* in[3] = {&x1, &x2, &g};
+  int64_t n[3], L[3];
+  Weight w[3], ow[3];
+  std::vector<int32_t> deg[3];
+  const T* xp[3];
+  T* op[3] = {nullptr, nullptr, nullptr};
+  GatherList<T> gl[3];
+  for (int s = 0; s < 3; ++s) {
+    n[s] = in[s]->size(1);
+    L[s] = lmax_of(n[s]);
+    w[s] = weight_of<T>(s < 2 ? ws[s] : wout, N, L[s], s < 2 ? "weight of a factor" : "weight_out");
+    if (s < 2) ow[s] = weight_of<T>(owk[s], N, L[s], "weight of a gradient");
+    deg[s] = degrees(n[s]);
+    xp[s] = in[s]->data_ptr<T>();
+    if (need[s]) op[s] = outs[s].data_ptr<T>();
+    gl[s] = {lists[4 * s].data_ptr<int32_t>(), lists[4 * s + 1].data_ptr<int32_t>(),
+             lists[4 * s + 2].data_ptr<int32_t>(), lists[4 * s + 3].data_ptr<T>(), n[s]};
+  }
+  // the two lane inputs of output s (the other factor, then g; the raw product: x1, x2)
+  const int src[3][2] = {{1, 2}, {0, 2}, {0, 1}};
+  const int64_t nmax = std::max({n[0], n[1], n[2]});
+  std::vector<int64_t> ident(nmax);
+  for (size_t c = 0; c < ident.size(); ++c) ident[c] = static_cast<int64_t>(c);
+
+  const int64_t ntiles = (N + kLanes - 1) / kLanes;
+  int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
+#pragma omp parallel num_threads(nthreads)
+  {
+    using DL = DirectLanes<T>;
+    DL dln(ident.data(), std::max({L[0], L[1], L[2]}));
+    std::vector<V> Iv[3], Ov(DL::vectors(nmax));
+    T* Ib[3];
+    for (int s = 0; s < 3; ++s) {
+      Iv[s].resize(DL::vectors(n[s]));
+      Ib[s] = reinterpret_cast<T*>(Iv[s].data());
+    }
+    T* Ob = reinterpret_cast<T*>(Ov.data());
+    bool used[3] = {false, false, false};
+    for (int s = 0; s < 3; ++s)
+      if (need[s]) used[src[s][0]] = used[src[s][1]] = true;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int64_t r0 = t * kLanes;
+      const int64_t rows = std::min(kLanes, N - r0);
+      for (int s = 0; s < 3; ++s)
+        if (used[s]) dln.load(xp[s], n[s], L[s], w[s], deg[s].data(), r0, rows, Ib[s]);
+      for (int s = 0; s < 3; ++s) {
+        if (!need[s]) continue;
+        direct_gather<T>(gl[s], Ib[src[s][0]], Ib[src[s][1]], Ob);
+        const Weight none;
+        dln.store(Ob, n[s], L[s], s < 2 ? ow[s] : none, deg[s].data(), r0, rows, op[s]);
       }
     }
   }
@@ -1008,6 +1148,54 @@ at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, cons
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "gaunt_direct_fwd_cpu",
                              [&] { direct_impl<scalar_t>(x1, x2, w1, w2, wout, ii, jj, kk, vals, out); });
   return out;
+}
+
+std::vector<at::Tensor> gaunt_direct_bwd_cpu(const at::Tensor& x1, const at::Tensor& x2,
+                                             const std::vector<c10::optional<at::Tensor>>& ws, const at::Tensor& g,
+                                             const c10::optional<at::Tensor>& wout,
+                                             const std::vector<c10::optional<at::Tensor>>& owk,
+                                             const std::vector<at::Tensor>& lists, const std::vector<int64_t>& need) {
+  check_rows(x1, "x1");
+  check_rows(x2, "x2");
+  check_rows(g, "g");
+  const auto dt = g.scalar_type();
+  const int64_t N = g.size(0);
+  TORCH_CHECK(x1.size(0) == N && x2.size(0) == N && x1.scalar_type() == dt && x2.scalar_type() == dt,
+              "gaunt_direct_bwd_cpu: x1, x2 and g must have the same rows and dtype");
+  TORCH_CHECK(ws.size() == 2 && owk.size() == 2 && need.size() == 3 && lists.size() == 12,
+              "gaunt_direct_bwd_cpu: ws, owk (2), need (3) and lists (3 x (off, ia, ib, vals)) expected");
+  // list s (output s, reading inputs src[s]): off (n_s + 1,), ia, ib (nnz,) int32 in range, vals (nnz,)
+  const int64_t n[3] = {x1.size(1), x2.size(1), g.size(1)};
+  const int src[3][2] = {{1, 2}, {0, 2}, {0, 1}};
+  for (int s = 0; s < 3; ++s) {
+    lmax_of(n[s]);
+    const at::Tensor &off = lists[4 * s], &ia = lists[4 * s + 1], &ib = lists[4 * s + 2], &v = lists[4 * s + 3];
+    for (const at::Tensor* t : {&off, &ia, &ib})
+      TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous() && t->dim() == 1,
+                  "gaunt_direct_bwd_cpu: offsets and indices must be contiguous int32 vectors");
+    TORCH_CHECK(v.scalar_type() == dt && v.is_contiguous() && v.dim() == 1 && ia.size(0) == v.size(0) &&
+                    ib.size(0) == v.size(0) && off.size(0) == n[s] + 1,
+                "gaunt_direct_bwd_cpu: list ", s, " must be off (n_out + 1,), ia, ib, vals (nnz,) in the inputs' dtype");
+    const int32_t* po = off.data_ptr<int32_t>();
+    bool ok = po[0] == 0 && po[n[s]] == v.size(0);
+    for (int64_t o = 0; o < n[s]; ++o) ok = ok && po[o] <= po[o + 1];
+    const int32_t* pa = ia.data_ptr<int32_t>();
+    const int32_t* pb = ib.data_ptr<int32_t>();
+    for (int64_t e = 0; e < v.size(0); ++e)
+      ok = ok && pa[e] >= 0 && pa[e] < n[src[s][0]] && pb[e] >= 0 && pb[e] < n[src[s][1]];
+    TORCH_CHECK(ok, "gaunt_direct_bwd_cpu: list ", s, " has offsets or indices out of range");
+  }
+  std::vector<at::Tensor> outs(3);
+  for (int s = 0; s < 3; ++s)
+    if (need[s]) outs[s] = at::empty({N, n[s]}, g.options());
+  if (N > 0) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "gaunt_direct_bwd_cpu",
+                               [&] { direct_bwd_impl<scalar_t>(x1, x2, ws, g, wout, owk, lists, need, outs); });
+  }
+  std::vector<at::Tensor> res;
+  for (int s = 0; s < 3; ++s)
+    if (need[s]) res.push_back(outs[s]);
+  return res;
 }
 
 }  // namespace cpu

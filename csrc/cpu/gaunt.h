@@ -49,5 +49,19 @@ at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, cons
                                 const at::Tensor& ii, const at::Tensor& jj, const at::Tensor& kk,
                                 const at::Tensor& vals, int64_t n_out);
 
+
+// Fused first-order backward of the direct route (binary).  x1, x2 weighted by ws[0], ws[1] and g (N, n_out)
+// weighted by wout are moved into lanes once per tile; lists holds the nonzeros G_ijk in three output-major orders
+// (off (n_s + 1,), ia, ib (nnz,) int32, vals (nnz,)): by i (ia = j, ib = k), by j (ia = i, ib = k), by k (ia = i,
+// ib = j).  Returns, for each need[s] set, in order: owk[0] * sum_jk G (w2 x2)_j (wout g)_k (N, n1), owk[1] * sum_ik
+// G (w1 x1)_i (wout g)_k (N, n2), and the raw product sum_ij G (w1 x1)_i (w2 x2)_j (N, n_out, no wout).  Each output
+// sums its nonzeros in four register partial sums (not the forward's order: equal to round-off, not bit for bit);
+// the same bits for any thread count.
+std::vector<at::Tensor> gaunt_direct_bwd_cpu(const at::Tensor& x1, const at::Tensor& x2,
+                                             const std::vector<c10::optional<at::Tensor>>& ws, const at::Tensor& g,
+                                             const c10::optional<at::Tensor>& wout,
+                                             const std::vector<c10::optional<at::Tensor>>& owk,
+                                             const std::vector<at::Tensor>& lists, const std::vector<int64_t>& need);
+
 }  // namespace cpu
 }  // namespace geoops

@@ -11,7 +11,9 @@ The gradient of a Gaunt product is a Gaunt product (G is symmetric in its three 
 geoops.gaunt.GauntFn's backward can call gaunt_fwd again (differentiable to any order: what it does under
 create_graph / torch.func).  gaunt_bwd is the first-order shortcut of the grid route on CPU (session 21): the
 backward products have the forward's total degree, so they share one grid; the C++ kernel evaluates the factors
-and wout * g on it once and projects every wanted product (see ``Cpp.gaunt_bwd``).  Kernel sets without it
+and wout * g on it once and projects every wanted product (see ``Cpp.gaunt_bwd``).  Since session 22 it also
+serves the binary direct route (x1, x2 and wout * g moved into SIMD lanes once per tile, three sparse
+contractions).  Kernel sets without it
 (Torch, Triton, Reference) have no ``gaunt_bwd`` attribute and GauntFn keeps the forward-product backward.
 
 Contract of every kernel set (``gaunt_fwd``)::
@@ -99,6 +101,24 @@ def direct_consts(L1: int, L2: int, lmax_out: int, dtype: torch.dtype, device: t
     i, j, k, v = _ref.gaunt_sparse(L1, L2, lmax_out)
     return (i.to(torch.int32).to(device), j.to(torch.int32).to(device), k.to(torch.int32).to(device),
             v.to(device=device, dtype=dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def direct_bwd_consts(L1: int, L2: int, lmax_out: int, dtype: torch.dtype, device: torch.device):
+    """The nonzero Gaunt coefficients of (L1, L2 -> lmax_out) in the three output-major orders of the fused direct
+    backward (C.gaunt_direct_bwd_cpu): by i (the gradient of x1: inputs x2_j, g_k), by j (of x2: x1_i, g_k), by k
+    (the raw product: x1_i, x2_j); each as [off (n_out + 1,), ia, ib (nnz,) int32, vals], 12 tensors in all.
+    Within an output the nonzeros keep the generator's (i, j) order."""
+    i, j, k, v = _ref.gaunt_sparse(L1, L2, lmax_out)
+    sizes = ((L1 + 1) ** 2, (L2 + 1) ** 2, (lmax_out + 1) ** 2)
+    out = []
+    for o, a, b, n in ((i, j, k, sizes[0]), (j, i, k, sizes[1]), (k, i, j, sizes[2])):
+        order = torch.sort(o, stable=True).indices
+        off = torch.zeros(n + 1, dtype=torch.int64)
+        off[1:] = torch.cumsum(torch.bincount(o, minlength=n), 0)
+        out += [off.to(torch.int32).to(device), a[order].to(torch.int32).to(device),
+                b[order].to(torch.int32).to(device), v[order].to(device=device, dtype=dtype).contiguous()]
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -207,18 +227,33 @@ class Cpp:
     @staticmethod
     def gaunt_bwd(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], g: torch.Tensor,
                   wout: Optional[torch.Tensor], need: List[int], lmax_out: int, route: str) -> List[torch.Tensor]:
-        """First-order backward of the grid route, fused (one grid evaluation per factor and of wout * g).
+        """First-order backward of the grid and direct routes, fused.
 
         need[k] (k < nu): 0 skip, 1 h_k = P_{<=L_k}[prod_{j != k} f_j * f(wout g)], 2 the same times ws[k] (the
         gradient of x_k); need[nu]: 1 for the raw product P_{<=lmax_out}[prod_j f_j] (no wout; for wout's
-        gradient).  Returns the wanted tensors in that order.  Only route "grid" (the torus of the FFT route
-        depends on the factors' degrees, so its backward products do not share the forward's grid)."""
+        gradient).  Returns the wanted tensors in that order.  Route "grid": one grid evaluation per factor and of
+        wout * g (gaunt_sep_bwd_cpu); route "direct" (binary): x1, x2 and wout * g moved into SIMD lanes once per
+        tile, then the three sparse contractions (gaunt_direct_bwd_cpu).  Not route "fft" (its torus depends on
+        the factors' degrees, so its backward products do not share the forward's grid)."""
+        if route == "direct":
+            return Cpp._direct_bwd(xs, ws, g, wout, need, lmax_out)
         assert route == "grid", route
         Ls = tuple(_ref.lmax_of(x.shape[1]) for x in xs)
         evals, backs, azf, azb, na = sep_bwd_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
         owk = [ws[k] if need[k] == 2 else None for k in range(len(xs))]
         return _backend.compiled().gaunt_sep_bwd_cpu(list(xs), list(ws), g, wout, evals, backs, owk,
                                                     [int(bool(n)) for n in need], azf, azb, na)
+
+    @staticmethod
+    def _direct_bwd(xs, ws, g, wout, need, lmax_out):
+        """The direct route's backward products in one kernel: x1, x2 and wout * g put in SIMD lanes once per
+        tile, each gradient coefficient summed over its nonzeros in registers (direct_bwd_consts)."""
+        assert len(xs) == 2, "gaunt: the direct route is binary"
+        L1, L2 = (_ref.lmax_of(x.shape[1]) for x in xs)
+        lists = direct_bwd_consts(L1, L2, lmax_out, xs[0].dtype, xs[0].device)
+        owk = [ws[k] if need[k] == 2 else None for k in range(2)]
+        return _backend.compiled().gaunt_direct_bwd_cpu(xs[0], xs[1], list(ws), g, wout, owk, lists,
+                                                       [int(bool(n)) for n in need])
 
 
 class Torch:
@@ -270,11 +305,13 @@ def _fwd_fake(xs, ws, wout, lmax_out, route):
     return xs[0].new_empty((xs[0].shape[0], (lmax_out + 1) ** 2))
 
 
-def has_fused_bwd(device: torch.device, route: str) -> bool:
-    """Whether the kernel set for `device` has the fused first-order backward for `route` (CPU C++, grid)."""
-    if route != "grid" or not hasattr(gaunt_kernels(device), "gaunt_bwd"):
+def has_fused_bwd(device: torch.device, route: str, nu: int = 2) -> bool:
+    """Whether the kernel set for `device` has the fused first-order backward for `route` with nu factors (CPU
+    C++: grid, any nu; direct, binary)."""
+    kernel = {"grid": "gaunt_sep_bwd_cpu", "direct": "gaunt_direct_bwd_cpu"}.get(route)
+    if kernel is None or (route == "direct" and nu != 2) or not hasattr(gaunt_kernels(device), "gaunt_bwd"):
         return False
-    return gaunt_kernels(device) is not Cpp or hasattr(_backend.compiled(), "gaunt_sep_bwd_cpu")
+    return gaunt_kernels(device) is not Cpp or hasattr(_backend.compiled(), kernel)
 
 
 def _bwd(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], g: torch.Tensor, wout: Optional[torch.Tensor],
