@@ -398,6 +398,17 @@ def _bwd_case(Ls, Lo, dtype, weights, rows=37, seed=0, route="grid"):
     return grads
 
 
+def _fused_and_old(grads, route):
+    """The gradients through the fused backward kernel (asserting it ran) and through the forward products."""
+    with _count_fused_bwd() as calls:
+        fused = grads()
+    assert calls, f"the {route} route's backward did not run the fused kernel"
+    with _unfused_bwd(), _count_fused_bwd() as calls:
+        old = grads()
+    assert not calls
+    return fused, old
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("Ls,Lo,weights", [((2, 3), 4, "row"), ((0, 1), 1, None), ((4, 4), 4, "shared"),
                                            ((3, 2, 1), 5, "row"), ((2,), 2, "shared"), ((6, 5), 3, "mixed"),
@@ -405,13 +416,7 @@ def _bwd_case(Ls, Lo, dtype, weights, rows=37, seed=0, route="grid"):
 def test_fused_grid_backward_equals_forward_product_backward(dtype, Ls, Lo, weights):
     """The grid route's first-order backward runs the fused kernel (factors and wout * g on the shared grid once)
     and gives bit for bit the gradients of the backward as further forward products (same steps, same order)."""
-    grads = _bwd_case(Ls, Lo, dtype, weights)
-    with _count_fused_bwd() as calls:
-        fused = grads()
-    assert calls, "the grid route's backward did not run the fused kernel"
-    with _unfused_bwd(), _count_fused_bwd() as calls:
-        old = grads()
-    assert not calls
+    fused, old = _fused_and_old(_bwd_case(Ls, Lo, dtype, weights), "grid")
     for a, b in zip(fused, old):
         assert torch.equal(a, b)
 
@@ -489,13 +494,7 @@ def test_fused_direct_backward_equals_forward_product_backward(dtype, Ls, Lo, we
     gradient coefficient summed over its nonzeros in four register partial sums).  Its summation order is not
     the forward products', so the gradients equal the old backward's to round-off, not bit for bit: within
     1e-14 (fp64) / 2e-6 (fp32) of each gradient's largest magnitude (measured: <= 3.4e-16 / 5.4e-7)."""
-    grads = _bwd_case(Ls, Lo, dtype, weights, route="direct")
-    with _count_fused_bwd() as calls:
-        fused = grads()
-    assert calls, "the direct route's backward did not run the fused kernel"
-    with _unfused_bwd(), _count_fused_bwd() as calls:
-        old = grads()
-    assert not calls
+    fused, old = _fused_and_old(_bwd_case(Ls, Lo, dtype, weights, route="direct"), "direct")
     tol = 1e-14 if dtype == F64 else 2e-6
     for a, b in zip(fused, old):
         assert a.shape == b.shape and a.dtype == b.dtype

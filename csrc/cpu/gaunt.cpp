@@ -888,10 +888,12 @@ void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional
 }
 
 // One output-major sparse list of the direct backward: for output coefficient o, the nonzeros
-// e = off[o] .. off[o+1] with the coefficients ia[e], ib[e] of the two inputs and the value v[e].
+// e = off[o] .. off[o+1] with the value v[e] and the lane-buffer offsets ia[e], ib[e] (coefficient * kLanes, in
+// elements: unsigned, so the loop indexes without a sign extension or a shift) of the two inputs.
 template <typename T>
 struct GatherList {
-  const int32_t *off, *ia, *ib;
+  const int32_t* off;
+  std::vector<uint32_t> ia, ib;
   const T* v;
   int64_t n;  // outputs
 };
@@ -904,16 +906,16 @@ template <typename T>
 void direct_gather(const GatherList<T>& gl, const T* Ab, const T* Bb, T* Ob) {
   using V = typename Simd<T>::V;
   constexpr int NV = static_cast<int>(kLanes / Simd<T>::N);
-  const V* A = reinterpret_cast<const V*>(Ab);
-  const V* B = reinterpret_cast<const V*>(Bb);
   V* O = reinterpret_cast<V*>(Ob);
   for (int64_t o = 0; o < gl.n; ++o) {
     const int64_t e0 = gl.off[o], e1 = gl.off[o + 1];
     V s0[NV] = {}, s1[NV] = {}, s2[NV] = {}, s3[NV] = {};
     int64_t e = e0;
+    const uint32_t* ia = gl.ia.data();
+    const uint32_t* ib = gl.ib.data();
     auto term = [&](V* acc, int64_t f) {
-      const V* ap = A + static_cast<int64_t>(gl.ia[f]) * NV;
-      const V* bp = B + static_cast<int64_t>(gl.ib[f]) * NV;
+      const V* ap = reinterpret_cast<const V*>(Ab + ia[f]);
+      const V* bp = reinterpret_cast<const V*>(Bb + ib[f]);
       const T c = gl.v[f];
       for (int q = 0; q < NV; ++q) acc[q] += c * (ap[q] * bp[q]);
     };
@@ -956,8 +958,18 @@ void direct_bwd_impl(const at::Tensor& x1, const at::Tensor& x2, const std::vect
     deg[s] = degrees(n[s]);
     xp[s] = in[s]->data_ptr<T>();
     if (need[s]) op[s] = outs[s].data_ptr<T>();
-    gl[s] = {lists[4 * s].data_ptr<int32_t>(), lists[4 * s + 1].data_ptr<int32_t>(),
-             lists[4 * s + 2].data_ptr<int32_t>(), lists[4 * s + 3].data_ptr<T>(), n[s]};
+    const int64_t nnz = lists[4 * s + 3].size(0);
+    const int32_t* pa = lists[4 * s + 1].data_ptr<int32_t>();
+    const int32_t* pb = lists[4 * s + 2].data_ptr<int32_t>();
+    gl[s].off = lists[4 * s].data_ptr<int32_t>();
+    gl[s].ia.resize(nnz);
+    gl[s].ib.resize(nnz);
+    for (int64_t e = 0; e < nnz; ++e) {
+      gl[s].ia[e] = static_cast<uint32_t>(pa[e]) * static_cast<uint32_t>(kLanes);
+      gl[s].ib[e] = static_cast<uint32_t>(pb[e]) * static_cast<uint32_t>(kLanes);
+    }
+    gl[s].v = lists[4 * s + 3].data_ptr<T>();
+    gl[s].n = n[s];
   }
   // the two lane inputs of output s (the other factor, then g; the raw product: x1, x2)
   const int src[3][2] = {{1, 2}, {0, 2}, {0, 1}};
