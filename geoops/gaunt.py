@@ -109,7 +109,7 @@ class GauntFn(torch.autograd.Function):
             else:
                 h = _core(others, ows, None, L, route)
                 if need[i]:
-                    gx[i] = h * ws[i][:, _deg(L, h.device)]
+                    gx[i] = h * ws[i].index_select(1, _deg(L, h.device))
                 gw[i] = _reduce_rows(_segsum(h * xs[i], L), ws[i])
         gwo = None
         if wout is not None and need[2 * nu]:
@@ -142,7 +142,7 @@ class GauntFn(torch.autograd.Function):
                 continue
             L = _ref.lmax_of(xs[i].shape[1])
             if need[i]:
-                gx[i] = h * ws[i][:, _deg(L, h.device)]
+                gx[i] = h * ws[i].index_select(1, _deg(L, h.device))
             gw[i] = _reduce_rows(_segsum(h * xs[i], L), ws[i])
         gwo = _reduce_rows(_segsum(g * next(outs), lmax_out), wout) if want_raw else None
         return (None, None, None, *[gx[i] if need[i] else None for i in range(nu)], *gw, gwo)

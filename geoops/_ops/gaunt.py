@@ -152,7 +152,7 @@ def fft_consts(Ls: tuple, lmax_out: int, dtype: torch.dtype, device: torch.devic
 
 
 def _weighted(x: torch.Tensor, w: Optional[torch.Tensor], L: int) -> torch.Tensor:
-    return x if w is None else x * w[:, _deg_index(L, x.device)]
+    return x if w is None else x * w.index_select(1, _deg_index(L, x.device))
 
 
 # ---------------------------------------------------------------- routes in torch (any device)
