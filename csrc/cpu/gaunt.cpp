@@ -14,6 +14,8 @@
 // coefficient g_ijk adds g * x1[i] * x2[j] to out[k] on all R lanes at once (a
 // fixed-length loop the compiler turns into SIMD FMAs).  The nonzeros come
 // sorted by (i, j), so the lane product x1[i] * x2[j] is formed once per pair.
+// Its backward (direct_bwd_impl) reads the same nonzeros sorted by output and sums each output coefficient in
+// registers (direct_gather): x1, x2 and g go to lanes once per tile for both gradients.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
