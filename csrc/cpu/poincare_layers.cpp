@@ -132,6 +132,46 @@ inline double lane_sum(const vecmath::Vec& v) {
   return s;
 }
 
+// Tiles of 16 float rows (session 22, the batch norm's backward): at D = 8 / 16 on AVX-512 builds the lane passes
+// of float rows take their columns from one in-register transpose of 16 rows (f32rows::cols16: contiguous loads
+// and permutes, exact moves) into a small SoA scratch, each half widened to a vector of doubles, instead of one
+// masked gather per column and 8 rows (perf on the AMD EPYC: the gathers and the dx pass's scatters were most of
+// the backward passes' time, the lane math ~15 %).  The widened columns are the gathers' values bit for bit, so
+// every sum and coefficient is the lanes path's; the writes are per-row contiguous passes from the tile's
+// coefficients (double fma chains, one rounding).  GEOOPS_POINCARE_BN_TILES=0 (read per call): the gathers.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kBnTileIsa = true;
+#else
+constexpr bool kBnTileIsa = false;
+#endif
+constexpr int64_t kTile = 16;
+template <typename T>
+inline bool bn_tiles(int64_t D) {
+  return kBnTileIsa && std::is_same_v<T, float> && (D == 8 || D == 16) && !knobs::off("GEOOPS_POINCARE_BN_TILES");
+}
+// The 16 rows at p (DD floats each) as SoA s[d][l] = row l's element d.
+template <int DD>
+inline void tile16(const float* p, float (&s)[DD][kTile]) {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 c[DD];
+  geoops::cpu::f32rows::cols16<DD>(p, c);
+  for (int d = 0; d < DD; ++d) _mm512_storeu_ps(s[d], c[d]);
+#else
+  for (int l = 0; l < kTile; ++l)
+    for (int d = 0; d < DD; ++d) s[d][l] = p[l * DD + d];
+#endif
+}
+// Lanes h * 8 .. h * 8 + 7 of a tile column, widened (exact).
+inline vecmath::Vec tile_half(const float* col, int h) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return vecmath::Vec(_mm512_cvtps_pd(_mm256_loadu_ps(col + 8 * h)));
+#else
+  alignas(64) double t[vecmath::Vec::size()];
+  for (int l = 0; l < vecmath::Vec::size(); ++l) t[l] = double(col[vecmath::Vec::size() * h + l]);
+  return vecmath::Vec::loadu(t);
+#endif
+}
+
 // Fixed row chunks and their partial sums (the reproducibility notes at the batch norm below; the ReLU uses them too).
 constexpr int64_t kBnBlock = 256;  // rows per block of the row passes: their scalars and coefficients stay in L1
 
@@ -728,12 +768,40 @@ struct BnBlock {
 
 // Row sums of a block: vv = |v|^2, bv = <b, v>, and with g (backward) gb = <g, b>, gv = <g, v>; one pass over
 // each row (the only |v|^2 of the row pass: the lane math below takes expmap's tanc argument from it).
+// bn_block_sums' backward sums of the block's whole tiles of 16 rows (bn_tiles); returns the rows done.
+template <int DD>
+int64_t bn_block_sums_tiles(BnBlock& k_, const float* vp, const float* gp, const double* bp, int64_t i0, int64_t n) {
+  using vecmath::Vec;
+  alignas(64) float vs[DD][kTile], gs[DD][kTile];
+  int64_t j = 0;
+  for (; j + kTile <= n; j += kTile) {
+    tile16<DD>(vp + (i0 + j) * DD, vs);
+    tile16<DD>(gp + (i0 + j) * DD, gs);
+    for (int h = 0; h < 2; ++h) {
+      Vec vv(0.0), bv(0.0), gb(0.0), gv(0.0);
+      for (int d = 0; d < DD; ++d) {
+        const Vec v = tile_half(vs[d], h), g = tile_half(gs[d], h), b(bp[d]);
+        vv = at::vec::fmadd(v, v, vv), bv = at::vec::fmadd(b, v, bv);
+        gb = at::vec::fmadd(g, b, gb), gv = at::vec::fmadd(g, v, gv);
+      }
+      const int64_t o = j + 8 * h;
+      vv.store(k_.vv + o), bv.store(k_.bv + o), gb.store(k_.gb + o), gv.store(k_.gv + o);
+    }
+  }
+  return j;
+}
+
 template <typename T>
 void bn_block_sums(BnBlock& k_, const T* vp, const T* gp, const double* bp, int64_t i0, int64_t n, int64_t D,
-                   bool lanes) {
+                   bool lanes, bool tiles = false) {
   using vecmath::Vec;
   if (lanes) {  // rows on lanes (bn_lanes): padded lanes load zeros, so their sums are 0
-    for (int64_t j = 0; j < n; j += kLanes) {
+    int64_t j0 = 0;
+    if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
+      if (tiles && gp) j0 = D == 16 ? bn_block_sums_tiles<16>(k_, vp, gp, bp, i0, n)
+                                    : bn_block_sums_tiles<8>(k_, vp, gp, bp, i0, n);
+    }
+    for (int64_t j = j0; j < n; j += kLanes) {
       const Cols<T> cl(D, std::min(kLanes, n - j));
       const T* vr = vp + (i0 + j) * D;
       Vec vv(0.0), bv(0.0), gb(0.0), gv(0.0);
@@ -876,13 +944,14 @@ void bn_bwd_impl(const T* gp, const T* vp, int64_t N, const BnRowCtx& cx, T* gvp
   const double* bp = cx.b.data();
   const int64_t CH = chunk_rows(D * 16);
   const Partials part(N, CH, D + 2);  // the dL/db partials (D), the k adjoints, the b coefficient
+  const bool tiles = lanes && bn_tiles<T>(D);
   for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double* pb = part.row(ci);
     BnBlock blk;
     double sb = 0, sk = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      bn_block_sums<T>(blk, vp, gp, bp, b0, n, D, lanes);
+      bn_block_sums<T>(blk, vp, gp, bp, b0, n, D, lanes, tiles);
       bn_block_coefs<true>(blk, n, cx.bb, cx.k, cx.eps, &sb, &sk);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = b0 + j;
@@ -998,13 +1067,41 @@ struct LogBlock {
 // without g and with Xs (the rows' |x_i|^2 from the midpoint pass, mm = |m|^2) only dd is summed, xy = (mm + yy -
 // dd) / 2 (its rounding, ~1e-16 of |m|^2 + |x|^2, is far below what LOGMAP's O(1) denominators notice);
 // padded lanes up to whole vectors: zeros (x = 0, g = 0: finite coefficients, zero adjoints).
+// log_block_sums' backward sums of the block's whole tiles of 16 rows (bn_tiles); returns the rows done.
+template <int DD>
+int64_t log_block_sums_tiles(LogBlock& k_, const float* xp, const float* gp, const double* mp, int64_t i0, int64_t n) {
+  using vecmath::Vec;
+  alignas(64) float xs[DD][kTile], gs[DD][kTile];
+  int64_t j = 0;
+  for (; j + kTile <= n; j += kTile) {
+    tile16<DD>(xp + (i0 + j) * DD, xs);
+    tile16<DD>(gp + (i0 + j) * DD, gs);
+    for (int h = 0; h < 2; ++h) {
+      Vec yy(0.0), xy(0.0), dd(0.0), ga(0.0), gc(0.0);
+      for (int d = 0; d < DD; ++d) {
+        const Vec x = tile_half(xs[d], h), m(mp[d]), g = tile_half(gs[d], h), e = m - x;
+        yy = at::vec::fmadd(x, x, yy), xy = at::vec::fmadd(m, x, xy), dd = at::vec::fmadd(e, e, dd);
+        ga = at::vec::fmadd(g, m, ga), gc = at::vec::fmadd(g, e, gc);
+      }
+      const int64_t o = j + 8 * h;
+      yy.store(k_.yy + o), xy.store(k_.xy + o), dd.store(k_.dd + o), ga.store(k_.ga + o), gc.store(k_.gc + o);
+    }
+  }
+  return j;
+}
+
 template <typename T>
 void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, int64_t i0, int64_t n, int64_t D,
-                    bool lanes, const double* Xs = nullptr, double mm = 0) {
+                    bool lanes, const double* Xs = nullptr, double mm = 0, bool tiles = false) {
   using vecmath::Vec;
   if (lanes) {  // rows on lanes (bn_lanes); padded lanes set to zeros as below
     const Vec zero(0.0), half(0.5), vmm(mm);
-    for (int64_t j = 0; j < n; j += kLanes) {
+    int64_t j0 = 0;
+    if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
+      if (tiles && gp) j0 = D == 16 ? log_block_sums_tiles<16>(k_, xp, gp, mp, i0, n)
+                                    : log_block_sums_tiles<8>(k_, xp, gp, mp, i0, n);
+    }
+    for (int64_t j = j0; j < n; j += kLanes) {
       const int64_t cnt = std::min(kLanes, n - j);
       const Cols<T> cl(D, cnt);
       const T* xr = xp + (i0 + j) * D;
@@ -1159,13 +1256,14 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
                     double* cf, double* pm, double* sm, double* sk, bool lanes) {
   const int64_t CH = chunk_rows(D * 16);
   const Partials part(N, CH, D + 2);  // pm (D), sm, sk
+  const bool tiles = lanes && bn_tiles<T>(D);
   for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double* p = part.row(ci);
     LogBlock blk;
     double smt = 0, skt = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      log_block_sums<T>(blk, xp, gp, mp, b0, n, D, lanes);
+      log_block_sums<T>(blk, xp, gp, mp, b0, n, D, lanes, nullptr, 0, tiles);
       log_block_coefs<true>(blk, n, mm, k, &smt, &skt);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = b0 + j;
@@ -1186,11 +1284,51 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
 
 // The epilogue: dx_i = -c_i g_i + (2 (yy_ + dd_) + w_i c) x_i + (xy_ - 2 dd_) m + lam_i gF with the midpoint
 // sums' lam_i = 2 / max(1 - c |x_i|^2, 1e-15), w_i = (<gF, x_i> + gL) lam_i^2; returns the sums' dc.
+// bn_log_bwd_dx's lane branch on the whole tiles of 16 rows from i0 (bn_tiles): P = <gF, x_i> and the row scalars
+// on the tile's two halves (the lanes path's expressions), dx per row from them (contiguous rows, double fma
+// chains, one rounding); the halves' dc terms added to gcv; returns the first row not done.
+template <int DD>
+int64_t bn_log_bwd_dx_tiles(const float* gp, const float* xp, const double* mp, const double* cf, const double* gF,
+                            double gL, double c, float* dxp, int64_t N, int64_t i0, int64_t i1, vecmath::Vec& gcv) {
+  using vecmath::Vec;
+  const Vec one(1.0), two(2.0), half(0.5), vc(c), tiny(1e-15), zero(0.0), vgL(gL);
+  alignas(64) float xs[DD][kTile];
+  alignas(64) double rg[kTile], rx[kTile], rm[kTile], rl[kTile];
+  int64_t i = i0;
+  for (; i + kTile <= i1; i += kTile) {
+    tile16<DD>(xp + i * DD, xs);
+    for (int h = 0; h < 2; ++h) {
+      Vec P(0.0);
+      for (int d = 0; d < DD; ++d) P = at::vec::fmadd(Vec(gF[d]), tile_half(xs[d], h), P);
+      const int64_t o = i + 8 * h;
+      const Vec X = Vec::loadu(cf + 3 * N + o), den = one - vc * X;
+      const Vec lam = two / at::vec::maximum(den, tiny);
+      const Vec w = Vec::blendv(zero, (P + vgL) * lam * lam, den > tiny);
+      Vec::loadu(cf + o).store(rg + 8 * h);
+      (Vec::loadu(cf + N + o) + w * vc).store(rx + 8 * h);
+      Vec::loadu(cf + 2 * N + o).store(rm + 8 * h);
+      lam.store(rl + 8 * h);
+      gcv = gcv + half * w * X;
+    }
+    for (int l = 0; l < kTile; ++l) {
+      const float* xr = xp + (i + l) * DD;
+      const float* gr = gp + (i + l) * DD;
+      float* dr = dxp + (i + l) * DD;
+      const double cg = rg[l], cx = rx[l], cm = rm[l], lam = rl[l];
+#pragma omp simd
+      for (int d = 0; d < DD; ++d)
+        dr[d] = float(std::fma(cg, double(gr[d]), std::fma(cx, double(xr[d]), std::fma(cm, mp[d], lam * gF[d]))));
+    }
+  }
+  return i;
+}
+
 template <typename T>
 double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* cf, const double* gF, double gL,
                      double c, T* dxp, int64_t N, int64_t D, bool lanes) {
   const int64_t CH = chunk_rows(D * 8);
   const Partials part(N, CH, 1);
+  const bool tiles = lanes && bn_tiles<T>(D);
   for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double gcl = 0;
     if (lanes) {  // rows on lanes: P = <gF, x_i>, the row scalars and the writes (scatters); dc per lane
@@ -1198,7 +1336,12 @@ double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* c
       constexpr int64_t VL = Vec::size();
       const Vec one(1.0), two(2.0), half(0.5), vc(c), tiny(1e-15), zero(0.0), vgL(gL);
       Vec xs[kBnLaneMaxD], gcv(0.0);
-      for (int64_t i = i0; i < i1; i += VL) {
+      int64_t i = i0;
+      if constexpr (kBnTileIsa && VL == 8 && std::is_same_v<T, float>) {
+        if (tiles) i = D == 16 ? bn_log_bwd_dx_tiles<16>(gp, xp, mp, cf, gF, gL, c, dxp, N, i0, i1, gcv)
+                               : bn_log_bwd_dx_tiles<8>(gp, xp, mp, cf, gF, gL, c, dxp, N, i0, i1, gcv);
+      }
+      for (; i < i1; i += VL) {
         const int64_t cnt = std::min(VL, i1 - i);
         const Cols<T> cl(D, cnt);
         const T* xr = xp + i * D;
