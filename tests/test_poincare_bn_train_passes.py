@@ -62,6 +62,22 @@ def test_bn_small_gemm_accuracy_vs_fp64(monkeypatch, D):
         assert_2x_rule(o, r, t, 1e-6 * t.abs().max().clamp_min(1), tag=(i,))
 
 
+@pytest.mark.parametrize("D", [5, 8, 16])
+def test_bn_tiles_same_bits_as_gathers(monkeypatch, D):
+    """fp32 rows at D = 8 / 16 (AVX-512 builds): the backward's lane passes read tiles of 16 rows (an in-register
+    transpose) and write dx per row instead of gathers / scatters (GEOOPS_POINCARE_BN_TILES=0): the same sums and
+    coefficients, so the same bits for y and every gradient; N with whole tiles, a tail of rows (< 16, < 8) and
+    several row chunks; D = 5 runs the gathers either way."""
+    for N in (16, 23, 263, 4099):
+        x, bias, gy = _inputs(N, D, torch.float32, 11 * D + N)
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_TILES", "0")
+        want = _layer(x, bias, gy)
+        monkeypatch.delenv("GEOOPS_POINCARE_BN_TILES")
+        got = _layer(x, bias, gy)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), (N, i, float((a - b).abs().max()))
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("D", [5, 8, 16])

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -1251,9 +1252,13 @@ double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, i
 
 // The backward's reduction pass: per row (-c_i, 2 (yy_ + dd_), xy_ - 2 dd_, |x_i|^2) into cf (4 x N), the
 // D-vector pm = sum_i (a_i + c_i) g_i + (xy_ - 2 dd_) x_i, *sm = sum_i 2 (xx_ + dd_), *sk = sum_i k_.
+// fill (the training layer's backward, session 22): writes the rows [b0, b1) of g (gu = gv M^T + 2 gS u) just
+// before the block reads them, instead of a separate pass over all rows (the block's gu stays in L1 for the sums
+// and the pm pass).
+using RowFill = std::function<void(int64_t, int64_t)>;
 template <typename T>
 void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64_t D, double mm, double k,
-                    double* cf, double* pm, double* sm, double* sk, bool lanes) {
+                    double* cf, double* pm, double* sm, double* sk, bool lanes, const RowFill* fill = nullptr) {
   const int64_t CH = chunk_rows(D * 16);
   const Partials part(N, CH, D + 2);  // pm (D), sm, sk
   const bool tiles = lanes && bn_tiles<T>(D);
@@ -1263,6 +1268,7 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
     double smt = 0, skt = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
+      if (fill) (*fill)(b0, b0 + n);
       log_block_sums<T>(blk, xp, gp, mp, b0, n, D, lanes, nullptr, 0, tiles);
       log_block_coefs<true>(blk, n, mm, k, &smt, &skt);
       for (int64_t j = 0; j < n; ++j) {
@@ -1519,8 +1525,10 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
 namespace {
 
 // poincare_bn_layer_bwd_cpu's body on gu (x's dtype, contiguous rows) and the D-vectors m, [F, L], gm in double.
+// fill: writes gu's rows inside the reduction pass (bn_log_bwd_red), gu then only allocated.
 std::tuple<at::Tensor, double> bn_layer_bwd(const at::Tensor& gu, const at::Tensor& x, const double* mp,
-                                            const double* Fp, const double* gmp, double c) {
+                                            const double* Fp, const double* gmp, double c,
+                                            const RowFill* fill = nullptr) {
   const int64_t N = x.size(0), D = x.size(1);
   double mm = 0;
   for (int64_t d = 0; d < D; ++d) mm = std::fma(mp[d], mp[d], mm);
@@ -1532,10 +1540,10 @@ std::tuple<at::Tensor, double> bn_layer_bwd(const at::Tensor& gu, const at::Tens
   const bool lanes = bn_lanes(D);
   if (f64)
     bn_log_bwd_red<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk,
-                           lanes);
+                           lanes, fill);
   else
     bn_log_bwd_red<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk,
-                          lanes);
+                          lanes, fill);
   // the total gm (the transport's, the logmap's), then the midpoint's D-vector backward in double
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
   std::vector<double> gm(D), gF(D);
@@ -1738,6 +1746,10 @@ inline vecmath::Vec load_dv(const T* p) {
   using vecmath::Vec;
   if constexpr (std::is_same_v<T, double>) {
     return Vec::loadu(p);
+#if defined(CPU_CAPABILITY_AVX512)
+  } else if constexpr (true) {  // 8 floats widened in one instruction (exact)
+    return Vec(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
+#endif
   } else {
     alignas(64) double t[Vec::size()];
     for (int l = 0; l < Vec::size(); ++l) t[l] = double(p[l]);
@@ -1749,6 +1761,10 @@ inline void store_dv(T* p, const vecmath::Vec& v) {
   using vecmath::Vec;
   if constexpr (std::is_same_v<T, double>) {
     v.store(p);
+#if defined(CPU_CAPABILITY_AVX512)
+  } else if constexpr (true) {  // rounded to nearest as T(double) (the MXCSR's mode)
+    _mm256_storeu_ps(p, _mm512_cvtpd_ps(v));
+#endif
   } else {
     alignas(64) double t[Vec::size()];
     v.store(t);
@@ -1760,20 +1776,22 @@ inline void store_dv(T* p, const vecmath::Vec& v) {
 // Every output element: beta add (one rounding), then an fma chain over d in order.  DD = D a multiple of the
 // vector width (8, 16): each row's outputs in NV vectors of doubles (registers), else scalar loops.
 template <typename T, int DD>
-void rows_times_fixed(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t N, int64_t Drt) {
+void rows_times_fixed(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t i0, int64_t i1,
+                      int64_t Drt) {
   using vecmath::Vec;
   constexpr int L = Vec::size();
   const int64_t D = DD ? DD : Drt;
-  at::parallel_for(0, N, grain(D * D), [&](int64_t i0, int64_t i1) {
+  {
     if constexpr (DD > 0 && DD % L == 0) {
       constexpr int NV = DD / L;
       const Vec vb(beta);
       for (int64_t i = i0; i < i1; ++i) {
         Vec acc[NV];
         for (int v = 0; v < NV; ++v) acc[v] = add ? vb * load_dv(add + i * DD + v * L) : Vec(0.0);
-        const T* ar = a + i * DD;
+        alignas(64) double ar[DD];  // the row widened once (broadcast loads below)
+        for (int v = 0; v < NV; ++v) load_dv(a + i * DD + v * L).store(ar + v * L);
         for (int d = 0; d < DD; ++d) {
-          const Vec ad = Vec(double(ar[d]));
+          const Vec ad = Vec(ar[d]);
           for (int v = 0; v < NV; ++v) acc[v] = at::vec::fmadd(ad, Vec::loadu(Mat + d * DD + v * L), acc[v]);
         }
         for (int v = 0; v < NV; ++v) store_dv(out + i * DD + v * L, acc[v]);
@@ -1788,17 +1806,19 @@ void rows_times_fixed(const T* a, const double* Mat, const T* add, double beta, 
         for (int64_t e = 0; e < D; ++e) out[i * D + e] = T(acc[e]);
       }
     }
-  });
+  }
 }
 
+// rows [i0, i1) of out (rows_times_fixed at D = 8, 16, else its scalar loops)
 template <typename T>
-void rows_times(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t N, int64_t D) {
+void rows_times_range(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t i0, int64_t i1,
+                      int64_t D) {
   if (D == 8)
-    rows_times_fixed<T, 8>(a, Mat, add, beta, out, N, D);
+    rows_times_fixed<T, 8>(a, Mat, add, beta, out, i0, i1, D);
   else if (D == 16)
-    rows_times_fixed<T, 16>(a, Mat, add, beta, out, N, D);
+    rows_times_fixed<T, 16>(a, Mat, add, beta, out, i0, i1, D);
   else
-    rows_times_fixed<T, 0>(a, Mat, add, beta, out, N, D);
+    rows_times_fixed<T, 0>(a, Mat, add, beta, out, i0, i1, D);
 }
 
 // out = a^T g (D x D, double) for rows a, g (N, D): fixed row chunks, each chunk's partial D x D in a Partials
@@ -1821,8 +1841,9 @@ void rows_gram_fixed(const T* a, const T* g, int64_t N, int64_t Drt, double* out
         for (int d = 0; d < DD; ++d) acc[d] = Vec(0.0);
         for (int64_t i = i0; i < i1; ++i) {
           const Vec gv = load_dv(g + i * DD + e0);
-          const T* ar = a + i * DD;
-          for (int d = 0; d < DD; ++d) acc[d] = at::vec::fmadd(Vec(double(ar[d])), gv, acc[d]);
+          alignas(64) double ar[DD];  // the row widened once (broadcast loads below)
+          for (int v = 0; v < DD / L; ++v) load_dv(a + i * DD + v * L).store(ar + v * L);
+          for (int d = 0; d < DD; ++d) acc[d] = at::vec::fmadd(Vec(ar[d]), gv, acc[d]);
         }
         for (int d = 0; d < DD; ++d) acc[d].store(p + d * DD + e0);
       }
@@ -1929,6 +1950,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   double gS, gw, gc2;
   bn_transport_bwd(t, br.data(), md.data(), gMd.data(), D, gb2.data(), gm.data(), &gS, &gw, &gc2);
   at::Tensor gu;
+  RowFill fill;
   if (!small) {
     gu = at::addmm(u, gv, M.t(), 2 * gS, 1);  // gv M^T + 2 gS u
   } else {
@@ -1937,12 +1959,22 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
     for (int64_t i = 0; i < D; ++i)
       for (int64_t j = 0; j < D; ++j) Mt[j * D + i] = Mv[i * D + j];
     gu = at::empty_like(x);
-    if (f64)
-      rows_times<double>(gv.data_ptr<double>(), Mt.data(), u.data_ptr<double>(), 2 * gS, gu.data_ptr<double>(), N, D);
-    else
-      rows_times<float>(gv.data_ptr<float>(), Mt.data(), u.data_ptr<float>(), 2 * gS, gu.data_ptr<float>(), N, D);
+    fill = [&, beta = 2 * gS, Mt = std::move(Mt)](int64_t i0, int64_t i1) {
+      if (f64)
+        rows_times_range<double>(gv.data_ptr<double>(), Mt.data(), u.data_ptr<double>(), beta, gu.data_ptr<double>(),
+                                 i0, i1, D);
+      else
+        rows_times_range<float>(gv.data_ptr<float>(), Mt.data(), u.data_ptr<float>(), beta, gu.data_ptr<float>(), i0,
+                                i1, D);
+    };
+    // session 22: gu's rows written inside the layer backward's reduction pass, block by block (bn_log_bwd_red);
+    // GEOOPS_POINCARE_BN_TILES=0: one separate pass first (as before)
+    if (knobs::off("GEOOPS_POINCARE_BN_TILES")) {
+      at::parallel_for(0, N, grain(D * D), [&](int64_t i0, int64_t i1) { fill(i0, i1); });
+      fill = nullptr;
+    }
   }
-  const auto [dx, gc3] = bn_layer_bwd(gu, x, md.data(), mid.data_ptr<double>(), gm.data(), c);
+  const auto [dx, gc3] = bn_layer_bwd(gu, x, md.data(), mid.data_ptr<double>(), gm.data(), c, fill ? &fill : nullptr);
   // b = expmap0(bias): gbias = t g + 2 (<g, u> tanc'(z) k) u, dk = <g, u> tanc'(z) |u|^2 (z = k |u|^2), with
   // g = gb1 + gb2 rounded to the dtype (as the composition's b gradient)
   const std::vector<double> bu = to_dvec(bias);
