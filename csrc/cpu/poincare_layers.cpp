@@ -162,6 +162,19 @@ inline void tile16(const float* p, float (&s)[DD][kTile]) {
     for (int d = 0; d < DD; ++d) s[d][l] = p[l * DD + d];
 #endif
 }
+// The inverse: s[d][l] (d < DD; s's rows DD..15 zero, the caller's) as the 16 rows at p (DD floats each): the
+// 16 x 16 transpose of cols16 and one masked store per row.
+template <int DD>
+inline void untile16(const float (&s)[kTile][kTile], float* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 c[kTile];
+  geoops::cpu::f32rows::cols16<kTile>(&s[0][0], c);
+  for (int l = 0; l < kTile; ++l) _mm512_mask_storeu_ps(p + l * DD, static_cast<__mmask16>((1u << DD) - 1u), c[l]);
+#else
+  for (int l = 0; l < kTile; ++l)
+    for (int d = 0; d < DD; ++d) p[l * DD + d] = s[d][l];
+#endif
+}
 // Lanes h * 8 .. h * 8 + 7 of a tile column, widened (exact).
 inline vecmath::Vec tile_half(const float* col, int h) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -674,6 +687,7 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
                   bool lanes = false) {
   const int64_t CH = chunk_rows(D);
   const Partials part(N, CH, D + 1);  // F (D), L
+  const bool tiles = lanes && bn_tiles<T>(D);
   for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     double* a = part.row(ci);
     double l = 0;
@@ -683,7 +697,27 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
       Vec aF[kBnLaneMaxD], aL(0.0), xs[kBnLaneMaxD];
       for (int64_t d = 0; d < D; ++d) aF[d] = Vec(0.0);
       const Vec one(1.0), two(2.0), vc(c), tiny(1e-15), zero(0.0);
-      for (int64_t i = i0; i < i1; i += VL) {
+      int64_t i = i0;
+      if constexpr (kBnTileIsa && VL == 8 && std::is_same_v<T, float>) {
+        if (tiles) {  // whole tiles of 16 rows (bn_tiles): the gathers' columns by a transpose, same expressions
+          alignas(64) float ts[kBnLaneMaxD][kTile];
+          for (; i + kTile <= i1; i += kTile) {
+            if (D == 16)
+              tile16<16>(xp + i * D, *reinterpret_cast<float(*)[16][kTile]>(ts));
+            else
+              tile16<8>(xp + i * D, *reinterpret_cast<float(*)[8][kTile]>(ts));
+            for (int h = 0; h < 2; ++h) {
+              Vec X(0.0);
+              for (int64_t d = 0; d < D; ++d) xs[d] = tile_half(ts[d], h), X = at::vec::fmadd(xs[d], xs[d], X);
+              if (Xo) X.store(Xo + i + 8 * h);
+              const Vec lam = two / at::vec::maximum(one - vc * X, tiny);
+              aL = aL + (lam - one);
+              for (int64_t d = 0; d < D; ++d) aF[d] = at::vec::fmadd(lam, xs[d], aF[d]);
+            }
+          }
+        }
+      }
+      for (; i < i1; i += VL) {
         const int64_t cnt = std::min(VL, i1 - i);
         const Cols<T> cl(D, cnt);
         const T* xr = xp + i * D;
@@ -777,13 +811,20 @@ int64_t bn_block_sums_tiles(BnBlock& k_, const float* vp, const float* gp, const
   int64_t j = 0;
   for (; j + kTile <= n; j += kTile) {
     tile16<DD>(vp + (i0 + j) * DD, vs);
-    tile16<DD>(gp + (i0 + j) * DD, gs);
+    if (gp) tile16<DD>(gp + (i0 + j) * DD, gs);
     for (int h = 0; h < 2; ++h) {
       Vec vv(0.0), bv(0.0), gb(0.0), gv(0.0);
-      for (int d = 0; d < DD; ++d) {
-        const Vec v = tile_half(vs[d], h), g = tile_half(gs[d], h), b(bp[d]);
-        vv = at::vec::fmadd(v, v, vv), bv = at::vec::fmadd(b, v, bv);
-        gb = at::vec::fmadd(g, b, gb), gv = at::vec::fmadd(g, v, gv);
+      if (gp) {
+        for (int d = 0; d < DD; ++d) {
+          const Vec v = tile_half(vs[d], h), g = tile_half(gs[d], h), b(bp[d]);
+          vv = at::vec::fmadd(v, v, vv), bv = at::vec::fmadd(b, v, bv);
+          gb = at::vec::fmadd(g, b, gb), gv = at::vec::fmadd(g, v, gv);
+        }
+      } else {
+        for (int d = 0; d < DD; ++d) {
+          const Vec v = tile_half(vs[d], h);
+          vv = at::vec::fmadd(v, v, vv), bv = at::vec::fmadd(Vec(bp[d]), v, bv);
+        }
       }
       const int64_t o = j + 8 * h;
       vv.store(k_.vv + o), bv.store(k_.bv + o), gb.store(k_.gb + o), gv.store(k_.gv + o);
@@ -799,7 +840,7 @@ void bn_block_sums(BnBlock& k_, const T* vp, const T* gp, const double* bp, int6
   if (lanes) {  // rows on lanes (bn_lanes): padded lanes load zeros, so their sums are 0
     int64_t j0 = 0;
     if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
-      if (tiles && gp) j0 = D == 16 ? bn_block_sums_tiles<16>(k_, vp, gp, bp, i0, n)
+      if (tiles) j0 = D == 16 ? bn_block_sums_tiles<16>(k_, vp, gp, bp, i0, n)
                                     : bn_block_sums_tiles<8>(k_, vp, gp, bp, i0, n);
     }
     for (int64_t j = j0; j < n; j += kLanes) {
@@ -921,11 +962,12 @@ template <typename T>
 void bn_fwd_impl(const T* vp, T* yp, int64_t N, const BnRowCtx& cx, bool lanes) {
   const int64_t D = cx.D;
   const double* bp = cx.b.data();
+  const bool tiles = lanes && bn_tiles<T>(D);
   at::parallel_for(0, N, grain(D * 8), [&](int64_t i0, int64_t i1) {
     BnBlock blk;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      bn_block_sums<T>(blk, vp, nullptr, bp, b0, n, D, lanes);
+      bn_block_sums<T>(blk, vp, nullptr, bp, b0, n, D, lanes, tiles);
       bn_block_coefs<false>(blk, n, cx.bb, cx.k, cx.eps, nullptr, nullptr);
       for (int64_t j = 0; j < n; ++j) {
         const T* vr = vp + (b0 + j) * D;
@@ -1069,13 +1111,29 @@ struct LogBlock {
 // dd) / 2 (its rounding, ~1e-16 of |m|^2 + |x|^2, is far below what LOGMAP's O(1) denominators notice);
 // padded lanes up to whole vectors: zeros (x = 0, g = 0: finite coefficients, zero adjoints).
 // log_block_sums' backward sums of the block's whole tiles of 16 rows (bn_tiles); returns the rows done.
+// Without g: the forward's case (Xs, mm given), only dd summed, as log_block_sums.
 template <int DD>
-int64_t log_block_sums_tiles(LogBlock& k_, const float* xp, const float* gp, const double* mp, int64_t i0, int64_t n) {
+int64_t log_block_sums_tiles(LogBlock& k_, const float* xp, const float* gp, const double* mp, int64_t i0, int64_t n,
+                             const double* Xs = nullptr, double mm = 0) {
   using vecmath::Vec;
   alignas(64) float xs[DD][kTile], gs[DD][kTile];
   int64_t j = 0;
   for (; j + kTile <= n; j += kTile) {
     tile16<DD>(xp + (i0 + j) * DD, xs);
+    if (!gp) {
+      for (int h = 0; h < 2; ++h) {
+        Vec dd(0.0);
+        for (int d = 0; d < DD; ++d) {
+          const Vec e = Vec(mp[d]) - tile_half(xs[d], h);
+          dd = at::vec::fmadd(e, e, dd);
+        }
+        const int64_t o = j + 8 * h;
+        const Vec yy = Vec::loadu(Xs + i0 + o);
+        yy.store(k_.yy + o), (Vec(0.5) * (Vec(mm) + yy - dd)).store(k_.xy + o), dd.store(k_.dd + o);
+        Vec(0.0).store(k_.ga + o), Vec(0.0).store(k_.gc + o);
+      }
+      continue;
+    }
     tile16<DD>(gp + (i0 + j) * DD, gs);
     for (int h = 0; h < 2; ++h) {
       Vec yy(0.0), xy(0.0), dd(0.0), ga(0.0), gc(0.0);
@@ -1099,8 +1157,8 @@ void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, in
     const Vec zero(0.0), half(0.5), vmm(mm);
     int64_t j0 = 0;
     if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
-      if (tiles && gp) j0 = D == 16 ? log_block_sums_tiles<16>(k_, xp, gp, mp, i0, n)
-                                    : log_block_sums_tiles<8>(k_, xp, gp, mp, i0, n);
+      if (tiles && (gp || Xs)) j0 = D == 16 ? log_block_sums_tiles<16>(k_, xp, gp, mp, i0, n, Xs, mm)
+                                            : log_block_sums_tiles<8>(k_, xp, gp, mp, i0, n, Xs, mm);
     }
     for (int64_t j = j0; j < n; j += kLanes) {
       const int64_t cnt = std::min(kLanes, n - j);
@@ -1200,23 +1258,62 @@ void log_block_coefs(LogBlock& k_, int64_t n, double mm, double k, double* sm, d
   }
 }
 
+// bn_log_fwd_impl's lane writes on the block's whole tiles of 16 rows (bn_tiles): the lanes path's u columns and
+// per-lane S terms, the rounded columns transposed back to rows; returns the rows done.
+template <int DD>
+int64_t bn_log_fwd_tiles(const LogBlock& blk, const float* xp, const double* mp, float* up, int64_t b0, int64_t n,
+                         vecmath::Vec& sl) {
+  using vecmath::Vec;
+  alignas(64) float xs[DD][kTile];
+  alignas(64) float us[kTile][kTile] = {};  // rows DD.. stay zero (untile16)
+  int64_t j = 0;
+  for (; j + kTile <= n; j += kTile) {
+    tile16<DD>(xp + (b0 + j) * DD, xs);
+    for (int h = 0; h < 2; ++h) {
+      const Vec a = Vec::loadu(blk.ca + j + 8 * h), c = Vec::loadu(blk.cc + j + 8 * h);
+      Vec s(0.0);
+      for (int d = 0; d < DD; ++d) {
+        const Vec m(mp[d]);
+        const Vec u = Cols<float>::round(a * m + c * (m - tile_half(xs[d], h)));
+#if defined(CPU_CAPABILITY_AVX512)
+        _mm256_storeu_ps(us[d] + 8 * h, _mm512_cvtpd_ps(u));
+#else
+        alignas(64) double t[Vec::size()];
+        u.store(t);
+        for (int l = 0; l < Vec::size(); ++l) us[d][Vec::size() * h + l] = float(t[l]);
+#endif
+        s = at::vec::fmadd(u, u, s);
+      }
+      sl = sl + s;
+    }
+    untile16<DD>(us, up + (b0 + j) * DD);
+  }
+  return j;
+}
+
 // u_i = a_i m + c_i (m - x_i) written as T; returns S = sum_i |u_i|^2 of the written values (double).
 template <typename T>
 double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, int64_t N, int64_t D, double mm,
                        double k, bool lanes) {
   const int64_t CH = chunk_rows(D * 8);
   const Partials part(N, CH, 1);
+  const bool tiles = lanes && bn_tiles<T>(D);
   for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
     LogBlock blk;
     double S = 0;
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
-      log_block_sums<T>(blk, xp, nullptr, mp, b0, n, D, lanes, Xs, mm);
+      log_block_sums<T>(blk, xp, nullptr, mp, b0, n, D, lanes, Xs, mm, tiles);
       log_block_coefs<false>(blk, n, mm, k, nullptr, nullptr);
-      if (lanes) {  // the writes on lanes too (scatters), S summed per lane, in order
+      if (lanes) {  // the writes on lanes too (scatters; tiles: transposed back), S summed per lane, in order
         using vecmath::Vec;
         Vec sl(0.0);
-        for (int64_t j = 0; j < n; j += kLanes) {
+        int64_t j0 = 0;
+        if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
+          if (tiles) j0 = D == 16 ? bn_log_fwd_tiles<16>(blk, xp, mp, up, b0, n, sl)
+                                  : bn_log_fwd_tiles<8>(blk, xp, mp, up, b0, n, sl);
+        }
+        for (int64_t j = j0; j < n; j += kLanes) {
           const int64_t cnt = std::min(kLanes, n - j);
           const Cols<T> cl(D, cnt);
           const T* xr = xp + (b0 + j) * D;
