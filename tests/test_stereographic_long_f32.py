@@ -465,3 +465,64 @@ def test_row_loop_falls_back_per_row(monkeypatch):
     expect = _ref("mobius_add", args, k)
     assert bool(torch.isfinite(row).all())
     torch.testing.assert_close(row.double(), expect.double(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- groups of a few rows (session 22)
+# GEOOPS_STEREO_LONG_LOOP=group (the blocked loop on 8-row groups; group4: 4 rows) and the pass / block loops on
+# 8 / 4 / 32-row blocks (pass8, pass4, pass32, block8): every row written once with its own coefficients.  Bit for bit
+# the pass loop's result with the per-block choices pinned (every call in double, double sums), and with the defaults
+# the same bits on every row whose 32-row neighbourhood has no row that declines the float call or the float sums (NaN
+# rows, k > 0, near-boundary Mobius denominators: each loop redoes its own block or group), within the float call's
+# rounding elsewhere.
+GROUP_LOOPS = ("group", "group4", "pass8", "pass4", "pass32", "block8")
+
+
+def _decliners(op, args, k, n):
+    """Rows that may decline the float call / float sums (NaN, k > 0, Mobius denominators near the fallback), each
+    widened to the 32 rows either side (the largest block)."""
+    bad = torch.zeros(n, dtype=torch.bool)
+    for t in args.values():
+        if t.dim() == 2:
+            bad |= t.isnan().any(-1)
+    kk = k.double().reshape(-1) if k.numel() > 1 else k.double().expand(n)
+    if op not in ("mobius_add", "mobius_sub"):
+        bad |= kk > 0  # (the float call's k > 0 form is the double call)
+    if op in ("mobius_add", "mobius_sub"):
+        x, y = (t.double() for t in _ordered(op, args))
+        sgn = -1.0 if op == "mobius_sub" else 1.0
+        xx, yy, xy = (x * x).sum(-1), (y * y).sum(-1), (x * y).sum(-1)
+        bad |= ~(1 - 2 * sgn * kk * xy + kk * kk * xx * yy >= 0.6)
+    idx = bad.nonzero().flatten()
+    near = torch.zeros(n, dtype=torch.bool)
+    for i in idx.tolist():
+        near[max(0, i - 32):i + 33] = True
+    return near
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("nt", ("0", "1"))
+@pytest.mark.parametrize("d", (17, 64, 100))
+@pytest.mark.parametrize("op", NT_OPS)
+def test_group_loops(op, d, nt, threads, monkeypatch):
+    """GEOOPS_STEREO_LONG_LOOP=group / group4 / pass8 / pass4 / pass32 / block8 against pass: bit for bit with every
+    call in double and double sums; with the defaults bit for bit away from declining rows, within 2e-6 everywhere."""
+    monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
+    for n, args, k in _cases(op, d):
+        ref_out = _loop_out("pass", op, args, k, threads, monkeypatch)
+        keep = ~_decliners(op, args, k, n)
+        assert n < 100 or k.numel() > 1 or int(keep.sum()) >= n // 4
+        for loop in GROUP_LOOPS:
+            out = _loop_out(loop, op, args, k, threads, monkeypatch)
+            torch.testing.assert_close(out, ref_out, rtol=2e-6, atol=2e-7, equal_nan=True, msg=f"{loop}, n={n}")
+            torch.testing.assert_close(out[keep], ref_out[keep], rtol=0, atol=0, equal_nan=True,
+                                       msg=f"{loop} bits, n={n}")
+        monkeypatch.setenv("GEOOPS_STEREO_FLOAT_CALL", "0")
+        monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
+        try:
+            a = _loop_out("pass", op, args, k, threads, monkeypatch)
+            for loop in GROUP_LOOPS:
+                b = _loop_out(loop, op, args, k, threads, monkeypatch)
+                torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=f"{loop}, pinned, n={n}")
+        finally:
+            monkeypatch.delenv("GEOOPS_STEREO_FLOAT_CALL")
+            monkeypatch.delenv("GEOOPS_STEREO_F32_SUMS")

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "knobs.h"
@@ -406,16 +407,46 @@ inline bool nt_stores_on(int64_t out_bytes) {
 // a row's float sums go back to double only when its own Mobius denominator asks for it (the block loops redo the
 // whole block), so rows that share a block with such a row can differ by the float sums' rounding (within the
 // documented bounds; tests/test_stereographic_long_f32.py::test_long_loops).
+// * group (session 22; A/B, no default): the blocked loop on groups of G rows (8; group4: 4; long_group, below), a
+//   group's sums, its lane math, its writes, so that each row is written a few rows after its loads.  pass and block
+//   take a row count too (pass8, pass32, block8: the same loops on G-row blocks).  The per-block choices (float or
+//   double call, float or double sums) are then made per G rows: the same bits as B-row blocks except rows whose
+//   block or group holds a row that declines the float call / float sums (each loop redoes its own block or group).
+//   On the AMD EPYC none measured faster than pass for expmap / logmap / mobius_scalar_mul (group4 ~1.3x slower:
+//   the lane-math phase paid per 4 rows; docs/families/stereographic.md, Session 22).
 enum LongLoop { kLoopPass = 0, kLoopBlock = 1, kLoopRow = 2 };
 inline int long_loop(int op) {
   const bool row_op = op == MOBIUS_ADD || op == MOBIUS_SUB;
   if (const char* e = knobs::get("GEOOPS_STEREO_LONG_LOOP")) {
-    if (e[0] == 'b') return kLoopBlock;
+    if (e[0] == 'b' || e[0] == 'g') return kLoopBlock;
     if (e[0] == 'r' && row_op) return kLoopRow;
     return kLoopPass;
   }
   static const bool intel = __builtin_cpu_is("intel");
   return !intel && row_op ? kLoopRow : kLoopPass;
+}
+// Rows per block of the pass / block loops (GEOOPS_STEREO_LONG_LOOP, above) for blocks of B rows: B unless the knob
+// value is group (8) or ends in a row count G (pass32, block8, group4: G = 4 or a multiple of the lanes, at most
+// kMaxBlock) that divides B or that B divides; the loops' thread chunks then start at multiples of max(B, G) rows.
+inline int64_t long_group(int64_t B) {
+  int64_t g = B;
+  if (const char* e = knobs::get("GEOOPS_STEREO_LONG_LOOP")) {
+    size_t n = std::strlen(e);
+    while (n > 0 && e[n - 1] >= '0' && e[n - 1] <= '9') --n;
+    if (e[n] != 0) {
+      g = std::strtoll(e + n, nullptr, 10);
+    } else if (e[0] == 'g') {
+      g = 8;
+    }
+  }
+  const bool fits = g == 4 || (g > 0 && g % kLanes == 0 && g <= kMaxBlock);
+  return fits && (B % g == 0 || g % B == 0) ? g : B;
+}
+// The one pass's software prefetch distance in rows, GEOOPS_STEREO_LONG_PF=N (read per call; A/B): N rows ahead,
+// 0 none; unset: `dflt` (RowPrefetch's 8 rows at D = 64).
+inline int64_t long_prefetch(int64_t dflt) {
+  if (const char* e = knobs::get("GEOOPS_STEREO_LONG_PF")) return std::strtoll(e, nullptr, 10);
+  return dflt;
 }
 
 // The one-pass loop's (kLoopPass) write order of the pending block, GEOOPS_STEREO_PASS_ROT (read per call): with
@@ -821,7 +852,8 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   // fp32 rows longer than the short-row cut: the AVX-512 row sums (above)
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
-  [[maybe_unused]] const int64_t long_pf = kF32Long ? prefetch.ahead : 0;  // rows ahead (8 at D = 64; 0 and 4 measured slower)
+  // rows ahead (8 at D = 64; 0 and 4 measured slower; GEOOPS_STEREO_LONG_PF: long_prefetch)
+  [[maybe_unused]] const int64_t long_pf = kF32Long ? long_prefetch(prefetch.ahead) : 0;
   // the one-pass loop's row writes (f32_long: that loop runs) with non-temporal stores (nt_stores_on, above)
   [[maybe_unused]] const bool nt = kF32Long && !SCALAR_OUT && f32_long && so == D && D % 16 == 0 &&
                                    reinterpret_cast<uintptr_t>(op_) % 64 == 0 &&
@@ -961,17 +993,19 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         return;
       }
     }
+    // the pass / block loops' rows per block (long_group: B, or a group of G rows that tiles the B-row blocks)
+    const int64_t G = long_group(B);
     if (f32_long && loop == kLoopPass) {
-      parallel_rows(N, B, grain_for(D), [&](int64_t begin, int64_t end) {
+      parallel_rows(N, std::max(B, G), grain_for(D), [&](int64_t begin, int64_t end) {
         alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
         alignas(64) double co[2][3][kMaxBlock];
         int64_t p0 = begin, pn = 0;  // the pending block: rows p0 .. p0 + pn, coefficients co[1 - cur]
         int cur = 0;
         // the pending rows' write order (pass_rotation, above): row (b + rot) mod pn with the sums of row b
         const int64_t rot =
-            pass_rotation(op_, so, xp, sx, yp, sy, HAS_Y, begin, B, sizeof(scalar_t), OP == MOBIUS_SCALAR_MUL);
-        for (int64_t i0 = begin; i0 < end; i0 += B) {
-          const int64_t nb = std::min<int64_t>(B, end - i0), nv = (nb + kLanes - 1) / kLanes * kLanes;
+            pass_rotation(op_, so, xp, sx, yp, sy, HAS_Y, begin, G, sizeof(scalar_t), OP == MOBIUS_SCALAR_MUL);
+        for (int64_t i0 = begin; i0 < end; i0 += G) {
+          const int64_t nb = std::min<int64_t>(G, end - i0), nv = (nb + kLanes - 1) / kLanes * kLanes;
           const double *pa = co[1 - cur][0], *pb = co[1 - cur][1], *pc = co[1 - cur][2];
           const int64_t s = rot < pn ? rot : 0;
           bool early = false;  // mobius_scalar_mul: the first kFLanes lanes' coefficients done (msm_part)
@@ -1068,6 +1102,21 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     }
   }
   if constexpr (kF32Long && !SCALAR_OUT) {
+    // the blocked loop on groups of G rows (GEOOPS_STEREO_LONG_LOOP=group, long_group, above): chunks of whole
+    // B-row blocks as for_row_blocks cuts them, each in groups of G rows
+    const int64_t G = f32_long && long_loop(OP) == kLoopBlock ? long_group(B) : B;
+    if (G != B) {
+      parallel_rows(N, std::max(B, G), grain_for(D), [&](int64_t begin, int64_t end) {
+        for (int64_t i0 = begin; i0 < end; i0 += G) {
+          const int64_t nb = std::min<int64_t>(G, end - i0);
+          block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
+        }
+#if defined(CPU_CAPABILITY_AVX512)
+        if (nt) _mm_sfence();  // the streamed rows visible before the chunk ends
+#endif
+      });
+      return;
+    }
     if (nt) {  // the blocked loop of long fp32 rows with non-temporal writes (long_loop, above)
       for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, block, [] {
 #if defined(CPU_CAPABILITY_AVX512)
