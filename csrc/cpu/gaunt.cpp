@@ -810,20 +810,21 @@ struct DirectLanes {
   }
 };
 
-// One output-major sparse list of the direct backward: for output coefficient o, the nonzeros
+// One output-major sparse list of the direct route (forward and backward): for output coefficient o, the nonzeros
 // e = off[o] .. off[o+1] with the value v[e] and the lane-buffer offsets ia[e], ib[e] (coefficient * kLanes, in
 // elements: unsigned, so the loop indexes without a sign extension or a shift) of the two inputs.
 template <typename T>
 struct GatherList {
-  const int32_t* off;
+  const int32_t* off = nullptr;
   std::vector<uint32_t> ia, ib;
-  const T* v;
-  int64_t n;  // outputs
+  const T* v = nullptr;
+  int64_t n = 0;  // outputs
 };
 
 // O[o] = sum_e v[e] * A[ia[e]] * B[ib[e]] on kLanes lanes, per output o.  The sum runs in four partial sums held
 // in registers (nonzeros e0, e0+1, e0+2, e0+3 in turn, then ((s0 + s1) + (s2 + s3))): no store per nonzero and no
-// chain of dependent adds through memory, as the pair-major forward has.  Fixed order: the same bits for any
+// chain of dependent adds through memory (the forward's former pair-major loop added each nonzero into its output
+// in memory).  Fixed order: the same bits for any
 // thread count or tiling.
 template <typename T>
 void direct_gather(const GatherList<T>& gl, const T* Ab, const T* Bb, T* Ob) {
