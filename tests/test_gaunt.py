@@ -517,6 +517,38 @@ def test_fused_direct_backward_not_for_many_body():
     assert seen == ["grid"]
 
 
+@pytest.mark.parametrize("Ls,Lo", [((1, 1), 1), ((2, 2), 2), ((3, 3), 3), ((2, 3), 4), ((3, 1), 2), ((0, 2), 2)])
+def test_direct_forward_per_output_sums(Ls, Lo):
+    """The direct forward runs the backward's per-output loop (session 22: each out_k summed over its nonzeros
+    in four register partial sums): fp32 error vs the fp64 oracle <= 2x the fp32 eager reference's + floor;
+    the same bits for 1 and 2 threads (fp32 and fp64, row weights, 333 rows: a partial tile); and, without
+    weight_out, the same bits as the fused backward's raw product (one code path)."""
+    from geoops._ops import gaunt as og
+    n = 333
+    x1, x2 = _rand(n, (Ls[0] + 1) ** 2, seed=120), _rand(n, (Ls[1] + 1) ** 2, seed=121)
+    w1, w2, wo = _rand(n, Ls[0] + 1, seed=122), _rand(n, Ls[1] + 1, seed=123), _rand(n, Lo + 1, seed=124)
+    exact = oracle(x1, x2, Lo, w1, w2, wo)
+    f32 = [t.float() for t in (x1, x2, w1, w2, wo)]
+    ref32 = R.gaunt_tensor_product(f32[0], f32[1], Lo, weight1=f32[2], weight2=f32[3], weight_out=f32[4])
+    run = lambda a, b, c, d, e: ga.gaunt_tensor_product(a, b, Lo, weight1=c, weight2=d, weight_out=e,  # noqa: E731
+                                                       route="direct")
+    with num_threads(1):
+        one = [run(*f32), run(x1, x2, w1, w2, wo)]
+    with num_threads(2):
+        two = [run(*f32), run(x1, x2, w1, w2, wo)]
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    err = (one[0].double() - exact).abs().max()
+    ref_err = (ref32.double() - exact).abs().max()
+    assert err <= 2 * ref_err + 1e-6 * exact.abs().max(), (err, ref_err)
+    assert (one[1] - exact).abs().max() <= 1e-13 * exact.abs().max()
+    for xs, ws in (([f32[0], f32[1]], [f32[2], f32[3]]), ([x1, x2], [None, w2])):
+        g = torch.zeros(n, (Lo + 1) ** 2, dtype=xs[0].dtype)
+        raw, = og.Cpp.gaunt_bwd(xs, ws, g, None, [0, 0, 1], Lo, "direct")
+        fwd = ga.gaunt_tensor_product(xs[0], xs[1], Lo, weight1=ws[0], weight2=ws[1], route="direct")
+        assert torch.equal(raw, fwd)
+
+
 # ---------------------------------------------------------------- errors
 def test_errors_name_the_argument():
     x = _rand(4, 9)

@@ -9,13 +9,12 @@
 // leave the thread's buffer (tile x P), so the whole batch makes one pass over
 // its inputs and outputs.
 //
-// Direct route: a tile of R rows is transposed into coefficient-major buffers
-// (R lanes per coefficient, weights applied), and every nonzero Gaunt
-// coefficient g_ijk adds g * x1[i] * x2[j] to out[k] on all R lanes at once (a
-// fixed-length loop the compiler turns into SIMD FMAs).  The nonzeros come
-// sorted by (i, j), so the lane product x1[i] * x2[j] is formed once per pair.
-// Its backward (direct_bwd_impl) reads the same nonzeros sorted by output and sums each output coefficient in
-// registers (direct_gather): x1, x2 and g go to lanes once per tile for both gradients.
+// Direct route: a tile of 16 rows is transposed into coefficient-major buffers
+// (16 lanes per coefficient, weights applied), and each output coefficient
+// out[k] = sum over its nonzero Gaunt coefficients g_ijk of g * x1[i] * x2[j] is
+// summed on all lanes in four register partial sums (direct_gather; the nonzeros
+// come sorted by k).  The backward is the same loop (direct_tiles) over the same
+// nonzeros sorted by i and by j: x1, x2 and g go to lanes once per tile.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -777,43 +776,6 @@ bool mirrored_tables(const std::vector<at::Tensor>& evals, const at::Tensor& bac
 
 constexpr int64_t kLanes = 16;
 
-// One sparse Gaunt list of the direct route: the nonzeros (i, j, k, g) sorted by (i, j), cut into pair segments
-// (consecutive nonzeros with the same (i, j), whose lane product x1[i] * x2[j] is formed once).
-template <typename T>
-struct DirectList {
-  const int32_t *pi, *pj, *pk;
-  const T* pv;
-  std::vector<int64_t> seg;
-  DirectList(const at::Tensor& ii, const at::Tensor& jj, const at::Tensor& kk, const at::Tensor& vals)
-      : pi(ii.data_ptr<int32_t>()), pj(jj.data_ptr<int32_t>()), pk(kk.data_ptr<int32_t>()), pv(vals.data_ptr<T>()) {
-    const int64_t nnz = vals.size(0);
-    seg.reserve(nnz + 1);
-    for (int64_t e = 0; e < nnz; ++e)
-      if (e == 0 || pi[e] != pi[e - 1] || pj[e] != pj[e - 1]) seg.push_back(e);
-    seg.push_back(nnz);
-  }
-};
-
-// O[k] += g * A[i] * B[j] on kLanes lanes for every nonzero of the list (lane buffers: kLanes values a coefficient).
-template <typename T>
-void direct_contract(const DirectList<T>& dl, const T* Ab, const T* Bb, T* Ob) {
-  const int64_t npairs = static_cast<int64_t>(dl.seg.size()) - 1;
-  for (int64_t p = 0; p < npairs; ++p) {
-    const int64_t e0 = dl.seg[p], e1 = dl.seg[p + 1];
-    const T* __restrict ap = Ab + dl.pi[e0] * kLanes;
-    const T* __restrict bp = Bb + dl.pj[e0] * kLanes;
-    T prod[kLanes];
-#pragma omp simd
-    for (int64_t r = 0; r < kLanes; ++r) prod[r] = ap[r] * bp[r];
-    for (int64_t e = e0; e < e1; ++e) {
-      const T g = dl.pv[e];
-      T* __restrict op = Ob + dl.pk[e] * kLanes;
-#pragma omp simd
-      for (int64_t r = 0; r < kLanes; ++r) op[r] += g * prod[r];
-    }
-  }
-}
-
 // Per-thread lane buffers of the direct route and the rows <-> lanes moves of one tile.  fp32: a tile is one
 // 64-byte lane vector, so rows <-> lanes go through the in-register transposes of the separable kernel; fp64 (two
 // vectors a tile): scalar transposes.
@@ -848,61 +810,21 @@ struct DirectLanes {
   }
 };
 
-template <typename T>
-void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,
-                 const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& wout, const at::Tensor& ii,
-                 const at::Tensor& jj, const at::Tensor& kk, const at::Tensor& vals, at::Tensor& out) {
-  using V = typename Simd<T>::V;
-  const int64_t N = out.size(0), n_out = out.size(1), n1 = x1.size(1), n2 = x2.size(1);
-  const int64_t L1 = lmax_of(n1), L2 = lmax_of(n2), Lo = lmax_of(n_out);
-  const Weight wa = weight_of<T>(w1, N, L1, "weight1");
-  const Weight wb = weight_of<T>(w2, N, L2, "weight2");
-  const Weight wo = weight_of<T>(wout, N, Lo, "weight_out");
-  const std::vector<int32_t> d1 = degrees(n1), d2 = degrees(n2), d3 = degrees(n_out);
-  const T* a = x1.data_ptr<T>();
-  const T* b = x2.data_ptr<T>();
-  T* o = out.data_ptr<T>();
-  const DirectList<T> dl(ii, jj, kk, vals);
-  std::vector<int64_t> ident(std::max({n1, n2, n_out}));
-  for (size_t c = 0; c < ident.size(); ++c) ident[c] = static_cast<int64_t>(c);
-
-  const int64_t ntiles = (N + kLanes - 1) / kLanes;
-  int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
-#pragma omp parallel num_threads(nthreads)
-  {
-    DirectLanes<T> dln(ident.data(), std::max({L1, L2, Lo}));
-    using DL = DirectLanes<T>;
-    std::vector<V> Av(DL::vectors(n1)), Bv(DL::vectors(n2)), Ov(DL::vectors(n_out));
-    T* Ab = reinterpret_cast<T*>(Av.data());
-    T* Bb = reinterpret_cast<T*>(Bv.data());
-    T* Ob = reinterpret_cast<T*>(Ov.data());
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < ntiles; ++t) {
-      const int64_t r0 = t * kLanes;
-      const int64_t rows = std::min(kLanes, N - r0);
-      std::fill(Ob, Ob + n_out * kLanes, T(0));
-      dln.load(a, n1, L1, wa, d1.data(), r0, rows, Ab);
-      dln.load(b, n2, L2, wb, d2.data(), r0, rows, Bb);
-      direct_contract<T>(dl, Ab, Bb, Ob);
-      dln.store(Ob, n_out, Lo, wo, d3.data(), r0, rows, o);
-    }
-  }
-}
-
-// One output-major sparse list of the direct backward: for output coefficient o, the nonzeros
+// One output-major sparse list of the direct route (forward and backward): for output coefficient o, the nonzeros
 // e = off[o] .. off[o+1] with the value v[e] and the lane-buffer offsets ia[e], ib[e] (coefficient * kLanes, in
 // elements: unsigned, so the loop indexes without a sign extension or a shift) of the two inputs.
 template <typename T>
 struct GatherList {
-  const int32_t* off;
+  const int32_t* off = nullptr;
   std::vector<uint32_t> ia, ib;
-  const T* v;
-  int64_t n;  // outputs
+  const T* v = nullptr;
+  int64_t n = 0;  // outputs
 };
 
 // O[o] = sum_e v[e] * A[ia[e]] * B[ib[e]] on kLanes lanes, per output o.  The sum runs in four partial sums held
 // in registers (nonzeros e0, e0+1, e0+2, e0+3 in turn, then ((s0 + s1) + (s2 + s3))): no store per nonzero and no
-// chain of dependent adds through memory, as the pair-major forward has.  Fixed order: the same bits for any
+// chain of dependent adds through memory (the forward's former pair-major loop added each nonzero into its output
+// in memory).  Fixed order: the same bits for any
 // thread count or tiling.
 template <typename T>
 void direct_gather(const GatherList<T>& gl, const T* Ab, const T* Bb, T* Ob) {
@@ -934,81 +856,127 @@ void direct_gather(const GatherList<T>& gl, const T* Ab, const T* Bb, T* Ob) {
   }
 }
 
-// Fused first-order backward of the direct route (binary).  Per tile, x1 (weighted by w1), x2 (by w2) and g (by
-// wout) go to lanes once; then, from one set of nonzeros G_ijk in three output-major orders (lists 0, 1, 2: by i,
-// by j, by k), out_0[i] = owk[0] * sum_jk G x2_j g_k, out_1[j] = owk[1] * sum_ik G x1_i g_k, and the raw product
-// out_2[k] = sum_ij G x1_i x2_j (no wout), each where need[s] (direct_gather).
+// One input or output of the direct route's per-output contraction: its rows x (N, n) (nullptr for an output
+// that is not also an input), lmax, per-degree weight and the degree of each coefficient.
 template <typename T>
-void direct_bwd_impl(const at::Tensor& x1, const at::Tensor& x2, const std::vector<c10::optional<at::Tensor>>& ws,
-                     const at::Tensor& g, const c10::optional<at::Tensor>& wout,
-                     const std::vector<c10::optional<at::Tensor>>& owk, const std::vector<at::Tensor>& lists,
-                     const std::vector<int64_t>& need, std::vector<at::Tensor>& outs) {
-  using V = typename Simd<T>::V;
-  const int64_t N = g.size(0);
-  const at::Tensor* in[3] = {&x1, &x2, &g};
-  int64_t n[3], L[3];
-  Weight w[3], ow[3];
-  std::vector<int32_t> deg[3];
-  const T* xp[3];
-  T* op[3] = {nullptr, nullptr, nullptr};
-  GatherList<T> gl[3];
-  for (int s = 0; s < 3; ++s) {
-    n[s] = in[s]->size(1);
-    L[s] = lmax_of(n[s]);
-    w[s] = weight_of<T>(s < 2 ? ws[s] : wout, N, L[s], s < 2 ? "weight of a factor" : "weight_out");
-    if (s < 2) ow[s] = weight_of<T>(owk[s], N, L[s], "weight of a gradient");
-    deg[s] = degrees(n[s]);
-    xp[s] = in[s]->data_ptr<T>();
-    if (need[s]) op[s] = outs[s].data_ptr<T>();
-    const int64_t nnz = lists[4 * s + 3].size(0);
-    const int32_t* pa = lists[4 * s + 1].data_ptr<int32_t>();
-    const int32_t* pb = lists[4 * s + 2].data_ptr<int32_t>();
-    gl[s].off = lists[4 * s].data_ptr<int32_t>();
-    gl[s].ia.resize(nnz);
-    gl[s].ib.resize(nnz);
-    for (int64_t e = 0; e < nnz; ++e) {
-      gl[s].ia[e] = static_cast<uint32_t>(pa[e]) * static_cast<uint32_t>(kLanes);
-      gl[s].ib[e] = static_cast<uint32_t>(pb[e]) * static_cast<uint32_t>(kLanes);
-    }
-    gl[s].v = lists[4 * s + 3].data_ptr<T>();
-    gl[s].n = n[s];
+struct DirectSide {
+  const T* x = nullptr;
+  int64_t n = 0, L = 0;
+  Weight w;
+  std::vector<int32_t> deg;
+  DirectSide() = default;
+  DirectSide(const T* xp, int64_t nc, Weight wt) : x(xp), n(nc), L(lmax_of(nc)), w(wt), deg(degrees(nc)) {}
+};
+
+// GatherList of one output-major list (off, ia, ib, vals) with n outputs.
+template <typename T>
+GatherList<T> gather_list(const at::Tensor& off, const at::Tensor& ia, const at::Tensor& ib, const at::Tensor& vals,
+                          int64_t n) {
+  GatherList<T> gl;
+  const int64_t nnz = vals.size(0);
+  const int32_t* pa = ia.data_ptr<int32_t>();
+  const int32_t* pb = ib.data_ptr<int32_t>();
+  gl.off = off.data_ptr<int32_t>();
+  gl.ia.resize(nnz);
+  gl.ib.resize(nnz);
+  for (int64_t e = 0; e < nnz; ++e) {
+    gl.ia[e] = static_cast<uint32_t>(pa[e]) * static_cast<uint32_t>(kLanes);
+    gl.ib[e] = static_cast<uint32_t>(pb[e]) * static_cast<uint32_t>(kLanes);
   }
-  // the two lane inputs of output s (the other factor, then g; the raw product: x1, x2)
+  gl.v = vals.data_ptr<T>();
+  gl.n = n;
+  return gl;
+}
+
+// The direct route's kernel, forward and backward alike (the three are the same contraction shape).  Sides 0, 1,
+// 2 are x1, x2 and g (the forward's output).  Per tile of kLanes rows, the sides that some wanted output reads are
+// moved into lanes once (weighted by side.w); then for each s with op[s] set, out_s = ow[s] * gl[s] over the
+// other two sides (out_0[i] = sum_jk G x2_j g_k, out_1[j] = sum_ik G x1_i g_k, out_2[k] = sum_ij G x1_i x2_j:
+// the forward), summed per output coefficient in registers (direct_gather).  Fixed order per row: the same bits
+// for any thread count.
+template <typename T>
+void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (&gl)[3], const Weight (&ow)[3],
+                  T* const (&op)[3]) {
+  using V = typename Simd<T>::V;
+  // the two lane inputs of output s (the other factor, then g; the product: x1, x2)
   const int src[3][2] = {{1, 2}, {0, 2}, {0, 1}};
-  const int64_t nmax = std::max({n[0], n[1], n[2]});
+  const int64_t nmax = std::max({sd[0].n, sd[1].n, sd[2].n});
   std::vector<int64_t> ident(nmax);
   for (size_t c = 0; c < ident.size(); ++c) ident[c] = static_cast<int64_t>(c);
+  bool used[3] = {false, false, false};
+  for (int s = 0; s < 3; ++s)
+    if (op[s]) used[src[s][0]] = used[src[s][1]] = true;
 
   const int64_t ntiles = (N + kLanes - 1) / kLanes;
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
 #pragma omp parallel num_threads(nthreads)
   {
     using DL = DirectLanes<T>;
-    DL dln(ident.data(), std::max({L[0], L[1], L[2]}));
+    DL dln(ident.data(), std::max({sd[0].L, sd[1].L, sd[2].L}));
     std::vector<V> Iv[3], Ov(DL::vectors(nmax));
     T* Ib[3];
     for (int s = 0; s < 3; ++s) {
-      Iv[s].resize(DL::vectors(n[s]));
+      Iv[s].resize(used[s] ? DL::vectors(sd[s].n) : 0);
       Ib[s] = reinterpret_cast<T*>(Iv[s].data());
     }
     T* Ob = reinterpret_cast<T*>(Ov.data());
-    bool used[3] = {false, false, false};
-    for (int s = 0; s < 3; ++s)
-      if (need[s]) used[src[s][0]] = used[src[s][1]] = true;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * kLanes;
       const int64_t rows = std::min(kLanes, N - r0);
       for (int s = 0; s < 3; ++s)
-        if (used[s]) dln.load(xp[s], n[s], L[s], w[s], deg[s].data(), r0, rows, Ib[s]);
+        if (used[s]) dln.load(sd[s].x, sd[s].n, sd[s].L, sd[s].w, sd[s].deg.data(), r0, rows, Ib[s]);
       for (int s = 0; s < 3; ++s) {
-        if (!need[s]) continue;
+        if (!op[s]) continue;
         direct_gather<T>(gl[s], Ib[src[s][0]], Ib[src[s][1]], Ob);
-        const Weight none;
-        dln.store(Ob, n[s], L[s], s < 2 ? ow[s] : none, deg[s].data(), r0, rows, op[s]);
+        dln.store(Ob, sd[s].n, sd[s].L, ow[s], sd[s].deg.data(), r0, rows, op[s]);
       }
     }
   }
+}
+
+// Forward of the direct route: out = wout * sum_ij G (w1 x1)_i (w2 x2)_j from the by-k list (direct_tiles, s = 2).
+template <typename T>
+void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,
+                 const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& wout,
+                 const std::vector<at::Tensor>& list, at::Tensor& out) {
+  const int64_t N = out.size(0), n_out = out.size(1);
+  const DirectSide<T> sd[3] = {
+      DirectSide<T>(x1.data_ptr<T>(), x1.size(1), weight_of<T>(w1, N, lmax_of(x1.size(1)), "weight1")),
+      DirectSide<T>(x2.data_ptr<T>(), x2.size(1), weight_of<T>(w2, N, lmax_of(x2.size(1)), "weight2")),
+      DirectSide<T>(nullptr, n_out, Weight())};
+  const GatherList<T> gl[3] = {GatherList<T>(), GatherList<T>(),
+                               gather_list<T>(list[0], list[1], list[2], list[3], n_out)};
+  const Weight ow[3] = {Weight(), Weight(), weight_of<T>(wout, N, sd[2].L, "weight_out")};
+  T* const op[3] = {nullptr, nullptr, out.data_ptr<T>()};
+  direct_tiles<T>(N, sd, gl, ow, op);
+}
+
+// Fused first-order backward of the direct route (binary): x1 (weighted by w1), x2 (by w2) and g (by wout) as
+// the three sides of direct_tiles; out_0 weighted by owk[0], out_1 by owk[1], the raw product out_2 not (no wout),
+// each where need[s].
+template <typename T>
+void direct_bwd_impl(const at::Tensor& x1, const at::Tensor& x2, const std::vector<c10::optional<at::Tensor>>& ws,
+                     const at::Tensor& g, const c10::optional<at::Tensor>& wout,
+                     const std::vector<c10::optional<at::Tensor>>& owk, const std::vector<at::Tensor>& lists,
+                     const std::vector<int64_t>& need, std::vector<at::Tensor>& outs) {
+  const int64_t N = g.size(0);
+  const at::Tensor* in[3] = {&x1, &x2, &g};
+  DirectSide<T> sd[3];
+  GatherList<T> gl[3];
+  Weight ow[3];
+  T* op[3] = {nullptr, nullptr, nullptr};
+  for (int s = 0; s < 3; ++s) {
+    const int64_t n = in[s]->size(1);
+    sd[s] = DirectSide<T>(in[s]->data_ptr<T>(), n,
+                          weight_of<T>(s < 2 ? ws[s] : wout, N, lmax_of(n), s < 2 ? "weight of a factor" : "weight_out"));
+    if (s < 2) ow[s] = weight_of<T>(owk[s], N, sd[s].L, "weight of a gradient");
+    if (need[s]) {
+      op[s] = outs[s].data_ptr<T>();
+      gl[s] = gather_list<T>(lists[4 * s], lists[4 * s + 1], lists[4 * s + 2], lists[4 * s + 3], n);
+    }
+  }
+  direct_tiles<T>(N, sd, gl, ow, op);
 }
 
 void check_rows(const at::Tensor& x, const char* name) {
@@ -1017,6 +985,25 @@ void check_rows(const at::Tensor& x, const char* name) {
               x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "gaunt: ", name,
               " must be float32 or float64");
+}
+
+// An output-major list (off (n + 1,), ia, ib (nnz,) int32 in [0, na), [0, nb), vals (nnz,) of dtype dt).
+void check_gather_list(const std::vector<at::Tensor>& l, int64_t n, int64_t na, int64_t nb, at::ScalarType dt,
+                       const char* who, int s) {
+  const at::Tensor &off = l[0], &ia = l[1], &ib = l[2], &v = l[3];
+  for (const at::Tensor* t : {&off, &ia, &ib})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kInt && t->is_contiguous() && t->dim() == 1, who,
+                ": offsets and indices must be contiguous int32 CPU vectors");
+  TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == dt && v.is_contiguous() && v.dim() == 1 &&
+                  ia.size(0) == v.size(0) && ib.size(0) == v.size(0) && off.size(0) == n + 1,
+              who, ": list ", s, " must be off (n_out + 1,), ia, ib, vals (nnz,) in the inputs' dtype");
+  const int32_t* po = off.data_ptr<int32_t>();
+  bool ok = po[0] == 0 && po[n] == v.size(0);
+  for (int64_t o = 0; o < n; ++o) ok = ok && po[o] <= po[o + 1];
+  const int32_t* pa = ia.data_ptr<int32_t>();
+  const int32_t* pb = ib.data_ptr<int32_t>();
+  for (int64_t e = 0; e < v.size(0); ++e) ok = ok && pa[e] >= 0 && pa[e] < na && pb[e] >= 0 && pb[e] < nb;
+  TORCH_CHECK(ok, who, ": list ", s, " has offsets or indices out of range");
 }
 
 }  // namespace
@@ -1145,22 +1132,18 @@ std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
 
 at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,
                                 const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& wout,
-                                const at::Tensor& ii, const at::Tensor& jj, const at::Tensor& kk,
-                                const at::Tensor& vals, int64_t n_out) {
+                                const std::vector<at::Tensor>& list, int64_t n_out) {
   check_rows(x1, "x1");
   check_rows(x2, "x2");
   TORCH_CHECK(x1.size(0) == x2.size(0) && x1.scalar_type() == x2.scalar_type(),
               "gaunt_direct_fwd_cpu: x1 and x2 must have the same rows and dtype");
-  TORCH_CHECK(ii.scalar_type() == at::kInt && jj.scalar_type() == at::kInt && kk.scalar_type() == at::kInt &&
-                  ii.is_contiguous() && jj.is_contiguous() && kk.is_contiguous(),
-              "gaunt_direct_fwd_cpu: indices must be contiguous int32");
-  TORCH_CHECK(vals.scalar_type() == x1.scalar_type() && vals.is_contiguous() && vals.size(0) == ii.size(0),
-              "gaunt_direct_fwd_cpu: vals must be contiguous (nnz,) in the inputs' dtype");
+  TORCH_CHECK(list.size() == 4, "gaunt_direct_fwd_cpu: list (off, ia, ib, vals) expected");
   lmax_of(n_out);
+  check_gather_list(list, n_out, x1.size(1), x2.size(1), x1.scalar_type(), "gaunt_direct_fwd_cpu", 0);
   at::Tensor out = at::empty({x1.size(0), n_out}, x1.options());
   if (x1.size(0) == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "gaunt_direct_fwd_cpu",
-                             [&] { direct_impl<scalar_t>(x1, x2, w1, w2, wout, ii, jj, kk, vals, out); });
+                             [&] { direct_impl<scalar_t>(x1, x2, w1, w2, wout, list, out); });
   return out;
 }
 
@@ -1183,21 +1166,8 @@ std::vector<at::Tensor> gaunt_direct_bwd_cpu(const at::Tensor& x1, const at::Ten
   const int src[3][2] = {{1, 2}, {0, 2}, {0, 1}};
   for (int s = 0; s < 3; ++s) {
     lmax_of(n[s]);
-    const at::Tensor &off = lists[4 * s], &ia = lists[4 * s + 1], &ib = lists[4 * s + 2], &v = lists[4 * s + 3];
-    for (const at::Tensor* t : {&off, &ia, &ib})
-      TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous() && t->dim() == 1,
-                  "gaunt_direct_bwd_cpu: offsets and indices must be contiguous int32 vectors");
-    TORCH_CHECK(v.scalar_type() == dt && v.is_contiguous() && v.dim() == 1 && ia.size(0) == v.size(0) &&
-                    ib.size(0) == v.size(0) && off.size(0) == n[s] + 1,
-                "gaunt_direct_bwd_cpu: list ", s, " must be off (n_out + 1,), ia, ib, vals (nnz,) in the inputs' dtype");
-    const int32_t* po = off.data_ptr<int32_t>();
-    bool ok = po[0] == 0 && po[n[s]] == v.size(0);
-    for (int64_t o = 0; o < n[s]; ++o) ok = ok && po[o] <= po[o + 1];
-    const int32_t* pa = ia.data_ptr<int32_t>();
-    const int32_t* pb = ib.data_ptr<int32_t>();
-    for (int64_t e = 0; e < v.size(0); ++e)
-      ok = ok && pa[e] >= 0 && pa[e] < n[src[s][0]] && pb[e] >= 0 && pb[e] < n[src[s][1]];
-    TORCH_CHECK(ok, "gaunt_direct_bwd_cpu: list ", s, " has offsets or indices out of range");
+    check_gather_list(std::vector<at::Tensor>(lists.begin() + 4 * s, lists.begin() + 4 * s + 4), n[s], n[src[s][0]], n[src[s][1]], dt,
+                      "gaunt_direct_bwd_cpu", s);
   }
   std::vector<at::Tensor> outs(3);
   for (int s = 0; s < 3; ++s)

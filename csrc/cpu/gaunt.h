@@ -43,12 +43,12 @@ std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
                                           const at::Tensor& azb, int64_t na);
 
 // Direct route of the binary Gaunt product: out[r, k] = wout * sum over the nonzero (i, j, k, g) of
-// g * (w1 x1)[r, i] * (w2 x2)[r, j].  ii, jj, kk: int32 (nnz,), sorted by (i, j); vals: (nnz,) in x's dtype.
+// g * (w1 x1)[r, i] * (w2 x2)[r, j].  list: the nonzeros sorted by k, as off (n_out + 1,), ia = i, ib = j (nnz,)
+// int32, vals (nnz,) in x's dtype (the third list of gaunt_direct_bwd_cpu); each output sums its nonzeros in four
+// register partial sums (the backward's loop), the same bits for any thread count.
 at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,
                                 const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& wout,
-                                const at::Tensor& ii, const at::Tensor& jj, const at::Tensor& kk,
-                                const at::Tensor& vals, int64_t n_out);
-
+                                const std::vector<at::Tensor>& list, int64_t n_out);
 
 // Fused first-order backward of the direct route (binary).  x1, x2 weighted by ws[0], ws[1] and g (N, n_out)
 // weighted by wout are moved into lanes once per tile; lists holds the nonzeros G_ijk in three output-major orders

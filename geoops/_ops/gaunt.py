@@ -96,18 +96,11 @@ def sep_bwd_consts(Ls: tuple, lmax_out: int, dtype: torch.dtype, device: torch.d
 
 
 @functools.lru_cache(maxsize=256)
-def direct_consts(L1: int, L2: int, lmax_out: int, dtype: torch.dtype, device: torch.device):
-    """Nonzero Gaunt coefficients (i, j, k int32, value), sorted by (i, j)."""
-    i, j, k, v = _ref.gaunt_sparse(L1, L2, lmax_out)
-    return (i.to(torch.int32).to(device), j.to(torch.int32).to(device), k.to(torch.int32).to(device),
-            v.to(device=device, dtype=dtype))
-
-
-@functools.lru_cache(maxsize=256)
 def direct_bwd_consts(L1: int, L2: int, lmax_out: int, dtype: torch.dtype, device: torch.device):
-    """The nonzero Gaunt coefficients of (L1, L2 -> lmax_out) in the three output-major orders of the fused direct
-    backward (C.gaunt_direct_bwd_cpu): by i (the gradient of x1: inputs x2_j, g_k), by j (of x2: x1_i, g_k), by k
-    (the raw product: x1_i, x2_j); each as [off (n_out + 1,), ia, ib (nnz,) int32, vals], 12 tensors in all.
+    """The nonzero Gaunt coefficients of (L1, L2 -> lmax_out) in the three output-major orders of the direct route's
+    kernels: by i (the gradient of x1: inputs x2_j, g_k), by j (of x2: x1_i, g_k), by k (the forward,
+    C.gaunt_direct_fwd_cpu, and the backward's raw product: x1_i, x2_j); each as [off (n_out + 1,), ia, ib (nnz,)
+    int32, vals], 12 tensors in all.
     Within an output the nonzeros keep the generator's (i, j) order."""
     i, j, k, v = _ref.gaunt_sparse(L1, L2, lmax_out)
     sizes = ((L1 + 1) ** 2, (L2 + 1) ** 2, (lmax_out + 1) ** 2)
@@ -214,8 +207,8 @@ class Cpp:
         C = _backend.compiled()
         if route == "direct" and len(xs) == 2:
             L1, L2 = (_ref.lmax_of(x.shape[1]) for x in xs)
-            ii, jj, kk, vv = direct_consts(L1, L2, lmax_out, xs[0].dtype, xs[0].device)
-            return C.gaunt_direct_fwd_cpu(xs[0], xs[1], ws[0], ws[1], wout, ii, jj, kk, vv, (lmax_out + 1) ** 2)
+            lists = direct_bwd_consts(L1, L2, lmax_out, xs[0].dtype, xs[0].device)
+            return C.gaunt_direct_fwd_cpu(xs[0], xs[1], ws[0], ws[1], wout, lists[8:], (lmax_out + 1) ** 2)
         Ls = tuple(_ref.lmax_of(x.shape[1]) for x in xs)
         if route == "grid_gemm":
             evals, proj = grid_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
