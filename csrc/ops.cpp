@@ -126,6 +126,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare flatten, backward -> dL/dx as a channels-last image (CPU)");
   m.def("poincare_image_channels_last_cpu", &geoops::cpu::image_channels_last,
         "A (B, C, H, W) image as a channels-last tensor (a contiguous float image by a tiled transpose) (CPU)");
+  m.def("poincare_image_channels_first_cpu", &geoops::cpu::image_channels_first,
+        "A channels-last (B, C, H, W) image as a contiguous tensor (a float image by a tiled transpose) (CPU)");
   m.def("poincare_residual_fwd_cpu", &geoops::cpu::poincare_residual_fwd_cpu,
         "Poincare residual Mobius addition of two images (points along dim 1) or row matrices, fused (CPU)");
   m.def("poincare_residual_bwd_cpu", &geoops::cpu::poincare_residual_bwd_cpu,

@@ -1141,9 +1141,10 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
                  running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
                  training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
     """:func:`batch_norm` of the pixel rows of an image x (B, C, H, W) with the points along the channels (HypLL's
-    HBatchNorm2d) -> (B, C, H, W), channels last.  Eager CPU training of a channels-last float32 / float64 image:
-    BnLayerFn takes the image itself (its pixel rows a free view inside the Function, the output rows returned
-    as a channels-last image on their storage): no permute / reshape autograd nodes either way."""
+    HBatchNorm2d) -> (B, C, H, W), channels last.  Eager CPU training of a channels-last or contiguous float32 /
+    float64 image: BnLayerFn takes the image itself (its pixel rows a free view of a channels-last image, the C++
+    tiled transpose of a contiguous one, inside the Function; the output rows returned as a channels-last image on
+    their storage; dx in x's layout): no permute / reshape autograd nodes, no torch strided copies."""
     op = "batch_norm"
     _check_float(op, "x", x)
     if x.dim() != 4:
@@ -1154,7 +1155,7 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
         _debug_checks(op, _curv(op, c, x), {"x": (x, 1)}, {"bias": bias, "weight": weight})
     if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
             and B * H * W > 0 and C > 0 and _library.direct_call_ok(x)
-            and x.is_contiguous(memory_format=torch.channels_last)):
+            and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous())):
         ct = _curv(op, c, x).to(x.dtype)
         if (_library.direct_call_ok(x, bias, weight, ct) and not _backend.checks_enabled()
                 and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
@@ -1258,7 +1259,9 @@ class BnLayerFn(torch.autograd.Function):
         ctx.image = x.shape if x.dim() == 4 else None
         if ctx.image is not None:  # a (B, C, H, W) image (batch_norm2d): its pixel rows, a free view when channels last
             B, C, H, W = x.shape
-            x = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
+            # dx in x's layout: a plain contiguous image gets a plain dx (else AccumulateGrad copies it for a leaf)
+            ctx.plain = not x.is_contiguous(memory_format=torch.channels_last)
+            x = _image_rows(x, B * H * W, C)  # a view (channels last) or the C++ transpose (a contiguous image)
         y, var, m, u, v, M, b, mid, tr = _backend.compiled().poincare_bn_train_fwd_cpu(
             x, bias, float(w), cf, float(n), eps, eps_proj)
         ctx.save_for_backward(x, bias, m, mid, u, v, M, b, tr)
@@ -1277,14 +1280,16 @@ class BnLayerFn(torch.autograd.Function):
             gy = torch.zeros(ctx.image if ctx.image is not None else x.shape, dtype=x.dtype, device=x.device)
             if ctx.image is not None:
                 gy = gy.contiguous(memory_format=torch.channels_last)
-        if ctx.image is not None:
-            gy = gy.permute(0, 2, 3, 1).reshape(x.shape)  # free when gy is channels last
+        if ctx.image is not None:  # a view of a channels-last gy, the C++ transpose of a contiguous one
+            gy = _image_rows(gy, x.shape[0], x.shape[1])
         dx, gbias, gw, gc = _backend.compiled().poincare_bn_train_bwd_cpu(
             gy, x, bias, m, mid, u, v, M, b, tr, ctx.cf, ctx.eps_proj)
         ng = ctx.needs_input_grad
         if ctx.image is not None and ng[0]:
             B, C, H, W = ctx.image
             dx = dx.view(B, H, W, C).permute(0, 3, 1, 2)  # the image's shape, channels last
+            if ctx.plain:  # the C++ tiled transpose back to x's plain layout (torch's strided copy ~4x slower)
+                dx = _backend.compiled().poincare_image_channels_first_cpu(dx)
         cdt, cshape = ctx.c_meta  # dweight and dc come in x's dtype, 0-dim
         if ng[3]:
             gc = gc if gc.dtype == cdt else gc.to(cdt)

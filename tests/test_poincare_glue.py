@@ -26,25 +26,37 @@ def test_running_mean_step_matches_geodesic(dtype, tol, scale, t, c):
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
+def _layout(t, fmt):
+    """t (B, C, H, W) as a channels-last, a contiguous or a non-contiguous (a channel slice of a wider image)
+    tensor of the same values."""
+    if fmt == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if fmt == "contiguous":
+        return t.contiguous()
+    wide = torch.cat((t, t[:, :1]), 1).contiguous()
+    return wide[:, :t.shape[1]]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_batchnorm2d_image_node(dtype, channels_last):
-    """batch_norm2d: a channels-last image goes into ONE BnLayerFn node (no permute / view nodes), values and
-    gradients bit-identical to batch_norm of its pixel rows (the route another layout takes)."""
+@pytest.mark.parametrize("xfmt", ["channels_last", "contiguous", "strided"])
+@pytest.mark.parametrize("gfmt", ["channels_last", "contiguous", "strided"])
+def test_batchnorm2d_image_node(dtype, xfmt, gfmt):
+    """batch_norm2d: a channels-last or contiguous image goes into ONE BnLayerFn node (no permute / view nodes;
+    a contiguous image and gradient through the C++ transposes), values and gradients bit-identical to
+    batch_norm of its pixel rows (the route a non-contiguous image takes), for each layout of the upstream
+    gradient; the output channels last, dx in x's layout (no copy by AccumulateGrad for a contiguous leaf)."""
     c = torch.tensor(0.9, dtype=dtype)
-    x0 = _points(3 * 5 * 4, 6, 0.8, dtype, 1, 0.9).reshape(3, 5, 4, 6).permute(0, 3, 1, 2)
-    if not channels_last:
-        x0 = x0.contiguous()
-    gy = torch.randn(3, 6, 5, 4, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    x0 = _layout(_points(3 * 5 * 4, 6, 0.8, dtype, 1, 0.9).reshape(3, 5, 4, 6).permute(0, 3, 1, 2), xfmt)
+    gy = _layout(torch.randn(3, 6, 5, 4, dtype=dtype, generator=torch.Generator().manual_seed(2)), gfmt)
     res = {}
     for image in (False, True):
-        x = x0.clone().requires_grad_(True)
+        x = x0.detach().requires_grad_(True)
         bias = torch.linspace(-0.2, 0.3, 6, dtype=dtype).requires_grad_(True)
         w = torch.tensor(1.3, dtype=dtype, requires_grad=True)
         rm, rv = torch.zeros(6, dtype=dtype), torch.ones((), dtype=dtype)
         if image:
             y = gp.batch_norm2d(x, bias, w, c=c, running_mean=rm, running_var=rv)
-            assert type(y.grad_fn).__name__.startswith("BnLayerFn") == channels_last
+            assert type(y.grad_fn).__name__.startswith("BnLayerFn") == (xfmt != "strided")
         else:
             y = gp.batch_norm(x.permute(0, 2, 3, 1).reshape(-1, 6), bias, w, c=c, running_mean=rm,
                               running_var=rv).reshape(3, 5, 4, 6).permute(0, 3, 1, 2)
@@ -53,8 +65,31 @@ def test_batchnorm2d_image_node(dtype, channels_last):
         res[image] = (y.detach(), x.grad, bias.grad, w.grad, rm, rv)
     for a, b in zip(res[True], res[False]):
         assert torch.equal(a, b)
+    # dx as the Function returns it (x.grad of a leaf is restrided by AccumulateGrad either way)
+    x = x0.detach().requires_grad_(True)
+    (dx,) = torch.autograd.grad(gp.batch_norm2d(x, bias, w, c=c), x, gy)
+    if xfmt == "contiguous":
+        assert dx.is_contiguous()
+    elif xfmt == "channels_last":
+        assert dx.is_contiguous(memory_format=torch.channels_last)
     y = gp.batch_norm2d(x0.clone(), bias.detach(), w.detach(), c=c)
     y.mul_(2)  # the output may be modified in place
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 16, 32, 32), (3, 5, 7, 9), (1, 2, 1, 65)])
+def test_image_transposes(dtype, shape):
+    """The C++ image transposes (NCHW -> channels last and back): the values of torch's copies, both layouts
+    round trip exactly (pixel counts that are and are not multiples of the 64-pixel tile)."""
+    from geoops._backend import compiled
+
+    x = torch.randn(shape, dtype=dtype)
+    cl = compiled().poincare_image_channels_last_cpu(x)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, x)
+    back = compiled().poincare_image_channels_first_cpu(cl)
+    assert back.is_contiguous() and torch.equal(back, x)
+    s = x[:, :, :, :1]  # neither layout: torch's copy
+    assert torch.equal(compiled().poincare_image_channels_first_cpu(s), s)
 
 
 def test_marked_curvature_caches_bit_identical():

@@ -389,18 +389,26 @@ at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g_in, const at::Tensor& xl
 namespace {
 constexpr int64_t kPixTile = 64;
 
-template <typename T>
-void nchw_to_nhwc(const T* in, T* out, int64_t B, int64_t C, int64_t P) {
+// kToRows: (B, C, P) -> pixel rows (B*P, C) (reads along the pixels, writes within a tile of C * kPixTile
+// entries); else the inverse (reads within the tile, writes along the pixels).
+template <typename T, bool kToRows>
+void transpose_image(const T* in, T* out, int64_t B, int64_t C, int64_t P) {
   const int64_t tiles = (P + kPixTile - 1) / kPixTile;
   at::parallel_for(0, B * tiles, std::max<int64_t>(1, 16384 / std::max<int64_t>(C * kPixTile, 1)),
                    [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / tiles, p0 = (t % tiles) * kPixTile, np = std::min(kPixTile, P - p0);
-      const T* src = in + b * C * P + p0;
-      T* dst = out + (b * P + p0) * C;
+      const int64_t planes = b * C * P + p0, rows = (b * P + p0) * C;
       for (int64_t c = 0; c < C; ++c) {
-        const T* sr = src + c * P;
-        for (int64_t p = 0; p < np; ++p) dst[p * C + c] = sr[p];
+        if constexpr (kToRows) {
+          const T* sr = in + planes + c * P;
+          T* dst = out + rows + c;
+          for (int64_t p = 0; p < np; ++p) dst[p * C] = sr[p];
+        } else {
+          const T* src = in + rows + c;
+          T* dr = out + planes + c * P;
+          for (int64_t p = 0; p < np; ++p) dr[p] = src[p * C];
+        }
       }
     }
   });
@@ -414,7 +422,18 @@ at::Tensor image_channels_last(const at::Tensor& x) {
   at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_channels_last",
-                             [&] { nchw_to_nhwc<scalar_t>(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, C, P); });
+                             [&] { transpose_image<scalar_t, true>(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, C, P); });
+  return out;
+}
+
+at::Tensor image_channels_first(const at::Tensor& x) {
+  if (x.dim() != 4 || x.size(1) <= 1 || x.is_contiguous() || !x.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+      !x.device().is_cpu() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+    return x.contiguous();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_channels_first",
+                             [&] { transpose_image<scalar_t, false>(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, C, P); });
   return out;
 }
 

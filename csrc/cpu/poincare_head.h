@@ -24,6 +24,9 @@ at::Tensor poincare_flatten_bwd_cpu(const at::Tensor& g, const at::Tensor& xl, c
 // The image x (B, C, H, W) as a channels-last tensor (the same values as x.contiguous(ChannelsLast); a contiguous
 // float / double image by a tiled transpose, several times faster than that copy).
 at::Tensor image_channels_last(const at::Tensor& x);
+// The inverse: a channels-last image x as a contiguous (B, C, H, W) tensor (the same values as x.contiguous(); a
+// channels-last float / double image by the same tiled transpose).
+at::Tensor image_channels_first(const at::Tensor& x);
 
 // The residual x (+) y (Möbius addition on the ball of curvature -c, no projection) of two images (B, C, H, W)
 // with the points along C (the output channels last) or two row matrices (N, D), one pass.
