@@ -33,22 +33,30 @@ inline MatvecRowGrad matvec_row_grad(double go, const double* sr, double kk) {
   return r;
 }
 
+// One row of the backward: s = <g, w> over Co columns (w = out when FROM_OUT, matvec_row_grad; w = v otherwise,
+// scale_row_grad), and, when gvr, the row gv = g c0 + w c1.  Returns the row's scalars (cx, gk).
+template <bool FROM_OUT, typename T>
+inline MatvecRowGrad row_grad_gv(const T* gr, const T* wr, int64_t Co, const double* sr, double kk, T* gvr) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t d = 0; d < Co; ++d) s += double(gr[d]) * double(wr[d]);
+  const MatvecRowGrad rg = FROM_OUT ? matvec_row_grad(s, sr, kk) : scale_row_grad(s, sr, kk);
+  if (gvr) {
+    const T c0 = T(rg.c0), c1 = T(rg.c1);
+#pragma omp simd
+    for (int64_t d = 0; d < Co; ++d) gvr[d] = gr[d] * c0 + wr[d] * c1;
+  }
+  return rg;
+}
+
 // The backward's per-row pass of a chunk of nr rows from row r0 (out rows and g of Co columns): gv rows (nr, Co)
 // = g c0 + out c1, cx[r - r0] (dx += cx x) and, when gkp, the k gradients gkp[r] (matvec_row_grad).
 template <typename T>
 inline void matvec_rows_gv(const T* gp, const T* op, const double* st, const double* kp, bool per_row, int64_t r0,
                            int64_t nr, int64_t Co, T* gv, T* cx, double* gkp) {
   for (int64_t r = r0; r < r0 + nr; ++r) {
-    const T* gr = gp + r * Co;
-    const T* orow = op + r * Co;
-    double go = 0;
-#pragma omp simd reduction(+ : go)
-    for (int64_t d = 0; d < Co; ++d) go += double(gr[d]) * double(orow[d]);
-    const MatvecRowGrad rg = matvec_row_grad(go, st + r * 6, per_row ? kp[r] : kp[0]);
-    const T c0 = T(rg.c0), c1 = T(rg.c1);
-    T* gvr = gv + (r - r0) * Co;
-#pragma omp simd
-    for (int64_t d = 0; d < Co; ++d) gvr[d] = gr[d] * c0 + orow[d] * c1;
+    const MatvecRowGrad rg = row_grad_gv<true>(gp + r * Co, op + r * Co, Co, st + r * 6, per_row ? kp[r] : kp[0],
+                                               gv + (r - r0) * Co);
     cx[r - r0] = T(rg.cx);
     if (gkp) gkp[r] = rg.gk;
   }

@@ -1080,18 +1080,8 @@ void scale_bwd_kernel(const at::Tensor& g, const at::Tensor& v, const at::Tensor
     double* gkp = want_k ? gk.data_ptr<double>() : nullptr;
     at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* vr = vp + r * Do;
-        const scalar_t* gr = gp + r * Do;
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t d = 0; d < Do; ++d) s += double(gr[d]) * double(vr[d]);
-        const MatvecRowGrad rg = scale_row_grad(s, st + r * 6, per_row ? kp[r] : kp[0]);
-        if (want_v) {
-          const scalar_t c0 = scalar_t(rg.c0), c1 = scalar_t(rg.c1);
-          scalar_t* o = gvp + r * Do;
-#pragma omp simd
-          for (int64_t d = 0; d < Do; ++d) o[d] = gr[d] * c0 + vr[d] * c1;
-        }
+        const MatvecRowGrad rg = row_grad_gv<false>(gp + r * Do, vp + r * Do, Do, st + r * 6,
+                                                    per_row ? kp[r] : kp[0], want_v ? gvp + r * Do : nullptr);
         if (want_x) {
           const scalar_t c = scalar_t(rg.cx);
           const scalar_t* xr = xp + r * Di;
