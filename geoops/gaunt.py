@@ -30,7 +30,8 @@ form admits (per-path weights are not expressible: a product of two functions ha
 Gradients: to every input and every weight, and double backward: the gradient of x1 is itself a Gaunt product,
 grad_x1 = w1 * P_{<=L1}[ f(w2 x2) f(w_out g) ] (G is symmetric in its three indices), so the backward is written
 with the same fused op and is differentiable again; nothing O(L^6) is ever formed.  A first-order backward of the
-grid and direct routes on CPU runs these products as one fused kernel (same numbers).  Reverse mode only: forward
+grid and direct routes on CPU runs these products as one fused kernel (the same sums; direct adds them in
+another order).  Reverse mode only: forward
 mode (torch.func.jvp, jacfwd, hessian, forward_ad dual tensors) raises NotImplementedError (use
 jacrev(jacrev(f)) for a Hessian).
 """
@@ -75,7 +76,8 @@ class GauntFn(torch.autograd.Function):
     (grad of x_i = w_i * P_{<=L_i}[prod_{j != i} f_j * f(w_out g)]), so it is differentiable to any order.  When it
     need not be (no create_graph, no torch.func transform) the grid and direct routes on CPU compute the same products
     in one fused kernel (geoops::gaunt_bwd: every factor and w_out g evaluated on the shared grid once, or moved
-    into SIMD lanes once for the sparse contractions), bit for bit.
+    into SIMD lanes once for the sparse contractions): bit for bit for grid, for direct the same sums in another
+    order (within a few ulps of the gradient's scale).
     """
 
     differentiable_backward = True  # its torch.func twin allows nested derivative transforms
