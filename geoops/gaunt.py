@@ -77,7 +77,8 @@ class GauntFn(torch.autograd.Function):
     need not be (no create_graph, no torch.func transform) the grid and direct routes on CPU compute the same products
     in one fused kernel (geoops::gaunt_bwd: every factor and w_out g evaluated on the shared grid once, or moved
     into SIMD lanes once for the sparse contractions): bit for bit for grid, for direct the same sums in another
-    order (within a few ulps of the gradient's scale).
+    order (within a few ulps of the gradient's scale).  Its store step also weights grad x_i by w_i and forms the
+    per-degree weight-gradient sums per row (session 23), the same bits as the torch passes of the loop.
     """
 
     differentiable_backward = True  # its torch.func twin allows nested derivative transforms
@@ -123,31 +124,23 @@ class GauntFn(torch.autograd.Function):
     def _fused_backward(ctx, xs, ws, wout, g, need):
         """First-order backward through the fused kernel (geoops::gaunt_bwd, routes grid and direct): the same
         products as the loop above, the factors and wout * g evaluated on the shared grid (or put in lanes) once.
-        Used only when the backward need not be differentiable (no create_graph, no torch.func transform); same
-        numbers as the loop."""
+        The kernel's store step also applies w_k to grad x_k and forms the weight gradients' per-row per-degree
+        sums (sum_m h_k x_k, and sum_m g raw for wout: [rows, L+1], summed as the loop's index_add); only the sum
+        over rows of a broadcast weight (_reduce_rows) stays in torch.  Used only when the backward need not be
+        differentiable (no create_graph, no torch.func transform); same numbers as the loop."""
         nu, lmax_out = ctx.nu, ctx.lmax_out
-        mode = []
-        for i in range(nu):
-            if not (need[i] or need[nu + i]):
-                mode.append(0)
-            else:
-                mode.append(2 if (ws[i] is not None and not need[nu + i]) else 1)
-        want_raw = wout is not None and need[2 * nu]
-        outs = iter(_impl.bwd_call(xs, ws, g, wout, mode + [int(want_raw)], lmax_out, ctx.route))
+        # need codes of gaunt_bwd: 2 = grad x_k (times w_k when given), + 4 = w_k's per-row sums
+        mode = [(2 if need[i] else 0) + (4 if ws[i] is not None and need[nu + i] else 0) for i in range(nu)]
+        want_wo = wout is not None and need[2 * nu]
+        outs = iter(_impl.bwd_call(xs, ws, g, wout, mode + [4 if want_wo else 0], lmax_out, ctx.route))
         gx, gw = [None] * nu, [None] * nu
         for i in range(nu):
-            if not mode[i]:
-                continue
-            h = next(outs)
-            if mode[i] == 2 or ws[i] is None:
-                gx[i] = h
-                continue
-            L = _ref.lmax_of(xs[i].shape[1])
-            if need[i]:
-                gx[i] = h * ws[i].index_select(1, _deg(L, h.device))
-            gw[i] = _reduce_rows(_segsum(h * xs[i], L), ws[i])
-        gwo = _reduce_rows(_segsum(g * next(outs), lmax_out), wout) if want_raw else None
-        return (None, None, None, *[gx[i] if need[i] else None for i in range(nu)], *gw, gwo)
+            if mode[i] & 2:
+                gx[i] = next(outs)
+            if mode[i] & 4:
+                gw[i] = _reduce_rows(next(outs), ws[i])
+        gwo = _reduce_rows(next(outs), wout) if want_wo else None
+        return (None, None, None, *gx, *gw, gwo)
 
 
 def _core(xs, ws, wout, lmax_out, route):

@@ -384,8 +384,8 @@ def _bwd_case(Ls, Lo, dtype, weights, rows=37, seed=0, route="grid"):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     xs = [r(rows, (L + 1) ** 2).requires_grad_() for L in Ls]
-    wrows = {"row": rows, "shared": 1}.get(weights)
-    ws = [None if wrows is None else r(wrows, L + 1).requires_grad_() for L in Ls]
+    wrows = {"row": rows, "shared": 1, "wout": rows}.get(weights)
+    ws = [None if wrows is None or weights == "wout" else r(wrows, L + 1).requires_grad_() for L in Ls]
     if weights == "mixed":  # a weight that needs no gradient, one that does, none
         ws = [r(rows, Ls[0] + 1), r(Ls[1] + 1).requires_grad_()] + [None] * (len(Ls) - 2)
     wo = None if weights in (None, "mixed") else r(wrows, Lo + 1).requires_grad_()
@@ -482,6 +482,129 @@ def test_fused_grid_backward_opcheck():
     torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, None, [0, 1, 0], 3, "grid"))
     for need in ([2, 1, 1], [1, 0, 0], [0, 2, 1]):
         torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, wo, need, 3, "direct"))
+
+
+# ---------------------------------------------------------------- weight gradients in the fused kernels (session 23)
+def _s22_fused_backward(ctx, xs, ws, wout, g, need):
+    """Session 22's store step, kept here as the yardstick: the kernel returns the unweighted h_k (and the raw
+    product), torch weights grad x_k and forms the per-degree weight-gradient sums."""
+    from geoops._ops import gaunt as og
+    nu, lmax_out = ctx.nu, ctx.lmax_out
+    mode = [0 if not (need[i] or need[nu + i]) else (2 if ws[i] is not None and not need[nu + i] else 1)
+            for i in range(nu)]
+    want_raw = wout is not None and need[2 * nu]
+    outs = iter(og.bwd_call(xs, ws, g, wout, mode + [int(want_raw)], lmax_out, ctx.route))
+    gx, gw = [None] * nu, [None] * nu
+    for i in range(nu):
+        if not mode[i]:
+            continue
+        h = next(outs)
+        if mode[i] == 2 or ws[i] is None:
+            gx[i] = h
+            continue
+        L = R.lmax_of(xs[i].shape[1])
+        if need[i]:
+            gx[i] = h * ws[i].index_select(1, ga._deg(L, h.device))
+        gw[i] = ga._reduce_rows(ga._segsum(h * xs[i], L), ws[i])
+    gwo = ga._reduce_rows(ga._segsum(g * next(outs), lmax_out), wout) if want_raw else None
+    return (None, None, None, *[gx[i] if need[i] else None for i in range(nu)], *gw, gwo)
+
+
+@contextlib.contextmanager
+def _s22_store_step():
+    real = ga.GauntFn.__dict__["_fused_backward"]
+    ga.GauntFn._fused_backward = staticmethod(_s22_fused_backward)
+    try:
+        yield
+    finally:
+        ga.GauntFn._fused_backward = real
+
+
+_WEIGHT_CASES = [((2, 3), 4, "row"), ((4, 4), 4, "shared"), ((3, 1), 2, "mixed"), ((1, 2), 3, None),
+                 ((2, 2), 3, "wout"), ((0, 1), 1, "row"), ((1, 2), 0, "shared")]
+
+
+@pytest.mark.parametrize("route", ["grid", "direct"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("Ls,Lo,weights", _WEIGHT_CASES + [((3, 2, 1), 4, "row"), ((2, 1, 2), 3, "shared"),
+                                                           ((2,), 2, "wout")])
+def test_fused_weight_gradients_in_kernel_equal_torch_passes(route, dtype, Ls, Lo, weights):
+    """Session 23: the fused kernels' store step writes grad x_k already times w_k and the per-row per-degree sums
+    sum_m h_k x_k (sum_m g raw for weight_out); torch only reduces a broadcast weight over rows.  Same products,
+    same roundings (no FMA contraction) and the same ascending order as session 22's torch passes
+    (h * w[deg], (h * x).index_add over degrees): bit for bit, both routes (nu != 2 'direct' runs as grid),
+    fp32 and fp64, every weight combination."""
+    grads = _bwd_case(Ls, Lo, dtype, weights, rows=45, seed=7, route=route)
+    with _count_fused_bwd() as calls:
+        new = grads()
+    assert calls
+    with _s22_store_step(), _count_fused_bwd() as calls:
+        old = grads()
+    assert calls
+    assert len(new) == len(old)
+    for a, b in zip(new, old):
+        assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("route", ["grid", "direct"])
+@pytest.mark.parametrize("weights", ["row", "shared", "mixed", None, "wout"])
+def test_fused_weight_gradients_gradcheck(route, weights):
+    """fp64 gradcheck through the fused kernel (weights folded into its store step) for every weight combination;
+    binary, and for grid also nu = 3."""
+    cases = [((2, 1), 3)] + ([((1, 2, 1), 3)] if route == "grid" else [])
+    for Ls, Lo in cases:
+        g = torch.Generator().manual_seed(11)
+        r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+        rows = 5
+        xs = [r(rows, (L + 1) ** 2).requires_grad_() for L in Ls]
+        wr = {"row": rows, "shared": 1, "mixed": rows}.get(weights)
+        ws = [None if wr is None else r(wr, L + 1).requires_grad_() for L in Ls]
+        if weights == "mixed":  # per-row, a 1-d shared one, one without a gradient
+            ws = [ws[0], r(Ls[1] + 1).requires_grad_()] + [r(rows, L + 1) for L in Ls[2:]]
+        wo = r(rows, Lo + 1).requires_grad_() if weights in ("row", "wout") else (
+            r(Lo + 1).requires_grad_() if weights == "shared" else None)
+        every = [*xs, *ws, wo]
+        slots = [k for k, t in enumerate(every) if t is not None and t.requires_grad]
+
+        def f(*leaves):
+            args = list(every)
+            for k, t in zip(slots, leaves):
+                args[k] = t
+            nu = len(Ls)
+            return ga.gaunt_product(args[:nu], Lo, weights=args[nu:2 * nu], weight_out=args[2 * nu], route=route)
+        with _count_fused_bwd() as calls:
+            assert torch.autograd.gradcheck(f, tuple(every[k] for k in slots)), (Ls, weights)
+        assert calls
+
+
+@pytest.mark.parametrize("route,dtype", [("grid", torch.float32), ("grid", F64), ("direct", torch.float32),
+                                         ("direct", F64)])
+def test_fused_weight_gradients_thread_bit_identity(route, dtype):
+    """The weight gradients' per-row sums are formed per row in a fixed order: the same bits for 1 and 2 threads
+    (333 rows: a partial tile), per-row, shared and weight_out-only weights."""
+    runs = [_bwd_case((3, 2), 3, dtype, w, rows=333, seed=13, route=route) for w in ("row", "shared", "wout")]
+    with num_threads(1):
+        one = [t for f in runs for t in f()]
+    with num_threads(2):
+        two = [t for f in runs for t in f()]
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("route", ["grid", "direct"])
+def test_fused_weight_gradients_opcheck(route):
+    """opcheck of geoops::gaunt_bwd with the sums codes (+ 4), and the sums' shapes and values against torch."""
+    from geoops._ops import gaunt as og
+    xs = [_rand(5, 9, seed=130), _rand(5, 4, seed=131)]
+    ws = [_rand(5, 3, seed=132), _rand(1, 2, seed=133)]
+    g, wo = _rand(5, 16, seed=134), _rand(5, 4, seed=135)
+    for need in ([6, 4, 4], [4, 0, 0], [2, 6, 0], [0, 0, 4], [1, 4, 5]):
+        torch.library.opcheck(torch.ops.geoops.gaunt_bwd.default, (xs, ws, g, wo, need, 3, route))
+    h1, s1, s2, raw, so = og.bwd_call(xs, ws, g, wo, [5, 4, 5], 3, route)
+    h2, = og.bwd_call(xs, ws, g, wo, [0, 1, 0], 3, route)
+    assert s1.shape == (5, 3) and s2.shape == (5, 2) and so.shape == (5, 4)
+    assert torch.equal(s1, ga._segsum(h1 * xs[0], 2)) and torch.equal(s2, ga._segsum(h2 * xs[1], 1))
+    assert torch.equal(so, ga._segsum(g * raw, 3))
 
 
 # ---------------------------------------------------------------- fused direct backward (session 22)

@@ -352,6 +352,33 @@ void lanes_to_rows_v(const typename Simd<T>::V* lanes, int64_t n, int64_t r0, in
   }
 }
 
+// Per-degree sums of a tile in lanes, the weight gradients' per-row step: s[l] = sum over the coefficients c of
+// degree l, ascending, of h[c] * x[c] (nv lane vectors per coefficient, at (perm ? perm[c] : c) * nv + q).  Each
+// product is rounded before its add (no FMA contraction) and the sum starts from 0: the roundings and order of the
+// unfused torch form (h * x).index_add(1, degree, .), so the same bits.
+#if defined(__GNUC__) && !defined(__clang__)
+#define GEOOPS_NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define GEOOPS_NO_FP_CONTRACT
+#endif
+template <typename V>
+GEOOPS_NO_FP_CONTRACT void degree_sums(const V* h, const V* x, const int64_t* perm, int64_t L, int nv, V* s) {
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+  for (int64_t l = 0; l <= L; ++l) {
+    for (int q = 0; q < nv; ++q) {
+      V acc = {};
+      for (int64_t c = l * l; c < (l + 1) * (l + 1); ++c) {
+        const int64_t p = (perm ? perm[c] : c) * nv + q;
+        const V t = h[p] * x[p];
+        acc = acc + t;
+      }
+      s[l * nv + q] = acc;
+    }
+  }
+}
+
 template <typename T, int PB>
 inline void lmm_block(const T* A, int64_t lda, int64_t acs, int64_t K, const typename Simd<T>::V* B, int64_t ldb,
                       typename Simd<T>::V* C, int64_t ldc) {
@@ -523,7 +550,7 @@ void sep_to_grid(const T* x, const SepLayout& ly, const Weight& w, const int32_t
 }
 
 // Grid values a (nth, na) of a tile back to coefficients of degrees <= lo.L (quadrature folded into azb and bk),
-// lanes -> rows into out (weighted by wo).
+// in lanes wk.ot (at lo.perm), then lanes -> rows into op (weighted by wo) unless op is null.
 template <typename T>
 void sep_from_grid(const typename Simd<T>::V* acc, const SepLayout& lo, const T* bk, const Weight& wo,
                    const int32_t* dego, int64_t r0, int64_t rows, const SepGrid<T>& sg, SepWork<T>& wk, T* op) {
@@ -577,7 +604,8 @@ void sep_from_grid(const typename Simd<T>::V* acc, const SepLayout& lo, const T*
       if (K > 1) lane_mm<T>(bk + (lo.col[am] + 1) * nth, 2 * nth, K / 2, nh, M + lo.pos[m + lo.L], Go, ob + 1, 2);
     }
   }
-  // lanes -> rows, weighted
+  // lanes -> rows, weighted (op null: the caller only reads the lanes wk.ot)
+  if (!op) return;
   if (wo.ptr) lane_weights<T>(wo, lo.L, r0, rows, wk.wl.data());
   lanes_to_rows_v<T>(wk.ot.data(), lo.n, r0, rows, wo.ptr ? wk.wl.data() : nullptr, dego, lo.perm.data(), op);
 }
@@ -671,12 +699,14 @@ void sep_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional
 // the nu factors and wout * g to the grid once, then projects, for every wanted k, the product of the others
 // and of f(wout g) (multiplied in the order of the unfused path: factors j != k ascending, then g) onto degrees
 // <= L_k, weighted by owk[k] when given; and, if wanted, the raw forward product (no wout) onto degrees <= Lout.
+// need[k] & 3: store that projection (outs[k]); need[k] & 4: store its per-row per-degree sums with the factor's
+// unweighted rows (k < nu: sum_m h_k x_k, the gradient of w_k; k = nu: sum_m g raw, of wout) into sums[k].
 template <typename T>
 void sep_bwd_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
                   const at::Tensor& g, const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
                   const std::vector<at::Tensor>& backs, const std::vector<c10::optional<at::Tensor>>& owk,
                   const std::vector<int64_t>& need, const at::Tensor& azf, const at::Tensor& azb, int64_t na,
-                  bool sym, std::vector<at::Tensor>& outs) {
+                  bool sym, std::vector<at::Tensor>& outs, std::vector<at::Tensor>& sums) {
   using V = typename Simd<T>::V;
   constexpr int64_t W = Simd<T>::N;
   const int64_t nu = static_cast<int64_t>(xs.size());
@@ -701,9 +731,13 @@ void sep_bwd_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::opti
     gmax = std::max(gmax, lay[i].G);
     lmax = std::max(lmax, lay[i].L);
   }
-  std::vector<T*> op(nu + 1, nullptr);
-  for (int64_t k = 0; k <= nu; ++k)
-    if (need[k]) op[k] = outs[k].data_ptr<T>();
+  std::vector<T*> op(nu + 1, nullptr), sp(nu + 1, nullptr);
+  for (int64_t k = 0; k <= nu; ++k) {
+    if (need[k] & 3) op[k] = outs[k].data_ptr<T>();
+    if (need[k] & 4) sp[k] = sums[k].data_ptr<T>();
+  }
+  std::vector<int64_t> ident(lmax + 1);
+  for (int64_t l = 0; l <= lmax; ++l) ident[l] = l;
   const int64_t P = sg.nth * na;
 
   const int64_t ntiles = (N + W - 1) / W;
@@ -711,7 +745,7 @@ void sep_bwd_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::opti
 #pragma omp parallel num_threads(nthreads)
   {
     SepWork<T> wk(sg, nmax, gmax, lmax);
-    std::vector<V> F((nu + 1) * P), acc(P);
+    std::vector<V> F((nu + 1) * P), acc(P), sl(lmax + 1);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * W;
@@ -721,7 +755,7 @@ void sep_bwd_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::opti
         sep_to_grid<T, false>(xp[i], lay[i], wp[i], deg[i].data(), evals[i].data_ptr<T>(), r0, rows, sg, wk,
                               F.data() + i * P);
       for (int64_t k = 0; k <= nu; ++k) {
-        if (!need[k]) continue;
+        if (!op[k] && !sp[k]) continue;
         // k < nu: prod_{j != k} F_j * F_g;  k == nu: prod_j F_j (the raw forward product)
         V* __restrict a = acc.data();
         const int64_t first = k == 0 ? 1 : 0;
@@ -736,6 +770,14 @@ void sep_bwd_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::opti
         const Weight none;
         sep_from_grid<T>(a, lay[kk], backs[k].data_ptr<T>(), k < nu ? wk_out[k] : none, deg[kk].data(), r0, rows,
                          sg, wk, op[k]);
+        if (sp[k]) {
+          // the weight gradient's per-row step: the unweighted rows (x_k, or g) into lanes at the layout of wk.ot
+          // (wk.xt is free once the inputs are on the grid), per-degree sums of the products, lanes -> rows
+          const SepLayout& ly = lay[kk];
+          rows_to_lanes_v<T>(xp[kk], ly.n, r0, rows, nullptr, deg[kk].data(), ly.perm.data(), wk.xt.data());
+          degree_sums<V>(wk.ot.data(), wk.xt.data(), ly.perm.data(), ly.L, 1, sl.data());
+          lanes_to_rows_v<T>(sl.data(), ly.L + 1, r0, rows, nullptr, deg[kk].data(), ident.data(), sp[k]);
+        }
       }
     }
   }
@@ -892,11 +934,12 @@ GatherList<T> gather_list(const at::Tensor& off, const at::Tensor& ia, const at:
 // 2 are x1, x2 and g (the forward's output).  Per tile of kLanes rows, the sides that some wanted output reads are
 // moved into lanes once (weighted by side.w); then for each s with op[s] set, out_s = ow[s] * gl[s] over the
 // other two sides (out_0[i] = sum_jk G x2_j g_k, out_1[j] = sum_ik G x1_i g_k, out_2[k] = sum_ij G x1_i x2_j:
-// the forward), summed per output coefficient in registers (direct_gather).  Fixed order per row: the same bits
-// for any thread count.
+// the forward), summed per output coefficient in registers (direct_gather).  With sp[s] set, also the per-row
+// per-degree sums of out_s (unweighted) times side s's unweighted rows (sum_m h x: a weight gradient's per-row
+// step) into sp[s] (N, L_s + 1).  Fixed order per row: the same bits for any thread count.
 template <typename T>
 void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (&gl)[3], const Weight (&ow)[3],
-                  T* const (&op)[3]) {
+                  T* const (&op)[3], T* const (&sp)[3]) {
   using V = typename Simd<T>::V;
   // the two lane inputs of output s (the other factor, then g; the product: x1, x2)
   const int src[3][2] = {{1, 2}, {0, 2}, {0, 1}};
@@ -904,8 +947,11 @@ void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (
   std::vector<int64_t> ident(nmax);
   for (size_t c = 0; c < ident.size(); ++c) ident[c] = static_cast<int64_t>(c);
   bool used[3] = {false, false, false};
-  for (int s = 0; s < 3; ++s)
-    if (op[s]) used[src[s][0]] = used[src[s][1]] = true;
+  bool any_sums = false;
+  for (int s = 0; s < 3; ++s) {
+    if (op[s] || sp[s]) used[src[s][0]] = used[src[s][1]] = true;
+    any_sums = any_sums || sp[s];
+  }
 
   const int64_t ntiles = (N + kLanes - 1) / kLanes;
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
@@ -920,6 +966,9 @@ void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (
       Ib[s] = reinterpret_cast<T*>(Iv[s].data());
     }
     T* Ob = reinterpret_cast<T*>(Ov.data());
+    // sums: a side's unweighted rows in lanes, its per-degree sums
+    std::vector<V> Xv(any_sums ? DL::vectors(nmax) : 0), Sv(any_sums ? DL::vectors(nmax) : 0);
+    constexpr int NV = static_cast<int>(kLanes / Simd<T>::N);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * kLanes;
@@ -927,9 +976,16 @@ void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (
       for (int s = 0; s < 3; ++s)
         if (used[s]) dln.load(sd[s].x, sd[s].n, sd[s].L, sd[s].w, sd[s].deg.data(), r0, rows, Ib[s]);
       for (int s = 0; s < 3; ++s) {
-        if (!op[s]) continue;
+        if (!op[s] && !sp[s]) continue;
         direct_gather<T>(gl[s], Ib[src[s][0]], Ib[src[s][1]], Ob);
-        dln.store(Ob, sd[s].n, sd[s].L, ow[s], sd[s].deg.data(), r0, rows, op[s]);
+        if (op[s]) dln.store(Ob, sd[s].n, sd[s].L, ow[s], sd[s].deg.data(), r0, rows, op[s]);
+        if (sp[s]) {
+          T* Xb = reinterpret_cast<T*>(Xv.data());
+          T* Sb = reinterpret_cast<T*>(Sv.data());
+          dln.load(sd[s].x, sd[s].n, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, Xb);
+          degree_sums<V>(Ov.data(), Xv.data(), nullptr, sd[s].L, NV, Sv.data());
+          dln.store(Sb, sd[s].L + 1, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, sp[s]);
+        }
       }
     }
   }
@@ -949,34 +1005,35 @@ void direct_impl(const at::Tensor& x1, const at::Tensor& x2, const c10::optional
                                gather_list<T>(list[0], list[1], list[2], list[3], n_out)};
   const Weight ow[3] = {Weight(), Weight(), weight_of<T>(wout, N, sd[2].L, "weight_out")};
   T* const op[3] = {nullptr, nullptr, out.data_ptr<T>()};
-  direct_tiles<T>(N, sd, gl, ow, op);
+  T* const sp[3] = {nullptr, nullptr, nullptr};
+  direct_tiles<T>(N, sd, gl, ow, op, sp);
 }
 
 // Fused first-order backward of the direct route (binary): x1 (weighted by w1), x2 (by w2) and g (by wout) as
 // the three sides of direct_tiles; out_0 weighted by owk[0], out_1 by owk[1], the raw product out_2 not (no wout),
-// each where need[s].
+// each where need[s] & 3; where need[s] & 4, the per-row per-degree sums of out_s (unweighted) times side s's rows.
 template <typename T>
 void direct_bwd_impl(const at::Tensor& x1, const at::Tensor& x2, const std::vector<c10::optional<at::Tensor>>& ws,
                      const at::Tensor& g, const c10::optional<at::Tensor>& wout,
                      const std::vector<c10::optional<at::Tensor>>& owk, const std::vector<at::Tensor>& lists,
-                     const std::vector<int64_t>& need, std::vector<at::Tensor>& outs) {
+                     const std::vector<int64_t>& need, std::vector<at::Tensor>& outs, std::vector<at::Tensor>& sums) {
   const int64_t N = g.size(0);
   const at::Tensor* in[3] = {&x1, &x2, &g};
   DirectSide<T> sd[3];
   GatherList<T> gl[3];
   Weight ow[3];
   T* op[3] = {nullptr, nullptr, nullptr};
+  T* sp[3] = {nullptr, nullptr, nullptr};
   for (int s = 0; s < 3; ++s) {
     const int64_t n = in[s]->size(1);
     sd[s] = DirectSide<T>(in[s]->data_ptr<T>(), n,
                           weight_of<T>(s < 2 ? ws[s] : wout, N, lmax_of(n), s < 2 ? "weight of a factor" : "weight_out"));
     if (s < 2) ow[s] = weight_of<T>(owk[s], N, sd[s].L, "weight of a gradient");
-    if (need[s]) {
-      op[s] = outs[s].data_ptr<T>();
-      gl[s] = gather_list<T>(lists[4 * s], lists[4 * s + 1], lists[4 * s + 2], lists[4 * s + 3], n);
-    }
+    if (need[s] & 3) op[s] = outs[s].data_ptr<T>();
+    if (need[s] & 4) sp[s] = sums[s].data_ptr<T>();
+    if (need[s]) gl[s] = gather_list<T>(lists[4 * s], lists[4 * s + 1], lists[4 * s + 2], lists[4 * s + 3], n);
   }
-  direct_tiles<T>(N, sd, gl, ow, op);
+  direct_tiles<T>(N, sd, gl, ow, op, sp);
 }
 
 void check_rows(const at::Tensor& x, const char* name) {
@@ -1110,23 +1167,29 @@ std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
                   azb.dim() == 3 && azb.size(0) == 4 && azb.size(1) == azf.size(2) && azb.size(2) == azf.size(1) &&
                   azf.scalar_type() == dt && azb.scalar_type() == dt,
               "gaunt_sep_bwd_cpu: azf must be (4, na/4+1, >= D/2+1) and azb its (4, ., na/4+1) transpose");
-  std::vector<at::Tensor> outs(nu + 1);
-  for (size_t k = 0; k <= nu; ++k)
-    if (need[k]) outs[k] = at::empty({N, k < nu ? xs[k].size(1) : g.size(1)}, g.options());
+  std::vector<at::Tensor> outs(nu + 1), sums(nu + 1);
+  for (size_t k = 0; k <= nu; ++k) {
+    TORCH_CHECK(need[k] >= 0 && need[k] <= 6 && (need[k] & 3) != 3, "gaunt_sep_bwd_cpu: need[k] must be 0, 1 or 2 plus 4");
+    const int64_t n = k < nu ? xs[k].size(1) : g.size(1);
+    if (need[k] & 3) outs[k] = at::empty({N, n}, g.options());
+    if (need[k] & 4) sums[k] = at::empty({N, lmax_of(n) + 1}, g.options());
+  }
   std::vector<at::Tensor> res;
   if (N > 0) {
     bool sym = true;
     if (dt == at::kFloat) {
       for (const at::Tensor& b : backs) sym = sym && mirrored_tables<float>(evals, b);
-      sep_bwd_impl<float>(xs, ws, g, wout, evals, backs, owk, need, azf, azb, na, sym, outs);
+      sep_bwd_impl<float>(xs, ws, g, wout, evals, backs, owk, need, azf, azb, na, sym, outs, sums);
     } else {
       TORCH_CHECK(dt == at::kDouble, "gaunt_sep_bwd_cpu: float32 or float64 expected");
       for (const at::Tensor& b : backs) sym = sym && mirrored_tables<double>(evals, b);
-      sep_bwd_impl<double>(xs, ws, g, wout, evals, backs, owk, need, azf, azb, na, sym, outs);
+      sep_bwd_impl<double>(xs, ws, g, wout, evals, backs, owk, need, azf, azb, na, sym, outs, sums);
     }
   }
-  for (size_t k = 0; k <= nu; ++k)
-    if (need[k]) res.push_back(outs[k]);
+  for (size_t k = 0; k <= nu; ++k) {
+    if (need[k] & 3) res.push_back(outs[k]);
+    if (need[k] & 4) res.push_back(sums[k]);
+  }
   return res;
 }
 
@@ -1169,16 +1232,22 @@ std::vector<at::Tensor> gaunt_direct_bwd_cpu(const at::Tensor& x1, const at::Ten
     check_gather_list(std::vector<at::Tensor>(lists.begin() + 4 * s, lists.begin() + 4 * s + 4), n[s], n[src[s][0]], n[src[s][1]], dt,
                       "gaunt_direct_bwd_cpu", s);
   }
-  std::vector<at::Tensor> outs(3);
-  for (int s = 0; s < 3; ++s)
-    if (need[s]) outs[s] = at::empty({N, n[s]}, g.options());
+  std::vector<at::Tensor> outs(3), sums(3);
+  for (int s = 0; s < 3; ++s) {
+    TORCH_CHECK(need[s] >= 0 && need[s] <= 6 && (need[s] & 3) != 3,
+                "gaunt_direct_bwd_cpu: need[s] must be 0, 1 or 2 plus 4");
+    if (need[s] & 3) outs[s] = at::empty({N, n[s]}, g.options());
+    if (need[s] & 4) sums[s] = at::empty({N, lmax_of(n[s]) + 1}, g.options());
+  }
   if (N > 0) {
     AT_DISPATCH_FLOATING_TYPES(dt, "gaunt_direct_bwd_cpu",
-                               [&] { direct_bwd_impl<scalar_t>(x1, x2, ws, g, wout, owk, lists, need, outs); });
+                               [&] { direct_bwd_impl<scalar_t>(x1, x2, ws, g, wout, owk, lists, need, outs, sums); });
   }
   std::vector<at::Tensor> res;
-  for (int s = 0; s < 3; ++s)
-    if (need[s]) res.push_back(outs[s]);
+  for (int s = 0; s < 3; ++s) {
+    if (need[s] & 3) res.push_back(outs[s]);
+    if (need[s] & 4) res.push_back(sums[s]);
+  }
   return res;
 }
 

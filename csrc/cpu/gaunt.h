@@ -32,8 +32,11 @@ at::Tensor gaunt_sep_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vecto
 // and g (N, n_out) (weighted by wout) go to the grid once; then for every k < nu with need[k]:
 //   out_k = owk[k] * P_{<= L_k}[ prod_{j != k} f_j * f(wout g) ]      (backs[k]: the projection onto L_k)
 // and, with need[nu], the raw forward product P_{<= Lout}[ prod_j f_j ] (backs[nu]).  evals: the nu factors'
-// tables, then g's.  Returns the wanted outputs in order k = 0..nu.  Bit-identical to the same products through
-// gaunt_sep_fwd_cpu (same steps, same order of the grid products), for any thread count.
+// tables, then g's.  need[k] is 0, 1 or 2 (store out_k; owk decides its weight), plus 4 for the per-row per-degree
+// sums (N, L_k + 1) of the unweighted out_k times the unweighted rows of xs[k] (k = nu: of g): the weight
+// gradients' per-row step, sum_m h x, summed in ascending m.  Returns, for k = 0..nu, out_k then the sums, where
+// wanted.  Bit-identical to the same products through gaunt_sep_fwd_cpu (same steps, same order of the grid
+// products), the sums to torch's (h * x).index_add over degrees, for any thread count.
 std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
                                           const std::vector<c10::optional<at::Tensor>>& ws, const at::Tensor& g,
                                           const c10::optional<at::Tensor>& wout, const std::vector<at::Tensor>& evals,
@@ -54,9 +57,10 @@ at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, cons
 // weighted by wout are moved into lanes once per tile; lists holds the nonzeros G_ijk in three output-major orders
 // (off (n_s + 1,), ia, ib (nnz,) int32, vals (nnz,)): by i (ia = j, ib = k), by j (ia = i, ib = k), by k (ia = i,
 // ib = j).  Returns, for each need[s] set, in order: owk[0] * sum_jk G (w2 x2)_j (wout g)_k (N, n1), owk[1] * sum_ik
-// G (w1 x1)_i (wout g)_k (N, n2), and the raw product sum_ij G (w1 x1)_i (w2 x2)_j (N, n_out, no wout).  Each output
-// sums its nonzeros in four register partial sums (not the forward's order: equal to round-off, not bit for bit);
-// the same bits for any thread count.
+// G (w1 x1)_i (wout g)_k (N, n2), and the raw product sum_ij G (w1 x1)_i (w2 x2)_j (N, n_out, no wout); need[s] as
+// in gaunt_sep_bwd_cpu (plus 4: the per-row per-degree sums of the unweighted output s times x1, x2 or g after it).
+// Each output sums its nonzeros in four register partial sums (not the forward's order: equal to round-off, not bit
+// for bit); the same bits for any thread count.
 std::vector<at::Tensor> gaunt_direct_bwd_cpu(const at::Tensor& x1, const at::Tensor& x2,
                                              const std::vector<c10::optional<at::Tensor>>& ws, const at::Tensor& g,
                                              const c10::optional<at::Tensor>& wout,

@@ -7,6 +7,10 @@ Custom op (fake implementation registered)::
     geoops::gaunt_bwd(Tensor[] xs, Tensor?[] ws, Tensor g, Tensor? wout, int[] need, int lmax_out, str route)
         -> Tensor[]
 
+    need[k] (k < nu): 0, 1 (h_k) or 2 (h_k * ws[k]: grad x_k), plus 4 for the per-row per-degree sums
+    sum_m h_k x_k ([N, L_k + 1]: grad of a per-row ws[k]); need[nu]: 0 or 1 (the raw product), plus 4 for
+    sum_m g * raw ([N, lmax_out + 1]: grad of a per-row wout).  Outputs in order k = 0..nu, product then sums.
+
 The gradient of a Gaunt product is a Gaunt product (G is symmetric in its three indices), so
 geoops.gaunt.GauntFn's backward can call gaunt_fwd again (differentiable to any order: what it does under
 create_graph / torch.func).  gaunt_bwd is the first-order shortcut of the grid route on CPU (session 21): the
@@ -224,7 +228,9 @@ class Cpp:
 
         need[k] (k < nu): 0 skip, 1 h_k = P_{<=L_k}[prod_{j != k} f_j * f(wout g)], 2 the same times ws[k] (the
         gradient of x_k); need[nu]: 1 for the raw product P_{<=lmax_out}[prod_j f_j] (no wout; for wout's
-        gradient).  Returns the wanted tensors in that order.  Route "grid": one grid evaluation per factor and of
+        gradient).  Plus 4 (session 23): the per-row per-degree sums (N, L_k + 1) of h_k * x_k (k = nu: of
+        raw * g), the gradient of a per-row w_k (wout), formed in the kernel's store step.  Returns, for k = 0..nu,
+        the product then the sums, where wanted.  Route "grid": one grid evaluation per factor and of
         wout * g (gaunt_sep_bwd_cpu); route "direct" (binary): x1, x2 and wout * g moved into SIMD lanes once per
         tile, then the three sparse contractions (gaunt_direct_bwd_cpu).  Not route "fft" (its torus depends on
         the factors' degrees, so its backward products do not share the forward's grid)."""
@@ -233,9 +239,9 @@ class Cpp:
         assert route == "grid", route
         Ls = tuple(_ref.lmax_of(x.shape[1]) for x in xs)
         evals, backs, azf, azb, na = sep_bwd_consts(Ls, lmax_out, xs[0].dtype, xs[0].device)
-        owk = [ws[k] if need[k] == 2 else None for k in range(len(xs))]
-        return _backend.compiled().gaunt_sep_bwd_cpu(list(xs), list(ws), g, wout, evals, backs, owk,
-                                                    [int(bool(n)) for n in need], azf, azb, na)
+        owk = [ws[k] if need[k] & 3 == 2 else None for k in range(len(xs))]
+        return _backend.compiled().gaunt_sep_bwd_cpu(list(xs), list(ws), g, wout, evals, backs, owk, list(need),
+                                                    azf, azb, na)
 
     @staticmethod
     def _direct_bwd(xs, ws, g, wout, need, lmax_out):
@@ -244,9 +250,8 @@ class Cpp:
         assert len(xs) == 2, "gaunt: the direct route is binary"
         L1, L2 = (_ref.lmax_of(x.shape[1]) for x in xs)
         lists = direct_bwd_consts(L1, L2, lmax_out, xs[0].dtype, xs[0].device)
-        owk = [ws[k] if need[k] == 2 else None for k in range(2)]
-        return _backend.compiled().gaunt_direct_bwd_cpu(xs[0], xs[1], list(ws), g, wout, owk, lists,
-                                                       [int(bool(n)) for n in need])
+        owk = [ws[k] if need[k] & 3 == 2 else None for k in range(2)]
+        return _backend.compiled().gaunt_direct_bwd_cpu(xs[0], xs[1], list(ws), g, wout, owk, lists, list(need))
 
 
 class Torch:
@@ -315,8 +320,14 @@ def _bwd(xs: List[torch.Tensor], ws: List[Optional[torch.Tensor]], g: torch.Tens
 
 
 def _bwd_fake(xs, ws, g, wout, need, lmax_out, route):
-    return [(xs[k] if k < len(xs) else g).new_empty((g.shape[0], (xs[k] if k < len(xs) else g).shape[1]))
-            for k in range(len(need)) if need[k]]
+    out = []
+    for k, code in enumerate(need):
+        n = (xs[k] if k < len(xs) else g).shape[1]
+        if code & 3:
+            out.append(g.new_empty((g.shape[0], n)))
+        if code & 4:
+            out.append(g.new_empty((g.shape[0], _ref.lmax_of(n) + 1)))
+    return out
 
 
 GAUNT_FWD = _library.define_op(
