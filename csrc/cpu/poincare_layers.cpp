@@ -1986,7 +1986,14 @@ void rows_gram(const T* a, const T* g, int64_t N, int64_t D, double* out) {
 //   gu_n = gv_n M^T + 2 gS u_n = alpha gv_n + c0_n b + c1_n e + 2 gS u_n,  (c0, c1) = (<b, gv_n>, <e, gv_n>) V^T
 // (M = alpha I + AE^T V AE in double: the adjoint of the unrounded M; the forward multiplies by M rounded to the
 // dtype, which differs from it by one rounding of each entry -- in float32 ~6e-8 relative, at gu's own rounding).
-inline bool bn_contract_on(int64_t D) { return bn_small_gemm(D) && !knobs::off("GEOOPS_POINCARE_BN_CONTRACT"); }
+// Default at D > 8 only: at D <= 8 the 9 D multiply-adds per row are not fewer than D^2, and the two passes
+// measured no faster than rows_gram + the rounded M's product (4096 x 8: 0.97x; with rows_gram kept for gM and
+// only gu's rank-2 form, 1.01x -- not kept).  GEOOPS_POINCARE_BN_CONTRACT=1: this route at every D <= kBnLaneMaxD
+// (what the tests compare at D = 5, 8); =0: never.
+inline bool bn_contract_on(int64_t D) {
+  const char* e = knobs::get("GEOOPS_POINCARE_BN_CONTRACT");
+  return bn_small_gemm(D) && (e && e[0] == '1' ? true : e && e[0] == '0' ? false : D > 8);
+}
 
 // Pass (1) on one group of kLanes rows: <b, u>, <e, u> into s[0][.], s[1][.], <b, gv>, <e, gv> into t0, t1 (n <=
 // kLanes rows stored).
