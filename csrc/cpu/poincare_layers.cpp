@@ -1986,13 +1986,14 @@ void rows_gram(const T* a, const T* g, int64_t N, int64_t D, double* out) {
 //   gu_n = gv_n M^T + 2 gS u_n = alpha gv_n + c0_n b + c1_n e + 2 gS u_n,  (c0, c1) = (<b, gv_n>, <e, gv_n>) V^T
 // (M = alpha I + AE^T V AE in double: the adjoint of the unrounded M; the forward multiplies by M rounded to the
 // dtype, which differs from it by one rounding of each entry -- in float32 ~6e-8 relative, at gu's own rounding).
-// Default at D > 8 only: at D <= 8 the 9 D multiply-adds per row are not fewer than D^2, and the two passes
-// measured no faster than rows_gram + the rounded M's product (4096 x 8: 0.97x; with rows_gram kept for gM and
-// only gu's rank-2 form, 1.01x -- not kept).  GEOOPS_POINCARE_BN_CONTRACT=1: this route at every D <= kBnLaneMaxD
-// (what the tests compare at D = 5, 8); =0: never.
-inline bool bn_contract_on(int64_t D) {
+// Default for float32 at D > 8 only: at D <= 8 the 9 D multiply-adds per row are not fewer than D^2, and the two
+// passes measured no faster than rows_gram + the rounded M's product (4096 x 8: 0.97x; with rows_gram kept for gM
+// and only gu's rank-2 form, 1.01x -- not kept); float64 rows enter pass (1) by gathers (no tiles of doubles),
+// 0.86x at 32768 x 16.  GEOOPS_POINCARE_BN_CONTRACT=1: this route at every D <= kBnLaneMaxD and dtype (what the
+// tests compare at D = 5, 8 and in float64); =0: never.
+inline bool bn_contract_on(int64_t D, bool f64) {
   const char* e = knobs::get("GEOOPS_POINCARE_BN_CONTRACT");
-  return bn_small_gemm(D) && (e && e[0] == '1' ? true : e && e[0] == '0' ? false : D > 8);
+  return bn_small_gemm(D) && (e && e[0] == '1' ? true : e && e[0] == '0' ? false : D > 8 && !f64);
 }
 
 // Pass (1) on one group of kLanes rows: <b, u>, <e, u> into s[0][.], s[1][.], <b, gv>, <e, gv> into t0, t1 (n <=
@@ -2226,7 +2227,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
     bn_bwd_impl<float>(gy.data_ptr<float>(), v.data_ptr<float>(), N, cx, gv.data_ptr<float>(), gb1.data(), &gk1,
                        lanes);
   at::NoGradGuard ng;
-  const bool small = bn_small_gemm(D), contract = bn_contract_on(D);
+  const bool small = bn_small_gemm(D), contract = bn_contract_on(D, f64);
   std::vector<double> ct, ed(D), tg;
   for (int64_t d = 0; d < D; ++d) ed[d] = -md[d];
   if (contract) {  // session 23: gM's contractions on lanes of rows, no gM
