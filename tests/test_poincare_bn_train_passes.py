@@ -84,7 +84,7 @@ def test_bn_contractions_vs_dxd_route(monkeypatch, dtype, D):
     """The backward's gM = u^T gv read only through tr gM, AE gM, AE gM^T as per-row dots (no D x D gM) and
     gu = gv M^T + 2 gS u from M's rank 2 (alpha I + AE^T V AE in double) vs session 22's D x D route
     (GEOOPS_POINCARE_BN_CONTRACT=0: gM by rows_gram, gu by the rounded M's row pass), forced at every D by
-    GEOOPS_POINCARE_BN_CONTRACT=1 (the default takes it at D > 8 only): y, var, m identical (the forward is
+    GEOOPS_POINCARE_BN_CONTRACT=1 (the default: float32 at D > 8 only): y, var, m identical (the forward is
     untouched); dx, dbias, dweight, dc relative to each output's largest entry within fp64 1e-10 (seen <= 3e-13)
     and fp32 2e-5 + 4e-6 (seen <= 2.3e-6: gu's two routes differ by M's rounding to float32 and the sums' order).
     N odd: a tail of < 8 rows (7), of < 16 (23), blocks with tails (263), several row chunks (4099); D = 5
