@@ -78,6 +78,48 @@ def test_bn_tiles_same_bits_as_gathers(monkeypatch, D):
             assert torch.equal(a, b), (N, i, float((a - b).abs().max()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("D", [5, 8, 16])
+def test_bn_contractions_vs_dxd_route(monkeypatch, dtype, D):
+    """The backward's gM = u^T gv read only through tr gM, AE gM, AE gM^T as per-row dots (no D x D gM) and
+    gu = gv M^T + 2 gS u from M's rank 2 (alpha I + AE^T V AE in double) vs session 22's D x D route
+    (GEOOPS_POINCARE_BN_CONTRACT=0: gM by rows_gram, gu by the rounded M's row pass), forced at every D by
+    GEOOPS_POINCARE_BN_CONTRACT=1 (the default: float32 at D > 8 only): y, var, m identical (the forward is
+    untouched); dx, dbias, dweight, dc relative to each output's largest entry within fp64 1e-10 (seen <= 3e-13)
+    and fp32 2e-5 + 4e-6 (seen <= 2.3e-6: gu's two routes differ by M's rounding to float32 and the sums' order).
+    N odd: a tail of < 8 rows (7), of < 16 (23), blocks with tails (263), several row chunks (4099); D = 5
+    gathers, 8 / 16 tiles (fp32, AVX-512) or gathers -- fp32: tiles and gathers (GEOOPS_POINCARE_BN_TILES=0)
+    the same bits on this route too."""
+    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-5, atol=4e-6)
+    for N in (7, 23, 263, 4099):
+        x, bias, gy = _inputs(N, D, dtype, 13 * D + N)
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_CONTRACT", "0")
+        want = _layer(x, bias, gy)
+        monkeypatch.setenv("GEOOPS_POINCARE_BN_CONTRACT", "1")
+        got = _layer(x, bias, gy)
+        for i in range(3):
+            assert torch.equal(got[i], want[i]), (N, i)
+        assert_close_to_largest(got[3:], want[3:], tag=(N,), **tol)
+        if dtype == torch.float32:
+            monkeypatch.setenv("GEOOPS_POINCARE_BN_TILES", "0")
+            gathers = _layer(x, bias, gy)
+            monkeypatch.delenv("GEOOPS_POINCARE_BN_TILES")
+            for i, (a, b) in enumerate(zip(got, gathers)):
+                assert torch.equal(a, b), (N, i, float((a - b).abs().max()))
+
+
+@pytest.mark.parametrize("N, D", [(7, 8), (23, 5), (17, 16)])
+def test_bn_contractions_gradcheck(monkeypatch, N, D):
+    """fp64 gradcheck of the training layer (BnLayerFn: x, bias, weight, c) on the contraction route
+    (GEOOPS_POINCARE_BN_CONTRACT=1) at D = 5 (gathers), 8 and 16 (whole vectors of the row passes)."""
+    monkeypatch.setenv("GEOOPS_POINCARE_BN_CONTRACT", "1")
+    x, bias, _ = _inputs(N, D, torch.float64, N * D)
+    ins = (x.requires_grad_(True), bias.requires_grad_(True), torch.tensor(0.8, dtype=torch.float64, requires_grad=True),
+           torch.tensor(0.9, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda *t: gp.BnLayerFn.apply(*t, N, 1e-6, 4e-3)[0], ins, eps=1e-6, atol=1e-6,
+                                    rtol=1e-5)
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("D", [5, 8, 16])

@@ -1719,22 +1719,30 @@ BnTransport bn_transport(const double* b, const double* m, int64_t D, double S, 
   return t;
 }
 
-// The transport's backward from gM (D x D, double): gV = AE gM AE^T, gAE = V AE gM^T + V^T AE gM, then the scalar
-// chain's adjoints (W, d, the ratio, s, var, lam) back to |b|^2, |m|^2, <b, -m>, k, S and w -> gb, gm (D), gS, gw,
-// gc.
-void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, const double* gM, int64_t D,
-                      double* gb, double* gm, double* gS, double* gw, double* gc) {
-  std::vector<double> Q(2 * D, 0.0), R(2 * D, 0.0);  // Q = AE gM, R = AE gM^T (rows a = b, e = -m)
-  double galpha = 0;
+// All that the transport's backward reads of gM (D x D, double): tr gM, Q = AE gM, R = AE gM^T (rows a = b,
+// e = -m), as one vector [tr, Q_a, Q_e, R_a, R_e] of 4 D + 1 entries (the D x D route: gM formed by rows_gram).
+std::vector<double> gm_contract(const double* b, const double* m, const double* gM, int64_t D) {
+  std::vector<double> o(4 * D + 1, 0.0);
+  double *Q = o.data() + 1, *R = o.data() + 1 + 2 * D;
   for (int64_t i = 0; i < D; ++i) {
     const double ai = b[i], ei = -m[i];
-    galpha += gM[i * D + i];
+    o[0] += gM[i * D + i];
     for (int64_t j = 0; j < D; ++j) {
       const double g = gM[i * D + j];
       Q[j] = std::fma(ai, g, Q[j]), Q[D + j] = std::fma(ei, g, Q[D + j]);
       R[i] = std::fma(b[j], g, R[i]), R[D + i] = std::fma(-m[j], g, R[D + i]);
     }
   }
+  return o;
+}
+
+// The transport's backward from gM's contractions ct = [tr gM, AE gM, AE gM^T] (gm_contract, bn_contract):
+// gV = AE gM AE^T = Q AE^T, gAE = V AE gM^T + V^T AE gM, then the scalar chain's adjoints (W, d, the ratio, s,
+// var, lam) back to |b|^2, |m|^2, <b, -m>, k, S and w -> gb, gm (D), gS, gw, gc.
+void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, const double* ct, int64_t D,
+                      double* gb, double* gm, double* gS, double* gw, double* gc) {
+  const double *Q = ct + 1, *R = ct + 1 + 2 * D;
+  double galpha = ct[0];
   double gV[2][2] = {{0, 0}, {0, 0}};
   for (int64_t j = 0; j < D; ++j) {
     const double aj = b[j], ej = -m[j];
@@ -1965,6 +1973,190 @@ void rows_gram(const T* a, const T* g, int64_t N, int64_t D, double* out) {
     rows_gram_fixed<T, 0>(a, g, N, D, out);
 }
 
+// ---- session 23: gM's contractions without gM, and gu = gv M^T from M's rank 2 (GEOOPS_POINCARE_BN_CONTRACT=0,
+// read per call: the D x D route above, rows_gram + gm_contract and rows_times_range).  bn_transport_bwd reads of
+// gM = u^T gv only tr gM, AE gM and AE gM^T (AE = [b; e], e = -m), and per row n these are
+//   tr gM = sum_n <u_n, gv_n>,  (AE gM)_a = sum_n <a, u_n> gv_n,  (AE gM^T)_a = sum_n <a, gv_n> u_n  (a = b, e):
+// four dots and five D-vector multiply-adds per row (9 D instead of D^2).  Two passes per block of kBnBlock rows:
+// (1) the dots on lanes of rows (one row per lane, each an fma chain over d in order from 0; columns from tiles of
+// 16 float rows, bn_tiles, or gathers, Cols: every other dtype / D / ISA and the tails -- the same values either
+// way), (2) the multiply-adds per row, contiguous (each accumulator element an fma chain over the chunk's rows in
+// order), the chunks added in order (Partials): the same bits for any thread count.  The per-row <b, gv_n>,
+// <e, gv_n> are kept (tg, 2 x N) for gu:
+//   gu_n = gv_n M^T + 2 gS u_n = alpha gv_n + c0_n b + c1_n e + 2 gS u_n,  (c0, c1) = (<b, gv_n>, <e, gv_n>) V^T
+// (M = alpha I + AE^T V AE in double: the adjoint of the unrounded M; the forward multiplies by M rounded to the
+// dtype, which differs from it by one rounding of each entry -- in float32 ~6e-8 relative, at gu's own rounding).
+// Default for float32 at D > 8 only: at D <= 8 the 9 D multiply-adds per row are not fewer than D^2, and the two
+// passes measured no faster than rows_gram + the rounded M's product (4096 x 8: 0.97x; with rows_gram kept for gM
+// and only gu's rank-2 form, 1.01x -- not kept); float64 rows enter pass (1) by gathers (no tiles of doubles),
+// 0.86x at 32768 x 16.  GEOOPS_POINCARE_BN_CONTRACT=1: this route at every D <= kBnLaneMaxD and dtype (what the
+// tests compare at D = 5, 8 and in float64); =0: never.
+inline bool bn_contract_on(int64_t D, bool f64) {
+  const char* e = knobs::get("GEOOPS_POINCARE_BN_CONTRACT");
+  return bn_small_gemm(D) && (e && e[0] == '1' ? true : e && e[0] == '0' ? false : D > 8 && !f64);
+}
+
+// Pass (1) on one group of kLanes rows: <b, u>, <e, u> into s[0][.], s[1][.], <b, gv>, <e, gv> into t0, t1 (n <=
+// kLanes rows stored).
+template <typename LoadU, typename LoadG>
+inline void ct_dots(const LoadU& lu, const LoadG& lg, const double* b, const double* e, int64_t D, double* s0,
+                    double* s1, double* t0, double* t1, int64_t n) {
+  using vecmath::Vec;
+  Vec sa(0.0), se(0.0), ta(0.0), te(0.0);
+  for (int64_t d = 0; d < D; ++d) {
+    const Vec uc = lu(d), gc = lg(d), vb(b[d]), ve(e[d]);
+    sa = at::vec::fmadd(vb, uc, sa), se = at::vec::fmadd(ve, uc, se);
+    ta = at::vec::fmadd(vb, gc, ta), te = at::vec::fmadd(ve, gc, te);
+  }
+  if (n == kLanes) {
+    sa.store(s0), se.store(s1), ta.store(t0), te.store(t1);
+  } else {
+    alignas(64) double r[4][kLanes];
+    sa.store(r[0]), se.store(r[1]), ta.store(r[2]), te.store(r[3]);
+    for (int64_t l = 0; l < n; ++l) s0[l] = r[0][l], s1[l] = r[1][l], t0[l] = r[2][l], t1[l] = r[3][l];
+  }
+}
+
+// Pass (1) on the whole tiles of 16 float rows of the block [b0, b0 + n); returns the rows done.
+template <int DD>
+int64_t ct_dots_tiles(const float* u, const float* g, const double* b, const double* e, int64_t b0, int64_t n,
+                      double (&s)[2][kBnBlock], double* tg, int64_t N) {
+  alignas(64) float us[DD][kTile], gs[DD][kTile];
+  int64_t j = 0;
+  for (; j + kTile <= n; j += kTile) {
+    tile16<DD>(u + (b0 + j) * DD, us);
+    tile16<DD>(g + (b0 + j) * DD, gs);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t o = j + 8 * h;
+      ct_dots([&](int64_t d) { return tile_half(us[d], h); }, [&](int64_t d) { return tile_half(gs[d], h); }, b, e,
+              DD, s[0] + o, s[1] + o, tg + b0 + o, tg + N + b0 + o, kLanes);
+    }
+  }
+  return j;
+}
+
+// Pass (2) on the block's rows: acc = [sum <u, gv> per element (D) | Q_a | Q_e | R_a | R_e] (5 D) +=
+// (u_n * gv_n, s0_n gv_n, s1_n gv_n, t0_n u_n, t1_n u_n).  DD = D a multiple of the vector width: registers.
+template <typename T, int DD>
+void ct_rows(const T* u, const T* g, const double (&s)[2][kBnBlock], const double* tg, int64_t N, int64_t b0,
+             int64_t n, int64_t Drt, double* acc) {
+  using vecmath::Vec;
+  constexpr int L = Vec::size();
+  if constexpr (DD > 0 && DD % L == 0) {
+    constexpr int NV = DD / L;
+    Vec a[5][NV];
+    for (int w = 0; w < 5; ++w)
+      for (int v = 0; v < NV; ++v) a[w][v] = Vec::loadu(acc + w * DD + v * L);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = b0 + j;
+      const Vec s0(s[0][j]), s1(s[1][j]), t0(tg[i]), t1(tg[N + i]);
+      for (int v = 0; v < NV; ++v) {
+        const Vec uv = load_dv(u + i * DD + v * L), gv = load_dv(g + i * DD + v * L);
+        a[0][v] = at::vec::fmadd(uv, gv, a[0][v]);
+        a[1][v] = at::vec::fmadd(s0, gv, a[1][v]), a[2][v] = at::vec::fmadd(s1, gv, a[2][v]);
+        a[3][v] = at::vec::fmadd(t0, uv, a[3][v]), a[4][v] = at::vec::fmadd(t1, uv, a[4][v]);
+      }
+    }
+    for (int w = 0; w < 5; ++w)
+      for (int v = 0; v < NV; ++v) a[w][v].store(acc + w * DD + v * L);
+  } else {
+    const int64_t D = Drt;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = b0 + j;
+      const double s0 = s[0][j], s1 = s[1][j], t0 = tg[i], t1 = tg[N + i];
+      for (int64_t d = 0; d < D; ++d) {
+        const double uv = double(u[i * D + d]), gv = double(g[i * D + d]);
+        acc[d] = std::fma(uv, gv, acc[d]);
+        acc[D + d] = std::fma(s0, gv, acc[D + d]), acc[2 * D + d] = std::fma(s1, gv, acc[2 * D + d]);
+        acc[3 * D + d] = std::fma(t0, uv, acc[3 * D + d]), acc[4 * D + d] = std::fma(t1, uv, acc[4 * D + d]);
+      }
+    }
+  }
+}
+
+// ct = [tr gM, AE gM, AE gM^T] of gM = u^T gv (4 D + 1 doubles) and tg = (<b, gv_n>, <e, gv_n>) (2 x N).
+template <typename T>
+void bn_contract(const T* u, const T* g, const double* b, const double* e, int64_t N, int64_t D, double* ct,
+                 double* tg) {
+  using vecmath::Vec;
+  const int64_t CH = chunk_rows(9 * D);
+  const Partials part(N, CH, 5 * D);
+  const bool tiles = bn_tiles<T>(D);
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
+    double* p = part.row(ci);
+    alignas(64) double s[2][kBnBlock];
+    for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
+      const int64_t n = std::min(kBnBlock, i1 - b0);
+      int64_t j = 0;
+      if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
+        if (tiles) j = D == 16 ? ct_dots_tiles<16>(u, g, b, e, b0, n, s, tg, N) : ct_dots_tiles<8>(u, g, b, e, b0, n, s, tg, N);
+      }
+      for (; j < n; j += kLanes) {  // gathers
+        const int64_t cnt = std::min(kLanes, n - j);
+        const Cols<T> cl(D, cnt);
+        const T* ur = u + (b0 + j) * D;
+        const T* gr = g + (b0 + j) * D;
+        ct_dots([&](int64_t d) { return cl.load(ur + d); }, [&](int64_t d) { return cl.load(gr + d); }, b, e, D,
+                s[0] + j, s[1] + j, tg + b0 + j, tg + N + b0 + j, cnt);
+      }
+      if (D == 8)
+        ct_rows<T, 8>(u, g, s, tg, N, b0, n, D, p);
+      else if (D == 16)
+        ct_rows<T, 16>(u, g, s, tg, N, b0, n, D, p);
+      else
+        ct_rows<T, 0>(u, g, s, tg, N, b0, n, D, p);
+    }
+  });
+  const std::vector<double> a = part.sum();
+  ct[0] = 0;
+  for (int64_t d = 0; d < D; ++d) ct[0] += a[d];
+  std::copy(a.begin() + D, a.end(), ct + 1);
+}
+
+// gu's rows [i0, i1): alpha gv_n + c0_n b + c1_n e + beta u_n (each element one fma chain in double, rounded once;
+// DD = D a multiple of the vector width: vectors of doubles, else scalar loops -- the same expressions).
+template <typename T, int DD>
+void gu_rank2_fixed(const T* gv, const T* u, const double* tg, int64_t N, const BnTransport& t, const double* b,
+                    const double* e, double beta, T* gu, int64_t i0, int64_t i1, int64_t Drt) {
+  using vecmath::Vec;
+  constexpr int L = Vec::size();
+  const double al = t.alpha;
+  if constexpr (DD > 0 && DD % L == 0) {
+    constexpr int NV = DD / L;
+    Vec vb[NV], ve[NV];
+    for (int v = 0; v < NV; ++v) vb[v] = Vec::loadu(b + v * L), ve[v] = Vec::loadu(e + v * L);
+    const Vec val(al), vbeta(beta);
+    for (int64_t i = i0; i < i1; ++i) {
+      const Vec c0(std::fma(t.V[0][0], tg[i], t.V[0][1] * tg[N + i]));
+      const Vec c1(std::fma(t.V[1][0], tg[i], t.V[1][1] * tg[N + i]));
+      for (int v = 0; v < NV; ++v) {
+        const Vec r = at::vec::fmadd(c1, ve[v], vbeta * load_dv(u + i * DD + v * L));
+        store_dv(gu + i * DD + v * L, at::vec::fmadd(val, load_dv(gv + i * DD + v * L), at::vec::fmadd(c0, vb[v], r)));
+      }
+    }
+  } else {
+    const int64_t D = Drt;
+    for (int64_t i = i0; i < i1; ++i) {
+      const double c0 = std::fma(t.V[0][0], tg[i], t.V[0][1] * tg[N + i]);
+      const double c1 = std::fma(t.V[1][0], tg[i], t.V[1][1] * tg[N + i]);
+      for (int64_t d = 0; d < D; ++d)
+        gu[i * D + d] = T(std::fma(al, double(gv[i * D + d]),
+                                   std::fma(c0, b[d], std::fma(c1, e[d], beta * double(u[i * D + d])))));
+    }
+  }
+}
+
+template <typename T>
+void gu_rank2_rows(const T* gv, const T* u, const double* tg, int64_t N, const BnTransport& t, const double* b,
+                   const double* e, double beta, T* gu, int64_t i0, int64_t i1, int64_t D) {
+  if (D == 8)
+    gu_rank2_fixed<T, 8>(gv, u, tg, N, t, b, e, beta, gu, i0, i1, D);
+  else if (D == 16)
+    gu_rank2_fixed<T, 16>(gv, u, tg, N, t, b, e, beta, gu, i0, i1, D);
+  else
+    gu_rank2_fixed<T, 0>(gv, u, tg, N, t, b, e, beta, gu, i0, i1, D);
+}
+
 }  // namespace
 
 std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at::Tensor& bias, double w, double c,
@@ -2035,21 +2227,48 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
     bn_bwd_impl<float>(gy.data_ptr<float>(), v.data_ptr<float>(), N, cx, gv.data_ptr<float>(), gb1.data(), &gk1,
                        lanes);
   at::NoGradGuard ng;
-  const bool small = bn_small_gemm(D);
-  std::vector<double> gMd(D * D);
-  if (!small)
-    gMd = to_dvec(at::mm(u.t(), gv));  // read in place (no float64 copy)
-  else if (f64)
-    rows_gram<double>(u.data_ptr<double>(), gv.data_ptr<double>(), N, D, gMd.data());
-  else
-    rows_gram<float>(u.data_ptr<float>(), gv.data_ptr<float>(), N, D, gMd.data());
+  const bool small = bn_small_gemm(D), contract = bn_contract_on(D, f64);
+  std::vector<double> ct, ed(D), tg;
+  for (int64_t d = 0; d < D; ++d) ed[d] = -md[d];
+  if (contract) {  // session 23: gM's contractions on lanes of rows, no gM
+    ct.resize(4 * D + 1);
+    tg.resize(2 * N);
+    if (f64)
+      bn_contract<double>(u.data_ptr<double>(), gv.data_ptr<double>(), br.data(), ed.data(), N, D, ct.data(),
+                          tg.data());
+    else
+      bn_contract<float>(u.data_ptr<float>(), gv.data_ptr<float>(), br.data(), ed.data(), N, D, ct.data(), tg.data());
+  } else {
+    std::vector<double> gMd(D * D);
+    if (!small)
+      gMd = to_dvec(at::mm(u.t(), gv));  // read in place (no float64 copy)
+    else if (f64)
+      rows_gram<double>(u.data_ptr<double>(), gv.data_ptr<double>(), N, D, gMd.data());
+    else
+      rows_gram<float>(u.data_ptr<float>(), gv.data_ptr<float>(), N, D, gMd.data());
+    ct = gm_contract(br.data(), md.data(), gMd.data(), D);
+  }
   std::vector<double> gb2(D), gm(D);
   double gS, gw, gc2;
-  bn_transport_bwd(t, br.data(), md.data(), gMd.data(), D, gb2.data(), gm.data(), &gS, &gw, &gc2);
+  bn_transport_bwd(t, br.data(), md.data(), ct.data(), D, gb2.data(), gm.data(), &gS, &gw, &gc2);
   at::Tensor gu;
   RowFill fill;
   if (!small) {
     gu = at::addmm(u, gv, M.t(), 2 * gS, 1);  // gv M^T + 2 gS u
+  } else if (contract) {
+    gu = at::empty_like(x);
+    fill = [&, beta = 2 * gS](int64_t i0, int64_t i1) {
+      if (f64)
+        gu_rank2_rows<double>(gv.data_ptr<double>(), u.data_ptr<double>(), tg.data(), N, t, br.data(), ed.data(),
+                              beta, gu.data_ptr<double>(), i0, i1, D);
+      else
+        gu_rank2_rows<float>(gv.data_ptr<float>(), u.data_ptr<float>(), tg.data(), N, t, br.data(), ed.data(), beta,
+                             gu.data_ptr<float>(), i0, i1, D);
+    };
+    if (knobs::off("GEOOPS_POINCARE_BN_TILES")) {
+      at::parallel_for(0, N, grain(4 * D), [&](int64_t i0, int64_t i1) { fill(i0, i1); });
+      fill = nullptr;
+    }
   } else {
     const std::vector<double> Mv = to_dvec(M);
     std::vector<double> Mt(D * D);
