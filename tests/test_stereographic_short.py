@@ -583,6 +583,49 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
             assert e_new <= 2 * e_eager + 2e-6, (name, src, e_new, e_eager)
 
 
+# ---------------------------------------------------------------- the lane math's quotients as divisions
+# tanc_neg_fg's ((1 - 2^n) - 2^n q) / s / ((1 + 2^n) + 2^n q), log1p_big_fg's (m - 1) / (m + 1) and expmap's 1 / p_x,
+# 1 / den are vdivps (correctly rounded; session 23) where they were Newton-refined reciprocal estimates.
+
+
+@pytest.mark.parametrize("d", (1, 2, 3, 5))
+@pytest.mark.parametrize("op", ("expmap0", "logmap0", "expmap", "logmap"))
+def test_f32_lane_quotients(op, d, monkeypatch):
+    """The default (register pass: four 16-row groups at D <= 2 for these ops, D <= 4 for expmap0 / logmap0, else two)
+    on rows whose tanc / atanc take the closed form (expmap0: s = sqrt(-k)|u| from 0.23 to 12, tanh(s) = 1 in float
+    beyond 9; logmap0: s = sqrt(-k)|x| from 0.23 to within 1e-4 of the boundary) and, for expmap / logmap, the register
+    pass's rows (near-boundary, tiny, close), k = -1, -0.3 and per row (-1, -0.3, -2.5): expmap0 / logmap0 (whose write
+    does not cancel) within 4e-7 of the fp64 math on the same fp32 inputs; every finite row within 2x the eager fp32
+    reference's error vs fp64 + 2e-6."""
+    n = 32 * 8
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+    g = torch.Generator().manual_seed(2300 + d)
+    for name, k in _k_cases(n, (-1.0, -0.3), per_row=(-1.0, -0.3, -2.5)).items():
+        c = (-k.double()).sqrt() * torch.ones(n, 1, dtype=torch.float64)
+        if op in ("expmap0", "logmap0"):
+            u = torch.randn(n, d, generator=g, dtype=torch.float64)
+            hi = 12.0 if op == "expmap0" else 1 - 1e-4
+            s = torch.linspace(0.23, hi, n, dtype=torch.float64)[torch.randperm(n, generator=g)].unsqueeze(-1)
+            x = (u / u.norm(dim=-1, keepdim=True) * s / c).float()
+            y = None
+        else:
+            x, y = _reg_inputs(op, d, n, seed=2400 + d)
+            x[64:96] = x[32:64]  # (no NaN / beyond-float rows here: every block takes the float path)
+            x[128:160] = x[96:128]
+        args = (x,) if y is None else (x, y)
+        new = _call(op, x, y, k)
+        expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
+        eager = getattr(ref, op)(*args, k=k.float())
+        ok = torch.isfinite(expect).all(-1)
+        e_new = op_row_err(op, new, expect, x)[ok]
+        e_eager = op_row_err(op, eager, expect, x)[ok]
+        assert bool(torch.isfinite(new[ok]).all()), name
+        assert float((e_new - 2 * e_eager).max()) <= 2e-6, (name, float(e_new.max()), float(e_eager.max()))
+        if y is None:
+            assert float(e_new.max()) <= 4e-7, (name, float(e_new.max()))
+
+
 # ---------------------------------------------------------------- the register pass's loop
 # The register pass runs a block's 16-row groups through the lane math together (lanes_core_g, G = 2; four groups,
 # two blocks, for expmap0 / logmap0 at D <= 4 and expmap / logmap at D <= 2, a pair with a hard lane going back to

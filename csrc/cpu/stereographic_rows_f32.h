@@ -552,6 +552,10 @@ GEOOPS_F32_AI FVec rcp_cr(const FVec& v) {
   return FVec(1.f) / v;
 #endif
 }
+// 1/v as a division (correctly rounded: rcp_cr's value but for rcp_cr's rare last-bit misses) where the chain's
+// latency binds (expmap's two reciprocals: vdivps ~11 cycles on Zen 4, rcp_cr's estimate and four dependent FMAs
+// ~20); where the divider's throughput binds (mobius_add) rcp_cr measured faster.
+GEOOPS_F32_AI FVec rcp_div(const FVec& v) { return FVec(1.f) / v; }
 GEOOPS_F32_AI FVec sqrt_cr(const FVec& v) {  // v > 0 (finite)
 #if defined(CPU_CAPABILITY_AVX512)
   const FVec rs = rsqrt_nr(v);
@@ -632,8 +636,11 @@ inline FVec rcp_nr(const FVec& v) {
 // tanc(z) for z < series cut, all in float (expmap0's coefficient, whose write out = tanc * u does
 // not cancel): the series for |z| < cut; for z <= -cut, s = sqrt(-z) and 1/s from one reciprocal square root,
 // e = exp(-2s) = 2^n (1 + q) from tanc_neg's inline exp, and tanh(s)/s = ((1 - 2^n) - 2^n q) / ((1 + 2^n) + 2^n q)
-// / s with one reciprocal (a Newton step on the quotient keeps it within ~1 ulp of the float division).  No
-// double conversions, no vsqrtps / vdivps.
+// / s with one division (vdivps, correctly rounded; session 23: in place of a reciprocal estimate, a Newton step
+// and a Newton step on the quotient, which gave the same bits on 2^20 rows but were ~5 operations deeper in the chain:
+// on the AMD EPYC (Zen 4) the lane math is bound by the chain's latency, vdivps zmm ~11 cycles against ~25 for the
+// estimate and three dependent FMAs; expmap0 / logmap0 (log1p_big_fg's quotient likewise) 0.90-0.95x the time at
+// D = 2, 5).  No double conversions, no vsqrtps.
 // G independent vectors of rows at once (the register pass runs its 16-row groups as G = 2 or 4): every
 // step of the chain for each group before the next step, so that the out-of-order core finds G independent chains
 // in its window; one group's chain (sums -> z -> rsqrt -> exp/log -> quotient, ~100 dependent vector operations)
@@ -665,7 +672,7 @@ template <int G>
 GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  FVec s2[G], rs[G], s[G], x[G], n[G], r[G], p[G], q[G], sc[G], num[G], den[G], rd[G], v0[G];
+  FVec s2[G], rs[G], s[G], x[G], n[G], r[G], p[G], q[G], sc[G], num[G], den[G];
   GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
   GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
   GEOOPS_G s[g] = s2[g] * rs[g];
@@ -681,10 +688,8 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   GEOOPS_G q[g] = p[g] * r[g];  // e^r - 1
   GEOOPS_G num[g] = at::vec::fnmadd(sc[g], q[g], FVec(1.f) - sc[g]) * rs[g];  // ((1 - 2^n) - 2^n q) / s
   GEOOPS_G den[g] = at::vec::fmadd(sc[g], q[g], FVec(1.f) + sc[g]);        // (1 + 2^n) + 2^n q, in [1, 2)
-  GEOOPS_G rd[g] = rcp_nr(den[g]);
-  GEOOPS_G v0[g] = num[g] * rd[g];
   GEOOPS_G {
-    const FVec v = at::vec::fmadd(at::vec::fnmadd(den[g], v0[g], num[g]), rd[g], v0[g]);  // a Newton step on num / den
+    const FVec v = num[g] / den[g];  // (vdivps: see above)
     out[g] = sel_le(z[g], cut.neg(), stereo::tanc_series(z[g]), v);
   }
 #else
@@ -703,13 +708,12 @@ GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
 // vdivps; the log1p inline (log1p_big_f).
 // log1p(w) for w >= 0.5 (finite; atanc_neg_f's w >= 0.57): log(1 + w) inline (in place of SLEEF's log1pf
 // call, which spilled the register pass's live vectors): 1 + w = m 2^e with m in [0.75, 1.5) (vgetexpps /
-// vgetmantps), log m = 2 artanh(t), t = (m - 1)/(m + 1) (|t| <= 0.2; a reciprocal estimate, a Newton step and one
-// correction of the quotient), the odd series to t^11 (truncation < 1e-9 relative), e ln 2 in two parts.  The
+// vgetmantps), log m = 2 artanh(t), t = (m - 1)/(m + 1) (|t| <= 0.2; one division, see tanc_neg_fg), the odd series to t^11 (truncation < 1e-9 relative), e ln 2 in two parts.  The
 // rounding of 1 + w costs at most 2^-24 / log(1.5) ~ 1.5e-7 relative.  Without AVX-512: SLEEF's log1p.
 template <int G>
 GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
 #if defined(CPU_CAPABILITY_AVX512)
-  FVec m[G], e[G], num[G], den[G], rd[G], t0[G], t[G], t2[G], p[G];
+  FVec m[G], e[G], num[G], den[G], t[G], t2[G], p[G];
   GEOOPS_G {
     const __m512 u = FVec(1.f) + w[g];
     const __m512 m1 = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
@@ -719,9 +723,7 @@ GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
     e[g] = FVec(_mm512_mask_add_ps(e1, big, e1, _mm512_set1_ps(1.f)));
   }
   GEOOPS_G num[g] = m[g] - FVec(1.f), den[g] = m[g] + FVec(1.f);
-  GEOOPS_G rd[g] = rcp_nr(den[g]);
-  GEOOPS_G t0[g] = num[g] * rd[g];
-  GEOOPS_G t[g] = at::vec::fmadd(at::vec::fnmadd(den[g], t0[g], num[g]), rd[g], t0[g]);
+  GEOOPS_G t[g] = num[g] / den[g];
   GEOOPS_G t2[g] = t[g] * t[g];
   GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 11.f), t2[g], FVec(1.f / 9.f));
   GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 7.f));
@@ -905,7 +907,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
     static_assert(OP == EXPMAP, "mobius_add, expmap, logmap");
     FVec hh[G], z[G], v[G];
     GEOOPS_G {
-      hh[g] = rcp_cr(max_c(px[g], lo));
+      hh[g] = rcp_div(max_c(px[g], lo));
       z[g] = kf[g] * s2[g] * hh[g] * hh[g];
       ok.fin(px[g]), ok.lt(s2[g], FVec(1e30f));  // (hh: in (0, 1e15] for a px that passes)
       ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f));
@@ -927,7 +929,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
       }
       const FVec kw = kf[g] * w2;
       const FVec num = px[g] - kw, den = max_c(at::vec::fmsub(px[g], py[g], kw), lo);
-      const FVec r = rcp_cr(den);
+      const FVec r = rcp_div(den);
       a[g] = num * r, b[g] = px[g] * r * t;
       ok.fin(kw), ok.fin(a[g]), ok.fin(b[g]);
     }

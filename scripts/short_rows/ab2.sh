@@ -1,0 +1,14 @@
+#!/bin/bash
+# In-process A/B of two versions of the register pass (stereographic_rows_f32*.h): A = the tree's headers, B = the
+# copies in $1 (a folder holding edited stereographic_rows_f32.h / _reg.h; B's symbols renamed by -Dgeoops=geoopsB).
+# reg_range as the extension calls it (four / two groups, prefetch), k = -1 one value, D = 2 and 5, ns per 16 rows,
+# rounds interleaved A B A B (2^20 rows streaming, 4096 rows cached), medians of the per-round ratios and of the times,
+# and the count of output elements that differ (bits).  Run from the repository root:
+#   bash scripts/short_rows/ab2.sh /tmp/hdr && /tmp/ab2 21 expmap_2,logmap_2,expmap0_5
+set -e
+INC=$(python -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I'+p for p in include_paths()))")
+F="-O3 -march=native -std=c++17 -fopenmp -w -Icsrc/include"
+g++ $F -DSUF=A -Icsrc/cpu $INC -c scripts/short_rows/ab2_tu.cpp -o /tmp/ab2_a.o &
+g++ $F -DSUF=B -Dgeoops=geoopsB -I"$1" -Icsrc/cpu $INC -c scripts/short_rows/ab2_tu.cpp -o /tmp/ab2_b.o
+wait
+g++ $F -Iscripts/short_rows scripts/short_rows/ab2_main.cpp /tmp/ab2_a.o /tmp/ab2_b.o -o /tmp/ab2
