@@ -1001,10 +1001,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fftconv_bwd_cpu(const at::Tensor&
   const bool has_D = D.has_value() && D->defined();
   const bool want_du = mask & 1, want_dk = mask & 2, want_dD = (mask & 4) && has_D;
   const auto cdt = compute_dtype(u);
-  at::Tensor du = want_du ? at::zeros({B, H, L}, u.options()) : at::empty({0}, u.options());
+  const bool degenerate = B == 0 || H == 0 || L == 0 || C == 0;
+  // du is written whole by the kernels below (each (b, h) row): no zero pass over it, except for the degenerate shapes
+  at::Tensor du = want_du ? (degenerate ? at::zeros({B, H, L}, u.options()) : at::empty({B, H, L}, u.options()))
+                          : at::empty({0}, u.options());
   at::Tensor dk = want_dk ? at::zeros({C, S, H, L}, k.options()) : at::empty({0}, k.options());
   at::Tensor dD = want_dD ? at::zeros(D->sizes(), D->options()) : at::empty({0}, u.options());
-  if (B == 0 || H == 0 || L == 0 || C == 0 || !(want_du || want_dk || want_dD)) return {du, dk, dD};
+  if (degenerate || !(want_du || want_dk || want_dD)) return {du, dk, dD};
   TORCH_CHECK(uf_saved.numel() == 0 || uf_saved.size(-1) == fft_size(L) / 2 + 1,
               "fftconv backward: saved spectrum has the wrong length");
   at::Tensor gc = g.to(cdt).contiguous(), uc = u.to(cdt).contiguous(), kc = k.to(cdt).contiguous();
@@ -1315,11 +1318,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssm_conv_bwd_cpu(
               "ssm_conv backward: grad must be (B, C, H, L), got ", g.sizes());
   const bool has_D = D.has_value() && D->defined();
   const auto cdt = compute_dtype(u);
-  at::Tensor du = (mask & 1) ? at::zeros({B, H, L}, u.options()) : at::empty({0}, u.options());
+  const bool degenerate = B == 0 || H == 0 || L == 0 || C == 0;
+  // du is written whole by the kernels (each (b, h) row): no zero pass over it, except for the degenerate shapes
+  at::Tensor du = (mask & 1) ? (degenerate ? at::zeros({B, H, L}, u.options()) : at::empty({B, H, L}, u.options()))
+                             : at::empty({0}, u.options());
   at::Tensor dv = (mask & 2) ? at::zeros(v.sizes(), v.options()) : at::empty({0}, v.options());
   at::Tensor dx = (mask & 4) ? at::zeros(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor dD = ((mask & 8) && has_D) ? at::zeros(D->sizes(), D->options()) : at::empty({0}, u.options());
-  if (B == 0 || H == 0 || L == 0 || C == 0 || mask == 0) return {du, dv, dx, dD};
+  if (degenerate || mask == 0) return {du, dv, dx, dD};
   TORCH_CHECK(kf.dim() == 3 && kf.size(0) == C && kf.size(1) == H && kf.size(2) == F,
               "ssm_conv backward: kf must be (C, H, n/2+1) from the forward");
   TORCH_CHECK(uf_saved.numel() == 0 || uf_saved.size(-1) == F, "ssm_conv backward: saved spectrum has the wrong length");
