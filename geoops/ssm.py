@@ -498,5 +498,5 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     if _library.autograd_wanted(u, v4, x, D2):
         y = _apply(op, SsmConvFn, u, v4, x, D2)
     else:
-        y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False)
+        y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False, False)  # forward only: no kernel spectrum kept
     return y if has_c else y.squeeze(1)

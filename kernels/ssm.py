@@ -386,7 +386,7 @@ def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
                  for i, (o, t) in enumerate(zip(outs, (log_dt, A, B, C))))
 
 
-def ssm_conv_fwd(u, v, x, D, save_uf: bool):
+def ssm_conv_fwd(u, v, x, D, save_uf: bool, keep_kf: bool = True):
     B, H, L = u.shape
     C, S, _, N = v.shape
     cdt = _cdt(u)
@@ -394,7 +394,7 @@ def ssm_conv_fwd(u, v, x, D, save_uf: bool):
     if B * H * L * C == 0:
         F = n // 2 + 1
         return (torch.zeros((B, C, H, L), device=u.device, dtype=u.dtype),
-                torch.zeros((C, H, F), device=u.device, dtype=_cplx(cdt)),
+                torch.zeros((C, H, F) if keep_kf else (0,), device=u.device, dtype=_cplx(cdt)),
                 torch.zeros((B, H, F), device=u.device, dtype=_cplx(cdt)) if save_uf
                 else u.new_empty(0, dtype=_cplx(cdt)))
     # The fused pair: the Vandermonde GEMM stores K straight into the zero-padded circular FFT input (the causal
@@ -408,7 +408,7 @@ def ssm_conv_fwd(u, v, x, D, save_uf: bool):
             _bmm(W[:, 1].reshape(C * H, -1, 2 * N), Z, H, into=(circ, n - 1, (n, -T, -1), L - 1))
     kf = torch.fft.rfft(circ, n=n, norm="forward").contiguous()
     y, uf = _conv_fwd(u, kf, D, save_uf, n)
-    return y, kf, uf
+    return y, (kf if keep_kf else kf.new_empty(0)), uf
 
 
 def ssm_conv_bwd(g, u, uf, kf, v, x, D, mask: int):

@@ -89,6 +89,36 @@ def test_ssm_conv_matches_composition_fp64(L, bid, C_shape, disc, direct):
 
 @needs_cpp
 @pytest.mark.parametrize("direct", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bid,C_shape", [(False, ()), (False, (3,)), (True, (2, 2))])
+def test_ssm_conv_forward_only_keeps_no_spectrum(direct, dtype, bid, C_shape):
+    """The forward-only call (no autograd: keep_kf=False, the spectra stay in per-thread scratch) gives the
+    same y, bit for bit, as the autograd forward that keeps kf, and matches the fp64 reference."""
+    H, N, L, Bn = 5, 6, 777, 3
+    log_dt, A, B, C = _params(H, N, seed=11, C_shape=C_shape, dtype=dtype)
+    g = torch.Generator().manual_seed(12)
+    u = torch.randn(Bn, H, L, generator=g, dtype=torch.float64).to(dtype)
+    Cn = C_shape[0] if C_shape else 1
+    D = torch.randn(Cn, H, generator=g, dtype=torch.float64).to(dtype) if C_shape else torch.randn(H, generator=g).to(dtype)
+    ops = torch.ops.geoops
+    v, x = ops.ssm_discretize_fwd(log_dt, A, B, C, "zoh")
+    v4 = v.reshape(Cn, 2 if bid else 1, H, N)
+    D2 = (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H).contiguous()
+    with fft_path(direct):
+        y0, kf0, uf0 = ops.ssm_conv_fwd(u, v4, x, D2, False, False)
+        y1, kf1, _ = ops.ssm_conv_fwd(u, v4, x, D2, False, True)
+        y2 = gs.ssm_conv(u, log_dt, A, B, C, D, bidirectional=bid)  # no grad wanted: the keep_kf=False call
+    assert kf0.numel() == 0 and uf0.numel() == 0 and kf1.shape == (Cn, H, _C.ssm_fft_size(L) // 2 + 1)
+    assert torch.equal(y0, y1)
+    assert torch.equal(y2, y0 if C_shape else y0.squeeze(1))
+    r = [t.to(torch.complex128 if t.is_complex() else torch.float64) for t in (u, log_dt, A, B, C, D)]
+    expect = ref.ssm_conv(*r, "zoh", bid)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert ((y2.double() - expect).abs().max() / expect.abs().max()).item() < tol
+
+
+@needs_cpp
+@pytest.mark.parametrize("direct", PATHS)
 @pytest.mark.parametrize("udt", [torch.float32, torch.bfloat16], ids=str)
 def test_ssm_conv_fp32_and_half(direct, udt):
     """fp32 parameters, long-ish L: the fused pair vs the fp64 reference (values and gradients)."""
@@ -230,6 +260,7 @@ def test_opcheck_fused_ops():
     D = torch.randn(2, 3, generator=g, dtype=torch.float64)
     torch.library.opcheck(ops.ssm_conv_fwd.default, (u, v, x, D, True))
     torch.library.opcheck(ops.ssm_conv_fwd.default, (u.float(), v[:, :1], x, None, False))
+    torch.library.opcheck(ops.ssm_conv_fwd.default, (u, v, x, D, False, False))
     y, kf, uf = ops.ssm_conv_fwd(u, v, x, D, True)
     gy = torch.randn_like(y)
     torch.library.opcheck(ops.ssm_conv_bwd.default, (gy, u, uf, kf, v, x, D, 15))

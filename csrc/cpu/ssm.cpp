@@ -608,6 +608,36 @@ bool spectrum_direct(const T* kp, cplx<T>* kfp, int64_t C, int64_t S, int64_t H,
   return ok;
 }
 
+// The rows of channel h: y[b, c, h] = irfft(rfft(u[b, h]) kf[c, h])[:L] + D[c, h] u[b, h] for every b, c, with
+// kf[c, h] at kh + c * kstride; uf[b, h] = rfft(u[b, h]) when ufp.  r (n), s, t (n/2+1) are the caller's scratch.
+template <typename T>
+bool conv_channel_fwd(RealFft<T>& fft, T* r, cplx<T>* s, cplx<T>* t, const T* up, const cplx<T>* kh, int64_t kstride,
+                      const T* dp, T* yp, cplx<T>* ufp, int64_t B, int64_t C, int64_t H, int64_t L, int64_t n,
+                      int64_t h) {
+  const int64_t F = n / 2 + 1;
+  bool ok = true;
+  for (int64_t b = 0; b < B; ++b) {
+    const T* ur = up + (b * H + h) * L;
+    std::copy(ur, ur + L, r);
+    std::fill(r + L, r + n, T(0));
+    if (!fft.forward(r, s)) ok = false;
+    if (ufp) std::copy(s, s + F, ufp + (b * H + h) * F);
+    for (int64_t c = 0; c < C; ++c) {
+      mul<T>(s, kh + c * kstride, t, F);
+      if (!fft.backward(t, r)) ok = false;
+      T* yr = yp + ((b * C + c) * H + h) * L;
+      if (dp) {
+        const T d = dp[c * H + h];
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) yr[i] = r[i] + d * ur[i];
+      } else {
+        std::copy(r, r + L, yr);
+      }
+    }
+  }
+  return ok;
+}
+
 // y[b, c, h] = irfft(rfft(u[b, h]) kf[c, h])[:L] + D[c, h] u[b, h]; uf[b, h] = rfft(u[b, h]) when ufp
 template <typename T>
 bool conv_fwd_direct(const T* up, const cplx<T>* kfp, const T* dp, T* yp, cplx<T>* ufp, int64_t B, int64_t C,
@@ -621,28 +651,11 @@ bool conv_fwd_direct(const T* up, const cplx<T>* kfp, const T* dp, T* yp, cplx<T
     Buf<cplx<T>> s(F), t(F);
     if (!fft.ok()) ok = false;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t b = 0; b < B; ++b) {
-        if (!ok) continue;
-        const T* ur = up + (b * H + h) * L;
-        std::copy(ur, ur + L, r.get());
-        std::fill(r.get() + L, r.get() + n, T(0));
-        if (!fft.forward(r.get(), s.get())) ok = false;
-        if (ufp) std::copy(s.get(), s.get() + F, ufp + (b * H + h) * F);
-        for (int64_t c = 0; c < C; ++c) {
-          mul<T>(s.get(), kfp + (c * H + h) * F, t.get(), F);
-          if (!fft.backward(t.get(), r.get())) ok = false;
-          T* yr = yp + ((b * C + c) * H + h) * L;
-          const T* rr = r.get();
-          if (dp) {
-            const T d = dp[c * H + h];
-#pragma omp simd
-            for (int64_t i = 0; i < L; ++i) yr[i] = rr[i] + d * ur[i];
-          } else {
-            std::copy(rr, rr + L, yr);
-          }
-        }
-      }
+    for (int64_t h = 0; h < H; ++h) {
+      if (!ok) continue;
+      if (!conv_channel_fwd<T>(fft, r.get(), s.get(), t.get(), up, kfp + h * F, H * F, dp, yp, ufp, B, C, H, L, n, h))
+        ok = false;
+    }
   }
   return ok;
 }
@@ -988,10 +1001,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fftconv_bwd_cpu(const at::Tensor&
   const bool has_D = D.has_value() && D->defined();
   const bool want_du = mask & 1, want_dk = mask & 2, want_dD = (mask & 4) && has_D;
   const auto cdt = compute_dtype(u);
-  at::Tensor du = want_du ? at::zeros({B, H, L}, u.options()) : at::empty({0}, u.options());
+  const bool degenerate = B == 0 || H == 0 || L == 0 || C == 0;
+  // du is written whole by the kernels below (each (b, h) row): no zero pass over it, except for the degenerate shapes
+  at::Tensor du = want_du ? (degenerate ? at::zeros({B, H, L}, u.options()) : at::empty({B, H, L}, u.options()))
+                          : at::empty({0}, u.options());
   at::Tensor dk = want_dk ? at::zeros({C, S, H, L}, k.options()) : at::empty({0}, k.options());
   at::Tensor dD = want_dD ? at::zeros(D->sizes(), D->options()) : at::empty({0}, u.options());
-  if (B == 0 || H == 0 || L == 0 || C == 0 || !(want_du || want_dk || want_dD)) return {du, dk, dD};
+  if (degenerate || !(want_du || want_dk || want_dD)) return {du, dk, dD};
   TORCH_CHECK(uf_saved.numel() == 0 || uf_saved.size(-1) == fft_size(L) / 2 + 1,
               "fftconv backward: saved spectrum has the wrong length");
   at::Tensor gc = g.to(cdt).contiguous(), uc = u.to(cdt).contiguous(), kc = k.to(cdt).contiguous();
@@ -1115,37 +1131,54 @@ struct VdmChannel {
   }
 };
 
-// kf[c, h] = rfft(circular(K[c, 0, h], K[c, 1, h])) / n with K generated into the FFT buffer
+// kf[c, h] = rfft(circular(K[c, 0, h], K[c, 1, h])) / n for every c of channel h (tab loaded for h), at
+// out + c * ostride, with K generated into the FFT buffer rr (max(n, J T) entries)
 template <typename T>
-bool vdm_spectrum_direct(const c10::complex<double>* vp, const c10::complex<double>* xp, cplx<T>* kfp, int64_t C,
-                         int64_t S, int64_t H, int64_t N, int64_t L, int64_t n) {
+bool vdm_channel_spectrum(RealFft<T>& fft, VdmChannel<T>& tab, T* rr, const c10::complex<double>* vp, int64_t C,
+                          int64_t S, int64_t H, int64_t L, int64_t n, int64_t h, cplx<T>* out, int64_t ostride) {
+  const int64_t F = n / 2 + 1, N = tab.N;
+  const T scale = T(1) / static_cast<T>(n);
+  bool ok = true;
+  for (int64_t c = 0; c < C; ++c) {
+    tab.kernel_row(vp + ((c * S) * H + h) * N, rr);  // J T >= L entries
+    std::fill(rr + L, rr + n, T(0));
+    if (S == 2) {
+      T* k1 = tab.G.get();
+      tab.kernel_row(vp + ((c * S + 1) * H + h) * N, k1);
+      for (int64_t l = 0; l + 1 < L; ++l) rr[n - 1 - l] = k1[l];
+    }
+    cplx<T>* o = out + c * ostride;
+    if (!fft.forward(rr, o)) ok = false;
+    for (int64_t f = 0; f < F; ++f) o[f] *= scale;
+  }
+  return ok;
+}
+
+// The fused forward, one pass over the channels: per h the C kernel spectra are generated (into kf when kfp,
+// else into per-thread scratch) and, still in cache, multiplied into the B rows of u (conv_channel_fwd).
+template <typename T>
+bool ssm_conv_fwd_direct(const c10::complex<double>* vp, const c10::complex<double>* xp, const T* up, const T* dp,
+                         T* yp, cplx<T>* kfp, cplx<T>* ufp, int64_t B, int64_t C, int64_t S, int64_t H, int64_t N,
+                         int64_t L, int64_t n) {
   const int64_t F = n / 2 + 1;
   const auto blk = choose_blocking(L);
-  const T scale = T(1) / static_cast<T>(n);
   std::atomic<bool> ok{true};
-#pragma omp parallel if (C * H * n > kParallelMin)
+#pragma omp parallel if ((B + 1) * C * H * n > kParallelMin)
   {
     RealFft<T> fft(n);
     Buf<T> r(std::max(n, blk.J * blk.T));
+    Buf<cplx<T>> s(F), t(F), kh(kfp ? 1 : C * F);
     VdmChannel<T> tab(N, blk.T, blk.J, false);
     if (!fft.ok()) ok = false;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) {
       if (!ok) continue;
       tab.load(xp + h * N, h, false);
-      for (int64_t c = 0; c < C; ++c) {
-        T* rr = r.get();
-        tab.kernel_row(vp + ((c * S) * H + h) * N, rr);  // J T >= L entries
-        std::fill(rr + L, rr + n, T(0));
-        if (S == 2) {
-          T* k1 = tab.G.get();
-          tab.kernel_row(vp + ((c * S + 1) * H + h) * N, k1);
-          for (int64_t l = 0; l + 1 < L; ++l) rr[n - 1 - l] = k1[l];
-        }
-        cplx<T>* out = kfp + (c * H + h) * F;
-        if (!fft.forward(rr, out)) ok = false;
-        for (int64_t f = 0; f < F; ++f) out[f] *= scale;
-      }
+      cplx<T>* k = kfp ? kfp + h * F : kh.get();
+      const int64_t ks = kfp ? H * F : F;
+      if (!vdm_channel_spectrum<T>(fft, tab, r.get(), vp, C, S, H, L, n, h, k, ks)) ok = false;
+      if (!ok) continue;
+      if (!conv_channel_fwd<T>(fft, r.get(), s.get(), t.get(), up, k, ks, dp, yp, ufp, B, C, H, L, n, h)) ok = false;
     }
   }
   return ok;
@@ -1187,45 +1220,53 @@ void check_ssm_conv_args(const at::Tensor& u, const at::Tensor& v, const at::Ten
   TORCH_CHECK(v.is_complex() && x.is_complex(), "ssm_conv: v and x must be complex");
 }
 
+// the fused forward: (y, kf (empty unless keep_kf), uf (empty unless save_uf)) into y, kf, uf
 template <typename T>
-at::Tensor vdm_spectrum(const at::Tensor& vd, const at::Tensor& xd, int64_t L, int64_t n) {
-  const int64_t C = vd.size(0), S = vd.size(1), H = vd.size(2), N = vd.size(3);
-  const auto rdt = c10::CppTypeToScalarType<T>::value;
+void ssm_conv_fwd_impl(const at::Tensor& uc, const at::Tensor& vd, const at::Tensor& xd, const at::Tensor& Dc,
+                       at::Tensor& y, at::Tensor& kf, at::Tensor& uf, bool save_uf, bool keep_kf, int64_t n) {
+  const int64_t B = uc.size(0), H = uc.size(1), L = uc.size(2);
+  const int64_t C = vd.size(0), S = vd.size(1), N = vd.size(3), F = n / 2 + 1;
+  const auto copt = uc.options().dtype(c10::toComplexType(uc.scalar_type()));
   if (use_direct() && N > 0) {
-    at::Tensor kf = at::empty({C, H, n / 2 + 1}, vd.options().dtype(c10::toComplexType(rdt)));
-    if (vdm_spectrum_direct<T>(vd.data_ptr<c10::complex<double>>(), xd.data_ptr<c10::complex<double>>(),
-                               rptr<cplx<T>>(kf), C, S, H, N, L, n))
-      return kf;
+    kf = keep_kf ? at::empty({C, H, F}, copt) : at::empty({0}, copt);
+    uf = save_uf ? at::empty({B, H, F}, copt) : at::empty({0}, copt);
+    if (ssm_conv_fwd_direct<T>(vd.data_ptr<c10::complex<double>>(), xd.data_ptr<c10::complex<double>>(), rptr<T>(uc),
+                               Dc.defined() ? rptr<T>(Dc) : nullptr, rptr<T>(y),
+                               keep_kf ? rptr<cplx<T>>(kf) : nullptr, save_uf ? rptr<cplx<T>>(uf) : nullptr, B, C, S,
+                               H, N, L, n))
+      return;
   }
+  // batched fallback (and N = 0): K as a tensor, its spectrum, the convolution
   at::Tensor K = vandermonde_fwd_impl<T>(vd.view({C * S, H, N}), xd, L).view({C, S, H, L});
-  return spectrum_batched(K, L, n);
+  kf = spectrum_batched(K, L, n);
+  uf = at::empty({0}, copt);
+  conv_fwd<T>(uc, kf, Dc, y, uf, save_uf, n);
+  if (!keep_kf) kf = at::empty({0}, copt);
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ssm_conv_fwd_cpu(const at::Tensor& u, const at::Tensor& v,
                                                                 const at::Tensor& x,
-                                                                const c10::optional<at::Tensor>& D, bool save_uf) {
+                                                                const c10::optional<at::Tensor>& D, bool save_uf,
+                                                                bool keep_kf) {
   check_ssm_conv_args(u, v, x);
   const int64_t B = u.size(0), H = u.size(1), L = u.size(2), C = v.size(0), n = fft_size(L), F = n / 2 + 1;
   const auto cdt = compute_dtype(u);
   const auto cplxt = c10::toComplexType(cdt);
   const auto copt = u.options().dtype(cplxt);
   if (B == 0 || H == 0 || L == 0 || C == 0)
-    return {at::zeros({B, C, H, L}, u.options()), at::zeros({C, H, F}, copt),
+    return {at::zeros({B, C, H, L}, u.options()), keep_kf ? at::zeros({C, H, F}, copt) : at::empty({0}, copt),
             save_uf ? at::zeros({B, H, F}, copt) : at::empty({0}, copt)};
   at::Tensor vd = v.to(at::kComplexDouble).contiguous(), xd = x.to(at::kComplexDouble).contiguous();
   at::Tensor uc = u.to(cdt).contiguous();
   at::Tensor Dc;
   if (D.has_value() && D->defined()) Dc = D->to(cdt).contiguous().view({C, H});
-  at::Tensor y = at::empty({B, C, H, L}, uc.options()), uf = at::empty({0}, copt), kf;
-  if (cdt == at::kDouble) {
-    kf = vdm_spectrum<double>(vd, xd, L, n);
-    conv_fwd<double>(uc, kf, Dc, y, uf, save_uf, n);
-  } else {
-    kf = vdm_spectrum<float>(vd, xd, L, n);
-    conv_fwd<float>(uc, kf, Dc, y, uf, save_uf, n);
-  }
+  at::Tensor y = at::empty({B, C, H, L}, uc.options()), uf, kf;
+  if (cdt == at::kDouble)
+    ssm_conv_fwd_impl<double>(uc, vd, xd, Dc, y, kf, uf, save_uf, keep_kf, n);
+  else
+    ssm_conv_fwd_impl<float>(uc, vd, xd, Dc, y, kf, uf, save_uf, keep_kf, n);
   if (u.scalar_type() != cdt) y = y.to(u.scalar_type());
   return {y, kf, uf};
 }
@@ -1277,11 +1318,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssm_conv_bwd_cpu(
               "ssm_conv backward: grad must be (B, C, H, L), got ", g.sizes());
   const bool has_D = D.has_value() && D->defined();
   const auto cdt = compute_dtype(u);
-  at::Tensor du = (mask & 1) ? at::zeros({B, H, L}, u.options()) : at::empty({0}, u.options());
+  const bool degenerate = B == 0 || H == 0 || L == 0 || C == 0;
+  // du is written whole by the kernels (each (b, h) row): no zero pass over it, except for the degenerate shapes
+  at::Tensor du = (mask & 1) ? (degenerate ? at::zeros({B, H, L}, u.options()) : at::empty({B, H, L}, u.options()))
+                             : at::empty({0}, u.options());
   at::Tensor dv = (mask & 2) ? at::zeros(v.sizes(), v.options()) : at::empty({0}, v.options());
   at::Tensor dx = (mask & 4) ? at::zeros(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor dD = ((mask & 8) && has_D) ? at::zeros(D->sizes(), D->options()) : at::empty({0}, u.options());
-  if (B == 0 || H == 0 || L == 0 || C == 0 || mask == 0) return {du, dv, dx, dD};
+  if (degenerate || mask == 0) return {du, dv, dx, dD};
   TORCH_CHECK(kf.dim() == 3 && kf.size(0) == C && kf.size(1) == H && kf.size(2) == F,
               "ssm_conv backward: kf must be (C, H, n/2+1) from the forward");
   TORCH_CHECK(uf_saved.numel() == 0 || uf_saved.size(-1) == F, "ssm_conv backward: saved spectrum has the wrong length");

@@ -40,10 +40,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssm_discretize_bwd_cp
     const at::Tensor& C, const std::string& disc, int64_t mask);
 
 // The fused pair: u (B, H, L), v (C, S, H, N) complex, x (H, N) complex, D (C, H) or None ->
-// (y (B, C, H, L) in u's dtype, kf = rfft(circular K, n) / n (C, H, n/2+1), uf = rfft(u, n) when save_uf).
+// (y (B, C, H, L) in u's dtype, kf = rfft(circular K, n) / n (C, H, n/2+1) when keep_kf (else empty: the
+// forward-only call never writes it), uf = rfft(u, n) when save_uf).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ssm_conv_fwd_cpu(const at::Tensor& u, const at::Tensor& v,
                                                                 const at::Tensor& x,
-                                                                const c10::optional<at::Tensor>& D, bool save_uf);
+                                                                const c10::optional<at::Tensor>& D, bool save_uf,
+                                                                bool keep_kf);
 // mask bits: 1 du, 2 dv, 4 dx, 8 dD.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssm_conv_bwd_cpu(
     const at::Tensor& g, const at::Tensor& u, const at::Tensor& uf, const at::Tensor& kf, const at::Tensor& v,

@@ -15,9 +15,11 @@
     geoops::ssm_discretize_bwd(Tensor gv, Tensor gx, Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc,
                                int mask) -> (dlog_dt, dA, dB, dC)
         gv / gx may be empty (no gradient); mask: 1 dlog_dt, 2 dA, 4 dB, 8 dC, in the inputs' dtypes
-    geoops::ssm_conv_fwd(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf) -> (Tensor y, Tensor kf, Tensor uf)
+    geoops::ssm_conv_fwd(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf, bool keep_kf=True)
+        -> (Tensor y, Tensor kf, Tensor uf)
         v (C, S, H, N), x (H, N) complex: K[c, s] = vandermonde(v[c, s], x, L) convolved as fftconv's k;
-        kf = rfft(circular K, n) / n (C, H, n//2+1) (kept for the backward), uf as in fftconv_fwd
+        kf = rfft(circular K, n) / n (C, H, n//2+1) (kept for the backward) when keep_kf, else empty (a
+        forward-only call: the CPU kernel then never writes the spectra to memory), uf as in fftconv_fwd
     geoops::ssm_conv_bwd(Tensor grad, Tensor u, Tensor uf, Tensor kf, Tensor v, Tensor x, Tensor? D, int mask)
         -> (du, dv, dx, dD); mask: 1 du, 2 dv (v's shape, complex128), 4 dx (H, N), 8 dD (C, H)
 
@@ -63,8 +65,8 @@ class _Cpp:
         return tuple(_backend.compiled().ssm_discretize_bwd_cpu(gv, gx, log_dt, A, B, C, disc, mask))
 
     @staticmethod
-    def ssm_conv_fwd(u, v, x, D, save_uf):
-        return tuple(_backend.compiled().ssm_conv_fwd_cpu(u, v, x, D, save_uf))
+    def ssm_conv_fwd(u, v, x, D, save_uf, keep_kf=True):
+        return tuple(_backend.compiled().ssm_conv_fwd_cpu(u, v, x, D, save_uf, keep_kf))
 
     @staticmethod
     def ssm_conv_bwd(g, u, uf, kf, v, x, D, mask):
@@ -159,7 +161,7 @@ class _Reference:
         return K.reshape(C, S, H, L).to(cdt)
 
     @classmethod
-    def ssm_conv_fwd(cls, u, v, x, D, save_uf):
+    def ssm_conv_fwd(cls, u, v, x, D, save_uf, keep_kf=True):
         from ..reference import ssm as ref
 
         L = u.shape[-1]
@@ -174,7 +176,7 @@ class _Reference:
                 circ[..., n - L + 1:] = k[:, 1, :, :L - 1].flip(-1)
             kf = torch.fft.rfft(circ, n=n, norm="forward")
             uf = torch.fft.rfft(u.to(cdt), n=n) if save_uf else u.new_empty(0, dtype=_complex_of(u))
-        return y, kf, uf
+        return y, (kf if keep_kf else u.new_empty(0, dtype=_complex_of(u))), uf
 
     @classmethod
     def ssm_conv_bwd(cls, g, u, uf, kf, v, x, D, mask):
@@ -262,15 +264,15 @@ def _dbwd_fake(gv, gx, log_dt, A, B, C, disc, mask):
     return masked_empty(mask, log_dt, A, B, C)
 
 
-def _sfwd(u, v, x, D: Optional[torch.Tensor], save_uf: bool):
-    return tuple(kernels(u.device).ssm_conv_fwd(*_plain(u, v, x, D), save_uf))
+def _sfwd(u, v, x, D: Optional[torch.Tensor], save_uf: bool, keep_kf: bool = True):
+    return tuple(kernels(u.device).ssm_conv_fwd(*_plain(u, v, x, D), save_uf, keep_kf))
 
 
-def _sfwd_fake(u, v, x, D, save_uf):
+def _sfwd_fake(u, v, x, D, save_uf, keep_kf=True):
     B, H, L = u.shape
     F = _nfreq(L)
     y = u.new_empty((B, v.shape[0], H, L))
-    kf = u.new_empty((v.shape[0], H, F), dtype=_complex_of(u))
+    kf = u.new_empty((v.shape[0], H, F) if keep_kf else (0,), dtype=_complex_of(u))
     uf = u.new_empty((B, H, F) if save_uf else (0,), dtype=_complex_of(u))
     return y, kf, uf
 
@@ -301,7 +303,8 @@ ssm_discretize_bwd_op = define_op(
     "(Tensor gv, Tensor gx, Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc, int mask) "
     "-> (Tensor, Tensor, Tensor, Tensor)", _dbwd, _dbwd_fake)
 ssm_conv_fwd_op = define_op("geoops::ssm_conv_fwd",
-                            "(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf) -> (Tensor, Tensor, Tensor)",
+                            "(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf, bool keep_kf=True) "
+                            "-> (Tensor, Tensor, Tensor)",
                             _sfwd, _sfwd_fake)
 ssm_conv_bwd_op = define_op(
     "geoops::ssm_conv_bwd",

@@ -157,9 +157,15 @@ def test_fused_ops_match_cpp(device):
     u = torch.randn(2, 3, 11, generator=g)
     D = torch.randn(2, 3, generator=g)
     ya, kfa, ufa = S.ssm_conv_fwd(u.to(device), v4.to(device), xb.to(device), D.to(device), True)
-    yb, kfb, ufb = C_.ssm_conv_fwd_cpu(u, v4, xb, D, True)
+    yb, kfb, ufb = C_.ssm_conv_fwd_cpu(u, v4, xb, D, True, True)
     torch.testing.assert_close(ya.cpu(), yb, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kfa.cpu(), kfb, rtol=1e-5, atol=1e-6)
+    # forward only (keep_kf=False): the same y, no spectrum, on both backends
+    yc, kfc, _ = S.ssm_conv_fwd(u.to(device), v4.to(device), xb.to(device), D.to(device), False, False)
+    yd, kfd, _ = C_.ssm_conv_fwd_cpu(u, v4, xb, D, False, False)
+    assert kfc.numel() == 0 and kfd.numel() == 0
+    torch.testing.assert_close(yc.cpu(), ya.cpu(), rtol=0, atol=0)
+    assert torch.equal(yd, yb)
     gy = torch.randn(yb.shape, generator=g)
     for mask in (1, 2, 4, 8, 15):
         a = S.ssm_conv_bwd(gy.to(device), u.to(device), ufa, kfa, v4.to(device), xb.to(device), D.to(device), mask)
