@@ -1063,6 +1063,31 @@ void check_gather_list(const std::vector<at::Tensor>& l, int64_t n, int64_t na, 
   TORCH_CHECK(ok, who, ": list ", s, " has offsets or indices out of range");
 }
 
+
+// The fused backwards' outputs by need code (0, 1 or 2, plus 4): output k of n[k] coefficients gets its projection
+// (N, n[k]) where need[k] & 3 and its per-row per-degree sums (N, L_k + 1) where need[k] & 4.
+void alloc_bwd_outputs(const std::vector<int64_t>& need, const std::vector<int64_t>& n, int64_t N,
+                       const at::TensorOptions& opt, const char* who, std::vector<at::Tensor>& outs,
+                       std::vector<at::Tensor>& sums) {
+  outs.assign(need.size(), at::Tensor());
+  sums.assign(need.size(), at::Tensor());
+  for (size_t k = 0; k < need.size(); ++k) {
+    TORCH_CHECK(need[k] >= 0 && need[k] <= 6 && (need[k] & 3) != 3, who, ": need[k] must be 0, 1 or 2 plus 4");
+    if (need[k] & 3) outs[k] = at::empty({N, n[k]}, opt);
+    if (need[k] & 4) sums[k] = at::empty({N, lmax_of(n[k]) + 1}, opt);
+  }
+}
+
+// What a fused backward returns: for k ascending, the projection then the sums, where wanted.
+std::vector<at::Tensor> bwd_results(const std::vector<int64_t>& need, const std::vector<at::Tensor>& outs,
+                                    const std::vector<at::Tensor>& sums) {
+  std::vector<at::Tensor> res;
+  for (size_t k = 0; k < need.size(); ++k) {
+    if (need[k] & 3) res.push_back(outs[k]);
+    if (need[k] & 4) res.push_back(sums[k]);
+  }
+  return res;
+}
 }  // namespace
 
 at::Tensor gaunt_grid_fwd_cpu(const std::vector<at::Tensor>& xs, const std::vector<c10::optional<at::Tensor>>& ws,
@@ -1167,14 +1192,10 @@ std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
                   azb.dim() == 3 && azb.size(0) == 4 && azb.size(1) == azf.size(2) && azb.size(2) == azf.size(1) &&
                   azf.scalar_type() == dt && azb.scalar_type() == dt,
               "gaunt_sep_bwd_cpu: azf must be (4, na/4+1, >= D/2+1) and azb its (4, ., na/4+1) transpose");
-  std::vector<at::Tensor> outs(nu + 1), sums(nu + 1);
-  for (size_t k = 0; k <= nu; ++k) {
-    TORCH_CHECK(need[k] >= 0 && need[k] <= 6 && (need[k] & 3) != 3, "gaunt_sep_bwd_cpu: need[k] must be 0, 1 or 2 plus 4");
-    const int64_t n = k < nu ? xs[k].size(1) : g.size(1);
-    if (need[k] & 3) outs[k] = at::empty({N, n}, g.options());
-    if (need[k] & 4) sums[k] = at::empty({N, lmax_of(n) + 1}, g.options());
-  }
-  std::vector<at::Tensor> res;
+  std::vector<int64_t> n(nu + 1);
+  for (size_t k = 0; k <= nu; ++k) n[k] = k < nu ? xs[k].size(1) : g.size(1);
+  std::vector<at::Tensor> outs, sums;
+  alloc_bwd_outputs(need, n, N, g.options(), "gaunt_sep_bwd_cpu", outs, sums);
   if (N > 0) {
     bool sym = true;
     if (dt == at::kFloat) {
@@ -1186,11 +1207,7 @@ std::vector<at::Tensor> gaunt_sep_bwd_cpu(const std::vector<at::Tensor>& xs,
       sep_bwd_impl<double>(xs, ws, g, wout, evals, backs, owk, need, azf, azb, na, sym, outs, sums);
     }
   }
-  for (size_t k = 0; k <= nu; ++k) {
-    if (need[k] & 3) res.push_back(outs[k]);
-    if (need[k] & 4) res.push_back(sums[k]);
-  }
-  return res;
+  return bwd_results(need, outs, sums);
 }
 
 at::Tensor gaunt_direct_fwd_cpu(const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& w1,
@@ -1232,23 +1249,13 @@ std::vector<at::Tensor> gaunt_direct_bwd_cpu(const at::Tensor& x1, const at::Ten
     check_gather_list(std::vector<at::Tensor>(lists.begin() + 4 * s, lists.begin() + 4 * s + 4), n[s], n[src[s][0]], n[src[s][1]], dt,
                       "gaunt_direct_bwd_cpu", s);
   }
-  std::vector<at::Tensor> outs(3), sums(3);
-  for (int s = 0; s < 3; ++s) {
-    TORCH_CHECK(need[s] >= 0 && need[s] <= 6 && (need[s] & 3) != 3,
-                "gaunt_direct_bwd_cpu: need[s] must be 0, 1 or 2 plus 4");
-    if (need[s] & 3) outs[s] = at::empty({N, n[s]}, g.options());
-    if (need[s] & 4) sums[s] = at::empty({N, lmax_of(n[s]) + 1}, g.options());
-  }
+  std::vector<at::Tensor> outs, sums;
+  alloc_bwd_outputs(need, {n[0], n[1], n[2]}, N, g.options(), "gaunt_direct_bwd_cpu", outs, sums);
   if (N > 0) {
     AT_DISPATCH_FLOATING_TYPES(dt, "gaunt_direct_bwd_cpu",
                                [&] { direct_bwd_impl<scalar_t>(x1, x2, ws, g, wout, owk, lists, need, outs, sums); });
   }
-  std::vector<at::Tensor> res;
-  for (int s = 0; s < 3; ++s) {
-    if (need[s] & 3) res.push_back(outs[s]);
-    if (need[s] & 4) res.push_back(sums[s]);
-  }
-  return res;
+  return bwd_results(need, outs, sums);
 }
 
 }  // namespace cpu

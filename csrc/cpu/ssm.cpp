@@ -989,6 +989,13 @@ void fftconv_bwd_impl(const at::Tensor& gc, const at::Tensor& uc, const at::Tens
   if (want_dk && !dkc.is_same(dk)) dk.copy_(dkc);
   if (want_dD) dD.copy_(dDd.view(dD.sizes()));
 }
+
+// The input gradient du (u's shape) of the two backwards: the kernels write every (b, h) row, so no zero pass over
+// it, except for the degenerate shapes (they return before any kernel); (0,) when not wanted.
+at::Tensor input_grad(bool want, bool degenerate, const at::Tensor& u) {
+  if (!want) return at::empty({0}, u.options());
+  return degenerate ? at::zeros(u.sizes(), u.options()) : at::empty(u.sizes(), u.options());
+}
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fftconv_bwd_cpu(const at::Tensor& g, const at::Tensor& u,
@@ -1002,9 +1009,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fftconv_bwd_cpu(const at::Tensor&
   const bool want_du = mask & 1, want_dk = mask & 2, want_dD = (mask & 4) && has_D;
   const auto cdt = compute_dtype(u);
   const bool degenerate = B == 0 || H == 0 || L == 0 || C == 0;
-  // du is written whole by the kernels below (each (b, h) row): no zero pass over it, except for the degenerate shapes
-  at::Tensor du = want_du ? (degenerate ? at::zeros({B, H, L}, u.options()) : at::empty({B, H, L}, u.options()))
-                          : at::empty({0}, u.options());
+  at::Tensor du = input_grad(want_du, degenerate, u);
   at::Tensor dk = want_dk ? at::zeros({C, S, H, L}, k.options()) : at::empty({0}, k.options());
   at::Tensor dD = want_dD ? at::zeros(D->sizes(), D->options()) : at::empty({0}, u.options());
   if (degenerate || !(want_du || want_dk || want_dD)) return {du, dk, dD};
@@ -1319,9 +1324,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssm_conv_bwd_cpu(
   const bool has_D = D.has_value() && D->defined();
   const auto cdt = compute_dtype(u);
   const bool degenerate = B == 0 || H == 0 || L == 0 || C == 0;
-  // du is written whole by the kernels (each (b, h) row): no zero pass over it, except for the degenerate shapes
-  at::Tensor du = (mask & 1) ? (degenerate ? at::zeros({B, H, L}, u.options()) : at::empty({B, H, L}, u.options()))
-                             : at::empty({0}, u.options());
+  at::Tensor du = input_grad(mask & 1, degenerate, u);
   at::Tensor dv = (mask & 2) ? at::zeros(v.sizes(), v.options()) : at::empty({0}, v.options());
   at::Tensor dx = (mask & 4) ? at::zeros(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor dD = ((mask & 8) && has_D) ? at::zeros(D->sizes(), D->options()) : at::empty({0}, u.options());
