@@ -1069,33 +1069,57 @@ void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (
     T* Gb = reinterpret_cast<T*>(Gv.data());
     T* Wb = reinterpret_cast<T*>(Wv.data());
     T* Qb = reinterpret_cast<T*>(Qv.data());
+    // a factor whose weight gets a gradient: its rows into lanes once, unweighted (Uv[s], for the sums), the
+    // weighted lanes as their product with the weight's lanes (the weighted load's single rounded multiply)
+    bool keepu[3] = {false, false, false};
+    std::vector<V> Uv[3], Lw(DL::vectors(std::max({sd[0].L, sd[1].L, sd[2].L}) + 1));
+    for (int s = 0; s < 2; ++s) {
+      keepu[s] = used[s] && sp[s];
+      if (keepu[s]) Uv[s].resize(DL::vectors(sd[s].n));
+    }
+    // lanes of a per-degree weight: out[l][r] = w[r0 + r, l] (1 without a weight; 0 past the tile's rows)
+    auto weight_lanes = [&](const Weight& w, int64_t L, int64_t r0, int64_t rows, T* out) {
+      for (int64_t l = 0; l <= L; ++l)
+        for (int64_t r = 0; r < kLanes; ++r)
+          out[l * kLanes + r] = !w.ptr ? T(1)
+                                : (w.row_stride == 0 || r < rows)
+                                    ? static_cast<const T*>(w.ptr)[(r0 + r) * w.row_stride + l]
+                                    : T(0);
+    };
+    auto times_weight = [&](const T* u, const T* wl, const int32_t* deg, int64_t n, T* out) {
+      for (int64_t c = 0; c < n; ++c) {
+        const V* uv = reinterpret_cast<const V*>(u + c * kLanes);
+        const V* wv = reinterpret_cast<const V*>(wl + deg[c] * kLanes);
+        V* ov = reinterpret_cast<V*>(out + c * kLanes);
+        for (int q = 0; q < NV; ++q) ov[q] = uv[q] * wv[q];
+      }
+    };
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * kLanes;
       const int64_t rows = std::min(kLanes, N - r0);
-      for (int s = 0; s < 3; ++s)
-        if (used[s] && !(s == 2 && seg >= 0))
+      for (int s = 0; s < 3; ++s) {
+        if (!used[s] || (s == 2 && seg >= 0)) continue;
+        if (keepu[s]) {
+          T* Ub = reinterpret_cast<T*>(Uv[s].data());
+          dln.load(sd[s].x, sd[s].n, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, Ub);
+          if (sd[s].w.ptr) {
+            T* Lb = reinterpret_cast<T*>(Lw.data());
+            weight_lanes(sd[s].w, sd[s].L, r0, rows, Lb);
+            times_weight(Ub, Lb, sd[s].deg.data(), sd[s].n, Ib[s]);
+          } else {
+            std::copy(Ub, Ub + sd[s].n * kLanes, Ib[s]);
+          }
+        } else {
           dln.load(sd[s].x, sd[s].n, sd[s].L, sd[s].w, sd[s].deg.data(), r0, rows, Ib[s]);
+        }
+      }
       if (seg >= 0) {
         // g once into lanes (unweighted); wout * g, where the other gradient's pass reads it, as the lane
         // product (the same single rounded multiply as the weighted load: the same bits)
         dln.load(sd[2].x, sd[2].n, sd[2].L, Weight(), sd[2].deg.data(), r0, rows, Gb);
-        const Weight& wo = sd[2].w;
-        for (int64_t l = 0; l <= Lg; ++l)
-          for (int64_t r = 0; r < kLanes; ++r)
-            Wb[l * kLanes + r] = !wo.ptr ? T(1)
-                                 : (wo.row_stride == 0 || r < rows)
-                                     ? static_cast<const T*>(wo.ptr)[(r0 + r) * wo.row_stride + l]
-                                     : T(0);
-        if (used[2]) {
-          const int32_t* gd = sd[2].deg.data();
-          for (int64_t c = 0; c < sd[2].n; ++c) {
-            const V* gv = reinterpret_cast<const V*>(Gb + c * kLanes);
-            const V* wv = reinterpret_cast<const V*>(Wb + gd[c] * kLanes);
-            V* ov = reinterpret_cast<V*>(Ib[2] + c * kLanes);
-            for (int q = 0; q < NV; ++q) ov[q] = gv[q] * wv[q];
-          }
-        }
+        weight_lanes(sd[2].w, Lg, r0, rows, Wb);
+        if (used[2]) times_weight(Gb, Wb, sd[2].deg.data(), sd[2].n, Ib[2]);
         std::fill(Qb, Qb + (Lg + 1) * kLanes, T(0));
       }
       for (int s = 0; s < 3; ++s) {
@@ -1112,8 +1136,8 @@ void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (
         if (sp[s]) {
           T* Xb = reinterpret_cast<T*>(Xv.data());
           T* Sb = reinterpret_cast<T*>(Sv.data());
-          dln.load(sd[s].x, sd[s].n, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, Xb);
-          degree_sums<V>(Ov.data(), Xv.data(), nullptr, sd[s].L, NV, Sv.data());
+          if (!keepu[s]) dln.load(sd[s].x, sd[s].n, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, Xb);
+          degree_sums<V>(Ov.data(), keepu[s] ? Uv[s].data() : Xv.data(), nullptr, sd[s].L, NV, Sv.data());
           dln.store(Sb, sd[s].L + 1, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, sp[s]);
         }
       }
