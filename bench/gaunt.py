@@ -8,6 +8,8 @@ L1 = L2 = lmax_out = lmax.  Contenders run interleaved (bench/_timing.py), media
 warm-up.  e3nn computes the same Gaunt product: TensorProduct(C x (0e+1o+...), ..., "uuu" paths with path
 weights G^2, irrep_normalization="none", path_normalization="none").  Many-body: nu = 3 (gaunt_power(x, 3))
 at --many-lmax vs two chained binary products (truncated to lmax_out only at the end, exact).
+Rows of `python -m geoops.bench`: also `gaunt_forces` (--gaunt-forces-lmax, default 2,4,6): the double backward of
+a forces loop (E = sum(c * out), forces = dE/dx1 with create_graph, |forces|^2 backpropagated), auto vs e3nn.
 """
 from __future__ import annotations
 
@@ -151,7 +153,7 @@ def rows(args, device: torch.device):
                 yield Row(family="gaunt", op="gaunt_forces", pass_="fwd+bwd", shape=[B, C, (L + 1) ** 2],
                           dtype=DTYPE_SHORT[dtype], setup=_forces_setup(L, B, C, dtype, device),
                           work=_flops(L, B * C) * 4, unit="GFLOP/s", limit="", peer=PEER,
-                          label="auto; double backward: E, forces (create_graph), |forces|^2 backward")
+                          label="auto, double backward")
         for L in Ls:
             for route in routes:
                 for pass_ in args.passes:
