@@ -85,7 +85,7 @@ def _reached(ctx, need, args) -> List[bool]:
         if out[i] and node is not None:
             try:
                 out[i] = bool(torch._C._will_engine_execute_node(node))
-            except RuntimeError:
+            except (RuntimeError, AttributeError):  # a captured leaf; or a torch without this private call
                 pass
     return out
 
