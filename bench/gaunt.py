@@ -8,6 +8,8 @@ L1 = L2 = lmax_out = lmax.  Contenders run interleaved (bench/_timing.py), media
 warm-up.  e3nn computes the same Gaunt product: TensorProduct(C x (0e+1o+...), ..., "uuu" paths with path
 weights G^2, irrep_normalization="none", path_normalization="none").  Many-body: nu = 3 (gaunt_power(x, 3))
 at --many-lmax vs two chained binary products (truncated to lmax_out only at the end, exact).
+Rows of `python -m geoops.bench`: also `gaunt_forces` (--gaunt-forces-lmax, default 2,4,6): the double backward of
+a forces loop (E = sum(c * out), forces = dE/dx1 with create_graph, |forces|^2 backpropagated), auto vs e3nn.
 """
 from __future__ import annotations
 
@@ -127,6 +129,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--gaunt-channels", type=int, default=16, help="gaunt: channels (default 16)")
     g.add_argument("--gaunt-routes", default=None,
                    help="gaunt: comma list of auto,grid,grid_gemm,direct,fft,torch-grid (default auto; --full all)")
+    g.add_argument("--gaunt-forces-lmax", default="2,4,6",
+                   help="gaunt: lmax of the forces rows (double backward, auto vs e3nn; '' for none; default 2,4,6)")
 
 
 def _flops(L: int, rows: int) -> float:
@@ -142,7 +146,14 @@ def rows(args, device: torch.device):
               (["auto", "grid", "grid_gemm", "direct", "fft", "torch-grid"] if full else ["auto"]))
     dtypes = args.dtypes or (torch.float32,)
     B, C = args.gaunt_rows, args.gaunt_channels
+    forces = [int(v) for v in args.gaunt_forces_lmax.split(",") if v.strip()] if args.gaunt_forces_lmax else []
     for dtype in dtypes:
+        if "fwd+bwd" in args.passes and "auto" in routes:
+            for L in forces:
+                yield Row(family="gaunt", op="gaunt_forces", pass_="fwd+bwd", shape=[B, C, (L + 1) ** 2],
+                          dtype=DTYPE_SHORT[dtype], setup=_forces_setup(L, B, C, dtype, device),
+                          work=_flops(L, B * C) * 4, unit="GFLOP/s", limit="", peer=PEER,
+                          label="auto, double backward")
         for L in Ls:
             for route in routes:
                 for pass_ in args.passes:
@@ -193,6 +204,61 @@ def _setup(L, B, C, dtype, device, route, pass_, args):
                     def check():
                         with torch.no_grad():
                             return to_e3nn_layout(ours()), pe()
+        return fns, check, skipped
+
+    return setup
+
+
+def _forces_setup(L, B, C, dtype, device):
+    """The double backward of interatomic potentials: x1 depends on positions, E = sum(c * out) with out = x1 (x)
+    x2 (weight_out per channel and degree, learnable), forces = dE/dx1 with create_graph=True, then the loss
+    |forces|^2 backpropagated to x2 and weight_out (training on forces).  geoops `auto` vs e3nn's TensorProduct
+    computing the same Gaunt product (its output times the same per-degree weight).  The work column counts ~4
+    grid-route products (forward, grad x1, the backward of grad x1)."""
+    def setup():
+        g = torch.Generator().manual_seed(L)
+        n = (L + 1) ** 2
+        pos = torch.randn(B, C, n, generator=g).to(device=device, dtype=dtype).requires_grad_()
+        x2 = torch.randn(B, C, n, generator=g).to(device=device, dtype=dtype).requires_grad_()
+        wo = torch.randn(C, L + 1, generator=g).to(device=device, dtype=dtype).requires_grad_()
+        c = torch.randn(B, C, n, generator=g).to(device=device, dtype=dtype)
+        deg = R.degree_of_index(L).to(device)
+
+        def step(prod, p, b, w, cc):
+            def run():
+                for t in (p, b, w):
+                    t.grad = None
+                x1 = p * 1.0  # position-dependent features (a non-leaf, as a model's would be)
+                E = (prod(x1, b, w) * cc).sum()
+                f, = torch.autograd.grad(E, x1, create_graph=True)
+                (f * f).sum().backward()
+                return f
+            return run
+
+        fns = {"geoops": step(lambda a, b, w: ga.gaunt_tensor_product(a, b, L, weight_out=w), pos, x2, wo, c)}
+        skipped = {"compiled": "skipped: e3nn compiles its own fx code (torch.compile of it takes minutes)"}
+        check = None
+        try:
+            tp = e3nn_gaunt_tp(L, C).to(device=device, dtype=dtype)
+        except ImportError:
+            tp = None
+            skipped["peer"] = "n/a: e3nn is not installed"
+        if tp is not None:
+            epos = to_e3nn_layout(pos.detach()).requires_grad_()
+            ex2 = to_e3nn_layout(x2.detach()).requires_grad_()
+            ewo = wo.detach().clone().requires_grad_()
+            ec = to_e3nn_layout(c)
+            peer = step(lambda a, b, w: tp(a, b) * to_e3nn_layout(w[:, deg].expand(B, C, n)), epos, ex2, ewo, ec)
+            fns["peer"] = peer
+            if L > 4:  # the check runs both once more: at lmax 6 e3nn's step takes seconds (the tests compare
+                return fns, None, skipped  # the double backward with an fp64 oracle)
+
+            def check():
+                ours = fns["geoops"]()
+                grads = (to_e3nn_layout(ours.detach()), to_e3nn_layout(x2.grad), wo.grad)
+                theirs = peer()
+                return torch.cat([t.reshape(-1) for t in grads]), torch.cat(
+                    [t.detach().reshape(-1) for t in (theirs, ex2.grad, ewo.grad)])
         return fns, check, skipped
 
     return setup

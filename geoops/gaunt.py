@@ -69,6 +69,27 @@ def _reduce_rows(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return g.sum(0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
 
 
+def _reached(ctx, need, args) -> List[bool]:
+    """needs_input_grad pruned to the inputs the running graph task reaches.  needs_input_grad only says which
+    inputs require grad: under autograd.grad(E, x1, create_graph=True) (forces) it still asks for x2's and the
+    weights' gradients, which cost a Gaunt product each (w_out's the raw product); the engine knows which next
+    nodes it will run (torch._C._will_engine_execute_node; a leaf that autograd.grad captures raises: kept)."""
+    out = list(need)
+    if not any(out) or torch.compiler.is_compiling() or _library.functorch_active():
+        return out
+    edges = iter(ctx.next_functions)  # one per tensor input, in order (None inputs have none)
+    for i, a in enumerate(args):
+        if a is None:
+            continue
+        node = next(edges)[0]
+        if out[i] and node is not None:
+            try:
+                out[i] = bool(torch._C._will_engine_execute_node(node))
+            except (RuntimeError, AttributeError):  # a captured leaf; or a torch without this private call
+                pass
+    return out
+
+
 class GauntFn(torch.autograd.Function):
     """autograd.Function of the nu-ary Gaunt product on rows: torch.ops.geoops.gaunt_fwd.
 
@@ -95,7 +116,7 @@ class GauntFn(torch.autograd.Function):
         nu, lmax_out, route = ctx.nu, ctx.lmax_out, ctx.route
         saved = ctx.saved_tensors
         xs, ws, wout = list(saved[:nu]), list(saved[nu:2 * nu]), saved[2 * nu]
-        need = ctx.needs_input_grad[3:]
+        need = _reached(ctx, ctx.needs_input_grad[3:], [*xs, *ws, wout])
         gx, gw = [None] * nu, [None] * nu
         g = g.contiguous()
         if (not torch.is_grad_enabled() and not _library.functorch_active()

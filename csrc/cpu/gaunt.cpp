@@ -898,6 +898,89 @@ void direct_gather(const GatherList<T>& gl, const T* Ab, const T* Bb, T* Ob) {
   }
 }
 
+// A by-i (or by-j) list of the direct route cut into segments by the degree of g's coefficient k: within output
+// o, the nonzeros regrouped (stably) by l(k), one segment per degree present.  For weight_out's gradient without
+// the raw product (session 24): grad x1[i] = sum_l wout_l * seg(i, l) and sum_m g_lm raw_lm = sum_i (w1 x1)_i *
+// seg(i, l), with seg(i, l) = sum_{nonzeros of i with l(k) = l} G (w2 x2)_j g_k (g unweighted); likewise by j.
+template <typename T>
+struct SegList {
+  std::vector<int32_t> so;   // output o's segments: so[o] .. so[o+1]
+  std::vector<int32_t> eo;   // segment s's nonzeros: eo[s] .. eo[s+1]
+  std::vector<uint32_t> sl;  // segment s's degree times kLanes (offset into the per-degree lane buffers)
+  std::vector<uint32_t> ia, ib;
+  std::vector<T> v;
+  int64_t n = 0;
+};
+
+template <typename T>
+SegList<T> seg_list(const GatherList<T>& gl, const std::vector<int32_t>& gdeg, int64_t Lg) {
+  SegList<T> sg;
+  sg.n = gl.n;
+  const int64_t nnz = gl.n ? gl.off[gl.n] : 0;
+  sg.ia.reserve(nnz);
+  sg.ib.reserve(nnz);
+  sg.v.reserve(nnz);
+  sg.so.push_back(0);
+  sg.eo.push_back(0);
+  for (int64_t o = 0; o < gl.n; ++o) {
+    for (int64_t l = 0; l <= Lg; ++l) {
+      const size_t before = sg.v.size();
+      for (int64_t e = gl.off[o]; e < gl.off[o + 1]; ++e) {
+        if (gdeg[gl.ib[e] / kLanes] != l) continue;
+        sg.ia.push_back(gl.ia[e]);
+        sg.ib.push_back(gl.ib[e]);
+        sg.v.push_back(gl.v[e]);
+      }
+      if (sg.v.size() == before) continue;
+      sg.eo.push_back(static_cast<int32_t>(sg.v.size()));
+      sg.sl.push_back(static_cast<uint32_t>(l) * static_cast<uint32_t>(kLanes));
+    }
+    sg.so.push_back(static_cast<int32_t>(sg.sl.size()));
+  }
+  return sg;
+}
+
+// The segmented gather: O[o] = sum_l W[l] * seg(o, l) and S[l] += X[o] * seg(o, l), with seg(o, l) = sum_e v[e] *
+// A[ia[e]] * G[ib[e]] over the segment (two register partial sums, nonzeros alternating).  W, S: (L+1) x kLanes
+// lanes; X: the output side's weighted lanes.  Fixed order per row.
+template <typename T>
+void direct_gather_seg(const SegList<T>& sg, const T* Ab, const T* Gb, const T* Xb, const T* Wb, T* Ob, T* Sb) {
+  using V = typename Simd<T>::V;
+  constexpr int NV = static_cast<int>(kLanes / Simd<T>::N);
+  V* O = reinterpret_cast<V*>(Ob);
+  const uint32_t* ia = sg.ia.data();
+  const uint32_t* ib = sg.ib.data();
+  const T* vv = sg.v.data();
+  for (int64_t o = 0; o < sg.n; ++o) {
+    V acc[NV] = {};
+    const V* xo = reinterpret_cast<const V*>(Xb + o * kLanes);
+    for (int32_t s = sg.so[o]; s < sg.so[o + 1]; ++s) {
+      V s0[NV] = {}, s1[NV] = {};
+      int64_t e = sg.eo[s];
+      const int64_t e1 = sg.eo[s + 1];
+      auto term = [&](V* a, int64_t f) {
+        const V* ap = reinterpret_cast<const V*>(Ab + ia[f]);
+        const V* gp = reinterpret_cast<const V*>(Gb + ib[f]);
+        const T c = vv[f];
+        for (int q = 0; q < NV; ++q) a[q] += c * (ap[q] * gp[q]);
+      };
+      for (; e + 2 <= e1; e += 2) {
+        term(s0, e);
+        term(s1, e + 1);
+      }
+      if (e < e1) term(s0, e);
+      const V* w = reinterpret_cast<const V*>(Wb + sg.sl[s]);
+      V* S = reinterpret_cast<V*>(Sb + sg.sl[s]);
+      for (int q = 0; q < NV; ++q) {
+        const V t = s0[q] + s1[q];
+        acc[q] += w[q] * t;
+        S[q] += xo[q] * t;
+      }
+    }
+    for (int q = 0; q < NV; ++q) O[o * NV + q] = acc[q];
+  }
+}
+
 // One input or output of the direct route's per-output contraction: its rows x (N, n) (nullptr for an output
 // that is not also an input), lmax, per-degree weight and the degree of each coefficient.
 template <typename T>
@@ -946,12 +1029,23 @@ void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (
   const int64_t nmax = std::max({sd[0].n, sd[1].n, sd[2].n});
   std::vector<int64_t> ident(nmax);
   for (size_t c = 0; c < ident.size(); ++c) ident[c] = static_cast<int64_t>(c);
+  // weight_out's sums without the raw product (session 24): when a gradient side (x1, else x2) is formed
+  // anyway, its pass runs segmented by g's degree (direct_gather_seg) with g unweighted and wout applied per
+  // segment, and yields sum_m g raw per degree on the way; pass 2 is skipped unless the raw product is wanted.
+  int seg = -1;
+  if (sp[2] && !op[2]) seg = (op[0] || sp[0]) ? 0 : (op[1] || sp[1]) ? 1 : -1;
   bool used[3] = {false, false, false};
   bool any_sums = false;
   for (int s = 0; s < 3; ++s) {
-    if (op[s] || sp[s]) used[src[s][0]] = used[src[s][1]] = true;
+    if (s == seg)
+      used[s] = used[1 - s] = true;
+    else if ((op[s] || sp[s]) && !(s == 2 && seg >= 0))
+      used[src[s][0]] = used[src[s][1]] = true;
     any_sums = any_sums || sp[s];
   }
+  SegList<T> sgl;
+  if (seg >= 0) sgl = seg_list<T>(gl[seg], sd[2].deg, sd[2].L);
+  const int64_t Lg = sd[2].L;
 
   const int64_t ntiles = (N + kLanes - 1) / kLanes;
   int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(ntiles)));
@@ -969,21 +1063,81 @@ void direct_tiles(int64_t N, const DirectSide<T> (&sd)[3], const GatherList<T> (
     // sums: a side's unweighted rows in lanes, its per-degree sums
     std::vector<V> Xv(any_sums ? DL::vectors(nmax) : 0), Sv(any_sums ? DL::vectors(nmax) : 0);
     constexpr int NV = static_cast<int>(kLanes / Simd<T>::N);
+    // segmented pass: g unweighted, wout per degree, wout's per-degree sums (lanes)
+    std::vector<V> Gv(seg >= 0 ? DL::vectors(sd[2].n) : 0), Wv(seg >= 0 ? DL::vectors(Lg + 1) : 0),
+        Qv(seg >= 0 ? DL::vectors(Lg + 1) : 0);
+    T* Gb = reinterpret_cast<T*>(Gv.data());
+    T* Wb = reinterpret_cast<T*>(Wv.data());
+    T* Qb = reinterpret_cast<T*>(Qv.data());
+    // a factor whose weight gets a gradient: its rows into lanes once, unweighted (Uv[s], for the sums), the
+    // weighted lanes as their product with the weight's lanes (the weighted load's single rounded multiply)
+    bool keepu[3] = {false, false, false};
+    std::vector<V> Uv[3], Lw(DL::vectors(std::max({sd[0].L, sd[1].L, sd[2].L}) + 1));
+    for (int s = 0; s < 2; ++s) {
+      keepu[s] = used[s] && sp[s];
+      if (keepu[s]) Uv[s].resize(DL::vectors(sd[s].n));
+    }
+    // lanes of a per-degree weight: out[l][r] = w[r0 + r, l] (1 without a weight; 0 past the tile's rows)
+    auto weight_lanes = [&](const Weight& w, int64_t L, int64_t r0, int64_t rows, T* out) {
+      for (int64_t l = 0; l <= L; ++l)
+        for (int64_t r = 0; r < kLanes; ++r)
+          out[l * kLanes + r] = !w.ptr ? T(1)
+                                : (w.row_stride == 0 || r < rows)
+                                    ? static_cast<const T*>(w.ptr)[(r0 + r) * w.row_stride + l]
+                                    : T(0);
+    };
+    auto times_weight = [&](const T* u, const T* wl, const int32_t* deg, int64_t n, T* out) {
+      for (int64_t c = 0; c < n; ++c) {
+        const V* uv = reinterpret_cast<const V*>(u + c * kLanes);
+        const V* wv = reinterpret_cast<const V*>(wl + deg[c] * kLanes);
+        V* ov = reinterpret_cast<V*>(out + c * kLanes);
+        for (int q = 0; q < NV; ++q) ov[q] = uv[q] * wv[q];
+      }
+    };
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {
       const int64_t r0 = t * kLanes;
       const int64_t rows = std::min(kLanes, N - r0);
-      for (int s = 0; s < 3; ++s)
-        if (used[s]) dln.load(sd[s].x, sd[s].n, sd[s].L, sd[s].w, sd[s].deg.data(), r0, rows, Ib[s]);
+      for (int s = 0; s < 3; ++s) {
+        if (!used[s] || (s == 2 && seg >= 0)) continue;
+        if (keepu[s]) {
+          T* Ub = reinterpret_cast<T*>(Uv[s].data());
+          dln.load(sd[s].x, sd[s].n, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, Ub);
+          if (sd[s].w.ptr) {
+            T* Lb = reinterpret_cast<T*>(Lw.data());
+            weight_lanes(sd[s].w, sd[s].L, r0, rows, Lb);
+            times_weight(Ub, Lb, sd[s].deg.data(), sd[s].n, Ib[s]);
+          } else {
+            std::copy(Ub, Ub + sd[s].n * kLanes, Ib[s]);
+          }
+        } else {
+          dln.load(sd[s].x, sd[s].n, sd[s].L, sd[s].w, sd[s].deg.data(), r0, rows, Ib[s]);
+        }
+      }
+      if (seg >= 0) {
+        // g once into lanes (unweighted); wout * g, where the other gradient's pass reads it, as the lane
+        // product (the same single rounded multiply as the weighted load: the same bits)
+        dln.load(sd[2].x, sd[2].n, sd[2].L, Weight(), sd[2].deg.data(), r0, rows, Gb);
+        weight_lanes(sd[2].w, Lg, r0, rows, Wb);
+        if (used[2]) times_weight(Gb, Wb, sd[2].deg.data(), sd[2].n, Ib[2]);
+        std::fill(Qb, Qb + (Lg + 1) * kLanes, T(0));
+      }
       for (int s = 0; s < 3; ++s) {
         if (!op[s] && !sp[s]) continue;
-        direct_gather<T>(gl[s], Ib[src[s][0]], Ib[src[s][1]], Ob);
+        if (s == 2 && seg >= 0) {
+          dln.store(Qb, Lg + 1, Lg, Weight(), sd[2].deg.data(), r0, rows, sp[2]);
+          continue;
+        }
+        if (s == seg)
+          direct_gather_seg<T>(sgl, Ib[1 - s], Gb, Ib[s], Wb, Ob, Qb);
+        else
+          direct_gather<T>(gl[s], Ib[src[s][0]], Ib[src[s][1]], Ob);
         if (op[s]) dln.store(Ob, sd[s].n, sd[s].L, ow[s], sd[s].deg.data(), r0, rows, op[s]);
         if (sp[s]) {
           T* Xb = reinterpret_cast<T*>(Xv.data());
           T* Sb = reinterpret_cast<T*>(Sv.data());
-          dln.load(sd[s].x, sd[s].n, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, Xb);
-          degree_sums<V>(Ov.data(), Xv.data(), nullptr, sd[s].L, NV, Sv.data());
+          if (!keepu[s]) dln.load(sd[s].x, sd[s].n, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, Xb);
+          degree_sums<V>(Ov.data(), keepu[s] ? Uv[s].data() : Xv.data(), nullptr, sd[s].L, NV, Sv.data());
           dln.store(Sb, sd[s].L + 1, sd[s].L, Weight(), sd[s].deg.data(), r0, rows, sp[s]);
         }
       }
