@@ -240,6 +240,11 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     for n, w, L in zip(wnames, weights, Ls):
         _check_w(fn, n, w, L, device)
     _check_w(fn, "weight_out", weight_out, lmax_out, device)
+    if _backend.checks_enabled():
+        named = dict(zip(names, xs))  # gaunt_power: one "x"
+        named.update(zip(wnames, weights))
+        named["weight_out"] = weight_out
+        _library.check_finite(f"geoops.gaunt.{fn}", named)
 
     every = [t for t in (*xs, *weights, weight_out) if t is not None]
     dtype = every[0].dtype

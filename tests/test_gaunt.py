@@ -673,6 +673,36 @@ def test_direct_forward_per_output_sums(Ls, Lo):
 
 
 # ---------------------------------------------------------------- errors
+def test_debug_checks_name_the_non_finite_argument():
+    """GEOOPS_CHECK=1 / geoops.set_checks(True) (README: "non-finite inputs") did nothing in gaunt before session 24.
+    On: ValueError naming the argument, before any kernel; off: NaN flows through as before."""
+    x, w = _rand(4, 9), _rand(3)
+    bad = x.clone()
+    bad[1, 4] = float("inf")
+    wbad = torch.tensor([1.0, float("nan"), 1.0], dtype=F64)
+    calls = {
+        "x1": lambda: ga.gaunt_tensor_product(bad, x),
+        "x2": lambda: ga.gaunt_tensor_product(x, bad, route="direct"),
+        "weight1": lambda: ga.gaunt_tensor_product(x, x, weight1=wbad),
+        "weight_out": lambda: ga.gaunt_tensor_product(x, x, 1, weight_out=wbad[:2]),
+        r"xs\[2\]": lambda: ga.gaunt_product([x, x, bad]),
+        r"weights\[1\]": lambda: ga.gaunt_product([x, x], weights=[w, wbad]),
+        "x": lambda: ga.gaunt_power(bad, 2),
+    }
+    prev = geoops._backend.checks_enabled()
+    try:
+        geoops.set_checks(False)
+        for call in calls.values():
+            call()
+        geoops.set_checks(True)
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match=rf"{name} has non-finite values.*GEOOPS_CHECK"):
+                call()
+        ga.gaunt_tensor_product(x, x, weight1=w)  # finite: no error
+    finally:
+        geoops.set_checks(prev)
+
+
 def test_errors_name_the_argument():
     x = _rand(4, 9)
     with pytest.raises(ValueError, match="x1 must have a last dimension"):
