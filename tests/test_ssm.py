@@ -3,6 +3,7 @@
 errors, torch.library / torch.compile, and the S4D layer next to an eager S4D."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -647,3 +648,20 @@ def test_s4d_layer_trains_like_eager():
     assert "log_dt" in dict(m.kernel.named_buffers())
     y, _ = m(torch.randn(2, 10, H))
     assert y.shape == (2, 10, H)
+
+
+def test_s4d_layer_module_protocol():
+    """deepcopy, state_dict round trip, .double() and a repr that shows the layer's sizes (S4D / S4DKernel had
+    no extra_repr before session 24: the repr read "S4DKernel()")."""
+    from geoops.nn import S4D
+    m = S4D(3, d_state=8, transposed=False)
+    u = torch.randn(2, 9, 3)
+    y, _ = m(u)
+    assert torch.equal(copy.deepcopy(m)(u)[0], y)
+    m2 = S4D(3, d_state=8, transposed=False)
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2(u)[0], y)
+    y64, _ = copy.deepcopy(m).double()(u.double())
+    torch.testing.assert_close(y64.float(), y, rtol=1e-5, atol=1e-5)
+    r = repr(m)
+    assert "d_model=3, d_state=8, transposed=False" in r and "S4DKernel(d_model=3, N=8)" in r, r
