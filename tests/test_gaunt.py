@@ -182,6 +182,23 @@ def test_default_lmax_and_high_lmax_out():
         assert out[:, 16:].abs().max() < 1e-12  # degrees above L1 + L2 vanish
 
 
+@pytest.mark.parametrize("route", ROUTES)
+def test_degrees_above_the_sum_are_exact_zeros(route):
+    """The docstring's "degrees above L1 + L2 come out as zeros": before session 24 the grid / fft quadrature left
+    round-off there (~1.6e-7 in float32, ~2e-15 in float64).  Now exact zeros, with weight_out's gradient zero
+    on those degrees and the lower degrees unchanged."""
+    x1, x2 = _rand(4, 9, seed=8).float(), _rand(4, 9, seed=9).float()
+    wo = torch.rand(1, 8, requires_grad=True)
+    out = ga.gaunt_tensor_product(x1, x2, 7, weight_out=wo, route=route)
+    assert out.shape == (4, 64) and torch.equal(out[:, 25:], torch.zeros(4, 39))
+    torch.testing.assert_close(out[:, :25], ga.gaunt_tensor_product(x1, x2, 4, weight_out=wo[:, :5], route=route),
+                               rtol=1e-6, atol=1e-6)
+    gw, = torch.autograd.grad(out.pow(2).sum(), wo)
+    assert torch.equal(gw[:, 5:], torch.zeros(1, 3)) and gw[:, :5].abs().min() > 0
+    out3 = ga.gaunt_product([x1[:, :4]] * 3, 5, route=route)  # nu = 3: degrees above 3 vanish
+    assert torch.equal(out3[:, 16:], torch.zeros(4, 20))
+
+
 @needs_e3nn
 def test_e3nn_tensor_product_with_gaunt_path_weights():
     L1, L2, L3 = 2, 3, 4
