@@ -839,6 +839,19 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(ours.grad, ref.grad, atol=1e-11, rtol=0)
 
 
+def test_torch_compile_auto_route_before_any_eager_call():
+    """route="auto" (the default) reads the CPU class from /proc/cpuinfo; compiled (fullgraph) before any eager call
+    had cached it, dynamo failed on the file read ("builtin operator `open`").  Session 24: cpu_class is a
+    constant to dynamo."""
+    from geoops import _backend
+    torch._dynamo.reset()
+    _backend._cache.pop("cpu_class", None)  # as in a fresh process
+    f = torch.compile(lambda a, b: ga.gaunt_tensor_product(a, b), fullgraph=True)
+    x1, x2 = _rand(3, 9, seed=52), _rand(3, 4, seed=53)
+    torch.testing.assert_close(f(x1, x2), oracle(x1, x2, 3), atol=1e-12, rtol=0)
+    assert "cpu_class" in _backend._cache
+
+
 def test_torch_compile_dynamic_shapes():
     """torch.compile(dynamic=True) makes the coefficient dims symbolic: lmax_of's math.isqrt could not be traced
     (fullgraph failed with 'torch.* op returned non-Tensor')."""
