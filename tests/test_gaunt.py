@@ -456,6 +456,25 @@ def test_fused_grid_backward_gradcheck_and_double_backward(route):
     assert torch.autograd.gradgradcheck(f, (x1, x2, w1, wo))
 
 
+@pytest.mark.parametrize("route", ["grid", "direct", "fft"])
+@pytest.mark.parametrize("nu", [2, 3])
+def test_row_count_bit_identity(route, nu):
+    """The family page's "bit-identical across ... row counts": a row's output and gradients (fused backward, per-row
+    weight) do not depend on how many rows the call holds (70, 5, 1: full and partial tiles).  Not "grid_gemm":
+    its BLAS GEMM on a partial tile gives ulp-level different bits (~1e-7 in fp32; session 24 audit, documented)."""
+    X1, X2, W = _rand(70, 16, seed=90).float(), _rand(70, 9, seed=91).float(), _rand(70, 4, seed=92).float()
+
+    def run(sl):
+        a, b, w = (t[sl].clone().requires_grad_() for t in (X1, X2, W))
+        y = ga.gaunt_product([a, b] + [a] * (nu - 2), weights=[w, None] + [None] * (nu - 2), route=route)
+        return [y.detach(), *torch.autograd.grad(y.pow(2).sum(), [a, b, w])]
+
+    full = run(slice(0, 70))
+    for lo, hi in ((3, 8), (5, 6)):
+        for f, p in zip(full, run(slice(lo, hi))):
+            assert torch.equal(f[lo:hi], p)
+
+
 @pytest.mark.parametrize("route,cases", [("grid", (((3, 4), 4, torch.float32), ((4, 2), 5, torch.float32))),
                                          ("direct", (((3, 2), 3, torch.float32), ((1, 2), 3, F64)))])
 def test_fused_grid_backward_thread_count_bit_identity(route, cases):
