@@ -92,6 +92,14 @@ def _stale_sources(so_path: Path, with_cuda: bool) -> list:
     ]
 
 
+def _constant_for_dynamo(fn):
+    """torch.compile runs `fn` at trace time and bakes its result in as a constant (it reads a file, which
+    dynamo cannot trace: gaunt's route="auto" failed under fullgraph=True before anything had filled the cache)."""
+    mark = getattr(getattr(torch, "compiler", None), "assume_constant_result", None)
+    return mark(fn) if mark is not None else fn
+
+
+@_constant_for_dynamo
 def cpu_class() -> str:
     """The class of this machine's CPU that measured tables are keyed by: "<arch>-<vendor>-<isa>", e.g.
     "x86_64-intel-avx512", "x86_64-amd-avx512", "x86_64-amd-avx2" (vendor and widest vector ISA from

@@ -32,7 +32,8 @@ import torch
 from . import _backend
 
 __all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
-           "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "apply"]
+           "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "apply",
+           "concrete", "check_finite"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -185,6 +186,36 @@ def reference_autograd():
         for k, p in zip(_AUTOGRAD_KEYS, prev):
             if p:
                 torch._C._dispatch_tls_set_dispatch_key_excluded(k, True)
+
+
+# ---------------------------------------------------------------- data-dependent checks (family-neutral)
+def _batched(t) -> bool:
+    """Whether `t` is (or wraps) a vmap-batched tensor, whose values cannot be read by bool()."""
+    F = torch._C._functorch
+    while F.is_functorch_wrapped_tensor(t):
+        if F.is_batchedtensor(t):
+            return True
+        t = F.get_unwrapped(t)
+    return False
+
+
+def concrete(t) -> bool:
+    """Whether `t` holds readable values: a plain tensor (or Parameter) off the meta device, not traced by
+    torch.compile and not batched by vmap (fake, meta and batched tensors cannot be read; the gradient
+    wrappers of torch.func.grad / jacrev can)."""
+    return (type(t) in _PLAIN and t.device.type != "meta" and not torch.compiler.is_compiling()
+            and not (functorch_active() and _batched(t)))
+
+
+def check_finite(prefix: str, named: dict) -> None:
+    """GEOOPS_CHECK=1 (``geoops.set_checks``): raise ValueError ``"{prefix}: {name} has non-finite values"`` for
+    the first named tensor holding NaN or Inf, before any kernel runs.  Off by default (a pass over the data);
+    skipped for tensors whose values cannot be read (see :func:`concrete`).  None entries are ignored."""
+    if not _backend.checks_enabled():
+        return
+    for name, t in named.items():
+        if isinstance(t, torch.Tensor) and t.numel() and concrete(t) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{prefix}: {name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
 
 
 # ---------------------------------------------------------------- derivative contracts (family-neutral)

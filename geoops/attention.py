@@ -17,12 +17,13 @@ recomputes the probabilities from the saved log-sum-exp.  See ``docs/families/at
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Tuple, Union
 
 import torch
 
-from . import _library
+from . import _backend, _library
 from ._ops import attention as _ops
 
 __all__ = ["triple_attention", "TripleAttentionFn"]
@@ -162,6 +163,11 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
         scale = q.shape[-1] ** -0.5 if q.shape[-1] > 0 else 1.0
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         _fail(f"scale must be a real number or None, got {type(scale).__name__}", TypeError)
+    if _backend.checks_enabled():
+        _library.check_finite("geoops.attention.triple_attention",
+                              {"q": q, "k1": k1, "k2": k2, "v1": v1, "v2": v2})
+        if not math.isfinite(scale):
+            _fail(f"scale is not finite ({scale}) [GEOOPS_CHECK]")
     causal = bool(causal) or w1 > 0
     if w1 > 0:  # a window of N or more keeps every j, k <= i: clamped, so that huge ints fit the op's int64 args
         n = max(q.shape[2], 1)

@@ -261,6 +261,11 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     for n, w, L in zip(wnames, weights, Ls):
         _check_w(fn, n, w, L, device)
     _check_w(fn, "weight_out", weight_out, lmax_out, device)
+    if _backend.checks_enabled():
+        named = dict(zip(names, xs))  # gaunt_power: one "x"
+        named.update(zip(wnames, weights))
+        named["weight_out"] = weight_out
+        _library.check_finite(f"geoops.gaunt.{fn}", named)
 
     every = [t for t in (*xs, *weights, weight_out) if t is not None]
     dtype = every[0].dtype
@@ -296,11 +301,17 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     rx = [rows(x, (L + 1) ** 2) for x, L in zip(xs, Ls)]
     rw = [wrows(w, L) for w, L in zip(weights, Ls)]
     rwo = wrows(weight_out, lmax_out)
+    # degrees above sum(L_i) are exact zeros: not computed (the quadrature left fp32 round-off, ~1e-7, there)
+    lo = min(lmax_out, sum(Ls))
+    if rwo is not None and lo < lmax_out:
+        rwo = rwo[:, :lo + 1].contiguous()
     if route == "auto":
-        route = choose_route(Ls, lmax_out, N, device)
+        route = choose_route(Ls, lo, N, device)
     if route == "direct" and len(xs) != 2:
         route = "grid"
-    out = _core(rx, rw, rwo, lmax_out, route)
+    out = _core(rx, rw, rwo, lo, route)
+    if lo < lmax_out:
+        out = torch.nn.functional.pad(out, (0, (lmax_out + 1) ** 2 - (lo + 1) ** 2))
     return out.reshape(*batch, (lmax_out + 1) ** 2).to(dtype)
 
 
@@ -318,7 +329,7 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: Optional[
     Args:
         x1: [..., (L1+1)^2] coefficients of degrees 0..L1 (L1 is read from the last dim).
         x2: [..., (L2+1)^2]; the leading dims of x1, x2 and the weights broadcast (channels are leading dims).
-        lmax_out: highest output degree (default L1 + L2; degrees above L1 + L2 come out as zeros).
+        lmax_out: highest output degree (default L1 + L2; degrees above L1 + L2 come out as exact zeros).
         weight1, weight2, weight_out: optional per-degree weights [..., L+1] (L = L1, L2, lmax_out), fused into
             the conversions.
         route: "auto" (fastest by the measured table), "grid", "grid_gemm", "direct" or "fft"; all give the same

@@ -265,6 +265,7 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
     if v.dim() not in (2, 3) or tuple(v.shape[-2:]) != tuple(x.shape):
         _fail(op, f"v must have shape (H, N) = {tuple(x.shape)} or (C, H, N), matching x; got {tuple(v.shape)}")
     _same_device(op, "x", x, v=v)
+    _library.check_finite(f"geoops.ssm.{op}", {"v": v, "x": x})
     out64 = torch.complex128 in (v.dtype, x.dtype)
     if _use_reference(x.device):
         cdt = torch.complex128 if out64 else torch.complex64
@@ -296,7 +297,8 @@ def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int, want_C=N
         want = want_C or {0: "(H, N)", 1: "(H, N) or (C_out, H, N)", 2: "(2, H, N) or (C_out, 2, H, N)"}[c_lead]
         _fail(op, f"C must have shape {want} with (H, N) = {(H, N)}, got {tuple(C.shape)}")
     _same_device(op, "A", A, log_dt=log_dt, B=B, C=C)
-    if not torch.compiler.is_compiling() and A.numel() and bool((A.real >= 0).any()):
+    _library.check_finite(f"geoops.ssm.{op}", {"log_dt": log_dt, "A": A, "B": B, "C": C})
+    if _library.concrete(A) and A.numel() and bool((A.real >= 0).any()):  # values unreadable on meta / fake
         _fail(op, "A must have negative real parts (Re A < 0): the SSM must be stable, else Abar**l grows "
                   "without bound along the sequence and the ZOH factor (exp(dt A) - 1)/A is singular at A = 0; "
                   f"max Re A = {A.real.max().item():g}")
@@ -404,6 +406,7 @@ def _fftconv_args(op, u, k, D, bidirectional):
     for name, t in (("k", k), ("D", D)):
         _check_like_u(op, name, t, u)
     _same_device(op, "u", u, k=k, D=D)
+    _library.check_finite(f"geoops.ssm.{op}", {"u": u, "k": k, "D": D})
     return Bsz, H, L, has_c, Cn
 
 
@@ -485,6 +488,8 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                   + f", got {tuple(D.shape)}")
         _check_like_u(op, "D", D, u)
         _same_device(op, "u", u, D=D)
+    _library.check_finite(f"geoops.ssm.{op}", {"u": u, "D": D})
+    if D is not None:
         D = D.to(kd)  # u's dtype, or float32 (the kernels' dtype) for half u
     if _use_reference(u.device):
         Cf = C.flatten(0, -3) if C.dim() > 2 else C

@@ -395,6 +395,28 @@ def test_bad_scale_and_causal():
         ga.triple_attention(*_ok(), return_lse="no")  # a truthy non-bool used to return a tuple
 
 
+def test_debug_checks_name_the_non_finite_argument():
+    """GEOOPS_CHECK=1 / geoops.set_checks(True) (README: "non-finite inputs") did nothing in attention before
+    session 24 (NaN inputs gave NaN rows silently).  On: ValueError naming the argument (or scale), before any
+    kernel; off: the documented NaN propagation."""
+    prev = geoops._backend.checks_enabled()
+    try:
+        for i, name in enumerate(("q", "k1", "k2", "v1", "v2")):
+            args = _ok()
+            args[i] = args[i].clone()
+            args[i][0, 0, 1, 2] = float("nan")
+            geoops.set_checks(False)
+            assert torch.isnan(ga.triple_attention(*args)).any()
+            geoops.set_checks(True)
+            with pytest.raises(ValueError, match=rf"\b{name} has non-finite values.*GEOOPS_CHECK"):
+                ga.triple_attention(*args)
+        with pytest.raises(ValueError, match=r"scale is not finite.*GEOOPS_CHECK"):
+            ga.triple_attention(*_ok(), scale=float("inf"))
+        ga.triple_attention(*_ok(), causal=True)  # finite: no error
+    finally:
+        geoops.set_checks(prev)
+
+
 # ---------------------------------------------------------------- torch.library / torch.compile
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("kw", [(False, 0, 0), (True, 0, 0), (True, 3, 2)], ids=str)

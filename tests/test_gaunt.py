@@ -182,6 +182,23 @@ def test_default_lmax_and_high_lmax_out():
         assert out[:, 16:].abs().max() < 1e-12  # degrees above L1 + L2 vanish
 
 
+@pytest.mark.parametrize("route", ROUTES)
+def test_degrees_above_the_sum_are_exact_zeros(route):
+    """The docstring's "degrees above L1 + L2 come out as zeros": before session 24 the grid / fft quadrature left
+    round-off there (~1.6e-7 in float32, ~2e-15 in float64).  Now exact zeros, with weight_out's gradient zero
+    on those degrees and the lower degrees unchanged."""
+    x1, x2 = _rand(4, 9, seed=8).float(), _rand(4, 9, seed=9).float()
+    wo = torch.rand(1, 8, requires_grad=True)
+    out = ga.gaunt_tensor_product(x1, x2, 7, weight_out=wo, route=route)
+    assert out.shape == (4, 64) and torch.equal(out[:, 25:], torch.zeros(4, 39))
+    torch.testing.assert_close(out[:, :25], ga.gaunt_tensor_product(x1, x2, 4, weight_out=wo[:, :5], route=route),
+                               rtol=1e-6, atol=1e-6)
+    gw, = torch.autograd.grad(out.pow(2).sum(), wo)
+    assert torch.equal(gw[:, 5:], torch.zeros(1, 3)) and gw[:, :5].abs().min() > 0
+    out3 = ga.gaunt_product([x1[:, :4]] * 3, 5, route=route)  # nu = 3: degrees above 3 vanish
+    assert torch.equal(out3[:, 16:], torch.zeros(4, 20))
+
+
 @needs_e3nn
 def test_e3nn_tensor_product_with_gaunt_path_weights():
     L1, L2, L3 = 2, 3, 4
@@ -524,6 +541,25 @@ def test_create_graph_backward_skips_unreached_inputs(route):
     assert len(calls) == 4  # forward, grad x1, grad x2, raw product for weight_out
 
 
+@pytest.mark.parametrize("route", ["grid", "direct", "fft"])
+@pytest.mark.parametrize("nu", [2, 3])
+def test_row_count_bit_identity(route, nu):
+    """The family page's "bit-identical across ... row counts": a row's output and gradients (fused backward, per-row
+    weight) do not depend on how many rows the call holds (70, 5, 1: full and partial tiles).  Not "grid_gemm":
+    its BLAS GEMM on a partial tile gives ulp-level different bits (~1e-7 in fp32; session 24 audit, documented)."""
+    X1, X2, W = _rand(70, 16, seed=90).float(), _rand(70, 9, seed=91).float(), _rand(70, 4, seed=92).float()
+
+    def run(sl):
+        a, b, w = (t[sl].clone().requires_grad_() for t in (X1, X2, W))
+        y = ga.gaunt_product([a, b] + [a] * (nu - 2), weights=[w, None] + [None] * (nu - 2), route=route)
+        return [y.detach(), *torch.autograd.grad(y.pow(2).sum(), [a, b, w])]
+
+    full = run(slice(0, 70))
+    for lo, hi in ((3, 8), (5, 6)):
+        for f, p in zip(full, run(slice(lo, hi))):
+            assert torch.equal(f[lo:hi], p)
+
+
 @pytest.mark.parametrize("route,cases", [("grid", (((3, 4), 4, torch.float32), ((4, 2), 5, torch.float32))),
                                          ("direct", (((3, 2), 3, torch.float32), ((1, 2), 3, F64)))])
 def test_fused_grid_backward_thread_count_bit_identity(route, cases):
@@ -815,6 +851,36 @@ def test_direct_forward_per_output_sums(Ls, Lo):
 
 
 # ---------------------------------------------------------------- errors
+def test_debug_checks_name_the_non_finite_argument():
+    """GEOOPS_CHECK=1 / geoops.set_checks(True) (README: "non-finite inputs") did nothing in gaunt before session 24.
+    On: ValueError naming the argument, before any kernel; off: NaN flows through as before."""
+    x, w = _rand(4, 9), _rand(3)
+    bad = x.clone()
+    bad[1, 4] = float("inf")
+    wbad = torch.tensor([1.0, float("nan"), 1.0], dtype=F64)
+    calls = {
+        "x1": lambda: ga.gaunt_tensor_product(bad, x),
+        "x2": lambda: ga.gaunt_tensor_product(x, bad, route="direct"),
+        "weight1": lambda: ga.gaunt_tensor_product(x, x, weight1=wbad),
+        "weight_out": lambda: ga.gaunt_tensor_product(x, x, 1, weight_out=wbad[:2]),
+        r"xs\[2\]": lambda: ga.gaunt_product([x, x, bad]),
+        r"weights\[1\]": lambda: ga.gaunt_product([x, x], weights=[w, wbad]),
+        "x": lambda: ga.gaunt_power(bad, 2),
+    }
+    prev = geoops._backend.checks_enabled()
+    try:
+        geoops.set_checks(False)
+        for call in calls.values():
+            call()
+        geoops.set_checks(True)
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match=rf"{name} has non-finite values.*GEOOPS_CHECK"):
+                call()
+        ga.gaunt_tensor_product(x, x, weight1=w)  # finite: no error
+    finally:
+        geoops.set_checks(prev)
+
+
 def test_errors_name_the_argument():
     x = _rand(4, 9)
     with pytest.raises(ValueError, match="x1 must have a last dimension"):
@@ -932,6 +998,19 @@ def test_torch_compile_fullgraph():
     oracle(A, B, 3, wo=C).square().sum().backward()
     for ours, ref in ((a, A), (b, B), (c, C)):
         torch.testing.assert_close(ours.grad, ref.grad, atol=1e-11, rtol=0)
+
+
+def test_torch_compile_auto_route_before_any_eager_call():
+    """route="auto" (the default) reads the CPU class from /proc/cpuinfo; compiled (fullgraph) before any eager call
+    had cached it, dynamo failed on the file read ("builtin operator `open`").  Session 24: cpu_class is a
+    constant to dynamo."""
+    from geoops import _backend
+    torch._dynamo.reset()
+    _backend._cache.pop("cpu_class", None)  # as in a fresh process
+    f = torch.compile(lambda a, b: ga.gaunt_tensor_product(a, b), fullgraph=True)
+    x1, x2 = _rand(3, 9, seed=52), _rand(3, 4, seed=53)
+    torch.testing.assert_close(f(x1, x2), oracle(x1, x2, 3), atol=1e-12, rtol=0)
+    assert "cpu_class" in _backend._cache
 
 
 def test_torch_compile_dynamic_shapes():

@@ -3,6 +3,7 @@
 errors, torch.library / torch.compile, and the S4D layer next to an eager S4D."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -355,6 +356,51 @@ def test_errors_name_the_argument():
         gs.ssm_conv(torch.randn(2, 3, 10), log_dt, A, B, C, bidirectional=True)  # a 2-d C has no direction axis
 
 
+def _nan_at(t, idx=0):
+    t = t.clone()
+    t.view(-1)[idx] = float("nan")
+    return t
+
+
+def test_debug_checks_name_the_non_finite_argument():
+    """GEOOPS_CHECK=1 / geoops.set_checks(True) (README: "non-finite inputs") did nothing in ssm before session 24:
+    a NaN anywhere gave NaN outputs silently.  On: ValueError naming the argument, before any kernel; off: no pass."""
+    log_dt, A, B, C = _ssm_params(3, 4)
+    u, k, D = torch.randn(2, 3, 10, dtype=torch.float64), torch.randn(3, 10, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    calls = {
+        "log_dt": lambda: gs.s4d_kernel(_nan_at(log_dt), A, B, C, 10),
+        "B": lambda: gs.ssm_conv(u, log_dt, A, _nan_at(B), C, D),
+        "A": lambda: gs.discretize(log_dt, _nan_at(A, 5), B, C),
+        "C": lambda: gs.ssm_conv(u, log_dt, A, B, _nan_at(C), D),
+        "u": lambda: gs.ssm_conv(_nan_at(u, 7), log_dt, A, B, C, D),
+        "D": lambda: gs.ssm_conv(u, log_dt, A, B, C, _nan_at(D)),
+        "x": lambda: gs.vandermonde(C, _nan_at(A), 10),
+        "k": lambda: gs.fftconv(u, k / 0.0),
+    }
+    prev = geoops._backend.checks_enabled()
+    try:
+        geoops.set_checks(False)
+        for call in calls.values():
+            call()  # NaN / inf out, no error
+        geoops.set_checks(True)
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match=rf"\b{name} has non-finite values.*GEOOPS_CHECK"):
+                call()
+        gs.ssm_conv(u, log_dt, A, B, C, D)  # finite: no error
+    finally:
+        geoops.set_checks(prev)
+
+
+def test_meta_tensors_shape_only():
+    """s4d_kernel / discretize / ssm_conv on meta tensors (shape inference) read A's values for the stability
+    check and failed with "Tensor.item() cannot be called on meta tensors" (fftconv worked)."""
+    log_dt, A, B, C = (t.to("meta") for t in _ssm_params(3, 4, C_out=2))
+    u = torch.empty(2, 3, 10, device="meta", dtype=torch.float64)
+    assert gs.s4d_kernel(log_dt, A, B, C, 10).shape == (2, 3, 10)
+    assert gs.discretize(log_dt, A, B, C)[0].shape == (2, 3, 4)
+    assert gs.ssm_conv(u, log_dt, A, B, C).shape == (2, 2, 3, 10)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_skip_D_dtype_checked_alike(backend):
     """D of another dtype than u: fftconv refused it while ssm_conv cast it silently (a float64 D with a float32
@@ -602,3 +648,20 @@ def test_s4d_layer_trains_like_eager():
     assert "log_dt" in dict(m.kernel.named_buffers())
     y, _ = m(torch.randn(2, 10, H))
     assert y.shape == (2, 10, H)
+
+
+def test_s4d_layer_module_protocol():
+    """deepcopy, state_dict round trip, .double() and a repr that shows the layer's sizes (S4D / S4DKernel had
+    no extra_repr before session 24: the repr read "S4DKernel()")."""
+    from geoops.nn import S4D
+    m = S4D(3, d_state=8, transposed=False)
+    u = torch.randn(2, 9, 3)
+    y, _ = m(u)
+    assert torch.equal(copy.deepcopy(m)(u)[0], y)
+    m2 = S4D(3, d_state=8, transposed=False)
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2(u)[0], y)
+    y64, _ = copy.deepcopy(m).double()(u.double())
+    torch.testing.assert_close(y64.float(), y, rtol=1e-5, atol=1e-5)
+    r = repr(m)
+    assert "d_model=3, d_state=8, transposed=False" in r and "S4DKernel(d_model=3, N=8)" in r, r

@@ -82,6 +82,10 @@ class S4DKernel(nn.Module):
     def forward(self, L: int) -> torch.Tensor:
         return _ssm.s4d_kernel(*self.ssm_params(), L, "zoh")
 
+    def extra_repr(self) -> str:
+        H, N2 = self.log_A_real.shape
+        return f"d_model={H}, N={2 * N2}"
+
 
 class S4D(nn.Module):
     """Standalone S4D layer (state-spaces' ``S4D``): kernel -> FFT convolution + D skip -> GELU -> dropout
@@ -115,3 +119,6 @@ class S4D(nn.Module):
         if not self.transposed:
             y = y.transpose(-1, -2)
         return y, None
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.h}, d_state={self.n}, transposed={self.transposed}"
