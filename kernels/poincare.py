@@ -36,8 +36,8 @@ row pass's formulas, in the tile type); other blocks run as before.  Large offse
 column constants C, S come divided by e^ell (geoops.reference.poincare.offset_consts) with per-column Q = e^-2ell
 and L = ell, and a chunk with such a column takes asinh(a) = ell + log(|b| + sqrt(b^2 + Q)) of b = a e^-ell.
 
-ReLU, midpoint sums, batch norm rows: csrc/cpu/poincare_layers.cpp's row math in float64 per row (the
-batch norm's expmap / project coefficients and their vjps are the stereographic family's ``_fwd_coef`` /
+ReLU, midpoint sums, batch norm rows: the row math of csrc/cpu/poincare_relu.cpp and poincare_bn.cpp in float64 per
+row (the batch norm's expmap / project coefficients and their vjps are the stereographic family's ``_fwd_coef`` /
 ``_vjp``, the same forms as geoops/stereo_math.h), element-wise passes in the tile type (float32 or float64).
 
 Precision: float32 or float64 (geoops.poincare upcasts the half types, as the CPU path does).  Every float32
@@ -141,7 +141,7 @@ def _chunk(d0, rmask, D, BLOCK_D: tl.constexpr):
 # ---------------------------------------------------------------- Poincaré ReLU
 @triton.jit
 def _relu_row(X, R, c, eps, GRADS: tl.constexpr):
-    """f (y = f relu(x)) and, with GRADS, (fR2, fX2, fk) of csrc/cpu/poincare_layers.cpp's relu_row, k = -c."""
+    """f (y = f relu(x)) and, with GRADS, (fR2, fX2, fk) of csrc/cpu/poincare_relu.cpp's relu_row_f, k = -c."""
     # h = artanh(sqrt(cX))/sqrt(cX); z2 = -c h^2 R; f = tanh(sqrt(-z2))/sqrt(-z2) h
     p1 = c * X
     h = _atanhc(p1, 1.0 - p1, _CUT)
@@ -272,7 +272,7 @@ def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
 
 
 # ---------------------------------------------------------------- batch norm row pass
-# y_i = project(expmap_b(v_i), eps), v = u @ M (the GEMM): csrc/cpu/poincare_layers.cpp's bn_row_fwd with the
+# y_i = project(expmap_b(v_i), eps), v = u @ M (the GEMM): csrc/cpu/poincare_bn.cpp's bn_fwd_impl with the
 # stereographic coefficient forms (k = -c).  Row scalars: s1 = (bb, vv, bv, dd) for expmap at b, s2 = (ee,)
 # for project.
 @triton.jit

@@ -608,7 +608,7 @@ def test_batchnorm_layer_fn_gradcheck(N, D):
     ins = (x, b, torch.tensor(0.9, dtype=torch.float64, requires_grad=True),
            torch.tensor(0.8, dtype=torch.float64, requires_grad=True))
     fn = gp.BnLayerFn
-    # no nondet_tol: every sum of the C++ passes runs in a fixed order (poincare_layers.cpp, "Reproducibility"),
+    # no nondet_tol: every sum of the C++ passes runs in a fixed order (poincare_bn.cpp, "Reproducibility"),
     # so two backward passes agree bit for bit
     assert torch.autograd.gradcheck(lambda *t: fn.apply(*t, N, 1e-6, 1e-5)[0], ins, eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -1594,7 +1594,7 @@ def test_conv2d_output_inplace(monkeypatch, fused):
 
 
 # ---------------------------------------------------------------- the batch norm's row sums on SIMD lanes of rows
-# (csrc/cpu/poincare_layers.cpp: bn_lanes / Cols; GEOOPS_POINCARE_BN_LANES=0 keeps the per-row reductions)
+# (csrc/cpu/poincare_bn.cpp: bn_lanes / Cols; GEOOPS_POINCARE_BN_LANES=0 keeps the per-row reductions)
 
 
 def _bn_kernel_outputs(x, b, g, gm, c, eps=4e-3, M=None):

@@ -1,4 +1,4 @@
-"""The Poincaré ReLU's float row lanes (csrc/cpu/poincare_layers.cpp: fp32 rows of D <= 16, 32-row blocks,
+"""The Poincaré ReLU's float row lanes (csrc/cpu/poincare_relu.cpp: fp32 rows of D <= 16, 32-row blocks,
 GEOOPS_POINCARE_RELU_F32=0 turns them off): values and gradients (x and c) against the fp64 composition by the
 low-precision rule max |ours - ref64| <= 2 max |ref32 - ref64| + floor (ref32: the eager composition in fp32), for every
 D = 1..16 with full and partial blocks; zero, all-negative, all-positive and near-boundary rows; the projection

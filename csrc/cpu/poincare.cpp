@@ -23,6 +23,7 @@
 #include "mkl_packed.h"
 #include "poincare_gemm.h"
 #include "vec_log.h"  // vecmath::any_lane
+#include "poincare_rows.h"  // grain
 
 #include <cstdlib>
 
@@ -731,9 +732,9 @@ inline void fc_fwd_block_any(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bo
   fc_fwd_block<T>(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m);
 }
 
-// Rows per at::parallel_for task: about 32768 elements, torch's own grain, so that small inputs (the digits
-// CNN's 4096 rows of 8) run serially instead of waking the pool for a few microseconds of work.
-inline int64_t row_grain(int64_t m) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(m, 1)); }
+// Rows per at::parallel_for task: prows::grain (poincare_rows.h), about 32768 elements, torch's own grain, so that
+// small inputs (the digits CNN's 4096 rows of 8) run serially instead of waking the pool for a few microseconds.
+using prows::grain;
 
 // rows_only (U defined): t = x @ z is given (e.g. computed by a convolution) with U the squared row norms of x;
 // x is not used.  Otherwise the GEMM runs per block of kFwdBlock rows inside the parallel loop (one MKL call
@@ -757,7 +758,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
-    at::parallel_for(0, nb, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, nb, std::max<int64_t>(1, grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
       BlockBuf<T> bb(m, flat);
       ScaledRow sr;
       for (int64_t b = b0; b < b1; ++b) {
@@ -1058,7 +1059,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     for (int64_t k = 0; k < nr; ++k) tg += tgb[k];
     return tg;
   };
-  at::parallel_for(0, nblk, std::max<int64_t>(1, row_grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, nblk, std::max<int64_t>(1, grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
     using V = Vectorized<T>;
     int64_t cur = b0;  // the block being summed
     BlockBuf<T> bb(m, flat);
@@ -1095,7 +1096,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     };
     ScaledRow sr;
     std::vector<float> sc16, acc16;  // lanes16: the block's per-group fields and column accumulators
-    double gl16[kRowBlock];
+    [[maybe_unused]] double gl16[kRowBlock];  // the float AVX-512 lanes16 path only
     if (lanes16) { sc16.resize(kRowBlock * 7 * m); acc16.resize(5 * 16 * m); }
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
@@ -1259,7 +1260,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   if (rows_only) {
     // dL/dx_row = dt_row z^T + coef x_row: coef/2 is dL/dU; u . (dt_row z^T) = dt_row . t_row
     if (!du_in_pass)
-    at::parallel_for(0, N, row_grain(m), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, N, grain(m), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const double rc = rowcoef[i];
         if (!tangent) { gUp[i] = T(0.5 * rc); continue; }

@@ -17,6 +17,7 @@
 #include "poincare.h"
 #include "poincare_head.h"
 #include "poincare_gemm.h"
+#include "poincare_rows.h"  // grain
 #include "stereographic.h"
 #include "vec_math.h"  // atanc_n
 
@@ -84,15 +85,16 @@ inline double row_sq(const T* xr, int64_t n) {
   return ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
 }
 
-// Rows per parallel task: ~32768 elements of work (the digits head's 64 rows run on the calling thread).
-inline int64_t mlr_grain(int64_t work) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1)); }
+// Rows per parallel task: prows::grain (poincare_rows.h), ~32768 elements of work (the digits head's 64 rows run on
+// the calling thread).
+using prows::grain;
 
 // SCALED: the layer has a scaled column (poincare.h); the other instance is the plain formula (the same code, and
 // bits, as before scaled columns existed)
 template <typename T, bool SCALED>
 void mlr_fwd_impl(const T* xp, const T* tp, const MlrCols& C, T* yp, int64_t N, int64_t n, int64_t m, double c) {
   const double sc = std::sqrt(c);
-  at::parallel_for(0, N, mlr_grain(n + 8 * m), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(n + 8 * m), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double lam = 2.0 / (1.0 - c * row_sq(xp + i * n, n));
       for (int64_t j = 0; j < m; ++j) {
@@ -113,7 +115,7 @@ template <typename T, bool SCALED>
 void mlr_bwd_rows(const T* gp, const T* xp, const T* tp, const MlrCols& C, T* dtp, double* rowc, double* rowk,
                   double* P0, double* P1, double* P2, int64_t N, int64_t n, int64_t m, double c) {
   const double sc = std::sqrt(c);
-  at::parallel_for(0, N, mlr_grain(n + 12 * m), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, grain(n + 12 * m), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double X = row_sq(xp + i * n, n);
       const double lam = 2.0 / (1.0 - c * X);
@@ -205,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_mlr_bwd_cpu(
       gx = at::empty({N, n}, x.options());
       fixed_gemm::mm_rows(gx, dt, z.t().contiguous(), 512, true);  // dt z^T, x^T dt: the same bits for any thread count
       T* gxp = gx.data_ptr<T>();
-      at::parallel_for(0, N, mlr_grain(n), [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, N, grain(n), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i)
           for (int64_t d = 0; d < n; ++d) gxp[i * n + d] = T(double(gxp[i * n + d]) + rowc[i] * double(xp[i * n + d]));
       });

@@ -1,17 +1,19 @@
-// Poincaré-ball layers on the CPU besides the fully-connected layer (csrc/cpu/poincare.cpp): the fused row ops
-// of the Poincaré ReLU and of the midpoint batch norm (geoops/poincare.py).  Per-row scalars in double with the
-// kappa-stereographic row math of geoops/stereo_math.h (k = -c); rows spread with at::parallel_for.
+// The Poincaré midpoint batch norm on the CPU (geoops/poincare.py's batch_norm / batch_norm2d, BnLayerFn): the
+// midpoint sums, the row op y = project(expmap_b(u M)), the training layer's folded logmap_m, the whole training
+// layer in one call each way (transport, gM's contractions), the running statistics' update.  Per-row scalars in
+// double with the kappa-stereographic row math of geoops/stereo_math.h (k = -c), rows on SIMD lanes at D <= 16,
+// fixed row chunks (poincare_rows.h).  (Until session 24 in poincare_layers.cpp with the ReLU.)
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
 #include "poincare_gemm.h"
+#include "poincare_rows.h"
 #include "knobs.h"
-#include "row_chunks.h"
 
 #include "geoops/stereo_math.h"
 #include "vec_math.h"
 #include "vec_math_inl.h"
-#include "stereographic_rows_f32.h"  // the float row lanes (deinterleave, tanc / atanc on float vectors)
+#include "stereographic_rows_f32.h"  // cols16: the tiles of 16 float rows
 
 #include <ATen/Parallel.h>
 
@@ -28,10 +30,9 @@
 namespace geoops {
 namespace cpu {
 
+using namespace prows;  // grain, chunk_rows, for_row_chunks, Partials, check_rows, the dispatch helpers
+
 namespace {
-// Rows per at::parallel_for task: about 32768 elements of work, torch's own grain, so that small inputs (the
-// digits CNN's 4096 x 8 rows) run on the calling thread instead of paying a parallel region each call.
-inline int64_t grain(int64_t work_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_row, 1)); }
 
 // ---------------------------------------------------------------- rows on lanes (the batch norm's row sums)
 // The batch norm's per-row sums (midpoint, logmap_m, the row op, forward and backward) on SIMD lanes of rows at D <=
@@ -146,9 +147,13 @@ constexpr bool kBnTileIsa = true;
 constexpr bool kBnTileIsa = false;
 #endif
 constexpr int64_t kTile = 16;
+// Whether T's rows have the tile paths in this build (the compile-time half of bn_tiles; AVX-512: 8 double lanes).
+template <typename T>
+constexpr bool kBnTiles = kBnTileIsa && std::is_same_v<T, float>;
+static_assert(!kBnTileIsa || vecmath::Vec::size() == 8, "a tile's half is one vector of doubles");
 template <typename T>
 inline bool bn_tiles(int64_t D) {
-  return kBnTileIsa && std::is_same_v<T, float> && (D == 8 || D == 16) && !knobs::off("GEOOPS_POINCARE_BN_TILES");
+  return kBnTiles<T> && (D == 8 || D == 16) && !knobs::off("GEOOPS_POINCARE_BN_TILES");
 }
 // The 16 rows at p (DD floats each) as SoA s[d][l] = row l's element d.
 template <int DD>
@@ -186,483 +191,7 @@ inline vecmath::Vec tile_half(const float* col, int h) {
 #endif
 }
 
-// Fixed row chunks and their partial sums (the reproducibility notes at the batch norm below; the ReLU uses them too).
-constexpr int64_t kBnBlock = 256;  // rows per block of the row passes: their scalars and coefficients stay in L1
-
-// Rows per chunk of the reductions: about grain(work_per_row) rows rounded up to whole blocks.
-inline int64_t chunk_rows(int64_t work_per_row) { return (grain(work_per_row) + kBnBlock - 1) / kBnBlock * kBnBlock; }
-
-// for_row_chunks, Partials: csrc/cpu/row_chunks.h (shared with the stereographic weighted midpoint)
-using chunks::for_row_chunks;
-using chunks::Partials;
-
 }  // namespace
-
-// ---------------------------------------------------------------- Poincaré ReLU (one fused row op)
-// y = project(expmap0(relu(logmap0(x)))) per row, k = -c:  logmap0(x) = h x with h = atanc(k|x|^2) > 0, so
-// relu(h x) = h r (r = relu(x)), and expmap0(h r) = tanc(k h^2 |r|^2) h r.  Hence y = f r with
-// f = tanc(z2) h, z2 = k h^2 R (R = |r|^2), times mx / |y| where |y| = f sqrt(R) exceeds mx = (1 - eps)/sqrt(c)
-// (atanc / tanc and their derivatives from geoops/stereo_math.h, in double per row).  Backward, G = <g, r>:
-//   dL/dr = f g + 2 G (df/dR) r,  dL/dx = [x > 0] dL/dr + 2 G (df/dh)(dh/dX) x  (X = |x|^2),
-//   df/dR = k h^3 tanc'(z2),  df/dh = tanc(z2) + 2 k h^2 R tanc'(z2),  dh/dX = k atanc'(z1), z1 = k X;
-// on the projection branch y = mx r/|r|: dL/dr = (mx/|r|)(g - G r/R) and dL/dx has no X term.
-namespace {
-
-// The forward's scale of one row (y = f relu(x)): f = t2 h, or mx / |r| on the projection branch.  h = atanc(k X)
-// and t2 = tanc(k h^2 R) come in from the batched SIMD evaluation (relu_block below); mx = (1 - eps)/sqrt(-k), the
-// projection radius, from the caller (once per call: per row, its square root and division were a serial latency
-// chain that cost as much as the rest of the forward).
-inline double relu_row_f(double R, double mx, double h, double t2) {
-  const double f = t2 * h;
-  const double sR = std::sqrt(R);
-  return f * sR > mx ? mx / std::max(sR, 1e-15) : f;
-}
-
-// A block of rows' scalars: the row sums X = |x|^2, R = |relu x|^2 (and G = <g, relu x> for the backward) of
-// rows [i0, i0 + n), then h = atanc(k X) and t2 = tanc(k h^2 R) for all n rows at once on SIMD vectors
-// (vec_math.h: SLEEF), instead of one libm call chain per row.
-constexpr int64_t kReluBlock = 256;
-struct ReluBlock {
-  double X[kReluBlock], R[kReluBlock], G[kReluBlock], z[kReluBlock], q[kReluBlock], h[kReluBlock], t[kReluBlock];
-  double F[kReluBlock], A[kReluBlock], B[kReluBlock], K[kReluBlock];  // the backward's row lanes: f, G fR2, G fX2, G fk
-};
-
-// The backward's row scalars (the formulas above) for rows [0, n) of a block on SIMD lanes of doubles, one row per
-// lane (the stereo_math.h derivatives on Vec, both branches evaluated and blended per lane; a partial last vector:
-// zero lanes, computed and not stored), relu_rows_bwd_lanes; relu_bwd_vec is one vector of rows: F = f,
-// A = G fR2, B = G fX2, K = G fk from the row sums X, R, G and h = atanc(k X), t2 = tanc(k h^2 R) (y = f r,
-// dL/dr = f g + G fR2 r, dL/dx += G fX2 x, dL/dk += G fk); vfk = (1 - eps) / (2 (-k)^(3/2)), the projection's dfk.
-using VD = geoops::cpu::vecmath::Vec;
-inline void relu_bwd_vec(const VD& X, const VD& R, const VD& G, const VD& h, const VD& t2, double k, double mx,
-                         double vfk, VD& F, VD& A, VD& B, VD& K) {
-  const VD vk(k), one(1.0), two(2.0), vmx(mx), tiny(1e-15);
-  VD f = t2 * h;
-  const VD sR = R.sqrt();
-  const VD proj = f * sR > vmx;
-  const VD z1 = vk * X, q1 = one + z1;
-  const VD z2 = vk * h * h * R;
-  const VD t2d = stereo::tanc_d(z2, t2);
-  const VD h1 = stereo::atanc_d(z1, q1, h);
-  const VD dh_dX = vk * h1, dh_dk = X * h1;
-  const VD df_dh = t2 + two * vk * h * h * R * t2d;
-  VD fR2 = two * vk * h * h * h * t2d;
-  VD fX2 = two * df_dh * dh_dX;
-  VD fk = h * t2d * h * h * R + df_dh * dh_dk;
-  if (geoops::cpu::vecmath::any_lane(proj)) {
-    const VD nr = at::vec::maximum(sR, tiny);
-    f = VD::blendv(f, vmx / nr, proj);
-    fR2 = VD::blendv(fR2, vmx.neg() / (nr * nr * nr), proj);
-    fX2 = VD::blendv(fX2, VD(0.0), proj);
-    fk = VD::blendv(fk, VD(vfk) / nr, proj);
-  }
-  F = f, A = G * fR2, B = G * fX2, K = G * fk;
-}
-
-inline double relu_vfk(double k, double eps) { return 0.5 * (1.0 - eps) / (-k * std::sqrt(-k)); }
-
-inline void relu_rows_bwd_lanes(ReluBlock& b, int64_t n, double k, double eps, double mx) {
-  constexpr int64_t L = VD::size();
-  const double vfk = relu_vfk(k, eps);
-  for (int64_t i = 0; i < n; i += L) {
-    const int64_t cnt = std::min<int64_t>(L, n - i);
-    const VD X = VD::loadu(b.X + i, cnt), R = VD::loadu(b.R + i, cnt), G = VD::loadu(b.G + i, cnt);
-    const VD h = VD::loadu(b.h + i, cnt), t2 = VD::loadu(b.t + i, cnt);
-    VD F, A, B, K;
-    relu_bwd_vec(X, R, G, h, t2, k, mx, vfk, F, A, B, K);
-    F.store(b.F + i, cnt);
-    A.store(b.A + i, cnt);
-    B.store(b.B + i, cnt);
-    K.store(b.K + i, cnt);
-  }
-}
-
-template <typename T>
-void relu_block(ReluBlock& b, const T* xp, const T* gp, int64_t i0, int64_t n, int64_t D, double k) {
-  for (int64_t j = 0; j < n; ++j) {
-    const T* xr = xp + (i0 + j) * D;
-    // element d into partial sum d % 4 (std::fma; four scalars, unrolled), the partials added in a fixed order: the
-    // same sums whatever the row's alignment (no `omp simd reduction`), four independent chains, relu as maxsd (GCC compiled std::max
-    // to a branch per element: mispredicted on random signs, 3x the double path's time)
-    double X0 = 0, X1 = 0, X2 = 0, X3 = 0, R0 = 0, R1 = 0, R2 = 0, R3 = 0, G0 = 0, G1 = 0, G2 = 0, G3 = 0;
-    const T* gr = gp ? gp + (i0 + j) * D : nullptr;
-    auto acc = [&](int64_t d, double& x, double& r, double& g) {
-      const double v = double(xr[d]);
-#if defined(__SSE2__)
-      const double rv = _mm_cvtsd_f64(_mm_max_sd(_mm_set_sd(v), _mm_setzero_pd()));  // no branch (GCC's std::max)
-#else
-      const double rv = v > 0 ? v : 0.0;
-#endif
-      x = std::fma(v, v, x);
-      r = std::fma(rv, rv, r);
-      if (gr) g = std::fma(double(gr[d]), rv, g);
-    };
-    int64_t d = 0;
-    for (; d + 4 <= D; d += 4) acc(d, X0, R0, G0), acc(d + 1, X1, R1, G1), acc(d + 2, X2, R2, G2), acc(d + 3, X3, R3, G3);
-    if (d < D) acc(d, X0, R0, G0);
-    if (d + 1 < D) acc(d + 1, X1, R1, G1);
-    if (d + 2 < D) acc(d + 2, X2, R2, G2);
-    b.X[j] = (X0 + X1) + (X2 + X3);
-    b.R[j] = (R0 + R1) + (R2 + R3);
-    b.G[j] = (G0 + G1) + (G2 + G3);
-    b.z[j] = k * b.X[j];
-    b.q[j] = 1.0 + b.z[j];
-  }
-  atanc_n(b.z, b.q, b.h, n);
-  for (int64_t j = 0; j < n; ++j) b.z[j] = k * b.h[j] * b.h[j] * b.R[j];
-  tanc_n(b.z, b.t, n);
-}
-
-// ---- float row lanes (fp32 rows of D <= 16; GEOOPS_POINCARE_RELU_F32=0, read per call, forces the double row
-// lanes that float64, D > 16 and the hard blocks below run, so that the tests compare the two)
-// Blocks of 32 rows deinterleaved into SoA float lanes (stereographic_rows_f32.h's AVX-512 permutes at D = 3..16,
-// relu_perm below), 16 rows per AVX-512 vector.  Forward all in float: X = |x|^2 and R = |relu x|^2 as float FMAs (no
-// cancellation: 1 + k X is one fused rounding), h = atanc(k X) and t2 = tanc(k h^2 R) from f32rows' atanc_neg_f /
-// tanc_neg_f, f = t2 h or the projection's mx / |r|, and y = f max(x, 0).  Backward: the row sums X, R,
-// G = <g, relu x> in float (X again in double), then the row math in float lanes (relu_bwd_vec_f below: its terms
-// regrouped so that none cancels; tanc'/atanc' in their closed forms cancel ~1/|z| above the series cut, so from
-// float t2 and h they would lose up to ~1e-5 relative), the coefficients rounded to float for the
-// writes gx = [x > 0](f g + a x) + b x.  A block with a hard row (1 + k X <= 1e-6 in float: on or past the ball's
-// boundary; X or G not finite, NaN) or a partial block (< 32 rows) takes the double path (relu_block), whose
-// results are unchanged.
-using FVec = at::vec::Vectorized<float>;
-namespace f32r = geoops::cpu::f32rows;
-constexpr int kReluF32Rows = 32;
-constexpr int kReluF32MaxD = 16;
-inline bool relu_f32_on() { return !knobs::off("GEOOPS_POINCARE_RELU_F32"); }
-
-
-// AVX-512 permutes for the rows <-> SoA lanes at D = 3..16 (f32rows' deint_v and its row table; the header uses
-// them at D <= 8 only, where its blocks measured faster; here GCC's loop at D = 9..16 was half of the D = 16
-// backward's time, perf); D = 1, 2: GCC's loops (vector permutes already).
-constexpr bool relu_perm(int D) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return f32r::kF == 16 && D >= 3 && D <= kReluF32MaxD;
-#else
-  return (void)D, false;
-#endif
-}
-template <int D, int NB, bool HAS_G>
-inline void relu_deint(const float* xb, const float* gb, float (&xs)[D][NB], float (&gs)[HAS_G ? D : 1][NB]) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (relu_perm(D)) {
-    f32r::deint_v<D, NB>(xb, xs);
-    if constexpr (HAS_G) f32r::deint_v<D, NB>(gb, gs);
-    return;
-  }
-#endif
-  f32r::deinterleave<D, NB, HAS_G>(xb, gb, xs, gs);
-}
-
-// One float vector of rows from lane o: the row sums X, R (and G when BWD) and the hard-row check.
-template <int D, int NB, bool BWD>
-inline bool relu_sums_f(const float (&xs)[D][NB], const float (&gs)[BWD ? D : 1][NB], int o, float k,
-                                 FVec& X, FVec& R, FVec& G, FVec& q1) {
-  const FVec zero(0.f);
-  X = zero, R = zero, G = zero;
-  for (int j = 0; j < D; ++j) {
-    const FVec v = FVec::loadu(&xs[j][o]);
-    const FVec r = v & (v > zero);
-    X = at::vec::fmadd(v, v, X);
-    R = at::vec::fmadd(r, r, R);
-    if (BWD) G = at::vec::fmadd(FVec::loadu(&gs[j][o]), r, G);
-  }
-  q1 = at::vec::fmadd(FVec(k), X, FVec(1.f));
-  FVec ok = (q1 > FVec(1e-6f)) & (X < FVec(1e30f));
-  if (BWD) ok = ok & f32r::fin(G);
-  return ok.zero_mask() == 0;
-}
-
-// y = f max(x, 0) for the NB rows (f: ca[b]); gx = [x > 0](f g + a x) + b x (f, a, b: ca, cb, cc) when BWD.
-template <int D, int NB, bool BWD>
-__attribute__((noinline, optimize("no-trapping-math"))) void relu_write_f(
-    const float* __restrict xb, const float* __restrict gb, float* __restrict ob, const float* __restrict ca,
-    const float* __restrict cb, const float* __restrict cc) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (relu_perm(D)) {
-    const f32r::PermTab<D>& T = f32r::kPermTab<D>;
-    const __m512 zero = _mm512_setzero_ps();
-    for (int r0 = 0; r0 < NB; r0 += 16) {
-      const __m512 f = _mm512_loadu_ps(ca + r0);
-      __m512 a = zero, b = zero;
-      if (BWD) a = _mm512_loadu_ps(cb + r0), b = _mm512_loadu_ps(cc + r0);
-      for (int i = 0; i < D; ++i) {
-        const __m512i ix = _mm512_loadu_si512(T.row[i]);
-        const int off = r0 * D + 16 * i;
-        const __m512 xv = _mm512_loadu_ps(xb + off);
-        __m512 o;
-        if (BWD) {
-          const __mmask16 pos = _mm512_cmp_ps_mask(xv, zero, _CMP_GT_OQ);
-          const __m512 t = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, f), _mm512_loadu_ps(gb + off),
-                                           _mm512_mul_ps(_mm512_permutexvar_ps(ix, a), xv));
-          o = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, b), xv, _mm512_maskz_mov_ps(pos, t));
-        } else {
-          o = _mm512_mul_ps(_mm512_permutexvar_ps(ix, f), _mm512_max_ps(xv, zero));
-        }
-        _mm512_storeu_ps(ob + off, o);
-      }
-    }
-    return;
-  }
-#endif
-  for (int b = 0; b < NB; ++b) {
-    const float f = ca[b], a = BWD ? cb[b] : 0.f, bb = BWD ? cc[b] : 0.f;
-#pragma omp simd
-    for (int j = 0; j < D; ++j) {
-      const float v = xb[b * D + j];
-      if (BWD) {
-        ob[b * D + j] = std::fma(bb, v, v > 0.f ? std::fma(f, gb[b * D + j], a * v) : 0.f);
-      } else {
-        ob[b * D + j] = v > 0.f ? f * v : 0.f;
-      }
-    }
-  }
-}
-
-// The forward of NB rows at xb into yb; false (nothing written) on a hard row.
-template <int D, int NB>
-inline bool relu_f32_fwd_block(const float* xb, float* yb, float k, float mx) {
-  alignas(64) float xs[D][NB], none[1][NB];
-  alignas(64) float ca[NB];
-  relu_deint<D, NB, false>(xb, nullptr, xs, none);
-  for (int o = 0; o < NB; o += f32r::kF) {
-    FVec X, R, G, q1;
-    if (!relu_sums_f<D, NB, false>(xs, none, o, k, X, R, G, q1)) return false;
-    const FVec vk(k);
-    const FVec h = f32r::atanc_neg_f(vk * X, q1);
-    const FVec t2 = f32r::tanc_neg_f(vk * h * h * R);
-    FVec f = t2 * h;
-    const FVec sR = R.sqrt();
-    const FVec proj = f * sR > FVec(mx);
-    if (proj.zero_mask() != (1 << f32r::kF) - 1) f = FVec::blendv(f, FVec(mx) / at::vec::maximum(sR, FVec(1e-15f)), proj);
-    f.store(ca + o);
-  }
-  relu_write_f<D, NB, false>(xb, nullptr, yb, ca, nullptr, nullptr);
-  return true;
-}
-
-// ---- the backward's row math in float lanes.  With u = sqrt(c h^2 R) (z2 = -u^2), s^2 = c X (z1 = -s^2) and
-// e = exp(-2u), relu_bwd_vec's terms regrouped so that none cancels:
-//   df/dh = t2 + 2 z2 tanc'(z2) = sech^2 u = 4e / (1 + e)^2 (from e: no 1 - tanh^2 near tanh = 1);
-//   tanc'(z2) = (t2 - sech^2 u) / (2u^2) for u^2 >= 1 (the difference >= 0.34 t2: ~2 ulp), below it
-//     2 sech^2 u S(2u) with S(w) = (sinh w - w)/w^3 = sum_n w^2n / (2n+3)! (all terms positive; 7 terms for
-//     w^2 < 4: truncation < 3e-10 relative);
-//   atanc'(z1) = (h - 1/q1) / (2 s^2) for s^2 >= 1/4 (the difference >= 0.18 / q1: the float h's ~2 ulp become
-//     <= ~6 ulp), below it -sum_{n>=1} n/(2n+1) s^(2n-2) (13 terms: truncation < 1e-8 relative);
-// q1 = 1 + k X from X in double (it cancels near the boundary), h = atanc_neg_f, t2 = tanc_neg_f (the
-// forward's float functions, ~1-2 ulp), e from SLEEF's float exp (1 ulp).  Then fR2 = 2 k h^3 tanc', fX2 = 2 k
-// sech^2 u atanc', fk = h^3 R tanc' + sech^2 u X atanc' (its two terms cancel on rows with relu x = x, where
-// the exact dL/dk is 0: float leaves ~1e-7 |G| X there), each a few float ulps: the gradients stay within ~1e-6
-// relative of the double lanes (tests/test_poincare_relu_f32.py).  The projection branch as relu_bwd_vec.
-template <int N>
-inline FVec horner_f(const FVec& x, const float (&c)[N]) {
-  FVec p(c[N - 1]);
-  for (int i = N - 2; i >= 0; --i) p = at::vec::fmadd(p, x, FVec(c[i]));
-  return p;
-}
-constexpr float kSinhS[7] = {1.f / 6, 1.f / 120, 1.f / 5040, 1.f / 362880, 1.f / 39916800, 1.f / 6227020800.f,
-                             1.f / 1307674368000.f};
-constexpr float kAtancD[13] = {1.f / 3,  2.f / 5,   3.f / 7,   4.f / 9,   5.f / 11,  6.f / 13, 7.f / 15,
-                               8.f / 17, 9.f / 19, 10.f / 21, 11.f / 23, 12.f / 25, 13.f / 27};
-// F = f, A = G fR2, B = G fX2, K = G fk for one float vector of rows from X, q1 (= 1 + k X, rounded once from
-// double), R, G.
-inline void relu_bwd_vec_f(const FVec& X, const FVec& q1, const FVec& R, const FVec& G, float k, float mx, float vfk,
-                           FVec& F, FVec& A, FVec& B, FVec& K) {
-  const FVec vk(k), one(1.f), two(2.f), zero(0.f);
-  const FVec h = f32r::atanc_neg_f(vk * X, q1);
-  const FVec u2 = (vk * h * h * R).neg();
-  const FVec t2 = f32r::tanc_neg_f(u2.neg());
-  const FVec e = (FVec(-2.f) * u2.sqrt()).exp();
-  const FVec re = f32r::rcp_cr(one + e);
-  const FVec sech2 = FVec(4.f) * e * re * re;
-  const FVec t2d = FVec::blendv(two * sech2 * horner_f(FVec(4.f) * u2, kSinhS),
-                                (t2 - sech2) * f32r::rcp_cr(two * u2), u2 >= one);
-  const FVec y = vk.neg() * X;
-  const FVec h1 = FVec::blendv(horner_f(y, kAtancD).neg(), (h - f32r::rcp_cr(q1)) * f32r::rcp_cr(two * y),
-                               y >= FVec(0.25f));
-  const FVec h3 = h * h * h;
-  FVec f = t2 * h;
-  FVec fR2 = two * vk * h3 * t2d;
-  FVec fX2 = two * vk * sech2 * h1;
-  FVec fk = at::vec::fmadd(h3 * R, t2d, sech2 * X * h1);
-  const FVec sR = R.sqrt();
-  const FVec vmx(mx);
-  const FVec proj = f * sR > vmx;
-  if (proj.zero_mask() != (1 << f32r::kF) - 1) {
-    const FVec rn = f32r::rcp_cr(at::vec::maximum(sR, FVec(1e-15f)));
-    f = FVec::blendv(f, vmx * rn, proj);
-    fR2 = FVec::blendv(fR2, vmx.neg() * rn * rn * rn, proj);
-    fX2 = FVec::blendv(fX2, zero, proj);
-    fk = FVec::blendv(fk, FVec(vfk) * rn, proj);
-  }
-  F = f, A = G * fR2, B = G * fX2, K = G * fk;
-}
-
-// The backward of NB rows: gx into gxb, the rows' dL/dk added to acc; false (nothing written) on a hard row.
-// The row math in float lanes (relu_bwd_vec_f).
-template <int D, int NB>
-inline bool relu_f32_bwd_block(const float* xb, const float* gb, float* gxb, double k, double mx,
-                                        double vfk, double& acc) {
-  alignas(64) float xs[D][NB], gs[D][NB];
-  alignas(64) float ca[NB], cb[NB], cc[NB];
-  relu_deint<D, NB, true>(xb, gb, xs, gs);
-  const VD vk(k), one(1.0);
-  VD kacc(0.0);
-  for (int o = 0; o < NB; o += f32r::kF) {
-    FVec X, R, G, q1;
-    if (!relu_sums_f<D, NB, true>(xs, gs, o, float(k), X, R, G, q1)) return false;
-    // X again in double: 1 + k X cancels near the boundary and tanc' / atanc' amplify its rounding there (the
-    // float sum gave ~8x the double path's gradient error on rows at 0.99 of the radius)
-    VD Xd[2] = {VD(0.0), VD(0.0)};
-    for (int j = 0; j < D; ++j) {
-      const VD lo = f32r::widen(&xs[j][o]), hi = f32r::widen(&xs[j][o + f32r::kD]);
-      Xd[0] = at::vec::fmadd(lo, lo, Xd[0]);
-      Xd[1] = at::vec::fmadd(hi, hi, Xd[1]);
-    }
-    const FVec q1d = f32r::narrow(at::vec::fmadd(vk, Xd[0], one), at::vec::fmadd(vk, Xd[1], one));
-    FVec Ff, Af, Bf, Kf;
-    relu_bwd_vec_f(X, q1d, R, G, float(k), float(mx), float(vfk), Ff, Af, Bf, Kf);
-    Ff.store(ca + o);
-    Af.store(cb + o);
-    Bf.store(cc + o);
-    VD K0, K1;
-    f32r::widen2(Kf, K0, K1);
-    kacc = kacc + K0 + K1;
-  }
-  relu_write_f<D, NB, true>(xb, gb, gxb, ca, cb, cc);
-  alignas(64) double kl[VD::size()];
-  kacc.store(kl);
-  for (int i = 0; i < VD::size(); ++i) acc += kl[i];
-  return true;
-}
-
-
-// The float blocks for the runtime D (<= kReluF32MaxD).
-template <bool BWD>
-inline bool relu_f32_block(int64_t D, const float* xb, const float* gb, float* ob, double k, double mx, double vfk,
-                           double& acc) {
-  constexpr int NB = kReluF32Rows;
-  switch (D) {
-#define GEOOPS_RELU_CASE(d)                                                                        \
-  case d:                                                                                          \
-    return BWD ? relu_f32_bwd_block<d, NB>(xb, gb, ob, k, mx, vfk, acc)                         \
-               : relu_f32_fwd_block<d, NB>(xb, ob, float(k), float(mx));
-    GEOOPS_RELU_CASE(1) GEOOPS_RELU_CASE(2) GEOOPS_RELU_CASE(3) GEOOPS_RELU_CASE(4) GEOOPS_RELU_CASE(5)
-    GEOOPS_RELU_CASE(6) GEOOPS_RELU_CASE(7) GEOOPS_RELU_CASE(8) GEOOPS_RELU_CASE(9) GEOOPS_RELU_CASE(10)
-    GEOOPS_RELU_CASE(11) GEOOPS_RELU_CASE(12) GEOOPS_RELU_CASE(13) GEOOPS_RELU_CASE(14) GEOOPS_RELU_CASE(15)
-    GEOOPS_RELU_CASE(16)
-#undef GEOOPS_RELU_CASE
-  }
-  return false;
-}
-
-// Rows in fixed chunks (chunk_rows: whole 32-row float blocks, independent of the thread count) and dL/dk summed
-// per chunk in a Partials row, the chunks added in order: identical inputs give bit-identical outputs whatever the
-// thread count and the buffers' alignment (the row sums sequential std::fma chains, the writes explicit FMAs).
-// (Per-thread ranges would move the 32-row blocks and the partial tails — the double path — with the thread count.)
-template <typename T>
-void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
-  const double mx = (1.0 - eps) / std::sqrt(-k);
-  const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
-  for_row_chunks(N, chunk_rows(D), [&](int64_t i0, int64_t i1, int64_t) {
-    ReluBlock blk;
-    const int64_t step = f32 ? kReluF32Rows : kReluBlock;
-    for (int64_t b0 = i0; b0 < i1; b0 += step) {
-      const int64_t n = std::min(step, i1 - b0);
-      if constexpr (std::is_same<T, float>::value) {
-        double unused = 0;
-        if (f32 && n == kReluF32Rows &&
-            relu_f32_block<false>(D, xp + b0 * D, nullptr, yp + b0 * D, k, mx, 0.0, unused))
-          continue;
-      }
-      relu_block<T>(blk, xp, nullptr, b0, n, D, k);
-      for (int64_t j = 0; j < n; ++j) {
-        const T* xr = xp + (b0 + j) * D;
-        T* yr = yp + (b0 + j) * D;
-        const T f = T(relu_row_f(blk.R[j], mx, blk.h[j], blk.t[j]));
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] > T(0) ? f * xr[d] : T(0);
-      }
-    }
-  });
-}
-
-// gx = [x > 0](f g + a x) + b x with explicit FMAs (as the AVX-512 write of relu_write_f).
-template <typename T>
-inline void relu_bwd_write_row(const T* xr, const T* gr, T* gxr, int64_t D, T f, T a, T b) {
-#pragma omp simd
-  for (int64_t d = 0; d < D; ++d) {
-    const T v = xr[d];
-    gxr[d] = std::fma(b, v, v > T(0) ? std::fma(f, gr[d], a * v) : T(0));
-  }
-}
-
-template <typename T>
-double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, double k, double eps) {
-  const double mx = (1.0 - eps) / std::sqrt(-k);
-  const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
-  const double vfk = relu_vfk(k, eps);
-  const int64_t CH = chunk_rows(D);
-  const Partials part(N, CH, 1);
-  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
-    double acc = 0;
-    ReluBlock blk;
-    const int64_t step = f32 ? kReluF32Rows : kReluBlock;
-    for (int64_t b0 = i0; b0 < i1; b0 += step) {
-      const int64_t n = std::min(step, i1 - b0);
-      if constexpr (std::is_same<T, float>::value) {
-        if (f32 && n == kReluF32Rows &&
-            relu_f32_block<true>(D, xp + b0 * D, gp + b0 * D, gxp + b0 * D, k, mx, vfk, acc))
-          continue;
-      }
-      relu_block<T>(blk, xp, gp, b0, n, D, k);
-      relu_rows_bwd_lanes(blk, n, k, eps, mx);
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t i = b0 + j;
-        relu_bwd_write_row<T>(xp + i * D, gp + i * D, gxp + i * D, D, T(blk.F[j]), T(blk.A[j]), T(blk.B[j]));
-        acc += blk.K[j];
-      }
-    }
-    part.row(ci)[0] = acc;
-  });
-  return part.sum()[0];
-}
-
-void check_rows(const char* op, const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 2, op, ": x must be (N, D) rows");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": float32 or float64 on the CPU");
-}
-
-}  // namespace
-
-at::Tensor poincare_relu_fwd_cpu(const at::Tensor& x_in, const at::Tensor& c_in, double eps) {
-  check_rows("poincare_relu", x_in);
-  const at::Tensor x = x_in.contiguous();
-  const double k = -c_in.item<double>();
-  at::Tensor y = at::empty_like(x);
-  if (x.scalar_type() == at::kDouble)
-    relu_fwd_impl<double>(x.data_ptr<double>(), y.data_ptr<double>(), x.size(0), x.size(1), k, eps);
-  else
-    relu_fwd_impl<float>(x.data_ptr<float>(), y.data_ptr<float>(), x.size(0), x.size(1), k, eps);
-  return y;
-}
-
-std::tuple<at::Tensor, at::Tensor> poincare_relu_bwd_cpu(const at::Tensor& g_in, const at::Tensor& x_in,
-                                                         const at::Tensor& c_in, double eps) {
-  check_rows("poincare_relu", x_in);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor g = g_in.to(x.scalar_type()).contiguous();
-  TORCH_CHECK(g.sizes() == x.sizes(), "poincare_relu: grad and x must have one shape");
-  const double k = -c_in.item<double>();
-  at::Tensor gx = at::empty_like(x);
-  double gk;
-  if (x.scalar_type() == at::kDouble)
-    gk = relu_bwd_impl<double>(g.data_ptr<double>(), x.data_ptr<double>(), gx.data_ptr<double>(), x.size(0),
-                               x.size(1), k, eps);
-  else
-    gk = relu_bwd_impl<float>(g.data_ptr<float>(), x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0), x.size(1),
-                              k, eps);
-  return {gx, at::full({}, -gk, x.options().dtype(at::kDouble))};  // dc = -dk
-}
 
 // ---------------------------------------------------------------- midpoint batch norm
 // The batch midpoint's sums (one fused reduction): F = sum_i lam_i x_i, L = sum_i (lam_i - 1),
@@ -698,14 +227,11 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
       for (int64_t d = 0; d < D; ++d) aF[d] = Vec(0.0);
       const Vec one(1.0), two(2.0), vc(c), tiny(1e-15), zero(0.0);
       int64_t i = i0;
-      if constexpr (kBnTileIsa && VL == 8 && std::is_same_v<T, float>) {
+      if constexpr (kBnTiles<T>) {
         if (tiles) {  // whole tiles of 16 rows (bn_tiles): the gathers' columns by a transpose, same expressions
           alignas(64) float ts[kBnLaneMaxD][kTile];
           for (; i + kTile <= i1; i += kTile) {
-            if (D == 16)
-              tile16<16>(xp + i * D, *reinterpret_cast<float(*)[16][kTile]>(ts));
-            else
-              tile16<8>(xp + i * D, *reinterpret_cast<float(*)[8][kTile]>(ts));
+            with_tile_width(D, [&](auto W) { tile16<W>(xp + i * D, *reinterpret_cast<float(*)[W][kTile]>(ts)); });
             for (int h = 0; h < 2; ++h) {
               Vec X(0.0);
               for (int64_t d = 0; d < D; ++d) xs[d] = tile_half(ts[d], h), X = at::vec::fmadd(xs[d], xs[d], X);
@@ -839,9 +365,8 @@ void bn_block_sums(BnBlock& k_, const T* vp, const T* gp, const double* bp, int6
   using vecmath::Vec;
   if (lanes) {  // rows on lanes (bn_lanes): padded lanes load zeros, so their sums are 0
     int64_t j0 = 0;
-    if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
-      if (tiles) j0 = D == 16 ? bn_block_sums_tiles<16>(k_, vp, gp, bp, i0, n)
-                                    : bn_block_sums_tiles<8>(k_, vp, gp, bp, i0, n);
+    if constexpr (kBnTiles<T>) {
+      if (tiles) j0 = with_tile_width(D, [&](auto W) { return bn_block_sums_tiles<W>(k_, vp, gp, bp, i0, n); });
     }
     for (int64_t j = j0; j < n; j += kLanes) {
       const Cols<T> cl(D, std::min(kLanes, n - j));
@@ -1156,9 +681,9 @@ void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, in
   if (lanes) {  // rows on lanes (bn_lanes); padded lanes set to zeros as below
     const Vec zero(0.0), half(0.5), vmm(mm);
     int64_t j0 = 0;
-    if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
-      if (tiles && (gp || Xs)) j0 = D == 16 ? log_block_sums_tiles<16>(k_, xp, gp, mp, i0, n, Xs, mm)
-                                            : log_block_sums_tiles<8>(k_, xp, gp, mp, i0, n, Xs, mm);
+    if constexpr (kBnTiles<T>) {
+      if (tiles && (gp || Xs))
+        j0 = with_tile_width(D, [&](auto W) { return log_block_sums_tiles<W>(k_, xp, gp, mp, i0, n, Xs, mm); });
     }
     for (int64_t j = j0; j < n; j += kLanes) {
       const int64_t cnt = std::min(kLanes, n - j);
@@ -1309,9 +834,8 @@ double bn_log_fwd_impl(const T* xp, const double* mp, const double* Xs, T* up, i
         using vecmath::Vec;
         Vec sl(0.0);
         int64_t j0 = 0;
-        if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
-          if (tiles) j0 = D == 16 ? bn_log_fwd_tiles<16>(blk, xp, mp, up, b0, n, sl)
-                                  : bn_log_fwd_tiles<8>(blk, xp, mp, up, b0, n, sl);
+        if constexpr (kBnTiles<T>) {
+          if (tiles) j0 = with_tile_width(D, [&](auto W) { return bn_log_fwd_tiles<W>(blk, xp, mp, up, b0, n, sl); });
         }
         for (int64_t j = j0; j < n; j += kLanes) {
           const int64_t cnt = std::min(kLanes, n - j);
@@ -1440,9 +964,11 @@ double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* c
       const Vec one(1.0), two(2.0), half(0.5), vc(c), tiny(1e-15), zero(0.0), vgL(gL);
       Vec xs[kBnLaneMaxD], gcv(0.0);
       int64_t i = i0;
-      if constexpr (kBnTileIsa && VL == 8 && std::is_same_v<T, float>) {
-        if (tiles) i = D == 16 ? bn_log_bwd_dx_tiles<16>(gp, xp, mp, cf, gF, gL, c, dxp, N, i0, i1, gcv)
-                               : bn_log_bwd_dx_tiles<8>(gp, xp, mp, cf, gF, gL, c, dxp, N, i0, i1, gcv);
+      if constexpr (kBnTiles<T>) {
+        if (tiles)
+          i = with_tile_width(D, [&](auto W) {
+            return bn_log_bwd_dx_tiles<W>(gp, xp, mp, cf, gF, gL, c, dxp, N, i0, i1, gcv);
+          });
       }
       for (; i < i1; i += VL) {
         const int64_t cnt = std::min(VL, i1 - i);
@@ -1516,10 +1042,10 @@ std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_fwd_cpu(const at::Tens
   at::Tensor F = at::empty({D}, x.options().dtype(at::kDouble));
   at::Tensor L = at::empty({}, x.options().dtype(at::kDouble));
   const double c = c_in.item<double>();
-  if (x.scalar_type() == at::kDouble)
-    mid_fwd_impl<double>(x.data_ptr<double>(), x.size(0), D, c, F.data_ptr<double>(), L.data_ptr<double>());
-  else
-    mid_fwd_impl<float>(x.data_ptr<float>(), x.size(0), D, c, F.data_ptr<double>(), L.data_ptr<double>());
+  by_dtype(x.scalar_type() == at::kDouble, [&](auto z) {
+    using T = decltype(z);
+    mid_fwd_impl<T>(x.data_ptr<T>(), x.size(0), D, c, F.data_ptr<double>(), L.data_ptr<double>());
+  });
   return {F.to(x.scalar_type()), L.to(x.scalar_type())};
 }
 
@@ -1531,13 +1057,10 @@ std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tens
   TORCH_CHECK(gF.numel() == x.size(1), "poincare_midpoint_sums: grad of F must have D entries");
   const double gL = gL_in.item<double>(), c = c_in.item<double>();
   at::Tensor gx = at::empty_like(x);
-  double gc;
-  if (x.scalar_type() == at::kDouble)
-    gc = mid_bwd_impl<double>(gF.data_ptr<double>(), gL, x.data_ptr<double>(), gx.data_ptr<double>(), x.size(0),
-                              x.size(1), c);
-  else
-    gc = mid_bwd_impl<float>(gF.data_ptr<float>(), gL, x.data_ptr<float>(), gx.data_ptr<float>(), x.size(0),
-                             x.size(1), c);
+  const double gc = by_dtype(x.scalar_type() == at::kDouble, [&](auto z) {
+    using T = decltype(z);
+    return mid_bwd_impl<T>(gF.data_ptr<T>(), gL, x.data_ptr<T>(), gx.data_ptr<T>(), x.size(0), x.size(1), c);
+  });
   return {gx, at::full({}, gc, x.options().dtype(at::kDouble))};
 }
 
@@ -1549,10 +1072,10 @@ at::Tensor poincare_bn_rows_fwd_cpu(const at::Tensor& u_in, const at::Tensor& M_
   const at::Tensor v = bn_times_M(u, M).contiguous();
   const bool lanes = bn_lanes(u.size(1));
   at::Tensor y = at::empty_like(u);
-  if (u.scalar_type() == at::kDouble)
-    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), u.size(0), bn_ctx(b, c, eps), lanes);
-  else
-    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), u.size(0), bn_ctx(b, c, eps), lanes);
+  by_dtype(u.scalar_type() == at::kDouble, [&](auto z) {
+    using T = decltype(z);
+    bn_fwd_impl<T>(v.data_ptr<T>(), y.data_ptr<T>(), u.size(0), bn_ctx(b, c, eps), lanes);
+  });
   return y;
 }
 
@@ -1570,12 +1093,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
   const auto dopt = u.options().dtype(at::kDouble);
   at::Tensor gb = at::empty({D}, dopt), gk = at::empty({}, dopt);
   const bool lanes = bn_lanes(D);
-  if (u.scalar_type() == at::kDouble)
-    bn_bwd_impl<double>(g.data_ptr<double>(), v.data_ptr<double>(), u.size(0), bn_ctx(b, c, eps),
-                        gv.data_ptr<double>(), gb.data_ptr<double>(), gk.data_ptr<double>(), lanes);
-  else
-    bn_bwd_impl<float>(g.data_ptr<float>(), v.data_ptr<float>(), u.size(0), bn_ctx(b, c, eps),
-                       gv.data_ptr<float>(), gb.data_ptr<double>(), gk.data_ptr<double>(), lanes);
+  by_dtype(u.scalar_type() == at::kDouble, [&](auto z) {
+    using T = decltype(z);
+    bn_bwd_impl<T>(g.data_ptr<T>(), v.data_ptr<T>(), u.size(0), bn_ctx(b, c, eps), gv.data_ptr<T>(),
+                   gb.data_ptr<double>(), gk.data_ptr<double>(), lanes);
+  });
   at::Tensor gu = gv, gM = at::empty({0}, u.options());
   if (M.numel()) {
     at::NoGradGuard ng;
@@ -1594,10 +1116,10 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
   const bool f64 = x.scalar_type() == at::kDouble;
   const bool lanes = bn_lanes(D);
   std::unique_ptr<double[]> X(new double[N]);  // |x_i|^2 from the sums pass, for the stats pass
-  if (f64)
-    mid_fwd_impl<double>(x.data_ptr<double>(), N, D, c, Fp, Fp + D, X.get(), lanes);
-  else
-    mid_fwd_impl<float>(x.data_ptr<float>(), N, D, c, Fp, Fp + D, X.get(), lanes);
+  by_dtype(f64, [&](auto z) {
+    using T = decltype(z);
+    mid_fwd_impl<T>(x.data_ptr<T>(), N, D, c, Fp, Fp + D, X.get(), lanes);
+  });
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
   at::Tensor m = at::empty({D}, x.options());
   std::vector<double> md(D);  // m as the layer's dtype rounds it: the logmap runs at the returned point
@@ -1612,10 +1134,10 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
     mm = std::fma(md[d], md[d], mm);
   }
   at::Tensor u = at::empty_like(x);
-  const double S = f64 ? bn_log_fwd_impl<double>(x.data_ptr<double>(), md.data(), X.get(), u.data_ptr<double>(), N, D,
-                                                 mm, -c, lanes)
-                       : bn_log_fwd_impl<float>(x.data_ptr<float>(), md.data(), X.get(), u.data_ptr<float>(), N, D,
-                                                mm, -c, lanes);
+  const double S = by_dtype(f64, [&](auto z) {
+    using T = decltype(z);
+    return bn_log_fwd_impl<T>(x.data_ptr<T>(), md.data(), X.get(), u.data_ptr<T>(), N, D, mm, -c, lanes);
+  });
   return {u, m, S, mid};
 }
 
@@ -1635,12 +1157,10 @@ std::tuple<at::Tensor, double> bn_layer_bwd(const at::Tensor& gu, const at::Tens
   double sm = 0, sk = 0;
   const bool f64 = x.scalar_type() == at::kDouble;
   const bool lanes = bn_lanes(D);
-  if (f64)
-    bn_log_bwd_red<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk,
-                           lanes, fill);
-  else
-    bn_log_bwd_red<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk,
-                          lanes, fill);
+  by_dtype(f64, [&](auto z) {
+    using T = decltype(z);
+    bn_log_bwd_red<T>(gu.data_ptr<T>(), x.data_ptr<T>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk, lanes, fill);
+  });
   // the total gm (the transport's, the logmap's), then the midpoint's D-vector backward in double
   const MidVec mv = mid_vec(Fp, Fp[D], D, c);
   std::vector<double> gm(D), gF(D);
@@ -1654,10 +1174,10 @@ std::tuple<at::Tensor, double> bn_layer_bwd(const at::Tensor& gu, const at::Tens
   }
   const double gL = mv.L > 1e-15 ? -gFf : 0.0;
   at::Tensor dx = at::empty_like(x);
-  const double gc3 = f64 ? bn_log_bwd_dx<double>(gu.data_ptr<double>(), x.data_ptr<double>(), mp, cf, gF.data(),
-                                                 gL, c, dx.data_ptr<double>(), N, D, lanes)
-                         : bn_log_bwd_dx<float>(gu.data_ptr<float>(), x.data_ptr<float>(), mp, cf, gF.data(),
-                                                gL, c, dx.data_ptr<float>(), N, D, lanes);
+  const double gc3 = by_dtype(f64, [&](auto z) {
+    using T = decltype(z);
+    return bn_log_bwd_dx<T>(gu.data_ptr<T>(), x.data_ptr<T>(), mp, cf, gF.data(), gL, c, dx.data_ptr<T>(), N, D, lanes);
+  });
   return {dx, -sk + gc3 + h * mv.ff / (2.0 * mv.r)};  // dc = -dk of the logmap + the midpoint's
 }
 
@@ -1918,12 +1438,7 @@ void rows_times_fixed(const T* a, const double* Mat, const T* add, double beta, 
 template <typename T>
 void rows_times_range(const T* a, const double* Mat, const T* add, double beta, T* out, int64_t i0, int64_t i1,
                       int64_t D) {
-  if (D == 8)
-    rows_times_fixed<T, 8>(a, Mat, add, beta, out, i0, i1, D);
-  else if (D == 16)
-    rows_times_fixed<T, 16>(a, Mat, add, beta, out, i0, i1, D);
-  else
-    rows_times_fixed<T, 0>(a, Mat, add, beta, out, i0, i1, D);
+  with_row_width(D, [&](auto W) { rows_times_fixed<T, W>(a, Mat, add, beta, out, i0, i1, D); });
 }
 
 // out = a^T g (D x D, double) for rows a, g (N, D): fixed row chunks, each chunk's partial D x D in a Partials
@@ -1965,12 +1480,7 @@ void rows_gram_fixed(const T* a, const T* g, int64_t N, int64_t Drt, double* out
 
 template <typename T>
 void rows_gram(const T* a, const T* g, int64_t N, int64_t D, double* out) {
-  if (D == 8)
-    rows_gram_fixed<T, 8>(a, g, N, D, out);
-  else if (D == 16)
-    rows_gram_fixed<T, 16>(a, g, N, D, out);
-  else
-    rows_gram_fixed<T, 0>(a, g, N, D, out);
+  with_row_width(D, [&](auto W) { rows_gram_fixed<T, W>(a, g, N, D, out); });
 }
 
 // ---- session 23: gM's contractions without gM, and gu = gv M^T from M's rank 2 (GEOOPS_POINCARE_BN_CONTRACT=0,
@@ -2088,8 +1598,8 @@ void bn_contract(const T* u, const T* g, const double* b, const double* e, int64
     for (int64_t b0 = i0; b0 < i1; b0 += kBnBlock) {
       const int64_t n = std::min(kBnBlock, i1 - b0);
       int64_t j = 0;
-      if constexpr (kBnTileIsa && kLanes == 8 && std::is_same_v<T, float>) {
-        if (tiles) j = D == 16 ? ct_dots_tiles<16>(u, g, b, e, b0, n, s, tg, N) : ct_dots_tiles<8>(u, g, b, e, b0, n, s, tg, N);
+      if constexpr (kBnTiles<T>) {
+        if (tiles) j = with_tile_width(D, [&](auto W) { return ct_dots_tiles<W>(u, g, b, e, b0, n, s, tg, N); });
       }
       for (; j < n; j += kLanes) {  // gathers
         const int64_t cnt = std::min(kLanes, n - j);
@@ -2099,12 +1609,7 @@ void bn_contract(const T* u, const T* g, const double* b, const double* e, int64
         ct_dots([&](int64_t d) { return cl.load(ur + d); }, [&](int64_t d) { return cl.load(gr + d); }, b, e, D,
                 s[0] + j, s[1] + j, tg + b0 + j, tg + N + b0 + j, cnt);
       }
-      if (D == 8)
-        ct_rows<T, 8>(u, g, s, tg, N, b0, n, D, p);
-      else if (D == 16)
-        ct_rows<T, 16>(u, g, s, tg, N, b0, n, D, p);
-      else
-        ct_rows<T, 0>(u, g, s, tg, N, b0, n, D, p);
+      with_row_width(D, [&](auto W) { ct_rows<T, W>(u, g, s, tg, N, b0, n, D, p); });
     }
   });
   const std::vector<double> a = part.sum();
@@ -2149,12 +1654,7 @@ void gu_rank2_fixed(const T* gv, const T* u, const double* tg, int64_t N, const 
 template <typename T>
 void gu_rank2_rows(const T* gv, const T* u, const double* tg, int64_t N, const BnTransport& t, const double* b,
                    const double* e, double beta, T* gu, int64_t i0, int64_t i1, int64_t D) {
-  if (D == 8)
-    gu_rank2_fixed<T, 8>(gv, u, tg, N, t, b, e, beta, gu, i0, i1, D);
-  else if (D == 16)
-    gu_rank2_fixed<T, 16>(gv, u, tg, N, t, b, e, beta, gu, i0, i1, D);
-  else
-    gu_rank2_fixed<T, 0>(gv, u, tg, N, t, b, e, beta, gu, i0, i1, D);
+  with_row_width(D, [&](auto W) { gu_rank2_fixed<T, W>(gv, u, tg, N, t, b, e, beta, gu, i0, i1, D); });
 }
 
 }  // namespace
@@ -2186,10 +1686,10 @@ std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at:
   at::Tensor y = at::empty_like(u);
   const BnRowCtx cx = bn_ctx_d(br, c, eps_proj);
   const bool lanes = bn_lanes(D);
-  if (f64)
-    bn_fwd_impl<double>(v.data_ptr<double>(), y.data_ptr<double>(), N, cx, lanes);
-  else
-    bn_fwd_impl<float>(v.data_ptr<float>(), y.data_ptr<float>(), N, cx, lanes);
+  by_dtype(f64, [&](auto z) {
+    using T = decltype(z);
+    bn_fwd_impl<T>(v.data_ptr<T>(), y.data_ptr<T>(), N, cx, lanes);
+  });
   at::Tensor tr = at::empty({kTrN}, x.options().dtype(at::kDouble));
   std::memcpy(tr.data_ptr<double>(), &t, sizeof(BnTransport));
   const at::Tensor var = from_dvec({t.var}, {}, x.options());
@@ -2220,12 +1720,10 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   const std::vector<double> br = to_dvec(b), md = to_dvec(m);
   const BnRowCtx cx = bn_ctx_d(br, c, eps_proj);
   const bool lanes = bn_lanes(D);
-  if (f64)
-    bn_bwd_impl<double>(gy.data_ptr<double>(), v.data_ptr<double>(), N, cx, gv.data_ptr<double>(), gb1.data(), &gk1,
-                        lanes);
-  else
-    bn_bwd_impl<float>(gy.data_ptr<float>(), v.data_ptr<float>(), N, cx, gv.data_ptr<float>(), gb1.data(), &gk1,
-                       lanes);
+  by_dtype(f64, [&](auto z) {
+    using T = decltype(z);
+    bn_bwd_impl<T>(gy.data_ptr<T>(), v.data_ptr<T>(), N, cx, gv.data_ptr<T>(), gb1.data(), &gk1, lanes);
+  });
   at::NoGradGuard ng;
   const bool small = bn_small_gemm(D), contract = bn_contract_on(D, f64);
   std::vector<double> ct, ed(D), tg;
@@ -2233,19 +1731,19 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   if (contract) {  // session 23: gM's contractions on lanes of rows, no gM
     ct.resize(4 * D + 1);
     tg.resize(2 * N);
-    if (f64)
-      bn_contract<double>(u.data_ptr<double>(), gv.data_ptr<double>(), br.data(), ed.data(), N, D, ct.data(),
-                          tg.data());
-    else
-      bn_contract<float>(u.data_ptr<float>(), gv.data_ptr<float>(), br.data(), ed.data(), N, D, ct.data(), tg.data());
+    by_dtype(f64, [&](auto z) {
+      using T = decltype(z);
+      bn_contract<T>(u.data_ptr<T>(), gv.data_ptr<T>(), br.data(), ed.data(), N, D, ct.data(), tg.data());
+    });
   } else {
     std::vector<double> gMd(D * D);
     if (!small)
       gMd = to_dvec(at::mm(u.t(), gv));  // read in place (no float64 copy)
-    else if (f64)
-      rows_gram<double>(u.data_ptr<double>(), gv.data_ptr<double>(), N, D, gMd.data());
     else
-      rows_gram<float>(u.data_ptr<float>(), gv.data_ptr<float>(), N, D, gMd.data());
+      by_dtype(f64, [&](auto z) {
+        using T = decltype(z);
+        rows_gram<T>(u.data_ptr<T>(), gv.data_ptr<T>(), N, D, gMd.data());
+      });
     ct = gm_contract(br.data(), md.data(), gMd.data(), D);
   }
   std::vector<double> gb2(D), gm(D);
@@ -2258,12 +1756,11 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   } else if (contract) {
     gu = at::empty_like(x);
     fill = [&, beta = 2 * gS](int64_t i0, int64_t i1) {
-      if (f64)
-        gu_rank2_rows<double>(gv.data_ptr<double>(), u.data_ptr<double>(), tg.data(), N, t, br.data(), ed.data(),
-                              beta, gu.data_ptr<double>(), i0, i1, D);
-      else
-        gu_rank2_rows<float>(gv.data_ptr<float>(), u.data_ptr<float>(), tg.data(), N, t, br.data(), ed.data(), beta,
-                             gu.data_ptr<float>(), i0, i1, D);
+      by_dtype(f64, [&](auto z) {
+        using T = decltype(z);
+        gu_rank2_rows<T>(gv.data_ptr<T>(), u.data_ptr<T>(), tg.data(), N, t, br.data(), ed.data(), beta,
+                         gu.data_ptr<T>(), i0, i1, D);
+      });
     };
     if (knobs::off("GEOOPS_POINCARE_BN_TILES")) {
       at::parallel_for(0, N, grain(4 * D), [&](int64_t i0, int64_t i1) { fill(i0, i1); });
@@ -2276,12 +1773,10 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
       for (int64_t j = 0; j < D; ++j) Mt[j * D + i] = Mv[i * D + j];
     gu = at::empty_like(x);
     fill = [&, beta = 2 * gS, Mt = std::move(Mt)](int64_t i0, int64_t i1) {
-      if (f64)
-        rows_times_range<double>(gv.data_ptr<double>(), Mt.data(), u.data_ptr<double>(), beta, gu.data_ptr<double>(),
-                                 i0, i1, D);
-      else
-        rows_times_range<float>(gv.data_ptr<float>(), Mt.data(), u.data_ptr<float>(), beta, gu.data_ptr<float>(), i0,
-                                i1, D);
+      by_dtype(f64, [&](auto z) {
+        using T = decltype(z);
+        rows_times_range<T>(gv.data_ptr<T>(), Mt.data(), u.data_ptr<T>(), beta, gu.data_ptr<T>(), i0, i1, D);
+      });
     };
     // session 22: gu's rows written inside the layer backward's reduction pass, block by block (bn_log_bwd_red);
     // GEOOPS_POINCARE_BN_TILES=0: one separate pass first (as before)
@@ -2359,12 +1854,11 @@ void poincare_bn_running_update_cpu(const at::Tensor& rm, const at::Tensor& rv, 
                   rv.scalar_type() == rm.scalar_type() && var.scalar_type() == rm.scalar_type() &&
                   (rm.scalar_type() == at::kFloat || rm.scalar_type() == at::kDouble),
               "poincare_bn_running_update: rm (D,), m (D,), rv, var (one entry) of one float dtype");
-  if (rm.scalar_type() == at::kDouble)
-    bn_running_impl<double>(rm.data_ptr<double>(), rv.data_ptr<double>(), m.data_ptr<double>(),
-                            var.data_ptr<double>()[0], rm.numel(), momentum, c, f);
-  else
-    bn_running_impl<float>(rm.data_ptr<float>(), rv.data_ptr<float>(), m.data_ptr<float>(),
-                           double(var.data_ptr<float>()[0]), rm.numel(), momentum, c, f);
+  by_dtype(rm.scalar_type() == at::kDouble, [&](auto z) {
+    using T = decltype(z);
+    bn_running_impl<T>(rm.data_ptr<T>(), rv.data_ptr<T>(), m.data_ptr<T>(), double(var.data_ptr<T>()[0]), rm.numel(),
+                       momentum, c, f);
+  });
   rm.unsafeGetTensorImpl()->bump_version();
   rv.unsafeGetTensorImpl()->bump_version();
 }
