@@ -252,27 +252,33 @@ def _direct_rsgd_step(p, grad, k, kf, lr) -> bool:
 
 
 def _rsgd_step(self, closure=None):
-    """geoopt.optim.RiemannianSGD.step under patch_geoopt(): fused per-parameter updates where they apply."""
+    """geoopt.optim.RiemannianSGD.step under patch_geoopt(): fused per-parameter updates where they apply.
+    The closure runs first, as in geoopt: the plan reads the gradients it leaves (a closure that creates or
+    clears gradients is seen)."""
+    loss = closure() if closure is not None else None
     plan = []
     for group in self.param_groups:
         if group["momentum"] != 0:
-            return _saved_optim["plain"](self, closure)
+            _saved_optim["plain"](self)
+            return loss
         for p in group["params"]:
             grad = p.grad
             if grad is None:
                 continue
             if grad.is_sparse:
-                return _saved_optim["plain"](self, closure)  # geoopt's own error
+                _saved_optim["plain"](self)  # geoopt's own error
+                return loss
             kind = _fused_kind(p, self._default_manifold)
             if kind is None:
-                return _saved_optim["plain"](self, closure)
+                _saved_optim["plain"](self)
+                return loss
             k = kf = None
             if kind[0] == "stereo":
                 k, kf = _step_k(kind[1])  # the step's one read of k
                 if kf is None:  # k of more than one element
-                    return _saved_optim["plain"](self, closure)
+                    _saved_optim["plain"](self)
+                    return loss
             plan.append((group, p, kind[0], k, kf))
-    loss = closure() if closure is not None else None
     was = torch.is_grad_enabled()
     torch._C._set_grad_enabled(False)  # torch.no_grad() without its context-manager calls
     try:

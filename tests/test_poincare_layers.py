@@ -1716,6 +1716,32 @@ def test_bn_lanes_fp32_accuracy_vs_fp64(D, training):
         assert_2x_rule(o, r, t, (1e-5 if i >= 3 else 1e-6) * t.abs().max().clamp_min(1), tag=(i,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("D", [8, 16, 17, 33])
+def test_batchnorm_layer_same_bits_any_thread_count(dtype, D):
+    """batch_norm's output and every gradient, training (BnLayerFn) and eval (the row op with M), the same bits with
+    1 and 2 threads.  Session 24 audit: the products u M, u^T gv and gv M^T went through MKL's at::mm / addmm, whose
+    result at small N depended on the thread count (D > 16 train and eval, the eval backward's dx at D = 16)."""
+    out = []
+    for nt in (1, 2):
+        with num_threads(nt):
+            runs = []
+            for N in (5, 17, 33):
+                x, b, g, _ = bn_rows(N, D, dtype, 7 * D + N)
+                rm = gp.expmap0(b.flip(0) * 0.5, c=0.9)
+                for training in (True, False):
+                    xs, bs = x.clone().requires_grad_(True), (b * 0.3).requires_grad_(True)
+                    w = torch.tensor(1.3, dtype=dtype, requires_grad=True)
+                    c = torch.tensor(0.9, dtype=dtype, requires_grad=True)
+                    y = gp.batch_norm(xs, bs, w, c=c, running_mean=None if training else rm,
+                                      running_var=None if training else torch.tensor(0.7, dtype=dtype),
+                                      training=training)
+                    runs += [y.detach(), *torch.autograd.grad(y, (xs, bs, w, c), g)]
+            out.append(runs)
+    for i, (a, b) in enumerate(zip(*out)):
+        assert torch.equal(a, b), (i, (a.double() - b.double()).abs().max().item())
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="glibc malloc (Linux) only")
 @pytest.mark.parametrize("D", [4, 8, 20])
 def test_bn_kernels_bitwise_reproducible_heap_and_threads(D):

@@ -307,8 +307,9 @@ double mid_bwd_impl(const T* gF, double gL, const T* xp, T* gxp, int64_t N, int6
 // as one (D, D) matrix, b = expmap0(bias).  expmap and project are evaluated with the coefficient forms of
 // geoops/stereo_math.h (k = -c) and differentiated with its hand-derived vjps:
 //   backward per row: ge = a_p g + 2 xx_p e (project), then (gb_i, gv) from expmap's row adjoints,
-//   gb = sum_i gb_i, dk = sum of the row k adjoints (double).  The op entries run v = u M as one GEMM (at::mm,
-//   MKL) before the row pass and gu = gv M^T, gM = u^T gv as two GEMMs after it (an empty M: the identity);
+//   gb = sum_i gb_i, dk = sum of the row k adjoints (double).  The op entries run v = u M as one GEMM (fixed row
+//   chunks of MKL calls: bn_mm_fixed) before the row pass and gu = gv M^T, gM = u^T gv as two GEMMs after it (an
+//   empty M: the identity);
 //   per-row D x D products in double cost several times more than the GEMMs.
 // Forward and backward walk the rows in one style: blocks of kBnBlock rows, (1) the row sums of each row in one
 // pass (bn_block_sums), (2) the row math of the whole block on SIMD lanes, one row per lane, from those sums
@@ -565,9 +566,33 @@ BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
 // alignment.  MKL's GEMM at these shapes (4096 x 8 x 8, the digits CNN) took 40-75 us per call on the AMD EPYC (its
 // generic `def` kernels, a fixed cost per call), this pass a few us; on the Intel Xeon MKL's AVX-512 path was ~1.4x
 // faster than the earlier row pass *in double* (bn14), which this float pass is not.
-// GEOOPS_POINCARE_BN_SMALL_GEMM=0 (read per call) forces at::mm, what D > kBnLaneMaxD runs.
-// v = u M (an empty M: the identity): D <= kBnLaneMaxD the row pass above, else one GEMM; grad mode off
-// (thread-local: the op may run inside backward)
+// GEOOPS_POINCARE_BN_SMALL_GEMM=0 (read per call) forces the GEMM (bn_mm_fixed), what D > kBnLaneMaxD runs.
+// a b and a^T b (2-D, float / double) with bits independent of the thread count: fixed_gemm's fixed row chunks, one
+// MKL thread per chunk, the chunks' partial products summed in order (session 24 audit: MKL's own split of at::mm /
+// addmm changed the last bits between 1 and 2 threads at small N -- the batch norm's forward and backward at
+// D > kBnLaneMaxD, and the row op's backward (eval mode, the composition) at any D); grad mode off
+at::Tensor bn_mm_fixed(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor A = a.contiguous(), B = b.contiguous();
+  at::Tensor out = at::empty({A.size(0), B.size(1)}, A.options());
+  if (out.numel() == 0) return out;
+  if (A.size(1) == 0) return out.zero_();
+  at::NoGradGuard ng;
+  fixed_gemm::mm_rows(out, A, B);
+  return out;
+}
+
+at::Tensor bn_mm_tn_fixed(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor A = a.contiguous(), B = b.contiguous();
+  at::Tensor out = at::empty({A.size(1), B.size(1)}, A.options());
+  if (out.numel() == 0) return out;
+  if (A.size(0) == 0) return out.zero_();
+  at::NoGradGuard ng;
+  fixed_gemm::mm_tn(out, A, B);
+  return out;
+}
+
+// v = u M (an empty M: the identity): D <= kBnLaneMaxD the row pass above, else one GEMM in fixed row chunks
+// (bn_mm_fixed); grad mode off (thread-local: the op may run inside backward)
 at::Tensor bn_times_M(const at::Tensor& u_in, const at::Tensor& M_in) {
   if (M_in.numel() == 0) return u_in;
   const int64_t D = u_in.size(1);
@@ -582,8 +607,7 @@ at::Tensor bn_times_M(const at::Tensor& u_in, const at::Tensor& M_in) {
     });
     return v;
   }
-  at::NoGradGuard ng;
-  return at::mm(u_in, M_in);
+  return bn_mm_fixed(u_in, M_in);
 }
 
 void check_bn_args(const at::Tensor& u, const at::Tensor& M, const at::Tensor& b) {
@@ -1101,8 +1125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
   at::Tensor gu = gv, gM = at::empty({0}, u.options());
   if (M.numel()) {
     at::NoGradGuard ng;
-    gu = at::mm(gv, M.t());
-    gM = at::mm(u.t(), gv);
+    gu = bn_mm_fixed(gv, M.t());
+    gM = bn_mm_tn_fixed(u, gv);
   }
   return {gu, gM, gb.to(u.scalar_type()), -gk};  // dc = -dk
 }
@@ -1356,8 +1380,8 @@ at::Tensor from_dvec(const std::vector<double>& v, at::IntArrayRef sizes, const 
   return t;
 }
 
-// ---- the backward's two small GEMMs as row passes (GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call, forces at::mm /
-// at::addmm, what D > kBnLaneMaxD runs, so that the tests compare the two).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS
+// ---- the backward's two small GEMMs as row passes (GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call, forces the fixed-
+// chunk GEMMs bn_mm_fixed / bn_mm_tn_fixed, what D > kBnLaneMaxD runs, so that the tests compare the two).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS
 // u (MKL's addmm took ~50 us at 4096 x 8, its beta pass) -- each output element beta u (one rounding), then an
 // explicit std::fma chain in double over d in order, rounded once to the dtype (at least as accurate as the float
 // GEMM), rows independent; and gM = u^T gv in double in fixed row chunks (below): both bit-identical whatever the
@@ -1738,7 +1762,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   } else {
     std::vector<double> gMd(D * D);
     if (!small)
-      gMd = to_dvec(at::mm(u.t(), gv));  // read in place (no float64 copy)
+      gMd = to_dvec(bn_mm_tn_fixed(u, gv));  // read in place (no float64 copy)
     else
       by_dtype(f64, [&](auto z) {
         using T = decltype(z);
@@ -1752,7 +1776,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   at::Tensor gu;
   RowFill fill;
   if (!small) {
-    gu = at::addmm(u, gv, M.t(), 2 * gS, 1);  // gv M^T + 2 gS u
+    gu = bn_mm_fixed(gv, M.t()).add_(u, 2 * gS);  // gv M^T + 2 gS u
   } else if (contract) {
     gu = at::empty_like(x);
     fill = [&, beta = 2 * gS](int64_t i0, int64_t i1) {
