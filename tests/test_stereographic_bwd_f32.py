@@ -14,7 +14,7 @@ from geoops.parity import stereographic as pc
 from geoops.reference import stereographic as ref
 
 OPS = ("logmap0", "expmap0")
-ROWS = 32  # rows per block of the float path
+ROWS = 32  # rows per block of the float path with AVX-512 (two blocks of 16 with AVX2)
 
 
 def _inputs(op: str, d: int, n: int, k: float, seed: int) -> torch.Tensor:
@@ -86,11 +86,14 @@ def test_f32_bwd_hard_blocks(op, monkeypatch):
     d, n = 4, ROWS * 6
     x = _inputs(op, d, n, -1.0, seed=3)
     k = torch.full((n, 1), -1.0)
-    x[ROWS * 1 + 5] = float("nan")  # block 1: NaN row
-    k[ROWS * 2 + 9] = 4.0  # block 2: k > 0, z = 4 |x|^2 beyond the series
-    x[ROWS * 2 + 9] = 0.4
-    if op == "logmap0":
-        x[ROWS * 3 + 1] = 2.0  # block 3: outside the ball
+    # each hard slice of ROWS rows gets its hard row in both halves: the float path's blocks are the short-row
+    # blocks of stereographic_lanes.h (kBlock: 32 rows with AVX-512, 16 with AVX2), a hard row sends its own block
+    for h in (5, ROWS // 2 + 5):
+        x[ROWS * 1 + h] = float("nan")  # block 1: NaN row
+        k[ROWS * 2 + h + 4] = 4.0  # block 2: k > 0, z = 4 |x|^2 beyond the series
+        x[ROWS * 2 + h + 4] = 0.4
+        if op == "logmap0":
+            x[ROWS * 3 + h - 4] = 2.0  # block 3: outside the ball
     gout = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
     new = _ours(op, x, k, gout, monkeypatch, None)
     old = _ours(op, x, k, gout, monkeypatch, "0")

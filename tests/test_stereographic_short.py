@@ -21,6 +21,12 @@ from _stereo_rows import op_row_err, per_row_k, row_rel_err
 
 OPS = list(STEREO_OPS)
 DIMS = (1, 2, 3, 5, 8, 9, 10, 16, 17, 31, 32, 33)
+# The tests marked avx512_blocks pin the layout of AVX-512 builds (-march=native on an AVX-512 machine): fp32 blocks of
+# 32 rows (kBlock = 4 double lanes' worth: 16 rows with AVX2), the register pass and GEOOPS_STEREO_F32_MOB's float
+# Mobius terms.  On AVX2 builds their hard rows split a 32-row slice into a double-path and a float-path block, and
+# the float terms switch changes nothing; those builds keep every accuracy test of this file.
+AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+avx512_blocks = pytest.mark.skipif(not AVX512, reason="pins the 32-row blocks / register pass of AVX-512 builds")
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 CURV = (-1.0, -0.3, 0.0, 0.5)
 
@@ -248,6 +254,7 @@ def test_f32_fast_path_accuracy(op, d, monkeypatch):
     assert errs["2"] <= 4 * errs["0"] + 2e-6, errs
 
 
+@avx512_blocks
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_fast_path_hard_blocks(op, monkeypatch):
     """Blocks with a hard row (NaN, or k > 0 with the call's argument beyond the series cut) take the double
@@ -287,6 +294,7 @@ def test_f32_fast_path_hard_blocks(op, monkeypatch):
 # ops on the fused blocks (three loops per block, D <= 16).
 
 
+@avx512_blocks
 @pytest.mark.parametrize("d", (1, 2, 3, 5, 8))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_blocks_without_register_pass(op, d, monkeypatch):
@@ -370,6 +378,7 @@ def test_f32_fused_inline_tanh_accuracy(d, monkeypatch):
 # fast path's accuracy tests above cover them).
 
 
+@avx512_blocks
 @pytest.mark.parametrize("d", (1, 2, 3, 5, 8, 16))
 def test_f32_expmap0_float_path(d, monkeypatch):
     """expmap0's all-float lanes: tiny and zero vectors, norms across the series cut and into tanh = 1, a NaN
@@ -495,6 +504,7 @@ def _default_vs_knob(monkeypatch, op, x, y, ks, knob, value):
         yield name, xs, new, old
 
 
+@avx512_blocks
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass(op, d, monkeypatch):
@@ -539,6 +549,7 @@ def test_f32_register_pass(op, d, monkeypatch):
 # masked row loads (cols16_t).
 
 
+@avx512_blocks
 @pytest.mark.parametrize("d", (9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass_wide(op, d, monkeypatch):
@@ -767,6 +778,7 @@ def test_f32_mobius_float_terms_accuracy(op, d, monkeypatch):
         assert e_new <= 2 * e_eager + 2e-6 and e_new <= f_old * e_old + 1e-6, (kv, e_new, e_old, e_eager)
 
 
+@avx512_blocks
 def test_f32_mobius_float_terms_knob(monkeypatch):
     """GEOOPS_STEREO_F32_MOB is read per call and selects a different computation (not equal bit for bit on these
     rows), and the float terms are the default."""

@@ -39,7 +39,8 @@ def test_f32_switches_read_per_call(op, d, monkeypatch):
     monkeypatch.delenv("GEOOPS_STEREO_F32_MOB")
     a3 = f(x, y, k=k)
     assert torch.equal(a, a2) and torch.equal(a, a3)
-    assert not torch.equal(a, c)
+    if AVX512 or op != "mobius_add" or d <= 8:  # (AVX2 builds: mobius_add's fp32 rows at D = 10 run the double path)
+        assert not torch.equal(a, c)
     if AVX512:
         assert not torch.equal(a, b)
     assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
