@@ -650,6 +650,26 @@ def test_s4d_layer_trains_like_eager():
     assert y.shape == (2, 10, H)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_s4d_layer_half_module(dtype):
+    """``S4D(...).half()`` / ``.bfloat16()`` run (before session 25 they raised: the SSM kernels refuse half
+    parameters, bfloat16 has no complex dtype): the half parameters are upcast to float32 for the kernel, y and
+    the parameter gradients keep the module's dtype, and y matches the float32 layer evaluated on the same
+    rounded parameters and input to the dtype's rounding."""
+    from geoops.nn import S4D
+    torch.manual_seed(0)
+    m = S4D(6, d_state=8).to(dtype)
+    u = torch.randn(2, 6, 37).to(dtype)
+    y, _ = m(u)
+    assert y.dtype == dtype and y.shape == u.shape
+    y32, _ = copy.deepcopy(m).float()(u.float())
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(y.float(), y32, rtol=0, atol=8 * eps * y32.abs().max().item())
+    y.float().square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all(), name
+
+
 def test_s4d_layer_module_protocol():
     """deepcopy, state_dict round trip, .double() and a repr that shows the layer's sizes (S4D / S4DKernel had
     no extra_repr before session 24: the repr read "S4DKernel()")."""

@@ -42,6 +42,11 @@ class DropoutNd(nn.Module):
         return X if self.transposed else X.movedim(1, -1)
 
 
+def _kernel_dtype(t: torch.Tensor) -> torch.Tensor:
+    """t, or t upcast to float32 when it is a half-precision float (the SSM kernels take float32 / float64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class S4DKernel(nn.Module):
     """The diagonal SSM kernel generator: K (H, L) = s4d_kernel(log_dt, A, 1, C, L) with ZOH.
 
@@ -74,10 +79,15 @@ class S4DKernel(nn.Module):
             setattr(getattr(self, name), "_optim", optim)
 
     def ssm_params(self):
-        """(log_dt, A, B, C) of the diagonal SSM (B = 1, as in state-spaces' S4D)."""
-        C = torch.view_as_complex(self.C)
-        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        return self.log_dt, A, torch.ones_like(A), C
+        """(log_dt, A, B, C) of the diagonal SSM (B = 1, as in state-spaces' S4D).
+
+        Parameters stored in float16 / bfloat16 (after ``.half()`` / ``.bfloat16()``) are upcast to float32
+        here: the kernels take float32 / float64 SSM parameters, and bfloat16 has no complex dtype.
+        """
+        log_dt, C, log_A_real, A_imag = (_kernel_dtype(t) for t in (self.log_dt, self.C, self.log_A_real, self.A_imag))
+        C = torch.view_as_complex(C)
+        A = torch.complex(-torch.exp(log_A_real), A_imag)
+        return log_dt, A, torch.ones_like(A), C
 
     def forward(self, L: int) -> torch.Tensor:
         return _ssm.s4d_kernel(*self.ssm_params(), L, "zoh")
