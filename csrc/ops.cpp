@@ -45,6 +45,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gaunt_sep_bwd_cpu", &geoops::cpu::gaunt_sep_bwd_cpu, "Gaunt product, fused backward of the separable grid route (CPU)");
   m.def("gaunt_direct_fwd_cpu", &geoops::cpu::gaunt_direct_fwd_cpu, "Gaunt product, fused sparse route (CPU)");
   m.def("gaunt_direct_bwd_cpu", &geoops::cpu::gaunt_direct_bwd_cpu, "Gaunt product, fused backward of the sparse route (CPU)");
+  m.def("gaunt_cpu_lanes",
+        [] { return std::vector<int64_t>{GEOOPS_GAUNT_VBYTES, GEOOPS_GAUNT_AVX512, GEOOPS_GAUNT_LANES}; },
+        "the fused Gaunt kernels' lane layout (csrc/cpu/gaunt.h): [vector bytes, compiled with AVX-512F, rows per "
+        "direct tile] (CPU)");
   // ---- stereographic, pairwise (cdist / knn): one GEMM + fused epilogue (csrc/cpu/stereographic_pairwise.cpp)
   m.def("cdist_fwd_cpu", &geoops::cpu::cdist_fwd_cpu, "kappa-stereographic pairwise distance, forward (CPU)");
   m.def("cdist_bwd_cpu", &geoops::cpu::cdist_bwd_cpu, "kappa-stereographic pairwise distance, backward (CPU)");

@@ -9,7 +9,7 @@ DEFAULT_CLASS = 'x86_64-intel-avx512'
 MEASURED = {
     'x86_64-intel-avx512': '2026-11-30 15:15 UTC, Intel(R) Xeon(R) Processor, 2 threads, wall clock (session 6)',
     'x86_64-amd-avx512': '2026-12-03 08:26 UTC, AMD EPYC, 1 thread, process CPU time (min of interleaved rounds)',
-    'x86_64-amd-avx2': '2026-12-03 14:55 UTC, AMD EPYC, 1 thread, process CPU time (min of interleaved rounds)',
+    'x86_64-amd-avx2': '2026-12-03 16:36 UTC, AMD EPYC, 1 thread, process CPU time (min of interleaved rounds)',
 }
 TABLES = {
     'x86_64-intel-avx512': {
@@ -21,7 +21,7 @@ TABLES = {
         "many": {1: 'grid', 2: 'grid', 3: 'grid', 4: 'grid', 5: 'grid', 6: 'grid', 7: 'grid', 8: 'grid'},
     },
     'x86_64-amd-avx2': {
-        "binary": {1: 'grid_gemm', 2: 'direct', 3: 'grid_gemm', 4: 'grid_gemm', 5: 'grid_gemm', 6: 'grid_gemm', 7: 'grid_gemm', 8: 'grid_gemm'},
-        "many": {1: 'grid_gemm', 2: 'grid_gemm', 3: 'grid_gemm', 4: 'grid_gemm', 5: 'grid_gemm', 6: 'grid_gemm', 7: 'grid_gemm', 8: 'grid_gemm'},
+        "binary": {1: 'direct', 2: 'direct', 3: 'direct', 4: 'direct', 5: 'fft', 6: 'grid', 7: 'grid', 8: 'grid'},
+        "many": {1: 'grid_gemm', 2: 'grid', 3: 'grid_gemm', 4: 'grid', 5: 'grid', 6: 'grid', 7: 'grid', 8: 'grid'},
     },
 }

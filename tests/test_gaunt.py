@@ -132,10 +132,10 @@ def test_separable_tables(kind):
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_routes_several_row_tiles(route, dtype):
-    """Row counts around the kernels' tiles (SIMD lanes: 16 fp32 / 8 fp64 rows; 16 for direct), per-row
-    weights on every operand."""
+    """Row counts around the kernels' tiles (SIMD lanes: 16 fp32 / 8 fp64 rows with AVX-512, 8 / 4 in other builds;
+    direct: one fp32 vector of rows), per-row weights on every operand."""
     L1, L2, L3 = 3, 2, 3
-    for n in (1, 15, 17, 33, 70):
+    for n in (1, 3, 5, 7, 9, 15, 17, 33, 70):
         x1, x2 = _rand(n, (L1 + 1) ** 2, seed=n), _rand(n, (L2 + 1) ** 2, seed=n + 1)
         w1, w2, wo = _rand(n, L1 + 1, seed=n + 2), _rand(n, L2 + 1, seed=n + 3), _rand(n, L3 + 1, seed=n + 4)
         out = ga.gaunt_tensor_product(x1.to(dtype), x2.to(dtype), L3, weight1=w1.to(dtype), weight2=w2.to(dtype),
@@ -143,6 +143,23 @@ def test_routes_several_row_tiles(route, dtype):
         ref = oracle(x1, x2, L3, w1, w2, wo)
         tol = 1e-12 if dtype == F64 else 1e-5
         assert (out.double() - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_lane_vectors_sized_for_the_build_isa():
+    """Session 25: the fused kernels' lane vectors (GEOOPS_GAUNT_VBYTES in csrc/cpu/gaunt.h) are 64 bytes (one zmm)
+    only when the file is compiled with AVX-512, else 32 bytes (one ymm with AVX2, whose 16 registers hold the
+    8-vector register blocks; the 64-byte vectors were register pairs there and ran the grid / direct / fft
+    routes 2-7x slower); the direct route's tile is one fp32 vector of rows.  Before: 64 bytes in every build."""
+    from geoops import _backend
+
+    C = _backend.compiled()
+    if C is None:
+        pytest.skip("needs the compiled extension")
+    vbytes, avx512, tile = C.gaunt_cpu_lanes()
+    assert vbytes == (64 if avx512 else 32)
+    assert tile == vbytes // 4
+    if not _backend.cpu_class().endswith("avx512"):
+        assert (vbytes, avx512) == (32, 0)  # an AVX2 / baseline machine runs the 32-byte kernels
 
 
 # ---------------------------------------------------------------- parity of the routes

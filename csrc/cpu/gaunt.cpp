@@ -26,7 +26,7 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -220,30 +220,48 @@ void grid_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optiona
 }
 
 // ---------------------------------------------------------------- separable kernel (grid and Fourier routes)
-// A tile of VL rows (VL = 64 bytes / sizeof(T): 16 fp32, 8 fp64) sits side by side in the lanes of one 64-byte
-// vector per coefficient (GCC vector extensions: one zmm register with AVX-512; the compiler splits it on
-// narrower ISAs).  Rows <-> lanes go through VL x VL in-register transposes.  Every step is then a small
+// A tile of VL rows sits side by side in the lanes of one lane vector per coefficient (GCC vector extensions).
+// The vector width is chosen at compile time from the ISA (GEOOPS_GAUNT_VBYTES): with AVX-512, 64 bytes (VL = 16
+// fp32, 8 fp64: one zmm register, 32 of them); otherwise 32 bytes (VL = 8 fp32, 4 fp64: one ymm register with
+// AVX/AVX2, whose 16 registers then hold a block of PB = 8 accumulators, the broadcast and the B vector without
+// spills; a pair of xmm on baseline x86-64).  A 64-byte vector on AVX2 was two ymm registers: the 8-accumulator
+// blocks and the 16 x 16 transposes spilled (session 25).  The per-row arithmetic (each lane is one row) is the
+// same at either width.  Rows <-> lanes go through VL x VL in-register transposes.  Every step is then a small
 // dense matrix times a column of lane vectors, with a block of PB output vectors held in registers:
 //   C[p * ldc] = sum_q A[p * lda + q] * B[q * ldb],   (A: scalars, B and C: lane vectors)
+// (GEOOPS_GAUNT_VBYTES is defined in gaunt.h, so that geoops._C.gaunt_cpu_lanes reports the same width.)
 template <typename T>
 struct Simd;
 template <>
 struct Simd<float> {
-  typedef float V __attribute__((vector_size(64)));
-  typedef float Vu __attribute__((vector_size(64), aligned(4)));
-  typedef int32_t I __attribute__((vector_size(64)));
-  static constexpr int N = 16;
+  typedef float V __attribute__((vector_size(GEOOPS_GAUNT_VBYTES)));
+  typedef float Vu __attribute__((vector_size(GEOOPS_GAUNT_VBYTES), aligned(4)));
+  typedef int32_t I __attribute__((vector_size(GEOOPS_GAUNT_VBYTES)));
+  static constexpr int N = GEOOPS_GAUNT_VBYTES / 4;
 };
 template <>
 struct Simd<double> {
-  typedef double V __attribute__((vector_size(64)));
-  typedef double Vu __attribute__((vector_size(64), aligned(8)));
-  typedef int64_t I __attribute__((vector_size(64)));
-  static constexpr int N = 8;
+  typedef double V __attribute__((vector_size(GEOOPS_GAUNT_VBYTES)));
+  typedef double Vu __attribute__((vector_size(GEOOPS_GAUNT_VBYTES), aligned(8)));
+  typedef int64_t I __attribute__((vector_size(GEOOPS_GAUNT_VBYTES)));
+  static constexpr int N = GEOOPS_GAUNT_VBYTES / 8;
 };
 
-// The first cnt (<= N) elements of p as a vector (the rest zero) / stored back (AVX-512: masked moves; a
+// The first cnt (<= N) elements of p as a vector (the rest zero) / stored back (AVX-512, AVX: masked moves; a
 // partial vector built in memory would stall store forwarding).
+#if !defined(__AVX512F__) && defined(__AVX__) && GEOOPS_GAUNT_VBYTES == 32
+// AVX's masked moves take the mask as a vector (sign bit per element): the first cnt elements set.
+template <typename T>
+inline __m256i avx_part_mask(int cnt) {
+  if constexpr (std::is_same<T, float>::value) {
+    alignas(64) static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - cnt));
+  } else {
+    alignas(64) static const int64_t m[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 4 - cnt));
+  }
+}
+#endif
 template <typename T>
 inline typename Simd<T>::V load_part(const T* p, int cnt) {
   using V = typename Simd<T>::V;
@@ -253,6 +271,11 @@ inline typename Simd<T>::V load_part(const T* p, int cnt) {
     return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), p);
   else
     return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << cnt) - 1), p);
+#elif defined(__AVX__) && GEOOPS_GAUNT_VBYTES == 32
+  if constexpr (std::is_same<T, float>::value)
+    return (V)_mm256_maskload_ps(p, avx_part_mask<T>(cnt));
+  else
+    return (V)_mm256_maskload_pd(p, avx_part_mask<T>(cnt));
 #else
   V v = {};
   for (int k = 0; k < cnt; ++k) v[k] = p[k];
@@ -270,6 +293,11 @@ inline void store_part(T* p, const typename Simd<T>::V& v, int cnt) {
     _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << cnt) - 1), (__m512)v);
   else
     _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << cnt) - 1), (__m512d)v);
+#elif defined(__AVX__) && GEOOPS_GAUNT_VBYTES == 32
+  if constexpr (std::is_same<T, float>::value)
+    _mm256_maskstore_ps(p, avx_part_mask<T>(cnt), (__m256)v);
+  else
+    _mm256_maskstore_pd(p, avx_part_mask<T>(cnt), (__m256d)v);
 #else
   for (int k = 0; k < cnt; ++k) p[k] = v[k];
 #endif
@@ -297,7 +325,7 @@ template <typename T>
 inline void transpose(typename Simd<T>::V* r) {
   transpose_stage<T, 1>(r);
   transpose_stage<T, 2>(r);
-  transpose_stage<T, 4>(r);
+  if constexpr (Simd<T>::N >= 8) transpose_stage<T, 4>(r);
   if constexpr (Simd<T>::N == 16) transpose_stage<T, 8>(r);
 }
 
@@ -348,6 +376,9 @@ void lanes_to_rows_v(const typename Simd<T>::V* lanes, int64_t n, int64_t r0, in
       }
     }
     transpose<T>(r);
+#if !defined(__AVX512F__)
+    if (rows > N) __builtin_unreachable();  // a tile is at most N rows (tells -Warray-bounds about r[i])
+#endif
     for (int i = 0; i < rows; ++i) store_part<T>(out + (r0 + i) * n + c0, r[i], cnt);
   }
 }
@@ -816,10 +847,12 @@ bool mirrored_tables(const std::vector<at::Tensor>& evals, const at::Tensor& bac
   return true;
 }
 
-constexpr int64_t kLanes = 16;
+// Rows per tile of the direct route: one fp32 lane vector (16 with AVX-512, 8 with the 32-byte vectors).
+constexpr int64_t kLanes = Simd<float>::N;
+static_assert(kLanes == GEOOPS_GAUNT_LANES, "gaunt.h's GEOOPS_GAUNT_LANES is the direct route's tile");
 
 // Per-thread lane buffers of the direct route and the rows <-> lanes moves of one tile.  fp32: a tile is one
-// 64-byte lane vector, so rows <-> lanes go through the in-register transposes of the separable kernel; fp64 (two
+// lane vector, so rows <-> lanes go through the in-register transposes of the separable kernel; fp64 (two
 // vectors a tile): scalar transposes.
 template <typename T>
 struct DirectLanes {

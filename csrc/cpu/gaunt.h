@@ -5,6 +5,18 @@
 
 #include <vector>
 
+// Lane vector width of the fused kernels (csrc/cpu/gaunt.cpp), chosen from the ISA the file is compiled for: 64
+// bytes (one zmm) with AVX-512F, else 32 (one ymm with AVX/AVX2; session 25).  GEOOPS_GAUNT_LANES: rows per tile of
+// the direct route (one fp32 vector).
+#if defined(__AVX512F__)
+#define GEOOPS_GAUNT_VBYTES 64
+#define GEOOPS_GAUNT_AVX512 1
+#else
+#define GEOOPS_GAUNT_VBYTES 32
+#define GEOOPS_GAUNT_AVX512 0
+#endif
+#define GEOOPS_GAUNT_LANES (GEOOPS_GAUNT_VBYTES / 4)
+
 namespace geoops {
 namespace cpu {
 
@@ -66,6 +78,7 @@ std::vector<at::Tensor> gaunt_direct_bwd_cpu(const at::Tensor& x1, const at::Ten
                                              const c10::optional<at::Tensor>& wout,
                                              const std::vector<c10::optional<at::Tensor>>& owk,
                                              const std::vector<at::Tensor>& lists, const std::vector<int64_t>& need);
+
 
 }  // namespace cpu
 }  // namespace geoops
