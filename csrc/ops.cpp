@@ -34,6 +34,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "kappa-stereographic three-vector row op, backward -> (dv0, dv1, dv2, dk) (CPU)");
   m.def("stereo_rsgd_step_cpu", &geoops::cpu::stereo_rsgd_step_cpu,
         "kappa-stereographic Riemannian SGD step, in place (CPU)");
+  m.def(
+      "stereo_short_layout",
+      [] {
+        const geoops::cpu::StereoShortLayout l = geoops::cpu::stereo_short_layout();
+        pybind11::dict d;
+        d["isa"] = l.isa;
+        d["double_lanes"] = l.double_lanes;
+        d["float_lanes"] = l.float_lanes;
+        d["block_rows"] = l.block_rows;
+        d["register_pass"] = l.register_pass;
+        d["float_mobius_terms"] = l.float_mobius_terms;
+        d["short_row_max_d"] = l.short_row_max_d;
+        d["f32_max_d"] = l.f32_max_d;
+        return d;
+      },
+      "the short-row kernels' compiled layout: ISA, lanes, rows per block, register pass / float Mobius terms (CPU)");
   // attention (Kronecker triple attention)
   m.def("triple_attention_fwd_cpu", &geoops::cpu::triple_attention_fwd_cpu,
         "Kronecker triple attention, forward -> (out, lse) (CPU)");

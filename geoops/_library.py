@@ -207,15 +207,25 @@ def concrete(t) -> bool:
             and not (functorch_active() and _batched(t)))
 
 
-def check_finite(prefix: str, named: dict) -> None:
-    """GEOOPS_CHECK=1 (``geoops.set_checks``): raise ValueError ``"{prefix}: {name} has non-finite values"`` for
-    the first named tensor holding NaN or Inf, before any kernel runs.  Off by default (a pass over the data);
-    skipped for tensors whose values cannot be read (see :func:`concrete`).  None entries are ignored."""
+_NON_FINITE = "{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]"
+
+
+def check_finite(prefix: str, named: dict, message: str = _NON_FINITE, *, readable_only: bool = True) -> None:
+    """GEOOPS_CHECK=1 (``geoops.set_checks``): raise ValueError ``"{prefix}: {name} has non-finite values (NaN or Inf)
+    [GEOOPS_CHECK]"`` for the first named tensor holding NaN or Inf, before any kernel runs.  Off by default (a pass
+    over the data).  None entries are ignored.
+
+    `message`: the text after ``"{prefix}: "``, a format string with ``{name}`` (default above).
+    `readable_only` (default): skip tensors whose values cannot be read (see :func:`concrete`: traced by
+    torch.compile, fake / meta, vmap-batched) and empty ones.  False reads every tensor, as the stereographic
+    family's checks always have: under torch.compile that is a graph break, and the check still runs."""
     if not _backend.checks_enabled():
         return
     for name, t in named.items():
-        if isinstance(t, torch.Tensor) and t.numel() and concrete(t) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{prefix}: {name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
+        if not isinstance(t, torch.Tensor) or (readable_only and not (t.numel() and concrete(t))):
+            continue
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{prefix}: {message.format(name=name)}")
 
 
 # ---------------------------------------------------------------- derivative contracts (family-neutral)

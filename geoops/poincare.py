@@ -149,9 +149,7 @@ def _debug_checks(op: str, c, points: dict, others: dict = None, k=None) -> None
         return
     named = {n: t for n, (t, _) in points.items()}
     named.update(others or {})
-    for name, t in named.items():
-        if isinstance(t, torch.Tensor) and not _is_fake(t) and t.numel() and not bool(torch.isfinite(t).all()):
-            _fail(op, f"{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
+    _library.check_finite(f"geoops.poincare.{op}", named)
     c = -k if c is None else c
     cv = float(c.detach()) if isinstance(c, torch.Tensor) else float(c)
     for name, (t, dim) in points.items():

@@ -364,11 +364,10 @@ def _broadcast2(a, b):
 
 
 def _debug_checks(op: str, named: dict, k: torch.Tensor, dim: int):
-    for name, t in named.items():
-        if t is not None and not torch.isfinite(t).all():
-            _fail(op, f"{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
-    if not torch.isfinite(k).all():
-        _fail(op, "k has non-finite values [GEOOPS_CHECK]")
+    # (every tensor read, also while torch.compile traces: a graph break, as before the shared helper)
+    _library.check_finite(f"geoops.stereographic.{op}", named, readable_only=False)
+    _library.check_finite(f"geoops.stereographic.{op}", {"k": k}, "{name} has non-finite values [GEOOPS_CHECK]",
+                          readable_only=False)
     for name in _ON_MANIFOLD.get(op, ()):
         t = named[name]
         q = 1 + k * (t.double() ** 2).sum(dim=dim, keepdim=True)
@@ -911,9 +910,7 @@ def _pair_args(op: str, x, y, k):
 
 
 def _pair_debug_checks(op, x3, y3, k3):
-    for name, t in (("x", x3), ("y", y3), ("k", k3)):
-        if not torch.isfinite(t).all():
-            _fail(op, f"{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]")
+    _library.check_finite(f"geoops.stereographic.{op}", {"x": x3, "y": y3, "k": k3}, readable_only=False)
     kk = k3.double().reshape(-1, 1)
     for name, t in (("x", x3), ("y", y3)):
         if t.numel() and bool(((1 + kk * (t.double() ** 2).sum(-1)) <= 0).any()):

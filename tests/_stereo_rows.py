@@ -27,3 +27,25 @@ def op_row_err(op, out, expect, x):
     """row_rel_err of op's output: relative to the larger of |expect| and |x| / 10 where op's write cancels
     (WRITE_CANCELS), else to |expect|."""
     return row_rel_err(out, expect, x if op in WRITE_CANCELS else None)
+
+
+# ---------------------------------------------------------------- the short-row kernels' layout on this build
+def short_layout() -> dict:
+    """The compiled short-row layout (``geoops._C.stereo_short_layout()``, csrc/cpu/stereographic_lanes.cpp): ``isa``
+    ("AVX512", "AVX2" or "DEFAULT" under GEOOPS_PORTABLE=1), ``double_lanes`` / ``float_lanes`` (rows per vector),
+    ``block_rows`` (rows per short-row block), ``register_pass`` and ``float_mobius_terms`` (whether those AVX-512
+    paths are compiled), ``short_row_max_d``, ``f32_max_d``.  The build's own constants: torch's
+    ``get_cpu_capability()`` names the machine, not what -march=native (or a portable build) compiled."""
+    from geoops._backend import compiled
+
+    return dict(compiled().stereo_short_layout())
+
+
+def block_rows(dtype: torch.dtype = torch.float32) -> int:
+    """Rows per short-row block for rows of `dtype`: 4 double vectors of rows (32 with AVX-512, 16 with AVX2), the
+    same for every dtype (the row math runs in double lanes whatever the storage; the fp32 fast path, its register
+    pass and the fp32 backward of expmap0 / logmap0 take the same blocks and fall back to the double path per
+    block).  Tests place hard rows and tails in terms of it (B - 1, B, B + 1, 2B - 1, ...)."""
+    if dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"block_rows: dtype must be a floating dtype the row kernels take, got {dtype}")
+    return int(short_layout()["block_rows"])

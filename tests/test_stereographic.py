@@ -409,6 +409,43 @@ def test_debug_checks_switch():
         geoops.set_checks(False)
 
 
+def test_debug_check_messages_exact():
+    """The non-finite checks of the row ops, the three-vector ops, cdist and the poincare layers (all through
+    geoops._library.check_finite since session 25) keep their exact messages, and the stereographic ones still run
+    while torch.compile traces (a graph break: every tensor read), as before the shared helper."""
+    import geoops.poincare as gp
+
+    x = torch.rand(4, 3) * 0.1
+    nan = x.clone()
+    nan[1, 2] = float("nan")
+    pre = "geoops.stereographic."
+    cases = [
+        (lambda: gs.mobius_add(x, nan, k=-1.0),
+         pre + "mobius_add: y has non-finite values (NaN or Inf) [GEOOPS_CHECK]"),
+        (lambda: gs.dist0(x, k=torch.tensor(float("inf"))), pre + "dist0: k has non-finite values [GEOOPS_CHECK]"),
+        (lambda: gs.gyration(x, nan, x, k=-1.0), pre + "gyration: b has non-finite values (NaN or Inf) [GEOOPS_CHECK]"),
+        (lambda: gs.cdist(x, nan, k=-1.0), pre + "cdist: y has non-finite values (NaN or Inf) [GEOOPS_CHECK]"),
+        (lambda: gs.cdist(x, x, k=float("nan")), pre + "cdist: k has non-finite values (NaN or Inf) [GEOOPS_CHECK]"),
+        (lambda: gp.poincare_relu(nan, c=1.0), "geoops.poincare.poincare_relu: x has non-finite values (NaN or Inf) "
+                                                "[GEOOPS_CHECK]"),
+        (lambda: gp.mlr(x, torch.full((3, 2), float("nan")), c=1.0),
+         "geoops.poincare.hyperplane_dists: z has non-finite values (NaN or Inf) [GEOOPS_CHECK]"),
+    ]
+    geoops.set_checks(True)
+    try:
+        for f, msg in cases:
+            with pytest.raises(ValueError) as e:
+                f()
+            assert str(e.value) == msg
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda a, b: gs.mobius_add(a, b, k=-1.0), backend="eager")
+        with pytest.raises(ValueError, match=r"mobius_add: y has non-finite values \(NaN or Inf\)"):
+            compiled(x, nan)
+    finally:
+        geoops.set_checks(False)
+        torch._dynamo.reset()
+
+
 # ---------------------------------------------------------------- backend switch
 def test_backend_switch():
     x, y = _inputs("mobius_add", (4, 5))

@@ -13,8 +13,11 @@ import geoops.stereographic as gs
 from geoops.parity import stereographic as pc
 from geoops.reference import stereographic as ref
 
+from _stereo_rows import block_rows
+
 OPS = ("logmap0", "expmap0")
-ROWS = 32  # rows per block of the float path with AVX-512 (two blocks of 16 with AVX2)
+ROWS = 32  # the tests' unit of rows (session 24's AVX-512 blocks); the build's blocks: B
+B = block_rows()  # rows per block of the float path on this build (32 with AVX-512, 16 with AVX2)
 
 
 def _inputs(op: str, d: int, n: int, k: float, seed: int) -> torch.Tensor:
@@ -86,20 +89,24 @@ def test_f32_bwd_hard_blocks(op, monkeypatch):
     d, n = 4, ROWS * 6
     x = _inputs(op, d, n, -1.0, seed=3)
     k = torch.full((n, 1), -1.0)
-    # each hard slice of ROWS rows gets its hard row in both halves: the float path's blocks are the short-row
-    # blocks of stereographic_lanes.h (kBlock: 32 rows with AVX-512, 16 with AVX2), a hard row sends its own block
-    for h in (5, ROWS // 2 + 5):
-        x[ROWS * 1 + h] = float("nan")  # block 1: NaN row
-        k[ROWS * 2 + h + 4] = 4.0  # block 2: k > 0, z = 4 |x|^2 beyond the series
+    # a hard row sends its own block of B rows (the short-row blocks of stereographic_lanes.h, the build's: 32 with
+    # AVX-512, 16 with AVX2) to the double path: two hard rows per slice of ROWS rows, at 5 and B / 2 + 5 (one in each
+    # half of a block of 32, or both in the first block of 16, the slice's other 16 rows a float-path block)
+    hard_rows = []
+    for h in (5, B // 2 + 5):
+        x[ROWS * 1 + h] = float("nan")  # slice 1: NaN row
+        k[ROWS * 2 + h + 4] = 4.0  # slice 2: k > 0, z = 4 |x|^2 beyond the series
         x[ROWS * 2 + h + 4] = 0.4
+        hard_rows += [ROWS * 1 + h, ROWS * 2 + h + 4]
         if op == "logmap0":
-            x[ROWS * 3 + h - 4] = 2.0  # block 3: outside the ball
+            x[ROWS * 3 + h - 4] = 2.0  # slice 3: outside the ball
+            hard_rows.append(ROWS * 3 + h - 4)
     gout = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
     new = _ours(op, x, k, gout, monkeypatch, None)
     old = _ours(op, x, k, gout, monkeypatch, "0")
-    hard = (1, 2, 3) if op == "logmap0" else (1, 2)
-    for blk in range(6):
-        s = slice(blk * ROWS, (blk + 1) * ROWS)
+    hard = {r // B for r in hard_rows}
+    for blk in range(n // B):
+        s = slice(blk * B, (blk + 1) * B)
         same = torch.equal(new[0][s].nan_to_num(7.0), old[0][s].nan_to_num(7.0))
         assert same == (blk in hard), blk
     assert torch.isnan(new[0][ROWS + 5]).all() and torch.isfinite(new[0][:ROWS]).all()

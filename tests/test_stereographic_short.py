@@ -17,22 +17,26 @@ from geoops._ops.stereographic import STEREO_OPS
 from geoops.parity import stereographic as pc
 from geoops.reference import stereographic as ref
 
-from _stereo_rows import op_row_err, per_row_k, row_rel_err
+from _stereo_rows import block_rows, op_row_err, per_row_k, row_rel_err, short_layout
 
 OPS = list(STEREO_OPS)
 DIMS = (1, 2, 3, 5, 8, 9, 10, 16, 17, 31, 32, 33)
-# The tests marked avx512_blocks pin the layout of AVX-512 builds (-march=native on an AVX-512 machine): fp32 blocks of
-# 32 rows (kBlock = 4 double lanes' worth: 16 rows with AVX2), the register pass and GEOOPS_STEREO_F32_MOB's float
-# Mobius terms.  On AVX2 builds their hard rows split a 32-row slice into a double-path and a float-path block, and
-# the float terms switch changes nothing; those builds keep every accuracy test of this file.
-AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-avx512_blocks = pytest.mark.skipif(not AVX512, reason="pins the 32-row blocks / register pass of AVX-512 builds")
+# The short-row blocks of this build (_stereo_rows.short_layout: the extension's own constants): B rows per block (32
+# with AVX-512, 16 with AVX2 or a portable build; every dtype), and whether the AVX-512-only paths are compiled: the
+# fp32 register pass (stereographic_rows_f32_reg.h) and the float Mobius terms (GEOOPS_STEREO_F32_MOB).  The block
+# tests place their hard rows, hard blocks and tails in terms of B; on a build without the register pass the
+# default fp32 dispatch is the fused / eight-loop blocks, which the same tests then check.
+LAYOUT = short_layout()
+B = block_rows()
+needs_float_mobius_terms = pytest.mark.skipif(
+    not LAYOUT["float_mobius_terms"],
+    reason=f"the float Mobius terms (GEOOPS_STEREO_F32_MOB) are compiled only on AVX-512 builds ({LAYOUT['isa']} here)")
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 CURV = (-1.0, -0.3, 0.0, 0.5)
 
 
 def _mixed_case(op: str, d: int, kv: float, seed: int, margin: float = 1.0):
-    """45 rows (a full block of 32 lanes and a partial one): interior, near-boundary, tiny, zero.
+    """45 rows (one or two full blocks of B = 32 / 16 rows and a partial one): interior, near-boundary, tiny, zero.
 
     ``margin`` scales the near-boundary rows' distance to the boundary (1 - frac)."""
     g = torch.Generator().manual_seed(seed)
@@ -234,6 +238,22 @@ def _call(op, x, y, k):
     return getattr(gs, op)(x, k=k) if y is None else getattr(gs, op)(x, y, k=k)
 
 
+def _assert_block_paths(out, slow, hard, ran=True, what="", partial_double=True):
+    """out (a float-path call) against slow (the double path) per block of B rows: the blocks numbered in `hard` and
+    (partial_double: the forward's rule) a partial last block equal it bit for bit (NaN rows NaN); with `ran`, every
+    other block differs from it somewhere (the float path took that block: its roundings differ).  A wrong B fails
+    both ways: a block twice too long holds a float-path half that differs, one half too short puts a predicted
+    float-path block inside a hard block."""
+    n = out.shape[0]
+    for b0 in range(0, n, B):
+        blk = b0 // B
+        same = torch.equal(out[b0:b0 + B].nan_to_num(7.0), slow[b0:b0 + B].nan_to_num(7.0))
+        if blk in hard or (partial_double and b0 + B > n):
+            assert same, (what, "block", blk, "should be the double path's")
+        elif ran:
+            assert not same, (what, "block", blk, "should be the float path's")
+
+
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 8, 9, 10, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_fast_path_accuracy(op, d, monkeypatch):
@@ -254,17 +274,16 @@ def test_f32_fast_path_accuracy(op, d, monkeypatch):
     assert errs["2"] <= 4 * errs["0"] + 2e-6, errs
 
 
-@avx512_blocks
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_fast_path_hard_blocks(op, monkeypatch):
     """Blocks with a hard row (NaN, or k > 0 with the call's argument beyond the series cut) take the double
     path for the whole block: those blocks equal the fast-path-off output bit for bit (NaN rows NaN),
-    while all-normal blocks took the fast path (close to, and for the call ops not identical to, the
-    double path).  Rows: 32 per block; per-row k."""
-    d, n = 2, 32 * 8
+    while all-normal blocks took the fast path (close to, and block by block not identical to, the
+    double path).  Rows: B per block (the build's); per-row k; the NaN row is its block's last."""
+    d, n = 2, B * 8
     x, y = _fast_inputs(op, d, n, seed=7)
     k = torch.full((n, 1), -1.0)
-    hard = [3 * 32 + 5, 5 * 32 + 31]  # blocks 3 and 5
+    hard = [3 * B + 5, 5 * B + B - 1]  # blocks 3 and 5
     k[hard[0]] = 50.0  # k > 0: the call's argument z beyond the float series cut (0.05)
     if op in ("expmap", "logmap"):  # z = k|u|^2 h^2 / k|x - y|^2/den: a small x keeps h, den ~ 1
         x[hard[0]] *= 0.01
@@ -275,17 +294,106 @@ def test_f32_fast_path_hard_blocks(op, monkeypatch):
     fast = _call(op, x, y, k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
     slow = _call(op, x, y, k)
-    for blk in (3, 5):
-        sl = slice(blk * 32, blk * 32 + 32)
-        assert torch.equal(fast[sl].isnan(), slow[sl].isnan())
-        ok = ~slow[sl].isnan()
-        assert torch.equal(fast[sl][ok], slow[sl][ok]), blk
+    _assert_block_paths(fast, slow, (3, 5))
     assert torch.isnan(fast[hard[1]]).all()
-    normal = torch.cat([fast[b * 32:(b + 1) * 32] for b in (0, 1, 2, 4, 6, 7)])
-    normal_slow = torch.cat([slow[b * 32:(b + 1) * 32] for b in (0, 1, 2, 4, 6, 7)])
+    normal = torch.cat([fast[b * B:(b + 1) * B] for b in (0, 1, 2, 4, 6, 7)])
+    normal_slow = torch.cat([slow[b * B:(b + 1) * B] for b in (0, 1, 2, 4, 6, 7)])
     torch.testing.assert_close(normal, normal_slow, rtol=1e-4, atol=1e-5)
-    if op != "expmap0" and op != "logmap0":
-        assert not torch.equal(normal, normal_slow)  # the fast path ran (float rounding differs)
+
+
+# ---------------------------------------------------------------- block boundaries and tails
+# The fp32 float path runs whole blocks of B rows (the build's: LAYOUT["block_rows"]); a partial last block and a block
+# with a hard row take the double path.  Hard rows on both sides of a boundary (B - 1, B, 2B - 1, 2B) and row counts
+# around whole blocks (B - 1 .. 2B + 1), on each dispatch this build has: the default (the register pass on AVX-512,
+# the eight-loop / fused blocks elsewhere), the blocks without the register pass, the fused blocks forced.
+BLOCK_PATHS = {"default": {}, "no_register_pass": {"GEOOPS_STEREO_F32_REG": "0"},
+               "fused": {"GEOOPS_STEREO_F32_ROWS": "2", "GEOOPS_STEREO_F32_REG": "0"}}
+
+
+def _path_and_double(monkeypatch, path, op, x, y, k):
+    """(op on `path`'s dispatch, op on the double path)."""
+    for knob in ("GEOOPS_STEREO_F32_ROWS", "GEOOPS_STEREO_F32_REG"):
+        monkeypatch.delenv(knob, raising=False)
+    for knob, value in BLOCK_PATHS[path].items():
+        monkeypatch.setenv(knob, value)
+    out = _call(op, x, y, k)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+    slow = _call(op, x, y, k)
+    for knob in ("GEOOPS_STEREO_F32_ROWS", "GEOOPS_STEREO_F32_REG"):
+        monkeypatch.delenv(knob, raising=False)
+    return out, slow
+
+
+@pytest.mark.parametrize("path", tuple(BLOCK_PATHS))
+@pytest.mark.parametrize("d", (1, 3, 8))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_block_tails(op, d, path, monkeypatch):
+    """Row counts B - 1, B, B + 1, 2B - 1, 2B, 2B + 1, 3B + 1: every whole block takes the float path (differs from the
+    double path), the partial last block the double path (equal bit for bit)."""
+    x, y = _fast_inputs(op, d, 3 * B + 1, seed=2500 + d)
+    k = torch.tensor(-1.0)
+    for n in (B - 1, B, B + 1, 2 * B - 1, 2 * B, 2 * B + 1, 3 * B + 1):
+        xs, ys = x[:n].clone(), None if y is None else y[:n].clone()
+        out, slow = _path_and_double(monkeypatch, path, op, xs, ys, k)
+        _assert_block_paths(out, slow, (), what=f"n={n}")
+
+
+@pytest.mark.parametrize("path", tuple(BLOCK_PATHS))
+@pytest.mark.parametrize("d", (1, 3, 8))
+@pytest.mark.parametrize("op", F32_FAST_OPS)
+def test_f32_block_boundaries(op, d, path, monkeypatch):
+    """One hard row (NaN; or beyond float range) at B - 1, B, 2B - 1 or 2B of 4B + 5 rows, one per call, and per-row k
+    with a k > 0 row beyond the series at 3B - 1 (the call ops): only the hard row's own block takes the double path
+    (bit for bit), its neighbours across the boundary the float path; the partial last block the double path."""
+    n = 4 * B + 5
+    x, y = _fast_inputs(op, d, n, seed=2600 + d)
+    for p in (B - 1, B, 2 * B - 1, 2 * B):
+        for kind in ("nan", "huge"):
+            xs = x.clone()
+            xs[p] = float("nan") if kind == "nan" else 3e25
+            out, slow = _path_and_double(monkeypatch, path, op, xs, y, torch.tensor(-1.0))
+            _assert_block_paths(out, slow, (p // B,), what=f"{kind} row {p}")
+    if op != "mobius_add":  # (no call: k > 0 is not hard for it)
+        h = 3 * B - 1
+        k = torch.full((n, 1), -1.0)
+        k[h] = 50.0
+        xs, ys = x.clone(), None if y is None else y.clone()
+        e = torch.zeros(d)
+        e[0] = 1.0
+        # the call's argument z = 50 * 0.25 (expmap0 / logmap0: 50 |x|^2; expmap: 50 |u|^2 h^2, logmap:
+        # 50 |x - y|^2 / den, with x ~ 0: h, den ~ 1) beyond the float series cut
+        xs[h] = 0.5 * e if ys is None else 0.003 * e
+        if ys is not None:
+            ys[h] = 0.5 * e
+        out, slow = _path_and_double(monkeypatch, path, op, xs, ys, k)
+        _assert_block_paths(out, slow, (2,), what="k > 0 row")
+
+
+@pytest.mark.parametrize("d", (2, 8))
+@pytest.mark.parametrize("op", ("expmap0", "logmap0"))
+def test_f32_bwd_block_boundaries(op, d, monkeypatch):
+    """The fp32 backward of expmap0 / logmap0 (csrc/cpu/stereographic_bwd_f32.h) on the same blocks of B rows: a NaN
+    row at B - 1, B, 2B - 1 or 2B sends only its own block to the double path (GEOOPS_STEREO_F32_BWD=0, bit for bit);
+    the other blocks differ from it (the float backward ran; it takes a partial last block too)."""
+    n = 4 * B + 5
+    g = torch.Generator().manual_seed(2700 + d)
+    x = pc._ball_points(g, n, d, -1.0, torch.rand(n, generator=g, dtype=torch.float64) * 0.9).float()
+    gout = torch.randn(n, d, generator=g).float()
+    k = torch.tensor(-1.0)
+
+    def dx(xs):
+        xr = xs.clone().requires_grad_(True)
+        return torch.autograd.grad(getattr(gs, op)(xr, k=k), xr, gout)[0]
+
+    for p in (B - 1, B, 2 * B - 1, 2 * B):
+        xs = x.clone()
+        xs[p] = float("nan")
+        monkeypatch.delenv("GEOOPS_STEREO_F32_BWD", raising=False)
+        new = dx(xs)
+        monkeypatch.setenv("GEOOPS_STEREO_F32_BWD", "0")
+        old = dx(xs)
+        monkeypatch.delenv("GEOOPS_STEREO_F32_BWD", raising=False)
+        _assert_block_paths(new, old, (p // B,), what=f"nan row {p}", partial_double=False)
 
 
 # ---------------------------------------------------------------- the fused and the eight-loop blocks
@@ -294,62 +402,59 @@ def test_f32_fast_path_hard_blocks(op, monkeypatch):
 # ops on the fused blocks (three loops per block, D <= 16).
 
 
-@avx512_blocks
 @pytest.mark.parametrize("d", (1, 2, 3, 5, 8))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_blocks_without_register_pass(op, d, monkeypatch):
     """The default dispatch without the register pass (the eight-loop blocks where it prefers them, else the fused
     blocks) and the fused blocks forced (GEOOPS_STEREO_F32_ROWS=2): per-row k of both signs, a hard block (k > 0 beyond
-    the series or a term out of float range) and a NaN row's block equal to the double path bit for bit; the other
-    rows no worse than 4x the double path's error vs the fp64 math on the same fp32 inputs + 2e-6."""
-    n = 32 * 6
+    the series or a term out of float range: block 3) and a NaN row's block (block 4) equal to the double path bit for
+    bit, every other block not (the float path ran); the other rows no worse than 4x the double path's error vs the
+    fp64 math on the same fp32 inputs + 2e-6.  Blocks of B rows (the build's; the rows of session 24's B = 32)."""
+    n = B * 6
     x, y = _fast_inputs(op, d, n, seed=300 + d)
     k = torch.full((n, 1), -1.0)
-    k[40:60] = -0.25
-    k[100] = 50.0  # k > 0 beyond the series: its block takes the double path
+    k[B + B // 4:B + B // 4 + 5 * B // 8] = -0.25
+    h = 3 * B + B // 8  # k > 0 beyond the series: its block takes the double path
+    k[h] = 50.0
     if op in ("expmap", "logmap"):  # (as in test_f32_fast_path_hard_blocks)
-        x[100] *= 0.01
+        x[h] *= 0.01
     if op == "mobius_add":  # no call: a term out of float range instead
-        x[100] = 1e25
-    x[150] = float("nan")
+        x[h] = 1e25
+    x[4 * B + 11 * B // 16] = float("nan")
     monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
     slow = _call(op, x, y, k)
     args = (x.double(),) if y is None else (x.double(), y.double())
     expect = getattr(ref, op)(*args, k=k.double())
     ok = torch.isfinite(expect).all(-1)
-    ok[96:160] = False  # (the hard blocks 3 and 4)
+    ok[3 * B:5 * B] = False  # (the hard blocks 3 and 4)
     e_slow = float(op_row_err(op, slow, expect, x)[ok].max())
     for mode in ("1", "2"):  # (1: the default's dispatch)
         monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", mode)
         out = _call(op, x, y, k)
-        for blk in (3, 4):  # the hard blocks: the double path's output, bit for bit
-            sl = slice(blk * 32, blk * 32 + 32)
-            assert torch.equal(out[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (mode, blk)
+        _assert_block_paths(out, slow, (3, 4), what=mode)  # hard blocks: the double path's output, bit for bit
         e = float(op_row_err(op, out, expect, x)[ok].max())
         assert e <= 4 * e_slow + 2e-6, (mode, e, e_slow)
-        if op != "expmap0" and op != "logmap0":
-            assert not torch.equal(out[ok], slow[ok]), mode  # the float path ran
 
 
 @pytest.mark.parametrize("d", (9, 12, 16))
 @pytest.mark.parametrize("op", ("expmap", "logmap"))
 def test_f32_fast_path_long_rows_partial_and_hard(op, d, monkeypatch):
     """D = 9..16 (the fused path only): a row count that leaves a partial last block, a hard block; the rest
-    close to the double path (and not identical for the call ops: the fast path ran)."""
-    n = 32 * 5 + 7
+    close to the double path (and not identical for the call ops: the fast path ran).  Blocks of B rows."""
+    n = B * 5 + 7
     x, y = _fast_inputs(op, d, n, seed=500 + d)
     k = torch.full((n, 1), -1.0)
-    x[70] = float("nan")
+    x[2 * B + 6] = float("nan")
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
     slow = _call(op, x, y, k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")  # (the default takes logmap only up to D = 12)
     fast = _call(op, x, y, k)
     assert torch.equal(fast.isnan(), slow.isnan())
-    assert torch.isnan(fast[70]).all() and not torch.isnan(fast[:64]).any()
+    assert torch.isnan(fast[2 * B + 6]).all() and not torch.isnan(fast[:2 * B]).any()
     ok = ~slow.isnan()
     torch.testing.assert_close(fast[ok], slow[ok], rtol=1e-5, atol=1e-6)
-    assert not torch.equal(fast[:64], slow[:64])
+    _assert_block_paths(fast, slow, (2,))
 
 
 @pytest.mark.parametrize("d", (1, 2, 7, 16))
@@ -378,14 +483,14 @@ def test_f32_fused_inline_tanh_accuracy(d, monkeypatch):
 # fast path's accuracy tests above cover them).
 
 
-@avx512_blocks
 @pytest.mark.parametrize("d", (1, 2, 3, 5, 8, 16))
 def test_f32_expmap0_float_path(d, monkeypatch):
     """expmap0's all-float lanes: tiny and zero vectors, norms across the series cut and into tanh = 1, a NaN
     row, a row whose float |u|^2 overflows (its block takes the double path: bit for bit), a partial last block,
     and k given three ways (one value, per row, per row with a stride of 2): within 6e-7 of the fp64 math on the
-    same inputs, and the declined / partial blocks equal to the double path (GEOOPS_STEREO_F32_ROWS=0)."""
-    n = 32 * 7 + 11
+    same inputs, the declined / partial blocks equal to the double path (GEOOPS_STEREO_F32_ROWS=0), the others
+    not.  Blocks of B rows (the rows of session 24's B = 32)."""
+    n = B * 7 + 11
     g = torch.Generator().manual_seed(1000 + d)
     u = torch.randn(n, d, generator=g, dtype=torch.float64)
     norms = torch.logspace(-3, 1.3, n, dtype=torch.float64)[torch.randperm(n, generator=g)]
@@ -393,8 +498,8 @@ def test_f32_expmap0_float_path(d, monkeypatch):
     u = u / u.norm(dim=-1, keepdim=True) * norms.unsqueeze(-1)
     u[6] = 0.0
     u = u.float()
-    u[40] = float("nan")  # block 1
-    u[100] = 3e19  # block 3: |u|^2 overflows in float
+    u[B + B // 4] = float("nan")  # block 1
+    u[3 * B + B // 8] = 3e19  # block 3: |u|^2 overflows in float
     kv = per_row_k(n, (-1.0, -0.3, -2.5))
     ks = {"scalar": torch.tensor(-0.7), "per_row": kv, "strided": torch.cat([kv, kv], 1)[:, :1]}
     assert ks["strided"].stride(0) == 2
@@ -405,15 +510,12 @@ def test_f32_expmap0_float_path(d, monkeypatch):
         slow = gs.expmap0(u, k=k)
         expect = ref.expmap0(u.double(), k=k.double())
         assert torch.equal(fast.isnan(), slow.isnan()), name
-        assert torch.isnan(fast[40]).all()
-        for blk in (1, 3):
-            sl = slice(blk * 32, blk * 32 + 32)
-            assert torch.equal(fast[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, blk)
-        tail = slice(32 * 7, n)
-        assert torch.equal(fast[tail], slow[tail]), name
+        assert torch.isnan(fast[B + B // 4]).all()
+        # (and the partial last block; at D = 1 a block of 16 rows can round alike on both paths: measured, AVX2)
+        _assert_block_paths(fast, slow, (1, 3), ran=d > 1, what=name)
         assert torch.equal(fast[6], torch.zeros(d))
         ok = torch.isfinite(expect).all(-1)
-        ok[32:64] = ok[96:128] = False
+        ok[B:2 * B] = ok[3 * B:4 * B] = False
         scale = expect.norm(dim=-1).clamp_min(1e-38)
         err = ((fast.double() - expect).norm(dim=-1) / scale)[ok]
         assert float(err.max()) <= 6e-7, (name, float(err.max()))
@@ -452,7 +554,7 @@ def test_f32_fused_atanc_float_accuracy(op, d, monkeypatch):
 
 def _reg_inputs(op: str, d: int, n: int, seed: int):
     """Rows for the register pass: interior points, points within 1e-4 .. 1e-2 of the boundary, tiny and zero
-    vectors, close pairs (logmap), a NaN row (block 2), and a row beyond float range (block 4)."""
+    vectors, close pairs (logmap), a NaN row (row 2B + 9: block 2), and a row beyond float range (4B + 3: block 4)."""
     g = torch.Generator().manual_seed(seed)
     frac = torch.rand(n, generator=g, dtype=torch.float64) * 0.9
     # (expmap: 1e-3 .. 1e-2; nearer, its write a x + b u cancels in float in both paths)
@@ -471,16 +573,38 @@ def _reg_inputs(op: str, d: int, n: int, seed: int):
     else:
         y = None
     x, y = x.float(), (None if y is None else y.float())
-    x[2 * 32 + 9] = float("nan")
-    x[4 * 32 + 3] = 3e25
+    x[REG_NAN] = float("nan")
+    x[REG_HUGE] = 3e25
     return x, y
+
+
+REG_NAN, REG_HUGE = 2 * B + 9, 4 * B + 3  # _reg_inputs' NaN row (block 2) and row beyond float range (block 4)
+
+
+def _hard_huge_row(k):
+    """k with a nonzero curvature on _reg_inputs' row beyond float range: with k = 0 none of its float terms leaves
+    float range, so its block is not hard (per-row cycles put k = 0 there with B = 16; with B = 32 they do not)."""
+    if k.dim() == 0 or float(k[REG_HUGE]) != 0.0:
+        return k
+    k = k.clone()
+    k[REG_HUGE] = -1.0
+    return k
+
+
+def _f32_default_takes(op: str, d: int) -> bool:
+    """Whether the default dispatch (GEOOPS_STEREO_F32_ROWS unset) runs fp32 `op` at D = d on the float blocks on this
+    build: f32rows::use in csrc/cpu/stereographic_rows_f32.h (every op at D <= 8; at D = 9..16 all five with the
+    register pass, else expmap, and expmap0 / logmap0 / logmap up to D = 12).  Elsewhere the double path runs."""
+    if d <= 8 or (LAYOUT["register_pass"] and d <= LAYOUT["f32_max_d"]):
+        return True
+    return d <= LAYOUT["f32_max_d"] and (op == "expmap" or (d <= 12 and op != "mobius_add"))
 
 
 def _reg_normal_rows(expect):
     """The rows of _reg_inputs' layout to measure: outside block 2 (the NaN row's) and block 4 (the row beyond float
     range), where the fp64 reference is finite."""
     ok = torch.isfinite(expect).all(-1)
-    ok[64:96] = ok[128:160] = False
+    ok[2 * B:3 * B] = ok[4 * B:5 * B] = False
     return ok
 
 
@@ -504,7 +628,6 @@ def _default_vs_knob(monkeypatch, op, x, y, ks, knob, value):
         yield name, xs, new, old
 
 
-@avx512_blocks
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass(op, d, monkeypatch):
@@ -512,10 +635,14 @@ def test_f32_register_pass(op, d, monkeypatch):
     k = 0.5 (positive, within the float series for most rows: the others' blocks take the double path) and per-row k
     of both signs; a partial last block (13 rows: the double path); the blocks with a NaN row or a row beyond float
     range equal the double path (GEOOPS_STEREO_F32_ROWS=0) bit for bit; every finite row within a few float ulps of
-    the fp64 math on the same inputs (relative to the output's norm, or |x| / 10 where the write cancels)."""
-    n = 32 * 6 + 13
+    the fp64 math on the same inputs (relative to the output's norm, or |x| / 10 where the write cancels).  Blocks of
+    B rows.  On builds without the register pass (LAYOUT["register_pass"] false: AVX2) the default is the fused /
+    eight-loop blocks (or, at D = 9..16, the double path for some ops), so the first comparison is the identity and the
+    rest checks that default's hard, partial and normal blocks."""
+    n = B * 6 + 13
     x, y = _reg_inputs(op, d, n, seed=1200 + d)
     for name, k in _k_cases(n, (-1.0, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5)).items():
+        k = _hard_huge_row(k)
         xs = x if name != "0.5" else x * 0.1  # (inside the positive ball's series range mostly)
         monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
         monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
@@ -534,13 +661,20 @@ def test_f32_register_pass(op, d, monkeypatch):
         monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")  # (the double path of D > 8: mobius_add's sums in double too)
         slow = _call(op, xs, y, k)
         monkeypatch.delenv("GEOOPS_STEREO_F32_SUMS")
-        for sl in (slice(64, 96), slice(128, 160), slice(192, n)):  # NaN row, huge row, partial block
-            assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, sl)
-        assert torch.isnan(new[73]).all()
+        # NaN row, huge row, partial block.  (Without the register pass, at D > 8 the default's declined blocks take the
+        # short-row double path, whose sums round in another order than the long rows' double path of
+        # GEOOPS_STEREO_F32_ROWS=0, or the default is that long-row path itself: test_f32_register_pass_wide compares
+        # those blocks with the fused blocks' fallback.)
+        if d <= LAYOUT["short_row_max_d"] or LAYOUT["register_pass"]:
+            for sl in (slice(2 * B, 3 * B), slice(4 * B, 5 * B), slice(6 * B, n)):
+                assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, sl)
+        assert torch.isnan(new[REG_NAN]).all()
         args = (xs.double(),) if y is None else (xs.double(), y.double())
         expect = getattr(ref, op)(*args, k=k.double())
         err = op_row_err(op, new, expect, xs)[_reg_normal_rows(expect)]
-        tol = 2e-4 if (op == "expmap" and d == 1) else 2e-6  # (expmap at D = 1: see test_f32_fast_path_accuracy)
+        # (expmap at D = 1: see test_f32_fast_path_accuracy; without the register pass, AVX2's eight-loop blocks, 3.4e-4
+        # on one row of these inputs where a x + b u cancels: the double path 5.4e-5, the eager fp32 reference 2.6e-2)
+        tol = (2e-4 if LAYOUT["register_pass"] else 4e-4) if (op == "expmap" and d == 1) else 2e-6
         assert float(err.max()) <= tol, (name, float(err.max()))
 
 
@@ -549,7 +683,6 @@ def test_f32_register_pass(op, d, monkeypatch):
 # masked row loads (cols16_t).
 
 
-@avx512_blocks
 @pytest.mark.parametrize("d", (9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass_wide(op, d, monkeypatch):
@@ -557,10 +690,12 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
     and (mobius_add, logmap, expmap) adversarial rows, k = -1, -0.3, 0, 0.5 and per-row k of both signs; every
     finite row within 2x the eager fp32 reference's error vs fp64 + 2e-6 (relative to the output, or |x| / 10
     where the write's terms are larger); NaN / beyond-float / partial blocks equal the short-row double path (the
-    fused blocks' fallback) bit for bit."""
-    n = 32 * 6 + 13
+    fused blocks' fallback) bit for bit.  Blocks of B rows; without the register pass (AVX2) the default at D = 9..16 is
+    the fused blocks or the double path, checked the same way."""
+    n = B * 6 + 13
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     for name, k in _k_cases(n, (-1.0, -0.3, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5, -2.0)).items():
+        k = _hard_huge_row(k)
         for src in ("reg", "mob") if op in ("mobius_add", "expmap", "logmap") else ("reg",):
             if src == "reg":
                 x, y = _reg_inputs(op, d, n, seed=1700 + d)
@@ -570,7 +705,7 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
                 kv = -1.0 if name == "per_row" else float(k)
                 x, y = _mob_adversarial(op, d, kv, seed=1800 + d)
                 x, y = x[:n].clone(), y[:n].clone()
-                x[2 * 32 + 9] = float("nan")
+                x[REG_NAN] = float("nan")
             monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
             new = _call(op, x, y, k)
             monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")  # (the fused blocks: their hard blocks take the same
@@ -578,10 +713,15 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
             slow = _call(op, x, y, k)
             monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
             monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
-            assert torch.isnan(new[73]).all()
-            hard = [slice(64, 96), slice(192, n)] + ([slice(128, 160)] if src == "reg" else [])
-            for sl in hard:  # NaN row, huge row, partial block: the double path
-                assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, src, sl)
+            assert torch.isnan(new[REG_NAN]).all()
+            if _f32_default_takes(op, d):
+                hard = [slice(2 * B, 3 * B), slice(6 * B, n)] + ([slice(4 * B, 5 * B)] if src == "reg" else [])
+                for sl in hard:  # NaN row, huge row, partial block: the double path
+                    assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, src, sl)
+            else:  # the default runs the (long-row) double path for this op and D here: every row of it
+                monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+                assert torch.equal(new.nan_to_num(7.0), _call(op, x, y, k).nan_to_num(7.0)), (name, src)
+                monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS")
             args = (x,) if y is None else (x, y)
             expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
             eager = getattr(ref, op)(*args, k=k.float())
@@ -608,7 +748,7 @@ def test_f32_lane_quotients(op, d, monkeypatch):
     pass's rows (near-boundary, tiny, close), k = -1, -0.3 and per row (-1, -0.3, -2.5): expmap0 / logmap0 (whose write
     does not cancel) within 4e-7 of the fp64 math on the same fp32 inputs; every finite row within 2x the eager fp32
     reference's error vs fp64 + 2e-6."""
-    n = 32 * 8
+    n = B * 8
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
     g = torch.Generator().manual_seed(2300 + d)
@@ -622,8 +762,8 @@ def test_f32_lane_quotients(op, d, monkeypatch):
             y = None
         else:
             x, y = _reg_inputs(op, d, n, seed=2400 + d)
-            x[64:96] = x[32:64]  # (no NaN / beyond-float rows here: every block takes the float path)
-            x[128:160] = x[96:128]
+            x[2 * B:3 * B] = x[B:2 * B]  # (no NaN / beyond-float rows here: every block takes the float path)
+            x[4 * B:5 * B] = x[3 * B:4 * B]
         args = (x,) if y is None else (x, y)
         new = _call(op, x, y, k)
         expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
@@ -660,6 +800,7 @@ def test_f32_register_pass_long_unaligned(op, d, monkeypatch):
             x, y = _reg_inputs(op, d, 1600 + 13, seed=1500 + d)
             x[900] = float("nan")
             x[1300] = 3e25
+            hard_rows = (REG_NAN, REG_HUGE, 900, 1300)
         else:
             x, y = _mob_adversarial(op, d, -1.0, seed=1600 + d)
             if op in ("expmap0", "logmap0"):
@@ -680,7 +821,8 @@ def test_f32_register_pass_long_unaligned(op, d, monkeypatch):
                 args = (x,) if y is None else (x, y)
                 expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
                 ok = torch.isfinite(expect).all(-1)
-                ok[64:96] = ok[128:160] = ok[896:928] = ok[1280:1312] = False  # (NaN / beyond-float rows' blocks)
+                for i in hard_rows:  # (NaN / beyond-float rows' blocks)
+                    ok[i // B * B:i // B * B + B] = False
                 err = op_row_err(op, out, expect, x)[ok]
                 assert float(err.max()) <= 2e-6, float(err.max())
 
@@ -691,8 +833,9 @@ def test_f32_register_pass_four_groups(op, d, monkeypatch):
     """Four groups (two blocks at once, where the register pass takes them) against the same rows paired the other
     way (the call from block 1 on: every block meets a different partner, the first alone): equal bit for bit, k = -1,
     0, 0.5, per row; NaN / beyond-float rows in blocks 2 and 4 (declined pairs), a partial last block and a last pair
-    cut short."""
-    n = 32 * 7 + 13
+    cut short.  Blocks of B rows (without the register pass, AVX2: the fused / eight-loop blocks, shifted by one block
+    as well)."""
+    n = B * 7 + 13
     x, y = _reg_inputs(op, d, n, seed=1500 + d)
     kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * n)[:n].reshape(n, 1)
     kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65] * n)[:n].reshape(n, 1)
@@ -702,8 +845,8 @@ def test_f32_register_pass_four_groups(op, d, monkeypatch):
                     "per_row": kr, "per_row_neg": kn}.items():
         xs = x if name != "0.5" else x * 0.1
         whole = _call(op, xs, y, k).nan_to_num(7.0)
-        shifted = _call(op, xs[32:], None if y is None else y[32:], k if k.dim() == 0 else k[32:]).nan_to_num(7.0)
-        assert torch.equal(whole[32:], shifted), name
+        shifted = _call(op, xs[B:], None if y is None else y[B:], k if k.dim() == 0 else k[B:]).nan_to_num(7.0)
+        assert torch.equal(whole[B:], shifted), name
 
 
 # ---------------------------------------------------------------- the Mobius terms in float
@@ -716,7 +859,7 @@ def test_f32_register_pass_four_groups(op, d, monkeypatch):
 def _mob_adversarial(op: str, d: int, kv: float, seed: int):
     """Rows where the Mobius terms cancel in the naive form: x within 1e-2 .. 1e-6 (relative) of the boundary, y nearly
     opposite x (mobius_add: y ~ -x; logmap: y ~ x, its (-x) + y; expmap: u ~ -x scaled so that y = t u sweeps |x|),
-    tiny and zero rows; 32 * 8 + 11 rows (a partial last block); k one value."""
+    tiny and zero rows; 32 * 8 + 11 = 16 * 16 + 11 rows (a partial last block for B = 32 and 16); k one value."""
     g = torch.Generator().manual_seed(seed)
     n = 32 * 8 + 11
     kk = kv if kv < 0 else -1.0  # (the points' radius; k >= 0 uses the unit ball scaled below)
@@ -778,7 +921,7 @@ def test_f32_mobius_float_terms_accuracy(op, d, monkeypatch):
         assert e_new <= 2 * e_eager + 2e-6 and e_new <= f_old * e_old + 1e-6, (kv, e_new, e_old, e_eager)
 
 
-@avx512_blocks
+@needs_float_mobius_terms
 def test_f32_mobius_float_terms_knob(monkeypatch):
     """GEOOPS_STEREO_F32_MOB is read per call and selects a different computation (not equal bit for bit on these
     rows), and the float terms are the default."""

@@ -22,5 +22,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cpu(
 // projects with margin eps.  (stereographic_lanes.cpp)
 void stereo_rsgd_step_cpu(at::Tensor x, const at::Tensor& grad, double k, double lr, double eps);
 
+// The short-row layout this build compiled (stereographic_lanes.cpp): what the fp32 fast path's and the double
+// path's blocks look like on this ISA, so that tests place hard rows on block boundaries without assuming one ISA
+// (tests/test_stereographic_short.py).  Constants of the build, not of the environment's switches.
+struct StereoShortLayout {
+  const char* isa;          // the at::vec ISA of the row kernels: "AVX512", "AVX2" or "DEFAULT" (GEOOPS_PORTABLE=1)
+  int64_t double_lanes;     // rows per double vector (the double path's lanes)
+  int64_t float_lanes;      // rows per float vector (the fp32 fast path's lanes)
+  int64_t block_rows;       // rows per short-row block, every dtype, forward and backward (the double path, the fp32
+                            // fast path's blocks, the register pass, the fp32 backward of expmap0 / logmap0)
+  bool register_pass;       // the fp32 forward's register pass (stereographic_rows_f32_reg.h) is compiled
+  bool float_mobius_terms;  // the float Mobius terms (GEOOPS_STEREO_F32_MOB, stereographic_rows_f32.h) are compiled
+  int64_t short_row_max_d;  // rows of D <= this sum with the rows on the lanes (kShortRowMaxD)
+  int64_t f32_max_d;        // the fp32 fast path's largest D (f32rows::kMaxD)
+};
+StereoShortLayout stereo_short_layout();
+
 }  // namespace cpu
 }  // namespace geoops

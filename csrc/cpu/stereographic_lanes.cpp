@@ -1,7 +1,10 @@
 // The forward entry point of the kappa-stereographic row kernels with part of the fp32 forward (fp32 long rows,
-// expmap / logmap's short rows: fwd_unit), and the Riemannian SGD step.  The kernels: stereographic_lanes.h; the
+// expmap / logmap's short rows: fwd_unit), the Riemannian SGD step and the short-row layout's report
+// (stereo_short_layout).  The kernels: stereographic_lanes.h; the
 // rest of the forward: stereographic_lanes_fwd_wide.cpp; the backward: stereographic_lanes_bwd.cpp.
 #include "stereographic_lanes.h"  // first: the at::vec ISA of this translation unit (geoops/cpu_capability.h)
+
+#include "stereographic.h"  // stereo_rsgd_step_cpu, stereo_short_layout
 
 namespace geoops {
 namespace cpu {
@@ -109,6 +112,31 @@ void rsgd_step_rows(scalar_t* xp, int64_t sx, const scalar_t* gp, int64_t sg, in
     }
     for (; i < end; ++i) rsgd_step_row(xp + i * sx, gp + i * sg, D, k, lr, maxnorm);
   });
+}
+
+StereoShortLayout stereo_short_layout() {
+  StereoShortLayout l{};
+#if defined(CPU_CAPABILITY_AVX512)
+  l.isa = "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  l.isa = "AVX2";
+#else
+  l.isa = "DEFAULT";
+#endif
+  l.double_lanes = kLanes;
+  l.float_lanes = f32rows::kF;
+  l.block_rows = kBlock;
+  // (the conditions under which reg_mode() and mob_terms() can be on at all: stereographic_rows_f32*.h)
+#if defined(CPU_CAPABILITY_AVX512)
+  l.register_pass = true;
+  l.float_mobius_terms = true;
+#else
+  l.register_pass = false;
+  l.float_mobius_terms = false;
+#endif
+  l.short_row_max_d = kShortRowMaxD;
+  l.f32_max_d = f32rows::kMaxD;
+  return l;
 }
 
 void stereo_rsgd_step_cpu(at::Tensor x, const at::Tensor& g, double k, double lr, double eps) {

@@ -1165,7 +1165,9 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
     if constexpr (kF32Bwd) {
       if (f32_bwd) {
-        for (int b = 0; b < f32bwd::kRows; ++b) kk[b] = sc.k[std::min<int64_t>(i0 + b, end - 1) * sc.sk];
+        // (lanes past the block repeat its last row's k, as f32bwd::block's rows: with kBlock < kRows (AVX2, 16-row
+        // blocks) the next block's k must not make this block hard)
+        for (int b = 0; b < f32bwd::kRows; ++b) kk[b] = sc.k[(i0 + std::min<int64_t>(b, nb - 1)) * sc.sk];
         if (f32bwd::run<OP>(D, reinterpret_cast<const float*>(xp) + i0 * D, reinterpret_cast<const float*>(gp) + i0 * D,
                             dxp ? reinterpret_cast<float*>(dxp) + i0 * D : nullptr, static_cast<int>(nb), kk,
                             dk ? dk + i0 : nullptr))
