@@ -1001,6 +1001,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     if not isinstance(largest, bool):
         _fail(op, f"largest must be a bool, got {type(largest).__name__}", TypeError)
     x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
+    if _backend.checks_enabled():
+        _pair_debug_checks(op, x3, y3, k3)
     B, N, D = x3.shape
     M = y3.shape[1]
     if not 0 <= n_neighbors <= M:
@@ -1086,6 +1088,8 @@ def _rank_with_keys(op, x, y, query, target, k, block_elems):
     x3, y3, k3, _, dtype, _ = _pair_args(op, x, y, k)
     if k3.numel() != 1:
         _fail(op, "k must be a scalar")
+    if _backend.checks_enabled():
+        _pair_debug_checks(op, x3, y3, k3)
     N, M = x3.shape[1], y3.shape[1]
     query = query.to(torch.int64)
     target = target.to(torch.int64)

@@ -199,6 +199,32 @@ def test_cdist_debug_checks():
         geoops.set_checks(False)
 
 
+@pytest.mark.parametrize("op", ["knn", "pairwise_rank", "reconstruction_metrics"])
+def test_ranking_debug_checks(op):
+    """GEOOPS_CHECK=1 covers knn / pairwise_rank (and the metrics built on them) as cdist: a NaN or a point
+    outside the ball would otherwise rank silently (before session 25 they had no checks at all)."""
+    x, y = _ball(6, 3), _ball(7, 3)
+    q = torch.tensor([0, 1, 2])
+    t = torch.tensor([1, 2, 3])
+    run = {"knn": lambda a, b: gs.knn(a, b, 2, k=-1.0),
+           "pairwise_rank": lambda a, b: gs.pairwise_rank(a, b, q, t, k=-1.0),
+           "reconstruction_metrics": lambda a, b: gs.reconstruction_metrics(a, torch.stack([q, t], 1), k=-1.0)}[op]
+    bad_ball, bad_nan = x.clone(), y.clone()
+    bad_ball[1] = 2.0
+    bad_nan[2, 1] = float("nan")
+    run(bad_ball, y)  # unchecked: no error
+    geoops.set_checks(True)
+    try:
+        run(x, y)
+        with pytest.raises(ValueError, match="x has points outside the ball"):
+            run(bad_ball, y)
+        if op != "reconstruction_metrics":
+            with pytest.raises(ValueError, match="y has non-finite values"):
+                run(x, bad_nan)
+    finally:
+        geoops.set_checks(False)
+
+
 # ---------------------------------------------------------------- dispatch / compile
 def test_cdist_opcheck():
     x = _ball(2, 5, 3, seed=25)
