@@ -683,6 +683,11 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
     v = vr.reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
+    if torch.compiler.is_compiling():
+        # compiled: a contiguous tensor instead of the view.  The view, saved for conv2d's backward, is a view output
+        # of the forward graph, whose symbolic strides (C H W, 1, C W, C) Inductor sorts without a shape environment
+        # ("cannot determine truth value of Relational: 3*s**2 < 3*s" under dynamic shapes; session 25)
+        v = v.contiguous()
     beta = beta_concat_scale(C, C * kh * kw)
     zc = z.to(cdt)
     # the patch rows' GEMM u @ z and their squared norms as convolutions (zero padding = the origin's zero

@@ -1978,3 +1978,30 @@ def test_conv2d_direct_dz_pairs(monkeypatch, cfg):
         monkeypatch.setenv("GEOOPS_POINCARE_CONV_DZ_PAIRS", "0")
         nan_rows = torch.isnan(run(vn.view(-1, C), gt))
         assert torch.equal(nan_pairs, nan_rows) and not nan_pairs.all()
+
+
+def test_conv_bn2d_train_compile_inductor_dynamic():
+    """torch.compile(dynamic=True) with Inductor of PoincareConv2d -> PoincareBatchNorm2d in train mode, two image
+    sizes (one compiled graph, symbolic sizes): outputs, gradients and the running statistics as eager.  Before
+    session 25 Inductor failed on the convolution's composition (what compiled calls run): its channels-last
+    (B, C, H, W) view of the tangent pixels, saved for the backward, has symbolic strides (3 s^2, 1, 3 s, 3) that
+    Inductor's stride-order sort (no shape environment) cannot order ("cannot determine truth value of
+    Relational"); under compilation the view is now made contiguous."""
+    def model():
+        torch.manual_seed(0)
+        ball = gnn.PoincareBall(1.0)
+        return torch.nn.Sequential(gnn.PoincareConv2d(3, 4, 3, ball, padding=1), gnn.PoincareBatchNorm2d(4, ball)).train()
+
+    eager, comp = model(), model()
+    f = torch.compile(comp, dynamic=True)
+    for B, H in ((2, 6), (3, 5)):
+        x = _img(B, 3, H, H)
+        g = torch.randn(B, 4, H, H)
+        ye, yc = eager(x), f(x)
+        torch.testing.assert_close(yc, ye, rtol=1e-4, atol=1e-5)
+        ge = torch.autograd.grad(ye, [p for p in eager.parameters() if p.requires_grad], g)
+        gc = torch.autograd.grad(yc, [p for p in comp.parameters() if p.requires_grad], g)
+        for a, b in zip(gc, ge):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(comp[1].running_mean, eager[1].running_mean, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(comp[1].running_var, eager[1].running_var, rtol=1e-4, atol=1e-6)

@@ -1009,6 +1009,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
   const double dmax_dc = -0.5 * (1.0 - eps) / ((c + 1e-15) * std::sqrt(c + 1e-15));
   const ColConsts cc = column_consts<T>(z, bias, sc);
   const ColVec<T> cv(cc, flat_rows<T>(m) ? kRowBlock : 0);
+  std::vector<double> Cd(m), Sd(m);  // ch / zn and sh in double (the float rows' glam terms)
+  for (int64_t j = 0; j < m; ++j) { Cd[j] = cc.ch[j] / cc.zn[j]; Sd[j] = cc.sh[j]; }
   std::vector<double> X = row_sq_or<T>(x, Uin);
   const std::vector<double> U = X;  // |u|^2 of tangent rows
   TangentRows trw;  // filled block by block in the row pass below (X becomes |x|^2 there)
@@ -1075,6 +1077,10 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     T* fA = fS + m;
     T* fB = fA + m;
     T* rl = fB + m;  // one row's terms of its row coefficient (through lam), summed on vectors after the pass
+    // float rows: those terms in double (float ga and t, double column constants ch / zn and sh), summed in double:
+    // the row sum cancels (|glam| ~ 1/10 of the sum of |terms| at scale 5) and its error, times X lam^2 / 2, was
+    // the largest part of the float32 curvature gradient's error at m = 80 (session 25)
+    std::vector<double> rld(std::is_same_v<T, float> ? m : 0);
     double gcd = 0, gsa = 0, gsb = 0, tgc = 0;
     // the block's column sums (fA, fB; with need_cols fZ, fC, fS) into the block's slots
     auto fold_cols = [&]() {
@@ -1190,7 +1196,8 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       const double si = bb.s[ii];
       const double alpha = bb.k1[ii], beta = bb.k0[ii];
       const T aT = T(alpha), bT = T(beta), k1 = T(sc * lam * si), lamT = T(lam), scT = T(sc), sT = T(si);
-      T glam = 0;
+      double glam = 0;  // (float rows: rld, double terms)
+      const double ssc = si * sc;
       const T* Cp = cv.C.data();
       const T* Sp = cv.S.data();
       const T* Zp = cv.Z2.data();
@@ -1201,13 +1208,21 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         constexpr bool COLS = decltype(cols_tag)::value;
 #pragma omp simd
         for (int64_t j = 0; j < m; ++j) {
-          const T gw = aT * gr[j] + bT * wr[j];
+          // dL/dw_j = alpha g_j + beta w_j.  float: alpha, beta kept in double and the sum rounded once.  In a
+          // projected row beta w_j cancels alpha g_j in the dominant column (dL/dw is g's part orthogonal to w);
+          // float alpha, beta and float products left an error of ~1 ulp of alpha |g_j| there, which the
+          // curvature gradient's row sum (glam, times X lam^2 / 2) amplified to ~2x the eager float32
+          // reference's dc error (session 25)
+          T gw;
+          if constexpr (std::is_same_v<T, float>) gw = T(alpha * double(gr[j]) + beta * double(wr[j]));
+          else gw = aT * gr[j] + bT * wr[j];
           fA[j] += gw * wr[j];
           const T gu = gw * cur[j];
           const T ga = gu * Zp[j] * rar[j];
           gtr[j] = ga * k1 * Cp[j];
           const T tmp = ga * tr[j] * sT;  // ga * t_j of the point x = s u
-          rl[j] = tmp * scT * Cp[j] - ga * Sp[j];
+          if constexpr (std::is_same_v<T, float>) rld[j] = double(ga) * (double(tr[j]) * ssc * Cd[j] - Sd[j]);
+          else rl[j] = tmp * scT * Cp[j] - ga * Sp[j];
           fB[j] += tmp * lamT * Cp[j];
           if constexpr (COLS) {
             fZ[j] += gu * Ar[j];
@@ -1219,13 +1234,20 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
         // (the digits CNN's m = 8): one zero-padded vector and vec_reduce_all's shuffle tree; reduce_all's
         // partial-vector path went through a stack array per lane (store-forwarding stalls: ~40 % of this
         // lambda's time at m = 8, perf)
-        const auto add = [](const V& p, const V& q) { return p + q; };
-        glam += m < V::size() ? at::vec::vec_reduce_all<T>(add, V::loadu(rl, m)) : at::vec::reduce_all<T>(add, rl, m);
+        if constexpr (std::is_same_v<T, float>) {
+          using VD = Vectorized<double>;
+          const auto add = [](const VD& p, const VD& q) { return p + q; };
+          glam += m < VD::size() ? at::vec::vec_reduce_all<double>(add, VD::loadu(rld.data(), m))
+                                : at::vec::reduce_all<double>(add, rld.data(), m);
+        } else {
+          const auto add = [](const V& p, const V& q) { return p + q; };
+          glam += m < V::size() ? at::vec::vec_reduce_all<T>(add, V::loadu(rl, m)) : at::vec::reduce_all<T>(add, rl, m);
+        }
       };
       if (need_cols) row_grads(std::true_type{});
       else row_grads(std::false_type{});
-      rowcoef[i] = double(glam) * c * lam * lam;
-      gcd += double(glam) * X[i] * lam * lam * 0.5;
+      rowcoef[i] = glam * c * lam * lam;
+      gcd += glam * X[i] * lam * lam * 0.5;
       }
       fold_cols();
       if (du_in_pass) tgc += du_rows(r0, nr, bb.Sw, bb.G, bb.R);  // Sw, G, R: free after the row scalars

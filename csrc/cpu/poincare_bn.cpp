@@ -570,24 +570,17 @@ BnRowCtx bn_ctx(const at::Tensor& b, double c, double eps) {
 // a b and a^T b (2-D, float / double) with bits independent of the thread count: fixed_gemm's fixed row chunks, one
 // MKL thread per chunk, the chunks' partial products summed in order (session 24 audit: MKL's own split of at::mm /
 // addmm changed the last bits between 1 and 2 threads at small N -- the batch norm's forward and backward at
-// D > kBnLaneMaxD, and the row op's backward (eval mode, the composition) at any D); grad mode off
-at::Tensor bn_mm_fixed(const at::Tensor& a, const at::Tensor& b) {
+// D > kBnLaneMaxD, and the row op's backward (eval mode, the composition) at any D); grad mode off.
+// transpose_a: a^T b (fixed_gemm::mm_tn), else a b (fixed_gemm::mm_rows).
+at::Tensor bn_mm_fixed(const at::Tensor& a, const at::Tensor& b, bool transpose_a = false) {
   const at::Tensor A = a.contiguous(), B = b.contiguous();
-  at::Tensor out = at::empty({A.size(0), B.size(1)}, A.options());
+  const int64_t rows = A.size(transpose_a ? 1 : 0), inner = A.size(transpose_a ? 0 : 1);
+  at::Tensor out = at::empty({rows, B.size(1)}, A.options());
   if (out.numel() == 0) return out;
-  if (A.size(1) == 0) return out.zero_();
+  if (inner == 0) return out.zero_();
   at::NoGradGuard ng;
-  fixed_gemm::mm_rows(out, A, B);
-  return out;
-}
-
-at::Tensor bn_mm_tn_fixed(const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor A = a.contiguous(), B = b.contiguous();
-  at::Tensor out = at::empty({A.size(1), B.size(1)}, A.options());
-  if (out.numel() == 0) return out;
-  if (A.size(0) == 0) return out.zero_();
-  at::NoGradGuard ng;
-  fixed_gemm::mm_tn(out, A, B);
+  if (transpose_a) fixed_gemm::mm_tn(out, A, B);
+  else fixed_gemm::mm_rows(out, A, B);
   return out;
 }
 
@@ -1126,7 +1119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> poincare_bn_rows_bwd_
   if (M.numel()) {
     at::NoGradGuard ng;
     gu = bn_mm_fixed(gv, M.t());
-    gM = bn_mm_tn_fixed(u, gv);
+    gM = bn_mm_fixed(u, gv, /*transpose_a=*/true);
   }
   return {gu, gM, gb.to(u.scalar_type()), -gk};  // dc = -dk
 }
@@ -1381,7 +1374,7 @@ at::Tensor from_dvec(const std::vector<double>& v, at::IntArrayRef sizes, const 
 }
 
 // ---- the backward's two small GEMMs as row passes (GEOOPS_POINCARE_BN_SMALL_GEMM=0, read per call, forces the fixed-
-// chunk GEMMs bn_mm_fixed / bn_mm_tn_fixed, what D > kBnLaneMaxD runs, so that the tests compare the two).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS
+// chunk GEMMs bn_mm_fixed (a b, a^T b), what D > kBnLaneMaxD runs, so that the tests compare the two).  At D <= kBnLaneMaxD: gu = gv M^T + 2 gS
 // u (MKL's addmm took ~50 us at 4096 x 8, its beta pass) -- each output element beta u (one rounding), then an
 // explicit std::fma chain in double over d in order, rounded once to the dtype (at least as accurate as the float
 // GEMM), rows independent; and gM = u^T gv in double in fixed row chunks (below): both bit-identical whatever the
@@ -1762,7 +1755,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   } else {
     std::vector<double> gMd(D * D);
     if (!small)
-      gMd = to_dvec(bn_mm_tn_fixed(u, gv));  // read in place (no float64 copy)
+      gMd = to_dvec(bn_mm_fixed(u, gv, /*transpose_a=*/true));  // read in place (no float64 copy)
     else
       by_dtype(f64, [&](auto z) {
         using T = decltype(z);

@@ -133,7 +133,7 @@ void rows_narrow_out(T* out, const T* a, const T* b, int64_t N, int64_t k, int64
 // in the dtype, the first term a product (as a float GEMM rounds; an fma onto +0 would turn a -0 product into +0);
 // rows independent, so the same bits for any thread count.  NN = n fixed at compile time (8, 16: the row's outputs in
 // registers), else n at run time; grain: rows per task.  The MLR head's dt z^T (mm_rows) and the batch norm's
-// v = u M (poincare_layers.cpp, bn_times_M: D <= 16, grain ~32768 / D^2 rows) -- one loop for both since session 21.
+// v = u M (poincare_bn.cpp, bn_times_M: D <= 16, grain ~32768 / D^2 rows) -- one loop for both since session 21.
 template <typename T, int NN = 0>
 void rows_narrow_in_n(T* out, const T* a, const T* b, int64_t N, int64_t k, int64_t n_rt, int64_t grain) {
   const int64_t n = NN ? NN : n_rt;

@@ -1,5 +1,5 @@
 // Fixed-order reductions over rows, shared by the CPU kernels that sum over many rows (the Poincaré batch norm's
-// passes in poincare_layers.cpp, the stereographic weighted midpoint in stereographic_midpoint.cpp): rows go in
+// passes in poincare_bn.cpp, the stereographic weighted midpoint in stereographic_midpoint.cpp): rows go in
 // chunks of a fixed number of rows (independent of the thread count), each chunk's sums land in a 64-byte-aligned
 // row of Partials, and the rows are added in chunk order, so the bits do not depend on the thread count.
 #pragma once

@@ -1,6 +1,6 @@
 // tanc / atanc (stereo_math.h) on one SIMD vector of doubles, inline, for the translation units that
 // run the row math on vectors: vec_math.cpp (batched calls of the long-row kernels),
-// stereographic_lanes.h and poincare_layers.cpp (rows in SIMD lanes: LaneMath and the Vec
+// stereographic_lanes.h, poincare_bn.cpp and poincare_relu.cpp (rows in SIMD lanes: LaneMath and the Vec
 // specialisations of stereo_math.h's building blocks at the end of this file).
 //
 // Include geoops/cpu_capability.h FIRST in the .cpp (it picks the at::vec ISA of that translation unit).
@@ -84,7 +84,7 @@ inline at::vec::Vectorized<float> pow2_f(const at::vec::Vectorized<float>& n, in
 
 namespace stereo {
 // The branch-free building blocks of stereo_math.h on vectors of rows (lane masks instead of bools), for
-// stereo::fwd<Vec> / stereo::vjp<Vec> (stereographic_lanes.h, poincare_layers.cpp's batch-norm row pass).
+// stereo::fwd<Vec> / stereo::vjp<Vec> (stereographic_lanes.h, poincare_bn.cpp's batch-norm row pass).
 using cpu::vecmath::Vec;
 template <> inline Vec sel<Vec, Vec>(Vec c, Vec a, Vec b) { return Vec::blendv(b, a, c); }
 template <> inline Vec clamp_lo<Vec>(Vec v, Vec lo) { return Vec::blendv(lo, v, v > lo); }
