@@ -529,8 +529,9 @@ GEOOPS_F32_AI FVec sel_le(const FVec& z, const FVec& c, const FVec& a, const FVe
 // time at D = 2 (perf).  s is clamped at 9 (e < 2^-25: tanh(s) = 1 in float).  Without AVX-512/AVX2: SLEEF's.
 // Its callers: the eight-loop blocks' pass B and the lane math of expmap where the double Mobius terms run.
 // The Mobius terms of mobius_add / expmap / logmap in float without cancellation (lanes_mob_g below): AVX-512 builds,
-// and (session 25) AVX2 builds for mobius_add and logmap (expmap there: the double terms, see lanes_core_g); elsewhere, and with GEOOPS_STEREO_F32_MOB=0 (read per call: how tests reach that path
-// here), the terms in double halves rounded once to float.  mob_terms() travels to the lane math as its `mob` argument.
+// and (session 25) AVX2 builds for mobius_add and logmap (expmap there: the double terms, see lanes_core_g);
+// elsewhere, and with GEOOPS_STEREO_F32_MOB=0 (read per call: how tests reach that path here), the terms in double
+// halves rounded once to float.  mob_terms() travels to the lane math as its `mob` argument.
 inline bool mob_terms() {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   return !knobs::off("GEOOPS_STEREO_F32_MOB");

@@ -305,8 +305,15 @@ inline void reg_loop8(int64_t begin, int64_t end, const float* x, const float* y
 
 // Whether the register pass takes a call of op (reg: reg_mode(), read once per call: switches(); m, the caller's
 // mode(), does not matter: mode 0 never gets here): k one value or one per row (stride 1).
+// AVX2 builds: not expmap and logmap0, which measured slower in the 8-row register pass than in the fused / eight-loop
+// blocks (1 thread, in-process A/B, 2^20 rows: expmap 1.18x / 1.06x the time at D = 2 / 5, logmap0 0.96x / 1.14x; their
+// lane math keeps more vectors live than AVX2's 16 registers hold next to the columns); mobius_add 0.84x / 0.73x,
+// logmap 0.84x / 0.72x, expmap0 0.81x / 0.96x.
 inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
   (void)op, (void)m;
+#if !defined(CPU_CAPABILITY_AVX512)
+  if (op == stereo::EXPMAP || op == stereo::LOGMAP0) return false;
+#endif
   return reg != 0 && D >= 1 && D <= kRegMaxD && D <= kRegIsaMaxD && (sk == 0 || sk == 1);
 }
 
