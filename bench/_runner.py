@@ -240,7 +240,8 @@ def bench_row(row: Row, device, args, log) -> dict:
             out["check_vs_peer"] = _compare(*check())
         except Exception as e:
             out["errors"]["check"] = _fmt_err(e)
-    timings = interleaved(ready, device, repeats=args.repeats, warmup=args.warmup)
+    timings = interleaved(ready, device, repeats=args.repeats, warmup=args.warmup,
+                          clock=getattr(args, "clock", "wall"))
     out["timings"] = {name: t.as_dict() for name, t in timings.items()}
     out["extra"] = dict(row.extra)
     del fns, ready, check
@@ -442,6 +443,10 @@ def parse_args(argv, families_mods):
                    help=f"output folder for JSON/markdown/PNG (default ./{DEFAULT_OUT}, git-ignored)")
     p.add_argument("--publish", action="store_true",
                    help="also refresh the committed tables: write into the source checkout's bench/results/")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="CPU: what a sample measures: wall time (default, time.perf_counter) or the process's CPU "
+                        "time (time.process_time; with --threads 1 / OMP_NUM_THREADS=1 it leaves out the time "
+                        "other processes hold the core, on a shared machine)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the peers")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     p.add_argument("--no-settle", action="store_true",
@@ -503,7 +508,8 @@ def main(argv=None) -> int:
     if args.thp and not thp:
         # torch reads the variable once, at its first large allocation: set it for a fresh process.
         env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1")
-        os.execve(sys.executable, [sys.executable, "-m", "geoops.bench", *argv], env)
+        # (the same package: `python -m bench` in a checkout reruns the checkout's runner, not an installed one's)
+        os.execve(sys.executable, [sys.executable, "-m", __package__ or "geoops.bench", *argv], env)
     t_start = time.perf_counter()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -545,12 +551,15 @@ def main(argv=None) -> int:
         "thp_alloc": thp, "thp_kernel_mode": _thp_state(),
         "timing": ("per row: geoops, limit, peer, torch.compile(peer) run interleaved (order rotated each round); "
                    "first call (compile) excluded, then warm-up, then median of the samples; "
-                   + ("CUDA events, L2 flushed before each sample" if device.type == "cuda" else "time.perf_counter")),
+                   + ("CUDA events, L2 flushed before each sample" if device.type == "cuda" else
+                      "time.process_time (process CPU time)" if args.clock == "cpu" else "time.perf_counter")),
     }
     v = meta["versions"]
     log(f"geoops benchmark ({args.mode}): {meta['device_name']} [{device.type}], {threads} threads; "
         f"torch {v['torch']}, triton {v['triton']}, geoops {v['geoops']} "
         f"@ {meta['git']['commit']}{' (dirty)' if meta['git']['dirty'] else ''}; families {', '.join(families)}")
+    if args.clock == "cpu" and device.type != "cpu":
+        raise SystemExit("--clock cpu: CPU device only (GPU samples are CUDA events)")
     if device.type == "cpu" and not args.no_settle:
         _settle(log)
     meta["loadavg_start"] = _loadavg()

@@ -6,7 +6,9 @@ round to round, so that slow drifts (clock, thermal state, other load) spread
 over all contenders instead of favouring whichever ran first.  The result of a
 contender is the median of its samples, taken after warm-up.
 
-CPU: a sample is ``time.perf_counter`` around ``inner`` back-to-back calls.
+CPU: a sample is ``time.perf_counter`` around ``inner`` back-to-back calls (``clock="cpu"``:
+``time.process_time``, the process's CPU time over all its threads: with one thread it does not count
+the time other processes take the core away, which wall time does on a shared machine).
 CUDA: a sample is CUDA events around ``inner`` back-to-back calls; the L2 cache
 is flushed before each sample (outside the timed region) and the device is
 synchronised after it.  ``inner`` is chosen per contender from its warm-up
@@ -77,7 +79,7 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _sample(fn: Callable[[], object], device: torch.device, inner: int) -> float:
+def _sample(fn: Callable[[], object], device: torch.device, inner: int, clock: str = "wall") -> float:
     """Mean time of one call over `inner` back-to-back calls, in seconds."""
     if device.type == "cuda":
         flush_cache(device)
@@ -90,10 +92,11 @@ def _sample(fn: Callable[[], object], device: torch.device, inner: int) -> float
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3 / inner
-    t0 = time.perf_counter()
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = now()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - t0) / inner
+    return (now() - t0) / inner
 
 
 def interleaved(
@@ -104,13 +107,15 @@ def interleaved(
     warmup: int = 2,
     min_sample_s: Optional[float] = None,
     max_inner: int = 1000,
+    clock: str = "wall",
 ) -> Dict[str, Timing]:
     """Time every callable of `fns` (name -> zero-argument callable), interleaved.
 
     Returns name -> Timing (median over `repeats` samples).  The callables
     must already be "prepared" (first call, JIT or torch.compile done): the
     `warmup` calls here are only there to settle caches, allocators and
-    profiling executors, and to size `inner`.
+    profiling executors, and to size `inner`.  `clock`: "wall" (default) or
+    "cpu" (process CPU time; CPU device only).
     """
     if min_sample_s is None:
         min_sample_s = 0.01 if device.type == "cuda" else 0.1
@@ -124,7 +129,7 @@ def interleaved(
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            samples[name].append(_sample(fns[name], device, inner[name]))
+            samples[name].append(_sample(fns[name], device, inner[name], clock))
     out = {}
     for name in names:
         ms = [s * 1e3 for s in samples[name]]

@@ -17,20 +17,21 @@ from geoops._ops.stereographic import STEREO_OPS
 from geoops.parity import stereographic as pc
 from geoops.reference import stereographic as ref
 
-from _stereo_rows import block_rows, op_row_err, per_row_k, row_rel_err, short_layout
+from _stereo_rows import block_rows, op_row_err, per_row_k, reg_takes, row_rel_err, short_layout
 
 OPS = list(STEREO_OPS)
 DIMS = (1, 2, 3, 5, 8, 9, 10, 16, 17, 31, 32, 33)
 # The short-row blocks of this build (_stereo_rows.short_layout: the extension's own constants): B rows per block (32
-# with AVX-512, 16 with AVX2 or a portable build; every dtype), and whether the AVX-512-only paths are compiled: the
-# fp32 register pass (stereographic_rows_f32_reg.h) and the float Mobius terms (GEOOPS_STEREO_F32_MOB).  The block
-# tests place their hard rows, hard blocks and tails in terms of B; on a build without the register pass the
-# default fp32 dispatch is the fused / eight-loop blocks, which the same tests then check.
+# with AVX-512, 16 with AVX2 or a portable build; every dtype), and which ops and widths the fp32 register pass
+# (stereographic_rows_f32_reg.h) and the float Mobius terms (GEOOPS_STEREO_F32_MOB) cover on this build (AVX-512: the
+# five fast ops to D = 16; AVX2: fewer, to D = 8; portable: none).  The block tests place their hard rows, hard blocks
+# and tails in terms of B; where the register pass does not take an op, the default fp32 dispatch is the fused /
+# eight-loop blocks, which the same tests then check.
 LAYOUT = short_layout()
 B = block_rows()
 needs_float_mobius_terms = pytest.mark.skipif(
     not LAYOUT["float_mobius_terms"],
-    reason=f"the float Mobius terms (GEOOPS_STEREO_F32_MOB) are compiled only on AVX-512 builds ({LAYOUT['isa']} here)")
+    reason=f"the float Mobius terms (GEOOPS_STEREO_F32_MOB) are compiled only on AVX-512 / AVX2 builds ({LAYOUT['isa']} here)")
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 CURV = (-1.0, -0.3, 0.0, 0.5)
 
@@ -595,7 +596,7 @@ def _f32_default_takes(op: str, d: int) -> bool:
     """Whether the default dispatch (GEOOPS_STEREO_F32_ROWS unset) runs fp32 `op` at D = d on the float blocks on this
     build: f32rows::use in csrc/cpu/stereographic_rows_f32.h (every op at D <= 8; at D = 9..16 all five with the
     register pass, else expmap, and expmap0 / logmap0 / logmap up to D = 12).  Elsewhere the double path runs."""
-    if d <= 8 or (LAYOUT["register_pass"] and d <= LAYOUT["f32_max_d"]):
+    if d <= 8 or (reg_takes(op, d) and d <= LAYOUT["f32_max_d"]):
         return True
     return d <= LAYOUT["f32_max_d"] and (op == "expmap" or (d <= 12 and op != "mobius_add"))
 
@@ -636,9 +637,10 @@ def test_f32_register_pass(op, d, monkeypatch):
     of both signs; a partial last block (13 rows: the double path); the blocks with a NaN row or a row beyond float
     range equal the double path (GEOOPS_STEREO_F32_ROWS=0) bit for bit; every finite row within a few float ulps of
     the fp64 math on the same inputs (relative to the output's norm, or |x| / 10 where the write cancels).  Blocks of
-    B rows.  On builds without the register pass (LAYOUT["register_pass"] false: AVX2) the default is the fused /
-    eight-loop blocks (or, at D = 9..16, the double path for some ops), so the first comparison is the identity and the
-    rest checks that default's hard, partial and normal blocks."""
+    B rows.  Where the register pass does not take the op (reg_takes: AVX2 builds at D > 8 and for expmap / logmap0,
+    portable builds) the default is the fused / eight-loop blocks (or, at D = 9..16, the double path for some ops), so
+    the first comparison is the identity and the rest checks that default's hard, partial and normal blocks; AVX2's
+    8-row register pass writes in its own order, so at D = 3..8 it is compared within round-off, not bit for bit."""
     n = B * 6 + 13
     x, y = _reg_inputs(op, d, n, seed=1200 + d)
     for name, k in _k_cases(n, (-1.0, 0.0, 0.5), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5)).items():
@@ -649,7 +651,8 @@ def test_f32_register_pass(op, d, monkeypatch):
         fused = _call(op, xs, y, k)
         monkeypatch.delenv("GEOOPS_STEREO_F32_REG")
         new = _call(op, xs, y, k)
-        if 3 <= d <= 8:  # the same permute writes as the fused blocks
+        if 3 <= d <= 8 and (LAYOUT["register_pass_bits_as_fused"] or not reg_takes(op, d)):
+            # the same permute writes as the fused blocks (AVX-512), or the default is the fused blocks
             assert torch.equal(new.nan_to_num(7.0), fused.nan_to_num(7.0)), name
         else:  # the fused blocks' scalar write loop (D <= 2, D > 8) rounds a x + b y in its own order: ~1 ulp of its terms
             assert torch.equal(new.isnan(), fused.isnan()), name
@@ -665,7 +668,7 @@ def test_f32_register_pass(op, d, monkeypatch):
         # short-row double path, whose sums round in another order than the long rows' double path of
         # GEOOPS_STEREO_F32_ROWS=0, or the default is that long-row path itself: test_f32_register_pass_wide compares
         # those blocks with the fused blocks' fallback.)
-        if d <= LAYOUT["short_row_max_d"] or LAYOUT["register_pass"]:
+        if d <= LAYOUT["short_row_max_d"] or reg_takes(op, d):
             for sl in (slice(2 * B, 3 * B), slice(4 * B, 5 * B), slice(6 * B, n)):
                 assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, sl)
         assert torch.isnan(new[REG_NAN]).all()
@@ -674,7 +677,7 @@ def test_f32_register_pass(op, d, monkeypatch):
         err = op_row_err(op, new, expect, xs)[_reg_normal_rows(expect)]
         # (expmap at D = 1: see test_f32_fast_path_accuracy; without the register pass, AVX2's eight-loop blocks, 3.4e-4
         # on one row of these inputs where a x + b u cancels: the double path 5.4e-5, the eager fp32 reference 2.6e-2)
-        tol = (2e-4 if LAYOUT["register_pass"] else 4e-4) if (op == "expmap" and d == 1) else 2e-6
+        tol = (2e-4 if reg_takes(op, d) else 4e-4) if (op == "expmap" and d == 1) else 2e-6
         assert float(err.max()) <= tol, (name, float(err.max()))
 
 
@@ -922,15 +925,18 @@ def test_f32_mobius_float_terms_accuracy(op, d, monkeypatch):
 
 
 @needs_float_mobius_terms
-def test_f32_mobius_float_terms_knob(monkeypatch):
+@pytest.mark.parametrize("op", ("mobius_add", "expmap", "logmap"))
+def test_f32_mobius_float_terms_knob(op, monkeypatch):
     """GEOOPS_STEREO_F32_MOB is read per call and selects a different computation (not equal bit for bit on these
-    rows), and the float terms are the default."""
+    rows) for the ops whose float Mobius terms this build has (float_mobius_ops), and the float terms are the default;
+    for the others (AVX2: expmap keeps the double terms) the switch changes nothing."""
     monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
-    x, y = _mob_adversarial("expmap", 2, -1.0, seed=1600)
+    x, y = _mob_adversarial(op, 2, -1.0, seed=1600)
     k = torch.tensor(-1.0)
-    a = _call("expmap", x, y, k)
+    a = _call(op, x, y, k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_MOB", "0")
-    b = _call("expmap", x, y, k)
+    b = _call(op, x, y, k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_MOB", "1")
-    c = _call("expmap", x, y, k)
-    assert torch.equal(a, c) and not torch.equal(a, b)
+    c = _call(op, x, y, k)
+    assert torch.equal(a, c)
+    assert torch.equal(a, b) != (op in LAYOUT["float_mobius_ops"])

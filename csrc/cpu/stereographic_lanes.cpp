@@ -126,8 +126,10 @@ StereoShortLayout stereo_short_layout() {
   l.double_lanes = kLanes;
   l.float_lanes = f32rows::kF;
   l.block_rows = kBlock;
-  // (the conditions under which reg_mode() and mob_terms() can be on at all: stereographic_rows_f32*.h)
-#if defined(CPU_CAPABILITY_AVX512)
+  // (the conditions under which reg_mode() and mob_terms() can be on at all: stereographic_rows_f32*.h; AVX2 since
+  // session 25: the register pass at D <= 8 for mobius_add / logmap / expmap0 (reg_takes), the float Mobius terms for
+  // mobius_add and logmap; tests/_stereo_rows.py spells out which ops and widths)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   l.register_pass = true;
   l.float_mobius_terms = true;
 #else

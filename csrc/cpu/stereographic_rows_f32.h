@@ -41,6 +41,12 @@ constexpr int kF = FVec::size();
 constexpr int kMaxRows = 32;  // rows per block (the short-row block of stereographic_lanes.h)
 static_assert(kMaxRows % kF == 0, "a block is whole float vectors");
 constexpr int kMaxD = 16;  // the fused path; the eight-loop blocks (block) run at D <= 8
+// The rows the register pass takes (stereographic_rows_f32_reg.h): D <= 16 with AVX-512, D <= 8 with AVX2 (session 25).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kRegIsaMaxD = 16;
+#else
+constexpr int kRegIsaMaxD = 8;
+#endif
 
 constexpr bool fast_op(int op) {
   return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
@@ -62,7 +68,7 @@ inline int mode() {
 inline bool use(int m, bool reg, int op, int64_t D) {
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
   if (m == 2 || D <= 8) return true;
-  if (reg) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
+  if (reg && D <= kRegIsaMaxD) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
   return op == stereo::EXPMAP || (D <= 12 && op != stereo::MOBIUS_ADD);
 }
 // Mode 1 at D <= 8: the eight-loop block (with the inline tanh) where it measured faster than the fused pass
@@ -522,11 +528,12 @@ GEOOPS_F32_AI FVec sel_le(const FVec& z, const FVec& c, const FVec& a, const FVe
 // formed from 2^n and e^r - 1 without cancellation), in place of SLEEF's tanhf (u10), which took about half of the fused block's
 // time at D = 2 (perf).  s is clamped at 9 (e < 2^-25: tanh(s) = 1 in float).  Without AVX-512/AVX2: SLEEF's.
 // Its callers: the eight-loop blocks' pass B and the lane math of expmap where the double Mobius terms run.
-// The Mobius terms of mobius_add / expmap / logmap in float without cancellation (lanes_mob_g below): AVX-512
-// builds; elsewhere, and with GEOOPS_STEREO_F32_MOB=0 (read per call: how tests reach that path here), the terms
-// in double halves rounded once to float.  mob_terms() travels to the lane math as its `mob` argument.
+// The Mobius terms of mobius_add / expmap / logmap in float without cancellation (lanes_mob_g below): AVX-512 builds,
+// and (session 25) AVX2 builds for mobius_add and logmap (expmap there: the double terms, see lanes_core_g);
+// elsewhere, and with GEOOPS_STEREO_F32_MOB=0 (read per call: how tests reach that path here), the terms in double
+// halves rounded once to float.  mob_terms() travels to the lane math as its `mob` argument.
 inline bool mob_terms() {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   return !knobs::off("GEOOPS_STEREO_F32_MOB");
 #else
   return false;
@@ -709,7 +716,8 @@ GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
 // log1p(w) for w >= 0.5 (finite; atanc_neg_f's w >= 0.57): log(1 + w) inline (in place of SLEEF's log1pf
 // call, which spilled the register pass's live vectors): 1 + w = m 2^e with m in [0.75, 1.5) (vgetexpps /
 // vgetmantps), log m = 2 artanh(t), t = (m - 1)/(m + 1) (|t| <= 0.2; one division, see tanc_neg_fg), the odd series to t^11 (truncation < 1e-9 relative), e ln 2 in two parts.  The
-// rounding of 1 + w costs at most 2^-24 / log(1.5) ~ 1.5e-7 relative.  Without AVX-512: SLEEF's log1p.
+// rounding of 1 + w costs at most 2^-24 / log(1.5) ~ 1.5e-7 relative.  AVX2: the exponent / mantissa split from the
+// bits (session 25; it was SLEEF's log1pf call there); other builds: SLEEF's log1p.
 template <int G>
 GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -732,6 +740,34 @@ GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
   GEOOPS_G {
     const FVec lm = at::vec::fmadd(FVec(2.f) * t[g] * t2[g], p[g], FVec(2.f) * t[g]);  // log m = 2t + 2t^3 p
     out[g] = at::vec::fmadd(e[g], FVec(0.693145751953125f), at::vec::fmadd(e[g], FVec(1.42860682030941723e-06f), lm));
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  // The same steps without vgetexpps / vgetmantps: 1 + w >= 1.5 is a positive normal float, so its exponent is
+  // (bits >> 23) - 127 and its mantissa in [1, 2) the bits with the exponent field of 1.0: the values getexp /
+  // getmant give (same bits from here on).  1 + w = inf or NaN: that value, as getexp returns there.
+  FVec m[G], e[G], num[G], den[G], t[G], t2[G], p[G], u[G];
+  GEOOPS_G {
+    u[g] = FVec(1.f) + w[g];
+    const __m256i bits = _mm256_castps_si256(u[g]);
+    const __m256 m1 = _mm256_castsi256_ps(
+        _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)), _mm256_set1_epi32(0x3F800000)));
+    const __m256 e1 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+    const __m256 big = _mm256_cmp_ps(m1, _mm256_set1_ps(1.5f), _CMP_GE_OQ);
+    m[g] = FVec(_mm256_blendv_ps(m1, _mm256_mul_ps(m1, _mm256_set1_ps(0.5f)), big));
+    e[g] = FVec(_mm256_blendv_ps(e1, _mm256_add_ps(e1, _mm256_set1_ps(1.f)), big));
+  }
+  GEOOPS_G num[g] = m[g] - FVec(1.f), den[g] = m[g] + FVec(1.f);
+  GEOOPS_G t[g] = num[g] / den[g];
+  GEOOPS_G t2[g] = t[g] * t[g];
+  GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 11.f), t2[g], FVec(1.f / 9.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 7.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 5.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 3.f));
+  GEOOPS_G {
+    const FVec lm = at::vec::fmadd(FVec(2.f) * t[g] * t2[g], p[g], FVec(2.f) * t[g]);  // log m = 2t + 2t^3 p
+    const FVec l = at::vec::fmadd(e[g], FVec(0.693145751953125f), at::vec::fmadd(e[g], FVec(1.42860682030941723e-06f), lm));
+    const __m256 special = _mm256_cmp_ps(u[g], _mm256_set1_ps(INFINITY), _CMP_NLT_UQ);  // inf or NaN
+    out[g] = FVec(_mm256_blendv_ps(l, u[g], special));
   }
 #else
   GEOOPS_G out[g] = w[g].log1p();
@@ -945,6 +981,12 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
                                 FVec (&a)[G], FVec (&b)[G], bool mob) {
   using namespace geoops::stereo;
   if constexpr (OP == MOBIUS_ADD || OP == EXPMAP || OP == LOGMAP) {
+#if !defined(CPU_CAPABILITY_AVX512)
+    // Builds without AVX-512 (session 25): expmap keeps the double terms.  Its float terms (with AVX2's exact
+    // divisions) measured no faster there (1 thread, in-process A/B on the AMD EPYC, within the noise) and came out
+    // a few float ulps beyond test_f32_lane_quotients's bound at D = 1, k = -0.3 (3.7e-6 against 3.5e-6).
+    if constexpr (OP == EXPMAP) mob = false;
+#endif
     if (mob) return lanes_mob_g<OP, D, G>(xf, xd, yf, yd, kk, a, b);
   } else {
     (void)mob;

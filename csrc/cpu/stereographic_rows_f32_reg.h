@@ -27,10 +27,10 @@ namespace f32rows {
 constexpr int kRegMaxD = 16;
 constexpr int kRegNarrowD = 8;  // two-input ops interleave their groups up to here (block_reg)
 
-// 1: the register pass for all five ops at D <= kRegMaxD (AVX-512 builds; unset), 0: off (GEOOPS_STEREO_F32_REG=0,
-// and every build without AVX-512).
+// 1: the register pass for all five ops at D <= kRegMaxD (AVX-512 builds; unset) or D <= 8 (AVX2 builds, session 25:
+// 8-row groups, reg_loop8 below), 0: off (GEOOPS_STEREO_F32_REG=0, and every build without AVX-512 or AVX2).
 inline int reg_mode() {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   return knobs::off("GEOOPS_STEREO_F32_REG") ? 0 : 1;
 #else
   return 0;
@@ -57,6 +57,24 @@ inline Switches switches(int op, int64_t D) {
   return s;
 }
 
+
+// Software prefetch of the rows kPfRows ahead of the block (x, y for reading, out for writing) at D = 5..8.  The
+// lane math between two blocks' loads is long (~200 ns per 32 rows at D = 5) and the rows are short, so the hardware
+// prefetchers (which stop at each 4 KiB page: every ~13 blocks here) leave the block's loads to miss: standalone over
+// 2^20 rows (streaming, 1 thread) the prefetch took expmap 129 -> 112, logmap 123 -> 98, mobius_add 106 -> 79,
+// logmap0 88 -> 68, expmap0 70 -> 56 ns per 16 rows at D = 5 (128 rows ahead with out's lines for writing; 64 and
+// 256 rows, or x / y alone, measured less).  A hint only: same values.
+constexpr int kPfRows = 128;
+// The lines of the n bytes from p, q (if HAS_Y) for reading and from w for writing (prefetchw where the target has it).
+template <bool HAS_Y, int N>
+inline __attribute__((always_inline)) void prefetch_rows(const float* p, const float* q, float* w) {
+#pragma GCC unroll 16
+  for (int b = 0; b < N; b += 64) {
+    __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 3);
+    if constexpr (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(q) + b, 0, 3);
+    __builtin_prefetch(reinterpret_cast<char*>(w) + b, 1, 3);
+  }
+}
 
 #if defined(CPU_CAPABILITY_AVX512)
 // lanes_core's columns from registers.
@@ -124,24 +142,6 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
   return true;
 }
 
-// Software prefetch of the rows kPfRows ahead of the block (x, y for reading, out for writing) at D = 5..8.  The
-// lane math between two blocks' loads is long (~200 ns per 32 rows at D = 5) and the rows are short, so the hardware
-// prefetchers (which stop at each 4 KiB page: every ~13 blocks here) leave the block's loads to miss: standalone over
-// 2^20 rows (streaming, 1 thread) the prefetch took expmap 129 -> 112, logmap 123 -> 98, mobius_add 106 -> 79,
-// logmap0 88 -> 68, expmap0 70 -> 56 ns per 16 rows at D = 5 (128 rows ahead with out's lines for writing; 64 and
-// 256 rows, or x / y alone, measured less).  A hint only: same values.
-constexpr int kPfRows = 128;
-// The lines of the n bytes from p, q (if HAS_Y) for reading and from w for writing (prefetchw where the target has it).
-template <bool HAS_Y, int N>
-inline __attribute__((always_inline)) void prefetch_rows(const float* p, const float* q, float* w) {
-#pragma GCC unroll 16
-  for (int b = 0; b < N; b += 64) {
-    __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 3);
-    if constexpr (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(q) + b, 0, 3);
-    __builtin_prefetch(reinterpret_cast<char*>(w) + b, 1, 3);
-  }
-}
-
 // The rows [begin, end) of x, y, out (D floats each, back to back) in blocks of NB rows from begin (the caller's
 // blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
 // PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).
@@ -174,13 +174,147 @@ inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y,
     fallback(i0, nb);
   }
 }
+#elif defined(CPU_CAPABILITY_AVX2)
+// AVX2 builds (session 25): the same register pass on groups of 8 rows (one float vector), D <= 8.  Without the
+// two-source permutes of AVX-512, column j of 8 rows of D floats (lane l: element D l + j of the D loaded vectors,
+// in vector (D l + j) / 8 at position (D l + j) mod 8) is one vpermps per source vector with the same index
+// vector, merged by vblendvps; the writes expand each coefficient vector to the rows' elements with one vpermps per
+// output vector.  The lane math is lanes_core (the fused blocks' code on these 8 lanes: the same roundings), each
+// 8-row group after the other (AVX2 has 16 vector registers: two groups' chains would spill).  Before, these rows
+// ran the fused / eight-loop blocks (deinterleave into scratch lanes, lane math, coefficients through scratch,
+// a separate write loop per 16-row block).
+template <int D>
+struct PermTab8 {
+  alignas(32) int32_t idx[D][8];     // column j, lane l: position (D l + j) mod 8 in its source vector
+  alignas(32) int32_t sel[D][D][8];  // column j, source vector s: -1 in the lanes whose element lies in vector s
+  alignas(32) int32_t row[D][8];     // output vector i, lane l: row (8 i + l) / D
+  constexpr PermTab8() : idx{}, sel{}, row{} {
+    for (int j = 0; j < D; ++j) {
+      for (int l = 0; l < 8; ++l) {
+        idx[j][l] = (D * l + j) % 8;
+        sel[j][(D * l + j) / 8][l] = -1;
+        row[j][l] = (8 * j + l) / D;
+      }
+    }
+  }
+};
+template <int D>
+inline constexpr PermTab8<D> kPermTab8{};
+
+inline __m256i load_idx8(const int32_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// The 8 rows at p (D floats each, back to back) as D column vectors c[j] (lane l: row l's element j).  Exact moves.
+template <int D>
+inline __attribute__((always_inline)) void cols8(const float* __restrict p, __m256 (&c)[D]) {
+  static_assert(D >= 1 && D <= 8, "rows of 1..8 floats");
+  const PermTab8<D>& T = kPermTab8<D>;
+  __m256 v[D];
+  for (int i = 0; i < D; ++i) v[i] = _mm256_loadu_ps(p + 8 * i);
+  if constexpr (D == 1) {
+    c[0] = v[0];
+  } else {
+    for (int j = 0; j < D; ++j) {
+      const __m256i ix = load_idx8(T.idx[j]);
+      const int s1 = (7 * D + j) / 8;  // the last source vector of column j (the first: 0)
+      __m256 r = _mm256_permutevar8x32_ps(v[0], ix);
+      for (int s = 1; s <= s1; ++s) {
+        r = _mm256_blendv_ps(r, _mm256_permutevar8x32_ps(v[s], ix), _mm256_castsi256_ps(load_idx8(T.sel[j][s])));
+      }
+      c[j] = r;
+    }
+  }
+}
+
+// out = a x + b y (logmap: a x + b (x - y); one-input ops: a x) for the 8 rows at xb, yb, ob, coefficients in the
+// lanes of a, b (as write16).
+template <int OP, int D>
+inline __attribute__((always_inline)) void write8(const float* __restrict xb, const float* __restrict yb,
+                                                  float* __restrict ob, __m256 a, __m256 b) {
+  const PermTab8<D>& T = kPermTab8<D>;
+  for (int i = 0; i < D; ++i) {
+    const __m256 xv = _mm256_loadu_ps(xb + 8 * i);
+    __m256 ai = a, bi = b;
+    if constexpr (D > 1) {
+      const __m256i ix = load_idx8(T.row[i]);
+      ai = _mm256_permutevar8x32_ps(a, ix);
+      if constexpr (stereo::op_has_y(OP)) bi = _mm256_permutevar8x32_ps(b, ix);
+    }
+    __m256 o = _mm256_mul_ps(ai, xv);
+    if constexpr (OP == stereo::LOGMAP) {
+      o = _mm256_fmadd_ps(bi, _mm256_sub_ps(xv, _mm256_loadu_ps(yb + 8 * i)), o);
+    } else if constexpr (stereo::op_has_y(OP)) {
+      o = _mm256_fmadd_ps(bi, _mm256_loadu_ps(yb + 8 * i), o);
+    }
+    _mm256_storeu_ps(ob + 8 * i, o);
+  }
+}
+
+// lanes_core's columns from registers (8 rows).
+template <int D>
+struct RegCols8 {
+  const __m256 (&c)[D];
+  FVec f(int j) const { return FVec(c[j]); }
+  DVec d(int j, int h) const {
+    return DVec(h == 0 ? _mm256_cvtps_pd(_mm256_castps256_ps128(c[j])) : _mm256_cvtps_pd(_mm256_extractf128_ps(c[j], 1)));
+  }
+};
+
+// The NB rows of a block (NB / 8 groups): every group's coefficients first (a hard lane in any returns false before
+// anything is written: the caller runs the double path for the block, as the fused path), then the writes.
+template <int OP, int D, int NB>
+inline __attribute__((always_inline)) bool block_reg8(const float* __restrict xb, const float* __restrict yb,
+                                                      float* __restrict ob, const double* __restrict kk, bool mob) {
+  static_assert(NB % 8 == 0 && NB <= kMaxRows, "whole 8-row groups");
+  constexpr bool HAS_Y = stereo::op_has_y(OP);
+  constexpr int DY = HAS_Y ? D : 1;
+  constexpr int G = NB / 8;
+  FVec a[G], b[G];
+  for (int g = 0; g < G; ++g) {
+    __m256 xc[D], yc[DY];
+    cols8<D>(xb + 8 * D * g, xc);
+    if constexpr (HAS_Y) cols8<D>(yb + 8 * D * g, yc);
+    if (!lanes_core<OP, D>(RegCols8<D>{xc}, RegCols8<DY>{yc}, kk + 8 * g, a[g], b[g], mob)) return false;
+  }
+  for (int g = 0; g < G; ++g) {
+    const int off = 8 * D * g;
+    write8<OP, D>(xb + off, HAS_Y ? yb + off : yb, ob + off, a[g], b[g]);
+  }
+  return true;
+}
+
+// reg_loop for AVX2: the rows [begin, end) in blocks of NB rows from begin; k per row (sk = 1) or kconst (sk = 0,
+// NB copies); a partial or declined block: fallback(i0, nb).  PF: prefetch_rows kPfRows ahead (D = 5..8, as AVX-512).
+template <int OP, int D, int NB, bool PF, typename F>
+inline void reg_loop8(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
+                      int64_t sk, const double* kconst, bool mob, F&& fallback) {
+  constexpr bool HAS_Y = stereo::op_has_y(OP);
+  for (int64_t i0 = begin; i0 < end; i0 += NB) {
+    if constexpr (PF) {
+      if (end - i0 >= kPfRows + NB) {
+        const int64_t a = (i0 + kPfRows) * D;
+        prefetch_rows<HAS_Y, NB * D * 4>(x + a, HAS_Y ? y + a : y, o + a);
+      }
+    }
+    const int64_t nb = std::min<int64_t>(NB, end - i0);
+    const double* kb = sk == 0 ? kconst : k + i0;
+    if (nb == NB && block_reg8<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, mob)) continue;
+    fallback(i0, nb);
+  }
+}
 #endif
 
 // Whether the register pass takes a call of op (reg: reg_mode(), read once per call: switches(); m, the caller's
 // mode(), does not matter: mode 0 never gets here): k one value or one per row (stride 1).
+// AVX2 builds: not expmap and logmap0, which measured slower in the 8-row register pass than in the fused / eight-loop
+// blocks (1 thread, in-process A/B, 2^20 rows: expmap 1.18x / 1.06x the time at D = 2 / 5, logmap0 0.96x / 1.14x; their
+// lane math keeps more vectors live than AVX2's 16 registers hold next to the columns); mobius_add 0.84x / 0.73x,
+// logmap 0.84x / 0.72x, expmap0 0.81x / 0.96x.
 inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
   (void)op, (void)m;
-  return reg != 0 && D >= 1 && D <= kRegMaxD && (sk == 0 || sk == 1);
+#if !defined(CPU_CAPABILITY_AVX512)
+  if (op == stereo::EXPMAP || op == stereo::LOGMAP0) return false;
+#endif
+  return reg != 0 && D >= 1 && D <= kRegMaxD && D <= kRegIsaMaxD && (sk == 0 || sk == 1);
 }
 
 // reg_loop for the runtime D (reg_takes must hold); lm: lane_mode().
@@ -207,6 +341,20 @@ inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, con
     case 14: GEOOPS_REG_CASE(14, false);
     case 15: GEOOPS_REG_CASE(15, false);
     case 16: GEOOPS_REG_CASE(16, false);
+  }
+#undef GEOOPS_REG_CASE
+#elif defined(CPU_CAPABILITY_AVX2)
+  const bool mob = lm != 0;
+#define GEOOPS_REG_CASE(DD, PF) return reg_loop8<OP, DD, NB, PF>(begin, end, x, y, o, k, sk, kconst, mob, fallback)
+  switch (D) {
+    case 1: GEOOPS_REG_CASE(1, false);
+    case 2: GEOOPS_REG_CASE(2, false);
+    case 3: GEOOPS_REG_CASE(3, false);
+    case 4: GEOOPS_REG_CASE(4, false);
+    case 5: GEOOPS_REG_CASE(5, true);
+    case 6: GEOOPS_REG_CASE(6, true);
+    case 7: GEOOPS_REG_CASE(7, true);
+    case 8: GEOOPS_REG_CASE(8, true);
   }
 #undef GEOOPS_REG_CASE
 #else
