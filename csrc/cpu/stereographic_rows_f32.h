@@ -718,18 +718,12 @@ GEOOPS_F32_AI FVec tanc_neg_f(const FVec& z) {
 // vgetmantps), log m = 2 artanh(t), t = (m - 1)/(m + 1) (|t| <= 0.2; one division, see tanc_neg_fg), the odd series to t^11 (truncation < 1e-9 relative), e ln 2 in two parts.  The
 // rounding of 1 + w costs at most 2^-24 / log(1.5) ~ 1.5e-7 relative.  AVX2: the exponent / mantissa split from the
 // bits (session 25; it was SLEEF's log1pf call there); other builds: SLEEF's log1p.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// log(m 2^e) for m in [0.75, 1.5): log m = 2 artanh(t), t = (m - 1)/(m + 1), the odd series to t^11, plus e ln 2 in
+// two parts (log1p_big_fg's steps after its ISA's exponent / mantissa split).
 template <int G>
-GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
-#if defined(CPU_CAPABILITY_AVX512)
-  FVec m[G], e[G], num[G], den[G], t[G], t2[G], p[G];
-  GEOOPS_G {
-    const __m512 u = FVec(1.f) + w[g];
-    const __m512 m1 = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
-    const __m512 e1 = _mm512_getexp_ps(u);
-    const __mmask16 big = _mm512_cmp_ps_mask(m1, _mm512_set1_ps(1.5f), _CMP_GE_OQ);
-    m[g] = FVec(_mm512_mask_mul_ps(m1, big, m1, _mm512_set1_ps(0.5f)));
-    e[g] = FVec(_mm512_mask_add_ps(e1, big, e1, _mm512_set1_ps(1.f)));
-  }
+GEOOPS_F32_AI void log_mant_exp_fg(const FVec (&m)[G], const FVec (&e)[G], FVec (&out)[G]) {
+  FVec num[G], den[G], t[G], t2[G], p[G];
   GEOOPS_G num[g] = m[g] - FVec(1.f), den[g] = m[g] + FVec(1.f);
   GEOOPS_G t[g] = num[g] / den[g];
   GEOOPS_G t2[g] = t[g] * t[g];
@@ -741,11 +735,27 @@ GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
     const FVec lm = at::vec::fmadd(FVec(2.f) * t[g] * t2[g], p[g], FVec(2.f) * t[g]);  // log m = 2t + 2t^3 p
     out[g] = at::vec::fmadd(e[g], FVec(0.693145751953125f), at::vec::fmadd(e[g], FVec(1.42860682030941723e-06f), lm));
   }
+}
+#endif
+
+template <int G>
+GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
+#if defined(CPU_CAPABILITY_AVX512)
+  FVec m[G], e[G];
+  GEOOPS_G {
+    const __m512 u = FVec(1.f) + w[g];
+    const __m512 m1 = _mm512_getmant_ps(u, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+    const __m512 e1 = _mm512_getexp_ps(u);
+    const __mmask16 big = _mm512_cmp_ps_mask(m1, _mm512_set1_ps(1.5f), _CMP_GE_OQ);
+    m[g] = FVec(_mm512_mask_mul_ps(m1, big, m1, _mm512_set1_ps(0.5f)));
+    e[g] = FVec(_mm512_mask_add_ps(e1, big, e1, _mm512_set1_ps(1.f)));
+  }
+  log_mant_exp_fg<G>(m, e, out);
 #elif defined(CPU_CAPABILITY_AVX2)
   // The same steps without vgetexpps / vgetmantps: 1 + w >= 1.5 is a positive normal float, so its exponent is
   // (bits >> 23) - 127 and its mantissa in [1, 2) the bits with the exponent field of 1.0: the values getexp /
   // getmant give (same bits from here on).  1 + w = inf or NaN: that value, as getexp returns there.
-  FVec m[G], e[G], num[G], den[G], t[G], t2[G], p[G], u[G];
+  FVec m[G], e[G], u[G], l[G];
   GEOOPS_G {
     u[g] = FVec(1.f) + w[g];
     const __m256i bits = _mm256_castps_si256(u[g]);
@@ -756,18 +766,10 @@ GEOOPS_F32_AI void log1p_big_fg(const FVec (&w)[G], FVec (&out)[G]) {
     m[g] = FVec(_mm256_blendv_ps(m1, _mm256_mul_ps(m1, _mm256_set1_ps(0.5f)), big));
     e[g] = FVec(_mm256_blendv_ps(e1, _mm256_add_ps(e1, _mm256_set1_ps(1.f)), big));
   }
-  GEOOPS_G num[g] = m[g] - FVec(1.f), den[g] = m[g] + FVec(1.f);
-  GEOOPS_G t[g] = num[g] / den[g];
-  GEOOPS_G t2[g] = t[g] * t[g];
-  GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 11.f), t2[g], FVec(1.f / 9.f));
-  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 7.f));
-  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 5.f));
-  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 3.f));
+  log_mant_exp_fg<G>(m, e, l);
   GEOOPS_G {
-    const FVec lm = at::vec::fmadd(FVec(2.f) * t[g] * t2[g], p[g], FVec(2.f) * t[g]);  // log m = 2t + 2t^3 p
-    const FVec l = at::vec::fmadd(e[g], FVec(0.693145751953125f), at::vec::fmadd(e[g], FVec(1.42860682030941723e-06f), lm));
     const __m256 special = _mm256_cmp_ps(u[g], _mm256_set1_ps(INFINITY), _CMP_NLT_UQ);  // inf or NaN
-    out[g] = FVec(_mm256_blendv_ps(l, u[g], special));
+    out[g] = FVec(_mm256_blendv_ps(l[g], u[g], special));
   }
 #else
   GEOOPS_G out[g] = w[g].log1p();
