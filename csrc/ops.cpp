@@ -17,6 +17,7 @@
 #include "cpu/stereographic_pairwise.h"
 #include "cpu/stereographic_midpoint.h"
 #include "cpu/stereographic_triple.h"
+#include "cpu/vec_math.h"
 #ifdef GEOOPS_WITH_CUDA
 #include "cuda/bindings.h"
 #endif
@@ -26,6 +27,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // shared: MKL's packed SGEMM (csrc/cpu/mkl_packed.h), used by the float32 row-blocked GEMMs when found
   m.def("mkl_packed_available", [] { return geoops::cpu::mkl_packed::packed_sgemm() != nullptr; },
         "whether MKL's packed SGEMM (cblas_sgemm_pack/compute) was found at run time (CPU)");
+  m.def("build_isa", &geoops::cpu::build_isa,
+        "the vector ISA the CPU kernels were compiled for: AVX512, AVX2 or DEFAULT (the build's, not the machine's)");
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
   m.def("stereo_triple_fwd_cpu", &geoops::cpu::stereo_triple_fwd_cpu,

@@ -99,6 +99,15 @@ def _constant_for_dynamo(fn):
     return mark(fn) if mark is not None else fn
 
 
+def build_isa() -> str:
+    """The vector ISA geoops' CPU kernels were compiled for: "AVX512", "AVX2" or "DEFAULT" (a portable build,
+    GEOOPS_PORTABLE=1, or neither ISA), or "" without the compiled extension.  The build's choice, which decides
+    which kernel paths exist (e.g. AVX-512-only row lanes); `torch.backends.cpu.get_cpu_capability()` names the
+    machine's, which a portable build does not use."""
+    mod = compiled()
+    return mod.build_isa() if mod is not None else ""
+
+
 @_constant_for_dynamo
 def cpu_class() -> str:
     """The class of this machine's CPU that measured tables are keyed by: "<arch>-<vendor>-<isa>", e.g.

@@ -910,6 +910,10 @@ def _pair_args(op: str, x, y, k):
 
 
 def _pair_debug_checks(op, x3, y3, k3):
+    """The GEOOPS_CHECK checks of the pairwise ops (cdist, knn, pairwise_rank / reconstruction_metrics): non-finite
+    inputs, points outside the ball; nothing unless checks are on."""
+    if not _backend.checks_enabled():
+        return
     _library.check_finite(f"geoops.stereographic.{op}", {"x": x3, "y": y3, "k": k3}, readable_only=False)
     kk = k3.double().reshape(-1, 1)
     for name, t in (("x", x3), ("y", y3)):
@@ -955,8 +959,7 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     """
     op = "cdist"
     x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
-    if _backend.checks_enabled():
-        _pair_debug_checks(op, x3, y3, k3)
+    _pair_debug_checks(op, x3, y3, k3)
     N, M = x3.shape[1], y3.shape[1]
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = CdistFnFunc.apply(x3, y3, k3)[0]
@@ -1001,8 +1004,7 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     if not isinstance(largest, bool):
         _fail(op, f"largest must be a bool, got {type(largest).__name__}", TypeError)
     x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
-    if _backend.checks_enabled():
-        _pair_debug_checks(op, x3, y3, k3)
+    _pair_debug_checks(op, x3, y3, k3)
     B, N, D = x3.shape
     M = y3.shape[1]
     if not 0 <= n_neighbors <= M:
@@ -1088,8 +1090,7 @@ def _rank_with_keys(op, x, y, query, target, k, block_elems):
     x3, y3, k3, _, dtype, _ = _pair_args(op, x, y, k)
     if k3.numel() != 1:
         _fail(op, "k must be a scalar")
-    if _backend.checks_enabled():
-        _pair_debug_checks(op, x3, y3, k3)
+    _pair_debug_checks(op, x3, y3, k3)
     N, M = x3.shape[1], y3.shape[1]
     query = query.to(torch.int64)
     target = target.to(torch.int64)

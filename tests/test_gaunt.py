@@ -160,6 +160,10 @@ def test_lane_vectors_sized_for_the_build_isa():
     assert tile == vbytes // 4
     if not _backend.cpu_class().endswith("avx512"):
         assert (vbytes, avx512) == (32, 0)  # an AVX2 / baseline machine runs the 32-byte kernels
+    # the family-neutral report of the build's ISA (tests read it, not the machine's) agrees with each kernel's own
+    assert _backend.build_isa() in ("AVX512", "AVX2", "DEFAULT")
+    assert bool(avx512) == (_backend.build_isa() == "AVX512")
+    assert C.stereo_short_layout()["isa"] == _backend.build_isa()
 
 
 # ---------------------------------------------------------------- parity of the routes

@@ -33,5 +33,15 @@ void eval_n(const double* z, const double* q, double* out, int64_t n) {
 void tanc_n(const double* z, double* out, int64_t n) { eval_n<false>(z, nullptr, out, n); }
 void atanc_n(const double* z, const double* q, double* out, int64_t n) { eval_n<true>(z, q, out, n); }
 
+const char* build_isa() {
+#if defined(CPU_CAPABILITY_AVX512)
+  return "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  return "AVX2";
+#else
+  return "DEFAULT";
+#endif
+}
+
 }  // namespace cpu
 }  // namespace geoops
