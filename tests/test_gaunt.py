@@ -1089,6 +1089,44 @@ def test_auto_route_without_fwd_bwd_ranking_falls_back(monkeypatch):
     assert ga.choose_route([2, 2], 2, 4, cpu, backward=True) == "direct"
 
 
+def test_write_routes_writes_both_rankings_and_keeps_the_rest(tmp_path, monkeypatch):
+    """bench.gaunt.write_routes (what --write-routes runs): this class's forward and forward + backward rankings
+    merged into its tables (degrees and rankings a run did not measure kept), the other classes unchanged, and the
+    file a module 'auto' can read back."""
+    import importlib.util
+
+    from bench import gaunt as bg
+    from geoops import _backend, _gaunt_routes
+    cls = _backend.cpu_class()
+    monkeypatch.setitem(_gaunt_routes.TABLES, cls, {"binary": {1: "direct", 2: "grid"}, "many": {1: "grid"},
+                                                    "many_fwd_bwd": {1: "fft", 2: "grid"}})
+
+    def load(path):
+        spec = importlib.util.spec_from_file_location("routes_under_test", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    out = tmp_path / "routes.py"
+    bg.write_routes({2: "fft"}, {}, out, "test", {1: "grid", 3: "direct"}, {2: "fft"}, "test fwd+bwd")
+    mod = load(out)
+    for other, t in _gaunt_routes.TABLES.items():
+        if other != cls:
+            assert mod.TABLES[other] == t and mod.MEASURED[other] == _gaunt_routes.MEASURED[other]
+    assert mod.TABLES[cls] == {"binary": {1: "direct", 2: "fft"}, "many": {1: "grid"},
+                               "binary_fwd_bwd": {1: "grid", 3: "direct"}, "many_fwd_bwd": {1: "fft", 2: "fft"}}
+    assert mod.MEASURED[cls].endswith("test") and mod.MEASURED_FWD_BWD[cls].endswith("test fwd+bwd")
+    assert mod.DEFAULT_CLASS == _gaunt_routes.DEFAULT_CLASS
+    # a forward-only run keeps the forward + backward rankings and their stamp
+    monkeypatch.setattr(_gaunt_routes, "TABLES", mod.TABLES)
+    monkeypatch.setattr(_gaunt_routes, "MEASURED_FWD_BWD", mod.MEASURED_FWD_BWD)
+    bg.write_routes({1: "grid"}, {}, out, "fwd only")
+    mod2 = load(out)
+    assert mod2.TABLES[cls]["binary_fwd_bwd"] == {1: "grid", 3: "direct"}
+    assert mod2.TABLES[cls]["binary"] == {1: "grid", 2: "fft"}
+    assert mod2.MEASURED_FWD_BWD[cls] == mod.MEASURED_FWD_BWD[cls]
+
+
 def test_torch_compile_fullgraph_auto_route_for_training(monkeypatch):
     """Under torch.compile(fullgraph=True) 'auto' still traces (the route is chosen at trace time from grad mode
     and requires_grad, which dynamo guards on): a graph with inputs requiring grad runs the forward + backward
