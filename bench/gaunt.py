@@ -2,7 +2,9 @@
 
     python -m bench.gaunt                      # lmax 1..8, 2048 rows x 16 channels, fp32, fwd and fwd+bwd
     python -m bench.gaunt --lmax 2,4,6 --no-bwd
-    python -m bench.gaunt --write-routes       # also regenerate this CPU class's "auto" table (geoops/_gaunt_routes.py)
+    python -m bench.gaunt --write-routes       # also regenerate this CPU class's "auto" tables (geoops/_gaunt_routes.py)
+    python -m bench.gaunt --cpu-time --no-wall --write-routes --no-e3nn   # the same by 1-thread CPU time: the
+                                               # forward and the forward+backward rankings (--rank, --stat)
 
 L1 = L2 = lmax_out = lmax.  Contenders run interleaved (bench/_timing.py), median of --repeats samples after
 warm-up.  e3nn computes the same Gaunt product: TensorProduct(C x (0e+1o+...), ..., "uuu" paths with path
@@ -290,26 +292,32 @@ def cpu_ms_interleaved(calls: dict, repeats: int) -> dict:
     return {k: (min(v), statistics.median(v)) for k, v in samples.items()}
 
 
-def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1, many: bool = False):
+def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1, many: bool = False,
+                    bwd: bool = False, stat: str = "min"):
     """Route ranking by process CPU time (robust when other jobs share the cores): {L: {route: ms}}.
 
-    The minimum over the samples, single-threaded by default: wall-clock medians on a loaded machine swing by
-    several x, CPU time of one thread much less; the routes parallelise alike over row tiles, so the ranking
-    carries over.
+    The minimum (stat="min") or median (stat="median") over the samples, single-threaded by default: wall-clock
+    medians on a loaded machine swing by several x, CPU time of one thread much less; the routes parallelise alike
+    over row tiles, so the ranking carries over.  bwd=True times forward + backward (every input requires grad,
+    out.backward(ones)): the ranking `auto` reads when a call will need a backward.
     """
     out = {}
     with _threads(threads):
         for L in Ls:
             g = torch.Generator().manual_seed(L)
-            x1 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
-            x2 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype)
-            calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
+            x1 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype).requires_grad_(bwd)
+            x2 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype).requires_grad_(bwd)
             if many:
                 calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "grid_gemm", "fft")}
-            res = {route: v[0] for route, v in cpu_ms_interleaved(calls, repeats).items()}
+            else:
+                calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
+            if bwd:
+                calls = {r: _fwd_bwd(f, (x1, x2)) for r, f in calls.items()}
+            with torch.set_grad_enabled(bwd):
+                res = {route: v[0 if stat == "min" else 1] for route, v in cpu_ms_interleaved(calls, repeats).items()}
             out[L] = res
-            print(f"{'nu=3 ' if many else ''}lmax {L} cpu-time ({threads} thread): "
-                  + "  ".join(f"{k}={v:.2f}" for k, v in res.items()), flush=True)
+            print(f"{'nu=3 ' if many else ''}lmax {L} {'fwd+bwd' if bwd else 'fwd'} cpu-time ({threads} thread, "
+                  f"{stat}): " + "  ".join(f"{k}={v:.2f}" for k, v in res.items()), flush=True)
     return out
 
 
@@ -350,37 +358,74 @@ def cpu_time_vs_e3nn(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: in
     return out
 
 
-def write_routes(table: dict, many: dict, path: Path, how: str = ""):
+def cpu_time_many(L: int, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1, bwd: bool = False):
+    """nu = 3 (gaunt_power(x, 3, L)) against two chained binary products (intermediate degree 2L, truncated to L
+    only at the end: exact), by process CPU time, interleaved: {name: (min, median)} ms.  bwd=True: forward +
+    backward (x requires grad)."""
+    g = torch.Generator().manual_seed(100 + L)
+    x = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype).requires_grad_(bwd)
+    calls = {f"power3-{r}": (lambda r=r: ga.gaunt_power(x, 3, L, route=r)) for r in ("auto", "grid", "fft")}
+    for r in ("auto", "grid", "direct", "fft"):
+        calls[f"chain2-{r}"] = lambda r=r: ga.gaunt_tensor_product(ga.gaunt_tensor_product(x, x, 2 * L, route=r), x,
+                                                                    L, route=r)
+    if bwd:
+        calls = {k: _fwd_bwd(f, (x,)) for k, f in calls.items()}
+    with _threads(threads), torch.set_grad_enabled(bwd):
+        t = cpu_ms_interleaved(calls, repeats)
+    print(f"nu=3 vs chained, lmax {L} {'fwd+bwd' if bwd else 'fwd'} cpu-time ({threads} thread, min / median ms): "
+          + "  ".join(f"{k}={v[0]:.2f}/{v[1]:.2f}" for k, v in t.items()), flush=True)
+    return t
+
+
+def write_routes(table: dict, many: dict, path: Path, how: str = "", table_bwd: dict = None, many_bwd: dict = None,
+                 how_bwd: str = ""):
     """Write this machine's route tables (its CPU class, geoops._backend.cpu_class()) into geoops/_gaunt_routes.py.
 
-    The other classes' tables stay as they were measured; degrees this run did not measure keep their entry
-    from this class's current table (a run with --lmax 4,6 or the wall-clock run's single many-body lmax must
-    not drop the rest)."""
+    Two rankings per class and kind: "binary" / "many" by the forward time, "binary_fwd_bwd" / "many_fwd_bwd" by
+    forward + backward (what `auto` reads when the call will need a backward).  The other classes' tables stay as
+    they were measured; degrees (and rankings) this run did not measure keep their entry from this class's current
+    table (a run with --lmax 4,6, --no-bwd or the wall-clock run's single many-body lmax must not drop the rest)."""
     from geoops import _backend, _gaunt_routes
     cls = _backend.cpu_class()
-    tables = {k: dict(v) for k, v in _gaunt_routes.TABLES.items()}
+    tables = {k: {kind: dict(t) for kind, t in v.items()} for k, v in _gaunt_routes.TABLES.items()}
     measured = dict(_gaunt_routes.MEASURED)
+    measured_bwd = dict(getattr(_gaunt_routes, "MEASURED_FWD_BWD", {}))
     old = tables.get(cls, {})
-    tables[cls] = {"binary": dict(sorted({**old.get("binary", {}), **table}.items())),
-                   "many": dict(sorted({**old.get("many", {}), **many}.items()))}
-    measured[cls] = (f"{_dt.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {_cpu_model()}, "
-                     + (how or f"{torch.get_num_threads()} threads, wall clock"))
+    stamp = f"{_dt.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {_cpu_model()}, "
+    new = dict(old)
+    for kind, t in (("binary", table), ("many", many), ("binary_fwd_bwd", table_bwd or {}),
+                    ("many_fwd_bwd", many_bwd or {})):
+        if t or kind in ("binary", "many"):
+            new[kind] = dict(sorted({**old.get(kind, {}), **t}.items()))
+    tables[cls] = new
+    if table or many:
+        measured[cls] = stamp + (how or f"{torch.get_num_threads()} threads, wall clock")
+    if table_bwd or many_bwd:
+        measured_bwd[cls] = stamp + (how_bwd or how or f"{torch.get_num_threads()} threads, wall clock")
     lines = ['"""Route tables of geoops.gaunt\'s route="auto" (generated by `python -m bench.gaunt --write-routes`; '
              'do not edit).', "",
-             "TABLES[cpu class][\"binary\" | \"many\"][lmax] = the fastest CPU route measured at that lmax on a "
-             "machine of that class",
-             "(geoops._backend.cpu_class(); L1 = L2 = lmax_out, nu = 2 or 3).  A run rewrites its own class's "
-             "table (keeping the",
-             "degrees it did not measure) and keeps the others as measured.  geoops.gaunt.route_table: this "
-             "machine's class, else",
-             "a table of the same architecture and vendor, else DEFAULT_CLASS's.  MEASURED: when, on what, with "
-             "how many threads.", '"""',
+             "TABLES[cpu class][kind][lmax] = the fastest CPU route measured at that lmax on a machine of that class",
+             "(geoops._backend.cpu_class(); L1 = L2 = lmax_out, nu = 2 or 3).  kind \"binary\" / \"many\" ranks "
+             "the forward time,",
+             "\"binary_fwd_bwd\" / \"many_fwd_bwd\" forward + backward: `auto` reads those when the call will need "
+             "a backward",
+             "(grad mode on and an input or weight requires grad); a class without them falls back to its forward "
+             "ranking.",
+             "A run rewrites its own class's tables (keeping the degrees and rankings it did not measure) and keeps "
+             "the others",
+             "as measured.  geoops.gaunt.route_table: this machine's class, else a table of the same architecture "
+             "and vendor,",
+             "else DEFAULT_CLASS's.  MEASURED / MEASURED_FWD_BWD: when, on what, with how many threads.", '"""',
              f"DEFAULT_CLASS = {_gaunt_routes.DEFAULT_CLASS!r}", "MEASURED = {"]
     lines += [f"    {k!r}: {v!r}," for k, v in measured.items()]
+    lines += ["}", "MEASURED_FWD_BWD = {"]
+    lines += [f"    {k!r}: {v!r}," for k, v in measured_bwd.items()]
     lines += ["}", "TABLES = {"]
     for k, v in tables.items():
-        lines += [f"    {k!r}: {{", f"        \"binary\": {v.get('binary', {})!r},",
-                  f"        \"many\": {v.get('many', {})!r},", "    },"]
+        lines += [f"    {k!r}: {{"]
+        lines += [f"        \"{kind}\": {v[kind]!r}," for kind in ("binary", "many", "binary_fwd_bwd", "many_fwd_bwd")
+                  if kind in v]
+        lines += ["    },"]
     lines += ["}", ""]
     path.write_text("\n".join(lines))
 
@@ -413,7 +458,14 @@ def main(argv=None):
                         "--write-routes the table comes from this ranking")
     p.add_argument("--cpu-time-e3nn", action="store_true",
                    help="auto / unfused torch grid / e3nn, fwd and fwd+bwd, by single-thread CPU time")
+    p.add_argument("--cpu-time-many", action="store_true",
+                   help="nu = 3 at --many-lmax vs two chained binary products, fwd and fwd+bwd, by 1-thread CPU time")
     p.add_argument("--no-wall", action="store_true", help="skip the wall-clock table (with --cpu-time)")
+    p.add_argument("--rank", default="fwd,fwd+bwd",
+                   help="with --cpu-time: the rankings to measure (and write with --write-routes): fwd, fwd+bwd or "
+                        "both (default); a ranking not measured keeps its table")
+    p.add_argument("--stat", default="min", choices=("min", "median"),
+                   help="with --cpu-time: rank by the min (default) or the median of the interleaved rounds")
     args = p.parse_args(argv)
     dtype = torch.float32 if args.dtype == "fp32" else torch.float64
     Ls = [int(s) for s in args.lmax.split(",") if s]
@@ -431,27 +483,49 @@ def main(argv=None):
             cells = "  ".join(f"{k}={v:8.3f}" for k, v in t.items())
             ratio = f"  auto vs e3nn {e / t.get('auto (peer group)', t['auto']):6.1f}x" if e else ""
             print(f"lmax {L} {mode:8s} {cells}{ratio}", flush=True)
-    if args.many_lmax:
+    if args.many_lmax and not args.no_wall:
         m = measure_many(args.many_lmax, args.rows, args.channels, dtype, args.repeats)
         results["many_body"] = {"lmax": args.many_lmax, "nu": 3, "ms": m}
         print(f"many-body nu=3 lmax {args.many_lmax}: " + "  ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    ranks = [r.strip() for r in args.rank.split(",") if r.strip()]
+    if any(r not in ("fwd", "fwd+bwd") for r in ranks):
+        p.error(f"--rank: comma list of fwd, fwd+bwd; got {args.rank!r}")
     if args.cpu_time:
-        results["cpu_time_1thread"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, args.repeats)
-        best = {L: min(r, key=r.get) for L, r in results["cpu_time_1thread"].items()}
-        results["cpu_time_1thread_nu3"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, args.repeats,
-                                                          many=True)
+        ck = dict(repeats=args.repeats, stat=args.stat)
+        if "fwd" in ranks:
+            results["cpu_time_1thread"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, **ck)
+            best = {L: min(r, key=r.get) for L, r in results["cpu_time_1thread"].items()}
+            results["cpu_time_1thread_nu3"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, many=True, **ck)
+        else:
+            best = {}
+        if "fwd+bwd" in ranks:
+            results["cpu_time_1thread_fwd_bwd"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, bwd=True, **ck)
+            results["cpu_time_1thread_nu3_fwd_bwd"] = cpu_time_routes(Ls, args.rows, args.channels, dtype, many=True,
+                                                                      bwd=True, **ck)
+    if args.cpu_time_many:
+        results["cpu_time_many"] = {m: cpu_time_many(args.many_lmax or 4, args.rows, args.channels, dtype,
+                                                     args.repeats, bwd=m == "fwd+bwd")
+                                    for m in (("fwd",) if args.no_bwd else ("fwd", "fwd+bwd"))}
     if args.cpu_time_e3nn:
         results["cpu_time_vs_e3nn"] = cpu_time_vs_e3nn(Ls, args.rows, args.channels, dtype, args.repeats)
     if args.write_routes:
-        many = {}
+        many, best_bwd, many_bwd = {}, {}, {}
         if args.cpu_time:
-            many = {L: min(r, key=r.get) for L, r in results["cpu_time_1thread_nu3"].items()}
-        elif args.many_lmax:
-            mm = results["many_body"]["ms"]
-            many = {args.many_lmax: min(("grid", "grid_gemm", "fft"), key=lambda k: mm[f"power3-{k}"])}
-        how = "1 thread, process CPU time (min of interleaved rounds)" if args.cpu_time else ""
-        write_routes(best, many, ROOT / "geoops" / "_gaunt_routes.py", how)
-        print("wrote geoops/_gaunt_routes.py:", best, many)
+            many = {L: min(r, key=r.get) for L, r in results.get("cpu_time_1thread_nu3", {}).items()}
+            best_bwd = {L: min(r, key=r.get) for L, r in results.get("cpu_time_1thread_fwd_bwd", {}).items()}
+            many_bwd = {L: min(r, key=r.get) for L, r in results.get("cpu_time_1thread_nu3_fwd_bwd", {}).items()}
+        else:
+            if "many_body" in results:
+                mm = results["many_body"]["ms"]
+                many = {args.many_lmax: min(("grid", "grid_gemm", "fft"), key=lambda k: mm[f"power3-{k}"])}
+            best_bwd = {L: min(ROUTES, key=lambda k: r["fwd+bwd"][k])
+                        for L, r in results["lmax"].items() if "fwd+bwd" in r}
+        how = (f"1 thread, process CPU time ({args.stat} of {args.repeats} interleaved rounds)" if args.cpu_time
+               else "")
+        how_bwd = (f"1 thread, process CPU time, forward + backward ({args.stat} of {args.repeats} interleaved "
+                   "rounds)" if args.cpu_time else "")
+        write_routes(best, many, ROOT / "geoops" / "_gaunt_routes.py", how, best_bwd, many_bwd, how_bwd)
+        print("wrote geoops/_gaunt_routes.py:", best, many, "fwd+bwd:", best_bwd, many_bwd)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results

@@ -10,7 +10,8 @@ projected onto degrees <= lmax_out.  G vanishes unless l1 + l2 + l3 is even and 
 the allowed paths it is e3nn's ``wigner_3j`` times sqrt((2l1+1)(2l2+1)(2l3+1)/(4 pi)) |(l1 l2 l3; 0 0 0)|.
 
 Routes (all exact to round-off; ``route="auto"`` picks the fastest from the table measured on this machine's CPU class by ``python -m bench.gaunt --write-routes``,
-see ``route_table``):
+see ``route_table``: ranked by forward + backward time when the call will need a backward (grad mode on and an
+input or weight requires grad, ``needs_backward``), else by forward time):
 
 * ``"grid"``   evaluate on an exact Gauss-Legendre x uniform sphere grid, multiply, project back; on CPU
                 separably (per m a small Legendre block over l, then the azimuthal sums over m with the
@@ -46,7 +47,8 @@ from . import _backend, _gaunt_routes, _library
 from ._ops import gaunt as _impl
 from .reference import gaunt as _ref
 
-__all__ = ["gaunt_tensor_product", "gaunt_product", "gaunt_power", "GauntFn", "ROUTES", "choose_route", "route_table"]
+__all__ = ["gaunt_tensor_product", "gaunt_product", "gaunt_power", "GauntFn", "ROUTES", "choose_route", "route_table",
+           "needs_backward"]
 
 ROUTES = ("auto", "grid", "grid_gemm", "direct", "fft")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -176,13 +178,17 @@ def _core(xs, ws, wout, lmax_out, route):
 
 
 # ---------------------------------------------------------------- route choice
-def route_table(nu: int, device: torch.device, cpu: Optional[str] = None) -> dict:
+def route_table(nu: int, device: torch.device, cpu: Optional[str] = None, backward: bool = False) -> dict:
     """{lmax: route} that 'auto' reads for nu factors on `device` (geoops/_gaunt_routes.py).
 
     CPU: the table measured on this machine's CPU class (geoops._backend.cpu_class(), or `cpu`); for a class
     nobody measured, a table of the same architecture and vendor (the BLAS and vector units behave alike),
     else the default class's (the Intel Xeon table, what every machine used before session 21).  Other devices:
-    no measured table ({}: 'auto' runs grid)."""
+    no measured table ({}: 'auto' runs grid).
+
+    backward=False: the ranking by forward time ("binary" / "many"); backward=True: the ranking by forward +
+    backward time ("binary_fwd_bwd" / "many_fwd_bwd"), which 'auto' reads when the call will need a backward; a
+    class measured without that ranking falls back to its forward ranking."""
     if device.type != "cpu":
         return {}
     tables = _gaunt_routes.TABLES
@@ -191,14 +197,24 @@ def route_table(nu: int, device: torch.device, cpu: Optional[str] = None) -> dic
         vendor = "-".join(cls.split("-")[:2])
         cls = next((k for k in tables if "-".join(k.split("-")[:2]) == vendor),
                    _gaunt_routes.DEFAULT_CLASS)
-    return tables[cls].get("binary" if nu == 2 else "many", {})
+    kind = "binary" if nu == 2 else "many"
+    table = tables[cls].get(kind + "_fwd_bwd") if backward else None
+    return table or tables[cls].get(kind, {})
 
 
-def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.device) -> str:
-    """The route 'auto' runs: the fastest in the measured table for this machine (route_table) at the largest
+def needs_backward(*tensors) -> bool:
+    """Whether a call on these tensors (None entries skipped) records a graph to backpropagate: grad mode is on
+    (not torch.no_grad / torch.inference_mode) and one of them requires grad.  What 'auto' reads to pick from the
+    forward + backward ranking; under torch.compile dynamo specialises on both (guards), so it stays traceable."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.device, backward: bool = False) -> str:
+    """The route 'auto' runs: the fastest in the measured table for this machine (route_table; the forward +
+    backward ranking when `backward`, i.e. when the call will need a backward: see needs_backward) at the largest
     degree (nearest measured lmax; grid where nothing was measured)."""
     nu = len(Ls)
-    table = route_table(nu, device)
+    table = route_table(nu, device, backward=backward)
     if not table:
         return "grid"
     L = max(max(Ls), lmax_out)
@@ -306,7 +322,7 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     if rwo is not None and lo < lmax_out:
         rwo = rwo[:, :lo + 1].contiguous()
     if route == "auto":
-        route = choose_route(Ls, lo, N, device)
+        route = choose_route(Ls, lo, N, device, backward=needs_backward(*xs, *weights, weight_out))
     if route == "direct" and len(xs) != 2:
         route = "grid"
     out = _core(rx, rw, rwo, lo, route)
@@ -332,8 +348,9 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: Optional[
         lmax_out: highest output degree (default L1 + L2; degrees above L1 + L2 come out as exact zeros).
         weight1, weight2, weight_out: optional per-degree weights [..., L+1] (L = L1, L2, lmax_out), fused into
             the conversions.
-        route: "auto" (fastest by the measured table), "grid", "grid_gemm", "direct" or "fft"; all give the same
-            numbers to round-off.
+        route: "auto" (fastest by the measured table: the forward + backward ranking when the call will need a
+            backward, i.e. grad mode is on and an input or weight requires grad; else the forward ranking),
+            "grid", "grid_gemm", "direct" or "fft"; all give the same numbers to round-off.
 
     Returns:
         [..., (lmax_out+1)^2] in the promoted dtype of the inputs.  float16/bfloat16 are computed in float32.

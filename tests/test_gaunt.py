@@ -1006,6 +1006,163 @@ def test_auto_route_table_per_cpu_class():
         assert ga.choose_route([L] * 3, L, 2048, cpu) == _gaunt_routes.TABLES[cls]["many"][L]
 
 
+def _fake_route_tables(monkeypatch, fwd_bwd=True):
+    """This machine's class gets tables whose forward and forward+backward rankings differ at every lmax."""
+    from geoops import _backend, _gaunt_routes
+    t = {"binary": {L: "direct" for L in range(1, 9)}, "many": {L: "grid_gemm" for L in range(1, 9)}}
+    if fwd_bwd:
+        t["binary_fwd_bwd"] = {L: "fft" for L in range(1, 9)}
+        t["many_fwd_bwd"] = {L: "fft" for L in range(1, 9)}
+    monkeypatch.setitem(_gaunt_routes.TABLES, _backend.cpu_class(), t)
+
+
+def _spy_routes(monkeypatch):
+    ran = []
+    core = ga._core
+
+    def spy(xs, ws, wout, lmax_out, route):
+        ran.append(route)
+        return core(xs, ws, wout, lmax_out, route)
+    monkeypatch.setattr(ga, "_core", spy)
+    return ran
+
+
+def test_auto_route_for_training_follows_grad_need(monkeypatch):
+    """Session 26: 'auto' picks from the forward + backward ranking when the call will need a backward (grad mode
+    on and an input or weight requires grad), else from the forward ranking (session 25: at lmax 5 on the AVX2
+    EPYC the forward table's fft cost 1.2x grid's time forward + backward)."""
+    _fake_route_tables(monkeypatch)
+    ran = _spy_routes(monkeypatch)
+    x1, x2, w = _rand(4, 9, seed=90), _rand(4, 16, seed=91), _rand(4, seed=92)
+    cases = [
+        ("plain", lambda: ga.gaunt_tensor_product(x1, x2, 3), "direct"),
+        ("x1 requires grad", lambda: ga.gaunt_tensor_product(x1.clone().requires_grad_(), x2, 3), "fft"),
+        ("x2 requires grad", lambda: ga.gaunt_tensor_product(x1, x2.clone().requires_grad_(), 3), "fft"),
+        ("weight_out requires grad",
+         lambda: ga.gaunt_tensor_product(x1, x2, 3, weight_out=w.clone().requires_grad_()), "fft"),
+        ("weight1 requires grad",
+         lambda: ga.gaunt_tensor_product(x1, x2, 3, weight1=_rand(3, seed=93).requires_grad_()), "fft"),
+        ("non-leaf input", lambda: ga.gaunt_tensor_product(x1.clone().requires_grad_() * 2, x2, 3), "fft"),
+        ("nu = 3, no grad", lambda: ga.gaunt_power(x1, 3, 3), "grid_gemm"),
+        ("nu = 3, grad", lambda: ga.gaunt_power(x1.clone().requires_grad_(), 3, 3), "fft"),
+        ("gaunt_product, grad on one weight",
+         lambda: ga.gaunt_product([x1, x2, x1], 3, weights=[None, None, _rand(3, seed=94).requires_grad_()]),
+         "fft"),
+    ]
+    for name, call, want in cases:
+        ran.clear()
+        out = call()
+        assert ran == [want], name
+        if want == "fft":
+            assert out.requires_grad, name
+    a = x1.clone().requires_grad_()
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            ran.clear()
+            ga.gaunt_tensor_product(a, x2, 3)
+            ga.gaunt_power(a, 3, 3)
+            assert ran == ["direct", "grid_gemm"], ctx.__name__
+    with torch.enable_grad():
+        ran.clear()
+        ga.gaunt_tensor_product(a, x2, 3).sum().backward()
+        assert ran[0] == "fft" and set(ran) == {"fft"}  # the backward's products run the forward's route
+    assert ga.needs_backward(a, None) and not ga.needs_backward(x1, None, x2)
+    with torch.no_grad():
+        assert not ga.needs_backward(a)
+
+
+def test_auto_route_without_fwd_bwd_ranking_falls_back(monkeypatch):
+    """A class measured before session 26 (forward ranking only) uses its forward ranking for training calls."""
+    from geoops import _gaunt_routes
+    cpu = torch.device("cpu")
+    for cls, t in _gaunt_routes.TABLES.items():
+        for nu, kind in ((2, "binary"), (3, "many")):
+            assert ga.route_table(nu, cpu, cls) == t[kind]
+            assert ga.route_table(nu, cpu, cls, backward=True) == t.get(kind + "_fwd_bwd", t[kind])
+            if kind + "_fwd_bwd" in t:
+                assert cls in _gaunt_routes.MEASURED_FWD_BWD
+                assert set(t[kind + "_fwd_bwd"].values()) <= {"grid", "grid_gemm", "direct", "fft"}
+    # at least one class is measured without it (the fallback is exercised by the shipped tables too)
+    assert any("binary_fwd_bwd" not in t for t in _gaunt_routes.TABLES.values())
+    _fake_route_tables(monkeypatch, fwd_bwd=False)
+    ran = _spy_routes(monkeypatch)
+    x1, x2 = _rand(4, 9, seed=95).requires_grad_(), _rand(4, 9, seed=96)
+    ga.gaunt_tensor_product(x1, x2, 2)
+    ga.gaunt_power(x1, 3, 2)
+    assert ran == ["direct", "grid_gemm"]
+    assert ga.choose_route([2, 2], 2, 4, cpu, backward=True) == "direct"
+
+
+def test_write_routes_writes_both_rankings_and_keeps_the_rest(tmp_path, monkeypatch):
+    """bench.gaunt.write_routes (what --write-routes runs): this class's forward and forward + backward rankings
+    merged into its tables (degrees and rankings a run did not measure kept), the other classes unchanged, and the
+    file a module 'auto' can read back."""
+    import importlib.util
+
+    from bench import gaunt as bg
+    from geoops import _backend, _gaunt_routes
+    cls = _backend.cpu_class()
+    monkeypatch.setitem(_gaunt_routes.TABLES, cls, {"binary": {1: "direct", 2: "grid"}, "many": {1: "grid"},
+                                                    "many_fwd_bwd": {1: "fft", 2: "grid"}})
+
+    def load(path):
+        spec = importlib.util.spec_from_file_location("routes_under_test", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    out = tmp_path / "routes.py"
+    bg.write_routes({2: "fft"}, {}, out, "test", {1: "grid", 3: "direct"}, {2: "fft"}, "test fwd+bwd")
+    mod = load(out)
+    for other, t in _gaunt_routes.TABLES.items():
+        if other != cls:
+            assert mod.TABLES[other] == t and mod.MEASURED[other] == _gaunt_routes.MEASURED[other]
+    assert mod.TABLES[cls] == {"binary": {1: "direct", 2: "fft"}, "many": {1: "grid"},
+                               "binary_fwd_bwd": {1: "grid", 3: "direct"}, "many_fwd_bwd": {1: "fft", 2: "fft"}}
+    assert mod.MEASURED[cls].endswith("test") and mod.MEASURED_FWD_BWD[cls].endswith("test fwd+bwd")
+    assert mod.DEFAULT_CLASS == _gaunt_routes.DEFAULT_CLASS
+    # a forward-only run keeps the forward + backward rankings and their stamp
+    monkeypatch.setattr(_gaunt_routes, "TABLES", mod.TABLES)
+    monkeypatch.setattr(_gaunt_routes, "MEASURED_FWD_BWD", mod.MEASURED_FWD_BWD)
+    bg.write_routes({1: "grid"}, {}, out, "fwd only")
+    mod2 = load(out)
+    assert mod2.TABLES[cls]["binary_fwd_bwd"] == {1: "grid", 3: "direct"}
+    assert mod2.TABLES[cls]["binary"] == {1: "grid", 2: "fft"}
+    assert mod2.MEASURED_FWD_BWD[cls] == mod.MEASURED_FWD_BWD[cls]
+
+
+def test_torch_compile_fullgraph_auto_route_for_training(monkeypatch):
+    """Under torch.compile(fullgraph=True) 'auto' still traces (the route is chosen at trace time from grad mode
+    and requires_grad, which dynamo guards on): a graph with inputs requiring grad runs the forward + backward
+    ranking's route, the same function under no_grad recompiles to the forward ranking's."""
+    _fake_route_tables(monkeypatch)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append("".join(m.code for m in gm.modules() if isinstance(m, torch.fx.GraphModule)))
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        f = torch.compile(lambda a, b, w: ga.gaunt_tensor_product(a, b, 3, weight_out=w), fullgraph=True,
+                          backend=backend)
+        x1, x2, w = _rand(5, 9, seed=97), _rand(5, 4, seed=98), _rand(4, seed=99)
+        a = x1.clone().requires_grad_()
+        out = f(a, x2, w)
+        out.square().sum().backward()
+        A = x1.clone().requires_grad_()
+        oracle(A, x2, 3, wo=w).square().sum().backward()
+        torch.testing.assert_close(out, oracle(x1, x2, 3, wo=w), atol=1e-12, rtol=0)
+        torch.testing.assert_close(a.grad, A.grad, atol=1e-11, rtol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(f(a, x2, w), oracle(x1, x2, 3, wo=w), atol=1e-12, rtol=0)
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 2
+    assert "'fft'" in graphs[0] and "'direct'" not in graphs[0]
+    assert "'direct'" in graphs[1] and "'fft'" not in graphs[1]
+
+
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
     f = torch.compile(lambda a, b, w: ga.gaunt_tensor_product(a, b, 3, weight_out=w, route="grid"), fullgraph=True)
