@@ -242,14 +242,18 @@ def forward_ad_active() -> bool:
     return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
 
 
+def reverse_wanted(*tensors) -> bool:
+    """Whether a call on these arguments records a graph to backpropagate: grad mode is on and some tensor among
+    them requires grad (``None`` and numbers are ignored)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
 def autograd_wanted(*tensors) -> bool:
     """Whether a public function must call its autograd.Function rather than the forward op alone: reverse
     mode wants a gradient of some argument, or forward mode may carry tangents.  A custom op called outside
     its Function drops forward tangents silently (a ``jvp`` of zeros); through the Function they reach its
     ``jvp`` or torch's error for a Function without one.  ``None`` and numbers are ignored."""
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
-        return True
-    return forward_ad_active()
+    return reverse_wanted(*tensors) or forward_ad_active()
 
 
 class _NoSecondDerivative(torch.autograd.Function):

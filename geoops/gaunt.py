@@ -206,7 +206,7 @@ def needs_backward(*tensors) -> bool:
     """Whether a call on these tensors (None entries skipped) records a graph to backpropagate: grad mode is on
     (not torch.no_grad / torch.inference_mode) and one of them requires grad.  What 'auto' reads to pick from the
     forward + backward ranking; under torch.compile dynamo specialises on both (guards), so it stays traceable."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return _library.reverse_wanted(*tensors)
 
 
 def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.device, backward: bool = False) -> str:
