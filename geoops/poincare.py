@@ -682,28 +682,34 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         return y.to(out_dtype)
     r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
     vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
-    v = vr.reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
-    if torch.compiler.is_compiling():
-        # compiled: a contiguous tensor instead of the view.  The view, saved for conv2d's backward, is a view output
-        # of the forward graph, whose symbolic strides (C H W, 1, C W, C) Inductor sorts without a shape environment
-        # ("cannot determine truth value of Relational: 3*s**2 < 3*s" under dynamic shapes; session 25)
-        v = v.contiguous()
     beta = beta_concat_scale(C, C * kh * kw)
     zc = z.to(cdt)
-    # the patch rows' GEMM u @ z and their squared norms as convolutions (zero padding = the origin's zero
-    # tangent vector): the patch matrix is never formed
-    wk = (zc * beta).reshape(C, kh, kw, Co).permute(3, 0, 1, 2)  # (C_out, C, kh, kw); z rows are (channel, tap)
-    t = F.conv2d(v, wk, stride=stride, padding=padding)  # (B, C_out, Ho, Wo)
-    # |u|^2: the box sum of the pixels' squared norms, as a sum pooling (a 1-channel F.conv2d with a constant
-    # kernel costs several times more, forward and backward; avg_pool2d takes padding <= half the kernel)
-    sq = _library.apply(SqRowsFn, vr).reshape(B, 1, H, W)
-    if 2 * padding[0] <= kh and 2 * padding[1] <= kw:
-        U = F.avg_pool2d(sq, kernel, stride, padding, count_include_pad=True, divisor_override=1) * (beta * beta)
+    if torch.compiler.is_compiling():
+        # compiled: t and U from one opaque op on the 2-D rows (geoops::poincare_conv_rows_fwd / _bwd), so the
+        # graph holds no aten convolution and saves no 4-D tensor.  Inductor's CPU convolution layout
+        # optimisation (on for CPU graphs with a convolution, dynamic shapes included) re-strides 4-D
+        # activations saved for the backward to channels last and hands the backward their first call's
+        # concrete strides (a stride assertion at a second image size), and sorts a saved 4-D view's symbolic
+        # strides without a shape environment ("cannot determine truth value of Relational"); plain torch
+        # (a convolution whose input is an intermediate, dynamic=True, two sizes) fails the same way.
+        trows, U = _library.apply(ConvRowsFn, vr, zc, (B, H, W), kernel, stride, padding, beta)
+        Ho, Wo = _conv_out_hw(H, W, kernel, stride, padding)
     else:
-        ones = torch.full((1, 1, kh, kw), beta * beta, dtype=cdt, device=x.device)
-        U = F.conv2d(sq, ones, stride=stride, padding=padding)
-    Ho, Wo = t.shape[2], t.shape[3]
-    trows = t.permute(0, 2, 3, 1).reshape(-1, Co)
+        v = vr.reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
+        # the patch rows' GEMM u @ z and their squared norms as convolutions (zero padding = the origin's zero
+        # tangent vector): the patch matrix is never formed
+        wk = (zc * beta).reshape(C, kh, kw, Co).permute(3, 0, 1, 2)  # (C_out, C, kh, kw); z rows are (channel, tap)
+        t = F.conv2d(v, wk, stride=stride, padding=padding)  # (B, C_out, Ho, Wo)
+        # |u|^2: the box sum of the pixels' squared norms, as a sum pooling (a 1-channel F.conv2d with a constant
+        # kernel costs several times more, forward and backward; avg_pool2d takes padding <= half the kernel)
+        sq = _library.apply(SqRowsFn, vr).reshape(B, 1, H, W)
+        if 2 * padding[0] <= kh and 2 * padding[1] <= kw:
+            U = F.avg_pool2d(sq, kernel, stride, padding, count_include_pad=True, divisor_override=1) * (beta * beta)
+        else:
+            ones = torch.full((1, 1, kh, kw), beta * beta, dtype=cdt, device=x.device)
+            U = F.conv2d(sq, ones, stride=stride, padding=padding)
+        Ho, Wo = t.shape[2], t.shape[3]
+        trows = t.permute(0, 2, 3, 1).reshape(-1, Co)
     bb = None if bias is None else bias.to(cdt)
     y = _library.apply(PoincareFcRowsFn, trows, U.reshape(-1), zc, bb, cc, _eps(None, cdt), True)
     return y.reshape(B, Ho, Wo, Co).permute(0, 3, 1, 2).to(out_dtype)
@@ -937,6 +943,32 @@ def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps, v):
         gx = (gx.as_strided((B, C, H, W), (H * W * C, 1, W * C, C)) if gx.is_contiguous()
               else gx.view(B, H, W, C).permute(0, 3, 1, 2))
     return (gx if ng[0] else None, gz, gb if (ng[2] and has_b) else None, gcf, None)
+
+
+def _conv_out_hw(H, W, kernel, stride, padding):
+    return ((H + 2 * padding[0] - kernel[0]) // stride[0] + 1, (W + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+
+
+class ConvRowsFn(torch.autograd.Function):
+    """The convolution's t = u @ z (B*Ho*Wo, C_out) and U = |u|^2 (B*Ho*Wo,) of the beta-scaled patch rows u
+    from the tangent pixel rows v (B*H*W, C) (geoops::poincare_conv_rows_fwd / _bwd): what compiled calls of
+    poincare_conv2d run, 2-D tensors in, out and saved (see poincare_conv2d)."""
+
+    @staticmethod
+    def forward(ctx, v, z, bhw, kernel, stride, padding, beta):
+        v, z = v.contiguous(), z.contiguous()
+        ctx.save_for_backward(v, z)
+        ctx.geo = (list(bhw), list(kernel), list(stride), list(padding), beta)
+        return _ops.poincare_conv_rows_fwd(v, z, *ctx.geo)
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, gt, gU):
+        v, z = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0)
+        gv, gz = _ops.poincare_conv_rows_bwd(gt.contiguous(), gU.contiguous(), v, z, *ctx.geo, mask)
+        return gv if ng[0] else None, gz if ng[1] else None, None, None, None, None, None
 
 
 class PoincareFcRowsFn(torch.autograd.Function):

@@ -2005,3 +2005,71 @@ def test_conv_bn2d_train_compile_inductor_dynamic():
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
         torch.testing.assert_close(comp[1].running_mean, eager[1].running_mean, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(comp[1].running_var, eager[1].running_var, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["conv", "conv_x_no_grad", "conv_relu", "conv_stride2_learn_c", "conv_wide_pad"])
+def test_conv_compile_inductor_dynamic_two_sizes(case):
+    """torch.compile(dynamic=True) with Inductor of PoincareConv2d alone / -> PoincareReLU, two image sizes through
+    one compiled graph: outputs and the gradients to x, the weights, the bias (and a learnable curvature) as eager.
+    Before session 26 the backward at the second size failed an Inductor stride assertion with the first call's
+    strides of the saved tangent image (Inductor's CPU convolution layout optimisation re-strides a saved 4-D
+    activation to channels last and gives the backward its concrete first-call strides), and with x requiring
+    grad the forward failed to sort a saved 4-D view's symbolic strides ("cannot determine truth value of
+    Relational"); compiled calls now run t and U through geoops::poincare_conv_rows_fwd / _bwd on 2-D rows."""
+    torch._dynamo.reset()
+    kw = dict(padding=1)
+    if case == "conv_stride2_learn_c":
+        kw = dict(padding=1, stride=2)
+    if case == "conv_wide_pad":
+        kw = dict(padding=2)  # 2 * padding > kernel: the box sum as a convolution with a constant kernel
+
+    def model():
+        torch.manual_seed(0)
+        ball = gnn.PoincareBall(1.0, requires_grad=case == "conv_stride2_learn_c")
+        mods = [gnn.PoincareConv2d(3, 4, 3, ball, id_init=False, **kw)]
+        if case == "conv_relu":
+            mods.append(gnn.PoincareReLU(ball))
+        return torch.nn.Sequential(*mods)
+
+    eager, comp = model(), model()
+    f = torch.compile(comp, dynamic=True)
+    for B, H, W in ((2, 6, 7), (3, 5, 4), (1, 9, 6)):
+        x = _img(B, 3, H, W, seed=B + H)
+        xg = case != "conv_x_no_grad"  # (the stride assertion; with x's gradient the forward's sort error)
+        xe, xc = x.clone().requires_grad_(xg), x.clone().requires_grad_(xg)
+        ye, yc = eager(xe), f(xc)
+        torch.testing.assert_close(yc, ye, rtol=1e-4, atol=1e-5)
+        g = torch.randn(ye.shape, generator=torch.Generator().manual_seed(H))
+        pe = [xe] * xg + [p for p in eager.parameters() if p.requires_grad]
+        pc = [xc] * xg + [p for p in comp.parameters() if p.requires_grad]
+        assert len(pc) == (4 if case == "conv_stride2_learn_c" else 2 + xg)
+        for a, b in zip(torch.autograd.grad(yc, pc, g), torch.autograd.grad(ye, pe, g)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_conv_rows_ops_opcheck():
+    """geoops::poincare_conv_rows_fwd / _bwd (the compiled convolution's t and U on 2-D rows): opcheck (fake
+    impl's shapes and strides, schema, autograd registration) and values against the patch matrix."""
+    from geoops._ops import poincare as pops
+
+    g = torch.Generator().manual_seed(3)
+    for B, H, W, C, Co, k, s, p in ((2, 5, 6, 3, 4, (3, 3), (1, 1), (1, 1)), (1, 7, 4, 2, 3, (3, 2), (2, 1), (2, 1))):
+        v = torch.randn(B * H * W, C, generator=g, dtype=torch.float64)
+        z = torch.randn(C * k[0] * k[1], Co, generator=g, dtype=torch.float64)
+        args = (v, z, [B, H, W], list(k), list(s), list(p), 0.7)
+        torch.library.opcheck(pops.poincare_conv_rows_fwd_op, args)
+        t, U = pops.poincare_conv_rows_fwd_op(*args)
+        img = v.view(B, H, W, C).permute(0, 3, 1, 2)
+        patches = torch.nn.functional.unfold(img, k, padding=p, stride=s).transpose(1, 2).reshape(-1, C * k[0] * k[1])
+        torch.testing.assert_close(t, 0.7 * patches @ z)
+        torch.testing.assert_close(U, 0.49 * (patches * patches).sum(-1))
+        gt, gU = torch.randn(t.shape, generator=g, dtype=torch.float64), torch.randn(U.shape, generator=g, dtype=torch.float64)
+        for mask in (1, 2, 3):
+            torch.library.opcheck(pops.poincare_conv_rows_bwd_op, (gt, gU) + args + (mask,))
+        gv, gz = pops.poincare_conv_rows_bwd_op(gt, gU, *args, 3)
+        vv, zz = v.clone().requires_grad_(), z.clone().requires_grad_()
+        pim = vv.view(B, H, W, C).permute(0, 3, 1, 2)
+        pp = torch.nn.functional.unfold(pim, k, padding=p, stride=s).transpose(1, 2).reshape(-1, C * k[0] * k[1])
+        ev, ez = torch.autograd.grad(((0.7 * pp @ zz) * gt).sum() + (0.49 * (pp * pp).sum(-1) * gU).sum(), (vv, zz))
+        torch.testing.assert_close(gv, ev)
+        torch.testing.assert_close(gz, ez)

@@ -29,6 +29,16 @@
         the midpoint batch norm's fused row pass (the C++ kernels run u @ M as one GEMM, then the row pass)
     geoops::poincare_bn_rows_bwd(Tensor grad, Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> (du, dM, db, dc)
 
+    geoops::poincare_conv_rows_fwd(Tensor v, Tensor z, SymInt[] bhw, int[] kernel, int[] stride, int[] padding,
+                                   float beta) -> (Tensor t, Tensor U)
+        the convolution's patch-row GEMM and squared norms from the tangent pixel rows v (B*H*W, C) (channels last,
+        bhw = (B, H, W)) without the patch matrix: t = u @ z (B*Ho*Wo, C_out) and U = |u|^2 (B*Ho*Wo,) for the
+        beta-scaled patch rows u, by torch's convolution / sum pooling on views made inside the op (the
+        compositions' compiled form: Inductor sees 2-D rows in and out, no convolution, no 4-D saved tensor)
+    geoops::poincare_conv_rows_bwd(Tensor gt, Tensor gU, Tensor v, Tensor z, SymInt[] bhw, int[] kernel,
+                                   int[] stride, int[] padding, float beta, int mask) -> (dv, dz)
+        mask bits 1 dv, 2 dz; an unselected one is empty
+
 x, z, bias share a float32/float64 dtype (geoops.poincare upcasts half types).  Each implementation picks
 the backend per call: CPU -> the fused C++ kernels (csrc/cpu/poincare.cpp), elsewhere the eager reference
 composition (geoops.reference.poincare, differentiated by autograd); CUDA tensors (and CPU tensors under
@@ -311,6 +321,77 @@ poincare_relu_fwd_op = define_op("geoops::poincare_relu_fwd", "(Tensor x, Tensor
 poincare_relu_bwd_op = define_op("geoops::poincare_relu_bwd", "(Tensor grad, Tensor x, Tensor c, float eps) -> (Tensor, Tensor)",
                                  _relu_bwd, _relu_bwd_fake)
 
+def _conv_geometry(v, z, bhw, kernel):
+    B, H, W = bhw
+    C, Co = v.shape[1], z.shape[1]
+    return B, H, W, C, Co, kernel[0], kernel[1]
+
+
+def _conv_out_hw(H, W, kernel, stride, padding):
+    return ((H + 2 * padding[0] - kernel[0]) // stride[0] + 1, (W + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+
+
+def _conv_rows_fwd(v, z, bhw: list[int], kernel: list[int], stride: list[int], padding: list[int], beta: float):
+    import torch.nn.functional as F
+
+    B, H, W, C, Co, kh, kw = _conv_geometry(v, z, bhw, kernel)
+    vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
+    wk = (z * beta).view(C, kh, kw, Co).permute(3, 0, 1, 2)  # (C_out, C, kh, kw); z rows are (channel, tap)
+    t = F.conv2d(vimg, wk, None, stride, padding)
+    sq = torch.linalg.vecdot(v, v).view(B, 1, H, W)
+    if 2 * padding[0] <= kh and 2 * padding[1] <= kw:
+        U = F.avg_pool2d(sq, (kh, kw), stride, padding, count_include_pad=True, divisor_override=1) * (beta * beta)
+    else:
+        U = F.conv2d(sq, sq.new_full((1, 1, kh, kw), beta * beta), None, stride, padding)
+    return t.permute(0, 2, 3, 1).reshape(-1, Co).contiguous(), U.reshape(-1).contiguous()
+
+
+def _conv_rows_fwd_fake(v, z, bhw, kernel, stride, padding, beta):
+    B, H, W = bhw
+    Ho, Wo = _conv_out_hw(H, W, kernel, stride, padding)
+    n = B * Ho * Wo
+    return v.new_empty((n, z.shape[1])), v.new_empty((n,))
+
+
+def _conv_rows_bwd(gt, gU, v, z, bhw: list[int], kernel: list[int], stride: list[int], padding: list[int],
+                   beta: float, mask: int):
+    B, H, W, C, Co, kh, kw = _conv_geometry(v, z, bhw, kernel)
+    Ho, Wo = _conv_out_hw(H, W, kernel, stride, padding)
+    vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)
+    wk = (z * beta).view(C, kh, kw, Co).permute(3, 0, 1, 2)
+    gtimg = gt.contiguous().view(B, Ho, Wo, Co).permute(0, 3, 1, 2)
+    gvimg, gwk, _ = torch.ops.aten.convolution_backward(gtimg, vimg, wk, None, stride, padding, [1, 1], False,
+                                                        [0, 0], 1, [bool(mask & 1), bool(mask & 2), False])
+    gv = v.new_empty(0)
+    if mask & 1:
+        gUimg = (gU.contiguous() * (beta * beta)).view(B, 1, Ho, Wo)
+        shape_only = v.new_zeros(()).expand(B, 1, H, W)  # the backward reads only its input's sizes
+        if 2 * padding[0] <= kh and 2 * padding[1] <= kw:
+            gsq = torch.ops.aten.avg_pool2d_backward(gUimg, shape_only, [kh, kw], stride, padding, False, True, 1)
+        else:
+            gsq = torch.ops.aten.convolution_backward(gUimg, shape_only, v.new_ones((1, 1, kh, kw)), None, stride,
+                                                      padding, [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        gv = gvimg.permute(0, 2, 3, 1).reshape(v.shape) + v * (2 * gsq.reshape(-1, 1))
+    gz = gwk.permute(1, 2, 3, 0).reshape(z.shape) * beta if mask & 2 else v.new_empty(0)
+    return gv, gz
+
+
+def _conv_rows_bwd_fake(gt, gU, v, z, bhw, kernel, stride, padding, beta, mask):
+    return (v.new_empty(v.shape) if mask & 1 else v.new_empty(0),
+            z.new_empty(z.shape) if mask & 2 else v.new_empty(0))
+
+
+poincare_conv_rows_fwd_op = define_op(
+    "geoops::poincare_conv_rows_fwd",
+    "(Tensor v, Tensor z, SymInt[] bhw, int[] kernel, int[] stride, int[] padding, float beta) -> (Tensor, Tensor)",
+    _conv_rows_fwd, _conv_rows_fwd_fake)
+poincare_conv_rows_bwd_op = define_op(
+    "geoops::poincare_conv_rows_bwd",
+    "(Tensor gt, Tensor gU, Tensor v, Tensor z, SymInt[] bhw, int[] kernel, int[] stride, int[] padding, "
+    "float beta, int mask) -> (Tensor, Tensor)",
+    _conv_rows_bwd, _conv_rows_bwd_fake)
+
+
 def _mid_fwd(x, c):
     return tuple(kernels(x.device).poincare_midpoint_sums_fwd(x, c))
 
@@ -367,3 +448,5 @@ poincare_midpoint_sums_fwd = caller(poincare_midpoint_sums_fwd_op, _mid_fwd)
 poincare_midpoint_sums_bwd = caller(poincare_midpoint_sums_bwd_op, _mid_bwd)
 poincare_bn_rows_fwd = caller(poincare_bn_rows_fwd_op, _bn_fwd)
 poincare_bn_rows_bwd = caller(poincare_bn_rows_bwd_op, _bn_bwd)
+poincare_conv_rows_fwd = caller(poincare_conv_rows_fwd_op, _conv_rows_fwd)
+poincare_conv_rows_bwd = caller(poincare_conv_rows_bwd_op, _conv_rows_bwd)
