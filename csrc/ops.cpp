@@ -50,9 +50,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         d["float_mobius_terms"] = l.float_mobius_terms;
         d["short_row_max_d"] = l.short_row_max_d;
         d["f32_max_d"] = l.f32_max_d;
+        d["register_pass_max_d"] = l.register_pass_max_d;
+        d["register_pass_rows"] = l.register_pass_rows;
+        pybind11::list ops;
+        pybind11::dict op_max_d;
+        for (const auto& e : l.register_pass_ops) {
+          ops.append(e.first);
+          op_max_d[pybind11::str(e.first)] = e.second;
+        }
+        d["register_pass_ops"] = pybind11::tuple(ops);
+        d["register_pass_op_max_d"] = op_max_d;
+        d["register_pass_bits_as_fused"] = l.register_pass_bits_as_fused;
+        pybind11::list fm;
+        for (const auto& e : l.float_mobius_ops) fm.append(e);
+        d["float_mobius_ops"] = pybind11::tuple(fm);
         return d;
       },
-      "the short-row kernels' compiled layout: ISA, lanes, rows per block, register pass / float Mobius terms (CPU)");
+      "the short-row kernels' compiled layout: ISA, lanes, rows per block, register pass / float Mobius terms and the ops they take (CPU)");
   // attention (Kronecker triple attention)
   m.def("triple_attention_fwd_cpu", &geoops::cpu::triple_attention_fwd_cpu,
         "Kronecker triple attention, forward -> (out, lse) (CPU)");

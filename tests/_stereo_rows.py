@@ -31,34 +31,26 @@ def op_row_err(op, out, expect, x):
 
 # ---------------------------------------------------------------- the short-row kernels' layout on this build
 def short_layout() -> dict:
-    """The compiled short-row layout (``geoops._C.stereo_short_layout()``, csrc/cpu/stereographic_lanes.cpp): ``isa``
-    ("AVX512", "AVX2" or "DEFAULT" under GEOOPS_PORTABLE=1), ``double_lanes`` / ``float_lanes`` (rows per vector),
-    ``block_rows`` (rows per short-row block), ``register_pass`` and ``float_mobius_terms`` (whether those paths
-    are compiled: AVX-512, and since session 25 AVX2), ``short_row_max_d``, ``f32_max_d``; derived here:
-    ``register_pass_max_d``, ``register_pass_ops``, ``register_pass_bits_as_fused``, ``float_mobius_ops``.  The build's own constants: torch's
-    ``get_cpu_capability()`` names the machine, not what -march=native (or a portable build) compiled."""
+    """The compiled short-row layout (``geoops._C.stereo_short_layout()``, csrc/cpu/stereographic_lanes.cpp), every
+    field computed in C++ from the kernels' own constants: ``isa`` ("AVX512", "AVX2" or "DEFAULT" under
+    GEOOPS_PORTABLE=1), ``double_lanes`` / ``float_lanes`` (rows per vector), ``block_rows`` (rows per short-row
+    block), ``register_pass`` and ``float_mobius_terms`` (whether those paths take any op on this build),
+    ``short_row_max_d``, ``f32_max_d``; from the kernels' per-ISA table (f32rows::kOpPaths,
+    csrc/cpu/stereographic_rows_f32_paths.h, which reg_takes / reg_range / lanes_core_g read) and the register pass's
+    group trait (f32rows::RegGroup, stereographic_rows_f32_reg.h): ``register_pass_max_d`` (its largest D, 0: none),
+    ``register_pass_rows`` (rows per group), ``register_pass_ops`` (the ops it takes, a tuple of names),
+    ``register_pass_op_max_d`` ({op: its largest D}), ``register_pass_bits_as_fused`` (its writes are the fused
+    blocks' at D = 3..8: the same bits) and ``float_mobius_ops`` (the ops whose lane math takes the float Mobius
+    terms).  The build's own constants: torch's ``get_cpu_capability()`` names the machine, not what -march=native
+    (or a portable build) compiled."""
     from geoops._backend import compiled
 
-    lay = dict(compiled().stereo_short_layout())
-    avx512 = lay["isa"] == "AVX512"
-    # What the booleans cover per build (csrc/cpu/stereographic_rows_f32_reg.h: reg_takes, kRegIsaMaxD;
-    # stereographic_rows_f32.h: lanes_core_g).  AVX-512: the register pass takes the five fast ops at D <= 16 and
-    # writes as the fused blocks do (the same bits at D = 3..8); AVX2 (session 25): 8-row groups at D <= 8 for
-    # mobius_add / logmap / expmap0, its own write order (round-off apart from the fused blocks), float Mobius terms
-    # for mobius_add and logmap only (expmap keeps the double terms).
-    lay["register_pass_max_d"] = (16 if avx512 else 8) if lay["register_pass"] else 0
-    lay["register_pass_ops"] = (("mobius_add", "expmap", "expmap0", "logmap0", "logmap") if avx512
-                                else ("mobius_add", "logmap", "expmap0")) if lay["register_pass"] else ()
-    lay["register_pass_bits_as_fused"] = avx512
-    lay["float_mobius_ops"] = (("mobius_add", "expmap", "logmap") if avx512 else ("mobius_add", "logmap")) \
-        if lay["float_mobius_terms"] else ()
-    return lay
+    return dict(compiled().stereo_short_layout())
 
 
 def reg_takes(op: str, d: int) -> bool:
     """Whether the fp32 register pass (on by default) takes `op` at row width `d` on this build."""
-    lay = short_layout()
-    return op in lay["register_pass_ops"] and 1 <= d <= lay["register_pass_max_d"]
+    return 1 <= d <= short_layout()["register_pass_op_max_d"].get(op, 0)
 
 
 def block_rows(dtype: torch.dtype = torch.float32) -> int:

@@ -112,9 +112,10 @@ def test_f32_atanc_log1p_accuracy(op, d, rows, monkeypatch):
 
 # ---------------------------------------------------------------- the register pass (AVX2: 8-row groups, D <= 8)
 # AVX-512 builds run it on 16-row groups at D <= 16 (tests/test_stereographic_short.py pins that layout); AVX2 builds
-# since session 25 on 8-row groups at D <= 8 (csrc/cpu/stereographic_rows_f32_reg.h: cols8 / write8 / reg_loop8) for
-# mobius_add, logmap and expmap0 (expmap and logmap0 measured slower there: their default stays the fused /
-# eight-loop blocks, which the same checks hold to).
+# since session 25 on 8-row groups at D <= 8 (csrc/cpu/stereographic_rows_f32_reg.h: block_reg / reg_loop with the
+# AVX2 group trait, cols8 / write8) for the ops of the build's table (the layout's register_pass_op_max_d: mobius_add,
+# logmap and expmap0; expmap and logmap0 measured slower there: their default stays the fused / eight-loop blocks,
+# which the same checks hold to).
 # Both against the fused blocks (GEOOPS_STEREO_F32_REG=0 with GEOOPS_STEREO_F32_ROWS=2: the same lane math on scratch
 # lanes) and the double path (GEOOPS_STEREO_F32_ROWS=0) for the blocks the float path declines.
 BLOCK = LAYOUT["block_rows"]  # rows per block of the fp32 short-row forward

@@ -629,6 +629,59 @@ def _default_vs_knob(monkeypatch, op, x, y, ks, knob, value):
         yield name, xs, new, old
 
 
+# ---------------------------------------------------------------- the layout's register pass / float Mobius fields
+# The per-ISA values docs/families/stereographic.md documents ("The layout reports the kernels' own table"): pinned,
+# so that a change of the kernels' table (f32rows::kOpPaths, csrc/cpu/stereographic_rows_f32_paths.h) or group trait
+# fails here until the page and this dict say the same.  The other tests read the layout and follow such a change.
+DOCUMENTED_LAYOUT = {
+    "AVX512": dict(register_pass_rows=16, register_pass_bits_as_fused=True,
+                   register_pass_op_max_d={"mobius_add": 16, "expmap": 16, "expmap0": 16, "logmap": 16, "logmap0": 16},
+                   float_mobius_ops=("mobius_add", "expmap", "logmap")),
+    "AVX2": dict(register_pass_rows=8, register_pass_bits_as_fused=False,
+                 register_pass_op_max_d={"mobius_add": 8, "expmap0": 8, "logmap": 8},
+                 float_mobius_ops=("mobius_add", "logmap")),
+    "DEFAULT": dict(register_pass_rows=0, register_pass_bits_as_fused=False, register_pass_op_max_d={},
+                    float_mobius_ops=()),
+}
+
+
+def test_short_layout_documented():
+    """The layout's register-pass / float-Mobius fields equal the documented values of this build's ISA, and its
+    derived fields agree with each other (register_pass_ops, register_pass_max_d, the booleans, group rows)."""
+    for key, value in DOCUMENTED_LAYOUT[LAYOUT["isa"]].items():
+        assert LAYOUT[key] == value, (key, LAYOUT[key], value)
+    per_op = LAYOUT["register_pass_op_max_d"]
+    assert LAYOUT["register_pass_ops"] == tuple(per_op)
+    assert set(per_op) <= set(F32_FAST_OPS) and all(1 <= v <= LAYOUT["f32_max_d"] for v in per_op.values())
+    assert LAYOUT["register_pass_max_d"] == max(per_op.values(), default=0)
+    assert LAYOUT["register_pass"] == bool(per_op)
+    assert LAYOUT["float_mobius_terms"] == bool(LAYOUT["float_mobius_ops"])
+    assert set(LAYOUT["float_mobius_ops"]) <= {"mobius_add", "expmap", "logmap"}
+    if LAYOUT["register_pass"]:
+        assert LAYOUT["register_pass_rows"] == LAYOUT["float_lanes"] and B % LAYOUT["register_pass_rows"] == 0
+
+
+@pytest.mark.parametrize("d", (1, 2, 3, 5, 8, 9, 12, 16))
+@pytest.mark.parametrize("op", ("mobius_add", "expmap", "expmap0", "logmap", "logmap0"))
+def test_short_layout_register_pass_ops(op, d, monkeypatch):
+    """The layout's register_pass_op_max_d describes what the kernels do: where it says the register pass does not
+    take op at D = d, GEOOPS_STEREO_F32_REG=0 changes no bit of the output; where it does take a two-input op and
+    its writes are not the fused blocks' (AVX2; AVX-512 at D = 1, 2, 9..16), the switch changes some row's rounding
+    (the register pass ran).  (The one-input ops write a x alike on both paths: the same bits either way.)"""
+    n = B * 6 + 13
+    x, y = _reg_inputs(op, d, n, seed=1500 + d)
+    k = torch.tensor(-1.0)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+    new = _call(op, x, y, k).nan_to_num(7.0)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
+    off = _call(op, x, y, k).nan_to_num(7.0)
+    if not reg_takes(op, d):
+        assert torch.equal(new, off)
+    elif y is not None and not (LAYOUT["register_pass_bits_as_fused"] and 3 <= d <= 8):
+        assert not torch.equal(new, off)
+
+
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass(op, d, monkeypatch):

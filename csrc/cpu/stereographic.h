@@ -3,7 +3,10 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 namespace geoops {
 namespace cpu {
@@ -31,10 +34,16 @@ struct StereoShortLayout {
   int64_t float_lanes;      // rows per float vector (the fp32 fast path's lanes)
   int64_t block_rows;       // rows per short-row block, every dtype, forward and backward (the double path, the fp32
                             // fast path's blocks, the register pass, the fp32 backward of expmap0 / logmap0)
-  bool register_pass;       // the fp32 forward's register pass (stereographic_rows_f32_reg.h) is compiled
-  bool float_mobius_terms;  // the float Mobius terms (GEOOPS_STEREO_F32_MOB, stereographic_rows_f32.h) are compiled
+  bool register_pass;       // the fp32 forward's register pass (stereographic_rows_f32_reg.h) takes some op
+  bool float_mobius_terms;  // the float Mobius terms (GEOOPS_STEREO_F32_MOB, stereographic_rows_f32.h) take some op
   int64_t short_row_max_d;  // rows of D <= this sum with the rows on the lanes (kShortRowMaxD)
   int64_t f32_max_d;        // the fp32 fast path's largest D (f32rows::kMaxD)
+  // From the kernels' table (f32rows::kOpPaths, stereographic_rows_f32_paths.h) and group trait (f32rows::RegGroup):
+  int64_t register_pass_max_d = 0;  // the register pass's largest D over the ops (0: none)
+  int64_t register_pass_rows = 0;   // rows per register-pass group (one float vector; 0: none)
+  std::vector<std::pair<std::string, int64_t>> register_pass_ops;  // (op, largest D) for each op it takes
+  bool register_pass_bits_as_fused = false;  // its writes are the fused blocks' at D = 3..8 (the same bits)
+  std::vector<std::string> float_mobius_ops;  // the ops whose lane math takes the float Mobius terms
 };
 StereoShortLayout stereo_short_layout();
 

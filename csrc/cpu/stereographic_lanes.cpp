@@ -115,7 +115,7 @@ void rsgd_step_rows(scalar_t* xp, int64_t sx, const scalar_t* gp, int64_t sg, in
 }
 
 StereoShortLayout stereo_short_layout() {
-  StereoShortLayout l{};
+  StereoShortLayout l;
 #if defined(CPU_CAPABILITY_AVX512)
   l.isa = "AVX512";
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -126,15 +126,21 @@ StereoShortLayout stereo_short_layout() {
   l.double_lanes = kLanes;
   l.float_lanes = f32rows::kF;
   l.block_rows = kBlock;
-  // (the conditions under which reg_mode() and mob_terms() can be on at all: stereographic_rows_f32*.h; AVX2 since
-  // session 25: the register pass at D <= 8 for mobius_add / logmap / expmap0 (reg_takes), the float Mobius terms for
-  // mobius_add and logmap; tests/_stereo_rows.py spells out which ops and widths)
+  // What the kernels take, from their own table (kOpPaths, stereographic_rows_f32_paths.h: reg_takes, reg_range,
+  // lanes_core_g's Mobius terms read it) and the register pass's group trait (RegGroup, stereographic_rows_f32_reg.h).
+  l.register_pass = f32rows::kRegIsaMaxD > 0;
+  l.float_mobius_terms = f32rows::any_float_mob();
+  l.register_pass_max_d = f32rows::kRegIsaMaxD;
+  for (const f32rows::OpPaths& e : f32rows::kOpPaths) {
+    if (e.reg_max_d > 0) l.register_pass_ops.emplace_back(e.name, e.reg_max_d);
+    if (e.float_mob) l.float_mobius_ops.emplace_back(e.name);
+  }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  l.register_pass = true;
-  l.float_mobius_terms = true;
+  l.register_pass_rows = f32rows::RegGroup::kRows;
+  l.register_pass_bits_as_fused = f32rows::RegGroup::kWritesAsFused;
 #else
-  l.register_pass = false;
-  l.float_mobius_terms = false;
+  l.register_pass_rows = 0;
+  l.register_pass_bits_as_fused = false;
 #endif
   l.short_row_max_d = kShortRowMaxD;
   l.f32_max_d = f32rows::kMaxD;

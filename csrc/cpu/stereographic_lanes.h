@@ -1085,9 +1085,9 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc);
   };
   if constexpr (kF32Op) {
-    // fp32 rows of D <= 16 (AVX-512): one register pass per 16 rows over each chunk's blocks
+    // fp32 rows of the ops / D of kOpPaths: one register pass per group of rows over each chunk's blocks
     // (stereographic_rows_f32_reg.h), the blocks it declines as above (the same blocks as for_row_blocks)
-    if (f32_fast && f32rows::reg_takes(OP, f32_reg, f32_mode, D, sc.sk)) {
+    if (f32_fast && f32rows::reg_takes<OP>(f32_reg, f32_mode, D, sc.sk)) {
       const float* xf = reinterpret_cast<const float*>(xp);
       const float* yf = HAS_Y ? reinterpret_cast<const float*>(yp) : nullptr;
       float* of = reinterpret_cast<float*>(op_);

@@ -30,6 +30,7 @@
 
 #include "geoops/stereo_math.h"
 #include "knobs.h"
+#include "stereographic_rows_f32_paths.h"
 #include "vec_math_inl.h"
 
 namespace geoops {
@@ -41,12 +42,8 @@ constexpr int kF = FVec::size();
 constexpr int kMaxRows = 32;  // rows per block (the short-row block of stereographic_lanes.h)
 static_assert(kMaxRows % kF == 0, "a block is whole float vectors");
 constexpr int kMaxD = 16;  // the fused path; the eight-loop blocks (block) run at D <= 8
-// The rows the register pass takes (stereographic_rows_f32_reg.h): D <= 16 with AVX-512, D <= 8 with AVX2 (session 25).
-#if defined(CPU_CAPABILITY_AVX512)
-constexpr int kRegIsaMaxD = 16;
-#else
-constexpr int kRegIsaMaxD = 8;
-#endif
+// The rows and ops the register pass takes (kRegIsaMaxD, reg_max_d) and the ops with float Mobius terms
+// (float_mob_op): the table kOpPaths, one per ISA, that the layout report reads too.
 
 constexpr bool fast_op(int op) {
   return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
@@ -983,12 +980,8 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
                                 FVec (&a)[G], FVec (&b)[G], bool mob) {
   using namespace geoops::stereo;
   if constexpr (OP == MOBIUS_ADD || OP == EXPMAP || OP == LOGMAP) {
-#if !defined(CPU_CAPABILITY_AVX512)
-    // Builds without AVX-512 (session 25): expmap keeps the double terms.  Its float terms (with AVX2's exact
-    // divisions) measured no faster there (1 thread, in-process A/B on the AMD EPYC, within the noise) and came out
-    // a few float ulps beyond test_f32_lane_quotients's bound at D = 1, k = -0.3 (3.7e-6 against 3.5e-6).
-    if constexpr (OP == EXPMAP) mob = false;
-#endif
+    // The ops without float Mobius terms on this build keep the double ones (kOpPaths: AVX2's expmap, session 25).
+    if constexpr (!float_mob_op(OP)) mob = false;
     if (mob) return lanes_mob_g<OP, D, G>(xf, xd, yf, yd, kk, a, b);
   } else {
     (void)mob;

@@ -1,17 +1,21 @@
-// One register pass per 16 rows for the fp32 short-row forward (stereographic_lanes.h only, included after
-// stereographic_rows_f32.h): mobius_add, expmap, expmap0, logmap, logmap0 at D <= kRegMaxD with AVX-512 (columns
-// by permutes at D <= 8, by cols16_t's transpose at D = 9..16).
+// One register pass per group of rows for the fp32 short-row forward (stereographic_lanes.h only, included after
+// stereographic_rows_f32.h): the ops and widths of kOpPaths (stereographic_rows_f32_paths.h) -- AVX-512: mobius_add,
+// expmap, expmap0, logmap, logmap0 at D <= 16 in 16-row groups (columns by permutes at D <= 8, by cols16_t's
+// transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 at D <= 8 in 8-row groups.
 //
 // The fused block (block_fused) deinterleaves a block's rows into SoA scratch lanes, computes the coefficients
 // into two more scratch arrays and writes in a third loop; at D = 2 that structure alone (loads, deinterleave,
-// write, no math) took ~1.5x the limit op.  Here each 16 rows are D vectors loaded once,
-// turned into D column vectors by permutes (cols16), and the whole row math runs on those registers
+// write, no math) took ~1.5x the limit op.  Here each group's rows are D vectors loaded once,
+// turned into D column vectors by permutes (RegGroup::cols), and the whole row math runs on those registers
 // (lanes_core, the same code and roundings as the fused path: row sums and the cancelling additive terms in
 // double halves, everything else in float), then each coefficient vector is expanded to the rows' elements by
-// one permute per output vector and combined with the x (and y) vectors (write16).  No scratch stores between
-// the stages.  A block of 32 rows (the caller's block) is two such passes; a hard lane in either returns false
-// before anything is written (the caller runs the double path for the block), as the fused path.
-// GEOOPS_STEREO_F32_REG=0: off (the fused / eight-loop blocks, the path of non-AVX-512 builds and of k with a
+// one permute per output vector and combined with the x (and y) vectors (RegGroup::write).  No scratch stores
+// between the stages.  A block (the caller's) is several such groups; a hard lane in any returns false before
+// anything is written (the caller runs the double path for the block), as the fused path.
+// One template (block_reg, reg_loop, reg_range) for both ISAs (session 26); what differs is the group trait
+// RegGroup: vector type, rows per group, cols / write / widen, interleaving of the groups, four-group pairs,
+// prefetch.
+// GEOOPS_STEREO_F32_REG=0: off (the fused / eight-loop blocks, the path of portable builds and of k with a
 // stride other than 0 or 1; read per call).  D = 5..8 prefetch the rows 128 ahead (reg_loop's PF).
 #pragma once
 
@@ -24,11 +28,11 @@ namespace geoops {
 namespace cpu {
 namespace f32rows {
 
-constexpr int kRegMaxD = 16;
+static_assert(kRegIsaMaxD <= kMaxD, "the register pass's rows are the fast path's");
 constexpr int kRegNarrowD = 8;  // two-input ops interleave their groups up to here (block_reg)
 
-// 1: the register pass for all five ops at D <= kRegMaxD (AVX-512 builds; unset) or D <= 8 (AVX2 builds, session 25:
-// 8-row groups, reg_loop8 below), 0: off (GEOOPS_STEREO_F32_REG=0, and every build without AVX-512 or AVX2).
+// 1: the register pass for the ops and widths of kOpPaths (AVX-512 and AVX2 builds; unset), 0: off
+// (GEOOPS_STEREO_F32_REG=0, and every build without AVX-512 or AVX2).
 inline int reg_mode() {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   return knobs::off("GEOOPS_STEREO_F32_REG") ? 0 : 1;
@@ -77,17 +81,6 @@ inline __attribute__((always_inline)) void prefetch_rows(const float* p, const f
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// lanes_core's columns from registers.
-template <int D>
-struct RegCols {
-  const __m512 (&c)[D];
-  FVec f(int j) const { return FVec(c[j]); }
-  DVec d(int j, int h) const {
-    return DVec(h == 0 ? _mm512_cvtps_pd(_mm512_castps512_ps256(c[j]))
-                       : _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(c[j]), 1))));
-  }
-};
-
 // Four 16-row groups (two of the caller's 32-row blocks) through lanes_core_g together where that measured faster
 // than two: expmap0 / logmap0 at D <= 4, expmap / logmap at D <= 2 (the standalone loop,
 // scripts/short_rows/bound.cpp, 1 thread, 2^20 rows: 0.85-0.92x the time of two groups; mobius_add no better, expmap /
@@ -98,82 +91,44 @@ constexpr bool reg_four(int NB) {
                                                                      : (OP == stereo::EXPMAP || OP == stereo::LOGMAP) && D <= 2);
 }
 
-// The block's G = NB / 16 groups of 16 rows through lanes_core_g together (chains interleaved step by step:
-// measured faster than one group after the other, where the registers allow; below), else one group after the other.
-// Same results either way.
-template <int OP, int D, int NB>
-inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb, const float* __restrict yb,
-                                                     float* __restrict ob, const double* __restrict kk, bool mob) {
-  static_assert(NB % 16 == 0 && NB <= 2 * kMaxRows, "whole 16-row groups");
-  constexpr bool HAS_Y = stereo::op_has_y(OP);
-  constexpr int DY = HAS_Y ? D : 1;
-  constexpr int G = NB / 16;
-  FVec a[G], b[G];
-  // The one-input ops interleave at D <= 4 only: at D = 5 expmap0 measured 3-6 % slower interleaved (its 2 x D column
-  // registers and the chain's vectors spill), logmap0 the same; at D = 3 both 0.85-0.95x the time of one group
-  // after the other, at D = 4 even (standalone loop, 1 thread, under load).  D > 8: one group after
-  // the other, each group's columns made just before its lane math (2 x 2 x D column registers would not fit).
-  constexpr bool kIL = HAS_Y ? D <= kRegNarrowD : D <= 4;
-  if constexpr (kIL) {
-    __m512 xc[G][D], yc[G][DY];
-    for (int g = 0; g < G; ++g) {
-      cols16<D>(xb + 16 * D * g, xc[g]);
-      if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc[g]);
-    }
-    if (!lanes_core_g<OP, D, G>([&](int g, int j) { return FVec(xc[g][j]); },
-                                [&](int g, int j, int h) { return RegCols<D>{xc[g]}.d(j, h); },
-                                [&](int g, int j) { return FVec(yc[g][j]); },
-                                [&](int g, int j, int h) { return RegCols<DY>{yc[g]}.d(j, h); }, kk, a, b,
-                                mob)) {
-      return false;
-    }
-  } else {
-    for (int g = 0; g < G; ++g) {
-      __m512 xc[D], yc[DY];
-      cols16<D>(xb + 16 * D * g, xc);
-      if constexpr (HAS_Y) cols16<D>(yb + 16 * D * g, yc);
-      if (!lanes_core<OP, D>(RegCols<D>{xc}, RegCols<DY>{yc}, kk + 16 * g, a[g], b[g], mob)) return false;
-    }
+// The register pass's group on AVX-512: 16 rows (one __m512 per column), columns by cols16 (permutes at D <= 8,
+// cols16_t's transpose at D = 9..16), writes by write16 (the fused blocks' own write at D = 3..8: the same bits).
+struct RegGroup {
+  using V = __m512;
+  static constexpr int kRows = 16;                // rows per group: one float vector
+  static constexpr int kMaxBlock = 2 * kMaxRows;  // block_reg's rows at most (reg_four: two blocks at once)
+  static constexpr bool kWritesAsFused = true;    // write16 is write_rows's write at D = 3..8 (perm_rows)
+  template <int D>
+  static inline __attribute__((always_inline)) void cols(const float* __restrict p, V (&c)[D]) {
+    cols16<D>(p, c);
   }
-  for (int g = 0; g < G; ++g) {
-    const int off = 16 * D * g;
-    write16<OP, D>(xb + off, HAS_Y ? yb + off : yb, ob + off, a[g], b[g]);
+  template <int OP, int D>
+  static inline __attribute__((always_inline)) void write(const float* __restrict xb, const float* __restrict yb,
+                                                          float* __restrict ob, const FVec& a, const FVec& b) {
+    write16<OP, D>(xb, yb, ob, a, b);
   }
-  return true;
-}
-
-// The rows [begin, end) of x, y, out (D floats each, back to back) in blocks of NB rows from begin (the caller's
-// blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
-// PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).
-template <int OP, int D, int NB, bool PF, typename F>
-inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
-                     int64_t sk, const double* kconst, bool mob, F&& fallback) {
-  constexpr bool HAS_Y = stereo::op_has_y(OP);
-  constexpr bool G4 = reg_four<OP, D>(NB);
-  alignas(64) double k2[G4 ? 2 * NB : 1];  // kconst's value for 2 NB rows (kconst holds NB)
-  if (G4 && sk == 0) std::fill(k2, k2 + (G4 ? 2 * NB : 1), kconst[0]);
-  for (int64_t i0 = begin; i0 < end; i0 += NB) {
-    if constexpr (PF) {
-      if (end - i0 >= kPfRows + NB) {
-        const int64_t a = (i0 + kPfRows) * D;
-        prefetch_rows<HAS_Y, NB * D * 4>(x + a, HAS_Y ? y + a : y, o + a);
-      }
-    }
-    if constexpr (G4) {  // two blocks at once; a declined pair takes the blocks one by one below (same results)
-      if (end - i0 >= 2 * NB &&
-          block_reg<OP, D, 2 * NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, sk == 0 ? k2 : k + i0, mob)) {
-        i0 += NB;
-        continue;
-      }
-    }
-    const int64_t nb = std::min<int64_t>(NB, end - i0);
-    const double* kb = sk == 0 ? kconst : k + i0;
-    if (nb == NB && block_reg<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, mob)) {
-      continue;
-    }
-    fallback(i0, nb);
+  // half h of column c widened to double (lanes_core's xd / yd)
+  static inline __attribute__((always_inline)) __m512d widen(const V& c, int h) {
+    return h == 0 ? _mm512_cvtps_pd(_mm512_castps512_ps256(c))
+                  : _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(c), 1)));
   }
-}
+  // The block's groups through lanes_core_g together (chains interleaved step by step) or one after the other.
+  // Two-input ops interleave up to kRegNarrowD.  The one-input ops at D <= 4 only: at D = 5 expmap0 measured 3-6 %
+  // slower interleaved (its 2 x D column registers and the chain's vectors spill), logmap0 the same; at D = 3 both
+  // 0.85-0.95x the time of one group after the other, at D = 4 even (standalone loop, 1 thread, under load).
+  // D > 8: one group after the other, each group's columns made just before its lane math (2 x 2 x D column
+  // registers would not fit).
+  template <int OP, int D>
+  static constexpr bool interleave() {
+    return stereo::op_has_y(OP) ? D <= kRegNarrowD : D <= 4;
+  }
+  template <int OP, int D>
+  static constexpr bool four(int NB) {
+    return reg_four<OP, D>(NB);
+  }
+  // prefetch_rows kPfRows ahead (reg_loop's PF)
+  static constexpr bool prefetch(int D) { return D >= 5 && D <= 8; }
+};
 #elif defined(CPU_CAPABILITY_AVX2)
 // AVX2 builds (session 25): the same register pass on groups of 8 rows (one float vector), D <= 8.  Without the
 // two-source permutes of AVX-512, column j of 8 rows of D floats (lane l: element D l + j of the D loaded vectors,
@@ -249,45 +204,100 @@ inline __attribute__((always_inline)) void write8(const float* __restrict xb, co
   }
 }
 
-// lanes_core's columns from registers (8 rows).
-template <int D>
-struct RegCols8 {
-  const __m256 (&c)[D];
-  FVec f(int j) const { return FVec(c[j]); }
-  DVec d(int j, int h) const {
-    return DVec(h == 0 ? _mm256_cvtps_pd(_mm256_castps256_ps128(c[j])) : _mm256_cvtps_pd(_mm256_extractf128_ps(c[j], 1)));
+// The register pass's group on AVX2: 8 rows (one __m256 per column), cols8 / write8 (its own write order: round-off
+// apart from the fused blocks' scalar writes), the groups one after the other, no four-group pairs.
+struct RegGroup {
+  using V = __m256;
+  static constexpr int kRows = 8;             // rows per group: one float vector
+  static constexpr int kMaxBlock = kMaxRows;  // block_reg's rows at most
+  static constexpr bool kWritesAsFused = false;
+  template <int D>
+  static inline __attribute__((always_inline)) void cols(const float* __restrict p, V (&c)[D]) {
+    cols8<D>(p, c);
   }
+  template <int OP, int D>
+  static inline __attribute__((always_inline)) void write(const float* __restrict xb, const float* __restrict yb,
+                                                          float* __restrict ob, const FVec& a, const FVec& b) {
+    write8<OP, D>(xb, yb, ob, a, b);
+  }
+  static inline __attribute__((always_inline)) __m256d widen(const V& c, int h) {
+    return h == 0 ? _mm256_cvtps_pd(_mm256_castps256_ps128(c)) : _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1));
+  }
+  // AVX2 has 16 vector registers: two groups' chains would spill
+  template <int OP, int D>
+  static constexpr bool interleave() {
+    return false;
+  }
+  template <int OP, int D>
+  static constexpr bool four(int) {
+    return false;
+  }
+  static constexpr bool prefetch(int D) { return D >= 5 && D <= 8; }
+};
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// lanes_core's columns from registers (one group: RegGroup::kRows rows).
+template <int D>
+struct RegCols {
+  const RegGroup::V (&c)[D];
+  FVec f(int j) const { return FVec(c[j]); }
+  DVec d(int j, int h) const { return DVec(RegGroup::widen(c[j], h)); }
 };
 
-// The NB rows of a block (NB / 8 groups): every group's coefficients first (a hard lane in any returns false before
-// anything is written: the caller runs the double path for the block, as the fused path), then the writes.
+// The block's G = NB / R groups of R = RegGroup::kRows rows: every group's coefficients first (a hard lane in any
+// returns false before anything is written: the caller runs the double path for the block, as the fused path), then
+// the writes.  The groups' lane math interleaved (lanes_core_g, G chains step by step) where RegGroup::interleave
+// says so, else one group after the other.  Same results either way.
 template <int OP, int D, int NB>
-inline __attribute__((always_inline)) bool block_reg8(const float* __restrict xb, const float* __restrict yb,
-                                                      float* __restrict ob, const double* __restrict kk, bool mob) {
-  static_assert(NB % 8 == 0 && NB <= kMaxRows, "whole 8-row groups");
+inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb, const float* __restrict yb,
+                                                     float* __restrict ob, const double* __restrict kk, bool mob) {
+  constexpr int R = RegGroup::kRows;
+  static_assert(NB % R == 0 && NB <= RegGroup::kMaxBlock, "whole groups");
   constexpr bool HAS_Y = stereo::op_has_y(OP);
   constexpr int DY = HAS_Y ? D : 1;
-  constexpr int G = NB / 8;
+  constexpr int G = NB / R;
+  using V = RegGroup::V;
   FVec a[G], b[G];
-  for (int g = 0; g < G; ++g) {
-    __m256 xc[D], yc[DY];
-    cols8<D>(xb + 8 * D * g, xc);
-    if constexpr (HAS_Y) cols8<D>(yb + 8 * D * g, yc);
-    if (!lanes_core<OP, D>(RegCols8<D>{xc}, RegCols8<DY>{yc}, kk + 8 * g, a[g], b[g], mob)) return false;
+  if constexpr (RegGroup::interleave<OP, D>()) {
+    V xc[G][D], yc[G][DY];
+    for (int g = 0; g < G; ++g) {
+      RegGroup::cols<D>(xb + R * D * g, xc[g]);
+      if constexpr (HAS_Y) RegGroup::cols<D>(yb + R * D * g, yc[g]);
+    }
+    if (!lanes_core_g<OP, D, G>([&](int g, int j) { return FVec(xc[g][j]); },
+                                [&](int g, int j, int h) { return RegCols<D>{xc[g]}.d(j, h); },
+                                [&](int g, int j) { return FVec(yc[g][j]); },
+                                [&](int g, int j, int h) { return RegCols<DY>{yc[g]}.d(j, h); }, kk, a, b,
+                                mob)) {
+      return false;
+    }
+  } else {
+    for (int g = 0; g < G; ++g) {
+      V xc[D], yc[DY];
+      RegGroup::cols<D>(xb + R * D * g, xc);
+      if constexpr (HAS_Y) RegGroup::cols<D>(yb + R * D * g, yc);
+      if (!lanes_core<OP, D>(RegCols<D>{xc}, RegCols<DY>{yc}, kk + R * g, a[g], b[g], mob)) return false;
+    }
   }
   for (int g = 0; g < G; ++g) {
-    const int off = 8 * D * g;
-    write8<OP, D>(xb + off, HAS_Y ? yb + off : yb, ob + off, a[g], b[g]);
+    const int off = R * D * g;
+    RegGroup::write<OP, D>(xb + off, HAS_Y ? yb + off : yb, ob + off, a[g], b[g]);
   }
   return true;
 }
 
-// reg_loop for AVX2: the rows [begin, end) in blocks of NB rows from begin; k per row (sk = 1) or kconst (sk = 0,
-// NB copies); a partial or declined block: fallback(i0, nb).  PF: prefetch_rows kPfRows ahead (D = 5..8, as AVX-512).
+// The rows [begin, end) of x, y, out (D floats each, back to back) in blocks of NB rows from begin (the caller's
+// blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
+// PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).  RegGroup::four: two blocks at once
+// where that measured faster (AVX-512, reg_four).
 template <int OP, int D, int NB, bool PF, typename F>
-inline void reg_loop8(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
-                      int64_t sk, const double* kconst, bool mob, F&& fallback) {
+inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
+                     int64_t sk, const double* kconst, bool mob, F&& fallback) {
   constexpr bool HAS_Y = stereo::op_has_y(OP);
+  constexpr bool G4 = RegGroup::four<OP, D>(NB);
+  alignas(64) double k2[G4 ? 2 * NB : 1];  // kconst's value for 2 NB rows (kconst holds NB)
+  if (G4 && sk == 0) std::fill(k2, k2 + (G4 ? 2 * NB : 1), kconst[0]);
   for (int64_t i0 = begin; i0 < end; i0 += NB) {
     if constexpr (PF) {
       if (end - i0 >= kPfRows + NB) {
@@ -295,66 +305,64 @@ inline void reg_loop8(int64_t begin, int64_t end, const float* x, const float* y
         prefetch_rows<HAS_Y, NB * D * 4>(x + a, HAS_Y ? y + a : y, o + a);
       }
     }
+    if constexpr (G4) {  // two blocks at once; a declined pair takes the blocks one by one below (same results)
+      if (end - i0 >= 2 * NB &&
+          block_reg<OP, D, 2 * NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, sk == 0 ? k2 : k + i0, mob)) {
+        i0 += NB;
+        continue;
+      }
+    }
     const int64_t nb = std::min<int64_t>(NB, end - i0);
     const double* kb = sk == 0 ? kconst : k + i0;
-    if (nb == NB && block_reg8<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, mob)) continue;
+    if (nb == NB && block_reg<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, mob)) {
+      continue;
+    }
     fallback(i0, nb);
   }
 }
 #endif
 
-// Whether the register pass takes a call of op (reg: reg_mode(), read once per call: switches(); m, the caller's
-// mode(), does not matter: mode 0 never gets here): k one value or one per row (stride 1).
-// AVX2 builds: not expmap and logmap0, which measured slower in the 8-row register pass than in the fused / eight-loop
-// blocks (1 thread, in-process A/B, 2^20 rows: expmap 1.18x / 1.06x the time at D = 2 / 5, logmap0 0.96x / 1.14x; their
-// lane math keeps more vectors live than AVX2's 16 registers hold next to the columns); mobius_add 0.84x / 0.73x,
-// logmap 0.84x / 0.72x, expmap0 0.81x / 0.96x.
-inline bool reg_takes(int op, int reg, int m, int64_t D, int64_t sk) {
-  (void)op, (void)m;
-#if !defined(CPU_CAPABILITY_AVX512)
-  if (op == stereo::EXPMAP || op == stereo::LOGMAP0) return false;
-#endif
-  return reg != 0 && D >= 1 && D <= kRegMaxD && D <= kRegIsaMaxD && (sk == 0 || sk == 1);
+// Whether the register pass takes a call of OP (reg: reg_mode(), read once per call: switches(); m, the caller's
+// mode(), does not matter: mode 0 never gets here): D up to OP's reg_max_d on this build (kOpPaths,
+// stereographic_rows_f32_paths.h: where each ISA measured the register pass faster), k one value or one per row
+// (stride 1).  OP a template argument: the bound is a constant before the caller's code is built (with a runtime op
+// folded after inlining, GCC allocated the callers' registers differently on AVX-512, session 26).
+template <int OP>
+inline bool reg_takes(int reg, int m, int64_t D, int64_t sk) {
+  (void)m;
+  constexpr int kMax = reg_max_d(OP);
+  return reg != 0 && D >= 1 && D <= kMax && (sk == 0 || sk == 1);
 }
 
-// reg_loop for the runtime D (reg_takes must hold); lm: lane_mode().
+// reg_loop for the runtime D (reg_takes must hold); lm: lane_mode().  Instances for D <= reg_max_d(OP) only.
 template <int OP, int NB, typename F>
 inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, const float* y, float* o,
                       const double* k, int64_t sk, const double* kconst, int lm, F&& fallback) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   const bool mob = lm != 0;
-#define GEOOPS_REG_CASE(DD, PF) return reg_loop<OP, DD, NB, PF>(begin, end, x, y, o, k, sk, kconst, mob, fallback)
+#define GEOOPS_REG_CASE(DD)                                                                                     \
+  case DD:                                                                                                      \
+    if constexpr (DD <= reg_max_d(OP)) {                                                                        \
+      return reg_loop<OP, DD, NB, RegGroup::prefetch(DD)>(begin, end, x, y, o, k, sk, kconst, mob, fallback); \
+    }                                                                                                           \
+    break
   switch (D) {
-    case 1: GEOOPS_REG_CASE(1, false);
-    case 2: GEOOPS_REG_CASE(2, false);
-    case 3: GEOOPS_REG_CASE(3, false);
-    case 4: GEOOPS_REG_CASE(4, false);
-    case 5: GEOOPS_REG_CASE(5, true);
-    case 6: GEOOPS_REG_CASE(6, true);
-    case 7: GEOOPS_REG_CASE(7, true);
-    case 8: GEOOPS_REG_CASE(8, true);
-    case 9: GEOOPS_REG_CASE(9, false);
-    case 10: GEOOPS_REG_CASE(10, false);
-    case 11: GEOOPS_REG_CASE(11, false);
-    case 12: GEOOPS_REG_CASE(12, false);
-    case 13: GEOOPS_REG_CASE(13, false);
-    case 14: GEOOPS_REG_CASE(14, false);
-    case 15: GEOOPS_REG_CASE(15, false);
-    case 16: GEOOPS_REG_CASE(16, false);
-  }
-#undef GEOOPS_REG_CASE
-#elif defined(CPU_CAPABILITY_AVX2)
-  const bool mob = lm != 0;
-#define GEOOPS_REG_CASE(DD, PF) return reg_loop8<OP, DD, NB, PF>(begin, end, x, y, o, k, sk, kconst, mob, fallback)
-  switch (D) {
-    case 1: GEOOPS_REG_CASE(1, false);
-    case 2: GEOOPS_REG_CASE(2, false);
-    case 3: GEOOPS_REG_CASE(3, false);
-    case 4: GEOOPS_REG_CASE(4, false);
-    case 5: GEOOPS_REG_CASE(5, true);
-    case 6: GEOOPS_REG_CASE(6, true);
-    case 7: GEOOPS_REG_CASE(7, true);
-    case 8: GEOOPS_REG_CASE(8, true);
+    GEOOPS_REG_CASE(1);
+    GEOOPS_REG_CASE(2);
+    GEOOPS_REG_CASE(3);
+    GEOOPS_REG_CASE(4);
+    GEOOPS_REG_CASE(5);
+    GEOOPS_REG_CASE(6);
+    GEOOPS_REG_CASE(7);
+    GEOOPS_REG_CASE(8);
+    GEOOPS_REG_CASE(9);
+    GEOOPS_REG_CASE(10);
+    GEOOPS_REG_CASE(11);
+    GEOOPS_REG_CASE(12);
+    GEOOPS_REG_CASE(13);
+    GEOOPS_REG_CASE(14);
+    GEOOPS_REG_CASE(15);
+    GEOOPS_REG_CASE(16);
   }
 #undef GEOOPS_REG_CASE
 #else

@@ -1,0 +1,99 @@
+// Which fp32 short-row paths take which op on this build (session 26): one table per ISA, read by the kernels
+// (f32rows::reg_takes / use in stereographic_rows_f32*.h, lanes_core_g's choice of the Mobius terms) and by the
+// build's layout report (stereo_short_layout, stereographic_lanes.cpp -> tests/_stereo_rows.py), so that a change of
+// the kernels' choice changes what the tests expect with it.  Included by stereographic_rows_f32.h (after
+// geoops/stereo_math.h and the ISA of the translation unit: geoops/cpu_capability.h).
+#pragma once
+
+#include "geoops/stereo_math.h"
+
+namespace geoops {
+namespace cpu {
+namespace f32rows {
+
+// One op of the fp32 fast path: reg_max_d, the register pass (stereographic_rows_f32_reg.h) takes rows of
+// 1 <= D <= reg_max_d (0: never); float_mob, its lane math takes the float Mobius terms (lanes_mob_g) when
+// GEOOPS_STEREO_F32_MOB is on (only mobius_add, expmap and logmap have Mobius terms).
+struct OpPaths {
+  int op;
+  const char* name;  // the op's name in geoops.stereographic / the tests
+  int reg_max_d;
+  bool float_mob;
+};
+
+#if defined(CPU_CAPABILITY_AVX512)
+// AVX-512: 16-row groups, all five ops to D = 16, the float Mobius terms for all three Mobius ops.
+inline constexpr OpPaths kOpPaths[] = {
+    {stereo::MOBIUS_ADD, "mobius_add", 16, true},
+    {stereo::EXPMAP, "expmap", 16, true},
+    {stereo::EXPMAP0, "expmap0", 16, false},
+    {stereo::LOGMAP, "logmap", 16, true},
+    {stereo::LOGMAP0, "logmap0", 16, false},
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+// AVX2 (session 25): 8-row groups.  Not expmap and logmap0, which measured slower in the 8-row register pass than in
+// the fused / eight-loop blocks (1 thread, in-process A/B, 2^20 rows: expmap 1.18x / 1.06x the time at D = 2 / 5,
+// logmap0 0.96x / 1.14x; their lane math keeps more vectors live than AVX2's 16 registers hold next to the columns);
+// mobius_add 0.84x / 0.73x, logmap 0.84x / 0.72x, expmap0 0.81x / 0.96x.  expmap keeps the double Mobius terms:
+// its float terms (with AVX2's exact divisions) measured no faster and came out a few float ulps beyond
+// test_f32_lane_quotients's bound at D = 1, k = -0.3 (3.7e-6 against 3.5e-6).
+inline constexpr OpPaths kOpPaths[] = {
+    {stereo::MOBIUS_ADD, "mobius_add", 8, true},
+    {stereo::EXPMAP, "expmap", 0, false},
+    {stereo::EXPMAP0, "expmap0", 8, false},
+    {stereo::LOGMAP, "logmap", 8, true},
+    {stereo::LOGMAP0, "logmap0", 0, false},
+};
+#else
+// Without AVX-512 / AVX2 (GEOOPS_PORTABLE=1): neither path is compiled.
+inline constexpr OpPaths kOpPaths[] = {
+    {stereo::MOBIUS_ADD, "mobius_add", 0, false},
+    {stereo::EXPMAP, "expmap", 0, false},
+    {stereo::EXPMAP0, "expmap0", 0, false},
+    {stereo::LOGMAP, "logmap", 0, false},
+    {stereo::LOGMAP0, "logmap0", 0, false},
+};
+#endif
+inline constexpr int kNumOpPaths = static_cast<int>(sizeof(kOpPaths) / sizeof(kOpPaths[0]));
+
+// The register pass's largest D for op (0: it never takes op).
+constexpr int reg_max_d(int op) {
+  for (const OpPaths& e : kOpPaths) {
+    if (e.op == op) return e.reg_max_d;
+  }
+  return 0;
+}
+// Whether op's lane math takes the float Mobius terms (when they are on: mob_terms()).
+constexpr bool float_mob_op(int op) {
+  for (const OpPaths& e : kOpPaths) {
+    if (e.op == op) return e.float_mob;
+  }
+  return false;
+}
+// The register pass's largest D over the ops (0: not compiled).
+constexpr int reg_isa_max_d() {
+  int m = 0;
+  for (const OpPaths& e : kOpPaths) m = e.reg_max_d > m ? e.reg_max_d : m;
+  return m;
+}
+constexpr bool any_float_mob() {
+  for (const OpPaths& e : kOpPaths) {
+    if (e.float_mob) return true;
+  }
+  return false;
+}
+constexpr bool paths_valid() {
+  for (const OpPaths& e : kOpPaths) {
+    if (e.reg_max_d < 0 || e.reg_max_d > 16) return false;  // the fast path's rows (kMaxD)
+    if (e.float_mob && !(e.op == stereo::MOBIUS_ADD || e.op == stereo::EXPMAP || e.op == stereo::LOGMAP)) return false;
+  }
+  return true;
+}
+static_assert(paths_valid(), "kOpPaths: reg_max_d in [0, 16], float Mobius terms only for mobius_add / expmap / logmap");
+
+// The rows the register pass takes at most (stereographic_rows_f32_reg.h: reg_range's instances).
+constexpr int kRegIsaMaxD = reg_isa_max_d();
+
+}  // namespace f32rows
+}  // namespace cpu
+}  // namespace geoops
