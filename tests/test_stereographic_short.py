@@ -399,7 +399,8 @@ def test_f32_bwd_block_boundaries(op, d, monkeypatch):
 
 # ---------------------------------------------------------------- the fused and the eight-loop blocks
 # Without the register pass (GEOOPS_STEREO_F32_REG=0: as builds without AVX-512 and calls with a strided k), the
-# default runs mobius_add and logmap at D <= 8 and expmap at D <= 2 on the eight-loop blocks (passes A-C), the other
+# default runs mobius_add and logmap at D <= 8 and expmap at D <= 2 (AVX2 builds since session 26: not expmap) on the
+# eight-loop blocks (passes A-C), the other
 # ops on the fused blocks (three loops per block, D <= 16).
 
 
@@ -595,9 +596,12 @@ def _hard_huge_row(k):
 def _f32_default_takes(op: str, d: int) -> bool:
     """Whether the default dispatch (GEOOPS_STEREO_F32_ROWS unset) runs fp32 `op` at D = d on the float blocks on this
     build: f32rows::use in csrc/cpu/stereographic_rows_f32.h (every op at D <= 8; at D = 9..16 all five with the
-    register pass, else expmap, and expmap0 / logmap0 / logmap up to D = 12).  Elsewhere the double path runs."""
+    register pass, else expmap, and expmap0 / logmap0 / logmap up to D = 12; AVX2 builds since session 26: expmap, and
+    all five up to D = 15).  Elsewhere the double path runs."""
     if d <= 8 or (reg_takes(op, d) and d <= LAYOUT["f32_max_d"]):
         return True
+    if LAYOUT["isa"] == "AVX2":
+        return d <= LAYOUT["f32_max_d"] and (op == "expmap" or d < 16)
     return d <= LAYOUT["f32_max_d"] and (op == "expmap" or (d <= 12 and op != "mobius_add"))
 
 

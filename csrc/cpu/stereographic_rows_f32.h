@@ -57,21 +57,40 @@ constexpr bool fast_op(int op) {
 // other ops 0.98-1.07x there).  GEOOPS_STEREO_F32_ROWS=0: always the double path (the path of other dtypes, strided
 // rows and hard blocks); =2: the fused blocks for all five ops at every D <= kMaxD (so that tests reach them on
 // every build).  Read per call (once: switches(), stereographic_rows_f32_reg.h).
+// The value's bit 2 (kModeG1, modes 1 and 2 only): GEOOPS_STEREO_F32_G2=0, the fused blocks one float vector at a
+// time on AVX2 builds (block_fused, session 26: its A/B and the tests' reference; no effect on other builds).
+constexpr int kModeG1 = 4;
 inline int mode() {
   const char* e = knobs::get("GEOOPS_STEREO_F32_ROWS");
-  return e && e[0] == '0' ? 0 : (e && e[0] == '2' ? 2 : 1);
+  const int m = e && e[0] == '0' ? 0 : (e && e[0] == '2' ? 2 : 1);
+  return m != 0 && knobs::off("GEOOPS_STEREO_F32_G2") ? m | kModeG1 : m;
 }
 // m: mode(), reg: the register pass on (reg_mode() != 0).
 inline bool use(int m, bool reg, int op, int64_t D) {
+  m &= ~kModeG1;
   if (m == 0 || !fast_op(op) || D > kMaxD) return false;
   if (m == 2 || D <= 8) return true;
   if (reg && D <= kRegIsaMaxD) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
+#if defined(CPU_CAPABILITY_AVX2)
+  // AVX2 builds (session 26; the fused blocks two vectors at a time): all five ops at D = 9..15, expmap at D = 16.
+  // 1 thread, kernel-only A/B on the AMD EPYC (Zen 3) of the fused blocks (GEOOPS_STEREO_F32_ROWS=2) against the
+  // double path: 0.52-0.91x the time at D = 9..15 (mobius_add at D = 9..12 included), but 1.36-2.0x at D = 16
+  // (mobius_add, expmap0, logmap0, logmap), where the double path's rows are two whole vectors.
+  return op == stereo::EXPMAP || D < 16;
+#else
   return op == stereo::EXPMAP || (D <= 12 && op != stereo::MOBIUS_ADD);
+#endif
 }
 // Mode 1 at D <= 8: the eight-loop block (with the inline tanh) where it measured faster than the fused pass
 // (mobius_add 1.11-1.16x and logmap 1.10x slower fused at D = 2..5; expmap at D <= 2 0.92x; same A/B).
+// AVX2 builds (session 26): not expmap (the fused blocks, two vectors at a time, measured 0.80-0.91x the time at
+// D = 1 and 0.96-0.97x at D = 2).
 constexpr bool prefer_unfused(int op, int64_t D) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return D <= 8 && (op == stereo::MOBIUS_ADD || op == stereo::LOGMAP);
+#else
   return D <= 8 && (op == stereo::MOBIUS_ADD || op == stereo::LOGMAP || (op == stereo::EXPMAP && D <= 2));
+#endif
 }
 
 // v within float's working range (0 for NaN).  A macro: block() has its own optimize attribute, and GCC
@@ -1117,12 +1136,35 @@ inline bool lanes(const float (&xs)[D][NB], const float (&ys)[stereo::op_has_y(O
 }
 
 template <int OP, int D, int NB>
-inline bool block_fused(const float* xb, const float* yb, float* ob, const double* kk, bool mob) {
+inline bool block_fused(const float* xb, const float* yb, float* ob, const double* kk, bool mob, bool g2) {
   static_assert(NB <= kMaxRows && NB % kF == 0, "whole float vectors");
   constexpr bool HAS_Y = stereo::op_has_y(OP);
   alignas(64) float xs[D][NB], ys[HAS_Y ? D : 1][NB];
   alignas(64) float ca[NB], cb[NB];
   deinterleave<D, NB, HAS_Y>(xb, yb, xs, ys);
+  (void)g2;
+#if defined(CPU_CAPABILITY_AVX2)
+  if (NB % (2 * kF) == 0 && g2) {
+    // AVX2 (session 26): the block's vectors two at a time through lanes_core_g<G = 2> (each step of the chain for
+    // both before the next: two independent chains in the out-of-order window; the columns are loads from the
+    // scratch lanes, so the second chain costs no spills of live columns); the same operations and roundings per
+    // lane as one at a time (G does not change them), so the same bits.
+    constexpr int DY = HAS_Y ? D : 1;
+    for (int o = 0; o < NB; o += 2 * kF) {
+      FVec a[2], b[2];
+      if (!lanes_core_g<OP, D, 2>([&](int g, int j) { return FVec::loadu(&xs[j][o + kF * g]); },
+                                  [&](int g, int j, int h) { return widen(&xs[j][o + kF * g + h * kD]); },
+                                  [&](int g, int j) { return FVec::loadu(&ys[j < DY ? j : 0][o + kF * g]); },
+                                  [&](int g, int j, int h) { return widen(&ys[j < DY ? j : 0][o + kF * g + h * kD]); },
+                                  kk + o, a, b, mob)) {
+        return false;
+      }
+      for (int g = 0; g < 2; ++g) a[g].store(ca + o + kF * g), b[g].store(cb + o + kF * g);
+    }
+    write_rows<OP, D, NB>(xb, yb, ob, ca, cb);
+    return true;
+  }
+#endif
   for (int o = 0; o < NB; o += kF) {
     if (!lanes<OP, D, NB>(xs, ys, kk, o, ca, cb, mob)) return false;
   }
@@ -1137,6 +1179,8 @@ inline bool block_fused(const float* xb, const float* yb, float* ob, const doubl
 template <int OP, int NB>
 inline bool run(int m, int lm, int64_t D, const float* xb, const float* yb, float* ob, int nb, const double* kk) {
   if (nb != NB) return false;
+  const bool g2 = (m & kModeG1) == 0;
+  m &= ~kModeG1;
   if (m == 1 && prefer_unfused(OP, D)) {
     switch (D) {
       case 1: return block<OP, 1, NB>(xb, yb, ob, kk);
@@ -1152,22 +1196,22 @@ inline bool run(int m, int lm, int64_t D, const float* xb, const float* yb, floa
   }
   const bool mob = lm != 0;
   switch (D) {
-    case 1: return block_fused<OP, 1, NB>(xb, yb, ob, kk, mob);
-    case 2: return block_fused<OP, 2, NB>(xb, yb, ob, kk, mob);
-    case 3: return block_fused<OP, 3, NB>(xb, yb, ob, kk, mob);
-    case 4: return block_fused<OP, 4, NB>(xb, yb, ob, kk, mob);
-    case 5: return block_fused<OP, 5, NB>(xb, yb, ob, kk, mob);
-    case 6: return block_fused<OP, 6, NB>(xb, yb, ob, kk, mob);
-    case 7: return block_fused<OP, 7, NB>(xb, yb, ob, kk, mob);
-    case 8: return block_fused<OP, 8, NB>(xb, yb, ob, kk, mob);
-    case 9: return block_fused<OP, 9, NB>(xb, yb, ob, kk, mob);
-    case 10: return block_fused<OP, 10, NB>(xb, yb, ob, kk, mob);
-    case 11: return block_fused<OP, 11, NB>(xb, yb, ob, kk, mob);
-    case 12: return block_fused<OP, 12, NB>(xb, yb, ob, kk, mob);
-    case 13: return block_fused<OP, 13, NB>(xb, yb, ob, kk, mob);
-    case 14: return block_fused<OP, 14, NB>(xb, yb, ob, kk, mob);
-    case 15: return block_fused<OP, 15, NB>(xb, yb, ob, kk, mob);
-    case 16: return block_fused<OP, 16, NB>(xb, yb, ob, kk, mob);
+    case 1: return block_fused<OP, 1, NB>(xb, yb, ob, kk, mob, g2);
+    case 2: return block_fused<OP, 2, NB>(xb, yb, ob, kk, mob, g2);
+    case 3: return block_fused<OP, 3, NB>(xb, yb, ob, kk, mob, g2);
+    case 4: return block_fused<OP, 4, NB>(xb, yb, ob, kk, mob, g2);
+    case 5: return block_fused<OP, 5, NB>(xb, yb, ob, kk, mob, g2);
+    case 6: return block_fused<OP, 6, NB>(xb, yb, ob, kk, mob, g2);
+    case 7: return block_fused<OP, 7, NB>(xb, yb, ob, kk, mob, g2);
+    case 8: return block_fused<OP, 8, NB>(xb, yb, ob, kk, mob, g2);
+    case 9: return block_fused<OP, 9, NB>(xb, yb, ob, kk, mob, g2);
+    case 10: return block_fused<OP, 10, NB>(xb, yb, ob, kk, mob, g2);
+    case 11: return block_fused<OP, 11, NB>(xb, yb, ob, kk, mob, g2);
+    case 12: return block_fused<OP, 12, NB>(xb, yb, ob, kk, mob, g2);
+    case 13: return block_fused<OP, 13, NB>(xb, yb, ob, kk, mob, g2);
+    case 14: return block_fused<OP, 14, NB>(xb, yb, ob, kk, mob, g2);
+    case 15: return block_fused<OP, 15, NB>(xb, yb, ob, kk, mob, g2);
+    case 16: return block_fused<OP, 16, NB>(xb, yb, ob, kk, mob, g2);
   }
   return false;
 }

@@ -1,6 +1,7 @@
 """A/B of the fp32 short-row forward: default vs GEOOPS_STEREO_F32_MOB=0 (or KNOB=0), x the limit op.
 1 thread, time.thread_time, interleaved rounds, medians.  usage: ab.py DIMS OPS ROUNDS [KNOB]
-(KNOB may be a comma list: every one of them set to 0 for "old", e.g. GEOOPS_STEREO_F32_REG,GEOOPS_STEREO_F32_MOB)
+(KNOB may be a comma list: every one of them set to 0 for "old", e.g. GEOOPS_STEREO_F32_REG,GEOOPS_STEREO_F32_MOB;
+KNOB=VAL sets that value instead of 0, e.g. GEOOPS_STEREO_F32_ROWS=2)
 pf: median minor page faults per call (limit / new): a call whose output lands on fresh pages (glibc returns large
 blocks to the OS depending on the heap's history) pays ~2-4x its time, so a ratio is only comparable where both
 read 0.  MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 in the environment keeps the outputs on
@@ -27,17 +28,17 @@ for d in dims:
         inp = make_inputs(op, N, d, torch.float32, "cpu")
         g = op_call(geoops_fn(op), op); lim = limit_call(op)
         def new():
-            for kn in KNOB.split(","): os.environ.pop(kn, None)
+            for kn in KNOB.split(","): os.environ.pop(kn.split("=")[0], None)
             g(inp)
         def old():
-            for kn in KNOB.split(","): os.environ[kn] = "0"
+            for kn in KNOB.split(","): os.environ[kn.split("=")[0]] = kn.split("=")[1] if "=" in kn else "0"
             g(inp)
         for f in (new, old, lambda: lim(inp)): f(); f()
         tl, tn, to = [], [], []
         PF.clear()
         for r in range(R):
             tl.append(t1(lambda: lim(inp), "l")); tn.append(t1(new, "n")); to.append(t1(old))
-        for kn in KNOB.split(","): os.environ.pop(kn, None)
+        for kn in KNOB.split(","): os.environ.pop(kn.split("=")[0], None)
         ml = st.median(tl)
         print(f"D={d:2d} {op:10s} limit {ml*1e3:6.2f} ms  new {st.median(tn)/ml:5.2f}x (min {min(tn)/min(tl):4.2f})  "
               f"old {st.median(to)/ml:5.2f}x (min {min(to)/min(tl):4.2f})  new/old {st.median([a/b for a,b in zip(tn,to)]):.3f}"
