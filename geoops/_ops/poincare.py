@@ -327,6 +327,21 @@ def _conv_geometry(v, z, bhw, kernel):
     return B, H, W, C, Co, kernel[0], kernel[1]
 
 
+def _conv_views(v, z, bhw, kernel, beta):
+    """The tangent pixel rows v as a channels-last (B, C, H, W) view and the beta-scaled weight (C_out, C, kh, kw)
+    (z rows are (channel, tap)), with the geometry."""
+    B, H, W, C, Co, kh, kw = _conv_geometry(v, z, bhw, kernel)
+    vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)
+    wk = (z * beta).view(C, kh, kw, Co).permute(3, 0, 1, 2)
+    return vimg, wk, (B, H, W, C, Co, kh, kw)
+
+
+def _norms_by_pooling(kernel, padding) -> bool:
+    """Whether the patch rows' squared norms can come from a sum pooling (padding at most half the window, as
+    avg_pool2d requires), else from a convolution with a constant kernel."""
+    return 2 * padding[0] <= kernel[0] and 2 * padding[1] <= kernel[1]
+
+
 def _conv_out_hw(H, W, kernel, stride, padding):
     return ((H + 2 * padding[0] - kernel[0]) // stride[0] + 1, (W + 2 * padding[1] - kernel[1]) // stride[1] + 1)
 
@@ -334,12 +349,10 @@ def _conv_out_hw(H, W, kernel, stride, padding):
 def _conv_rows_fwd(v, z, bhw: list[int], kernel: list[int], stride: list[int], padding: list[int], beta: float):
     import torch.nn.functional as F
 
-    B, H, W, C, Co, kh, kw = _conv_geometry(v, z, bhw, kernel)
-    vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
-    wk = (z * beta).view(C, kh, kw, Co).permute(3, 0, 1, 2)  # (C_out, C, kh, kw); z rows are (channel, tap)
+    vimg, wk, (B, H, W, C, Co, kh, kw) = _conv_views(v, z, bhw, kernel, beta)
     t = F.conv2d(vimg, wk, None, stride, padding)
     sq = torch.linalg.vecdot(v, v).view(B, 1, H, W)
-    if 2 * padding[0] <= kh and 2 * padding[1] <= kw:
+    if _norms_by_pooling(kernel, padding):
         U = F.avg_pool2d(sq, (kh, kw), stride, padding, count_include_pad=True, divisor_override=1) * (beta * beta)
     else:
         U = F.conv2d(sq, sq.new_full((1, 1, kh, kw), beta * beta), None, stride, padding)
@@ -355,10 +368,8 @@ def _conv_rows_fwd_fake(v, z, bhw, kernel, stride, padding, beta):
 
 def _conv_rows_bwd(gt, gU, v, z, bhw: list[int], kernel: list[int], stride: list[int], padding: list[int],
                    beta: float, mask: int):
-    B, H, W, C, Co, kh, kw = _conv_geometry(v, z, bhw, kernel)
+    vimg, wk, (B, H, W, C, Co, kh, kw) = _conv_views(v, z, bhw, kernel, beta)
     Ho, Wo = _conv_out_hw(H, W, kernel, stride, padding)
-    vimg = v.view(B, H, W, C).permute(0, 3, 1, 2)
-    wk = (z * beta).view(C, kh, kw, Co).permute(3, 0, 1, 2)
     gtimg = gt.contiguous().view(B, Ho, Wo, Co).permute(0, 3, 1, 2)
     gvimg, gwk, _ = torch.ops.aten.convolution_backward(gtimg, vimg, wk, None, stride, padding, [1, 1], False,
                                                         [0, 0], 1, [bool(mask & 1), bool(mask & 2), False])
@@ -366,7 +377,7 @@ def _conv_rows_bwd(gt, gU, v, z, bhw: list[int], kernel: list[int], stride: list
     if mask & 1:
         gUimg = (gU.contiguous() * (beta * beta)).view(B, 1, Ho, Wo)
         shape_only = v.new_zeros(()).expand(B, 1, H, W)  # the backward reads only its input's sizes
-        if 2 * padding[0] <= kh and 2 * padding[1] <= kw:
+        if _norms_by_pooling(kernel, padding):
             gsq = torch.ops.aten.avg_pool2d_backward(gUimg, shape_only, [kh, kw], stride, padding, False, True, 1)
         else:
             gsq = torch.ops.aten.convolution_backward(gUimg, shape_only, v.new_ones((1, 1, kh, kw)), None, stride,
