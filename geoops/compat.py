@@ -175,17 +175,23 @@ def _hook_step(func):
         return _hooked_call(func, self, args, kwargs)
 
     def _hooked_call(func, self, args, kwargs):
-        for pre_hook in chain(_optim._global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
-            result = pre_hook(self, args, kwargs)
-            if result is not None:
-                if isinstance(result, tuple) and len(result) == 2:
-                    args, kwargs = result
-                else:
-                    raise RuntimeError(f"{func} must return None or a tuple of (new_args, new_kwargs), but got {result}.")
+        # (the hook loops only when there are hooks: two chained iterators per step cost more than the checks)
+        if _optim._global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
+            for pre_hook in chain(_optim._global_optimizer_pre_hooks.values(),
+                                  self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    if isinstance(result, tuple) and len(result) == 2:
+                        args, kwargs = result
+                    else:
+                        raise RuntimeError(
+                            f"{func} must return None or a tuple of (new_args, new_kwargs), but got {result}.")
         out = func(*args, **kwargs)
         self._optimizer_step_code()
-        for post_hook in chain(self._optimizer_step_post_hooks.values(), _optim._global_optimizer_post_hooks.values()):
-            post_hook(self, args, kwargs)
+        if self._optimizer_step_post_hooks or _optim._global_optimizer_post_hooks:
+            for post_hook in chain(self._optimizer_step_post_hooks.values(),
+                                   _optim._global_optimizer_post_hooks.values()):
+                post_hook(self, args, kwargs)
         return out
 
     return wrapper

@@ -61,6 +61,9 @@ _ON_MANIFOLD = {
 
 
 # ---------------------------------------------------------------- autograd
+# torch.autograd.Function.apply is a Python classmethod around this C-level one (see _FNS_CPP_APPLY)
+_C_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 _FWD = {name: fwd for name, (fwd, _) in _ops.CALLERS.items()}
 
 
@@ -136,37 +139,54 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     # than the op, session 20)
     def forward_cpp(ctx, x, y, k, r, param, shape=None):
         if shape is not None:
-            ctx.shapes = (shape, x.shape, y.shape if y is not None else None)
+            xs = x.shape
+            ys = y.shape if y is not None else None
+            ctx.shapes = (shape, xs, ys)
             D = shape[-1]
-            x = (x if x.shape == shape else x.expand(shape)).reshape(-1, D)
+            # (a contiguous input of the broadcast shape: a view, one dispatch where reshape takes two)
+            x = (x.view(-1, D) if xs == shape and x.is_contiguous()
+                 else (x if xs == shape else x.expand(shape)).reshape(-1, D))
             if y is not None:
-                y = (y if y.shape == shape else y.expand(shape)).reshape(-1, D)
+                y = (y.view(-1, D) if ys == shape and y.is_contiguous()
+                     else (y if ys == shape else y.expand(shape)).reshape(-1, D))
         else:
             ctx.shapes = None
         ctx.save_for_backward(x, y, k, r)
         ctx.param = param
         out = _backend.compiled().stereo_fwd_cpu(code, x, y, k, r, param)
         if shape is not None and len(shape) != 2:
-            out = out.reshape(shape[:-1] if scalar_out else shape)
+            out = out.view(shape[:-1] if scalar_out else shape)  # a fresh contiguous result: a view
         return out
 
     def _to_caller(dv, shape, vshape):
-        """A rows gradient (N, D) as the gradient of the caller's tensor of shape vshape (summed over broadcasts)."""
+        """A rows gradient (N, D) as the gradient of the caller's tensor of shape vshape (summed over broadcasts):
+        one sum over the broadcast dims (what sum_to_size does, without its extra dispatches)."""
         if dv is None:
             return None
         dv = dv.view(shape)
-        return dv if vshape == shape else dv.sum_to_size(vshape)
+        if vshape == shape:
+            return dv
+        lead = len(shape) - len(vshape)
+        dims = tuple(range(lead)) + tuple(i for i in range(lead, len(shape))
+                                          if vshape[i - lead] == 1 and shape[i] != 1)
+        if not dims:
+            return dv.view(vshape)
+        dv = torch.sum(dv, dims, True)
+        return dv if lead == 0 else dv.view(vshape)
 
     def backward_cpp(ctx, grad):
         shapes = ctx.shapes
         if shapes is not None:
-            grad = grad.reshape(-1) if scalar_out else grad.reshape(-1, shapes[0][-1])
+            if grad.is_contiguous():
+                grad = grad.view(-1) if scalar_out else grad.view(-1, shapes[0][-1])
+            else:
+                grad = grad.reshape(-1) if scalar_out else grad.reshape(-1, shapes[0][-1])
         if not _library.direct_call_ok(grad):
             dx, dy, dk, dr, _ = backward(ctx, grad)
         else:
             x, y, k, r = ctx.saved_tensors
             need = ctx.needs_input_grad
-            mask = _need_mask(need, 4)
+            mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
             if mask == 0:
                 return None, None, None, None, None, None
             dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
@@ -185,6 +205,10 @@ def _make_fn(spec: _ops.StereoOp) -> type:
         "forward": staticmethod(forward_cpp), "backward": staticmethod(_library.first_order_only(backward_cpp)),
         "__module__": __name__,
         "__doc__": f"{name} on the eager CPU fast path: the C++ kernels of {spec.name} called directly."})
+    # its apply without torch's Python wrapper (Function.apply: a setup_context check, a functorch check and a
+    # generator over the arguments per call): _run_fast calls it only after _library.direct_call_ok found no
+    # functorch transform active, and unwraps a dead functorch wrapper itself, as the wrapper does
+    _FNS_CPP_APPLY[spec.name] = _C_FUNCTION_APPLY.__get__(None, _FNS_CPP[spec.name])
 
     # the torch.func variant: same kernels, a jvp from the reference composition
     _FNS_FUNC[spec.name] = _func_twin(
@@ -195,6 +219,7 @@ def _make_fn(spec: _ops.StereoOp) -> type:
 
 _FNS_FUNC: dict = {}
 _FNS_CPP: dict = {}
+_FNS_CPP_APPLY: dict = {}  # op -> _FNS_CPP[op]'s C-level apply (torch._C._FunctionBase.apply bound to it)
 
 
 _functorch_active = _library.functorch_active
@@ -499,55 +524,63 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     if (tx is not torch.Tensor and tx is not torch.nn.Parameter) or type(k) is not torch.Tensor:
         return None
     dtype = x.dtype
-    if (dtype not in _FAST_DTYPES or x.device.type != "cpu" or k.dtype not in _FLOATS or k.numel() != 1
-            or k.device.type != "cpu"):
+    # (is_cpu rather than device.type: no torch.device object per read)
+    if dtype not in _FAST_DTYPES or not x.is_cpu or k.dtype not in _FLOATS or k.numel() != 1 or not k.is_cpu:
         return None
-    if spec.has_y:
+    has_y = spec.has_y
+    if has_y:
         ty = type(y)
-        if (ty is not torch.Tensor and ty is not torch.nn.Parameter) or y.dtype != dtype or y.device.type != "cpu":
+        if (ty is not torch.Tensor and ty is not torch.nn.Parameter) or y.dtype != dtype or not y.is_cpu:
             return None
     nd = x.dim()
-    if nd == 0 or (spec.has_y and y.dim() == 0) or not _library.direct_call_ok(x, y, k):
+    if nd == 0 or (has_y and y.dim() == 0) or not _library.direct_call_ok(x, y, k):
         return None
-    if _backend.checks_enabled() or _backend.resolve(x.device, _ops.FAMILY) != "cpp":
+    if _backend.checks_enabled() or _backend.resolve(_CPU, _ops.FAMILY) != "cpp":
         return None
-    shape = x.shape
-    if spec.has_y and (y.dim() != nd or y.shape != shape):
-        try:
-            shape = _broadcast2(x.shape, y.shape)
-        except RuntimeError:
-            return None  # the general path raises its error
-        nd = len(shape)
+    shape = xshape = x.shape
+    same = True  # x and y (if any) have the broadcast shape
+    if has_y:
+        yshape = y.shape
+        if y.dim() != nd or yshape != shape:
+            try:
+                shape = _broadcast2(xshape, yshape)
+            except RuntimeError:
+                return None  # the general path raises its error
+            nd = len(shape)
+            same = xshape == shape and yshape == shape
     D = shape[-1]
     if D == 0 or k.dim() > nd:  # reshape(-1, 0) below is ambiguous; the general path handles empty vectors
         return None  # (and a k with more dims, which grows the result's shape)
-    N = 1
     for s in shape[:-1]:
-        N *= s
-    if N == 0:
-        return None
+        if s == 0:
+            return None
     kd = dtype  # the kernels take k in the inputs' dtype (float32 for float32 inputs)
     # (a 0-d or (1,) k as it is: the kernels read one value in place, the backward sums dk to k's shape; a
     # reshape is a dispatch, ~1 us per call)
     k2 = k if k.dim() <= 1 and k.dtype == kd else (k if k.dtype == kd else k.to(kd)).reshape(1)
-    eps = _ref.default_eps(dtype)
-    if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or (spec.has_y and y.requires_grad)):
-        # the Function takes the caller's tensors and the broadcast shape (rows inside, no view nodes around it)
-        out = _FNS_CPP[op].apply(x, y if spec.has_y else None, k2, None, eps,
-                                 None if nd == 2 and x.shape == shape and (not spec.has_y or y.shape == shape)
-                                 else shape)
+    eps = _EPS_FAST[dtype]
+    if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or (has_y and y.requires_grad)):
+        # the Function takes the caller's tensors and the broadcast shape (rows inside, no view nodes around it);
+        # its C-level apply (direct_call_ok above: no functorch transform), a dead functorch wrapper unwrapped as
+        # Function.apply does
+        out = _FNS_CPP_APPLY[op](_unwrap_if_dead(x), _unwrap_if_dead(y) if has_y else None, k2, None, eps,
+                                 None if nd == 2 and same else shape)
     else:
-        x2 = x if x.shape == shape else x.expand(shape)
-        y2 = (y if y.shape == shape else y.expand(shape)) if spec.has_y else None
+        x2 = x if xshape == shape else x.expand(shape)
+        y2 = (y if yshape == shape else y.expand(shape)) if has_y else None
         if nd != 2:
             x2 = x2.reshape(-1, D)
-            y2 = y2.reshape(-1, D) if spec.has_y else None
+            y2 = y2.reshape(-1, D) if has_y else None
         out = _backend.compiled().stereo_fwd_cpu(spec.code, x2, y2, k2, None, eps)
         if nd != 2:
-            out = out.reshape(shape[:-1] if spec.scalar_out else shape)
+            out = out.view(shape[:-1] if spec.scalar_out else shape)
     if spec.scalar_out and keepdim:
         return out.unsqueeze(-1)
     return out
+
+
+_CPU = torch.device("cpu")
+_EPS_FAST = {dt: _ref.default_eps(dt) for dt in _FAST_DTYPES}
 
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)

@@ -136,6 +136,37 @@ def test_patched_zero_grad_and_unpatch_restore():
     assert geoopt.optim.RiemannianSGD.zero_grad is torch.optim.Optimizer.zero_grad
 
 
+def test_patched_rsgd_runs_every_kind_of_step_hook():
+    """The patched RiemannianSGD.step runs the per-optimizer pre/post hooks and torch's global optimizer pre/post
+    hooks, each kind alone as well (session 28: the hook loops run only when a hook is registered; a guard that
+    looked at the wrong registry would skip one kind)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    ball = geoopt.PoincareBall()
+    p = geoopt.ManifoldParameter(ball.projx(torch.randn(6, 3) * 0.1), manifold=ball)
+    opt = geoopt.optim.RiemannianSGD([p], lr=0.1)
+    calls = []
+    regs = {"pre": lambda: opt.register_step_pre_hook(lambda *a: calls.append("pre")),
+            "post": lambda: opt.register_step_post_hook(lambda *a: calls.append("post")),
+            "global_pre": lambda: register_optimizer_step_pre_hook(lambda *a: calls.append("global_pre")),
+            "global_post": lambda: register_optimizer_step_post_hook(lambda *a: calls.append("global_post"))}
+    with compat.patched_geoopt():
+        for kinds in (["pre"], ["post"], ["global_pre"], ["global_post"], list(regs)):
+            handles = [regs[kind]() for kind in kinds]
+            try:
+                calls.clear()
+                p.grad = torch.ones_like(p) * 1e-3
+                opt.step()
+                assert sorted(calls) == sorted(kinds)
+            finally:
+                for h in handles:
+                    h.remove()
+        calls.clear()
+        p.grad = torch.ones_like(p) * 1e-3
+        opt.step()
+        assert calls == []
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 def test_patched_rsgd_float32_direct_and_fallback(layout):
     """float32 parameters take the direct one-call step when contiguous and the checked path otherwise:
