@@ -403,7 +403,7 @@ inline bool nt_stores_on(int64_t out_bytes) {
 //   same flags) and the same kernels called on torch's tensors put the one pass at 1.34x the time of x + y, the
 //   blocked loop at 1.14x, one row at a time at 1.04x (docs/families/stereographic.md, Session 21).
 // Default: row for mobius_add / mobius_sub on CPUs other than Intel's, pass otherwise (Intel keeps the path measured
-// there).  pass and block: the same sums, coefficients and writes, bit-identical; row: the same per row, except that
+// there); AVX2 builds: pass for every op (session 28, AMD EPYC Zen 3: row 1.07-1.17x the time of pass for mobius_add).  pass and block: the same sums, coefficients and writes, bit-identical; row: the same per row, except that
 // a row's float sums go back to double only when its own Mobius denominator asks for it (the block loops redo the
 // whole block), so rows that share a block with such a row can differ by the float sums' rounding (within the
 // documented bounds; tests/test_stereographic_long_f32.py::test_long_loops).
@@ -422,8 +422,13 @@ inline int long_loop(int op) {
     if (e[0] == 'r' && row_op) return kLoopRow;
     return kLoopPass;
   }
+#if defined(CPU_CAPABILITY_AVX2)
+  (void)row_op;
+  return kLoopPass;  // AVX2 builds (AMD EPYC, Zen 3): the one pass measured 7-17 % faster than row (session 28)
+#else
   static const bool intel = __builtin_cpu_is("intel");
   return !intel && row_op ? kLoopRow : kLoopPass;
+#endif
 }
 // Rows per block of the pass / block loops (GEOOPS_STEREO_LONG_LOOP, above) for blocks of B rows: B unless the knob
 // value is group (8) or ends in a row count G (pass32, block8, group4: G = 4 or a multiple of the lanes, at most
