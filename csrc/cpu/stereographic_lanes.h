@@ -19,7 +19,8 @@
 // the row loop inside, strided vector loads), since one row alone would leave most lanes idle and its
 // horizontal sums would dominate.  Longer rows: one row at a time on 4-lane double vectors
 // (row_sums, stereographic_rows.h), with software prefetch of the rows ahead; fp32 long rows on AVX-512:
-// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows).
+// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows), on AVX2 (session 28) its port (8 floats,
+// a transposing lane sum per 4 rows).
 #pragma once
 
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
@@ -347,7 +348,7 @@ inline void write_row(const scalar_t* xr, const scalar_t* yr, scalar_t* orow, in
   }
 }
 
-// ---------------------------------------------------------------- fp32 long rows on AVX-512
+// ---------------------------------------------------------------- fp32 long rows on AVX-512 (and AVX2, below)
 // Row sums of fp32 rows longer than the short-row cut: each row 16 floats at a time (a masked load for the
 // tail), widened to two 8-lane double vectors and accumulated in double (two FMA chains per sum), the eight
 // rows of a lane vector then summed across their lanes in one transposing tree (hsum8), so that lane b of
@@ -378,14 +379,14 @@ inline bool float_sums_fine(double sgn, double k, double xx, double yy, double x
 }
 inline bool float_sums_on() { return !knobs::off("GEOOPS_STEREO_F32_SUMS"); }
 
-// Non-temporal writes of long fp32 rows (the one-pass loop of fwd_rows, AVX-512; the output row-contiguous, 64-byte
-// aligned, D a multiple of 16): the output's lines are written without reading them first (no read for ownership)
-// and not kept in the caches.  Worth it where a fresh output's pages are not already in the caches: on huge pages
-// (2 MiB cleared at the first touch, evicted from L1 / L2 before the rows reach them) and beyond the last-level cache.
-// With 4 KiB page faults each page is cleared just before its rows are written, so its lines are in L1 and regular
-// stores win (measured, AMD EPYC: docs/families/stereographic.md, Session 20).  Default: on for outputs of at least
-// kNtMinBytes when torch's allocator puts large tensors on huge pages (THP_MEM_ALLOC_ENABLE=1); GEOOPS_STEREO_NT_STORES
-// =1 / =0 forces them on / off (read per call).  Bit-identical either way.
+// Non-temporal writes of long fp32 rows (the one-pass loop of fwd_rows, AVX-512 / AVX2; the output row-contiguous,
+// 64-byte aligned, D a multiple of 16): the output's lines are written without reading them first (no read for
+// ownership) and not kept in the caches.  Worth it where a fresh output's pages are not already in the caches: on huge
+// pages (2 MiB cleared at the first touch, evicted from L1 / L2 before the rows reach them) and beyond the last-level
+// cache. With 4 KiB page faults each page is cleared just before its rows are written, so its lines are in L1 and
+// regular stores win (measured, AMD EPYC: docs/families/stereographic.md, Session 20).  Default: on for outputs of at
+// least kNtMinBytes when torch's allocator puts large tensors on huge pages (THP_MEM_ALLOC_ENABLE=1);
+// GEOOPS_STEREO_NT_STORES=1 / =0 forces them on / off (read per call).  Bit-identical either way.
 constexpr int64_t kNtMinBytes = int64_t{32} << 20;
 inline bool nt_stores_on(int64_t out_bytes) {
   if (const char* e = knobs::get("GEOOPS_STEREO_NT_STORES")) return e[0] == '1';
@@ -393,7 +394,7 @@ inline bool nt_stores_on(int64_t out_bytes) {
   return out_bytes >= kNtMinBytes && thp && thp[0] == '1';
 }
 
-// The loop of long fp32 vector rows (AVX-512, fwd_rows), GEOOPS_STEREO_LONG_LOOP (read per call):
+// The loop of long fp32 vector rows (AVX-512 and AVX2 builds, fwd_rows), GEOOPS_STEREO_LONG_LOOP (read per call):
 // * pass: the one pass, block j's row sums interleaved, row by row, with the writes of block j - 1 (session 12,
 //   measured faster than the blocked loop on an Intel Xeon: 1.11-1.18x the limit op vs 1.29-1.30x, 2^18 x 64, huge pages);
 // * block: the blocked loop (a block's sums, its lane math, then its writes);
@@ -403,10 +404,11 @@ inline bool nt_stores_on(int64_t out_bytes) {
 //   same flags) and the same kernels called on torch's tensors put the one pass at 1.34x the time of x + y, the
 //   blocked loop at 1.14x, one row at a time at 1.04x (docs/families/stereographic.md, Session 21).
 // Default: row for mobius_add / mobius_sub on CPUs other than Intel's, pass otherwise (Intel keeps the path measured
-// there); AVX2 builds: pass for every op (session 28, AMD EPYC Zen 3: row 1.07-1.17x the time of pass for mobius_add).  pass and block: the same sums, coefficients and writes, bit-identical; row: the same per row, except that
-// a row's float sums go back to double only when its own Mobius denominator asks for it (the block loops redo the
-// whole block), so rows that share a block with such a row can differ by the float sums' rounding (within the
-// documented bounds; tests/test_stereographic_long_f32.py::test_long_loops).
+// there); AVX2 builds: pass for every op (session 28, AMD EPYC Zen 3: row 0.94-1.17x the time of pass for mobius_add,
+// slower in five of six A/Bs).  pass and block: the same sums, coefficients and writes, bit-identical; row: the same
+// per row, except that a row's float sums go back to double only when its own Mobius denominator asks for it (the
+// block loops redo the whole block), so rows that share a block with such a row can differ by the float sums'
+// rounding (within the documented bounds; tests/test_stereographic_long_f32.py::test_long_loops).
 // * group (session 22; A/B, no default): the blocked loop on groups of G rows (8; group4: 4; long_group, below), a
 //   group's sums, its lane math, its writes, so that each row is written a few rows after its loads.  pass and block
 //   take a row count too (pass8, pass32, block8: the same loops on G-row blocks).  The per-block choices (float or
@@ -424,7 +426,7 @@ inline int long_loop(int op) {
   }
 #if defined(CPU_CAPABILITY_AVX2)
   (void)row_op;
-  return kLoopPass;  // AVX2 builds (AMD EPYC, Zen 3): the one pass measured 7-17 % faster than row (session 28)
+  return kLoopPass;  // AVX2 builds (AMD EPYC, Zen 3): row measured slower than the one pass (session 28)
 #else
   static const bool intel = __builtin_cpu_is("intel");
   return !intel && row_op ? kLoopRow : kLoopPass;
@@ -808,13 +810,14 @@ inline void write_row_f32_nt(const float* xr, const float* yr, float* orow, int6
 // ---------------------------------------------------------------- fp32 long rows on AVX2
 // The AVX-512 long-row machinery above on 8-float / 4-double vectors (session 28): long_sums_f32 / row_acc_f32 with a
 // transposing lane sum per 4 rows (hsum4), the one-pass loop (long_loop) and the non-temporal writes
-// (write_row_f32_nt).  Double sums: 4 floats per load (a masked load for the tail) widened to one 4-double vector,
-// four FMA chains per sum for one-input rows (two for two-input rows, whose three or four sums then hold 6-8 chains;
-// 16 registers), the chains added to one 4-lane vector per row.  Float sums (FS, mobius_add / mobius_sub): 8 lanes x
-// four chains (32-float steps: each chain sums D / 32 products in float, as AVX-512's 16 lanes x two chains), the chains
+// (write_row_f32_nt).  Double sums: 4 floats per load (a masked load for the tail) widened to one 4-double vector, four
+// FMA chains per sum for one-input rows (two for two-input rows, whose three or four sums then hold 6-8 chains; 16
+// registers), the chains added to one 4-lane vector per row.  Float sums (FS, mobius_add / mobius_sub): 8 lanes x four
+// chains (32-float steps: each chain sums D / 32 products in float, as AVX-512's 16 lanes x two chains), the chains
 // added in float ((c0 + c1) + (c2 + c3)), the 8 lane sums widened and added in double, so the same bound as AVX-512's
 // (kFloatSumsMaxD, float_sums_fine, above).  The staged float calls (block_fwd_float_reg, block_fwd_logmap_rcp,
-// block_fwd_msm_closed) stay AVX-512-only: AVX2 blocks take block_fwd_float_call.
+// block_fwd_msm_closed) stay AVX-512-only: AVX2 blocks take block_fwd_float_call (a port of the first two measured no
+// gain on AVX2, session 28).
 constexpr bool kLongSumsF32 = true;
 using LaneAccD = __m256d;  // one row's sums before their horizontal sum (row_acc_f32, hsum8_one)
 // Lane b of the result: the sum of the 4 lanes of a[b], ((a0 + a1) + (a2 + a3)).
@@ -838,7 +841,8 @@ inline __m256 load8_tail(const float* p, int64_t n) {
 }
 inline __m256d load4_pd_tail(const float* p, int64_t n) {
   if (n >= 4) return _mm256_cvtps_pd(_mm_loadu_ps(p));
-  const __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(std::max<int64_t>(n, 0))), _mm_setr_epi32(0, 1, 2, 3));
+  const __m128i m =
+      _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(std::max<int64_t>(n, 0))), _mm_setr_epi32(0, 1, 2, 3));
   return _mm256_cvtps_pd(_mm_maskload_ps(p, m));
 }
 
@@ -1021,7 +1025,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   const int f32_lane_mode = kF32Op ? sw.lane : 0;
   const int f32_reg = kF32Op ? sw.reg : 0;
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && sw.use;
-  // fp32 rows longer than the short-row cut: the AVX-512 row sums (above)
+  // fp32 rows longer than the short-row cut: the AVX-512 / AVX2 row sums (above)
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
   // rows ahead (8 at D = 64; 0 and 4 measured slower; GEOOPS_STEREO_LONG_PF: long_prefetch)
