@@ -1,5 +1,5 @@
-"""fp32 rows longer than the short-row cut in csrc/cpu/stereographic_lanes.h: the AVX-512 row sums against the
-row_sums path of other builds and dtypes (GEOOPS_STEREO_LONG_SUMS=0) and the one-pass loop.
+"""fp32 rows longer than the short-row cut in csrc/cpu/stereographic_lanes.h: the long-row sums of AVX-512 and (session
+28) AVX2 builds against the row_sums path of other builds and dtypes (GEOOPS_STEREO_LONG_SUMS=0) and the one-pass loop.
 
 Every row op at D from 17 to 128 (tails of 1..15 floats after whole 16-float vectors), a row count that leaves a
 partial block of lanes, NaN rows, strided rows; against the fp64 reference and against the row_sums path.  At the
@@ -17,11 +17,24 @@ import geoops.stereographic as gs
 from geoops._ops.stereographic import STEREO_OPS
 from geoops.reference import stereographic as ref
 
-from _stereo_rows import per_row_k, row_rel_err
+from _stereo_rows import per_row_k, row_rel_err, short_layout
 from _stress import num_threads
 
 OPS = list(STEREO_OPS)
 DIMS = (17, 31, 32, 48, 63, 64, 100, 128)
+
+
+def _long_block(d: int, streams: int = 3) -> int:
+    """Rows per block of long fp32 rows of width d (lane_block / block_rows in csrc/cpu/stereographic_lanes.h,
+    stereographic_rows.h: the rows of `streams` tensors in 16 KiB, at most 32, whole double vectors): 16 at D = 64
+    with AVX-512, 20 with AVX2."""
+    lanes = int(short_layout()["double_lanes"])
+    return max(lanes, min(32, max(1, 16384 // (d * 4 * streams))) // lanes * lanes)
+
+
+def _long_sums_build() -> bool:
+    """Whether this build has the long-row sums (long_sums_f32: AVX-512, and AVX2 since session 28)."""
+    return short_layout()["isa"] in ("AVX512", "AVX2")
 
 
 def _ball_rows(g, n, d, max_norm, near_step=0, near=0.0, width=None):
@@ -289,7 +302,8 @@ def test_float_sums_overflow_falls_back(op, d, loop, monkeypatch):
     new = fn(x, y, k=k)
     monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
     old = fn(x, y, k=k)
-    rows = slice(16, 32) if loop == "pass" else slice(21, 22)
+    B = _long_block(d)  # (the block of row 21: rows 16..31 with 16-row blocks, 20..39 with 20)
+    rows = slice(21 // B * B, 21 // B * B + B) if loop == "pass" else slice(21, 22)
     torch.testing.assert_close(new[rows], old[rows], rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(new, old, rtol=2e-5, atol=2e-6, equal_nan=True)
 
@@ -408,18 +422,19 @@ def test_long_loops(op, d, nt, threads, monkeypatch):
         torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=f"row, double sums, n={n}")
         if d != 64:
             continue
-        # (D = 64: blocks of 16 rows) rows of the blocks with no row near the fallback (den < 0.5 or not finite, with
-        # a margin): the same bits
+        # (D = 64: blocks of B rows, _long_block) rows of the blocks with no row near the fallback (den < 0.5 or not
+        # finite, with a margin): the same bits
         x, y = (t.double() for t in _ordered(op, args))
         kk = k.double().reshape(-1) if k.numel() > 1 else k.double().expand(n)
         sgn = -1.0 if op == "mobius_sub" else 1.0
         xx, yy, xy = (x * x).sum(-1), (y * y).sum(-1), (x * y).sum(-1)
         den = 1 - 2 * sgn * kk * xy + kk * kk * xx * yy
         bad = ~(den >= 0.6)
-        nb = (n + 15) // 16
-        bad_blk = torch.zeros(nb * 16, dtype=torch.bool)
+        B = _long_block(d)
+        nb = (n + B - 1) // B
+        bad_blk = torch.zeros(nb * B, dtype=torch.bool)
         bad_blk[:n] = bad
-        keep = ~bad_blk.view(nb, 16).any(-1, keepdim=True).expand(nb, 16).reshape(-1)[:n]
+        keep = ~bad_blk.view(nb, B).any(-1, keepdim=True).expand(nb, B).reshape(-1)[:n]
         assert n < 100 or int(keep.sum()) >= n // 2
         torch.testing.assert_close(row[keep], ref_out[keep], rtol=0, atol=0, equal_nan=True, msg=f"row bits, n={n}")
 
@@ -526,3 +541,35 @@ def test_group_loops(op, d, nt, threads, monkeypatch):
         finally:
             monkeypatch.delenv("GEOOPS_STEREO_FLOAT_CALL")
             monkeypatch.delenv("GEOOPS_STEREO_F32_SUMS")
+
+
+# ---------------------------------------------------------------- the long-row sums on AVX2 (session 28)
+# AVX2 builds run the long-row machinery too (long_sums_f32 / row_acc_f32 on 4-double / 8-float vectors, hsum4, the
+# one-pass loop, the non-temporal writes): the tests above compare it with the per-row double sums
+# (GEOOPS_STEREO_LONG_SUMS=0) and the fp64 reference on every build that has it.  This one checks that the path is
+# reached: mobius_add's float row sums give other bits than the double sums on AVX-512 and AVX2 builds (and the same
+# bits where the build has no long-row sums, DEFAULT / GEOOPS_PORTABLE=1), both within the float sums' bound.
+@pytest.mark.parametrize("loop", ("pass", "row", "block"))
+@pytest.mark.parametrize("d", (17, 64, 100))
+def test_long_sums_reach_this_build(d, loop, monkeypatch):
+    """GEOOPS_STEREO_F32_SUMS=1 / =0 (float / double long-row sums, mobius_add): different bits on some rows on
+    AVX-512 / AVX2 builds, equal bits elsewhere; every row within 2x the eager fp32 reference's error + 1e-6."""
+    n = 16 * 9 + 5
+    x, y, k = _sum_inputs(n, d, seed=11 * d + 1, k_signs=False)
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_LOOP", loop)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "1")
+    fs = gs.mobius_add(x, y, k=k.float())
+    monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
+    ds = gs.mobius_add(x, y, k=k.float())
+    monkeypatch.setenv("GEOOPS_STEREO_LONG_SUMS", "0")
+    rs = gs.mobius_add(x, y, k=k.float())
+    differ = int((fs != ds).any(-1).sum())
+    if _long_sums_build():
+        assert differ >= n // 10, differ
+    else:
+        assert differ == 0 and torch.equal(ds, rs)
+    expect = ref.mobius_add(x.double(), y.double(), k=k)
+    e_eager = _row_err(ref.mobius_add(x, y, k=k.float()), expect, {"x": x})
+    for out in (fs, ds, rs):
+        e = _row_err(out, expect, {"x": x})
+        assert bool((e <= 2 * e_eager + 1e-6).all()), float((e - 2 * e_eager).max())

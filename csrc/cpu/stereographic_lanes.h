@@ -19,7 +19,8 @@
 // the row loop inside, strided vector loads), since one row alone would leave most lanes idle and its
 // horizontal sums would dominate.  Longer rows: one row at a time on 4-lane double vectors
 // (row_sums, stereographic_rows.h), with software prefetch of the rows ahead; fp32 long rows on AVX-512:
-// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows).
+// long_sums_f32 (16 floats per load, a transposing lane sum per 8 rows), on AVX2 (session 28) its port (8 floats,
+// a transposing lane sum per 4 rows).
 #pragma once
 
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
@@ -347,7 +348,7 @@ inline void write_row(const scalar_t* xr, const scalar_t* yr, scalar_t* orow, in
   }
 }
 
-// ---------------------------------------------------------------- fp32 long rows on AVX-512
+// ---------------------------------------------------------------- fp32 long rows on AVX-512 (and AVX2, below)
 // Row sums of fp32 rows longer than the short-row cut: each row 16 floats at a time (a masked load for the
 // tail), widened to two 8-lane double vectors and accumulated in double (two FMA chains per sum), the eight
 // rows of a lane vector then summed across their lanes in one transposing tree (hsum8), so that lane b of
@@ -378,14 +379,14 @@ inline bool float_sums_fine(double sgn, double k, double xx, double yy, double x
 }
 inline bool float_sums_on() { return !knobs::off("GEOOPS_STEREO_F32_SUMS"); }
 
-// Non-temporal writes of long fp32 rows (the one-pass loop of fwd_rows, AVX-512; the output row-contiguous, 64-byte
-// aligned, D a multiple of 16): the output's lines are written without reading them first (no read for ownership)
-// and not kept in the caches.  Worth it where a fresh output's pages are not already in the caches: on huge pages
-// (2 MiB cleared at the first touch, evicted from L1 / L2 before the rows reach them) and beyond the last-level cache.
-// With 4 KiB page faults each page is cleared just before its rows are written, so its lines are in L1 and regular
-// stores win (measured, AMD EPYC: docs/families/stereographic.md, Session 20).  Default: on for outputs of at least
-// kNtMinBytes when torch's allocator puts large tensors on huge pages (THP_MEM_ALLOC_ENABLE=1); GEOOPS_STEREO_NT_STORES
-// =1 / =0 forces them on / off (read per call).  Bit-identical either way.
+// Non-temporal writes of long fp32 rows (the one-pass loop of fwd_rows, AVX-512 / AVX2; the output row-contiguous,
+// 64-byte aligned, D a multiple of 16): the output's lines are written without reading them first (no read for
+// ownership) and not kept in the caches.  Worth it where a fresh output's pages are not already in the caches: on huge
+// pages (2 MiB cleared at the first touch, evicted from L1 / L2 before the rows reach them) and beyond the last-level
+// cache. With 4 KiB page faults each page is cleared just before its rows are written, so its lines are in L1 and
+// regular stores win (measured, AMD EPYC: docs/families/stereographic.md, Session 20).  Default: on for outputs of at
+// least kNtMinBytes when torch's allocator puts large tensors on huge pages (THP_MEM_ALLOC_ENABLE=1);
+// GEOOPS_STEREO_NT_STORES=1 / =0 forces them on / off (read per call).  Bit-identical either way.
 constexpr int64_t kNtMinBytes = int64_t{32} << 20;
 inline bool nt_stores_on(int64_t out_bytes) {
   if (const char* e = knobs::get("GEOOPS_STEREO_NT_STORES")) return e[0] == '1';
@@ -393,7 +394,7 @@ inline bool nt_stores_on(int64_t out_bytes) {
   return out_bytes >= kNtMinBytes && thp && thp[0] == '1';
 }
 
-// The loop of long fp32 vector rows (AVX-512, fwd_rows), GEOOPS_STEREO_LONG_LOOP (read per call):
+// The loop of long fp32 vector rows (AVX-512 and AVX2 builds, fwd_rows), GEOOPS_STEREO_LONG_LOOP (read per call):
 // * pass: the one pass, block j's row sums interleaved, row by row, with the writes of block j - 1 (session 12,
 //   measured faster than the blocked loop on an Intel Xeon: 1.11-1.18x the limit op vs 1.29-1.30x, 2^18 x 64, huge pages);
 // * block: the blocked loop (a block's sums, its lane math, then its writes);
@@ -403,10 +404,11 @@ inline bool nt_stores_on(int64_t out_bytes) {
 //   same flags) and the same kernels called on torch's tensors put the one pass at 1.34x the time of x + y, the
 //   blocked loop at 1.14x, one row at a time at 1.04x (docs/families/stereographic.md, Session 21).
 // Default: row for mobius_add / mobius_sub on CPUs other than Intel's, pass otherwise (Intel keeps the path measured
-// there).  pass and block: the same sums, coefficients and writes, bit-identical; row: the same per row, except that
-// a row's float sums go back to double only when its own Mobius denominator asks for it (the block loops redo the
-// whole block), so rows that share a block with such a row can differ by the float sums' rounding (within the
-// documented bounds; tests/test_stereographic_long_f32.py::test_long_loops).
+// there); AVX2 builds: pass for every op (session 28, AMD EPYC Zen 3: row 0.94-1.17x the time of pass for mobius_add,
+// slower in five of six A/Bs).  pass and block: the same sums, coefficients and writes, bit-identical; row: the same
+// per row, except that a row's float sums go back to double only when its own Mobius denominator asks for it (the
+// block loops redo the whole block), so rows that share a block with such a row can differ by the float sums'
+// rounding (within the documented bounds; tests/test_stereographic_long_f32.py::test_long_loops).
 // * group (session 22; A/B, no default): the blocked loop on groups of G rows (8; group4: 4; long_group, below), a
 //   group's sums, its lane math, its writes, so that each row is written a few rows after its loads.  pass and block
 //   take a row count too (pass8, pass32, block8: the same loops on G-row blocks).  The per-block choices (float or
@@ -422,8 +424,13 @@ inline int long_loop(int op) {
     if (e[0] == 'r' && row_op) return kLoopRow;
     return kLoopPass;
   }
+#if defined(CPU_CAPABILITY_AVX2)
+  (void)row_op;
+  return kLoopPass;  // AVX2 builds (AMD EPYC, Zen 3): row measured slower than the one pass (session 28)
+#else
   static const bool intel = __builtin_cpu_is("intel");
   return !intel && row_op ? kLoopRow : kLoopPass;
+#endif
 }
 // Rows per block of the pass / block loops (GEOOPS_STEREO_LONG_LOOP, above) for blocks of B rows: B unless the knob
 // value is group (8) or ends in a row count G (pass32, block8, group4: G = 4 or a multiple of the lanes, at most
@@ -488,6 +495,7 @@ inline bool float_stage_on() { return !knobs::off("GEOOPS_STEREO_FLOAT_STAGE"); 
 
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr bool kLongSumsF32 = true;
+using LaneAccD = __m512d;  // one row's sums before their horizontal sum (row_acc_f32, hsum8_one)
 // Lane b of the result: the sum of the 8 lanes of a[b].
 inline __m512d hsum8(const __m512d (&a)[8]) {
   __m512d s[4];
@@ -798,10 +806,178 @@ inline void write_row_f32_nt(const float* xr, const float* yr, float* orow, int6
     _mm512_stream_ps(orow + j, o);
   }
 }
-#else
+#elif defined(CPU_CAPABILITY_AVX2)
+// ---------------------------------------------------------------- fp32 long rows on AVX2
+// The AVX-512 long-row machinery above on 8-float / 4-double vectors (session 28): long_sums_f32 / row_acc_f32 with a
+// transposing lane sum per 4 rows (hsum4), the one-pass loop (long_loop) and the non-temporal writes
+// (write_row_f32_nt).  Double sums: 4 floats per load (a masked load for the tail) widened to one 4-double vector, four
+// FMA chains per sum for one-input rows (two for two-input rows, whose three or four sums then hold 6-8 chains; 16
+// registers), the chains added to one 4-lane vector per row.  Float sums (FS, mobius_add / mobius_sub): 8 lanes x four
+// chains (32-float steps: each chain sums D / 32 products in float, as AVX-512's 16 lanes x two chains), the chains
+// added in float ((c0 + c1) + (c2 + c3)), the 8 lane sums widened and added in double, so the same bound as AVX-512's
+// (kFloatSumsMaxD, float_sums_fine, above).  The staged float calls (block_fwd_float_reg, block_fwd_logmap_rcp,
+// block_fwd_msm_closed) stay AVX-512-only: AVX2 blocks take block_fwd_float_call (a port of the first two measured no
+// gain on AVX2, session 28).
+constexpr bool kLongSumsF32 = true;
+using LaneAccD = __m256d;  // one row's sums before their horizontal sum (row_acc_f32, hsum8_one)
+// Lane b of the result: the sum of the 4 lanes of a[b], ((a0 + a1) + (a2 + a3)).
+inline __m256d hsum4(const __m256d (&a)[4]) {
+  const __m256d s0 = _mm256_add_pd(_mm256_unpacklo_pd(a[0], a[1]), _mm256_unpackhi_pd(a[0], a[1]));
+  const __m256d s1 = _mm256_add_pd(_mm256_unpacklo_pd(a[2], a[3]), _mm256_unpackhi_pd(a[2], a[3]));
+  return _mm256_add_pd(_mm256_permute2f128_pd(s0, s1, 0x20), _mm256_permute2f128_pd(s0, s1, 0x31));
+}
+// The sum of the 4 lanes of a in hsum4's order: the same bits as hsum4's lane for a row (the one-row loop).
+inline double hsum8_one(__m256d a) {
+  alignas(32) double t[4];
+  _mm256_store_pd(t, a);
+  return (t[0] + t[1]) + (t[2] + t[3]);
+}
+// The n (< 0: none, > 8: 8) first floats from p, zeros past them (a masked load: no access past them).
+inline __m256 load8_tail(const float* p, int64_t n) {
+  if (n >= 8) return _mm256_loadu_ps(p);
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::max<int64_t>(n, 0))),
+                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_maskload_ps(p, m);
+}
+inline __m256d load4_pd_tail(const float* p, int64_t n) {
+  if (n >= 4) return _mm256_cvtps_pd(_mm_loadu_ps(p));
+  const __m128i m =
+      _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(std::max<int64_t>(n, 0))), _mm_setr_epi32(0, 1, 2, 3));
+  return _mm256_cvtps_pd(_mm_maskload_ps(p, m));
+}
+
+// The sums of one fp32 row (x row xr, y row yr) as 4-lane double vectors acc[s] (s: xx, yy, xy, dd), whose 4 lanes
+// hsum4 / hsum8_one then add (FS: float sums; see the section's head).
 template <bool HAS_Y, bool DD, bool FS>
-inline void row_acc_f32(const float*, const float*, int64_t, __m512d*) {}
-inline double hsum8_one(__m512d) { return 0.0; }
+inline void row_acc_f32(const float* xr, const float* yr, int64_t D, __m256d* acc) {
+  constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
+  if constexpr (FS) {
+    __m256 f[4][NS];
+    for (int c = 0; c < 4; ++c) {
+      for (int s = 0; s < NS; ++s) f[c][s] = _mm256_setzero_ps();
+    }
+    for (int64_t j = 0; j < D; j += 32) {  // explicit FMAs: the same rounding whatever the compiler
+      for (int c = 0; c < 4; ++c) {
+        const int64_t o = j + 8 * c;
+        const __m256 xv = load8_tail(xr + o, D - o);
+        f[c][0] = _mm256_fmadd_ps(xv, xv, f[c][0]);
+        if (HAS_Y) {
+          const __m256 yv = load8_tail(yr + o, D - o);
+          f[c][1] = _mm256_fmadd_ps(yv, yv, f[c][1]);
+          f[c][2] = _mm256_fmadd_ps(xv, yv, f[c][2]);
+        }
+      }
+    }
+    for (int s = 0; s < NS; ++s) {
+      const __m256 t = _mm256_add_ps(_mm256_add_ps(f[0][s], f[1][s]), _mm256_add_ps(f[2][s], f[3][s]));
+      acc[s] = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(t)), _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)));
+    }
+    return;
+  }
+  constexpr int NC = NS == 1 ? 4 : 2;  // chains per sum
+  __m256d a[NC][NS];
+  for (int c = 0; c < NC; ++c) {
+    for (int s = 0; s < NS; ++s) a[c][s] = _mm256_setzero_pd();
+  }
+  for (int64_t j = 0; j < D; j += 16) {
+    for (int q = 0; q < 4; ++q) {
+      const int c = q % NC;
+      const int64_t o = j + 4 * q;
+      const __m256d xd = load4_pd_tail(xr + o, D - o);
+      a[c][0] = _mm256_fmadd_pd(xd, xd, a[c][0]);
+      if (HAS_Y) {
+        const __m256d yd = load4_pd_tail(yr + o, D - o);
+        a[c][1] = _mm256_fmadd_pd(yd, yd, a[c][1]);
+        a[c][2] = _mm256_fmadd_pd(xd, yd, a[c][2]);
+        if (DD) {
+          const __m256d d = _mm256_sub_pd(xd, yd);
+          a[c][NS - 1] = _mm256_fmadd_pd(d, d, a[c][NS - 1]);
+        }
+      }
+    }
+  }
+  for (int s = 0; s < NS; ++s) {
+    acc[s] = NC == 4 ? _mm256_add_pd(_mm256_add_pd(a[0][s], a[1][s]), _mm256_add_pd(a[NC - 2][s], a[NC - 1][s]))
+                     : _mm256_add_pd(a[0][s], a[1][s]);
+  }
+}
+
+// The sums of the nb rows from row i0 (as AVX-512's long_sums_f32: nv a multiple of 4 lanes, the lanes nb .. nv
+// repeat row nb - 1; software prefetch pf rows ahead; after_row(b) after the loads and sums of lane b).
+template <bool HAS_Y, bool DD, bool FS = false, typename W>
+inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
+                          int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
+                          int64_t end, int64_t pf, W&& after_row) {
+  static_assert(!(FS && DD), "float sums: no dd");
+  constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
+  __m256d acc[NS][4];
+  for (int64_t g = 0; g < nv; g += 4) {
+    for (int r = 0; r < 4; ++r) {
+      const int64_t b = std::min<int64_t>(g + r, nb - 1);
+      const int64_t i = i0 + b;
+      const float* xr = xp + i * sx;
+      const float* yr = yp + i * sy;
+      if (pf > 0 && i + pf < end) {
+        for (int64_t l = 0; l < D * 4; l += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(xr + pf * sx) + l, 0, 3);
+          if (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(yr + pf * sy) + l, 0, 3);
+        }
+      }
+      __m256d a[NS];
+      row_acc_f32<HAS_Y, DD, FS>(xr, yr, D, a);
+      for (int s = 0; s < NS; ++s) acc[s][r] = a[s];
+      after_row(g + r);
+    }
+    _mm256_storeu_pd(xx + g, hsum4(acc[0]));
+    if (HAS_Y) {
+      _mm256_storeu_pd(yy + g, hsum4(acc[1]));
+      _mm256_storeu_pd(xy + g, hsum4(acc[2]));
+      _mm256_storeu_pd(dd + g, DD ? hsum4(acc[NS - 1]) : _mm256_setzero_pd());
+    } else {
+      _mm256_storeu_pd(yy + g, _mm256_setzero_pd());
+      _mm256_storeu_pd(xy + g, _mm256_setzero_pd());
+      _mm256_storeu_pd(dd + g, _mm256_setzero_pd());
+    }
+  }
+}
+
+// write_row_f32_nt (AVX-512, above) on 8-float vectors: the same operations, the same bits as write_row
+// (orow 64-byte aligned, D a multiple of 16: the caller checks).
+template <bool HAS_Y, bool NO_B>
+inline void write_row_f32_nt(const float* xr, const float* yr, float* orow, int64_t D, float a, float b, float c) {
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), vc = _mm256_set1_ps(c);
+  for (int64_t j = 0; j < D; j += 8) {
+    const __m256 xv = _mm256_loadu_ps(xr + j);
+    __m256 o;
+    if constexpr (HAS_Y) {
+      const __m256 yv = _mm256_loadu_ps(yr + j);
+      const __m256 d = _mm256_sub_ps(xv, yv);
+      o = NO_B ? _mm256_fmadd_ps(vc, d, _mm256_mul_ps(va, xv))
+               : _mm256_fmadd_ps(vc, d, _mm256_fmadd_ps(va, xv, _mm256_mul_ps(vb, yv)));
+    } else {
+      o = _mm256_mul_ps(va, xv);
+    }
+    _mm256_stream_ps(orow + j, o);
+  }
+}
+inline bool logmap_rcp_on() { return false; }
+inline bool block_fwd_msm_closed(const double*, const double*, const double*, int64_t, double*, double*, double*) {
+  return false;
+}
+inline bool block_fwd_logmap_rcp(const double*, const double*, const double*, const double*, const double*, int64_t,
+                                 double*, double*, double*) {
+  return false;
+}
+template <int OP>
+inline bool block_fwd_float_reg(const double*, const double*, const double*, const double*, const double*,
+                                const double*, int64_t, double, double*, double*, double*) {
+  return false;
+}
+#else
+using LaneAccD = __m512d;
+template <bool HAS_Y, bool DD, bool FS>
+inline void row_acc_f32(const float*, const float*, int64_t, LaneAccD*) {}
+inline double hsum8_one(LaneAccD) { return 0.0; }
 template <bool HAS_Y, bool NO_B>
 inline void write_row_f32_nt(const float*, const float*, float*, int64_t, float, float, float) {}
 constexpr bool kLongSumsF32 = false;
@@ -849,7 +1025,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   const int f32_lane_mode = kF32Op ? sw.lane : 0;
   const int f32_reg = kF32Op ? sw.reg : 0;
   const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && sw.use;
-  // fp32 rows longer than the short-row cut: the AVX-512 row sums (above)
+  // fp32 rows longer than the short-row cut: the AVX-512 / AVX2 row sums (above)
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
   // rows ahead (8 at D = 64; 0 and 4 measured slower; GEOOPS_STEREO_LONG_PF: long_prefetch)
@@ -971,7 +1147,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
             const float* xr = xf + i * sx;
             const float* yr = yf + i * sy;
             const double k = sc.k[i * sc.sk];
-            __m512d a[3];
+            LaneAccD a[3];
             double sxx = 0, syy = 0, sxy = 0;
             bool dbl = !f32_fsum;
             if (f32_fsum) {
@@ -1023,7 +1199,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
           p0 = i0, pn = nb, cur = 1 - cur;
         }
         for (int64_t b = 0; b < pn; ++b) write_block_row(p0, b, co[1 - cur][0], co[1 - cur][1], co[1 - cur][2]);
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
         if (nt) _mm_sfence();  // the streamed rows visible before the chunk ends
 #endif
       });
@@ -1111,7 +1287,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
           const int64_t nb = std::min<int64_t>(G, end - i0);
           block(i0, nb, (nb + kLanes - 1) / kLanes * kLanes, end);
         }
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
         if (nt) _mm_sfence();  // the streamed rows visible before the chunk ends
 #endif
       });
@@ -1119,7 +1295,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     }
     if (nt) {  // the blocked loop of long fp32 rows with non-temporal writes (long_loop, above)
       for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 3 : 2, 32768, block, [] {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
         _mm_sfence();  // the streamed rows visible before the chunk ends
 #endif
       });
