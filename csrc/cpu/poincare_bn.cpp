@@ -162,23 +162,6 @@ inline bool bn_tiles(int64_t D) {
 // The rows of a tile's transposed scratch for DD columns (untile16): DD rows of columns, at least kTile (AVX-512's
 // 16 x 16 transpose reads rows DD..15 as zeros).
 constexpr int kTileCols(int DD) { return DD > int(kTile) ? DD : int(kTile); }
-#if defined(CPU_CAPABILITY_AVX2)
-// The 8 x 8 float transpose: r[l] (row l) -> r[d] (column d).
-inline void transpose8(__m256 (&r)[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-#endif
 // The kTile rows at p (DD floats each) as SoA s[d][l] = row l's element d.
 template <int DD>
 inline void tile16(const float* p, float (&s)[DD][kTile]) {
@@ -191,7 +174,7 @@ inline void tile16(const float* p, float (&s)[DD][kTile]) {
   for (int d0 = 0; d0 < DD; d0 += 8) {  // columns d0 .. d0 + 7 of the 8 rows
     __m256 r[8];
     for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(p + l * DD + d0);
-    transpose8(r);
+    paths::transpose8(r);
     for (int d = 0; d < 8; ++d) _mm256_store_ps(s[d0 + d], r[d]);
   }
 #else
@@ -212,7 +195,7 @@ inline void untile16(const float (&s)[R][kTile], float* p) {
   for (int d0 = 0; d0 < DD; d0 += 8) {
     __m256 r[8];
     for (int d = 0; d < 8; ++d) r[d] = _mm256_load_ps(s[d0 + d]);
-    transpose8(r);
+    paths::transpose8(r);
     for (int l = 0; l < 8; ++l) _mm256_storeu_ps(p + l * DD + d0, r[l]);
   }
 #else

@@ -196,20 +196,6 @@ static_assert(f32r::kF == 8, "AVX2: 8 float lanes");
 inline std::atomic<bool> g_relu_tr8{true};
 inline bool relu_tr8_on() { return g_relu_tr8.load(std::memory_order_relaxed); }
 inline void relu_tr8_read_knob() { g_relu_tr8.store(!knobs::off("GEOOPS_POINCARE_RELU_TR8"), std::memory_order_relaxed); }
-inline void relu_transpose8(__m256 (&r)[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
 // The NB rows at p (D floats each, back to back) into SoA lanes xs[j][b].
 template <int D, int NB>
 inline void relu_deint_tr8(const float* p, float (&xs)[D][NB]) {
@@ -222,7 +208,7 @@ inline void relu_deint_tr8(const float* p, float (&xs)[D][NB]) {
       __m256 r[8];
       for (int l = 0; l < 8; ++l)
         r[l] = w == kFull ? _mm256_loadu_ps(p + (r0 + l) * D + d0) : _mm256_maskload_ps(p + (r0 + l) * D + d0, m);
-      relu_transpose8(r);
+      paths::transpose8(r);
       for (int d = 0; d < w; ++d) _mm256_store_ps(&xs[d0 + d][r0], r[d]);
     }
   }
