@@ -12,6 +12,7 @@
 #include "cpu/gaunt.h"
 #include "cpu/poincare.h"
 #include "cpu/poincare_head.h"
+#include "cpu/poincare_paths.h"
 #include "cpu/ssm.h"
 #include "cpu/stereographic.h"
 #include "cpu/stereographic_pairwise.h"
@@ -169,6 +170,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Poincare residual Mobius addition of two images (points along dim 1) or row matrices, fused (CPU)");
   m.def("poincare_residual_bwd_cpu", &geoops::cpu::poincare_residual_bwd_cpu,
         "Poincare residual Mobius addition, backward -> (dx, dy, dc) (CPU)");
+  m.def(
+      "poincare_row_paths",
+      [] {
+        pybind11::dict d;
+        d["bn_tile_rows"] = geoops::cpu::poincare_bn_tile_rows();
+        const auto widths = [](int64_t mask) {
+          pybind11::list w;
+          for (int64_t dd = 1; dd < 63; ++dd)
+            if (mask >> dd & 1) w.append(dd);
+          return pybind11::tuple(w);
+        };
+        d["relu_deint_widths"] = widths(geoops::cpu::poincare_relu_deint_mask());
+        d["relu_write_widths"] = widths(geoops::cpu::poincare_relu_write_mask());
+        return d;
+      },
+      "the batch norm's float tile rows and the ReLU's explicit float row-lane widths on this build (CPU)");
   // ---- end poincare
 #ifdef GEOOPS_WITH_CUDA
   m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");

@@ -6,6 +6,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
+#include "poincare_paths.h"
 #include "poincare_gemm.h"
 #include "poincare_rows.h"
 #include "knobs.h"
@@ -13,7 +14,7 @@
 #include "geoops/stereo_math.h"
 #include "vec_math.h"
 #include "vec_math_inl.h"
-#include "stereographic_rows_f32.h"  // cols16: the tiles of 16 float rows
+#include "stereographic_rows_f32.h"  // cols16: the tiles of 16 float rows (AVX-512)
 
 #include <ATen/Parallel.h>
 
@@ -134,56 +135,80 @@ inline double lane_sum(const vecmath::Vec& v) {
   return s;
 }
 
-// Tiles of 16 float rows (session 22, the batch norm's backward): at D = 8 / 16 on AVX-512 builds the lane passes
-// of float rows take their columns from one in-register transpose of 16 rows (f32rows::cols16: contiguous loads
-// and permutes, exact moves) into a small SoA scratch, each half widened to a vector of doubles, instead of one
-// masked gather per column and 8 rows (perf on the AMD EPYC: the gathers and the dx pass's scatters were most of
-// the backward passes' time, the lane math ~15 %).  The widened columns are the gathers' values bit for bit, so
-// every sum and coefficient is the lanes path's; the writes are per-row contiguous passes from the tile's
-// coefficients (double fma chains, one rounding).  GEOOPS_POINCARE_BN_TILES=0 (read per call): the gathers.
-#if defined(CPU_CAPABILITY_AVX512)
+// Tiles of float rows (session 22, the batch norm's backward; AVX2 session 28): at D = 8 / 16 the lane passes of
+// float rows take their columns from one in-register transpose of kTile = 2 vectors' worth of rows (AVX-512: 16 rows,
+// f32rows::cols16, contiguous loads and permutes; AVX2: 8 rows, 8 x 8 float transposes by unpack / shuffle / lane
+// permutes; exact moves) into a small SoA scratch, each half widened to a vector of doubles, instead of one masked
+// gather per column and vector of rows (perf on the AMD EPYC: the gathers and the dx pass's scatters were most of the
+// backward passes' time, the lane math ~15 %).  Half h of a tile is rows h * L .. h * L + L - 1 (L = Vec::size()),
+// the lanes the gathers give those rows, and the widened columns are the gathers' values bit for bit, so every sum
+// and coefficient is the lanes path's; the writes are per-row contiguous passes from the tile's coefficients
+// (double fma chains, one rounding).  GEOOPS_POINCARE_BN_TILES=0 (read per call): the gathers.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 constexpr bool kBnTileIsa = true;
 #else
 constexpr bool kBnTileIsa = false;
 #endif
-constexpr int64_t kTile = 16;
-// Whether T's rows have the tile paths in this build (the compile-time half of bn_tiles; AVX-512: 8 double lanes).
+constexpr int kHalf = vecmath::Vec::size();  // a tile's half: one vector of doubles (int: as the literal 8 was)
+constexpr int64_t kTile = 2 * kHalf;         // AVX-512: 16 rows, AVX2: 8
+// Whether T's rows have the tile paths in this build (the compile-time half of bn_tiles).
 template <typename T>
 constexpr bool kBnTiles = kBnTileIsa && std::is_same_v<T, float>;
-static_assert(!kBnTileIsa || vecmath::Vec::size() == 8, "a tile's half is one vector of doubles");
+static_assert(!kBnTileIsa || kHalf == 8 || kHalf == 4, "a tile's half is one vector of doubles (AVX-512 / AVX2)");
 template <typename T>
 inline bool bn_tiles(int64_t D) {
   return kBnTiles<T> && (D == 8 || D == 16) && !knobs::off("GEOOPS_POINCARE_BN_TILES");
 }
-// The 16 rows at p (DD floats each) as SoA s[d][l] = row l's element d.
+// The rows of a tile's transposed scratch for DD columns (untile16): DD rows of columns, at least kTile (AVX-512's
+// 16 x 16 transpose reads rows DD..15 as zeros).
+constexpr int kTileCols(int DD) { return DD > int(kTile) ? DD : int(kTile); }
+// The kTile rows at p (DD floats each) as SoA s[d][l] = row l's element d.
 template <int DD>
 inline void tile16(const float* p, float (&s)[DD][kTile]) {
 #if defined(CPU_CAPABILITY_AVX512)
   __m512 c[DD];
   geoops::cpu::f32rows::cols16<DD>(p, c);
   for (int d = 0; d < DD; ++d) _mm512_storeu_ps(s[d], c[d]);
+#elif defined(CPU_CAPABILITY_AVX2)
+  static_assert(DD % 8 == 0 && kTile == 8, "AVX2 tiles: 8 rows of 8 / 16 floats");
+  for (int d0 = 0; d0 < DD; d0 += 8) {  // columns d0 .. d0 + 7 of the 8 rows
+    __m256 r[8];
+    for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(p + l * DD + d0);
+    paths::transpose8(r);
+    for (int d = 0; d < 8; ++d) _mm256_store_ps(s[d0 + d], r[d]);
+  }
 #else
   for (int l = 0; l < kTile; ++l)
     for (int d = 0; d < DD; ++d) s[d][l] = p[l * DD + d];
 #endif
 }
-// The inverse: s[d][l] (d < DD; s's rows DD..15 zero, the caller's) as the 16 rows at p (DD floats each): the
-// 16 x 16 transpose of cols16 and one masked store per row.
-template <int DD>
-inline void untile16(const float (&s)[kTile][kTile], float* p) {
+// The inverse: s[d][l] (d < DD; AVX-512: s's rows DD..15 zero, the caller's) as the kTile rows at p (DD floats
+// each): AVX-512 the 16 x 16 transpose of cols16 and one masked store per row; AVX2 8 x 8 transposes.
+template <int DD, int R>
+inline void untile16(const float (&s)[R][kTile], float* p) {
+  static_assert(R == kTileCols(DD), "untile16: the scratch's rows");
 #if defined(CPU_CAPABILITY_AVX512)
   __m512 c[kTile];
   geoops::cpu::f32rows::cols16<kTile>(&s[0][0], c);
   for (int l = 0; l < kTile; ++l) _mm512_mask_storeu_ps(p + l * DD, static_cast<__mmask16>((1u << DD) - 1u), c[l]);
+#elif defined(CPU_CAPABILITY_AVX2)
+  for (int d0 = 0; d0 < DD; d0 += 8) {
+    __m256 r[8];
+    for (int d = 0; d < 8; ++d) r[d] = _mm256_load_ps(s[d0 + d]);
+    paths::transpose8(r);
+    for (int l = 0; l < 8; ++l) _mm256_storeu_ps(p + l * DD + d0, r[l]);
+  }
 #else
   for (int l = 0; l < kTile; ++l)
     for (int d = 0; d < DD; ++d) p[l * DD + d] = s[d][l];
 #endif
 }
-// Lanes h * 8 .. h * 8 + 7 of a tile column, widened (exact).
+// Lanes h * kHalf .. h * kHalf + kHalf - 1 of a tile column, widened (exact).
 inline vecmath::Vec tile_half(const float* col, int h) {
 #if defined(CPU_CAPABILITY_AVX512)
   return vecmath::Vec(_mm512_cvtps_pd(_mm256_loadu_ps(col + 8 * h)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return vecmath::Vec(_mm256_cvtps_pd(_mm_loadu_ps(col + 4 * h)));
 #else
   alignas(64) double t[vecmath::Vec::size()];
   for (int l = 0; l < vecmath::Vec::size(); ++l) t[l] = double(col[vecmath::Vec::size() * h + l]);
@@ -192,6 +217,10 @@ inline vecmath::Vec tile_half(const float* col, int h) {
 }
 
 }  // namespace
+
+int64_t poincare_bn_tile_rows() { return kBnTiles<float> ? kTile : 0; }
+int64_t poincare_relu_deint_mask() { return paths::relu_mask(false); }
+int64_t poincare_relu_write_mask() { return paths::relu_mask(true); }
 
 // ---------------------------------------------------------------- midpoint batch norm
 // The batch midpoint's sums (one fused reduction): F = sum_i lam_i x_i, L = sum_i (lam_i - 1),
@@ -228,14 +257,14 @@ void mid_fwd_impl(const T* xp, int64_t N, int64_t D, double c, double* F, double
       const Vec one(1.0), two(2.0), vc(c), tiny(1e-15), zero(0.0);
       int64_t i = i0;
       if constexpr (kBnTiles<T>) {
-        if (tiles) {  // whole tiles of 16 rows (bn_tiles): the gathers' columns by a transpose, same expressions
+        if (tiles) {  // whole tiles of kTile rows (bn_tiles): the gathers' columns by a transpose, same expressions
           alignas(64) float ts[kBnLaneMaxD][kTile];
           for (; i + kTile <= i1; i += kTile) {
             with_tile_width(D, [&](auto W) { tile16<W>(xp + i * D, *reinterpret_cast<float(*)[W][kTile]>(ts)); });
             for (int h = 0; h < 2; ++h) {
               Vec X(0.0);
               for (int64_t d = 0; d < D; ++d) xs[d] = tile_half(ts[d], h), X = at::vec::fmadd(xs[d], xs[d], X);
-              if (Xo) X.store(Xo + i + 8 * h);
+              if (Xo) X.store(Xo + i + kHalf * h);
               const Vec lam = two / at::vec::maximum(one - vc * X, tiny);
               aL = aL + (lam - one);
               for (int64_t d = 0; d < D; ++d) aF[d] = at::vec::fmadd(lam, xs[d], aF[d]);
@@ -330,7 +359,7 @@ struct BnBlock {
 
 // Row sums of a block: vv = |v|^2, bv = <b, v>, and with g (backward) gb = <g, b>, gv = <g, v>; one pass over
 // each row (the only |v|^2 of the row pass: the lane math below takes expmap's tanc argument from it).
-// bn_block_sums' backward sums of the block's whole tiles of 16 rows (bn_tiles); returns the rows done.
+// bn_block_sums' backward sums of the block's whole tiles of kTile rows (bn_tiles); returns the rows done.
 template <int DD>
 int64_t bn_block_sums_tiles(BnBlock& k_, const float* vp, const float* gp, const double* bp, int64_t i0, int64_t n) {
   using vecmath::Vec;
@@ -353,7 +382,7 @@ int64_t bn_block_sums_tiles(BnBlock& k_, const float* vp, const float* gp, const
           vv = at::vec::fmadd(v, v, vv), bv = at::vec::fmadd(Vec(bp[d]), v, bv);
         }
       }
-      const int64_t o = j + 8 * h;
+      const int64_t o = j + kHalf * h;
       vv.store(k_.vv + o), bv.store(k_.bv + o), gb.store(k_.gb + o), gv.store(k_.gv + o);
     }
   }
@@ -652,7 +681,7 @@ struct LogBlock {
 // without g and with Xs (the rows' |x_i|^2 from the midpoint pass, mm = |m|^2) only dd is summed, xy = (mm + yy -
 // dd) / 2 (its rounding, ~1e-16 of |m|^2 + |x|^2, is far below what LOGMAP's O(1) denominators notice);
 // padded lanes up to whole vectors: zeros (x = 0, g = 0: finite coefficients, zero adjoints).
-// log_block_sums' backward sums of the block's whole tiles of 16 rows (bn_tiles); returns the rows done.
+// log_block_sums' backward sums of the block's whole tiles of kTile rows (bn_tiles); returns the rows done.
 // Without g: the forward's case (Xs, mm given), only dd summed, as log_block_sums.
 template <int DD>
 int64_t log_block_sums_tiles(LogBlock& k_, const float* xp, const float* gp, const double* mp, int64_t i0, int64_t n,
@@ -669,7 +698,7 @@ int64_t log_block_sums_tiles(LogBlock& k_, const float* xp, const float* gp, con
           const Vec e = Vec(mp[d]) - tile_half(xs[d], h);
           dd = at::vec::fmadd(e, e, dd);
         }
-        const int64_t o = j + 8 * h;
+        const int64_t o = j + kHalf * h;
         const Vec yy = Vec::loadu(Xs + i0 + o);
         yy.store(k_.yy + o), (Vec(0.5) * (Vec(mm) + yy - dd)).store(k_.xy + o), dd.store(k_.dd + o);
         Vec(0.0).store(k_.ga + o), Vec(0.0).store(k_.gc + o);
@@ -684,7 +713,7 @@ int64_t log_block_sums_tiles(LogBlock& k_, const float* xp, const float* gp, con
         yy = at::vec::fmadd(x, x, yy), xy = at::vec::fmadd(m, x, xy), dd = at::vec::fmadd(e, e, dd);
         ga = at::vec::fmadd(g, m, ga), gc = at::vec::fmadd(g, e, gc);
       }
-      const int64_t o = j + 8 * h;
+      const int64_t o = j + kHalf * h;
       yy.store(k_.yy + o), xy.store(k_.xy + o), dd.store(k_.dd + o), ga.store(k_.ga + o), gc.store(k_.gc + o);
     }
   }
@@ -800,25 +829,27 @@ void log_block_coefs(LogBlock& k_, int64_t n, double mm, double k, double* sm, d
   }
 }
 
-// bn_log_fwd_impl's lane writes on the block's whole tiles of 16 rows (bn_tiles): the lanes path's u columns and
+// bn_log_fwd_impl's lane writes on the block's whole tiles of kTile rows (bn_tiles): the lanes path's u columns and
 // per-lane S terms, the rounded columns transposed back to rows; returns the rows done.
 template <int DD>
 int64_t bn_log_fwd_tiles(const LogBlock& blk, const float* xp, const double* mp, float* up, int64_t b0, int64_t n,
                          vecmath::Vec& sl) {
   using vecmath::Vec;
   alignas(64) float xs[DD][kTile];
-  alignas(64) float us[kTile][kTile] = {};  // rows DD.. stay zero (untile16)
+  alignas(64) float us[kTileCols(DD)][kTile] = {};  // AVX-512: rows DD..15 stay zero (untile16)
   int64_t j = 0;
   for (; j + kTile <= n; j += kTile) {
     tile16<DD>(xp + (b0 + j) * DD, xs);
     for (int h = 0; h < 2; ++h) {
-      const Vec a = Vec::loadu(blk.ca + j + 8 * h), c = Vec::loadu(blk.cc + j + 8 * h);
+      const Vec a = Vec::loadu(blk.ca + j + kHalf * h), c = Vec::loadu(blk.cc + j + kHalf * h);
       Vec s(0.0);
       for (int d = 0; d < DD; ++d) {
         const Vec m(mp[d]);
         const Vec u = Cols<float>::round(a * m + c * (m - tile_half(xs[d], h)));
 #if defined(CPU_CAPABILITY_AVX512)
         _mm256_storeu_ps(us[d] + 8 * h, _mm512_cvtpd_ps(u));
+#elif defined(CPU_CAPABILITY_AVX2)
+        _mm_storeu_ps(us[d] + 4 * h, _mm256_cvtpd_ps(u));  // u is already float-rounded: exact
 #else
         alignas(64) double t[Vec::size()];
         u.store(t);
@@ -928,7 +959,7 @@ void bn_log_bwd_red(const T* gp, const T* xp, const double* mp, int64_t N, int64
 
 // The epilogue: dx_i = -c_i g_i + (2 (yy_ + dd_) + w_i c) x_i + (xy_ - 2 dd_) m + lam_i gF with the midpoint
 // sums' lam_i = 2 / max(1 - c |x_i|^2, 1e-15), w_i = (<gF, x_i> + gL) lam_i^2; returns the sums' dc.
-// bn_log_bwd_dx's lane branch on the whole tiles of 16 rows from i0 (bn_tiles): P = <gF, x_i> and the row scalars
+// bn_log_bwd_dx's lane branch on the whole tiles of kTile rows from i0 (bn_tiles): P = <gF, x_i> and the row scalars
 // on the tile's two halves (the lanes path's expressions), dx per row from them (contiguous rows, double fma
 // chains, one rounding); the halves' dc terms added to gcv; returns the first row not done.
 template <int DD>
@@ -944,14 +975,14 @@ int64_t bn_log_bwd_dx_tiles(const float* gp, const float* xp, const double* mp, 
     for (int h = 0; h < 2; ++h) {
       Vec P(0.0);
       for (int d = 0; d < DD; ++d) P = at::vec::fmadd(Vec(gF[d]), tile_half(xs[d], h), P);
-      const int64_t o = i + 8 * h;
+      const int64_t o = i + kHalf * h;
       const Vec X = Vec::loadu(cf + 3 * N + o), den = one - vc * X;
       const Vec lam = two / at::vec::maximum(den, tiny);
       const Vec w = Vec::blendv(zero, (P + vgL) * lam * lam, den > tiny);
-      Vec::loadu(cf + o).store(rg + 8 * h);
-      (Vec::loadu(cf + N + o) + w * vc).store(rx + 8 * h);
-      Vec::loadu(cf + 2 * N + o).store(rm + 8 * h);
-      lam.store(rl + 8 * h);
+      Vec::loadu(cf + o).store(rg + kHalf * h);
+      (Vec::loadu(cf + N + o) + w * vc).store(rx + kHalf * h);
+      Vec::loadu(cf + 2 * N + o).store(rm + kHalf * h);
+      lam.store(rl + kHalf * h);
       gcv = gcv + half * w * X;
     }
     for (int l = 0; l < kTile; ++l) {
@@ -1391,6 +1422,9 @@ inline vecmath::Vec load_dv(const T* p) {
 #if defined(CPU_CAPABILITY_AVX512)
   } else if constexpr (true) {  // 8 floats widened in one instruction (exact)
     return Vec(_mm512_cvtps_pd(_mm256_loadu_ps(p)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  } else if constexpr (true) {  // 4 floats widened in one instruction (exact)
+    return Vec(_mm256_cvtps_pd(_mm_loadu_ps(p)));
 #endif
   } else {
     alignas(64) double t[Vec::size()];
@@ -1406,6 +1440,9 @@ inline void store_dv(T* p, const vecmath::Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512)
   } else if constexpr (true) {  // rounded to nearest as T(double) (the MXCSR's mode)
     _mm256_storeu_ps(p, _mm512_cvtpd_ps(v));
+#elif defined(CPU_CAPABILITY_AVX2)
+  } else if constexpr (true) {  // rounded to nearest as T(double) (the MXCSR's mode)
+    _mm_storeu_ps(p, _mm256_cvtpd_ps(v));
 #endif
   } else {
     alignas(64) double t[Vec::size()];
@@ -1506,7 +1543,7 @@ void rows_gram(const T* a, const T* g, int64_t N, int64_t D, double* out) {
 //   tr gM = sum_n <u_n, gv_n>,  (AE gM)_a = sum_n <a, u_n> gv_n,  (AE gM^T)_a = sum_n <a, gv_n> u_n  (a = b, e):
 // four dots and five D-vector multiply-adds per row (9 D instead of D^2).  Two passes per block of kBnBlock rows:
 // (1) the dots on lanes of rows (one row per lane, each an fma chain over d in order from 0; columns from tiles of
-// 16 float rows, bn_tiles, or gathers, Cols: every other dtype / D / ISA and the tails -- the same values either
+// kTile float rows, bn_tiles, or gathers, Cols: every other dtype / D / ISA and the tails -- the same values either
 // way), (2) the multiply-adds per row, contiguous (each accumulator element an fma chain over the chunk's rows in
 // order), the chunks added in order (Partials): the same bits for any thread count.  The per-row <b, gv_n>,
 // <e, gv_n> are kept (tg, 2 x N) for gu:
@@ -1544,7 +1581,7 @@ inline void ct_dots(const LoadU& lu, const LoadG& lg, const double* b, const dou
   }
 }
 
-// Pass (1) on the whole tiles of 16 float rows of the block [b0, b0 + n); returns the rows done.
+// Pass (1) on the whole tiles of kTile float rows of the block [b0, b0 + n); returns the rows done.
 template <int DD>
 int64_t ct_dots_tiles(const float* u, const float* g, const double* b, const double* e, int64_t b0, int64_t n,
                       double (&s)[2][kBnBlock], double* tg, int64_t N) {
@@ -1554,7 +1591,7 @@ int64_t ct_dots_tiles(const float* u, const float* g, const double* b, const dou
     tile16<DD>(u + (b0 + j) * DD, us);
     tile16<DD>(g + (b0 + j) * DD, gs);
     for (int h = 0; h < 2; ++h) {
-      const int64_t o = j + 8 * h;
+      const int64_t o = j + kHalf * h;
       ct_dots([&](int64_t d) { return tile_half(us[d], h); }, [&](int64_t d) { return tile_half(gs[d], h); }, b, e,
               DD, s[0] + o, s[1] + o, tg + b0 + o, tg + N + b0 + o, kLanes);
     }

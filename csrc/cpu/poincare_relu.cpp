@@ -4,6 +4,7 @@
 #include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit
 
 #include "poincare.h"
+#include "poincare_paths.h"
 #include "poincare_rows.h"
 #include "knobs.h"
 
@@ -15,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -170,6 +172,48 @@ constexpr bool relu_perm(int D) {
   return (void)D, false;
 #endif
 }
+// AVX2 (session 28): the rows -> SoA lanes at D = 3..16 by 8 x 8 float transposes (unpack / shuffle / 128-bit lane
+// permutes: exact moves, so the lanes hold what GCC's deinterleave loop puts there, bit for bit): 8 rows at a time,
+// each row's columns d0 .. d0 + 7 one (masked past D) load; the writes at D = 8, 16 one broadcast of the row's
+// coefficients and one contiguous vector per 8 elements, the other D GCC's loop (no masked stores).
+using paths::relu_tr8;        // (poincare_paths.h: the predicates the build's report reads)
+using paths::relu_tr8_write;
+static_assert(paths::kReluMaxD == kReluF32MaxD, "poincare_paths.h: the ReLU's float lanes' D");
+static_assert(
+    [] {
+      for (int d = 1; d <= kReluF32MaxD; ++d)
+        if (relu_perm(d) != paths::relu_perm(d)) return false;
+      return true;
+    }(),
+    "poincare_paths.h's relu_perm is this file's");
+#if defined(CPU_CAPABILITY_AVX2)
+static_assert(f32r::kF == 8, "AVX2: 8 float lanes");
+#endif
+#if defined(CPU_CAPABILITY_AVX2)
+// GEOOPS_POINCARE_RELU_TR8=0 (read once per call by relu_fwd_impl / relu_bwd_impl, not per block: getenv per 32
+// rows would cost more than the transposes save): GCC's loops at every D, so that the tests compare the two bit for
+// bit (a process-wide switch, as the environment is; relaxed: a flag, nothing published through it).
+inline std::atomic<bool> g_relu_tr8{true};
+inline bool relu_tr8_on() { return g_relu_tr8.load(std::memory_order_relaxed); }
+inline void relu_tr8_read_knob() { g_relu_tr8.store(!knobs::off("GEOOPS_POINCARE_RELU_TR8"), std::memory_order_relaxed); }
+// The NB rows at p (D floats each, back to back) into SoA lanes xs[j][b].
+template <int D, int NB>
+inline void relu_deint_tr8(const float* p, float (&xs)[D][NB]) {
+  static_assert(NB % 8 == 0, "whole groups of 8 rows");
+  for (int d0 = 0; d0 < D; d0 += 8) {
+    constexpr int kFull = 8;
+    const int w = D - d0 < kFull ? D - d0 : kFull;  // the columns of this block (a compile-time value per d0)
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int r0 = 0; r0 < NB; r0 += 8) {
+      __m256 r[8];
+      for (int l = 0; l < 8; ++l)
+        r[l] = w == kFull ? _mm256_loadu_ps(p + (r0 + l) * D + d0) : _mm256_maskload_ps(p + (r0 + l) * D + d0, m);
+      paths::transpose8(r);
+      for (int d = 0; d < w; ++d) _mm256_store_ps(&xs[d0 + d][r0], r[d]);
+    }
+  }
+}
+#endif
 template <int D, int NB, bool HAS_G>
 inline void relu_deint(const float* xb, const float* gb, float (&xs)[D][NB], float (&gs)[HAS_G ? D : 1][NB]) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -177,6 +221,14 @@ inline void relu_deint(const float* xb, const float* gb, float (&xs)[D][NB], flo
     f32r::deint_v<D, NB>(xb, xs);
     if constexpr (HAS_G) f32r::deint_v<D, NB>(gb, gs);
     return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (relu_tr8(D)) {
+    if (relu_tr8_on()) {
+      relu_deint_tr8<D, NB>(xb, xs);
+      if constexpr (HAS_G) relu_deint_tr8<D, NB>(gb, gs);
+      return;
+    }
   }
 #endif
   f32r::deinterleave<D, NB, HAS_G>(xb, gb, xs, gs);
@@ -231,6 +283,30 @@ __attribute__((noinline, optimize("no-trapping-math"))) void relu_write_f(
       }
     }
     return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (relu_tr8_write(D)) {
+    if (relu_tr8_on()) {  // the same expressions as the loop below, explicitly
+      const __m256 zero = _mm256_setzero_ps();
+      for (int b = 0; b < NB; ++b) {
+        const __m256 f = _mm256_broadcast_ss(ca + b);
+        const __m256 a = BWD ? _mm256_broadcast_ss(cb + b) : zero, bb = BWD ? _mm256_broadcast_ss(cc + b) : zero;
+        for (int j = 0; j < D; j += 8) {
+          const int off = b * D + j;
+          const __m256 xv = _mm256_loadu_ps(xb + off);
+          const __m256 pos = _mm256_cmp_ps(xv, zero, _CMP_GT_OQ);
+          __m256 o;
+          if (BWD) {
+            const __m256 t = _mm256_fmadd_ps(f, _mm256_loadu_ps(gb + off), _mm256_mul_ps(a, xv));
+            o = _mm256_fmadd_ps(bb, xv, _mm256_and_ps(pos, t));
+          } else {
+            o = _mm256_and_ps(pos, _mm256_mul_ps(f, xv));
+          }
+          _mm256_storeu_ps(ob + off, o);
+        }
+      }
+      return;
+    }
   }
 #endif
   // GCC does not inline std::fma into this function (its optimize attribute differs from the caller-less inline's
@@ -395,6 +471,9 @@ inline bool relu_f32_block(int64_t D, const float* xb, const float* gb, float* o
 // (Per-thread ranges would move the 32-row blocks and the partial tails — the double path — with the thread count.)
 template <typename T>
 void relu_fwd_impl(const T* xp, T* yp, int64_t N, int64_t D, double k, double eps) {
+#if defined(CPU_CAPABILITY_AVX2)
+  relu_tr8_read_knob();
+#endif
   const double mx = (1.0 - eps) / std::sqrt(-k);
   const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
   for_row_chunks(N, chunk_rows(D), [&](int64_t i0, int64_t i1, int64_t) {
@@ -432,6 +511,9 @@ inline void relu_bwd_write_row(const T* xr, const T* gr, T* gxr, int64_t D, T f,
 
 template <typename T>
 double relu_bwd_impl(const T* gp, const T* xp, T* gxp, int64_t N, int64_t D, double k, double eps) {
+#if defined(CPU_CAPABILITY_AVX2)
+  relu_tr8_read_knob();
+#endif
   const double mx = (1.0 - eps) / std::sqrt(-k);
   const bool f32 = std::is_same<T, float>::value && D <= kReluF32MaxD && relu_f32_on();
   const double vfk = relu_vfk(k, eps);
