@@ -4,7 +4,9 @@ The C++ CPU kernels are always built (C++17, OpenMP).  The CUDA kernels are
 added when torch was built with CUDA and a matching nvcc is found, or forced
 with GEOOPS_BUILD_CUDA=1 (=0 never builds them).  TORCH_CUDA_ARCH_LIST is
 respected; without it and without a visible GPU the CUDA build targets
-8.0;9.0+PTX.  GEOOPS_PORTABLE=1 drops -march=native (for wheels that travel).
+8.0;9.0+PTX.  GEOOPS_PORTABLE=1 drops -march=native (for wheels that travel);
+GEOOPS_MARCH=<cpu> builds for another CPU than this one (-march=<cpu>, e.g. znver3 or
+haswell: the AVX2 kernels on an AVX-512 machine, for tests and A/B runs).
 
     pip install .                                # or, in a dev checkout:
     pip install --no-build-isolation -e .
@@ -17,7 +19,7 @@ build, and compile against the wrong one); when pip builds in an isolated
 environment, this script finds the target environment's torch by asking the
 same interpreter without pip's isolation.
 
-Object files live in build/temp-<python>-<torch>-<cpu|cuda>-<native|portable>,
+Object files live in build/temp-<python>-<torch>-<cpu|cuda>-<native|portable|march-CPU>,
 so that every build (editable, wheel, build_ext --inplace) is incremental.
 """
 import glob
@@ -171,12 +173,15 @@ def _extensions():
             use_cuda = True
 
     portable = os.environ.get("GEOOPS_PORTABLE", "0") == "1"
+    march = os.environ.get("GEOOPS_MARCH", "native").strip() or "native"
+    if not all(ch.isalnum() or ch in "-_.+" for ch in march):
+        _fail(f"GEOOPS_MARCH={march!r}: expected a GCC -march name such as native, znver3, haswell or skylake-avx512")
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No -std: torch's BuildExtension adds the standard its headers need
     # (C++17 up to torch 2.13, C++20 from 2.14 on, whose headers reject C++17).
     cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
     if not portable:
-        cxx.append("-march=native")
+        cxx.append(f"-march={march}")
     define_macros = []
     kwargs = dict(
         include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")],
@@ -206,9 +211,9 @@ def _extensions():
         sys.implementation.cache_tag,
         "torch" + torch.__version__.replace("+", "_"),
         "cuda" if use_cuda else "cpu",
-        "portable" if portable else "native",
+        "portable" if portable else ("native" if march == "native" else f"march-{march}"),
     ])
-    _say(f"{'C++ + CUDA' if use_cuda else 'C++'} kernels, {'portable' if portable else '-march=native'}, "
+    _say(f"{'C++ + CUDA' if use_cuda else 'C++'} kernels, {'portable' if portable else f'-march={march}'}, "
          f"objects in build/temp-{variant} (incremental)")
 
     base = BuildExtension.with_options(use_ninja=True)

@@ -73,7 +73,7 @@ inputs_hash() {
   {
     find csrc setup.py pyproject.toml -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     python -c 'import sys, torch; print(sys.version, torch.__version__, torch.version.cuda)'
-    env | grep -E '^(GEOOPS_BUILD_CUDA|GEOOPS_PORTABLE|TORCH_CUDA_ARCH_LIST|CUDA_HOME|CUDA_PATH|CXX|CC|CFLAGS|CXXFLAGS)=' | LC_ALL=C sort || true
+    env | grep -E '^(GEOOPS_BUILD_CUDA|GEOOPS_PORTABLE|GEOOPS_MARCH|TORCH_CUDA_ARCH_LIST|CUDA_HOME|CUDA_PATH|CXX|CC|CFLAGS|CXXFLAGS)=' | LC_ALL=C sort || true
     command -v nvcc || true
   } | sha256sum | cut -d' ' -f1
 }
