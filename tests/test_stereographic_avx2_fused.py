@@ -19,7 +19,8 @@ from _stereo_rows import per_row_k, row_rel_err, short_layout
 LAYOUT = short_layout()
 BLOCK = LAYOUT["block_rows"]
 FAST_OPS = ("mobius_add", "expmap", "expmap0", "logmap", "logmap0")
-KNOBS = ("GEOOPS_STEREO_F32_ROWS", "GEOOPS_STEREO_F32_REG", "GEOOPS_STEREO_F32_MOB", "GEOOPS_STEREO_F32_G2")
+KNOBS = ("GEOOPS_STEREO_F32_ROWS", "GEOOPS_STEREO_F32_REG", "GEOOPS_STEREO_F32_MOB", "GEOOPS_STEREO_F32_G2",
+         "GEOOPS_STEREO_F32_SUMS")
 
 
 def _env(monkeypatch, **kv):
@@ -89,7 +90,8 @@ def test_f32_fused_two_vectors_same_bits(op, d, rows, monkeypatch):
 @pytest.mark.parametrize("op", FAST_OPS)
 def test_f32_fused_two_vectors_declined_block(op, d, monkeypatch):
     """A NaN row in a block's second vector declines the whole block (its rows: the double path's bits, as one vector
-    at a time), the blocks around it unchanged."""
+    at a time), the blocks around it unchanged.  The double path is F32_ROWS=0 with F32_SUMS=0: on AVX-512 builds
+    mobius_add at D > 8 otherwise takes the long rows' float sums (another float path, 1 ulp apart in some rows)."""
     x, y = _inputs(op, d, seed=700 + d)
     x[2 * BLOCK + BLOCK - 3] = float("nan")
     k = torch.tensor(-1.0)
@@ -97,7 +99,7 @@ def test_f32_fused_two_vectors_declined_block(op, d, monkeypatch):
     two = _call(op, x, y, k)
     _env(monkeypatch, F32_ROWS="2", F32_REG="0", F32_G2="0")
     one = _call(op, x, y, k)
-    _env(monkeypatch, F32_ROWS="0")
+    _env(monkeypatch, F32_ROWS="0", F32_SUMS="0")
     dbl = _call(op, x, y, k)
     _env(monkeypatch)
     assert torch.equal(two.nan_to_num(7.0), one.nan_to_num(7.0))
