@@ -16,6 +16,7 @@ MEASURED = {
 }
 MEASURED_FWD_BWD = {
     'x86_64-amd-avx2': '2026-12-03 19:45 UTC, AMD EPYC, 1 thread, process CPU time (min of 7 interleaved rounds), forward + backward',
+    'x86_64-amd-avx512': '2026-12-04 10:17 UTC, AMD EPYC, 1 thread, process CPU time, forward + backward (min of 7 interleaved rounds)',
 }
 TABLES = {
     'x86_64-intel-avx512': {
@@ -25,6 +26,8 @@ TABLES = {
     'x86_64-amd-avx512': {
         "binary": {1: 'direct', 2: 'direct', 3: 'direct', 4: 'direct', 5: 'grid', 6: 'grid', 7: 'grid', 8: 'grid'},
         "many": {1: 'grid', 2: 'grid', 3: 'grid', 4: 'grid', 5: 'grid', 6: 'grid', 7: 'grid', 8: 'grid'},
+        "binary_fwd_bwd": {1: 'direct', 2: 'direct', 3: 'direct', 4: 'direct', 5: 'grid', 6: 'grid', 7: 'grid', 8: 'grid'},
+        "many_fwd_bwd": {1: 'grid', 2: 'grid', 3: 'grid', 4: 'grid', 5: 'grid', 6: 'grid', 7: 'grid', 8: 'grid'},
     },
     'x86_64-amd-avx2': {
         "binary": {1: 'direct', 2: 'direct', 3: 'direct', 4: 'direct', 5: 'fft', 6: 'grid', 7: 'grid', 8: 'grid'},
