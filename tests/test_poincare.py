@@ -316,15 +316,20 @@ def test_fc_rows_row_lanes_vs_reference(monkeypatch, dtype, tangent, m, N):
             torch.testing.assert_close(a.reshape(w.shape), w, rtol=1e-8, atol=1e-10, msg=name)
 
 
-def test_fc_float32_dc_median_error_vs_eager(monkeypatch):
+@pytest.mark.parametrize("lanes", ["0", "1"])
+def test_fc_float32_dc_median_error_vs_eager(monkeypatch, lanes):
     """poincare_fc's float32 curvature gradient on the generic row pass (GEOOPS_POINCARE_FC_LANES16=0: what
-    builds without AVX-512, m > 16 and float64 run), rows mostly on the projection branch (orientations of scale 5
+    portable builds, m > 16 and float64 run) and (lanes = "1", AVX2 builds) on the AVX2 row lanes, rows mostly on
+    the projection branch (orientations of scale 5
     / sqrt(n), points up to 0.9 of the radius): over 150 seeds the median of |dc - truth| (truth: the float64
     reference on the float32-rounded inputs) at most the eager float32 reference's median (stricter than the 2x
     rule, to catch a regression: session 25 measured 1.8x at N = 37, m = 2 (1.2x at the parity run's m = 11)
     before the row pass formed dL/dw from double row scalars alpha, beta and its glam terms in double, both of
-    which cancel in projected rows; 0.65x (0.7x) after)."""
-    monkeypatch.setenv("GEOOPS_POINCARE_FC_LANES16", "0")
+    which cancel in projected rows; 0.65x (0.7x) after; session 29's AVX2 lanes without them 1.5x, with 0.65x).
+    The AVX-512 lanes still form them in float (a known gap): not run there."""
+    if lanes == "1" and geoops._backend.build_isa() != "AVX2":
+        pytest.skip("the row lanes with double alpha, beta and glam terms are the AVX2 build's")
+    monkeypatch.setenv("GEOOPS_POINCARE_FC_LANES16", lanes)
     N, n, m, c, eps = 37, 13, 2, 0.8, ref.default_eps(torch.float32)
     gen = torch.Generator().manual_seed(3702)
     ours, eager = [], []

@@ -976,6 +976,9 @@ struct Lanes16Bwd {
   double c, sc;
   int64_t m;
   bool ftan;        // tangent rows with the forward's float scalars (tangent_k16): pass 1's a from them too
+#if defined(CPU_CAPABILITY_AVX2)
+  const double *Cd, *Sd;  // ch / zn, sh in double (the AVX2 twin's glam terms in double, as the generic pass)
+#endif
 };
 #endif
 
@@ -1094,7 +1097,11 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 // fc_bwd_block_lanes16 on AVX2 (see there: the same fields, sums and outputs per lane): groups of 8 rows, t and g
-// in and dt out 8 columns at a time through one transpose each; the fields' layout [group][field][j][8].
+// in and dt out 8 columns at a time through one transpose each; the fields' layout [group][field][j][8].  Unlike
+// the AVX-512 form it carries the generic row pass's session 25 precision fix: dL/dw = alpha g + beta w from the
+// double row scalars (rounded once to float) and glam's terms ga (t s sc Cd - Sd) formed and summed in double
+// (both cancel in projected rows; in float the curvature gradient's median error was 1.5x the eager float32
+// reference's at m = 2 on this path, 0.65x with them: tests/test_poincare.py's dc median test runs it on AVX2).
 __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64_t nr, BlockBuf<float>& bb, float* sc16,
                                                       float* acc, double maxnorm, double dmax_dc, double* rowc,
                                                       double* gl) {
@@ -1166,7 +1173,6 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
     const int nl = int(std::min<int64_t>(kLanesF, nr - g0));
     const float* gsc = sc16 + (g0 / kLanesF) * 7 * fs;
     const float* wcA = gsc + 2 * fs;  // w, cosh(u)/sc, A: pass 1's (consecutive)
-    const V aT = V(f32_of(bb.k1 + g0)), bT = V(f32_of(bb.k0 + g0));
     __m256d lam[2], s[2], sl[2];
     for (int h = 0; h < 2; ++h) {
       lam[h] = _mm256_loadu_pd(bb.lam + g0 + 4 * h);
@@ -1176,9 +1182,14 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
     const V k1T = V(f32_of(_mm256_mul_pd(sl[0], s[0]), _mm256_mul_pd(sl[1], s[1])));
     const V lamT = V(f32_of(lam[0], lam[1])), sT = V(f32_of(s[0], s[1])), slT = V(f32_of(sl[0], sl[1]));
     const V l1T = V(f32_of(_mm256_sub_pd(lam[0], one), _mm256_sub_pd(lam[1], one)));
-    const V scT(float(p.sc));
-    V glam(0.f);
-    __m256d ud[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};  // u . dt
+    __m256d al[2], be[2], ssc[2];  // alpha, beta, s sc per lane in double
+    for (int h = 0; h < 2; ++h) {
+      al[h] = _mm256_loadu_pd(bb.k1 + g0 + 4 * h);
+      be[h] = _mm256_loadu_pd(bb.k0 + g0 + 4 * h);
+      ssc[h] = _mm256_mul_pd(s[h], vsc);
+    }
+    __m256d gld[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};  // glam (double)
+    __m256d ud[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};   // u . dt
     for (int64_t d0 = 0; d0 < m; d0 += 8) {
       const int64_t n = std::min<int64_t>(8, m - d0);
       __m256 gtc[8];
@@ -1187,26 +1198,29 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
         const int64_t j = d0 + d, o = j * kLanesF;
         const V t = V::loadu(gsc + o), g = V::loadu(gsc + fs + o), w = V::loadu(wcA + o);
         const V cu = V::loadu(wcA + fs + o), A = V::loadu(wcA + 2 * fs + o), ra = V::loadu(gsc + 5 * fs + o);
-        const V Cj(p.C[j]), Sj(p.S[j]);
-        const V gw = aT * g + bT * w;
+        const V Cj(p.C[j]);
+        const V gw(f32_of(_mm256_fmadd_pd(al[0], lo_pd(g), _mm256_mul_pd(be[0], lo_pd(w))),
+                          _mm256_fmadd_pd(al[1], hi_pd(g), _mm256_mul_pd(be[1], hi_pd(w)))));
         (V::loadu(fA + o) + gw * w).store(fA + o);
         const V gu = gw * cu;
         const V ga = gu * V(p.Z2[j]) * ra;
         const V gt = ga * k1T * Cj;
         gtc[d] = gt;
         const V tmp = ga * t * sT;  // ga * t_j of the point x = s u
-        glam = glam + (tmp * scT * Cj - ga * Sj);
+        const __m256d cdj = _mm256_set1_pd(p.Cd[j]), sdj = _mm256_set1_pd(p.Sd[j]);
+        const __m256d th[2] = {lo_pd(t), hi_pd(t)}, gah[2] = {lo_pd(ga), hi_pd(ga)};
+        for (int h = 0; h < 2; ++h)
+          gld[h] = _mm256_fmadd_pd(gah[h], _mm256_fmsub_pd(_mm256_mul_pd(th[h], ssc[h]), cdj, sdj), gld[h]);
         (V::loadu(fB + o) + tmp * lamT * Cj).store(fB + o);
         (V::loadu(fZ + o) + gu * A).store(fZ + o);
         (V::loadu(fC + o) + tmp * slT).store(fC + o);
         (V::loadu(fS + o) - ga * l1T).store(fS + o);
-        ud[0] = _mm256_fmadd_pd(lo_pd(t), lo_pd(gt), ud[0]);
-        ud[1] = _mm256_fmadd_pd(hi_pd(t), hi_pd(gt), ud[1]);
+        ud[0] = _mm256_fmadd_pd(th[0], lo_pd(gt), ud[0]);
+        ud[1] = _mm256_fmadd_pd(th[1], hi_pd(gt), ud[1]);
       }
       paths::cols_to_rows8(p.gtb + g0 * m + d0, m, nl, n, gtc);
     }
     // per lane: rowcoef = glam c lam^2, the dc term glam X lam^2 / 2 (summed by the caller in row order), u . dt
-    const __m256d gld[2] = {lo_pd(glam), hi_pd(glam)};
     for (int h = 0; h < 2; ++h) {
       const __m256d l2 = _mm256_mul_pd(lam[h], lam[h]);
       _mm256_maskstore_pd(rowc + g0 + 4 * h, half_mask(h, nl), _mm256_mul_pd(_mm256_mul_pd(gld[h], vc), l2));
@@ -1367,7 +1381,12 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       if constexpr (std::is_same_v<T, float>) {
         if (lanes16) {
           pad_block_lanes(bb, nr);
+#if defined(CPU_CAPABILITY_AVX512)
           const Lanes16Bwd p{tb, gp + r0 * m, gtp + r0 * m, cv.C.data(), cv.S.data(), cv.Z2.data(), c, sc, m, ftan};
+#else
+          const Lanes16Bwd p{tb, gp + r0 * m, gtp + r0 * m, cv.C.data(), cv.S.data(), cv.Z2.data(), c, sc, m, ftan,
+                             Cd.data(), Sd.data()};
+#endif
           std::fill(acc16.begin(), acc16.end(), 0.f);
           gcd += fc_bwd_block_lanes16(p, nr, bb, sc16.data(), acc16.data(), maxnorm, dmax_dc, rowcoef.data() + r0, gl16);
           for (int64_t ii = 0; ii < nr; ++ii) gcd += gl16[ii];
