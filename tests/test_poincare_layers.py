@@ -1919,6 +1919,30 @@ def test_conv2d_logmap0_kernel(dtype):
         assert torch.equal(gx, gx2) and torch.equal(gk, gk2)
 
 
+@pytest.mark.parametrize("C", [1, 3, 8, 13, 16, 19, 32])
+@pytest.mark.parametrize("N", [1, 7, 16, 23, 1001])
+def test_conv2d_logmap0_tr8_same_bits(monkeypatch, C, N):
+    """AVX2 builds: the logmap0 backward's float32 row sums on 8 row lanes (8 x 8 transposes of 8 columns, masked
+    past C; the scalar loop's fmas in its order) vs GEOOPS_POINCARE_LOGMAP0_TR8=0 (the scalar loop): dx and dk bit
+    for bit, with partial 8- and 16-row groups and partial column chunks.  (Other builds: the knob changes nothing,
+    the same assertion holds.)"""
+    from geoops import _backend
+    from geoops.poincare import _LOGMAP0
+    C2 = _backend.compiled()
+    g = torch.Generator().manual_seed(C * 1000 + N)
+    c = 0.7
+    x = torch.randn(N, C, generator=g, dtype=torch.float64)
+    x = (x / x.norm(dim=1, keepdim=True) * torch.rand(N, 1, generator=g, dtype=torch.float64) / math.sqrt(c)).float()
+    gv = torch.randn(N, C, generator=g).float()
+    k1 = torch.tensor([-c], dtype=torch.float64)
+    v = C2.stereo_fwd_cpu(_LOGMAP0, x, None, k1, None, gp._ref.default_eps(torch.float32))
+    on = C2.poincare_conv2d_logmap0_bwd_cpu(gv, x, v, c, True, True)
+    monkeypatch.setenv("GEOOPS_POINCARE_LOGMAP0_TR8", "0")
+    off = C2.poincare_conv2d_logmap0_bwd_cpu(gv, x, v, c, True, True)
+    assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1])
+    assert torch.isfinite(on[0]).all() and torch.isfinite(on[1]).all()
+
+
 @pytest.mark.parametrize("cgrad", [False, True])
 def test_conv2d_logmap0_bwd_gradcheck(cgrad):
     """gradcheck (float64) of the conv layer with the logmap0 backward's row pass on (a fixed c: the row pass;

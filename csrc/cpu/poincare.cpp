@@ -24,6 +24,7 @@
 #include "poincare_gemm.h"
 #include "vec_log.h"  // vecmath::any_lane
 #include "poincare_rows.h"  // grain
+#include "poincare_paths.h"  // AVX2: paths::rows_to_cols8 / cols_to_rows8 (the FC rows on 8 row lanes)
 
 #include <cstdlib>
 
@@ -543,14 +544,30 @@ std::vector<double> row_sq_or(const at::Tensor& x, const at::Tensor& U) {
 // per-row scalars are 16-lane vectors.  The column sums of the backward are vector accumulators per column,
 // reduced (a fixed shuffle tree) once per row block.  Same formulas; float sums in column order (the flat path
 // sums a row with a shuffle tree): values agree to float rounding.
-#if defined(CPU_CAPABILITY_AVX512)
-constexpr int64_t kLanesF = 16;
+// AVX2 (session 29): the same lanes form with 8 rows per vector (kLanesF = 8), m <= 16 as well; the rows <->
+// column vectors by 8 x 8 transposes of 8 columns at a time (paths::rows_to_cols8 / cols_to_rows8: masked loads
+// and stores past m, no gathers, no scatters), the per-lane doubles two vectors of 4.  The AVX-512 functions are
+// left as they were (their machine code unchanged); the AVX2 ones are twins of them, not one template: the
+// gather / scatter + __mmask16 form and the transpose-per-8-columns form differ in every load and store.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+constexpr int64_t kLanesF = Vectorized<float>::size();  // rows per lane vector: 16 (AVX-512), 8 (AVX2)
+constexpr int64_t kLanesMaxM = 16;                      // columns per row on the lanes
 
 // GEOOPS_POINCARE_FC_LANES16=0 (read per call) forces the 8-row double-lane path that m > 16, float64 and
-// builds without AVX-512 run (the tests cover it that way).
+// builds without AVX-512 / AVX2 run (the tests cover it that way).
 inline bool fc_lanes16_on(int64_t m) {
-  return m >= 1 && m <= kLanesF && !knobs::off("GEOOPS_POINCARE_FC_LANES16");
+  return m >= 1 && m <= kLanesMaxM && !knobs::off("GEOOPS_POINCARE_FC_LANES16");
 }
+
+// zero the per-row scalars of the lanes [nr, next multiple of kLanesF) of a block: padding lanes compute on zeros
+template <typename T>
+inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
+  for (int64_t i = nr; i < (nr + kLanesF - 1) / kLanesF * kLanesF && i < kRowBlock; ++i)
+    bb.X[i] = bb.U[i] = bb.s[i] = bb.k1[i] = bb.k0[i] = bb.lam[i] = 0.0;
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512)
 
 // lane l -> l * m (the gather / scatter offsets of a group of 16 rows)
 inline __m512i lane_rows(int64_t m) {
@@ -618,13 +635,6 @@ __attribute__((noinline)) void tangent_k16(const double* U, double c, double sc,
   }
 }
 
-// zero the per-row scalars of the lanes [nr, next multiple of 16) of a block: padding lanes compute on zeros
-template <typename T>
-inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
-  for (int64_t i = nr; i < (nr + kLanesF - 1) / kLanesF * kLanesF && i < kRowBlock; ++i)
-    bb.X[i] = bb.U[i] = bb.s[i] = bb.k1[i] = bb.k0[i] = bb.lam[i] = 0.0;
-}
-
 // fc_fwd_block's element math, output scale and store on row lanes (bb's scalars already formed by block_scalars)
 // (out of line, so that the wide GEMM path's epilogue, fc_fwd_block, is compiled on its own)
 __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, int64_t nr, BlockBuf<float>& bb,
@@ -677,6 +687,117 @@ __attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, 
       _mm512_mask_i32scatter_ps(yb + g0 * m + j, mk, idx, V::loadu(wbuf + j * kLanesF) * Fv, 4);
   }
 }
+#elif defined(CPU_CAPABILITY_AVX2)
+// 8 doubles (two vectors of 4) <-> one float vector, rounded as float(double)
+inline __m256 f32_of(const __m256d lo, const __m256d hi) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
+}
+inline __m256 f32_of(const double* p) { return f32_of(_mm256_loadu_pd(p), _mm256_loadu_pd(p + 4)); }
+inline __m256d lo_pd(const __m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+inline __m256d hi_pd(const __m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+// lanes 4 h .. 4 h + 3 of the first n (the per-row doubles' stores of a partial group)
+inline __m256i half_mask(int h, int n) {
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - 4 * h), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+// the sum of 8 floats (a fixed tree: halves, then pairs)
+inline float hsum8(const float* p) {
+  __m128 s = _mm_add_ps(_mm_loadu_ps(p), _mm_loadu_ps(p + 4));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// tangent_k16 of the AVX-512 build (see there: the same formulas and double steps) on 8 rows; the double part on
+// two vectors of 4.
+__attribute__((noinline)) void tangent_k16(const double* U, double c, double sc, double maxnorm, Vectorized<float>& k1,
+                                           Vectorized<float>& k0) {
+  using V = Vectorized<float>;
+  const double lmax = 2.0 / (1.0 - c * maxnorm * maxnorm);
+  __m256d nd[2], qd[2], n2[2], rd[2];
+  for (int h = 0; h < 2; ++h) {
+    nd[h] = _mm256_max_pd(_mm256_set1_pd(1e-15), _mm256_sqrt_pd(_mm256_loadu_pd(U + 4 * h)));  // NaN stays NaN
+    qd[h] = _mm256_mul_pd(_mm256_set1_pd(sc), nd[h]);
+    const __m256d x = _mm256_mul_pd(_mm256_set1_pd(-2.0), _mm256_min_pd(qd[h], _mm256_set1_pd(9.0)));
+    n2[h] = _mm256_round_pd(_mm256_mul_pd(x, _mm256_set1_pd(1.4426950408889634)),
+                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    rd[h] = _mm256_fnmadd_pd(n2[h], _mm256_set1_pd(0.69314718055994531), x);
+  }
+  const V nn(f32_of(nd[0], nd[1])), q(f32_of(qd[0], qd[1])), n(f32_of(n2[0], n2[1])), r(f32_of(rd[0], rd[1]));
+  const V q2(f32_of(_mm256_mul_pd(qd[0], qd[0]), _mm256_mul_pd(qd[1], qd[1])));
+  const V p = expm1_over_r_f(r) * r;  // e^r - 1
+  const V p2 = vecmath::pow2_f(n);    // 2^n
+  const V num = at::vec::fnmadd(p2, p, V(1.f) - p2), den = at::vec::fmadd(p2, p, V(1.f) + p2);
+  const V e = at::vec::fmadd(p2, p, p2);
+  const V ss = stereo::tanc_series(q2.neg());
+  const V small = q2 < V(0.05f);
+  const V s = V::blendv(num / (den * q), ss, small);
+  const V lam = V::blendv((den * den) / (e + e), V(2.f) / at::vec::fnmadd(q2 * ss, ss, V(1.f)), small);
+  k1 = V(float(sc)) * lam * s;
+  k0 = lam - V(1.f);
+  const V proj = s * nn > V(float(maxnorm));
+  if (vecmath::any_lane(proj)) {
+    k1 = V::blendv(k1, V(float(sc * lmax * maxnorm)) / nn, proj);
+    k0 = V::blendv(k0, V(float(lmax - 1.0)), proj);
+  }
+}
+
+// fc_fwd_block_lanes16 on AVX2: groups of 8 rows, 8 columns at a time through one transpose each way
+__attribute__((noinline)) void fc_fwd_block_lanes16(const float* tb, float* yb, int64_t nr, BlockBuf<float>& bb,
+                                                    bool tangent, const ColVec<float>& cv, double c, double sc,
+                                                    double maxnorm, int64_t m, bool ftan) {
+  using V = Vectorized<float>;
+  const double inv_sc = 1.0 / sc;
+  ftan = ftan && tangent;  // bb.X: |u|^2 of the rows (padding lanes zeroed below)
+  if (!ftan)
+    block_scalars(bb.X, bb.U, bb.s, bb.lam, bb.k1, bb.k0, nr, tangent, c, sc, maxnorm, 0.0);
+  pad_block_lanes(bb, nr);
+  alignas(32) float wbuf[kLanesMaxM * kLanesF];
+  const __m256d one = _mm256_set1_pd(1.0), vc = _mm256_set1_pd(c), vmax = _mm256_set1_pd(maxnorm);
+  const __m256d swm = _mm256_set1_pd(sw_max<float>());
+  bb.nbad = 0;
+  for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
+    const int nl = int(std::min<int64_t>(kLanesF, nr - g0));
+    V k1, k0;
+    if (ftan) tangent_k16(bb.X + g0, c, sc, maxnorm, k1, k0);
+    else k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
+    __m256d S2[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+    for (int64_t d0 = 0; d0 < m; d0 += 8) {
+      const int64_t n = std::min<int64_t>(8, m - d0);
+      __m256 r[8];
+      paths::rows_to_cols8(tb + g0 * m + d0, m, nl, n, r);
+      for (int64_t d = 0; d < n; ++d) {
+        const int64_t j = d0 + d;
+        const V a = V(r[d]) * (k1 * V(cv.C[j])) - k0 * V(cv.S[j]);
+        V A, w, chv;
+        lane_math<float>(a, V(cv.Z2[j]), float(inv_sc), A, w, chv);
+        w.store(wbuf + j * kLanesF);
+        const __m256d wl = lo_pd(w), wh = hi_pd(w);
+        S2[0] = _mm256_fmadd_pd(wl, wl, S2[0]);
+        S2[1] = _mm256_fmadd_pd(wh, wh, S2[1]);
+      }
+    }
+    // the output scale per lane: 1 / (1 + sqrt(1 + c |w|^2)), or maxnorm / |w| where the point lies beyond maxnorm
+    __m256d F[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256d q = _mm256_sqrt_pd(_mm256_fmadd_pd(vc, S2[h], one));
+      const __m256d f = _mm256_div_pd(one, _mm256_add_pd(one, q));
+      const __m256d nw = _mm256_sqrt_pd(S2[h]);
+      const __m256d proj = _mm256_cmp_pd(_mm256_mul_pd(nw, f), vmax, _CMP_GT_OQ);
+      F[h] = _mm256_blendv_pd(f, _mm256_div_pd(vmax, nw), proj);
+      // |w|^2 beyond sw_max or not finite: the scaled row pass redoes the row
+      const int nf = _mm256_movemask_pd(_mm256_cmp_pd(S2[h], swm, _CMP_NLE_UQ));
+      for (int l = 0; nf && l < 4; ++l)
+        if (((nf >> l) & 1) && 4 * h + l < nl) bb.bad[bb.nbad++] = g0 + 4 * h + l;
+    }
+    const V Fv = V(f32_of(F[0], F[1]));
+    for (int64_t d0 = 0; d0 < m; d0 += 8) {
+      const int64_t n = std::min<int64_t>(8, m - d0);
+      __m256 r[8];
+      for (int64_t d = 0; d < 8; ++d)
+        r[d] = d < n ? __m256(V::loadu(wbuf + (d0 + d) * kLanesF) * Fv) : _mm256_setzero_ps();
+      paths::cols_to_rows8(yb + g0 * m + d0, m, nl, n, r);
+    }
+  }
+}
 #else
 inline bool fc_lanes16_on(int64_t) { return false; }
 #endif
@@ -723,7 +844,7 @@ inline void fc_fwd_block(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool t
 template <typename T>
 inline void fc_fwd_block_any(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bool tangent, const ColVec<T>& cv,
                              double c, double sc, double maxnorm, int64_t m, bool lanes16, bool ftan = false) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<T, float>) {
     if (lanes16) return fc_fwd_block_lanes16(tb, yb, nr, bb, tangent, cv, c, sc, maxnorm, m, ftan);
   }
@@ -839,7 +960,7 @@ inline void out_scalars_lanes(BlockBuf<T>& bb, int64_t nr, double c, double maxn
   }
 }
 
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // The backward's block on row lanes (see fc_fwd_block_lanes16), after block_scalars: pass 1 per group of 16 rows
 // forms a, A = asinh(a), w, cosh(u)/sc, 1/sqrt(1 + a^2) per column into `sc16` (layout [group][field][j][16]) and
 // |w|^2, <g, w> per lane into bb.Sw / bb.G; the output scalars per row (out_scalars_lanes); pass 2 per group forms
@@ -855,8 +976,13 @@ struct Lanes16Bwd {
   double c, sc;
   int64_t m;
   bool ftan;        // tangent rows with the forward's float scalars (tangent_k16): pass 1's a from them too
+#if defined(CPU_CAPABILITY_AVX2)
+  const double *Cd, *Sd;  // ch / zn, sh in double (the AVX2 twin's glam terms in double, as the generic pass)
+#endif
 };
+#endif
 
+#if defined(CPU_CAPABILITY_AVX512)
 __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64_t nr, BlockBuf<float>& bb, float* sc16, float* acc,
                                    double maxnorm, double dmax_dc, double* rowc, double* gl) {
   using V = Vectorized<float>;
@@ -966,6 +1092,142 @@ __attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64
     }
     _mm512_storeu_pd(bb.Sw + g0, ulo);  // u . dt per row (bb.Sw: free after the output scalars)
     _mm512_storeu_pd(bb.Sw + g0 + 8, uhi);
+  }
+  return gcd;
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+// fc_bwd_block_lanes16 on AVX2 (see there: the same fields, sums and outputs per lane): groups of 8 rows, t and g
+// in and dt out 8 columns at a time through one transpose each; the fields' layout [group][field][j][8].  Unlike
+// the AVX-512 form it carries the generic row pass's session 25 precision fix: dL/dw = alpha g + beta w from the
+// double row scalars (rounded once to float) and glam's terms ga (t s sc Cd - Sd) formed and summed in double
+// (both cancel in projected rows; in float the curvature gradient's median error was 1.5x the eager float32
+// reference's at m = 2 on this path, 0.65x with them: tests/test_poincare.py's dc median test runs it on AVX2).
+__attribute__((noinline)) double fc_bwd_block_lanes16(const Lanes16Bwd& p, int64_t nr, BlockBuf<float>& bb, float* sc16,
+                                                      float* acc, double maxnorm, double dmax_dc, double* rowc,
+                                                      double* gl) {
+  using V = Vectorized<float>;
+  const int64_t m = p.m;
+  const float inv_sc = float(1.0 / p.sc);
+  const int64_t fs = m * kLanesF;  // one field of a group
+  const __m256d swm = _mm256_set1_pd(sw_max<float>());
+  bb.nbad = 0;
+  for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
+    const int nl = int(std::min<int64_t>(kLanesF, nr - g0));
+    float* gsc = sc16 + (g0 / kLanesF) * 7 * fs;  // t, g, w, cu, A, ra (+1 spare)
+    V k1, k0;
+    if (p.ftan) tangent_k16(bb.U + g0, p.c, p.sc, maxnorm, k1, k0);
+    else k1 = V(f32_of(bb.k1 + g0)), k0 = V(f32_of(bb.k0 + g0));
+    __m256d S[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, G[2] = {S[0], S[1]};  // |w|^2, <g, w>
+    for (int64_t d0 = 0; d0 < m; d0 += 8) {
+      const int64_t n = std::min<int64_t>(8, m - d0);
+      __m256 tc[8], gc[8];
+      paths::rows_to_cols8(p.tb + g0 * m + d0, m, nl, n, tc);
+      paths::rows_to_cols8(p.gb + g0 * m + d0, m, nl, n, gc);
+      for (int64_t d = 0; d < n; ++d) {
+        const int64_t j = d0 + d, o = j * kLanesF;
+        const V t(tc[d]), g(gc[d]);
+        const V a = t * (k1 * V(p.C[j])) - k0 * V(p.S[j]);
+        V A, w, chv;
+        lane_math<float>(a, V(p.Z2[j]), inv_sc, A, w, chv);
+        w.store(gsc + 2 * fs + o);
+        (chv * V(inv_sc)).store(gsc + 3 * fs + o);
+        A.store(gsc + 4 * fs + o);
+        t.store(gsc + o);
+        g.store(gsc + fs + o);
+        const V aa = a.abs();  // 1 / sqrt(1 + a^2); beyond |a| = 1e18 1 / |a| (an explicit FMA, as on AVX-512)
+        V::blendv(V(1.f) / at::vec::fmadd(aa, aa, V(1.f)).sqrt(), V(1.f) / aa, aa > V(1e18f)).store(gsc + 5 * fs + o);
+        const __m256d wh[2] = {lo_pd(w), hi_pd(w)}, gh[2] = {lo_pd(g), hi_pd(g)};
+        for (int h = 0; h < 2; ++h) {
+          S[h] = _mm256_fmadd_pd(wh[h], wh[h], S[h]);
+          G[h] = _mm256_fmadd_pd(gh[h], wh[h], G[h]);
+        }
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      _mm256_storeu_pd(bb.Sw + g0 + 4 * h, S[h]);
+      _mm256_storeu_pd(bb.G + g0 + 4 * h, G[h]);
+    }
+    // rows whose |w|^2 overflowed: their lanes' fields zeroed (pass 2 adds nothing for them), redone by the caller
+    const unsigned nf = unsigned(_mm256_movemask_pd(_mm256_cmp_pd(S[0], swm, _CMP_NLE_UQ)) |
+                                 (_mm256_movemask_pd(_mm256_cmp_pd(S[1], swm, _CMP_NLE_UQ)) << 4)) &
+                        ((1u << nl) - 1u);
+    for (int l = 0; nf && l < kLanesF; ++l) {
+      if (!((nf >> l) & 1)) continue;
+      bb.bad[bb.nbad++] = g0 + l;
+      bb.Sw[g0 + l] = bb.G[g0 + l] = 0.0;
+      for (int f = 0; f < 6; ++f)
+        for (int64_t j = 0; j < m; ++j) gsc[f * fs + j * kLanesF + l] = 0.f;
+    }
+  }
+  out_scalars_lanes(bb, nr, p.c, maxnorm, dmax_dc);  // alpha, beta into k1 / k0 (padding lanes keep 0)
+  double gcd = 0;  // the rows' direct dc terms, in row order
+  for (int64_t ii = 0; ii < nr; ++ii) gcd += bb.R[ii];
+  const __m256d vsc = _mm256_set1_pd(p.sc), one = _mm256_set1_pd(1.0), vc = _mm256_set1_pd(p.c);
+  const __m256d half = _mm256_set1_pd(0.5);
+  float* fA = acc;
+  float* fB = acc + fs;
+  float* fZ = acc + 2 * fs;
+  float* fC = acc + 3 * fs;
+  float* fS = acc + 4 * fs;
+  for (int64_t g0 = 0; g0 < nr; g0 += kLanesF) {
+    const int nl = int(std::min<int64_t>(kLanesF, nr - g0));
+    const float* gsc = sc16 + (g0 / kLanesF) * 7 * fs;
+    const float* wcA = gsc + 2 * fs;  // w, cosh(u)/sc, A: pass 1's (consecutive)
+    __m256d lam[2], s[2], sl[2];
+    for (int h = 0; h < 2; ++h) {
+      lam[h] = _mm256_loadu_pd(bb.lam + g0 + 4 * h);
+      s[h] = _mm256_loadu_pd(bb.s + g0 + 4 * h);
+      sl[h] = _mm256_mul_pd(vsc, lam[h]);
+    }
+    const V k1T = V(f32_of(_mm256_mul_pd(sl[0], s[0]), _mm256_mul_pd(sl[1], s[1])));
+    const V lamT = V(f32_of(lam[0], lam[1])), sT = V(f32_of(s[0], s[1])), slT = V(f32_of(sl[0], sl[1]));
+    const V l1T = V(f32_of(_mm256_sub_pd(lam[0], one), _mm256_sub_pd(lam[1], one)));
+    __m256d al[2], be[2], ssc[2];  // alpha, beta, s sc per lane in double
+    for (int h = 0; h < 2; ++h) {
+      al[h] = _mm256_loadu_pd(bb.k1 + g0 + 4 * h);
+      be[h] = _mm256_loadu_pd(bb.k0 + g0 + 4 * h);
+      ssc[h] = _mm256_mul_pd(s[h], vsc);
+    }
+    __m256d gld[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};  // glam (double)
+    __m256d ud[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};   // u . dt
+    for (int64_t d0 = 0; d0 < m; d0 += 8) {
+      const int64_t n = std::min<int64_t>(8, m - d0);
+      __m256 gtc[8];
+      for (int64_t d = 0; d < 8; ++d) {
+        if (d >= n) { gtc[d] = _mm256_setzero_ps(); continue; }
+        const int64_t j = d0 + d, o = j * kLanesF;
+        const V t = V::loadu(gsc + o), g = V::loadu(gsc + fs + o), w = V::loadu(wcA + o);
+        const V cu = V::loadu(wcA + fs + o), A = V::loadu(wcA + 2 * fs + o), ra = V::loadu(gsc + 5 * fs + o);
+        const V Cj(p.C[j]);
+        const V gw(f32_of(_mm256_fmadd_pd(al[0], lo_pd(g), _mm256_mul_pd(be[0], lo_pd(w))),
+                          _mm256_fmadd_pd(al[1], hi_pd(g), _mm256_mul_pd(be[1], hi_pd(w)))));
+        (V::loadu(fA + o) + gw * w).store(fA + o);
+        const V gu = gw * cu;
+        const V ga = gu * V(p.Z2[j]) * ra;
+        const V gt = ga * k1T * Cj;
+        gtc[d] = gt;
+        const V tmp = ga * t * sT;  // ga * t_j of the point x = s u
+        const __m256d cdj = _mm256_set1_pd(p.Cd[j]), sdj = _mm256_set1_pd(p.Sd[j]);
+        const __m256d th[2] = {lo_pd(t), hi_pd(t)}, gah[2] = {lo_pd(ga), hi_pd(ga)};
+        for (int h = 0; h < 2; ++h)
+          gld[h] = _mm256_fmadd_pd(gah[h], _mm256_fmsub_pd(_mm256_mul_pd(th[h], ssc[h]), cdj, sdj), gld[h]);
+        (V::loadu(fB + o) + tmp * lamT * Cj).store(fB + o);
+        (V::loadu(fZ + o) + gu * A).store(fZ + o);
+        (V::loadu(fC + o) + tmp * slT).store(fC + o);
+        (V::loadu(fS + o) - ga * l1T).store(fS + o);
+        ud[0] = _mm256_fmadd_pd(th[0], lo_pd(gt), ud[0]);
+        ud[1] = _mm256_fmadd_pd(th[1], hi_pd(gt), ud[1]);
+      }
+      paths::cols_to_rows8(p.gtb + g0 * m + d0, m, nl, n, gtc);
+    }
+    // per lane: rowcoef = glam c lam^2, the dc term glam X lam^2 / 2 (summed by the caller in row order), u . dt
+    for (int h = 0; h < 2; ++h) {
+      const __m256d l2 = _mm256_mul_pd(lam[h], lam[h]);
+      _mm256_maskstore_pd(rowc + g0 + 4 * h, half_mask(h, nl), _mm256_mul_pd(_mm256_mul_pd(gld[h], vc), l2));
+      _mm256_storeu_pd(gl + g0 + 4 * h,
+                       _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(gld[h], _mm256_loadu_pd(bb.X + g0 + 4 * h)), l2), half));
+      _mm256_storeu_pd(bb.Sw + g0 + 4 * h, ud[h]);  // u . dt per row (bb.Sw: free after the output scalars)
+    }
   }
   return gcd;
 }
@@ -1102,7 +1364,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     };
     ScaledRow sr;
     std::vector<float> sc16, acc16;  // lanes16: the block's per-group fields and column accumulators
-    [[maybe_unused]] double gl16[kRowBlock];  // the float AVX-512 lanes16 path only
+    [[maybe_unused]] double gl16[kRowBlock];  // the float lanes16 path only (AVX-512, AVX2)
     if (lanes16) { sc16.resize(kRowBlock * 7 * m); acc16.resize(5 * 16 * m); }
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, N - r0);
@@ -1115,17 +1377,26 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
       std::copy(bb.X, bb.X + nr, X.begin() + r0);
       std::copy(bb.s, bb.s + nr, trw.s.begin() + r0);
       const T* tb = tp + r0 * m;
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
       if constexpr (std::is_same_v<T, float>) {
         if (lanes16) {
           pad_block_lanes(bb, nr);
+#if defined(CPU_CAPABILITY_AVX512)
           const Lanes16Bwd p{tb, gp + r0 * m, gtp + r0 * m, cv.C.data(), cv.S.data(), cv.Z2.data(), c, sc, m, ftan};
+#else
+          const Lanes16Bwd p{tb, gp + r0 * m, gtp + r0 * m, cv.C.data(), cv.S.data(), cv.Z2.data(), c, sc, m, ftan,
+                             Cd.data(), Sd.data()};
+#endif
           std::fill(acc16.begin(), acc16.end(), 0.f);
           gcd += fc_bwd_block_lanes16(p, nr, bb, sc16.data(), acc16.data(), maxnorm, dmax_dc, rowcoef.data() + r0, gl16);
           for (int64_t ii = 0; ii < nr; ++ii) gcd += gl16[ii];
           T* cs[5] = {fA, fB, fZ, fC, fS};
           for (int k = 0; k < 5; ++k)
+#if defined(CPU_CAPABILITY_AVX512)
             for (int64_t j = 0; j < m; ++j) cs[k][j] = _mm512_reduce_add_ps(_mm512_loadu_ps(acc16.data() + (k * m + j) * 16));
+#else
+            for (int64_t j = 0; j < m; ++j) cs[k][j] = hsum8(acc16.data() + (k * m + j) * kLanesF);
+#endif
           for (int64_t k = 0; k < bb.nbad; ++k) {  // the scaled row pass (rows in ascending order)
             const int64_t ii = bb.bad[k], i = r0 + ii;
             const ScaledRowGrads o = scaled_row_bwd<T>(sr, tb + ii * m, gp + i * m, gtp + i * m, m, cc, c, sc, bb.s[ii],

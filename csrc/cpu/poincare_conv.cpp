@@ -19,6 +19,7 @@
 #include "poincare.h"
 #include "knobs.h"
 #include "poincare_gemm.h"
+#include "poincare_paths.h"  // AVX2: paths::rows_to_cols8 (logmap0_rows_bwd's row sums)
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -683,11 +684,51 @@ inline void logmap0_bwd_scalars(double xx, double vx, double xg, double k, bool 
   dk = ad * xg * xx;
 }
 
+#if defined(CPU_CAPABILITY_AVX2)
+// AVX2 (session 29): logmap0_rows_bwd's three row sums of nb <= 16 float rows (stride C), 8 rows per vector: the
+// rows' columns 8 at a time by one 8 x 8 transpose (paths::rows_to_cols8), each column widened to two vectors of 4
+// doubles and fma'd into the lanes, j ascending: the scalar loop's fmas in its order (the same bits).
+// GEOOPS_POINCARE_LOGMAP0_TR8=0 (read per call): the scalar loop.
+inline void logmap0_sums_tr8(const float* x, const float* v, const float* g, int64_t C, int64_t nb, double* xx,
+                             double* vx, double* xg) {
+  for (int64_t r0 = 0; r0 < nb; r0 += 8) {
+    const int nl = int(std::min<int64_t>(8, nb - r0));
+    __m256d s[3][2];
+    for (auto& h : s) h[0] = h[1] = _mm256_setzero_pd();
+    for (int64_t d0 = 0; d0 < C; d0 += 8) {
+      const int64_t n = std::min<int64_t>(8, C - d0);
+      __m256 xc[8], vc[8], gc[8];
+      paths::rows_to_cols8(x + r0 * C + d0, C, nl, n, xc);
+      paths::rows_to_cols8(v + r0 * C + d0, C, nl, n, vc);
+      paths::rows_to_cols8(g + r0 * C + d0, C, nl, n, gc);
+      for (int64_t d = 0; d < n; ++d) {
+        const __m256d xh[2] = {_mm256_cvtps_pd(_mm256_castps256_ps128(xc[d])), _mm256_cvtps_pd(_mm256_extractf128_ps(xc[d], 1))};
+        const __m256d vh[2] = {_mm256_cvtps_pd(_mm256_castps256_ps128(vc[d])), _mm256_cvtps_pd(_mm256_extractf128_ps(vc[d], 1))};
+        const __m256d gh[2] = {_mm256_cvtps_pd(_mm256_castps256_ps128(gc[d])), _mm256_cvtps_pd(_mm256_extractf128_ps(gc[d], 1))};
+        for (int h = 0; h < 2; ++h) {
+          s[0][h] = _mm256_fmadd_pd(xh[h], xh[h], s[0][h]);
+          s[1][h] = _mm256_fmadd_pd(vh[h], xh[h], s[1][h]);
+          s[2][h] = _mm256_fmadd_pd(xh[h], gh[h], s[2][h]);
+        }
+      }
+    }
+    double* outs[3] = {xx + r0, vx + r0, xg + r0};
+    for (int t = 0; t < 3; ++t) {
+      _mm256_storeu_pd(outs[t], s[t][0]);
+      _mm256_storeu_pd(outs[t] + 4, s[t][1]);
+    }
+  }
+}
+#endif
+
 template <typename T>
 void logmap0_rows_bwd(const T* g, const T* x, const T* v, T* dx, T* dk, int64_t i0, int64_t i1, int64_t C,
                       double k) {
   constexpr int64_t R = 16;
   double xx[R], vx[R], xg[R];
+#if defined(CPU_CAPABILITY_AVX2)
+  const bool tr8 = std::is_same_v<T, float> && !knobs::off("GEOOPS_POINCARE_LOGMAP0_TR8");
+#endif
   for (int64_t b0 = i0; b0 < i1; b0 += R) {
     const int64_t nb = std::min<int64_t>(R, i1 - b0);
 #if defined(CPU_CAPABILITY_AVX512)
@@ -715,6 +756,10 @@ void logmap0_rows_bwd(const T* g, const T* x, const T* v, T* dx, T* dk, int64_t 
         _mm512_storeu_pd(outs[t], s[t][0]);
         _mm512_storeu_pd(outs[t] + 8, s[t][1]);
       }
+    } else
+#elif defined(CPU_CAPABILITY_AVX2)
+    if (tr8) {  // float rows only
+      if constexpr (std::is_same_v<T, float>) logmap0_sums_tr8(x + b0 * C, v + b0 * C, g + b0 * C, C, nb, xx, vx, xg);
     } else
 #endif
     {

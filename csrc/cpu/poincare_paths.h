@@ -58,6 +58,30 @@ inline void transpose8(__m256 (&r)[8]) {
   r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
   r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
+
+// Session 29 (the Poincaré FC rows' and the conv logmap0 backward's row lanes on AVX2, poincare.cpp /
+// poincare_conv.cpp): up to 8 rows of stride ld <-> column vectors, one lane per row.
+// Lanes l < n all-ones (the masked loads / stores of a row's first n <= 8 floats).
+inline __m256i lanes_below(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+// p[l * ld + d] for rows l < nrows and columns d < n (n <= 8) -> r[d], lane l (zero past nrows and past n;
+// nothing read past either).
+inline void rows_to_cols8(const float* p, int64_t ld, int nrows, int64_t n, __m256 (&r)[8]) {
+  const __m256i mk = lanes_below(n);
+  for (int l = 0; l < 8; ++l)
+    r[l] = l >= nrows ? _mm256_setzero_ps() : n >= 8 ? _mm256_loadu_ps(p + l * ld) : _mm256_maskload_ps(p + l * ld, mk);
+  transpose8(r);
+}
+// The inverse: r[d] lane l -> p[l * ld + d] for rows l < nrows and columns d < n (r is transposed in place).
+inline void cols_to_rows8(float* p, int64_t ld, int nrows, int64_t n, __m256 (&r)[8]) {
+  transpose8(r);
+  const __m256i mk = lanes_below(n);
+  for (int l = 0; l < nrows; ++l) {
+    if (n >= 8) _mm256_storeu_ps(p + l * ld, r[l]);
+    else _mm256_maskstore_ps(p + l * ld, mk, r[l]);
+  }
+}
 #endif
 
 }  // namespace paths
