@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 
 #include "geoops/stereo_math.h"
@@ -97,6 +98,107 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cpu(
   if (mask & 4) dk = dk.to(k.scalar_type());
   if (want_r) dr = dr.to(r->scalar_type());
   return {dx, dy, dk, dr};
+}
+
+namespace {
+
+// The broadcast rows of a row group: row i of the (G * rep, D) result is x row i / rep, copied (no ATen dispatch per
+// call: the eager fast path's x.expand(shape).reshape(-1, D) cost ~6 us of Python and ATen dispatch at the WordNet
+// loss's 704 rows, the copy itself a fraction of a microsecond).
+at::Tensor expand_groups(const at::Tensor& x, int64_t rep) {
+  const int64_t G = x.size(0), D = x.size(1);
+  at::Tensor out = at::empty({G * rep, D}, x.options());
+  if (G == 0 || D == 0) return out;
+  const int64_t elem = static_cast<int64_t>(x.element_size()), bytes = D * elem, sx = x.stride(0) * elem;
+  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  char* op = static_cast<char*>(out.data_ptr());
+  for (int64_t g = 0; g < G; ++g, op += rep * bytes) {
+    // the row, then the rows so far doubled (log2(rep) copies per group: one per row cost ~2 ns each at D = 10)
+    std::memcpy(op, xp + g * sx, bytes);
+    for (int64_t have = 1; have < rep;) {
+      const int64_t n = std::min(have, rep - have);
+      std::memcpy(op + have * bytes, op, n * bytes);
+      have += n;
+    }
+  }
+  return out;
+}
+
+// dx of a row group: out[g] = the sum of rows g * rep .. g * rep + rep - 1 of d (N = G * rep rows, row-contiguous), in
+// one fixed order: four chains over the first rep / 4 * 4 rows (row j into chain j % 4), the rest into chain 0, then
+// ((c0 + c1) + c2) + c3, in the rows' dtype.  That is torch.sum's order over dim 1 of a contiguous float32
+// (G, rep, D) at the small rep and D of the fast path's calls (e.g. the WordNet loss's (64, 11, 10): the result has
+// the bits of the materialising path's torch.sum there); elsewhere it differs from torch.sum by the rounding of a
+// sum of rep terms (tests/test_stereographic_rep.py bounds it).
+// (columns in tiles of kSumTile: the chains of a tile in registers / L1, each row's tile one contiguous load)
+constexpr int64_t kSumTile = 64;
+template <typename scalar_t>
+void sum_groups(const scalar_t* d, int64_t G, int64_t rep, int64_t D, scalar_t* out) {
+  const int64_t m = rep / 4 * 4;
+  for (int64_t g = 0; g < G; ++g) {
+    const scalar_t* dg = d + g * rep * D;
+    scalar_t* og = out + g * D;
+    for (int64_t c0 = 0; c0 < D; c0 += kSumTile) {
+      const int64_t w = std::min(kSumTile, D - c0);
+      scalar_t a[4][kSumTile];
+      for (int q = 0; q < 4; ++q) {
+        for (int64_t c = 0; c < w; ++c) a[q][c] = scalar_t(0);
+      }
+      for (int64_t j = 0; j < m; j += 4) {
+        for (int q = 0; q < 4; ++q) {
+          const scalar_t* row = dg + (j + q) * D + c0;
+#pragma omp simd
+          for (int64_t c = 0; c < w; ++c) a[q][c] += row[c];
+        }
+      }
+      for (int64_t j = m; j < rep; ++j) {
+        const scalar_t* row = dg + j * D + c0;
+#pragma omp simd
+        for (int64_t c = 0; c < w; ++c) a[0][c] += row[c];
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < w; ++c) og[c0 + c] = ((a[0][c] + a[1][c]) + a[2][c]) + a[3][c];
+    }
+  }
+}
+
+void check_rep(const char* what, int64_t op, const at::Tensor& x, const c10::optional<at::Tensor>& y, int64_t rep) {
+  TORCH_CHECK(op >= 0 && op < NUM_OPS && op_has_y(op), "geoops: ", what, " takes an op with a second input y, got ",
+              op);
+  TORCH_CHECK(rep >= 1, "geoops: ", what, ": rep must be >= 1, got ", rep);
+  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "geoops: ", what, " takes x as float32 / float64 rows (G, D)");
+  TORCH_CHECK(y.has_value() && y->defined(), "geoops: ", what, " needs y");
+  {
+    TORCH_CHECK(y->dim() == 2 && y->size(0) == x.size(0) * rep && y->size(1) == x.size(1),
+                "geoops: ", what, ": y must have G * rep = ", x.size(0) * rep, " rows of D = ", x.size(1));
+  }
+}
+
+}  // namespace
+
+at::Tensor stereo_fwd_rep_cpu(int64_t op, const at::Tensor& x, const c10::optional<at::Tensor>& y, const at::Tensor& k,
+                              const c10::optional<at::Tensor>& r, double param, int64_t rep) {
+  check_rep("stereo_fwd_rep_cpu", op, x, y, rep);
+  return stereo_fwd_cpu(op, rep == 1 ? x : expand_groups(x, rep), y, k, r, param);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_rep_cpu(
+    int64_t op, const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& y, const at::Tensor& k,
+    const c10::optional<at::Tensor>& r, double param, int64_t mask, int64_t rep) {
+  check_rep("stereo_bwd_rep_cpu", op, x, y, rep);
+  if (rep == 1) return stereo_bwd_cpu(op, grad, x, y, k, r, param, mask);
+  auto res = stereo_bwd_cpu(op, grad, expand_groups(x, rep), y, k, r, param, mask);
+  if (mask & 1) {
+    const at::Tensor& d = std::get<0>(res);  // (G * rep, D), fresh and row-contiguous
+    const int64_t G = x.size(0), D = x.size(1);
+    at::Tensor dx = at::empty({G, D}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stereo_bwd_rep_cpu", [&] {
+      sum_groups<scalar_t>(d.const_data_ptr<scalar_t>(), G, rep, D, dx.data_ptr<scalar_t>());
+    });
+    std::get<0>(res) = dx;
+  }
+  return res;
 }
 
 }  // namespace cpu

@@ -58,6 +58,11 @@ static_assert(kBlock <= kMaxBlock, "the long-row blocks bound the lane arrays");
 // Rows of at most this many elements reduce with the rows on the lanes (measured: 0.5-0.8x the time of
 // the per-row sums at D = 2..5, 1.0-1.3x at D = 10..16).
 constexpr int64_t kShortRowMaxD = 8;
+// The backward's rows of D = kShortRowMaxD + 1 .. kShortRowBwdMaxD take the short-row blocks too (session 29: the
+// dist backward at the WordNet loss's D = 10 ran the per-row long path at about twice the forward's time);
+// GEOOPS_STEREO_BWD_SHORT=0: the long-row path there, as before (read per call).
+constexpr int64_t kShortRowBwdMaxD = 16;
+inline bool bwd_short_on() { return !knobs::off("GEOOPS_STEREO_BWD_SHORT"); }
 // Rows of at most this many elements, stored back to back, are written as one stream per block
 // (write_block) instead of row by row.  Measured (single thread, 2^20 rows fp32, A/B against the
 // per-row writes): 0.79-0.99x the time at D = 2, ~1.0x at D = 5, 1.06-1.22x at D = 10..16 (the
@@ -119,6 +124,23 @@ struct StagedMath {
   Vec atanc(const Vec& z_, const Vec& q_) { return take(z_, q_); }
 };
 
+// The float call of nf lanes (a multiple of the float lanes): vd = tanc / atanc(zd, qd) evaluated on float vectors (the
+// arguments rounded to float, the value widened back), every lane with z below the float series cut (no k > 0 form).
+inline void float_call_values(bool atanc, const double* zd, const double* qd, int64_t nf, double* vd) {
+  alignas(64) float zf[kMaxBlock], qf[kMaxBlock], vf[kMaxBlock];
+#pragma omp simd
+  for (int64_t b = 0; b < nf; ++b) {
+    zf[b] = static_cast<float>(zd[b]);
+    qf[b] = static_cast<float>(qd[b]);
+  }
+  for (int64_t v = 0; v < nf; v += kFLanes) {
+    const FVec z = FVec::loadu(zf + v), q = FVec::loadu(qf + v);
+    (atanc ? vecmath::eval_series_neg<true>(z, q) : vecmath::eval_series_neg<false>(z, q)).store(vf + v);
+  }
+#pragma omp simd
+  for (int64_t b = 0; b < nf; ++b) vd[b] = static_cast<double>(vf[b]);
+}
+
 // The forward coefficients of the nv lanes of a block (row scalars in xx .. rr), OP's tanc/atanc calls in
 // float where every lane of the block allows it (see above), in double otherwise (FLOAT = false: always).
 template <int OP>
@@ -127,7 +149,6 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
                                  double* ca, double* cb, double* cc) {
   constexpr int NC = n_calls(OP);
   alignas(64) double zd[kMaxBlock], qd[kMaxBlock], vd[NC][kMaxBlock];
-  alignas(64) float zf[kMaxBlock], qf[kMaxBlock], vf[kMaxBlock];
   auto row_at = [&](int64_t v) {
     return Row<Vec>{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
                     Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
@@ -151,18 +172,7 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
     const bool in_float = use_float && ok.zero_mask() == 0;
     const bool atanc = call_is_atanc(OP, c);
     if (in_float) {  // (2) the call in float
-#pragma omp simd
-      for (int64_t b = 0; b < nf; ++b) {
-        zf[b] = static_cast<float>(zd[b]);
-        qf[b] = static_cast<float>(qd[b]);
-      }
-      for (int64_t v = 0; v < nf; v += kFLanes) {
-        // every lane has z < series cut here (else the block takes the double call below): no k > 0 form
-        const FVec z = FVec::loadu(zf + v), q = FVec::loadu(qf + v);
-        (atanc ? vecmath::eval_series_neg<true>(z, q) : vecmath::eval_series_neg<false>(z, q)).store(vf + v);
-      }
-#pragma omp simd
-      for (int64_t b = 0; b < nf; ++b) vd[c][b] = static_cast<double>(vf[b]);
+      float_call_values(atanc, zd, qd, nf, vd[c]);
     } else {
       for (int64_t v = 0; v < nv; v += kLanes) {
         const Vec z = Vec::loadu(zd + v), q = Vec::loadu(qd + v);
@@ -179,6 +189,55 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
     c.b.store(cb + v);
     c.c.store(cc + v);
   }
+}
+
+// The backward of dist / dist0 on float rows (fp32 / fp16 / bf16; session 29): the vjp's one atanc in float, staged as
+// the forward's block_fwd_float_call stages it ((1) the double algebra up to the call records z, q; (2) the call on
+// float vectors; (3) the vjp again with the value replayed), so the block's row adjoints cost one float call instead
+// of SLEEF's double log1p per lane (the dist backward at the WordNet loss's 704 rows of D = 10: about twice the
+// forward's time before).  Only when dk is not wanted: the gradient to x and y uses atanc's value A and z A'(z) =
+// (1/q - A)/2 (the float rounding of A costs a few float ulps of it), but dk reads A'(z) = (1/q - A)/(2z) alone,
+// whose absolute error from a float A grows as 1/|z| above the double series cut.  Returns false (nothing written)
+// for a block with a lane of z >= the float series cut (k > 0), a NaN or |z|, q beyond float's range: the double
+// call then.  GEOOPS_STEREO_BWD_FLOAT_CALL=0 (or GEOOPS_STEREO_FLOAT_CALL=0): the double call for every block (read
+// per call).
+constexpr bool bwd_float_call_op(int op) { return op == DIST || op == DIST0; }
+inline bool bwd_float_call_on() { return !knobs::off("GEOOPS_STEREO_BWD_FLOAT_CALL") && float_call_on(); }
+
+template <int OP>
+inline bool block_bwd_float_call(const double* xx, const double* yy, const double* xy, const double* dd,
+                                 const double* kk, const double* rr, const double* ga, const double* gb,
+                                 const double* gc, int64_t nv, double param, double* axx, double* ayy, double* axy,
+                                 double* add, double* ak, double* ar) {
+  static_assert(bwd_float_call_op(OP) && n_calls(OP) == 1, "ops whose vjp makes one call, and no forward coefficients");
+  alignas(64) double zd[kMaxBlock], qd[kMaxBlock], vd[kMaxBlock];
+  auto row_at = [&](int64_t v) {
+    return Row<Vec>{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                    Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+  };
+  auto vjp_at = [&](int64_t v, StagedMath& m) {
+    return stereo::vjp<Vec>(OP, row_at(v), Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v), Vec::loadu(gc + v), m);
+  };
+  const int64_t nf = (nv + kFLanes - 1) / kFLanes * kFLanes;  // lanes nv .. nf: z = 0, q = 1
+  const Vec cut(static_cast<double>(series_cut<float>())), big(1e30);
+  Vec ok = Vec(0.0) == Vec(0.0);
+  for (int64_t v = 0; v < nf; v += kLanes) {  // (1) the call's arguments
+    StagedMath rec{0, nullptr};
+    if (v < nv) (void)vjp_at(v, rec);
+    ok = ok & (rec.z < cut) & (rec.z > -big) & (rec.q < big);  // !(z < cut) also catches NaN
+    rec.z.store(zd + v);
+    rec.q.store(qd + v);
+  }
+  if (ok.zero_mask() != 0) return false;
+  float_call_values(call_is_atanc(OP, 0), zd, qd, nf, vd);  // (2)
+  for (int64_t v = 0; v < nv; v += kLanes) {  // (3) the row adjoints with the call's value
+    const Vec vals[1] = {Vec::loadu(vd + v)};
+    StagedMath rep{1, vals};
+    const Row<Vec> adj = vjp_at(v, rep);
+    adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
+    adj.k.store(ak + v), adj.r.store(ar + v);
+  }
+  return true;
 }
 
 // Row sums of the rows i0 .. i0+kBlock-1 (rows past `last` repeat row `last`), rows on the lanes:
@@ -1334,6 +1393,9 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
   // the double path below for the blocks it declines
   constexpr bool kF32Bwd = std::is_same<scalar_t, float>::value && SHORT && f32bwd::fast_op(OP) && !HAS_Y;
   const bool f32_bwd = kF32Bwd && f32bwd_applies(OP, g, x, dx);
+  // float rows of dist / dist0 without dk: the vjp's call in float (block_bwd_float_call)
+  constexpr bool kBwdFloat = !std::is_same<scalar_t, double>::value && bwd_float_call_op(OP);
+  const bool bwd_float = kBwdFloat && dk == nullptr && bwd_float_call_on();
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 5 : 3, 16384, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ga[kMaxBlock], gb[kMaxBlock], gc[kMaxBlock];
@@ -1393,8 +1455,14 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
       if (SCALAR_OUT) ga[b] = static_cast<double>(load_elem(gp + i)), gb[b] = gc[b] = 0.0;
       if (!HAS_Y && !SCALAR_OUT) gb[b] = gc[b] = 0.0;
     }
+    bool adj_done = false;
+    if constexpr (kBwdFloat) {
+      if (bwd_float) {
+        adj_done = block_bwd_float_call<OP>(xx, yy, xy, dd, kk, rr, ga, gb, gc, nv, param, axx, ayy, axy, add, ak, ar);
+      }
+    }
     LaneMath lm;
-    for (int64_t v = 0; v < nv; v += kLanes) {
+    for (int64_t v = 0; v < (adj_done ? 0 : nv); v += kLanes) {
       const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
                          Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
       const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
