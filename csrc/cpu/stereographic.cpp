@@ -1,8 +1,11 @@
 // Entry points of the fused CPU kernels of the kappa-stereographic row ops (forward and backward):
 // argument handling, outputs, per-row k and r in double.  The kernels are in stereographic_lanes.h
 // (the row math of stereo_math.h on SIMD vectors, one lane per row).
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this translation unit (expand_groups, sum_groups)
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/cpu/vec/vec.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -104,23 +107,34 @@ namespace {
 
 // The broadcast rows of a row group: row i of the (G * rep, D) result is x row i / rep, copied (no ATen dispatch per
 // call: the eager fast path's x.expand(shape).reshape(-1, D) cost ~6 us of Python and ATen dispatch at the WordNet
-// loss's 704 rows, the copy itself a fraction of a microsecond).
+// loss's 704 rows).  Each x row goes through SIMD vectors (a partial one for the row's tail) and is stored rep times.
+template <typename scalar_t>
+void expand_rows(const scalar_t* xp, int64_t sx, int64_t G, int64_t rep, int64_t D, scalar_t* op) {
+  using V = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = V::size();
+  for (int64_t g = 0; g < G; ++g, op += rep * D) {
+    const scalar_t* xr = xp + g * sx;
+    for (int64_t c = 0; c < D; c += L) {
+      const int64_t w = std::min(L, D - c);
+      const V v = w == L ? V::loadu(xr + c) : V::loadu(xr + c, w);
+      for (int64_t j = 0; j < rep; ++j) {
+        if (w == L) {
+          v.store(op + j * D + c);
+        } else {
+          v.store(op + j * D + c, w);
+        }
+      }
+    }
+  }
+}
+
 at::Tensor expand_groups(const at::Tensor& x, int64_t rep) {
   const int64_t G = x.size(0), D = x.size(1);
   at::Tensor out = at::empty({G * rep, D}, x.options());
   if (G == 0 || D == 0) return out;
-  const int64_t elem = static_cast<int64_t>(x.element_size()), bytes = D * elem, sx = x.stride(0) * elem;
-  const char* xp = static_cast<const char*>(x.const_data_ptr());
-  char* op = static_cast<char*>(out.data_ptr());
-  for (int64_t g = 0; g < G; ++g, op += rep * bytes) {
-    // the row, then the rows so far doubled (log2(rep) copies per group: one per row cost ~2 ns each at D = 10)
-    std::memcpy(op, xp + g * sx, bytes);
-    for (int64_t have = 1; have < rep;) {
-      const int64_t n = std::min(have, rep - have);
-      std::memcpy(op + have * bytes, op, n * bytes);
-      have += n;
-    }
-  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "expand_groups", [&] {
+    expand_rows<scalar_t>(x.const_data_ptr<scalar_t>(), x.stride(0), G, rep, D, out.data_ptr<scalar_t>());
+  });
   return out;
 }
 
@@ -129,35 +143,32 @@ at::Tensor expand_groups(const at::Tensor& x, int64_t rep) {
 // ((c0 + c1) + c2) + c3, in the rows' dtype.  That is torch.sum's order over dim 1 of a contiguous float32
 // (G, rep, D) at the small rep and D of the fast path's calls (e.g. the WordNet loss's (64, 11, 10): the result has
 // the bits of the materialising path's torch.sum there); elsewhere it differs from torch.sum by the rounding of a
-// sum of rep terms (tests/test_stereographic_rep.py bounds it).
-// (columns in tiles of kSumTile: the chains of a tile in registers / L1, each row's tile one contiguous load)
-constexpr int64_t kSumTile = 64;
+// sum of rep terms (tests/test_stereographic_rep.py bounds it).  The columns a SIMD vector at a time (the chains in
+// four vectors; a partial vector for the row's tail).
 template <typename scalar_t>
 void sum_groups(const scalar_t* d, int64_t G, int64_t rep, int64_t D, scalar_t* out) {
+  using V = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t L = V::size();
   const int64_t m = rep / 4 * 4;
   for (int64_t g = 0; g < G; ++g) {
     const scalar_t* dg = d + g * rep * D;
-    scalar_t* og = out + g * D;
-    for (int64_t c0 = 0; c0 < D; c0 += kSumTile) {
-      const int64_t w = std::min(kSumTile, D - c0);
-      scalar_t a[4][kSumTile];
-      for (int q = 0; q < 4; ++q) {
-        for (int64_t c = 0; c < w; ++c) a[q][c] = scalar_t(0);
-      }
+    for (int64_t c = 0; c < D; c += L) {
+      const int64_t w = std::min(L, D - c);
+      auto at = [&](int64_t j) { return w == L ? V::loadu(dg + j * D + c) : V::loadu(dg + j * D + c, w); };
+      V a0(scalar_t(0)), a1(scalar_t(0)), a2(scalar_t(0)), a3(scalar_t(0));
       for (int64_t j = 0; j < m; j += 4) {
-        for (int q = 0; q < 4; ++q) {
-          const scalar_t* row = dg + (j + q) * D + c0;
-#pragma omp simd
-          for (int64_t c = 0; c < w; ++c) a[q][c] += row[c];
-        }
+        a0 = a0 + at(j);
+        a1 = a1 + at(j + 1);
+        a2 = a2 + at(j + 2);
+        a3 = a3 + at(j + 3);
       }
-      for (int64_t j = m; j < rep; ++j) {
-        const scalar_t* row = dg + j * D + c0;
-#pragma omp simd
-        for (int64_t c = 0; c < w; ++c) a[0][c] += row[c];
+      for (int64_t j = m; j < rep; ++j) a0 = a0 + at(j);
+      const V s = ((a0 + a1) + a2) + a3;
+      if (w == L) {
+        s.store(out + g * D + c);
+      } else {
+        s.store(out + g * D + c, w);
       }
-#pragma omp simd
-      for (int64_t c = 0; c < w; ++c) og[c0 + c] = ((a[0][c] + a[1][c]) + a[2][c]) + a[3][c];
     }
   }
 }
