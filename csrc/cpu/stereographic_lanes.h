@@ -191,54 +191,23 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
   }
 }
 
-// The backward of dist / dist0 on float rows (fp32 / fp16 / bf16; session 29): the vjp's one atanc in float, staged as
-// the forward's block_fwd_float_call stages it ((1) the double algebra up to the call records z, q; (2) the call on
-// float vectors; (3) the vjp again with the value replayed), so the block's row adjoints cost one float call instead
-// of SLEEF's double log1p per lane (the dist backward at the WordNet loss's 704 rows of D = 10: about twice the
-// forward's time before).  Only when dk is not wanted: the gradient to x and y uses atanc's value A and z A'(z) =
-// (1/q - A)/2 (the float rounding of A costs a few float ulps of it), but dk reads A'(z) = (1/q - A)/(2z) alone,
-// whose absolute error from a float A grows as 1/|z| above the double series cut.  Returns false (nothing written)
-// for a block with a lane of z >= the float series cut (k > 0), a NaN or |z|, q beyond float's range: the double
-// call then.  GEOOPS_STEREO_BWD_FLOAT_CALL=0 (or GEOOPS_STEREO_FLOAT_CALL=0): the double call for every block (read
-// per call).
-constexpr bool bwd_float_call_op(int op) { return op == DIST || op == DIST0; }
-inline bool bwd_float_call_on() { return !knobs::off("GEOOPS_STEREO_BWD_FLOAT_CALL") && float_call_on(); }
+// The backward of dist / dist0 without dk (session 29): no atanc call.  v = 2 w A(k w^2) (w = |s| or |x|), and the
+// vjp's gradient to the row sums reads A only through A + 2z A'(z), where above the double series cut
+// A'(z) = (1/q - A)/(2z) (0 - A over 2z outside the ball): A + (1/q - A) = 1/q (or 0), whatever A is, up to the
+// rounding of the sum.  So the lanes there take A = 1 (finite, no SLEEF log1p / atan), the lanes below the cut
+// atanc's Taylor series (the value the double call gives there): the gradients to x and y equal the double call's up
+// to double roundings (the same float bits in every check; the tests bound them by a few ulps).  dk reads A'(z)
+// alone: with dk wanted the call runs.  Every dtype, every k.  GEOOPS_STEREO_BWD_SKIP_CALL=0: the call (read per call).
+constexpr bool bwd_skip_call_op(int op) { return op == DIST || op == DIST0; }
+inline bool bwd_skip_call_on() { return !knobs::off("GEOOPS_STEREO_BWD_SKIP_CALL"); }
 
-template <int OP>
-inline bool block_bwd_float_call(const double* xx, const double* yy, const double* xy, const double* dd,
-                                 const double* kk, const double* rr, const double* ga, const double* gb,
-                                 const double* gc, int64_t nv, double param, double* axx, double* ayy, double* axy,
-                                 double* add, double* ak, double* ar) {
-  static_assert(bwd_float_call_op(OP) && n_calls(OP) == 1, "ops whose vjp makes one call, and no forward coefficients");
-  alignas(64) double zd[kMaxBlock], qd[kMaxBlock], vd[kMaxBlock];
-  auto row_at = [&](int64_t v) {
-    return Row<Vec>{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
-                    Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
-  };
-  auto vjp_at = [&](int64_t v, StagedMath& m) {
-    return stereo::vjp<Vec>(OP, row_at(v), Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v), Vec::loadu(gc + v), m);
-  };
-  const int64_t nf = (nv + kFLanes - 1) / kFLanes * kFLanes;  // lanes nv .. nf: z = 0, q = 1
-  const Vec cut(static_cast<double>(series_cut<float>())), big(1e30);
-  Vec ok = Vec(0.0) == Vec(0.0);
-  for (int64_t v = 0; v < nf; v += kLanes) {  // (1) the call's arguments
-    StagedMath rec{0, nullptr};
-    if (v < nv) (void)vjp_at(v, rec);
-    ok = ok & (rec.z < cut) & (rec.z > -big) & (rec.q < big);  // !(z < cut) also catches NaN
-    rec.z.store(zd + v);
-    rec.q.store(qd + v);
+struct SkipCallMath {  // the tanc / atanc policy of stereo::vjp<Vec> for those lanes (only atanc is called)
+  Vec tanc(const Vec& z) { return stereo::tanc_series(z); }
+  Vec atanc(const Vec& z, const Vec&) {
+    const Vec cut(series_cut<double>());
+    return Vec::blendv(Vec(1.0), stereo::atanc_series(z), z.abs() < cut);
   }
-  if (ok.zero_mask() != 0) return false;
-  float_call_values(call_is_atanc(OP, 0), zd, qd, nf, vd);  // (2)
-  for (int64_t v = 0; v < nv; v += kLanes) {  // (3) the row adjoints with the call's value
-    const Vec vals[1] = {Vec::loadu(vd + v)};
-    StagedMath rep{1, vals};
-    const Row<Vec> adj = vjp_at(v, rep);
-    adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
-    adj.k.store(ak + v), adj.r.store(ar + v);
-  }
-  return true;
-}
+};
 
 // Row sums of the rows i0 .. i0+kBlock-1 (rows past `last` repeat row `last`), rows on the lanes:
 // xx, and for two-input ops yy, xy and dd = |x - y|^2 accumulated directly; with HAS_G (backward of
@@ -1393,9 +1362,9 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
   // the double path below for the blocks it declines
   constexpr bool kF32Bwd = std::is_same<scalar_t, float>::value && SHORT && f32bwd::fast_op(OP) && !HAS_Y;
   const bool f32_bwd = kF32Bwd && f32bwd_applies(OP, g, x, dx);
-  // float rows of dist / dist0 without dk: the vjp's call in float (block_bwd_float_call)
-  constexpr bool kBwdFloat = !std::is_same<scalar_t, double>::value && bwd_float_call_op(OP);
-  const bool bwd_float = kBwdFloat && dk == nullptr && bwd_float_call_on();
+  // dist / dist0 without dk: the vjp without its call (SkipCallMath)
+  constexpr bool kSkipCall = bwd_skip_call_op(OP);
+  const bool skip_call = kSkipCall && dk == nullptr && bwd_skip_call_on();
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 5 : 3, 16384, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ga[kMaxBlock], gb[kMaxBlock], gc[kMaxBlock];
@@ -1455,14 +1424,21 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
       if (SCALAR_OUT) ga[b] = static_cast<double>(load_elem(gp + i)), gb[b] = gc[b] = 0.0;
       if (!HAS_Y && !SCALAR_OUT) gb[b] = gc[b] = 0.0;
     }
-    bool adj_done = false;
-    if constexpr (kBwdFloat) {
-      if (bwd_float) {
-        adj_done = block_bwd_float_call<OP>(xx, yy, xy, dd, kk, rr, ga, gb, gc, nv, param, axx, ayy, axy, add, ak, ar);
+    if constexpr (kSkipCall) {
+      if (skip_call) {  // dist / dist0 without dk: no call (SkipCallMath)
+        SkipCallMath sm;
+        for (int64_t v = 0; v < nv; v += kLanes) {
+          const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                             Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+          const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
+                                                Vec::loadu(gc + v), sm);
+          adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
+          adj.k.store(ak + v), adj.r.store(ar + v);
+        }
       }
     }
     LaneMath lm;
-    for (int64_t v = 0; v < (adj_done ? 0 : nv); v += kLanes) {
+    for (int64_t v = 0; v < (skip_call ? 0 : nv); v += kLanes) {
       const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
                          Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
       const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
