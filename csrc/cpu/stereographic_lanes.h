@@ -1424,31 +1424,27 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
       if (SCALAR_OUT) ga[b] = static_cast<double>(load_elem(gp + i)), gb[b] = gc[b] = 0.0;
       if (!HAS_Y && !SCALAR_OUT) gb[b] = gc[b] = 0.0;
     }
-    if constexpr (kSkipCall) {
-      if (skip_call) {  // dist / dist0 without dk: no call (SkipCallMath)
-        SkipCallMath sm;
-        for (int64_t v = 0; v < nv; v += kLanes) {
-          const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
-                             Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
-          const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
-                                                Vec::loadu(gc + v), sm);
-          adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
-          adj.k.store(ak + v), adj.r.store(ar + v);
+    // the row adjoints (and, for vector ops, the forward coefficients) of the block's lanes with the math policy m
+    auto lane_adjoints = [&](auto& m) {
+      for (int64_t v = 0; v < nv; v += kLanes) {
+        const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                           Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+        const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
+                                              Vec::loadu(gc + v), m);
+        adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
+        adj.k.store(ak + v), adj.r.store(ar + v);
+        if (!SCALAR_OUT) {
+          const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), m);
+          c.a.store(ca + v), c.b.store(cb + v), c.c.store(cc + v);
         }
       }
-    }
-    LaneMath lm;
-    for (int64_t v = 0; v < (skip_call ? 0 : nv); v += kLanes) {
-      const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
-                         Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
-      const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
-                                            Vec::loadu(gc + v), lm);
-      adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
-      adj.k.store(ak + v), adj.r.store(ar + v);
-      if (!SCALAR_OUT) {
-        const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
-        c.a.store(ca + v), c.b.store(cb + v), c.c.store(cc + v);
-      }
+    };
+    if (kSkipCall && skip_call) {  // dist / dist0 without dk: no call (SkipCallMath; scalar ops: no forward here)
+      SkipCallMath sm;
+      lane_adjoints(sm);
+    } else {
+      LaneMath lm;
+      lane_adjoints(lm);
     }
     for (int64_t b = 0; b < nb; ++b) {
       if (dk) dk[i0 + b] = ak[b];
