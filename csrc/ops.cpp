@@ -32,6 +32,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the vector ISA the CPU kernels were compiled for: AVX512, AVX2 or DEFAULT (the build's, not the machine's)");
   m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
   m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
+  m.def("stereo_fwd_rep_cpu", &geoops::cpu::stereo_fwd_rep_cpu,
+        "kappa-stereographic row op, forward, x in row-group form: row i reads x row i / rep (CPU)");
+  m.def("stereo_bwd_rep_cpu", &geoops::cpu::stereo_bwd_rep_cpu,
+        "kappa-stereographic row op, backward, x in row-group form: dx summed per group of rep rows (CPU)");
   m.def("stereo_triple_fwd_cpu", &geoops::cpu::stereo_triple_fwd_cpu,
         "kappa-stereographic three-vector row op (gyration, transports, dist2plane), forward (CPU)");
   m.def("stereo_triple_bwd_cpu", &geoops::cpu::stereo_triple_bwd_cpu,

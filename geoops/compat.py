@@ -100,6 +100,9 @@ def patch_geoopt() -> None:
     from geoopt.manifolds.stereographic.manifold import PoincareBall, SphereProjection
 
     _saved_optim["k_props"] = (PoincareBall.__dict__["k"], SphereProjection.__dict__["k"])  # see _step_k
+    # the manifolds' k read from _step_k's cache (see _cached_k): the user's ball.dist(...) reads it on every call
+    _saved_optim["k_cached"] = (_cached_k(PoincareBall, "isp_c", "c"), _cached_k(SphereProjection, "isp_k", None))
+    PoincareBall.k, SphereProjection.k = _saved_optim["k_cached"]
     step = _hook_step(_rsgd_step)  # hooks run as on the unpatched optimizer
     step.hooked = True
     geoopt.optim.RiemannianSGD.step = step
@@ -115,6 +118,10 @@ def unpatch_geoopt() -> None:
     for name, fn in _saved.items():
         setattr(gm, name, fn)
     _saved.clear()
+    if "k_cached" in _saved_optim:
+        from geoopt.manifolds.stereographic.manifold import PoincareBall, SphereProjection
+
+        PoincareBall.k, SphereProjection.k = _saved_optim["k_props"]
     if "RiemannianSGD.step" in _saved_optim:
         import geoopt.optim
 
@@ -216,6 +223,30 @@ _CPU = torch.device("cpu")
 _K_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # manifold -> (source, version, ptr, k, float k)
 
 
+def _cached_k(cls, src_name: str, via) -> property:
+    """cls.k (PoincareBall: -softplus(isp_c), SphereProjection: softplus(isp_k); two dispatches, ~3 us per read) under
+    patch_geoopt(): _step_k's cached tensor (the same value, computed once per value of the source parameter) when no
+    graph is wanted through it (the parameter does not require grad, or grad mode is off) and the class computes k
+    from that parameter as geoopt does (a subclass that overrides ``k`` or ``via``, PoincareBall's ``c``, reads its
+    own); else geoopt's getter.  The result is shared between reads: an in-place change of it is not supported (it is
+    not in geoopt either, where each read is a fresh tensor that no one keeps)."""
+    orig = cls.__dict__["k"]
+    fget = orig.fget
+    via_prop = cls.__dict__[via] if via else None
+
+    def k(self):
+        src = self._parameters.get(src_name)
+        if (src is None or (src.requires_grad and torch.is_grad_enabled())
+                or (via_prop is not None and getattr(type(self), via) is not via_prop)):
+            return fget(self)
+        e = _K_CACHE.get(self)
+        if e is not None and e[0] is src and e[1] == src._version and e[2] == src.data_ptr():
+            return e[3]
+        return _step_k(self)[0]
+
+    return property(k, doc=orig.__doc__)
+
+
 def _step_k(man):
     """(k, float(k)) of a fused parameter's manifold for the step, read once per value of the tensor k comes
     from: ``PoincareBall.k`` is ``-softplus(isp_c)`` (``SphereProjection``: ``softplus(isp_k)``), two dispatches
@@ -223,11 +254,13 @@ def _step_k(man):
     and data pointer (an in-place change or a ``.data`` swap reads k again); a manifold class with another ``k``
     reads it every step, as geoopt does."""
     pb_k, sp_k = _saved_optim["k_props"]
+    pb_kc, sp_kc = _saved_optim["k_cached"]
     kp = getattr(type(man), "k", None)  # the class's property; None for Stereographic (k: a registered Parameter)
-    if kp is pb_k:
-        src = man.isp_c
-    elif kp is sp_k:
-        src = man.isp_k
+    get = None  # geoopt's getter (the class's k may be _cached_k's, which reads this cache)
+    if kp is pb_k or kp is pb_kc:
+        src, get = man.isp_c, pb_k.fget
+    elif kp is sp_k or kp is sp_kc:
+        src, get = man.isp_k, sp_k.fget
     elif kp is None and "k" in man._parameters:
         src = man._parameters["k"]
     else:
@@ -238,7 +271,7 @@ def _step_k(man):
     if e is not None and e[0] is src and e[1] == ver and e[2] == ptr:
         return e[3], e[4]
     with torch.no_grad():
-        k = man.k
+        k = get(man) if get is not None else man.k
     kf = float(k) if k.numel() == 1 else None
     _K_CACHE[man] = (src, ver, ptr, k, kf)
     return k, kf

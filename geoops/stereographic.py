@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Optional
 
 import torch
@@ -137,7 +138,21 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     # Function then reshapes to rows itself and its backward sums back (one autograd node for the op instead of
     # expand / reshape / view nodes around it: at the WordNet loss's (64, 1, 10) x (64, 11, 10) they cost more
     # than the op, session 20)
-    def forward_cpp(ctx, x, y, k, r, param, shape=None):
+    # grp: (G, rep) when x's rows in the broadcast are G rows each repeated rep times in a row (x of shape (..., 1,
+    # D) against y of (..., R, D): _rep_form) and y has the broadcast shape: the row-group kernels then read x's G
+    # rows in place (stereo_fwd_rep_cpu / stereo_bwd_rep_cpu: no broadcast copy, dx summed per group in C++)
+    def forward_cpp(ctx, x, y, k, r, param, shape=None, grp=None):
+        ctx.grp = grp
+        if grp is not None:
+            xs = x.shape
+            ctx.shapes = (shape, xs, shape)
+            D = shape[-1]
+            x = x.view(grp[0], D) if x.is_contiguous() else x.reshape(grp[0], D)
+            y = y.view(-1, D) if y.is_contiguous() else y.reshape(-1, D)
+            ctx.save_for_backward(x, y, k, r)
+            ctx.param = param
+            out = _backend.compiled().stereo_fwd_rep_cpu(code, x, y, k, r, param, grp[1])
+            return out.view(shape[:-1] if scalar_out else shape)
         if shape is not None:
             xs = x.shape
             ys = y.shape if y is not None else None
@@ -181,25 +196,55 @@ def _make_fn(spec: _ops.StereoOp) -> type:
                 grad = grad.view(-1) if scalar_out else grad.view(-1, shapes[0][-1])
             else:
                 grad = grad.reshape(-1) if scalar_out else grad.reshape(-1, shapes[0][-1])
+        grp = ctx.grp
         if not _library.direct_call_ok(grad):
-            dx, dy, dk, dr, _ = backward(ctx, grad)
+            if grp is None:
+                dx, dy, dk, dr, _ = backward(ctx, grad)
+            else:  # the custom op on the broadcast rows (materialised here), dx summed to x's shape below
+                dx, dy, dk, dr = _rep_backward(ctx, grad, grp)
         else:
             x, y, k, r = ctx.saved_tensors
             need = ctx.needs_input_grad
             mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if need[2] else 0) | (8 if need[3] else 0)
             if mask == 0:
-                return None, None, None, None, None, None
-            dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
-            if need[2] and (k.dim() != 1 or k.shape[0] != x.shape[0]):  # one k (0-d from _run_fast, or (1,))
+                return None, None, None, None, None, None, None
+            if grp is None:
+                dx, dy, dk, dr = _backend.compiled().stereo_bwd_cpu(code, grad, x, y, k, r, ctx.param, mask)
+            else:  # dx of x's G rows (summed per group in the kernel's fixed order)
+                dx, dy, dk, dr = _backend.compiled().stereo_bwd_rep_cpu(code, grad, x, y, k, r, ctx.param, mask,
+                                                                        grp[1])
+                if need[0]:
+                    dx = dx.view(shapes[1])
+            n = x.shape[0] if grp is None else y.shape[0]  # the op's rows
+            if need[2] and (k.dim() != 1 or k.shape[0] != n):  # one k (0-d from _run_fast, or (1,))
                 dk = dk.sum(0, keepdim=True).reshape(k.shape)
-            if need[3] and r.shape[0] != x.shape[0]:
+            if need[3] and r.shape[0] != n:
                 dr = dr.sum(0, keepdim=True)
             dx, dy, dk, dr = (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
                               dr if need[3] else None)
         if shapes is not None:
-            dx = _to_caller(dx, shapes[0], shapes[1])
+            if grp is None:
+                dx = _to_caller(dx, shapes[0], shapes[1])
             dy = _to_caller(dy, shapes[0], shapes[2])
-        return dx, dy, dk, dr, None, None
+        return dx, dy, dk, dr, None, None, None
+
+    def _rep_backward(ctx, grad, grp):
+        """backward() of a row-group call (a grad that needs the custom op's dispatch): x's rows broadcast to the
+        op's rows, the op's backward, dx summed over each group -> (dx of x's shape, dy, dk, dr)."""
+        x, y, k, r = ctx.saved_tensors
+        G, rep = grp
+        need = ctx.needs_input_grad
+        mask = _need_mask(need, 4)
+        if mask == 0:
+            return None, None, None, None
+        xr = x.unsqueeze(1).expand(G, rep, x.shape[1]).reshape(-1, x.shape[1])
+        dx, dy, dk, dr = bwd_op(grad, xr, y, k, r, ctx.param, mask)
+        if need[2] and (k.dim() != 1 or k.shape[0] != xr.shape[0]):
+            dk = dk.sum(0, keepdim=True).reshape(k.shape)
+        if need[3] and r.shape[0] != xr.shape[0]:
+            dr = dr.sum(0, keepdim=True)
+        dx = dx.view(G, rep, -1).sum(1).view(ctx.shapes[1]) if need[0] else None
+        return dx, dy if need[1] else None, dk if need[2] else None, dr if need[3] else None
 
     _FNS_CPP[spec.name] = type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward_cpp), "backward": staticmethod(_library.first_order_only(backward_cpp)),
@@ -559,12 +604,18 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     # reshape is a dispatch, ~1 us per call)
     k2 = k if k.dim() <= 1 and k.dtype == kd else (k if k.dtype == kd else k.to(kd)).reshape(1)
     eps = _EPS_FAST[dtype]
+    # x's rows repeated in the broadcast ((..., 1, D) against y of the broadcast shape): the row-group kernels
+    grp = _rep_form(xshape, shape) if not same and yshape == shape else None
     if torch.is_grad_enabled() and (x.requires_grad or k.requires_grad or (has_y and y.requires_grad)):
         # the Function takes the caller's tensors and the broadcast shape (rows inside, no view nodes around it);
         # its C-level apply (direct_call_ok above: no functorch transform), a dead functorch wrapper unwrapped as
         # Function.apply does
         out = _FNS_CPP_APPLY[op](_unwrap_if_dead(x), _unwrap_if_dead(y) if has_y else None, k2, None, eps,
-                                 None if nd == 2 and same else shape)
+                                 None if nd == 2 and same else shape, grp)
+    elif grp is not None:
+        out = _backend.compiled().stereo_fwd_rep_cpu(spec.code, x.reshape(grp[0], D), y.reshape(-1, D), k2, None,
+                                                     eps, grp[1])
+        out = out.view(shape[:-1] if spec.scalar_out else shape)
     else:
         x2 = x if xshape == shape else x.expand(shape)
         y2 = (y if yshape == shape else y.expand(shape)) if has_y else None
@@ -577,6 +628,42 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     if spec.scalar_out and keepdim:
         return out.unsqueeze(-1)
     return out
+
+
+_REP_FORMS: dict = {}  # (x's shape, broadcast shape) -> _rep_form's answer
+_REP_FORMS_MAX = 256
+
+
+def _rep_form(xshape, shape):
+    """(G, rep) when the rows of x (shape xshape) broadcast to ``shape`` are G rows each repeated rep > 1 times in
+    a row (x's leading sizes equal the broadcast's, its other batch sizes 1: e.g. (B, 1, D) against (B, R, D)), else
+    None (x of the broadcast shape, or x tiled: broadcast along a leading dim, whose rows the kernels would not find
+    in a row).  Cached per pair of shapes; GEOOPS_STEREO_REP=0: always None (the materialising path; read per
+    call)."""
+    if _REP_OFF():
+        return None
+    key = (xshape, shape)
+    got = _REP_FORMS.get(key, False)
+    if got is not False:
+        return got
+    nd = len(shape)
+    xp = (1,) * (nd - len(xshape)) + tuple(xshape)
+    m = 0
+    while m < nd - 1 and xp[m] == shape[m]:
+        m += 1
+    res = None
+    if xp[-1] == shape[-1] and all(xp[j] == 1 for j in range(m, nd - 1)):
+        rep = math.prod(shape[m:nd - 1])
+        if rep > 1:
+            res = (math.prod(shape[:m]), rep)
+    if len(_REP_FORMS) < _REP_FORMS_MAX:
+        _REP_FORMS[key] = res
+    return res
+
+
+def _REP_OFF() -> bool:
+    v = os.environ.get("GEOOPS_STEREO_REP")
+    return v is not None and v.startswith("0")
 
 
 _CPU = torch.device("cpu")

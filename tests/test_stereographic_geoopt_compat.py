@@ -271,3 +271,48 @@ def test_broadcasting_k_under_compile(kshape, xshape):
                       fullgraph=True)
     ref = gm.dist(y, x, k=k, keepdim=True) + gm.mobius_add(y, x, k=k).sum(-1, True)
     torch.testing.assert_close(f(y, x, k), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_patched_manifold_k_is_cached_and_exact():
+    """Under patch_geoopt() PoincareBall.k / SphereProjection.k come from the step's k cache (session 29): the same
+    bits as geoopt's getter, re-read after an in-place change of the parameter, a graph when one is wanted through a
+    learnable curvature, geoopt's getter again after unpatch_geoopt()."""
+    import geoopt
+    from geoopt.manifolds.stereographic.manifold import PoincareBall, SphereProjection
+
+    import geoops.compat as compat
+
+    orig = (PoincareBall.__dict__["k"], SphereProjection.__dict__["k"])
+    was = compat.is_patched()
+    compat.unpatch_geoopt()
+    try:
+        balls = [geoopt.PoincareBall(c=0.7), geoopt.SphereProjection(k=0.4), geoopt.PoincareBallExact(c=1.3)]
+        want = [b.k.clone() for b in balls]
+        compat.patch_geoopt()
+        assert PoincareBall.__dict__["k"] is not orig[0] and SphereProjection.__dict__["k"] is not orig[1]
+        for b, w in zip(balls, want):
+            k1, k2 = b.k, b.k
+            assert torch.equal(k1, w) and k2 is k1  # one tensor per value of the parameter
+        src = balls[0].isp_c
+        with torch.no_grad():
+            src.add_(0.25)
+        assert torch.equal(balls[0].k, orig[0].fget(balls[0]))  # the in-place change seen
+        learn = geoopt.PoincareBall(c=0.9, learnable=True)
+        kl = learn.k
+        assert kl.requires_grad
+        kl.backward()
+        assert learn.isp_c.grad is not None
+        with torch.no_grad():
+            assert torch.equal(learn.k, orig[0].fget(learn))
+
+        class OwnC(geoopt.PoincareBall):  # a subclass with its own c reads it
+            @property
+            def c(self):
+                return 2 * torch.nn.functional.softplus(self.isp_c)
+
+        own = OwnC(c=1.0)
+        assert torch.equal(own.k, orig[0].fget(own)) and float(own.k) == -2.0
+        compat.unpatch_geoopt()
+        assert PoincareBall.__dict__["k"] is orig[0] and SphereProjection.__dict__["k"] is orig[1]
+    finally:
+        (compat.patch_geoopt if was else compat.unpatch_geoopt)()

@@ -20,6 +20,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cpu(
     int64_t op, const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& y, const at::Tensor& k,
     const c10::optional<at::Tensor>& r, double param, int64_t mask);
 
+// The row-group form of the two above (the eager fast path's broadcast of a (..., 1, D) point against (..., R, D)
+// points): x holds G rows and row i of the op reads x row i / rep (y, grad and the result: N = G * rep rows), so the
+// caller never materialises the broadcast x; the backward returns dx summed over each group's rep rows, (G, D), in a
+// fixed order (stereographic.cpp: sum_groups).  float32 / float64 rows, rep >= 1.
+at::Tensor stereo_fwd_rep_cpu(int64_t op, const at::Tensor& x, const c10::optional<at::Tensor>& y, const at::Tensor& k,
+                              const c10::optional<at::Tensor>& r, double param, int64_t rep);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_rep_cpu(
+    int64_t op, const at::Tensor& grad, const at::Tensor& x, const c10::optional<at::Tensor>& y, const at::Tensor& k,
+    const c10::optional<at::Tensor>& r, double param, int64_t mask, int64_t rep);
+
 // One Riemannian SGD step in place: x <- project(x - lr (1 + k|x|^2)^2 / 4 * grad) (geoopt's RiemannianSGD
 // without momentum on a Stereographic parameter).  x, grad: (N, D) float/double, inner stride 1; k < 0
 // projects with margin eps.  (stereographic_lanes.cpp)

@@ -58,6 +58,11 @@ static_assert(kBlock <= kMaxBlock, "the long-row blocks bound the lane arrays");
 // Rows of at most this many elements reduce with the rows on the lanes (measured: 0.5-0.8x the time of
 // the per-row sums at D = 2..5, 1.0-1.3x at D = 10..16).
 constexpr int64_t kShortRowMaxD = 8;
+// The backward's rows of D = kShortRowMaxD + 1 .. kShortRowBwdMaxD take the short-row blocks too (session 29: the
+// dist backward at the WordNet loss's D = 10 ran the per-row long path at about twice the forward's time);
+// GEOOPS_STEREO_BWD_SHORT=0: the long-row path there, as before (read per call).
+constexpr int64_t kShortRowBwdMaxD = 16;
+inline bool bwd_short_on() { return !knobs::off("GEOOPS_STEREO_BWD_SHORT"); }
 // Rows of at most this many elements, stored back to back, are written as one stream per block
 // (write_block) instead of row by row.  Measured (single thread, 2^20 rows fp32, A/B against the
 // per-row writes): 0.79-0.99x the time at D = 2, ~1.0x at D = 5, 1.06-1.22x at D = 10..16 (the
@@ -119,6 +124,23 @@ struct StagedMath {
   Vec atanc(const Vec& z_, const Vec& q_) { return take(z_, q_); }
 };
 
+// The float call of nf lanes (a multiple of the float lanes): vd = tanc / atanc(zd, qd) evaluated on float vectors (the
+// arguments rounded to float, the value widened back), every lane with z below the float series cut (no k > 0 form).
+inline void float_call_values(bool atanc, const double* zd, const double* qd, int64_t nf, double* vd) {
+  alignas(64) float zf[kMaxBlock], qf[kMaxBlock], vf[kMaxBlock];
+#pragma omp simd
+  for (int64_t b = 0; b < nf; ++b) {
+    zf[b] = static_cast<float>(zd[b]);
+    qf[b] = static_cast<float>(qd[b]);
+  }
+  for (int64_t v = 0; v < nf; v += kFLanes) {
+    const FVec z = FVec::loadu(zf + v), q = FVec::loadu(qf + v);
+    (atanc ? vecmath::eval_series_neg<true>(z, q) : vecmath::eval_series_neg<false>(z, q)).store(vf + v);
+  }
+#pragma omp simd
+  for (int64_t b = 0; b < nf; ++b) vd[b] = static_cast<double>(vf[b]);
+}
+
 // The forward coefficients of the nv lanes of a block (row scalars in xx .. rr), OP's tanc/atanc calls in
 // float where every lane of the block allows it (see above), in double otherwise (FLOAT = false: always).
 template <int OP>
@@ -127,7 +149,6 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
                                  double* ca, double* cb, double* cc) {
   constexpr int NC = n_calls(OP);
   alignas(64) double zd[kMaxBlock], qd[kMaxBlock], vd[NC][kMaxBlock];
-  alignas(64) float zf[kMaxBlock], qf[kMaxBlock], vf[kMaxBlock];
   auto row_at = [&](int64_t v) {
     return Row<Vec>{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
                     Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
@@ -151,18 +172,7 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
     const bool in_float = use_float && ok.zero_mask() == 0;
     const bool atanc = call_is_atanc(OP, c);
     if (in_float) {  // (2) the call in float
-#pragma omp simd
-      for (int64_t b = 0; b < nf; ++b) {
-        zf[b] = static_cast<float>(zd[b]);
-        qf[b] = static_cast<float>(qd[b]);
-      }
-      for (int64_t v = 0; v < nf; v += kFLanes) {
-        // every lane has z < series cut here (else the block takes the double call below): no k > 0 form
-        const FVec z = FVec::loadu(zf + v), q = FVec::loadu(qf + v);
-        (atanc ? vecmath::eval_series_neg<true>(z, q) : vecmath::eval_series_neg<false>(z, q)).store(vf + v);
-      }
-#pragma omp simd
-      for (int64_t b = 0; b < nf; ++b) vd[c][b] = static_cast<double>(vf[b]);
+      float_call_values(atanc, zd, qd, nf, vd[c]);
     } else {
       for (int64_t v = 0; v < nv; v += kLanes) {
         const Vec z = Vec::loadu(zd + v), q = Vec::loadu(qd + v);
@@ -180,6 +190,24 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
     c.c.store(cc + v);
   }
 }
+
+// The backward of dist / dist0 without dk (session 29): no atanc call.  v = 2 w A(k w^2) (w = |s| or |x|), and the
+// vjp's gradient to the row sums reads A only through A + 2z A'(z), where above the double series cut
+// A'(z) = (1/q - A)/(2z) (0 - A over 2z outside the ball): A + (1/q - A) = 1/q (or 0), whatever A is, up to the
+// rounding of the sum.  So the lanes there take A = 1 (finite, no SLEEF log1p / atan), the lanes below the cut
+// atanc's Taylor series (the value the double call gives there): the gradients to x and y equal the double call's up
+// to double roundings (the same float bits in every check; the tests bound them by a few ulps).  dk reads A'(z)
+// alone: with dk wanted the call runs.  Every dtype, every k.  GEOOPS_STEREO_BWD_SKIP_CALL=0: the call (read per call).
+constexpr bool bwd_skip_call_op(int op) { return op == DIST || op == DIST0; }
+inline bool bwd_skip_call_on() { return !knobs::off("GEOOPS_STEREO_BWD_SKIP_CALL"); }
+
+struct SkipCallMath {  // the tanc / atanc policy of stereo::vjp<Vec> for those lanes (only atanc is called)
+  Vec tanc(const Vec& z) { return stereo::tanc_series(z); }
+  Vec atanc(const Vec& z, const Vec&) {
+    const Vec cut(series_cut<double>());
+    return Vec::blendv(Vec(1.0), stereo::atanc_series(z), z.abs() < cut);
+  }
+};
 
 // Row sums of the rows i0 .. i0+kBlock-1 (rows past `last` repeat row `last`), rows on the lanes:
 // xx, and for two-input ops yy, xy and dd = |x - y|^2 accumulated directly; with HAS_G (backward of
@@ -1334,6 +1362,9 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
   // the double path below for the blocks it declines
   constexpr bool kF32Bwd = std::is_same<scalar_t, float>::value && SHORT && f32bwd::fast_op(OP) && !HAS_Y;
   const bool f32_bwd = kF32Bwd && f32bwd_applies(OP, g, x, dx);
+  // dist / dist0 without dk: the vjp without its call (SkipCallMath)
+  constexpr bool kSkipCall = bwd_skip_call_op(OP);
+  const bool skip_call = kSkipCall && dk == nullptr && bwd_skip_call_on();
   for_row_blocks<scalar_t, SHORT>(N, D, HAS_Y ? 5 : 3, 16384, [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ga[kMaxBlock], gb[kMaxBlock], gc[kMaxBlock];
@@ -1393,18 +1424,27 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
       if (SCALAR_OUT) ga[b] = static_cast<double>(load_elem(gp + i)), gb[b] = gc[b] = 0.0;
       if (!HAS_Y && !SCALAR_OUT) gb[b] = gc[b] = 0.0;
     }
-    LaneMath lm;
-    for (int64_t v = 0; v < nv; v += kLanes) {
-      const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
-                         Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
-      const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
-                                            Vec::loadu(gc + v), lm);
-      adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
-      adj.k.store(ak + v), adj.r.store(ar + v);
-      if (!SCALAR_OUT) {
-        const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), lm);
-        c.a.store(ca + v), c.b.store(cb + v), c.c.store(cc + v);
+    // the row adjoints (and, for vector ops, the forward coefficients) of the block's lanes with the math policy m
+    auto lane_adjoints = [&](auto& m) {
+      for (int64_t v = 0; v < nv; v += kLanes) {
+        const Row<Vec> row{Vec::loadu(xx + v), Vec::loadu(yy + v), Vec::loadu(xy + v),
+                           Vec::loadu(dd + v), Vec::loadu(kk + v), Vec::loadu(rr + v)};
+        const Row<Vec> adj = stereo::vjp<Vec>(OP, row, Vec(param), Vec::loadu(ga + v), Vec::loadu(gb + v),
+                                              Vec::loadu(gc + v), m);
+        adj.xx.store(axx + v), adj.yy.store(ayy + v), adj.xy.store(axy + v), adj.dd.store(add + v);
+        adj.k.store(ak + v), adj.r.store(ar + v);
+        if (!SCALAR_OUT) {
+          const Coef<Vec> c = stereo::fwd<Vec>(OP, row, Vec(param), m);
+          c.a.store(ca + v), c.b.store(cb + v), c.c.store(cc + v);
+        }
       }
+    };
+    if (kSkipCall && skip_call) {  // dist / dist0 without dk: no call (SkipCallMath; scalar ops: no forward here)
+      SkipCallMath sm;
+      lane_adjoints(sm);
+    } else {
+      LaneMath lm;
+      lane_adjoints(lm);
     }
     for (int64_t b = 0; b < nb; ++b) {
       if (dk) dk[i0 + b] = ak[b];

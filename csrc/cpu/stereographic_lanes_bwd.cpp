@@ -7,8 +7,11 @@ namespace cpu {
 
 void stereo_lanes_bwd(int op, const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, bool has_y,
                       const RowScalars& sc, double param, at::Tensor& dx, at::Tensor& dy, double* dk, double* dr) {
-  // (fp32 expmap0 / logmap0 rows the float backward takes: its short-row blocks also at D = 9..16, as the forward)
-  const bool short_rows = x.size(1) <= kShortRowMaxD || (!has_y && f32bwd_applies(op, g, x, dx));
+  // (fp32 expmap0 / logmap0 rows the float backward takes: its short-row blocks also at D = 9..16, as the forward;
+  // every other op and dtype too at D <= kShortRowBwdMaxD unless GEOOPS_STEREO_BWD_SHORT=0: bwd_short_on)
+  const int64_t D = x.size(1);
+  const bool short_rows = D <= kShortRowMaxD || (D <= kShortRowBwdMaxD && bwd_short_on()) ||
+                          (!has_y && f32bwd_applies(op, g, x, dx));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "stereo_lanes_bwd", [&] {
     dispatch_op(op, [&](auto opc) {
       constexpr int OP = decltype(opc)::value;
