@@ -131,6 +131,17 @@ def _run(op, x, y, k, gout, keepdim=False):
     return (out.detach(),) + tuple(next(it) if t.requires_grad else None for t in (xs, ys, ks))
 
 
+# Builds without a SIMD ISA (GEOOPS_PORTABLE=1: build_isa() "DEFAULT") measured the materialising path's rows 1 ulp
+# apart from the same rows made contiguous (logmap, float32, x of shape (10,) against (9, 10)), which the row-group
+# kernels match: there the forward / dy / dk are compared to 4 ulps, bit for bit on SIMD builds.
+_EXACT = _backend.build_isa() != "DEFAULT"
+
+
+def _same(a, b):
+    if _EXACT:
+        return torch.equal(a, b)
+    return a.shape == b.shape and torch.allclose(a, b, rtol=4 * torch.finfo(a.dtype).eps, atol=0, equal_nan=True)
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", OPS_Y)
 @pytest.mark.parametrize("xshape,yshape", [((64, 1, 10), (64, 11, 10)), ((10,), (9, 10)), ((3, 1, 1, 5), (3, 2, 4, 5))])
@@ -156,15 +167,15 @@ def test_fast_path_rep_matches_materialising_path(op, dtype, xshape, yshape, wan
     n0 = len(calls)
     old = _run(op, x, y, k, gout)
     assert len(calls) == n0  # the knob: the materialising path
-    assert torch.equal(new[0], old[0])
-    assert (new[2] is None) == (old[2] is None) and (new[2] is None or torch.equal(new[2], old[2]))
+    assert _same(new[0], old[0])
+    assert (new[2] is None) == (old[2] is None) and (new[2] is None or _same(new[2], old[2]))
     if new[1] is not None:
         tol = 8 * torch.finfo(dtype).eps * old[1].abs().max().item()
         assert new[1].shape == x.shape and (new[1] - old[1]).abs().max().item() <= tol
-        if dtype == torch.float32 and xshape == (64, 1, 10):
+        if dtype == torch.float32 and xshape == (64, 1, 10) and _EXACT:
             assert torch.equal(new[1], old[1])
     if new[3] is not None:
-        assert torch.equal(new[3], old[3])
+        assert _same(new[3], old[3])
 
 
 def test_fast_path_rep_dist_keepdim_and_wordnet_loss(monkeypatch):
