@@ -151,8 +151,14 @@ def test_fc_from_tangent(radius):
     gw = torch.autograd.grad(want.sum(), (u, z, b, c))
     for a, w in zip(go, gw):
         torch.testing.assert_close(a, w, rtol=1e-8, atol=1e-10)
+    # Radius 3 puts every row's expmap0 within ~1e-4 of the boundary, where the forward's fp64 rounding is amplified
+    # ~1e5x: the central differences at eps = 1e-6 are off by up to 2.1e-6 for the eager reference itself (measured;
+    # portable builds, whose libm rounds differently from SLEEF, failed atol = 1e-6 by 1.3e-6 in one entry).  A larger
+    # eps would step rows across the projection's kink (c moves the boundary), so the tolerance follows the noise
+    # there; the analytic gradients are held to the reference's autograd at rtol 1e-8 above.
+    atol = 1e-6 if radius < 1 else 5e-6
     assert torch.autograd.gradcheck(lambda u, z, b, c: gp.poincare_fc(u, z, b, c=c, from_tangent=True),
-                                    (u, z, b, c), eps=1e-6, atol=1e-6, rtol=1e-5)
+                                    (u, z, b, c), eps=1e-6, atol=atol, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
