@@ -94,6 +94,17 @@ def _func_twin(name: str, fwd_op, backward, reference, attr: str, doc: str) -> t
         "generate_vmap_rule": True, "__module__": __name__, "__doc__": doc})
 
 
+def _kr_grads(need, k, r, n: int, dk, dr):
+    """(dk, dr) of a row op's backward for the Function's k and r inputs (needs_input_grad[2], [3]): a k / r given
+    once for n rows (k 0-d from _run_fast, or of shape (1,)) gets its per-row gradients summed to its shape; None
+    where no gradient is wanted."""
+    if need[2] and (k.dim() != 1 or k.shape[0] != n):
+        dk = dk.sum(0, keepdim=True).reshape(k.shape)
+    if need[3] and r.shape[0] != n:
+        dr = dr.sum(0, keepdim=True)
+    return (dk if need[2] else None), (dr if need[3] else None)
+
+
 def _make_fn(spec: _ops.StereoOp) -> type:
     fwd_op, bwd_op = _ops.CALLERS[spec.name]
 
@@ -113,13 +124,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
         if mask == 0:
             return None, None, None, None, None
         dx, dy, dk, dr = bwd_op(grad, x, y, k, r, ctx.param, mask)
-        n = x.shape[0]
-        if need[2] and (k.dim() != 1 or k.shape[0] != n):  # one k (0-d from _run_fast, or (1,)): k's shape
-            dk = dk.sum(0, keepdim=True).reshape(k.shape)
-        if need[3] and r.shape[0] != n:
-            dr = dr.sum(0, keepdim=True)
-        return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
-                dr if need[3] else None, None)
+        dk, dr = _kr_grads(need, k, r, x.shape[0], dk, dr)
+        return dx if need[0] else None, dy if need[1] else None, dk, dr, None
 
     # named at creation so that autograd's node is called e.g. MobiusAddFnBackward
     name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
@@ -139,8 +145,9 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     # expand / reshape / view nodes around it: at the WordNet loss's (64, 1, 10) x (64, 11, 10) they cost more
     # than the op, session 20)
     # grp: (G, rep) when x's rows in the broadcast are G rows each repeated rep times in a row (x of shape (..., 1,
-    # D) against y of (..., R, D): _rep_form) and y has the broadcast shape: the row-group kernels then read x's G
-    # rows in place (stereo_fwd_rep_cpu / stereo_bwd_rep_cpu: no broadcast copy, dx summed per group in C++)
+    # D) against y of (..., R, D): _rep_form) and y has the broadcast shape: the row-group entry points then take
+    # x's G rows (stereo_fwd_rep_cpu / stereo_bwd_rep_cpu: the broadcast rows expanded inside C++ in one SIMD copy,
+    # no ATen dispatches; dx summed per group in C++)
     def forward_cpp(ctx, x, y, k, r, param, shape=None, grp=None):
         ctx.grp = grp
         if grp is not None:
@@ -215,13 +222,8 @@ def _make_fn(spec: _ops.StereoOp) -> type:
                                                                         grp[1])
                 if need[0]:
                     dx = dx.view(shapes[1])
-            n = x.shape[0] if grp is None else y.shape[0]  # the op's rows
-            if need[2] and (k.dim() != 1 or k.shape[0] != n):  # one k (0-d from _run_fast, or (1,))
-                dk = dk.sum(0, keepdim=True).reshape(k.shape)
-            if need[3] and r.shape[0] != n:
-                dr = dr.sum(0, keepdim=True)
-            dx, dy, dk, dr = (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None,
-                              dr if need[3] else None)
+            dk, dr = _kr_grads(need, k, r, x.shape[0] if grp is None else y.shape[0], dk, dr)
+            dx, dy = dx if need[0] else None, dy if need[1] else None
         if shapes is not None:
             if grp is None:
                 dx = _to_caller(dx, shapes[0], shapes[1])
@@ -239,12 +241,9 @@ def _make_fn(spec: _ops.StereoOp) -> type:
             return None, None, None, None
         xr = x.unsqueeze(1).expand(G, rep, x.shape[1]).reshape(-1, x.shape[1])
         dx, dy, dk, dr = bwd_op(grad, xr, y, k, r, ctx.param, mask)
-        if need[2] and (k.dim() != 1 or k.shape[0] != xr.shape[0]):
-            dk = dk.sum(0, keepdim=True).reshape(k.shape)
-        if need[3] and r.shape[0] != xr.shape[0]:
-            dr = dr.sum(0, keepdim=True)
+        dk, dr = _kr_grads(need, k, r, xr.shape[0], dk, dr)
         dx = dx.view(G, rep, -1).sum(1).view(ctx.shapes[1]) if need[0] else None
-        return dx, dy if need[1] else None, dk if need[2] else None, dr if need[3] else None
+        return dx, dy if need[1] else None, dk, dr
 
     _FNS_CPP[spec.name] = type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward_cpp), "backward": staticmethod(_library.first_order_only(backward_cpp)),

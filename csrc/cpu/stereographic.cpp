@@ -180,10 +180,8 @@ void check_rep(const char* what, int64_t op, const at::Tensor& x, const c10::opt
   TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "geoops: ", what, " takes x as float32 / float64 rows (G, D)");
   TORCH_CHECK(y.has_value() && y->defined(), "geoops: ", what, " needs y");
-  {
-    TORCH_CHECK(y->dim() == 2 && y->size(0) == x.size(0) * rep && y->size(1) == x.size(1),
-                "geoops: ", what, ": y must have G * rep = ", x.size(0) * rep, " rows of D = ", x.size(1));
-  }
+  TORCH_CHECK(y->dim() == 2 && y->size(0) == x.size(0) * rep && y->size(1) == x.size(1),
+              "geoops: ", what, ": y must have G * rep = ", x.size(0) * rep, " rows of D = ", x.size(1));
 }
 
 }  // namespace
