@@ -85,13 +85,14 @@ def epoch_batches(edges: torch.Tensor, n: int, n_neg: int, batch: int, keys: tor
 
 
 # ---------------------------------------------------------------- training (plain geoopt user code)
-def make_model(n: int, dim: int, lr: float, seed: int = 0):
-    """(embedding ManifoldParameter on the unit Poincaré ball, RiemannianSGD), the paper's init U(-1e-3, 1e-3)."""
+def make_model(n: int, dim: int, lr: float, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """(embedding ManifoldParameter on the unit Poincaré ball, RiemannianSGD), the paper's init U(-1e-3, 1e-3)
+    (drawn in float32 whatever `dtype`, so that a float64 model starts from the float32 one's values)."""
     import geoopt
 
     gen = torch.Generator().manual_seed(seed)
     ball = geoopt.PoincareBall(c=1.0)
-    init = (torch.rand(n, dim, generator=gen) * 2 - 1) * 1e-3
+    init = ((torch.rand(n, dim, generator=gen, dtype=torch.float32) * 2 - 1) * 1e-3).to(dtype)
     emb = geoopt.ManifoldParameter(init, manifold=ball)
     opt = geoopt.optim.RiemannianSGD([emb], lr=lr)
     return emb, opt
@@ -123,20 +124,21 @@ def _epoch(emb, opt, batches, lr, patched):
     return time.perf_counter() - t0, time.process_time() - c0, loss
 
 
-def train_both(edges, n, *, dim=10, n_neg=10, batch=64, epochs=20, lr=10.0, burn_in=3, seed=0, threads=1):
+def train_both(edges, n, *, dim=10, n_neg=10, batch=64, epochs=20, lr=10.0, burn_in=3, seed=0, threads=1,
+               dtype=torch.float32):
     """Train two identical models, one on plain geoopt and one under patch_geoopt(), epoch by epoch in turn
     (so that both see the same load), on the same batches and negatives (drawn before the clocks start).
 
     The paper's burn-in: the first ``burn_in`` epochs run at lr / 10.  Returns {name: (embedding, wall
     seconds per epoch, CPU seconds per epoch, losses)}.  ``threads``: torch's intra-op threads while
     training (default 1: at batch 64 every op is a few microseconds of work, and a parallel region costs
-    more than it saves; both runs use the same setting).
+    more than it saves; both runs use the same setting).  ``dtype``: the embeddings' dtype (both runs).
     """
     import geoops.compat as compat
 
     keys = _pair_keys(edges, n)
     gen = torch.Generator().manual_seed(seed + 1)
-    runs = {"geoopt": make_model(n, dim, lr, seed), "geoopt+patch_geoopt": make_model(n, dim, lr, seed)}
+    runs = {name: make_model(n, dim, lr, seed, dtype) for name in ("geoopt", "geoopt+patch_geoopt")}
     res = {name: ([], [], []) for name in runs}
     was, nthreads = compat.is_patched(), torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -9,7 +9,9 @@
 #     workers as stage 2 (one per core, at most 4; `-n 0` among the arguments runs it in one process);
 #  5. the API docs build and docstring check (scripts/docs.sh --check);
 #  6. with GEOOPS_TEST_WHEEL=1 (CI sets it): the wheel recipe, installed into a
-#     clean venv and imported from outside the checkout (scripts/wheel_check.sh).
+#     clean venv and imported from outside the checkout (scripts/wheel_check.sh);
+#  7. then the pytest suite on that wheel's portable extension (scripts/portable_tests.sh:
+#     a copy of the checkout with the wheel's extension in place of the native one).
 # A failed stage does not stop the later ones; the run ends with one table
 # (stage, result, passed/failed/skipped, time, skip reasons grouped) and exits
 # non-zero if any stage failed.  Arguments go to the pytest stage:
@@ -71,6 +73,8 @@ stage "pytest" pytest python -m pytest tests -q -p no:cacheprovider -rs "${XDIST
 stage "API docs" summary bash scripts/docs.sh --check
 if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ]; then
   stage "wheel (GEOOPS_PORTABLE=1)" summary bash scripts/wheel_check.sh
+  # the pytest suite again on that wheel's (portable) extension, in a copy of the checkout
+  stage "pytest (portable build)" pytest bash scripts/portable_tests.sh -rs "${XDIST[@]}"
 fi
 
 python - "$WORK" "$((SECONDS - T_ALL))" <<'EOF'

@@ -14,7 +14,7 @@ import torch
 import geoops.stereographic as gs
 from geoops.reference import stereographic as ref
 
-from _stereo_rows import per_row_k, row_rel_err, short_layout
+from _stereo_rows import paths_bitwise, per_row_k, row_rel_err, short_layout
 
 LAYOUT = short_layout()
 BLOCK = LAYOUT["block_rows"]
@@ -104,5 +104,8 @@ def test_f32_fused_two_vectors_declined_block(op, d, monkeypatch):
     _env(monkeypatch)
     assert torch.equal(two.nan_to_num(7.0), one.nan_to_num(7.0))
     rows = slice(2 * BLOCK, 3 * BLOCK)
-    assert torch.equal(two[rows].nan_to_num(7.0), dbl[rows].nan_to_num(7.0))
+    if paths_bitwise():
+        assert torch.equal(two[rows].nan_to_num(7.0), dbl[rows].nan_to_num(7.0))
+    else:  # portable builds: a few ulps (no hardware fma)
+        torch.testing.assert_close(two[rows], dbl[rows], rtol=1e-6, atol=1e-7, equal_nan=True)
     assert torch.isnan(two[2 * BLOCK + BLOCK - 3]).all()

@@ -228,12 +228,26 @@ def test_wordnet_data_and_negatives():
 
 
 def test_wordnet_training_agrees_patched_and_plain():
+    """Two epochs at the paper's lr = 10 (the bench's training loop): float64 training agrees, patched vs plain, to
+    rounding; in float32 each run drifts from the float64 one (lr = 10 amplifies a rounding: ~2e-5 in the largest
+    element for plain geoopt) and the patched run must drift no more than 2x plain geoopt's (+ a floor), in the
+    largest element and in RMS.  (The two float32 runs against each other, the earlier form, measured 0.99e-3
+    relative apart on native builds and 4.2e-3 on portable ones, each as close to the float64 run as geoopt:
+    a comparison of two roundings, not of either's accuracy.)"""
     from bench import wordnet as W
 
     names, edges = W.load_closure(W.MAMMALS)
-    runs = W.train_both(edges[:640], len(names), epochs=2, burn_in=1, lr=10.0)
-    (ea, *_), (eb, *_) = runs["geoopt"], runs["geoopt+patch_geoopt"]
-    torch.testing.assert_close(ea, eb, rtol=1e-3, atol=1e-5)
+    kw = dict(epochs=2, burn_in=1, lr=10.0)
+    r64 = W.train_both(edges[:640], len(names), dtype=torch.float64, **kw)
+    truth = r64["geoopt"][0]
+    torch.testing.assert_close(r64["geoopt+patch_geoopt"][0], truth, rtol=1e-10, atol=1e-12)
+    r32 = W.train_both(edges[:640], len(names), **kw)
+    err = {name: (r32[name][0].double() - truth).abs() for name in r32}
+    plain, ours = err["geoopt"], err["geoopt+patch_geoopt"]
+    assert float(plain.max()) < 1e-4  # (2.2e-5 measured: the comparison below means something)
+    assert float(ours.max()) <= 2 * float(plain.max()) + 1e-6, (float(ours.max()), float(plain.max()))
+    rms = {name: float(e.pow(2).mean().sqrt()) for name, e in err.items()}
+    assert rms["geoopt+patch_geoopt"] <= 2 * rms["geoopt"] + 1e-8, rms
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
