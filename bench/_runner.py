@@ -103,6 +103,17 @@ def pass_runner(fn: Callable, inputs: Sequence[torch.Tensor], pass_: str, gout: 
     return run_fb
 
 
+def compiled_peer(cache: dict, key, fn: Callable, no_compile: bool, skipped: dict) -> Optional[Callable]:
+    """torch.compile(fn, dynamic=False), compiled once per key of a family's cache for the whole run; None under
+    --no-compile (skipped["compiled"] then says so)."""
+    if no_compile:
+        skipped["compiled"] = "skipped (--no-compile)"
+        return None
+    if key not in cache:
+        cache[key] = torch.compile(fn, dynamic=False)
+    return cache[key]
+
+
 def parse_list(text: Optional[str], default: Sequence[str], allowed: Sequence[str], what: str) -> Tuple[str, ...]:
     """A comma list of names from `allowed` ('all' for every one), or `default`."""
     if not text:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ._runner import DTYPE_SHORT, Row, pass_runner
+from ._runner import DTYPE_SHORT, Row, compiled_peer, pass_runner
 
 TITLE = "Kronecker triple attention vs eager einsum"
 PEER = "einsum"
@@ -122,13 +122,9 @@ def _setup(c, pass_, dtype, device, args):
             skipped["peer"] = skipped["compiled"] = f"n/a: the eager form needs ~{need / 2**30:.0f} GiB"
         else:
             calls["peer"] = peer
-            if args.no_compile:
-                skipped["compiled"] = "skipped (--no-compile)"
-            else:
-                key = f"{c}"
-                if key not in _compiled:
-                    _compiled[key] = torch.compile(peer, dynamic=False)
-                calls["compiled"] = _compiled[key]
+            comp = compiled_peer(_compiled, f"{c}", peer, args.no_compile, skipped)
+            if comp is not None:
+                calls["compiled"] = comp
 
         fns = {name: pass_runner(fn, ins, pass_, gout) for name, fn in calls.items() if fn is not None}
         fns["limit"] = lambda: torch.mm(la, lb)

@@ -29,7 +29,7 @@ import torch
 
 from geoops.reference.ssm import vandermonde_blocking as _blocking
 
-from ._runner import DTYPE_SHORT, Row, parse_list, pass_runner
+from ._runner import DTYPE_SHORT, Row, compiled_peer, parse_list, pass_runner
 
 TITLE = "diagonal SSM (S4D) kernel generation and FFT convolution vs the eager recipe"
 PEER = "eager"
@@ -125,13 +125,9 @@ def _s4d_setup(H, N, L, pass_, device, args, with_peer):
         skipped = {}
         if with_peer:
             calls["peer"] = lambda *p: eager_s4d_kernel(*p, L)
-            if args.no_compile:
-                skipped["compiled"] = "skipped (--no-compile)"
-            else:
-                key = f"s4d{L}"
-                if key not in _compiled:
-                    _compiled[key] = torch.compile(eager_s4d_kernel, dynamic=False)
-                calls["compiled"] = lambda *p: _compiled[key](*p, L)
+            comp = compiled_peer(_compiled, f"s4d{L}", eager_s4d_kernel, args.no_compile, skipped)
+            if comp is not None:
+                calls["compiled"] = lambda *p: comp(*p, L)
         else:
             gb = 4 * H * N * L * 8 / 2 ** 30
             skipped["peer"] = skipped["compiled"] = f"n/a: the eager recipe's (H, N, L) tensors need > {gb:.0f} GiB"
@@ -183,12 +179,9 @@ def _fft_setup(Bn, H, L, pass_, device, args):
         gout = torch.randn(Bn, H, L, device=device) if want else None
         calls = {"geoops": lambda u, k, D: gs.fftconv(u, k, D), "peer": eager_fftconv}
         skipped = {}
-        if args.no_compile:
-            skipped["compiled"] = "skipped (--no-compile)"
-        else:
-            if "fft" not in _compiled:
-                _compiled["fft"] = torch.compile(eager_fftconv, dynamic=False)
-            calls["compiled"] = _compiled["fft"]
+        comp = compiled_peer(_compiled, "fft", eager_fftconv, args.no_compile, skipped)
+        if comp is not None:
+            calls["compiled"] = comp
         return _conv_contenders(calls, ins, pass_, gout, u, 2 * L, args, row_extra) + (skipped,)
 
     row_extra: dict = {}

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ._runner import DTYPE_SHORT, HALF, PASSES, Row, parse_list
+from ._runner import DTYPE_SHORT, HALF, PASSES, Row, compiled_peer, parse_list
 
 TITLE = "kappa-stereographic ops (k = -1) vs geoopt"
 PEER = "geoopt"
@@ -288,19 +288,11 @@ def _setup(op, pass_, n, d, dtype, device, args):
             skipped["peer"] = skipped["compiled"] = "n/a: geoopt is not installed"
         else:
             calls["peer"] = op_call(geoopt_fn(op), op)
-            if args.no_compile:
-                skipped["compiled"] = "skipped (--no-compile)"
-            else:
-                if op not in _compiled:
-                    _compiled[op] = torch.compile(geoopt_fn(op), dynamic=False)
-                calls["compiled"] = op_call(_compiled[op], op)
+            comp = compiled_peer(_compiled, op, geoopt_fn(op), args.no_compile, skipped)
+            if comp is not None:
+                calls["compiled"] = op_call(comp, op)
         fns = {name: runner(call, inp, op, pass_, g) for name, call in calls.items()}
-        check = None
-        if pass_ == "fwd" and "peer" in calls:
-            def check():
-                with torch.no_grad():
-                    return calls["geoops"](inp), calls["peer"](inp)
-        return fns, check, skipped
+        return fns, (_peer_check(calls, inp) if pass_ == "fwd" else None), skipped
 
     return setup
 
@@ -391,6 +383,17 @@ def _fwd_bwd(call, leaves, g):
     return run
 
 
+def _peer_check(calls, *args):
+    """The check of a forward row: geoops's and the peer's results on args, under no_grad (None without a peer)."""
+    if "peer" not in calls:
+        return None
+
+    def check():
+        with torch.no_grad():
+            return calls["geoops"](*args), calls["peer"](*args)
+    return check
+
+
 def _timed_calls(calls, leaves, g, need):
     """(fns, check) of a row: each call as forward + backward(g) into `leaves` when `need`, else under no_grad;
     check compares geoops with the peer (forward rows only)."""
@@ -403,12 +406,7 @@ def _timed_calls(calls, leaves, g, need):
                 return c()
         return run
 
-    check = None
-    if "peer" in calls:
-        def check():
-            with torch.no_grad():
-                return calls["geoops"](), calls["peer"]()
-    return {name: nograd(c) for name, c in calls.items()}, check
+    return {name: nograd(c) for name, c in calls.items()}, _peer_check(calls)
 
 
 def _cdist_setup(N, M, D, dtype, device, pass_):
@@ -449,12 +447,7 @@ def _cdist_setup(N, M, D, dtype, device, pass_):
                     fns[name] = _fwd_bwd(c, [x, y], g)
         else:
             fns = {name: c for name, c in calls.items()}
-        check = None
-        if not need and "peer" in calls:
-            def check():
-                with torch.no_grad():
-                    return calls["geoops"](), calls["peer"]()
-        return fns, check, skipped
+        return fns, (None if need else _peer_check(calls)), skipped
 
     return setup
 
@@ -556,13 +549,9 @@ def _midpoint_setup(op, shape, red, dtype, device, pass_, no_compile=False):
                 return gm.weighted_midpoint(x, weights=w, k=k, reducedim=red)
 
             calls["peer"] = lambda: peer_fn(x, w, k)
-            key = ("weighted_midpoint", tuple(red))
-            if no_compile:
-                skipped["compiled"] = "skipped (--no-compile)"
-            else:
-                if key not in _compiled:
-                    _compiled[key] = torch.compile(peer_fn, dynamic=False)
-                calls["compiled"] = lambda: _compiled[key](x, w, k)
+            comp = compiled_peer(_compiled, ("weighted_midpoint", tuple(red)), peer_fn, no_compile, skipped)
+            if comp is not None:
+                calls["compiled"] = lambda: comp(x, w, k)
         else:
             skipped["peer"] = skipped["compiled"] = "n/a: geoopt is not installed"
         g = torch.randn(ours().shape, generator=torch.Generator().manual_seed(19)).to(device=device, dtype=dtype) \
@@ -646,20 +635,6 @@ def _triple_setup(op, pass_, n, d, dtype, device, vs):
             calls["peer"] = lambda: getattr(gm, op)(x, y, u, k=k)
         else:
             skipped["peer"] = "n/a: geoopt is not installed"
-        if need:
-            fns = {name: _fwd_bwd(c, [x, y, u], g) for name, c in calls.items()}
-        else:
-            def nograd(c):
-                def run():
-                    with torch.no_grad():
-                        return c()
-                return run
-            fns = {name: nograd(c) for name, c in calls.items()}
-        check = None
-        if not need and "peer" in calls:
-            def check():
-                with torch.no_grad():
-                    return calls["geoops"](), calls["peer"]()
-        return fns, check, skipped
+        return (*_timed_calls(calls, [x, y, u], g, need), skipped)
 
     return setup

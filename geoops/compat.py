@@ -137,15 +137,20 @@ def unpatch_geoopt() -> None:
 
 
 @contextlib.contextmanager
-def patched_geoopt():
-    """Context manager: geoopt runs on geoops kernels inside the block."""
-    already = is_patched()
-    patch_geoopt()
+def _patch_scope(is_on, patch, unpatch):
+    """patch() inside the block; unpatch() after it unless is_on() was already true before it."""
+    already = is_on()
+    patch()
     try:
         yield
     finally:
         if not already:
-            unpatch_geoopt()
+            unpatch()
+
+
+def patched_geoopt():
+    """Context manager: geoopt runs on geoops kernels inside the block."""
+    return _patch_scope(is_patched, patch_geoopt, unpatch_geoopt)
 
 
 # ---------------------------------------------------------------- RiemannianSGD: one fused update per parameter
@@ -451,13 +456,6 @@ def unpatch_hypll() -> None:
     _hypll_saved.clear()
 
 
-@contextlib.contextmanager
 def patched_hypll():
     """Context manager: HypLL runs on geoops kernels inside the block."""
-    already = is_hypll_patched()
-    patch_hypll()
-    try:
-        yield
-    finally:
-        if not already:
-            unpatch_hypll()
+    return _patch_scope(is_hypll_patched, patch_hypll, unpatch_hypll)

@@ -235,6 +235,17 @@ def _use_reference(device) -> bool:
 
 
 # ---------------------------------------------------------------- public API
+def _vandermonde_rows(op: str, v, x, L: int, out64: bool):
+    """vandermonde's kernels on checked inputs: v (H, N) or (C, H, N), x (H, N) -> (H, L) or (C, H, L); one
+    autograd node (VandermondeFn) when a gradient is wanted, else the forward op alone."""
+    v3 = v if v.dim() == 3 else v.unsqueeze(0)
+    if _library.autograd_wanted(v, x):
+        K = _apply(op, VandermondeFn, v3, x, L, out64)
+    else:
+        K = _ops.vandermonde_fwd(v3, x, L, out64)
+    return K if v.dim() == 3 else K.squeeze(0)
+
+
 def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
     """Vandermonde kernel ``K[..., h, l] = 2 Re sum_n v[..., h, n] exp(x[h, n] * l)``, ``l = 0 .. L-1``.
 
@@ -270,12 +281,7 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
     if _use_reference(x.device):
         cdt = torch.complex128 if out64 else torch.complex64
         return _ref.vandermonde(v.to(cdt), x.to(cdt), L)
-    v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if _library.autograd_wanted(v, x):
-        K = _apply(op, VandermondeFn, v3, x, L, out64)
-    else:
-        K = _ops.vandermonde_fwd(v3, x, L, out64)
-    return K if v.dim() == 3 else K.squeeze(0)
+    return _vandermonde_rows(op, v, x, L, out64)
 
 
 def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int, want_C=None):
@@ -357,12 +363,7 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.
         rd = torch.float64 if out64 else torch.float32
         return _ref.s4d_kernel(log_dt.to(rd), A.to(cd), B.to(cd), C.to(cd), L, discretization)
     v, x = _discretize(log_dt, A, B, C, discretization)
-    v3 = v if v.dim() == 3 else v.unsqueeze(0)
-    if _library.autograd_wanted(v, x):
-        K = _apply(op, VandermondeFn, v3, x, L, out64)
-    else:
-        K = _ops.vandermonde_fwd(v3, x, L, out64)
-    return K if C.dim() == 3 else K.squeeze(0)
+    return _vandermonde_rows(op, v, x, L, out64)  # v has C's shape (C_out, H, N) or (H, N)
 
 
 def _check_like_u(op, name, t, u):

@@ -73,19 +73,19 @@ def _need_mask(need, n: int) -> int:
     return sum(1 << i for i in range(n) if need[i])
 
 
-def _func_twin(name: str, fwd_op, backward, reference, attr: str, doc: str) -> type:
-    """The torch.func variant of a row Function whose inputs are tensors plus one trailing int (kept on the ctx as
-    ``attr``, as the eager forward does): the same kernels (the custom ops have vmap rules), setup_context, a
-    generated vmap rule, the eager backward, and a jvp (forward mode: jacfwd) from ``reference(*tensors, int)``."""
+def _func_twin(name: str, fwd_op, backward, reference, doc: str) -> type:
+    """The torch.func variant of a row Function whose inputs are tensors plus one trailing number (kept as
+    ctx.param, as the eager forward does): the same kernels (the custom ops have vmap rules), setup_context, a
+    generated vmap rule, the eager backward, and a jvp (forward mode: jacfwd) from ``reference(*tensors, param)``."""
 
     def setup_context(ctx, inputs, output):
         *tensors, param = inputs
         ctx.save_for_backward(*tensors)
         ctx.save_for_forward(*tensors)
-        setattr(ctx, attr, param)
+        ctx.param = param
 
     def jvp(ctx, *tangents):
-        param = getattr(ctx, attr)
+        param = ctx.param
         return _ref_jvp(lambda *a: reference(*a, param), ctx.saved_tensors, tangents[:-1])
 
     return type(name, (torch.autograd.Function,), {
@@ -105,34 +105,52 @@ def _kr_grads(need, k, r, n: int, dk, dr):
     return (dk if need[2] else None), (dr if need[3] else None)
 
 
-def _make_fn(spec: _ops.StereoOp) -> type:
-    fwd_op, bwd_op = _ops.CALLERS[spec.name]
+def _kernel_fns(op: str, fwd_op, bwd_op, grads, reference, doc: str) -> tuple:
+    """The eager autograd.Function of a row op whose inputs are four tensors (None allowed) plus one trailing number
+    (kept as ctx.param), and its torch.func twin (_func_twin, a jvp from ``reference``): forward runs fwd_op,
+    backward bwd_op with the kernels' 4-bit mask of needs_input_grad; grads(need, saved, kernel_grads) -> the four
+    tensors' gradients (None where not wanted).  Returns (name, Function, twin, backward)."""
 
     # forward(ctx, ...) rather than a separate setup_context: with setup_context, Function.apply binds the
     # arguments through inspect.signature on every call (~50 us).  The torch.func transforms need
-    # setup_context, so each op has a second Function (_FNS_FUNC, below) that _run picks only inside a
+    # setup_context, so each op has a second Function (the twin) that _run / _run_triple pick only inside a
     # transform: the eager path keeps this one.
-    def forward(ctx, x, y, k, r, param):
-        ctx.save_for_backward(x, y, k, r)
+    def forward(ctx, a, b, c, d, param):
+        ctx.save_for_backward(a, b, c, d)
         ctx.param = param
-        return fwd_op(x, y, k, r, param)
+        return fwd_op(a, b, c, d, param)
 
     def backward(ctx, grad):
-        x, y, k, r = ctx.saved_tensors
+        saved = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = _need_mask(need, 4)
         if mask == 0:
             return None, None, None, None, None
-        dx, dy, dk, dr = bwd_op(grad, x, y, k, r, ctx.param, mask)
-        dk, dr = _kr_grads(need, k, r, x.shape[0], dk, dr)
-        return dx if need[0] else None, dy if need[1] else None, dk, dr, None
+        return (*grads(need, saved, bwd_op(grad, *saved, ctx.param, mask)), None)
 
     # named at creation so that autograd's node is called e.g. MobiusAddFnBackward
-    name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
-    body = {"forward": staticmethod(forward), "backward": staticmethod(_library.first_order_only(backward)),
-            "__module__": __name__,
-            "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd."}
-    cls = type(name, (torch.autograd.Function,), body)
+    name = "".join(part.capitalize() for part in op.split("_")) + "Fn"
+    cls = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(_library.first_order_only(backward)),
+        "__module__": __name__, "__doc__": doc})
+    twin = _func_twin(name + "Func", fwd_op, backward, reference,
+                      f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd).")
+    return name, cls, twin, backward
+
+
+def _row_grads(need, saved, grads) -> tuple:
+    """(dx, dy, dk, dr) of a row op's backward kernel as its Function's gradients (_kernel_fns' grads)."""
+    x, _, k, r = saved
+    dx, dy, dk, dr = grads
+    dk, dr = _kr_grads(need, k, r, x.shape[0], dk, dr)
+    return dx if need[0] else None, dy if need[1] else None, dk, dr
+
+
+def _make_fn(spec: _ops.StereoOp) -> type:
+    fwd_op, bwd_op = _ops.CALLERS[spec.name]
+    name, cls, _FNS_FUNC[spec.name], backward = _kernel_fns(
+        spec.name, fwd_op, bwd_op, _row_grads, lambda *a: _ops._ReferenceRows._call(spec, *a),
+        f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd.")
 
     # the eager CPU fast path's variant (_run checked that the custom op would run these very kernels): the
     # C++ kernels without the caller's per-call dispatch (a backward that meets a mode or a subclass goes
@@ -253,11 +271,6 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     # generator over the arguments per call): _run_fast calls it only after _library.direct_call_ok found no
     # functorch transform active, and unwraps a dead functorch wrapper itself, as the wrapper does
     _FNS_CPP_APPLY[spec.name] = _C_FUNCTION_APPLY.__get__(None, _FNS_CPP[spec.name])
-
-    # the torch.func variant: same kernels, a jvp from the reference composition
-    _FNS_FUNC[spec.name] = _func_twin(
-        name + "Func", fwd_op, backward, lambda *a: _ops._ReferenceRows._call(spec, *a), "param",
-        f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd).")
     return cls
 
 
@@ -444,6 +457,30 @@ def _debug_checks(op: str, named: dict, k: torch.Tensor, dim: int):
             _fail(op, f"{name} has points outside the ball |{name}|^2 < 1/|k| [GEOOPS_CHECK]")
 
 
+def _as_rows(t, dtype, shape, d: int, N: int, D: int):
+    """An input of a row op (broadcastable to ``shape``) as the kernels' rows (N, D): ``dtype``, the broadcast shape,
+    the vector dim ``d`` moved last (views where they suffice)."""
+    nd = len(shape)
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    if t.dim() != nd or tuple(t.shape) != tuple(shape):
+        t = t.expand(shape)
+    if d != nd - 1:
+        t = t.movedim(d, -1)
+    return t if nd == 2 else t.reshape(N, D)
+
+
+def _from_rows(out, batch: tuple, D: int, d: int, nd: int, scalar_out: bool, keepdim: bool):
+    """A row op's result (N, D) (or (N,) for a scalar op) in the caller's layout: the batch dims of the broadcast
+    shape with the vector dim ``d`` back in place (kept with size 1 for a scalar op when ``keepdim``)."""
+    if scalar_out:
+        out = out.reshape(batch) if nd != 2 else out
+        return out.unsqueeze(d) if keepdim else out
+    if nd != 2:
+        out = out.reshape(batch + (D,))
+    return out if d == nd - 1 else out.movedim(-1, d)
+
+
 def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, keepdim: bool = False,
          names=("x", "y"), r_name="r", sizes: bool = False):
     """Validate, broadcast to rows, run the op's Fn, and restore the caller's layout (``sizes``: check whether k or
@@ -522,17 +559,6 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     for s in batch:
         N *= s
 
-    last = d == nd - 1
-
-    def rows(t):
-        if t.dtype != dtype:
-            t = t.to(dtype)
-        if t.dim() != nd or tuple(t.shape) != tuple(shape):
-            t = t.expand(shape)
-        if not last:
-            t = t.movedim(d, -1)
-        return t if nd == 2 else t.reshape(N, D)
-
     try:
         k2 = _per_row(op, "k", k, shape, d, N, kdtype)
         r2 = _per_row(op, r_name, r, shape, d, N, kdtype) if spec.has_r else None
@@ -540,20 +566,15 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
         if sizes:
             raise
         return _run(op, x, y, k=k, dim=dim, r=r, eps=eps, keepdim=keepdim, names=names, r_name=r_name, sizes=True)
-    x2 = rows(x)
-    y2 = rows(y) if spec.has_y else None
+    x2 = _as_rows(x, dtype, shape, d, N, D)
+    y2 = _as_rows(y, dtype, shape, d, N, D) if spec.has_y else None
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = _FNS_FUNC[op].apply(x2, y2, k2, r2, float(eps))
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
         out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
     else:  # nothing to differentiate: no autograd node
         out = _FWD[op](x2, y2, k2, r2, float(eps))
-    if spec.scalar_out:
-        out = out.reshape(batch) if nd != 2 else out
-        return out.unsqueeze(d) if keepdim else out
-    if nd != 2:
-        out = out.reshape(batch + (D,))
-    return out if last else out.movedim(-1, d)
+    return _from_rows(out, batch, D, d, nd, spec.scalar_out, keepdim)
 
 
 _FAST_DTYPES = (torch.float32, torch.float64)
@@ -1383,34 +1404,41 @@ def _poly(z, coefs):
     return acc
 
 
-def _tanc_d(z):
-    """tanc(z) = tan(sqrt z)/sqrt z and its derivative (series for |z| < 1e-2, closed forms elsewhere)."""
+def _series_or_closed(z, coefs, closed):
+    """f(z) = 1 + z * poly(z) and f'(z): the series (coefficients ``coefs``) for |z| < _CUT, elsewhere
+    ``closed(zc)`` -> (f, f') on z with the series' entries replaced by _CUT (no 0 / 0 in the unused branch)."""
     small = z.abs() < _CUT
     zs = torch.where(small, z, torch.zeros_like(z))
-    t_s = 1 + zs * _poly(zs, _TANC)
-    dt_s = _poly(zs, tuple(c * (i + 1) for i, c in enumerate(_TANC)))
-    zc = torch.where(small, torch.full_like(z, _CUT), z)
-    sn = (-zc).clamp_min(0).sqrt()
-    sp = zc.clamp_min(0).sqrt()
-    t_c = torch.where(zc < 0, torch.tanh(sn) / sn.clamp_min(1e-30), torch.tan(sp) / sp.clamp_min(1e-30))
-    dt_c = (1 + zc * t_c * t_c - t_c) / (2 * zc)
-    return torch.where(small, t_s, t_c), torch.where(small, dt_s, dt_c)
+    f_s = 1 + zs * _poly(zs, coefs)
+    df_s = _poly(zs, tuple(c * (i + 1) for i, c in enumerate(coefs)))
+    f_c, df_c = closed(torch.where(small, torch.full_like(z, _CUT), z))
+    return torch.where(small, f_s, f_c), torch.where(small, df_s, df_c)
+
+
+def _tanc_d(z):
+    """tanc(z) = tan(sqrt z)/sqrt z and its derivative (series for |z| < 1e-2, closed forms elsewhere)."""
+
+    def closed(zc):
+        sn = (-zc).clamp_min(0).sqrt()
+        sp = zc.clamp_min(0).sqrt()
+        t_c = torch.where(zc < 0, torch.tanh(sn) / sn.clamp_min(1e-30), torch.tan(sp) / sp.clamp_min(1e-30))
+        return t_c, (1 + zc * t_c * t_c - t_c) / (2 * zc)
+
+    return _series_or_closed(z, _TANC, closed)
 
 
 def _atanc_d(z):
     """atanc(z) = atan(sqrt z)/sqrt z (artanh for z < 0; clamped just inside the ball) and its derivative."""
-    small = z.abs() < _CUT
-    zs = torch.where(small, z, torch.zeros_like(z))
-    a_s = 1 + zs * _poly(zs, _ATANC)
-    da_s = _poly(zs, tuple(c * (i + 1) for i, c in enumerate(_ATANC)))
-    zc = torch.where(small, torch.full_like(z, _CUT), z)
     lim = 1 - 1e-7 if z.dtype != torch.float64 else 1 - 1e-15
-    zc = zc.clamp_min(-lim)  # points outside the ball: clamped as geoopt clamps artanh's argument
-    sn = (-zc).clamp_min(0).sqrt()
-    sp = zc.clamp_min(0).sqrt()
-    a_c = torch.where(zc < 0, torch.atanh(sn) / sn.clamp_min(1e-30), torch.atan(sp) / sp.clamp_min(1e-30))
-    da_c = (1 / (1 + zc) - a_c) / (2 * zc)
-    return torch.where(small, a_s, a_c), torch.where(small, da_s, da_c)
+
+    def closed(zc):
+        zc = zc.clamp_min(-lim)  # points outside the ball: clamped as geoopt clamps artanh's argument
+        sn = (-zc).clamp_min(0).sqrt()
+        sp = zc.clamp_min(0).sqrt()
+        a_c = torch.where(zc < 0, torch.atanh(sn) / sn.clamp_min(1e-30), torch.atan(sp) / sp.clamp_min(1e-30))
+        return a_c, (1 / (1 + zc) - a_c) / (2 * zc)
+
+    return _series_or_closed(z, _ATANC, closed)
 
 
 class MobiusScaleFn(torch.autograd.Function):
@@ -1754,35 +1782,19 @@ _ON_MANIFOLD.update({"gyration": ("a", "b"), "parallel_transport": ("x", "y"), "
                      "parallel_transport0back": ("x",), "dist2plane": ("x", "p")})
 
 
+def _triple_grads(need, saved, grads) -> tuple:
+    """(d0, d1, d2, dk) of a three-vector op's backward kernel as its Function's gradients (_kernel_fns' grads)."""
+    d0, d1, d2, dk = grads
+    if need[3] and saved[3].shape[0] != saved[0].shape[0]:
+        dk = dk.sum(0, keepdim=True)
+    return d0 if need[0] else None, d1 if need[1] else None, d2 if need[2] else None, dk if need[3] else None
+
+
 def _make_triple_fn(spec) -> tuple:
-    fwd_op, bwd_op = _TRIPLE[spec.name]
-
-    def forward(ctx, v0, v1, v2, k, flags):
-        ctx.save_for_backward(v0, v1, v2, k)
-        ctx.flags = flags
-        return fwd_op(v0, v1, v2, k, flags)
-
-    def backward(ctx, grad):
-        v0, v1, v2, k = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = _need_mask(need, 4)
-        if mask == 0:
-            return None, None, None, None, None
-        d0, d1, d2, dk = bwd_op(grad, v0, v1, v2, k, ctx.flags, mask)
-        if need[3] and k.shape[0] != v0.shape[0]:
-            dk = dk.sum(0, keepdim=True)
-        return (d0 if need[0] else None, d1 if need[1] else None, d2 if need[2] else None,
-                dk if need[3] else None, None)
-
-    name = "".join(part.capitalize() for part in spec.name.split("_")) + "Fn"
-    cls = type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "backward": staticmethod(_library.first_order_only(backward)),
-        "__module__": __name__,
-        "__doc__": f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd (one fused kernel each)."})
-
-    # the torch.func variant: same kernels, a jvp from the reference composition
-    twin = _func_twin(name + "Func", fwd_op, backward, lambda *a: _ops._TripleReference._call(spec, *a), "flags",
-                      f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd).")
+    """(the op's Function, its torch.func twin); the int flags ride as the Function's trailing number."""
+    _, cls, twin, _ = _kernel_fns(
+        spec.name, *_TRIPLE[spec.name], _triple_grads, lambda *a: _ops._TripleReference._call(spec, *a),
+        f"autograd.Function of {spec.name}: torch.ops.geoops.{spec.name}_fwd / _bwd (one fused kernel each).")
     return cls, twin
 
 
@@ -1828,18 +1840,7 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     D = shape[d]
     batch = tuple(shape[:d]) + tuple(shape[d + 1:])
     N = math.prod(batch)
-    last = d == nd - 1
-
-    def rows(t):
-        if t.dtype != dtype:
-            t = t.to(dtype)
-        if t.dim() != nd or tuple(t.shape) != tuple(shape):
-            t = t.expand(shape)
-        if not last:
-            t = t.movedim(d, -1)
-        return t if nd == 2 else t.reshape(N, D)
-
-    rs = [rows(v) for v in vecs]
+    rs = [_as_rows(v, dtype, shape, d, N, D) for v in vecs]
     v0, v1 = rs[0], rs[1]
     v2 = rs[2] if len(rs) == 3 else None
     k2 = _per_row(op, "k", kt, shape, d, N, kdtype)
@@ -1849,12 +1850,7 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
         out = _TRIPLE_FNS[op][0].apply(v0, v1, v2, k2, int(flags))
     else:  # nothing to differentiate: no autograd node
         out = _TRIPLE[op][0](v0, v1, v2, k2, int(flags))
-    if spec.scalar_out:
-        out = out.reshape(batch) if nd != 2 else out
-        return out.unsqueeze(d) if keepdim else out
-    if nd != 2:
-        out = out.reshape(batch + (D,))
-    return out if last else out.movedim(-1, d)
+    return _from_rows(out, batch, D, d, nd, spec.scalar_out, keepdim)
 
 
 def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
@@ -1932,13 +1928,18 @@ def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int
     return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
+def _check_time(op: str, t) -> None:
+    """A geodesic's time t: a floating tensor or a real number."""
+    if isinstance(t, torch.Tensor):
+        _check_float(op, "t", t)
+    elif not isinstance(t, numbers.Real):
+        _fail(op, f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
+
+
 def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
     dim = _check_surface("geodesic", dim, k, x=x, y=y)
-    if isinstance(t, torch.Tensor):
-        _check_float("geodesic", "t", t)
-    elif not isinstance(t, numbers.Real):
-        _fail("geodesic", f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
+    _check_time("geodesic", t)
     v = mobius_add(-x, y, k=k, dim=dim)
     t = torch.as_tensor(t, dtype=v.dtype, device=v.device)
     return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
@@ -1959,10 +1960,7 @@ def artan_k(x: torch.Tensor, k) -> torch.Tensor:
 def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
     dim = _check_surface("geodesic_unit", dim, k, x=x, u=u)
-    if isinstance(t, torch.Tensor):
-        _check_float("geodesic_unit", "t", t)
-    elif not isinstance(t, numbers.Real):
-        _fail("geodesic_unit", f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
+    _check_time("geodesic_unit", t)
     kk = _kt("geodesic_unit", k, u)
     t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
     un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)

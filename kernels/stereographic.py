@@ -622,6 +622,17 @@ def _store_grad_tiles(
 
 
 @triton.jit
+def _program_rows(X, Y, K, R, N, stride_x, stride_y, stride_k, stride_r, HAS_R: tl.constexpr, CT: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's BLOCK_M rows: their 64-bit indices (pid is widened before the multiply: N may exceed 2^31
+    rows, so may the offsets), mask, the column offsets, the x and y row pointers, the rows' k and r."""
+    rows64 = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows64 < N
+    k, r = _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R, CT)
+    return rows64, rmask, tl.arange(0, BLOCK_D), X + rows64 * stride_x, Y + rows64 * stride_y, k, r
+
+
+@triton.jit
 def _stereo_fwd_kernel(
     X, Y, K, R, OUT,
     N, D,
@@ -630,14 +641,9 @@ def _stereo_fwd_kernel(
     PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):  # fmt: skip
-    # 64-bit row index: pid is widened before the multiply (N may exceed 2^31 rows), so are the offsets
-    rows64 = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows64 < N
-    cols = tl.arange(0, BLOCK_D)
-    x_row = X + rows64 * stride_x
-    y_row = Y + rows64 * stride_y
+    rows64, rmask, cols, x_row, y_row, k, r = _program_rows(X, Y, K, R, N, stride_x, stride_y, stride_k, stride_r,
+                                                            HAS_R, CT, BLOCK_M, BLOCK_D)
     o_row = OUT + rows64 * stride_o
-    k, r = _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R, CT)
 
     # ---- pass 1: row sums (no g in the forward: x_row stands in for the g rows, never read)
     if ONE_CHUNK:
@@ -677,15 +683,11 @@ def _stereo_bwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):  # fmt: skip
     HAS_G: tl.constexpr = not SCALAR_OUT  # vector ops have a (N, D) grad; scalar ops one value a row
-    rows64 = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows64 < N
-    cols = tl.arange(0, BLOCK_D)
-    x_row = X + rows64 * stride_x
-    y_row = Y + rows64 * stride_y
+    rows64, rmask, cols, x_row, y_row, k, r = _program_rows(X, Y, K, R, N, stride_x, stride_y, stride_k, stride_r,
+                                                            HAS_R, CT, BLOCK_M, BLOCK_D)
     g_row = G + rows64 * stride_g
     dx_row = DX + rows64 * stride_dx
     dy_row = DY + rows64 * stride_dy
-    k, r = _row_scalars(K, R, rows64, rmask, stride_k, stride_r, HAS_R, CT)
     zero = tl.zeros([BLOCK_M], dtype=CT)
 
     # ---- pass 1: row scalars (and <g,x>, <g,y>, <g,x-y> for vector ops; scalar ops read ga directly)

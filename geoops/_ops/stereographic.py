@@ -441,6 +441,13 @@ PAIR_CALLERS = {
 }
 
 
+def _define_pair(key: str, op: str, fwd_schema: str, fwd, fwd_fake, bwd_schema: str, bwd, bwd_fake) -> None:
+    """Define the custom ops geoops::<op>_fwd / _bwd (schema, implementation, fake) and register their callers as
+    PAIR_CALLERS["<key>_fwd"] / ["<key>_bwd"]."""
+    for part, schema, impl, fake in (("_fwd", fwd_schema, fwd, fwd_fake), ("_bwd", bwd_schema, bwd, bwd_fake)):
+        PAIR_CALLERS[key + part] = _library.caller(_library.define_op(f"geoops::{op}{part}", schema, impl, fake), impl)
+
+
 # ---------------------------------------------------------------- mobius_matvec epilogue
 # geoops::mobius_scale_fwd(Tensor v, Tensor x, Tensor k) -> (Tensor out, Tensor stats)
 # geoops::mobius_scale_bwd(Tensor g, Tensor v, Tensor x, Tensor k, Tensor stats, int mask) -> (dv, dx, dk)
@@ -478,23 +485,26 @@ def _scale_bwd(g, v, x, k, st, mask: int):
     return gv, gx, gk
 
 
+def _epilogue_bwd_fake(v, w, mask: int):
+    """Shapes of the Moebius-epilogue ops' backward (mobius_scale, mobius_matvec, mobius_blockdiag_matvec): the
+    gradients of the rows v [R, ...] and of w like them, the per-row k gradient [R] float64; (0,) where mask
+    says no."""
+    return (torch.empty_like(v) if mask & 1 else v.new_empty((0,)),
+            torch.empty_like(w) if mask & 2 else v.new_empty((0,)),
+            v.new_empty((v.shape[0],), dtype=torch.float64) if mask & 4 else v.new_empty((0,)))
+
+
 def _scale_fwd_fake(v, x, k):
     return torch.empty_like(v), v.new_empty((v.shape[0], 6), dtype=torch.float64)
 
 
 def _scale_bwd_fake(g, v, x, k, st, mask):
-    return (torch.empty_like(v) if mask & 1 else v.new_empty((0,)),
-            torch.empty_like(x) if mask & 2 else v.new_empty((0,)),
-            v.new_empty((v.shape[0],), dtype=torch.float64) if mask & 4 else v.new_empty((0,)))
+    return _epilogue_bwd_fake(v, x, mask)
 
 
-_scale_fwd_op = _library.define_op(
-    "geoops::mobius_scale_fwd", "(Tensor v, Tensor x, Tensor k) -> (Tensor, Tensor)", _scale_fwd, _scale_fwd_fake)
-_scale_bwd_op = _library.define_op(
-    "geoops::mobius_scale_bwd", "(Tensor grad, Tensor v, Tensor x, Tensor k, Tensor stats, int mask) "
-    "-> (Tensor, Tensor, Tensor)", _scale_bwd, _scale_bwd_fake)
-PAIR_CALLERS["mobius_scale_fwd"] = _library.caller(_scale_fwd_op, _scale_fwd)
-PAIR_CALLERS["mobius_scale_bwd"] = _library.caller(_scale_bwd_op, _scale_bwd)
+_define_pair("mobius_scale", "mobius_scale", "(Tensor v, Tensor x, Tensor k) -> (Tensor, Tensor)", _scale_fwd,
+             _scale_fwd_fake, "(Tensor grad, Tensor v, Tensor x, Tensor k, Tensor stats, int mask) "
+             "-> (Tensor, Tensor, Tensor)", _scale_bwd, _scale_bwd_fake)
 
 
 # geoops::mobius_matvec_fwd(Tensor x, Tensor m, Tensor k) -> (Tensor out, Tensor stats)
@@ -522,18 +532,12 @@ def _mv_fwd_fake(x, m, k):
 
 
 def _mv_bwd_fake(g, x, m, k, out, st, mask):
-    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
-            torch.empty_like(m) if mask & 2 else x.new_empty((0,)),
-            x.new_empty((x.shape[0],), dtype=torch.float64) if mask & 4 else x.new_empty((0,)))
+    return _epilogue_bwd_fake(x, m, mask)
 
 
-_mv_fwd_op = _library.define_op(
-    "geoops::mobius_matvec_fwd", "(Tensor x, Tensor m, Tensor k) -> (Tensor, Tensor)", _mv_fwd, _mv_fwd_fake)
-_mv_bwd_op = _library.define_op(
-    "geoops::mobius_matvec_bwd", "(Tensor grad, Tensor x, Tensor m, Tensor k, Tensor out, Tensor stats, int mask) "
-    "-> (Tensor, Tensor, Tensor)", _mv_bwd, _mv_bwd_fake)
-PAIR_CALLERS["mobius_matvec_fwd"] = _library.caller(_mv_fwd_op, _mv_fwd)
-PAIR_CALLERS["mobius_matvec_bwd"] = _library.caller(_mv_bwd_op, _mv_bwd)
+_define_pair("mobius_matvec", "mobius_matvec", "(Tensor x, Tensor m, Tensor k) -> (Tensor, Tensor)", _mv_fwd,
+             _mv_fwd_fake, "(Tensor grad, Tensor x, Tensor m, Tensor k, Tensor out, Tensor stats, int mask) "
+             "-> (Tensor, Tensor, Tensor)", _mv_bwd, _mv_bwd_fake)
 
 
 # geoops::mobius_blockdiag_matvec_fwd(Tensor x, Tensor blocks, Tensor k) -> (Tensor out, Tensor stats)
@@ -574,19 +578,13 @@ def _bd_fwd_fake(x, blocks, k):
 
 
 def _bd_bwd_fake(g, x, blocks, k, out, st, mask):
-    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
-            torch.empty_like(blocks) if mask & 2 else x.new_empty((0,)),
-            x.new_empty((x.shape[0],), dtype=torch.float64) if mask & 4 else x.new_empty((0,)))
+    return _epilogue_bwd_fake(x, blocks, mask)
 
 
-_bd_fwd_op = _library.define_op(
-    "geoops::mobius_blockdiag_matvec_fwd", "(Tensor x, Tensor blocks, Tensor k) -> (Tensor, Tensor)", _bd_fwd,
-    _bd_fwd_fake)
-_bd_bwd_op = _library.define_op(
-    "geoops::mobius_blockdiag_matvec_bwd", "(Tensor grad, Tensor x, Tensor blocks, Tensor k, Tensor out, "
-    "Tensor stats, int mask) -> (Tensor, Tensor, Tensor)", _bd_bwd, _bd_bwd_fake)
-PAIR_CALLERS["mobius_blockdiag_matvec_fwd"] = _library.caller(_bd_fwd_op, _bd_fwd)
-PAIR_CALLERS["mobius_blockdiag_matvec_bwd"] = _library.caller(_bd_bwd_op, _bd_bwd)
+_define_pair("mobius_blockdiag_matvec", "mobius_blockdiag_matvec",
+             "(Tensor x, Tensor blocks, Tensor k) -> (Tensor, Tensor)", _bd_fwd, _bd_fwd_fake,
+             "(Tensor grad, Tensor x, Tensor blocks, Tensor k, Tensor out, Tensor stats, int mask) "
+             "-> (Tensor, Tensor, Tensor)", _bd_bwd, _bd_bwd_fake)
 
 
 # ---------------------------------------------------------------- vmap rules (torch.func.vmap over the custom ops)
@@ -773,14 +771,10 @@ def _midpoint_bwd_fake(gF, gL, x, w, k, posweight, mask):
             x.new_empty((G,), dtype=torch.float64) if mask & 4 else x.new_empty((0,)))
 
 
-_midpoint_fwd_op = _library.define_op(
-    "geoops::stereo_midpoint_fwd", "(Tensor x, Tensor? w, Tensor k, bool posweight) -> (Tensor, Tensor)",
-    _midpoint_fwd, _midpoint_fwd_fake)
-_midpoint_bwd_op = _library.define_op(
-    "geoops::stereo_midpoint_bwd", "(Tensor gF, Tensor gL, Tensor x, Tensor? w, Tensor k, bool posweight, int mask) "
-    "-> (Tensor, Tensor, Tensor)", _midpoint_bwd, _midpoint_bwd_fake)
-PAIR_CALLERS["midpoint_fwd"] = _library.caller(_midpoint_fwd_op, _midpoint_fwd)
-PAIR_CALLERS["midpoint_bwd"] = _library.caller(_midpoint_bwd_op, _midpoint_bwd)
+_define_pair("midpoint", "stereo_midpoint", "(Tensor x, Tensor? w, Tensor k, bool posweight) -> (Tensor, Tensor)",
+             _midpoint_fwd, _midpoint_fwd_fake,
+             "(Tensor gF, Tensor gL, Tensor x, Tensor? w, Tensor k, bool posweight, int mask) "
+             "-> (Tensor, Tensor, Tensor)", _midpoint_bwd, _midpoint_bwd_fake)
 
 
 def _register_midpoint_vmaps():

@@ -242,6 +242,17 @@ def test_errors_before_launch():
 
 
 # ---------------------------------------------------------------- public API through the triton backend
+def _close_with_grads(y, yr, leaves, g, what):
+    """y (this backend, from the CPU fp64 leaves) against the reference yr, then both vjps of one random upstream
+    gradient (drawn from g) into the leaves, all in fp64."""
+    _close(y.detach().cpu(), yr.detach(), torch.float64, what)
+    w = torch.randn(yr.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((y.cpu() * w).sum(), leaves)
+    gr = torch.autograd.grad((yr * w).sum(), leaves)
+    for a, r in zip(ga, gr):
+        _close(a, r, torch.float64, what + " grad")
+
+
 def test_public_layers_on_triton_backend(device):
     """poincare_fc / poincare_relu / conv2d through geoops.poincare (triton backend) vs the fp64 reference."""
     from geoops._ops import poincare as ops
@@ -254,12 +265,7 @@ def test_public_layers_on_triton_backend(device):
     b = (torch.randn(4, generator=g, dtype=torch.float64) * 0.2).requires_grad_(True)
     y = gp.poincare_fc(x.to(device), z.to(device), b.to(device), c=c.to(device))
     yr = ref.poincare_fc(x, z, b, c)
-    _close(y.detach().cpu(), yr.detach(), torch.float64, "poincare_fc")
-    w = torch.randn(yr.shape, generator=g, dtype=torch.float64)
-    ga = torch.autograd.grad((y.cpu() * w).sum(), (x, z, b, c))
-    gr = torch.autograd.grad((yr * w).sum(), (x, z, b, c))
-    for a, r in zip(ga, gr):
-        _close(a, r, torch.float64, "poincare_fc grad")
+    _close_with_grads(y, yr, (x, z, b, c), g, "poincare_fc")
     xr = _ball(5, 7, 0.9, 0.9, g).requires_grad_(True)
     yrl = gp.poincare_relu(xr.to(device), c=c.to(device))
     _close(yrl.detach().cpu(), ref.poincare_relu(xr, c).detach(), torch.float64, "poincare_relu")
@@ -267,12 +273,7 @@ def test_public_layers_on_triton_backend(device):
     zc = (torch.randn(27, 4, generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
     yc = gp.poincare_conv2d(xi.to(device), zc.to(device), None, c=c.to(device), kernel_size=3, padding=1)
     ycr = ref.poincare_conv2d(xi, zc, None, c, 3, padding=1)
-    _close(yc.detach().cpu(), ycr.detach(), torch.float64, "poincare_conv2d")
-    wc = torch.randn(ycr.shape, generator=g, dtype=torch.float64)
-    ga = torch.autograd.grad((yc.cpu() * wc).sum(), (xi, zc, c))
-    gr = torch.autograd.grad((ycr * wc).sum(), (xi, zc, c))
-    for a, r in zip(ga, gr):
-        _close(a, r, torch.float64, "poincare_conv2d grad")
+    _close_with_grads(yc, ycr, (xi, zc, c), g, "poincare_conv2d")
 
 
 def test_batch_norm_on_triton_backend(device):
@@ -284,9 +285,4 @@ def test_batch_norm_on_triton_backend(device):
     out = gp.batch_norm(x.to(device), bias.to(device), weight.to(device), c=c.to(device))
     y = out[0] if isinstance(out, tuple) else out
     yr = ref.batch_norm(x, bias, weight, c)[0]
-    _close(y.detach().cpu(), yr.detach(), torch.float64, "batch_norm")
-    w = torch.randn(yr.shape, generator=g, dtype=torch.float64)
-    ga = torch.autograd.grad((y.cpu() * w).sum(), (x, bias, weight, c))
-    gr = torch.autograd.grad((yr * w).sum(), (x, bias, weight, c))
-    for a, r in zip(ga, gr):
-        _close(a, r, torch.float64, "batch_norm grad")
+    _close_with_grads(y, yr, (x, bias, weight, c), g, "batch_norm")

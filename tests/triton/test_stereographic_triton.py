@@ -598,6 +598,19 @@ def _ulp_shift(k):
     return shift
 
 
+def _libdevice_math(lib, sign):
+    """The interpreter's math (S._NumpyMath) with tan/tanh/atan/log1p moved sign * lib[name] ulps (lib: one dtype's
+    row of LIBDEVICE_ULP)."""
+    import numpy as np
+
+    def shifted(name, f):
+        return staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib[name])(f), x))
+
+    return type("Libdevice", (S._NumpyMath,), {"tan": shifted("tan", np.tan), "tanh": shifted("tanh", np.tanh),
+                                               "atan": shifted("atan", np.arctan),
+                                               "log1p": shifted("log1p", np.log1p)})
+
+
 @pytest.mark.skipif(not INTERPRET, reason="patches the interpreter's math functions")
 @pytest.mark.parametrize("sign", [1, -1], ids=["up", "down"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -606,17 +619,7 @@ def test_scalar_math_at_libdevice_error_levels(dtype, sign, monkeypatch):
 
     Numpy's functions are about 0.5 ulp off; libdevice's up to 4 (tanf).  The compiled kernels' only
     remaining difference from the interpreter (IEEE division and sqrt in both) is this error."""
-    import numpy as np
-
-    lib = LIBDEVICE_ULP[dtype]
-
-    class Libdevice(S._NumpyMath):
-        tan = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["tan"])(np.tan), x))
-        tanh = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["tanh"])(np.tanh), x))
-        atan = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["atan"])(np.arctan), x))
-        log1p = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["log1p"])(np.log1p), x))
-
-    monkeypatch.setattr(S, "_math", Libdevice)
+    monkeypatch.setattr(S, "_math", _libdevice_math(LIBDEVICE_ULP[dtype], sign))
     _check_scalar_math(dtype, f", libdevice error levels {'+' if sign > 0 else '-'}")
 
 
@@ -701,19 +704,9 @@ def test_wrong_kernel_math_is_caught(monkeypatch):
 def test_parity_floors_at_libdevice_error_levels(sign, monkeypatch):
     """geoops.parity's float32 bounds (its floors included) hold for the Triton kernels with tan/tanh/atan/
     log1p off by libdevice's documented maximum error: the compiled kernels pass the parity run too."""
-    import numpy as np
-
     from geoops import parity
 
-    lib = LIBDEVICE_ULP[torch.float32]
-
-    class Libdevice(S._NumpyMath):
-        tan = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["tan"])(np.tan), x))
-        tanh = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["tanh"])(np.tanh), x))
-        atan = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["atan"])(np.arctan), x))
-        log1p = staticmethod(lambda x: S._NumpyMath._unary(_ulp_shift(sign * lib["log1p"])(np.log1p), x))
-
-    monkeypatch.setattr(S, "_math", Libdevice)
+    monkeypatch.setattr(S, "_math", _libdevice_math(LIBDEVICE_ULP[torch.float32], sign))
     failures = []
     for case in parity.family_cases("stereographic", True):
         for q, err, bound, finite in parity.check_case(case, "triton", torch.float32, DEVICE):
