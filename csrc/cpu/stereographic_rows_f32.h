@@ -691,7 +691,12 @@ GEOOPS_F32_AI void round_pow2(const FVec& m, FVec& n, FVec& sc) {
 #endif
 // One vector as the G = 1 array of the functions below.
 inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec(*)[1]>(&v); }
-template <int G>
+// QUOT (expmap's float Mobius terms, lanes_mob_g; session 30): s as sqrt_cr's (the estimate corrected once by its
+// FMA residual) and tanh(s)/s as one quotient ((1 - e) / ((1 + e) s)) of that same s, where 1/s from the estimate
+// and s = s2 (1/s) carried its error twice (tanh(s)/s's sensitivity to s is ~0 for small s, but 1/s's error is not
+// cancelled by anything): expmap's t missed by up to ~8 float ulps (x = 0 rows) against ~2.7 with the double terms'
+// tanc_neg, and its cancelling write a x + b u turned that into 1.5-2.6x the eager fp32 error in the worst rows.
+template <int G, bool QUOT = false>
 GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
@@ -699,6 +704,7 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
   GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
   GEOOPS_G s[g] = s2[g] * rs[g];
+  if constexpr (QUOT) GEOOPS_G s[g] = at::vec::fmadd(at::vec::fnmadd(s[g], s[g], s2[g]), FVec(0.5f) * rs[g], s[g]);
   GEOOPS_G x[g] = FVec(-2.f) * min_c(s[g], FVec(9.f));
   GEOOPS_G round_pow2(x[g] * FVec(1.44269504088896341f), n[g], sc[g]);  // n = round(x log2 e), sc = 2^n
   GEOOPS_G r[g] = at::vec::fnmadd(n[g], FVec(1.42860682030941723e-06f), at::vec::fnmadd(n[g], FVec(0.693145751953125f), x[g]));
@@ -709,8 +715,13 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(0.5f));
   GEOOPS_G p[g] = at::vec::fmadd(p[g], r[g], FVec(1.f));
   GEOOPS_G q[g] = p[g] * r[g];  // e^r - 1
-  GEOOPS_G num[g] = at::vec::fnmadd(sc[g], q[g], FVec(1.f) - sc[g]) * rs[g];  // ((1 - 2^n) - 2^n q) / s
-  GEOOPS_G den[g] = at::vec::fmadd(sc[g], q[g], FVec(1.f) + sc[g]);        // (1 + 2^n) + 2^n q, in [1, 2)
+  if constexpr (QUOT) {
+    GEOOPS_G num[g] = at::vec::fnmadd(sc[g], q[g], FVec(1.f) - sc[g]);         // (1 - 2^n) - 2^n q
+    GEOOPS_G den[g] = at::vec::fmadd(sc[g], q[g], FVec(1.f) + sc[g]) * s[g];  // ((1 + 2^n) + 2^n q) s
+  } else {
+    GEOOPS_G num[g] = at::vec::fnmadd(sc[g], q[g], FVec(1.f) - sc[g]) * rs[g];  // ((1 - 2^n) - 2^n q) / s
+    GEOOPS_G den[g] = at::vec::fmadd(sc[g], q[g], FVec(1.f) + sc[g]);        // (1 + 2^n) + 2^n q, in [1, 2)
+  }
   GEOOPS_G {
     const FVec v = num[g] / den[g];  // (vdivps: see above)
     out[g] = sel_le(z[g], cut.neg(), stereo::tanc_series(z[g]), v);
@@ -893,7 +904,9 @@ struct ArrCols {
 // (the double terms are those of the float y = t u too; sech^2(s) from the tanc's exp(-2s) instead measured up to
 // 0.17 relative error on rows whose y lies within ~1e-10 of the boundary: the float t then misses |y| by an ulp, and
 // num, den must be those of the float y).
-// The float |u|^2 (for z) and k in float add a few ulps to z, whose tanc has a condition number < 1.
+// expmap's z = k|u|^2 / p_x^2 (k|u|^2 from the double sum, rounded once) and its tanc through tanc_neg_fg's QUOT form
+// (session 30: t within ~3 float ulps, as with the double terms; the write a x + b u amplifies t's error where it
+// cancels).
 // A lane whose float terms leave (-1e30, 1e30) (|w|^2 overflow, ...) is hard: the block takes the double path.
 template <int OP, int D, int G, typename XF, typename XD, typename YF, typename YD>
 GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
@@ -912,7 +925,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
       }
     }
   }
-  FVec px[G], py[G], kf[G], s2[G];  // s2: |w|^2 (mobius_add), |x - y|^2 (logmap), |u|^2 (expmap)
+  FVec px[G], py[G], kf[G], s2[G];  // s2: |w|^2 (mobius_add), |x - y|^2 (logmap), k|u|^2 (expmap)
   GEOOPS_G {
     DVec k[2], p[2], q[2];
     for (int h = 0; h < 2; ++h) {
@@ -923,12 +936,22 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
     px[g] = narrow(p[0], p[1]), kf[g] = narrow(k[0], k[1]);
     if constexpr (OP != EXPMAP) py[g] = narrow(q[0], q[1]);
   }
-  GEOOPS_G s2[g] = FVec(0.f);
-  for (int j = 0; j < D; ++j) {
+  if constexpr (OP == EXPMAP) {
+    // expmap: s2 = k|u|^2 from the double sum, rounded once (as the double terms' z; a float sum added D roundings
+    // to z and so to t)
     GEOOPS_G {
-      const FVec xv = xf(g, j), yv = yf(g, j);
-      const FVec w = OP == MOBIUS_ADD ? xv + yv : (OP == LOGMAP ? xv - yv : yv);
-      s2[g] = at::vec::fmadd(w, w, s2[g]);
+      DVec ku[2];
+      for (int h = 0; h < 2; ++h) ku[h] = DVec::loadu(kk + kF * g + h * kD) * yy[g][h];
+      s2[g] = narrow(ku[0], ku[1]);
+    }
+  } else {
+    GEOOPS_G s2[g] = FVec(0.f);
+    for (int j = 0; j < D; ++j) {
+      GEOOPS_G {
+        const FVec xv = xf(g, j), yv = yf(g, j);
+        const FVec w = OP == MOBIUS_ADD ? xv + yv : xv - yv;
+        s2[g] = at::vec::fmadd(w, w, s2[g]);
+      }
     }
   }
   const FVec lo(min_den<float>());
@@ -962,12 +985,12 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
     FVec hh[G], z[G], v[G];
     GEOOPS_G {
       hh[g] = rcp_div(max_c(px[g], lo));
-      z[g] = kf[g] * s2[g] * hh[g] * hh[g];
-      ok.fin(px[g]), ok.lt(s2[g], FVec(1e30f));  // (hh: in (0, 1e15] for a px that passes)
+      z[g] = s2[g] * hh[g] * hh[g];
+      ok.fin(px[g]), ok.gt(s2[g], FVec(-1e30f));  // (hh: in (0, 1e15] for a px that passes)
       ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f));
     }
     if (!ok.all()) return false;
-    tanc_neg_fg<G>(z, v);
+    tanc_neg_fg<G, true>(z, v);
     GEOOPS_G {
       const FVec t = hh[g] * v[g];  // y = t u
       DVec td[2], q[2];
