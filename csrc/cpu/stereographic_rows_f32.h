@@ -579,11 +579,14 @@ GEOOPS_F32_AI FVec rcp_cr(const FVec& v) {
 // latency binds (expmap's two reciprocals: vdivps ~11 cycles on Zen 4, rcp_cr's estimate and four dependent FMAs
 // ~20); where the divider's throughput binds (mobius_add) rcp_cr measured faster.
 GEOOPS_F32_AI FVec rcp_div(const FVec& v) { return FVec(1.f) / v; }
+// s0 ~ sqrt(v) (s0 = v rs, rs ~ 1/sqrt(v)) corrected once by its FMA residual: s0 + (v - s0^2) rs / 2.
+GEOOPS_F32_AI FVec sqrt_fix(const FVec& v, const FVec& s0, const FVec& rs) {
+  return at::vec::fmadd(at::vec::fnmadd(s0, s0, v), FVec(0.5f) * rs, s0);
+}
 GEOOPS_F32_AI FVec sqrt_cr(const FVec& v) {  // v > 0 (finite)
 #if defined(CPU_CAPABILITY_AVX512)
   const FVec rs = rsqrt_nr(v);
-  const FVec s0 = v * rs;
-  return at::vec::fmadd(at::vec::fnmadd(s0, s0, v), FVec(0.5f) * rs, s0);
+  return sqrt_fix(v, v * rs, rs);
 #else
   return v.sqrt();
 #endif
@@ -704,7 +707,7 @@ GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
   GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
   GEOOPS_G s[g] = s2[g] * rs[g];
-  if constexpr (QUOT) GEOOPS_G s[g] = at::vec::fmadd(at::vec::fnmadd(s[g], s[g], s2[g]), FVec(0.5f) * rs[g], s[g]);
+  if constexpr (QUOT) GEOOPS_G s[g] = sqrt_fix(s2[g], s[g], rs[g]);
   GEOOPS_G x[g] = FVec(-2.f) * min_c(s[g], FVec(9.f));
   GEOOPS_G round_pow2(x[g] * FVec(1.44269504088896341f), n[g], sc[g]);  // n = round(x log2 e), sc = 2^n
   GEOOPS_G r[g] = at::vec::fnmadd(n[g], FVec(1.42860682030941723e-06f), at::vec::fnmadd(n[g], FVec(0.693145751953125f), x[g]));
