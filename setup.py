@@ -7,6 +7,9 @@ respected; without it and without a visible GPU the CUDA build targets
 8.0;9.0+PTX.  GEOOPS_PORTABLE=1 drops -march=native (for wheels that travel);
 GEOOPS_MARCH=<cpu> builds for another CPU than this one (-march=<cpu>, e.g. znver3 or
 haswell: the AVX2 kernels on an AVX-512 machine, for tests and A/B runs).
+GEOOPS_NO_BUILD=1 installs the Python package alone, compiling nothing (every op
+then runs the eager reference on the CPU and Triton on CUDA); scripts/gpu_check.sh
+installs so and builds geoops._C beside its first tests.
 
     pip install .                                # or, in a dev checkout:
     pip install --no-build-isolation -e .
@@ -242,7 +245,13 @@ def _license():
 # Metadata-only calls (egg_info / dist_info, e.g. pip's "Preparing metadata")
 # need no torch: only commands that build the extension look for it.
 _BUILD_CMDS = {"build", "build_ext", "bdist_wheel", "install", "develop", "editable_wheel", "bdist_egg"}
-if _BUILD_CMDS.intersection(sys.argv[1:]):
+_NO_BUILD = os.environ.get("GEOOPS_NO_BUILD", "0").lower()
+if _NO_BUILD not in ("0", "1", "false", "true", "no", "yes", ""):
+    _fail(f"GEOOPS_NO_BUILD={_NO_BUILD!r}: expected 0 or 1")
+if _NO_BUILD in ("1", "true", "yes") and _BUILD_CMDS.intersection(sys.argv[1:]):
+    _say("GEOOPS_NO_BUILD=1: the Python package only, geoops._C is not compiled")
+    ext_modules, cmdclass = [], {}
+elif _BUILD_CMDS.intersection(sys.argv[1:]):
     ext_modules, cmdclass = _extensions()
 else:
     if "dist_info" in sys.argv[1:]:
