@@ -108,11 +108,13 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
 
 
 @triton.jit
-def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale, W1, W2,
+def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale: tl.float64, W1, W2,
                                  CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     ct = tl.float64 if F64 else tl.float32
+    if not F64:  # scale is a float64 parameter (a plain Python float argument arrives rounded to float32)
+        scale = tl.cast(scale, ct)
     (bh, kvh, offs_m, row_ok, q_rows, _, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
      k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, Q, N, M1, M2, D, DV, H, REP, W1, W2,
                                                        CAUSAL, BLOCK_M)
@@ -158,11 +160,14 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
 
 
 @triton.jit
-def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1, M2, D, DV, H, REP, scale, W1, W2,
+def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1, M2, D, DV, H, REP, scale: tl.float64,
+                                    W1, W2,
                                     CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     ct = tl.float64 if F64 else tl.float32
+    if not F64:
+        scale = tl.cast(scale, ct)
     (bh, kvh, offs_m, row_ok, q_rows, do_rows, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
      k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2,
                                                        CAUSAL, BLOCK_M)
@@ -200,7 +205,8 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
 
 
 @triton.jit
-def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB, N, MA, MB, D, DV, H, REP, scale,
+def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB, N, MA, MB, D, DV, H, REP,
+                                     scale: tl.float64,
                                      WA, WB, CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
@@ -211,6 +217,8 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     b = kvh // HK
     hk = kvh % HK
     ct = tl.float64 if F64 else tl.float32
+    if not F64:
+        scale = tl.cast(scale, ct)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_DV)

@@ -188,7 +188,7 @@ def _relu_sums(X_ptr, G_ptr, base, rmask, D, GRADS: tl.constexpr, BLOCK_R: tl.co
 
 
 @triton.jit
-def _relu_fwd_kernel(X_ptr, Y_ptr, C_ptr, N, D, eps,
+def _relu_fwd_kernel(X_ptr, Y_ptr, C_ptr, N, D, eps: tl.float64,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     _pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
@@ -202,7 +202,7 @@ def _relu_fwd_kernel(X_ptr, Y_ptr, C_ptr, N, D, eps,
 
 
 @triton.jit
-def _relu_bwd_kernel(G_ptr, X_ptr, GX_ptr, GK_ptr, C_ptr, N, D, eps,
+def _relu_bwd_kernel(G_ptr, X_ptr, GX_ptr, GK_ptr, C_ptr, N, D, eps: tl.float64,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     _pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
@@ -484,7 +484,7 @@ def _scaled_row_consts(Tu, rmask):
 
 
 @triton.jit
-def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, K1_ptr, K0_ptr, C_ptr, N, M, eps,
+def _fc_fwd_kernel(T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, K1_ptr, K0_ptr, C_ptr, N, M, eps: tl.float64,
                    BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
     """Pass 1: |w|^2 and the largest |u| per row; rows with |u| > 20 (a block that has one) take one more pass for
     |v|^2 of v = sinh(u) / sinh(T) (the scaled form: y = v / (sc (q + hypot(q, |v|))), q = 1 / sinh(T), or
@@ -562,7 +562,7 @@ def _fc_bwd_elems(GT_ptr, PZ_ptr, PC_ptr, PS_ptr, base, pid, M, cols, cm, m, t, 
 
 @triton.jit
 def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, K1_ptr, K0_ptr, SR_ptr, C_ptr,
-                   PZ_ptr, PC_ptr, PS_ptr, RL_ptr, RG_ptr, RS_ptr, N, M, eps,
+                   PZ_ptr, PC_ptr, PS_ptr, RL_ptr, RG_ptr, RS_ptr, N, M, eps: tl.float64,
                    COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
     """dL/dt into GT; per row RL = dL/dlam, RG = the direct dc terms, RS = the sc terms (before 1/(2 sc));
     with COLS per program the column partials PZ (through |z_j|), PC (through C_j), PS (through S_j).

@@ -212,10 +212,39 @@ def gaunt(dev, small):
     return rows
 
 
+def fp64_check(dev, small):
+    """float64 on the device must be float64: gaunt and s4d_kernel in float32 and float64 on `dev` against the CPU
+    float64 result (the C++ kernels) of the same inputs; a float64 error near the float32 one is a defect."""
+    rows = []
+    L, n = 4, 25
+    g = torch.Generator().manual_seed(11)
+    x1, x2 = torch.randn(256, n, generator=g, dtype=torch.float64), torch.randn(256, n, generator=g, dtype=torch.float64)
+    cpu = ga.gaunt_tensor_product(x1, x2, L, route="grid")
+    for route in ("grid", "direct"):
+        r = {"op": "gaunt_tensor_product", "route": route}
+        for dt in (torch.float32, torch.float64):
+            out = ga.gaunt_tensor_product(x1.to(dev, dt), x2.to(dev, dt), L, route=route)
+            r[f"{dt}"] = _rel(out, cpu)
+        rows.append(r)
+    ps = _s4d_params(8, 16, "cpu", seed=2)
+    ps64 = [p.to(torch.complex128) if p.is_complex() else p.double() for p in ps]
+    cpu = gs.s4d_kernel(*ps64, 1000)
+    r = {"op": "s4d_kernel"}
+    r["torch.float32"] = _rel(gs.s4d_kernel(*[p.to(dev) for p in ps], 1000), cpu)
+    r["torch.float64"] = _rel(gs.s4d_kernel(*[p.to(dev) for p in ps64], 1000), cpu)
+    rows.append(r)
+    a, b = torch.randn(64, 48, generator=g, dtype=torch.float64), torch.randn(48, 40, generator=g, dtype=torch.float64)
+    rows.append({"op": "torch.mm float64 (the device's own)", "torch.float64": _rel(a.to(dev) @ b.to(dev), a @ b)})
+    for r in rows:
+        r["fp64_ok"] = r["torch.float64"] < 1e-12
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default=None)
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--only", default="", help="comma list of sections (default all)")
     a = p.parse_args(argv)
     small = a.dry_run or not torch.cuda.is_available()
     dev = torch.device("cpu" if small else "cuda")
@@ -230,8 +259,11 @@ def main(argv=None):
     out = {"meta": meta, "sections": {}}
     status = 0
     sg = None
-    for name, fn in (("ceilings", lambda: ceilings(dev, small)), ("ssm_fftconv", lambda: ssm_fftconv(dev, small)),
+    for name, fn in (("fp64_check", lambda: fp64_check(dev, small)), ("ceilings", lambda: ceilings(dev, small)),
+                     ("ssm_fftconv", lambda: ssm_fftconv(dev, small)),
                      ("ssm_s4d", lambda: ssm_s4d(dev, small, sg)), ("gaunt", lambda: gaunt(dev, small))):
+        if a.only and name not in a.only.split(",") and not (name == "ceilings" and "ssm_s4d" in a.only):
+            continue
         t0 = time.perf_counter()
         try:
             res = fn()

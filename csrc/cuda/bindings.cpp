@@ -176,11 +176,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stereo_bwd_cuda(
   const KR kr = per_row_kr(k, r, rows);
   const bool want_dx = (mask & 1) != 0, want_dy = rows.has_y && (mask & 2) != 0;
   const bool want_dk = (mask & 4) != 0, want_dr = kr.has_r && (mask & 8) != 0;
-  const at::Tensor empty = at::empty({0}, x.options());
-  at::Tensor dx = want_dx ? at::empty({N, D}, x.options()) : empty;
-  at::Tensor dy = want_dy ? at::empty({N, D}, x.options()) : empty;
-  at::Tensor dk = want_dk ? at::empty({N}, x.options().dtype(kr.k.t.scalar_type())) : empty;
-  at::Tensor dr = want_dr ? at::empty({N}, x.options().dtype(kr.r.t.scalar_type())) : empty;
+  // An absent gradient is its own empty tensor: outputs of a custom op may not alias each other
+  // (torch.library checks it), so one shared empty would fail as soon as two gradients are absent.
+  const auto empty = [&] { return at::empty({0}, x.options()); };
+  at::Tensor dx = want_dx ? at::empty({N, D}, x.options()) : empty();
+  at::Tensor dy = want_dy ? at::empty({N, D}, x.options()) : empty();
+  at::Tensor dk = want_dk ? at::empty({N}, x.options().dtype(kr.k.t.scalar_type())) : empty();
+  at::Tensor dr = want_dr ? at::empty({N}, x.options().dtype(kr.r.t.scalar_type())) : empty();
 
   if (N > 0) {
     const cudaError_t err = launch_stereo_bwd(                                        //

@@ -28,7 +28,7 @@ def _ball(N, D, c, radius, g, dtype=torch.float64):
 
 
 def _close(a, b, dtype, what):
-    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    a64, b64 = a.detach().cpu().to(torch.float64), b.detach().cpu().to(torch.float64)
     scale = b64.abs().max().clamp_min(1.0) if b64.numel() else 1.0
     err = (a64 - b64).abs().max().item() / float(scale) if b64.numel() else 0.0
     assert a.shape == b.shape, (what, a.shape, b.shape)
@@ -44,7 +44,7 @@ def _c(val, dtype=torch.float64):
 @pytest.mark.parametrize("N,n,m", [(1, 3, 5), (7, 9, 33), (37, 16, 300), (0, 4, 6)])
 @pytest.mark.parametrize("has_bias", [True, False])
 @pytest.mark.parametrize("tangent", [False, True])
-def test_fc_vs_reference(dtype, N, n, m, has_bias, tangent):
+def test_fc_vs_reference(dtype, N, n, m, has_bias, tangent, device):
     g = torch.Generator().manual_seed(N * 1000 + n * 10 + m)
     c = _c(0.7)
     x = _ball(N, n, 0.7, 0.9, g) if not tangent else torch.randn(N, n, generator=g, dtype=torch.float64) * 0.7
@@ -54,23 +54,22 @@ def test_fc_vs_reference(dtype, N, n, m, has_bias, tangent):
     yr, _ = R.poincare_fc_fwd(x, z, b, c, eps, False, tangent)
     gout = torch.randn(N, m, generator=g, dtype=torch.float64)
     gr = R.poincare_fc_bwd(gout, x, z, b, c, x.new_empty(0), eps, 15, tangent)
-    cast = (lambda t: None if t is None else t.to(dtype))
-    y, t = P.poincare_fc_fwd(cast(x), cast(z), cast(b), c.to(dtype), eps, True, tangent)
+    cast = (lambda t: None if t is None else t.to(device=device, dtype=dtype))
+    y, t = P.poincare_fc_fwd(cast(x), cast(z), cast(b), cast(c), eps, True, tangent)
     _close(y, yr, dtype, "y")
-    gk = P.poincare_fc_bwd(cast(gout), cast(x), cast(z), cast(b), c.to(dtype), t, eps, 15, tangent)
+    gk = P.poincare_fc_bwd(cast(gout), cast(x), cast(z), cast(b), cast(c), t, eps, 15, tangent)
     for name, a, r in zip(("dx", "dz", "db", "dc"), gk, gr):
         if name == "db" and b is None:
             assert a.numel() == 0
             continue
         _close(a, r.reshape(a.shape), dtype, name)
     # recomputed t (save=False) and a partial mask give the same gradients
-    gk2 = P.poincare_fc_bwd(cast(gout), cast(x), cast(z), cast(b), c.to(dtype), x.new_empty(0).to(dtype), eps, 1,
-                            tangent)
+    gk2 = P.poincare_fc_bwd(cast(gout), cast(x), cast(z), cast(b), cast(c), cast(x.new_empty(0)), eps, 1, tangent)
     _close(gk2[0], gk[0], dtype, "dx (mask 1)")
     assert gk2[1].numel() == 0 and gk2[3].numel() == 0
 
 
-def test_fc_projection_branch():
+def test_fc_projection_branch(device):
     """Rows whose output lands beyond the margin take the projection's gradient (large curvature, big z)."""
     g = torch.Generator().manual_seed(3)
     c = _c(2.0)
@@ -80,11 +79,12 @@ def test_fc_projection_branch():
     eps = 1e-5
     yr, _ = R.poincare_fc_fwd(x, z, b, c, eps, False, False)
     assert (yr.norm(dim=1) >= (1 - eps) / 2 ** 0.5 - 1e-9).any()
-    y, t = P.poincare_fc_fwd(x, z, b, c, eps, True, False)
+    dev = [a.to(device) for a in (x, z, b, c)]
+    y, t = P.poincare_fc_fwd(*dev, eps, True, False)
     _close(y, yr, torch.float64, "y")
     gout = torch.randn(11, 7, generator=g, dtype=torch.float64)
-    for a, r in zip(P.poincare_fc_bwd(gout, x, z, b, c, t, eps, 15, False),
-                    R.poincare_fc_bwd(gout, x, z, b, c, t, eps, 15, False)):
+    for a, r in zip(P.poincare_fc_bwd(gout.to(device), *dev, t, eps, 15, False),
+                    R.poincare_fc_bwd(gout, x, z, b, c, t.cpu(), eps, 15, False)):
         _close(a, r.reshape(a.shape), torch.float64, "grad")
 
 
@@ -161,11 +161,11 @@ def test_fc_large_distances_and_offsets_vs_reference(dtype, m, case, device):
     _check_2x(ours, truth, same, f"{case} {dtype} m={m}")
 
 
-def test_fc_gemm_stays_ieee_under_tf32(monkeypatch):
+def test_fc_gemm_stays_ieee_under_tf32(monkeypatch, device):
     """With TF32 switched on globally the float32 GEMM runs the IEEE Triton kernel (exact fp32 products)."""
     g = torch.Generator().manual_seed(5)
-    a = torch.randn(37, 70, generator=g)
-    b = torch.randn(70, 19, generator=g)
+    a = torch.randn(37, 70, generator=g).to(device)
+    b = torch.randn(70, 19, generator=g).to(device)
     out = P._mm(a, b, force_ieee=True)
     exact = (a.double() @ b.double())
     assert (out.double() - exact).abs().max().item() < 1e-4
@@ -176,7 +176,7 @@ def test_fc_gemm_stays_ieee_under_tf32(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("N,D", [(1, 1), (9, 7), (33, 300), (0, 5)])
 @pytest.mark.parametrize("radius,c", [(0.9, 1.0), (0.999999, 3.0)])
-def test_relu_vs_reference(dtype, N, D, radius, c):
+def test_relu_vs_reference(dtype, N, D, radius, c, device):
     g = torch.Generator().manual_seed(N + D)
     x = _ball(N, D, c, radius, g)
     if N > 2:
@@ -187,9 +187,10 @@ def test_relu_vs_reference(dtype, N, D, radius, c):
     yr = R.poincare_relu_fwd(x, cc, eps)
     gout = torch.randn(N, D, generator=g, dtype=torch.float64)
     gxr, gcr = R.poincare_relu_bwd(gout, x, cc, eps)
-    y = P.poincare_relu_fwd(x.to(dtype), cc.to(dtype), eps)
+    cast = (lambda t: t.to(device=device, dtype=dtype))
+    y = P.poincare_relu_fwd(cast(x), cast(cc), eps)
     _close(y, yr, dtype, "y")
-    gx, gc = P.poincare_relu_bwd(gout.to(dtype), x.to(dtype), cc.to(dtype), eps)
+    gx, gc = P.poincare_relu_bwd(cast(gout), cast(x), cast(cc), eps)
     _close(gx, gxr, dtype, "dx")
     _close(gc, gcr, dtype, "dc")
 
@@ -197,17 +198,18 @@ def test_relu_vs_reference(dtype, N, D, radius, c):
 # ---------------------------------------------------------------- midpoint sums
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("N,D", [(1, 1), (13, 5), (130, 300), (0, 4)])
-def test_midpoint_sums_vs_reference(dtype, N, D):
+def test_midpoint_sums_vs_reference(dtype, N, D, device):
     g = torch.Generator().manual_seed(N * 7 + D)
     c = _c(1.3)
     x = _ball(N, D, 1.3, 0.95, g)
-    F, L = P.poincare_midpoint_sums_fwd(x.to(dtype), c.to(dtype))
+    cast = (lambda t: t.to(device=device, dtype=dtype))
+    F, L = P.poincare_midpoint_sums_fwd(cast(x), cast(c))
     Fr, Lr = R.poincare_midpoint_sums_fwd(x, c)
     _close(F, Fr, dtype, "F")
     _close(L, Lr, dtype, "L")
     gF = torch.randn(D, generator=g, dtype=torch.float64)
     gL = torch.randn((), generator=g, dtype=torch.float64)
-    gx, gc = P.poincare_midpoint_sums_bwd(gF.to(dtype), gL.to(dtype), x.to(dtype), c.to(dtype))
+    gx, gc = P.poincare_midpoint_sums_bwd(cast(gF), cast(gL), cast(x), cast(c))
     gxr, gcr = R.poincare_midpoint_sums_bwd(gF, gL, x, c)
     _close(gx, gxr, dtype, "dx")
     _close(gc, gcr, dtype, "dc")
@@ -217,7 +219,7 @@ def test_midpoint_sums_vs_reference(dtype, N, D):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("N,D", [(1, 1), (11, 6), (40, 200), (0, 3)])
 @pytest.mark.parametrize("scale", [0.5, 8.0])
-def test_bn_rows_vs_reference(dtype, N, D, scale):
+def test_bn_rows_vs_reference(dtype, N, D, scale, device):
     g = torch.Generator().manual_seed(N + 3 * D)
     c = _c(0.8)
     u = torch.randn(N, D, generator=g, dtype=torch.float64) * 0.4
@@ -225,11 +227,12 @@ def test_bn_rows_vs_reference(dtype, N, D, scale):
     b = _ball(1, D, 0.8, 0.6, g)[0]
     eps = ref.default_eps(dtype)
     yr = R.poincare_bn_rows_fwd(u, M, b, c, eps)
-    y = P.poincare_bn_rows_fwd(u.to(dtype), M.to(dtype), b.to(dtype), c.to(dtype), eps)
+    cast = (lambda t: t.to(device=device, dtype=dtype))
+    y = P.poincare_bn_rows_fwd(cast(u), cast(M), cast(b), cast(c), eps)
     _close(y, yr, dtype, "y")
     gout = torch.randn(N, D, generator=g, dtype=torch.float64)
     gr = R.poincare_bn_rows_bwd(gout, u, M, b, c, eps)
-    gk = P.poincare_bn_rows_bwd(gout.to(dtype), u.to(dtype), M.to(dtype), b.to(dtype), c.to(dtype), eps)
+    gk = P.poincare_bn_rows_bwd(cast(gout), cast(u), cast(M), cast(b), cast(c), eps)
     for name, a, r in zip(("du", "dM", "db", "dc"), gk, gr):
         _close(a, r.reshape(a.shape), dtype, name)
 
