@@ -25,21 +25,26 @@
 #                   kernels (fc, tangent fc, ReLU, conv2d, batch norm; fp32/fp64, values and gradients), and
 #                   the residual block / fc 4096x512->512 against their Euclidean layers (issue 11's GPU
 #                   target: block within 3x); $OUT/poincare.json
+#  10b. probe      scripts/gpu_probe.py: attention's time per head at two batch sizes, torch.profiler kernel tables
+#                   of the Poincaré block / fc and of s4d_kernel; $OUT/probe.json
 #  11. bench_triton, bench_cuda     python -m bench --quick (stereographic) with each backend forced, the
 #                   copy-bandwidth limit in each, and bench-side-by-side.md comparing them
 #  12. parity_triton, parity_cuda   python -m geoops.parity for each GPU backend by name (an
 #                   unavailable backend fails, it is not skipped)
+#
+# Run order: 1, 2, 3 (started), 4, 3 (waited for), 7, 8, 5, 6, 9, 10, 10b, 12, 11 (the issues' targets
+# before the longer test runs, parity before the stereographic benches).
 #
 # Target: <= 9 minutes wall on an H100/H200 with torch 2.11 + CUDA 13, Triton 3.6, no network.  Each
 # step runs under `timeout` with the time left of GEOOPS_GPU_BUDGET_S (default 520 s); a step that
 # would start with under 20 s left is skipped and marked so.  GEOOPS_GPU_ONLY=step,step,... runs only the
 # steps named (a second, shorter window: e.g. the skipped ones; "build" is needed by steps 5, 6, 9-12's
 # CUDA C++ parts); the others are marked "not selected".  pytest runs with pytest-xdist where it is
-# installed, so Triton's JIT compiles in parallel.  No pip install beyond wheels carried in .whl/ (e.g.
+# installed, so Triton's JIT compiles in parallel.  GEOOPS_GPU_BENCH_OPS=op,op limits step 11's stereographic ops.  No pip install beyond wheels carried in .whl/ (e.g.
 # geoopt for the bench's peer column; without it that column and those tests skip).
 #
 # Output (at most 8 files, for the device tool's $OUT): $OUT/gpu_check.log (every step's full log),
-# $OUT/summary.md (one line per step: status, seconds, command), $OUT/targets.json, $OUT/poincare.json,
+# $OUT/summary.md (one line per step: status, seconds, command), $OUT/targets.json, $OUT/poincare.json, $OUT/probe.json,
 # $OUT/bench-side-by-side.md, $OUT/bench.tar.gz (every bench run's JSON and markdown table),
 # $OUT/geoops_C.tar.gz (the build, debug info stripped: carried to a later window on the same image,
 # GEOOPS_GPU_PREBUILT=<that file> skips the build).
@@ -296,20 +301,10 @@ else
   needs_build poincare && step poincare 90 "$PY" scripts/gpu_poincare_check.py --json "$OUT/poincare.json"
 fi
 if [ "$DRY" = 1 ]; then
-  tiny=(--families stereographic --device cpu --ops mobius_add --dims 16 --rows 1024 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0)
-  step bench_triton 120 bench triton cpp "${tiny[@]}"
-  step bench_cuda 120 bench cuda reference "${tiny[@]}"
+  step probe 120 "$PY" scripts/gpu_probe.py --dry-run --json "$OUT/probe.json"
 else
-  needs_build bench_triton \
-    && step bench_triton 75 bench triton triton --families stereographic --device cuda --quick --no-compile --no-settle
-  needs_build bench_cuda \
-    && step bench_cuda 75 bench cuda cuda --families stereographic --device cuda --quick --no-compile --no-settle
+  step probe 60 "$PY" scripts/gpu_probe.py --json "$OUT/probe.json"
 fi
-if [ -f "$TMP/bench-all/bench-triton.json" ] && [ -f "$TMP/bench-all/bench-cuda.json" ]; then
-  "$PY" scripts/gpu_bench_side_by_side.py "$TMP/bench-all/bench-triton.json" "$TMP/bench-all/bench-cuda.json" \
-    > "$OUT/bench-side-by-side.md" && cat "$OUT/bench-side-by-side.md" || status=1
-fi
-
 # ---------------------------------------------------------------- 12. parity per GPU backend
 if [ "$DRY" = 1 ]; then
   # the same CLI on the CPU backend, float32 quick (an unavailable backend would fail here too)
@@ -319,6 +314,23 @@ else
   needs_build parity_triton && step parity_triton 60 "$PY" -m geoops.parity --device cuda --backends triton --quick
   needs_build parity_cuda \
     && step parity_cuda 45 "$PY" -m geoops.parity --families stereographic --device cuda --backends cuda --quick
+fi
+
+if [ "$DRY" = 1 ]; then
+  tiny=(--families stereographic --device cpu --ops mobius_add --dims 16 --rows 1024 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0)
+  step bench_triton 120 bench triton cpp "${tiny[@]}"
+  step bench_cuda 120 bench cuda reference "${tiny[@]}"
+else
+  needs_build bench_triton \
+    && step bench_triton 75 bench triton triton --families stereographic --device cuda --quick --no-compile --no-settle \
+      ${GEOOPS_GPU_BENCH_OPS:+--ops "$GEOOPS_GPU_BENCH_OPS"}
+  needs_build bench_cuda \
+    && step bench_cuda 75 bench cuda cuda --families stereographic --device cuda --quick --no-compile --no-settle \
+      ${GEOOPS_GPU_BENCH_OPS:+--ops "$GEOOPS_GPU_BENCH_OPS"}
+fi
+if [ -f "$TMP/bench-all/bench-triton.json" ] && [ -f "$TMP/bench-all/bench-cuda.json" ]; then
+  "$PY" scripts/gpu_bench_side_by_side.py "$TMP/bench-all/bench-triton.json" "$TMP/bench-all/bench-cuda.json" \
+    > "$OUT/bench-side-by-side.md" && cat "$OUT/bench-side-by-side.md" || status=1
 fi
 
 if compgen -G "$TMP/bench-all/*" > /dev/null; then
