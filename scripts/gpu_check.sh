@@ -40,7 +40,8 @@
 # would start with under 20 s left is skipped and marked so.  GEOOPS_GPU_ONLY=step,step,... runs only the
 # steps named (a second, shorter window: e.g. the skipped ones; "build" is needed by steps 5, 6, 9-12's
 # CUDA C++ parts); the others are marked "not selected".  pytest runs with pytest-xdist where it is
-# installed, so Triton's JIT compiles in parallel.  GEOOPS_GPU_BENCH_OPS=op,op limits step 11's stereographic ops.  No pip install beyond wheels carried in .whl/ (e.g.
+# installed, so Triton's JIT compiles in parallel.  GEOOPS_GPU_BENCH_OPS=op,op limits step 11's stereographic ops,
+# GEOOPS_GPU_CUDA_K step 5's pytest -k expression (default "cuda").  No pip install beyond wheels carried in .whl/ (e.g.
 # geoopt for the bench's peer column; without it that column and those tests skip).
 #
 # Output (at most 8 files, for the device tool's $OUT): $OUT/gpu_check.log (every step's full log),
@@ -283,7 +284,8 @@ if [ "$DRY" = 1 ]; then
   step pytest_triton_stereo 120 collect_only env TRITON_INTERPRET=0 "$PY" -m pytest -p no:cacheprovider "${STEREO_TESTS[@]}"
 else
   needs_build pytest_cuda \
-    && step pytest_cuda 100 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" tests/test_stereographic.py -k cuda -rs
+    && step pytest_cuda 100 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" tests/test_stereographic.py \
+      -k "${GEOOPS_GPU_CUDA_K:-cuda}" -rs
   needs_build pytest_triton_stereo \
     && step pytest_triton_stereo 120 env TRITON_INTERPRET=0 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" \
       "${STEREO_TESTS[@]}" "tests/triton/test_ssm_triton.py::test_ops_match_cpp" \
