@@ -761,16 +761,17 @@ def _boundary_rows(n, d, k, gap, seed):
 @pytest.mark.parametrize("D,max_block_d", [(1, None), (16, None), (37, 8)], ids=["D1", "D16", "D37-chunked"])
 def test_float32_rows_as_float64_on_the_same_inputs(D, max_block_d):
     """With float64 row sums, the float32 kernels on near-boundary rows are the float64 kernels on the same
-    (float32) inputs, rounded: the forward within 4 float32 ulps of each element (a coefficient and a product
-    rounded), the per-row dk and dr within 2 ulps.  With float32 sums the rounding of |x|^2 (a few ulps) is
-    amplified by 1/(1 + k|x|^2) ~ 500 here (GEOOPS_TRITON_STEREO_F64_SUMS=0 fails this)."""
+    (float32) inputs, rounded: the forward within 4 float32 ulps of each element (ops whose output is one
+    coefficient times x, or a row value: a coefficient and a product rounded; mobius_add's a x + b y may cancel,
+    so only its dk), the per-row dk and dr within 2 ulps.  With float32 sums the rounding of |x|^2 (a few ulps)
+    is amplified by 1/(1 + k|x|^2) ~ 500 here (GEOOPS_TRITON_STEREO_F64_SUMS=0 fails this)."""
     u = torch.finfo(torch.float32).eps
     k = -1e-4
     x = _boundary_rows(12, D, k, torch.tensor([1e-3, 5e-4, 2e-3] * 4, dtype=torch.float64)[:, None], 1)
     y = _boundary_rows(12, D, k, 0.3, 2)
     r = torch.linspace(-2.0, 2.5, 12).reshape(-1, 1)
     kt = torch.tensor([k], dtype=torch.float32)
-    for name in ("lambda_x", "mobius_scalar_mul", "logmap0", "expmap0", "mobius_add", "dist0"):
+    for name in ("lambda_x", "mobius_scalar_mul", "logmap0", "expmap0", "mobius_add", "dist0", "dist"):
         spec = _ops.STEREO_OPS[name]
         yy = y if spec.has_y else None
         rr = r.reshape(-1) if spec.has_r else None
@@ -787,7 +788,8 @@ def test_float32_rows_as_float64_on_the_same_inputs(D, max_block_d):
             outs[dt] = out.cpu().double()
         o32, o64 = outs[torch.float32], outs[torch.float64]
         err = (o32 - o64).abs()
-        assert (err <= 4 * u * o64.abs()).all(), f"{name} D={D}: forward {(err / o64.abs()).max() / u:.3g} ulps"
+        if name != "mobius_add":
+            assert (err <= 4 * u * o64.abs()).all(), f"{name} D={D}: forward {(err / o64.abs()).max() / u:.3g} ulps"
         for i, what in ((2, "dk"), (3, "dr")):
             a, b = grads[torch.float32][i].cpu().double(), grads[torch.float64][i].cpu().double()
             if b.numel():
