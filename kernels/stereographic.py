@@ -30,12 +30,15 @@ expressions, same clamps, same order of operations).  The C++ branches become
 ``tl.where`` over the rows, and the untaken side of every branch is fed a safe
 argument so that no lane divides by zero or takes sqrt of a negative number.
 
-Precision.  Tiles are loaded and reduced in the tile type CT: float64 for
-float64 inputs, float32 for the others (float16/bfloat16 are loaded, upcast,
-and stored back in their dtype).  The per-row scalar math (coefficients and
-adjoints, from the row sums) runs in float64 for every dtype, with the Taylor
-cut 1e-3, like the C++ kernels; the coefficients are cast back to CT for the
-element-wise pass.  Every division is IEEE (``_div``: div.rn, never the
+Precision.  Tiles are loaded in the tile type CT: float64 for float64 inputs,
+float32 for the others (float16/bfloat16 are loaded, upcast, and stored back in
+their dtype).  The row sums are reduced in the sum type ST: float64 for every
+dtype (each element widened, its products and x - y formed and summed in
+float64, like the C++ kernels' row sums; GEOOPS_TRITON_STEREO_F64_SUMS=0:
+float32 sums, the kernels before session 31).  The per-row scalar math
+(coefficients and adjoints, from the row sums) runs in float64 for every
+dtype, with the Taylor cut 1e-3, like the C++ kernels; the coefficients are
+cast back to CT for the element-wise pass.  Every division is IEEE (``_div``: div.rn, never the
 approximate div.full.f32 a plain float32 `/` compiles to).  k and r are loaded
 in their own dtype (float32 or float64).  ``param`` (the
 margin of ``project``) is a compile-time constant, so float64 keeps all its
@@ -49,6 +52,7 @@ interpreted the same names resolve to numpy (``_NumpyMath``).
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -541,35 +545,45 @@ def _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y: tl.constexpr, HAS_G: t
 
 
 @triton.jit
-def _tile_sums(xv, yv, dv, gv, HAS_Y: tl.constexpr, HAS_G: tl.constexpr):
-    """A tile's share of the row sums (xx, yy, xy, dd, ga, gb, gc); those the op lacks are 0."""
-    xx = tl.sum(xv * xv, axis=1)
+def _tile_sums(xv, yv, gv, HAS_Y: tl.constexpr, HAS_G: tl.constexpr, ST: tl.constexpr):
+    """A tile's share of the row sums (xx, yy, xy, dd, ga, gb, gc) in the sum type ST; those the op lacks are 0.
+
+    The tiles are widened to ST first, and x - y is formed in ST: with ST = float64 and float32 (or narrower)
+    tiles every product and difference is exact, and only the float64 additions round (the C++ kernels' row
+    sums).  Float32 sums rounded xx, xy, yy a few float32 ulps, which the near-singular rows amplify: 1 + k|x|^2
+    near the boundary, k xx yy terms of dk at |k| << 1 (session 31, issue 6)."""
+    xs = xv.to(ST)
+    xx = tl.sum(xs * xs, axis=1)
     zero = tl.zeros_like(xx)
     yy, xy, dd, ga, gb, gc = zero, zero, zero, zero, zero, zero
     if HAS_Y:
-        yy = tl.sum(yv * yv, axis=1)
-        xy = tl.sum(xv * yv, axis=1)
-        dd = tl.sum(dv * dv, axis=1)
+        ys = yv.to(ST)
+        ds = xs - ys
+        yy = tl.sum(ys * ys, axis=1)
+        xy = tl.sum(xs * ys, axis=1)
+        dd = tl.sum(ds * ds, axis=1)
     if HAS_G:
-        ga = tl.sum(gv * xv, axis=1)
+        gs = gv.to(ST)
+        ga = tl.sum(gs * xs, axis=1)
         if HAS_Y:
-            gb = tl.sum(gv * yv, axis=1)
-            gc = tl.sum(gv * dv, axis=1)
+            gb = tl.sum(gs * ys, axis=1)
+            gc = tl.sum(gs * ds, axis=1)
     return xx, yy, xy, dd, ga, gb, gc
 
 
 @triton.jit
 def _chunked_sums(
     x_row, y_row, g_row, rmask, D,
-    HAS_Y: tl.constexpr, HAS_G: tl.constexpr, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_Y: tl.constexpr, HAS_G: tl.constexpr, CT: tl.constexpr, ST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """The row sums of `_tile_sums` over rows wider than a tile, accumulated chunk by chunk."""
+    """The row sums of `_tile_sums` over rows wider than a tile, accumulated chunk by chunk in ST."""
     cols = tl.arange(0, BLOCK_D)
-    zero = tl.zeros([BLOCK_M], dtype=CT)
+    zero = tl.zeros([BLOCK_M], dtype=ST)
     xx, yy, xy, dd, ga, gb, gc = zero, zero, zero, zero, zero, zero, zero
     for d0 in range(0, D, BLOCK_D):
         m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, d0 + cols, rmask, D, HAS_Y, HAS_G, CT)
-        t_xx, t_yy, t_xy, t_dd, t_ga, t_gb, t_gc = _tile_sums(xv, yv, dv, gv, HAS_Y, HAS_G)
+        t_xx, t_yy, t_xy, t_dd, t_ga, t_gb, t_gc = _tile_sums(xv, yv, gv, HAS_Y, HAS_G, ST)
         xx += t_xx
         yy += t_yy
         xy += t_xy
@@ -638,7 +652,7 @@ def _stereo_fwd_kernel(
     N, D,
     stride_x, stride_y, stride_k, stride_r, stride_o,
     OP: tl.constexpr, HAS_Y: tl.constexpr, HAS_R: tl.constexpr, SCALAR_OUT: tl.constexpr,
-    PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
+    PARAM: tl.constexpr, CT: tl.constexpr, ST: tl.constexpr, CUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):  # fmt: skip
     rows64, rmask, cols, x_row, y_row, k, r = _program_rows(X, Y, K, R, N, stride_x, stride_y, stride_k, stride_r,
@@ -649,10 +663,11 @@ def _stereo_fwd_kernel(
     if ONE_CHUNK:
         # the whole row in one tile: load once, reduce, write from registers
         m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, cols, rmask, D, HAS_Y, False, CT)
-        xx, yy, xy, dd, ga, gb, gc = _tile_sums(xv, yv, dv, gv, HAS_Y, False)
+        xx, yy, xy, dd, ga, gb, gc = _tile_sums(xv, yv, gv, HAS_Y, False, ST)
     else:
         # wide rows: pass 1 reduces chunk by chunk, pass 2 reloads and writes
-        xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, x_row, rmask, D, HAS_Y, False, CT, BLOCK_M, BLOCK_D)
+        xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, x_row, rmask, D, HAS_Y, False, CT, ST, BLOCK_M,
+                                                   BLOCK_D)
 
     # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops (row math in float64)
     a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
@@ -679,7 +694,7 @@ def _stereo_bwd_kernel(
     stride_g, stride_x, stride_y, stride_k, stride_r, stride_dx, stride_dy,
     GRAD_MASK,
     OP: tl.constexpr, HAS_Y: tl.constexpr, HAS_R: tl.constexpr, SCALAR_OUT: tl.constexpr,
-    PARAM: tl.constexpr, CT: tl.constexpr, CUT: tl.constexpr,
+    PARAM: tl.constexpr, CT: tl.constexpr, ST: tl.constexpr, CUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):  # fmt: skip
     HAS_G: tl.constexpr = not SCALAR_OUT  # vector ops have a (N, D) grad; scalar ops one value a row
@@ -695,9 +710,10 @@ def _stereo_bwd_kernel(
         g_scalar = tl.load(g_row, mask=rmask, other=0.0).to(CT)
     if ONE_CHUNK:
         m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, cols, rmask, D, HAS_Y, HAS_G, CT)
-        xx, yy, xy, dd, ga, gb, gc = _tile_sums(xv, yv, dv, gv, HAS_Y, HAS_G)
+        xx, yy, xy, dd, ga, gb, gc = _tile_sums(xv, yv, gv, HAS_Y, HAS_G, ST)
     else:
-        xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, g_row, rmask, D, HAS_Y, HAS_G, CT, BLOCK_M, BLOCK_D)
+        xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, g_row, rmask, D, HAS_Y, HAS_G, CT, ST, BLOCK_M,
+                                                   BLOCK_D)
     if SCALAR_OUT:
         ga = g_scalar
 
@@ -819,6 +835,11 @@ def _k_r_rows(k: torch.Tensor, r, N: int, has_r: bool):
     return k, sk, r, sr
 
 
+def _sum_type(ct):
+    """The row sums' type: float64 (default), or the tile type with GEOOPS_TRITON_STEREO_F64_SUMS=0 (read per call)."""
+    return ct if os.environ.get("GEOOPS_TRITON_STEREO_F64_SUMS") == "0" else tl.float64
+
+
 def _compute_type(dtype: torch.dtype):
     if dtype not in _FLOATS:
         raise TypeError(f"geoops.kernels.stereographic: unsupported dtype {dtype}")
@@ -905,7 +926,7 @@ def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
             N, D,
             x.stride(0), y.stride(0), sk, sr, 1 if scalar_out else out.stride(0),
             OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
-            PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
+            PARAM=_param_for(code, param), CT=ct, ST=_sum_type(ct), CUT=_CUT_F64,
             BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
             num_warps=num_warps, **_maxnreg(num_warps),
         )  # fmt: skip
@@ -958,7 +979,7 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
             sg, x.stride(0), yk.stride(0), sk, sr, dx.stride(0) if need_dx else 0, dy.stride(0) if kern_dy else 0,
             int(need_dx) | 2 * int(kern_dy) | 4 * int(need_dk) | 8 * int(kern_dr),
             OP=code, HAS_Y=has_y, HAS_R=has_r, SCALAR_OUT=scalar_out,
-            PARAM=_param_for(code, param), CT=ct, CUT=_CUT_F64,
+            PARAM=_param_for(code, param), CT=ct, ST=_sum_type(ct), CUT=_CUT_F64,
             BLOCK_M=block_m, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
             num_warps=num_warps, **_maxnreg(num_warps),
         )  # fmt: skip

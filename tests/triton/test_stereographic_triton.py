@@ -715,6 +715,103 @@ def test_parity_floors_at_libdevice_error_levels(sign, monkeypatch):
     assert not failures, "\n".join(failures[:20])
 
 
+# ---------------------------------------------------------------- float64 row sums (session 31, issue 6)
+# The full parity run's row-op cases (geoops.parity.stereographic, not --quick: k = -1e-4 and the boundary rows
+# are in there), every dtype it covers.  Before session 31 the kernels reduced float32 rows in float32, and the
+# first GPU run failed these in float32: mobius_add k=-1e-4 odd-D1 dk, expmap k=-1e-4 boundary dk,
+# mobius_scalar_mul k=-1e-4 boundary dr/dx/dk, logmap0 k=-0.25 boundary dk (the interpreter: mobius_add and
+# mobius_scalar_mul's).  GEOOPS_TRITON_STEREO_F64_SUMS=0 runs those kernels again.
+_PARITY_ROW_CASES = None
+
+
+def _parity_row_cases(name):
+    global _PARITY_ROW_CASES
+    if _PARITY_ROW_CASES is None:
+        from geoops.parity import stereographic as pst
+
+        _PARITY_ROW_CASES = [c for c in pst.cases(quick=False) if c.op in OPS]
+    return [c for c in _PARITY_ROW_CASES if c.op == name]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=["f64", "f32", "f16", "bf16"])
+@pytest.mark.parametrize("name", OPS)
+def test_parity_run_row_cases(name, dtype):
+    """Every row-op case of the full parity run within its bound (the GPU's test_cuda_parity_cases, here)."""
+    from geoops import parity
+
+    cases = _parity_row_cases(name)
+    assert cases, name
+    failures = []
+    for case in cases:
+        if case.dtypes and dtype not in case.dtypes:
+            continue
+        for q, err, bound, finite in parity.check_case(case, "triton", dtype, DEVICE):
+            if not finite or err > bound:
+                failures.append(f"{case.name}:{q} err={err:.3e} bound={bound:.3e} finite={finite}")
+    assert not failures, "\n".join(failures[:20])
+
+
+def _boundary_rows(n, d, k, gap, seed):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return (v / v.norm(dim=-1, keepdim=True) * (1 - gap) / (-k) ** 0.5).float()
+
+
+@pytest.mark.parametrize("D,max_block_d", [(1, None), (16, None), (37, 8)], ids=["D1", "D16", "D37-chunked"])
+def test_float32_rows_as_float64_on_the_same_inputs(D, max_block_d):
+    """With float64 row sums, the float32 kernels on near-boundary rows are the float64 kernels on the same
+    (float32) inputs, rounded: the forward within 4 float32 ulps of each element (ops whose output is one
+    coefficient times x, or a row value: a coefficient and a product rounded; mobius_add's a x + b y may cancel,
+    so only its dk), the per-row dk and dr within 2 ulps.  With float32 sums the rounding of |x|^2 (a few ulps)
+    is amplified by 1/(1 + k|x|^2) ~ 500 here (GEOOPS_TRITON_STEREO_F64_SUMS=0 fails this)."""
+    u = torch.finfo(torch.float32).eps
+    k = -1e-4
+    x = _boundary_rows(12, D, k, torch.tensor([1e-3, 5e-4, 2e-3] * 4, dtype=torch.float64)[:, None], 1)
+    y = _boundary_rows(12, D, k, 0.3, 2)
+    r = torch.linspace(-2.0, 2.5, 12).reshape(-1, 1)
+    kt = torch.tensor([k], dtype=torch.float32)
+    for name in ("lambda_x", "mobius_scalar_mul", "logmap0", "expmap0", "mobius_add", "dist0", "dist"):
+        spec = _ops.STEREO_OPS[name]
+        yy = y if spec.has_y else None
+        rr = r.reshape(-1) if spec.has_r else None
+        outs, grads = {}, {}
+        for dt in (torch.float32, torch.float64):
+            args = [t.to(dt).to(DEVICE) if t is not None else None for t in (x, yy, rr)]
+            kd = kt.to(dt).to(DEVICE)
+            out = S._stereo_fwd(spec.code, args[0], args[1], kd, args[2], EPS, max_block_d=max_block_d)
+            g = torch.ones_like(out)
+            mask = 4 | (8 if spec.has_r else 0)
+            kd_rows = kd.expand(out.shape[0]).contiguous()
+            grads[dt] = S._stereo_bwd(spec.code, g, args[0], args[1], kd_rows, args[2], EPS, mask,
+                                      max_block_d=max_block_d)
+            outs[dt] = out.cpu().double()
+        o32, o64 = outs[torch.float32], outs[torch.float64]
+        err = (o32 - o64).abs()
+        if name != "mobius_add":
+            assert (err <= 4 * u * o64.abs()).all(), f"{name} D={D}: forward {(err / o64.abs()).max() / u:.3g} ulps"
+        for i, what in ((2, "dk"), (3, "dr")):
+            a, b = grads[torch.float32][i].cpu().double(), grads[torch.float64][i].cpu().double()
+            if b.numel():
+                e = (a - b).abs()
+                assert (e <= 2 * u * b.abs()).all(), f"{name} D={D}: {what} {(e / b.abs()).max() / u:.3g} ulps"
+
+
+def test_row_sum_type_knob(monkeypatch):
+    """GEOOPS_TRITON_STEREO_F64_SUMS=0 (read per call) selects the float32 row sums; unset, float64."""
+    monkeypatch.delenv("GEOOPS_TRITON_STEREO_F64_SUMS", raising=False)
+    assert S._sum_type(tl.float32) == tl.float64 and S._sum_type(tl.float64) == tl.float64
+    monkeypatch.setenv("GEOOPS_TRITON_STEREO_F64_SUMS", "0")
+    assert S._sum_type(tl.float32) == tl.float32 and S._sum_type(tl.float64) == tl.float64
+    x = _boundary_rows(3, 1, -1e-4, 1e-3, 3)
+    k = torch.tensor([-1e-4]).to(DEVICE)
+    off = S.stereo_fwd(3, x.to(DEVICE), None, k, None, EPS).cpu()  # lambda_x
+    monkeypatch.setenv("GEOOPS_TRITON_STEREO_F64_SUMS", "1")
+    on = S.stereo_fwd(3, x.to(DEVICE), None, k, None, EPS).cpu()
+    want = 2 / (1 + k.cpu().double() * x.double().pow(2).sum(-1))
+    assert (on.double() - want).abs().max() <= (off.double() - want).abs().max()
+
+
 # ---------------------------------------------------------------- launch plumbing (defects of issue 12)
 def test_kernels_import_without_numpy():
     """Compiled (not interpreted) the kernels need no numpy: without it `auto` must not drop Triton."""
