@@ -32,7 +32,7 @@
 #  12. parity_triton, parity_cuda   python -m geoops.parity for each GPU backend by name (an
 #                   unavailable backend fails, it is not skipped)
 #
-# Run order: 1, 2, 3 (started), 4, 3 (waited for), 7, 8, 5, 6, 9, 10, 10b, 12, 11 (the issues' targets
+# Run order: 1, 2, 3 (started), 4, 3 (waited for), 7, 8, 5, 6, 9, 10, 12, 10b, 11 (the issues' targets
 # before the longer test runs, parity before the stereographic benches).
 #
 # Target: <= 9 minutes wall on an H100/H200 with torch 2.11 + CUDA 13, Triton 3.6, no network.  Each
@@ -302,11 +302,6 @@ else
       --passes fwd,fwd+bwd --no-compile --no-settle
   needs_build poincare && step poincare 90 "$PY" scripts/gpu_poincare_check.py --json "$OUT/poincare.json"
 fi
-if [ "$DRY" = 1 ]; then
-  step probe 120 "$PY" scripts/gpu_probe.py --dry-run --json "$OUT/probe.json"
-else
-  step probe 60 "$PY" scripts/gpu_probe.py --json "$OUT/probe.json"
-fi
 # ---------------------------------------------------------------- 12. parity per GPU backend
 if [ "$DRY" = 1 ]; then
   # the same CLI on the CPU backend, float32 quick (an unavailable backend would fail here too)
@@ -318,6 +313,11 @@ else
     && step parity_cuda 45 "$PY" -m geoops.parity --families stereographic --device cuda --backends cuda --quick
 fi
 
+if [ "$DRY" = 1 ]; then
+  step probe 120 "$PY" scripts/gpu_probe.py --dry-run --json "$OUT/probe.json"
+else
+  step probe 60 "$PY" scripts/gpu_probe.py --json "$OUT/probe.json"
+fi
 if [ "$DRY" = 1 ]; then
   tiny=(--families stereographic --device cpu --ops mobius_add --dims 16 --rows 1024 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0)
   step bench_triton 120 bench triton cpp "${tiny[@]}"
