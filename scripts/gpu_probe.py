@@ -7,7 +7,9 @@ scripts/gpu_check.sh, ``probe``):
   per head (ms / (B H)) and the eager einsum peer at the same shapes;
 - poincare: torch.profiler's CUDA kernel table of the residual block's forward + backward and of poincare_fc
   forward (4096 x 512 -> 512), next to the kernel count and the CPU-side total;
-- ssm: the same table for s4d_kernel forward (256 x 32 x 16384).
+- ssm: the same table for s4d_kernel forward (256 x 32 x 16384);
+- stereographic: the Triton row ops with float64 row sums against float32 ones (GEOOPS_TRITON_STEREO_F64_SUMS=0) at
+  D = 64 and D = 4096.
 
     python scripts/gpu_probe.py [--dry-run] [--json OUT.json]
 """
@@ -102,6 +104,33 @@ def profiles(dev, small):
     return out
 
 
+def stereo_sums_ab(dev, small):
+    """The Triton row ops with float64 row sums (default since session 31) against float32 sums
+    (GEOOPS_TRITON_STEREO_F64_SUMS=0), forward and forward + backward, at D = 64 and at wide rows (D = 4096)."""
+    import os
+
+    import geoops.stereographic as st
+
+    rows = []
+    k = torch.tensor(-1.0, device=dev)
+    for N, D in (((64, 16), (4, 256)) if small else ((1 << 18, 64), (1 << 12, 4096))):
+        g = torch.Generator().manual_seed(D)
+        x = (torch.randn(N, D, generator=g) * 0.5 / D ** 0.5).to(dev)
+        y = (torch.randn(N, D, generator=g) * 0.5 / D ** 0.5).to(dev)
+        for op in ("mobius_add", "dist"):
+            fn = getattr(st, op)
+            xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+            r = {"op": op, "shape": [N, D]}
+            for flag in ("1", "0"):
+                os.environ["GEOOPS_TRITON_STEREO_F64_SUMS"] = flag
+                r[f"fwd_ms_f64sums={flag}"] = time_ms(lambda: fn(x, y, k=k), dev, samples=7)
+                r[f"fwd_bwd_ms_f64sums={flag}"] = time_ms(
+                    lambda: torch.autograd.grad(fn(xr, yr, k=k).sum(), (xr, yr)), dev, samples=7)
+            os.environ.pop("GEOOPS_TRITON_STEREO_F64_SUMS", None)
+            rows.append(r)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default=None)
@@ -110,7 +139,8 @@ def main(argv=None):
     small = a.dry_run or not torch.cuda.is_available()
     dev = torch.device("cpu" if small else "cuda")
     res, status = {}, 0
-    for name, fn in (("attention", lambda: attention(dev, small)), ("profiles", lambda: profiles(dev, small))):
+    for name, fn in (("attention", lambda: attention(dev, small)), ("stereo_sums_ab", lambda: stereo_sums_ab(dev, small)),
+                     ("profiles", lambda: profiles(dev, small))):
         try:
             res[name] = fn()
         except Exception:
