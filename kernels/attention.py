@@ -13,14 +13,19 @@ For each admissible first key j (a scalar loop) and each tile of BLOCK_N second 
 is S = (Q_I (.) k1_j) K2_tile^T (a dot, chunked over the head dim), and the value update is (P V2_tile) (.) v1_j, with an online
 softmax (running max and sum per query) over the (j, k-tile) sequence.  Nothing of size N^2 is stored.
 
-Backward (no atomics, deterministic): delta_i = <dout_i, out_i> (with a float32 output recomputed for
-half-precision inputs) and the forward's lse give P = exp(S - lse) again.
+Backward (no atomics, deterministic): delta_i = <dout_i, out_i> (float16/bfloat16: sum_jk P_ijk dP_ijk from
+the forward kernel in its DELTA mode, dP rounded as the backward kernels round it) and the forward's lse give
+P = exp(S - lse) again.
   * ``_triple_attention_bwd_dq_kernel``: per query tile, dq_i = s sum_j sum_k dS_ijk (k1_j (.) k2_k) (one
     accumulator; float16/bfloat16 keep the per-j partial sum, k1_j applied in float32).
   * ``_triple_attention_bwd_dkv_kernel``: per tile of "shared" keys (k2, v2), loops over the query heads
     of its key group, the query tiles that can see the tile, and their first keys j:
     dV2 += P^T (dout (.) v1_j), dK2 += dS^T (s q (.) k1_j).  The op is symmetric in (k1, v1) <-> (k2, v2),
-    so the same kernel with the key sets swapped gives dK1, dV1.
+    so the same kernel with the key sets swapped gives dK1, dV1 in float64 (and under GEOOPS_ATTN_TRITON_DKV1=0).
+  * ``_triple_attention_bwd_dkv1_kernel`` (float32/float16/bfloat16): dK1, dV1, one program per first key j,
+    with the scores formed exactly as the forward forms them, (Q (.) k1_j) K2_tile^T: the swapped kernel's
+    (Q (.) k2_k) K1_tile^T rounds differently, and exp(S - lse) of scores that are not the ones lse summed
+    does not cancel the rounding (large logits: dv1 2-3x the eager reference's error, session 31).
 
 Precision: float64 in float64 (interpreter / tests); everything else accumulates in float32; fp32 dots
 use input_precision="ieee" (exact fp32, as the tests need; never TF32); float16/bfloat16 tiles feed the
@@ -34,6 +39,7 @@ whose registers grow with K).  The launch configuration per dtype and head dim i
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -111,20 +117,28 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
 def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale: tl.float64, W1, W2,
                                  CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DO, DELTA: tl.constexpr):
+    """The forward (out, lse; DO unused); with DELTA (the float16/bfloat16 backward) instead delta_i = sum_jk P_ijk dP_ijk
+    into O (B x H x N, float32), dP formed by the backward kernels' own _chunked_scores call (dout (.) v1_j
+    rounded to the input dtype, as they round it), so that dP - delta vanishes where the exact dS does (a
+    single admissible pair) instead of leaving that rounding (~5e-4 relative in float16); no lse stored."""
     ct = tl.float64 if F64 else tl.float32
     if not F64:  # scale is a float64 parameter (a plain Python float argument arrives rounded to float32)
         scale = tl.cast(scale, ct)
-    (bh, kvh, offs_m, row_ok, q_rows, _, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
-     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, Q, N, M1, M2, D, DV, H, REP, W1, W2,
+    (bh, kvh, offs_m, row_ok, q_rows, do_rows, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
+     k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2,
                                                        CAUSAL, BLOCK_M)
     offs_e = tl.arange(0, BLOCK_DV)
     emask = offs_e < DV
     m_i = tl.full([BLOCK_M], float("-inf"), ct)
     l_i = tl.zeros([BLOCK_M], ct)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
+    if DELTA:
+        acc = tl.zeros([BLOCK_M], ct)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
     for j in range(j_start, j_end):
-        v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+        if not DELTA:
+            v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
         jok = row_ok & (j >= lo1) & (j <= hi1)
         for k0 in range(k_start, k_end, BLOCK_N):
             offs_n = k0 + tl.arange(0, BLOCK_N)
@@ -138,25 +152,34 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
-                         other=0.0)
-            if HALF:
-                pv = tl.dot(p.to(v2.dtype), v2)
+            if DELTA:
+                dp = _chunked_scores(do_rows, 1.0, v1_base + j * DV, v2_base + offs_n * DV, row_ok, nmask, DV, ct,
+                                     HALF, BLOCK_M, BLOCK_N, BLOCK_K)
+                acc = acc * alpha + tl.sum(tl.where(ok, p * dp, 0.0), 1)
             else:
-                pv = tl.dot(p, v2.to(ct), input_precision="ieee")
-            acc = acc * alpha[:, None] + pv * v1j[None, :]
+                v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
+                             other=0.0)
+                if HALF:
+                    pv = tl.dot(p.to(v2.dtype), v2)
+                else:
+                    pv = tl.dot(p, v2.to(ct), input_precision="ieee")
+                acc = acc * alpha[:, None] + pv * v1j[None, :]
             m_i = m_new
     has = l_i != 0  # l_i = 0: no admissible pair (out 0, lse -inf); NaN (a NaN or +inf score) propagates
-    l_safe = tl.where(has, l_i, 1.0)[:, None]
-    if F64:
-        out = acc / l_safe
-    else:  # IEEE division (a float32 `/` compiles to the approximate div.full.f32)
-        out = tl.div_rn(acc, l_safe)
-    out = tl.where(has[:, None], out, 0.0)
-    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
-    tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & emask[None, :])
-    tl.store(LSE + bh * N + offs_m, lse.to(LSE.dtype.element_ty), mask=row_ok)
+    if DELTA:
+        delta = tl.where(has, tl.div_rn(acc, tl.where(has, l_i, 1.0)), 0.0)
+        tl.store(O + bh * N + offs_m, delta, mask=row_ok)
+    else:
+        l_safe = tl.where(has, l_i, 1.0)[:, None]
+        if F64:
+            out = acc / l_safe
+        else:  # IEEE division (a float32 `/` compiles to the approximate div.full.f32)
+            out = tl.div_rn(acc, l_safe)
+        out = tl.where(has[:, None], out, 0.0)
+        lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+        tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & emask[None, :])
+        tl.store(LSE + bh * N + offs_m, lse.to(LSE.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
@@ -205,6 +228,19 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
 
 
 @triton.jit
+def _key_side_rows(Q, DO, LSE, DELTA, bh, i0, N, D, DV, ct: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The query tile i0 of head bh as the key-side backward kernels (dkv, dkv1) read it: its rows, row pointers
+    into Q and DO, delta, and lse (live: rows with an admissible pair; a NaN lse propagates; lse_safe 0 elsewhere)."""
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < N
+    lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
+    delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
+    live = row_ok & (lse != float("-inf"))
+    return (offs_m, row_ok, Q + (bh * N + offs_m) * D, DO + (bh * N + offs_m) * DV, delta, live,
+            tl.where(live, lse, 0.0))
+
+
+@triton.jit
 def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB, N, MA, MB, D, DV, H, REP,
                                      scale: tl.float64,
                                      WA, WB, CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
@@ -242,14 +278,8 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     for hq in range(0, REP):
         bh = b * H + hk * REP + hq
         for i0 in range(i_lo, i_hi, BLOCK_M):
-            offs_m = i0 + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < N
-            q_rows = Q + (bh * N + offs_m) * D
-            do_rows = DO + (bh * N + offs_m) * DV
-            lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
-            delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
-            live = row_ok & (lse != float("-inf"))  # NaN lse propagates
-            lse_safe = tl.where(live, lse, 0.0)
+            offs_m, row_ok, q_rows, do_rows, delta, live, lse_safe = _key_side_rows(Q, DO, LSE, DELTA, bh, i0, N, D, DV,
+                                                                                    ct, BLOCK_M)
             loa, hia = _ranges(offs_m, N, MA, WA, CAUSAL)
             lob, hib = _ranges(offs_m, N, MB, WB, CAUSAL)
             kok = live[:, None] & nmask[None, :] & (offs_n[None, :] >= lob[:, None]) & (offs_n[None, :] <= hib[:, None])
@@ -286,7 +316,122 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
              mask=nmask[:, None] & emask[None, :])
 
 
+def _fix_interpreter_bf16_dot() -> bool:
+    """Make the Triton interpreter's ``tl.dot`` read bfloat16 operands as numbers (True when installed).
+
+    The interpreter keeps bfloat16 tensors as their uint16 bit patterns and its ``create_dot`` converts
+    only 8-bit float operands before ``np.matmul``, so a bfloat16 dot multiplied the bit patterns
+    (values ~1e10; triton-lang/triton#11584, "not supported yet" upstream).  The wrapper widens bfloat16
+    operands to float32 first (exact: a bfloat16 is the top half of a float32), which is what the tensor
+    cores compute (exact products, float32 accumulation).  Only the interpreter is touched; compiled
+    kernels never see this.  Idempotent."""
+    import numpy as np  # only the interpreter needs numpy: imported here, not at module level
+    from triton.runtime import interpreter as _interp
+
+    builder = getattr(_interp, "InterpreterBuilder", None)
+    orig = getattr(builder, "create_dot", None)
+    if orig is None or getattr(orig, "_geoops_shim", False):
+        return False
+
+    def widen(h):
+        if h.dtype.scalar != tl.bfloat16:
+            return h
+        bits = np.ascontiguousarray(h.data).view(np.uint16).astype(np.uint32) << 16
+        return _interp.TensorHandle(bits.view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, *args, **kwargs):
+        return orig(self, widen(a), widen(b), d, *args, **kwargs)
+
+    create_dot._geoops_shim = True
+    builder.create_dot = create_dot
+    return True
+
+
+@triton.jit
+def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV1, N, M1, M2, D, DV, H, REP,
+                                      scale: tl.float64, W1, W2, CAUSAL: tl.constexpr, F64: tl.constexpr,
+                                      HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                      BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Gradients of the first key set (k1, v1) for one first key j and one key head, with the scores formed
+    as the forward forms them: S = (Q (.) k1_j) K2_tile^T (_chunked_scores, the forward's operands and
+    chunks), so P = exp(S - lse) is normalised by the lse of the very scores it is recomputed from.
+
+    The swapped dkv kernel formed (Q (.) k2_k) K1_tile^T instead: the same numbers rounded differently, whose
+    difference exp() turns into relative errors of P that do not cancel against the forward's lse (large
+    logits: dv1 2-3x the eager reference's error in float32/float16; session 31).  Per query tile:
+    dV1_j += sum_rows dout (.) (P V2), dK1_j += s sum_rows q (.) (dS K2), the two dots accumulated over the
+    second-key tiles in float32 (float16/bfloat16: P and dS rounded to the input dtype, V2 / K2 as stored)."""
+    j = tl.program_id(0).to(tl.int64)  # 64-bit before any arithmetic
+    kvh = tl.program_id(1).to(tl.int64)
+    HK = H // REP
+    b = kvh // HK
+    hk = kvh % HK
+    ct = tl.float64 if F64 else tl.float32
+    if not F64:
+        scale = tl.cast(scale, ct)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_e = tl.arange(0, BLOCK_DV)
+    dmask = offs_d < D
+    emask = offs_e < DV
+    k1j = K1 + (kvh * M1 + j) * D
+    v1j = V1 + (kvh * M1 + j) * DV
+    k2_base = K2 + kvh * M2 * D
+    v2_base = V2 + kvh * M2 * DV
+    dk = tl.zeros([BLOCK_D], ct)
+    dv = tl.zeros([BLOCK_DV], ct)
+    # queries that can see j: causal i >= j; window i < j + W1
+    if CAUSAL:
+        i_lo = j
+    else:
+        i_lo = 0
+    i_hi = tl.where(W1 > 0, tl.minimum(N, j + W1), N)
+    i_lo = (i_lo // BLOCK_M) * BLOCK_M
+    for hq in range(0, REP):
+        bh = b * H + hk * REP + hq
+        for i0 in range(i_lo, i_hi, BLOCK_M):
+            offs_m, row_ok, q_rows, do_rows, delta, live, lse_safe = _key_side_rows(Q, DO, LSE, DELTA, bh, i0, N, D, DV,
+                                                                                    ct, BLOCK_M)
+            lo1, hi1 = _ranges(offs_m, N, M1, W1, CAUSAL)
+            lo2, hi2 = _ranges(offs_m, N, M2, W2, CAUSAL)
+            jok = live & (j >= lo1) & (j <= hi1)
+            k_start = tl.where(W2 > 0, tl.maximum(i0 - W2 + 1, 0), 0)
+            if CAUSAL:
+                k_end = tl.minimum(tl.minimum(i0 + BLOCK_M, N), M2)
+            else:
+                k_end = M2
+            pv = tl.zeros([BLOCK_M, BLOCK_DV], ct)
+            dsk = tl.zeros([BLOCK_M, BLOCK_D], ct)
+            for k0 in range(k_start, k_end, BLOCK_N):
+                offs_n = k0 + tl.arange(0, BLOCK_N)
+                nmask = offs_n < M2
+                s = _chunked_scores(q_rows, scale, k1j, k2_base + offs_n * D, row_ok, nmask, D, ct, HALF,
+                                    BLOCK_M, BLOCK_N, BLOCK_K)
+                dp = _chunked_scores(do_rows, 1.0, v1j, v2_base + offs_n * DV, row_ok, nmask, DV, ct, HALF,
+                                     BLOCK_M, BLOCK_N, BLOCK_K)
+                ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
+                p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
+                ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
+                v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
+                             other=0.0)
+                k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
+                             other=0.0)
+                if HALF:
+                    pv += tl.dot(p.to(v2.dtype), v2)
+                    dsk += tl.dot(ds.to(k2.dtype), k2)
+                else:
+                    pv += tl.dot(p, v2.to(ct), input_precision="ieee")
+                    dsk += tl.dot(ds, k2.to(ct), input_precision="ieee")
+            g = tl.load(do_rows[:, None] + offs_e[None, :], mask=row_ok[:, None] & emask[None, :], other=0.0).to(ct)
+            qs = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :], other=0.0).to(ct)
+            dv += tl.sum(g * pv, 0)
+            dk += tl.sum(qs * dsk, 0)
+    tl.store(DK1 + (kvh * M1 + j) * D + offs_d, (dk * scale).to(DK1.dtype.element_ty), mask=dmask)
+    tl.store(DV1 + (kvh * M1 + j) * DV + offs_e, dv.to(DV1.dtype.element_ty), mask=emask)
+
+
 INTERPRETED = type(_triple_attention_fwd_kernel).__name__ == "InterpretedFunction"
+if INTERPRETED:
+    _fix_interpreter_bf16_dot()
 
 
 def _device_guard(t: torch.Tensor):
@@ -326,12 +471,16 @@ def _flags(dtype: torch.dtype) -> dict:
     return dict(F64=dtype == torch.float64, HALF=dtype in (torch.float16, torch.bfloat16))
 
 
-def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, out_dtype=None):
+def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=None):
+    """(out, lse); with dout (float16/bfloat16 backward): (delta, lse) instead, delta float32 (B, H, N), lse unset."""
     q, k1, k2, v1, v2 = (t.contiguous() for t in (q, k1, k2, v1, v2))
     B, H, N, D = q.shape
     Hk, M1, M2, DV = k1.shape[1], k1.shape[2], k2.shape[2], v1.shape[3]
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out = torch.empty((B, H, N, DV), dtype=out_dtype or q.dtype, device=q.device)
+    if dout is None:
+        out = torch.empty((B, H, N, DV), dtype=q.dtype, device=q.device)
+    else:
+        out = torch.zeros((B, H, N), dtype=torch.float32, device=q.device)
     lse = torch.empty((B, H, N), dtype=lse_dtype, device=q.device)
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
@@ -340,7 +489,8 @@ def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, out_dtype=No
     grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
     if N > 0 and B * H > 0:
         _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
-                                           int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype), **blk)
+                                           int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype), **blk,
+                                           DO=q if dout is None else dout.contiguous(), DELTA=dout is not None)
     return out, lse
 
 
@@ -350,9 +500,10 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     Hk, M1, M2, DV = k1.shape[1], k1.shape[2], k2.shape[2], v1.shape[3]
     causal = bool(causal) or w1 > 0 or w2 > 0
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if q.dtype in (torch.float16, torch.bfloat16):  # delta from the unrounded output
-        out, _ = _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, out_dtype=torch.float32)
-    delta = (dout.to(acc) * out.to(acc)).sum(-1).contiguous()
+    if q.dtype in (torch.float16, torch.bfloat16):  # delta = sum P dP with the kernels' rounding of dP
+        delta, _ = _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=dout)
+    else:
+        delta = (dout.to(acc) * out.to(acc)).sum(-1).contiguous()
     lse = lse.to(acc).contiguous()
     dq = torch.empty_like(q)
     dk1, dk2, dv1, dv2 = (torch.empty_like(t) for t in (k1, k2, v1, v2))
@@ -364,8 +515,16 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
                                               float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **blk)
     else:
         dq.zero_()
-    for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb in ((k1, k2, v1, v2, dk2, dv2, M1, M2, w1, w2),
-                                                      (k2, k1, v2, v1, dk1, dv1, M2, M1, w2, w1)):
+    sets = [(k1, k2, v1, v2, dk2, dv2, M1, M2, w1, w2)]
+    # k1's gradients: float64 and GEOOPS_ATTN_TRITON_DKV1=0 (README knob table, read per call) by the swapped
+    # dkv kernel; otherwise in the forward's orientation (_triple_attention_bwd_dkv1_kernel)
+    if q.dtype == torch.float64 or os.environ.get("GEOOPS_ATTN_TRITON_DKV1", "")[:1] == "0":
+        sets.append((k2, k1, v2, v1, dk1, dv1, M2, M1, w2, w1))
+    elif dk1.numel() or dv1.numel():
+        _triple_attention_bwd_dkv1_kernel[(M1, B * Hk)](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2, D,
+                                                        DV, H, H // Hk, float(scale), int(w1), int(w2),
+                                                        CAUSAL=causal, **fl, **blk)
+    for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb in sets:
         if dkb.numel() == 0 and dvb.numel() == 0:
             continue
         grid = (triton.cdiv(Mb, blk["BLOCK_N"]), B * Hk)
@@ -410,7 +569,7 @@ def compile_variants():
 
     Per dtype (float32, float64, float16, bfloat16) x masking (full, causal; a window is the causal
     binary with run-time bounds) x head dim of _COMPILE_DIMS: the forward, and the backward (its dq
-    kernel, the dkv kernel for both key sets, and for the half types the float32-output forward it
+    kernel, the dkv kernel(s) and the dkv1 kernel, and for the half types the DELTA-mode forward it
     recomputes delta with).  Expectations: 64-bit program-id arithmetic, IEEE float32 division, no
     spill in float32/float16/bfloat16 (a spill there fails the check), float64 up to _SPILL_ALLOWANCE
     bytes (explained in COMPILE_NOTES).

@@ -102,3 +102,64 @@ def test_nan_rows_gradients_like_eager():
 @pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
 def test_inf_values_like_elementwise_sum():
     _cpu_checks().check_inf_values_like_elementwise("triton")
+
+
+# ---------------------------------------------------------------- session 31: the parity run on the Triton kernels
+from geoops import parity  # noqa: E402
+
+PARITY_CASES = parity.family_cases("attention", False)
+PARITY_DTYPES = tuple(parity.FLOOR)  # the dtypes `python -m geoops.parity` runs (float64 ... bfloat16)
+
+
+def _parity_failures(case, dtype):
+    return [f"{q}: err {e:.3e} bound {b:.3e}{'' if fin else ' (non-finite)'}"
+            for q, e, b, fin in parity.check_case(case, "triton", dtype, DEVICE) if not (fin and e <= b)]
+
+
+@pytest.mark.parametrize("dtype", PARITY_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("case", PARITY_CASES, ids=lambda c: c.name.split("/", 1)[1])
+def test_parity_cases(case, dtype):
+    """Every case of geoops.parity.attention in every dtype of the parity run holds the house rule on the Triton
+    kernels (out and the five gradients within 2x the eager same-dtype reference's error + floor).  Before
+    session 31: dv1 at large logits (float32 2.1x, float16 2.8x the bound: the swapped-orientation scores of
+    dk1/dv1), every bfloat16 case (the interpreter's bfloat16 dot, see test_interpreter_bf16_dot), and dq / dk of
+    window(1,1) in float16/bfloat16 (one pair per query, exact dS = 0: delta was not formed from the rounded dP)."""
+    bad = _parity_failures(case, dtype)
+    assert not bad, f"{case.name} {dtype}: " + "; ".join(bad)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's bfloat16 dot")
+def test_interpreter_bf16_dot():
+    """tl.dot of bfloat16 tiles in the interpreter gives the float32 product of the values (the shim of
+    kernels/attention.py; the stock interpreter multiplied the uint16 bit patterns: ~1e10)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _dot(A, B, C, M: tl.constexpr):
+        r = tl.arange(0, M)
+        a = tl.load(A + r[:, None] * M + r[None, :])
+        b = tl.load(B + r[:, None] * M + r[None, :])
+        tl.store(C + r[:, None] * M + r[None, :], tl.dot(a, b))
+
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(16, 16, generator=g).to(torch.bfloat16) for _ in range(2))
+    c = torch.empty(16, 16)
+    _dot[(1,)](a, b, c, M=16)
+    torch.testing.assert_close(c, a.float() @ b.float(), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", MASKS, ids=str)
+def test_dkv1_fallback_knob(mask, monkeypatch):
+    """GEOOPS_ATTN_TRITON_DKV1=0 (read per call): dk1/dv1 by the swapped dkv kernel, as before session 31; both
+    routes agree with the float64 reference on ordinary logits (grouped heads, M1 != M2 != N, Dv != D)."""
+    ins = _inputs(*SHAPES[1], torch.float32)
+    g = torch.randn(1, 2, 17, 5, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    leaves = [t.double().cpu().requires_grad_(True) for t in ins]
+    rgrads = torch.autograd.grad(ref.triple_attention(*leaves, **mask), leaves, g.double().cpu())
+    for knob in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_ATTN_TRITON_DKV1", knob)
+        xs = [t.clone().requires_grad_(True) for t in ins]
+        grads = torch.autograd.grad(ga.triple_attention(*xs, **mask), xs, g)
+        for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, rgrads):
+            torch.testing.assert_close(a.double().cpu(), b, rtol=2e-4, atol=2e-4, msg=f"{name} knob={knob}")
