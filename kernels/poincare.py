@@ -9,6 +9,8 @@ under the Triton interpreter (``TRITON_INTERPRET=1``).  It implements the contra
     poincare_relu_fwd(x, c, eps) -> y;                 poincare_relu_bwd(g, x, c, eps) -> (dx, dc)
     poincare_midpoint_sums_fwd(x, c) -> (F, L);        poincare_midpoint_sums_bwd(gF, gL, x, c) -> (dx, dc)
     poincare_bn_rows_fwd(u, M, b, c, eps) -> y;        poincare_bn_rows_bwd(g, u, M, b, c, eps) -> (du, dM, db, dc)
+    poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent) -> y
+    poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent) -> (dt, dU, dz, dbias, dc)
 
 Layout.  Every kernel is a row kernel: a program takes BLOCK_R rows and walks them in BLOCK_D-wide
 chunks (reduce, then write: a chunk is reloaded, never kept), so any width runs.  Offsets are 64-bit
@@ -29,6 +31,9 @@ w = sinh(Z asinh a)/sc, |w|^2 (pass 1), then y = w / (1 + sqrt(1 + c|w|^2)) time
 then writes dL/dt and the row terms (through lam, sc) and the per-program column partials (through
 |z_j|, C, S) in pass 2 -- csrc/cpu/poincare.cpp's fc_bwd_impl, term by term.  The rest (dx = dt z^T +
 row coefficient * x, the tangent rows' extra term, dz = x^T dt + column coefficient * z, db, dc) is torch.
+The fc_rows entry (poincare_conv2d: t and U = |x|^2 given, no x) runs the same two kernels with the row scalars
+from U; dU = row coefficient / 2 (tangent: u . (dt z^T) = t . dt), dz only the column term
+(GEOOPS_POINCARE_TRITON_FC_ROWS=0: the eager reference instead).
 Large distances: pass 1 also finds each row's largest |u_j| = T; a block with a row beyond T = 20 (where w and
 |w|^2 overflow near 44 in float32, 355 in float64) takes one more pass for that row's sums with w scaled by
 sinh(T) (v = sinh(u)/sinh(T) from exp(+-u - T)) and writes / differentiates it in that form (the C++ scaled
@@ -853,20 +858,22 @@ def _fc_epilogue_bwd(g, t, p, c, eps, need_cols, tangent):
     return gt, rl, rg, rs, pz, pc, ps
 
 
-def _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, dtype):
-    """The column terms: (colf, so that dL/dz = x^T dt + colf z; db or empty; the sc terms of dc through bias)."""
+def _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, need_cols, gsc, like):
+    """The column terms: (colf, so that dL/dz = x^T dt + colf z, or None without the columns; db or empty (like's
+    dtype); gsc plus the sc terms of dc through the bias)."""
+    gb = like.new_empty(0)
+    if not need_cols:
+        return None, gb, gsc
     zn, ch, sh, sc = p["zn"], p["ch"], p["sh"], p["sc"]
     gC, gS, gzn = pc.sum(0), ps.sum(0), pz.sum(0)
     gch = gC / zn
     gzn = gzn - gC * ch / (zn * zn)
-    gb = torch.empty(0, device=zn.device, dtype=dtype)
-    gsc = torch.zeros((), device=zn.device, dtype=torch.float64)
     if has_b:
         rj = bias.to(torch.float64)
         gr = 2.0 * sc * (gch * sh + gS * ch)
-        gsc = (2.0 * rj * (gch * sh + gS * ch)).sum()
+        gsc = gsc + (2.0 * rj * (gch * sh + gS * ch)).sum()
         if want_b:
-            gb = gr.to(dtype)
+            gb = gr.to(like.dtype)
     colf = torch.where(zn > 1e-15, gzn / zn, torch.zeros_like(zn))
     return colf, gb, gsc
 
@@ -916,14 +923,8 @@ def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
             tan_gc = (u_gx * p["dsdc"]).sum()
         if want_x:
             gx = gxb
-    gz = x.new_empty(0)
-    gb = x.new_empty(0)
-    if need_cols:
-        colf, gb, gsc_b = _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, x.dtype)
-        if has_b:
-            gsc = gsc + gsc_b
-        if want_z:
-            gz = _mm(x.t(), gt).addcmul_(colf.to(x.dtype)[None, :], z)
+    colf, gb, gsc = _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, need_cols, gsc, x)
+    gz = _mm(x.t(), gt).addcmul_(colf.to(x.dtype)[None, :], z) if want_z else x.new_empty(0)
     gc = (gcd + tan_gc + gsc / (2.0 * sc)).to(c.dtype) if want_c else c.new_empty(0)
     return gx, gz, gb, gc
 
@@ -1167,13 +1168,7 @@ def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
         u_gx = ug / s + rowcoef * s * p["U"]
         gU = 0.5 * (rowcoef * s * s + u_gx * p["dsdn_n"])
         tan_gc = (u_gx * p["dsdc"]).sum()
-    gz = t.new_empty(0)
-    gb = t.new_empty(0)
-    if need_cols:
-        colf, gb, gsc_b = _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, t.dtype)
-        if has_b:
-            gsc = gsc + gsc_b
-        if want_z:
-            gz = colf.to(t.dtype)[None, :] * z
+    colf, gb, gsc = _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, need_cols, gsc, t)
+    gz = colf.to(t.dtype)[None, :] * z if want_z else t.new_empty(0)
     gc = (gcd + tan_gc + gsc / (2.0 * sc)).to(c.dtype) if want_c else c.new_empty(0)
     return gt, gU.to(t.dtype).reshape(U.shape), gz, gb, gc

@@ -69,14 +69,18 @@ def test_fc_vs_reference(dtype, N, n, m, has_bias, tangent, device):
     assert gk2[1].numel() == 0 and gk2[3].numel() == 0
 
 
-def test_fc_projection_branch(device):
-    """Rows whose output lands beyond the margin take the projection's gradient (large curvature, big z)."""
+def _projection_case():
+    """Rows of 6 -> 7 whose outputs land beyond the margin (large curvature, big z): (g, x, z, b, c, eps)."""
     g = torch.Generator().manual_seed(3)
-    c = _c(2.0)
     x = _ball(11, 6, 2.0, 0.99, g)
     z = torch.randn(6, 7, generator=g, dtype=torch.float64) * 3
     b = torch.randn(7, generator=g, dtype=torch.float64)
-    eps = 1e-5
+    return g, x, z, b, _c(2.0), 1e-5
+
+
+def test_fc_projection_branch(device):
+    """Rows whose output lands beyond the margin take the projection's gradient (large curvature, big z)."""
+    g, x, z, b, c, eps = _projection_case()
     yr, _ = R.poincare_fc_fwd(x, z, b, c, eps, False, False)
     assert (yr.norm(dim=1) >= (1 - eps) / 2 ** 0.5 - 1e-9).any()
     dev = [a.to(device) for a in (x, z, b, c)]
@@ -235,13 +239,8 @@ def test_fc_rows_matches_fc(device):
 
 def test_fc_rows_projection_branch(device):
     """Rows beyond the margin (large curvature, big z): the projection's gradients through the rows entry."""
-    g = torch.Generator().manual_seed(3)
-    c = _c(2.0)
-    x = _ball(11, 6, 2.0, 0.99, g)
-    z = torch.randn(6, 7, generator=g, dtype=torch.float64) * 3
-    b = torch.randn(7, generator=g, dtype=torch.float64)
+    g, x, z, b, c, eps = _projection_case()
     gout = torch.randn(11, 7, generator=g, dtype=torch.float64)
-    eps = 1e-5
     t, U = x @ z, x.pow(2).sum(1)
     assert (R.poincare_fc_rows_fwd(t, U, z, b, c, eps, False).norm(dim=1) >= (1 - eps) / 2 ** 0.5 - 1e-9).any()
     for tangent in (False, True):
