@@ -9,6 +9,8 @@ under the Triton interpreter (``TRITON_INTERPRET=1``).  It implements the contra
     poincare_relu_fwd(x, c, eps) -> y;                 poincare_relu_bwd(g, x, c, eps) -> (dx, dc)
     poincare_midpoint_sums_fwd(x, c) -> (F, L);        poincare_midpoint_sums_bwd(gF, gL, x, c) -> (dx, dc)
     poincare_bn_rows_fwd(u, M, b, c, eps) -> y;        poincare_bn_rows_bwd(g, u, M, b, c, eps) -> (du, dM, db, dc)
+    poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent) -> y
+    poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent) -> (dt, dU, dz, dbias, dc)
 
 Layout.  Every kernel is a row kernel: a program takes BLOCK_R rows and walks them in BLOCK_D-wide
 chunks (reduce, then write: a chunk is reloaded, never kept), so any width runs.  Offsets are 64-bit
@@ -29,6 +31,9 @@ w = sinh(Z asinh a)/sc, |w|^2 (pass 1), then y = w / (1 + sqrt(1 + c|w|^2)) time
 then writes dL/dt and the row terms (through lam, sc) and the per-program column partials (through
 |z_j|, C, S) in pass 2 -- csrc/cpu/poincare.cpp's fc_bwd_impl, term by term.  The rest (dx = dt z^T +
 row coefficient * x, the tangent rows' extra term, dz = x^T dt + column coefficient * z, db, dc) is torch.
+The fc_rows entry (poincare_conv2d: t and U = |x|^2 given, no x) runs the same two kernels with the row scalars
+from U; dU = row coefficient / 2 (tangent: u . (dt z^T) = t . dt), dz only the column term
+(GEOOPS_POINCARE_TRITON_FC_ROWS=0: the eager reference instead).
 Large distances: pass 1 also finds each row's largest |u_j| = T; a block with a row beyond T = 20 (where w and
 |w|^2 overflow near 44 in float32, 355 in float64) takes one more pass for that row's sums with w scaled by
 sinh(T) (v = sinh(u)/sinh(T) from exp(+-u - T)) and writes / differentiates it in that form (the C++ scaled
@@ -47,6 +52,7 @@ there (``_NumpyMath``).
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -769,9 +775,9 @@ def _rowsq(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- fully connected
-def _fc_prep(x, z, bias, c, eps, tangent):
-    """Per-column constants (compute type + float64) and per-row scalars (float64) of the fc layer."""
-    cd = c.detach().to(device=x.device, dtype=torch.float64).reshape(())
+def _fc_col_prep(z, bias, c, ct, device):
+    """Per-column constants of the fc layer: float64 (cd, sc, zn, ch, sh) and the kernels' columns in type ct."""
+    cd = c.detach().to(device=device, dtype=torch.float64).reshape(())
     sc = cd.sqrt()
     zn = torch.linalg.vector_norm(z, dim=0, dtype=torch.float64).clamp_min(1e-15)
     if bias is not None and bias.numel():
@@ -783,8 +789,14 @@ def _fc_prep(x, z, bias, c, eps, tangent):
     else:
         ch, sh = torch.ones_like(zn), torch.zeros_like(zn)
         qq, ll = torch.ones_like(zn), torch.zeros_like(zn)
-    X = _rowsq(x)
-    U = X
+    cols = ((ch / zn).to(ct).contiguous(), sh.to(ct).contiguous(), (2.0 * zn).to(ct).contiguous(),
+            qq.to(ct).contiguous(), ll.to(ct).contiguous())
+    return dict(cd=cd, sc=sc, zn=zn, ch=ch, sh=sh, cols=cols)
+
+
+def _fc_row_prep(U, cd, sc, eps, tangent):
+    """Per-row scalars (float64) of the fc layer from U = |x|^2 (tangent: |u|^2 of the tangent rows u)."""
+    X = U
     s = dsdn_n = dsdc = None
     if tangent:
         maxnorm = (1.0 - eps) / (cd + 1e-15).sqrt()
@@ -804,11 +816,66 @@ def _fc_prep(x, z, bias, c, eps, tangent):
     lam = 2.0 / (1.0 - cd * X)
     k1 = sc * lam * (s if tangent else 1.0)
     k0 = lam - 1.0
-    ct = x.dtype
-    cols = ((ch / zn).to(ct).contiguous(), sh.to(ct).contiguous(), (2.0 * zn).to(ct).contiguous(),
-            qq.to(ct).contiguous(), ll.to(ct).contiguous())
-    return dict(cd=cd, sc=sc, zn=zn, ch=ch, sh=sh, X=X, U=U, s=s, dsdn_n=dsdn_n, dsdc=dsdc, lam=lam,
-                k1=k1.contiguous(), k0=k0.contiguous(), cols=cols)
+    return dict(X=X, U=U, s=s, dsdn_n=dsdn_n, dsdc=dsdc, lam=lam, k1=k1.contiguous(), k0=k0.contiguous())
+
+
+def _fc_prep(x, z, bias, c, eps, tangent, U=None):
+    """Per-column constants (compute type + float64) and per-row scalars (float64) of the fc layer; the rows from
+    U (float64) when given (the fc_rows entry), else from X = |x|^2."""
+    p = _fc_col_prep(z, bias, c, x.dtype, x.device)
+    p.update(_fc_row_prep(_rowsq(x) if U is None else U, p["cd"], p["sc"], eps, tangent))
+    return p
+
+
+def _fc_epilogue_fwd(t, p, c, eps):
+    """y (N, m) of the fc layer from t = x @ z (contiguous) and _fc_prep's constants: _fc_fwd_kernel."""
+    N, m = t.shape
+    y = t.new_empty((N, m))
+    if N and m:
+        br, bm, nw = _blocks(N, m, 1024 if t.dtype == torch.float32 else 512, dtype=t.dtype)
+        with _device_guard(t):
+            _fc_fwd_kernel[(triton.cdiv(N, br),)](t, y, *p["cols"], p["k1"], p["k0"], _cval(c, t), N, m, float(eps),
+                                                  BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+    return y
+
+
+def _fc_epilogue_bwd(g, t, p, c, eps, need_cols, tangent):
+    """_fc_bwd_kernel on t = x @ z: (gt = dL/dt, the row partials rl, rg, rs, the column partials pz, pc, ps)."""
+    N, m = t.shape
+    br, bm, nw = _blocks(N, m, 1024 if t.dtype == torch.float32 else 512, dtype=t.dtype)
+    nprog = triton.cdiv(N, br) if N else 0
+    f64 = dict(device=t.device, dtype=torch.float64)
+    gt = t.new_empty((N, m))
+    pz, pc, ps = (torch.zeros((max(nprog, 1), m), **f64) for _ in range(3)) if need_cols else (gt, gt, gt)
+    rl, rg, rs = (torch.zeros(N, **f64) for _ in range(3))
+    if N and m:
+        sr = p["s"].contiguous() if tangent else torch.ones(N, **f64)
+        with _device_guard(t):
+            _fc_bwd_kernel[(nprog,)](g, t, gt, *p["cols"], p["k1"], p["k0"], sr, _cval(c, t), pz, pc, ps, rl, rg, rs,
+                                     N, m, float(eps), COLS=need_cols, BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+    elif N:
+        gt.zero_()
+    return gt, rl, rg, rs, pz, pc, ps
+
+
+def _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, need_cols, gsc, like):
+    """The column terms: (colf, so that dL/dz = x^T dt + colf z, or None without the columns; db or empty (like's
+    dtype); gsc plus the sc terms of dc through the bias)."""
+    gb = like.new_empty(0)
+    if not need_cols:
+        return None, gb, gsc
+    zn, ch, sh, sc = p["zn"], p["ch"], p["sh"], p["sc"]
+    gC, gS, gzn = pc.sum(0), ps.sum(0), pz.sum(0)
+    gch = gC / zn
+    gzn = gzn - gC * ch / (zn * zn)
+    if has_b:
+        rj = bias.to(torch.float64)
+        gr = 2.0 * sc * (gch * sh + gS * ch)
+        gsc = gsc + (2.0 * rj * (gch * sh + gS * ch)).sum()
+        if want_b:
+            gb = gr.to(like.dtype)
+    colf = torch.where(zn > 1e-15, gzn / zn, torch.zeros_like(zn))
+    return colf, gb, gsc
 
 
 def poincare_fc_fwd(x, z, bias, c, eps, save, tangent):
@@ -818,13 +885,7 @@ def poincare_fc_fwd(x, z, bias, c, eps, save, tangent):
         bias = bias.to(x.dtype).contiguous()
     N, m = x.shape[0], z.shape[1]
     t = _mm(x, z)
-    y = x.new_empty((N, m))
-    if N and m:
-        p = _fc_prep(x, z, bias, c, eps, tangent)
-        br, bm, nw = _blocks(N, m, 1024 if x.dtype == torch.float32 else 512, dtype=x.dtype)
-        with _device_guard(x):
-            _fc_fwd_kernel[(triton.cdiv(N, br),)](t, y, *p["cols"], p["k1"], p["k0"], _cval(c, x), N, m, float(eps),
-                                                  BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+    y = _fc_epilogue_fwd(t, _fc_prep(x, z, bias, c, eps, tangent), c, eps) if N and m else x.new_empty((N, m))
     return y, (t if save else x.new_empty(0))
 
 
@@ -842,25 +903,13 @@ def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
     want_x, want_z, want_b, want_c = bool(mask & 1), bool(mask & 2), bool(mask & 4) and has_b, bool(mask & 8)
     need_cols = want_z or want_b or want_c
     p = _fc_prep(x, z, bias, c, eps, tangent)
-    br, bm, nw = _blocks(N, m, 1024 if x.dtype == torch.float32 else 512, dtype=x.dtype)
-    nprog = triton.cdiv(N, br) if N else 0
-    f64 = dict(device=x.device, dtype=torch.float64)
-    gt = x.new_empty((N, m))
-    pz, pc, ps = (torch.zeros((max(nprog, 1), m), **f64) for _ in range(3)) if need_cols else (gt, gt, gt)
-    rl, rg, rs = (torch.zeros(N, **f64) for _ in range(3))
-    if N and m:
-        sr = p["s"].contiguous() if tangent else torch.ones(N, **f64)
-        with _device_guard(x):
-            _fc_bwd_kernel[(nprog,)](g, t, gt, *p["cols"], p["k1"], p["k0"], sr, _cval(c, x), pz, pc, ps, rl, rg, rs,
-                                     N, m, float(eps), COLS=need_cols, BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
-    elif N:
-        gt.zero_()
+    gt, rl, rg, rs, pz, pc, ps = _fc_epilogue_bwd(g, t, p, c, eps, need_cols, tangent)
     cd, sc, lam, X = p["cd"], p["sc"], p["lam"], p["X"]
     rowcoef = rl * cd * lam * lam
     gcd = rg.sum() + (rl * X * lam * lam * 0.5).sum()
     gsc = rs.sum()
     gx = x.new_empty(0)
-    tan_gc = torch.zeros((), **f64)
+    tan_gc = torch.zeros((), device=x.device, dtype=torch.float64)
     if want_x or (tangent and want_c):
         gxb = _mm(gt, z.t())
         if not tangent:
@@ -874,22 +923,8 @@ def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
             tan_gc = (u_gx * p["dsdc"]).sum()
         if want_x:
             gx = gxb
-    gz = x.new_empty(0)
-    gb = x.new_empty(0)
-    if need_cols:
-        zn, ch, sh = p["zn"], p["ch"], p["sh"]
-        gC, gS, gzn = pc.sum(0), ps.sum(0), pz.sum(0)
-        gch = gC / zn
-        gzn = gzn - gC * ch / (zn * zn)
-        if has_b:
-            rj = bias.to(torch.float64)
-            gr = 2.0 * sc * (gch * sh + gS * ch)
-            gsc = gsc + (2.0 * rj * (gch * sh + gS * ch)).sum()
-            if want_b:
-                gb = gr.to(x.dtype)
-        if want_z:
-            colf = torch.where(zn > 1e-15, gzn / zn, torch.zeros_like(zn))
-            gz = _mm(x.t(), gt).addcmul_(colf.to(x.dtype)[None, :], z)
+    colf, gb, gsc = _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, need_cols, gsc, x)
+    gz = _mm(x.t(), gt).addcmul_(colf.to(x.dtype)[None, :], z) if want_z else x.new_empty(0)
     gc = (gcd + tan_gc + gsc / (2.0 * sc)).to(c.dtype) if want_c else c.new_empty(0)
     return gx, gz, gb, gc
 
@@ -1071,15 +1106,69 @@ def compile_variants():
 
 
 # ---- fc row passes from a given t = u z and U = |u|^2 (poincare_conv2d's entry, t from F.conv2d)
-def poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent):
-    """Not fused on this backend yet: the reference composition (torch ops on the device; cuDNN made t)."""
-    from .._ops.poincare import _Reference
+def _fc_rows_fallback() -> bool:
+    """GEOOPS_POINCARE_TRITON_FC_ROWS=0 (README knob table, read per call): the eager reference composition."""
+    return os.environ.get("GEOOPS_POINCARE_TRITON_FC_ROWS", "")[:1] == "0"
 
-    return _Reference.poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent)
+
+def _fc_rows_args(t, U, z, bias):
+    _check("poincare_fc_rows", t)
+    if t.dim() != 2 or z.dim() != 2 or t.shape[1] != z.shape[1] or U.numel() != t.shape[0]:
+        raise ValueError("geoops.kernels.poincare.poincare_fc_rows: t [N, m], U [N], z [n, m]")
+    t, z = t.contiguous(), z.to(t.dtype).contiguous()
+    if bias is not None:
+        bias = bias.to(t.dtype).contiguous()
+    return t, z, bias
+
+
+def poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent):
+    """y of the fc layer from t = x @ z (cuDNN made it) and U = |x|^2: _fc_fwd_kernel on t, as poincare_fc_fwd
+    after its GEMM (the row scalars from U instead of x; tangent rows likewise)."""
+    if _fc_rows_fallback():
+        from .._ops.poincare import _Reference
+
+        return _Reference.poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent)
+    t, z, bias = _fc_rows_args(t, U, z, bias)
+    N, m = t.shape
+    if not (N and m):
+        return t.new_empty((N, m))
+    p = _fc_prep(t, z, bias, c, eps, tangent, U=U.reshape(N).to(torch.float64))
+    return _fc_epilogue_fwd(t, p, c, eps)
 
 
 def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
-    """Not fused on this backend yet: autograd through the reference composition on the device."""
-    from .._ops.poincare import _Reference
+    """(dt, dU, dz, dbias, dc) of poincare_fc_rows_fwd (csrc/cpu/poincare.cpp's poincare_fc_rows_bwd_cpu contract):
+    dt and dU always (t's dtype); dz (mask 2) only the terms through z's column norms (the caller adds x^T dt);
+    dbias (mask 4, with a bias); dc (mask 8, 0-dim, c's dtype); unselected ones empty.  poincare_fc_bwd's
+    assembly without x: dL/dx = dt z^T + coef x there, and coef x is the U term (dL/dU 2 x), so dU = coef / 2;
+    tangent rows: u . (dt z^T) = t . dt."""
+    if _fc_rows_fallback():
+        from .._ops.poincare import _Reference
 
-    return _Reference.poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent)
+        return _Reference.poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent)
+    t, z, bias = _fc_rows_args(t, U, z, bias)
+    g = g.to(t.dtype).contiguous()
+    N, m = t.shape
+    mask = int(mask)
+    has_b = bias is not None and bias.numel() > 0
+    want_z, want_b, want_c = bool(mask & 2), bool(mask & 4) and has_b, bool(mask & 8)
+    need_cols = want_z or want_b or want_c
+    p = _fc_prep(t, z, bias, c, eps, tangent, U=U.reshape(N).to(torch.float64))
+    gt, rl, rg, rs, pz, pc, ps = _fc_epilogue_bwd(g, t, p, c, eps, need_cols, tangent)
+    cd, sc, lam, X = p["cd"], p["sc"], p["lam"], p["X"]
+    rowcoef = rl * cd * lam * lam
+    gcd = rg.sum() + (rl * X * lam * lam * 0.5).sum()
+    gsc = rs.sum()
+    tan_gc = torch.zeros((), device=t.device, dtype=torch.float64)
+    if not tangent:
+        gU = 0.5 * rowcoef
+    else:
+        s = p["s"]
+        ug = (t.to(torch.float64) * gt.to(torch.float64)).sum(1)
+        u_gx = ug / s + rowcoef * s * p["U"]
+        gU = 0.5 * (rowcoef * s * s + u_gx * p["dsdn_n"])
+        tan_gc = (u_gx * p["dsdc"]).sum()
+    colf, gb, gsc = _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, need_cols, gsc, t)
+    gz = colf.to(t.dtype)[None, :] * z if want_z else t.new_empty(0)
+    gc = (gcd + tan_gc + gsc / (2.0 * sc)).to(c.dtype) if want_c else c.new_empty(0)
+    return gt, gU.to(t.dtype).reshape(U.shape), gz, gb, gc

@@ -69,14 +69,18 @@ def test_fc_vs_reference(dtype, N, n, m, has_bias, tangent, device):
     assert gk2[1].numel() == 0 and gk2[3].numel() == 0
 
 
-def test_fc_projection_branch(device):
-    """Rows whose output lands beyond the margin take the projection's gradient (large curvature, big z)."""
+def _projection_case():
+    """Rows of 6 -> 7 whose outputs land beyond the margin (large curvature, big z): (g, x, z, b, c, eps)."""
     g = torch.Generator().manual_seed(3)
-    c = _c(2.0)
     x = _ball(11, 6, 2.0, 0.99, g)
     z = torch.randn(6, 7, generator=g, dtype=torch.float64) * 3
     b = torch.randn(7, generator=g, dtype=torch.float64)
-    eps = 1e-5
+    return g, x, z, b, _c(2.0), 1e-5
+
+
+def test_fc_projection_branch(device):
+    """Rows whose output lands beyond the margin take the projection's gradient (large curvature, big z)."""
+    g, x, z, b, c, eps = _projection_case()
     yr, _ = R.poincare_fc_fwd(x, z, b, c, eps, False, False)
     assert (yr.norm(dim=1) >= (1 - eps) / 2 ** 0.5 - 1e-9).any()
     dev = [a.to(device) for a in (x, z, b, c)]
@@ -170,6 +174,140 @@ def test_fc_gemm_stays_ieee_under_tf32(monkeypatch, device):
     exact = (a.double() @ b.double())
     assert (out.double() - exact).abs().max().item() < 1e-4
     assert P._mm(a[:0], b, force_ieee=True).shape == (0, 19)
+
+
+# ---- the fc row passes from t = x @ z and U = |x|^2 (poincare_conv2d's entry) on the fc kernels
+def _fc_rows_case(N, n, m, has_bias, tangent, seed, scale=0.5, bias_scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    x = _ball(N, n, 0.7, 0.9, g) if not tangent else torch.randn(N, n, generator=g, dtype=torch.float64) * 0.7
+    z = torch.randn(n, m, generator=g, dtype=torch.float64) * scale
+    b = torch.randn(m, generator=g, dtype=torch.float64) * bias_scale if has_bias else None
+    gout = torch.randn(N, m, generator=g, dtype=torch.float64)
+    return x, z, b, gout
+
+
+def _fc_rows_check(t, U, z, b, c, gout, eps, tangent, dtype, device, masks=(15, 14, 10, 6, 2, 4, 8, 0, 1),
+                   check=None):
+    """Values and every gradient of P.poincare_fc_rows_fwd/bwd (dtype, device) against the float64 reference; the
+    outputs a mask leaves out are empty, the others have the contract's shapes and dtypes."""
+    yr = R.poincare_fc_rows_fwd(t, U, z, b, c, eps, tangent)
+    gr = R.poincare_fc_rows_bwd(gout, t, U, z, b, c, eps, 15, tangent)
+    cast = (lambda a: None if a is None else a.to(device=device, dtype=dtype))
+    y = P.poincare_fc_rows_fwd(cast(t), cast(U), cast(z), cast(b), cast(c), eps, tangent)
+    (check or _close)(y, yr, dtype, "y")
+    for mask in masks:
+        gk = P.poincare_fc_rows_bwd(cast(gout), cast(t), cast(U), cast(z), cast(b), cast(c), eps, mask, tangent)
+        assert len(gk) == 5
+        wanted = (True, True, bool(mask & 2), bool(mask & 4) and b is not None, bool(mask & 8))
+        for name, a, r, want in zip(("dt", "dU", "dz", "db", "dc"), gk, gr, wanted):
+            if not want:
+                assert a.numel() == 0, (name, mask)
+                continue
+            assert a.dtype == dtype and a.device.type == torch.device(device).type, (name, a.dtype, a.device)
+            (check or _close)(a, r, dtype, f"{name} (mask {mask})")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N,n,m", [(1, 3, 5), (7, 9, 33), (37, 16, 300), (0, 4, 6)])
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("tangent", [False, True])
+def test_fc_rows_vs_reference(dtype, N, n, m, has_bias, tangent, device):
+    """poincare_fc_rows_fwd/bwd run _fc_fwd_kernel / _fc_bwd_kernel on t (not the eager reference): values, dt,
+    dU, the column part of dz, db, dc against the float64 reference for every mask."""
+    x, z, b, gout = _fc_rows_case(N, n, m, has_bias, tangent, N * 1000 + n * 10 + m + 7)
+    t, U = x @ z, x.pow(2).sum(1)
+    masks = (15, 14, 10, 6, 2, 4, 8, 0, 1) if N in (7, 0) else (15, 0)
+    _fc_rows_check(t, U, z, b, _c(0.7), gout, ref.default_eps(dtype), tangent, dtype, device, masks)
+
+
+def test_fc_rows_matches_fc(device):
+    """The rows entry and poincare_fc on the same rows: the same y and dt z^T + 2 dU x = dx, x^T dt + dz_rows = dz."""
+    for tangent in (False, True):
+        x, z, b, gout = _fc_rows_case(13, 6, 9, True, tangent, 11)
+        c = _c(0.7)
+        eps = ref.default_eps(torch.float64)
+        dev = [a.to(device) for a in (x, z, b, c, gout)]
+        y, t = P.poincare_fc_fwd(*dev[:4], eps, True, tangent)
+        gx, gz, gb, gc = P.poincare_fc_bwd(dev[4], *dev[:4], t, eps, 15, tangent)
+        U = dev[0].pow(2).sum(1)
+        yr = P.poincare_fc_rows_fwd(t, U, dev[1], dev[2], dev[3], eps, tangent)
+        gt, gU, gzr, gbr, gcr = P.poincare_fc_rows_bwd(dev[4], t, U, dev[1], dev[2], dev[3], eps, 15, tangent)
+        for name, a, r in (("y", yr, y), ("dx", gt @ dev[1].t() + 2 * gU[:, None] * dev[0], gx),
+                           ("dz", dev[0].t() @ gt + gzr, gz), ("db", gbr, gb), ("dc", gcr, gc)):
+            _close(a, r, torch.float64, f"{name} tangent={tangent}")
+
+
+def test_fc_rows_projection_branch(device):
+    """Rows beyond the margin (large curvature, big z): the projection's gradients through the rows entry."""
+    g, x, z, b, c, eps = _projection_case()
+    gout = torch.randn(11, 7, generator=g, dtype=torch.float64)
+    t, U = x @ z, x.pow(2).sum(1)
+    assert (R.poincare_fc_rows_fwd(t, U, z, b, c, eps, False).norm(dim=1) >= (1 - eps) / 2 ** 0.5 - 1e-9).any()
+    for tangent in (False, True):
+        _fc_rows_check(t, U, z, b, c, gout, eps, tangent, torch.float64, device, masks=(15,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [8, 300])
+@pytest.mark.parametrize("case", ["distances", "offsets"])
+def test_fc_rows_large_distances_and_offsets_vs_reference(dtype, m, case, device):
+    """test_fc_large_distances_and_offsets_vs_reference's cases through the rows entry: the scaled row form
+    (largest |u| > 20) and the scaled offsets (|2 sc r| > 20) finite and within the 2x rule of the float64
+    reference (the same-dtype reference's error of the float64 truth)."""
+    g = torch.Generator().manual_seed(7 * m + (dtype == torch.float32))
+    N, n = 70, 16
+    cv = 0.8
+    c = _c(cv)
+    x = _ball(N, n, cv, 0.9, g)
+    x[::7] *= 1e-5
+    if case == "distances":
+        z, b = _near_columns(n, m, _FC_SCALES[dtype], g, c=cv)
+    else:
+        z, b = _near_columns(n, m, 0.15 if dtype == torch.float32 else 0.4, g,
+                             bias_angle=150.0 if dtype == torch.float32 else 1000.0, c=cv)
+    T = (c.sqrt() * ref.hyperplane_dists(x, z, b, c)).abs().amax(dim=1)
+    if case == "distances":
+        assert (T > 20).any() and (T <= 20).any() and T.max().item() > (45 if dtype == torch.float32 else 360)
+    gout = torch.randn(N, m, generator=g, dtype=torch.float64)
+    eps = ref.default_eps(dtype)
+    t, U = x @ z, x.pow(2).sum(1)
+
+    def vals_grads(fwd, bwd, *a):
+        return [fwd(*a[:5], eps, False)] + list(bwd(a[5], *a[:5], eps, 15, False))
+
+    truth = vals_grads(R.poincare_fc_rows_fwd, R.poincare_fc_rows_bwd, t, U, z, b, c, gout)
+    args = [a.to(dtype) for a in (t, U, z, b, c, gout)]
+    same = vals_grads(R.poincare_fc_rows_fwd, R.poincare_fc_rows_bwd, *args)
+    ours = vals_grads(P.poincare_fc_rows_fwd, P.poincare_fc_rows_bwd, *[a.to(device) for a in args])
+    for name, o, tr, r in zip(("y", "dt", "dU", "dz", "db", "dc"), ours, truth, same):
+        o, tr, r = o.detach().cpu().double(), tr.detach().double(), r.detach().double()
+        assert o.shape == tr.shape and torch.isfinite(o).all(), f"{case} {dtype} m={m}: {name} not finite"
+        scale = tr.abs().max().item()
+        floor = (1e-9 if dtype == torch.float64 else 1e-5) * scale + 1e-300
+        err, err_ref = (o - tr).abs().max().item(), (r - tr).abs().max().item()
+        assert err <= 2 * err_ref + floor, f"{case} {dtype} m={m}: {name} error {err:.3g} (reference {err_ref:.3g})"
+
+
+def test_fc_rows_knob_runs_reference(monkeypatch, device):
+    """GEOOPS_POINCARE_TRITON_FC_ROWS=0 (read per call) sends both directions to the eager reference; the kernels
+    otherwise (the reference is not called)."""
+    x, z, b, gout = _fc_rows_case(9, 5, 7, True, False, 21)
+    t, U = x @ z, x.pow(2).sum(1)
+    c = _c(0.7)
+    calls = []
+    orig_f, orig_b = R.poincare_fc_rows_fwd, R.poincare_fc_rows_bwd
+    monkeypatch.setattr(R, "poincare_fc_rows_fwd", staticmethod(lambda *a: calls.append("f") or orig_f(*a)))
+    monkeypatch.setattr(R, "poincare_fc_rows_bwd", staticmethod(lambda *a: calls.append("b") or orig_b(*a)))
+    dev = [a.to(device) for a in (t, U, z, b, c, gout)]
+    for knob, expect in (("1", []), ("0", ["f", "b"])):
+        calls.clear()
+        monkeypatch.setenv("GEOOPS_POINCARE_TRITON_FC_ROWS", knob)
+        y = P.poincare_fc_rows_fwd(*dev[:5], 1e-5, False)
+        gs = P.poincare_fc_rows_bwd(dev[5], *dev[:5], 1e-5, 15, False)
+        assert calls == expect
+        _close(y, orig_f(t, U, z, b, c, 1e-5, False), torch.float64, f"y knob={knob}")
+        for a, r in zip(gs, orig_b(gout, t, U, z, b, c, 1e-5, 15, False)):
+            _close(a, r, torch.float64, f"grad knob={knob}")
 
 
 # ---------------------------------------------------------------- ReLU
