@@ -521,9 +521,11 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     if q.dtype == torch.float64 or os.environ.get("GEOOPS_ATTN_TRITON_DKV1", "")[:1] == "0":
         sets.append((k2, k1, v2, v1, dk1, dv1, M2, M1, w2, w1))
     elif dk1.numel() or dv1.numel():
+        # the half types from head dim 128 on: 8 warps (4 spilled 24-28 B on sm_80 in the compile check)
+        blk1 = dict(blk, num_warps=8) if fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 else blk
         _triple_attention_bwd_dkv1_kernel[(M1, B * Hk)](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2, D,
                                                         DV, H, H // Hk, float(scale), int(w1), int(w2),
-                                                        CAUSAL=causal, **fl, **blk)
+                                                        CAUSAL=causal, **fl, **blk1)
     for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb in sets:
         if dkb.numel() == 0 and dvb.numel() == 0:
             continue
