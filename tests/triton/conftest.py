@@ -41,3 +41,70 @@ def triton_backend():
 @pytest.fixture
 def device():
     return DEVICE
+
+
+
+class HostWork:
+    """What one call costs the host besides its kernels: the torch ops it runs (``ops``: aten op names, each
+    counted where Python or a custom op's implementation called it, not the ops that op calls in turn) and the
+    Triton kernels it launches (``launches``).  Under the interpreter the kernels run on the CPU, so times say
+    nothing about a GPU; these counts do (on a GPU each op or launch costs ~5-20 us of host time)."""
+
+    def __init__(self):
+        self.ops = []
+        self.launches = []
+
+    def __repr__(self):
+        from collections import Counter
+        return (f"HostWork({len(self.ops)} torch ops {dict(Counter(self.ops).most_common(10))}, "
+                f"{len(self.launches)} launches {dict(Counter(self.launches))})")
+
+
+@pytest.fixture
+def host_work():
+    """``with host_work() as w: ...`` counts the torch ops and Triton launches of the block (see HostWork)."""
+    import contextlib
+
+    import triton
+    from torch.profiler import ProfilerActivity, profile
+
+    classes = [triton.runtime.jit.JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        classes.append(InterpretedFunction)
+    except ImportError:  # pragma: no cover - every Triton with an interpreter has it
+        pass
+
+    @contextlib.contextmanager
+    def count():
+        work = HostWork()
+        saved = [(c, c.run) for c in classes]
+
+        def counted(orig):
+            def run(self, *args, **kwargs):
+                work.launches.append(getattr(self, "__name__", None) or getattr(self.fn, "__name__", "?"))
+                with torch.profiler.record_function("triton_launch"):  # ops inside a launch are its own
+                    return orig(self, *args, **kwargs)
+            return run
+
+        for c, orig in saved:
+            c.run = counted(orig)
+        try:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                yield work
+        finally:
+            for c, orig in saved:
+                c.run = orig
+        for ev in prof.events():
+            if not ev.name.startswith("aten::"):
+                continue
+            parent, outer = ev.cpu_parent, False
+            while parent is not None:  # skip ops called by another aten op or by a (interpreted) launch
+                if parent.name.startswith("aten::") or parent.name == "triton_launch":
+                    outer = True
+                    break
+                parent = parent.cpu_parent
+            if not outer:
+                work.ops.append(ev.name[6:])
+
+    return count
