@@ -137,6 +137,23 @@ def cpu_class() -> str:
     return _cache["cpu_class"]
 
 
+
+@_constant_for_dynamo
+def device_class(device: torch.device) -> str:
+    """The class of a device that measured tables are keyed by: cpu_class() for the CPU; "cuda-sm<major><minor>"
+    for a CUDA device (its compute capability, e.g. "cuda-sm90" for an H100 / H200), the device's own name for
+    others ("meta", ...)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return cpu_class()
+    if device.type != "cuda":
+        return device.type
+    key = ("device_class", device.index)
+    if key not in _cache:
+        major, minor = torch.cuda.get_device_capability(device)
+        _cache[key] = f"cuda-sm{major}{minor}"
+    return _cache[key]
+
 def compiled():
     """The geoops._C module, or None (with one warning saying how to build it)."""
     if "C" in _cache:

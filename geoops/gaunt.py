@@ -9,7 +9,7 @@ i.e. the coefficients of the product of the two spherical functions f1 = sum x1_
 projected onto degrees <= lmax_out.  G vanishes unless l1 + l2 + l3 is even and |l1 - l2| <= l3 <= l1 + l2; on
 the allowed paths it is e3nn's ``wigner_3j`` times sqrt((2l1+1)(2l2+1)(2l3+1)/(4 pi)) |(l1 l2 l3; 0 0 0)|.
 
-Routes (all exact to round-off; ``route="auto"`` picks the fastest from the table measured on this machine's CPU class by ``python -m bench.gaunt --write-routes``,
+Routes (all exact to round-off; ``route="auto"`` picks the fastest from the table measured on this machine's CPU class (or the GPU's compute capability) by ``python -m bench.gaunt --write-routes``,
 see ``route_table``: ranked by forward + backward time when the call will need a backward (grad mode on and an
 input or weight requires grad, ``needs_backward``), else by forward time):
 
@@ -183,20 +183,31 @@ def route_table(nu: int, device: torch.device, cpu: Optional[str] = None, backwa
 
     CPU: the table measured on this machine's CPU class (geoops._backend.cpu_class(), or `cpu`); for a class
     nobody measured, a table of the same architecture and vendor (the BLAS and vector units behave alike),
-    else the default class's (the Intel Xeon table, what every machine used before session 21).  Other devices:
-    no measured table ({}: 'auto' runs grid).
+    else the default class's (the Intel Xeon table, what every machine used before session 21).  CUDA: the table
+    of the device's compute capability (geoops._backend.device_class(): "cuda-sm90", ...; `cpu` names another
+    class), else one measured on the nearest capability (the same major version first), else none.  Other devices, or no table: {} ('auto' runs
+    grid).
 
     backward=False: the ranking by forward time ("binary" / "many"); backward=True: the ranking by forward +
     backward time ("binary_fwd_bwd" / "many_fwd_bwd"), which 'auto' reads when the call will need a backward; a
     class measured without that ranking falls back to its forward ranking."""
-    if device.type != "cpu":
-        return {}
     tables = _gaunt_routes.TABLES
-    cls = cpu or _backend.cpu_class()
-    if cls not in tables:
-        vendor = "-".join(cls.split("-")[:2])
-        cls = next((k for k in tables if "-".join(k.split("-")[:2]) == vendor),
-                   _gaunt_routes.DEFAULT_CLASS)
+    if device.type == "cuda":
+        cls = cpu or _backend.device_class(device)
+        if cls not in tables:
+            cuda = sorted(k for k in tables if k.startswith("cuda-sm") and k[7:].isdigit())
+            if not cuda:
+                return {}
+            own = int(cls[7:]) if cls[7:].isdigit() else 0  # major * 10 + minor
+            cls = min(cuda, key=lambda k: (abs(int(k[7:]) // 10 - own // 10), abs(int(k[7:]) - own), -int(k[7:])))
+    elif device.type != "cpu":
+        return {}
+    else:
+        cls = cpu or _backend.cpu_class()
+        if cls not in tables:
+            vendor = "-".join(cls.split("-")[:2])
+            cls = next((k for k in tables if "-".join(k.split("-")[:2]) == vendor),
+                       _gaunt_routes.DEFAULT_CLASS)
     kind = "binary" if nu == 2 else "many"
     table = tables[cls].get(kind + "_fwd_bwd") if backward else None
     return table or tables[cls].get(kind, {})

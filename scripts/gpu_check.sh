@@ -31,8 +31,11 @@
 #                   copy-bandwidth limit in each, and bench-side-by-side.md comparing them
 #  12. parity_triton, parity_cuda   python -m geoops.parity for each GPU backend by name (an
 #                   unavailable backend fails, it is not skipped)
+#  13. gaunt_routes `python -m bench.gaunt --device cuda --write-routes`: every Gaunt route at lmax 1..8 (2048 x 16
+#                   rows, binary and nu = 3, fwd and fwd+bwd) ranked on this GPU; the rewritten
+#                   geoops/_gaunt_routes.py (this GPU's class table for route="auto") and the JSON in bench.tar.gz
 #
-# Run order: 1, 2, 3 (started), 4, 3 (waited for), 7, 8, 5, 6, 9, 10, 12, 10b, 11 (the issues' targets
+# Run order: 1, 2, 3 (started), 4, 3 (waited for), 7, 8, 5, 6, 9, 10, 12, 10b, 11, 13 (the issues' targets
 # before the longer test runs, parity before the stereographic benches).
 #
 # Target: <= 9 minutes wall on an H100/H200 with torch 2.11 + CUDA 13, Triton 3.6, no network.  Each
@@ -329,6 +332,14 @@ else
   needs_build bench_cuda \
     && step bench_cuda 75 bench cuda cuda --families stereographic --device cuda --quick --no-compile --no-settle \
       ${GEOOPS_GPU_BENCH_OPS:+--ops "$GEOOPS_GPU_BENCH_OPS"}
+fi
+# ---------------------------------------------------------------- 13. gaunt route table of this GPU
+if [ "$DRY" = 1 ]; then  # the same ranking on the CPU device, tiny, no table written
+  step gaunt_routes 60 "$PY" -m bench.gaunt --device cpu --lmax 1,2 --rows 4 --channels 1 --repeats 1 \
+    --json "$TMP/bench-all/gaunt-routes.json"
+else
+  step gaunt_routes 120 "$PY" -m bench.gaunt --device cuda --write-routes --repeats 9 \
+    --json "$TMP/bench-all/gaunt-routes.json" && cp geoops/_gaunt_routes.py "$TMP/bench-all/_gaunt_routes.py"
 fi
 if [ -f "$TMP/bench-all/bench-triton.json" ] && [ -f "$TMP/bench-all/bench-cuda.json" ]; then
   "$PY" scripts/gpu_bench_side_by_side.py "$TMP/bench-all/bench-triton.json" "$TMP/bench-all/bench-cuda.json" \

@@ -1131,6 +1131,62 @@ def test_write_routes_writes_both_rankings_and_keeps_the_rest(tmp_path, monkeypa
     assert mod2.MEASURED_FWD_BWD[cls] == mod.MEASURED_FWD_BWD[cls]
 
 
+def test_auto_route_table_on_cuda(monkeypatch):
+    """CUDA devices read the table of their compute capability (session 32: the H200's lmax 4 / 8 measurement;
+    before, 'auto' ran grid on every GPU, 1.8x slower than direct / grid_gemm at lmax 4), else the nearest measured
+    capability's, else none (grid); other non-CPU devices have none."""
+    from geoops import _backend, _gaunt_routes
+    cuda = torch.device("cuda", 0)
+    sm90 = _gaunt_routes.TABLES["cuda-sm90"]
+    assert "H200" in _gaunt_routes.MEASURED["cuda-sm90"] and "cuda-sm90" in _gaunt_routes.MEASURED_FWD_BWD
+    assert sm90["binary"][4] in ("direct", "grid_gemm") and sm90["binary_fwd_bwd"][4] in ("direct", "grid_gemm")
+    for cls in ("cuda-sm90", "cuda-sm80", "cuda-sm100"):
+        assert ga.route_table(2, cuda, cls) == sm90["binary"]
+        assert ga.route_table(2, cuda, cls, backward=True) == sm90["binary_fwd_bwd"]
+        assert ga.route_table(3, cuda, cls) == {}
+    monkeypatch.setattr(_backend, "device_class", lambda device: "cuda-sm86")
+    assert ga.route_table(2, cuda) == sm90["binary"]
+    assert ga.choose_route([4, 4], 4, 10000, cuda) == sm90["binary"][4]
+    assert ga.choose_route([8, 8], 8, 10000, cuda, backward=True) == sm90["binary_fwd_bwd"][8]
+    assert ga.choose_route([6, 6], 6, 10000, cuda) == sm90["binary"][4]  # nearest measured lmax (ties: lower)
+    assert ga.choose_route([4, 4, 4], 4, 10000, cuda) == "grid"  # nu = 3 not measured on a GPU yet
+    # the nearest capability among several, and a GPU class nobody measured when no CUDA table exists
+    monkeypatch.setitem(_gaunt_routes.TABLES, "cuda-sm80", {"binary": {4: "fft"}, "many": {}})
+    assert ga.route_table(2, cuda, "cuda-sm86") == {4: "fft"}
+    assert ga.route_table(2, cuda, "cuda-sm89") == {4: "fft"}  # the same major version first
+    assert ga.route_table(2, cuda, "cuda-sm100") == sm90["binary"]
+    monkeypatch.setattr(_gaunt_routes, "TABLES", {k: v for k, v in _gaunt_routes.TABLES.items()
+                                                  if not k.startswith("cuda")})
+    assert ga.route_table(2, cuda, "cuda-sm90") == {} and ga.choose_route([4, 4], 4, 10, cuda) == "grid"
+    assert ga.route_table(2, torch.device("meta")) == {}
+
+
+def test_bench_device_routes_and_gpu_table(tmp_path, monkeypatch):
+    """bench.gaunt's GPU ranking (--device cuda) measures every route per lmax and writes the GPU's class table
+    beside the CPU classes (run here on the CPU device at a tiny shape; the class and the device name faked)."""
+    import importlib.util
+
+    from bench import gaunt as bg
+    from geoops import _backend, _gaunt_routes
+    res = bg.device_routes([1, 2], 3, 2, torch.float64, torch.device("cpu"), repeats=1)
+    assert set(res) == {1, 2} and all(set(r) == set(bg.ROUTES) and min(r.values()) > 0 for r in res.values())
+    many = bg.device_routes([1], 3, 2, torch.float64, torch.device("cpu"), repeats=1, many=True, bwd=True)
+    assert set(many[1]) == {"grid", "grid_gemm", "fft"}
+    monkeypatch.setattr(_backend, "device_class", lambda device: "cuda-sm75")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    out = tmp_path / "routes.py"
+    bg.write_routes({1: "grid", 2: "fft"}, {1: "fft"}, out, "gpu test", {1: "direct"}, {}, "gpu test fwd+bwd",
+                    device=torch.device("cuda", 0))
+    spec = importlib.util.spec_from_file_location("routes_gpu_under_test", out)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.TABLES["cuda-sm75"] == {"binary": {1: "grid", 2: "fft"}, "many": {1: "fft"},
+                                       "binary_fwd_bwd": {1: "direct"}}
+    assert mod.MEASURED["cuda-sm75"].endswith("Fake GPU, gpu test")
+    for other, t in _gaunt_routes.TABLES.items():
+        assert mod.TABLES[other] == t
+
+
 def test_torch_compile_fullgraph_auto_route_for_training(monkeypatch):
     """Under torch.compile(fullgraph=True) 'auto' still traces (the route is chosen at trace time from grad mode
     and requires_grad, which dynamo guards on): a graph with inputs requiring grad runs the forward + backward
