@@ -1344,6 +1344,167 @@ def triple_bwd(code, grad, v0, v1, v2, k, flags, mask):
     return d[0], d[1], d[2], dk
 
 
+# ---------------------------------------------------------------- Moebius matvec epilogue (mobius_scale)
+# The contract of geoops._ops.stereographic's mobius_scale (the same as csrc/cpu/stereographic_pairwise.cpp):
+#   scale_fwd(v [R, Do], x [R, Di], k [1] or [R]) -> (out = v * phi, stats [R, 6] float64: |x|^2, |v|^2, a, a', b, b')
+#   scale_bwd(g, v, x, k, stats, mask) -> (gv [R, Do], gx [R, Di], gk [R] float64); mask bits 1 gv, 2 gx, 4 gk
+# with phi = a b, a = atanc(k |x|^2), b = tanc(k |v|^2 a^2) (mobius_matvec: v = M x; mobius_pointwise_mul: v = w * x).
+# One program per BLOCK_M rows: the row sums in float64 over BLOCK_D-wide chunks of each vector, the row scalars in
+# float64 (the row kernels' atanc / tanc), phi rounded to the row type once, then one pass writing the rows.
+@triton.jit
+def _rowsq(P, rows, rmask, W, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """sum over the W columns of P's rows of p^2, float64 (P rows contiguous, row stride W)."""
+    acc = tl.zeros([BLOCK_M], tl.float64)
+    for c0 in range(0, W, BLOCK_D):
+        cc = c0 + tl.arange(0, BLOCK_D)
+        m2 = rmask[:, None] & (cc[None, :] < W)
+        p = tl.load(P + rows[:, None] * W + cc[None, :], mask=m2, other=0.0).to(tl.float64)
+        acc += tl.sum(p * p, 1)
+    return acc
+
+
+@triton.jit
+def _scale_fwd_kernel(V, X, K, OUT, ST, R, DO, DI, sk, CT: tl.constexpr, CUT: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < R
+    x2 = _rowsq(X, rows, rmask, DI, CT, BLOCK_M, BLOCK_D)
+    v2 = _rowsq(V, rows, rmask, DO, CT, BLOCK_M, BLOCK_D)
+    k = tl.load(K + rows * sk, mask=rmask, other=0.0).to(tl.float64)
+    z1 = k * x2
+    q1 = 1.0 + z1
+    a = _atanc(z1, q1, CUT)
+    da = _atanc_d(z1, q1, a, CUT)
+    z2 = k * v2 * a * a
+    b = _tanc(z2, CUT)
+    db = _tanc_d(z2, b, CUT)
+    st = ST + rows * 6
+    tl.store(st, x2, mask=rmask)
+    tl.store(st + 1, v2, mask=rmask)
+    tl.store(st + 2, a, mask=rmask)
+    tl.store(st + 3, da, mask=rmask)
+    tl.store(st + 4, b, mask=rmask)
+    tl.store(st + 5, db, mask=rmask)
+    phi = (a * b).to(CT)  # rounded once, as the C++ kernel's scalar_t(a * b)
+    for c0 in range(0, DO, BLOCK_D):
+        cc = c0 + tl.arange(0, BLOCK_D)
+        m2 = rmask[:, None] & (cc[None, :] < DO)
+        off = rows[:, None] * DO + cc[None, :]
+        v = tl.load(V + off, mask=m2, other=0.0).to(CT)
+        tl.store(OUT + off, (v * phi[:, None]).to(OUT.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["MASK"])
+def _scale_bwd_kernel(G, V, X, K, ST, GV, GX, GK, R, DO, DI, sk, MASK, CT: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < R
+    s = tl.zeros([BLOCK_M], tl.float64)  # <g, v> per row
+    for c0 in range(0, DO, BLOCK_D):
+        cc = c0 + tl.arange(0, BLOCK_D)
+        m2 = rmask[:, None] & (cc[None, :] < DO)
+        off = rows[:, None] * DO + cc[None, :]
+        g = tl.load(G + off, mask=m2, other=0.0).to(tl.float64)
+        v = tl.load(V + off, mask=m2, other=0.0).to(tl.float64)
+        s += tl.sum(g * v, 1)
+    k = tl.load(K + rows * sk, mask=rmask, other=0.0).to(tl.float64)
+    st = ST + rows * 6
+    x2 = tl.load(st, mask=rmask, other=0.0)
+    v2 = tl.load(st + 1, mask=rmask, other=0.0)
+    a = tl.load(st + 2, mask=rmask, other=1.0)
+    da = tl.load(st + 3, mask=rmask, other=0.0)
+    b = tl.load(st + 4, mask=rmask, other=1.0)
+    db = tl.load(st + 5, mask=rmask, other=0.0)
+    # the same row algebra as csrc/cpu/stereographic_matvec_rows.h's scale_row_grad
+    if MASK & 1:
+        c0r = (a * b).to(CT)
+        c1r = (2.0 * s * a * db * k * a * a).to(CT)
+        for c0 in range(0, DO, BLOCK_D):
+            cc = c0 + tl.arange(0, BLOCK_D)
+            m2 = rmask[:, None] & (cc[None, :] < DO)
+            off = rows[:, None] * DO + cc[None, :]
+            g = tl.load(G + off, mask=m2, other=0.0).to(CT)
+            v = tl.load(V + off, mask=m2, other=0.0).to(CT)
+            tl.store(GV + off, (g * c0r[:, None] + v * c1r[:, None]).to(GV.dtype.element_ty), mask=m2)
+    if MASK & 2:
+        cx = (2.0 * s * (da * k * b + a * db * k * v2 * 2.0 * a * da * k)).to(CT)
+        for c0 in range(0, DI, BLOCK_D):
+            cc = c0 + tl.arange(0, BLOCK_D)
+            m2 = rmask[:, None] & (cc[None, :] < DI)
+            off = rows[:, None] * DI + cc[None, :]
+            x = tl.load(X + off, mask=m2, other=0.0).to(CT)
+            tl.store(GX + off, (x * cx[:, None]).to(GX.dtype.element_ty), mask=m2)
+    if MASK & 4:
+        gk = s * (da * x2 * b + a * db * (v2 * a * a + k * v2 * 2.0 * a * da * x2))
+        tl.store(GK + rows, gk, mask=rmask)
+
+
+def _scale_blocks(R: int, W: int):
+    """(BLOCK_M, BLOCK_D) of the epilogue kernels: tiles of <= 2048 elements, rows wider than 128 in chunks."""
+    block_d = min(triton.next_power_of_2(max(W, 1)), 128)
+    block_m = max(1, min(_MAX_BLOCK_M, 2048 // block_d, triton.next_power_of_2(max(R, 1))))
+    if INTERPRETED:
+        block_m = min(block_m, 16)
+    return block_m, block_d
+
+
+def scale_fwd(v, x, k):
+    """mobius_scale's forward (contract above): (out, stats)."""
+    v, x = v.contiguous(), x.contiguous()  # the kernels read rows of stride Do / Di
+    R, Do = v.shape
+    Di = x.shape[1]
+    out = torch.empty_like(v)
+    st = torch.empty((R, 6), dtype=torch.float64, device=v.device)
+    if R == 0:
+        return out, st
+    kk, sk = _per_row(k, R, "k")
+    bm, bd = _scale_blocks(R, max(Do, Di))
+    ct = tl.float64 if v.dtype == torch.float64 else tl.float32
+    with _device_guard(v):
+        _scale_fwd_kernel[(triton.cdiv(R, bm),)](v, x, kk, out, st, R, Do, Di, sk, CT=ct, CUT=_CUT_F64,
+                                                 BLOCK_M=bm, BLOCK_D=bd, num_warps=4, **_maxnreg(4))
+    return out, st
+
+
+def scale_bwd(g, v, x, k, st, mask):
+    """mobius_scale's backward (contract above): (gv, gx, gk); unselected gradients are empty."""
+    v, x = v.contiguous(), x.contiguous()
+    R, Do = v.shape
+    Di = x.shape[1]
+    mask = int(mask) & 7
+    gv = torch.empty_like(v) if mask & 1 else v.new_empty(0)
+    gx = torch.empty_like(x) if mask & 2 else v.new_empty(0)
+    gk = torch.empty(R, dtype=torch.float64, device=v.device) if mask & 4 else v.new_empty(0)
+    if R == 0 or mask == 0:
+        return gv, gx, gk
+    g = g.to(v.dtype).contiguous()
+    kk, sk = _per_row(k, R, "k")
+    st = st.to(torch.float64).contiguous()
+    bm, bd = _scale_blocks(R, max(Do, Di))
+    ct = tl.float64 if v.dtype == torch.float64 else tl.float32
+    with _device_guard(v):
+        _scale_bwd_kernel[(triton.cdiv(R, bm),)](
+            g, v, x, kk, st, gv if mask & 1 else v, gx if mask & 2 else x, gk if mask & 4 else st, R, Do, Di, sk,
+            mask, CT=ct, BLOCK_M=bm, BLOCK_D=bd, num_warps=4, **_maxnreg(4))
+    return gv, gx, gk
+
+
+def _scale_compile_variants():
+    """The epilogue kernels: float32 / float64, forward and backward (every gradient), rows of 256 (two chunks)."""
+    entries = []
+    for dtype in (torch.float32, torch.float64):
+        kd = torch.float64 if dtype == torch.float64 else torch.float32
+        dname = str(dtype).replace("torch.", "")
+        v, x, k = torch.zeros(64, 256, dtype=dtype), torch.zeros(64, 256, dtype=dtype), torch.zeros(1, dtype=kd)
+        st = torch.zeros(64, 6, dtype=torch.float64)
+        expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 32 if dtype == torch.float64 else 0}
+        entries.append({"label": f"scale/{dname} fwd", "launch": (lambda v=v, x=x, k=k: scale_fwd(v, x, k)),
+                        "expect": expect})
+        entries.append({"label": f"scale/{dname} bwd",
+                        "launch": (lambda v=v, x=x, k=k, st=st: scale_bwd(v, v, x, k, st, 7)), "expect": expect})
+    return entries
+
+
 # ---------------------------------------------------------------- compile check (.ci/triton_compile_check.py)
 OP_NAMES = ("mobius_add", "mobius_sub", "project", "lambda_x", "mobius_scalar_mul", "expmap", "expmap0", "logmap",
             "logmap0", "dist", "dist0")
@@ -1407,7 +1568,8 @@ def compile_variants():
 
                 entries.append({"label": f"{name}/{dname}/{shape} fwd", "launch": fwd, "expect": expect})
                 entries.append({"label": f"{name}/{dname}/{shape} bwd", "launch": bwd, "expect": expect})
-    return entries + _pair_compile_variants() + _midpoint_compile_variants() + _triple_compile_variants()
+    return (entries + _pair_compile_variants() + _midpoint_compile_variants() + _triple_compile_variants()
+            + _scale_compile_variants())
 
 
 # Three-vector launches: one binary per (op, flags, dtype, forward / backward with every gradient); the row

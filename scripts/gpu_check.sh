@@ -20,7 +20,8 @@
 #                   published A100 figures); $OUT/targets.json
 #   8. bench_ssm, bench_gaunt, bench_attention  python -m bench for those families on CUDA (auto backend)
 #   9. bench_pairwise  the pairwise Triton kernels (cdist fwd and fwd+bwd at 2048 x 2048 x 64 against
-#                   torch.cdist, issue 6's GPU target >= 0.7x; knn through the Triton rank keys)
+#                   torch.cdist, issue 6's GPU target >= 0.7x; knn through the Triton rank keys; mobius_matvec
+#                   and mobius_blockdiag_matvec: torch's GEMM + the Triton epilogue kernels)
 #  10. poincare     scripts/gpu_poincare_check.py: the Poincaré layers on CUDA (Triton) against the CPU C++
 #                   kernels (fc, tangent fc, ReLU, conv2d, batch norm; fp32/fp64, values and gradients), and
 #                   the residual block / fc 4096x512->512 against their Euclidean layers (issue 11's GPU
@@ -296,13 +297,15 @@ else
 fi
 
 if [ "$DRY" = 1 ]; then
-  step bench_pairwise 120 bench pairwise cpp --families stereographic --device cpu --ops cdist,knn \
-    --pair-shape 64,48,8 --knn-shape 64,48,4,3 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 --warmup 0
+  step bench_pairwise 120 bench pairwise cpp --families stereographic --device cpu \
+    --ops cdist,knn,mobius_matvec,mobius_blockdiag_matvec --pair-shape 64,48,8 --knn-shape 64,48,4,3 \
+    --matvec-shape 64,16,8 --blockdiag-shapes 64x4x4 --passes fwd,fwd+bwd --no-compile --no-settle --repeats 1 \
+    --warmup 0
   step poincare 120 "$PY" scripts/gpu_poincare_check.py --dry-run --json "$OUT/poincare.json"
 else
   needs_build bench_pairwise \
-    && step bench_pairwise 75 bench pairwise triton --families stereographic --device cuda --ops cdist,knn \
-      --passes fwd,fwd+bwd --no-compile --no-settle
+    && step bench_pairwise 90 bench pairwise triton --families stereographic --device cuda \
+      --ops cdist,knn,mobius_matvec,mobius_blockdiag_matvec --passes fwd,fwd+bwd --no-compile --no-settle
   needs_build poincare && step poincare 90 "$PY" scripts/gpu_poincare_check.py --json "$OUT/poincare.json"
 fi
 # ---------------------------------------------------------------- 12. parity per GPU backend

@@ -19,6 +19,7 @@ torch.compile sees one opaque op.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -464,9 +465,22 @@ def _scale_reference_stats(v, x, k):
     return torch.cat([x2, v2, a, da, b, db], dim=-1)
 
 
+def _scale_triton(device: torch.device):
+    """The Triton module when it runs mobius_scale on `device` (backend triton, or cuda where Triton imports: there
+    is no CUDA C++ epilogue kernel), else None; GEOOPS_TRITON_MOBIUS_SCALE=0: the eager float64 composition."""
+    if (_backend.resolve(device, FAMILY) not in ("triton", "cuda")
+            or os.environ.get("GEOOPS_TRITON_MOBIUS_SCALE", "")[:1] == "0"):
+        return None
+    tk = _backend.triton_kernels(FAMILY)
+    return tk if tk is not None and hasattr(tk, "scale_fwd") else None
+
+
 def _scale_fwd(v: torch.Tensor, x: torch.Tensor, k: torch.Tensor):
     if _backend.resolve(v.device, FAMILY) == "cpp":
         return tuple(_backend.compiled().mobius_scale_fwd_cpu(v, x, k))
+    tk = _scale_triton(v.device)
+    if tk is not None:
+        return tuple(tk.scale_fwd(v, x, k))
     st = _scale_reference_stats(v, x, k)
     return (v * (st[:, 2:3] * st[:, 4:5]).to(v.dtype)).contiguous(), st
 
@@ -474,6 +488,9 @@ def _scale_fwd(v: torch.Tensor, x: torch.Tensor, k: torch.Tensor):
 def _scale_bwd(g, v, x, k, st, mask: int):
     if _backend.resolve(v.device, FAMILY) == "cpp":
         return tuple(_backend.compiled().mobius_scale_bwd_cpu(g, v, x, k, st, mask))
+    tk = _scale_triton(v.device)
+    if tk is not None:
+        return tuple(tk.scale_bwd(g, v, x, k, st, mask))
     kk = k.to(torch.float64).reshape(-1, 1)
     x2, v2, a, da, b, db = (st[:, i:i + 1] for i in range(6))
     s = (g.double() * v.double()).sum(-1, keepdim=True)
