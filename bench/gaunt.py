@@ -294,6 +294,19 @@ def cpu_ms_interleaved(calls: dict, repeats: int) -> dict:
     return {k: (min(v), statistics.median(v)) for k, v in samples.items()}
 
 
+def _route_calls(L: int, rows: int, C: int, dtype, device, many: bool, bwd: bool) -> dict:
+    """{route: call} of the route rankings at lmax L (rows x C, seeded by L): binary products, or nu = 3 powers
+    (many); bwd: each call runs forward + backward (inputs requiring grad, out.backward(ones))."""
+    g = torch.Generator().manual_seed(L)
+    x1 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(device=device, dtype=dtype).requires_grad_(bwd)
+    x2 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(device=device, dtype=dtype).requires_grad_(bwd)
+    if many:
+        calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "grid_gemm", "fft")}
+    else:
+        calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
+    return {r: _fwd_bwd(f, (x1, x2)) for r, f in calls.items()} if bwd else calls
+
+
 def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int = 1, many: bool = False,
                     bwd: bool = False, stat: str = "min"):
     """Route ranking by process CPU time (robust when other jobs share the cores): {L: {route: ms}}.
@@ -306,15 +319,7 @@ def cpu_time_routes(Ls, rows: int, C: int, dtype, repeats: int = 3, threads: int
     out = {}
     with _threads(threads):
         for L in Ls:
-            g = torch.Generator().manual_seed(L)
-            x1 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype).requires_grad_(bwd)
-            x2 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(dtype).requires_grad_(bwd)
-            if many:
-                calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "grid_gemm", "fft")}
-            else:
-                calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
-            if bwd:
-                calls = {r: _fwd_bwd(f, (x1, x2)) for r, f in calls.items()}
+            calls = _route_calls(L, rows, C, dtype, torch.device("cpu"), many, bwd)
             with torch.set_grad_enabled(bwd):
                 res = {route: v[0 if stat == "min" else 1] for route, v in cpu_ms_interleaved(calls, repeats).items()}
             out[L] = res
@@ -386,15 +391,7 @@ def device_routes(Ls, rows: int, C: int, dtype, device: torch.device, repeats: i
     tables (rows x C, L1 = L2 = lmax_out; many = nu 3); bwd=True: forward + backward (out.backward(ones))."""
     out = {}
     for L in Ls:
-        g = torch.Generator().manual_seed(L)
-        x1 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(device=device, dtype=dtype).requires_grad_(bwd)
-        x2 = torch.randn(rows, C, (L + 1) ** 2, generator=g).to(device=device, dtype=dtype).requires_grad_(bwd)
-        if many:
-            calls = {r: (lambda r=r: ga.gaunt_power(x1, 3, L, route=r)) for r in ("grid", "grid_gemm", "fft")}
-        else:
-            calls = {r: (lambda r=r: ga.gaunt_tensor_product(x1, x2, L, route=r)) for r in ROUTES}
-        if bwd:
-            calls = {r: _fwd_bwd(f, (x1, x2)) for r, f in calls.items()}
+        calls = _route_calls(L, rows, C, dtype, device, many, bwd)
         with torch.set_grad_enabled(bwd):
             for f in calls.values():
                 f()  # compile every route's kernels before the clock

@@ -117,17 +117,26 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
 def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale: tl.float64, W1, W2,
                                  CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DO, DELTA: tl.constexpr):
+                                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DO, DELTA: tl.constexpr,
+                                 JS=0, SPLIT: tl.constexpr = False):
     """The forward (out, lse; DO unused); with DELTA (the float16/bfloat16 backward) instead delta_i = sum_jk P_ijk dP_ijk
     into O (B x H x N, float32), dP formed by the backward kernels' own _chunked_scores call (dout (.) v1_j
     rounded to the input dtype, as they round it), so that dP - delta vanishes where the exact dS does (a
-    single admissible pair) instead of leaving that rounding (~5e-4 relative in float16); no lse stored."""
+    single admissible pair) instead of leaving that rounding (~5e-4 relative in float16); no lse stored.
+
+    SPLIT (not with DELTA): program_id(2) = sp takes the first keys [sp JS, (sp + 1) JS) only and stores its
+    unnormalised partial accumulator into O ([S, B H, N, DV], the compute type) and its running max and sum into
+    LSE ([S, B H, N, 2]); _triple_attention_combine_kernel merges the splits (small B H: more programs)."""
     ct = tl.float64 if F64 else tl.float32
     if not F64:  # scale is a float64 parameter (a plain Python float argument arrives rounded to float32)
         scale = tl.cast(scale, ct)
     (bh, kvh, offs_m, row_ok, q_rows, do_rows, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
      k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2,
                                                        CAUSAL, BLOCK_M)
+    if SPLIT:
+        sp = tl.program_id(2).to(tl.int64)
+        j_start = tl.maximum(j_start, sp * JS)
+        j_end = tl.minimum(j_end, (sp + 1) * JS)
     offs_e = tl.arange(0, BLOCK_DV)
     emask = offs_e < DV
     m_i = tl.full([BLOCK_M], float("-inf"), ct)
@@ -166,7 +175,12 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
                 acc = acc * alpha[:, None] + pv * v1j[None, :]
             m_i = m_new
     has = l_i != 0  # l_i = 0: no admissible pair (out 0, lse -inf); NaN (a NaN or +inf score) propagates
-    if DELTA:
+    if SPLIT:
+        part = (sp * tl.num_programs(1).to(tl.int64) + bh) * N + offs_m
+        tl.store(O + part[:, None] * DV + offs_e[None, :], acc, mask=row_ok[:, None] & emask[None, :])
+        tl.store(LSE + part * 2, m_i, mask=row_ok)
+        tl.store(LSE + part * 2 + 1, l_i, mask=row_ok)
+    elif DELTA:
         delta = tl.where(has, tl.div_rn(acc, tl.where(has, l_i, 1.0)), 0.0)
         tl.store(O + bh * N + offs_m, delta, mask=row_ok)
     else:
@@ -183,17 +197,62 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
 
 
 @triton.jit
+def _triple_attention_combine_kernel(PO, PML, O, LSE, S, N, DV, F64: tl.constexpr, BLOCK_M: tl.constexpr,
+                                     BLOCK_DV: tl.constexpr):
+    """out and lse from the forward's S splits (in split order: the same bits on every run): M = max_s m_s,
+    L = sum_s l_s exp(m_s - M), out = sum_s acc_s exp(m_s - M) / L, lse = M + log L (L = 0: out 0, lse -inf)."""
+    ct = tl.float64 if F64 else tl.float32
+    bh = tl.program_id(1).to(tl.int64)
+    BH = tl.num_programs(1).to(tl.int64)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < N
+    offs_e = tl.arange(0, BLOCK_DV)
+    emask = offs_e < DV
+    mx = tl.full([BLOCK_M], float("-inf"), ct)
+    for sp in range(0, S):
+        part = (sp * BH + bh) * N + offs_m
+        mx = tl.maximum(mx, tl.load(PML + part * 2, mask=row_ok, other=float("-inf")))
+    m_safe = tl.where(mx == float("-inf"), 0.0, mx)
+    l_sum = tl.zeros([BLOCK_M], ct)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
+    for sp in range(0, S):
+        part = (sp * BH + bh) * N + offs_m
+        w = tl.exp(tl.load(PML + part * 2, mask=row_ok, other=float("-inf")) - m_safe)  # an empty split: 0
+        l_sum += tl.load(PML + part * 2 + 1, mask=row_ok, other=0.0) * w
+        acc += tl.load(PO + part[:, None] * DV + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
+                       other=0.0) * w[:, None]
+    has = l_sum != 0
+    l_safe = tl.where(has, l_sum, 1.0)
+    if F64:
+        out = acc / l_safe[:, None]
+    else:
+        out = tl.div_rn(acc, l_safe[:, None])
+    out = tl.where(has[:, None], out, 0.0)
+    lse = tl.where(has, mx + tl.log(l_safe), float("-inf"))
+    tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & emask[None, :])
+    tl.store(LSE + bh * N + offs_m, lse.to(LSE.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
 def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1, M2, D, DV, H, REP, scale: tl.float64,
                                     W1, W2,
                                     CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, JS=0, SPLIT: tl.constexpr = False):
+    """dq of one query tile; SPLIT: program_id(2) = sp takes the first keys [sp JS, (sp + 1) JS) and stores its
+    partial dq into DQ [S, B H, N, D] (the compute type), summed over the splits by the launcher."""
     ct = tl.float64 if F64 else tl.float32
     if not F64:
         scale = tl.cast(scale, ct)
     (bh, kvh, offs_m, row_ok, q_rows, do_rows, lo1, hi1, lo2, hi2, j_start, j_end, k_start, k_end,
      k1_base, v1_base, k2_base, v2_base) = _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2,
                                                        CAUSAL, BLOCK_M)
+    if SPLIT:
+        sp = tl.program_id(2).to(tl.int64)
+        j_start = tl.maximum(j_start, sp * JS)
+        j_end = tl.minimum(j_end, (sp + 1) * JS)
+        DQ += sp * tl.num_programs(1).to(tl.int64) * N * D
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
@@ -245,10 +304,17 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                                      scale: tl.float64,
                                      WA, WB, CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Gradients of the key set B (KB, VB) for one tile of BLOCK_N of its keys and one key head."""
+                                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, JS=0,
+                                     SPLIT: tl.constexpr = False):
+    """Gradients of the key set B (KB, VB) for one tile of BLOCK_N of its keys and one key head.  SPLIT:
+    program_id(2) = sp takes the first keys (set A) [sp JS, (sp + 1) JS) and stores partial gradients into DKB
+    [S, B Hk, MB, D] / DVB [S, B Hk, MB, DV] (the compute type), summed over the splits by the launcher."""
     n0 = tl.program_id(0).to(tl.int64) * BLOCK_N  # 64-bit before any arithmetic
     kvh = tl.program_id(1).to(tl.int64)
+    if SPLIT:
+        sp = tl.program_id(2).to(tl.int64)
+        DKB += sp * tl.num_programs(1).to(tl.int64) * MB * D
+        DVB += sp * tl.num_programs(1).to(tl.int64) * MB * DV
     HK = H // REP
     b = kvh // HK
     hk = kvh % HK
@@ -289,6 +355,9 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                 j_end = tl.minimum(i_last + 1, MA)
             else:
                 j_end = MA
+            if SPLIT:
+                j_start = tl.maximum(j_start, sp * JS)
+                j_end = tl.minimum(j_end, (sp + 1) * JS)
             for j in range(j_start, j_end):
                 s = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
                                     BLOCK_M, BLOCK_N, BLOCK_K)
@@ -471,6 +540,33 @@ def _flags(dtype: torch.dtype) -> dict:
     return dict(F64=dtype == torch.float64, HALF=dtype in (torch.float16, torch.bfloat16))
 
 
+def _split_count(programs: int, first_keys: int, device: torch.device) -> int:
+    """How many programs split a kernel's loop over the first keys (the forward, dq and dkv kernels): 1 (no
+    split) unless the grid has fewer than twice the GPU's multiprocessors, then enough splits to reach that, each
+    with >= 4 first keys.  GEOOPS_ATTN_TRITON_SPLIT (read per call): 0 never splits, a number n > 0 forces n
+    splits (also in the interpreter, which has no multiprocessor count and otherwise never splits)."""
+    knob = os.environ.get("GEOOPS_ATTN_TRITON_SPLIT", "").strip()
+    if knob[:1] == "0" or first_keys <= 1:
+        return 1
+    if knob.isdigit():
+        return max(1, min(int(knob), first_keys))
+    if device.type != "cuda" or INTERPRETED:
+        return 1
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    if programs >= target:
+        return 1
+    return max(1, min(triton.cdiv(target, programs), triton.cdiv(first_keys, 4)))
+
+
+def _splits(programs: int, first_keys: int, device: torch.device):
+    """(S, JS): S splits of JS first keys each (the last may be shorter; none empty), or (1, 0)."""
+    S = _split_count(programs, first_keys, device)
+    if S <= 1:
+        return 1, 0
+    js = triton.cdiv(first_keys, S)
+    return triton.cdiv(first_keys, js), js
+
+
 def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=None):
     """(out, lse); with dout (float16/bfloat16 backward): (delta, lse) instead, delta float32 (B, H, N), lse unset."""
     q, k1, k2, v1, v2 = (t.contiguous() for t in (q, k1, k2, v1, v2))
@@ -487,10 +583,25 @@ def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=None):
     causal = bool(causal) or w1 > 0 or w2 > 0
     blk = _blocks(D, DV, q.dtype)
     grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
-    if N > 0 and B * H > 0:
-        _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
-                                           int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype), **blk,
-                                           DO=q if dout is None else dout.contiguous(), DELTA=dout is not None)
+    if N == 0 or B * H == 0:
+        return out, lse
+    S, js = _splits(grid[0] * grid[1], M1, q.device) if dout is None else (1, 0)
+    if S > 1:  # few programs (small B H): the first keys split across programs, merged by the combine kernel
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 96-120 B split (sm_90)
+            blk = dict(blk, BLOCK_M=16, BLOCK_N=16)
+            grid = (triton.cdiv(N, 16), B * H)
+        po = torch.empty((S, B * H, N, DV), dtype=acc, device=q.device)
+        pml = torch.empty((S, B * H, N, 2), dtype=acc, device=q.device)
+        _triple_attention_fwd_kernel[grid + (S,)](q, k1, k2, v1, v2, po, pml, N, M1, M2, D, DV, H, H // Hk,
+                                                  float(scale), int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype),
+                                                  **blk, DO=q, DELTA=False, JS=js, SPLIT=True)
+        _triple_attention_combine_kernel[grid](po, pml, out, lse, S, N, DV, F64=q.dtype == torch.float64,
+                                               BLOCK_M=blk["BLOCK_M"], BLOCK_DV=blk["BLOCK_DV"], num_warps=4)
+        return out, lse
+    _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
+                                       int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype), **blk,
+                                       DO=q if dout is None else dout.contiguous(), DELTA=dout is not None)
     return out, lse
 
 
@@ -511,8 +622,16 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     fl = _flags(q.dtype)
     if q.numel():
         grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
-        _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H, H // Hk,
-                                              float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **blk)
+        S, js = _splits(grid[0] * grid[1], M1, q.device)
+        if S > 1:  # partial dq per split of the first keys, summed in split order
+            dqp = torch.empty((S,) + tuple(q.shape), dtype=acc, device=q.device)
+            _triple_attention_bwd_dq_kernel[grid + (S,)](q, k1, k2, v1, v2, dout, lse, delta, dqp, N, M1, M2, D, DV,
+                                                         H, H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal,
+                                                         **fl, **blk, JS=js, SPLIT=True)
+            dq = dqp.sum(0).to(q.dtype)
+        else:
+            _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H,
+                                                  H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **blk)
     else:
         dq.zero_()
     sets = [(k1, k2, v1, v2, dk2, dv2, M1, M2, w1, w2)]
@@ -530,8 +649,19 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
         if dkb.numel() == 0 and dvb.numel() == 0:
             continue
         grid = (triton.cdiv(Mb, blk["BLOCK_N"]), B * Hk)
-        _triple_attention_bwd_dkv_kernel[grid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV, H,
-                                               H // Hk, float(scale), int(wa), int(wb), CAUSAL=causal, **fl, **blk)
+        S, js = _splits(grid[0] * grid[1], Ma, q.device)
+        if S > 1:  # partial gradients per split of the first keys (set A), summed in split order
+            pk = torch.empty((S,) + tuple(kb.shape), dtype=acc, device=q.device)
+            pv = torch.empty((S,) + tuple(vb.shape), dtype=acc, device=q.device)
+            _triple_attention_bwd_dkv_kernel[grid + (S,)](q, ka, kb, va, vb, dout, lse, delta, pk, pv, N, Ma, Mb, D,
+                                                          DV, H, H // Hk, float(scale), int(wa), int(wb),
+                                                          CAUSAL=causal, **fl, **blk, JS=js, SPLIT=True)
+            dkb.copy_(pk.sum(0))
+            dvb.copy_(pv.sum(0))
+        else:
+            _triple_attention_bwd_dkv_kernel[grid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
+                                                   H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=causal, **fl,
+                                                   **blk)
     return dq, dk1, dk2, dv1, dv2
 
 
@@ -595,4 +725,24 @@ def compile_variants():
 
                 entries.append({"label": f"{dname}/{mode}/D{D} fwd", "launch": fwd, "expect": expect})
                 entries.append({"label": f"{dname}/{mode}/D{D} bwd", "launch": bwd, "expect": expect})
+                if D == 64:  # the split binaries (SPLIT=True, and the combine kernel) at the usual head dim
+                    entries.append({"label": f"{dname}/{mode}/D{D} fwd split", "launch": _forced_splits(fwd),
+                                    "expect": expect})
+                    entries.append({"label": f"{dname}/{mode}/D{D} bwd split", "launch": _forced_splits(bwd),
+                                    "expect": expect})
     return entries
+
+
+def _forced_splits(launch, n: int = 3):
+    """`launch` run with GEOOPS_ATTN_TRITON_SPLIT=n (the split kernels on a machine without a GPU)."""
+    def run():
+        old = os.environ.get("GEOOPS_ATTN_TRITON_SPLIT")
+        os.environ["GEOOPS_ATTN_TRITON_SPLIT"] = str(n)
+        try:
+            launch()
+        finally:
+            if old is None:
+                os.environ.pop("GEOOPS_ATTN_TRITON_SPLIT", None)
+            else:
+                os.environ["GEOOPS_ATTN_TRITON_SPLIT"] = old
+    return run

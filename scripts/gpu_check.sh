@@ -6,7 +6,8 @@
 #   3. build        geoops._C with the CUDA kernels (sm_90 only unless TORCH_CUDA_ARCH_LIST is set), compiled in
 #                   the background (`setup.py build_ext -b`) while step 4 runs; copied into geoops/ once step 4
 #                   is done; fails every step that needs it if the built module lacks CUDA
-#   4. pytest_triton_families  tests/triton of attention, gaunt, poincare, ssm compiled (TRITON_INTERPRET=0),
+#   4. pytest_triton_families  tests/triton of attention, gaunt, poincare, ssm and the stereographic matvec
+#                   epilogue compiled (TRITON_INTERPRET=0),
 #                   beside the build (their comparisons with the C++ kernels skip there)
 #   5. pytest_cuda  tests/test_stereographic.py -k cuda: both GPU backends (cuda, triton) against the CPU
 #                   kernels: parity cases, large N and D (the CUDA 256-thread group, 16-byte vectors),
@@ -198,7 +199,8 @@ fi
 
 # ---------------------------------------------------------------- 4. Triton tests that need no C++ build
 FAMILY_TESTS=(tests/triton/test_attention_triton.py tests/triton/test_gaunt_triton.py
-              tests/triton/test_poincare_triton.py tests/triton/test_ssm_triton.py)
+              tests/triton/test_poincare_triton.py tests/triton/test_ssm_triton.py
+              tests/triton/test_stereographic_matvec_triton.py)
 STEREO_TESTS=(tests/triton/test_stereographic_triton.py tests/triton/test_stereographic_midpoint_triton.py
               tests/triton/test_stereographic_pairwise_triton.py)
 if [ "$DRY" = 1 ]; then

@@ -52,7 +52,11 @@ def test_forward_and_gradients(shape, mask, dtype):
     ins = [t.requires_grad_(True) for t in _inputs(*shape, dtype)]
     out, lse = ga.triple_attention(*ins, return_lse=True, **mask)
     g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, ins, g)
+    _check_against_reference(ins, mask, dtype, out, lse, g, torch.autograd.grad(out, ins, g))
+
+
+def _check_against_reference(ins, mask, dtype, out, lse, g, grads):
+    """out, lse and the five gradients (for the output gradient g) against the float64 reference."""
     leaves = [t.detach().double().cpu().requires_grad_(True) for t in ins]
     rout, rlse = ref.triple_attention(*leaves, return_lse=True, **mask)
     rgrads = torch.autograd.grad(rout, leaves, g.double().cpu())
@@ -163,3 +167,82 @@ def test_dkv1_fallback_knob(mask, monkeypatch):
         grads = torch.autograd.grad(ga.triple_attention(*xs, **mask), xs, g)
         for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, rgrads):
             torch.testing.assert_close(a.double().cpu(), b, rtol=2e-4, atol=2e-4, msg=f"{name} knob={knob}")
+
+
+# ---------------------------------------------------------------- session 32: the first keys split across programs
+SPLIT_CASES = [(SHAPES[1], m, dt) for m in MASKS for dt in (torch.float64, torch.float32)] + [
+    ((2, 2, 1, 9, 23, 6, 37, 21), dict(causal=True), torch.float32)]
+
+
+@pytest.mark.parametrize("splits", ["2", "5"])
+@pytest.mark.parametrize("shape, mask, dtype", SPLIT_CASES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_split_first_keys(shape, mask, dtype, splits, monkeypatch, host_work):
+    """GEOOPS_ATTN_TRITON_SPLIT=n: the forward, dq and dkv kernels each take a share of the first keys (more
+    programs for small B H; on a GPU chosen from the multiprocessor count), the forward's partial softmax states
+    merged by the combine kernel, the backward's partial gradients summed: the same values as the reference (and as
+    the unsplit kernels up to rounding)."""
+    monkeypatch.setenv("GEOOPS_ATTN_TRITON_SPLIT", splits)
+    ins = [t.requires_grad_(True) for t in _inputs(*shape, dtype, seed=3)]
+    with host_work() as w:
+        out, lse = ga.triple_attention(*ins, return_lse=True, **mask)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, ins, g)
+    assert w.launches.count("_triple_attention_combine_kernel") == 1, w
+    _check_against_reference(ins, mask, dtype, out, lse, g, grads)
+    monkeypatch.setenv("GEOOPS_ATTN_TRITON_SPLIT", "0")
+    with host_work() as w0:
+        out0 = ga.triple_attention(*[t.detach() for t in ins], **mask)
+    assert "_triple_attention_combine_kernel" not in w0.launches
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out, out0, rtol=tol, atol=tol)
+
+
+SPLIT_PARITY = [c for c in PARITY_CASES if any(t in c.name for t in ("dense/N17", "window(1,1)", "large-logits"))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", SPLIT_PARITY, ids=lambda c: c.name.split("/", 1)[1])
+def test_split_half_types_parity(case, dtype, monkeypatch):
+    """The half types split too (partial states in float32; the backward's delta pass stays unsplit): the parity
+    run's house rule on the dense, one-pair-per-query and large-logit cases (the whole set under a split takes
+    minutes in the interpreter)."""
+    assert len(SPLIT_PARITY) == 3
+    monkeypatch.setenv("GEOOPS_ATTN_TRITON_SPLIT", "3")
+    bad = _parity_failures(case, dtype)
+    assert not bad, f"{case.name} {dtype}: " + "; ".join(bad)
+
+
+def test_split_empty_rows_and_nan(monkeypatch):
+    """Rows without an admissible pair (every split empty) keep out 0 / lse -inf; a NaN score still propagates."""
+    monkeypatch.setenv("GEOOPS_ATTN_TRITON_SPLIT", "4")
+    ins = _inputs(1, 1, 1, 6, 6, 3, 4, 4, torch.float32)
+    out, lse = ga.triple_attention(*ins, window=(2, 1), return_lse=True)
+    assert torch.isinf(lse[..., 3:]).all() and not out[..., 3:, :].any() and torch.isfinite(lse[..., :3]).all()
+    ins = _inputs(1, 1, 1, 6, 6, 6, 4, 4, torch.float32)
+    ins[1][0, 0, 2, 0] = float("nan")
+    out, lse = ga.triple_attention(*ins, causal=True, return_lse=True)
+    rout = ref.triple_attention(*[t.double().cpu() for t in ins], causal=True)
+    assert torch.equal(out.isnan().any(-1).cpu(), rout.isnan().any(-1)) and lse[..., 2:].isnan().all()
+
+
+def test_split_count_from_the_multiprocessors(monkeypatch):
+    """On a GPU the split count fills ~2x the multiprocessors with programs, >= 4 first keys a split; a grid that
+    already does needs none; the knob forces (n) or forbids (0)."""
+    from types import SimpleNamespace
+
+    from geoops.kernels import attention as K
+    monkeypatch.delenv("GEOOPS_ATTN_TRITON_SPLIT", raising=False)
+    monkeypatch.setattr(K, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda", 0)
+    assert K._split_count(12, 192, cuda) == 22  # the bench's B H = 2, N = 192: 12 programs
+    assert K._split_count(12, 40, cuda) == 10  # >= 4 first keys a split
+    assert K._split_count(264, 192, cuda) == 1 and K._split_count(1000, 192, cuda) == 1
+    assert K._split_count(12, 1, cuda) == 1
+    assert K._splits(12, 192, cuda) == (22, 9) and K._splits(12, 10, cuda) == (3, 4)
+    assert K._split_count(12, 192, torch.device("cpu")) == 1
+    monkeypatch.setenv("GEOOPS_ATTN_TRITON_SPLIT", "0")
+    assert K._split_count(12, 192, cuda) == 1
+    monkeypatch.setenv("GEOOPS_ATTN_TRITON_SPLIT", "7")
+    assert K._split_count(12, 192, cuda) == 7 and K._split_count(12, 3, cuda) == 3
