@@ -1642,10 +1642,9 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
     if SPLIT:
         sp = tl.program_id(1).to(tl.int64) // n_dblk
         c0 = (tl.program_id(1).to(tl.int64) % n_dblk) * BLOCK_D
-        q_lo = sp * q_per
+        # the column bounds in 32 bits (< NQ) as in the unsplit loop (64-bit loop indices cost registers)
+        q_lo = (sp * q_per).to(tl.int32)
         q_hi = tl.minimum(q_lo + q_per, NQ)
-        OUT += sp * tl.num_programs(2).to(tl.int64) * NP * D
-        DKP += sp * tl.num_programs(2).to(tl.int64) * NP
     else:
         c0 = tl.program_id(1).to(tl.int64) * BLOCK_D
         q_lo = 0
@@ -1684,6 +1683,10 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
             dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
+    if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
+        sp = tl.program_id(1).to(tl.int64) // n_dblk
+        OUT += sp * tl.num_programs(2).to(tl.int64) * NP * D
+        DKP += sp * tl.num_programs(2).to(tl.int64) * NP
     pt = tl.load(P_ + (b * NP + rows[:, None]) * D + dc[None, :], mask=rmask[:, None] & dmask[None, :],
                  other=0.0).to(CT)
     out = alpha[:, None] * pt - acc
@@ -1876,9 +1879,13 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
         # 4 (float64) / 8 (float32) pairs a thread: the per-pair coefficients (and dk's) keep ~10 values
         # per pair live; 16 pairs a thread spilled
         bp, bq, nw = (32, 16, 4) if x.dtype == torch.float64 else (32, 32, 4)
-    blk = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=nw)
-    # the split kernels at .maxnreg (_maxnreg): left to itself ptxas held the float64 D = 64 dy pass at 168 registers
-    # and spilled 8 B (Triton 3.6, sm_90); the unsplit launches are as before
+    blk = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd)
+    # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
+    # y pass at 8 (at 4 ptxas held it at 168 registers and spilled 8 B); the x pass at 4 with dk or in float32 (at 8
+    # the float32 D = 64 pass with dk spilled 8 B at 128 registers, D = 32 without 4 B at 80 on sm_80), else at 8 (the
+    # float64 D = 32 pass spilled 4 B at 4 warps on sm_90, Triton 3.9); .maxnreg made ptxas spill more (40-236 B)
+    nw_x = nw if INTERPRETED or want_k or x.dtype == torch.float32 else 8
+    nw_y = nw if INTERPRETED else 8
     dx = dy = dk = None
     with _device_guard(x):
         # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
@@ -1889,7 +1896,7 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
             dkp = (x.new_empty((S, B, N)) if S > 1 else x.new_empty((B, N))) if want_k else x
             _pair_bwd_kernel[(triton.cdiv(N, bp), S * nd, B)](
                 x, y, g, A, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau, q_per, nd,
-                NEED_K=want_k, SPLIT=S > 1, **blk, **(_maxnreg(nw) if S > 1 else {}))
+                NEED_K=want_k, SPLIT=S > 1, num_warps=nw_x if S > 1 else nw, **blk)
             if want_x:
                 dx = out.sum(0) if S > 1 else out
         if want_y:
@@ -1897,7 +1904,7 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
             out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
             _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
                 y, x, g, A, d, y2, x2, k, out, out, M, N, D, 1, M, tau, q_per, nd,
-                NEED_K=False, SPLIT=S > 1, **blk, **(_maxnreg(nw) if S > 1 else {}))
+                NEED_K=False, SPLIT=S > 1, num_warps=nw_y if S > 1 else nw, **blk)
             dy = out.sum(0) if S > 1 else out
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
