@@ -1624,10 +1624,12 @@ def _pair_compile_variants():
             xd = torch.zeros(1, 37, D, dtype=dtype)
             g = torch.zeros(1, 37, 37, dtype=dtype)
             for mask, what in ((7, "dx,dy,dk"), (1, "dx")):
-                def bwd(xd=xd, g=g, k=k, mask=mask):
-                    _pair_bwd(g, xd, xd, k, g, g, mask)
+                for split, tag in ((0, ""), (2, " split")):  # split: the column-split partials (SPLIT)
+                    def bwd(xd=xd, g=g, k=k, mask=mask, split=split):
+                        _pair_bwd(g, xd, xd, k, g, g, mask, split=split)
 
-                entries.append({"label": f"pair/cdist/{dname}/D{D} bwd {what}", "launch": bwd, "expect": expect})
+                    entries.append({"label": f"pair/cdist/{dname}/D{D} bwd{tag} {what}", "launch": bwd,
+                                    "expect": expect})
     # the fused float32 knn: one binary per top-n width NP (2..KNN_MAX_NEIGHBORS) and direction
     x = torch.zeros(1, 37, 10)
     y = torch.zeros(1, 100, 10)
@@ -1789,13 +1791,26 @@ def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
 
 
 @triton.jit
-def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau,
-                     NEED_K: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
+def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau, q_per, n_dblk,
+                     NEED_K: tl.constexpr, SPLIT: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
                      BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x)."""
+    """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x).
+
+    SPLIT: program_id(1) = split * n_dblk + feature block; the split walks columns [sp q_per, (sp + 1) q_per)
+    of Q and writes its partial alpha_s P - W_s Q (and dk partials) to OUT / DKP's slice sp ([S, B, NP, D],
+    [S, B, NP]); the caller adds the slices in split order.  Without SPLIT: all columns, the result itself."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
-    c0 = tl.program_id(1).to(tl.int64) * BLOCK_D
     b = tl.program_id(2).to(tl.int64)
+    if SPLIT:
+        sp = tl.program_id(1).to(tl.int64) // n_dblk
+        c0 = (tl.program_id(1).to(tl.int64) % n_dblk) * BLOCK_D
+        # the column bounds in 32 bits (< NQ) as in the unsplit loop (64-bit loop indices cost registers)
+        q_lo = (sp * q_per).to(tl.int32)
+        q_hi = tl.minimum(q_lo + q_per, NQ)
+    else:
+        c0 = tl.program_id(1).to(tl.int64) * BLOCK_D
+        q_lo = 0
+        q_hi = NQ
     rows = p0 + tl.arange(0, BLOCK_P)
     rmask = rows < NP
     dc = c0 + tl.arange(0, BLOCK_D)
@@ -1809,9 +1824,9 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
     alpha = tl.zeros([BLOCK_P], CT)
     gs_ = tl.zeros([BLOCK_P], CT)
     dk = tl.zeros([BLOCK_P], CT)
-    for q0 in range(0, NQ, BLOCK_Q):
+    for q0 in range(q_lo, q_hi, BLOCK_Q):
         cols = q0 + tl.arange(0, BLOCK_Q)
-        cmask = cols < NQ
+        cmask = cols < q_hi
         m2 = rmask[:, None] & cmask[None, :]
         off = gbase + rows[:, None] * stride_gp + cols[None, :] * stride_gq
         g = tl.load(G + off, mask=m2, other=0.0).to(CT)
@@ -1830,6 +1845,10 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
             dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
+    if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
+        sp = tl.program_id(1).to(tl.int64) // n_dblk
+        OUT += sp * tl.num_programs(2).to(tl.int64) * NP * D
+        DKP += sp * tl.num_programs(2).to(tl.int64) * NP
     pt = tl.load(P_ + (b * NP + rows[:, None]) * D + dc[None, :], mask=rmask[:, None] & dmask[None, :],
                  other=0.0).to(CT)
     out = alpha[:, None] * pt - acc
@@ -1958,16 +1977,56 @@ def _pair_fwd(x, y, k, save: bool, key: bool):
     return out, A
 
 
-def _pair_bwd(g, x, y, k, A, d, mask: int):
+# The backward's programs, (NP / BLOCK_P) x (D / BLOCK_D) x B, each walk all NQ columns: at N = 2048, D = 64, B = 1
+# that is 64 programs on a 132-SM H200 (session 31: the backward 1.13 ms).  Few programs: the columns are split S
+# ways (programs >= _PAIR_SPLIT_WAVES x the SM count, each split >= _PAIR_SPLIT_MIN_STEPS column tiles), the splits'
+# partials added by torch in split order.  GEOOPS_TRITON_CDIST_SPLIT (read per call): 0 = never split (the
+# kernel before session 32), n > 0 = S = n (as far as the column tiles allow; for tests), unset = the heuristic.
+_PAIR_SPLIT_WAVES = 4
+_PAIR_SPLIT_MIN_STEPS = 4
+_INTERPRETER_SMS = 132  # the interpreter has no SM count: an H200's, so small test shapes stay unsplit
+
+
+def _sm_count(device: torch.device) -> int:
+    if INTERPRETED or device.type != "cuda":
+        return _INTERPRETER_SMS
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    n = _SM_COUNTS.get(idx)
+    if n is None:
+        n = _SM_COUNTS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return n
+
+
+_SM_COUNTS: dict = {}
+
+
+def _pair_split(NP: int, NQ: int, n_dblk: int, B: int, bp: int, bq: int, device: torch.device, split=None):
+    """(S, columns per split) of a backward pass over NP rows of P against NQ columns of Q (S = 1: unsplit).
+
+    split: None = GEOOPS_TRITON_CDIST_SPLIT / the heuristic, else that knob value (the compile check's variants)."""
+    env = os.environ.get("GEOOPS_TRITON_CDIST_SPLIT") if split is None else str(int(split))
+    if env == "0":
+        return 1, NQ
+    if env is not None and env.isdigit():
+        S = int(env)
+    else:
+        progs = triton.cdiv(NP, bp) * n_dblk * B
+        S = min(triton.cdiv(_PAIR_SPLIT_WAVES * _sm_count(device), progs), NQ // (_PAIR_SPLIT_MIN_STEPS * bq))
+    S = min(S, 65535 // n_dblk)  # CUDA's limit on the grid's y dimension (split x feature block)
+    if S <= 1:
+        return 1, NQ
+    q_per = triton.cdiv(triton.cdiv(NQ, S), bq) * bq  # whole column tiles a split
+    return triton.cdiv(NQ, q_per), q_per
+
+
+def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
     x, y, k = _pair_check(x, y, k)
     B, N, D = x.shape
     M = y.shape[1]
     want_x, want_y, want_k = bool(mask & 1), bool(mask & 2), bool(mask & 4)
-    dx = torch.zeros_like(x) if want_x else x.new_empty(0)
-    dy = torch.zeros_like(y) if want_y else x.new_empty(0)
-    dk = torch.zeros(B, dtype=k.dtype, device=x.device) if want_k else x.new_empty(0)
     if N == 0 or M == 0 or D == 0 or not (want_x or want_y or want_k):
-        return dx, dy, dk
+        return (torch.zeros_like(x) if want_x else x.new_empty(0), torch.zeros_like(y) if want_y else x.new_empty(0),
+                torch.zeros(B, dtype=k.dtype, device=x.device) if want_k else x.new_empty(0))
     g, A, d = g.contiguous().to(x.dtype), A.contiguous(), d.contiguous()
     x2 = (x * x).sum(-1).contiguous()
     y2 = (y * y).sum(-1).contiguous()
@@ -1975,26 +2034,43 @@ def _pair_bwd(g, x, y, k, A, d, mask: int):
     ct = _compute_type(x.dtype)[0]
     pmin = _PAIR_MIN_P[x.dtype]
     bd = min(64, max(16, triton.next_power_of_2(D)))  # wider feature blocks spilled (D > 64: several blocks)
+    nd = triton.cdiv(D, bd)
     if INTERPRETED:
         bp, bq, nw = 16, 16, 1
     else:
         # 4 (float64) / 8 (float32) pairs a thread: the per-pair coefficients (and dk's) keep ~10 values
         # per pair live; 16 pairs a thread spilled
         bp, bq, nw = (32, 16, 4) if x.dtype == torch.float64 else (32, 32, 4)
-    dkp = torch.empty((B, N), dtype=x.dtype, device=x.device) if want_k else x
+    blk = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd)
+    # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
+    # y pass at 8 (at 4 ptxas held it at 168 registers and spilled 8 B); the x pass at 4 with dk or in float32 (at 8
+    # the float32 D = 64 pass with dk spilled 8 B at 128 registers, D = 32 without 4 B at 80 on sm_80), else at 8 (the
+    # float64 D = 32 pass spilled 4 B at 4 warps on sm_90, Triton 3.9); .maxnreg made ptxas spill more (40-236 B)
+    nw_x = nw if INTERPRETED or want_k or x.dtype == torch.float32 else 8
+    nw_y = nw if INTERPRETED else 8
+    dx = dy = dk = None
     with _device_guard(x):
         # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
         if want_x or want_k:
-            out = dx if want_x else torch.empty_like(x)
-            _pair_bwd_kernel[(triton.cdiv(N, bp), triton.cdiv(D, bd), B)](
-                x, y, g, A, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau,
-                NEED_K=want_k, CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=nw)
+            S, q_per = _pair_split(N, M, nd, B, bp, bq, x.device, split)
+            # split: the partials [S, B, N, D] (dk alone: no dx, a stand-in the kernel writes)
+            out = x.new_empty((S, B, N, D)) if S > 1 or not want_x else x.new_zeros((B, N, D))
+            dkp = (x.new_empty((S, B, N)) if S > 1 else x.new_empty((B, N))) if want_k else x
+            _pair_bwd_kernel[(triton.cdiv(N, bp), S * nd, B)](
+                x, y, g, A, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau, q_per, nd,
+                NEED_K=want_k, SPLIT=S > 1, num_warps=nw_x if S > 1 else nw, **blk)
+            if want_x:
+                dx = out.sum(0) if S > 1 else out
         if want_y:
-            _pair_bwd_kernel[(triton.cdiv(M, bp), triton.cdiv(D, bd), B)](
-                y, x, g, A, d, y2, x2, k, dy, dy, M, N, D, 1, M, tau,
-                NEED_K=False, CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, num_warps=nw)
+            S, q_per = _pair_split(M, N, nd, B, bp, bq, x.device, split)
+            out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
+            _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
+                y, x, g, A, d, y2, x2, k, out, out, M, N, D, 1, M, tau, q_per, nd,
+                NEED_K=False, SPLIT=S > 1, num_warps=nw_y if S > 1 else nw, **blk)
+            dy = out.sum(0) if S > 1 else out
     if want_k:
-        dk = dkp.sum(1).to(k.dtype)
+        dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
+    dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))
     # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own)
     close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
     if (want_x or want_y) and bool(close.any()):

@@ -169,3 +169,150 @@ def test_knn_float32_fused_top_n_kernel():
         assert torch.equal(idx.cpu(), ri), (k, largest)
         assert _relerr(dist, rd) < 1e-4
     assert idx.shape == (13, 3)
+
+
+# ---------------------------------------------------------------- the backward's column split (session 32, issue 6)
+# Few programs (N / BLOCK_P x D / BLOCK_D x B below ~4x the SM count): each pass splits the columns S ways, the
+# splits' partials alpha_s p - W_s q added in split order.  The interpreter has no SM count, so these tests force S
+# with GEOOPS_TRITON_CDIST_SPLIT=<S> (and =0 for the unsplit kernel).
+def _bwd(monkeypatch, split, g, x, y, k, A, d, mask):
+    monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", str(split))
+    return ops.PAIR_CALLERS["cdist_bwd"](g, x, y, k, A, d, mask)
+
+
+def _sum_scale(g, x, y, k, A):
+    """Per row of x (and of y): sum_j |W_ij| |y_j| + |alpha_i| |x_i| in float64, the magnitude of the terms the
+    backward adds (a sum of n terms is within n u of this scale of the exact value in either order)."""
+    g, x, y, k, A = (t.double().cpu() for t in (g, x, y, k, A))
+    kk = k.reshape(-1, 1, 1)
+    x2, y2 = (x * x).sum(-1), (y * y).sum(-1)
+    px, py = 1 + kk[:, :, 0] * x2, 1 + kk[:, :, 0] * y2
+    den = px[:, :, None] * py[:, None, :] - kk * A
+    valid = A > 0
+    s = torch.sqrt(torch.where(valid, A, 1.0) / den)
+    w = torch.where(valid, 2 * g / (s * den), 0.0).abs()
+    gs_ = torch.where(valid, (g * s).abs(), 0.0)
+    ax = w.sum(2) + 2 * kk[:, :, 0].abs() * gs_.sum(2) / px
+    ay = w.sum(1) + 2 * kk[:, :, 0].abs() * gs_.sum(1) / py
+    sx = w @ y.abs() + ax[:, :, None] * x.abs()
+    sy = w.transpose(1, 2) @ x.abs() + ay[:, :, None] * y.abs()
+    return sx, sy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("k", (-1.0, 0.0, 0.7))
+@pytest.mark.parametrize("shape", [(2, 37, 41, 7), (1, 50, 35, 70)], ids=["odd", "wide"])
+def test_cdist_bwd_split_matches_unsplit_and_reference(monkeypatch, device, dtype, k, shape):
+    """Split S = 3 vs the unsplit kernel (=0): within the summation-order bound 2 n u x the terms' magnitude; vs the
+    float64 reference no worse than the unsplit kernel plus that bound.  D = 70: two feature blocks; close pairs.
+    Measured: the split-unsplit difference <= 1.6 % of the bound (interpreter)."""
+    B, N, M, D = shape
+    kk = k if k else -1.0
+    x = _points(B, N, D, dtype, 30, k=kk)
+    y = _close_pairs(x, _points(B, M, D, dtype, 31, k=kk), 1e-3, 32)
+    kt = torch.full((B,), k, dtype=dtype, device=device)
+    d, A = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
+    g = torch.randn(d.shape, generator=torch.Generator().manual_seed(33), dtype=torch.float64).to(d)
+    base = _bwd(monkeypatch, 0, g, x, y, kt, A, d, 7)
+    split = _bwd(monkeypatch, 3, g, x, y, kt, A, d, 7)
+    assert all(torch.equal(a, b) for a, b in zip(split, _bwd(monkeypatch, 3, g, x, y, kt, A, d, 7)))  # run to run
+    rl = [t.detach().double().cpu().requires_grad_(True) for t in (x, y, kt)]
+    want = torch.autograd.grad(ref.cdist(rl[0], rl[1], k=rl[2].reshape(-1, 1, 1)), rl, g.double().cpu())
+    u = torch.finfo(dtype).eps / 2
+    sx, sy = _sum_scale(g, x, y, kt, A)
+    for name, a, b, r, scale, n in (("dx", split[0], base[0], want[0], sx, M + D),
+                                    ("dy", split[1], base[1], want[1], sy, N + D)):
+        a, b = a.double().cpu(), b.double().cpu()
+        bound = 2 * n * u * scale
+        assert ((a - b).abs() <= bound).all(), (name, float(((a - b).abs() / bound).max()))
+        assert ((a - r).abs() <= (b - r).abs() + bound).all(), name
+    # dk: a sum of N M pair terms in another order (measured <= 0.4 % of N M u |dk|)
+    dk_err = float((split[2].double().cpu() - base[2].double().cpu()).abs().max())
+    assert dk_err <= N * M * u * float(want[2].abs().max().clamp_min(1e-30)), dk_err
+    torch.testing.assert_close(split[2].double().cpu(), want[2], rtol=1e-3 if dtype == torch.float32 else 1e-9,
+                               atol=1e-3 if dtype == torch.float32 else 1e-12)
+
+
+def test_cdist_bwd_split_near_boundary_float32(monkeypatch, device):
+    """float32 points at 0.999 of the radius with close pairs: the split within the unsplit kernel's error."""
+    x = _points(1, 40, 7, torch.float32, 34, radius=0.999, k=-3.0)
+    y = _close_pairs(x, _points(1, 45, 7, torch.float32, 35, radius=0.999, k=-3.0), 1e-3 / 3 ** 0.5, 36)
+    kt = torch.full((1,), -3.0, device=device)
+    d, A = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
+    g = torch.randn(d.shape, generator=torch.Generator().manual_seed(37), dtype=torch.float64).to(d)
+    base = _bwd(monkeypatch, 0, g, x, y, kt, A, d, 7)
+    split = _bwd(monkeypatch, 2, g, x, y, kt, A, d, 7)
+    sx, sy = _sum_scale(g, x, y, kt, A)
+    u = 2.0 ** -24
+    for a, b, scale, n in ((split[0], base[0], sx, 45 + 7), (split[1], base[1], sy, 40 + 7)):
+        assert ((a.double().cpu() - b.double().cpu()).abs() <= 2 * n * u * scale).all()
+    assert abs(float(split[2] - base[2])) <= 1e-4 * abs(float(base[2]))
+
+
+@pytest.mark.parametrize("mask", [1, 2, 4, 3, 5])
+def test_cdist_bwd_split_masks(monkeypatch, device, mask):
+    """dx only, dy only, dk only (the x pass's partials unused), and pairs of them: each within float64 rounding of
+    the unsplit kernel; what is not asked for is empty."""
+    x = _points(2, 33, 5, torch.float64, 38)
+    y = _points(2, 36, 5, torch.float64, 39)
+    kt = torch.tensor([-1.0, 0.5], dtype=torch.float64, device=device)
+    d, A = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
+    g = torch.randn(d.shape, generator=torch.Generator().manual_seed(40), dtype=torch.float64).to(d)
+    base = _bwd(monkeypatch, 0, g, x, y, kt, A, d, mask)
+    split = _bwd(monkeypatch, 2, g, x, y, kt, A, d, mask)
+    for bit, a, b in zip((1, 2, 4), split, base):
+        if mask & bit:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+        else:
+            assert a.numel() == 0 and b.numel() == 0
+
+
+def test_cdist_bwd_split_one_is_the_unsplit_kernel(monkeypatch, device):
+    """S = 1 (forced, or a split that the column tiles do not allow) runs the unsplit kernel: the same bits."""
+    x = _points(1, 20, 6, torch.float32, 41)
+    y = _points(1, 12, 6, torch.float32, 42)   # 12 columns: one 16-column tile in the interpreter, no split of dx
+    kt = torch.full((1,), 0.7, device=device)
+    d, A = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
+    g = torch.randn(d.shape, generator=torch.Generator().manual_seed(43)).to(d)
+    base = _bwd(monkeypatch, 0, g, x, y, kt, A, d, 5)
+    for s in (1, 4):
+        out = _bwd(monkeypatch, s, g, x, y, kt, A, d, 5)
+        assert torch.equal(out[0], base[0]) and torch.equal(out[2], base[2]), s
+
+
+def test_cdist_bwd_split_heuristic():
+    """The split count: programs >= 4x the SM count, >= 4 column tiles a split; the knob overrides it."""
+    from geoops.kernels import stereographic as st
+
+    dev = torch.device("cpu")  # no SM count: an H200's 132
+    assert st._pair_split(2048, 2048, 1, 1, 32, 32, dev, None) == (8, 256)   # 64 programs -> 512
+    assert st._pair_split(2048, 2048, 1, 16, 32, 32, dev, None) == (1, 2048)  # 1024 programs: enough
+    assert st._pair_split(2048, 100, 1, 1, 32, 32, dev, None) == (1, 100)    # 4 column tiles: too few to split
+    assert st._pair_split(2048, 2048, 1, 1, 32, 32, dev, 0) == (1, 2048)
+    assert st._pair_split(100, 100, 1, 1, 32, 32, dev, 3) == (2, 64)         # whole 32-column tiles
+    assert st._pair_split(100, 100, 1, 1, 32, 32, dev, 50) == (4, 32)
+
+
+def test_cdist_bwd_split_gradcheck(monkeypatch, device):
+    """float64 gradcheck (fast mode) of cdist through the split backward (x, y and k)."""
+    monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", "2")
+    x = _points(1, 18, 3, torch.float64, 44).requires_grad_(True)
+    y = _points(1, 20, 3, torch.float64, 45).requires_grad_(True)
+    kt = torch.full((1, 1, 1), -0.8, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: gs.cdist(a, b, k=c), (x, y, kt), fast_mode=True,
+                                    atol=1e-7, rtol=1e-5)
+
+
+def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
+    """The split adds no launch (its partials are summed by one torch op a pass)."""
+    x = _points(1, 40, 8, torch.float32, 46).requires_grad_(True)
+    y = _points(1, 40, 8, torch.float32, 47).requires_grad_(True)
+    counts = {}
+    for s in ("0", "2"):
+        monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", s)
+        with host_work() as w:
+            d = gs.cdist(x, y, k=-1.0)
+            d.backward(torch.ones_like(d))
+        counts[s] = w
+    assert len(counts["2"].launches) == len(counts["0"].launches) == 3
+    assert len(counts["2"].ops) <= len(counts["0"].ops) + 2
