@@ -26,6 +26,7 @@ backward composes the pieces (dK from the batch-summed spectrum, then the Vander
 """
 from __future__ import annotations
 
+import os
 
 import torch
 import triton
@@ -97,7 +98,132 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, b_mod: int, into=None) -> torch.Tenso
                       b.stride(1), b.stride(2), scb, scm, scn, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, IEEE=ieee)
     return c
 
+# ---------------------------------------------------------------- the Vandermonde factors in one launch each
+@triton.jit
+def _cexp64(a, b, m):
+    """(Re, Im) of exp((a + i b) m) in float64 from the exact products a*m, b*m (m float64)."""
+    e = tl.exp(a * m)
+    t = b * m
+    return e * tl.cos(t), e * tl.sin(t)
 
+
+@triton.jit
+def _fwd_factors_kernel(x_ptr, v_ptr, w_ptr, z_ptr, H, N, T, J,
+                        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The forward GEMM's operands from x (H, N, 2) and v (C*H, N, 2) (float64 re/im pairs):
+    W[p, j, n] = 2 Re(v_n exp(x_n j T)), W[p, j, N + n] = -2 Im(...) (p = c*H + h, (C*H, J, 2N));
+    Z[h, n, i] = Re exp(x_n i), Z[h, N + n, i] = Im exp(x_n i) ((H, 2N, T), written by the c = 0 programs).
+    Program (p, position tile, mode tile); float64 math, rounded to the outputs' dtype at the store."""
+    p = tl.program_id(0).to(tl.int64)
+    l0 = tl.program_id(1).to(tl.int64) * BLOCK_L
+    pos = l0 + tl.arange(0, BLOCK_L)
+    n = tl.program_id(2).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    h = p % H
+    nm = n < N
+    xa = tl.load(x_ptr + (h * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+    xb = tl.load(x_ptr + (h * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+    if l0 < J:
+        kw = nm[:, None] & (pos[None, :] < J)
+        vr = tl.load(v_ptr + (p * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+        vi = tl.load(v_ptr + (p * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+        pr, pi = _cexp64(xa, xb, (pos * T).to(tl.float64)[None, :])
+        wb = w_ptr + p * J * 2 * N + pos[None, :] * (2 * N) + n[:, None]
+        tl.store(wb, (2.0 * (vr * pr - vi * pi)).to(w_ptr.dtype.element_ty), mask=kw)
+        tl.store(wb + N, (-2.0 * (vr * pi + vi * pr)).to(w_ptr.dtype.element_ty), mask=kw)
+    if (l0 < T) & (p < H):
+        kz = nm[:, None] & (pos[None, :] < T)
+        qr, qi = _cexp64(xa, xb, pos.to(tl.float64)[None, :])
+        zb = z_ptr + (h * 2 * N + n[:, None]) * T + pos[None, :]
+        tl.store(zb, qr.to(z_ptr.dtype.element_ty), mask=kz)
+        tl.store(zb + N * T, qi.to(z_ptr.dtype.element_ty), mask=kz)
+
+
+@triton.jit
+def _bwd_factors_kernel(x_ptr, z_ptr, H, N, T, NCOL, WANT_DX: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The backward GEMM's right operand Z (H, T, NCOL): columns n, N + n = Re, Im exp(x_n i) and, with
+    WANT_DX, 2N + n, 3N + n = i Re, i Im exp(x_n i) (the i-weighted products in float64, then rounded)."""
+    h = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
+    n = tl.program_id(2).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < N
+    xa = tl.load(x_ptr + (h * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+    xb = tl.load(x_ptr + (h * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+    fi = i.to(tl.float64)[None, :]
+    qr, qi = _cexp64(xa, xb, fi)
+    k = nm[:, None] & (i[None, :] < T)
+    zb = z_ptr + (h * T + i[None, :]) * NCOL + n[:, None]
+    tl.store(zb, qr.to(z_ptr.dtype.element_ty), mask=k)
+    tl.store(zb + N, qi.to(z_ptr.dtype.element_ty), mask=k)
+    if WANT_DX:
+        tl.store(zb + 2 * N, (qr * fi).to(z_ptr.dtype.element_ty), mask=k)
+        tl.store(zb + 3 * N, (qi * fi).to(z_ptr.dtype.element_ty), mask=k)
+
+
+@triton.jit
+def _bwd_reduce_kernel(r_ptr, x_ptr, v_ptr, dv_ptr, dx_ptr, C, H, N, T, J, NCOL,
+                       WANT_DV: tl.constexpr, WANT_DX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The sums over j of the backward, per (h, mode tile), in float64 (R (C*H, J, NCOL) from the GEMM):
+    S0[c] = sum_j P_j M0[c, j], S1[c] = sum_j P_j (jT M0[c, j] + M1[c, j]) with P_j = exp(x jT),
+    M0 = R[:, :, n] + i R[:, :, N + n], M1 = R[:, :, 2N + n] + i R[:, :, 3N + n];
+    dv[c] = 2 conj(S0[c]) (v's dtype), dx = sum_c 2 conj(v[c] S1[c]) (x's dtype)."""
+    h = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < N
+    xa = tl.load(x_ptr + (h * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+    xb = tl.load(x_ptr + (h * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+    dxr = tl.zeros((BLOCK_N,), dtype=tl.float64)
+    dxi = tl.zeros((BLOCK_N,), dtype=tl.float64)
+    for c in range(0, C):
+        p = c * H + h
+        s0r = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        s0i = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        s1r = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        s1i = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        for j0 in range(0, J, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
+            k = nm[:, None] & (j[None, :] < J)
+            jt = (j * T).to(tl.float64)[None, :]
+            pr, pi = _cexp64(xa, xb, jt)
+            rb = r_ptr + (p * J + j[None, :]) * NCOL + n[:, None]
+            m0r = tl.load(rb, mask=k, other=0.0).to(tl.float64)
+            m0i = tl.load(rb + N, mask=k, other=0.0).to(tl.float64)
+            s0r += pr * m0r - pi * m0i
+            s0i += pr * m0i + pi * m0r
+            if WANT_DX:
+                m1r = jt * m0r + tl.load(rb + 2 * N, mask=k, other=0.0).to(tl.float64)
+                m1i = jt * m0i + tl.load(rb + 3 * N, mask=k, other=0.0).to(tl.float64)
+                s1r += pr * m1r - pi * m1i
+                s1i += pr * m1i + pi * m1r
+        if WANT_DV:
+            db = dv_ptr + (p * N + n) * 2
+            tl.store(db, (2.0 * tl.sum(s0r, axis=1)).to(dv_ptr.dtype.element_ty), mask=nm)
+            tl.store(db + 1, (-2.0 * tl.sum(s0i, axis=1)).to(dv_ptr.dtype.element_ty), mask=nm)
+        if WANT_DX:
+            ar = tl.sum(s1r, axis=1)
+            ai = tl.sum(s1i, axis=1)
+            vr = tl.load(v_ptr + (p * N + n) * 2, mask=nm, other=0.0).to(tl.float64)
+            vi = tl.load(v_ptr + (p * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+            dxr += 2.0 * (vr * ar - vi * ai)
+            dxi += -2.0 * (vr * ai + vi * ar)
+    if WANT_DX:
+        tl.store(dx_ptr + (h * N + n) * 2, dxr.to(dx_ptr.dtype.element_ty), mask=nm)
+        tl.store(dx_ptr + (h * N + n) * 2 + 1, dxi.to(dx_ptr.dtype.element_ty), mask=nm)
+
+
+_FB_N, _FB_L = 16, 32  # the factor kernels' tiles (modes x positions)
+
+
+def _fused_factors() -> bool:
+    """GEOOPS_SSM_TRITON_FUSED_FACTORS=0 (README knob table, read per call): the factors by torch in complex128
+    (the path before session 32) instead of the factor kernels."""
+    return os.environ.get("GEOOPS_SSM_TRITON_FUSED_FACTORS", "")[:1] != "0"
+
+
+def _pairs(t: torch.Tensor) -> torch.Tensor:
+    """t (complex64 / complex128) as contiguous (re, im) pairs; the kernels widen the loads to float64 (exact,
+    as torch's cast to complex128)."""
+    return torch.view_as_real(t if t.is_contiguous() else t.contiguous())
 
 
 def _powers(x: torch.Tensor, step: int, count: int) -> torch.Tensor:
@@ -108,9 +234,16 @@ def _powers(x: torch.Tensor, step: int, count: int) -> torch.Tensor:
 
 def _vandermonde_operands(v, x, L: int, rdt):
     """The blocked product's factors: W (C*H, J, 2N) = [2 Re, -2 Im] of v * exp(x j T) and Z (H, 2N, T) =
-    [Re; Im] of exp(x i), so that K[c, h, j T + i] = (W[c*H + h] @ Z[h])[j, i]."""
+    [Re; Im] of exp(x i), so that K[c, h, j T + i] = (W[c*H + h] @ Z[h])[j, i].  One launch of
+    ``_fwd_factors_kernel`` (float64 math as below), or torch in complex128 under the knob."""
     C, H, N = v.shape
     T, J = _blocking(L)
+    if _fused_factors():
+        W = torch.empty((C * H, J, 2 * N), device=v.device, dtype=rdt)
+        Z = torch.empty((H, 2 * N, T), device=v.device, dtype=rdt)
+        grid = (C * H, triton.cdiv(max(J, T), _FB_L), triton.cdiv(N, _FB_N))
+        _fwd_factors_kernel[grid](_pairs(x), _pairs(v), W, Z, H, N, T, J, BLOCK_N=_FB_N, BLOCK_L=_FB_L)
+        return W, Z, T, J
     Q = _powers(x, 1, T)  # (H, N, T)
     P = _powers(x, T, J)  # (H, N, J)
     Z = torch.cat([Q.real, Q.imag], dim=1).to(rdt).contiguous()  # (H, 2N, T)
@@ -129,9 +262,35 @@ def vandermonde_fwd(v, x, L: int, out64: bool):
     return K[..., :L].contiguous() if J * T != L else K
 
 
+def _vandermonde_bwd_fused(g, v, x, mask: int):
+    """vandermonde_bwd in three launches: Z (H, T, 2N or 4N) by ``_bwd_factors_kernel``, R = G Z by
+    ``_bmm_kernel`` (G = g as (C*H, J, T), zero-padded when J T > L), the float64 sums over j and c into
+    dv / dx by ``_bwd_reduce_kernel``."""
+    C, H, N = v.shape
+    L = g.shape[-1]
+    T, J = _blocking(L)
+    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype) if mask & 1 else v.new_empty(0)
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if mask & 2 else x.new_empty(0)
+    ncol = 4 * N if mask & 2 else 2 * N
+    xp = _pairs(x)
+    Z = torch.empty((H, T, ncol), device=g.device, dtype=g.dtype)
+    _bwd_factors_kernel[(H, triton.cdiv(T, _FB_L), triton.cdiv(N, _FB_N))](
+        xp, Z, H, N, T, ncol, WANT_DX=bool(mask & 2), BLOCK_N=_FB_N, BLOCK_L=_FB_L)
+    G = g if J * T == L else torch.nn.functional.pad(g, (0, J * T - L))
+    R = _bmm(G.reshape(C * H, J, T), Z, H)  # (C*H, J, ncol) in g's dtype
+    vp = _pairs(v) if mask & 2 else xp
+    dvr = torch.view_as_real(dv) if mask & 1 else xp
+    dxr = torch.view_as_real(dx) if mask & 2 else xp
+    _bwd_reduce_kernel[(H, triton.cdiv(N, _FB_N))](R, xp, vp, dvr, dxr, C, H, N, T, J, ncol, WANT_DV=bool(mask & 1),
+                                                 WANT_DX=bool(mask & 2), BLOCK_N=_FB_N, BLOCK_J=_FB_L)
+    return dv, dx
+
+
 def vandermonde_bwd(g, v, x, mask: int):
     C, H, N = v.shape
     L = g.shape[-1]
+    if L > 0 and C * H > 0 and N > 0 and mask != 0 and _fused_factors():
+        return _vandermonde_bwd_fused(g, v, x, mask)
     dv = torch.zeros_like(v) if mask & 1 else v.new_empty(0)
     dx = torch.zeros_like(x) if mask & 2 else x.new_empty(0)
     if L == 0 or C * H == 0 or N == 0 or mask == 0:
