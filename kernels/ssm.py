@@ -506,9 +506,80 @@ def fftconv_bwd(g, u, uf, k, D, mask: int):
     return du, dk, dD
 
 
+# ---------------------------------------------------------------- the ZOH discretisation in one launch
+@triton.jit
+def _cmul64(ar, ai, br, bi):
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@triton.jit
+def _cdiv64(ar, ai, br, bi):
+    """(a / b) by Smith's scaling (no overflow of |b|^2); the branch not taken may divide by zero, discarded."""
+    big = tl.abs(br) >= tl.abs(bi)
+    r = tl.where(big, bi / br, br / bi)
+    den = tl.where(big, br + bi * r, bi + br * r)
+    re = tl.where(big, ar + ai * r, ar * r + ai) / den
+    im = tl.where(big, ai - ar * r, ai * r - ar) / den
+    return re, im
+
+
+@triton.jit
+def _expm1_64(a, u):
+    """exp(a) - 1 from u = exp(a) without cancellation (Kahan: (u - 1) a / log u, a few ulps)."""
+    um1 = u - 1.0
+    r = um1 * a / tl.log(u)
+    r = tl.where(um1 == 0.0, a, r)
+    return tl.where(um1 == -1.0, -1.0, r)
+
+
+@triton.jit
+def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
+    """ZOH discretisation (v, x) in float64: z = dt A (dt = exp(log_dt[h])), x = z,
+    v = C (B expm1(z) / A) with expm1(z) = (expm1(Re z) cos(Im z) - 2 sin^2(Im z / 2), exp(Re z) sin(Im z))
+    (the reference's expm1c).  One element of C (lead, h, n) per lane; the lanes of the first H*N elements
+    also write x.  Inputs of any precision, widened (exactly) on load; v, x as float64 (re, im) pairs."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = e < TOTAL
+    hn = e % (H * N)
+    h = hn // N
+    dt = tl.exp(tl.load(ldt_ptr + h, mask=m, other=0.0).to(tl.float64))
+    ar = tl.load(a_ptr + hn * 2, mask=m, other=-1.0).to(tl.float64)
+    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    br = tl.load(b_ptr + hn * 2, mask=m, other=0.0).to(tl.float64)
+    bi = tl.load(b_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    cr = tl.load(c_ptr + e * 2, mask=m, other=0.0).to(tl.float64)
+    ci = tl.load(c_ptr + e * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    zr = dt * ar
+    zi = dt * ai
+    u = tl.exp(zr)
+    s = tl.sin(0.5 * zi)
+    er = _expm1_64(zr, u) * tl.cos(zi) - 2.0 * (s * s)
+    ei = u * tl.sin(zi)
+    wr, wi = _cmul64(br, bi, er, ei)
+    wr, wi = _cdiv64(wr, wi, ar, ai)
+    vr, vi = _cmul64(cr, ci, wr, wi)
+    tl.store(v_ptr + e * 2, vr, mask=m)
+    tl.store(v_ptr + e * 2 + 1, vi, mask=m)
+    mx = m & (e < H * N)
+    tl.store(x_ptr + e * 2, zr, mask=mx)
+    tl.store(x_ptr + e * 2 + 1, zi, mask=mx)
+
+
 # ---------------------------------------------------------------- discretisation and the fused pair
+_DISC_BLOCK = 128
+
+
 def ssm_discretize_fwd(log_dt, A, B, C, disc: str):
-    """(v, x) in complex128 (O(H N) torch on the device)."""
+    """(v, x) in complex128: ZOH by ``_zoh_fwd_kernel`` (one launch), bilinear (its complex atanh) and
+    GEOOPS_SSM_TRITON_FUSED_FACTORS=0 by O(H N) torch on the device."""
+    H, N = A.shape
+    if disc == "zoh" and H * N > 0 and _fused_factors():
+        v = torch.empty(C.shape + (2,), device=C.device, dtype=torch.float64)
+        x = torch.empty((H, N, 2), device=A.device, dtype=torch.float64)
+        total = C.numel()
+        _zoh_fwd_kernel[(triton.cdiv(total, _DISC_BLOCK),)](log_dt.contiguous(), _pairs(A), _pairs(B), _pairs(C), v, x,
+                                                            H, N, total, BLOCK=_DISC_BLOCK)
+        return torch.view_as_complex(v), torch.view_as_complex(x)
     with torch.no_grad():
         return discretize_log(log_dt, A, B, C, disc)
 
