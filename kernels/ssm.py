@@ -565,8 +565,92 @@ def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLO
     tl.store(x_ptr + e * 2 + 1, zi, mask=mx)
 
 
+@triton.jit
+def _disc_bwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, gv_ptr, gx_ptr, dld_ptr, da_ptr, db_ptr, dc_ptr, H, N, CL,
+                     ZOH, HAS_GV, HAS_GX, MASK, BLOCK_N: tl.constexpr):
+    """The discretisation's chain rule (ssm_discretize_bwd's closed form) in float64, one program per channel h
+    (its modes in tiles of BLOCK_N, the C lead index c < CL in a loop).  ZOH, HAS_GV, HAS_GX and MASK (bit i:
+    write the gradient of log_dt, A, B, C) are runtime ints: one binary per dtype combination."""
+    h = tl.program_id(0).to(tl.int64)
+    dt = tl.exp(tl.load(ldt_ptr + h).to(tl.float64))
+    dld = tl.zeros((BLOCK_N,), dtype=tl.float64)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        nm = n < N
+        hn = h * N + n
+        ar = tl.load(a_ptr + hn * 2, mask=nm, other=-1.0).to(tl.float64)
+        ai = tl.load(a_ptr + hn * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+        br = tl.load(b_ptr + hn * 2, mask=nm, other=0.0).to(tl.float64)
+        bi = tl.load(b_ptr + hn * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+        zr = dt * ar
+        zi = dt * ai
+        if ZOH != 0:  # dw/dB = expm1(z) / A, dw/dz = B exp(z) / A, dw/dA = -w / A, dx/dz = 1, dw/ddt = 0
+            u = tl.exp(zr)
+            s = tl.sin(0.5 * zi)
+            co = tl.cos(zi)
+            si = tl.sin(zi)
+            qbr, qbi = _cdiv64(_expm1_64(zr, u) * co - 2.0 * (s * s), u * si, ar, ai)
+            wr, wi = _cmul64(br, bi, qbr, qbi)
+            t1, t2 = _cmul64(br, bi, u * co, u * si)
+            qzr, qzi = _cdiv64(t1, t2, ar, ai)
+            qar, qai = _cdiv64(-wr, -wi, ar, ai)
+            qxr = tl.full((BLOCK_N,), 1.0, tl.float64)
+            qxi = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qtr = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qti = tl.zeros((BLOCK_N,), dtype=tl.float64)
+        else:  # den = 1 - z/2: dw/dB = dt / den, dw/dz = (w / 2) / den, dx/dz = 1 / (den (1 + z/2)), dw/ddt = B / den
+            denr = 1.0 - 0.5 * zr
+            deni = -(0.5 * zi)
+            qbr, qbi = _cdiv64(tl.zeros((BLOCK_N,), dtype=tl.float64) + dt, tl.zeros((BLOCK_N,), dtype=tl.float64),
+                               denr, deni)
+            wr, wi = _cmul64(br, bi, qbr, qbi)
+            pr, pi = _cmul64(denr, deni, 1.0 + 0.5 * zr, 0.5 * zi)
+            qxr, qxi = _cdiv64(tl.full((BLOCK_N,), 1.0, tl.float64), tl.zeros((BLOCK_N,), dtype=tl.float64), pr, pi)
+            qzr, qzi = _cdiv64(0.5 * wr, 0.5 * wi, denr, deni)
+            qar = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qai = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qtr, qti = _cdiv64(br, bi, denr, deni)
+        gwr = tl.zeros((BLOCK_N,), dtype=tl.float64)
+        gwi = tl.zeros((BLOCK_N,), dtype=tl.float64)
+        if HAS_GV != 0:
+            for c in range(0, CL):
+                e = c * H * N + hn
+                gr = tl.load(gv_ptr + e * 2, mask=nm, other=0.0).to(tl.float64)
+                gi = tl.load(gv_ptr + e * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+                cr = tl.load(c_ptr + e * 2, mask=nm, other=0.0).to(tl.float64)
+                ci = tl.load(c_ptr + e * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+                gwr += cr * gr + ci * gi
+                gwi += cr * gi - ci * gr
+                if (MASK & 8) != 0:
+                    tl.store(dc_ptr + e * 2, (wr * gr + wi * gi).to(dc_ptr.dtype.element_ty), mask=nm)
+                    tl.store(dc_ptr + e * 2 + 1, (wr * gi - wi * gr).to(dc_ptr.dtype.element_ty), mask=nm)
+        elif (MASK & 8) != 0:
+            for c in range(0, CL):
+                e = c * H * N + hn
+                tl.store(dc_ptr + e * 2, tl.zeros((BLOCK_N,), dtype=dc_ptr.dtype.element_ty), mask=nm)
+                tl.store(dc_ptr + e * 2 + 1, tl.zeros((BLOCK_N,), dtype=dc_ptr.dtype.element_ty), mask=nm)
+        gzr = qzr * gwr + qzi * gwi  # conj(dw/dz) gw (+ conj(dx/dz) gx)
+        gzi = qzr * gwi - qzi * gwr
+        if HAS_GX != 0:
+            xr = tl.load(gx_ptr + hn * 2, mask=nm, other=0.0).to(tl.float64)
+            xi = tl.load(gx_ptr + hn * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+            gzr += qxr * xr + qxi * xi
+            gzi += qxr * xi - qxi * xr
+        if (MASK & 2) != 0:  # dA = dt gz + conj(dw/dA) gw
+            tl.store(da_ptr + hn * 2, (dt * gzr + (qar * gwr + qai * gwi)).to(da_ptr.dtype.element_ty), mask=nm)
+            tl.store(da_ptr + hn * 2 + 1, (dt * gzi + (qar * gwi - qai * gwr)).to(da_ptr.dtype.element_ty), mask=nm)
+        if (MASK & 4) != 0:  # dB = conj(dw/dB) gw
+            tl.store(db_ptr + hn * 2, (qbr * gwr + qbi * gwi).to(db_ptr.dtype.element_ty), mask=nm)
+            tl.store(db_ptr + hn * 2 + 1, (qbr * gwi - qbi * gwr).to(db_ptr.dtype.element_ty), mask=nm)
+        # Re(conj(A) gz) + Re(conj(dw/ddt) gw)
+        dld += tl.where(nm, (ar * gzr + ai * gzi) + (qtr * gwr + qti * gwi), 0.0)
+    if (MASK & 1) != 0:
+        tl.store(dld_ptr + h, (dt * tl.sum(dld, axis=0)).to(dld_ptr.dtype.element_ty))
+
+
 # ---------------------------------------------------------------- discretisation and the fused pair
 _DISC_BLOCK = 128
+_DISC_BN = 32
 
 
 def ssm_discretize_fwd(log_dt, A, B, C, disc: str):
@@ -585,7 +669,21 @@ def ssm_discretize_fwd(log_dt, A, B, C, disc: str):
 
 
 def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
-    """The discretisation's chain rule in closed form (torch's conjugate-Wirtinger convention)."""
+    """The discretisation's chain rule in closed form (torch's conjugate-Wirtinger convention): one launch of
+    ``_disc_bwd_kernel``, or torch in complex128 under GEOOPS_SSM_TRITON_FUSED_FACTORS=0."""
+    H, N = A.shape
+    if H * N > 0 and mask & 15 and _fused_factors():
+        outs = [t.new_empty(t.shape) if mask & (1 << i) else t.new_empty(0) for i, t in enumerate((log_dt, A, B, C))]
+        dld, dA, dB, dC = outs
+        ap = _pairs(A)
+        gvp = _pairs(gv) if gv.numel() else ap
+        gxp = _pairs(gx) if gx.numel() else ap
+        _disc_bwd_kernel[(H,)](log_dt.contiguous(), ap, _pairs(B), _pairs(C), gvp, gxp,
+                               dld if mask & 1 else log_dt, _pairs(dA) if mask & 2 else ap,
+                               _pairs(dB) if mask & 4 else ap, _pairs(dC) if mask & 8 else ap, H, N,
+                               C.numel() // (H * N), 1 if disc == "zoh" else 0, 1 if gv.numel() else 0,
+                               1 if gx.numel() else 0, mask & 15, BLOCK_N=_DISC_BN)
+        return tuple(outs)
     cd = torch.complex128
     dt = torch.exp(log_dt.to(torch.float64)).unsqueeze(-1)
     A2, B2, C2 = A.to(cd), B.to(cd), C.to(cd)
