@@ -514,10 +514,12 @@ def _cmul64(ar, ai, br, bi):
 
 @triton.jit
 def _cdiv64(ar, ai, br, bi):
-    """(a / b) by Smith's scaling (no overflow of |b|^2); the branch not taken may divide by zero, discarded."""
+    """(a / b) by Smith's scaling (no overflow of |b|^2): r = the smaller part of b over the larger one."""
     big = tl.abs(br) >= tl.abs(bi)
-    r = tl.where(big, bi / br, br / bi)
-    den = tl.where(big, br + bi * r, bi + br * r)
+    bl = tl.where(big, br, bi)
+    bs = tl.where(big, bi, br)
+    r = bs / bl
+    den = bl + bs * r
     re = tl.where(big, ar + ai * r, ar * r + ai) / den
     im = tl.where(big, ai - ar * r, ai * r - ar) / den
     return re, im
@@ -563,6 +565,87 @@ def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLO
     mx = m & (e < H * N)
     tl.store(x_ptr + e * 2, zr, mask=mx)
     tl.store(x_ptr + e * 2 + 1, zi, mask=mx)
+
+
+@triton.jit
+def _log1p64(t):
+    """log(1 + t) without cancellation (Kahan: log(y) t / (y - 1) with y = 1 + t, a few ulps)."""
+    y = 1.0 + t
+    ym1 = y - 1.0
+    return tl.where(ym1 == 0.0, t, tl.log(y) * (t / tl.where(ym1 == 0.0, 1.0, ym1)))
+
+
+@triton.jit
+def _f64(value: tl.constexpr):
+    """A float64 constant (a bare Python float in a kernel is a float32 constant: rounded)."""
+    return tl.full([], value, tl.float64)
+
+
+@triton.jit
+def _atan2_64(y, x):
+    """atan2(y, x) in float64: t = min / max of |x|, |y| in [0, 1], atan(t) = atan(k/8) + atan(s) with
+    k = round(8 t), s = (t - k/8) / (1 + t k/8) (|s| <= 1/16; t - k/8 exact), atan(s) by its series to s^17
+    (remainder < 1e-22 |s|), then the octant; atan(k/8) as the float64 constants nearest them."""
+    ax = tl.abs(x)
+    ay = tl.abs(y)
+    hi = tl.maximum(ax, ay)
+    lo = tl.minimum(ax, ay)
+    t = lo / tl.where(hi == 0.0, 1.0, hi)
+    k = tl.floor(t * 8.0 + 0.5)
+    c = k * 0.125
+    s = (t - c) / (1.0 + t * c)
+    s2 = s * s
+    p = _f64(1.0 / 17.0)
+    p = _f64(1.0 / 15.0) - s2 * p
+    p = _f64(1.0 / 13.0) - s2 * p
+    p = _f64(1.0 / 11.0) - s2 * p
+    p = _f64(1.0 / 9.0) - s2 * p
+    p = _f64(1.0 / 7.0) - s2 * p
+    p = _f64(1.0 / 5.0) - s2 * p
+    p = _f64(1.0 / 3.0) - s2 * p
+    a = s - s * (s2 * p)
+    base = tl.where(k == 1.0, _f64(0.12435499454676144), _f64(0.0))
+    base = tl.where(k == 2.0, _f64(0.24497866312686414), base)
+    base = tl.where(k == 3.0, _f64(0.35877067027057225), base)
+    base = tl.where(k == 4.0, _f64(0.4636476090008061), base)
+    base = tl.where(k == 5.0, _f64(0.5585993153435624), base)
+    base = tl.where(k == 6.0, _f64(0.6435011087932844), base)
+    base = tl.where(k == 7.0, _f64(0.7188299996216245), base)
+    base = tl.where(k == 8.0, _f64(0.7853981633974483), base)
+    a = base + a
+    a = tl.where(ay > ax, _f64(1.5707963267948966) - a, a)
+    a = tl.where(x < 0.0, _f64(3.141592653589793) - a, a)
+    return tl.where(y < 0.0, -a, a)
+
+
+@triton.jit
+def _bilinear_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
+    """Bilinear discretisation (v, x) in float64: w = dt A / 2 = p + i q, x = 2 atanh(w) =
+    (log1p(4p / ((1 - p)^2 + q^2)) / 2, atan2(2q, (1 - p)(1 + p) - q^2)), v = C (B dt / (1 - w)).
+    Lanes as in _zoh_fwd_kernel."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = e < TOTAL
+    hn = e % (H * N)
+    h = hn // N
+    dt = tl.exp(tl.load(ldt_ptr + h, mask=m, other=0.0).to(tl.float64))
+    ar = tl.load(a_ptr + hn * 2, mask=m, other=-1.0).to(tl.float64)
+    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    br = tl.load(b_ptr + hn * 2, mask=m, other=0.0).to(tl.float64)
+    bi = tl.load(b_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    cr = tl.load(c_ptr + e * 2, mask=m, other=0.0).to(tl.float64)
+    ci = tl.load(c_ptr + e * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    p = (dt * ar) / 2.0
+    q = (dt * ai) / 2.0
+    wr, wi = _cdiv64(br * dt, bi * dt, 1.0 - p, -q)
+    vr, vi = _cmul64(cr, ci, wr, wi)
+    tl.store(v_ptr + e * 2, vr, mask=m)
+    tl.store(v_ptr + e * 2 + 1, vi, mask=m)
+    mx = m & (e < H * N)
+    omp = 1.0 - p
+    xr = 0.5 * _log1p64(4.0 * p / (omp * omp + q * q))
+    xi = _atan2_64(2.0 * q, omp * (1.0 + p) - q * q)
+    tl.store(x_ptr + e * 2, xr, mask=mx)
+    tl.store(x_ptr + e * 2 + 1, xi, mask=mx)
 
 
 @triton.jit
@@ -654,15 +737,16 @@ _DISC_BN = 32
 
 
 def ssm_discretize_fwd(log_dt, A, B, C, disc: str):
-    """(v, x) in complex128: ZOH by ``_zoh_fwd_kernel`` (one launch), bilinear (its complex atanh) and
-    GEOOPS_SSM_TRITON_FUSED_FACTORS=0 by O(H N) torch on the device."""
+    """(v, x) in complex128: one launch of ``_zoh_fwd_kernel`` / ``_bilinear_fwd_kernel`` (float64), or O(H N)
+    torch on the device under GEOOPS_SSM_TRITON_FUSED_FACTORS=0."""
     H, N = A.shape
-    if disc == "zoh" and H * N > 0 and _fused_factors():
+    if H * N > 0 and _fused_factors():
         v = torch.empty(C.shape + (2,), device=C.device, dtype=torch.float64)
         x = torch.empty((H, N, 2), device=A.device, dtype=torch.float64)
         total = C.numel()
-        _zoh_fwd_kernel[(triton.cdiv(total, _DISC_BLOCK),)](log_dt.contiguous(), _pairs(A), _pairs(B), _pairs(C), v, x,
-                                                            H, N, total, BLOCK=_DISC_BLOCK)
+        kern = _zoh_fwd_kernel if disc == "zoh" else _bilinear_fwd_kernel
+        kern[(triton.cdiv(total, _DISC_BLOCK),)](log_dt.contiguous(), _pairs(A), _pairs(B), _pairs(C), v, x, H, N, total,
+                                                BLOCK=_DISC_BLOCK)
         return torch.view_as_complex(v), torch.view_as_complex(x)
     with torch.no_grad():
         return discretize_log(log_dt, A, B, C, disc)
