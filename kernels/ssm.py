@@ -546,7 +546,7 @@ def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLO
     h = hn // N
     dt = tl.exp(tl.load(ldt_ptr + h, mask=m, other=0.0).to(tl.float64))
     ar = tl.load(a_ptr + hn * 2, mask=m, other=-1.0).to(tl.float64)
-    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=1.0).to(tl.float64)
     br = tl.load(b_ptr + hn * 2, mask=m, other=0.0).to(tl.float64)
     bi = tl.load(b_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
     cr = tl.load(c_ptr + e * 2, mask=m, other=0.0).to(tl.float64)
@@ -629,7 +629,7 @@ def _bilinear_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL
     h = hn // N
     dt = tl.exp(tl.load(ldt_ptr + h, mask=m, other=0.0).to(tl.float64))
     ar = tl.load(a_ptr + hn * 2, mask=m, other=-1.0).to(tl.float64)
-    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=1.0).to(tl.float64)
     br = tl.load(b_ptr + hn * 2, mask=m, other=0.0).to(tl.float64)
     bi = tl.load(b_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
     cr = tl.load(c_ptr + e * 2, mask=m, other=0.0).to(tl.float64)
@@ -662,7 +662,7 @@ def _disc_bwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, gv_ptr, gx_ptr, dld_ptr, da_p
         nm = n < N
         hn = h * N + n
         ar = tl.load(a_ptr + hn * 2, mask=nm, other=-1.0).to(tl.float64)
-        ai = tl.load(a_ptr + hn * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+        ai = tl.load(a_ptr + hn * 2 + 1, mask=nm, other=1.0).to(tl.float64)
         br = tl.load(b_ptr + hn * 2, mask=nm, other=0.0).to(tl.float64)
         bi = tl.load(b_ptr + hn * 2 + 1, mask=nm, other=0.0).to(tl.float64)
         zr = dt * ar
