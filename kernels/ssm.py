@@ -860,8 +860,10 @@ def compile_variants():
     (``_bmm_kernel``, IEEE fp32 ``tl.dot`` or the fp64 product), fftconv forward with and without D for
     every u dtype (``_spec_mul_kernel``, ``_trunc_skip_kernel`` storing u's dtype) and backward with every
     gradient (``_conj_sum_kernel`` both ways; half u computes in float32, the same binaries), and the
-    ssm_conv pair (the same kernels through its own launch path).  Expectations: 64-bit program-id
-    arithmetic, no spills, no approximate float32 division.
+    ssm_conv pair (the same kernels through its own launch path); session 32's factor and discretisation
+    kernels (``_fwd_factors_kernel``, ``_bwd_factors_kernel``, ``_bwd_reduce_kernel``, ``_zoh_fwd_kernel``,
+    ``_bilinear_fwd_kernel``, ``_disc_bwd_kernel``) through the same launchers, plus complex64 inputs.
+    Expectations: 64-bit program-id arithmetic, no spills, no approximate float32 division.
     """
     expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 0}
     entries = []
@@ -892,6 +894,32 @@ def compile_variants():
         entries.append({"label": f"ssm_conv/{dn} bwd", "expect": expect,
                         "launch": lambda g=g, u=u, kf=kf, v4=v4, x2=x2, D=D: ssm_conv_bwd(
                             g, u, u.new_empty(0, dtype=_cplx(u.dtype)), kf, v4, x2, D, 15)})
+    # session 32: the factor kernels (GEOOPS_SSM_TRITON_FUSED_FACTORS on, the default).  vandermonde with complex64
+    # v, x (the public op's float32 inputs: loads widened in the kernels), the discretisation kernels per
+    # parameter precision (log_dt float32 / float64, A, B, C complex64 / complex128; the chain rule's outputs
+    # in those dtypes), both discretisations, the reduce kernel with dv alone, dx alone, both.
+    for cd in (torch.complex64, torch.complex128):
+        cn = str(cd).replace("torch.", "")
+        rd = torch.float64 if cd == torch.complex128 else torch.float32
+        v = torch.zeros(2, H, N, dtype=cd)
+        x = torch.zeros(H, N, dtype=cd)
+        entries.append({"label": f"vandermonde/{cn} inputs fwd", "expect": expect,
+                        "launch": lambda v=v, x=x: vandermonde_fwd(v, x, L, False)})
+        gK = torch.zeros(2, H, L, dtype=torch.float32)
+        for mask in (1, 2):
+            entries.append({"label": f"vandermonde/{cn} inputs bwd mask {mask}", "expect": expect,
+                            "launch": lambda g=gK, v=v, x=x, m=mask: vandermonde_bwd(g, v, x, m)})
+        ldt = torch.zeros(H, dtype=rd)
+        A = torch.full((H, N), -0.5 + 1j, dtype=cd)
+        Bp = torch.zeros(H, N, dtype=cd)
+        Cp = torch.zeros(2, H, N, dtype=cd)
+        gv = torch.zeros(2, H, N, dtype=torch.complex128)
+        gx = torch.zeros(H, N, dtype=torch.complex128)
+        for disc in ("zoh", "bilinear"):
+            entries.append({"label": f"discretize/{cn}/{disc} fwd", "expect": expect,
+                            "launch": lambda a=(ldt, A, Bp, Cp), d=disc: ssm_discretize_fwd(*a, d)})
+        entries.append({"label": f"discretize/{cn} bwd", "expect": expect,
+                        "launch": lambda a=(ldt, A, Bp, Cp), gv=gv, gx=gx: ssm_discretize_bwd(gv, gx, *a, "zoh", 15)})
     for udt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         un = str(udt).replace("torch.", "")
         kd = torch.float64 if udt == torch.float64 else torch.float32
