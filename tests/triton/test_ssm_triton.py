@@ -254,7 +254,8 @@ def test_vandermonde_fused_factors_match_torch_factors(device, monkeypatch, L, C
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_discretize_kernels_match_torch(device, monkeypatch, disc, C_out, dtype):
     """_zoh_fwd_kernel / _bilinear_fwd_kernel / _disc_bwd_kernel against the complex128 torch path: x to 1e-15
-    per element (relative), v and the gradients to 2e-15 of each output's largest entry (float64 rounding of
+    per element (relative), v to 2e-15 of each channel's largest entry, the gradients to 2e-15 of each output's
+    largest entry (float64 rounding of
     another evaluation order: Kahan expm1 / log1p, Smith division, a hand atan2; d log_dt, a sum over the modes
     with cancellation, to 1e-14; float32 gradients within one float32 rounding), masks, gv or gx absent.
     Steps from 1e-5 to 2 (|dt A| up to ~1e2: the atan2 octants) and N = 40 (two mode tiles)."""
@@ -266,7 +267,7 @@ def test_discretize_kernels_match_torch(device, monkeypatch, disc, C_out, dtype)
     for a, b in zip(new, old):
         assert a.shape == b.shape and a.dtype == b.dtype == torch.complex128
     assert ((new[1] - old[1]).abs() / old[1].abs()).max() <= 1e-15
-    assert _rel(new[0].cpu(), old[0].cpu()) <= 2e-15
+    assert ((new[0] - old[0]).abs().amax(-1) / old[0].abs().amax(-1)).max() <= 2e-15  # per (c, h) channel
     g = torch.Generator().manual_seed(2)
     gv = torch.randn(C.shape, generator=g, dtype=torch.complex128).to(device)
     gx = torch.randn(H, N, generator=g, dtype=torch.complex128).to(device)
