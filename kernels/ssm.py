@@ -621,7 +621,8 @@ def _atan2_64(y, x):
 @triton.jit
 def _bilinear_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
     """Bilinear discretisation (v, x) in float64: w = dt A / 2 = p + i q, x = 2 atanh(w) =
-    (log1p(4p / ((1 - p)^2 + q^2)) / 2, atan2(2q, (1 - p)(1 + p) - q^2)), v = C (B dt / (1 - w)).
+    (log1p(4p / ((1 - p)^2 + q^2)) / 2, atan2(2q, (1 - p)(1 + p) - q^2)), v = C (B dt / (1 - w)); where that
+    log1p's argument is below -1/2, log(((1 + p)^2 + q^2) / ((1 - p)^2 + q^2)) / 2 instead (1 + p exact there).
     Lanes as in _zoh_fwd_kernel."""
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = e < TOTAL
@@ -642,7 +643,10 @@ def _bilinear_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL
     tl.store(v_ptr + e * 2 + 1, vi, mask=m)
     mx = m & (e < H * N)
     omp = 1.0 - p
-    xr = 0.5 * _log1p64(4.0 * p / (omp * omp + q * q))
+    opp = 1.0 + p
+    den = omp * omp + q * q
+    t = 4.0 * p / den  # |1 + w|^2 / |1 - w|^2 - 1: log1p(t) near 0, the ratio's log near t = -1 (w near -1)
+    xr = 0.5 * tl.where(t < -0.5, tl.log((opp * opp + q * q) / den), _log1p64(t))
     xi = _atan2_64(2.0 * q, omp * (1.0 + p) - q * q)
     tl.store(x_ptr + e * 2, xr, mask=mx)
     tl.store(x_ptr + e * 2 + 1, xi, mask=mx)
