@@ -8,14 +8,24 @@ under the Triton interpreter (``TRITON_INTERPRET=1``).  It implements the contra
     vandermonde_bwd(g, v, x, mask) -> (dv, dx)
     fftconv_fwd(u, k, D, save_uf) -> (y, uf)
     fftconv_bwd(g, u, uf, k, D, mask) -> (du, dk, dD)
-    ssm_discretize_fwd / ssm_discretize_bwd (O(H N) torch in complex128, closed-form chain rule)
+    ssm_discretize_fwd / ssm_discretize_bwd (O(H N) float64 kernels, closed-form chain rule)
     ssm_conv_fwd(u, v, x, D, save_uf) -> (y, kf, uf);  ssm_conv_bwd(g, u, uf, kf, v, x, D, mask)
 
 Vandermonde.  As on CPU, l = j T + i with T ~ sqrt(L): the small factors P = exp(x j T) (J per mode) and
-Q = exp(x i) (T per mode) are computed in float64 by torch (exact products x*m, O(H N sqrt L)), rounded
-to the output precision, and the (J x 2N) . (2N x T) real products run in ``_bmm_kernel`` (tl.dot in
-IEEE fp32 -- TF32 operands lose ~4e-4 at L = 64K, so not TF32 -- or fp64).  The backward's
-(J x T) . (T x 4N) product runs in the same kernel; the short reductions over j are torch in float64.
+Q = exp(x i) (T per mode) are computed in float64 (exact products x*m, then exp / cos / sin in float64,
+O(H N sqrt L)), rounded to the output precision, and the (J x 2N) . (2N x T) real products run in
+``_bmm_kernel`` (tl.dot in IEEE fp32 -- TF32 operands lose ~4e-4 at L = 64K, so not TF32 -- or fp64).
+Since session 32 one launch of ``_fwd_factors_kernel`` writes both GEMM operands W = [2 Re, -2 Im](v P) and
+Z = [Re; Im] Q (each exp / cos / sin evaluated once; forming them inside the GEMM's K-loop instead would
+recompute Z's tile per M-tile and W's per N-tile, J/BM resp. T/BN = 4x the float64 transcendental work at
+L = 16K, which costs as much as the GEMM itself), so a forward is 2 launches (3 with the discretisation
+kernel) and a handful of allocations instead of ~50 torch ops.  The backward's (J x T) . (T x 4N) product
+runs in the same GEMM kernel on Z from ``_bwd_factors_kernel``; the sums over j (and over the channels for
+dx) in float64 in ``_bwd_reduce_kernel``.  The discretisation (``_zoh_fwd_kernel``, ``_bilinear_fwd_kernel``,
+``_disc_bwd_kernel``) is float64 arithmetic by hand: Kahan's expm1 / log1p, Smith's complex division, and an
+atan2 from a table of atan(k/8) plus an odd series (float64 constants through ``_f64``: a bare Python float
+may become a float32 constant, as it did in a tl.where between two literals; 0.5, 2, 4 etc. are exact anyway).  GEOOPS_SSM_TRITON_FUSED_FACTORS=0 (read per call) restores the torch
+factors and discretisation in complex128.
 
 FFT convolution.  The FFTs are torch's (cuFFT), of size n = fft_size(L) (2-3-5 size >= 2L - 1); the spectral product (with the channel broadcast),
 the truncation + skip term + output cast, and the backward's channel / batch sums of conjugate products
@@ -577,7 +587,7 @@ def _log1p64(t):
 
 @triton.jit
 def _f64(value: tl.constexpr):
-    """A float64 constant (a bare Python float in a kernel is a float32 constant: rounded)."""
+    """A float64 constant (a bare Python float may become a rounded float32 constant, e.g. in tl.where)."""
     return tl.full([], value, tl.float64)
 
 
