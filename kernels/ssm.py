@@ -548,11 +548,9 @@ def _expm1_64(a, u):
 
 
 @triton.jit
-def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
-    """ZOH discretisation (v, x) in float64: z = dt A (dt = exp(log_dt[h])), x = z,
-    v = C (B expm1(z) / A) with expm1(z) = (expm1(Re z) cos(Im z) - 2 sin^2(Im z / 2), exp(Re z) sin(Im z))
-    (the reference's expm1c).  One element of C (lead, h, n) per lane; the lanes of the first H*N elements
-    also write x.  Inputs of any precision, widened (exactly) on load; v, x as float64 (re, im) pairs."""
+def _disc_fwd_lanes(ldt_ptr, a_ptr, b_ptr, c_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
+    """The discretisation forward's lanes: element e of C (lead, h, n), its mask, dt = exp(log_dt[h]) and A, B, C
+    widened to float64 (masked lanes: A = -1 + i, no zero denominators)."""
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = e < TOTAL
     hn = e % (H * N)
@@ -564,6 +562,26 @@ def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLO
     bi = tl.load(b_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
     cr = tl.load(c_ptr + e * 2, mask=m, other=0.0).to(tl.float64)
     ci = tl.load(c_ptr + e * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    return e, m, dt, ar, ai, br, bi, cr, ci
+
+
+@triton.jit
+def _disc_fwd_store(v_ptr, x_ptr, e, m, HN, vr, vi, xr, xi):
+    """v at every lane, x at the lanes of the first H*N elements (float64 re, im pairs)."""
+    tl.store(v_ptr + e * 2, vr, mask=m)
+    tl.store(v_ptr + e * 2 + 1, vi, mask=m)
+    mx = m & (e < HN)
+    tl.store(x_ptr + e * 2, xr, mask=mx)
+    tl.store(x_ptr + e * 2 + 1, xi, mask=mx)
+
+
+@triton.jit
+def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
+    """ZOH discretisation (v, x) in float64: z = dt A (dt = exp(log_dt[h])), x = z,
+    v = C (B expm1(z) / A) with expm1(z) = (expm1(Re z) cos(Im z) - 2 sin^2(Im z / 2), exp(Re z) sin(Im z))
+    (the reference's expm1c).  One element of C (lead, h, n) per lane; the lanes of the first H*N elements
+    also write x.  Inputs of any precision, widened (exactly) on load; v, x as float64 (re, im) pairs."""
+    e, m, dt, ar, ai, br, bi, cr, ci = _disc_fwd_lanes(ldt_ptr, a_ptr, b_ptr, c_ptr, H, N, TOTAL, BLOCK)
     zr = dt * ar
     zi = dt * ai
     u = tl.exp(zr)
@@ -573,11 +591,7 @@ def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLO
     wr, wi = _cmul64(br, bi, er, ei)
     wr, wi = _cdiv64(wr, wi, ar, ai)
     vr, vi = _cmul64(cr, ci, wr, wi)
-    tl.store(v_ptr + e * 2, vr, mask=m)
-    tl.store(v_ptr + e * 2 + 1, vi, mask=m)
-    mx = m & (e < H * N)
-    tl.store(x_ptr + e * 2, zr, mask=mx)
-    tl.store(x_ptr + e * 2 + 1, zi, mask=mx)
+    _disc_fwd_store(v_ptr, x_ptr, e, m, H * N, vr, vi, zr, zi)
 
 
 @triton.jit
@@ -637,32 +651,18 @@ def _bilinear_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL
     (log1p(4p / ((1 - p)^2 + q^2)) / 2, atan2(2q, (1 - p)(1 + p) - q^2)), v = C (B dt / (1 - w)); where that
     log1p's argument is below -1/2, log(((1 + p)^2 + q^2) / ((1 - p)^2 + q^2)) / 2 instead (1 + p exact there).
     Lanes as in _zoh_fwd_kernel."""
-    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = e < TOTAL
-    hn = e % (H * N)
-    h = hn // N
-    dt = tl.exp(tl.load(ldt_ptr + h, mask=m, other=0.0).to(tl.float64))
-    ar = tl.load(a_ptr + hn * 2, mask=m, other=-1.0).to(tl.float64)
-    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=1.0).to(tl.float64)
-    br = tl.load(b_ptr + hn * 2, mask=m, other=0.0).to(tl.float64)
-    bi = tl.load(b_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
-    cr = tl.load(c_ptr + e * 2, mask=m, other=0.0).to(tl.float64)
-    ci = tl.load(c_ptr + e * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    e, m, dt, ar, ai, br, bi, cr, ci = _disc_fwd_lanes(ldt_ptr, a_ptr, b_ptr, c_ptr, H, N, TOTAL, BLOCK)
     p = (dt * ar) / 2.0
     q = (dt * ai) / 2.0
     wr, wi = _cdiv64(br * dt, bi * dt, 1.0 - p, -q)
     vr, vi = _cmul64(cr, ci, wr, wi)
-    tl.store(v_ptr + e * 2, vr, mask=m)
-    tl.store(v_ptr + e * 2 + 1, vi, mask=m)
-    mx = m & (e < H * N)
     omp = 1.0 - p
     opp = 1.0 + p
     den = omp * omp + q * q
     t = 4.0 * p / den  # |1 + w|^2 / |1 - w|^2 - 1: log1p(t) near 0, the ratio's log near t = -1 (w near -1)
     xr = 0.5 * tl.where(t < -0.5, tl.log((opp * opp + q * q) / den), _log1p64(t))
-    xi = _atan2_64(2.0 * q, omp * (1.0 + p) - q * q)
-    tl.store(x_ptr + e * 2, xr, mask=mx)
-    tl.store(x_ptr + e * 2 + 1, xi, mask=mx)
+    xi = _atan2_64(2.0 * q, omp * opp - q * q)
+    _disc_fwd_store(v_ptr, x_ptr, e, m, H * N, vr, vi, xr, xi)
 
 
 @triton.jit
