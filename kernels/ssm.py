@@ -224,12 +224,9 @@ def _bwd_reduce_kernel(r_ptr, x_ptr, v_ptr, dv_ptr, dx_ptr, C, H, N, T, J, NCOL,
 _FB_N, _FB_L = 16, 32  # the factor kernels' tiles (modes x positions)
 
 
-def _fused_factors(t: torch.Tensor) -> bool:
+def _fused_factors() -> bool:
     """GEOOPS_SSM_TRITON_FUSED_FACTORS=0 (README knob table, read per call): the factors and the discretisation by
-    torch in complex128 (the path before session 32) instead of the factor kernels.  CPU tensors outside the
-    interpreter (the discretisation called directly, as the CPU suite does) take the torch path too."""
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return False
+    torch in complex128 (the path before session 32) instead of the factor kernels."""
     return os.environ.get("GEOOPS_SSM_TRITON_FUSED_FACTORS", "")[:1] != "0"
 
 
@@ -251,7 +248,7 @@ def _vandermonde_operands(v, x, L: int, rdt):
     ``_fwd_factors_kernel`` (float64 math as below), or torch in complex128 under the knob."""
     C, H, N = v.shape
     T, J = _blocking(L)
-    if _fused_factors(v):
+    if _fused_factors():
         W = torch.empty((C * H, J, 2 * N), device=v.device, dtype=rdt)
         Z = torch.empty((H, 2 * N, T), device=v.device, dtype=rdt)
         grid = (C * H, triton.cdiv(max(J, T), _FB_L), triton.cdiv(N, _FB_N))
@@ -302,7 +299,7 @@ def _vandermonde_bwd_fused(g, v, x, mask: int):
 def vandermonde_bwd(g, v, x, mask: int):
     C, H, N = v.shape
     L = g.shape[-1]
-    if L > 0 and C * H > 0 and N > 0 and mask != 0 and _fused_factors(g):
+    if L > 0 and C * H > 0 and N > 0 and mask != 0 and _fused_factors():
         return _vandermonde_bwd_fused(g, v, x, mask)
     dv = torch.zeros_like(v) if mask & 1 else v.new_empty(0)
     dx = torch.zeros_like(x) if mask & 2 else x.new_empty(0)
@@ -757,7 +754,7 @@ def ssm_discretize_fwd(log_dt, A, B, C, disc: str):
     """(v, x) in complex128: one launch of ``_zoh_fwd_kernel`` / ``_bilinear_fwd_kernel`` (float64), or O(H N)
     torch on the device under GEOOPS_SSM_TRITON_FUSED_FACTORS=0."""
     H, N = A.shape
-    if H * N > 0 and _fused_factors(A):
+    if H * N > 0 and _fused_factors():
         v = torch.empty(C.shape + (2,), device=C.device, dtype=torch.float64)
         x = torch.empty((H, N, 2), device=A.device, dtype=torch.float64)
         total = C.numel()
@@ -773,7 +770,7 @@ def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
     """The discretisation's chain rule in closed form (torch's conjugate-Wirtinger convention): one launch of
     ``_disc_bwd_kernel``, or torch in complex128 under GEOOPS_SSM_TRITON_FUSED_FACTORS=0."""
     H, N = A.shape
-    if H * N > 0 and mask & 15 and _fused_factors(A):
+    if H * N > 0 and mask & 15 and _fused_factors():
         outs = [t.new_empty(t.shape) if mask & (1 << i) else t.new_empty(0) for i, t in enumerate((log_dt, A, B, C))]
         dld, dA, dB, dC = outs
         ap = _pairs(A)
