@@ -8,14 +8,24 @@ under the Triton interpreter (``TRITON_INTERPRET=1``).  It implements the contra
     vandermonde_bwd(g, v, x, mask) -> (dv, dx)
     fftconv_fwd(u, k, D, save_uf) -> (y, uf)
     fftconv_bwd(g, u, uf, k, D, mask) -> (du, dk, dD)
-    ssm_discretize_fwd / ssm_discretize_bwd (O(H N) torch in complex128, closed-form chain rule)
+    ssm_discretize_fwd / ssm_discretize_bwd (O(H N) float64 kernels, closed-form chain rule)
     ssm_conv_fwd(u, v, x, D, save_uf) -> (y, kf, uf);  ssm_conv_bwd(g, u, uf, kf, v, x, D, mask)
 
 Vandermonde.  As on CPU, l = j T + i with T ~ sqrt(L): the small factors P = exp(x j T) (J per mode) and
-Q = exp(x i) (T per mode) are computed in float64 by torch (exact products x*m, O(H N sqrt L)), rounded
-to the output precision, and the (J x 2N) . (2N x T) real products run in ``_bmm_kernel`` (tl.dot in
-IEEE fp32 -- TF32 operands lose ~4e-4 at L = 64K, so not TF32 -- or fp64).  The backward's
-(J x T) . (T x 4N) product runs in the same kernel; the short reductions over j are torch in float64.
+Q = exp(x i) (T per mode) are computed in float64 (exact products x*m, then exp / cos / sin in float64,
+O(H N sqrt L)), rounded to the output precision, and the (J x 2N) . (2N x T) real products run in
+``_bmm_kernel`` (tl.dot in IEEE fp32 -- TF32 operands lose ~4e-4 at L = 64K, so not TF32 -- or fp64).
+Since session 32 one launch of ``_fwd_factors_kernel`` writes both GEMM operands W = [2 Re, -2 Im](v P) and
+Z = [Re; Im] Q (each exp / cos / sin evaluated once; forming them inside the GEMM's K-loop instead would
+recompute Z's tile per M-tile and W's per N-tile, J/BM resp. T/BN = 4x the float64 transcendental work at
+L = 16K, which costs as much as the GEMM itself), so a forward is 2 launches (3 with the discretisation
+kernel) and a handful of allocations instead of ~50 torch ops.  The backward's (J x T) . (T x 4N) product
+runs in the same GEMM kernel on Z from ``_bwd_factors_kernel``; the sums over j (and over the channels for
+dx) in float64 in ``_bwd_reduce_kernel``.  The discretisation (``_zoh_fwd_kernel``, ``_bilinear_fwd_kernel``,
+``_disc_bwd_kernel``) is float64 arithmetic by hand: Kahan's expm1 / log1p, Smith's complex division, and an
+atan2 from a table of atan(k/8) plus an odd series (float64 constants through ``_f64``: a bare Python float
+may become a float32 constant, as it did in a tl.where between two literals; 0.5, 2, 4 etc. are exact anyway).  GEOOPS_SSM_TRITON_FUSED_FACTORS=0 (read per call) restores the torch
+factors and discretisation in complex128.
 
 FFT convolution.  The FFTs are torch's (cuFFT), of size n = fft_size(L) (2-3-5 size >= 2L - 1); the spectral product (with the channel broadcast),
 the truncation + skip term + output cast, and the backward's channel / batch sums of conjugate products
@@ -26,6 +36,7 @@ backward composes the pieces (dK from the batch-summed spectrum, then the Vander
 """
 from __future__ import annotations
 
+import os
 
 import torch
 import triton
@@ -97,7 +108,132 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, b_mod: int, into=None) -> torch.Tenso
                       b.stride(1), b.stride(2), scb, scm, scn, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, IEEE=ieee)
     return c
 
+# ---------------------------------------------------------------- the Vandermonde factors in one launch each
+@triton.jit
+def _cexp64(a, b, m):
+    """(Re, Im) of exp((a + i b) m) in float64 from the exact products a*m, b*m (m float64)."""
+    e = tl.exp(a * m)
+    t = b * m
+    return e * tl.cos(t), e * tl.sin(t)
 
+
+@triton.jit
+def _fwd_factors_kernel(x_ptr, v_ptr, w_ptr, z_ptr, H, N, T, J,
+                        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The forward GEMM's operands from x (H, N, 2) and v (C*H, N, 2) (float64 re/im pairs):
+    W[p, j, n] = 2 Re(v_n exp(x_n j T)), W[p, j, N + n] = -2 Im(...) (p = c*H + h, (C*H, J, 2N));
+    Z[h, n, i] = Re exp(x_n i), Z[h, N + n, i] = Im exp(x_n i) ((H, 2N, T), written by the c = 0 programs).
+    Program (p, position tile, mode tile); float64 math, rounded to the outputs' dtype at the store."""
+    p = tl.program_id(0).to(tl.int64)
+    l0 = tl.program_id(1).to(tl.int64) * BLOCK_L
+    pos = l0 + tl.arange(0, BLOCK_L)
+    n = tl.program_id(2).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    h = p % H
+    nm = n < N
+    xa = tl.load(x_ptr + (h * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+    xb = tl.load(x_ptr + (h * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+    if l0 < J:
+        kw = nm[:, None] & (pos[None, :] < J)
+        vr = tl.load(v_ptr + (p * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+        vi = tl.load(v_ptr + (p * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+        pr, pi = _cexp64(xa, xb, (pos * T).to(tl.float64)[None, :])
+        wb = w_ptr + p * J * 2 * N + pos[None, :] * (2 * N) + n[:, None]
+        tl.store(wb, (2.0 * (vr * pr - vi * pi)).to(w_ptr.dtype.element_ty), mask=kw)
+        tl.store(wb + N, (-2.0 * (vr * pi + vi * pr)).to(w_ptr.dtype.element_ty), mask=kw)
+    if (l0 < T) & (p < H):
+        kz = nm[:, None] & (pos[None, :] < T)
+        qr, qi = _cexp64(xa, xb, pos.to(tl.float64)[None, :])
+        zb = z_ptr + (h * 2 * N + n[:, None]) * T + pos[None, :]
+        tl.store(zb, qr.to(z_ptr.dtype.element_ty), mask=kz)
+        tl.store(zb + N * T, qi.to(z_ptr.dtype.element_ty), mask=kz)
+
+
+@triton.jit
+def _bwd_factors_kernel(x_ptr, z_ptr, H, N, T, NCOL, WANT_DX: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The backward GEMM's right operand Z (H, T, NCOL): columns n, N + n = Re, Im exp(x_n i) and, with
+    WANT_DX, 2N + n, 3N + n = i Re, i Im exp(x_n i) (the i-weighted products in float64, then rounded)."""
+    h = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
+    n = tl.program_id(2).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < N
+    xa = tl.load(x_ptr + (h * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+    xb = tl.load(x_ptr + (h * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+    fi = i.to(tl.float64)[None, :]
+    qr, qi = _cexp64(xa, xb, fi)
+    k = nm[:, None] & (i[None, :] < T)
+    zb = z_ptr + (h * T + i[None, :]) * NCOL + n[:, None]
+    tl.store(zb, qr.to(z_ptr.dtype.element_ty), mask=k)
+    tl.store(zb + N, qi.to(z_ptr.dtype.element_ty), mask=k)
+    if WANT_DX:
+        tl.store(zb + 2 * N, (qr * fi).to(z_ptr.dtype.element_ty), mask=k)
+        tl.store(zb + 3 * N, (qi * fi).to(z_ptr.dtype.element_ty), mask=k)
+
+
+@triton.jit
+def _bwd_reduce_kernel(r_ptr, x_ptr, v_ptr, dv_ptr, dx_ptr, C, H, N, T, J, NCOL,
+                       WANT_DV: tl.constexpr, WANT_DX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The sums over j of the backward, per (h, mode tile), in float64 (R (C*H, J, NCOL) from the GEMM):
+    S0[c] = sum_j P_j M0[c, j], S1[c] = sum_j P_j (jT M0[c, j] + M1[c, j]) with P_j = exp(x jT),
+    M0 = R[:, :, n] + i R[:, :, N + n], M1 = R[:, :, 2N + n] + i R[:, :, 3N + n];
+    dv[c] = 2 conj(S0[c]) (v's dtype), dx = sum_c 2 conj(v[c] S1[c]) (x's dtype)."""
+    h = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < N
+    xa = tl.load(x_ptr + (h * N + n) * 2, mask=nm, other=0.0).to(tl.float64)[:, None]
+    xb = tl.load(x_ptr + (h * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)[:, None]
+    dxr = tl.zeros((BLOCK_N,), dtype=tl.float64)
+    dxi = tl.zeros((BLOCK_N,), dtype=tl.float64)
+    for c in range(0, C):
+        p = c * H + h
+        s0r = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        s0i = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        s1r = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        s1i = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float64)
+        for j0 in range(0, J, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
+            k = nm[:, None] & (j[None, :] < J)
+            jt = (j * T).to(tl.float64)[None, :]
+            pr, pi = _cexp64(xa, xb, jt)
+            rb = r_ptr + (p * J + j[None, :]) * NCOL + n[:, None]
+            m0r = tl.load(rb, mask=k, other=0.0).to(tl.float64)
+            m0i = tl.load(rb + N, mask=k, other=0.0).to(tl.float64)
+            s0r += pr * m0r - pi * m0i
+            s0i += pr * m0i + pi * m0r
+            if WANT_DX:
+                m1r = jt * m0r + tl.load(rb + 2 * N, mask=k, other=0.0).to(tl.float64)
+                m1i = jt * m0i + tl.load(rb + 3 * N, mask=k, other=0.0).to(tl.float64)
+                s1r += pr * m1r - pi * m1i
+                s1i += pr * m1i + pi * m1r
+        if WANT_DV:
+            db = dv_ptr + (p * N + n) * 2
+            tl.store(db, (2.0 * tl.sum(s0r, axis=1)).to(dv_ptr.dtype.element_ty), mask=nm)
+            tl.store(db + 1, (-2.0 * tl.sum(s0i, axis=1)).to(dv_ptr.dtype.element_ty), mask=nm)
+        if WANT_DX:
+            ar = tl.sum(s1r, axis=1)
+            ai = tl.sum(s1i, axis=1)
+            vr = tl.load(v_ptr + (p * N + n) * 2, mask=nm, other=0.0).to(tl.float64)
+            vi = tl.load(v_ptr + (p * N + n) * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+            dxr += 2.0 * (vr * ar - vi * ai)
+            dxi += -2.0 * (vr * ai + vi * ar)
+    if WANT_DX:
+        tl.store(dx_ptr + (h * N + n) * 2, dxr.to(dx_ptr.dtype.element_ty), mask=nm)
+        tl.store(dx_ptr + (h * N + n) * 2 + 1, dxi.to(dx_ptr.dtype.element_ty), mask=nm)
+
+
+_FB_N, _FB_L = 16, 32  # the factor kernels' tiles (modes x positions)
+
+
+def _fused_factors() -> bool:
+    """GEOOPS_SSM_TRITON_FUSED_FACTORS=0 (README knob table, read per call): the factors and the discretisation by
+    torch in complex128 (the path before session 32) instead of the factor kernels."""
+    return os.environ.get("GEOOPS_SSM_TRITON_FUSED_FACTORS", "")[:1] != "0"
+
+
+def _pairs(t: torch.Tensor) -> torch.Tensor:
+    """t (complex64 / complex128) as contiguous (re, im) pairs; the kernels widen the loads to float64 (exact,
+    as torch's cast to complex128)."""
+    return torch.view_as_real(t if t.is_contiguous() else t.contiguous())
 
 
 def _powers(x: torch.Tensor, step: int, count: int) -> torch.Tensor:
@@ -108,9 +244,16 @@ def _powers(x: torch.Tensor, step: int, count: int) -> torch.Tensor:
 
 def _vandermonde_operands(v, x, L: int, rdt):
     """The blocked product's factors: W (C*H, J, 2N) = [2 Re, -2 Im] of v * exp(x j T) and Z (H, 2N, T) =
-    [Re; Im] of exp(x i), so that K[c, h, j T + i] = (W[c*H + h] @ Z[h])[j, i]."""
+    [Re; Im] of exp(x i), so that K[c, h, j T + i] = (W[c*H + h] @ Z[h])[j, i].  One launch of
+    ``_fwd_factors_kernel`` (float64 math as below), or torch in complex128 under the knob."""
     C, H, N = v.shape
     T, J = _blocking(L)
+    if _fused_factors():
+        W = torch.empty((C * H, J, 2 * N), device=v.device, dtype=rdt)
+        Z = torch.empty((H, 2 * N, T), device=v.device, dtype=rdt)
+        grid = (C * H, triton.cdiv(max(J, T), _FB_L), triton.cdiv(N, _FB_N))
+        _fwd_factors_kernel[grid](_pairs(x), _pairs(v), W, Z, H, N, T, J, BLOCK_N=_FB_N, BLOCK_L=_FB_L)
+        return W, Z, T, J
     Q = _powers(x, 1, T)  # (H, N, T)
     P = _powers(x, T, J)  # (H, N, J)
     Z = torch.cat([Q.real, Q.imag], dim=1).to(rdt).contiguous()  # (H, 2N, T)
@@ -129,9 +272,35 @@ def vandermonde_fwd(v, x, L: int, out64: bool):
     return K[..., :L].contiguous() if J * T != L else K
 
 
+def _vandermonde_bwd_fused(g, v, x, mask: int):
+    """vandermonde_bwd in three launches: Z (H, T, 2N or 4N) by ``_bwd_factors_kernel``, R = G Z by
+    ``_bmm_kernel`` (G = g as (C*H, J, T), zero-padded when J T > L), the float64 sums over j and c into
+    dv / dx by ``_bwd_reduce_kernel``."""
+    C, H, N = v.shape
+    L = g.shape[-1]
+    T, J = _blocking(L)
+    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype) if mask & 1 else v.new_empty(0)
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if mask & 2 else x.new_empty(0)
+    ncol = 4 * N if mask & 2 else 2 * N
+    xp = _pairs(x)
+    Z = torch.empty((H, T, ncol), device=g.device, dtype=g.dtype)
+    _bwd_factors_kernel[(H, triton.cdiv(T, _FB_L), triton.cdiv(N, _FB_N))](
+        xp, Z, H, N, T, ncol, WANT_DX=bool(mask & 2), BLOCK_N=_FB_N, BLOCK_L=_FB_L)
+    G = g if J * T == L else torch.nn.functional.pad(g, (0, J * T - L))
+    R = _bmm(G.reshape(C * H, J, T), Z, H)  # (C*H, J, ncol) in g's dtype
+    vp = _pairs(v) if mask & 2 else xp
+    dvr = torch.view_as_real(dv) if mask & 1 else xp
+    dxr = torch.view_as_real(dx) if mask & 2 else xp
+    _bwd_reduce_kernel[(H, triton.cdiv(N, _FB_N))](R, xp, vp, dvr, dxr, C, H, N, T, J, ncol, WANT_DV=bool(mask & 1),
+                                                 WANT_DX=bool(mask & 2), BLOCK_N=_FB_N, BLOCK_J=_FB_L)
+    return dv, dx
+
+
 def vandermonde_bwd(g, v, x, mask: int):
     C, H, N = v.shape
     L = g.shape[-1]
+    if L > 0 and C * H > 0 and N > 0 and mask != 0 and _fused_factors():
+        return _vandermonde_bwd_fused(g, v, x, mask)
     dv = torch.zeros_like(v) if mask & 1 else v.new_empty(0)
     dx = torch.zeros_like(x) if mask & 2 else x.new_empty(0)
     if L == 0 or C * H == 0 or N == 0 or mask == 0:
@@ -347,15 +516,272 @@ def fftconv_bwd(g, u, uf, k, D, mask: int):
     return du, dk, dD
 
 
+# ---------------------------------------------------------------- the ZOH discretisation in one launch
+@triton.jit
+def _cmul64(ar, ai, br, bi):
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@triton.jit
+def _cdiv64(ar, ai, br, bi):
+    """(a / b) by Smith's scaling (no overflow of |b|^2): r = the smaller part of b over the larger one."""
+    big = tl.abs(br) >= tl.abs(bi)
+    bl = tl.where(big, br, bi)
+    bs = tl.where(big, bi, br)
+    r = bs / bl
+    den = bl + bs * r
+    re = tl.where(big, ar + ai * r, ar * r + ai) / den
+    im = tl.where(big, ai - ar * r, ai * r - ar) / den
+    return re, im
+
+
+@triton.jit
+def _expm1_64(a, u):
+    """exp(a) - 1 from u = exp(a) without cancellation (Kahan: (u - 1) a / log u, a few ulps)."""
+    um1 = u - 1.0
+    r = um1 * a / tl.log(u)
+    r = tl.where(um1 == 0.0, a, r)
+    return tl.where(um1 == -1.0, -1.0, r)
+
+
+@triton.jit
+def _disc_fwd_lanes(ldt_ptr, a_ptr, b_ptr, c_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
+    """The discretisation forward's lanes: element e of C (lead, h, n), its mask, dt = exp(log_dt[h]) and A, B, C
+    widened to float64 (masked lanes: A = -1 + i, no zero denominators)."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = e < TOTAL
+    hn = e % (H * N)
+    h = hn // N
+    dt = tl.exp(tl.load(ldt_ptr + h, mask=m, other=0.0).to(tl.float64))
+    ar = tl.load(a_ptr + hn * 2, mask=m, other=-1.0).to(tl.float64)
+    ai = tl.load(a_ptr + hn * 2 + 1, mask=m, other=1.0).to(tl.float64)
+    br = tl.load(b_ptr + hn * 2, mask=m, other=0.0).to(tl.float64)
+    bi = tl.load(b_ptr + hn * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    cr = tl.load(c_ptr + e * 2, mask=m, other=0.0).to(tl.float64)
+    ci = tl.load(c_ptr + e * 2 + 1, mask=m, other=0.0).to(tl.float64)
+    return e, m, dt, ar, ai, br, bi, cr, ci
+
+
+@triton.jit
+def _disc_fwd_store(v_ptr, x_ptr, e, m, HN, vr, vi, xr, xi):
+    """v at every lane, x at the lanes of the first H*N elements (float64 re, im pairs)."""
+    tl.store(v_ptr + e * 2, vr, mask=m)
+    tl.store(v_ptr + e * 2 + 1, vi, mask=m)
+    mx = m & (e < HN)
+    tl.store(x_ptr + e * 2, xr, mask=mx)
+    tl.store(x_ptr + e * 2 + 1, xi, mask=mx)
+
+
+@triton.jit
+def _zoh_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
+    """ZOH discretisation (v, x) in float64: z = dt A (dt = exp(log_dt[h])), x = z,
+    v = C (B expm1(z) / A) with expm1(z) = (expm1(Re z) cos(Im z) - 2 sin^2(Im z / 2), exp(Re z) sin(Im z))
+    (the reference's expm1c).  One element of C (lead, h, n) per lane; the lanes of the first H*N elements
+    also write x.  Inputs of any precision, widened (exactly) on load; v, x as float64 (re, im) pairs."""
+    e, m, dt, ar, ai, br, bi, cr, ci = _disc_fwd_lanes(ldt_ptr, a_ptr, b_ptr, c_ptr, H, N, TOTAL, BLOCK)
+    zr = dt * ar
+    zi = dt * ai
+    u = tl.exp(zr)
+    s = tl.sin(0.5 * zi)
+    er = _expm1_64(zr, u) * tl.cos(zi) - 2.0 * (s * s)
+    ei = u * tl.sin(zi)
+    wr, wi = _cmul64(br, bi, er, ei)
+    wr, wi = _cdiv64(wr, wi, ar, ai)
+    vr, vi = _cmul64(cr, ci, wr, wi)
+    _disc_fwd_store(v_ptr, x_ptr, e, m, H * N, vr, vi, zr, zi)
+
+
+@triton.jit
+def _log1p64(t):
+    """log(1 + t) without cancellation (Kahan: log(y) t / (y - 1) with y = 1 + t, a few ulps)."""
+    y = 1.0 + t
+    ym1 = y - 1.0
+    return tl.where(ym1 == 0.0, t, tl.log(y) * (t / tl.where(ym1 == 0.0, 1.0, ym1)))
+
+
+@triton.jit
+def _f64(value: tl.constexpr):
+    """A float64 constant (a bare Python float may become a rounded float32 constant, e.g. in tl.where)."""
+    return tl.full([], value, tl.float64)
+
+
+@triton.jit
+def _atan2_64(y, x):
+    """atan2(y, x) in float64: t = min / max of |x|, |y| in [0, 1], atan(t) = atan(k/8) + atan(s) with
+    k = round(8 t), s = (t - k/8) / (1 + t k/8) (|s| <= 1/16; t - k/8 exact), atan(s) by its series to s^17
+    (remainder < 1e-22 |s|), then the octant; atan(k/8) as the float64 constants nearest them."""
+    ax = tl.abs(x)
+    ay = tl.abs(y)
+    hi = tl.maximum(ax, ay)
+    lo = tl.minimum(ax, ay)
+    t = lo / tl.where(hi == 0.0, 1.0, hi)
+    k = tl.floor(t * 8.0 + 0.5)
+    c = k * 0.125
+    s = (t - c) / (1.0 + t * c)
+    s2 = s * s
+    p = _f64(1.0 / 17.0)
+    p = _f64(1.0 / 15.0) - s2 * p
+    p = _f64(1.0 / 13.0) - s2 * p
+    p = _f64(1.0 / 11.0) - s2 * p
+    p = _f64(1.0 / 9.0) - s2 * p
+    p = _f64(1.0 / 7.0) - s2 * p
+    p = _f64(1.0 / 5.0) - s2 * p
+    p = _f64(1.0 / 3.0) - s2 * p
+    a = s - s * (s2 * p)
+    base = tl.where(k == 1.0, _f64(0.12435499454676144), _f64(0.0))
+    base = tl.where(k == 2.0, _f64(0.24497866312686414), base)
+    base = tl.where(k == 3.0, _f64(0.35877067027057225), base)
+    base = tl.where(k == 4.0, _f64(0.4636476090008061), base)
+    base = tl.where(k == 5.0, _f64(0.5585993153435624), base)
+    base = tl.where(k == 6.0, _f64(0.6435011087932844), base)
+    base = tl.where(k == 7.0, _f64(0.7188299996216245), base)
+    base = tl.where(k == 8.0, _f64(0.7853981633974483), base)
+    a = base + a
+    a = tl.where(ay > ax, _f64(1.5707963267948966) - a, a)
+    a = tl.where(x < 0.0, _f64(3.141592653589793) - a, a)
+    return tl.where(y < 0.0, -a, a)
+
+
+@triton.jit
+def _bilinear_fwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, v_ptr, x_ptr, H, N, TOTAL, BLOCK: tl.constexpr):
+    """Bilinear discretisation (v, x) in float64: w = dt A / 2 = p + i q, x = 2 atanh(w) =
+    (log1p(4p / ((1 - p)^2 + q^2)) / 2, atan2(2q, (1 - p)(1 + p) - q^2)), v = C (B dt / (1 - w)); where that
+    log1p's argument is below -1/2, log(((1 + p)^2 + q^2) / ((1 - p)^2 + q^2)) / 2 instead (1 + p exact there).
+    Lanes as in _zoh_fwd_kernel."""
+    e, m, dt, ar, ai, br, bi, cr, ci = _disc_fwd_lanes(ldt_ptr, a_ptr, b_ptr, c_ptr, H, N, TOTAL, BLOCK)
+    p = (dt * ar) / 2.0
+    q = (dt * ai) / 2.0
+    wr, wi = _cdiv64(br * dt, bi * dt, 1.0 - p, -q)
+    vr, vi = _cmul64(cr, ci, wr, wi)
+    omp = 1.0 - p
+    opp = 1.0 + p
+    den = omp * omp + q * q
+    t = 4.0 * p / den  # |1 + w|^2 / |1 - w|^2 - 1: log1p(t) near 0, the ratio's log near t = -1 (w near -1)
+    xr = 0.5 * tl.where(t < -0.5, tl.log((opp * opp + q * q) / den), _log1p64(t))
+    xi = _atan2_64(2.0 * q, omp * opp - q * q)
+    _disc_fwd_store(v_ptr, x_ptr, e, m, H * N, vr, vi, xr, xi)
+
+
+@triton.jit
+def _disc_bwd_kernel(ldt_ptr, a_ptr, b_ptr, c_ptr, gv_ptr, gx_ptr, dld_ptr, da_ptr, db_ptr, dc_ptr, H, N, CL,
+                     ZOH, HAS_GV, HAS_GX, MASK, BLOCK_N: tl.constexpr):
+    """The discretisation's chain rule (ssm_discretize_bwd's closed form) in float64, one program per channel h
+    (its modes in tiles of BLOCK_N, the C lead index c < CL in a loop).  ZOH, HAS_GV, HAS_GX and MASK (bit i:
+    write the gradient of log_dt, A, B, C) are runtime ints: one binary per dtype combination."""
+    h = tl.program_id(0).to(tl.int64)
+    dt = tl.exp(tl.load(ldt_ptr + h).to(tl.float64))
+    dld = tl.zeros((BLOCK_N,), dtype=tl.float64)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        nm = n < N
+        hn = h * N + n
+        ar = tl.load(a_ptr + hn * 2, mask=nm, other=-1.0).to(tl.float64)
+        ai = tl.load(a_ptr + hn * 2 + 1, mask=nm, other=1.0).to(tl.float64)
+        br = tl.load(b_ptr + hn * 2, mask=nm, other=0.0).to(tl.float64)
+        bi = tl.load(b_ptr + hn * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+        zr = dt * ar
+        zi = dt * ai
+        if ZOH != 0:  # dw/dB = expm1(z) / A, dw/dz = B exp(z) / A, dw/dA = -w / A, dx/dz = 1, dw/ddt = 0
+            u = tl.exp(zr)
+            s = tl.sin(0.5 * zi)
+            co = tl.cos(zi)
+            si = tl.sin(zi)
+            qbr, qbi = _cdiv64(_expm1_64(zr, u) * co - 2.0 * (s * s), u * si, ar, ai)
+            wr, wi = _cmul64(br, bi, qbr, qbi)
+            t1, t2 = _cmul64(br, bi, u * co, u * si)
+            qzr, qzi = _cdiv64(t1, t2, ar, ai)
+            qar, qai = _cdiv64(-wr, -wi, ar, ai)
+            qxr = tl.full((BLOCK_N,), 1.0, tl.float64)
+            qxi = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qtr = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qti = tl.zeros((BLOCK_N,), dtype=tl.float64)
+        else:  # den = 1 - z/2: dw/dB = dt / den, dw/dz = (w / 2) / den, dx/dz = 1 / (den (1 + z/2)), dw/ddt = B / den
+            denr = 1.0 - 0.5 * zr
+            deni = -(0.5 * zi)
+            qbr, qbi = _cdiv64(tl.zeros((BLOCK_N,), dtype=tl.float64) + dt, tl.zeros((BLOCK_N,), dtype=tl.float64),
+                               denr, deni)
+            wr, wi = _cmul64(br, bi, qbr, qbi)
+            pr, pi = _cmul64(denr, deni, 1.0 + 0.5 * zr, 0.5 * zi)
+            qxr, qxi = _cdiv64(tl.full((BLOCK_N,), 1.0, tl.float64), tl.zeros((BLOCK_N,), dtype=tl.float64), pr, pi)
+            qzr, qzi = _cdiv64(0.5 * wr, 0.5 * wi, denr, deni)
+            qar = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qai = tl.zeros((BLOCK_N,), dtype=tl.float64)
+            qtr, qti = _cdiv64(br, bi, denr, deni)
+        gwr = tl.zeros((BLOCK_N,), dtype=tl.float64)
+        gwi = tl.zeros((BLOCK_N,), dtype=tl.float64)
+        if HAS_GV != 0:
+            for c in range(0, CL):
+                e = c * H * N + hn
+                gr = tl.load(gv_ptr + e * 2, mask=nm, other=0.0).to(tl.float64)
+                gi = tl.load(gv_ptr + e * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+                cr = tl.load(c_ptr + e * 2, mask=nm, other=0.0).to(tl.float64)
+                ci = tl.load(c_ptr + e * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+                gwr += cr * gr + ci * gi
+                gwi += cr * gi - ci * gr
+                if (MASK & 8) != 0:
+                    tl.store(dc_ptr + e * 2, (wr * gr + wi * gi).to(dc_ptr.dtype.element_ty), mask=nm)
+                    tl.store(dc_ptr + e * 2 + 1, (wr * gi - wi * gr).to(dc_ptr.dtype.element_ty), mask=nm)
+        elif (MASK & 8) != 0:
+            for c in range(0, CL):
+                e = c * H * N + hn
+                tl.store(dc_ptr + e * 2, tl.zeros((BLOCK_N,), dtype=dc_ptr.dtype.element_ty), mask=nm)
+                tl.store(dc_ptr + e * 2 + 1, tl.zeros((BLOCK_N,), dtype=dc_ptr.dtype.element_ty), mask=nm)
+        gzr = qzr * gwr + qzi * gwi  # conj(dw/dz) gw (+ conj(dx/dz) gx)
+        gzi = qzr * gwi - qzi * gwr
+        if HAS_GX != 0:
+            xr = tl.load(gx_ptr + hn * 2, mask=nm, other=0.0).to(tl.float64)
+            xi = tl.load(gx_ptr + hn * 2 + 1, mask=nm, other=0.0).to(tl.float64)
+            gzr += qxr * xr + qxi * xi
+            gzi += qxr * xi - qxi * xr
+        if (MASK & 2) != 0:  # dA = dt gz + conj(dw/dA) gw
+            tl.store(da_ptr + hn * 2, (dt * gzr + (qar * gwr + qai * gwi)).to(da_ptr.dtype.element_ty), mask=nm)
+            tl.store(da_ptr + hn * 2 + 1, (dt * gzi + (qar * gwi - qai * gwr)).to(da_ptr.dtype.element_ty), mask=nm)
+        if (MASK & 4) != 0:  # dB = conj(dw/dB) gw
+            tl.store(db_ptr + hn * 2, (qbr * gwr + qbi * gwi).to(db_ptr.dtype.element_ty), mask=nm)
+            tl.store(db_ptr + hn * 2 + 1, (qbr * gwi - qbi * gwr).to(db_ptr.dtype.element_ty), mask=nm)
+        # Re(conj(A) gz) + Re(conj(dw/ddt) gw)
+        dld += tl.where(nm, (ar * gzr + ai * gzi) + (qtr * gwr + qti * gwi), 0.0)
+    if (MASK & 1) != 0:
+        tl.store(dld_ptr + h, (dt * tl.sum(dld, axis=0)).to(dld_ptr.dtype.element_ty))
+
+
 # ---------------------------------------------------------------- discretisation and the fused pair
+_DISC_BLOCK = 128
+_DISC_BN = 32
+
+
 def ssm_discretize_fwd(log_dt, A, B, C, disc: str):
-    """(v, x) in complex128 (O(H N) torch on the device)."""
+    """(v, x) in complex128: one launch of ``_zoh_fwd_kernel`` / ``_bilinear_fwd_kernel`` (float64), or O(H N)
+    torch on the device under GEOOPS_SSM_TRITON_FUSED_FACTORS=0."""
+    H, N = A.shape
+    if H * N > 0 and _fused_factors():
+        v = torch.empty(C.shape + (2,), device=C.device, dtype=torch.float64)
+        x = torch.empty((H, N, 2), device=A.device, dtype=torch.float64)
+        total = C.numel()
+        kern = _zoh_fwd_kernel if disc == "zoh" else _bilinear_fwd_kernel
+        kern[(triton.cdiv(total, _DISC_BLOCK),)](log_dt.contiguous(), _pairs(A), _pairs(B), _pairs(C), v, x, H, N, total,
+                                                BLOCK=_DISC_BLOCK)
+        return torch.view_as_complex(v), torch.view_as_complex(x)
     with torch.no_grad():
         return discretize_log(log_dt, A, B, C, disc)
 
 
 def ssm_discretize_bwd(gv, gx, log_dt, A, B, C, disc: str, mask: int):
-    """The discretisation's chain rule in closed form (torch's conjugate-Wirtinger convention)."""
+    """The discretisation's chain rule in closed form (torch's conjugate-Wirtinger convention): one launch of
+    ``_disc_bwd_kernel``, or torch in complex128 under GEOOPS_SSM_TRITON_FUSED_FACTORS=0."""
+    H, N = A.shape
+    if H * N > 0 and mask & 15 and _fused_factors():
+        outs = [t.new_empty(t.shape) if mask & (1 << i) else t.new_empty(0) for i, t in enumerate((log_dt, A, B, C))]
+        dld, dA, dB, dC = outs
+        ap = _pairs(A)
+        gvp = _pairs(gv) if gv.numel() else ap
+        gxp = _pairs(gx) if gx.numel() else ap
+        _disc_bwd_kernel[(H,)](log_dt.contiguous(), ap, _pairs(B), _pairs(C), gvp, gxp,
+                               dld if mask & 1 else log_dt, _pairs(dA) if mask & 2 else ap,
+                               _pairs(dB) if mask & 4 else ap, _pairs(dC) if mask & 8 else ap, H, N,
+                               C.numel() // (H * N), 1 if disc == "zoh" else 0, 1 if gv.numel() else 0,
+                               1 if gx.numel() else 0, mask & 15, BLOCK_N=_DISC_BN)
+        return tuple(outs)
     cd = torch.complex128
     dt = torch.exp(log_dt.to(torch.float64)).unsqueeze(-1)
     A2, B2, C2 = A.to(cd), B.to(cd), C.to(cd)
@@ -448,8 +874,10 @@ def compile_variants():
     (``_bmm_kernel``, IEEE fp32 ``tl.dot`` or the fp64 product), fftconv forward with and without D for
     every u dtype (``_spec_mul_kernel``, ``_trunc_skip_kernel`` storing u's dtype) and backward with every
     gradient (``_conj_sum_kernel`` both ways; half u computes in float32, the same binaries), and the
-    ssm_conv pair (the same kernels through its own launch path).  Expectations: 64-bit program-id
-    arithmetic, no spills, no approximate float32 division.
+    ssm_conv pair (the same kernels through its own launch path); session 32's factor and discretisation
+    kernels (``_fwd_factors_kernel``, ``_bwd_factors_kernel``, ``_bwd_reduce_kernel``, ``_zoh_fwd_kernel``,
+    ``_bilinear_fwd_kernel``, ``_disc_bwd_kernel``) through the same launchers, plus complex64 inputs.
+    Expectations: 64-bit program-id arithmetic, no spills, no approximate float32 division.
     """
     expect = {"ieee_div": True, "index64": True, "max_spill_bytes": 0}
     entries = []
@@ -480,6 +908,32 @@ def compile_variants():
         entries.append({"label": f"ssm_conv/{dn} bwd", "expect": expect,
                         "launch": lambda g=g, u=u, kf=kf, v4=v4, x2=x2, D=D: ssm_conv_bwd(
                             g, u, u.new_empty(0, dtype=_cplx(u.dtype)), kf, v4, x2, D, 15)})
+    # session 32: the factor kernels (GEOOPS_SSM_TRITON_FUSED_FACTORS on, the default).  vandermonde with complex64
+    # v, x (the public op's float32 inputs: loads widened in the kernels), the discretisation kernels per
+    # parameter precision (log_dt float32 / float64, A, B, C complex64 / complex128; the chain rule's outputs
+    # in those dtypes), both discretisations, the reduce kernel with dv alone, dx alone, both.
+    for cd in (torch.complex64, torch.complex128):
+        cn = str(cd).replace("torch.", "")
+        rd = torch.float64 if cd == torch.complex128 else torch.float32
+        v = torch.zeros(2, H, N, dtype=cd)
+        x = torch.zeros(H, N, dtype=cd)
+        entries.append({"label": f"vandermonde/{cn} inputs fwd", "expect": expect,
+                        "launch": lambda v=v, x=x: vandermonde_fwd(v, x, L, False)})
+        gK = torch.zeros(2, H, L, dtype=torch.float32)
+        for mask in (1, 2):
+            entries.append({"label": f"vandermonde/{cn} inputs bwd mask {mask}", "expect": expect,
+                            "launch": lambda g=gK, v=v, x=x, m=mask: vandermonde_bwd(g, v, x, m)})
+        ldt = torch.zeros(H, dtype=rd)
+        A = torch.full((H, N), -0.5 + 1j, dtype=cd)
+        Bp = torch.zeros(H, N, dtype=cd)
+        Cp = torch.zeros(2, H, N, dtype=cd)
+        gv = torch.zeros(2, H, N, dtype=torch.complex128)
+        gx = torch.zeros(H, N, dtype=torch.complex128)
+        for disc in ("zoh", "bilinear"):
+            entries.append({"label": f"discretize/{cn}/{disc} fwd", "expect": expect,
+                            "launch": lambda a=(ldt, A, Bp, Cp), d=disc: ssm_discretize_fwd(*a, d)})
+        entries.append({"label": f"discretize/{cn} bwd", "expect": expect,
+                        "launch": lambda a=(ldt, A, Bp, Cp), gv=gv, gx=gx: ssm_discretize_bwd(gv, gx, *a, "zoh", 15)})
     for udt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         un = str(udt).replace("torch.", "")
         kd = torch.float64 if udt == torch.float64 else torch.float32

@@ -199,3 +199,190 @@ def test_fused_forward_matches_composition(device, L, S_, dtype):
     assert _rel(kf.cpu(), kf_ref.cpu()) < tol
     y_ref = S.fftconv_fwd(u.to(device), K.view(C, S_, H, L), D.to(device), False)[0]
     assert _rel(y.cpu(), y_ref.cpu()) < tol
+
+
+# ---------------------------------------------------------------- session 32: the factors inside the kernels
+def _knob(monkeypatch, on: bool):
+    monkeypatch.setenv("GEOOPS_SSM_TRITON_FUSED_FACTORS", "1" if on else "0")
+
+
+def _both(monkeypatch, fn):
+    """fn() with the factor kernels (GEOOPS_SSM_TRITON_FUSED_FACTORS unset) and with the torch factors (=0)."""
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_FUSED_FACTORS", raising=False)
+    new = fn()
+    _knob(monkeypatch, False)
+    old = fn()
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_FUSED_FACTORS", raising=False)
+    return new, old
+
+
+def _modes(H, N, g, slow=False):
+    re = -(1e-4 if slow else 0.5) * (1 + torch.rand(H, N, generator=g, dtype=torch.float64))
+    return torch.complex(re, torch.randn(H, N, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("L,C", [(1, 1), (2, 3), (37, 1), (100, 3), (301, 1)])
+@pytest.mark.parametrize("cdt", [torch.complex64, torch.complex128], ids=str)
+def test_vandermonde_fused_factors_match_torch_factors(device, monkeypatch, L, C, cdt):
+    """The factor kernels against the torch factors (the path before session 32, under the knob): forward
+    float32 within 2 float32 ulps of the largest entry (the same float64 factors, rounded alike: bit-identical in
+    practice), float64 within 1e-14; the backward (the sums over j in float64 in another order) within 1e-6 /
+    1e-13 of the largest entry, for each mask; N = 17 spans two mode tiles."""
+    g = torch.Generator().manual_seed(L + 7 * C)
+    H, N = 2, 17
+    x = _modes(H, N, g).to(cdt).to(device)
+    v = torch.randn(C, H, N, generator=g, dtype=torch.complex128).to(cdt).to(device)
+    for out64 in (False, True):
+        new, old = _both(monkeypatch, lambda: S.vandermonde_fwd(v, x, L, out64))
+        assert new.shape == old.shape == (C, H, L) and new.dtype == old.dtype
+        assert _rel(new.cpu(), old.cpu().double()) <= (1e-14 if out64 else 2.4e-7)
+        gK = torch.randn(C, H, L, generator=g, dtype=new.dtype).to(device)
+        for mask in (1, 2, 3):
+            new, old = _both(monkeypatch, lambda: S.vandermonde_bwd(gK, v, x, mask))
+            for a, b in zip(new, old):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                if b.numel() and b.abs().max() > 0:
+                    assert _rel(torch.view_as_real(a).cpu(), torch.view_as_real(b).cpu().double()) <= \
+                        (1e-13 if out64 else 1e-6)
+                elif b.numel():  # L = 1: dx = 0
+                    assert a.abs().max() == 0
+
+
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+@pytest.mark.parametrize("C_out", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_discretize_kernels_match_torch(device, monkeypatch, disc, C_out, dtype):
+    """_zoh_fwd_kernel / _bilinear_fwd_kernel / _disc_bwd_kernel against the complex128 torch path: x to 1e-15
+    per element (relative), v to 2e-15 of each channel's largest entry, the gradients to 2e-15 of each output's
+    largest entry (float64 rounding of
+    another evaluation order: Kahan expm1 / log1p, Smith division, a hand atan2; d log_dt, a sum over the modes
+    with cancellation, to 1e-14; float32 gradients within one float32 rounding), masks, gv or gx absent.
+    Steps from 1e-5 to 2 (|dt A| up to ~1e2: the atan2 octants) and N = 40 (two mode tiles)."""
+    H, N = 5, 40
+    log_dt, A, B, C = _params(H, N, seed=11, C_out=C_out, dtype=dtype)
+    log_dt = (torch.linspace(math.log(1e-5), math.log(2.0), H, dtype=torch.float64)).to(dtype)
+    ins = [t.to(device) for t in (log_dt, A, B, C)]
+    new, old = _both(monkeypatch, lambda: S.ssm_discretize_fwd(*ins, disc))
+    for a, b in zip(new, old):
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.complex128
+    assert ((new[1] - old[1]).abs() / old[1].abs()).max() <= 1e-15
+    assert ((new[0] - old[0]).abs().amax(-1) / old[0].abs().amax(-1)).max() <= 2e-15  # per (c, h) channel
+    g = torch.Generator().manual_seed(2)
+    gv = torch.randn(C.shape, generator=g, dtype=torch.complex128).to(device)
+    gx = torch.randn(H, N, generator=g, dtype=torch.complex128).to(device)
+    none = gv.new_empty(0)
+    for gvi, gxi in ((gv, gx), (gv, none), (none, gx)):
+        for mask in (15, 1, 6, 8):
+            new, old = _both(monkeypatch, lambda: S.ssm_discretize_bwd(gvi, gxi, *ins, disc, mask))
+            for i, (a, b) in enumerate(zip(new, old)):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                if b.numel():  # d log_dt: a sum over the N modes (with cancellation) in another order
+                    bound = (1e-14 if i == 0 else 2e-15) if dtype == torch.float64 else 1.2e-7
+                    assert (a - b).abs().max() <= bound * b.abs().max()
+
+
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+@pytest.mark.parametrize("C_out", [None, 2])
+@pytest.mark.parametrize("L", [1, 33])
+def test_s4d_kernel_fp32_values_and_grads(device, disc, C_out, L):
+    """float32 parameters through the factor kernels: K and every gradient against the float64 reference
+    (K to 1e-5, the gradients to 1e-4 of their largest entries: the float32 GEMMs)."""
+    p = _params(3, 5, seed=L, C_out=C_out, dtype=torch.float32)
+    ins = [t.to(device).requires_grad_() for t in p]
+    K = gs.s4d_kernel(*ins, L, disc)
+    assert K.dtype == torch.float32
+    gK = torch.randn(K.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    K.backward(gK)
+    q = [(t.detach().to(torch.complex128) if t.is_complex() else t.detach().double()).cpu().requires_grad_()
+         for t in ins]
+    expect = ref.s4d_kernel(*q, L, disc)
+    expect.backward(gK.double().cpu())
+    assert _rel(K.detach().cpu(), expect) < 1e-5
+    for a, b in zip(ins, q):
+        assert a.grad.dtype == a.dtype
+        assert _rel(a.grad.cpu(), b.grad) < 1e-4
+
+
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+def test_s4d_kernel_fp32_long_slow_modes(device, disc):
+    """fp32 relative error <= 1e-5 at L = 65536 for slowly decaying modes (Re(dt A) ~ -1e-4 per step; the
+    CPU suite's case, tests/test_ssm.py): the phases exp(x jT), exp(x i) in float64 inside the factor kernel."""
+    H, N, L = 2, 16, 65536
+    g = torch.Generator().manual_seed(3)
+    log_dt = torch.full((H,), math.log(2e-4), dtype=torch.float32)
+    A = torch.complex(-0.5 * (1 + 0.2 * torch.rand(H, N, generator=g, dtype=torch.float64)),
+                      math.pi * torch.arange(N, dtype=torch.float64).expand(H, N)).to(torch.complex64)
+    B = torch.complex(1 + 0.1 * torch.randn(H, N, generator=g, dtype=torch.float64),
+                      0.1 * torch.randn(H, N, generator=g, dtype=torch.float64)).to(torch.complex64)
+    C = torch.randn(H, N, generator=g, dtype=torch.complex128).to(torch.complex64)
+    ins = [t.to(device) for t in (log_dt, A, B, C)]
+    K = gs.s4d_kernel(*ins, L, disc)
+    expect = ref.s4d_kernel(log_dt.double(), A.to(torch.complex128), B.to(torch.complex128), C.to(torch.complex128),
+                            L, disc)
+    assert _rel(K.cpu(), expect) < 1e-5
+
+
+def test_s4d_kernel_host_work(device, host_work, monkeypatch):
+    """The host cost of s4d_kernel (H = 4, N = 8, L = 100): the forward in 3 launches (discretisation, factors,
+    GEMM) and at most 34 torch ops (31 counted in session 32, 17 of them the API's checks and the custom ops'
+    dispatch; the torch factors ran 72 ops); forward + backward 7 launches, at most 88 ops (80; before: 212)."""
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_FUSED_FACTORS", raising=False)
+    p = [t.to(device) for t in _params(4, 8, seed=0)]
+    gs.s4d_kernel(*p, 100)  # compile / warm caches outside the count
+    with host_work() as w:
+        gs.s4d_kernel(*p, 100)
+    assert len(w.launches) == 3 and len(w.ops) <= 34, w
+    q = [t.clone().requires_grad_() for t in p]
+    with host_work() as w:
+        gs.s4d_kernel(*q, 100).sum().backward()
+    assert len(w.launches) == 7 and len(w.ops) <= 88, w
+
+
+def test_fused_factors_knob_read_per_call(device, host_work, monkeypatch):
+    """GEOOPS_SSM_TRITON_FUSED_FACTORS=0 (read per call) runs the torch factors: the GEMM launch alone."""
+    p = [t.to(device) for t in _params(2, 3, seed=1)]
+    for on in (False, True, False):
+        _knob(monkeypatch, on)
+        with host_work() as w:
+            gs.s4d_kernel(*p, 20)
+        assert ("_fwd_factors_kernel" in w.launches) == on and ("_zoh_fwd_kernel" in w.launches) == on, w
+
+
+@pytest.mark.parametrize("S_", [1, 2])
+def test_ssm_conv_fused_factors_match_torch_factors(device, monkeypatch, S_):
+    """ssm_conv's forward (the GEMM stores K into the FFT buffer from the kernel-made factors) and backward
+    (the factor kernels of vandermonde_bwd) against the torch factors: float32 within 1e-6, float64 1e-13."""
+    g = torch.Generator().manual_seed(S_)
+    C, H, N, L = 2, 3, 5, 29
+    v = torch.randn(C, S_, H, N, generator=g, dtype=torch.complex128).to(device)
+    x = _modes(H, N, g).to(device)
+    for dtype in (torch.float32, torch.float64):
+        tol = 1e-6 if dtype == torch.float32 else 1e-13
+        u = torch.randn(2, H, L, generator=g, dtype=dtype).to(device)
+        D = torch.randn(C, H, generator=g, dtype=dtype).to(device)
+        new, old = _both(monkeypatch, lambda: S.ssm_conv_fwd(u, v, x, D, True))
+        for a, b in zip(new, old):
+            assert _rel(torch.view_as_real(a).cpu() if a.is_complex() else a.cpu(),
+                        (torch.view_as_real(b) if b.is_complex() else b).cpu().double()) < tol
+        y, kf, uf = new
+        gy = torch.randn(y.shape, generator=g, dtype=dtype).to(device)
+        new, old = _both(monkeypatch, lambda: S.ssm_conv_bwd(gy, u, uf, kf, v, x, D, 15))
+        for a, b in zip(new, old):
+            ra = torch.view_as_real(a) if a.is_complex() else a
+            rb = torch.view_as_real(b) if b.is_complex() else b
+            assert _rel(ra.cpu(), rb.cpu().double()) < tol
+
+
+def test_bilinear_log_octants(device, monkeypatch):
+    """x = 2 atanh(dt A / 2) of _bilinear_fwd_kernel (hand log1p and atan2: a table of atan(k/8), k = 0..8, and
+    the octants) on a grid of w = dt A / 2 that reaches every k and both signs of 1 - |w|^2, against torch's
+    complex atanh: per element within 1e-15 (relative)."""
+    p = -torch.tensor([0.01, 0.05, 0.3, 0.6, 0.9, 1.6, 3.0, 9.0], dtype=torch.float64)
+    q = torch.tensor([0.0, 0.02, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0, 1.3, 2.0, 5.0], dtype=torch.float64)
+    q = torch.cat([q, -q[1:]])
+    A = torch.complex(2 * p[:, None].expand(-1, q.numel()), 2 * q[None, :].expand(p.numel(), -1)).reshape(1, -1)
+    log_dt = torch.zeros(1, dtype=torch.float64)
+    B = torch.ones_like(A)
+    ins = [t.to(device) for t in (log_dt, A, B, B)]
+    new, old = _both(monkeypatch, lambda: S.ssm_discretize_fwd(*ins, "bilinear"))
+    assert ((new[1] - old[1]).abs() / old[1].abs()).max() <= 1e-15
