@@ -51,6 +51,25 @@ def _rel(ours, expect):
 
 
 # ---------------------------------------------------------------- vandermonde / s4d_kernel forward
+def test_stability_check_on_gpu_only_under_checks():
+    """Re A < 0 is checked for CPU tensors always, for other devices (a GPU: reading A waits for the device on every
+    call) only under the debug switch; an unstable A on the CPU raises either way."""
+    import geoops
+    meta = torch.empty(2, 3, dtype=torch.complex64, device="meta")
+    cpu = torch.empty(2, 3, dtype=torch.complex64)
+    old = geoops._backend.checks_enabled()
+    try:
+        geoops.set_checks(False)
+        assert gs._stability_checked(cpu) and not gs._stability_checked(meta)
+        log_dt, A, B, C = _ssm_params(3, 4)
+        with pytest.raises(ValueError, match=r"A must have negative real parts"):
+            gs.s4d_kernel(log_dt, torch.complex(-A.real, A.imag), B, C, 8)
+        geoops.set_checks(True)
+        assert gs._stability_checked(cpu) and gs._stability_checked(meta)
+    finally:
+        geoops.set_checks(old)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("L", [1, 2, 7, 64, 129, 1000])
 def test_vandermonde_fp64_matches_reference(L, backend):
