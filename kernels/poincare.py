@@ -31,6 +31,10 @@ w = sinh(Z asinh a)/sc, |w|^2 (pass 1), then y = w / (1 + sqrt(1 + c|w|^2)) time
 then writes dL/dt and the row terms (through lam, sc) and the per-program column partials (through
 |z_j|, C, S) in pass 2 -- csrc/cpu/poincare.cpp's fc_bwd_impl, term by term.  The rest (dx = dt z^T +
 row coefficient * x, the tangent rows' extra term, dz = x^T dt + column coefficient * z, db, dc) is torch.
+The row scalars and column constants come from two prologue kernels (``_fc_colprep_kernel``, ``_fc_rowprep_kernel``:
+the same float64 formulas), and the backward's assembly (row coefficient, dc, dL/dU, the column terms, db) from the
+fc backward kernel's FIN epilogue and ``_fc_colfin_kernel``: ~12 / ~31 torch ops and 3 / 4 launches per call
+instead of ~60 / ~120 small torch ops (GEOOPS_POINCARE_TRITON_FUSED_PREP=0: the torch glue; session 32).
 The fc_rows entry (poincare_conv2d: t and U = |x|^2 given, no x) runs the same two kernels with the row scalars
 from U; dU = row coefficient / 2 (tangent: u . (dt z^T) = t . dt), dz only the column term
 (GEOOPS_POINCARE_TRITON_FC_ROWS=0: the eager reference instead).
