@@ -31,6 +31,10 @@ w = sinh(Z asinh a)/sc, |w|^2 (pass 1), then y = w / (1 + sqrt(1 + c|w|^2)) time
 then writes dL/dt and the row terms (through lam, sc) and the per-program column partials (through
 |z_j|, C, S) in pass 2 -- csrc/cpu/poincare.cpp's fc_bwd_impl, term by term.  The rest (dx = dt z^T +
 row coefficient * x, the tangent rows' extra term, dz = x^T dt + column coefficient * z, db, dc) is torch.
+The row scalars and column constants come from two prologue kernels (``_fc_colprep_kernel``, ``_fc_rowprep_kernel``:
+the same float64 formulas), and the backward's assembly (row coefficient, dc, dL/dU, the column terms, db) from the
+fc backward kernel's FIN epilogue and ``_fc_colfin_kernel``: ~12 / ~31 torch ops and 3 / 4 launches per call
+instead of ~60 / ~120 small torch ops (GEOOPS_POINCARE_TRITON_FUSED_PREP=0: the torch glue; session 32).
 The fc_rows entry (poincare_conv2d: t and U = |x|^2 given, no x) runs the same two kernels with the row scalars
 from U; dU = row coefficient / 2 (tangent: u . (dt z^T) = t . dt), dz only the column term
 (GEOOPS_POINCARE_TRITON_FC_ROWS=0: the eager reference instead).
@@ -568,14 +572,19 @@ def _fc_bwd_elems(GT_ptr, PZ_ptr, PC_ptr, PS_ptr, base, pid, M, cols, cm, m, t, 
 
 @triton.jit
 def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, K1_ptr, K0_ptr, SR_ptr, C_ptr,
-                   PZ_ptr, PC_ptr, PS_ptr, RL_ptr, RG_ptr, RS_ptr, N, M, eps: tl.float64,
-                   COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr):
+                   PZ_ptr, PC_ptr, PS_ptr, RL_ptr, RG_ptr, RS_ptr, PR_ptr, N, M, eps: tl.float64,
+                   COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, FIN: tl.constexpr = False,
+                   TAN: tl.constexpr = False, HALF: tl.constexpr = False):
     """dL/dt into GT; per row RL = dL/dlam, RG = the direct dc terms, RS = the sc terms (before 1/(2 sc));
     with COLS per program the column partials PZ (through |z_j|), PC (through C_j), PS (through S_j).
     Rows whose largest |u| passes 20 (a block that has one) take the scaled form of csrc/cpu/poincare.cpp's
     scaled_row_bwd: with v = sinh(u) / sinh(T), Gv = <g, v>, Sv = |v|^2, Sh = hypot(q, |v|), Dh = q + Sh,
     dL/dw = Gam / sinh(T), Gam_j = (B_j + q Dh g_j) / (Dh^2 Sh) (projected: sc maxnorm B_j / (|v| Sv)),
-    B_j = g_j Sv - v_j Gv, B of the row's largest |u_j| as g_j S' - v_j G' (S', G': the sums without j)."""
+    B_j = g_j Sv - v_j Gv, B of the row's largest |u_j| as g_j S' - v_j G' (S', G': the sums without j).
+    FIN (the fused finish, GEOOPS_POINCARE_TRITON_FUSED_PREP): the row terms of the assembly instead -- RL (the
+    tile type) = the row coefficient rl c lam^2 (HALF: half of it, the fc_rows entry's dL/dU; TAN: the tangent
+    rows' dL/dU from <t, dL/dt> = sc r_sb and the prologue's rows PR = _fc_rowprep_kernel's (7, N)), RG = the row's part
+    of dL/dc (the direct terms, the X and sc terms, the tangent rows' s terms); RS is not written."""
     pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     sc = tl.sqrt(c)
@@ -692,9 +701,167 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr,
             r_sa += d_sa
             r_lam += d_lam
             r_sb += d_sb
-    tl.store(RL_ptr + rows, r_lam, mask=rmask)
-    tl.store(RG_ptr + rows, gcd, mask=rmask)
-    tl.store(RS_ptr + rows, -r_sa / sc + r_sb, mask=rmask)
+    if FIN:
+        X = tl.load(PR_ptr + 2 * N + rows, mask=rmask, other=0.0)
+        lam2 = lam * lam
+        rowcoef = r_lam * c * lam2
+        dcrow = gcd + r_lam * X * lam2 * 0.5 + (r_sb - r_sa / sc) / (2.0 * sc)
+        if TAN:
+            dn = tl.load(PR_ptr + 4 * N + rows, mask=rmask, other=0.0)
+            dcs = tl.load(PR_ptr + 5 * N + rows, mask=rmask, other=0.0)
+            U = tl.load(PR_ptr + 6 * N + rows, mask=rmask, other=0.0)
+            # <t, dL/dt> = sum_j t ga k1 C_j = sc r_sb (k1 = sc lam s and r_sb = s lam sum_j ga t C_j): no
+            # extra row sum in the loops (one more float64 accumulator spilled in the float64 variant)
+            u_gx = sc * r_sb / srd + rowcoef * srd * U
+            rl_out = 0.5 * (rowcoef * srd * srd + u_gx * dn)
+            dcrow += u_gx * dcs
+        elif HALF:
+            rl_out = 0.5 * rowcoef
+        else:
+            rl_out = rowcoef
+        tl.store(RL_ptr + rows, rl_out.to(RL_ptr.dtype.element_ty), mask=rmask)
+        tl.store(RG_ptr + rows, dcrow, mask=rmask)
+    else:
+        tl.store(RL_ptr + rows, r_lam, mask=rmask)
+        tl.store(RG_ptr + rows, gcd, mask=rmask)
+        tl.store(RS_ptr + rows, -r_sa / sc + r_sb, mask=rmask)
+
+
+# ---------------------------------------------------------------- fc prologue and column finish (fused prep)
+# GEOOPS_POINCARE_TRITON_FUSED_PREP (default on): the fc layer's per-column constants and per-row scalars come
+# from the two prologue kernels below (one launch each) instead of ~60 torch ops on length-m / length-N vectors,
+# and the backward's assembly (row coefficient, dL/dU, dL/dc, the column terms, db) from the fc backward
+# kernel's FIN epilogue and _fc_colfin_kernel instead of ~60 more: the same float64 formulas as _fc_col_prep /
+# _fc_row_prep / _fc_col_grads (only the summation order and libdevice's float64 functions differ).
+_LOG2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _fc_colprep_kernel(Z_ptr, B_ptr, C_ptr, CT_ptr, CD_ptr, n, M, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_M: tl.constexpr):
+    """Per column j of z (n, M): CT (5, M) in the tile type = (C_j = ch/|z_j|, S_j = sh, Z_j = 2|z_j|, Q_j, L_j)
+    (_fc_col_prep's `cols`, geoops.reference.poincare.offset_consts for the offsets) and CD (3, M) float64 =
+    (|z_j|, ch, sh) for the backward's column terms."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cm = cols < M
+    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float64)
+    for i0 in range(0, n, BLOCK_N):
+        r = i0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        zt = tl.load(Z_ptr + r[:, None] * M + cols[None, :], mask=(r[:, None] < n) & cm[None, :],
+                     other=0.0).to(tl.float64)
+        acc += zt * zt
+    zn = tl.maximum(tl.sqrt(tl.sum(acc, 0)), 1e-15)
+    one = tl.full((BLOCK_M,), 1.0, tl.float64)
+    ch = one
+    sh = one * 0.0
+    q = one
+    ell = one * 0.0
+    if HAS_B:
+        sc = tl.sqrt(tl.load(C_ptr).to(tl.float64))
+        rho = 2.0 * sc * tl.load(B_ptr + cols, mask=cm, other=0.0).to(tl.float64)
+        big = tl.abs(rho) > 20.0  # geoops.reference.poincare.OFFSET_SCALED_FROM
+        ar = tl.where(big, tl.abs(rho), 21.0)
+        e2 = _math.expm1(-2.0 * ar)
+        sh0, ch0 = _sinh_cosh(tl.where(big, 0.0, rho))
+        ch = tl.where(big, 2.0 + e2, ch0)
+        sh = tl.where(big, tl.where(rho < 0, e2, -e2), sh0)
+        q = tl.where(big, 4.0 * (1.0 + e2), 1.0)
+        ell = tl.where(big, ar - _LOG2, 0.0)
+    ty = CT_ptr.dtype.element_ty
+    tl.store(CT_ptr + cols, (ch / zn).to(ty), mask=cm)
+    tl.store(CT_ptr + M + cols, sh.to(ty), mask=cm)
+    tl.store(CT_ptr + 2 * M + cols, (2.0 * zn).to(ty), mask=cm)
+    tl.store(CT_ptr + 3 * M + cols, q.to(ty), mask=cm)
+    tl.store(CT_ptr + 4 * M + cols, ell.to(ty), mask=cm)
+    tl.store(CD_ptr + cols, zn, mask=cm)
+    tl.store(CD_ptr + M + cols, ch, mask=cm)
+    tl.store(CD_ptr + 2 * M + cols, sh, mask=cm)
+
+
+@triton.jit
+def _fc_rowprep_kernel(X_ptr, U_ptr, C_ptr, R_ptr, N, D, eps: tl.float64, FROM_X: tl.constexpr,
+                       TANGENT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per row i: R (7, N) float64 = (k1, k0, X, s, ds/dn / n, ds/dc, U) of _fc_row_prep, U = |x_i|^2 (FROM_X: rows
+    of X_ptr (N, D)) or U_ptr[i] (any float type); s = 1, the derivatives 0 without TANGENT."""
+    _pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
+    c = tl.load(C_ptr).to(tl.float64)
+    sc = tl.sqrt(c)
+    if FROM_X:
+        U = tl.zeros((BLOCK_R,), tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            cols, m = _chunk(d0, rmask, D, BLOCK_D)
+            x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+            U += tl.sum(x * x, 1)
+    else:
+        U = tl.load(U_ptr + rows, mask=rmask, other=0.0).to(tl.float64)
+    X = U
+    s = tl.full((BLOCK_R,), 1.0, tl.float64)
+    dn = s * 0.0
+    dcs = s * 0.0
+    if TANGENT:
+        cm = c + 1e-15
+        maxnorm = (1.0 - eps) / tl.sqrt(cm)
+        dmax_dc = -0.5 * (1.0 - eps) / (cm * tl.sqrt(cm))
+        nn = tl.maximum(tl.sqrt(U), 1e-15)
+        q = sc * nn
+        small = q < 1e-3
+        qs = tl.where(small, 1.0, q)
+        th = _math.tanh(qs)
+        q2 = q * q  # the series to q^4, as _fc_row_prep
+        s = tl.where(small, 1.0 + q2 * (-1.0 / 3.0 + q2 * (2.0 / 15.0)), th / qs)
+        dsdq = tl.where(small, q * (-2.0 / 3.0 + q2 * (8.0 / 15.0)), ((1.0 - th * th) - th / qs) / qs)
+        proj = s * nn > maxnorm
+        s = tl.where(proj, maxnorm / nn, s)
+        dn = tl.where(proj, -maxnorm / (nn * nn * nn), sc * dsdq / nn)
+        dcs = tl.where(proj, dmax_dc / nn, nn * dsdq / (2.0 * sc))
+        X = s * s * U
+    lam = 2.0 / (1.0 - c * X)
+    tl.store(R_ptr + rows, sc * lam * s, mask=rmask)
+    tl.store(R_ptr + N + rows, lam - 1.0, mask=rmask)
+    tl.store(R_ptr + 2 * N + rows, X, mask=rmask)
+    tl.store(R_ptr + 3 * N + rows, s, mask=rmask)
+    tl.store(R_ptr + 4 * N + rows, dn, mask=rmask)
+    tl.store(R_ptr + 5 * N + rows, dcs, mask=rmask)
+    tl.store(R_ptr + 6 * N + rows, U, mask=rmask)
+
+
+@triton.jit
+def _fc_colfin_kernel(PZ_ptr, PC_ptr, PS_ptr, CD_ptr, B_ptr, C_ptr, COLF_ptr, GB_ptr, DC_ptr, P, M,
+                      HAS_B: tl.constexpr, WANT_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The column terms of the fc backward (_fc_col_grads): the partials PZ, PC, PS (P, M) summed over the
+    programs, COLF (tile type) = the factor of z in dL/dz, GB (WANT_B) = dL/dbias, DC[j] = column j's part of
+    dL/dc (r_j (gch sh + gS ch) / sc; 0 without bias)."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    cm = cols < M
+    az = tl.zeros((BLOCK_P, BLOCK_M), tl.float64)
+    ac = tl.zeros((BLOCK_P, BLOCK_M), tl.float64)
+    aS = tl.zeros((BLOCK_P, BLOCK_M), tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        pr = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+        off = pr[:, None] * M + cols[None, :]
+        pm = (pr[:, None] < P) & cm[None, :]
+        az += tl.load(PZ_ptr + off, mask=pm, other=0.0)
+        ac += tl.load(PC_ptr + off, mask=pm, other=0.0)
+        aS += tl.load(PS_ptr + off, mask=pm, other=0.0)
+    gzn = tl.sum(az, 0)
+    gC = tl.sum(ac, 0)
+    gS = tl.sum(aS, 0)
+    zn = tl.load(CD_ptr + cols, mask=cm, other=1.0)
+    ch = tl.load(CD_ptr + M + cols, mask=cm, other=1.0)
+    sh = tl.load(CD_ptr + 2 * M + cols, mask=cm, other=0.0)
+    gch = gC / zn
+    gzn = gzn - gC * ch / (zn * zn)
+    dcc = gzn * 0.0
+    if HAS_B:
+        sc = tl.sqrt(tl.load(C_ptr).to(tl.float64))
+        h = gch * sh + gS * ch
+        if WANT_B:
+            tl.store(GB_ptr + cols, (2.0 * sc * h).to(GB_ptr.dtype.element_ty), mask=cm)
+        dcc = tl.load(B_ptr + cols, mask=cm, other=0.0).to(tl.float64) * h / sc
+    tl.store(DC_ptr + cols, dcc, mask=cm)
+    tl.store(COLF_ptr + cols, tl.where(zn > 1e-15, gzn / zn, 0.0).to(COLF_ptr.dtype.element_ty), mask=cm)
 
 
 # ---------------------------------------------------------------- launchers
@@ -827,14 +994,94 @@ def _fc_prep(x, z, bias, c, eps, tangent, U=None):
     return p
 
 
+def _fused_prep_on() -> bool:
+    """GEOOPS_POINCARE_TRITON_FUSED_PREP=0 (README knob table, read per call): the fc layer's column constants,
+    row scalars and backward assembly as torch ops (_fc_prep, _fc_col_grads: ~60-120 small ops per call, the
+    path before session 32) instead of the prologue kernels and the backward kernel's FIN epilogue."""
+    return os.environ.get("GEOOPS_POINCARE_TRITON_FUSED_PREP", "")[:1] != "0"
+
+
+def _fc_prep_fused(x, z, bias, cv, eps, tangent, U=None):
+    """_fc_prep by two launches (_fc_colprep_kernel, _fc_rowprep_kernel): cols (the kernels' five column vectors,
+    x's dtype), CD (3, m) float64 (|z_j|, ch, sh), R (7, N) float64 (k1, k0, X, s, ds/dn / n, ds/dc, U) and their
+    rows under _fc_prep's names; U (N,) contiguous (the fc_rows entry) or None (|x|^2 of x's rows).  cv: c as
+    _cval makes it."""
+    N, n = x.shape[0], z.shape[0]
+    m = z.shape[1]
+    dev = x.device
+    ct = torch.empty((5, m), device=dev, dtype=x.dtype)
+    cd = torch.empty((3, m), device=dev, dtype=torch.float64)
+    R = torch.empty((7, N), device=dev, dtype=torch.float64)
+    has_b = bias is not None and bias.numel() > 0
+    bm = min(triton.next_power_of_2(max(m, 1)), 128)
+    bn = max(1, min(triton.next_power_of_2(max(n, 1)), 1024 // bm))
+    br, bd, nw = _blocks(N, x.shape[1] if U is None else 1, 512, dtype=torch.float64)
+    with _device_guard(x):
+        _fc_colprep_kernel[(triton.cdiv(m, bm),)](z, bias if has_b else z, cv, ct, cd, n, m, HAS_B=has_b,
+                                                  BLOCK_N=bn, BLOCK_M=bm, num_warps=1 if bn * bm <= 128 else 4)
+        _fc_rowprep_kernel[(triton.cdiv(N, br),)](x, x if U is None else U, cv, R, N, x.shape[1], float(eps),
+                                                  FROM_X=U is None, TANGENT=bool(tangent), BLOCK_R=br, BLOCK_D=bd,
+                                                  num_warps=nw)
+    k1, k0, X, s, dn, dcs, Ur = R.unbind(0)
+    zn, ch, sh = cd.unbind(0)
+    return dict(cols=ct.unbind(0), CD=cd, R=R, k1=k1, k0=k0, X=X, U=Ur, s=s if tangent else None, s1=s, dsdn_n=dn,
+                dsdc=dcs, zn=zn, ch=ch, sh=sh, cv=cv)
+
+
+def _fc_prep_scalars(p):
+    """_fc_prep's float64 scalars (cd, sc, lam) for a fused prep that takes the torch assembly (tangent rows of
+    poincare_fc_bwd, whose dL/dx needs dt z^T first)."""
+    if "cd" not in p:
+        p["cd"] = p["cv"].reshape(())
+        p["sc"] = p["cd"].sqrt()
+        p["lam"] = p["k0"] + 1.0
+    return p
+
+
+def _fc_bwd_fused(g, t, p, eps, need_cols, bias, want_b, tangent, half):
+    """_fc_bwd_kernel with the FIN epilogue and (need_cols) _fc_colfin_kernel: (gt, rl (t's dtype: the row
+    coefficient, or dL/dU for the fc_rows entry: half / tangent), dc (N [+ m]) float64 partials of dL/dc, colf
+    (t's dtype) or None, db (t's dtype) or empty).  N, m > 0."""
+    N, m = t.shape
+    br, bm, nw = _blocks(N, m, 1024 if t.dtype == torch.float32 else 512, dtype=t.dtype)
+    nprog = triton.cdiv(N, br)
+    dev = t.device
+    gt = torch.empty((N, m), device=dev, dtype=t.dtype)
+    rl = torch.empty(N, device=dev, dtype=t.dtype)
+    dc = torch.empty(N + (m if need_cols else 0), device=dev, dtype=torch.float64)
+    part = torch.empty((3, nprog, m), device=dev, dtype=torch.float64) if need_cols else gt
+    pz, pc, ps = part.unbind(0) if need_cols else (gt, gt, gt)
+    has_b = bias is not None and bias.numel() > 0
+    cv = p["cv"]
+    with _device_guard(t):
+        _fc_bwd_kernel[(nprog,)](g, t, gt, *p["cols"], p["k1"], p["k0"], p["s1"], cv, pz, pc, ps, rl, dc,
+                                 dc, p["R"], N, m, float(eps), COLS=need_cols,
+                                 BLOCK_R=br, BLOCK_M=bm, FIN=True, TAN=bool(tangent), HALF=bool(half), num_warps=nw,
+                                 **_st._maxnreg(nw))
+    colf, gb = None, t.new_empty(0)
+    if need_cols:
+        colf = torch.empty(m, device=dev, dtype=t.dtype)
+        if want_b:
+            gb = torch.empty(m, device=dev, dtype=t.dtype)
+        cbm = min(triton.next_power_of_2(m), 128)
+        cbp = max(1, min(triton.next_power_of_2(nprog), 1024 // cbm))
+        with _device_guard(t):
+            _fc_colfin_kernel[(triton.cdiv(m, cbm),)](pz, pc, ps, p["CD"], bias if has_b else colf, cv, colf,
+                                                      gb if want_b else colf, dc[N:], nprog, m, HAS_B=has_b,
+                                                      WANT_B=bool(want_b), BLOCK_P=cbp, BLOCK_M=cbm,
+                                                      num_warps=1 if cbp * cbm <= 128 else 4)
+    return gt, rl, dc, colf, gb
+
+
 def _fc_epilogue_fwd(t, p, c, eps):
     """y (N, m) of the fc layer from t = x @ z (contiguous) and _fc_prep's constants: _fc_fwd_kernel."""
     N, m = t.shape
     y = t.new_empty((N, m))
     if N and m:
         br, bm, nw = _blocks(N, m, 1024 if t.dtype == torch.float32 else 512, dtype=t.dtype)
+        cv = p["cv"] if "cv" in p else _cval(c, t)
         with _device_guard(t):
-            _fc_fwd_kernel[(triton.cdiv(N, br),)](t, y, *p["cols"], p["k1"], p["k0"], _cval(c, t), N, m, float(eps),
+            _fc_fwd_kernel[(triton.cdiv(N, br),)](t, y, *p["cols"], p["k1"], p["k0"], cv, N, m, float(eps),
                                                   BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
     return y
 
@@ -852,7 +1099,8 @@ def _fc_epilogue_bwd(g, t, p, c, eps, need_cols, tangent):
         sr = p["s"].contiguous() if tangent else torch.ones(N, **f64)
         with _device_guard(t):
             _fc_bwd_kernel[(nprog,)](g, t, gt, *p["cols"], p["k1"], p["k0"], sr, _cval(c, t), pz, pc, ps, rl, rg, rs,
-                                     N, m, float(eps), COLS=need_cols, BLOCK_R=br, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+                                     rl, N, m, float(eps), COLS=need_cols, BLOCK_R=br, BLOCK_M=bm, num_warps=nw,
+                                     **_st._maxnreg(nw))
     elif N:
         gt.zero_()
     return gt, rl, rg, rs, pz, pc, ps
@@ -885,7 +1133,12 @@ def poincare_fc_fwd(x, z, bias, c, eps, save, tangent):
         bias = bias.to(x.dtype).contiguous()
     N, m = x.shape[0], z.shape[1]
     t = _mm(x, z)
-    y = _fc_epilogue_fwd(t, _fc_prep(x, z, bias, c, eps, tangent), c, eps) if N and m else x.new_empty((N, m))
+    if not (N and m):
+        y = x.new_empty((N, m))
+    elif _fused_prep_on():
+        y = _fc_epilogue_fwd(t, _fc_prep_fused(x, z, bias, _cval(c, x), eps, tangent), c, eps)
+    else:
+        y = _fc_epilogue_fwd(t, _fc_prep(x, z, bias, c, eps, tangent), c, eps)
     return y, (t if save else x.new_empty(0))
 
 
@@ -902,7 +1155,17 @@ def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
     has_b = bias is not None and bias.numel() > 0
     want_x, want_z, want_b, want_c = bool(mask & 1), bool(mask & 2), bool(mask & 4) and has_b, bool(mask & 8)
     need_cols = want_z or want_b or want_c
-    p = _fc_prep(x, z, bias, c, eps, tangent)
+    fused = N > 0 and m > 0 and _fused_prep_on()
+    if fused and not tangent:
+        # the prologue kernels, the backward kernel's FIN epilogue, the column finish: dx and dz by their GEMMs
+        p = _fc_prep_fused(x, z, bias, _cval(c, x), eps, False)
+        gt, rowc, dc, colf, gb = _fc_bwd_fused(g, t, p, eps, need_cols, bias, want_b, False, False)
+        gx = _mm(gt, z.t()).addcmul_(rowc.unsqueeze(1), x) if want_x else x.new_empty(0)
+        gz = _mm(x.t(), gt).addcmul_(colf.unsqueeze(0), z) if want_z else x.new_empty(0)
+        gc = dc.sum().to(c.dtype) if want_c else c.new_empty(0)
+        return gx, gz, gb, gc
+    p = _fc_prep_scalars(_fc_prep_fused(x, z, bias, _cval(c, x), eps, tangent)) if fused else \
+        _fc_prep(x, z, bias, c, eps, tangent)
     gt, rl, rg, rs, pz, pc, ps = _fc_epilogue_bwd(g, t, p, c, eps, need_cols, tangent)
     cd, sc, lam, X = p["cd"], p["sc"], p["lam"], p["X"]
     rowcoef = rl * cd * lam * lam
@@ -1055,11 +1318,26 @@ forms and vjps from kernels/stereographic.py (`_fwd_coef` / `_vjp`); fc/mm is th
 replaces cuBLAS only when torch's TF32 switch is on."""
 
 
+def _with_env(name, value, fn, *args):
+    """fn(*args) with the environment variable name set to value (restored afterwards): a knob's path."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn(*args)
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 def compile_variants():
     """Every Triton variant the launchers of this module can run, for the CI compile check.
 
     Per dtype (float32, float64): the fc epilogue forward and backward (with and without the column
-    partials) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
+    partials; the prologue kernels and the column finish of the fused prep; its tangent rows; the backward
+    kernel without the FIN epilogue under GEOOPS_POINCARE_TRITON_FUSED_PREP=0) and the fc_rows entry (tangent
+    and plain rows) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
     the ReLU, midpoint sums and batch norm row pass forward and backward for a narrow (16) and a wide
     (chunked, 300 / 200) row; and (float32) the IEEE GEMM.  The launches
     call the module's own launchers on small CPU tensors.  Expectations: 64-bit program-id arithmetic, IEEE
@@ -1086,6 +1364,18 @@ def compile_variants():
                                                                             15, False))
             add(f"fc/{shape} bwd dx only", lambda g=g, x=x, z=z, b=b: poincare_fc_bwd(g, x, z, b, c, x.new_empty(0),
                                                                                     1e-3, 1, False))
+            add(f"fc/{shape} bwd tangent", lambda g=g, x=x, z=z, b=b: poincare_fc_bwd(g, x, z, b, c, x.new_empty(0),
+                                                                                    1e-3, 15, True))
+            add(f"fc/{shape} bwd torch prep", lambda g=g, x=x, z=z, b=b: _with_env(
+                "GEOOPS_POINCARE_TRITON_FUSED_PREP", "0", poincare_fc_bwd, g, x, z, b, c, x.new_empty(0), 1e-3, 15,
+                False))
+            U = torch.zeros(N, dtype=dtype)
+            for tan in (True, False):
+                tn = "tangent" if tan else "plain"
+                add(f"fc_rows/{shape} fwd {tn}", lambda g=g, U=U, z=z, b=b, tan=tan: poincare_fc_rows_fwd(
+                    g, U, z, b, c, 1e-3, tan))
+                add(f"fc_rows/{shape} bwd {tn}", lambda g=g, U=U, z=z, b=b, tan=tan: poincare_fc_rows_bwd(
+                    g, g, U, z, b, c, 1e-3, 14, tan))
         for shape, N, D in (("narrow", 4096, 16), ("wide", 64, 300)):
             x = torch.zeros(N, D, dtype=dtype)
             add(f"relu/{shape} fwd", lambda x=x: poincare_relu_fwd(x, c, 1e-3))
@@ -1132,8 +1422,16 @@ def poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent):
     N, m = t.shape
     if not (N and m):
         return t.new_empty((N, m))
+    if _fused_prep_on():
+        return _fc_epilogue_fwd(t, _fc_prep_fused(t, z, bias, _cval(c, t), eps, tangent, U=_rows_u(U, N)), c, eps)
     p = _fc_prep(t, z, bias, c, eps, tangent, U=U.reshape(N).to(torch.float64))
     return _fc_epilogue_fwd(t, p, c, eps)
+
+
+def _rows_u(U, N):
+    """U as the contiguous (N,) vector _fc_rowprep_kernel reads (a view when it is one already)."""
+    U = U.reshape(N)
+    return U if U.is_contiguous() else U.contiguous()
 
 
 def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
@@ -1153,6 +1451,13 @@ def poincare_fc_rows_bwd(g, t, U, z, bias, c, eps, mask, tangent):
     has_b = bias is not None and bias.numel() > 0
     want_z, want_b, want_c = bool(mask & 2), bool(mask & 4) and has_b, bool(mask & 8)
     need_cols = want_z or want_b or want_c
+    if N and m and _fused_prep_on():
+        Ur = _rows_u(U, N)
+        p = _fc_prep_fused(t, z, bias, _cval(c, t), eps, tangent, U=Ur)
+        gt, gU, dc, colf, gb = _fc_bwd_fused(g, t, p, eps, need_cols, bias, want_b, tangent, True)
+        gz = colf.unsqueeze(0) * z if want_z else t.new_empty(0)
+        gc = dc.sum().to(c.dtype) if want_c else c.new_empty(0)
+        return gt, gU.reshape(U.shape), gz, gb, gc
     p = _fc_prep(t, z, bias, c, eps, tangent, U=U.reshape(N).to(torch.float64))
     gt, rl, rg, rs, pz, pc, ps = _fc_epilogue_bwd(g, t, p, c, eps, need_cols, tangent)
     cd, sc, lam, X = p["cd"], p["sc"], p["lam"], p["X"]
