@@ -74,7 +74,7 @@ except ImportError:  # pragma: no cover - older layouts
 __all__ = ["poincare_fc_fwd", "poincare_fc_bwd", "poincare_relu_fwd", "poincare_relu_bwd",
            "poincare_midpoint_sums_fwd", "poincare_midpoint_sums_bwd", "poincare_bn_rows_fwd",
            "poincare_bn_rows_bwd", "poincare_fc_rows_fwd", "poincare_fc_rows_bwd", "poincare_bn_running_update_",
-           "compile_variants"]
+           "poincare_bn_transport_fwd", "poincare_bn_transport_bwd", "compile_variants"]
 
 F64 = tl.constexpr(tl.float64)
 _CUT = tl.constexpr(1e-3)  # Taylor cut of the float64 row math (as the C++ kernels)
@@ -1652,7 +1652,8 @@ def compile_variants():
     kernel without the FIN epilogue under GEOOPS_POINCARE_TRITON_FUSED_PREP=0) and the fc_rows entry (tangent
     and plain rows) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
     the ReLU, midpoint sums and batch norm row pass forward and backward for a narrow (16) and a wide
-    (chunked, 300 / 200) row; and (float32) the IEEE GEMM.  The launches
+    (chunked, 300 / 200) row, the batch norm's running update and transport matrix (train and eval, forward and
+    backward; GEOOPS_POINCARE_TRITON_FUSED_BN); and (float32) the IEEE GEMM.  The launches
     call the module's own launchers on small CPU tensors.  Expectations: 64-bit program-id arithmetic, IEEE
     float32 division; no spill in float32, up to 32 B in float64 (libdevice's float64 tan reduction in the
     batch norm's expmap coefficients, as in the stereographic rows).
@@ -1704,6 +1705,14 @@ def compile_variants():
             rmn, rvr = torch.zeros(Db, dtype=dtype), torch.ones(1, dtype=dtype)
             add(f"bn_running/{shape}", lambda rmn=rmn, rvr=rvr: poincare_bn_running_update_(
                 rmn, rvr, rmn.clone(), rvr.clone(), c, 0.1, 1.0))
+            one = torch.ones((), dtype=dtype)
+            for train in (True, False):
+                tn = "train" if train else "eval"
+                add(f"bn_transport/{shape} fwd {tn}", lambda rmn=rmn, one=one, train=train: poincare_bn_transport_fwd(
+                    rmn, rmn, one, one, c, 10.0, 1e-6, train))
+                add(f"bn_transport/{shape} bwd {tn}", lambda rmn=rmn, one=one, M=M, Db=Db, train=train:
+                    poincare_bn_transport_bwd(torch.zeros(Db, Db, dtype=rmn.dtype), rmn, rmn, one, one, c, 10.0,
+                                              1e-6, train))
         if dtype == torch.float32:
             a = torch.zeros(256, 144, dtype=dtype)
             bm = torch.zeros(144, 16, dtype=dtype)
