@@ -884,20 +884,8 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
     momentum = (zero + mom_hi) + mom_lo
     unbias = (zero + ub_hi) + ub_lo
     offs = tl.arange(0, BLOCK_D).to(tl.int64)
-    a_xx = tl.zeros((BLOCK_D,), tl.float64)
-    a_xy = tl.zeros((BLOCK_D,), tl.float64)
-    a_yy = tl.zeros((BLOCK_D,), tl.float64)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + offs
-        dm = cols < D
-        xv = tl.load(RM_ptr + cols, mask=dm, other=0.0).to(tl.float64)
-        yv = tl.load(M_ptr + cols, mask=dm, other=0.0).to(tl.float64)
-        a_xx += xv * xv
-        a_xy += xv * yv
-        a_yy += yv * yv
-    x2 = tl.sum(a_xx, 0)
-    xy = tl.sum(a_xy, 0)
-    y2 = tl.sum(a_yy, 0)
+    x2, mxy, y2 = _bn_tr_gram(RM_ptr, M_ptr, D, BLOCK_D)  # (|x|^2, <x, -y>, |y|^2)
+    xy = -mxy
     k = -tl.load(C_ptr).to(tl.float64)
     t = momentum
     # v = (-x) (+) y = p x + q y
@@ -1283,9 +1271,12 @@ def poincare_bn_transport_bwd(gM, b, m, S, w, c, n: float, eps: float, train: bo
     gm = torch.empty_like(b)
     gs = torch.empty((3,), dtype=b.dtype, device=b.device)
     bg, bt = _bn_tr_blocks(D)
+    # 16 x 16 tiles: at 32 x 32 the two float64 tiles (gM and its transpose) and the scalar chain live across the
+    # sweeps spilled on sm_80 (Triton 3.6: 16 B with 4 warps, 128-168 B with 8)
+    bt = min(bt, 16)
     with _device_guard(b):
         _bn_tr_bwd_kernel[(1,)](gM, b, m, S, w, _cval(c, b), gb, gm, gs, D, *_f64_pair(n), *_f64_pair(eps),
-                                TRAIN=bool(train), BLOCK_G=bg, BLOCK_T=bt, num_warps=4 if bt >= 32 else 1)
+                                TRAIN=bool(train), BLOCK_G=bg, BLOCK_T=bt, num_warps=2 if D > 16 else 1)
     return gb, gm, gs
 
 

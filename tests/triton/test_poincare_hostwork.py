@@ -116,10 +116,10 @@ def test_layer_host_work(layer, host_work, device):
 BOUND = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def _both(monkeypatch, fn):
+def _both(monkeypatch, fn, knob=KNOB):
     out = {}
     for k in ("1", "0"):
-        monkeypatch.setenv(KNOB, k)
+        monkeypatch.setenv(knob, k)
         out[k] = fn()
     return out["1"], out["0"]
 
@@ -218,19 +218,11 @@ def test_fused_bn_matches_composition(dtype, monkeypatch, device):
     """PoincareBatchNorm2d over training steps and then eval with the running update in one launch against the
     stereographic geodesic composition (knob off): running_mean float64 within 1e-12, float32 within 1e-6 of
     its largest entry (measured: 1.3e-15, 6.5e-8); outputs and gradients the same up to that."""
-    new, old = _both_knob(monkeypatch, BN_KNOB, lambda: _bn_run(dtype))
+    new, old = _both(monkeypatch, lambda: _bn_run(dtype), BN_KNOB)
     for i, (a, b) in enumerate(zip(new, old)):
         assert a.dtype == b.dtype and a.shape == b.shape, i
         err = ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
         assert err <= BN_BOUND[dtype], f"output {i}: relative difference {err:.3g}"
-
-
-def _both_knob(monkeypatch, knob, fn):
-    out = {}
-    for k in ("1", "0"):
-        monkeypatch.setenv(knob, k)
-        out[k] = fn()
-    return out["1"], out["0"]
 
 
 def _geodesic64(t, x, y, c):
@@ -304,7 +296,7 @@ def test_bn_learnable_curvature(monkeypatch, device):
             out += list(torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
                                              ).sum(), (c, bias, w))) + [y.detach(), rm.clone(), rv.clone()]
         return out
-    new, old = _both_knob(monkeypatch, BN_KNOB, run)
+    new, old = _both(monkeypatch, run, BN_KNOB)
     for i, (a, b) in enumerate(zip(new, old)):
         err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
         assert err <= 1e-12, f"output {i}: {err:.3g}"
