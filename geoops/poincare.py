@@ -1242,7 +1242,8 @@ def _running_triton_on(running_mean, running_var, mean, var) -> bool:
     composition)."""
     if _knob_off("GEOOPS_POINCARE_TRITON_FUSED_BN") or _backend.checks_enabled():
         return False
-    if not (running_mean.dim() == 1 and running_mean.is_contiguous() and running_var.numel() == 1
+    if not (running_mean.dim() == 1 and running_mean.numel() > 0 and running_mean.is_contiguous()
+            and running_var.numel() == 1
             and running_var.is_contiguous() and mean.dim() == 1 and var.numel() == 1
             and running_mean.device == mean.device == running_var.device == var.device
             and running_mean.dtype in (torch.float32, torch.float64)
@@ -1444,7 +1445,8 @@ def _transport_triton_on(b, m, S, w, ct) -> bool:
     entry (GEOOPS_POINCARE_TRITON_FUSED_BN=0: the torch ops)."""
     if _knob_off("GEOOPS_POINCARE_TRITON_FUSED_BN") or _backend.checks_enabled():
         return False
-    if not (b.dim() == 1 and m.dim() == 1 and b.is_contiguous() and m.is_contiguous() and b.dtype == m.dtype
+    if not (b.dim() == 1 and m.dim() == 1 and b.numel() > 0 and b.is_contiguous() and m.is_contiguous()
+            and b.dtype == m.dtype
             and S.numel() == 1 and w.numel() == 1 and ct.numel() == 1 and S.dtype == b.dtype
             and b.dtype in (torch.float32, torch.float64) and b.device == m.device == S.device == w.device
             and _library.direct_call_ok(b, m, S, w, ct) and not torch._C._functorch.is_functorch_wrapped_tensor(b)):
