@@ -1133,10 +1133,13 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
             mean = _library.apply(MidpointMeanFn, xr, ct)
             u = _st.logmap(mean, xr, k=k)
             S = _library.apply(SqSumFn, u)
-            AE, G = _gram(b, mean)
-            lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
-            var = lam_m.square() * S / n
-            M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
+            if _transport_triton_on(b, mean, S, weight, ct):
+                M, var = BnTransportFn.apply(b, mean, S, weight.to(cdt), ct, float(n), float(eps), True)
+            else:
+                AE, G = _gram(b, mean)
+                lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
+                var = lam_m.square() * S / n
+                M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
         if training and running_mean is not None:
             _bn_running_update_(running_mean, running_var, mean, var, x.shape[0], momentum, ct, k, fused)
         if y is not None:
@@ -1145,8 +1148,11 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         mean, var = running_mean.to(cdt), running_var.to(cdt)
         k = -ct if k is None else k
         u = _st.logmap(mean, xr, k=k)
-        AE, G = _gram(b, mean)
-        M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
+        if _transport_triton_on(b, mean, var, weight, ct):
+            M = BnTransportFn.apply(b, mean.contiguous(), var, weight.to(cdt), ct, 1.0, float(eps), False)[0]
+        else:
+            AE, G = _gram(b, mean)
+            M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
     # M: the transport m -> b and the rescaling as one (D, D) matrix; then expmap_b(u M) + project: one fused
     # row op (the kernels run u M as a GEMM and the row pass after it)
     return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
@@ -1219,10 +1225,32 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
             # products), the averages as add_ calls with Python alphas (no scalar tensors to convert)
             _running_mean_step_(running_mean, mean, momentum, _c_float(ct))
             running_var.add_(running_var, alpha=-momentum).add_(var, alpha=momentum * (nr / max(nr - 1, 1)))
+        elif _running_triton_on(running_mean, running_var, mean, var):
+            # Triton backend: both updates in one launch (the geodesic step's coefficients in float64)
+            _backend.triton_kernels(_ops.FAMILY).poincare_bn_running_update_(
+                running_mean, running_var, mean, var, ct, momentum, nr / max(nr - 1, 1))
         else:
             kd = (-ct).detach() if k is None else k.detach()
             running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=kd))
             running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
+
+
+def _running_triton_on(running_mean, running_var, mean, var) -> bool:
+    """Whether the running update runs as one Triton launch (geoops.kernels.poincare._bn_running_kernel) instead of
+    the stereographic geodesic composition: the Triton backend on the buffers' device, contiguous 1-D float32 /
+    float64 buffers and a one-entry running_var on the mean's device (GEOOPS_POINCARE_TRITON_FUSED_BN=0: the
+    composition)."""
+    if _knob_off("GEOOPS_POINCARE_TRITON_FUSED_BN") or _backend.checks_enabled():
+        return False
+    if not (running_mean.dim() == 1 and running_mean.numel() > 0 and running_mean.is_contiguous()
+            and running_var.numel() == 1
+            and running_var.is_contiguous() and mean.dim() == 1 and var.numel() == 1
+            and running_mean.device == mean.device == running_var.device == var.device
+            and running_mean.dtype in (torch.float32, torch.float64)
+            and running_var.dtype in (torch.float32, torch.float64)
+            and _library.direct_call_ok(running_mean, running_var, mean, var)):
+        return False
+    return _backend.resolve(running_mean.device, _ops.FAMILY) == "triton"
 
 
 def _running_direct_on(running_mean: torch.Tensor, mean: torch.Tensor) -> bool:
@@ -1409,6 +1437,49 @@ class BnRowsFn(torch.autograd.Function):
         u, M, b, c = ctx.saved_tensors
         gu, gM, gb, gc = _ops.poincare_bn_rows_bwd(g.contiguous(), u, M, b, c, ctx.eps)
         return gu, gM, gb, (gc.reshape(c.shape) if ctx.needs_input_grad[3] else None), None
+
+
+def _transport_triton_on(b, m, S, w, ct) -> bool:
+    """Whether the batch norm's transport matrix (and var) comes from BnTransportFn (two Triton launches) instead of
+    _gram / _transport_matrix's torch ops: eager plain tensors on the Triton backend, one dtype, S / w / c one
+    entry (GEOOPS_POINCARE_TRITON_FUSED_BN=0: the torch ops)."""
+    if _knob_off("GEOOPS_POINCARE_TRITON_FUSED_BN") or _backend.checks_enabled():
+        return False
+    if not (b.dim() == 1 and m.dim() == 1 and b.numel() > 0 and b.is_contiguous() and m.is_contiguous()
+            and b.dtype == m.dtype
+            and S.numel() == 1 and w.numel() == 1 and ct.numel() == 1 and S.dtype == b.dtype
+            and b.dtype in (torch.float32, torch.float64) and b.device == m.device == S.device == w.device
+            and _library.direct_call_ok(b, m, S, w, ct) and not torch._C._functorch.is_functorch_wrapped_tensor(b)):
+        return False
+    return _backend.resolve(b.device, _ops.FAMILY) == "triton"
+
+
+class BnTransportFn(torch.autograd.Function):
+    """(b, m, S, w, c) -> (M, var): the batch norm's transport-and-rescale matrix M (D, D) of _transport_matrix
+    and (train) var = lam_m^2 S / n, or (eval: S is the running variance) var = S; one Triton launch each way
+    (geoops.kernels.poincare.poincare_bn_transport_fwd / _bwd, the scalar chain in float64).  var: no gradient."""
+
+    @staticmethod
+    def forward(ctx, b, m, S, w, c, n, eps, train):
+        kern = _backend.triton_kernels(_ops.FAMILY)
+        M, var = kern.poincare_bn_transport_fwd(b, m, S, w, c, n, eps, train)
+        ctx.save_for_backward(b, m, S, w, c)
+        ctx.args = (n, eps, train)
+        ctx.mark_non_differentiable(var)
+        return M, var
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, gM, _gvar):
+        b, m, S, w, c = ctx.saved_tensors
+        if gM is None:
+            return None, None, None, None, None, None, None, None
+        kern = _backend.triton_kernels(_ops.FAMILY)
+        gb, gm, gs = kern.poincare_bn_transport_bwd(gM.contiguous(), b, m, S, w, c, *ctx.args)
+        ng = ctx.needs_input_grad
+        return (gb if ng[0] else None, gm if ng[1] else None, gs[0].reshape(S.shape) if ng[2] else None,
+                gs[1].to(w.dtype).reshape(w.shape) if ng[3] else None,
+                gs[2].to(c.dtype).reshape(c.shape) if ng[4] else None, None, None, None)
 
 
 def _gram(b: torch.Tensor, m: torch.Tensor):

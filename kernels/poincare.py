@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 
 import torch
 import triton
@@ -72,7 +73,8 @@ except ImportError:  # pragma: no cover - older layouts
 
 __all__ = ["poincare_fc_fwd", "poincare_fc_bwd", "poincare_relu_fwd", "poincare_relu_bwd",
            "poincare_midpoint_sums_fwd", "poincare_midpoint_sums_bwd", "poincare_bn_rows_fwd",
-           "poincare_bn_rows_bwd", "poincare_fc_rows_fwd", "poincare_fc_rows_bwd", "compile_variants"]
+           "poincare_bn_rows_bwd", "poincare_fc_rows_fwd", "poincare_fc_rows_bwd", "poincare_bn_running_update_",
+           "poincare_bn_transport_fwd", "poincare_bn_transport_bwd", "compile_variants"]
 
 F64 = tl.constexpr(tl.float64)
 _CUT = tl.constexpr(1e-3)  # Taylor cut of the float64 row math (as the C++ kernels)
@@ -864,6 +866,241 @@ def _fc_colfin_kernel(PZ_ptr, PC_ptr, PS_ptr, CD_ptr, B_ptr, C_ptr, COLF_ptr, GB
     tl.store(COLF_ptr + cols, tl.where(zn > 1e-15, gzn / zn, 0.0).to(COLF_ptr.dtype.element_ty), mask=cm)
 
 
+# ---------------------------------------------------------------- batch norm running statistics (fused)
+# GEOOPS_POINCARE_TRITON_FUSED_BN (default on): the training batch norm's running-statistics update (the
+# geodesic step of running_mean towards the batch midpoint, the running variance's average) as one launch
+# instead of the stereographic geodesic composition (~39 torch ops and 3 launches): the geodesic
+# x (+) t (x) ((-x) (+) y) is A x + B y with A, B from |x|^2, <x, y>, |y|^2 (the formulas of
+# geoops.poincare._running_mean_step_, the CPU path's, in float64).
+
+
+@triton.jit
+def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float64, mom_lo: tl.float64,
+                       ub_hi: tl.float64, ub_lo: tl.float64, SINGLE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One program, in place: RM (D,) <- geodesic(momentum, RM, M) on the ball of curvature -c, RV (1,) <-
+    (1 - momentum) RV + momentum unbias V (V: the batch variance, 1 entry).  momentum and unbias come as
+    float32-exact pairs hi + lo (_f64_pair): the interpreter passes Python floats as float32."""
+    zero = tl.full((), 0.0, tl.float64)
+    momentum = (zero + mom_hi) + mom_lo
+    unbias = (zero + ub_hi) + ub_lo
+    offs = tl.arange(0, BLOCK_D).to(tl.int64)
+    x2, mxy, y2 = _bn_tr_gram(RM_ptr, M_ptr, D, BLOCK_D)  # (|x|^2, <x, -y>, |y|^2)
+    xy = -mxy
+    k = -tl.load(C_ptr).to(tl.float64)
+    t = momentum
+    # v = (-x) (+) y = p x + q y
+    den = tl.maximum(1.0 + 2.0 * k * xy + k * k * x2 * y2, 1e-15)
+    p = -(1.0 + 2.0 * k * xy - k * y2) / den
+    q = (1.0 + k * x2) / den
+    v2 = p * p * x2 + 2.0 * p * q * xy + q * q * y2
+    # w = t (x) v = s v: s = t atanc(k v2) tanc(k t^2 v2 atanc^2) (artanh's argument clamped as the CPU path)
+    z = k * v2
+    sn = tl.minimum(tl.sqrt(tl.maximum(-z, 0.0)), 1.0 - 1e-7 if SINGLE else 1.0 - 1e-15)
+    sn_ = tl.maximum(sn, 1e-300)
+    a = tl.where(z > -1e-12, 1.0 - z / 3.0, 0.5 * _math.log1p(2.0 * sn_ / (1.0 - sn_)) / sn_)
+    z2 = k * t * t * v2 * a * a
+    s2 = tl.sqrt(tl.maximum(-z2, 0.0))
+    s2_ = tl.maximum(s2, 1e-300)
+    s = t * a * tl.where(z2 > -1e-12, 1.0 + z2 / 3.0, _math.tanh(s2_) / s2_)
+    w2 = s * s * v2
+    xw = s * (p * x2 + q * xy)
+    # x (+) w = A x + B y
+    den2 = tl.maximum(1.0 - 2.0 * k * xw + k * k * x2 * w2, 1e-15)
+    A = ((1.0 - 2.0 * k * xw - k * w2) + (1.0 + k * x2) * s * p) / den2
+    B = (1.0 + k * x2) * s * q / den2
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + offs
+        dm = cols < D
+        xv = tl.load(RM_ptr + cols, mask=dm, other=0.0).to(tl.float64)
+        yv = tl.load(M_ptr + cols, mask=dm, other=0.0).to(tl.float64)
+        tl.store(RM_ptr + cols, (A * xv + B * yv).to(RM_ptr.dtype.element_ty), mask=dm)
+    rv = tl.load(RV_ptr).to(tl.float64)
+    bv = tl.load(V_ptr).to(tl.float64)
+    tl.store(RV_ptr, ((1.0 - momentum) * rv + momentum * (bv * unbias)).to(RV_ptr.dtype.element_ty))
+
+
+# The batch norm's transport matrix (FUSED_BN): M = alpha I + [a; e]^T Wt [a; e] for a = b, e = -m (the
+# scalar chain of geoops.poincare._gram / _transport_matrix, and in training var = lam_m^2 S / n) as one
+# forward launch and one backward launch instead of ~30 / ~90 torch ops on 2 x 2 and length-D tensors.
+
+
+@triton.jit
+def _bn_tr_gram(B_ptr, M_ptr, D, BLOCK: tl.constexpr):
+    """(|a|^2, <a, e>, |e|^2) in float64 for a = b, e = -m."""
+    offs = tl.arange(0, BLOCK).to(tl.int64)
+    s_aa = tl.zeros((BLOCK,), tl.float64)
+    s_ae = tl.zeros((BLOCK,), tl.float64)
+    s_ee = tl.zeros((BLOCK,), tl.float64)
+    for d0 in range(0, D, BLOCK):
+        i = d0 + offs
+        a = tl.load(B_ptr + i, mask=i < D, other=0.0).to(tl.float64)
+        e = -tl.load(M_ptr + i, mask=i < D, other=0.0).to(tl.float64)
+        s_aa += a * a
+        s_ae += a * e
+        s_ee += e * e
+    return tl.sum(s_aa, 0), tl.sum(s_ae, 0), tl.sum(s_ee, 0)
+
+
+@triton.jit
+def _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN: tl.constexpr):
+    """The forward scalar chain: lam_m, var, s, d, alpha, Wt (the four entries of W * 2 alpha / d)."""
+    one_ke = 1.0 + k * e2
+    lam = 2.0 / tl.maximum(one_ke, 1e-15)
+    Sv = tl.load(S_ptr).to(tl.float64)
+    if TRAIN:
+        var = lam * lam * Sv / n
+    else:
+        var = Sv
+    w = tl.load(W_ptr).to(tl.float64)
+    s = tl.sqrt(w / (var + eps))
+    d = tl.maximum(1.0 - 2.0 * k * ae + k * k * a2 * e2, 1e-15)
+    alpha = s * (1.0 + k * a2) / one_ke
+    f = 2.0 * alpha / d
+    w00 = -k * k * e2
+    w01 = k
+    w10 = -k + 2.0 * k * k * ae
+    w11 = -k * k * a2
+    return lam, var, w, s, d, alpha, f, w00, w01, w10, w11
+
+
+@triton.jit
+def _bn_tr_fwd_kernel(B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, OUT_ptr, VAR_ptr, D, n_hi: tl.float64, n_lo: tl.float64,
+                      eps_hi: tl.float64, eps_lo: tl.float64, TRAIN: tl.constexpr, BLOCK_G: tl.constexpr,
+                      BLOCK_T: tl.constexpr):
+    """OUT (D, D) tile (program_id(0), program_id(1)) of M; VAR (1 entry) = var from program (0, 0).  n and eps
+    as float32-exact pairs (_f64_pair)."""
+    zero = tl.full((), 0.0, tl.float64)
+    n = (zero + n_hi) + n_lo
+    eps = (zero + eps_hi) + eps_lo
+    pr = tl.program_id(0).to(tl.int64)
+    pc = tl.program_id(1).to(tl.int64)
+    k = -tl.load(C_ptr).to(tl.float64)
+    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G)
+    lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
+    rows = pr * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    cols = pc * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    rm = rows < D
+    cm = cols < D
+    ar = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+    er = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+    ac = tl.load(B_ptr + cols, mask=cm, other=0.0).to(tl.float64)
+    ec = -tl.load(M_ptr + cols, mask=cm, other=0.0).to(tl.float64)
+    # row p of [a e] times Wt: u_p = f (W00 a_p + W10 e_p), v_p = f (W01 a_p + W11 e_p); M_pq = u_p a_q + v_p e_q
+    u = f * (w00 * ar + w10 * er)
+    v = f * (w01 * ar + w11 * er)
+    Mt = u[:, None] * ac[None, :] + v[:, None] * ec[None, :]
+    Mt = tl.where(rows[:, None] == cols[None, :], Mt + alpha, Mt)
+    tl.store(OUT_ptr + rows[:, None] * D + cols[None, :], Mt.to(OUT_ptr.dtype.element_ty),
+             mask=rm[:, None] & cm[None, :])
+    if (pr == 0) & (pc == 0):
+        tl.store(VAR_ptr, var.to(VAR_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.constexpr):
+    """For the rows p of the block: (gM (x0 a + x1 e))_p and (gM^T (y0 a + y1 e))_p, and the diagonal entries."""
+    offs = tl.arange(0, BLOCK_T).to(tl.int64)
+    acc_r = tl.zeros((BLOCK_T,), tl.float64)
+    acc_c = tl.zeros((BLOCK_T,), tl.float64)
+    diag = tl.zeros((BLOCK_T,), tl.float64)
+    for q0 in range(0, D, BLOCK_T):
+        q = q0 + offs
+        qm = q < D
+        aq = tl.load(B_ptr + q, mask=qm, other=0.0).to(tl.float64)
+        eq = -tl.load(M_ptr + q, mask=qm, other=0.0).to(tl.float64)
+        m2 = rm[:, None] & qm[None, :]
+        g_pq = tl.load(G_ptr + rows[:, None] * D + q[None, :], mask=m2, other=0.0).to(tl.float64)
+        g_qp = tl.load(G_ptr + q[None, :] * D + rows[:, None], mask=m2, other=0.0).to(tl.float64)
+        acc_r += tl.sum(g_pq * (x0 * aq + x1 * eq)[None, :], 1)
+        acc_c += tl.sum(g_qp * (y0 * aq + y1 * eq)[None, :], 1)
+        diag += tl.sum(tl.where(rows[:, None] == q[None, :], g_pq, 0.0), 1)
+    return acc_r, acc_c, diag
+
+
+@triton.jit
+def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, GS_ptr, D, n_hi: tl.float64,
+                      n_lo: tl.float64, eps_hi: tl.float64, eps_lo: tl.float64, TRAIN: tl.constexpr,
+                      BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One program: gb (D), gm (D), GS (3) = (gS (train: dL/dS; else dL/dvar), gw, gc) from gM (D, D)."""
+    zero = tl.full((), 0.0, tl.float64)
+    n = (zero + n_hi) + n_lo
+    eps = (zero + eps_hi) + eps_lo
+    k = -tl.load(C_ptr).to(tl.float64)
+    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G)
+    lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
+    offs = tl.arange(0, BLOCK_T).to(tl.int64)
+    # pass 1: gWt_ij = X_i^T gM X_j (X_0 = a, X_1 = e) and tr gM
+    h00 = tl.zeros((BLOCK_T,), tl.float64)
+    h01 = tl.zeros((BLOCK_T,), tl.float64)
+    h10 = tl.zeros((BLOCK_T,), tl.float64)
+    h11 = tl.zeros((BLOCK_T,), tl.float64)
+    trv = tl.zeros((BLOCK_T,), tl.float64)
+    for p0 in range(0, D, BLOCK_T):
+        rows = p0 + offs
+        rm = rows < D
+        ap = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        ep = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        ga_r, ge_r, dg = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 1.0, 0.0, 0.0, 0.0, BLOCK_T)
+        ge_r2, _unused, _d2 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 0.0, 1.0, 0.0, 0.0, BLOCK_T)
+        h00 += ap * ga_r
+        h10 += ep * ga_r
+        h01 += ap * ge_r2
+        h11 += ep * ge_r2
+        trv += dg
+    g00 = tl.sum(h00, 0)
+    g01 = tl.sum(h01, 0)
+    g10 = tl.sum(h10, 0)
+    g11 = tl.sum(h11, 0)
+    tr = tl.sum(trv, 0)
+    # the scalar chain backwards
+    hh = g00 * w00 + g01 * w01 + g10 * w10 + g11 * w11  # dL/df
+    gw00 = g00 * f
+    gw01 = g01 * f
+    gw10 = g10 * f
+    gw11 = g11 * f
+    g_alpha = tr + hh * 2.0 / d
+    dd_raw = 1.0 - 2.0 * k * ae + k * k * a2 * e2
+    g_d = tl.where(dd_raw > 1e-15, -hh * 2.0 * alpha / (d * d), 0.0)
+    g_a2 = -k * k * gw11 + k * k * e2 * g_d
+    g_ae = 2.0 * k * k * gw10 - 2.0 * k * g_d
+    g_e2 = -k * k * gw00 + k * k * a2 * g_d
+    g_k = -2.0 * k * e2 * gw00 + gw01 + (-1.0 + 4.0 * k * ae) * gw10 - 2.0 * k * a2 * gw11
+    g_k += (-2.0 * ae + 2.0 * k * a2 * e2) * g_d
+    one_ke = 1.0 + k * e2
+    g_s = g_alpha * (1.0 + k * a2) / one_ke
+    g_a2 += g_alpha * s * k / one_ke
+    g_e2 += -g_alpha * alpha * k / one_ke
+    g_k += g_alpha * (s * a2 - alpha * e2) / one_ke
+    ve = var + eps
+    g_q = g_s / (2.0 * s)
+    g_w = g_q / ve
+    g_var = -g_q * w / (ve * ve)
+    if TRAIN:
+        Sv = tl.load(S_ptr).to(tl.float64)
+        tl.store(GS_ptr, (g_var * lam * lam / n).to(GS_ptr.dtype.element_ty))
+        g_lam = g_var * 2.0 * lam * Sv / n
+        g_pre = tl.where(one_ke > 1e-15, -g_lam * lam / one_ke, 0.0)  # dL/d(1 + k e2)
+        g_e2 += g_pre * k
+        g_k += g_pre * e2
+    else:
+        tl.store(GS_ptr, g_var.to(GS_ptr.dtype.element_ty))
+    tl.store(GS_ptr + 1, g_w.to(GS_ptr.dtype.element_ty))
+    tl.store(GS_ptr + 2, (-g_k).to(GS_ptr.dtype.element_ty))
+    # pass 2: ga = gM r1 + gM^T c1 + 2 g_a2 a + g_ae e, ge = gM r2 + gM^T c2 + 2 g_e2 e + g_ae a with
+    # r1 = Wt00 a + Wt01 e, c1 = Wt00 a + Wt10 e, r2 = Wt10 a + Wt11 e, c2 = Wt01 a + Wt11 e (Wt = f W)
+    for p0 in range(0, D, BLOCK_T):
+        rows = p0 + offs
+        rm = rows < D
+        ap = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        ep = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        r1, c1, _d3 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w00, f * w01, f * w00, f * w10, BLOCK_T)
+        r2, c2, _d4 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w10, f * w11, f * w01, f * w11, BLOCK_T)
+        ga = r1 + c1 + 2.0 * g_a2 * ap + g_ae * ep
+        ge = r2 + c2 + 2.0 * g_e2 * ep + g_ae * ap
+        tl.store(GB_ptr + rows, ga.to(GB_ptr.dtype.element_ty), mask=rm)
+        tl.store(GM_ptr + rows, (-ge).to(GM_ptr.dtype.element_ty), mask=rm)
+
+
 # ---------------------------------------------------------------- launchers
 _MAX_BLOCK_D = 256
 _TILE = 2048
@@ -999,6 +1236,73 @@ def _fused_prep_on() -> bool:
     row scalars and backward assembly as torch ops (_fc_prep, _fc_col_grads: ~60-120 small ops per call, the
     path before session 32) instead of the prologue kernels and the backward kernel's FIN epilogue."""
     return os.environ.get("GEOOPS_POINCARE_TRITON_FUSED_PREP", "")[:1] != "0"
+
+
+def fused_bn_on() -> bool:
+    """GEOOPS_POINCARE_TRITON_FUSED_BN=0 (README knob table, read per call): the batch norm's running-statistics
+    update as the stereographic geodesic composition (~39 torch ops, 3 launches; the path before session 32)
+    instead of _bn_running_kernel."""
+    return os.environ.get("GEOOPS_POINCARE_TRITON_FUSED_BN", "")[:1] != "0"
+
+
+def _bn_tr_blocks(D: int):
+    return min(triton.next_power_of_2(max(D, 1)), 256), min(triton.next_power_of_2(max(D, 1)), 32)
+
+
+def poincare_bn_transport_fwd(b, m, S, w, c, n: float, eps: float, train: bool):
+    """(M (D, D), var (0-dim)) in b's dtype: the batch norm's transport-and-rescale matrix (see
+    geoops.poincare._transport_matrix) from b = expmap0(bias), the midpoint m, S (train: sum |u_i|^2, var =
+    lam_m^2 S / n; eval: var itself), the weight w and c.  b, m contiguous (D,); S, w, c one entry each."""
+    D = b.numel()
+    out = torch.empty((D, D), dtype=b.dtype, device=b.device)
+    var = torch.empty((), dtype=b.dtype, device=b.device)
+    bg, bt = _bn_tr_blocks(D)
+    with _device_guard(b):
+        _bn_tr_fwd_kernel[(triton.cdiv(D, bt), triton.cdiv(D, bt))](
+            b, m, S, w, _cval(c, b), out, var, D, *_f64_pair(n), *_f64_pair(eps), TRAIN=bool(train), BLOCK_G=bg,
+            BLOCK_T=bt, num_warps=4 if bt >= 32 else 1)
+    return out, var
+
+
+def poincare_bn_transport_bwd(gM, b, m, S, w, c, n: float, eps: float, train: bool):
+    """(gb, gm, gS, gw, gc) of poincare_bn_transport_fwd's M (gS: dL/dvar in eval); gS, gw, gc 0-dim."""
+    D = b.numel()
+    gb = torch.empty_like(b)
+    gm = torch.empty_like(b)
+    gs = torch.empty((3,), dtype=b.dtype, device=b.device)
+    bg, bt = _bn_tr_blocks(D)
+    # 16 x 16 tiles: at 32 x 32 the two float64 tiles (gM and its transpose) and the scalar chain live across the
+    # sweeps spilled on sm_80 (Triton 3.6: 16 B with 4 warps, 128-168 B with 8)
+    bt = min(bt, 16)
+    with _device_guard(b):
+        _bn_tr_bwd_kernel[(1,)](gM, b, m, S, w, _cval(c, b), gb, gm, gs, D, *_f64_pair(n), *_f64_pair(eps),
+                                TRAIN=bool(train), BLOCK_G=bg, BLOCK_T=bt, num_warps=2 if D > 16 else 1)
+    return gb, gm, gs
+
+
+def _f64_pair(v: float):
+    """v as hi + lo with hi, lo exact in float32 (v to ~2^-48 relative): a float64 scalar argument that survives
+    the interpreter's float32 conversion of Python floats."""
+    hi = _round_f32(v)
+    return hi, _round_f32(v - hi)
+
+
+def _round_f32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def poincare_bn_running_update_(running_mean, running_var, mean, var, c, momentum: float, unbias: float) -> None:
+    """The batch norm's running statistics in place, one launch (_bn_running_kernel): running_mean (D,)
+    contiguous, running_var one entry (contiguous), mean (D,), var one entry, c the curvature (any shape of one
+    entry); all on one device, no gradient."""
+    D = running_mean.numel()
+    mean = mean.detach().contiguous()
+    var = var.detach().reshape(1)
+    block_d = min(triton.next_power_of_2(max(D, 1)), 1024)
+    with _device_guard(running_mean):
+        _bn_running_kernel[(1,)](running_mean, running_var, mean, var, _cval(c, running_mean), D,
+                                 *_f64_pair(momentum), *_f64_pair(unbias), SINGLE=running_mean.dtype != torch.float64, BLOCK_D=block_d,
+                                 num_warps=1 if block_d <= 128 else 4)
 
 
 def _fc_prep_fused(x, z, bias, cv, eps, tangent, U=None):
@@ -1339,7 +1643,8 @@ def compile_variants():
     kernel without the FIN epilogue under GEOOPS_POINCARE_TRITON_FUSED_PREP=0) and the fc_rows entry (tangent
     and plain rows) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
     the ReLU, midpoint sums and batch norm row pass forward and backward for a narrow (16) and a wide
-    (chunked, 300 / 200) row; and (float32) the IEEE GEMM.  The launches
+    (chunked, 300 / 200) row, the batch norm's running update and transport matrix (train and eval, forward and
+    backward; GEOOPS_POINCARE_TRITON_FUSED_BN); and (float32) the IEEE GEMM.  The launches
     call the module's own launchers on small CPU tensors.  Expectations: 64-bit program-id arithmetic, IEEE
     float32 division; no spill in float32, up to 32 B in float64 (libdevice's float64 tan reduction in the
     batch norm's expmap coefficients, as in the stereographic rows).
@@ -1388,6 +1693,17 @@ def compile_variants():
             bb = torch.zeros(Db, dtype=dtype)
             add(f"bn_rows/{shape} fwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_fwd(u, M, bb, c, 1e-3))
             add(f"bn_rows/{shape} bwd", lambda u=u, M=M, bb=bb: poincare_bn_rows_bwd(u, u, M, bb, c, 1e-3))
+            rmn, rvr = torch.zeros(Db, dtype=dtype), torch.ones(1, dtype=dtype)
+            add(f"bn_running/{shape}", lambda rmn=rmn, rvr=rvr: poincare_bn_running_update_(
+                rmn, rvr, rmn.clone(), rvr.clone(), c, 0.1, 1.0))
+            one = torch.ones((), dtype=dtype)
+            for train in (True, False):
+                tn = "train" if train else "eval"
+                add(f"bn_transport/{shape} fwd {tn}", lambda rmn=rmn, one=one, train=train: poincare_bn_transport_fwd(
+                    rmn, rmn, one, one, c, 10.0, 1e-6, train))
+                add(f"bn_transport/{shape} bwd {tn}", lambda rmn=rmn, one=one, M=M, Db=Db, train=train:
+                    poincare_bn_transport_bwd(torch.zeros(Db, Db, dtype=rmn.dtype), rmn, rmn, one, one, c, 10.0,
+                                              1e-6, train))
         if dtype == torch.float32:
             a = torch.zeros(256, 144, dtype=dtype)
             bm = torch.zeros(144, 16, dtype=dtype)
