@@ -305,3 +305,30 @@ def test_midpoint_sums_reference_matches_kernel():
             F2, L2 = _ops.midpoint_sums_reference(x, w, kt, pw)
             _close(F, F2, 1e-12)
             _close(L, L2, 1e-12)
+
+
+# The point loops run on double SIMD lanes: blocks of 2 kL columns, one block of kL, then scalar columns (kL = 8 with
+# AVX-512, 4 with AVX2).  Widths that take each combination, forward and backward against the float64 reference.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("D", [1, 3, 4, 7, 8, 12, 16, 17, 24, 37, 64])
+def test_kernel_lanes_every_width(dtype, D):
+    x = _ball(2, 33, D, seed=31 + D, dtype=dtype)
+    w = _weights((2, 33), True, seed=32 + D).to(dtype)
+    xd, wd = x.double(), w.double()  # the reference on the same values (the kernel widens them exactly)
+    gF = torch.randn(2, D, generator=torch.Generator().manual_seed(D), dtype=torch.float64)
+    gL = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    lib = geoops._backend.compiled()
+    for k in ([-1.0, 0.6], [0.6]):
+        kt = torch.tensor(k, dtype=torch.float64)
+        for pw in (False, True):
+            F, L = lib.stereo_midpoint_fwd_cpu(x, w, kt, pw)
+            F2, L2 = _ops.midpoint_sums_reference(xd, wd, kt, pw)
+            _close(F, F2, 1e-12)
+            _close(L, L2, 1e-12)
+            dx, dw, dk = lib.stereo_midpoint_bwd_cpu(gF, gL, x, w, kt, pw, 7)
+            dx2, dw2, dk2 = _ops._MidpointTorch.midpoint_bwd(gF, gL, xd, wd, kt, pw, 7)
+            assert dx.dtype == dtype and dw.dtype == dtype
+            tol = 1e-12 if dtype == torch.float64 else 2e-7  # float32: the gradients' one rounding
+            _close(dx, dx2, tol)
+            _close(dw, dw2, tol)
+            _close(dk, dk2, 1e-12)  # per group, both

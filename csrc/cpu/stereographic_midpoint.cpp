@@ -13,8 +13,15 @@
 //
 // Reproducibility: each group's points go in chunks of a fixed number of points (chunks::Partials, independent of
 // the thread count), every sum a fixed-order chain: the same bits for any thread count.
+//
+// The point loops run on double SIMD lanes (at::vec, float points widened once per load): a point's |x|^2 and
+// <g, x> in two lane accumulators (lane l: the columns = l mod kL, alternating blocks of kL columns), their lanes
+// added in a fixed order, the last D mod kL columns in scalars after them.
+#include "geoops/cpu_capability.h"  // first: the at::vec ISA of this unit
+
 #include "stereographic_midpoint.h"
 
+#include "dvec_rows.h"
 #include "row_chunks.h"
 
 #include <ATen/Parallel.h>
@@ -33,33 +40,64 @@ constexpr double kLamFloor = 1e-15;  // geoopt's lambda_x clamp of 1 + k|x|^2
 // Points per chunk: about 32768 elements of work (torch's grain), at least 16 points.
 inline int64_t chunk_points(int64_t D) { return std::max<int64_t>(16, 32768 / std::max<int64_t>(D, 1)); }
 
-// |x|^2 in double as four interleaved fixed-order chains (d mod 4), added in a fixed order at the end.
+using dvec::DVec;
+using dvec::hsum;
+using dvec::kL;
+using dvec::ld;
+using dvec::st;
+
+// |x|^2 in double (see the top of the file for the order of the sums).
 template <typename T>
 inline double sqnorm(const T* x, int64_t D) {
-  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  DVec a0(0.0), a1(0.0);
   int64_t d = 0;
-  for (; d + 4 <= D; d += 4) {
-    const double x0 = double(x[d]), x1 = double(x[d + 1]), x2 = double(x[d + 2]), x3 = double(x[d + 3]);
-    a0 = std::fma(x0, x0, a0), a1 = std::fma(x1, x1, a1), a2 = std::fma(x2, x2, a2), a3 = std::fma(x3, x3, a3);
+  for (; d + 2 * kL <= D; d += 2 * kL) {
+    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
+    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
   }
-  for (; d < D; ++d) a0 = std::fma(double(x[d]), double(x[d]), a0);
-  return (a0 + a1) + (a2 + a3);
+  if (d + kL <= D) {
+    const DVec v = ld(x + d);
+    a0 = at::vec::fmadd(v, v, a0), d += kL;
+  }
+  double X = hsum(a0 + a1);
+  for (; d < D; ++d) X = std::fma(double(x[d]), double(x[d]), X);
+  return X;
 }
 
-// |x|^2 and <g, x> (g in double), the same chains.
+// |x|^2 and <g, x> (g in double), the same order.
 template <typename T>
 inline void sqnorm_dot(const T* x, const double* g, int64_t D, double& X, double& P) {
-  double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+  DVec a0(0.0), a1(0.0), b0(0.0), b1(0.0);
   int64_t d = 0;
-  for (; d + 4 <= D; d += 4) {
-    const double x0 = double(x[d]), x1 = double(x[d + 1]), x2 = double(x[d + 2]), x3 = double(x[d + 3]);
-    a0 = std::fma(x0, x0, a0), a1 = std::fma(x1, x1, a1), a2 = std::fma(x2, x2, a2), a3 = std::fma(x3, x3, a3);
-    b0 = std::fma(g[d], x0, b0), b1 = std::fma(g[d + 1], x1, b1), b2 = std::fma(g[d + 2], x2, b2);
-    b3 = std::fma(g[d + 3], x3, b3);
+  for (; d + 2 * kL <= D; d += 2 * kL) {
+    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
+    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
+    b0 = at::vec::fmadd(ld(g + d), v0, b0), b1 = at::vec::fmadd(ld(g + d + kL), v1, b1);
   }
-  for (; d < D; ++d) a0 = std::fma(double(x[d]), double(x[d]), a0), b0 = std::fma(g[d], double(x[d]), b0);
-  X = (a0 + a1) + (a2 + a3);
-  P = (b0 + b1) + (b2 + b3);
+  if (d + kL <= D) {
+    const DVec v = ld(x + d);
+    a0 = at::vec::fmadd(v, v, a0), b0 = at::vec::fmadd(ld(g + d), v, b0), d += kL;
+  }
+  X = hsum(a0 + a1), P = hsum(b0 + b1);
+  for (; d < D; ++d) X = std::fma(double(x[d]), double(x[d]), X), P = std::fma(g[d], double(x[d]), P);
+}
+
+// a += c x (a in double).
+template <typename T>
+inline void axpy(double c, const T* x, int64_t D, double* a) {
+  const DVec C(c);
+  int64_t d = 0;
+  for (; d + kL <= D; d += kL) st(a + d, at::vec::fmadd(C, ld(x + d), ld(a + d)));
+  for (; d < D; ++d) a[d] = std::fma(c, double(x[d]), a[d]);
+}
+
+// o = a g + b x (g in double), narrowed to o's type.
+template <typename T>
+inline void combine(double a, const double* g, double b, const T* x, int64_t D, T* o) {
+  const DVec A(a), B(b);
+  int64_t d = 0;
+  for (; d + kL <= D; d += kL) st(o + d, at::vec::fmadd(A, ld(g + d), B * ld(x + d)));
+  for (; d < D; ++d) o[d] = T(std::fma(a, g[d], b * double(x[d])));
 }
 
 inline double kg(const double* k, int64_t nk, int64_t g) { return nk == 1 ? k[0] : k[g]; }
@@ -111,9 +149,7 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
         const double w = wp ? double(wp[g * N + i]) : 1.0;
         const PointCoef pc = point_coef(X, kk, w, posweight, false);
         l += pc.s * w * (pc.lam - 1.0);
-        const double c = w * pc.c;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) a[d] = std::fma(c, double(xr[d]), a[d]);
+        axpy(w * pc.c, xr, D, a);
       }
       if (nc > 1)
         a[D] = l;
@@ -154,10 +190,7 @@ void bwd_impl(const double* gF, const double* gL, const T* xp, const T* wp, cons
         const double sgl = pc.s * gl;
         if (dw) dw[g * N + i] = T(std::fma(pc.c, P, sgl * (pc.lam - 1.0)));
         if (dx) {
-          const double a = w * pc.c, b = 2.0 * w * (P * pc.cX + sgl * pc.lamX);
-          T* o = dx + (g * N + i) * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) o[d] = T(std::fma(a, gf[d], b * double(xr[d])));
+          combine(w * pc.c, gf, 2.0 * w * (P * pc.cX + sgl * pc.lamX), xr, D, dx + (g * N + i) * D);
         }
         dkl += w * (P * pc.ck + sgl * pc.lamk);
       }

@@ -26,7 +26,7 @@
 #include <type_traits>
 
 #include "geoops/stereo_triple.h"
-#include "stereographic_rows_f32.h"  // f32rows::widen
+#include "dvec_rows.h"
 #include "stereographic_triple.h"
 
 namespace geoops {
@@ -139,35 +139,11 @@ inline void row_dots(const scalar_t* a, const scalar_t* b, const scalar_t* c, co
 }
 
 // ---------------------------------------------------------------- float / double rows on at::vec
-template <typename T> constexpr bool kVecRows = std::is_same_v<T, float> || std::is_same_v<T, double>;
-
-// kL elements from p widened to double; kL doubles narrowed and stored at p.
-inline DVec ld(const double* p) { return DVec::loadu(p); }
-inline DVec ld(const float* p) { return f32rows::widen(p); }
-inline void st(double* p, const DVec& v) { v.store(p); }
-inline void st(float* p, const DVec& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  _mm256_storeu_ps(p, _mm512_cvtpd_ps(v));
-#elif defined(CPU_CAPABILITY_AVX2)
-  _mm_storeu_ps(p, _mm256_cvtpd_ps(v));
-#else
-  alignas(64) double t[kL];
-  v.store(t);
-  for (int i = 0; i < kL; ++i) p[i] = static_cast<float>(t[i]);
-#endif
-}
-// the lanes of v summed in a fixed order
-inline double hsum(const DVec& v) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return _mm512_reduce_add_pd(v);
-#else
-  alignas(64) double t[kL];
-  v.store(t);
-  double r = 0;
-  for (int i = 0; i < kL; ++i) r += t[i];
-  return r;
-#endif
-}
+// (ld / st / hsum: csrc/cpu/dvec_rows.h)
+template <typename T> constexpr bool kVecRows = dvec::kRows<T>;
+using dvec::hsum;
+using dvec::ld;
+using dvec::st;
 
 // row_dots for float / double rows: one DVec accumulator per sum (lane l sums the columns = l mod kL), the
 // last D mod kL columns in scalar accumulators added after the lanes.
