@@ -107,6 +107,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stereo_midpoint_fwd_cpu", &geoops::cpu::stereo_midpoint_fwd_cpu,
         "weighted midpoint sums (F, L) per group of points (CPU; csrc/cpu/stereographic_midpoint.cpp)");
   m.def("stereo_midpoint_bwd_cpu", &geoops::cpu::stereo_midpoint_bwd_cpu, "weighted midpoint sums, backward (CPU)");
+  m.def("stereo_midpoint_mean_fwd_cpu", &geoops::cpu::stereo_midpoint_mean_fwd_cpu,
+        "weighted midpoint: the mean of each group from its sums (CPU)");
+  m.def("stereo_midpoint_mean_bwd_cpu", &geoops::cpu::stereo_midpoint_mean_bwd_cpu,
+        "weighted midpoint: the mean from the sums, backward (CPU)");
   // ---- ssm (diagonal state-space family: geoops/ssm.py)
   m.def("vandermonde_fwd_cpu", &geoops::cpu::vandermonde_fwd_cpu, "2 Re sum_n v exp(x l), forward (CPU)");
   m.def("vandermonde_bwd_cpu", &geoops::cpu::vandermonde_bwd_cpu, "2 Re sum_n v exp(x l), backward (CPU)");

@@ -2089,6 +2089,50 @@ def _midpoint_sums(x, w, k, posweight):
     return _PAIR["midpoint_fwd"](x, w, k, posweight)
 
 
+class MidpointFn(torch.autograd.Function):
+    """The weighted midpoint of each group before the sphere's choice between it and its antipode (x [G, N, D],
+    w [G, N] or None, k [1] or [G]): mean = 1/2 (x)_k (F / den) of the sums (F, L) [G, D] float64, den = L clamped
+    away from 0.  Forward: geoops::stereo_midpoint_fwd, then geoops::stereo_midpoint_mean_fwd; backward: the mean's
+    backward op, then the sums' (no float64 [G, D] temporaries, no autograd graph over the epilogue)."""
+
+    @staticmethod
+    def forward(ctx, x, w, k, posweight):
+        F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
+        ctx.save_for_backward(x, w, k, F, L)
+        ctx.posweight = posweight
+        return _PAIR["midpoint_mean_fwd"](F, L, k)
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, gm):
+        x, w, k, F, L = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] and w is not None else 0) | (4 if need[2] else 0)
+        if mask == 0:
+            return None, None, None, None
+        gF, gL, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, k, mask & 4)
+        dx, dw, dk = _PAIR["midpoint_bwd"](gF, gL, x, w, k, ctx.posweight, mask)
+        if need[2]:
+            dk = (dk + gk).to(k.dtype)
+            dk = dk.sum().reshape(1) if k.shape[0] != x.shape[0] else dk
+        return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
+
+
+def _midpoint_mean(x, w, k, posweight):
+    """mean = 1/2 (x)_k (F / den) per group (float64 [G, D]): MidpointFn where the C++ kernels run (CPU, backend
+    cpp, outside torch.func transforms); elsewhere the sums (MidpointSumsFn) and the epilogue as torch ops and the
+    row kernels."""
+    if not _transformed() and x.device.type == "cpu" and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+        if _library.autograd_wanted(x, w, k):
+            return MidpointFn.apply(x, w, k, posweight)
+        F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
+        return _PAIR["midpoint_mean_fwd"](F, L, k)
+    F, L = _midpoint_sums(x, w, k, posweight)
+    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
+    half = torch.full((x.shape[0], 1), 0.5, dtype=torch.float64, device=x.device)
+    return mobius_scalar_mul(half, F / den, k=k.unsqueeze(-1))
+
+
 def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,
                       keepdim: bool = False, lincomb: bool = False, posweight: bool = False) -> torch.Tensor:
     """Weighted gyromidpoint (Einstein/Mobius midpoint) of xs along `reducedim`: geoopt's weighted_midpoint.
@@ -2168,12 +2212,8 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     kd = kk.reshape(kshape).to(torch.float64)
     kg = kd.expand(tuple(shape[i] if i in keep else 1 for i in range(nd))).permute(keep + red + [d]).reshape(G) \
         if kd.numel() != 1 else kd.reshape(1)
-    F, L = _midpoint_sums(x3, w, kg, bool(posweight))
-    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
-    two_mean = F / den
+    mean = _midpoint_mean(x3, w, kg, bool(posweight))
     k2 = kg.unsqueeze(-1)
-    half = torch.full((G, 1), 0.5, dtype=torch.float64, device=xs.device)
-    mean = mobius_scalar_mul(half, two_mean, k=k2)
     sphere = kg.gt(0)
     if _branch_free() or bool(sphere.any()):
         b_mean = antipode(mean, k=k2)

@@ -34,3 +34,20 @@ used in 32-bit arithmetic (``index64``: widen it first, ``tl.program_id(0).to(tl
 approximate float32 division where ``ieee_div`` is set.  A module-level string ``COMPILE_NOTES`` is printed
 above the family's table (explain there any spill an expectation tolerates).  See ``kernels/stereographic.py``.
 """
+
+import torch
+
+_SM_COUNTS: dict = {}
+
+
+def sm_count(device: torch.device):
+    """The multiprocessor count of a CUDA device (read once per device index), or None for any other device
+    (the interpreter's and the compile check's CPU tensors).  The families' "split a small grid" rules size their
+    grids from it, each with its own rule where it is None."""
+    if device.type != "cuda":
+        return None
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    n = _SM_COUNTS.get(idx)
+    if n is None:
+        n = _SM_COUNTS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return n

@@ -45,6 +45,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sm_count
+
 __all__ = ["triple_attention_fwd", "triple_attention_bwd"]
 
 
@@ -550,9 +552,10 @@ def _split_count(programs: int, first_keys: int, device: torch.device) -> int:
         return 1
     if knob.isdigit():
         return max(1, min(int(knob), first_keys))
-    if device.type != "cuda" or INTERPRETED:
+    n = None if INTERPRETED else sm_count(device)
+    if n is None:
         return 1
-    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    target = 2 * n
     if programs >= target:
         return 1
     return max(1, min(triton.cdiv(target, programs), triton.cdiv(first_keys, 4)))

@@ -58,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sm_count
+
 try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at compile time
     from triton.language.extra import libdevice as _libdevice
 except ImportError:  # pragma: no cover - older layouts
@@ -1988,16 +1990,8 @@ _INTERPRETER_SMS = 132  # the interpreter has no SM count: an H200's, so small t
 
 
 def _sm_count(device: torch.device) -> int:
-    if INTERPRETED or device.type != "cuda":
-        return _INTERPRETER_SMS
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    n = _SM_COUNTS.get(idx)
-    if n is None:
-        n = _SM_COUNTS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return n
-
-
-_SM_COUNTS: dict = {}
+    n = None if INTERPRETED else sm_count(device)
+    return _INTERPRETER_SMS if n is None else n
 
 
 def _pair_split(NP: int, NQ: int, n_dblk: int, B: int, bp: int, bq: int, device: torch.device, split=None):

@@ -204,7 +204,7 @@ def test_grad_matches_geoopt_fp32():
 def test_second_derivative_raises():
     x = _ball(6, 3, seed=18).requires_grad_()
     (g,) = torch.autograd.grad(gs.weighted_midpoint(x, k=-1.0).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="second derivatives through MidpointSumsFn"):
+    with pytest.raises(RuntimeError, match="second derivatives through MidpointFn"):
         torch.autograd.grad(g.sum(), x)
 
 
@@ -332,3 +332,70 @@ def test_kernel_lanes_every_width(dtype, D):
             _close(dx, dx2, tol)
             _close(dw, dw2, tol)
             _close(dk, dk2, 1e-12)  # per group, both
+
+
+# ---------------------------------------------------------------- the mean from the sums (MidpointFn's second op)
+def _mean_case(G, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    F = torch.randn(G, D, generator=g, dtype=torch.float64)
+    L = torch.randn(G, generator=g, dtype=torch.float64) * 3
+    L[:4] = torch.tensor([1e-12, -1e-12, 0.0, -2.5], dtype=torch.float64)[:min(4, G)]  # clamped both ways, negative
+    F[0] *= 1e-11  # a clamped group whose t = F / den stays inside the ball
+    return F, L
+
+
+@pytest.mark.parametrize("k", [[-1.0], [0.0], [0.6], "per-group"])
+@pytest.mark.parametrize("D", [1, 5, 8, 19, 64])
+def test_mean_op_matches_reference(k, D):
+    G = 7
+    F, L = _mean_case(G, D, seed=D)
+    kt = (torch.linspace(-1.2, 0.9, G, dtype=torch.float64) if k == "per-group"
+          else torch.tensor(k, dtype=torch.float64))
+    F = F * 0.05 / (1 + kt.abs().max())  # |t| = |F / den| inside every curvature's ball for |L| >~ 1
+    lib = geoops._backend.compiled()
+    m = lib.stereo_midpoint_mean_fwd_cpu(F, L, kt)
+    Fr, Lr, kr = (t.clone().requires_grad_() for t in (F, L, kt.expand(G).clone()))
+    mr = _ops.midpoint_mean_reference(Fr, Lr, kr)
+    _close(m, mr, 1e-12)
+    gm = torch.randn(G, D, generator=torch.Generator().manual_seed(D + 1), dtype=torch.float64)
+    gF, gL, gk = lib.stereo_midpoint_mean_bwd_cpu(gm, F, L, kt, 4)
+    gF2, gL2, gk2 = torch.autograd.grad(mr, (Fr, Lr, kr), gm)
+    _close(gF, gF2, 1e-11)
+    _close(gL, gL2, 1e-11)
+    _close(gk, gk2, 1e-11)
+    assert gL[0] == 0 and gL[1] == 0 and gL[2] == 0  # the clamp holds L: no gradient through it
+    assert lib.stereo_midpoint_mean_bwd_cpu(gm, F, L, kt, 0)[2].numel() == 0
+
+
+def test_mean_op_opcheck_and_fallback():
+    F, L = _mean_case(5, 4, seed=40)
+    F = F * 0.05
+    for k in (torch.tensor([-1.0], dtype=torch.float64), torch.linspace(-1, 0.5, 5, dtype=torch.float64)):
+        torch.library.opcheck(torch.ops.geoops.stereo_midpoint_mean_fwd.default, (F, L, k))
+        gm = torch.randn(5, 4, dtype=torch.float64)
+        for mask in (0, 4):
+            torch.library.opcheck(torch.ops.geoops.stereo_midpoint_mean_bwd.default, (gm, F, L, k, mask))
+        # the torch implementation other devices run, here on the CPU under the reference backend
+        ref = torch.ops.geoops.stereo_midpoint_mean_fwd(F, L, k)
+        with geoops.use_backend("reference"):
+            _close(torch.ops.geoops.stereo_midpoint_mean_fwd(F, L, k), ref, 1e-12)
+            back = torch.ops.geoops.stereo_midpoint_mean_bwd(gm, F, L, k, 4)
+        for a, b in zip(back, torch.ops.geoops.stereo_midpoint_mean_bwd(gm, F, L, k, 4)):
+            _close(a, b, 1e-11)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_fused_mean_matches_sums_path(k):
+    # MidpointFn (CPU) against the sums + torch epilogue that other devices and torch.func run
+    x = _ball(5, 9, 6, k=k, seed=41).requires_grad_()
+    w = _weights((5, 9), True, seed=42).requires_grad_()
+    kt = torch.tensor([k], dtype=torch.float64, requires_grad=True)
+    m1 = gs._midpoint_mean(x, w, kt, True)
+    assert m1.grad_fn is not None and "MidpointFn" in type(m1.grad_fn).__name__
+    F, L = gs.MidpointSumsFn.apply(x, w, kt, True)
+    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
+    m2 = gs.mobius_scalar_mul(torch.full((5, 1), 0.5, dtype=torch.float64), F / den, k=kt.unsqueeze(-1))
+    _close(m1, m2, 1e-12)
+    g = torch.randn(5, 6, generator=torch.Generator().manual_seed(43), dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(m1, (x, w, kt), g), torch.autograd.grad(m2, (x, w, kt), g)):
+        _close(a, b, 1e-10)

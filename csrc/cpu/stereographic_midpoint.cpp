@@ -22,6 +22,7 @@
 #include "stereographic_midpoint.h"
 
 #include "dvec_rows.h"
+#include "geoops/stereo_math.h"
 #include "row_chunks.h"
 
 #include <ATen/Parallel.h>
@@ -135,13 +136,14 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
               double* F, double* L) {
   const int64_t CH = chunk_points(D);
   const int64_t nc = std::max<int64_t>(1, (N + CH - 1) / CH);
-  // per (group, chunk): F (D), L; a group of one chunk sums straight into F and L (zeros on entry)
+  // per (group, chunk): F (D), L; a group of one chunk sums straight into its F row (zeroed first) and L
   const chunks::Partials part(nc > 1 ? G * nc : 0, D + 1);
   at::parallel_for(0, G * nc, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / nc, i0 = (t % nc) * CH, i1 = std::min(N, i0 + CH);
       const double kk = kg(k, nk, g);
       double* a = nc > 1 ? part.row(t) : F + g * D;
+      if (nc == 1) std::fill(a, a + D, 0.0);  // F comes uninitialised: zeroed here, by the thread that sums into it
       double l = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const T* xr = xp + (g * N + i) * D;
@@ -230,7 +232,92 @@ struct Operands {
   const T* wp() const { return w.defined() ? w.data_ptr<T>() : nullptr; }
 };
 
+// ---------------------------------------------------------------- the mean of each group from its sums
+// den = L clamped away from 0 (to 1e-10 / -1e-10, its sign kept; a NaN stays), t = F / den, mean = a t with
+// a = mobius_scalar_mul's coefficient of r = 1/2 at |t|^2 (csrc/include/geoops/stereo_math.h).  Backward from gm:
+// the coefficient's adjoints at ga = <gm, t> give dt = a gm + 2 xx_ t, then gF = dt / den, gL = -<dt, t> / den
+// where the clamp passes L (|L| >= 1e-10), gk = the coefficient's k adjoint.  One group per iteration, D-vectors
+// in double; the groups' sums are fixed-order chains, as above.
+constexpr double kDenFloor = 1e-10;  // geoopt's clamp of the denominator sum
+
+inline double clamp_den(double L) { return L >= 0.0 ? std::max(L, kDenFloor) : std::min(L, -kDenFloor); }
+
+inline double dot(const double* a, const double* b, int64_t D) {
+  DVec s0(0.0), s1(0.0);
+  int64_t d = 0;
+  for (; d + 2 * kL <= D; d += 2 * kL)
+    s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), s1 = at::vec::fmadd(ld(a + d + kL), ld(b + d + kL), s1);
+  if (d + kL <= D) s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), d += kL;
+  double r = hsum(s0 + s1);
+  for (; d < D; ++d) r = std::fma(a[d], b[d], r);
+  return r;
+}
+
+// The half-scalar-multiplication row of group g: t = F / den (written to t), returns the row scalars.
+inline stereo::Row<double> half_row(const double* F, double den, double k, int64_t D, double* t) {
+  const double inv = 1.0 / den;
+  for (int64_t d = 0; d < D; ++d) t[d] = F[d] * inv;
+  return {dot(t, t, D), 0.0, 0.0, 0.0, k, 0.5};
+}
+
 }  // namespace
+
+at::Tensor stereo_midpoint_mean_fwd_cpu(const at::Tensor& F_in, const at::Tensor& L_in, const at::Tensor& k_in) {
+  TORCH_CHECK(F_in.dim() == 2 && L_in.dim() == 1 && L_in.size(0) == F_in.size(0),
+              "stereo_midpoint_mean: F must be (G, D) and L (G,)");
+  const at::Tensor F = F_in.to(at::kDouble).contiguous(), L = L_in.to(at::kDouble).contiguous();
+  const at::Tensor k = k_in.to(at::kDouble).contiguous();
+  const int64_t G = F.size(0), D = F.size(1), nk = k.numel();
+  TORCH_CHECK(nk == 1 || nk == G, "stereo_midpoint_mean: k must have 1 or G = ", G, " elements, got ", nk);
+  at::Tensor mean = at::empty({G, D}, F.options());
+  const double *Fp = F.data_ptr<double>(), *Lp = L.data_ptr<double>(), *kp = k.data_ptr<double>();
+  double* mp = mean.data_ptr<double>();
+  at::parallel_for(0, G, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      double* o = mp + g * D;
+      const stereo::Row<double> s = half_row(Fp + g * D, clamp_den(Lp[g]), kg(kp, nk, g), D, o);
+      const double a = stereo::fwd(stereo::MOBIUS_SCALAR_MUL, s, 0.0).a;
+      for (int64_t d = 0; d < D; ++d) o[d] *= a;
+    }
+  });
+  return mean;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stereo_midpoint_mean_bwd_cpu(const at::Tensor& gm_in, const at::Tensor& F_in,
+                                                                           const at::Tensor& L_in, const at::Tensor& k_in,
+                                                                           int64_t mask) {
+  const at::Tensor F = F_in.to(at::kDouble).contiguous(), L = L_in.to(at::kDouble).contiguous();
+  const at::Tensor k = k_in.to(at::kDouble).contiguous();
+  const int64_t G = F.size(0), D = F.size(1), nk = k.numel();
+  TORCH_CHECK(gm_in.dim() == 2 && gm_in.size(0) == G && gm_in.size(1) == D,
+              "stereo_midpoint_mean: gm must be (G, D) = (", G, ", ", D, ")");
+  const at::Tensor gm = gm_in.to(at::kDouble).contiguous();
+  at::Tensor gF = at::empty({G, D}, F.options()), gL = at::empty({G}, F.options());
+  at::Tensor gk = (mask & 4) ? at::empty({G}, F.options()) : F.new_empty({0});
+  const double *Fp = F.data_ptr<double>(), *Lp = L.data_ptr<double>(), *kp = k.data_ptr<double>();
+  const double* gp = gm.data_ptr<double>();
+  double *gFp = gF.data_ptr<double>(), *gLp = gL.data_ptr<double>(), *gkp = (mask & 4) ? gk.data_ptr<double>() : nullptr;
+  at::parallel_for(0, G, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      double* t = gFp + g * D;  // t first, then dt / den in place
+      const double den = clamp_den(Lp[g]);
+      const double* gr = gp + g * D;
+      const stereo::Row<double> s = half_row(Fp + g * D, den, kg(kp, nk, g), D, t);
+      const double a = stereo::fwd(stereo::MOBIUS_SCALAR_MUL, s, 0.0).a;
+      const stereo::Row<double> adj = stereo::vjp(stereo::MOBIUS_SCALAR_MUL, s, 0.0, dot(gr, t, D), 0.0, 0.0);
+      const double inv = 1.0 / den, b = 2.0 * adj.xx;
+      double dtt = 0.0;  // <dt, t>
+      for (int64_t d = 0; d < D; ++d) {
+        const double dt = std::fma(a, gr[d], b * t[d]);
+        dtt = std::fma(dt, t[d], dtt);
+        t[d] = dt * inv;
+      }
+      gLp[g] = std::fabs(Lp[g]) >= kDenFloor ? -dtt * inv : 0.0;
+      if (gkp) gkp[g] = adj.k;
+    }
+  });
+  return {gF, gL, gk};
+}
 
 std::tuple<at::Tensor, at::Tensor> stereo_midpoint_fwd_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& w_in,
                                                            const at::Tensor& k_in, bool posweight) {
@@ -238,8 +325,8 @@ std::tuple<at::Tensor, at::Tensor> stereo_midpoint_fwd_cpu(const at::Tensor& x_i
   const at::Tensor &x = o.x, &k = o.k;
   const int64_t G = o.G, N = o.N, D = o.D;
   const auto dopt = x.options().dtype(at::kDouble);
-  at::Tensor F = at::zeros({G, D}, dopt), L = at::zeros({G}, dopt);
-  if (G == 0 || N == 0) return {F, L};
+  if (G == 0 || N == 0) return {at::zeros({G, D}, dopt), at::zeros({G}, dopt)};
+  at::Tensor F = at::empty({G, D}, dopt), L = at::empty({G}, dopt);  // every element written below
   if (x.scalar_type() == at::kDouble)
     fwd_impl<double>(x.data_ptr<double>(), o.wp<double>(), k.data_ptr<double>(), k.numel(),
                      posweight, G, N, D, F.data_ptr<double>(), L.data_ptr<double>());

@@ -23,5 +23,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stereo_midpoint_bwd_cpu(
     const at::Tensor& gF, const at::Tensor& gL, const at::Tensor& x, const c10::optional<at::Tensor>& w,
     const at::Tensor& k, bool posweight, int64_t mask);
 
+// The midpoint of each group from its sums: mean = 1/2 (x)_k (F / den), den = L clamped away from 0 to +-1e-10
+// (geoopt's epilogue before the sphere's antipode choice).  F (G, D), L (G,), k (1,) or (G,); double result.
+at::Tensor stereo_midpoint_mean_fwd_cpu(const at::Tensor& F, const at::Tensor& L, const at::Tensor& k);
+
+// Its backward from gm (G, D): (gF (G, D), gL (G,), gk (G,) per group, empty unless mask bit 4), double.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stereo_midpoint_mean_bwd_cpu(const at::Tensor& gm, const at::Tensor& F,
+                                                                           const at::Tensor& L, const at::Tensor& k,
+                                                                           int64_t mask);
+
 }  // namespace cpu
 }  // namespace geoops

@@ -812,3 +812,57 @@ def _register_midpoint_vmaps():
 
 
 _register_midpoint_vmaps()
+
+
+# ---------------------------------------------------------------- weighted midpoint (the mean from the sums)
+# geoops::stereo_midpoint_mean_fwd(Tensor F, Tensor L, Tensor k) -> Tensor mean
+# geoops::stereo_midpoint_mean_bwd(Tensor gm, Tensor F, Tensor L, Tensor k, int mask) -> (gF, gL, gk)
+# F [G, D], L [G], k [1] or [G], all float64: mean = 1/2 (x)_k (F / den) [G, D] float64, den = L clamped away from 0
+# to +-1e-10 (its sign kept): geoopt's epilogue before the sphere's choice between the mean and its antipode.  The
+# backward: gF [G, D], gL [G], gk [G] per group (empty unless mask bit 4).  CPU: csrc/cpu/stereographic_midpoint.cpp
+# (one pass per group); other devices: the torch composition below (and its autograd).
+def midpoint_mean_reference(F, L, k):
+    """The mean above with torch ops in float64 (geoops.reference.stereographic.mobius_scalar_mul)."""
+    from ..reference import stereographic as ref
+
+    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
+    return ref.mobius_scalar_mul(torch.tensor(0.5, dtype=torch.float64, device=F.device), F / den,
+                                 k=k.to(torch.float64).reshape(-1, 1))
+
+
+def _mean_fwd(F, L, k):
+    if F.device.type == "cpu" and _backend.resolve(F.device, FAMILY) == "cpp":
+        return _backend.compiled().stereo_midpoint_mean_fwd_cpu(F, L, k)
+    with torch.no_grad():
+        return midpoint_mean_reference(F, L, k).contiguous()
+
+
+def _mean_bwd(gm, F, L, k, mask):
+    if F.device.type == "cpu" and _backend.resolve(F.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().stereo_midpoint_mean_bwd_cpu(gm, F, L, k, mask))
+    G = F.shape[0]
+    with _library.reference_autograd():
+        lF, lL = F.detach().requires_grad_(True), L.detach().requires_grad_(True)
+        lk = k.detach().to(torch.float64).expand(G).clone().requires_grad_(True)
+        m = midpoint_mean_reference(lF, lL, lk)
+        inputs = (lF, lL, lk) if mask & 4 else (lF, lL)
+        grads = torch.autograd.grad(m, inputs, gm.to(torch.float64), allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+    gk = grads[2] if mask & 4 else F.new_empty((0,))
+    return grads[0].contiguous(), grads[1].contiguous(), gk.contiguous()
+
+
+def _mean_fwd_fake(F, L, k):
+    return torch.empty_like(F, dtype=torch.float64)
+
+
+def _mean_bwd_fake(gm, F, L, k, mask):
+    G = F.shape[0]
+    return (torch.empty_like(F, dtype=torch.float64), F.new_empty((G,), dtype=torch.float64),
+            F.new_empty((G,) if mask & 4 else (0,), dtype=torch.float64))
+
+
+_define_pair("midpoint_mean", "stereo_midpoint_mean", "(Tensor F, Tensor L, Tensor k) -> Tensor",
+             _mean_fwd, _mean_fwd_fake,
+             "(Tensor gm, Tensor F, Tensor L, Tensor k, int mask) -> (Tensor, Tensor, Tensor)", _mean_bwd,
+             _mean_bwd_fake)

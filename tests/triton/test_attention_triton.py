@@ -231,9 +231,11 @@ def test_split_count_from_the_multiprocessors(monkeypatch):
     already does needs none; the knob forces (n) or forbids (0)."""
     from types import SimpleNamespace
 
+    import geoops.kernels as kernels
     from geoops.kernels import attention as K
     monkeypatch.delenv("GEOOPS_ATTN_TRITON_SPLIT", raising=False)
     monkeypatch.setattr(K, "INTERPRETED", False)
+    monkeypatch.setattr(kernels, "_SM_COUNTS", {})  # kernels.sm_count's cache: read the patched properties
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda", 0)
     assert K._split_count(12, 192, cuda) == 22  # the bench's B H = 2, N = 192: 12 programs

@@ -293,6 +293,27 @@ def test_cdist_bwd_split_heuristic():
     assert st._pair_split(100, 100, 1, 1, 32, 32, dev, 50) == (4, 32)
 
 
+def test_sm_count_is_shared_and_cached(monkeypatch):
+    """kernels.sm_count (the families' one multiprocessor lookup): None off CUDA, read once per device index;
+    the cdist split's rule takes an H200's 132 where it is None or under the interpreter."""
+    from types import SimpleNamespace
+
+    import geoops.kernels as kernels
+    from geoops.kernels import stereographic as st
+
+    monkeypatch.setattr(kernels, "_SM_COUNTS", {})
+    assert kernels.sm_count(torch.device("cpu")) is None
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: calls.append(i) or SimpleNamespace(multi_processor_count=78))
+    cuda = torch.device("cuda", 1)
+    assert kernels.sm_count(cuda) == 78 and kernels.sm_count(cuda) == 78 and calls == [1]
+    monkeypatch.setattr(st, "INTERPRETED", False)
+    assert st._sm_count(cuda) == 78 and st._sm_count(torch.device("cpu")) == 132
+    monkeypatch.setattr(st, "INTERPRETED", True)
+    assert st._sm_count(cuda) == 132
+
+
 def test_cdist_bwd_split_gradcheck(monkeypatch, device):
     """float64 gradcheck (fast mode) of cdist through the split backward (x, y and k)."""
     monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", "2")
