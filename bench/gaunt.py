@@ -518,8 +518,8 @@ def main(argv=None):
                    help="nu = 3 at --many-lmax vs two chained binary products, fwd and fwd+bwd, by 1-thread CPU time")
     p.add_argument("--no-wall", action="store_true", help="skip the wall-clock table (with --cpu-time)")
     p.add_argument("--rank", default="fwd,fwd+bwd",
-                   help="with --cpu-time: the rankings to measure (and write with --write-routes): fwd, fwd+bwd or "
-                        "both (default); a ranking not measured keeps its table")
+                   help="with --cpu-time or --device: the rankings to measure (and write with --write-routes): fwd, "
+                        "fwd+bwd or both (default); a ranking not measured keeps its table")
     p.add_argument("--device", default=None,
                    help="rank the routes on this device (cuda: the GPU) by wall clock, synchronised, median of "
                         "--repeats (the CPU tables and peers are skipped) and, with --write-routes, write the "
@@ -529,6 +529,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     dtype = torch.float32 if args.dtype == "fp32" else torch.float64
     Ls = [int(s) for s in args.lmax.split(",") if s]
+    ranks = [r.strip() for r in args.rank.split(",") if r.strip()]
+    if not ranks or any(r not in ("fwd", "fwd+bwd") for r in ranks):  # before either path measures anything
+        p.error(f"--rank: comma list of fwd, fwd+bwd; got {args.rank!r}")
     if args.device is not None:
         return main_device(args, torch.device(args.device), dtype, Ls)
     results = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -549,9 +552,6 @@ def main(argv=None):
         m = measure_many(args.many_lmax, args.rows, args.channels, dtype, args.repeats)
         results["many_body"] = {"lmax": args.many_lmax, "nu": 3, "ms": m}
         print(f"many-body nu=3 lmax {args.many_lmax}: " + "  ".join(f"{k}={v:.3f}" for k, v in m.items()))
-    ranks = [r.strip() for r in args.rank.split(",") if r.strip()]
-    if any(r not in ("fwd", "fwd+bwd") for r in ranks):
-        p.error(f"--rank: comma list of fwd, fwd+bwd; got {args.rank!r}")
     if args.cpu_time:
         ck = dict(repeats=args.repeats, stat=args.stat)
         if "fwd" in ranks:

@@ -1304,3 +1304,15 @@ def test_nn_refuses_what_gaunt_cannot_express():
     mod = GauntTensorProduct("2x0e+2x1o", "2x0e", "2x1o")
     with pytest.raises(ValueError, match="x1 must have last dimension 8"):
         mod(torch.randn(3, 7), torch.randn(3, 2))
+
+
+@pytest.mark.parametrize("rank", ["fwd,bwd", "", "fwd+bwd,forward"])
+def test_bench_rank_is_validated_on_every_path(rank, capsys):
+    """An unknown --rank is an error before anything is measured, for the CPU rankings and --device alike (the
+    device path used to ignore it)."""
+    from bench import gaunt as bg
+    for extra in ([], ["--device", "cpu"], ["--cpu-time", "--no-wall"]):
+        with pytest.raises(SystemExit) as e:
+            bg.main(["--lmax", "1", "--rank", rank] + extra)
+        assert e.value.code == 2
+        assert "--rank: comma list of fwd, fwd+bwd" in capsys.readouterr().err
