@@ -100,3 +100,24 @@ def test_s4d_layer_sizes_must_be_ints(kw, name):
         S4D(**args)
     with pytest.raises(TypeError, match="S4DKernel: N \\(d_state\\) must be an int"):
         S4DKernel(8, N=16.0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_ssm_conv_float64_u_with_float32_parameters(backend, bidirectional):
+    """A float64 u gets a float64 kernel on every backend: the reference backend used to build K with s4d_kernel of
+    the float32 parameters (K rounded to float32, ~7e-7 off a float64 result) where the C++ kernels are exact."""
+    g = torch.Generator().manual_seed(3)
+    H, N, L = 3, 4, 50
+    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
+    B = torch.randn(H, N, dtype=torch.complex64, generator=g)
+    C = torch.randn(*((2,) if bidirectional else ()), H, N, dtype=torch.complex64, generator=g)
+    log_dt = torch.rand(H, generator=g) * 2 - 4
+    u = torch.randn(2, H, L, dtype=torch.float64, generator=g)
+    D = torch.randn(H, dtype=torch.float64, generator=g)
+    with geoops.use_backend("cpp"):  # the oracle: the same parameters upcast exactly to 64 bits
+        expect = gs.ssm_conv(u, log_dt.double(), A.cdouble(), B.cdouble(), C.cdouble(), D, bidirectional=bidirectional)
+    with geoops.use_backend(backend):
+        y = gs.ssm_conv(u, log_dt, A, B, C, D, bidirectional=bidirectional)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, expect, rtol=1e-12, atol=1e-12)
