@@ -81,9 +81,16 @@ def test_vandermonde_minus_infinite_log_decay(backend, L):
     ell = torch.arange(L, dtype=torch.float64)
     expect = 2 * (v[0, 1] * torch.exp(x[0, 1] * ell)).real
     expect[0] += 2 * v[0, 0].real
+    vv, xx = v.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(1, L, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     with geoops.use_backend(backend):
-        K = gs.vandermonde(v, x, L)
-    torch.testing.assert_close(K[0], expect, rtol=1e-12, atol=1e-12)
+        K = gs.vandermonde(vv, xx, L)
+        dv, dx = torch.autograd.grad(K, (vv, xx), g)
+    torch.testing.assert_close(K[0].detach(), expect, rtol=1e-12, atol=1e-12)
+    # the limits: dK[l]/dv = 2 [l = 0] (torch's convention: dv = 2 conj(sum_l g[l] exp(x l))), dK/dx = l v exp(x l) = 0
+    torch.testing.assert_close(dv[0, 0], (2 * g[0, 0]).to(torch.complex128), rtol=1e-12, atol=1e-12)
+    assert dx[0, 0] == 0
+    assert torch.isfinite(torch.view_as_real(dv)).all() and torch.isfinite(torch.view_as_real(dx)).all()
 
 
 @pytest.mark.parametrize("kw, name", [(dict(d_model=8.0), "d_model"), (dict(d_state=16.0), "d_state"),
