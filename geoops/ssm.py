@@ -501,7 +501,9 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         D = D.to(kd)  # u's dtype, or float32 (the kernels' dtype) for half u
     if _use_reference(u.device):
         Cf = C.flatten(0, -3) if C.dim() > 2 else C
-        K = s4d_kernel(log_dt, A, B, Cf, L, discretization)
+        # K in u's precision at least, as the fused kernels build it (float64 for a float64 u, whatever the
+        # parameters' dtype): s4d_kernel of float32 parameters alone would round K to float32
+        K = s4d_kernel(log_dt.to(torch.promote_types(log_dt.dtype, kd)), A, B, Cf, L, discretization)
         if C.dim() > 2:
             K = K.reshape(*C.shape[:-2], H, L)
         return fftconv(u, K.to(kd), D, bidirectional=bidirectional)

@@ -45,6 +45,20 @@ def test_cross_attention_and_errors():
         TripleAttention(16, 2, window=0)
 
 
+@pytest.mark.parametrize("kw, name", [(dict(num_heads=2.0), "num_heads"), (dict(embed_dim=16.0), "embed_dim"),
+                                      (dict(num_kv_heads=1.0), "num_kv_heads"), (dict(head_dim="4"), "head_dim"),
+                                      (dict(causal=1), "causal"), (dict(causal=None), "causal"),
+                                      (dict(scale="0.5"), "scale"), (dict(scale=True), "scale")], ids=str)
+def test_constructor_argument_types_named_at_construction(kw, name):
+    """Session 33 (hunt1): a float head count used to fail inside torch.empty ("argument 'size' must be tuple of
+    ints"), and causal=1 / scale="0.5" were stored silently and raised on every forward; now a TypeError naming
+    the argument at construction, as `window` already was."""
+    args = dict(embed_dim=16, num_heads=2)
+    args.update(kw)
+    with pytest.raises(TypeError, match=f"TripleAttention: {name} must be"):
+        TripleAttention(**args)
+
+
 def test_small_training_run_learns_a_teacher():
     """A student layer fits a random teacher layer's outputs: the loss falls by >5x in 80 Adam steps."""
     torch.manual_seed(1)

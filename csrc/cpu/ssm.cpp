@@ -79,7 +79,9 @@ Blocking choose_blocking(int64_t L) {
 }
 
 // out[k] = exp(x * step * k), k < count, in double: exact-product anchors every kAnchor entries,
-// multiplications by exp(x * step) in between.
+// multiplications by exp(x * step) in between.  exp(x * 0) = 1 for every x: a mode with Abar = 0
+// (x = -inf: the bilinear pole dt A = -2, an underflowed ZOH step) has Abar**0 = 1, where the product
+// -inf * 0 would give NaN.
 void powers(double a, double b, int64_t step, int64_t count, double* re, double* im) {
   const double sa = a * static_cast<double>(step), sb = b * static_cast<double>(step);
   const double ea = std::exp(sa);
@@ -88,7 +90,10 @@ void powers(double a, double b, int64_t step, int64_t count, double* re, double*
     const double m = static_cast<double>(k0 * step);
     const double pa = a * m;
     double cr, ci;
-    if (pa < -745.0) {
+    if (m == 0.0) {
+      cr = 1.0;
+      ci = 0.0;
+    } else if (pa < -745.0) {
       cr = 0.0;
       ci = 0.0;
     } else {

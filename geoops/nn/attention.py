@@ -1,6 +1,7 @@
 """torch.nn layer of Kronecker triple attention: :class:`TripleAttention`."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -41,6 +42,14 @@ class TripleAttention(nn.Module):
                  window: Optional[Union[int, Tuple[int, int]]] = None, bias: bool = False,
                  scale: Optional[float] = None, device=None, dtype=None):
         super().__init__()
+        for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
+                          ("head_dim", head_dim)):
+            if val is not None and (isinstance(val, bool) or not isinstance(val, numbers.Integral)):
+                raise TypeError(f"TripleAttention: {name} must be an int, got {type(val).__name__}")
+        if not isinstance(causal, bool):
+            raise TypeError(f"TripleAttention: causal must be a bool, got {type(causal).__name__}")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+            raise TypeError(f"TripleAttention: scale must be a real number or None, got {type(scale).__name__}")
         if num_heads < 1:
             raise ValueError(f"TripleAttention: num_heads must be >= 1, got {num_heads}")
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads

@@ -79,7 +79,8 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
     """
     rdt = x.real.dtype
     ell = torch.arange(L, device=x.device, dtype=rdt)
-    E = torch.exp(x.unsqueeze(-1) * ell)  # (H, N, L)
+    xl = x.unsqueeze(-1) * ell
+    E = torch.exp(torch.where(ell == 0, torch.zeros_like(xl), xl))  # (H, N, L); exp(x * 0) = 1 even for x = -inf
     return 2.0 * torch.einsum("...hn,hnl->...hl", v.to(E.dtype), E).real
 
 
@@ -126,6 +127,7 @@ def s4d_kernel(log_dt, A, B, C, L: int, discretization: str = "zoh") -> torch.Te
     Ct, Abar = discretize(log_dt, A, B, C, discretization)
     ell = torch.arange(L, device=A.device, dtype=A.real.dtype)
     V = Abar.unsqueeze(-1) ** ell  # (H, N, L)
+    V = torch.where(ell == 0, torch.ones_like(V), V)  # Abar**0 = 1, also for Abar = 0 (torch's complex 0**0 is NaN)
     return 2.0 * torch.einsum("...hn,hnl->...hl", Ct, V).real
 
 
