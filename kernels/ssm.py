@@ -111,9 +111,10 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, b_mod: int, into=None) -> torch.Tenso
 # ---------------------------------------------------------------- the Vandermonde factors in one launch each
 @triton.jit
 def _cexp64(a, b, m):
-    """(Re, Im) of exp((a + i b) m) in float64 from the exact products a*m, b*m (m float64)."""
-    e = tl.exp(a * m)
-    t = b * m
+    """(Re, Im) of exp((a + i b) m) in float64 from the exact products a*m, b*m (m float64); exp(x * 0) = 1 for
+    every x, also a = -inf (a mode with Abar = 0: the bilinear pole), where a * 0 would give NaN."""
+    e = tl.exp(tl.where(m == 0, 0.0, a * m))
+    t = tl.where(m == 0, 0.0, b * m)
     return e * tl.cos(t), e * tl.sin(t)
 
 
@@ -239,7 +240,12 @@ def _pairs(t: torch.Tensor) -> torch.Tensor:
 def _powers(x: torch.Tensor, step: int, count: int) -> torch.Tensor:
     """exp(x * step * k), k < count, in complex128 from the exact products (x (H, N) -> (H, N, count))."""
     m = torch.arange(count, device=x.device, dtype=torch.float64) * step
-    return torch.exp(x.to(torch.complex128).unsqueeze(-1) * m)
+    xc = x.to(torch.complex128).unsqueeze(-1)
+    # the real and imaginary products apart (a complex product would form -inf * 0 = NaN in the imaginary part of
+    # x = -inf + 0i, a mode with Abar = 0), and exp(x * 0) = 1 for every x
+    xr = torch.where(m == 0, 0.0, xc.real * m)
+    xi = torch.where(m == 0, 0.0, xc.imag * m)
+    return torch.exp(torch.complex(xr, xi))
 
 
 def _vandermonde_operands(v, x, L: int, rdt):

@@ -386,3 +386,27 @@ def test_bilinear_log_octants(device, monkeypatch):
     ins = [t.to(device) for t in (log_dt, A, B, B)]
     new, old = _both(monkeypatch, lambda: S.ssm_discretize_fwd(*ins, "bilinear"))
     assert ((new[1] - old[1]).abs() / old[1].abs()).max() <= 1e-15
+
+
+@pytest.mark.skipif(not HAVE_CPP, reason="compares with the C++ backend")
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_mode_with_zero_decay_is_finite(monkeypatch, fused, dtype):
+    """A mode at the bilinear pole (dt A = -2: Abar = 0, x = log Abar = -inf) contributes at l = 0 only: the
+    factor kernels' and the torch factors' exp(x * 0) must be 1, not exp(-inf * 0) = NaN (as the C++ kernels)."""
+    if fused:
+        monkeypatch.delenv("GEOOPS_SSM_TRITON_FUSED_FACTORS", raising=False)
+    else:
+        monkeypatch.setenv("GEOOPS_SSM_TRITON_FUSED_FACTORS", "0")
+    cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+    A = torch.tensor([[-2.0 + 0.0j, -0.5 + math.pi * 1j]], dtype=cd)
+    B = torch.tensor([[1.0 + 0.5j, 0.3 - 0.2j]], dtype=cd)
+    C = torch.tensor([[0.7 - 1.1j, -0.4 + 0.9j]], dtype=cd)
+    log_dt = torch.zeros(1, dtype=dtype)
+    L = 40  # more than one block of positions: the j T + i split has j = 0 and i = 0 factors
+    K = gs.s4d_kernel(log_dt, A, B, C, L, "bilinear")
+    with geoops.use_backend("cpp"):
+        Kc = gs.s4d_kernel(log_dt, A, B, C, L, "bilinear")
+    assert torch.isfinite(K).all(), K
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(K.double(), Kc.double(), rtol=tol, atol=tol)
