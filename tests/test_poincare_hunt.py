@@ -54,3 +54,17 @@ def test_midpoint_checks_dim_and_batch_dim():
     torch.testing.assert_close(gp.midpoint(x.t(), c=1.0, dim=0, batch_dim=1), gp.midpoint(x, c=1.0), rtol=0, atol=0)
     y = gp.midpoint(x.reshape(2, 3, 4), c=1.0, batch_dim=(0, 1))
     torch.testing.assert_close(y, gp.midpoint(x, c=1.0), rtol=0, atol=1e-6)
+
+
+def test_conv_module_kernel_size_list():
+    """PoincareConv2d(kernel_size=[kh, kw]) (a list, as torch.nn.Conv2d accepts): raised "can't multiply sequence by
+    non-int of type 'list'" from the constructor."""
+    from geoops.nn import poincare as gnn
+    ball = gnn.PoincareBall(1.0)
+    torch.manual_seed(0)
+    a = gnn.PoincareConv2d(3, 4, [3, 2], ball, padding=1)
+    b = gnn.PoincareConv2d(3, 4, (3, 2), ball, padding=1)
+    assert a.kernel_size == (3, 2) and a.weights.shape == (18, 4)
+    b.load_state_dict(a.state_dict())
+    x = gp.expmap0(torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 0.5, c=1.0, dim=1)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)

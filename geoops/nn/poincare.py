@@ -105,7 +105,8 @@ class PoincareConv2d(nn.Module):
                  stride: int = 1, padding: int = 0, id_init: bool = True):
         super().__init__()
         self.in_channels, self.out_channels, self.ball = in_channels, out_channels, ball
-        self.kernel_size = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+        self.kernel_size = (tuple(kernel_size) if isinstance(kernel_size, (tuple, list))  # a list as torch.nn.Conv2d
+                            else (kernel_size, kernel_size))
         self.stride, self.padding, self.id_init = stride, padding, id_init
         kv = self.kernel_size[0] * self.kernel_size[1]
         self.weights = nn.Parameter(torch.empty(kv * in_channels, out_channels))
