@@ -68,3 +68,15 @@ def test_conv_module_kernel_size_list():
     b.load_state_dict(a.state_dict())
     x = gp.expmap0(torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 0.5, c=1.0, dim=1)
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+def test_linear_module_zero_dim_input():
+    """PoincareLinear on a 0-d tensor: IndexError 'tuple index out of range' from x.shape[-1]; now the module's
+    ValueError naming in_features."""
+    from geoops.nn import poincare as gnn
+    lin = gnn.PoincareLinear(1, 2, gnn.PoincareBall(1.0))
+    with pytest.raises(ValueError, match=r"PoincareLinear: x has no entries .* expected in_features=1"):
+        lin(torch.tensor(0.1))
+    with pytest.raises(ValueError, match=r"PoincareLinear: x has 3 entries .* expected in_features=1"):
+        lin(torch.zeros(2, 3))
+    assert lin(torch.full((4, 1), 0.1)).shape == (4, 2)

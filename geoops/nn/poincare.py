@@ -87,9 +87,9 @@ class PoincareLinear(nn.Module):
         _init_hyperplanes(self.z, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"PoincareLinear: x has {x.shape[-1]} entries along its last (manifold) dimension, "
-                             f"expected in_features={self.in_features}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"PoincareLinear: x has {x.shape[-1] if x.dim() else 'no'} entries along its last "
+                             f"(manifold) dimension (shape {tuple(x.shape)}), expected in_features={self.in_features}")
         return gp.poincare_fc(x, self.z, self.bias, c=self.ball())
 
 
