@@ -370,7 +370,8 @@ def fold_vmap(qualname: str, *, row_broadcast: tuple = ()) -> None:
             if d is None:
                 if may_broadcast and t.shape[0] == 1:
                     return t
-                return t.unsqueeze(0).expand(V, *t.shape).reshape(V * t.shape[0], *t.shape[1:])
+                # (contiguous: for a 1-row t the reshape is a stride-0 view, which row kernels refuse)
+                return t.unsqueeze(0).expand(V, *t.shape).reshape(V * t.shape[0], *t.shape[1:]).contiguous()
             t = t.movedim(d, 0)
             if may_broadcast and t.shape[1] == 1 and lead != 1:
                 t = t.expand(V, lead, *t.shape[2:])

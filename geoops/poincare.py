@@ -244,6 +244,11 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
     if out_dtype in _HALF or x.dtype in _HALF:  # half types: computed in float32, returned in their own dtype
         y = hyperplane_dists(x.float(), z.float(), None if bias is None else bias.float(), c=ct.float(), dim=d)
         return y.to(out_dtype)
+    if x.dtype != z.dtype or (bias is not None and bias.dtype != x.dtype):
+        # mixed float dtypes (float32 with float64): computed and returned in the promoted dtype of x, z and bias
+        # (the GEMM raised on x and z of different dtypes)
+        pd = out_dtype if bias is None else torch.promote_types(out_dtype, bias.dtype)
+        return hyperplane_dists(x.to(pd), z.to(pd), None if bias is None else bias.to(pd), c=c, dim=dim)
     cx = ct if ct.dtype == x.dtype else ct.to(x.dtype)
     if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.shape[0] > 0 and z.shape[0] > 0 and _fused_on()
@@ -1068,6 +1073,16 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
 def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
     """HypLL's midpoint: m = f / (1 + sqrt(1 - c|f|^2)), f = sum lam_i x_i / sum (lam_i - 1) over batch_dim."""
     _check_float("midpoint", "x", x)
+    d = _st._vector_dim("midpoint", x, dim, fail=_fail)
+    bdims = batch_dim if isinstance(batch_dim, (tuple, list)) else (batch_dim,)
+    for b in bdims:
+        if not isinstance(b, int) or isinstance(b, bool) or not -x.dim() <= b < x.dim():
+            _fail("midpoint", f"batch_dim={batch_dim!r} must be an int (or ints) in range for x of shape "
+                              f"{tuple(x.shape)}", IndexError if isinstance(b, int) and not isinstance(b, bool)
+                  else TypeError)
+        if b % x.dim() == d:
+            _fail("midpoint", f"batch_dim={batch_dim!r} names the manifold dimension dim={dim}: the points lie "
+                              f"along dim and are averaged over batch_dim, which must differ")
     if x.dtype in _HALF:  # a composition of torch ops: computed in float32, returned in x's dtype
         return midpoint(x.float(), c=c, dim=dim, batch_dim=batch_dim, keepdim=keepdim).to(x.dtype)
     ct = _curv("midpoint", c, x)

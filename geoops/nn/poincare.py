@@ -87,9 +87,9 @@ class PoincareLinear(nn.Module):
         _init_hyperplanes(self.z, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"PoincareLinear: x has {x.shape[-1]} entries along its last (manifold) dimension, "
-                             f"expected in_features={self.in_features}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"PoincareLinear: x has {x.shape[-1] if x.dim() else 'no'} entries along its last "
+                             f"(manifold) dimension (shape {tuple(x.shape)}), expected in_features={self.in_features}")
         return gp.poincare_fc(x, self.z, self.bias, c=self.ball())
 
 
@@ -105,7 +105,8 @@ class PoincareConv2d(nn.Module):
                  stride: int = 1, padding: int = 0, id_init: bool = True):
         super().__init__()
         self.in_channels, self.out_channels, self.ball = in_channels, out_channels, ball
-        self.kernel_size = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+        self.kernel_size = (tuple(kernel_size) if isinstance(kernel_size, (tuple, list))  # a list as torch.nn.Conv2d
+                            else (kernel_size, kernel_size))
         self.stride, self.padding, self.id_init = stride, padding, id_init
         kv = self.kernel_size[0] * self.kernel_size[1]
         self.weights = nn.Parameter(torch.empty(kv * in_channels, out_channels))
