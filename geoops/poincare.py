@@ -1159,6 +1159,11 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     return _as(_library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)), x.dtype)
 
 
+def _shaped(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """t.reshape(like.shape) without the op when t already has that shape."""
+    return t if t.shape == like.shape else t.reshape(like.shape)
+
+
 def _as(t: torch.Tensor, dtype) -> torch.Tensor:
     """t.to(dtype) without the op when t already has it."""
     return t if t.dtype == dtype else t.to(dtype)
@@ -1509,8 +1514,8 @@ class BnTransportFn(torch.autograd.Function):
         kern = _backend.triton_kernels(_ops.FAMILY)
         gb, gm, gs = kern.poincare_bn_transport_bwd(gM.contiguous(), b, m, S, w, c, *ctx.args)
         ng = ctx.needs_input_grad
-        return (gb if ng[0] else None, gm if ng[1] else None, gs[0].reshape(S.shape) if ng[2] else None,
-                gs[1].to(w.dtype).reshape(w.shape) if ng[3] else None,
+        return (gb if ng[0] else None, gm if ng[1] else None, _shaped(gs[0], S) if ng[2] else None,
+                _shaped(_as(gs[1], w.dtype), w) if ng[3] else None,
                 gs[2].to(c.dtype).reshape(c.shape) if ng[4] else None, None, None, None)
 
 

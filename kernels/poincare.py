@@ -1203,13 +1203,14 @@ def _check(op: str, x: torch.Tensor):
 
 
 def _cval(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """c as a float64 tensor of one entry on like's device (read by the kernels as C_ptr[0]: no host sync).  Only
-    the ops it needs (session 33: each is ~5-20 us of host time on a GPU): no detach without a gradient (the
-    kernels only read it), no reshape (a 0-dim tensor is a pointer to its entry as well), no to() when c already
-    is float64 on like's device."""
+    """c as a tensor of one entry on like's device, read by the kernels as ``tl.load(C_ptr).to(tl.float64)`` (no
+    host sync).  Only the ops it needs (session 33: each is ~5-20 us of host time on a GPU): no detach without a
+    gradient (the kernels only read it), no reshape (a 0-dim tensor is a pointer to its entry as well), and c's own
+    floating dtype (the kernels widen it to float64 on load: the same value as a float64 copy made on the host,
+    without the to() op).  Host code that computes with it in float64 converts it itself (_fc_prep_scalars)."""
     if c.requires_grad:
         c = c.detach()
-    if c.dtype != torch.float64 or c.device != like.device:
+    if not c.is_floating_point() or c.device != like.device:
         c = c.to(device=like.device, dtype=torch.float64)
     return c if c.numel() == 1 else c.reshape(1)
 
@@ -1416,7 +1417,7 @@ def _fc_prep_scalars(p):
     """_fc_prep's float64 scalars (cd, sc, lam) for a fused prep that takes the torch assembly (tangent rows of
     poincare_fc_bwd, whose dL/dx needs dt z^T first)."""
     if "cd" not in p:
-        p["cd"] = p["cv"].reshape(())
+        p["cd"] = p["cv"].reshape(()).to(torch.float64)  # _cval keeps c's dtype
         p["sc"] = p["cd"].sqrt()
         p["lam"] = p["k0"] + 1.0
     return p
