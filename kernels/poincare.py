@@ -285,6 +285,19 @@ def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
 
 
 @triton.jit
+def _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Columns d0.. of f = sum_p PF[p] / Lc (float64) and their indices."""
+    pp = tl.arange(0, BLOCK_P).to(tl.int64)
+    cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+    F = tl.zeros((BLOCK_D,), tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        rows = p0 + pp
+        F += tl.sum(tl.load(PF_ptr + rows[:, None] * D + cols[None, :],
+                            mask=(rows[:, None] < P) & (cols[None, :] < D), other=0.0), 0)
+    return cols, F / Lc
+
+
+@triton.jit
 def _mid_fin_fwd_kernel(PF_ptr, PL_ptr, C_ptr, M_ptr, FS_ptr, SC_ptr, P, D,
                         BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     """One program: the midpoint from _mid_fwd_kernel's P partial rows.  F = sum_p PF[p] (D,), L = sum_p PL[p],
@@ -292,7 +305,6 @@ def _mid_fin_fwd_kernel(PF_ptr, PL_ptr, C_ptr, M_ptr, FS_ptr, SC_ptr, P, D,
     in float64 for the backward.  F is summed twice (two sweeps over D) instead of stored and read back."""
     c = tl.load(C_ptr).to(tl.float64)
     pp = tl.arange(0, BLOCK_P).to(tl.int64)
-    dd = tl.arange(0, BLOCK_D).to(tl.int64)
     Lv = tl.zeros((BLOCK_P,), tl.float64)
     for p0 in range(0, P, BLOCK_P):
         Lv += tl.load(PL_ptr + p0 + pp, mask=p0 + pp < P, other=0.0)
@@ -300,24 +312,12 @@ def _mid_fin_fwd_kernel(PF_ptr, PL_ptr, C_ptr, M_ptr, FS_ptr, SC_ptr, P, D,
     Lc = tl.maximum(L, 1e-15)
     ffv = tl.zeros((BLOCK_D,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + dd
-        F = tl.zeros((BLOCK_D,), tl.float64)
-        for p0 in range(0, P, BLOCK_P):
-            rows = p0 + pp
-            F += tl.sum(tl.load(PF_ptr + rows[:, None] * D + cols[None, :],
-                                mask=(rows[:, None] < P) & (cols[None, :] < D), other=0.0), 0)
-        f = F / Lc
+        cols, f = _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P, BLOCK_D)
         ffv += f * f
     ff = tl.sum(ffv, 0)
     r = tl.sqrt(1.0 - c * ff)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + dd
-        F = tl.zeros((BLOCK_D,), tl.float64)
-        for p0 in range(0, P, BLOCK_P):
-            rows = p0 + pp
-            F += tl.sum(tl.load(PF_ptr + rows[:, None] * D + cols[None, :],
-                                mask=(rows[:, None] < P) & (cols[None, :] < D), other=0.0), 0)
-        f = F / Lc
+        cols, f = _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P, BLOCK_D)
         tl.store(FS_ptr + cols, f, mask=cols < D)
         tl.store(M_ptr + cols, (f / (1.0 + r)).to(M_ptr.dtype.element_ty), mask=cols < D)
     tl.store(SC_ptr, L)
