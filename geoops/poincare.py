@@ -1410,8 +1410,8 @@ class MidpointMeanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, c):
-        ctx.fused = _midmean_triton_on(x, c)
-        if ctx.fused:  # Triton backend: the partial sums and the D-vector math above, two launches
+        ctx.fused = fused = _midmean_triton_on(x, c)  # (a local: func_twin's recording ctx only records attributes)
+        if fused:  # Triton backend: the partial sums and the D-vector math above, two launches
             m, fs, sc = _backend.triton_kernels(_ops.FAMILY).poincare_midpoint_mean_fwd(x, c)
             ctx.save_for_backward(x, c, fs, sc)
             return m
