@@ -1323,7 +1323,9 @@ def _fused_prep_on() -> bool:
 def fused_bn_on() -> bool:
     """GEOOPS_POINCARE_TRITON_FUSED_BN=0 (README knob table, read per call): the batch norm's running-statistics
     update as the stereographic geodesic composition (~39 torch ops, 3 launches; the path before session 32)
-    instead of _bn_running_kernel."""
+    instead of _bn_running_kernel; likewise the transport matrix (BnTransportFn) and, session 33, the midpoint
+    finish (geoops.poincare.MidpointMeanFn: poincare_midpoint_mean_fwd / _bwd), which geoops.poincare switches on
+    the same variable."""
     return os.environ.get("GEOOPS_POINCARE_TRITON_FUSED_BN", "")[:1] != "0"
 
 
