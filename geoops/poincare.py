@@ -1125,7 +1125,8 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     ct = _curv(op, c, x)
     _debug_checks(op, ct, {"x": (x, 1)}, {"bias": bias, "weight": weight})
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
-    xr, ct = x.to(cdt).contiguous(), ct.to(cdt)
+    # _as: no to() op when the dtype already matches (each op is ~5-20 us of host time on a GPU)
+    xr, ct = _as(x, cdt).contiguous(), _as(ct, cdt)
     fused = ((training or running_mean is None) and xr.device.type == "cpu" and xr.shape[0] > 0
              and xr.shape[1] > 0 and _library.direct_call_ok(xr, bias, weight, ct)
              and not _backend.checks_enabled() and _backend.resolve(xr.device, _ops.FAMILY) == "cpp")
@@ -1133,7 +1134,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         b = k = None  # expmap0(bias) inside the layer's C++ calls
     else:
         k = -ct
-        b = _st.expmap0(bias.to(cdt), k=k)
+        b = _st.expmap0(_as(bias, cdt), k=k)
     if training or running_mean is None:
         n = max(x.shape[0], 1)
         if fused:
@@ -1149,7 +1150,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
             u = _st.logmap(mean, xr, k=k)
             S = _library.apply(SqSumFn, u)
             if _transport_triton_on(b, mean, S, weight, ct):
-                M, var = BnTransportFn.apply(b, mean, S, weight.to(cdt), ct, float(n), float(eps), True)
+                M, var = BnTransportFn.apply(b, mean, S, _as(weight, cdt), ct, float(n), float(eps), True)
             else:
                 AE, G = _gram(b, mean)
                 lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
@@ -1164,13 +1165,23 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         k = -ct if k is None else k
         u = _st.logmap(mean, xr, k=k)
         if _transport_triton_on(b, mean, var, weight, ct):
-            M = BnTransportFn.apply(b, mean.contiguous(), var, weight.to(cdt), ct, 1.0, float(eps), False)[0]
+            M = BnTransportFn.apply(b, mean.contiguous(), var, _as(weight, cdt), ct, 1.0, float(eps), False)[0]
         else:
             AE, G = _gram(b, mean)
             M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
     # M: the transport m -> b and the rescaling as one (D, D) matrix; then expmap_b(u M) + project: one fused
     # row op (the kernels run u M as a GEMM and the row pass after it)
-    return _library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)).to(x.dtype)
+    return _as(_library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)), x.dtype)
+
+
+def _shaped(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """t.reshape(like.shape) without the op when t already has that shape."""
+    return t if t.shape == like.shape else t.reshape(like.shape)
+
+
+def _as(t: torch.Tensor, dtype) -> torch.Tensor:
+    """t.to(dtype) without the op when t already has it."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _bn_check_params(op, D, bias, weight, running_mean, running_var):
@@ -1211,10 +1222,10 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
         _debug_checks(op, _curv(op, c, x), {"x": (x, 1)}, {"bias": bias, "weight": weight})
     if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
             and B * H * W > 0 and C > 0 and _library.direct_call_ok(x)
-            and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous())):
+            and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous())
+            and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):  # (before ct: no to() on other backends)
         ct = _curv(op, c, x).to(x.dtype)
-        if (_library.direct_call_ok(x, bias, weight, ct) and not _backend.checks_enabled()
-                and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
+        if _library.direct_call_ok(x, bias, weight, ct) and not _backend.checks_enabled():
             n = B * H * W
             y, var, mean = BnLayerFn.apply(x, bias.to(x.dtype), weight.to(x.dtype), ct, n, eps, _eps(None, x.dtype),
                                            _c_float(ct))
@@ -1414,6 +1425,11 @@ class MidpointMeanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, c):
+        ctx.fused = fused = _midmean_triton_on(x, c)  # (a local: func_twin's recording ctx only records attributes)
+        if fused:  # Triton backend: the partial sums and the D-vector math above, two launches
+            m, fs, sc = _backend.triton_kernels(_ops.FAMILY).poincare_midpoint_mean_fwd(x, c)
+            ctx.save_for_backward(x, c, fs, sc)
+            return m
         F_, L_ = _ops.poincare_midpoint_sums_fwd(x, c)
         Lc = L_.clamp_min(1e-15)
         f = F_ / Lc
@@ -1425,6 +1441,11 @@ class MidpointMeanFn(torch.autograd.Function):
     @staticmethod
     @_library.first_order_only
     def backward(ctx, gm):
+        if ctx.fused:
+            x, c, fs, sc = ctx.saved_tensors
+            need_c = ctx.needs_input_grad[1]
+            gx, gc = _backend.triton_kernels(_ops.FAMILY).poincare_midpoint_mean_bwd(gm, x, c, fs, sc, need_c)
+            return gx, (gc.reshape(c.shape) if need_c else None)
         x, c, F_, L_, f, ff, r = ctx.saved_tensors
         opr = 1 + r
         h = torch.dot(gm, f) / (opr * opr)  # <gm, f> / (1 + r)^2
@@ -1435,6 +1456,22 @@ class MidpointMeanFn(torch.autograd.Function):
         if not ctx.needs_input_grad[1]:
             return gx, None
         return gx, (gc + h * ff / (2 * r)).reshape(c.shape)
+
+
+def _midmean_triton_on(x, c) -> bool:
+    """Whether MidpointMeanFn runs on poincare_midpoint_mean_fwd / _bwd (the partial sums and a one-program finish
+    kernel each way: f = F / L, the root, m; its backward's dL/dF, dL/dL, the root's dL/dc) instead of the midpoint
+    sums op and ~10 torch ops on length-D vectors each way: eager plain tensors on the Triton backend, x (N, D)
+    contiguous float32 / float64 with N, D > 0, c one entry of x's dtype (GEOOPS_POINCARE_TRITON_FUSED_BN=0: the
+    torch ops)."""
+    if _knob_off("GEOOPS_POINCARE_TRITON_FUSED_BN") or _backend.checks_enabled():
+        return False
+    if not (x.dim() == 2 and x.shape[0] > 0 and x.shape[1] > 0 and x.is_contiguous()
+            and x.dtype in (torch.float32, torch.float64) and c.numel() == 1 and c.dtype == x.dtype
+            and c.device == x.device and _library.direct_call_ok(x, c)
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x)):
+        return False
+    return _backend.resolve(x.device, _ops.FAMILY) == "triton"
 
 
 class BnRowsFn(torch.autograd.Function):
@@ -1492,8 +1529,8 @@ class BnTransportFn(torch.autograd.Function):
         kern = _backend.triton_kernels(_ops.FAMILY)
         gb, gm, gs = kern.poincare_bn_transport_bwd(gM.contiguous(), b, m, S, w, c, *ctx.args)
         ng = ctx.needs_input_grad
-        return (gb if ng[0] else None, gm if ng[1] else None, gs[0].reshape(S.shape) if ng[2] else None,
-                gs[1].to(w.dtype).reshape(w.shape) if ng[3] else None,
+        return (gb if ng[0] else None, gm if ng[1] else None, _shaped(gs[0], S) if ng[2] else None,
+                _shaped(_as(gs[1], w.dtype), w) if ng[3] else None,
                 gs[2].to(c.dtype).reshape(c.shape) if ng[4] else None, None, None, None)
 
 

@@ -380,7 +380,7 @@ def _per_row(op: str, name: str, v: torch.Tensor, shape, dim: int, N: int, dtype
     if v.dtype != dtype:
         v = v.to(dtype)
     if v.numel() == 1:
-        return v.reshape(1)
+        return v if v.dim() == 1 else v.reshape(1)
     nd = len(shape)
     if v.dim() > nd:
         _fail(op, f"{name} has shape {tuple(v.shape)}, more dimensions than the inputs' {tuple(shape)}")
@@ -535,7 +535,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if _backend.checks_enabled():  # dim counted from the end: the inputs may have fewer dims than `shape`
         _debug_checks(op, {nx: x, ny: y} if spec.has_y else {nx: x}, k, d - nd)
 
-    dtype = torch.promote_types(x.dtype, y.dtype) if spec.has_y else x.dtype
+    # (promote_types is an op with host cost: only for two dtypes)
+    dtype = torch.promote_types(x.dtype, y.dtype) if (spec.has_y and y.dtype != x.dtype) else x.dtype
     kdtype = torch.float64 if dtype == torch.float64 else torch.float32
     if eps < 0:
         eps = _ref.default_eps(dtype)

@@ -74,7 +74,8 @@ except ImportError:  # pragma: no cover - older layouts
 __all__ = ["poincare_fc_fwd", "poincare_fc_bwd", "poincare_relu_fwd", "poincare_relu_bwd",
            "poincare_midpoint_sums_fwd", "poincare_midpoint_sums_bwd", "poincare_bn_rows_fwd",
            "poincare_bn_rows_bwd", "poincare_fc_rows_fwd", "poincare_fc_rows_bwd", "poincare_bn_running_update_",
-           "poincare_bn_transport_fwd", "poincare_bn_transport_bwd", "compile_variants"]
+           "poincare_bn_transport_fwd", "poincare_bn_transport_bwd", "poincare_midpoint_mean_fwd",
+           "poincare_midpoint_mean_bwd", "compile_variants"]
 
 F64 = tl.constexpr(tl.float64)
 _CUT = tl.constexpr(1e-3)  # Taylor cut of the float64 row math (as the C++ kernels)
@@ -281,6 +282,79 @@ def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
         gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0)
         tl.store(GX_ptr + base + cols[None, :], aT * gf[None, :] + bT * x, mask=m)
     tl.store(GC_ptr + rows, 0.5 * w * XX, mask=rmask)
+
+
+@triton.jit
+def _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Columns d0.. of f = sum_p PF[p] / Lc (float64) and their indices."""
+    pp = tl.arange(0, BLOCK_P).to(tl.int64)
+    cols = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+    F = tl.zeros((BLOCK_D,), tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        rows = p0 + pp
+        F += tl.sum(tl.load(PF_ptr + rows[:, None] * D + cols[None, :],
+                            mask=(rows[:, None] < P) & (cols[None, :] < D), other=0.0), 0)
+    return cols, F / Lc
+
+
+@triton.jit
+def _mid_fin_fwd_kernel(PF_ptr, PL_ptr, C_ptr, M_ptr, FS_ptr, SC_ptr, P, D,
+                        BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One program: the midpoint from _mid_fwd_kernel's P partial rows.  F = sum_p PF[p] (D,), L = sum_p PL[p],
+    f = F / max(L, 1e-15), r = sqrt(1 - c |f|^2), M = f / (1 + r) in M's dtype; FS = f (D,) and SC = (L, |f|^2, r)
+    in float64 for the backward.  F is summed twice (two sweeps over D) instead of stored and read back."""
+    c = tl.load(C_ptr).to(tl.float64)
+    pp = tl.arange(0, BLOCK_P).to(tl.int64)
+    Lv = tl.zeros((BLOCK_P,), tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        Lv += tl.load(PL_ptr + p0 + pp, mask=p0 + pp < P, other=0.0)
+    L = tl.sum(Lv, 0)
+    Lc = tl.maximum(L, 1e-15)
+    ffv = tl.zeros((BLOCK_D,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols, f = _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P, BLOCK_D)
+        ffv += f * f
+    ff = tl.sum(ffv, 0)
+    r = tl.sqrt(1.0 - c * ff)
+    for d0 in range(0, D, BLOCK_D):
+        cols, f = _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P, BLOCK_D)
+        tl.store(FS_ptr + cols, f, mask=cols < D)
+        tl.store(M_ptr + cols, (f / (1.0 + r)).to(M_ptr.dtype.element_ty), mask=cols < D)
+    tl.store(SC_ptr, L)
+    tl.store(SC_ptr + 1, ff)
+    tl.store(SC_ptr + 2, r)
+
+
+@triton.jit
+def _mid_fin_bwd_kernel(GM_ptr, FS_ptr, SC_ptr, C_ptr, GF_ptr, GL_ptr, D, BLOCK_D: tl.constexpr):
+    """One program: _mid_fin_fwd_kernel's backward.  h = <gm, f> / (1 + r)^2, gf = gm / (1 + r) + (h c / r) f,
+    GF = gf / max(L, 1e-15) (GF's dtype), GL = (-<GF, f> [L > 1e-15], h |f|^2 / (2 r)) in float64: dL/dL and the
+    root's part of dL/dc."""
+    c = tl.load(C_ptr).to(tl.float64)
+    L = tl.load(SC_ptr)
+    ff = tl.load(SC_ptr + 1)
+    r = tl.load(SC_ptr + 2)
+    opr = 1.0 + r
+    Lc = tl.maximum(L, 1e-15)
+    dd = tl.arange(0, BLOCK_D).to(tl.int64)
+    hv = tl.zeros((BLOCK_D,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + dd
+        gm = tl.load(GM_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
+        f = tl.load(FS_ptr + cols, mask=cols < D, other=0.0)
+        hv += gm * f
+    h = tl.sum(hv, 0) / (opr * opr)
+    hc = h * c / r
+    gv = tl.zeros((BLOCK_D,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + dd
+        gm = tl.load(GM_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
+        f = tl.load(FS_ptr + cols, mask=cols < D, other=0.0)
+        gF = (gm / opr + f * hc) / Lc
+        tl.store(GF_ptr + cols, gF.to(GF_ptr.dtype.element_ty), mask=cols < D)
+        gv += gF * f
+    tl.store(GL_ptr, tl.where(L > 1e-15, -tl.sum(gv, 0), 0.0))
+    tl.store(GL_ptr + 1, h * ff / (2.0 * r))
 
 
 # ---------------------------------------------------------------- batch norm row pass
@@ -1129,8 +1203,16 @@ def _check(op: str, x: torch.Tensor):
 
 
 def _cval(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """c as a 1-element float64 tensor on like's device (read by the kernels: no host sync)."""
-    return c.detach().reshape(1).to(device=like.device, dtype=torch.float64)
+    """c as a tensor of one entry on like's device, read by the kernels as ``tl.load(C_ptr).to(tl.float64)`` (no
+    host sync).  Only the ops it needs (session 33: each is ~5-20 us of host time on a GPU): no detach without a
+    gradient (the kernels only read it), no reshape (a 0-dim tensor is a pointer to its entry as well), and c's own
+    floating dtype (the kernels widen it to float64 on load: the same value as a float64 copy made on the host,
+    without the to() op).  Host code that computes with it in float64 converts it itself (_fc_prep_scalars)."""
+    if c.requires_grad:
+        c = c.detach()
+    if not c.is_floating_point() or c.device != like.device:
+        c = c.to(device=like.device, dtype=torch.float64)
+    return c if c.numel() == 1 else c.reshape(1)
 
 
 def _tf32_on() -> bool:
@@ -1241,7 +1323,9 @@ def _fused_prep_on() -> bool:
 def fused_bn_on() -> bool:
     """GEOOPS_POINCARE_TRITON_FUSED_BN=0 (README knob table, read per call): the batch norm's running-statistics
     update as the stereographic geodesic composition (~39 torch ops, 3 launches; the path before session 32)
-    instead of _bn_running_kernel."""
+    instead of _bn_running_kernel; likewise the transport matrix (BnTransportFn) and, session 33, the midpoint
+    finish (geoops.poincare.MidpointMeanFn: poincare_midpoint_mean_fwd / _bwd), which geoops.poincare switches on
+    the same variable."""
     return os.environ.get("GEOOPS_POINCARE_TRITON_FUSED_BN", "")[:1] != "0"
 
 
@@ -1296,8 +1380,7 @@ def poincare_bn_running_update_(running_mean, running_var, mean, var, c, momentu
     contiguous, running_var one entry (contiguous), mean (D,), var one entry, c the curvature (any shape of one
     entry); all on one device, no gradient."""
     D = running_mean.numel()
-    mean = mean.detach().contiguous()
-    var = var.detach().reshape(1)
+    mean = mean.contiguous()  # no detach / reshape ops: the kernel only reads them (var: one entry, any shape)
     block_d = min(triton.next_power_of_2(max(D, 1)), 1024)
     with _device_guard(running_mean):
         _bn_running_kernel[(1,)](running_mean, running_var, mean, var, _cval(c, running_mean), D,
@@ -1336,7 +1419,7 @@ def _fc_prep_scalars(p):
     """_fc_prep's float64 scalars (cd, sc, lam) for a fused prep that takes the torch assembly (tangent rows of
     poincare_fc_bwd, whose dL/dx needs dt z^T first)."""
     if "cd" not in p:
-        p["cd"] = p["cv"].reshape(())
+        p["cd"] = p["cv"].reshape(()).to(torch.float64)  # _cval keeps c's dtype
         p["sc"] = p["cd"].sqrt()
         p["lam"] = p["k0"] + 1.0
     return p
@@ -1558,6 +1641,53 @@ def poincare_midpoint_sums_bwd(gF, gL, x, c):
     return gx, gc.sum().to(c.dtype)
 
 
+def _mid_fin_blocks(P: int, D: int):
+    return min(triton.next_power_of_2(max(P, 1)), 16), min(triton.next_power_of_2(max(D, 1)), 256)
+
+
+def poincare_midpoint_mean_fwd(x, c):
+    """(m, fs, sc): the batch midpoint m (D,) in x's dtype of rows x (N, D) contiguous, N > 0 (the batch norm's
+    MidpointMeanFn), two launches: _mid_fwd_kernel's partial sums, _mid_fin_fwd_kernel's finish; fs = f (D,) and
+    sc = (L, |f|^2, r) float64 for poincare_midpoint_mean_bwd."""
+    N, D = x.shape
+    br, bd, nw = _blocks(N, D, dtype=x.dtype)
+    nprog = triton.cdiv(N, br)
+    f64 = dict(device=x.device, dtype=torch.float64)
+    pf = torch.empty((nprog, D), **f64)  # every program writes its row
+    pl = torch.empty(nprog, **f64)
+    m = torch.empty(D, device=x.device, dtype=x.dtype)
+    fs = torch.empty(D, **f64)
+    sc = torch.empty(3, **f64)
+    cv = _cval(c, x)
+    bp, bfd = _mid_fin_blocks(nprog, D)
+    with _device_guard(x):
+        _mid_fwd_kernel[(nprog,)](x, pf, pl, cv, N, D, BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+        _mid_fin_fwd_kernel[(1,)](pf, pl, cv, m, fs, sc, nprog, D, BLOCK_P=bp, BLOCK_D=bfd,
+                                  num_warps=1 if bp * bfd <= 256 else 4)
+    return m, fs, sc
+
+
+def poincare_midpoint_mean_bwd(gm, x, c, fs, sc, need_c: bool):
+    """(gx, gc) of poincare_midpoint_mean_fwd's m: _mid_fin_bwd_kernel (dL/dF, dL/dL and the root's part of dL/dc)
+    then _mid_bwd_kernel; gc (c's dtype, 0-dim) only with need_c, else None."""
+    N, D = x.shape
+    gm = gm.contiguous()
+    gF = torch.empty(D, device=x.device, dtype=x.dtype)
+    gl = torch.empty(2, device=x.device, dtype=torch.float64)
+    gx = torch.empty_like(x)
+    gc = torch.empty(N, device=x.device, dtype=torch.float64)  # every row written
+    cv = _cval(c, x)
+    br, bd, nw = _blocks(N, D, 1024, dtype=x.dtype)
+    with _device_guard(x):
+        _mid_fin_bwd_kernel[(1,)](gm, fs, sc, cv, gF, gl, D, BLOCK_D=_mid_fin_blocks(1, D)[1],
+                                  num_warps=1 if D <= 256 else 4)
+        _mid_bwd_kernel[(triton.cdiv(N, br),)](gF, gl, x, gx, gc, cv, N, D,
+                                               BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+    if not need_c:
+        return gx, None
+    return gx, (gc.sum() + gl[1]).to(c.dtype)
+
+
 # ---- batch norm rows
 def _bn_args(u, M, b):
     _check("poincare_bn_rows", u)
@@ -1589,7 +1719,7 @@ def poincare_bn_rows_fwd(u, M, b, c, eps):
 
 def poincare_bn_rows_bwd(g, u, M, b, c, eps):
     u, M, b = _bn_args(u, M, b)
-    g = g.to(u.dtype).contiguous()
+    g = (g if g.dtype == u.dtype else g.to(u.dtype)).contiguous()
     N, D = u.shape
     f64 = dict(device=u.device, dtype=torch.float64)
     if not (N and D):
@@ -1606,7 +1736,8 @@ def poincare_bn_rows_bwd(g, u, M, b, c, eps):
                                  BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
     gu = _mm(gv, M.t())
     gM = _mm(u.t(), gv)
-    return gu, gM, pb.sum(0).to(u.dtype), (-gk.sum()).to(c.dtype)
+    gb = pb.sum(0)
+    return gu, gM, gb if gb.dtype == u.dtype else gb.to(u.dtype), (-gk.sum()).to(c.dtype)
 
 
 INTERPRETED = type(_relu_fwd_kernel).__name__ == "InterpretedFunction"
@@ -1687,6 +1818,9 @@ def compile_variants():
             add(f"relu/{shape} bwd", lambda x=x: poincare_relu_bwd(x, x, c, 1e-3))
             add(f"midpoint_sums/{shape} fwd", lambda x=x: poincare_midpoint_sums_fwd(x, c))
             add(f"midpoint_sums/{shape} bwd", lambda x=x, D=D: poincare_midpoint_sums_bwd(x[0], c, x, c))
+            add(f"midpoint_mean/{shape} fwd", lambda x=x: poincare_midpoint_mean_fwd(x, c))
+            add(f"midpoint_mean/{shape} bwd", lambda x=x, D=D: poincare_midpoint_mean_bwd(
+                x[0], x, c, torch.zeros(D, dtype=torch.float64), torch.ones(3, dtype=torch.float64), True))
             Db = 200 if shape == "wide" else D
             u = torch.zeros(N, Db, dtype=dtype)
             M = torch.zeros(Db, Db, dtype=dtype)

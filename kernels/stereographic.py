@@ -817,10 +817,11 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _per_row(t: torch.Tensor, N: int, name: str):
-    """A (1,) or (N,) tensor of k / r, and its row stride (0 for a single value)."""
-    t = t.reshape(-1)
+    """A tensor of one value (any shape: the kernels read its entry with row stride 0) or an (N,) tensor of k / r,
+    and its row stride (0 for a single value).  No reshape op for a single value (each op costs host time)."""
     if t.numel() == 1:
         return t, 0
+    t = t.reshape(-1)
     if t.numel() != N:
         raise ValueError(f"geoops.kernels.stereographic: {name} must have 1 or N={N} values, got {t.numel()}")
     return t, t.stride(0)
@@ -884,8 +885,12 @@ def _tile(tile: int, dtype: torch.dtype) -> int:
 
 def _launch_blocks(N: int, D: int, tile: int, dtype: torch.dtype, max_block_d=None):
     """_blocks for inputs of `dtype`: the float64 row math of one row a thread."""
-    return _blocks(N, D, _tile(tile, dtype), max_block_d, elem_bytes=torch.empty(0, dtype=dtype).element_size(),
-                   rows_per_thread=1)
+    return _blocks(N, D, _tile(tile, dtype), max_block_d, elem_bytes=dtype.itemsize, rows_per_thread=1)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t.to(dtype) without the op when t already has it."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _param_for(code: int, param: float) -> float:
@@ -918,7 +923,7 @@ def _stereo_fwd(code, x, y, k, r, param, *, max_block_d=None):
         return out
     ct, _ = _compute_type(x.dtype)
     # like the C++ kernel, an op with y run without one reads y = x
-    y = _rows(y.to(x.dtype)) if (has_y and y is not None) else x
+    y = _rows(_as(y, x.dtype)) if (has_y and y is not None) else x
     k, sk, r, sr = _k_r_rows(k, r, N, has_r)
     block_m, block_d, one_chunk, num_warps = _launch_blocks(N, D, _TILE_FWD, x.dtype, max_block_d)
     grid = (triton.cdiv(N, block_m),)
@@ -961,12 +966,12 @@ def _stereo_bwd(code, grad, x, y, k, r, param, mask, *, max_block_d=None):
     if N == 0 or not (need_dx or kern_dy or need_dk or kern_dr):
         return dx, dy, dk, dr
     ct, _ = _compute_type(x.dtype)
-    yk = _rows(y.to(x.dtype)) if (has_y and y_given) else x
+    yk = _rows(_as(y, x.dtype)) if (has_y and y_given) else x
     if scalar_out:
-        g = grad.reshape(N).to(x.dtype)
+        g = _as(grad if tuple(grad.shape) == (N,) else grad.reshape(N), x.dtype)
         sg = g.stride(0)
     else:
-        g = _rows(grad.to(x.dtype))
+        g = _rows(_as(grad, x.dtype))
         if tuple(g.shape) != (N, D):
             raise ValueError(f"geoops.kernels.stereographic: grad has shape {tuple(grad.shape)}, expected {(N, D)}")
         sg = g.stride(0)
