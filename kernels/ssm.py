@@ -111,10 +111,13 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, b_mod: int, into=None) -> torch.Tenso
 # ---------------------------------------------------------------- the Vandermonde factors in one launch each
 @triton.jit
 def _cexp64(a, b, m):
-    """(Re, Im) of exp((a + i b) m) in float64 from the exact products a*m, b*m (m float64); exp(x * 0) = 1 for
-    every x, also a = -inf (a mode with Abar = 0: the bilinear pole), where a * 0 would give NaN."""
-    e = tl.exp(tl.where(m == 0, 0.0, a * m))
-    t = tl.where(m == 0, 0.0, b * m)
+    """(Re, Im) of exp((a + i b) m) in float64 from the exact products a*m, b*m (m float64, >= 0).  a = -inf (a
+    mode with Abar = 0: the bilinear pole) enters as -1e300, so that exp(a * 0) = 1 and exp(a m) = 0 for m >= 1
+    (-inf * 0 would give NaN); a NaN a stays NaN.  Clamping a (a column of modes) costs less than a select on
+    the (modes x positions) products (which spilled in the sm_80 backward kernels)."""
+    a = tl.where(a < -1e300, -1e300, a)
+    e = tl.exp(a * m)
+    t = b * m
     return e * tl.cos(t), e * tl.sin(t)
 
 
