@@ -2129,9 +2129,8 @@ def _midpoint_mean(x, w, k, posweight):
         F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
         return _PAIR["midpoint_mean_fwd"](F, L, k)
     F, L = _midpoint_sums(x, w, k, posweight)
-    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
     half = torch.full((x.shape[0], 1), 0.5, dtype=torch.float64, device=x.device)
-    return mobius_scalar_mul(half, F / den, k=k.unsqueeze(-1))
+    return mobius_scalar_mul(half, F / _ops.midpoint_den(L), k=k.unsqueeze(-1))
 
 
 def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,

@@ -821,11 +821,16 @@ _register_midpoint_vmaps()
 # to +-1e-10 (its sign kept): geoopt's epilogue before the sphere's choice between the mean and its antipode.  The
 # backward: gF [G, D], gL [G], gk [G] per group (empty unless mask bit 4).  CPU: csrc/cpu/stereographic_midpoint.cpp
 # (one pass per group); other devices: the torch composition below (and its autograd).
+def midpoint_den(L):
+    """den = L clamped away from 0 to +-1e-10, its sign kept (geoopt's clamp), as a [G, 1] column."""
+    return torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
+
+
 def midpoint_mean_reference(F, L, k):
     """The mean above with torch ops in float64 (geoops.reference.stereographic.mobius_scalar_mul)."""
     from ..reference import stereographic as ref
 
-    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
+    den = midpoint_den(L)
     return ref.mobius_scalar_mul(torch.tensor(0.5, dtype=torch.float64, device=F.device), F / den,
                                  k=k.to(torch.float64).reshape(-1, 1))
 
