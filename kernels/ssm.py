@@ -33,6 +33,9 @@ the truncation + skip term + output cast, and the backward's channel / batch sum
 ``_conj_sum_kernel``.  Offsets are 64-bit.  ssm_conv's forward is fused: the Vandermonde GEMM kernel stores
 K straight into the zero-padded circular buffer that the kernel's FFT reads (no K tensor, no pad copy); its
 backward composes the pieces (dK from the batch-summed spectrum, then the Vandermonde backward).
+Half u with 2L - 1 <= 4096 (session 34) skips the FFTs: ``_monarch_conv_kernel`` convolves two rows of a
+channel at once through four small DFT matrix products on tensor cores, nothing but u and y in memory (and the
+backward's du for one output channel); GEOOPS_SSM_TRITON_MONARCH=0 (read per call) keeps cuFFT.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ from ..reference.ssm import discretize_log, expm1c, fft_size
 from ..reference.ssm import vandermonde_blocking as _blocking
 
 __all__ = ["vandermonde_fwd", "vandermonde_bwd", "fftconv_fwd", "fftconv_bwd", "ssm_discretize_fwd",
-           "ssm_discretize_bwd", "ssm_conv_fwd", "ssm_conv_bwd", "compile_variants"]
+           "ssm_discretize_bwd", "ssm_conv_fwd", "ssm_conv_bwd", "fftconv_saves_uf", "compile_variants"]
 
 
 # ---------------------------------------------------------------- batched GEMM
@@ -457,7 +460,161 @@ def fftconv_fwd(u, k, D, save_uf: bool):
         uf = torch.zeros((B, H, n // 2 + 1), device=u.device, dtype=_cplx(cdt)) if save_uf \
             else u.new_empty(0, dtype=_cplx(cdt))
         return y, uf
+    N = monarch_size(L, u.dtype) if C * H <= _MAX_GRID_Y else 0
+    if N:
+        kf = _monarch_spectrum(k, L, N, *_MONARCH_SPLIT[N])
+        y = _monarch_conv(u.contiguous(), kf, None if D is None else D.contiguous(), N)
+        return y, u.new_empty(0, dtype=_cplx(cdt))
     return _conv_fwd(u, _kernel_spectrum(k, L, n, cdt), D, save_uf, n)
+
+
+def fftconv_saves_uf(u: torch.Tensor, C: int) -> bool:
+    """Whether fftconv_fwd returns rfft(u) when asked to (False where the tensor-core path runs: it never forms
+    the spectrum, and the backward recomputes it); the op's fake implementation asks this."""
+    B, H, L = u.shape
+    return B * H * L * C == 0 or not (monarch_size(L, u.dtype) and C * H <= _MAX_GRID_Y)
+
+
+# ---------------------------------------------------------------- FFT convolution on tensor cores ("monarch")
+# y = irfft(rfft(u) rfft(k)) as four small DFT matrix products per pair of rows (FlashFFTConv's idea; our own
+# kernel).  With N = N1 * M (a power of two >= 2L - 1), n = M n1 + m and k = k1 + N1 k2:
+#   X[k1, k2] = sum_m W_N^(k1 m) W_M^(m k2) sum_n1 W_N1^(k1 n1) x[n1, m]          (W_n = exp(-2 pi i / n))
+# i.e. X = ((F_N1 x) * T) F_M, then Y = X * Kf (Kf = fft(k, N) / N in the same [k1, k2] order) and the
+# inverse y = conj(F_N1) ((Y conj(F_M)) * conj(T)).  Two real rows of one channel travel as one complex row
+# (z = u_b + i u_b': the kernel is real, so conv(z) = conv(u_b) + i conv(u_b')), which halves the work without
+# an unpacking step; x is zero for n1 >= R1 (rows past L) and only the output rows n1 < R1 are needed, so the
+# first and last products use R1 of F_N1's N1 rows / columns.  The products run on tensor cores (tl.dot),
+# TF32 operands with float32 accumulation for half inputs (their rounding is 2^-11 against the half output's
+# 2^-9 (bf16) / 2^-11 (fp16)).  Float32 u keeps the cuFFT path (3-pass TF32 spills registers at N >= 2048);
+# the tests run the kernel on float32 u (3-pass TF32) under the interpreter, to check the algorithm to ~1e-7.
+_MONARCH_SPLIT = {256: (16, 16), 512: (32, 16), 1024: (32, 32), 2048: (64, 32), 4096: (64, 64)}
+# (BK, warps, stages) per FFT size: the fewest registers without spills in the sm_80 / sm_90 compile check
+# (kernels/COMPILE_REPORT.md); one stage: the loop's loads are cache-resident constants, not a stream to pipeline
+# (N = 8192 = 128 x 64 spills 4 KiB on sm_80 in every configuration tried -- BK 16 / 32, 4 / 8 / 16 warps -- and
+# none on sm_90 at (16, 8): left to the cuFFT path until a device can time it.)
+_MONARCH_CFG = {256: (16, 4, 1), 512: (16, 4, 1), 1024: (16, 4, 1), 2048: (64, 4, 1), 4096: (16, 8, 1)}
+_MONARCH_CONSTS: dict = {}
+_MAX_GRID_Y = 65535  # CUDA's grid limit on axis 1 (the channels)
+
+
+@triton.jit
+def _cmm(ar, ai, br, bi, PREC: tl.constexpr):
+    """(ar + i ai) @ (br + i bi) as four real tensor-core products (float32 accumulation)."""
+    re = tl.dot(ai, -bi, tl.dot(ar, br, input_precision=PREC), input_precision=PREC)
+    im = tl.dot(ai, br, tl.dot(ar, bi, input_precision=PREC), input_precision=PREC)
+    return re, im
+
+
+@triton.jit
+def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B, H, CH, L,
+                         N1: tl.constexpr, M: tl.constexpr, R1: tl.constexpr, BK: tl.constexpr,
+                         HAS_D: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
+    """Rows (b0, b1) = (2p, 2p + 1) of channel ch = (c, h): y[b, c, h, :L] = (k[c, h] * u[b, h])[:L] + D[c, h] u.
+
+    u (B, H, L), y (B, C, H, L) (row b * CH + ch), kf (CH, 2, N1, M) float32 = [Re; Im] fft(circular k, N) / N
+    in [k1, k2] order (CONJ: its conjugate, the correlation of the backward), f1 (2, N1, N1), fm (2, M, M),
+    tw (2, N1, M) = [Re; Im] of F_N1, F_M and the twiddles W_N^(k1 m).  One program per (pair, channel); the
+    spectrum's N1 rows k1 are visited in blocks of BK (each block's forward product, spectral product and
+    inverse row DFT are independent of the others), and each block's share of the last product conj(F_N1) E
+    is added to the output tile: the live state is x and the output (R1 x M each) plus one block."""
+    p = tl.program_id(0).to(tl.int64)
+    ch = tl.program_id(1).to(tl.int64)
+    h = ch % H
+    b0 = 2 * p
+    L1 = tl.where(b0 + 1 < B, L, 0)  # row b0 + 1's length (0: B odd, the last pair's second row is absent)
+    n1 = tl.arange(0, R1)
+    m = tl.arange(0, M)
+    n = n1[:, None] * M + m[None, :]
+    lm = n < L
+    u0 = u_ptr + (b0 * H + h) * L
+    mm = m[:, None] * M + m[None, :]
+    kb_ptr = kf_ptr + ch * (2 * N1 * M)
+    accr = tl.zeros((R1, M), dtype=tl.float32)
+    acci = tl.zeros((R1, M), dtype=tl.float32)
+    for kb in range(0, N1, BK):
+        k1 = kb + tl.arange(0, BK)
+        # forward: B = F_N1[k1, :R1] x, C = B * T, X = C F_M
+        fa = k1[:, None] * N1 + n1[None, :]
+        xr = tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32)  # reloaded per block (cache hits): fewer live
+        xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)  # registers than keeping x
+        br, bi = _cmm(tl.load(f1_ptr + fa), tl.load(f1_ptr + N1 * N1 + fa), xr, xi, PREC)
+        t2 = k1[:, None] * M + m[None, :]
+        twr = tl.load(tw_ptr + t2)
+        twi = tl.load(tw_ptr + N1 * M + t2)
+        fmr = tl.load(fm_ptr + mm)
+        fmi = tl.load(fm_ptr + M * M + mm)
+        sr, si = _cmm(br * twr - bi * twi, br * twi + bi * twr, fmr, fmi, PREC)
+        # the spectral product
+        kr = tl.load(kb_ptr + t2)
+        ki = tl.load(kb_ptr + N1 * M + t2)
+        if CONJ:
+            ki = -ki
+        # inverse: E = (Y conj(F_M)) * conj(T), y += conj(F_N1)[:R1, k1] E
+        er, ei = _cmm(sr * kr - si * ki, sr * ki + si * kr, fmr, -fmi, PREC)
+        gr = er * twr + ei * twi
+        gi = ei * twr - er * twi
+        fd = n1[:, None] * N1 + k1[None, :]
+        fdr = tl.load(f1_ptr + fd)
+        fdi = tl.load(f1_ptr + N1 * N1 + fd)
+        accr = tl.dot(fdi, gi, tl.dot(fdr, gr, accr, input_precision=PREC), input_precision=PREC)
+        acci = tl.dot(-fdi, gr, tl.dot(fdr, gi, acci, input_precision=PREC), input_precision=PREC)
+    if HAS_D:
+        d = tl.load(d_ptr + ch).to(tl.float32)
+        accr = accr + d * tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32)
+        acci = acci + d * tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)
+    y0 = y_ptr + (b0 * CH + ch) * L
+    tl.store(y0 + n, accr.to(y_ptr.dtype.element_ty), mask=lm)
+    tl.store(y0 + CH * L + n, acci.to(y_ptr.dtype.element_ty), mask=n < L1)
+
+
+def monarch_size(L: int, dtype) -> int:
+    """The FFT size of the tensor-core convolution for u of length L and dtype, or 0 where it does not run:
+    float16 / bfloat16 u with 2L - 1 <= 4096 (GEOOPS_SSM_TRITON_MONARCH=0, read per call: never)."""
+    if os.environ.get("GEOOPS_SSM_TRITON_MONARCH", "") == "0" or dtype not in (torch.float16, torch.bfloat16) or L < 1:
+        return 0
+    n = max(256, 1 << (2 * L - 2).bit_length())
+    return n if n in _MONARCH_SPLIT else 0
+
+
+def _monarch_consts(N1: int, M: int, device):
+    """[Re; Im] of F_N1 (N1, N1), F_M (M, M) and the twiddles W_N^(k1 m) (N1, M), float32, cached per device.
+    Angles from exact integer products reduced mod N, then cos / sin in float64."""
+    key = (N1, M, str(device))
+    got = _MONARCH_CONSTS.get(key)
+    if got is None:
+        def mat(r, c, n):
+            e = (torch.arange(r, dtype=torch.int64)[:, None] * torch.arange(c, dtype=torch.int64)[None, :]) % n
+            a = e.double() * (-2 * torch.pi / n)
+            return torch.stack([a.cos(), a.sin()]).float().contiguous().to(device)
+        got = _MONARCH_CONSTS[key] = (mat(N1, N1, N1), mat(M, M, M), mat(N1, M, N1 * M))
+    return got
+
+
+def _monarch_spectrum(k, L: int, N: int, N1: int, M: int):
+    """(C H, 2, N1, M) float32: [Re; Im] fft(circular k, N) / N in [k1, k2] order (k = k1 + N1 k2)."""
+    C, S, H, _ = k.shape
+    circ = torch.zeros((C, H, N), device=k.device, dtype=torch.float32)
+    circ[..., :L] = k[:, 0]
+    if S == 2 and L > 1:
+        circ[..., N - L + 1:] = k[:, 1, :, :L - 1].flip(-1)
+    kf = torch.fft.fft(circ, norm="forward").view(C * H, M, N1).transpose(1, 2)
+    return torch.view_as_real(kf).permute(0, 3, 1, 2).contiguous()
+
+
+def _monarch_conv(u, kf, D, N: int, conj: bool = False):
+    """y (B, C, H, L) in u's dtype: the causal (or, conj, correlation) convolution through the tensor-core DFTs."""
+    B, H, L = u.shape
+    CH = kf.shape[0]
+    N1, M = _MONARCH_SPLIT[N]
+    R1 = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, M))))
+    f1, fm, tw = _monarch_consts(N1, M, u.device)
+    y = torch.empty((B, CH // H, H, L), device=u.device, dtype=u.dtype)
+    prec = "tf32x3" if u.dtype == torch.float32 else "tf32"
+    _monarch_conv_kernel[(triton.cdiv(B, 2), CH)](
+        u, kf, f1, fm, tw, D if D is not None else kf, y, B, H, CH, L, N1=N1, M=M, R1=R1, BK=_MONARCH_CFG[N][0],
+        HAS_D=D is not None, CONJ=conj, PREC=prec, num_warps=_MONARCH_CFG[N][1],
+        num_stages=_MONARCH_CFG[N][2])
+    return y
 
 
 def _conv_bwd(g, u, uf, kf, D, want_du: bool, want_dk: bool, want_dD: bool, n: int):
@@ -514,6 +671,13 @@ def fftconv_bwd(g, u, uf, k, D, mask: int):
         return du, dk, dD
     n = fft_size(L)
     cdt = _cdt(u)
+    # du of one output channel: the correlation with k through the tensor-core DFTs (conjugate spectrum)
+    N = monarch_size(L, u.dtype) if want_du and C == 1 and g.dtype == u.dtype and H <= _MAX_GRID_Y else 0
+    if N:
+        kfm = _monarch_spectrum(k, L, N, *_MONARCH_SPLIT[N])
+        du = _monarch_conv(g.reshape(B, H, L).contiguous(), kfm, None if D is None else D.contiguous(), N,
+                           conj=True).view(B, H, L)
+        want_du = False
     kf = _kernel_spectrum(k, L, n, cdt) if want_du else None
     r_du, full, r_dD = _conv_bwd(g, u, uf, kf, D, want_du, want_dk, want_dD, n)
     if want_du:
@@ -952,4 +1116,19 @@ def compile_variants():
         for withD in (True, False):
             entries.append({"label": f"fftconv/{un}/{'D' if withD else 'noD'} fwd", "expect": expect,
                             "launch": lambda u=u, k=k, D=(D if withD else None): fftconv_fwd(u, k, D, False)})
+    # session 34: the tensor-core convolution (half u), every FFT size (its split and configuration), forward with
+    # and without D, the backward's du (the conjugate spectrum)
+    for N in sorted(_MONARCH_SPLIT):
+        Lm = N // 2
+        k = torch.zeros(1, 1, H, Lm)
+        D = torch.zeros(1, H)
+        for udt in ((torch.bfloat16, torch.float16) if N == 2048 else (torch.bfloat16,)):
+            un = str(udt).replace("torch.", "")
+            u = torch.zeros(B, H, Lm, dtype=udt)
+            for withD in (True, False):
+                entries.append({"label": f"fftconv monarch/{N}/{un}/{'D' if withD else 'noD'} fwd", "expect": expect,
+                                "launch": lambda u=u, k=k, D=(D if withD else None): fftconv_fwd(u, k, D, False)})
+            entries.append({"label": f"fftconv monarch/{N}/{un} du", "expect": expect,
+                            "launch": lambda u=u, k=k, D=D, Lm=Lm: fftconv_bwd(u.new_zeros(B, 1, H, Lm), u,
+                                                                                 u.new_empty(0), k, D, 1)})
     return entries

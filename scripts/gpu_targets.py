@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -112,6 +113,14 @@ def _eager_fftconv(u, k, D):
     return y.to(u.dtype)
 
 
+def _monarch_size(L):
+    try:
+        from geoops.kernels import ssm as S
+    except ImportError:  # no triton
+        return 0
+    return S.monarch_size(L, torch.bfloat16)
+
+
 def ssm_fftconv(dev, small):
     rows = []
     B, H = (2, 8) if small else (64, 768)
@@ -126,6 +135,13 @@ def ssm_fftconv(dev, small):
         err_eager = _rel(_eager_fftconv(u[:2], k, D), ref)
         ms = time_ms(lambda: gs.fftconv(u, k, D), dev)
         ms_eager = time_ms(lambda: _eager_fftconv(u, k, D), dev)
+        # session 34: the tensor-core path (default for half u up to L = 4096) against the cuFFT path (knob 0)
+        os.environ["GEOOPS_SSM_TRITON_MONARCH"] = "0"
+        try:
+            err_cufft = _rel(gs.fftconv(u, k, D)[:2], ref)
+            ms_cufft = time_ms(lambda: gs.fftconv(u, k, D), dev)
+        finally:
+            del os.environ["GEOOPS_SSM_TRITON_MONARCH"]
         uu = u.float()
         ms_limit = time_ms(lambda: torch.fft.irfft(torch.fft.rfft(uu, n=2 * L), n=2 * L), dev)
         # forward + backward (no published figure; for the record)
@@ -139,7 +155,9 @@ def ssm_fftconv(dev, small):
         rows.append(dict(op="fftconv", dtype="bf16", shape=[B, H, L], pass_="fwd", ms=ms, eager_fp32_ms=ms_eager,
                          limit_rfft_irfft_fp32_ms=ms_limit, fwd_bwd_ms=ms_fb, flashfftconv_h100_ms=pub,
                          ratio_to_published=(ms / pub if pub else None), target_met=(ms <= 1.5 * pub if pub else None),
-                         speedup_vs_eager=ms_eager / ms, rel_err_vs_fp64=err, eager_bf16io_rel_err=err_eager))
+                         speedup_vs_eager=ms_eager / ms, rel_err_vs_fp64=err, eager_bf16io_rel_err=err_eager,
+                         cufft_path_ms=ms_cufft, cufft_path_rel_err=err_cufft,
+                         monarch_fft_size=_monarch_size(L)))
     return rows
 
 

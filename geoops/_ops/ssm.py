@@ -6,7 +6,8 @@
         mask: 1 dv (C, H, N) in v's dtype, 2 dx (H, N) in x's dtype; unselected ones are empty
     geoops::fftconv_fwd(Tensor u, Tensor k, Tensor? D, bool save_uf) -> (Tensor y, Tensor uf)
         u (B, H, L), k (C, S, H, L) (S = 2: bidirectional), D (C, H) -> y (B, C, H, L) in u's dtype,
-        uf = rfft(u, n) (B, H, n//2+1) complex (fp32/fp64 compute dtype) when save_uf, else empty;
+        uf = rfft(u, n) (B, H, n//2+1) complex (fp32/fp64 compute dtype) when save_uf, else empty (empty
+        too where the backend's forward never forms it -- the Triton tensor-core path, ``fftconv_saves_uf``);
         n = fft_size(L) (geoops.reference.ssm: the smallest 2-3-5 size >= 2L - 1)
     geoops::fftconv_bwd(Tensor grad, Tensor u, Tensor uf, Tensor k, Tensor? D, int mask) -> (du, dk, dD)
         mask: 1 du (B, H, L), 2 dk (C, S, H, L), 4 dD (C, H); uf may be empty (then recomputed)
@@ -236,7 +237,9 @@ def _nfreq(L) -> int:
 def _ffwd_fake(u, k, D, save_uf):
     B, H, L = u.shape
     y = u.new_empty((B, k.shape[0], H, L))
-    uf = u.new_empty((B, H, _nfreq(L)) if save_uf else (0,), dtype=_complex_of(u))
+    saves = getattr(kernels(u.device), "fftconv_saves_uf", None)
+    keep = save_uf and (saves is None or saves(u, k.shape[0]))
+    uf = u.new_empty((B, H, _nfreq(L)) if keep else (0,), dtype=_complex_of(u))
     return y, uf
 
 

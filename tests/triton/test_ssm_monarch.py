@@ -1,0 +1,122 @@
+"""The tensor-core FFT convolution of the Triton backend (geoops.kernels.ssm, session 34): ``_monarch_conv_kernel``.
+
+fftconv on float16 / bfloat16 u with 2L - 1 <= 4096 runs four small DFT matrix products per pair of rows
+(GEOOPS_SSM_TRITON_MONARCH=0: the cuFFT path).  Under the interpreter the products are exact float32, so the
+kernel itself is held to float32 accuracy (float32 u through the launcher), every FFT size and its split; the
+public path to the half-precision rule (error within the output rounding's bound, as the cuFFT path's test).
+"""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import geoops.ssm as gs  # noqa: E402
+from geoops._ops import ssm as ops  # noqa: E402
+from geoops.kernels import ssm as S  # noqa: E402
+from geoops.reference import ssm as ref  # noqa: E402
+
+
+def _rel(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+
+def _inputs(B, H, L, C=1, S_=1, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, H, L, generator=g).to(dtype)
+    k = torch.randn(C, S_, H, L, generator=g) / L ** 0.5
+    D = torch.randn(C, H, generator=g)
+    return u, k, D
+
+
+def _ref(u, k, D):
+    """fp64 reference of the op's contract: u (B, H, L), k (C, S, H, L), D (C, H) -> (B, C, H, L)."""
+    bid = k.shape[1] == 2
+    kk = k.double() if bid else k[:, 0].double()
+    return ref.fftconv(u.double(), kk, D.double(), bid)
+
+
+def test_monarch_size_table(monkeypatch):
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_MONARCH", raising=False)
+    bf = torch.bfloat16
+    assert [S.monarch_size(L, bf) for L in (1, 128, 129, 1024, 1025, 2048, 2049, 4096)] == [256, 256, 512, 2048,
+                                                                                              4096, 4096, 0, 0]
+    assert S.monarch_size(1000, torch.float16) == 2048
+    assert S.monarch_size(1000, torch.float32) == 0 and S.monarch_size(1000, torch.float64) == 0
+    monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", "0")
+    assert S.monarch_size(1000, bf) == 0
+
+
+@pytest.mark.parametrize("N", sorted(S._MONARCH_SPLIT))
+def test_kernel_every_size_float32(device, N):
+    """The launcher on float32 u (exact float32 products in the interpreter): causal, bidirectional, C = 2,
+    B odd (the last pair's second row absent), the largest L of the size and a short odd one."""
+    for B, L, C, S_ in ((3, N // 2, 1, 1), (2, N // 2 - 3, 2, 2), (1, max(1, N // 4 - 1), 1, 2)):
+        u, k, D = _inputs(B, 2, L, C, S_, seed=N + L)
+        kf = S._monarch_spectrum(k.to(device), L, N, *S._MONARCH_SPLIT[N])
+        y = S._monarch_conv(u.to(device), kf, D.to(device), N)
+        assert y.shape == (B, C, 2, L) and y.dtype == torch.float32
+        assert _rel(y, _ref(u, k, D)) < 2e-6, (B, L, C, S_)
+        y0 = S._monarch_conv(u.to(device), kf, None, N)  # no skip term
+        assert _rel(y0, _ref(u, k, torch.zeros_like(D))) < 2e-6
+
+
+@pytest.mark.parametrize("S_", [1, 2])
+def test_kernel_conjugate_is_the_adjoint(device, S_):
+    """CONJ: the correlation with k (+ D g) = the vjp of the convolution with respect to u."""
+    B, H, L, N = 3, 2, 50, 256
+    u, k, D = _inputs(B, H, L, 1, S_, seed=7)
+    g = torch.randn(B, H, L, generator=torch.Generator().manual_seed(8))
+    uu = u.double().requires_grad_()
+    (du_ref,) = torch.autograd.grad(_ref(uu, k, D), uu, g.double()[:, None])
+    kf = S._monarch_spectrum(k.to(device), L, N, *S._MONARCH_SPLIT[N])
+    du = S._monarch_conv(g.to(device), kf, D.to(device), N, conj=True)
+    assert _rel(du[:, 0], du_ref) < 2e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("L,C,S_", [(1, 1, 1), (37, 2, 2), (300, 1, 1), (1000, 1, 2)])
+def test_fftconv_half_runs_monarch(device, monkeypatch, dtype, L, C, S_):
+    """The public fftconv on half u takes the tensor-core path (forward, and the backward's du for C = 1) and
+    keeps the half-precision rule of the cuFFT path's test; the gradients against the fp64 reference."""
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_MONARCH", raising=False)
+    calls = []
+    real = S._monarch_conv
+    monkeypatch.setattr(S, "_monarch_conv", lambda *a, **kw: calls.append(kw.get("conj", False)) or real(*a, **kw))
+    u, k, D = _inputs(3, 2, L, C, S_, seed=L, dtype=dtype)
+    kk = (k if C > 1 else k[:, :]).reshape(((C,) if C > 1 else ()) + ((2,) if S_ == 2 else ()) + (2, L))
+    uu = u.to(device).requires_grad_()
+    kk = kk.to(device).requires_grad_()
+    DD = (D if C > 1 else D[0]).to(device).requires_grad_()
+    y = gs.fftconv(uu, kk, DD, bidirectional=S_ == 2)
+    r64 = _ref(u, k, D)
+    r64 = r64 if C > 1 else r64[:, 0]
+    assert y.dtype == dtype
+    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    assert (y.double() - r64).abs().max() <= tol * r64.abs().max() + 2 * (r64.to(dtype).double() - r64).abs().max()
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y.backward(gy.to(device))
+    assert calls == ([False, True] if C == 1 else [False])
+    q = [u.detach().double().requires_grad_(), kk.detach().double().requires_grad_(), DD.detach().double().requires_grad_()]
+    ref.fftconv(*q, S_ == 2).backward(gy.double())
+    for a, b in zip((uu, kk, DD), q):
+        assert _rel(a.grad, b.grad) < 2 * tol
+
+
+def test_fftconv_half_knob_off_and_fake(device, monkeypatch):
+    """The op's uf output follows the path (empty on the tensor-core path, the spectrum on cuFFT's), its fake
+    agrees (opcheck), and GEOOPS_SSM_TRITON_MONARCH=0 (read per call) restores the cuFFT path."""
+    u, k, D = _inputs(2, 3, 40, 1, 1, seed=3, dtype=torch.bfloat16)
+    args = (u.to(device), k.to(device), D.to(device), True)
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_MONARCH", raising=False)
+    y1, uf1 = ops.fftconv_fwd(*args)
+    assert uf1.numel() == 0
+    torch.library.opcheck(torch.ops.geoops.fftconv_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", "0")
+    y0, uf0 = ops.fftconv_fwd(*args)
+    assert uf0.shape == (2, 3, ref.fft_size(40) // 2 + 1)
+    torch.library.opcheck(torch.ops.geoops.fftconv_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    r = _ref(u, k, D)
+    for y in (y0, y1):
+        assert (y.double() - r).abs().max() <= 3e-2 * r.abs().max() + 2 * (r.to(torch.bfloat16).double() - r).abs().max()
