@@ -33,9 +33,10 @@ the truncation + skip term + output cast, and the backward's channel / batch sum
 ``_conj_sum_kernel``.  Offsets are 64-bit.  ssm_conv's forward is fused: the Vandermonde GEMM kernel stores
 K straight into the zero-padded circular buffer that the kernel's FFT reads (no K tensor, no pad copy); its
 backward composes the pieces (dK from the batch-summed spectrum, then the Vandermonde backward).
-Half u with 2L - 1 <= 4096 (session 34) skips the FFTs: ``_monarch_conv_kernel`` convolves two rows of a
-channel at once through four small DFT matrix products on tensor cores, nothing but u and y in memory (and the
-backward's du for one output channel); GEOOPS_SSM_TRITON_MONARCH=0 (read per call) keeps cuFFT.
+Half u with 2L - 1 <= 32768 (session 34) skips the FFTs: ``_monarch_conv_kernel`` convolves two rows of a
+channel at once through four small DFT matrix products on tensor cores, nothing but u and y in memory (N >= 8192:
+``_monarch_rows_kernel`` + ``_monarch_cols_kernel`` through a bounded float32 scratch), and the backward's du
+for one output channel; GEOOPS_SSM_TRITON_MONARCH=0 (read per call) keeps cuFFT.
 """
 from __future__ import annotations
 
@@ -485,14 +486,24 @@ def fftconv_saves_uf(u: torch.Tensor, C: int) -> bool:
 # an unpacking step; x is zero for n1 >= R1 (rows past L) and only the output rows n1 < R1 are needed, so the
 # first and last products use R1 of F_N1's N1 rows / columns.  The products run on tensor cores (tl.dot),
 # TF32 operands with float32 accumulation for half inputs (their rounding is 2^-11 against the half output's
-# 2^-9 (bf16) / 2^-11 (fp16)).  Float32 u keeps the cuFFT path (3-pass TF32 spills registers at N >= 2048);
+# 2^-9 (bf16) / 2^-11 (fp16)); N >= 8192 in two passes (below).  Float32 u keeps the cuFFT path (3-pass TF32 spills registers at N >= 2048);
 # the tests run the kernel on float32 u (3-pass TF32) under the interpreter, to check the algorithm to ~1e-7.
-_MONARCH_SPLIT = {256: (16, 16), 512: (32, 16), 1024: (32, 32), 2048: (64, 32), 4096: (64, 64)}
+_MONARCH_SPLIT = {256: (16, 16), 512: (32, 16), 1024: (32, 32), 2048: (64, 32), 4096: (64, 64), 8192: (128, 64),
+                  16384: (128, 128), 32768: (256, 128)}
 # (BK, warps, stages) per FFT size: the fewest registers without spills in the sm_80 / sm_90 compile check
 # (kernels/COMPILE_REPORT.md); one stage: the loop's loads are cache-resident constants, not a stream to pipeline
-# (N = 8192 = 128 x 64 spills 4 KiB on sm_80 in every configuration tried -- BK 16 / 32, 4 / 8 / 16 warps -- and
-# none on sm_90 at (16, 8): left to the cuFFT path until a device can time it.)
+# (this one-pass form at N = 8192 = 128 x 64 spilled 4 KiB on sm_80 in every configuration tried -- BK 16 / 32,
+# 4 / 8 / 16 warps -- hence the two-pass form there)
 _MONARCH_CFG = {256: (16, 4, 1), 512: (16, 4, 1), 1024: (16, 4, 1), 2048: (64, 4, 1), 4096: (16, 8, 1)}
+# N >= 8192 (every N under GEOOPS_SSM_TRITON_MONARCH=2): two passes (rows, then columns) through a float32 scratch;
+# (BK, BC, BK2, warps) of the rows pass, (BR, BM, BC, warps) of the columns pass.  Four warps: 2 programs per
+# multiprocessor at <= 236 registers (8 warps: 160-180 registers, 1 program)
+def _two_pass_cfg(N: int):
+    N1, M = _MONARCH_SPLIT[N]
+    return 16, 32, min(32, M), 4, 32, min(64, M), min(32, N1), 4
+
+
+_MONARCH_SCRATCH = 256 << 20
 _MONARCH_CONSTS: dict = {}
 _MAX_GRID_Y = 65535  # CUDA's grid limit on axis 1 (the channels)
 
@@ -567,9 +578,111 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
     tl.store(y0 + CH * L + n, acci.to(y_ptr.dtype.element_ty), mask=n < L1)
 
 
+@triton.jit
+def _monarch_rows_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, e_ptr, B, H, L, ch0, P,
+                         N1: tl.constexpr, M: tl.constexpr, R1: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
+                         BK2: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
+    """Two-pass form, pass 1 (N >= 8192): rows k1 in [kb, kb + BK) of E = ((((F_N1 x) * T) F_M) * Kf) conj(F_M)
+    * conj(T) for the pair p of channel ch0 + c, stored to the scratch e (G P, 2, N1, M) float32 (row c P + p).
+
+    Each product's operands are tiles of at most BK x M: F_N1 x runs over R1 in chunks of BC, the spectral
+    product and the inverse row transform over the spectrum's columns k2 in chunks of BK2 (E accumulated)."""
+    p = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    kb = tl.program_id(2).to(tl.int64) * BK
+    ch = ch0 + c
+    h = ch % H
+    b0 = 2 * p
+    L1 = tl.where(b0 + 1 < B, L, 0)
+    u0 = u_ptr + (b0 * H + h) * L
+    m = tl.arange(0, M)
+    k1 = kb + tl.arange(0, BK)
+    br = tl.zeros((BK, M), dtype=tl.float32)
+    bi = tl.zeros((BK, M), dtype=tl.float32)
+    for c0 in range(0, R1, BC):
+        n1 = c0 + tl.arange(0, BC)
+        n = n1[:, None] * M + m[None, :]
+        xr = tl.load(u0 + n, mask=n < L, other=0.0).to(tl.float32)
+        xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)
+        fa = k1[:, None] * N1 + n1[None, :]
+        fr = tl.load(f1_ptr + fa)
+        fi = tl.load(f1_ptr + N1 * N1 + fa)
+        br = tl.dot(-fi, xi, tl.dot(fr, xr, br, input_precision=PREC), input_precision=PREC)
+        bi = tl.dot(fi, xr, tl.dot(fr, xi, bi, input_precision=PREC), input_precision=PREC)
+    t2 = k1[:, None] * M + m[None, :]
+    twr = tl.load(tw_ptr + t2)
+    twi = tl.load(tw_ptr + N1 * M + t2)
+    cr = br * twr - bi * twi
+    ci = br * twi + bi * twr
+    er = tl.zeros((BK, M), dtype=tl.float32)
+    ei = tl.zeros((BK, M), dtype=tl.float32)
+    kb_ptr = kf_ptr + ch * (2 * N1 * M)
+    for k20 in range(0, M, BK2):
+        k2 = k20 + tl.arange(0, BK2)
+        fc = m[:, None] * M + k2[None, :]  # F_M[:, k2]
+        sr, si = _cmm(cr, ci, tl.load(fm_ptr + fc), tl.load(fm_ptr + M * M + fc), PREC)
+        tk = k1[:, None] * M + k2[None, :]
+        kr = tl.load(kb_ptr + tk)
+        ki = tl.load(kb_ptr + N1 * M + tk)
+        if CONJ:
+            ki = -ki
+        yr = sr * kr - si * ki
+        yi = sr * ki + si * kr
+        fr2 = k2[:, None] * M + m[None, :]  # conj(F_M)[k2, :]
+        gr = tl.load(fm_ptr + fr2)
+        gi = tl.load(fm_ptr + M * M + fr2)
+        er = tl.dot(yi, gi, tl.dot(yr, gr, er, input_precision=PREC), input_precision=PREC)
+        ei = tl.dot(-yr, gi, tl.dot(yi, gr, ei, input_precision=PREC), input_precision=PREC)
+    e0 = e_ptr + (c * P + p) * (2 * N1 * M)
+    tl.store(e0 + t2, er * twr + ei * twi)
+    tl.store(e0 + N1 * M + t2, ei * twr - er * twi)
+
+
+@triton.jit
+def _monarch_cols_kernel(e_ptr, f1_ptr, u_ptr, d_ptr, y_ptr, B, H, CH, L, ch0, P,
+                         N1: tl.constexpr, M: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
+                         NMB: tl.constexpr, HAS_D: tl.constexpr, PREC: tl.constexpr):
+    """Pass 2: the output tile rows n1 in [r0, r0 + BR) x columns m in [m0, m0 + BM) of y = conj(F_N1) E (+ D u),
+    real part to row b0 = 2p, imaginary part to row b0 + 1, cast to y's dtype."""
+    p = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    t = tl.program_id(2).to(tl.int64)
+    r0 = (t // NMB) * BR
+    m0 = (t % NMB) * BM
+    ch = ch0 + c
+    h = ch % H
+    b0 = 2 * p
+    L1 = tl.where(b0 + 1 < B, L, 0)
+    n1 = r0 + tl.arange(0, BR)
+    m = m0 + tl.arange(0, BM)
+    e0 = e_ptr + (c * P + p) * (2 * N1 * M)
+    accr = tl.zeros((BR, BM), dtype=tl.float32)
+    acci = tl.zeros((BR, BM), dtype=tl.float32)
+    for k0 in range(0, N1, BC):
+        k1 = k0 + tl.arange(0, BC)
+        fd = n1[:, None] * N1 + k1[None, :]
+        fr = tl.load(f1_ptr + fd)
+        fi = tl.load(f1_ptr + N1 * N1 + fd)
+        eo = k1[:, None] * M + m[None, :]
+        er = tl.load(e0 + eo)
+        ei = tl.load(e0 + N1 * M + eo)
+        accr = tl.dot(fi, ei, tl.dot(fr, er, accr, input_precision=PREC), input_precision=PREC)
+        acci = tl.dot(-fi, er, tl.dot(fr, ei, acci, input_precision=PREC), input_precision=PREC)
+    n = n1[:, None] * M + m[None, :]
+    u0 = u_ptr + (b0 * H + h) * L
+    if HAS_D:
+        d = tl.load(d_ptr + ch).to(tl.float32)
+        accr = accr + d * tl.load(u0 + n, mask=n < L, other=0.0).to(tl.float32)
+        acci = acci + d * tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)
+    y0 = y_ptr + (b0 * CH + ch) * L
+    tl.store(y0 + n, accr.to(y_ptr.dtype.element_ty), mask=n < L)
+    tl.store(y0 + CH * L + n, acci.to(y_ptr.dtype.element_ty), mask=n < L1)
+
+
 def monarch_size(L: int, dtype) -> int:
     """The FFT size of the tensor-core convolution for u of length L and dtype, or 0 where it does not run:
-    float16 / bfloat16 u with 2L - 1 <= 4096 (GEOOPS_SSM_TRITON_MONARCH=0, read per call: never)."""
+    float16 / bfloat16 u with 2L - 1 <= 32768 (GEOOPS_SSM_TRITON_MONARCH=0, read per call: never; =2: the
+    two-pass form at every size, for A/B runs and tests)."""
     if os.environ.get("GEOOPS_SSM_TRITON_MONARCH", "") == "0" or dtype not in (torch.float16, torch.bfloat16) or L < 1:
         return 0
     n = max(256, 1 << (2 * L - 2).bit_length())
@@ -610,10 +723,27 @@ def _monarch_conv(u, kf, D, N: int, conj: bool = False):
     f1, fm, tw = _monarch_consts(N1, M, u.device)
     y = torch.empty((B, CH // H, H, L), device=u.device, dtype=u.dtype)
     prec = "tf32x3" if u.dtype == torch.float32 else "tf32"
-    _monarch_conv_kernel[(triton.cdiv(B, 2), CH)](
-        u, kf, f1, fm, tw, D if D is not None else kf, y, B, H, CH, L, N1=N1, M=M, R1=R1, BK=_MONARCH_CFG[N][0],
-        HAS_D=D is not None, CONJ=conj, PREC=prec, num_warps=_MONARCH_CFG[N][1],
-        num_stages=_MONARCH_CFG[N][2])
+    Dp = D if D is not None else kf
+    P = triton.cdiv(B, 2)
+    if N <= 4096 and os.environ.get("GEOOPS_SSM_TRITON_MONARCH", "") != "2":
+        _monarch_conv_kernel[(P, CH)](
+            u, kf, f1, fm, tw, Dp, y, B, H, CH, L, N1=N1, M=M, R1=R1, BK=_MONARCH_CFG[N][0],
+            HAS_D=D is not None, CONJ=conj, PREC=prec, num_warps=_MONARCH_CFG[N][1],
+            num_stages=_MONARCH_CFG[N][2])
+        return y
+    # two passes through a float32 scratch of E, a group of G channels at a time (<= _MONARCH_SCRATCH bytes)
+    BK, BC, BK2, w1, BR, BM, BC2, w2 = _two_pass_cfg(N)
+    G = max(1, min(CH, _MONARCH_SCRATCH // (P * N * 8)))
+    e = torch.empty((G * P, 2, N1, M), device=u.device, dtype=torch.float32)
+    BR = min(BR, R1)
+    for ch0 in range(0, CH, G):
+        g = min(G, CH - ch0)
+        _monarch_rows_kernel[(P, g, N1 // BK)](
+            u, kf, f1, fm, tw, e, B, H, L, ch0, P, N1=N1, M=M, R1=R1, BK=BK, BC=min(BC, R1), BK2=BK2, CONJ=conj,
+            PREC=prec, num_warps=w1, num_stages=1)
+        _monarch_cols_kernel[(P, g, (R1 // BR) * (M // BM))](
+            e, f1, u, Dp, y, B, H, CH, L, ch0, P, N1=N1, M=M, BR=BR, BM=BM, BC=BC2, NMB=M // BM,
+            HAS_D=D is not None, PREC=prec, num_warps=w2, num_stages=2)
     return y
 
 
@@ -1119,7 +1249,7 @@ def compile_variants():
     # session 34: the tensor-core convolution (half u), every FFT size (its split and configuration), forward with
     # and without D, the backward's du (the conjugate spectrum)
     for N in sorted(_MONARCH_SPLIT):
-        Lm = N // 2
+        Lm = N // 2 - (N == 32768) * 384  # 16000: Speech Commands' length
         k = torch.zeros(1, 1, H, Lm)
         D = torch.zeros(1, H)
         for udt in ((torch.bfloat16, torch.float16) if N == 2048 else (torch.bfloat16,)):
@@ -1131,4 +1261,24 @@ def compile_variants():
             entries.append({"label": f"fftconv monarch/{N}/{un} du", "expect": expect,
                             "launch": lambda u=u, k=k, D=D, Lm=Lm: fftconv_bwd(u.new_zeros(B, 1, H, Lm), u,
                                                                                  u.new_empty(0), k, D, 1)})
+    # the two-pass form at the one-pass sizes of the target (GEOOPS_SSM_TRITON_MONARCH=2, for A/B runs)
+    def knob2(fn):
+        def run():
+            old = os.environ.get("GEOOPS_SSM_TRITON_MONARCH")
+            os.environ["GEOOPS_SSM_TRITON_MONARCH"] = "2"
+            try:
+                return fn()
+            finally:
+                if old is None:
+                    del os.environ["GEOOPS_SSM_TRITON_MONARCH"]
+                else:
+                    os.environ["GEOOPS_SSM_TRITON_MONARCH"] = old
+        return run
+
+    for N in (1024, 2048, 4096):
+        u = torch.zeros(B, H, N // 2, dtype=torch.bfloat16)
+        k = torch.zeros(1, 1, H, N // 2)
+        D = torch.zeros(1, H)
+        entries.append({"label": f"fftconv monarch two-pass/{N}/bfloat16/D fwd", "expect": expect,
+                        "launch": knob2(lambda u=u, k=k, D=D: fftconv_fwd(u, k, D, False))})
     return entries

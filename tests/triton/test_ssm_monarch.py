@@ -38,8 +38,8 @@ def _ref(u, k, D):
 def test_monarch_size_table(monkeypatch):
     monkeypatch.delenv("GEOOPS_SSM_TRITON_MONARCH", raising=False)
     bf = torch.bfloat16
-    assert [S.monarch_size(L, bf) for L in (1, 128, 129, 1024, 1025, 2048, 2049, 4096)] == [256, 256, 512, 2048,
-                                                                                              4096, 4096, 0, 0]
+    assert [S.monarch_size(L, bf) for L in (1, 128, 129, 1024, 1025, 4096, 16000, 16384, 16385)] == [
+        256, 256, 512, 2048, 4096, 8192, 32768, 32768, 0]
     assert S.monarch_size(1000, torch.float16) == 2048
     assert S.monarch_size(1000, torch.float32) == 0 and S.monarch_size(1000, torch.float64) == 0
     monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", "0")
@@ -74,7 +74,7 @@ def test_kernel_conjugate_is_the_adjoint(device, S_):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("L,C,S_", [(1, 1, 1), (37, 2, 2), (300, 1, 1), (1000, 1, 2)])
+@pytest.mark.parametrize("L,C,S_", [(1, 1, 1), (37, 2, 2), (300, 1, 1), (1000, 1, 2), (2500, 1, 1)])
 def test_fftconv_half_runs_monarch(device, monkeypatch, dtype, L, C, S_):
     """The public fftconv on half u takes the tensor-core path (forward, and the backward's du for C = 1) and
     keeps the half-precision rule of the cuFFT path's test; the gradients against the fp64 reference."""
@@ -120,3 +120,38 @@ def test_fftconv_half_knob_off_and_fake(device, monkeypatch):
     r = _ref(u, k, D)
     for y in (y0, y1):
         assert (y.double() - r).abs().max() <= 3e-2 * r.abs().max() + 2 * (r.to(torch.bfloat16).double() - r).abs().max()
+
+
+def test_two_pass_channel_groups(device, monkeypatch):
+    """N >= 8192 goes through the scratch in groups of channels: a scratch budget of one channel (G = 1, four
+    launch pairs for C H = 4) gives the same output as one group, and both match the reference."""
+    N, L = 8192, 2500
+    u, k, D = _inputs(3, 2, L, 2, 2, seed=11)
+    kf = S._monarch_spectrum(k.to(device), L, N, *S._MONARCH_SPLIT[N])
+    y1 = S._monarch_conv(u.to(device), kf, D.to(device), N)
+    monkeypatch.setattr(S, "_MONARCH_SCRATCH", 1)
+    yg = S._monarch_conv(u.to(device), kf, D.to(device), N)
+    assert torch.equal(y1, yg)
+    assert _rel(yg, _ref(u, k, D)) < 2e-6
+
+
+@pytest.mark.parametrize("N", [256, 1024, 2048, 4096])
+def test_two_pass_form_at_one_pass_sizes(device, monkeypatch, N):
+    """GEOOPS_SSM_TRITON_MONARCH=2 (read per call) runs the two-pass form where the one-pass kernel would: the same
+    convolution to float32 rounding (both against the reference), forward and conjugate."""
+    u, k, D = _inputs(3, 2, N // 2 - 5, 2, 2, seed=N)
+    L = u.shape[-1]
+    kf = S._monarch_spectrum(k.to(device), L, N, *S._MONARCH_SPLIT[N])
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_MONARCH", raising=False)
+    launched = []
+    for name in ("_monarch_conv_kernel", "_monarch_rows_kernel"):
+        kern = getattr(S, name)
+        monkeypatch.setattr(S, name, type("K", (), {"__getitem__": lambda self, grid, kern=kern, name=name: (
+            launched.append(name), kern[grid])[1]})())
+    y1 = S._monarch_conv(u.to(device), kf, D.to(device), N)
+    monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", "2")
+    y2 = S._monarch_conv(u.to(device), kf, D.to(device), N)
+    assert launched == ["_monarch_conv_kernel", "_monarch_rows_kernel"]
+    r = _ref(u, k, D)
+    assert _rel(y1, r) < 2e-6 and _rel(y2, r) < 2e-6
+    assert _rel(y2, y1.double()) < 2e-6
