@@ -710,7 +710,13 @@ def _monarch_spectrum(k, L: int, N: int, N1: int, M: int):
     circ[..., :L] = k[:, 0]
     if S == 2 and L > 1:
         circ[..., N - L + 1:] = k[:, 1, :, :L - 1].flip(-1)
-    kf = torch.fft.fft(circ, norm="forward").view(C * H, M, N1).transpose(1, 2)
+    return _monarch_kf(circ, N1, M)
+
+
+def _monarch_kf(circ, N1: int, M: int):
+    """The (C, H, N) circular kernel's spectrum fft / N as (C H, 2, N1, M) float32 [Re; Im] in [k1, k2] order."""
+    C, H, _ = circ.shape
+    kf = torch.fft.fft(circ.float(), norm="forward").view(C * H, M, N1).transpose(1, 2)
     return torch.view_as_real(kf).permute(0, 3, 1, 2).contiguous()
 
 
@@ -1135,6 +1141,18 @@ def ssm_conv_fwd(u, v, x, D, save_uf: bool, keep_kf: bool = True):
         _bmm(W[:, 0].reshape(C * H, -1, 2 * N), Z, H, into=(circ, 0, (n, T, 1), L))
         if S == 2:
             _bmm(W[:, 1].reshape(C * H, -1, 2 * N), Z, H, into=(circ, n - 1, (n, -T, -1), L - 1))
+    Nm = monarch_size(L, u.dtype) if C * H <= _MAX_GRID_Y else 0
+    if Nm:  # half u: the tensor-core convolution on the same circular K, moved to its power-of-two size
+        circN = circ
+        if Nm != n:
+            circN = torch.zeros((C, H, Nm), device=u.device, dtype=cdt)
+            circN[..., :L] = circ[..., :L]
+            if S == 2 and L > 1:
+                circN[..., Nm - L + 1:] = circ[..., n - L + 1:]
+        y = _monarch_conv(u.contiguous(), _monarch_kf(circN, *_MONARCH_SPLIT[Nm]),
+                          None if D is None else D.contiguous(), Nm)
+        kf = torch.fft.rfft(circ, n=n, norm="forward").contiguous() if keep_kf else None
+        return y, (kf if keep_kf else circ.new_empty(0, dtype=_cplx(cdt))), u.new_empty(0, dtype=_cplx(cdt))
     kf = torch.fft.rfft(circ, n=n, norm="forward").contiguous()
     y, uf = _conv_fwd(u, kf, D, save_uf, n)
     return y, (kf if keep_kf else kf.new_empty(0)), uf
@@ -1261,6 +1279,14 @@ def compile_variants():
             entries.append({"label": f"fftconv monarch/{N}/{un} du", "expect": expect,
                             "launch": lambda u=u, k=k, D=D, Lm=Lm: fftconv_bwd(u.new_zeros(B, 1, H, Lm), u,
                                                                                  u.new_empty(0), k, D, 1)})
+    # ssm_conv on half u: the Vandermonde GEMM into the circular K, then the tensor-core convolution (one and two
+    # passes)
+    for Lm in (40, 3000):
+        ub = torch.zeros(B, H, Lm, dtype=torch.bfloat16)
+        v4 = torch.zeros(1, 2, H, N, dtype=torch.complex128)
+        x2 = torch.zeros(H, N, dtype=torch.complex128)
+        entries.append({"label": f"ssm_conv monarch/{monarch_size(Lm, torch.bfloat16)}/bfloat16 fwd", "expect": expect,
+                        "launch": lambda u=ub, v4=v4, x2=x2: ssm_conv_fwd(u, v4, x2, torch.zeros(1, H), True)})
     # the two-pass form at the one-pass sizes of the target (GEOOPS_SSM_TRITON_MONARCH=2, for A/B runs)
     def knob2(fn):
         def run():

@@ -234,12 +234,17 @@ def _nfreq(L) -> int:
     return ref.fft_size(int(L)) // 2 + 1
 
 
+def _keeps_uf(u, C: int, save_uf: bool) -> bool:
+    """Whether the forward returns uf when asked to: the backend's kernel module may never form it (the Triton
+    tensor-core convolution; ``fftconv_saves_uf``), and then the backward recomputes it."""
+    saves = getattr(kernels(u.device), "fftconv_saves_uf", None)
+    return save_uf and (saves is None or saves(u, C))
+
+
 def _ffwd_fake(u, k, D, save_uf):
     B, H, L = u.shape
     y = u.new_empty((B, k.shape[0], H, L))
-    saves = getattr(kernels(u.device), "fftconv_saves_uf", None)
-    keep = save_uf and (saves is None or saves(u, k.shape[0]))
-    uf = u.new_empty((B, H, _nfreq(L)) if keep else (0,), dtype=_complex_of(u))
+    uf = u.new_empty((B, H, _nfreq(L)) if _keeps_uf(u, k.shape[0], save_uf) else (0,), dtype=_complex_of(u))
     return y, uf
 
 
@@ -276,7 +281,7 @@ def _sfwd_fake(u, v, x, D, save_uf, keep_kf=True):
     F = _nfreq(L)
     y = u.new_empty((B, v.shape[0], H, L))
     kf = u.new_empty((v.shape[0], H, F) if keep_kf else (0,), dtype=_complex_of(u))
-    uf = u.new_empty((B, H, F) if save_uf else (0,), dtype=_complex_of(u))
+    uf = u.new_empty((B, H, F) if _keeps_uf(u, v.shape[0], save_uf) else (0,), dtype=_complex_of(u))
     return y, kf, uf
 
 

@@ -155,3 +155,49 @@ def test_two_pass_form_at_one_pass_sizes(device, monkeypatch, N):
     r = _ref(u, k, D)
     assert _rel(y1, r) < 2e-6 and _rel(y2, r) < 2e-6
     assert _rel(y2, y1.double()) < 2e-6
+
+
+def _ssm_params(H, N, C_out, seed):
+    g = torch.Generator().manual_seed(seed)
+    log_dt = torch.rand(H, generator=g, dtype=torch.float64) * 3 - 5
+    A = torch.complex(-0.5 - 0.1 * torch.rand(H, N, generator=g, dtype=torch.float64),
+                      3.14159 * torch.arange(N, dtype=torch.float64).expand(H, N))
+    B = torch.randn(H, N, generator=g, dtype=torch.complex128)
+    C = torch.randn(*((C_out,) if C_out else ()), H, N, generator=g, dtype=torch.complex128)
+    return log_dt, A, B, C
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("L,C_lead,bid", [(13, None, False), (100, 2, False), (700, 2, True)])
+def test_ssm_conv_half_runs_monarch(device, monkeypatch, dtype, L, C_lead, bid):
+    """ssm_conv (the fused pair) on half u convolves its circular K through the tensor-core path (moved from the
+    2-3-5 FFT size to the power of two); values and gradients against the fp64 reference, and the fake of
+    ssm_conv_fwd agrees about uf (opcheck).  C_lead: C_out, or the two directions when bidirectional."""
+    monkeypatch.delenv("GEOOPS_SSM_TRITON_MONARCH", raising=False)
+    calls = []
+    real = S._monarch_conv
+    monkeypatch.setattr(S, "_monarch_conv", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
+    p = [t.to(device) for t in _ssm_params(2, 3, C_lead, seed=L)]
+    g = torch.Generator().manual_seed(L)
+    u = torch.randn(3, 2, L, generator=g).to(device, dtype)
+    D = torch.randn(*((C_lead,) if C_lead and not bid else ()), 2, generator=g).to(device)
+    ins = [t.detach().clone().requires_grad_() for t in [u] + p + [D]]
+    y = gs.ssm_conv(*ins, discretization="zoh", bidirectional=bid)
+    assert calls == [S.monarch_size(L, dtype)] and y.dtype == dtype
+    q = [t.detach().double().requires_grad_() if not t.is_complex() else t.detach().clone().requires_grad_()
+         for t in [u] + p + [D]]
+    r = ref.ssm_conv(*q, "zoh", bid)
+    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    assert (y.double() - r).abs().max() <= tol * r.abs().max() + 2 * (r.detach().to(dtype).double() - r).abs().max()
+    gy = torch.randn(y.shape, generator=g).to(device, dtype)
+    y.backward(gy)
+    r.backward(gy.double())
+    for a, b in zip(ins, q):
+        assert _rel(torch.view_as_real(a.grad) if a.grad.is_complex() else a.grad,
+                    torch.view_as_real(b.grad) if b.grad.is_complex() else b.grad) < 2 * tol
+    if C_lead is None:
+        v, x = ops.ssm_discretize_fwd(*[t.detach() for t in p], "zoh")
+        args = (u, v.reshape(1, 1, 2, 3), x, D.reshape(1, 2), True, True)
+        assert ops.ssm_conv_fwd(*args)[2].numel() == 0
+        torch.library.opcheck(torch.ops.geoops.ssm_conv_fwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
