@@ -103,6 +103,26 @@ def ceilings(dev, small):
     return res
 
 
+def graph_ms(fn, dev):
+    """Median ms of one replay of fn captured in a CUDA graph (the device time without the host's per-op and
+    per-launch cost), or the capture's error text; None off CUDA."""
+    if dev.type != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return time_ms(graph.replay, dev)
+    except Exception as e:  # a host sync or an uncapturable op inside fn
+        return f"capture failed: {type(e).__name__}: {str(e)[:200]}"
+
+
 def _eager_fftconv(u, k, D):
     """The eager recipe, in float32 (torch's FFTs take no bfloat16): pad, rfft, multiply, irfft, slice, + D u."""
     L = u.shape[-1]
@@ -190,7 +210,12 @@ def ssm_s4d(dev, small, sgemm_tflops):
             torch.autograd.grad(gs.s4d_kernel(*pr, L), pr, gK)
         ms_fb = time_ms(fb, dev)
         flops = 8.0 * H * N * L
-        rows.append(dict(op="s4d_kernel", dtype="fp32", shape=[H, N, L], ms=ms, fwd_bwd_ms=ms_fb,
+        # session 34: the same call replayed from a CUDA graph: its kernels' device time without the host's
+        # per-op cost (the session 31 profile: a 25 us GEMM inside a 0.68 ms call)
+        gms = graph_ms(lambda: gs.s4d_kernel(*ps, L), dev)
+        frac_graph = (flops / gms / 1e9) / sgemm_tflops if isinstance(gms, float) and sgemm_tflops else None
+        rows.append(dict(op="s4d_kernel", dtype="fp32", shape=[H, N, L], ms=ms, fwd_bwd_ms=ms_fb, graph_ms=gms,
+                         fraction_of_sgemm_graph=frac_graph,
                          useful_gflops=flops / ms / 1e6, useful_gflops_fwd_bwd=3 * flops / ms_fb / 1e6,
                          fraction_of_sgemm=(flops / ms / 1e9) / sgemm_tflops if sgemm_tflops else None,
                          fraction_of_sgemm_fwd_bwd=(3 * flops / ms_fb / 1e9) / sgemm_tflops if sgemm_tflops else None))
