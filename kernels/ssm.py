@@ -35,8 +35,9 @@ K straight into the zero-padded circular buffer that the kernel's FFT reads (no 
 backward composes the pieces (dK from the batch-summed spectrum, then the Vandermonde backward).
 Half u with 2L - 1 <= 32768 (session 34) skips the FFTs: ``_monarch_conv_kernel`` convolves two rows of a
 channel at once through four small DFT matrix products on tensor cores, nothing but u and y in memory (N >= 8192:
-``_monarch_rows_kernel`` + ``_monarch_cols_kernel`` through a bounded float32 scratch), and the backward's du
-for one output channel; GEOOPS_SSM_TRITON_MONARCH=0 (read per call) keeps cuFFT.
+``_monarch_rows_kernel`` + ``_monarch_cols_kernel`` through a bounded float32 scratch), the backward's du
+for one output channel and (L <= 2048) its dk, ``_monarch_corr_kernel``; GEOOPS_SSM_TRITON_MONARCH=0 (read per
+call) keeps cuFFT.
 """
 from __future__ import annotations
 
@@ -504,8 +505,16 @@ def _two_pass_cfg(N: int):
 
 
 _MONARCH_SCRATCH = 256 << 20
+# the backward's dk (one program per channel, the pairs of rows looped inside): (BK, warps) per one-pass size
+_MONARCH_CORR_CFG = {256: (16, 4), 512: (16, 4), 1024: (16, 4), 2048: (16, 4), 4096: (16, 8)}
 _MONARCH_CONSTS: dict = {}
 _MAX_GRID_Y = 65535  # CUDA's grid limit on axis 1 (the channels)
+
+
+@triton.jit
+def _ld2(ptr, off, plane):
+    """The [Re; Im] planes of a complex tile stored as two real planes `plane` elements apart."""
+    return tl.load(ptr + off), tl.load(ptr + plane + off)
 
 
 @triton.jit
@@ -550,14 +559,11 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
         xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)  # registers than keeping x
         br, bi = _cmm(tl.load(f1_ptr + fa), tl.load(f1_ptr + N1 * N1 + fa), xr, xi, PREC)
         t2 = k1[:, None] * M + m[None, :]
-        twr = tl.load(tw_ptr + t2)
-        twi = tl.load(tw_ptr + N1 * M + t2)
-        fmr = tl.load(fm_ptr + mm)
-        fmi = tl.load(fm_ptr + M * M + mm)
+        twr, twi = _ld2(tw_ptr, t2, N1 * M)
+        fmr, fmi = _ld2(fm_ptr, mm, M * M)
         sr, si = _cmm(br * twr - bi * twi, br * twi + bi * twr, fmr, fmi, PREC)
         # the spectral product
-        kr = tl.load(kb_ptr + t2)
-        ki = tl.load(kb_ptr + N1 * M + t2)
+        kr, ki = _ld2(kb_ptr, t2, N1 * M)
         if CONJ:
             ki = -ki
         # inverse: E = (Y conj(F_M)) * conj(T), y += conj(F_N1)[:R1, k1] E
@@ -565,8 +571,7 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
         gr = er * twr + ei * twi
         gi = ei * twr - er * twi
         fd = n1[:, None] * N1 + k1[None, :]
-        fdr = tl.load(f1_ptr + fd)
-        fdi = tl.load(f1_ptr + N1 * N1 + fd)
+        fdr, fdi = _ld2(f1_ptr, fd, N1 * N1)
         accr = tl.dot(fdi, gi, tl.dot(fdr, gr, accr, input_precision=PREC), input_precision=PREC)
         acci = tl.dot(-fdi, gr, tl.dot(fdr, gi, acci, input_precision=PREC), input_precision=PREC)
     if HAS_D:
@@ -576,6 +581,73 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
     y0 = y_ptr + (b0 * CH + ch) * L
     tl.store(y0 + n, accr.to(y_ptr.dtype.element_ty), mask=lm)
     tl.store(y0 + CH * L + n, acci.to(y_ptr.dtype.element_ty), mask=n < L1)
+
+
+@triton.jit
+def _monarch_fwd_rows(far, fai, xr, xi, twr, twi, fmr, fmi, PREC: tl.constexpr):
+    """Rows k1 of the forward transform X = ((F_N1[k1, :R1] x) * T[k1]) F_M (x: R1 x M complex)."""
+    br, bi = _cmm(far, fai, xr, xi, PREC)
+    return _cmm(br * twr - bi * twi, br * twi + bi * twr, fmr, fmi, PREC)
+
+
+@triton.jit
+def _monarch_corr_kernel(u_ptr, g_ptr, f1_ptr, fm_ptr, tw_ptr, dk_ptr, B, H, CH, L, scale,
+                         N1: tl.constexpr, M: tl.constexpr, R1: tl.constexpr, BK: tl.constexpr,
+                         TAIL: tl.constexpr, PREC: tl.constexpr):
+    """The backward's dk, per channel ch = (c, h): the batch-summed circular correlation
+    r[n] = sum_b sum_t g[b, c, h, t] u[b, h, t - n] as Re IFFT(sum_p W_p conj(Z_p)) over pairs of rows
+    (z = u_b + i u_b', w = g_b + i g_b': W conj(Z) = P + i Q with P the pair's summed cross-spectrum and Q another
+    real signal's spectrum, so the real part of the inverse is the pair's sum).  dk (C, S, H, L):
+    dk[c, 0, h, l] = r[l]; TAIL (bidirectional): dk[c, 1, h, l] = r[N - 1 - l] for l <= L - 2 (r's top rows)."""
+    ch = tl.program_id(0).to(tl.int64)
+    h = ch % H
+    c = ch // H
+    n1 = tl.arange(0, R1)
+    m = tl.arange(0, M)
+    n = n1[:, None] * M + m[None, :]
+    lm = n < L
+    mm = m[:, None] * M + m[None, :]
+    acc = tl.zeros((R1, M), dtype=tl.float32)
+    acct = tl.zeros((R1, M), dtype=tl.float32)
+    for kb in range(0, N1, BK):
+        k1 = kb + tl.arange(0, BK)
+        fa = k1[:, None] * N1 + n1[None, :]
+        far, fai = _ld2(f1_ptr, fa, N1 * N1)
+        t2 = k1[:, None] * M + m[None, :]
+        twr, twi = _ld2(tw_ptr, t2, N1 * M)
+        fmr, fmi = _ld2(fm_ptr, mm, M * M)
+        sr = tl.zeros((BK, M), dtype=tl.float32)
+        si = tl.zeros((BK, M), dtype=tl.float32)
+        for b0 in range(0, B, 2):
+            L1 = tl.where(b0 + 1 < B, L, 0)
+            u0 = u_ptr + (b0 * H + h) * L
+            g0 = g_ptr + (b0 * CH + ch) * L
+            zr, zi = _monarch_fwd_rows(far, fai, tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32),
+                                       tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32),
+                                       twr, twi, fmr, fmi, PREC)
+            wr, wi = _monarch_fwd_rows(far, fai, tl.load(g0 + n, mask=lm, other=0.0).to(tl.float32),
+                                       tl.load(g0 + CH * L + n, mask=n < L1, other=0.0).to(tl.float32),
+                                       twr, twi, fmr, fmi, PREC)
+            sr += wr * zr + wi * zi
+            si += wi * zr - wr * zi
+        # inverse rows E = (S conj(F_M)) * conj(T); r's rows += Re(conj(F_N1)[rows, k1] E)
+        er, ei = _cmm(sr, si, fmr, -fmi, PREC)
+        gr = er * twr + ei * twi
+        gi = ei * twr - er * twi
+        fd = n1[:, None] * N1 + k1[None, :]
+        acc = tl.dot(tl.load(f1_ptr + N1 * N1 + fd), gi, tl.dot(tl.load(f1_ptr + fd), gr, acc, input_precision=PREC),
+                     input_precision=PREC)
+        if TAIL:
+            ft = (N1 - R1 + n1)[:, None] * N1 + k1[None, :]
+            acct = tl.dot(tl.load(f1_ptr + N1 * N1 + ft), gi,
+                          tl.dot(tl.load(f1_ptr + ft), gr, acct, input_precision=PREC), input_precision=PREC)
+    S: tl.constexpr = 2 if TAIL else 1
+    d0 = dk_ptr + ((c * S) * H + h) * L
+    tl.store(d0 + n, (acc * scale).to(dk_ptr.dtype.element_ty), mask=lm)
+    if TAIL:
+        nt = (N1 - R1 + n1)[:, None] * M + m[None, :]  # r's index; dk[c, 1, h, N - 1 - nt] for nt >= N - L + 1
+        lt = N1 * M - 1 - nt
+        tl.store(d0 + H * L + lt, (acct * scale).to(dk_ptr.dtype.element_ty), mask=(lt >= 0) & (lt <= L - 2))
 
 
 @triton.jit
@@ -605,13 +677,11 @@ def _monarch_rows_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, e_ptr, B, H, L, 
         xr = tl.load(u0 + n, mask=n < L, other=0.0).to(tl.float32)
         xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)
         fa = k1[:, None] * N1 + n1[None, :]
-        fr = tl.load(f1_ptr + fa)
-        fi = tl.load(f1_ptr + N1 * N1 + fa)
+        fr, fi = _ld2(f1_ptr, fa, N1 * N1)
         br = tl.dot(-fi, xi, tl.dot(fr, xr, br, input_precision=PREC), input_precision=PREC)
         bi = tl.dot(fi, xr, tl.dot(fr, xi, bi, input_precision=PREC), input_precision=PREC)
     t2 = k1[:, None] * M + m[None, :]
-    twr = tl.load(tw_ptr + t2)
-    twi = tl.load(tw_ptr + N1 * M + t2)
+    twr, twi = _ld2(tw_ptr, t2, N1 * M)
     cr = br * twr - bi * twi
     ci = br * twi + bi * twr
     er = tl.zeros((BK, M), dtype=tl.float32)
@@ -622,15 +692,13 @@ def _monarch_rows_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, e_ptr, B, H, L, 
         fc = m[:, None] * M + k2[None, :]  # F_M[:, k2]
         sr, si = _cmm(cr, ci, tl.load(fm_ptr + fc), tl.load(fm_ptr + M * M + fc), PREC)
         tk = k1[:, None] * M + k2[None, :]
-        kr = tl.load(kb_ptr + tk)
-        ki = tl.load(kb_ptr + N1 * M + tk)
+        kr, ki = _ld2(kb_ptr, tk, N1 * M)
         if CONJ:
             ki = -ki
         yr = sr * kr - si * ki
         yi = sr * ki + si * kr
         fr2 = k2[:, None] * M + m[None, :]  # conj(F_M)[k2, :]
-        gr = tl.load(fm_ptr + fr2)
-        gi = tl.load(fm_ptr + M * M + fr2)
+        gr, gi = _ld2(fm_ptr, fr2, M * M)
         er = tl.dot(yi, gi, tl.dot(yr, gr, er, input_precision=PREC), input_precision=PREC)
         ei = tl.dot(-yr, gi, tl.dot(yi, gr, ei, input_precision=PREC), input_precision=PREC)
     e0 = e_ptr + (c * P + p) * (2 * N1 * M)
@@ -661,11 +729,9 @@ def _monarch_cols_kernel(e_ptr, f1_ptr, u_ptr, d_ptr, y_ptr, B, H, CH, L, ch0, P
     for k0 in range(0, N1, BC):
         k1 = k0 + tl.arange(0, BC)
         fd = n1[:, None] * N1 + k1[None, :]
-        fr = tl.load(f1_ptr + fd)
-        fi = tl.load(f1_ptr + N1 * N1 + fd)
+        fr, fi = _ld2(f1_ptr, fd, N1 * N1)
         eo = k1[:, None] * M + m[None, :]
-        er = tl.load(e0 + eo)
-        ei = tl.load(e0 + N1 * M + eo)
+        er, ei = _ld2(e0, eo, N1 * M)
         accr = tl.dot(fi, ei, tl.dot(fr, er, accr, input_precision=PREC), input_precision=PREC)
         acci = tl.dot(-fi, er, tl.dot(fr, ei, acci, input_precision=PREC), input_precision=PREC)
     n = n1[:, None] * M + m[None, :]
@@ -753,6 +819,21 @@ def _monarch_conv(u, kf, D, N: int, conj: bool = False):
     return y
 
 
+def _monarch_corr(g, u, S: int, N: int, out_dtype):
+    """dk (C, S, H, L) in out_dtype: the batch-summed correlation of g (B, C, H, L) with u (B, H, L) through the
+    tensor-core DFTs (one program per channel; the one-pass sizes N <= 4096)."""
+    B, C, H, L = g.shape
+    N1, M = _MONARCH_SPLIT[N]
+    R1 = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, M))))
+    f1, fm, tw = _monarch_consts(N1, M, u.device)
+    dk = torch.zeros((C, S, H, L), device=u.device, dtype=out_dtype)
+    BK, warps = _MONARCH_CORR_CFG[N]
+    _monarch_corr_kernel[(C * H,)](u, g, f1, fm, tw, dk, B, H, C * H, L, 1.0 / N, N1=N1, M=M, R1=R1, BK=BK,
+                                   TAIL=S == 2, PREC="tf32x3" if u.dtype == torch.float32 else "tf32",
+                                   num_warps=warps, num_stages=1)
+    return dk
+
+
 def _conv_bwd(g, u, uf, kf, D, want_du: bool, want_dk: bool, want_dD: bool, n: int):
     """(du in the compute dtype or None, dkfull = irfft(sum_b conj(U_b) G_b, n) (C, H, n) or None, dD or None)."""
     B, H, L = u.shape
@@ -814,6 +895,11 @@ def fftconv_bwd(g, u, uf, k, D, mask: int):
         du = _monarch_conv(g.reshape(B, H, L).contiguous(), kfm, None if D is None else D.contiguous(), N,
                            conj=True).view(B, H, L)
         want_du = False
+    # dk: the batch-summed correlation through the tensor-core DFTs (the one-pass sizes)
+    Nk = monarch_size(L, u.dtype) if want_dk and g.dtype == u.dtype else 0
+    if 0 < Nk <= 4096:
+        dk = _monarch_corr(g.contiguous(), u.contiguous(), S, Nk, k.dtype)
+        want_dk = False
     kf = _kernel_spectrum(k, L, n, cdt) if want_du else None
     r_du, full, r_dD = _conv_bwd(g, u, uf, kf, D, want_du, want_dk, want_dD, n)
     if want_du:
@@ -1171,11 +1257,16 @@ def ssm_conv_bwd(g, u, uf, kf, v, x, D, mask: int):
         return du, dv, dx, dD
     n = fft_size(L)
     want_dk = (want_dv or want_dx) and N > 0
-    r_du, full, r_dD = _conv_bwd(g, u, uf, kf, D, want_du, want_dk, want_dD, n)
+    dk = None
+    Nk = monarch_size(L, u.dtype) if want_dk and g.dtype == u.dtype else 0
+    if 0 < Nk <= 4096:  # half u: dK through the tensor-core DFTs (as fftconv_bwd)
+        dk = _monarch_corr(g.contiguous(), u.contiguous(), S, Nk, torch.float32).reshape(C * S, H, L)
+    r_du, full, r_dD = _conv_bwd(g, u, uf, kf, D, want_du, want_dk and dk is None, want_dD, n)
     if want_du:
         du = r_du.to(u.dtype)
     if want_dk:
-        dk = _dk_from_full(full, S, L, n).reshape(C * S, H, L)
+        if dk is None:
+            dk = _dk_from_full(full, S, L, n).reshape(C * S, H, L)
         rdv, rdx = vandermonde_bwd(dk, v.reshape(C * S, H, N), x, (1 if want_dv else 0) | (2 if want_dx else 0))
         if want_dv:
             dv = rdv.view(v.shape).to(v.dtype)
@@ -1279,6 +1370,12 @@ def compile_variants():
             entries.append({"label": f"fftconv monarch/{N}/{un} du", "expect": expect,
                             "launch": lambda u=u, k=k, D=D, Lm=Lm: fftconv_bwd(u.new_zeros(B, 1, H, Lm), u,
                                                                                  u.new_empty(0), k, D, 1)})
+            if N <= 4096:  # the backward's dk (the correlation kernel), causal and bidirectional
+                for S_ in (1, 2):
+                    ks = torch.zeros(1, S_, H, Lm)
+                    entries.append({"label": f"fftconv monarch/{N}/{un}/S{S_} dk", "expect": expect,
+                                    "launch": lambda u=u, k=ks, Lm=Lm: fftconv_bwd(u.new_zeros(B, 1, H, Lm), u,
+                                                                                    u.new_empty(0), k, None, 2)})
     # ssm_conv on half u: the Vandermonde GEMM into the circular K, then the tensor-core convolution (one and two
     # passes)
     for Lm in (40, 3000):

@@ -76,12 +76,13 @@ def test_kernel_conjugate_is_the_adjoint(device, S_):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("L,C,S_", [(1, 1, 1), (37, 2, 2), (300, 1, 1), (1000, 1, 2), (2500, 1, 1)])
 def test_fftconv_half_runs_monarch(device, monkeypatch, dtype, L, C, S_):
-    """The public fftconv on half u takes the tensor-core path (forward, and the backward's du for C = 1) and
-    keeps the half-precision rule of the cuFFT path's test; the gradients against the fp64 reference."""
+    """The public fftconv on half u takes the tensor-core path (forward, the backward's du for C = 1 and its dk up to
+    N = 4096) and keeps the half-precision rule of the cuFFT path's test; the gradients against the fp64 reference."""
     monkeypatch.delenv("GEOOPS_SSM_TRITON_MONARCH", raising=False)
     calls = []
-    real = S._monarch_conv
+    real, real_corr = S._monarch_conv, S._monarch_corr
     monkeypatch.setattr(S, "_monarch_conv", lambda *a, **kw: calls.append(kw.get("conj", False)) or real(*a, **kw))
+    monkeypatch.setattr(S, "_monarch_corr", lambda *a: calls.append("dk") or real_corr(*a))
     u, k, D = _inputs(3, 2, L, C, S_, seed=L, dtype=dtype)
     kk = (k if C > 1 else k[:, :]).reshape(((C,) if C > 1 else ()) + ((2,) if S_ == 2 else ()) + (2, L))
     uu = u.to(device).requires_grad_()
@@ -95,7 +96,7 @@ def test_fftconv_half_runs_monarch(device, monkeypatch, dtype, L, C, S_):
     assert (y.double() - r64).abs().max() <= tol * r64.abs().max() + 2 * (r64.to(dtype).double() - r64).abs().max()
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     y.backward(gy.to(device))
-    assert calls == ([False, True] if C == 1 else [False])
+    assert calls == [False] + ([True] if C == 1 else []) + (["dk"] if S.monarch_size(L, dtype) <= 4096 else [])
     q = [u.detach().double().requires_grad_(), kk.detach().double().requires_grad_(), DD.detach().double().requires_grad_()]
     ref.fftconv(*q, S_ == 2).backward(gy.double())
     for a, b in zip((uu, kk, DD), q):
@@ -182,6 +183,7 @@ def test_ssm_conv_half_runs_monarch(device, monkeypatch, dtype, L, C_lead, bid):
     u = torch.randn(3, 2, L, generator=g).to(device, dtype)
     D = torch.randn(*((C_lead,) if C_lead and not bid else ()), 2, generator=g).to(device)
     ins = [t.detach().clone().requires_grad_() for t in [u] + p + [D]]
+    monkeypatch.setattr(S, "_monarch_corr", lambda *a, real=S._monarch_corr: calls.append("dk") or real(*a))
     y = gs.ssm_conv(*ins, discretization="zoh", bidirectional=bid)
     assert calls == [S.monarch_size(L, dtype)] and y.dtype == dtype
     q = [t.detach().double().requires_grad_() if not t.is_complex() else t.detach().clone().requires_grad_()
@@ -191,6 +193,7 @@ def test_ssm_conv_half_runs_monarch(device, monkeypatch, dtype, L, C_lead, bid):
     assert (y.double() - r).abs().max() <= tol * r.abs().max() + 2 * (r.detach().to(dtype).double() - r).abs().max()
     gy = torch.randn(y.shape, generator=g).to(device, dtype)
     y.backward(gy)
+    assert calls[1:] == ["dk"]
     r.backward(gy.double())
     for a, b in zip(ins, q):
         assert _rel(torch.view_as_real(a.grad) if a.grad.is_complex() else a.grad,
@@ -201,3 +204,20 @@ def test_ssm_conv_half_runs_monarch(device, monkeypatch, dtype, L, C_lead, bid):
         assert ops.ssm_conv_fwd(*args)[2].numel() == 0
         torch.library.opcheck(torch.ops.geoops.ssm_conv_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("N", [256, 512, 1024, 2048, 4096])
+def test_corr_kernel_is_dk(device, N):
+    """_monarch_corr_kernel (float32 through the launcher): dk of the convolution, causal and bidirectional,
+    C = 2, B odd, against the vjp of the fp64 reference with respect to k."""
+    for B, L, C, S_ in ((3, N // 2, 1, 1), (2, N // 2 - 3, 2, 2), (1, max(2, N // 4 - 1), 1, 2)):
+        u, k, D = _inputs(B, 2, L, C, S_, seed=N + L)
+        g = torch.randn(B, C, 2, L, generator=torch.Generator().manual_seed(L))
+        kk = k.double().requires_grad_()
+        y = ref.fftconv(u.double(), kk if S_ == 2 else kk[:, 0], D.double(), S_ == 2)
+        (dk_ref,) = torch.autograd.grad(y, kk, g.double())
+        if S_ == 2:
+            dk_ref[:, 1, :, L - 1] = 0  # the anti-causal kernel's last tap is unused (op contract: zero gradient)
+        dk = S._monarch_corr(g.to(device), u.to(device), S_, N, torch.float32)
+        assert dk.shape == k.shape
+        assert _rel(dk, dk_ref) < 2e-6, (B, L, C, S_)
