@@ -1169,6 +1169,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
                 idx[b] = _backend.compiled().knn_cpu(xd[b], yd[b], float(kd[b]), n, largest, tile)[1]
         elif tri is not None:
             idx = tri.knn_indices(xd, yd, kd, n, largest)
+    blocks = []  # the Python tiles' row blocks of idx (concatenated, not written into idx: under vmap they are
+    # batched and idx is not)
     with torch.no_grad():
         for i0 in (range(0, N, nb) if not (fused or tri is not None) else ()):
             i1 = min(N, i0 + nb)
@@ -1190,7 +1192,9 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
                     continue
                 best_key, pos = torch.topk(cand_key, n, dim=-1, largest=largest, sorted=True)
                 best_idx = torch.gather(cand_idx, -1, pos)
-            idx[:, i0:i1] = best_idx
+            blocks.append(best_idx)
+    if blocks:
+        idx = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
     # distances of the kept pairs with the fused row-wise op (differentiable)
     ysel = torch.gather(y3, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(B, N, n, D)
     dist_ = dist(x3.unsqueeze(2), ysel, k=k3.reshape(B, 1, 1, 1))
@@ -1948,12 +1952,14 @@ def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int =
 
 def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
+    _check_float("tan_k", "x", x)
     k = _kt("tan_k", k, x)
     return _ref.tan_k(x, k)
 
 
 def artan_k(x: torch.Tensor, k) -> torch.Tensor:
     """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
+    _check_float("artan_k", "x", x)
     k = _kt("artan_k", k, x)
     return _ref.artan_k(x, k)
 
@@ -1969,15 +1975,18 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
 
 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction."""
+    """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction,
+    -x / (k |x|^2) in closed form (geoopt walks the unit-speed geodesic there, through tan(pi/2); x = 0 gives 0 as
+    there).  float16 / bfloat16 are computed in float32."""
     dim = _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
     if not _branch_free() and not bool(sphere.any()):  # eager shortcut
         return -x
-    ks = torch.where(sphere, kk, torch.ones_like(kk))  # the sphere's formula on a safe k where it is not used
-    v = x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-15)
-    a = geodesic_unit(math.pi * ks.sqrt().reciprocal(), x, v, k=ks, dim=dim)
+    xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    kc = kk.to(xc.dtype)
+    ks = torch.where(sphere, kc, torch.ones_like(kc))  # the sphere's formula on a safe k where it is not used
+    a = (-xc / (ks * (xc * xc).sum(dim=dim, keepdim=True)).clamp_min(1e-15)).to(x.dtype)
     return torch.where(sphere, a, -x)
 
 
@@ -1999,21 +2008,18 @@ def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 
 
 def sin_k(x: torch.Tensor, k) -> torch.Tensor:
-    """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
+    _check_float("sin_k", "x", x)
     k = _kt("sin_k", k, x)
-    c = k.abs().clamp_min(1e-15).sqrt()
-    small = k.abs() < 1e-6
-    closed = torch.where(k < 0, torch.sinh(c * x), torch.sin(c * x)) / c
-    return torch.where(small, x - k * x ** 3 / 6, closed)
+    return _ref.sin_k(x, k)
 
 
 def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
-    """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0, the argument
+    clamped at 1 - 1e-7), smooth in k."""
+    _check_float("arsin_k", "x", x)
     k = _kt("arsin_k", k, x)
-    c = k.abs().clamp_min(1e-15).sqrt()
-    small = k.abs() < 1e-6
-    closed = torch.where(k < 0, torch.asinh(c * x), torch.asin((c * x).clamp(-1 + 1e-7, 1 - 1e-7))) / c
-    return torch.where(small, x + k * x ** 3 / 6, closed)
+    return _ref.arsin_k(x, k)
 
 
 def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim: bool = False, signed: bool = False,
@@ -2133,6 +2139,14 @@ def _midpoint_mean(x, w, k, posweight):
     return mobius_scalar_mul(half, F / _ops.midpoint_den(L), k=k.unsqueeze(-1))
 
 
+def _weights_at(weights: torch.Tensor, dim: int) -> torch.Tensor:
+    """weighted_midpoint's weights (xs's shape without the vector dim, broadcastable) with a size-1 vector dim
+    (``dim`` counted from xs's end) where they have it: weights with fewer dims than xs's dims after the vector dim
+    broadcast as they are (geoopt's weights.unsqueeze(dim) with a non-negative dim does the same)."""
+    pos = weights.dim() + dim + 1
+    return weights.unsqueeze(pos) if pos >= 0 else weights
+
+
 def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,
                       keepdim: bool = False, lincomb: bool = False, posweight: bool = False) -> torch.Tensor:
     """Weighted gyromidpoint (Einstein/Mobius midpoint) of xs along `reducedim`: geoopt's weighted_midpoint.
@@ -2152,7 +2166,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
             _fail(op, f"weights of shape {tuple(weights.shape)} must have fewer dimensions than "
                       f"xs {tuple(xs.shape)} (one weight per point, no vector dimension)")
         try:
-            _broadcast2(xs.shape, weights.unsqueeze(dim).shape)
+            _broadcast2(xs.shape, _weights_at(weights, dim).shape)
         except RuntimeError:
             _fail(op, f"weights of shape {tuple(weights.shape)} does not broadcast against xs "
                       f"{tuple(xs.shape)} without its dim={udim}")
@@ -2191,7 +2205,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     x = xs if dtype in (torch.float32, torch.float64) else xs.float()
     w = None
     if weights is not None:
-        wu = weights.unsqueeze(dim).to(x.dtype)
+        wu = _weights_at(weights, dim).to(x.dtype)
         shape = _broadcast2(x.shape, wu.shape)
         if tuple(shape) != tuple(x.shape):
             x = x.expand(shape)
@@ -2248,7 +2262,7 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
     nd = xs.dim()
     d = dim % nd
     gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
-    w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
+    w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else _weights_at(weights, d - nd)
     compiling = _branch_free()
     if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
