@@ -182,3 +182,20 @@ def test_weighted_midpoint_reference_weights_with_fewer_dims(lincomb, posweight,
             torch.testing.assert_close(got0, want.t(), rtol=1e-9, atol=1e-11)
             kept = gs.weighted_midpoint(x, w, k=k, reducedim=[1], keepdim=True, lincomb=lincomb, posweight=posweight)
             torch.testing.assert_close(kept, want.unsqueeze(1), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kval", [0.0, 1.0])
+def test_project_identity_for_nonnegative_k_on_both_backends(dtype, kval):
+    """project is documented (and the kernels are) the identity for k >= 0, but the reference backend capped the norm
+    at 1e15 there, as geoopt does: |x| = 5e15 came back at 1e15, and a float32 row of norm 1e20 as 0 (its norm
+    overflowed).  Now the identity on both backends, values and gradients."""
+    x = torch.tensor([[3e15, 4e15], [1e20, 0.0], [0.3, -0.2]], dtype=D64).to(dtype)
+    k = torch.tensor(kval, dtype=dtype)
+    for backend in ("cpp", "reference"):
+        xg = x.clone().requires_grad_()
+        with geoops.use_backend(backend):
+            out = gs.project(xg, k=k)
+            assert torch.equal(out, x), backend
+            (g,) = torch.autograd.grad(out.sum(), xg)
+        assert torch.equal(g, torch.ones_like(x)), backend

@@ -100,13 +100,15 @@ def artan_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1) -> torch.Tensor:
-    """Reference of `geoops.stereographic.project`: rows of norm > (1 - eps)/sqrt(-k) scaled back to that norm (k < 0 only)."""
+    """Reference of `geoops.stereographic.project`: rows of norm > (1 - eps)/sqrt(-k) scaled back to that norm (k < 0
+    only; the identity for k >= 0)."""
     if eps < 0:
         eps = default_eps(x.dtype)
     norm = x.norm(dim=dim, keepdim=True, p=2).clamp_min(MIN_NORM)
-    kabs = k.abs().clamp_min(MIN_NORM)
-    maxnorm = torch.where(k < 0, (1 - eps) / kabs.sqrt(), torch.full_like(kabs, 1e15))
-    return torch.where(norm > maxnorm, x / norm * maxnorm, x)
+    ball = k < 0
+    # k >= 0: the identity, as the kernels (geoopt caps the norm at 1e15 there); maxnorm on a safe k, finite
+    maxnorm = (1 - eps) / torch.where(ball, k.abs().clamp_min(MIN_NORM), torch.ones_like(k)).sqrt()
+    return torch.where(ball & (norm > maxnorm), x / norm * maxnorm, x)
 
 
 def lambda_x(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
