@@ -1911,10 +1911,20 @@ def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -
     return _run_triple("parallel_transport0back", (x, v), k, dim)
 
 
+def _to_result_dtype(x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """x in the promoted dtype of x and ``others`` (a composed op's lambda_x of a float32 x in a float64 result would
+    carry float32 rounding)."""
+    dt = x.dtype
+    for t in others:
+        if t.dtype != dt:
+            dt = torch.promote_types(dt, t.dtype)
+    return x if x.dtype == dt else x.to(dt)
+
+
 def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
     dim = _check_surface("egrad2rgrad", dim, k, x=x, grad=grad)
-    return grad / lambda_x(x, k=k, keepdim=True, dim=dim) ** 2
+    return grad / lambda_x(_to_result_dtype(x, grad), k=k, keepdim=True, dim=dim) ** 2
 
 
 def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
@@ -1924,13 +1934,13 @@ def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool
     reduced <u, v>, so rows of shape (B, D) give a (B, B) outer product; here the result has shape (B,).
     """
     dim = _check_surface("inner", dim, k, x=x, u=u, v=v)
-    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
+    return lambda_x(_to_result_dtype(x, u, v), k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
     """Riemannian norm at x: lambda_x |u|."""
     dim = _check_surface("norm", dim, k, x=x, u=u)
-    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
+    return lambda_x(_to_result_dtype(x, u), k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
 def _check_time(op: str, t) -> None:

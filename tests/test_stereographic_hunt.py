@@ -199,3 +199,23 @@ def test_project_identity_for_nonnegative_k_on_both_backends(dtype, kval):
             assert torch.equal(out, x), backend
             (g,) = torch.autograd.grad(out.sum(), xg)
         assert torch.equal(g, torch.ones_like(x)), backend
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_composed_lambda_ops_mixed_dtypes_keep_the_result_precision(backend):
+    """inner / norm / egrad2rgrad of a float32 x with float64 tangent vectors return float64 (torch's promotion) but
+    formed lambda_x in float32: 2.5e-7 off the float64 value.  Now lambda_x of x in the result dtype."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(5, 3, dtype=D64, generator=g) * 0.3).float()
+    u = torch.randn(5, 3, dtype=D64, generator=g)
+    v = torch.randn(5, 3, dtype=D64, generator=g)
+    k = torch.tensor(-1.0)
+    xd = x.double()
+    with geoops.use_backend(backend):
+        for got, want in ((gs.inner(x, u, v, k=k), gs.inner(xd, u, v, k=k)), (gs.norm(x, u, k=k), gs.norm(xd, u, k=k)),
+                          (gs.egrad2rgrad(x, u, k=k), gs.egrad2rgrad(xd, u, k=k))):
+            assert got.dtype == D64
+            torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+        xg = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(gs.inner(xg, u, v, k=k).sum(), xg)
+        assert gx.dtype == torch.float32
