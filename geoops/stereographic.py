@@ -551,7 +551,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
         if spec.scalar_out:
             args["keepdim"] = keepdim
         if spec.has_r:
-            return getattr(_ref, op)(r, x.to(dtype), **args)
+            return getattr(_ref, op)(r.to(dtype), x.to(dtype), **args)  # (the points' dtype, as the kernels)
         return getattr(_ref, op)(x.to(dtype), y.to(dtype), **args) if spec.has_y else getattr(_ref, op)(x, **args)
 
     D = shape[d]
@@ -1874,6 +1874,7 @@ def _coadd(x, y, k, dim):
     mean x [+] y = (lambda_x x + lambda_y y) / (lambda_x + lambda_y - 2); multiplying through by
     (1 + k|x|^2)(1 + k|y|^2) / 2 gives the form above (<x, y> cancels).  The denominator is clamped away from 0 with
     its sign (1e-15, geoopt's clamp of mobius_add's)."""
+    x, y = _to_result_dtype(x, y), _to_result_dtype(y, x)
     k = _kt("mobius_coadd", k, x)
     xx, yy = _dot(x, x, dim), _dot(y, y, dim)
     den = 1 - k * k * xx * yy
@@ -1978,6 +1979,7 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
     """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
     dim = _check_surface("geodesic_unit", dim, k, x=x, u=u)
     _check_time("geodesic_unit", t)
+    u = _to_result_dtype(u, x)
     kk = _kt("geodesic_unit", k, u)
     t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
     un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
@@ -2272,7 +2274,9 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
     nd = xs.dim()
     d = dim % nd
     gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
-    w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else _weights_at(weights, d - nd)
+    # (weights in the points' dtype, as the fused path)
+    w = (torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None
+         else _weights_at(weights, d - nd).to(xs.dtype))
     compiling = _branch_free()
     if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)

@@ -219,3 +219,27 @@ def test_composed_lambda_ops_mixed_dtypes_keep_the_result_precision(backend):
         xg = x.clone().requires_grad_()
         (gx,) = torch.autograd.grad(gs.inner(xg, u, v, k=k).sum(), xg)
         assert gx.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_mixed_dtypes_coadd_geodesic_unit_precision_and_backend_dtypes(backend):
+    """mobius_coadd / mobius_cosub (float32 x, float64 y) and geodesic_unit (float64 x, float32 u) returned float64
+    results formed from float32 norms (2e-8 off the float64 value).  And the backends disagreed on the result dtype:
+    mobius_scalar_mul with a float64 r and weighted_midpoint with float64 weights of float32 points gave float32 on
+    cpp (the points' dtype, as documented) but float64 on the reference backend."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(5, 3, dtype=D64, generator=g) * 0.3).float()
+    y = torch.randn(5, 3, dtype=D64, generator=g) * 0.3
+    u = torch.randn(5, 3, dtype=D64, generator=g)
+    k = torch.tensor(-1.0)
+    xd = x.double()
+    with geoops.use_backend(backend):
+        for f in (lambda a: gs.mobius_coadd(a, y, k=k), lambda a: gs.mobius_coadd(y, a, k=k),
+                  lambda a: gs.mobius_cosub(a, y, k=k), lambda a: gs.geodesic_unit(0.3, y, a, k=k)):
+            got, want = f(x), f(xd)
+            assert got.dtype == D64
+            torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
+        r = u[:, :1]
+        assert gs.mobius_scalar_mul(r, x, k=k).dtype == torch.float32
+        assert gs.weighted_midpoint(x, u[:, 0].abs(), k=k).dtype == torch.float32
+        assert gs.weighted_midpoint(x, u[:, 0].abs(), k=k, lincomb=True).dtype == torch.float32
