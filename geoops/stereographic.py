@@ -58,6 +58,10 @@ _ON_MANIFOLD = {
     "logmap0": ("y",),
     "dist": ("x", "y"),
     "dist0": ("x",),
+    "mobius_matvec": ("x",),
+    "mobius_pointwise_mul": ("x",),
+    "mobius_blockdiag_matvec": ("x",),
+    "weighted_midpoint": ("xs",),
 }
 
 
@@ -1617,6 +1621,8 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
                       f"{tuple(x.shape[:-1])}")
     if m.shape[-1] != x.shape[d]:
         _fail(op, f"m has D_in={m.shape[-1]} columns but x has {x.shape[d]} entries along dim={dim}")
+    if _backend.checks_enabled():
+        _debug_checks(op, {"m": m, "x": x}, _scale_k(op, k, x), d - x.dim())
     xl = x if d == x.dim() - 1 else x.movedim(d, -1)
     dtype = torch.promote_types(m.dtype, x.dtype)
     if xl.dtype != dtype:
@@ -1668,6 +1674,8 @@ def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torc
                   f"{tuple(x.shape)}")
     if blocks.device != x.device:
         _fail(op, f"blocks is on {blocks.device} but x is on {x.device}")
+    if _backend.checks_enabled():
+        _debug_checks(op, {"blocks": blocks, "x": x}, _scale_k(op, k, x), -1)
     dtype = torch.promote_types(blocks.dtype, x.dtype)
     xl, blocks = x.to(dtype), blocks.to(dtype)
     if not _transformed() and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
@@ -1697,6 +1705,8 @@ def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) 
     d = dim + len(shape) if dim < 0 else dim
     if not 0 <= d < len(shape):
         _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    if _backend.checks_enabled():
+        _debug_checks(op, {"w": w, "x": x.expand(shape)}, _scale_k(op, k, x), d - len(shape))
     wx = w * x
     xb = x.expand(shape) if tuple(x.shape) != tuple(shape) else x
     kt = _scale_k(op, k, wx)
@@ -2210,6 +2220,8 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
                   f"either: it sums lambda_i x_i with each point's own k_i, scales that one sum by 1/2 in every k_j "
                   f"of the reduced dims (its result keeps them, keepdim or not) and, on the sphere, measures each "
                   f"candidate against one point only")
+    if _backend.checks_enabled():
+        _debug_checks(op, {"xs": xs} if weights is None else {"xs": xs, "weights": weights}, kk, dim)
     if _backend.resolve(xs.device, _ops.FAMILY) == "reference":
         return _weighted_midpoint_composed(xs, weights, k=kk, reducedim=red, dim=d, keepdim=keepdim,
                                            lincomb=lincomb, posweight=posweight)

@@ -243,3 +243,42 @@ def test_mixed_dtypes_coadd_geodesic_unit_precision_and_backend_dtypes(backend):
         assert gs.mobius_scalar_mul(r, x, k=k).dtype == torch.float32
         assert gs.weighted_midpoint(x, u[:, 0].abs(), k=k).dtype == torch.float32
         assert gs.weighted_midpoint(x, u[:, 0].abs(), k=k, lincomb=True).dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_debug_checks_cover_matvec_family_and_midpoint(backend):
+    """GEOOPS_CHECK (README: non-finite inputs in every family, points outside the ball) skipped mobius_matvec,
+    mobius_pointwise_mul, mobius_blockdiag_matvec and weighted_midpoint: a NaN matrix or a point outside the ball
+    went through silently.  Now they run the row ops' checks (same messages); off by default."""
+    x = torch.tensor([[0.3, 0.2], [0.1, -0.4]])
+    out = torch.tensor([[0.9, 0.9], [0.1, -0.4]])
+    nan = torch.full((2, 2), float("nan"))
+    k = torch.tensor(-1.0)
+    pre = r"geoops\.stereographic\."
+    with geoops.use_backend(backend):
+        gs.mobius_matvec(nan, x, k=k)  # off by default
+        geoops.set_checks(True)
+        try:
+            cases = [
+                (lambda: gs.mobius_matvec(nan, x, k=k), pre + r"mobius_matvec: m has non-finite values"),
+                (lambda: gs.mobius_matvec(torch.eye(2), out, k=k), pre + r"mobius_matvec: x has points outside"),
+                (lambda: gs.mobius_matvec(torch.eye(2), out.t(), k=k, dim=0), pre + r"mobius_matvec: x has points"),
+                (lambda: gs.mobius_pointwise_mul(nan[0], x, k=k), pre + r"mobius_pointwise_mul: w has non-finite"),
+                (lambda: gs.mobius_pointwise_mul(torch.ones(2), out, k=k), pre + r"mobius_pointwise_mul: x has points"),
+                (lambda: gs.mobius_blockdiag_matvec(torch.ones(2, 1, 1), out, k=k),
+                 pre + r"mobius_blockdiag_matvec: x has points outside"),
+                (lambda: gs.mobius_blockdiag_matvec(nan.reshape(2, 1, 2)[:, :, :1], x, k=k),
+                 pre + r"mobius_blockdiag_matvec: blocks has non-finite"),
+                (lambda: gs.weighted_midpoint(out, k=k), pre + r"weighted_midpoint: xs has points outside"),
+                (lambda: gs.weighted_midpoint(x, nan[0], k=k), pre + r"weighted_midpoint: weights has non-finite"),
+            ]
+            for f, msg in cases:
+                with pytest.raises(ValueError, match=msg):
+                    f()
+            # valid inputs pass (the sphere has no boundary; per-row k; the vector dim first)
+            gs.mobius_matvec(torch.eye(2), out, k=-k)
+            gs.mobius_matvec(torch.eye(2), x.t(), k=torch.full((1, 2), -1.0), dim=0)
+            gs.weighted_midpoint(x, torch.ones(2), k=k)
+            gs.mobius_pointwise_mul(torch.ones(3, 1, 2), x, k=k)
+        finally:
+            geoops.set_checks(False)
