@@ -2290,19 +2290,22 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
     w = (torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None
          else _weights_at(weights, d - nd).to(xs.dtype))
     compiling = _branch_free()
+
+    def rsum(t):  # (torch's sum over an empty dim list reduces every dim: reducedim=[] reduces nothing here)
+        return t.sum(reducedim, keepdim=True) if reducedim else t
     if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
         w = w.abs()
-    den = ((gamma - 1) * w).sum(reducedim, keepdim=True)
-    num = (gamma * w * xs).sum(reducedim, keepdim=True)
+    den = rsum((gamma - 1) * w)
+    num = rsum(gamma * w * xs)
     den = torch.where(den >= 0, den.clamp_min(1e-10), den.clamp_max(-1e-10))
     two_mean = num / den
     half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
     mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
     if compiling or bool(torch.any(kk.gt(0))):
         b_mean = antipode(mean, k=kk, dim=dim)
-        a_dist = dist(mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
-        b_dist = dist(b_mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
+        a_dist = rsum(dist(mean, xs, k=kk, keepdim=True, dim=dim))
+        b_dist = rsum(dist(b_mean, xs, k=kk, keepdim=True, dim=dim))
         mean = torch.where(kk.gt(0) & (b_dist < a_dist), b_mean, mean)
     if lincomb:
         if w.numel() == 1:
@@ -2311,7 +2314,7 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
                 alpha = alpha * xs.size(i)
         else:
             wb, _ = torch.broadcast_tensors(w, gamma)
-            alpha = wb.sum(reducedim, keepdim=True)
+            alpha = rsum(wb)
         alpha = alpha.expand(mean.shape[:d] + (1,) + mean.shape[d + 1:])
         mean = mobius_scalar_mul(alpha, mean, k=kk, dim=dim)
     if not keepdim:

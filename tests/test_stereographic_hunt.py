@@ -282,3 +282,22 @@ def test_debug_checks_cover_matvec_family_and_midpoint(backend):
             gs.mobius_pointwise_mul(torch.ones(3, 1, 2), x, k=k)
         finally:
             geoops.set_checks(False)
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.5])
+@pytest.mark.parametrize("kw", [{}, {"lincomb": True}, {"lincomb": True, "posweight": True}, {"keepdim": True}])
+def test_weighted_midpoint_empty_reducedim_same_on_both_backends(kval, kw):
+    """weighted_midpoint(reducedim=[]) reduces nothing (each point is its own midpoint; lincomb: w (x) x) on the cpp
+    backend, but the reference backend's composition summed over an empty dim list, which torch takes as every dim:
+    a (1, 1) tensor of nonsense (geoopt does the same).  Now both backends agree."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, dtype=D64, generator=g) * 0.2
+    w = torch.rand(2, 4, dtype=D64, generator=g) + 0.1
+    k = torch.tensor(kval, dtype=D64)
+    outs = []
+    for backend in ("cpp", "reference"):
+        with geoops.use_backend(backend):
+            outs.append(gs.weighted_midpoint(x, w, k=k, reducedim=[], **kw))
+    want = gs.mobius_scalar_mul(w.unsqueeze(-1), x, k=k) if kw.get("lincomb") else x
+    for got in outs:
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
