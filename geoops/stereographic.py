@@ -58,6 +58,10 @@ _ON_MANIFOLD = {
     "logmap0": ("y",),
     "dist": ("x", "y"),
     "dist0": ("x",),
+    "mobius_matvec": ("x",),
+    "mobius_pointwise_mul": ("x",),
+    "mobius_blockdiag_matvec": ("x",),
+    "weighted_midpoint": ("xs",),
 }
 
 
@@ -551,7 +555,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
         if spec.scalar_out:
             args["keepdim"] = keepdim
         if spec.has_r:
-            return getattr(_ref, op)(r, x.to(dtype), **args)
+            return getattr(_ref, op)(r.to(dtype), x.to(dtype), **args)  # (the points' dtype, as the kernels)
         return getattr(_ref, op)(x.to(dtype), y.to(dtype), **args) if spec.has_y else getattr(_ref, op)(x, **args)
 
     D = shape[d]
@@ -1169,6 +1173,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
                 idx[b] = _backend.compiled().knn_cpu(xd[b], yd[b], float(kd[b]), n, largest, tile)[1]
         elif tri is not None:
             idx = tri.knn_indices(xd, yd, kd, n, largest)
+    blocks = []  # the Python tiles' row blocks of idx (concatenated, not written into idx: under vmap they are
+    # batched and idx is not)
     with torch.no_grad():
         for i0 in (range(0, N, nb) if not (fused or tri is not None) else ()):
             i1 = min(N, i0 + nb)
@@ -1190,7 +1196,9 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
                     continue
                 best_key, pos = torch.topk(cand_key, n, dim=-1, largest=largest, sorted=True)
                 best_idx = torch.gather(cand_idx, -1, pos)
-            idx[:, i0:i1] = best_idx
+            blocks.append(best_idx)
+    if blocks:
+        idx = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
     # distances of the kept pairs with the fused row-wise op (differentiable)
     ysel = torch.gather(y3, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(B, N, n, D)
     dist_ = dist(x3.unsqueeze(2), ysel, k=k3.reshape(B, 1, 1, 1))
@@ -1613,6 +1621,8 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
                       f"{tuple(x.shape[:-1])}")
     if m.shape[-1] != x.shape[d]:
         _fail(op, f"m has D_in={m.shape[-1]} columns but x has {x.shape[d]} entries along dim={dim}")
+    if _backend.checks_enabled():
+        _debug_checks(op, {"m": m, "x": x}, _scale_k(op, k, x), d - x.dim())
     xl = x if d == x.dim() - 1 else x.movedim(d, -1)
     dtype = torch.promote_types(m.dtype, x.dtype)
     if xl.dtype != dtype:
@@ -1664,6 +1674,8 @@ def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torc
                   f"{tuple(x.shape)}")
     if blocks.device != x.device:
         _fail(op, f"blocks is on {blocks.device} but x is on {x.device}")
+    if _backend.checks_enabled():
+        _debug_checks(op, {"blocks": blocks, "x": x}, _scale_k(op, k, x), -1)
     dtype = torch.promote_types(blocks.dtype, x.dtype)
     xl, blocks = x.to(dtype), blocks.to(dtype)
     if not _transformed() and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
@@ -1693,6 +1705,8 @@ def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) 
     d = dim + len(shape) if dim < 0 else dim
     if not 0 <= d < len(shape):
         _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    if _backend.checks_enabled():
+        _debug_checks(op, {"w": w, "x": x.expand(shape)}, _scale_k(op, k, x), d - len(shape))
     wx = w * x
     xb = x.expand(shape) if tuple(x.shape) != tuple(shape) else x
     kt = _scale_k(op, k, wx)
@@ -1870,6 +1884,7 @@ def _coadd(x, y, k, dim):
     mean x [+] y = (lambda_x x + lambda_y y) / (lambda_x + lambda_y - 2); multiplying through by
     (1 + k|x|^2)(1 + k|y|^2) / 2 gives the form above (<x, y> cancels).  The denominator is clamped away from 0 with
     its sign (1e-15, geoopt's clamp of mobius_add's)."""
+    x, y = _to_result_dtype(x, y), _to_result_dtype(y, x)
     k = _kt("mobius_coadd", k, x)
     xx, yy = _dot(x, x, dim), _dot(y, y, dim)
     den = 1 - k * k * xx * yy
@@ -1907,10 +1922,20 @@ def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k, dim: int = -
     return _run_triple("parallel_transport0back", (x, v), k, dim)
 
 
+def _to_result_dtype(x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """x in the promoted dtype of x and ``others`` (a composed op's lambda_x of a float32 x in a float64 result would
+    carry float32 rounding)."""
+    dt = x.dtype
+    for t in others:
+        if t.dtype != dt:
+            dt = torch.promote_types(dt, t.dtype)
+    return x if x.dtype == dt else x.to(dt)
+
+
 def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
     dim = _check_surface("egrad2rgrad", dim, k, x=x, grad=grad)
-    return grad / lambda_x(x, k=k, keepdim=True, dim=dim) ** 2
+    return grad / lambda_x(_to_result_dtype(x, grad), k=k, keepdim=True, dim=dim) ** 2
 
 
 def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
@@ -1920,13 +1945,13 @@ def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool
     reduced <u, v>, so rows of shape (B, D) give a (B, B) outer product; here the result has shape (B,).
     """
     dim = _check_surface("inner", dim, k, x=x, u=u, v=v)
-    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
+    return lambda_x(_to_result_dtype(x, u, v), k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
     """Riemannian norm at x: lambda_x |u|."""
     dim = _check_surface("norm", dim, k, x=x, u=u)
-    return lambda_x(x, k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
+    return lambda_x(_to_result_dtype(x, u), k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
 def _check_time(op: str, t) -> None:
@@ -1948,12 +1973,14 @@ def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int =
 
 def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
+    _check_float("tan_k", "x", x)
     k = _kt("tan_k", k, x)
     return _ref.tan_k(x, k)
 
 
 def artan_k(x: torch.Tensor, k) -> torch.Tensor:
     """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
+    _check_float("artan_k", "x", x)
     k = _kt("artan_k", k, x)
     return _ref.artan_k(x, k)
 
@@ -1962,6 +1989,7 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
     """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
     dim = _check_surface("geodesic_unit", dim, k, x=x, u=u)
     _check_time("geodesic_unit", t)
+    u = _to_result_dtype(u, x)
     kk = _kt("geodesic_unit", k, u)
     t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
     un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
@@ -1969,15 +1997,18 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
 
 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
-    """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction."""
+    """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction,
+    -x / (k |x|^2) in closed form (geoopt walks the unit-speed geodesic there, through tan(pi/2); x = 0 gives 0 as
+    there).  float16 / bfloat16 are computed in float32."""
     dim = _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
     if not _branch_free() and not bool(sphere.any()):  # eager shortcut
         return -x
-    ks = torch.where(sphere, kk, torch.ones_like(kk))  # the sphere's formula on a safe k where it is not used
-    v = x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-15)
-    a = geodesic_unit(math.pi * ks.sqrt().reciprocal(), x, v, k=ks, dim=dim)
+    xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    kc = kk.to(xc.dtype)
+    ks = torch.where(sphere, kc, torch.ones_like(kc))  # the sphere's formula on a safe k where it is not used
+    a = (-xc / (ks * (xc * xc).sum(dim=dim, keepdim=True)).clamp_min(1e-15)).to(x.dtype)
     return torch.where(sphere, a, -x)
 
 
@@ -1999,21 +2030,18 @@ def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 
 
 def sin_k(x: torch.Tensor, k) -> torch.Tensor:
-    """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
+    _check_float("sin_k", "x", x)
     k = _kt("sin_k", k, x)
-    c = k.abs().clamp_min(1e-15).sqrt()
-    small = k.abs() < 1e-6
-    closed = torch.where(k < 0, torch.sinh(c * x), torch.sin(c * x)) / c
-    return torch.where(small, x - k * x ** 3 / 6, closed)
+    return _ref.sin_k(x, k)
 
 
 def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
-    """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0)."""
+    """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0, the argument
+    clamped at 1 - 1e-7), smooth in k."""
+    _check_float("arsin_k", "x", x)
     k = _kt("arsin_k", k, x)
-    c = k.abs().clamp_min(1e-15).sqrt()
-    small = k.abs() < 1e-6
-    closed = torch.where(k < 0, torch.asinh(c * x), torch.asin((c * x).clamp(-1 + 1e-7, 1 - 1e-7))) / c
-    return torch.where(small, x + k * x ** 3 / 6, closed)
+    return _ref.arsin_k(x, k)
 
 
 def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim: bool = False, signed: bool = False,
@@ -2133,6 +2161,14 @@ def _midpoint_mean(x, w, k, posweight):
     return mobius_scalar_mul(half, F / _ops.midpoint_den(L), k=k.unsqueeze(-1))
 
 
+def _weights_at(weights: torch.Tensor, dim: int) -> torch.Tensor:
+    """weighted_midpoint's weights (xs's shape without the vector dim, broadcastable) with a size-1 vector dim
+    (``dim`` counted from xs's end) where they have it: weights with fewer dims than xs's dims after the vector dim
+    broadcast as they are (geoopt's weights.unsqueeze(dim) with a non-negative dim does the same)."""
+    pos = weights.dim() + dim + 1
+    return weights.unsqueeze(pos) if pos >= 0 else weights
+
+
 def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, *, k, reducedim=None, dim: int = -1,
                       keepdim: bool = False, lincomb: bool = False, posweight: bool = False) -> torch.Tensor:
     """Weighted gyromidpoint (Einstein/Mobius midpoint) of xs along `reducedim`: geoopt's weighted_midpoint.
@@ -2152,7 +2188,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
             _fail(op, f"weights of shape {tuple(weights.shape)} must have fewer dimensions than "
                       f"xs {tuple(xs.shape)} (one weight per point, no vector dimension)")
         try:
-            _broadcast2(xs.shape, weights.unsqueeze(dim).shape)
+            _broadcast2(xs.shape, _weights_at(weights, dim).shape)
         except RuntimeError:
             _fail(op, f"weights of shape {tuple(weights.shape)} does not broadcast against xs "
                       f"{tuple(xs.shape)} without its dim={udim}")
@@ -2184,6 +2220,8 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
                   f"either: it sums lambda_i x_i with each point's own k_i, scales that one sum by 1/2 in every k_j "
                   f"of the reduced dims (its result keeps them, keepdim or not) and, on the sphere, measures each "
                   f"candidate against one point only")
+    if _backend.checks_enabled():
+        _debug_checks(op, {"xs": xs} if weights is None else {"xs": xs, "weights": weights}, kk, dim)
     if _backend.resolve(xs.device, _ops.FAMILY) == "reference":
         return _weighted_midpoint_composed(xs, weights, k=kk, reducedim=red, dim=d, keepdim=keepdim,
                                            lincomb=lincomb, posweight=posweight)
@@ -2191,7 +2229,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     x = xs if dtype in (torch.float32, torch.float64) else xs.float()
     w = None
     if weights is not None:
-        wu = weights.unsqueeze(dim).to(x.dtype)
+        wu = _weights_at(weights, dim).to(x.dtype)
         shape = _broadcast2(x.shape, wu.shape)
         if tuple(shape) != tuple(x.shape):
             x = x.expand(shape)
@@ -2248,21 +2286,26 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
     nd = xs.dim()
     d = dim % nd
     gamma = lambda_x(xs, k=kk, dim=dim, keepdim=True)
-    w = torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None else weights.unsqueeze(dim)
+    # (weights in the points' dtype, as the fused path)
+    w = (torch.tensor(1.0, dtype=xs.dtype, device=xs.device) if weights is None
+         else _weights_at(weights, d - nd).to(xs.dtype))
     compiling = _branch_free()
+
+    def rsum(t):  # (torch's sum over an empty dim list reduces every dim: reducedim=[] reduces nothing here)
+        return t.sum(reducedim, keepdim=True) if reducedim else t
     if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
         w = w.abs()
-    den = ((gamma - 1) * w).sum(reducedim, keepdim=True)
-    num = (gamma * w * xs).sum(reducedim, keepdim=True)
+    den = rsum((gamma - 1) * w)
+    num = rsum(gamma * w * xs)
     den = torch.where(den >= 0, den.clamp_min(1e-10), den.clamp_max(-1e-10))
     two_mean = num / den
     half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
     mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
     if compiling or bool(torch.any(kk.gt(0))):
         b_mean = antipode(mean, k=kk, dim=dim)
-        a_dist = dist(mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
-        b_dist = dist(b_mean, xs, k=kk, keepdim=True, dim=dim).sum(reducedim, keepdim=True)
+        a_dist = rsum(dist(mean, xs, k=kk, keepdim=True, dim=dim))
+        b_dist = rsum(dist(b_mean, xs, k=kk, keepdim=True, dim=dim))
         mean = torch.where(kk.gt(0) & (b_dist < a_dist), b_mean, mean)
     if lincomb:
         if w.numel() == 1:
@@ -2271,7 +2314,7 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
                 alpha = alpha * xs.size(i)
         else:
             wb, _ = torch.broadcast_tensors(w, gamma)
-            alpha = wb.sum(reducedim, keepdim=True)
+            alpha = rsum(wb)
         alpha = alpha.expand(mean.shape[:d] + (1,) + mean.shape[d + 1:])
         mean = mobius_scalar_mul(alpha, mean, k=kk, dim=dim)
     if not keepdim:

@@ -1059,9 +1059,13 @@ def _gyr_vjp(a2, b2, ab, au, bu, k, A, B):
 
 @triton.jit
 def _arsin_k_vjp(z, k, adj):
-    """geoops.stereographic.arsin_k(z, k) and the vjp of adj -> (adjoint of z, adjoint of k)."""
-    small = tl.abs(k) < 1e-6
-    kabs = tl.maximum(tl.abs(k), 1e-15)
+    """geoops.stereographic.arsin_k(z, k) and the vjp of adj -> (adjoint of z, adjoint of k): z asinc(w), w = k z^2,
+    by its Taylor series S(w) where |w| < 1e-3 (the switch on w, not on |k| alone), the closed forms elsewhere."""
+    w = k * z * z
+    small = tl.abs(w) < 1e-3
+    ser = 1.0 + w * (1.0 / 6.0 + w * (3.0 / 40.0 + w * (5.0 / 112.0 + w * (35.0 / 1152.0 + w * (63.0 / 2816.0)))))
+    dser = 1.0 / 6.0 + w * (6.0 / 40.0 + w * (15.0 / 112.0 + w * (140.0 / 1152.0 + w * (315.0 / 2816.0))))
+    kabs = tl.where(small, 1.0, tl.abs(k))  # (|k| z^2 >= 1e-3 off the series: k != 0)
     c = _sqrt(kabs)
     cz = c * z
     # k < 0: asinh(c z) / c
@@ -1075,12 +1079,12 @@ def _arsin_k_vjp(z, k, adj):
     hp = _math.asin(wc)
     rp = 1.0 / _sqrt(1.0 - wc * wc)
     neg = k < 0
-    val = tl.where(small, z + k * z * z * z / 6.0, tl.where(neg, hn, hp) / c)
+    val = tl.where(small, z * ser, tl.where(neg, hn, hp) / c)
     dz = tl.where(neg, rn, tl.where(live, rp, 0.0))
     dc = tl.where(neg, z * rn / c - hn / (c * c), tl.where(live, rp * z / c, 0.0) - hp / (c * c))
     dcdk = tl.where(neg, -0.5 / c, 0.5 / c)
-    adj_z = tl.where(small, adj * (1.0 + k * z * z / 2.0), adj * dz)
-    adj_k = tl.where(small, adj * z * z * z / 6.0, adj * dc * dcdk)
+    adj_z = tl.where(small, adj * (ser + 2.0 * w * dser), adj * dz)
+    adj_k = tl.where(small, adj * z * z * z * dser, adj * dc * dcdk)
     return val, adj_z, adj_k
 
 

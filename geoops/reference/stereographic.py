@@ -38,6 +38,7 @@ __all__ = [
     "parallel_transport0",
     "parallel_transport0back",
     "arsin_k",
+    "sin_k",
     "dist2plane",
 ]
 
@@ -99,13 +100,15 @@ def artan_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1) -> torch.Tensor:
-    """Reference of `geoops.stereographic.project`: rows of norm > (1 - eps)/sqrt(-k) scaled back to that norm (k < 0 only)."""
+    """Reference of `geoops.stereographic.project`: rows of norm > (1 - eps)/sqrt(-k) scaled back to that norm (k < 0
+    only; the identity for k >= 0)."""
     if eps < 0:
         eps = default_eps(x.dtype)
     norm = x.norm(dim=dim, keepdim=True, p=2).clamp_min(MIN_NORM)
-    kabs = k.abs().clamp_min(MIN_NORM)
-    maxnorm = torch.where(k < 0, (1 - eps) / kabs.sqrt(), torch.full_like(kabs, 1e15))
-    return torch.where(norm > maxnorm, x / norm * maxnorm, x)
+    ball = k < 0
+    # k >= 0: the identity, as the kernels (geoopt caps the norm at 1e15 there); maxnorm on a safe k, finite
+    maxnorm = (1 - eps) / torch.where(ball, k.abs().clamp_min(MIN_NORM), torch.ones_like(k)).sqrt()
+    return torch.where(ball & (norm > maxnorm), x / norm * maxnorm, x)
 
 
 def lambda_x(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
@@ -215,13 +218,37 @@ def parallel_transport0back(x: torch.Tensor, v: torch.Tensor, *, k: torch.Tensor
     return v / (1 + k * _sqnorm(x, dim)).clamp_min(MIN_NORM)
 
 
+def asinc(z: torch.Tensor) -> torch.Tensor:
+    """asin(sqrt z)/sqrt z (sqrt z clamped at 1 - 1e-7), = asinh(sqrt -z)/sqrt -z for z < 0; analytic through
+    z = 0 (its Taylor series for |z| < 1e-3)."""
+    small, neg, zs, zn, zp = _split(z)
+    series = 1 + zs * (1 / 6 + zs * (3 / 40 + zs * (5 / 112 + zs * (35 / 1152 + zs * (63 / 2816)))))
+    sn, sp = (-zn).sqrt(), zp.sqrt()
+    closed = torch.where(neg, torch.asinh(sn) / sn, torch.asin(sp.clamp(max=1 - 1e-7)) / sp)
+    return torch.where(small, series, closed)
+
+
+def sinc(z: torch.Tensor) -> torch.Tensor:
+    """sin(sqrt z)/sqrt z (= sinh(sqrt -z)/sqrt -z for z < 0), analytic through z = 0 (its Taylor series for
+    |z| < 1e-3)."""
+    small, neg, zs, zn, zp = _split(z)
+    series = 1 + zs * (-1 / 6 + zs * (1 / 120 + zs * (-1 / 5040 + zs * (1 / 362880 + zs * (-1 / 39916800)))))
+    sn, sp = (-zn).sqrt(), zp.sqrt()
+    closed = torch.where(neg, torch.sinh(sn) / sn, torch.sin(sp) / sp)
+    return torch.where(small, series, closed)
+
+
+def sin_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Reference of `geoops.stereographic.sin_k`: sinh(sqrt(-k) x)/sqrt(-k) (k < 0), sin(sqrt(k) x)/sqrt(k)
+    (k > 0), x at k = 0; x sinc(k x^2), smooth in k (the series where |k x^2| < 1e-3)."""
+    return x * sinc(k * x * x)
+
+
 def arsin_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Reference of `geoops.stereographic.arsin_k`: asinh(sqrt(-k) x)/sqrt(-k) (k < 0), asin(sqrt(k) x)/sqrt(k)
-    (k > 0, the argument clamped at 1 - 1e-7), x + k x^3/6 for |k| < 1e-6."""
-    c = k.abs().clamp_min(MIN_NORM).sqrt()
-    small = k.abs() < 1e-6
-    closed = torch.where(k < 0, torch.asinh(c * x), torch.asin((c * x).clamp(-1 + 1e-7, 1 - 1e-7))) / c
-    return torch.where(small, x + k * x ** 3 / 6, closed)
+    (k > 0, the argument clamped at 1 - 1e-7), x at k = 0; x asinc(k x^2), smooth in k (the series where
+    |k x^2| < 1e-3: the switch is on k x^2, not on |k| alone, so a small k with a large x keeps its digits)."""
+    return x * asinc(k * x * x)
 
 
 def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False,

@@ -947,6 +947,27 @@ def test_triple_values_and_gradients_match_reference_fp64(case, D, device):
         assert_close(a, b, what=f"{op} grad {i}")
 
 
+@pytest.mark.parametrize("kval", [-9e-7, -3e-7, 5e-7])
+@pytest.mark.parametrize("flags", [0, 3])
+def test_dist2plane_small_k_far_points_match_reference(kval, flags, device):
+    """dist2plane at a small |k| with far points (session 34, helper "hunt3"): the kernel's arsin_k took z + k z^3/6
+    whenever |k| < 1e-6 (1.9e5x the reference's error at k = -9e-7, sqrt(-k) z ~ 5); the series is now switched on
+    k z^2, as the C++ kernel and the reference.  Values and gradients, k included."""
+    gen = torch.Generator().manual_seed(0)
+    vs = [torch.randn(16, 3, dtype=torch.float64, generator=gen) * s for s in (400.0, 400.0, 1.0)]
+    xs = [v.to(device).requires_grad_() for v in vs]
+    k = torch.tensor(kval, dtype=torch.float64).to(device).requires_grad_()
+    out = _triple_public("dist2plane", flags, xs, k)
+    got = torch.autograd.grad(out.sum(), xs + [k])
+    r_in = [v.detach().clone().requires_grad_() for v in vs]
+    rk = torch.tensor(kval, dtype=torch.float64, requires_grad=True)
+    ref_out = ref.dist2plane(*r_in, k=rk, signed=bool(flags & 1), scaled=bool(flags & 2))
+    want = torch.autograd.grad(ref_out.sum(), r_in + [rk])
+    torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-12, atol=0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-11, atol=1e-13)
+
+
 @needs_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", TRIPLE_CASES, ids=TRIPLE_IDS)

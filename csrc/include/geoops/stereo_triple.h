@@ -195,10 +195,13 @@ template <typename T> GEO_HD T t_max(const T& a, double lo) { return !(val(a) < 
 template <typename T> GEO_HD T t_min(const T& a, double hi) { return !(val(a) > hi) ? a : T(hi); }
 
 // geoops.stereographic.arsin_k(z, k): asinh(sqrt(-k) z)/sqrt(-k) (k < 0), asin(sqrt(k) z)/sqrt(k) (k > 0, the
-// argument clamped at +-(1 - 1e-7)), z + k z^3/6 for |k| < 1e-6
+// argument clamped at +-(1 - 1e-7)); z asinc(w), w = k z^2, by its Taylor series where |w| < 1e-3 (the switch on
+// w, not on |k| alone: a small k with a large z took z + k z^3/6 before, 7x off at k = -9e-7, z ~ 5000)
 template <typename T> GEO_HD T arsin_k(const T& z, const T& k) {
-  if (fabs(val(k)) < 1e-6) return z + k * z * z * z / 6.0;
-  const T c = t_sqrt(t_max(t_abs(k), 1e-15));
+  const T w = k * z * z;
+  if (fabs(val(w)) < 1e-3)
+    return z * (1.0 + w * (1.0 / 6 + w * (3.0 / 40 + w * (5.0 / 112 + w * (35.0 / 1152 + w * (63.0 / 2816))))));
+  const T c = t_sqrt(t_abs(k));  // |k| z^2 >= 1e-3: k != 0
   if (val(k) < 0) return t_asinh(c * z) / c;
   return t_asin(t_min(t_max(c * z, -1.0 + 1e-7), 1.0 - 1e-7)) / c;
 }
