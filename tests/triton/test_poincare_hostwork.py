@@ -373,38 +373,46 @@ def test_bn_running_kernel_vs_float64(dtype, case, device):
     assert abs(rv.double().item() - rv_ref) <= tol * 2, rv.item()
 
 
+def _transport_args(D, seed, b_scale):
+    """float64 (b or bias, m, S, w, c) requiring gradients for BnTransportFn's gradchecks."""
+    g = torch.Generator().manual_seed(seed)
+    o = dict(dtype=torch.float64)
+    b = (torch.randn(D, generator=g, **o) * b_scale / D ** 0.5).requires_grad_()
+    m = (torch.randn(D, generator=g, **o) * 0.5 / D ** 0.5).requires_grad_()
+    return (b, m, torch.tensor(3.7, **o).requires_grad_(), torch.tensor([1.3], **o).requires_grad_(),
+            torch.tensor(0.8, **o).requires_grad_())
+
+
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("D", [3, 40])
 def test_bn_transport_gradcheck(train, D, device):
     """BnTransportFn (the transport matrix's two launches): float64 gradcheck in b, m, S (train: sum |u|^2; eval:
     the variance), w and c, for a single tile (D = 3) and several (D = 40: 32-wide tiles)."""
-    g = torch.Generator().manual_seed(9)
-    o = dict(dtype=torch.float64)
-    b = (torch.randn(D, generator=g, **o) * 0.3 / D ** 0.5).requires_grad_()
-    m = (torch.randn(D, generator=g, **o) * 0.5 / D ** 0.5).requires_grad_()
-    S = torch.tensor(3.7, **o).requires_grad_()
-    w = torch.tensor([1.3], **o).requires_grad_()
-    c = torch.tensor(0.8, **o).requires_grad_()
+    b, m, S, w, c = _transport_args(D, 9, 0.3)
     fn = lambda b, m, S, w, c: gp.BnTransportFn.apply(b, m, S, w, c, 17.0, 1e-6, train)[0]  # noqa: E731
     assert torch.autograd.gradcheck(fn, (b, m, S, w, c), eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=True)
 
 
-def test_bn_learnable_curvature(monkeypatch, device):
-    """dL/dc through the batch norm (a learnable curvature, train then eval) against the knob-off path, float64."""
+@pytest.mark.parametrize("knob, D", [("GEOOPS_POINCARE_TRITON_FUSED_BN", 4), ("GEOOPS_POINCARE_TRITON_FUSED_BIAS", 40)])
+def test_bn_learnable_curvature(knob, D, monkeypatch, device):
+    """dL/dc through the batch norm (a learnable curvature, train then eval) against the knob-off path, float64:
+    FUSED_BN (D = 4) and (session 34) FUSED_BIAS (D = 40: dc, dbias through expmap0 in the transport kernels)."""
+    s = (4 / D) ** 0.5
+
     def run():
         torch.manual_seed(1)
         c = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-        bias = (torch.randn(4, dtype=torch.float64) * 0.3).requires_grad_()
+        bias = (torch.randn(D, dtype=torch.float64) * 0.3 * s).requires_grad_()
         w = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
-        rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones((), dtype=torch.float64)
+        rm, rv = torch.zeros(D, dtype=torch.float64), torch.ones((), dtype=torch.float64)
         out = []
         for training in (True, False):
-            x = gp.expmap0(torch.randn(20, 4, dtype=torch.float64) * 0.7, c=0.6)
+            x = gp.expmap0(torch.randn(20, D, dtype=torch.float64) * 0.7 * s, c=0.6)
             y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv, training=training)
             out += list(torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
                                              ).sum(), (c, bias, w))) + [y.detach(), rm.clone(), rv.clone()]
         return out
-    new, old = _both(monkeypatch, run, BN_KNOB)
+    new, old = _both(monkeypatch, run, knob)
     for i, (a, b) in enumerate(zip(new, old)):
         err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
         assert err <= 1e-12, f"output {i}: {err:.3g}"
@@ -429,27 +437,6 @@ def test_fused_bias_matches_stereographic(dtype, monkeypatch, device):
     assert max(errs) <= BN_BOUND[dtype], errs
 
 
-def test_fused_bias_learnable_curvature(monkeypatch, device):
-    """dL/dc, dL/dbias with a learnable curvature (train, then eval) against the knob-off path, float64 1e-12."""
-    def run():
-        torch.manual_seed(1)
-        c = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-        bias = (torch.randn(40, dtype=torch.float64) * 0.05).requires_grad_()
-        w = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
-        rm, rv = torch.zeros(40, dtype=torch.float64), torch.ones((), dtype=torch.float64)
-        out = []
-        for training in (True, False):
-            x = gp.expmap0(torch.randn(20, 40, dtype=torch.float64) * 0.2, c=0.6)
-            y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv, training=training)
-            out += list(torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
-                                             ).sum(), (c, bias, w))) + [y.detach(), rm.clone(), rv.clone()]
-        return out
-    new, old = _both(monkeypatch, run, BIAS_KNOB)
-    for i, (a, b) in enumerate(zip(new, old)):
-        err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
-        assert err <= 1e-12, f"output {i}: {err:.3g}"
-
-
 @pytest.mark.parametrize("use", ["M_and_b", "b_only", "M_only"])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("D", [3, 40])
@@ -458,13 +445,7 @@ def test_bn_bias_transport_gradcheck(use, train, D, device):
     M and b used (b's gradient from outside enters the backward kernel), b alone (M's gradient 0) and M alone
     (no b gradient), one tile (D = 3) and several (D = 40); b against the stereographic expmap0."""
     import geoops.stereographic as st
-    g = torch.Generator().manual_seed(11)
-    o = dict(dtype=torch.float64)
-    bias = (torch.randn(D, generator=g, **o) * 0.6 / D ** 0.5).requires_grad_()
-    m = (torch.randn(D, generator=g, **o) * 0.5 / D ** 0.5).requires_grad_()
-    S = torch.tensor(3.7, **o).requires_grad_()
-    w = torch.tensor([1.3], **o).requires_grad_()
-    c = torch.tensor(0.8, **o).requires_grad_()
+    bias, m, S, w, c = _transport_args(D, 11, 0.6)
     b = gp.BnTransportFn.apply(bias, m, S, w, c, 17.0, 1e-6, train, True)[2]
     ref = st.expmap0(bias.detach(), k=-c.detach())
     assert (b - ref).abs().max() <= 1e-15 * ref.abs().max()
