@@ -1554,7 +1554,8 @@ class BnTransportFn(torch.autograd.Function):
     def forward(ctx, b, m, S, w, c, n, eps, train, from_bias=False):
         kern = _backend.triton_kernels(_ops.FAMILY)
         out = kern.poincare_bn_transport_fwd(b, m, S, w, c, n, eps, train, from_bias)
-        ctx.save_for_backward(b, m, S, w, c)
+        # (from_bias: the backward reads the b it wrote, and the bias for expmap0's backward)
+        ctx.save_for_backward(out[2] if from_bias else b, m, S, w, c, b if from_bias else None)
         ctx.args = (n, eps, train)
         ctx.from_bias = from_bias
         ctx.mark_non_differentiable(out[1])
@@ -1563,7 +1564,7 @@ class BnTransportFn(torch.autograd.Function):
     @staticmethod
     @_library.first_order_only
     def backward(ctx, gM, _gvar, gbo=None):
-        b, m, S, w, c = ctx.saved_tensors
+        b, m, S, w, c, bias = ctx.saved_tensors
         if gM is None and gbo is None:
             return None, None, None, None, None, None, None, None, None
         if gM is None:  # (b used, M not: M's gradient is 0)
@@ -1571,7 +1572,7 @@ class BnTransportFn(torch.autograd.Function):
         kern = _backend.triton_kernels(_ops.FAMILY)
         gb, gm, gs = kern.poincare_bn_transport_bwd(
             gM.contiguous(), b, m, S, w, c, *ctx.args, ctx.from_bias,
-            None if gbo is None else _as(gbo, b.dtype).contiguous())
+            None if gbo is None else _as(gbo, b.dtype).contiguous(), bias)
         ng = ctx.needs_input_grad
         return (gb if ng[0] else None, gm if ng[1] else None, _shaped(gs[0], S) if ng[2] else None,
                 _shaped(_as(gs[1], w.dtype), w) if ng[3] else None,

@@ -1105,8 +1105,39 @@ def _bn_tr_fwd_kernel(B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, OUT_ptr, VAR_ptr, BO_pt
 
 
 @triton.jit
-def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.constexpr, sa,
-                  FROM_BIAS: tl.constexpr):
+def _bn_bias_bwd_kernel(GB_ptr, BIAS_ptr, C_ptr, GS_ptr, D, CUT: tl.constexpr, BLOCK_G: tl.constexpr,
+                        BLOCK_T: tl.constexpr):
+    """One program (session 34, FUSED_BIAS), after ``_bn_tr_bwd_kernel``: expmap0's backward from b's gradient g
+    (GB) to the bias, in place (the stereographic kernel's EXPMAP0 row: |bias|^2 and sa = tanc(k |bias|^2), <g,
+    bias> in float64, the vjp of sa, dbias = sa g + 2 g_xx bias in the tile type), and its dc added to the
+    transport's (GS[2]) in the tile type (autograd's accumulation of the old path).  Its own launch: in the
+    transport's backward kernel the extra sweeps spilled on sm_80."""
+    k = -tl.load(C_ptr).to(tl.float64)
+    xx, _sa64, sa = _bn_bias_coef(BIAS_ptr, C_ptr, D, CUT, BLOCK_G)
+    offs = tl.arange(0, BLOCK_T).to(tl.int64)
+    s_gx = tl.zeros((BLOCK_T,), tl.float64)
+    for p0 in range(0, D, BLOCK_T):
+        rows = p0 + offs
+        rm = rows < D
+        gv = tl.load(GB_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        xv = tl.load(BIAS_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        s_gx += gv * xv
+    z = k * xx
+    z_ = tl.sum(s_gx, 0) * _tanc_d(z, _tanc(z, CUT), CUT)
+    cxx = (2.0 * (z_ * k)).to(GB_ptr.dtype.element_ty)
+    gc_tr = tl.load(GS_ptr + 2)
+    tl.store(GS_ptr + 2, gc_tr + (-(z_ * xx)).to(GS_ptr.dtype.element_ty))
+    for p0 in range(0, D, BLOCK_T):
+        rows = p0 + offs
+        rm = rows < D
+        gv = tl.load(GB_ptr + rows, mask=rm, other=0.0)
+        xv = tl.load(BIAS_ptr + rows, mask=rm, other=0.0)
+        dxv = cxx * xv
+        tl.store(GB_ptr + rows, sa * gv + dxv, mask=rm)
+
+
+@triton.jit
+def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.constexpr):
     """For the rows p of the block: (gM (x0 a + x1 e))_p and (gM^T (y0 a + y1 e))_p, and the diagonal entries."""
     offs = tl.arange(0, BLOCK_T).to(tl.int64)
     acc_r = tl.zeros((BLOCK_T,), tl.float64)
@@ -1115,7 +1146,7 @@ def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.
     for q0 in range(0, D, BLOCK_T):
         q = q0 + offs
         qm = q < D
-        aq = _bn_tr_a(B_ptr, q, qm, sa, FROM_BIAS)
+        aq = tl.load(B_ptr + q, mask=qm, other=0.0).to(tl.float64)
         eq = -tl.load(M_ptr + q, mask=qm, other=0.0).to(tl.float64)
         m2 = rm[:, None] & qm[None, :]
         g_pq = tl.load(G_ptr + rows[:, None] * D + q[None, :], mask=m2, other=0.0).to(tl.float64)
@@ -1129,21 +1160,15 @@ def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.
 @triton.jit
 def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, GS_ptr, GBO_ptr, D,
                       n_hi: tl.float64, n_lo: tl.float64, eps_hi: tl.float64, eps_lo: tl.float64,
-                      TRAIN: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, FROM_BIAS: tl.constexpr,
-                      HAS_GBO: tl.constexpr, CUT: tl.constexpr):
+                      TRAIN: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, HAS_GBO: tl.constexpr):
     """One program: gb (D), gm (D), GS (3) = (gS (train: dL/dS; else dL/dvar), gw, gc) from gM (D, D).
-    FROM_BIAS (session 34): B_ptr is the bias (b = expmap0(bias) formed here as in the forward), GBO (HAS_GBO)
-    the gradient of the forward's b output; GB gets dL/dbias (the stereographic EXPMAP0 backward of
-    gb + GBO, summed in the tile type as autograd would) and gc the expmap0's part too."""
+    HAS_GBO (session 34, FUSED_BIAS): b's gradient from its other users (GBO) added to gb in the tile type (as
+    autograd accumulates them), for ``_bn_bias_bwd_kernel`` to take on to the bias."""
     zero = tl.full((), 0.0, tl.float64)
     n = (zero + n_hi) + n_lo
     eps = (zero + eps_hi) + eps_lo
     k = -tl.load(C_ptr).to(tl.float64)
-    sa = 0.0
-    xx = zero
-    if FROM_BIAS:
-        xx, _sa64, sa = _bn_bias_coef(B_ptr, C_ptr, D, CUT, BLOCK_G)
-    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G, sa, FROM_BIAS)
+    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G, 0.0, False)
     lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
     offs = tl.arange(0, BLOCK_T).to(tl.int64)
     # pass 1: gWt_ij = X_i^T gM X_j (X_0 = a, X_1 = e) and tr gM
@@ -1155,11 +1180,10 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
     for p0 in range(0, D, BLOCK_T):
         rows = p0 + offs
         rm = rows < D
-        ap = _bn_tr_a(B_ptr, rows, rm, sa, FROM_BIAS)
+        ap = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
         ep = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
-        ga_r, ge_r, dg = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 1.0, 0.0, 0.0, 0.0, BLOCK_T, sa, FROM_BIAS)
-        ge_r2, _unused, _d2 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 0.0, 1.0, 0.0, 0.0, BLOCK_T, sa,
-                                            FROM_BIAS)
+        ga_r, ge_r, dg = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 1.0, 0.0, 0.0, 0.0, BLOCK_T)
+        ge_r2, _unused, _d2 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 0.0, 1.0, 0.0, 0.0, BLOCK_T)
         h00 += ap * ga_r
         h10 += ep * ga_r
         h01 += ap * ge_r2
@@ -1209,12 +1233,10 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
     for p0 in range(0, D, BLOCK_T):
         rows = p0 + offs
         rm = rows < D
-        ap = _bn_tr_a(B_ptr, rows, rm, sa, FROM_BIAS)
+        ap = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
         ep = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
-        r1, c1, _d3 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w00, f * w01, f * w00, f * w10, BLOCK_T,
-                                    sa, FROM_BIAS)
-        r2, c2, _d4 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w10, f * w11, f * w01, f * w11, BLOCK_T,
-                                    sa, FROM_BIAS)
+        r1, c1, _d3 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w00, f * w01, f * w00, f * w10, BLOCK_T)
+        r2, c2, _d4 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w10, f * w11, f * w01, f * w11, BLOCK_T)
         ga = r1 + c1 + 2.0 * g_a2 * ap + g_ae * ep
         ge = r2 + c2 + 2.0 * g_e2 * ep + g_ae * ap
         ga_t = ga.to(GB_ptr.dtype.element_ty)
@@ -1222,29 +1244,6 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
             ga_t = ga_t + tl.load(GBO_ptr + rows, mask=rm, other=0.0).to(GB_ptr.dtype.element_ty)
         tl.store(GB_ptr + rows, ga_t, mask=rm)
         tl.store(GM_ptr + rows, (-ge).to(GM_ptr.dtype.element_ty), mask=rm)
-    if FROM_BIAS:
-        # expmap0's backward (the stereographic kernel's EXPMAP0 row): <g, bias> in float64, the vjp of
-        # sa = tanc(k |bias|^2), then dbias = sa g + 2 g_xx bias in the tile type, in place of g
-        tl.debug_barrier()
-        s_gx = tl.zeros((BLOCK_T,), tl.float64)
-        for p0 in range(0, D, BLOCK_T):
-            rows = p0 + offs
-            rm = rows < D
-            gv = tl.load(GB_ptr + rows, mask=rm, other=0.0).to(tl.float64)
-            xv = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
-            s_gx += gv * xv
-        z = k * xx
-        z_ = tl.sum(s_gx, 0) * _tanc_d(z, _tanc(z, CUT), CUT)
-        cxx = (2.0 * (z_ * k)).to(GB_ptr.dtype.element_ty)
-        tl.store(GS_ptr + 2, (-(g_k + z_ * xx)).to(GS_ptr.dtype.element_ty))
-        tl.debug_barrier()
-        for p0 in range(0, D, BLOCK_T):
-            rows = p0 + offs
-            rm = rows < D
-            gv = tl.load(GB_ptr + rows, mask=rm, other=0.0)
-            xv = tl.load(B_ptr + rows, mask=rm, other=0.0)
-            dxv = cxx * xv
-            tl.store(GB_ptr + rows, sa * gv + dxv, mask=rm)
 
 
 # ---------------------------------------------------------------- launchers
@@ -1424,9 +1423,10 @@ def poincare_bn_transport_fwd(b, m, S, w, c, n: float, eps: float, train: bool, 
 
 
 def poincare_bn_transport_bwd(gM, b, m, S, w, c, n: float, eps: float, train: bool, from_bias: bool = False,
-                              gbo=None):
+                              gbo=None, bias=None):
     """(gb, gm, gS, gw, gc) of poincare_bn_transport_fwd's M (gS: dL/dvar in eval); gS, gw, gc 0-dim.
-    from_bias: b is the bias, gbo (or None) the gradient of the forward's b output, and gb is dL/dbias."""
+    from_bias: b is the forward's b output, bias the bias, gbo (or None) b's gradient from its other users, and gb
+    is dL/dbias."""
     D = b.numel()
     gb = torch.empty_like(b)
     gm = torch.empty_like(b)
@@ -1438,8 +1438,10 @@ def poincare_bn_transport_bwd(gM, b, m, S, w, c, n: float, eps: float, train: bo
     with _device_guard(b):
         _bn_tr_bwd_kernel[(1,)](gM, b, m, S, w, _cval(c, b), gb, gm, gs, gb if gbo is None else gbo, D,
                                 *_f64_pair(n), *_f64_pair(eps), TRAIN=bool(train), BLOCK_G=bg, BLOCK_T=bt,
-                                FROM_BIAS=bool(from_bias), HAS_GBO=bool(from_bias) and gbo is not None,
-                                CUT=_st._CUT_F64, num_warps=2 if D > 16 else 1)
+                                HAS_GBO=bool(from_bias) and gbo is not None, num_warps=2 if D > 16 else 1)
+        if from_bias:
+            _bn_bias_bwd_kernel[(1,)](gb, bias, _cval(c, b), gs, D, CUT=_st._CUT_F64, BLOCK_G=bg, BLOCK_T=bt,
+                                      num_warps=2 if D > 16 else 1)
     return gb, gm, gs
 
 
@@ -1922,7 +1924,7 @@ def compile_variants():
                     poincare_bn_transport_fwd(rmn, rmn, one, one, c, 10.0, 1e-6, train, True))
                 add(f"bn_transport/{shape} bwd {tn} bias", lambda rmn=rmn, one=one, M=M, Db=Db, train=train:
                     poincare_bn_transport_bwd(torch.zeros(Db, Db, dtype=rmn.dtype), rmn, rmn, one, one, c, 10.0,
-                                              1e-6, train, True, rmn))
+                                              1e-6, train, True, rmn, rmn))
         if dtype == torch.float32:
             a = torch.zeros(256, 144, dtype=dtype)
             bm = torch.zeros(144, 16, dtype=dtype)
