@@ -77,7 +77,10 @@ def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
         ct = c.reshape(()).to(device=like.device)
         if not ct.is_floating_point():
             ct = ct.to(torch.float32)
-        if ct.device.type == "cpu" and not torch.compiler.is_compiling() and not _is_fake(ct):
+        # the positivity read: free on the CPU; on a GPU a device sync per call (~10-50 us, a drained launch
+        # queue), so there only under GEOOPS_CHECK (a ball's curvature is checked once, when marked)
+        if ((_host_read_free(ct) or _backend.checks_enabled()) and not torch.compiler.is_compiling()
+                and not _is_fake(ct)):
             cv = float(ct.detach())
             if not 0 < cv < math.inf:  # also NaN
                 _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {cv}")
@@ -90,15 +93,25 @@ def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
     _fail(op, f"c must be a positive number or a 0-dim tensor, got {type(c).__name__}", TypeError)
 
 
+def _host_read_free(t: torch.Tensor) -> bool:
+    """Whether reading t's values on the host (item / float / bool) costs nothing: a CPU tensor.  On a GPU each
+    read is a device sync (~10-50 us, and the launch queue drains), so the per-call paths read nothing there
+    (tests/triton/test_poincare_hostwork.py patches this to take the GPU paths on CPU tensors)."""
+    return t.device.type == "cpu"
+
+
 def _mark_checked_curvature(c: torch.Tensor) -> torch.Tensor:
     """Marks c (a 0-dim floating tensor without gradient made by geoops, e.g. PoincareBall's cached curvature)
     as checked: while its version counter stays, ``_curv`` returns it as is and ``_k`` a cached -c (no per-call
-    reshape / to / positivity read / negation).  A c <= 0 is left unmarked (the checks then raise per call)."""
-    if (c.dim() == 0 and c.is_floating_point() and not c.requires_grad and c.device.type == "cpu"
-            and not _is_fake(c) and 0 < float(c) < math.inf):
-        # (version, -c, c as a Python float, -c as a (1,) float64 tensor: the stereographic kernels' k, which
-        # they would otherwise convert to double on every call)
-        c._geoops_checked = (c._version, -c, float(c), (-c).to(torch.float64).reshape(1))
+    reshape / to / positivity read / negation).  A c <= 0 is left unmarked (the checks then raise per call).
+    Any device: on a GPU the one read of c here is a device sync once per marked tensor (the ball's cache keeps
+    it across calls), not one per layer call."""
+    if c.dim() == 0 and c.is_floating_point() and not c.requires_grad and not _is_fake(c):
+        cf = float(c)
+        if 0 < cf < math.inf:
+            # (version, -c, c as a Python float, -c as a (1,) float64 tensor: the stereographic kernels' k, which
+            # they would otherwise convert to double on every call)
+            c._geoops_checked = (c._version, -c, cf, (-c).to(torch.float64).reshape(1))
     return c
 
 
@@ -125,7 +138,7 @@ def _k64_rows(c: torch.Tensor) -> torch.Tensor:
 def _checked(c, like) -> bool:
     """Whether c is a marked curvature (``_mark_checked_curvature``) still at its marked version, on like's
     device, eager."""
-    return (_valid_mark(c) is not None and like.device.type == "cpu" and not torch.compiler.is_compiling())
+    return (_valid_mark(c) is not None and c.device == like.device and not torch.compiler.is_compiling())
 
 
 def _is_fake(t) -> bool:
@@ -501,7 +514,7 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
     r, back = _rows(x, dim, "poincare_relu")
     _debug_checks("poincare_relu", ct, {"x": (r, -1)})
-    cc = ct.to(cdt)
+    cc = _as(ct, cdt)
     if (x.device.type == "cpu" and x.dtype == cdt and r.shape[0] > 0 and _fused_on()
             and _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
         if x.dim() == 4 and dim % 4 == 1 and x.shape[1] > 0 and (x.is_contiguous(memory_format=torch.channels_last)
@@ -510,8 +523,8 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
             # plain image's pixel rows by the C++ transpose, each way)
             return PoincareReluImgFn.apply(x, cc, _eps(None, cdt))
         return back(PoincareReluCppFn.apply(r.contiguous(), cc, _eps(None, cdt)))
-    y = _library.apply(PoincareReluFn, r.to(cdt).contiguous(), cc, _eps(None, cdt))
-    return back(y).to(x.dtype)
+    y = _library.apply(PoincareReluFn, _as(r, cdt).contiguous(), cc, _eps(None, cdt))
+    return _as(back(y), x.dtype)
 
 
 class PoincareReluCppFn(torch.autograd.Function):
@@ -668,7 +681,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     B, C, H, W = x.shape
     kh, kw = kernel
     Co = z.shape[1]
-    cc = ct.to(cdt)
+    cc = _as(ct, cdt)
     if (_fused_on() and x.device.type == "cpu" and 2 * padding[0] <= kh and 2 * padding[1] <= kw
             and B * H * W > 0 and _library.direct_call_ok(x, z, bias, cc)
             and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
@@ -685,10 +698,12 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
                 _CONV_CFG[key] = cfg
         y = PoincareConv2dFn.apply(x.to(cdt), z.to(cdt), bb, cc, cfg.geo)
         return y.to(out_dtype)
-    r, _ = _rows(x.to(cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
-    vr = _st.logmap0(r, k=-cc)  # (B*H*W, C) tangent pixel rows
+    # (_as: no to() op when the dtype already matches; a marked c's cached -c: no neg op -- session 34, the same
+    # tensors as before, each op ~5-20 us of host time on a GPU)
+    r, _ = _rows(_as(x, cdt), 1)  # (B*H*W, C) pixel rows (free for a channels-last tensor)
+    vr = _st.logmap0(r, k=cc._geoops_checked[1] if _checked(cc, r) else -cc)  # (B*H*W, C) tangent pixel rows
     beta = beta_concat_scale(C, C * kh * kw)
-    zc = z.to(cdt)
+    zc = _as(z, cdt)
     if torch.compiler.is_compiling():
         # compiled: t and U from one opaque op on the 2-D rows (geoops::poincare_conv_rows_fwd / _bwd), so the
         # graph holds no aten convolution and saves no 4-D tensor.  Inductor's CPU convolution layout
@@ -715,9 +730,9 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
             U = F.conv2d(sq, ones, stride=stride, padding=padding)
         Ho, Wo = t.shape[2], t.shape[3]
         trows = t.permute(0, 2, 3, 1).reshape(-1, Co)
-    bb = None if bias is None else bias.to(cdt)
+    bb = None if bias is None else _as(bias, cdt)
     y = _library.apply(PoincareFcRowsFn, trows, U.reshape(-1), zc, bb, cc, _eps(None, cdt), True)
-    return y.reshape(B, Ho, Wo, Co).permute(0, 3, 1, 2).to(out_dtype)
+    return _as(y.reshape(B, Ho, Wo, Co).permute(0, 3, 1, 2), out_dtype)
 
 
 def _st_ref_eps(dtype) -> float:
@@ -1133,8 +1148,10 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     if fused:
         b = k = None  # expmap0(bias) inside the layer's C++ calls
     else:
-        k = -ct
-        b = _st.expmap0(_as(bias, cdt), k=k)
+        k = ct._geoops_checked[1] if _checked(ct, xr) else -ct  # (a marked c's cached -c: no neg op)
+        # the Triton transport kernel forms expmap0(bias) itself (GEOOPS_POINCARE_TRITON_FUSED_BIAS): b comes
+        # from BnTransportFn below; else the stereographic expmap0 here
+        b = None if _bias_transport_on(bias, cdt) else _st.expmap0(_as(bias, cdt), k=k)
     if training or running_mean is None:
         n = max(x.shape[0], 1)
         if fused:
@@ -1149,7 +1166,9 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
             mean = _library.apply(MidpointMeanFn, xr, ct)
             u = _st.logmap(mean, xr, k=k)
             S = _library.apply(SqSumFn, u)
-            if _transport_triton_on(b, mean, S, weight, ct):
+            if b is None and _transport_triton_on(bias, mean, S, weight, ct):
+                M, var, b = BnTransportFn.apply(bias, mean, S, _as(weight, cdt), ct, float(n), float(eps), True, True)
+            elif _transport_triton_on(b := _bias_b(b, bias, cdt, k), mean, S, weight, ct):
                 M, var = BnTransportFn.apply(b, mean, S, _as(weight, cdt), ct, float(n), float(eps), True)
             else:
                 AE, G = _gram(b, mean)
@@ -1164,7 +1183,10 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         mean, var = running_mean.to(cdt), running_var.to(cdt)
         k = -ct if k is None else k
         u = _st.logmap(mean, xr, k=k)
-        if _transport_triton_on(b, mean, var, weight, ct):
+        if b is None and _transport_triton_on(bias, mean, var, weight, ct):
+            M, _, b = BnTransportFn.apply(bias, mean.contiguous(), var, _as(weight, cdt), ct, 1.0, float(eps), False,
+                                          True)
+        elif _transport_triton_on(b := _bias_b(b, bias, cdt, k), mean, var, weight, ct):
             M = BnTransportFn.apply(b, mean.contiguous(), var, _as(weight, cdt), ct, 1.0, float(eps), False)[0]
         else:
             AE, G = _gram(b, mean)
@@ -1491,6 +1513,21 @@ class BnRowsFn(torch.autograd.Function):
         return gu, gM, gb, (gc.reshape(c.shape) if ctx.needs_input_grad[3] else None), None
 
 
+def _bias_transport_on(bias: torch.Tensor, cdt) -> bool:
+    """Whether the batch norm's b = expmap0(bias) may come from the Triton transport kernel (BnTransportFn with
+    from_bias, session 34: one stereographic launch and its glue less each way): GEOOPS_POINCARE_TRITON_FUSED_BIAS
+    (read per call; 0 = the stereographic expmap0) and FUSED_BN on, a contiguous 1-D bias of the compute dtype on
+    the Triton backend (the transport's own conditions are checked where it runs: ``_transport_triton_on``)."""
+    return (not _knob_off("GEOOPS_POINCARE_TRITON_FUSED_BIAS") and bias.dim() == 1 and bias.dtype == cdt
+            and bias.is_contiguous() and not _knob_off("GEOOPS_POINCARE_TRITON_FUSED_BN")
+            and _backend.resolve(bias.device, _ops.FAMILY) == "triton")
+
+
+def _bias_b(b, bias, cdt, k):
+    """b = expmap0(bias) (the stereographic op) unless already formed."""
+    return _st.expmap0(_as(bias, cdt), k=k) if b is None else b
+
+
 def _transport_triton_on(b, m, S, w, ct) -> bool:
     """Whether the batch norm's transport matrix (and var) comes from BnTransportFn (two Triton launches) instead of
     _gram / _transport_matrix's torch ops: eager plain tensors on the Triton backend, one dtype, S / w / c one
@@ -1509,29 +1546,37 @@ def _transport_triton_on(b, m, S, w, ct) -> bool:
 class BnTransportFn(torch.autograd.Function):
     """(b, m, S, w, c) -> (M, var): the batch norm's transport-and-rescale matrix M (D, D) of _transport_matrix
     and (train) var = lam_m^2 S / n, or (eval: S is the running variance) var = S; one Triton launch each way
-    (geoops.kernels.poincare.poincare_bn_transport_fwd / _bwd, the scalar chain in float64).  var: no gradient."""
+    (geoops.kernels.poincare.poincare_bn_transport_fwd / _bwd, the scalar chain in float64).  var: no gradient.
+    from_bias (session 34): the first argument is the bias, b = expmap0(bias) is formed in the kernels, and
+    (M, var, b) come back (b's gradient from its other users enters the backward kernel, which returns dL/dbias)."""
 
     @staticmethod
-    def forward(ctx, b, m, S, w, c, n, eps, train):
+    def forward(ctx, b, m, S, w, c, n, eps, train, from_bias=False):
         kern = _backend.triton_kernels(_ops.FAMILY)
-        M, var = kern.poincare_bn_transport_fwd(b, m, S, w, c, n, eps, train)
-        ctx.save_for_backward(b, m, S, w, c)
+        out = kern.poincare_bn_transport_fwd(b, m, S, w, c, n, eps, train, from_bias)
+        # (from_bias: the backward reads the b it wrote, and the bias for expmap0's backward)
+        ctx.save_for_backward(out[2] if from_bias else b, m, S, w, c, b if from_bias else None)
         ctx.args = (n, eps, train)
-        ctx.mark_non_differentiable(var)
-        return M, var
+        ctx.from_bias = from_bias
+        ctx.mark_non_differentiable(out[1])
+        return out
 
     @staticmethod
     @_library.first_order_only
-    def backward(ctx, gM, _gvar):
-        b, m, S, w, c = ctx.saved_tensors
-        if gM is None:
-            return None, None, None, None, None, None, None, None
+    def backward(ctx, gM, _gvar, gbo=None):
+        b, m, S, w, c, bias = ctx.saved_tensors
+        if gM is None and gbo is None:
+            return None, None, None, None, None, None, None, None, None
+        if gM is None:  # (b used, M not: M's gradient is 0)
+            gM = torch.zeros((b.numel(), b.numel()), dtype=b.dtype, device=b.device)
         kern = _backend.triton_kernels(_ops.FAMILY)
-        gb, gm, gs = kern.poincare_bn_transport_bwd(gM.contiguous(), b, m, S, w, c, *ctx.args)
+        gb, gm, gs = kern.poincare_bn_transport_bwd(
+            gM.contiguous(), b, m, S, w, c, *ctx.args, ctx.from_bias,
+            None if gbo is None else _as(gbo, b.dtype).contiguous(), bias)
         ng = ctx.needs_input_grad
         return (gb if ng[0] else None, gm if ng[1] else None, _shaped(gs[0], S) if ng[2] else None,
                 _shaped(_as(gs[1], w.dtype), w) if ng[3] else None,
-                gs[2].to(c.dtype).reshape(c.shape) if ng[4] else None, None, None, None)
+                gs[2].to(c.dtype).reshape(c.shape) if ng[4] else None, None, None, None, None)
 
 
 def _gram(b: torch.Tensor, m: torch.Tensor):

@@ -64,7 +64,7 @@ import triton
 import triton.language as tl
 
 from . import stereographic as _st
-from .stereographic import EXPMAP, PROJECT, _div, _fwd_coef, _sqrt, _vjp
+from .stereographic import EXPMAP, PROJECT, _div, _fwd_coef, _sqrt, _tanc, _tanc_d, _vjp
 
 try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at compile time
     from triton.language.extra import libdevice as _libdevice
@@ -958,7 +958,7 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
     momentum = (zero + mom_hi) + mom_lo
     unbias = (zero + ub_hi) + ub_lo
     offs = tl.arange(0, BLOCK_D).to(tl.int64)
-    x2, mxy, y2 = _bn_tr_gram(RM_ptr, M_ptr, D, BLOCK_D)  # (|x|^2, <x, -y>, |y|^2)
+    x2, mxy, y2 = _bn_tr_gram(RM_ptr, M_ptr, D, BLOCK_D, 0.0, False)  # (|x|^2, <x, -y>, |y|^2)
     xy = -mxy
     k = -tl.load(C_ptr).to(tl.float64)
     t = momentum
@@ -999,15 +999,42 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
 
 
 @triton.jit
-def _bn_tr_gram(B_ptr, M_ptr, D, BLOCK: tl.constexpr):
-    """(|a|^2, <a, e>, |e|^2) in float64 for a = b, e = -m."""
+def _bn_tr_a(B_ptr, i, msk, sa, FROM_BIAS: tl.constexpr):
+    """Entries i of a = b in float64: loaded, or (FROM_BIAS: B_ptr is the bias) b = expmap0(bias) = sa bias with
+    sa the expmap0 coefficient in the tile type (``_bn_bias_coef``), rounded to the tile type as the
+    stereographic kernel's output."""
+    a = tl.load(B_ptr + i, mask=msk, other=0.0)
+    if FROM_BIAS:
+        a = sa * a
+    return a.to(tl.float64)
+
+
+@triton.jit
+def _bn_bias_coef(B_ptr, C_ptr, D, CUT: tl.constexpr, BLOCK: tl.constexpr):
+    """(|bias|^2 in float64, the expmap0 coefficient tanc(k |bias|^2) in float64 and in the tile type): the
+    stereographic EXPMAP0 row (its float64 row sum of the widened tile, ``_fwd_coef``'s tanc), k = -c."""
+    offs = tl.arange(0, BLOCK).to(tl.int64)
+    acc = tl.zeros((BLOCK,), tl.float64)
+    for d0 in range(0, D, BLOCK):
+        i = d0 + offs
+        v = tl.load(B_ptr + i, mask=i < D, other=0.0).to(tl.float64)
+        acc += v * v
+    xx = tl.sum(acc, 0)
+    k = -tl.load(C_ptr).to(tl.float64)
+    sa = _tanc(k * xx, CUT)
+    return xx, sa, sa.to(B_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _bn_tr_gram(B_ptr, M_ptr, D, BLOCK: tl.constexpr, sa, FROM_BIAS: tl.constexpr):
+    """(|a|^2, <a, e>, |e|^2) in float64 for a = b, e = -m (FROM_BIAS: b = sa bias, see ``_bn_tr_a``)."""
     offs = tl.arange(0, BLOCK).to(tl.int64)
     s_aa = tl.zeros((BLOCK,), tl.float64)
     s_ae = tl.zeros((BLOCK,), tl.float64)
     s_ee = tl.zeros((BLOCK,), tl.float64)
     for d0 in range(0, D, BLOCK):
         i = d0 + offs
-        a = tl.load(B_ptr + i, mask=i < D, other=0.0).to(tl.float64)
+        a = _bn_tr_a(B_ptr, i, i < D, sa, FROM_BIAS)
         e = -tl.load(M_ptr + i, mask=i < D, other=0.0).to(tl.float64)
         s_aa += a * a
         s_ae += a * e
@@ -1038,26 +1065,30 @@ def _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN: tl.constexpr):
 
 
 @triton.jit
-def _bn_tr_fwd_kernel(B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, OUT_ptr, VAR_ptr, D, n_hi: tl.float64, n_lo: tl.float64,
-                      eps_hi: tl.float64, eps_lo: tl.float64, TRAIN: tl.constexpr, BLOCK_G: tl.constexpr,
-                      BLOCK_T: tl.constexpr):
+def _bn_tr_fwd_kernel(B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, OUT_ptr, VAR_ptr, BO_ptr, D, n_hi: tl.float64,
+                      n_lo: tl.float64, eps_hi: tl.float64, eps_lo: tl.float64, TRAIN: tl.constexpr,
+                      BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, FROM_BIAS: tl.constexpr, CUT: tl.constexpr):
     """OUT (D, D) tile (program_id(0), program_id(1)) of M; VAR (1 entry) = var from program (0, 0).  n and eps
-    as float32-exact pairs (_f64_pair)."""
+    as float32-exact pairs (_f64_pair).  FROM_BIAS (session 34): B_ptr is the bias, b = expmap0(bias) is formed
+    here (every program; ``_bn_bias_coef``) and the programs of column block 0 write their rows of it to BO."""
     zero = tl.full((), 0.0, tl.float64)
     n = (zero + n_hi) + n_lo
     eps = (zero + eps_hi) + eps_lo
     pr = tl.program_id(0).to(tl.int64)
     pc = tl.program_id(1).to(tl.int64)
     k = -tl.load(C_ptr).to(tl.float64)
-    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G)
+    sa = 0.0
+    if FROM_BIAS:
+        _xx, _sa64, sa = _bn_bias_coef(B_ptr, C_ptr, D, CUT, BLOCK_G)
+    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G, sa, FROM_BIAS)
     lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
     rows = pr * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     cols = pc * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     rm = rows < D
     cm = cols < D
-    ar = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+    ar = _bn_tr_a(B_ptr, rows, rm, sa, FROM_BIAS)
     er = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
-    ac = tl.load(B_ptr + cols, mask=cm, other=0.0).to(tl.float64)
+    ac = _bn_tr_a(B_ptr, cols, cm, sa, FROM_BIAS)
     ec = -tl.load(M_ptr + cols, mask=cm, other=0.0).to(tl.float64)
     # row p of [a e] times Wt: u_p = f (W00 a_p + W10 e_p), v_p = f (W01 a_p + W11 e_p); M_pq = u_p a_q + v_p e_q
     u = f * (w00 * ar + w10 * er)
@@ -1068,6 +1099,41 @@ def _bn_tr_fwd_kernel(B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, OUT_ptr, VAR_ptr, D, n_
              mask=rm[:, None] & cm[None, :])
     if (pr == 0) & (pc == 0):
         tl.store(VAR_ptr, var.to(VAR_ptr.dtype.element_ty))
+    if FROM_BIAS:
+        if pc == 0:
+            tl.store(BO_ptr + rows, ar.to(BO_ptr.dtype.element_ty), mask=rm)
+
+
+@triton.jit
+def _bn_bias_bwd_kernel(GB_ptr, BIAS_ptr, C_ptr, GS_ptr, D, CUT: tl.constexpr, BLOCK_G: tl.constexpr,
+                        BLOCK_T: tl.constexpr):
+    """One program (session 34, FUSED_BIAS), after ``_bn_tr_bwd_kernel``: expmap0's backward from b's gradient g
+    (GB) to the bias, in place (the stereographic kernel's EXPMAP0 row: |bias|^2 and sa = tanc(k |bias|^2), <g,
+    bias> in float64, the vjp of sa, dbias = sa g + 2 g_xx bias in the tile type), and its dc added to the
+    transport's (GS[2]) in the tile type (autograd's accumulation of the old path).  Its own launch: in the
+    transport's backward kernel the extra sweeps spilled on sm_80."""
+    k = -tl.load(C_ptr).to(tl.float64)
+    xx, _sa64, sa = _bn_bias_coef(BIAS_ptr, C_ptr, D, CUT, BLOCK_G)
+    offs = tl.arange(0, BLOCK_T).to(tl.int64)
+    s_gx = tl.zeros((BLOCK_T,), tl.float64)
+    for p0 in range(0, D, BLOCK_T):
+        rows = p0 + offs
+        rm = rows < D
+        gv = tl.load(GB_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        xv = tl.load(BIAS_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        s_gx += gv * xv
+    z = k * xx
+    z_ = tl.sum(s_gx, 0) * _tanc_d(z, _tanc(z, CUT), CUT)
+    cxx = (2.0 * (z_ * k)).to(GB_ptr.dtype.element_ty)
+    gc_tr = tl.load(GS_ptr + 2)
+    tl.store(GS_ptr + 2, gc_tr + (-(z_ * xx)).to(GS_ptr.dtype.element_ty))
+    for p0 in range(0, D, BLOCK_T):
+        rows = p0 + offs
+        rm = rows < D
+        gv = tl.load(GB_ptr + rows, mask=rm, other=0.0)
+        xv = tl.load(BIAS_ptr + rows, mask=rm, other=0.0)
+        dxv = cxx * xv
+        tl.store(GB_ptr + rows, sa * gv + dxv, mask=rm)
 
 
 @triton.jit
@@ -1092,15 +1158,17 @@ def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.
 
 
 @triton.jit
-def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, GS_ptr, D, n_hi: tl.float64,
-                      n_lo: tl.float64, eps_hi: tl.float64, eps_lo: tl.float64, TRAIN: tl.constexpr,
-                      BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr):
-    """One program: gb (D), gm (D), GS (3) = (gS (train: dL/dS; else dL/dvar), gw, gc) from gM (D, D)."""
+def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, GS_ptr, GBO_ptr, D,
+                      n_hi: tl.float64, n_lo: tl.float64, eps_hi: tl.float64, eps_lo: tl.float64,
+                      TRAIN: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, HAS_GBO: tl.constexpr):
+    """One program: gb (D), gm (D), GS (3) = (gS (train: dL/dS; else dL/dvar), gw, gc) from gM (D, D).
+    HAS_GBO (session 34, FUSED_BIAS): b's gradient from its other users (GBO) added to gb in the tile type (as
+    autograd accumulates them), for ``_bn_bias_bwd_kernel`` to take on to the bias."""
     zero = tl.full((), 0.0, tl.float64)
     n = (zero + n_hi) + n_lo
     eps = (zero + eps_hi) + eps_lo
     k = -tl.load(C_ptr).to(tl.float64)
-    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G)
+    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G, 0.0, False)
     lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
     offs = tl.arange(0, BLOCK_T).to(tl.int64)
     # pass 1: gWt_ij = X_i^T gM X_j (X_0 = a, X_1 = e) and tr gM
@@ -1171,7 +1239,10 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
         r2, c2, _d4 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w10, f * w11, f * w01, f * w11, BLOCK_T)
         ga = r1 + c1 + 2.0 * g_a2 * ap + g_ae * ep
         ge = r2 + c2 + 2.0 * g_e2 * ep + g_ae * ap
-        tl.store(GB_ptr + rows, ga.to(GB_ptr.dtype.element_ty), mask=rm)
+        ga_t = ga.to(GB_ptr.dtype.element_ty)
+        if HAS_GBO:  # b's two gradients summed in the tile type (autograd's accumulation of the old path)
+            ga_t = ga_t + tl.load(GBO_ptr + rows, mask=rm, other=0.0).to(GB_ptr.dtype.element_ty)
+        tl.store(GB_ptr + rows, ga_t, mask=rm)
         tl.store(GM_ptr + rows, (-ge).to(GM_ptr.dtype.element_ty), mask=rm)
 
 
@@ -1333,23 +1404,29 @@ def _bn_tr_blocks(D: int):
     return min(triton.next_power_of_2(max(D, 1)), 256), min(triton.next_power_of_2(max(D, 1)), 32)
 
 
-def poincare_bn_transport_fwd(b, m, S, w, c, n: float, eps: float, train: bool):
+def poincare_bn_transport_fwd(b, m, S, w, c, n: float, eps: float, train: bool, from_bias: bool = False):
     """(M (D, D), var (0-dim)) in b's dtype: the batch norm's transport-and-rescale matrix (see
     geoops.poincare._transport_matrix) from b = expmap0(bias), the midpoint m, S (train: sum |u_i|^2, var =
-    lam_m^2 S / n; eval: var itself), the weight w and c.  b, m contiguous (D,); S, w, c one entry each."""
+    lam_m^2 S / n; eval: var itself), the weight w and c.  b, m contiguous (D,); S, w, c one entry each.
+    from_bias (session 34): b is the bias itself; expmap0 runs inside the kernel and (M, var, b) come back (b:
+    the stereographic expmap0's value, to the row sum's summation order)."""
     D = b.numel()
     out = torch.empty((D, D), dtype=b.dtype, device=b.device)
     var = torch.empty((), dtype=b.dtype, device=b.device)
+    bo = torch.empty_like(b) if from_bias else out
     bg, bt = _bn_tr_blocks(D)
     with _device_guard(b):
         _bn_tr_fwd_kernel[(triton.cdiv(D, bt), triton.cdiv(D, bt))](
-            b, m, S, w, _cval(c, b), out, var, D, *_f64_pair(n), *_f64_pair(eps), TRAIN=bool(train), BLOCK_G=bg,
-            BLOCK_T=bt, num_warps=4 if bt >= 32 else 1)
-    return out, var
+            b, m, S, w, _cval(c, b), out, var, bo, D, *_f64_pair(n), *_f64_pair(eps), TRAIN=bool(train), BLOCK_G=bg,
+            BLOCK_T=bt, FROM_BIAS=bool(from_bias), CUT=_st._CUT_F64, num_warps=4 if bt >= 32 else 1)
+    return (out, var, bo) if from_bias else (out, var)
 
 
-def poincare_bn_transport_bwd(gM, b, m, S, w, c, n: float, eps: float, train: bool):
-    """(gb, gm, gS, gw, gc) of poincare_bn_transport_fwd's M (gS: dL/dvar in eval); gS, gw, gc 0-dim."""
+def poincare_bn_transport_bwd(gM, b, m, S, w, c, n: float, eps: float, train: bool, from_bias: bool = False,
+                              gbo=None, bias=None):
+    """(gb, gm, gS, gw, gc) of poincare_bn_transport_fwd's M (gS: dL/dvar in eval); gS, gw, gc 0-dim.
+    from_bias: b is the forward's b output, bias the bias, gbo (or None) b's gradient from its other users, and gb
+    is dL/dbias."""
     D = b.numel()
     gb = torch.empty_like(b)
     gm = torch.empty_like(b)
@@ -1359,8 +1436,12 @@ def poincare_bn_transport_bwd(gM, b, m, S, w, c, n: float, eps: float, train: bo
     # sweeps spilled on sm_80 (Triton 3.6: 16 B with 4 warps, 128-168 B with 8)
     bt = min(bt, 16)
     with _device_guard(b):
-        _bn_tr_bwd_kernel[(1,)](gM, b, m, S, w, _cval(c, b), gb, gm, gs, D, *_f64_pair(n), *_f64_pair(eps),
-                                TRAIN=bool(train), BLOCK_G=bg, BLOCK_T=bt, num_warps=2 if D > 16 else 1)
+        _bn_tr_bwd_kernel[(1,)](gM, b, m, S, w, _cval(c, b), gb, gm, gs, gb if gbo is None else gbo, D,
+                                *_f64_pair(n), *_f64_pair(eps), TRAIN=bool(train), BLOCK_G=bg, BLOCK_T=bt,
+                                HAS_GBO=bool(from_bias) and gbo is not None, num_warps=2 if D > 16 else 1)
+        if from_bias:
+            _bn_bias_bwd_kernel[(1,)](gb, bias, _cval(c, b), gs, D, CUT=_st._CUT_F64, BLOCK_G=bg, BLOCK_T=bt,
+                                      num_warps=2 if D > 16 else 1)
     return gb, gm, gs
 
 
@@ -1838,6 +1919,12 @@ def compile_variants():
                 add(f"bn_transport/{shape} bwd {tn}", lambda rmn=rmn, one=one, M=M, Db=Db, train=train:
                     poincare_bn_transport_bwd(torch.zeros(Db, Db, dtype=rmn.dtype), rmn, rmn, one, one, c, 10.0,
                                               1e-6, train))
+                # session 34: b = expmap0(bias) formed in the kernels (GEOOPS_POINCARE_TRITON_FUSED_BIAS)
+                add(f"bn_transport/{shape} fwd {tn} bias", lambda rmn=rmn, one=one, train=train:
+                    poincare_bn_transport_fwd(rmn, rmn, one, one, c, 10.0, 1e-6, train, True))
+                add(f"bn_transport/{shape} bwd {tn} bias", lambda rmn=rmn, one=one, M=M, Db=Db, train=train:
+                    poincare_bn_transport_bwd(torch.zeros(Db, Db, dtype=rmn.dtype), rmn, rmn, one, one, c, 10.0,
+                                              1e-6, train, True, rmn, rmn))
         if dtype == torch.float32:
             a = torch.zeros(256, 144, dtype=dtype)
             bm = torch.zeros(144, 16, dtype=dtype)

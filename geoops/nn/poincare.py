@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from .. import _library
+from .. import _backend, _library
 from .. import poincare as gp
 
 __all__ = [
@@ -45,11 +45,14 @@ class PoincareBall(nn.Module):
         if (v.requires_grad and torch.is_grad_enabled()) or not _library.direct_call_ok(v):
             return self.constraining_strategy(v)
         # a curvature without gradient (the usual fixed ball): computed once per value of the parameter (its
-        # version counter, storage, dtype and device, the strategy, and the value itself: an in-place change
-        # through ``.data`` keeps the version counter) and shared by every layer call, marked as checked for
-        # geoops.poincare (no per-call softplus, positivity check, negation)
+        # version counter, storage, dtype and device, the strategy, and on the CPU the value itself: an in-place
+        # change through ``.data`` keeps the version counter) and shared by every layer call, marked as checked
+        # for geoops.poincare (no per-call softplus, positivity check, negation).  Off the CPU the value is not
+        # read (item() would be a device sync per layer call) unless GEOOPS_CHECK is on: there an in-place change
+        # through ``.data`` is not seen (change it under torch.no_grad() instead, as optimizers and
+        # load_state_dict do, which counts a version)
         key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy,
-               v.item() if v.numel() == 1 else None)
+               v.item() if v.numel() == 1 and (gp._host_read_free(v) or _backend.checks_enabled()) else None)
         hit = getattr(self, "_c_cache", None)
         if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
             return hit[1]

@@ -11,6 +11,8 @@ prep (knob off), entry by entry: float64 within 1e-10 and float32 within 1e-5 of
 1.3e-11 float64, at the projection boundary of tangent rows where lam = 2 / (1 - cX) amplifies the last bits of X
 by ~1e5; float32 6.8e-7, dL/dU of tangent rows).
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -86,17 +88,20 @@ def _block(ball, p, x):
     return p["relu"](nnp.poincare_residual(x, h, ball))
 
 
-# (forward ops, forward launches, backward ops, backward launches): the counts reached in session 33 plus slack
+# (forward ops, forward launches, backward ops, backward launches): the counts reached in session 34 plus slack
 # (before session 32: conv 140 / 2, 212 / 2; batch norm 133 / 7, 164 / 4; ReLU 12 / 1, 17 / 1; residual 14 / 1,
 # 20 / 1; the block 583 / 21, 781 / 15.  Session 32: conv 42 / 4, 60 / 5; batch norm 60 / 6, 91 / 5; ReLU 12 / 1,
 # 17 / 1; the block 241 / 23, 331 / 23.  Session 33 (bnhost2): the midpoint finish kernels (FUSED_BN), no to() /
-# detach / reshape / promote_types ops that change nothing (_cval, _as, the stereographic launchers))
+# detach / reshape / promote_types ops that change nothing (_cval, _as, the stereographic launchers): conv 37 / 4,
+# 54 / 5; batch norm 24 / 7, 51 / 6; ReLU 9 / 1, 14 / 1; residual 10 / 1, 16 / 1; block 149 / 25, 229 / 25.
+# Session 34 (bnhost3): expmap0(bias) in the transport kernels (FUSED_BIAS), the conv's / ReLU's no-op to() and
+# the marked curvature's cached -c in the conv and batch norm)
 LAYER_BOUNDS = {
-    "conv": (39, 4, 57, 5),             # reached: 37 / 4, 54 / 5
-    "batch_norm": (27, 7, 54, 6),       # reached: 24 / 7, 51 / 6 (FUSED_BN=0: 105 / 7, 150 / 4)
-    "relu": (10, 1, 15, 1),             # reached: 9 / 1, 14 / 1
+    "conv": (33, 4, 57, 5),             # reached: 31 / 4, 54 / 5
+    "batch_norm": (21, 6, 46, 6),       # reached: 20 / 6, 44 / 6 (FUSED_BIAS=0: 23 / 7, 51 / 6)
+    "relu": (7, 1, 15, 1),              # reached: 6 / 1, 14 / 1
     "residual": (12, 1, 18, 1),         # reached: 10 / 1, 16 / 1
-    "block": (160, 25, 240, 25),        # reached: 149 / 25, 229 / 25 (FUSED_BN=0: 311 / 25, 427 / 21)
+    "block": (128, 23, 220, 25),        # reached: 123 / 23, 215 / 25 (FUSED_BIAS=0: 129 / 25, 229 / 25)
 }
 
 
@@ -112,6 +117,105 @@ def test_layer_host_work(layer, host_work, device):
     fo, fl, bo, bl = LAYER_BOUNDS[layer]
     _check(wf, fo, fl, f"{layer} forward")
     _check(wb, bo, bl, f"{layer} backward")
+
+
+# ---------------------------------------------------------------- device syncs on the GPU path (session 34)
+# Host reads of a tensor's values: on a GPU each waits for the device (~10-50 us, and the launch queue drains).
+_READS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist")
+_SYNC_OPS = {"item", "_local_scalar_dense", "is_nonzero", "equal"}
+
+
+@pytest.fixture
+def gpu_path(monkeypatch):
+    """The paths a CUDA tensor takes, on CPU tensors: ``gp._host_read_free`` (the one device test of the per-call
+    host reads: the ball's cache key, ``_curv``'s positivity read) answers False; and a list that records every
+    host read of a tensor's values (``Tensor.item`` / ``__bool__`` / ``__float__`` / ``__int__`` / ``__index__`` /
+    ``tolist``, each a device sync on a GPU) made while ``reads[0]`` is True, by its caller (file:line)."""
+    import traceback
+    monkeypatch.setattr(gp, "_host_read_free", lambda t: False)
+    reads = [False]
+
+    def counted(name, orig):
+        def read(self, *args, **kwargs):
+            if reads[0]:
+                fr = traceback.extract_stack(limit=2)[0]
+                reads.append(f"{name} {fr.filename.rsplit('/', 2)[-1]}:{fr.lineno}")
+            return orig(self, *args, **kwargs)
+        return read
+
+    for name in _READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    return reads
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_block_no_device_sync(train, gpu_path, host_work, device):
+    """The residual block's fwd+bwd on the GPU path reads no tensor value on the host (before session 34: 7 per
+    step, the ball's ``v.item()`` cache key per layer call; and the curvature was not marked off the CPU, so each
+    layer re-made c: 166 / 229 torch ops; after the sync fix 142 / 229, after FUSED_BIAS and the no-op to() 116 /
+    215; eval forward 106).  Break-check: the ball's key with ``v.item()`` again fails (7 reads), and a CPU-only
+    mark fails the forward's bound (159 ops).  After one unmeasured call."""
+    ball, p, x = _block_parts()
+    if not train:
+        for m in p.values():
+            m.eval()
+    wf, wb = _fwd_bwd(host_work, lambda: _block(ball, p, x))  # (unmeasured first call inside)
+    gpu_path[0] = True
+    wf, wb = _fwd_bwd(host_work, lambda: _block(ball, p, x))
+    gpu_path[0] = False
+    assert gpu_path[1:] == [], gpu_path[1:]
+    for w, what in ((wf, "forward"), (wb, "backward")):
+        assert not _SYNC_OPS.intersection(w.ops), f"block {what}: {w}"
+    _check(wf, 120 if train else 110, 23, "block forward, GPU path")  # reached: 116 / 23 (eval: see below)
+    assert getattr(ball(), "_geoops_checked", None) is not None  # the cached curvature is marked off the CPU too
+
+
+def test_ball_cache_gpu_path(gpu_path, device):
+    """The ball's cached curvature on the GPU path: no host read per call; a change that counts a version
+    (``torch.no_grad()`` in-place, ``load_state_dict``) is seen; a change through ``.data`` (no version) only
+    under GEOOPS_CHECK, which reads the value per call (on the CPU it is always read: free there)."""
+    ball = nnp.PoincareBall(0.5)
+    c0 = ball()
+    gpu_path[0] = True
+    assert ball() is c0 and gpu_path[1:] == []
+    gpu_path[0] = False
+    with torch.no_grad():
+        ball.value.fill_(2.0)
+    torch.testing.assert_close(ball(), torch.nn.functional.softplus(torch.tensor(2.0)))
+    ball.load_state_dict({"value": torch.tensor(1.5)})
+    torch.testing.assert_close(ball(), torch.nn.functional.softplus(torch.tensor(1.5)))
+    c1 = ball()
+    ball.value.data.fill_(3.0)
+    assert ball() is c1  # not seen without the read
+    with _checks():
+        torch.testing.assert_close(ball(), torch.nn.functional.softplus(torch.tensor(3.0)))
+
+
+@contextlib.contextmanager
+def _checks():
+    """GEOOPS_CHECK on for the block (geoops.set_checks), restored afterwards."""
+    import geoops
+    old = geoops._backend.checks_enabled()
+    geoops.set_checks(True)
+    try:
+        yield
+    finally:
+        geoops.set_checks(old)
+
+
+def test_curv_positivity_read_gpu_path(gpu_path, device):
+    """``_curv``'s positivity read of an unmarked c: on the GPU path only under GEOOPS_CHECK (a sync per call
+    otherwise); on the CPU always (unchanged)."""
+    x = torch.zeros(3, 4)
+    bad = torch.tensor(-1.0)
+    gp._curv("t", bad, x)  # no read, no error: as on CUDA before session 34
+    with _checks(), pytest.raises(ValueError, match="c must be > 0"):
+        gp._curv("t", bad, x)
+
+
+def test_curv_positivity_read_cpu(device):
+    with pytest.raises(ValueError, match="c must be > 0"):
+        gp._curv("t", torch.tensor(-1.0), torch.zeros(3, 4))
 
 
 # ---------------------------------------------------------------- fused prep vs torch prep (knob off)
@@ -269,41 +373,87 @@ def test_bn_running_kernel_vs_float64(dtype, case, device):
     assert abs(rv.double().item() - rv_ref) <= tol * 2, rv.item()
 
 
+def _transport_args(D, seed, b_scale):
+    """float64 (b or bias, m, S, w, c) requiring gradients for BnTransportFn's gradchecks."""
+    g = torch.Generator().manual_seed(seed)
+    o = dict(dtype=torch.float64)
+    b = (torch.randn(D, generator=g, **o) * b_scale / D ** 0.5).requires_grad_()
+    m = (torch.randn(D, generator=g, **o) * 0.5 / D ** 0.5).requires_grad_()
+    return (b, m, torch.tensor(3.7, **o).requires_grad_(), torch.tensor([1.3], **o).requires_grad_(),
+            torch.tensor(0.8, **o).requires_grad_())
+
+
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("D", [3, 40])
 def test_bn_transport_gradcheck(train, D, device):
     """BnTransportFn (the transport matrix's two launches): float64 gradcheck in b, m, S (train: sum |u|^2; eval:
     the variance), w and c, for a single tile (D = 3) and several (D = 40: 32-wide tiles)."""
-    g = torch.Generator().manual_seed(9)
-    o = dict(dtype=torch.float64)
-    b = (torch.randn(D, generator=g, **o) * 0.3 / D ** 0.5).requires_grad_()
-    m = (torch.randn(D, generator=g, **o) * 0.5 / D ** 0.5).requires_grad_()
-    S = torch.tensor(3.7, **o).requires_grad_()
-    w = torch.tensor([1.3], **o).requires_grad_()
-    c = torch.tensor(0.8, **o).requires_grad_()
+    b, m, S, w, c = _transport_args(D, 9, 0.3)
     fn = lambda b, m, S, w, c: gp.BnTransportFn.apply(b, m, S, w, c, 17.0, 1e-6, train)[0]  # noqa: E731
     assert torch.autograd.gradcheck(fn, (b, m, S, w, c), eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=True)
 
 
-def test_bn_learnable_curvature(monkeypatch, device):
-    """dL/dc through the batch norm (a learnable curvature, train then eval) against the knob-off path, float64."""
+@pytest.mark.parametrize("knob, D", [("GEOOPS_POINCARE_TRITON_FUSED_BN", 4), ("GEOOPS_POINCARE_TRITON_FUSED_BIAS", 40)])
+def test_bn_learnable_curvature(knob, D, monkeypatch, device):
+    """dL/dc through the batch norm (a learnable curvature, train then eval) against the knob-off path, float64:
+    FUSED_BN (D = 4) and (session 34) FUSED_BIAS (D = 40: dc, dbias through expmap0 in the transport kernels)."""
+    s = (4 / D) ** 0.5
+
     def run():
         torch.manual_seed(1)
         c = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-        bias = (torch.randn(4, dtype=torch.float64) * 0.3).requires_grad_()
+        bias = (torch.randn(D, dtype=torch.float64) * 0.3 * s).requires_grad_()
         w = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
-        rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones((), dtype=torch.float64)
+        rm, rv = torch.zeros(D, dtype=torch.float64), torch.ones((), dtype=torch.float64)
         out = []
         for training in (True, False):
-            x = gp.expmap0(torch.randn(20, 4, dtype=torch.float64) * 0.7, c=0.6)
+            x = gp.expmap0(torch.randn(20, D, dtype=torch.float64) * 0.7 * s, c=0.6)
             y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv, training=training)
             out += list(torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
                                              ).sum(), (c, bias, w))) + [y.detach(), rm.clone(), rv.clone()]
         return out
-    new, old = _both(monkeypatch, run, BN_KNOB)
+    new, old = _both(monkeypatch, run, knob)
     for i, (a, b) in enumerate(zip(new, old)):
         err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
         assert err <= 1e-12, f"output {i}: {err:.3g}"
+
+
+# ---------------------------------------------------------------- expmap0(bias) in the transport kernel (session 34)
+BIAS_KNOB = "GEOOPS_POINCARE_TRITON_FUSED_BIAS"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_bias_matches_stereographic(dtype, monkeypatch, device):
+    """b = expmap0(bias) formed in the transport kernels (FUSED_BIAS) against the stereographic expmap0 launch
+    (knob off): PoincareBatchNorm2d over training steps and eval (outputs, dx, running statistics, dbias,
+    dweight) float64 within 1e-12, float32 within 1e-6 of the largest entry (the same formulas; only |bias|^2's
+    summation order and dc's / dbias's accumulation order differ)."""
+    new, old = _both(monkeypatch, lambda: _bn_run(dtype), BIAS_KNOB)
+    errs = []
+    for i, (a, b) in enumerate(zip(new, old)):
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        errs.append(((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item())
+    print(f"{dtype}: largest relative difference {max(errs):.3g}")
+    assert max(errs) <= BN_BOUND[dtype], errs
+
+
+@pytest.mark.parametrize("use", ["M_and_b", "b_only", "M_only"])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("D", [3, 40])
+def test_bn_bias_transport_gradcheck(use, train, D, device):
+    """BnTransportFn with from_bias (the bias in, (M, var, b) out): float64 gradcheck in bias, m, S, w and c with
+    M and b used (b's gradient from outside enters the backward kernel), b alone (M's gradient 0) and M alone
+    (no b gradient), one tile (D = 3) and several (D = 40); b against the stereographic expmap0."""
+    import geoops.stereographic as st
+    bias, m, S, w, c = _transport_args(D, 11, 0.6)
+    b = gp.BnTransportFn.apply(bias, m, S, w, c, 17.0, 1e-6, train, True)[2]
+    ref = st.expmap0(bias.detach(), k=-c.detach())
+    assert (b - ref).abs().max() <= 1e-15 * ref.abs().max()
+
+    def fn(bias, m, S, w, c):
+        M, _var, b = gp.BnTransportFn.apply(bias, m, S, w, c, 17.0, 1e-6, train, True)
+        return {"M_and_b": (M, b), "b_only": b, "M_only": M}[use]
+    assert torch.autograd.gradcheck(fn, (bias, m, S, w, c), eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=True)
 
 
 # ---------------------------------------------------------------- midpoint finish kernels (session 33, FUSED_BN)
