@@ -35,6 +35,8 @@ approximate float32 division where ``ieee_div`` is set.  A module-level string `
 above the family's table (explain there any spill an expectation tolerates).  See ``kernels/stereographic.py``.
 """
 
+import os
+
 import torch
 
 _SM_COUNTS: dict = {}
@@ -51,3 +53,17 @@ def sm_count(device: torch.device):
     if n is None:
         n = _SM_COUNTS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return n
+
+
+def with_env(name: str, value: str, fn, *args):
+    """fn(*args) with the environment variable `name` set to `value`, restored afterwards: the compile check
+    hooks launch a knob's path this way (the knobs are read per call)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn(*args)
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old

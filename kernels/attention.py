@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import sm_count
+from . import sm_count, with_env
 
 __all__ = ["triple_attention_fwd", "triple_attention_bwd"]
 
@@ -738,14 +738,4 @@ def compile_variants():
 
 def _forced_splits(launch, n: int = 3):
     """`launch` run with GEOOPS_ATTN_TRITON_SPLIT=n (the split kernels on a machine without a GPU)."""
-    def run():
-        old = os.environ.get("GEOOPS_ATTN_TRITON_SPLIT")
-        os.environ["GEOOPS_ATTN_TRITON_SPLIT"] = str(n)
-        try:
-            launch()
-        finally:
-            if old is None:
-                os.environ.pop("GEOOPS_ATTN_TRITON_SPLIT", None)
-            else:
-                os.environ["GEOOPS_ATTN_TRITON_SPLIT"] = old
-    return run
+    return lambda: with_env("GEOOPS_ATTN_TRITON_SPLIT", str(n), launch)

@@ -64,6 +64,7 @@ import triton
 import triton.language as tl
 
 from . import stereographic as _st
+from . import with_env
 from .stereographic import EXPMAP, PROJECT, _div, _fwd_coef, _sqrt, _tanc, _tanc_d, _vjp
 
 try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at compile time
@@ -1834,19 +1835,6 @@ forms and vjps from kernels/stereographic.py (`_fwd_coef` / `_vjp`); fc/mm is th
 replaces cuBLAS only when torch's TF32 switch is on."""
 
 
-def _with_env(name, value, fn, *args):
-    """fn(*args) with the environment variable name set to value (restored afterwards): a knob's path."""
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        return fn(*args)
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
-
-
 def compile_variants():
     """Every Triton variant the launchers of this module can run, for the CI compile check.
 
@@ -1883,7 +1871,7 @@ def compile_variants():
                                                                                     1e-3, 1, False))
             add(f"fc/{shape} bwd tangent", lambda g=g, x=x, z=z, b=b: poincare_fc_bwd(g, x, z, b, c, x.new_empty(0),
                                                                                     1e-3, 15, True))
-            add(f"fc/{shape} bwd torch prep", lambda g=g, x=x, z=z, b=b: _with_env(
+            add(f"fc/{shape} bwd torch prep", lambda g=g, x=x, z=z, b=b: with_env(
                 "GEOOPS_POINCARE_TRITON_FUSED_PREP", "0", poincare_fc_bwd, g, x, z, b, c, x.new_empty(0), 1e-3, 15,
                 False))
             U = torch.zeros(N, dtype=dtype)

@@ -49,6 +49,7 @@ import triton.language as tl
 
 from ..reference.ssm import discretize_log, expm1c, fft_size
 from ..reference.ssm import vandermonde_blocking as _blocking
+from . import with_env
 
 __all__ = ["vandermonde_fwd", "vandermonde_bwd", "fftconv_fwd", "fftconv_bwd", "ssm_discretize_fwd",
            "ssm_discretize_bwd", "ssm_conv_fwd", "ssm_conv_bwd", "fftconv_saves_uf", "compile_variants"]
@@ -420,14 +421,19 @@ def _cplx(cdt):
     return torch.complex128 if cdt == torch.float64 else torch.complex64
 
 
-def _kernel_spectrum(k, L, n, cdt):
-    """rfft(circular kernel, n) / n: k0 on [0, L), k1[l] at n - 1 - l (l <= L - 2)."""
+def _circular(k, L, n, cdt):
+    """The (C, H, n) circular kernel of k (C, S, H, L) in cdt: k0 on [0, L), k1[l] at n - 1 - l (l <= L - 2)."""
     kc = k.to(cdt)
     circ = torch.zeros((k.shape[0], k.shape[2], n), device=k.device, dtype=cdt)
     circ[..., :L] = kc[:, 0]
     if k.shape[1] == 2 and L > 1:
         circ[..., n - L + 1:] = kc[:, 1, :, :L - 1].flip(-1)
-    return torch.fft.rfft(circ, n=n, norm="forward").contiguous()
+    return circ
+
+
+def _kernel_spectrum(k, L, n, cdt):
+    """rfft(circular kernel, n) / n."""
+    return torch.fft.rfft(_circular(k, L, n, cdt), n=n, norm="forward").contiguous()
 
 
 _BLOCK = 256
@@ -462,7 +468,7 @@ def fftconv_fwd(u, k, D, save_uf: bool):
         uf = torch.zeros((B, H, n // 2 + 1), device=u.device, dtype=_cplx(cdt)) if save_uf \
             else u.new_empty(0, dtype=_cplx(cdt))
         return y, uf
-    N = monarch_size(L, u.dtype) if C * H <= _MAX_GRID_Y else 0
+    N = _monarch_fft_size(u, C)
     if N:
         kf = _monarch_spectrum(k, L, N, *_MONARCH_SPLIT[N])
         y = _monarch_conv(u.contiguous(), kf, None if D is None else D.contiguous(), N)
@@ -473,8 +479,7 @@ def fftconv_fwd(u, k, D, save_uf: bool):
 def fftconv_saves_uf(u: torch.Tensor, C: int) -> bool:
     """Whether fftconv_fwd returns rfft(u) when asked to (False where the tensor-core path runs: it never forms
     the spectrum, and the backward recomputes it); the op's fake implementation asks this."""
-    B, H, L = u.shape
-    return B * H * L * C == 0 or not (monarch_size(L, u.dtype) and C * H <= _MAX_GRID_Y)
+    return u.numel() * C == 0 or not _monarch_fft_size(u, C)
 
 
 # ---------------------------------------------------------------- FFT convolution on tensor cores ("monarch")
@@ -527,6 +532,20 @@ def _cmm(ar, ai, br, bi, PREC: tl.constexpr):
 
 
 @triton.jit
+def _monarch_fwd_rows(far, fai, xr, xi, twr, twi, fmr, fmi, PREC: tl.constexpr):
+    """Rows k1 of the forward transform X = ((F_N1[k1, :R1] x) * T[k1]) F_M (x: R1 x M complex)."""
+    br, bi = _cmm(far, fai, xr, xi, PREC)
+    return _cmm(br * twr - bi * twi, br * twi + bi * twr, fmr, fmi, PREC)
+
+
+@triton.jit
+def _monarch_inv_rows(yr, yi, twr, twi, fmr, fmi, PREC: tl.constexpr):
+    """Rows k1 of E = (Y conj(F_M)) * conj(T[k1]), the inverse transform's first steps."""
+    er, ei = _cmm(yr, yi, fmr, -fmi, PREC)
+    return er * twr + ei * twi, ei * twr - er * twi
+
+
+@triton.jit
 def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B, H, CH, L,
                          N1: tl.constexpr, M: tl.constexpr, R1: tl.constexpr, BK: tl.constexpr,
                          HAS_D: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
@@ -558,19 +577,17 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
         fa = k1[:, None] * N1 + n1[None, :]
         xr = tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32)  # reloaded per block (cache hits): fewer live
         xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)  # registers than keeping x
-        br, bi = _cmm(tl.load(f1_ptr + fa), tl.load(f1_ptr + N1 * N1 + fa), xr, xi, PREC)
+        far, fai = _ld2(f1_ptr, fa, N1 * N1)
         t2 = k1[:, None] * M + m[None, :]
         twr, twi = _ld2(tw_ptr, t2, N1 * M)
         fmr, fmi = _ld2(fm_ptr, mm, M * M)
-        sr, si = _cmm(br * twr - bi * twi, br * twi + bi * twr, fmr, fmi, PREC)
+        sr, si = _monarch_fwd_rows(far, fai, xr, xi, twr, twi, fmr, fmi, PREC)
         # the spectral product
         kr, ki = _ld2(kb_ptr, t2, N1 * M)
         if CONJ:
             ki = -ki
         # inverse: E = (Y conj(F_M)) * conj(T), y += conj(F_N1)[:R1, k1] E
-        er, ei = _cmm(sr * kr - si * ki, sr * ki + si * kr, fmr, -fmi, PREC)
-        gr = er * twr + ei * twi
-        gi = ei * twr - er * twi
+        gr, gi = _monarch_inv_rows(sr * kr - si * ki, sr * ki + si * kr, twr, twi, fmr, fmi, PREC)
         fd = n1[:, None] * N1 + k1[None, :]
         fdr, fdi = _ld2(f1_ptr, fd, N1 * N1)
         accr = tl.dot(fdi, gi, tl.dot(fdr, gr, accr, input_precision=PREC), input_precision=PREC)
@@ -582,13 +599,6 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
     y0 = y_ptr + (b0 * CH + ch) * L
     tl.store(y0 + n, accr.to(y_ptr.dtype.element_ty), mask=lm)
     tl.store(y0 + CH * L + n, acci.to(y_ptr.dtype.element_ty), mask=n < L1)
-
-
-@triton.jit
-def _monarch_fwd_rows(far, fai, xr, xi, twr, twi, fmr, fmi, PREC: tl.constexpr):
-    """Rows k1 of the forward transform X = ((F_N1[k1, :R1] x) * T[k1]) F_M (x: R1 x M complex)."""
-    br, bi = _cmm(far, fai, xr, xi, PREC)
-    return _cmm(br * twr - bi * twi, br * twi + bi * twr, fmr, fmi, PREC)
 
 
 @triton.jit
@@ -632,9 +642,7 @@ def _monarch_corr_kernel(u_ptr, g_ptr, f1_ptr, fm_ptr, tw_ptr, dk_ptr, B, H, CH,
             sr += wr * zr + wi * zi
             si += wi * zr - wr * zi
         # inverse rows E = (S conj(F_M)) * conj(T); r's rows += Re(conj(F_N1)[rows, k1] E)
-        er, ei = _cmm(sr, si, fmr, -fmi, PREC)
-        gr = er * twr + ei * twi
-        gi = ei * twr - er * twi
+        gr, gi = _monarch_inv_rows(sr, si, twr, twi, fmr, fmi, PREC)
         fd = n1[:, None] * N1 + k1[None, :]
         acc = tl.dot(tl.load(f1_ptr + N1 * N1 + fd), gi, tl.dot(tl.load(f1_ptr + fd), gr, acc, input_precision=PREC),
                      input_precision=PREC)
@@ -750,10 +758,20 @@ def monarch_size(L: int, dtype) -> int:
     """The FFT size of the tensor-core convolution for u of length L and dtype, or 0 where it does not run:
     float16 / bfloat16 u with 2L - 1 <= 32768 (GEOOPS_SSM_TRITON_MONARCH=0, read per call: never; =2: the
     two-pass form at every size, for A/B runs and tests)."""
-    if os.environ.get("GEOOPS_SSM_TRITON_MONARCH", "") == "0" or dtype not in (torch.float16, torch.bfloat16) or L < 1:
+    if os.environ.get("GEOOPS_SSM_TRITON_MONARCH", "") == "0" or dtype not in _HALF or L < 1:
         return 0
     n = max(256, 1 << (2 * L - 2).bit_length())
     return n if n in _MONARCH_SPLIT else 0
+
+
+def _monarch_fft_size(u, C: int) -> int:
+    """monarch_size for u (B, H, L) convolved with C output channels, 0 where the channel grid exceeds CUDA's."""
+    return monarch_size(u.shape[-1], u.dtype) if C * u.shape[1] <= _MAX_GRID_Y else 0
+
+
+def _monarch_r1(L: int, N1: int, M: int) -> int:
+    """Rows n1 of the [n1, m] layout that hold the L inputs / outputs (a power of two >= 16, <= N1)."""
+    return min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, M))))
 
 
 def _monarch_consts(N1: int, M: int, device):
@@ -772,12 +790,7 @@ def _monarch_consts(N1: int, M: int, device):
 
 def _monarch_spectrum(k, L: int, N: int, N1: int, M: int):
     """(C H, 2, N1, M) float32: [Re; Im] fft(circular k, N) / N in [k1, k2] order (k = k1 + N1 k2)."""
-    C, S, H, _ = k.shape
-    circ = torch.zeros((C, H, N), device=k.device, dtype=torch.float32)
-    circ[..., :L] = k[:, 0]
-    if S == 2 and L > 1:
-        circ[..., N - L + 1:] = k[:, 1, :, :L - 1].flip(-1)
-    return _monarch_kf(circ, N1, M)
+    return _monarch_kf(_circular(k, L, N, torch.float32), N1, M)
 
 
 def _monarch_kf(circ, N1: int, M: int):
@@ -792,7 +805,7 @@ def _monarch_conv(u, kf, D, N: int, conj: bool = False):
     B, H, L = u.shape
     CH = kf.shape[0]
     N1, M = _MONARCH_SPLIT[N]
-    R1 = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, M))))
+    R1 = _monarch_r1(L, N1, M)
     f1, fm, tw = _monarch_consts(N1, M, u.device)
     y = torch.empty((B, CH // H, H, L), device=u.device, dtype=u.dtype)
     prec = "tf32x3" if u.dtype == torch.float32 else "tf32"
@@ -828,7 +841,7 @@ def _monarch_corr(g, u, S: int, N: int, out_dtype):
     interpreter)."""
     B, C, H, L = g.shape
     N1, M = _MONARCH_SPLIT[N]
-    R1 = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, M))))
+    R1 = _monarch_r1(L, N1, M)
     f1, fm, tw = _monarch_consts(N1, M, u.device)
     dk = torch.zeros((C, S, H, L), device=u.device, dtype=out_dtype)
     BK, warps = _MONARCH_CORR_CFG[N]
@@ -893,7 +906,7 @@ def fftconv_bwd(g, u, uf, k, D, mask: int):
     n = fft_size(L)
     cdt = _cdt(u)
     # du of one output channel: the correlation with k through the tensor-core DFTs (conjugate spectrum)
-    N = monarch_size(L, u.dtype) if want_du and C == 1 and g.dtype == u.dtype and H <= _MAX_GRID_Y else 0
+    N = _monarch_fft_size(u, 1) if want_du and C == 1 and g.dtype == u.dtype else 0
     if N:
         kfm = _monarch_spectrum(k, L, N, *_MONARCH_SPLIT[N])
         du = _monarch_conv(g.reshape(B, H, L).contiguous(), kfm, None if D is None else D.contiguous(), N,
@@ -1231,7 +1244,7 @@ def ssm_conv_fwd(u, v, x, D, save_uf: bool, keep_kf: bool = True):
         _bmm(W[:, 0].reshape(C * H, -1, 2 * N), Z, H, into=(circ, 0, (n, T, 1), L))
         if S == 2:
             _bmm(W[:, 1].reshape(C * H, -1, 2 * N), Z, H, into=(circ, n - 1, (n, -T, -1), L - 1))
-    Nm = monarch_size(L, u.dtype) if C * H <= _MAX_GRID_Y else 0
+    Nm = _monarch_fft_size(u, C)
     if Nm:  # half u: the tensor-core convolution on the same circular K, moved to its power-of-two size
         circN = circ
         if Nm != n:
@@ -1384,23 +1397,11 @@ def compile_variants():
         entries.append({"label": f"ssm_conv monarch/{monarch_size(Lm, torch.bfloat16)}/bfloat16 fwd", "expect": expect,
                         "launch": lambda u=ub, v4=v4, x2=x2: ssm_conv_fwd(u, v4, x2, torch.zeros(1, H), True)})
     # the two-pass form at the one-pass sizes of the target (GEOOPS_SSM_TRITON_MONARCH=2, for A/B runs)
-    def knob2(fn):
-        def run():
-            old = os.environ.get("GEOOPS_SSM_TRITON_MONARCH")
-            os.environ["GEOOPS_SSM_TRITON_MONARCH"] = "2"
-            try:
-                return fn()
-            finally:
-                if old is None:
-                    del os.environ["GEOOPS_SSM_TRITON_MONARCH"]
-                else:
-                    os.environ["GEOOPS_SSM_TRITON_MONARCH"] = old
-        return run
-
     for N in (1024, 2048, 4096):
         u = torch.zeros(B, H, N // 2, dtype=torch.bfloat16)
         k = torch.zeros(1, 1, H, N // 2)
         D = torch.zeros(1, H)
         entries.append({"label": f"fftconv monarch two-pass/{N}/bfloat16/D fwd", "expect": expect,
-                        "launch": knob2(lambda u=u, k=k, D=D: fftconv_fwd(u, k, D, False))})
+                        "launch": lambda u=u, k=k, D=D: with_env("GEOOPS_SSM_TRITON_MONARCH", "2", fftconv_fwd,
+                                                                 u, k, D, False)})
     return entries
