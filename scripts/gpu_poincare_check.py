@@ -5,7 +5,9 @@ residual block) on CUDA (the triton backend) against the same call on the CPU (t
 and float64, values and gradients to every input.  Bench: forward and forward+backward of the residual
 block (batch 32, 16 channels, 32 x 32) against the Euclidean block of the same shape, and the fc layer
 4096 x 512 -> 512 against F.linear; CUDA events, interleaved, median (issue 11's GPU target: the block
-within 3x of the Euclidean block).  --dry-run: the same code on the CPU at tiny shapes (no GPU needed).
+within 3x of the Euclidean block).  The block's forward+backward is also replayed from a CUDA graph, both sides
+(``graph`` rows: the device time without the host's per-op cost, what a user gets from ``torch.cuda.graphs``; a
+capture that fails reports why).  --dry-run: the same code on the CPU at tiny shapes (no GPU needed).
 
     python scripts/gpu_poincare_check.py [--dry-run] [--json OUT.json]
 """
@@ -21,10 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import geoops  # noqa: E402
 import geoops.poincare as gp  # noqa: E402
 from bench.poincare import _euc_layers, _geo_layers, _img  # noqa: E402
+from gpu_targets import graph_ms  # noqa: E402
 
 
 def _block_fns(C):
@@ -146,6 +150,10 @@ def bench(device, small, reps):
             ta.append(run(a))
             tb.append(run(b))
         res[name] = (statistics.median(ta), statistics.median(tb))
+    dev = torch.device(device)
+    gg, ge = graph_ms(pairs["block fwd+bwd"][0], dev), graph_ms(pairs["block fwd+bwd"][1], dev)
+    if gg is not None:  # CUDA only: (ms, ms), or the capture's error text in place of a time
+        res["block fwd+bwd, CUDA graph"] = (gg, ge)
     return res, (B, C, H, W), (N, n, m)
 
 
@@ -174,7 +182,10 @@ def main():
     res, img, fc = bench(device, a.dry_run, 3 if a.dry_run else a.reps)
     print(f"\n| row ({device}, fp32; block {img}, fc {fc}) | geoops ms | Euclidean ms | ratio |\n| --- | --- | --- | --- |")
     for name, (tg, te) in res.items():
-        print(f"| {name} | {tg:.3f} | {te:.3f} | {tg / te:.2f}x |")
+        if isinstance(tg, float) and isinstance(te, float):
+            print(f"| {name} | {tg:.3f} | {te:.3f} | {tg / te:.2f}x |")
+        else:
+            print(f"| {name} | {tg} | {te} | |")
     if a.json:
         Path(a.json).write_text(json.dumps({"device": device, "block": img, "fc": fc,
                                             "rows": {k: {"geoops_ms": v[0], "euclidean_ms": v[1]} for k, v in res.items()},
