@@ -89,7 +89,9 @@ def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
         if not 0 < c < math.inf:  # also NaN
             _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {c}")
         dt = torch.float32 if like.dtype in _HALF else like.dtype
-        return torch.tensor(float(c), dtype=dt, device=like.device)
+        # torch.full, not torch.tensor: on a GPU torch.tensor(v, device=...) is a host-to-device copy that waits
+        # for the device (a sync per call); full is a fill kernel
+        return torch.full((), float(c), dtype=dt, device=like.device)
     _fail(op, f"c must be a positive number or a 0-dim tensor, got {type(c).__name__}", TypeError)
 
 

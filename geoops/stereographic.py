@@ -368,7 +368,9 @@ def _vector_dim(op: str, x: torch.Tensor, dim, fail=None) -> int:
 def _as_scalar_tensor(op: str, name: str, v, like: torch.Tensor) -> torch.Tensor:
     """k or r: a tensor, or a Python number turned into one."""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
-        return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+        # a fill kernel on like's device (torch.tensor(v, device=...) would be a host-to-device copy that waits
+        # for a GPU: a sync per call)
+        return torch.full((), float(v), dtype=like.dtype, device=like.device)
     if isinstance(v, torch.Tensor) and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool:
         v = v.to(like.dtype if like.is_floating_point() else torch.get_default_dtype())  # integer k: promoted, as geoopt
     _check_float(op, name, v)
@@ -1962,12 +1964,20 @@ def _check_time(op: str, t) -> None:
         _fail(op, f"t must be a tensor or a number, got {type(t).__name__}", TypeError)
 
 
+def _time_tensor(t, like: torch.Tensor) -> torch.Tensor:
+    """t (a number or a tensor, checked by _check_time) in like's dtype and device; a number as a fill kernel
+    (no host-to-device copy, which would sync a GPU)."""
+    if isinstance(t, numbers.Real) and not isinstance(t, bool):
+        return torch.full((), float(t), dtype=like.dtype, device=like.device)
+    return torch.as_tensor(t, dtype=like.dtype, device=like.device)
+
+
 def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
     dim = _check_surface("geodesic", dim, k, x=x, y=y)
     _check_time("geodesic", t)
     v = mobius_add(-x, y, k=k, dim=dim)
-    t = torch.as_tensor(t, dtype=v.dtype, device=v.device)
+    t = _time_tensor(t, v)
     return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
 
 
@@ -1991,7 +2001,7 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
     _check_time("geodesic_unit", t)
     u = _to_result_dtype(u, x)
     kk = _kt("geodesic_unit", k, u)
-    t = torch.as_tensor(t, dtype=u.dtype, device=u.device)
+    t = _time_tensor(t, u)
     un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
     return mobius_add(x, tan_k(t / 2.0, kk) * (u / un), k=k, dim=dim)
 

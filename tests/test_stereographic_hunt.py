@@ -301,3 +301,31 @@ def test_weighted_midpoint_empty_reducedim_same_on_both_backends(kval, kw):
     want = gs.mobius_scalar_mul(w.unsqueeze(-1), x, k=k) if kw.get("lincomb") else x
     for got in outs:
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
+
+
+def test_number_arguments_make_no_host_copy(monkeypatch):
+    """Session 35 (lead): a curvature or a geodesic time given as a Python number became a tensor through
+    ``torch.tensor(v, device=x.device)`` / ``torch.as_tensor``: on a GPU a host-to-device copy that waits for the
+    device, a sync on every call of e.g. ``expmap0(x, k=-1.0)``.  Now a fill kernel (``torch.full``).  The test
+    records every torch.tensor / as_tensor call given a device (on the CPU the copy is free, so the call is what
+    is observable); break-check: either old line back fails it."""
+    import geoops.poincare as gp
+
+    seen = []
+    for name in ("tensor", "as_tensor"):
+        orig = getattr(torch, name)
+
+        def rec(*a, _orig=orig, _name=name, **kw):
+            if kw.get("device") is not None:
+                seen.append(_name)
+            return _orig(*a, **kw)
+        monkeypatch.setattr(torch, name, rec)
+    x = gs.expmap0(torch.randn(5, 3) * 0.2, k=-1.0)
+    y = gs.expmap0(torch.randn(5, 3) * 0.2, k=-1.0)
+    for call in (lambda: gs.mobius_add(x, y, k=-1.0), lambda: gs.dist(x, y, k=0.5),
+                 lambda: gs.geodesic(0.3, x, y, k=-1.0), lambda: gs.geodesic_unit(0.3, x, y, k=-1.0),
+                 lambda: gp.expmap0(y, c=1.0), lambda: gp.mobius_add(x, y, c=2.0)):
+        seen.clear()
+        out = call()
+        assert torch.isfinite(out).all()
+        assert seen == [], seen
