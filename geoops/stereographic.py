@@ -2013,8 +2013,14 @@ def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     dim = _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
-    if not _branch_free() and not bool(sphere.any()):  # eager shortcut
+    # eager shortcut; a number k decides on the host (reading sphere.any() waits for a GPU)
+    if not _branch_free() and not (k > 0 if isinstance(k, numbers.Real) else bool(sphere.any())):
         return -x
+    return _antipode_formula(x, kk, sphere, dim)
+
+
+def _antipode_formula(x: torch.Tensor, kk: torch.Tensor, sphere: torch.Tensor, dim: int) -> torch.Tensor:
+    """antipode's math without its checks and its host shortcut (sphere = kk > 0)."""
     xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     kc = kk.to(xc.dtype)
     ks = torch.where(sphere, kc, torch.ones_like(kc))  # the sphere's formula on a safe k where it is not used
@@ -2263,13 +2269,14 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     mean = _midpoint_mean(x3, w, kg, bool(posweight))
     k2 = kg.unsqueeze(-1)
     sphere = kg.gt(0)
-    if _branch_free() or bool(sphere.any()):
-        b_mean = antipode(mean, k=k2)
+    # a number k says on the host whether there is a sphere (reading sphere.any() waits for a GPU)
+    if _branch_free() or (k > 0 if isinstance(k, numbers.Real) else bool(sphere.any())):
+        b_mean = _antipode_formula(mean, k2, sphere.unsqueeze(-1), -1)
         with torch.no_grad():  # the sphere's choice between m and its antipode (geoopt: the smaller sum of dists)
             k3 = k2.unsqueeze(-1).to(x3.dtype)
             xp = x3
             if posweight and w is not None:
-                xp = torch.where(w.unsqueeze(-1) < 0, antipode(x3, k=k3), x3)
+                xp = torch.where(w.unsqueeze(-1) < 0, _antipode_formula(x3, k3, k3.gt(0), -1), x3)
             a_dist = dist(mean.to(x3.dtype).unsqueeze(1), xp, k=k3).sum(1)
             b_dist = dist(b_mean.to(x3.dtype).unsqueeze(1), xp, k=k3).sum(1)
             better = (sphere & (b_dist < a_dist)).unsqueeze(-1)

@@ -329,3 +329,23 @@ def test_number_arguments_make_no_host_copy(monkeypatch):
         out = call()
         assert torch.isfinite(out).all()
         assert seen == [], seen
+
+
+@pytest.mark.parametrize("kval", [-1.0, 0.0, 0.7])
+def test_weighted_midpoint_number_k_reads_no_tensor(monkeypatch, kval):
+    """Session 35 (lead): weighted_midpoint and antipode read ``bool((k > 0).any())`` to decide whether a sphere's
+    antipode is needed: on a GPU a sync per call, also for a number k whose sign the host knows.  Now a number k
+    decides on the host (and the midpoint's own antipodes skip the check); a tensor k still reads (same results:
+    the tensor case is the reference here).  Break-check: the old test in either function fails 0.0 / 0.7."""
+    reads = []
+    x = gs.expmap0(torch.randn(6, 4, 3, dtype=D64) * 0.3, k=kval)
+    w = torch.rand(6, 4, dtype=D64)
+    want = gs.weighted_midpoint(x, w, k=torch.tensor(kval, dtype=D64), reducedim=[1], dim=-1)
+    orig = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or orig(t))
+    got = gs.weighted_midpoint(x, w, k=kval, reducedim=[1], dim=-1)
+    anti = gs.antipode(x, k=kval)
+    monkeypatch.setattr(torch.Tensor, "__bool__", orig)
+    assert reads == []
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(anti, gs.antipode(x, k=torch.tensor(kval, dtype=D64)), rtol=0, atol=0)
