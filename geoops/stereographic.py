@@ -1230,6 +1230,9 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
 
 def _rank_with_keys(op, x, y, query, target, k, block_elems):
     """pairwise_rank's counts [P] and the rank keys [P] of the pairs themselves (the thresholds)."""
+    if any(isinstance(t, torch.Tensor) and _library._batched(t) for t in (x, y, query, target, k)):
+        _fail(op, "does not run under torch.func.vmap: its integer counts come from data-dependent index checks "
+                  "and loops over blocks; map over the batch with a Python loop", NotImplementedError)
     for name, t in (("query", query), ("target", target)):
         if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
             _fail(op, f"{name} must be a 1-d int32/int64 tensor of indices, got "
@@ -1357,6 +1360,9 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats.
     """
     op = "reconstruction_metrics"
+    if any(isinstance(t, torch.Tensor) and _library._batched(t) for t in (x, edges, k)):
+        _fail(op, "does not run under torch.func.vmap (it returns Python floats, computed with data-dependent "
+                  "sorting and loops); map over the batch with a Python loop", NotImplementedError)
     if (not isinstance(edges, torch.Tensor) or edges.dim() != 2 or edges.shape[1] != 2
             or edges.dtype not in (torch.int32, torch.int64)):
         got = f"{edges.dtype} {tuple(edges.shape)}" if isinstance(edges, torch.Tensor) else type(edges).__name__

@@ -349,3 +349,18 @@ def test_weighted_midpoint_number_k_reads_no_tensor(monkeypatch, kval):
     assert reads == []
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch.testing.assert_close(anti, gs.antipode(x, k=torch.tensor(kval, dtype=D64)), rtol=0, atol=0)
+
+
+def test_rank_ops_under_vmap_clear_error():
+    """Session 35 (docstate's finding): pairwise_rank / reconstruction_metrics under torch.func.vmap failed deep
+    inside with torch's in-place error (a rank count built in place); now a clear NotImplementedError naming the
+    op, before any work.  Outside vmap they are unchanged (the per-sample loop the message suggests agrees)."""
+    x = gs.expmap0(torch.randn(3, 6, 4, dtype=D64) * 0.3, k=-1.0)
+    q, t = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3])
+    with pytest.raises(NotImplementedError, match="pairwise_rank.*vmap"):
+        torch.func.vmap(lambda a: gs.pairwise_rank(a, a, q, t, k=-1.0))(x)
+    edges = torch.tensor([[0, 1], [1, 2], [2, 3]])
+    with pytest.raises(NotImplementedError, match="reconstruction_metrics.*vmap"):
+        torch.func.vmap(lambda a: torch.tensor(gs.reconstruction_metrics(a, edges, k=-1.0)))(x)
+    loop = torch.stack([gs.pairwise_rank(a, a, q, t, k=-1.0) for a in x])
+    assert loop.shape == (3, 3) and loop.dtype == torch.int64
