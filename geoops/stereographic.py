@@ -295,7 +295,9 @@ def _transformed() -> bool:
 def _ref_jvp(fn, primals, tangents):
     """Forward-mode derivative of `fn` (a reference composition) at `primals` along `tangents` (None: zero)."""
     keep = [i for i, p in enumerate(primals) if isinstance(p, torch.Tensor)]
-    prim = [primals[i] for i in keep]
+    # contiguous: a broadcast input reaches here as a stride-0 view (a (D,) bias expanded to the rows), and
+    # torch.func.jvp cannot make a dual of it ("more than one element ... refers to a single memory location")
+    prim = [primals[i].contiguous() for i in keep]
     tang = [tangents[i] if tangents[i] is not None else torch.zeros_like(primals[i]) for i in keep]
 
     def f(*ts):
