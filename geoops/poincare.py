@@ -248,6 +248,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     return y.to(out_dtype) if out_dtype != cdt else y
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c,
                      dim: int = -1) -> torch.Tensor:
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
@@ -356,6 +357,7 @@ class PoincareMlrFn(torch.autograd.Function):
         return gx, gz, gb, None
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1) -> torch.Tensor:
     """Hyperbolic multinomial logistic regression logits: :func:`hyperplane_dists` (HNN++'s unidirectional MLR)."""
     return hyperplane_dists(x, z, bias, c=c, dim=dim)
@@ -644,6 +646,7 @@ def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> 
     return p.reshape(x.shape[0], Ho * Wo, rows.shape[1]).transpose(1, 2)
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, kernel_size,
                     padding=0, stride=1) -> torch.Tensor:
     """Poincaré 2D convolution (HypLL's HConvolution2d): x (B, C, H, W) with points along the channels,
@@ -1122,6 +1125,7 @@ def avg_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> to
     return midpoint(u, c=c, dim=1, batch_dim=2).reshape(B, C, Ho, Wo)
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
                running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
@@ -1226,6 +1230,7 @@ def _bn_check_params(op, D, bias, weight, running_mean, running_var):
             _fail(op, f"running_var must be a 1-element tensor, got shape {tuple(running_var.shape)}")
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
                  running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
                  training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:

@@ -1594,6 +1594,7 @@ def _mobius_scale(op, v, x, k):
     return out.reshape(batch + (Do,))
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     r"""Mobius matrix-vector multiplication :math:`M \otimes_k x = \tan_k(\frac{|Mx|}{|x|}\operatorname{artan}_k|x|)\frac{Mx}{|Mx|}`.
 
@@ -1653,6 +1654,7 @@ MobiusBlockdiagMatvecFn = _matvec_epilogue_fn(
     of rows, forward and backward (no dense matrix, no [R, nb*Do] intermediate).""")
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torch.Tensor:
     r"""Mobius matvec with a block-diagonal matrix given by its diagonal blocks (H4G's radius-reducing matmul).
 
