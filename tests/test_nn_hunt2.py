@@ -1,0 +1,66 @@
+"""Session 35 user trial of geoops.nn ("modhunt"): the Poincaré layers dropped into an existing training script."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geoops.nn import poincare as P
+
+
+@pytest.fixture
+def ball():
+    return P.PoincareBall(1.0)
+
+
+_BAD_SIZES = [
+    ("PoincareLinear in_features float", lambda b: P.PoincareLinear(4.0, 5, b), TypeError, "in_features"),
+    ("PoincareLinear out_features 0", lambda b: P.PoincareLinear(4, 0, b), ValueError, "out_features"),
+    ("PoincareLinear in_features -1", lambda b: P.PoincareLinear(-1, 5, b), ValueError, "in_features"),
+    ("PoincareLinear ball a float", lambda b: P.PoincareLinear(4, 5, 1.0), TypeError, "ball"),
+    ("PoincareConv2d kernel 0", lambda b: P.PoincareConv2d(3, 4, 0, b), ValueError, "kernel_size"),
+    ("PoincareConv2d kernel float", lambda b: P.PoincareConv2d(3, 4, 3.0, b), TypeError, "kernel_size"),
+    ("PoincareConv2d kernel 1-tuple", lambda b: P.PoincareConv2d(3, 4, (3,), b), ValueError, "kernel_size"),
+    ("PoincareConv2d channels float", lambda b: P.PoincareConv2d(3, 4.0, 3, b), TypeError, "out_channels"),
+    ("PoincareBatchNorm features float", lambda b: P.PoincareBatchNorm(4.5, b), TypeError, "features"),
+    ("PoincareBatchNorm features 0", lambda b: P.PoincareBatchNorm(0, b), ValueError, "features"),
+    ("PoincareBatchNorm momentum None", lambda b: P.PoincareBatchNorm(4, b, momentum=None), TypeError, "momentum"),
+    ("PoincareBatchNorm2d momentum 2", lambda b: P.PoincareBatchNorm2d(4, b, momentum=2.0), ValueError, "momentum"),
+    ("PoincareEmbedding dim float", lambda b: P.PoincareEmbedding(10, 4.0, b), TypeError, "embedding_dim"),
+    ("MobiusLinear blocks 0", lambda b: P.MobiusLinear(4, 6, b, blocks=0), ValueError, "blocks"),
+    ("MobiusLinear out 0", lambda b: P.MobiusLinear(4, 0, b), ValueError, "out_features"),
+    ("PoincareMLR classes 0", lambda b: P.PoincareMLR(4, 0, b), ValueError, "num_classes"),
+    ("PoincareMLR in float", lambda b: P.PoincareMLR(4.0, 3, b), TypeError, "in_features"),
+]
+
+
+@pytest.mark.parametrize("make, exc, name", [c[1:] for c in _BAD_SIZES], ids=[c[0] for c in _BAD_SIZES])
+def test_bad_constructor_arguments_name_the_argument(ball, make, exc, name):
+    """A bad size, kernel, momentum or ball raised deep torch / Python errors ("empty() takes 1 positional argument
+    but 2 were given", ZeroDivisionError from the initialisation, IndexError, pybind's "incompatible function
+    arguments" at the first batch norm forward for momentum=None) or was taken (momentum=2).  Now a TypeError /
+    ValueError naming the argument, at construction."""
+    with pytest.raises(exc, match=name):
+        make(ball)
+
+
+def test_reprs_show_the_layer_configuration(ball):
+    """The Poincaré layers had no extra_repr: print(model) showed ``PoincareLinear((ball): PoincareBall())`` with no
+    sizes (torch's layers show theirs)."""
+    cases = {
+        P.PoincareBall(0.5, requires_grad=True): ["value=0.5", "requires_grad=True"],
+        P.PoincareLinear(4, 6, ball, bias=False): ["in_features=4", "out_features=6", "bias=False"],
+        P.PoincareConv2d(3, 8, 3, ball, stride=2, padding=1): ["3, 8", "kernel_size=(3, 3)", "stride=2", "padding=1"],
+        P.PoincareReLU(ball, dim=-1): ["dim=-1"],
+        P.PoincareBatchNorm2d(5, ball, momentum=0.2): ["5", "momentum=0.2", "track_running_stats=True"],
+        P.PoincareFlatten(ball): ["start_dim=1", "end_dim=-1", "man_dim=1"],
+        P.PoincareMaxPool2d(2, ball): ["kernel_size=2"],
+        P.PoincareAvgPool2d(2, ball, stride=1): ["kernel_size=2", "stride=1"],
+        P.PoincareEmbedding(10, 4, ball): ["10, 4"],
+        P.MobiusLinear(4, 6, ball, blocks=2): ["in_features=4", "out_features=6", "blocks=2"],
+        P.PoincareMLR(4, 3, ball): ["in_features=4", "num_classes=3"],
+    }
+    for module, parts in cases.items():
+        text = repr(module)
+        for part in parts:
+            assert part in text, (text, part)
+    assert "c=softplus(value)=0.974077" in repr(P.PoincareBall(0.5))
