@@ -136,3 +136,21 @@ def test_autocast_under_torch_compile(name):
         got = cf(*args)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gaunt_weights_export_with_a_dynamic_batch():
+    """gaunt_tensor_product with (C, L+1) weights (nn.GauntTensorProduct's) compared the weights' leading shape (C,)
+    with the batch's (B, C) element by element, a guard B != C: torch.export with a dynamic batch failed ("Not all
+    values of batch ... satisfy the generated guard"), torch.compile(dynamic=True) recompiled at B == C."""
+    C = 2
+    w1, w2, wo = torch.rand(C, 2) + 0.5, torch.rand(C, 2) + 0.5, torch.rand(C, 2) + 0.5
+
+    class M(torch.nn.Module):
+        def forward(self, a, b):
+            return gg.gaunt_tensor_product(a, b, 1, weight1=w1, weight2=w2, weight_out=wo)
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(M(), (torch.randn(5, C, 4), torch.randn(5, C, 4)), dynamic_shapes=({0: batch}, {0: batch}))
+    for B in (2, 7):
+        a, b = torch.randn(B, C, 4), torch.randn(B, C, 4)
+        torch.testing.assert_close(ep.module()(a, b), M()(a, b))
