@@ -1599,7 +1599,8 @@ def _transport_consts(D: int, like: torch.Tensor):
     if cst is None:
         o = dict(dtype=like.dtype, device=like.device)
         cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o), torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
-        if len(_TRANSPORT_CONST) < 64:
+        # (not while tracing: torch.export / compile make them FakeTensors, which a later eager call would read)
+        if len(_TRANSPORT_CONST) < 64 and not _is_fake(like) and not torch.compiler.is_compiling():
             _TRANSPORT_CONST[key] = cst
     return cst
 

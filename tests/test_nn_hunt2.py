@@ -64,3 +64,25 @@ def test_reprs_show_the_layer_configuration(ball):
         for part in parts:
             assert part in text, (text, part)
     assert "c=softplus(value)=0.974077" in repr(P.PoincareBall(0.5))
+
+
+def test_batch_norm_eval_after_torch_export(ball):
+    """PoincareBatchNorm in eval mode builds its transport constants (eye(D), two 2x2 matrices) once per (D, dtype,
+    device) in a module-level cache.  torch.export traced them as FakeTensors into that cache: the next eager call
+    failed ("Could not guard on data-dependent expression"), a second export of the layer too ("fake tensor in the
+    exported program constant's list")."""
+    import geoops.poincare as gp
+
+    torch.manual_seed(0)
+    bn = P.PoincareBatchNorm(5, ball).eval()  # D = 5: a cache key no other test fills first
+    with torch.no_grad():
+        bn.bias.normal_(0, 0.1)
+    x = gp.expmap0(torch.randn(4, 5) * 0.3, c=torch.tensor(1.0))
+    for key in [k for k in gp._TRANSPORT_CONST if k[0] == 5]:
+        del gp._TRANSPORT_CONST[key]
+    batch = torch.export.Dim("batch", min=2, max=1024)
+    ep = torch.export.export(bn, (x,), dynamic_shapes=({0: batch},))
+    want = ep.module()(x)
+    torch.testing.assert_close(bn(x), want)
+    ep2 = torch.export.export(bn, (x,), dynamic_shapes=({0: batch},))
+    torch.testing.assert_close(ep2.module()(x), want)
