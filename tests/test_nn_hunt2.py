@@ -86,3 +86,25 @@ def test_batch_norm_eval_after_torch_export(ball):
     torch.testing.assert_close(bn(x), want)
     ep2 = torch.export.export(bn, (x,), dynamic_shapes=({0: batch},))
     torch.testing.assert_close(ep2.module()(x), want)
+
+
+def test_s4d_under_default_dtype_float64():
+    """A script that sets torch.set_default_dtype(torch.float64) before building S4D: A_imag was always float32 (an
+    explicit dtype) and log_A_real float64, and forward failed in torch.complex ("Expected object of scalar type
+    Double but got scalar type Float").  A_imag now follows the default dtype (state-spaces' S4D does) and the
+    kernel's parameters are promoted to one precision."""
+    import geoops.nn as gnn
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        layer = gnn.S4D(4, 8)
+        u = torch.randn(2, 4, 16)
+        y, _ = layer(u)
+        assert layer.kernel.A_imag.dtype == torch.float64
+        want, _ = __import__("copy").deepcopy(layer).double()(u)  # the same layer in float64 throughout
+    finally:
+        torch.set_default_dtype(old)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-7)
