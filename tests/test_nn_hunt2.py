@@ -108,3 +108,27 @@ def test_s4d_under_default_dtype_float64():
         torch.set_default_dtype(old)
     assert y.dtype == torch.float64
     torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-7)
+
+
+def test_ball_under_default_dtype_float64():
+    """PoincareBall stored its value as float32 whatever the default dtype: a float64 model built under
+    torch.set_default_dtype(torch.float64) ran with c rounded to float32 (outputs 1e-8 off the float64 layer;
+    HypLL's Curvature takes the default dtype).  The value now takes the default dtype."""
+    import geoops.poincare as gp
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        ball = P.PoincareBall(1.0)
+        layer = P.PoincareLinear(4, 6, ball)
+        with torch.no_grad():
+            layer.z.normal_(0, 0.3)
+        x = gp.expmap0(torch.randn(3, 4) * 0.3, c=torch.tensor(1.0))
+        got = layer(x)
+        want = gp.poincare_fc(x, layer.z, layer.bias, c=torch.nn.functional.softplus(torch.tensor(1.0)))
+    finally:
+        torch.set_default_dtype(old)
+    assert ball.value.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
+    assert P.PoincareBall(1.0).value.dtype == torch.float32

@@ -37,7 +37,10 @@ class PoincareBall(nn.Module):
 
     def __init__(self, value: float = 1.0, constraining_strategy: Callable = softplus, requires_grad: bool = False):
         super().__init__()
-        self.value = nn.Parameter(torch.as_tensor(value, dtype=torch.float32), requires_grad=requires_grad)
+        # (a floating tensor's dtype, else the default dtype, as HypLL's Curvature: a float64 model built under
+        # set_default_dtype(float64) gets a float64 c)
+        dt = value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() else torch.get_default_dtype()
+        self.value = nn.Parameter(torch.as_tensor(value, dtype=dt).detach().clone(), requires_grad=requires_grad)
         self.constraining_strategy = constraining_strategy
         self._c_cache = None
 
