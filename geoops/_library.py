@@ -255,6 +255,15 @@ def _batched(t) -> bool:
     return False
 
 
+def values_under_vmap(t) -> torch.Tensor:
+    """The plain tensor holding every value of a vmap-batched `t` (all the batch entries; the functorch wrappers
+    peeled), for a check that reads them; `t` itself when it is not wrapped."""
+    F = torch._C._functorch
+    while F.is_functorch_wrapped_tensor(t):
+        t = F.get_unwrapped(t)
+    return t
+
+
 def concrete(t) -> bool:
     """Whether `t` holds readable values: a plain tensor (or Parameter) off the meta device, not traced by
     torch.compile and not batched by vmap (fake, meta and batched tensors cannot be read; the gradient

@@ -81,9 +81,17 @@ def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
         # queue), so there only under GEOOPS_CHECK (a ball's curvature is checked once, when marked)
         if ((_host_read_free(ct) or _backend.checks_enabled()) and not torch.compiler.is_compiling()
                 and not _is_fake(ct)):
-            cv = float(ct.detach())
-            if not 0 < cv < math.inf:  # also NaN
-                _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {cv}")
+            if _library.functorch_active() and _library._batched(ct):
+                # vmap over c (an ensemble of balls): the values under the wrapper, every entry of the batch
+                vals = _library.values_under_vmap(ct).detach()
+                bad = vals[~((vals > 0) & (vals < math.inf))]
+                if bad.numel():
+                    _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {float(bad[0])} "
+                              f"(an entry of the vmapped c)")
+            else:
+                cv = float(ct.detach())
+                if not 0 < cv < math.inf:  # also NaN
+                    _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {cv}")
         return ct
     if isinstance(c, numbers.Real) and not isinstance(c, bool):
         if not 0 < c < math.inf:  # also NaN

@@ -154,3 +154,27 @@ def test_gaunt_weights_export_with_a_dynamic_batch():
     for B in (2, 7):
         a, b = torch.randn(B, C, 4), torch.randn(B, C, 4)
         torch.testing.assert_close(ep.module()(a, b), M()(a, b))
+
+
+_CURV_OPS = {
+    "poincare_fc": lambda x, c: gp.poincare_fc(x, x[:4].t().contiguous() * 0.5, None, c=c),
+    "mlr": lambda x, c: gp.mlr(x, x[:3].t().contiguous() * 0.5, torch.full((3,), 0.1, dtype=F64), c=c),
+    "expmap0": lambda x, c: gp.expmap0(x, c=c),
+    "poincare_relu": lambda x, c: gp.poincare_relu(x, c=c, dim=-1),
+    "batch_norm": lambda x, c: gp.batch_norm(x, torch.full((4,), 0.1, dtype=F64), torch.tensor(1.0, dtype=F64), c=c,
+                                             training=True),
+    "mobius_linear": lambda x, c: gp.mobius_linear(x, x[:4] * 0.5, None, c=c),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CURV_OPS))
+def test_poincare_vmap_over_the_curvature(name):
+    """vmap over c (an ensemble of models with their own balls, torch.func.stack_module_state): the positivity check
+    read the batched c with float() and vmap raised "calling .item() on a Tensor" (geoops.stereographic's ops take a
+    batched k).  The check now reads the values under the vmap wrapper; a c <= 0 among them still raises."""
+    f = _CURV_OPS[name]
+    x, cs = _pts(5, 4, seed=8) * 0.5, torch.tensor([0.5, 1.0, 2.0], dtype=F64)  # (inside the c = 2 ball)
+    got = vmap(lambda c: f(x, c))(cs)
+    torch.testing.assert_close(got, torch.stack([f(x, c) for c in cs]), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="c must be > 0"):
+        vmap(lambda c: f(x, c))(torch.tensor([0.5, -1.0], dtype=F64))
