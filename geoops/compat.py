@@ -285,7 +285,8 @@ def _step_k(man):
     ver, ptr = src._version, src.data_ptr()
     if e is not None and e[0] is src and e[1] == ver and e[2] == ptr:
         return e[3], e[4]
-    with torch.no_grad():
+    # (a normal tensor even when read first under torch.inference_mode(): later training steps use it)
+    with torch.no_grad(), torch.inference_mode(False):
         k = get(man) if get is not None else man.k
     kf = float(k.detach()) if k.numel() == 1 else None  # (a learnable Stereographic k is the Parameter itself)
     _K_CACHE[man] = (src, ver, ptr, k, kf)

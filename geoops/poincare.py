@@ -26,6 +26,7 @@ float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -1606,9 +1607,13 @@ def _transport_consts(D: int, like: torch.Tensor):
     cst = _TRANSPORT_CONST.get(key)
     if cst is None:
         o = dict(dtype=like.dtype, device=like.device)
-        cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o), torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
-        # (not while tracing: torch.export / compile make them FakeTensors, which a later eager call would read)
-        if len(_TRANSPORT_CONST) < 64 and not _is_fake(like) and not torch.compiler.is_compiling():
+        # (not while tracing: torch.export / compile make them FakeTensors, which a later eager call would read;
+        # normal tensors under torch.inference_mode(), which a later training call saves for its backward)
+        keep = len(_TRANSPORT_CONST) < 64 and not _is_fake(like) and not torch.compiler.is_compiling()
+        with torch.inference_mode(False) if keep and torch.is_inference_mode_enabled() else contextlib.nullcontext():
+            cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o),
+                   torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
+        if keep:
             _TRANSPORT_CONST[key] = cst
     return cst
 

@@ -101,3 +101,23 @@ def test_rsgd_built_while_patched_keeps_its_step_hooks_after_unpatch():
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("cls, kw", [("PoincareBall", {}), ("SphereProjection", {"k": 0.5})], ids=["ball", "sphere"])
+def test_patched_k_first_read_in_inference_mode(cls, kw):
+    """Under the patch the manifold's k is cached per value of its source parameter; read first inside
+    torch.inference_mode() (an evaluation before training) it was cached as an inference tensor and the next
+    training step failed ("Inference tensors cannot be saved for backward"); geoopt itself is fine."""
+    torch.manual_seed(0)
+    man = getattr(geoopt, cls)(**kw)
+    x, t = man.projx(torch.randn(5, 3) * 0.2), man.projx(torch.randn(5, 3) * 0.2)
+    p = geoopt.ManifoldParameter(x.clone(), manifold=man)
+    opt = geoopt.optim.RiemannianSGD([p], lr=0.1)
+    with compat.patched_geoopt():
+        with torch.inference_mode():
+            want = man.dist(p, t)
+        opt.zero_grad()
+        d = man.dist(p, t)
+        d.sum().backward()
+        opt.step()
+    torch.testing.assert_close(d.detach(), want)

@@ -132,3 +132,44 @@ def test_ball_under_default_dtype_float64():
     assert ball.value.dtype == torch.float64
     torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
     assert P.PoincareBall(1.0).value.dtype == torch.float32
+
+
+def _layers(ball):
+    import geoops.poincare as gp
+
+    torch.manual_seed(0)
+    vec = gp.expmap0(torch.randn(5, 4) * 0.3, c=torch.tensor(1.0))
+    img = gp.expmap0(torch.randn(2, 3, 4, 4) * 0.3, c=torch.tensor(1.0), dim=1)
+    return {"linear": (P.PoincareLinear(4, 5, ball), vec), "mlr": (P.PoincareMLR(4, 3, ball), vec),
+            "mobius": (P.MobiusLinear(4, 5, ball), vec), "conv": (P.PoincareConv2d(3, 4, 3, ball, padding=1), img),
+            "relu": (P.PoincareReLU(ball), img), "bn2d": (P.PoincareBatchNorm2d(3, ball), img),
+            "flatten": (P.PoincareFlatten(ball), img), "avg_pool": (P.PoincareAvgPool2d(2, ball), img)}
+
+
+@pytest.mark.parametrize("name", sorted(_layers(P.PoincareBall(1.0))))
+def test_training_after_an_inference_mode_evaluation(name):
+    """An evaluation loop under torch.inference_mode() before training (or a fresh model's first call there): the
+    ball cached its c as an inference tensor, and the next training forward failed ("Inference tensors do not track
+    version counter").  The cached c is made outside inference mode."""
+    ball = P.PoincareBall(1.0)
+    layer, x = _layers(ball)[name]
+    with torch.inference_mode():
+        layer.eval()
+        want = layer(x)
+        layer.train()
+    layer.eval()
+    torch.testing.assert_close(layer(x), want)
+    layer.train()
+    xr = x.clone().requires_grad_()
+    layer(xr).pow(2).sum().backward()
+    assert xr.grad is not None and bool(torch.isfinite(xr.grad).all())
+
+
+def test_ball_built_in_inference_mode():
+    """A model built (or loaded) inside torch.inference_mode() holds an inference-tensor value: the ball's cache key
+    read its version counter and failed; it computes c without the cache there."""
+    with torch.inference_mode():
+        ball = P.PoincareBall(1.0)
+        layer, x = _layers(ball)["linear"]
+        y = layer(x)
+    assert torch.isfinite(y).all()

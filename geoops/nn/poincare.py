@@ -55,15 +55,19 @@ class PoincareBall(nn.Module):
         # read (item() would be a device sync per layer call) unless GEOOPS_CHECK is on: there an in-place change
         # through ``.data`` is not seen (change it under torch.no_grad() instead, as optimizers and
         # load_state_dict do, which counts a version)
-        key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy,
-               v.item() if v.numel() == 1 and (gp._host_read_free(v) or _backend.checks_enabled()) else None)
+        try:
+            key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy,
+                   v.item() if v.numel() == 1 and (gp._host_read_free(v) or _backend.checks_enabled()) else None)
+        except RuntimeError:  # an inference tensor (a ball built under torch.inference_mode()): no version counter
+            return self.constraining_strategy(v)
         hit = getattr(self, "_c_cache", None)
         if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
             return hit[1]
-        with torch.no_grad():
-            c = self.constraining_strategy(v)
+        # (a normal tensor even when this first call runs under torch.inference_mode(): later training calls use it)
+        with torch.no_grad(), torch.inference_mode(False):
+            c = gp._mark_checked_curvature(self.constraining_strategy(v))  # (the mark's -c too)
         self._c_cache = (key, c, c._version)
-        return gp._mark_checked_curvature(c)
+        return c
 
     def extra_repr(self) -> str:
         v = self.value
