@@ -191,6 +191,10 @@ def _hook_step(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         self = args[0]
+        if type(self).step is not wrapper:
+            # called by a subclass's own step (super().step()), which torch has wrapped in its hook runner: the
+            # hooks run there, once (as when geoopt's step is reached the same way unpatched)
+            return func(*args, **kwargs)
         if profiling():
             with torch.autograd.profiler.record_function(f"Optimizer.step#{self.__class__.__name__}.step"):
                 return _hooked_call(func, self, args, kwargs)

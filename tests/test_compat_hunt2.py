@@ -121,3 +121,27 @@ def test_patched_k_first_read_in_inference_mode(cls, kw):
         d.sum().backward()
         opt.step()
     torch.testing.assert_close(d.detach(), want)
+
+
+def test_patched_step_of_a_subclass_runs_the_hooks_once():
+    """A RiemannianSGD subclass whose step calls super().step(): torch wraps the subclass's step in its hook runner,
+    and the patched RiemannianSGD.step (hooked itself) ran the step hooks a second time (a post hook counting steps,
+    an EMA update, ran twice per step; geoopt: once)."""
+
+    class MySGD(geoopt.optim.RiemannianSGD):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    ball = geoopt.PoincareBall()
+    p = geoopt.ManifoldParameter(torch.zeros(3, 2), manifold=ball)
+    calls = []
+    with compat.patched_geoopt():
+        opt = MySGD([p], lr=0.1)
+        opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+        opt.register_step_post_hook(lambda *a: calls.append("post"))
+        p.grad = torch.full((3, 2), 0.1)
+        opt.step()
+        plain = geoopt.optim.RiemannianSGD([p], lr=0.1)  # no override: the patched step runs the hooks itself
+        plain.register_step_post_hook(lambda *a: calls.append("plain post"))
+        plain.step()
+    assert calls == ["pre", "post", "plain post"], calls
