@@ -33,7 +33,7 @@ from . import _backend
 
 __all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
            "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "apply",
-           "concrete", "check_finite"]
+           "concrete", "check_finite", "no_autocast", "torch_kernels"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -76,15 +76,71 @@ def kernel_set(family: str, device: torch.device, *, cpp=None, cuda=None, refere
     found = {"cpp": cpp, "cuda": cuda, "reference": reference}[name]
     if found is None:
         raise RuntimeError(f"geoops.{family}: no {name!r} kernels for tensors on {device.type}")
-    return found
+    return torch_kernels(found) if name == "reference" else found
+
+
+class _NoAutocastKernels:
+    """A kernel namespace whose functions run with torch.autocast off (see :func:`torch_kernels`)."""
+
+    def __init__(self, ns):
+        self._ns = ns
+
+    def __getattr__(self, name):
+        return no_autocast(getattr(self._ns, name))
+
+
+def torch_kernels(ns):
+    """`ns`, a namespace of kernels written as torch compositions (a reference backend), with its functions run
+    under torch.autocast off while autocast is on (:func:`no_autocast`); `ns` itself otherwise.  The eager fast
+    path calls them directly, past the custom op's implementation."""
+    return _NoAutocastKernels(ns) if _any_autocast() else ns
+
+
+# ---------------------------------------------------------------- torch.autocast
+# geoops' ops are not on autocast's cast lists: under torch.autocast they compute in their inputs' dtypes, as the
+# kernels do.  A torch composition (a reference backend's kernel, a path under vmap or with the fused layers off)
+# would otherwise run its matmul / conv2d in the autocast dtype: a bfloat16 result, or bfloat16 accuracy in a
+# float32 one, or a dtype mismatch at the next kernel.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: False)
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+@contextlib.contextmanager
+def _autocast_disabled():
+    with contextlib.ExitStack() as stack:
+        for dev in _AUTOCAST_DEVICES:
+            if torch.is_autocast_enabled(dev):
+                stack.enter_context(torch.autocast(dev, enabled=False))
+        yield
+
+
+def no_autocast(fn: Callable) -> Callable:
+    """`fn` run with torch.autocast off (a public function, or a custom op's implementation, that composes
+    torch ops on autocast's cast lists).  Outside autocast `fn` itself runs."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.compiler.is_compiling():  # (what torch.compile traces: no private call, no ExitStack)
+            if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+                with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                    return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
+        if _any_autocast():
+            with _autocast_disabled():
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run
 
 
 def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
     """Register the custom op `qualname` ("geoops::<name>") with `schema`, `impl` and the fake `fake`.
 
     Returns the default OpOverload (what torch.compile traces), e.g. ``torch.ops.geoops.<name>.default``.
+    `impl` runs with torch.autocast off (:func:`no_autocast`).
     """
-    op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
+    op = torch.library.custom_op(qualname, no_autocast(impl), mutates_args=(), schema=schema)
     op.register_fake(fake)
     loop_vmap(qualname)
     return _overload(qualname)
@@ -197,6 +253,15 @@ def _batched(t) -> bool:
             return True
         t = F.get_unwrapped(t)
     return False
+
+
+def values_under_vmap(t) -> torch.Tensor:
+    """The plain tensor holding every value of a vmap-batched `t` (all the batch entries; the functorch wrappers
+    peeled), for a check that reads them; `t` itself when it is not wrapped."""
+    F = torch._C._functorch
+    while F.is_functorch_wrapped_tensor(t):
+        t = F.get_unwrapped(t)
+    return t
 
 
 def concrete(t) -> bool:

@@ -113,7 +113,10 @@ def patch_geoopt() -> None:
 
 
 def unpatch_geoopt() -> None:
-    """Restore geoopt exactly as it was before patch_geoopt()."""
+    """Restore geoopt exactly as it was before patch_geoopt() (the original objects), except that
+    ``RiemannianSGD.step`` comes back wrapped in torch's step-hook runner when no RiemannianSGD had been built before
+    the patch (as torch wraps it when the first one is built), so that optimizers built under the patch keep
+    running their step hooks."""
     gm = _geoopt_math()
     for name, fn in _saved.items():
         setattr(gm, name, fn)
@@ -125,7 +128,14 @@ def unpatch_geoopt() -> None:
     if "RiemannianSGD.step" in _saved_optim:
         import geoopt.optim
 
-        geoopt.optim.RiemannianSGD.step = _saved_optim.pop("RiemannianSGD.step")
+        step = _saved_optim.pop("RiemannianSGD.step")
+        if not getattr(step, "hooked", False):
+            # no RiemannianSGD existed before the patch: torch wraps the class's step in its hook runner when the
+            # first instance is built, and an instance built under the patch saw the patched (hooked) step, so
+            # the bare step would run without its hooks.  Put it back as torch's first constructor would wrap it.
+            step = torch.optim.Optimizer.profile_hook_step(step)
+            step.hooked = True
+        geoopt.optim.RiemannianSGD.step = step
         for key, fn in _saved_optim.items():
             if isinstance(key, tuple) and key[0] == "zero_grad":
                 if fn is _ABSENT:
@@ -181,6 +191,10 @@ def _hook_step(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         self = args[0]
+        if type(self).step is not wrapper:
+            # called by a subclass's own step (super().step()), which torch has wrapped in its hook runner: the
+            # hooks run there, once (as when geoopt's step is reached the same way unpatched)
+            return func(*args, **kwargs)
         if profiling():
             with torch.autograd.profiler.record_function(f"Optimizer.step#{self.__class__.__name__}.step"):
                 return _hooked_call(func, self, args, kwargs)
@@ -270,14 +284,15 @@ def _step_k(man):
         src = man._parameters["k"]
     else:
         k = man.k
-        return k, (float(k) if k.numel() == 1 else None)
+        return k, (float(k.detach()) if k.numel() == 1 else None)
     e = _K_CACHE.get(man)
     ver, ptr = src._version, src.data_ptr()
     if e is not None and e[0] is src and e[1] == ver and e[2] == ptr:
         return e[3], e[4]
-    with torch.no_grad():
+    # (a normal tensor even when read first under torch.inference_mode(): later training steps use it)
+    with torch.no_grad(), torch.inference_mode(False):
         k = get(man) if get is not None else man.k
-    kf = float(k) if k.numel() == 1 else None
+    kf = float(k.detach()) if k.numel() == 1 else None  # (a learnable Stereographic k is the Parameter itself)
     _K_CACHE[man] = (src, ver, ptr, k, kf)
     return k, kf
 
@@ -322,21 +337,25 @@ def _rsgd_step(self, closure=None):
                 if kf is None:  # k of more than one element
                     _saved_optim["plain"](self)
                     return loss
-            plan.append((group, p, kind[0], k, kf))
+            plan.append((group, p, kind[0], kind[1], k, kf))
     was = torch.is_grad_enabled()
     torch._C._set_grad_enabled(False)  # torch.no_grad() without its context-manager calls
     try:
         for group in self.param_groups:
             group["step"] = group.get("step", 0) + 1
-        for group, p, kind, k, kf in plan:
+        moved = False  # a Euclidean parameter (a learnable curvature among them) updated earlier in this step
+        for group, p, kind, man, k, kf in plan:
             grad = p.grad
             if group["weight_decay"]:
                 grad.add_(p, alpha=group["weight_decay"])
             if kind == "stereo":
+                if moved:  # geoopt updates in order: a point after its curvature retracts with the updated k
+                    k, kf = _step_k(man)
                 if not _direct_rsgd_step(p, grad, k, kf, group["lr"]):
                     _gs().riemannian_sgd_step_(p, grad, lr=group["lr"], k=k)
             else:
                 p.add_(grad, alpha=-group["lr"])
+                moved = True
         for group in self.param_groups:
             if group["stabilize"] is not None and group["step"] % group["stabilize"] == 0:
                 self.stabilize_group(group)

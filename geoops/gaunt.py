@@ -313,7 +313,8 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
 
     def rows(t, n):
         t = t.to(cdt)
-        if tuple(t.shape[:-1]) != tuple(batch):
+        # (ranks first: comparing (C,) with (B, C) element by element guards B != C under torch.export / compile)
+        if t.dim() - 1 != len(batch) or tuple(t.shape[:-1]) != tuple(batch):
             t = t.expand(*batch, n)
         return t.reshape(N, n).contiguous()
 

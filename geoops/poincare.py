@@ -26,6 +26,7 @@ float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -81,9 +82,17 @@ def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
         # queue), so there only under GEOOPS_CHECK (a ball's curvature is checked once, when marked)
         if ((_host_read_free(ct) or _backend.checks_enabled()) and not torch.compiler.is_compiling()
                 and not _is_fake(ct)):
-            cv = float(ct.detach())
-            if not 0 < cv < math.inf:  # also NaN
-                _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {cv}")
+            if _library.functorch_active() and _library._batched(ct):
+                # vmap over c (an ensemble of balls): the values under the wrapper, every entry of the batch
+                vals = _library.values_under_vmap(ct).detach()
+                bad = vals[~((vals > 0) & (vals < math.inf))]
+                if bad.numel():
+                    _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {float(bad[0])} "
+                              f"(an entry of the vmapped c)")
+            else:
+                cv = float(ct.detach())
+                if not 0 < cv < math.inf:  # also NaN
+                    _fail(op, f"c must be > 0 and finite (the ball has curvature -c), got {cv}")
         return ct
     if isinstance(c, numbers.Real) and not isinstance(c, bool):
         if not 0 < c < math.inf:  # also NaN
@@ -250,6 +259,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     return y.to(out_dtype) if out_dtype != cdt else y
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c,
                      dim: int = -1) -> torch.Tensor:
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
@@ -358,6 +368,7 @@ class PoincareMlrFn(torch.autograd.Function):
         return gx, gz, gb, None
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1) -> torch.Tensor:
     """Hyperbolic multinomial logistic regression logits: :func:`hyperplane_dists` (HNN++'s unidirectional MLR)."""
     return hyperplane_dists(x, z, bias, c=c, dim=dim)
@@ -646,6 +657,7 @@ def poincare_unfold(x: torch.Tensor, *, c, kernel_size, padding=0, stride=1) -> 
     return p.reshape(x.shape[0], Ho * Wo, rows.shape[1]).transpose(1, 2)
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, kernel_size,
                     padding=0, stride=1) -> torch.Tensor:
     """Poincaré 2D convolution (HypLL's HConvolution2d): x (B, C, H, W) with points along the channels,
@@ -1124,6 +1136,7 @@ def avg_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> to
     return midpoint(u, c=c, dim=1, batch_dim=2).reshape(B, C, Ho, Wo)
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
                running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
@@ -1228,6 +1241,7 @@ def _bn_check_params(op, D, bias, weight, running_mean, running_var):
             _fail(op, f"running_var must be a 1-element tensor, got shape {tuple(running_var.shape)}")
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
                  running_mean: Optional[torch.Tensor] = None, running_var: Optional[torch.Tensor] = None,
                  training: bool = True, momentum: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
@@ -1595,8 +1609,13 @@ def _transport_consts(D: int, like: torch.Tensor):
     cst = _TRANSPORT_CONST.get(key)
     if cst is None:
         o = dict(dtype=like.dtype, device=like.device)
-        cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o), torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
-        if len(_TRANSPORT_CONST) < 64:
+        # (not while tracing: torch.export / compile make them FakeTensors, which a later eager call would read;
+        # normal tensors under torch.inference_mode(), which a later training call saves for its backward)
+        keep = len(_TRANSPORT_CONST) < 64 and not _is_fake(like) and not torch.compiler.is_compiling()
+        with torch.inference_mode(False) if keep and torch.is_inference_mode_enabled() else contextlib.nullcontext():
+            cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o),
+                   torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
+        if keep:
             _TRANSPORT_CONST[key] = cst
     return cst
 

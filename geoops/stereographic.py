@@ -295,7 +295,9 @@ def _transformed() -> bool:
 def _ref_jvp(fn, primals, tangents):
     """Forward-mode derivative of `fn` (a reference composition) at `primals` along `tangents` (None: zero)."""
     keep = [i for i, p in enumerate(primals) if isinstance(p, torch.Tensor)]
-    prim = [primals[i] for i in keep]
+    # contiguous: a broadcast input reaches here as a stride-0 view (a (D,) bias expanded to the rows), and
+    # torch.func.jvp cannot make a dual of it ("more than one element ... refers to a single memory location")
+    prim = [primals[i].contiguous() for i in keep]
     tang = [tangents[i] if tangents[i] is not None else torch.zeros_like(primals[i]) for i in keep]
 
     def f(*ts):
@@ -1600,6 +1602,7 @@ def _mobius_scale(op, v, x, k):
     return out.reshape(batch + (Do,))
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     r"""Mobius matrix-vector multiplication :math:`M \otimes_k x = \tan_k(\frac{|Mx|}{|x|}\operatorname{artan}_k|x|)\frac{Mx}{|Mx|}`.
 
@@ -1659,6 +1662,7 @@ MobiusBlockdiagMatvecFn = _matvec_epilogue_fn(
     of rows, forward and backward (no dense matrix, no [R, nb*Do] intermediate).""")
 
 
+@_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torch.Tensor:
     r"""Mobius matvec with a block-diagonal matrix given by its diagonal blocks (H4G's radius-reducing matmul).
 

@@ -285,8 +285,8 @@ def gaunt_kernels(device: torch.device):
     if name == "cpp":
         return Cpp
     if name == "reference" and _backend.get_backend() == "reference":
-        return Reference
-    return Torch
+        return _library.torch_kernels(Reference)
+    return _library.torch_kernels(Torch)
 
 
 # ---------------------------------------------------------------- registration

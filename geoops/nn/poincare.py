@@ -14,6 +14,7 @@ the parameters map one to one: copy HypLL's ``z.tensor`` / ``weights.tensor`` an
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -36,7 +37,10 @@ class PoincareBall(nn.Module):
 
     def __init__(self, value: float = 1.0, constraining_strategy: Callable = softplus, requires_grad: bool = False):
         super().__init__()
-        self.value = nn.Parameter(torch.as_tensor(value, dtype=torch.float32), requires_grad=requires_grad)
+        # (a floating tensor's dtype, else the default dtype, as HypLL's Curvature: a float64 model built under
+        # set_default_dtype(float64) gets a float64 c)
+        dt = value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() else torch.get_default_dtype()
+        self.value = nn.Parameter(torch.as_tensor(value, dtype=dt).detach().clone(), requires_grad=requires_grad)
         self.constraining_strategy = constraining_strategy
         self._c_cache = None
 
@@ -51,15 +55,28 @@ class PoincareBall(nn.Module):
         # read (item() would be a device sync per layer call) unless GEOOPS_CHECK is on: there an in-place change
         # through ``.data`` is not seen (change it under torch.no_grad() instead, as optimizers and
         # load_state_dict do, which counts a version)
-        key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy,
-               v.item() if v.numel() == 1 and (gp._host_read_free(v) or _backend.checks_enabled()) else None)
+        try:
+            key = (v._version, v.data_ptr(), v.dtype, v.device, self.constraining_strategy,
+                   v.item() if v.numel() == 1 and (gp._host_read_free(v) or _backend.checks_enabled()) else None)
+        except RuntimeError:  # an inference tensor (a ball built under torch.inference_mode()): no version counter
+            return self.constraining_strategy(v)
         hit = getattr(self, "_c_cache", None)
         if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
             return hit[1]
+        # (a normal tensor even when this first call runs under torch.inference_mode(): later training calls use it)
+        with torch.no_grad(), torch.inference_mode(False):
+            c = gp._mark_checked_curvature(self.constraining_strategy(v))  # (the mark's -c too)
+        self._c_cache = (key, c, c._version)
+        return c
+
+    def extra_repr(self) -> str:
+        v = self.value
+        if v.numel() != 1 or v.device.type == "meta":
+            return f"value of shape {tuple(v.shape)}, requires_grad={v.requires_grad}"
         with torch.no_grad():
             c = self.constraining_strategy(v)
-        self._c_cache = (key, c, c._version)
-        return gp._mark_checked_curvature(c)
+        name = getattr(self.constraining_strategy, "__name__", repr(self.constraining_strategy))
+        return f"value={v.item():g}, c={name}(value)={c.item():.6g}, requires_grad={v.requires_grad}"
 
 
 def _init_hyperplanes(z: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
@@ -75,11 +92,47 @@ def _init_hyperplanes(z: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
             bias.zero_()
 
 
+def _check_size(owner: str, name: str, val, minimum: int = 1) -> None:
+    """TypeError / ValueError naming the argument for a size that is not an int >= minimum (else torch fails deep
+    inside, in torch.empty, or the initialisation divides by zero)."""
+    if isinstance(val, bool) or not isinstance(val, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an int, got {type(val).__name__}")
+    if val < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {val}")
+
+
+def _check_ball(owner: str, ball) -> None:
+    if not isinstance(ball, nn.Module):
+        raise TypeError(f"{owner}: ball must be a PoincareBall module (one shared by the layers, whose forward() "
+                        f"returns c), got {type(ball).__name__}")
+
+
+def _pair(owner: str, name: str, val) -> tuple:
+    """An int or a pair of ints >= 1 (torch.nn.Conv2d's kernel_size) as a pair."""
+    pair = tuple(val) if isinstance(val, (tuple, list)) else (val, val)
+    if len(pair) != 2:
+        raise ValueError(f"{owner}: {name} must be an int or a pair of ints, got {val!r}")
+    for v in pair:
+        _check_size(owner, name, v)
+    return pair
+
+
+def _check_momentum(owner: str, momentum) -> None:
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"{owner}: momentum must be a float in [0, 1], got {type(momentum).__name__} (None, "
+                        f"torch's cumulative moving average, is not supported)")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{owner}: momentum must be in [0, 1], got {momentum}")
+
+
 class PoincareLinear(nn.Module):
     """Poincaré fully-connected layer (HypLL's HLinear): points along the last dimension, ``z`` (in, out)."""
 
     def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True):
         super().__init__()
+        _check_size("PoincareLinear", "in_features", in_features)
+        _check_size("PoincareLinear", "out_features", out_features)
+        _check_ball("PoincareLinear", ball)
         self.in_features, self.out_features, self.ball = in_features, out_features, ball
         self.z = nn.Parameter(torch.empty(in_features, out_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
@@ -95,6 +148,9 @@ class PoincareLinear(nn.Module):
                              f"(manifold) dimension (shape {tuple(x.shape)}), expected in_features={self.in_features}")
         return gp.poincare_fc(x, self.z, self.bias, c=self.ball())
 
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
 
 class PoincareConv2d(nn.Module):
     """Poincaré 2D convolution (HypLL's HConvolution2d, Poincaré ResNet): x (B, C, H, W), points along dim 1.
@@ -107,9 +163,11 @@ class PoincareConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, ball: PoincareBall, bias: bool = True,
                  stride: int = 1, padding: int = 0, id_init: bool = True):
         super().__init__()
+        _check_size("PoincareConv2d", "in_channels", in_channels)
+        _check_size("PoincareConv2d", "out_channels", out_channels)
+        _check_ball("PoincareConv2d", ball)
         self.in_channels, self.out_channels, self.ball = in_channels, out_channels, ball
-        self.kernel_size = (tuple(kernel_size) if isinstance(kernel_size, (tuple, list))  # a list as torch.nn.Conv2d
-                            else (kernel_size, kernel_size))
+        self.kernel_size = _pair("PoincareConv2d", "kernel_size", kernel_size)  # a list too, as torch.nn.Conv2d
         self.stride, self.padding, self.id_init = stride, padding, id_init
         kv = self.kernel_size[0] * self.kernel_size[1]
         self.weights = nn.Parameter(torch.empty(kv * in_channels, out_channels))
@@ -137,6 +195,10 @@ class PoincareConv2d(nn.Module):
         return gp.poincare_conv2d(x, self.weights, self.bias, c=self.ball(), kernel_size=self.kernel_size,
                                   padding=self.padding, stride=self.stride)
 
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}, id_init={self.id_init}")
+
 
 class PoincareReLU(nn.Module):
     """expmap0(relu(logmap0(x))) along ``dim`` (HypLL's HReLU; dim=1 for images, -1 for vectors)."""
@@ -147,6 +209,9 @@ class PoincareReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gp.poincare_relu(x, c=self.ball(), dim=self.dim if x.dim() > 1 else -1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 def poincare_residual(x: torch.Tensor, y: torch.Tensor, ball: PoincareBall, dim: int = 1) -> torch.Tensor:
@@ -164,6 +229,10 @@ class PoincareBatchNorm(nn.Module):
 
     def __init__(self, features: int, ball: PoincareBall, momentum: float = 0.1, track_running_stats: bool = True):
         super().__init__()
+        owner = type(self).__name__
+        _check_size(owner, "features", features)
+        _check_ball(owner, ball)
+        _check_momentum(owner, momentum)
         self.features, self.ball, self.momentum = features, ball, momentum
         self.bias = nn.Parameter(torch.zeros(features))
         self.weight = nn.Parameter(torch.tensor(1.0))
@@ -179,6 +248,9 @@ class PoincareBatchNorm(nn.Module):
             raise ValueError(f"PoincareBatchNorm: x must be (N, features={self.features}), got shape {tuple(x.shape)}")
         return gp.batch_norm(x, self.bias, self.weight, c=self.ball(), running_mean=self.running_mean,
                              running_var=self.running_var, training=self.training, momentum=self.momentum)
+
+    def extra_repr(self) -> str:
+        return f"{self.features}, momentum={self.momentum}, track_running_stats={self.track_running_stats}"
 
 
 class PoincareBatchNorm2d(PoincareBatchNorm):
@@ -202,6 +274,9 @@ class PoincareFlatten(nn.Module):
     def forward(self, x):
         return gp.flatten(x, c=self.ball(), start_dim=self.start_dim, end_dim=self.end_dim, man_dim=self.man_dim)
 
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}, man_dim={self.man_dim}"
+
 
 class PoincareMaxPool2d(nn.Module):
     """HypLL's HMaxPool2d: max pooling in the tangent space at the origin (points along dim 1)."""
@@ -215,6 +290,10 @@ class PoincareMaxPool2d(nn.Module):
         return gp.max_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                              dilation=self.dilation, ceil_mode=self.ceil_mode)
 
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
 
 class PoincareAvgPool2d(nn.Module):
     """HypLL's HAvgPool2d(use_midpoint=True)."""
@@ -226,12 +305,18 @@ class PoincareAvgPool2d(nn.Module):
     def forward(self, x):
         return gp.avg_pool2d(x, c=self.ball(), kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
 
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
 
 class PoincareEmbedding(nn.Module):
     """Embedding table on the ball (HypLL's HEmbedding: rows initialised as expmap0 of N(0, 1) samples)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, ball: PoincareBall):
         super().__init__()
+        _check_size("PoincareEmbedding", "num_embeddings", num_embeddings, minimum=0)
+        _check_size("PoincareEmbedding", "embedding_dim", embedding_dim)
+        _check_ball("PoincareEmbedding", ball)
         self.num_embeddings, self.embedding_dim, self.ball = num_embeddings, embedding_dim, ball
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
         self.reset_parameters()
@@ -244,6 +329,9 @@ class PoincareEmbedding(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.weight[idx]
 
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
 
 class MobiusLinear(nn.Module):
     """HNN's Möbius linear layer: project(weight (x) x (+) bias), points along the last dimension.
@@ -254,6 +342,11 @@ class MobiusLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True,
                  blocks: Optional[int] = None):
         super().__init__()
+        _check_size("MobiusLinear", "in_features", in_features)
+        _check_size("MobiusLinear", "out_features", out_features)
+        _check_ball("MobiusLinear", ball)
+        if blocks is not None:
+            _check_size("MobiusLinear", "blocks", blocks)
         self.in_features, self.out_features, self.ball, self.blocks = in_features, out_features, ball, blocks
         if blocks is None:
             self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -275,6 +368,10 @@ class MobiusLinear(nn.Module):
     def forward(self, x):
         return gp.mobius_linear(x, self.weight, self.bias, c=self.ball(), blocks=self.blocks)
 
+    def extra_repr(self) -> str:
+        blocks = "" if self.blocks is None else f", blocks={self.blocks}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{blocks}"
+
 
 class PoincareMLR(nn.Module):
     """Hyperbolic multinomial logistic regression head (HNN++): logits = signed distances to num_classes
@@ -282,10 +379,16 @@ class PoincareMLR(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, ball: PoincareBall, bias: bool = True):
         super().__init__()
-        self.ball = ball
+        _check_size("PoincareMLR", "in_features", in_features)
+        _check_size("PoincareMLR", "num_classes", num_classes)
+        _check_ball("PoincareMLR", ball)
+        self.ball, self.in_features, self.num_classes = ball, in_features, num_classes
         self.z = nn.Parameter(torch.empty(in_features, num_classes))
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
         nn.init.normal_(self.z, std=(2 * in_features * num_classes) ** -0.5)
 
     def forward(self, x):
         return gp.mlr(x, self.z, self.bias, c=self.ball())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, bias={self.bias is not None}"

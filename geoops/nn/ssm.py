@@ -75,7 +75,9 @@ class S4DKernel(nn.Module):
         self.C = nn.Parameter(torch.view_as_real(C))
         self._register("log_dt", log_dt, lr)
         self._register("log_A_real", torch.log(0.5 * torch.ones(H, N // 2)), lr)
-        self._register("A_imag", math.pi * torch.arange(N // 2, dtype=torch.float32).expand(H, N // 2).clone(), lr)
+        # (the default dtype, as log_A_real and state-spaces' A_imag: torch.set_default_dtype(float64) gives float64)
+        self._register("A_imag", math.pi * torch.arange(N // 2, dtype=torch.get_default_dtype()).expand(H, N // 2).clone(),
+                       lr)
 
     def _register(self, name, tensor, lr=None):
         if lr == 0.0:
@@ -91,11 +93,13 @@ class S4DKernel(nn.Module):
         """(log_dt, A, B, C) of the diagonal SSM (B = 1, as in state-spaces' S4D).
 
         Parameters stored in float16 / bfloat16 (after ``.half()`` / ``.bfloat16()``) are upcast to float32
-        here: the kernels take float32 / float64 SSM parameters, and bfloat16 has no complex dtype.
+        here: the kernels take float32 / float64 SSM parameters, and bfloat16 has no complex dtype; A's two
+        parts are promoted to one precision.
         """
         log_dt, C, log_A_real, A_imag = (_kernel_dtype(t) for t in (self.log_dt, self.C, self.log_A_real, self.A_imag))
         C = torch.view_as_complex(C)
-        A = torch.complex(-torch.exp(log_A_real), A_imag)
+        rd = torch.promote_types(log_A_real.dtype, A_imag.dtype)  # torch.complex takes one dtype (mixed: float64)
+        A = torch.complex(-torch.exp(log_A_real.to(rd)), A_imag.to(rd))
         return log_dt, A, torch.ones_like(A), C
 
     def forward(self, L: int) -> torch.Tensor:
