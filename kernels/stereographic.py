@@ -1759,7 +1759,7 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
     else:  # k is uniform over the program: one branch runs (and holds registers)
         rs = _div(1.0, _sqrt(tl.where(k != 0, tl.abs(k), 1.0)))
         if k < 0:  # log1p(t + sqrt(t (t + 2)))/sqrt(c), t = 2cA/(p_x p_y), c = -k
-            t = _div(-2.0 * k * a, tl.maximum(pp, PMIN))
+            t = _div(-2.0 * k * a, tl.maximum(pp, 1e-15))  # the row ops' clamp of p_x p_y (C++ min_pp)
             v = _math.log1p(t + _sqrt(t * (t + 2.0))) * rs
         elif k > 0:  # 2 atan2(sqrt(kA), sqrt(p_x p_y - kA))/sqrt(k)
             den = tl.maximum(pp - k * a, 0.0)
