@@ -1999,7 +1999,7 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction,
     -x / (k |x|^2) in closed form (geoopt walks the unit-speed geodesic there, through tan(pi/2); x = 0 gives 0 as
-    there).  float16 / bfloat16 are computed in float32."""
+    there), formed as -(x/|x|) / (k|x|).  float16 / bfloat16 are computed in float32."""
     dim = _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
@@ -2008,7 +2008,12 @@ def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     kc = kk.to(xc.dtype)
     ks = torch.where(sphere, kc, torch.ones_like(kc))  # the sphere's formula on a safe k where it is not used
-    a = (-xc / (ks * (xc * xc).sum(dim=dim, keepdim=True)).clamp_min(1e-15)).to(x.dtype)
+    # -(x/|x|) / (k|x|): no |x|^2 to underflow, and no floor under k|x|^2 (a clamp at 1e-15 sent points within
+    # ~3e-8 of the origin to -x * 1e15 instead of -x / (k|x|^2) until session 35); x = 0 gives 0 (geoopt's value)
+    n = torch.linalg.vector_norm(xc, dim=dim, keepdim=True)
+    nz = n > 0
+    ns = torch.where(nz, n, torch.ones_like(n))
+    a = torch.where(nz, -(xc / ns) / (ks * ns), torch.zeros_like(xc)).to(x.dtype)
     return torch.where(sphere, a, -x)
 
 

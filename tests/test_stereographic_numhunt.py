@@ -49,6 +49,27 @@ def test_cdist_fp32_points_near_the_boundary(monkeypatch, epi, grad, kval, D):
     torch.testing.assert_close(out, row, rtol=1e-4, atol=0)
 
 
+# ---------------------------------------------------------------- antipode of points near the origin
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("dtype, scales", [(D64, [1e-8, 1e-10, 1e-20, 1e-150]), (torch.float32, [1e-8, 1e-10, 1e-18])])
+def test_antipode_sphere_near_the_origin(backend, dtype, scales):
+    """antipode on the sphere divided by max(k|x|^2, 1e-15): points within ~3e-8 of the origin (k = 1) got -x * 1e15
+    instead of -x / (k|x|^2) -- |x| = 1e-8 gave 1e7 for 1e8, 1e-10 gave 1e5 for 1e10 (nearer points mapped nearer
+    the origin).  Now -(x/|x|) / (k|x|) (no |x|^2 to underflow); x = 0 still gives 0."""
+    import geoops
+    x = torch.cat([_sphere_pts(1, 3, s, seed=9) for s in scales] + [torch.zeros(1, 3, dtype=D64)]).to(dtype)
+    k = torch.tensor(0.7, dtype=dtype)
+    xr = x.clone().requires_grad_()
+    with geoops.use_backend(backend):
+        got = gs.antipode(xr, k=k)
+        (g,) = torch.autograd.grad(got[:-1].sum(), xr)
+    xd = x.double()
+    want = -xd / (0.7 * xd.square().sum(-1, keepdim=True))
+    want[-1] = 0
+    torch.testing.assert_close(got.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
+    assert torch.isfinite(g[:-1]).all() or dtype == torch.float32  # (float32: 1/(k|x|^2) of 1e-18 overflows)
+
+
 # ---------------------------------------------------------------- known, written up (strict xfails)
 @pytest.mark.xfail(strict=True, reason="logmap's kernels form (-x) (+) y as (k|x-y|^2 x - (1 + k|x|^2)(x - y)) / den, "
                    "whose x terms cancel when k|x|^2 >> 1 (k > 0, x far out on the projected sphere): error ~ "
