@@ -1765,8 +1765,8 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
             den = tl.maximum(pp - k * a, 0.0)
             ratio = _div(_sqrt(k * a), _sqrt(tl.where(den > 0, den, 1.0)))
             v = 2.0 * tl.where(den > 0, _math.atan(ratio), 1.5707963267948966) * rs
-        else:
-            v = 2.0 * _sqrt(a)
+        else:  # k = 0, or a NaN k (k * 0: NaN then, as dist; it was 2|x - y|)
+            v = 2.0 * _sqrt(a) + k * 0.0
     off = (b * N + rows[:, None]) * M + cols[None, :]
     tl.store(OUT + off, v.to(OUT.dtype.element_ty), mask=m2)
     if SAVE:

@@ -49,6 +49,21 @@ def test_cdist_fp32_points_near_the_boundary(monkeypatch, epi, grad, kval, D):
     torch.testing.assert_close(out, row, rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("grad", [False, True])
+def test_cdist_nan_curvature_gives_nan(dtype, grad):
+    """A NaN k (a learnable curvature that blew up) fell into cdist's k = 0 branch (neither k < 0 nor k > 0): finite
+    Euclidean distances 2|x - y| instead of NaN, unlike dist, knn's distances and the reference."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 5, 4, generator=g, dtype=D64) * 0.2).to(dtype)
+    y = (torch.randn(2, 6, 4, generator=g, dtype=D64) * 0.2).to(dtype)
+    k = torch.tensor([float("nan"), -1.0], dtype=dtype).reshape(2, 1, 1)
+    out = gs.cdist(x.clone().requires_grad_(grad), y, k=k)
+    assert out[0].isnan().all()
+    assert torch.isfinite(out[1]).all()
+    assert gs.cdist(x[0], y[0], k=float("nan")).isnan().all()
+
+
 # ---------------------------------------------------------------- antipode of points near the origin
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
 @pytest.mark.parametrize("dtype, scales", [(D64, [1e-8, 1e-10, 1e-20, 1e-150]), (torch.float32, [1e-8, 1e-10, 1e-18])])

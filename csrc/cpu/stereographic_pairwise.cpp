@@ -190,6 +190,8 @@ inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Cur
       const int64_t m = M - j;
       f(Vec::loadu(A + j, m), Vec::loadu(py + j, m)).store(out + j, m);
     }
+  } else if (cv.k != cv.k) {  // a NaN k (neither sign): NaN, as dist and the reference (was k = 0's 2|x - y|)
+    std::fill(out, out + M, std::numeric_limits<T>::quiet_NaN());
   } else {
     const Vec two(T(2));
     for (; j + L <= M; j += L) (Vec::loadu(A + j).sqrt() * two).store(out + j);

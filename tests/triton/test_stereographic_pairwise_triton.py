@@ -99,6 +99,16 @@ def test_cdist_points_within_1e4_of_the_boundary_float32(k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cdist_nan_curvature_gives_nan(dtype):
+    """Session 35: a NaN k took the k = 0 branch (2|x - y|, finite) instead of giving NaN as dist does."""
+    x = _points(2, 5, 3, dtype, 11)
+    y = _points(2, 6, 3, dtype, 12)
+    k = torch.tensor([float("nan"), -1.0], dtype=dtype, device=DEVICE).reshape(2, 1, 1)
+    d = gs.cdist(x, y, k=k)
+    assert d[0].isnan().all() and torch.isfinite(d[1]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("k", KS)
 def test_cdist_gradients(dtype, k):
     """dx, dy (two GEMM passes through the per-pair coefficients; close pairs added exactly) and dk."""
