@@ -1221,7 +1221,9 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
     Python.
 
     Args: x ``[N, D]``, y ``[M, D]``, query and target: integer tensors of the same shape ``[P]`` (indices
-    into x and y), k a scalar curvature.  Returns int64 ``[P]``.  Not differentiable.
+    into x and y), k a scalar curvature.  Returns int64 ``[P]``.  Not differentiable.  Non-finite inputs: keys
+    compare as IEEE numbers, so a NaN distance is never strictly closer (a pair whose own distance is NaN gets
+    rank 0); check ``torch.isfinite`` first where that matters (:func:`reconstruction_metrics` does).
     """
     return _rank_with_keys("pairwise_rank", x, y, query, target, k, block_elems)[0]
 
@@ -1352,7 +1354,9 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     The average precision of u is the mean over its neighbours v of
     ``#{v' in N(u): d(u, v') <= d(u, v)} / (#{v' in N(u)} closer or equal + #{w not in N(u), w != u} closer)``,
     MAP the mean over the nodes that have neighbours.  Built on :func:`pairwise_rank` (bounded memory:
-    no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats.
+    no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats:
+    (nan, nan) when x or k has a non-finite value (a NaN distance is never "closer", so such an embedding would
+    otherwise score as well as or better than a finite one).
     """
     op = "reconstruction_metrics"
     if (not isinstance(edges, torch.Tensor) or edges.dim() != 2 or edges.shape[1] != 2
@@ -1362,6 +1366,9 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     if isinstance(x, torch.Tensor) and x.dim() == 2 and edges.numel() and (
             int(edges.min()) < 0 or int(edges.max()) >= x.shape[0]):
         _fail(op, f"edges has node indices outside [0, N={x.shape[0]}) (the rows of x)", IndexError)
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not (
+            bool(torch.isfinite(x).all()) and bool(torch.isfinite(torch.as_tensor(k, dtype=torch.float64)).all())):
+        return float("nan"), float("nan")  # undefined ranks (session 35: NaN rows or k scored as perfect)
     edges = torch.unique(edges.to(torch.int64), dim=0)
     edges = edges[edges[:, 0] != edges[:, 1]]
     u, v = edges[:, 0], edges[:, 1]

@@ -64,6 +64,25 @@ def test_cdist_nan_curvature_gives_nan(dtype, grad):
     assert gs.cdist(x[0], y[0], k=float("nan")).isnan().all()
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_reconstruction_metrics_non_finite_embedding_is_nan(backend):
+    """reconstruction_metrics ranks by IEEE comparisons, where a NaN distance is never "closer": an all-NaN embedding
+    or a NaN curvature scored a perfect (mean rank 1.0, MAP 1.0), and one NaN row improved the scores (13.9 / 0.16
+    -> 12.7 / 0.23 here) -- a diverged model looked better.  Now (nan, nan) when x or k is not finite."""
+    import geoops
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 4, generator=g) * 0.3
+    edges = torch.randint(0, 30, (60, 2), generator=g)
+    with geoops.use_backend(backend):
+        clean = gs.reconstruction_metrics(x, edges, k=-1.0)
+        assert all(math.isfinite(v) for v in clean)
+        xn = x.clone()
+        xn[3, 1] = float("nan")
+        for args in ((xn, -1.0), (torch.full_like(x, float("nan")), -1.0), (x, float("nan")), (xn * float("inf"), -1.0)):
+            got = gs.reconstruction_metrics(args[0], edges, k=args[1])
+            assert all(math.isnan(v) for v in got), got
+
+
 # ---------------------------------------------------------------- antipode of points near the origin
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
 @pytest.mark.parametrize("dtype, scales", [(D64, [1e-8, 1e-10, 1e-20, 1e-150]), (torch.float32, [1e-8, 1e-10, 1e-18])])
