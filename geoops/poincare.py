@@ -1117,7 +1117,11 @@ def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = 
     ct = _curv("midpoint", c, x)
     lam = 2 / (1 - ct * x.pow(2).sum(dim=dim, keepdim=True)).clamp_min(1e-15)
     f = (lam * x).sum(dim=batch_dim, keepdim=True) / (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
-    m = f / (1 + (1 - ct * f.pow(2).sum(dim=dim, keepdim=True)).sqrt())
+    # 1 - c|f|^2 > 0 only in exact arithmetic (f is the Klein point): near the boundary it rounds to <= 0 (float32
+    # points within ~1e-6 of it gave NaN); its root is taken as 0 there, with a zero (not 0 * inf) gradient (session 35)
+    q = 1 - ct * f.pow(2).sum(dim=dim, keepdim=True)
+    pos = q > 0
+    m = f / (1 + torch.where(pos, torch.where(pos, q, 1).sqrt(), 0))
     return m if keepdim else m.squeeze(batch_dim)
 
 

@@ -1101,8 +1101,8 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     :math:`A < \tau (|x|^2 + |y|^2)`, :math:`\tau \approx 512\,u\,(D + 4)`, are recomputed from the rows,
     so the float32 relative error stays below 1e-3 (close pairs and points near the boundary included)
     and x against itself gives exact zeros.  Points on or outside the ball (k < 0) are handled like
-    geoopt's clamps: :math:`p` is clamped at 1e-7 (float32; 1e-15 float64), giving large, finite
-    distances.  Memory: the output; with a gradient the C++ backend saves nothing of size ``[N, M]`` (its
+    geoopt's clamps: :math:`p` is clamped at 1e-7 (float32; 1e-15 float64) and :math:`p_x p_y` at 1e-15 (the
+    row op :func:`dist`'s clamp), giving large, finite distances.  Memory: the output; with a gradient the C++ backend saves nothing of size ``[N, M]`` (its
     backward recomputes ``A`` per block of rows), the Triton and reference backends save one ``[..., N, M]``
     buffer.  For nearest neighbours at scale use :func:`knn` (bounded memory).
     """
@@ -1225,7 +1225,9 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
     Python.
 
     Args: x ``[N, D]``, y ``[M, D]``, query and target: integer tensors of the same shape ``[P]`` (indices
-    into x and y), k a scalar curvature.  Returns int64 ``[P]``.  Not differentiable.
+    into x and y), k a scalar curvature.  Returns int64 ``[P]``.  Not differentiable.  Non-finite inputs: keys
+    compare as IEEE numbers, so a NaN distance is never strictly closer (a pair whose own distance is NaN gets
+    rank 0); check ``torch.isfinite`` first where that matters (:func:`reconstruction_metrics` does).
     """
     return _rank_with_keys("pairwise_rank", x, y, query, target, k, block_elems)[0]
 
@@ -1359,7 +1361,9 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     The average precision of u is the mean over its neighbours v of
     ``#{v' in N(u): d(u, v') <= d(u, v)} / (#{v' in N(u)} closer or equal + #{w not in N(u), w != u} closer)``,
     MAP the mean over the nodes that have neighbours.  Built on :func:`pairwise_rank` (bounded memory:
-    no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats.
+    no [N, N] matrix; distances as rank keys, no transcendental per pair).  Returns (mean_rank, map) floats:
+    (nan, nan) when x or k has a non-finite value (a NaN distance is never "closer", so such an embedding would
+    otherwise score as well as or better than a finite one).
     """
     op = "reconstruction_metrics"
     if any(isinstance(t, torch.Tensor) and _library._batched(t) for t in (x, edges, k)):
@@ -1372,6 +1376,9 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     if isinstance(x, torch.Tensor) and x.dim() == 2 and edges.numel() and (
             int(edges.min()) < 0 or int(edges.max()) >= x.shape[0]):
         _fail(op, f"edges has node indices outside [0, N={x.shape[0]}) (the rows of x)", IndexError)
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not (
+            bool(torch.isfinite(x).all()) and bool(torch.isfinite(torch.as_tensor(k, dtype=torch.float64)).all())):
+        return float("nan"), float("nan")  # undefined ranks (session 35: NaN rows or k scored as perfect)
     edges = torch.unique(edges.to(torch.int64), dim=0)
     edges = edges[edges[:, 0] != edges[:, 1]]
     u, v = edges[:, 0], edges[:, 1]
@@ -2019,7 +2026,7 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Antipode of x: -x for k <= 0; on the sphere the point at geodesic distance pi R along x's direction,
     -x / (k |x|^2) in closed form (geoopt walks the unit-speed geodesic there, through tan(pi/2); x = 0 gives 0 as
-    there).  float16 / bfloat16 are computed in float32."""
+    there), formed as -(x/|x|) / (k|x|).  float16 / bfloat16 are computed in float32."""
     dim = _check_surface("antipode", dim, k, x=x)
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
@@ -2034,7 +2041,12 @@ def _antipode_formula(x: torch.Tensor, kk: torch.Tensor, sphere: torch.Tensor, d
     xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     kc = kk.to(xc.dtype)
     ks = torch.where(sphere, kc, torch.ones_like(kc))  # the sphere's formula on a safe k where it is not used
-    a = (-xc / (ks * (xc * xc).sum(dim=dim, keepdim=True)).clamp_min(1e-15)).to(x.dtype)
+    # -(x/|x|) / (k|x|): no |x|^2 to underflow, and no floor under k|x|^2 (a clamp at 1e-15 sent points within
+    # ~3e-8 of the origin to -x * 1e15 instead of -x / (k|x|^2) until session 35); x = 0 gives 0 (geoopt's value)
+    n = torch.linalg.vector_norm(xc, dim=dim, keepdim=True)
+    nz = n > 0
+    ns = torch.where(nz, n, torch.ones_like(n))
+    a = torch.where(nz, -(xc / ns) / (ks * ns), torch.zeros_like(xc)).to(x.dtype)
     return torch.where(sphere, a, -x)
 
 

@@ -1759,14 +1759,14 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
     else:  # k is uniform over the program: one branch runs (and holds registers)
         rs = _div(1.0, _sqrt(tl.where(k != 0, tl.abs(k), 1.0)))
         if k < 0:  # log1p(t + sqrt(t (t + 2)))/sqrt(c), t = 2cA/(p_x p_y), c = -k
-            t = _div(-2.0 * k * a, tl.maximum(pp, PMIN))
+            t = _div(-2.0 * k * a, tl.maximum(pp, 1e-15))  # the row ops' clamp of p_x p_y (C++ min_pp)
             v = _math.log1p(t + _sqrt(t * (t + 2.0))) * rs
         elif k > 0:  # 2 atan2(sqrt(kA), sqrt(p_x p_y - kA))/sqrt(k)
             den = tl.maximum(pp - k * a, 0.0)
             ratio = _div(_sqrt(k * a), _sqrt(tl.where(den > 0, den, 1.0)))
             v = 2.0 * tl.where(den > 0, _math.atan(ratio), 1.5707963267948966) * rs
-        else:
-            v = 2.0 * _sqrt(a)
+        else:  # k = 0, or a NaN k (k * 0: NaN then, as dist; it was 2|x - y|)
+            v = 2.0 * _sqrt(a) + k * 0.0
     off = (b * N + rows[:, None]) * M + cols[None, :]
     tl.store(OUT + off, v.to(OUT.dtype.element_ty), mask=m2)
     if SAVE:

@@ -85,11 +85,21 @@ double close_tau(int64_t D) {
   return std::min(0.5, unit_roundoff<T>() * double(D + 4) / rel);
 }
 
-// Smallest p_x p_y used (points on or outside the boundary of the ball): geoopt's artanh clamp 1 - 1e-7
-// corresponds to 1 - c|x|^2 ~ 2e-7 in fp32.
+// Smallest p = 1 + k|x|^2 used for one point (points on or outside the boundary of the ball, k < 0): geoopt's
+// artanh clamp 1 - 1e-7 corresponds to 1 - c|x|^2 ~ 2e-7 in fp32.
 template <typename T>
 constexpr T min_p() {
   return std::is_same<T, float>::value ? T(1e-7) : T(1e-15);
+}
+// Smallest p_x p_y of the forward's t = 2cA/(p_x p_y): 1e-15 in both precisions, the row ops' clamp of
+// q = p_x p_y / den (stereo_math.h's min_den, geoopt's artanh clamp in double), so that cdist caps where dist and
+// knn's distances do (fp64 pairs within ~1e-8 of the boundary; no fp32 point inside the ball reaches it).  Until
+// session 35 fp32 used min_p = 1e-7, which cut the distances of pairs inside the ball (both points beyond
+// ~1 - 1.6e-4 of the radius: an antipodal pair at 1 - 1e-7 gave 18.9 instead of 33.3) below dist, knn and the
+// backward (which never clamped the product).
+template <typename T>
+constexpr T min_pp() {
+  return T(1e-15);
 }
 
 template <typename T>
@@ -157,7 +167,7 @@ inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Cur
   constexpr int64_t L = Vec::size();
   int64_t j = 0;
   if (cv.sign < 0) {
-    const Vec two_c(T(2) * cv.c), vpx(px), rs(cv.rs), two(T(2)), pmin(min_p<T>());
+    const Vec two_c(T(2) * cv.c), vpx(px), rs(cv.rs), two(T(2)), pmin(min_pp<T>());
     auto f = [&](const Vec& a, const Vec& p) {
       const Vec P = at::vec::maximum(vpx * p, pmin);
       const Vec t = two_c * a / P;
@@ -180,6 +190,8 @@ inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Cur
       const int64_t m = M - j;
       f(Vec::loadu(A + j, m), Vec::loadu(py + j, m)).store(out + j, m);
     }
+  } else if (cv.k != cv.k) {  // a NaN k (neither sign): NaN, as dist and the reference (was k = 0's 2|x - y|)
+    std::fill(out, out + M, std::numeric_limits<T>::quiet_NaN());
   } else {
     const Vec two(T(2));
     for (; j + L <= M; j += L) (Vec::loadu(A + j).sqrt() * two).store(out + j);
@@ -189,7 +201,7 @@ inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Cur
 
 // ---- float, k < 0: one fused pass per row (GEMM value -> A -> distance), written once, no libm call
 //
-// d = log1p(u) / sqrt(c), u = t + sqrt(t (t + 2)), t = 2c A min(1/(p_x p_y), 1/min_p) (= the clamp of
+// d = log1p(u) / sqrt(c), u = t + sqrt(t (t + 2)), t = 2c A min(1/(p_x p_y), 1/min_pp) (= the clamp of
 // dist_row).  log1p(u) = log(w) + (u - (w - 1))/w with w = fl(1 + u) (the correction restores the bits of u lost
 // in the rounding of 1 + u, so small distances keep their relative accuracy; it is below ulp(w), so 1/w to 12-14
 // bits (rcp) is enough), log(w) from exponent and
@@ -201,7 +213,7 @@ struct NegRowF {
 
 // Scalar distance (double) of one pair from A, the same formula (the close-pair fix-up).
 inline float neg_dist_scalar(double A, double ipx, double ipy, double two_c, double rs) {
-  const double t = two_c * A * std::min(ipx * ipy, 1.0 / double(min_p<float>()));
+  const double t = two_c * A * std::min(ipx * ipy, 1.0 / double(min_pp<float>()));
   return float(std::log1p(t + std::sqrt(t * (t + 2.0))) * rs);
 }
 
@@ -232,7 +244,7 @@ inline void neg_row_f32(const float* G, float* out, float* Asave, const float* x
   using Vec = at::vec::Vectorized<float>;
   constexpr int64_t L = Vec::size();
   const Vec vx2(c.x2), vipx(c.ipx), v2c(c.two_c), vrs(c.rs), vtau(c.tau), two(2.f), one(1.f), zero(0.f),
-      pmax(1.f / min_p<float>()), sentinel(-1.f);
+      pmax(1.f / min_pp<float>()), sentinel(-1.f);
   Vec anyclose(0.f);
   auto f = [&](const Vec& g, const Vec& vy2, const Vec& vipy, Vec& aout) {
     const Vec sum = vx2 + vy2;
@@ -299,7 +311,7 @@ inline NegRowV2 neg_row_v2_consts(float rs) {
 
 // FAST: no pair of the row reaches the clamp: t = aK (1/p_y) with aK = K (x2 + y2) - 2K g, K = 2c/p_x, formed by
 // two FMAs (the close test on aK against tau K (x2 + y2): the same test, K > 0).  Otherwise (the clamp):
-// A = x2 + y2 - 2g, t = A min(1/(p_x p_y), 1/min_p) 2c.  SAVE: A (x2 + y2 - 2g) is also written to Asave; the
+// A = x2 + y2 - 2g, t = A min(1/(p_x p_y), 1/min_pp) 2c.  SAVE: A (x2 + y2 - 2g) is also written to Asave; the
 // distances do not depend on SAVE (bit for bit).
 template <bool FAST, bool SAVE>
 inline void neg_row_f32_v2(const float* G, float* out, float* Asave, const float* xi, const float* y,
@@ -310,7 +322,7 @@ inline void neg_row_f32_v2(const float* G, float* out, float* Asave, const float
                vm2K = _mm512_set1_ps(-2.f * K), vm2 = _mm512_set1_ps(-2.f), vtau = _mm512_set1_ps(c.tau),
                two = _mm512_set1_ps(2.f), one = _mm512_set1_ps(1.f), sentinel = _mm512_set1_ps(-1.f),
                vln2 = _mm512_set1_ps(p.ln2rs), v2c = _mm512_set1_ps(c.two_c), vipx = _mm512_set1_ps(c.ipx),
-               pmax = _mm512_set1_ps(1.f / min_p<float>());
+               pmax = _mm512_set1_ps(1.f / min_pp<float>());
   const __m512 q0 = _mm512_set1_ps(p.q[0]), q1 = _mm512_set1_ps(p.q[1]), q2 = _mm512_set1_ps(p.q[2]),
                q3 = _mm512_set1_ps(p.q[3]), q4 = _mm512_set1_ps(p.q[4]), q5 = _mm512_set1_ps(p.q[5]),
                q6 = _mm512_set1_ps(p.q[6]), q7 = _mm512_set1_ps(p.q[7]);
@@ -520,7 +532,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
           if (epi_v2) {
             const NegRowV2 pc = neg_row_v2_consts(cv.rs);
             // the clamp min(1/(p_x p_y), 1/min_p) is inactive on the whole row (NaN: take the clamped variant)
-            const bool fast = rc.ipx * ipy_max[b] <= 1.f / min_p<float>();
+            const bool fast = rc.ipx * ipy_max[b] <= 1.f / min_pp<float>();
             float* As = save ? Ap + off : nullptr;
             const float *yb = yp + b * s.M * s.D, *y2b = y2f.data() + b * s.M, *ipyb = ipy.data() + b * s.M;
             if (fast && !save) neg_row_f32_v2<true, false>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);

@@ -316,7 +316,8 @@ def midpoint(x: torch.Tensor, c: torch.Tensor, man_dim: int = -1, batch_dim=0, k
     num = (lam * x).sum(dim=batch_dim, keepdim=True)
     den = (lam - 1).sum(dim=batch_dim, keepdim=True)
     f = num / den.clamp_min(MIN_NORM)
-    m = f / (1 + (1 - c * _sq(f, man_dim)).sqrt())
+    q = 1 - c * _sq(f, man_dim)  # HypLL's formula, with the root of a rounded q <= 0 taken as 0 (and its gradient)
+    m = f / (1 + torch.where(q > 0, torch.where(q > 0, q, 1).sqrt(), 0))
     return m if keepdim else m.squeeze(dim=batch_dim)
 
 

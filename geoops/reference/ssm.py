@@ -123,11 +123,18 @@ def discretize_log(log_dt, A, B, C, discretization: str = "zoh"):
 
 
 def s4d_kernel(log_dt, A, B, C, L: int, discretization: str = "zoh") -> torch.Tensor:
-    """K[..., h, l] = 2 Re sum_n C~[..., h, n] Abar[h, n]**l (the S4D kernel), materialising (H, N, L)."""
-    Ct, Abar = discretize(log_dt, A, B, C, discretization)
+    """K[..., h, l] = 2 Re sum_n C~[..., h, n] Abar[h, n]**l (the S4D kernel), materialising (H, N, L).
+
+    Abar**l is formed as exp(l log Abar) with log Abar in closed form (``dt A``, or ``2 artanh(dt A / 2)``
+    bilinear): where dt |Re A| > ~745 Abar underflows to 0 and the derivative of torch's complex ``0**l`` is NaN
+    (session 35), while exp's is the right 0."""
+    Ct, _ = discretize(log_dt, A, B, C, discretization)
+    dtA = torch.exp(log_dt).unsqueeze(-1).to(A.real.dtype) * A
+    x = dtA if discretization == "zoh" else 2.0 * torch.atanh(dtA / 2)
     ell = torch.arange(L, device=A.device, dtype=A.real.dtype)
-    V = Abar.unsqueeze(-1) ** ell  # (H, N, L)
-    V = torch.where(ell == 0, torch.ones_like(V), V)  # Abar**0 = 1, also for Abar = 0 (torch's complex 0**0 is NaN)
+    # x l by parts (a complex product would make -inf * 0 = NaN in the imaginary part at the bilinear pole, x = -inf)
+    xl = torch.complex(x.real.unsqueeze(-1) * ell, x.imag.unsqueeze(-1) * ell)  # (H, N, L)
+    V = torch.exp(torch.where(ell == 0, torch.zeros_like(xl), xl))  # Abar**0 = 1, also for Abar = 0
     return 2.0 * torch.einsum("...hn,hnl->...hl", Ct, V).real
 
 

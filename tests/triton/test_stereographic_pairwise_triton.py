@@ -82,6 +82,32 @@ def test_cdist_near_boundary_float32(k):
     assert _relerr(d[off], r[off]) < 1e-3
 
 
+@pytest.mark.parametrize("k", [-1.0, -3.0])
+def test_cdist_points_within_1e4_of_the_boundary_float32(k):
+    """Session 35: the product p_x p_y was clamped at 1e-7 (float32): pairs of points at 1 - 1e-4 .. 1 - 1e-6 of
+    the radius (inside the ball) got distances 5-37 % short.  Now clamped at 1e-15, as the row ops.  (At 1 - 1e-6
+    the kernel's float32 norms leave p = 1 + k|x|^2 ~2e-6 a few % off: up to 1 - 1e-5 here.)"""
+    g = torch.Generator().manual_seed(7)
+    v = torch.randn(1, 18, 5, generator=g, dtype=torch.float64)
+    r = torch.tensor([1 - 1e-4, 1 - 3e-5, 1 - 1e-5], dtype=torch.float64).repeat_interleave(6)[None, :, None]
+    x = (v / v.norm(dim=-1, keepdim=True) * r / abs(k) ** 0.5).to(DEVICE, torch.float32)
+    y = torch.cat([-x, x[:, :4].flip(1)], 1)
+    d = gs.cdist(x, y, k=k)
+    rr = _ref(x, y, float(torch.tensor(k, dtype=torch.float32)))
+    off = rr > 0
+    assert _relerr(d[off], rr[off]) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cdist_nan_curvature_gives_nan(dtype):
+    """Session 35: a NaN k took the k = 0 branch (2|x - y|, finite) instead of giving NaN as dist does."""
+    x = _points(2, 5, 3, dtype, 11)
+    y = _points(2, 6, 3, dtype, 12)
+    k = torch.tensor([float("nan"), -1.0], dtype=dtype, device=DEVICE).reshape(2, 1, 1)
+    d = gs.cdist(x, y, k=k)
+    assert d[0].isnan().all() and torch.isfinite(d[1]).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("k", KS)
 def test_cdist_gradients(dtype, k):
