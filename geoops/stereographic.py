@@ -1318,7 +1318,11 @@ def _rank_band(th, x, y, kv):
     x2, y2 = x.double().square().sum(-1), y.double().square().sum(-1)
     px = (1.0 + kv * x2).clamp_min(pmin) if kv else torch.ones_like(x2)
     py = (1.0 + kv * y2).clamp_min(pmin) if kv else torch.ones_like(y2)
-    wmax, zmax = (float((1 / py).max()), float((y2 / py).max())) if y2.numel() else (0.0, 0.0)
+    # (over the finite points: a NaN / inf point's keys are NaN / inf, never in a band, and its NaN would make
+    # every band NaN, every count 0)
+    fin = torch.isfinite(y2)
+    w, z = torch.where(fin, 1 / py, 0.0), torch.where(fin, y2 / py, 0.0)
+    wmax, zmax = (float(w.max()), float(z.max())) if y2.numel() else (0.0, 0.0)
     t = th.double()
     g = 1.0 + max(kv, 0.0) * t
     band = 2.0 * (x.shape[-1] + 4) * u * (x2 * wmax + zmax) / px * g * g + 16.0 * u * t.abs()

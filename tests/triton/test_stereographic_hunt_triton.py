@@ -1,0 +1,96 @@
+"""Session 35 hunt (helper "tritonhunt"): the Triton backend of geoops.stereographic against the C++ backend on
+inputs the other Triton tests do not pass.  Interpreter fixtures from conftest.py (TRITON_INTERPRET=1 on the
+CPU; the triton backend is forced for every test)."""
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import geoops  # noqa: E402
+import geoops.stereographic as gs  # noqa: E402
+from geoops import _backend  # noqa: E402
+
+needs_cpp = pytest.mark.skipif(_backend.compiled() is None, reason="geoops._C (the C++ CPU kernels) is not built")
+
+
+def _pts(*shape, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (0.3 * torch.randn(*shape, generator=g, dtype=torch.float64) / math.sqrt(shape[-1])).to(dtype)
+
+
+def _on(backend, fn, *args, **kw):
+    with geoops.use_backend(backend):
+        return fn(*args, **kw)
+
+
+# ---------------------------------------------------------------- non-finite inputs of the pairwise kernels
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kv", [-0.7, 0.0, 0.7])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_cdist_nonfinite_input_propagates(device, dtype, kv, bad, which):
+    """A NaN / inf coordinate gives NaN / inf distances for its point's pairs, as the C++ backend (and the
+    formula) does.  The Triton kernel clamped A = |x - y|^2 (and k > 0's denominator) with tl.maximum, which
+    drops NaN (maxnum): a NaN point came out at distance 0 (k <= 0) or pi/sqrt(k) (k > 0) from everything."""
+    x, y = _pts(3, 4, dtype=dtype, seed=1), _pts(5, 4, dtype=dtype, seed=2)
+    t = x if which == "x" else y
+    t[0, 1] = bad
+    ours = gs.cdist(x.to(device), y.to(device), k=kv).cpu()
+    cpp = _on("cpp", gs.cdist, x, y, k=kv)
+    assert torch.equal(ours.isnan(), cpp.isnan()), f"NaN pattern: ours\n{ours}\ncpp\n{cpp}"
+    fin = cpp.isfinite()
+    assert torch.equal(ours.isinf(), cpp.isinf())
+    torch.testing.assert_close(ours[fin], cpp[fin])
+    assert not (ours[0] if which == "x" else ours[:, 0]).isfinite().any()  # the bad point's pairs
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("largest", [False, True])
+def test_knn_nan_point_ranks_as_topk(device, dtype, largest):
+    """The docs: NaN points rank as torch.topk ranks NaN (last for the nearest, first for the farthest), with
+    NaN distances.  The Triton keys had the NaN point at key 0: it came first among the nearest neighbours."""
+    x, y = _pts(3, 4, dtype=dtype, seed=3), _pts(6, 4, dtype=dtype, seed=4)
+    y[2, 0] = float("nan")
+    d, i = gs.knn(x.to(device), y.to(device), 3, k=-1.0, largest=largest)
+    dc, ic = _on("cpp", gs.knn, x, y, 3, k=-1.0, largest=largest)
+    full = _on("cpp", gs.cdist, x, y, k=-1.0)
+    _, it = torch.topk(full, 3, largest=largest)
+    assert torch.equal(i.cpu(), it) and torch.equal(ic, it)
+    assert torch.equal(d.isnan().cpu(), dc.isnan())
+
+
+@needs_cpp
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("bad", [float("inf"), -float("nan")])
+def test_knn_nonfinite_point_float32_kernel(device, largest, bad):
+    """The fused float32 knn kernel packs a key's bits with its column: a NaN key must sort as torch.topk
+    sorts NaN whatever its sign bit (inf - inf gives the negative default NaN on x86)."""
+    x, y = _pts(3, 4, dtype=torch.float32, seed=5), _pts(6, 4, dtype=torch.float32, seed=6)
+    y[2, 0] = bad
+    _, i = gs.knn(x.to(device), y.to(device), 3, k=-1.0, largest=largest)
+    full = _on("cpp", gs.cdist, x, y, k=-1.0)
+    _, it = torch.topk(full, 3, largest=largest)
+    assert torch.equal(i.cpu(), it), (i, it, full)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("block_elems", [1 << 22, 3])
+def test_pairwise_rank_nonfinite_point_elsewhere(device, dtype, bad, block_elems):
+    """A NaN (or inf) point of y that is neither query nor target is never closer (NaN compares false), so the
+    other counts are the brute-force ones (the C++ backend's).  The tiled path (Triton, reference) took the tie
+    band's maxima over all of y: one NaN point made every band NaN and every count 0."""
+    x, y = _pts(3, 4, dtype=dtype, seed=7), _pts(6, 4, dtype=dtype, seed=8)
+    y[0, 1] = bad
+    q, t = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 3, 5, 2])
+    full = _on("cpp", gs.cdist, x.double(), y.double(), k=-1.0)
+    brute = torch.stack([(full[i] < full[i, j]).sum() for i, j in zip(q.tolist(), t.tolist())])
+    ours = gs.pairwise_rank(x.to(device), y.to(device), q.to(device), t.to(device), k=-1.0, block_elems=block_elems)
+    assert torch.equal(_on("cpp", gs.pairwise_rank, x, y, q, t, k=-1.0), brute)
+    assert torch.equal(ours.cpu(), brute), (ours, brute)
+    assert torch.equal(_on("reference", gs.pairwise_rank, x, y, q, t, k=-1.0, block_elems=block_elems), brute)
