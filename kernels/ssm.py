@@ -563,9 +563,12 @@ def _pair_row_scale(row_ptr, lim, R1: tl.constexpr, BC: tl.constexpr, M: tl.cons
         n = (c0 + tl.arange(0, BC))[:, None] * M + m[None, :]
         x = tl.load(row_ptr + n, mask=n < lim, other=0.0).to(tl.float32)
         s = tl.maximum(s, tl.max(tl.where(x - x == 0.0, tl.abs(x), float("inf"))))  # non-finite: inf
-    p = tl.maximum((s.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True), 1.1754943508222875e-38)
+    # p = 2^e, the power of two at or below s (at least the smallest normal), and 1/p from the exponent bits
+    # (254 - biased e: exact, no division); s = inf for a non-finite row
+    eb = tl.maximum(s.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000)
     fin = s < float("inf")
-    return tl.where(fin, 1.0 / p, 0.0), tl.where(s == 0.0, 0.0, tl.where(fin, p, float("nan")))
+    fin_ = tl.where(fin, (0x7F000000 - eb).to(tl.float32, bitcast=True), 0.0)
+    return fin_, tl.where(s == 0.0, 0.0, tl.where(fin, eb.to(tl.float32, bitcast=True), float("nan")))
 
 
 @triton.jit
@@ -595,16 +598,16 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
     accr = tl.zeros((R1, M), dtype=tl.float32)
     acci = tl.zeros((R1, M), dtype=tl.float32)
     # each row scaled to its own binade (and a non-finite one left out): see _pair_row_scale
-    fr0, fo0 = _pair_row_scale(u0, L, R1, 16, M)  # (in 16-row chunks: few registers before the loop; R1 >= 16)
-    fr1, fo1 = _pair_row_scale(u0 + H * L, L1, R1, 16, M)
-    La = tl.where(fr0 > 0, L, 0)
-    Lb = tl.where(fr1 > 0, L1, 0)
+    fr0, _fo0 = _pair_row_scale(u0, L, R1, 16, M)  # (in 16-row chunks: few registers before the loop; R1 >= 16)
+    fr1, _fo1 = _pair_row_scale(u0 + H * L, L1, R1, 16, M)
     for kb in range(0, N1, BK):
         k1 = kb + tl.arange(0, BK)
-        # forward: B = F_N1[k1, :R1] x, C = B * T, X = C F_M
+        # forward: B = F_N1[k1, :R1] x, C = B * T, X = C F_M (fr = 0: a non-finite row, left out)
         fa = k1[:, None] * N1 + n1[None, :]
-        xr = tl.load(u0 + n, mask=n < La, other=0.0).to(tl.float32) * fr0  # reloaded per block (cache hits):
-        xi = tl.load(u0 + H * L + n, mask=n < Lb, other=0.0).to(tl.float32) * fr1  # fewer live registers
+        xr = tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32)  # reloaded per block (cache hits): fewer live
+        xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)  # registers than keeping x
+        xr = tl.where(fr0 > 0, xr * fr0, 0.0)
+        xi = tl.where(fr1 > 0, xi * fr1, 0.0)
         far, fai = _ld2(f1_ptr, fa, N1 * N1)
         t2 = k1[:, None] * M + m[None, :]
         twr, twi = _ld2(tw_ptr, t2, N1 * M)
@@ -620,6 +623,9 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
         fdr, fdi = _ld2(f1_ptr, fd, N1 * N1)
         accr = tl.dot(fdi, gi, tl.dot(fdr, gr, accr, input_precision=PREC), input_precision=PREC)
         acci = tl.dot(-fdi, gr, tl.dot(fdr, gi, acci, input_precision=PREC), input_precision=PREC)
+    # the output factors read again (cache hits) rather than kept live through the loop (a spill at N = 1024)
+    _fr0, fo0 = _pair_row_scale(u0, L, R1, 16, M)
+    _fr1, fo1 = _pair_row_scale(u0 + H * L, L1, R1, 16, M)
     accr = accr * fo0
     acci = acci * fo1
     if HAS_D:
