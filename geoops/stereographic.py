@@ -1162,8 +1162,10 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     fill = float("-inf") if largest else float("inf")
     fused = _backend.resolve(x.device, _ops.FAMILY) == "cpp" and _library.direct_call_ok(x, y, k3) and \
         hasattr(_backend.compiled(), "knn_cpu")
-    # Triton (float32, n <= 64): one kernel keeps each row's best n in registers while it walks y
-    tri = _backend.triton_kernels(_ops.FAMILY) if (not fused and dtype == torch.float32 and n > 0) else None
+    # Triton (float32, n <= 64): one kernel keeps each row's best n in registers while it walks y (a raw launch,
+    # not a custom op: eager plain tensors only, as the C++ call; under vmap / torch.compile the tiled path)
+    tri = _backend.triton_kernels(_ops.FAMILY) if (not fused and dtype == torch.float32 and n > 0 and
+                                                    _library.direct_call_ok(x, y, k3)) else None
     tri = tri if (tri is not None and n <= getattr(tri, "KNN_MAX_NEIGHBORS", 0) and
                   _backend.resolve(x.device, _ops.FAMILY) == "triton") else None
     with torch.no_grad():

@@ -2296,7 +2296,9 @@ def midpoint_fwd(x, w, k, posweight):
                                    HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d,
                                    num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
     s = part.sum(1) if S > 1 else part[:, 0]
-    return s[:, :D].contiguous(), s[:, D].contiguous()
+    # copies, not views: with one group .contiguous() kept both as views of one buffer (a custom op's outputs
+    # must not alias: torch.compile / opcheck refuse it)
+    return s[:, :D].clone(memory_format=torch.contiguous_format), s[:, D].clone()
 
 
 def midpoint_bwd(gF, gL, x, w, k, posweight, mask):

@@ -94,3 +94,37 @@ def test_pairwise_rank_nonfinite_point_elsewhere(device, dtype, bad, block_elems
     assert torch.equal(_on("cpp", gs.pairwise_rank, x, y, q, t, k=-1.0), brute)
     assert torch.equal(ours.cpu(), brute), (ours, brute)
     assert torch.equal(_on("reference", gs.pairwise_rank, x, y, q, t, k=-1.0, block_elems=block_elems), brute)
+
+
+# ---------------------------------------------------------------- custom-op contract of the Triton kernels
+@pytest.mark.parametrize("G", [1, 3])
+def test_midpoint_fwd_outputs_do_not_alias(device, G):
+    """stereo_midpoint_fwd's two outputs (F [G, D], L [G]) are slices of one buffer: with one group, `.contiguous()`
+    kept both as views of it, and a custom op's outputs must not alias (torch.compile and opcheck refuse it)."""
+    x = _pts(G, 5, 4, dtype=torch.float32, seed=9).to(device)
+    args = (x, torch.rand(G, 5).to(device), torch.tensor([-0.7]).to(device), False)
+    torch.library.opcheck(torch.ops.geoops.stereo_midpoint_fwd.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_weighted_midpoint_compiles(device):
+    """The user's view of the same defect: weighted_midpoint of one group under torch.compile(fullgraph=True)."""
+    xs = _pts(5, 4, dtype=torch.float32, seed=10).to(device)
+    f = torch.compile(lambda t: gs.weighted_midpoint(t, k=-1.0, reducedim=0), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(xs), gs.weighted_midpoint(xs, k=-1.0, reducedim=0))
+
+
+@pytest.mark.parametrize("largest", [False, True])
+def test_knn_float32_under_vmap_and_compile(device, largest):
+    """knn's fused float32 Triton kernel is a raw launch, not a custom op: it ran on vmap's BatchedTensor ("Cannot
+    access storage of BatchedTensorImpl") and under torch.compile(fullgraph=True) dynamo traced into the launcher.
+    Under a transform or a trace knn now takes the tiled path through the rank-key op, as on the C++ backend."""
+    x, y = _pts(3, 5, 4, dtype=torch.float32, seed=11).to(device), _pts(6, 4, dtype=torch.float32, seed=12).to(device)
+    d, i = gs.knn(x, y, 2, k=-1.0, largest=largest)
+    dv, iv = torch.vmap(lambda a: gs.knn(a, y, 2, k=-1.0, largest=largest))(x)
+    assert torch.equal(iv, i)
+    torch.testing.assert_close(dv, d)
+    f = torch.compile(lambda a, b: gs.knn(a, b, 2, k=-1.0, largest=largest), fullgraph=True, backend="aot_eager")
+    dc, ic = f(x, y)
+    assert torch.equal(ic, i)
+    torch.testing.assert_close(dc, d)
