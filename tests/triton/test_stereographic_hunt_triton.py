@@ -128,3 +128,15 @@ def test_knn_float32_under_vmap_and_compile(device, largest):
     dc, ic = f(x, y)
     assert torch.equal(ic, i)
     torch.testing.assert_close(dc, d)
+
+
+def test_weighted_midpoint_compiled_backward_strided_groups(device):
+    """stereo_midpoint_bwd's fake gave dx x's strides (empty_like of the permuted [G, N, D] view of the points)
+    while every backend returns it contiguous: the compiled backward's view of dx failed ("view size is not
+    compatible ...") for xs (5, 2, 2) reduced over dim 0 (the C++ backend too)."""
+    x = _pts(5, 4, dtype=torch.float32, seed=13).to(device)
+    f = lambda t: gs.weighted_midpoint(t.reshape(5, 2, 2), k=-1.0, reducedim=0)  # noqa: E731
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.compile(f, fullgraph=True, backend="aot_eager")(a).sum().backward()
+    f(b).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
