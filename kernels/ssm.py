@@ -563,9 +563,9 @@ def _pair_row_scale(row_ptr, lim, R1: tl.constexpr, BC: tl.constexpr, M: tl.cons
         n = (c0 + tl.arange(0, BC))[:, None] * M + m[None, :]
         x = tl.load(row_ptr + n, mask=n < lim, other=0.0).to(tl.float32)
         s = tl.maximum(s, tl.max(tl.where(x - x == 0.0, tl.abs(x), float("inf"))))  # non-finite: inf
-    # p = 2^e, the power of two at or below s (at least the smallest normal), and 1/p from the exponent bits
-    # (254 - biased e: exact, no division); s = inf for a non-finite row
-    eb = tl.maximum(s.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000)
+    # p = 2^e, the power of two at or below s (within [2^-126, 2^126]: 1/p a normal float), and 1/p from the exponent
+    # bits (254 - biased e: exact, no division); s = inf for a non-finite row
+    eb = tl.minimum(tl.maximum(s.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000), 0x7E800000)
     fin = s < float("inf")
     fin_ = tl.where(fin, (0x7F000000 - eb).to(tl.float32, bitcast=True), 0.0)
     return fin_, tl.where(s == 0.0, 0.0, tl.where(fin, eb.to(tl.float32, bitcast=True), float("nan")))

@@ -102,3 +102,23 @@ def test_fftconv_half_row_error_independent_of_partner_scale(device, monkeypatch
         e, e0 = (out[knob][b] - exact[b]).abs().max() / m, (out["0"][b] - exact[b]).abs().max() / m
         assert e <= 2 * e0 + floor, (b, e.item(), e0.item())
     assert torch.equal(out[knob][3], torch.zeros_like(out[knob][3]))
+
+
+@pytest.mark.parametrize("knob,L", FORMS)
+def test_fftconv_bfloat16_top_binade_row(device, monkeypatch, knob, L):
+    """A bfloat16 row with entries in float32's top binade (>= 2^127) keeps a nonzero scale factor (1 / 2^127 is not
+    a normal float: the factor is capped at 2^126): its y is the cuFFT path's (finite where that is), not 0."""
+    monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", knob)
+    u = torch.zeros(2, 1, L)
+    u[0, 0, 0] = 2.0 ** 127
+    u[1, 0, :5] = 1.0
+    k = torch.zeros(1, L)
+    k[0, 0], k[0, 1] = 0.5, 0.25
+    uh, kh = u.bfloat16(), k.bfloat16()
+    y = gs.fftconv(uh.to(device), kh.to(device)).cpu().float()
+    monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", "0")
+    y0 = gs.fftconv(uh.to(device), kh.to(device)).cpu().float()
+    assert y.isfinite().all()
+    torch.testing.assert_close(y[0, 0], y0[0, 0], atol=2.0 ** 127 * 1e-6, rtol=1e-2)
+    torch.testing.assert_close(y[0, 0, :2], torch.tensor([2.0 ** 126, 2.0 ** 125]), rtol=1e-2, atol=0)
+    torch.testing.assert_close(y[1, 0, :6], torch.tensor([0.5, 0.75, 0.75, 0.75, 0.75, 0.25]), rtol=1e-2, atol=1e-3)
