@@ -1166,8 +1166,10 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     fill = float("-inf") if largest else float("inf")
     fused = _backend.resolve(x.device, _ops.FAMILY) == "cpp" and _library.direct_call_ok(x, y, k3) and \
         hasattr(_backend.compiled(), "knn_cpu")
-    # Triton (float32, n <= 64): one kernel keeps each row's best n in registers while it walks y
-    tri = _backend.triton_kernels(_ops.FAMILY) if (not fused and dtype == torch.float32 and n > 0) else None
+    # Triton (float32, n <= 64): one kernel keeps each row's best n in registers while it walks y (a raw launch,
+    # not a custom op: eager plain tensors only, as the C++ call; under vmap / torch.compile the tiled path)
+    tri = _backend.triton_kernels(_ops.FAMILY) if (not fused and dtype == torch.float32 and n > 0 and
+                                                    _library.direct_call_ok(x, y, k3)) else None
     tri = tri if (tri is not None and n <= getattr(tri, "KNN_MAX_NEIGHBORS", 0) and
                   _backend.resolve(x.device, _ops.FAMILY) == "triton") else None
     with torch.no_grad():
@@ -1327,7 +1329,11 @@ def _rank_band(th, x, y, kv):
     x2, y2 = x.double().square().sum(-1), y.double().square().sum(-1)
     px = (1.0 + kv * x2).clamp_min(pmin) if kv else torch.ones_like(x2)
     py = (1.0 + kv * y2).clamp_min(pmin) if kv else torch.ones_like(y2)
-    wmax, zmax = (float((1 / py).max()), float((y2 / py).max())) if y2.numel() else (0.0, 0.0)
+    # (over the finite points: a NaN / inf point's keys are NaN / inf, never in a band, and its NaN would make
+    # every band NaN, every count 0)
+    fin = torch.isfinite(y2)
+    w, z = torch.where(fin, 1 / py, 0.0), torch.where(fin, y2 / py, 0.0)
+    wmax, zmax = (float(w.max()), float(z.max())) if y2.numel() else (0.0, 0.0)
     t = th.double()
     g = 1.0 + max(kv, 0.0) * t
     band = 2.0 * (x.shape[-1] + 4) * u * (x2 * wmax + zmax) / px * g * g + 16.0 * u * t.abs()

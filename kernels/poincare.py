@@ -684,8 +684,8 @@ def _fc_bwd_kernel(G_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr,
         w = tl.where(m, w, 0.0)
         Sw += tl.sum(w * w, 1).to(tl.float64)
         gyw += tl.sum(g * w, 1).to(tl.float64)
-        au = tl.where(m, tl.abs(u), 0.0)
-        Tc = tl.max(au, 1)
+        au = tl.where(m & (u == u), tl.abs(u), 0.0)  # (a NaN row's |u| as 0: its result is NaN anyway, and an
+        Tc = tl.max(au, 1)                          # all-NaN argmax raises in the interpreter)
         jc = tl.argmax(au, 1).to(tl.int64)
         jmax = tl.where(Tc > Tu, j0 + jc, jmax)
         Tu = tl.maximum(Tu, Tc)

@@ -37,7 +37,8 @@ Half u with 2L - 1 <= 32768 (session 34) skips the FFTs: ``_monarch_conv_kernel`
 channel at once through four small DFT matrix products on tensor cores, nothing but u and y in memory (N >= 8192:
 ``_monarch_rows_kernel`` + ``_monarch_cols_kernel`` through a bounded float32 scratch), the backward's du
 for one output channel and (L <= 2048, half k) its dk, ``_monarch_corr_kernel``; GEOOPS_SSM_TRITON_MONARCH=0
-(read per call) keeps cuFFT.
+(read per call) keeps cuFFT.  The two rows of a pair enter scaled to their own binade (``_pair_row_scale``,
+session 35): each row's rounding is relative to its own scale, and a non-finite row stays in its row.
 """
 from __future__ import annotations
 
@@ -489,7 +490,10 @@ def fftconv_saves_uf(u: torch.Tensor, C: int) -> bool:
 # i.e. X = ((F_N1 x) * T) F_M, then Y = X * Kf (Kf = fft(k, N) / N in the same [k1, k2] order) and the
 # inverse y = conj(F_N1) ((Y conj(F_M)) * conj(T)).  Two real rows of one channel travel as one complex row
 # (z = u_b + i u_b': the kernel is real, so conv(z) = conv(u_b) + i conv(u_b')), which halves the work without
-# an unpacking step; x is zero for n1 >= R1 (rows past L) and only the output rows n1 < R1 are needed, so the
+# an unpacking step (each row scaled by a power of two to a largest entry in [1, 2) first and its result scaled
+# back, _pair_row_scale: the products' TF32 rounding, shared by the pair, is then relative to each row's own
+# scale -- session 35: a row 1000x its partner's scale left the partner ~17% off in float16 -- and a NaN / inf
+# row is left out, its result NaN); x is zero for n1 >= R1 (rows past L) and only the output rows n1 < R1 are needed, so the
 # first and last products use R1 of F_N1's N1 rows / columns.  The products run on tensor cores (tl.dot),
 # TF32 operands with float32 accumulation for half inputs (their rounding is 2^-11 against the half output's
 # 2^-9 (bf16) / 2^-11 (fp16)); N >= 8192 in two passes (below).  Float32 u keeps the cuFFT path (3-pass TF32 spills registers at N >= 2048);
@@ -546,6 +550,28 @@ def _monarch_inv_rows(yr, yi, twr, twi, fmr, fmi, PREC: tl.constexpr):
 
 
 @triton.jit
+def _pair_row_scale(row_ptr, lim, R1: tl.constexpr, BC: tl.constexpr, M: tl.constexpr):
+    """(fin, fout) of one row of a pair (lim: its length, 0 for an absent row): the row enters the pair's shared
+    transform times fin = 2^-e, its largest |entry| then in [1, 2) (exact: a power of two), and its result comes
+    out times fout = 2^e.  So the TF32 rounding that the two rows of the complex row z = u_b + i u_b' share is
+    relative to each row's own scale (not the larger row's), and a zero row gives exact zeros (fout = 0).  A row
+    with a NaN / inf is left out of the transform (fin = 0) and comes out NaN (fout = NaN), as its FFT does,
+    without reaching its partner."""
+    m = tl.arange(0, M)
+    s = tl.zeros((), tl.float32)
+    for c0 in range(0, R1, BC):
+        n = (c0 + tl.arange(0, BC))[:, None] * M + m[None, :]
+        x = tl.load(row_ptr + n, mask=n < lim, other=0.0).to(tl.float32)
+        s = tl.maximum(s, tl.max(tl.where(x - x == 0.0, tl.abs(x), float("inf"))))  # non-finite: inf
+    # p = 2^e, the power of two at or below s (within [2^-126, 2^126]: 1/p a normal float), and 1/p from the exponent
+    # bits (254 - biased e: exact, no division); s = inf for a non-finite row
+    eb = tl.minimum(tl.maximum(s.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000), 0x7E800000)
+    fin = s < float("inf")
+    fin_ = tl.where(fin, (0x7F000000 - eb).to(tl.float32, bitcast=True), 0.0)
+    return fin_, tl.where(s == 0.0, 0.0, tl.where(fin, eb.to(tl.float32, bitcast=True), float("nan")))
+
+
+@triton.jit
 def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B, H, CH, L,
                          N1: tl.constexpr, M: tl.constexpr, R1: tl.constexpr, BK: tl.constexpr,
                          HAS_D: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
@@ -571,12 +597,17 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
     kb_ptr = kf_ptr + ch * (2 * N1 * M)
     accr = tl.zeros((R1, M), dtype=tl.float32)
     acci = tl.zeros((R1, M), dtype=tl.float32)
+    # each row scaled to its own binade (and a non-finite one left out): see _pair_row_scale
+    fr0, _fo0 = _pair_row_scale(u0, L, R1, 16, M)  # (in 16-row chunks: few registers before the loop; R1 >= 16)
+    fr1, _fo1 = _pair_row_scale(u0 + H * L, L1, R1, 16, M)
     for kb in range(0, N1, BK):
         k1 = kb + tl.arange(0, BK)
-        # forward: B = F_N1[k1, :R1] x, C = B * T, X = C F_M
+        # forward: B = F_N1[k1, :R1] x, C = B * T, X = C F_M (fr = 0: a non-finite row, left out)
         fa = k1[:, None] * N1 + n1[None, :]
         xr = tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32)  # reloaded per block (cache hits): fewer live
         xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)  # registers than keeping x
+        xr = tl.where(fr0 > 0, xr * fr0, 0.0)
+        xi = tl.where(fr1 > 0, xi * fr1, 0.0)
         far, fai = _ld2(f1_ptr, fa, N1 * N1)
         t2 = k1[:, None] * M + m[None, :]
         twr, twi = _ld2(tw_ptr, t2, N1 * M)
@@ -592,6 +623,11 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
         fdr, fdi = _ld2(f1_ptr, fd, N1 * N1)
         accr = tl.dot(fdi, gi, tl.dot(fdr, gr, accr, input_precision=PREC), input_precision=PREC)
         acci = tl.dot(-fdi, gr, tl.dot(fdr, gi, acci, input_precision=PREC), input_precision=PREC)
+    # the output factors read again (cache hits) rather than kept live through the loop (a spill at N = 1024)
+    _fr0, fo0 = _pair_row_scale(u0, L, R1, 16, M)
+    _fr1, fo1 = _pair_row_scale(u0 + H * L, L1, R1, 16, M)
+    accr = accr * fo0
+    acci = acci * fo1
     if HAS_D:
         d = tl.load(d_ptr + ch).to(tl.float32)
         accr = accr + d * tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32)
@@ -680,11 +716,15 @@ def _monarch_rows_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, e_ptr, B, H, L, 
     k1 = kb + tl.arange(0, BK)
     br = tl.zeros((BK, M), dtype=tl.float32)
     bi = tl.zeros((BK, M), dtype=tl.float32)
+    fr0, _fo0 = _pair_row_scale(u0, L, R1, BC, M)  # (the columns pass applies the output factors)
+    fr1, _fo1 = _pair_row_scale(u0 + H * L, L1, R1, BC, M)
+    La = tl.where(fr0 > 0, L, 0)
+    Lb = tl.where(fr1 > 0, L1, 0)
     for c0 in range(0, R1, BC):
         n1 = c0 + tl.arange(0, BC)
         n = n1[:, None] * M + m[None, :]
-        xr = tl.load(u0 + n, mask=n < L, other=0.0).to(tl.float32)
-        xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)
+        xr = tl.load(u0 + n, mask=n < La, other=0.0).to(tl.float32) * fr0
+        xi = tl.load(u0 + H * L + n, mask=n < Lb, other=0.0).to(tl.float32) * fr1
         fa = k1[:, None] * N1 + n1[None, :]
         fr, fi = _ld2(f1_ptr, fa, N1 * N1)
         br = tl.dot(-fi, xi, tl.dot(fr, xr, br, input_precision=PREC), input_precision=PREC)
@@ -718,7 +758,8 @@ def _monarch_rows_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, e_ptr, B, H, L, 
 @triton.jit
 def _monarch_cols_kernel(e_ptr, f1_ptr, u_ptr, d_ptr, y_ptr, B, H, CH, L, ch0, P,
                          N1: tl.constexpr, M: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
-                         NMB: tl.constexpr, HAS_D: tl.constexpr, PREC: tl.constexpr):
+                         NMB: tl.constexpr, HAS_D: tl.constexpr, PREC: tl.constexpr, R1: tl.constexpr,
+                         BU: tl.constexpr):
     """Pass 2: the output tile rows n1 in [r0, r0 + BR) x columns m in [m0, m0 + BM) of y = conj(F_N1) E (+ D u),
     real part to row b0 = 2p, imaginary part to row b0 + 1, cast to y's dtype."""
     p = tl.program_id(0).to(tl.int64)
@@ -745,6 +786,10 @@ def _monarch_cols_kernel(e_ptr, f1_ptr, u_ptr, d_ptr, y_ptr, B, H, CH, L, ch0, P
         acci = tl.dot(-fi, er, tl.dot(fr, ei, acci, input_precision=PREC), input_precision=PREC)
     n = n1[:, None] * M + m[None, :]
     u0 = u_ptr + (b0 * H + h) * L
+    _fr0, fo0 = _pair_row_scale(u0, L, R1, BU, M)  # the rows pass's factors (R1 rows of u in chunks of BU)
+    _fr1, fo1 = _pair_row_scale(u0 + H * L, L1, R1, BU, M)
+    accr = accr * fo0
+    acci = acci * fo1
     if HAS_D:
         d = tl.load(d_ptr + ch).to(tl.float32)
         accr = accr + d * tl.load(u0 + n, mask=n < L, other=0.0).to(tl.float32)
@@ -829,7 +874,7 @@ def _monarch_conv(u, kf, D, N: int, conj: bool = False):
             PREC=prec, num_warps=w1, num_stages=1)
         _monarch_cols_kernel[(P, g, (R1 // BR) * (M // BM))](
             e, f1, u, Dp, y, B, H, CH, L, ch0, P, N1=N1, M=M, BR=BR, BM=BM, BC=BC2, NMB=M // BM,
-            HAS_D=D is not None, PREC=prec, num_warps=w2, num_stages=2)
+            HAS_D=D is not None, PREC=prec, R1=R1, BU=min(BC, R1), num_warps=w2, num_stages=2)
     return y
 
 

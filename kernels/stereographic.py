@@ -1726,7 +1726,7 @@ def _pair_a_tile(X, Y, xrow, yrow, rmask, cmask, k, D, tau, CT: tl.constexpr, PM
     a = s2 - 2.0 * g
     m2 = rmask[:, None] & cmask[None, :]
     close = (a < tau * s2) & m2
-    a = tl.maximum(a, 0.0)
+    a = tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)  # (a NaN point's pairs stay NaN: maxnum drops it)
     if tl.max(close.to(tl.int32)) > 0:  # rare: tiles that hold a close pair (the diagonal of cdist(x, x))
         a = tl.where(close, _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N), a)
     pp = _pair_p(k, x2, PMIN)[:, None] * _pair_p(k, y2, PMIN)[None, :]
@@ -1736,7 +1736,7 @@ def _pair_a_tile(X, Y, xrow, yrow, rmask, cmask, k, D, tau, CT: tl.constexpr, PM
 @triton.jit
 def _pair_key(a, pp, k):
     """The rank key: A/(p_x p_y) for k < 0, A/(p_x p_y - kA) for k > 0 (antipode: +inf), A for k = 0."""
-    den = tl.where(k < 0, pp, tl.where(k > 0, tl.maximum(pp - k * a, 0.0), 1.0))
+    den = tl.where(k < 0, pp, tl.where(k > 0, tl.maximum(pp - k * a, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0))
     return _div(a, den)
 
 
@@ -1762,9 +1762,9 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
             t = _div(-2.0 * k * a, tl.maximum(pp, 1e-15))  # the row ops' clamp of p_x p_y (C++ min_pp)
             v = _math.log1p(t + _sqrt(t * (t + 2.0))) * rs
         elif k > 0:  # 2 atan2(sqrt(kA), sqrt(p_x p_y - kA))/sqrt(k)
-            den = tl.maximum(pp - k * a, 0.0)
-            ratio = _div(_sqrt(k * a), _sqrt(tl.where(den > 0, den, 1.0)))
-            v = 2.0 * tl.where(den > 0, _math.atan(ratio), 1.5707963267948966) * rs
+            den = tl.maximum(pp - k * a, 0.0, propagate_nan=tl.PropagateNan.ALL)
+            ratio = _div(_sqrt(k * a), _sqrt(tl.where(den != 0, den, 1.0)))  # (den >= 0, or NaN: kept)
+            v = 2.0 * tl.where(den != 0, _math.atan(ratio), 1.5707963267948966) * rs
         else:  # k = 0, or a NaN k (k * 0: NaN then, as dist; it was 2|x - y|)
             v = 2.0 * _sqrt(a) + k * 0.0
     off = (b * N + rows[:, None]) * M + cols[None, :]
@@ -1894,7 +1894,9 @@ def _pair_knn_kernel(X, Y, K, IDX, N, M, D, tau, n_out,
         cmask = cols < M
         a, pp, m2 = _pair_a_tile(X, Y, xrow, (b * M + cols) * D, rmask, cmask, k, D, tau, tl.float32, PMIN,
                                  BLOCK_M, BLOCK_N, BLOCK_K)
-        bits = _pair_key(a, pp, k).to(tl.int32, bitcast=True).to(tl.int64) << 32
+        key = _pair_key(a, pp, k)
+        # a NaN key as the positive quiet NaN (above +inf, as torch.topk ranks NaN) whatever its sign bit
+        bits = tl.where(key == key, key.to(tl.int32, bitcast=True), 0x7FC00000).to(tl.int64) << 32
         c64 = cols.to(tl.int64)[None, :]
         if LARGEST:
             pack = bits | (2147483647 - c64)
@@ -2294,7 +2296,9 @@ def midpoint_fwd(x, w, k, posweight):
                                    HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d,
                                    num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
     s = part.sum(1) if S > 1 else part[:, 0]
-    return s[:, :D].contiguous(), s[:, D].contiguous()
+    # copies, not views: with one group .contiguous() kept both as views of one buffer (a custom op's outputs
+    # must not alias: torch.compile / opcheck refuse it)
+    return s[:, :D].clone(memory_format=torch.contiguous_format), s[:, D].clone()
 
 
 def midpoint_bwd(gF, gL, x, w, k, posweight, mask):

@@ -783,7 +783,8 @@ def _midpoint_fwd_fake(x, w, k, posweight):
 
 def _midpoint_bwd_fake(gF, gL, x, w, k, posweight, mask):
     G, N, _ = x.shape
-    return (torch.empty_like(x) if mask & 1 else x.new_empty((0,)),
+    # dx contiguous, as every backend returns it (not x's strides: x is often a permuted view)
+    return (x.new_empty(x.shape) if mask & 1 else x.new_empty((0,)),
             x.new_empty((G, N)) if (mask & 2 and w is not None) else x.new_empty((0,)),
             x.new_empty((G,), dtype=torch.float64) if mask & 4 else x.new_empty((0,)))
 

@@ -1,0 +1,142 @@
+"""Session 35 hunt (helper "tritonhunt"): the Triton backend of geoops.stereographic against the C++ backend on
+inputs the other Triton tests do not pass.  Interpreter fixtures from conftest.py (TRITON_INTERPRET=1 on the
+CPU; the triton backend is forced for every test)."""
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import geoops  # noqa: E402
+import geoops.stereographic as gs  # noqa: E402
+from geoops import _backend  # noqa: E402
+
+needs_cpp = pytest.mark.skipif(_backend.compiled() is None, reason="geoops._C (the C++ CPU kernels) is not built")
+
+
+def _pts(*shape, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (0.3 * torch.randn(*shape, generator=g, dtype=torch.float64) / math.sqrt(shape[-1])).to(dtype)
+
+
+def _on(backend, fn, *args, **kw):
+    with geoops.use_backend(backend):
+        return fn(*args, **kw)
+
+
+# ---------------------------------------------------------------- non-finite inputs of the pairwise kernels
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kv", [-0.7, 0.0, 0.7])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_cdist_nonfinite_input_propagates(device, dtype, kv, bad, which):
+    """A NaN / inf coordinate gives NaN / inf distances for its point's pairs, as the C++ backend (and the
+    formula) does.  The Triton kernel clamped A = |x - y|^2 (and k > 0's denominator) with tl.maximum, which
+    drops NaN (maxnum): a NaN point came out at distance 0 (k <= 0) or pi/sqrt(k) (k > 0) from everything."""
+    x, y = _pts(3, 4, dtype=dtype, seed=1), _pts(5, 4, dtype=dtype, seed=2)
+    t = x if which == "x" else y
+    t[0, 1] = bad
+    ours = gs.cdist(x.to(device), y.to(device), k=kv).cpu()
+    cpp = _on("cpp", gs.cdist, x, y, k=kv)
+    assert torch.equal(ours.isnan(), cpp.isnan()), f"NaN pattern: ours\n{ours}\ncpp\n{cpp}"
+    fin = cpp.isfinite()
+    assert torch.equal(ours.isinf(), cpp.isinf())
+    torch.testing.assert_close(ours[fin], cpp[fin])
+    assert not (ours[0] if which == "x" else ours[:, 0]).isfinite().any()  # the bad point's pairs
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("largest", [False, True])
+def test_knn_nan_point_ranks_as_topk(device, dtype, largest):
+    """The docs: NaN points rank as torch.topk ranks NaN (last for the nearest, first for the farthest), with
+    NaN distances.  The Triton keys had the NaN point at key 0: it came first among the nearest neighbours."""
+    x, y = _pts(3, 4, dtype=dtype, seed=3), _pts(6, 4, dtype=dtype, seed=4)
+    y[2, 0] = float("nan")
+    d, i = gs.knn(x.to(device), y.to(device), 3, k=-1.0, largest=largest)
+    dc, ic = _on("cpp", gs.knn, x, y, 3, k=-1.0, largest=largest)
+    full = _on("cpp", gs.cdist, x, y, k=-1.0)
+    _, it = torch.topk(full, 3, largest=largest)
+    assert torch.equal(i.cpu(), it) and torch.equal(ic, it)
+    assert torch.equal(d.isnan().cpu(), dc.isnan())
+
+
+@needs_cpp
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("bad", [float("inf"), -float("nan")])
+def test_knn_nonfinite_point_float32_kernel(device, largest, bad):
+    """The fused float32 knn kernel packs a key's bits with its column: a NaN key must sort as torch.topk
+    sorts NaN whatever its sign bit (inf - inf gives the negative default NaN on x86)."""
+    x, y = _pts(3, 4, dtype=torch.float32, seed=5), _pts(6, 4, dtype=torch.float32, seed=6)
+    y[2, 0] = bad
+    _, i = gs.knn(x.to(device), y.to(device), 3, k=-1.0, largest=largest)
+    full = _on("cpp", gs.cdist, x, y, k=-1.0)
+    _, it = torch.topk(full, 3, largest=largest)
+    assert torch.equal(i.cpu(), it), (i, it, full)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("block_elems", [1 << 22, 3])
+def test_pairwise_rank_nonfinite_point_elsewhere(device, dtype, bad, block_elems):
+    """A NaN (or inf) point of y that is neither query nor target is never closer (NaN compares false), so the
+    other counts are the brute-force ones (the C++ backend's).  The tiled path (Triton, reference) took the tie
+    band's maxima over all of y: one NaN point made every band NaN and every count 0."""
+    x, y = _pts(3, 4, dtype=dtype, seed=7), _pts(6, 4, dtype=dtype, seed=8)
+    y[0, 1] = bad
+    q, t = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 3, 5, 2])
+    full = _on("cpp", gs.cdist, x.double(), y.double(), k=-1.0)
+    brute = torch.stack([(full[i] < full[i, j]).sum() for i, j in zip(q.tolist(), t.tolist())])
+    ours = gs.pairwise_rank(x.to(device), y.to(device), q.to(device), t.to(device), k=-1.0, block_elems=block_elems)
+    assert torch.equal(_on("cpp", gs.pairwise_rank, x, y, q, t, k=-1.0), brute)
+    assert torch.equal(ours.cpu(), brute), (ours, brute)
+    assert torch.equal(_on("reference", gs.pairwise_rank, x, y, q, t, k=-1.0, block_elems=block_elems), brute)
+
+
+# ---------------------------------------------------------------- custom-op contract of the Triton kernels
+@pytest.mark.parametrize("G", [1, 3])
+def test_midpoint_fwd_outputs_do_not_alias(device, G):
+    """stereo_midpoint_fwd's two outputs (F [G, D], L [G]) are slices of one buffer: with one group, `.contiguous()`
+    kept both as views of it, and a custom op's outputs must not alias (torch.compile and opcheck refuse it)."""
+    x = _pts(G, 5, 4, dtype=torch.float32, seed=9).to(device)
+    args = (x, torch.rand(G, 5).to(device), torch.tensor([-0.7]).to(device), False)
+    torch.library.opcheck(torch.ops.geoops.stereo_midpoint_fwd.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_weighted_midpoint_compiles(device):
+    """The user's view of the same defect: weighted_midpoint of one group under torch.compile(fullgraph=True)."""
+    xs = _pts(5, 4, dtype=torch.float32, seed=10).to(device)
+    f = torch.compile(lambda t: gs.weighted_midpoint(t, k=-1.0, reducedim=0), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(f(xs), gs.weighted_midpoint(xs, k=-1.0, reducedim=0))
+
+
+@pytest.mark.parametrize("largest", [False, True])
+def test_knn_float32_under_vmap_and_compile(device, largest):
+    """knn's fused float32 Triton kernel is a raw launch, not a custom op: it ran on vmap's BatchedTensor ("Cannot
+    access storage of BatchedTensorImpl") and under torch.compile(fullgraph=True) dynamo traced into the launcher.
+    Under a transform or a trace knn now takes the tiled path through the rank-key op, as on the C++ backend."""
+    x, y = _pts(3, 5, 4, dtype=torch.float32, seed=11).to(device), _pts(6, 4, dtype=torch.float32, seed=12).to(device)
+    d, i = gs.knn(x, y, 2, k=-1.0, largest=largest)
+    dv, iv = torch.vmap(lambda a: gs.knn(a, y, 2, k=-1.0, largest=largest))(x)
+    assert torch.equal(iv, i)
+    torch.testing.assert_close(dv, d)
+    f = torch.compile(lambda a, b: gs.knn(a, b, 2, k=-1.0, largest=largest), fullgraph=True, backend="aot_eager")
+    dc, ic = f(x, y)
+    assert torch.equal(ic, i)
+    torch.testing.assert_close(dc, d)
+
+
+def test_weighted_midpoint_compiled_backward_strided_groups(device):
+    """stereo_midpoint_bwd's fake gave dx x's strides (empty_like of the permuted [G, N, D] view of the points)
+    while every backend returns it contiguous: the compiled backward's view of dx failed ("view size is not
+    compatible ...") for xs (5, 2, 2) reduced over dim 0 (the C++ backend too)."""
+    x = _pts(5, 4, dtype=torch.float32, seed=13).to(device)
+    f = lambda t: gs.weighted_midpoint(t.reshape(5, 2, 2), k=-1.0, reducedim=0)  # noqa: E731
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.compile(f, fullgraph=True, backend="aot_eager")(a).sum().backward()
+    f(b).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
