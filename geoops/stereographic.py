@@ -367,6 +367,31 @@ def _vector_dim(op: str, x: torch.Tensor, dim, fail=None) -> int:
     return d
 
 
+# inputs that geoopt reduces along ``dim`` on their own (groups: reduced together, as a product), per op; an op not
+# listed reduces each of its vector inputs on its own (the others only broadcast: egrad2rgrad's grad, gyration's u)
+_REDUCED = {
+    "egrad2rgrad": (("x",),), "parallel_transport0": (("y",),), "parallel_transport0back": (("x",),),
+    "mobius_pointwise_mul": (("x",),), "gyration": (("a",), ("b",)), "parallel_transport": (("x",), ("y",)),
+    "inner": (("x",), ("u", "v")), "retr": (("x", "u"),),
+}
+
+
+def _check_dim_ranks(op: str, dim: int, shape, tensors: dict):
+    """A non-negative ``dim`` counts in each input's own dims (geoopt's reductions do): an input that the op reduces
+    along ``dim`` with fewer dims than the inputs' broadcast shape would be reduced over another axis than the
+    others (not a vector op: geoopt gives a mixture of axes).  Refused, naming dim and the shapes."""
+    if dim < 0:
+        return
+    nd = len(shape)
+    for group in _REDUCED.get(op) or tuple((n,) for n in tensors):
+        if max(tensors[n].dim() for n in group) != nd:
+            shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in tensors.items())
+            _fail(op, f"dim={dim} is non-negative but the inputs have different numbers of dimensions ({shapes}): "
+                      f"counted in each input's own dims it names a different axis of {' * '.join(group)} than of "
+                      f"the broadcast shape {tuple(shape)}; pass a negative dim (counted from the end) or give the "
+                      f"inputs the same number of dimensions")
+
+
 def _as_scalar_tensor(op: str, name: str, v, like: torch.Tensor) -> torch.Tensor:
     """k or r: a tensor, or a Python number turned into one."""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
@@ -524,6 +549,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     nd = len(shape)
     if nd == 0:
         _fail(op, f"{nx} must have at least one dimension (the vector dimension `dim`), got a 0-d tensor")
+    if spec.has_y and dim >= 0 and x.dim() != y.dim():
+        _check_dim_ranks(op, dim, shape, {nx: x, ny: y})
     d = dim + nd if dim < 0 else dim + (nd - x.dim())
     if not 0 <= d < nd:
         _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
@@ -1730,6 +1757,7 @@ def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) 
     d = dim + len(shape) if dim < 0 else dim
     if not 0 <= d < len(shape):
         _fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
+    _check_dim_ranks(op, dim, shape, {"w": w, "x": x})
     if _backend.checks_enabled():
         _debug_checks(op, {"w": w, "x": x.expand(shape)}, _scale_k(op, k, x), d - len(shape))
     wx = w * x
@@ -1802,6 +1830,7 @@ def _check_surface(op: str, dim, k=None, **tensors) -> int:
         _fail(op, f"{seen[0]} must have at least one dimension (the vector dimension `dim`), got a 0-d tensor")
     if not -nd <= dim < nd:
         _fail(op, f"dim={dim} is out of range for inputs of shape {tuple(shape)}", IndexError)
+    _check_dim_ranks(op, dim, shape, tensors)
     dim = dim - nd if dim >= 0 else dim
     if isinstance(k, torch.Tensor) and k.dim():
         try:

@@ -364,3 +364,77 @@ def test_rank_ops_under_vmap_clear_error():
         torch.func.vmap(lambda a: torch.tensor(gs.reconstruction_metrics(a, edges, k=-1.0)))(x)
     loop = torch.stack([gs.pairwise_rank(a, a, q, t, k=-1.0) for a in x])
     assert loop.shape == (3, 3) and loop.dtype == torch.int64
+
+
+# ---------------------------------------------------------------- session 35 (helper "apifix")
+def _p(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(*shape, generator=g, dtype=D64)
+
+
+_T = 0.3  # geodesic's time
+
+# (name, call(module, a, b, c, dim) with geoopt's argument order, which of the three vector inputs it takes)
+_DIM_OPS = {
+    "mobius_add": (lambda m, a, b, c, d, k: m.mobius_add(a, b, k=k, dim=d), 2),
+    "mobius_sub": (lambda m, a, b, c, d, k: m.mobius_sub(a, b, k=k, dim=d), 2),
+    "expmap": (lambda m, a, b, c, d, k: m.expmap(a, b, k=k, dim=d), 2),
+    "logmap": (lambda m, a, b, c, d, k: m.logmap(a, b, k=k, dim=d), 2),
+    "dist": (lambda m, a, b, c, d, k: m.dist(a, b, k=k, dim=d), 2),
+    "mobius_coadd": (lambda m, a, b, c, d, k: m.mobius_coadd(a, b, k=k, dim=d), 2),
+    "mobius_cosub": (lambda m, a, b, c, d, k: m.mobius_cosub(a, b, k=k, dim=d), 2),
+    "norm": (lambda m, a, b, c, d, k: m.norm(a, b, k=k, dim=d), 2),
+    "egrad2rgrad": (lambda m, a, b, c, d, k: m.egrad2rgrad(a, b, k=k, dim=d), 2),
+    "parallel_transport0": (lambda m, a, b, c, d, k: m.parallel_transport0(a, b, k=k, dim=d), 2),
+    "parallel_transport0back": (lambda m, a, b, c, d, k: m.parallel_transport0back(a, b, k=k, dim=d), 2),
+    "mobius_pointwise_mul": (lambda m, a, b, c, d, k: m.mobius_pointwise_mul(a, b, k=k, dim=d), 2),
+    "geodesic": (lambda m, a, b, c, d, k: m.geodesic(torch.tensor(_T, dtype=D64), a, b, k=k, dim=d), 2),
+    "geodesic_unit": (lambda m, a, b, c, d, k: m.geodesic_unit(torch.tensor(_T, dtype=D64), a, b, k=k, dim=d), 2),
+    "gyration": (lambda m, a, b, c, d, k: m.gyration(a, b, c, k=k, dim=d), 3),
+    "parallel_transport": (lambda m, a, b, c, d, k: m.parallel_transport(a, b, c, k=k, dim=d), 3),
+    # (keepdim: geoopt's inner(keepdim=False) keeps the dim of lambda_x; see the family page)
+    "inner": (lambda m, a, b, c, d, k: m.inner(a, b, c, k=k, dim=d, keepdim=True), 3),
+    "dist2plane": (lambda m, a, b, c, d, k: m.dist2plane(a, b, c, k=k, dim=d), 3),
+}
+# inputs of lower rank that geoopt reduces along `dim` on their own axes (ill-defined: refused), by position
+_MIXED = {op: [0, 1] if n == 2 else [0, 1, 2] for op, (_, n) in _DIM_OPS.items()}
+_MIXED.update(egrad2rgrad=[0], parallel_transport0=[0], parallel_transport0back=[0], mobius_pointwise_mul=[1],
+              gyration=[0, 1], parallel_transport=[0, 1], inner=[0])
+# inputs that may have fewer dims than the others with a non-negative dim: geoopt's result is a vector op
+_FREE = {"egrad2rgrad": 1, "parallel_transport0": 1, "parallel_transport0back": 1, "mobius_pointwise_mul": 0,
+         "gyration": 2, "parallel_transport": 2}
+
+
+def _args(n, low, seed=0):
+    """n inputs of shape (2, 5, 3) (vectors along dim 1), input ``low`` (5, 3) (one dim fewer: its dim 1 is the
+    others' dim 2)."""
+    return [_p(*((5, 3) if i == low else (2, 5, 3)), seed=seed + i) for i in range(n)] + [None] * (3 - n)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("op", sorted(_DIM_OPS))
+def test_nonnegative_dim_with_inputs_of_different_rank(backend, op):
+    """A non-negative dim with inputs of different rank: geoopt counts it in each input's own dims, so it names a
+    different axis of each (e.g. mobius_add(x (2, 5, 3), y (5, 1), dim=1) sums x over its size-5 axis and y over its
+    size-1 axis): not a vector op.  The reference backend gave geoopt's mixture, cpp and triton (and the composed and
+    three-vector ops on every backend) counted dim in the broadcast shape: different answers per backend.  Now a
+    ValueError naming dim and the shapes on every backend, and geoopt's result where it is a vector op (the lower-rank
+    input only broadcast, never reduced on its own; or the same rank; or a negative dim)."""
+    geoopt = pytest.importorskip("geoopt")
+    gm = geoopt.manifolds.stereographic.math
+    fn, n = _DIM_OPS[op]
+    k = torch.tensor(-1.0, dtype=D64)
+    with geoops.use_backend(backend):
+        for low in _MIXED[op]:
+            a, b, c = _args(n, low)
+            with pytest.raises(ValueError, match=r"dim=1.*\(5, 3\)"):
+                fn(gs, a, b, c, 1, k)
+            torch.testing.assert_close(fn(gs, a, b, c, -2, k), fn(gm, a, b, c, -2, k))  # a negative dim is fine
+        if op == "mobius_add":  # the reported case
+            with pytest.raises(ValueError, match="dim=1"):
+                gs.mobius_add(_p(2, 5, 3), _p(5, 1), k=k, dim=1)
+        a, b, c = _args(n, None)  # the same rank
+        torch.testing.assert_close(fn(gs, a, b, c, 1, k), fn(gm, a, b, c, 1, k))
+        if op in _FREE:
+            a, b, c = _args(n, _FREE[op])
+            torch.testing.assert_close(fn(gs, a, b, c, 1, k), fn(gm, a, b, c, 1, k))

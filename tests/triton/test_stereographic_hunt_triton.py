@@ -140,3 +140,18 @@ def test_weighted_midpoint_compiled_backward_strided_groups(device):
     torch.compile(f, fullgraph=True, backend="aot_eager")(a).sum().backward()
     f(b).sum().backward()
     torch.testing.assert_close(a.grad, b.grad)
+
+
+# ---------------------------------------------------------------- session 35 (helper "apifix")
+@needs_cpp
+@pytest.mark.parametrize("op", ["mobius_add", "logmap", "dist"])
+def test_nonnegative_dim_with_inputs_of_different_rank(device, op):
+    """A non-negative dim with inputs of different rank names a different axis of each input (geoopt counts it in
+    each input's own dims): the Triton backend counted it in the broadcast shape (as cpp did; the reference backend
+    gave geoopt's mixture of axes).  Now a ValueError naming dim on every backend; the same rank agrees with cpp."""
+    f = getattr(gs, op)
+    x, y = _pts(2, 5, 3), _pts(5, 1, seed=1)
+    with pytest.raises(ValueError, match=r"dim=1.*\(5, 1\)"):
+        f(x, y, k=-1.0, dim=1)
+    y = _pts(2, 5, 3, seed=1)
+    torch.testing.assert_close(f(x, y, k=-1.0, dim=1), _on("cpp", f, x, y, k=-1.0, dim=1))
