@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 from typing import Optional
 
@@ -1147,6 +1148,20 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
+def _int_arg(op: str, name: str, v, lo: Optional[int] = None, what: str = "") -> int:
+    """An integral argument (a Python int or any integral number: numpy's, a 0-d integer tensor; not a bool) as a
+    Python int, at least ``lo`` (when given; ``what`` says what is expected)."""
+    if isinstance(v, bool) or isinstance(v, (float, complex)):
+        _fail(op, f"{name} must be an int, got {type(v).__name__}", TypeError)
+    try:
+        n = operator.index(v)
+    except TypeError:
+        _fail(op, f"{name} must be an int, got {type(v).__name__}", TypeError)
+    if lo is not None and n < lo:
+        _fail(op, f"{name} must be {what}, got {n}")
+    return n
+
+
 def _tile_sizes(N: int, M: int, n: int, block_elems: int):
     """Query and key tile sizes for a tile of about `block_elems` rank keys."""
     mb = max(n + 1, min(M, 4096))
@@ -1171,12 +1186,12 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     (the indices are not).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
     backends (Python tiles, Triton) return them in ``torch.topk``'s / the kernel's order, which is unspecified.
 
-    Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``,
-    k as for :func:`cdist`.
+    Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``
+    (any integral number, e.g. a numpy integer), k as for :func:`cdist`, ``block_elems`` a positive int.
     """
     op = "knn"
-    if not isinstance(n_neighbors, int) or isinstance(n_neighbors, bool):
-        _fail(op, f"n_neighbors must be an int, got {type(n_neighbors).__name__}", TypeError)
+    n_neighbors = _int_arg(op, "n_neighbors", n_neighbors)  # its range is checked against M below
+    block_elems = _int_arg(op, "block_elems", block_elems, lo=1, what="a positive int (keys per tile)")
     if not isinstance(largest, bool):
         _fail(op, f"largest must be a bool, got {type(largest).__name__}", TypeError)
     x3, y3, k3, batch, dtype, out_dtype = _pair_args(op, x, y, k)
@@ -1263,6 +1278,7 @@ def pairwise_rank(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, target:
 
 def _rank_with_keys(op, x, y, query, target, k, block_elems):
     """pairwise_rank's counts [P] and the rank keys [P] of the pairs themselves (the thresholds)."""
+    block_elems = _int_arg(op, "block_elems", block_elems, lo=1, what="a positive int (keys per block)")
     if any(isinstance(t, torch.Tensor) and _library._batched(t) for t in (x, y, query, target, k)):
         _fail(op, "does not run under torch.func.vmap: its integer counts come from data-dependent index checks "
                   "and loops over blocks; map over the batch with a Python loop", NotImplementedError)
@@ -1399,6 +1415,7 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
     otherwise score as well as or better than a finite one).
     """
     op = "reconstruction_metrics"
+    block_elems = _int_arg(op, "block_elems", block_elems, lo=1, what="a positive int (keys per block)")
     if any(isinstance(t, torch.Tensor) and _library._batched(t) for t in (x, edges, k)):
         _fail(op, "does not run under torch.func.vmap (it returns Python floats, computed with data-dependent "
                   "sorting and loops); map over the batch with a Python loop", NotImplementedError)

@@ -438,3 +438,45 @@ def test_nonnegative_dim_with_inputs_of_different_rank(backend, op):
         if op in _FREE:
             a, b, c = _args(n, _FREE[op])
             torch.testing.assert_close(fn(gs, a, b, c, 1, k), fn(gm, a, b, c, 1, k))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_knn_accepts_integral_n_neighbors(backend):
+    """knn(..., n_neighbors=np.int64(3)) (an index from numpy, e.g. np.argmax or a config array) raised TypeError
+    'n_neighbors must be an int': any integral number (operator.index) is now taken; floats and bools still not."""
+    np = pytest.importorskip("numpy")
+    x, y = _p(4, 3, seed=1), _p(6, 3, seed=2)
+    with geoops.use_backend(backend):
+        want = gs.knn(x, y, 3, k=-1.0)
+        for n in (np.int64(3), np.int32(3), np.uint8(3)):
+            got = gs.knn(x, y, n, k=-1.0)
+            torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+            assert torch.equal(got[1], want[1])
+        for bad in (3.0, np.float64(3.0), True):
+            with pytest.raises(TypeError, match="n_neighbors must be an int"):
+                gs.knn(x, y, bad, k=-1.0)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("op", ["knn", "pairwise_rank", "reconstruction_metrics"])
+def test_block_elems_must_be_a_positive_int(backend, op):
+    """block_elems=0 (or negative) was accepted (the tile sizes clamp it to one row: a silent no-op setting); it
+    is now a ValueError naming block_elems, and a non-integral one a TypeError; a numpy integer is taken."""
+    np = pytest.importorskip("numpy")
+    x, y = _p(5, 3, seed=3), _p(6, 3, seed=4)
+    q, t = torch.tensor([0, 1, 4]), torch.tensor([2, 5, 0])
+    edges = torch.tensor([[0, 1], [1, 2], [3, 4]])
+    call = {"knn": lambda b: gs.knn(x, y, 2, k=-1.0, block_elems=b),
+            "pairwise_rank": lambda b: gs.pairwise_rank(x, y, q, t, k=-1.0, block_elems=b),
+            "reconstruction_metrics": lambda b: gs.reconstruction_metrics(x, edges, k=-1.0, block_elems=b)}[op]
+    with geoops.use_backend(backend):
+        for bad in (0, -1, -(1 << 40)):
+            with pytest.raises(ValueError, match=r"block_elems must be a positive int.*got " + str(bad)):
+                call(bad)
+        for bad in (4096.0, "4096", True):
+            with pytest.raises(TypeError, match="block_elems must be an int"):
+                call(bad)
+        want = call(1 << 22)
+        got = call(np.int64(8))
+        for a, b in zip(want, got) if isinstance(want, tuple) else ((want, got),):
+            assert (a == b).all() if isinstance(a, torch.Tensor) else a == b
