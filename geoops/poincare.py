@@ -58,6 +58,14 @@ def _fail(op: str, msg: str, exc=ValueError):
     raise exc(f"geoops.poincare.{op}: {msg}")
 
 
+def _check_momentum(op: str, momentum) -> None:
+    """batch norm's momentum: a real number in [0, 1] (as PoincareBatchNorm's constructor checks)."""
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        _fail(op, f"momentum must be a float in [0, 1], got {type(momentum).__name__}", TypeError)
+    if not 0.0 <= momentum <= 1.0:
+        _fail(op, f"momentum must be in [0, 1], got {momentum}")
+
+
 def _check_float(op: str, name: str, t):
     if not isinstance(t, torch.Tensor):
         _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
@@ -1156,6 +1164,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     if x.dim() != 2:
         _fail(op, f"x must be (N, D) rows of points, got shape {tuple(x.shape)}")
     _bn_check_params(op, x.shape[1], bias, weight, running_mean, running_var)
+    _check_momentum(op, momentum)
     ct = _curv(op, c, x)
     _debug_checks(op, ct, {"x": (x, 1)}, {"bias": bias, "weight": weight})
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
@@ -1260,6 +1269,7 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
         _fail(op, f"x must be an image (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     _bn_check_params(op, C, bias, weight, running_mean, running_var)
+    _check_momentum(op, momentum)
     if _backend.checks_enabled():
         _debug_checks(op, _curv(op, c, x), {"x": (x, 1)}, {"bias": bias, "weight": weight})
     if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
@@ -1686,5 +1696,7 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if bias is not None:
         # the bias along dim (a (out,) vector broadcasts along the last dim only)
         bb = bias if d == x.dim() - 1 else bias.reshape(bias.shape[0], *([1] * (x.dim() - 1 - d)))
-        res = _st.project(_st.mobius_add(res, bb, k=k, dim=dim), k=k, dim=dim, eps=eps)
+        # (dim counted from the end: bb may have fewer dims than res, and a non-negative dim would name another
+        # axis of it)
+        res = _st.project(_st.mobius_add(res, bb, k=k, dim=d - x.dim()), k=k, dim=dim, eps=eps)
     return res

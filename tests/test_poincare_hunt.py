@@ -80,3 +80,41 @@ def test_linear_module_zero_dim_input():
     with pytest.raises(ValueError, match=r"PoincareLinear: x has 3 entries .* expected in_features=1"):
         lin(torch.zeros(2, 3))
     assert lin(torch.full((4, 1), 0.1)).shape == (4, 2)
+
+
+# ---------------------------------------------------------------- session 35 (helper "apifix")
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("fn", ["batch_norm", "batch_norm2d", "module"])
+def test_batch_norm_momentum_in_unit_interval(backend, fn):
+    """batch_norm(..., momentum=-0.1) (and batch_norm2d, and a PoincareBatchNorm whose momentum was set after
+    construction) was taken: the running mean moved away from the batch midpoint, the running variance by a negative
+    weight.  PoincareBatchNorm's constructor already refused it (session 35); the functional forms now agree: a
+    ValueError naming momentum outside [0, 1] (running buffers untouched), a TypeError for a non-number; 0 and 1 and a
+    numpy float are fine."""
+    np = pytest.importorskip("numpy")
+    from geoops.nn.poincare import PoincareBall, PoincareBatchNorm
+    g = torch.Generator().manual_seed(0)
+    x = gp.expmap0(torch.randn(8, 4, generator=g, dtype=torch.float64) * 0.5, c=1.0)
+    bias, w = torch.zeros(4, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones((), dtype=torch.float64)
+
+    def call(m):
+        if fn == "module":
+            bn = PoincareBatchNorm(4, PoincareBall(1.0)).double()
+            bn.momentum = m
+            return bn(x)
+        if fn == "batch_norm":
+            return gp.batch_norm(x, bias, w, c=1.0, running_mean=rm, running_var=rv, momentum=m)
+        return gp.batch_norm2d(x.reshape(2, 2, 2, 4).permute(0, 3, 1, 2), bias, w, c=1.0, running_mean=rm,
+                               running_var=rv, momentum=m)
+
+    with geoops.use_backend(backend):
+        for bad in (-0.1, 1.5, float("nan"), -1e-12):
+            with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+                call(bad)
+        assert (rm == 0).all() and (rv == 1).all()
+        for bad in (None, "0.1", True, torch.tensor(0.1)):
+            with pytest.raises(TypeError, match="momentum must be a"):
+                call(bad)
+        for ok in (0.0, 1.0, 0.3, np.float64(0.3), 1):
+            call(ok)
