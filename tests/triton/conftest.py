@@ -108,3 +108,28 @@ def host_work():
                 work.ops.append(ev.name[6:])
 
     return count
+
+
+@pytest.fixture
+def tf32_dots(monkeypatch):
+    """The interpreter's tl.dot with TF32 operand rounding where the kernel asks for input_precision="tf32" (as the
+    GPU's tensor cores read float32 operands: round to nearest at 10 explicit mantissa bits); its own dot is exact
+    float32, which would hide the TF32 error of the tensor-core kernels (the ssm fftconv's monarch path)."""
+    import numpy as np
+    import triton.runtime.interpreter as interp
+    from triton._C.libtriton import ir
+
+    real = interp.InterpreterBuilder.create_dot
+
+    def tf32(h):
+        if h.data.dtype != np.float32:
+            return h
+        i = h.data.view(np.int32)
+        return interp.TensorHandle(((i + np.int32(0x1000)) & np.int32(~0x1FFF)).view(np.float32), h.dtype)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if input_precision == ir.INPUT_PRECISION.TF32:
+            a, b = tf32(a), tf32(b)
+        return real(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interp.InterpreterBuilder, "create_dot", create_dot)

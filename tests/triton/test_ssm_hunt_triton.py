@@ -2,7 +2,6 @@
 pass.  The tensor-core convolution (fftconv / ssm_conv of float16 / bfloat16 u) carries two batch rows of a
 channel as one complex row (z = u_b + i u_b'); each row's result must still be its own: a row's NaN / inf or a
 much larger scale must not reach the other row of its pair.  Interpreter fixtures from conftest.py."""
-import numpy as np
 import pytest
 import torch
 
@@ -12,29 +11,6 @@ import geoops  # noqa: E402
 import geoops.ssm as gs  # noqa: E402
 from geoops.kernels import ssm as S  # noqa: E402
 from geoops.reference import ssm as ref  # noqa: E402
-
-
-@pytest.fixture
-def tf32_dots(monkeypatch):
-    """The interpreter's tl.dot with the tensor cores' TF32 operand rounding where the kernel asks for
-    input_precision="tf32" (the interpreter's own dot is exact float32; as test_ssm_monarch.py's fixture)."""
-    import triton.runtime.interpreter as interp
-    from triton._C.libtriton import ir
-
-    real = interp.InterpreterBuilder.create_dot
-
-    def tf32(h):
-        if h.data.dtype != np.float32:
-            return h
-        i = h.data.view(np.int32)
-        return interp.TensorHandle(((i + np.int32(0x1000)) & np.int32(~0x1FFF)).view(np.float32), h.dtype)
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if input_precision == ir.INPUT_PRECISION.TF32:
-            a, b = tf32(a), tf32(b)
-        return real(self, a, b, d, input_precision, max_num_imprecise_acc)
-
-    monkeypatch.setattr(interp.InterpreterBuilder, "create_dot", create_dot)
 
 
 def _inputs(B, H, L, dtype, seed=0):
