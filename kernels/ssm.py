@@ -503,8 +503,9 @@ _MONARCH_SPLIT = {256: (16, 16), 512: (32, 16), 1024: (32, 32), 2048: (64, 32), 
 # (BK, warps, stages) per FFT size: the fewest registers without spills in the sm_80 / sm_90 compile check
 # (kernels/COMPILE_REPORT.md); one stage: the loop's loads are cache-resident constants, not a stream to pipeline
 # (this one-pass form at N = 8192 = 128 x 64 spilled 4 KiB on sm_80 in every configuration tried -- BK 16 / 32,
-# 4 / 8 / 16 warps -- hence the two-pass form there)
-_MONARCH_CFG = {256: (16, 4, 1), 512: (16, 4, 1), 1024: (16, 4, 1), 2048: (64, 4, 1), 4096: (16, 8, 1)}
+# 4 / 8 / 16 warps -- hence the two-pass form there).  N = 1024 / 2048 take 8 warps since session 35: with the
+# pair scaling (_pair_row_scale) 4 warps spilled 4-8 B under Triton 3.6 (sm_90 bf16 at 1024, sm_80 fp16 at 2048)
+_MONARCH_CFG = {256: (16, 4, 1), 512: (16, 4, 1), 1024: (16, 8, 1), 2048: (64, 8, 1), 4096: (16, 8, 1)}
 # N >= 8192 (every N under GEOOPS_SSM_TRITON_MONARCH=2): two passes (rows, then columns) through a float32 scratch;
 # (BK, BC, BK2, warps) of the rows pass, (BR, BM, BC, warps) of the columns pass.  Four warps: 2 programs per
 # multiprocessor at <= 236 registers (8 warps: 160-180 registers, 1 program)
