@@ -385,7 +385,9 @@ def _check_dim_ranks(op: str, dim: int, shape, tensors: dict):
         return
     nd = len(shape)
     for group in _REDUCED.get(op) or tuple((n,) for n in tensors):
-        if max(tensors[n].dim() for n in group) != nd:
+        # an input without an own axis `dim` (dim >= its rank: geoopt's reduction fails there) takes the
+        # broadcast shape's axis, right-aligned as broadcasting does: a vector op (e.g. a (D,) bias with dim=2)
+        if max(tensors[n].dim() for n in group) != nd and any(dim < tensors[n].dim() for n in group):
             shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in tensors.items())
             _fail(op, f"dim={dim} is non-negative but the inputs have different numbers of dimensions ({shapes}): "
                       f"counted in each input's own dims it names a different axis of {' * '.join(group)} than of "
