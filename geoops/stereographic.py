@@ -2039,7 +2039,7 @@ def _time_tensor(t, like: torch.Tensor) -> torch.Tensor:
     """t (a number or a tensor, checked by _check_time) in like's dtype and device; a number as a fill kernel
     (no host-to-device copy, which would sync a GPU)."""
     if isinstance(t, numbers.Real) and not isinstance(t, bool):
-        return torch.full((), float(t), dtype=like.dtype, device=like.device)
+        return _as_scalar_tensor("geodesic", "t", t, like)
     return torch.as_tensor(t, dtype=like.dtype, device=like.device)
 
 
@@ -2085,9 +2085,15 @@ def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     kk = _kt("antipode", k, x)
     sphere = kk.gt(0)
     # eager shortcut; a number k decides on the host (reading sphere.any() waits for a GPU)
-    if not _branch_free() and not (k > 0 if isinstance(k, numbers.Real) else bool(sphere.any())):
+    if not _branch_free() and not _any_sphere(k, sphere):
         return -x
     return _antipode_formula(x, kk, sphere, dim)
+
+
+def _any_sphere(k, sphere: torch.Tensor) -> bool:
+    """Whether any curvature is positive: a number k decides on the host, a tensor k reads sphere = kk > 0 (on a
+    GPU a sync; the callers skip this under torch.compile's branch-free form)."""
+    return k > 0 if isinstance(k, numbers.Real) else bool(sphere.any())
 
 
 def _antipode_formula(x: torch.Tensor, kk: torch.Tensor, sphere: torch.Tensor, dim: int) -> torch.Tensor:
@@ -2346,7 +2352,7 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     k2 = kg.unsqueeze(-1)
     sphere = kg.gt(0)
     # a number k says on the host whether there is a sphere (reading sphere.any() waits for a GPU)
-    if _branch_free() or (k > 0 if isinstance(k, numbers.Real) else bool(sphere.any())):
+    if _branch_free() or _any_sphere(k, sphere):
         b_mean = _antipode_formula(mean, k2, sphere.unsqueeze(-1), -1)
         with torch.no_grad():  # the sphere's choice between m and its antipode (geoopt: the smaller sum of dists)
             k3 = k2.unsqueeze(-1).to(x3.dtype)
