@@ -1,0 +1,354 @@
+"""Session 36 application-level user trial (helper "e3app"): a small MACE / NequIP-style interatomic potential
+built on geoops.gaunt and geoops.nn.GauntTensorProduct, trained on energies and forces (double backward through
+every Gaunt op), compared across routes, backends (C++ vs the eager reference) and e3nn's TensorProduct, rotated,
+compiled, transformed and serialised as users do."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+
+import pytest
+import torch
+
+import geoops
+from geoops import gaunt as ga
+from geoops.reference import gaunt as R
+
+o3 = pytest.importorskip("e3nn.o3")
+
+F64 = torch.float64
+ROUTES = ("fft", "grid", "direct", "auto")
+
+
+@contextlib.contextmanager
+def backend(name):
+    old = geoops._backend.get_backend()
+    geoops.set_backend(name)
+    try:
+        yield
+    finally:
+        geoops.set_backend(old)
+
+
+@contextlib.contextmanager
+def f64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(F64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+# ---------------------------------------------------------------- molecules
+def molecules(sizes, seed=0, dtype=F64, cutoff=2.5):
+    """Random molecules batched with an index vector: pos [N, 3], species [N], batch [N], edges (src, dst) within
+    the cutoff (both directions, no self edges)."""
+    g = torch.Generator().manual_seed(seed)
+    pos, spec, bat, src, dst, off = [], [], [], [], [], 0
+    for b, n in enumerate(sizes):
+        p = torch.randn(n, 3, generator=g, dtype=dtype) * (0.6 * n ** (1 / 3))
+        pos.append(p)
+        spec.append(torch.randint(0, 3, (n,), generator=g))
+        bat.append(torch.full((n,), b, dtype=torch.long))
+        d = (p[:, None] - p[None]).norm(dim=-1)
+        i, j = torch.nonzero((d < cutoff) & ~torch.eye(n, dtype=torch.bool), as_tuple=True)
+        src.append(i + off)
+        dst.append(j + off)
+        off += n
+    return (torch.cat(pos), torch.cat(spec), torch.cat(bat), torch.cat(src), torch.cat(dst), len(sizes))
+
+
+def irreps(C, L):
+    return o3.Irreps([(C, (l, (-1) ** l)) for l in range(L + 1)])
+
+
+def to_flat(x):
+    """[..., C, (L+1)^2] -> e3nn's flat mul x ir layout [..., C*(L+1)^2] (blocks (C, 2l+1) per degree)."""
+    L = R.lmax_of(x.shape[-1])
+    return torch.cat([x[..., l * l:(l + 1) ** 2].reshape(*x.shape[:-2], -1) for l in range(L + 1)], -1)
+
+
+def from_flat(x, C, L):
+    lead = x.shape[:-1]
+    blocks, off = [], 0
+    for l in range(L + 1):
+        blocks.append(x[..., off:off + C * (2 * l + 1)].reshape(*lead, C, 2 * l + 1))
+        off += C * (2 * l + 1)
+    return torch.cat(blocks, -1)
+
+
+# ---------------------------------------------------------------- the model
+class GauntTP(torch.nn.Module):
+    """What the model calls for a binary product: geoops' functional op (swappable for e3nn's)."""
+
+    def __init__(self, route):
+        super().__init__()
+        self.route = route
+
+    def forward(self, x1, x2, lmax_out, w1=None, w2=None, wo=None):
+        return ga.gaunt_tensor_product(x1, x2, lmax_out, weight1=w1, weight2=w2, weight_out=wo, route=self.route)
+
+
+class Potential(torch.nn.Module):
+    """Two interaction layers (Gaunt message of sender features x edge SH, radial MLP, scatter-sum), a
+    gaunt_power / gaunt_product body-order term, a GauntTensorProduct self-interaction, energy readout of 0e."""
+
+    def __init__(self, C=4, L=2, route="auto", n_species=3, cutoff=2.5, nu=3, tp=None):
+        super().__init__()
+        self.C, self.L, self.route, self.cutoff, self.nu = C, L, route, cutoff, nu
+        from geoops.nn import GauntTensorProduct
+        g = torch.Generator().manual_seed(123)
+        self.embed = torch.nn.Parameter(torch.randn(n_species, C, generator=g))
+        nb = 6
+        self.nb = nb
+        self.rad1 = torch.nn.Linear(nb, C)
+        self.rad2 = torch.nn.Linear(nb, C)
+        with torch.no_grad():
+            for lin in (self.rad1, self.rad2):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) / math.sqrt(nb))
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
+        r = lambda *s: torch.nn.Parameter(1 + 0.3 * torch.randn(*s, generator=g))  # noqa: E731
+        self.w_sh1, self.wo1 = r(1, L + 1), r(C, L + 1)
+        self.w_node2, self.w_sh2, self.wo2 = r(C, L + 1), r(1, L + 1), r(C, L + 1)
+        self.w_body = r(C, L + 1)
+        self.self_tp = GauntTensorProduct(irreps(C, L), irreps(C, L), irreps(C, L), route=route)
+        with torch.no_grad():
+            for p in self.self_tp.parameters():
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+        self.readout = torch.nn.Linear(3 * C, 1)
+        with torch.no_grad():
+            self.readout.weight.copy_(torch.randn(self.readout.weight.shape, generator=g) / math.sqrt(3 * C))
+            self.readout.bias.zero_()
+        self.tp = tp if tp is not None else GauntTP(route)
+        self.chain = tp is not None
+
+    def radial(self, r):
+        n = torch.arange(1, self.nb + 1, dtype=r.dtype, device=r.device)
+        rc = self.cutoff
+        env = 0.5 * (torch.cos(math.pi * r / rc) + 1) * (r < rc).to(r.dtype)
+        return torch.sin(n * math.pi * r[:, None] / rc) / r[:, None] * env[:, None]
+
+    def forward(self, pos, species, batch, src, dst, n_graphs: int):
+        C, L = self.C, self.L
+        N = pos.shape[0]
+        vec = pos[dst] - pos[src]
+        r = vec.norm(dim=-1)
+        Y = o3.spherical_harmonics(list(range(L + 1)), vec, normalize=True, normalization="integral")  # [E, n]
+        Y = Y[:, None, :]  # [E, 1, n]: broadcast over channels
+        B = self.radial(r)
+        h0 = self.embed[species]  # [N, C]
+        # layer 1: scalars x SH -> degrees 0..L
+        m1 = self.tp(h0[src][:, :, None], Y, L, None, self.w_sh1, self.wo1) * self.rad1(B)[:, :, None]
+        A1 = pos.new_zeros((N, C, (L + 1) ** 2)).index_add(0, dst, m1)
+        # layer 2: (L x L -> L): L1 = L2 = L, lmax_out < L1 + L2
+        m2 = self.tp(A1[src], Y, L, self.w_node2, self.w_sh2, self.wo2) * self.rad2(B)[:, :, None]
+        A2 = pos.new_zeros((N, C, (L + 1) ** 2)).index_add(0, dst, m2) + A1
+        # body order: nu-th power and a 3-factor product, and the module's self-interaction
+        if self.chain:  # the same products as chains of exact binary products (an e3nn oracle)
+            P = A2
+            for k in range(1, self.nu):
+                P = self.tp(P, A2, (k + 1) * L if k + 1 < self.nu else L)
+            Q = self.tp(self.tp(A2, A1, 2 * L), A2, L, None, None, self.w_body)
+            st = self.self_tp
+            S = self.tp(A2, A1, L, st.weight1, st.weight2, st.weight_out)
+        else:
+            P = ga.gaunt_power(A2, self.nu, L, route=self.route)
+            Q = ga.gaunt_product([A2, A1, A2], L, weight_out=self.w_body, route=self.route)
+            S = from_flat(self.self_tp(to_flat(A2), to_flat(A1)), C, L)
+        feats = torch.cat([P[..., 0], Q[..., 0], S[..., 0] + A2[..., 0]], -1)  # 0e parts [N, 3C]
+        e_node = self.readout(feats)[:, 0]
+        return pos.new_zeros(n_graphs).index_add(0, batch, e_node.to(pos.dtype))  # (autocast: bf16 readout)
+
+
+class E3nnTP(torch.nn.Module):
+    """e3nn's o3.TensorProduct restricted to the Gaunt paths ("uuu", one channel per leading row, path weight
+    G_path^2 under e3nn's square root), per-degree weights applied outside: the oracle of GauntTP."""
+
+    def __init__(self):
+        super().__init__()
+        self._tps = {}
+
+    def _tp(self, L1, L2, L3):
+        key = (L1, L2, L3)
+        if key not in self._tps:
+            instr = []
+            for l1 in range(L1 + 1):
+                for l2 in range(L2 + 1):
+                    for l3 in range(abs(l1 - l2), min(l1 + l2, L3) + 1):
+                        if (l1 + l2 + l3) % 2 == 0:
+                            g = _gaunt_path_norm(l1, l2, l3)
+                            instr.append((l1, l2, l3, "uuu", False, g * g))
+            with f64_default():
+                self._tps[key] = o3.TensorProduct(irreps(1, L1), irreps(1, L2), irreps(1, L3), instr,
+                                                  irrep_normalization="none", path_normalization="none").double()
+        return self._tps[key]
+
+    def forward(self, x1, x2, lmax_out, w1=None, w2=None, wo=None):
+        L1, L2 = R.lmax_of(x1.shape[-1]), R.lmax_of(x2.shape[-1])
+        if w1 is not None:
+            x1 = x1 * w1[..., R.degree_of_index(L1)]
+        if w2 is not None:
+            x2 = x2 * w2[..., R.degree_of_index(L2)]
+        lead = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
+        out = self._tp(L1, L2, lmax_out)(x1.expand(*lead, x1.shape[-1]), x2.expand(*lead, x2.shape[-1]))
+        if wo is not None:
+            out = out * wo[..., R.degree_of_index(lmax_out)]
+        return out
+
+
+_PATH_NORM = {}
+
+
+def _gaunt_path_norm(l1, l2, l3):
+    """||G restricted to the path|| from a quadrature of e3nn's harmonics (independent of geoops' tables)."""
+    key = (l1, l2, l3)
+    if key not in _PATH_NORM:
+        import numpy as np
+        T = l1 + l2 + l3
+        x, w = np.polynomial.legendre.leggauss(T // 2 + 2)
+        na = T + 3
+        beta = torch.from_numpy(np.arccos(x))
+        alpha = torch.arange(na, dtype=F64) * (2 * math.pi / na)
+        Bt, At = torch.meshgrid(beta, alpha, indexing="ij")
+        W = (torch.from_numpy(w)[:, None].expand_as(Bt) * (2 * math.pi / na)).reshape(-1)
+        xyz = torch.stack([Bt.sin() * At.sin(), Bt.cos(), Bt.sin() * At.cos()], -1).reshape(-1, 3)
+        Y = [o3.spherical_harmonics(l, xyz, normalize=True, normalization="integral") for l in (l1, l2, l3)]
+        _PATH_NORM[key] = torch.einsum("p,pi,pj,pk->ijk", W, *Y).norm().item()
+    return _PATH_NORM[key]
+
+
+def energy_forces(model, mol):
+    pos, spec, bat, src, dst, ng = mol
+    pos = pos.detach().requires_grad_()
+    E = model(pos, spec, bat, src, dst, ng)
+    (F,) = torch.autograd.grad(-E.sum(), pos, create_graph=True)
+    return E, F
+
+
+def loss_fn(model, mol, E_ref, F_ref):
+    E, F = energy_forces(model, mol)
+    return (E - E_ref).square().mean() + (F - F_ref).square().mean()
+
+
+def targets(mol, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    pos = mol[0]
+    return torch.randn(mol[5], generator=g, dtype=pos.dtype), torch.randn(pos.shape, generator=g, dtype=pos.dtype)
+
+
+def grads(model, mol, E_ref, F_ref):
+    model.zero_grad()
+    loss = loss_fn(model, mol, E_ref, F_ref)
+    loss.backward()
+    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def make(route="auto", dtype=F64, **kw):
+    return Potential(route=route, **kw).to(dtype)
+
+
+MOL_SIZES = (5, 3, 7)
+
+
+def _rel(g, g0):
+    return max((g[n].double() - g0[n]).abs().max().item() / max(g0[n].abs().max().item(), 1e-300) for n in g0)
+
+
+@pytest.fixture(scope="module")
+def oracle64():
+    """The fp64 loss and gradients of the model built on e3nn's TensorProduct (chains of binary products)."""
+    mol = molecules(MOL_SIZES)
+    Er, Fr = targets(mol)
+    return mol, Er, Fr, grads(make("grid", tp=E3nnTP()), mol, Er, Fr)
+
+
+# ---------------------------------------------------------------- training: routes, backends, e3nn
+@pytest.mark.parametrize("route", ROUTES)
+def test_energy_force_training_matches_reference_and_e3nn(route, oracle64):
+    """loss = energies + forces (forces by autograd.grad(create_graph=True)), loss.backward(): double backward
+    through every Gaunt op (binary with a channel broadcast, power, 3-factor product, the nn module)."""
+    mol, Er, Fr, (l_e3, g_e3) = oracle64
+    l, g = grads(make(route), mol, Er, Fr)
+    with backend("reference"):
+        l_ref, g_ref = grads(make(route), mol, Er, Fr)
+    assert set(g) == set(g_e3) and all(g[n].abs().max() > 0 for n in g)  # every parameter is reached
+    for other_l, other_g in ((l_ref, g_ref), (l_e3, g_e3)):
+        assert abs(l.item() - other_l.item()) <= 1e-12 * abs(other_l.item())
+        assert _rel(g, other_g) < 1e-10
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_fp32_training_within_the_low_precision_rule(route):
+    mol = molecules(MOL_SIZES)
+    Er, Fr = targets(mol)
+    mol32 = tuple(t.float() if torch.is_tensor(t) and t.is_floating_point() else t for t in mol)
+    with backend("reference"):
+        l64, g64 = grads(make(route), mol, Er, Fr)
+        lr, gr = grads(make(route, dtype=torch.float32), mol32, Er.float(), Fr.float())
+    l32, g32 = grads(make(route, dtype=torch.float32), mol32, Er.float(), Fr.float())
+    assert g32["w_sh1"].dtype == torch.float32
+    assert abs(l32.item() - l64.item()) <= 2 * abs(lr.item() - l64.item()) + 1e-6 * abs(l64.item())
+    assert _rel(g32, g64) <= 2 * _rel(gr, g64) + 1e-6
+
+
+def test_adam_steps_follow_the_reference():
+    mol = molecules(MOL_SIZES)
+    Er, Fr = targets(mol)
+    models = []
+    for be in ("cpp", "reference"):
+        with backend(be):
+            m = make("auto")
+            opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+            losses = []
+            for _ in range(3):
+                opt.zero_grad()
+                loss = loss_fn(m, mol, Er, Fr)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            models.append((m, losses))
+    (m, l), (m0, l0) = models
+    assert l[-1] < l[0]
+    torch.testing.assert_close(torch.tensor(l), torch.tensor(l0), rtol=1e-11, atol=0)
+    for (n, p), p0 in zip(m.named_parameters(), m0.parameters()):
+        torch.testing.assert_close(p, p0, rtol=0, atol=1e-10, msg=n)
+
+
+# ---------------------------------------------------------------- symmetry
+@pytest.mark.parametrize("route", ROUTES)
+def test_energies_invariant_forces_equivariant(route):
+    """Rotate and invert the molecules (e3nn's random rotation; the SH layer of each degree transforms by
+    e3nn's Wigner D with parity): energies invariant, forces rotate with the molecule."""
+    mol = molecules(MOL_SIZES)
+    m = make(route)
+    E, F = energy_forces(m, mol)
+    with f64_default():
+        a, b, c = torch.rand(3, generator=torch.Generator().manual_seed(3), dtype=F64) * 2 * math.pi
+        Rm = o3.angles_to_matrix(a, b, c)
+        D = irreps(1, 2).D_from_matrix(Rm)
+    for Q in (Rm, -Rm):
+        E2, F2 = energy_forces(m, (mol[0] @ Q.T,) + mol[1:])
+        torch.testing.assert_close(E2, E, rtol=0, atol=1e-12)
+        torch.testing.assert_close(F2, F @ Q.T, rtol=0, atol=1e-12)
+    # the layer features themselves are equivariant (e3nn's Wigner D of the SH irreps)
+    x = torch.randn(4, 9, dtype=F64)
+    y = o3.spherical_harmonics([0, 1, 2], torch.randn(4, 3, dtype=F64), True, normalization="integral")
+    out = ga.gaunt_tensor_product(x @ D.T, y @ D.T, 2, route=route)
+    torch.testing.assert_close(out, ga.gaunt_tensor_product(x, y, 2, route=route) @ D.T, rtol=0, atol=1e-12)
+
+
+def test_sh_normalisation_conventions():
+    """geoops expects e3nn's "integral" SH.  "component" SH are sqrt(4 pi) times those in every degree (a global
+    scale of the message); "norm" SH differ per degree: sqrt(4 pi / (2l+1)) (a per-degree weight undoes it)."""
+    v = torch.randn(6, 3, dtype=F64)
+    sh = {n: o3.spherical_harmonics([0, 1, 2], v, True, normalization=n) for n in ("integral", "component", "norm")}
+    torch.testing.assert_close(sh["component"], math.sqrt(4 * math.pi) * sh["integral"])
+    deg = R.degree_of_index(2)
+    scale = torch.sqrt(4 * math.pi / (2 * torch.arange(3, dtype=F64) + 1))
+    torch.testing.assert_close(sh["norm"], sh["integral"] * scale[deg])
+    x = torch.randn(6, 9, dtype=F64)
+    torch.testing.assert_close(ga.gaunt_tensor_product(x, sh["norm"], 2, weight2=1 / scale),
+                               ga.gaunt_tensor_product(x, sh["integral"], 2))
