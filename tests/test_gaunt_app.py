@@ -352,3 +352,123 @@ def test_sh_normalisation_conventions():
     x = torch.randn(6, 9, dtype=F64)
     torch.testing.assert_close(ga.gaunt_tensor_product(x, sh["norm"], 2, weight2=1 / scale),
                                ga.gaunt_tensor_product(x, sh["integral"], 2))
+
+
+# ---------------------------------------------------------------- inference, serialisation, edge cases
+def test_eval_no_grad_and_inference_mode_energies():
+    mol = molecules(MOL_SIZES)
+    m = make("auto")
+    E, _ = energy_forces(m, mol)
+    m.eval()
+    with torch.no_grad():
+        E1 = m(*mol)
+    with torch.inference_mode():
+        E2 = m(*mol)
+    torch.testing.assert_close(E1, E.detach(), rtol=0, atol=1e-14)
+    torch.testing.assert_close(E2, E.detach(), rtol=0, atol=1e-14)
+
+
+def test_state_dict_deepcopy_and_torch_save():
+    from e3nn.o3 import _irreps
+    from geoops.nn import GauntTensorProduct
+
+    mol = molecules(MOL_SIZES)
+    m = make("auto")
+    E, F = energy_forces(m, mol)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    m2 = make("grid", C=4)
+    with torch.no_grad():
+        for p in m2.parameters():
+            p.zero_()
+    m2.load_state_dict(torch.load(buf, weights_only=True))
+    for mm in (m2, copy.deepcopy(m)):
+        E2, F2 = energy_forces(mm, mol)
+        torch.testing.assert_close(E2, E, rtol=0, atol=1e-13)
+        torch.testing.assert_close(F2, F, rtol=0, atol=1e-13)
+    # the whole module: torch 2.13's weights_only=True default refuses its classes (torch's rule for any module)
+    # until they are allowed; then it loads and computes the same
+    tp = GauntTensorProduct(irreps(2, 1), irreps(2, 1), irreps(2, 2), route="direct")
+    buf = io.BytesIO()
+    torch.save(tp, buf)
+    buf.seek(0)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(buf)
+    buf.seek(0)
+    with torch.serialization.safe_globals([GauntTensorProduct, _irreps.Irreps, _irreps.Irrep, _irreps._MulIr]):
+        tp2 = torch.load(buf, weights_only=True)
+    x, y = torch.randn(3, 8), torch.randn(3, 8)
+    torch.testing.assert_close(tp2(x, y), tp(x, y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("sizes,L,C", [((1, 5, 1), 2, 4),  # isolated atoms (no edges) beside a molecule
+                                       ((1, 1), 2, 4),  # no edge at all: every Gaunt op on zero rows
+                                       ((4, 3), 0, 4),  # lmax 0
+                                       ((4, 3), 1, 1)])  # one channel, lmax 1
+def test_edge_cases_match_reference(route, sizes, L, C):
+    mol = molecules(sizes)
+    Er, Fr = targets(mol)
+    l, g = grads(make(route, L=L, C=C), mol, Er, Fr)
+    with backend("reference"):
+        l0, g0 = grads(make(route, L=L, C=C), mol, Er, Fr)
+    assert all(torch.isfinite(t).all() for t in g.values())
+    assert abs(l.item() - l0.item()) <= 1e-12 * abs(l0.item())
+    assert max((g[n] - g0[n]).abs().max().item() for n in g) < 1e-12
+
+
+# ---------------------------------------------------------------- torch.func and autocast
+def _one_molecule_conformers():
+    mol = molecules((5,), seed=3)
+    P = mol[0][None] + 0.05 * torch.randn(3, *mol[0].shape, generator=torch.Generator().manual_seed(9), dtype=F64)
+    return mol, P
+
+
+def test_vmap_over_conformers_and_per_sample_gradients():
+    m = make("auto")
+    mol, P = _one_molecule_conformers()
+    rest = mol[1:]
+    Ev = torch.func.vmap(lambda p: m(p, *rest))(P)
+    torch.testing.assert_close(Ev, torch.stack([m(p, *rest) for p in P]).detach(), rtol=0, atol=1e-14)
+    Fv = torch.func.vmap(torch.func.grad(lambda p: -m(p, *rest).sum()))(P)
+    Fe = torch.stack([energy_forces(m, (p,) + rest)[1] for p in P])
+    torch.testing.assert_close(Fv, Fe.detach(), rtol=0, atol=1e-14)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    G = torch.func.vmap(torch.func.grad(lambda prm, p: torch.func.functional_call(m, prm, (p, *rest)).sum()),
+                        in_dims=(None, 0))(params, P)
+    m.zero_grad()
+    m(P[1], *rest).sum().backward()
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(G[k][1], p.grad, rtol=0, atol=1e-13, msg=k)
+
+
+def test_jacrev_forces_and_hessian():
+    m = make("auto")
+    mol, _ = _one_molecule_conformers()
+    pos, rest = mol[0], mol[1:]
+    J = torch.func.jacrev(lambda p: m(p, *rest))(pos)
+    F = energy_forces(m, mol)[1]
+    torch.testing.assert_close(J[0], -F.detach(), rtol=0, atol=1e-14)
+    H = torch.func.jacrev(torch.func.jacrev(lambda p: m(p, *rest).sum()))(pos)
+    # the Hessian row of atom 0, x: the derivative of -forces, by autograd through the force graph
+    p = pos.clone().requires_grad_()
+    E = m(p, *rest).sum()
+    (g,) = torch.autograd.grad(E, p, create_graph=True)
+    (h,) = torch.autograd.grad(g[0, 0], p)
+    torch.testing.assert_close(H[0, 0], h, rtol=0, atol=1e-13)
+
+
+def test_autocast_bfloat16_forward_keeps_the_gaunt_ops_in_float32():
+    m = make("auto", dtype=torch.float32)
+    mol = tuple(t.float() if torch.is_tensor(t) and t.is_floating_point() else t for t in molecules((5, 4)))
+    E0, F0 = energy_forces(m, mol)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        E, F = energy_forces(m, mol)
+        x = torch.randn(5, 4, 9)
+        assert ga.gaunt_tensor_product(x, x, 2).dtype == torch.float32
+    (E.square().sum() + F.square().sum()).backward()
+    assert F.dtype == torch.float32 and all(torch.isfinite(p.grad).all() for p in m.parameters())
+    # only the bf16 linears (radial, readout) round: a few bf16 ulps of the scale
+    assert (F - F0).abs().max() <= 0.02 * F0.abs().max()
+    assert (E - E0).abs().max() <= 0.02 * E0.abs().max() + 1e-3
