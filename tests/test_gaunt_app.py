@@ -540,3 +540,51 @@ def test_compiled_func_grad_forces_fullgraph():
     want = f(x)
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), want)
+
+
+# ---------------------------------------------------------------- the nn module with edge SH of multiplicity 1
+@pytest.mark.parametrize("route", ROUTES)
+def test_module_takes_sh_of_multiplicity_one(route):
+    """MACE / NequIP write the message as TP(node features C x (0e+1o+2e), edge SH 1 x (0e+1o+2e)): the module
+    refused it ('must share one multiplicity') although the functional op broadcasts a [E, 1, n] SH over the
+    channels.  A multiplicity-1 input is now broadcast over the C channels; it equals e3nn's TensorProduct with
+    "uvu" ("uuu" for in1 of multiplicity 1: "uvv") paths and Gaunt path weights, gradients included."""
+    from geoops.nn import GauntTensorProduct
+
+    C, E = 3, 5
+    i_node, i_sh, i_out = irreps(C, 2), irreps(1, 2), irreps(C, 3)
+    for flip in (False, True):
+        i1, i2 = (i_sh, i_node) if flip else (i_node, i_sh)
+        mod = GauntTensorProduct(i1, i2, i_out, route=route).double()
+        instr = []
+        for a, (_, r1) in enumerate(i1):
+            for b, (_, r2) in enumerate(i2):
+                for c, (_, r3) in enumerate(i_out):
+                    l1, l2, l3 = r1.l, r2.l, r3.l
+                    if abs(l1 - l2) <= l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0:
+                        g = _gaunt_path_norm(l1, l2, l3)
+                        instr.append((a, b, c, "uvv" if flip else "uvu", False, g * g))
+        with f64_default():
+            tp = o3.TensorProduct(i1, i2, i_out, instr, irrep_normalization="none",
+                                  path_normalization="none").double()
+        g = torch.Generator().manual_seed(7)
+        x1 = torch.randn(E, i1.dim, generator=g, dtype=F64, requires_grad=True)
+        x2 = torch.randn(E, i2.dim, generator=g, dtype=F64, requires_grad=True)
+        out = mod(x1, x2)
+        ref = tp(x1, x2)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        w = torch.randn(ref.shape, generator=g, dtype=F64)
+        ga1 = torch.autograd.grad((out * w).sum(), (x1, x2))
+        gr = torch.autograd.grad((ref * w).sum(), (x1, x2))
+        for a, b in zip(ga1, gr):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        assert mod.weight1.shape == (C, 3) and mod.weight2.shape == (C, 3) and mod.weight_out.shape == (C, 4)
+        gc = torch.autograd.gradcheck(lambda a, b, w1, w2, wo: torch.func.functional_call(
+            mod, {"weight1": w1, "weight2": w2, "weight_out": wo}, (a, b)),
+            (x1[:2], x2[:2], *[(1 + 0.1 * torch.randn(p.shape, generator=g, dtype=F64)).requires_grad_()
+                               for p in (mod.weight1, mod.weight2, mod.weight_out)]))
+        assert gc
+    with pytest.raises(ValueError, match="multiplicity"):
+        GauntTensorProduct(i_node, i_sh, irreps(1, 2))  # the output carries the channels
+    with pytest.raises(ValueError, match="multiplicity"):
+        GauntTensorProduct(irreps(2, 1), irreps(3, 1), irreps(3, 1))

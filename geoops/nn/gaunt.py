@@ -55,15 +55,18 @@ class GauntTensorProduct(torch.nn.Module):
 
     Args:
         irreps_in1, irreps_in2, irreps_out: e3nn ``Irreps`` (or strings) in e3nn's ``mul x ir`` layout, one
-            multiplicity C shared by all three, natural parity only (0e, 1o, 2e, ...).  Degrees may be missing
-            (they count as zeros in the inputs and are not produced in the output).
+            multiplicity C per irreps (every irrep of an irreps has it), natural parity only (0e, 1o, 2e, ...).
+            irreps_out has C channels; an input has C or 1: a multiplicity-1 input (the edge spherical harmonics
+            ``1x0e+1x1o+1x2e`` of a message) is broadcast over the C channels.  Degrees may be missing (they count
+            as zeros in the inputs and are not produced in the output).
         internal_weights: learnable per-channel, per-degree weights ``weight1`` [C, L1+1], ``weight2``
             [C, L2+1], ``weight_out`` [C, Lout+1] (initialised to 1); False: no weights.
         route: geoops.gaunt route ("auto", "grid", "grid_gemm", "direct", "fft").
 
     With weights at 1 this equals e3nn's ``TensorProduct(irreps_in1, irreps_in2, irreps_out, [(i1, i2, io,
     "uuu", False, G_path^2) ...], irrep_normalization="none", path_normalization="none")`` over the paths with
-    even l1 + l2 + l3.  Raises ValueError for what the Gaunt product cannot express (non-natural parity, so
+    even l1 + l2 + l3 ("uvu" when irreps_in2 has multiplicity 1, "uvv" when irreps_in1 has).  The weights are
+    per channel of the output ([C, L+1]) also for a broadcast input.  Raises ValueError for what the Gaunt product cannot express (non-natural parity, so
     odd-sum paths such as 1o x 1o -> 1e; different multiplicities).
     """
 
@@ -74,21 +77,22 @@ class GauntTensorProduct(torch.nn.Module):
         self.irreps_in1, c1, self._off1, self.L1 = _parse(o3, irreps_in1, "irreps_in1")
         self.irreps_in2, c2, self._off2, self.L2 = _parse(o3, irreps_in2, "irreps_in2")
         self.irreps_out, co, self._offo, self.Lout = _parse(o3, irreps_out, "irreps_out")
-        if not c1 == c2 == co:
-            raise ValueError(f"GauntTensorProduct: irreps_in1, irreps_in2 and irreps_out must share one "
-                             f"multiplicity (channels), got {c1}, {c2}, {co}")
+        if c1 not in (co, 1) or c2 not in (co, 1):
+            raise ValueError(f"GauntTensorProduct: irreps_in1 and irreps_in2 must have the multiplicity of "
+                             f"irreps_out (its channels) or 1 (broadcast over the channels, e.g. edge spherical "
+                             f"harmonics), got {c1}, {c2} and irreps_out {co}")
         if route not in _gaunt.ROUTES:
             raise ValueError(f"GauntTensorProduct: route must be one of {_gaunt.ROUTES}, got {route!r}")
-        self.mul, self.route = c1, route
+        self.mul, self.route = co, route
+        self._mul1, self._mul2 = c1, c2
         if internal_weights:
-            self.weight1 = torch.nn.Parameter(torch.ones(c1, self.L1 + 1))
-            self.weight2 = torch.nn.Parameter(torch.ones(c1, self.L2 + 1))
-            self.weight_out = torch.nn.Parameter(torch.ones(c1, self.Lout + 1))
+            self.weight1 = torch.nn.Parameter(torch.ones(co, self.L1 + 1))
+            self.weight2 = torch.nn.Parameter(torch.ones(co, self.L2 + 1))
+            self.weight_out = torch.nn.Parameter(torch.ones(co, self.Lout + 1))
         else:
             self.weight1 = self.weight2 = self.weight_out = None
 
-    def _to_coeffs(self, x: torch.Tensor, offsets: dict, L: int, name: str) -> torch.Tensor:
-        C = self.mul
+    def _to_coeffs(self, x: torch.Tensor, offsets: dict, L: int, name: str, C: int) -> torch.Tensor:
         dim = sum(C * (2 * l + 1) for l in offsets)
         if x.shape[-1] != dim:
             raise ValueError(f"GauntTensorProduct: {name} must have last dimension {dim} (its irreps' dim), "
@@ -104,8 +108,9 @@ class GauntTensorProduct(torch.nn.Module):
         return out
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        a = self._to_coeffs(x1, self._off1, self.L1, "x1")
-        b = self._to_coeffs(x2, self._off2, self.L2, "x2")
+        # a multiplicity-1 input is [..., 1, n]: gaunt_tensor_product broadcasts it over the C channels
+        a = self._to_coeffs(x1, self._off1, self.L1, "x1", getattr(self, "_mul1", self.mul))
+        b = self._to_coeffs(x2, self._off2, self.L2, "x2", getattr(self, "_mul2", self.mul))
         out = _gaunt.gaunt_tensor_product(a, b, self.Lout, weight1=self.weight1, weight2=self.weight2,
                                           weight_out=self.weight_out, route=self.route)
         lead = out.shape[:-2]
