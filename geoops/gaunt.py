@@ -322,7 +322,8 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
         if w is None:
             return None
         w = w.to(cdt)
-        if w.dim() == 1:
+        # leading dims all 1 ((L+1,), (1, L+1), ...): one row the kernels broadcast (not N copies)
+        if all(s == 1 for s in w.shape[:-1]):
             return w.reshape(1, L + 1).contiguous()
         return rows(w, L + 1)
 

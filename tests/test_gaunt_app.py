@@ -588,3 +588,60 @@ def test_module_takes_sh_of_multiplicity_one(route):
         GauntTensorProduct(i_node, i_sh, irreps(1, 2))  # the output carries the channels
     with pytest.raises(ValueError, match="multiplicity"):
         GauntTensorProduct(irreps(2, 1), irreps(3, 1), irreps(3, 1))
+
+
+# ---------------------------------------------------------------- memory of the channel broadcast
+def _saved_bytes(fn):
+    """Bytes autograd saves for backward in fn() (tensors that share storage counted once)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("route", ["grid", "direct"])
+def test_weight_with_unit_leading_dims_is_one_row(route):
+    """A per-degree weight shared by every row given as (1, L+1) (or (1, 1, L+1)) was expanded to N rows and
+    saved at that size (N x (L+1) values), where the same weight as (L+1,) is one row; now every weight whose
+    leading dims are all 1 is one row: the same numbers and gradients, nothing of size N saved for it."""
+    E, C, L = 64, 8, 2
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(E, C, 9, generator=g, dtype=F64, requires_grad=True)
+    y = torch.randn(E, 1, 9, generator=g, dtype=F64, requires_grad=True)
+    w = (1 + 0.2 * torch.randn(L + 1, generator=g, dtype=F64)).requires_grad_()
+    rows = E * C * 8
+    base = _saved_bytes(lambda: ga.gaunt_tensor_product(x1, y, L, weight2=w, route=route))
+    for shaped in (w[None], w[None, None]):
+        got = _saved_bytes(lambda: ga.gaunt_tensor_product(x1, y, L, weight2=shaped, route=route))
+        assert got <= base, (got, base, rows)
+        out = ga.gaunt_tensor_product(x1, y, L, weight1=shaped.expand(C, L + 1) if shaped.dim() == 2 else None,
+                                      weight2=shaped, weight_out=shaped, route=route)
+        out1 = ga.gaunt_tensor_product(x1, y, L, weight1=w.expand(C, L + 1) if shaped.dim() == 2 else None,
+                                       weight2=w, weight_out=w, route=route)
+        torch.testing.assert_close(out, out1, rtol=0, atol=1e-14)
+        gr = torch.autograd.grad(out.square().sum(), (x1, y, w), create_graph=True)
+        gr1 = torch.autograd.grad(out1.square().sum(), (x1, y, w), create_graph=True)
+        for a, b in zip(gr, gr1):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        (h,) = torch.autograd.grad(gr[2].sum(), w)
+        (h1,) = torch.autograd.grad(gr1[2].sum(), w)
+        torch.testing.assert_close(h, h1, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="open (session 36, e3app): the kernels take each factor as contiguous "
+                   "(N, n) rows, so a factor broadcast over channels ([E, 1, n] edge SH against [E, C, n] node "
+                   "features) is copied to E*C rows in the forward and that copy is saved for the backward (C x "
+                   "the SH's size per layer until the backward; its gradient is also formed at E*C rows, then "
+                   "summed by autograd). A row-index stride in the kernels, or re-expanding in the backward, would "
+                   "remove the saved copy")
+def test_broadcast_factor_is_not_saved_at_channel_size():
+    E, C = 256, 16
+    x1 = torch.randn(E, C, 16, dtype=F64, requires_grad=True)
+    y = torch.randn(E, 1, 16, dtype=F64, requires_grad=True)
+    saved = _saved_bytes(lambda: ga.gaunt_tensor_product(x1, y, 3, route="direct"))
+    assert saved <= x1.numel() * 8 + 4 * y.numel() * 8
