@@ -46,13 +46,14 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter disables __torch_functi
 def direct_call_ok(*tensors) -> bool:
     """Whether calling a backend's kernels directly does exactly what dispatching the custom op would.
 
-    True for plain tensors in eager mode. False while torch.compile or export traces, under a torch-function
+    True for plain tensors in eager mode. False while torch.compile, export or torch.jit.trace traces (a direct
+    call is invisible to the tracer: the trace kept only the output's allocation), under a torch-function
     or dispatch mode (FakeTensorMode, make_fx, ...), inside a functorch transform, and for tensor subclasses:
     those go through torch.ops.geoops.*, whose fake implementations and dispatch they need (nn.Parameter
     counts as plain).  The custom op's Python dispatch costs tens of microseconds per call, which dominates
     on small inputs.  Non-tensor arguments (None, numbers) are ignored.
     """
-    if torch.compiler.is_compiling() or not _HAVE_MODE_CHECKS:
+    if torch.compiler.is_compiling() or not _HAVE_MODE_CHECKS or torch.jit.is_tracing():
         return False
     if _len_fn_modes() or _len_dispatch_modes() or _functorch_active():
         return False

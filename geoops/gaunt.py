@@ -271,6 +271,9 @@ def _check_w(fn: str, name: str, w, L: int, device) -> None:
 
 
 def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
+    if torch.jit.is_tracing():  # (before: the direct kernel call was invisible to it: uninitialised outputs)
+        _fail(fn, "torch.jit.trace cannot record the Gaunt op (TorchScript's tracer has no Tensor?[] argument "
+                  "lists); use torch.export.export or torch.compile", RuntimeError)
     Ls = [_check_x(fn, n, x) for n, x in zip(names, xs)]
     device = xs[0].device
     for n, x in zip(names, xs):

@@ -645,3 +645,51 @@ def test_broadcast_factor_is_not_saved_at_channel_size():
     y = torch.randn(E, 1, 16, dtype=F64, requires_grad=True)
     saved = _saved_bytes(lambda: ga.gaunt_tensor_product(x1, y, 3, route="direct"))
     assert saved <= x1.numel() * 8 + 4 * y.numel() * 8
+
+
+# ---------------------------------------------------------------- TorchScript tracing (deployment, e.g. LAMMPS)
+@pytest.mark.parametrize("route", ["grid", "direct", "fft"])
+def test_jit_trace_refuses_the_gaunt_op_instead_of_returning_garbage(route):
+    """torch.jit.trace (deprecated in torch 2.13, still what LAMMPS-style deployment uses): the eager fast path
+    called the C++ kernel directly, invisible to the tracer, so the trace kept only the output's allocation and
+    the traced function returned uninitialised memory (1e38s) without an error, for every geoops op.  Under
+    tracing the dispatched custom ops run now (recorded, as under torch.compile); the Gaunt op's schema has a
+    Tensor?[] list, which the tracer cannot record, so it raises a clear error naming torch.export instead."""
+    import warnings
+
+    from geoops.nn import GauntTensorProduct
+
+    x, y = torch.randn(10, 4, 9), torch.randn(10, 1, 9)
+    mod = GauntTensorProduct(irreps(4, 2), irreps(1, 2), irreps(4, 2), route=route)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="torch.jit.trace cannot record the Gaunt op.*torch.export"):
+            torch.jit.trace(lambda a, b: ga.gaunt_tensor_product(a, b, 2, route=route), (x, y), check_trace=False)
+        with pytest.raises(RuntimeError, match="torch.jit.trace cannot record"):
+            torch.jit.trace(mod, (torch.randn(10, 36), torch.randn(10, 9)))
+    # torch.export (the supported deployment path) of the module
+    a, b = torch.randn(10, 36), torch.randn(10, 9)
+    ep = torch.export.export(mod, (a, b), dynamic_shapes=({0: torch.export.Dim("n")}, {0: torch.export.Dim("n")}))
+    a, b = torch.randn(7, 36), torch.randn(7, 9)
+    torch.testing.assert_close(ep.module()(a, b), mod(a, b), rtol=0, atol=0)
+
+
+def test_jit_trace_of_other_families_records_their_ops():
+    """The same shared fast-path rule (geoops._library.direct_call_ok): a traced stereographic op returned
+    wrong numbers (0.2-0.6 off) without an error; its custom op is recorded and replayed now."""
+    import warnings
+
+    from geoops import stereographic as st
+
+    g = torch.Generator().manual_seed(4)
+    x = 0.1 * torch.randn(6, 5, generator=g)
+    k = torch.tensor(-1.0)
+    fns = [lambda a: st.expmap0(a, k=k), lambda a: st.mobius_add(a, a.flip(0), k=k),
+           lambda a: st.dist(a, a.flip(0), k=k)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in fns:
+            t = torch.jit.trace(f, (x,), check_trace=False)
+            x2 = 0.1 * torch.randn(6, 5, generator=g)
+            torch.testing.assert_close(t(x), f(x), rtol=0, atol=0)
+            torch.testing.assert_close(t(x2), f(x2), rtol=0, atol=0)
