@@ -693,3 +693,33 @@ def test_jit_trace_of_other_families_records_their_ops():
             x2 = 0.1 * torch.randn(6, 5, generator=g)
             torch.testing.assert_close(t(x), f(x), rtol=0, atol=0)
             torch.testing.assert_close(t(x2), f(x2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("internal", [True, False])
+def test_module_takes_per_edge_weights(internal):
+    """MACE feeds per-edge radial weights to the message tensor product; the module took none (only its own
+    [C, L+1] parameters).  forward(x1, x2, weight1=, weight2=, weight_out=) now takes per-sample weights
+    [..., C, L+1], multiplied with the internal ones: the same as the functional op with the product weight."""
+    from geoops.nn import GauntTensorProduct
+
+    C, E = 3, 6
+    mod = GauntTensorProduct(irreps(C, 2), irreps(1, 2), irreps(C, 2), internal_weights=internal).double()
+    g = torch.Generator().manual_seed(8)
+    if internal:
+        with torch.no_grad():
+            for p in mod.parameters():
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g, dtype=F64))
+    x1 = torch.randn(E, irreps(C, 2).dim, generator=g, dtype=F64, requires_grad=True)
+    x2 = torch.randn(E, 9, generator=g, dtype=F64, requires_grad=True)
+    R = torch.randn(E, C, 3, generator=g, dtype=F64, requires_grad=True)
+    S = torch.randn(E, 1, 3, generator=g, dtype=F64, requires_grad=True)
+    out = mod(x1, x2, weight2=S, weight_out=R)
+    a, b = from_flat(x1, C, 2), x2[:, None, :]
+    w2 = S if not internal else mod.weight2 * S
+    wo = R if not internal else mod.weight_out * R
+    want = ga.gaunt_tensor_product(a, b, 2, weight1=mod.weight1 if internal else None, weight2=w2, weight_out=wo)
+    torch.testing.assert_close(from_flat(out, C, 2), want, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda *t: mod(*t[:2], weight2=t[2], weight_out=t[3]),
+                                    (x1[:2], x2[:2], S[:2], R[:2]))
+    with pytest.raises(ValueError, match=r"weight_out must be a tensor \[\.\.\., C, L\+1\]"):
+        mod(x1, x2, weight_out=torch.ones(E, 3))

@@ -66,8 +66,13 @@ class GauntTensorProduct(torch.nn.Module):
     With weights at 1 this equals e3nn's ``TensorProduct(irreps_in1, irreps_in2, irreps_out, [(i1, i2, io,
     "uuu", False, G_path^2) ...], irrep_normalization="none", path_normalization="none")`` over the paths with
     even l1 + l2 + l3 ("uvu" when irreps_in2 has multiplicity 1, "uvv" when irreps_in1 has).  The weights are
-    per channel of the output ([C, L+1]) also for a broadcast input.  Raises ValueError for what the Gaunt product cannot express (non-natural parity, so
-    odd-sum paths such as 1o x 1o -> 1e; different multiplicities).
+    per channel of the output ([C, L+1]) also for a broadcast input.  Raises ValueError for what the Gaunt
+    product cannot express (non-natural parity, so odd-sum paths such as 1o x 1o -> 1e; multiplicities other
+    than C or 1).
+
+    ``forward(x1, x2, weight1=None, weight2=None, weight_out=None)``: optional per-sample weights
+    [..., C, L+1] (e.g. per-edge radial weights of a message, [E, C, Lout+1]; leading dims broadcast with the
+    inputs'), multiplied with the internal ones (or used alone without internal weights).
     """
 
     def __init__(self, irreps_in1, irreps_in2, irreps_out, *, internal_weights: bool = True,
@@ -107,12 +112,28 @@ class GauntTensorProduct(torch.nn.Module):
             out[..., l * l:(l + 1) ** 2] = x[..., off: off + C * (2 * l + 1)].reshape(*lead, C, 2 * l + 1)
         return out
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    def _weight(self, own: Optional[torch.Tensor], ext: Optional[torch.Tensor], L: int,
+                name: str) -> Optional[torch.Tensor]:
+        if ext is None:
+            return own
+        if not isinstance(ext, torch.Tensor) or ext.dim() < 2 or ext.shape[-1] != L + 1 \
+                or ext.shape[-2] not in (self.mul, 1):
+            raise ValueError(f"GauntTensorProduct: {name} must be a tensor [..., C, L+1] = [..., {self.mul}, "
+                             f"{L + 1}] (per-sample, per-channel, per-degree weights), got "
+                             f"{tuple(ext.shape) if isinstance(ext, torch.Tensor) else type(ext).__name__}")
+        return ext if own is None else own * ext
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight1: Optional[torch.Tensor] = None,
+                weight2: Optional[torch.Tensor] = None, weight_out: Optional[torch.Tensor] = None) -> torch.Tensor:
         # a multiplicity-1 input is [..., 1, n]: gaunt_tensor_product broadcasts it over the C channels
         a = self._to_coeffs(x1, self._off1, self.L1, "x1", getattr(self, "_mul1", self.mul))
         b = self._to_coeffs(x2, self._off2, self.L2, "x2", getattr(self, "_mul2", self.mul))
-        out = _gaunt.gaunt_tensor_product(a, b, self.Lout, weight1=self.weight1, weight2=self.weight2,
-                                          weight_out=self.weight_out, route=self.route)
+        out = _gaunt.gaunt_tensor_product(a, b, self.Lout,
+                                          weight1=self._weight(self.weight1, weight1, self.L1, "weight1"),
+                                          weight2=self._weight(self.weight2, weight2, self.L2, "weight2"),
+                                          weight_out=self._weight(self.weight_out, weight_out, self.Lout,
+                                                                  "weight_out"),
+                                          route=self.route)
         lead = out.shape[:-2]
         blocks = [out[..., l * l:(l + 1) ** 2].reshape(*lead, self.mul * (2 * l + 1))
                   for l in sorted(self._offo, key=self._offo.get)]
