@@ -676,16 +676,19 @@ def test_jit_trace_refuses_the_gaunt_op_instead_of_returning_garbage(route):
 
 def test_jit_trace_of_other_families_records_their_ops():
     """The same shared fast-path rule (geoops._library.direct_call_ok): a traced stereographic op returned
-    wrong numbers (0.2-0.6 off) without an error; its custom op is recorded and replayed now."""
+    wrong numbers (0.2-0.6 off), a traced ssm.fftconv uninitialised memory (1e34), without an error; their
+    custom ops are recorded and replayed now."""
     import warnings
 
+    from geoops import ssm
     from geoops import stereographic as st
 
     g = torch.Generator().manual_seed(4)
     x = 0.1 * torch.randn(6, 5, generator=g)
     k = torch.tensor(-1.0)
     fns = [lambda a: st.expmap0(a, k=k), lambda a: st.mobius_add(a, a.flip(0), k=k),
-           lambda a: st.dist(a, a.flip(0), k=k)]
+           lambda a: st.dist(a, a.flip(0), k=k), lambda a: ssm.fftconv(a.reshape(2, 3, 5), kk)]
+    kk = torch.randn(3, 5, generator=g)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for f in fns:
