@@ -109,16 +109,24 @@ class GauntFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lmax_out, route, nu, *args):
         xs, ws, wout = list(args[:nu]), list(args[nu:2 * nu]), args[2 * nu]
+        # the inputs as given (a factor broadcast over channels stays an expanded view of its own storage: the
+        # backward re-expands it instead of keeping an N-row copy alive until then)
         ctx.save_for_backward(*xs, *ws, wout)
         ctx.lmax_out, ctx.route, ctx.nu = lmax_out, route, nu
-        return _impl.fwd_call(xs, ws, wout, lmax_out, route)
+        return _impl.fwd_call(_flat(xs), _flat(ws), _flat1(wout), lmax_out, route)
 
     @staticmethod
     def backward(ctx, g):
+        grads = GauntFn._backward(ctx, g)
+        saved = ctx.saved_tensors  # (rows gradients back to the inputs' shapes: [*batch, n] views)
+        return (None, None, None, *[None if d is None else d.reshape(t.shape) for d, t in zip(grads[3:], saved)])
+
+    @staticmethod
+    def _backward(ctx, g):
         nu, lmax_out, route = ctx.nu, ctx.lmax_out, ctx.route
         saved = ctx.saved_tensors
-        xs, ws, wout = list(saved[:nu]), list(saved[nu:2 * nu]), saved[2 * nu]
-        need = _reached(ctx, ctx.needs_input_grad[3:], [*xs, *ws, wout])
+        need = _reached(ctx, ctx.needs_input_grad[3:], saved)
+        xs, ws, wout = _flat(saved[:nu]), _flat(saved[nu:2 * nu]), _flat1(saved[2 * nu])
         gx, gw = [None] * nu, [None] * nu
         g = g.contiguous()
         if (not torch.is_grad_enabled() and not _library.functorch_active()
@@ -174,7 +182,17 @@ def _core(xs, ws, wout, lmax_out, route):
     wrapper is not the outer grad level's: jacrev(jacrev(f)) reached the bare op)."""
     if _library.functorch_active() or _library.autograd_wanted(*xs, *ws, wout):
         return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout, op="geoops.gaunt")
-    return _impl.fwd_call(list(xs), list(ws), wout, lmax_out, route)
+    return _impl.fwd_call(_flat(xs), _flat(ws), _flat1(wout), lmax_out, route)
+
+
+def _flat1(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[*batch, n] (a broadcast view too) -> contiguous (N, n) rows, the kernels' layout; a copy only where the
+    rows are not already back to back.  None stays None."""
+    return None if t is None else t.reshape(-1, t.shape[-1]).contiguous()
+
+
+def _flat(ts) -> list:
+    return [_flat1(t) for t in ts]
 
 
 # ---------------------------------------------------------------- route choice
@@ -318,7 +336,9 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
         t = t.to(cdt)
         # (ranks first: comparing (C,) with (B, C) element by element guards B != C under torch.export / compile)
         if t.dim() - 1 != len(batch) or tuple(t.shape[:-1]) != tuple(batch):
-            t = t.expand(*batch, n)
+            # a broadcast factor ([E, 1, n] edge SH against [E, C, n] features) stays a view: GauntFn makes the
+            # kernels' rows (_flat) and saves the view, so no N-row copy lives until the backward (session 36)
+            return t.expand(*batch, n)
         return t.reshape(N, n).contiguous()
 
     def wrows(w, L):
@@ -336,7 +356,7 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     # degrees above sum(L_i) are exact zeros: not computed (the quadrature left fp32 round-off, ~1e-7, there)
     lo = min(lmax_out, sum(Ls))
     if rwo is not None and lo < lmax_out:
-        rwo = rwo[:, :lo + 1].contiguous()
+        rwo = rwo[..., :lo + 1]
     if route == "auto":
         route = choose_route(Ls, lo, N, device, backward=needs_backward(*xs, *weights, weight_out))
     if route == "direct" and len(xs) != 2:

@@ -633,13 +633,10 @@ def test_weight_with_unit_leading_dims_is_one_row(route):
         torch.testing.assert_close(h, h1, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="open (session 36, e3app): the kernels take each factor as contiguous "
-                   "(N, n) rows, so a factor broadcast over channels ([E, 1, n] edge SH against [E, C, n] node "
-                   "features) is copied to E*C rows in the forward and that copy is saved for the backward (C x "
-                   "the SH's size per layer until the backward; its gradient is also formed at E*C rows, then "
-                   "summed by autograd). A row-index stride in the kernels, or re-expanding in the backward, would "
-                   "remove the saved copy")
 def test_broadcast_factor_is_not_saved_at_channel_size():
+    """A factor broadcast over channels ([E, 1, n] edge SH against [E, C, n] features) was copied to E*C rows in the
+    forward and that copy saved for the backward (C x the SH's size per layer until then).  GauntFn now saves the
+    expanded view and makes the kernels' rows again in the backward (session 36, lead)."""
     E, C = 256, 16
     x1 = torch.randn(E, C, 16, dtype=F64, requires_grad=True)
     y = torch.randn(E, 1, 16, dtype=F64, requires_grad=True)
