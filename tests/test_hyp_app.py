@@ -140,3 +140,74 @@ def test_deepcopy_and_pickle_after_a_no_grad_evaluation(learn):
     out = net2(x)  # and it still trains (the curvature gets its gradient when learnable)
     out.sum().backward()
     assert (net2[0].ball.value.grad is not None) == learn
+
+
+# ---------------------------------------------------------------- Poincaré embeddings of WordNet mammals
+def _mammals():
+    from geoops.bench import wordnet as wn
+
+    names, edges = wn.load_closure(wn.MAMMALS)
+    n = len(names)
+    keys = wn._pair_keys(edges, n)
+    gen = torch.Generator().manual_seed(3)
+    return n, edges, wn.epoch_batches(edges, n, 10, 64, keys, gen)
+
+
+def _train_mammals(patched, opt_name, n, batches, steps):
+    (compat.patch_geoopt if patched else compat.unpatch_geoopt)()
+    try:
+        g = torch.Generator().manual_seed(0)
+        ball = geoopt.PoincareBall(c=1.0)
+        emb = geoopt.ManifoldParameter((torch.rand(n, 5, generator=g) * 2 - 1) * 1e-3, manifold=ball)
+        opt = (geoopt.optim.RiemannianSGD([emb], lr=1.0) if opt_name == "sgd"
+               else geoopt.optim.RiemannianAdam([emb], lr=0.05))
+        for u, cand in batches[:steps]:
+            opt.zero_grad()
+            d = ball.dist(emb[u].unsqueeze(1), emb[cand])
+            torch.nn.functional.cross_entropy(-d, torch.zeros(u.numel(), dtype=torch.int64)).backward()
+            opt.step()
+    finally:
+        compat.unpatch_geoopt()
+    return emb.detach().as_subclass(torch.Tensor).clone()
+
+
+def _brute_map(x, edges):
+    """Mean rank and MAP from the full float64 distance matrix (geoopt's dist): the oracle of
+    reconstruction_metrics."""
+    x = x.double()
+    n = x.shape[0]
+    d = geoopt.PoincareBall(c=1.0).dist(x[:, None, :], x[None, :, :])
+    adj = torch.zeros(n, n, dtype=torch.bool)
+    adj[edges[:, 0], edges[:, 1]] = True
+    ranks, aps = [], []
+    for u in range(n):
+        nb = adj[u].nonzero().flatten()
+        if nb.numel() == 0:
+            continue
+        non = ~adj[u]
+        non[u] = False
+        dn, dp = d[u][non], d[u][nb]
+        closer_non = (dn[None, :] < dp[:, None]).sum(1)
+        ranks.append(1 + closer_non)
+        pos_le = (dp[None, :] <= dp[:, None]).sum(1)
+        aps.append((pos_le / (pos_le + closer_non)).mean())
+    return torch.cat(ranks).double().mean().item(), torch.stack(aps).mean().item()
+
+
+@pytest.mark.parametrize("opt_name,steps", [("sgd", 120), ("adam", 100)])
+def test_mammals_patched_same_embedding_and_map(opt_name, steps):
+    n, edges, batches = _mammals()
+    a = _train_mammals(False, opt_name, n, batches, steps)
+    b = _train_mammals(True, opt_name, n, batches, steps)
+    torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+    assert a.norm(dim=-1).max() > 0.05  # it moved
+    ra, ma = gs.reconstruction_metrics(a, edges, k=-1.0)
+    rb, mb = gs.reconstruction_metrics(b, edges, k=-1.0)
+    assert abs(ma - mb) <= 1e-3 and abs(ra - rb) <= 1e-3 * ra
+    rr, mr = _brute_map(b, edges)
+    assert abs(rb - rr) <= 1e-3 * rr and abs(mb - mr) <= 1e-3, ((rb, mb), (rr, mr))
+    # knn: the nearest neighbours of each node are the oracle's
+    dk, ik = gs.knn(b, b, 4, k=-1.0)
+    dfull = geoopt.PoincareBall(c=1.0).dist(b.double()[:, None, :], b.double()[None, :, :])
+    torch.testing.assert_close(dk.double(), dfull.topk(4, largest=False).values, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dk.double(), dfull.gather(1, ik), atol=1e-4, rtol=1e-4)
