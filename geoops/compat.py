@@ -289,8 +289,10 @@ def _step_k(man):
     ver, ptr = src._version, src.data_ptr()
     if e is not None and e[0] is src and e[1] == ver and e[2] == ptr:
         return e[3], e[4]
-    # (a normal tensor even when read first under torch.inference_mode(): later training steps use it)
-    with torch.no_grad(), torch.inference_mode(False):
+    # (a normal tensor even when read first under torch.inference_mode(): later training steps use it; no_grad
+    # inside it, as torch.inference_mode(False) turns grad mode back on: a learnable ball's k would carry softplus's
+    # graph and come back requiring grad from reads under torch.no_grad())
+    with torch.inference_mode(False), torch.no_grad():
         k = get(man) if get is not None else man.k
     kf = float(k.detach()) if k.numel() == 1 else None  # (a learnable Stereographic k is the Parameter itself)
     _K_CACHE[man] = (src, ver, ptr, k, kf)

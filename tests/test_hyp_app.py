@@ -211,3 +211,19 @@ def test_mammals_patched_same_embedding_and_map(opt_name, steps):
     dfull = geoopt.PoincareBall(c=1.0).dist(b.double()[:, None, :], b.double()[None, :, :])
     torch.testing.assert_close(dk.double(), dfull.topk(4, largest=False).values, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dk.double(), dfull.gather(1, ik), atol=1e-4, rtol=1e-4)
+
+
+def test_patched_learnable_ball_k_under_no_grad_is_graph_free():
+    """patch_geoopt()'s cached k of a learnable PoincareBall was computed under ``no_grad(), inference_mode(False)``,
+    which turns grad mode back on: under torch.no_grad() ``ball.k`` then came back requiring grad, carrying softplus's
+    graph (``ball.k.numpy()`` in an evaluation loop raised, plain geoopt's does not)."""
+    man = geoopt.PoincareBall(c=1.0, learnable=True)
+    with compat.patched_geoopt():
+        with torch.no_grad():
+            k = man.k
+            assert not k.requires_grad and k.grad_fn is None
+            assert float(k.numpy()) == pytest.approx(-1.0)
+        # and with grad on it still learns: the gradient reaches isp_c
+        x = man.expmap0(torch.randn(4, 3) * 0.3)
+        man.dist(x, x.flip(0)).sum().backward()
+        assert man.isp_c.grad is not None and man.isp_c.grad != 0
