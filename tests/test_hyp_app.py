@@ -227,3 +227,160 @@ def test_patched_learnable_ball_k_under_no_grad_is_graph_free():
         x = man.expmap0(torch.randn(4, 3) * 0.3)
         man.dist(x, x.flip(0)).sum().backward()
         assert man.isp_c.grad is not None and man.isp_c.grad != 0
+
+
+# ---------------------------------------------------------------- HypLL Poincaré CNN under patch_hypll()
+def _hypll_cnn(dtype):
+    pytest.importorskip("hypll")
+    import hypll.nn as hnn
+    from hypll.manifolds.poincare_ball import Curvature, PoincareBall as HBall
+    from hypll.tensors import TangentTensor
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.man = m = HBall(c=Curvature(0.7, requires_grad=True))
+            self.conv1 = hnn.HConvolution2d(3, 6, 3, m, padding=1)
+            self.bn1 = hnn.HBatchNorm2d(6, m, use_midpoint=True)
+            self.relu = hnn.HReLU(m)
+            self.pool = hnn.HMaxPool2d(2, m, stride=2)
+            self.conv2 = hnn.HConvolution2d(6, 8, 3, m)
+            self.apool = hnn.HAvgPool2d(2, m, use_midpoint=True)
+            self.flat = hnn.HFlatten()
+            self.fc1 = hnn.HLinear(8, 10, m)
+            self.bn = hnn.HBatchNorm(10, m, use_midpoint=True)
+            self.fc2 = hnn.HLinear(10, 4, m)
+
+        def forward(self, x):
+            h = self.man.expmap(TangentTensor(data=x, man_dim=1, manifold=self.man))
+            h = self.pool(self.relu(self.bn1(self.conv1(h))))
+            h = self.flat(self.apool(self.relu(self.conv2(h))))
+            return self.fc2(self.relu(self.bn(self.fc1(h)))).tensor
+
+    torch.manual_seed(0)
+    return Net().to(dtype)
+
+
+def _hypll_grads(net, x, patched):
+    (compat.patch_hypll if patched else compat.unpatch_hypll)()
+    try:
+        net.zero_grad()
+        y = net(x)
+        y.square().sum().backward()
+    finally:
+        compat.unpatch_hypll()
+    return y.detach().double(), {n: p.grad.clone().double() for n, p in net.named_parameters()}
+
+
+def test_hypll_cnn_patched_same_outputs_and_gradients():
+    """A HypLL CNN (conv, midpoint batch norm 2d and 1d, ReLU, max and midpoint pooling, flatten, linear; a learnable
+    curvature): float64 patched = unpatched to ~1e-12; float32 both within 2x (+ floor) of the float64 model."""
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.5
+    y64, g64 = _hypll_grads(_hypll_cnn(torch.float64), x.double(), False)
+    y64p, g64p = _hypll_grads(_hypll_cnn(torch.float64), x.double(), True)
+    torch.testing.assert_close(y64p, y64, rtol=1e-11, atol=1e-12)
+    for n in g64:
+        torch.testing.assert_close(g64p[n], g64[n], rtol=1e-10, atol=1e-11 * g64[n].abs().max().item())
+    assert g64["man.c.value"].abs() > 0
+    net = _hypll_cnn(torch.float32)
+    y32, g32 = _hypll_grads(net, x, False)
+    y32p, g32p = _hypll_grads(net, x, True)
+    for n in g64:
+        s = g64[n].abs().max()
+        err_h, err_g = (g32[n] - g64[n]).abs().max() / s, (g32p[n] - g64[n]).abs().max() / s
+        assert err_g <= 2 * err_h + 1e-5, (n, err_g.item(), err_h.item())
+    assert (y32p - y64).abs().max() <= 2 * (y32 - y64).abs().max() + 1e-6
+
+
+# ---------------------------------------------------------------- save / load (weights_only=True)
+def _roundtrip(obj, weights_only=True):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=weights_only)
+
+
+def test_geoops_modules_state_dict_weights_only():
+    ball = P.PoincareBall(0.5, requires_grad=True)
+    net = torch.nn.Sequential(P.PoincareLinear(4, 6, ball), P.PoincareBatchNorm(6, ball), P.PoincareReLU(ball, dim=-1),
+                              P.MobiusLinear(6, 6, ball, blocks=2), P.PoincareMLR(6, 3, ball))
+    x = gp.expmap0(torch.randn(8, 4) * 0.5, c=0.5)
+    net(x).sum().backward()  # (running statistics move)
+    net.eval()
+    with torch.no_grad():
+        want = net(x)
+    sd = _roundtrip(net.state_dict())
+    ball2 = P.PoincareBall(3.0, requires_grad=True)
+    net2 = torch.nn.Sequential(P.PoincareLinear(4, 6, ball2), P.PoincareBatchNorm(6, ball2),
+                               P.PoincareReLU(ball2, dim=-1), P.MobiusLinear(6, 6, ball2, blocks=2),
+                               P.PoincareMLR(6, 3, ball2)).eval()
+    with torch.no_grad():
+        net2(x)  # (the ball's cached curvature at its old value: load_state_dict must replace it)
+    net2.load_state_dict(sd)
+    with torch.no_grad():
+        assert torch.equal(net2(x), want)
+
+
+class _GeooptModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.man = geoopt.PoincareBall(c=1.0, learnable=True)
+        self.emb = geoopt.ManifoldParameter(self.man.expmap0(torch.randn(6, 3) * 0.3), manifold=self.man)
+        self.w = torch.nn.Parameter(torch.randn(3, 3) * 0.5)
+
+    def forward(self):
+        y = self.man.mobius_matvec(self.w, self.emb)
+        return self.man.dist(y, self.emb.flip(0)).sum() + self.man.dist0(y).sum()
+
+
+def _steps(m, opt, n):
+    for _ in range(n):
+        opt.zero_grad()
+        m().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "sgd_momentum"])
+def test_patched_geoopt_checkpoint_resume(opt_name):
+    """Under patch_geoopt(): state dicts of a model with ManifoldParameters (learnable curvature) and of its
+    Riemannian optimizer round-trip through torch.save / torch.load(weights_only=True); resuming gives the bits of
+    the uninterrupted run (Adam: to rounding, as plain geoopt's)."""
+    make = ((lambda p: geoopt.optim.RiemannianAdam(p, lr=1e-2)) if opt_name == "adam"
+            else (lambda p: geoopt.optim.RiemannianSGD(p, lr=1e-2, momentum=0.9)))
+    with compat.patched_geoopt():
+        m = _GeooptModel()
+        opt = make(m.parameters())
+        _steps(m, opt, 3)
+        msd, osd = _roundtrip(m.state_dict()), _roundtrip(opt.state_dict())
+        _steps(m, opt, 2)
+        m2 = _GeooptModel()
+        opt2 = make(m2.parameters())
+        m2.load_state_dict(msd)
+        opt2.load_state_dict(osd)
+        assert isinstance(m2.emb, geoopt.ManifoldParameter)
+        _steps(m2, opt2, 2)
+        for (n, a), b in zip(m.named_parameters(), m2.parameters()):
+            if opt_name == "adam":  # (plain geoopt's Adam resumes within rounding too, not bit for bit)
+                torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("first", ["patched", "plain"])
+def test_pickled_model_across_patch_state(first):
+    """A model (and its optimizer) pickled under patch_geoopt() loads and trains after unpatch_geoopt(), and vice
+    versa, with the same losses as the model that was not pickled."""
+    (compat.patch_geoopt if first == "patched" else compat.unpatch_geoopt)()
+    m = _GeooptModel()
+    opt = geoopt.optim.RiemannianAdam(m.parameters(), lr=1e-2)
+    _steps(m, opt, 2)
+    blob = _roundtrip({"model": m, "opt": opt}, weights_only=False)
+    deep = copy.deepcopy(m)
+    (compat.unpatch_geoopt if first == "patched" else compat.patch_geoopt)()
+    m2, opt2 = blob["model"], blob["opt"]
+    _steps(m, opt, 2)
+    _steps(m2, opt2, 2)
+    torch.testing.assert_close(m2.emb.detach(), m.emb.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m2.man.c.detach(), m.man.c.detach(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(deep().detach(), deep().detach())
