@@ -4,6 +4,7 @@ Poincaré CNN, save / load / deepcopy / pickle, DataLoader workers, torch.compil
 geoopt / HypLL (and geoops' reference backend) as the oracles."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 
@@ -472,3 +473,66 @@ def test_compile_hgcn_forward_backward_patched():
     for n, p in m.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-5, atol=1e-7)
     assert m.man.isp_c.grad != 0
+
+
+# ---------------------------------------------------------------- in-place changes of op outputs
+def _batched_ops(k=None):
+    g = torch.Generator().manual_seed(0)
+    leaves = []
+
+    def pts(*s):
+        leaves.append(gs.expmap0(torch.randn(*s, generator=g) * 0.3, k=-1.0).requires_grad_())
+        return leaves[-1]
+
+    x1, x3, y3 = pts(4, 3, 5), pts(4, 1, 5), pts(4, 3, 5)
+    ops = {
+        "mobius_add": lambda k: gs.mobius_add(x3, y3, k=k), "dist": lambda k: gs.dist(x3, y3, k=k),
+        "dist_keepdim": lambda k: gs.dist(x1, y3, k=k, keepdim=True), "dist0": lambda k: gs.dist0(x1, k=k),
+        "expmap0": lambda k: gs.expmap0(x1, k=k), "logmap0": lambda k: gs.logmap0(x1, k=k),
+        "project": lambda k: gs.project(x1 * 4, k=k), "expmap": lambda k: gs.expmap(x1, y3, k=k),
+        "logmap": lambda k: gs.logmap(x3, y3, k=k), "lambda_x": lambda k: gs.lambda_x(x1, k=k),
+        "geodesic": lambda k: gs.geodesic(torch.tensor(0.3), x1, y3, k=k),
+        "knn": lambda k: gs.knn(x1, y3, 2, k=k)[0],
+        "gp.logmap0": lambda k: gp.logmap0(x1, c=-k), "gp.dist": lambda k: gp.dist(x1, y3, c=-k),
+    }
+    return ops, leaves
+
+
+@pytest.mark.parametrize("kform", ["0-d", "(1,)", "learnable"])
+@pytest.mark.parametrize("op", list(_batched_ops()[0]))
+def test_inplace_change_of_batched_output(op, kform):
+    """An output of a batched (3-d) op with a tensor curvature changed in place (``d.mul_(2)``), as plain torch code
+    and geoopt allow: the eager C++ fast path returned a view made inside its autograd.Function, which autograd
+    forbids to change in place ("Output 0 of DistFn is a view and is being modified inplace"); now the values and
+    gradients of the reference composition."""
+    res = []
+    for backend in ("cpp", "reference"):
+        k = {"0-d": torch.tensor(-1.0), "(1,)": torch.tensor([-1.0]),
+             "learnable": torch.nn.Parameter(torch.tensor(-1.0))}[kform]
+        ops, leaves = _batched_ops()
+        with geoops.use_backend(backend):
+            out = ops[op](k)
+            out.mul_(2.0)
+            wrt = leaves + ([k] if k.requires_grad else [])
+            res.append([out.detach()] + list(torch.autograd.grad(out.sum(), wrt, allow_unused=True)))
+    for a, b in zip(*res):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_patched_geoopt_batched_dist_changed_in_place():
+    """The Poincaré embedding loss shape (B, 1, D) x (B, n, D) on patched geoopt, its distances squared in place."""
+    ball = geoopt.PoincareBall()
+    emb = geoopt.ManifoldParameter(ball.expmap0(torch.randn(10, 3, generator=torch.Generator().manual_seed(0)) * 0.3),
+                                   manifold=ball)
+    u, cand = torch.tensor([0, 1]), torch.tensor([[2, 3, 4], [5, 6, 7]])
+    grads = []
+    for patched in (False, True):
+        with (compat.patched_geoopt() if patched else contextlib.nullcontext()):
+            d = ball.dist(emb[u].unsqueeze(1), emb[cand])
+            d.pow_(2)
+            h = ball.mobius_add(emb[cand], emb[cand])
+            h[..., 0] = 0
+            grads.append(torch.autograd.grad(d.sum() + h.sum(), emb)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
