@@ -536,3 +536,130 @@ def test_patched_geoopt_batched_dist_changed_in_place():
             h[..., 0] = 0
             grads.append(torch.autograd.grad(d.sum() + h.sum(), emb)[0])
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- curvature across the stack
+def _nn_model(dtype, learn=True):
+    torch.manual_seed(0)
+    ball = P.PoincareBall(0.5, requires_grad=learn)
+    m = torch.nn.ModuleDict(dict(
+        ball=ball, conv=P.PoincareConv2d(3, 4, 3, ball, padding=1), bn=P.PoincareBatchNorm2d(4, ball),
+        relu=P.PoincareReLU(ball), pool=P.PoincareAvgPool2d(2, ball), mpool=P.PoincareMaxPool2d(2, ball),
+        flat=P.PoincareFlatten(ball), lin=P.PoincareLinear(16, 6, ball), mob=P.MobiusLinear(6, 6, ball),
+        mobb=P.MobiusLinear(6, 6, ball, blocks=2), bn1=P.PoincareBatchNorm(6, ball), mlr=P.PoincareMLR(6, 3, ball),
+        emb=P.PoincareEmbedding(10, 6, ball)))
+    return m.to(dtype)
+
+
+def _nn_forward(m, x, idx):
+    """Every geoops.nn Poincaré layer in one network (the outputs of each stage, for per-layer checks)."""
+    stages = []
+    h = m["bn"](m["conv"](x))
+    h = P.poincare_residual(m["relu"](h), h, m["ball"])
+    stages.append(h)
+    h = gp.mobius_add(m["pool"](h), m["mpool"](h), c=m["ball"](), dim=1)
+    h = m["bn1"](m["mobb"](m["mob"](m["lin"](m["flat"](h)))))
+    stages.append(h)
+    h = P.poincare_residual(h, m["emb"](idx), m["ball"], dim=-1)
+    stages.append(m["mlr"](h))
+    return stages
+
+
+def _nn_run(dtype, backend, sd):
+    x = gp.expmap0(torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.5,
+                   c=0.97, dim=1).to(dtype)
+    idx = torch.tensor([0, 3, 3, 9, 1])
+    with geoops.use_backend(backend):
+        m = _nn_model(dtype)
+        m.load_state_dict(sd)
+        stages = _nn_forward(m, x, idx)
+        per_stage = [torch.autograd.grad(s.square().sum(), m["ball"].value, retain_graph=True)[0] for s in stages]
+        stages[-1].sum().backward()
+    return [stages[-1].detach()] + per_stage + [p.grad for p in m.parameters()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_learnable_curvature_gradient_through_every_layer(dtype):
+    """One learnable ball shared by every geoops.nn layer: the C++ backend's values and gradients (the curvature's
+    included, and the curvature's gradient from each stage alone) equal the reference backend's with the same
+    parameters: float64 to 1e-9, float32 within 2x the float32 reference's error against float64 (+ 2e-4)."""
+    sd = _nn_model(torch.float64).state_dict()
+    ours, ref = _nn_run(dtype, "cpp", sd), _nn_run(dtype, "reference", sd)
+    if dtype == torch.float64:
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    else:
+        truth = _nn_run(torch.float64, "reference", sd)
+        for i, (a, b, t) in enumerate(zip(ours, ref, truth)):
+            s = t.abs().max()
+            err, err_ref = (a.double() - t).abs().max() / s, (b.double() - t).abs().max() / s
+            # (floor 2e-4: a whole network's rounding differences amplify through the later layers; the ops' own
+            # float32 accuracy has its 2x tests per family)
+            assert err <= 2 * err_ref + 2e-4, (i, err.item(), err_ref.item())
+    for g in ours[1:4]:
+        assert g != 0
+
+
+@pytest.mark.parametrize("form", ["float", "0-d", "(1,)", "parameter", "float32 parameter"])
+@pytest.mark.parametrize("c", [1.0, 1e-3, 1e-7])
+def test_curvature_forms_and_small_c_float64(form, c):
+    """c as a Python float, a 0-d or (1,) tensor, a (float64 or float32) Parameter, down to c -> 0: the fused
+    layers equal the float64 reference composition; the gradient reaches a Parameter c."""
+    g = torch.Generator().manual_seed(0)
+    dt = torch.float64
+    x = torch.randn(6, 4, generator=g, dtype=dt) * 0.2
+    img = torch.randn(2, 3, 4, 4, generator=g, dtype=dt) * 0.2
+    z, b = torch.randn(4, 5, generator=g, dtype=dt) * 0.5, torch.randn(5, generator=g, dtype=dt) * 0.1
+    zc, w = torch.randn(27, 4, generator=g, dtype=dt) * 0.3, torch.randn(4, 4, generator=g, dtype=dt) * 0.5
+    ops = [lambda c: gp.poincare_fc(gp.project(x, c=c), z, b, c=c), lambda c: gp.mlr(gp.project(x, c=c), z, b, c=c),
+           lambda c: gp.poincare_relu(gp.project(x, c=c), c=c), lambda c: gp.mobius_linear(gp.project(x, c=c), w, None, c=c),
+           lambda c: gp.poincare_conv2d(gp.project(img, c=c, dim=1), zc, None, c=c, kernel_size=3, padding=1),
+           lambda c: gp.batch_norm2d(gp.project(img, c=c, dim=1), b[:3], torch.tensor(1.0, dtype=dt), c=c, training=True),
+           lambda c: gp.flatten(gp.project(img, c=c, dim=1), c=c),
+           lambda c: gs.weighted_midpoint(gp.project(x, c=c), k=-c, reducedim=[0]),
+           lambda c: gs.cdist(gp.project(x, c=c), gp.project(x.flip(0), c=c), k=-c)]
+    cv = float(torch.tensor(c, dtype=torch.float32)) if form == "float32 parameter" else c
+    for i, f in enumerate(ops):
+        with geoops.use_backend("reference"):
+            cr = torch.tensor(cv, dtype=dt, requires_grad=True)
+            want = f(cr)
+            (gwant,) = torch.autograd.grad(want.sum(), cr)
+        cc = {"float": c, "0-d": torch.tensor(c, dtype=dt), "(1,)": torch.tensor([c], dtype=dt),
+              "parameter": torch.nn.Parameter(torch.tensor(c, dtype=dt)),
+              "float32 parameter": torch.nn.Parameter(torch.tensor(c, dtype=torch.float32))}[form]
+        got = f(cc)
+        assert got.dtype == dt
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=lambda m: f"op {i}: {m}")
+        if isinstance(cc, torch.nn.Parameter):
+            (gc,) = torch.autograd.grad(got.sum(), cc)
+            assert gc.dtype == cc.dtype
+            torch.testing.assert_close(gc.double(), gwant, rtol=1e-6, atol=1e-8, msg=lambda m: f"op {i} dc: {m}")
+
+
+@pytest.mark.parametrize("k0", [0.05, -0.05])
+def test_learnable_stereographic_k_crossing_zero_patched(k0):
+    """geoopt's Stereographic with a learnable k that crosses 0 (sphere <-> ball) while training with
+    RiemannianAdam: patched = plain geoopt along the whole path."""
+    def run(patched):
+        with (compat.patched_geoopt() if patched else contextlib.nullcontext()):
+            torch.manual_seed(0)
+            man = geoopt.Stereographic(k=k0, learnable=True)
+            x = geoopt.ManifoldParameter(man.expmap0(torch.randn(20, 3) * 0.2), manifold=man)
+            w = torch.nn.Parameter(torch.randn(3, 3) * 0.5)
+            opt, kopt = geoopt.optim.RiemannianAdam([x, w], lr=0.01), torch.optim.SGD(man.parameters(), lr=0.01)
+            ks = []
+            for _ in range(30):
+                opt.zero_grad()
+                kopt.zero_grad()
+                y = man.mobius_matvec(w, x)
+                loss = man.dist(y, man.weighted_midpoint(y)).pow(2).mean() + man.dist0(x).mean() + man.k * (k0 / abs(k0))
+                loss.backward()
+                opt.step()
+                kopt.step()
+                ks.append(man.k.item())
+        return ks, x.detach().as_subclass(torch.Tensor)
+    (ka, xa), (kb, xb) = run(False), run(True)
+    assert ka[0] * ka[-1] < 0  # it crossed
+    for u, v in zip(ka, kb):
+        assert abs(u - v) <= 1e-6
+    torch.testing.assert_close(xb, xa, rtol=1e-5, atol=1e-6)
