@@ -437,13 +437,22 @@ def _thread_run(dtype):
     m = gs.weighted_midpoint(xs, torch.rand(64, 300, dtype=dtype), k=-1.0, reducedim=[1])
     gs.dist(m.unsqueeze(1), xs, k=-1.0).sum().backward()
     res.update(mid=m.detach(), mid_grad=xs.grad)
+    g = torch.Generator().manual_seed(0)
+    x = gs.expmap0(torch.randn(700, 24, generator=g, dtype=dtype) * 0.5, k=-1.0).requires_grad_()
+    y = gs.expmap0(torch.randn(900, 24, generator=g, dtype=dtype) * 0.5, k=-1.0).requires_grad_()
+    k = torch.tensor(-0.7, dtype=dtype, requires_grad=True)
+    dd, idx = gs.knn(x, y, 5, k=k)
+    cd = gs.cdist(x, y, k=k)
+    grads = torch.autograd.grad(cd.sin().sum() + dd.sum(), (x, y, k))
+    res.update(cdist=cd.detach(), knn=dd.detach(), knn_idx=idx, **{f"pair_grad{i}": t for i, t in enumerate(grads)})
     return res
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_one_and_two_threads_bit_identical(dtype):
     """What the docs promise: the Poincaré fc / batch norm / ReLU / MLR layers forward and backward (learnable
-    curvature) and the midpoint aggregation with row distances give the same bits at 1 and 2 threads."""
+    curvature), the midpoint aggregation with row distances, cdist and knn (forward and backward) give the same bits
+    at 1 and 2 threads."""
     n = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
