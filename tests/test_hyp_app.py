@@ -620,10 +620,13 @@ def test_curvature_forms_and_small_c_float64(form, c):
     img = torch.randn(2, 3, 4, 4, generator=g, dtype=dt) * 0.2
     z, b = torch.randn(4, 5, generator=g, dtype=dt) * 0.5, torch.randn(5, generator=g, dtype=dt) * 0.1
     zc, w = torch.randn(27, 4, generator=g, dtype=dt) * 0.3, torch.randn(4, 4, generator=g, dtype=dt) * 0.5
-    ops = [lambda c: gp.poincare_fc(gp.project(x, c=c), z, b, c=c), lambda c: gp.mlr(gp.project(x, c=c), z, b, c=c),
-           lambda c: gp.poincare_relu(gp.project(x, c=c), c=c), lambda c: gp.mobius_linear(gp.project(x, c=c), w, None, c=c),
+    ops = [lambda c: gp.poincare_fc(gp.project(x, c=c), z, b, c=c),
+           lambda c: gp.mlr(gp.project(x, c=c), z, b, c=c),
+           lambda c: gp.poincare_relu(gp.project(x, c=c), c=c),
+           lambda c: gp.mobius_linear(gp.project(x, c=c), w, None, c=c),
            lambda c: gp.poincare_conv2d(gp.project(img, c=c, dim=1), zc, None, c=c, kernel_size=3, padding=1),
-           lambda c: gp.batch_norm2d(gp.project(img, c=c, dim=1), b[:3], torch.tensor(1.0, dtype=dt), c=c, training=True),
+           lambda c: gp.batch_norm2d(gp.project(img, c=c, dim=1), b[:3], torch.tensor(1.0, dtype=dt), c=c,
+                                     training=True),
            lambda c: gp.flatten(gp.project(img, c=c, dim=1), c=c),
            lambda c: gs.weighted_midpoint(gp.project(x, c=c), k=-c, reducedim=[0]),
            lambda c: gs.cdist(gp.project(x, c=c), gp.project(x.flip(0), c=c), k=-c)]
@@ -661,7 +664,8 @@ def test_learnable_stereographic_k_crossing_zero_patched(k0):
                 opt.zero_grad()
                 kopt.zero_grad()
                 y = man.mobius_matvec(w, x)
-                loss = man.dist(y, man.weighted_midpoint(y)).pow(2).mean() + man.dist0(x).mean() + man.k * (k0 / abs(k0))
+                loss = (man.dist(y, man.weighted_midpoint(y)).pow(2).mean() + man.dist0(x).mean()
+                        + man.k * (k0 / abs(k0)))
                 loss.backward()
                 opt.step()
                 kopt.step()
@@ -672,3 +676,37 @@ def test_learnable_stereographic_k_crossing_zero_patched(k0):
     for u, v in zip(ka, kb):
         assert abs(u - v) <= 1e-6
     torch.testing.assert_close(xb, xa, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("manifold", ["PoincareBall", "learnable PoincareBall", "SphereProjection", "Stereographic"])
+def test_patched_curvature_changed_through_data(manifold):
+    """A curvature changed through ``.data`` (``ball.isp_c.data.clamp_(...)`` / ``fill_``: no version count) was not
+    seen under patch_geoopt(): its cache of k (and of float(k) for the fused RSGD step) kept the old value, so
+    distances and steps silently used the old curvature; plain geoopt reads it on every call."""
+    make = {"PoincareBall": lambda: geoopt.PoincareBall(c=1.0),
+            "learnable PoincareBall": lambda: geoopt.PoincareBall(c=1.0, learnable=True),
+            "SphereProjection": lambda: geoopt.SphereProjection(k=1.0),
+            "Stereographic": lambda: geoopt.Stereographic(k=-1.0)}[manifold]
+    src_name = {"PoincareBall": "isp_c", "SphereProjection": "isp_k", "Stereographic": "k"}[manifold.split()[-1]]
+    new = -0.3 if manifold == "Stereographic" else 2.0
+    res = []
+    for patched in (False, True):
+        with (compat.patched_geoopt() if patched else contextlib.nullcontext()):
+            man = make()
+            x = man.expmap0(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 0.3)
+            p = geoopt.ManifoldParameter(x.clone(), manifold=man)
+            opt = geoopt.optim.RiemannianSGD([p], lr=0.1)
+            with torch.no_grad():
+                man.k, man.dist0(x)  # (fills the caches)
+            opt.zero_grad()
+            man.dist0(p).sum().backward()
+            opt.step()  # (the fused step's cache of float(k))
+            getattr(man, src_name).data.fill_(new)
+            with torch.no_grad():
+                k, d = man.k.clone(), man.dist0(x)
+            opt.zero_grad()
+            man.dist0(p).sum().backward()
+            opt.step()
+            res.append((k, d, p.detach().as_subclass(torch.Tensor).clone()))
+    for a, b in zip(*res):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
