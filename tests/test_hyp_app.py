@@ -710,3 +710,63 @@ def test_patched_curvature_changed_through_data(manifold):
             res.append((k, d, p.detach().as_subclass(torch.Tensor).clone()))
     for a, b in zip(*res):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- torch.jit.trace
+def _trace_cases():
+    torch.manual_seed(0)
+    ball = P.PoincareBall(0.5)
+    return {
+        "PoincareConv2d": (P.PoincareConv2d(3, 4, 3, ball, padding=1), "img"),
+        "PoincareBatchNorm2d.eval": (P.PoincareBatchNorm2d(3, ball).eval(), "img"),
+        "PoincareReLU": (P.PoincareReLU(ball), "img"), "PoincareAvgPool2d": (P.PoincareAvgPool2d(2, ball), "img"),
+        "PoincareMaxPool2d": (P.PoincareMaxPool2d(2, ball), "img"), "PoincareFlatten": (P.PoincareFlatten(ball), "img"),
+        "PoincareLinear": (P.PoincareLinear(16, 6, ball), "vec"), "MobiusLinear": (P.MobiusLinear(16, 6, ball), "vec"),
+        "PoincareMLR": (P.PoincareMLR(16, 3, ball), "vec"),
+        "dist": (lambda a: gs.dist(a, a.flip(0), k=-1.0), "vec"),
+        "expmap0": (lambda a: gs.expmap0(a, k=torch.tensor(-1.0)), "vec"),
+        "cdist": (lambda a: gs.cdist(a, a, k=-1.0), "vec"),
+        "knn": (lambda a: gs.knn(a, a, 2, k=-1.0)[0], "vec"),
+        "weighted_midpoint": (lambda a: gs.weighted_midpoint(a, k=-1.0, reducedim=[0]), "vec"),
+        "mobius_matvec": (lambda a: gs.mobius_matvec(torch.eye(16) * 0.5, a, k=-1.0), "vec"),
+    }
+
+
+# the Poincaré layers run their autograd.Function also without autograd: a trace holds the Python Function, which
+# torch.jit.save refuses ("Could not export Python function call 'PoincareFcFn'"); replaying in the process works
+_TRACE_UNSAVEABLE = ("PoincareConv2d", "PoincareBatchNorm2d.eval", "PoincareReLU", "PoincareLinear")
+
+
+@pytest.mark.parametrize("case", list(_trace_cases()))
+def test_jit_trace_replays_the_ops(case):
+    """torch.jit.trace of geoops layers and ops (a deployment path): the eager fast paths called the C++ kernels
+    directly, which the tracer does not record, so the traced graph held an empty output buffer and a replay on new
+    inputs returned uninitialised memory (silently: 1e38s and garbage).  Traced calls now dispatch the custom ops."""
+    import warnings
+
+    fn, kind = _trace_cases()[case]
+    g = torch.Generator().manual_seed(1)
+
+    def inp(seed):
+        g.manual_seed(seed)
+        if kind == "img":
+            return gp.expmap0(torch.randn(4, 3, 4, 4, generator=g) * 0.5, c=0.97, dim=1)
+        return gp.expmap0(torch.randn(5, 16, generator=g) * 0.5, c=0.97)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(fn, inp(0), check_trace=False)
+    x = inp(1)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), fn(x), rtol=1e-5, atol=1e-6)
+    if case in _TRACE_UNSAVEABLE:
+        return
+    # traced without autograd (inference), the graph holds only dispatched ops: torch.jit.save / load work (with
+    # autograd it holds the Python autograd.Functions, which TorchScript cannot save, as for any such Function)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(fn, inp(0), check_trace=False)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        buf.seek(0)
+        torch.testing.assert_close(torch.jit.load(buf)(x), fn(x), rtol=1e-5, atol=1e-6)
