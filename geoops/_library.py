@@ -39,6 +39,7 @@ _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _HAVE_MODE_CHECKS = None not in (_len_fn_modes, _len_dispatch_modes, _functorch_active)
+_jit_tracing = getattr(torch._C, "_get_tracing_state", None) or (lambda: None)  # (torch.jit.trace's state, ~60 ns)
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter disables __torch_function__: a plain tensor here
 
@@ -53,10 +54,12 @@ def direct_call_ok(*tensors) -> bool:
     counts as plain).  The custom op's Python dispatch costs tens of microseconds per call, which dominates
     on small inputs.  Non-tensor arguments (None, numbers) are ignored.
     """
-    if torch.compiler.is_compiling() or not _HAVE_MODE_CHECKS or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or not _HAVE_MODE_CHECKS:
         return False
     if _len_fn_modes() or _len_dispatch_modes() or _functorch_active():
         return False
+    if _jit_tracing() is not None:  # torch.jit.trace records dispatched ops only: a kernel called directly would
+        return False  # leave its output out of the trace (a replay returned torch.empty's uninitialised memory)
     for t in tensors:
         if isinstance(t, torch.Tensor) and type(t) not in _PLAIN:
             return False

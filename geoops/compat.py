@@ -239,7 +239,8 @@ def _zero_grad(self, set_to_none: bool = True) -> None:
 
 
 _CPU = torch.device("cpu")
-_K_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # manifold -> (source, version, ptr, k, float k)
+# manifold -> (source, version, ptr, k, float k, the source's value on the CPU)
+_K_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _cached_k(cls, src_name: str, via) -> property:
@@ -259,7 +260,8 @@ def _cached_k(cls, src_name: str, via) -> property:
                 or (via_prop is not None and getattr(type(self), via) is not via_prop)):
             return fget(self)
         e = _K_CACHE.get(self)
-        if e is not None and e[0] is src and e[1] == src._version and e[2] == src.data_ptr():
+        if e is not None and e[0] is src and e[1] == src._version and e[2] == src.data_ptr() and (
+                e[5] is None or e[5] == src.item()):
             return e[3]
         return _step_k(self)[0]
 
@@ -269,9 +271,10 @@ def _cached_k(cls, src_name: str, via) -> property:
 def _step_k(man):
     """(k, float(k)) of a fused parameter's manifold for the step, read once per value of the tensor k comes
     from: ``PoincareBall.k`` is ``-softplus(isp_c)`` (``SphereProjection``: ``softplus(isp_k)``), two dispatches
-    per read, and ``float(k)`` is one more.  The cache entry holds that source tensor with its version counter
-    and data pointer (an in-place change or a ``.data`` swap reads k again); a manifold class with another ``k``
-    reads it every step, as geoopt does."""
+    per read, and ``float(k)`` is one more.  The cache entry holds that source tensor with its version counter,
+    data pointer and, on the CPU, its value (an in-place change, a ``.data`` swap or a change through ``.data``
+    reads k again; off the CPU a change through ``.data`` is not seen: change it under ``torch.no_grad()``); a
+    manifold class with another ``k`` reads it every step, as geoopt does."""
     pb_k, sp_k = _saved_optim["k_props"]
     pb_kc, sp_kc = _saved_optim["k_cached"]
     kp = getattr(type(man), "k", None)  # the class's property; None for Stereographic (k: a registered Parameter)
@@ -287,13 +290,18 @@ def _step_k(man):
         return k, (float(k.detach()) if k.numel() == 1 else None)
     e = _K_CACHE.get(man)
     ver, ptr = src._version, src.data_ptr()
-    if e is not None and e[0] is src and e[1] == ver and e[2] == ptr:
+    # (on the CPU also the source's value, ~0.2 us: a change through ``.data``, e.g. ``ball.isp_c.data.clamp_(...)``,
+    # counts no version, and geoopt reads k on every call; off the CPU a read would be a device sync)
+    val = src.item() if src.numel() == 1 and src.device.type == "cpu" else None
+    if e is not None and e[0] is src and e[1] == ver and e[2] == ptr and (e[5] is None or e[5] == val):
         return e[3], e[4]
-    # (a normal tensor even when read first under torch.inference_mode(): later training steps use it)
-    with torch.no_grad(), torch.inference_mode(False):
+    # (a normal tensor even when read first under torch.inference_mode(): later training steps use it; no_grad
+    # inside it, as torch.inference_mode(False) turns grad mode back on: a learnable ball's k would carry softplus's
+    # graph and come back requiring grad from reads under torch.no_grad())
+    with torch.inference_mode(False), torch.no_grad():
         k = get(man) if get is not None else man.k
     kf = float(k.detach()) if k.numel() == 1 else None  # (a learnable Stereographic k is the Parameter itself)
-    _K_CACHE[man] = (src, ver, ptr, k, kf)
+    _K_CACHE[man] = (src, ver, ptr, k, kf, val)
     return k, kf
 
 

@@ -182,7 +182,7 @@ def _make_fn(spec: _ops.StereoOp) -> type:
             ctx.save_for_backward(x, y, k, r)
             ctx.param = param
             out = _backend.compiled().stereo_fwd_rep_cpu(code, x, y, k, r, param, grp[1])
-            return out.view(shape[:-1] if scalar_out else shape)
+            return _UNSAFE_VIEW(out, shape[:-1] if scalar_out else shape)
         if shape is not None:
             xs = x.shape
             ys = y.shape if y is not None else None
@@ -200,7 +200,10 @@ def _make_fn(spec: _ops.StereoOp) -> type:
         ctx.param = param
         out = _backend.compiled().stereo_fwd_cpu(code, x, y, k, r, param)
         if shape is not None and len(shape) != 2:
-            out = out.view(shape[:-1] if scalar_out else shape)  # a fresh contiguous result: a view
+            # a fresh contiguous result in the caller's shape: aten's _unsafe_view (the storage shared, as view, but
+            # not an autograd view: a view made inside a Function may not be changed in place, and callers' code
+            # such as ``d = ball.dist(u, cand); d.pow_(2)`` does so)
+            out = _UNSAFE_VIEW(out, shape[:-1] if scalar_out else shape)
         return out
 
     def _to_caller(dv, shape, vshape):
@@ -279,6 +282,7 @@ def _make_fn(spec: _ops.StereoOp) -> type:
     return cls
 
 
+_UNSAFE_VIEW = torch.ops.aten._unsafe_view.default  # (see forward_cpp)
 _FNS_FUNC: dict = {}
 _FNS_CPP: dict = {}
 _FNS_CPP_APPLY: dict = {}  # op -> _FNS_CPP[op]'s C-level apply (torch._C._FunctionBase.apply bound to it)

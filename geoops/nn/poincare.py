@@ -63,8 +63,10 @@ class PoincareBall(nn.Module):
         hit = getattr(self, "_c_cache", None)
         if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
             return hit[1]
-        # (a normal tensor even when this first call runs under torch.inference_mode(): later training calls use it)
-        with torch.no_grad(), torch.inference_mode(False):
+        # (a normal tensor even when this first call runs under torch.inference_mode(): later training calls use it;
+        # no_grad inside it, as torch.inference_mode(False) turns grad mode back on: a learnable value evaluated
+        # under torch.no_grad() would otherwise cache softplus's graph, and deepcopy of the model would fail)
+        with torch.inference_mode(False), torch.no_grad():
             c = gp._mark_checked_curvature(self.constraining_strategy(v))  # (the mark's -c too)
         self._c_cache = (key, c, c._version)
         return c
