@@ -108,6 +108,17 @@ def test_kernel_set_auto_falls_back_to_reference_when_the_family_has_no_such_ker
         assert _library.kernel_set("toyfamily", cuda, cpp=_Ns, cuda=None, reference=_Ns) is _Ns
 
 
+def test_kernel_set_family_without_cpp_kernels_runs_its_reference_on_cpu():
+    # a new family with only a reference (docs/contributing.md: C++ kernels optional) on a machine with geoops._C
+    if _backend.compiled() is None:
+        pytest.skip("needs the compiled extension")
+    with _backend.use_backend("auto"):
+        assert _backend.resolve(torch.device("cpu"), "toyfamily") == "cpp"
+        assert _library.kernel_set("toyfamily", torch.device("cpu"), reference=_Ns) is _Ns
+    with _backend.use_backend("cpp"), pytest.raises(RuntimeError, match="no 'cpp' kernels"):
+        _library.kernel_set("toyfamily", torch.device("cpu"), reference=_Ns)
+
+
 def test_kernel_set_forced_backend_without_kernels_still_raises(monkeypatch):
     _fake_cuda_build(monkeypatch)
     with _backend.use_backend("cuda"):
