@@ -11,7 +11,8 @@ Every family follows one path::
   :func:`define_pair` registers an op's ``_fwd`` / ``_bwd`` pair and returns their callers.
 * :func:`kernel_set` returns the namespace of kernels that the backend switch picks for a device:
   the family's ``cpp``/``cuda``/``reference`` classes, or the module ``geoops.kernels.<family>``
-  for Triton.  All of them expose the same function names.
+  for Triton.  All of them expose the same function names.  :func:`family_kernels` also registers
+  which compiled backends the family has, and returns its ``kernels(device)``.
 * :func:`caller` builds the function a Function's forward/backward calls: the kernel directly
   when that does exactly what dispatching the custom op would (:func:`direct_call_ok`), else the op.
 * Backward ops take an ``int mask`` (bit i: input i's gradient is wanted; :func:`grad_mask` makes it from
@@ -35,7 +36,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["direct_call_ok", "kernel_set", "define_op", "define_pair", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
+__all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
            "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "apply",
            "concrete", "check_finite", "no_autocast", "torch_kernels"]
 
@@ -86,6 +87,22 @@ def kernel_set(family: str, device: torch.device, *, cpp=None, cuda=None, refere
     if found is None:
         raise RuntimeError(f"geoops.{family}: no {name!r} kernels for tensors on {device.type}")
     return torch_kernels(found) if name == "reference" else found
+
+
+def family_kernels(family: str, *, cpp=None, cuda=None, reference=None) -> Callable:
+    """Register the compiled backends `family` has kernels for (the namespaces given: ``cpp``, ``cuda``) with the
+    backend switch, and return its ``kernels(device)`` (:func:`kernel_set` with these namespaces).
+
+    A family that registers so is known to lack the others: under ``auto`` they are passed by (a family with only
+    a reference runs it on every device, and ``backend_info``, the parity run and the bench say so); forcing one
+    raises."""
+    _backend.register_family(family, [n for n, ns in (("cpp", cpp), ("cuda", cuda)) if ns is not None])
+
+    def kernels(device: torch.device):
+        return kernel_set(family, device, cpp=cpp, cuda=cuda, reference=reference)
+
+    kernels.__doc__ = f"The kernel set of geoops.{family} that the current backend setting picks for `device`."
+    return kernels
 
 
 class _NoAutocastKernels:

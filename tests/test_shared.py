@@ -186,3 +186,27 @@ def test_define_pair_registers_both_ops_and_their_callers():
     assert torch.equal(BWD(x, x, 1)[0], x * 2)
     assert torch.ops.geoops._shared_test_double_bwd(x, x, 0)[0].numel() == 0
     torch.library.opcheck(torch.ops.geoops._shared_test_double_fwd.default, (x,))
+
+
+# ---------------------------------------------------------------- a family registers the backends it has kernels for
+def test_family_kernels_registers_the_backends_a_family_has(monkeypatch):
+    # a new family with only a reference: auto runs it, the backend switch and the parity run know it has no C++
+    # kernels (before: `available("cpp", ...)` said yes for every family, so `python -m geoops.parity` forced cpp on
+    # it and crashed with "no 'cpp' kernels", and backend_info / the bench's backend column said cpp)
+    monkeypatch.setattr(_backend, "_PROVIDES", dict(_backend._PROVIDES))
+    kernels = _library.family_kernels("toyfamily", reference=_Ns)
+    cpu = torch.device("cpu")
+    with _backend.use_backend("auto"):
+        assert kernels(cpu) is _Ns
+        assert _backend.resolve(cpu, "toyfamily") == "reference"
+    assert not _backend.available("cpp", cpu, "toyfamily")
+    with _backend.use_backend("cpp"), pytest.raises(RuntimeError, match="geoops.toyfamily has no cpp kernels"):
+        kernels(cpu)
+    from geoops import parity
+
+    assert "has no cpp kernels" in parity._unavailable_reason("cpp", "cpu", "toyfamily")
+    # a family that registers its C++ kernels keeps them
+    both = _library.family_kernels("toyfamily2", cpp=_Ns, reference=_Ns)
+    if _backend.compiled() is not None:
+        with _backend.use_backend("auto"):
+            assert _backend.resolve(cpu, "toyfamily2") == "cpp" and both(cpu) is _Ns
