@@ -128,7 +128,7 @@ def test_kernel_set_forced_backend_without_kernels_still_raises(monkeypatch):
 
 # ---------------------------------------------------------------- bench: peers' versions come from the families
 def test_bench_versions_come_from_the_families_peer_modules():
-    from bench import _runner
+    from geoops.bench import _runner
 
     fam = types.SimpleNamespace(PEER_MODULES=("json", "no_such_module_xyz"))
     v = _runner.versions({"toy": fam})
