@@ -75,6 +75,7 @@ def test_every_bind_file_is_bound():
     files = sorted(p.stem for p in (ROOT / "csrc" / "bind").glob("*.cpp"))
     assert files, "csrc/bind/ has no family binding files"
     assert set(files) <= set(FAMILIES), f"csrc/bind/ has files of unknown families: {set(files) - set(FAMILIES)}"
+    assert hasattr(C, "bound_families"), "geoops._C was built before csrc/bind/ existed: rebuild it"
     assert tuple(C.bound_families) == tuple(files)
     # each family's kernels are there (a few names per family, from each bind file)
     for fam in files:
