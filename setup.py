@@ -179,7 +179,8 @@ def _extensions():
     march = os.environ.get("GEOOPS_MARCH", "native").strip() or "native"
     if not all(ch.isalnum() or ch in "-_.+" for ch in march):
         _fail(f"GEOOPS_MARCH={march!r}: expected a GCC -march name such as native, znver3, haswell or skylake-avx512")
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # csrc/bind/<family>.cpp: each family's Python bindings (GEOOPS_BINDINGS, csrc/include/geoops/bind.h)
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/bind/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No -std: torch's BuildExtension adds the standard its headers need
     # (C++17 up to torch 2.13, C++20 from 2.14 on, whose headers reject C++17).
     cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
@@ -261,7 +262,7 @@ else:
 setup(
     packages=find_packages(include=["geoops", "geoops.*"]) + ["geoops.kernels", "geoops.bench"],
     package_dir={"geoops.kernels": "kernels", "geoops.bench": "bench"},
-    package_data={"geoops.bench": ["data/wordnet/*"]},  # the WordNet mammal closure + its license
+    package_data={"geoops.bench": ["data/*/*"]},  # each family's bench data, one folder each (bench/data/<name>/)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     **_license(),

@@ -31,6 +31,9 @@ table kernels/COMPILE_REPORT.md.
     python .ci/triton_compile_check.py --merge /tmp/c*.json --report kernels/COMPILE_REPORT.md
     bash .ci/triton_compile_check.sh        # CI: Triton of the environment + Triton 3.6, sm_80 + sm_90
 
+A full run also fails when a ``@triton.jit`` ``*_kernel`` of the module was never compiled (no entry launches
+it); ``--coverage`` checks only that, in seconds (a dry run of the launchers, nothing compiled).
+
 Run it in its own process (it installs the stand-in driver and patches Triton's JIT).
 """
 from __future__ import annotations
@@ -271,6 +274,53 @@ class Recorder:
             knobs.nvidia.dump_ptxas_log = old_dump
 
 
+def defined_kernels(mod) -> set:
+    """The names of the module's ``@triton.jit`` kernels (the functions named ``*_kernel``; helpers are inlined)."""
+    from triton.runtime.jit import JITFunction
+
+    return {n for n, v in vars(mod).items() if isinstance(v, JITFunction) and n.endswith("_kernel")}
+
+
+@contextlib.contextmanager
+def _dry_launches(names: list):
+    """Launchers run, nothing is compiled or launched: each kernel launch appends its name to `names` (autotuned
+    kernels once per config)."""
+    from triton.runtime import jit as jit_mod
+
+    def run(self_fn, *args, grid=None, warmup=False, **kwargs):
+        names.append(self_fn.__name__)
+
+    patches = [(jit_mod.JITFunction, "run", run)]
+    try:
+        from triton.runtime import autotuner as at_mod
+
+        def at_run(self_at, *args, **kwargs):
+            for cfg in self_at.configs:
+                self_at.fn.run(*args, **{**kwargs, **cfg.all_kwargs(), "warmup": True})
+
+        patches.append((at_mod.Autotuner, "run", at_run))
+    except ImportError:  # pragma: no cover
+        pass
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, fn in patches:
+        setattr(obj, name, fn)
+    try:
+        yield names
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+
+
+def uncovered_kernels(mod) -> set:
+    """The kernels of `mod` that no entry of its compile_variants() launches (a dry run of every entry's launcher
+    under the stand-in driver, a few seconds for every family): those would never be compile-checked."""
+    launched: list = []
+    with _dry_launches(launched):
+        for e in mod.compile_variants():
+            e["launch"]()
+    return defined_kernels(mod) - set(launched)
+
+
 def _short(v):
     s = getattr(v, "name", None) if type(v).__name__ == "dtype" else None
     if s is not None:
@@ -325,6 +375,7 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
         labels = [e["label"] for e in entries]
         if len(set(labels)) != len(labels):
             results["errors"].append(f"{fam}: duplicate labels in compile_variants()")
+        n_family = len(rec.compiled)
         for e in entries:
             expect = {"index64": True, "max_spill_bytes": 0, "ieee_div": False, **e.get("expect", {})}
             bad_allowance = allowance_problem(e["label"], expect)
@@ -373,6 +424,10 @@ def run_check(arch: int, only=None, limit=None, verbose=False, match=None) -> di
                 elif verbose:
                     print(f"ok    sm_{arch} {fam}: {e['label']} [{name}] regs {row['registers']} "
                           f"spill {spill} smem {row['shared']} approx {row['approx_total']} ({secs:.1f}s)", flush=True)
+        if not match and not limit:  # a full run: every kernel of the module must have been compiled
+            missing = defined_kernels(mod) - {c[0] for c in rec.compiled[n_family:]}
+            if missing:
+                results["errors"].append(f"{fam}: kernels no compile_variants() entry launches: {sorted(missing)}")
     _save_stats(stats_file, rec.stats)
     return results
 
@@ -479,6 +534,26 @@ def merge(runs: list, report: Path) -> bool:
     return ok
 
 
+def coverage_main(only=None) -> int:
+    """--coverage: each family's uncovered kernels (see :func:`uncovered_kernels`); non-zero if any."""
+    os.environ["TRITON_INTERPRET"] = "0"
+    install_standin(90)
+    failed = False
+    for fam in families(only):
+        mod = importlib.import_module(f"geoops.kernels.{fam}")
+        if getattr(mod, "compile_variants", None) is None:
+            print(f"PENDING  {fam}: no compile_variants() hook")
+            failed |= fam not in PENDING_HOOKS
+            continue
+        missing = uncovered_kernels(mod)
+        if missing:
+            failed = True
+            print(f"FAIL  {fam}: kernels no compile_variants() entry launches: {sorted(missing)}")
+        else:
+            print(f"covered  {fam}: {len(defined_kernels(mod))} kernels")
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (80, 90)")
@@ -488,8 +563,13 @@ def main(argv=None) -> int:
     p.add_argument("--match", help="only entries whose label matches this regex (debugging)")
     p.add_argument("--merge", nargs="+", help="JSON runs to merge into --report")
     p.add_argument("--report", default=str(ROOT / "kernels" / "COMPILE_REPORT.md"))
+    p.add_argument("--coverage", action="store_true",
+                   help="only check that every kernel is launched by some compile_variants() entry (a dry run of "
+                        "the launchers: nothing compiled; seconds)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
+    if a.coverage:
+        return coverage_main([f for f in a.families.split(",") if f] or None)
     if a.merge:
         runs = [json.loads(Path(f).read_text()) for f in a.merge]
         ok = merge(runs, Path(a.report))

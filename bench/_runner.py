@@ -4,6 +4,7 @@ Each family lists its rows in ``bench/<family>.py`` (installed as ``geoops.bench
 
     TITLE = "..."                      # the table's heading
     PEER = "geoopt"                    # the eager peer's name (column "vs <PEER>")
+    PEER_MODULES = ("geoopt",)         # the peers' import names: their versions go into the JSON
     def add_arguments(parser): ...     # optional: the family's own options, named --<family>-... or
                                        # documented as the family's
     def prepare(args, log) -> dict:    # optional: once per run; returns notes printed under the table
@@ -182,9 +183,12 @@ def git_info() -> dict:
     return {"commit": commit, "dirty": (bool(status) if status is not None else None)}
 
 
-def versions() -> dict:
+def versions(family_mods: Optional[dict] = None) -> dict:
+    """Versions of python, torch, triton, each family's peers (its bench module's ``PEER_MODULES``) and geoops;
+    None for a module that is missing or fails to import."""
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("triton", "geoopt", "e3nn", "scipy", "geoops"):
+    peers = [m for mod in (family_mods or {}).values() for m in getattr(mod, "PEER_MODULES", ())]
+    for mod in dict.fromkeys(["triton", *peers, "geoops"]):
         try:
             out[mod] = getattr(__import__(mod), "__version__", "?")
         except Exception:  # missing, or broken on import
@@ -557,7 +561,7 @@ def main(argv=None) -> int:
         "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": threads, "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "geoops_backend_env": os.environ.get("GEOOPS_BACKEND"), "geoops_backend_info": geoops.backend_info(),
-        "versions": versions(), "git": git_info(),
+        "versions": versions(mods), "git": git_info(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "repeats": args.repeats, "warmup": args.warmup,
         "thp_alloc": thp, "thp_kernel_mode": _thp_state(),
         "timing": ("per row: geoops, limit, peer, torch.compile(peer) run interleaved (order rotated each round); "

@@ -21,6 +21,7 @@ from ._runner import DTYPE_SHORT, Row, compiled_peer, pass_runner
 
 TITLE = "Kronecker triple attention vs eager einsum"
 PEER = "einsum"
+PEER_MODULES = ()  # import names of the peers (their versions go into the JSON)
 
 FLOP_MODEL = ("GFLOP/s = 4*N*M1*M2*D*B*H (dense; causal /3; window 4*N*w1*w2*D*B*H) per forward, "
               "x4 for forward+backward, / geoops time; limit = SGEMM with the same FLOPs")

@@ -37,6 +37,7 @@ from ._timing import interleaved
 
 TITLE = "Gaunt tensor product (L1 = L2 = lmax_out) vs e3nn TensorProduct"
 PEER = "e3nn"
+PEER_MODULES = ("e3nn",)  # import names of the peers (their versions go into the JSON)
 ROUTES = ("grid", "grid_gemm", "direct", "fft")
 ROOT = Path(__file__).resolve().parent.parent
 

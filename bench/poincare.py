@@ -27,6 +27,7 @@ from ._runner import DTYPE_SHORT, Row, parse_list, pass_runner
 
 TITLE = "Poincaré-ball layers (HNN++ / Poincaré ResNet) vs HypLL and vs the Euclidean layer"
 PEER = "HypLL"
+PEER_MODULES = ("hypll",)  # import names of the peers (their versions go into the JSON)
 ALL_OPS = ("fc", "conv2d", "batchnorm2d", "relu", "block")
 
 

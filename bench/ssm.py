@@ -33,6 +33,7 @@ from ._runner import DTYPE_SHORT, Row, compiled_peer, parse_list, pass_runner
 
 TITLE = "diagonal SSM (S4D) kernel generation and FFT convolution vs the eager recipe"
 PEER = "eager"
+PEER_MODULES = ("scipy",)  # scipy.signal, the family's test oracle: its version goes into the JSON
 ALL_OPS = ("s4d_kernel", "s4d_kernel_64k", "fftconv", "ssm_conv")
 
 

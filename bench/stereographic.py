@@ -20,6 +20,7 @@ from ._runner import DTYPE_SHORT, HALF, PASSES, Row, compiled_peer, parse_list
 
 TITLE = "kappa-stereographic ops (k = -1) vs geoopt"
 PEER = "geoopt"
+PEER_MODULES = ("geoopt",)  # import names of the peers (their versions go into the JSON)
 
 
 @dataclass(frozen=True)

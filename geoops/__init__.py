@@ -1,9 +1,8 @@
 """geoops: compiled kernels for geometric deep learning.
 
-Families (``geoops._families.FAMILIES``): ``geoops.stereographic`` (kappa-stereographic /
-Poincare-ball ops, geoopt-compatible).  Each is a module ``geoops.<family>`` of public functions;
-``geoops.reference.<family>`` holds the eager references.  Backends and switches: see
-``geoops._backend``.
+Families: the names in ``geoops.FAMILIES`` (``geoops._families``).  Each is a module ``geoops.<family>`` of public
+functions; ``geoops.reference.<family>`` holds the eager references, ``geoops.nn`` the modules built on them.
+Backends and switches: see ``geoops._backend``.  Adding an op or a family: ``docs/contributing.md``.
 """
 import importlib as _importlib
 

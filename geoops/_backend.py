@@ -30,6 +30,19 @@ ABI_VERSION = 1
 
 _state = {"backend": None, "check": None}
 _cache: dict = {}
+# family -> the compiled backends ("cpp", "cuda") it has kernels for, for families that register them
+# (geoops._library.family_kernels); a family that does not register is taken to have every one
+_PROVIDES: dict = {}
+
+
+def register_family(family: str, backends) -> None:
+    """Record which compiled backends ("cpp", "cuda") `family` has kernels for: the others are unavailable to it
+    (auto passes them by; forcing one raises), so a family may start with only its reference."""
+    _PROVIDES[family] = frozenset(backends)
+
+
+def _lacks(name: str, family: str) -> bool:
+    return name in ("cpp", "cuda") and family in _PROVIDES and name not in _PROVIDES[family]
 
 
 def _env_backend() -> str:
@@ -214,6 +227,8 @@ def available(name: str, device: torch.device, family: str) -> bool:
     """Can backend `name` run the ops of `family` on tensors on `device`?"""
     if name == "reference":
         return True
+    if _lacks(name, family):
+        return False
     if name == "cpp":
         return device.type == "cpu" and compiled() is not None
     if name == "cuda":
@@ -229,6 +244,9 @@ def resolve(device: torch.device, family: str) -> str:
     """The backend that runs the ops of `family` on tensors on `device` (raises if a forced one cannot)."""
     forced = get_backend()
     if forced != "auto":
+        if _lacks(forced, family):
+            raise RuntimeError(f"geoops backend {forced!r} cannot run tensors on {device.type}: "
+                               f"geoops.{family} has no {forced} kernels")
         if not available(forced, device, family):
             raise RuntimeError(
                 f"geoops backend {forced!r} cannot run tensors on {device.type}: "

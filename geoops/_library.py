@@ -7,15 +7,20 @@ Every family follows one path::
     backward              ->  torch.ops.geoops.<op>_bwd  ->  the backend's backward kernel
 
 * :func:`define_op` registers one custom op with its fake (shape) implementation, so that
-  ``torch.compile(fullgraph=True)``, ``torch.export`` and ``FakeTensorMode`` see one opaque op.
+  ``torch.compile(fullgraph=True)``, ``torch.export`` and ``FakeTensorMode`` see one opaque op;
+  :func:`define_pair` registers an op's ``_fwd`` / ``_bwd`` pair and returns their callers.
 * :func:`kernel_set` returns the namespace of kernels that the backend switch picks for a device:
   the family's ``cpp``/``cuda``/``reference`` classes, or the module ``geoops.kernels.<family>``
-  for Triton.  All of them expose the same function names.
+  for Triton.  All of them expose the same function names.  :func:`family_kernels` also registers
+  which compiled backends the family has, and returns its ``kernels(device)``.
 * :func:`caller` builds the function a Function's forward/backward calls: the kernel directly
   when that does exactly what dispatching the custom op would (:func:`direct_call_ok`), else the op.
-* Backward ops take an ``int mask`` (bit i: input i's gradient is wanted) and return 0-element tensors
-  for the rest: :func:`masked_empty` (fake implementations) and :func:`masked_grads` (reference
-  backends, whose backward differentiates the eager reference inside :func:`reference_autograd`).
+* Backward ops take an ``int mask`` (bit i: input i's gradient is wanted; :func:`grad_mask` makes it from
+  ``ctx.needs_input_grad``) and return 0-element tensors for the rest: :func:`masked_empty` (fake
+  implementations) and :func:`masked_grads` (reference backends, whose backward differentiates the
+  eager reference inside :func:`reference_autograd`).
+* :func:`check_tensors` raises the common bad-input errors (not a tensor, dtype, device) naming the
+  argument; :func:`check_finite` the GEOOPS_CHECK one.
 * :func:`autograd_wanted` decides whether a public function needs its Function (a gradient is wanted or
   forward-mode AD may carry tangents), and :func:`first_order_only` makes a second derivative through a
   once-differentiable backward raise instead of silently missing the op's terms.
@@ -31,7 +36,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["direct_call_ok", "kernel_set", "define_op", "caller", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
+__all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
            "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "apply",
            "concrete", "check_finite", "no_autocast", "torch_kernels"]
 
@@ -70,17 +75,38 @@ def kernel_set(family: str, device: torch.device, *, cpp=None, cuda=None, refere
     """The kernels that the current backend setting runs for `family` on `device`.
 
     `cpp`, `cuda` and `reference` are the family's kernel namespaces (classes or modules with the same
-    function names); Triton's is the module ``geoops.kernels.<family>``.  A backend the family does not
-    provide counts as unavailable to ``geoops._backend`` only through its own checks, so pass every one
-    the family has.
+    function names); Triton's is the module ``geoops.kernels.<family>``.  Pass every one the family has: under
+    ``auto``, a backend the extension has but the family does not provide (``None``: e.g. the CUDA C++ kernels
+    of another family on a GPU without Triton) runs the family's `reference` instead; a forced backend the family
+    lacks raises RuntimeError.
     """
     name = _backend.resolve(device, family)
     if name == "triton":
         return _backend.triton_kernels(family)
     found = {"cpp": cpp, "cuda": cuda, "reference": reference}[name]
+    if found is None and _backend.get_backend() == "auto" and reference is not None:
+        # auto picked a backend the extension has for some family but this family lacks (e.g. CUDA C++ kernels of
+        # another family, Triton missing): its reference runs, as on a device without compiled kernels
+        name, found = "reference", reference
     if found is None:
         raise RuntimeError(f"geoops.{family}: no {name!r} kernels for tensors on {device.type}")
     return torch_kernels(found) if name == "reference" else found
+
+
+def family_kernels(family: str, *, cpp=None, cuda=None, reference=None) -> Callable:
+    """Register the compiled backends `family` has kernels for (the namespaces given: ``cpp``, ``cuda``) with the
+    backend switch, and return its ``kernels(device)`` (:func:`kernel_set` with these namespaces).
+
+    A family that registers so is known to lack the others: under ``auto`` they are passed by (a family with only
+    a reference runs it on every device, and ``backend_info``, the parity run and the bench say so); forcing one
+    raises."""
+    _backend.register_family(family, [n for n, ns in (("cpp", cpp), ("cuda", cuda)) if ns is not None])
+
+    def kernels(device: torch.device):
+        return kernel_set(family, device, cpp=cpp, cuda=cuda, reference=reference)
+
+    kernels.__doc__ = f"The kernel set of geoops.{family} that the current backend setting picks for `device`."
+    return kernels
 
 
 class _NoAutocastKernels:
@@ -138,6 +164,18 @@ def no_autocast(fn: Callable) -> Callable:
     return run
 
 
+def define_pair(qualname: str, fwd_schema: str, fwd: Callable, fwd_fake: Callable, bwd_schema: str, bwd: Callable,
+                bwd_fake: Callable):
+    """Register the forward and backward ops ``<qualname>_fwd`` / ``<qualname>_bwd`` (:func:`define_op`) and return
+    their callers ``(FWD, BWD)`` (:func:`caller`: the implementation itself on the eager fast path, else the op).
+
+    `fwd` / `bwd` are the ops' implementations (they pick the backend's kernel, e.g. through :func:`kernel_set`);
+    the backward's schema ends with ``int mask`` (see :func:`masked_empty`)."""
+    fwd_op = define_op(qualname + "_fwd", fwd_schema, fwd, fwd_fake)
+    bwd_op = define_op(qualname + "_bwd", bwd_schema, bwd, bwd_fake)
+    return caller(fwd_op, fwd), caller(bwd_op, bwd)
+
+
 def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
     """Register the custom op `qualname` ("geoops::<name>") with `schema`, `impl` and the fake `fake`.
 
@@ -186,6 +224,13 @@ def caller(op, direct: Callable, tensors: Optional[Callable] = None) -> Callable
 # A backward op `geoops::<op>_bwd(..., int mask)` returns one tensor per differentiable input; bit i of
 # `mask` says whether input i's gradient is wanted.  An unwanted (or absent, for an optional input)
 # gradient is a 0-element tensor, so that the op's schema stays a fixed tuple of Tensors.
+
+def grad_mask(needs_input_grad, n: Optional[int] = None) -> int:
+    """The `mask` of a backward op from a Function's ``ctx.needs_input_grad`` (its first `n` entries, default all):
+    bit i set where input i's gradient is wanted."""
+    needs = tuple(needs_input_grad)[:n]
+    return sum(1 << i for i, need in enumerate(needs) if need)
+
 
 def _unused(i: int, like, optional: int) -> torch.Tensor:
     """The 0-element output for an unwanted gradient: of input i itself, or, for one of the `optional`
@@ -274,6 +319,38 @@ def concrete(t) -> bool:
     wrappers of torch.func.grad / jacrev can)."""
     return (type(t) in _PLAIN and t.device.type != "meta" and not torch.compiler.is_compiling()
             and not (functorch_active() and _batched(t)))
+
+
+_FLOAT_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64"}
+
+
+def check_tensors(prefix: str, named: dict, *, dtypes=tuple(_FLOAT_NAMES), same_dtype: bool = False) -> None:
+    """The argument checks every op starts with, raised before any kernel runs and naming the argument:
+    ``"{prefix}: {name} must be a torch.Tensor, got list"`` (TypeError), ``"... must be float16, bfloat16, float32 or
+    float64, got torch.int64"`` (TypeError; `dtypes` sets the allowed ones), with `same_dtype` ``"{name} has dtype
+    ... but {first} has ..."`` (TypeError), and ``"{name} is on meta but {first} is on cpu; all tensors must be on one
+    device"`` (ValueError).  `named` maps argument names to tensors in the order of the signature; None entries
+    (absent optional arguments) are skipped; the first tensor is the one the others are compared with."""
+    first = None
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{prefix}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in dtypes:
+            allowed = [_FLOAT_NAMES.get(d, str(d).replace("torch.", "")) for d in dtypes]
+            text = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
+            raise TypeError(f"{prefix}: {name} must be {text}, got {t.dtype}")
+        if first is None:
+            first = (name, t)
+            continue
+        fname, f = first
+        if same_dtype and t.dtype != f.dtype:
+            raise TypeError(f"{prefix}: {name} has dtype {t.dtype} but {fname} has {f.dtype}; all inputs must share "
+                            "one dtype")
+        if t.device != f.device:
+            raise ValueError(f"{prefix}: {name} is on {t.device} but {fname} is on {f.device}; all tensors must be "
+                             "on one device")
 
 
 _NON_FINITE = "{name} has non-finite values (NaN or Inf) [GEOOPS_CHECK]"

@@ -29,7 +29,9 @@ argument specialisation).  A launcher may not touch CUDA-only APIs before the la
 such as ``torch.cuda.device(x.device)`` only for CUDA tensors).  ``triton.autotune`` kernels compile
 every config.  List one entry per variant the op table can launch: ops x dtypes x paths (one-tile /
 chunked, ...) x forward / backward, plus the shapes whose block configurations differ (register
-pressure).  The check fails on a compile error, on spills above ``max_spill_bytes``, on a program id
+pressure).  The check fails on a compile error, on a ``@triton.jit`` ``*_kernel`` of the module that no entry
+launches (``python .ci/triton_compile_check.py --coverage`` checks only that, in seconds), on spills above
+``max_spill_bytes``, on a program id
 used in 32-bit arithmetic (``index64``: widen it first, ``tl.program_id(0).to(tl.int64)``), and on
 approximate float32 division where ``ieee_div`` is set.  A module-level string ``COMPILE_NOTES`` is printed
 above the family's table (explain there any spill an expectation tolerates).  See ``kernels/stereographic.py``.

@@ -183,3 +183,53 @@ def test_every_hook_keeps_float32_and_half_variants_spill_free():
         for e in mod.compile_variants():
             expect = {"index64": True, "max_spill_bytes": 0, "ieee_div": False, **e.get("expect", {})}
             assert CC.allowance_problem(e["label"], expect) is None, (path.stem, e["label"])
+
+
+_COVERAGE_TOY = r'''
+import os, sys, types
+os.environ["TRITON_INTERPRET"] = "0"
+sys.path.insert(0, sys.argv[1])
+import torch, triton, triton.language as tl
+import triton_compile_check as CC
+
+@triton.jit
+def _a_kernel(X):
+    tl.store(X + tl.program_id(0).to(tl.int64), 1.0)
+
+@triton.jit
+def _b_kernel(X):
+    tl.store(X + tl.program_id(0).to(tl.int64), 2.0)
+
+mod = types.ModuleType("toy")
+mod._a_kernel, mod._b_kernel = _a_kernel, _b_kernel
+mod.compile_variants = lambda: [{"label": "a", "launch": lambda: _a_kernel[(1,)](torch.zeros(1))}]
+CC.install_standin(90)
+print(sorted(CC.uncovered_kernels(mod)))
+'''
+
+
+def test_uncovered_kernels_finds_a_kernel_no_variant_launches(tmp_path):
+    """A Triton kernel that no compile_variants() entry launches would never be compile-checked: the dry run
+    (launchers run, nothing compiled) names it."""
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    toy = tmp_path / "toy_kernels.py"  # (@triton.jit needs its source in a file)
+    toy.write_text(_COVERAGE_TOY)
+    p = subprocess.run([sys.executable, str(toy), str(ROOT / ".ci")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == "['_b_kernel']"
+
+
+def test_every_triton_kernel_is_in_a_compile_variant():
+    """Every @triton.jit ``*_kernel`` of kernels/<family>.py is launched by some compile_variants() entry
+    (``--coverage``: a dry run of every launcher, ~2 s; the full check also fails on an uncovered kernel)."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run([sys.executable, str(ROOT / ".ci" / "triton_compile_check.py"), "--coverage"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for fam in CC.families():
+        assert f"covered  {fam}:" in p.stdout, p.stdout

@@ -51,7 +51,7 @@ def test_every_knob_in_readme_is_read():
 _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/history.md", "docs/families"])
+@pytest.mark.parametrize("page", ["README.md", "docs/history.md", "docs/contributing.md", "docs/families"])
 def test_relative_links_resolve(page):
     path = ROOT / page
     pages = sorted(path.glob("*.md")) if path.is_dir() else [path]
@@ -66,3 +66,31 @@ def test_relative_links_resolve(page):
             if not (p.parent / target).exists():
                 bad.append(f"{p.relative_to(ROOT)} -> {target}")
     assert not bad, "broken relative links: " + ", ".join(bad)
+
+
+# A path in backticks: a folder/file with a known suffix, or a path with a slash.  <family> stands for any family,
+# other <placeholders> (and *) for any text.
+_PATH = re.compile(r"`((?:[\w.<>*-]+/)+[\w.<>*-]*|[\w<>*-]+\.(?:py|cpp|h|md|sh|toml|cu))`")
+
+
+def _missing_paths(text):
+    from geoops import FAMILIES
+
+    missing = []
+    for path in sorted(set(_PATH.findall(text))):
+        if path.startswith(("build/", "geoops.")) or "://" in path:  # build outputs; module names
+            continue
+        pats = [re.sub(r"<[a-z_]+>", "*", path.replace("<family>", f)) for f in FAMILIES]
+        if not any(list(ROOT.glob(pat.rstrip("/"))) for pat in pats):
+            missing.append(path)
+    return missing
+
+
+def test_contributing_guide_names_only_existing_paths():
+    # docs/contributing.md walks through the files an op touches: every path it names must exist (for some family)
+    text = (ROOT / "docs" / "contributing.md").read_text()
+    assert len(set(_PATH.findall(text))) > 30, "the path scan found too few paths: the regex is broken"
+    assert _missing_paths("`geoops/_no_such_file.py` and `csrc/bind/<family>_nope.cpp`") == [
+        "csrc/bind/<family>_nope.cpp", "geoops/_no_such_file.py"]
+    missing = _missing_paths(text)
+    assert not missing, f"docs/contributing.md names paths that do not exist: {missing}"
