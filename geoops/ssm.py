@@ -448,6 +448,9 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H)
     if D2 is not None and D2.stride(0) == 0 and Cn > 1:
         D2 = D2.contiguous()
+    # a strided u (S4D(transposed=False)'s (B, L, H) input seen as (B, H, L)) is made contiguous once, here, and
+    # that copy is what the Function saves: the kernels' own copy ran in the forward and again in the backward
+    u = u.contiguous()
     if _library.autograd_wanted(u, k, D):
         y = _apply(op, FftconvFn, u, k4, D2)
     else:
@@ -510,6 +513,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     v, x = _discretize(log_dt, A, B, C, discretization)
     v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H).contiguous()
+    u = u.contiguous()  # one copy of a strided u, saved for the backward (see fftconv)
     if _library.autograd_wanted(u, v4, x, D2):
         y = _apply(op, SsmConvFn, u, v4, x, D2)
     else:
