@@ -526,3 +526,39 @@ def test_expanded_kernels_c_out_and_bidirectional_match_the_reference(bidirectio
             res[be] = (y1, y2) + grads
     for a, b in zip(res["cpp"], res["reference"]):
         assert _rel(a, b) < 1e-12
+
+
+# ---------------------------------------------------------------- export / dynamic sequence length
+def _export_dynamic_L(what, grad):
+    from torch.export import Dim, export
+
+    torch.manual_seed(12)
+    if what == "s4d":
+        mod, x, x2 = S4D(8, 8, transposed=False).eval(), torch.randn(2, 21, 8), torch.randn(3, 37, 8)
+    else:
+        mod, x, x2 = SeqModel(causal=True).eval(), _data(B=2, L=21)[0], _data(B=3, L=37)[0]
+    with torch.set_grad_enabled(grad):
+        ep = export(mod, (x,), dynamic_shapes=({0: Dim("b", min=1, max=64), 1: Dim("L", min=2, max=1 << 16)},))
+    with torch.no_grad():
+        got, want = ep.module()(x2), mod(x2)
+    if what == "s4d":
+        got, want = got[0], want[0]
+    assert _rel(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("what", ["s4d", "model"])
+def test_export_for_inference_with_a_dynamic_sequence_length(what):
+    """torch.export under torch.no_grad() with a dynamic L (variable-length inference): the fake of ssm_conv_fwd
+    computed the FFT size fft_size(int(L)) of its spectrum outputs even when it returns none, which specialised L:
+    "Constraints violated (L)! ... your code specialized it to be a constant (21)".  Now only when a spectrum is
+    returned."""
+    _export_dynamic_L(what, grad=False)
+
+
+@pytest.mark.xfail(strict=True, reason="with gradients wanted, ssm_conv / fftconv return the kernel's (and u's) "
+                   "spectrum for the backward, of length fft_size(L) // 2 + 1 (the next 2-3-5 size: no symbolic form), "
+                   "so the fake specialises L; an unbacked size fails in torch.compile (the spectrum is internal to "
+                   "the autograd.Function, not among its outputs).  Needs the spectra sized symbolically (e.g. 2L) "
+                   "or returned by the Function: left open (session 36)")
+def test_export_with_gradients_and_a_dynamic_sequence_length():
+    _export_dynamic_L("s4d", grad=True)
