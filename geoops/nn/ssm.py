@@ -88,16 +88,30 @@ class S4DKernel(nn.Module):
             if lr is not None:
                 optim["lr"] = lr
             setattr(getattr(self, name), "_optim", optim)
-            # also on the module: torch's Parameter.__deepcopy__ copies no attributes (pickle does), so a
-            # copy.deepcopy of the model would lose the hints; __setstate__ puts them back on the copies
+            # also on the module: a parameter replaced by a new object loses its attributes (copy.deepcopy --
+            # torch's Parameter.__deepcopy__ copies none, pickle does --, load_state_dict(assign=True) as in
+            # meta-device initialisation, dtype / device conversion with torch.__future__'s overwrite or swap
+            # flags), and the optimizer recipe would then silently decay log_dt and A at the default lr
             self.__dict__.setdefault("_optim_hints", {})[name] = optim
+
+    def _restore_optim_hints(self):
+        for name, hint in self.__dict__.get("_optim_hints", {}).items():
+            p = self._parameters.get(name)
+            if p is not None and getattr(p, "_optim", None) is None:
+                p._optim = hint
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        for name, hint in self.__dict__.get("_optim_hints", {}).items():
-            p = self._parameters.get(name)
-            if p is not None and not hasattr(p, "_optim"):
-                p._optim = hint
+        self._restore_optim_hints()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._restore_optim_hints()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._restore_optim_hints()
 
     def ssm_params(self):
         """(log_dt, A, B, C) of the diagonal SSM (B = 1, as in state-spaces' S4D).
