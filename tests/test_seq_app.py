@@ -598,3 +598,21 @@ def test_compile_dynamic_training_does_not_recompile_per_length():
     for L in (16, 23):
         cs(torch.randn(2, 4, L, requires_grad=True))[0].sum().backward()
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_attention_masks_are_refused_clearly():
+    """Padding / attention masks are not supported (docs: dense, causal, windows): a mask keyword is a TypeError,
+    never silently ignored; a (B, N) padding mask passed positionally is refused as a bad ``context``."""
+    import geoops.attention as ga
+
+    a = TripleAttention(8, 2)
+    x = torch.randn(2, 5, 8)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    for kw in ("key_padding_mask", "attn_mask", "mask"):
+        with pytest.raises(TypeError, match=kw):
+            a(x, **{kw: pad})
+        q = torch.randn(2, 2, 5, 4)
+        with pytest.raises(TypeError, match=kw):
+            ga.triple_attention(q, q, q, q, q, **{kw: pad})
+    with pytest.raises(ValueError, match="context"):
+        a(x, pad)
