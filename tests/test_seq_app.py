@@ -223,6 +223,27 @@ def test_train_steps_match_the_eager_twin_fp64(transposed, causal):
     assert abs(_loss(m, tok, lab, "cpp").item() - _loss(e, tok, lab, "reference").item()) < 1e-12
 
 
+def test_resume_a_state_spaces_checkpoint():
+    """A checkpoint of the eager twin (model and AdamW state with the hint groups, through torch.save /
+    torch.load(weights_only=True)) resumes in the geoops model: the next steps match the twin's."""
+    m, e = _twins(torch.float64, dropout=0.1)
+    batches = [_data(seed=s) for s in range(4)]
+    oe = _param_groups(e)
+    _train(e, oe, batches[:2], "reference")
+    buf = io.BytesIO()
+    torch.save({"model": e.state_dict(), "opt": oe.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    m.load_state_dict(ck["model"], strict=True)
+    om = _param_groups(m)
+    om.load_state_dict(ck["opt"])
+    lm, _ = _train(m, om, batches[2:], "cpp", seed=20)
+    le, _ = _train(e, oe, batches[2:], "reference", seed=20)
+    assert max(abs(a - b) for a, b in zip(lm, le)) < 1e-12
+    for (k, p), q in zip(m.named_parameters(), e.parameters()):
+        assert _rel(p, q) < 1e-12, k
+
+
 @pytest.mark.parametrize("transposed", [True, False])
 def test_train_step_fp32_within_twice_the_eager_error(transposed):
     """float32: our loss and gradients are within 2x (+ a floor) of the float32 eager twin's distance to the float64
