@@ -586,38 +586,47 @@ def _export_dynamic_L(what, grad):
     assert _rel(got, want) < 1e-6
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("what", ["s4d", "model"])
-def test_export_for_inference_with_a_dynamic_sequence_length(what):
-    """torch.export under torch.no_grad() with a dynamic L (variable-length inference): the fake of ssm_conv_fwd
-    computed the FFT size fft_size(int(L)) of its spectrum outputs even when it returns none, which specialised L:
-    "Constraints violated (L)! ... your code specialized it to be a constant (21)".  Now only when a spectrum is
-    returned."""
-    _export_dynamic_L(what, grad=False)
+def test_export_with_a_dynamic_sequence_length(what, grad):
+    """torch.export with a dynamic L (variable-length inference) specialised L: "Constraints violated (L)! ... your
+    code specialized it to be a constant (21)".  The fakes of fftconv_fwd / ssm_conv_fwd computed the FFT size
+    fft_size(int(L)) (the next 2-3-5 size: no symbolic form) for their spectrum outputs, even when they return none
+    (no_grad).  Now only when they return one, and then, for a symbolic L, as a new unbacked size; the
+    autograd.Functions return the spectra among their outputs so that torch.compile binds that size."""
+    _export_dynamic_L(what, grad=grad)
 
 
-@pytest.mark.xfail(strict=True, reason="with gradients wanted, ssm_conv / fftconv return the kernel's (and u's) "
-                   "spectrum for the backward, of length fft_size(L) // 2 + 1 (the next 2-3-5 size: no symbolic form), "
-                   "so the fake specialises L; an unbacked size fails in torch.compile (the spectrum is internal to "
-                   "the autograd.Function, not among its outputs).  Needs the spectra sized symbolically (e.g. 2L) "
-                   "or returned by the Function: left open (session 36)")
-def test_export_with_gradients_and_a_dynamic_sequence_length():
-    _export_dynamic_L("s4d", grad=True)
-
-
-@pytest.mark.xfail(strict=True, reason="same cause as the export case above: with gradients the spectrum's "
-                   "fft_size(L) specialises L, so torch.compile(dynamic=True) compiles a new graph for every new "
-                   "sequence length of a training run (and falls back to eager past torch._dynamo's cache size "
-                   "limit, 8 by default): left open (session 36)")
 def test_compile_dynamic_training_does_not_recompile_per_length():
+    """torch.compile(dynamic=True) of fftconv + ssm_conv with gradients compiled a new graph for every sequence length
+    of a training run (the spectrum's fft_size(L) specialised L; past dynamo's cache limit, 8 by default, it falls
+    back to eager).  Now one graph, with the eager gradients.  (A whole S4D layer still recompiles: torch's own
+    Conv1d fake and its inductor backward lowering guard on the sizes.)"""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(13)
-    s = S4D(4, 4)
-    cs = torch.compile(s, dynamic=True, fullgraph=True)
-    for L in (16, 23):
-        cs(torch.randn(2, 4, L, requires_grad=True))[0].sum().backward()
+    H, N = 3, 4
+    log_dt = torch.randn(H).mul(0.3).sub(3).requires_grad_()
+    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
+    Bm = torch.ones(H, N, dtype=torch.cfloat)
+    C = torch.randn(H, N, dtype=torch.cfloat, requires_grad=True)
+    D = torch.randn(H, requires_grad=True)
+
+    def f(u, k):
+        return gs.fftconv(u, k, D).square().sum() + gs.ssm_conv(u, log_dt, A, Bm, C, D).square().sum()
+
+    f(torch.randn(2, H, 8, requires_grad=True), torch.randn(H, 8))  # an eager call first (geoops caches a CPU probe)
+    cf = torch.compile(f, dynamic=True, fullgraph=True)
+    for L in (16, 23, 40):
+        u = torch.randn(2, H, L, requires_grad=True)
+        k = torch.randn(H, L, requires_grad=True)
+        ins = (u, k, log_dt, C, D)
+        got = torch.autograd.grad(cf(u, k), ins)
+        want = torch.autograd.grad(f(u, k), ins)
+        for x, y in zip(got, want):
+            assert _rel(x, y) < 1e-5
     assert counters["stats"]["unique_graphs"] == 1
 
 

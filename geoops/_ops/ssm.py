@@ -232,8 +232,12 @@ def _nfreq(L):
     """n // 2 + 1 for the FFT size n = fft_size(L) of a spectrum output.  fft_size (the next 2-3-5 size) has no
     symbolic form, so int(L) specialises a symbolic L (torch.export / torch.compile with a dynamic length): the
     fakes ask for it only when the op returns a spectrum (session 36)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
     from ..reference import ssm as ref
 
+    if isinstance(L, torch.SymInt) and not is_concrete_int(L):
+        return torch.library.get_ctx().new_dynamic_size()
     return ref.fft_size(int(L)) // 2 + 1
 
 
