@@ -90,11 +90,17 @@ def _keep_spectrum(u) -> bool:
     """
     if u.device.type != "cpu" or _backend.resolve(u.device, "ssm") != "cpp":
         return True
+    return not _direct_fft()
+
+
+@_backend._constant_for_dynamo
+def _direct_fft() -> bool:
+    """Whether geoops._C runs the per-row MKL path (asked once).  torch.compile takes the answer as a constant at
+    trace time: reading the cache list there put a guard on it, so a graph traced before the first eager call was
+    recompiled once after it (session 36)."""
     if not _DIRECT_FFT:
-        if torch.compiler.is_compiling():
-            return True
         _DIRECT_FFT.append(bool(_backend.compiled().ssm_direct_fft(-1)))
-    return not _DIRECT_FFT[0]
+    return _DIRECT_FFT[0]
 
 
 class FftconvFn(torch.autograd.Function):
