@@ -90,17 +90,25 @@ def _keep_spectrum(u) -> bool:
     """
     if u.device.type != "cpu" or _backend.resolve(u.device, "ssm") != "cpp":
         return True
+    return not _direct_fft()
+
+
+@_backend._constant_for_dynamo
+def _direct_fft() -> bool:
+    """Whether geoops._C runs the per-row MKL path (asked once).  torch.compile takes the answer as a constant at
+    trace time: reading the cache list there put a guard on it, so a graph traced before the first eager call was
+    recompiled once after it (session 36)."""
     if not _DIRECT_FFT:
-        if torch.compiler.is_compiling():
-            return True
         _DIRECT_FFT.append(bool(_backend.compiled().ssm_direct_fft(-1)))
-    return not _DIRECT_FFT[0]
+    return _DIRECT_FFT[0]
 
 
 class FftconvFn(torch.autograd.Function):
     """autograd.Function of fftconv: torch.ops.geoops.fftconv_fwd / _bwd.
 
-    u (B, H, L), k (C, S, H, L), D (C, H) or None -> y (B, C, H, L).  The forward keeps rfft(u, n) for
+    u (B, H, L), k (C, S, H, L), D (C, H) or None -> (y (B, C, H, L), uf); uf (non-differentiable, possibly
+    empty) is also an output so that torch.compile binds its length, an unbacked size for a dynamic L
+    (session 36); the public function returns y.  The forward keeps rfft(u, n) for
     the backward when k needs a gradient (as the eager recipe's autograd does), except on the CPU's
     per-row path, where recomputing each row's transform in the backward (in cache) is cheaper than
     writing, faulting in and reading back the (B, H, n/2+1) spectrum.
@@ -111,11 +119,12 @@ class FftconvFn(torch.autograd.Function):
         save = bool(ctx.needs_input_grad[1]) and _keep_spectrum(u)
         y, uf = _ops.fftconv_fwd(u, k, D, save)
         ctx.save_for_backward(u, uf, k, D)
-        return y
+        ctx.mark_non_differentiable(uf)
+        return y, uf  # uf an output too: its length may be a new unbacked size under a dynamic L (_ops.ssm._nfreq)
 
     @staticmethod
     @_library.first_order_only
-    def backward(ctx, grad):
+    def backward(ctx, grad, _guf=None):
         u, uf, k, D = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if (D is not None and need[2]) else 0)
@@ -154,7 +163,8 @@ class DiscretizeFn(torch.autograd.Function):
 class SsmConvFn(torch.autograd.Function):
     """autograd.Function of the fused ssm_conv: torch.ops.geoops.ssm_conv_fwd / _bwd.
 
-    u (B, H, L), v (C, S, H, N), x (H, N) complex, D (C, H) or None -> y (B, C, H, L).  The forward keeps
+    u (B, H, L), v (C, S, H, N), x (H, N) complex, D (C, H) or None -> (y (B, C, H, L), kf, uf), the spectra
+    non-differentiable outputs as in FftconvFn.  The forward keeps
     the kernel's spectrum (for du) and, off the CPU's per-row path, rfft(u) (for dK, when v or x needs a
     gradient; see FftconvFn).
     """
@@ -164,11 +174,12 @@ class SsmConvFn(torch.autograd.Function):
         save = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and _keep_spectrum(u)
         y, kf, uf = _ops.ssm_conv_fwd(u, v, x, D, save)
         ctx.save_for_backward(u, uf, kf, v, x, D)
-        return y
+        ctx.mark_non_differentiable(kf, uf)
+        return y, kf, uf  # the spectra outputs too (see FftconvFn)
 
     @staticmethod
     @_library.first_order_only
-    def backward(ctx, grad):
+    def backward(ctx, grad, _gkf=None, _guf=None):
         u, uf, kf, v, x, D = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = sum(1 << i for i in range(3) if need[i]) | (8 if (D is not None and need[3]) else 0)
@@ -448,8 +459,11 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H)
     if D2 is not None and D2.stride(0) == 0 and Cn > 1:
         D2 = D2.contiguous()
+    # a strided u (S4D(transposed=False)'s (B, L, H) input seen as (B, H, L)) is made contiguous once, here, and
+    # that copy is what the Function saves: the kernels' own copy ran in the forward and again in the backward
+    u = u.contiguous()
     if _library.autograd_wanted(u, k, D):
-        y = _apply(op, FftconvFn, u, k4, D2)
+        y = _apply(op, FftconvFn, u, k4, D2)[0]
     else:
         y, _ = _ops.fftconv_fwd(u, k4, D2, False)
     return y if has_c else y.squeeze(1)
@@ -510,8 +524,9 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     v, x = _discretize(log_dt, A, B, C, discretization)
     v4 = v.reshape(Cn, 2 if bidirectional else 1, H, N)
     D2 = None if D is None else (D if D.dim() == 2 else D.unsqueeze(0)).expand(Cn, H).contiguous()
+    u = u.contiguous()  # one copy of a strided u, saved for the backward (see fftconv)
     if _library.autograd_wanted(u, v4, x, D2):
-        y = _apply(op, SsmConvFn, u, v4, x, D2)
+        y = _apply(op, SsmConvFn, u, v4, x, D2)[0]
     else:
         y, _, _ = _ops.ssm_conv_fwd(u, v4, x, D2, False, False)  # forward only: no kernel spectrum kept
     return y if has_c else y.squeeze(1)

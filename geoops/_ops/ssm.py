@@ -228,9 +228,16 @@ def _ffwd(u, k, D: Optional[torch.Tensor], save_uf: bool):
     return tuple(kernels(u.device).fftconv_fwd(*_plain(u, k, D), save_uf))
 
 
-def _nfreq(L) -> int:
+def _nfreq(L):
+    """n // 2 + 1 for the FFT size n = fft_size(L) of a spectrum output.  fft_size (the next 2-3-5 size) has no
+    symbolic form, so int(L) specialises a symbolic L (torch.export / torch.compile with a dynamic length): the
+    fakes ask for it only when the op returns a spectrum (session 36)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
     from ..reference import ssm as ref
 
+    if isinstance(L, torch.SymInt) and not is_concrete_int(L):
+        return torch.library.get_ctx().new_dynamic_size()
     return ref.fft_size(int(L)) // 2 + 1
 
 
@@ -278,10 +285,11 @@ def _sfwd(u, v, x, D: Optional[torch.Tensor], save_uf: bool, keep_kf: bool = Tru
 
 def _sfwd_fake(u, v, x, D, save_uf, keep_kf=True):
     B, H, L = u.shape
-    F = _nfreq(L)
+    keeps_uf = _keeps_uf(u, v.shape[0], save_uf)
+    F = _nfreq(L) if (keep_kf or keeps_uf) else 0  # (no spectrum asked for: L stays unconstrained)
     y = u.new_empty((B, v.shape[0], H, L))
     kf = u.new_empty((v.shape[0], H, F) if keep_kf else (0,), dtype=_complex_of(u))
-    uf = u.new_empty((B, H, F) if _keeps_uf(u, v.shape[0], save_uf) else (0,), dtype=_complex_of(u))
+    uf = u.new_empty((B, H, F) if keeps_uf else (0,), dtype=_complex_of(u))
     return y, kf, uf
 
 

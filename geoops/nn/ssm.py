@@ -88,6 +88,30 @@ class S4DKernel(nn.Module):
             if lr is not None:
                 optim["lr"] = lr
             setattr(getattr(self, name), "_optim", optim)
+            # also on the module: a parameter replaced by a new object loses its attributes (copy.deepcopy --
+            # torch's Parameter.__deepcopy__ copies none, pickle does --, load_state_dict(assign=True) as in
+            # meta-device initialisation, dtype / device conversion with torch.__future__'s overwrite or swap
+            # flags), and the optimizer recipe would then silently decay log_dt and A at the default lr
+            self.__dict__.setdefault("_optim_hints", {})[name] = optim
+
+    def _restore_optim_hints(self):
+        for name, hint in self.__dict__.get("_optim_hints", {}).items():
+            p = self._parameters.get(name)
+            if p is not None and getattr(p, "_optim", None) is None:
+                p._optim = hint
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._restore_optim_hints()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._restore_optim_hints()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._restore_optim_hints()
 
     def ssm_params(self):
         """(log_dt, A, B, C) of the diagonal SSM (B = 1, as in state-spaces' S4D).
@@ -139,7 +163,13 @@ class S4D(nn.Module):
         # the fused pair: the kernel goes straight into the FFT buffer (same values as self.kernel(L) + fftconv)
         y = _ssm.ssm_conv(u, *self.kernel.ssm_params(), self.D.to(kd))
         y = self.dropout(self.activation(y))
-        y = self.output_linear(y)
+        if y.shape[-1] == 0:
+            # L = 0: torch's Conv1d refuses an empty sequence ("Kernel size can't be greater than actual input
+            # size"); the 1x1 conv + GLU act per position, so run them on one zero column and keep none of it
+            # (y (B, H, 0), zero-size input gradients, zero parameter gradients)
+            y = self.output_linear(torch.nn.functional.pad(y, (0, 1)))[..., :0]
+        else:
+            y = self.output_linear(y)
         if not self.transposed:
             y = y.transpose(-1, -2)
         return y, None
