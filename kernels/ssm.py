@@ -894,12 +894,13 @@ def _monarch_conv(u, kf, D, N: int, conj: bool = False):
 
 
 def _binade(t: torch.Tensor):
-    """(e, ok) per row of t (last dim): the largest |entry| in [2^e, 2^(e + 1)), e within [-126, 126] (2^-e a normal
-    float32); ok: the row is nonzero and finite."""
+    """(e, ok, bad) per row of t (last dim): the largest |entry| in [2^e, 2^(e + 1)), e within [-126, 126] (2^-e a
+    normal float32); ok: the row is nonzero and finite; bad: it holds a NaN / inf."""
     a = t.abs().amax(-1).float()
-    ok = (a > 0) & torch.isfinite(a)
+    bad = ~torch.isfinite(a)
+    ok = (a > 0) & ~bad
     e = torch.frexp(torch.where(ok, a, 1.0)).exponent - 1
-    return e.clamp(-126, 126), ok
+    return e.clamp(-126, 126), ok, bad
 
 
 def _pow2(e: torch.Tensor) -> torch.Tensor:
@@ -919,10 +920,8 @@ def _corr_pair_scales(g, u):
     0; a non-finite row enters as 0 and its pair comes out NaN (dk is NaN, as the batch sum of the FFT path)."""
     B, C, H, L = g.shape
     CH = C * H
-    eu, oku = _binade(u)                       # (B, H)
-    eg, okg = _binade(g.reshape(B, CH, L))     # (B, CH)
-    bad_u = ~torch.isfinite(u.abs().amax(-1).float())
-    bad_g = ~torch.isfinite(g.reshape(B, CH, L).abs().amax(-1).float())
+    eu, oku, bad_u = _binade(u)                    # (B, H)
+    eg, okg, bad_g = _binade(g.reshape(B, CH, L))  # (B, CH)
     eu_c = eu.repeat(1, C)                     # (B, CH): channel ch = c H + h reads row h of u
     term = oku.repeat(1, C) & okg
     t = torch.where(term, eu_c + eg, -1000)

@@ -134,3 +134,28 @@ def test_fftconv_half_dk_pair_cross_term(device, monkeypatch, tf32_dots, dtype, 
     m = exact.abs().max()
     e, e0 = (out[""].cpu().double() - exact).abs().max() / m, (out["0"].cpu().double() - exact).abs().max() / m
     assert e <= 2 * e0 + torch.finfo(dtype).eps / 4, (e.item(), e0.item())
+
+
+def test_fftconv_half_dk_nonfinite_and_odd_batch(device, monkeypatch):
+    """The dk kernel's pair scaling: a NaN in one row of u makes dk NaN (the batch sum; the cuFFT path too), an inf
+    in g as well; an odd batch (the last pair's second row absent) and a zero row match the cuFFT path."""
+    L = 100
+    g = torch.Generator().manual_seed(37)
+    u = torch.randn(3, 1, L, generator=g).half()
+    k = (torch.randn(1, 1, L, generator=g) / L ** 0.5).half()
+    gy = torch.randn(3, 1, 1, L, generator=g).half()
+    u[1] = 0.0
+
+    def dk(uu, gg, knob):
+        monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", knob)
+        kd = k.to(device).requires_grad_()
+        y = gs.fftconv(uu.to(device), kd)
+        return torch.autograd.grad(y, kd, gg.to(device).reshape(y.shape))[0].cpu().float()
+
+    torch.testing.assert_close(dk(u, gy, ""), dk(u, gy, "0"), atol=2e-3, rtol=2e-3)
+    un = u.clone()
+    un[2, 0, 5] = float("nan")
+    assert dk(un, gy, "").isnan().all() and dk(un, gy, "0").isnan().all()
+    gi = gy.clone()
+    gi[0, 0, 0, 9] = float("inf")
+    assert not dk(u, gi, "").isfinite().any()
