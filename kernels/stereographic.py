@@ -1776,16 +1776,15 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
 
 @triton.jit
 def _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid):
-    """Per pair: W = 2 g dd/dA (0 for close pairs), s = |(-x) (+) y|, the denominator, and the close pairs' own W
-    (0 elsewhere, and where g = 0), which the caller adds as W (p - q) (not through the GEMM: cancellation).
+    """Per pair: W = 2 g dd/dA (0 for close pairs), the self term 2 g dd/d|p|^2 and s = |(-x) (+) y|.
 
     Two IEEE divisions and one square root a pair; 1/p_p is per row (a reciprocal of the caller's)."""
     asafe = tl.where(valid, a, 1.0)
     den = tl.maximum(pp[:, None] * pq[None, :] - k * asafe, 1.1754943508222875e-38)
     s = _sqrt(_div(asafe, den))
     w = tl.where(valid, _div(2.0 * g, s * den), 0.0)
-    close = valid & (a < tau * (p2[:, None] + q2[None, :])) & (g != 0)
-    return tl.where(close, 0.0, w), s, den, tl.where(close, w, 0.0)
+    close = valid & (a < tau * (p2[:, None] + q2[None, :]))
+    return tl.where(close, 0.0, w), s, den
 
 
 @triton.jit
@@ -1847,23 +1846,12 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
         pq = _pair_p(k, q2, PMIN)
         valid = m2 & (a > 0)
-        w, s, den, wc = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
+        w, s, den = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
         gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
         alpha += tl.sum(w, 1)
         qt = tl.load(Q_ + (b * NQ + cols[:, None]) * D + dc[None, :], mask=cmask[:, None] & dmask[None, :],
                      other=0.0).to(CT)
         acc += tl.dot(w, qt, input_precision="ieee")
-        # close pairs (rare: a tile without one skips this): W (p - q) column by column, the difference formed
-        # before the product (alpha p - W q would cancel); in the kernel, so the host reads nothing back
-        if tl.max(tl.where(wc != 0, 1, 0)) > 0:
-            pc = tl.load(P_ + (b * NP + rows[:, None]) * D + dc[None, :], mask=rmask[:, None] & dmask[None, :],
-                         other=0.0).to(CT)
-            jl = tl.arange(0, BLOCK_Q)
-            for jj in range(0, BLOCK_Q):
-                wj = tl.sum(tl.where(jl[None, :] == jj, wc, 0.0), 1)
-                # (a column past the end has wj = 0: its row is read clamped to the last column)
-                qj = tl.load(Q_ + (b * NQ + tl.minimum(q0 + jj, q_hi - 1)) * D + dc, mask=dmask, other=0.0).to(CT)
-                acc -= wj[:, None] * (pc - qj[None, :])
         if NEED_K:
             d = tl.load(DIST + off, mask=m2, other=0.0).to(CT)
             dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
@@ -1961,7 +1949,7 @@ def _pair_tau(D: int, dtype: torch.dtype) -> float:
     """The close-pair threshold of the C++ kernel, rounded to float32 (the kernels' and the host's test agree)."""
     u = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
     rel = 1.0 / 512 if dtype == torch.float32 else 1e-12  # A's relative accuracy outside the close pairs
-    return struct.unpack("f", struct.pack("f", min(0.5, u * (D + 4) / rel)))[0]  # (no tensor: no host read)
+    return struct.unpack("f", struct.pack("f", min(0.5, u * (D + 4) / rel)))[0]  # (no tensor made per call)
 
 
 def _pair_check(x, y, k):
@@ -2089,8 +2077,26 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))
-    # close pairs: left out of W above and added exactly as W (x_i - y_j) by the kernel itself (session 36: no
-    # close.any() / nonzero on the host, a device sync per backward before)
+    # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own).  The
+    # host read (close.any(), nonzero: a device sync per backward) stays: doing it in _pair_bwd_kernel spilled
+    # 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
+    close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
+    if (want_x or want_y) and bool(close.any()):
+        bi, ii, jj = close.nonzero(as_tuple=True)
+        kk = k[bi]
+        a = A[bi, ii, jj]
+        px = 1 + kk * x2[bi, ii]
+        py = 1 + kk * y2[bi, jj]
+        px = torch.where(kk < 0, px.clamp_min(pmin), px)
+        py = torch.where(kk < 0, py.clamp_min(pmin), py)
+        den = (px * py - kk * a).clamp_min(torch.finfo(x.dtype).tiny)
+        s = torch.sqrt(a / den)
+        w = (2 * g[bi, ii, jj] / (s * den)).unsqueeze(1)
+        diff = x[bi, ii] - y[bi, jj]
+        if want_x:
+            dx.view(B * N, D).index_add_(0, bi * N + ii, w * diff)
+        if want_y:
+            dy.view(B * M, D).index_add_(0, bi * M + jj, -w * diff)
     return dx, dy, dk
 
 
