@@ -23,7 +23,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import _backend, _library
+from . import _args, _backend, _library
 from ._ops import attention as _ops
 
 __all__ = ["triple_attention", "TripleAttentionFn"]
@@ -64,13 +64,13 @@ def _fail(msg: str, exc=ValueError):
 def _window_arg(window, causal: bool) -> Tuple[int, int]:
     if window is None:
         return 0, 0
-    if isinstance(window, numbers.Integral) and not isinstance(window, bool):
-        window = (window, window)
-    if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) for w in window)):
+    one = _args.as_index(window)  # any integer operator.index takes (a numpy int, a 0-d integer tensor), not a bool
+    pair = (one, one) if one is not None else (
+        tuple(_args.as_index(w) for w in window) if isinstance(window, (tuple, list)) else ())
+    if len(pair) != 2 or None in pair:
         _fail(f"window must be None, a positive int or a pair (w1, w2) of positive ints, got {window!r}",
               TypeError)
-    w1, w2 = int(window[0]), int(window[1])
+    w1, w2 = pair
     if w1 < 1 or w2 < 1:
         _fail(f"window must be positive (i - w1 < j <= i needs w1 >= 1), got window=({w1}, {w2})")
     return w1, w2

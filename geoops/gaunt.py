@@ -38,12 +38,11 @@ jacrev(jacrev(f)) for a Hessian).
 """
 from __future__ import annotations
 
-import numbers
 from typing import List, Optional, Sequence
 
 import torch
 
-from . import _backend, _gaunt_routes, _library
+from . import _args, _backend, _gaunt_routes, _library
 from ._ops import gaunt as _impl
 from .reference import gaunt as _ref
 
@@ -209,6 +208,7 @@ def route_table(nu: int, device: torch.device, cpu: Optional[str] = None, backwa
     backward=False: the ranking by forward time ("binary" / "many"); backward=True: the ranking by forward +
     backward time ("binary_fwd_bwd" / "many_fwd_bwd"), which 'auto' reads when the call will need a backward; a
     class measured without that ranking falls back to its forward ranking."""
+    nu = _int_arg("route_table", "nu", nu, 1, "a positive int")
     tables = _gaunt_routes.TABLES
     if device.type == "cuda":
         cls = cpu or _backend.device_class(device)
@@ -242,6 +242,11 @@ def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.devi
     """The route 'auto' runs: the fastest in the measured table for this machine (route_table; the forward +
     backward ranking when `backward`, i.e. when the call will need a backward: see needs_backward) at the largest
     degree (nearest measured lmax; grid where nothing was measured)."""
+    if not isinstance(Ls, (tuple, list)):
+        _fail("choose_route", f"Ls must be a list of ints (the inputs' degrees), got {type(Ls).__name__}", TypeError)
+    Ls = [_int_arg("choose_route", "Ls", L, 0, "a list of non-negative ints") for L in Ls]
+    lmax_out = _int_arg("choose_route", "lmax_out", lmax_out, 0, "a non-negative int")
+    rows = _int_arg("choose_route", "rows", rows, 0, "a non-negative int")
     nu = len(Ls)
     table = route_table(nu, device, backward=backward)
     if not table:
@@ -257,6 +262,12 @@ def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.devi
 # ---------------------------------------------------------------- argument handling
 def _fail(fn: str, msg: str, exc=ValueError):
     raise exc(f"geoops.gaunt.{fn}: {msg}")
+
+
+def _int_arg(fn: str, name: str, v, lo=None, what: str = "") -> int:
+    """An integer argument (any integer operator.index takes, not a bool) as a Python int (geoops._args); the
+    TypeError says ``what`` too (e.g. "nu must be a positive int, got float")."""
+    return _args.int_arg(f"geoops.gaunt.{fn}", name, v, lo=lo, what=what, type_what=what)
 
 
 def _check_x(fn: str, name: str, x) -> int:
@@ -299,10 +310,8 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
             _fail(fn, f"{n} is on {x.device} but {names[0]} is on {device}; all tensors must be on one device")
     if lmax_out is None:
         lmax_out = sum(Ls)
-    if not isinstance(lmax_out, numbers.Integral) or isinstance(lmax_out, bool) or lmax_out < 0:
-        _fail(fn, f"lmax_out must be a non-negative int or None, got {lmax_out!r}",
-              TypeError if not isinstance(lmax_out, numbers.Integral) or isinstance(lmax_out, bool) else ValueError)
-    lmax_out = int(lmax_out)
+    lmax_out = _args.int_arg(f"geoops.gaunt.{fn}", "lmax_out", lmax_out, lo=0, what="a non-negative int or None",
+                             none_ok=True, type_what="a non-negative int or None")
     if not isinstance(route, str) or route not in ROUTES:
         _fail(fn, f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
     wnames = [f"weight{i + 1}" if fn == "gaunt_tensor_product" else f"weights[{i}]" for i in range(len(xs))]
@@ -430,7 +439,5 @@ def gaunt_power(x: torch.Tensor, nu: int, lmax_out: Optional[int] = None, *, rou
 
     Same as ``gaunt_product([x] * nu, lmax_out)`` (one conversion per factor, one projection).
     """
-    if not isinstance(nu, numbers.Integral) or isinstance(nu, bool) or nu < 1:
-        _fail("gaunt_power", f"nu must be a positive int, got {nu!r}",
-              TypeError if not isinstance(nu, numbers.Integral) or isinstance(nu, bool) else ValueError)
-    return _run("gaunt_power", [x] * int(nu), ("x",) * int(nu), lmax_out, [None] * int(nu), None, route)
+    nu = _int_arg("gaunt_power", "nu", nu, 1, "a positive int")
+    return _run("gaunt_power", [x] * nu, ("x",) * nu, lmax_out, [None] * nu, None, route)

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import _backend, _library
+from . import _args, _backend, _library
 from . import stereographic as _st
 from ._ops import stereographic as _st_ops
 from ._ops import poincare as _ops
@@ -49,13 +49,23 @@ __all__ = [
 ]
 
 default_eps = _ref.default_eps
-beta_concat_scale = _ref.beta_concat_scale
 _HALF = (torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------- argument handling
 def _fail(op: str, msg: str, exc=ValueError):
     raise exc(f"geoops.poincare.{op}: {msg}")
+
+
+def _int_arg(op: str, name: str, v, lo=None, what: str = "") -> int:
+    """An integer argument (any integer operator.index takes, not a bool) as a Python int (geoops._args)."""
+    return _args.int_arg(f"geoops.poincare.{op}", name, v, lo=lo, what=what)
+
+
+def beta_concat_scale(n_i: int, n: int) -> float:
+    """The tangent-space factor of beta-concatenating n_i-dimensional blocks into n dimensions (positive ints)."""
+    return _ref.beta_concat_scale(_int_arg("beta_concat_scale", "n_i", n_i, 1, "a positive int"),
+                                  _int_arg("beta_concat_scale", "n", n, 1, "a positive int"))
 
 
 def _check_momentum(op: str, momentum) -> None:
@@ -459,6 +469,8 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
     """Möbius addition x (+) y (the Poincaré residual connection)."""
     _check_float("mobius_add", "x", x)
     _check_float("mobius_add", "y", y)
+    if type(dim) is not int:
+        dim = _int_arg("mobius_add", "dim", dim)
     if (x.shape == y.shape and x.dim() in (2, 4) and dim % x.dim() == 1 and x.dtype == y.dtype
             and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and y.device.type == "cpu"
             and x.numel() > 0 and _fused_on()):
@@ -600,12 +612,13 @@ class PoincareReluImgFn(torch.autograd.Function):
 
 # ---------------------------------------------------------------- convolution, flatten, pooling
 def _pair(v, name, op, least=None):
-    """v as a pair of ints (an int or a pair of ints, not bools); least: the smallest value allowed."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        p = (v, v)
-    elif (isinstance(v, (tuple, list)) and len(v) == 2
-          and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
-        p = tuple(v)
+    """v as a pair of ints (an int or a pair of ints: any integer operator.index takes, not bools); least: the
+    smallest value allowed."""
+    n = _args.as_index(v)
+    if n is not None:
+        p = (n, n)
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and None not in (ps := tuple(_args.as_index(i) for i in v)):
+        p = ps
     else:
         _fail(op, f"{name} must be an int or a pair of ints, got {v!r}", TypeError)
     if least is not None and min(p) < least:
@@ -1060,8 +1073,10 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     _check_float("flatten", "x", x)
     if x.dtype in _HALF:  # computed in float32 (no half rounding between the maps)
         return flatten(x.float(), c=c, start_dim=start_dim, end_dim=end_dim, man_dim=man_dim).to(x.dtype)
+    start_dim, end_dim, man_dim = (_int_arg("flatten", n, v) for n, v in
+                                   (("start_dim", start_dim), ("end_dim", end_dim), ("man_dim", man_dim)))
     for name, v in (("start_dim", start_dim), ("end_dim", end_dim), ("man_dim", man_dim)):
-        if not isinstance(v, int) or isinstance(v, bool) or not -x.dim() <= v < x.dim():
+        if not -x.dim() <= v < x.dim():
             _fail("flatten", f"{name}={v!r} is out of range for x of shape {tuple(x.shape)}", IndexError)
     start, end = start_dim % x.dim(), end_dim % x.dim()
     if not (start <= man_dim % x.dim() <= end):
@@ -1101,6 +1116,9 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
     if x.dtype in _HALF:  # computed in float32 (no half rounding between the maps)
         return max_pool2d(x.float(), c=c, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                           ceil_mode=ceil_mode).to(x.dtype)
+    kernel_size = _pair(kernel_size, "kernel_size", "max_pool2d", 1)
+    stride = None if stride is None else _pair(stride, "stride", "max_pool2d", 1)
+    padding, dilation = _pair(padding, "padding", "max_pool2d", 0), _pair(dilation, "dilation", "max_pool2d", 1)
     k = _k("max_pool2d", c, x)
     _debug_checks("max_pool2d", None, {"x": (x, 1)}, k=k)
     v = F.max_pool2d(_st.logmap0(x, k=k, dim=1), kernel_size, stride, padding, dilation, ceil_mode)
@@ -1111,15 +1129,16 @@ def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = 
     """HypLL's midpoint: m = f / (1 + sqrt(1 - c|f|^2)), f = sum lam_i x_i / sum (lam_i - 1) over batch_dim."""
     _check_float("midpoint", "x", x)
     d = _st._vector_dim("midpoint", x, dim, fail=_fail)
-    bdims = batch_dim if isinstance(batch_dim, (tuple, list)) else (batch_dim,)
+    bdims = tuple(batch_dim) if isinstance(batch_dim, (tuple, list)) else (batch_dim,)
+    bdims = tuple(_args.as_index(b) for b in bdims)
     for b in bdims:
-        if not isinstance(b, int) or isinstance(b, bool) or not -x.dim() <= b < x.dim():
+        if b is None or not -x.dim() <= b < x.dim():
             _fail("midpoint", f"batch_dim={batch_dim!r} must be an int (or ints) in range for x of shape "
-                              f"{tuple(x.shape)}", IndexError if isinstance(b, int) and not isinstance(b, bool)
-                  else TypeError)
+                              f"{tuple(x.shape)}", TypeError if b is None else IndexError)
         if b % x.dim() == d:
             _fail("midpoint", f"batch_dim={batch_dim!r} names the manifold dimension dim={dim}: the points lie "
                               f"along dim and are averaged over batch_dim, which must differ")
+    dim, batch_dim = d, (bdims if isinstance(batch_dim, (tuple, list)) else bdims[0])
     if x.dtype in _HALF:  # a composition of torch ops: computed in float32, returned in x's dtype
         return midpoint(x.float(), c=c, dim=dim, batch_dim=batch_dim, keepdim=keepdim).to(x.dtype)
     ct = _curv("midpoint", c, x)
@@ -1668,6 +1687,7 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     k = _k(op, c, x)
     d = _st._vector_dim(op, x, dim, fail=_fail)
     if blocks is not None:
+        blocks = _args.int_arg(f"geoops.poincare.{op}", "blocks", blocks, lo=1, what="a positive int or None")
         if weight.dim() != 3 or weight.shape[0] != blocks:
             _fail(op, f"weight must be the ({blocks}, out_b, in_b) diagonal blocks, got {tuple(weight.shape)}")
         n_in, n_out = weight.shape[0] * weight.shape[2], weight.shape[0] * weight.shape[1]

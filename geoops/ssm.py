@@ -40,12 +40,11 @@ Backends: C++/OpenMP on CPU (``geoops._C``), Triton on CUDA, the eager reference
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
 
-from . import _backend, _library
+from . import _args, _backend, _library
 from ._ops import ssm as _ops
 from .reference import ssm as _ref
 
@@ -228,11 +227,7 @@ def _check_real(op, name, t, allowed=_REAL_FLOATS):
 def _check_L(op, L):
     if isinstance(L, torch.SymInt):
         return L
-    if isinstance(L, bool) or not isinstance(L, numbers.Integral):
-        _fail(op, f"L must be an int, got {type(L).__name__}", TypeError)
-    if L < 0:
-        _fail(op, f"L must be >= 0, got {L}")
-    return int(L)
+    return _args.int_arg(f"geoops.ssm.{op}", "L", L, lo=0, what=">= 0")
 
 
 def _same_device(op, ref_name, ref, **named):

@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from typing import Optional
 
 import torch
 
-from . import _backend, _library
+from . import _args, _backend, _library
 from ._ops import stereographic as _ops
 from .reference import stereographic as _ref
 
@@ -364,8 +363,11 @@ def _vector_dim(op: str, x: torch.Tensor, dim, fail=None) -> int:
     fail = fail or _fail
     if x.dim() < 1:
         fail(op, "x must have at least one dimension")
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    if type(dim) is not int:
+        n = _args.as_index(dim)
+        if n is None:
+            fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+        dim = n
     d = dim + x.dim() if dim < 0 else dim
     if not 0 <= d < x.dim():
         fail(op, f"dim={dim} is out of range for x of shape {tuple(x.shape)}", IndexError)
@@ -526,6 +528,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     """Validate, broadcast to rows, run the op's Fn, and restore the caller's layout (``sizes``: check whether k or
     r is larger than the inputs along some dim, after _per_row found it so)."""
     spec = _ops.STEREO_OPS[op]
+    if type(dim) is not int:
+        dim = _int_arg(op, "dim", dim)
     if dim == -1 and r is None and eps < 0:
         out = _run_fast(op, spec, x, y, k, keepdim)
         if out is not None:
@@ -539,8 +543,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     k = _as_scalar_tensor(op, "k", k, x)
     if spec.has_r:
         r = _as_scalar_tensor(op, r_name, r, x)
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    dim = _int_arg(op, "dim", dim)
     # broadcast shape and canonical dim
     # (compare the ranks first: comparing sizes of tensors of different rank puts a guard on a dynamic batch
     # under torch.export / torch.compile)
@@ -1157,15 +1160,7 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
 def _int_arg(op: str, name: str, v, lo: Optional[int] = None, what: str = "") -> int:
     """An integral argument (a Python int or any integral number: numpy's, a 0-d integer tensor; not a bool) as a
     Python int, at least ``lo`` (when given; ``what`` says what is expected)."""
-    if isinstance(v, bool) or isinstance(v, (float, complex)):
-        _fail(op, f"{name} must be an int, got {type(v).__name__}", TypeError)
-    try:
-        n = operator.index(v)
-    except TypeError:
-        _fail(op, f"{name} must be an int, got {type(v).__name__}", TypeError)
-    if lo is not None and n < lo:
-        _fail(op, f"{name} must be {what}, got {n}")
-    return n
+    return _args.int_arg(f"geoops.stereographic.{op}", name, v, lo=lo, what=what)
 
 
 def _tile_sizes(N: int, M: int, n: int, block_elems: int):
@@ -1771,8 +1766,7 @@ def mobius_pointwise_mul(w: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) 
     op = "mobius_pointwise_mul"
     _check_float(op, "w", w)
     _check_float(op, "x", x)
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    dim = _int_arg(op, "dim", dim)
     try:
         shape = torch.broadcast_shapes(w.shape, x.shape)
     except RuntimeError:
@@ -1846,8 +1840,7 @@ def _check_surface(op: str, dim, k=None, **tensors) -> int:
                 _fail(op, f"{name} of shape {tuple(t.shape)} does not broadcast against {', '.join(seen)} "
                           f"(shape {tuple(shape)})")
         seen.append(name)
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        _fail(op, f"dim must be an int, got {type(dim).__name__}", TypeError)
+    dim = _int_arg(op, "dim", dim)
     nd = len(shape)
     if nd == 0:
         _fail(op, f"{seen[0]} must have at least one dimension (the vector dimension `dim`), got a 0-d tensor")
@@ -2299,12 +2292,12 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     if reducedim is None:
         red = [i for i in range(nd) if i != d]
     else:
-        rd = [reducedim] if isinstance(reducedim, int) and not isinstance(reducedim, bool) else reducedim
-        try:
-            red = sorted({int(i) % nd for i in rd if -nd <= int(i) < nd} if all(
-                isinstance(i, int) and not isinstance(i, bool) for i in rd) else None)
-        except TypeError:
+        one = _args.as_index(reducedim)
+        rd = [one] if one is not None else (
+            [_args.as_index(i) for i in reducedim] if isinstance(reducedim, (list, tuple, range)) else [None])
+        if None in rd:
             _fail(op, f"reducedim must be an int or a list of ints, got {reducedim!r}", TypeError)
+        red = sorted({i % nd for i in rd if -nd <= i < nd})
         if len(set(rd)) != len(rd) or len(red) != len(rd):
             _fail(op, f"reducedim={reducedim!r} must name distinct dims in range for xs of {nd} dims", IndexError)
         if d in red:
@@ -2436,8 +2429,9 @@ def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> t
 
 def _from_end(x, dim):
     """A non-negative dim counted from x's end (x's dims: a k with more dimensions grows the intermediates)."""
-    ok = isinstance(x, torch.Tensor) and isinstance(dim, int) and not isinstance(dim, bool)
-    return dim - x.dim() if ok and 0 <= dim < x.dim() else dim
+    n = _args.as_index(dim)
+    ok = isinstance(x, torch.Tensor) and n is not None
+    return n - x.dim() if ok and 0 <= n < x.dim() else (dim if n is None else n)
 
 
 def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tensor:
@@ -2478,6 +2472,7 @@ def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, d
     _check_float(op, "grad", grad)
     if grad.shape != x.shape:
         _fail(op, f"grad must have x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
+    dim = _int_arg(op, "dim", dim)
     with torch.no_grad():
         # geoopt's ManifoldParameter disables __torch_function__: its views (x.view below) are plain tensors
         xp = x if type(x) in (torch.Tensor, torch.nn.Parameter) else x.view(x.shape)

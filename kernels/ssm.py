@@ -639,14 +639,18 @@ def _monarch_conv_kernel(u_ptr, kf_ptr, f1_ptr, fm_ptr, tw_ptr, d_ptr, y_ptr, B,
 
 
 @triton.jit
-def _monarch_corr_kernel(u_ptr, g_ptr, f1_ptr, fm_ptr, tw_ptr, dk_ptr, B, H, CH, L, scale,
+def _monarch_corr_kernel(u_ptr, g_ptr, fu_ptr, fg_ptr, un_ptr, f1_ptr, fm_ptr, tw_ptr, dk_ptr, B, H, CH, L, scale,
                          N1: tl.constexpr, M: tl.constexpr, R1: tl.constexpr, BK: tl.constexpr,
                          TAIL: tl.constexpr, PREC: tl.constexpr):
     """The backward's dk, per channel ch = (c, h): the batch-summed circular correlation
     r[n] = sum_b sum_t g[b, c, h, t] u[b, h, t - n] as Re IFFT(sum_p W_p conj(Z_p)) over pairs of rows
     (z = u_b + i u_b', w = g_b + i g_b': W conj(Z) = P + i Q with P the pair's summed cross-spectrum and Q another
     real signal's spectrum, so the real part of the inverse is the pair's sum).  dk (C, S, H, L):
-    dk[c, 0, h, l] = r[l]; TAIL (bidirectional): dk[c, 1, h, l] = r[N - 1 - l] for l <= L - 2 (r's top rows)."""
+    dk[c, 0, h, l] = r[l]; TAIL (bidirectional): dk[c, 1, h, l] = r[N - 1 - l] for l <= L - 2 (r's top rows).
+
+    Each pair enters scaled (_corr_pair_scales: u_b times fu[b, h], g_b times fg[b, ch], powers of two with
+    fu_b fg_b the same for both rows, 0 for a row left out) and its product comes out times un[p, ch, 0] un[p, ch, 1]:
+    the cross terms Q, whose TF32 rounding P keeps, are then no larger than the pair's own terms."""
     ch = tl.program_id(0).to(tl.int64)
     h = ch % H
     c = ch // H
@@ -670,14 +674,24 @@ def _monarch_corr_kernel(u_ptr, g_ptr, f1_ptr, fm_ptr, tw_ptr, dk_ptr, B, H, CH,
             L1 = tl.where(b0 + 1 < B, L, 0)
             u0 = u_ptr + (b0 * H + h) * L
             g0 = g_ptr + (b0 * CH + ch) * L
-            zr, zi = _monarch_fwd_rows(far, fai, tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32),
-                                       tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32),
+            # the pair's scale factors (B padded to even in the factors: no masks)
+            fu0 = tl.load(fu_ptr + b0 * H + h)
+            fu1 = tl.load(fu_ptr + (b0 + 1) * H + h)
+            fg0 = tl.load(fg_ptr + b0 * CH + ch)
+            fg1 = tl.load(fg_ptr + (b0 + 1) * CH + ch)
+            xr = tl.load(u0 + n, mask=lm, other=0.0).to(tl.float32)
+            xi = tl.load(u0 + H * L + n, mask=n < L1, other=0.0).to(tl.float32)
+            zr, zi = _monarch_fwd_rows(far, fai, tl.where(fu0 > 0, xr * fu0, 0.0), tl.where(fu1 > 0, xi * fu1, 0.0),
                                        twr, twi, fmr, fmi, PREC)
-            wr, wi = _monarch_fwd_rows(far, fai, tl.load(g0 + n, mask=lm, other=0.0).to(tl.float32),
-                                       tl.load(g0 + CH * L + n, mask=n < L1, other=0.0).to(tl.float32),
+            xr = tl.load(g0 + n, mask=lm, other=0.0).to(tl.float32)
+            xi = tl.load(g0 + CH * L + n, mask=n < L1, other=0.0).to(tl.float32)
+            wr, wi = _monarch_fwd_rows(far, fai, tl.where(fg0 > 0, xr * fg0, 0.0), tl.where(fg1 > 0, xi * fg1, 0.0),
                                        twr, twi, fmr, fmi, PREC)
-            sr += wr * zr + wi * zi
-            si += wi * zr - wr * zi
+            un = un_ptr + ((b0 // 2) * CH + ch) * 2
+            un0 = tl.load(un)
+            un1 = tl.load(un + 1)
+            sr += ((wr * zr + wi * zi) * un0) * un1
+            si += ((wi * zr - wr * zi) * un0) * un1
         # inverse rows E = (S conj(F_M)) * conj(T); r's rows += Re(conj(F_N1)[rows, k1] E)
         gr, gi = _monarch_inv_rows(sr, si, twr, twi, fmr, fmi, PREC)
         fd = n1[:, None] * N1 + k1[None, :]
@@ -879,6 +893,54 @@ def _monarch_conv(u, kf, D, N: int, conj: bool = False):
     return y
 
 
+def _binade(t: torch.Tensor):
+    """(e, ok, bad) per row of t (last dim): the largest |entry| in [2^e, 2^(e + 1)), e within [-126, 126] (2^-e a
+    normal float32); ok: the row is nonzero and finite; bad: it holds a NaN / inf."""
+    a = t.abs().amax(-1).float()
+    bad = ~torch.isfinite(a)
+    ok = (a > 0) & ~bad
+    e = torch.frexp(torch.where(ok, a, 1.0)).exponent - 1
+    return e.clamp(-126, 126), ok, bad
+
+
+def _pow2(e: torch.Tensor) -> torch.Tensor:
+    """2^e in float32 for an integer tensor e (0 below float32's range, inf above)."""
+    return torch.ldexp(torch.ones_like(e, dtype=torch.float32), e)
+
+
+def _corr_pair_scales(g, u):
+    """The scale factors of _monarch_corr_kernel's pairs (torch ops on the device, no host read): fu (B', H) for
+    the rows of u, fg (B', C H) for the rows of g (B' = B rounded up to even, the padding 0) and un (B' / 2, C H, 2).
+
+    Row b's term g_b * u_b has the binade e_b = eu_b + eg_b; a pair's largest is e = max(e_b, e_b').  u_b enters
+    times 2^-eu_b (its largest entry in [1, 2)), g_b times 2^(eu_b - e) (<= 2 for the pair's larger term), so both
+    rows carry the same factor 2^-e and the pair's product comes out times 2^e (two factors, 2^e may not be a
+    float32).  Then the cross terms g_b' * u_b (which cancel only in exact arithmetic) are no larger than the
+    pair's own terms, and their TF32 rounding is relative to those.  A zero row of u or g (its term is 0) enters as
+    0; a non-finite row enters as 0 and its pair comes out NaN (dk is NaN, as the batch sum of the FFT path)."""
+    B, C, H, L = g.shape
+    CH = C * H
+    eu, oku, bad_u = _binade(u)                    # (B, H)
+    eg, okg, bad_g = _binade(g.reshape(B, CH, L))  # (B, CH)
+    eu_c = eu.repeat(1, C)                     # (B, CH): channel ch = c H + h reads row h of u
+    term = oku.repeat(1, C) & okg
+    t = torch.where(term, eu_c + eg, -1000)
+    bad = bad_u.repeat(1, C) | bad_g
+    if B % 2:
+        pad = lambda x, v: torch.cat([x, torch.full_like(x[:1], v)])  # noqa: E731
+        t, term, bad, eu_c = pad(t, -1000), pad(term, False), pad(bad, False), pad(eu_c, 0)
+        oku, eu = pad(oku, False), pad(eu, 0)
+    P = t.shape[0] // 2
+    e = t.reshape(P, 2, CH).amax(1)            # (P, CH): the pair's largest term binade (-1000: no term)
+    fu = torch.where(oku, _pow2(-eu), 0.0)
+    fg = torch.where(term, _pow2(eu_c - e.repeat_interleave(2, 0)), 0.0)
+    e1 = torch.div(e, 2, rounding_mode="floor")
+    un = torch.stack([_pow2(e1), _pow2(e - e1)], -1)
+    un = torch.where((e > -1000)[..., None], un, 0.0)
+    un = torch.where(bad.reshape(P, 2, CH).any(1)[..., None], float("nan"), un)
+    return fu.contiguous(), fg.contiguous(), un.contiguous()
+
+
 def _monarch_corr(g, u, S: int, N: int, out_dtype):
     """dk (C, S, H, L) in out_dtype: the batch-summed correlation of g (B, C, H, L) with u (B, H, L) through the
     tensor-core DFTs (one program per channel; the one-pass sizes N <= 4096).  The op runs it for a half-precision
@@ -890,8 +952,12 @@ def _monarch_corr(g, u, S: int, N: int, out_dtype):
     R1 = _monarch_r1(L, N1, M)
     f1, fm, tw = _monarch_consts(N1, M, u.device)
     dk = torch.zeros((C, S, H, L), device=u.device, dtype=out_dtype)
+    if dk.numel() == 0 or B == 0:
+        return dk
+    fu, fg, un = _corr_pair_scales(g, u)
     BK, warps = _MONARCH_CORR_CFG[N]
-    _monarch_corr_kernel[(C * H,)](u, g, f1, fm, tw, dk, B, H, C * H, L, 1.0 / N, N1=N1, M=M, R1=R1, BK=BK,
+    _monarch_corr_kernel[(C * H,)](u, g, fu, fg, un, f1, fm, tw, dk, B, H, C * H, L, 1.0 / N, N1=N1, M=M, R1=R1,
+                                   BK=BK,
                                    TAIL=S == 2, PREC="tf32" if out_dtype in _HALF else "tf32x3",  # (see caller)
                                    num_warps=warps, num_stages=1)
     return dk

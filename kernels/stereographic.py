@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 
 import torch
 import triton
@@ -1948,7 +1949,7 @@ def _pair_tau(D: int, dtype: torch.dtype) -> float:
     """The close-pair threshold of the C++ kernel, rounded to float32 (the kernels' and the host's test agree)."""
     u = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
     rel = 1.0 / 512 if dtype == torch.float32 else 1e-12  # A's relative accuracy outside the close pairs
-    return float(torch.tensor(min(0.5, u * (D + 4) / rel), dtype=torch.float32))
+    return struct.unpack("f", struct.pack("f", min(0.5, u * (D + 4) / rel)))[0]  # (no tensor made per call)
 
 
 def _pair_check(x, y, k):
@@ -2076,7 +2077,9 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))
-    # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own)
+    # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own).  The
+    # host read (close.any(), nonzero: a device sync per backward) stays: doing it in _pair_bwd_kernel spilled
+    # 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
     close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
     if (want_x or want_y) and bool(close.any()):
         bi, ii, jj = close.nonzero(as_tuple=True)

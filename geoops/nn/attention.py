@@ -7,6 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .. import _args
 from .. import attention as _attention
 
 __all__ = ["TripleAttention"]
@@ -42,10 +43,10 @@ class TripleAttention(nn.Module):
                  window: Optional[Union[int, Tuple[int, int]]] = None, bias: bool = False,
                  scale: Optional[float] = None, device=None, dtype=None):
         super().__init__()
-        for name, val in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
-                          ("head_dim", head_dim)):
-            if val is not None and (isinstance(val, bool) or not isinstance(val, numbers.Integral)):
-                raise TypeError(f"TripleAttention: {name} must be an int, got {type(val).__name__}")
+        embed_dim, num_heads = (_args.int_arg("TripleAttention", n, v)
+                                for n, v in (("embed_dim", embed_dim), ("num_heads", num_heads)))
+        num_kv_heads, head_dim = (_args.int_arg("TripleAttention", n, v, none_ok=True)
+                                  for n, v in (("num_kv_heads", num_kv_heads), ("head_dim", head_dim)))
         if not isinstance(causal, bool):
             raise TypeError(f"TripleAttention: causal must be a bool, got {type(causal).__name__}")
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
@@ -61,7 +62,9 @@ class TripleAttention(nn.Module):
                                  f"{num_heads}; pass head_dim")
             head_dim = embed_dim // num_heads
         if window is not None:
-            _attention._window_arg(window, causal)  # raises (naming `window`) now rather than at the first call
+            # raises (naming `window`) now rather than at the first call; kept as given (an int or a pair)
+            lo_hi = _attention._window_arg(window, causal)
+            window = lo_hi[0] if _args.as_index(window) is not None else lo_hi
         fk = dict(device=device, dtype=dtype)
         self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim = embed_dim, num_heads, num_kv_heads, head_dim
         self.causal, self.window, self.scale = causal, window, scale

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from .. import _backend, _library
+from .. import _args, _backend, _library
 from .. import poincare as gp
 
 __all__ = [
@@ -94,13 +94,11 @@ def _init_hyperplanes(z: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
             bias.zero_()
 
 
-def _check_size(owner: str, name: str, val, minimum: int = 1) -> None:
-    """TypeError / ValueError naming the argument for a size that is not an int >= minimum (else torch fails deep
-    inside, in torch.empty, or the initialisation divides by zero)."""
-    if isinstance(val, bool) or not isinstance(val, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(val).__name__}")
-    if val < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {val}")
+def _check_size(owner: str, name: str, val, minimum: int = 1) -> int:
+    """``val`` as a Python int (any integer operator.index takes, not a bool), after a TypeError / ValueError naming
+    the argument for one that is not an int >= minimum (else torch fails deep inside, in torch.empty, or the
+    initialisation divides by zero)."""
+    return _args.int_arg(owner, name, val, lo=minimum, what=f">= {minimum}")
 
 
 def _check_ball(owner: str, ball) -> None:
@@ -114,9 +112,7 @@ def _pair(owner: str, name: str, val) -> tuple:
     pair = tuple(val) if isinstance(val, (tuple, list)) else (val, val)
     if len(pair) != 2:
         raise ValueError(f"{owner}: {name} must be an int or a pair of ints, got {val!r}")
-    for v in pair:
-        _check_size(owner, name, v)
-    return pair
+    return tuple(_check_size(owner, name, v) for v in pair)
 
 
 def _check_momentum(owner: str, momentum) -> None:
@@ -132,8 +128,8 @@ class PoincareLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True):
         super().__init__()
-        _check_size("PoincareLinear", "in_features", in_features)
-        _check_size("PoincareLinear", "out_features", out_features)
+        in_features = _check_size("PoincareLinear", "in_features", in_features)
+        out_features = _check_size("PoincareLinear", "out_features", out_features)
         _check_ball("PoincareLinear", ball)
         self.in_features, self.out_features, self.ball = in_features, out_features, ball
         self.z = nn.Parameter(torch.empty(in_features, out_features))
@@ -165,11 +161,16 @@ class PoincareConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, ball: PoincareBall, bias: bool = True,
                  stride: int = 1, padding: int = 0, id_init: bool = True):
         super().__init__()
-        _check_size("PoincareConv2d", "in_channels", in_channels)
-        _check_size("PoincareConv2d", "out_channels", out_channels)
+        in_channels = _check_size("PoincareConv2d", "in_channels", in_channels)
+        out_channels = _check_size("PoincareConv2d", "out_channels", out_channels)
         _check_ball("PoincareConv2d", ball)
         self.in_channels, self.out_channels, self.ball = in_channels, out_channels, ball
         self.kernel_size = _pair("PoincareConv2d", "kernel_size", kernel_size)  # a list too, as torch.nn.Conv2d
+        # stride / padding: an int or a pair, checked here (an integer of any kind kept as a Python int)
+        stride = _pair("PoincareConv2d", "stride", stride) if isinstance(stride, (tuple, list)) else \
+            _check_size("PoincareConv2d", "stride", stride)
+        padding = tuple(_check_size("PoincareConv2d", "padding", p, 0) for p in padding) if isinstance(
+            padding, (tuple, list)) else _check_size("PoincareConv2d", "padding", padding, 0)
         self.stride, self.padding, self.id_init = stride, padding, id_init
         kv = self.kernel_size[0] * self.kernel_size[1]
         self.weights = nn.Parameter(torch.empty(kv * in_channels, out_channels))
@@ -232,7 +233,7 @@ class PoincareBatchNorm(nn.Module):
     def __init__(self, features: int, ball: PoincareBall, momentum: float = 0.1, track_running_stats: bool = True):
         super().__init__()
         owner = type(self).__name__
-        _check_size(owner, "features", features)
+        features = _check_size(owner, "features", features)
         _check_ball(owner, ball)
         _check_momentum(owner, momentum)
         self.features, self.ball, self.momentum = features, ball, momentum
@@ -316,8 +317,8 @@ class PoincareEmbedding(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, ball: PoincareBall):
         super().__init__()
-        _check_size("PoincareEmbedding", "num_embeddings", num_embeddings, minimum=0)
-        _check_size("PoincareEmbedding", "embedding_dim", embedding_dim)
+        num_embeddings = _check_size("PoincareEmbedding", "num_embeddings", num_embeddings, minimum=0)
+        embedding_dim = _check_size("PoincareEmbedding", "embedding_dim", embedding_dim)
         _check_ball("PoincareEmbedding", ball)
         self.num_embeddings, self.embedding_dim, self.ball = num_embeddings, embedding_dim, ball
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
@@ -344,11 +345,11 @@ class MobiusLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True,
                  blocks: Optional[int] = None):
         super().__init__()
-        _check_size("MobiusLinear", "in_features", in_features)
-        _check_size("MobiusLinear", "out_features", out_features)
+        in_features = _check_size("MobiusLinear", "in_features", in_features)
+        out_features = _check_size("MobiusLinear", "out_features", out_features)
         _check_ball("MobiusLinear", ball)
         if blocks is not None:
-            _check_size("MobiusLinear", "blocks", blocks)
+            blocks = _check_size("MobiusLinear", "blocks", blocks)
         self.in_features, self.out_features, self.ball, self.blocks = in_features, out_features, ball, blocks
         if blocks is None:
             self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -381,8 +382,8 @@ class PoincareMLR(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, ball: PoincareBall, bias: bool = True):
         super().__init__()
-        _check_size("PoincareMLR", "in_features", in_features)
-        _check_size("PoincareMLR", "num_classes", num_classes)
+        in_features = _check_size("PoincareMLR", "in_features", in_features)
+        num_classes = _check_size("PoincareMLR", "num_classes", num_classes)
         _check_ball("PoincareMLR", ball)
         self.ball, self.in_features, self.num_classes = ball, in_features, num_classes
         self.z = nn.Parameter(torch.empty(in_features, num_classes))

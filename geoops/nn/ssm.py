@@ -13,11 +13,11 @@ returns the (H, L) kernel via :func:`geoops.ssm.s4d_kernel`.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
 
+from .. import _args
 from .. import ssm as _ssm
 
 __all__ = ["S4D", "S4DKernel", "DropoutNd"]
@@ -48,11 +48,10 @@ def _kernel_dtype(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _check_ints(owner: str, **named):
-    """TypeError naming the argument for a size that is not an int (else torch fails deep inside, in torch.randn)."""
-    for name, val in named.items():
-        if isinstance(val, bool) or not isinstance(val, numbers.Integral):
-            raise TypeError(f"{owner}: {name} must be an int, got {type(val).__name__}")
+def _check_ints(owner: str, **named) -> list:
+    """The sizes as Python ints (any integer operator.index takes), after a TypeError naming the argument for one
+    that is not an int (else torch fails deep inside, in torch.randn)."""
+    return [_args.int_arg(owner, name, val) for name, val in named.items()]
 
 
 class S4DKernel(nn.Module):
@@ -66,7 +65,7 @@ class S4DKernel(nn.Module):
 
     def __init__(self, d_model: int, N: int = 64, dt_min: float = 0.001, dt_max: float = 0.1, lr=None):
         super().__init__()
-        _check_ints("S4DKernel", d_model=d_model, **{"N (d_state)": N})
+        d_model, N = _check_ints("S4DKernel", d_model=d_model, **{"N (d_state)": N})
         if N < 2 or N % 2:
             raise ValueError(f"S4DKernel: N (d_state) must be an even number >= 2 (N/2 conjugate pairs), got {N}")
         H = d_model
@@ -145,7 +144,7 @@ class S4D(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 64, dropout: float = 0.0, transposed: bool = True, **kernel_args):
         super().__init__()
-        _check_ints("S4D", d_model=d_model, d_state=d_state)
+        d_model, d_state = _check_ints("S4D", d_model=d_model, d_state=d_state)
         self.h = d_model
         self.n = d_state
         self.d_output = self.h

@@ -98,3 +98,64 @@ def test_fftconv_bfloat16_top_binade_row(device, monkeypatch, knob, L):
     torch.testing.assert_close(y[0, 0], y0[0, 0], atol=2.0 ** 127 * 1e-6, rtol=1e-2)
     torch.testing.assert_close(y[0, 0, :2], torch.tensor([2.0 ** 126, 2.0 ** 125]), rtol=1e-2, atol=0)
     torch.testing.assert_close(y[1, 0, :6], torch.tensor([0.5, 0.75, 0.75, 0.75, 0.75, 0.25]), rtol=1e-2, atol=1e-3)
+
+
+# ---------------------------------------------------------------- session 36 (helper "smallfix"): the backward's dk
+@pytest.mark.parametrize("bid", [False, True], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fftconv_half_dk_pair_cross_term(device, monkeypatch, tf32_dots, dtype, bid):
+    """dk of half u / k / g on tensor cores (_monarch_corr_kernel) sums Re IFFT(W conj(Z)) over pairs of batch rows
+    (z = u_b + i u_b', w = g_b + i g_b'); the cross terms g_b' * u_b and g_b * u_b' cancel only in exact arithmetic.
+    Unscaled, their TF32 rounding (relative to |g_b'| |u_b|) landed on dk: here u_0 1000x and g_0 1/1000x their
+    partners', so |g_1| |u_0| is ~1000x the terms dk sums.  The house rule (dk's error in units of its largest entry
+    within 2x the float32 cuFFT path's, GEOOPS_SSM_TRITON_MONARCH=0, plus a quarter ulp of the half type) holds when
+    each pair enters scaled so that its cross terms are no larger than the pair's own terms.  (A NaN row makes dk
+    NaN through the batch sum in either path: no partner to protect.)"""
+    L = 300  # the one-pass kernel (N = 1024)
+    g = torch.Generator().manual_seed(36)
+    u = torch.randn(4, 1, L, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 2 if bid else 1, 1, L, generator=g, dtype=torch.float64) / L ** 0.5
+    gy = torch.randn(4, 1, 1, L, generator=g, dtype=torch.float64)
+    u[0] *= 1000.0    # pair (0, 1): a large u row with a small g row, a unit partner
+    gy[0] /= 1000.0
+    u[3] = 0.0        # pair (2, 3): a zero u row (its term is 0) with a unit g row
+    uh, kh, gh = u.to(dtype), k.to(dtype), gy.to(dtype)
+    uu, kk = uh.double(), kh.double().requires_grad_()
+    (exact,) = torch.autograd.grad(ref.fftconv(uu, kk if bid else kk[:, 0], None, bid), kk, gh.double())
+    if bid:
+        exact[:, 1, :, L - 1] = 0  # the anti-causal kernel's last tap is unused (op contract: zero gradient)
+    out = {}
+    for kn in ("", "0"):
+        monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", kn)
+        kd = kh.to(device).requires_grad_()
+        y = gs.fftconv(uh.to(device), kd if bid else kd[:, 0], bidirectional=bid)
+        (out[kn],) = torch.autograd.grad(y, kd, gh.to(device).reshape(y.shape))
+    assert S.monarch_size(L, dtype) <= 4096  # (the dk kernel ran: half k, g in u's dtype)
+    m = exact.abs().max()
+    e, e0 = (out[""].cpu().double() - exact).abs().max() / m, (out["0"].cpu().double() - exact).abs().max() / m
+    assert e <= 2 * e0 + torch.finfo(dtype).eps / 4, (e.item(), e0.item())
+
+
+def test_fftconv_half_dk_nonfinite_and_odd_batch(device, monkeypatch):
+    """The dk kernel's pair scaling: a NaN in one row of u makes dk NaN (the batch sum; the cuFFT path too), an inf
+    in g as well; an odd batch (the last pair's second row absent) and a zero row match the cuFFT path."""
+    L = 100
+    g = torch.Generator().manual_seed(37)
+    u = torch.randn(3, 1, L, generator=g).half()
+    k = (torch.randn(1, 1, L, generator=g) / L ** 0.5).half()
+    gy = torch.randn(3, 1, 1, L, generator=g).half()
+    u[1] = 0.0
+
+    def dk(uu, gg, knob):
+        monkeypatch.setenv("GEOOPS_SSM_TRITON_MONARCH", knob)
+        kd = k.to(device).requires_grad_()
+        y = gs.fftconv(uu.to(device), kd)
+        return torch.autograd.grad(y, kd, gg.to(device).reshape(y.shape))[0].cpu().float()
+
+    torch.testing.assert_close(dk(u, gy, ""), dk(u, gy, "0"), atol=2e-3, rtol=2e-3)
+    un = u.clone()
+    un[2, 0, 5] = float("nan")
+    assert dk(un, gy, "").isnan().all() and dk(un, gy, "0").isnan().all()
+    gi = gy.clone()
+    gi[0, 0, 0, 9] = float("inf")
+    assert not dk(u, gi, "").isfinite().any()

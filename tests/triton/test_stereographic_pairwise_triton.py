@@ -363,3 +363,77 @@ def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
         counts[s] = w
     assert len(counts["2"].launches) == len(counts["0"].launches) == 3
     assert len(counts["2"].ops) <= len(counts["0"].ops) + 2
+
+
+# ---------------------------------------------------------------- session 36: the close pairs' host read
+@pytest.fixture
+def host_reads(monkeypatch):
+    """A list that records every read of a tensor's value back to the host (``bool`` / ``item`` / ``float`` /
+    ``int`` / ``tolist``) and every data-dependent-size op (``nonzero``): on a GPU each is a device sync."""
+    seen = []
+    for name in ("__bool__", "item", "__float__", "__int__", "tolist", "nonzero"):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _orig=orig, _name=name, **kw):
+            seen.append(_name)
+            return _orig(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return seen
+
+
+def _close_case(dtype, device):
+    x = _points(1, 21, 70, dtype, 50)
+    y = _close_pairs(x, _points(1, 19, 70, dtype, 51), 1e-3, 52)
+    kt = torch.full((1,), -1.0, dtype=dtype, device=device)
+    d, A = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
+    g = torch.randn(d.shape, generator=torch.Generator().manual_seed(53), dtype=torch.float64).to(d)
+    return x, y, kt, d, A, g
+
+
+@pytest.mark.parametrize("split", [0, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split):
+    """cdist's backward with close pairs (their exact W (x_i - y_j) terms) and a copy of a point (A = 0), unsplit
+    and split, D = 70 (two feature blocks): the float64 reference within 1e-9 / 1e-4."""
+    monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", str(split))
+    x, y, kt, d, A, g = _close_case(dtype, device)
+    tau = __import__("geoops.kernels.stereographic", fromlist=["_pair_tau"])._pair_tau(70, dtype)
+    x2, y2 = (x * x).sum(-1), (y * y).sum(-1)
+    assert int(((A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :]))).sum()) >= 3  # close pairs present
+    dx, dy, dk = ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
+    rl = [t.detach().double().cpu().requires_grad_(True) for t in (x, y, kt)]
+    want = torch.autograd.grad(ref.cdist(rl[0], rl[1], k=rl[2].reshape(-1, 1, 1)), rl, g.double().cpu())
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for name, a, b in zip(("dx", "dy", "dk"), (dx, dy, dk), want):
+        err = float((a.double().cpu() - b).abs().max() / b.abs().max().clamp_min(1e-300))
+        assert err < tol, (name, err)
+
+
+@pytest.mark.xfail(strict=True, reason="cdist's Triton backward reads close.any() and takes nonzero of the close "
+                                       "pairs for its exact host-side fix-up (a device sync per backward); doing "
+                                       "it in _pair_bwd_kernel spilled 50-900 B (session 36, "
+                                       "docs/families/stereographic-pairwise.md)")
+def test_cdist_backward_reads_nothing_back(device, host_reads):
+    x, y, kt, d, A, g = _close_case(torch.float32, device)
+    host_reads.clear()
+    ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
+    assert host_reads == []
+
+
+def test_cdist_backward_self_and_near_boundary_float32(device):
+    """x against itself (every diagonal pair A = 0: no term) and float32 points at 0.999 of the radius with close
+    pairs, through autograd: finite, within 2e-3 of the reference's largest entry."""
+    x = _points(1, 30, 7, torch.float32, 54, radius=0.999, k=-3.0)
+    y = _close_pairs(x, _points(1, 26, 7, torch.float32, 55, radius=0.999, k=-3.0), 1e-3 / 3 ** 0.5, 56)
+    for a_in, b_in in ((x, x), (x, y)):
+        leaves = [a_in.clone().requires_grad_(True), b_in.clone().requires_grad_(True)]
+        d = gs.cdist(*leaves, k=-3.0)
+        g = torch.randn(d.shape, generator=torch.Generator().manual_seed(57), dtype=torch.float64).to(d)
+        got = torch.autograd.grad(d, leaves, g)
+        rl = [t.detach().double().cpu().requires_grad_(True) for t in (a_in, b_in)]
+        want = torch.autograd.grad(ref.cdist(rl[0], rl[1], k=torch.tensor(-3.0, dtype=torch.float64)), rl,
+                                   g.double().cpu())
+        for a, b in zip(got, want):
+            assert torch.isfinite(a).all()
+            err = float((a.double().cpu() - b).abs().max() / b.abs().max())
+            assert err < 2e-3, err

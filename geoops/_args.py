@@ -1,0 +1,46 @@
+"""Argument helpers shared by the families (they know no family).
+
+``int_arg``: an integer argument (``dim``, a size, a count) as a Python int.  Any integer that
+``operator.index`` takes is accepted -- a Python int, a numpy integer, a 0-d integer numpy array or tensor (as
+torch's own ``dim=`` does) -- and a bool, a float, a string or a tensor / array with dimensions is refused with a
+TypeError naming the argument, before any kernel runs.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Optional
+
+import torch
+
+
+def as_index(v) -> Optional[int]:
+    """``v`` as a Python int when it is an integer (not a bool, not a tensor or array with dimensions), else None."""
+    if type(v) is int or isinstance(v, torch.SymInt):  # a SymInt (a size under torch.compile / export) as it is
+        return v
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0 or v.dtype == torch.bool or v.is_floating_point() or v.is_complex():
+            return None
+    elif getattr(v, "ndim", 0) != 0 or getattr(getattr(v, "dtype", None), "kind", "i") not in "iu":
+        return None  # a numpy array with dimensions, or a numpy bool / non-integer scalar
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
+def int_arg(who: str, name: str, v, *, lo: Optional[int] = None, what: str = "", none_ok: bool = False,
+            type_what: str = ""):
+    """``v`` as a Python int (``None`` stays None when ``none_ok``); at least ``lo`` when given (``what`` says what
+    is expected, e.g. "a positive int"; ``type_what`` the TypeError's wording, default "an int [or None]").  Errors
+    start with ``who`` (e.g. ``geoops.ssm.s4d_kernel``)."""
+    if v is None and none_ok:
+        return None
+    n = as_index(v)
+    if n is None:
+        expected = type_what or f"an int{' or None' if none_ok else ''}"
+        raise TypeError(f"{who}: {name} must be {expected}, got {type(v).__name__}")
+    if lo is not None and type(n) is int and n < lo:  # (no guard on a SymInt)
+        raise ValueError(f"{who}: {name} must be {what or f'an int >= {lo}'}, got {n}")
+    return n
