@@ -24,8 +24,10 @@ Every family follows one path::
 * :func:`autograd_wanted` decides whether a public function needs its Function (a gradient is wanted or
   forward-mode AD may carry tangents), and :func:`first_order_only` makes a second derivative through a
   once-differentiable backward raise instead of silently missing the op's terms.
-* :func:`func_twin` makes a Function's torch.func variant (setup_context, generated vmap rule), and
-  :func:`loop_vmap` (registered by :func:`define_op` for every op) lets vmap run any custom op.
+* :func:`func_twin` makes a Function's torch.func variant (setup_context, generated vmap rule; the decorator
+  :func:`with_func_twin` makes it at class definition, for :func:`apply`), and :func:`loop_vmap` (registered by
+  :func:`define_op` for every op) lets vmap run any custom op.  Under torch.compile inside a transform,
+  :func:`compiled_transform_fallback` graph-breaks where tracing the Function would be wrong.
 """
 from __future__ import annotations
 
@@ -398,9 +400,10 @@ def _jvp_in_transform_stack() -> bool:
 def _compile_fallback_reason() -> str:
     """Why torch.compile (2.13) must not trace a geoops Function inside the running torch.func transforms ('' when it
     may): read while tracing.  Traced, a Function becomes dynamo's autograd.Function op, whose backward is not
-    differentiable by autograd outside the transforms (the gradient of a torch.func.grad result with respect to
-    parameters silently lost the Function's terms: force training), which vmap cannot map (pytorch/pytorch#129845),
-    and whose forward-mode tangents are dropped."""
+    differentiable, neither by autograd outside the transforms (the gradient of a torch.func.grad result with respect
+    to parameters silently lost the Function's terms: force training) nor by an outer transform level (jacrev(grad(f))
+    was wrong; a once-differentiable op gave zeros instead of its error), which vmap cannot map
+    (pytorch/pytorch#129845), and whose forward-mode tangents are dropped."""
     from torch._C._functorch import TransformType
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
@@ -411,8 +414,11 @@ def _compile_fallback_reason() -> str:
             outer_grad = i.prev_grad_mode()
     if TransformType.Jvp in keys:
         return "forward-mode AD (torch.func.jvp, jacfwd) is not traced"
-    if TransformType.Vmap in keys and TransformType.Grad in keys[keys.index(TransformType.Vmap):]:
-        return "vmap of a gradient (per-sample gradients) is not traced (pytorch/pytorch#129845)"
+    if TransformType.Vmap in keys and TransformType.Grad in keys:
+        return ("vmap with a gradient transform (per-sample gradients) is not traced (pytorch/pytorch#129845: vmap "
+                "of a traced autograd.Function)")
+    if keys.count(TransformType.Grad) > 1:
+        return "a nested reverse-mode transform (jacrev(grad(f)), hessian) is not traced: its outer level would miss the op's terms"
     if torch.is_grad_enabled() if outer_grad is None else outer_grad:
         return ("with autograd recording outside the transform (grad mode on), it is not traced: the result's "
                 "gradient would miss the op's terms; run the compiled function under torch.no_grad() when its "
@@ -423,8 +429,8 @@ def _compile_fallback_reason() -> str:
 def compiled_transform_fallback() -> None:
     """Under torch.compile inside a torch.func transform: a graph break, so that the call runs eagerly (correct, as
     outside torch.compile; with fullgraph=True dynamo raises naming the reason), where tracing the Function could
-    give a wrong answer (:func:`_compile_fallback_reason`).  Traced without a break: ``grad`` / ``vjp`` /
-    ``jacrev`` (nested too) and ``vmap`` under ``torch.no_grad()``."""
+    give a wrong answer (:func:`_compile_fallback_reason`).  Traced without a break, under ``torch.no_grad()``
+    outside: one ``grad`` / ``vjp`` / ``jacrev`` level, or ``vmap``."""
     if torch.compiler.is_compiling():
         reason = _compile_fallback_reason()
         if reason:
@@ -697,6 +703,7 @@ def with_func_twin(cls):
     twin = func_twin(cls, once_differentiable=not getattr(cls, "differentiable_backward", False))
 
     def func_twin_apply(*args):
+        """The torch.func twin's apply (what geoops._library.apply calls inside a transform)."""
         return twin.apply(*args)
 
     cls.func_twin = twin
@@ -729,6 +736,7 @@ def with_compiled_apply(twin):
     plain = type(twin.__name__, (torch.autograd.Function,), {k: v for k, v in vars(twin).items() if k in keep})
 
     def compiled_apply(*args):
+        """apply inside a torch.func transform: under torch.compile that of a copy without the jvp."""
         if torch.compiler.is_compiling():
             compiled_transform_fallback()
             return plain.apply(*compiled_transform_args(args))

@@ -157,9 +157,33 @@ def test_outer_autograd_falls_back_to_eager():
         torch.testing.assert_close(torch.compile(h)(x, y), h(x, y), rtol=1e-12, atol=1e-12)
 
 
+def test_nested_reverse_transforms_fall_back_to_eager():
+    """jacrev(grad(f)) under torch.compile: traced, the inner level's Function backward was not differentiated by the
+    outer level (Gaunt, differentiable backward: a wrong Hessian; triple attention, once-differentiable: zeros
+    instead of its error).  It graph-breaks and runs eagerly now, grad(vmap(f)) likewise."""
+    g = _gen(8)
+    x = torch.randn(2, 4, generator=g, dtype=F64)
+    y = torch.randn(2, 4, generator=g, dtype=F64)
+    for f in (jacrev(grad(lambda a: gg.gaunt_tensor_product(a, y, 1).square().sum())),
+              grad(lambda a: vmap(lambda r, s: gg.gaunt_tensor_product(r, s, 1))(a, y).square().sum())):
+        want = f(x)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(f)(x), want, rtol=1e-12, atol=1e-12)
+        torch._dynamo.reset()
+        with torch.no_grad(), pytest.raises(Exception, match="graph_break|not traced"):
+            torch.compile(f, fullgraph=True)(x)
+    q, k1, k2, v1, v2 = (torch.randn(1, 2, 6, 4, generator=g, dtype=F64) for _ in range(5))
+    h = jacrev(grad(lambda a: ga.triple_attention(a, k1, k2, v1, v2).square().sum()))
+    torch._dynamo.reset()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="once-differentiable"):
+        torch.compile(h)(q)
+
+
 @pytest.mark.xfail(strict=True, reason="torch 2.13: vmap over a compiled autograd.Function fails (dynamo's "
-                   "ApplyTemplate has no vmap rule: pytorch/pytorch#129845); per-sample gradients under torch.compile "
-                   "need torch's fix")
+                   "ApplyTemplate has no vmap rule: pytorch/pytorch#129845), so geoops graph-breaks there on purpose "
+                   "(_library._compile_fallback_reason; eager result, correct); fullgraph per-sample gradients need "
+                   "torch's fix, then that rule can go")
 def test_per_sample_grad_under_compile():
     g = _gen(6)
     x = torch.randn(5, 3, 9, generator=g, dtype=F64)
