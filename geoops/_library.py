@@ -24,8 +24,10 @@ Every family follows one path::
 * :func:`autograd_wanted` decides whether a public function needs its Function (a gradient is wanted or
   forward-mode AD may carry tangents), and :func:`first_order_only` makes a second derivative through a
   once-differentiable backward raise instead of silently missing the op's terms.
-* :func:`func_twin` makes a Function's torch.func variant (setup_context, generated vmap rule), and
-  :func:`loop_vmap` (registered by :func:`define_op` for every op) lets vmap run any custom op.
+* :func:`func_twin` makes a Function's torch.func variant (setup_context, generated vmap rule; the decorator
+  :func:`with_func_twin` makes it at class definition, for :func:`apply`), and :func:`loop_vmap` (registered by
+  :func:`define_op` for every op) lets vmap run any custom op.  Under torch.compile inside a transform,
+  :func:`compiled_transform_fallback` graph-breaks where tracing the Function would be wrong.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import torch
 from . import _backend
 
 __all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
-           "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "apply",
+           "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "with_func_twin", "compiled_transform_args", "with_compiled_apply", "apply",
            "concrete", "check_finite", "no_autocast", "torch_kernels"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
@@ -382,10 +384,58 @@ def forward_ad_active() -> bool:
         return True
     if not functorch_active():
         return False
+    return _jvp_in_transform_stack()
+
+
+@torch._dynamo.assume_constant_result  # (torch.compile: read once while tracing, where the stack is the traced one)
+def _jvp_in_transform_stack() -> bool:
+    """Whether a torch.func.jvp / jacfwd transform is among those running around this call."""
     from torch._C._functorch import TransformType
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
     return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+
+
+@torch._dynamo.assume_constant_result  # (a trace-time constant, like _jvp_in_transform_stack)
+def _compile_fallback_reason() -> str:
+    """Why torch.compile (2.13) must not trace a geoops Function inside the running torch.func transforms ('' when it
+    may): read while tracing.  Traced, a Function becomes dynamo's autograd.Function op, whose backward is not
+    differentiable, neither by autograd outside the transforms (the gradient of a torch.func.grad result with respect
+    to parameters silently lost the Function's terms: force training) nor by an outer transform level (jacrev(grad(f))
+    was wrong; a once-differentiable op gave zeros instead of its error), which vmap cannot map
+    (pytorch/pytorch#129845), and whose forward-mode tangents are dropped."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    keys, outer_grad = [], None
+    for i in retrieve_all_functorch_interpreters():  # (outermost first)
+        keys.append(i.key())
+        if outer_grad is None and i.key() == TransformType.Grad:
+            outer_grad = i.prev_grad_mode()
+    if TransformType.Jvp in keys:
+        return "forward-mode AD (torch.func.jvp, jacfwd) is not traced"
+    if TransformType.Vmap in keys and TransformType.Grad in keys:
+        return ("vmap with a gradient transform (per-sample gradients) is not traced (pytorch/pytorch#129845: vmap "
+                "of a traced autograd.Function)")
+    if keys.count(TransformType.Grad) > 1:
+        return "a nested reverse-mode transform (jacrev(grad(f)), hessian) is not traced: its outer level would miss the op's terms"
+    if torch.is_grad_enabled() if outer_grad is None else outer_grad:
+        return ("with autograd recording outside the transform (grad mode on), it is not traced: the result's "
+                "gradient would miss the op's terms; run the compiled function under torch.no_grad() when its "
+                "results are not differentiated")
+    return ""
+
+
+def compiled_transform_fallback() -> None:
+    """Under torch.compile inside a torch.func transform: a graph break, so that the call runs eagerly (correct, as
+    outside torch.compile; with fullgraph=True dynamo raises naming the reason), where tracing the Function could
+    give a wrong answer (:func:`_compile_fallback_reason`).  Traced without a break, under ``torch.no_grad()``
+    outside: one ``grad`` / ``vjp`` / ``jacrev`` level, or ``vmap``."""
+    if torch.compiler.is_compiling():
+        reason = _compile_fallback_reason()
+        if reason:
+            torch._dynamo.graph_break("geoops under torch.compile inside a torch.func transform: " + reason
+                                      + "; it runs eagerly")
 
 
 def reverse_wanted(*tensors) -> bool:
@@ -399,6 +449,10 @@ def autograd_wanted(*tensors) -> bool:
     mode wants a gradient of some argument, or forward mode may carry tangents.  A custom op called outside
     its Function drops forward tangents silently (a ``jvp`` of zeros); through the Function they reach its
     ``jvp`` or torch's error for a Function without one.  ``None`` and numbers are ignored."""
+    if torch.compiler.is_compiling() and functorch_active():
+        # torch.compile (2.13) traces a transform's input with requires_grad=False until an op has run on it: the
+        # Function always (what it adds outside reverse / forward mode, under vmap, is nothing)
+        return True
     return reverse_wanted(*tensors) or forward_ad_active()
 
 
@@ -539,6 +593,9 @@ def fold_vmap(qualname: str, *, row_broadcast: tuple = ()) -> None:
     torch.library.register_vmap(qualname, rule)
 
 
+_FunctionCtx = torch.autograd.function.FunctionCtx
+
+
 class _Recorder:
     """Stands in for ``ctx`` while a Function's ``forward(ctx, ...)`` runs for its torch.func twin: records
     what it saves and marks; reports every input as needing a gradient (so the forward keeps all it may
@@ -560,11 +617,11 @@ class _Recorder:
     def __setattr__(self, key, value):
         self._rec["attrs"][key] = value
 
-
-# per Function class: what its twin's last forward recorded (layout of the saved tensors, ctx attributes, output
-# count, non-differentiable outputs, whether forward returned a tuple), read by the setup_context calls that follow it (a transform stack may call
-# setup_context once per level).  The record depends only on the call's structure and non-tensor arguments.
-_LAST: dict = {}
+    def __getattr__(self, key):  # (an attribute the forward set and reads back, as ConvRowsFn's ctx.geo)
+        try:
+            return self.__dict__["_rec"]["attrs"][key]
+        except KeyError:
+            raise AttributeError(key) from None
 
 
 def func_twin(cls, *, once_differentiable: bool = True):
@@ -573,9 +630,13 @@ def func_twin(cls, *, once_differentiable: bool = True):
     torch.func needs ``forward(*args)`` + ``setup_context``; the eager style (which the families keep: it
     skips a per-call signature bind) records in forward.  The twin runs ``cls.forward`` with a recording
     ctx, returns the saved intermediates that are not inputs as extra outputs (non-differentiable), and
-    ``setup_context`` saves them again; ``cls.backward`` runs unchanged.  vmap uses the generated rule (the
-    custom ops inside carry vmap rules, see :func:`loop_vmap`).  The public function calls
-    ``twin.apply(...)[:n]`` inside transforms (:func:`functorch_active`), ``cls.apply`` otherwise.
+    ``setup_context`` saves them again; ``cls.backward`` runs unchanged.  What the recording ctx saw (which
+    saved tensor is which input / output / extra, the ctx attributes, the output count) travels as the twin's
+    last output, a Python tuple, so that no state outlives the call: a transform stack may call setup_context
+    once per level, and ``torch.compile`` traces the twin (forward and setup_context in one) without a graph
+    break.  vmap uses the generated rule (the custom ops inside carry vmap rules, see :func:`loop_vmap`).
+    :func:`apply` calls the twin inside transforms (:func:`functorch_active`), ``cls.apply`` otherwise, and
+    drops the twin's extra outputs.
 
     With ``once_differentiable`` (backward kernels without a derivative of their own), a nested derivative
     transform (``jacrev(grad(f))``, hessian) raises instead of silently returning zeros (:func:`first_order_only`,
@@ -583,9 +644,14 @@ def func_twin(cls, *, once_differentiable: bool = True):
     raises.
     """
     def forward(*args):
+        if args and isinstance(args[0], _FunctionCtx):
+            # torch.compile inlines the forward of a call that records no gradient (a nested call inside a traced
+            # backward) and passes its ctx first unless forward's parameters count one less than the arguments
+            args = args[1:]
         rec = _Recorder(len(args))
         out = cls.forward(rec, *args)
-        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        as_tuple = isinstance(out, (tuple, list))
+        outs = tuple(out) if as_tuple else (out,)
         r = rec._rec
         layout, extras = [], []
         for t in r["saved"]:
@@ -602,17 +668,17 @@ def func_twin(cls, *, once_differentiable: bool = True):
                 else:
                     layout.append(("extra", len(extras)))
                     extras.append(t)
-        nondiff = [i for i, o in enumerate(outs) if any(o is t for t in r["nondiff"])]
-        _LAST[cls] = (layout, r["attrs"], len(outs), nondiff, isinstance(out, (tuple, list)))
-        return (*outs, *extras)
+        nondiff = tuple(i for i, o in enumerate(outs) if any(o is t for t in r["nondiff"]))
+        record = (tuple(layout), tuple(r["attrs"].items()), len(outs), nondiff, as_tuple)
+        return (*outs, *extras, record)
 
     def setup_context(ctx, inputs, output):
-        layout, attrs, n_out, nondiff, _ = _LAST[cls]
-        extras = output[n_out:]
+        layout, attrs, n_out, nondiff, _ = output[-1]
+        extras = output[n_out:-1]
         saved = [None if kind == "none" else inputs[j] if kind == "in" else output[j] if kind == "out"
                  else extras[j] for kind, j in layout]
         ctx.save_for_backward(*saved)
-        for k, v in attrs.items():
+        for k, v in attrs:
             setattr(ctx, k, v)
         ctx.mark_non_differentiable(*[output[i] for i in nondiff], *extras)
         ctx._geoops_n_out = n_out
@@ -628,22 +694,68 @@ def func_twin(cls, *, once_differentiable: bool = True):
     return type(cls.__name__ + "Func", (torch.autograd.Function,), body)
 
 
-_TWINS: dict = {}
+def with_func_twin(cls):
+    """Class decorator of an autograd.Function that :func:`apply` calls: makes its :func:`func_twin` once, at class
+    definition, and keeps it as ``cls.func_twin`` (a class whose backward is differentiable sets
+    ``differentiable_backward = True`` first).  Nothing is looked up or made per call, so that torch.compile traces
+    :func:`apply` inside a transform: dynamo traces the static method ``cls.func_twin_apply`` (the twin's apply;
+    it does not trace an attribute of a Function class that is not a method)."""
+    twin = func_twin(cls, once_differentiable=not getattr(cls, "differentiable_backward", False))
+
+    def func_twin_apply(*args):
+        """The torch.func twin's apply (what geoops._library.apply calls inside a transform)."""
+        return twin.apply(*args)
+
+    cls.func_twin = twin
+    cls.func_twin_apply = staticmethod(func_twin_apply)
+    return cls
+
+
+def compiled_transform_args(args):
+    """`args` for a Function's apply inside a torch.func transform: under torch.compile each tensor as a view of
+    itself, else `args` unchanged.
+
+    torch.compile (2.13) decides from the arguments' requires_grad whether it traces a Function's forward and
+    backward (as eager does) or the forward alone; a transform's input passed straight in (``torch.func.grad(lambda
+    x: op(x))``) still reads requires_grad=False there, so the custom backward was dropped (the forward's custom op
+    then has no derivative: an error).  A view is a new traced tensor whose requires_grad is the transform's; it
+    costs nothing in the compiled graph."""
+    if not torch.compiler.is_compiling():
+        return args
+    return tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def with_compiled_apply(twin):
+    """Give `twin`, a Function in the torch.func form with a custom ``jvp``, the static method ``compiled_apply``
+    that its callers use inside transforms: ``twin.apply`` outside torch.compile; under torch.compile the apply of
+    a copy without the jvp, on :func:`compiled_transform_args`.  torch.compile (2.13) does not trace a Function with
+    a custom jvp (a graph break, "Unsupported custom jvp"); the copy traces with its backward and generated vmap rule,
+    and forward mode through it (``jvp`` / ``jacfwd`` of a compiled function) raises torch's error for a Function
+    without a jvp.  Returns `twin`."""
+    keep = ("forward", "setup_context", "backward", "vmap", "generate_vmap_rule", "__module__", "__doc__")
+    plain = type(twin.__name__, (torch.autograd.Function,), {k: v for k, v in vars(twin).items() if k in keep})
+
+    def compiled_apply(*args):
+        """apply inside a torch.func transform: under torch.compile that of a copy without the jvp."""
+        if torch.compiler.is_compiling():
+            compiled_transform_fallback()
+            return plain.apply(*compiled_transform_args(args))
+        return twin.apply(*args)
+
+    twin.compiled_apply = staticmethod(compiled_apply)
+    return twin
 
 
 def apply(cls, *args, op: Optional[str] = None):
-    """``cls.apply(*args)``; inside a torch.func transform the same through its :func:`func_twin` (made once
-    per class; a class whose backward is differentiable sets ``differentiable_backward = True``), with the
-    twin's extra outputs dropped, so callers see the same outputs either way.  Forward-mode AD through a
-    Function without a jvp raises NotImplementedError naming ``op`` (default: the Function) instead of torch's
-    generic message."""
+    """``cls.apply(*args)``; inside a torch.func transform the same through ``cls.func_twin``
+    (:func:`with_func_twin`), with the twin's extra outputs dropped, so callers see the same outputs either way.
+    Forward-mode AD through a Function without a jvp raises NotImplementedError naming ``op`` (default: the
+    Function) instead of torch's generic message."""
     try:
         if not functorch_active():
             return cls.apply(*args)
-        twin = _TWINS.get(cls)
-        if twin is None:
-            twin = _TWINS[cls] = func_twin(cls, once_differentiable=not getattr(cls, "differentiable_backward", False))
-        res = twin.apply(*args)
+        compiled_transform_fallback()
+        res = cls.func_twin_apply(*compiled_transform_args(args))
     except NotImplementedError as e:
         if "jvp" not in str(e):
             raise
@@ -652,6 +764,5 @@ def apply(cls, *args, op: Optional[str] = None):
             f"{op or cls.__module__ + '.' + cls.__name__}: forward-mode AD (torch.func.jvp, jacfwd, hessian, "
             "forward_ad dual tensors) is not supported: the kernels have no forward derivative; use reverse mode "
             f"(torch.func.grad, vjp, jacrev{hint})") from None
-    res = res if isinstance(res, (tuple, list)) else (res,)
-    n_out, as_tuple = _LAST[cls][2], _LAST[cls][4]
+    n_out, as_tuple = res[-1][2], res[-1][4]
     return tuple(res[:n_out]) if as_tuple else res[0]

@@ -31,6 +31,7 @@ __all__ = ["triple_attention", "TripleAttentionFn"]
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+@_library.with_func_twin
 class TripleAttentionFn(torch.autograd.Function):
     """autograd.Function of triple_attention: torch.ops.geoops.triple_attention_fwd / _bwd.
 

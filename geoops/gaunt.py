@@ -91,6 +91,7 @@ def _reached(ctx, need, args) -> List[bool]:
     return out
 
 
+@_library.with_func_twin
 class GauntFn(torch.autograd.Function):
     """autograd.Function of the nu-ary Gaunt product on rows: torch.ops.geoops.gaunt_fwd.
 

@@ -200,6 +200,7 @@ def _debug_checks(op: str, c, points: dict, others: dict = None, k=None) -> None
 
 
 # ---------------------------------------------------------------- fully connected
+@_library.with_func_twin
 class PoincareFcFn(torch.autograd.Function):
     """poincare_fc on 2-D x (N, n): forward geoops::poincare_fc_fwd, backward geoops::poincare_fc_bwd."""
 
@@ -520,6 +521,7 @@ class PoincareResidualFn(torch.autograd.Function):
         return gx, gy, (gc.to(c.dtype).reshape(c.shape) if ng[2] else None)
 
 
+@_library.with_func_twin
 class PoincareReluFn(torch.autograd.Function):
     """Poincaré ReLU of rows (N, D): forward geoops::poincare_relu_fwd, backward geoops::poincare_relu_bwd."""
 
@@ -1004,6 +1006,7 @@ def _conv_out_hw(H, W, kernel, stride, padding):
     return ((H + 2 * padding[0] - kernel[0]) // stride[0] + 1, (W + 2 * padding[1] - kernel[1]) // stride[1] + 1)
 
 
+@_library.with_func_twin
 class ConvRowsFn(torch.autograd.Function):
     """The convolution's t = u @ z (B*Ho*Wo, C_out) and U = |u|^2 (B*Ho*Wo,) of the beta-scaled patch rows u
     from the tangent pixel rows v (B*H*W, C) (geoops::poincare_conv_rows_fwd / _bwd): what compiled calls of
@@ -1026,6 +1029,7 @@ class ConvRowsFn(torch.autograd.Function):
         return gv if ng[0] else None, gz if ng[1] else None, None, None, None, None, None
 
 
+@_library.with_func_twin
 class PoincareFcRowsFn(torch.autograd.Function):
     """The fully-connected layer's row passes from t = u @ z and U = |u|^2 (geoops::poincare_fc_rows_fwd / _bwd);
     the convolution supplies t and U by convolutions, and autograd adds u^T dt to dz through them."""
@@ -1459,6 +1463,7 @@ class BnLayerFn(torch.autograd.Function):
                 gc if ng[3] else None, None, None, None, None)
 
 
+@_library.with_func_twin
 class SqSumFn(torch.autograd.Function):
     """sum(u * u) of a contiguous tensor as one dot product; backward one scaled copy (2 g u) -- instead of
     pow + sum and PowBackward's three elementwise passes."""
@@ -1475,6 +1480,7 @@ class SqSumFn(torch.autograd.Function):
         return u * (2 * g)
 
 
+@_library.with_func_twin
 class SqRowsFn(torch.autograd.Function):
     """Row-wise squared norms |r_i|^2 of rows r (N, D); backward one pass 2 g_i r_i."""
 
@@ -1489,6 +1495,7 @@ class SqRowsFn(torch.autograd.Function):
         return r * (2 * g).unsqueeze(-1)
 
 
+@_library.with_func_twin
 class MidpointMeanFn(torch.autograd.Function):
     """Rows x (N, D) -> the batch midpoint m = f / (1 + sqrt(1 - c|f|^2)), f = F / L, from the fused sums
     (F, L) = geoops::poincare_midpoint_sums_fwd; backward by hand on the D-vector (gf, then gF = gf / L,
@@ -1545,6 +1552,7 @@ def _midmean_triton_on(x, c) -> bool:
     return _backend.resolve(x.device, _ops.FAMILY) == "triton"
 
 
+@_library.with_func_twin
 class BnRowsFn(torch.autograd.Function):
     """The batch norm's row pass y = project(expmap_b(u @ M)) (geoops::poincare_bn_rows_fwd / _bwd)."""
 

@@ -56,6 +56,7 @@ _COMPLEX = (torch.complex64, torch.complex128)
 
 
 # ---------------------------------------------------------------- autograd
+@_library.with_func_twin
 class VandermondeFn(torch.autograd.Function):
     """autograd.Function of vandermonde: torch.ops.geoops.vandermonde_fwd / _bwd.
 
@@ -102,6 +103,7 @@ def _direct_fft() -> bool:
     return _DIRECT_FFT[0]
 
 
+@_library.with_func_twin
 class FftconvFn(torch.autograd.Function):
     """autograd.Function of fftconv: torch.ops.geoops.fftconv_fwd / _bwd.
 
@@ -133,6 +135,7 @@ class FftconvFn(torch.autograd.Function):
         return (du if need[0] else None), (dk if need[1] else None), (dD if mask & 4 else None)
 
 
+@_library.with_func_twin
 class DiscretizeFn(torch.autograd.Function):
     """autograd.Function of the discretisation: torch.ops.geoops.ssm_discretize_fwd / _bwd.
 
@@ -159,6 +162,7 @@ class DiscretizeFn(torch.autograd.Function):
         return tuple(g if need[i] else None for i, g in enumerate(grads)) + (None,)
 
 
+@_library.with_func_twin
 class SsmConvFn(torch.autograd.Function):
     """autograd.Function of the fused ssm_conv: torch.ops.geoops.ssm_conv_fwd / _bwd.
 

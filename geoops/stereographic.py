@@ -92,10 +92,13 @@ def _func_twin(name: str, fwd_op, backward, reference, doc: str) -> type:
         param = ctx.param
         return _ref_jvp(lambda *a: reference(*a, param), ctx.saved_tensors, tangents[:-1])
 
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(lambda *args: fwd_op(*args)), "setup_context": staticmethod(setup_context),
+    def forward(a, b, c, d, param):  # (five parameters, not *args: torch.compile binds a call by their count)
+        return fwd_op(a, b, c, d, param)
+
+    return _library.with_compiled_apply(type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
         "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
-        "generate_vmap_rule": True, "__module__": __name__, "__doc__": doc})
+        "generate_vmap_rule": True, "__module__": __name__, "__doc__": doc}))
 
 
 def _kr_grads(need, k, r, n: int, dk, dr):
@@ -615,7 +618,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     x2 = _as_rows(x, dtype, shape, d, N, D)
     y2 = _as_rows(y, dtype, shape, d, N, D) if spec.has_y else None
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
-        out = _FNS_FUNC[op].apply(x2, y2, k2, r2, float(eps))
+        out = _FNS_FUNC[op].compiled_apply(x2, y2, k2, r2, float(eps))
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
         out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
     else:  # nothing to differentiate: no autograd node
@@ -1038,7 +1041,7 @@ def _func_with_aux(name: str, eager, forward, reference, doc: str) -> type:
             "backward": staticmethod(_library.first_order_only(backward)), "jvp": staticmethod(jvp),
             "generate_vmap_rule": True,
             "reference": staticmethod(reference), "__module__": __name__, "__doc__": doc}
-    return type(name, (torch.autograd.Function,), body)
+    return _library.with_compiled_apply(type(name, (torch.autograd.Function,), body))
 
 
 CdistFnFunc = _func_with_aux(
@@ -1148,7 +1151,7 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     _pair_debug_checks(op, x3, y3, k3)
     N, M = x3.shape[1], y3.shape[1]
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
-        out = CdistFnFunc.apply(x3, y3, k3)[0]
+        out = CdistFnFunc.compiled_apply(x3, y3, k3)[0]
     elif torch.is_grad_enabled() and (x3.requires_grad or y3.requires_grad or k3.requires_grad):
         out = CdistFn.apply(x3, y3, k3)
     else:
@@ -1652,7 +1655,7 @@ def _mobius_scale(op, v, x, k):
     x2 = x2 if x2.is_contiguous() else x2.contiguous()
     kr = _rows_k(op, k, batch, R)
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
-        out = MobiusScaleFnFunc.apply(v2, x2, kr)[0]
+        out = MobiusScaleFnFunc.compiled_apply(v2, x2, kr)[0]
     elif torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
         out = MobiusScaleFn.apply(v2, x2, kr)
     else:
@@ -1930,7 +1933,7 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     v2 = rs[2] if len(rs) == 3 else None
     k2 = _per_row(op, "k", kt, shape, d, N, kdtype)
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
-        out = _TRIPLE_FNS[op][1].apply(v0, v1, v2, k2, int(flags))
+        out = _TRIPLE_FNS[op][1].compiled_apply(v0, v1, v2, k2, int(flags))
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (v0, v1, v2, k2)):
         out = _TRIPLE_FNS[op][0].apply(v0, v1, v2, k2, int(flags))
     else:  # nothing to differentiate: no autograd node
@@ -2198,16 +2201,16 @@ def _midpoint_func_jvp(ctx, tx, tw, tk, _):
     return t[..., :-1], t[..., -1]
 
 
-MidpointSumsFnFunc = type("MidpointSumsFnFunc", (torch.autograd.Function,), {
+MidpointSumsFnFunc = _library.with_compiled_apply(type("MidpointSumsFnFunc", (torch.autograd.Function,), {
     "forward": staticmethod(_midpoint_func_forward), "setup_context": staticmethod(_midpoint_func_setup),
     "backward": staticmethod(_library.first_order_only(MidpointSumsFn.backward.__wrapped__)),
     "jvp": staticmethod(_midpoint_func_jvp), "generate_vmap_rule": True, "__module__": __name__,
-    "__doc__": "MidpointSumsFn for torch.func transforms (grad, vmap, jacrev, jacfwd); jvp from the reference sums."})
+    "__doc__": "MidpointSumsFn for torch.func transforms (grad, vmap, jacrev, jacfwd); jvp from the reference sums."}))
 
 
 def _midpoint_sums(x, w, k, posweight):
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
-        return MidpointSumsFnFunc.apply(x, w, k, posweight)
+        return MidpointSumsFnFunc.compiled_apply(x, w, k, posweight)
     if _library.autograd_wanted(x, w, k):
         return MidpointSumsFn.apply(x, w, k, posweight)
     return _PAIR["midpoint_fwd"](x, w, k, posweight)

@@ -524,12 +524,12 @@ def test_compiled_force_training_through_func_grad():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="torch.func.grad of a Gaunt op under torch.compile graph-breaks in "
-                   "geoops._library.apply (its torch.func twin is looked up in a dict keyed by the Function "
-                   "class; dynamo cannot hash an autograd.Function class), so the twin's forward / setup_context "
-                   "are compiled per call signature and hit dynamo's recompile limit (eager fallback: correct, "
-                   "slower, a warning)")
 def test_compiled_func_grad_forces_fullgraph():
+    """torch.func.grad of a Gaunt op inside torch.compile(fullgraph=True) traces without a graph break (it broke in
+    geoops._library.apply, whose dict of torch.func twins keyed by the Function class dynamo cannot hash: recompile-
+    limit warnings and an eager fallback); each family's case: tests/test_func_compile.py.  Forces for inference / MD
+    (torch.no_grad() outside): with autograd recording outside, force training, the call runs eagerly on purpose
+    (torch 2.13's traced autograd.Function drops the forces' dependence on the parameters: test above)."""
     x = torch.randn(5, 3, 9, dtype=F64)
     y = torch.randn(5, 1, 9, dtype=F64)
     w = torch.ones(3, 3, dtype=F64, requires_grad=True)
@@ -539,7 +539,8 @@ def test_compiled_func_grad_forces_fullgraph():
 
     want = f(x)
     torch._dynamo.reset()
-    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), want)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), want)
 
 
 # ---------------------------------------------------------------- the nn module with edge SH of multiplicity 1
