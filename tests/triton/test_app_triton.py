@@ -1,0 +1,352 @@
+"""Session 36 application programs on the Triton path (helper "tritonapp"): small versions of the three CPU
+application trials (tests/test_gaunt_app.py: an interatomic potential trained on energies and forces;
+tests/test_seq_app.py: an S4D + triple attention sequence model; tests/test_hyp_app.py: HGCN, Poincaré layers,
+a HypLL CNN) run on the triton backend (what CUDA users get; here the Triton interpreter on CPU tensors) and
+compared with the C++ backend or the eager reference / twin: losses, gradients, optimiser steps, forces (double
+backward), torch.compile.  Tiny shapes: the interpreter is slow."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import math  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import geoops  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the CPU application trials' helpers
+
+F64 = torch.float64
+
+
+def _use(name):
+    return geoops.use_backend(name)
+
+
+# ================================================================ Gaunt: an interatomic potential
+@pytest.fixture(scope="module")
+def gapp():
+    pytest.importorskip("e3nn")
+    import test_gaunt_app as m
+    return m
+
+
+G_SIZES = (4, 3)
+
+
+def _gmake(gapp, route, dtype=F64):
+    return gapp.make(route, dtype=dtype, C=2, L=2)
+
+
+@pytest.mark.parametrize("route", ["fft", "grid", "direct"])
+def test_gaunt_potential_energy_force_gradients_match_cpp(gapp, route):
+    """loss = energies + forces (autograd.grad(create_graph=True)), backward: double backward through every Gaunt
+    op (binary with a channel broadcast, power, 3-factor product, the nn module) on Triton = C++ in float64."""
+    mol = gapp.molecules(G_SIZES)
+    Er, Fr = gapp.targets(mol)
+    l, g = gapp.grads(_gmake(gapp, route), mol, Er, Fr)
+    with _use("cpp"):
+        l0, g0 = gapp.grads(_gmake(gapp, route), mol, Er, Fr)
+    assert all(g[n].abs().max() > 0 for n in g)
+    assert abs(l.item() - l0.item()) <= 1e-12 * abs(l0.item())
+    assert gapp._rel(g, g0) < 1e-10
+
+
+def test_gaunt_potential_fp32_within_the_low_precision_rule(gapp):
+    mol = gapp.molecules(G_SIZES)
+    Er, Fr = gapp.targets(mol)
+    mol32 = tuple(t.float() if torch.is_tensor(t) and t.is_floating_point() else t for t in mol)
+    with _use("reference"):
+        l64, g64 = gapp.grads(_gmake(gapp, "auto"), mol, Er, Fr)
+        lr, gr = gapp.grads(_gmake(gapp, "auto", torch.float32), mol32, Er.float(), Fr.float())
+    l32, g32 = gapp.grads(_gmake(gapp, "auto", torch.float32), mol32, Er.float(), Fr.float())
+    assert g32["w_sh1"].dtype == torch.float32
+    assert abs(l32.item() - l64.item()) <= 2 * abs(lr.item() - l64.item()) + 1e-6 * abs(l64.item())
+    assert gapp._rel(g32, g64) <= 2 * gapp._rel(gr, g64) + 1e-5
+
+
+def test_gaunt_potential_adam_steps_follow_cpp(gapp):
+    mol = gapp.molecules(G_SIZES)
+    Er, Fr = gapp.targets(mol)
+    runs = []
+    for be in ("triton", "cpp"):
+        with _use(be):
+            m = _gmake(gapp, "auto")
+            opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+            losses = []
+            for _ in range(2):
+                opt.zero_grad()
+                loss = gapp.loss_fn(m, mol, Er, Fr)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            runs.append((m, losses))
+    (m, l), (m0, l0) = runs
+    torch.testing.assert_close(torch.tensor(l), torch.tensor(l0), rtol=1e-11, atol=0)
+    for (n, p), p0 in zip(m.named_parameters(), m0.parameters()):
+        torch.testing.assert_close(p, p0, rtol=0, atol=1e-10, msg=n)
+
+
+def test_gaunt_potential_rotation_equivariance(gapp):
+    o3 = gapp.o3
+    mol = gapp.molecules(G_SIZES)
+    m = _gmake(gapp, "auto")
+    E, F = gapp.energy_forces(m, mol)
+    with gapp.f64_default():
+        a, b, c = torch.rand(3, generator=torch.Generator().manual_seed(3), dtype=F64) * 2 * math.pi
+        Rm = o3.angles_to_matrix(a, b, c)
+    E2, F2 = gapp.energy_forces(m, (mol[0] @ Rm.T,) + mol[1:])
+    torch.testing.assert_close(E2, E, rtol=0, atol=1e-12)
+    torch.testing.assert_close(F2, F @ Rm.T, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_gaunt_potential_compiled_energies_and_forces(gapp, dynamic):
+    """torch.compile of the model on the Triton path (the custom ops stay opaque: the interpreter runs them), two
+    batches of different sizes; forces by autograd.grad through the compiled graph."""
+    torch._dynamo.reset()
+    m = gapp.make("auto", C=2, L=1)
+    cm = torch.compile(m, dynamic=dynamic, backend="aot_eager")
+    for mol in (gapp.molecules((4, 3)), gapp.molecules((3, 5), seed=5)):
+        pos = mol[0].clone().requires_grad_()
+        E = cm(pos, *mol[1:])
+        (F,) = torch.autograd.grad(-E.sum(), pos)
+        E0, F0 = gapp.energy_forces(m, mol)
+        torch.testing.assert_close(E, E0.detach(), rtol=0, atol=1e-13)
+        torch.testing.assert_close(F, F0.detach(), rtol=0, atol=1e-13)
+
+
+# ================================================================ sequences: S4D + triple attention
+@pytest.fixture(scope="module")
+def sapp():
+    import test_seq_app as m
+    return m
+
+
+S_CFG = dict(d=4, n=4, heads=2, layers=1)
+
+
+@pytest.mark.parametrize("transposed,causal", [(True, False), (False, True)])
+def test_seq_model_train_steps_match_the_eager_twin_fp64(sapp, transposed, causal):
+    """Two AdamW steps (the ``_optim`` hint groups, dropout in train mode) on Triton = the eager twin (reference
+    backend) to float64 rounding; eval mode too."""
+    m, e = sapp._twins(torch.float64, transposed=transposed, causal=causal, dropout=0.25, **S_CFG)
+    batches = [sapp._data(B=2, L=11, seed=s) for s in range(2)]
+    lm, gm = sapp._train(m, sapp._param_groups(m), batches, "triton")
+    le, ge = sapp._train(e, sapp._param_groups(e), batches, "reference")
+    assert max(abs(a - b) for a, b in zip(lm, le)) < 1e-12
+    assert sapp._max_rel(gm, ge) < 1e-10
+    for (k, p), q in zip(m.named_parameters(), e.parameters()):
+        assert sapp._rel(p, q) < 1e-12, k
+    m.eval(), e.eval()
+    tok, lab = sapp._data(B=2, L=9, seed=9)
+    assert abs(sapp._loss(m, tok, lab, "triton").item() - sapp._loss(e, tok, lab, "reference").item()) < 1e-12
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_seq_model_fp32_within_twice_the_eager_error(sapp, transposed, tf32_dots):
+    """float32 (the tensor-core paths' TF32 operands emulated): loss and gradients within 2x (+ a floor) of the
+    float32 eager twin's distance to the float64 run."""
+    import copy
+    m, e = sapp._twins(torch.float32, transposed=transposed, causal=True, dropout=0.1, **S_CFG)
+    m64 = copy.deepcopy(m).double()
+    tok, lab = sapp._data(B=2, L=24)
+    out = {}
+    for name, model, be in (("ours", m, "triton"), ("eager", e, "reference"), ("64", m64, "reference")):
+        torch.manual_seed(7)
+        loss = sapp._loss(model, tok, lab, be)
+        loss.backward()
+        out[name] = (loss.item(), sapp._grads(model))
+    err = {n: abs(out[n][0] - out["64"][0]) for n in ("ours", "eager")}
+    assert err["ours"] <= 2 * err["eager"] + 1e-6
+    for k, g64 in out["64"][1].items():
+        eo = (out["ours"][1][k].double() - g64).abs().max().item()
+        ee = (out["eager"][1][k].double() - g64).abs().max().item()
+        assert eo <= 2 * ee + 1e-6 * g64.abs().max().item(), (k, eo, ee)
+
+
+def test_seq_model_autocast_bfloat16_trains_like_cpp(sapp):
+    """Under torch.autocast("cpu", bfloat16) the model trains on Triton with the C++ backend's loss (bf16 rounding
+    apart)."""
+    out = []
+    for be in ("triton", "cpp"):
+        m, _ = sapp._twins(torch.float32, causal=True, **S_CFG)
+        tok, lab = sapp._data(B=2, L=16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = sapp._loss(m, tok, lab, be)
+        loss.backward()
+        out.append((loss.item(), sapp._grads(m)))
+    (l, g), (l0, g0) = out
+    assert math.isfinite(l) and abs(l - l0) <= 2e-2 * abs(l0)
+    assert sapp._max_rel(g, g0) < 0.1
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_seq_model_torch_compile(sapp, dynamic):
+    """torch.compile (fullgraph; aot_eager: the custom ops run in the interpreter) of the whole model gives the
+    eager loss and gradients at two sequence lengths, one of them odd."""
+    torch._dynamo.reset()
+    m, _ = sapp._twins(torch.float32, causal=True, dropout=0.1, **S_CFG)
+    m.eval()
+    cm = torch.compile(m, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    for L in (8, 13):
+        tok, lab = sapp._data(B=2, L=L)
+        m.zero_grad()
+        l0 = sapp._loss(m, tok, lab)
+        l0.backward()
+        g0 = sapp._grads(m)
+        m.zero_grad()
+        l1 = sapp._loss(cm, tok, lab)
+        l1.backward()
+        assert abs(l1.item() - l0.item()) < 1e-5
+        assert sapp._max_rel(sapp._grads(m), g0) < 1e-4
+
+
+def _count_graphs_over_lengths(dtype, lengths=(16, 23, 40)):
+    import geoops.ssm as gs
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(13)
+    H, N = 2, 4
+    log_dt = torch.randn(H).mul(0.3).sub(3).requires_grad_()
+    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
+    Bm = torch.ones(H, N, dtype=torch.cfloat)
+    C = torch.randn(H, N, dtype=torch.cfloat, requires_grad=True)
+    D = torch.randn(H, requires_grad=True)
+
+    def f(u, k):
+        return (gs.fftconv(u, k, D).float().square().sum()
+                + gs.ssm_conv(u, log_dt, A, Bm, C, D).float().square().sum())
+
+    cf = torch.compile(f, dynamic=True, fullgraph=True, backend="aot_eager")
+    for L in lengths:
+        u = torch.randn(1, H, L).to(dtype).requires_grad_()
+        k = torch.randn(H, L).to(dtype).requires_grad_()
+        ins = (u, k, log_dt, C, D)
+        got = torch.autograd.grad(cf(u, k), ins)
+        want = torch.autograd.grad(f(u, k), ins)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y)
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_ssm_compile_dynamic_training_one_graph_over_lengths(dtype):
+    """torch.compile(dynamic=True) of fftconv + ssm_conv with gradients on the Triton path: one graph over three
+    sequence lengths, the eager gradients (half inputs included: their fakes asked the tensor-core size choice of
+    L, which specialised it)."""
+    assert _count_graphs_over_lengths(dtype) == 1
+
+
+# ================================================================ hyperbolic: HGCN, Poincaré layers, HypLL CNN
+@pytest.fixture(scope="module")
+def happ():
+    pytest.importorskip("geoopt")
+    import test_hyp_app as m
+    return m
+
+
+@pytest.fixture
+def unpatched():
+    import geoops.compat as compat
+    compat.unpatch_geoopt()
+    if compat.is_hypll_patched():
+        compat.unpatch_hypll()
+    yield compat
+    compat.unpatch_geoopt()
+    if compat.is_hypll_patched():
+        compat.unpatch_hypll()
+
+
+def _train_hgcn(happ, compat, backend, dtype, steps=2):
+    geoopt = happ.geoopt
+    a, feat, y = happ._graph()
+    with compat.patched_geoopt() if backend != "plain" else _nullctx():
+        with _use("reference" if backend == "plain" else backend):
+            m = happ.HGCN(dtype)
+            opt = geoopt.optim.RiemannianAdam(m.parameters(), lr=1e-2)
+            losses = []
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = happ._hgcn_loss(m, a, feat, y)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+    return losses, m
+
+
+def _nullctx():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hgcn_patched_on_triton_same_losses_as_plain_geoopt(happ, unpatched, dtype):
+    la, ma = _train_hgcn(happ, unpatched, "plain", dtype)
+    lb, mb = _train_hgcn(happ, unpatched, "triton", dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-11
+    for u, v in zip(la, lb):
+        assert abs(u - v) <= tol * abs(u), (la, lb)
+    assert abs(ma.man.c.item() - mb.man.c.item()) <= tol
+    torch.testing.assert_close(ma.emb.detach(), mb.emb.detach(), atol=10 * tol, rtol=10 * tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_poincare_layers_learnable_curvature_match_reference(happ, dtype):
+    """Every geoops.nn Poincaré layer with one learnable ball: values and gradients (the curvature's, from each
+    stage) on Triton = the reference backend's (float64 to 1e-9; float32 within 2x of the float32 reference's
+    error, + 2e-4 as the CPU trial)."""
+    sd = happ._nn_model(torch.float64).state_dict()
+    ours, ref = happ._nn_run(dtype, "triton", sd), happ._nn_run(dtype, "reference", sd)
+    if dtype == torch.float64:
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    else:
+        truth = happ._nn_run(torch.float64, "reference", sd)
+        for i, (a, b, t) in enumerate(zip(ours, ref, truth)):
+            s = t.abs().max()
+            err, err_ref = (a.double() - t).abs().max() / s, (b.double() - t).abs().max() / s
+            assert err <= 2 * err_ref + 2e-4, (i, err.item(), err_ref.item())
+    for g in ours[1:4]:
+        assert g != 0
+
+
+def test_hypll_cnn_patched_on_triton_same_outputs_and_gradients(happ, unpatched):
+    pytest.importorskip("hypll")
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 0.5
+    y64, g64 = happ._hypll_grads(happ._hypll_cnn(torch.float64), x.double(), False)
+    y64p, g64p = happ._hypll_grads(happ._hypll_cnn(torch.float64), x.double(), True)
+    torch.testing.assert_close(y64p, y64, rtol=1e-11, atol=1e-12)
+    for n in g64:
+        torch.testing.assert_close(g64p[n], g64[n], rtol=1e-10, atol=1e-11 * g64[n].abs().max().item())
+    net = happ._hypll_cnn(torch.float32)
+    y32, g32 = happ._hypll_grads(net, x, False)
+    y32p, g32p = happ._hypll_grads(net, x, True)
+    for n in g64:
+        s = g64[n].abs().max()
+        err_h, err_g = (g32[n] - g64[n]).abs().max() / s, (g32p[n] - g64[n]).abs().max() / s
+        assert err_g <= 2 * err_h + 1e-5, (n, err_g.item(), err_h.item())
+
+
+def test_hgcn_compiled_forward_backward_patched(happ, unpatched):
+    """torch.compile (fullgraph, aot_eager) of the HGCN loss with patched geoopt on the Triton path: the eager loss
+    and gradients, the learnable curvature's too."""
+    a, feat, y = happ._graph()
+    torch._dynamo.reset()
+    with unpatched.patched_geoopt():
+        m = happ.HGCN()
+        loss = happ._hgcn_loss(m, a, feat, y)
+        loss.backward()
+        want = {n: p.grad.clone() for n, p in m.named_parameters()}
+        m.zero_grad()
+        fn = torch.compile(lambda a, f, y: happ._hgcn_loss(m, a, f, y), fullgraph=True, backend="aot_eager")
+        got = fn(a, feat, y)
+        got.backward()
+    torch.testing.assert_close(got, loss, rtol=1e-6, atol=1e-6)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-5, atol=1e-7)
+    assert m.man.isp_c.grad != 0
