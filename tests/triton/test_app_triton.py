@@ -542,3 +542,25 @@ def test_autocast_leaves_the_triton_ops_in_their_inputs_dtype(name, mode, triton
         got = run_modes(f, args, mode)
     assert got.dtype == want.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_mammals_embedding_patched_on_triton(happ, unpatched, opt_name):
+    """Poincaré embeddings of WordNet mammals (patched geoopt's dist + Riemannian SGD / Adam steps) on Triton = plain
+    geoopt; reconstruction_metrics and knn of the result on Triton = the brute-force oracle's."""
+    n, edges, batches = happ._mammals()
+    steps = 6
+    a = happ._train_mammals(False, opt_name, n, batches, steps)
+    b = happ._train_mammals(True, opt_name, n, batches, steps)
+    torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-5)
+    assert a.norm(dim=-1).max() > 0.01  # it moved
+    import geoops.stereographic as gs
+    x = b[:60] * (0.8 / b[:60].norm(dim=-1).max())  # (spread out in the ball: after a few steps it is near 0)
+    sub = edges[(edges < 60).all(1)]
+    rb, mb = gs.reconstruction_metrics(x, sub, k=-1.0)
+    rr, mr = happ._brute_map(x, sub)
+    assert abs(rb - rr) <= 1e-3 * rr and abs(mb - mr) <= 1e-3, ((rb, mb), (rr, mr))
+    dk, ik = gs.knn(x, x, 4, k=-1.0)
+    dfull = happ.geoopt.PoincareBall(c=1.0).dist(x.double()[:, None, :], x.double()[None, :, :])
+    torch.testing.assert_close(dk.double(), dfull.topk(4, largest=False).values, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dk.double(), dfull.gather(1, ik), atol=1e-4, rtol=1e-4)
