@@ -644,3 +644,24 @@ def test_mammals_embedding_patched_on_triton(happ, unpatched, opt_name):
     dfull = happ.geoopt.PoincareBall(c=1.0).dist(x.double()[:, None, :], x.double()[None, :, :])
     torch.testing.assert_close(dk.double(), dfull.topk(4, largest=False).values, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dk.double(), dfull.gather(1, ik), atol=1e-4, rtol=1e-4)
+
+
+# the CPU trial's curvature programs, run as they are on the triton backend (the conftest forces it)
+@pytest.mark.parametrize("form", ["float", "0-d", "(1,)", "parameter", "float32 parameter"])
+@pytest.mark.parametrize("c", [1.0, 1e-3, 1e-7])
+def test_curvature_forms_and_small_c_float64(happ, form, c):
+    """c as a float, 0-d / (1,) tensor, float64 / float32 Parameter, down to 1e-7: the Poincaré layers, midpoint
+    and cdist on Triton equal the float64 reference composition (values 1e-9, dc 1e-6)."""
+    happ.test_curvature_forms_and_small_c_float64(form, c)
+
+
+@pytest.mark.parametrize("k0", [0.05, -0.05])
+def test_learnable_stereographic_k_crossing_zero_patched(happ, unpatched, k0):
+    """geoopt's Stereographic with a learnable k crossing 0 (sphere <-> ball) under patch_geoopt() on Triton = plain
+    geoopt along the whole path (30 RiemannianAdam steps)."""
+    happ.test_learnable_stereographic_k_crossing_zero_patched(k0)
+
+
+@pytest.mark.parametrize("manifold", ["PoincareBall", "learnable PoincareBall", "SphereProjection", "Stereographic"])
+def test_patched_curvature_changed_through_data(happ, unpatched, manifold):
+    happ.test_patched_curvature_changed_through_data(manifold)
