@@ -624,6 +624,21 @@ def test_autocast_leaves_the_triton_ops_in_their_inputs_dtype(name, mode, triton
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["mlr", "poincare_fc", "gaunt_power", "gaunt_fft"])
+def test_autocast_under_torch_compile_on_triton(name, triton_launches):
+    """The same under torch.compile(fullgraph=True, aot_eager): the ops' implementations run with autocast off."""
+    triton_launches.append("(not checked)")
+    cases, _ = _autocast_cases()
+    f, args = cases[name]
+    want = f(*args)
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cf(*args)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_mammals_embedding_patched_on_triton(happ, unpatched, opt_name):
     """Poincaré embeddings of WordNet mammals (patched geoopt's dist + Riemannian SGD / Adam steps) on Triton = plain
