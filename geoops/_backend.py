@@ -201,7 +201,20 @@ def compiled():
 
 
 def triton_kernels(family: str):
-    """The module geoops.kernels.<family> when it and Triton import, else None."""
+    """The module geoops.kernels.<family> when it and Triton import, else None.  Under torch.autocast its functions
+    run with autocast off (geoops._library.torch_kernels): the modules compose torch ops around the kernels (the
+    fallback routes, GEMMs, FFTs), which autocast would otherwise run in its low-precision dtype (session 36)."""
+    mod = _triton_module(family)
+    if mod is not None and _any_autocast():
+        from ._library import torch_kernels
+        return torch_kernels(mod)
+    return mod
+
+
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: False)
+
+
+def _triton_module(family: str):
     key = ("triton", family)
     if key not in _cache:
         if not _triton_wanted():

@@ -118,11 +118,13 @@ class _NoAutocastKernels:
         self._ns = ns
 
     def __getattr__(self, name):
-        return no_autocast(getattr(self._ns, name))
+        f = getattr(self._ns, name)
+        return no_autocast(f) if callable(f) else f
 
 
 def torch_kernels(ns):
-    """`ns`, a namespace of kernels written as torch compositions (a reference backend), with its functions run
+    """`ns`, a namespace of kernels written as torch compositions (a reference backend; a Triton kernel module,
+    whose launchers and fallback routes use torch GEMMs and FFTs), with its functions run
     under torch.autocast off while autocast is on (:func:`no_autocast`); `ns` itself otherwise.  The eager fast
     path calls them directly, past the custom op's implementation."""
     return _NoAutocastKernels(ns) if _any_autocast() else ns

@@ -43,10 +43,12 @@ session 35): each row's rounding is relative to its own scale, and a non-finite 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from ..reference.ssm import discretize_log, expm1c, fft_size
 from ..reference.ssm import vandermonde_blocking as _blocking
@@ -473,13 +475,27 @@ def fftconv_fwd(u, k, D, save_uf: bool):
     if N:
         kf = _monarch_spectrum(k, L, N, *_MONARCH_SPLIT[N])
         y = _monarch_conv(u.contiguous(), kf, None if D is None else D.contiguous(), N)
-        return y, u.new_empty(0, dtype=_cplx(cdt))
+        return y, _no_uf(u, save_uf, cdt)
     return _conv_fwd(u, _kernel_spectrum(k, L, n, cdt), D, save_uf, n)
 
 
-def fftconv_saves_uf(u: torch.Tensor, C: int) -> bool:
-    """Whether fftconv_fwd returns rfft(u) when asked to (False where the tensor-core path runs: it never forms
-    the spectrum, and the backward recomputes it); the op's fake implementation asks this."""
+def _no_uf(u, save_uf: bool, cdt):
+    """uf of the tensor-core path, which never forms the spectrum: (B, H, 0) when asked for (the shape the fake
+    gives a spectrum of unknown length under a symbolic L, see fftconv_saves_uf), else (0,) as elsewhere."""
+    return u.new_empty((*u.shape[:2], 0) if save_uf else (0,), dtype=_cplx(cdt))
+
+
+def fftconv_saves_uf(u: torch.Tensor, C: int) -> Optional[bool]:
+    """Whether fftconv_fwd / ssm_conv_fwd return rfft(u) (B, H, n//2+1) when asked to (False where the tensor-core
+    path runs: it never forms the spectrum, returns it (B, H, 0), and the backward recomputes it); the ops' fake
+    implementations ask this.  None where the answer depends on a symbolic L (half u under torch.compile with a
+    dynamic length / torch.export): the fake then gives uf an unbacked length (n//2+1 or 0) instead of asking
+    monarch_size(L), which would specialise L (session 36)."""
+    L = u.shape[-1]
+    if u.dtype in _HALF and isinstance(L, torch.SymInt) and not is_concrete_int(L):
+        if os.environ.get("GEOOPS_SSM_TRITON_MONARCH", "") == "0" or C * u.shape[1] > _MAX_GRID_Y:
+            return True
+        return None
     return u.numel() * C == 0 or not _monarch_fft_size(u, C)
 
 
@@ -1367,7 +1383,7 @@ def ssm_conv_fwd(u, v, x, D, save_uf: bool, keep_kf: bool = True):
         y = _monarch_conv(u.contiguous(), _monarch_kf(circN, *_MONARCH_SPLIT[Nm]),
                           None if D is None else D.contiguous(), Nm)
         kf = torch.fft.rfft(circ, n=n, norm="forward").contiguous() if keep_kf else None
-        return y, (kf if keep_kf else circ.new_empty(0, dtype=_cplx(cdt))), u.new_empty(0, dtype=_cplx(cdt))
+        return y, (kf if keep_kf else circ.new_empty(0, dtype=_cplx(cdt))), _no_uf(u, save_uf, cdt)
     kf = torch.fft.rfft(circ, n=n, norm="forward").contiguous()
     y, uf = _conv_fwd(u, kf, D, save_uf, n)
     return y, (kf if keep_kf else kf.new_empty(0)), uf

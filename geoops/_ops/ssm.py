@@ -6,8 +6,8 @@
         mask: 1 dv (C, H, N) in v's dtype, 2 dx (H, N) in x's dtype; unselected ones are empty
     geoops::fftconv_fwd(Tensor u, Tensor k, Tensor? D, bool save_uf) -> (Tensor y, Tensor uf)
         u (B, H, L), k (C, S, H, L) (S = 2: bidirectional), D (C, H) -> y (B, C, H, L) in u's dtype,
-        uf = rfft(u, n) (B, H, n//2+1) complex (fp32/fp64 compute dtype) when save_uf, else empty (empty
-        too where the backend's forward never forms it -- the Triton tensor-core path, ``fftconv_saves_uf``);
+        uf = rfft(u, n) (B, H, n//2+1) complex (fp32/fp64 compute dtype) when save_uf, else empty (0,); (B, H, 0)
+        where the backend's forward never forms it -- the Triton tensor-core path, ``fftconv_saves_uf``;
         n = fft_size(L) (geoops.reference.ssm: the smallest 2-3-5 size >= 2L - 1)
     geoops::fftconv_bwd(Tensor grad, Tensor u, Tensor uf, Tensor k, Tensor? D, int mask) -> (du, dk, dD)
         mask: 1 du (B, H, L), 2 dk (C, S, H, L), 4 dD (C, H); uf may be empty (then recomputed)
@@ -241,17 +241,26 @@ def _nfreq(L):
     return ref.fft_size(int(L)) // 2 + 1
 
 
-def _keeps_uf(u, C: int, save_uf: bool) -> bool:
-    """Whether the forward returns uf when asked to: the backend's kernel module may never form it (the Triton
-    tensor-core convolution; ``fftconv_saves_uf``), and then the backward recomputes it."""
+def _uf_shape(u, C: int, save_uf: bool, F=None):
+    """The shape of the uf output: (B, H, n//2+1) when the forward returns rfft(u); (B, H, 0) when asked for but
+    the backend never forms it (the Triton tensor-core convolution; ``fftconv_saves_uf``: the backward then
+    recomputes it); (0,) when not asked for.  Where the backend's answer depends on a symbolic L (it returns None),
+    the length is a new unbacked size (n//2+1 or 0): asking it would specialise L (session 36).  F: n//2+1 when the
+    caller has it already (one size for both spectra of ssm_conv_fwd)."""
+    if not save_uf:
+        return (0,)
+    B, H, L = u.shape
     saves = getattr(kernels(u.device), "fftconv_saves_uf", None)
-    return save_uf and (saves is None or saves(u, C))
+    keeps = True if saves is None else saves(u, C)
+    if keeps is None:
+        return (B, H, torch.library.get_ctx().new_dynamic_size())
+    return (B, H, (_nfreq(L) if F is None else F) if keeps else 0)
 
 
 def _ffwd_fake(u, k, D, save_uf):
     B, H, L = u.shape
     y = u.new_empty((B, k.shape[0], H, L))
-    uf = u.new_empty((B, H, _nfreq(L)) if _keeps_uf(u, k.shape[0], save_uf) else (0,), dtype=_complex_of(u))
+    uf = u.new_empty(_uf_shape(u, k.shape[0], save_uf), dtype=_complex_of(u))
     return y, uf
 
 
@@ -285,11 +294,10 @@ def _sfwd(u, v, x, D: Optional[torch.Tensor], save_uf: bool, keep_kf: bool = Tru
 
 def _sfwd_fake(u, v, x, D, save_uf, keep_kf=True):
     B, H, L = u.shape
-    keeps_uf = _keeps_uf(u, v.shape[0], save_uf)
-    F = _nfreq(L) if (keep_kf or keeps_uf) else 0  # (no spectrum asked for: L stays unconstrained)
+    F = _nfreq(L) if keep_kf else None  # (no spectrum asked for: L stays unconstrained)
     y = u.new_empty((B, v.shape[0], H, L))
     kf = u.new_empty((v.shape[0], H, F) if keep_kf else (0,), dtype=_complex_of(u))
-    uf = u.new_empty((B, H, F) if keeps_uf else (0,), dtype=_complex_of(u))
+    uf = u.new_empty(_uf_shape(u, v.shape[0], save_uf, F), dtype=_complex_of(u))
     return y, kf, uf
 
 
