@@ -35,6 +35,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ "$WRITE" = 1 ] && [ "${#EXTRA[@]}" -gt 0 ]; then
+  # (the report lists every family: written from a subset it would lose the others' rows)
+  echo "triton_compile_check: --write needs the full check; drop --families (or run without --write)" >&2
+  exit 2
+fi
 VERSIONS=${GEOOPS_COMPILE_VERSIONS:-env 3.6.0}
 JOBS=${GEOOPS_COMPILE_JOBS:-$(nproc 2>/dev/null || echo 2)}
 T36=${GEOOPS_TRITON36_DIR:-$HOME/.cache/geoops/triton-3.6.0}
