@@ -117,14 +117,14 @@ class GauntFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        grads = GauntFn._backward(ctx, g)
-        saved = ctx.saved_tensors  # (rows gradients back to the inputs' shapes: [*batch, n] views)
+        saved = ctx.saved_tensors
+        grads = GauntFn._backward(ctx, g, saved)
+        # (rows gradients back to the inputs' shapes: [*batch, n] views)
         return (None, None, None, *[None if d is None else d.reshape(t.shape) for d, t in zip(grads[3:], saved)])
 
     @staticmethod
-    def _backward(ctx, g):
+    def _backward(ctx, g, saved):
         nu, lmax_out, route = ctx.nu, ctx.lmax_out, ctx.route
-        saved = ctx.saved_tensors
         need = _reached(ctx, ctx.needs_input_grad[3:], saved)
         xs, ws, wout = _flat(saved[:nu]), _flat(saved[nu:2 * nu]), _flat1(saved[2 * nu])
         gx, gw = [None] * nu, [None] * nu

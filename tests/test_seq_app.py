@@ -597,6 +597,18 @@ def test_export_with_a_dynamic_sequence_length(what, grad):
     _export_dynamic_L(what, grad=grad)
 
 
+def ssm_compile_params(H, N):
+    """Seeded S4D parameters (log_dt, A, B, C, D; gradients to log_dt, C, D) of the compile graph-count tests (this
+    file's and tests/triton/test_app_triton.py's)."""
+    torch.manual_seed(13)
+    log_dt = torch.randn(H).mul(0.3).sub(3).requires_grad_()
+    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
+    Bm = torch.ones(H, N, dtype=torch.cfloat)
+    C = torch.randn(H, N, dtype=torch.cfloat, requires_grad=True)
+    D = torch.randn(H, requires_grad=True)
+    return log_dt, A, Bm, C, D
+
+
 def test_compile_dynamic_training_does_not_recompile_per_length():
     """torch.compile(dynamic=True) of fftconv + ssm_conv with gradients compiled a new graph for every sequence length
     of a training run (the spectrum's fft_size(L) specialised L; past dynamo's cache limit, 8 by default, it falls
@@ -607,13 +619,8 @@ def test_compile_dynamic_training_does_not_recompile_per_length():
 
     torch._dynamo.reset()
     counters.clear()
-    torch.manual_seed(13)
-    H, N = 3, 4
-    log_dt = torch.randn(H).mul(0.3).sub(3).requires_grad_()
-    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
-    Bm = torch.ones(H, N, dtype=torch.cfloat)
-    C = torch.randn(H, N, dtype=torch.cfloat, requires_grad=True)
-    D = torch.randn(H, requires_grad=True)
+    H = 3
+    log_dt, A, Bm, C, D = ssm_compile_params(H, 4)
 
     def f(u, k):
         return gs.fftconv(u, k, D).square().sum() + gs.ssm_conv(u, log_dt, A, Bm, C, D).square().sum()

@@ -409,15 +409,12 @@ def _count_graphs_over_lengths(dtype, lengths=(16, 23, 40), backend="aot_eager")
     import geoops.ssm as gs
     from torch._dynamo.utils import counters
 
+    from test_seq_app import ssm_compile_params
+
     torch._dynamo.reset()
     counters.clear()
-    torch.manual_seed(13)
-    H, N = 2, 4
-    log_dt = torch.randn(H).mul(0.3).sub(3).requires_grad_()
-    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
-    Bm = torch.ones(H, N, dtype=torch.cfloat)
-    C = torch.randn(H, N, dtype=torch.cfloat, requires_grad=True)
-    D = torch.randn(H, requires_grad=True)
+    H = 2
+    log_dt, A, Bm, C, D = ssm_compile_params(H, 4)
 
     def f(u, k):
         return (gs.fftconv(u, k, D).float().square().sum()
