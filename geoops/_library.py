@@ -442,7 +442,10 @@ def compiled_transform_fallback() -> None:
 
 def reverse_wanted(*tensors) -> bool:
     """Whether a call on these arguments records a graph to backpropagate: grad mode is on and some tensor among
-    them requires grad (``None`` and numbers are ignored)."""
+    them requires grad (``None`` and numbers are ignored).  False while torch.jit.trace records: the forward ops
+    are traced without their Function (see :func:`_traced_forward`), so that the trace can be saved."""
+    if _jit_tracing() is not None:
+        return False
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
@@ -748,6 +751,46 @@ def with_compiled_apply(twin):
     return twin
 
 
+class _TraceCtx:
+    """The ctx of a Function's forward run inline while torch.jit.trace records (:func:`_traced_forward`): no input
+    wants a gradient, saved tensors are kept and dropped with it, marks are ignored."""
+
+    materialize_grads = True
+
+    def __init__(self, n: int):
+        self.needs_input_grad = (False,) * n
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def save_for_forward(self, *tensors):
+        pass
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+    def mark_dirty(self, *tensors):
+        pass
+
+    def set_materialize_grads(self, value):
+        pass
+
+
+def _traced_forward(cls, args):
+    """The forward of the Function `cls` run inline on `args`, for torch.jit.trace.
+
+    Through ``cls.apply`` the tracer records the Python Function as one opaque node (``prim::PythonOp``), which
+    ``torch.jit.save`` cannot export ("Could not export Python function call ..."); inline, it records the
+    custom ops the forward dispatches (:func:`direct_call_ok` is false while tracing), which save and load.  The
+    trace carries no custom backward: a backward through its replay raises torch's error naming the forward op
+    (no autograd formula registered), never a wrong gradient."""
+    with torch.no_grad():
+        if getattr(cls, "setup_context", None) is not torch.autograd.Function.setup_context:
+            return cls.forward(*args)  # (the torch.func form: a forward without ctx)
+        return cls.forward(_TraceCtx(len(args)), *args)
+
+
 def apply(cls, *args, op: Optional[str] = None):
     """``cls.apply(*args)``; inside a torch.func transform the same through ``cls.func_twin``
     (:func:`with_func_twin`), with the twin's extra outputs dropped, so callers see the same outputs either way.
@@ -755,6 +798,8 @@ def apply(cls, *args, op: Optional[str] = None):
     Function) instead of torch's generic message."""
     try:
         if not functorch_active():
+            if _jit_tracing() is not None:
+                return _traced_forward(cls, args)
             return cls.apply(*args)
         compiled_transform_fallback()
         res = cls.func_twin_apply(*compiled_transform_args(args))

@@ -619,7 +619,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     y2 = _as_rows(y, dtype, shape, d, N, D) if spec.has_y else None
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = _FNS_FUNC[op].compiled_apply(x2, y2, k2, r2, float(eps))
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, y2, k2, r2)):
+    elif _library.reverse_wanted(x2, y2, k2, r2):
         out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
     else:  # nothing to differentiate: no autograd node
         out = _FWD[op](x2, y2, k2, r2, float(eps))
@@ -1152,7 +1152,7 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     N, M = x3.shape[1], y3.shape[1]
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = CdistFnFunc.compiled_apply(x3, y3, k3)[0]
-    elif torch.is_grad_enabled() and (x3.requires_grad or y3.requires_grad or k3.requires_grad):
+    elif _library.reverse_wanted(x3, y3, k3):
         out = CdistFn.apply(x3, y3, k3)
     else:
         out = _PAIR["cdist_fwd"](x3, y3, k3, False)[0]
@@ -1621,7 +1621,7 @@ def _fused_matvec_rows(op, fn, xl, w, kt):
     x2 = x2 if x2.is_contiguous() else x2.contiguous()
     wc = w if w.is_contiguous() else w.contiguous()
     kr = _rows_k(op, kt, batch, R)
-    if torch.is_grad_enabled() and (x2.requires_grad or wc.requires_grad or kr.requires_grad):
+    if _library.reverse_wanted(x2, wc, kr):
         out = fn.apply(x2, wc, kr)
     else:
         out = _PAIR[op + "_fwd"](x2, wc, kr)[0]
@@ -1656,7 +1656,7 @@ def _mobius_scale(op, v, x, k):
     kr = _rows_k(op, k, batch, R)
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = MobiusScaleFnFunc.compiled_apply(v2, x2, kr)[0]
-    elif torch.is_grad_enabled() and (v2.requires_grad or x2.requires_grad or kr.requires_grad):
+    elif _library.reverse_wanted(v2, x2, kr):
         out = MobiusScaleFn.apply(v2, x2, kr)
     else:
         out = _PAIR["mobius_scale_fwd"](v2, x2, kr)[0]
@@ -1934,7 +1934,7 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     k2 = _per_row(op, "k", kt, shape, d, N, kdtype)
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = _TRIPLE_FNS[op][1].compiled_apply(v0, v1, v2, k2, int(flags))
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (v0, v1, v2, k2)):
+    elif _library.reverse_wanted(v0, v1, v2, k2):
         out = _TRIPLE_FNS[op][0].apply(v0, v1, v2, k2, int(flags))
     else:  # nothing to differentiate: no autograd node
         out = _TRIPLE[op][0](v0, v1, v2, k2, int(flags))

@@ -734,11 +734,6 @@ def _trace_cases():
     }
 
 
-# the Poincaré layers run their autograd.Function also without autograd: a trace holds the Python Function, which
-# torch.jit.save refuses ("Could not export Python function call 'PoincareFcFn'"); replaying in the process works
-_TRACE_UNSAVEABLE = ("PoincareConv2d", "PoincareBatchNorm2d.eval", "PoincareReLU", "PoincareLinear")
-
-
 @pytest.mark.parametrize("case", list(_trace_cases()))
 def test_jit_trace_replays_the_ops(case):
     """torch.jit.trace of geoops layers and ops (a deployment path): the eager fast paths called the C++ kernels
@@ -761,10 +756,8 @@ def test_jit_trace_replays_the_ops(case):
     x = inp(1)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), fn(x), rtol=1e-5, atol=1e-6)
-    if case in _TRACE_UNSAVEABLE:
-        return
-    # traced without autograd (inference), the graph holds only dispatched ops: torch.jit.save / load work (with
-    # autograd it holds the Python autograd.Functions, which TorchScript cannot save, as for any such Function)
+    # traced without autograd (inference), the graph holds only dispatched ops: torch.jit.save / load work (session
+    # 37: the Poincaré layers too; with autograd as well: tests/test_jit_trace.py)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(fn, inp(0), check_trace=False)
