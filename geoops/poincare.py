@@ -1053,23 +1053,46 @@ class PoincareFcRowsFn(torch.autograd.Function):
 
 
 class PoincareFlattenFn(torch.autograd.Function):
-    """flatten of an image (B, C, H, W) to (B, C*H*W) rows on the eager CPU path, for a curvature without
-    gradient, as ONE Function: geoops::poincare_flatten_fwd_cpu (logmap0 of the pixel rows, the beta-scaled
-    (channel, row, column) reorder, expmap0 and project of each image's row in one pass per image: the scalars
-    in double, one rounding per output) and its backward (one pass per image, dx channels last)."""
+    """flatten of an image (B, C, H, W) to (B, C*H*W) rows on the eager CPU path as ONE Function:
+    geoops::poincare_flatten_fwd_cpu (logmap0 of the pixel rows, the beta-scaled (channel, row, column) reorder,
+    expmap0 and project of each image's row in one pass per image: the scalars in double, one rounding per output)
+    and its backward (one pass per image, dx channels last).
+
+    A curvature with gradient takes this Function too (session 37: it took the row composition, so the result
+    depended on grad mode: reentrant checkpointing, whose forward runs without grad, changed float32 gradients by
+    ~4e-7): the kernels have no dc, so the backward takes dc from the row composition (:func:`_flatten_image_rows`,
+    the same maps) differentiated for c alone."""
 
     @staticmethod
     def forward(ctx, x, c, beta, seps):
         y, xl, pix, img = _backend.compiled().poincare_flatten_fwd_cpu(x, c, beta, seps)
-        ctx.save_for_backward(xl, pix, img, c)
+        ctx.save_for_backward(xl, pix, img, c, x if ctx.needs_input_grad[1] else None)
         ctx.beta = beta
         return y
 
     @staticmethod
     @_library.first_order_only
     def backward(ctx, g):
-        xl, pix, img, c = ctx.saved_tensors
-        return _backend.compiled().poincare_flatten_bwd_cpu(g, xl, pix, img, c, ctx.beta), None, None, None
+        xl, pix, img, c, x = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        gx = _backend.compiled().poincare_flatten_bwd_cpu(g, xl, pix, img, c, ctx.beta) if ng[0] else None
+        gc = None
+        if ng[1]:
+            with torch.enable_grad():
+                cd = c.detach().requires_grad_()
+                (gc,) = torch.autograd.grad(_flatten_image_rows(x.detach(), -cd, ctx.beta), cd, g)
+        return gx, gc, None, None
+
+
+def _flatten_image_rows(x: torch.Tensor, k: torch.Tensor, beta: float) -> torch.Tensor:
+    """flatten of an image (B, C, H, W) to (B, C*H*W) rows as row ops: logmap0 of the pixel rows (a free view of a
+    channels-last image), one copy into (channel, row, column) order scaled by beta, then expmap0 and project of the
+    rows along the last dim (the row ops' fast path; per call, the dim=1 route costs more Python than the kernels)."""
+    B, C, H, W = x.shape
+    r, _ = _rows(x, 1)
+    v = _st.logmap0(r, k=k).view(B, H, W, C).permute(0, 3, 1, 2).reshape(B, C * H * W) * beta
+    e = _eps(None, x.dtype)  # the row fast path takes the stereographic default margin: pass it only if it differs
+    return _st.project(_st.expmap0(v, k=k), k=k, eps=-1 if e == _st_ref_eps(x.dtype) else e)
 
 
 def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_dim: int = 1) -> torch.Tensor:
@@ -1092,21 +1115,15 @@ def flatten(x: torch.Tensor, *, c, start_dim: int = 1, end_dim: int = -1, man_di
     if n == 0:  # no point has an entry: nothing to map (and the beta factor is undefined)
         return torch.flatten(x, start, end)
     if x.dim() == 4 and start == 1 and man_dim % 4 == 1 and end == 3 and x.numel() > 0 and _fused_on():
-        # an image (B, C, H, W) to (B, C*H*W) rows: logmap0 of the pixel rows (a free view of a channels-last
-        # image), one copy into (channel, row, column) order, then expmap0 and project of the rows along the
-        # last dim (the row ops' fast path; per call, the dim=1 route costs more Python than the kernels)
-        B, C, H, W = x.shape
+        # an image (B, C, H, W) to (B, C*H*W) rows (see _flatten_image_rows)
         seps = _st_ref.default_eps(x.dtype)
-        if (x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and not ct.requires_grad
+        if (x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
                 and _eps(None, x.dtype) == seps and _library.direct_call_ok(x, ct)
                 and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
-            # eager CPU, fixed curvature: one Function, one fused C++ pass each way
+            # eager CPU: one Function, one fused C++ pass each way, whether c has a gradient or not (the route
+            # must not depend on grad mode: reentrant checkpointing recomputes with grad on)
             return PoincareFlattenFn.apply(x, ct, beta_concat_scale(n_i, n), seps)
-        k = _k("flatten", ct, x)
-        r, _ = _rows(x, 1)
-        v = _st.logmap0(r, k=k).view(B, H, W, C).permute(0, 3, 1, 2).reshape(B, n) * beta_concat_scale(n_i, n)
-        e = _eps(None, x.dtype)  # the row fast path takes the stereographic default margin: pass it only if it differs
-        return _st.project(_st.expmap0(v, k=k), k=k, eps=-1 if e == _st_ref_eps(x.dtype) else e)
+        return _flatten_image_rows(x, _k("flatten", ct, x), beta_concat_scale(n_i, n))
     k = _k("flatten", ct, x)
     v = torch.flatten(_st.logmap0(x, k=k, dim=man_dim), start, end) * beta_concat_scale(n_i, n)
     return _st.project(_st.expmap0(v, k=k, dim=start), k=k, dim=start, eps=_eps(None, x.dtype))

@@ -765,3 +765,68 @@ def test_jit_trace_replays_the_ops(case):
         torch.jit.save(traced, buf)
         buf.seek(0)
         torch.testing.assert_close(torch.jit.load(buf)(x), fn(x), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- activation checkpointing (session 37)
+def _ckpt_layers():
+    return {
+        "PoincareFlatten": (lambda b: P.PoincareFlatten(b), True),
+        "PoincareConv2d": (lambda b: P.PoincareConv2d(3, 4, 3, b, padding=1), True),
+        "PoincareReLU": (lambda b: P.PoincareReLU(b), True),
+        "PoincareBatchNorm2d": (lambda b: P.PoincareBatchNorm2d(3, b), True),
+        "PoincareAvgPool2d": (lambda b: P.PoincareAvgPool2d(2, b), True),
+        "PoincareMaxPool2d": (lambda b: P.PoincareMaxPool2d(2, b), True),
+        "PoincareLinear": (lambda b: P.PoincareLinear(16, 6, b), False),
+        "MobiusLinear": (lambda b: P.MobiusLinear(16, 6, b), False),
+        "PoincareMLR": (lambda b: P.PoincareMLR(16, 3, b), False),
+        "PoincareBatchNorm": (lambda b: P.PoincareBatchNorm(16, b), False),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layer", list(_ckpt_layers()))
+def test_checkpointing_is_bitwise_for_poincare_layers(layer, dtype):
+    """Reentrant checkpointing runs the forward under no_grad and recomputes it with grad on: a route chosen by
+    whether c requires grad gave a different forward (flatten's fused C++ pass for a fixed c, the row composition
+    for a learnable one: float32 gradients ~4e-7 off, float64 ~8e-16).  Output and every gradient (x, the layer's
+    parameters, the learnable ball) are now bit-identical without checkpointing, non-reentrant and reentrant."""
+    from torch.utils.checkpoint import checkpoint
+
+    make, img = _ckpt_layers()[layer]
+
+    def run(mode):
+        torch.manual_seed(0)
+        ball = P.PoincareBall(0.7, requires_grad=True).to(dtype)
+        m = make(ball).to(dtype)
+        x = torch.randn(2, 3, 4, 4) if img else torch.randn(5, 16)
+        x = gp.expmap0(x.to(dtype) * 0.5, c=0.7, dim=1 if img else -1).requires_grad_()
+        y = m(x) if mode is None else checkpoint(m, x, use_reentrant=mode)
+        # (a loss nonlinear in y: its gradient reads the forward's value, which reentrant takes from the no_grad pass)
+        (y.pow(2) * torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)).sum().backward()
+        return [y.detach(), x.grad] + [p.grad for p in m.parameters()]
+
+    base = run(None)
+    assert base[-1] is not None  # (the ball's value is a parameter of the layer: it got a gradient)
+    for mode in (False, True):
+        for a, b in zip(run(mode), base):
+            assert torch.equal(a, b), (mode, (a - b).abs().max())
+
+
+def test_flatten_learnable_c_gradient_matches_reference():
+    """flatten's fused CPU pass now also serves a curvature with gradient (dc from the row composition): its
+    gradients equal the reference backend's (float64) and the fp64 values in float32 within 2x the reference's."""
+    def grads(dtype, backend):
+        torch.manual_seed(3)
+        x = gp.expmap0(torch.randn(2, 3, 4, 5, dtype=torch.float64) * 0.7, c=0.4, dim=1).to(dtype).requires_grad_()
+        c = torch.tensor(0.4, dtype=dtype, requires_grad=True)
+        with geoops.use_backend(backend):
+            y = gp.flatten(x, c=c)
+        (y.pow(2) * torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)).sum().backward()
+        return y.detach().double(), x.grad.double(), c.grad.double()
+
+    exact = grads(torch.float64, "reference")
+    for a, b in zip(grads(torch.float64, "cpp"), exact):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    ref32, ours32 = grads(torch.float32, "reference"), grads(torch.float32, "cpp")
+    for o, r, e in zip(ours32, ref32, exact):
+        assert (o - e).abs().max() <= 2 * (r - e).abs().max() + 1e-6 * e.abs().max()

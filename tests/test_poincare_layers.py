@@ -1407,7 +1407,8 @@ def _flatten_by_knob(monkeypatch, knob, x0, c, gy, fn_node):
 def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
     """The eager flatten Function (PoincareFlattenFn: logmap0, reorder + beta, expmap0, project in one node)
     against the composition (GEOOPS_POINCARE_FUSED=0): values and dx; odd sizes, a channel count of 1, a
-    non-channels-last image; gradcheck in float64; a learnable c takes the composition."""
+    non-channels-last image; gradcheck in float64.  A learnable c takes the Function too (session 37: it took the
+    composition, so the result depended on grad mode), dc from the composition: gradcheck in x and c."""
     x0, c, gy = _flatten_case(shape, channels_last, dtype, seed=6, gseed=2)
     outs = _flatten_by_knob(monkeypatch, "GEOOPS_POINCARE_FUSED", x0, c, gy, fn_node=lambda v: v == "1")
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
@@ -1415,9 +1416,10 @@ def test_flatten_fn_vs_composition(monkeypatch, dtype, shape, channels_last):
         torch.testing.assert_close(a, b_, **tol)
     monkeypatch.setenv("GEOOPS_POINCARE_FUSED", "1")
     cl = c.clone().requires_grad_(True)
-    assert not _graph_has(gp.flatten(x0.clone().requires_grad_(True), c=cl), "PoincareFlattenFn")
+    assert _graph_has(gp.flatten(x0.clone().requires_grad_(True), c=cl), "PoincareFlattenFn")
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(lambda t: gp.flatten(t, c=c), (x0.clone().requires_grad_(True),))
+        assert torch.autograd.gradcheck(lambda t, cc: gp.flatten(t, c=cc), (x0.clone().requires_grad_(True), cl))
 
 
 def _bitwise_grads_repeat(fn, ins, g):
