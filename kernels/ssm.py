@@ -30,7 +30,7 @@ factors and discretisation in complex128.
 FFT convolution.  The FFTs are torch's (cuFFT), of size n = fft_size(L) (2-3-5 size >= 2L - 1); the spectral product (with the channel broadcast),
 the truncation + skip term + output cast, and the backward's channel / batch sums of conjugate products
 (summed before the inverse FFT) are fused Triton kernels ``_spec_mul_kernel``, ``_trunc_skip_kernel`` and
-``_conj_sum_kernel``.  Offsets are 64-bit.  ssm_conv's forward is fused: the Vandermonde GEMM kernel stores
+``_conj_sum_kernel``; dD of float32 inputs, a compensated float32 sum, ``_dd_kernel``.  Offsets are 64-bit.  ssm_conv's forward is fused: the Vandermonde GEMM kernel stores
 K straight into the zero-padded circular buffer that the kernel's FFT reads (no K tensor, no pad copy); its
 backward composes the pieces (dK from the batch-summed spectrum, then the Vandermonde backward).
 Half u with 2L - 1 <= 32768 (session 34) skips the FFTs: ``_monarch_conv_kernel`` convolves two rows of a
@@ -414,6 +414,47 @@ def _conj_sum_kernel(a_ptr, g_ptr, o_ptr, B, C, H, F, OVER_C: tl.constexpr, BLOC
     ob = o_ptr + row * F * 2
     tl.store(ob + 2 * f, accr, mask=m)
     tl.store(ob + 2 * f + 1, acci, mask=m)
+
+
+@triton.jit
+def _dd_kernel(g_ptr, u_ptr, o_ptr, B, C, H, L, BLOCK: tl.constexpr):
+    """dD[c, h] = sum_{b, l} g[b, c, h, l] u[b, h, l] for float32 g, u, as accurate as a float64 sum rounded once
+    (Ogita, Rump and Oishi's Dot2): each lane keeps its running sum and, in a second float32 accumulator, the
+    rounding errors of its products (an fma: x y - fl(x y) exactly) and of its additions (Knuth's TwoSum, exact
+    while the compiler contracts nothing: launched with enable_fp_fusion=False); the lanes' sums and errors are
+    combined in float64 once per program (BLOCK values: no float64 work per element).  Program: (c, h)."""
+    row = tl.program_id(0).to(tl.int64)  # (c, h)
+    h = row % H
+    c = row // H
+    t = tl.arange(0, BLOCK)
+    s = tl.zeros((BLOCK,), dtype=tl.float32)
+    e = tl.zeros((BLOCK,), dtype=tl.float32)
+    for b in range(0, B):
+        gb = g_ptr + ((b * C + c) * H + h) * L
+        ub = u_ptr + (b * H + h) * L
+        for l0 in range(0, L, BLOCK):
+            m = l0 + t < L
+            x = tl.load(gb + l0 + t, mask=m, other=0.0)
+            y = tl.load(ub + l0 + t, mask=m, other=0.0)
+            p = x * y
+            ep = tl.fma(x, y, -p)
+            sn = s + p
+            z = sn - s
+            e = e + (((s - (sn - z)) + (p - z)) + ep)
+            s = sn
+    tot = tl.sum(s.to(tl.float64), axis=0) + tl.sum(e.to(tl.float64), axis=0)
+    tl.store(o_ptr + row, tot.to(o_ptr.dtype.element_ty))
+
+
+_DD_BLOCK = 256
+
+
+def _dd_f32(gc, uc):
+    """dD (C, H) float32 of float32 g (B, C, H, L) and u (B, H, L), contiguous (see _dd_kernel)."""
+    B, C, H, L = gc.shape
+    out = torch.empty((C, H), device=gc.device, dtype=torch.float32)
+    _dd_kernel[(C * H,)](gc, uc, out, B, C, H, L, BLOCK=_DD_BLOCK, enable_fp_fusion=False)
+    return out
 
 
 def _cdt(u):
@@ -1007,7 +1048,9 @@ def _conv_bwd(g, u, uf, kf, D, want_du: bool, want_dk: bool, want_dD: bool, n: i
                                                          BLOCK=_BLOCK)
         dkfull = torch.fft.irfft(acc, n=n)
     if want_dD:
-        dD = torch.einsum("bchl,bhl->ch", gc.double(), uc.double())
+        # float32: a compensated float32 sum (no float64 copies of g and u, no float64 GEMM: 1/64 rate on consumer
+        # GPUs), as accurate as the float64 einsum it replaces rounded to float32 (session 37)
+        dD = _dd_f32(gc, uc) if cdt == torch.float32 else torch.einsum("bchl,bhl->ch", gc, uc)
     return du, dkfull, dD
 
 

@@ -410,3 +410,69 @@ def test_mode_with_zero_decay_is_finite(monkeypatch, fused, dtype):
     assert torch.isfinite(K).all(), K
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     torch.testing.assert_close(K.double(), Kc.double(), rtol=tol, atol=tol)
+
+
+def _dD_case(device, dtype=torch.float32, B=3, C=2, H=3, L=300, seed=11):
+    """g, u whose dD sums cancel (products spanning six decades, both signs) and the exact dD (float64 of the
+    float32 values: their products are exact in float64, the sum nearly so)."""
+    g = torch.Generator().manual_seed(seed)
+    gy = (torch.randn(B, C, H, L, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, L, dtype=torch.float64))
+    u = torch.randn(B, H, L, generator=g, dtype=torch.float64)
+    gy, u = gy.to(dtype), u.to(dtype)
+    exact = torch.einsum("bchl,bhl->ch", gy.double(), u.double())
+    return gy.to(device), u.to(device), exact
+
+
+def test_fftconv_bwd_dD_has_no_float64_temporaries(device):
+    """Session 37: the float32 backward formed dD as an einsum of float64 copies of g (B, C, H, L) and u (B, H, L):
+    two float64 temporaries of the activations' size and a float64 GEMM (1/64 rate on consumer GPUs).  dD is now a
+    compensated float32 sum (_dd_kernel): no float64 tensor of more than C*H elements in fftconv_bwd or
+    ssm_conv_bwd (mask dD alone)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    gy, u, _ = _dD_case(device)
+    B, C, H, L = gy.shape
+    k = torch.randn(C, 1, H, L).to(device)
+    D = torch.randn(C, H).to(device)
+
+    class Big64(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dtype in (torch.float64, torch.complex128) and t.numel() > C * H:
+                    self.seen.append((str(func), tuple(t.shape)))
+            return out
+
+    with Big64():
+        dD = S.fftconv_bwd(gy, u, u.new_empty(0, dtype=torch.complex64), k, D, 4)[2]
+    assert not Big64.seen, Big64.seen
+    assert dD.dtype == torch.float32 and dD.shape == (C, H)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 3, 300), (1, 1, 1, 1), (2, 1, 2, 257), (5, 3, 1, 40)])
+def test_fftconv_bwd_dD_float32_is_float64_accurate(device, shape):
+    """The compensated float32 dD is as accurate as the float64 sum rounded to float32 (one rounding: within one
+    float32 ulp of the exact value), on sums that cancel; fftconv_bwd and ssm_conv_bwd, odd lengths, one element,
+    a partial last block; against the C++ kernels (a double accumulation) too."""
+    B, C, H, L = shape
+    gy, u, exact = _dD_case(device, B=B, C=C, H=H, L=L, seed=L)
+    k = torch.randn(C, 1, H, L).to(device)
+    D = torch.randn(C, H).to(device)
+    ulp = exact.abs() * 2.0 ** -23 + 1e-30
+    dD = S.fftconv_bwd(gy, u, u.new_empty(0, dtype=torch.complex64), k, D, 4)[2].cpu().double()
+    assert ((dD - exact).abs() <= ulp).all(), ((dD - exact).abs() / ulp).max()
+    # the eager float32 sum's error is larger (the 2x rule holds with room)
+    ref32 = (gy.cpu() * u.cpu()[:, None]).sum(dim=(0, 3)).double()
+    assert (dD - exact).abs().max() <= 2 * (ref32 - exact).abs().max() + 1e-30
+    if HAVE_CPP:
+        b = _backend.compiled().fftconv_bwd_cpu(gy.cpu(), u.cpu(), u.new_empty(0, dtype=torch.complex64).cpu(),
+                                                k.cpu(), D.cpu(), 4)[2].double()
+        assert ((dD - b).abs() <= 2 * ulp).all()
+    v4 = torch.randn(C, 2, H, 2, dtype=torch.complex128).to(device) * 0.1
+    x2 = torch.complex(-torch.rand(H, 2, dtype=torch.float64) - 0.1, torch.randn(H, 2, dtype=torch.float64)).to(device)
+    uf = u.new_empty(0, dtype=torch.complex64)
+    kf = S.ssm_conv_fwd(u, v4, x2, D, True)[1]
+    dD2 = S.ssm_conv_bwd(gy, u, uf, kf, v4, x2, D, 8)[3].cpu().double()
+    assert ((dD2 - exact).abs() <= ulp).all()
