@@ -444,9 +444,8 @@ def reverse_wanted(*tensors) -> bool:
     """Whether a call on these arguments records a graph to backpropagate: grad mode is on and some tensor among
     them requires grad (``None`` and numbers are ignored).  False while torch.jit.trace records: the forward ops
     are traced without their Function (see :func:`_traced_forward`), so that the trace can be saved."""
-    if _jit_tracing() is not None:
-        return False
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+    return (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+            and _jit_tracing() is None)
 
 
 def autograd_wanted(*tensors) -> bool:
