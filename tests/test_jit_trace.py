@@ -131,3 +131,31 @@ def test_traced_gaunt_layer_names_torch_export():
     x = torch.randn(3, 8)
     with pytest.raises(RuntimeError, match="torch.export"):
         _trace(lambda a: m(a, a), x, grad=False)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("two_d", [True, False], ids=["2d", "rows"])
+def test_traced_batch_norm_training_updates_running_stats(two_d, grad):
+    """A traced batch norm in training mode, saved and loaded: its outputs and its running statistics after three
+    batches equal the eager module's (the in-place buffer updates are in the trace)."""
+    import copy
+
+    torch.manual_seed(0)
+    ball = P.PoincareBall(0.5)
+    m = P.PoincareBatchNorm2d(3, ball) if two_d else P.PoincareBatchNorm(16, ball)
+    g = torch.Generator().manual_seed(4)
+    xs = [(_img if two_d else _vec)(g) for _ in range(3)]
+    eager, tm = copy.deepcopy(m), copy.deepcopy(m)
+    traced = _trace(tm, xs[0], grad)
+    with torch.no_grad():  # (tracing ran one update: back to the initial statistics)
+        traced.running_mean.copy_(m.running_mean)
+        traced.running_var.copy_(m.running_var)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    for x in xs:
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), eager(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loaded.running_mean, eager.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loaded.running_var, eager.running_var, rtol=1e-5, atol=1e-6)
