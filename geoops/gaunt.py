@@ -10,8 +10,9 @@ projected onto degrees <= lmax_out.  G vanishes unless l1 + l2 + l3 is even and 
 the allowed paths it is e3nn's ``wigner_3j`` times sqrt((2l1+1)(2l2+1)(2l3+1)/(4 pi)) |(l1 l2 l3; 0 0 0)|.
 
 Routes (all exact to round-off; ``route="auto"`` picks the fastest from the table measured on this machine's CPU class (or the GPU's compute capability) by ``python -m bench.gaunt --write-routes``,
-see ``route_table``: ranked by forward + backward time when the call will need a backward (grad mode on and an
-input or weight requires grad, ``needs_backward``), else by forward time):
+see ``route_table``: ranked by forward + backward time when an
+input or weight requires grad (whatever the grad mode, so that no_grad evaluation and checkpoint recomputes run
+the training route: ``needs_backward``), else by forward time):
 
 * ``"grid"``   evaluate on an exact Gauss-Legendre x uniform sphere grid, multiply, project back; on CPU
                 separably (per m a small Legendre block over l, then the azimuthal sums over m with the
@@ -233,10 +234,11 @@ def route_table(nu: int, device: torch.device, cpu: Optional[str] = None, backwa
 
 
 def needs_backward(*tensors) -> bool:
-    """Whether a call on these tensors (None entries skipped) records a graph to backpropagate: grad mode is on
-    (not torch.no_grad / torch.inference_mode) and one of them requires grad.  What 'auto' reads to pick from the
-    forward + backward ranking; under torch.compile dynamo specialises on both (guards), so it stays traceable."""
-    return _library.reverse_wanted(*tensors)
+    """Whether 'auto' picks from the forward + backward ranking for a call on these tensors (None entries
+    skipped): one of them requires grad, whatever the grad mode.  Not the grad mode: the same inputs then run the
+    same route (same bits) under torch.no_grad / inference_mode as in training, and reentrant checkpointing's
+    no-grad forward and its recompute agree.  Under torch.compile dynamo guards on requires_grad."""
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.device, backward: bool = False) -> str:

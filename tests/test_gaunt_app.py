@@ -727,13 +727,9 @@ def test_module_takes_per_edge_weights(internal):
 
 
 # ---------------------------------------------------------------- reentrant checkpointing and route="auto" (session 37)
-@pytest.mark.xfail(strict=True, reason=(
-    "route='auto' reads the forward ranking under no_grad and the forward + backward ranking with grad on "
-    "(needs_backward: grad mode and requires_grad); where they differ (x86_64-amd-avx2 binary lmax 5: fft vs grid, "
-    "many lmax 1/3; cuda-sm90 lmax 4/8), reentrant checkpointing's no-grad forward and its recompute run different "
-    "routes: float32 outputs and gradients ~1.7e-7 off the unchecked run.  Fix (a policy choice for the lead): key "
-    "needs_backward on requires_grad alone, so both passes (and eval with learnable weights) pick one route"))
 def test_reentrant_checkpoint_is_bitwise_with_auto_route(monkeypatch):
+    """route='auto' picks by requires_grad, not by grad mode: reentrant checkpointing's no-grad forward and its
+    recompute run one route (on a class whose two rankings differ: x86_64-amd-avx2 binary lmax 5, fft vs grid)."""
     from torch.utils.checkpoint import checkpoint
 
     from geoops import _backend
