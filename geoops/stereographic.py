@@ -1231,12 +1231,15 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
                                                     _library.direct_call_ok(x, y, k3)) else None
     tri = tri if (tri is not None and n <= getattr(tri, "KNN_MAX_NEIGHBORS", 0) and
                   _backend.resolve(x.device, _ops.FAMILY) == "triton") else None
-    with torch.no_grad():
-        if fused:  # C++: GEMM per (row block, tile of y) + keys + per-row sorted top n, no [N, M] tile kept
-            tile = max(n + 1, min(M, 1024))
+    # (no no_grad block without a kernel call: under torch.export an empty one is a node without outputs that
+    # torch.export.load refuses)
+    if fused:  # C++: GEMM per (row block, tile of y) + keys + per-row sorted top n, no [N, M] tile kept
+        tile = max(n + 1, min(M, 1024))
+        with torch.no_grad():
             for b in range(B):
                 idx[b] = _backend.compiled().knn_cpu(xd[b], yd[b], float(kd[b]), n, largest, tile)[1]
-        elif tri is not None:
+    elif tri is not None:
+        with torch.no_grad():
             idx = tri.knn_indices(xd, yd, kd, n, largest)
     blocks = []  # the Python tiles' row blocks of idx (concatenated, not written into idx: under vmap they are
     # batched and idx is not)
