@@ -120,6 +120,20 @@ def test_export_decompose_and_compile_the_exported_module(f):
             _assert_same(cm(*args), want)
 
 
+def test_exported_program_is_inference_only_with_a_clear_error():
+    """geoops' gradients live in the autograd.Function around each ``<op>_fwd`` custom op; torch.export keeps the op,
+    not the Function, so an exported program cannot be differentiated.  The error said "no autograd formula was
+    registered. Please use register_autograd to add one" (an invitation to the user to write one), also at compile
+    time for ``torch.compile(ep.module())`` outside no_grad; it now says that the program is inference-only and what
+    to do.  Under no_grad the compiled program runs (test above)."""
+    m, args, ep = _exported("gaunt")
+    mod = ep.module()
+    with pytest.raises(RuntimeError, match="inference-only.*torch.no_grad"):
+        mod(*args).sum().backward()
+    with pytest.raises(Exception, match="inference-only.*torch.no_grad"):
+        torch.compile(mod, fullgraph=True)(*args)
+
+
 # ---------------------------------------------------------------- the loading side in a fresh process
 def test_load_in_a_fresh_process(tmp_path):
     """Saved here, loaded in a new Python process, for every family: the pickled whole module
