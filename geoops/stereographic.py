@@ -1180,8 +1180,10 @@ def _tile_sizes(N: int, M: int, n: int, block_elems: int):
 
 
 def _spans(total, step):
-    """(start, stop) of the tiles of `step` along `total`; one span when `step` is `total` (a symbolic size)."""
-    if step is total:
+    """(start, stop) of the tiles of `step` along `total`: one span for a symbolic size (see :func:`_tile_sizes`) or
+    one tile's worth (torch.compile's dynamo shows a symbolic size as an int: ``total <= step`` is an inequality
+    guard there, where a loop over ``range`` would specialise the size)."""
+    if isinstance(total, torch.SymInt) or isinstance(step, torch.SymInt) or total <= step:
         return ((0, total),)
     return tuple((i, min(total, i + step)) for i in range(0, total, step))
 

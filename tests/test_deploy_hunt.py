@@ -86,6 +86,19 @@ def test_knn_export_with_a_dynamic_batch_and_key_count():
         _assert_same(loaded(xx, yy), gs.knn(xx, yy, 2, k=-1.0))
 
 
+def test_knn_compiles_one_graph_for_dynamic_sizes():
+    """Likewise under torch.compile(dynamic=True): one graph for every N and M (it recompiled per size)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    f = torch.compile(lambda x, y: gs.knn(x, y, 2, k=-1.0), dynamic=True, fullgraph=True, backend="aot_eager")
+    for n, m in ((4, 6), (9, 7), (13, 11)):
+        xx, yy = 0.2 * torch.randn(n, 3), 0.2 * torch.randn(m, 3)
+        _assert_same(f(xx, yy), gs.knn(xx, yy, 2, k=-1.0))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 _EXPORTED = {}
 
 
