@@ -1,7 +1,7 @@
 """Tiny models of each geoops family for the deployment tests (tests/test_deploy_hunt.py).
 
-Importable by a fresh process (``python -c "import tests._deploy_models"`` from the repository root) so that a
-pickled whole module (``torch.save(model)``) finds its classes there.
+The tests import it as ``_deploy_models`` (tests/ on the path, as pytest puts it), and so does their fresh process
+(tests/ on its PYTHONPATH), so that a pickled whole module (``torch.save(model)``) finds its classes there.
 """
 from __future__ import annotations
 
