@@ -4,6 +4,10 @@
 ``operator.index`` takes is accepted -- a Python int, a numpy integer, a 0-d integer numpy array or tensor (as
 torch's own ``dim=`` does) -- and a bool, a float, a string or a tensor / array with dimensions is refused with a
 TypeError naming the argument, before any kernel runs.
+
+``promote_types``: torch.promote_types of any number of dtypes from a table built at import (torch.export records
+each torch.promote_types call as a dead ``aten.promote_types`` node that dynamo cannot trace: compiling the loaded
+program of a model failed with "torch.* op returned non-Tensor").
 """
 from __future__ import annotations
 
@@ -44,3 +48,19 @@ def int_arg(who: str, name: str, v, *, lo: Optional[int] = None, what: str = "",
     if lo is not None and type(n) is int and n < lo:  # (no guard on a SymInt)
         raise ValueError(f"{who}: {name} must be {what or f'an int >= {lo}'}, got {n}")
     return n
+
+
+_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
+           torch.float32, torch.float64, torch.complex64, torch.complex128)
+_PROMOTED = {(a, b): torch.promote_types(a, b) for a in _DTYPES for b in _DTYPES}
+
+
+def promote_types(first: torch.dtype, *others: torch.dtype) -> torch.dtype:
+    """``torch.promote_types`` folded over the dtypes, without calling the op for the usual dtypes (no node in an
+    exported graph, no host cost per call)."""
+    out = first
+    for d in others:
+        if d is not out:
+            p = _PROMOTED.get((out, d))
+            out = p if p is not None else torch.promote_types(out, d)
+    return out

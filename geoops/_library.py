@@ -188,8 +188,28 @@ def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
     """
     op = torch.library.custom_op(qualname, no_autocast(impl), mutates_args=(), schema=schema)
     op.register_fake(fake)
+    if qualname.endswith("_fwd"):
+        op.register_autograd(_inference_only_backward(qualname), setup_context=_no_context)
     loop_vmap(qualname)
     return _overload(qualname)
+
+
+def _no_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _inference_only_backward(qualname: str) -> Callable:
+    """The autograd of a forward op on its own: none.  geoops differentiates in the autograd.Function around the op,
+    which a graph of the bare op (torch.export's program, its .pt2 or AOTInductor package) does not keep; without
+    this torch's error invited the user to register an autograd formula."""
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{qualname}: cannot differentiate this op on its own: geoops computes its gradient in the "
+            f"autograd.Function of the public function, which a torch.export program does not keep, so an exported "
+            f"program (ExportedProgram.module(), a .pt2, an AOTInductor package) with geoops ops is inference-only: "
+            f"run it (and torch.compile of it) under torch.no_grad() or torch.inference_mode(), and train the "
+            f"original model")
+    return backward
 
 
 def _overload(qualname: str):

@@ -330,7 +330,7 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     every = [t for t in (*xs, *weights, weight_out) if t is not None]
     dtype = every[0].dtype
     for t in every[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+        dtype = _args.promote_types(dtype, t.dtype)
     cdt = torch.float64 if dtype == torch.float64 else torch.float32
     try:
         batch = torch.broadcast_shapes(*[x.shape[:-1] for x in xs],

@@ -263,7 +263,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     op = "poincare_fc"
     d, ct = _fc_args(op, x, z, bias, c, dim)
     _debug_checks(op, ct, {} if from_tangent else {"x": (x, d)}, {"x": x, "z": z, "bias": bias})
-    out_dtype = torch.promote_types(x.dtype, z.dtype)
+    out_dtype = _args.promote_types(x.dtype, z.dtype)
     cdt = torch.float32 if out_dtype in _HALF else out_dtype
     xl = x if d == x.dim() - 1 else x.movedim(d, -1)
     lead = xl.shape[:-1]
@@ -284,14 +284,14 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
     """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
     d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
     _debug_checks("hyperplane_dists", ct, {"x": (x, d)}, {"z": z, "bias": bias})
-    out_dtype = torch.promote_types(x.dtype, z.dtype)
+    out_dtype = _args.promote_types(x.dtype, z.dtype)
     if out_dtype in _HALF or x.dtype in _HALF:  # half types: computed in float32, returned in their own dtype
         y = hyperplane_dists(x.float(), z.float(), None if bias is None else bias.float(), c=ct.float(), dim=d)
         return y.to(out_dtype)
     if x.dtype != z.dtype or (bias is not None and bias.dtype != x.dtype):
         # mixed float dtypes (float32 with float64): computed and returned in the promoted dtype of x, z and bias
         # (the GEMM raised on x and z of different dtypes)
-        pd = out_dtype if bias is None else torch.promote_types(out_dtype, bias.dtype)
+        pd = out_dtype if bias is None else _args.promote_types(out_dtype, bias.dtype)
         return hyperplane_dists(x.to(pd), z.to(pd), None if bias is None else bias.to(pd), c=c, dim=dim)
     cx = ct if ct.dtype == x.dtype else ct.to(x.dtype)
     if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
@@ -454,7 +454,7 @@ def logmap(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tenso
 def transp(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from x to y (half types computed in float32: the transport is a composition whose
     intermediate products would round to the half type)."""
-    half = torch.promote_types(torch.promote_types(x.dtype, y.dtype), v.dtype)
+    half = _args.promote_types(_args.promote_types(x.dtype, y.dtype), v.dtype)
     if half in _HALF:
         return transp(x.float(), y.float(), v.float(), c=c, dim=dim).to(half)
     return _st.parallel_transport(x, y, v, k=_k("transp", c, x), dim=dim)
@@ -713,7 +713,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
             _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output channel), got {tuple(bias.shape)}")
     ct = _curv(op, c, x)
     _debug_checks(op, ct, {"x": (x, 1)}, {"z": z, "bias": bias})
-    out_dtype = torch.promote_types(x.dtype, z.dtype)
+    out_dtype = _args.promote_types(x.dtype, z.dtype)
     cdt = torch.float32 if out_dtype in _HALF else out_dtype
     B, C, H, W = x.shape
     kh, kw = kernel
@@ -1705,7 +1705,7 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     op = "mobius_linear"
     _check_float(op, "x", x)
     _check_float(op, "weight", weight)
-    half = torch.promote_types(x.dtype, weight.dtype)
+    half = _args.promote_types(x.dtype, weight.dtype)
     if half in _HALF:  # a chain of kernels: computed in float32 (no half rounding in between)
         return mobius_linear(x.float(), weight.float(), None if bias is None else bias.float(), c=c, dim=dim,
                              blocks=blocks).to(half)

@@ -516,7 +516,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         Cf = C.flatten(0, -3) if C.dim() > 2 else C
         # K in u's precision at least, as the fused kernels build it (float64 for a float64 u, whatever the
         # parameters' dtype): s4d_kernel of float32 parameters alone would round K to float32
-        K = s4d_kernel(log_dt.to(torch.promote_types(log_dt.dtype, kd)), A, B, Cf, L, discretization)
+        K = s4d_kernel(log_dt.to(_args.promote_types(log_dt.dtype, kd)), A, B, Cf, L, discretization)
         if C.dim() > 2:
             K = K.reshape(*C.shape[:-2], H, L)
         return fftconv(u, K.to(kd), D, bidirectional=bidirectional)

@@ -584,7 +584,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
         _debug_checks(op, {nx: x, ny: y} if spec.has_y else {nx: x}, k, d - nd)
 
     # (promote_types is an op with host cost: only for two dtypes)
-    dtype = torch.promote_types(x.dtype, y.dtype) if (spec.has_y and y.dtype != x.dtype) else x.dtype
+    dtype = _args.promote_types(x.dtype, y.dtype) if (spec.has_y and y.dtype != x.dtype) else x.dtype
     kdtype = torch.float64 if dtype == torch.float64 else torch.float32
     if eps < 0:
         eps = _ref.default_eps(dtype)
@@ -1067,7 +1067,7 @@ def _pair_args(op: str, x, y, k):
             torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
     except RuntimeError:
         _fail(op, f"the batch dimensions of x {tuple(x.shape[:-2])} and y {tuple(y.shape[:-2])} do not broadcast")
-    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    out_dtype = _args.promote_types(x.dtype, y.dtype)
     dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     k = _as_scalar_tensor(op, "k", k, x)
     if k.dtype != dtype:
@@ -1167,10 +1167,25 @@ def _int_arg(op: str, name: str, v, lo: Optional[int] = None, what: str = "") ->
 
 
 def _tile_sizes(N: int, M: int, n: int, block_elems: int):
-    """Query and key tile sizes for a tile of about `block_elems` rank keys."""
+    """Query and key tile sizes for a tile of about `block_elems` rank keys.
+
+    A symbolic size (a dynamic dim under torch.export / torch.compile) is one tile along it: a Python loop over a
+    symbolic count would specialise the size (torch.export: "Constraints violated"), so there the tile is the
+    whole [N, M] (that graph's memory is O(N M) keys)."""
+    if isinstance(N, torch.SymInt) or isinstance(M, torch.SymInt):
+        return N, M
     mb = max(n + 1, min(M, 4096))
     nb = max(1, min(N, block_elems // mb))
     return nb, mb
+
+
+def _spans(total, step):
+    """(start, stop) of the tiles of `step` along `total`: one span for a symbolic size (see :func:`_tile_sizes`) or
+    one tile's worth (torch.compile's dynamo shows a symbolic size as an int: ``total <= step`` is an inequality
+    guard there, where a loop over ``range`` would specialise the size)."""
+    if isinstance(total, torch.SymInt) or isinstance(step, torch.SymInt) or total <= step:
+        return ((0, total),)
+    return tuple((i, min(total, i + step)) for i in range(0, total, step))
 
 
 def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool = False,
@@ -1218,22 +1233,23 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
                                                     _library.direct_call_ok(x, y, k3)) else None
     tri = tri if (tri is not None and n <= getattr(tri, "KNN_MAX_NEIGHBORS", 0) and
                   _backend.resolve(x.device, _ops.FAMILY) == "triton") else None
-    with torch.no_grad():
-        if fused:  # C++: GEMM per (row block, tile of y) + keys + per-row sorted top n, no [N, M] tile kept
-            tile = max(n + 1, min(M, 1024))
+    # (no no_grad block without a kernel call: under torch.export an empty one is a node without outputs that
+    # torch.export.load refuses)
+    if fused:  # C++: GEMM per (row block, tile of y) + keys + per-row sorted top n, no [N, M] tile kept
+        tile = max(n + 1, min(M, 1024))
+        with torch.no_grad():
             for b in range(B):
                 idx[b] = _backend.compiled().knn_cpu(xd[b], yd[b], float(kd[b]), n, largest, tile)[1]
-        elif tri is not None:
+    elif tri is not None:
+        with torch.no_grad():
             idx = tri.knn_indices(xd, yd, kd, n, largest)
     blocks = []  # the Python tiles' row blocks of idx (concatenated, not written into idx: under vmap they are
     # batched and idx is not)
     with torch.no_grad():
-        for i0 in (range(0, N, nb) if not (fused or tri is not None) else ()):
-            i1 = min(N, i0 + nb)
+        for i0, i1 in (_spans(N, nb) if not (fused or tri is not None) else ()):
             best_key = torch.full((B, i1 - i0, n), fill, dtype=dtype, device=x.device)
             best_idx = torch.zeros((B, i1 - i0, n), dtype=torch.int64, device=x.device)
-            for j0 in range(0, M, mb):
-                j1 = min(M, j0 + mb)
+            for j0, j1 in _spans(M, mb):
                 key = _PAIR["rank_key"](xd[:, i0:i1], yd[:, j0:j1], kd)
                 # the tile's own top n, then a merge of 2n candidates (no copy of the tile)
                 tk, ti = torch.topk(key, min(n, j1 - j0), dim=-1, largest=largest, sorted=False)
@@ -1696,7 +1712,7 @@ def mobius_matvec(m: torch.Tensor, x: torch.Tensor, *, k, dim: int = -1) -> torc
     if _backend.checks_enabled():
         _debug_checks(op, {"m": m, "x": x}, _scale_k(op, k, x), d - x.dim())
     xl = x if d == x.dim() - 1 else x.movedim(d, -1)
-    dtype = torch.promote_types(m.dtype, x.dtype)
+    dtype = _args.promote_types(m.dtype, x.dtype)
     if xl.dtype != dtype:
         xl = xl.to(dtype)
     if m.dtype != dtype:
@@ -1749,7 +1765,7 @@ def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torc
         _fail(op, f"blocks is on {blocks.device} but x is on {x.device}")
     if _backend.checks_enabled():
         _debug_checks(op, {"blocks": blocks, "x": x}, _scale_k(op, k, x), -1)
-    dtype = torch.promote_types(blocks.dtype, x.dtype)
+    dtype = _args.promote_types(blocks.dtype, x.dtype)
     xl, blocks = x.to(dtype), blocks.to(dtype)
     if not _transformed() and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
         if dtype not in (torch.float32, torch.float64):  # half types: computed in float32
@@ -1908,7 +1924,7 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     dtype = vecs[0].dtype
     shape = vecs[0].shape
     for v in vecs[1:]:
-        dtype = torch.promote_types(dtype, v.dtype)
+        dtype = _args.promote_types(dtype, v.dtype)
         if v.dim() != len(shape) or v.shape != shape:
             shape = _broadcast2(shape, v.shape)
     nd = len(shape)
@@ -2001,7 +2017,7 @@ def _to_result_dtype(x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
     dt = x.dtype
     for t in others:
         if t.dtype != dt:
-            dt = torch.promote_types(dt, t.dtype)
+            dt = _args.promote_types(dt, t.dtype)
     return x if x.dtype == dt else x.to(dt)
 
 

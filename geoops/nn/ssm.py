@@ -121,7 +121,7 @@ class S4DKernel(nn.Module):
         """
         log_dt, C, log_A_real, A_imag = (_kernel_dtype(t) for t in (self.log_dt, self.C, self.log_A_real, self.A_imag))
         C = torch.view_as_complex(C)
-        rd = torch.promote_types(log_A_real.dtype, A_imag.dtype)  # torch.complex takes one dtype (mixed: float64)
+        rd = _args.promote_types(log_A_real.dtype, A_imag.dtype)  # torch.complex takes one dtype (mixed: float64)
         A = torch.complex(-torch.exp(log_A_real.to(rd)), A_imag.to(rd))
         return log_dt, A, torch.ones_like(A), C
 
