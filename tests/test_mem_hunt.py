@@ -310,3 +310,44 @@ def test_checkpointed_stack_peaks_lower(name):
     assert _same(run(False), run(True))
     plain, ck = _alloc_peak(lambda: run(False)), _alloc_peak(lambda: run(True))
     assert ck < 0.85 * plain, f"checkpointed peak {ck} vs {plain} bytes"
+
+
+# ---------------------------------------------------------------- 3. what is saved for the backward
+def _saved_bytes(fn, ins):
+    """Bytes of the distinct storages the graph of fn(*ins) saves for its backward (through the hooks)."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    xs = _leaves(ins)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _first(fn(*xs))
+    return sum(storages.values())
+
+
+@pytest.mark.xfail(strict=True, reason="knn saves the gathered neighbour rows y[idx] (N n D values, n times x) for "
+                   "the backward of the row-wise dist, and that backward materialises three more (N, n, D) tensors "
+                   "(x broadcast to the pairs); y and idx (N n ints) would do with a fused gather-dist Function "
+                   "(regather in the backward, index_add into dy). Written up, not fixed (session 37, memhunt)")
+def test_knn_saves_no_gathered_rows():
+    N, M, D, n = 64, 80, 16, 8
+    x, y = _ball(N, D, dtype=torch.float32), _ball(M, D, seed=1, dtype=torch.float32)
+    k = torch.tensor(-1.0)
+    saved = _saved_bytes(lambda x, y, k: st.knn(x, y, n, k=k)[0], [x, y, k])
+    inputs = (N + M) * D * 4
+    assert saved <= inputs + 2 * N * n * 8 + 64, f"saved {saved} bytes; x and y are {inputs}"
+
+
+@pytest.mark.parametrize("name", ["mobius_add", "cdist", "poincare_fc", "gaunt", "attention", "fftconv", "ssm_conv"])
+def test_saved_bytes_stay_near_inputs_and_output(name):
+    """What the main ops keep for the backward (session 37 measurement, float32): at most about the inputs plus
+    the output (mobius_add: x, y; cdist: x, y and the distances; poincare_fc: x, z, bias and the (N, m) GEMM result;
+    gaunt: the factors; attention: q, k, v, out, lse; fftconv: u, k's spectrum; ssm_conv: u and the spectrum)."""
+    fn, ins = _case(name, dtype=torch.float32)
+    xs = _leaves(ins)
+    o = _first(fn(*xs))
+    io = sum(t.numel() * t.element_size() for t in ins) + o.numel() * o.element_size()
+    assert _saved_bytes(fn, ins) <= 1.5 * io + 1024
