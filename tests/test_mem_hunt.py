@@ -351,3 +351,20 @@ def test_saved_bytes_stay_near_inputs_and_output(name):
     o = _first(fn(*xs))
     io = sum(t.numel() * t.element_size() for t in ins) + o.numel() * o.element_size()
     assert _saved_bytes(fn, ins) <= 1.5 * io + 1024
+
+
+def test_reference_cdist_saves_no_unused_square_matrix():
+    """The reference backend's cdist forward computed A = |x_i - y_j|^2 (an (N, M, D) broadcast on the way) and saved
+    it, an (N, M) matrix next to the distances, which its backward (autograd through the eager reference) never
+    reads: twice the saved memory of the distances.  It declares SAVES_A = False now, as the C++ set does."""
+    x, y = _ball(40, 8), _ball(50, 8, seed=1)
+    k = torch.tensor(-1.0, dtype=torch.float64)
+    fn = lambda x, y, k: st.cdist(x, y, k=k)  # noqa: E731
+    with geoops.use_backend("reference"):
+        saved = _saved_bytes(fn, [x, y, k])
+        o0, g0 = _grads(fn, [x, y, k])
+    assert saved <= (40 + 50) * 8 * 8 + 40 * 50 * 8 + 64, saved
+    o1, g1 = _grads(fn, [x, y, k])
+    torch.testing.assert_close(o0, o1, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
