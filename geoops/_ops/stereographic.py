@@ -335,14 +335,17 @@ class _PairCpp:
 class _PairReference:
     """The pairwise contract above with geoops.reference (broadcast, O(N M D) memory; autograd backward)."""
 
+    # the backward differentiates the eager reference from x, y and k and never reads A: no [N, M] A is computed
+    # (an [N, M, D] broadcast on the way) or saved (session 37)
+    SAVES_A = False
+
     @staticmethod
     def cdist_fwd(x, y, k, save):
         from ..reference import stereographic as ref
 
         with torch.no_grad():
             d = ref.cdist(x, y, k=k.to(x.dtype).reshape(-1, 1, 1)).contiguous()
-            A = ((x.unsqueeze(-2) - y.unsqueeze(-3)) ** 2).sum(-1) if save else x.new_empty(0)
-        return d, A
+        return d, x.new_empty(0)
 
     @staticmethod
     def cdist_bwd(g, x, y, k, A, d, mask):
