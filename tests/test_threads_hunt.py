@@ -360,3 +360,63 @@ def test_kernels_release_the_gil(kernel):
     with torch.no_grad():
         assert any(_gil_free_during(kernel, _GIL_CASES[kernel]) for _ in range(3)), \
             f"geoops._C.{kernel} holds the GIL while it runs"
+
+
+# ---------------------------------------------------------------- geoopt / HypLL patch scopes
+def _interleave(scope, probe):
+    """Thread A opens scope(), then B opens scope(), A closes, then B reads probe() inside its block; returns
+    (B's reading, probe() after both closed)."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with scope():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with scope():
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = probe()
+
+    ts = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return seen.get("b"), probe()
+
+
+def test_patched_geoopt_blocks_interleaved_in_two_threads():
+    """patched_geoopt() in two threads, A's block closing first: B's block must keep the patch until it closes (was:
+    A's exit unpatched geoopt under B, whose optimizer steps then read the cleared patch state), and geoopt is
+    unpatched once both are closed."""
+    pytest.importorskip("geoopt")
+    from geoops import compat
+
+    assert not compat.is_patched()
+    try:
+        assert _interleave(compat.patched_geoopt, compat.is_patched) == (True, False)
+    finally:
+        compat.unpatch_geoopt()
+
+
+def test_patched_geoopt_nested_in_one_thread():
+    pytest.importorskip("geoopt")
+    from geoops import compat
+
+    try:
+        with compat.patched_geoopt():
+            with compat.patched_geoopt():
+                assert compat.is_patched()
+            assert compat.is_patched()
+        assert not compat.is_patched()
+        compat.patch_geoopt()
+        with compat.patched_geoopt():
+            pass
+        assert compat.is_patched()  # patched before the block: the block leaves it so
+    finally:
+        compat.unpatch_geoopt()
