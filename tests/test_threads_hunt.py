@@ -390,18 +390,21 @@ def _interleave(scope, probe):
     return seen.get("b"), probe()
 
 
-def test_patched_geoopt_blocks_interleaved_in_two_threads():
-    """patched_geoopt() in two threads, A's block closing first: B's block must keep the patch until it closes (was:
-    A's exit unpatched geoopt under B, whose optimizer steps then read the cleared patch state), and geoopt is
-    unpatched once both are closed."""
-    pytest.importorskip("geoopt")
+@pytest.mark.parametrize("peer", ["geoopt", "hypll"])
+def test_patch_blocks_interleaved_in_two_threads(peer):
+    """patched_geoopt() (patched_hypll()) in two threads, A's block closing first: B's block must keep the patch
+    until it closes (was: A's exit unpatched the peer under B's open block), and the peer is unpatched once both
+    are closed."""
+    pytest.importorskip(peer)
     from geoops import compat
 
-    assert not compat.is_patched()
+    scope, is_on, off = {"geoopt": (compat.patched_geoopt, compat.is_patched, compat.unpatch_geoopt),
+                         "hypll": (compat.patched_hypll, compat.is_hypll_patched, compat.unpatch_hypll)}[peer]
+    assert not is_on()
     try:
-        assert _interleave(compat.patched_geoopt, compat.is_patched) == (True, False)
+        assert _interleave(scope, is_on) == (True, False)
     finally:
-        compat.unpatch_geoopt()
+        off()
 
 
 def test_patched_geoopt_nested_in_one_thread():
