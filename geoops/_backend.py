@@ -12,6 +12,8 @@ Backends:
 Force one with the environment variable GEOOPS_BACKEND or geoops.set_backend();
 geoops.use_backend() is the scoped form.  GEOOPS_CHECK=1 turns on the checks
 that need a pass over the data (non-finite values, points outside the ball).
+Both switches are process-wide: a switch made in one thread applies to the ops
+that every thread runs after it.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    """Force a backend for every op: one of auto, cpp, triton, cuda, reference."""
+    """Force a backend for every op: one of auto, cpp, triton, cuda, reference.  Process-wide (every thread's
+    later calls)."""
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     _state["backend"] = name.lower()
