@@ -155,13 +155,13 @@ _scope_lock = threading.Lock()
 @contextlib.contextmanager
 def _patch_scope(is_on, patch, unpatch):
     """patch() inside the block; unpatch() after it unless is_on() was already true before it.  The patch is
-    process-wide: blocks opened and closed interleaved in several threads keep it until the last of them closes
-    (the newest block that closes hands its "was it on before" to the next newer one, as nesting does)."""
+    process-wide: blocks opened and closed interleaved in several threads keep it until the last of them closes (a
+    block that closes while a newer one is open hands its "was it on before" to that one, as nesting does)."""
     with _scope_lock:
         entry = [is_on()]
+        patch()
         open_ = _scopes.setdefault(patch, [])
         open_.append(entry)
-        patch()
     try:
         yield
     finally:
