@@ -122,14 +122,12 @@ FAMILIES = {"stereographic": _stereo, "poincare": _poincare, "gaunt": _gaunt, "a
 
 def _clear_caches():
     """Empty the lazily built tables that the calls above fill (Gaunt's per-(degrees, dtype) constants)."""
-    import functools
-
     from geoops._ops import gaunt as og
     from geoops.reference import gaunt as rg
 
     for mod in (og, rg):
         for v in vars(mod).values():
-            if isinstance(v, functools._lru_cache_wrapper):
+            if callable(v) and callable(getattr(v, "cache_clear", None)):
                 v.cache_clear()
 
 
@@ -440,3 +438,33 @@ def test_patched_geoopt_nested_in_one_thread():
         assert compat.is_patched()  # patched before the block: the block leaves it so
     finally:
         compat.unpatch_geoopt()
+
+
+def test_reference_gaunt_tables_built_under_inference_mode_serve_a_grad_thread():
+    """geoops.reference.gaunt's cached tables (Gaunt coefficients, grid harmonics, Fourier matrices): first built by
+    a thread under torch.inference_mode() (a serving thread), then read by a training thread.  Were inference
+    tensors, so the training thread's reference product raised "Inference tensors cannot be saved for backward"
+    for the rest of the process; now built as normal tensors whatever the caller's mode."""
+    from geoops.reference import gaunt as rg
+
+    _clear_caches()
+    x = _mk(1, 2, 9)
+
+    def serve():
+        with torch.inference_mode():
+            rg.gaunt_tensor_product(x, x)
+            rg.gaunt_power(x, 3)
+            rg.fourier_matrix(2), rg.fourier_projection(4, 2), rg.separable_grid_tables((2, 2), 4)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    t.join()
+    xr = x.clone().requires_grad_()
+    (rg.gaunt_tensor_product(xr, xr).sum() + rg.gaunt_power(xr, 3).sum()).backward()
+    for f, args in ((rg.gaunt_coefficients, (2, 2, 4)), (rg.grid_sh, (2, 8)), (rg.fourier_matrix, (2,)),
+                    (rg.fourier_projection, (4, 2))):
+        assert not f(*args).is_inference(), f.__name__
+    want = _mk(1, 2, 9).requires_grad_()
+    _clear_caches()
+    (rg.gaunt_tensor_product(want, want).sum() + rg.gaunt_power(want, 3).sum()).backward()
+    assert torch.equal(xr.grad, want.grad)
