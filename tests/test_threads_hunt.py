@@ -468,3 +468,19 @@ def test_reference_gaunt_tables_built_under_inference_mode_serve_a_grad_thread()
     _clear_caches()
     (rg.gaunt_tensor_product(want, want).sum() + rg.gaunt_power(want, 3).sum()).backward()
     assert torch.equal(xr.grad, want.grad)
+
+
+def test_every_kernel_binding_releases_the_gil():
+    """Every kernel bound in csrc/bind/*.cpp (an ``m.def`` of a ``geoops::<ns>::`` function) carries GEOOPS_NOGIL, so
+    a kernel added later cannot silently hold the GIL (the probes above run one kernel per family)."""
+    import pathlib
+    import re
+
+    bind = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "bind"
+    if not bind.is_dir():
+        pytest.skip("no source checkout")
+    defs = re.findall(r'm\.def\(\s*"(\w+)",\s*&geoops::\w+::\w+,([^;]*?)\);',
+                      " ".join(p.read_text() for p in sorted(bind.glob("*.cpp"))), flags=re.S)
+    assert len(defs) >= 60
+    held = [name for name, rest in defs if "GEOOPS_NOGIL" not in rest]
+    assert not held, f"bound without GEOOPS_NOGIL: {held}"
