@@ -12,12 +12,15 @@ Backends:
 Force one with the environment variable GEOOPS_BACKEND or geoops.set_backend();
 geoops.use_backend() is the scoped form.  GEOOPS_CHECK=1 turns on the checks
 that need a pass over the data (non-finite values, points outside the ball).
+Both switches are process-wide: a switch made in one thread applies to the ops
+that every thread runs after it.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -60,21 +63,42 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    """Force a backend for every op: one of auto, cpp, triton, cuda, reference."""
+    """Force a backend for every op: one of auto, cpp, triton, cuda, reference.  Process-wide (every thread's
+    later calls)."""
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     _state["backend"] = name.lower()
 
 
+# the open use_backend blocks, oldest first: [backend in force before the block opened] per block (a list each, so
+# that a block's identity is its entry); under _scope_lock
+_scopes: list = []
+_scope_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Context manager: run the enclosed ops with backend `name`."""
-    old = get_backend()
-    set_backend(name)
+    """Context manager: run the enclosed ops with backend `name`.
+
+    The switch is process-wide, like set_backend: while the block is open, ops in other threads run with `name`
+    too.  Blocks opened and closed interleaved in several threads (thread A opens, B opens, A closes, B closes)
+    leave the backend as it was before the first opened; the newest open block's backend is in force."""
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    with _scope_lock:
+        entry = [get_backend()]
+        _scopes.append(entry)
+        _state["backend"] = name.lower()
     try:
         yield
     finally:
-        _state["backend"] = old
+        with _scope_lock:
+            i = next(j for j, e in enumerate(_scopes) if e is entry)
+            del _scopes[i]
+            if i == len(_scopes):  # the newest block: restore what was in force when it opened
+                _state["backend"] = entry[0]
+            else:  # a newer block is still open (another thread's): its backend stays, and when it closes it
+                _scopes[i][0] = entry[0]  # restores what was in force before this one
 
 
 def checks_enabled() -> bool:

@@ -33,6 +33,7 @@ HypLL (Poincaré ResNet's layers): ``patch_hypll()`` / ``unpatch_hypll()`` / ``p
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 
 import torch
@@ -146,16 +147,31 @@ def unpatch_geoopt() -> None:
         _saved_optim.clear()
 
 
+# patch function -> its open blocks, oldest first: [whether the patch was on when the block opened] per block
+_scopes: dict = {}
+_scope_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _patch_scope(is_on, patch, unpatch):
-    """patch() inside the block; unpatch() after it unless is_on() was already true before it."""
-    already = is_on()
-    patch()
+    """patch() inside the block; unpatch() after it unless is_on() was already true before it.  The patch is
+    process-wide: blocks opened and closed interleaved in several threads keep it until the last of them closes (a
+    block that closes while a newer one is open hands its "was it on before" to that one, as nesting does)."""
+    with _scope_lock:
+        entry = [is_on()]
+        patch()
+        open_ = _scopes.setdefault(patch, [])
+        open_.append(entry)
     try:
         yield
     finally:
-        if not already:
-            unpatch()
+        with _scope_lock:
+            i = next(j for j, e in enumerate(open_) if e is entry)
+            del open_[i]
+            if i < len(open_):  # a newer block (another thread's) is still open: it unpatches if this would have
+                open_[i][0] = entry[0]
+            elif not entry[0]:
+                unpatch()
 
 
 def patched_geoopt():

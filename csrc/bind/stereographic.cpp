@@ -10,17 +10,17 @@
 #endif
 
 GEOOPS_BINDINGS(stereographic, m) {
-  m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, "kappa-stereographic row op, forward (CPU)");
-  m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, "kappa-stereographic row op, backward (CPU)");
-  m.def("stereo_fwd_rep_cpu", &geoops::cpu::stereo_fwd_rep_cpu,
+  m.def("stereo_fwd_cpu", &geoops::cpu::stereo_fwd_cpu, GEOOPS_NOGIL, "kappa-stereographic row op, forward (CPU)");
+  m.def("stereo_bwd_cpu", &geoops::cpu::stereo_bwd_cpu, GEOOPS_NOGIL, "kappa-stereographic row op, backward (CPU)");
+  m.def("stereo_fwd_rep_cpu", &geoops::cpu::stereo_fwd_rep_cpu, GEOOPS_NOGIL,
         "kappa-stereographic row op, forward, x in row-group form: row i reads x row i / rep (CPU)");
-  m.def("stereo_bwd_rep_cpu", &geoops::cpu::stereo_bwd_rep_cpu,
+  m.def("stereo_bwd_rep_cpu", &geoops::cpu::stereo_bwd_rep_cpu, GEOOPS_NOGIL,
         "kappa-stereographic row op, backward, x in row-group form: dx summed per group of rep rows (CPU)");
-  m.def("stereo_triple_fwd_cpu", &geoops::cpu::stereo_triple_fwd_cpu,
+  m.def("stereo_triple_fwd_cpu", &geoops::cpu::stereo_triple_fwd_cpu, GEOOPS_NOGIL,
         "kappa-stereographic three-vector row op (gyration, transports, dist2plane), forward (CPU)");
-  m.def("stereo_triple_bwd_cpu", &geoops::cpu::stereo_triple_bwd_cpu,
+  m.def("stereo_triple_bwd_cpu", &geoops::cpu::stereo_triple_bwd_cpu, GEOOPS_NOGIL,
         "kappa-stereographic three-vector row op, backward -> (dv0, dv1, dv2, dk) (CPU)");
-  m.def("stereo_rsgd_step_cpu", &geoops::cpu::stereo_rsgd_step_cpu,
+  m.def("stereo_rsgd_step_cpu", &geoops::cpu::stereo_rsgd_step_cpu, GEOOPS_NOGIL,
         "kappa-stereographic Riemannian SGD step, in place (CPU)");
   m.def(
       "stereo_short_layout",
@@ -53,31 +53,31 @@ GEOOPS_BINDINGS(stereographic, m) {
       },
       "the short-row kernels' compiled layout: ISA, lanes, rows per block, register pass / float Mobius terms and the ops they take (CPU)");
   // ---- stereographic, pairwise (cdist / knn): one GEMM + fused epilogue (csrc/cpu/stereographic_pairwise.cpp)
-  m.def("cdist_fwd_cpu", &geoops::cpu::cdist_fwd_cpu, "kappa-stereographic pairwise distance, forward (CPU)");
-  m.def("cdist_bwd_cpu", &geoops::cpu::cdist_bwd_cpu, "kappa-stereographic pairwise distance, backward (CPU)");
-  m.def("cdist_rank_key_cpu", &geoops::cpu::cdist_rank_key_cpu,
+  m.def("cdist_fwd_cpu", &geoops::cpu::cdist_fwd_cpu, GEOOPS_NOGIL, "kappa-stereographic pairwise distance, forward (CPU)");
+  m.def("cdist_bwd_cpu", &geoops::cpu::cdist_bwd_cpu, GEOOPS_NOGIL, "kappa-stereographic pairwise distance, backward (CPU)");
+  m.def("cdist_rank_key_cpu", &geoops::cpu::cdist_rank_key_cpu, GEOOPS_NOGIL,
         "monotone surrogate of the pairwise distance (no transcendental per pair) (CPU)");
-  m.def("dist_from_key_cpu", &geoops::cpu::dist_from_key_cpu, "distance from the rank key (CPU)");
-  m.def("knn_cpu", &geoops::cpu::knn_cpu, "kappa-stereographic knn: rank keys + per-row top n, fused (CPU)");
-  m.def("pairwise_rank_cpu", &geoops::cpu::pairwise_rank_cpu,
+  m.def("dist_from_key_cpu", &geoops::cpu::dist_from_key_cpu, GEOOPS_NOGIL, "distance from the rank key (CPU)");
+  m.def("knn_cpu", &geoops::cpu::knn_cpu, GEOOPS_NOGIL, "kappa-stereographic knn: rank keys + per-row top n, fused (CPU)");
+  m.def("pairwise_rank_cpu", &geoops::cpu::pairwise_rank_cpu, GEOOPS_NOGIL,
         "kappa-stereographic pairwise_rank: counts below each pair's key, one parallel region (CPU)");
-  m.def("mobius_scale_fwd_cpu", &geoops::cpu::mobius_scale_fwd_cpu, "mobius_matvec epilogue, forward (CPU)");
-  m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, "mobius_matvec epilogue, backward (CPU)");
-  m.def("mobius_matvec_fwd_cpu", &geoops::cpu::mobius_matvec_fwd_cpu, "mobius_matvec, blocked GEMM + epilogue (CPU)");
-  m.def("mobius_matvec_bwd_cpu", &geoops::cpu::mobius_matvec_bwd_cpu, "mobius_matvec backward, blocked (CPU)");
-  m.def("mobius_blockdiag_matvec_fwd_cpu", &geoops::cpu::mobius_blockdiag_matvec_fwd_cpu,
+  m.def("mobius_scale_fwd_cpu", &geoops::cpu::mobius_scale_fwd_cpu, GEOOPS_NOGIL, "mobius_matvec epilogue, forward (CPU)");
+  m.def("mobius_scale_bwd_cpu", &geoops::cpu::mobius_scale_bwd_cpu, GEOOPS_NOGIL, "mobius_matvec epilogue, backward (CPU)");
+  m.def("mobius_matvec_fwd_cpu", &geoops::cpu::mobius_matvec_fwd_cpu, GEOOPS_NOGIL, "mobius_matvec, blocked GEMM + epilogue (CPU)");
+  m.def("mobius_matvec_bwd_cpu", &geoops::cpu::mobius_matvec_bwd_cpu, GEOOPS_NOGIL, "mobius_matvec backward, blocked (CPU)");
+  m.def("mobius_blockdiag_matvec_fwd_cpu", &geoops::cpu::mobius_blockdiag_matvec_fwd_cpu, GEOOPS_NOGIL,
         "block-diagonal Moebius matvec, fused (CPU)");
-  m.def("mobius_blockdiag_matvec_bwd_cpu", &geoops::cpu::mobius_blockdiag_matvec_bwd_cpu,
+  m.def("mobius_blockdiag_matvec_bwd_cpu", &geoops::cpu::mobius_blockdiag_matvec_bwd_cpu, GEOOPS_NOGIL,
         "block-diagonal Moebius matvec backward, fused (CPU)");
-  m.def("stereo_midpoint_fwd_cpu", &geoops::cpu::stereo_midpoint_fwd_cpu,
+  m.def("stereo_midpoint_fwd_cpu", &geoops::cpu::stereo_midpoint_fwd_cpu, GEOOPS_NOGIL,
         "weighted midpoint sums (F, L) per group of points (CPU; csrc/cpu/stereographic_midpoint.cpp)");
-  m.def("stereo_midpoint_bwd_cpu", &geoops::cpu::stereo_midpoint_bwd_cpu, "weighted midpoint sums, backward (CPU)");
-  m.def("stereo_midpoint_mean_fwd_cpu", &geoops::cpu::stereo_midpoint_mean_fwd_cpu,
+  m.def("stereo_midpoint_bwd_cpu", &geoops::cpu::stereo_midpoint_bwd_cpu, GEOOPS_NOGIL, "weighted midpoint sums, backward (CPU)");
+  m.def("stereo_midpoint_mean_fwd_cpu", &geoops::cpu::stereo_midpoint_mean_fwd_cpu, GEOOPS_NOGIL,
         "weighted midpoint: the mean of each group from its sums (CPU)");
-  m.def("stereo_midpoint_mean_bwd_cpu", &geoops::cpu::stereo_midpoint_mean_bwd_cpu,
+  m.def("stereo_midpoint_mean_bwd_cpu", &geoops::cpu::stereo_midpoint_mean_bwd_cpu, GEOOPS_NOGIL,
         "weighted midpoint: the mean from the sums, backward (CPU)");
 #ifdef GEOOPS_WITH_CUDA
-  m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, "kappa-stereographic row op, forward (CUDA)");
-  m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, "kappa-stereographic row op, backward (CUDA)");
+  m.def("stereo_fwd_cuda", &geoops::cuda::stereo_fwd_cuda, GEOOPS_NOGIL, "kappa-stereographic row op, forward (CUDA)");
+  m.def("stereo_bwd_cuda", &geoops::cuda::stereo_bwd_cuda, GEOOPS_NOGIL, "kappa-stereographic row op, backward (CUDA)");
 #endif
 }

@@ -52,6 +52,25 @@ __all__ = [
 ]
 
 
+def _table(maxsize: int):
+    """A bounded ``functools.lru_cache`` of a table builder, whose tensors are normal ones even when the first
+    call runs under ``torch.inference_mode()`` (a serving thread): an inference tensor in the cache made every later
+    reference product that records a graph raise ("Inference tensors cannot be saved for backward")."""
+    def wrap(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def table(*args):
+            if torch.is_inference_mode_enabled():
+                with torch.inference_mode(False), torch.no_grad():
+                    return cached(*args)
+            return cached(*args)
+
+        table.cache_clear, table.cache_info = cached.cache_clear, cached.cache_info
+        return table
+    return wrap
+
+
 def lmax_of(n: int) -> Optional[int]:
     """L with (L+1)^2 == n, or None when n is not a positive square."""
     if n < 1:
@@ -97,7 +116,7 @@ def real_sh(L: int, beta: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-@functools.lru_cache(maxsize=64)
+@_table(maxsize=64)
 def sphere_grid(T: int):
     """Exact quadrature for total degree T: (beta, alpha, weight), each flat fp64 of (T//2+1)*(T+1) points.
 
@@ -116,7 +135,7 @@ def sphere_grid(T: int):
     return B.reshape(-1).contiguous(), A.reshape(-1).contiguous(), W.reshape(-1).contiguous()
 
 
-@functools.lru_cache(maxsize=128)
+@_table(maxsize=128)
 def grid_sh(L: int, T: int) -> torch.Tensor:
     """Harmonics of degrees <= L on the exact grid of total degree T: (points, (L+1)^2) fp64."""
     b, a, _ = sphere_grid(T)
@@ -124,7 +143,7 @@ def grid_sh(L: int, T: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- Gaunt coefficients
-@functools.lru_cache(maxsize=16)
+@_table(maxsize=16)
 def gaunt_coefficients(L1: int, L2: int, L3: int) -> torch.Tensor:
     """G[i, j, k] = integral of Y_i Y_j Y_k over the sphere, (L1+1)^2 x (L2+1)^2 x (L3+1)^2 fp64, exact quadrature.
 
@@ -138,7 +157,7 @@ def gaunt_coefficients(L1: int, L2: int, L3: int) -> torch.Tensor:
     return G
 
 
-@functools.lru_cache(maxsize=128)
+@_table(maxsize=128)
 def gaunt_sparse(L1: int, L2: int, L3: int):
     """The nonzero Gaunt coefficients as (i, j, k, value): int64 x3 and fp64, sorted by (i, j, k)."""
     G = gaunt_coefficients(L1, L2, L3)
@@ -210,7 +229,7 @@ def gaunt_power(x: torch.Tensor, nu: int, lmax_out: Optional[int] = None) -> tor
 
 
 # ---------------------------------------------------------------- 2D Fourier conversions (FFT route)
-@functools.lru_cache(maxsize=64)
+@_table(maxsize=64)
 def fourier_matrix(L: int) -> torch.Tensor:
     """A[i, u, v] (complex128, (L+1)^2 x (2L+1) x (2L+1)), index u, v = -L..L at [u+L, v+L]:
 
@@ -239,7 +258,7 @@ def _I(k: torch.Tensor) -> torch.Tensor:
     return torch.complex(re, im)
 
 
-@functools.lru_cache(maxsize=128)
+@_table(maxsize=128)
 def fourier_projection(K: int, L: int) -> torch.Tensor:
     """Z[k, u, v] (complex128, (L+1)^2 x (2K+1) x (2L+1)), u = -K..K, v = -L..L:
 
@@ -286,7 +305,7 @@ def azimuth_grid_size(T: int) -> int:
     return 4 * (T // 4 + 1)
 
 
-@functools.lru_cache(maxsize=64)
+@_table(maxsize=64)
 def azimuth_tables(na: int, D: int):
     """Quarter-period azimuth tables (fp64) for na uniform azimuths (na % 4 == 0), frequencies <= D.
 
@@ -313,7 +332,7 @@ def azimuth_tables(na: int, D: int):
     return fwd.contiguous(), back.contiguous()
 
 
-@functools.lru_cache(maxsize=256)
+@_table(maxsize=256)
 def separable_grid_tables(Ls: tuple, lmax_out: int):
     """Tables of the separable grid route: Gauss-Legendre nodes in cos(theta) (T//2 + 1, T = sum(Ls) + lmax_out,
     exact), azimuth_grid_size(T) azimuths.  Returns (evals, back, na): evals[i] (n_theta, S_i) = Lambda of
@@ -329,7 +348,7 @@ def separable_grid_tables(Ls: tuple, lmax_out: int):
     return evals, back, azimuth_grid_size(T)
 
 
-@functools.lru_cache(maxsize=256)
+@_table(maxsize=256)
 def separable_fourier_tables(Ls: tuple, lmax_out: int):
     """Tables of the FFT route in the same separable form, from the 2D Fourier coefficients (fourier_matrix,
     fourier_projection).  The product of the factors has polar frequencies |u| <= K = sum(Ls), so the torus

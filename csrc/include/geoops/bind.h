@@ -5,7 +5,7 @@
 //     #include "geoops/bind.h"
 //     #include "cpu/<family>.h"
 //     GEOOPS_BINDINGS(<family>, m) {
-//       m.def("<op>_fwd_cpu", &geoops::cpu::<op>_fwd_cpu, "<what it computes> (CPU)");
+//       m.def("<op>_fwd_cpu", &geoops::cpu::<op>_fwd_cpu, GEOOPS_NOGIL, "<what it computes> (CPU)");
 //     }
 //
 // GEOOPS_BINDINGS registers the function in a list at load time (a static initializer of that translation unit);
@@ -14,6 +14,11 @@
 #pragma once
 
 #include <torch/extension.h>
+
+// Pass as an extra of every kernel's m.def: the kernel runs with the GIL released (it takes and returns tensors and
+// plain values, touches no Python object), so Python threads calling geoops ops overlap as torch's own ops do.
+// Argument and result conversion still hold the GIL (pybind11 runs the guard around the C++ call only).
+#define GEOOPS_NOGIL pybind11::call_guard<pybind11::gil_scoped_release>()
 
 #include <vector>
 
