@@ -174,7 +174,8 @@ def define_pair(qualname: str, fwd_schema: str, fwd: Callable, fwd_fake: Callabl
     their callers ``(FWD, BWD)`` (:func:`caller`: the implementation itself on the eager fast path, else the op).
 
     `fwd` / `bwd` are the ops' implementations (they pick the backend's kernel, e.g. through :func:`kernel_set`);
-    the backward's schema ends with ``int mask`` (see :func:`masked_empty`)."""
+    by convention the backward's schema ends with ``int mask`` (see :func:`masked_empty`) where its kernels can skip
+    unwanted gradients (a backward that always forms them all, as triple attention's, takes none)."""
     fwd_op = define_op(qualname + "_fwd", fwd_schema, fwd, fwd_fake)
     bwd_op = define_op(qualname + "_bwd", bwd_schema, bwd, bwd_fake)
     return caller(fwd_op, fwd), caller(bwd_op, bwd)
