@@ -279,21 +279,7 @@ def test_ssm_ops_autocast_keep_float32():
 def test_s4d_bfloat16_input_low_precision_rule(sapp, tf32_dots):
     """S4D on a bfloat16 input (the tensor-core convolution of half u on Triton): its error within 2x the eager
     twin's in the same dtype (+ 1e-3, as the CPU trial)."""
-    from geoops.nn import S4D
-    torch.manual_seed(2)
-    s = S4D(4, 4).float()
-    t = sapp.EagerS4D(4, 4).float()
-    t.load_state_dict(s.state_dict())
-    y64 = sapp.EagerS4D(4, 4).double()
-    y64.load_state_dict(s.state_dict())
-    u64 = torch.randn(1, 4, 301, dtype=torch.float64)
-    with torch.no_grad():
-        want = y64(u64)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            ours = s(u64.bfloat16())[0]
-            eager = t(u64.bfloat16())[0]
-    assert ours.dtype == torch.bfloat16
-    assert (ours.double() - want).abs().max() <= 2 * (eager.double() - want).abs().max() + 1e-3
+    sapp.s4d_bfloat16_input_within_twice_the_eager_error(H=4, B=1)
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
