@@ -73,31 +73,35 @@ def direct_call_ok(*tensors) -> bool:
     return True
 
 
-def kernel_set(family: str, device: torch.device, *, cpp=None, cuda=None, reference=None):
+def kernel_set(family: str, device: torch.device, *, cpp=None, cuda=None, reference=None, fallback=None):
     """The kernels that the current backend setting runs for `family` on `device`.
 
     `cpp`, `cuda` and `reference` are the family's kernel namespaces (classes or modules with the same
     function names); Triton's is the module ``geoops.kernels.<family>``.  Pass every one the family has: under
     ``auto``, a backend the extension has but the family does not provide (``None``: e.g. the CUDA C++ kernels
     of another family on a GPU without Triton) runs the family's `reference` instead; a forced backend the family
-    lacks raises RuntimeError.
+    lacks raises RuntimeError.  `fallback`: what ``auto`` runs instead of `reference` where the family has no compiled
+    kernels (faster torch compositions than the oracle; ``reference`` forced still runs `reference`).
     """
     name = _backend.resolve(device, family)
     if name == "triton":
         return _backend.triton_kernels(family)
     found = {"cpp": cpp, "cuda": cuda, "reference": reference}[name]
-    if found is None and _backend.get_backend() == "auto" and reference is not None:
+    auto = _backend.get_backend() == "auto"
+    if found is None and auto and reference is not None:
         # auto picked a backend the extension has for some family but this family lacks (e.g. CUDA C++ kernels of
         # another family, Triton missing): its reference runs, as on a device without compiled kernels
         name, found = "reference", reference
+    if name == "reference" and auto and fallback is not None:
+        found = fallback
     if found is None:
         raise RuntimeError(f"geoops.{family}: no {name!r} kernels for tensors on {device.type}")
     return torch_kernels(found) if name == "reference" else found
 
 
-def family_kernels(family: str, *, cpp=None, cuda=None, reference=None) -> Callable:
+def family_kernels(family: str, *, cpp=None, cuda=None, reference=None, fallback=None) -> Callable:
     """Register the compiled backends `family` has kernels for (the namespaces given: ``cpp``, ``cuda``) with the
-    backend switch, and return its ``kernels(device)`` (:func:`kernel_set` with these namespaces).
+    backend switch, and return its ``kernels(device)`` (:func:`kernel_set` with these namespaces and `fallback`).
 
     A family that registers so is known to lack the others: under ``auto`` they are passed by (a family with only
     a reference runs it on every device, and ``backend_info``, the parity run and the bench say so); forcing one
@@ -105,7 +109,7 @@ def family_kernels(family: str, *, cpp=None, cuda=None, reference=None) -> Calla
     _backend.register_family(family, [n for n, ns in (("cpp", cpp), ("cuda", cuda)) if ns is not None])
 
     def kernels(device: torch.device):
-        return kernel_set(family, device, cpp=cpp, cuda=cuda, reference=reference)
+        return kernel_set(family, device, cpp=cpp, cuda=cuda, reference=reference, fallback=fallback)
 
     kernels.__doc__ = f"The kernel set of geoops.{family} that the current backend setting picks for `device`."
     return kernels
@@ -174,7 +178,8 @@ def define_pair(qualname: str, fwd_schema: str, fwd: Callable, fwd_fake: Callabl
     their callers ``(FWD, BWD)`` (:func:`caller`: the implementation itself on the eager fast path, else the op).
 
     `fwd` / `bwd` are the ops' implementations (they pick the backend's kernel, e.g. through :func:`kernel_set`);
-    the backward's schema ends with ``int mask`` (see :func:`masked_empty`)."""
+    by convention the backward's schema ends with ``int mask`` (see :func:`masked_empty`) where its kernels can skip
+    unwanted gradients (a backward that always forms them all, as triple attention's, takes none)."""
     fwd_op = define_op(qualname + "_fwd", fwd_schema, fwd, fwd_fake)
     bwd_op = define_op(qualname + "_bwd", bwd_schema, bwd, bwd_fake)
     return caller(fwd_op, fwd), caller(bwd_op, bwd)
@@ -348,20 +353,24 @@ def concrete(t) -> bool:
 _FLOAT_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64"}
 
 
-def check_tensors(prefix: str, named: dict, *, dtypes=tuple(_FLOAT_NAMES), same_dtype: bool = False) -> None:
+def check_tensors(prefix: str, named: dict, *, dtypes=tuple(_FLOAT_NAMES), same_dtype: bool = False,
+                  optional=()) -> None:
     """The argument checks every op starts with, raised before any kernel runs and naming the argument:
     ``"{prefix}: {name} must be a torch.Tensor, got list"`` (TypeError), ``"... must be float16, bfloat16, float32 or
-    float64, got torch.int64"`` (TypeError; `dtypes` sets the allowed ones), with `same_dtype` ``"{name} has dtype
+    float64, got torch.int64"`` (TypeError; `dtypes` sets the allowed ones, None: not checked here, where the family's
+    own dtype checks say more), with `same_dtype` ``"{name} has dtype
     ... but {first} has ..."`` (TypeError), and ``"{name} is on meta but {first} is on cpu; all tensors must be on one
     device"`` (ValueError).  `named` maps argument names to tensors in the order of the signature; None entries
-    (absent optional arguments) are skipped; the first tensor is the one the others are compared with."""
+    (absent optional arguments) are skipped; the first tensor is the one the others are compared with.  `optional`:
+    the names that may be None (their first error says ``"must be a torch.Tensor or None"``)."""
     first = None
     for name, t in named.items():
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{prefix}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in dtypes:
+            what = "a torch.Tensor or None" if name in optional else "a torch.Tensor"
+            raise TypeError(f"{prefix}: {name} must be {what}, got {type(t).__name__}")
+        if dtypes is not None and t.dtype not in dtypes:
             allowed = [_FLOAT_NAMES.get(d, str(d).replace("torch.", "")) for d in dtypes]
             text = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
             raise TypeError(f"{prefix}: {name} must be {text}, got {t.dtype}")

@@ -28,9 +28,6 @@ from ._ops import attention as _ops
 
 __all__ = ["triple_attention", "TripleAttentionFn"]
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 @_library.with_func_twin
 class TripleAttentionFn(torch.autograd.Function):
     """autograd.Function of triple_attention: torch.ops.geoops.triple_attention_fwd / _bwd.
@@ -50,16 +47,21 @@ class TripleAttentionFn(torch.autograd.Function):
     @_library.first_order_only
     def backward(ctx, dout, _dlse):
         q, k1, k2, v1, v2, out, lse = ctx.saved_tensors
-        if not any(ctx.needs_input_grad[:5]):
+        mask = _library.grad_mask(ctx.needs_input_grad, 5)
+        if not mask:
             return (None,) * 9
         if dout is None:
             dout = torch.zeros_like(out)
+        # (the kernels form all five gradients: the op takes no mask)
         grads = _ops.BWD(dout.contiguous(), q, k1, k2, v1, v2, out, lse, *ctx.args)
-        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:5])) + (None,) * 4
+        return tuple(g if (mask >> i) & 1 else None for i, g in enumerate(grads)) + (None,) * 4
+
+
+_NAME = "geoops.attention.triple_attention"
 
 
 def _fail(msg: str, exc=ValueError):
-    raise exc(f"geoops.attention.triple_attention: {msg}")
+    raise exc(f"{_NAME}: {msg}")
 
 
 def _window_arg(window, causal: bool) -> Tuple[int, int]:
@@ -79,18 +81,10 @@ def _window_arg(window, causal: bool) -> Tuple[int, int]:
 
 def _check(q, k1, k2, v1, v2):
     named = {"q": q, "k1": k1, "k2": k2, "v1": v1, "v2": v2}
+    _library.check_tensors(_NAME, named, same_dtype=True)
     for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
-        if t.dtype not in _FLOATS:
-            _fail(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}", TypeError)
         if t.dim() != 4:
             _fail(f"{name} must be 4-D (batch, heads, sequence, features), got shape {tuple(t.shape)}")
-    for name, t in named.items():
-        if t.dtype != q.dtype:
-            _fail(f"{name} has dtype {t.dtype} but q has {q.dtype}; all inputs must share one dtype", TypeError)
-        if t.device != q.device:
-            _fail(f"{name} is on {t.device} but q is on {q.device}; all inputs must be on one device")
     B, H, N, D = q.shape
     for name, t in named.items():
         if t.shape[0] != B:
@@ -165,8 +159,7 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         _fail(f"scale must be a real number or None, got {type(scale).__name__}", TypeError)
     if _backend.checks_enabled():
-        _library.check_finite("geoops.attention.triple_attention",
-                              {"q": q, "k1": k1, "k2": k2, "v1": v1, "v2": v2})
+        _library.check_finite(_NAME, {"q": q, "k1": k1, "k2": k2, "v1": v1, "v2": v2})
         if not math.isfinite(scale):
             _fail(f"scale is not finite ({scale}) [GEOOPS_CHECK]")
     causal = bool(causal) or w1 > 0

@@ -51,7 +51,6 @@ __all__ = ["gaunt_tensor_product", "gaunt_product", "gaunt_power", "GauntFn", "R
            "needs_backward"]
 
 ROUTES = ("auto", "grid", "grid_gemm", "direct", "fft")
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------- autograd
@@ -274,11 +273,6 @@ def _int_arg(fn: str, name: str, v, lo=None, what: str = "") -> int:
 
 
 def _check_x(fn: str, name: str, x) -> int:
-    if not isinstance(x, torch.Tensor):
-        _fail(fn, f"{name} must be a torch.Tensor, got {type(x).__name__}", TypeError)
-    if x.dtype not in _FLOATS:
-        _fail(fn, f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}",
-              TypeError)
     if x.dim() == 0:
         _fail(fn, f"{name} must have at least one dimension (the (L+1)^2 coefficients), got a 0-d tensor")
     L = _ref.lmax_of(x.shape[-1])
@@ -288,44 +282,33 @@ def _check_x(fn: str, name: str, x) -> int:
     return L
 
 
-def _check_w(fn: str, name: str, w, L: int, device) -> None:
-    if w is None:
-        return
-    if not isinstance(w, torch.Tensor):
-        _fail(fn, f"{name} must be a torch.Tensor or None, got {type(w).__name__}", TypeError)
-    if w.dtype not in _FLOATS:
-        _fail(fn, f"{name} must be a floating-point tensor, got {w.dtype}", TypeError)
-    if w.dim() == 0 or w.shape[-1] != L + 1:
+def _check_w(fn: str, name: str, w, L: int) -> None:
+    if w is not None and (w.dim() == 0 or w.shape[-1] != L + 1):
         _fail(fn, f"{name} must have last dimension L+1 = {L + 1} (one weight per degree 0..{L}), "
                   f"got shape {tuple(w.shape)}")
-    if w.device != device:
-        _fail(fn, f"{name} is on {w.device} but the inputs are on {device}; all tensors must be on one device")
 
 
 def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     if torch.jit.is_tracing():  # (before: the direct kernel call was invisible to it: uninitialised outputs)
         _fail(fn, "torch.jit.trace cannot record the Gaunt op (TorchScript's tracer has no Tensor?[] argument "
                   "lists); use torch.export.export or torch.compile", RuntimeError)
+    wnames = [f"weight{i + 1}" if fn == "gaunt_tensor_product" else f"weights[{i}]" for i in range(len(xs))]
+    named = dict(zip(names, xs))  # gaunt_power: one "x"
+    named.update(zip(wnames, weights))
+    named["weight_out"] = weight_out
+    _library.check_tensors(f"geoops.gaunt.{fn}", named, optional=(*wnames, "weight_out"))
     Ls = [_check_x(fn, n, x) for n, x in zip(names, xs)]
     device = xs[0].device
-    for n, x in zip(names, xs):
-        if x.device != device:
-            _fail(fn, f"{n} is on {x.device} but {names[0]} is on {device}; all tensors must be on one device")
     if lmax_out is None:
         lmax_out = sum(Ls)
     lmax_out = _args.int_arg(f"geoops.gaunt.{fn}", "lmax_out", lmax_out, lo=0, what="a non-negative int or None",
                              none_ok=True, type_what="a non-negative int or None")
     if not isinstance(route, str) or route not in ROUTES:
         _fail(fn, f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
-    wnames = [f"weight{i + 1}" if fn == "gaunt_tensor_product" else f"weights[{i}]" for i in range(len(xs))]
     for n, w, L in zip(wnames, weights, Ls):
-        _check_w(fn, n, w, L, device)
-    _check_w(fn, "weight_out", weight_out, lmax_out, device)
-    if _backend.checks_enabled():
-        named = dict(zip(names, xs))  # gaunt_power: one "x"
-        named.update(zip(wnames, weights))
-        named["weight_out"] = weight_out
-        _library.check_finite(f"geoops.gaunt.{fn}", named)
+        _check_w(fn, n, w, L)
+    _check_w(fn, "weight_out", weight_out, lmax_out)
+    _library.check_finite(f"geoops.gaunt.{fn}", named)
 
     every = [t for t in (*xs, *weights, weight_out) if t is not None]
     dtype = every[0].dtype

@@ -84,6 +84,12 @@ def _check_float(op: str, name: str, t):
     return t
 
 
+def _same_device(op: str, named: dict) -> None:
+    """One device for the named tensors (None entries skipped; the first is the one named in the error), checked
+    after their types and dtypes (_check_float)."""
+    _library.check_tensors(f"geoops.poincare.{op}", named, dtypes=None)
+
+
 def _curv(op: str, c, like: torch.Tensor) -> torch.Tensor:
     """c as a 0-dim tensor on like's device (float32 for half inputs, else like's dtype)."""
     if _checked(c, like):
@@ -220,7 +226,7 @@ class PoincareFcFn(torch.autograd.Function):
     def backward(ctx, g):
         x, z, bias, c, t = ctx.saved_tensors
         ng = ctx.needs_input_grad
-        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if (ng[2] and ctx.has_bias) else 0) | (8 if ng[3] else 0)
+        mask = _library.grad_mask(ng, 4)  # (no bias: its bit is clear)
         gx, gz, gb, gc = _ops.poincare_fc_bwd(g.contiguous(), x, z, bias, c, t, ctx.eps, mask, ctx.tangent)
         return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and ctx.has_bias) else None,
                 gc.reshape(c.shape) if ng[3] else None, None, None)
@@ -240,9 +246,7 @@ def _fc_args(op, x, z, bias, c, dim):
         _check_float(op, "bias", bias)
         if bias.shape != (z.shape[1],):
             _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output), got {tuple(bias.shape)}")
-    if x.device != z.device or (bias is not None and bias.device != x.device):
-        _fail(op, f"x, z and bias must be on one device, got {x.device}, {z.device}"
-                  + ("" if bias is None else f", {bias.device}"))
+    _same_device(op, {"x": x, "z": z, "bias": bias})
     ct = _curv(op, c, x)
     return d, ct
 
@@ -331,7 +335,7 @@ class PoincareMlrCppFn(torch.autograd.Function):
                 got = iter(torch.autograd.grad(y, want, g))
             return tuple(next(got) if (n and a is not None) else None for a, n in zip(args, ng))
         has_b = bias is not None
-        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if (ng[2] and has_b) else 0) | (8 if ng[3] else 0)
+        mask = _library.grad_mask(ng, 4)  # (no bias: its bit is clear)
         gx, gz, gb, gc = _backend.compiled().poincare_mlr_bwd_cpu(g, x, z, bias, c, t, mask)
         return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and has_b) else None,
                 gc.to(c.dtype).reshape(c.shape) if ng[3] else None)
@@ -516,7 +520,7 @@ class PoincareResidualFn(torch.autograd.Function):
                 want = [a for a, n in zip(args, ng) if n]
                 got = iter(torch.autograd.grad(out, want, g))
             return tuple(next(got) if n else None for n in ng)
-        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0) | (4 if ng[2] else 0)
+        mask = _library.grad_mask(ng, 3)
         gx, gy, gc = _backend.compiled().poincare_residual_bwd_cpu(g, x, y, c, mask)
         return gx, gy, (gc.to(c.dtype).reshape(c.shape) if ng[2] else None)
 
@@ -711,6 +715,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
         _check_float(op, "bias", bias)
         if bias.shape != (z.shape[1],):
             _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output channel), got {tuple(bias.shape)}")
+    _same_device(op, {"x": x, "z": z, "bias": bias})
     ct = _curv(op, c, x)
     _debug_checks(op, ct, {"x": (x, 1)}, {"z": z, "bias": bias})
     out_dtype = _args.promote_types(x.dtype, z.dtype)
@@ -1024,7 +1029,7 @@ class ConvRowsFn(torch.autograd.Function):
     def backward(ctx, gt, gU):
         v, z = ctx.saved_tensors
         ng = ctx.needs_input_grad
-        mask = (1 if ng[0] else 0) | (2 if ng[1] else 0)
+        mask = _library.grad_mask(ng, 2)
         gv, gz = _ops.poincare_conv_rows_bwd(gt.contiguous(), gU.contiguous(), v, z, *ctx.geo, mask)
         return gv if ng[0] else None, gz if ng[1] else None, None, None, None, None, None
 
@@ -1203,7 +1208,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
     _check_float(op, "x", x)
     if x.dim() != 2:
         _fail(op, f"x must be (N, D) rows of points, got shape {tuple(x.shape)}")
-    _bn_check_params(op, x.shape[1], bias, weight, running_mean, running_var)
+    _bn_check_params(op, x, x.shape[1], bias, weight, running_mean, running_var)
     _check_momentum(op, momentum)
     ct = _curv(op, c, x)
     _debug_checks(op, ct, {"x": (x, 1)}, {"bias": bias, "weight": weight})
@@ -1274,8 +1279,8 @@ def _as(t: torch.Tensor, dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _bn_check_params(op, D, bias, weight, running_mean, running_var):
-    """batch_norm's parameters and buffers against x's manifold dimension D."""
+def _bn_check_params(op, x, D, bias, weight, running_mean, running_var):
+    """batch_norm's parameters and buffers against x's manifold dimension D and device."""
     _check_float(op, "bias", bias)
     if bias.shape != (D,):
         _fail(op, f"bias must have shape ({D},) (the manifold dimension of x), got {tuple(bias.shape)}")
@@ -1292,6 +1297,8 @@ def _bn_check_params(op, D, bias, weight, running_mean, running_var):
                       f"{tuple(running_mean.shape)}")
         if running_var.numel() != 1:
             _fail(op, f"running_var must be a 1-element tensor, got shape {tuple(running_var.shape)}")
+    _same_device(op, {"x": x, "bias": bias, "weight": weight, "running_mean": running_mean,
+                      "running_var": running_var})
 
 
 @_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
@@ -1308,7 +1315,7 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
     if x.dim() != 4:
         _fail(op, f"x must be an image (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
-    _bn_check_params(op, C, bias, weight, running_mean, running_var)
+    _bn_check_params(op, x, C, bias, weight, running_mean, running_var)
     _check_momentum(op, momentum)
     if _backend.checks_enabled():
         _debug_checks(op, _curv(op, c, x), {"x": (x, 1)}, {"bias": bias, "weight": weight})
@@ -1729,6 +1736,7 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         _check_float(op, "bias", bias)
         if bias.shape != (n_out,):
             _fail(op, f"bias must be a point of the ball of shape ({n_out},) (out_features), got {tuple(bias.shape)}")
+    _same_device(op, {"x": x, "weight": weight, "bias": bias})
     _debug_checks(op, None, {"x": (x, d), **({} if bias is None else {"bias": (bias, -1)})}, {"weight": weight}, k=k)
     if blocks is not None:
         xl = x if d == x.dim() - 1 else x.movedim(d, -1)

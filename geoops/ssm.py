@@ -73,7 +73,7 @@ class VandermondeFn(torch.autograd.Function):
     def backward(ctx, grad):
         v, x = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0)
+        mask = _library.grad_mask(need, 2)
         if mask == 0:
             return None, None, None, None
         dv, dx = _ops.vandermonde_bwd(grad.contiguous(), v, x, mask)
@@ -128,7 +128,7 @@ class FftconvFn(torch.autograd.Function):
     def backward(ctx, grad, _guf=None):
         u, uf, k, D = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = (1 if need[0] else 0) | (2 if need[1] else 0) | (4 if (D is not None and need[2]) else 0)
+        mask = _library.grad_mask(need, 3)  # (no D: its bit is clear)
         if mask == 0:
             return None, None, None
         du, dk, dD = _ops.fftconv_bwd(grad.contiguous(), u, uf, k, D, mask)
@@ -153,7 +153,7 @@ class DiscretizeFn(torch.autograd.Function):
     def backward(ctx, gv, gx):
         log_dt, A, B, C = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = sum(1 << i for i in range(4) if need[i])
+        mask = _library.grad_mask(need, 4)
         if mask == 0:
             return None, None, None, None, None
         gv = gv.contiguous() if gv is not None else C.new_empty(0, dtype=torch.complex128)
@@ -185,7 +185,7 @@ class SsmConvFn(torch.autograd.Function):
     def backward(ctx, grad, _gkf=None, _guf=None):
         u, uf, kf, v, x, D = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = sum(1 << i for i in range(3) if need[i]) | (8 if (D is not None and need[3]) else 0)
+        mask = _library.grad_mask(need, 4)  # (no D: its bit is clear)
         if mask == 0:
             return None, None, None, None
         du, dv, dx, dD = _ops.ssm_conv_bwd(grad.contiguous(), u, uf, kf, v, x, D, mask)
@@ -234,10 +234,10 @@ def _check_L(op, L):
     return _args.int_arg(f"geoops.ssm.{op}", "L", L, lo=0, what=">= 0")
 
 
-def _same_device(op, ref_name, ref, **named):
-    for name, t in named.items():
-        if t is not None and t.device != ref.device:
-            _fail(op, f"{name} is on {t.device} but {ref_name} is on {ref.device}; all tensors must be on one device")
+def _same_device(op, named: dict):
+    """One device for every named tensor (the first is the one named in the error); their dtypes are checked
+    before (_check_real / _check_complex, whose messages say more)."""
+    _library.check_tensors(f"geoops.ssm.{op}", named, dtypes=None)
 
 
 def _use_reference(device) -> bool:
@@ -285,7 +285,7 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
         _fail(op, f"x must have shape (H, N), got {tuple(x.shape)}")
     if v.dim() not in (2, 3) or tuple(v.shape[-2:]) != tuple(x.shape):
         _fail(op, f"v must have shape (H, N) = {tuple(x.shape)} or (C, H, N), matching x; got {tuple(v.shape)}")
-    _same_device(op, "x", x, v=v)
+    _same_device(op, {"x": x, "v": v})
     _library.check_finite(f"geoops.ssm.{op}", {"v": v, "x": x})
     out64 = torch.complex128 in (v.dtype, x.dtype)
     if _use_reference(x.device):
@@ -312,7 +312,7 @@ def _check_ssm_params(op, log_dt, A, B, C, discretization, c_lead: int, want_C=N
     if C.dim() < 2 or C.dim() > 2 + c_lead or tuple(C.shape[-2:]) != (H, N):
         want = want_C or {0: "(H, N)", 1: "(H, N) or (C_out, H, N)", 2: "(2, H, N) or (C_out, 2, H, N)"}[c_lead]
         _fail(op, f"C must have shape {want} with (H, N) = {(H, N)}, got {tuple(C.shape)}")
-    _same_device(op, "A", A, log_dt=log_dt, B=B, C=C)
+    _same_device(op, {"A": A, "log_dt": log_dt, "B": B, "C": C})
     _library.check_finite(f"geoops.ssm.{op}", {"log_dt": log_dt, "A": A, "B": B, "C": C})
     if _library.concrete(A) and A.numel() and _stability_checked(A) and bool((A.real >= 0).any()):
         _fail(op, "A must have negative real parts (Re A < 0): the SSM must be stable, else Abar**l grows "
@@ -423,7 +423,7 @@ def _fftconv_args(op, u, k, D, bidirectional):
                   + f", got {tuple(D.shape)}")
     for name, t in (("k", k), ("D", D)):
         _check_like_u(op, name, t, u)
-    _same_device(op, "u", u, k=k, D=D)
+    _same_device(op, {"u": u, "k": k, "D": D})
     _library.check_finite(f"geoops.ssm.{op}", {"u": u, "k": k, "D": D})
     return Bsz, H, L, has_c, Cn
 
@@ -496,7 +496,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         _fail(op, f"C must have shape (2, H, N) or (C_out, 2, H, N) with bidirectional=True, got {tuple(C.shape)}")
     if A.shape[0] != u.shape[1]:
         _fail(op, f"A has H = {A.shape[0]} channels but u has {u.shape[1]} (u is (B, H, L))")
-    _same_device(op, "u", u, A=A)
+    _same_device(op, {"u": u, "A": A})
     H, N = A.shape
     L = u.shape[-1]
     kd = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -508,7 +508,7 @@ def ssm_conv(u: torch.Tensor, log_dt: torch.Tensor, A: torch.Tensor, B: torch.Te
             _fail(op, f"D must have shape (H,) = ({H},)" + (f" or (C_out, H) = ({Cn}, {H})" if has_c else "")
                   + f", got {tuple(D.shape)}")
         _check_like_u(op, "D", D, u)
-        _same_device(op, "u", u, D=D)
+        _same_device(op, {"u": u, "D": D})
     _library.check_finite(f"geoops.ssm.{op}", {"u": u, "D": D})
     if D is not None:
         D = D.to(kd)  # u's dtype, or float32 (the kernels' dtype) for half u

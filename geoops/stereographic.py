@@ -72,11 +72,6 @@ _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 _FWD = {name: fwd for name, (fwd, _) in _ops.CALLERS.items()}
 
 
-def _need_mask(need, n: int) -> int:
-    """The backward kernels' mask of the first n inputs' needs_input_grad: bit i set when input i wants a grad."""
-    return sum(1 << i for i in range(n) if need[i])
-
-
 def _func_twin(name: str, fwd_op, backward, reference, doc: str) -> type:
     """The torch.func variant of a row Function whose inputs are tensors plus one trailing number (kept as
     ctx.param, as the eager forward does): the same kernels (the custom ops have vmap rules), setup_context, a
@@ -130,7 +125,7 @@ def _kernel_fns(op: str, fwd_op, bwd_op, grads, reference, doc: str) -> tuple:
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = _need_mask(need, 4)
+        mask = _library.grad_mask(need, 4)
         if mask == 0:
             return None, None, None, None, None
         return (*grads(need, saved, bwd_op(grad, *saved, ctx.param, mask)), None)
@@ -264,7 +259,7 @@ def _make_fn(spec: _ops.StereoOp) -> type:
         x, y, k, r = ctx.saved_tensors
         G, rep = grp
         need = ctx.needs_input_grad
-        mask = _need_mask(need, 4)
+        mask = _library.grad_mask(need, 4)
         if mask == 0:
             return None, None, None, None
         xr = x.unsqueeze(1).expand(G, rep, x.shape[1]).reshape(-1, x.shape[1])
@@ -990,7 +985,7 @@ _PAIR = _ops.PAIR_CALLERS
 def _grad_mask(ctx):
     """(needs_input_grad, the backward kernels' mask: bit 1, 2, 4 for the first three inputs)."""
     need = ctx.needs_input_grad
-    return need, _need_mask(need, 3)
+    return need, _library.grad_mask(need, 3)
 
 
 def _rows_k_grad(gk, k, R):
@@ -1762,7 +1757,7 @@ def mobius_blockdiag_matvec(blocks: torch.Tensor, x: torch.Tensor, *, k) -> torc
         _fail(op, f"x must have n_blocks * D_in_b = {nb * di} entries along its last dimension, got shape "
                   f"{tuple(x.shape)}")
     if blocks.device != x.device:
-        _fail(op, f"blocks is on {blocks.device} but x is on {x.device}")
+        _fail(op, f"blocks is on {blocks.device} but x is on {x.device}; all tensors must be on one device")
     if _backend.checks_enabled():
         _debug_checks(op, {"blocks": blocks, "x": x}, _scale_k(op, k, x), -1)
     dtype = _args.promote_types(blocks.dtype, x.dtype)

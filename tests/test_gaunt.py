@@ -908,7 +908,7 @@ def test_errors_name_the_argument():
         ga.gaunt_tensor_product(_rand(4, 8), x)
     with pytest.raises(ValueError, match="x2 must have a last dimension"):
         ga.gaunt_tensor_product(x, _rand(4, 5))
-    with pytest.raises(TypeError, match="x1 must be a floating-point"):
+    with pytest.raises(TypeError, match="x1 must be float16, bfloat16, float32 or float64, got torch.int64"):
         ga.gaunt_tensor_product(torch.ones(4, 9, dtype=torch.int64), x)
     with pytest.raises(TypeError, match="x2 must be a torch.Tensor"):
         ga.gaunt_tensor_product(x, [1.0])
@@ -936,6 +936,18 @@ def test_errors_name_the_argument():
         ga.gaunt_product([])
     with pytest.raises(ValueError, match="weights must have one entry per factor"):
         ga.gaunt_product([x, x], weights=[None])
+
+
+def test_errors_name_the_argument_types_and_devices():
+    x = _rand(4, 9)
+    with pytest.raises(TypeError, match="weight2 must be a torch.Tensor or None, got list"):
+        ga.gaunt_tensor_product(x, x, weight2=[1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="weight_out must be float16, bfloat16, float32 or float64, got torch.int64"):
+        ga.gaunt_tensor_product(x, x, weight_out=torch.ones(5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="x2 is on meta but x1 is on cpu; all tensors must be on one device"):
+        ga.gaunt_tensor_product(x, x.to("meta"))
+    with pytest.raises(ValueError, match=r"weights\[1\] is on meta but .* is on cpu; all tensors must be on one"):
+        ga.gaunt_product([x, x], weights=[None, _rand(3).to("meta")])
 
 
 # ---------------------------------------------------------------- op plumbing

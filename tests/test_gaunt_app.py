@@ -425,10 +425,10 @@ def _one_molecule_conformers():
     return mol, P
 
 
-def test_vmap_over_conformers_and_per_sample_gradients():
-    m = make("auto")
-    mol, P = _one_molecule_conformers()
-    rest = mol[1:]
+
+def vmap_over_conformers_matches_the_loop(m, P, rest):
+    """torch.func.vmap over the conformers P of one molecule (energies, forces, per-sample parameter gradients) =
+    the loop over them (also run on the Triton backend by tests/triton/test_app_triton.py)."""
     Ev = torch.func.vmap(lambda p: m(p, *rest))(P)
     torch.testing.assert_close(Ev, torch.stack([m(p, *rest) for p in P]).detach(), rtol=0, atol=1e-14)
     Fv = torch.func.vmap(torch.func.grad(lambda p: -m(p, *rest).sum()))(P)
@@ -441,6 +441,12 @@ def test_vmap_over_conformers_and_per_sample_gradients():
     m(P[1], *rest).sum().backward()
     for k, p in m.named_parameters():
         torch.testing.assert_close(G[k][1], p.grad, rtol=0, atol=1e-13, msg=k)
+
+def test_vmap_over_conformers_and_per_sample_gradients():
+    m = make("auto")
+    mol, P = _one_molecule_conformers()
+    rest = mol[1:]
+    vmap_over_conformers_matches_the_loop(m, P, rest)
 
 
 def test_jacrev_forces_and_hessian():

@@ -470,7 +470,14 @@ def test_one_and_two_threads_bit_identical(dtype):
 def test_compile_hgcn_forward_backward_patched():
     """torch.compile (fullgraph, aot_eager: the custom ops' fakes and autograd; Inductor checked by hand, ~50 s
     here) of the HGCN loss with patched geoopt inside: the eager loss and gradients, the learnable curvature's too."""
+    hgcn_compiled_matches_eager(compat)
+
+
+def hgcn_compiled_matches_eager(compat):
+    """The trial above on the current backend, with geoops.compat module `compat` (tests/triton/test_app_triton.py
+    runs it on Triton)."""
     a, feat, y = _graph()
+    torch._dynamo.reset()
     with compat.patched_geoopt():
         m = HGCN()
         loss = _hgcn_loss(m, a, feat, y)
@@ -594,8 +601,14 @@ def test_learnable_curvature_gradient_through_every_layer(dtype):
     """One learnable ball shared by every geoops.nn layer: the C++ backend's values and gradients (the curvature's
     included, and the curvature's gradient from each stage alone) equal the reference backend's with the same
     parameters: float64 to 1e-9, float32 within 2x the float32 reference's error against float64 (+ 2e-4)."""
+    nn_layers_match_reference(dtype, "cpp")
+
+
+def nn_layers_match_reference(dtype, backend):
+    """The learnable-curvature trial of every geoops.nn layer on `backend` against the reference backend, with the
+    same parameters (also run on the Triton backend by tests/triton/test_app_triton.py)."""
     sd = _nn_model(torch.float64).state_dict()
-    ours, ref = _nn_run(dtype, "cpp", sd), _nn_run(dtype, "reference", sd)
+    ours, ref = _nn_run(dtype, backend, sd), _nn_run(dtype, "reference", sd)
     if dtype == torch.float64:
         for a, b in zip(ours, ref):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

@@ -185,13 +185,13 @@ def _fc_row_inputs(seed, N, n, m, c, rmax, zscale):
 
 def _fc_opcheck(x, z, b, c):
     for tangent in (False, True):
-        torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, b, c, 1e-5, True, tangent))
-        torch.library.opcheck(pops.poincare_fc_fwd_op, (x, z, None, c, 1e-5, False, tangent))
-        y, t = pops.poincare_fc_fwd_op(x, z, b, c, 1e-5, True, tangent)
+        torch.library.opcheck(torch.ops.geoops.poincare_fc_fwd.default, (x, z, b, c, 1e-5, True, tangent))
+        torch.library.opcheck(torch.ops.geoops.poincare_fc_fwd.default, (x, z, None, c, 1e-5, False, tangent))
+        y, t = torch.ops.geoops.poincare_fc_fwd.default(x, z, b, c, 1e-5, True, tangent)
         g = torch.randn_like(y)
-        torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, b, c, t, 1e-5, 15, tangent))
-        torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, None, c, t, 1e-5, 1, tangent))
-        torch.library.opcheck(pops.poincare_fc_bwd_op, (g, x, z, b, c, t, 1e-5, 8, tangent))
+        torch.library.opcheck(torch.ops.geoops.poincare_fc_bwd.default, (g, x, z, b, c, t, 1e-5, 15, tangent))
+        torch.library.opcheck(torch.ops.geoops.poincare_fc_bwd.default, (g, x, z, None, c, t, 1e-5, 1, tangent))
+        torch.library.opcheck(torch.ops.geoops.poincare_fc_bwd.default, (g, x, z, b, c, t, 1e-5, 8, tangent))
 
 
 def test_fc_compile_fullgraph():
@@ -247,6 +247,40 @@ def test_fc_bad_input():
     for bad in (float("nan"), float("inf"), torch.tensor(float("nan")), torch.tensor(float("inf"), dtype=torch.float64)):
         with pytest.raises(ValueError, match="c must be > 0 and finite"):
             gp.poincare_fc(x, z, b, c=bad)
+
+
+_M = lambda t: t.to("meta")  # noqa: E731  (a tensor on another device, without a GPU)
+
+
+@pytest.mark.parametrize("case, call", [
+    ("poincare_fc: z is on meta but x", lambda x, xi: gp.poincare_fc(x, _M(torch.randn(4, 3)), None, c=1.0)),
+    ("poincare_fc: bias is on meta but x", lambda x, xi: gp.poincare_fc(x, torch.randn(4, 3), _M(torch.zeros(3)),
+                                                                        c=1.0)),
+    ("hyperplane_dists: z is on meta but x", lambda x, xi: gp.hyperplane_dists(x, _M(torch.randn(4, 3)), None,
+                                                                               c=1.0)),
+    ("poincare_conv2d: z is on meta but x", lambda x, xi: gp.poincare_conv2d(xi, _M(torch.randn(27, 4)), None,
+                                                                             c=1.0, kernel_size=3)),
+    ("poincare_conv2d: bias is on meta but x", lambda x, xi: gp.poincare_conv2d(xi, torch.randn(27, 4) * 0.1,
+                                                                                _M(torch.zeros(4)), c=1.0,
+                                                                                kernel_size=3)),
+    ("batch_norm: bias is on meta but x", lambda x, xi: gp.batch_norm(x, _M(torch.zeros(4)), torch.ones(1), c=1.0)),
+    ("batch_norm: weight is on meta but x", lambda x, xi: gp.batch_norm(x, torch.zeros(4), _M(torch.ones(1)),
+                                                                        c=1.0)),
+    ("batch_norm: running_mean is on meta but x", lambda x, xi: gp.batch_norm(
+        x, torch.zeros(4), torch.ones(1), c=1.0, running_mean=_M(torch.zeros(4)), running_var=torch.ones(1))),
+    ("batch_norm: bias is on meta but x", lambda x, xi: gp.batch_norm2d(xi, _M(torch.zeros(3)), torch.ones(1),
+                                                                        c=1.0)),
+    ("mobius_linear: weight is on meta but x", lambda x, xi: gp.mobius_linear(x, _M(torch.randn(3, 4)), c=1.0)),
+    ("mobius_linear: bias is on meta but x", lambda x, xi: gp.mobius_linear(x, torch.randn(3, 4) * 0.1,
+                                                                            _M(torch.zeros(3)), c=1.0)),
+])
+def test_mixed_devices_name_the_argument(case, call):
+    # a parameter on another device than x: a ValueError naming it before any kernel runs (before: torch's "data is
+    # not allocated" / "item() on meta tensors" from inside the op, or a stereographic op's name; on a GPU the CPU
+    # kernels would have read a CUDA pointer)
+    x, xi = torch.rand(6, 4) * 0.1, torch.rand(2, 3, 5, 5) * 0.05
+    with pytest.raises(ValueError, match=rf"geoops.poincare.{case} is on cpu; all tensors must be on one device"):
+        call(x, xi)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -532,8 +532,8 @@ def test_relu_fused_fp32_opcheck_compile():
     x = _img(2, 4, 3, 5, c=1.3).permute(0, 2, 3, 1).reshape(-1, 4).contiguous()
     y = gp.poincare_relu(x, c=c)
     torch.testing.assert_close(y, ref.poincare_relu(x.double(), c.double()).float(), rtol=2e-5, atol=2e-6)
-    torch.library.opcheck(pops.poincare_relu_fwd_op, (x, c, 4e-3))
-    torch.library.opcheck(pops.poincare_relu_bwd_op, (torch.randn_like(x), x, c, 4e-3))
+    torch.library.opcheck(torch.ops.geoops.poincare_relu_fwd.default, (x, c, 4e-3))
+    torch.library.opcheck(torch.ops.geoops.poincare_relu_bwd.default, (torch.randn_like(x), x, c, 4e-3))
     f = torch.compile(lambda x: gp.poincare_relu(x, c=c), fullgraph=True, backend="eager")
     torch.testing.assert_close(f(x), y)
     assert gp.poincare_relu(x.half(), c=c).dtype == torch.float16
@@ -669,17 +669,17 @@ def test_batchnorm_fused_ops_opcheck():
 
     c = torch.tensor(0.9)
     x = gp.expmap0(torch.randn(10, 4) * 0.6, c=0.9)
-    F_, L_ = pops.poincare_midpoint_sums_fwd_op(x, c)
+    F_, L_ = torch.ops.geoops.poincare_midpoint_sums_fwd.default(x, c)
     lam = 2 / (1 - 0.9 * x.double().pow(2).sum(-1, keepdim=True))
     torch.testing.assert_close(F_.double(), (lam * x.double()).sum(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(L_.double(), (lam - 1).sum(), rtol=1e-5, atol=1e-6)
-    torch.library.opcheck(pops.poincare_midpoint_sums_fwd_op, (x, c))
-    torch.library.opcheck(pops.poincare_midpoint_sums_bwd_op, (torch.randn(4), torch.tensor(0.3), x, c))
+    torch.library.opcheck(torch.ops.geoops.poincare_midpoint_sums_fwd.default, (x, c))
+    torch.library.opcheck(torch.ops.geoops.poincare_midpoint_sums_bwd.default, (torch.randn(4), torch.tensor(0.3), x, c))
     u = torch.randn(10, 4) * 0.5
     M = torch.eye(4) + torch.randn(4, 4) * 0.1
     b = gp.expmap0(torch.randn(4) * 0.3, c=0.9)
-    torch.library.opcheck(pops.poincare_bn_rows_fwd_op, (u, M, b, c, 4e-3))
-    torch.library.opcheck(pops.poincare_bn_rows_bwd_op, (torch.randn(10, 4), u, M, b, c, 4e-3))
+    torch.library.opcheck(torch.ops.geoops.poincare_bn_rows_fwd.default, (u, M, b, c, 4e-3))
+    torch.library.opcheck(torch.ops.geoops.poincare_bn_rows_bwd.default, (torch.randn(10, 4), u, M, b, c, 4e-3))
     bn = gnn.PoincareBatchNorm2d(4, gnn.PoincareBall(1.0))
     xi = _img(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
     f = torch.compile(bn, fullgraph=True, backend="eager")
@@ -755,9 +755,9 @@ def test_fc_rows_ops_vs_reference_and_opcheck(tangent, radius):
     for a, w in zip(ours, want):
         torch.testing.assert_close(a.reshape(w.shape).to(w.dtype), w, rtol=1e-8, atol=1e-10)
     tf, Uf, zf, bf, cf = (a.float() for a in (t, U, z, b, c))
-    torch.library.opcheck(pops.poincare_fc_rows_fwd_op, (tf, Uf, zf, bf, cf, 4e-3, tangent))
-    torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, bf, cf, 4e-3, 14, tangent))
-    torch.library.opcheck(pops.poincare_fc_rows_bwd_op, (g.float(), tf, Uf, zf, None, cf, 4e-3, 8, tangent))
+    torch.library.opcheck(torch.ops.geoops.poincare_fc_rows_fwd.default, (tf, Uf, zf, bf, cf, 4e-3, tangent))
+    torch.library.opcheck(torch.ops.geoops.poincare_fc_rows_bwd.default, (g.float(), tf, Uf, zf, bf, cf, 4e-3, 14, tangent))
+    torch.library.opcheck(torch.ops.geoops.poincare_fc_rows_bwd.default, (g.float(), tf, Uf, zf, None, cf, 4e-3, 8, tangent))
 
 
 def _graph_has(y, name):
@@ -2088,16 +2088,16 @@ def test_conv_rows_ops_opcheck():
         v = torch.randn(B * H * W, C, generator=g, dtype=torch.float64)
         z = torch.randn(C * k[0] * k[1], Co, generator=g, dtype=torch.float64)
         args = (v, z, [B, H, W], list(k), list(s), list(p), 0.7)
-        torch.library.opcheck(pops.poincare_conv_rows_fwd_op, args)
-        t, U = pops.poincare_conv_rows_fwd_op(*args)
+        torch.library.opcheck(torch.ops.geoops.poincare_conv_rows_fwd.default, args)
+        t, U = torch.ops.geoops.poincare_conv_rows_fwd.default(*args)
         img = v.view(B, H, W, C).permute(0, 3, 1, 2)
         patches = torch.nn.functional.unfold(img, k, padding=p, stride=s).transpose(1, 2).reshape(-1, C * k[0] * k[1])
         torch.testing.assert_close(t, 0.7 * patches @ z)
         torch.testing.assert_close(U, 0.49 * (patches * patches).sum(-1))
         gt, gU = torch.randn(t.shape, generator=g, dtype=torch.float64), torch.randn(U.shape, generator=g, dtype=torch.float64)
         for mask in (1, 2, 3):
-            torch.library.opcheck(pops.poincare_conv_rows_bwd_op, (gt, gU) + args + (mask,))
-        gv, gz = pops.poincare_conv_rows_bwd_op(gt, gU, *args, 3)
+            torch.library.opcheck(torch.ops.geoops.poincare_conv_rows_bwd.default, (gt, gU) + args + (mask,))
+        gv, gz = torch.ops.geoops.poincare_conv_rows_bwd.default(gt, gU, *args, 3)
         vv, zz = v.clone().requires_grad_(), z.clone().requires_grad_()
         pim = vv.view(B, H, W, C).permute(0, 3, 1, 2)
         pp = torch.nn.functional.unfold(pim, k, padding=p, stride=s).transpose(1, 2).reshape(-1, C * k[0] * k[1])

@@ -350,12 +350,18 @@ def test_autocast_bfloat16_model_and_half_inputs():
         outs.append((loss.item(), _grads(model)))
         assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
     assert abs(outs[0][0] - outs[1][0]) < 1e-2
+    s4d_bfloat16_input_within_twice_the_eager_error(H=8, B=2)
+
+
+def s4d_bfloat16_input_within_twice_the_eager_error(H, B, L=301):
+    """S4D(H, H) on a bfloat16 input (B, H, L) under autocast on the current backend (tests/triton/test_app_triton.py
+    runs it on Triton): its error against the float64 eager twin within 2x the eager twin's in bfloat16 (+ 1e-3)."""
     torch.manual_seed(2)
-    s = S4D(8, 8).float()
-    t = EagerS4D(8, 8).float()
+    s = S4D(H, H).float()
+    t = EagerS4D(H, H).float()
     t.load_state_dict(s.state_dict())
-    u64 = torch.randn(2, 8, 301, dtype=torch.float64)
-    y64 = EagerS4D(8, 8).double()
+    u64 = torch.randn(B, H, L, dtype=torch.float64)
+    y64 = EagerS4D(H, H).double()
     y64.load_state_dict(s.state_dict())
     with torch.no_grad():
         want = y64(u64)[0]
@@ -517,17 +523,23 @@ def test_non_contiguous_input_is_copied_once(op):
     """S4D(transposed=False) hands the kernels a transposed (B, H, L) view of its (B, L, H) input: the kernels made
     it contiguous in the forward and again in the backward (the view was saved).  Now one copy, kept for the
     backward; values unchanged."""
+    strided_input_copied_once(op, _count_copies, H=5, L=301)
+
+
+def strided_input_copied_once(op, count_copies, H, L, dtype=torch.float32):
+    """The trial above with H channels, length L and `dtype` on the current backend (tests/triton/test_app_triton.py
+    runs it on Triton): the same values from a transposed view as from a contiguous u, and `count_copies(fn,
+    numel)` (copies of u's size made by fn, forward and backward) at most one."""
     torch.manual_seed(8)
-    B, H, L, N = 2, 5, 301, 4
-    x = torch.randn(B, L, H, requires_grad=True)
+    B, N = 2, 4
+    x = torch.randn(B, L, H).to(dtype).requires_grad_()
     log_dt = torch.randn(H).mul(0.3).sub(3)
     A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
     Bm = torch.ones(H, N, dtype=torch.cfloat)
     C = torch.randn(H, N, dtype=torch.cfloat, requires_grad=True)
     D = torch.randn(H, requires_grad=True)
-    k = gs.s4d_kernel(log_dt, A, Bm, C, L).detach().requires_grad_()
-
-    g = torch.randn(B, H, L)
+    k = gs.s4d_kernel(log_dt, A, Bm, C, L).detach().to(dtype).requires_grad_()
+    g = torch.randn(B, H, L).to(dtype)
 
     def run(u):
         y = gs.ssm_conv(u, log_dt, A, Bm, C, D) if op == "ssm_conv" else gs.fftconv(u, k, D)
@@ -537,7 +549,7 @@ def test_non_contiguous_input_is_copied_once(op):
     y0 = run(x.detach().transpose(1, 2).contiguous())
     y1 = run(x.transpose(1, 2))
     assert torch.equal(y0, y1)
-    assert _count_copies(lambda: run(x.transpose(1, 2)), B * H * L) <= 1
+    assert count_copies(lambda: run(x.transpose(1, 2)), B * H * L) <= 1
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -677,6 +689,13 @@ def test_triple_attention_layer_copies_its_strided_inputs_once():
     """TripleAttention hands the op q, k1, k2, v1, v2 as strided views of its projections: the kernels made each
     contiguous in the forward and again in the backward (the views were saved).  Now once, in the forward; the
     backward copies only its incoming gradient (a transposed view); values unchanged."""
+    attention_layer_copies_strided_inputs_once(lambda run: _copies_under(run, "TripleAttentionFnBackward"))
+
+
+def attention_layer_copies_strided_inputs_once(backward_copies):
+    """The trial above on the current backend (tests/triton/test_app_triton.py runs it on Triton): the layer's
+    forward + backward, `backward_copies(run)` (the copies its backward makes) at most one, repeatable, and the
+    reference backend's input gradient."""
     torch.manual_seed(14)
     a = TripleAttention(16, 2, num_kv_heads=1)
     x = torch.randn(2, 11, 16, requires_grad=True)
@@ -688,7 +707,7 @@ def test_triple_attention_layer_copies_its_strided_inputs_once():
 
     run()
     gx = x.grad.clone()
-    assert _copies_under(run, "TripleAttentionFnBackward") <= 1
+    assert backward_copies(run) <= 1
     assert torch.equal(x.grad, gx)
     with geoops.use_backend("reference"):
         run()

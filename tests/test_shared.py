@@ -162,6 +162,9 @@ def test_check_tensors_names_the_argument():
     with pytest.raises(TypeError, match=r"geoops.toy.op: y has dtype torch.float64 but x has torch.float32"):
         _library.check_tensors("geoops.toy.op", {"x": x, "y": x.double()}, same_dtype=True)
     _library.check_tensors("geoops.toy.op", {"x": x, "y": x.double()})  # mixed dtypes allowed unless asked
+    with pytest.raises(TypeError, match=r"geoops.toy.op: w must be a torch.Tensor or None, got list"):
+        _library.check_tensors("geoops.toy.op", {"x": x, "w": [1.0]}, optional=("w",))  # an optional argument
+    _library.check_tensors("geoops.toy.op", {"x": x, "y": torch.zeros(2, dtype=torch.long)}, dtypes=None)  # (devices)
     with pytest.raises(ValueError, match=r"geoops.toy.op: y is on meta but x is on cpu; all tensors must be on one "
                                          r"device"):
         _library.check_tensors("geoops.toy.op", {"x": x, "y": torch.zeros(2, device="meta")})
@@ -211,3 +214,100 @@ def test_family_kernels_registers_the_backends_a_family_has(monkeypatch):
     if _backend.compiled() is not None:
         with _backend.use_backend("auto"):
             assert _backend.resolve(cpu, "toyfamily2") == "cpp" and both(cpu) is _Ns
+
+
+def test_family_kernels_fallback_runs_under_auto_only(monkeypatch):
+    # a family whose auto path without compiled kernels is a faster torch composition than its oracle (gaunt's torch
+    # routes) passes it as `fallback`: auto runs it, a forced reference still runs the reference
+    monkeypatch.setattr(_backend, "_PROVIDES", dict(_backend._PROVIDES))
+
+    class _Fast:
+        pass
+
+    kernels = _library.family_kernels("toyfamily3", reference=_Ns, fallback=_Fast)
+    cpu = torch.device("cpu")
+    with _backend.use_backend("auto"):
+        assert kernels(cpu) is _Fast
+    with _backend.use_backend("reference"):
+        assert kernels(cpu) is _Ns
+
+
+# ---------------------------------------------------------------- the guide's steps, as written, on a toy op
+def test_toy_op_written_as_the_guide_says(monkeypatch):
+    """docs/contributing.md, "Adding an op to a family" steps 1 and 4-6 and "Adding a family" (a reference-only
+    family), followed line by line for a toy product x * y: if the guide's helpers or their use change, this fails
+    (autograd, torch.func, vmap, opcheck, the documented errors)."""
+    monkeypatch.setattr(_backend, "_PROVIDES", dict(_backend._PROVIDES))
+
+    def reference_mul(x, y):  # step 1: the eager reference (float64, differentiable by autograd)
+        return x * y
+
+    class _Reference:  # step 4: the kernel namespace(s), one method per kernel
+        @staticmethod
+        def toy_mul_fwd(x, y):
+            return reference_mul(x, y)
+
+        @staticmethod
+        def toy_mul_bwd(g, x, y, mask):
+            with _library.reference_autograd():
+                leaves = [t.detach().requires_grad_(True) for t in (x, y)]
+                grads = torch.autograd.grad(reference_mul(*leaves), leaves, g)
+            return _library.masked_grads(mask, grads, (x, y))
+
+    kernels = _library.family_kernels("toyguide", reference=_Reference)
+
+    def _fwd(x, y):
+        return kernels(x.device).toy_mul_fwd(x, y)
+
+    def _fwd_fake(x, y):
+        return torch.empty_like(x)
+
+    def _bwd(g, x, y, mask: int):
+        return tuple(kernels(x.device).toy_mul_bwd(g, x, y, mask))
+
+    def _bwd_fake(g, x, y, mask):
+        return _library.masked_empty(mask, x, y)
+
+    FWD, BWD = _library.define_pair("geoops::_toyguide_mul", "(Tensor x, Tensor y) -> Tensor", _fwd, _fwd_fake,
+                                    "(Tensor g, Tensor x, Tensor y, int mask) -> (Tensor, Tensor)", _bwd, _bwd_fake)
+
+    @_library.with_func_twin
+    class ToyMulFn(torch.autograd.Function):  # step 5
+        @staticmethod
+        def forward(ctx, x, y):
+            ctx.save_for_backward(x, y)
+            return FWD(x, y)
+
+        @staticmethod
+        @_library.first_order_only
+        def backward(ctx, g):
+            x, y = ctx.saved_tensors
+            mask = _library.grad_mask(ctx.needs_input_grad)
+            gx, gy = BWD(g.contiguous(), x, y, mask)
+            return (gx if mask & 1 else None), (gy if mask & 2 else None)
+
+    def toy_mul(x, y):  # step 6
+        _library.check_tensors("geoops.toyguide.toy_mul", {"x": x, "y": y}, same_dtype=True)
+        _library.check_finite("geoops.toyguide.toy_mul", {"x": x, "y": y})
+        return _library.apply(ToyMulFn, x, y)
+
+    x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    with _backend.use_backend("auto"):
+        assert _backend.resolve(x.device, "toyguide") == "reference"
+        assert torch.equal(toy_mul(x, y), x * y)
+        assert torch.autograd.gradcheck(toy_mul, (x, y))
+        gx = torch.func.grad(lambda a: toy_mul(a, y.detach()).sum())(x.detach())
+        assert torch.equal(gx, y.detach())
+        assert torch.equal(torch.vmap(toy_mul)(x.detach(), y.detach()), (x * y).detach())
+        g, = torch.autograd.grad(toy_mul(x, y).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="second derivatives through ToyMulFn"):
+            g.sum().backward()
+        torch.library.opcheck(torch.ops.geoops._toyguide_mul_fwd.default, (x.detach(), y.detach()))
+        torch.library.opcheck(torch.ops.geoops._toyguide_mul_bwd.default, (x.detach(), x.detach(), y.detach(), 2))
+    with pytest.raises(TypeError, match="geoops.toyguide.toy_mul: y has dtype torch.float32 but x has torch.float64"):
+        toy_mul(x, y.float())
+    with pytest.raises(ValueError, match="geoops.toyguide.toy_mul: y is on meta but x is on cpu"):
+        toy_mul(x, y.to("meta"))
+    with _backend.use_backend("cpp"), pytest.raises(RuntimeError, match="geoops.toyguide has no cpp kernels"):
+        toy_mul(x, y)

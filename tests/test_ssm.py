@@ -706,3 +706,19 @@ def test_s4d_layer_module_protocol():
     torch.testing.assert_close(y64.float(), y, rtol=1e-5, atol=1e-5)
     r = repr(m)
     assert "d_model=3, d_state=8, transposed=False" in r and "S4DKernel(d_model=3, N=8)" in r, r
+
+
+def test_mixed_devices_name_the_arguments():
+    """A tensor on another device is refused before any kernel runs, naming it and the tensor it is compared with
+    (the shared check, _library.check_tensors; meta stands for a second device)."""
+    H, N, L = 3, 2, 8
+    x = torch.complex(-0.5 * torch.ones(H, N), torch.ones(H, N))
+    v = torch.ones(H, N, dtype=torch.cfloat)
+    u, k = torch.randn(2, H, L), torch.randn(H, L)
+    meta = lambda t: t.to("meta")  # noqa: E731
+    for call, words in [(lambda: gs.vandermonde(meta(v), x, L), "vandermonde: v is on meta but x is on cpu"),
+                        (lambda: gs.fftconv(u, meta(k)), "fftconv: k is on meta but u is on cpu"),
+                        (lambda: gs.fftconv(u, k, meta(torch.randn(H))), "fftconv: D is on meta but u is on cpu"),
+                        (lambda: gs.s4d_kernel(torch.zeros(H), x, meta(v), v, L), "s4d_kernel: B is on meta but A")]:
+        with pytest.raises(ValueError, match=words + ".*all tensors must be on one device"):
+            call()

@@ -69,13 +69,9 @@ class _Reference:
         return tuple(torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads, leaves))
 
 
-def attention_kernels(device: torch.device):
-    """The kernel set that the current backend setting picks for `device`."""
-    C = _backend.compiled()
-    cpp = _Cpp if C is not None and hasattr(C, "triple_attention_fwd_cpu") else None
-    if cpp is None and device.type == "cpu" and _backend.get_backend() == "auto":
-        return _Reference  # an extension built before this family existed
-    return _library.kernel_set(FAMILY, device, cpp=cpp, reference=_Reference)
+# the C++ kernels where the extension has them (one built before this family existed does not: the reference runs)
+attention_kernels = _library.family_kernels(
+    FAMILY, cpp=_Cpp if hasattr(_backend.compiled(), "triple_attention_fwd_cpu") else None, reference=_Reference)
 
 
 # ---------------------------------------------------------------- registration
@@ -224,11 +220,8 @@ def _bwd_fake(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, w2):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k1, k2, v1, v2))
 
 
-_fwd_op = _library.define_op("geoops::triple_attention_fwd", _FWD_SCHEMA, _fwd, _fwd_fake)
-_bwd_op = _library.define_op("geoops::triple_attention_bwd", _BWD_SCHEMA, _bwd, _bwd_fake)
+# (the backward op takes no mask: the kernels form all five gradients)
+FWD, BWD = _library.define_pair("geoops::triple_attention", _FWD_SCHEMA, _fwd, _fwd_fake, _BWD_SCHEMA, _bwd, _bwd_fake)
 # vmap folds the mapped dim into the batch dim B (one kernel call; per-sample gradients under vmap(grad))
 _library.fold_vmap("geoops::triple_attention_fwd")
 _library.fold_vmap("geoops::triple_attention_bwd")
-# what TripleAttentionFn calls: the kernel directly on the eager fast path, else the custom op
-FWD = _library.caller(_fwd_op, _fwd)
-BWD = _library.caller(_bwd_op, _bwd)

@@ -273,20 +273,9 @@ class Reference:
             return reference_rows(xs, ws, wout, lmax_out)
 
 
-def gaunt_kernels(device: torch.device):
-    """The kernel set that the backend switch picks for `device` (geoops._backend).
-
-    cpp -> Cpp; triton -> geoops.kernels.gaunt; reference -> Reference when forced, else (a device without
-    compiled gaunt kernels, e.g. CUDA without Triton) the torch routes (Torch).
-    """
-    name = _backend.resolve(device, FAMILY)
-    if name == "triton":
-        return _backend.triton_kernels(FAMILY)
-    if name == "cpp":
-        return Cpp
-    if name == "reference" and _backend.get_backend() == "reference":
-        return _library.torch_kernels(Reference)
-    return _library.torch_kernels(Torch)
+# cpp -> Cpp; triton -> geoops.kernels.gaunt; reference -> Reference when forced, else (a device without compiled
+# gaunt kernels, e.g. CUDA without Triton) the torch routes (Torch)
+gaunt_kernels = _library.family_kernels(FAMILY, cpp=Cpp, reference=Reference, fallback=Torch)
 
 
 # ---------------------------------------------------------------- registration

@@ -50,8 +50,8 @@ from typing import Optional
 
 import torch
 
-from .. import _backend
-from .._library import caller, define_op, kernel_set, reference_autograd
+from .. import _backend, _library
+from .._library import define_pair, reference_autograd
 
 FAMILY = "poincare"
 
@@ -233,9 +233,8 @@ class _Reference:
         return gu, gM, gb, gc.to(c.dtype)
 
 
-def kernels(device: torch.device):
-    """The kernel set that the current backend setting picks for `device` (CUDA: geoops.kernels.poincare)."""
-    return kernel_set(FAMILY, device, cpp=_Cpp, reference=_Reference)
+# the kernel set that the current backend setting picks for a device (CUDA: geoops.kernels.poincare)
+kernels = _library.family_kernels(FAMILY, cpp=_Cpp, reference=_Reference)
 
 
 # ---------------------------------------------------------------- registration
@@ -260,15 +259,16 @@ def _fc_bwd_fake(g, x, z, bias, c, t, eps, mask, tangent):
     return gx, gz, gb, gc
 
 
-poincare_fc_fwd_op = define_op(
-    "geoops::poincare_fc_fwd",
+# define_pair: the ops, and their callers (the eager fast path calls the kernels directly on plain tensors,
+# everything else dispatches the custom op)
+poincare_fc_fwd, poincare_fc_bwd = define_pair(
+    "geoops::poincare_fc",
     "(Tensor x, Tensor z, Tensor? bias, Tensor c, float eps, bool save, bool tangent) -> (Tensor, Tensor)",
-    _fc_fwd, _fc_fwd_fake)
-poincare_fc_bwd_op = define_op(
-    "geoops::poincare_fc_bwd",
+    _fc_fwd, _fc_fwd_fake,
     "(Tensor grad, Tensor x, Tensor z, Tensor? bias, Tensor c, Tensor t, float eps, int mask, bool tangent) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
     _fc_bwd, _fc_bwd_fake)
+
 
 def _fc_rows_fwd(t, U, z, bias: Optional[torch.Tensor], c, eps: float, tangent: bool):
     return kernels(t.device).poincare_fc_rows_fwd(t, U, z, bias, c, eps, tangent)
@@ -289,12 +289,10 @@ def _fc_rows_bwd_fake(g, t, U, z, bias, c, eps, mask, tangent):
     return t.new_empty(t.shape), U.new_empty(U.shape), gz, gb, gc
 
 
-poincare_fc_rows_fwd_op = define_op(
-    "geoops::poincare_fc_rows_fwd",
+poincare_fc_rows_fwd, poincare_fc_rows_bwd = define_pair(
+    "geoops::poincare_fc_rows",
     "(Tensor t, Tensor U, Tensor z, Tensor? bias, Tensor c, float eps, bool tangent) -> Tensor",
-    _fc_rows_fwd, _fc_rows_fwd_fake)
-poincare_fc_rows_bwd_op = define_op(
-    "geoops::poincare_fc_rows_bwd",
+    _fc_rows_fwd, _fc_rows_fwd_fake,
     "(Tensor grad, Tensor t, Tensor U, Tensor z, Tensor? bias, Tensor c, float eps, int mask, bool tangent) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     _fc_rows_bwd, _fc_rows_bwd_fake)
@@ -316,10 +314,13 @@ def _relu_bwd_fake(g, x, c, eps):
     return x.new_empty(x.shape), c.new_empty(())
 
 
-poincare_relu_fwd_op = define_op("geoops::poincare_relu_fwd", "(Tensor x, Tensor c, float eps) -> Tensor",
-                                 _relu_fwd, _relu_fwd_fake)
-poincare_relu_bwd_op = define_op("geoops::poincare_relu_bwd", "(Tensor grad, Tensor x, Tensor c, float eps) -> (Tensor, Tensor)",
-                                 _relu_bwd, _relu_bwd_fake)
+poincare_relu_fwd, poincare_relu_bwd = define_pair(
+    "geoops::poincare_relu",
+    "(Tensor x, Tensor c, float eps) -> Tensor",
+    _relu_fwd, _relu_fwd_fake,
+    "(Tensor grad, Tensor x, Tensor c, float eps) -> (Tensor, Tensor)",
+    _relu_bwd, _relu_bwd_fake)
+
 
 def _conv_geometry(v, z, bhw, kernel):
     B, H, W = bhw
@@ -392,12 +393,10 @@ def _conv_rows_bwd_fake(gt, gU, v, z, bhw, kernel, stride, padding, beta, mask):
             z.new_empty(z.shape) if mask & 2 else v.new_empty(0))
 
 
-poincare_conv_rows_fwd_op = define_op(
-    "geoops::poincare_conv_rows_fwd",
+poincare_conv_rows_fwd, poincare_conv_rows_bwd = define_pair(
+    "geoops::poincare_conv_rows",
     "(Tensor v, Tensor z, SymInt[] bhw, int[] kernel, int[] stride, int[] padding, float beta) -> (Tensor, Tensor)",
-    _conv_rows_fwd, _conv_rows_fwd_fake)
-poincare_conv_rows_bwd_op = define_op(
-    "geoops::poincare_conv_rows_bwd",
+    _conv_rows_fwd, _conv_rows_fwd_fake,
     "(Tensor gt, Tensor gU, Tensor v, Tensor z, SymInt[] bhw, int[] kernel, int[] stride, int[] padding, "
     "float beta, int mask) -> (Tensor, Tensor)",
     _conv_rows_bwd, _conv_rows_bwd_fake)
@@ -435,29 +434,15 @@ def _bn_bwd_fake(g, u, M, b, c, eps):
     return u.new_empty(u.shape), M.new_empty(M.shape), b.new_empty(b.shape), c.new_empty(())
 
 
-poincare_midpoint_sums_fwd_op = define_op(
-    "geoops::poincare_midpoint_sums_fwd", "(Tensor x, Tensor c) -> (Tensor, Tensor)", _mid_fwd, _mid_fwd_fake)
-poincare_midpoint_sums_bwd_op = define_op(
-    "geoops::poincare_midpoint_sums_bwd", "(Tensor gF, Tensor gL, Tensor x, Tensor c) -> (Tensor, Tensor)",
+poincare_midpoint_sums_fwd, poincare_midpoint_sums_bwd = define_pair(
+    "geoops::poincare_midpoint_sums",
+    "(Tensor x, Tensor c) -> (Tensor, Tensor)",
+    _mid_fwd, _mid_fwd_fake,
+    "(Tensor gF, Tensor gL, Tensor x, Tensor c) -> (Tensor, Tensor)",
     _mid_bwd, _mid_bwd_fake)
-poincare_bn_rows_fwd_op = define_op(
-    "geoops::poincare_bn_rows_fwd", "(Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> Tensor",
-    _bn_fwd, _bn_fwd_fake)
-poincare_bn_rows_bwd_op = define_op(
-    "geoops::poincare_bn_rows_bwd",
+poincare_bn_rows_fwd, poincare_bn_rows_bwd = define_pair(
+    "geoops::poincare_bn_rows",
+    "(Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> Tensor",
+    _bn_fwd, _bn_fwd_fake,
     "(Tensor grad, Tensor u, Tensor M, Tensor b, Tensor c, float eps) -> (Tensor, Tensor, Tensor, Tensor)",
     _bn_bwd, _bn_bwd_fake)
-
-# eager fast path: plain tensors call the kernels directly, everything else dispatches the custom op
-poincare_fc_fwd = caller(poincare_fc_fwd_op, _fc_fwd)
-poincare_fc_bwd = caller(poincare_fc_bwd_op, _fc_bwd)
-poincare_fc_rows_fwd = caller(poincare_fc_rows_fwd_op, _fc_rows_fwd)
-poincare_fc_rows_bwd = caller(poincare_fc_rows_bwd_op, _fc_rows_bwd)
-poincare_relu_fwd = caller(poincare_relu_fwd_op, _relu_fwd)
-poincare_relu_bwd = caller(poincare_relu_bwd_op, _relu_bwd)
-poincare_midpoint_sums_fwd = caller(poincare_midpoint_sums_fwd_op, _mid_fwd)
-poincare_midpoint_sums_bwd = caller(poincare_midpoint_sums_bwd_op, _mid_bwd)
-poincare_bn_rows_fwd = caller(poincare_bn_rows_fwd_op, _bn_fwd)
-poincare_bn_rows_bwd = caller(poincare_bn_rows_bwd_op, _bn_bwd)
-poincare_conv_rows_fwd = caller(poincare_conv_rows_fwd_op, _conv_rows_fwd)
-poincare_conv_rows_bwd = caller(poincare_conv_rows_bwd_op, _conv_rows_bwd)

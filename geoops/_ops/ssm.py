@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 from .. import _backend, _library
-from .._library import caller, define_op, kernel_set, masked_empty, masked_grads
+from .._library import masked_empty, masked_grads
 
 FAMILY = "ssm"
 
@@ -196,9 +196,7 @@ def _complex_of(u):
     return torch.complex128 if u.dtype == torch.float64 else torch.complex64
 
 
-def kernels(device: torch.device):
-    """The kernel set that the current backend setting picks for `device`."""
-    return kernel_set(FAMILY, device, cpp=_Cpp, reference=_Reference)
+kernels = _library.family_kernels(FAMILY, cpp=_Cpp, reference=_Reference)
 
 
 # ---------------------------------------------------------------- registration
@@ -309,38 +307,20 @@ def _sbwd_fake(g, u, uf, kf, v, x, D, mask):
     return masked_empty(mask, u, v, x, D, optional=1)
 
 
-vandermonde_fwd_op = define_op("geoops::vandermonde_fwd", "(Tensor v, Tensor x, int L, bool out64) -> Tensor",
-                               _vfwd, _vfwd_fake)
-vandermonde_bwd_op = define_op("geoops::vandermonde_bwd", "(Tensor grad, Tensor v, Tensor x, int mask) -> (Tensor, Tensor)",
-                               _vbwd, _vbwd_fake)
-fftconv_fwd_op = define_op("geoops::fftconv_fwd", "(Tensor u, Tensor k, Tensor? D, bool save_uf) -> (Tensor, Tensor)",
-                           _ffwd, _ffwd_fake)
-fftconv_bwd_op = define_op("geoops::fftconv_bwd",
-                           "(Tensor grad, Tensor u, Tensor uf, Tensor k, Tensor? D, int mask) -> (Tensor, Tensor, Tensor)",
-                           _fbwd, _fbwd_fake)
-
-ssm_discretize_fwd_op = define_op("geoops::ssm_discretize_fwd",
-                                  "(Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc) -> (Tensor, Tensor)",
-                                  _dfwd, _dfwd_fake)
-ssm_discretize_bwd_op = define_op(
-    "geoops::ssm_discretize_bwd",
+# (callers: on the eager fast path plain tensors call the kernels directly, everything else dispatches the custom op)
+vandermonde_fwd, vandermonde_bwd = _library.define_pair(
+    "geoops::vandermonde", "(Tensor v, Tensor x, int L, bool out64) -> Tensor", _vfwd, _vfwd_fake,
+    "(Tensor grad, Tensor v, Tensor x, int mask) -> (Tensor, Tensor)", _vbwd, _vbwd_fake)
+fftconv_fwd, fftconv_bwd = _library.define_pair(
+    "geoops::fftconv", "(Tensor u, Tensor k, Tensor? D, bool save_uf) -> (Tensor, Tensor)", _ffwd, _ffwd_fake,
+    "(Tensor grad, Tensor u, Tensor uf, Tensor k, Tensor? D, int mask) -> (Tensor, Tensor, Tensor)", _fbwd, _fbwd_fake)
+ssm_discretize_fwd, ssm_discretize_bwd = _library.define_pair(
+    "geoops::ssm_discretize", "(Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc) -> (Tensor, Tensor)",
+    _dfwd, _dfwd_fake,
     "(Tensor gv, Tensor gx, Tensor log_dt, Tensor A, Tensor B, Tensor C, str disc, int mask) "
     "-> (Tensor, Tensor, Tensor, Tensor)", _dbwd, _dbwd_fake)
-ssm_conv_fwd_op = define_op("geoops::ssm_conv_fwd",
-                            "(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf, bool keep_kf=True) "
-                            "-> (Tensor, Tensor, Tensor)",
-                            _sfwd, _sfwd_fake)
-ssm_conv_bwd_op = define_op(
-    "geoops::ssm_conv_bwd",
+ssm_conv_fwd, ssm_conv_bwd = _library.define_pair(
+    "geoops::ssm_conv", "(Tensor u, Tensor v, Tensor x, Tensor? D, bool save_uf, bool keep_kf=True) "
+    "-> (Tensor, Tensor, Tensor)", _sfwd, _sfwd_fake,
     "(Tensor grad, Tensor u, Tensor uf, Tensor kf, Tensor v, Tensor x, Tensor? D, int mask) "
     "-> (Tensor, Tensor, Tensor, Tensor)", _sbwd, _sbwd_fake)
-
-# eager fast path: plain tensors call the kernels directly, everything else dispatches the custom op
-vandermonde_fwd = caller(vandermonde_fwd_op, _vfwd)
-vandermonde_bwd = caller(vandermonde_bwd_op, _vbwd)
-fftconv_fwd = caller(fftconv_fwd_op, _ffwd)
-fftconv_bwd = caller(fftconv_bwd_op, _fbwd)
-ssm_discretize_fwd = caller(ssm_discretize_fwd_op, _dfwd)
-ssm_discretize_bwd = caller(ssm_discretize_bwd_op, _dbwd)
-ssm_conv_fwd = caller(ssm_conv_fwd_op, _sfwd)
-ssm_conv_bwd = caller(ssm_conv_bwd_op, _sbwd)

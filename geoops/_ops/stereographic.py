@@ -125,9 +125,8 @@ class _ReferenceRows:
         return tuple(res)
 
 
-def stereo_kernels(device: torch.device):
-    """The kernel set that the current backend setting picks for `device`."""
-    return _library.kernel_set(FAMILY, device, cpp=_Cpp, cuda=_Cuda, reference=_ReferenceRows)
+# the row ops' kernel set that the current backend setting picks for a device
+stereo_kernels = _library.family_kernels(FAMILY, cpp=_Cpp, cuda=_Cuda, reference=_ReferenceRows)
 
 
 # ---------------------------------------------------------------- registration
@@ -158,10 +157,8 @@ def _register(spec: StereoOp):
         dr = r.new_empty((N,)) if (mask & 8 and r is not None) else x.new_empty(0)
         return dx, dy, dk, dr
 
-    fwd_op = _library.define_op(f"geoops::{spec.name}_fwd", _FWD_SCHEMA, fwd, fwd_fake)
-    bwd_op = _library.define_op(f"geoops::{spec.name}_bwd", _BWD_SCHEMA, bwd, bwd_fake)
     # what the autograd.Functions call: the kernel directly on the eager fast path, else the custom op
-    return _library.caller(fwd_op, fwd), _library.caller(bwd_op, bwd)
+    return _library.define_pair(f"geoops::{spec.name}", _FWD_SCHEMA, fwd, fwd_fake, _BWD_SCHEMA, bwd, bwd_fake)
 
 
 CALLERS = {name: _register(spec) for name, spec in STEREO_OPS.items()}  # name -> (fwd caller, bwd caller)
@@ -292,12 +289,12 @@ def _register_triple(spec: TripleOp):
         dk = k.new_empty((N,)) if mask & 8 else v0.new_empty((0,))
         return dv[0], dv[1], dv[2], dk
 
-    fwd_op = _library.define_op(f"geoops::{spec.name}_fwd", _TRIPLE_FWD_SCHEMA, fwd, fwd_fake)
-    bwd_op = _library.define_op(f"geoops::{spec.name}_bwd", _TRIPLE_BWD_SCHEMA, bwd, bwd_fake)
+    callers = _library.define_pair(f"geoops::{spec.name}", _TRIPLE_FWD_SCHEMA, fwd, fwd_fake, _TRIPLE_BWD_SCHEMA, bwd,
+                                   bwd_fake)
     # vmap folds the mapped dim into the rows (k of one row broadcasts)
     _library.fold_vmap(f"geoops::{spec.name}_fwd", row_broadcast=(3,))
     _library.fold_vmap(f"geoops::{spec.name}_bwd", row_broadcast=(4,))
-    return _library.caller(fwd_op, fwd), _library.caller(bwd_op, bwd)
+    return callers
 
 
 TRIPLE_CALLERS = {name: _register_triple(spec) for name, spec in TRIPLE_OPS.items()}
@@ -427,19 +424,12 @@ def _dist_from_key_fake(key, k):
     return torch.empty_like(key)
 
 
-_cdist_fwd_op = _library.define_op(
-    "geoops::cdist_fwd", "(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor, Tensor)", _cdist_fwd, _cdist_fwd_fake)
-_cdist_bwd_op = _library.define_op(
-    "geoops::cdist_bwd", "(Tensor grad, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) "
-    "-> (Tensor, Tensor, Tensor)", _cdist_bwd, _cdist_bwd_fake)
 _rank_key_op = _library.define_op(
     "geoops::cdist_rank_key", "(Tensor x, Tensor y, Tensor k) -> Tensor", _rank_key, _rank_key_fake)
 _dist_from_key_op = _library.define_op(
     "geoops::dist_from_key", "(Tensor key, Tensor k) -> Tensor", _dist_from_key, _dist_from_key_fake)
 
 PAIR_CALLERS = {
-    "cdist_fwd": _library.caller(_cdist_fwd_op, _cdist_fwd),
-    "cdist_bwd": _library.caller(_cdist_bwd_op, _cdist_bwd),
     "rank_key": _library.caller(_rank_key_op, _rank_key),
     "dist_from_key": _library.caller(_dist_from_key_op, _dist_from_key),
 }
@@ -448,8 +438,13 @@ PAIR_CALLERS = {
 def _define_pair(key: str, op: str, fwd_schema: str, fwd, fwd_fake, bwd_schema: str, bwd, bwd_fake) -> None:
     """Define the custom ops geoops::<op>_fwd / _bwd (schema, implementation, fake) and register their callers as
     PAIR_CALLERS["<key>_fwd"] / ["<key>_bwd"]."""
-    for part, schema, impl, fake in (("_fwd", fwd_schema, fwd, fwd_fake), ("_bwd", bwd_schema, bwd, bwd_fake)):
-        PAIR_CALLERS[key + part] = _library.caller(_library.define_op(f"geoops::{op}{part}", schema, impl, fake), impl)
+    PAIR_CALLERS[key + "_fwd"], PAIR_CALLERS[key + "_bwd"] = _library.define_pair(
+        f"geoops::{op}", fwd_schema, fwd, fwd_fake, bwd_schema, bwd, bwd_fake)
+
+
+_define_pair("cdist", "cdist", "(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor, Tensor)", _cdist_fwd,
+             _cdist_fwd_fake, "(Tensor grad, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) "
+             "-> (Tensor, Tensor, Tensor)", _cdist_bwd, _cdist_bwd_fake)
 
 
 # ---------------------------------------------------------------- mobius_matvec epilogue

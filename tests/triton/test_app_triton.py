@@ -134,18 +134,7 @@ def test_gaunt_potential_vmap_jacrev_forces_and_hessian(gapp):
     g = torch.Generator().manual_seed(4)
     P = mol[0][None] + 0.05 * torch.randn((3,) + mol[0].shape, generator=g, dtype=F64)
     rest = mol[1:]
-    Ev = torch.func.vmap(lambda p: m(p, *rest))(P)
-    torch.testing.assert_close(Ev, torch.stack([m(p, *rest) for p in P]).detach(), rtol=0, atol=1e-14)
-    Fv = torch.func.vmap(torch.func.grad(lambda p: -m(p, *rest).sum()))(P)
-    Fe = torch.stack([gapp.energy_forces(m, (p,) + rest)[1] for p in P])
-    torch.testing.assert_close(Fv, Fe.detach(), rtol=0, atol=1e-14)
-    params = {k: v.detach() for k, v in m.named_parameters()}
-    G = torch.func.vmap(torch.func.grad(lambda prm, p: torch.func.functional_call(m, prm, (p, *rest)).sum()),
-                        in_dims=(None, 0))(params, P)
-    m.zero_grad()
-    m(P[1], *rest).sum().backward()
-    for k, p in m.named_parameters():
-        torch.testing.assert_close(G[k][1], p.grad, rtol=0, atol=1e-13, msg=k)
+    gapp.vmap_over_conformers_matches_the_loop(m, P, rest)
     pos = mol[0]
     H = torch.func.jacrev(torch.func.jacrev(lambda p: m(p, *rest).sum()))(pos)
     p = pos.clone().requires_grad_()
@@ -290,21 +279,7 @@ def test_ssm_ops_autocast_keep_float32():
 def test_s4d_bfloat16_input_low_precision_rule(sapp, tf32_dots):
     """S4D on a bfloat16 input (the tensor-core convolution of half u on Triton): its error within 2x the eager
     twin's in the same dtype (+ 1e-3, as the CPU trial)."""
-    from geoops.nn import S4D
-    torch.manual_seed(2)
-    s = S4D(4, 4).float()
-    t = sapp.EagerS4D(4, 4).float()
-    t.load_state_dict(s.state_dict())
-    y64 = sapp.EagerS4D(4, 4).double()
-    y64.load_state_dict(s.state_dict())
-    u64 = torch.randn(1, 4, 301, dtype=torch.float64)
-    with torch.no_grad():
-        want = y64(u64)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            ours = s(u64.bfloat16())[0]
-            eager = t(u64.bfloat16())[0]
-    assert ours.dtype == torch.bfloat16
-    assert (ours.double() - want).abs().max() <= 2 * (eager.double() - want).abs().max() + 1e-3
+    sapp.s4d_bfloat16_input_within_twice_the_eager_error(H=4, B=1)
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -357,52 +332,16 @@ def _host_copies(fn, numel=None, under=None):
 
 @pytest.mark.parametrize("op", ["ssm_conv", "fftconv"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_non_contiguous_input_is_copied_once(op, dtype):
+def test_non_contiguous_input_is_copied_once(sapp, op, dtype):
     """S4D(transposed=False) hands the kernels a transposed (B, H, L) view: one copy of it in forward + backward on
     the Triton path too (float32: the cuFFT path; bfloat16: the tensor-core path), values unchanged."""
-    import geoops.ssm as gs
-    torch.manual_seed(8)
-    B, H, L, N = 2, 3, 37, 4
-    x = torch.randn(B, L, H).to(dtype).requires_grad_()
-    log_dt = torch.randn(H).mul(0.3).sub(3)
-    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N).float().expand(H, N))
-    Bm = torch.ones(H, N, dtype=torch.cfloat)
-    C = torch.randn(H, N, dtype=torch.cfloat, requires_grad=True)
-    D = torch.randn(H, requires_grad=True)
-    k = gs.s4d_kernel(log_dt, A, Bm, C, L).detach().to(dtype).requires_grad_()
-    g = torch.randn(B, H, L).to(dtype)
-
-    def run(u):
-        y = gs.ssm_conv(u, log_dt, A, Bm, C, D) if op == "ssm_conv" else gs.fftconv(u, k, D)
-        y.backward(g)
-        return y.detach()
-
-    y0 = run(x.detach().transpose(1, 2).contiguous())
-    y1 = run(x.transpose(1, 2))
-    assert torch.equal(y0, y1)
-    assert _host_copies(lambda: run(x.transpose(1, 2)), B * H * L) <= 1
+    sapp.strided_input_copied_once(op, _host_copies, H=3, L=37, dtype=dtype)
 
 
-def test_triple_attention_layer_copies_its_strided_inputs_once():
+def test_triple_attention_layer_copies_its_strided_inputs_once(sapp):
     """TripleAttention's strided q, k1, k2, v1, v2 views: made contiguous once, in the forward; the backward copies
     only its incoming gradient, on the Triton path too; the reference backend's gradient."""
-    from geoops.nn import TripleAttention
-    torch.manual_seed(14)
-    a = TripleAttention(16, 2, num_kv_heads=1)
-    x = torch.randn(2, 11, 16, requires_grad=True)
-    g = torch.randn(2, 11, 16)
-
-    def run():
-        x.grad = None
-        a(x).backward(g)
-
-    run()
-    gx = x.grad.clone()
-    assert _host_copies(run, under="TripleAttentionFnBackward") <= 1
-    assert torch.equal(x.grad, gx)
-    with _use("reference"):
-        run()
-    assert (gx - x.grad).abs().max() <= 1e-5 * x.grad.abs().max()
+    sapp.attention_layer_copies_strided_inputs_once(lambda run: _host_copies(run, under="TripleAttentionFnBackward"))
 
 
 def _count_graphs_over_lengths(dtype, lengths=(16, 23, 40), backend="aot_eager"):
@@ -499,19 +438,7 @@ def test_poincare_layers_learnable_curvature_match_reference(happ, dtype):
     """Every geoops.nn Poincaré layer with one learnable ball: values and gradients (the curvature's, from each
     stage) on Triton = the reference backend's (float64 to 1e-9; float32 within 2x of the float32 reference's
     error, + 2e-4 as the CPU trial)."""
-    sd = happ._nn_model(torch.float64).state_dict()
-    ours, ref = happ._nn_run(dtype, "triton", sd), happ._nn_run(dtype, "reference", sd)
-    if dtype == torch.float64:
-        for a, b in zip(ours, ref):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-    else:
-        truth = happ._nn_run(torch.float64, "reference", sd)
-        for i, (a, b, t) in enumerate(zip(ours, ref, truth)):
-            s = t.abs().max()
-            err, err_ref = (a.double() - t).abs().max() / s, (b.double() - t).abs().max() / s
-            assert err <= 2 * err_ref + 2e-4, (i, err.item(), err_ref.item())
-    for g in ours[1:4]:
-        assert g != 0
+    happ.nn_layers_match_reference(dtype, "triton")
 
 
 def test_hypll_cnn_patched_on_triton_same_outputs_and_gradients(happ, unpatched):
@@ -534,21 +461,7 @@ def test_hypll_cnn_patched_on_triton_same_outputs_and_gradients(happ, unpatched)
 def test_hgcn_compiled_forward_backward_patched(happ, unpatched):
     """torch.compile (fullgraph, aot_eager) of the HGCN loss with patched geoopt on the Triton path: the eager loss
     and gradients, the learnable curvature's too."""
-    a, feat, y = happ._graph()
-    torch._dynamo.reset()
-    with unpatched.patched_geoopt():
-        m = happ.HGCN()
-        loss = happ._hgcn_loss(m, a, feat, y)
-        loss.backward()
-        want = {n: p.grad.clone() for n, p in m.named_parameters()}
-        m.zero_grad()
-        fn = torch.compile(lambda a, f, y: happ._hgcn_loss(m, a, f, y), fullgraph=True, backend="aot_eager")
-        got = fn(a, feat, y)
-        got.backward()
-    torch.testing.assert_close(got, loss, rtol=1e-6, atol=1e-6)
-    for n, p in m.named_parameters():
-        torch.testing.assert_close(p.grad, want[n], rtol=1e-5, atol=1e-7)
-    assert m.man.isp_c.grad != 0
+    happ.hgcn_compiled_matches_eager(unpatched)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
