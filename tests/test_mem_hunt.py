@@ -174,7 +174,9 @@ def _geoops_lru_caches():
         if not (modname == "geoops" or modname.startswith("geoops.")) or mod is None:
             continue
         for attr, f in list(vars(mod).items()):
-            if isinstance(f, functools._lru_cache_wrapper) and getattr(f, "__module__", None) == modname:
+            # an lru_cache, or a wrapper of one that exposes its cache_info (reference.gaunt's _table)
+            cached = isinstance(f, functools._lru_cache_wrapper) or callable(getattr(f, "cache_info", None))
+            if cached and getattr(f, "__module__", None) == modname:
                 yield f"{modname}.{attr}", f
 
 
