@@ -115,3 +115,80 @@ def test_skip_marker_is_read(tmp_path):
     got = collect(p, root=tmp_path)
     assert [(lab, code, skip) for lab, code, skip in got] == [
         ("x.md:3", "import torch\n", "needs a CUDA device"), ("x.md:7", "x = 1\n", None)]
+
+
+# ---- the commands the docs print: every `python -m <geoops runner> --flag` and `scripts/...` path exists ----
+
+CMD_DOCS = [ROOT / "README.md", ROOT / "docs" / "contributing.md"] + sorted((ROOT / "docs" / "families").glob("*.md"))
+_CMD = re.compile(r"python -m ((?:geoops\.)?(?:bench|parity)(?:\.\w+)?)([^`\n]*)")
+
+
+def _documented_commands():
+    cmds = {}
+    for p in CMD_DOCS:
+        if not p.exists():
+            continue
+        for m in _CMD.finditer(p.read_text(encoding="utf-8")):
+            mod = m.group(1)
+            if mod.startswith("parity"):
+                continue
+            flags = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2).split(" # ")[0])
+            cmds.setdefault(mod, set()).update(flags)
+    return cmds
+
+
+COMMANDS = _documented_commands()
+
+
+def test_documented_commands_are_found():
+    assert {"geoops.bench", "geoops.parity", "bench.gaunt"} <= set(COMMANDS), sorted(COMMANDS)
+
+
+_HELP = r"""
+import contextlib, io, json, runpy, sys
+out = {}
+for mod in sys.argv[1:]:
+    buf = io.StringIO()
+    sys.argv = [mod, "--help"]
+    try:
+        with contextlib.redirect_stdout(buf):
+            runpy.run_module(mod, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    except Exception as e:  # a module that does not import or has no parser
+        code = repr(e)
+    out[mod] = [code, buf.getvalue()]
+print("\\n@@HELP@@" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps():
+    """Every documented module's --help text, from one subprocess (imports paid once)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", _HELP, *sorted(COMMANDS)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert "@@HELP@@" in r.stdout, r.stderr[-3000:]
+    import json
+
+    return json.loads(r.stdout.rsplit("@@HELP@@", 1)[1])
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_documented_command_flags_exist(module, helps):
+    """`python -m <module> --help` works and lists every flag the docs show for it."""
+    code, text = helps[module]
+    assert code == 0, f"python -m {module} --help failed: {code}"
+    missing = sorted(f for f in COMMANDS[module] if not re.search(re.escape(f) + r"(?![\w-])", text))
+    assert not missing, f"the docs show `python -m {module}` with flags its --help does not list: {missing}"
+
+
+def test_documented_scripts_exist():
+    named = set()
+    for p in CMD_DOCS:
+        if p.exists():
+            named.update(re.findall(r"(?<![\w/.])(scripts/[\w./-]+\.(?:sh|py))", p.read_text(encoding="utf-8")))
+    assert named
+    missing = sorted(s for s in named if not (ROOT / s).exists())
+    assert not missing, f"scripts the docs name that do not exist: {missing}"
