@@ -21,7 +21,7 @@ DOC_FILES = [ROOT / "README.md"] + sorted((ROOT / "docs" / "families").glob("*.m
 PEERS = {"geoopt", "hypll", "e3nn"}
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 _SKIP = re.compile(r"^<!--\s*doc-example:\s*skip\s*\((.+)\)\s*-->\s*$")
-_SUBPROCESS = re.compile(r"os\.environ|putenv|set_backend|use_backend")
+_SUBPROCESS = re.compile(r"os\.environ|putenv|set_backend|use_backend|set_num_threads")
 
 
 def collect(path, root=ROOT):
@@ -46,9 +46,10 @@ def run_block(code, label="<doc example>"):
         r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
         if r.returncode != 0:
-            missing = re.search(r"No module named '(\w+)", r.stderr)
-            if missing and missing.group(1) in PEERS:
-                raise ModuleNotFoundError(r.stderr.strip().splitlines()[-1], name=missing.group(1))
+            last = (r.stderr.strip().splitlines() or [""])[-1]
+            if re.match(r"(ModuleNotFound|Import)Error\b", last):  # maybe a missing peer: the caller decides
+                missing = re.search(r"No module named '(\w+)", last)
+                raise ImportError(last, name=missing.group(1) if missing else None)
             raise AssertionError(f"{label} failed:\n{r.stderr[-3000:]}")
         return {}
     import geoops.compat as compat
@@ -122,6 +123,8 @@ def test_missing_peer_skips(monkeypatch):
         test_doc_example_runs("gaunt.md", gaunt, None)
     with pytest.raises(ImportError):
         test_doc_example_runs("x", "import geoops_no_such_module\n", None)
+    with pytest.raises(ImportError):  # the same through a subprocess block
+        test_doc_example_runs("x", "import os\nos.environ['X'] = '1'\nimport geoops_no_such_module\n", None)
 
 
 def test_runner_fails_on_a_broken_example():
