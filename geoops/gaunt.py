@@ -379,8 +379,8 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: Optional[
         lmax_out: highest output degree (default L1 + L2; degrees above L1 + L2 come out as exact zeros).
         weight1, weight2, weight_out: optional per-degree weights [..., L+1] (L = L1, L2, lmax_out), fused into
             the conversions.
-        route: "auto" (fastest by the measured table: the forward + backward ranking when the call will need a
-            backward, i.e. grad mode is on and an input or weight requires grad; else the forward ranking),
+        route: "auto" (fastest by the measured table: the forward + backward ranking when an input or weight
+            requires grad, whatever the grad mode (see ``needs_backward``); else the forward ranking),
             "grid", "grid_gemm", "direct" or "fft"; all give the same numbers to round-off.
 
     Returns:
