@@ -1183,6 +1183,53 @@ def _spans(total, step):
     return tuple((i, min(total, i + step)) for i in range(0, total, step))
 
 
+def _knn_rows(x, y, k, idx):
+    """knn's pairs as the row op dist's rows: (x rows [R, D], y[idx] rows [R, D], k rows [1] or [R], eps), R = B N n
+    (x [B, N, D], y [B, M, D], k [B], idx [B, N, n]); the layout the composition ``dist(x[:, :, None], y[idx])``
+    gives the kernels."""
+    B, N, D = x.shape
+    n = idx.shape[-1]
+    R = B * N * n
+    yr = torch.gather(y, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(R, D)
+    xr = x.unsqueeze(2).expand(B, N, n, D).reshape(R, D)
+    kr = k.reshape(1) if B == 1 else k.reshape(B, 1).expand(B, N * n).reshape(R)
+    return xr, yr, kr, _ref.default_eps(x.dtype)
+
+
+@_library.with_func_twin
+class KnnDistFn(torch.autograd.Function):
+    """autograd.Function of knn's distances ``dist(x[b, i], y[b, idx[b, i, j]])`` [B, N, n] (x [B, N, D],
+    y [B, M, D], k [B], idx [B, N, n] int64): saves x, y, k and idx alone and gathers y[idx] again in the
+    backward (the composition saved the gathered rows, n times x's size); the row op dist's kernels
+    (torch.ops.geoops.dist_fwd / dist_bwd), gradients to x (summed over the n pairs), y (scattered back over idx,
+    as gather's backward) and k."""
+
+    @staticmethod
+    def forward(ctx, x, y, k, idx):
+        ctx.save_for_backward(x, y, k, idx)
+        B, N, n = idx.shape
+        return _FWD["dist"](*_knn_rows(x, y, k, idx)[:3], None, _ref.default_eps(x.dtype)).reshape(B, N, n)
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, grad):
+        x, y, k, idx = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = _library.grad_mask(need, 3)
+        if mask == 0:
+            return None, None, None, None
+        B, N, n = idx.shape
+        D = x.shape[-1]
+        xr, yr, kr, eps = _knn_rows(x, y, k, idx)
+        dx, dy, dk, _ = _ops.CALLERS["dist"][1](grad.reshape(B * N * n), xr, yr, kr, None, eps, mask)
+        del xr, yr
+        gx = dx.reshape(B, N, n, D).sum(2) if need[0] else None
+        gy = (torch.zeros_like(y).scatter_add(1, idx.reshape(B, N * n, 1).expand(B, N * n, D),
+                                              dy.reshape(B, N * n, D)) if need[1] else None)
+        gk = dk.reshape(B, N * n).sum(1).to(k.dtype) if need[2] else None  # (the kernels' dk is per row)
+        return gx, gy, gk, None
+
+
 def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool = False,
         block_elems: int = 1 << 22):
     r"""The ``n_neighbors`` nearest (``largest=True``: farthest) points of ``y`` for every point of ``x``.
@@ -1263,8 +1310,14 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     if blocks:
         idx = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
     # distances of the kept pairs with the fused row-wise op (differentiable)
-    ysel = torch.gather(y3, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(B, N, n, D)
-    dist_ = dist(x3.unsqueeze(2), ysel, k=k3.reshape(B, 1, 1, 1))
+    if not _transformed() and _library.reverse_wanted(x3, y3, k3):
+        # KnnDistFn saves x, y, k and idx alone (the gathered rows y[idx], n times x's size, are gathered again in
+        # its backward); torch.func transforms and forward-mode AD keep the composition below (its row op's twin
+        # carries the jvp that jacfwd / jvp need)
+        dist_ = _library.apply(KnnDistFn, x3, y3, k3, idx, op="knn")
+    else:
+        ysel = torch.gather(y3, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(B, N, n, D)
+        dist_ = dist(x3.unsqueeze(2), ysel, k=k3.reshape(B, 1, 1, 1))
     dist_ = dist_.reshape(batch + (N, n))
     return (dist_ if dist_.dtype == out_dtype else dist_.to(out_dtype)), idx.reshape(batch + (N, n))
 

@@ -330,17 +330,43 @@ def _saved_bytes(fn, ins):
     return sum(storages.values())
 
 
-@pytest.mark.xfail(strict=True, reason="knn saves the gathered neighbour rows y[idx] (N n D values, n times x) for "
-                   "the backward of the row-wise dist, and that backward materialises three more (N, n, D) tensors "
-                   "(x broadcast to the pairs); y and idx (N n ints) would do with a fused gather-dist Function "
-                   "(regather in the backward, index_add into dy). Written up, not fixed (session 37, memhunt)")
 def test_knn_saves_no_gathered_rows():
+    """knn saved the gathered neighbour rows y[idx] (N n D values, n times x) for the backward of the row-wise
+    dist (session 37 memhunt's write-up).  KnnDistFn saves x, y, k and idx, and gathers again in its backward."""
     N, M, D, n = 64, 80, 16, 8
     x, y = _ball(N, D, dtype=torch.float32), _ball(M, D, seed=1, dtype=torch.float32)
     k = torch.tensor(-1.0)
     saved = _saved_bytes(lambda x, y, k: st.knn(x, y, n, k=k)[0], [x, y, k])
     inputs = (N + M) * D * 4
     assert saved <= inputs + 2 * N * n * 8 + 64, f"saved {saved} bytes; x and y are {inputs}"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_knn_gradients_equal_the_gather_dist_composition(backend, dtype):
+    """KnnDistFn's gradients (x, y, k; a batch with one curvature per batch entry) are the composition's
+    ``dist(x[..., None, :], y[idx])`` ones (what knn differentiated before): bitwise on the C++ kernels."""
+    x, y = _ball(2, 9, 5, dtype=dtype), _ball(2, 11, 5, seed=1, dtype=dtype)
+    k = torch.tensor([-1.0, 0.7], dtype=dtype).reshape(2, 1, 1)
+    g = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    with geoops.use_backend(backend):
+        xs, ys, ks = _leaves([x, y, k])
+        d, idx = st.knn(xs, ys, 4, k=ks)
+        ours = torch.autograd.grad((d * g).sum(), (xs, ys, ks))
+        xs, ys, ks = _leaves([x, y, k])
+        ysel = torch.stack([ys[b][idx[b]] for b in range(2)])
+        de = st.dist(xs.unsqueeze(-2), ysel, k=ks.unsqueeze(-1))
+        theirs = torch.autograd.grad((de * g).sum(), (xs, ys, ks))
+    assert torch.equal(d, de)
+    tol = dict(rtol=0, atol=0) if backend == "cpp" else {}
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_knn_gradcheck_float64():
+    x, y = _ball(7, 4), _ball(9, 4, seed=1)
+    k = torch.tensor(-0.8, dtype=torch.float64)
+    torch.autograd.gradcheck(lambda x, y, k: st.knn(x, y, 3, k=k)[0], _leaves([x, y, k]))
 
 
 @pytest.mark.parametrize("name", ["mobius_add", "cdist", "poincare_fc", "gaunt", "attention", "fftconv", "ssm_conv"])
