@@ -622,6 +622,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
 
 
 _FAST_DTYPES = (torch.float32, torch.float64)
+_FORWARD_AD = torch.autograd.forward_ad
 
 
 def _run_fast(op: str, spec, x, y, k, keepdim: bool):
@@ -644,6 +645,8 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     nd = x.dim()
     if nd == 0 or (has_y and y.dim() == 0) or not _library.direct_call_ok(x, y, k):
         return None
+    if _FORWARD_AD._current_level >= 0:  # forward-mode dual tensors: the general path's twin carries the jvp (the
+        return None  # kernels called here dropped the tangents: a silent zero derivative)
     if _backend.checks_enabled() or _backend.resolve(_CPU, _ops.FAMILY) != "cpp":
         return None
     shape = xshape = x.shape

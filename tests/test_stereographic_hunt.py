@@ -480,3 +480,23 @@ def test_block_elems_must_be_a_positive_int(backend, op):
         got = call(np.int64(8))
         for a, b in zip(want, got) if isinstance(want, tuple) else ((want, got),):
             assert (a == b).all() if isinstance(a, torch.Tensor) else a == b
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_ad_dual_with_a_tensor_k_keeps_its_tangent(dtype):
+    """Session 37 (knnmem): the row ops' eager CPU fast path (tensor k, C++ backend) called the kernels on
+    forward-mode dual tensors (torch.autograd.forward_ad) and returned no tangent: a silent zero derivative
+    (with k a Python number the general path ran the torch.func twin with its jvp).  knn's distances too."""
+    import torch.autograd.forward_ad as fwAD
+
+    g = torch.Generator().manual_seed(5)
+    x, y = 0.2 * torch.randn(5, 3, generator=g, dtype=dtype), 0.2 * torch.randn(5, 3, generator=g, dtype=dtype)
+    t = torch.randn(5, 3, generator=g, dtype=dtype)
+    k = torch.tensor(-1.0, dtype=dtype)
+    for f in (lambda a: gs.dist(a, y, k=k), lambda a: gs.mobius_add(a, y, k=k),
+              lambda a: gs.knn(a, y, 2, k=k)[0]):
+        _, want = torch.func.jvp(f, (x,), (t,))
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(f(fwAD.make_dual(x, t))).tangent
+        assert got is not None
+        torch.testing.assert_close(got, want)
