@@ -197,6 +197,24 @@ def test_knn_float32_fused_top_n_kernel():
     assert idx.shape == (13, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_knn_gradients_through_knn_dist_fn(dtype):
+    """Session 37 (knnmem): knn's distances go through KnnDistFn (x, y, k, idx saved; y[idx] gathered again in
+    the backward): on the Triton row kernels, the gradients of the composition ``dist(x[..., None, :], y[idx])``."""
+    x, y = _points(2, 7, 3, dtype, 31), _points(2, 9, 3, dtype, 32)
+    k = torch.tensor([-1.0, 0.5], device=DEVICE, dtype=dtype).reshape(2, 1, 1)
+
+    def run(composed):
+        xs, ys, ks = (t.clone().requires_grad_() for t in (x, y, k))
+        d, i = gs.knn(xs, ys, 3, k=ks)
+        if composed:
+            d = gs.dist(xs.unsqueeze(-2), torch.stack([ys[b][i[b]] for b in range(2)]), k=ks.unsqueeze(-1))
+        return [d, *torch.autograd.grad(d.pow(2).sum(), (xs, ys, ks))]
+
+    for a, b in zip(run(False), run(True)):
+        torch.testing.assert_close(a, b)
+
+
 # ---------------------------------------------------------------- the backward's column split (session 32, issue 6)
 # Few programs (N / BLOCK_P x D / BLOCK_D x B below ~4x the SM count): each pass splits the columns S ways, the
 # splits' partials alpha_s p - W_s q added in split order.  The interpreter has no SM count, so these tests force S
