@@ -1247,7 +1247,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     :math:`A = |x - y|^2` from one GEMM per tile and close pairs recomputed from the rows, as in
     :func:`cdist`); only the kept ``n`` per row are turned into distances, by the fused row-wise
     :func:`dist` on the gathered pairs, so the distances are differentiable with respect to x, y and k
-    (the indices are not).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
+    (the indices are not); the backward keeps x, y, k and the indices alone (``y[idx]`` is gathered again
+    there, not saved: n times x's size).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
     backends (Python tiles, Triton) return them in ``torch.topk``'s / the kernel's order, which is unspecified.
 
     Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``
