@@ -55,7 +55,8 @@ def direct_call_ok(*tensors) -> bool:
     """Whether calling a backend's kernels directly does exactly what dispatching the custom op would.
 
     True for plain tensors in eager mode. False while torch.compile, export or torch.jit.trace traces (a direct
-    call is invisible to the tracer: the trace kept only the output's allocation), under a torch-function
+    call is invisible to the tracer: the trace kept only the output's allocation), while a forward_ad dual level
+    is open (a direct call drops tangents), under a torch-function
     or dispatch mode (FakeTensorMode, make_fx, ...), inside a functorch transform, and for tensor subclasses:
     those go through torch.ops.geoops.*, whose fake implementations and dispatch they need (nn.Parameter
     counts as plain).  The custom op's Python dispatch costs tens of microseconds per call, which dominates
@@ -67,6 +68,8 @@ def direct_call_ok(*tensors) -> bool:
         return False
     if _jit_tracing() is not None:  # torch.jit.trace records dispatched ops only: a kernel called directly would
         return False  # leave its output out of the trace (a replay returned torch.empty's uninitialised memory)
+    if torch.autograd.forward_ad._current_level >= 0:  # a forward_ad dual level is open: a kernel called directly
+        return False  # would drop the inputs' tangents (a silent zero derivative); dispatched, they reach the jvp or an error
     for t in tensors:
         if isinstance(t, torch.Tensor) and type(t) not in _PLAIN:
             return False

@@ -311,3 +311,16 @@ def test_toy_op_written_as_the_guide_says(monkeypatch):
         toy_mul(x, y.to("meta"))
     with _backend.use_backend("cpp"), pytest.raises(RuntimeError, match="geoops.toyguide has no cpp kernels"):
         toy_mul(x, y)
+
+
+def test_direct_call_not_ok_under_a_forward_ad_dual_level():
+    """A kernel called directly drops forward_ad tangents (a silent zero derivative: session 37 found it in the
+    stereographic row ops with a tensor k); while a dual level is open the ops must dispatch."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(3)
+    assert _library.direct_call_ok(x)
+    with fwAD.dual_level():
+        assert not _library.direct_call_ok(x)
+        assert not _library.direct_call_ok(fwAD.make_dual(x, torch.ones(3)))
+    assert _library.direct_call_ok(x)
