@@ -43,6 +43,31 @@ class PoincareBall(nn.Module):
         self.value = nn.Parameter(torch.as_tensor(value, dtype=dt).detach().clone(), requires_grad=requires_grad)
         self.constraining_strategy = constraining_strategy
         self._c_cache = None
+        # the constructor's value (a CPU copy, not state: a ball built under torch.device("meta") and materialised
+        # with to_empty gets it back, as does reset_parameters; None when it was itself a meta tensor)
+        self._init_value = None if isinstance(value, torch.Tensor) and value.is_meta else \
+            torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value, dtype=dt,
+                            device="cpu").clone()
+
+    def reset_parameters(self) -> None:
+        """Set ``value`` back to the constructor's value."""
+        init = getattr(self, "_init_value", None)
+        if init is None:
+            raise RuntimeError("PoincareBall.reset_parameters: the constructor's value is unknown (the ball was built "
+                               "from a meta tensor, or unpickled from an older geoops); set ball.value under "
+                               "torch.no_grad() or load a state_dict instead")
+        with torch.no_grad():
+            self.value.copy_(init)
+
+    def _apply(self, fn, recurse=True):
+        # to_empty of a ball built on the meta device: the value (a hyperparameter, fixed by default) would be
+        # uninitialised memory, and layers whose reset_parameters read c (PoincareEmbedding) may run before the
+        # ball's own reset_parameters in a ``for m in model.modules()`` loop: restore the constructor's value here
+        was_meta = self.value.is_meta
+        out = super()._apply(fn, recurse)
+        if was_meta and not self.value.is_meta and getattr(self, "_init_value", None) is not None:
+            self.reset_parameters()
+        return out
 
     def forward(self) -> torch.Tensor:
         v = self.value
@@ -246,6 +271,20 @@ class PoincareBatchNorm(nn.Module):
         else:
             self.running_mean = self.running_var = None
 
+    def reset_running_stats(self) -> None:
+        """running_mean to the origin, running_var to 1 (torch.nn.BatchNorm's method)."""
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.zero_()
+                self.running_var.fill_(1.0)
+
+    def reset_parameters(self) -> None:
+        """The running statistics, ``bias`` (0: the output centre at the origin) and ``weight`` (1)."""
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.bias.zero_()
+            self.weight.fill_(1.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.features:
             raise ValueError(f"PoincareBatchNorm: x must be (N, features={self.features}), got shape {tuple(x.shape)}")
@@ -388,7 +427,13 @@ class PoincareMLR(nn.Module):
         self.ball, self.in_features, self.num_classes = ball, in_features, num_classes
         self.z = nn.Parameter(torch.empty(in_features, num_classes))
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
-        nn.init.normal_(self.z, std=(2 * in_features * num_classes) ** -0.5)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """z ~ N(0, (2 in classes)^-1/2), bias 0."""
+        nn.init.normal_(self.z, std=(2 * self.in_features * self.num_classes) ** -0.5)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x):
         return gp.mlr(x, self.z, self.bias, c=self.ball())
