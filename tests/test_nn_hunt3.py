@@ -75,3 +75,38 @@ def test_ball_reset_parameters_restores_the_constructor_value():
     ball.reset_parameters()
     assert float(ball.value.detach()) == pytest.approx(0.4)
     assert float(ball()) == pytest.approx(math.log1p(math.exp(0.4)))
+
+
+_OTHER = {
+    "S4D": lambda: gnn.S4D(4, 4),
+    "S4D lr": lambda: gnn.S4D(4, 4, lr=1e-3, dt_min=0.01, dt_max=0.05),
+    "S4D lr=0 (buffers)": lambda: gnn.S4D(4, 4, lr=0.0),
+    "TripleAttention": lambda: gnn.TripleAttention(8, 2),
+}
+
+
+def _gaunt():
+    pytest.importorskip("e3nn")
+    return gnn.GauntTensorProduct("2x0e+2x1o", "2x0e+2x1o", "2x0e+2x1o+2x2e")
+
+
+@pytest.mark.parametrize("name", list(_OTHER) + ["GauntTensorProduct"])
+def test_meta_device_init_other_modules(name):
+    """S4D (D, and S4DKernel's log_dt / C / A, parameters or buffers) and GauntTensorProduct (its weights) had no
+    reset_parameters: after to_empty they kept uninitialised memory.  Now the materialised module equals the eager
+    one built with the same seed (the S4D-Lin initialisation drawn in the same order), and S4DKernel's ``_optim``
+    hints survive."""
+    make = _gaunt if name == "GauntTensorProduct" else _OTHER[name]
+    torch.manual_seed(0)
+    eager = make()
+    with torch.device("meta"):
+        lazy = make()
+    torch.manual_seed(0)
+    _materialise(lazy)
+    want, got = eager.state_dict(), lazy.state_dict()
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], msg=k)
+    if name.startswith("S4D") and "lr=0" not in name:
+        for p in ("log_dt", "log_A_real", "A_imag"):
+            assert getattr(lazy.kernel, p)._optim == getattr(eager.kernel, p)._optim
