@@ -110,3 +110,95 @@ def test_meta_device_init_other_modules(name):
     if name.startswith("S4D") and "lr=0" not in name:
         for p in ("log_dt", "log_A_real", "A_imag"):
             assert getattr(lazy.kernel, p)._optim == getattr(eager.kernel, p)._optim
+
+
+def test_skip_init_then_reset_parameters():
+    """torch.nn.utils.skip_init needs a ``device`` keyword (torch's layers take device / dtype): the Poincaré layers
+    had none ("Module must support a 'device' arg to skip initialization").  And skip_init's to_empty runs over the
+    shared ball too: its value became uninitialised memory for every layer of the network.  Now the layers take
+    device / dtype, and the ball keeps its value through to_empty."""
+    torch.manual_seed(0)
+    ball = P.PoincareBall(0.6)
+    c = float(ball())
+    x = _pts(5, 4, seed=3)
+    makers = [(P.PoincareLinear, (4, 6, ball)), (P.PoincareConv2d, (3, 4, 3, ball)), (P.PoincareBatchNorm, (4, ball)),
+              (P.PoincareBatchNorm2d, (3, ball)), (P.PoincareEmbedding, (10, 4, ball)), (P.MobiusLinear, (4, 6, ball)),
+              (P.PoincareMLR, (4, 3, ball))]
+    for cls, args in makers:
+        layer = torch.nn.utils.skip_init(cls, *args)
+        assert float(ball()) == c, cls.__name__
+        layer.reset_parameters()
+        assert all(torch.isfinite(t).all() for t in layer.state_dict().values()), cls.__name__
+    lin = torch.nn.utils.skip_init(P.PoincareLinear, 4, 6, ball)
+    lin.reset_parameters()
+    torch.testing.assert_close(lin(x), P.PoincareLinear(4, 6, P.PoincareBall(0.6))(x))
+    emb = P.PoincareEmbedding(3, 4, ball, dtype=torch.float64)
+    assert emb.weight.dtype == torch.float64 and P.PoincareBall(1.0, dtype=torch.float64).value.dtype == torch.float64
+    # to_empty of a whole CPU model keeps the ball's value too (and a device / dtype move keeps it, as before)
+    model = torch.nn.Sequential(P.PoincareLinear(4, 6, ball), P.PoincareReLU(ball, dim=-1)).to_empty(device="cpu")
+    assert float(ball()) == c
+    model.double()
+    assert ball.value.dtype == torch.float64 and float(ball()) == pytest.approx(c)
+
+
+def _layer_cases():
+    return [
+        ("PoincareLinear", lambda: P.PoincareLinear(4, 6, P.PoincareBall(1.0)), _pts(5, 4)),
+        ("PoincareConv2d", lambda: P.PoincareConv2d(3, 4, 3, P.PoincareBall(1.0), padding=1, id_init=False), _img()),
+        ("PoincareBatchNorm2d eval", lambda: P.PoincareBatchNorm2d(3, P.PoincareBall(1.0)).eval(), _img()),
+        ("MobiusLinear blocks", lambda: P.MobiusLinear(4, 6, P.PoincareBall(1.0), blocks=2), _pts(5, 4)),
+        ("PoincareMLR", lambda: P.PoincareMLR(4, 3, P.PoincareBall(1.0)), _pts(5, 4)),
+        ("PoincareAvgPool2d", lambda: P.PoincareAvgPool2d(2, P.PoincareBall(1.0)), _img()),
+        ("S4D", lambda: gnn.S4D(4, 4), torch.randn(2, 4, 8)),
+        ("TripleAttention", lambda: gnn.TripleAttention(8, 2), torch.randn(2, 5, 8)),
+    ]
+
+
+def _out(y):
+    return y[0] if isinstance(y, tuple) else y
+
+
+def _perturbed(m, seed, c_value):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for b in m.modules():
+            if isinstance(b, P.PoincareBall):
+                b.value.fill_(c_value)
+    return m
+
+
+@pytest.mark.parametrize("case", _layer_cases(), ids=lambda c: c[0])
+def test_functional_call_uses_the_passed_parameters_and_vmap_ensemble(case):
+    """functional_call with other parameters (a different curvature too) equals the module holding them, after the
+    module's own ball has cached its c; vmap(functional_call) over stack_module_state of 3 modules equals running
+    them one by one.  (Checked fine in session 37: the ball's cache is keyed on the value tensor.)"""
+    _, make, x = case
+    m = make()
+    _out(m(x))  # fills the ball's curvature cache with the module's own value
+    other = _perturbed(make(), 1, 0.3)
+    state = {**dict(other.named_parameters()), **dict(other.named_buffers())}
+    torch.testing.assert_close(_out(functional_call(m, state, (x,))), _out(other(x)))
+    ms = [_perturbed(make(), i, 0.4 + 0.3 * i) for i in range(3)]
+    params, buffers = stack_module_state(ms)
+    base = copy.deepcopy(ms[0]).to("meta")
+    ys = vmap(lambda p, b, xx: _out(functional_call(base, (p, b), (xx,))), in_dims=(0, 0, None))(params, buffers, x)
+    torch.testing.assert_close(ys, torch.stack([_out(mm(x)) for mm in ms]))
+
+
+def test_torch_func_grad_over_parameters_and_curvature():
+    """torch.func.grad of a loss w.r.t. the parameters and a learnable curvature equals autograd's."""
+    ball = P.PoincareBall(0.8, requires_grad=True)
+    model = torch.nn.Sequential(P.PoincareLinear(4, 5, ball), P.PoincareReLU(ball, dim=-1), P.PoincareMLR(5, 3, ball))
+    x, target = _pts(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    params = dict(model.named_parameters())
+
+    def loss(p):
+        return torch.nn.functional.cross_entropy(functional_call(model, p, (x,)), target)
+
+    g = torch.func.grad(loss)(params)
+    loss(params).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(g[k], p.grad, msg=k)
+    assert g["0.ball.value"].abs() > 0
