@@ -74,7 +74,7 @@ def test_ball_reset_parameters_restores_the_constructor_value():
         ball.value.fill_(3.0)
     ball.reset_parameters()
     assert float(ball.value.detach()) == pytest.approx(0.4)
-    assert float(ball()) == pytest.approx(math.log1p(math.exp(0.4)))
+    assert float(ball().detach()) == pytest.approx(math.log1p(math.exp(0.4)))
 
 
 _OTHER = {
@@ -202,3 +202,114 @@ def test_torch_func_grad_over_parameters_and_curvature():
     for k, p in model.named_parameters():
         torch.testing.assert_close(g[k], p.grad, msg=k)
     assert g["0.ball.value"].abs() > 0
+
+
+class _Scale(torch.nn.Module):
+    def forward(self, w):
+        return 0.7 * w
+
+
+_PARAM_CASES = [
+    ("PoincareLinear z orthogonal", lambda: P.PoincareLinear(4, 4, P.PoincareBall(1.0)), "z", "orthogonal", _pts(5, 4)),
+    ("PoincareLinear z weight_norm", lambda: P.PoincareLinear(6, 4, P.PoincareBall(1.0)), "z", "weight_norm",
+     _pts(5, 6)),
+    ("PoincareConv2d weights weight_norm", lambda: P.PoincareConv2d(3, 4, 3, P.PoincareBall(1.0), padding=1,
+                                                                    id_init=False), "weights", "weight_norm", _img()),
+    ("MobiusLinear blocks scale", lambda: P.MobiusLinear(4, 6, P.PoincareBall(1.0), blocks=2), "weight", "scale",
+     _pts(5, 4)),
+    ("PoincareMLR z orthogonal", lambda: P.PoincareMLR(4, 3, P.PoincareBall(1.0)), "z", "orthogonal", _pts(5, 4)),
+]
+
+
+@pytest.mark.parametrize("case", _PARAM_CASES, ids=lambda c: c[0])
+def test_parametrized_weight_equals_the_materialised_weight(case):
+    """register_parametrization / orthogonal / weight_norm on a layer's weight: forward and the gradient w.r.t. the
+    parametrized weight equal the same layer holding the materialised weight (checked fine in session 37)."""
+    _, make, pname, kind, x = case
+    torch.manual_seed(0)
+    m = make()
+    if kind == "scale":
+        torch.nn.utils.parametrize.register_parametrization(m, pname, _Scale())
+    elif kind == "orthogonal":
+        torch.nn.utils.parametrizations.orthogonal(m, pname)
+    else:  # one norm per hyperplane (the columns)
+        torch.nn.utils.parametrizations.weight_norm(m, pname, dim=1)
+    xm, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.nn.utils.parametrize.cached():
+        w = getattr(m, pname)
+        w.retain_grad()
+        y = m(xm)
+        y.square().sum().backward()
+    plain = make()
+    with torch.no_grad():
+        getattr(plain, pname).copy_(w)
+    y_ref = plain(xr)
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(w.grad, getattr(plain, pname).grad)
+    torch.testing.assert_close(xm.grad, xr.grad)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for n, p in m.named_parameters() if n.startswith("parametrizations"))
+
+
+def test_frozen_parameters_clip_grad_norm_and_hooks():
+    """requires_grad_(False) on part of a model: no gradient formed for it, the rest equals the unfrozen model's
+    gradients; clip_grad_norm_ over the parameters; full backward hooks see grad_input / grad_output of the
+    right shapes through geoops' Functions (equal to x.grad and dL/dy)."""
+    torch.manual_seed(0)
+    ball = P.PoincareBall(1.0)
+    model = torch.nn.Sequential(P.PoincareConv2d(3, 4, 3, ball, padding=1, id_init=False),
+                                P.PoincareBatchNorm2d(4, ball), P.PoincareReLU(ball),
+                                P.PoincareAvgPool2d(2, ball), P.PoincareFlatten(ball), P.PoincareMLR(16, 3, ball))
+    ref = copy.deepcopy(model)
+    model[0].requires_grad_(False)
+    x, t = _img(), torch.tensor([0, 2])
+    seen = {}
+    hooks = [mod.register_full_backward_hook(lambda mod, gi, go, i=i: seen.__setitem__(i, (gi, go)))
+             for i, mod in enumerate(model)]
+    outs = {}
+    model[0].register_forward_hook(lambda mod, inp, out: outs.__setitem__("conv", out))
+    xg = x.clone().requires_grad_()
+    torch.nn.functional.cross_entropy(model(xg), t).backward()
+    torch.nn.functional.cross_entropy(ref(x), t).backward()
+    assert all(p.grad is None for p in model[0].parameters())
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        if not n.startswith("0."):
+            torch.testing.assert_close(p.grad, q.grad, msg=n)
+    assert outs["conv"].shape == (2, 4, 5, 5)
+    gi, go = seen[0]
+    assert gi[0].shape == x.shape and go[0].shape == (2, 4, 5, 5)
+    torch.testing.assert_close(gi[0], xg.grad)
+    for i in range(1, len(model)):
+        assert seen[i][1][0] is not None and seen[i - 1][1][0].shape == seen[i][0][0].shape
+    for h in hooks:
+        h.remove()
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    got = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5 * float(total))
+    torch.testing.assert_close(got, total)
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    torch.testing.assert_close(after, 0.5 * total, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "strided"])
+def test_conv_and_image_layers_take_non_contiguous_inputs(layout):
+    """PoincareConv2d (and the image layers after it) on channels_last / transposed / sliced inputs: same output
+    and input gradient as on the contiguous copy."""
+    ball = P.PoincareBall(1.0)
+    torch.manual_seed(0)
+    layers = [P.PoincareConv2d(3, 4, 3, ball, padding=1, stride=2, id_init=False), P.PoincareBatchNorm2d(3, ball),
+              P.PoincareMaxPool2d(2, ball), P.PoincareReLU(ball)]
+    base = _pts(2, 6, 10, 3).permute(0, 3, 1, 2)
+    x = {"channels_last": base.contiguous(memory_format=torch.channels_last),
+         "transposed": base.transpose(2, 3).contiguous().transpose(2, 3),
+         "strided": base.contiguous()[..., ::2]}[layout]
+    assert not x.is_contiguous()
+    for layer in layers:
+        a, b = x.clone().requires_grad_(), x.contiguous().requires_grad_()
+        ya, yb = layer(a), layer(b)
+        torch.testing.assert_close(ya, yb)
+        w = torch.randn(ya.shape)
+        ga, = torch.autograd.grad((ya * w).sum(), a)
+        gb, = torch.autograd.grad((yb * w).sum(), b)
+        torch.testing.assert_close(ga, gb)
