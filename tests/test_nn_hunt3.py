@@ -313,3 +313,34 @@ def test_conv_and_image_layers_take_non_contiguous_inputs(layout):
         ga, = torch.autograd.grad((ya * w).sum(), a)
         gb, = torch.autograd.grad((yb * w).sum(), b)
         torch.testing.assert_close(ga, gb)
+
+
+def test_ball_cache_does_not_serve_a_new_tensor_at_a_freed_value_address():
+    """Off the CPU the ball's curvature cache did not read the value (a device sync) and was keyed on (version,
+    data_ptr, ...): a new value tensor at the address of a freed one with the same version counter (what the CUDA
+    caching allocator hands out: a parametrized value recomputed per call, functional_call with per-step tensors
+    under no_grad) got the old c.  Simulated on the CPU with the GPU path (as tests/triton/test_poincare_hostwork.py)
+    and a fresh tensor set_ onto the freed value's storage.  The cache now also holds a weak reference to the value
+    tensor it was computed from."""
+    from unittest import mock
+
+    def at(storage):
+        return torch.empty(0).set_(storage, 0, ())
+
+    with mock.patch.object(gp, "_host_read_free", lambda t: False):
+        ball = P.PoincareBall(1.0)
+        storage = torch.tensor(0.5).untyped_storage()
+        v1 = at(storage)
+        assert float(functional_call(ball, {"value": v1}, ())) == pytest.approx(math.log1p(math.exp(0.5)))
+        del v1
+        w = at(storage)
+        w.fill_(2.0)
+        del w
+        v2 = at(storage)
+        assert float(functional_call(ball, {"value": v2}, ())) == pytest.approx(math.log1p(math.exp(2.0)))
+        # the module's own value still hits the cache (the same tensor object, no recomputation)
+        c = ball()
+        assert ball() is c
+    import pickle
+    assert float(pickle.loads(pickle.dumps(ball))()) == pytest.approx(float(c))
+    assert float(copy.deepcopy(ball)()) == pytest.approx(float(c))

@@ -15,6 +15,7 @@ the parameters map one to one: copy HypLL's ``z.tensor`` / ``weights.tensor`` an
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -100,15 +101,23 @@ class PoincareBall(nn.Module):
         except RuntimeError:  # an inference tensor (a ball built under torch.inference_mode()): no version counter
             return self.constraining_strategy(v)
         hit = getattr(self, "_c_cache", None)
-        if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
+        # (and the very tensor the entry was computed from, alive: off the CPU the value is not read, and a new
+        # tensor at a freed value's address -- the CUDA caching allocator's reuse: a parametrized value recomputed
+        # per call, functional_call with per-step tensors -- can have the same version counter)
+        if hit is not None and hit[0] == key and hit[1]._version == hit[2] and len(hit) > 3 and hit[3]() is v:
             return hit[1]
         # (a normal tensor even when this first call runs under torch.inference_mode(): later training calls use it;
         # no_grad inside it, as torch.inference_mode(False) turns grad mode back on: a learnable value evaluated
         # under torch.no_grad() would otherwise cache softplus's graph, and deepcopy of the model would fail)
         with torch.inference_mode(False), torch.no_grad():
             c = gp._mark_checked_curvature(self.constraining_strategy(v))  # (the mark's -c too)
-        self._c_cache = (key, c, c._version)
+        self._c_cache = (key, c, c._version, weakref.ref(v))
         return c
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_c_cache"] = None  # (holds a weak reference: not picklable; recomputed at the first call)
+        return state
 
     def extra_repr(self) -> str:
         v = self.value
