@@ -344,3 +344,25 @@ def test_ball_cache_does_not_serve_a_new_tensor_at_a_freed_value_address():
     import pickle
     assert float(pickle.loads(pickle.dumps(ball))()) == pytest.approx(float(c))
     assert float(copy.deepcopy(ball)()) == pytest.approx(float(c))
+
+
+def test_full_backward_hooks_on_s4d_and_gaunt():
+    """Full backward hooks on S4D (output (y, None)) and GauntTensorProduct (two inputs): grad_input equals the
+    inputs' .grad, grad_output has the outputs' shapes (checked fine in session 37)."""
+    s4d = gnn.S4D(4, 4)
+    cap = {}
+    s4d.register_full_backward_hook(lambda m, gi, go: cap.update(gi=gi, go=go))
+    u = torch.randn(2, 4, 8, requires_grad=True)
+    y, _ = s4d(u)
+    y.square().sum().backward()
+    torch.testing.assert_close(cap["gi"][0], u.grad)
+    assert cap["go"][0].shape == y.shape and cap["go"][1] is None
+    tp = _gaunt()
+    cap.clear()
+    tp.register_full_backward_hook(lambda m, gi, go: cap.update(gi=gi, go=go))
+    a, b = torch.randn(3, 8, requires_grad=True), torch.randn(3, 8, requires_grad=True)
+    out = tp(a, b)
+    out.square().sum().backward()
+    torch.testing.assert_close(cap["gi"][0], a.grad)
+    torch.testing.assert_close(cap["gi"][1], b.grad)
+    assert cap["go"][0].shape == out.shape
