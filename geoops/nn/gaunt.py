@@ -97,6 +97,13 @@ class GauntTensorProduct(torch.nn.Module):
         else:
             self.weight1 = self.weight2 = self.weight_out = None
 
+    def reset_parameters(self) -> None:
+        """Set the internal weights back to 1 (the plain Gaunt product)."""
+        with torch.no_grad():
+            for w in (self.weight1, self.weight2, self.weight_out):
+                if w is not None:
+                    w.fill_(1.0)
+
     def _to_coeffs(self, x: torch.Tensor, offsets: dict, L: int, name: str, C: int) -> torch.Tensor:
         dim = sum(C * (2 * l + 1) for l in offsets)
         if x.shape[-1] != dim:

@@ -15,6 +15,7 @@ the parameters map one to one: copy HypLL's ``z.tensor`` / ``weights.tensor`` an
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -35,14 +36,53 @@ class PoincareBall(nn.Module):
     """The ball of curvature -c: ``forward()`` returns ``c = constraining_strategy(value)`` (softplus by default,
     as HypLL's Curvature); ``requires_grad=True`` learns it."""
 
-    def __init__(self, value: float = 1.0, constraining_strategy: Callable = softplus, requires_grad: bool = False):
+    def __init__(self, value: float = 1.0, constraining_strategy: Callable = softplus, requires_grad: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         # (a floating tensor's dtype, else the default dtype, as HypLL's Curvature: a float64 model built under
         # set_default_dtype(float64) gets a float64 c)
-        dt = value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() else torch.get_default_dtype()
-        self.value = nn.Parameter(torch.as_tensor(value, dtype=dt).detach().clone(), requires_grad=requires_grad)
+        dt = dtype if dtype is not None else value.dtype if isinstance(value, torch.Tensor) and \
+            value.is_floating_point() else torch.get_default_dtype()
+        self.value = nn.Parameter(torch.as_tensor(value, dtype=dt, device=device).detach().clone(),
+                                  requires_grad=requires_grad)
         self.constraining_strategy = constraining_strategy
         self._c_cache = None
+        # the constructor's value (a CPU copy, not state: a ball built under torch.device("meta") and materialised
+        # with to_empty gets it back, as does reset_parameters; None when it was itself a meta tensor)
+        self._init_value = None if isinstance(value, torch.Tensor) and value.is_meta else \
+            torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value, dtype=dt,
+                            device="cpu").clone()
+
+    def reset_parameters(self) -> None:
+        """Set ``value`` back to the constructor's value."""
+        init = getattr(self, "_init_value", None)
+        if init is None:
+            raise RuntimeError("PoincareBall.reset_parameters: the constructor's value is unknown (the ball was built "
+                               "from a meta tensor, or unpickled from an older geoops); set ball.value under "
+                               "torch.no_grad() or load a state_dict instead")
+        with torch.no_grad():
+            self.value.copy_(init)
+
+    def _apply(self, fn, recurse=True):
+        # to_empty would leave the value (a hyperparameter shared by every layer, fixed by default) as uninitialised
+        # memory: torch.nn.utils.skip_init(PoincareLinear, 4, 6, ball) runs to_empty over the layer, so over the
+        # shared ball too, and layers whose reset_parameters read c (PoincareEmbedding) may run before the ball's
+        # own reset_parameters in a ``for m in model.modules()`` loop.  Every other _apply of torch (to, cuda, cpu,
+        # half, double, ...) keeps the values, so the value is carried over whenever the tensor was replaced; a
+        # ball built on the meta device gets its constructor's value
+        v = self.value
+        keep = None if v.is_meta else v.detach().clone()
+        ptr = None if v.is_meta else v.data_ptr()
+        out = super()._apply(fn, recurse)
+        v = self.value
+        if not v.is_meta:
+            if keep is not None:
+                if v.data_ptr() != ptr and v.shape == keep.shape:
+                    with torch.no_grad():
+                        v.copy_(keep)
+            elif getattr(self, "_init_value", None) is not None:
+                self.reset_parameters()
+        return out
 
     def forward(self) -> torch.Tensor:
         v = self.value
@@ -61,15 +101,23 @@ class PoincareBall(nn.Module):
         except RuntimeError:  # an inference tensor (a ball built under torch.inference_mode()): no version counter
             return self.constraining_strategy(v)
         hit = getattr(self, "_c_cache", None)
-        if hit is not None and hit[0] == key and hit[1]._version == hit[2]:
+        # (and the very tensor the entry was computed from, alive: off the CPU the value is not read, and a new
+        # tensor at a freed value's address -- the CUDA caching allocator's reuse: a parametrized value recomputed
+        # per call, functional_call with per-step tensors -- can have the same version counter)
+        if hit is not None and hit[0] == key and hit[1]._version == hit[2] and len(hit) > 3 and hit[3]() is v:
             return hit[1]
         # (a normal tensor even when this first call runs under torch.inference_mode(): later training calls use it;
         # no_grad inside it, as torch.inference_mode(False) turns grad mode back on: a learnable value evaluated
         # under torch.no_grad() would otherwise cache softplus's graph, and deepcopy of the model would fail)
         with torch.inference_mode(False), torch.no_grad():
             c = gp._mark_checked_curvature(self.constraining_strategy(v))  # (the mark's -c too)
-        self._c_cache = (key, c, c._version)
+        self._c_cache = (key, c, c._version, weakref.ref(v))
         return c
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_c_cache"] = None  # (holds a weak reference: not picklable; recomputed at the first call)
+        return state
 
     def extra_repr(self) -> str:
         v = self.value
@@ -126,14 +174,16 @@ def _check_momentum(owner: str, momentum) -> None:
 class PoincareLinear(nn.Module):
     """Poincaré fully-connected layer (HypLL's HLinear): points along the last dimension, ``z`` (in, out)."""
 
-    def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True, device=None,
+                 dtype=None):
         super().__init__()
+        fk = dict(device=device, dtype=dtype)
         in_features = _check_size("PoincareLinear", "in_features", in_features)
         out_features = _check_size("PoincareLinear", "out_features", out_features)
         _check_ball("PoincareLinear", ball)
         self.in_features, self.out_features, self.ball = in_features, out_features, ball
-        self.z = nn.Parameter(torch.empty(in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.z = nn.Parameter(torch.empty(in_features, out_features, **fk))
+        self.bias = nn.Parameter(torch.empty(out_features, **fk)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -159,8 +209,9 @@ class PoincareConv2d(nn.Module):
     initialisation); otherwise HypLL's rule (:func:`_init_hyperplanes`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, ball: PoincareBall, bias: bool = True,
-                 stride: int = 1, padding: int = 0, id_init: bool = True):
+                 stride: int = 1, padding: int = 0, id_init: bool = True, device=None, dtype=None):
         super().__init__()
+        fk = dict(device=device, dtype=dtype)
         in_channels = _check_size("PoincareConv2d", "in_channels", in_channels)
         out_channels = _check_size("PoincareConv2d", "out_channels", out_channels)
         _check_ball("PoincareConv2d", ball)
@@ -173,8 +224,8 @@ class PoincareConv2d(nn.Module):
             padding, (tuple, list)) else _check_size("PoincareConv2d", "padding", padding, 0)
         self.stride, self.padding, self.id_init = stride, padding, id_init
         kv = self.kernel_size[0] * self.kernel_size[1]
-        self.weights = nn.Parameter(torch.empty(kv * in_channels, out_channels))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.weights = nn.Parameter(torch.empty(kv * in_channels, out_channels, **fk))
+        self.bias = nn.Parameter(torch.empty(out_channels, **fk)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -230,21 +281,37 @@ class PoincareBatchNorm(nn.Module):
     ``running_mean`` (a point of the ball, moved along the geodesic towards each batch midpoint by
     ``momentum``) and ``running_var``; ``eval()`` normalises with them (HypLL has no eval mode)."""
 
-    def __init__(self, features: int, ball: PoincareBall, momentum: float = 0.1, track_running_stats: bool = True):
+    def __init__(self, features: int, ball: PoincareBall, momentum: float = 0.1, track_running_stats: bool = True,
+                 device=None, dtype=None):
         super().__init__()
+        fk = dict(device=device, dtype=dtype)
         owner = type(self).__name__
         features = _check_size(owner, "features", features)
         _check_ball(owner, ball)
         _check_momentum(owner, momentum)
         self.features, self.ball, self.momentum = features, ball, momentum
-        self.bias = nn.Parameter(torch.zeros(features))
-        self.weight = nn.Parameter(torch.tensor(1.0))
+        self.bias = nn.Parameter(torch.zeros(features, **fk))
+        self.weight = nn.Parameter(torch.ones((), **fk))
         self.track_running_stats = track_running_stats
         if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(features))
-            self.register_buffer("running_var", torch.ones(()))
+            self.register_buffer("running_mean", torch.zeros(features, **fk))
+            self.register_buffer("running_var", torch.ones((), **fk))
         else:
             self.running_mean = self.running_var = None
+
+    def reset_running_stats(self) -> None:
+        """running_mean to the origin, running_var to 1 (torch.nn.BatchNorm's method)."""
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.zero_()
+                self.running_var.fill_(1.0)
+
+    def reset_parameters(self) -> None:
+        """The running statistics, ``bias`` (0: the output centre at the origin) and ``weight`` (1)."""
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.bias.zero_()
+            self.weight.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.features:
@@ -315,19 +382,21 @@ class PoincareAvgPool2d(nn.Module):
 class PoincareEmbedding(nn.Module):
     """Embedding table on the ball (HypLL's HEmbedding: rows initialised as expmap0 of N(0, 1) samples)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, ball: PoincareBall):
+    def __init__(self, num_embeddings: int, embedding_dim: int, ball: PoincareBall, device=None, dtype=None):
         super().__init__()
         num_embeddings = _check_size("PoincareEmbedding", "num_embeddings", num_embeddings, minimum=0)
         embedding_dim = _check_size("PoincareEmbedding", "embedding_dim", embedding_dim)
         _check_ball("PoincareEmbedding", ball)
         self.num_embeddings, self.embedding_dim, self.ball = num_embeddings, embedding_dim, ball
-        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self):
         """Re-initialise the embedding: standard normal tangent vectors mapped into the ball with expmap0."""
         with torch.no_grad():
-            self.weight.copy_(gp.expmap0(torch.randn(self.num_embeddings, self.embedding_dim), c=self.ball().detach()))
+            w = self.weight  # (drawn on its device, c brought there: skip_init builds it on meta, the ball elsewhere)
+            self.weight.copy_(gp.expmap0(torch.randn(w.shape, device=w.device, dtype=w.dtype),
+                                         c=self.ball().detach().to(device=w.device, dtype=w.dtype)))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.weight[idx]
@@ -343,8 +412,9 @@ class MobiusLinear(nn.Module):
     The bias is a point of the ball (initialised at the origin)."""
 
     def __init__(self, in_features: int, out_features: int, ball: PoincareBall, bias: bool = True,
-                 blocks: Optional[int] = None):
+                 blocks: Optional[int] = None, device=None, dtype=None):
         super().__init__()
+        fk = dict(device=device, dtype=dtype)
         in_features = _check_size("MobiusLinear", "in_features", in_features)
         out_features = _check_size("MobiusLinear", "out_features", out_features)
         _check_ball("MobiusLinear", ball)
@@ -352,13 +422,13 @@ class MobiusLinear(nn.Module):
             blocks = _check_size("MobiusLinear", "blocks", blocks)
         self.in_features, self.out_features, self.ball, self.blocks = in_features, out_features, ball, blocks
         if blocks is None:
-            self.weight = nn.Parameter(torch.empty(out_features, in_features))
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, **fk))
         else:
             if in_features % blocks or out_features % blocks:
                 raise ValueError(f"MobiusLinear: blocks={blocks} must divide in_features={in_features} and "
                                  f"out_features={out_features}")
-            self.weight = nn.Parameter(torch.empty(blocks, out_features // blocks, in_features // blocks))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+            self.weight = nn.Parameter(torch.empty(blocks, out_features // blocks, in_features // blocks, **fk))
+        self.bias = nn.Parameter(torch.zeros(out_features, **fk)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -380,15 +450,23 @@ class PoincareMLR(nn.Module):
     """Hyperbolic multinomial logistic regression head (HNN++): logits = signed distances to num_classes
     hyperplanes (z (in, classes), offsets bias)."""
 
-    def __init__(self, in_features: int, num_classes: int, ball: PoincareBall, bias: bool = True):
+    def __init__(self, in_features: int, num_classes: int, ball: PoincareBall, bias: bool = True, device=None,
+                 dtype=None):
         super().__init__()
+        fk = dict(device=device, dtype=dtype)
         in_features = _check_size("PoincareMLR", "in_features", in_features)
         num_classes = _check_size("PoincareMLR", "num_classes", num_classes)
         _check_ball("PoincareMLR", ball)
         self.ball, self.in_features, self.num_classes = ball, in_features, num_classes
-        self.z = nn.Parameter(torch.empty(in_features, num_classes))
-        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
-        nn.init.normal_(self.z, std=(2 * in_features * num_classes) ** -0.5)
+        self.z = nn.Parameter(torch.empty(in_features, num_classes, **fk))
+        self.bias = nn.Parameter(torch.zeros(num_classes, **fk)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """z ~ N(0, (2 in classes)^-1/2), bias 0."""
+        nn.init.normal_(self.z, std=(2 * self.in_features * self.num_classes) ** -0.5)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x):
         return gp.mlr(x, self.z, self.bias, c=self.ball())

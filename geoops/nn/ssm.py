@@ -68,15 +68,28 @@ class S4DKernel(nn.Module):
         d_model, N = _check_ints("S4DKernel", d_model=d_model, **{"N (d_state)": N})
         if N < 2 or N % 2:
             raise ValueError(f"S4DKernel: N (d_state) must be an even number >= 2 (N/2 conjugate pairs), got {N}")
-        H = d_model
+        self.dt_min, self.dt_max = dt_min, dt_max
+        init = self._initial_values(d_model, N)
+        self.C = nn.Parameter(init["C"])
+        for name in ("log_dt", "log_A_real", "A_imag"):
+            self._register(name, init[name], lr)
+
+    def _initial_values(self, H: int, N: int) -> dict:
+        """S4D-Lin's initial values (log_dt drawn before C, as state-spaces)."""
+        dt_min, dt_max = getattr(self, "dt_min", 0.001), getattr(self, "dt_max", 0.1)
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        C = torch.randn(H, N // 2, dtype=torch.cfloat)
-        self.C = nn.Parameter(torch.view_as_real(C))
-        self._register("log_dt", log_dt, lr)
-        self._register("log_A_real", torch.log(0.5 * torch.ones(H, N // 2)), lr)
+        C = torch.view_as_real(torch.randn(H, N // 2, dtype=torch.cfloat))
         # (the default dtype, as log_A_real and state-spaces' A_imag: torch.set_default_dtype(float64) gives float64)
-        self._register("A_imag", math.pi * torch.arange(N // 2, dtype=torch.get_default_dtype()).expand(H, N // 2).clone(),
-                       lr)
+        A_imag = math.pi * torch.arange(N // 2, dtype=torch.get_default_dtype()).expand(H, N // 2).clone()
+        return {"log_dt": log_dt, "C": C, "log_A_real": torch.log(0.5 * torch.ones(H, N // 2)), "A_imag": A_imag}
+
+    def reset_parameters(self) -> None:
+        """Re-draw the S4D-Lin initialisation in place (log_dt, C, and A's parts, parameters or buffers): with
+        ``to_empty`` this completes deferred (meta-device) initialisation."""
+        H, N2 = self.log_A_real.shape
+        with torch.no_grad():
+            for name, value in self._initial_values(H, 2 * N2).items():
+                getattr(self, name).copy_(value)
 
     def _register(self, name, tensor, lr=None):
         if lr == 0.0:
@@ -154,6 +167,12 @@ class S4D(nn.Module):
         self.activation = nn.GELU()
         self.dropout = DropoutNd(dropout) if dropout > 0.0 else nn.Identity()
         self.output_linear = nn.Sequential(nn.Conv1d(self.h, 2 * self.h, kernel_size=1), nn.GLU(dim=-2))
+
+    def reset_parameters(self) -> None:
+        """Re-draw D ~ N(0, 1) (this module's own parameter; the kernel and the output convolution have their own
+        reset_parameters, as torch's layers: ``for m in model.modules()`` resets all, in construction order)."""
+        with torch.no_grad():
+            self.D.copy_(torch.randn(self.h))
 
     def forward(self, u, **kwargs):
         if not self.transposed:
