@@ -1211,7 +1211,8 @@ class KnnDistFn(torch.autograd.Function):
     def forward(ctx, x, y, k, idx):
         ctx.save_for_backward(x, y, k, idx)
         B, N, n = idx.shape
-        return _FWD["dist"](*_knn_rows(x, y, k, idx)[:3], None, _ref.default_eps(x.dtype)).reshape(B, N, n)
+        d = _FWD["dist"](*_knn_rows(x, y, k, idx)[:3], None, _ref.default_eps(x.dtype))
+        return _UNSAFE_VIEW(d, (B, N, n))  # not a view: the caller may change the distances in place
 
     @staticmethod
     @_library.first_order_only
