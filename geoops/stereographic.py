@@ -622,7 +622,6 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
 
 
 _FAST_DTYPES = (torch.float32, torch.float64)
-_FORWARD_AD = torch.autograd.forward_ad
 
 
 def _run_fast(op: str, spec, x, y, k, keepdim: bool):
@@ -645,8 +644,6 @@ def _run_fast(op: str, spec, x, y, k, keepdim: bool):
     nd = x.dim()
     if nd == 0 or (has_y and y.dim() == 0) or not _library.direct_call_ok(x, y, k):
         return None
-    if _FORWARD_AD._current_level >= 0:  # forward-mode dual tensors: the general path's twin carries the jvp (the
-        return None  # kernels called here dropped the tangents: a silent zero derivative)
     if _backend.checks_enabled() or _backend.resolve(_CPU, _ops.FAMILY) != "cpp":
         return None
     shape = xshape = x.shape
@@ -1211,8 +1208,8 @@ class KnnDistFn(torch.autograd.Function):
     def forward(ctx, x, y, k, idx):
         ctx.save_for_backward(x, y, k, idx)
         B, N, n = idx.shape
-        d = _FWD["dist"](*_knn_rows(x, y, k, idx)[:3], None, _ref.default_eps(x.dtype))
-        return _UNSAFE_VIEW(d, (B, N, n))  # not a view: the caller may change the distances in place
+        xr, yr, kr, eps = _knn_rows(x, y, k, idx)
+        return _UNSAFE_VIEW(_FWD["dist"](xr, yr, kr, None, eps), (B, N, n))  # not a view: the caller may change the distances in place
 
     @staticmethod
     @_library.first_order_only
