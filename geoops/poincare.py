@@ -298,6 +298,9 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
         pd = out_dtype if bias is None else _args.promote_types(out_dtype, bias.dtype)
         return hyperplane_dists(x.to(pd), z.to(pd), None if bias is None else bias.to(pd), c=c, dim=dim)
     cx = ct if ct.dtype == x.dtype else ct.to(x.dtype)
+    if x.dtype in (torch.float32, torch.float64) and _mlr_triton_on(x, z, bias, cx):
+        # the Triton backend: the fused head (one GEMM and one row pass each way; saves x, z, bias, c and t)
+        return _mlr_rows(x, z, bias, cx, d)
     if (d == 1 and x.dim() == 2 and x.dtype in (torch.float32, torch.float64) and z.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.shape[0] > 0 and z.shape[0] > 0 and _fused_on()
             and _library.direct_call_ok(x, z, bias, cx)):
@@ -309,6 +312,51 @@ def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tens
             # records ~20 autograd nodes per call)
             return PoincareMlrFn.apply(x, z, bias, cx)
     return _ref.hyperplane_dists(x, z, bias, cx, dim=d)
+
+
+def _mlr_triton_on(*tensors) -> bool:
+    """Whether hyperplane_dists takes PoincareMlrOpFn: the Triton backend, GEOOPS_POINCARE_FUSED not 0, no forward-mode
+    AD (no dual level, no torch.func transform: the composition keeps their derivatives, as on the CPU path) and
+    plain tensors (subclasses: the composition)."""
+    return (_fused_on() and _backend.resolve(tensors[0].device, _ops.FAMILY) == "triton"
+            and torch.autograd.forward_ad._current_level < 0 and not _library.functorch_active()
+            and all(type(t) in _library._PLAIN for t in tensors if isinstance(t, torch.Tensor)))
+
+
+def _mlr_rows(x, z, bias, cx, d):
+    """hyperplane_dists through PoincareMlrOpFn on the rows of x (points along dim d), folded back."""
+    xl = x if d == x.dim() - 1 else x.movedim(d, -1)
+    lead = xl.shape[:-1]
+    x2 = xl.reshape(math.prod(lead), xl.shape[-1]).contiguous()  # (an explicit row count: n may be 0)
+    y = _library.apply(PoincareMlrOpFn, x2, z.contiguous(), None if bias is None else bias.contiguous(), cx)
+    y = y.reshape(*lead, z.shape[1])
+    return y if d == x.dim() - 1 else y.movedim(-1, d)
+
+
+@_library.with_func_twin
+class PoincareMlrOpFn(torch.autograd.Function):
+    """hyperplane_dists of rows x (N, n) through geoops::poincare_mlr_fwd / _bwd (the Triton backend's fused kernels,
+    geoops.kernels.poincare.poincare_mlr_*): saves x, z, bias, c and t = x z, as PoincareMlrCppFn; gradients to
+    x, z, bias and c."""
+
+    @staticmethod
+    def forward(ctx, x, z, bias, c):
+        need = any(ctx.needs_input_grad[:4]) if ctx is not None else False
+        y, t = _ops.poincare_mlr_fwd(x, z, bias, c)
+        if need:
+            ctx.save_for_backward(x, z, bias, c, t)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, g):
+        x, z, bias, c, t = ctx.saved_tensors
+        ng = ctx.needs_input_grad
+        mask = _library.grad_mask(ng, 4)  # (no bias: its bit is clear)
+        gx, gz, gb, gc = _ops.poincare_mlr_bwd(g.contiguous(), x, z, bias, c, t, mask)
+        return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and ctx.has_bias) else None,
+                gc.reshape(c.shape) if ng[3] else None)
 
 
 class PoincareMlrCppFn(torch.autograd.Function):

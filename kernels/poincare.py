@@ -76,7 +76,7 @@ __all__ = ["poincare_fc_fwd", "poincare_fc_bwd", "poincare_relu_fwd", "poincare_
            "poincare_midpoint_sums_fwd", "poincare_midpoint_sums_bwd", "poincare_bn_rows_fwd",
            "poincare_bn_rows_bwd", "poincare_fc_rows_fwd", "poincare_fc_rows_bwd", "poincare_bn_running_update_",
            "poincare_bn_transport_fwd", "poincare_bn_transport_bwd", "poincare_midpoint_mean_fwd",
-           "poincare_midpoint_mean_bwd", "compile_variants"]
+           "poincare_midpoint_mean_bwd", "poincare_mlr_fwd", "poincare_mlr_bwd", "compile_variants"]
 
 F64 = tl.constexpr(tl.float64)
 _CUT = tl.constexpr(1e-3)  # Taylor cut of the float64 row math (as the C++ kernels)
@@ -941,6 +941,98 @@ def _fc_colfin_kernel(PZ_ptr, PC_ptr, PS_ptr, CD_ptr, B_ptr, C_ptr, COLF_ptr, GB
     tl.store(COLF_ptr + cols, tl.where(zn > 1e-15, gzn / zn, 0.0).to(COLF_ptr.dtype.element_ty), mask=cm)
 
 
+# ---------------------------------------------------------------- MLR head (hyperplane distances), fused
+# geoops.poincare.hyperplane_dists / mlr of rows x (N, n): csrc/cpu/poincare_head.cpp's two row passes around the
+# GEMMs (t = x z and the backward's dt z^T, x^T dt by _mm: IEEE float32).  The column constants come from
+# _fc_colprep_kernel (C_j = ch/|z_j|, S_j = sh, Z_j = 2|z_j|, Q_j, L_j; offsets beyond |2 sc r| = 20 scaled as
+# the reference's offset_consts), the row scalars lam = 2/(1 - c|x|^2) in float64 from x inside the row pass:
+#   a = k1 t C - k0 S (k1 = sc lam, k0 = lam - 1; a scaled column holds b = a e^-ell),  y = Z asinh(a) / sc
+# Backward (ga = dL/da = g Z / (sc sqrt(a^2 + Q))): dt = ga k1 C; dlam_i = sum_j ga (sc t C - S);
+#   row coefficient of dx = c lam^2 dlam; the rows' dc = (sum_j (-g y / sc + ga lam t C)) / (2 sc) + dlam lam^2 X / 2;
+#   column partials PZ = sum_i g 2 A / sc (through |z_j|), PC = sum_i ga k1 t (through C_j), PS = -sum_i ga k0
+#   (through S_j), finished by _fc_colfin_kernel (dz's column factor, dbias, the offsets' dc terms).
+@triton.jit
+def _mlr_rows(X_ptr, rows, rmask, n, c, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """X = |x_i|^2 (float64) of the block's rows of x (N, n) and lam = 2 / (1 - c X)."""
+    basex = rows[:, None] * n
+    X = tl.zeros((BLOCK_R,), tl.float64)
+    for d0 in range(0, n, BLOCK_D):
+        cols, m = _chunk(d0, rmask, n, BLOCK_D)
+        x = tl.load(X_ptr + basex + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        X += tl.sum(x * x, 1)
+    return X, 2.0 / (1.0 - c * X)
+
+
+@triton.jit
+def _mlr_fwd_kernel(X_ptr, T_ptr, Y_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, C_ptr, N, n, M,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """y = Z_j asinh(a) / sc of the block's rows from t = x z."""
+    _pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
+    c = tl.load(C_ptr).to(tl.float64)
+    sc = tl.sqrt(c)
+    ty = Y_ptr.dtype.element_ty
+    _X, lam = _mlr_rows(X_ptr, rows, rmask, n, c, BLOCK_D, BLOCK_R)
+    k1 = (sc * lam).to(ty)
+    k0 = (lam - 1.0).to(ty)
+    inv_sc = (1.0 / sc).to(ty)
+    for j0 in range(0, M, BLOCK_M):
+        cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask, j0,
+                                                       M, BLOCK_M)
+        _a, _A, u = _fc_u(t, Cj, Sj, Zj, Qj, Lj, k1, k0)
+        tl.store(Y_ptr + base + cols[None, :], u * inv_sc, mask=m)
+
+
+@triton.jit
+def _mlr_bwd_kernel(G_ptr, X_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, CD_ptr, C_ptr, PZ_ptr, PC_ptr,
+                    PS_ptr, RC_ptr, DC_ptr, N, n, M, COLS: tl.constexpr, BLOCK_R: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dL/dt into GT, the row coefficient of dx into RC (tile type), the rows' dc into DC (float64) and, with
+    COLS, the per-program column partials PZ, PC, PS (float64)."""
+    pid, rows, rmask, base = _row_block(N, M, BLOCK_R)
+    c = tl.load(C_ptr).to(tl.float64)
+    sc = tl.sqrt(c)
+    ty = GT_ptr.dtype.element_ty
+    X, lam = _mlr_rows(X_ptr, rows, rmask, n, c, BLOCK_D, BLOCK_R)
+    k1 = (sc * lam).to(ty)
+    k0 = (lam - 1.0).to(ty)
+    lamT = lam.to(ty)
+    scT = sc.to(ty)
+    inv_sc = (1.0 / sc).to(ty)
+    inv_c = 1.0 / c
+    glam = tl.zeros((BLOCK_R,), tl.float64)
+    gsc = tl.zeros((BLOCK_R,), tl.float64)
+    for j0 in range(0, M, BLOCK_M):
+        cols, cm, m, t, Cj, Sj, Zj, Qj, Lj = _fc_tiles(T_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr, LL_ptr, base, rmask, j0,
+                                                       M, BLOCK_M)
+        a, A, u = _fc_u(t, Cj, Sj, Zj, Qj, Lj, k1, k0)
+        g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
+        gs = g * inv_sc
+        ra = _div(tl.full(a.shape, 1.0, a.dtype), _sqrt(a * a + Qj[None, :]))
+        ga = tl.where(m, gs * Zj[None, :] * ra, 0.0)  # ra = inf where a = 0 and Q underflowed (masked rows)
+        tl.store(GT_ptr + base + cols[None, :], ga * k1[:, None] * Cj[None, :], mask=m)
+        gat = ga * t
+        glam += tl.sum(gat * (scT * Cj[None, :]) - ga * Sj[None, :], 1).to(tl.float64)
+        # (in float64: with large offsets the -g y / sc terms nearly cancel the offsets' dc terms)
+        gsc += tl.sum(tl.where(m, gat.to(tl.float64) * (lam[:, None] * Cj[None, :].to(tl.float64))
+                               - g.to(tl.float64) * u.to(tl.float64) * inv_c, 0.0), 1)
+        if COLS:
+            tl.store(PZ_ptr + pid * M + cols, tl.sum(tl.where(m, gs * 2.0 * A, 0.0).to(tl.float64), 0), mask=cm)
+            # (products in float64: dbias = 2 sc (PC sh / |z| + PS ch) cancels ~10x near the boundary, and a large
+            # offset multiplies dbias's error into dc)
+            zn = tl.load(CD_ptr + cols, mask=cm, other=1.0)
+            ch = tl.load(CD_ptr + M + cols, mask=cm, other=1.0)
+            sh = tl.load(CD_ptr + 2 * M + cols, mask=cm, other=0.0)
+            t64 = t.to(tl.float64)
+            a64 = (sc * lam)[:, None] * t64 * (ch / zn)[None, :] - (lam - 1.0)[:, None] * sh[None, :]
+            ga64 = tl.where(m, g.to(tl.float64) * (2.0 * zn / sc)[None, :]
+                            / tl.sqrt(a64 * a64 + Qj.to(tl.float64)[None, :]), 0.0)
+            tl.store(PC_ptr + pid * M + cols, tl.sum(ga64 * t64 * (sc * lam)[:, None], 0), mask=cm)
+            tl.store(PS_ptr + pid * M + cols, -tl.sum(ga64 * (lam - 1.0)[:, None], 0), mask=cm)
+    l2 = lam * lam
+    tl.store(RC_ptr + rows, (glam * c * l2).to(RC_ptr.dtype.element_ty), mask=rmask)
+    tl.store(DC_ptr + rows, gsc / (2.0 * sc) + glam * l2 * X * 0.5, mask=rmask)
+
+
 # ---------------------------------------------------------------- batch norm running statistics (fused)
 # GEOOPS_POINCARE_TRITON_FUSED_BN (default on): the training batch norm's running-statistics update (the
 # geodesic step of running_mean towards the batch midpoint, the running variance's average) as one launch
@@ -1658,6 +1750,103 @@ def poincare_fc_bwd(g, x, z, bias, c, t, eps, mask, tangent):
     colf, gb, gsc = _fc_col_grads(p, bias, pz, pc, ps, has_b, want_b, need_cols, gsc, x)
     gz = _mm(x.t(), gt).addcmul_(colf.to(x.dtype)[None, :], z) if want_z else x.new_empty(0)
     gc = (gcd + tan_gc + gsc / (2.0 * sc)).to(c.dtype) if want_c else c.new_empty(0)
+    return gx, gz, gb, gc
+
+
+# ---- MLR head (hyperplane distances)
+def _mlr_args(x, z, bias):
+    _check("poincare_mlr", x)
+    x, z = x.contiguous(), z.to(x.dtype).contiguous()
+    if bias is not None:
+        bias = bias.to(x.dtype).contiguous()
+    return x, z, bias
+
+
+def _mlr_blocks(N, n, m, dtype):
+    br, bm, nw = _blocks(N, m, 1024 if dtype == torch.float32 else 512, dtype=dtype)
+    bd = min(triton.next_power_of_2(max(n, 1)), max(bm, 16))
+    return br, bd, bm, nw
+
+
+def _mlr_cols(z, bias, cv):
+    """The columns' constants (_fc_colprep_kernel): CT (5, m) in z's dtype and CD (3, m) float64."""
+    n, m = z.shape
+    ct = torch.empty((5, m), device=z.device, dtype=z.dtype)
+    cd = torch.empty((3, m), device=z.device, dtype=torch.float64)
+    has_b = bias is not None and bias.numel() > 0
+    bm = min(triton.next_power_of_2(max(m, 1)), 128)
+    bn = max(1, min(triton.next_power_of_2(max(n, 1)), 1024 // bm))
+    with _device_guard(z):
+        _fc_colprep_kernel[(triton.cdiv(m, bm),)](z, bias if has_b else z, cv, ct, cd, n, m, HAS_B=has_b,
+                                                  BLOCK_N=bn, BLOCK_M=bm, num_warps=1 if bn * bm <= 128 else 4)
+    return ct, cd
+
+
+def poincare_mlr_fwd(x, z, bias, c):
+    """(y, t) of the MLR head, x (N, n), z (n, m), bias (m,) or None, c one entry: y = hyperplane_dists (N, m) and
+    t = x z (N, m), what the backward reads (csrc/cpu/poincare_head.cpp's poincare_mlr_fwd_cpu)."""
+    x, z, bias = _mlr_args(x, z, bias)
+    N, n = x.shape
+    m = z.shape[1]
+    t = _mm(x, z)
+    y = x.new_empty((N, m))
+    if N and m:
+        cv = _cval(c, x)
+        ct, _cd = _mlr_cols(z, bias, cv)
+        br, bd, bm, nw = _mlr_blocks(N, n, m, x.dtype)
+        with _device_guard(x):
+            _mlr_fwd_kernel[(triton.cdiv(N, br),)](x, t, y, *ct.unbind(0), cv, N, n, m, BLOCK_R=br, BLOCK_D=bd,
+                                                   BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+    return y, t
+
+
+def poincare_mlr_bwd(g, x, z, bias, c, t, mask):
+    """(dx, dz, dbias, dc) of poincare_mlr_fwd's y (mask bits 1, 2, 4, 8; unselected ones are empty; dc 0-dim in
+    c's dtype) from the saved t = x z (recomputed when empty)."""
+    x, z, bias = _mlr_args(x, z, bias)
+    N, n = x.shape
+    m = z.shape[1]
+    mask = int(mask)
+    g = g.to(x.dtype).contiguous()
+    t = t.contiguous() if t.numel() == N * m and t.numel() else _mm(x, z)
+    has_b = bias is not None and bias.numel() > 0
+    want_x, want_z, want_b, want_c = bool(mask & 1), bool(mask & 2), bool(mask & 4) and has_b, bool(mask & 8)
+    need_cols = want_z or want_b or want_c
+    gb = x.new_empty(0)
+    if not (N and m):  # no rows or no columns: every gradient is 0
+        gx = torch.zeros_like(x) if want_x else x.new_empty(0)
+        gz = torch.zeros_like(z) if want_z else x.new_empty(0)
+        gb = torch.zeros_like(bias) if want_b else gb
+        gc = torch.zeros((), device=x.device, dtype=c.dtype) if want_c else c.new_empty(0)
+        return gx, gz, gb, gc
+    cv = _cval(c, x)
+    ct, cd = _mlr_cols(z, bias, cv)
+    br, bd, bm, nw = _mlr_blocks(N, n, m, x.dtype)
+    nprog = triton.cdiv(N, br)
+    dev = x.device
+    gt = torch.empty((N, m), device=dev, dtype=x.dtype)
+    rc = torch.empty(N, device=dev, dtype=x.dtype)
+    dc = torch.empty(N + (m if need_cols else 0), device=dev, dtype=torch.float64)
+    part = torch.empty((3, nprog, m), device=dev, dtype=torch.float64) if need_cols else None
+    pz, pc, ps = part.unbind(0) if need_cols else (dc, dc, dc)
+    with _device_guard(x):
+        _mlr_bwd_kernel[(nprog,)](g, x, t, gt, *ct.unbind(0), cd, cv, pz, pc, ps, rc, dc, N, n, m, COLS=need_cols,
+                                  BLOCK_R=br, BLOCK_D=bd, BLOCK_M=bm, num_warps=nw, **_st._maxnreg(nw))
+    colf = None
+    if need_cols:
+        colf = torch.empty(m, device=dev, dtype=x.dtype)
+        if want_b:
+            gb = torch.empty(m, device=dev, dtype=x.dtype)
+        cbm = min(triton.next_power_of_2(m), 128)
+        cbp = max(1, min(triton.next_power_of_2(nprog), 1024 // cbm))
+        with _device_guard(x):
+            _fc_colfin_kernel[(triton.cdiv(m, cbm),)](pz, pc, ps, cd, bias if has_b else colf, cv, colf,
+                                                      gb if want_b else colf, dc[N:], nprog, m, HAS_B=has_b,
+                                                      WANT_B=bool(want_b), BLOCK_P=cbp, BLOCK_M=cbm,
+                                                      num_warps=1 if cbp * cbm <= 128 else 4)
+    gx = _mm(gt, z.t()).addcmul_(rc.unsqueeze(1), x) if want_x else x.new_empty(0)
+    gz = _mm(x.t(), gt).addcmul_(colf.unsqueeze(0), z) if want_z else x.new_empty(0)
+    gc = dc.sum().to(c.dtype) if want_c else c.new_empty(0)
     return gx, gz, gb, gc
 
 

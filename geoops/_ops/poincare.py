@@ -17,6 +17,13 @@
                                  int mask, bool tangent) -> (dt, dU, dz, dbias, dc)
         dz: only the terms through z's column norms (the caller adds x^T dt); mask bits 2 dz, 4 dbias, 8 dc
 
+    geoops::poincare_mlr_fwd(Tensor x, Tensor z, Tensor? bias, Tensor c) -> (Tensor y, Tensor t)
+        the MLR head (hyperplane_dists of rows): x (N, n), z (n, m), bias (m,) or None, c 0-dim (> 0) -> the
+        signed distances y (N, m) and t = x @ z (N, m), what the backward reads
+    geoops::poincare_mlr_bwd(Tensor grad, Tensor x, Tensor z, Tensor? bias, Tensor c, Tensor t, int mask)
+        -> (dx, dz, dbias, dc)
+        mask bits 1 dx, 2 dz, 4 dbias, 8 dc (0-dim, c's dtype); unselected ones are empty
+
     geoops::poincare_relu_fwd(Tensor x, Tensor c, float eps) -> Tensor
         rows x (N, D) -> project(expmap0(relu(logmap0(x))), eps) (N, D): one fused row op
     geoops::poincare_relu_bwd(Tensor grad, Tensor x, Tensor c, float eps) -> (dx, dc)   (dc 0-dim, c's dtype)
@@ -83,6 +90,16 @@ class _Cpp:
         b = _empty(t) if bias is None else bias
         gt, gU, gz, gb, gc = _backend.compiled().poincare_fc_rows_bwd_cpu(g, t, U, z, b, c, eps, mask, tangent)
         return gt, gU, gz, gb, (gc.to(c.dtype) if gc.numel() else _empty(c))
+
+    @staticmethod
+    def poincare_mlr_fwd(x, z, bias, c):
+        return tuple(_backend.compiled().poincare_mlr_fwd_cpu(x, z, bias, c))
+
+    @staticmethod
+    def poincare_mlr_bwd(g, x, z, bias, c, t, mask):
+        gx, gz, gb, gc = _backend.compiled().poincare_mlr_bwd_cpu(g, x, z, bias, c, t, mask)
+        return (_empty(x) if gx is None else gx, _empty(x) if gz is None else gz, _empty(x) if gb is None else gb,
+                _empty(c) if gc is None else gc.to(c.dtype))
 
     @staticmethod
     def poincare_relu_fwd(x, c, eps):
@@ -174,6 +191,30 @@ class _Reference:
         gb = gs[4] if (mask & 4 and bias is not None) else _empty(t)
         gc = gs[3].to(c.dtype) if mask & 8 else _empty(c)
         return gs[0], gs[1], gz, gb, gc
+
+    @staticmethod
+    def poincare_mlr_fwd(x, z, bias, c):
+        from ..reference import poincare as ref
+
+        with torch.no_grad():
+            return ref.hyperplane_dists(x, z, bias, c.to(x.dtype)).contiguous(), x @ z
+
+    @staticmethod
+    def poincare_mlr_bwd(g, x, z, bias, c, t, mask):
+        from ..reference import poincare as ref
+
+        with reference_autograd():
+            ins = [a.detach().requires_grad_(True) for a in (x, z, c.to(x.dtype))]
+            bb = None if bias is None else bias.detach().requires_grad_(True)
+            y = ref.hyperplane_dists(ins[0], ins[1], bb, ins[2])
+            ins += [bb] if bb is not None else []
+            gs = [torch.zeros_like(a) if v is None else v
+                  for a, v in zip(ins, torch.autograd.grad(y, ins, g.to(y.dtype), allow_unused=True))]
+        gx = gs[0] if mask & 1 else _empty(x)
+        gz = gs[1] if mask & 2 else _empty(x)
+        gb = gs[3] if (mask & 4 and bias is not None) else _empty(x)
+        gc = gs[2].to(c.dtype).reshape(()) if mask & 8 else _empty(c)
+        return gx, gz, gb, gc
 
     @staticmethod
     def _relu(x, c, eps):
@@ -296,6 +337,30 @@ poincare_fc_rows_fwd, poincare_fc_rows_bwd = define_pair(
     "(Tensor grad, Tensor t, Tensor U, Tensor z, Tensor? bias, Tensor c, float eps, int mask, bool tangent) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     _fc_rows_bwd, _fc_rows_bwd_fake)
+
+
+def _mlr_fwd(x, z, bias: Optional[torch.Tensor], c):
+    return tuple(kernels(x.device).poincare_mlr_fwd(x, z, bias, c))
+
+
+def _mlr_fwd_fake(x, z, bias, c):
+    return x.new_empty((x.shape[0], z.shape[1])), x.new_empty((x.shape[0], z.shape[1]))
+
+
+def _mlr_bwd(g, x, z, bias: Optional[torch.Tensor], c, t, mask: int):
+    return tuple(kernels(x.device).poincare_mlr_bwd(g, x, z, bias, c, t, mask))
+
+
+def _mlr_bwd_fake(g, x, z, bias, c, t, mask):
+    return _fc_bwd_fake(g, x, z, bias, c, t, 0.0, mask, False)
+
+
+poincare_mlr_fwd, poincare_mlr_bwd = define_pair(
+    "geoops::poincare_mlr",
+    "(Tensor x, Tensor z, Tensor? bias, Tensor c) -> (Tensor, Tensor)",
+    _mlr_fwd, _mlr_fwd_fake,
+    "(Tensor grad, Tensor x, Tensor z, Tensor? bias, Tensor c, Tensor t, int mask) -> (Tensor, Tensor, Tensor, Tensor)",
+    _mlr_bwd, _mlr_bwd_fake)
 
 
 def _relu_fwd(x, c, eps: float):
