@@ -285,7 +285,8 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
 @_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def hyperplane_dists(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c,
                      dim: int = -1) -> torch.Tensor:
-    """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): eager composition."""
+    """Signed distances of x to the hyperplanes (z[:, j], bias[j]) (HNN++'s v_j(x)): the C++ head on eager CPU
+    rows, the fused Triton head (PoincareMlrOpFn) on the Triton backend, else the eager composition."""
     d, ct = _fc_args("hyperplane_dists", x, z, bias, c, dim)
     _debug_checks("hyperplane_dists", ct, {"x": (x, d)}, {"z": z, "bias": bias})
     out_dtype = _args.promote_types(x.dtype, z.dtype)
@@ -831,7 +832,8 @@ def _st_ref_eps(dtype) -> float:
 
 
 def _fused_on() -> bool:
-    """The eager per-call shortcuts (the CPU layer Functions: PoincareConv2dFn, PoincareMlrCppFn / PoincareMlrFn,
+    """The eager per-call shortcuts (the CPU layer Functions: PoincareConv2dFn, PoincareMlrCppFn / PoincareMlrFn (and
+    the Triton backend's PoincareMlrOpFn),
     PoincareResidualFn, PoincareFlattenFn, the ReLU's direct call; the row routes of flatten / expmap0).
     GEOOPS_POINCARE_FUSED=0 (read per call) turns them off: the layers then run the compositions of separate
     autograd nodes that modes, subclasses, torch.compile and the other backends take, on the C++ kernels (how the

@@ -2027,7 +2027,9 @@ replaces cuBLAS only when torch's TF32 switch is on."""
 def compile_variants():
     """Every Triton variant the launchers of this module can run, for the CI compile check.
 
-    Per dtype (float32, float64): the fc epilogue forward and backward (with and without the column
+    Per dtype (float32, float64): the MLR head's row passes (forward, backward with and without the column
+    partials; session 38) for the same two shapes as the fc layer; the fc epilogue forward and backward (with and
+    without the column
     partials; the prologue kernels and the column finish of the fused prep; its tangent rows; the backward
     kernel without the FIN epilogue under GEOOPS_POINCARE_TRITON_FUSED_PREP=0) and the fc_rows entry (tangent
     and plain rows) for the convolution's thin shape (144 -> 16) and a wide layer (512 -> 512, chunked columns);
@@ -2063,6 +2065,10 @@ def compile_variants():
             add(f"fc/{shape} bwd torch prep", lambda g=g, x=x, z=z, b=b: with_env(
                 "GEOOPS_POINCARE_TRITON_FUSED_PREP", "0", poincare_fc_bwd, g, x, z, b, c, x.new_empty(0), 1e-3, 15,
                 False))
+            # the MLR head (session 38): its row passes around the GEMMs, the fc column prologue / finish
+            add(f"mlr/{shape} fwd", lambda x=x, z=z, b=b: poincare_mlr_fwd(x, z, b, c))
+            add(f"mlr/{shape} bwd", lambda g=g, x=x, z=z, b=b: poincare_mlr_bwd(g, x, z, b, c, g, 15))
+            add(f"mlr/{shape} bwd dx only", lambda g=g, x=x, z=z, b=b: poincare_mlr_bwd(g, x, z, b, c, g, 1))
             U = torch.zeros(N, dtype=dtype)
             for tan in (True, False):
                 tn = "tangent" if tan else "plain"

@@ -10,6 +10,9 @@ Checked: the kernels against the float64 reference contract (values, all four gr
 sizes, empty N, large norms near the boundary, large offsets); the public function against the C++ backend
 and the float64 reference; the saved tensors; the launches; gradcheck in float64.
 """
+import os
+import sys
+
 import pytest
 import torch
 
@@ -172,3 +175,34 @@ def test_mlr_gradcheck_float64(device):
     x, z, b, c, _ = _case(3, 2, 3, radius=0.95, seed=3)
     ins = [t.to(device).requires_grad_(True) for t in (x, z, b)] + [c.clone().requires_grad_(True)]
     torch.autograd.gradcheck(lambda x, z, b, c: gp.mlr(x, z, b, c=c), ins)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("angle", [150.0, 1500.0])
+def test_mlr_large_offsets_on_triton(dtype, angle, monkeypatch):
+    """tests/test_poincare_overflow.py's huge-offset MLR case (offset angles 150 / 1500: beyond cosh's float32 and
+    float64 range) on the fused Triton head: values and gradients vs the float64 evaluation."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # (tests/: the CPU trial's helpers)
+    import test_poincare_overflow as ov
+
+    ov.test_mlr_large_offsets_finite_and_accurate(dtype, angle, "triton", monkeypatch)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference", "triton"])
+def test_mlr_op_on_each_backend(backend, device):
+    """geoops::poincare_mlr_fwd / _bwd on each kernel set (the C++ set wraps poincare_mlr_*_cpu) agree with the
+    float64 reference; opcheck of the op pair (fake, schema, dispatch) on the triton set."""
+    x, z, b, c, gout = _case(5, 3, 4)
+    yr, gxr, gzr, gbr, gcr = _ref_grads(x, z, b, c, gout)
+    dev = "cpu" if backend != "triton" else device
+    xs, zs, bs, gs = (t.to(dev) for t in (x, z, b, gout))
+    with geoops.use_backend(backend):
+        y, t = torch.ops.geoops.poincare_mlr_fwd(xs, zs, bs, c)
+        gx, gz, gb, gc = torch.ops.geoops.poincare_mlr_bwd(gs, xs, zs, bs, c, t, 15)
+        for got, want in ((y, yr), (gx, gxr), (gz, gzr), (gb, gbr), (gc, gcr)):
+            assert _err(got.cpu(), want) <= 1e-9
+        gx, gz, gb, gc = torch.ops.geoops.poincare_mlr_bwd(gs, xs, zs, None, c, t, 1)
+        assert gx.shape == x.shape and gz.numel() == gb.numel() == gc.numel() == 0
+        if backend == "triton":
+            torch.library.opcheck(torch.ops.geoops.poincare_mlr_fwd.default, (xs, zs, bs, c))
+            torch.library.opcheck(torch.ops.geoops.poincare_mlr_bwd.default, (gs, xs, zs, None, c, t, 11))
