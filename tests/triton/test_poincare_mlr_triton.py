@@ -206,3 +206,21 @@ def test_mlr_op_on_each_backend(backend, device):
         if backend == "triton":
             torch.library.opcheck(torch.ops.geoops.poincare_mlr_fwd.default, (xs, zs, bs, c))
             torch.library.opcheck(torch.ops.geoops.poincare_mlr_bwd.default, (gs, xs, zs, None, c, t, 11))
+
+
+def test_mlr_forward_mode_and_vmap_keep_the_composition(device):
+    """Forward-mode AD (a dual level) and torch.func transforms take the composition on the Triton backend (as on the
+    CPU path): the jvp is right (vs central differences), vmap equals the loop."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, z, b, c, _ = _case(4, 3, 2)
+    x, z, b = (t.to(device) for t in (x, z, b))
+    tx = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1)).to(device)
+    with fwAD.dual_level():
+        got = fwAD.unpack_dual(gp.mlr(fwAD.make_dual(x, tx), z, b, c=c)).tangent
+    h = 1e-6
+    want = (gp.mlr(x + h * tx, z, b, c=c) - gp.mlr(x - h * tx, z, b, c=c)) / (2 * h)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    xb = torch.stack([x, x.flip(0)])
+    torch.testing.assert_close(torch.func.vmap(lambda a: gp.mlr(a, z, b, c=c))(xb),
+                               torch.stack([gp.mlr(a, z, b, c=c) for a in xb]), rtol=1e-12, atol=1e-12)
