@@ -469,3 +469,45 @@ def test_gaunt_chunked_broadcast_gradients_match_the_expanded_product(shapes, mo
     gf = torch.func.grad(f, argnums=(0, 1))(x1, y, w1, wo)
     for a, b in zip(gf, gb_[:2]):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_knn_pair_rows_are_made_per_chunk_of_queries(backend):
+    """KnnDistFn gathered y[idx] again in its backward and made x's and y[idx]'s (N n, D) pair rows and their
+    gradients at once: 4 (N n, D) tensors (the forward 2), n times x's size each, against knn's promise of
+    O(block_elems + N n) extra memory.  They are made per chunk of query rows now (B c n D <= block_elems): the
+    forward + backward peak stays under one (N n, D) tensor's size (0.6 cpp, 0.8 reference at N = 1024: x, the
+    gradients, idx and the chunks), and the distances and the gradients of x, y and k are the same bits as in one chunk (the C++ kernels are per row; the reference backend's torch ops may
+    round a chunk's SIMD tail differently: within an ulp)."""
+    tol = dict(rtol=0, atol=0) if backend == "cpp" else dict(rtol=1e-13, atol=1e-15)
+    N, M, D, n = 1024, 64, 16, 8
+    x, y = _ball(N, D), _ball(M, D, seed=1)
+    k = torch.tensor(-0.9, dtype=torch.float64)
+    up = torch.randn(N, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def run(block_elems):
+        xs, ys, ks = _leaves([x, y, k])
+        d, _ = st.knn(xs, ys, n, k=ks, block_elems=block_elems)
+        d.backward(up)
+        return d.detach(), xs.grad, ys.grad, ks.grad
+
+    with geoops.use_backend(backend):
+        one = run(1 << 22)
+        small = 4096  # 32 query rows per chunk: 32 chunks
+        got = run(small)
+        for a, b in zip(one, got):
+            torch.testing.assert_close(a, b, **tol)
+        peak = _alloc_peak(lambda: run(small))
+        # a batch with one curvature per entry, one query row per chunk
+        xb, yb = _ball(2, 9, 5), _ball(2, 11, 5, seed=1)
+        kb = torch.tensor([-1.0, 0.7], dtype=torch.float64).reshape(2, 1, 1)
+        gb = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        res = []
+        for be in (1 << 22, 1):
+            ls = _leaves([xb, yb, kb])
+            d, _ = st.knn(*ls[:2], 4, k=ls[2], block_elems=be)
+            res.append([d.detach(), *torch.autograd.grad((d * gb).sum(), ls)])
+        for a, b in zip(*res):
+            torch.testing.assert_close(a, b, **tol)
+    pairs = N * n * D * 8
+    assert peak <= pairs, f"peak {peak / pairs:.2f} x the (N n, D) pair rows (4.3 cpp, 6.8 reference before)"
