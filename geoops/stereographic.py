@@ -1203,7 +1203,7 @@ class KnnDistFn(torch.autograd.Function):
     again in the backward (the composition saved the gathered rows, n times x's size); the row op dist's kernels
     (torch.ops.geoops.dist_fwd / dist_bwd), gradients to x (summed over the n pairs), y (scattered back over idx,
     as gather's backward) and k.  The pair rows (x and y[idx] as (B c n, D) rows, and their gradients in the
-    backward) are made per chunk of c query rows, B c n D <= block_elems (session 38: they were made for all N
+    backward) are made per chunk of c query rows, 4 B c n D <= block_elems (session 38: they were made for all N
     at once, 4 (N n, D) tensors in the backward); the same numbers (C++ kernels: bit for bit, per-row kernels, grad y
     scattered in the same order, k's per-pair terms summed once; the reference backend's torch ops within an ulp)."""
 
@@ -1269,10 +1269,11 @@ class KnnDistFn(torch.autograd.Function):
 
 
 def _knn_spans(idx_shape, D, block_elems):
-    """(i0, i1) spans of knn's query rows whose pair rows (B (i1 - i0) n rows of D) hold at most block_elems
-    values (at least one query row each); one span for a symbolic size (see :func:`_spans`)."""
+    """(i0, i1) spans of knn's query rows whose pair rows (B (i1 - i0) n rows of D; four such tensors at once in the
+    backward: x's and y[idx]'s rows and their gradients) hold at most block_elems values together (at least one
+    query row each); one span for a symbolic size (see :func:`_spans`)."""
     B, N, n = idx_shape
-    per = B * n * D
+    per = 4 * B * n * D
     if isinstance(per, torch.SymInt) or isinstance(N, torch.SymInt):
         return ((0, N),)
     return _spans(N, max(1, block_elems // max(per, 1)))
@@ -1294,7 +1295,7 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     :func:`dist` on the gathered pairs, so the distances are differentiable with respect to x, y and k
     (the indices are not); the backward keeps x, y, k and the indices alone (``y[idx]`` is gathered again
     there, not saved: n times x's size; the pair rows are made per chunk of queries, at most block_elems
-    values).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
+    values together).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
     backends (Python tiles, Triton) return them in ``torch.topk``'s / the kernel's order, which is unspecified.
 
     Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``
