@@ -1215,7 +1215,8 @@ class KnnDistFn(torch.autograd.Function):
         spans = _knn_spans(idx.shape, x.shape[-1], block_elems)
         if len(spans) == 1:
             xr, yr, kr, eps = _knn_rows(x, y, k, idx)
-            return _UNSAFE_VIEW(_FWD["dist"](xr, yr, kr, None, eps), (B, N, n))  # not a view: the caller may change the distances in place
+            # (not a view: the caller may change the distances in place)
+            return _UNSAFE_VIEW(_FWD["dist"](xr, yr, kr, None, eps), (B, N, n))
         out = None
         for i0, i1 in spans:
             xr, yr, kr, eps = _knn_rows(x[:, i0:i1], y, k, idx[:, i0:i1])

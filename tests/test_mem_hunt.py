@@ -477,8 +477,9 @@ def test_knn_pair_rows_are_made_per_chunk_of_queries(backend):
     gradients at once: 4 (N n, D) tensors (the forward 2), n times x's size each, against knn's promise of
     O(block_elems + N n) extra memory.  They are made per chunk of query rows now (4 B c n D <= block_elems): the
     forward + backward peak stays under one (N n, D) tensor's size (0.5 cpp, 0.8 reference at N = 1024: x, the
-    gradients, idx and the chunks), and the distances and the gradients of x, y and k are the same bits as in one chunk (the C++ kernels are per row; the reference backend's torch ops may
-    round a chunk's SIMD tail differently: within an ulp)."""
+    gradients, idx and the chunks), and the distances and the gradients of x, y and k are the same bits as in one
+    chunk (the C++ kernels are per row; the reference backend's torch ops may round a chunk's SIMD tail
+    differently: within an ulp)."""
     tol = dict(rtol=0, atol=0) if backend == "cpp" else dict(rtol=1e-13, atol=1e-15)
     N, M, D, n = 1024, 64, 16, 8
     x, y = _ball(N, D), _ball(M, D, seed=1)
