@@ -95,7 +95,12 @@ def _reached(ctx, need, args) -> List[bool]:
 class GauntFn(torch.autograd.Function):
     """autograd.Function of the nu-ary Gaunt product on rows: torch.ops.geoops.gaunt_fwd.
 
-    apply(lmax_out, route, nu, x_1..x_nu, w_1..w_nu, w_out).  The backward is expressed with GauntFn itself
+    apply(lmax_out, route, nu, x_1..x_nu, w_1..w_nu, w_out): tensors [*b, n] whose leading dims broadcast to one
+    batch (N rows; (N, n) rows and (1, n) weights are the plain case); returns the (N, n_out) rows.  A factor
+    broadcast over channels ([E, 1, n] against [E, C, n]) comes unexpanded: the kernels' rows of it are made per
+    chunk of the batch's first dim (:data:`CHUNK_ROWS`) in the forward and the first-order backward, and its
+    gradient is summed over the broadcast dims chunk by chunk, so no tensor of the broadcast size lives whole
+    (session 38).  The backward is expressed with GauntFn itself
     (grad of x_i = w_i * P_{<=L_i}[prod_{j != i} f_j * f(w_out g)]), so it is differentiable to any order.  When it
     need not be (no create_graph, no torch.func transform) the grid and direct routes on CPU compute the same products
     in one fused kernel (geoops::gaunt_bwd: every factor and w_out g evaluated on the shared grid once, or moved
@@ -108,30 +113,40 @@ class GauntFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lmax_out, route, nu, *args):
-        xs, ws, wout = list(args[:nu]), list(args[nu:2 * nu]), args[2 * nu]
-        # the inputs as given (a factor broadcast over channels stays an expanded view of its own storage: the
-        # backward re-expands it instead of keeping an N-row copy alive until then)
-        ctx.save_for_backward(*xs, *ws, wout)
+        # the inputs as given (a factor broadcast over channels stays unexpanded: no N-row copy of it is saved)
+        ctx.save_for_backward(*args)
         ctx.lmax_out, ctx.route, ctx.nu = lmax_out, route, nu
-        return _impl.fwd_call(_flat(xs), _flat(ws), _flat1(wout), lmax_out, route)
+        return _product(args, nu, lmax_out, route)
 
     @staticmethod
     def backward(ctx, g):
         saved = ctx.saved_tensors
-        grads = GauntFn._backward(ctx, g, saved)
-        # (rows gradients back to the inputs' shapes: [*batch, n] views)
-        return (None, None, None, *[None if d is None else d.reshape(t.shape) for d, t in zip(grads[3:], saved)])
+        need = _reached(ctx, ctx.needs_input_grad[3:], saved)
+        batch = _batch(saved)
+        g = g.contiguous()
+        chunks = _chunk_plan(saved[:ctx.nu], batch) if _first_order() else None
+        if chunks is not None:
+            return (None, None, None, *GauntFn._chunked_backward(ctx, g, saved, need, batch, chunks))
+        grads = GauntFn._backward(ctx, g, saved, need, batch)
+        # (rows gradients back to the inputs' shapes: [*batch, n] views; a broadcast input's summed to its shape)
+        return (None, None, None, *[_shaped(d, t, batch) for d, t in zip(grads[3:], saved)])
 
     @staticmethod
-    def _backward(ctx, g, saved):
-        nu, lmax_out, route = ctx.nu, ctx.lmax_out, ctx.route
-        need = _reached(ctx, ctx.needs_input_grad[3:], saved)
-        xs, ws, wout = _flat(saved[:nu]), _flat(saved[nu:2 * nu]), _flat1(saved[2 * nu])
-        gx, gw = [None] * nu, [None] * nu
-        g = g.contiguous()
-        if (not torch.is_grad_enabled() and not _library.functorch_active()
-                and _impl.has_fused_bwd(g.device, route, nu)):
+    def _backward(ctx, g, saved, need, batch):
+        """The gradients as rows: (N, n) per factor and per-row weight, (1, n) per one-row weight."""
+        nu = ctx.nu
+        xs, ws, wout = _rows_of(saved, nu, batch)
+        if _first_order() and _impl.has_fused_bwd(g.device, ctx.route, nu):
             return GauntFn._fused_backward(ctx, xs, ws, wout, g, need)
+        gx, gw, gwo = GauntFn._loop_rows(ctx, xs, ws, wout, g, need)
+        return (None, None, None, *gx, *[_reduce_rows(d, w) if d is not None else None for d, w in zip(gw, ws)],
+                _reduce_rows(gwo, wout) if gwo is not None else None)
+
+    @staticmethod
+    def _loop_rows(ctx, xs, ws, wout, g, need):
+        """The backward as further Gaunt products on rows: (grad x_i, per-row weight sums, per-row w_out sums)."""
+        nu, lmax_out, route = ctx.nu, ctx.lmax_out, ctx.route
+        gx, gw = [None] * nu, [None] * nu
         for i in range(nu):
             if not (need[i] or need[nu + i]):
                 continue
@@ -144,21 +159,16 @@ class GauntFn(torch.autograd.Function):
                 h = _core(others, ows, None, L, route)
                 if need[i]:
                     gx[i] = h * ws[i].index_select(1, _deg(L, h.device))
-                gw[i] = _reduce_rows(_segsum(h * xs[i], L), ws[i])
+                gw[i] = _segsum(h * xs[i], L)
         gwo = None
         if wout is not None and need[2 * nu]:
             raw = _core(xs, ws, None, lmax_out, route)
-            gwo = _reduce_rows(_segsum(g * raw, lmax_out), wout)
-        return (None, None, None, *[gx[i] if need[i] else None for i in range(nu)], *gw, gwo)
+            gwo = _segsum(g * raw, lmax_out)
+        return [gx[i] if need[i] else None for i in range(nu)], gw, gwo
 
     @staticmethod
-    def _fused_backward(ctx, xs, ws, wout, g, need):
-        """First-order backward through the fused kernel (geoops::gaunt_bwd, routes grid and direct): the same
-        products as the loop above, the factors and wout * g evaluated on the shared grid (or put in lanes) once.
-        The kernel's store step also applies w_k to grad x_k and forms the weight gradients' per-row per-degree
-        sums (sum_m h_k x_k, and sum_m g raw for wout: [rows, L+1], summed as the loop's index_add); only the sum
-        over rows of a broadcast weight (_reduce_rows) stays in torch.  Used only when the backward need not be
-        differentiable (no create_graph, no torch.func transform); same numbers as the loop."""
+    def _fused_rows(ctx, xs, ws, wout, g, need):
+        """The fused kernel's (grad x_i, per-row weight sums, per-row w_out sums)."""
         nu, lmax_out = ctx.nu, ctx.lmax_out
         # need codes of gaunt_bwd: 2 = grad x_k (times w_k when given), + 4 = w_k's per-row sums
         mode = [(2 if need[i] else 0) + (4 if ws[i] is not None and need[nu + i] else 0) for i in range(nu)]
@@ -169,9 +179,148 @@ class GauntFn(torch.autograd.Function):
             if mode[i] & 2:
                 gx[i] = next(outs)
             if mode[i] & 4:
-                gw[i] = _reduce_rows(next(outs), ws[i])
-        gwo = _reduce_rows(next(outs), wout) if want_wo else None
-        return (None, None, None, *gx, *gw, gwo)
+                gw[i] = next(outs)
+        return gx, gw, next(outs) if want_wo else None
+
+    @staticmethod
+    def _fused_backward(ctx, xs, ws, wout, g, need):
+        """First-order backward through the fused kernel (geoops::gaunt_bwd, routes grid and direct): the same
+        products as the loop above, the factors and wout * g evaluated on the shared grid (or put in lanes) once.
+        The kernel's store step also applies w_k to grad x_k and forms the weight gradients' per-row per-degree
+        sums (sum_m h_k x_k, and sum_m g raw for wout: [rows, L+1], summed as the loop's index_add); only the sum
+        over rows of a broadcast weight (_reduce_rows) stays in torch.  Used only when the backward need not be
+        differentiable (no create_graph, no torch.func transform); same numbers as the loop."""
+        gx, gw, gwo = GauntFn._fused_rows(ctx, xs, ws, wout, g, need)
+        return (None, None, None, *gx, *[_reduce_rows(d, w) if d is not None else None for d, w in zip(gw, ws)],
+                _reduce_rows(gwo, wout) if gwo is not None else None)
+
+    @staticmethod
+    def _chunked_backward(ctx, g, saved, need, batch, chunks):
+        """First-order backward with a broadcast factor, chunk by chunk of the batch's first dim: each chunk's
+        rows of every input (the broadcast factor's expanded there), its gradients as rows (the fused kernel or the
+        loop), written into the gradients' place; a broadcast factor's summed over its broadcast dims per chunk
+        (the same sum as autograd's expand backward when the factor has the batch's first dim, so bit for bit;
+        else the chunks' sums added: the same to float rounding).  Weights' per-row sums (N x (L+1), small) are
+        kept whole and reduced once, as without chunks."""
+        nu, N = ctx.nu, g.shape[0]
+        fused = _impl.has_fused_bwd(g.device, ctx.route, nu)
+        out = [None] * len(saved)
+        for a, b, r0, r1 in chunks:
+            xs, ws, wout = _rows_of(saved, nu, batch, a, b)
+            rows = GauntFn._fused_rows if fused else GauntFn._loop_rows
+            gx, gw, gwo = rows(ctx, xs, ws, wout, g[r0:r1], need)
+            cb = (b - a, *batch[1:])
+            for k, d in enumerate((*gx, *gw, gwo)):
+                if d is None:
+                    continue
+                t, n = saved[k], d.shape[1]
+                if k >= nu or _lead(t) == N:  # a weight's per-row sums, a factor's rows: in their rows' place
+                    if out[k] is None:
+                        out[k] = d.new_empty(N, n)
+                    out[k][r0:r1] = d
+                elif _splits(t, batch):  # a factor broadcast over later dims: its part of the chunk, summed
+                    if out[k] is None:
+                        out[k] = d.new_empty(t.shape)
+                    out[k][a:b] = d.view(*cb, n).sum_to_size((b - a, *t.shape[1:]))
+                else:  # a factor broadcast over the first dim too: the chunks' sums added
+                    s = d.view(*cb, n).sum_to_size(t.shape)
+                    out[k] = s if out[k] is None else out[k].add_(s)
+            del xs, ws, wout, gx, gw, gwo, d  # (this chunk's rows freed before the next chunk's are made)
+        for k, t in enumerate(saved):
+            if out[k] is not None and (k >= nu or _lead(t) == N):
+                # (a one-row weight's sums over all rows at once: _reduce_rows, as without chunks)
+                out[k] = _shaped(out[k].sum(0, keepdim=True) if _lead(t) == 1 else out[k], t, batch)
+        return out
+
+
+def _product(args, nu, lmax_out, route):
+    """The (N, n_out) rows of the product of the inputs [*b, n] (broadcasting to one batch): one kernel call, or
+    one per chunk (_chunk_plan) written into the output's rows."""
+    batch = _batch(args)
+    chunks = _chunk_plan(args[:nu], batch)
+    if chunks is None:
+        return _impl.fwd_call(*_rows_of(args, nu, batch), lmax_out, route)
+    out = None
+    for a, b, r0, r1 in chunks:
+        o = _impl.fwd_call(*_rows_of(args, nu, batch, a, b), lmax_out, route)
+        if out is None:
+            out = o.new_empty(chunks[-1][3], o.shape[1])
+        out[r0:r1] = o
+        del o
+    return out
+
+
+def _first_order() -> bool:
+    """Whether a backward need not be differentiable (no create_graph, no torch.func transform)."""
+    return not torch.is_grad_enabled() and not _library.functorch_active()
+
+
+# rows per chunk of a product with a broadcast factor (forward and first-order backward): bounds the kernels' rows
+# of the broadcast factor and its rows-sized gradient to a chunk (2 MiB per tensor at 16 fp32 coefficients)
+CHUNK_ROWS = 1 << 15
+
+
+def _lead(t: torch.Tensor) -> int:
+    """Number of rows of t's leading dims."""
+    n = 1
+    for s in t.shape[:-1]:
+        n *= s
+    return n
+
+
+def _batch(ts) -> tuple:
+    """The broadcast of the inputs' leading dims (the product's batch)."""
+    return tuple(torch.broadcast_shapes(*[t.shape[:-1] for t in ts if t is not None]))
+
+
+def _splits(t: torch.Tensor, batch) -> bool:
+    """Whether t has the batch's first dim (a chunk of it takes t's part) rather than broadcasting over it."""
+    return t.dim() - 1 == len(batch) and len(batch) > 0 and t.shape[0] == batch[0] and batch[0] != 1
+
+
+def _rows_of(ts, nu, batch, a=None, b=None):
+    """(xs, ws, wout) as the kernels' rows: every factor and per-row weight (N, n) contiguous (a broadcast one
+    expanded and copied), a weight whose leading dims hold one row (1, n).  With a, b: the chunk batch[0][a:b]."""
+    if a is not None:
+        ts = [t[a:b] if t is not None and _splits(t, batch) else t for t in ts]
+        batch = (b - a, *batch[1:])
+    rows = []
+    for k, t in enumerate(ts):
+        if t is None:
+            rows.append(None)
+        elif k >= nu and _lead(t) == 1:
+            rows.append(t.reshape(1, t.shape[-1]).contiguous())
+        else:
+            rows.append(_flat1(t.expand(*batch, t.shape[-1])))
+    return rows[:nu], rows[nu:2 * nu], rows[2 * nu]
+
+
+def _chunk_plan(xs, batch):
+    """[(a, b, r0, r1)]: chunks of the batch's first dim (and their rows) when a factor is broadcast (fewer rows
+    than the batch) and the batch has more than CHUNK_ROWS rows; None otherwise (and while torch.compile traces,
+    inside torch.func transforms, or for symbolic sizes: one call)."""
+    if not batch or torch.compiler.is_compiling() or _library.functorch_active():
+        return None
+    N = 1
+    for s in batch:
+        N *= s
+    if not isinstance(N, int) or N <= CHUNK_ROWS or all(_lead(x) == N for x in xs):
+        return None
+    R = N // batch[0]
+    per = max(1, CHUNK_ROWS // max(R, 1))
+    if per >= batch[0]:
+        return None
+    return [(a, min(a + per, batch[0]), a * R, min(a + per, batch[0]) * R) for a in range(0, batch[0], per)]
+
+
+def _shaped(d: Optional[torch.Tensor], t: torch.Tensor, batch) -> Optional[torch.Tensor]:
+    """A rows gradient back to its input's shape: a view, or for a broadcast input its sum over the broadcast
+    dims (what autograd's expand backward did when the input came expanded)."""
+    if d is None:
+        return None
+    if d.shape[0] == _lead(t):
+        return d.reshape(t.shape)
+    return d.reshape(*batch, d.shape[-1]).sum_to_size(t.shape)
 
 
 def _core(xs, ws, wout, lmax_out, route):
@@ -182,17 +331,13 @@ def _core(xs, ws, wout, lmax_out, route):
     wrapper is not the outer grad level's: jacrev(jacrev(f)) reached the bare op)."""
     if _library.functorch_active() or _library.autograd_wanted(*xs, *ws, wout):
         return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout, op="geoops.gaunt")
-    return _impl.fwd_call(_flat(xs), _flat(ws), _flat1(wout), lmax_out, route)
+    return _product((*xs, *ws, wout), len(xs), lmax_out, route)
 
 
 def _flat1(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """[*batch, n] (a broadcast view too) -> contiguous (N, n) rows, the kernels' layout; a copy only where the
     rows are not already back to back.  None stays None."""
     return None if t is None else t.reshape(-1, t.shape[-1]).contiguous()
-
-
-def _flat(ts) -> list:
-    return [_flat1(t) for t in ts]
 
 
 # ---------------------------------------------------------------- route choice
@@ -331,10 +476,10 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
         t = t.to(cdt)
         # (ranks first: comparing (C,) with (B, C) element by element guards B != C under torch.export / compile)
         if t.dim() - 1 != len(batch) or tuple(t.shape[:-1]) != tuple(batch):
-            # a broadcast factor ([E, 1, n] edge SH against [E, C, n] features) stays a view: GauntFn makes the
-            # kernels' rows (_flat) and saves the view, so no N-row copy lives until the backward (session 36)
-            return t.expand(*batch, n)
-        return t.reshape(N, n).contiguous()
+            # a broadcast factor ([E, 1, n] edge SH against [E, C, n] features) goes to GauntFn unexpanded: it makes
+            # the kernels' rows of it per chunk and sums its gradient there (sessions 36, 38); nothing N-row saved
+            return t
+        return t.contiguous()
 
     def wrows(w, L):
         if w is None:

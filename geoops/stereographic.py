@@ -1199,17 +1199,34 @@ def _knn_rows(x, y, k, idx):
 @_library.with_func_twin
 class KnnDistFn(torch.autograd.Function):
     """autograd.Function of knn's distances ``dist(x[b, i], y[b, idx[b, i, j]])`` [B, N, n] (x [B, N, D],
-    y [B, M, D], k [B], idx [B, N, n] int64): saves x, y, k and idx alone and gathers y[idx] again in the
-    backward (the composition saved the gathered rows, n times x's size); the row op dist's kernels
+    y [B, M, D], k [B], idx [B, N, n] int64; block_elems: knn's): saves x, y, k and idx alone and gathers y[idx]
+    again in the backward (the composition saved the gathered rows, n times x's size); the row op dist's kernels
     (torch.ops.geoops.dist_fwd / dist_bwd), gradients to x (summed over the n pairs), y (scattered back over idx,
-    as gather's backward) and k."""
+    as gather's backward) and k.  The pair rows (x and y[idx] as (B c n, D) rows, and their gradients in the
+    backward) are made per chunk of c query rows, 4 B c n D <= block_elems (session 38: they were made for all N
+    at once, 4 (N n, D) tensors in the backward); the same numbers (C++ kernels: bit for bit, per-row kernels, grad y
+    scattered in the same order, k's per-pair terms summed once; the reference backend's torch ops within an ulp)."""
 
     @staticmethod
-    def forward(ctx, x, y, k, idx):
+    def forward(ctx, x, y, k, idx, block_elems):
         ctx.save_for_backward(x, y, k, idx)
+        ctx.block_elems = block_elems
         B, N, n = idx.shape
-        xr, yr, kr, eps = _knn_rows(x, y, k, idx)
-        return _UNSAFE_VIEW(_FWD["dist"](xr, yr, kr, None, eps), (B, N, n))  # not a view: the caller may change the distances in place
+        spans = _knn_spans(idx.shape, x.shape[-1], block_elems)
+        if len(spans) == 1:
+            xr, yr, kr, eps = _knn_rows(x, y, k, idx)
+            # (not a view: the caller may change the distances in place)
+            return _UNSAFE_VIEW(_FWD["dist"](xr, yr, kr, None, eps), (B, N, n))
+        out = None
+        for i0, i1 in spans:
+            xr, yr, kr, eps = _knn_rows(x[:, i0:i1], y, k, idx[:, i0:i1])
+            d = _FWD["dist"](xr, yr, kr, None, eps)
+            del xr, yr
+            if out is None:
+                out = d.new_empty((B, N, n))
+            out[:, i0:i1] = d.reshape(B, i1 - i0, n)
+            del d
+        return out
 
     @staticmethod
     @_library.first_order_only
@@ -1218,17 +1235,49 @@ class KnnDistFn(torch.autograd.Function):
         need = ctx.needs_input_grad
         mask = _library.grad_mask(need, 3)
         if mask == 0:
-            return None, None, None, None
+            return None, None, None, None, None
         B, N, n = idx.shape
         D = x.shape[-1]
-        xr, yr, kr, eps = _knn_rows(x, y, k, idx)
-        dx, dy, dk, _ = _ops.CALLERS["dist"][1](grad.reshape(B * N * n), xr, yr, kr, None, eps, mask)
-        del xr, yr
-        gx = dx.reshape(B, N, n, D).sum(2) if need[0] else None
-        gy = (torch.zeros_like(y).scatter_add(1, idx.reshape(B, N * n, 1).expand(B, N * n, D),
-                                              dy.reshape(B, N * n, D)) if need[1] else None)
-        gk = dk.reshape(B, N * n).sum(1).to(k.dtype) if need[2] else None  # (the kernels' dk is per row)
-        return gx, gy, gk, None
+        spans = _knn_spans(idx.shape, D, ctx.block_elems)
+        gx = gy = dks = None
+        for i0, i1 in spans:
+            c = i1 - i0
+            xr, yr, kr, eps = _knn_rows(x[:, i0:i1], y, k, idx[:, i0:i1])
+            dx, dy, dk, _ = _ops.CALLERS["dist"][1](grad[:, i0:i1].reshape(B * c * n), xr, yr, kr, None, eps, mask)
+            del xr, yr
+            if need[0]:
+                part = dx.reshape(B, c, n, D).sum(2)
+                if len(spans) == 1:
+                    gx = part
+                else:
+                    if gx is None:
+                        gx = part.new_empty((B, N, D))
+                    gx[:, i0:i1] = part
+            if need[1]:  # (chunk after chunk: every y row receives its pairs' terms in the same order as at once)
+                if gy is None:
+                    gy = torch.zeros_like(y)
+                gy.scatter_add_(1, idx[:, i0:i1].reshape(B, c * n, 1).expand(B, c * n, D), dy.reshape(B, c * n, D))
+            if need[2]:  # the kernels' dk is per pair: kept (B N n scalars) and summed once, as without chunks
+                if len(spans) == 1:
+                    dks = dk.reshape(B, N * n)
+                else:
+                    if dks is None:
+                        dks = dk.new_empty((B, N, n))
+                    dks[:, i0:i1] = dk.reshape(B, c, n)
+            del dx, dy, dk
+        gk = dks.reshape(B, N * n).sum(1).to(k.dtype) if need[2] else None
+        return gx, gy, gk, None, None
+
+
+def _knn_spans(idx_shape, D, block_elems):
+    """(i0, i1) spans of knn's query rows whose pair rows (B (i1 - i0) n rows of D; four such tensors at once in the
+    backward: x's and y[idx]'s rows and their gradients) hold at most block_elems values together (at least one
+    query row each); one span for a symbolic size (see :func:`_spans`)."""
+    B, N, n = idx_shape
+    per = 4 * B * n * D
+    if isinstance(per, torch.SymInt) or isinstance(N, torch.SymInt):
+        return ((0, N),)
+    return _spans(N, max(1, block_elems // max(per, 1)))
 
 
 def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool = False,
@@ -1246,7 +1295,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
     :func:`cdist`); only the kept ``n`` per row are turned into distances, by the fused row-wise
     :func:`dist` on the gathered pairs, so the distances are differentiable with respect to x, y and k
     (the indices are not); the backward keeps x, y, k and the indices alone (``y[idx]`` is gathered again
-    there, not saved: n times x's size).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
+    there, not saved: n times x's size; the pair rows are made per chunk of queries, at most block_elems
+    values together).  Exactly tied keys: the C++ kernel keeps the lower index of y first; the other
     backends (Python tiles, Triton) return them in ``torch.topk``'s / the kernel's order, which is unspecified.
 
     Args: x ``[..., N, D]``, y ``[..., M, D]`` (batch dimensions broadcast), ``n_neighbors`` in ``[0, M]``
@@ -1316,7 +1366,7 @@ def knn(x: torch.Tensor, y: torch.Tensor, n_neighbors: int, *, k, largest: bool 
         # KnnDistFn saves x, y, k and idx alone (the gathered rows y[idx], n times x's size, are gathered again in
         # its backward); torch.func transforms and forward-mode AD keep the composition below (its row op's twin
         # carries the jvp that jacfwd / jvp need)
-        dist_ = _library.apply(KnnDistFn, x3, y3, k3, idx, op="knn")
+        dist_ = _library.apply(KnnDistFn, x3, y3, k3, idx, block_elems, op="knn")
     else:
         ysel = torch.gather(y3, 1, idx.reshape(B, N * n, 1).expand(B, N * n, D)).reshape(B, N, n, D)
         dist_ = dist(x3.unsqueeze(2), ysel, k=k3.reshape(B, 1, 1, 1))

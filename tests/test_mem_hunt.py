@@ -396,3 +396,119 @@ def test_reference_cdist_saves_no_unused_square_matrix():
     torch.testing.assert_close(o0, o1, rtol=1e-12, atol=1e-12)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- session 38 (helper "memfix")
+def _gaunt_bcast(E, C, dtype=torch.float64, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(E, C, 16, generator=g, dtype=dtype)
+    y = torch.randn(E, 1, 9, generator=g, dtype=dtype)
+    up = torch.randn(E, C, 16, generator=g, dtype=dtype)
+    return x1, y, up
+
+
+@pytest.mark.parametrize("route", ["grid", "direct"])
+def test_gaunt_broadcast_factor_backward_peak_is_chunk_bounded(route, monkeypatch):
+    """Edge SH [E, 1, n2] against features [E, C, n1] (session 37 smallfix's write-up): the backward made the SH's
+    kernel rows (an E*C x n2 copy) and its gradient at E*C rows, which autograd's expand backward then summed:
+    two broadcast-sized transients next to the output, its gradient and grad x1 (5 E*C-row tensors at the peak).
+    GauntFn takes the SH unexpanded now and runs the forward and the first-order backward in chunks of E
+    (gaunt.CHUNK_ROWS rows each), summing each chunk's SH gradient over C at once: the peak is the three E*C-row
+    tensors plus a chunk's worth.  Same gradients, bit for bit (the chunks' sums over C are autograd's)."""
+    E, C = 64, 16
+    monkeypatch.setattr(gg, "CHUNK_ROWS", 128, raising=False)  # 8 rows of E per chunk: 8 chunks
+    x1, y, up = _gaunt_bcast(E, C)
+
+    def run(y_in):
+        a, b = x1.clone().requires_grad_(), y.clone().requires_grad_()
+        o = gg.gaunt_tensor_product(a, y_in(b), 3, route=route)
+        o.backward(up)
+        return o.detach(), a.grad, b.grad
+
+    ref = run(lambda b: b.expand(E, C, 9).contiguous())  # the rows made up front: autograd sums grad y over C
+    got = run(lambda b: b)
+    assert all(torch.equal(r, t) for r, t in zip(ref, got))
+    unit = E * C * 16 * 8  # one E*C-row tensor of 16 doubles (x1, the output, grad out, grad x1)
+    peak = _alloc_peak(lambda: run(lambda b: b))
+    assert peak <= 3.5 * unit, f"peak {peak / unit:.2f} x the E*C-row size"
+
+
+@pytest.mark.parametrize("shapes", [((6, 4, 16), (4, 9)), ((6, 4, 16), (1, 1, 9)), ((2, 3, 4, 16), (2, 1, 4, 9))])
+def test_gaunt_chunked_broadcast_gradients_match_the_expanded_product(shapes, monkeypatch):
+    """The chunked forward / backward on other broadcast patterns (a factor shared over the batch's first dim: the
+    chunks' sums are added, equal to float rounding; a 4-d batch), with per-row and one-row weights; create_graph
+    (double backward) and torch.func.grad run unchunked, the same numbers as the product of the expanded rows."""
+    monkeypatch.setattr(gg, "CHUNK_ROWS", 8, raising=False)
+    g = torch.Generator().manual_seed(12)
+    sx, sy = shapes
+    x1 = torch.randn(*sx, generator=g, dtype=torch.float64)
+    y = torch.randn(*sy, generator=g, dtype=torch.float64)
+    w1 = torch.randn(*sx[:-1], 4, generator=g, dtype=torch.float64)
+    wo = torch.randn(4, generator=g, dtype=torch.float64)
+    batch = sx[:-1]
+    up = torch.randn(*batch, 16, generator=g, dtype=torch.float64)
+
+    def f(a, b, w, v, expand=False):
+        b = b.expand(*batch, 9).contiguous() if expand else b
+        return (gg.gaunt_tensor_product(a, b, 3, weight1=w, weight_out=v) * up).sum()
+
+    leaves = lambda: [t.clone().requires_grad_() for t in (x1, y, w1, wo)]  # noqa: E731
+    la, lb = leaves(), leaves()
+    ga_ = torch.autograd.grad(f(*la), la)
+    gb_ = torch.autograd.grad(f(*lb, expand=True), lb)
+    for a, b in zip(ga_, gb_):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    # create_graph: a second derivative through the broadcast factor
+    la, lb = leaves(), leaves()
+    (gy,) = torch.autograd.grad(f(*la), la[1], create_graph=True)
+    (gyb,) = torch.autograd.grad(f(*lb, expand=True), lb[1], create_graph=True)
+    h = torch.autograd.grad(gy.square().sum(), la[0])[0]
+    hb = torch.autograd.grad(gyb.square().sum(), lb[0])[0]
+    torch.testing.assert_close(h, hb, rtol=1e-13, atol=1e-13)
+    # torch.func
+    gf = torch.func.grad(f, argnums=(0, 1))(x1, y, w1, wo)
+    for a, b in zip(gf, gb_[:2]):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_knn_pair_rows_are_made_per_chunk_of_queries(backend):
+    """KnnDistFn gathered y[idx] again in its backward and made x's and y[idx]'s (N n, D) pair rows and their
+    gradients at once: 4 (N n, D) tensors (the forward 2), n times x's size each, against knn's promise of
+    O(block_elems + N n) extra memory.  They are made per chunk of query rows now (4 B c n D <= block_elems): the
+    forward + backward peak stays under one (N n, D) tensor's size (0.5 cpp, 0.8 reference at N = 1024: x, the
+    gradients, idx and the chunks), and the distances and the gradients of x, y and k are the same bits as in one
+    chunk (the C++ kernels are per row; the reference backend's torch ops may round a chunk's SIMD tail
+    differently: within an ulp)."""
+    tol = dict(rtol=0, atol=0) if backend == "cpp" else dict(rtol=1e-13, atol=1e-15)
+    N, M, D, n = 1024, 64, 16, 8
+    x, y = _ball(N, D), _ball(M, D, seed=1)
+    k = torch.tensor(-0.9, dtype=torch.float64)
+    up = torch.randn(N, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def run(block_elems):
+        xs, ys, ks = _leaves([x, y, k])
+        d, _ = st.knn(xs, ys, n, k=ks, block_elems=block_elems)
+        d.backward(up)
+        return d.detach(), xs.grad, ys.grad, ks.grad
+
+    with geoops.use_backend(backend):
+        one = run(1 << 22)
+        small = 4096  # 8 query rows per chunk: 128 chunks
+        got = run(small)
+        for a, b in zip(one, got):
+            torch.testing.assert_close(a, b, **tol)
+        peak = _alloc_peak(lambda: run(small))
+        # a batch with one curvature per entry, one query row per chunk
+        xb, yb = _ball(2, 9, 5), _ball(2, 11, 5, seed=1)
+        kb = torch.tensor([-1.0, 0.7], dtype=torch.float64).reshape(2, 1, 1)
+        gb = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        res = []
+        for be in (1 << 22, 1):
+            ls = _leaves([xb, yb, kb])
+            d, _ = st.knn(*ls[:2], 4, k=ls[2], block_elems=be)
+            res.append([d.detach(), *torch.autograd.grad((d * gb).sum(), ls)])
+        for a, b in zip(*res):
+            torch.testing.assert_close(a, b, **tol)
+    pairs = N * n * D * 8
+    assert peak <= pairs, f"peak {peak / pairs:.2f} x the (N n, D) pair rows (4.3 cpp, 6.8 reference before)"

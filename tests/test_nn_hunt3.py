@@ -366,3 +366,44 @@ def test_full_backward_hooks_on_s4d_and_gaunt():
     torch.testing.assert_close(cap["gi"][0], a.grad)
     torch.testing.assert_close(cap["gi"][1], b.grad)
     assert cap["go"][0].shape == out.shape
+
+
+def _allocations(f):
+    """Number of allocations in torch's CPU allocator while f() runs (the profiler's allocation timeline)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        f()
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError:  # pragma: no cover - a torch without the kineto results
+        pytest.skip("no profiler allocation timeline")
+    return sum(1 for e in events if e.name() == "[memory]" and e.nbytes() > 0)
+
+
+def test_noop_to_allocates_nothing_and_real_moves_keep_the_ball_value():
+    """Session 37's PoincareBall._apply cloned the value before every _apply (so that to_empty could not leave it
+    uninitialised): a no-op ``.to()`` / ``.float()`` / ``.cpu()`` of a model allocated one copy per ball.  It now
+    copies the old value into the new tensor only when _apply replaces the value (to_empty, a dtype or device
+    move): a no-op conversion allocates nothing; to_empty, double(), half(), to(dtype) keep the value; a ball built
+    on the meta device gets its constructor's value from to_empty; the value's gradient is moved, not overwritten."""
+    ball = P.PoincareBall(0.6)
+    model = torch.nn.Sequential(P.PoincareLinear(4, 6, ball), P.PoincareReLU(ball, dim=-1))
+    assert _allocations(lambda: (model.to("cpu"), model.float(), model.cpu(), model.to(torch.float32))) == 0
+    v0 = float(ball.value)
+    model.to_empty(device="cpu")
+    assert float(ball.value) == v0
+    for conv, dt in ((lambda m: m.double(), torch.float64), (lambda m: m.half(), torch.float16),
+                     (lambda m: m.to(torch.float32), torch.float32)):
+        conv(model)
+        assert ball.value.dtype == dt and float(ball.value) == pytest.approx(v0, rel=1e-3)
+    # the gradient of a learnable value goes through the conversion unchanged (fn is applied to it too)
+    lb = P.PoincareBall(0.3, requires_grad=True)
+    lb().backward()
+    g = float(lb.value.grad)
+    lb.double()
+    assert lb.value.dtype == torch.float64 and float(lb.value) == pytest.approx(0.3) and float(lb.value.grad) == g
+    with torch.device("meta"):
+        mb = P.PoincareBall(0.8)
+    mb.to_empty(device="cpu")
+    assert float(mb.value) == pytest.approx(0.8)

@@ -68,20 +68,24 @@ class PoincareBall(nn.Module):
         # memory: torch.nn.utils.skip_init(PoincareLinear, 4, 6, ball) runs to_empty over the layer, so over the
         # shared ball too, and layers whose reset_parameters read c (PoincareEmbedding) may run before the ball's
         # own reset_parameters in a ``for m in model.modules()`` loop.  Every other _apply of torch (to, cuda, cpu,
-        # half, double, ...) keeps the values, so the value is carried over whenever the tensor was replaced; a
-        # ball built on the meta device gets its constructor's value
-        v = self.value
-        keep = None if v.is_meta else v.detach().clone()
-        ptr = None if v.is_meta else v.data_ptr()
-        out = super()._apply(fn, recurse)
-        v = self.value
-        if not v.is_meta:
-            if keep is not None:
-                if v.data_ptr() != ptr and v.shape == keep.shape:
-                    with torch.no_grad():
-                        v.copy_(keep)
-            elif getattr(self, "_init_value", None) is not None:
-                self.reset_parameters()
+        # half, double, ...) keeps the values, so the old value is copied into the new tensor whenever fn replaces
+        # the value (while the old one is still at hand: fn's argument), and nothing is done or allocated when fn
+        # returns the value itself (a no-op .to() / .float() / .cpu(): session 38; session 37 cloned the value before
+        # every _apply).  A ball built on the meta device gets its constructor's value.
+        value = self._parameters.get("value")
+        meta = value is not None and value.is_meta
+
+        def keep_value(t):
+            new = fn(t)
+            if t is value and not meta and isinstance(new, torch.Tensor) and new is not t and not new.is_meta \
+                    and new.shape == t.shape and (new.device != t.device or new.data_ptr() != t.data_ptr()):
+                with torch.no_grad():
+                    new.copy_(t)
+            return new
+
+        out = super()._apply(keep_value if value is not None else fn, recurse)
+        if meta and not self.value.is_meta and getattr(self, "_init_value", None) is not None:
+            self.reset_parameters()
         return out
 
     def forward(self) -> torch.Tensor:
