@@ -117,8 +117,12 @@ def _kernel_fns(op: str, fwd_op, bwd_op, grads, reference, doc: str) -> tuple:
     # arguments through inspect.signature on every call (~50 us).  The torch.func transforms need
     # setup_context, so each op has a second Function (the twin) that _run / _run_triple pick only inside a
     # transform: the eager path keeps this one.
-    def forward(ctx, a, b, c, d, param):
+    def setup_context(ctx, inputs, output):
+        a, b, c, d, ctx.param = inputs
         ctx.save_for_backward(a, b, c, d)
+
+    def forward(ctx, a, b, c, d, param):
+        ctx.save_for_backward(a, b, c, d)  # (setup_context's work, inline: the eager path's per-call cost)
         ctx.param = param
         return fwd_op(a, b, c, d, param)
 
@@ -135,6 +139,9 @@ def _kernel_fns(op: str, fwd_op, bwd_op, grads, reference, doc: str) -> tuple:
     cls = type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(_library.first_order_only(backward)),
         "__module__": __name__, "__doc__": doc})
+    cls.op_context = staticmethod(setup_context)
+    # the op differentiated on its own (an exported program): this Function's op_context and backward
+    _library.op_autograd(f"geoops::{op}_fwd", cls)
     twin = _func_twin(name + "Func", fwd_op, backward, reference,
                       f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd).")
     return name, cls, twin, backward

@@ -1,0 +1,184 @@
+"""Session 38 ("exportgrad"): gradients through exported programs.
+
+``torch.export`` keeps each geoops op (``torch.ops.geoops.<op>_fwd``), not the autograd.Function around it, so the
+forward ops carry their own autograd formula (torch.library ``register_autograd``: the Function's ``setup_context``
+and ``backward``, which call the family's ``<op>_bwd`` op; see ``geoops._library.op_autograd``).  For one small
+model per family (and models of the public functions): ``export(model).module()`` then backward gives the eager
+model's gradients; so does the ``torch.export.save`` / ``load`` round trip and ``torch.compile`` of the exported
+module; double backward works where the eager op supports it and raises otherwise.
+"""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import geoops
+import geoops.nn as gnn
+import geoops.poincare as gp
+import geoops.ssm as gssm
+import geoops.stereographic as st
+from geoops.attention import triple_attention
+
+import _deploy_models as dm
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+class Fn(torch.nn.Module):
+    """A model of public functions: ``body(self, *inputs)`` with learnable parameters ``params``."""
+
+    def __init__(self, body, **params):
+        super().__init__()
+        self.body = body
+        for name, p in params.items():
+            setattr(self, name, torch.nn.Parameter(p))
+
+    def forward(self, *xs):
+        return self.body(self, *xs)
+
+
+def _ball(n, d, s=0.3, dtype=torch.float32):
+    return st.expmap0(s * torch.randn(n, d, dtype=dtype), k=-1.0)
+
+
+def _stereo_rows(m, x):
+    k = m.k
+    y = st.mobius_add(x, m.b, k=k)
+    y = st.expmap(y, st.logmap0(y, k=k), k=k)
+    y = st.mobius_scalar_mul(m.r, st.project(y, k=k), k=k)
+    d = st.dist(y, m.b, k=k) + st.lambda_x(y, k=k) + st.dist0(y, k=k)
+    return st.logmap(m.b, y, k=k).sum(-1) + d + st.mobius_sub(y, x, k=k).sum(-1)
+
+
+def _stereo_triple(m, x):
+    k = m.k
+    v = st.logmap0(m.b, k=k).expand_as(x)
+    a = st.gyration(x, m.b.expand_as(x), v, k=k)
+    b = st.parallel_transport(x, m.b.expand_as(x), v, k=k)
+    c = st.parallel_transport0(x, v, k=k) + st.parallel_transport0back(x, v, k=k)
+    return a.sum(-1) + b.sum(-1) + c.sum(-1) + st.dist2plane(x, m.b.expand_as(x), v, k=k)
+
+
+def _stereo_pair(m, x):
+    k = m.k
+    d = st.cdist(x, m.b, k=k)
+    dk, _ = st.knn(x, m.b, 2, k=k)
+    return d.sum(-1) + dk.sum(-1)
+
+
+def _stereo_matrix(m, x):
+    k = m.k
+    y = st.mobius_matvec(m.M, x, k=k)
+    y = st.mobius_pointwise_mul(m.w, y, k=k)
+    y = st.mobius_blockdiag_matvec(m.Mb, y, k=k)
+    mid = st.weighted_midpoint(y.unsqueeze(0).expand(2, *y.shape), weights=m.wm, k=k, reducedim=[0])
+    return mid
+
+
+def _poincare_fns(m, x):
+    y = gp.poincare_fc(x, m.z, m.r, c=1.0)
+    y = gp.poincare_relu(y, c=1.0)
+    return gp.mlr(y, m.a, m.p, c=1.0)
+
+
+def _ssm_fns(m, u):
+    L = u.shape[-1]
+    K = gssm.s4d_kernel(m.log_dt, m.A, m.B, m.C, L)
+    V = gssm.vandermonde(m.v, m.A.exp() * 0.1, L)
+    y = gssm.fftconv(u, K, m.D)
+    z = gssm.ssm_conv(u, m.log_dt, m.A, m.B, m.C, D=m.D)
+    return y + z + V.real.sum()
+
+
+def _attention_fn(m, q):
+    return triple_attention(q, m.k1, m.k2, m.v1, m.v2, causal=True)
+
+
+def build(name):
+    """(model, example inputs) in training mode."""
+    torch.manual_seed(0)
+    if name in dm.FAMILIES:
+        m, args, _ = dm.build(name)
+        return m.train(), args
+    if name == "stereo_rows":
+        m = Fn(_stereo_rows, k=torch.tensor(-0.8), b=_ball(1, 3)[0], r=torch.tensor(0.7))
+        return m, (_ball(4, 3),)
+    if name == "stereo_triple":
+        m = Fn(_stereo_triple, k=torch.tensor(-0.8), b=_ball(1, 3))
+        return m, (_ball(4, 3),)
+    if name == "stereo_pair":
+        m = Fn(_stereo_pair, k=torch.tensor(-0.8), b=_ball(5, 3))
+        return m, (_ball(4, 3),)
+    if name == "stereo_matrix":
+        m = Fn(_stereo_matrix, k=torch.tensor(-0.8), M=0.5 * torch.randn(4, 4), w=torch.randn(4),
+               Mb=0.5 * torch.randn(2, 2, 2), wm=torch.rand(2, 1) + 0.5)
+        return m, (_ball(3, 4),)
+    if name == "poincare_fns":
+        m = Fn(_poincare_fns, z=0.3 * torch.randn(4, 5), r=0.1 * torch.randn(5), a=0.3 * torch.randn(5, 3),
+               p=0.1 * torch.randn(3))
+        return m, (_ball(4, 4),)
+    if name == "ssm_fns":
+        H, N = 3, 4
+        m = Fn(_ssm_fns, log_dt=torch.rand(H) - 3.0, A=torch.complex(-0.5 * torch.ones(H, N), torch.randn(H, N)),
+               B=torch.randn(H, N, dtype=torch.cfloat), C=torch.randn(H, N, dtype=torch.cfloat),
+               D=torch.randn(H), v=torch.randn(H, N, dtype=torch.cfloat))
+        return m, (torch.randn(2, H, 8),)
+    if name == "attention_fn":
+        g = lambda *s: 0.5 * torch.randn(*s)  # noqa: E731
+        m = Fn(_attention_fn, k1=g(1, 2, 5, 4), k2=g(1, 2, 5, 4), v1=g(1, 2, 5, 3), v2=g(1, 2, 5, 3))
+        return m, (g(1, 2, 5, 4),)
+    raise KeyError(name)
+
+
+CASES = ("poincare", "ssm", "gaunt", "attention", "dist", "stereo_rows", "stereo_triple", "stereo_pair",
+         "stereo_matrix", "poincare_fns", "ssm_fns", "attention_fn")
+
+
+def _loss(out):
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return sum((o.real if o.is_complex() else o).sin().sum() for o in outs if o.is_floating_point() or o.is_complex())
+
+
+def _grads(mod, args, *, create_graph=False):
+    args = [a.detach().clone().requires_grad_(a.is_floating_point()) for a in args]
+    loss = _loss(mod(*args))
+    params = {n: p for n, p in mod.named_parameters() if p.requires_grad}
+    leaves = list(params.values()) + [a for a in args if a.requires_grad]
+    gs = torch.autograd.grad(loss, leaves, allow_unused=True, create_graph=create_graph)
+    names = list(params) + [f"input{i}" for i, a in enumerate(args) if a.requires_grad]
+    return dict(zip(names, gs))
+
+
+def _assert_grads(got, want):
+    assert set(got) == set(want)
+    for name in want:
+        g, w = got[name], want[name]
+        assert (g is None) == (w is None), name
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def _export(name):
+    m, args = build(name)
+    return m, args, torch.export.export(m, args)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_backward_through_the_exported_module_matches_eager(name):
+    m, args, ep = _export(name)
+    assert any("geoops" in str(n.target) for n in ep.graph.nodes)
+    want = _grads(m, args)
+    assert any(g is not None for g in want.values())
+    _assert_grads(_grads(ep.module(), args), want)
+
+
+@pytest.mark.parametrize("name", ("poincare", "ssm", "gaunt", "attention", "dist", "stereo_matrix"))
+def test_backward_after_save_and_load(name):
+    m, args, ep = _export(name)
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    buf.seek(0)
+    loaded = torch.export.load(buf)
+    _assert_grads(_grads(loaded.module(), args), _grads(m, args))
