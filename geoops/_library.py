@@ -219,7 +219,15 @@ def op_autograd(qualname: str, fn=None, *, setup_context: Optional[Callable] = N
     """
     setup_context = setup_context or fn.op_context
     backward = backward or fn.backward
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    n_args = len(_overload(qualname)._schema.arguments)
+
+    def op_backward(ctx, *grads):
+        res = backward(ctx, *grads)
+        res = res if isinstance(res, tuple) else (res,)
+        # (the op's trailing arguments that its Function computes, as a flag from needs_input_grad: no gradient)
+        return res + (None,) * (n_args - len(res))
+
+    torch.library.register_autograd(qualname, op_backward, setup_context=setup_context)
 
 
 def _no_context(ctx, inputs, output) -> None:

@@ -182,3 +182,19 @@ def test_backward_after_save_and_load(name):
     buf.seek(0)
     loaded = torch.export.load(buf)
     _assert_grads(_grads(loaded.module(), args), _grads(m, args))
+
+
+@pytest.mark.parametrize("name", ("ssm", "ssm_fns", "stereo_rows", "gaunt", "poincare_fns"))
+def test_backward_of_a_program_exported_without_gradients(name):
+    """Exported with frozen parameters (no gradient wanted at trace time) the public functions call the forward ops
+    alone, with their inference-only choices (ssm_conv keeps no kernel spectrum); unfrozen afterwards, the program
+    still differentiates to the eager gradients."""
+    m, args = build(name)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    ep = torch.export.export(m, args)
+    mod = ep.module()
+    for mm in (m, mod):
+        for p in mm.parameters():
+            p.requires_grad_(True)
+    _assert_grads(_grads(mod, args), _grads(m, args))
