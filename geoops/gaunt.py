@@ -174,6 +174,27 @@ class GauntFn(torch.autograd.Function):
         return (None, None, None, *gx, *gw, gwo)
 
 
+def _op_context(ctx, inputs, output):
+    """GauntFn's forward saving for the op geoops::gaunt_fwd(xs, ws, wout, lmax_out, route) differentiated on its own
+    (an exported program, _library.op_autograd): the same saved rows and attributes."""
+    xs, ws, wout, lmax_out, route = inputs
+    ctx.save_for_backward(*xs, *ws, wout)
+    ctx.lmax_out, ctx.route, ctx.nu = lmax_out, route, len(xs)
+
+
+def _op_backward(ctx, g):
+    """GauntFn's backward for the bare op: ([grad xs], [grad ws], grad wout); differentiable (create_graph) as the
+    Function's, the fused first-order kernel otherwise."""
+    nu = ctx.nu
+    need_x, need_w, need_wo = ctx.needs_input_grad[:3]  # (lists for the list arguments)
+    ctx.needs_input_grad = (False,) * 3 + (*need_x, *need_w, need_wo)  # GauntFn's layout (torch restores it)
+    grads = GauntFn._backward(ctx, g, ctx.saved_tensors)[3:]
+    return list(grads[:nu]), list(grads[nu:2 * nu]), grads[2 * nu]
+
+
+_library.op_autograd("geoops::gaunt_fwd", setup_context=_op_context, backward=_op_backward)
+
+
 def _core(xs, ws, wout, lmax_out, route):
     """Rows-level nu-ary product: the Function when anything needs a gradient, the kernel otherwise.
 
