@@ -203,7 +203,7 @@ def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
 
 
 def op_autograd(qualname: str, fn=None, *, setup_context: Optional[Callable] = None,
-                backward: Optional[Callable] = None) -> None:
+                backward: Optional[Callable] = None, outputs: Optional[int] = None) -> None:
     """Give the forward op `qualname` ("geoops::<op>_fwd") its autograd formula: what differentiates it where it
     runs without its autograd.Function, as in a torch.export program (``ExportedProgram.module()``, a loaded .pt2,
     ``torch.compile`` of either), which keeps the op but not the Function.
@@ -215,14 +215,16 @@ def op_autograd(qualname: str, fn=None, *, setup_context: Optional[Callable] = N
     and ``fn.backward``, the very code of the eager path (its ``<op>_bwd`` call, the ``int mask`` from
     ``ctx.needs_input_grad``, a ``first_order_only`` guard), so the gradients are the eager ones.  Or
     `setup_context` / `backward` given directly (an adapter, where the Function does more than call the op).
-    Inside a Function's forward the op runs without grad (nothing is recorded twice).
+    Inside a Function's forward the op runs without grad (nothing is recorded twice).  `outputs`: how many of the
+    op's outputs the Function returns (its backward's gradients; default all): the rest are intermediates its
+    backward reads, which the Function does not return, so no gradient flows into them.
     """
     setup_context = setup_context or fn.op_context
     backward = backward or fn.backward
     n_args = len(_overload(qualname)._schema.arguments)
 
     def op_backward(ctx, *grads):
-        res = backward(ctx, *grads)
+        res = backward(ctx, *grads[:outputs])
         res = res if isinstance(res, tuple) else (res,)
         # (the op's trailing arguments that its Function computes, as a flag from needs_input_grad: no gradient)
         return res + (None,) * (n_args - len(res))

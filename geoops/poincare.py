@@ -222,6 +222,18 @@ class PoincareFcFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    def op_context(ctx, inputs, output):
+        """forward's saving for the op differentiated on its own (an exported program, _library.op_autograd).  A
+        call that kept no t (save=False: traced without a gradient wanted) computes it once more."""
+        x, z, bias, c, eps, save, tangent = inputs
+        t = output[1]
+        if not save:
+            with torch.no_grad():
+                t = _ops.poincare_fc_fwd(x, z, bias, c, eps, True, tangent)[1]
+        ctx.save_for_backward(x, z, bias, c, t)
+        ctx.eps, ctx.tangent, ctx.has_bias = eps, tangent, bias is not None
+
+    @staticmethod
     @_library.first_order_only
     def backward(ctx, g):
         x, z, bias, c, t = ctx.saved_tensors
@@ -531,9 +543,15 @@ class PoincareReluFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, c, eps):
-        ctx.save_for_backward(x, c)
+        ctx.save_for_backward(x, c)  # (op_context's work)
         ctx.eps = eps
         return _ops.poincare_relu_fwd(x, c, eps)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:2])
+        ctx.eps = inputs[2]
 
     @staticmethod
     @_library.first_order_only
@@ -1020,9 +1038,15 @@ class ConvRowsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, z, bhw, kernel, stride, padding, beta):
         v, z = v.contiguous(), z.contiguous()
-        ctx.save_for_backward(v, z)
+        ctx.save_for_backward(v, z)  # (op_context's work)
         ctx.geo = (list(bhw), list(kernel), list(stride), list(padding), beta)
         return _ops.poincare_conv_rows_fwd(v, z, *ctx.geo)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:2])
+        ctx.geo = tuple(inputs[2:])
 
     @staticmethod
     @_library.first_order_only
@@ -1041,9 +1065,15 @@ class PoincareFcRowsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t, U, z, bias, c, eps, tangent):
-        ctx.save_for_backward(t, U, z, bias, c)
+        ctx.save_for_backward(t, U, z, bias, c)  # (op_context's work)
         ctx.eps, ctx.tangent, ctx.has_bias = eps, tangent, bias is not None
         return _ops.poincare_fc_rows_fwd(t.contiguous(), U.contiguous(), z.contiguous(), bias, c, eps, tangent)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:5])
+        ctx.eps, ctx.tangent, ctx.has_bias = inputs[5], inputs[6], inputs[3] is not None
 
     @staticmethod
     @_library.first_order_only
@@ -1560,6 +1590,19 @@ class MidpointMeanFn(torch.autograd.Function):
         return gx, (gc + h * ff / (2 * r)).reshape(c.shape)
 
 
+def _midpoint_sums_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+@_library.first_order_only
+def _midpoint_sums_backward(ctx, gF, gL):
+    """The op geoops::poincare_midpoint_sums_fwd(x, c) -> (F, L) differentiated on its own (an exported program,
+    _library.op_autograd; MidpointMeanFn's torch steps around it are in the program): its backward op."""
+    x, c = ctx.saved_tensors
+    gx, gc = _ops.poincare_midpoint_sums_bwd(gF.contiguous(), gL, x, c)
+    return gx, (gc.reshape(c.shape) if ctx.needs_input_grad[1] else None)
+
+
 def _midmean_triton_on(x, c) -> bool:
     """Whether MidpointMeanFn runs on poincare_midpoint_mean_fwd / _bwd (the partial sums and a one-program finish
     kernel each way: f = F / L, the root, m; its backward's dL/dF, dL/dL, the root's dL/dc) instead of the midpoint
@@ -1582,9 +1625,15 @@ class BnRowsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, M, b, c, eps):
-        ctx.save_for_backward(u, M, b, c)
+        ctx.save_for_backward(u, M, b, c)  # (op_context's work)
         ctx.eps = eps
         return _ops.poincare_bn_rows_fwd(u, M, b, c, eps)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:4])
+        ctx.eps = inputs[4]
 
     @staticmethod
     @_library.first_order_only
@@ -1753,3 +1802,12 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         # axis of it)
         res = _st.project(_st.mobius_add(res, bb, k=k, dim=d - x.dim()), k=k, dim=dim, eps=eps)
     return res
+
+
+# the forward ops differentiated on their own (an exported program keeps the ops, not the Functions)
+_library.op_autograd("geoops::poincare_fc_fwd", PoincareFcFn, outputs=1)  # (y; t is the backward's)
+for _fn, _op in ((PoincareReluFn, "poincare_relu"), (ConvRowsFn, "poincare_conv_rows"),
+                 (PoincareFcRowsFn, "poincare_fc_rows"), (BnRowsFn, "poincare_bn_rows")):
+    _library.op_autograd(f"geoops::{_op}_fwd", _fn)
+_library.op_autograd("geoops::poincare_midpoint_sums_fwd", setup_context=_midpoint_sums_context,
+                     backward=_midpoint_sums_backward)
