@@ -198,6 +198,7 @@ def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
     op.register_fake(fake)
     if qualname.endswith("_fwd"):
         op.register_autograd(_no_formula_backward(qualname), setup_context=_no_context)
+        FORWARD_OPS.append(qualname)
     loop_vmap(qualname)
     return _overload(qualname)
 
@@ -230,6 +231,11 @@ def op_autograd(qualname: str, fn=None, *, setup_context: Optional[Callable] = N
         return res + (None,) * (n_args - len(res))
 
     torch.library.register_autograd(qualname, op_backward, setup_context=setup_context)
+    OP_AUTOGRAD.add(qualname)
+
+
+OP_AUTOGRAD: set = set()  # the forward ops given a formula by op_autograd (the others raise when differentiated)
+FORWARD_OPS: list = []  # every forward op define_op registered ("geoops::<op>_fwd")
 
 
 def _no_context(ctx, inputs, output) -> None:

@@ -147,7 +147,7 @@ def _grads(mod, args, *, create_graph=False):
     params = {n: p for n, p in mod.named_parameters() if p.requires_grad}
     leaves = list(params.values()) + [a for a in args if a.requires_grad]
     gs = torch.autograd.grad(loss, leaves, allow_unused=True, create_graph=create_graph)
-    names = list(params) + [f"input{i}" for i, a in enumerate(args) if a.requires_grad]
+    names = [n.removeprefix("_orig_mod.") for n in params] + [f"input{i}" for i, a in enumerate(args) if a.requires_grad]
     return dict(zip(names, gs))
 
 
@@ -201,3 +201,55 @@ def test_backward_of_a_program_exported_without_gradients(name):
         for p in mm.parameters():
             p.requires_grad_(True)
     _assert_grads(_grads(mod, args), _grads(m, args))
+
+
+def test_every_forward_op_has_an_autograd_formula():
+    """Each ``<op>_fwd`` op registered (define_op) is differentiable on its own (op_autograd): none is left with
+    the error that says it cannot be."""
+    from geoops import _library
+
+    assert _library.FORWARD_OPS and set(_library.FORWARD_OPS) <= _library.OP_AUTOGRAD
+
+
+@pytest.mark.parametrize("name", ("poincare_fns", "ssm", "gaunt", "attention", "dist", "stereo_rows"))
+def test_compiled_exported_module_training_step(name):
+    """torch.compile of ``ep.module()`` (dynamo + AOTAutograd, which traces the ops' autograd formulas) outside
+    no_grad: one SGD step gives the eager model's parameters."""
+    m, args, ep = _export(name)
+    mod = ep.module()
+    cm = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    for model, run in ((m, m), (mod, cm)):
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        opt.zero_grad()
+        _loss(run(*args)).backward()
+        opt.step()
+    want = {n: p for n, p in m.named_parameters()}
+    for n, p in mod.named_parameters():
+        torch.testing.assert_close(p, want[n], rtol=1e-5, atol=1e-6, msg=lambda s: f"{n}: {s}")
+
+
+def test_inductor_compiled_exported_module_gradients():
+    """The same through Inductor (one small family: a C++ compile)."""
+    m, args, ep = _export("attention_fn")
+    cm = torch.compile(ep.module(), fullgraph=True)
+    _assert_grads(_grads(cm, args), _grads(m, args))
+
+
+def test_double_backward_through_the_exported_module():
+    """gaunt's backward is differentiable (GauntFn's, for forces): so is the exported program's; a family whose
+    backward kernels are once-differentiable raises on the second derivative, as its eager path does."""
+    m, args, ep = _export("gaunt")
+    mod = ep.module()
+
+    def second(model):
+        x = [a.detach().clone().requires_grad_() for a in args]
+        g, = torch.autograd.grad(_loss(model(*x)), x[0], create_graph=True)
+        return torch.autograd.grad(g.square().sum(), [x[0], x[1], *[p for p in model.parameters()]])
+
+    for got, want in zip(second(mod), second(m)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    m, args, ep = _export("stereo_rows")
+    x = args[0].clone().requires_grad_()
+    g, = torch.autograd.grad(_loss(ep.module()(x)), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivatives through .* not supported"):
+        g.sum().backward()
