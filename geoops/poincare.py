@@ -1370,6 +1370,15 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
     """batch_norm's training update of the running statistics in place (no gradient): running_mean moves along the
     geodesic towards the batch midpoint by momentum, running_var by an exponential average of the unbiased
     variance (nr rows)."""
+    if not (fused and _running_direct_on(running_mean, mean)) and not _running_triton_on(running_mean, running_var,
+                                                                                        mean, var):
+        # the composition (what torch.export traces) on detached values, without a torch.no_grad() region: in a
+        # program exported in training mode that region has no outputs, and torch.export.save (2.13) refused it
+        # ("Node.meta wrap_with_set_grad_enabled is missing val field")
+        kd = (-ct).detach() if k is None else k.detach()
+        running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=kd))
+        running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
+        return
     with torch.no_grad():
         if fused and _running_direct_on(running_mean, mean) and _running_cpp_on(running_mean, running_var, var):
             # eager CPU: both updates in one C++ call (the geodesic step's coefficients in double)
@@ -1380,14 +1389,10 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
             # products), the averages as add_ calls with Python alphas (no scalar tensors to convert)
             _running_mean_step_(running_mean, mean, momentum, _c_float(ct))
             running_var.add_(running_var, alpha=-momentum).add_(var, alpha=momentum * (nr / max(nr - 1, 1)))
-        elif _running_triton_on(running_mean, running_var, mean, var):
+        else:
             # Triton backend: both updates in one launch (the geodesic step's coefficients in float64)
             _backend.triton_kernels(_ops.FAMILY).poincare_bn_running_update_(
                 running_mean, running_var, mean, var, ct, momentum, nr / max(nr - 1, 1))
-        else:
-            kd = (-ct).detach() if k is None else k.detach()
-            running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=kd))
-            running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
 
 
 def _running_triton_on(running_mean, running_var, mean, var) -> bool:
