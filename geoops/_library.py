@@ -8,7 +8,9 @@ Every family follows one path::
 
 * :func:`define_op` registers one custom op with its fake (shape) implementation, so that
   ``torch.compile(fullgraph=True)``, ``torch.export`` and ``FakeTensorMode`` see one opaque op;
-  :func:`define_pair` registers an op's ``_fwd`` / ``_bwd`` pair and returns their callers.
+  :func:`define_pair` registers an op's ``_fwd`` / ``_bwd`` pair and returns their callers;
+  :func:`op_autograd` gives a ``_fwd`` op its own autograd formula (its Function's ``op_context`` and ``backward``),
+  which differentiates the op where the Function is not kept (a torch.export program, a torch.jit.trace replay).
 * :func:`kernel_set` returns the namespace of kernels that the backend switch picks for a device:
   the family's ``cpp``/``cuda``/``reference`` classes, or the module ``geoops.kernels.<family>``
   for Triton.  All of them expose the same function names.  :func:`family_kernels` also registers
