@@ -151,13 +151,21 @@ def _grads(mod, args, *, create_graph=False):
     return dict(zip(names, gs))
 
 
-def _assert_grads(got, want):
+def _assert_grads(got, want, exact=False):
     assert set(got) == set(want)
     for name in want:
         g, w = got[name], want[name]
         assert (g is None) == (w is None), name
         if w is not None:
+            if exact:
+                assert torch.equal(g, w), name
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+# the Poincaré layers' eager CPU path runs fused layer Functions (PoincareConv2dFn, PoincareMlrCppFn, ...) that a
+# graph does not (GEOOPS_POINCARE_FUSED=0 runs the graph's route eagerly): equal to rounding; elsewhere the same
+# kernels run, forward and backward, and the gradients are the same bits
+_NOT_BITWISE = ("poincare", "poincare_fns")
 
 
 def _export(name):
@@ -171,7 +179,7 @@ def test_backward_through_the_exported_module_matches_eager(name):
     assert any("geoops" in str(n.target) for n in ep.graph.nodes)
     want = _grads(m, args)
     assert any(g is not None for g in want.values())
-    _assert_grads(_grads(ep.module(), args), want)
+    _assert_grads(_grads(ep.module(), args), want, exact=name not in _NOT_BITWISE)
 
 
 @pytest.mark.parametrize("name", ("poincare", "ssm", "gaunt", "attention", "dist", "stereo_matrix"))
