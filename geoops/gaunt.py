@@ -113,7 +113,7 @@ class GauntFn(torch.autograd.Function):
         # backward re-expands it instead of keeping an N-row copy alive until then)
         ctx.save_for_backward(*xs, *ws, wout)
         ctx.lmax_out, ctx.route, ctx.nu = lmax_out, route, nu
-        return _impl.fwd_call(_flat(xs), _flat(ws), _flat1(wout), lmax_out, route)
+        return _impl.fwd_call(_flat(xs), _flat(_op_weights(xs, ws)), _flat1(wout), lmax_out, route)
 
     @staticmethod
     def backward(ctx, g):
@@ -187,9 +187,24 @@ def _op_backward(ctx, g):
     Function's, the fused first-order kernel otherwise."""
     nu = ctx.nu
     need_x, need_w, need_wo = ctx.needs_input_grad[:3]  # (lists for the list arguments)
-    ctx.needs_input_grad = (False,) * 3 + (*need_x, *need_w, need_wo)  # GauntFn's layout (torch restores it)
+    # (a ws with None entries is no list of tensors to torch.library's autograd: one False for it, no gradient
+    # slots; _op_weights keeps a weight that has a gradient out of such a list)
+    tracked_w = isinstance(need_w, (list, tuple))
+    ctx.needs_input_grad = (False,) * 3 + (*need_x, *(need_w if tracked_w else [False] * nu), need_wo)
     grads = GauntFn._backward(ctx, g, ctx.saved_tensors)[3:]
-    return list(grads[:nu]), list(grads[nu:2 * nu]), grads[2 * nu]
+    return list(grads[:nu]), (list(grads[nu:2 * nu]) if tracked_w else None), grads[2 * nu]
+
+
+def _op_weights(xs, ws) -> list:
+    """The weights as the dispatched op gaunt_fwd gets them.  torch.library's autograd takes a ``Tensor?[]`` list
+    with None entries for a plain object, not a list of tensors: a weight beside a None would get no gradient edge
+    (a silently missing gradient in an exported program).  Such a list's None entries become ones of shape (1, L+1)
+    (x * 1 is exact: the same values and gradients).  The eager fast path, where the op's autograd never runs, and
+    a list with no tensor or no None keep theirs."""
+    if None not in ws or all(w is None for w in ws) or _library.direct_call_ok(*xs, *ws):
+        return ws
+    like = next(w for w in ws if w is not None)
+    return [w if w is not None else like.new_ones((1, _ref.lmax_of(x.shape[-1]) + 1)) for x, w in zip(xs, ws)]
 
 
 _library.op_autograd("geoops::gaunt_fwd", setup_context=_op_context, backward=_op_backward)
@@ -203,7 +218,7 @@ def _core(xs, ws, wout, lmax_out, route):
     wrapper is not the outer grad level's: jacrev(jacrev(f)) reached the bare op)."""
     if _library.functorch_active() or _library.autograd_wanted(*xs, *ws, wout):
         return _library.apply(GauntFn, lmax_out, route, len(xs), *xs, *ws, wout, op="geoops.gaunt")
-    return _impl.fwd_call(_flat(xs), _flat(ws), _flat1(wout), lmax_out, route)
+    return _impl.fwd_call(_flat(xs), _flat(_op_weights(xs, ws)), _flat1(wout), lmax_out, route)
 
 
 def _flat1(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

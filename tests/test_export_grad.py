@@ -96,6 +96,32 @@ def _attention_fn(m, q):
     return triple_attention(q, m.k1, m.k2, m.v1, m.v2, causal=True)
 
 
+def _stereo_more(m, x):
+    k = m.k
+    y = st.mobius_coadd(x, m.b.expand_as(x), k=k) + st.mobius_cosub(x, m.b.expand_as(x), k=k)
+    u = st.egrad2rgrad(x, y, k=k)
+    g = st.geodesic(m.t, x, m.b.expand_as(x), k=k) + st.geodesic_unit(m.t, x, u, k=k) + st.retr(x, 0.1 * u, k=k)
+    a = st.antipode(x, k=k) + st.inv_sproj(st.sproj(x, k=k), k=k)
+    f = st.mobius_fn_apply(torch.tanh, x, k=k) + st.mobius_fn_apply_chain(x, torch.tanh, torch.sin, k=k)
+    n = st.inner(x, u, y, k=k) + st.norm(x, u, k=k) + st.tan_k(n0 := x.norm(dim=-1), k) + st.artan_k(0.5 * n0, k)
+    return (g + a + f).sum(-1) + n + st.arsin_k(0.5 * n0, k) + st.sin_k(n0, k)
+
+
+def _poincare_more(m, x):
+    c = 1.0
+    y = gp.max_pool2d(x, c=c, kernel_size=2) + gp.avg_pool2d(x, c=c, kernel_size=2)
+    u = gp.poincare_unfold(x, c=c, kernel_size=2)
+    r = gp.transp(m.b, m.b.flip(0), gp.logmap(m.b, gp.mobius_add(m.b, m.b.flip(0), c=c), c=c), c=c)
+    z = gp.dist(gp.expmap(m.b, 0.1 * r, c=c), gp.project(m.b.flip(0), c=c), c=c)
+    mid = gp.midpoint(gp.mobius_linear(m.b, m.W, m.bias, c=c), c=c)
+    return y.sum() + u.sum() + z.sum() + mid.sum()
+
+
+def _gaunt_more(m, x1, x2):
+    return (geoops.gaunt.gaunt_product([x1, x2], 2, weights=[m.w1, None], weight_out=m.wo)
+            + geoops.gaunt.gaunt_power(x1, 2, 2))
+
+
 def build(name):
     """(model, example inputs) in training mode."""
     torch.manual_seed(0)
@@ -129,11 +155,21 @@ def build(name):
         g = lambda *s: 0.5 * torch.randn(*s)  # noqa: E731
         m = Fn(_attention_fn, k1=g(1, 2, 5, 4), k2=g(1, 2, 5, 4), v1=g(1, 2, 5, 3), v2=g(1, 2, 5, 3))
         return m, (g(1, 2, 5, 4),)
+    if name == "stereo_more":
+        m = Fn(_stereo_more, k=torch.tensor(-0.8), b=_ball(1, 3), t=torch.tensor(0.3))
+        return m, (_ball(4, 3),)
+    if name == "poincare_more":
+        m = Fn(_poincare_more, b=_ball(3, 4), W=0.5 * torch.randn(4, 4), bias=_ball(1, 4)[0])
+        x = st.expmap0(0.1 * torch.randn(2, 4, 4, 3), k=-1.0).permute(0, 3, 1, 2).contiguous()
+        return m, (x,)
+    if name == "gaunt_more":
+        m = Fn(_gaunt_more, w1=torch.rand(1, 3) + 0.5, wo=torch.rand(1, 3) + 0.5)
+        return m, (torch.randn(3, 9), torch.randn(3, 9))
     raise KeyError(name)
 
 
 CASES = ("poincare", "ssm", "gaunt", "attention", "dist", "stereo_rows", "stereo_triple", "stereo_pair",
-         "stereo_matrix", "poincare_fns", "ssm_fns", "attention_fn")
+         "stereo_matrix", "stereo_more", "poincare_fns", "poincare_more", "ssm_fns", "attention_fn", "gaunt_more")
 
 
 def _loss(out):
@@ -165,7 +201,7 @@ def _assert_grads(got, want, exact=False):
 # the Poincaré layers' eager CPU path runs fused layer Functions (PoincareConv2dFn, PoincareMlrCppFn, ...) that a
 # graph does not (GEOOPS_POINCARE_FUSED=0 runs the graph's route eagerly): equal to rounding; elsewhere the same
 # kernels run, forward and backward, and the gradients are the same bits
-_NOT_BITWISE = ("poincare", "poincare_fns")
+_NOT_BITWISE = ("poincare", "poincare_fns", "poincare_more")
 
 
 def _export(name):
