@@ -314,3 +314,49 @@ def test_save_of_a_training_mode_batch_norm_program():
     want = dict(m.named_buffers())
     for n, b in mod.named_buffers():
         torch.testing.assert_close(b, want[n], rtol=1e-5, atol=1e-6)
+
+
+def _op_cases():
+    torch.manual_seed(0)
+    d = torch.float64
+    pt = lambda n, D: st.expmap0(0.3 * torch.randn(n, D, dtype=d), k=-1.0)  # noqa: E731
+    x, y = pt(4, 3), pt(4, 3)
+    k = torch.tensor([-0.8], dtype=d)
+    c = torch.tensor([0.9], dtype=d)
+    O = torch.ops.geoops
+    H, N = 2, 3
+    A = torch.complex(-0.5 * torch.ones(H, N, dtype=d), torch.randn(H, N, dtype=d))
+    return {
+        "dist": (O.dist_fwd.default, (x, y, k, None, -1.0), (0, 1, 2)),
+        "gyration": (O.gyration_fwd.default, (x, y, x.flip(0), k, 0), (0, 1, 2, 3)),
+        "cdist": (O.cdist_fwd.default, (x[None], y[None], k, True), (0, 1, 2)),
+        "mobius_matvec": (O.mobius_matvec_fwd.default, (x, 0.5 * torch.randn(3, 3, dtype=d), k), (0, 1, 2)),
+        "stereo_midpoint": (O.stereo_midpoint_fwd.default, (x[None], torch.rand(1, 4, dtype=d), k, False), (0, 1, 2)),
+        "poincare_fc": (O.poincare_fc_fwd.default, (x, 0.5 * torch.randn(3, 2, dtype=d), torch.randn(2, dtype=d), c,
+                                                    1e-5, True, False), (0, 1, 2, 3)),
+        "poincare_relu": (O.poincare_relu_fwd.default, (x, c, 1e-5), (0, 1)),
+        "triple_attention": (O.triple_attention_fwd.default, tuple(0.5 * torch.randn(1, 1, 3, 2, dtype=d) for _ in range(5))
+                             + (0.7, False, 0, 0), (0, 1, 2, 3, 4)),
+        "ssm_discretize": (O.ssm_discretize_fwd.default, (torch.rand(H, dtype=d) - 3, A, torch.randn(H, N, dtype=torch.cdouble),
+                                                          torch.randn(H, N, dtype=torch.cdouble), "zoh"), (0, 1, 2, 3)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_op_cases()))
+def test_bare_forward_op_gradcheck(name):
+    """The forward op differentiated on its own, as in a program: gradcheck in float64 (first output), and opcheck's
+    autograd-registration test."""
+    op, args, diff = _op_cases()[name]
+    args = list(args)
+    for i in diff:
+        args[i] = args[i].detach().requires_grad_()
+    torch.library.opcheck(op, tuple(args), test_utils=("test_schema", "test_autograd_registration"))
+
+    def first(*ts):
+        a = list(args)
+        for i, t in zip(diff, ts):
+            a[i] = t
+        out = op(*a)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    assert torch.autograd.gradcheck(first, tuple(args[i] for i in diff))
