@@ -8,7 +8,9 @@ Every family follows one path::
 
 * :func:`define_op` registers one custom op with its fake (shape) implementation, so that
   ``torch.compile(fullgraph=True)``, ``torch.export`` and ``FakeTensorMode`` see one opaque op;
-  :func:`define_pair` registers an op's ``_fwd`` / ``_bwd`` pair and returns their callers.
+  :func:`define_pair` registers an op's ``_fwd`` / ``_bwd`` pair and returns their callers;
+  :func:`op_autograd` gives a ``_fwd`` op its own autograd formula (its Function's ``op_context`` and ``backward``),
+  which differentiates the op where the Function is not kept (a torch.export program, a torch.jit.trace replay).
 * :func:`kernel_set` returns the namespace of kernels that the backend switch picks for a device:
   the family's ``cpp``/``cuda``/``reference`` classes, or the module ``geoops.kernels.<family>``
   for Triton.  All of them expose the same function names.  :func:`family_kernels` also registers
@@ -38,7 +40,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
+__all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "op_autograd", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
            "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "with_func_twin", "compiled_transform_args", "with_compiled_apply", "apply",
            "concrete", "check_finite", "no_autocast", "torch_kernels"]
 
@@ -197,26 +199,61 @@ def define_op(qualname: str, schema: str, impl: Callable, fake: Callable):
     op = torch.library.custom_op(qualname, no_autocast(impl), mutates_args=(), schema=schema)
     op.register_fake(fake)
     if qualname.endswith("_fwd"):
-        op.register_autograd(_inference_only_backward(qualname), setup_context=_no_context)
+        op.register_autograd(_no_formula_backward(qualname), setup_context=_no_context)
+        FORWARD_OPS.append(qualname)
     loop_vmap(qualname)
     return _overload(qualname)
+
+
+def op_autograd(qualname: str, fn=None, *, setup_context: Optional[Callable] = None,
+                backward: Optional[Callable] = None, outputs: Optional[int] = None) -> None:
+    """Give the forward op `qualname` ("geoops::<op>_fwd") its autograd formula: what differentiates it where it
+    runs without its autograd.Function, as in a torch.export program (``ExportedProgram.module()``, a loaded .pt2,
+    ``torch.compile`` of either), which keeps the op but not the Function.
+
+    `fn`: the op's autograd.Function, whose forward is one call of the op on the Function's own arguments and
+    which keeps what its backward needs in a static ``op_context(ctx, inputs, output)`` (torch's ``setup_context``
+    form, under another name: a Function in the eager ``forward(ctx, ...)`` style may not define
+    ``setup_context``; its forward does the same work, or calls it): the op is differentiated by ``fn.op_context``
+    and ``fn.backward``, the very code of the eager path (its ``<op>_bwd`` call, the ``int mask`` from
+    ``ctx.needs_input_grad``, a ``first_order_only`` guard), so the gradients are the eager ones.  Or
+    `setup_context` / `backward` given directly (an adapter, where the Function does more than call the op).
+    Inside a Function's forward the op runs without grad (nothing is recorded twice).  `outputs`: how many of the
+    op's outputs the Function returns (its backward's gradients; default all): the rest are intermediates its
+    backward reads, which the Function does not return, so no gradient flows into them.
+    """
+    setup_context = setup_context or fn.op_context
+    backward = backward or fn.backward
+    n_args = len(_overload(qualname)._schema.arguments)
+
+    def op_backward(ctx, *grads):
+        res = backward(ctx, *grads[:outputs])
+        res = res if isinstance(res, tuple) else (res,)
+        # (the op's trailing arguments that its Function computes, as a flag from needs_input_grad: no gradient)
+        return res + (None,) * (n_args - len(res))
+
+    torch.library.register_autograd(qualname, op_backward, setup_context=setup_context)
+    OP_AUTOGRAD.add(qualname)
+
+
+OP_AUTOGRAD: set = set()  # the forward ops given a formula by op_autograd (the others raise when differentiated)
+FORWARD_OPS: list = []  # every forward op define_op registered ("geoops::<op>_fwd")
 
 
 def _no_context(ctx, inputs, output) -> None:
     pass
 
 
-def _inference_only_backward(qualname: str) -> Callable:
-    """The autograd of a forward op on its own: none.  geoops differentiates in the autograd.Function around the op,
-    which a graph of the bare op (torch.export's program, its .pt2 or AOTInductor package) does not keep; without
-    this torch's error invited the user to register an autograd formula."""
+def _no_formula_backward(qualname: str) -> Callable:
+    """The autograd of a forward op without a formula of its own (:func:`op_autograd` gives one to the public ops'
+    forward ops): a clear error.  geoops differentiates in the autograd.Function around the op, which a graph of
+    the bare op (torch.export's program, its .pt2 or AOTInductor package) does not keep; without this torch's error
+    invited the user to register an autograd formula."""
     def backward(ctx, *grads):
         raise RuntimeError(
-            f"{qualname}: cannot differentiate this op on its own: geoops computes its gradient in the "
-            f"autograd.Function of the public function, which a torch.export program does not keep, so an exported "
-            f"program (ExportedProgram.module(), a .pt2, an AOTInductor package) with geoops ops is inference-only: "
-            f"run it (and torch.compile of it) under torch.no_grad() or torch.inference_mode(), and train the "
-            f"original model")
+            f"{qualname}: this op cannot be differentiated on its own (outside the autograd.Function of its "
+            f"public function, as in a torch.export program): run the exported program under torch.no_grad() "
+            f"or torch.inference_mode(), or train the original model")
     return backward
 
 

@@ -37,11 +37,18 @@ class TripleAttentionFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k1, k2, v1, v2, scale, causal, w1, w2):
-        out, lse = _ops.FWD(q, k1, k2, v1, v2, scale, causal, w1, w2)
-        ctx.save_for_backward(q, k1, k2, v1, v2, out, lse)
-        ctx.args = (scale, causal, w1, w2)
+        args = (q, k1, k2, v1, v2, scale, causal, w1, w2)
+        res = _ops.FWD(*args)
+        TripleAttentionFn.op_context(ctx, args, res)
+        return res
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        out, lse = output
+        ctx.save_for_backward(*inputs[:5], out, lse)
+        ctx.args = tuple(inputs[5:])
         ctx.mark_non_differentiable(lse)
-        return out, lse
 
     @staticmethod
     @_library.first_order_only
@@ -56,6 +63,8 @@ class TripleAttentionFn(torch.autograd.Function):
         grads = _ops.BWD(dout.contiguous(), q, k1, k2, v1, v2, out, lse, *ctx.args)
         return tuple(g if (mask >> i) & 1 else None for i, g in enumerate(grads)) + (None,) * 4
 
+
+_library.op_autograd("geoops::triple_attention_fwd", TripleAttentionFn)
 
 _NAME = "geoops.attention.triple_attention"
 

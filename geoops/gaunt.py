@@ -239,15 +239,20 @@ def _product(args, nu, lmax_out, route):
     batch = _batch(args)
     chunks = _chunk_plan(args[:nu], batch)
     if chunks is None:
-        return _impl.fwd_call(*_rows_of(args, nu, batch), lmax_out, route)
+        return _fwd_rows(*_rows_of(args, nu, batch), lmax_out, route)
     out = None
     for a, b, r0, r1 in chunks:
-        o = _impl.fwd_call(*_rows_of(args, nu, batch, a, b), lmax_out, route)
+        o = _fwd_rows(*_rows_of(args, nu, batch, a, b), lmax_out, route)
         if out is None:
             out = o.new_empty(chunks[-1][3], o.shape[1])
         out[r0:r1] = o
         del o
     return out
+
+
+def _fwd_rows(xs, ws, wout, lmax_out, route):
+    """geoops::gaunt_fwd on rows, its weights as the dispatched op must get them (_op_weights)."""
+    return _impl.fwd_call(xs, _op_weights(xs, ws), wout, lmax_out, route)
 
 
 def _first_order() -> bool:
@@ -321,6 +326,44 @@ def _shaped(d: Optional[torch.Tensor], t: torch.Tensor, batch) -> Optional[torch
     if d.shape[0] == _lead(t):
         return d.reshape(t.shape)
     return d.reshape(*batch, d.shape[-1]).sum_to_size(t.shape)
+
+
+def _op_context(ctx, inputs, output):
+    """GauntFn's forward saving for the op geoops::gaunt_fwd(xs, ws, wout, lmax_out, route) differentiated on its own
+    (an exported program, _library.op_autograd): the same saved rows and attributes."""
+    xs, ws, wout, lmax_out, route = inputs
+    ctx.save_for_backward(*xs, *ws, wout)
+    ctx.lmax_out, ctx.route, ctx.nu = lmax_out, route, len(xs)
+
+
+def _op_backward(ctx, g):
+    """GauntFn's backward for the bare op: ([grad xs], [grad ws], grad wout); differentiable (create_graph) as the
+    Function's, the fused first-order kernel otherwise."""
+    nu = ctx.nu
+    need_x, need_w, need_wo = ctx.needs_input_grad[:3]  # (lists for the list arguments)
+    # (a ws with None entries is no list of tensors to torch.library's autograd: one False for it, no gradient
+    # slots; _op_weights keeps a weight that has a gradient out of such a list)
+    tracked_w = isinstance(need_w, (list, tuple))
+    ctx.needs_input_grad = (False,) * 3 + (*need_x, *(need_w if tracked_w else [False] * nu), need_wo)
+    saved = ctx.saved_tensors  # (rows: the op's inputs are the kernels' rows)
+    need = _reached(ctx, ctx.needs_input_grad[3:], saved)
+    grads = GauntFn._backward(ctx, g.contiguous(), saved, need, _batch(saved))[3:]
+    return list(grads[:nu]), (list(grads[nu:2 * nu]) if tracked_w else None), grads[2 * nu]
+
+
+def _op_weights(xs, ws) -> list:
+    """The weights as the dispatched op gaunt_fwd gets them.  torch.library's autograd takes a ``Tensor?[]`` list
+    with None entries for a plain object, not a list of tensors: a weight beside a None would get no gradient edge
+    (a silently missing gradient in an exported program).  Such a list's None entries become ones of shape (1, L+1)
+    (x * 1 is exact: the same values and gradients).  The eager fast path, where the op's autograd never runs, and
+    a list with no tensor or no None keep theirs."""
+    if None not in ws or all(w is None for w in ws) or _library.direct_call_ok(*xs, *ws):
+        return ws
+    like = next(w for w in ws if w is not None)
+    return [w if w is not None else like.new_ones((1, _ref.lmax_of(x.shape[-1]) + 1)) for x, w in zip(xs, ws)]
+
+
+_library.op_autograd("geoops::gaunt_fwd", setup_context=_op_context, backward=_op_backward)
 
 
 def _core(xs, ws, wout, lmax_out, route):

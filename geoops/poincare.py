@@ -222,6 +222,18 @@ class PoincareFcFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    def op_context(ctx, inputs, output):
+        """forward's saving for the op differentiated on its own (an exported program, _library.op_autograd).  A
+        call that kept no t (save=False: traced without a gradient wanted) computes it once more."""
+        x, z, bias, c, eps, save, tangent = inputs
+        t = output[1]
+        if not save:
+            with torch.no_grad():
+                t = _ops.poincare_fc_fwd(x, z, bias, c, eps, True, tangent)[1]
+        ctx.save_for_backward(x, z, bias, c, t)
+        ctx.eps, ctx.tangent, ctx.has_bias = eps, tangent, bias is not None
+
+    @staticmethod
     @_library.first_order_only
     def backward(ctx, g):
         x, z, bias, c, t = ctx.saved_tensors
@@ -348,6 +360,13 @@ class PoincareMlrOpFn(torch.autograd.Function):
             ctx.save_for_backward(x, z, bias, c, t)
         ctx.has_bias = bias is not None
         return y
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        x, z, bias, c = inputs
+        ctx.save_for_backward(x, z, bias, c, output[1])
+        ctx.has_bias = bias is not None
 
     @staticmethod
     @_library.first_order_only
@@ -580,9 +599,15 @@ class PoincareReluFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, c, eps):
-        ctx.save_for_backward(x, c)
+        ctx.save_for_backward(x, c)  # (op_context's work)
         ctx.eps = eps
         return _ops.poincare_relu_fwd(x, c, eps)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:2])
+        ctx.eps = inputs[2]
 
     @staticmethod
     @_library.first_order_only
@@ -1070,9 +1095,15 @@ class ConvRowsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, z, bhw, kernel, stride, padding, beta):
         v, z = v.contiguous(), z.contiguous()
-        ctx.save_for_backward(v, z)
+        ctx.save_for_backward(v, z)  # (op_context's work)
         ctx.geo = (list(bhw), list(kernel), list(stride), list(padding), beta)
         return _ops.poincare_conv_rows_fwd(v, z, *ctx.geo)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:2])
+        ctx.geo = tuple(inputs[2:])
 
     @staticmethod
     @_library.first_order_only
@@ -1091,9 +1122,15 @@ class PoincareFcRowsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t, U, z, bias, c, eps, tangent):
-        ctx.save_for_backward(t, U, z, bias, c)
+        ctx.save_for_backward(t, U, z, bias, c)  # (op_context's work)
         ctx.eps, ctx.tangent, ctx.has_bias = eps, tangent, bias is not None
         return _ops.poincare_fc_rows_fwd(t.contiguous(), U.contiguous(), z.contiguous(), bias, c, eps, tangent)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:5])
+        ctx.eps, ctx.tangent, ctx.has_bias = inputs[5], inputs[6], inputs[3] is not None
 
     @staticmethod
     @_library.first_order_only
@@ -1390,6 +1427,15 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
     """batch_norm's training update of the running statistics in place (no gradient): running_mean moves along the
     geodesic towards the batch midpoint by momentum, running_var by an exponential average of the unbiased
     variance (nr rows)."""
+    if not (fused and _running_direct_on(running_mean, mean)) and not _running_triton_on(running_mean, running_var,
+                                                                                        mean, var):
+        # the composition (what torch.export traces) on detached values, without a torch.no_grad() region: in a
+        # program exported in training mode that region has no outputs, and torch.export.save (2.13) refused it
+        # ("Node.meta wrap_with_set_grad_enabled is missing val field")
+        kd = (-ct).detach() if k is None else k.detach()
+        running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=kd))
+        running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
+        return
     with torch.no_grad():
         if fused and _running_direct_on(running_mean, mean) and _running_cpp_on(running_mean, running_var, var):
             # eager CPU: both updates in one C++ call (the geodesic step's coefficients in double)
@@ -1400,14 +1446,10 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
             # products), the averages as add_ calls with Python alphas (no scalar tensors to convert)
             _running_mean_step_(running_mean, mean, momentum, _c_float(ct))
             running_var.add_(running_var, alpha=-momentum).add_(var, alpha=momentum * (nr / max(nr - 1, 1)))
-        elif _running_triton_on(running_mean, running_var, mean, var):
+        else:
             # Triton backend: both updates in one launch (the geodesic step's coefficients in float64)
             _backend.triton_kernels(_ops.FAMILY).poincare_bn_running_update_(
                 running_mean, running_var, mean, var, ct, momentum, nr / max(nr - 1, 1))
-        else:
-            kd = (-ct).detach() if k is None else k.detach()
-            running_mean.copy_(_st.geodesic(momentum, running_mean, mean.detach(), k=kd))
-            running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
 
 
 def _running_triton_on(running_mean, running_var, mean, var) -> bool:
@@ -1610,6 +1652,19 @@ class MidpointMeanFn(torch.autograd.Function):
         return gx, (gc + h * ff / (2 * r)).reshape(c.shape)
 
 
+def _midpoint_sums_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+@_library.first_order_only
+def _midpoint_sums_backward(ctx, gF, gL):
+    """The op geoops::poincare_midpoint_sums_fwd(x, c) -> (F, L) differentiated on its own (an exported program,
+    _library.op_autograd; MidpointMeanFn's torch steps around it are in the program): its backward op."""
+    x, c = ctx.saved_tensors
+    gx, gc = _ops.poincare_midpoint_sums_bwd(gF.contiguous(), gL, x, c)
+    return gx, (gc.reshape(c.shape) if ctx.needs_input_grad[1] else None)
+
+
 def _midmean_triton_on(x, c) -> bool:
     """Whether MidpointMeanFn runs on poincare_midpoint_mean_fwd / _bwd (the partial sums and a one-program finish
     kernel each way: f = F / L, the root, m; its backward's dL/dF, dL/dL, the root's dL/dc) instead of the midpoint
@@ -1632,9 +1687,15 @@ class BnRowsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, M, b, c, eps):
-        ctx.save_for_backward(u, M, b, c)
+        ctx.save_for_backward(u, M, b, c)  # (op_context's work)
         ctx.eps = eps
         return _ops.poincare_bn_rows_fwd(u, M, b, c, eps)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:4])
+        ctx.eps = inputs[4]
 
     @staticmethod
     @_library.first_order_only
@@ -1803,3 +1864,13 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         # axis of it)
         res = _st.project(_st.mobius_add(res, bb, k=k, dim=d - x.dim()), k=k, dim=dim, eps=eps)
     return res
+
+
+# the forward ops differentiated on their own (an exported program keeps the ops, not the Functions)
+_library.op_autograd("geoops::poincare_fc_fwd", PoincareFcFn, outputs=1)  # (y; t is the backward's)
+_library.op_autograd("geoops::poincare_mlr_fwd", PoincareMlrOpFn, outputs=1)  # (y; t is the backward's)
+for _fn, _op in ((PoincareReluFn, "poincare_relu"), (ConvRowsFn, "poincare_conv_rows"),
+                 (PoincareFcRowsFn, "poincare_fc_rows"), (BnRowsFn, "poincare_bn_rows")):
+    _library.op_autograd(f"geoops::{_op}_fwd", _fn)
+_library.op_autograd("geoops::poincare_midpoint_sums_fwd", setup_context=_midpoint_sums_context,
+                     backward=_midpoint_sums_backward)

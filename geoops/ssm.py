@@ -65,8 +65,13 @@ class VandermondeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, x, L: int, out64: bool):
-        ctx.save_for_backward(v, x)
+        ctx.save_for_backward(v, x)  # (op_context's work)
         return _ops.vandermonde_fwd(v, x, L, out64)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:2])
 
     @staticmethod
     @_library.first_order_only
@@ -118,10 +123,18 @@ class FftconvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, k, D):
         save = bool(ctx.needs_input_grad[1]) and _keep_spectrum(u)
-        y, uf = _ops.fftconv_fwd(u, k, D, save)
+        res = _ops.fftconv_fwd(u, k, D, save)
+        FftconvFn.op_context(ctx, (u, k, D, save), res)
+        return res  # uf an output too: its length may be a new unbacked size under a dynamic L (_ops.ssm._nfreq)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program, where the
+        op's `save` flag is the traced one; without the spectrum the backward recomputes it)."""
+        u, k, D, _ = inputs
+        uf = output[1]
         ctx.save_for_backward(u, uf, k, D)
         ctx.mark_non_differentiable(uf)
-        return y, uf  # uf an output too: its length may be a new unbacked size under a dynamic L (_ops.ssm._nfreq)
 
     @staticmethod
     @_library.first_order_only
@@ -144,9 +157,15 @@ class DiscretizeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_dt, A, B, C, disc: str):
-        ctx.disc = disc
+        ctx.disc = disc  # (op_context's work)
         ctx.save_for_backward(log_dt, A, B, C)
         return _ops.ssm_discretize_fwd(log_dt, A, B, C, disc)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:4])
+        ctx.disc = inputs[4]
 
     @staticmethod
     @_library.first_order_only
@@ -175,10 +194,22 @@ class SsmConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, v, x, D):
         save = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and _keep_spectrum(u)
-        y, kf, uf = _ops.ssm_conv_fwd(u, v, x, D, save)
+        res = _ops.ssm_conv_fwd(u, v, x, D, save)
+        SsmConvFn.op_context(ctx, (u, v, x, D, save), res)
+        return res  # the spectra outputs too (see FftconvFn)
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        u, v, x, D = inputs[:4]
+        _, kf, uf = output
+        if len(inputs) > 5 and not inputs[5]:
+            # the op called without keep_kf (the forward-only call of a program exported without gradients), now
+            # differentiated: the kernel's spectrum once more, as a forward that keeps it has it
+            with torch.no_grad():
+                kf = _ops.ssm_conv_fwd(u, v, x, D, False, True)[1]
         ctx.save_for_backward(u, uf, kf, v, x, D)
         ctx.mark_non_differentiable(kf, uf)
-        return y, kf, uf  # the spectra outputs too (see FftconvFn)
 
     @staticmethod
     @_library.first_order_only
@@ -191,6 +222,11 @@ class SsmConvFn(torch.autograd.Function):
         du, dv, dx, dD = _ops.ssm_conv_bwd(grad.contiguous(), u, uf, kf, v, x, D, mask)
         return (du if need[0] else None), (dv if need[1] else None), (dx if need[2] else None), \
             (dD if mask & 8 else None)
+
+
+for _fn, _op in ((VandermondeFn, "vandermonde"), (FftconvFn, "fftconv"), (DiscretizeFn, "ssm_discretize"),
+                 (SsmConvFn, "ssm_conv")):
+    _library.op_autograd(f"geoops::{_op}_fwd", _fn)
 
 
 def _apply(op: str, cls, *args):

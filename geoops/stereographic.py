@@ -117,8 +117,12 @@ def _kernel_fns(op: str, fwd_op, bwd_op, grads, reference, doc: str) -> tuple:
     # arguments through inspect.signature on every call (~50 us).  The torch.func transforms need
     # setup_context, so each op has a second Function (the twin) that _run / _run_triple pick only inside a
     # transform: the eager path keeps this one.
-    def forward(ctx, a, b, c, d, param):
+    def setup_context(ctx, inputs, output):
+        a, b, c, d, ctx.param = inputs
         ctx.save_for_backward(a, b, c, d)
+
+    def forward(ctx, a, b, c, d, param):
+        ctx.save_for_backward(a, b, c, d)  # (setup_context's work, inline: the eager path's per-call cost)
         ctx.param = param
         return fwd_op(a, b, c, d, param)
 
@@ -135,6 +139,9 @@ def _kernel_fns(op: str, fwd_op, bwd_op, grads, reference, doc: str) -> tuple:
     cls = type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(_library.first_order_only(backward)),
         "__module__": __name__, "__doc__": doc})
+    cls.op_context = staticmethod(setup_context)
+    # the op differentiated on its own (an exported program): this Function's op_context and backward
+    _library.op_autograd(f"geoops::{op}_fwd", cls)
     twin = _func_twin(name + "Func", fwd_op, backward, reference,
                       f"{name} for torch.func transforms (grad, vmap, jacrev, jacfwd).")
     return name, cls, twin, backward
@@ -1000,8 +1007,15 @@ class CdistFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, k):
         d, A = _PAIR["cdist_fwd"](x, y, k, True)
-        ctx.save_for_backward(x, y, k, A, d)
+        ctx.save_for_backward(x, y, k, A, d)  # (op_context's work)
         return d
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program; a call
+        with save=False kept no A: cdist_bwd recomputes it)."""
+        d, A = output
+        ctx.save_for_backward(*inputs[:3], A, d)
 
     @staticmethod
     @_library.first_order_only
@@ -1645,8 +1659,13 @@ class MobiusScaleFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, x, k):
         out, st = _PAIR["mobius_scale_fwd"](v, x, k)
-        ctx.save_for_backward(v, x, k, st)
+        ctx.save_for_backward(v, x, k, st)  # (op_context's work)
         return out
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs, output[1])
 
     @staticmethod
     @_library.first_order_only
@@ -1705,8 +1724,11 @@ def _matvec_epilogue_fn(name, doc):
 
     def forward(ctx, x, w, k):
         out, st = _PAIR[fwd](x, w, k)
-        ctx.save_for_backward(x, w, k, out, st)
+        ctx.save_for_backward(x, w, k, out, st)  # (op_context's work)
         return out
+
+    def op_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, *output)
 
     @_library.first_order_only
     def backward(ctx, g):
@@ -1719,9 +1741,11 @@ def _matvec_epilogue_fn(name, doc):
         return (dx if need[0] else None, dw if need[1] else None, gk if need[2] else None)
 
     cls_name = "".join(p.capitalize() for p in name.split("_")) + "Fn"
-    return type(cls_name, (torch.autograd.Function,), {
-        "__doc__": doc, "__module__": __name__,
+    cls = type(cls_name, (torch.autograd.Function,), {
+        "__doc__": doc, "__module__": __name__, "op_context": staticmethod(op_context),
         "forward": staticmethod(forward), "backward": staticmethod(backward)})
+    _library.op_autograd(f"geoops::{name}_fwd", cls, outputs=1)  # (the op differentiated on its own: export)
+    return cls
 
 
 def _fused_matvec_rows(op, fn, xl, w, kt):
@@ -2276,9 +2300,15 @@ class MidpointSumsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, k, posweight):
         F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
-        ctx.save_for_backward(x, w, k)
+        ctx.save_for_backward(x, w, k)  # (op_context's work)
         ctx.posweight = posweight
         return F, L
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
+        ctx.save_for_backward(*inputs[:3])
+        ctx.posweight = inputs[3]
 
     @staticmethod
     @_library.first_order_only
@@ -2293,6 +2323,30 @@ class MidpointSumsFn(torch.autograd.Function):
             dk = dk.to(k.dtype)
             dk = dk.sum().reshape(1) if k.shape[0] != x.shape[0] else dk
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
+
+
+def _midpoint_mean_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+@_library.first_order_only
+def _midpoint_mean_backward(ctx, gm):
+    """geoops::stereo_midpoint_mean_fwd(F, L, k) differentiated on its own (an exported program keeps MidpointFn's
+    two ops, not the Function): its backward op, k's per-group gradient summed where k is one curvature."""
+    F, L, k = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gF, gL, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, k, 4 if need[2] else 0)
+    if need[2]:
+        gk = gk.to(k.dtype)
+        gk = gk.sum().reshape(1) if k.shape[0] != F.shape[0] else gk
+    return (gF if need[0] else None), (gL if need[1] else None), (gk if need[2] else None)
+
+
+_library.op_autograd("geoops::cdist_fwd", CdistFn, outputs=1)  # (A is the backward's)
+_library.op_autograd("geoops::mobius_scale_fwd", MobiusScaleFn, outputs=1)  # (the stats are the backward's)
+_library.op_autograd("geoops::stereo_midpoint_fwd", MidpointSumsFn)
+_library.op_autograd("geoops::stereo_midpoint_mean_fwd", setup_context=_midpoint_mean_context,
+                     backward=_midpoint_mean_backward)
 
 
 def _midpoint_sums_cat(x, w, k, posweight):

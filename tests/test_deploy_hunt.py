@@ -134,18 +134,19 @@ def test_export_decompose_and_compile_the_exported_module(f):
             _assert_same(cm(*args), want)
 
 
-def test_exported_program_is_inference_only_with_a_clear_error():
-    """geoops' gradients live in the autograd.Function around each ``<op>_fwd`` custom op; torch.export keeps the op,
-    not the Function, so an exported program cannot be differentiated.  The error said "no autograd formula was
-    registered. Please use register_autograd to add one" (an invitation to the user to write one), also at compile
-    time for ``torch.compile(ep.module())`` outside no_grad; it now says that the program is inference-only and what
-    to do.  Under no_grad the compiled program runs (test above)."""
+def test_exported_program_differentiates():
+    """Session 37: an exported program was inference-only (backward raised a RuntimeError saying so).  Session 38:
+    each forward op carries its own autograd formula (geoops._library.op_autograd), so the program differentiates,
+    also compiled outside no_grad (tests/test_export_grad.py checks every family against the eager gradients)."""
     m, args, ep = _exported("gaunt")
     mod = ep.module()
-    with pytest.raises(RuntimeError, match="inference-only.*torch.no_grad"):
-        mod(*args).sum().backward()
-    with pytest.raises(Exception, match="inference-only.*torch.no_grad"):
-        torch.compile(mod, fullgraph=True)(*args)
+    x = [a.clone().requires_grad_() for a in args]
+    mod(*x).sum().backward()
+    x2 = [a.clone().requires_grad_() for a in args]
+    m(*x2).sum().backward()
+    for a, b in zip(x, x2):
+        torch.testing.assert_close(a.grad, b.grad)
+    torch.compile(mod, fullgraph=True, backend="aot_eager")(*args)
 
 
 # ---------------------------------------------------------------- the loading side in a fresh process

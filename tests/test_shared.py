@@ -233,6 +233,15 @@ def test_family_kernels_fallback_runs_under_auto_only(monkeypatch):
 
 
 # ---------------------------------------------------------------- the guide's steps, as written, on a toy op
+class _Call(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
 def test_toy_op_written_as_the_guide_says(monkeypatch):
     """docs/contributing.md, "Adding an op to a family" steps 1 and 4-6 and "Adding a family" (a reference-only
     family), followed line by line for a toy product x * y: if the guide's helpers or their use change, this fails
@@ -275,8 +284,13 @@ def test_toy_op_written_as_the_guide_says(monkeypatch):
     class ToyMulFn(torch.autograd.Function):  # step 5
         @staticmethod
         def forward(ctx, x, y):
-            ctx.save_for_backward(x, y)
-            return FWD(x, y)
+            out = FWD(x, y)
+            ToyMulFn.op_context(ctx, (x, y), out)
+            return out
+
+        @staticmethod
+        def op_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs)
 
         @staticmethod
         @_library.first_order_only
@@ -285,6 +299,8 @@ def test_toy_op_written_as_the_guide_says(monkeypatch):
             mask = _library.grad_mask(ctx.needs_input_grad)
             gx, gy = BWD(g.contiguous(), x, y, mask)
             return (gx if mask & 1 else None), (gy if mask & 2 else None)
+
+    _library.op_autograd("geoops::_toyguide_mul_fwd", ToyMulFn)  # step 5: the op differentiated on its own
 
     def toy_mul(x, y):  # step 6
         _library.check_tensors("geoops.toyguide.toy_mul", {"x": x, "y": y}, same_dtype=True)
@@ -303,7 +319,13 @@ def test_toy_op_written_as_the_guide_says(monkeypatch):
         g, = torch.autograd.grad(toy_mul(x, y).sum(), x, create_graph=True)
         with pytest.raises(RuntimeError, match="second derivatives through ToyMulFn"):
             g.sum().backward()
+        # an exported program keeps the op, not the Function: the op's own autograd (op_autograd) differentiates it
+        ep = torch.export.export(_Call(toy_mul), (x.detach(), y.detach()))
+        assert "_toyguide_mul_fwd" in str(ep.graph)
+        gx, gy = torch.autograd.grad(ep.module()(x, y).sin().sum(), (x, y))
+        assert torch.equal(gx, torch.autograd.grad(toy_mul(x, y).sin().sum(), x)[0]) and gy is not None
         torch.library.opcheck(torch.ops.geoops._toyguide_mul_fwd.default, (x.detach(), y.detach()))
+        torch.library.opcheck(torch.ops.geoops._toyguide_mul_fwd.default, (x, y))  # (its autograd too)
         torch.library.opcheck(torch.ops.geoops._toyguide_mul_bwd.default, (x.detach(), x.detach(), y.detach(), 2))
     with pytest.raises(TypeError, match="geoops.toyguide.toy_mul: y has dtype torch.float32 but x has torch.float64"):
         toy_mul(x, y.float())
