@@ -67,7 +67,7 @@ def _segsum(t: torch.Tensor, L: int) -> torch.Tensor:
 
 
 def _reduce_rows(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return g.sum(0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
+    return _library.fixed_sum(g, 0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
 
 
 def _reached(ctx, need, args) -> List[bool]:

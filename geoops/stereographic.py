@@ -101,9 +101,9 @@ def _kr_grads(need, k, r, n: int, dk, dr):
     once for n rows (k 0-d from _run_fast, or of shape (1,)) gets its per-row gradients summed to its shape; None
     where no gradient is wanted."""
     if need[2] and (k.dim() != 1 or k.shape[0] != n):
-        dk = dk.sum(0, keepdim=True).reshape(k.shape)
+        dk = _library.fixed_sum(dk, 0, keepdim=True).reshape(k.shape)
     if need[3] and r.shape[0] != n:
-        dr = dr.sum(0, keepdim=True)
+        dr = _library.fixed_sum(dr, 0, keepdim=True)
     return (dk if need[2] else None), (dr if need[3] else None)
 
 
@@ -991,7 +991,7 @@ def _grad_mask(ctx):
 def _rows_k_grad(gk, k, R):
     """The per-row k gradient (float64 [R]) in k's dtype, summed when k was one curvature for all R rows."""
     gk = gk.to(k.dtype)
-    return gk.sum().reshape(1) if k.shape[0] != R else gk
+    return _library.fixed_sum(gk).reshape(1) if k.shape[0] != R else gk
 
 
 class CdistFn(torch.autograd.Function):
@@ -1227,7 +1227,7 @@ class KnnDistFn(torch.autograd.Function):
         gx = dx.reshape(B, N, n, D).sum(2) if need[0] else None
         gy = (torch.zeros_like(y).scatter_add(1, idx.reshape(B, N * n, 1).expand(B, N * n, D),
                                               dy.reshape(B, N * n, D)) if need[1] else None)
-        gk = dk.reshape(B, N * n).sum(1).to(k.dtype) if need[2] else None  # (the kernels' dk is per row)
+        gk = _library.fixed_sum(dk.reshape(B, N * n), 1).to(k.dtype) if need[2] else None  # (the kernels' dk is per row)
         return gx, gy, gk, None
 
 
@@ -1940,7 +1940,7 @@ def _triple_grads(need, saved, grads) -> tuple:
     """(d0, d1, d2, dk) of a three-vector op's backward kernel as its Function's gradients (_kernel_fns' grads)."""
     d0, d1, d2, dk = grads
     if need[3] and saved[3].shape[0] != saved[0].shape[0]:
-        dk = dk.sum(0, keepdim=True)
+        dk = _library.fixed_sum(dk, 0, keepdim=True)
     return d0 if need[0] else None, d1 if need[1] else None, d2 if need[2] else None, dk if need[3] else None
 
 
@@ -2241,7 +2241,7 @@ class MidpointSumsFn(torch.autograd.Function):
         dx, dw, dk = _PAIR["midpoint_bwd"](gF.contiguous(), gL.contiguous(), x, w, k, ctx.posweight, mask)
         if need[2]:
             dk = dk.to(k.dtype)
-            dk = dk.sum().reshape(1) if k.shape[0] != x.shape[0] else dk
+            dk = _library.fixed_sum(dk).reshape(1) if k.shape[0] != x.shape[0] else dk
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
 
 
@@ -2307,7 +2307,7 @@ class MidpointFn(torch.autograd.Function):
         dx, dw, dk = _PAIR["midpoint_bwd"](gF, gL, x, w, k, ctx.posweight, mask)
         if need[2]:
             dk = (dk + gk).to(k.dtype)
-            dk = dk.sum().reshape(1) if k.shape[0] != x.shape[0] else dk
+            dk = _library.fixed_sum(dk).reshape(1) if k.shape[0] != x.shape[0] else dk
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
 
 

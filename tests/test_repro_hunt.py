@@ -1,0 +1,159 @@
+"""Session 38 reproducibility and processes hunt (helper "reprohunt").
+
+What must hold (README, "Reproducibility"):
+
+* the same inputs give the same bits, outputs and gradients, on repeated calls and for any
+  ``torch.set_num_threads`` (the house rule: bit-identical across thread counts), in every family's forward and
+  backward, reductions included (gradients to a shared curvature k / c, the Gaunt weights, ...);
+* ``torch.use_deterministic_algorithms(True)`` (and ``warn_only=True``) changes nothing in geoops' results and never
+  raises for geoops' own kernels (none is nondeterministic: no atomics, fixed reduction orders);
+* geoops works in forked / spawned children (after the parent ran its OpenMP kernels), in DataLoader workers, and in
+  Hogwild training on a shared-memory embedding table;
+* ``torch.autograd.detect_anomaly()`` raises no false alarm, and names the geoops Function whose backward made a NaN;
+* the nn layers' initialisation and the samplers follow ``torch.manual_seed`` / ``generator=``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import geoops
+import geoops.nn as gnn
+from geoops import attention as ga
+from geoops import gaunt as gg
+from geoops import poincare as gp
+from geoops import ssm as gs
+from geoops import stereographic as st
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mk(seed, *shape, dtype=torch.float64, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype) * scale
+
+
+def _outs_and_grads(outs, ins):
+    """The outputs and the gradients of a fixed random weighting of them (one tensor list)."""
+    outs = [o for o in outs]
+    loss = 0
+    for i, o in enumerate(outs):
+        w = _mk(1000 + i, *o.shape, dtype=o.real.dtype)
+        loss = loss + ((o.real if o.is_complex() else o) * w).sum()
+    grads = torch.autograd.grad(loss, ins, allow_unused=True)
+    return [o.detach().clone() for o in outs] + list(grads)
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a.is_floating_point() or a.is_complex():
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+    return torch.equal(a, b)
+
+
+def _per_thread_count(fn, counts=(1, 2, 3)):
+    prev = torch.get_num_threads()
+    try:
+        res = []
+        for n in counts:
+            torch.set_num_threads(n)
+            res.append(fn())
+        return res
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _assert_same_bits(fn, counts=(1, 2, 3)):
+    res = _per_thread_count(fn, counts)
+    for n, r in zip(counts[1:], res[1:]):
+        bad = [i for i, (a, b) in enumerate(zip(res[0], r)) if not _same(a, b)]
+        assert not bad, f"results {bad} differ between 1 and {n} threads"
+    again = fn()  # run to run
+    assert all(_same(a, b) for a, b in zip(res[-1], again))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. thread counts: reductions over more rows than torch's grain size (32768), where torch.sum to one value splits
+#    the rows into one chunk per thread
+
+
+_R = 40000  # rows: above torch's GRAIN_SIZE
+
+
+def _stereo_rows(dtype, D=2):
+    x = _mk(1, _R, D, dtype=dtype, scale=0.3 / D ** 0.5).requires_grad_()
+    y = _mk(2, _R, D, dtype=dtype, scale=0.3 / D ** 0.5).requires_grad_()
+    k = torch.tensor(-0.7, dtype=dtype, requires_grad=True)
+    return x, y, k
+
+
+_ROW_OPS = {
+    "mobius_add": lambda x, y, k: st.mobius_add(x, y, k=k),
+    "expmap0": lambda x, y, k: st.expmap0(y, k=k),
+    "logmap0": lambda x, y, k: st.logmap0(x, k=k),
+    "dist": lambda x, y, k: st.dist(x, y, k=k),
+    "project": lambda x, y, k: st.project(x * 10, k=k),
+    "mobius_scalar_mul": lambda x, y, k: st.mobius_scalar_mul(torch.tensor(0.7, dtype=x.dtype), x, k=k),
+    "gyration": lambda x, y, k: st.gyration(x, y, x, k=k),
+    "parallel_transport": lambda x, y, k: st.parallel_transport(x, y, y, k=k),
+    "mobius_matvec": lambda x, y, k: st.mobius_matvec(torch.eye(x.shape[1], dtype=x.dtype) * 0.8 + 0.1, x, k=k),
+    "weighted_midpoint": lambda x, y, k: st.weighted_midpoint(x, k=k),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_ROW_OPS))
+def test_stereographic_k_grad_same_bits_for_any_thread_count(op):
+    """The gradient to a scalar k, summed over > 32768 rows, had the last bits of torch.sum's per-thread chunks."""
+    x, y, k = _stereo_rows(torch.float64)
+    _assert_same_bits(lambda: _outs_and_grads([_ROW_OPS[op](x, y, k)], [x, y, k]))
+
+
+def test_stereographic_k_grad_float32_same_bits_for_any_thread_count():
+    x, y, k = _stereo_rows(torch.float32, D=3)
+    x2 = _mk(3, 8 * _R, 3, dtype=torch.float32, scale=0.2).requires_grad_()
+    _assert_same_bits(lambda: _outs_and_grads([st.dist0(x2, k=k), st.mobius_add(x, y, k=k)], [x, y, x2, k]))
+
+
+def test_knn_k_grad_same_bits_for_any_thread_count():
+    """knn of one batch: the per-row dk of its N * n pairs summed to k in one torch.sum."""
+    for dtype in (torch.float32, torch.float64):
+        x = _mk(1, 1, _R, 3, dtype=dtype, scale=0.3).requires_grad_()
+        y = _mk(2, 1, 20, 3, dtype=dtype, scale=0.3).requires_grad_()
+        k = torch.tensor(-0.7, dtype=dtype, requires_grad=True)
+        _assert_same_bits(lambda: _outs_and_grads([st.knn(x, y, 2, k=k)[0]], [x, y, k]))
+
+
+@pytest.mark.parametrize("op", ["expmap0", "logmap0", "project", "dist", "transp"])
+def test_poincare_c_grad_same_bits_for_any_thread_count(op):
+    x, y, _ = _stereo_rows(torch.float64, D=3)
+    c = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    f = {"expmap0": lambda: gp.expmap0(x, c=c), "logmap0": lambda: gp.logmap0(x, c=c),
+         "project": lambda: gp.project(x * 20, c=c), "dist": lambda: gp.dist(x, y, c=c),
+         "transp": lambda: gp.transp(x, y, y, c=c)}[op]
+    _assert_same_bits(lambda: _outs_and_grads([f()], [x, y, c]))
+
+
+def test_poincare_conv_c_grad_same_bits_for_any_thread_count():
+    """The convolution's logmap0 backward with c's gradient: -gk.sum() over every (image, pixel) row."""
+    x = _mk(5, 9, 2, 64, 64, scale=0.02).requires_grad_()  # 36864 pixel rows
+    z = _mk(6, 2 * 9, 3, scale=0.1).requires_grad_()
+    b = _mk(7, 3, scale=0.1).requires_grad_()
+    c = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    _assert_same_bits(lambda: _outs_and_grads([gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)],
+                                              [x, z, b, c]))
+
+
+@pytest.mark.parametrize("route", ["grid", "direct", "fft", "grid_gemm"])
+def test_gaunt_degree0_weight_grad_same_bits_for_any_thread_count(route):
+    """lmax 0: the weight's gradient is one sum over all rows."""
+    x1 = _mk(1, _R, 1).requires_grad_()
+    x2 = _mk(2, _R, 1).requires_grad_()
+    w = _mk(3, 1).requires_grad_()
+    _assert_same_bits(lambda: _outs_and_grads([gg.gaunt_tensor_product(x1, x2, weight1=w, weight2=w, route=route)],
+                                              [x1, x2, w]))
