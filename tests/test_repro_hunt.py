@@ -157,3 +157,88 @@ def test_gaunt_degree0_weight_grad_same_bits_for_any_thread_count(route):
     w = _mk(3, 1).requires_grad_()
     _assert_same_bits(lambda: _outs_and_grads([gg.gaunt_tensor_product(x1, x2, weight1=w, weight2=w, route=route)],
                                               [x1, x2, w]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3. processes: each scenario in its own interpreter (a hang is a timeout, not a stuck test run)
+
+_WORK = textwrap.dedent("""
+    import sys, torch
+    import geoops
+    from geoops import stereographic as st, poincare as gp, gaunt as gg, attention as ga, ssm as gs
+
+    def work():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(20000, 16, generator=g) * 0.05
+        y = torch.randn(20000, 16, generator=g) * 0.05
+        out = [st.mobius_add(x, y, k=-1.0), st.dist(x, y, k=-1.0),
+               gp.poincare_fc(x, torch.randn(16, 24, generator=g) * 0.3, torch.zeros(24), c=1.0)]
+        x1 = torch.randn(2000, 16, generator=g)
+        out.append(gg.gaunt_tensor_product(x1, x1))
+        q = torch.randn(1, 2, 64, 16, generator=g)
+        out.append(ga.triple_attention(q, q, q, q, q))
+        u = torch.randn(4, 8, 2048, generator=g)
+        out.append(gs.fftconv(u, torch.randn(8, 2048, generator=g), torch.ones(8)))
+        return out
+""")
+
+
+def _run_script(tmp_path, body: str, timeout: float = 60):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    script = tmp_path / "scenario.py"  # a file, so that spawned children can import its functions
+    script.write_text(_WORK + textwrap.dedent(body))
+    try:
+        p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, env=env,
+                           cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"timed out after {timeout} s (a hang); output so far: {e.stdout!r} {e.stderr!r}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_fork_after_openmp_kernels_in_parent_does_not_hang(tmp_path):
+    """GNU OpenMP cannot start a thread team in a child forked after the parent ran one: the child's first
+    parallel kernel (geoops' or torch's own) waited forever.  geoops sets a forked child to one thread."""
+    out = _run_script(tmp_path, """
+        import torch.multiprocessing as mp
+        torch.set_num_threads(2)
+        ref = work()                       # the parent runs the OpenMP kernels (2 threads) first
+
+        def child():
+            res = work()
+            sys.exit(0 if all(torch.equal(a, b) for a, b in zip(res, ref)) else 3)
+
+        p = mp.get_context("fork").Process(target=child)
+        p.start()
+        p.join(40)
+        if p.is_alive():
+            p.kill()
+            print("HANG")
+            sys.exit(1)
+        print("exit", p.exitcode)
+        sys.exit(p.exitcode)
+    """)
+    assert "exit 0" in out
+
+
+def test_spawn_child_same_results(tmp_path):
+    out = _run_script(tmp_path, """
+        import torch.multiprocessing as mp
+
+        def child(q):
+            q.put([t.numpy() for t in work()])
+
+        if __name__ == "__main__":
+            ref = work()
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            res = q.get(timeout=50)
+            p.join(10)
+            assert p.exitcode == 0, p.exitcode
+            assert all(torch.equal(torch.from_numpy(a), b) for a, b in zip(res, ref))
+            print("OK")
+    """)
+    assert "OK" in out
