@@ -242,3 +242,75 @@ def test_spawn_child_same_results(tmp_path):
             print("OK")
     """)
     assert "OK" in out
+
+
+def test_dataloader_workers_calling_geoops(tmp_path):
+    """Dataset and collate_fn call geoops in 2 forked DataLoader workers, after the parent ran the kernels: the
+    batches equal those of num_workers=0."""
+    out = _run_script(tmp_path, """
+        from torch.utils.data import DataLoader, Dataset
+
+        class Points(Dataset):
+            def __len__(self):
+                return 64
+
+            def __getitem__(self, i):
+                g = torch.Generator().manual_seed(i)
+                v = torch.randn(3000, 8, generator=g) * 0.1
+                return st.expmap0(v, k=-1.0)
+
+        def collate(rows):
+            x = torch.stack(rows)
+            return st.dist0(st.mobius_add(x, x.flip(0), k=-1.0), k=-1.0).sum(-1)
+
+        work()
+        ref = list(DataLoader(Points(), batch_size=8, collate_fn=collate, num_workers=0))
+        got = list(DataLoader(Points(), batch_size=8, collate_fn=collate, num_workers=2, timeout=40))
+        assert len(got) == len(ref) == 8
+        assert all(torch.equal(a, b) for a, b in zip(got, ref))
+        print("OK")
+    """)
+    assert "OK" in out
+
+
+def test_hogwild_poincare_embedding_stays_in_ball(tmp_path):
+    """The original Poincaré-embeddings training: a share_memory() table updated by 2 processes at once, each with
+    geoops distances, backward and a Riemannian SGD step on the shared rows."""
+    out = _run_script(tmp_path, """
+        import torch.multiprocessing as mp
+        import torch.nn.functional as F
+        import geoops.nn as gnn
+
+        def train(emb, rank, steps=40):
+            torch.manual_seed(rank)
+            for _ in range(steps):
+                idx = torch.randint(0, emb.num_embeddings, (32, 7))
+                e = emb(idx)
+                d = st.dist(e[:, :1], e[:, 1:], k=-1.0)               # [32, 6]: positive first, 5 negatives
+                loss = F.cross_entropy(-d, torch.zeros(32, dtype=torch.long))
+                emb.weight.grad = None
+                loss.backward()
+                st.riemannian_sgd_step_(emb.weight, emb.weight.grad, lr=50.0, k=-1.0)
+            assert torch.isfinite(loss)
+
+        if __name__ == "__main__":
+            torch.manual_seed(0)
+            work()
+            emb = gnn.PoincareEmbedding(50, 4, gnn.PoincareBall(1.0))
+            emb.share_memory()
+            before = emb.weight.detach().clone()
+            ps = [mp.get_context("fork").Process(target=train, args=(emb, r)) for r in range(2)]
+            for p in ps:
+                p.start()
+            for p in ps:
+                p.join(40)
+                assert p.exitcode == 0, p.exitcode
+            w = emb.weight.detach()
+            assert not torch.equal(w, before)                 # the children's updates reached the shared table
+            assert torch.isfinite(w).all()
+            assert float(w.norm(dim=-1).max()) < 1.0, float(w.norm(dim=-1).max())
+            train(emb, 5, steps=2)                            # the parent can go on training it
+            print("OK", float(w.norm(dim=-1).max()))
+    """)
+    assert "OK" in out
+    assert float(out.split()[-1]) > 0.99  # the steps reached the boundary: the projection kept the rows inside
