@@ -314,3 +314,149 @@ def test_hogwild_poincare_embedding_stays_in_ball(tmp_path):
     """)
     assert "OK" in out
     assert float(out.split()[-1]) > 0.99  # the steps reached the boundary: the projection kept the rows inside
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. torch.use_deterministic_algorithms: geoops has no nondeterministic kernel (no atomics; fixed reduction orders),
+#    so the switch changes nothing: no error, no warning (warn_only=True), the same bits; torch's
+#    fill_uninitialized_memory (NaN in every torch.empty) finds no output element a kernel forgot to write.
+
+from test_threads_hunt import FAMILIES as _CASES  # noqa: E402  (one small fwd + bwd case per family and index)
+
+
+@pytest.fixture
+def deterministic_mode():
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+    def set_mode(on, warn_only=False):
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
+
+    yield set_mode
+    torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+@pytest.mark.parametrize("family", sorted(_CASES))
+@pytest.mark.parametrize("warn_only", [False, True])
+def test_deterministic_algorithms_same_bits_no_error(family, warn_only, deterministic_mode):
+    import warnings
+
+    for i in range(4):
+        ref = _CASES[family](i)
+        deterministic_mode(True, warn_only)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = _CASES[family](i)
+        finally:
+            deterministic_mode(False)
+        bad = [j for j, (a, b) in enumerate(zip(ref, got)) if not _same(a, b)]
+        assert not bad, f"{family} case {i}: results {bad} change under use_deterministic_algorithms(True)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 4. detect_anomaly: no false alarm on normal inputs; a NaN made in a geoops backward names the geoops Function
+
+
+@pytest.mark.parametrize("family", sorted(_CASES))
+def test_detect_anomaly_no_false_alarm(family):
+    import warnings
+
+    for i in (0, 1, 3):
+        ref = _CASES[family](i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
+            with torch.autograd.detect_anomaly():
+                got = _CASES[family](i)
+        assert all(_same(a, b) for a, b in zip(ref, got))
+
+
+def _nan_at_one(*shape, scale=0.1):
+    t = _mk(11, *shape, scale=scale)
+    t.view(-1)[1] = float("nan")
+    return t.requires_grad_()
+
+
+_NAN_CASES = {
+    "MobiusAddFn": lambda: st.mobius_add(_nan_at_one(5, 3), _mk(1, 5, 3, scale=0.1), k=-1.0),
+    "CdistFn": lambda: st.cdist(_nan_at_one(5, 3), _mk(1, 4, 3, scale=0.1), k=-1.0),
+    "KnnDistFn": lambda: st.knn(_nan_at_one(5, 3), _mk(1, 4, 3, scale=0.1), 2, k=-1.0)[0],
+    "MobiusMatvecFn": lambda: st.mobius_matvec(torch.eye(3, dtype=torch.float64), _nan_at_one(5, 3), k=-1.0),
+    "PoincareFcFn": lambda: gp.poincare_fc(_nan_at_one(5, 3), _mk(2, 3, 4), _mk(3, 4), c=1.0),
+    "PoincareConv2dFn": lambda: gp.poincare_conv2d(_nan_at_one(1, 2, 4, 4), _mk(2, 18, 3), _mk(3, 3), c=1.0,
+                                                   kernel_size=3, padding=1),
+    "GauntFn": lambda: gg.gaunt_tensor_product(_nan_at_one(2, 4), _mk(2, 2, 4).requires_grad_()),
+    "TripleAttentionFn": lambda: ga.triple_attention(_nan_at_one(1, 1, 3, 4), *(_mk(s, 1, 1, 3, 4) for s in range(4))),
+    "FftconvFn": lambda: gs.fftconv(_nan_at_one(1, 2, 16), _mk(2, 2, 16).requires_grad_(), _mk(3, 2)),
+}
+
+
+@pytest.mark.parametrize("fn", sorted(_NAN_CASES))
+def test_detect_anomaly_names_the_geoops_function(fn):
+    """A NaN input: the geoops backward is the first node that returns NaN, and anomaly mode names it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autograd.detect_anomaly():
+            out = _NAN_CASES[fn]()
+            with pytest.raises(RuntimeError, match=f"Function '{fn}Backward' returned nan values"):
+                out.sum().backward()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. seeds: the nn layers' initialisation and S4D's dropout follow torch.manual_seed
+
+
+def _modules():
+    ball = gnn.PoincareBall(1.0)
+    mods = {
+        "PoincareLinear": lambda: gnn.PoincareLinear(5, 4, ball),
+        "PoincareConv2d": lambda: gnn.PoincareConv2d(2, 3, 3, ball, id_init=False),
+        "PoincareMLR": lambda: gnn.PoincareMLR(5, 3, ball),
+        "MobiusLinear": lambda: gnn.MobiusLinear(5, 4, ball),
+        "PoincareEmbedding": lambda: gnn.PoincareEmbedding(7, 3, ball),
+        "S4DKernel": lambda: gnn.S4DKernel(4, N=8),
+        "S4D": lambda: gnn.S4D(4, d_state=8, dropout=0.5),
+        "TripleAttention": lambda: gnn.TripleAttention(8, 2),
+    }
+    try:
+        import e3nn  # noqa: F401
+
+        mods["GauntTensorProduct"] = lambda: gnn.GauntTensorProduct("2x0e + 2x1o", "2x0e + 2x1o", "2x0e + 2x1o")
+    except ImportError:
+        pass
+    return mods
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_nn_init_follows_manual_seed(name):
+    make = _modules()[name]
+    torch.manual_seed(123)
+    a = make().state_dict()
+    torch.manual_seed(123)
+    b = make().state_dict()
+    torch.manual_seed(321)
+    c = make().state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    random = [n for n in a if a[n].is_floating_point() or a[n].is_complex()]
+    if name == "GauntTensorProduct":  # weights initialised to 1 (the plain Gaunt product): no draw at all
+        assert all(torch.equal(a[n], c[n]) for n in a)
+    else:
+        assert any(not torch.equal(a[n], c[n]) for n in random), "no parameter depends on the seed"
+
+
+def test_s4d_dropout_follows_the_seed():
+    torch.manual_seed(0)
+    layer = gnn.S4D(4, d_state=8, dropout=0.5).train()
+    u = _mk(1, 3, 4, 32, dtype=torch.float32)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        y = layer(u)
+        return y[0] if isinstance(y, tuple) else y
+
+    a, b, c = run(5), run(5), run(6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    layer.eval()
+    assert torch.equal(run(5), run(6))  # no dropout in eval mode
