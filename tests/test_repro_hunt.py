@@ -460,3 +460,19 @@ def test_s4d_dropout_follows_the_seed():
     assert torch.equal(a, b) and not torch.equal(a, c)
     layer.eval()
     assert torch.equal(run(5), run(6))  # no dropout in eval mode
+
+
+def test_knn_ties_same_indices_for_any_thread_count_and_block():
+    """Tied distances (every point of y 30 times): the lowest index first, whatever the thread count and the
+    row blocking."""
+    base = _mk(0, 10, 3, scale=0.3)
+    y = base.repeat(30, 1)[None]
+    x = _mk(1, 1, 5000, 3, scale=0.3)
+    for largest in (False, True):
+        def run():
+            return [*st.knn(x, y, 7, k=-1.0, largest=largest), *st.knn(x, y, 7, k=-1.0, largest=largest,
+                                                                          block_elems=1024)]
+        _assert_same_bits(run)
+        d, i, d2, i2 = run()
+        assert torch.equal(i, i2) and torch.equal(d, d2)
+        assert torch.equal(i[0, 0], i[0, 0].sort().values) and int(i.max()) < 70  # ties: lowest indices
