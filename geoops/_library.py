@@ -87,7 +87,7 @@ def _blocked_sum(flat: torch.Tensor) -> torch.Tensor:
     if n < _GRAIN:
         return flat.sum()
     nb = n // _BLOCK
-    parts = flat[:nb * _BLOCK].view(nb, _BLOCK).sum(1)
+    parts = flat[:nb * _BLOCK].reshape(nb, _BLOCK).sum(1)
     if nb * _BLOCK != n:
         parts = torch.cat([parts, flat[nb * _BLOCK:].sum().reshape(1)])
     return _blocked_sum(parts)

@@ -149,6 +149,22 @@ def test_poincare_conv_c_grad_same_bits_for_any_thread_count():
                                               [x, z, b, c]))
 
 
+def test_poincare_batch_norm_statistics_same_bits_for_any_thread_count():
+    """Training batch norm over > 32768 rows / pixels: outputs, gradients and the running statistics."""
+    def run():
+        torch.manual_seed(0)
+        ball = gnn.PoincareBall(0.9, requires_grad=True)
+        bn, bn2 = gnn.PoincareBatchNorm(6, ball), gnn.PoincareBatchNorm2d(3, ball)
+        x = _mk(1, _R, 6, dtype=torch.float32, scale=0.05).requires_grad_()
+        x4 = _mk(2, 9, 3, 64, 64, dtype=torch.float32, scale=0.05).requires_grad_()
+        bn(x.detach())
+        bn2(x4.detach())
+        res = _outs_and_grads([bn(x), bn2(x4)], [x, x4, *bn.parameters(), *bn2.parameters(), *ball.parameters()])
+        return res + [b.clone() for b in (*bn.buffers(), *bn2.buffers())]
+
+    _assert_same_bits(run)
+
+
 @pytest.mark.parametrize("route", ["grid", "direct", "fft", "grid_gemm"])
 def test_gaunt_degree0_weight_grad_same_bits_for_any_thread_count(route):
     """lmax 0: the weight's gradient is one sum over all rows."""
