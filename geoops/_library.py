@@ -20,7 +20,8 @@ Every family follows one path::
   implementations) and :func:`masked_grads` (reference backends, whose backward differentiates the
   eager reference inside :func:`reference_autograd`).
 * :func:`fixed_sum` is ``torch.sum`` with the same bits for any ``torch.set_num_threads`` (backwards summing a
-  per-row gradient to one shared parameter use it).
+  per-row gradient to one shared parameter use it); :func:`fixed_expand` broadcasts a one-element tensor so that
+  autograd's sum back to it has that property (compositions of torch ops with a shared parameter use it).
 * :func:`check_tensors` raises the common bad-input errors (not a tensor, dtype, device) naming the
   argument; :func:`check_finite` the GEOOPS_CHECK one.
 * :func:`autograd_wanted` decides whether a public function needs its Function (a gradient is wanted or
@@ -42,7 +43,7 @@ from . import _backend
 
 __all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
            "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "with_func_twin", "compiled_transform_args", "with_compiled_apply", "apply",
-           "concrete", "check_finite", "no_autocast", "torch_kernels", "fixed_sum"]
+           "concrete", "check_finite", "no_autocast", "torch_kernels", "fixed_sum", "fixed_expand"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -91,6 +92,25 @@ def _blocked_sum(flat: torch.Tensor) -> torch.Tensor:
     if nb * _BLOCK != n:
         parts = torch.cat([parts, flat[nb * _BLOCK:].sum().reshape(1)])
     return _blocked_sum(parts)
+
+
+def fixed_expand(t: torch.Tensor, shape) -> torch.Tensor:
+    """A one-element ``t`` that requires grad, broadcast to ``shape`` (32768 elements or more, CPU) so that
+    autograd's sum of the gradient back to ``t`` has the same bits for any thread count; ``t`` itself otherwise.
+
+    A composition ``f(x, t)`` of torch ops gets t's gradient from autograd's broadcast sum (``torch.sum`` to one
+    value: one chunk per thread).  Here ``t`` goes through two expands, to [nb] and then to fixed blocks [nb, 16384],
+    whose sums back are a per-block reduction (one thread per block) and a serial sum of nb < 32768 partials.  The
+    values are ``t``'s (the same forward bits); the cost is one copy of ``shape``'s size."""
+    shape = tuple(shape)
+    n = 1
+    for s_ in shape:
+        n *= s_
+    if t.numel() != 1 or t.dim() > len(shape) or n < _GRAIN or t.device.type != "cpu" or not t.requires_grad:
+        return t
+    nb = -(-n // _BLOCK)
+    e = t.reshape(1).expand(nb).reshape(nb, 1).expand(nb, _BLOCK).reshape(-1)
+    return e[:n].reshape(shape)
 
 
 def direct_call_ok(*tensors) -> bool:

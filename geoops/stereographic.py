@@ -2026,6 +2026,7 @@ def _coadd(x, y, k, dim):
     x, y = _to_result_dtype(x, y), _to_result_dtype(y, x)
     k = _kt("mobius_coadd", k, x)
     xx, yy = _dot(x, x, dim), _dot(y, y, dim)
+    k = _library.fixed_expand(k, torch.broadcast_shapes(xx.shape, yy.shape))  # (k's gradient: fixed order)
     den = 1 - k * k * xx * yy
     den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
     return ((1 + k * yy) * x + (1 + k * xx) * y) / den
@@ -2121,14 +2122,14 @@ def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int =
 def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
     _check_float("tan_k", "x", x)
-    k = _kt("tan_k", k, x)
+    k = _library.fixed_expand(_kt("tan_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.tan_k(x, k)
 
 
 def artan_k(x: torch.Tensor, k) -> torch.Tensor:
     """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("artan_k", "x", x)
-    k = _kt("artan_k", k, x)
+    k = _library.fixed_expand(_kt("artan_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.artan_k(x, k)
 
 
@@ -2179,7 +2180,7 @@ def _antipode_formula(x: torch.Tensor, kk: torch.Tensor, sphere: torch.Tensor, d
 def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
     dim = _check_surface("sproj", dim, k, x=x)
-    kk = _kt("sproj", k, x)
+    kk = _library.fixed_expand(_kt("sproj", k, x), x.narrow(dim, -1, 1).shape)  # (k's gradient: fixed order)
     inv_r = kk.abs().sqrt()
     factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))
     return factor * x.narrow(dim, 0, x.size(dim) - 1)
@@ -2196,7 +2197,7 @@ def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 def sin_k(x: torch.Tensor, k) -> torch.Tensor:
     """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("sin_k", "x", x)
-    k = _kt("sin_k", k, x)
+    k = _library.fixed_expand(_kt("sin_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.sin_k(x, k)
 
 
@@ -2204,7 +2205,7 @@ def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
     """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0, the argument
     clamped at 1 - 1e-7), smooth in k."""
     _check_float("arsin_k", "x", x)
-    k = _kt("arsin_k", k, x)
+    k = _library.fixed_expand(_kt("arsin_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.arsin_k(x, k)
 
 
