@@ -38,6 +38,20 @@ _cache: dict = {}
 _PROVIDES: dict = {}
 
 
+def _after_fork_in_child() -> None:
+    """A child made by os.fork (multiprocessing's "fork" start method: Hogwild workers, Pool) runs on one thread.
+    GNU OpenMP cannot start a thread team in a child forked after the parent ran one: the child's first parallel
+    kernel, geoops' or torch's own, waited forever (torch's DataLoader sets its workers to one thread for the same
+    reason).  ``torch.set_num_threads(n)`` in the child asks for n again (safe where the parent never ran a
+    parallel kernel); spawn / forkserver children start with torch's default."""
+    if torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def register_family(family: str, backends) -> None:
     """Record which compiled backends ("cpp", "cuda") `family` has kernels for: the others are unavailable to it
     (auto passes them by; forcing one raises), so a family may start with only its reference."""

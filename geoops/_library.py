@@ -21,6 +21,9 @@ Every family follows one path::
   ``ctx.needs_input_grad``) and return 0-element tensors for the rest: :func:`masked_empty` (fake
   implementations) and :func:`masked_grads` (reference backends, whose backward differentiates the
   eager reference inside :func:`reference_autograd`).
+* :func:`fixed_sum` is ``torch.sum`` with the same bits for any ``torch.set_num_threads`` (backwards summing a
+  per-row gradient to one shared parameter use it); :func:`fixed_expand` broadcasts a one-element tensor so that
+  autograd's sum back to it has that property (compositions of torch ops with a shared parameter use it).
 * :func:`check_tensors` raises the common bad-input errors (not a tensor, dtype, device) naming the
   argument; :func:`check_finite` the GEOOPS_CHECK one.
 * :func:`autograd_wanted` decides whether a public function needs its Function (a gradient is wanted or
@@ -42,7 +45,7 @@ from . import _backend
 
 __all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "op_autograd", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
            "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "with_func_twin", "compiled_transform_args", "with_compiled_apply", "apply",
-           "concrete", "check_finite", "no_autocast", "torch_kernels"]
+           "concrete", "check_finite", "no_autocast", "torch_kernels", "fixed_sum", "fixed_expand"]
 
 _len_fn_modes = getattr(torch._C, "_len_torch_function_stack", None)
 _len_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -51,6 +54,65 @@ _HAVE_MODE_CHECKS = None not in (_len_fn_modes, _len_dispatch_modes, _functorch_
 _jit_tracing = getattr(torch._C, "_get_tracing_state", None) or (lambda: None)  # (torch.jit.trace's state, ~60 ns)
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # Parameter disables __torch_function__: a plain tensor here
+
+
+# torch's CPU reductions (at::internal::GRAIN_SIZE): a reduction to ONE value over this many elements or more runs as
+# one chunk per OpenMP thread whose partials are then added, so its last bits depend on torch.get_num_threads();
+# a reduction with several outputs gives each output to one thread (the same bits for any thread count).
+_GRAIN = 32768
+_BLOCK = _GRAIN // 2  # (so that every blocked sum has at least two outputs)
+
+
+def fixed_sum(t: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
+    """``t.sum(dim, keepdim)`` with the same bits for any thread count (the house rule for every backward).
+
+    Only a CPU reduction to a single value over 32768 elements or more changes route: the elements in fixed
+    blocks of 16384 (one output per block: each block summed by one thread), then the blocks' partials (fewer than
+    32768: a serial sum; more: the same again).  Everything else is ``t.sum`` itself (same bits as before)."""
+    if dim is None:
+        out = t.sum() if t.numel() < _GRAIN or t.device.type != "cpu" else _blocked_sum(t.reshape(-1))
+        return out.reshape((1,) * t.dim()) if keepdim else out
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    n_red = 1
+    for d in dims:
+        n_red *= t.shape[d]
+    if t.device.type != "cpu" or n_red < _GRAIN or t.numel() != n_red:
+        return t.sum(dims, keepdim=keepdim)
+    out = _blocked_sum(t.reshape(-1))
+    if keepdim:
+        return out.reshape((1,) * t.dim())
+    nd = t.dim()
+    return out.reshape(tuple(s for i, s in enumerate(t.shape) if i not in {d % nd for d in dims}))
+
+
+def _blocked_sum(flat: torch.Tensor) -> torch.Tensor:
+    n = flat.shape[0]
+    if n < _GRAIN:
+        return flat.sum()
+    nb = n // _BLOCK
+    parts = flat[:nb * _BLOCK].reshape(nb, _BLOCK).sum(1)
+    if nb * _BLOCK != n:
+        parts = torch.cat([parts, flat[nb * _BLOCK:].sum().reshape(1)])
+    return _blocked_sum(parts)
+
+
+def fixed_expand(t: torch.Tensor, shape) -> torch.Tensor:
+    """A one-element ``t`` that requires grad, broadcast to ``shape`` (32768 elements or more, CPU) so that
+    autograd's sum of the gradient back to ``t`` has the same bits for any thread count; ``t`` itself otherwise.
+
+    A composition ``f(x, t)`` of torch ops gets t's gradient from autograd's broadcast sum (``torch.sum`` to one
+    value: one chunk per thread).  Here ``t`` goes through two expands, to [nb] and then to fixed blocks [nb, 16384],
+    whose sums back are a per-block reduction (one thread per block) and a serial sum of nb < 32768 partials.  The
+    values are ``t``'s (the same forward bits); the cost is one copy of ``shape``'s size."""
+    shape = tuple(shape)
+    n = 1
+    for s_ in shape:
+        n *= s_
+    if t.numel() != 1 or t.dim() > len(shape) or n < _GRAIN or t.device.type != "cpu" or not t.requires_grad:
+        return t
+    nb = -(-n // _BLOCK)
+    e = t.reshape(1).expand(nb).reshape(nb, 1).expand(nb, _BLOCK).reshape(-1)
+    return e[:n].reshape(shape)
 
 
 def direct_call_ok(*tensors) -> bool:

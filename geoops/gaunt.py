@@ -67,7 +67,7 @@ def _segsum(t: torch.Tensor, L: int) -> torch.Tensor:
 
 
 def _reduce_rows(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return g.sum(0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
+    return _library.fixed_sum(g, 0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
 
 
 def _reached(ctx, need, args) -> List[bool]:
@@ -229,7 +229,7 @@ class GauntFn(torch.autograd.Function):
         for k, t in enumerate(saved):
             if out[k] is not None and (k >= nu or _lead(t) == N):
                 # (a one-row weight's sums over all rows at once: _reduce_rows, as without chunks)
-                out[k] = _shaped(out[k].sum(0, keepdim=True) if _lead(t) == 1 else out[k], t, batch)
+                out[k] = _shaped(_library.fixed_sum(out[k], 0, keepdim=True) if _lead(t) == 1 else out[k], t, batch)
         return out
 
 

@@ -1069,7 +1069,7 @@ def _conv_bwd_tail(ctx, ng, C2, x, gv, gz, gb, gc, has_b, c, k1, seps, v):
             lmask = (1 if ng[0] else 0) | (4 if ng[3] else 0)
             gx, _, gk, _ = C2.stereo_bwd_cpu(_LOGMAP0, gv, x, None, k1, None, seps, lmask)
         if ng[3]:
-            gcl = -gk.sum()
+            gcl = -_library.fixed_sum(gk)
     gcf = None
     if ng[3]:
         gcf = gc.to(c.dtype).reshape(()) + gcl

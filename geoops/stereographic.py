@@ -101,9 +101,9 @@ def _kr_grads(need, k, r, n: int, dk, dr):
     once for n rows (k 0-d from _run_fast, or of shape (1,)) gets its per-row gradients summed to its shape; None
     where no gradient is wanted."""
     if need[2] and (k.dim() != 1 or k.shape[0] != n):
-        dk = dk.sum(0, keepdim=True).reshape(k.shape)
+        dk = _library.fixed_sum(dk, 0, keepdim=True).reshape(k.shape)
     if need[3] and r.shape[0] != n:
-        dr = dr.sum(0, keepdim=True)
+        dr = _library.fixed_sum(dr, 0, keepdim=True)
     return (dk if need[2] else None), (dr if need[3] else None)
 
 
@@ -998,7 +998,7 @@ def _grad_mask(ctx):
 def _rows_k_grad(gk, k, R):
     """The per-row k gradient (float64 [R]) in k's dtype, summed when k was one curvature for all R rows."""
     gk = gk.to(k.dtype)
-    return gk.sum().reshape(1) if k.shape[0] != R else gk
+    return _library.fixed_sum(gk).reshape(1) if k.shape[0] != R else gk
 
 
 class CdistFn(torch.autograd.Function):
@@ -1279,7 +1279,7 @@ class KnnDistFn(torch.autograd.Function):
                         dks = dk.new_empty((B, N, n))
                     dks[:, i0:i1] = dk.reshape(B, c, n)
             del dx, dy, dk
-        gk = dks.reshape(B, N * n).sum(1).to(k.dtype) if need[2] else None
+        gk = _library.fixed_sum(dks.reshape(B, N * n), 1).to(k.dtype) if need[2] else None
         return gx, gy, gk, None, None
 
 
@@ -2014,7 +2014,7 @@ def _triple_grads(need, saved, grads) -> tuple:
     """(d0, d1, d2, dk) of a three-vector op's backward kernel as its Function's gradients (_kernel_fns' grads)."""
     d0, d1, d2, dk = grads
     if need[3] and saved[3].shape[0] != saved[0].shape[0]:
-        dk = dk.sum(0, keepdim=True)
+        dk = _library.fixed_sum(dk, 0, keepdim=True)
     return d0 if need[0] else None, d1 if need[1] else None, d2 if need[2] else None, dk if need[3] else None
 
 
@@ -2100,6 +2100,7 @@ def _coadd(x, y, k, dim):
     x, y = _to_result_dtype(x, y), _to_result_dtype(y, x)
     k = _kt("mobius_coadd", k, x)
     xx, yy = _dot(x, x, dim), _dot(y, y, dim)
+    k = _library.fixed_expand(k, torch.broadcast_shapes(xx.shape, yy.shape))  # (k's gradient: fixed order)
     den = 1 - k * k * xx * yy
     den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
     return ((1 + k * yy) * x + (1 + k * xx) * y) / den
@@ -2195,14 +2196,14 @@ def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int =
 def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
     _check_float("tan_k", "x", x)
-    k = _kt("tan_k", k, x)
+    k = _library.fixed_expand(_kt("tan_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.tan_k(x, k)
 
 
 def artan_k(x: torch.Tensor, k) -> torch.Tensor:
     """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("artan_k", "x", x)
-    k = _kt("artan_k", k, x)
+    k = _library.fixed_expand(_kt("artan_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.artan_k(x, k)
 
 
@@ -2253,7 +2254,7 @@ def _antipode_formula(x: torch.Tensor, kk: torch.Tensor, sphere: torch.Tensor, d
 def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
     dim = _check_surface("sproj", dim, k, x=x)
-    kk = _kt("sproj", k, x)
+    kk = _library.fixed_expand(_kt("sproj", k, x), x.narrow(dim, -1, 1).shape)  # (k's gradient: fixed order)
     inv_r = kk.abs().sqrt()
     factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))
     return factor * x.narrow(dim, 0, x.size(dim) - 1)
@@ -2270,7 +2271,7 @@ def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 def sin_k(x: torch.Tensor, k) -> torch.Tensor:
     """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("sin_k", "x", x)
-    k = _kt("sin_k", k, x)
+    k = _library.fixed_expand(_kt("sin_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.sin_k(x, k)
 
 
@@ -2278,7 +2279,7 @@ def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
     """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0, the argument
     clamped at 1 - 1e-7), smooth in k."""
     _check_float("arsin_k", "x", x)
-    k = _kt("arsin_k", k, x)
+    k = _library.fixed_expand(_kt("arsin_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
     return _ref.arsin_k(x, k)
 
 
@@ -2321,7 +2322,7 @@ class MidpointSumsFn(torch.autograd.Function):
         dx, dw, dk = _PAIR["midpoint_bwd"](gF.contiguous(), gL.contiguous(), x, w, k, ctx.posweight, mask)
         if need[2]:
             dk = dk.to(k.dtype)
-            dk = dk.sum().reshape(1) if k.shape[0] != x.shape[0] else dk
+            dk = _library.fixed_sum(dk).reshape(1) if k.shape[0] != x.shape[0] else dk
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
 
 
@@ -2411,7 +2412,7 @@ class MidpointFn(torch.autograd.Function):
         dx, dw, dk = _PAIR["midpoint_bwd"](gF, gL, x, w, k, ctx.posweight, mask)
         if need[2]:
             dk = (dk + gk).to(k.dtype)
-            dk = dk.sum().reshape(1) if k.shape[0] != x.shape[0] else dk
+            dk = _library.fixed_sum(dk).reshape(1) if k.shape[0] != x.shape[0] else dk
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
 
 
