@@ -441,3 +441,29 @@ def test_inplace_on_input_after_forward(name, fmt):
     xr = x0.clone().requires_grad_()
     want, = torch.autograd.grad(fn(xr * 1.0), xr, g)
     torch.testing.assert_close(got, want)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("op", ["mobius_add", "dist", "logmap"])
+@pytest.mark.parametrize("xshape, yshape", [((1, 6), (5, 6)), ((6,), (5, 6)), ((2, 1, 6), (2, 4, 6))])
+def test_broadcast_rows_with_strided_vectors(op, dtype, xshape, yshape):
+    """x's rows repeated in the broadcast ((..., 1, D) against y of the broadcast shape: the row-group kernels)
+    with x's vector entries not adjacent (x[..., ::2] of a wider tensor, a transposed x): the row-group copy read
+    x's rows as if their entries were adjacent, a silently wrong result (and gradient)."""
+    fn = getattr(st, op)
+    k = torch.tensor(-1.0, dtype=dtype)
+    x0, y0 = _pts(*xshape, dtype=dtype, seed=1), _pts(*yshape, dtype=dtype, seed=2)
+    wide = torch.zeros(*xshape[:-1], 2 * xshape[-1], dtype=dtype)
+    wide[..., ::2] = x0
+    shape = torch.broadcast_shapes(xshape, yshape)
+    g = _pts(*shape[:-1], *((shape[-1],) if op != "dist" else ()), dtype=dtype, seed=3)
+    for x in (wide[..., ::2], x0.t().contiguous().t() if x0.dim() == 2 else x0.transpose(-1, 0).contiguous().transpose(-1, 0)):
+        for rg in (False, True):
+            a = x.detach().requires_grad_(rg)
+            a0 = x0.clone().requires_grad_(rg)
+            out = fn(a, y0, k=k)
+            want = fn(a0.expand(shape).contiguous(), y0, k=k)
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
+            if rg:
+                torch.testing.assert_close(torch.autograd.grad(out, a, g)[0], torch.autograd.grad(want, a0, g)[0])
