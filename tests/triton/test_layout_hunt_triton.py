@@ -117,3 +117,16 @@ def test_fftconv_layouts(device):
     g = torch.Generator().manual_seed(0)
     u, k, D = (torch.randn(*s, generator=g).to(device) for s in ((2, 3, 8), (3, 8), (3,)))
     _check(lambda a, b, d: gs.fftconv(a, b, d), (u, k, D), which=(0, 1))
+
+
+@pytest.mark.parametrize("kv", [-1.0, 0.7])
+def test_cdist_empty_batch_backward(device, kv):
+    """A batch of size 0 ((0, N, D) points): the backward's column-split heuristic divided by its 0 programs
+    (ZeroDivisionError on the GPU as in the interpreter); the gradients are empty, as the C++ backend's."""
+    x = torch.randn(0, 3, 4, device=device, requires_grad=True)
+    y = torch.randn(0, 5, 4, device=device, requires_grad=True)
+    k = torch.tensor(kv, device=device, requires_grad=True)
+    out = st.cdist(x, y, k=k)
+    assert out.shape == (0, 3, 5)
+    gx, gy, gk = torch.autograd.grad(out.sum(), (x, y, k))
+    assert gx.shape == x.shape and gy.shape == y.shape and torch.equal(gk, torch.zeros_like(k))
