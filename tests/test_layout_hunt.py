@@ -145,7 +145,8 @@ def test_attention_no_queries_backward(dtype, kw):
     tiles per group (0 without queries): SIGFPE killed the process."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 2, 0, 4, generator=g, dtype=dtype, requires_grad=True)
-    kv = [torch.randn(2, 1, m, d, generator=g, dtype=dtype, requires_grad=True) for m, d in ((5, 4), (3, 4), (5, 3), (3, 3))]
+    kv = [torch.randn(2, 1, m, d, generator=g, dtype=dtype, requires_grad=True)
+          for m, d in ((5, 4), (3, 4), (5, 3), (3, 3))]
     out = ga.triple_attention(q, *kv, **kw)
     assert out.shape == (2, 2, 0, 3)
     out.sum().backward()
@@ -207,8 +208,13 @@ def test_stereographic_layouts(op, kv, krow):
     x, y = _pts(5, 7, seed=1), _pts(5, 7, seed=2)
     if op == "project":
         x = x * 8  # rows outside the ball: the scaling branch
-    k = torch.full((5, 1), kv, dtype=torch.float64) + 0.01 * _pts(5, 1, seed=3) if krow else torch.tensor(kv, dtype=torch.float64)
-    args = (torch.rand(5, 1, dtype=torch.float64), x, k) if op == "mobius_scalar_mul" else ((x, y, k) if n == 2 else (x, k))
+    k = torch.tensor(kv, dtype=torch.float64)
+    if krow:
+        k = k + 0.01 * _pts(5, 1, seed=3)
+    if op == "mobius_scalar_mul":
+        args = (torch.rand(5, 1, dtype=torch.float64), x, k)
+    else:
+        args = (x, y, k) if n == 2 else (x, k)
     _check_layouts(fn, args)
 
 
@@ -290,15 +296,16 @@ def test_gaunt_layouts(route):
 def test_attention_layouts(kw):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64)
-    k1, k2 = torch.randn(2, 1, 6, 4, generator=g, dtype=torch.float64), torch.randn(2, 1, 3, 4, generator=g, dtype=torch.float64)
-    v1, v2 = torch.randn(2, 1, 6, 3, generator=g, dtype=torch.float64), torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64)
+    k1, k2, v1, v2 = (torch.randn(2, 1, m, d, generator=g, dtype=torch.float64)
+                      for m, d in ((6, 4), (3, 4), (6, 3), (3, 3)))
     _check_layouts(lambda *a: ga.triple_attention(*a, **kw), (q, k1, k2, v1, v2))
 
 
 def _ssm_params(rdt=torch.float64, cdt=torch.complex128, H=3, N=4):
     g = torch.Generator().manual_seed(0)
     log_dt = -3 * torch.rand(H, generator=g, dtype=rdt)
-    A = torch.complex(-torch.rand(H, N, generator=g, dtype=rdt) - 0.1, torch.randn(H, N, generator=g, dtype=rdt)).to(cdt)
+    A = torch.complex(-torch.rand(H, N, generator=g, dtype=rdt) - 0.1,
+                      torch.randn(H, N, generator=g, dtype=rdt)).to(cdt)
     B, C = torch.randn(H, N, generator=g, dtype=cdt), torch.randn(2, H, N, generator=g, dtype=cdt)
     return log_dt, A, B, C
 
@@ -344,8 +351,9 @@ def _twice(fn, x0):
 def test_one_tensor_twice_stereographic(kv):
     x = _pts(5, 7, seed=1)
     k = torch.tensor(kv, dtype=torch.float64)
-    for fn in (lambda a, b: st.mobius_add(a, b, k=k), lambda a, b: st.dist(a, b, k=k), lambda a, b: st.logmap(a, b, k=k),
-               lambda a, b: st.cdist(a, b, k=k), lambda a, b: st.knn(a, b, 3, k=k)[0]):
+    for fn in (lambda a, b: st.mobius_add(a, b, k=k), lambda a, b: st.dist(a, b, k=k),
+               lambda a, b: st.logmap(a, b, k=k), lambda a, b: st.cdist(a, b, k=k),
+               lambda a, b: st.knn(a, b, 3, k=k)[0]):
         _twice(fn, x)
 
 
@@ -415,7 +423,8 @@ def test_inplace_on_output_right_or_refused(name):
 
 
 @needs_cpp
-@pytest.mark.parametrize("name, fmt", [(n, "rows") for n in sorted(_INPLACE_CALLS)] + [("pc.relu_image", "channels-last")])
+@pytest.mark.parametrize("name, fmt",
+                         [(n, "rows") for n in sorted(_INPLACE_CALLS)] + [("pc.relu_image", "channels-last")])
 def test_inplace_on_input_after_forward(name, fmt):
     """An input changed in place between the forward and the backward: torch's error where the backward reads
     it, else the gradient at the values the forward saw (never one at the changed values)."""
@@ -458,7 +467,8 @@ def test_broadcast_rows_with_strided_vectors(op, dtype, xshape, yshape):
     wide[..., ::2] = x0
     shape = torch.broadcast_shapes(xshape, yshape)
     g = _pts(*shape[:-1], *((shape[-1],) if op != "dist" else ()), dtype=dtype, seed=3)
-    for x in (wide[..., ::2], x0.t().contiguous().t() if x0.dim() == 2 else x0.transpose(-1, 0).contiguous().transpose(-1, 0)):
+    other = x0.transpose(-1, 0).contiguous().transpose(-1, 0)  # (3-D x: a transposed storage, last-dim stride 2)
+    for x in (wide[..., ::2], other):
         for rg in (False, True):
             a = x.detach().requires_grad_(rg)
             a0 = x0.clone().requires_grad_(rg)
