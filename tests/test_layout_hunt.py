@@ -477,3 +477,25 @@ def test_broadcast_rows_with_strided_vectors(op, dtype, xshape, yshape):
             torch.testing.assert_close(out, want, rtol=0, atol=0)
             if rg:
                 torch.testing.assert_close(torch.autograd.grad(out, a, g)[0], torch.autograd.grad(want, a0, g)[0])
+
+
+@needs_cpp
+@pytest.mark.parametrize("path", ["public", "compat"])
+def test_riemannian_sgd_step_bumps_the_version(path):
+    """The fused C++ step wrote x in place through its data pointer without telling autograd: a graph that saved
+    x before the step then ran its backward at the stepped values, a silently wrong gradient, where torch's own
+    optimizers' in-place updates raise the version error.  (Also geoops.compat's direct step of geoopt's
+    RiemannianSGD.)"""
+    from geoops import compat
+    x = _pts(4, 3, seed=1).requires_grad_()
+    g = _pts(4, 3, seed=2)
+    loss = st.dist0(x, k=torch.tensor(-1.0, dtype=torch.float64)).sum()
+    v0 = x._version
+    with torch.no_grad():
+        if path == "public":
+            st.riemannian_sgd_step_(x, g, lr=0.1, k=-1.0)
+        else:
+            assert compat._direct_rsgd_step(x, g, torch.tensor(-1.0, dtype=torch.float64), -1.0, 0.1)
+    assert x._version > v0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
