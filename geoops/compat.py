@@ -331,6 +331,7 @@ def _direct_rsgd_step(p, grad, k, kf, lr) -> bool:
             or _backend.resolve(_CPU, _stereo_ops.FAMILY) != "cpp"):
         return False
     _backend.compiled().stereo_rsgd_step_cpu(p, grad, kf, float(lr), _EPS[dt])
+    torch.autograd.graph.increment_version(p)  # (written through the data pointer: autograd's version, as p.copy_)
     return True
 
 

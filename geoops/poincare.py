@@ -1226,6 +1226,8 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
     """HypLL's HMaxPool2d: max pooling of logmap0(x) in the tangent space (``F.max_pool2d``'s kernel_size, stride,
     padding, dilation, ceil_mode), then expmap0."""
     _check_image("max_pool2d", x)
+    if x.shape[1] < 1:  # (as avg_pool2d / poincare_conv2d: not torch's max-pool message about 3-D / 4-D input)
+        _fail("max_pool2d", f"x must have at least one channel (the manifold dimension), got shape {tuple(x.shape)}")
     if x.dtype in _HALF:  # computed in float32 (no half rounding between the maps)
         return max_pool2d(x.float(), c=c, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                           ceil_mode=ceil_mode).to(x.dtype)
@@ -1368,6 +1370,9 @@ def _as(t: torch.Tensor, dtype) -> torch.Tensor:
 
 def _bn_check_params(op, x, D, bias, weight, running_mean, running_var):
     """batch_norm's parameters and buffers against x's manifold dimension D and device."""
+    if D < 1:  # (the forward would run and the backward fail inside autograd: no point has a coordinate)
+        _fail(op, f"x must have at least one {'channel' if x.dim() == 4 else 'feature'} (the manifold dimension), "
+                  f"got shape {tuple(x.shape)}")
     _check_float(op, "bias", bias)
     if bias.shape != (D,):
         _fail(op, f"bias must have shape ({D},) (the manifold dimension of x), got {tuple(bias.shape)}")

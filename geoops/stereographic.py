@@ -2629,6 +2629,9 @@ def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 __all__ += ["riemannian_sgd_step_"]
 
 
+_increment_version = torch.autograd.graph.increment_version
+
+
 def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, dim: int = -1) -> torch.Tensor:
     r"""One Riemannian SGD update of the points ``x`` in place: ``x <- project(x - lr * egrad2rgrad(x, grad))``.
 
@@ -2662,6 +2665,9 @@ def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, d
             eps = _ref.default_eps(xp.dtype)
             if xp.device.type == "cpu" and _backend.resolve(xp.device, _ops.FAMILY) == "cpp":
                 _backend.compiled().stereo_rsgd_step_cpu(x2, g2, float(kt), float(lr), eps)
+                # (the kernel writes through the data pointer: autograd's version counter is bumped here, as a torch
+                # in-place op does, so a graph that saved x before the step raises instead of using the new values)
+                _increment_version(x)
                 return x
             k1 = kt.reshape(1).to(xp.dtype)
             s = _FWD["lambda_x"](x2, None, k1, None, eps).pow_(-2.0).mul_(-float(lr))  # -lr / lambda_x^2

@@ -2030,7 +2030,8 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
     B, N, D = x.shape
     M = y.shape[1]
     want_x, want_y, want_k = bool(mask & 1), bool(mask & 2), bool(mask & 4)
-    if N == 0 or M == 0 or D == 0 or not (want_x or want_y or want_k):
+    # (B == 0 too: _pair_split's heuristic divides by the number of programs, 0 there)
+    if B == 0 or N == 0 or M == 0 or D == 0 or not (want_x or want_y or want_k):
         return (torch.zeros_like(x) if want_x else x.new_empty(0), torch.zeros_like(y) if want_y else x.new_empty(0),
                 torch.zeros(B, dtype=k.dtype, device=x.device) if want_k else x.new_empty(0))
     g, A, d = g.contiguous().to(x.dtype), A.contiguous(), d.contiguous()

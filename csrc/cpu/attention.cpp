@@ -529,7 +529,8 @@ GroupPlan plan_groups(const Geometry& g) {
   // windowed: contiguous blocks of tiles touch contiguous, short key ranges; otherwise interleave the
   // tiles (balances the causal triangle; every group touches (nearly) all keys anyway)
   p.contiguous = g.wa > 0 || g.wb > 0;
-  if (p.contiguous) p.G = std::min(p.G, (p.ntiles + p.tpg() - 1) / p.tpg());
+  // (no query tiles, N = 0: tpg() is 0, nothing to regroup; G stays 1 with no tiles)
+  if (p.contiguous && p.ntiles > 0) p.G = std::min(p.G, (p.ntiles + p.tpg() - 1) / p.tpg());
   p.slab = 0;
   for (int64_t gi = 0; gi < p.G; ++gi) {
     int64_t alo = g.Ma, ahi = -1, blo = g.Mb, bhi = -1;

@@ -128,10 +128,13 @@ void expand_rows(const scalar_t* xp, int64_t sx, int64_t G, int64_t rep, int64_t
   }
 }
 
-at::Tensor expand_groups(const at::Tensor& x, int64_t rep) {
-  const int64_t G = x.size(0), D = x.size(1);
-  at::Tensor out = at::empty({G * rep, D}, x.options());
+at::Tensor expand_groups(const at::Tensor& x_, int64_t rep) {
+  const int64_t G = x_.size(0), D = x_.size(1);
+  at::Tensor out = at::empty({G * rep, D}, x_.options());
   if (G == 0 || D == 0) return out;
+  // expand_rows copies rows of D adjacent entries: a strided vector (x[..., ::2], a transposed x) is made
+  // row-contiguous first (read as adjacent, its rows were silently wrong, session 38)
+  const at::Tensor x = rows_view(x_);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "expand_groups", [&] {
     expand_rows<scalar_t>(x.const_data_ptr<scalar_t>(), x.stride(0), G, rep, D, out.data_ptr<scalar_t>());
   });

@@ -55,8 +55,8 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
     """
     B, H, N, D = q.shape
     M1, M2 = k1.shape[2], k2.shape[2]
-    if scale is None:
-        scale = D ** -0.5
+    if scale is None:  # (D = 0: every score is the empty sum 0; scale 1 as the public function)
+        scale = D ** -0.5 if D > 0 else 1.0
     if isinstance(window, int):
         window = (window, window)
     k1, k2, v1, v2 = (_expand_heads(t, H) for t in (k1, k2, v1, v2))
