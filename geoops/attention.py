@@ -41,6 +41,7 @@ class TripleAttentionFn(torch.autograd.Function):
         ctx.save_for_backward(q, k1, k2, v1, v2, out, lse)
         ctx.args = (scale, causal, w1, w2)
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # (no zero lse gradient made per backward; a None dout is handled there)
         return out, lse
 
     @staticmethod
