@@ -359,8 +359,13 @@ def caller(op, direct: Callable, tensors: Optional[Callable] = None) -> Callable
 def grad_mask(needs_input_grad, n: Optional[int] = None) -> int:
     """The `mask` of a backward op from a Function's ``ctx.needs_input_grad`` (its first `n` entries, default all):
     bit i set where input i's gradient is wanted."""
-    needs = tuple(needs_input_grad)[:n]
-    return sum(1 << i for i, need in enumerate(needs) if need)
+    mask = 0
+    for i, need in enumerate(needs_input_grad):  # (a plain loop: sum over a generator costs ~0.3 us more a call)
+        if n is not None and i >= n:
+            break
+        if need:
+            mask |= 1 << i
+    return mask
 
 
 def _unused(i: int, like, optional: int) -> torch.Tensor:
@@ -483,7 +488,7 @@ def check_tensors(prefix: str, named: dict, *, dtypes=tuple(_FLOAT_NAMES), same_
         if same_dtype and t.dtype != f.dtype:
             raise TypeError(f"{prefix}: {name} has dtype {t.dtype} but {fname} has {f.dtype}; all inputs must share "
                             "one dtype")
-        if t.device != f.device:
+        if (not t.is_cpu or not f.is_cpu) and t.device != f.device:  # (is_cpu: no torch.device objects per call)
             raise ValueError(f"{prefix}: {name} is on {t.device} but {fname} is on {f.device}; all tensors must be "
                              "on one device")
 

@@ -275,7 +275,7 @@ def _lead(t: torch.Tensor) -> int:
 
 def _batch(ts) -> tuple:
     """The broadcast of the inputs' leading dims (the product's batch)."""
-    return tuple(torch.broadcast_shapes(*[t.shape[:-1] for t in ts if t is not None]))
+    return tuple(_args.broadcast_shapes(*[t.shape[:-1] for t in ts if t is not None]))
 
 
 def _splits(t: torch.Tensor, batch) -> bool:
@@ -397,7 +397,11 @@ def route_table(nu: int, device: torch.device, cpu: Optional[str] = None, backwa
     backward=False: the ranking by forward time ("binary" / "many"); backward=True: the ranking by forward +
     backward time ("binary_fwd_bwd" / "many_fwd_bwd"), which 'auto' reads when the call will need a backward; a
     class measured without that ranking falls back to its forward ranking."""
-    nu = _int_arg("route_table", "nu", nu, 1, "a positive int")
+    return _route_table(_int_arg("route_table", "nu", nu, 1, "a positive int"), device, cpu, backward)
+
+
+def _route_table(nu: int, device: torch.device, cpu: Optional[str], backward: bool) -> dict:
+    """route_table on a checked nu."""
     tables = _gaunt_routes.TABLES
     if device.type == "cuda":
         cls = cpu or _backend.device_class(device)
@@ -437,13 +441,19 @@ def choose_route(Ls: Sequence[int], lmax_out: int, rows: int, device: torch.devi
     Ls = [_int_arg("choose_route", "Ls", L, 0, "a list of non-negative ints") for L in Ls]
     lmax_out = _int_arg("choose_route", "lmax_out", lmax_out, 0, "a non-negative int")
     rows = _int_arg("choose_route", "rows", rows, 0, "a non-negative int")
-    nu = len(Ls)
-    table = route_table(nu, device, backward=backward)
+    nu = _int_arg("route_table", "nu", len(Ls), 1, "a positive int")  # (route_table's check: one degree or more)
+    return _auto_route(nu, max(max(Ls), lmax_out), device, backward)
+
+
+def _auto_route(nu: int, L: int, device: torch.device, backward: bool) -> str:
+    """choose_route for nu factors of largest degree L (checked ints: _run's per-call path, without
+    choose_route's argument checks)."""
+    table = _route_table(nu, device, None, backward)
     if not table:
         return "grid"
-    L = max(max(Ls), lmax_out)
-    key = min(table, key=lambda k: (abs(k - L), k))
-    route = table[key]
+    route = table.get(L)  # (a measured degree: the nearest is itself)
+    if route is None:
+        route = table[min(table, key=lambda k: (abs(k - L), k))]
     if route == "direct" and nu != 2:
         route = "grid"
     return route
@@ -504,7 +514,7 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
         dtype = _args.promote_types(dtype, t.dtype)
     cdt = torch.float64 if dtype == torch.float64 else torch.float32
     try:
-        batch = torch.broadcast_shapes(*[x.shape[:-1] for x in xs],
+        batch = _args.broadcast_shapes(*[x.shape[:-1] for x in xs],
                                        *[w.shape[:-1] for w in (*weights, weight_out) if w is not None])
     except RuntimeError:
         shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(list(names) + wnames + ["weight_out"],
@@ -541,7 +551,7 @@ def _run(fn: str, xs, names, lmax_out, weights, weight_out, route):
     if rwo is not None and lo < lmax_out:
         rwo = rwo[..., :lo + 1]
     if route == "auto":
-        route = choose_route(Ls, lo, N, device, backward=needs_backward(*xs, *weights, weight_out))
+        route = _auto_route(len(Ls), max(max(Ls), lo), device, needs_backward(*xs, *weights, weight_out))
     if route == "direct" and len(xs) != 2:
         route = "grid"
     out = _core(rx, rw, rwo, lo, route)

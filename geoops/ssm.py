@@ -135,6 +135,7 @@ class FftconvFn(torch.autograd.Function):
         uf = output[1]
         ctx.save_for_backward(u, uf, k, D)
         ctx.mark_non_differentiable(uf)
+        ctx.set_materialize_grads(False)  # (no zeros made per backward for uf's unused gradient)
 
     @staticmethod
     @_library.first_order_only
@@ -142,7 +143,7 @@ class FftconvFn(torch.autograd.Function):
         u, uf, k, D = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = _library.grad_mask(need, 3)  # (no D: its bit is clear)
-        if mask == 0:
+        if mask == 0 or grad is None:  # (None: y's gradient unused, set_materialize_grads(False))
             return None, None, None
         du, dk, dD = _ops.fftconv_bwd(grad.contiguous(), u, uf, k, D, mask)
         return (du if need[0] else None), (dk if need[1] else None), (dD if mask & 4 else None)
@@ -210,6 +211,7 @@ class SsmConvFn(torch.autograd.Function):
                 kf = _ops.ssm_conv_fwd(u, v, x, D, False, True)[1]
         ctx.save_for_backward(u, uf, kf, v, x, D)
         ctx.mark_non_differentiable(kf, uf)
+        ctx.set_materialize_grads(False)  # (no zeros of the spectra's shapes made per backward for their gradients)
 
     @staticmethod
     @_library.first_order_only
@@ -217,7 +219,7 @@ class SsmConvFn(torch.autograd.Function):
         u, uf, kf, v, x, D = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = _library.grad_mask(need, 4)  # (no D: its bit is clear)
-        if mask == 0:
+        if mask == 0 or grad is None:  # (None: y's gradient unused, set_materialize_grads(False))
             return None, None, None, None
         du, dv, dx, dD = _ops.ssm_conv_bwd(grad.contiguous(), u, uf, kf, v, x, D, mask)
         return (du if need[0] else None), (dv if need[1] else None), (dx if need[2] else None), \

@@ -473,23 +473,7 @@ def _grow(op: str, name: str, v: torch.Tensor, shape, d: int):
         _fail(op, f"{name} of shape {tuple(v.shape)} does not broadcast against inputs of shape {tuple(shape)}")
 
 
-def _broadcast2(a, b):
-    """torch.broadcast_shapes(a, b) for two shapes, without its per-call cost (~20 us) in eager mode; symbolic
-    sizes (torch.compile / export) go through torch.broadcast_shapes, which guards as little as possible."""
-    la, lb = len(a), len(b)
-    out = list(a) if la >= lb else list(b)
-    short = b if la >= lb else a
-    off = len(out) - len(short)
-    for i, q in enumerate(short):
-        p = out[off + i]
-        if type(p) is not int or type(q) is not int:
-            return torch.broadcast_shapes(a, b)
-        if p != q:
-            if p == 1:
-                out[off + i] = q
-            elif q != 1:
-                raise RuntimeError(f"shapes {tuple(a)} and {tuple(b)} do not broadcast")
-    return torch.Size(out)
+_broadcast2 = _args.broadcast2  # (torch.broadcast_shapes of two shapes without its per-call cost)
 
 
 def _debug_checks(op: str, named: dict, k: torch.Tensor, dim: int):

@@ -1332,3 +1332,33 @@ def test_bench_rank_is_validated_on_every_path(rank, capsys):
             bg.main(["--lmax", "1", "--rank", rank] + extra)
         assert e.value.code == 2
         assert "--rank: comma list of fwd, fwd+bwd" in capsys.readouterr().err
+
+
+def test_leading_dims_broadcast_helper_matches_torch():
+    """Session 38 (perfcheck): _run broadcasts the leading dims with geoops._args.broadcast_shapes (plain Python for
+    int sizes, torch.broadcast_shapes cost ~10 us a call): the same shapes, and the same error, as torch's."""
+    import itertools
+
+    from geoops import _args
+
+    shapes = [(), (1,), (3,), (0,), (2, 1), (1, 3), (2, 3), (4, 1, 3), (1, 0), (5, 1, 1)]
+    for combo in itertools.chain(itertools.product(shapes, repeat=2), itertools.product(shapes[:6], repeat=3)):
+        try:
+            want = torch.broadcast_shapes(*combo)
+        except RuntimeError:
+            with pytest.raises(RuntimeError):
+                _args.broadcast_shapes(*map(torch.Size, combo))
+            continue
+        got = _args.broadcast_shapes(*map(torch.Size, combo))
+        assert got == want and isinstance(got, torch.Size), combo
+    # through the op: broadcast factors and weights, and the error naming the shapes
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(3, 1, 9, generator=g, dtype=torch.float64), torch.randn(1, 4, 4, generator=g, dtype=torch.float64)
+    w1 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    out = ga.gaunt_tensor_product(x1, x2, weight1=w1)
+    ref = ga.gaunt_tensor_product(x1.expand(3, 4, 9), x2.expand(3, 4, 4), weight1=w1.expand(3, 4, 3))
+    assert out.shape == (3, 4, 16) and torch.equal(out, ref)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        ga.gaunt_tensor_product(torch.randn(3, 9, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="nu must be a positive int, got 0"):
+        ga.choose_route([], 0, 1, torch.device("cpu"))

@@ -722,3 +722,39 @@ def test_mixed_devices_name_the_arguments():
                         (lambda: gs.s4d_kernel(torch.zeros(H), x, meta(v), v, L), "s4d_kernel: B is on meta but A")]:
         with pytest.raises(ValueError, match=words + ".*all tensors must be on one device"):
             call()
+
+
+def test_backward_makes_no_zero_spectra():
+    """Session 38 (perfcheck): FftconvFn / SsmConvFn return their spectra as non-differentiable outputs (session 36,
+    for torch.compile with a dynamic L); autograd filled a zero gradient of each spectrum's shape on every backward
+    (aten.zeros per call: host time on small shapes, (H, n/2+1) or (B, H, n/2+1) complex memory on large ones).
+    With set_materialize_grads(False) the backward makes none, and the gradients are unchanged."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    H, N, L = 3, 4, 40
+    log_dt = (torch.rand(H, generator=g) * -3).requires_grad_()
+    A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N, dtype=torch.float32).expand(H, N))
+    B = torch.ones(H, N, dtype=torch.complex64)
+    C = torch.randn(H, N, generator=g, dtype=torch.complex64).requires_grad_()
+    u = torch.randn(2, H, L, generator=g, requires_grad=True)
+    k = torch.randn(H, L, generator=g, requires_grad=True)
+    for call, leaves in ((lambda: gs.ssm_conv(u, log_dt, A, B, C), (u, log_dt, C)),
+                         (lambda: gs.fftconv(u, k), (u, k))):
+        y = call()
+        gout = torch.randn(y.shape, generator=g)
+        want = torch.autograd.grad(call(), leaves, gout)
+        with Ops() as ops:
+            got = torch.autograd.grad(y, leaves, gout)
+        assert not [n for n in ops.names if "zeros" in n], ops.names
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
