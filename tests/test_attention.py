@@ -462,23 +462,14 @@ def test_backward_makes_no_zero_lse_gradient():
     """Session 38 (perfcheck): the lse output is not differentiable; autograd filled a zero (B, H, N) gradient for it on
     every backward (aten.zeros per call).  With set_materialize_grads(False) the backward makes none; the gradients
     are unchanged (lse stays non-differentiable)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
+    from _compare import record_ops
 
     g = torch.Generator().manual_seed(0)
     qkv = [torch.randn(1, 2, 6, 4, generator=g, requires_grad=True) for _ in range(5)]
     out = geoops.attention.triple_attention(*qkv)
     gout = torch.randn(out.shape, generator=g)
     want = torch.autograd.grad(geoops.attention.triple_attention(*qkv), qkv, gout)
-    with Ops() as ops:
+    with record_ops() as ops:
         got = torch.autograd.grad(out, qkv, gout)
     assert not [n for n in ops.names if "zeros" in n], ops.names
     for a, b in zip(got, want):

@@ -257,17 +257,11 @@ def test_non_reentrant_checkpoint_gives_the_same_gradients(name):
 
 def _alloc_peak(f):
     """Peak bytes live in torch's CPU allocator while f() runs (the profiler's allocation timeline)."""
-    from torch.profiler import ProfilerActivity, profile
+    from _compare import memory_events
 
     f()  # warm-up
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        f()
-    try:
-        events = prof.profiler.kineto_results.events()
-    except AttributeError:  # pragma: no cover - a torch without the kineto results
-        pytest.skip("no profiler allocation timeline")
     cur = peak = 0
-    for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
+    for e in memory_events(f):
         cur += e.nbytes()
         peak = max(peak, cur)
     return peak

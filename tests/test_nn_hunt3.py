@@ -370,15 +370,9 @@ def test_full_backward_hooks_on_s4d_and_gaunt():
 
 def _allocations(f):
     """Number of allocations in torch's CPU allocator while f() runs (the profiler's allocation timeline)."""
-    from torch.profiler import ProfilerActivity, profile
+    from _compare import memory_events
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        f()
-    try:
-        events = prof.profiler.kineto_results.events()
-    except AttributeError:  # pragma: no cover - a torch without the kineto results
-        pytest.skip("no profiler allocation timeline")
-    return sum(1 for e in events if e.name() == "[memory]" and e.nbytes() > 0)
+    return sum(1 for e in memory_events(f) if e.nbytes() > 0)
 
 
 def test_noop_to_allocates_nothing_and_real_moves_keep_the_ball_value():

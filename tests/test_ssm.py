@@ -729,16 +729,7 @@ def test_backward_makes_no_zero_spectra():
     for torch.compile with a dynamic L); autograd filled a zero gradient of each spectrum's shape on every backward
     (aten.zeros per call: host time on small shapes, (H, n/2+1) or (B, H, n/2+1) complex memory on large ones).
     With set_materialize_grads(False) the backward makes none, and the gradients are unchanged."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
+    from _compare import record_ops
 
     g = torch.Generator().manual_seed(0)
     H, N, L = 3, 4, 40
@@ -753,7 +744,7 @@ def test_backward_makes_no_zero_spectra():
         y = call()
         gout = torch.randn(y.shape, generator=g)
         want = torch.autograd.grad(call(), leaves, gout)
-        with Ops() as ops:
+        with record_ops() as ops:
             got = torch.autograd.grad(y, leaves, gout)
         assert not [n for n in ops.names if "zeros" in n], ops.names
         for a, b in zip(got, want):

@@ -22,14 +22,7 @@ import geoops  # noqa: E402
 import geoops.poincare as gp  # noqa: E402
 from geoops.reference import poincare as ref  # noqa: E402
 
-TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
-
-
-def _ball(N, D, c, radius, g, dtype=torch.float64):
-    x = torch.randn(N, D, generator=g, dtype=torch.float64)
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    r = torch.rand(N, 1, generator=g, dtype=torch.float64) * radius / c ** 0.5
-    return (x * r).to(dtype)
+from test_poincare_triton import TOL, _ball  # noqa: E402  (the family's Triton test helpers)
 
 
 def _case(N, n, m, c=0.7, radius=0.9, bscale=0.3, has_bias=True, seed=0):
