@@ -1758,6 +1758,7 @@ class BnTransportFn(torch.autograd.Function):
         ctx.args = (n, eps, train)
         ctx.from_bias = from_bias
         ctx.mark_non_differentiable(out[1])
+        ctx.set_materialize_grads(False)  # (no zero var gradient per backward; a None gM / gbo is handled there)
         return out
 
     @staticmethod

@@ -427,3 +427,32 @@ def test_batch_norm_on_triton_backend(device):
     y = out[0] if isinstance(out, tuple) else out
     yr = ref.batch_norm(x, bias, weight, c)[0]
     _close_with_grads(y, yr, (x, bias, weight, c), g, "batch_norm")
+
+
+def test_batch_norm_backward_makes_no_zero_var_gradient():
+    """Session 38 (perfcheck's open item): BnTransportFn's var output is not differentiable; autograd filled a zero
+    gradient for it on every backward (aten.zeros per training step).  With set_materialize_grads(False) the
+    batch norm's backward on the Triton path makes no zeros, and the gradients are unchanged."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from _compare import record_ops
+
+    import geoops
+    import geoops.nn as gnn
+
+    g = torch.Generator().manual_seed(0)
+    with geoops.use_backend("triton"):
+        bn = gnn.PoincareBatchNorm(8, gnn.PoincareBall())
+        x = (torch.randn(16, 8, generator=g) * 0.1).requires_grad_()
+        gout = torch.randn(16, 8, generator=g)
+        leaves = (x, *[p for p in bn.parameters() if p.requires_grad])
+        want = torch.autograd.grad(bn(x), leaves, gout, allow_unused=True)
+        y = bn(x)
+        with record_ops() as rec:
+            got = torch.autograd.grad(y, leaves, gout, allow_unused=True)
+    assert not [n for n in rec.names if "zeros" in n], rec.names
+    for a, b in zip(got, want):
+        if b is not None:
+            torch.testing.assert_close(a, b)
