@@ -618,6 +618,20 @@ class _NoSecondDerivative(torch.autograd.Function):
                            "kernels are once-differentiable)")
 
 
+def _node_name(cls: str) -> str:
+    """The op a backward node's class stands for in first_order_only's error: "MobiusAddFn" for an eager
+    Function's "MobiusAddFnBackward", "geoops::mobius_add_fwd" for the node torch.library makes for an op's own
+    formula (an exported program: "GeneratedBackwardFor_geoops_mobius_add_fwd_defaultBackward", see
+    op_autograd)."""
+    gen = "GeneratedBackwardFor_"
+    if cls.startswith(gen):
+        ns, _, rest = cls[len(gen):].partition("_")
+        for tail in ("Backward", "_default"):
+            rest = rest[:-len(tail)] if rest.endswith(tail) else rest
+        return f"{ns}::{rest}"
+    return cls.replace("Backward", "")
+
+
 def first_order_only(backward):
     """Decorate a Function's ``backward`` whose kernels have no derivative of their own.
 
@@ -640,7 +654,7 @@ def first_order_only(backward):
         deps = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
         idx = [i for i, o in enumerate(outs) if isinstance(o, torch.Tensor)]
         if deps and idx:
-            name = type(ctx).__name__.replace("Backward", "")
+            name = _node_name(type(ctx).__name__)
             res = _NoSecondDerivative.apply(name, len(idx), *[outs[i] for i in idx], *deps)
             outs = list(outs)
             for i, r in zip(idx, res):
