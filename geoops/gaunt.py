@@ -346,7 +346,9 @@ def _op_backward(ctx, g):
     tracked_w = isinstance(need_w, (list, tuple))
     ctx.needs_input_grad = (False,) * 3 + (*need_x, *(need_w if tracked_w else [False] * nu), need_wo)
     saved = ctx.saved_tensors  # (rows: the op's inputs are the kernels' rows)
-    need = _reached(ctx, ctx.needs_input_grad[3:], saved)
+    # (_reached pairs each tensor input with its edge: an untracked ws list has none, so its weights count as None)
+    edged = saved if tracked_w else (*saved[:nu], *([None] * nu), saved[2 * nu])
+    need = _reached(ctx, ctx.needs_input_grad[3:], edged)
     grads = GauntFn._backward(ctx, g.contiguous(), saved, need, _batch(saved))[3:]
     return list(grads[:nu]), (list(grads[nu:2 * nu]) if tracked_w else None), grads[2 * nu]
 
