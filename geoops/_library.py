@@ -73,6 +73,8 @@ def fixed_sum(t: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
         out = t.sum() if t.numel() < _GRAIN or t.device.type != "cpu" else _blocked_sum(t.reshape(-1))
         return out.reshape((1,) * t.dim()) if keepdim else out
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if t.dim() == 0:  # (torch sums a 0-dim tensor over dim 0 / -1: itself)
+        return t.sum(dims, keepdim=keepdim)
     n_red = 1
     for d in dims:
         n_red *= t.shape[d]

@@ -29,3 +29,14 @@ def test_gaunt_op_called_directly_with_a_none_weight_differentiates_its_factors(
     torch.testing.assert_close(out, ref)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dim", [0, -1, (0,), [-1]])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_fixed_sum_of_a_zero_dim_tensor_over_its_dim(dim, keepdim):
+    """_library.fixed_sum is ``t.sum(dim, keepdim)``: torch sums a 0-dim tensor over dim 0 / -1 (itself); fixed_sum
+    read t.shape[dim] of it and raised IndexError."""
+    t = torch.tensor(3.25, dtype=torch.float64)
+    got = _library.fixed_sum(t, dim, keepdim=keepdim)
+    want = t.sum(dim, keepdim=keepdim)
+    assert got.shape == want.shape and torch.equal(got, want)
