@@ -288,6 +288,14 @@ def op_autograd(qualname: str, fn=None, *, setup_context: Optional[Callable] = N
     """
     setup_context = setup_context or fn.op_context
     backward = backward or fn.backward
+    if outputs is not None:
+        # the op's intermediates past its Function's outputs: non-differentiable outputs of the op (their gradients
+        # are not passed to backward; a loss through one, the op called directly, got a silent zero gradient)
+        context = setup_context
+
+        def setup_context(ctx, inputs, output):
+            context(ctx, inputs, output)
+            ctx.mark_non_differentiable(*(getattr(ctx, "non_differentiable", None) or ()), *output[outputs:])
     n_args = len(_overload(qualname)._schema.arguments)
 
     def op_backward(ctx, *grads):

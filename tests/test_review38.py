@@ -40,3 +40,35 @@ def test_fixed_sum_of_a_zero_dim_tensor_over_its_dim(dim, keepdim):
     got = _library.fixed_sum(t, dim, keepdim=keepdim)
     want = t.sum(dim, keepdim=keepdim)
     assert got.shape == want.shape and torch.equal(got, want)
+
+
+def _rows_op_case():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(4, 3, dtype=torch.float64, generator=g) * 0.2).requires_grad_()
+    z = torch.randn(3, 2, dtype=torch.float64, generator=g)
+    b = torch.randn(2, dtype=torch.float64, generator=g)
+    return x, z, b, torch.tensor(0.7, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("op", ["poincare_mlr", "poincare_fc", "cdist", "mobius_matvec"])
+def test_op_intermediate_output_is_not_differentiable(op):
+    """op_autograd(..., outputs=n): an op that also returns intermediates its Function keeps for the backward (t = x z
+    of poincare_mlr_fwd / poincare_fc_fwd, cdist's A, the row ops' stats) dropped their gradients (grads[:n]): a
+    loss through such an output, the op called directly, got a silent zero gradient (mlr: x's gradient 0, the
+    true one z.sum(1)).  The intermediates are now non-differentiable outputs of the op (torch's error, as for any
+    tensor without a gradient), and the main output's gradient is unchanged."""
+    x, z, b, c = _rows_op_case()
+    if op == "poincare_mlr":
+        outs = torch.ops.geoops.poincare_mlr_fwd(x, z, b, c)
+    elif op == "poincare_fc":
+        outs = torch.ops.geoops.poincare_fc_fwd(x, z, b, c, 1e-5, True, False)
+    elif op == "cdist":
+        outs = torch.ops.geoops.cdist_fwd(x[None], x[None].detach() * 0.5, c.reshape(1) * -1, True)
+    else:
+        outs = torch.ops.geoops.mobius_matvec_fwd(x, z.t().contiguous(), c.reshape(1) * -1)
+    main, rest = outs[0], outs[1:]
+    assert main.requires_grad
+    for t in rest:
+        if t.requires_grad:  # (differentiable: then its gradient must be the true one, not a silent zero)
+            (gx,) = torch.autograd.grad(t.sum(), x, allow_unused=True)
+            assert gx is not None and gx.abs().max() > 0, "a zero gradient through an intermediate output"
