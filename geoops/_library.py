@@ -284,7 +284,8 @@ def op_autograd(qualname: str, fn=None, *, setup_context: Optional[Callable] = N
     `setup_context` / `backward` given directly (an adapter, where the Function does more than call the op).
     Inside a Function's forward the op runs without grad (nothing is recorded twice).  `outputs`: how many of the
     op's outputs the Function returns (its backward's gradients; default all): the rest are intermediates its
-    backward reads, which the Function does not return, so no gradient flows into them.
+    backward reads, which the Function does not return: non-differentiable outputs of the op (a loss through
+    one raises torch's no-gradient error instead of getting a silent zero gradient).
     """
     setup_context = setup_context or fn.op_context
     backward = backward or fn.backward
