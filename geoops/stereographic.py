@@ -2238,6 +2238,9 @@ def _antipode_formula(x: torch.Tensor, kk: torch.Tensor, sphere: torch.Tensor, d
 def sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Stereographic projection of a point of the (D+1)-dimensional hyperboloid/sphere model onto the D-ball."""
     dim = _check_surface("sproj", dim, k, x=x)
+    if x.size(dim) == 0:
+        _fail("sproj", f"x has size 0 along dim={dim - x.dim() if dim >= 0 else dim} (shape {tuple(x.shape)}); a "
+              f"point of the (D+1)-dimensional model needs at least one coordinate there")
     kk = _library.fixed_expand(_kt("sproj", k, x), x.narrow(dim, -1, 1).shape)  # (k's gradient: fixed order)
     inv_r = kk.abs().sqrt()
     factor = 1.0 / (1.0 + inv_r * x.narrow(dim, -1, 1))

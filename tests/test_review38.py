@@ -71,3 +71,14 @@ def test_op_intermediate_output_is_not_differentiable(op):
     assert rest and not any(t.requires_grad for t in rest)  # (before: differentiable, to a silent zero gradient)
     with pytest.raises(RuntimeError, match="does not require grad"):
         torch.autograd.grad(rest[0].sum(), x)
+
+
+def test_sproj_of_points_without_coordinates_is_a_clear_error():
+    """review38's open item: sproj of x with size 0 along dim raised torch's narrow IndexError ("start out of
+    range"); now a ValueError naming the op, x and the dim (geoopt raises torch's error)."""
+    import geoops.stereographic as gs
+
+    for x, dim in ((torch.zeros(3, 0), -1), (torch.zeros(0, 4), 0), (torch.zeros(2, 0, 3), 1)):
+        with pytest.raises(ValueError, match=r"sproj: x has size 0 along dim=-?\d"):
+            gs.sproj(x, k=-1.0, dim=dim)
+    assert gs.sproj(torch.zeros(0, 3), k=-1.0).shape == (0, 2)  # (no points: fine)
