@@ -138,9 +138,7 @@ class GauntFn(torch.autograd.Function):
         xs, ws, wout = _rows_of(saved, nu, batch)
         if _first_order() and _impl.has_fused_bwd(g.device, ctx.route, nu):
             return GauntFn._fused_backward(ctx, xs, ws, wout, g, need)
-        gx, gw, gwo = GauntFn._loop_rows(ctx, xs, ws, wout, g, need)
-        return (None, None, None, *gx, *[_reduce_rows(d, w) if d is not None else None for d, w in zip(gw, ws)],
-                _reduce_rows(gwo, wout) if gwo is not None else None)
+        return _row_grads(*GauntFn._loop_rows(ctx, xs, ws, wout, g, need), ws, wout)
 
     @staticmethod
     def _loop_rows(ctx, xs, ws, wout, g, need):
@@ -190,9 +188,7 @@ class GauntFn(torch.autograd.Function):
         sums (sum_m h_k x_k, and sum_m g raw for wout: [rows, L+1], summed as the loop's index_add); only the sum
         over rows of a broadcast weight (_reduce_rows) stays in torch.  Used only when the backward need not be
         differentiable (no create_graph, no torch.func transform); same numbers as the loop."""
-        gx, gw, gwo = GauntFn._fused_rows(ctx, xs, ws, wout, g, need)
-        return (None, None, None, *gx, *[_reduce_rows(d, w) if d is not None else None for d, w in zip(gw, ws)],
-                _reduce_rows(gwo, wout) if gwo is not None else None)
+        return _row_grads(*GauntFn._fused_rows(ctx, xs, ws, wout, g, need), ws, wout)
 
     @staticmethod
     def _chunked_backward(ctx, g, saved, need, batch, chunks):
@@ -203,11 +199,10 @@ class GauntFn(torch.autograd.Function):
         else the chunks' sums added: the same to float rounding).  Weights' per-row sums (N x (L+1), small) are
         kept whole and reduced once, as without chunks."""
         nu, N = ctx.nu, g.shape[0]
-        fused = _impl.has_fused_bwd(g.device, ctx.route, nu)
+        rows = GauntFn._fused_rows if _impl.has_fused_bwd(g.device, ctx.route, nu) else GauntFn._loop_rows
         out = [None] * len(saved)
         for a, b, r0, r1 in chunks:
             xs, ws, wout = _rows_of(saved, nu, batch, a, b)
-            rows = GauntFn._fused_rows if fused else GauntFn._loop_rows
             gx, gw, gwo = rows(ctx, xs, ws, wout, g[r0:r1], need)
             cb = (b - a, *batch[1:])
             for k, d in enumerate((*gx, *gw, gwo)):
@@ -231,6 +226,13 @@ class GauntFn(torch.autograd.Function):
                 # (a one-row weight's sums over all rows at once: _reduce_rows, as without chunks)
                 out[k] = _shaped(_library.fixed_sum(out[k], 0, keepdim=True) if _lead(t) == 1 else out[k], t, batch)
         return out
+
+
+def _row_grads(gx, gw, gwo, ws, wout) -> tuple:
+    """GauntFn's gradients from the rows' (grad x_i, per-row weight sums, per-row w_out sums): a one-row weight's
+    sums over the rows (_reduce_rows), after the three non-tensor arguments' Nones."""
+    return (None, None, None, *gx, *[_reduce_rows(d, w) if d is not None else None for d, w in zip(gw, ws)],
+            _reduce_rows(gwo, wout) if gwo is not None else None)
 
 
 def _product(args, nu, lmax_out, route):

@@ -1434,8 +1434,8 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
     """batch_norm's training update of the running statistics in place (no gradient): running_mean moves along the
     geodesic towards the batch midpoint by momentum, running_var by an exponential average of the unbiased
     variance (nr rows)."""
-    if not (fused and _running_direct_on(running_mean, mean)) and not _running_triton_on(running_mean, running_var,
-                                                                                        mean, var):
+    direct = fused and _running_direct_on(running_mean, mean)
+    if not direct and not _running_triton_on(running_mean, running_var, mean, var):
         # the composition (what torch.export traces) on detached values, without a torch.no_grad() region: in a
         # program exported in training mode that region has no outputs, and torch.export.save (2.13) refused it
         # ("Node.meta wrap_with_set_grad_enabled is missing val field")
@@ -1444,11 +1444,11 @@ def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum:
         running_var.mul_(1 - momentum).add_(momentum * (var.detach() * (nr / max(nr - 1, 1))))
         return
     with torch.no_grad():
-        if fused and _running_direct_on(running_mean, mean) and _running_cpp_on(running_mean, running_var, var):
+        if direct and _running_cpp_on(running_mean, running_var, var):
             # eager CPU: both updates in one C++ call (the geodesic step's coefficients in double)
             _backend.compiled().poincare_bn_running_update_cpu(running_mean, running_var, mean, var, momentum,
                                                                _c_float(ct), nr / max(nr - 1, 1))
-        elif fused and _running_direct_on(running_mean, mean):
+        elif direct:
             # eager CPU: the geodesic step as running_mean <- A running_mean + B mean (scalars from three inner
             # products), the averages as add_ calls with Python alphas (no scalar tensors to convert)
             _running_mean_step_(running_mean, mean, momentum, _c_float(ct))

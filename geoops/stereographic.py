@@ -2084,7 +2084,7 @@ def _coadd(x, y, k, dim):
     x, y = _to_result_dtype(x, y), _to_result_dtype(y, x)
     k = _kt("mobius_coadd", k, x)
     xx, yy = _dot(x, x, dim), _dot(y, y, dim)
-    k = _library.fixed_expand(k, torch.broadcast_shapes(xx.shape, yy.shape))  # (k's gradient: fixed order)
+    k = _library.fixed_expand(k, _broadcast2(xx.shape, yy.shape))  # (k's gradient: fixed order)
     den = 1 - k * k * xx * yy
     den = torch.where(den >= 0, den.clamp_min(1e-15), den.clamp_max(-1e-15))
     return ((1 + k * yy) * x + (1 + k * xx) * y) / den
@@ -2308,8 +2308,7 @@ class MidpointSumsFn(torch.autograd.Function):
             return None, None, None, None
         dx, dw, dk = _PAIR["midpoint_bwd"](gF.contiguous(), gL.contiguous(), x, w, k, ctx.posweight, mask)
         if need[2]:
-            dk = dk.to(k.dtype)
-            dk = _library.fixed_sum(dk).reshape(1) if k.shape[0] != x.shape[0] else dk
+            dk = _rows_k_grad(dk, k, x.shape[0])
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
 
 
@@ -2325,8 +2324,7 @@ def _midpoint_mean_backward(ctx, gm):
     need = ctx.needs_input_grad
     gF, gL, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, k, 4 if need[2] else 0)
     if need[2]:
-        gk = gk.to(k.dtype)
-        gk = gk.sum().reshape(1) if k.shape[0] != F.shape[0] else gk
+        gk = _rows_k_grad(gk, k, F.shape[0])
     return (gF if need[0] else None), (gL if need[1] else None), (gk if need[2] else None)
 
 
@@ -2398,8 +2396,7 @@ class MidpointFn(torch.autograd.Function):
         gF, gL, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, k, mask & 4)
         dx, dw, dk = _PAIR["midpoint_bwd"](gF, gL, x, w, k, ctx.posweight, mask)
         if need[2]:
-            dk = (dk + gk).to(k.dtype)
-            dk = _library.fixed_sum(dk).reshape(1) if k.shape[0] != x.shape[0] else dk
+            dk = _rows_k_grad(dk + gk, k, x.shape[0])
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
 
 
