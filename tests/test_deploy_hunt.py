@@ -53,8 +53,11 @@ def _bigger(args, f):
     return tuple(torch.cat([a, 0.5 * a[:1]]) for a in args)
 
 
-def _run(code: str, timeout: int = 300):
+def _run(code: str, timeout: int = 300, tmpdir=None):
     env = dict(os.environ)
+    if tmpdir is not None:  # the child's temporary files (AOTInductor's package extraction) go under pytest's tmp_path
+        os.makedirs(tmpdir, exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
     env["PYTHONPATH"] = os.pathsep.join([_TESTS, _ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=_TESTS)
@@ -227,6 +230,6 @@ def test_aoti_package_runs_in_a_fresh_process(tmp_path):
         torch.testing.assert_close(runner(*io["args"]), io["want"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(runner(*io["big"]), io["want_big"], rtol=1e-5, atol=1e-6)
         print("OK")
-    """)
+    """, tmpdir=tmp_path / "tmp")
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
     assert "NO GEOOPS: RuntimeError Could not find schema for geoops::gaunt_fwd" in r.stdout, r.stdout
