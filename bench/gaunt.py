@@ -185,10 +185,11 @@ def _setup(L, B, C, dtype, device, route, pass_, args):
             ours = lambda: ga.gaunt_tensor_product(x1, x2, L, route=route)  # noqa: E731
             leaves = (x1, x2)
         P = len(R.sphere_grid(3 * L)[0])
-        a = torch.randn(B * C, 3 * n, device=device, dtype=dtype)
-        w = torch.randn(3 * n, P, device=device, dtype=dtype)
+        a = torch.randn(B * C, 3 * n, device=device, dtype=dtype).requires_grad_(need)
+        w = torch.randn(3 * n, P, device=device, dtype=dtype).requires_grad_(need)
         limit = lambda: a @ w  # noqa: E731  (same FLOPs as the grid route's conversions)
-        fns = {"geoops": _fwd_bwd(ours, leaves) if need else ours, "limit": limit}
+        # fwd+bwd: the GEMM's forward and backward (dA, dW: 3x its FLOPs, like the row's work model)
+        fns = {"geoops": _fwd_bwd(ours, leaves) if need else ours, "limit": _fwd_bwd(limit, (a, w)) if need else limit}
         skipped = {}
         check = None
         if route != "auto":

@@ -1,7 +1,7 @@
 """Benchmark rows of the kappa-stereographic family: geoops vs geoopt vs torch.compile(geoopt).
 
 Inputs, the contenders' calls, the "limit" op (the simplest torch op with the same inputs and
-output: x + y, x.neg(), linalg.vecdot, linalg.vector_norm) and the byte model; shared by
+output: x + y, x.neg(), r * x, linalg.vecdot, linalg.vector_norm) and the byte model; shared by
 ``python -m bench`` (through :func:`rows`) and ``bench/bench_stereographic.py`` so that both time
 exactly the same work.
 
@@ -28,7 +28,7 @@ class OpSpec:
     name: str
     args: Tuple[str, ...]  # positional tensor arguments, in call order, as keys of the inputs dict
     scalar_out: bool  # one value per row (dist, dist0, lambda_x)
-    limit: str  # "add" | "neg" | "vecdot" | "norm"
+    limit: str  # "add" | "neg" | "mul" | "vecdot" | "norm"
 
     @property
     def grad_args(self) -> Tuple[str, ...]:
@@ -44,7 +44,7 @@ OPS: Dict[str, OpSpec] = {
         OpSpec("lambda_x", ("x",), True, "norm"),
         OpSpec("mobius_add", ("x", "y"), False, "add"),
         OpSpec("mobius_sub", ("x", "y"), False, "add"),
-        OpSpec("mobius_scalar_mul", ("r", "x"), False, "neg"),
+        OpSpec("mobius_scalar_mul", ("r", "x"), False, "mul"),  # reads the per-row r too
         OpSpec("expmap", ("x", "y"), False, "add"),  # y is the tangent vector u
         OpSpec("expmap0", ("x",), False, "neg"),  # x is the tangent vector u
         OpSpec("logmap", ("x", "y"), False, "add"),
@@ -65,6 +65,7 @@ SHORT_ROWS = 2 ** 20
 LIMIT_TEXT = {
     "add": "x + y",
     "neg": "x.neg()",
+    "mul": "r * x",
     "vecdot": "linalg.vecdot(x, y)",
     "norm": "linalg.vector_norm(x, dim=-1)",
 }
@@ -145,6 +146,8 @@ def limit_call(op: str) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
         return lambda inp: inp["x"] + inp["y"]
     if kind == "neg":
         return lambda inp: inp["x"].neg()
+    if kind == "mul":
+        return lambda inp: inp["r"] * inp["x"]
     if kind == "vecdot":
         return lambda inp: torch.linalg.vecdot(inp["x"], inp["y"])
     if kind == "norm":

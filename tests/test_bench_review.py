@@ -1,0 +1,150 @@
+"""Review of the benchmark suite (bench/, session 39 helper "benchreview"): the mechanics of its rows.
+
+Each test pins one thing a row's numbers depend on: a limit op that does the same work as the row claims (same
+inputs, the same FLOPs in both passes, a backward in the fwd+bwd pass), a peak-memory figure that does not depend
+on which contender was measured first.  Tiny shapes; no timing.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import _runner
+
+MiB = 2 ** 20
+
+
+def _args(argv):
+    from geoops import FAMILIES
+
+    mods = {f: _runner._family_module(f) for f in FAMILIES}
+    return _runner.parse_args(["--no-compile", *argv], mods)
+
+
+def _rows(family, argv):
+    mod = _runner._family_module(family)
+    return list(mod.rows(_args(argv), torch.device("cpu")))
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+class _CountFFT(TorchDispatchMode):
+    """Counts the aten FFT calls (forward and backward) of what runs under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "_fft_" in func.__name__:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+# ---------------------------------------------------------------- limit ops: same work as the row claims
+def _limit_flops(rows):
+    """{(op, label, pass): (limit FLOPs, row work)} of the rows whose limit is a GEMM."""
+    out = {}
+    for r in rows:
+        fns, _, _ = r.setup()
+        if "limit" in fns:
+            fns["limit"]()  # settle lazy state; then count one call
+            out[(r.op, r.label, r.pass_)] = (_flops(fns["limit"]), r.work)
+    return out
+
+
+@pytest.mark.parametrize("family,argv", [
+    ("gaunt", ["--gaunt-lmax", "2", "--gaunt-rows", "8", "--gaunt-channels", "2", "--gaunt-forces-lmax", ""]),
+    ("attention", ["--attention-n", "32"]),
+    ("poincare", ["--ops", "fc", "--poincare-fc", "16,8,8"]),
+    ("stereographic", ["--ops", "mobius_matvec", "--matvec-shape", "16,8,8"]),
+])
+def test_gemm_limit_has_the_rows_flops(family, argv):
+    """A GEMM limit ("GEMM with the same FLOPs") does the row's work model in both passes: in the fwd+bwd pass
+    too (gaunt's limit was the forward GEMM alone there, a third of the row's FLOPs, so its "x limit" read ~3x
+    too high)."""
+    got = _limit_flops(_rows(family, argv))
+    assert {k[2] for k in got} == {"fwd", "fwd+bwd"}
+    for key, (lf, work) in got.items():
+        assert lf == pytest.approx(work, rel=0.1), (key, lf, work)
+
+
+def test_s4d_limit_scales_with_the_pass_like_the_work():
+    """s4d_kernel's limit is the blocked product's own GEMM (half the 8HNL "useful" FLOPs): its fwd+bwd / fwd FLOP
+    ratio is the work model's."""
+    rows = _rows("ssm", ["--ops", "s4d_kernel", "--ssm-H", "2", "--ssm-N", "2", "--ssm-L", "64",
+                         "--ssm-no-memory"])
+    got = {r.pass_: (_flops(r.setup()[0]["limit"]), r.work) for r in rows if r.label == ""}
+    assert got["fwd+bwd"][0] / got["fwd"][0] == pytest.approx(got["fwd+bwd"][1] / got["fwd"][1])
+
+
+@pytest.mark.parametrize("op", ["fftconv", "ssm_conv"])
+def test_fft_limit_runs_the_backward_in_fwd_bwd(op):
+    """The FFT limit of the convolution rows (irfft(rfft(u))) does its backward in the fwd+bwd rows (twice the
+    forward's transforms, like the row's work model); it ran the forward alone, so "x limit" of fwd+bwd rows
+    compared a forward + backward with a forward."""
+    rows = _rows("ssm", ["--ops", op, "--ssm-H", "2", "--ssm-N", "2", "--ssm-L", "64", "--ssm-B", "2",
+                         "--ssm-no-memory"])
+    n = {}
+    for r in rows:
+        lim = r.setup()[0]["limit"]
+        with _CountFFT() as c:
+            lim()
+        n[r.pass_] = c.n
+    assert n["fwd"] >= 2 and n["fwd+bwd"] == 2 * n["fwd"], n
+
+
+def test_row_op_limits_read_every_input():
+    """The limit of a stereographic row op is the simplest torch op with the op's inputs: it reads each of them
+    (mobius_scalar_mul's was x.neg(), which ignores r)."""
+    from bench import stereographic as S
+
+    for op, spec in S.OPS.items():
+        inp = S.make_inputs(op, 8, 4, torch.float64, "cpu")
+        base = S.limit_call(op)(inp)
+        for a in spec.args:
+            moved = dict(inp)
+            moved[a] = inp[a] * 1.5 + 0.25
+            assert not torch.equal(S.limit_call(op)(moved), base), (op, a)
+
+
+# ---------------------------------------------------------------- peak memory
+def test_peak_rss_does_not_depend_on_the_previous_calls():
+    """The peak extra resident memory of one call is the same however often it is measured: memory that earlier
+    calls freed but the C allocator kept resident is not reused for free by the next contender (it read 11, 7,
+    0, 8 MiB for four measurements of the same 8 MiB temporary)."""
+    from bench.ssm import peak_extra_rss
+
+    def temp():
+        t = torch.empty(8 * MiB // 4)
+        t.fill_(1.0)
+        return t.sum()
+
+    got = [peak_extra_rss(temp) / MiB for _ in range(4)]
+    assert min(got) >= 6, got
+
+
+def test_peak_rss_of_fwd_bwd_contenders_is_order_free():
+    """In a fwd+bwd row each contender's call first drops the inputs' .grad of the previous contender: measured
+    second, the peer's peak read lower by the size of those gradients (96 vs 48 MiB here for the same call)."""
+    from bench import ssm
+
+    u = torch.randn(12 * MiB // 1).requires_grad_()  # 48 MiB
+    k = torch.zeros(1)
+    D = torch.zeros(1)
+    g = torch.randn_like(u)
+
+    def f(u, k, D):
+        return u * 2
+
+    extra = {}
+    args = _args(["--families", "ssm"])
+    ssm._conv_contenders({"geoops": f, "peer": f}, [u, k, D], "fwd+bwd", g, u.detach()[:8], 16, args, extra)
+    a, b = extra["peak_extra_MiB_geoops"], extra["peak_extra_MiB_peer"]
+    assert a > 80 and b == pytest.approx(a, rel=0.15), (a, b)
