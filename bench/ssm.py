@@ -8,7 +8,8 @@ Rows:
   recipe ``2 * einsum('hn,hnl->hl', C~, exp(dtA[..., None] * arange(L))).real`` (materialises the complex
   (H, N, L) tensor) and its torch.compile; "limit" is the real batched SGEMM of the blocked product (the
   same GEMM FLOPs); GFLOP/s counts 8 H N L useful flops per pass (a complex multiply-add per (h, n, l));
-  the peak extra resident memory of one call is sampled and reported for geoops and the peer.
+  the peak extra memory of one call is reported for geoops and the peer (CPU: the process's resident set,
+  sampled; GPU: the CUDA allocator's peak).
 * ``s4d_kernel`` at L=65536: geoops only (the eager recipe needs > 16 GB), peak memory reported.
 * ``fftconv`` B=8, H=256, L=16384: geoops vs eager ``irfft(rfft(u, 2L) * rfft(k, 2L), 2L)[..., :L] + D u``
   and its torch.compile; "limit" is ``irfft(rfft(u, 2L), 2L)`` (the two big FFTs alone; fwd+bwd: and their
@@ -103,6 +104,28 @@ def peak_extra_rss(fn: Callable[[], object], period_s: float = 0.0005, leaves=()
     return peak[0] - base
 
 
+def peak_extra(fn: Callable[[], object], device, leaves=()) -> int:
+    """Peak memory above the starting point while fn() runs (bytes), where the row's tensors live: on a GPU the
+    CUDA allocator's peak (``max_memory_allocated``), on the CPU the process's resident set (peak_extra_rss).
+    The ``.grad`` of `leaves` are dropped before the start."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return peak_extra_rss(fn, leaves=leaves)
+    import gc
+
+    for t in leaves:
+        t.grad = None
+    gc.collect()
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del out
+    return peak - base
+
+
 # ---------------------------------------------------------------- inputs and contenders
 def _params(H, N, device, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -163,9 +186,9 @@ def _s4d_setup(H, N, L, pass_, device, args, with_peer):
         else:
             fns["limit"] = lambda: torch.bmm(W, Z)
         if not args.ssm_no_memory:
-            row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"], leaves=ps) / 2 ** 20, 1)
+            row_extra["peak_extra_MiB_geoops"] = round(peak_extra(fns["geoops"], device, leaves=ps) / 2 ** 20, 1)
             if "peer" in fns:
-                row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"], leaves=ps) / 2 ** 20, 1)
+                row_extra["peak_extra_MiB_peer"] = round(peak_extra(fns["peer"], device, leaves=ps) / 2 ** 20, 1)
         check = None
         if pass_ == "fwd" and "peer" in calls:
             def check():
@@ -185,8 +208,8 @@ def _conv_contenders(calls, ins, pass_, gout, u, n, args, row_extra):
     L = u.shape[-1]
     fns["limit"] = pass_runner(lambda v: torch.fft.irfft(torch.fft.rfft(v, n=n), n=n)[..., :L], [ud], pass_, gout)
     if not args.ssm_no_memory:
-        row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"], leaves=ins) / 2 ** 20, 1)
-        row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"], leaves=ins) / 2 ** 20, 1)
+        row_extra["peak_extra_MiB_geoops"] = round(peak_extra(fns["geoops"], u.device, leaves=ins) / 2 ** 20, 1)
+        row_extra["peak_extra_MiB_peer"] = round(peak_extra(fns["peer"], u.device, leaves=ins) / 2 ** 20, 1)
 
     def check():
         with torch.no_grad():
