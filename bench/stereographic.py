@@ -11,6 +11,7 @@ exactly the same work.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -340,10 +341,7 @@ def pair_rows(args, device, ops):
                 shape = [int(v) for v in shape_s.split("x")]
                 red = [int(v) for v in red_s.split("+")]
                 for pass_ in args.passes:
-                    n = 1
-                    for v in shape:
-                        n *= v
-                    nbytes = n * torch.empty(0, dtype=dtype).element_size() * (1 if pass_ == "fwd" else 3)
+                    nbytes = midpoint_bytes(shape, red, dtype, pass_)
                     yield Row(family="stereographic", op=op, pass_=pass_, shape=shape, dtype=DTYPE_SHORT[dtype],
                               setup=_midpoint_setup(op, shape, red, dtype, device, pass_, args.no_compile), work=nbytes, unit="GB/s",
                               limit="weighted Euclidean mean (w x).sum(reducedim)", peer=PEER,
@@ -367,6 +365,17 @@ def pair_rows(args, device, ops):
                               work=flops, unit="GFLOP/s", limit="x @ block_diag(W).T (dense)",
                               peer="geoops mobius_matvec(block_diag(W))", label="rows, blocks, block size",
                               check_tol=1e-9 if dtype == torch.float64 else 1e-4)
+
+def midpoint_bytes(shape, red, dtype, pass_) -> int:
+    """Minimum traffic of weighted_midpoint of points `shape` (..., D) with weights shape[:-1] over dims `red`:
+    fwd reads x and w and writes the midpoints; fwd+bwd adds the backward's reads of x, w and grad_out and its
+    writes of dx and dw."""
+    e = torch.empty((), dtype=dtype).element_size()
+    x = math.prod(shape)
+    w = math.prod(shape[:-1])
+    out = math.prod(v for i, v in enumerate(shape) if i not in {r % len(shape) for r in red})
+    return e * ((x + w + out) if pass_ == "fwd" else (3 * x + 3 * w + 2 * out))
+
 
 def wordnet_row(dtype):
     """One epoch of Poincaré embeddings of the WordNet mammals (bench/wordnet.py): geoopt vs patch_geoopt()."""

@@ -175,3 +175,13 @@ def test_peak_memory_on_cuda_is_the_devices(monkeypatch):
     got = ssm.peak_extra(call, torch.device("cuda"), leaves=[leaf])
     assert got == 300 * MiB and leaf.grad is None
     assert ssm.peak_extra(call, torch.device("cpu")) < 50 * MiB  # CPU: the process's resident set
+
+
+@pytest.mark.parametrize("pass_,elems", [("fwd", 60 + 12 + 20), ("fwd+bwd", 3 * 60 + 3 * 12 + 2 * 20)])
+def test_midpoint_byte_model_counts_every_tensor(pass_, elems):
+    """weighted_midpoint's bytes: x (4, 3, 5) and w (4, 3) read, out (4, 5) written; fwd+bwd: the backward reads x,
+    w and grad_out again and writes dx, dw (the model counted x alone: 60 of 92 forward elements here, ~1/D
+    short at the default shapes)."""
+    rows = _rows("stereographic", ["--ops", "weighted_midpoint", "--midpoint-shapes", "4x3x5:1", "--dtype", "fp64",
+                                   "--passes", pass_])
+    assert [r.work for r in rows] == [8 * elems]
