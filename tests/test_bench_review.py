@@ -185,3 +185,23 @@ def test_midpoint_byte_model_counts_every_tensor(pass_, elems):
     rows = _rows("stereographic", ["--ops", "weighted_midpoint", "--midpoint-shapes", "4x3x5:1", "--dtype", "fp64",
                                    "--passes", pass_])
     assert [r.work for r in rows] == [8 * elems]
+
+
+def test_cpu_clock_with_several_threads_says_it_sums_them(monkeypatch, tmp_path, capsys):
+    """--clock cpu reads time.process_time: the CPU time of every thread of the process (OpenMP spin-waits
+    included), so at --threads 2 a "ms" is CPU-ms over both threads, not the call's time; the run says so in its
+    log and in the JSON's timing note (it said "process CPU time" only)."""
+    import json
+
+    monkeypatch.setattr(_runner, "copy_bandwidth", lambda device: {"mib": 1, "median_ms": 1.0, "gbps": 1.0})
+    old = torch.get_num_threads()
+    try:
+        _runner.main(["--families", "poincare", "--ops", "relu", "--poincare-image", "1,2,2,2", "--passes", "fwd",
+                      "--repeats", "1", "--warmup", "1", "--no-compile", "--no-plot", "--no-settle", "--clock",
+                      "cpu", "--threads", "2", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(old)
+    log = capsys.readouterr().out
+    meta = json.loads(next(tmp_path.glob("*.json")).read_text())["meta"]
+    assert "summed over the 2 threads" in meta["timing"]
+    assert "summed over the 2 threads" in log
