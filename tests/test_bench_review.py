@@ -205,3 +205,11 @@ def test_cpu_clock_with_several_threads_says_it_sums_them(monkeypatch, tmp_path,
     meta = json.loads(next(tmp_path.glob("*.json")).read_text())["meta"]
     assert "summed over the 2 threads" in meta["timing"]
     assert "summed over the 2 threads" in log
+
+
+def test_attention_limit_label_names_the_rows_gemm():
+    """The attention limit is torch.mm in the row's dtype: an fp64 row's limit is a DGEMM, not the "SGEMM" its label
+    said."""
+    rows = _rows("attention", ["--attention-n", "32", "--dtype", "fp64,fp32"])
+    labels = {r.dtype: r.limit for r in rows}
+    assert "SGEMM" not in labels["fp64"] and "DGEMM" in labels["fp64"] and "SGEMM" in labels["fp32"]
