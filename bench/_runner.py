@@ -569,7 +569,7 @@ def main(argv=None) -> int:
         "versions": versions(mods), "git": git_info(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "repeats": args.repeats, "warmup": args.warmup,
         "thp_alloc": thp, "thp_kernel_mode": _thp_state(),
-        "timing": ("per row: geoops, limit, peer, torch.compile(peer) run interleaved (order rotated each round); "
+        "timing": ("per row: geoops, limit, peer, torch.compile(peer) run interleaved (order changed each round); "
                    "first call (compile) excluded, then warm-up, then median of the samples; "
                    + ("CUDA events, L2 flushed before each sample" if device.type == "cuda" else
                       _cpu_clock_text(threads) if args.clock == "cpu" else "time.perf_counter")),
