@@ -64,6 +64,11 @@ def to_e3nn_layout(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., l * l:(l + 1) ** 2].reshape(x.shape[0], -1) for l in range(L + 1)], -1).contiguous()
 
 
+def e3nn_out_weight(w: torch.Tensor, deg: torch.Tensor) -> torch.Tensor:
+    """weight_out (C, L + 1) as one row of e3nn's layout, (1, sum_l C (2l+1)), broadcast over the batch."""
+    return to_e3nn_layout(w[:, deg].unsqueeze(0))
+
+
 def _fwd_bwd(fn, inputs):
     def run():
         for t in inputs:
@@ -254,7 +259,7 @@ def _forces_setup(L, B, C, dtype, device):
             ex2 = to_e3nn_layout(x2.detach()).requires_grad_()
             ewo = wo.detach().clone().requires_grad_()
             ec = to_e3nn_layout(c)
-            peer = step(lambda a, b, w: tp(a, b) * to_e3nn_layout(w[:, deg].expand(B, C, n)), epos, ex2, ewo, ec)
+            peer = step(lambda a, b, w: tp(a, b) * e3nn_out_weight(w, deg), epos, ex2, ewo, ec)
             fns["peer"] = peer
             if L > 4:  # the check runs both once more: at lmax 6 e3nn's step takes seconds (the tests compare
                 return fns, None, skipped  # the double backward with an fp64 oracle)

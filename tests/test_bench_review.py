@@ -231,3 +231,18 @@ def test_interleaved_varies_who_runs_just_before_each_contender(n):
     for name in fns:
         before = {r[r.index(name) - 1] for r in rounds if r.index(name) > 0}
         assert len(before) >= min(2, n - 1) and (n % 2 or len(before) == n - 1), (name, before, rounds)
+
+
+def test_gaunt_forces_peer_weights_the_output_once_per_channel():
+    """The e3nn side of gaunt_forces multiplies its output by geoops' weight_out (C, L + 1) in e3nn's layout: one
+    (1, C (L+1)^2) row broadcast over the batch, as a user would write it; it expanded the weights to the whole
+    (B, C, (L+1)^2) batch and converted that layout on every call (forward and double backward: ~6 % of e3nn's
+    step at lmax 2), work the geoops side does not do."""
+    from bench import gaunt as bg
+    from geoops.reference import gaunt as R
+
+    L, B, C = 2, 3, 2
+    w = torch.randn(C, L + 1, dtype=torch.float64)
+    got = bg.e3nn_out_weight(w, R.degree_of_index(L))
+    full = bg.to_e3nn_layout(w[:, R.degree_of_index(L)].expand(B, C, (L + 1) ** 2))
+    assert got.shape == (1, C * (L + 1) ** 2) and torch.equal(got.expand(B, -1), full)
