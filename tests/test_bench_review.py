@@ -246,3 +246,14 @@ def test_gaunt_forces_peer_weights_the_output_once_per_channel():
     got = bg.e3nn_out_weight(w, R.degree_of_index(L))
     full = bg.to_e3nn_layout(w[:, R.degree_of_index(L)].expand(B, C, (L + 1) ** 2))
     assert got.shape == (1, C * (L + 1) ** 2) and torch.equal(got.expand(B, -1), full)
+
+
+def test_attention_window_flops_count_the_band_each_query_has():
+    """Causal windowed attention: query i sees min(i + 1, w1) x min(i + 1, w2) key pairs, 4 D FLOPs each (scores
+    and the weighted sum); the model counted w1 w2 for every query, also the first ones whose band is cut by the
+    sequence start (+3 % at N = 1024, w = (64, 16); +33 % at N = 128)."""
+    from bench import attention as A
+
+    # N = 4, w = (2, 3): bands 1x1, 2x2, 2x3, 2x3 -> 17 pairs
+    assert A.flops(4, 5, 1, True, (2, 3), "fwd") == 4 * 5 * 17
+    assert A.flops(4, 5, 2, True, (2, 3), "fwd+bwd") == 4 * 4 * 5 * 17 * 2
