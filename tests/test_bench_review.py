@@ -257,3 +257,14 @@ def test_attention_window_flops_count_the_band_each_query_has():
     # N = 4, w = (2, 3): bands 1x1, 2x2, 2x3, 2x3 -> 17 pairs
     assert A.flops(4, 5, 1, True, (2, 3), "fwd") == 4 * 5 * 17
     assert A.flops(4, 5, 2, True, (2, 3), "fwd+bwd") == 4 * 4 * 5 * 17 * 2
+
+
+def test_poincare_memory_bound_rows_count_the_backwards_tensors():
+    """relu / batchnorm2d rows (GB/s): the forward reads x and writes y; the backward reads grad_out and x and
+    writes dx: 5 tensors of (B, C, H, W) in all for fwd+bwd (the model counted 6, 3x the forward, as for a GEMM's
+    FLOPs)."""
+    rows = _rows("poincare", ["--ops", "relu,batchnorm2d", "--poincare-image", "2,3,4,5"])
+    t = 4 * 2 * 3 * 4 * 5
+    assert {(r.op, r.pass_): r.work for r in rows} == {
+        ("relu", "fwd"): 2 * t, ("relu", "fwd+bwd"): 5 * t,
+        ("batchnorm2d", "fwd"): 2 * t, ("batchnorm2d", "fwd+bwd"): 5 * t}
