@@ -278,7 +278,7 @@ def rows(args, device: torch.device):
                           label="" if op == "s4d_kernel" else "64K, no peer")
             elif op == "ssm_conv":
                 n = 2 * L
-                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 3 * H)
+                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
                 setup, extra = _pair_setup(Bn, H, N, L, pass_, device, args)
                 yield Row(family="ssm", op="ssm_conv", pass_=pass_, shape=[Bn, H, N, L], dtype=DTYPE_SHORT[dtype],
                           setup=setup, work=2.5 * n * math.log2(n) * ffts + 8.0 * H * N * L * mult,
@@ -286,7 +286,7 @@ def rows(args, device: torch.device):
                           check_tol=1e-4, extra=extra, label="vs the two calls")
             else:
                 n = 2 * L
-                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 3 * H)
+                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
                 setup, extra = _fft_setup(Bn, H, L, pass_, device, args)
                 yield Row(family="ssm", op="fftconv", pass_=pass_, shape=[Bn, H, L], dtype=DTYPE_SHORT[dtype],
                           setup=setup, work=2.5 * n * math.log2(n) * ffts, unit="GFLOP/s",

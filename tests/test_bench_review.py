@@ -268,3 +268,12 @@ def test_poincare_memory_bound_rows_count_the_backwards_tensors():
     assert {(r.op, r.pass_): r.work for r in rows} == {
         ("relu", "fwd"): 2 * t, ("relu", "fwd+bwd"): 5 * t,
         ("batchnorm2d", "fwd"): 2 * t, ("batchnorm2d", "fwd+bwd"): 5 * t}
+
+
+def test_fftconv_flops_count_the_minimal_transforms():
+    """fftconv's GFLOP/s counts real FFTs of n = 2L points (2.5 n log2 n each): forward rfft(u) (B H), rfft(k) (H),
+    irfft (B H); backward rfft(grad) (B H), irfft for du (B H), one irfft for dk summed over the batch in frequency
+    (H), reusing the forward's spectra: 4 B H + 2 H in all (the model counted 3 H)."""
+    rows = _rows("ssm", ["--ops", "fftconv", "--ssm-B", "2", "--ssm-H", "3", "--ssm-L", "4", "--ssm-no-memory"])
+    per = 2.5 * 8 * 3
+    assert {r.pass_: r.work for r in rows} == {"fwd": per * (2 * 2 * 3 + 3), "fwd+bwd": per * (4 * 2 * 3 + 2 * 3)}
