@@ -375,6 +375,10 @@ def markdown(meta: dict, tables: List[dict]) -> str:
                       f"vs compiled: time of {tab['peer']} / torch.compile({tab['peer']}) divided by geoops time "
                       f"(> 1: geoops is faster). "
                       f"{tab['unit'] if tab['unit'] != 'mixed' else 'rate (GB/s or GFLOP/s)'} = work model / geoops time."]
+        own = [r for r in rows if r.get("peer") and r["peer"] != tab["peer"]]
+        if own:  # rows whose "vs" columns compare with another peer than the table's
+            lines.append(f"Rows whose vs {tab['peer']} column is against another peer: " + "; ".join(
+                f"{_cell(r, 'op_s', 's')} {r['pass']}: {r['peer']}" for r in own) + ".")
         for key, note in tab.get("notes", {}).items():
             lines.append(f"{key}: {note}")
         extras = [r for r in rows if r.get("extra")]

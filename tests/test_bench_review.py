@@ -64,11 +64,13 @@ def _limit_flops(rows):
     ("attention", ["--attention-n", "32"]),
     ("poincare", ["--ops", "fc", "--poincare-fc", "16,8,8"]),
     ("stereographic", ["--ops", "mobius_matvec", "--matvec-shape", "16,8,8"]),
+    ("stereographic", ["--ops", "mobius_blockdiag_matvec", "--blockdiag-shapes", "16x4x3"]),
 ])
 def test_gemm_limit_has_the_rows_flops(family, argv):
     """A GEMM limit ("GEMM with the same FLOPs") does the row's work model in both passes: in the fwd+bwd pass
     too (gaunt's limit was the forward GEMM alone there, a third of the row's FLOPs, so its "x limit" read ~3x
-    too high)."""
+    too high); mobius_blockdiag_matvec's is the product with the blocks (it was the dense block_diag(W) GEMM:
+    NBLOCKS times the FLOPs, and another input)."""
     got = _limit_flops(_rows(family, argv))
     assert {k[2] for k in got} == {"fwd", "fwd+bwd"}
     for key, (lf, work) in got.items():
@@ -277,3 +279,35 @@ def test_fftconv_flops_count_the_minimal_transforms():
     rows = _rows("ssm", ["--ops", "fftconv", "--ssm-B", "2", "--ssm-H", "3", "--ssm-L", "4", "--ssm-no-memory"])
     per = 2.5 * 8 * 3
     assert {r.pass_: r.work for r in rows} == {"fwd": per * (2 * 2 * 3 + 3), "fwd+bwd": per * (4 * 2 * 3 + 2 * 3)}
+
+
+def _result(row: "_runner.Row", ms: dict) -> dict:
+    out = {"family": row.family, "op": row.op, "label": row.label, "pass": row.pass_, "shape": list(row.shape),
+           "dtype": row.dtype, "backend": "cpp", "limit_op": row.limit, "peer": row.peer, "work": row.work,
+           "unit": row.unit, "errors": {}, "first_call_s": {},
+           "timings": {k: {"median_ms": v, "min_ms": v, "inner": 1, "samples_ms": [v]} for k, v in ms.items()}}
+    return _runner._finish_row(out, row)
+
+
+def test_markdown_names_a_rows_own_peer():
+    """A row whose peer is not the family's (knn: topk of geoops' cdist; mobius_blockdiag_matvec: the dense
+    route) had its speed-up printed under the family's "vs geoopt" column with nothing saying so (the README read
+    the blockdiag rows as "faster than geoopt"): the table names such peers under it."""
+    rows = [_runner.Row("fam", "knn", "fwd", [4, 4], "fp32", setup=None, work=1e6, unit="GFLOP/s", limit="cdist",
+                        peer="topk(geoops cdist)"),
+            _runner.Row("fam", "dist", "fwd", [4, 4], "fp32", setup=None, work=1e6, unit="GFLOP/s", limit="cdist",
+                        peer="geoopt")]
+    tab = {"family": "fam", "title": "t", "peer": "geoopt", "unit": "GFLOP/s", "notes": {},
+           "rows": [_result(r, {"geoops": 1.0, "limit": 1.0, "peer": 2.0}) for r in rows]}
+    meta = {"argv": [], "date": "d", "device_name": "cpu", "device": "cpu", "threads": 1,
+            "copy_bandwidth": {"gbps": 1.0}, "versions": {"torch": "t", "geoops": "g"},
+            "git": {"commit": "c", "dirty": False}, "repeats": 1}
+    md = _runner.markdown(meta, [tab])
+    assert "knn fwd: topk(geoops cdist)" in md and "dist fwd: geoopt" not in md
+
+
+def test_knn_and_blockdiag_labels_name_their_peer():
+    rows = _rows("stereographic", ["--ops", "knn,mobius_blockdiag_matvec", "--knn-shape", "8,8,2,2",
+                                   "--blockdiag-shapes", "4x2x2"])
+    for r in rows:
+        assert "vs " in r.label, (r.op, r.label)
