@@ -6,6 +6,8 @@ on which contender was measured first.  Tiny shapes; no timing.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -311,3 +313,34 @@ def test_knn_and_blockdiag_labels_name_their_peer():
                                    "--blockdiag-shapes", "4x2x2"])
     for r in rows:
         assert "vs " in r.label, (r.op, r.label)
+
+
+class _MaxOut(TorchDispatchMode):
+    """The largest new tensor (elements) written by the aten ops run under it (views of an input not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
+               if isinstance(a, torch.Tensor)}
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in ins:
+                self.n = max(self.n, t.numel())
+        return out
+
+
+def test_midpoint_limit_reads_the_points_once():
+    """weighted_midpoint's limit, the weighted Euclidean sum over reducedim, is one contraction (einsum): it read x
+    into an x-sized product w * x and then summed that (three passes over x's bytes), so geoops ran at 0.11-0.68x
+    of its "limit" in bench/results/latest-cpu-midpoint.md."""
+    rows = _rows("stereographic", ["--ops", "weighted_midpoint", "--midpoint-shapes", "64x8:0,16x4x8:1",
+                                   "--passes", "fwd"])
+    assert len(rows) == 2
+    for r in rows:
+        fns, _, _ = r.setup()
+        with _MaxOut() as m:
+            fns["limit"]()
+        assert m.n < math.prod(r.shape) // 2, (r.shape, m.n)
