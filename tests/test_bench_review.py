@@ -321,14 +321,16 @@ class _MaxOut(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.n = 0
+        self.ops = 0  # how many ops wrote a new tensor
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         ins = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
                if isinstance(a, torch.Tensor)}
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in ins:
-                self.n = max(self.n, t.numel())
+        new = [t for t in (out if isinstance(out, (tuple, list)) else (out,))
+               if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in ins]
+        self.ops += bool(new)
+        self.n = max([self.n] + [t.numel() for t in new])
         return out
 
 
@@ -344,3 +346,15 @@ def test_midpoint_limit_reads_the_points_once():
         with _MaxOut() as m:
             fns["limit"]()
         assert m.n < math.prod(r.shape) // 2, (r.shape, m.n)
+
+
+def test_three_vector_limit_is_one_pass():
+    """gyration / parallel_transport read three (N, D) tensors and write one: their limit is one torch op doing
+    that (torch.addcmul(x, y, u)); x + y + u wrote and re-read an (N, D) temporary (6 tensor passes for 4)."""
+    rows = _rows("stereographic", ["--rows", "64", "--dims", "8", "--passes", "fwd", "--ops",
+                                   "gyration,parallel_transport"])
+    for r in rows:
+        fns, _, _ = r.setup()
+        with _MaxOut() as m:
+            fns["limit"]()
+        assert m.ops == 1, (r.op, r.limit, m.ops)
