@@ -8,8 +8,8 @@ Rows:
   recipe ``2 * einsum('hn,hnl->hl', C~, exp(dtA[..., None] * arange(L))).real`` (materialises the complex
   (H, N, L) tensor) and its torch.compile; "limit" is the real batched SGEMM of the blocked product (the
   same GEMM FLOPs); GFLOP/s counts 8 H N L useful flops per pass (a complex multiply-add per (h, n, l));
-  the peak extra memory of one call is reported for geoops and the peer (CPU: the process's resident set,
-  sampled; GPU: the CUDA allocator's peak).
+  the peak extra memory of one call (a call after the first) is reported for geoops and the peer (CPU: the
+  process's resident set, sampled; GPU: the CUDA allocator's peak).
 * ``s4d_kernel`` at L=65536: geoops only (the eager recipe needs > 16 GB), peak memory reported.
 * ``fftconv`` B=8, H=256, L=16384: geoops vs eager ``irfft(rfft(u, 2L) * rfft(k, 2L), 2L)[..., :L] + D u``
   and its torch.compile; "limit" is ``irfft(rfft(u, 2L), 2L)`` (the two big FFTs alone; fwd+bwd: and their
@@ -107,8 +107,11 @@ def peak_extra_rss(fn: Callable[[], object], period_s: float = 0.0005, leaves=()
 def peak_extra(fn: Callable[[], object], device, leaves=()) -> int:
     """Peak memory above the starting point while fn() runs (bytes), where the row's tensors live: on a GPU the
     CUDA allocator's peak (``max_memory_allocated``), on the CPU the process's resident set (peak_extra_rss).
-    The ``.grad`` of `leaves` are dropped before the start."""
+    Measured on a second call (the first one's one-time allocations, lazy tables or a BLAS workspace, stay out);
+    the ``.grad`` of `leaves` are dropped before the start."""
     device = torch.device(device)
+    out = fn()  # warm-up: one-time allocations
+    del out
     if device.type != "cuda":
         return peak_extra_rss(fn, leaves=leaves)
     import gc
