@@ -33,7 +33,7 @@ from geoops import gaunt as ga
 from geoops.reference import gaunt as R
 
 from ._runner import DTYPE_SHORT, Row
-from ._timing import interleaved
+from ._timing import interleaved, round_order
 
 TITLE = "Gaunt tensor product (L1 = L2 = lmax_out) vs e3nn TensorProduct"
 PEER = "e3nn"
@@ -286,15 +286,16 @@ def _threads(n: int):
 
 
 def cpu_ms_interleaved(calls: dict, repeats: int) -> dict:
-    """Process CPU time (ms) of each call, the contenders interleaved (A B C A B C ...) after one warm-up call
-    each: {name: (min, median)} over `repeats` rounds."""
+    """Process CPU time (ms) of each call, the contenders interleaved (each round in the runner's round order:
+    positions and predecessors vary) after one warm-up call each: {name: (min, median)} over `repeats` rounds."""
     import statistics
 
     for fn in calls.values():
         fn()
     samples = {k: [] for k in calls}
-    for _ in range(repeats):
-        for k, fn in calls.items():
+    for r in range(repeats):
+        for k in round_order(list(calls), r):
+            fn = calls[k]
             t0 = time.process_time()
             fn()
             samples[k].append((time.process_time() - t0) * 1e3)

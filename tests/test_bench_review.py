@@ -389,3 +389,16 @@ def test_peak_memory_is_a_steady_call_not_the_first():
 
     got = ssm.peak_extra(call, torch.device("cpu")) / MiB
     assert 6 <= got <= 14, got
+
+
+def test_gaunt_cpu_time_rounds_vary_the_order():
+    """bench.gaunt's CPU-time rankings (the route tables `auto` reads, the README's e3nn ratios) ran its contenders
+    in one fixed order every round (A B C A B C ...): each always after the same one.  They follow the runner's
+    round order now."""
+    from bench import gaunt as bg
+
+    seq = []
+    calls = {n: (lambda n=n: seq.append(n)) for n in "abcd"}
+    bg.cpu_ms_interleaved(calls, repeats=4)
+    rounds = [seq[i:i + 4] for i in range(4, len(seq), 4)]  # after one warm-up call each
+    assert len({tuple(r) for r in rounds}) == 4, rounds
