@@ -375,6 +375,10 @@ def markdown(meta: dict, tables: List[dict]) -> str:
                       f"vs compiled: time of {tab['peer']} / torch.compile({tab['peer']}) divided by geoops time "
                       f"(> 1: geoops is faster). "
                       f"{tab['unit'] if tab['unit'] != 'mixed' else 'rate (GB/s or GFLOP/s)'} = work model / geoops time."]
+        own = [r for r in rows if r.get("peer") and r["peer"] != tab["peer"]]
+        if own:  # rows whose "vs" columns compare with another peer than the table's
+            lines.append(f"Rows whose vs {tab['peer']} column is against another peer: " + "; ".join(
+                f"{_cell(r, 'op_s', 's')} {r['pass']}: {r['peer']}" for r in own) + ".")
         for key, note in tab.get("notes", {}).items():
             lines.append(f"{key}: {note}")
         extras = [r for r in rows if r.get("extra")]
@@ -460,8 +464,8 @@ def parse_args(argv, families_mods):
                    help="also refresh the committed tables: write into the source checkout's bench/results/")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="CPU: what a sample measures: wall time (default, time.perf_counter) or the process's CPU "
-                        "time (time.process_time; with --threads 1 / OMP_NUM_THREADS=1 it leaves out the time "
-                        "other processes hold the core, on a shared machine)")
+                        "time (time.process_time, summed over its threads; with --threads 1 / OMP_NUM_THREADS=1 "
+                        "it leaves out the time other processes hold the core, on a shared machine)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the peers")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     p.add_argument("--no-settle", action="store_true",
@@ -480,6 +484,11 @@ def parse_args(argv, families_mods):
     if any(x not in PASSES for x in a.passes):
         raise SystemExit(f"--passes: choose from {', '.join(PASSES)}")
     return a
+
+
+def _cpu_clock_text(threads: int) -> str:
+    """What a --clock cpu sample counts."""
+    return "time.process_time (process CPU time" + (f", summed over the {threads} threads)" if threads > 1 else ")")
 
 
 def _thp_state() -> str:
@@ -564,10 +573,10 @@ def main(argv=None) -> int:
         "versions": versions(mods), "git": git_info(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "repeats": args.repeats, "warmup": args.warmup,
         "thp_alloc": thp, "thp_kernel_mode": _thp_state(),
-        "timing": ("per row: geoops, limit, peer, torch.compile(peer) run interleaved (order rotated each round); "
+        "timing": ("per row: geoops, limit, peer, torch.compile(peer) run interleaved (order changed each round); "
                    "first call (compile) excluded, then warm-up, then median of the samples; "
                    + ("CUDA events, L2 flushed before each sample" if device.type == "cuda" else
-                      "time.process_time (process CPU time)" if args.clock == "cpu" else "time.perf_counter")),
+                      _cpu_clock_text(threads) if args.clock == "cpu" else "time.perf_counter")),
     }
     v = meta["versions"]
     log(f"geoops benchmark ({args.mode}): {meta['device_name']} [{device.type}], {threads} threads; "
@@ -575,6 +584,9 @@ def main(argv=None) -> int:
         f"@ {meta['git']['commit']}{' (dirty)' if meta['git']['dirty'] else ''}; families {', '.join(families)}")
     if args.clock == "cpu" and device.type != "cpu":
         raise SystemExit("--clock cpu: CPU device only (GPU samples are CUDA events)")
+    if args.clock == "cpu" and threads > 1:
+        log(f"note: --clock cpu: {_cpu_clock_text(threads)}: a row's ms is CPU time over all its threads (spin-waits "
+            "included), not the call's duration; rates and ratios follow (--threads 1 for per-call CPU times)")
     if device.type == "cpu" and not args.no_settle:
         _settle(log)
     meta["loadavg_start"] = _loadavg()

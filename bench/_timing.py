@@ -1,9 +1,11 @@
 """Timing helpers shared by ``python -m bench`` and the pytest-benchmark cases.
 
 ``interleaved`` times several callables that do the same work in one loop:
-each round runs every contender once (one *sample*), in an order rotated from
-round to round, so that slow drifts (clock, thermal state, other load) spread
-over all contenders instead of favouring whichever ran first.  The result of a
+each round runs every contender once (one *sample*), in an order that changes from
+round to round (``round_order``: the position and the contender just before vary),
+so that slow drifts (clock, thermal state, other load) and what the previous call
+left behind (freed temporaries, caches) spread over all contenders instead of
+favouring one.  The result of a
 contender is the median of its samples, taken after warm-up.
 
 CPU: a sample is ``time.perf_counter`` around ``inner`` back-to-back calls (``clock="cpu"``:
@@ -99,6 +101,23 @@ def _sample(fn: Callable[[], object], device: torch.device, inner: int, clock: s
     return (now() - t0) / inner
 
 
+def round_order(names: List[str], r: int) -> List[str]:
+    """The order of round `r`: a Williams design (the rows of a balanced Latin square, 0, 1, n-1, 2, n-2, ...
+    shifted by r), so that both the position in the round and the contender that runs just before vary from
+    round to round (a plain rotation keeps each one's predecessor fixed); for an odd count every other round is
+    reversed as well."""
+    n = len(names)
+    seq, lo, hi = [0], 1, n - 1
+    while len(seq) < n:
+        seq.append(lo)
+        lo += 1
+        if len(seq) < n:
+            seq.append(hi)
+            hi -= 1
+    order = [names[(r + s) % n] for s in seq]
+    return order[::-1] if n % 2 and r % 2 else order
+
+
 def interleaved(
     fns: Dict[str, Callable[[], object]],
     device: torch.device,
@@ -127,8 +146,7 @@ def interleaved(
     inner = {n: int(min(max_inner, max(1, math.ceil(min_sample_s / max(est[n], 1e-9))))) for n in names}
     samples: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
+        for name in round_order(names, r):
             samples[name].append(_sample(fns[name], device, inner[name], clock))
     out = {}
     for name in names:

@@ -1,10 +1,11 @@
 """Benchmark rows of Kronecker triple attention: geoops vs the eager einsum vs torch.compile(einsum).
 
 FLOP model (GEMM work only): forward 4 * N * M1 * M2 * D per head (dense), (4/3) N^3 D (causal, N = M),
-4 * N * w1 * w2 * D (window (w1, w2)); forward+backward counts 4x the forward (the backward recomputes the
-scores and runs five more GEMM-shaped products: dP, dV2, dK2, dS.K2, P.V2).  "limit" is one MKL SGEMM
-(torch.mm of 1024 x K by K x 1024) with the same FLOP count: the fraction "x limit" is the share of the
-machine's measured GEMM rate.  The peer is the eager einsum over the whole (N, M1, M2) score tensor
+4 * D * sum_i min(i+1, w1) min(i+1, w2) (window (w1, w2): ~4 * N * w1 * w2 * D, less the bands cut by the
+sequence start); forward+backward counts 4x the forward (the backward recomputes the scores and runs five more
+GEMM-shaped products: dP, dV2, dK2, dS.K2, P.V2).  "limit" is one GEMM in the row's
+dtype (torch.mm of 1024 x K by K x 1024: an SGEMM for fp32) with the same FLOP count: 1 / "x limit" is the share
+of the machine's measured GEMM rate.  The peer is the eager einsum over the whole (N, M1, M2) score tensor
 (geoops.reference.attention); for windows it is an eager banded form (unfold to the (N, w1, w2) band).
 
     python -m bench --families attention            # quick: N=192 dense, windowed (64,16) N=1024/4096
@@ -23,13 +24,15 @@ TITLE = "Kronecker triple attention vs eager einsum"
 PEER = "einsum"
 PEER_MODULES = ()  # import names of the peers (their versions go into the JSON)
 
-FLOP_MODEL = ("GFLOP/s = 4*N*M1*M2*D*B*H (dense; causal /3; window 4*N*w1*w2*D*B*H) per forward, "
-              "x4 for forward+backward, / geoops time; limit = SGEMM with the same FLOPs")
+FLOP_MODEL = ("GFLOP/s = 4*N*M1*M2*D*B*H (dense; causal /3; window 4*D*B*H*sum_i min(i+1,w1)*min(i+1,w2)) per "
+              "forward, "
+              "x4 for forward+backward, / geoops time; limit = a GEMM (torch.mm, the row's dtype) with the same FLOPs")
 
 
 def flops(N: int, D: int, BH: int, causal: bool, window, pass_: str) -> float:
-    if window:
-        f = 4.0 * N * window[0] * window[1] * D * BH
+    if window:  # query i sees keys i - w < j <= i: min(i + 1, w1) x min(i + 1, w2) pairs
+        pairs = sum(min(i, window[0]) * min(i, window[1]) for i in range(1, N + 1))
+        f = 4.0 * pairs * D * BH
     else:
         f = 4.0 * N ** 3 * D * BH / (3.0 if causal else 1.0)
     return f * (4.0 if pass_ == "fwd+bwd" else 1.0)
@@ -60,6 +63,7 @@ def add_arguments(parser):
 
 
 _compiled: Dict[str, Callable] = {}
+_GEMM = {torch.float32: "SGEMM", torch.float64: "DGEMM", torch.bfloat16: "bf16 GEMM", torch.float16: "HGEMM"}
 
 
 def rows(args, device: torch.device):
@@ -79,7 +83,7 @@ def rows(args, device: torch.device):
                           shape=[c["B"], c["H"], c["N"], c["D"]], dtype=DTYPE_SHORT[dtype], label=label,
                           setup=_setup(c, pass_, dtype, device, args),
                           work=flops(c["N"], c["D"], c["B"] * c["H"], c["causal"], c["window"], pass_),
-                          unit="GFLOP/s", limit="SGEMM, same FLOPs", peer=PEER,
+                          unit="GFLOP/s", limit=f"{_GEMM.get(dtype, 'GEMM')} (torch.mm), same FLOPs", peer=PEER,
                           check_tol=1e-9 if dtype == torch.float64 else 2e-3)
 
 

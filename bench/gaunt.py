@@ -33,7 +33,7 @@ from geoops import gaunt as ga
 from geoops.reference import gaunt as R
 
 from ._runner import DTYPE_SHORT, Row
-from ._timing import interleaved
+from ._timing import interleaved, round_order
 
 TITLE = "Gaunt tensor product (L1 = L2 = lmax_out) vs e3nn TensorProduct"
 PEER = "e3nn"
@@ -62,6 +62,11 @@ def to_e3nn_layout(x: torch.Tensor) -> torch.Tensor:
     """[B, C, (L+1)^2] -> e3nn's [B, sum_l C (2l+1)] (mul-major blocks per degree)."""
     L = R.lmax_of(x.shape[-1])
     return torch.cat([x[..., l * l:(l + 1) ** 2].reshape(x.shape[0], -1) for l in range(L + 1)], -1).contiguous()
+
+
+def e3nn_out_weight(w: torch.Tensor, deg: torch.Tensor) -> torch.Tensor:
+    """weight_out (C, L + 1) as one row of e3nn's layout, (1, sum_l C (2l+1)), broadcast over the batch."""
+    return to_e3nn_layout(w[:, deg].unsqueeze(0))
 
 
 def _fwd_bwd(fn, inputs):
@@ -185,10 +190,11 @@ def _setup(L, B, C, dtype, device, route, pass_, args):
             ours = lambda: ga.gaunt_tensor_product(x1, x2, L, route=route)  # noqa: E731
             leaves = (x1, x2)
         P = len(R.sphere_grid(3 * L)[0])
-        a = torch.randn(B * C, 3 * n, device=device, dtype=dtype)
-        w = torch.randn(3 * n, P, device=device, dtype=dtype)
+        a = torch.randn(B * C, 3 * n, device=device, dtype=dtype).requires_grad_(need)
+        w = torch.randn(3 * n, P, device=device, dtype=dtype).requires_grad_(need)
         limit = lambda: a @ w  # noqa: E731  (same FLOPs as the grid route's conversions)
-        fns = {"geoops": _fwd_bwd(ours, leaves) if need else ours, "limit": limit}
+        # fwd+bwd: the GEMM's forward and backward (dA, dW: 3x its FLOPs, like the row's work model)
+        fns = {"geoops": _fwd_bwd(ours, leaves) if need else ours, "limit": _fwd_bwd(limit, (a, w)) if need else limit}
         skipped = {}
         check = None
         if route != "auto":
@@ -253,7 +259,7 @@ def _forces_setup(L, B, C, dtype, device):
             ex2 = to_e3nn_layout(x2.detach()).requires_grad_()
             ewo = wo.detach().clone().requires_grad_()
             ec = to_e3nn_layout(c)
-            peer = step(lambda a, b, w: tp(a, b) * to_e3nn_layout(w[:, deg].expand(B, C, n)), epos, ex2, ewo, ec)
+            peer = step(lambda a, b, w: tp(a, b) * e3nn_out_weight(w, deg), epos, ex2, ewo, ec)
             fns["peer"] = peer
             if L > 4:  # the check runs both once more: at lmax 6 e3nn's step takes seconds (the tests compare
                 return fns, None, skipped  # the double backward with an fp64 oracle)
@@ -280,15 +286,16 @@ def _threads(n: int):
 
 
 def cpu_ms_interleaved(calls: dict, repeats: int) -> dict:
-    """Process CPU time (ms) of each call, the contenders interleaved (A B C A B C ...) after one warm-up call
-    each: {name: (min, median)} over `repeats` rounds."""
+    """Process CPU time (ms) of each call, the contenders interleaved (each round in the runner's round order:
+    positions and predecessors vary) after one warm-up call each: {name: (min, median)} over `repeats` rounds."""
     import statistics
 
     for fn in calls.values():
         fn()
     samples = {k: [] for k in calls}
-    for _ in range(repeats):
-        for k, fn in calls.items():
+    for r in range(repeats):
+        for k in round_order(list(calls), r):
+            fn = calls[k]
             t0 = time.process_time()
             fn()
             samples[k].append((time.process_time() - t0) * 1e3)

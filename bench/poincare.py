@@ -252,10 +252,11 @@ def rows(args, device: torch.device):
                           limit="nn.functional.linear (same GEMM)", peer=PEER, check_tol=1e-3)
             else:
                 flops = 2.0 * B * H * W * C * C * 9 * (2 if op == "block" else 1) if op in ("conv2d", "block") else 0
-                nbytes = 4.0 * B * C * H * W * 2
+                # bytes: fwd reads x, writes y; the backward reads grad_out and x, writes dx (5 tensors in all)
+                nbytes = 4.0 * B * C * H * W * (2 if pass_ == "fwd" else 5)
                 yield Row(family="poincare", op=op, pass_=pass_, shape=[B, C, H, W], dtype=dt,
                           setup=_setup_image(op, B, C, H, W, pass_),
-                          work=(flops * mult if flops else nbytes * mult), unit="GFLOP/s" if flops else "GB/s",
+                          work=(flops * mult if flops else nbytes), unit="GFLOP/s" if flops else "GB/s",
                           limit={"conv2d": "nn.Conv2d", "batchnorm2d": "nn.BatchNorm2d", "relu": "torch.relu",
                                  "block": "the Euclidean residual block"}[op],
                           peer=PEER, check_tol=1e-3)

@@ -8,11 +8,12 @@ Rows:
   recipe ``2 * einsum('hn,hnl->hl', C~, exp(dtA[..., None] * arange(L))).real`` (materialises the complex
   (H, N, L) tensor) and its torch.compile; "limit" is the real batched SGEMM of the blocked product (the
   same GEMM FLOPs); GFLOP/s counts 8 H N L useful flops per pass (a complex multiply-add per (h, n, l));
-  the peak extra resident memory of one call is sampled and reported for geoops and the peer.
+  the peak extra memory of one call (a call after the first) is reported for geoops and the peer (CPU: the
+  process's resident set, sampled; GPU: the CUDA allocator's peak).
 * ``s4d_kernel`` at L=65536: geoops only (the eager recipe needs > 16 GB), peak memory reported.
 * ``fftconv`` B=8, H=256, L=16384: geoops vs eager ``irfft(rfft(u, 2L) * rfft(k, 2L), 2L)[..., :L] + D u``
-  and its torch.compile; "limit" is ``irfft(rfft(u, 2L), 2L)`` (the two big FFTs alone); GFLOP/s with
-  2.5 n log2 n flops per real FFT of size n.
+  and its torch.compile; "limit" is ``irfft(rfft(u, 2L), 2L)`` (the two big FFTs alone; fwd+bwd: and their
+  backward, two more); GFLOP/s with 2.5 n log2 n flops per real FFT of size n.
 * ``ssm_conv`` B=8, H=256, N=32, L=16384: the fused pair vs the two-call composition
   ``fftconv(u, s4d_kernel(log_dt, A, B, C, L), D)`` (geoops both; the peer column is that composition);
   "limit" is irfft(rfft(u, n), n); same GFLOP/s count as fftconv plus the kernel's 8 H N L.
@@ -52,11 +53,36 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_extra_rss(fn: Callable[[], object], period_s: float = 0.0005) -> int:
-    """Peak resident memory above the starting point while fn() runs (sampled by a thread; bytes)."""
+def _trim_heap() -> None:
+    """Hand the C allocator's free heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+def peak_extra_rss(fn: Callable[[], object], period_s: float = 0.0005, leaves=()) -> int:
+    """Peak resident memory above the starting point while fn() runs (sampled by a thread; bytes).
+
+    The starting point is clean, so that the figure does not depend on what ran before: the ``.grad`` of
+    `leaves` (a fwd+bwd call's inputs, which the call would drop first) are dropped before it, and the memory
+    that earlier calls freed but the C allocator kept resident is handed back (a call would reuse it without
+    growing the resident set)."""
     import gc
 
+    for t in leaves:
+        t.grad = None
     gc.collect()
+    _trim_heap()
     base = _rss()
     peak = [base]
     done = threading.Event()
@@ -76,6 +102,31 @@ def peak_extra_rss(fn: Callable[[], object], period_s: float = 0.0005) -> int:
         done.set()
         th.join()
     return peak[0] - base
+
+
+def peak_extra(fn: Callable[[], object], device, leaves=()) -> int:
+    """Peak memory above the starting point while fn() runs (bytes), where the row's tensors live: on a GPU the
+    CUDA allocator's peak (``max_memory_allocated``), on the CPU the process's resident set (peak_extra_rss).
+    Measured on a second call (the first one's one-time allocations, lazy tables or a BLAS workspace, stay out);
+    the ``.grad`` of `leaves` are dropped before the start."""
+    device = torch.device(device)
+    out = fn()  # warm-up: one-time allocations
+    del out
+    if device.type != "cuda":
+        return peak_extra_rss(fn, leaves=leaves)
+    import gc
+
+    for t in leaves:
+        t.grad = None
+    gc.collect()
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del out
+    return peak - base
 
 
 # ---------------------------------------------------------------- inputs and contenders
@@ -138,9 +189,9 @@ def _s4d_setup(H, N, L, pass_, device, args, with_peer):
         else:
             fns["limit"] = lambda: torch.bmm(W, Z)
         if not args.ssm_no_memory:
-            row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"]) / 2 ** 20, 1)
+            row_extra["peak_extra_MiB_geoops"] = round(peak_extra(fns["geoops"], device, leaves=ps) / 2 ** 20, 1)
             if "peer" in fns:
-                row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"]) / 2 ** 20, 1)
+                row_extra["peak_extra_MiB_peer"] = round(peak_extra(fns["peer"], device, leaves=ps) / 2 ** 20, 1)
         check = None
         if pass_ == "fwd" and "peer" in calls:
             def check():
@@ -153,13 +204,15 @@ def _s4d_setup(H, N, L, pass_, device, args, with_peer):
 
 
 def _conv_contenders(calls, ins, pass_, gout, u, n, args, row_extra):
-    """(fns, check) of a convolution row: the contenders, "limit" = irfft(rfft(u, n), n), peak memory."""
+    """(fns, check) of a convolution row: the contenders, "limit" = irfft(rfft(u, n), n)[..., :L] (in the fwd+bwd
+    pass with its backward, like every contender), peak memory."""
     fns = {name: pass_runner(c, ins, pass_, gout) for name, c in calls.items()}
-    ud = u.detach()
-    fns["limit"] = lambda: torch.fft.irfft(torch.fft.rfft(ud, n=n), n=n)
+    ud = u.detach().requires_grad_(pass_ == "fwd+bwd")
+    L = u.shape[-1]
+    fns["limit"] = pass_runner(lambda v: torch.fft.irfft(torch.fft.rfft(v, n=n), n=n)[..., :L], [ud], pass_, gout)
     if not args.ssm_no_memory:
-        row_extra["peak_extra_MiB_geoops"] = round(peak_extra_rss(fns["geoops"]) / 2 ** 20, 1)
-        row_extra["peak_extra_MiB_peer"] = round(peak_extra_rss(fns["peer"]) / 2 ** 20, 1)
+        row_extra["peak_extra_MiB_geoops"] = round(peak_extra(fns["geoops"], u.device, leaves=ins) / 2 ** 20, 1)
+        row_extra["peak_extra_MiB_peer"] = round(peak_extra(fns["peer"], u.device, leaves=ins) / 2 ** 20, 1)
 
     def check():
         with torch.no_grad():
@@ -228,7 +281,7 @@ def rows(args, device: torch.device):
                           label="" if op == "s4d_kernel" else "64K, no peer")
             elif op == "ssm_conv":
                 n = 2 * L
-                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 3 * H)
+                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
                 setup, extra = _pair_setup(Bn, H, N, L, pass_, device, args)
                 yield Row(family="ssm", op="ssm_conv", pass_=pass_, shape=[Bn, H, N, L], dtype=DTYPE_SHORT[dtype],
                           setup=setup, work=2.5 * n * math.log2(n) * ffts + 8.0 * H * N * L * mult,
@@ -236,7 +289,7 @@ def rows(args, device: torch.device):
                           check_tol=1e-4, extra=extra, label="vs the two calls")
             else:
                 n = 2 * L
-                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 3 * H)
+                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
                 setup, extra = _fft_setup(Bn, H, L, pass_, device, args)
                 yield Row(family="ssm", op="fftconv", pass_=pass_, shape=[Bn, H, L], dtype=DTYPE_SHORT[dtype],
                           setup=setup, work=2.5 * n * math.log2(n) * ffts, unit="GFLOP/s",

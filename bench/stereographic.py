@@ -1,7 +1,7 @@
 """Benchmark rows of the kappa-stereographic family: geoops vs geoopt vs torch.compile(geoopt).
 
 Inputs, the contenders' calls, the "limit" op (the simplest torch op with the same inputs and
-output: x + y, x.neg(), linalg.vecdot, linalg.vector_norm) and the byte model; shared by
+output: x + y, x.neg(), r * x, einsum('nd,nd->n') (a dot per row), linalg.vector_norm) and the byte model; shared by
 ``python -m bench`` (through :func:`rows`) and ``bench/bench_stereographic.py`` so that both time
 exactly the same work.
 
@@ -11,6 +11,7 @@ exactly the same work.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -28,7 +29,7 @@ class OpSpec:
     name: str
     args: Tuple[str, ...]  # positional tensor arguments, in call order, as keys of the inputs dict
     scalar_out: bool  # one value per row (dist, dist0, lambda_x)
-    limit: str  # "add" | "neg" | "vecdot" | "norm"
+    limit: str  # "add" | "neg" | "mul" | "vecdot" | "norm"
 
     @property
     def grad_args(self) -> Tuple[str, ...]:
@@ -44,7 +45,7 @@ OPS: Dict[str, OpSpec] = {
         OpSpec("lambda_x", ("x",), True, "norm"),
         OpSpec("mobius_add", ("x", "y"), False, "add"),
         OpSpec("mobius_sub", ("x", "y"), False, "add"),
-        OpSpec("mobius_scalar_mul", ("r", "x"), False, "neg"),
+        OpSpec("mobius_scalar_mul", ("r", "x"), False, "mul"),  # reads the per-row r too
         OpSpec("expmap", ("x", "y"), False, "add"),  # y is the tangent vector u
         OpSpec("expmap0", ("x",), False, "neg"),  # x is the tangent vector u
         OpSpec("logmap", ("x", "y"), False, "add"),
@@ -65,7 +66,8 @@ SHORT_ROWS = 2 ** 20
 LIMIT_TEXT = {
     "add": "x + y",
     "neg": "x.neg()",
-    "vecdot": "linalg.vecdot(x, y)",
+    "mul": "r * x",
+    "vecdot": "einsum('nd,nd->n', x, y)",  # one pass (linalg.vecdot writes x * y first: ~3x its time on CPU)
     "norm": "linalg.vector_norm(x, dim=-1)",
 }
 
@@ -145,8 +147,10 @@ def limit_call(op: str) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
         return lambda inp: inp["x"] + inp["y"]
     if kind == "neg":
         return lambda inp: inp["x"].neg()
+    if kind == "mul":
+        return lambda inp: inp["r"] * inp["x"]
     if kind == "vecdot":
-        return lambda inp: torch.linalg.vecdot(inp["x"], inp["y"])
+        return lambda inp: torch.einsum("...d,...d->...", inp["x"], inp["y"])
     if kind == "norm":
         return lambda inp: torch.linalg.vector_norm(inp["x"], dim=-1)
     raise ValueError(kind)
@@ -325,7 +329,8 @@ def pair_rows(args, device, ops):
             N, M, D, n = (int(v) for v in args.knn_shape.split(","))
             yield Row(family="stereographic", op="knn", pass_="fwd", shape=[N, M, D, n], dtype=DTYPE_SHORT[dtype],
                       setup=_knn_setup(N, M, D, n, dtype, device), work=2.0 * N * M * D, unit="GFLOP/s",
-                      limit="geoops cdist (full matrix)", peer="topk(geoops cdist)", check_tol=1e-3)
+                      limit="geoops cdist (full matrix)", peer="topk(geoops cdist)", check_tol=1e-3,
+                      label="vs topk(cdist)")
         if "wordnet" in ops and "fwd+bwd" in args.passes and dtype == torch.float32 and _HAVE_GEOOPT \
                 and torch.device(device).type == "cpu":
             yield wordnet_row(dtype)
@@ -337,13 +342,10 @@ def pair_rows(args, device, ops):
                 shape = [int(v) for v in shape_s.split("x")]
                 red = [int(v) for v in red_s.split("+")]
                 for pass_ in args.passes:
-                    n = 1
-                    for v in shape:
-                        n *= v
-                    nbytes = n * torch.empty(0, dtype=dtype).element_size() * (1 if pass_ == "fwd" else 3)
+                    nbytes = midpoint_bytes(shape, red, dtype, pass_)
                     yield Row(family="stereographic", op=op, pass_=pass_, shape=shape, dtype=DTYPE_SHORT[dtype],
                               setup=_midpoint_setup(op, shape, red, dtype, device, pass_, args.no_compile), work=nbytes, unit="GB/s",
-                              limit="weighted Euclidean mean (w x).sum(reducedim)", peer=PEER,
+                              limit="weighted Euclidean sum einsum(x, w) over reducedim", peer=PEER,
                               label=f"reducedim={red}", check_tol=1e-9 if dtype == torch.float64 else 1e-4)
         if "mobius_matvec" in ops:
             R, Din, Dout = (int(v) for v in args.matvec_shape.split(","))
@@ -361,9 +363,21 @@ def pair_rows(args, device, ops):
                     flops = 2.0 * R * nb * b * b * (1 if pass_ == "fwd" else 3)
                     yield Row(family="stereographic", op="mobius_blockdiag_matvec", pass_=pass_, shape=[R, nb, b],
                               dtype=DTYPE_SHORT[dtype], setup=_blockdiag_setup(R, nb, b, dtype, device, pass_),
-                              work=flops, unit="GFLOP/s", limit="x @ block_diag(W).T (dense)",
-                              peer="geoops mobius_matvec(block_diag(W))", label="rows, blocks, block size",
+                              work=flops, unit="GFLOP/s", limit="einsum('rnj,nij->rni', x, W) (per block)",
+                              peer="geoops mobius_matvec(block_diag(W))",
+                              label="rows, blocks, block size; vs dense mobius_matvec",
                               check_tol=1e-9 if dtype == torch.float64 else 1e-4)
+
+def midpoint_bytes(shape, red, dtype, pass_) -> int:
+    """Minimum traffic of weighted_midpoint of points `shape` (..., D) with weights shape[:-1] over dims `red`:
+    fwd reads x and w and writes the midpoints; fwd+bwd adds the backward's reads of x, w and grad_out and its
+    writes of dx and dw."""
+    e = torch.empty((), dtype=dtype).element_size()
+    x = math.prod(shape)
+    w = math.prod(shape[:-1])
+    out = math.prod(v for i, v in enumerate(shape) if i not in {r % len(shape) for r in red})
+    return e * ((x + w + out) if pass_ == "fwd" else (3 * x + 3 * w + 2 * out))
+
 
 def wordnet_row(dtype):
     """One epoch of Poincaré embeddings of the WordNet mammals (bench/wordnet.py): geoopt vs patch_geoopt()."""
@@ -501,7 +515,8 @@ def _matvec_setup(R, Din, Dout, dtype, device, pass_):
 
 def _blockdiag_setup(R, nb, b, dtype, device, pass_):
     """H4G's block-diagonal Moebius matvec: the fused op vs the dense route (mobius_matvec on torch.block_diag of
-    the blocks, the peer) and the plain dense matmul (the limit); FLOPs counted for the block-diagonal work."""
+    the blocks, the peer) and the Euclidean block product (the limit: a batched GEMM over the blocks, the same
+    inputs and FLOPs); FLOPs counted for the block-diagonal work."""
     def setup():
         import geoops.stereographic as gs
 
@@ -513,7 +528,8 @@ def _blockdiag_setup(R, nb, b, dtype, device, pass_):
         k = torch.tensor(-1.0, dtype=dtype, device=device)
         g = torch.randn(R, nb * b, generator=torch.Generator().manual_seed(20)).to(device=device, dtype=dtype)
         calls = {"geoops": lambda: gs.mobius_blockdiag_matvec(blocks, x, k=k),
-                 "peer": lambda: gs.mobius_matvec(dense, x, k=k), "limit": lambda: x @ dense.T}
+                 "peer": lambda: gs.mobius_matvec(dense, x, k=k),
+                 "limit": lambda: torch.einsum("rnj,nij->rni", x.view(R, nb, b), blocks).reshape(R, nb * b)}
         skipped = {"compiled": "n/a: not timed for mobius_blockdiag_matvec"}
         return (*_timed_calls(calls, [x, blocks, dense], g, need), skipped)
 
@@ -522,7 +538,7 @@ def _blockdiag_setup(R, nb, b, dtype, device, pass_):
 def _midpoint_setup(op, shape, red, dtype, device, pass_, no_compile=False):
     """weighted_midpoint (weights given, k = -1) of points of `shape` over `red`: geoops (op "weighted_midpoint": the
     fused reduction; "weighted_midpoint_composed": the previous composition of row kernels and torch ops), geoopt,
-    torch.compile(geoopt), and the weighted Euclidean mean as the byte limit."""
+    torch.compile(geoopt), and the weighted Euclidean sum (one einsum contraction) as the byte limit."""
     def setup():
         import geoops.stereographic as gs
 
@@ -541,7 +557,11 @@ def _midpoint_setup(op, shape, red, dtype, device, pass_, no_compile=False):
         else:
             ours = lambda: gs._weighted_midpoint_composed(x, w, k=k, reducedim=red, dim=d, keepdim=False,  # noqa: E731
                                                           lincomb=False, posweight=False)
-        calls = {"geoops": ours, "limit": lambda: (w.unsqueeze(-1) * x).sum(red)}
+        # the limit: the weighted Euclidean sum over red as one contraction (reads x once, no x-sized temporary)
+        idx = "abcdefgh"[:len(shape)]
+        red_n = {r % len(shape) for r in red}
+        eq = f"{idx},{idx[:-1]}->{''.join(c for i, c in enumerate(idx) if i not in red_n)}"
+        calls = {"geoops": ours, "limit": lambda: torch.einsum(eq, x, w)}
         skipped = {}
         if _HAVE_GEOOPT:
             import geoopt.manifolds.stereographic.math as gm
@@ -607,7 +627,8 @@ def triple_rows(args, device, ops):
                     for vs in ("geoopt", "composition"):
                         yield Row(family="stereographic", op=op, pass_=pass_, shape=[n, d], dtype=DTYPE_SHORT[dtype],
                                   setup=_triple_setup(op, pass_, n, d, dtype, device, vs), work=work, unit="GB/s",
-                                  limit="linalg.vecdot(x + y, u)" if op == "dist2plane" else "x + y + u", peer=PEER if vs == "geoopt" else "geoops composition (before)",
+                                  limit="einsum('nd,nd->n', x + y, u)" if op == "dist2plane" else "addcmul(x, y, u)",
+                                  peer=PEER if vs == "geoopt" else "geoops composition (before)",
                                   label="" if vs == "geoopt" else "vs composition",
                                   check_tol=1e-9 if dtype == torch.float64 else 1e-3)
 
@@ -624,7 +645,10 @@ def _triple_setup(op, pass_, n, d, dtype, device, vs):
         k = torch.tensor(-1.0, dtype=dtype, device=device)
         shape = (n,) if op == "dist2plane" else (n, d)
         g = torch.randn(*shape, generator=torch.Generator().manual_seed(21)).to(device=device, dtype=dtype)
-        limit = (lambda: torch.linalg.vecdot(x + y, u)) if op == "dist2plane" else (lambda: x + y + u)
+        # the limit: one pass reading x, y, u and writing the output (dist2plane: no single torch op reads three
+        # rows into a scalar; x + y is an (N, D) temporary there)
+        limit = ((lambda: torch.einsum("nd,nd->n", x + y, u)) if op == "dist2plane"
+                 else (lambda: torch.addcmul(x, y, u)))
         calls = {"geoops": lambda: getattr(gs, op)(x, y, u, k=k), "limit": limit}
         skipped = {"compiled": "n/a: not timed for the three-vector ops"}
         if vs == "composition":
