@@ -5,10 +5,18 @@ Each family lists its rows in ``bench/<family>.py`` (installed as ``geoops.bench
     TITLE = "..."                      # the table's heading
     PEER = "geoopt"                    # the eager peer's name (column "vs <PEER>")
     PEER_MODULES = ("geoopt",)         # the peers' import names: their versions go into the JSON
+    OP_NAMES = ("dist", ...)           # every op --ops may name for this family
+    DTYPES = (torch.float32, ...)      # optional: the dtypes its rows run (default all four)
     def add_arguments(parser): ...     # optional: the family's own options, named --<family>-... or
                                        # documented as the family's
     def prepare(args, log) -> dict:    # optional: once per run; returns notes printed under the table
     def rows(args, device):            # yields Row objects (inputs are built lazily by Row.setup)
+
+``--ops`` and ``--dtype`` are split among the families: each gets the ones it has (``args.ops``, ``args.dtypes``
+of its own copy of the options); a family with none is skipped, and a name no selected family has is an error
+before anything is timed.  Every family's rows are listed before the first is timed (an option error stops the
+run up front); torch's compile settings and thread count are restored after each family; a family that fails is
+reported in its table, the others still run, the results are written and the exit status is 1 (130 after Ctrl-C).
 
 A row's contenders, all doing the same work in the same pass, run interleaved in one loop
 (``bench/_timing.py``): "geoops" (the op under test, default backend for the device), "limit" (the
@@ -22,6 +30,8 @@ committed tables in the checkout's ``bench/results/``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import datetime as _dt
 import gc
 import importlib
@@ -136,6 +146,103 @@ def parse_dtypes(text: Optional[str]) -> Optional[Tuple[torch.dtype, ...]]:
     if bad:
         raise SystemExit(f"unknown dtype(s) {', '.join(bad)}; choose from fp32, fp64, bf16, fp16")
     return tuple(dict.fromkeys(_DTYPES[t] for t in names))
+
+
+ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def family_ops(mod) -> Tuple[str, ...]:
+    """The ops --ops may name for a family (its bench module's OP_NAMES)."""
+    return tuple(getattr(mod, "OP_NAMES", ()))
+
+
+def family_dtypes(mod) -> Tuple[torch.dtype, ...]:
+    """The dtypes a family's rows run (its bench module's DTYPES; default all four)."""
+    return tuple(getattr(mod, "DTYPES", ALL_DTYPES))
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(DTYPE_SHORT[d] for d in dtypes)
+
+
+def split_options(args, families: Sequence[str], mods: dict) -> Dict[str, Tuple[Optional[argparse.Namespace], str]]:
+    """Per family, ``(its copy of args, note)``: ``args.ops`` / ``args.dtypes`` narrowed to the ops and dtypes the
+    family has (the note says which asked-for dtypes it does not run); ``(None, why)`` for a family with none of
+    them (skipped).  An op or dtype that no selected family has is a SystemExit naming it and every family's list,
+    raised before anything runs."""
+    items = None
+    if args.ops and args.ops.strip().lower() != "all":
+        items = [o.strip() for o in args.ops.split(",") if o.strip()]
+        known = {o for f in families for o in family_ops(mods[f])}
+        bad = [o for o in items if o not in known]
+        if bad:
+            lists = "; ".join(f"{f}: {', '.join(family_ops(mods[f]))}" for f in families)
+            elsewhere = {o: [f for f, m in mods.items() if f not in families and o in family_ops(m)] for o in bad}
+            hint = "".join(f" ({o} is an op of {', '.join(fs)}, not in --families)" for o, fs in elsewhere.items() if fs)
+            raise SystemExit(f"--ops: unknown op(s) {', '.join(bad)}{hint}; the families' ops: {lists}")
+    if args.dtypes:
+        if not any(d in family_dtypes(mods[f]) for f in families for d in args.dtypes):
+            lists = "; ".join(f"{f}: {_dtype_names(family_dtypes(mods[f]))}" for f in families)
+            raise SystemExit(f"--dtype {_dtype_names(args.dtypes)}: no selected family runs it; the families' "
+                             f"dtypes: {lists}")
+    out = {}
+    for f in families:
+        fa = copy.copy(args)
+        note = ""
+        if items is not None:
+            mine = [o for o in items if o in family_ops(mods[f])]
+            if not mine:
+                out[f] = (None, f"none of --ops {args.ops} is an op of {f} ({', '.join(family_ops(mods[f]))})")
+                continue
+            fa.ops = ",".join(mine)
+        if args.dtypes:
+            have = family_dtypes(mods[f])
+            mine_d = tuple(d for d in args.dtypes if d in have)
+            if not mine_d:
+                out[f] = (None, f"{f} runs none of --dtype {_dtype_names(args.dtypes)} (its rows: "
+                                f"{_dtype_names(have)})")
+                continue
+            fa.dtypes = mine_d
+            dropped = [d for d in args.dtypes if d not in have]
+            if dropped:
+                note = f"not run: {_dtype_names(dropped)} (this family's rows run {_dtype_names(have)})"
+        out[f] = (fa, note)
+    return out
+
+
+def _compile_configs() -> list:
+    """torch's compile settings modules (dynamo, inductor) whose values a family may change."""
+    mods = []
+    for name in ("torch._dynamo.config", "torch._inductor.config"):
+        try:
+            mods.append(importlib.import_module(name))
+        except Exception:  # an old or stripped torch
+            pass
+    return mods
+
+
+@contextlib.contextmanager
+def family_scope():
+    """Restores, on exit, what a family may set for its own rows: torch's compile settings (dynamo's
+    nested_graph_breaks, ...) and the thread count; only the settings that changed are written back."""
+    cfgs = [(c, c.get_config_copy()) for c in _compile_configs() if hasattr(c, "get_config_copy")]
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        for cfg, before in cfgs:
+            now = cfg.get_config_copy()
+            for key, old in before.items():
+                try:
+                    changed = now.get(key) is not old and now.get(key) != old
+                except Exception:  # values without a plain ==
+                    changed = True
+                if changed:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        setattr(cfg, key, old)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- environment
@@ -364,6 +471,9 @@ def markdown(meta: dict, tables: List[dict]) -> str:
     for tab in tables:
         rows = tab["rows"]
         if not rows:
+            if tab.get("error"):
+                lines += [f"### {tab['family']}: {tab['title']}", "", f"Did not finish (no row measured): "
+                                                                       f"{tab['error']}.", ""]
             continue
         cols = _columns(tab["unit"], tab["peer"])
         lines += [f"### {tab['family']}: {tab['title']}", "",
@@ -386,6 +496,8 @@ def markdown(meta: dict, tables: List[dict]) -> str:
             lines += ["", "Measured extras: " + "; ".join(
                 f"{r['op']} {r['pass']} {'x'.join(map(str, r['shape']))}: "
                 + ", ".join(f"{k}={v}" for k, v in r["extra"].items()) for r in extras) + "."]
+        if tab.get("error"):
+            lines += ["", f"Did not finish ({len(rows)} rows measured): {tab['error']}."]
         flagged = [r for r in rows if r["flags"]]
         if flagged:
             lines += ["", "Flags: " + "; ".join(f"{r['op']} {r['pass']} {'x'.join(map(str, r['shape']))}: "
@@ -451,8 +563,17 @@ def parse_args(argv, families_mods):
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="each family's full grid of shapes and dtypes")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", default=None, help="comma list of fp32, fp64, bf16, fp16 (overrides the mode's)")
-    p.add_argument("--ops", default=None, help="comma list of ops, or 'all' (overrides the mode's; per family)")
+    some = {f: m for f, m in families_mods.items() if family_dtypes(m) != ALL_DTYPES}
+    p.add_argument("--dtype", default=None,
+                   help="comma list of fp32, fp64, bf16, fp16 (overrides the mode's); each family runs the ones it has"
+                        + "".join(f"; {f}: {_dtype_names(family_dtypes(m))}" for f, m in some.items())
+                        + ("; the others: all four" if some else "")
+                        + "".join(f" ({getattr(m, 'DTYPES_NOTE')})" for m in families_mods.values()
+                                  if getattr(m, "DTYPES_NOTE", "")))
+    p.add_argument("--ops", default=None,
+                   help="comma list of ops, or 'all' (default: each family's own selection); each family runs the "
+                        "ones it has, a family with none is skipped: "
+                        + "; ".join(f"{f}: {', '.join(family_ops(m))}" for f, m in families_mods.items()))
     p.add_argument("--passes", default="fwd,fwd+bwd", help="comma list of fwd, fwd+bwd")
     p.add_argument("--repeats", type=int, default=None, help="timed samples per contender (median taken)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per contender after the first call")
@@ -587,6 +708,17 @@ def main(argv=None) -> int:
     if args.clock == "cpu" and threads > 1:
         log(f"note: --clock cpu: {_cpu_clock_text(threads)}: a row's ms is CPU time over all its threads (spin-waits "
             "included), not the call's duration; rates and ratios follow (--threads 1 for per-call CPU times)")
+    # Every family's share of the options and its rows, before anything is timed: an option error stops here.
+    plan = []
+    for family, (fargs, note) in split_options(args, families, mods).items():
+        rows = []
+        if fargs is not None:
+            try:
+                rows = list(mods[family].rows(fargs, device))
+            except (Exception, SystemExit) as e:
+                raise SystemExit(f"{family}: its rows could not be listed (nothing was timed): "
+                                 f"{e if isinstance(e, SystemExit) else _fmt_err(e)}") from None
+        plan.append((family, fargs, rows, note))
     if device.type == "cpu" and not args.no_settle:
         _settle(log)
     meta["loadavg_start"] = _loadavg()
@@ -596,28 +728,46 @@ def main(argv=None) -> int:
     log(f"median of {args.repeats} interleaved samples after {args.warmup} warm-up calls; first calls "
         "(JIT, torch.compile) are not timed; x limit = geoops / limit; vs X = X time / geoops time")
 
-    tables = []
+    tables, failed, interrupted = [], [], False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. inductor chatter; geoops' RuntimeWarnings still show
-        for family in families:
+        for family, fargs, rows, note in plan:
             mod = mods[family]
-            notes = mod.prepare(args, log) if hasattr(mod, "prepare") else {}
-            rows = list(mod.rows(args, device))
+            if fargs is None:
+                log("")
+                log(f"== {family}: skipped ({note})")
+                continue
             peer = getattr(mod, "PEER", "eager")
             units = {r.unit for r in rows}
             unit = units.pop() if len(units) == 1 else "mixed"
             tab = {"family": family, "title": getattr(mod, "TITLE", family), "peer": peer, "unit": unit,
-                   "notes": notes or {}, "rows": []}
+                   "notes": {"--dtype": note} if note else {}, "rows": []}
+            tables.append(tab)  # before its rows run: a failure or Ctrl-C keeps what was measured
             cols = _columns(unit, peer)
-            log("")
-            log(f"== {family}: {tab['title']} ({len(rows)} rows)")
-            log(text_header(cols))
-            for i, row in enumerate(rows, 1):
-                t_row = time.perf_counter()
-                res = bench_row(row, device, args, log)
-                tab["rows"].append(res)
-                log(text_row(res, cols) + f"  [{i}/{len(rows)}, {time.perf_counter() - t_row:.1f} s]")
-            tables.append(tab)
+            try:
+                with family_scope():
+                    notes = mod.prepare(fargs, log) if hasattr(mod, "prepare") else {}
+                    tab["notes"].update(notes or {})
+                    log("")
+                    log(f"== {family}: {tab['title']} ({len(rows)} rows)" + (f"; --dtype: {note}" if note else ""))
+                    log(text_header(cols))
+                    for i, row in enumerate(rows, 1):
+                        t_row = time.perf_counter()
+                        res = bench_row(row, device, fargs, log)
+                        tab["rows"].append(res)
+                        log(text_row(res, cols) + f"  [{i}/{len(rows)}, {time.perf_counter() - t_row:.1f} s]")
+            except KeyboardInterrupt:
+                tab["error"] = "interrupted (Ctrl-C)"
+                interrupted = True
+                log(f"\n== interrupted in {family}: writing the {sum(len(t['rows']) for t in tables)} rows measured")
+                break
+            except Exception as e:  # one family's failure does not cost the others' results
+                tab["error"] = _fmt_err(e)
+                failed.append(family)
+                log(f"  ! {family} failed after {len(tab['rows'])} of {len(rows)} rows: {tab['error']}")
+    meta["failed_families"] = failed
+    meta["interrupted"] = interrupted
+    meta["skipped_families"] = {f: note for f, fa, _, note in plan if fa is None}
 
     wall = time.perf_counter() - t_start
     meta["wall_s"] = round(wall, 1)
@@ -641,7 +791,8 @@ def main(argv=None) -> int:
         else:
             outs.append(SOURCE_RESULTS)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    fam_tag = "all" if tuple(families) == tuple(FAMILIES) else "-".join(families)
+    ran = [f for f, fa, _, _ in plan if fa is not None]
+    fam_tag = "all" if tuple(ran) == tuple(FAMILIES) else "-".join(ran)
     written = []
     for out in outs:
         out.mkdir(parents=True, exist_ok=True)
@@ -657,4 +808,7 @@ def main(argv=None) -> int:
                 written.append(png)
     log(f"wrote {', '.join(str(p) for p in written)}")
     log(f"wall time {wall:.1f} s")
-    return 0
+    if failed:
+        what = ", ".join(f"{t['family']} ({t['error']})" for t in tables if t["family"] in failed)
+        log(f"failed: {what}; the other families' results are in the files above")
+    return 130 if interrupted else 1 if failed else 0

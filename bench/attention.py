@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ._runner import DTYPE_SHORT, Row, compiled_peer, pass_runner
+from ._runner import DTYPE_SHORT, Row, compiled_peer, parse_list, pass_runner
 
 TITLE = "Kronecker triple attention vs eager einsum"
 PEER = "einsum"
@@ -62,11 +62,14 @@ def add_arguments(parser):
                         help="attention: comma list of N for the windowed rows (default 1024,4096; --full adds 16384)")
 
 
+OP_NAMES = ("triple_attention",)  # the ops --ops may name
 _compiled: Dict[str, Callable] = {}
 _GEMM = {torch.float32: "SGEMM", torch.float64: "DGEMM", torch.bfloat16: "bf16 GEMM", torch.float16: "HGEMM"}
 
 
 def rows(args, device: torch.device):
+    if not parse_list(args.ops, OP_NAMES, OP_NAMES, "op"):
+        return
     full = args.mode == "full"
     dtypes = args.dtypes or (torch.float32,)
     wn = tuple(int(v) for v in args.attention_n.split(",")) if getattr(args, "attention_n", None) else (

@@ -32,12 +32,13 @@ from geoops._ops import gaunt as impl
 from geoops import gaunt as ga
 from geoops.reference import gaunt as R
 
-from ._runner import DTYPE_SHORT, Row
+from ._runner import DTYPE_SHORT, Row, parse_list
 from ._timing import interleaved, round_order
 
 TITLE = "Gaunt tensor product (L1 = L2 = lmax_out) vs e3nn TensorProduct"
 PEER = "e3nn"
 PEER_MODULES = ("e3nn",)  # import names of the peers (their versions go into the JSON)
+OP_NAMES = ("gaunt_tensor_product", "gaunt_forces")  # the ops --ops may name
 ROUTES = ("grid", "grid_gemm", "direct", "fft")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +151,7 @@ def _flops(L: int, rows: int) -> float:
 
 
 def rows(args, device: torch.device):
+    ops = parse_list(args.ops, OP_NAMES, OP_NAMES, "op")
     full = args.mode == "full"
     Ls = [int(v) for v in args.gaunt_lmax.split(",")] if args.gaunt_lmax else (list(range(1, 9)) if full else [2, 4, 6])
     routes = (args.gaunt_routes.split(",") if args.gaunt_routes else
@@ -157,6 +159,8 @@ def rows(args, device: torch.device):
     dtypes = args.dtypes or (torch.float32,)
     B, C = args.gaunt_rows, args.gaunt_channels
     forces = [int(v) for v in args.gaunt_forces_lmax.split(",") if v.strip()] if args.gaunt_forces_lmax else []
+    forces = forces if "gaunt_forces" in ops else []
+    Ls = Ls if "gaunt_tensor_product" in ops else []
     for dtype in dtypes:
         if "fwd+bwd" in args.passes and "auto" in routes:
             for L in forces:

@@ -29,6 +29,8 @@ TITLE = "Poincaré-ball layers (HNN++ / Poincaré ResNet) vs HypLL and vs the Eu
 PEER = "HypLL"
 PEER_MODULES = ("hypll",)  # import names of the peers (their versions go into the JSON)
 ALL_OPS = ("fc", "conv2d", "batchnorm2d", "relu", "block")
+OP_NAMES = ALL_OPS  # the ops --ops may name
+DTYPES = (torch.float32, torch.float64)  # the rows' dtypes
 
 
 def add_arguments(parser) -> None:
@@ -100,19 +102,19 @@ def _hyp_params(mods):
     return [getattr(p, "tensor", p) for m in mods for n, p in m.named_parameters() if not n.endswith("value")]
 
 
-def _setup_fc(N, n, m, pass_):
+def _setup_fc(N, n, m, pass_, dtype=torch.float32):
     def setup():
         import geoops.poincare as gp
 
         want = pass_ == "fwd+bwd"
         g = torch.Generator().manual_seed(0)
         v = torch.randn(N, n, generator=g)
-        x = (v / v.norm(dim=-1, keepdim=True) * torch.rand(N, 1, generator=g) * 0.8).requires_grad_(want)
-        z = (torch.randn(n, m, generator=g) / math.sqrt(n)).requires_grad_(want)
-        b = (torch.randn(m, generator=g) * 0.1).requires_grad_(want)
-        W = torch.randn(m, n, generator=g).requires_grad_(want)
-        c = torch.tensor(1.0)
-        gout = torch.randn(N, m) if want else None
+        x = (v / v.norm(dim=-1, keepdim=True) * torch.rand(N, 1, generator=g) * 0.8).to(dtype).requires_grad_(want)
+        z = (torch.randn(n, m, generator=g) / math.sqrt(n)).to(dtype).requires_grad_(want)
+        b = (torch.randn(m, generator=g) * 0.1).to(dtype).requires_grad_(want)
+        W = torch.randn(m, n, generator=g).to(dtype).requires_grad_(want)
+        c = torch.tensor(1.0, dtype=dtype)
+        gout = torch.randn(N, m).to(dtype) if want else None
         fns = {"geoops": pass_runner(lambda x: gp.poincare_fc(x, z, b, c=c), [x], pass_, gout, [z, b]),
                "limit": pass_runner(lambda x: torch.nn.functional.linear(x, W, b), [x], pass_, gout, [W, b])}
         skipped = {"compiled": "n/a: HypLL is not compiled"}
@@ -174,15 +176,17 @@ def _euc_layers(kind, C):
     return [nn.Conv2d(C, C, 3, padding=1), nn.BatchNorm2d(C), nn.ReLU(), nn.Conv2d(C, C, 3, padding=1), nn.BatchNorm2d(C)]
 
 
-def _setup_image(kind, B, C, H, W, pass_):
+def _setup_image(kind, B, C, H, W, pass_, dtype=torch.float32):
     def setup():
         import geoops.poincare as gp
 
         want = pass_ == "fwd+bwd"
-        x = _img(B, C, H, W).requires_grad_(want)
-        gout = torch.randn(B, C, H, W) if want else None
+        x = _img(B, C, H, W).to(dtype).requires_grad_(want)
+        gout = torch.randn(B, C, H, W).to(dtype) if want else None
         ball, geo = _geo_layers(kind, C)
         euc = _euc_layers(kind, C)
+        for m_ in [ball, *geo, *euc]:
+            m_.to(dtype)
 
         def seq(mods, x):
             for m_ in mods:
@@ -208,8 +212,10 @@ def _setup_image(kind, B, C, H, W, pass_):
         skipped = {"compiled": "n/a: HypLL is not compiled"}
         check = None
         try:
-            hball = _hypll_ball()
+            hball = _hypll_ball().to(dtype)
             hyp = _hyp_layers(kind, C, hball)
+            for m_ in hyp:
+                m_.to(dtype)
             with torch.no_grad():  # same weights as ours
                 for mg, mh in zip(geo, hyp):
                     for pg, ph in zip([p for n, p in mg.named_parameters() if not n.endswith("value")],
@@ -242,21 +248,22 @@ def rows(args, device: torch.device):
     ops = parse_list(args.ops, ALL_OPS, ALL_OPS, "op")
     N, n, m = _ints(args.poincare_fc)
     B, C, H, W = _ints(args.poincare_image)
-    dt = DTYPE_SHORT[torch.float32]
-    for op in ops:
-        for pass_ in args.passes:
-            mult = 1 if pass_ == "fwd" else 3
-            if op == "fc":
-                yield Row(family="poincare", op="fc", pass_=pass_, shape=[N, n, m], dtype=dt,
-                          setup=_setup_fc(N, n, m, pass_), work=2.0 * N * n * m * mult, unit="GFLOP/s",
-                          limit="nn.functional.linear (same GEMM)", peer=PEER, check_tol=1e-3)
-            else:
-                flops = 2.0 * B * H * W * C * C * 9 * (2 if op == "block" else 1) if op in ("conv2d", "block") else 0
-                # bytes: fwd reads x, writes y; the backward reads grad_out and x, writes dx (5 tensors in all)
-                nbytes = 4.0 * B * C * H * W * (2 if pass_ == "fwd" else 5)
-                yield Row(family="poincare", op=op, pass_=pass_, shape=[B, C, H, W], dtype=dt,
-                          setup=_setup_image(op, B, C, H, W, pass_),
-                          work=(flops * mult if flops else nbytes), unit="GFLOP/s" if flops else "GB/s",
-                          limit={"conv2d": "nn.Conv2d", "batchnorm2d": "nn.BatchNorm2d", "relu": "torch.relu",
-                                 "block": "the Euclidean residual block"}[op],
-                          peer=PEER, check_tol=1e-3)
+    for dtype in args.dtypes or (torch.float32,):
+        dt, tol, esize = DTYPE_SHORT[dtype], (1e-9 if dtype == torch.float64 else 1e-3), dtype.itemsize
+        for op in ops:
+            for pass_ in args.passes:
+                mult = 1 if pass_ == "fwd" else 3
+                if op == "fc":
+                    yield Row(family="poincare", op="fc", pass_=pass_, shape=[N, n, m], dtype=dt,
+                              setup=_setup_fc(N, n, m, pass_, dtype), work=2.0 * N * n * m * mult, unit="GFLOP/s",
+                              limit="nn.functional.linear (same GEMM)", peer=PEER, check_tol=tol)
+                else:
+                    flops = 2.0 * B * H * W * C * C * 9 * (2 if op == "block" else 1) if op in ("conv2d", "block") else 0
+                    # bytes: fwd reads x, writes y; the backward reads grad_out and x, writes dx (5 tensors in all)
+                    nbytes = esize * B * C * H * W * (2 if pass_ == "fwd" else 5)
+                    yield Row(family="poincare", op=op, pass_=pass_, shape=[B, C, H, W], dtype=dt,
+                              setup=_setup_image(op, B, C, H, W, pass_, dtype),
+                              work=(flops * mult if flops else nbytes), unit="GFLOP/s" if flops else "GB/s",
+                              limit={"conv2d": "nn.Conv2d", "batchnorm2d": "nn.BatchNorm2d", "relu": "torch.relu",
+                                     "block": "the Euclidean residual block"}[op],
+                              peer=PEER, check_tol=tol)

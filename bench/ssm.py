@@ -36,6 +36,9 @@ TITLE = "diagonal SSM (S4D) kernel generation and FFT convolution vs the eager r
 PEER = "eager"
 PEER_MODULES = ("scipy",)  # scipy.signal, the family's test oracle: its version goes into the JSON
 ALL_OPS = ("s4d_kernel", "s4d_kernel_64k", "fftconv", "ssm_conv")
+OP_NAMES = ALL_OPS  # the ops --ops may name
+DTYPES = (torch.float32, torch.float64)  # the rows' dtypes (complex64 / complex128 parameters)
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def add_arguments(parser) -> None:
@@ -130,13 +133,14 @@ def peak_extra(fn: Callable[[], object], device, leaves=()) -> int:
 
 
 # ---------------------------------------------------------------- inputs and contenders
-def _params(H, N, device, seed=0):
+def _params(H, N, device, seed=0, dtype=torch.float32):
+    """log_dt (H,) in `dtype`; A, B, C (H, N) in its complex dtype (the same values for fp32 and fp64)."""
     g = torch.Generator().manual_seed(seed)
     log_dt = torch.rand(H, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
     A = torch.complex(-0.5 * torch.ones(H, N), math.pi * torch.arange(N, dtype=torch.float32).expand(H, N))
     B = torch.ones(H, N, dtype=torch.complex64)
     C = torch.randn(H, N, generator=g, dtype=torch.complex64)
-    return [t.to(device) for t in (log_dt, A, B, C)]
+    return [log_dt.to(device=device, dtype=dtype)] + [t.to(device=device, dtype=_COMPLEX[dtype]) for t in (A, B, C)]
 
 
 def eager_s4d_kernel(log_dt, A, B, C, L: int):
@@ -161,19 +165,19 @@ _compiled: Dict[str, Callable] = {}
 
 
 
-def _s4d_setup(H, N, L, pass_, device, args, with_peer):
+def _s4d_setup(H, N, L, pass_, device, args, with_peer, dtype=torch.float32):
     def setup():
         import geoops.ssm as gs
 
         want = pass_ == "fwd+bwd"
-        ps = [t.detach().requires_grad_(want) for t in _params(H, N, device)]
-        gout = torch.randn(H, L, device=device) if want else None
+        ps = [t.detach().requires_grad_(want) for t in _params(H, N, device, dtype=dtype)]
+        gout = torch.randn(H, L, device=device, dtype=dtype) if want else None
         calls = {"geoops": lambda *p: gs.s4d_kernel(*p, L)}
         T, J = _blocking(L)
-        W = torch.randn(H, J, 2 * N, device=device)
-        Z = torch.randn(H, 2 * N, T, device=device)
-        Zb = torch.randn(H, T, 4 * N, device=device)
-        G = torch.randn(H, J, T, device=device)
+        W = torch.randn(H, J, 2 * N, device=device, dtype=dtype)
+        Z = torch.randn(H, 2 * N, T, device=device, dtype=dtype)
+        Zb = torch.randn(H, T, 4 * N, device=device, dtype=dtype)
+        G = torch.randn(H, J, T, device=device, dtype=dtype)
         skipped = {}
         if with_peer:
             calls["peer"] = lambda *p: eager_s4d_kernel(*p, L)
@@ -220,17 +224,18 @@ def _conv_contenders(calls, ins, pass_, gout, u, n, args, row_extra):
     return fns, (check if pass_ == "fwd" else None)
 
 
-def _fft_setup(Bn, H, L, pass_, device, args):
+def _fft_setup(Bn, H, L, pass_, device, args, dtype=torch.float32):
     def setup():
         import geoops.ssm as gs
 
         want = pass_ == "fwd+bwd"
         g = torch.Generator().manual_seed(1)
-        u = torch.randn(Bn, H, L, generator=g).to(device).requires_grad_(want)
-        k = (torch.randn(H, L, generator=g) * torch.exp(-torch.arange(L) / 2000.0)).to(device).requires_grad_(want)
-        D = torch.randn(H, generator=g).to(device).requires_grad_(want)
+        u = torch.randn(Bn, H, L, generator=g).to(device=device, dtype=dtype).requires_grad_(want)
+        k = (torch.randn(H, L, generator=g) * torch.exp(-torch.arange(L) / 2000.0)).to(
+            device=device, dtype=dtype).requires_grad_(want)
+        D = torch.randn(H, generator=g).to(device=device, dtype=dtype).requires_grad_(want)
         ins = [u, k, D]
-        gout = torch.randn(Bn, H, L, device=device) if want else None
+        gout = torch.randn(Bn, H, L, device=device, dtype=dtype) if want else None
         calls = {"geoops": lambda u, k, D: gs.fftconv(u, k, D), "peer": eager_fftconv}
         skipped = {}
         comp = compiled_peer(_compiled, "fft", eager_fftconv, args.no_compile, skipped)
@@ -242,17 +247,17 @@ def _fft_setup(Bn, H, L, pass_, device, args):
     return setup, row_extra
 
 
-def _pair_setup(Bn, H, N, L, pass_, device, args):
+def _pair_setup(Bn, H, N, L, pass_, device, args, dtype=torch.float32):
     def setup():
         import geoops.ssm as gs
         from geoops.reference.ssm import fft_size
 
         want = pass_ == "fwd+bwd"
         g = torch.Generator().manual_seed(2)
-        u = torch.randn(Bn, H, L, generator=g).to(device).requires_grad_(want)
-        D = torch.randn(H, generator=g).to(device).requires_grad_(want)
-        ins = [u] + [t.detach().requires_grad_(want) for t in _params(H, N, device)] + [D]
-        gout = torch.randn(Bn, H, L, device=device) if want else None
+        u = torch.randn(Bn, H, L, generator=g).to(device=device, dtype=dtype).requires_grad_(want)
+        D = torch.randn(H, generator=g).to(device=device, dtype=dtype).requires_grad_(want)
+        ins = [u] + [t.detach().requires_grad_(want) for t in _params(H, N, device, dtype=dtype)] + [D]
+        gout = torch.randn(Bn, H, L, device=device, dtype=dtype) if want else None
 
         def pair(u, log_dt, A, B, C, D):
             return gs.fftconv(u, gs.s4d_kernel(log_dt, A, B, C, L), D)
@@ -268,29 +273,30 @@ def _pair_setup(Bn, H, N, L, pass_, device, args):
 def rows(args, device: torch.device):
     ops = parse_list(args.ops, ALL_OPS, ALL_OPS, "op")
     H, N, L, Bn = args.ssm_H, args.ssm_N, args.ssm_L, args.ssm_B
-    dtype = torch.float32
-    for op in ops:
-        for pass_ in args.passes:
-            mult = 1 if pass_ == "fwd" else 3
-            if op in ("s4d_kernel", "s4d_kernel_64k"):
-                LL = L if op == "s4d_kernel" else 65536
-                setup, extra = _s4d_setup(H, N, LL, pass_, device, args, with_peer=op == "s4d_kernel")
-                yield Row(family="ssm", op="s4d_kernel", pass_=pass_, shape=[H, N, LL], dtype=DTYPE_SHORT[dtype],
-                          setup=setup, work=8.0 * H * N * LL * mult, unit="GFLOP/s",
-                          limit="bmm of the blocked real GEMM", peer=PEER, check_tol=1e-3, extra=extra,
-                          label="" if op == "s4d_kernel" else "64K, no peer")
-            elif op == "ssm_conv":
-                n = 2 * L
-                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
-                setup, extra = _pair_setup(Bn, H, N, L, pass_, device, args)
-                yield Row(family="ssm", op="ssm_conv", pass_=pass_, shape=[Bn, H, N, L], dtype=DTYPE_SHORT[dtype],
-                          setup=setup, work=2.5 * n * math.log2(n) * ffts + 8.0 * H * N * L * mult,
-                          unit="GFLOP/s", limit="irfft(rfft(u, n), n)", peer="s4d_kernel+fftconv",
-                          check_tol=1e-4, extra=extra, label="vs the two calls")
-            else:
-                n = 2 * L
-                ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
-                setup, extra = _fft_setup(Bn, H, L, pass_, device, args)
-                yield Row(family="ssm", op="fftconv", pass_=pass_, shape=[Bn, H, L], dtype=DTYPE_SHORT[dtype],
-                          setup=setup, work=2.5 * n * math.log2(n) * ffts, unit="GFLOP/s",
-                          limit="irfft(rfft(u, 2L), 2L)", peer=PEER, check_tol=1e-4, extra=extra)
+    for dtype in args.dtypes or (torch.float32,):
+        tol = 1e-9 if dtype == torch.float64 else None
+        for op in ops:
+            for pass_ in args.passes:
+                mult = 1 if pass_ == "fwd" else 3
+                if op in ("s4d_kernel", "s4d_kernel_64k"):
+                    LL = L if op == "s4d_kernel" else 65536
+                    setup, extra = _s4d_setup(H, N, LL, pass_, device, args, with_peer=op == "s4d_kernel", dtype=dtype)
+                    yield Row(family="ssm", op="s4d_kernel", pass_=pass_, shape=[H, N, LL], dtype=DTYPE_SHORT[dtype],
+                              setup=setup, work=8.0 * H * N * LL * mult, unit="GFLOP/s",
+                              limit="bmm of the blocked real GEMM", peer=PEER, check_tol=tol or 1e-3, extra=extra,
+                              label="" if op == "s4d_kernel" else "64K, no peer")
+                elif op == "ssm_conv":
+                    n = 2 * L
+                    ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
+                    setup, extra = _pair_setup(Bn, H, N, L, pass_, device, args, dtype)
+                    yield Row(family="ssm", op="ssm_conv", pass_=pass_, shape=[Bn, H, N, L], dtype=DTYPE_SHORT[dtype],
+                              setup=setup, work=2.5 * n * math.log2(n) * ffts + 8.0 * H * N * L * mult,
+                              unit="GFLOP/s", limit="irfft(rfft(u, n), n)", peer="s4d_kernel+fftconv",
+                              check_tol=tol or 1e-4, extra=extra, label="vs the two calls")
+                else:
+                    n = 2 * L
+                    ffts = (2 * Bn * H + H) if pass_ == "fwd" else (4 * Bn * H + 2 * H)  # bwd: rfft(g), irfft du, dk
+                    setup, extra = _fft_setup(Bn, H, L, pass_, device, args, dtype)
+                    yield Row(family="ssm", op="fftconv", pass_=pass_, shape=[Bn, H, L], dtype=DTYPE_SHORT[dtype],
+                              setup=setup, work=2.5 * n * math.log2(n) * ffts, unit="GFLOP/s",
+                              limit="irfft(rfft(u, 2L), 2L)", peer=PEER, check_tol=tol or 1e-4, extra=extra)

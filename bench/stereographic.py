@@ -261,7 +261,7 @@ def rows(args, device: torch.device):
     short = getattr(args, "short_rows", False)
     default_ops = SHORT_OPS if short else (ALL_OPS + PAIR_OPS + TRIPLE_OPS if full else
                                            QUICK_OPS + PAIR_OPS + TRIPLE_OPS)
-    ops = parse_list(args.ops, default_ops, ALL_OPS + PAIR_OPS + TRIPLE_OPS, "op")
+    ops = parse_list(args.ops, default_ops, OP_NAMES, "op")
     yield from pair_rows(args, device, [o for o in ops if o in PAIR_OPS])
     yield from triple_rows(args, device, [o for o in ops if o in TRIPLE_OPS])
     ops = [o for o in ops if o in OPS]
@@ -386,7 +386,8 @@ def wordnet_row(dtype):
     return Row(family="stereographic", op="wordnet", pass_="fwd+bwd", shape=[1182, 10, 64, 10],
                dtype=DTYPE_SHORT[dtype], setup=wordnet.epoch_row_setup, work=0.0, unit="GB/s",
                limit="same loop, Euclidean distance + torch SGD", peer="geoopt RiemannianSGD epoch",
-               label="epoch: nodes, dim, batch, negatives")
+               label=f"epoch at {wordnet.ROW_THREADS} thread{'s' if wordnet.ROW_THREADS > 1 else ''}: nodes, dim, "
+                     "batch, negatives")
 
 
 def _fwd_bwd(call, leaves, g):
@@ -663,3 +664,7 @@ def _triple_setup(op, pass_, n, d, dtype, device, vs):
         return (*_timed_calls(calls, [x, y, u], g, need), skipped)
 
     return setup
+
+
+OP_NAMES = ALL_OPS + PAIR_OPS + TRIPLE_OPS  # the ops --ops may name
+DTYPES_NOTE = "stereographic: fp16 / bf16 for the row ops only, not the pairwise and three-vector ops"

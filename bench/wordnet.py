@@ -28,6 +28,7 @@ import torch
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "wordnet"
 MAMMALS = DATA_DIR / "mammal_closure.tsv.gz"
+ROW_THREADS = 1  # torch threads of every contender of the runner's wordnet row, whatever --threads says
 
 
 # ---------------------------------------------------------------- data
@@ -258,7 +259,7 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------- the bench row (python -m geoops.bench)
-def epoch_row_setup(path=MAMMALS, *, dim=10, n_neg=10, batch=64, lr=10.0, threads=1, seed=0):
+def epoch_row_setup(path=MAMMALS, *, dim=10, n_neg=10, batch=64, lr=10.0, threads=ROW_THREADS, seed=0):
     """Row.setup of the ``wordnet`` row: one epoch (the same presampled batches every call) on plain geoopt
     ("peer"), under patch_geoopt() ("geoops"), and the same loop with the Euclidean squared distance and
     torch.optim.SGD ("limit": indexing, loss, autograd and optimizer bookkeeping without any hyperbolic math)."""

@@ -7,6 +7,7 @@ on which contender was measured first.  Tiny shapes; no timing.
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -402,3 +403,263 @@ def test_gaunt_cpu_time_rounds_vary_the_order():
     bg.cpu_ms_interleaved(calls, repeats=4)
     rounds = [seq[i:i + 4] for i in range(4, len(seq), 4)]  # after one warm-up call each
     assert len({tuple(r) for r in rounds}) == 4, rounds
+
+
+# ---------------------------------------------------------------- the runner's mechanics (helper "benchfix2")
+def _fake_family(name, ops, seen, *, dtypes=None, prepare=None, rows_error=None):
+    """A family module for the runner: `ops` (each one row per dtype and pass, doing nothing); a row's setup
+    appends (family, op, dtype) to `seen`.  `rows_error`: rows() raises it (a bad family option)."""
+    import types
+
+    mod = types.ModuleType(f"bench.fake_{name}")
+    mod.TITLE, mod.PEER, mod.OP_NAMES = name, "eager", tuple(ops)
+    if dtypes is not None:
+        mod.DTYPES = tuple(dtypes)
+    if prepare is not None:
+        mod.prepare = prepare
+
+    def rows(args, device):
+        if rows_error is not None:
+            raise rows_error
+        for op in _runner.parse_list(args.ops, ops, ops, "op"):
+            for dt in args.dtypes or (torch.float32,):
+                for pass_ in args.passes:
+                    def setup(op=op, dt=dt):
+                        seen.append((name, op, _runner.DTYPE_SHORT[dt]))
+                        return {"geoops": lambda: None, "limit": lambda: None}, None, {}
+                    yield _runner.Row(family=name, op=op, pass_=pass_, shape=[1], dtype=_runner.DTYPE_SHORT[dt],
+                                      setup=setup)
+    mod.rows = rows
+    return mod
+
+
+@pytest.fixture
+def fake_runner(monkeypatch):
+    """Point the runner at fake families: fake_runner({name: module}) -> run(argv, tmp) -> (rc, json or None)."""
+    import json
+
+    import geoops
+
+    monkeypatch.setattr(_runner, "copy_bandwidth", lambda device: {"mib": 1, "median_ms": 1.0, "gbps": 1.0})
+
+    def install(mods):
+        monkeypatch.setattr(geoops, "FAMILIES", tuple(mods))
+        monkeypatch.setattr(_runner, "_family_module", lambda f: mods[f])
+
+        def run(argv, out):
+            rc = _runner.main([*argv, "--passes", "fwd", "--repeats", "1", "--warmup", "1", "--no-plot",
+                               "--no-settle", "--device", "cpu", "--out", str(out)])
+            files = list(out.glob("*.json"))
+            return rc, (json.loads(files[0].read_text()) if files else None)
+        return run
+    return install
+
+
+def test_ops_of_several_families_each_family_takes_its_own(fake_runner, tmp_path):
+    """--ops naming ops of two families ran the first family, then stopped at the second one's op check (the op
+    of the first family is not one of its ops) with SystemExit: nothing was written.  Each family now takes the
+    ops it has; a family with none of them is skipped."""
+    seen = []
+    run = fake_runner({"fa": _fake_family("fa", ("a1", "a2"), seen), "fb": _fake_family("fb", ("b1", "b2"), seen),
+                       "fc": _fake_family("fc", ("c1",), seen)})
+    rc, res = run(["--no-compile", "--ops", "a2,b1"], tmp_path)
+    assert rc == 0 and sorted(seen) == [("fa", "a2", "fp32"), ("fb", "b1", "fp32")]
+    assert {t["family"]: [r["op"] for r in t["rows"]] for t in res["tables"]} == {"fa": ["a2"], "fb": ["b1"]}
+
+
+def test_an_op_no_family_has_is_an_error_before_any_timing(fake_runner, tmp_path):
+    seen = []
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen), "fb": _fake_family("fb", ("b1",), seen)})
+    with pytest.raises(SystemExit) as e:
+        run(["--no-compile", "--ops", "a1,zz"], tmp_path)
+    msg = str(e.value)
+    assert "zz" in msg and "fa: a1" in msg and "fb: b1" in msg, msg
+    assert seen == [] and not list(tmp_path.glob("*.json"))
+
+
+def test_a_bad_family_option_stops_the_run_before_any_timing(fake_runner, tmp_path):
+    """Every family's rows are listed before the first one is timed: an option error of the second family (a
+    malformed shape, say) stops the run up front, not after the first family's minutes of timing."""
+    seen = []
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen),
+                       "fb": _fake_family("fb", ("b1",), seen, rows_error=ValueError("bad --fb-shape"))})
+    with pytest.raises(SystemExit) as e:
+        run(["--no-compile"], tmp_path)
+    assert "fb" in str(e.value) and "bad --fb-shape" in str(e.value)
+    assert seen == []
+
+
+def test_dtype_each_family_takes_the_dtypes_it_runs(fake_runner, tmp_path):
+    """A family declares the dtypes its rows run (DTYPES); --dtype gives each the ones it has, a family with none
+    is skipped (the table says so), and a dtype no selected family runs is an error up front."""
+    seen = []
+    mods = {"fa": _fake_family("fa", ("a1",), seen, dtypes=(torch.float32, torch.float64)),
+            "fb": _fake_family("fb", ("b1",), seen)}
+    run = fake_runner(mods)
+    rc, res = run(["--no-compile", "--dtype", "fp64,bf16"], tmp_path)
+    assert rc == 0 and sorted(seen) == [("fa", "a1", "fp64"), ("fb", "b1", "bf16"), ("fb", "b1", "fp64")]
+    notes = {t["family"]: " ".join(t["notes"].values()) for t in res["tables"]}
+    assert "bf16" in notes["fa"], notes
+    seen.clear()
+    with pytest.raises(SystemExit) as e:
+        run(["--no-compile", "--families", "fa", "--dtype", "bf16"], tmp_path / "x")
+    assert "bf16" in str(e.value) and "fa: fp32, fp64" in str(e.value)
+    assert seen == []
+
+
+def test_a_failing_family_keeps_the_others_results_and_fails_the_run(fake_runner, tmp_path):
+    """A family that raised (its prepare, a contender failing after its first call) ended the run with a traceback
+    and no results at all, the earlier families' included.  It is reported, the others still run, the results are
+    written, and the exit status says the run is partial."""
+    seen = []
+
+    def boom(args, log):
+        raise RuntimeError("prepare failed")
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen, prepare=boom), "fb": _fake_family("fb", ("b1",), seen)})
+    rc, res = run(["--no-compile"], tmp_path)
+    assert rc == 1 and seen == [("fb", "b1", "fp32")]
+    tabs = {t["family"]: t for t in res["tables"]}
+    assert "prepare failed" in tabs["fa"]["error"] and [r["op"] for r in tabs["fb"]["rows"]] == ["b1"]
+    assert res["meta"]["failed_families"] == ["fa"]
+    assert "prepare failed" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_an_interrupted_run_writes_what_it_measured(fake_runner, tmp_path):
+    """Ctrl-C in the middle of a long run lost every row measured so far; now they are written (the run marked
+    interrupted) and the exit status is 130."""
+    seen = []
+    mod = _fake_family("fb", ("b1", "b2"), seen)
+    rows0 = mod.rows
+
+    def rows(args, device):
+        for r in rows0(args, device):
+            if r.op == "b2":
+                def stop():
+                    raise KeyboardInterrupt
+                r.setup = stop
+            yield r
+    mod.rows = rows
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen), "fb": mod})
+    rc, res = run(["--no-compile"], tmp_path)
+    assert rc == 130 and res["meta"]["interrupted"]
+    assert [[r["op"] for r in t["rows"]] for t in res["tables"]] == [["a1"], ["b1"]]
+
+
+def test_a_familys_compile_settings_do_not_leak_into_the_next(fake_runner, tmp_path, monkeypatch):
+    """The stereographic family turns on dynamo's nested_graph_breaks for torch.compile(geoopt) and left it on for
+    every family after it (their compiled peers then compiled under another setting than in a run of their own).
+    The runner restores torch's compile settings (and the thread count) after each family."""
+    import torch._dynamo as dynamo
+
+    from bench import stereographic
+
+    monkeypatch.setattr(dynamo.config, "nested_graph_breaks", False)
+    seen, during = [], []
+    mod = _fake_family("fb", ("b1",), seen)
+    rows0 = mod.rows
+
+    def rows(args, device):
+        for r in rows0(args, device):
+            setup0 = r.setup
+
+            def setup(setup0=setup0):
+                during.append((dynamo.config.nested_graph_breaks, torch.get_num_threads()))
+                return setup0()
+            r.setup = setup
+            yield r
+    mod.rows = rows
+
+    def prep(args, log):
+        torch.set_num_threads(1)
+        return stereographic.prepare(args, log)
+    threads = torch.get_num_threads()
+    fa = _fake_family("fa", ("a1",), seen, prepare=prep)
+    fa.add_arguments = stereographic.add_arguments  # --compile-nested
+    run = fake_runner({"fa": fa, "fb": mod})
+    rc, _ = run(["--compile-nested", "on"], tmp_path)
+    assert rc == 0 and during == [(False, threads)]
+    assert dynamo.config.nested_graph_breaks is False and torch.get_num_threads() == threads
+
+
+def test_attention_and_gaunt_honour_ops():
+    """attention and gaunt ignored --ops (every row ran whatever was asked)."""
+    with pytest.raises(SystemExit, match="nope"):
+        _rows("attention", ["--attention-n", "32", "--ops", "nope"])
+    assert {r.op for r in _rows("attention", ["--attention-n", "32", "--ops", "triple_attention"])} == \
+        {"triple_attention"}
+    g = ["--gaunt-lmax", "1", "--gaunt-rows", "2", "--gaunt-channels", "1", "--gaunt-forces-lmax", "1"]
+    assert {r.op for r in _rows("gaunt", [*g, "--ops", "gaunt_forces"])} == {"gaunt_forces"}
+    assert {r.op for r in _rows("gaunt", [*g, "--ops", "gaunt_tensor_product"])} == {"gaunt_tensor_product"}
+    from geoops import FAMILIES
+
+    for fam in FAMILIES:  # every family lists the ops --ops may name (the runner splits --ops by them)
+        ops = _runner._family_module(fam).OP_NAMES
+        assert ops and all(isinstance(o, str) for o in ops), fam
+
+
+@pytest.mark.parametrize("family,argv", [
+    ("ssm", ["--ops", "s4d_kernel,fftconv,ssm_conv", "--ssm-H", "2", "--ssm-N", "2", "--ssm-L", "16", "--ssm-B", "1",
+             "--ssm-no-memory"]),
+    ("poincare", ["--ops", "fc,relu", "--poincare-fc", "4,3,2", "--poincare-image", "1,2,2,2"]),
+])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_ssm_and_poincare_honour_dtype(family, argv, pass_):
+    """ssm and poincare ran fp32 whatever --dtype said (and labelled the rows fp32)."""
+    rows = _rows(family, [*argv, "--dtype", "fp64", "--passes", pass_])
+    assert rows and {r.dtype for r in rows} == {"fp64"}
+    for r in rows:
+        fns, _, _ = r.setup()
+        for name in ("geoops", "limit", "peer"):
+            if name in fns:
+                out = fns[name]()
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                assert out.dtype in (torch.float64, torch.complex128), (r.op, name, out.dtype)
+
+
+def test_help_says_which_ops_and_dtypes_each_family_runs(capsys):
+    with pytest.raises(SystemExit):
+        _args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ssm: s4d_kernel, s4d_kernel_64k, fftconv, ssm_conv" in text, text
+    assert "gaunt: gaunt_tensor_product, gaunt_forces" in text
+    assert "ssm: fp32, fp64" in text and "poincare: fp32, fp64" in text
+
+
+def test_wordnet_row_says_it_runs_at_one_thread():
+    """The wordnet row runs every contender at 1 torch thread whatever --threads says; its label did not say so
+    (next to rows measured at 2 threads)."""
+    import inspect
+
+    from bench import stereographic, wordnet
+
+    r = stereographic.wordnet_row(torch.float32)
+    n = inspect.signature(wordnet.epoch_row_setup).parameters["threads"].default
+    assert n == wordnet.ROW_THREADS == 1 and "1 thread" in r.label, r.label
+
+
+def _load_script(path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ab_" + Path(path).parent.name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ab_scripts_use_the_runners_round_order():
+    """scripts/*/ab.py kept their own orders (rows_ab rotated, the others one fixed order), each contender always
+    after the same one; they take the runner's round order (bench._timing.round_order)."""
+    from pathlib import Path
+
+    from bench._timing import round_order
+
+    root = Path(__file__).resolve().parents[1]
+    ab = _load_script(root / "scripts" / "rows_ab" / "ab.py")
+    seq = []
+    calls = {n: (lambda inp, n=n: seq.append(n)) for n in "abc"}
+    ab.timed_rounds(calls, None, 4, 1, time.perf_counter)
+    assert [seq[3 * r:3 * r + 3] for r in range(4)] == [round_order(list("abc"), r) for r in range(4)]
+    for name in ("long_rows", "short_rows", "triple_bwd"):
+        src = (root / "scripts" / name / "ab.py").read_text()
+        assert "round_order(" in src, name
