@@ -1,5 +1,5 @@
 """Interleaved A/B of the fp32 2^18 x D row ops: the limit op, geoops (variants set by env knobs read per call) and
-torch.compile(geoopt), in one process, rounds rotated, medians (1 thread: thread CPU time, else wall time),
+torch.compile(geoopt), in one process, rounds in the runner's order (bench._timing.round_order), medians (1 thread: thread CPU time, else wall time),
 and the medians of the per-round ratios.
 
 usage: python scripts/rows_ab/ab.py OPS THREADS ROUNDS [VARIANT ...]
@@ -15,10 +15,11 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 from bench import stereographic as bs  # noqa: E402
+from bench._timing import round_order  # noqa: E402
 
 
 def timed_rounds(calls, inp, rounds, reps, clock, envs=None, warmup=0):
-    """{name: [ms per round]}: each round calls every entry of `calls` (order rotated by one per round) `reps` times
+    """{name: [ms per round]}: each round calls every entry of `calls` (in the runner's round order) `reps` times
     with its env settings (envs[name]) in place, and keeps the median."""
     envs = envs or {}
     names = list(calls)
@@ -27,7 +28,7 @@ def timed_rounds(calls, inp, rounds, reps, clock, envs=None, warmup=0):
         for k in names:
             calls[k](inp)
     for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+        for k in round_order(names, r):
             old = {e: os.environ.get(e) for e in envs.get(k, {})}
             os.environ.update(envs.get(k, {}))
             best = []

@@ -1,5 +1,5 @@
 """A/B of the fp32 short-row forward: default vs GEOOPS_STEREO_F32_MOB=0 (or KNOB=0), x the limit op.
-1 thread, time.thread_time, interleaved rounds, medians.  usage: ab.py DIMS OPS ROUNDS [KNOB]
+1 thread, time.thread_time, interleaved rounds (bench._timing.round_order), medians.  usage: ab.py DIMS OPS ROUNDS [KNOB]
 (KNOB may be a comma list: every one of them set to 0 for "old", e.g. GEOOPS_STEREO_F32_REG,GEOOPS_STEREO_F32_MOB;
 KNOB=VAL sets that value instead of 0, e.g. GEOOPS_STEREO_F32_ROWS=2)
 pf: median minor page faults per call (limit / new): a call whose output lands on fresh pages (glibc returns large
@@ -11,6 +11,7 @@ import torch
 torch.set_num_threads(1)
 import geoops.stereographic as gs
 from bench.stereographic import make_inputs, limit_call, op_call, geoops_fn
+from bench._timing import round_order
 
 dims = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "2,5,10,16").split(",")]
 ops = (sys.argv[2] if len(sys.argv) > 2 else "mobius_add,expmap,logmap,expmap0,logmap0").split(",")
@@ -36,8 +37,10 @@ for d in dims:
         for f in (new, old, lambda: lim(inp)): f(); f()
         tl, tn, to = [], [], []
         PF.clear()
-        for r in range(R):
-            tl.append(t1(lambda: lim(inp), "l")); tn.append(t1(new, "n")); to.append(t1(old))
+        F = {"l": (tl, lambda: lim(inp), "l"), "n": (tn, new, "n"), "o": (to, old, None)}
+        for r in range(R):  # the runner's round order: position and predecessor vary
+            for k in round_order(list(F), r):
+                F[k][0].append(t1(F[k][1], F[k][2]))
         for kn in KNOB.split(","): os.environ.pop(kn.split("=")[0], None)
         ml = st.median(tl)
         print(f"D={d:2d} {op:10s} limit {ml*1e3:6.2f} ms  new {st.median(tn)/ml:5.2f}x (min {min(tn)/min(tl):4.2f})  "

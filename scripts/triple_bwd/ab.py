@@ -3,7 +3,7 @@
 usage: ab.py OLD_SO [SHAPES] [OPS] [ROUNDS] [DTYPES]
   OLD_SO  path of a geoops._C built from the older sources (copy geoops/_C*.so aside before rebuilding)
   SHAPES  e.g. 262144x64,16384x64,64x16;  OPS e.g. gyration,parallel_transport,dist2plane;  DTYPES float32,float64
-1 thread, time.thread_time (CPU time: fair under load), interleaved rounds, medians.  Per op and shape:
+1 thread, time.thread_time (CPU time: fair under load), interleaved rounds (bench._timing.round_order), medians.  Per op and shape:
   kernel fwd, kernel bwd (gradients to every vector), public fwd+bwd (autograd, gradients to every vector);
   old / new and geoopt's fwd and fwd+bwd in the same rounds.
 """
@@ -17,6 +17,11 @@ import torch
 torch.set_num_threads(1)
 import geoops.stereographic as gs
 from geoops import _backend
+
+try:
+    from bench._timing import round_order
+except ImportError:  # run from outside the checkout's root: the installed name
+    from geoops.bench._timing import round_order
 
 old_so = sys.argv[1]
 shapes = [tuple(int(v) for v in s.split("x")) for s in (sys.argv[2] if len(sys.argv) > 2 else "262144x64,16384x64,64x16").split(",")]
@@ -100,8 +105,9 @@ for dt in dtypes:
             for f in cases.values():
                 f(), f()
             T = {name: [] for name in cases}
-            for r in range(R):
-                for name, f in cases.items():
+            for r in range(R):  # the runner's round order: position and predecessor vary
+                for name in round_order(list(cases), r):
+                    f = cases[name]
                     T[name].append(t1(lambda: [f() for _ in range(reps)]) / reps)
             m = {name: st.median(v) for name, v in T.items()}
             ratio = lambda a, b: st.median([x / y for x, y in zip(T[a], T[b])])
