@@ -15,8 +15,9 @@ Each family lists its rows in ``bench/<family>.py`` (installed as ``geoops.bench
 ``--ops`` and ``--dtype`` are split among the families: each gets the ones it has (``args.ops``, ``args.dtypes``
 of its own copy of the options); a family with none is skipped, and a name no selected family has is an error
 before anything is timed.  Every family's rows are listed before the first is timed (an option error stops the
-run up front); torch's compile settings and thread count are restored after each family; a family that fails is
-reported in its table, the others still run, the results are written and the exit status is 1 (130 after Ctrl-C).
+run up front); torch's compile settings and thread count are restored after each family; a contender that raises
+after its first call is reported in its row and the others are timed; a family that fails is reported in its table,
+the others still run, the results are written (not published) and the exit status is 1 (130 after Ctrl-C).
 
 A row's contenders, all doing the same work in the same pass, run interleaved in one loop
 (``bench/_timing.py``): "geoops" (the op under test, default backend for the device), "limit" (the
@@ -49,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._timing import copy_bandwidth, interleaved, time_call
+from ._timing import ContenderError, copy_bandwidth, interleaved, time_call
 
 HERE = Path(__file__).resolve().parent
 SOURCE_RESULTS = HERE / "results"  # committed tables (only in a source checkout)
@@ -362,8 +363,7 @@ def bench_row(row: Row, device, args, log) -> dict:
             out["check_vs_peer"] = _compare(*check())
         except Exception as e:
             out["errors"]["check"] = _fmt_err(e)
-    timings = interleaved(ready, device, repeats=args.repeats, warmup=args.warmup,
-                          clock=getattr(args, "clock", "wall"))
+    timings = _timed(ready, device, args, out["errors"], log, f"{row.op} {row.pass_}")
     out["timings"] = {name: t.as_dict() for name, t in timings.items()}
     out["extra"] = dict(row.extra)
     del fns, ready, check
@@ -371,6 +371,21 @@ def bench_row(row: Row, device, args, log) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return _finish_row(out, row)
+
+
+def _timed(ready: dict, device, args, errors: dict, log, what: str) -> dict:
+    """interleaved(ready): a contender that raises in a later call (warm-up or sample: out of memory, a
+    recompilation) is reported in `errors` and the others are timed again without it."""
+    ready = dict(ready)
+    while "geoops" in ready:
+        try:
+            return interleaved(ready, device, repeats=args.repeats, warmup=args.warmup,
+                               clock=getattr(args, "clock", "wall"))
+        except ContenderError as e:
+            errors[e.name] = _fmt_err(e.error)
+            log(f"  ! {what} {e.name}: {errors[e.name]} (after its first call; timing the others without it)")
+            del ready[e.name]
+    return {}
 
 
 def _finish_row(out: dict, row: Row) -> dict:
@@ -604,6 +619,10 @@ def parse_args(argv, families_mods):
     a.passes = tuple(x.strip() for x in a.passes.split(",") if x.strip())
     if any(x not in PASSES for x in a.passes):
         raise SystemExit(f"--passes: choose from {', '.join(PASSES)}")
+    for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1)):
+        v = getattr(a, name)
+        if v is not None and v < low:
+            raise SystemExit(f"--{name}: expected an integer >= {low}, got {v}")
     return a
 
 
@@ -785,7 +804,10 @@ def main(argv=None) -> int:
         log(f"torch.compile first calls (compilation) took {sum(compile_s):.1f} s in all")
 
     outs = [Path(args.out)]
-    if args.publish:
+    if args.publish and (failed or interrupted):
+        log(f"--publish: the run is partial ({'interrupted' if interrupted else 'failed: ' + ', '.join(failed)}); "
+            f"results written to {args.out} only, the committed tables are left as they are")
+    elif args.publish:
         if not SOURCE_RESULTS.parent.joinpath("__main__.py").exists() or not (HERE.parent / ".git").exists():
             log(f"--publish: {HERE} is not a source checkout's bench/ folder; results written to {args.out} only")
         else:

@@ -49,6 +49,15 @@ class Timing:
                 "samples_ms": [round(s, 6) for s in self.samples_ms]}
 
 
+class ContenderError(RuntimeError):
+    """What ``interleaved`` raises when a contender's call raises: ``name`` is the contender, ``error`` (also the
+    ``__cause__``) what it raised."""
+
+    def __init__(self, name: str, error: BaseException):
+        super().__init__(f"{name}: {type(error).__name__}: {error}")
+        self.name, self.error = name, error
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -133,7 +142,8 @@ def interleaved(
     Returns name -> Timing (median over `repeats` samples).  The callables
     must already be "prepared" (first call, JIT or torch.compile done): the
     `warmup` calls here are only there to settle caches, allocators and
-    profiling executors, and to size `inner`.  `clock`: "wall" (default) or
+    profiling executors, and to size `inner`.  A call that raises ends it with
+    a ContenderError naming the contender.  `clock`: "wall" (default) or
     "cpu" (process CPU time; CPU device only).
     """
     if min_sample_s is None:
@@ -141,13 +151,19 @@ def interleaved(
     names = list(fns)
     est = {}
     for name in names:
-        ts = [time_call(fns[name], device) for _ in range(max(1, warmup))]
+        try:
+            ts = [time_call(fns[name], device) for _ in range(max(1, warmup))]
+        except Exception as e:
+            raise ContenderError(name, e) from e
         est[name] = min(ts)
     inner = {n: int(min(max_inner, max(1, math.ceil(min_sample_s / max(est[n], 1e-9))))) for n in names}
     samples: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in round_order(names, r):
-            samples[name].append(_sample(fns[name], device, inner[name], clock))
+            try:
+                samples[name].append(_sample(fns[name], device, inner[name], clock))
+            except Exception as e:
+                raise ContenderError(name, e) from e
     out = {}
     for name in names:
         ms = [s * 1e3 for s in samples[name]]

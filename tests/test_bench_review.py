@@ -663,3 +663,61 @@ def test_ab_scripts_use_the_runners_round_order():
     for name in ("long_rows", "short_rows", "triple_bwd"):
         src = (root / "scripts" / name / "ab.py").read_text()
         assert "round_order(" in src, name
+
+
+def test_a_contender_failing_after_its_first_call_costs_only_itself(fake_runner, tmp_path):
+    """A contender that passed its first call and then raised (a second call out of memory, a recompilation
+    error) took the whole family down: the row now reports it and times the other contenders, and the family's
+    next rows run."""
+    seen = []
+    mod = _fake_family("fa", ("a1", "a2"), seen)
+    rows0 = mod.rows
+
+    def rows(args, device):
+        for r in rows0(args, device):
+            if r.op == "a1":
+                def setup():
+                    calls = []
+
+                    def flaky():
+                        calls.append(1)
+                        if len(calls) > 1:
+                            raise RuntimeError("out of memory on a later call")
+                    return {"geoops": lambda: None, "limit": lambda: None, "peer": flaky}, None, {}
+                r.setup = setup
+            yield r
+    mod.rows = rows
+    run = fake_runner({"fa": mod})
+    rc, res = run(["--no-compile"], tmp_path)
+    a1, a2 = res["tables"][0]["rows"]
+    assert rc == 0 and "out of memory" in a1["errors"]["peer"] and set(a1["timings"]) == {"geoops", "limit"}
+    assert a2["timings"] and seen == [("fa", "a2", "fp32")]
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--warmup", "-1"], ["--threads", "-2"]])
+def test_bad_counts_are_errors_up_front(argv, fake_runner, tmp_path):
+    """--repeats 0 reached statistics.median([]) in the first row (every row failed); the counts are checked with
+    the other options."""
+    seen = []
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen)})
+    with pytest.raises(SystemExit) as e:
+        _runner.main(["--no-compile", "--no-settle", "--out", str(tmp_path), *argv])
+    assert argv[0] in str(e.value) and seen == []
+
+
+def test_a_partial_run_does_not_publish(fake_runner, tmp_path, monkeypatch):
+    """--publish of a run where a family failed overwrote the committed latest-*.md table with the partial one;
+    a partial run writes to --out only and says so."""
+    seen = []
+    pub = tmp_path / "checkout" / "results"
+    pub.parent.mkdir()
+    (pub.parent / "__main__.py").write_text("")
+    monkeypatch.setattr(_runner, "SOURCE_RESULTS", pub)
+
+    def boom(args, log):
+        raise RuntimeError("prepare failed")
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen, prepare=boom), "fb": _fake_family("fb", ("b1",), seen)})
+    rc, res = run(["--no-compile", "--publish"], tmp_path / "out")
+    assert rc == 1 and res is not None and not pub.exists()
+    rc, res = run(["--no-compile", "--publish", "--families", "fb"], tmp_path / "out2")
+    assert rc == 0 and list(pub.glob("*.md"))
