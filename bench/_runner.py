@@ -17,7 +17,8 @@ of its own copy of the options); a family with none is skipped, and a name no se
 before anything is timed.  Every family's rows are listed before the first is timed (an option error stops the
 run up front); torch's compile settings and thread count are restored after each family; a contender that raises
 after its first call is reported in its row and the others are timed; a family that fails is reported in its table,
-the others still run, the results are written (not published) and the exit status is 1 (130 after Ctrl-C).
+the others still run, the results are written (not published) and the exit status is 1 (Ctrl-C or SIGTERM, as
+from `timeout`: the rows measured so far are written, exit status 130 or 143).
 
 A row's contenders, all doing the same work in the same pass, run interleaved in one loop
 (``bench/_timing.py``): "geoops" (the op under test, default backend for the device), "limit" (the
@@ -40,6 +41,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -748,6 +750,15 @@ def main(argv=None) -> int:
         "(JIT, torch.compile) are not timed; x limit = geoops / limit; vs X = X time / geoops time")
 
     tables, failed, interrupted = [], [], False
+    terminated = []
+
+    def on_term(signum, frame):  # `timeout` and job schedulers stop a run with SIGTERM: keep what was measured
+        terminated.append(signum)
+        raise KeyboardInterrupt("SIGTERM")
+    try:
+        prev_term = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        prev_term = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. inductor chatter; geoops' RuntimeWarnings still show
         for family, fargs, rows, note in plan:
@@ -776,14 +787,17 @@ def main(argv=None) -> int:
                         tab["rows"].append(res)
                         log(text_row(res, cols) + f"  [{i}/{len(rows)}, {time.perf_counter() - t_row:.1f} s]")
             except KeyboardInterrupt:
-                tab["error"] = "interrupted (Ctrl-C)"
-                interrupted = True
-                log(f"\n== interrupted in {family}: writing the {sum(len(t['rows']) for t in tables)} rows measured")
+                interrupted = "SIGTERM" if terminated else "Ctrl-C"
+                tab["error"] = f"interrupted ({interrupted})"
+                log(f"\n== interrupted ({interrupted}) in {family}: writing the "
+                    f"{sum(len(t['rows']) for t in tables)} rows measured")
                 break
             except Exception as e:  # one family's failure does not cost the others' results
                 tab["error"] = _fmt_err(e)
                 failed.append(family)
                 log(f"  ! {family} failed after {len(tab['rows'])} of {len(rows)} rows: {tab['error']}")
+    if prev_term is not None:
+        signal.signal(signal.SIGTERM, prev_term)
     meta["failed_families"] = failed
     meta["interrupted"] = interrupted
     meta["skipped_families"] = {f: note for f, fa, _, note in plan if fa is None}
@@ -833,4 +847,4 @@ def main(argv=None) -> int:
     if failed:
         what = ", ".join(f"{t['family']} ({t['error']})" for t in tables if t["family"] in failed)
         log(f"failed: {what}; the other families' results are in the files above")
-    return 130 if interrupted else 1 if failed else 0
+    return {"SIGTERM": 143, "Ctrl-C": 130}.get(interrupted, 1 if failed else 0)

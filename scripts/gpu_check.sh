@@ -265,13 +265,17 @@ fi
 # ---------------------------------------------------------------- 8.-11. benchmarks
 mkdir -p "$TMP/bench-all"
 bench() {  # bench NAME BACKEND ARGS...: one run, its json and markdown kept for $OUT/bench.tar.gz
-  local name=$1 backend=$2; shift 2
+  local name=$1 backend=$2 rc=0; shift 2
   rm -rf "$TMP/bench-$name"
-  "$PY" -m bench --backend "$backend" --no-plot --out "$TMP/bench-$name" "$@" || return $?
-  local j; j=$(ls -t "$TMP/bench-$name"/*.json | head -n 1)
-  cp "$j" "$TMP/bench-all/bench-$name.json"
+  # A partial run (a family failed; the step's timeout sent SIGTERM) still writes what it measured: keep it too.
+  # (the TERM trap lets this function go on once the run, which got the signal as well, has written its files)
+  trap ':' TERM
+  "$PY" -m bench --backend "$backend" --no-plot --out "$TMP/bench-$name" "$@" || rc=$?
+  trap - TERM
+  local j; j=$(ls -t "$TMP/bench-$name"/*.json 2>/dev/null | head -n 1)
+  [ -n "$j" ] && cp "$j" "$TMP/bench-all/bench-$name.json"
   for m in "$TMP/bench-$name"/*.md; do [ -f "$m" ] && cp "$m" "$TMP/bench-all/bench-$name-$(basename "$m")"; done
-  return 0
+  return $rc
 }
 export -f bench
 if [ "$DRY" = 1 ]; then

@@ -721,3 +721,60 @@ def test_a_partial_run_does_not_publish(fake_runner, tmp_path, monkeypatch):
     assert rc == 1 and res is not None and not pub.exists()
     rc, res = run(["--no-compile", "--publish", "--families", "fb"], tmp_path / "out2")
     assert rc == 0 and list(pub.glob("*.md"))
+
+
+def test_a_run_stopped_by_sigterm_writes_what_it_measured(fake_runner, tmp_path, monkeypatch):
+    """`timeout` (scripts/gpu_check.sh runs each bench step under one) stops a run with SIGTERM, which ended the
+    process at once: every row measured so far was lost.  The runner treats it like Ctrl-C (rows written, exit 143)
+    and puts the previous handler back when it returns."""
+    import os
+    import signal
+
+    class Terminated(Exception):
+        pass
+
+    def ours(signum, frame):  # stands in for the default action (which would end pytest)
+        raise Terminated
+
+    monkeypatch.setattr(signal, "getsignal", signal.getsignal)
+    old = signal.signal(signal.SIGTERM, ours)
+    try:
+        seen = []
+        mod = _fake_family("fb", ("b1", "b2"), seen)
+        rows0 = mod.rows
+
+        def rows(args, device):
+            for r in rows0(args, device):
+                if r.op == "b2":
+                    def term():
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return {"geoops": lambda: None}, None, {}
+                    r.setup = term
+                yield r
+        mod.rows = rows
+        run = fake_runner({"fa": _fake_family("fa", ("a1",), seen), "fb": mod})
+        rc, res = run(["--no-compile"], tmp_path)
+        assert rc == 143 and res["meta"]["interrupted"] == "SIGTERM"
+        assert [[r["op"] for r in t["rows"]] for t in res["tables"]] == [["a1"], ["b1"]]
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_gpu_check_keeps_a_partial_runs_results(tmp_path):
+    """scripts/gpu_check.sh's bench step returned at a failing run's exit status before copying its JSON and markdown
+    into the tarball: the rows a partial run wrote (a failed family, the step's timeout) were lost."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "fakepy.sh"  # "$PY -m bench ... --out DIR": writes a result, then fails like a partial run
+    fake.write_text('#!/bin/bash\nwhile [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\n'
+                    'mkdir -p "$out"; echo "{}" > "$out/r.json"; echo t > "$out/latest.md"; exit 1\n')
+    fake.chmod(0o755)
+    script = (f'TMP={tmp_path}; PY={fake}; mkdir -p $TMP/bench-all\n'
+              f'eval "$(sed -n \'/^bench() {{/,/^}}/p\' {root}/scripts/gpu_check.sh)"\n'
+              'bench t cpp --families x; echo "rc=$?"')
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert "rc=1" in r.stdout, (r.stdout, r.stderr)
+    assert (tmp_path / "bench-all" / "bench-t.json").exists() and (tmp_path / "bench-all" / "bench-t-latest.md").exists()
