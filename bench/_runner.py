@@ -181,7 +181,8 @@ def split_options(args, families: Sequence[str], mods: dict) -> Dict[str, Tuple[
         if bad:
             lists = "; ".join(f"{f}: {', '.join(family_ops(mods[f]))}" for f in families)
             elsewhere = {o: [f for f, m in mods.items() if f not in families and o in family_ops(m)] for o in bad}
-            hint = "".join(f" ({o} is an op of {', '.join(fs)}, not in --families)" for o, fs in elsewhere.items() if fs)
+            hint = "".join(f" ({o} is an op of {', '.join(fs)}, not in --families)"
+                           for o, fs in elsewhere.items() if fs)
             raise SystemExit(f"--ops: unknown op(s) {', '.join(bad)}{hint}; the families' ops: {lists}")
     if args.dtypes:
         if not any(d in family_dtypes(mods[f]) for f in families for d in args.dtypes):

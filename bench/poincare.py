@@ -258,7 +258,8 @@ def rows(args, device: torch.device):
                               setup=_setup_fc(N, n, m, pass_, dtype), work=2.0 * N * n * m * mult, unit="GFLOP/s",
                               limit="nn.functional.linear (same GEMM)", peer=PEER, check_tol=tol)
                 else:
-                    flops = 2.0 * B * H * W * C * C * 9 * (2 if op == "block" else 1) if op in ("conv2d", "block") else 0
+                    convs = {"conv2d": 1, "block": 2}.get(op, 0)
+                    flops = 2.0 * B * H * W * C * C * 9 * convs
                     # bytes: fwd reads x, writes y; the backward reads grad_out and x, writes dx (5 tensors in all)
                     nbytes = esize * B * C * H * W * (2 if pass_ == "fwd" else 5)
                     yield Row(family="poincare", op=op, pass_=pass_, shape=[B, C, H, W], dtype=dt,
