@@ -344,16 +344,21 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
     elif OP == EXPMAP0:
         a = _tanc(k * xx, CUT)
     elif OP == LOGMAP:
-        # s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den, |s|^2 = dd / den,
-        # out = (1 + k xx) A(k |s|^2) s
+        # s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
+        #                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form: k xx > 1 and xx > yy),
+        # |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s.  Why two forms: stereo_math.h, logmap_y_form.
         den = _clamp_min_den(_sub_den(xx, yy, xy, k))
         nb = 1.0 + k * xx
         p = _clamp_min_den(nb)
         z = _div(k * dd, den)
         q = _div(nb * (1.0 + k * yy), den)
         f = _atanc(z, q, CUT) * p
-        a = _div(f * k * dd, den)
-        c = _div(-f * nb, den)
+        yf = (k * xx > 1.0) & (xx > yy)
+        w = 1.0 + 2.0 * k * xy - k * yy
+        F = _div(f * k * dd, den)
+        a = tl.where(yf, 0.0, F)
+        b = tl.where(yf, F, 0.0)
+        c = _div(-f * tl.where(yf, w, nb), den)
     elif OP == LOGMAP0:
         z = k * xx
         a = _atanc(z, 1.0 + z, CUT)
@@ -452,14 +457,19 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         q = _div(nb * (1.0 + k * yy), den)
         A = _atanc(z, q, CUT)
         f = A * p
+        # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy)
+        yf = (k * xx > 1.0) & (xx > yy)
+        mw = tl.where(yf, 1.0 + 2.0 * k * xy - k * yy, nb)
+        gF = tl.where(yf, gb, ga)
         a = _div(f * k * dd, den)
-        c = _div(-f * nb, den)
-        # a = f k dd / den, c = -f nb / den
-        f_ = _div(ga * k * dd, den) - _div(gc * nb, den)
-        dd_ = _div(ga * f * k, den)
-        nb_ = _div(-gc * f, den)
-        den_ = _div(-(a * ga + c * gc), den)
-        k_ = _div(ga * f * dd, den)
+        c = _div(-f * mw, den)
+        f_ = _div(gF * k * dd, den) - _div(gc * mw, den)
+        dd_ = _div(gF * f * k, den)
+        mw_ = _div(-gc * f, den)
+        nb_ = tl.where(yf, 0.0, mw_)
+        den_ = _div(-(a * gF + c * gc), den)
+        k_ = _div(gF * f * dd, den)
+        k_ = tl.where(yf, k_ + mw_ * (2.0 * xy - yy), k_)
         # f = A(z) p
         A_ = f_ * p
         p_ = f_ * A
@@ -474,6 +484,8 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_xx = tl.where(den_live, g_xx + den_ * k * k * yy, g_xx)
         g_yy = tl.where(den_live, den_ * k * k * xx, 0.0)
         k_ = tl.where(den_live, k_ + den_ * (2.0 * xy + 2.0 * k * xx * yy), k_)
+        g_xy = tl.where(yf, g_xy + mw_ * 2.0 * k, g_xy)  # the y form's w
+        g_yy = tl.where(yf, g_yy - mw_ * k, g_yy)
         g_dd = dd_
         g_k = k_
     elif OP == LOGMAP0:

@@ -155,3 +155,53 @@ def test_nonnegative_dim_with_inputs_of_different_rank(device, op):
         f(x, y, k=-1.0, dim=1)
     y = _pts(2, 5, 3, seed=1)
     torch.testing.assert_close(f(x, y, k=-1.0, dim=1), _on("cpp", f, x, y, k=-1.0, dim=1))
+
+
+# ---------------------------------------------------------------- logmap far out on the sphere (session 39)
+def _far_pairs(n, d, seed):
+    """tests/test_stereographic_numhunt.py's _far_pairs (float64): x far out (|x| 3 .. 300, k = 1 / 0.5 / 2) with y
+    near the origin, swapped, both far, y geodesically close to a far x, and rows with k <= 0 inside the ball."""
+    from geoops.reference import stereographic as ref
+
+    f64 = torch.float64
+    g = torch.Generator().manual_seed(seed)
+    # (a period of 7 rows: every kind of pair below, period 4, meets every k)
+    k = torch.tensor([1.0, 0.5, 2.0, 1.0, -0.5, 0.0, 1.0] * n, dtype=f64)[:n, None]
+    rad = 10 ** (0.5 + 2 * torch.rand(n, 1, generator=g, dtype=f64))
+    far = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=f64), dim=-1) * rad
+    near = torch.randn(n, d, generator=g, dtype=f64) * 0.3
+    u = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=f64), dim=-1)
+    close = ref.expmap(far, u * 0.3 / k.abs().clamp_min(0.1).sqrt() * (1 + k * rad ** 2) / 2, k=k)
+    kind = torch.arange(n)[:, None] % 4
+    x = torch.where(kind == 1, near, far)
+    y = torch.where(kind == 0, near, torch.where(kind == 1, far, torch.where(kind == 2, far.flip(0), close)))
+    ball = k <= 0
+    return torch.where(ball, x / (1 + x.norm(dim=-1, keepdim=True)), x), torch.where(ball, near * 0.5, y), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [3, 17])
+def test_logmap_sphere_far_points(device, dtype, d):
+    """The Triton kernels' logmap took the x form (k|x-y|^2 x - (1 + k|x|^2)(x - y)) / den everywhere, which cancels
+    for x far out on the sphere (k|x|^2 >> 1): float32 errors up to 1e-3 against the eager reference's 2e-7.  Now the
+    y form where k|x|^2 > 1 and |x| > |y| (stereo_math.h, logmap_y_form), forward and backward: per row within 2x the
+    eager reference's error in the same dtype + a floor, for the output and dx, dy."""
+    from geoops.reference import stereographic as ref
+
+    floor = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
+    x64, y64, k64 = _far_pairs(40, d, seed=d)
+    w = torch.randn(x64.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def run(fn, x, y, k, dev="cpu"):
+        x, y = x.to(dev).requires_grad_(), y.to(dev).requires_grad_()
+        out = fn(x, y, k=k.to(dev))
+        return [t.detach().cpu() for t in (out, *torch.autograd.grad((out * w.to(out)).sum(), (x, y)))]
+
+    exp = run(ref.logmap, x64, y64, k64)
+    x, y, k = (t.to(dtype) for t in (x64, y64, k64))
+    theirs = run(ref.logmap, x, y, k)
+    ours = run(gs.logmap, x, y, k, device)
+    for o, t, e, name in zip(ours, theirs, exp, ("out", "dx", "dy")):
+        rel = lambda v: (v.double() - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
+        bad = rel(o) > 2 * rel(t) + (1 if name == "out" else 2) * floor
+        assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
