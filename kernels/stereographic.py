@@ -1140,14 +1140,18 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         adj_q = tl.where(live, -w1 / (q * q), 0.0)
         g00 = adj_q * k
         gk = adj_q * s00
-    else:  # DIST2PLANE (x, p, a): xx = s00, pp = s11, aa = s22, xp = s01, pa = s12, ee, pe = se1, ea = se2
+    else:  # DIST2PLANE (x, p, a): xx = s00, pp = s11, aa = s22, xp = s01, xa = s02, pa = s12, ee, pe = se1, ea = se2
+        # diff = (-p) (+) x = N / den, N = B e + k ee p (x form) = k ee x + w e (y form, where k pp > 1 and pp > xx:
+        # logmap's two forms, stereo_math.h's logmap_y_form, with p in x's place), |N|^2 = ee den
+        yf = (k * s11 > 1.0) & (s11 > s00)
         B = 1.0 + k * s11
+        w = 1.0 + 2.0 * k * s01 - k * s00
         den, live_den = _live_min(1.0 + 2.0 * k * s01 + k * k * s11 * s00, 1e-15)
         kee = k * see
         n2 = B * B * see + 2.0 * B * kee * se1 + kee * kee * s11
-        r2 = n2 / (den * den)
+        r2 = tl.where(yf, see / den, n2 / (den * den))
         diff2, live_d2 = _live_min(r2, 1e-15)
-        scs = (B * se2 + kee * s12) / den
+        scs = tl.where(yf, kee * s02 + w * se2, B * se2 + kee * s12) / den
         if FLAGS & 1:
             sc = scs
         else:
@@ -1178,21 +1182,26 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         adj_num = adj_scs / den
         adj_den = -adj_scs * scs / den
         adj_r2 = tl.where(live_d2, adj_diff2, 0.0)
-        adj_n2 = adj_r2 / (den * den)
-        adj_den += -2.0 * adj_r2 * r2 / den
-        adj_B = adj_num * se2 + adj_n2 * (2.0 * B * see + 2.0 * kee * se1)
-        ge2 = adj_num * B
-        adj_kee = adj_num * s12 + adj_n2 * (2.0 * B * se1 + 2.0 * kee * s11)
-        g12 = adj_num * kee
-        gee = adj_n2 * B * B + adj_kee * k
+        # x form: r2 = n2 / den^2, num = B ea + kee pa; y form: r2 = ee / den, num = kee xa + w ea
+        adj_n2 = tl.where(yf, 0.0, adj_r2 / (den * den))
+        adj_den += tl.where(yf, -adj_r2 * r2 / den, -2.0 * adj_r2 * r2 / den)
+        adj_nx = tl.where(yf, 0.0, adj_num)
+        adj_ny = tl.where(yf, adj_num, 0.0)
+        adj_B = adj_nx * se2 + adj_n2 * (2.0 * B * see + 2.0 * kee * se1)
+        adj_w = adj_ny * se2
+        ge2 = adj_nx * B + adj_ny * w
+        adj_kee = adj_nx * s12 + adj_n2 * (2.0 * B * se1 + 2.0 * kee * s11) + adj_ny * s02
+        g12 = adj_nx * kee
+        g02 = adj_ny * kee
+        gee = adj_n2 * B * B + adj_kee * k + tl.where(yf, adj_r2 / den, 0.0)
         ge1 = adj_n2 * 2.0 * B * kee
         g11 = adj_n2 * kee * kee
         gk += adj_kee * see
         adj_denr = tl.where(live_den, adj_den, 0.0)
-        g01 = adj_denr * 2.0 * k
+        g01 = adj_denr * 2.0 * k + adj_w * 2.0 * k
         g11 += adj_denr * k * k * s00 + adj_B * k
-        g00 = adj_denr * k * k * s11
-        gk += adj_denr * (2.0 * s01 + 2.0 * k * s11 * s00) + adj_B * s11
+        g00 = adj_denr * k * k * s11 - adj_w * k
+        gk += adj_denr * (2.0 * s01 + 2.0 * k * s11 * s00) + adj_B * s11 + adj_w * (2.0 * s01 - s00)
     return c0, c1, c2, g00, g11, g22, g01, g02, g12, gee, ge1, ge2, gk
 
 
@@ -1220,14 +1229,13 @@ def _triple_sums(p0, p1, p2, pg, rmask, D, OP: tl.constexpr, THREE: tl.constexpr
         if THREE:
             c = tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(tl.float64)
             s12 += tl.sum(b * c, axis=1)
+            s02 += tl.sum(a * c, axis=1)
             if OP == DIST2PLANE:
                 e = a - b
                 s22 += tl.sum(c * c, axis=1)
                 see += tl.sum(e * e, axis=1)
                 se1 += tl.sum(e * b, axis=1)
                 se2 += tl.sum(e * c, axis=1)
-            else:
-                s02 += tl.sum(a * c, axis=1)
             if HAS_G:
                 g2 += tl.sum(gv * c, axis=1)
     return s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2

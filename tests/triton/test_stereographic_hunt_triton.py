@@ -205,3 +205,36 @@ def test_logmap_sphere_far_points(device, dtype, d):
         rel = lambda v: (v.double() - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
         bad = rel(o) > 2 * rel(t) + (1 if name == "out" else 2) * floor
         assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [3, 17])
+def test_dist2plane_sphere_far_points(device, dtype, d):
+    """dist2plane's epilogue formed (-p) (+)_k x in logmap's x form (its <diff, a>, and |diff|^2 expanded): with p far
+    out on the sphere both cancelled (float64 errors up to 1e-11 here, the eager reference's ~1e-15).  Now the y form
+    there and |diff|^2 = |x - p|^2 / den; values and gradients per row within 2x the eager reference's error in the
+    same dtype + a floor."""
+    from geoops.reference import stereographic as ref
+
+    floor = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
+    # (gradients in float64: 1e-13, tests/test_stereographic_numhunt.py's _D2P_GRAD_FLOOR)
+    gfloor = {torch.float32: 4e-6, torch.float64: 1e-13}[dtype]
+    x64, p64, k64 = _far_pairs(40, d, seed=30 + d)
+    diff = ref.mobius_add(-p64, x64, k=k64)  # a leaning on diff: away from the plane (ill-conditioned near it)
+    a64 = diff + 0.5 * diff.norm(dim=-1, keepdim=True) * torch.randn(
+        x64.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) / d ** 0.5
+    w = torch.randn(40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def run(fn, x, p, a, k, dev="cpu"):
+        x, p, a = (t.to(dev).requires_grad_() for t in (x, p, a))
+        out = fn(x, p, a, k=k.to(dev), signed=True, keepdim=True).squeeze(-1)
+        grads = torch.autograd.grad((out * w.to(out)).sum(), (x, p, a))
+        return [t.detach().cpu().double().reshape(40, -1) for t in (out, *grads)]
+
+    args = [t.to(dtype) for t in (x64, p64, a64, k64)]
+    exp = run(ref.dist2plane, *(t.double() for t in args))
+    theirs, ours = run(ref.dist2plane, *args), run(gs.dist2plane, *args, dev=device)
+    for o, t, e, name in zip(ours, theirs, exp, ("out", "dx", "dp", "da")):
+        rel = lambda v: (v - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
+        bad = rel(o) > 2 * rel(t) + (floor if name == "out" else gfloor)
+        assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
