@@ -122,10 +122,38 @@ def test_logmap_sphere_far_points(dtype, floor):
 
 
 _FLOOR = {torch.float32: 2e-6, torch.float64: 1e-14}
-# gradients: float64 against the float64 reference as the truth, whose own gradients move by up to ~5e-14 under
-# 1-ulp changes of these inputs (the far point's gradient is small against its terms), hence 1e-13 (the x form
-# gave up to 1e-10 for logmap, 3e-11 for dist2plane)
-_GRAD_FLOOR = {torch.float32: 4e-6, torch.float64: 1e-13}
+
+
+def _check_rule(run, fn, args, names, n_vec, grad_floor=2, only=None):
+    """The low-precision rule on each output of run(fn, *args) (a list: the value, then gradients), per row:
+    ours (fn) <= 2x the eager reference's error in the same dtype + a floor (_FLOOR, times grad_floor for gradients),
+    against the reference in float64 on the same inputs.  The reference's float64 error is not 0 where the outputs are
+    conditioned worse than the inputs (a far point's gradient is small against its terms): for float64 it is taken as
+    the largest change of the float64 reference under four 1-ulp random changes of the first n_vec args (a backward
+    stable reference's error is of that size).  only: {name: row mask} to check those rows of an output only."""
+    dtype = args[0].dtype
+    exp = [e.double().reshape(e.shape[0], -1) for e in run(ref_fn(fn), *(t.double() for t in args))]
+    rel = lambda v, e: (v.double().reshape(e.shape) - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
+    if dtype == D64:
+        g = torch.Generator().manual_seed(7)
+        theirs = [torch.zeros(e.shape[0], dtype=D64) for e in exp]
+        for _ in range(4):
+            pert = [t * (1 + 2.0 ** -52 * torch.randn(t.shape, generator=g, dtype=D64)) if i < n_vec else t
+                    for i, t in enumerate(args)]
+            theirs = [torch.maximum(t, rel(o, e)) for t, o, e in zip(theirs, run(ref_fn(fn), *pert), exp)]
+    else:
+        theirs = [rel(o, e) for o, e in zip(run(ref_fn(fn), *args), exp)]
+    for i, (o, t, e, name) in enumerate(zip(run(fn, *args), theirs, exp, names)):
+        r = rel(o, e)
+        bad = (r > 2 * t + _FLOOR[dtype] * (1 if i == 0 else grad_floor)) & (only or {}).get(name, True)
+        assert not bad.any(), (name, r[bad], t[bad], bad.nonzero().flatten())
+
+
+def ref_fn(fn):
+    """The eager reference of the public function fn."""
+    return getattr(ref, fn.__name__)
+
+
 # every fp32 forward path of the C++ row ops: the default (register pass / fused blocks / long-row lanes), and each
 # switch off (read per call)
 _LOGMAP_KNOBS = [None, "GEOOPS_STEREO_F32_ROWS", "GEOOPS_STEREO_F32_REG", "GEOOPS_STEREO_F32_MOB",
@@ -178,23 +206,17 @@ def test_logmap_sphere_far_points_every_path(monkeypatch, dtype, d, knob):
 @pytest.mark.parametrize("d", [3, 8, 17])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_logmap_sphere_far_points_gradients(dtype, d):
-    """dx, dy of logmap at the far pairs against the float64 reference's autograd: per row within 2x the error of
-    the reference's autograd in the same dtype + a floor (the x form's backward cancelled as its forward: float32
-    dx 5e-5 at d = 3, float64 2e-13)."""
+    """logmap's value and dx, dy at the far pairs: _check_rule (the x form's backward cancelled as its forward:
+    float32 dx 5e-5 at d = 3, float64 1e-10 at d = 1)."""
     x, y, k = _far_pairs(70, d, dtype, seed=10 + d)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=D64)
 
-    def grads(fn, x, y, k):
+    def run(fn, x, y, k):
         x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
-        return torch.autograd.grad((fn(x, y, k=k) * w.to(x.dtype)).sum(), (x, y))
+        out = fn(x, y, k=k)
+        return [out.detach(), *torch.autograd.grad((out * w.to(x.dtype)).sum(), (x, y))]
 
-    exp = grads(ref.logmap, x.double(), y.double(), k.double())
-    theirs = grads(ref.logmap, x, y, k)
-    ours = grads(gs.logmap, x, y, k)
-    for o, t, e, name in zip(ours, theirs, exp, "xy"):
-        rel = lambda v: (v.double() - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
-        bad = rel(o) > 2 * rel(t) + _GRAD_FLOOR[dtype]
-        assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
+    _check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
 
 
 @pytest.mark.parametrize("d", [5, 17])
@@ -223,8 +245,7 @@ def test_dist2plane_sphere_far_points(dtype, d):
     """dist2plane(x, p, a) forms (-p) (+)_k x as logmap does, in the x form (the three-vector epilogue,
     stereo_triple.h): with p far out on the sphere its <diff, a> and |diff|^2 (expanded) cancelled -- float64 errors
     up to 1e-8 at |p| = 1000 (the reference's a x + b y form: ~1e-14; float32 inputs run the epilogue in double and
-    did not show it).  Values and gradients (x, p, a) per row within 2x the eager reference's error in the same
-    dtype + a floor."""
+    did not show it).  Values and gradients (x, p, a): _check_rule."""
     x, p, k = _far_pairs(70, d, D64, seed=20 + d)
     # a leaning on diff = (-p) (+) x: |<diff, a>| ~ |diff||a|, away from the plane (near it the distance is
     # ill-conditioned: the eager float64 reference itself moves by ~1e-12 under 1-ulp changes of its inputs)
@@ -235,17 +256,36 @@ def test_dist2plane_sphere_far_points(dtype, d):
 
     def run(fn, x, p, a, k):
         x, p, a = (t.clone().requires_grad_() for t in (x, p, a))
-        out = fn(x, p, a, k=k.squeeze(-1)[:, None], signed=True, keepdim=True).squeeze(-1)
+        out = fn(x, p, a, k=k, signed=True, keepdim=True).squeeze(-1)
         return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, p, a))]
 
     args = [t.to(dtype) for t in (x, p, a, k)]
-    exp = run(ref.dist2plane, *(t.double() for t in args))
-    theirs, ours = run(ref.dist2plane, *args), run(gs.dist2plane, *args)
-    for o, t, e, name in zip(ours, theirs, exp, ("out", "dx", "dp", "da")):
-        e = e.reshape(70, -1)
-        rel = lambda v: (v.double().reshape(70, -1) - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
-        bad = rel(o) > 2 * rel(t) + (_FLOOR[dtype] if name == "out" else _GRAD_FLOOR[dtype])
-        assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
+    _check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3, only={"dx": ~_x_far(*args)})
+
+
+def _x_far(x, p, a, k):
+    """dist2plane's rows with x far out (k|x|^2 > 1, |x| > |p|): test_dist2plane_sphere_far_x_gradient."""
+    xx, pp = x.double().square().sum(-1), p.double().square().sum(-1)
+    return ((k.double().squeeze(-1) * xx > 1) & (xx > pp)).to(dtype=torch.bool)
+
+
+@pytest.mark.xfail(strict=True, reason="dist2plane's float64 dx for x far out (k|x|^2 > 1, |x| > |p|: the x form, "
+                   "accurate in the value) is up to ~1e-13 off, 4-6x the eager float64 reference's error (estimated "
+                   "from 1-ulp input changes: ~2e-14): the dot products' adjoints times x cancel in the backward "
+                   "(both the C++ dual-number epilogue and the Triton vjp); float32 is fine.  Written up, session 39")
+def test_dist2plane_sphere_far_x_gradient():
+    d = 8
+    x, p, k = _far_pairs(70, d, D64, seed=20 + d)
+    diff = ref.mobius_add(-p, x, k=k)
+    a = diff + 0.5 * diff.norm(dim=-1, keepdim=True) * torch.randn(x.shape, generator=torch.Generator().manual_seed(4),
+                                                                   dtype=D64) / d ** 0.5
+
+    def run(fn, x, p, a, k):
+        x = x.clone().requires_grad_()
+        out = fn(x, p, a, k=k, signed=True, keepdim=True).squeeze(-1)
+        return [out.detach(), torch.autograd.grad(out.sum(), x)[0]]
+
+    _check_rule(run, gs.dist2plane, (x, p, a, k), ("out", "dx"), n_vec=3, only={"dx": _x_far(x, p, a, k)})
 
 
 # ---------------------------------------------------------------- known, written up (strict xfails)
