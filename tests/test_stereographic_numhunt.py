@@ -219,6 +219,29 @@ def test_logmap_sphere_far_points_gradients(dtype, d):
     _check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
 
 
+@pytest.mark.parametrize("knob", [None, "GEOOPS_STEREO_F32_ROWS", "GEOOPS_STEREO_F32_REG", "GEOOPS_STEREO_F32_MOB"])
+@pytest.mark.parametrize("d", [1, 3, 8, 12, 17])
+def test_mobius_add_sphere_far_points_every_path(monkeypatch, d, knob):
+    """float32 mobius_add's fast paths (register pass / fused blocks, float or double Mobius terms) at the far pairs and
+    at x (+) (-x (1 + 1e-3)): per row within 2x the eager float32 reference's error + 2e-6.  The float algebra of
+    1 - 2k<x,y> - k|y|^2 = p_x - k|x + y|^2 and of the denominator p_x p_y - k|x + y|^2 cancels for k > 0 with a
+    point beyond the equator (k|x|^2 > 1): 3e-4 at |x| = 300, k = 0.5 (the reference 5e-8).  Such blocks now take the
+    double path."""
+    if knob:
+        monkeypatch.setenv(knob, "0")
+    from _stereo_rows import row_rel_err
+
+    x, y, k = _far_pairs(70, d, torch.float32, seed=40 + d)
+    for yy, cancels in ((y, False), (-x * (1 + 1e-3), True)):
+        exp = ref.mobius_add(x.double(), yy.double(), k=k.double())
+        # (x (+) (-x (1 + 1e-3)): its write a x + b y cancels, in the reference too: relative to max(|out|, |x| / 10)
+        # as tests/_stereo_rows.py's WRITE_CANCELS ops)
+        rel = lambda t: row_rel_err(t, exp, x if cancels else None)  # noqa: E731
+        ours, theirs = rel(gs.mobius_add(x, yy, k=k)), rel(ref.mobius_add(x, yy, k=k))
+        bad = ours > 2 * theirs + 2e-6
+        assert not bad.any(), (ours[bad], theirs[bad], bad.nonzero().flatten())
+
+
 @pytest.mark.parametrize("d", [5, 17])
 def test_logmap_sphere_far_points_same_bits_1_and_2_threads(d):
     """The fp32 fast paths hand blocks with a y-form row to the double path, per block: the blocks sit at fixed rows,
@@ -289,6 +312,22 @@ def test_dist2plane_sphere_far_x_gradient():
 
 
 # ---------------------------------------------------------------- known, written up (strict xfails)
+@pytest.mark.xfail(strict=True, reason="cdist's backward epilogue (csrc/cpu/stereographic_pairwise.cpp, the Triton "
+                   "pair kernels) cancels for a point far out on the sphere (k|x|^2 >> 1): float32 dx 9e-5 at "
+                   "|x| = 300, k = 0.5 (the row op dist on the same pair: 6e-7; the eager reference's autograd "
+                   "~1e-6), float64 2e-13; the forward is fine.  Written up, session 39")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cdist_sphere_far_points_gradients(dtype):
+    x, y, k = _far_pairs(70, 3, dtype, seed=43)
+
+    def run(fn, x, y, k):
+        x, y = x[:, None].clone().requires_grad_(), y[:, None].clone().requires_grad_()
+        out = fn(x, y, k=k.reshape(-1, 1, 1))
+        return [out.detach(), *torch.autograd.grad(out.sum(), (x, y))]
+
+    _check_rule(run, gs.cdist, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
 @pytest.mark.xfail(strict=True, reason="k^2 |x|^2 |y|^2 is formed as (k k) |x|^2 |y|^2 in the kernels and the reference: "
                    "k k underflows for |k| < ~1e-154 (float64), so points at the scale of such a ball (|x| ~ 1/sqrt|k| "
                    "~ 1e150) lose the term (mobius_add / dist off by O(1)); only at curvatures no model reaches: "

@@ -923,6 +923,9 @@ struct ArrCols {
 // (session 30: t within ~3 float ulps, as with the double terms; the write a x + b u amplifies t's error where it
 // cancels).
 // A lane whose float terms leave (-1e30, 1e30) (|w|^2 overflow, ...) is hard: the block takes the double path.
+// mobius_add (session 39): so is a lane with a point beyond the equator (k|x|^2 or k|y|^2 >= 1: p_x or p_y >= 2):
+// there p_x - k|w|^2 and p_x p_y - k|w|^2 cancel far beyond the eager reference's 1 - 2k<x,y> - k|y|^2 (float32
+// 3e-4 against its 5e-8 at |x| = 300, k = 0.5; the double terms, GEOOPS_STEREO_F32_MOB=0, round each term once).
 template <int OP, int D, int G, typename XF, typename XD, typename YF, typename YD>
 GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
                                FVec (&a)[G], FVec (&b)[G]) {
@@ -978,6 +981,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
       const FVec r = rcp_cr(den);
       a[g] = num * r, b[g] = px[g] * r;
       ok.fin(num), ok.fin(den), ok.fin(px[g]), ok.fin(kw);
+      ok.lt(px[g], FVec(2.f)), ok.lt(py[g], FVec(2.f));  // (session 39: see the comment above)
     }
     return ok.all();
   } else if constexpr (OP == LOGMAP) {
