@@ -457,7 +457,9 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         q = _div(nb * (1.0 + k * yy), den)
         A = _atanc(z, q, CUT)
         f = A * p
-        # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy)
+        # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy);
+        # w's adjoint wy (0 in x-form rows) carried to xy, yy below (one live value: the sm_90 float64 variant spilled
+        # with the mask and the adjoint both live)
         yf = (k * xx > 1.0) & (xx > yy)
         mw = tl.where(yf, 1.0 + 2.0 * k * xy - k * yy, nb)
         gF = tl.where(yf, gb, ga)
@@ -466,10 +468,10 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         f_ = _div(gF * k * dd, den) - _div(gc * mw, den)
         dd_ = _div(gF * f * k, den)
         mw_ = _div(-gc * f, den)
+        wy = tl.where(yf, mw_, 0.0)
         nb_ = tl.where(yf, 0.0, mw_)
         den_ = _div(-(a * gF + c * gc), den)
-        k_ = _div(gF * f * dd, den)
-        k_ = tl.where(yf, k_ + mw_ * (2.0 * xy - yy), k_)
+        k_ = _div(gF * f * dd, den) + wy * (2.0 * xy - yy)
         # f = A(z) p
         A_ = f_ * p
         p_ = f_ * A
@@ -480,12 +482,10 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         xx1 = nb_ + tl.where(p_live, p_, 0.0)
         g_xx = xx1 * k
         k_ += xx1 * xx
-        g_xy = tl.where(den_live, den_ * 2.0 * k, 0.0)
+        g_xy = tl.where(den_live, den_ * 2.0 * k, 0.0) + wy * 2.0 * k  # (+ the y form's w)
         g_xx = tl.where(den_live, g_xx + den_ * k * k * yy, g_xx)
-        g_yy = tl.where(den_live, den_ * k * k * xx, 0.0)
+        g_yy = tl.where(den_live, den_ * k * k * xx, 0.0) - wy * k
         k_ = tl.where(den_live, k_ + den_ * (2.0 * xy + 2.0 * k * xx * yy), k_)
-        g_xy = tl.where(yf, g_xy + mw_ * 2.0 * k, g_xy)  # the y form's w
-        g_yy = tl.where(yf, g_yy - mw_ * k, g_yy)
         g_dd = dd_
         g_k = k_
     elif OP == LOGMAP0:
