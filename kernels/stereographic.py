@@ -884,9 +884,11 @@ def _blocks(N: int, D: int, tile: int, max_block_d=None, *, elem_bytes: int = 4,
     vec = max(1, min(16 // elem_bytes, block_d))  # elements of a 16-byte load
     rows_per_warp = max(1, 32 // max(1, block_d // vec))  # rows one warp covers in one layout repetition
     block_m = max(1, min(block_m, rows_per_thread * rows_per_warp * num_warps))
-    if block_m == 1 and block_d >= 4096:
+    if block_m == 1 and block_d >= 4096 and elem_bytes < 8:
         # one 4096-wide row a program: 16 warps (8 elements a thread and tile); with 8 warps ptxas caps the
-        # float16 chunked backward at 64 registers and spills (kernels/COMPILE_REPORT.md)
+        # float16 chunked backward at 64 registers and spills (kernels/COMPILE_REPORT.md).  float64 stays at 8
+        # warps (.maxnreg 255): at 16 (.maxnreg 128) logmap's backward, which reads <g, y> for the far-point
+        # form since session 39, spilled 20 B on sm_90 with Triton 3.9
         num_warps = 16
     return block_m, block_d, one_chunk, num_warps
 
