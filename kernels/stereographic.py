@@ -344,16 +344,21 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
     elif OP == EXPMAP0:
         a = _tanc(k * xx, CUT)
     elif OP == LOGMAP:
-        # s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den, |s|^2 = dd / den,
-        # out = (1 + k xx) A(k |s|^2) s
+        # s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
+        #                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form: k xx > 1 and xx > yy),
+        # |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s.  Why two forms: stereo_math.h, logmap_y_form.
         den = _clamp_min_den(_sub_den(xx, yy, xy, k))
         nb = 1.0 + k * xx
         p = _clamp_min_den(nb)
         z = _div(k * dd, den)
         q = _div(nb * (1.0 + k * yy), den)
         f = _atanc(z, q, CUT) * p
-        a = _div(f * k * dd, den)
-        c = _div(-f * nb, den)
+        yf = (k * xx > 1.0) & (xx > yy)
+        w = 1.0 + 2.0 * k * xy - k * yy
+        F = _div(f * k * dd, den)
+        a = tl.where(yf, 0.0, F)
+        b = tl.where(yf, F, 0.0)
+        c = _div(-f * tl.where(yf, w, nb), den)
     elif OP == LOGMAP0:
         z = k * xx
         a = _atanc(z, 1.0 + z, CUT)
@@ -452,14 +457,21 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         q = _div(nb * (1.0 + k * yy), den)
         A = _atanc(z, q, CUT)
         f = A * p
+        # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy);
+        # w's adjoint wy (0 in x-form rows) carried to xy, yy below (one live value: the sm_90 float64 variant spilled
+        # with the mask and the adjoint both live)
+        yf = (k * xx > 1.0) & (xx > yy)
+        mw = tl.where(yf, 1.0 + 2.0 * k * xy - k * yy, nb)
+        gF = tl.where(yf, gb, ga)
         a = _div(f * k * dd, den)
-        c = _div(-f * nb, den)
-        # a = f k dd / den, c = -f nb / den
-        f_ = _div(ga * k * dd, den) - _div(gc * nb, den)
-        dd_ = _div(ga * f * k, den)
-        nb_ = _div(-gc * f, den)
-        den_ = _div(-(a * ga + c * gc), den)
-        k_ = _div(ga * f * dd, den)
+        c = _div(-f * mw, den)
+        f_ = _div(gF * k * dd, den) - _div(gc * mw, den)
+        dd_ = _div(gF * f * k, den)
+        mw_ = _div(-gc * f, den)
+        wy = tl.where(yf, mw_, 0.0)
+        nb_ = tl.where(yf, 0.0, mw_)
+        den_ = _div(-(a * gF + c * gc), den)
+        k_ = _div(gF * f * dd, den) + wy * (2.0 * xy - yy)
         # f = A(z) p
         A_ = f_ * p
         p_ = f_ * A
@@ -470,9 +482,9 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         xx1 = nb_ + tl.where(p_live, p_, 0.0)
         g_xx = xx1 * k
         k_ += xx1 * xx
-        g_xy = tl.where(den_live, den_ * 2.0 * k, 0.0)
+        g_xy = tl.where(den_live, den_ * 2.0 * k, 0.0) + wy * 2.0 * k  # (+ the y form's w)
         g_xx = tl.where(den_live, g_xx + den_ * k * k * yy, g_xx)
-        g_yy = tl.where(den_live, den_ * k * k * xx, 0.0)
+        g_yy = tl.where(den_live, den_ * k * k * xx, 0.0) - wy * k
         k_ = tl.where(den_live, k_ + den_ * (2.0 * xy + 2.0 * k * xx * yy), k_)
         g_dd = dd_
         g_k = k_
@@ -872,9 +884,11 @@ def _blocks(N: int, D: int, tile: int, max_block_d=None, *, elem_bytes: int = 4,
     vec = max(1, min(16 // elem_bytes, block_d))  # elements of a 16-byte load
     rows_per_warp = max(1, 32 // max(1, block_d // vec))  # rows one warp covers in one layout repetition
     block_m = max(1, min(block_m, rows_per_thread * rows_per_warp * num_warps))
-    if block_m == 1 and block_d >= 4096:
+    if block_m == 1 and block_d >= 4096 and elem_bytes < 8:
         # one 4096-wide row a program: 16 warps (8 elements a thread and tile); with 8 warps ptxas caps the
-        # float16 chunked backward at 64 registers and spills (kernels/COMPILE_REPORT.md)
+        # float16 chunked backward at 64 registers and spills (kernels/COMPILE_REPORT.md).  float64 stays at 8
+        # warps (.maxnreg 255): at 16 (.maxnreg 128) logmap's backward, which reads <g, y> for the far-point
+        # form since session 39, spilled 20 B on sm_90 with Triton 3.9
         num_warps = 16
     return block_m, block_d, one_chunk, num_warps
 
@@ -1128,14 +1142,18 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         adj_q = tl.where(live, -w1 / (q * q), 0.0)
         g00 = adj_q * k
         gk = adj_q * s00
-    else:  # DIST2PLANE (x, p, a): xx = s00, pp = s11, aa = s22, xp = s01, pa = s12, ee, pe = se1, ea = se2
+    else:  # DIST2PLANE (x, p, a): xx = s00, pp = s11, aa = s22, xp = s01, xa = s02, pa = s12, ee, pe = se1, ea = se2
+        # diff = (-p) (+) x = N / den, N = B e + k ee p (x form) = k ee x + w e (y form, where k pp > 1 and pp > xx:
+        # logmap's two forms, stereo_math.h's logmap_y_form, with p in x's place), |N|^2 = ee den
+        yf = (k * s11 > 1.0) & (s11 > s00)
         B = 1.0 + k * s11
+        w = 1.0 + 2.0 * k * s01 - k * s00
         den, live_den = _live_min(1.0 + 2.0 * k * s01 + k * k * s11 * s00, 1e-15)
         kee = k * see
         n2 = B * B * see + 2.0 * B * kee * se1 + kee * kee * s11
-        r2 = n2 / (den * den)
+        r2 = tl.where(yf, see / den, n2 / (den * den))
         diff2, live_d2 = _live_min(r2, 1e-15)
-        scs = (B * se2 + kee * s12) / den
+        scs = tl.where(yf, kee * s02 + w * se2, B * se2 + kee * s12) / den
         if FLAGS & 1:
             sc = scs
         else:
@@ -1166,21 +1184,26 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         adj_num = adj_scs / den
         adj_den = -adj_scs * scs / den
         adj_r2 = tl.where(live_d2, adj_diff2, 0.0)
-        adj_n2 = adj_r2 / (den * den)
-        adj_den += -2.0 * adj_r2 * r2 / den
-        adj_B = adj_num * se2 + adj_n2 * (2.0 * B * see + 2.0 * kee * se1)
-        ge2 = adj_num * B
-        adj_kee = adj_num * s12 + adj_n2 * (2.0 * B * se1 + 2.0 * kee * s11)
-        g12 = adj_num * kee
-        gee = adj_n2 * B * B + adj_kee * k
+        # x form: r2 = n2 / den^2, num = B ea + kee pa; y form: r2 = ee / den, num = kee xa + w ea
+        adj_n2 = tl.where(yf, 0.0, adj_r2 / (den * den))
+        adj_den += tl.where(yf, -adj_r2 * r2 / den, -2.0 * adj_r2 * r2 / den)
+        adj_nx = tl.where(yf, 0.0, adj_num)
+        adj_ny = tl.where(yf, adj_num, 0.0)
+        adj_B = adj_nx * se2 + adj_n2 * (2.0 * B * see + 2.0 * kee * se1)
+        adj_w = adj_ny * se2
+        ge2 = adj_nx * B + adj_ny * w
+        adj_kee = adj_nx * s12 + adj_n2 * (2.0 * B * se1 + 2.0 * kee * s11) + adj_ny * s02
+        g12 = adj_nx * kee
+        g02 = adj_ny * kee
+        gee = adj_n2 * B * B + adj_kee * k + tl.where(yf, adj_r2 / den, 0.0)
         ge1 = adj_n2 * 2.0 * B * kee
         g11 = adj_n2 * kee * kee
         gk += adj_kee * see
         adj_denr = tl.where(live_den, adj_den, 0.0)
-        g01 = adj_denr * 2.0 * k
+        g01 = adj_denr * 2.0 * k + adj_w * 2.0 * k
         g11 += adj_denr * k * k * s00 + adj_B * k
-        g00 = adj_denr * k * k * s11
-        gk += adj_denr * (2.0 * s01 + 2.0 * k * s11 * s00) + adj_B * s11
+        g00 = adj_denr * k * k * s11 - adj_w * k
+        gk += adj_denr * (2.0 * s01 + 2.0 * k * s11 * s00) + adj_B * s11 + adj_w * (2.0 * s01 - s00)
     return c0, c1, c2, g00, g11, g22, g01, g02, g12, gee, ge1, ge2, gk
 
 
@@ -1208,14 +1231,13 @@ def _triple_sums(p0, p1, p2, pg, rmask, D, OP: tl.constexpr, THREE: tl.constexpr
         if THREE:
             c = tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(tl.float64)
             s12 += tl.sum(b * c, axis=1)
+            s02 += tl.sum(a * c, axis=1)
             if OP == DIST2PLANE:
                 e = a - b
                 s22 += tl.sum(c * c, axis=1)
                 see += tl.sum(e * e, axis=1)
                 se1 += tl.sum(e * b, axis=1)
                 se2 += tl.sum(e * c, axis=1)
-            else:
-                s02 += tl.sum(a * c, axis=1)
             if HAS_G:
                 g2 += tl.sum(gv * c, axis=1)
     return s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2

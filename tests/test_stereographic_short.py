@@ -730,7 +730,10 @@ def test_f32_register_pass(op, d, monkeypatch):
             assert torch.equal(new.nan_to_num(7.0), fused.nan_to_num(7.0)), name
         else:  # the fused blocks' scalar write loop (D <= 2, D > 8) rounds a x + b y in its own order: ~1 ulp of its terms
             assert torch.equal(new.isnan(), fused.isnan()), name
-            fin = ~fused.isnan()
+            # (non-finite entries equal: logmap's row beyond float range, x far out for k = 0.5, overflows to +-inf
+            # in its y form, session 39; the x form gave NaN there)
+            fin = fused.isfinite()
+            assert torch.equal(new[~fin].nan_to_num(7.0), fused[~fin].nan_to_num(7.0)), name
             terms = torch.maximum(fused.abs(), xs.abs() if y is None else torch.maximum(xs.abs(), y.abs()))
             tol = 2e-4 if (op == "expmap" and d == 1) else 1e-6  # (expmap, D = 1: a x + b u cancels, see above)
             assert float(((new - fused).abs() / terms.clamp_min(1e-30))[fin].max()) <= tol, name

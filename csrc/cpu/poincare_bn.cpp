@@ -796,7 +796,8 @@ void log_block_sums(LogBlock& k_, const T* xp, const T* gp, const double* mp, in
   for (int64_t j = n; j < nv; ++j) k_.yy[j] = k_.xy[j] = k_.dd[j] = k_.ga[j] = k_.gc[j] = 0.0;
 }
 
-// LOGMAP on the block's lanes: forward ca = a, cc = c; backward (GRAD) ca = a + c, cc = -c, cx = 2 (yy_ + dd_),
+// LOGMAP on the block's lanes (k = -c < 0: its x form, b = 0; stereo::logmap_y_form needs k > 0): forward ca = a,
+// cc = c; backward (GRAD) ca = a + c, cc = -c, cx = 2 (yy_ + dd_),
 // cm = xy_ - 2 dd_, and the block's sums of 2 (xx_ + dd_) and of k_ added to *sm, *sk.
 template <bool GRAD>
 void log_block_coefs(LogBlock& k_, int64_t n, double mm, double k, double* sm, double* sk) {

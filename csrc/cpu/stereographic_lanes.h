@@ -351,8 +351,8 @@ inline void write_block(const scalar_t* xb, const scalar_t* yb, scalar_t* ob, in
 }
 
 // out = a x + b y + c (x - y) of one row of D elements (one-input ops: a x): the per-row writes of fwd_rows
-// and of its one-pass loop (the same code, so that both round alike).  NO_B (logmap's fp32 long rows, whose b is
-// 0 by construction): out = fma(c, x - y, a x), the value the general loop computes there
+// and of its one-pass loop (the same code, so that both round alike).  NO_B (logmap's fp32 long rows whose b is 0:
+// all but its y-form rows, stereo::logmap_y_form): out = fma(c, x - y, a x), the value the general loop computes there
 // (GCC contracts it to fma(c, x - y, fma(a, x, b y)), and b y = 0) up to the sign of an exact zero, without
 // the b y product.
 template <typename scalar_t, bool HAS_Y, bool NO_B = false, typename opmath_t>
@@ -733,6 +733,8 @@ inline bool block_fwd_logmap_rcp(const double* xx, const double* yy, const doubl
       z[h] = k * Vec::loadu(dd + o) * rd[h];
       q[h] = nb[h] * (one + k * y2) * rd[h];
       ok = ok & (z[h] < cut) & (z[h] > -big) & (q[h] < big);  // !(z < cut) also catches NaN
+      // (the x form only: a block with a row of the y form, stereo::logmap_y_form, takes the divisions' path)
+      ok = ok & ((k * x2 <= one) | (x2 <= y2));  // not logmap_y_form (a NaN lane fails: declined above already)
     }
     const __m512 zf = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(z[0])), _mm512_cvtpd_ps(z[1]), 1);
     const __m512 qf = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(q[0])), _mm512_cvtpd_ps(q[1]), 1);
@@ -1099,10 +1101,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       }
     }
   };
-  // row b of a block from row i0 with coefficients ca, cb, cc: the per-row write
-  auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
+  // row b of a block from row i0 with coefficients ca, cb, cc: the per-row write (no_b: write_row's NO_B)
+  auto write_row_as = [&](auto no_b, int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
     const int64_t i = i0 + b;
-    constexpr bool kNoB = OP == LOGMAP && !SHORT && std::is_same<scalar_t, float>::value;
+    constexpr bool kNoB = decltype(no_b)::value;
     if constexpr (kF32Long && !SCALAR_OUT) {
       if (nt) {
         write_row_f32_nt<HAS_Y, kNoB>(reinterpret_cast<const float*>(xp + i * sx),
@@ -1113,6 +1115,14 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     }
     write_row<scalar_t, HAS_Y, kNoB>(xp + i * sx, yp + i * sy, op_ + i * so, D, static_cast<opmath_t>(ca[b]),
                                static_cast<opmath_t>(cb[b]), static_cast<opmath_t>(cc[b]));
+  };
+  auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
+    // NO_B for logmap's fp32 long rows, whose b is 0 but in the rows of its y form (stereo::logmap_y_form,
+    // session 39: a = 0, b != 0), which take the general write
+    if constexpr (OP == LOGMAP && !SHORT && std::is_same<scalar_t, float>::value) {
+      if (cb[b] == 0.0) return write_row_as(std::true_type{}, i0, b, ca, cb, cc);
+    }
+    write_row_as(std::false_type{}, i0, b, ca, cb, cc);
   };
   // the row sums of long fp32 rows (long_sums_f32): mobius_add / mobius_sub's in float for D <= kFloatSumsMaxD
   // (GEOOPS_STEREO_F32_SUMS=0: in double, read per call), the others' in double

@@ -16,7 +16,8 @@
 // Products and quotients of accurately rounded values lose only a few float ulps, so the results stay
 // within a few ulps of the double path (tests/test_stereographic_short.py: test_f32_fast_path_*).
 // A block with a "hard" lane (the call's argument z >= the float series cut, i.e. k > 0 beyond the
-// series; z or q or a float term out of float range; any NaN) returns false, and the caller runs the
+// series; z or q or a float term out of float range; any NaN; logmap's rows of the y form, stereo::logmap_y_form,
+// session 39: these paths write logmap's x form only) returns false, and the caller runs the
 // double path for that block (the double path's results, bit for bit).
 // The formulas are those of geoops/stereo_math.h (fwd), regrouped: a change there must be mirrored
 // here (the fp32 accuracy tests compare both against the fp64 reference).
@@ -336,6 +337,7 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
       s.u0[b] = f[2][b] * zb;            // a = atanc * p * k dd / den
       s.u1[b] = -f[2][b] * f[1][b] * rden;  // c = -atanc * p * (1 + k xx) / den
       ok = GEOOPS_F32_FIN(rden) & GEOOPS_F32_FIN(s.u0[b]) & GEOOPS_F32_FIN(s.u1[b]);
+      ok &= static_cast<int>(f[1][b] < 2.f) | static_cast<int>(f[1][b] < f[4][b]);  // x form only (OkMask::x_form)
     }
     if (CALL) ok = ok & static_cast<int>(zb < cut) & static_cast<int>(zb > -1e30f) & static_cast<int>(qb < 1e30f);
     s.z[b] = zb, s.q[b] = qb;
@@ -502,6 +504,16 @@ struct OkMask {
   bool all() const { return v.zero_mask() == 0; }
 #endif
   void fin(const FVec& a) { gt(a, FVec(-1e30f)), lt(a, FVec(1e30f)); }
+  // logmap's x form only (session 39): a lane whose row the double path writes in the y form (stereo::logmap_y_form:
+  // k xx > 1 and xx > yy) is hard.  From px = 1 + k xx, py = 1 + k yy rounded to float: px < 2 or px < py (rounding
+  // is monotone, so every y-form row fails it, and a few borderline x-form rows too; a NaN fails).
+  void x_form(const FVec& px, const FVec& py) {
+#if defined(CPU_CAPABILITY_AVX512)
+    m &= static_cast<__mmask16>(_mm512_cmp_ps_mask(px, FVec(2.f), _CMP_LT_OQ) | _mm512_cmp_ps_mask(px, py, _CMP_LT_OQ));
+#else
+    v = v & ((px < FVec(2.f)) | (px < py));
+#endif
+  }
 };
 // max(v, lo) with clamp_lo's semantics (a NaN v gives lo): vmaxpd returns its second operand when either is NaN.
 inline DVec clamp_lo_d(const DVec& v, const DVec& lo) {
@@ -911,6 +923,9 @@ struct ArrCols {
 // (session 30: t within ~3 float ulps, as with the double terms; the write a x + b u amplifies t's error where it
 // cancels).
 // A lane whose float terms leave (-1e30, 1e30) (|w|^2 overflow, ...) is hard: the block takes the double path.
+// mobius_add (session 39): so is a lane with a point beyond the equator (k|x|^2 or k|y|^2 >= 1: p_x or p_y >= 2):
+// there p_x - k|w|^2 and p_x p_y - k|w|^2 cancel far beyond the eager reference's 1 - 2k<x,y> - k|y|^2 (float32
+// 3e-4 against its 5e-8 at |x| = 300, k = 0.5; the double terms, GEOOPS_STEREO_F32_MOB=0, round each term once).
 template <int OP, int D, int G, typename XF, typename XD, typename YF, typename YD>
 GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
                                FVec (&a)[G], FVec (&b)[G]) {
@@ -966,6 +981,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
       const FVec r = rcp_cr(den);
       a[g] = num * r, b[g] = px[g] * r;
       ok.fin(num), ok.fin(den), ok.fin(px[g]), ok.fin(kw);
+      ok.lt(px[g], FVec(2.f)), ok.lt(py[g], FVec(2.f));  // (session 39: see the comment above)
     }
     return ok.all();
   } else if constexpr (OP == LOGMAP) {
@@ -978,6 +994,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
       u0[g] = pc * z[g], u1[g] = (pc * px[g] * rden).neg();
       ok.fin(kd), ok.fin(u0[g]), ok.fin(u1[g]);  // (rden: in (0, 1e15] or NaN, and then z fails below)
       ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f)), ok.lt(q[g], FVec(1e30f));
+      ok.x_form(px[g], py[g]);
     }
     if (!ok.all()) return false;
     atanc_neg_fg<G>(z, q, v);
@@ -1094,6 +1111,7 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
       z[g] = f[g][3] * rden, q[g] = f[g][1] * f[g][4] * rden;
       u0[g] = f[g][2] * z[g], u1[g] = (f[g][2] * f[g][1] * rden).neg();
       okg[g].fin(rden), okg[g].fin(u0[g]), okg[g].fin(u1[g]);
+      okg[g].x_form(f[g][1], f[g][4]);
     }
     if (CALL) okg[g].lt(z[g], FVec(series_cut<float>())), okg[g].gt(z[g], FVec(-1e30f));
     // (q < 1e30 is checked where it does not follow from z < cut: logmap's q = p_x p_y / den; expmap's

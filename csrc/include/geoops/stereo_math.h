@@ -177,6 +177,23 @@ template <typename T> GEO_HD T sub_den(T xx, T yy, T xy, T k) {
   return den;
 }
 
+// Which form logmap writes (-x) (+) y's numerator N = k dd x - (1 + k xx)(x - y) in (session 39).  N has three
+// equal forms, N = a x + b y = k dd x - b (x - y) = k dd y + a (x - y) with a = -(1 + 2k<x,y> - k yy), b = 1 + k xx
+// (a + b = k dd); their rounding errors are ~eps times the size of their terms, against |N| = |x - y| sqrt(den):
+//   x form, k dd x - b (x - y): ~ (k |x - y| |x| + |b|) / sqrt(den) -- fine for close pairs (the reason it exists)
+//     and wherever k xx <= 1, but for x far out on the projected sphere (k xx >> 1) and y not geodesically close,
+//     both terms are ~k |x|^3 and cancel: ~k xx / max(1, k |x||y|) ulps of N (float, |x| = 100, k = 1: 2e-5);
+//   y form, k dd y + a (x - y): ~ (k |x - y| |y| + |a| + 1 + 2k|x||y| + k yy) / sqrt(den) -- no x-sized term
+//     times k dd, fine for k xx > 1 with |x| > |y| (x the farther point), and for close pairs (k > 0: a ~ -(1 + k yy),
+//     no cancellation in it); bad for y far out and x near (k dd y ~ k |y|^3);
+//   a x + b y (the eager reference's mobius_add): fine far out, cancels for close pairs.
+// So the y form where k xx > 1 and xx > yy (x beyond the equator, the farther of the two; k > 0 only), the x form
+// elsewhere: k <= 0 and k = 0 rows keep the x form and their bits (for k < 0 the ball bounds k xx by 1, and the x
+// form shares b with the factor 2 / lambda_x = b, which near the boundary keeps its digits; the y form's a would not).
+// The fp32 fast paths (csrc/cpu/stereographic_rows_f32.h, block_fwd_logmap_rcp) write the x form only: their blocks
+// with a y-form row take the double path.
+template <typename T> GEO_HD auto logmap_y_form(T xx, T yy, T k) { return (k * xx > T(1)) & (xx > yy); }
+
 // Adds the adjoint den_ of sub_den(s.xx, s.yy, s.xy, s.k) to the row adjoints g.
 template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T>& g) {
   const T k = s.k;
@@ -223,15 +240,19 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
     case EXPMAP0:
       return {m.tanc(k * s.xx), T(0), T(0)};
     case LOGMAP: {
-      // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den, |s|^2 = dd / den,
-      // out = (1 + k xx) A(k |s|^2) s
+      // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
+      //                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form, logmap_y_form: k xx > 1, xx > yy),
+      // |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s
       T den = clamp_lo(sub_den(s.xx, s.yy, s.xy, k), min_den<T>());
       T nb = T(1) + k * s.xx;
       T p = clamp_lo(nb, min_den<T>());
       T z = k * s.dd / den;
       T q = nb * (T(1) + k * s.yy) / den;
       T f = m.atanc(z, q) * p;
-      return {f * k * s.dd / den, T(0), -f * nb / den};
+      T F = f * k * s.dd / den;
+      auto yf = logmap_y_form(s.xx, s.yy, k);
+      T w = T(1) + T(2) * k * s.xy - k * s.yy;
+      return {sel(yf, T(0), F), sel(yf, F, T(0)), -f * sel(yf, w, nb) / den};
     }
     case LOGMAP0: {
       T z = k * s.xx;
@@ -339,13 +360,23 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       T q = nb * (T(1) + k * s.yy) / den;
       T A = m.atanc(z, q);
       T f = A * p;
-      T a = f * k * s.dd / den, c = -f * nb / den;
-      // a = f k dd / den, c = -f nb / den
-      T f_ = ga * k * s.dd / den - gc * nb / den;
-      T dd_ = ga * f * k / den;
-      T nb_ = -gc * f / den;
-      T den_ = -(a * ga + c * gc) / den;
-      T k_ = ga * f * s.dd / den;
+      // x form: a = F, c = -f nb / den; y form (logmap_y_form): b = F, c = -f w / den; F = f k dd / den,
+      // w = 1 + 2k xy - k yy
+      auto yf = logmap_y_form(s.xx, s.yy, k);
+      T w = T(1) + T(2) * k * s.xy - k * s.yy;
+      T mw = sel(yf, w, nb);
+      T gF = sel(yf, gb, ga);
+      T a = f * k * s.dd / den, c = -f * mw / den;
+      T f_ = gF * k * s.dd / den - gc * mw / den;
+      T dd_ = gF * f * k / den;
+      T mw_ = -gc * f / den;
+      T nb_ = sel(yf, T(0), mw_);
+      T den_ = -(a * gF + c * gc) / den;
+      T k_ = gF * f * s.dd / den;
+      // y form: w's adjoint mw_ to xy, yy, k
+      k_ = sel(yf, k_ + mw_ * (T(2) * s.xy - s.yy), k_);
+      g.xy = sel(yf, mw_ * T(2) * k, T(0));
+      g.yy = sel(yf, -(mw_ * k), T(0));
       // f = A(z) p
       T A_ = f_ * p;
       T p_ = f_ * A;

@@ -58,8 +58,8 @@ template <> struct Dots<PARALLEL_TRANSPORT0BACK> {
   static constexpr int id[n] = {S00};
 };
 template <> struct Dots<DIST2PLANE> {
-  static constexpr int n = 8;
-  static constexpr int id[n] = {S00, S11, S01, S12, S22, SEE, SE1, SE2};
+  static constexpr int n = 9;
+  static constexpr int id[n] = {S00, S11, S01, S12, S22, SEE, SE1, SE2, S02};
 };
 
 // ---------------------------------------------------------------- forward-mode dual numbers
@@ -241,9 +241,12 @@ template <typename T> GEO_HD void eval_parallel_transport(const T* s, const T& k
 }
 
 template <typename T> GEO_HD void eval_dist2plane(const T* s, const T& k, int flags, T* c) {
-  // v0 = x, v1 = p, v2 = a; s = (xx, pp, xp, pa, aa, ee, pe, ea) with e = x - p.
-  // diff = (-p) (+)_k x = (B e + k ee p) / max(den, 1e-15), B = 1 + k pp, den = 1 + 2k <x,p> + k^2 pp xx:
-  // the numerator (1 + 2k<x,p> - k xx)(-p) + B x rewritten so that close x, p keep their digits
+  // v0 = x, v1 = p, v2 = a; s = (xx, pp, xp, pa, aa, ee, pe, ea, xa) with e = x - p.
+  // diff = (-p) (+)_k x = N / max(den, 1e-15), den = 1 + 2k <x,p> + k^2 pp xx, |N|^2 = ee den, in logmap's two forms
+  // (stereo_math.h, logmap_y_form, with p in logmap's x place): the x form N = B e + k ee p, B = 1 + k pp (the
+  // numerator (1 + 2k<x,p> - k xx)(-p) + B x rewritten so that close x, p keep their digits), and, where k pp > 1
+  // and pp > xx (p far out on the sphere, where the x form's terms cancel: float64 values 1e-11 off at |p| ~ 100,
+  // session 39), the y form N = k ee x + (1 + 2k xp - k xx) e, |diff|^2 = ee / den
   const T& xx = s[0];
   const T& pp = s[1];
   const T& xp = s[2];
@@ -252,11 +255,14 @@ template <typename T> GEO_HD void eval_dist2plane(const T* s, const T& k, int fl
   const T& ee = s[5];
   const T& pe = s[6];
   const T& ea = s[7];
+  const T& xa = s[8];
   const T B = 1.0 + k * pp;
   const T den = t_max(1.0 + 2.0 * k * xp + k * k * pp * xx, stereo::min_den<double>());
   const T kee = k * ee;
-  const T diff2 = t_max((B * B * ee + 2.0 * B * kee * pe + kee * kee * pp) / (den * den), 1e-15);
-  T sc = (B * ea + kee * pa) / den;
+  const bool yf = val(k) * val(pp) > 1.0 && val(pp) > val(xx);
+  const T diff2 = yf ? t_max(ee / den, 1e-15)
+                     : t_max((B * B * ee + 2.0 * B * kee * pe + kee * kee * pp) / (den * den), 1e-15);
+  T sc = yf ? (kee * xa + (1.0 + 2.0 * k * xp - k * xx) * ea) / den : (B * ea + kee * pa) / den;
   if (!(flags & SIGNED)) sc = t_abs(sc);
   const T an = t_sqrt(aa);
   T dd = (1.0 + k * diff2) * an;
