@@ -183,7 +183,10 @@ def _extensions():
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/bind/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No -std: torch's BuildExtension adds the standard its headers need
     # (C++17 up to torch 2.13, C++20 from 2.14 on, whose headers reject C++17).
-    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
+    # -g0: Python's own CFLAGS (which setuptools puts first) carry -g; the debug info made every object ~50x
+    # larger (a 148 MB extension, a 44 MB wheel) and cost ~25 % of each file's compile time.  Code generation is
+    # the same with or without it (GCC's rule: -g never changes the instructions), so the kernels are unchanged.
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-g0"]
     if not portable:
         cxx.append(f"-march={march}")
     define_macros = []
