@@ -11,7 +11,9 @@
 #  6. with GEOOPS_TEST_WHEEL=1 (CI sets it): the wheel recipe, installed into a
 #     clean venv and imported from outside the checkout (scripts/wheel_check.sh);
 #  7. then the pytest suite on that wheel's portable extension (scripts/portable_tests.sh:
-#     a copy of the checkout with the wheel's extension in place of the native one).
+#     a copy of the checkout with the wheel's extension in place of the native one): the tests of stage 4 that
+#     reached geoops._C there (or started a process, or did not pass; tests/conftest.py records them), since
+#     the others run the same Python on both builds; pytest reports the rest as deselected.
 # A failed stage does not stop the later ones; the run ends with one table
 # (stage, result, passed/failed/skipped, time, skip reasons grouped) and exits
 # non-zero if any stage failed.  Arguments go to the pytest stage:
@@ -69,12 +71,12 @@ XDIST=()
 python -c "import xdist" 2>/dev/null && XDIST=(-n "$(python -c 'import os; print(min(4, max(1, len(os.sched_getaffinity(0)))))')")
 stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs "${XDIST[@]}"
 stage "parity run (--quick)" summary python -m geoops.parity --quick
-stage "pytest" pytest python -m pytest tests -q -p no:cacheprovider -rs "${XDIST[@]}" "$@"
+stage "pytest" pytest env GEOOPS_C_USAGE_RECORD="$WORK/c-usage" python -m pytest tests -q -p no:cacheprovider -rs "${XDIST[@]}" "$@"
 stage "API docs" summary bash scripts/docs.sh --check
 if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ]; then
   stage "wheel (GEOOPS_PORTABLE=1)" summary bash scripts/wheel_check.sh
   # the pytest suite again on that wheel's (portable) extension, in a copy of the checkout
-  stage "pytest (portable build)" pytest bash scripts/portable_tests.sh -rs "${XDIST[@]}"
+  stage "pytest (portable build)" pytest env GEOOPS_C_USAGE_SELECT="$WORK/c-usage" bash scripts/portable_tests.sh -rs "${XDIST[@]}"
 fi
 
 python - "$WORK" "$((SECONDS - T_ALL))" <<'EOF'

@@ -17,6 +17,47 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
 
 
+def _patch_lang_once_per_launch():
+    """Under the interpreter, skip Triton's repeated patching of triton.language inside one kernel launch.
+
+    The interpreter patches triton.language (its builtins become interpreted ones) when a launch starts
+    (GridExecutor.__call__, undone when it ends) and again at every call of a @triton.jit device function
+    (InterpretedFunction.__call__: _patch_lang(fn), never undone), for every program of the grid.  Inside one
+    launch nothing undoes a patch, so a second patch of the same module globals sets the same attributes to
+    equivalent stateless wrappers again: it changes nothing, and its inspect.getmembers scans were ~35 % of the
+    interpreter tests' time.  Here the first patch of each module's globals within a launch runs; the repeats are
+    skipped.  The launch's own patch (whose scope the launch restores) always runs."""
+    try:
+        from triton.runtime import interpreter as interp
+
+        patch_lang, grid_call = interp._patch_lang, interp.GridExecutor.__call__
+    except (ImportError, AttributeError):  # another Triton: leave it as it is
+        return
+    done = set()  # id of the globals of every function patched since the current launch began
+
+    def launch(self, *args, **kwargs):
+        done.clear()
+        try:
+            return grid_call(self, *args, **kwargs)
+        finally:
+            done.clear()
+
+    def patch(fn):
+        key = id(fn.__globals__)
+        if key in done:
+            return None  # a device function's call: its caller ignores the result
+        scope = patch_lang(fn)
+        done.add(key)
+        return scope
+
+    interp.GridExecutor.__call__ = launch
+    interp._patch_lang = patch
+
+
+if INTERPRET and os.environ.get("GEOOPS_INTERPRETER_REPATCH", "0") != "1":
+    _patch_lang_once_per_launch()
+
+
 def pytest_collection_modifyitems(config, items):
     if DEVICE is not None:
         return
