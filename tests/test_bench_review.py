@@ -545,15 +545,22 @@ def test_an_interrupted_run_writes_what_it_measured(fake_runner, tmp_path):
     assert [[r["op"] for r in t["rows"]] for t in res["tables"]] == [["a1"], ["b1"]]
 
 
-def test_a_familys_compile_settings_do_not_leak_into_the_next(fake_runner, tmp_path, monkeypatch):
+def test_a_familys_compile_settings_do_not_leak_into_the_next(fake_runner, tmp_path):
     """The stereographic family turns on dynamo's nested_graph_breaks for torch.compile(geoopt) and left it on for
     every family after it (their compiled peers then compiled under another setting than in a run of their own).
     The runner restores torch's compile settings (and the thread count) after each family."""
     import torch._dynamo as dynamo
 
+    # (not monkeypatch.setattr: on a torch config module pytest records no old value, and its undo's delattr hides
+    # the setting for good: every later torch.compile in the process failed with "nested_graph_breaks does not exist")
+    with dynamo.config.patch(nested_graph_breaks=False):
+        _compile_settings_scope_check(dynamo, fake_runner, tmp_path)
+    assert isinstance(dynamo.config.nested_graph_breaks, bool)  # still a setting (raises if hidden)
+
+
+def _compile_settings_scope_check(dynamo, fake_runner, tmp_path):
     from bench import stereographic
 
-    monkeypatch.setattr(dynamo.config, "nested_graph_breaks", False)
     seen, during = [], []
     mod = _fake_family("fb", ("b1",), seen)
     rows0 = mod.rows
