@@ -823,8 +823,9 @@ def main(argv=None) -> int:
         log(f"--publish: the run is partial ({'interrupted' if interrupted else 'failed: ' + ', '.join(failed)}); "
             f"results written to {args.out} only, the committed tables are left as they are")
     elif args.publish:
-        if not SOURCE_RESULTS.parent.joinpath("__main__.py").exists() or not (HERE.parent / ".git").exists():
-            log(f"--publish: {HERE} is not a source checkout's bench/ folder; results written to {args.out} only")
+        src = SOURCE_RESULTS.parent  # the bench/ folder of a source checkout (a git work tree above it)
+        if not src.joinpath("__main__.py").exists() or not (src.parent / ".git").exists():
+            log(f"--publish: {src} is not a source checkout's bench/ folder; results written to {args.out} only")
         else:
             outs.append(SOURCE_RESULTS)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

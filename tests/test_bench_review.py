@@ -719,6 +719,7 @@ def test_a_partial_run_does_not_publish(fake_runner, tmp_path, monkeypatch):
     pub = tmp_path / "checkout" / "results"
     pub.parent.mkdir()
     (pub.parent / "__main__.py").write_text("")
+    (tmp_path / ".git").mkdir()  # a source checkout's work tree (the test's own checkout may have none: CI's portable copy)
     monkeypatch.setattr(_runner, "SOURCE_RESULTS", pub)
 
     def boom(args, log):
