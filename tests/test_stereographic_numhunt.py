@@ -378,6 +378,53 @@ def test_dist2plane_y_form_edges(dtype, d):
     _check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3, only={"dx": ~_x_far(*args)})
 
 
+_F32_PATHS = {"default": {}, "no_register_pass": {"GEOOPS_STEREO_F32_REG": "0"},
+              "fused": {"GEOOPS_STEREO_F32_ROWS": "2", "GEOOPS_STEREO_F32_REG": "0"},
+              "double_mobius_terms": {"GEOOPS_STEREO_F32_MOB": "0"}, "no_rcp": {"GEOOPS_STEREO_LOGMAP_RCP": "0"}}
+
+
+@pytest.mark.parametrize("path", tuple(_F32_PATHS))
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 12, 16, 17, 33])
+def test_logmap_f32_fast_paths_decline_y_form_rows(monkeypatch, path, d):
+    """The fp32 fast paths write logmap's x form only and must hand a block with a y-form row to the double path
+    (OkMask::x_form, pass_a, block_fwd_logmap_rcp).  The far-point tests above cannot see that check: each of their
+    blocks also holds rows beyond the float series cut, hard anyway.  Here the y-form rows (x at |x| = 1e4, y
+    geodesically close at |y| = 10, k = 1: z ~ 0.01, below the cut) sit alone in blocks of fast rows (k = -1, inside
+    the ball): their blocks equal the double path's bit for bit (short rows, SIMD builds), the other blocks do not
+    (the fast path ran), and the y-form rows keep the y form's accuracy (~1e-7; the x form written in float: 4e-5)."""
+    from _stereo_rows import block_rows, paths_bitwise, row_rel_err
+
+    B = block_rows()
+    n = 6 * B
+    g = torch.Generator().manual_seed(d)
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g, dtype=D64), dim=-1)  # noqa: E731
+    x = unit(n, d) * torch.rand(n, 1, generator=g, dtype=D64) * 0.9
+    y = unit(n, d) * torch.rand(n, 1, generator=g, dtype=D64) * 0.9
+    k = torch.full((n, 1), -1.0, dtype=D64)
+    hard = [2 * B + 5, 5 * B - 1]  # (blocks 2 and 4)
+    for h in hard:
+        u, v = unit(d), unit(d)
+        x[h], y[h], k[h] = u * 1e4, torch.nn.functional.normalize(u + 0.05 * v * (d > 1), dim=-1) * 10.0, 1.0
+    x, y, k = x.float(), y.float(), k.float()
+    assert _y_form(x, y, k).nonzero().flatten().tolist() == hard
+    exp = ref.logmap(x.double(), y.double(), k=k.double())
+    theirs = row_rel_err(ref.logmap(x, y, k=k), exp)
+    for knob, value in _F32_PATHS[path].items():
+        monkeypatch.setenv(knob, value)
+    out = gs.logmap(x, y, k=k)
+    ours = row_rel_err(out, exp)
+    assert (ours[hard] <= 2 * theirs[hard] + 2e-6).all(), (ours[hard], theirs[hard])
+    if d <= 16:  # the short rows' float paths: per block of B rows
+        monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+        slow = gs.logmap(x, y, k=k)
+        for b0 in range(0, n, B):
+            same = torch.equal(out[b0:b0 + B], slow[b0:b0 + B])
+            if b0 // B in (2, 4):
+                assert same or not paths_bitwise(), ("block", b0 // B, "should be the double path's")
+            elif paths_bitwise() and not (d == 16 and path == "no_register_pass"):  # (no float path there)
+                assert not same, ("block", b0 // B, "should be the float path's")
+
+
 # ---------------------------------------------------------------- known, written up (strict xfails)
 @pytest.mark.xfail(strict=True, reason="cdist's backward epilogue (csrc/cpu/stereographic_pairwise.cpp, the Triton "
                    "pair kernels) cancels for a point far out on the sphere (k|x|^2 >> 1): float32 dx 9e-5 at "
