@@ -238,6 +238,25 @@ def test_interleaved_varies_who_runs_just_before_each_contender(n):
         assert len(before) >= min(2, n - 1) and (n % 2 or len(before) == n - 1), (name, before, rounds)
 
 
+@pytest.mark.parametrize("n", range(1, 8))
+def test_round_order_is_balanced_for_every_count(n):
+    """round_order over one full cycle (n rounds for an even count, 2n for an odd one: the odd rounds reversed) is
+    a balanced design: every round a permutation, every contender in every position equally often, and every
+    ordered pair of neighbours equally often (so each contender follows every other one as often), 1 and odd counts
+    included (session 40 review)."""
+    from collections import Counter
+
+    from bench._timing import round_order
+
+    names = [f"c{i}" for i in range(n)]
+    rounds = [round_order(names, r) for r in range(n if n % 2 == 0 else 2 * n)]
+    assert all(sorted(o) == names for o in rounds)
+    places = Counter((o[i], i) for o in rounds for i in range(n))
+    pairs = Counter((o[i], o[i + 1]) for o in rounds for i in range(n - 1))
+    assert len(places) == n * n and len(set(places.values())) == 1, places
+    assert len(pairs) == n * (n - 1) and len(set(pairs.values())) <= 1, pairs
+
+
 def test_gaunt_forces_peer_weights_the_output_once_per_channel():
     """The e3nn side of gaunt_forces multiplies its output by geoops' weight_out (C, L + 1) in e3nn's layout: one
     (1, C (L+1)^2) row broadcast over the batch, as a user would write it; it expanded the weights to the whole
