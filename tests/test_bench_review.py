@@ -788,6 +788,28 @@ def test_a_run_stopped_by_sigterm_writes_what_it_measured(fake_runner, tmp_path,
         signal.signal(signal.SIGTERM, old)
 
 
+def test_a_run_that_raises_puts_the_sigterm_handler_back(fake_runner, tmp_path):
+    """The runner's SIGTERM handler (which turns `timeout`'s SIGTERM into the Ctrl-C path) was put back only when the
+    family loop ended normally: a SystemExit from a family (its prepare() here) left it installed, so a later SIGTERM
+    raised KeyboardInterrupt in whatever the process ran next (an in-process caller, pytest).  Session 40 review."""
+    import signal
+
+    def ours(signum, frame):
+        raise AssertionError("not called")
+
+    def bad(args, log):
+        raise SystemExit("fa: a bad option")
+
+    old = signal.signal(signal.SIGTERM, ours)
+    try:
+        run = fake_runner({"fa": _fake_family("fa", ("a1",), [], prepare=bad)})
+        with pytest.raises(SystemExit, match="a bad option"):
+            run(["--no-compile"], tmp_path)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_gpu_check_keeps_a_partial_runs_results(tmp_path):
     """scripts/gpu_check.sh's bench step returned at a failing run's exit status before copying its JSON and markdown
     into the tarball: the rows a partial run wrote (a failed family, the step's timeout) were lost."""
