@@ -810,6 +810,26 @@ def test_a_run_that_raises_puts_the_sigterm_handler_back(fake_runner, tmp_path):
         signal.signal(signal.SIGTERM, old)
 
 
+def test_ctrl_c_between_two_families_writes_what_was_measured(fake_runner, tmp_path):
+    """Ctrl-C (or `timeout`'s SIGTERM) outside a family's own try block (here: while the runner reads the next
+    family's PEER) escaped main: nothing was written.  Now it ends the run as inside a family (rows written, exit
+    130).  Session 40 review."""
+    import types
+
+    class Stops(types.ModuleType):
+        @property
+        def PEER(self):
+            raise KeyboardInterrupt
+
+    seen = []
+    fb = _fake_family("fb", ("b1",), seen)
+    fb.__class__ = Stops
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen), "fb": fb})
+    rc, res = run(["--no-compile"], tmp_path)
+    assert rc == 130 and res["meta"]["interrupted"] == "Ctrl-C"
+    assert [[r["op"] for r in t["rows"]] for t in res["tables"]] == [["a1"]]
+
+
 def test_gpu_check_keeps_a_partial_runs_results(tmp_path):
     """scripts/gpu_check.sh's bench step returned at a failing run's exit status before copying its JSON and markdown
     into the tarball: the rows a partial run wrote (a failed family, the step's timeout) were lost."""
