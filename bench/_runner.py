@@ -760,45 +760,50 @@ def main(argv=None) -> int:
         prev_term = signal.signal(signal.SIGTERM, on_term)
     except ValueError:  # not the main thread
         prev_term = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # e.g. inductor chatter; geoops' RuntimeWarnings still show
-        for family, fargs, rows, note in plan:
-            mod = mods[family]
-            if fargs is None:
-                log("")
-                log(f"== {family}: skipped ({note})")
-                continue
-            peer = getattr(mod, "PEER", "eager")
-            units = {r.unit for r in rows}
-            unit = units.pop() if len(units) == 1 else "mixed"
-            tab = {"family": family, "title": getattr(mod, "TITLE", family), "peer": peer, "unit": unit,
-                   "notes": {"--dtype": note} if note else {}, "rows": []}
-            tables.append(tab)  # before its rows run: a failure or Ctrl-C keeps what was measured
-            cols = _columns(unit, peer)
-            try:
-                with family_scope():
-                    notes = mod.prepare(fargs, log) if hasattr(mod, "prepare") else {}
-                    tab["notes"].update(notes or {})
+    try:  # (the handler goes back however the loop ends: a SystemExit from a family, Ctrl-C between families)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. inductor chatter; geoops' RuntimeWarnings still show
+            for family, fargs, rows, note in plan:
+                mod = mods[family]
+                if fargs is None:
                     log("")
-                    log(f"== {family}: {tab['title']} ({len(rows)} rows)" + (f"; --dtype: {note}" if note else ""))
-                    log(text_header(cols))
-                    for i, row in enumerate(rows, 1):
-                        t_row = time.perf_counter()
-                        res = bench_row(row, device, fargs, log)
-                        tab["rows"].append(res)
-                        log(text_row(res, cols) + f"  [{i}/{len(rows)}, {time.perf_counter() - t_row:.1f} s]")
-            except KeyboardInterrupt:
-                interrupted = "SIGTERM" if terminated else "Ctrl-C"
-                tab["error"] = f"interrupted ({interrupted})"
-                log(f"\n== interrupted ({interrupted}) in {family}: writing the "
-                    f"{sum(len(t['rows']) for t in tables)} rows measured")
-                break
-            except Exception as e:  # one family's failure does not cost the others' results
-                tab["error"] = _fmt_err(e)
-                failed.append(family)
-                log(f"  ! {family} failed after {len(tab['rows'])} of {len(rows)} rows: {tab['error']}")
-    if prev_term is not None:
-        signal.signal(signal.SIGTERM, prev_term)
+                    log(f"== {family}: skipped ({note})")
+                    continue
+                peer = getattr(mod, "PEER", "eager")
+                units = {r.unit for r in rows}
+                unit = units.pop() if len(units) == 1 else "mixed"
+                tab = {"family": family, "title": getattr(mod, "TITLE", family), "peer": peer, "unit": unit,
+                       "notes": {"--dtype": note} if note else {}, "rows": []}
+                tables.append(tab)  # before its rows run: a failure or Ctrl-C keeps what was measured
+                cols = _columns(unit, peer)
+                try:
+                    with family_scope():
+                        notes = mod.prepare(fargs, log) if hasattr(mod, "prepare") else {}
+                        tab["notes"].update(notes or {})
+                        log("")
+                        log(f"== {family}: {tab['title']} ({len(rows)} rows)" + (f"; --dtype: {note}" if note else ""))
+                        log(text_header(cols))
+                        for i, row in enumerate(rows, 1):
+                            t_row = time.perf_counter()
+                            res = bench_row(row, device, fargs, log)
+                            tab["rows"].append(res)
+                            log(text_row(res, cols) + f"  [{i}/{len(rows)}, {time.perf_counter() - t_row:.1f} s]")
+                except KeyboardInterrupt:
+                    interrupted = "SIGTERM" if terminated else "Ctrl-C"
+                    tab["error"] = f"interrupted ({interrupted})"
+                    log(f"\n== interrupted ({interrupted}) in {family}: writing the "
+                        f"{sum(len(t['rows']) for t in tables)} rows measured")
+                    break
+                except Exception as e:  # one family's failure does not cost the others' results
+                    tab["error"] = _fmt_err(e)
+                    failed.append(family)
+                    log(f"  ! {family} failed after {len(tab['rows'])} of {len(rows)} rows: {tab['error']}")
+    except KeyboardInterrupt:  # between two families' own try blocks
+        interrupted = "SIGTERM" if terminated else "Ctrl-C"
+        log(f"\n== interrupted ({interrupted}): writing the {sum(len(t['rows']) for t in tables)} rows measured")
+    finally:
+        if prev_term is not None:
+            signal.signal(signal.SIGTERM, prev_term)
     meta["failed_families"] = failed
     meta["interrupted"] = interrupted
     meta["skipped_families"] = {f: note for f, fa, _, note in plan if fa is None}

@@ -9,9 +9,10 @@
 # Why: the native build is what CI's main pytest stage runs; the portable build compiles every kernel without AVX2 /
 # AVX-512 and without hardware fma (ATen's vector fmadd is then two roundings), so its paths and their bits differ
 # (tests state which results are bit-exact only on SIMD builds: tests/_stereo_rows.py paths_bitwise()).
-# GEOOPS_C_USAGE_SELECT=DIR runs only the tests recorded in DIR by a native run with GEOOPS_C_USAGE_RECORD=DIR
-# (tests/conftest.py: those that reached geoops._C, started a process or did not pass; scripts/test.sh does this):
-# the others run the same Python on both builds.  Unset, or nothing recorded there: the whole suite.
+# GEOOPS_C_USAGE_SELECT=DIR deselects the tests that a native run with GEOOPS_C_USAGE_RECORD=DIR saw pass without
+# reaching geoops._C (tests/conftest.py; scripts/test.sh does this): they run the same Python on both builds.  Every
+# other test runs (those that reached geoops._C, started a process or did not pass, and any the native run did not
+# see to its end).  Unset, or nothing recorded there: the whole suite.
 #   bash scripts/portable_tests.sh [pytest args]      # after scripts/wheel_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ if [ -z "$whl" ]; then
   echo "[portable] no dist/geoops-*.whl: run scripts/wheel_check.sh first (it builds the portable wheel)" >&2
   exit 2
 fi
-if [ -n "${GEOOPS_C_USAGE_SELECT:-}" ] && ls "$GEOOPS_C_USAGE_SELECT"/*.txt >/dev/null 2>&1; then
+if [ -n "${GEOOPS_C_USAGE_SELECT:-}" ] && ls "$GEOOPS_C_USAGE_SELECT"/*.skip >/dev/null 2>&1; then
   GEOOPS_C_USAGE_SELECT=$(cd "$GEOOPS_C_USAGE_SELECT" && pwd)
   export GEOOPS_C_USAGE_SELECT
 else
@@ -58,7 +59,7 @@ assert C.build_isa() == "DEFAULT", f"not a portable build: {C.build_isa()}"
 print(f"[portable] geoops and {os.path.basename(C.__file__)} from {here}; build_isa() = {C.build_isa()}")
 EOF
 if [ -n "${GEOOPS_C_USAGE_SELECT:-}" ]; then
-  echo "[portable] only the $(cat "$GEOOPS_C_USAGE_SELECT"/*.txt | sort -u | wc -l) tests that reached geoops._C in the native run (or started a process, or did not pass) run again: the others are deselected"
+  echo "[portable] the $(cat "$GEOOPS_C_USAGE_SELECT"/*.skip | sort -u | wc -l) tests that passed in the native run without reaching geoops._C are deselected; the others run again ($(cat "$GEOOPS_C_USAGE_SELECT"/*.txt | sort -u | wc -l) reached it, started a process or did not pass there)"
 else
   unset GEOOPS_C_USAGE_SELECT
   echo "[portable] no record of the native run's geoops._C use: the whole suite"

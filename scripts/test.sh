@@ -12,8 +12,9 @@
 #     clean venv and imported from outside the checkout (scripts/wheel_check.sh);
 #  7. then the pytest suite on that wheel's portable extension (scripts/portable_tests.sh:
 #     a copy of the checkout with the wheel's extension in place of the native one): the tests of stage 4 that
-#     reached geoops._C there (or started a process, or did not pass; tests/conftest.py records them), since
-#     the others run the same Python on both builds; pytest reports the rest as deselected.
+#     reached geoops._C there (or started a process, or did not pass; tests/conftest.py records them) and any
+#     it did not see to their end, since the others run the same Python on both builds; pytest reports the rest
+#     as deselected.
 # A failed stage does not stop the later ones; the run ends with one table
 # (stage, result, passed/failed/skipped, time, skip reasons grouped) and exits
 # non-zero if any stage failed.  Arguments go to the pytest stage:

@@ -11,9 +11,13 @@ C++ kernel joins by itself:
   (a cached module-scope fixture counts for every test that uses it); when its module or class read it while being
   collected (values in parametrize lists); when it started a process (a child's kernel calls are not seen here:
   subprocess, fork, multiprocessing); or when it did not pass (skipped, xfailed, failed: skip conditions may depend
-  on the build).  One file per pytest process (xdist worker) in DIR.
-* GEOOPS_C_USAGE_SELECT=DIR (scripts/portable_tests.sh): runs only the recorded tests, deselecting the rest (pytest
-  reports them as deselected).  No recorded file in DIR: every test runs.
+  on the build).  One file per pytest process (xdist worker) in DIR: NAME.txt, the recorded tests, and NAME.skip,
+  the others (tests that ran to their end, passed and never read geoops._C), both written test by test (a worker
+  that crashes keeps what it wrote).
+* GEOOPS_C_USAGE_SELECT=DIR (scripts/portable_tests.sh): deselects the tests of DIR's *.skip files (pytest reports
+  them as deselected) and runs every other: the recorded ones, and those the native run did not see to their end
+  (a crash, a test it never reached, an id only this run has, e.g. build-dependent parameters).  No *.skip file in
+  DIR: every test runs.
 
 Without either variable this file does nothing.
 """
@@ -84,7 +88,10 @@ def _install():
 class _Recorder:
     def __init__(self, out_dir):
         self.out_dir = out_dir
-        self.tests = set()  # node ids recorded
+        os.makedirs(out_dir, exist_ok=True)
+        base = os.path.join(out_dir, f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}")
+        # written test by test (line-buffered): a crash keeps every line written before it
+        self.files = {True: open(base + ".txt", "w", buffering=1), False: open(base + ".skip", "w", buffering=1)}
         self.collected = []  # node-id prefixes whose collection read geoops._C
         self.fixtures = set()  # fixture names whose setup read geoops._C
         self.current = False
@@ -111,19 +118,17 @@ class _Recorder:
         self.current = False
         yield
         nid = item.nodeid
-        if (_Usage.touched or self.current or self.fixtures.intersection(getattr(item, "fixturenames", ()))
-                or any(nid == p or nid.startswith(p + "::") or nid.startswith(p + "/") for p in self.collected)):
-            self.tests.add(nid)
+        used = bool(_Usage.touched or self.current or self.fixtures.intersection(getattr(item, "fixturenames", ()))
+                    or any(nid == p or nid.startswith(p + "::") or nid.startswith(p + "/") for p in self.collected))
+        self.files[used].write(nid + "\n")
 
     def pytest_runtest_logreport(self, report):
         if report.outcome != "passed" or hasattr(report, "wasxfail"):
             self.current = True
 
     def pytest_sessionfinish(self, session):
-        os.makedirs(self.out_dir, exist_ok=True)
-        name = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        with open(os.path.join(self.out_dir, f"{name}-{os.getpid()}.txt"), "w") as f:
-            f.writelines(t + "\n" for t in sorted(self.tests))
+        for f in self.files.values():
+            f.close()
 
 
 def pytest_configure(config):
@@ -134,7 +139,7 @@ def pytest_configure(config):
         # a plain run, or the controller of an xdist run (before its workers start): start from an empty folder
         os.makedirs(_RECORD, exist_ok=True)
         for f in os.listdir(_RECORD):
-            if f.endswith(".txt"):
+            if f.endswith((".txt", ".skip")):
                 os.remove(os.path.join(_RECORD, f))
         if getattr(config.option, "numprocesses", None):
             return  # an xdist controller runs no test: its workers record
@@ -142,10 +147,12 @@ def pytest_configure(config):
         config.pluginmanager.register(_Recorder(_RECORD), "geoops-c-usage-recorder")
 
 
-def _selected(sel_dir):
+def _deselectable(sel_dir):
+    """The node ids of sel_dir's *.skip files (tests the native run saw pass without reading geoops._C), or None
+    where there is no such file."""
     if not os.path.isdir(sel_dir):
         return None
-    files = [f for f in os.listdir(sel_dir) if f.endswith(".txt")]
+    files = [f for f in os.listdir(sel_dir) if f.endswith(".skip")]
     if not files:
         return None
     out = set()
@@ -158,10 +165,10 @@ def _selected(sel_dir):
 def pytest_collection_modifyitems(config, items):
     if not _SELECT:
         return
-    keep = _selected(_SELECT)
-    if keep is None:
+    skip = _deselectable(_SELECT)
+    if skip is None:
         return
-    drop = [it for it in items if it.nodeid not in keep]
+    drop = [it for it in items if it.nodeid in skip]
     if drop:
-        items[:] = [it for it in items if it.nodeid in keep]
+        items[:] = [it for it in items if it.nodeid not in skip]
         config.hook.pytest_deselected(items=drop)

@@ -238,6 +238,25 @@ def test_interleaved_varies_who_runs_just_before_each_contender(n):
         assert len(before) >= min(2, n - 1) and (n % 2 or len(before) == n - 1), (name, before, rounds)
 
 
+@pytest.mark.parametrize("n", range(1, 8))
+def test_round_order_is_balanced_for_every_count(n):
+    """round_order over one full cycle (n rounds for an even count, 2n for an odd one: the odd rounds reversed) is
+    a balanced design: every round a permutation, every contender in every position equally often, and every
+    ordered pair of neighbours equally often (so each contender follows every other one as often), 1 and odd counts
+    included (session 40 review)."""
+    from collections import Counter
+
+    from bench._timing import round_order
+
+    names = [f"c{i}" for i in range(n)]
+    rounds = [round_order(names, r) for r in range(n if n % 2 == 0 else 2 * n)]
+    assert all(sorted(o) == names for o in rounds)
+    places = Counter((o[i], i) for o in rounds for i in range(n))
+    pairs = Counter((o[i], o[i + 1]) for o in rounds for i in range(n - 1))
+    assert len(places) == n * n and len(set(places.values())) == 1, places
+    assert len(pairs) == n * (n - 1) and len(set(pairs.values())) <= 1, pairs
+
+
 def test_gaunt_forces_peer_weights_the_output_once_per_channel():
     """The e3nn side of gaunt_forces multiplies its output by geoops' weight_out (C, L + 1) in e3nn's layout: one
     (1, C (L+1)^2) row broadcast over the batch, as a user would write it; it expanded the weights to the whole
@@ -767,6 +786,48 @@ def test_a_run_stopped_by_sigterm_writes_what_it_measured(fake_runner, tmp_path,
         assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_a_run_that_raises_puts_the_sigterm_handler_back(fake_runner, tmp_path):
+    """The runner's SIGTERM handler (which turns `timeout`'s SIGTERM into the Ctrl-C path) was put back only when the
+    family loop ended normally: a SystemExit from a family (its prepare() here) left it installed, so a later SIGTERM
+    raised KeyboardInterrupt in whatever the process ran next (an in-process caller, pytest).  Session 40 review."""
+    import signal
+
+    def ours(signum, frame):
+        raise AssertionError("not called")
+
+    def bad(args, log):
+        raise SystemExit("fa: a bad option")
+
+    old = signal.signal(signal.SIGTERM, ours)
+    try:
+        run = fake_runner({"fa": _fake_family("fa", ("a1",), [], prepare=bad)})
+        with pytest.raises(SystemExit, match="a bad option"):
+            run(["--no-compile"], tmp_path)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_ctrl_c_between_two_families_writes_what_was_measured(fake_runner, tmp_path):
+    """Ctrl-C (or `timeout`'s SIGTERM) outside a family's own try block (here: while the runner reads the next
+    family's PEER) escaped main: nothing was written.  Now it ends the run as inside a family (rows written, exit
+    130).  Session 40 review."""
+    import types
+
+    class Stops(types.ModuleType):
+        @property
+        def PEER(self):
+            raise KeyboardInterrupt
+
+    seen = []
+    fb = _fake_family("fb", ("b1",), seen)
+    fb.__class__ = Stops
+    run = fake_runner({"fa": _fake_family("fa", ("a1",), seen), "fb": fb})
+    rc, res = run(["--no-compile"], tmp_path)
+    assert rc == 130 and res["meta"]["interrupted"] == "Ctrl-C"
+    assert [[r["op"] for r in t["rows"]] for t in res["tables"]] == [["a1"]]
 
 
 def test_gpu_check_keeps_a_partial_runs_results(tmp_path):

@@ -12,7 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 SAMPLE = '''
-import subprocess, sys
+import os, subprocess, sys
 import pytest
 import torch
 import geoops.stereographic as gs
@@ -48,6 +48,16 @@ def test_starts_a_process():
 @pytest.mark.skip(reason="skipped here")
 def test_skipped():
     pass
+
+
+@pytest.mark.parametrize("build", [os.environ.get("SAMPLE_BUILD", "native")])
+def test_build_dependent_id(build):
+    assert build
+
+
+def test_zz_crashes_the_native_run():
+    if os.environ.get("GEOOPS_C_USAGE_RECORD"):
+        os._exit(3)
 '''
 
 
@@ -61,15 +71,24 @@ def _pytest(tmp_path, env_extra, *args):
 
 @pytest.mark.skipif(_backend.compiled() is None, reason="needs the compiled extension geoops._C")
 def test_record_and_select_the_tests_that_reach_the_extension(tmp_path):
+    """The record and the selection, on a sample whose native run dies in its last test (an xdist worker's crash
+    leaves its record as this does).  What the selection deselects must be known to need no rerun: a test the
+    native run saw pass without reading geoops._C.  So a test that crashed the native run, one it never reached
+    and one whose id only the portable run has (build-dependent parameters) all run again (session 40: the record
+    was written at the session's end, so a crashed worker's tests, and ids the native run never had, were
+    deselected)."""
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     rec = tmp_path / "rec"
     r = _pytest(tmp_path, {"GEOOPS_C_USAGE_RECORD": str(rec)})
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr  # (the crash)
     recorded = set()
     for f in os.listdir(rec):
-        recorded.update(line.split("::")[-1] for line in (rec / f).read_text().split())
+        if f.endswith(".txt"):
+            recorded.update(line.split("::")[-1] for line in (rec / f).read_text().split())
     assert recorded == {"test_calls_a_kernel", "test_first_fixture_user", "test_second_fixture_user",
                         "test_starts_a_process", "test_skipped"}, recorded
-    r = _pytest(tmp_path, {"GEOOPS_C_USAGE_SELECT": str(rec)}, "-rs")
+    r = _pytest(tmp_path, {"GEOOPS_C_USAGE_SELECT": str(rec), "SAMPLE_BUILD": "portable"}, "-rA")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "4 passed, 1 skipped, 1 deselected" in r.stdout, r.stdout
+    assert "6 passed, 1 skipped, 1 deselected" in r.stdout, r.stdout
+    for name in ("test_build_dependent_id[portable]", "test_zz_crashes_the_native_run"):
+        assert f"PASSED test_sample.py::{name}" in r.stdout, r.stdout

@@ -311,6 +311,120 @@ def test_dist2plane_sphere_far_x_gradient():
     _check_rule(run, gs.dist2plane, (x, p, a, k), ("out", "dx"), n_vec=3, only={"dx": _x_far(x, p, a, k)})
 
 
+# ---------------------------------------------------------------- the y form's edges (session 40, review39)
+def boundary_pairs(d, dtype, seed):
+    """Rows (x, y, k) on both sides of logmap_y_form's two edges, a few ulps of `dtype` apart: k|x|^2 = 1 (|x| moved by
+    -6 .. 6 ulps, y at half its norm in another direction) and |x| = |y| with k|x|^2 = 4 (|y| moved by -6 .. 6 ulps; y
+    in another direction, or geodesically close to x); k = 1, 0.5, 2, 3.  156 rows, about half of them in the y form."""
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.finfo(dtype).eps
+    ks, xs, ys = [], [], []
+    for kv in (1.0, 0.5, 2.0, 3.0):
+        r = kv ** -0.5
+        for j in range(-6, 7):
+            u, v = (torch.nn.functional.normalize(torch.randn(d, generator=g, dtype=D64), dim=0) for _ in range(2))
+            c = u + 1e-3 * v
+            xs += [u * r * (1 + j * eps), u * 2 * r, u * 2 * r]
+            ys += [v * 0.5 * r, v * 2 * r * (1 + j * eps), c / c.norm() * 2 * r * (1 + j * eps)]
+            ks += [kv] * 3
+    k = torch.tensor(ks, dtype=D64)[:, None]
+    return torch.stack(xs).to(dtype), torch.stack(ys).to(dtype), k.to(dtype)
+
+
+def _y_form(x, y, k):
+    xx, yy = x.double().square().sum(-1), y.double().square().sum(-1)
+    return (k.double().squeeze(-1) * xx > 1) & (xx > yy)
+
+
+@pytest.mark.parametrize("d", [3, 8, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logmap_y_form_edges(dtype, d):
+    """logmap's x and y forms are the same function, so at the edges of the choice (k|x|^2 = 1, |x| = |y|) the rows on
+    either side must both be accurate (a wrong term in one form, or a form switch between the forward and the backward,
+    shows as a jump there): values, dx, dy (and float32 dk) by _check_rule.  (float64 dk: the eager reference's own
+    error, ~1e-9 on the close pairs against mpmath, is not what _check_rule's 1-ulp estimate says; ours was ~1e-12.)"""
+    x, y, k = boundary_pairs(d, dtype, seed=d)
+    yf = _y_form(x, y, k)
+    assert 0.3 < yf.double().mean() < 0.7  # both forms on both edges
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=D64)
+    grad_k = dtype == torch.float32
+
+    def run(fn, x, y, k):
+        x, y, k = x.clone().requires_grad_(), y.clone().requires_grad_(), k.clone().requires_grad_(grad_k)
+        out = fn(x, y, k=k)
+        return [out.detach(), *torch.autograd.grad((out * w.to(x.dtype)).sum(), (x, y, k) if grad_k else (x, y))]
+
+    _check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy", "dk"), n_vec=2)
+
+
+@pytest.mark.parametrize("d", [3, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dist2plane_y_form_edges(dtype, d):
+    """dist2plane's (-p) (+) x at the edges of its form choice (k|p|^2 = 1, |p| = |x|; boundary_pairs with p in
+    logmap's x place): values and gradients by _check_rule (dx where x is not far out: the xfail above)."""
+    p, x, k = boundary_pairs(d, D64, seed=d)
+    diff = ref.mobius_add(-p, x, k=k)
+    a = diff + 0.5 * diff.norm(dim=-1, keepdim=True) * torch.randn(x.shape, generator=torch.Generator().manual_seed(4),
+                                                                   dtype=D64) / d ** 0.5
+    w = torch.randn(x.shape[0], generator=torch.Generator().manual_seed(5), dtype=D64)
+
+    def run(fn, x, p, a, k):
+        x, p, a = (t.clone().requires_grad_() for t in (x, p, a))
+        out = fn(x, p, a, k=k, signed=True, keepdim=True).squeeze(-1)
+        return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, p, a))]
+
+    args = [t.to(dtype) for t in (x, p, a, k)]
+    assert 0.3 < _y_form(args[1], args[0], args[3]).double().mean() < 0.7
+    _check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3, only={"dx": ~_x_far(*args)})
+
+
+_F32_PATHS = {"default": {}, "no_register_pass": {"GEOOPS_STEREO_F32_REG": "0"},
+              "fused": {"GEOOPS_STEREO_F32_ROWS": "2", "GEOOPS_STEREO_F32_REG": "0"},
+              "double_mobius_terms": {"GEOOPS_STEREO_F32_MOB": "0"}, "no_rcp": {"GEOOPS_STEREO_LOGMAP_RCP": "0"}}
+
+
+@pytest.mark.parametrize("path", tuple(_F32_PATHS))
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 12, 16, 17, 33])
+def test_logmap_f32_fast_paths_decline_y_form_rows(monkeypatch, path, d):
+    """The fp32 fast paths write logmap's x form only and must hand a block with a y-form row to the double path
+    (OkMask::x_form, pass_a, block_fwd_logmap_rcp).  The far-point tests above cannot see that check: each of their
+    blocks also holds rows beyond the float series cut, hard anyway.  Here the y-form rows (x at |x| = 1e4, y
+    geodesically close at |y| = 10, k = 1: z ~ 0.01, below the cut) sit alone in blocks of fast rows (k = -1, inside
+    the ball): their blocks equal the double path's bit for bit (short rows, SIMD builds), the other blocks do not
+    (the fast path ran), and the y-form rows keep the y form's accuracy (~1e-7; the x form written in float: 4e-5)."""
+    from _stereo_rows import block_rows, paths_bitwise, row_rel_err
+
+    B = block_rows()
+    n = 6 * B
+    g = torch.Generator().manual_seed(d)
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g, dtype=D64), dim=-1)  # noqa: E731
+    x = unit(n, d) * torch.rand(n, 1, generator=g, dtype=D64) * 0.9
+    y = unit(n, d) * torch.rand(n, 1, generator=g, dtype=D64) * 0.9
+    k = torch.full((n, 1), -1.0, dtype=D64)
+    hard = [2 * B + 5, 5 * B - 1]  # (blocks 2 and 4)
+    for h in hard:
+        u, v = unit(d), unit(d)
+        x[h], y[h], k[h] = u * 1e4, torch.nn.functional.normalize(u + 0.05 * v * (d > 1), dim=-1) * 10.0, 1.0
+    x, y, k = x.float(), y.float(), k.float()
+    assert _y_form(x, y, k).nonzero().flatten().tolist() == hard
+    exp = ref.logmap(x.double(), y.double(), k=k.double())
+    theirs = row_rel_err(ref.logmap(x, y, k=k), exp)
+    for knob, value in _F32_PATHS[path].items():
+        monkeypatch.setenv(knob, value)
+    out = gs.logmap(x, y, k=k)
+    ours = row_rel_err(out, exp)
+    assert (ours[hard] <= 2 * theirs[hard] + 2e-6).all(), (ours[hard], theirs[hard])
+    if d <= 16:  # the short rows' float paths: per block of B rows
+        monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "0")
+        slow = gs.logmap(x, y, k=k)
+        for b0 in range(0, n, B):
+            same = torch.equal(out[b0:b0 + B], slow[b0:b0 + B])
+            if b0 // B in (2, 4):
+                assert same or not paths_bitwise(), ("block", b0 // B, "should be the double path's")
+            elif paths_bitwise() and not (d == 16 and path == "no_register_pass"):  # (no float path there)
+                assert not same, ("block", b0 // B, "should be the float path's")
+
+
 # ---------------------------------------------------------------- known, written up (strict xfails)
 @pytest.mark.xfail(strict=True, reason="cdist's backward epilogue (csrc/cpu/stereographic_pairwise.cpp, the Triton "
                    "pair kernels) cancels for a point far out on the sphere (k|x|^2 >> 1): float32 dx 9e-5 at "

@@ -242,3 +242,56 @@ def test_dist2plane_sphere_far_points(device, dtype, d):
         rel = lambda v: (v - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
         bad = (rel(o) > 2 * rel(t) + (floor if name == "out" else gfloor)) & ~(x_far & (name == "dx"))
         assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
+
+
+# ---------------------------------------------------------------- the y form's edges (session 40, review39)
+def _numhunt():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the CPU hunt's rows and rule
+    import test_stereographic_numhunt
+
+    return test_stereographic_numhunt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [3, 17])
+def test_logmap_y_form_edges(device, dtype, d):
+    """tests/test_stereographic_numhunt.py's test_logmap_y_form_edges on the Triton kernels: rows a few ulps either
+    side of k|x|^2 = 1 and |x| = |y| (the forms' choice, made again in the backward) all within the low-precision rule,
+    values, dx, dy."""
+    nh = _numhunt()
+    x, y, k = nh.boundary_pairs(d, dtype, seed=d)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def run(fn, x, y, k):
+        dev = device if fn is gs.logmap else "cpu"
+        x, y = x.to(dev).requires_grad_(), y.to(dev).requires_grad_()
+        out = fn(x, y, k=k.to(dev))
+        return [t.detach().cpu() for t in (out, *torch.autograd.grad((out * w.to(out)).sum(), (x, y)))]
+
+    nh._check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
+@pytest.mark.parametrize("d", [3, 17])
+def test_dist2plane_y_form_edges(device, d):
+    """dist2plane at its form choice's edges (k|p|^2 = 1, |p| = |x|) on the Triton kernels, float64 (float32's da on
+    the close pairs is ~1e-4 off in both the kernel and the eager reference, before session 39 too: a per-row 2x rule
+    is noise there)."""
+    nh = _numhunt()
+    f64 = torch.float64
+    p, x, k = nh.boundary_pairs(d, f64, seed=d)
+    diff = nh.ref.mobius_add(-p, x, k=k)
+    a = diff + 0.5 * diff.norm(dim=-1, keepdim=True) * torch.randn(
+        x.shape, generator=torch.Generator().manual_seed(4), dtype=f64) / d ** 0.5
+    w = torch.randn(x.shape[0], generator=torch.Generator().manual_seed(5), dtype=f64)
+
+    def run(fn, x, p, a, k):
+        dev = device if fn is gs.dist2plane else "cpu"
+        x, p, a = (t.to(dev).requires_grad_() for t in (x, p, a))
+        out = fn(x, p, a, k=k.to(dev), signed=True, keepdim=True).squeeze(-1)
+        return [t.detach().cpu() for t in (out, *torch.autograd.grad((out * w.to(out)).sum(), (x, p, a)))]
+
+    args = (x, p, a, k)
+    nh._check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3, only={"dx": ~nh._x_far(*args)})
