@@ -65,7 +65,10 @@ constexpr bool f32_op(int op) { return fast_op(op) || reg_max_d(op) > 0; }
 // rows and hard blocks); =2: the fused blocks for all five ops at every D <= kMaxD (so that tests reach them on
 // every build).  Read per call (once: switches(), stereographic_rows_f32_reg.h).
 // dist (session 40; not fast_op: no fused / eight-loop blocks) only where the register pass takes it (reg on, D up to
-// its reg_max_d, any mode but 0); elsewhere its double path, as before (its D = 9..16 rows the long-row path).
+// its reg_max_d, any mode but 0); elsewhere its double path, as before (its D = 9..16 rows the long-row path).  Mode 2
+// with the register pass off: dist's short-row double blocks at those D (the path of the register pass's declined
+// blocks, so that tests compare them bit for bit; its D = 9..16 rows otherwise take the long-row double path, whose
+// sums round in another order).
 // The value's bit 2 (kModeG1, modes 1 and 2 only): GEOOPS_STEREO_F32_G2=0, the fused blocks one float vector at a
 // time on AVX2 builds (block_fused, session 26: its A/B and the tests' reference; no effect on other builds).
 constexpr int kModeG1 = 4;
@@ -78,7 +81,7 @@ inline int mode() {
 inline bool use(int m, bool reg, int op, int64_t D) {
   m &= ~kModeG1;
   if (m == 0 || !f32_op(op) || D > kMaxD) return false;
-  if (!fast_op(op)) return reg && D >= 1 && D <= reg_max_d(op);  // (dist: the register pass only)
+  if (!fast_op(op)) return (reg || m == 2) && D >= 1 && D <= reg_max_d(op);  // (dist: the register pass only)
   if (m == 2 || D <= 8) return true;
   if (reg && D <= kRegIsaMaxD) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
 #if defined(CPU_CAPABILITY_AVX2)
