@@ -680,7 +680,7 @@ DOCUMENTED_LAYOUT = {
                                            "dist": 16},
                    float_mobius_ops=("mobius_add", "expmap", "logmap")),
     "AVX2": dict(register_pass_rows=8, register_pass_bits_as_fused=False,
-                 register_pass_op_max_d={"mobius_add": 8, "expmap0": 8, "logmap": 8},
+                 register_pass_op_max_d={"mobius_add": 8, "expmap0": 8, "logmap": 8, "dist": 8},
                  float_mobius_ops=("mobius_add", "logmap")),
     "DEFAULT": dict(register_pass_rows=0, register_pass_bits_as_fused=False, register_pass_op_max_d={},
                     float_mobius_ops=()),
@@ -897,7 +897,8 @@ def test_f32_register_pass_dist(d, monkeypatch):
     where the register pass takes dist, the NaN / beyond-float / partial blocks equal the double path
     (GEOOPS_STEREO_F32_REG=0; _dist_blocks_equal) and, for k = -1 (and 0 at D > 1; at D = 1 both give 2|x - y|
     exactly), every other block differs from it somewhere (the register pass ran); where it does not, the output is the double path's, every bit.  Every finite row within
-    2x the eager fp32 reference's error vs the fp64 math on the same inputs + 2e-7, and within 1e-6."""
+    2x the eager fp32 reference's error vs the fp64 math on the same inputs + 2e-7, and (the register pass) within
+    1e-6."""
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
     n = B * 6 + 13
@@ -922,7 +923,8 @@ def test_f32_register_pass_dist(d, monkeypatch):
         ok = _reg_normal_rows(expect)
         e_new, e_eager = op_row_err("dist", new, expect, xs)[ok], op_row_err("dist", eager, expect, xs)[ok]
         assert float(e_new.max()) <= 2 * float(e_eager.max()) + 2e-7, (name, float(e_new.max()), float(e_eager.max()))
-        assert float(e_new.max()) <= 1e-6, (name, float(e_new.max()))
+        if takes:
+            assert float(e_new.max()) <= 1e-6, (name, float(e_new.max()))
 
 
 def _dist_house_rows(d: int, kv: float, seed: int, n: int = 64 * 40):
@@ -974,8 +976,8 @@ def test_f32_register_pass_dist_house_rule(d, monkeypatch):
     _dist_house_rows' kinds of rows (random, close pairs, near-boundary, close near-boundary, x = y, far pairs), k = -1,
     -0.3, 0, 0.5 and per row (-1, -0.3, -2, 0, -0.05, 0.3), the worst row's relative error vs the fp64 math on the same
     fp32 inputs (_dist_fp64) at most 2x the eager fp32 reference's worst row + 2e-7, at most 3x the double path's
-    worst row + 2e-7 (the float terms round a few more times than the double ones where nothing cancels) and at most
-    1e-6; x = y rows exactly 0.  Measured (AVX-512): <= 3.3e-7 at every k, where the double path reaches 4e-5 on the
+    worst row + 2e-7 (the float terms round a few more times than the double ones where nothing cancels) and, where
+    the register pass takes dist, at most 1e-6; x = y rows exactly 0.  Measured (AVX-512): <= 3.3e-7 at every k, where the double path reaches 4e-5 on the
     near-boundary pairs (its den = 1 + 2k<x,y> + k^2|x|^2|y|^2 cancels in double) and the eager reference 1e5."""
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
@@ -1001,7 +1003,9 @@ def test_f32_register_pass_dist_house_rule(d, monkeypatch):
             return float(op_row_err("dist", o, expect, x)[ok].max())
 
         e_new, e_eager, e_dbl = err(new), err(eager), err(dbl)
-        assert e_new <= 2 * e_eager + 2e-7 and e_new <= 3 * e_dbl + 2e-7 and e_new <= 1e-6, (kv, e_new, e_eager, e_dbl)
+        assert e_new <= 2 * e_eager + 2e-7 and e_new <= 3 * e_dbl + 2e-7, (kv, e_new, e_eager, e_dbl)
+        if reg_takes("dist", d):  # (the double path alone: up to 4e-5 on the near-boundary pairs)
+            assert e_new <= 1e-6, (kv, e_new)
 
 
 @pytest.mark.parametrize("d", (2, 5, 16))

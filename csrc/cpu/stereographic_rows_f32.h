@@ -54,7 +54,7 @@ constexpr bool fast_op(int op) {
          op == stereo::LOGMAP0;
 }
 // The ops of the fp32 short-row float path on this build: fast_op's, and those the register pass alone takes (dist on
-// AVX-512 builds, session 40: kOpPaths).
+// AVX-512 and AVX2 builds, session 40: kOpPaths).
 constexpr bool f32_op(int op) { return fast_op(op) || reg_max_d(op) > 0; }
 
 // Where the path runs (mode 1, the default): every op at D <= 8; at D = 9..16 all five ops on AVX-512 builds (the

@@ -16,7 +16,7 @@ namespace f32rows {
 // GEOOPS_STEREO_F32_MOB is on (only mobius_add, expmap and logmap have Mobius terms).
 // dist (session 40) is the one op with one value per row: the register pass only (the fused / eight-loop blocks of
 // stereographic_rows_f32.h, fast_op, write (N, D) rows), its own float terms whatever GEOOPS_STEREO_F32_MOB
-// (lanes_dist_fg); with reg_max_d 0 it keeps the double path.
+// (lanes_dist_fg); with reg_max_d 0 (portable builds) it keeps the double path.
 struct OpPaths {
   int op;
   const char* name;  // the op's name in geoops.stereographic / the tests
@@ -41,15 +41,16 @@ inline constexpr OpPaths kOpPaths[] = {
 // logmap0 0.96x / 1.14x; their lane math keeps more vectors live than AVX2's 16 registers hold next to the columns);
 // mobius_add 0.84x / 0.73x, logmap 0.84x / 0.72x, expmap0 0.81x / 0.96x.  expmap keeps the double Mobius terms:
 // its float terms (with AVX2's exact divisions) measured no faster and came out a few float ulps beyond
-// test_f32_lane_quotients's bound at D = 1, k = -0.3 (3.7e-6 against 3.5e-6).  dist (session 40): not measured on an
-// AVX2 machine, so 0 (its double path, as before).
+// test_f32_lane_quotients's bound at D = 1, k = -0.3 (3.7e-6 against 3.5e-6).  dist (session 40): 0.35-0.48x the
+// time of its double path at D = 1..8 (1 thread, in-process A/B of GEOOPS_STEREO_F32_REG, 2^20 rows, two runs; the AVX2
+// build GEOOPS_MARCH=znver3 on the AMD EPYC Zen 4, a proxy for an AVX2 machine).
 inline constexpr OpPaths kOpPaths[] = {
     {stereo::MOBIUS_ADD, "mobius_add", 8, true},
     {stereo::EXPMAP, "expmap", 0, false},
     {stereo::EXPMAP0, "expmap0", 8, false},
     {stereo::LOGMAP, "logmap", 8, true},
     {stereo::LOGMAP0, "logmap0", 0, false},
-    {stereo::DIST, "dist", 0, false},
+    {stereo::DIST, "dist", 8, false},
 };
 #else
 // Without AVX-512 / AVX2 (GEOOPS_PORTABLE=1): neither path is compiled.

@@ -1,7 +1,8 @@
 // One register pass per group of rows for the fp32 short-row forward (stereographic_lanes.h only, included after
 // stereographic_rows_f32.h): the ops and widths of kOpPaths (stereographic_rows_f32_paths.h) -- AVX-512: mobius_add,
 // expmap, expmap0, logmap, logmap0 and (session 40) dist at D <= 16 in 16-row groups (columns by permutes at D <= 8,
-// by cols16_t's transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 at D <= 8 in 8-row groups.
+// by cols16_t's transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 (and dist, session 40) at D <= 8
+// in 8-row groups.
 // dist's output is one value per row: a group's values are one float vector, stored as is (block_reg: one store per
 // group); the fused / eight-loop blocks do not take dist (a declined block runs its double path).
 //
