@@ -25,8 +25,8 @@ DIMS = (1, 2, 3, 5, 8, 9, 10, 16, 17, 31, 32, 33)
 # The short-row blocks of this build (_stereo_rows.short_layout: the extension's own constants): B rows per block (32
 # with AVX-512, 16 with AVX2 or a portable build; every dtype), and which ops and widths the fp32 register pass
 # (stereographic_rows_f32_reg.h) and the float Mobius terms (GEOOPS_STEREO_F32_MOB) cover on this build (AVX-512: the
-# five fast ops and dist to D = 16; AVX2: fewer, to D = 8; portable: none).  The block tests place their hard rows, hard blocks
-# and tails in terms of B; where the register pass does not take an op, the default fp32 dispatch is the fused /
+# five fast ops and dist to D = 16; AVX2: fewer, to D = 8; portable: none).  The block tests place their hard rows, hard
+# blocks and tails in terms of B; where the register pass does not take an op, the default fp32 dispatch is the fused /
 # eight-loop blocks, which the same tests then check.
 LAYOUT = short_layout()
 B = block_rows()
@@ -895,10 +895,10 @@ def test_f32_register_pass_dist(d, monkeypatch):
     """dist on _reg_inputs' rows (interior, near-boundary, tiny, zero, close pairs, x = y; a NaN row in block 2, a row
     beyond float range in block 4, a partial last block), k = -1, 0, 0.5 (x scaled by 0.1) and per-row k of both signs:
     where the register pass takes dist, the NaN / beyond-float / partial blocks equal the double path
-    (GEOOPS_STEREO_F32_REG=0; _dist_blocks_equal) and, for k = -1 (and 0 at D > 1; at D = 1 both give 2|x - y|
-    exactly), every other block differs from it somewhere (the register pass ran); where it does not, the output is the double path's, every bit.  Every finite row within
-    2x the eager fp32 reference's error vs the fp64 math on the same inputs + 2e-7, and (the register pass) within
-    1e-6."""
+    (GEOOPS_STEREO_F32_REG=0; _dist_blocks_equal) and, for k = -1 (and 0 at D > 1; at D = 1 both give 2|x - y| exactly),
+    every other block differs from it somewhere (the register pass ran); where it does not, the output is the double
+    path's, every bit.  Every finite row within 2x the eager fp32 reference's error vs the fp64 math on the same
+    inputs + 2e-7, and (the register pass) within 1e-6."""
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
     n = B * 6 + 13
@@ -975,10 +975,11 @@ def test_f32_register_pass_dist_house_rule(d, monkeypatch):
     """The house rule for fp32 dist (the register pass where the layout takes it, else its double path): on
     _dist_house_rows' kinds of rows (random, close pairs, near-boundary, close near-boundary, x = y, far pairs), k = -1,
     -0.3, 0, 0.5 and per row (-1, -0.3, -2, 0, -0.05, 0.3), the worst row's relative error vs the fp64 math on the same
-    fp32 inputs (_dist_fp64) at most 2x the eager fp32 reference's worst row + 2e-7, at most 3x the double path's
-    worst row + 2e-7 (the float terms round a few more times than the double ones where nothing cancels) and, where
-    the register pass takes dist, at most 1e-6; x = y rows exactly 0.  Measured (AVX-512): <= 3.3e-7 at every k, where the double path reaches 4e-5 on the
-    near-boundary pairs (its den = 1 + 2k<x,y> + k^2|x|^2|y|^2 cancels in double) and the eager reference 1e5."""
+    fp32 inputs (_dist_fp64) at most 2x the eager fp32 reference's worst row + 2e-7, at most 3x the double path's worst
+    row + 2e-7 (the float terms round a few more times than the double ones where nothing cancels) and, where the
+    register pass takes dist, at most 1e-6; x = y rows exactly 0.  Measured (AVX-512): <= 3.3e-7 at every k, where the
+    double path reaches 4e-5 on the near-boundary pairs (its den = 1 + 2k<x,y> + k^2|x|^2|y|^2 cancels in double) and
+    the eager reference 1e5."""
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
     for kv, seed in ((-1.0, d), (-0.3, d + 1), (0.0, d + 2), (0.5, d + 3), (None, d + 4)):
@@ -1012,10 +1013,10 @@ def test_f32_register_pass_dist_house_rule(d, monkeypatch):
 def test_f32_register_pass_dist_hard_lanes(d, monkeypatch):
     """Rows the float terms should not take decline their block (the double path's rows, _dist_blocks_equal), one per
     block, the other blocks the register pass's: a pair whose difference is tiny but not 0 (1e-22: its float squares
-    underflow: x, y of norm 3e-22, 4e-22; block 1), a k > 0 row beyond the float series (per-row k; block 3), a point beyond the ball's boundary
-    (|x| = 1.5, k = -1; block 4), a point on the boundary (float |x| = 1: 1 + k|x|^2 = 0; block 5).  The tiny pair's
-    distance within 1e-6 of the fp64 math (the float squares would give 0: relative error 1); x = y rows (block 0)
-    give 0 on the register pass."""
+    underflow: x, y of norm 3e-22, 4e-22; block 1), a k > 0 row beyond the float series (per-row k; block 3), a point
+    beyond the ball's boundary (|x| = 1.5, k = -1; block 4), a point on the boundary (float |x| = 1: 1 + k|x|^2 = 0;
+    block 5).  The tiny pair's distance within 1e-6 of the fp64 math (the float squares would give 0: relative error 1);
+    x = y rows (block 0) give 0 on the register pass."""
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
     n = 7 * B
@@ -1043,11 +1044,15 @@ def test_f32_register_pass_dist_hard_lanes(d, monkeypatch):
             assert not torch.equal(new[sl], dbl[sl]), (blk, "should be the register pass's")
 
 
-@pytest.mark.xfail(strict=True, reason="open (session 40): dist's double lanes (stereo_math.h fwd, DIST) form den = 1 + "
-                   "2k<x,y> + k^2|x|^2|y|^2, which cancels for close pairs near the boundary (~1e-16 / den relative: "
-                   "5e-6 .. 1.4e-5 of dist here, within 2x the eager fp64 reference's 2e-5 .. 8e-5); p_x p_y - "
-                   "k|x - y|^2 (the fp32 register pass's form) has non-negative terms for k <= 0 -- a change of every "
-                   "backend's forward and of dist's backward (add_sub_den_vjp), left to the lead")
+_DIST_DEN_OPEN = (
+    "open (session 40): dist's double lanes (stereo_math.h fwd, DIST) form den = 1 + 2k<x,y> + k^2|x|^2|y|^2, which "
+    "cancels for close pairs near the boundary (~1e-16 / den relative: 5e-6 .. 1.4e-5 of dist here, within 2x the "
+    "eager fp64 reference's 2e-5 .. 8e-5); p_x p_y - k|x - y|^2 (the fp32 register pass's form) has non-negative "
+    "terms for k <= 0 -- a change of every backend's forward and of dist's backward (add_sub_den_vjp), left to the "
+    "lead")
+
+
+@pytest.mark.xfail(strict=True, reason=_DIST_DEN_OPEN)
 def test_dist_fp64_close_pairs_near_boundary():
     """fp64 dist on _dist_house_rows' close pairs within 1e-6 .. 1e-2 of the boundary (k = -1, D = 2): within 1e-9 of
     _dist_fp64 (the non-cancelling form, same inputs)."""
@@ -1069,9 +1074,9 @@ def test_f32_lane_quotients(op, d, monkeypatch):
     """The default (register pass: four 16-row groups at D <= 2 for these ops, D <= 4 for expmap0 / logmap0, else two)
     on rows whose tanc / atanc take the closed form (expmap0: s = sqrt(-k)|u| from 0.23 to 12, tanh(s) = 1 in float
     beyond 9; logmap0: s = sqrt(-k)|x| from 0.23 to within 1e-4 of the boundary) and, for expmap / logmap, the register
-    pass's rows (near-boundary, tiny, close; dist: logmap's rows), k = -1, -0.3 and per row (-1, -0.3, -2.5): expmap0 / logmap0 (whose write
-    does not cancel) within 4e-7 of the fp64 math on the same fp32 inputs; every finite row within 2x the eager fp32
-    reference's error vs fp64 + 2e-6."""
+    pass's rows (near-boundary, tiny, close; dist: logmap's rows), k = -1, -0.3 and per row (-1, -0.3, -2.5): expmap0 /
+    logmap0 (whose write does not cancel) within 4e-7 of the fp64 math on the same fp32 inputs; every finite row within
+    2x the eager fp32 reference's error vs fp64 + 2e-6."""
     n = B * 8
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
     monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
@@ -1182,8 +1187,8 @@ def test_f32_register_pass_four_groups(op, d, monkeypatch):
 
 def _mob_adversarial(op: str, d: int, kv: float, seed: int):
     """Rows where the Mobius terms cancel in the naive form: x within 1e-2 .. 1e-6 (relative) of the boundary, y nearly
-    opposite x (mobius_add: y ~ -x; logmap, dist: y ~ x, its (-x) + y; expmap: u ~ -x scaled so that y = t u sweeps |x|),
-    tiny and zero rows; 32 * 8 + 11 = 16 * 16 + 11 rows (a partial last block for B = 32 and 16); k one value."""
+    opposite x (mobius_add: y ~ -x; logmap, dist: y ~ x, its (-x) + y; expmap: u ~ -x scaled so that y = t u sweeps
+    |x|), tiny and zero rows; 32 * 8 + 11 = 16 * 16 + 11 rows (a partial last block for B = 32 and 16); k one value."""
     g = torch.Generator().manual_seed(seed)
     n = 32 * 8 + 11
     kk = kv if kv < 0 else -1.0  # (the points' radius; k >= 0 uses the unit ball scaled below)

@@ -1064,12 +1064,13 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
 // 1 + z near z = -1), ss = |x - y|^2 rden and out = 2 sqrt(ss) v with v = atanc_neg_fg(z, q) and sqrt vsqrtps (exact;
 // sqrt(0) = 0 for x = y).  For k <= 0 every term of den is non-negative (p_x, p_y > 0: the lanes with a point on or
 // beyond the boundary, p <= 0 in float, are hard), so den, q, ss each come out within ~(D + 4) 2^-24 relative; for
-// k > 0 a lane that passes has z < series cut, so den >= 20 k|x - y|^2 (no cancellation either).  The double path
-// (the rows-on-lanes blocks) rounds each term once; dist's error is a few float ulps here (tests:
-// test_f32_register_pass_dist*).  Hard lanes (the block takes the double path): NaN, p_x or p_y <= 0, k|x - y|^2,
-// z, q or ss beyond float range, z >= series cut (k > 0 beyond the series), and |x - y| tiny but not 0
-// (OkMask::normal_or_zero: its float squares would lose digits).  logmap_y_form does not concern dist: only |s|
-// enters, not the form of s's numerator.
+// k > 0 a lane that passes has z < series cut, so den >= 20 k|x - y|^2 (no cancellation either).  dist's error is a
+// few float ulps here (<= 3.3e-7 measured, tests: test_f32_register_pass_dist*), where the double path (the
+// rows-on-lanes blocks: den = 1 + 2k<x,y> + k^2|x|^2|y|^2 in double, which cancels for close pairs near the boundary)
+// reaches 4e-5.  Hard lanes (the block takes the double path): NaN, p_x or p_y <= 0, k|x - y|^2, z, q or ss beyond
+// float range, z >= series cut (k > 0 beyond the series), and |x - y| tiny but not 0 (OkMask::normal_or_zero: its
+// float squares would lose digits).  logmap_y_form does not concern dist: only |s| enters, not the form of s's
+// numerator.
 template <int D, int G, typename XF, typename XD, typename YF, typename YD>
 GEOOPS_F32_AI bool lanes_dist_fg(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
                                  FVec (&a)[G]) {

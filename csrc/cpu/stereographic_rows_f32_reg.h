@@ -1,8 +1,8 @@
 // One register pass per group of rows for the fp32 short-row forward (stereographic_lanes.h only, included after
 // stereographic_rows_f32.h): the ops and widths of kOpPaths (stereographic_rows_f32_paths.h) -- AVX-512: mobius_add,
 // expmap, expmap0, logmap, logmap0 and (session 40) dist at D <= 16 in 16-row groups (columns by permutes at D <= 8,
-// by cols16_t's transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 (and dist, session 40) at D <= 8
-// in 8-row groups.
+// by cols16_t's transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 (and dist, session 40) at
+// D <= 8 in 8-row groups.
 // dist's output is one value per row: a group's values are one float vector, stored as is (block_reg: one store per
 // group); the fused / eight-loop blocks do not take dist (a declined block runs its double path).
 //
@@ -19,7 +19,8 @@
 // RegGroup: vector type, rows per group, cols / write / widen, interleaving of the groups, four-group pairs,
 // prefetch.
 // GEOOPS_STEREO_F32_REG=0: off (the fused / eight-loop blocks, the path of portable builds and of k with a
-// stride other than 0 or 1; dist: its double path; read per call).  D = 5..8 prefetch the rows 128 ahead (reg_loop's PF).
+// stride other than 0 or 1; dist: its double path; read per call).  D = 5..8 prefetch the rows 128 ahead (reg_loop's
+// PF).
 #pragma once
 
 #include <algorithm>
@@ -250,10 +251,10 @@ struct RegCols {
 };
 
 // The block's G = NB / R groups of R = RegGroup::kRows rows (ob: the block's output, D floats per row, or one for
-// dist): every group's coefficients first (a hard lane in any
-// returns false before anything is written: the caller runs the double path for the block, as the fused path), then
-// the writes.  The groups' lane math interleaved (lanes_core_g, G chains step by step) where RegGroup::interleave
-// says so, else one group after the other.  Same results either way.
+// dist): every group's coefficients first (a hard lane in any returns false before anything is written: the caller
+// runs the double path for the block, as the fused path), then the writes.  The groups' lane math interleaved
+// (lanes_core_g, G chains step by step) where RegGroup::interleave says so, else one group after the other.  Same
+// results either way.
 template <int OP, int D, int NB>
 inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb, const float* __restrict yb,
                                                      float* __restrict ob, const double* __restrict kk, bool mob) {
@@ -296,10 +297,10 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
   return true;
 }
 
-// The rows [begin, end) of x, y, out (D floats each, back to back; out one float per row for dist) in blocks of NB rows from begin (the caller's
-// blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
-// PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).  RegGroup::four: two blocks at once
-// where that measured faster (AVX-512, reg_four).
+// The rows [begin, end) of x, y, out (D floats each, back to back; out one float per row for dist) in blocks of NB
+// rows from begin (the caller's blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined
+// block: fallback(i0, nb).  PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).
+// RegGroup::four: two blocks at once where that measured faster (AVX-512, reg_four).
 template <int OP, int D, int NB, bool PF, typename F>
 inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
                      int64_t sk, const double* kconst, bool mob, F&& fallback) {
