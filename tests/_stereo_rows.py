@@ -25,8 +25,16 @@ def row_rel_err(out, expect, x=None):
 
 def op_row_err(op, out, expect, x):
     """row_rel_err of op's output: relative to the larger of |expect| and |x| / 10 where op's write cancels
-    (WRITE_CANCELS), else to |expect|."""
+    (WRITE_CANCELS), else to |expect|.  An output of one value per row (dist: shape (N,)) is N rows of one value."""
+    if out.dim() == 1:
+        out, expect = out.unsqueeze(-1), expect.unsqueeze(-1)
     return row_rel_err(out, expect, x if op in WRITE_CANCELS else None)
+
+
+def rows_finite(t):
+    """Per row: every value of t finite (t of shape (N, D), or (N,): one value per row)."""
+    ok = torch.isfinite(t)
+    return ok if ok.dim() == 1 else ok.all(-1)
 
 
 # ---------------------------------------------------------------- the short-row kernels' layout on this build

@@ -114,8 +114,9 @@ def test_f32_atanc_log1p_accuracy(op, d, rows, monkeypatch):
 # AVX-512 builds run it on 16-row groups at D <= 16 (tests/test_stereographic_short.py pins that layout); AVX2 builds
 # since session 25 on 8-row groups at D <= 8 (csrc/cpu/stereographic_rows_f32_reg.h: block_reg / reg_loop with the
 # AVX2 group trait, cols8 / write8) for the ops of the build's table (the layout's register_pass_op_max_d: mobius_add,
-# logmap and expmap0; expmap and logmap0 measured slower there: their default stays the fused / eight-loop blocks,
-# which the same checks hold to).
+# logmap and expmap0, and since session 40 dist; expmap and logmap0 measured slower there: their default stays the
+# fused / eight-loop blocks, which the same checks hold to; dist has no fused blocks:
+# tests/test_stereographic_short.py's test_f32_register_pass_dist* compare it with its double path).
 # Both against the fused blocks (GEOOPS_STEREO_F32_REG=0 with GEOOPS_STEREO_F32_ROWS=2: the same lane math on scratch
 # lanes) and the double path (GEOOPS_STEREO_F32_ROWS=0) for the blocks the float path declines.
 BLOCK = LAYOUT["block_rows"]  # rows per block of the fp32 short-row forward
@@ -188,7 +189,7 @@ def test_f32_register_pass_vs_fused(op, d, monkeypatch):
 
 @simd_only
 @pytest.mark.parametrize("d", (2, 5, 8))
-@pytest.mark.parametrize("op", FAST_OPS)
+@pytest.mark.parametrize("op", FAST_OPS + ("dist",))
 def test_f32_register_pass_declined_blocks(op, d, monkeypatch):
     """A block with a NaN row, or a row whose float terms leave float's range, is declined as a whole: its rows equal
     the double path's (GEOOPS_STEREO_F32_ROWS=0) bit for bit, the NaN row is NaN, and the blocks around it are the

@@ -16,8 +16,9 @@ void stereo_lanes_fwd(int op, const at::Tensor& x, const at::Tensor& y, const Ro
   // (its switches read once here, for the whole call)
   const int64_t D = x.size(1);
   const f32rows::Switches sw = x.scalar_type() == at::kFloat ? f32rows::switches(op, D) : f32rows::Switches{};
-  const bool f32_rows = sw.use && x.stride(0) == D &&
-                        out.dim() == 2 && out.stride(0) == D && (!op_has_y(op) || y.stride(0) == D);
+  // (out: (N, D) rows of stride D, or for dist, session 40, one value per row: (N,) of stride 1)
+  const bool out_rows = op_scalar_out(op) ? out.dim() == 1 && out.stride(0) == 1 : out.dim() == 2 && out.stride(0) == D;
+  const bool f32_rows = sw.use && x.stride(0) == D && out_rows && (!op_has_y(op) || y.stride(0) == D);
   const bool short_rows = D <= kShortRowMaxD || f32_rows;
   if (x.scalar_type() == at::kFloat && fwd_unit<float>(op, short_rows) == 0) {
     fwd_op_rows<0, float>(op, short_rows, x, y, sc, param, out, sw);

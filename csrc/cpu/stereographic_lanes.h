@@ -1048,13 +1048,14 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     for (int e = 0; e < B * D; ++e) rowof[e] = static_cast<int>(e / D);
   }
   const RowPrefetch prefetch(D * static_cast<int64_t>(sizeof(scalar_t)));
-  // fp32 rows of D <= 8 back to back: the float fast path (stereographic_rows_f32.h) per block, the
-  // double path below for the blocks it declines
-  constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::fast_op(OP);
+  // fp32 rows of D <= 16 back to back: the float fast path (stereographic_rows_f32.h) per block, the
+  // double path below for the blocks it declines (dist, session 40: the register pass only, f32rows::f32_op; its
+  // output one float per row, so = 1)
+  constexpr bool kF32Op = std::is_same<scalar_t, float>::value && SHORT && f32rows::f32_op(OP);
   const int f32_mode = kF32Op ? sw.mode : 0;
   const int f32_lane_mode = kF32Op ? sw.lane : 0;
   const int f32_reg = kF32Op ? sw.reg : 0;
-  const bool f32_fast = kF32Op && sx == D && so == D && (!HAS_Y || sy == D) && sw.use;
+  const bool f32_fast = kF32Op && sx == D && so == (SCALAR_OUT ? 1 : D) && (!HAS_Y || sy == D) && sw.use;
   // fp32 rows longer than the short-row cut: the AVX-512 / AVX2 row sums (above)
   constexpr bool kF32Long = std::is_same<scalar_t, float>::value && !SHORT && kLongSumsF32;
   const bool f32_long = kF32Long && long_sums_on();
@@ -1247,7 +1248,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   auto block = [&](int64_t i0, int64_t nb, int64_t nv, int64_t end) {
     alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
     alignas(64) double ca[kMaxBlock], cb[kMaxBlock], cc[kMaxBlock];
-    if constexpr (kF32Op) {
+    if constexpr (kF32Op && f32rows::fast_op(OP)) {  // (the fused / eight-loop blocks: not dist)
       if (f32_fast) {
         const double* kb = sc.sk == 0 ? kconst : (sc.sk == 1 ? sc.k + i0 : kk);
         if (sc.sk != 0 && sc.sk != 1) {

@@ -1,7 +1,9 @@
 // Float fast path of the short-row forward (stereographic_lanes.h only; include it after
 // geoops/cpu_capability.h): fp32 rows of D <= 16 elements stored back to back, the ops mobius_add,
-// expmap, expmap0, logmap, logmap0.  block_fused (below) is the same math as passes A-C in three loops; block
-// (passes A-C, D <= 8) runs where it measured faster than the fused loops (prefer_unfused).
+// expmap, expmap0, logmap, logmap0 (and dist, session 40: its lane math lanes_dist_fg, in the register pass of
+// stereographic_rows_f32_reg.h only; the blocks below write (N, D) rows).  block_fused (below) is the same math as
+// passes A-C in three loops; block (passes A-C, D <= 8) runs where it measured faster than the fused loops
+// (prefer_unfused).
 //
 // One block of <= 32 rows, three loops over the block while it is in L1, the row length D a template
 // argument (so the loads/stores of a row are a fixed interleave the compiler vectorises, no gathers):
@@ -46,10 +48,14 @@ constexpr int kMaxD = 16;  // the fused path; the eight-loop blocks (block) run 
 // The rows and ops the register pass takes (kRegIsaMaxD, reg_max_d) and the ops with float Mobius terms
 // (float_mob_op): the table kOpPaths, one per ISA, that the layout report reads too.
 
+// The ops of the fused / eight-loop blocks (run below).
 constexpr bool fast_op(int op) {
   return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
          op == stereo::LOGMAP0;
 }
+// The ops of the fp32 short-row float path on this build: fast_op's, and those the register pass alone takes (dist on
+// AVX-512 and AVX2 builds, session 40: kOpPaths).
+constexpr bool f32_op(int op) { return fast_op(op) || reg_max_d(op) > 0; }
 
 // Where the path runs (mode 1, the default): every op at D <= 8; at D = 9..16 all five ops on AVX-512 builds (the
 // register pass, stereographic_rows_f32_reg.h, unless GEOOPS_STEREO_F32_REG=0), elsewhere expmap, expmap0, logmap,
@@ -58,6 +64,11 @@ constexpr bool fast_op(int op) {
 // other ops 0.98-1.07x there).  GEOOPS_STEREO_F32_ROWS=0: always the double path (the path of other dtypes, strided
 // rows and hard blocks); =2: the fused blocks for all five ops at every D <= kMaxD (so that tests reach them on
 // every build).  Read per call (once: switches(), stereographic_rows_f32_reg.h).
+// dist (session 40; not fast_op: no fused / eight-loop blocks) only where the register pass takes it (reg on, D up to
+// its reg_max_d, any mode but 0); elsewhere its double path, as before (its D = 9..16 rows the long-row path).  Mode 2
+// with the register pass off: dist's short-row double blocks at those D (the path of the register pass's declined
+// blocks, so that tests compare them bit for bit; its D = 9..16 rows otherwise take the long-row double path, whose
+// sums round in another order).
 // The value's bit 2 (kModeG1, modes 1 and 2 only): GEOOPS_STEREO_F32_G2=0, the fused blocks one float vector at a
 // time on AVX2 builds (block_fused, session 26: its A/B and the tests' reference; no effect on other builds).
 constexpr int kModeG1 = 4;
@@ -69,7 +80,8 @@ inline int mode() {
 // m: mode(), reg: the register pass on (reg_mode() != 0).
 inline bool use(int m, bool reg, int op, int64_t D) {
   m &= ~kModeG1;
-  if (m == 0 || !fast_op(op) || D > kMaxD) return false;
+  if (m == 0 || !f32_op(op) || D > kMaxD) return false;
+  if (!fast_op(op)) return (reg || m == 2) && D >= 1 && D <= reg_max_d(op);  // (dist: the register pass only)
   if (m == 2 || D <= 8) return true;
   if (reg && D <= kRegIsaMaxD) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
 #if defined(CPU_CAPABILITY_AVX2)
@@ -504,6 +516,17 @@ struct OkMask {
   bool all() const { return v.zero_mask() == 0; }
 #endif
   void fin(const FVec& a) { gt(a, FVec(-1e30f)), lt(a, FVec(1e30f)); }
+  // dist (session 40): lanes whose float |x - y|^2 and |s|^2 = |x - y|^2 / den are normal (> 1e-30: a few ulps), or
+  // whose differences x - y are all zero (wbits: the OR of their bits; +-0 only when every one is).  A lane with
+  // |x - y| below ~1e-15 but not 0 (its squares lose digits as float denormals, or round to 0) fails.
+  void normal_or_zero(const FVec& s2, const FVec& ss, const FVec& wbits) {
+#if defined(CPU_CAPABILITY_AVX512)
+    const __mmask16 nz = _mm512_cmp_ps_mask(_mm512_min_ps(s2, ss), _mm512_set1_ps(1e-30f), _CMP_GT_OQ);
+    m &= static_cast<__mmask16>(nz | _mm512_cmp_ps_mask(wbits.abs(), _mm512_setzero_ps(), _CMP_EQ_OQ));
+#else
+    v = v & ((at::vec::minimum(s2, ss) > FVec(1e-30f)) | (wbits.abs() == FVec(0.f)));
+#endif
+  }
   // logmap's x form only (session 39): a lane whose row the double path writes in the y form (stereo::logmap_y_form:
   // k xx > 1 and xx > yy) is hard.  From px = 1 + k xx, py = 1 + k yy rounded to float: px < 2 or px < py (rounding
   // is monotone, so every y-form row fails it, and a few borderline x-form rows too; a NaN fails).
@@ -1034,6 +1057,73 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
   }
 }
 
+// dist (session 40): out = 2 |s| atanc(k|s|^2, q) with |s|^2 = |x - y|^2 / den (stereo_math.h fwd, case DIST), from
+// logmap's float Mobius terms (lanes_mob_g): p_x = 1 + k|x|^2, p_y = 1 + k|y|^2 from the double sums, rounded once;
+// |x - y|^2 as D float FMAs of the float differences (exact for close pairs: Sterbenz); den = p_x p_y - k|x - y|^2
+// (one fmsub), rden = 1/den, z = k|x - y|^2 rden, q = p_x p_y rden (= 1 + z, formed without the cancellation of
+// 1 + z near z = -1), ss = |x - y|^2 rden and out = 2 sqrt(ss) v with v = atanc_neg_fg(z, q) and sqrt vsqrtps (exact;
+// sqrt(0) = 0 for x = y).  For k <= 0 every term of den is non-negative (p_x, p_y > 0: the lanes with a point on or
+// beyond the boundary, p <= 0 in float, are hard), so den, q, ss each come out within ~(D + 4) 2^-24 relative; for
+// k > 0 a lane that passes has z < series cut, so den >= 20 k|x - y|^2 (no cancellation either).  dist's error is a
+// few float ulps here (<= 3.3e-7 measured, tests: test_f32_register_pass_dist*), where the double path (the
+// rows-on-lanes blocks: den = 1 + 2k<x,y> + k^2|x|^2|y|^2 in double, which cancels for close pairs near the boundary)
+// reaches 4e-5.  Hard lanes (the block takes the double path): NaN, p_x or p_y <= 0, k|x - y|^2, z, q or ss beyond
+// float range, z >= series cut (k > 0 beyond the series), and |x - y| tiny but not 0 (OkMask::normal_or_zero: its
+// float squares would lose digits).  logmap_y_form does not concern dist: only |s| enters, not the form of s's
+// numerator.
+template <int D, int G, typename XF, typename XD, typename YF, typename YD>
+GEOOPS_F32_AI bool lanes_dist_fg(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
+                                 FVec (&a)[G]) {
+  using namespace geoops::stereo;
+  const DVec one(1.0);
+  DVec xx[G][2], yy[G][2];
+  GEOOPS_G for (int h = 0; h < 2; ++h) xx[g][h] = yy[g][h] = DVec(0.0);
+  for (int j = 0; j < D; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      GEOOPS_G {
+        const DVec xv = xd(g, j, h);
+        xx[g][h] = at::vec::fmadd(xv, xv, xx[g][h]);
+        const DVec yv = yd(g, j, h);
+        yy[g][h] = at::vec::fmadd(yv, yv, yy[g][h]);
+      }
+    }
+  }
+  FVec px[G], py[G], kf[G], s2[G], wb[G];
+  GEOOPS_G {
+    DVec k[2], p[2], q[2];
+    for (int h = 0; h < 2; ++h) {
+      k[h] = DVec::loadu(kk + kF * g + h * kD);
+      p[h] = at::vec::fmadd(k[h], xx[g][h], one);
+      q[h] = at::vec::fmadd(k[h], yy[g][h], one);
+    }
+    px[g] = narrow(p[0], p[1]), py[g] = narrow(q[0], q[1]), kf[g] = narrow(k[0], k[1]);
+  }
+  GEOOPS_G s2[g] = FVec(0.f), wb[g] = FVec(0.f);
+  for (int j = 0; j < D; ++j) {
+    GEOOPS_G {
+      const FVec w = xf(g, j) - yf(g, j);
+      s2[g] = at::vec::fmadd(w, w, s2[g]);
+      wb[g] = wb[g] | w;
+    }
+  }
+  const FVec lo(min_den<float>()), zero(0.f);
+  OkMask ok;
+  FVec z[G], q[G], ss[G], v[G];
+  GEOOPS_G {
+    const FVec kd = kf[g] * s2[g];
+    const FVec pp = px[g] * py[g];
+    const FVec rden = rcp_cr(max_c(at::vec::fmsub(px[g], py[g], kd), lo));
+    z[g] = kd * rden, q[g] = pp * rden, ss[g] = s2[g] * rden;
+    ok.gt(px[g], zero), ok.gt(py[g], zero), ok.fin(kd);  // (NaN lanes fail here)
+    ok.lt(z[g], FVec(series_cut<float>())), ok.gt(z[g], FVec(-1e30f)), ok.lt(q[g], FVec(1e30f));
+    ok.lt(ss[g], FVec(1e30f)), ok.normal_or_zero(s2[g], ss[g], wb[g]);
+  }
+  if (!ok.all()) return false;
+  atanc_neg_fg<G>(z, q, v);
+  GEOOPS_G a[g] = FVec(2.f) * ss[g].sqrt() * v[g];
+  return true;
+}
+
 // 2. G float vectors of rows (group g: column j as floats xf(g, j), its half h widened to double xd(g, j, h), y's
 // yf(g, j) and yd(g, j, h); k at kk + kF g): the coefficients a[g], b[g]; false on a hard lane of any group.
 // mob: mob_terms() (mobius_add / expmap / logmap through lanes_mob_g).
@@ -1041,6 +1131,10 @@ template <int OP, int D, int G, typename XF, typename XD, typename YF, typename 
 GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const YD& yd, const double* kk,
                                 FVec (&a)[G], FVec (&b)[G], bool mob) {
   using namespace geoops::stereo;
+  if constexpr (OP == DIST) {  // (session 40: the register pass only; its own float terms, whatever mob)
+    GEOOPS_G b[g] = FVec(0.f);
+    return lanes_dist_fg<D, G>(xf, xd, yf, yd, kk, a);
+  }
   if constexpr (OP == MOBIUS_ADD || OP == EXPMAP || OP == LOGMAP) {
     // The ops without float Mobius terms on this build keep the double ones (kOpPaths: AVX2's expmap, session 25).
     if constexpr (!float_mob_op(OP)) mob = false;

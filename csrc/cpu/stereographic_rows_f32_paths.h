@@ -14,6 +14,9 @@ namespace f32rows {
 // One op of the fp32 fast path: reg_max_d, the register pass (stereographic_rows_f32_reg.h) takes rows of
 // 1 <= D <= reg_max_d (0: never); float_mob, its lane math takes the float Mobius terms (lanes_mob_g) when
 // GEOOPS_STEREO_F32_MOB is on (only mobius_add, expmap and logmap have Mobius terms).
+// dist (session 40) is the one op with one value per row: the register pass only (the fused / eight-loop blocks of
+// stereographic_rows_f32.h, fast_op, write (N, D) rows), its own float terms whatever GEOOPS_STEREO_F32_MOB
+// (lanes_dist_fg); with reg_max_d 0 (portable builds) it keeps the double path.
 struct OpPaths {
   int op;
   const char* name;  // the op's name in geoops.stereographic / the tests
@@ -22,13 +25,15 @@ struct OpPaths {
 };
 
 #if defined(CPU_CAPABILITY_AVX512)
-// AVX-512: 16-row groups, all five ops to D = 16, the float Mobius terms for all three Mobius ops.
+// AVX-512: 16-row groups, all five ops and (session 40) dist to D = 16, the float Mobius terms for all three Mobius
+// ops.
 inline constexpr OpPaths kOpPaths[] = {
     {stereo::MOBIUS_ADD, "mobius_add", 16, true},
     {stereo::EXPMAP, "expmap", 16, true},
     {stereo::EXPMAP0, "expmap0", 16, false},
     {stereo::LOGMAP, "logmap", 16, true},
     {stereo::LOGMAP0, "logmap0", 16, false},
+    {stereo::DIST, "dist", 16, false},
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 // AVX2 (session 25): 8-row groups.  Not expmap and logmap0, which measured slower in the 8-row register pass than in
@@ -36,13 +41,16 @@ inline constexpr OpPaths kOpPaths[] = {
 // logmap0 0.96x / 1.14x; their lane math keeps more vectors live than AVX2's 16 registers hold next to the columns);
 // mobius_add 0.84x / 0.73x, logmap 0.84x / 0.72x, expmap0 0.81x / 0.96x.  expmap keeps the double Mobius terms:
 // its float terms (with AVX2's exact divisions) measured no faster and came out a few float ulps beyond
-// test_f32_lane_quotients's bound at D = 1, k = -0.3 (3.7e-6 against 3.5e-6).
+// test_f32_lane_quotients's bound at D = 1, k = -0.3 (3.7e-6 against 3.5e-6).  dist (session 40): 0.35-0.48x the
+// time of its double path at D = 1..8 (1 thread, in-process A/B of GEOOPS_STEREO_F32_REG, 2^20 rows, two runs; the AVX2
+// build GEOOPS_MARCH=znver3 on the AMD EPYC Zen 4, a proxy for an AVX2 machine).
 inline constexpr OpPaths kOpPaths[] = {
     {stereo::MOBIUS_ADD, "mobius_add", 8, true},
     {stereo::EXPMAP, "expmap", 0, false},
     {stereo::EXPMAP0, "expmap0", 8, false},
     {stereo::LOGMAP, "logmap", 8, true},
     {stereo::LOGMAP0, "logmap0", 0, false},
+    {stereo::DIST, "dist", 8, false},
 };
 #else
 // Without AVX-512 / AVX2 (GEOOPS_PORTABLE=1): neither path is compiled.
@@ -52,6 +60,7 @@ inline constexpr OpPaths kOpPaths[] = {
     {stereo::EXPMAP0, "expmap0", 0, false},
     {stereo::LOGMAP, "logmap", 0, false},
     {stereo::LOGMAP0, "logmap0", 0, false},
+    {stereo::DIST, "dist", 0, false},
 };
 #endif
 inline constexpr int kNumOpPaths = static_cast<int>(sizeof(kOpPaths) / sizeof(kOpPaths[0]));
@@ -82,14 +91,22 @@ constexpr bool any_float_mob() {
   }
   return false;
 }
+// The ops of the fused / eight-loop blocks (stereographic_rows_f32.h: fast_op) and dist (the register pass only).
+constexpr bool table_op(int op) {
+  return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
+         op == stereo::LOGMAP0 || op == stereo::DIST;
+}
 constexpr bool paths_valid() {
   for (const OpPaths& e : kOpPaths) {
+    if (!table_op(e.op)) return false;
     if (e.reg_max_d < 0 || e.reg_max_d > 16) return false;  // the fast path's rows (kMaxD)
     if (e.float_mob && !(e.op == stereo::MOBIUS_ADD || e.op == stereo::EXPMAP || e.op == stereo::LOGMAP)) return false;
   }
   return true;
 }
-static_assert(paths_valid(), "kOpPaths: reg_max_d in [0, 16], float Mobius terms only for mobius_add / expmap / logmap");
+static_assert(paths_valid(),
+              "kOpPaths: the five fast ops and dist, reg_max_d in [0, 16], float Mobius terms only for mobius_add / "
+              "expmap / logmap");
 
 // The rows the register pass takes at most (stereographic_rows_f32_reg.h: reg_range's instances).
 constexpr int kRegIsaMaxD = reg_isa_max_d();

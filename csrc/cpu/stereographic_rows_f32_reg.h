@@ -1,7 +1,10 @@
 // One register pass per group of rows for the fp32 short-row forward (stereographic_lanes.h only, included after
 // stereographic_rows_f32.h): the ops and widths of kOpPaths (stereographic_rows_f32_paths.h) -- AVX-512: mobius_add,
-// expmap, expmap0, logmap, logmap0 at D <= 16 in 16-row groups (columns by permutes at D <= 8, by cols16_t's
-// transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 at D <= 8 in 8-row groups.
+// expmap, expmap0, logmap, logmap0 and (session 40) dist at D <= 16 in 16-row groups (columns by permutes at D <= 8,
+// by cols16_t's transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 (and dist, session 40) at
+// D <= 8 in 8-row groups.
+// dist's output is one value per row: a group's values are one float vector, stored as is (block_reg: one store per
+// group); the fused / eight-loop blocks do not take dist (a declined block runs its double path).
 //
 // The fused block (block_fused) deinterleaves a block's rows into SoA scratch lanes, computes the coefficients
 // into two more scratch arrays and writes in a third loop; at D = 2 that structure alone (loads, deinterleave,
@@ -16,7 +19,8 @@
 // RegGroup: vector type, rows per group, cols / write / widen, interleaving of the groups, four-group pairs,
 // prefetch.
 // GEOOPS_STEREO_F32_REG=0: off (the fused / eight-loop blocks, the path of portable builds and of k with a
-// stride other than 0 or 1; read per call).  D = 5..8 prefetch the rows 128 ahead (reg_loop's PF).
+// stride other than 0 or 1; dist: its double path; read per call).  D = 5..8 prefetch the rows 128 ahead (reg_loop's
+// PF).
 #pragma once
 
 #include <algorithm>
@@ -54,7 +58,7 @@ struct Switches {
 inline Switches switches(int op, int64_t D) {
   Switches s;
   s.mode = mode();
-  if (s.mode == 0 || !fast_op(op) || D > kMaxD) return s;
+  if (s.mode == 0 || !f32_op(op) || D > kMaxD) return s;
   s.reg = reg_mode();
   s.lane = lane_mode();
   s.use = use(s.mode, s.reg != 0, op, D);
@@ -69,14 +73,15 @@ inline Switches switches(int op, int64_t D) {
 // logmap0 88 -> 68, expmap0 70 -> 56 ns per 16 rows at D = 5 (128 rows ahead with out's lines for writing; 64 and
 // 256 rows, or x / y alone, measured less).  A hint only: same values.
 constexpr int kPfRows = 128;
-// The lines of the n bytes from p, q (if HAS_Y) for reading and from w for writing (prefetchw where the target has it).
-template <bool HAS_Y, int N>
+// The lines of the N bytes from p, q (if HAS_Y) for reading and of the NW bytes from w for writing (prefetchw where
+// the target has it).
+template <bool HAS_Y, int N, int NW = N>
 inline __attribute__((always_inline)) void prefetch_rows(const float* p, const float* q, float* w) {
 #pragma GCC unroll 16
   for (int b = 0; b < N; b += 64) {
     __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 3);
     if constexpr (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(q) + b, 0, 3);
-    __builtin_prefetch(reinterpret_cast<char*>(w) + b, 1, 3);
+    if (b < NW) __builtin_prefetch(reinterpret_cast<char*>(w) + b, 1, 3);
   }
 }
 
@@ -245,10 +250,11 @@ struct RegCols {
   DVec d(int j, int h) const { return DVec(RegGroup::widen(c[j], h)); }
 };
 
-// The block's G = NB / R groups of R = RegGroup::kRows rows: every group's coefficients first (a hard lane in any
-// returns false before anything is written: the caller runs the double path for the block, as the fused path), then
-// the writes.  The groups' lane math interleaved (lanes_core_g, G chains step by step) where RegGroup::interleave
-// says so, else one group after the other.  Same results either way.
+// The block's G = NB / R groups of R = RegGroup::kRows rows (ob: the block's output, D floats per row, or one for
+// dist): every group's coefficients first (a hard lane in any returns false before anything is written: the caller
+// runs the double path for the block, as the fused path), then the writes.  The groups' lane math interleaved
+// (lanes_core_g, G chains step by step) where RegGroup::interleave says so, else one group after the other.  Same
+// results either way.
 template <int OP, int D, int NB>
 inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb, const float* __restrict yb,
                                                      float* __restrict ob, const double* __restrict kk, bool mob) {
@@ -281,20 +287,25 @@ inline __attribute__((always_inline)) bool block_reg(const float* __restrict xb,
     }
   }
   for (int g = 0; g < G; ++g) {
-    const int off = R * D * g;
-    RegGroup::write<OP, D>(xb + off, HAS_Y ? yb + off : yb, ob + off, a[g], b[g]);
+    if constexpr (stereo::op_scalar_out(OP)) {  // dist: the group's R values, one vector
+      a[g].store(ob + R * g);
+    } else {
+      const int off = R * D * g;
+      RegGroup::write<OP, D>(xb + off, HAS_Y ? yb + off : yb, ob + off, a[g], b[g]);
+    }
   }
   return true;
 }
 
-// The rows [begin, end) of x, y, out (D floats each, back to back) in blocks of NB rows from begin (the caller's
-// blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined block: fallback(i0, nb).
-// PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).  RegGroup::four: two blocks at once
-// where that measured faster (AVX-512, reg_four).
+// The rows [begin, end) of x, y, out (D floats each, back to back; out one float per row for dist) in blocks of NB
+// rows from begin (the caller's blocks); k: per row (sk = 1) or kconst (sk = 0, NB copies).  A partial or declined
+// block: fallback(i0, nb).  PF: prefetch_rows of the block kPfRows ahead (while it lies in [begin, end)).
+// RegGroup::four: two blocks at once where that measured faster (AVX-512, reg_four).
 template <int OP, int D, int NB, bool PF, typename F>
 inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y, float* o, const double* k,
                      int64_t sk, const double* kconst, bool mob, F&& fallback) {
   constexpr bool HAS_Y = stereo::op_has_y(OP);
+  constexpr int OD = stereo::op_scalar_out(OP) ? 1 : D;  // out's floats per row
   constexpr bool G4 = RegGroup::four<OP, D>(NB);
   alignas(64) double k2[G4 ? 2 * NB : 1];  // kconst's value for 2 NB rows (kconst holds NB)
   if (G4 && sk == 0) std::fill(k2, k2 + (G4 ? 2 * NB : 1), kconst[0]);
@@ -302,19 +313,19 @@ inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y,
     if constexpr (PF) {
       if (end - i0 >= kPfRows + NB) {
         const int64_t a = (i0 + kPfRows) * D;
-        prefetch_rows<HAS_Y, NB * D * 4>(x + a, HAS_Y ? y + a : y, o + a);
+        prefetch_rows<HAS_Y, NB * D * 4, NB * OD * 4>(x + a, HAS_Y ? y + a : y, o + (i0 + kPfRows) * OD);
       }
     }
     if constexpr (G4) {  // two blocks at once; a declined pair takes the blocks one by one below (same results)
       if (end - i0 >= 2 * NB &&
-          block_reg<OP, D, 2 * NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, sk == 0 ? k2 : k + i0, mob)) {
+          block_reg<OP, D, 2 * NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * OD, sk == 0 ? k2 : k + i0, mob)) {
         i0 += NB;
         continue;
       }
     }
     const int64_t nb = std::min<int64_t>(NB, end - i0);
     const double* kb = sk == 0 ? kconst : k + i0;
-    if (nb == NB && block_reg<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * D, kb, mob)) {
+    if (nb == NB && block_reg<OP, D, NB>(x + i0 * D, HAS_Y ? y + i0 * D : y, o + i0 * OD, kb, mob)) {
       continue;
     }
     fallback(i0, nb);
