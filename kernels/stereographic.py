@@ -1728,6 +1728,20 @@ def _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.c
 
 
 @triton.jit
+def _pair_gram(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """<x_i, y_j> for a (BLOCK_M, BLOCK_N) tile by tl.dot (no row norms; the backward's k > 0 tiles)."""
+    g = tl.zeros([BLOCK_M, BLOCK_N], CT)
+    for d0 in range(0, D, BLOCK_K):
+        kk = d0 + tl.arange(0, BLOCK_K)
+        km = kk < D
+        xt = tl.load(X + xrow[:, None] + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0).to(CT)
+        yt = tl.load(Y + yrow[:, None] + kk[None, :], mask=cmask[:, None] & km[None, :], other=0.0).to(CT)
+        g += tl.dot(xt, tl.trans(yt), input_precision="ieee")
+    return g
+
+
+@triton.jit
 def _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr):
     """sum_d (x_id - y_jd)^2 for every pair of the tile (the close-pair recompute: D scalar steps)."""
@@ -1797,21 +1811,25 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
 
 
 @triton.jit
-def _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid):
-    """Per pair: W = 2 g dd/dA (0 for close pairs), the self term 2 g dd/d|p|^2 and s = |(-x) (+) y|.
+def _pair_coef(g, a, gd, p2, q2, pp, pq, k, tau, valid):
+    """Per pair: W = 2 g dd/dA (0 for close pairs), s = |(-x) (+) y|, den and the close mask.
 
+    k > 0: den = 1 + 2kG + k^2 |p|^2 |q|^2 from gd = G = <p, q> (C++ BwdRow: p_p p_q - kA cancels far out).
     Two IEEE divisions and one square root a pair; 1/p_p is per row (a reciprocal of the caller's)."""
     asafe = tl.where(valid, a, 1.0)
-    den = tl.maximum(pp[:, None] * pq[None, :] - k * asafe, 1.1754943508222875e-38)
+    den0 = tl.where(k > 0, 1.0 + 2.0 * k * gd + (k * p2)[:, None] * (k * q2)[None, :],
+                    pp[:, None] * pq[None, :] - k * asafe)
+    den = tl.maximum(den0, 1.1754943508222875e-38)
     s = _sqrt(_div(asafe, den))
     w = tl.where(valid, _div(2.0 * g, s * den), 0.0)
     close = valid & (a < tau * (p2[:, None] + q2[None, :]))
-    return tl.where(close, 0.0, w), s, den
+    return tl.where(close, 0.0, w), s, den, close
 
 
 @triton.jit
-def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
-    """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl).
+def _pair_dk(g, a, gd, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
+    """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl;
+    k > 0: the linear term as -2 (G + k |p|^2 |q|^2), BwdRow).
 
     The closed form of s^3 E(z) is (s den/P - d/2)/k (d = 2 s atanc(z)): no division a pair."""
     z = k * s * s
@@ -1820,7 +1838,9 @@ def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
     s_p = s * ipp[:, None] * ipq[None, :]  # s/P
     ik = _div(1.0, tl.where(k != 0, k, 1.0))
     e = tl.where(small, s * s * s * series, (s_p * den - 0.5 * d) * ik)
-    dkk = e + s_p * (a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None])
+    lin = tl.where(k > 0, -2.0 * (gd + (k * p2)[:, None] * q2[None, :]),
+                   a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None])
+    dkk = e + s_p * lin
     return tl.where(valid, g * dkk, 0.0)
 
 
@@ -1868,15 +1888,24 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
         pq = _pair_p(k, q2, PMIN)
         valid = m2 & (a > 0)
-        w, s, den = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
-        gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
-        alpha += tl.sum(w, 1)
+        # k > 0: G = <p, q> of the tile (the forward's GEMM value; A's expansion in it cancels far out), session 40
+        if k > 0:
+            gd = _pair_gram(P_, Q_, (b * NP + rows) * D, (b * NQ + cols) * D, rmask, cmask, D, CT, BLOCK_P,
+                            BLOCK_Q, BLOCK_D)
+        else:
+            gd = tl.zeros([BLOCK_P, BLOCK_Q], CT)
+        w, s, den, close = _pair_coef(g, a, gd, p2, q2, pp, pq, k, tau, valid)
+        # a far row (k |p|^2 > 1, |p|^2 > |q|^2): its pair's share of alpha as W q_p / p_p, q_p = 1 + 2kG - k|q|^2
+        # (= W + 2 g dd/d|p|^2 exactly; that sum cancelled), else W + the self term -2k g s / p_p (C++ BwdRow)
+        pf = (k * p2 > 1.0)[:, None] & (p2[:, None] > q2[None, :]) & valid & (close == 0)
+        gs_ += tl.sum(tl.where(valid & (pf == 0), g * s, 0.0), 1)
+        alpha += tl.sum(tl.where(pf, w * (1.0 + 2.0 * k * gd - k * q2[None, :]) * ipp[:, None], w), 1)
         qt = tl.load(Q_ + (b * NQ + cols[:, None]) * D + dc[None, :], mask=cmask[:, None] & dmask[None, :],
                      other=0.0).to(CT)
         acc += tl.dot(w, qt, input_precision="ieee")
         if NEED_K:
             d = tl.load(DIST + off, mask=m2, other=0.0).to(CT)
-            dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
+            dk += tl.sum(_pair_dk(g, a, gd, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
     if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)

@@ -242,3 +242,49 @@ def test_dist2plane_sphere_far_points(device, dtype, d):
         rel = lambda v: (v - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
         bad = (rel(o) > 2 * rel(t) + (floor if name == "out" else gfloor)) & ~(x_far & (name == "dx"))
         assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
+
+
+# ---------------------------------------------------------------- cdist's backward far out on the sphere (session 40)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cdist_sphere_far_points_gradients(device, dtype):
+    """cdist's backward formed a pair's share of alpha (dx = alpha x - W y) as W + 2 g dd/d|x|^2 = W (1 - kA/p_x) and
+    den as p_x p_y - kA, both of which cancel for x far out on the sphere (k|x|^2 >> 1): float32 dx up to ~1e-4, the
+    eager reference's ~1e-6.  Now (k > 0) in G = <x, y>: W (1 + 2kG - k|y|^2)/p_x where k|x|^2 > 1 and |x| > |y| (and
+    the same for dy), den = 1 + 2kG + k^2|x|^2|y|^2.  One pair per batch (its own k) and the 8 x 8 cross pairs of the
+    rows with k = 1: per row within 2x the eager reference's error in the same dtype + a floor."""
+    from geoops.reference import stereographic as ref
+
+    floor = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
+    x64, y64, k64 = _far_pairs(40, 3, seed=43)
+    g = torch.randn(40, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def run(fn, x, y, k, dev="cpu"):
+        x, y = x.to(dev).requires_grad_(), y.to(dev).requires_grad_()
+        out = fn(x, y, k=k.to(dev))
+        return [t.detach().cpu().double().reshape(x.shape[0], -1) for t in
+                (out, *torch.autograd.grad((out * g.to(out).reshape(-1, *[1] * (out.dim() - 1))[:out.shape[0]]).sum(),
+                                           (x, y)))]
+
+    k1 = (k64.squeeze(-1) == 1).nonzero().flatten()[:8]
+    for shape in ("pairs", "cross"):
+        if shape == "pairs":  # [40, 1, 3]: one pair a batch, k per batch
+            args64 = (x64[:, None], y64[:, None], k64.reshape(-1, 1, 1))
+        else:  # [8, 3] x [8, 3], k = 1: far x against near y, far y, close y (and near x against far y)
+            args64 = (x64[k1], y64[k1], torch.tensor(1.0, dtype=torch.float64))
+        exp = run(ref.cdist, *args64)
+        args = [t.to(dtype) for t in args64]
+        ours = run(gs.cdist, *args, dev=device)
+        rels = lambda outs: [(o - e).norm(dim=-1) / e.norm(dim=-1) for o, e in zip(outs, exp)]  # noqa: E731
+        if dtype == torch.float32:
+            theirs = rels(run(ref.cdist, *args))
+        else:  # the float64 reference's error: its largest change under 1-ulp changes of x and y (as numhunt's rule)
+            gen = torch.Generator().manual_seed(7)
+            theirs = [torch.zeros(e.shape[0], dtype=torch.float64) for e in exp]
+            for _ in range(4):
+                pert = [t * (1 + 2.0 ** -52 * torch.randn(t.shape, generator=gen, dtype=torch.float64))
+                        for t in args64[:2]]
+                theirs = [torch.maximum(t, r) for t, r in zip(theirs, rels(run(ref.cdist, *pert, args64[2])))]
+        for o, t, e, name in zip(ours, theirs, exp, ("out", "dx", "dy")):
+            rel = lambda v: (v - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
+            bad = rel(o) > 2 * t + (1 if name == "out" else 2) * floor
+            assert not bad.any(), (shape, name, rel(o)[bad], t[bad], bad.nonzero().flatten())
