@@ -18,7 +18,8 @@
 //   E(z) = 2 atanc'(z) = (1/(1+z) - atanc(z))/z  (Taylor series for |z| < 1e-3),
 // so with W_ij = 2 g_ij dd/dA:  dx = alpha * x - W y,  dy = beta * y - W^T x  (two GEMMs), alpha_i =
 // sum_j W_ij + 2 g_ij dd/d|x|^2, beta_j likewise.  Close pairs are taken out of the GEMMs and added
-// exactly as W_ij (x_i - y_j), so no [N, M, D] tensor is ever formed.
+// exactly as W_ij (x_i - y_j), so no [N, M, D] tensor is ever formed.  k > 0: den, the far rows' shares of
+// alpha / beta and dk's linear term are expanded in G = <x, y> (session 40, BwdRow: they cancelled far out).
 //
 // Points outside the ball (k < 0, p <= 0) are treated as geoopt treats them after its clamps: p is
 // clamped at a small positive value, which gives large but finite distances and bounded gradients.
