@@ -234,13 +234,11 @@ def test_dist2plane_sphere_far_points(device, dtype, d):
     args = [t.to(dtype) for t in (x64, p64, a64, k64)]
     exp = run(ref.dist2plane, *(t.double() for t in args))
     theirs, ours = run(ref.dist2plane, *args), run(gs.dist2plane, *args, dev=device)
-    # (dx with x far out, k|x|^2 > 1 and |x| > |p|: up to ~1e-13 in float64, an xfail of
-    # tests/test_stereographic_numhunt.py, test_dist2plane_sphere_far_x_gradient)
-    xx, pp = x64.square().sum(-1), p64.square().sum(-1)
-    x_far = (k64.squeeze(-1) * xx > 1) & (xx > pp)
+    # (dx with x far out, k|x|^2 > 1 and |x| > |p|, was up to ~1e-13 off in float64 until session 40: the antipode
+    # x* = -x/(k|x|^2) there, stereo_triple.h's eval_dist2plane; checked here since)
     for o, t, e, name in zip(ours, theirs, exp, ("out", "dx", "dp", "da")):
         rel = lambda v: (v - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
-        bad = (rel(o) > 2 * rel(t) + (floor if name == "out" else gfloor)) & ~(x_far & (name == "dx"))
+        bad = rel(o) > 2 * rel(t) + (floor if name == "out" else gfloor)
         assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
 
 
