@@ -1736,8 +1736,7 @@ def _pair_compile_variants():
 # csrc/cpu/stereographic_pairwise.cpp; dP = alpha * P - W Q accumulated by tl.dot over tiles of Q
 # (no [N, M, D] tensor).  Close pairs are left out of W (their W (x - y) cancels in the GEMM form) and
 # added exactly afterwards, from the (rare) list of close pairs, like the C++ kernel.  dk: per row
-# partial sums of g dd/dk, summed per batch.  k > 0 (session 40): den, a far row's share of alpha and dk's linear
-# term in G = <p, q>, which such tiles recompute by tl.dot (the C++ BwdRow: the A forms cancelled far out).
+# partial sums of g dd/dk, summed per batch.
 _PAIR_MIN_P = {torch.float32: 1e-7, torch.float64: 1e-15}  # clamp of p = 1 + k|x|^2 for k < 0 (C++ min_p)
 
 
@@ -1764,20 +1763,6 @@ def _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.c
         x2 += tl.sum(xt * xt, 1)
         y2 += tl.sum(yt * yt, 1)
     return g, x2, y2
-
-
-@triton.jit
-def _pair_gram(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr):
-    """<x_i, y_j> for a (BLOCK_M, BLOCK_N) tile by tl.dot (no row norms; the backward's k > 0 tiles)."""
-    g = tl.zeros([BLOCK_M, BLOCK_N], CT)
-    for d0 in range(0, D, BLOCK_K):
-        kk = d0 + tl.arange(0, BLOCK_K)
-        km = kk < D
-        xt = tl.load(X + xrow[:, None] + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0).to(CT)
-        yt = tl.load(Y + yrow[:, None] + kk[None, :], mask=cmask[:, None] & km[None, :], other=0.0).to(CT)
-        g += tl.dot(xt, tl.trans(yt), input_precision="ieee")
-    return g
 
 
 @triton.jit
@@ -1850,25 +1835,21 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
 
 
 @triton.jit
-def _pair_coef(g, a, gd, p2, q2, pp, pq, k, tau, valid):
-    """Per pair: W = 2 g dd/dA (0 for close pairs), s = |(-x) (+) y|, den and the close mask.
+def _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid):
+    """Per pair: W = 2 g dd/dA (0 for close pairs), the self term 2 g dd/d|p|^2 and s = |(-x) (+) y|.
 
-    k > 0: den = 1 + 2kG + k^2 |p|^2 |q|^2 from gd = G = <p, q> (C++ BwdRow: p_p p_q - kA cancels far out).
     Two IEEE divisions and one square root a pair; 1/p_p is per row (a reciprocal of the caller's)."""
     asafe = tl.where(valid, a, 1.0)
-    den0 = tl.where(k > 0, 1.0 + 2.0 * k * gd + (k * p2)[:, None] * (k * q2)[None, :],
-                    pp[:, None] * pq[None, :] - k * asafe)
-    den = tl.maximum(den0, 1.1754943508222875e-38)
+    den = tl.maximum(pp[:, None] * pq[None, :] - k * asafe, 1.1754943508222875e-38)
     s = _sqrt(_div(asafe, den))
     w = tl.where(valid, _div(2.0 * g, s * den), 0.0)
     close = valid & (a < tau * (p2[:, None] + q2[None, :]))
-    return tl.where(close, 0.0, w), s, den, close
+    return tl.where(close, 0.0, w), s, den
 
 
 @triton.jit
-def _pair_dk(g, a, gd, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
-    """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl;
-    k > 0: the linear term as -2 (G + k |p|^2 |q|^2), BwdRow).
+def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
+    """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl).
 
     The closed form of s^3 E(z) is (s den/P - d/2)/k (d = 2 s atanc(z)): no division a pair."""
     z = k * s * s
@@ -1877,9 +1858,7 @@ def _pair_dk(g, a, gd, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
     s_p = s * ipp[:, None] * ipq[None, :]  # s/P
     ik = _div(1.0, tl.where(k != 0, k, 1.0))
     e = tl.where(small, s * s * s * series, (s_p * den - 0.5 * d) * ik)
-    lin = tl.where(k > 0, -2.0 * (gd + (k * p2)[:, None] * q2[None, :]),
-                   a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None])
-    dkk = e + s_p * lin
+    dkk = e + s_p * (a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None])
     return tl.where(valid, g * dkk, 0.0)
 
 
@@ -1927,24 +1906,15 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
         pq = _pair_p(k, q2, PMIN)
         valid = m2 & (a > 0)
-        # k > 0: G = <p, q> of the tile (the forward's GEMM value; A's expansion in it cancels far out), session 40
-        if k > 0:
-            gd = _pair_gram(P_, Q_, (b * NP + rows) * D, (b * NQ + cols) * D, rmask, cmask, D, CT, BLOCK_P,
-                            BLOCK_Q, BLOCK_D)
-        else:
-            gd = tl.zeros([BLOCK_P, BLOCK_Q], CT)
-        w, s, den, close = _pair_coef(g, a, gd, p2, q2, pp, pq, k, tau, valid)
-        # a far row (k |p|^2 > 1, |p|^2 > |q|^2): its pair's share of alpha as W q_p / p_p, q_p = 1 + 2kG - k|q|^2
-        # (= W + 2 g dd/d|p|^2 exactly; that sum cancelled), else W + the self term -2k g s / p_p (C++ BwdRow)
-        pf = (k * p2 > 1.0)[:, None] & (p2[:, None] > q2[None, :]) & valid & (close == 0)
-        gs_ += tl.sum(tl.where(valid & (pf == 0), g * s, 0.0), 1)
-        alpha += tl.sum(tl.where(pf, w * (1.0 + 2.0 * k * gd - k * q2[None, :]) * ipp[:, None], w), 1)
+        w, s, den = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
+        gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
+        alpha += tl.sum(w, 1)
         qt = tl.load(Q_ + (b * NQ + cols[:, None]) * D + dc[None, :], mask=cmask[:, None] & dmask[None, :],
                      other=0.0).to(CT)
         acc += tl.dot(w, qt, input_precision="ieee")
         if NEED_K:
             d = tl.load(DIST + off, mask=m2, other=0.0).to(CT)
-            dk += tl.sum(_pair_dk(g, a, gd, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
+            dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
     if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
