@@ -1697,12 +1697,11 @@ def _pair_compile_variants():
             g = torch.zeros(1, 37, 37, dtype=dtype)
             for mask, what in ((7, "dx,dy,dk"), (1, "dx")):
                 for split, tag in ((0, ""), (2, " split")):  # split: the column-split partials (SPLIT)
-                    for kpos in (False, True):  # KPOS: the k > 0 variant (session 40)
-                        def bwd(xd=xd, g=g, k=k, mask=mask, split=split, kpos=kpos):
-                            _pair_bwd(g, xd, xd, k, g, g, mask, split=split, kpos=kpos)
+                    def bwd(xd=xd, g=g, k=k, mask=mask, split=split):
+                        _pair_bwd(g, xd, xd, k, g, g, mask, split=split)
 
-                        entries.append({"label": f"pair/cdist/{dname}/D{D} bwd{tag}{' kpos' if kpos else ''} {what}",
-                                        "launch": bwd, "expect": expect})
+                    entries.append({"label": f"pair/cdist/{dname}/D{D} bwd{tag} {what}", "launch": bwd,
+                                    "expect": expect})
     # the fused float32 knn: one binary per top-n width NP (2..KNN_MAX_NEIGHBORS) and direction
     x = torch.zeros(1, 37, 10)
     y = torch.zeros(1, 100, 10)
@@ -1764,20 +1763,6 @@ def _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.c
         x2 += tl.sum(xt * xt, 1)
         y2 += tl.sum(yt * yt, 1)
     return g, x2, y2
-
-
-@triton.jit
-def _pair_gram(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr):
-    """<x_i, y_j> for a (BLOCK_M, BLOCK_N) tile by tl.dot (no row norms; the backward's KPOS variant)."""
-    g = tl.zeros([BLOCK_M, BLOCK_N], CT)
-    for d0 in range(0, D, BLOCK_K):
-        kk = d0 + tl.arange(0, BLOCK_K)
-        km = kk < D
-        xt = tl.load(X + xrow[:, None] + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0).to(CT)
-        yt = tl.load(Y + yrow[:, None] + kk[None, :], mask=cmask[:, None] & km[None, :], other=0.0).to(CT)
-        g += tl.dot(xt, tl.trans(yt), input_precision="ieee")
-    return g
 
 
 @triton.jit
@@ -1863,33 +1848,6 @@ def _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid):
 
 
 @triton.jit
-def _pair_coef_pos(g, a, gd, p2, q2, pp, pq, k, tau, valid):
-    """_pair_coef of the KPOS variant: for k > 0 den = 1 + 2kG + k^2 |p|^2 |q|^2 from G = gd (session 40, the C++
-    BwdRow: p_p p_q - kA cancels far out on the sphere); also returns the close mask."""
-    asafe = tl.where(valid, a, 1.0)
-    den = tl.maximum(tl.where(k > 0, 1.0 + 2.0 * k * gd + (k * p2)[:, None] * (k * q2)[None, :],
-                              pp[:, None] * pq[None, :] - k * asafe), 1.1754943508222875e-38)
-    s = _sqrt(_div(asafe, den))
-    w = tl.where(valid, _div(2.0 * g, s * den), 0.0)
-    close = valid & (a < tau * (p2[:, None] + q2[None, :]))
-    return tl.where(close, 0.0, w), s, den, close
-
-
-@triton.jit
-def _pair_dk_pos(g, a, gd, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
-    """_pair_dk of the KPOS variant: for k > 0 the linear term as -2 (G + k |p|^2 |q|^2) (the C++ BwdRow)."""
-    z = k * s * s
-    small = tl.abs(z) < 1e-3
-    series = 2.0 * (-1.0 / 3 + z * (2.0 / 5 + z * (-3.0 / 7 + z * (4.0 / 9 + z * (-5.0 / 11 + z * (6.0 / 13))))))
-    s_p = s * ipp[:, None] * ipq[None, :]
-    ik = _div(1.0, tl.where(k != 0, k, 1.0))
-    e = tl.where(small, s * s * s * series, (s_p * den - 0.5 * d) * ik)
-    lin = tl.where(k > 0, -2.0 * (gd + (k * p2)[:, None] * q2[None, :]),
-                   a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None])
-    return tl.where(valid, g * (e + s_p * lin), 0.0)
-
-
-@triton.jit
 def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
     """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl).
 
@@ -1907,7 +1865,7 @@ def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
 @triton.jit
 def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau, q_per, n_dblk,
                      NEED_K: tl.constexpr, SPLIT: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, KPOS: tl.constexpr = False):
+                     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x).
 
     SPLIT: program_id(1) = split * n_dblk + feature block; the split walks columns [sp q_per, (sp + 1) q_per)
@@ -1948,26 +1906,15 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
         pq = _pair_p(k, q2, PMIN)
         valid = m2 & (a > 0)
-        if KPOS:  # some batch k > 0 (session 40, C++ BwdRow): the tile's G = <p, q>, far rows' alpha share W q_p / p_p
-            gd = _pair_gram(P_, Q_, (b * NP + rows) * D, (b * NQ + cols) * D, rmask, cmask, D, CT, BLOCK_P, BLOCK_Q,
-                            16)
-            w, s, den, close = _pair_coef_pos(g, a, gd, p2, q2, pp, pq, k, tau, valid)
-            pf = (k * p2 > 1.0)[:, None] & (p2[:, None] > q2[None, :]) & valid & (close == 0)
-            gs_ += tl.sum(tl.where(valid & (pf == 0), g * s, 0.0), 1)
-            alpha += tl.sum(tl.where(pf, w * (1.0 + 2.0 * k * gd - k * q2[None, :]) * ipp[:, None], w), 1)
-        else:
-            w, s, den = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
-            gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
-            alpha += tl.sum(w, 1)
+        w, s, den = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
+        gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
+        alpha += tl.sum(w, 1)
         qt = tl.load(Q_ + (b * NQ + cols[:, None]) * D + dc[None, :], mask=cmask[:, None] & dmask[None, :],
                      other=0.0).to(CT)
         acc += tl.dot(w, qt, input_precision="ieee")
         if NEED_K:
             d = tl.load(DIST + off, mask=m2, other=0.0).to(CT)
-            if KPOS:
-                dk += tl.sum(_pair_dk_pos(g, a, gd, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
-            else:
-                dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
+            dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
     if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
@@ -2138,7 +2085,7 @@ def _pair_split(NP: int, NQ: int, n_dblk: int, B: int, bp: int, bq: int, device:
     return triton.cdiv(NQ, q_per), q_per
 
 
-def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None, kpos=None):
+def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
     x, y, k = _pair_check(x, y, k)
     B, N, D = x.shape
     M = y.shape[1]
@@ -2161,20 +2108,13 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None, kpos=None):
         # 4 (float64) / 8 (float32) pairs a thread: the per-pair coefficients (and dk's) keep ~10 values
         # per pair live; 16 pairs a thread spilled
         bp, bq, nw = (32, 16, 4) if x.dtype == torch.float64 else (32, 32, 4)
-    # KPOS: some batch has k > 0 (one host read, as the close pairs' below): the variant that forms those batches'
-    # coefficients from the tile's G (k <= 0 batches of such a call: their old formulas, G unused)
-    kpos = bool((k > 0).any()) if kpos is None else kpos
-    if kpos and not INTERPRETED:
-        bp = 16  # (the tile's G: one more [BLOCK_P, BLOCK_Q] value a pair)
-    blk = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd, KPOS=kpos)
+    blk = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd)
     # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
     # y pass at 8 (at 4 ptxas held it at 168 registers and spilled 8 B); the x pass at 4 with dk or in float32 (at 8
     # the float32 D = 64 pass with dk spilled 8 B at 128 registers, D = 32 without 4 B at 80 on sm_80), else at 8 (the
     # float64 D = 32 pass spilled 4 B at 4 warps on sm_90, Triton 3.9); .maxnreg made ptxas spill more (40-236 B)
     nw_x = nw if INTERPRETED or want_k or x.dtype == torch.float32 else 8
     nw_y = nw if INTERPRETED else 8
-    if kpos and not INTERPRETED:  # (KPOS: 16-row tiles on 8 warps, split or not)
-        nw = nw_x = nw_y = 8
     dx = dy = dk = None
     with _device_guard(x):
         # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
