@@ -247,9 +247,11 @@ def test_dist2plane_sphere_far_points(device, dtype, d):
                    "value) needs G in _pair_bwd_kernel, which has only the forward's saved A: recomputing G there by "
                    "tl.dot under `if k > 0` was exact under the interpreter (float32 dx 1.5e-4 -> within the rule) but "
                    "spilled 1.3-15 KB (float32, sm_80 / sm_90) and failed to compile in float64 (PassManager) in the "
-                   "compile check, so it was taken out.  Ways on: a KPOS constexpr variant chosen on the host (k > 0 "
-                   "batches only) with smaller tiles, or the forward saving G (not A) for k > 0 batches and the "
-                   "backward forming A with its close pairs exact.  Written up, session 40")
+                   "compile check, so it was taken out.  A KPOS constexpr variant chosen on the host (a k > 0 batch in "
+                   "the call; 16-row tiles, 8 warps: commit 70ab9bb, reverted) passes this test and compiles "
+                   "everywhere but still spills 4-28 B (float32 D 10/32/64, float64; sm_80 / sm_90).  Other way on: "
+                   "the forward saving G (not A) for k > 0 batches, the backward forming A with its close pairs "
+                   "exact.  Written up, session 40")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cdist_sphere_far_points_gradients(device, dtype):
     """cdist's backward formed a pair's share of alpha (dx = alpha x - W y) as W + 2 g dd/d|x|^2 = W (1 - kA/p_x) and
