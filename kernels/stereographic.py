@@ -1143,6 +1143,23 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         g00 = adj_q * k
         gk = adj_q * s00
     else:  # DIST2PLANE (x, p, a): xx = s00, pp = s11, aa = s22, xp = s01, xa = s02, pa = s12, ee, pe = se1, ea = se2
+        # x far out (k xx > 1, xx > pp, ee > xx / 4): the row is evaluated at the antipode x* = -x / (k xx), whose
+        # signed distance is the negated one, from the exact rewrites of its dot products (stereo_triple.h's
+        # eval_dist2plane, session 40: x's own x form cancelled in dx); the adjoints are chained back below
+        xf = (k * s00 > 1.0) & (s00 > s11) & (see > 0.25 * s00)
+        kxx = tl.where(xf, k * s00, 1.0)
+        cx = -1.0 / kxx
+        ik2 = 1.0 / (k * kxx)
+        mk = tl.where(xf, k, 1.0)  # (k of the rewrite's d/dk: 1 off the far rows, whose chain is not taken)
+        xx0, xp0, xa0, ee0, pe0, ea0 = s00, s01, s02, see, se1, se2
+        s00 = tl.where(xf, ik2, xx0)
+        s01 = tl.where(xf, cx * xp0, xp0)
+        s02 = tl.where(xf, cx * xa0, xa0)
+        see = tl.where(xf, (1.0 + 2.0 * k * xp0) * ik2 + s11, ee0)
+        se1 = tl.where(xf, cx * xp0 - s11, pe0)
+        se2 = tl.where(xf, cx * xa0 - s12, ea0)
+        if FLAGS & 1:
+            w0 = tl.where(xf, -w0, w0)
         # diff = (-p) (+) x = N / den, N = B e + k ee p (x form) = k ee x + w e (y form, where k pp > 1 and pp > xx:
         # logmap's two forms, stereo_math.h's logmap_y_form, with p in x's place), |N|^2 = ee den
         yf = (k * s11 > 1.0) & (s11 > s00)
@@ -1204,6 +1221,27 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         g11 += adj_denr * k * k * s00 + adj_B * k
         g00 = adj_denr * k * k * s11 - adj_w * k
         gk += adj_denr * (2.0 * s01 + 2.0 * k * s11 * s00) + adj_B * s11 + adj_w * (2.0 * s01 - s00)
+        if FLAGS & 1:
+            c0 = tl.where(xf, -c0, c0)
+        # x far: the adjoints of x*'s dot products chained to x's (xx* = ik2 = 1/(k^2 xx), <x*, p> = c xp,
+        # <x*, a> = c xa, |x* - p|^2 = (1 + 2k xp) ik2 + pp, <x* - p, p> = c xp - pp, <x* - p, a> = c xa - pa,
+        # c = -1/(k xx): d/dxx of each is minus itself over xx, save pp / pa; d/dk minus itself over k, save
+        # |x* - p|^2's (2 xp ik2 - 2 (1 + 2k xp) ik2 / k) and pp / pa)
+        u01, u02 = cx * xp0, cx * xa0
+        uee = (1.0 + 2.0 * k * xp0) * ik2
+        gxx = -(g00 * ik2 + (g01 + ge1) * u01 + (g02 + ge2) * u02 + gee * uee) / tl.where(xf, xx0, 1.0)
+        gkf = gk - (2.0 * g00 * ik2 + (g01 + ge1) * u01 + (g02 + ge2) * u02 + 2.0 * gee * uee) / mk + gee * 2.0 * xp0 * ik2
+        gxp = (g01 + ge1) * cx + gee * 2.0 * k * ik2
+        gxa = (g02 + ge2) * cx
+        g11 = tl.where(xf, g11 + gee - ge1, g11)
+        g12 = tl.where(xf, g12 - ge2, g12)
+        g00 = tl.where(xf, gxx, g00)
+        g01 = tl.where(xf, gxp, g01)
+        g02 = tl.where(xf, gxa, g02)
+        gk = tl.where(xf, gkf, gk)
+        gee = tl.where(xf, 0.0, gee)
+        ge1 = tl.where(xf, 0.0, ge1)
+        ge2 = tl.where(xf, 0.0, ge2)
     return c0, c1, c2, g00, g11, g22, g01, g02, g12, gee, ge1, ge2, gk
 
 

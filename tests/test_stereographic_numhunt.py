@@ -283,7 +283,7 @@ def test_dist2plane_sphere_far_points(dtype, d):
         return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, p, a))]
 
     args = [t.to(dtype) for t in (x, p, a, k)]
-    _check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3, only={"dx": ~_x_far(*args)})
+    _check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3)
 
 
 def _x_far(x, p, a, k):
@@ -292,23 +292,30 @@ def _x_far(x, p, a, k):
     return ((k.double().squeeze(-1) * xx > 1) & (xx > pp)).to(dtype=torch.bool)
 
 
-@pytest.mark.xfail(strict=True, reason="dist2plane's float64 dx for x far out (k|x|^2 > 1, |x| > |p|: the x form, "
-                   "accurate in the value) is up to ~1e-13 off, 4-6x the eager float64 reference's error (estimated "
-                   "from 1-ulp input changes: ~2e-14): the dot products' adjoints times x cancel in the backward "
-                   "(both the C++ dual-number epilogue and the Triton vjp); float32 is fine.  Written up, session 39")
-def test_dist2plane_sphere_far_x_gradient():
-    d = 8
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("d", [3, 8, 17])
+def test_dist2plane_sphere_far_x_gradient(d, signed):
+    """Session 39's write-up (a strict xfail until session 40): dist2plane's float64 dx for x far out (k|x|^2 > 1,
+    |x| > |p|: the x form, accurate in the value) was up to ~1e-13 off, 4-6x the eager float64 reference's error
+    (from 1-ulp input changes: ~2e-14): dx = 2 (G_xx + G_ee) x + ..., and G_xx, G_ee (x enters through |x - p|^2 ~
+    |x|^2 and den's k^2 |p|^2 |x|^2) cancel ~|x| / |p|-fold.  Now such rows (not close to p: |x - p|^2 > |x|^2 / 4)
+    are evaluated at the antipode x* = -x / (k|x|^2), dist2plane(x) = -dist2plane(x*) (signed), from exact rewrites of
+    the dot products (stereo_triple.h's eval_dist2plane, the Triton vjp).  Value, dx and dk on the x-far rows, dp, da
+    everywhere (_check_rule; k a float64 tensor per row, its gradient against the reference's)."""
     x, p, k = _far_pairs(70, d, D64, seed=20 + d)
     diff = ref.mobius_add(-p, x, k=k)
     a = diff + 0.5 * diff.norm(dim=-1, keepdim=True) * torch.randn(x.shape, generator=torch.Generator().manual_seed(4),
                                                                    dtype=D64) / d ** 0.5
+    w = torch.randn(70, generator=torch.Generator().manual_seed(5), dtype=D64)
 
     def run(fn, x, p, a, k):
-        x = x.clone().requires_grad_()
-        out = fn(x, p, a, k=k, signed=True, keepdim=True).squeeze(-1)
-        return [out.detach(), torch.autograd.grad(out.sum(), x)[0]]
+        x, p, a, k = (t.clone().requires_grad_() for t in (x, p, a, k))
+        out = fn(x, p, a, k=k, signed=signed, keepdim=True).squeeze(-1)
+        return [out.detach(), *torch.autograd.grad((out * w).sum(), (x, p, a, k))]
 
-    _check_rule(run, gs.dist2plane, (x, p, a, k), ("out", "dx"), n_vec=3, only={"dx": _x_far(x, p, a, k)})
+    far = _x_far(x, p, a, k)
+    _check_rule(run, gs.dist2plane, (x, p, a, k), ("out", "dx", "dp", "da", "dk"), n_vec=3,
+                only={"out": far, "dx": far, "dk": far})
 
 
 # ---------------------------------------------------------------- the y form's edges (session 40, review39)
@@ -425,23 +432,37 @@ def test_logmap_f32_fast_paths_decline_y_form_rows(monkeypatch, path, d):
                 assert not same, ("block", b0 // B, "should be the float path's")
 
 
-# ---------------------------------------------------------------- known, written up (strict xfails)
-@pytest.mark.xfail(strict=True, reason="cdist's backward epilogue (csrc/cpu/stereographic_pairwise.cpp, the Triton "
-                   "pair kernels) cancels for a point far out on the sphere (k|x|^2 >> 1): float32 dx 9e-5 at "
-                   "|x| = 300, k = 0.5 (the row op dist on the same pair: 6e-7; the eager reference's autograd "
-                   "~1e-6), float64 2e-13; the forward is fine.  Written up, session 39")
+# ---------------------------------------------------------------- cdist's backward far out (fixed, session 40)
+@pytest.mark.parametrize("epi", ["v2", "v1"])
+@pytest.mark.parametrize("shape", ["pairs", "cross"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cdist_sphere_far_points_gradients(dtype):
-    x, y, k = _far_pairs(70, 3, dtype, seed=43)
+def test_cdist_sphere_far_points_gradients(monkeypatch, dtype, shape, epi):
+    """Session 39's write-up (a strict xfail until session 40): cdist's backward epilogue formed a pair's share of
+    alpha (dx = alpha x - W y) as W + 2 g dd/d|x|^2 = W (1 - kA/p_x) and den as p_x p_y - kA, which cancel for x far
+    out on the sphere (k|x|^2 >> 1, k > 0): float32 dx 9e-5 at |x| = 300, k = 0.5 (the row op dist: 6e-7; the eager
+    reference ~1e-6), float64 2e-13.  Now, for k > 0, in G = <x, y> (the GEMM's value): W (1 + 2kG - k|y|^2)/p_x where
+    k|x|^2 > 1 and |x| > |y| (dy likewise), den = 1 + 2kG + k^2|x|^2|y|^2.  pairs: one pair a batch with its own k
+    (70 batches); cross: the 60 x 60 pairs of the k = 1 rows of 140 (far x against near, far and close y; full
+    16-lane vectors and a tail), both float32 epilogues (GEOOPS_CDIST_F32_EPI: v2 the AVX-512 fused pass, v1 the others')."""
+    monkeypatch.setenv("GEOOPS_CDIST_F32_EPI", epi)
+    x, y, k = _far_pairs(70 if shape == "pairs" else 140, 3, dtype, seed=43)
+    w = torch.randn(140, generator=torch.Generator().manual_seed(6), dtype=D64).to(dtype)
 
     def run(fn, x, y, k):
-        x, y = x[:, None].clone().requires_grad_(), y[:, None].clone().requires_grad_()
-        out = fn(x, y, k=k.reshape(-1, 1, 1))
-        return [out.detach(), *torch.autograd.grad(out.sum(), (x, y))]
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        if shape == "pairs":
+            out = fn(x[:, None], y[:, None], k=k.reshape(-1, 1, 1)).reshape(-1, 1)
+        else:
+            out = fn(x, y, k=k.reshape(()))
+        return [out.detach(), *torch.autograd.grad((out * w[:out.shape[0], None]).sum(), (x, y))]
 
+    if shape == "cross":
+        one = k.squeeze(-1) == 1
+        x, y, k = x[one], y[one], k[one][:1]
     _check_rule(run, gs.cdist, (x, y, k), ("out", "dx", "dy"), n_vec=2)
 
 
+# ---------------------------------------------------------------- known, written up (strict xfails)
 @pytest.mark.xfail(strict=True, reason="k^2 |x|^2 |y|^2 is formed as (k k) |x|^2 |y|^2 in the kernels and the reference: "
                    "k k underflows for |k| < ~1e-154 (float64), so points at the scale of such a ball (|x| ~ 1/sqrt|k| "
                    "~ 1e150) lose the term (mobius_add / dist off by O(1)); only at curvatures no model reaches: "

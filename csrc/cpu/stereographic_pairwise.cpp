@@ -18,7 +18,8 @@
 //   E(z) = 2 atanc'(z) = (1/(1+z) - atanc(z))/z  (Taylor series for |z| < 1e-3),
 // so with W_ij = 2 g_ij dd/dA:  dx = alpha * x - W y,  dy = beta * y - W^T x  (two GEMMs), alpha_i =
 // sum_j W_ij + 2 g_ij dd/d|x|^2, beta_j likewise.  Close pairs are taken out of the GEMMs and added
-// exactly as W_ij (x_i - y_j), so no [N, M, D] tensor is ever formed.
+// exactly as W_ij (x_i - y_j), so no [N, M, D] tensor is ever formed.  k > 0: den, the far rows' shares of
+// alpha / beta and dk's linear term are expanded in G = <x, y> (session 40, BwdRow: they cancelled far out).
 //
 // Points outside the ball (k < 0, p <= 0) are treated as geoopt treats them after its clamps: p is
 // clamped at a small positive value, which gives large but finite distances and bounded gradients.
@@ -585,15 +586,29 @@ inline T E_series(T z) {
 template <typename T>
 struct BwdRow {
   T k, ik, px, ipx, x2, tau;  // ik = 1/k (0 at k = 0: only the series branch is used there)
+  bool xfar;                  // k > 0 and k |x|^2 > 1 (the row's point beyond the equator; KPOS rows only)
 };
+
+// k > 0 (KPOS): the per-pair coefficients from G = <x, y> (the GEMM's value), session 40.  With q_x = p_x - kA,
+// q_y = p_y - kA and den = p_x p_y - kA, a pair's (non-close) share of dx is
+//   W x + 2 g dd/d|x|^2 x - W y = W (1 - kA / p_x) x - W y = W (q_x / p_x) x - W y,
+// and for a point far out on the projected sphere (k |x|^2 >> 1) with y not near it, p_x ~ kA ~ k |x|^2: the sum
+// W + ax of alpha (W = 2 g / sqrt(A den), ax = -2 k g s / p_x) cancelled to ~k |x|^2 ulps (float32 dx 9e-5 at |x| = 300,
+// k = 0.5), and den = p_x p_y - kA itself to ~p_x p_y / den ulps.  Expanded in G the x-sized terms drop out exactly:
+//   q_x = 1 + 2kG - k|y|^2,  q_y = 1 + 2kG - k|x|^2,  den = 1 + 2kG + k^2 |x|^2 |y|^2,
+//   A - |x|^2 p_y - |y|^2 p_x = -2 (G + k |x|^2 |y|^2)  (dk's linear term),
+// whose terms are at most ~ max(1, k |x||y|, k |y|^2) (q_x) / k^2 |x|^2 |y|^2 (den, all >= 0 save 2kG): so for k > 0
+// den and dk's term always take the G form, and alpha's share takes W q_x / p_x where k|x|^2 > 1 and |x|^2 > |y|^2
+// (beta's W q_y / p_y where k|y|^2 > 1 and |y|^2 > |x|^2) -- stereo::logmap_y_form's choice; elsewhere W + ax as
+// before (close pairs: A exact, their W (x - y) added after the GEMMs, ax alone in alpha).  k <= 0 rows: unchanged.
 
 // One row of the backward epilogue, branch-free (vectorisable): wr[j] = W_ij = 2 g dd/dA with close pairs
 // left out (0; counted in nclose), col[j] += W_ij + 2 g dd/d|y_j|^2, returns alpha_i = sum_j W_ij + 2 g
 // dd/d|x_i|^2, and (WANT_K) adds sum_j g dd/dk to dk.  With r = 1/sqrt(A den): s = A r, dd/dA = r (one square
 // root and one division per pair; 1/p_x, 1/p_y precomputed).
-template <typename T, bool WANT_K>
-inline double bwd_row(const T* gr, const T* ar, const T* dr, T* wr, T* col, int64_t M, const BwdRow<T>& c,
-                      const T* py, const T* ipy, const T* y2f, double& dk, int64_t& nclose) {
+template <typename T, bool WANT_K, bool KPOS>
+inline double bwd_row(const T* gr, const T* ar, const T* gm, const T* dr, T* wr, T* col, int64_t M,
+                      const BwdRow<T>& c, const T* py, const T* ipy, const T* y2f, double& dk, int64_t& nclose) {
   const T tiny = std::numeric_limits<T>::min();
   double a_acc = 0.0, dk_acc = 0.0;
   int64_t nc = 0;
@@ -604,7 +619,9 @@ inline double bwd_row(const T* gr, const T* ar, const T* dr, T* wr, T* col, int6
     const bool valid = a > T(0);
     const T as = valid ? a : T(1);
     const T pyj = py[j];
-    const T den = std::max(c.px * pyj - c.k * as, tiny);
+    // (KPOS: den, q_x, q_y in G = <x, y>: see BwdRow)
+    const T den = KPOS ? std::max(T(1) + T(2) * c.k * gm[j] + c.k * c.x2 * (c.k * y2f[j]), tiny)
+                       : std::max(c.px * pyj - c.k * as, tiny);
     const T r = T(1) / std::sqrt(as * den);
     const T sv = as * r;
     const T gsv = T(-2) * c.k * gij * sv;
@@ -614,15 +631,24 @@ inline double bwd_row(const T* gr, const T* ar, const T* dr, T* wr, T* col, int6
     const T ax = valid ? gsv * c.ipx : T(0);
     const T ay = valid ? gsv * ipy[j] : T(0);
     wr[j] = w;
-    a_acc += double(w + ax);
-    col[j] += w + ay;
+    if constexpr (KPOS) {
+      const T kg1 = T(1) + T(2) * c.k * gm[j];
+      const bool xf = c.xfar && c.x2 > y2f[j] && valid && !close;
+      const bool yf = c.k * y2f[j] > T(1) && y2f[j] > c.x2 && valid && !close;
+      a_acc += double(xf ? w * (kg1 - c.k * y2f[j]) * c.ipx : w + ax);
+      col[j] += yf ? w * (kg1 - c.k * c.x2) * ipy[j] : w + ay;
+    } else {
+      a_acc += double(w + ax);
+      col[j] += w + ay;
+    }
     if (WANT_K) {
       const T z = c.k * sv * sv;
       const T iP = c.ipx * ipy[j];
       const T e_ser = sv * sv * sv * E_series(z);
       const T e_cl = (sv * den * iP - dr[j] / (T(2) * sv) * sv) * c.ik;  // s^3 E(z), dr/(2s) = atanc(z)
       const T e = std::abs(z) < T(1e-3) ? e_ser : e_cl;
-      const T dkk = e + sv * iP * (a - c.x2 * pyj - y2f[j] * c.px);
+      const T lin = KPOS ? T(-2) * (gm[j] + c.k * c.x2 * y2f[j]) : a - c.x2 * pyj - y2f[j] * c.px;
+      const T dkk = e + sv * iP * lin;
       dk_acc += valid ? double(gij * dkk) : 0.0;
     }
   }
@@ -638,7 +664,7 @@ inline double bwd_row(const T* gr, const T* ar, const T* dr, T* wr, T* col, int6
 // close test A < tau (x2 + y2); a vector with a close pair takes those pairs' A exactly from the rows (double) and
 // leaves them out of W (they are pushed to `closes` with their W, added exactly after the GEMMs), as before.
 // Same formulas as bwd_row; alpha_i and dk are summed in double lanes.
-template <bool WANT_K, typename CloseFn>
+template <bool WANT_K, bool KPOS, typename CloseFn>
 inline double bwd_row_f32_v2(float* G, const float* gr, const float* dr, float* col, const float* xi,
                              const float* y, int64_t M, int64_t D, const BwdRow<float>& c, const float* py,
                              const float* ipy, const float* y2f, double& dk, CloseFn&& on_close) {
@@ -647,13 +673,17 @@ inline double bwd_row_f32_v2(float* G, const float* gr, const float* dr, float* 
                vk = _mm512_set1_ps(c.k), vm2k = _mm512_set1_ps(-2.f * c.k), vipx = _mm512_set1_ps(c.ipx),
                two = _mm512_set1_ps(2.f), tiny = _mm512_set1_ps(std::numeric_limits<float>::min()),
                vik = _mm512_set1_ps(c.ik), half = _mm512_set1_ps(0.5f), zlim = _mm512_set1_ps(1e-3f);
+  // KPOS (see BwdRow): 2k, k^2 |x|^2, k |x|^2, 1 - k |x|^2
+  const __m512 v2k = _mm512_set1_ps(2.f * c.k), vkkx2 = _mm512_set1_ps(c.k * c.x2 * c.k),
+               vkx2 = _mm512_set1_ps(c.k * c.x2), vqy0 = _mm512_set1_ps(1.f - c.k * c.x2);
   __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd(), dk0 = _mm512_setzero_pd(),
           dk1 = _mm512_setzero_pd();
   alignas(64) float tmp[16];
   auto step = [&](int64_t j, __mmask16 tm) {
     const __m512 g = _mm512_maskz_loadu_ps(tm, gr + j), vy2 = _mm512_maskz_loadu_ps(tm, y2f + j);
     const __m512 sum = _mm512_add_ps(vx2, vy2);
-    __m512 a = _mm512_fmadd_ps(vm2, _mm512_maskz_loadu_ps(tm, G + j), sum);
+    const __m512 gv = _mm512_maskz_loadu_ps(tm, G + j);  // <x_i, y_j>
+    __m512 a = _mm512_fmadd_ps(vm2, gv, sum);
     const __mmask16 close = _mm512_mask_cmp_ps_mask(tm, a, _mm512_mul_ps(vtau, sum), _CMP_LT_OQ);
     a = _mm512_max_ps(zero, a);  // NaN stays NaN
     if (close) {  // rare: those pairs' A exactly from the rows
@@ -665,7 +695,8 @@ inline double bwd_row_f32_v2(float* G, const float* gr, const float* dr, float* 
     const __mmask16 valid = _mm512_mask_cmp_ps_mask(tm, a, zero, _CMP_GT_OQ);
     const __m512 as = _mm512_mask_mov_ps(one, valid, a);
     const __m512 vpy = _mm512_mask_loadu_ps(one, tm, py + j), vipy = _mm512_maskz_loadu_ps(tm, ipy + j);
-    const __m512 den = _mm512_max_ps(_mm512_fnmadd_ps(vk, as, _mm512_mul_ps(vpx, vpy)), tiny);
+    const __m512 den = KPOS ? _mm512_max_ps(_mm512_fmadd_ps(v2k, gv, _mm512_fmadd_ps(vkkx2, vy2, one)), tiny)
+                            : _mm512_max_ps(_mm512_fnmadd_ps(vk, as, _mm512_mul_ps(vpx, vpy)), tiny);
     const __m512 r = _mm512_div_ps(one, _mm512_sqrt_ps(_mm512_mul_ps(as, den)));
     const __m512 sv = _mm512_mul_ps(as, r);
     const __m512 gsv = _mm512_mul_ps(_mm512_mul_ps(vm2k, g), sv);
@@ -673,10 +704,19 @@ inline double bwd_row_f32_v2(float* G, const float* gr, const float* dr, float* 
     const __m512 ax = _mm512_maskz_mul_ps(valid, gsv, vipx);
     const __m512 ay = _mm512_maskz_mul_ps(valid, gsv, vipy);
     _mm512_mask_storeu_ps(G + j, tm, w);
-    const __m512 wa = _mm512_add_ps(w, ax);
+    __m512 wa = _mm512_add_ps(w, ax), way = _mm512_add_ps(w, ay);
+    if constexpr (KPOS) {  // the far rows' / columns' shares W q_x / p_x, W q_y / p_y (BwdRow)
+      const __mmask16 live = valid & ~close;
+      const __m512 kg1 = _mm512_fmadd_ps(v2k, gv, one);
+      const __mmask16 xf = c.xfar ? _mm512_mask_cmp_ps_mask(live, vy2, vx2, _CMP_LT_OQ) : __mmask16(0);
+      const __mmask16 yf = _mm512_mask_cmp_ps_mask(live, vy2, vx2, _CMP_GT_OQ) &
+                           _mm512_cmp_ps_mask(_mm512_mul_ps(vk, vy2), one, _CMP_GT_OQ);
+      wa = _mm512_mask_mov_ps(wa, xf, _mm512_mul_ps(_mm512_mul_ps(w, _mm512_fnmadd_ps(vk, vy2, kg1)), vipx));
+      way = _mm512_mask_mov_ps(way, yf, _mm512_mul_ps(_mm512_mul_ps(w, _mm512_fmadd_ps(v2k, gv, vqy0)), vipy));
+    }
     acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(wa)));
     acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wa), 1))));
-    _mm512_mask_storeu_ps(col + j, tm, _mm512_add_ps(_mm512_maskz_loadu_ps(tm, col + j), _mm512_add_ps(w, ay)));
+    _mm512_mask_storeu_ps(col + j, tm, _mm512_add_ps(_mm512_maskz_loadu_ps(tm, col + j), way));
     if constexpr (WANT_K) {
       const __m512 s2 = _mm512_mul_ps(sv, sv);
       const __m512 z = _mm512_mul_ps(vk, s2);
@@ -693,7 +733,9 @@ inline double bwd_row_f32_v2(float* G, const float* gr, const float* dr, float* 
       const __m512 e_cl = _mm512_mul_ps(_mm512_fmsub_ps(_mm512_mul_ps(sv, den), iP, _mm512_mul_ps(half, dvec)), vik);
       const __mmask16 small = _mm512_cmp_ps_mask(_mm512_abs_ps(z), zlim, _CMP_LT_OQ);
       const __m512 e = _mm512_mask_mov_ps(e_cl, small, e_ser);
-      const __m512 lin = _mm512_fnmadd_ps(vy2, vpx, _mm512_fnmadd_ps(vx2, vpy, a));  // A - x2 p_y - y2 p_x
+      // A - x2 p_y - y2 p_x (KPOS: -2 (G + k x2 y2), BwdRow)
+      const __m512 lin = KPOS ? _mm512_mul_ps(vm2, _mm512_fmadd_ps(vkx2, vy2, gv))
+                              : _mm512_fnmadd_ps(vy2, vpx, _mm512_fnmadd_ps(vx2, vpy, a));
       const __m512 dkk = _mm512_fmadd_ps(_mm512_mul_ps(sv, iP), lin, e);
       const __m512 gd = _mm512_maskz_mul_ps(valid, g, dkk);
       dk0 = _mm512_add_pd(dk0, _mm512_cvtps_pd(_mm512_castps512_ps256(gd)));
@@ -731,16 +773,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
   const T* gp = g.data_ptr<T>();
   // A saved by the forward, or (A empty) recomputed per block of rows: the block's GEMM and fill_A_row (close
   // pairs exact), while the block is in cache
-  const bool recompute = A.numel() == 0;
-  TORCH_CHECK(recompute || (A.dim() == 3 && A.size(0) == s.B && A.size(1) == s.N && A.size(2) == s.M),
+  TORCH_CHECK(A.numel() == 0 || (A.dim() == 3 && A.size(0) == s.B && A.size(1) == s.N && A.size(2) == s.M),
               "cdist_bwd: A must be [B, N, M] or empty");
+  // (a saved A is not used where some k > 0: those rows' coefficients need G = <x, y> itself, BwdRow)
+  const at::Tensor kd = k.to(at::kDouble).contiguous();
+  const double* kp = kd.data_ptr<double>();
+  const bool any_kpos = std::any_of(kp, kp + s.B, [](double v) { return v > 0; });
+  const bool recompute = A.numel() == 0 || any_kpos;
   const T* Ap = recompute ? nullptr : A.data_ptr<T>();
   const T* dp = want_k ? dist.data_ptr<T>() : nullptr;
   std::vector<double> x2(s.B * s.N), y2(s.B * s.M);
   row_sqnorms(xp, s.B * s.N, s.D, x2.data());
   row_sqnorms(yp, s.B * s.M, s.D, y2.data());
-  const at::Tensor kd = k.to(at::kDouble).contiguous();
-  const double* kp = kd.data_ptr<double>();
   const double tau = close_tau<T>(s.D);
   const T tauT = T(tau);
   // per column: clamped p_y, 1/p_y, |y|^2
@@ -801,7 +845,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
     at::Tensor Wt = fused ? Ablk : at::empty({RB, s.M}, x.options());
     T* Wp = Wt.data_ptr<T>();
     at::Tensor dyl;
-    std::vector<T> colf(s.M);
+    std::vector<T> colf(s.M), grow(any_kpos && !fused ? s.M : 0);  // (grow: a k > 0 row's G, before fill_A_row)
     std::vector<double> cold(s.M, 0.0), alpha(RB);
     std::vector<Close> closes;
     double dk_acc = 0.0;
@@ -845,17 +889,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
             cr.ipx = 1.f / cr.px;
             cr.x2 = float(x2i);
             cr.tau = tauT;
+            cr.xfar = kv > 0 && kv * x2i > 1.0;
             auto on_close = [&](int64_t j, float w) { closes.push_back({i, j, w}); };
             const float* xi = xp + (b * s.N + i) * s.D;
             const float* yb0 = yp + b * s.M * s.D;
-            alpha[r] = want_k ? bwd_row_f32_v2<true>(Ar, gp + off, dp + off, colf.data(), xi, yb0, s.M, s.D, cr, pyb,
-                                                     ipyb, y2b, dk_acc, on_close)
-                              : bwd_row_f32_v2<false>(Ar, gp + off, nullptr, colf.data(), xi, yb0, s.M, s.D, cr,
-                                                      pyb, ipyb, y2b, dk_acc, on_close);
+            const float* dpo = want_k ? dp + off : nullptr;
+            if (kv > 0)
+              alpha[r] = want_k ? bwd_row_f32_v2<true, true>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
+                                                             pyb, ipyb, y2b, dk_acc, on_close)
+                                : bwd_row_f32_v2<false, true>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
+                                                              pyb, ipyb, y2b, dk_acc, on_close);
+            else
+              alpha[r] = want_k ? bwd_row_f32_v2<true, false>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
+                                                              pyb, ipyb, y2b, dk_acc, on_close)
+                                : bwd_row_f32_v2<false, false>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
+                                                               pyb, ipyb, y2b, dk_acc, on_close);
             continue;
           }
         }
 #endif
+        if (kv > 0) std::copy(Ar, Ar + s.M, grow.begin());  // (recompute: any_kpos)
         if (recompute)
           fill_A_row<T>(Ar, xp + (b * s.N + i) * s.D, yp + b * s.M * s.D, x2i, y2.data() + b * s.M, y2b, s.M, s.D,
                         tau);
@@ -867,12 +920,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
         cr.ipx = T(1) / cr.px;
         cr.x2 = T(x2i);
         cr.tau = tauT;
+        cr.xfar = kv > 0 && kv * x2i > 1.0;
         int64_t nclose = 0;
         T* wr = Wp + r * s.M;
-        alpha[r] = want_k ? bwd_row<T, true>(gp + off, ar, dp + off, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
-                                             dk_acc, nclose)
-                          : bwd_row<T, false>(gp + off, ar, nullptr, wr, colf.data(), s.M, cr, pyb, ipyb, y2b,
-                                              dk_acc, nclose);
+        const T* dpo = want_k ? dp + off : nullptr;
+        if (kv > 0)
+          alpha[r] = want_k ? bwd_row<T, true, true>(gp + off, ar, grow.data(), dpo, wr, colf.data(), s.M, cr, pyb,
+                                                     ipyb, y2b, dk_acc, nclose)
+                            : bwd_row<T, false, true>(gp + off, ar, grow.data(), dpo, wr, colf.data(), s.M, cr, pyb,
+                                                      ipyb, y2b, dk_acc, nclose);
+        else
+          alpha[r] = want_k ? bwd_row<T, true, false>(gp + off, ar, nullptr, dpo, wr, colf.data(), s.M, cr, pyb,
+                                                      ipyb, y2b, dk_acc, nclose)
+                            : bwd_row<T, false, false>(gp + off, ar, nullptr, dpo, wr, colf.data(), s.M, cr, pyb,
+                                                       ipyb, y2b, dk_acc, nclose);
         if (nclose) {  // close pairs (rare): W_ij (x_i - y_j) added exactly after the GEMMs
           for (int64_t j = 0; j < s.M; ++j) {
             const T a = ar[j];

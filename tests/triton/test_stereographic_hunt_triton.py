@@ -234,13 +234,11 @@ def test_dist2plane_sphere_far_points(device, dtype, d):
     args = [t.to(dtype) for t in (x64, p64, a64, k64)]
     exp = run(ref.dist2plane, *(t.double() for t in args))
     theirs, ours = run(ref.dist2plane, *args), run(gs.dist2plane, *args, dev=device)
-    # (dx with x far out, k|x|^2 > 1 and |x| > |p|: up to ~1e-13 in float64, an xfail of
-    # tests/test_stereographic_numhunt.py, test_dist2plane_sphere_far_x_gradient)
-    xx, pp = x64.square().sum(-1), p64.square().sum(-1)
-    x_far = (k64.squeeze(-1) * xx > 1) & (xx > pp)
+    # (dx with x far out, k|x|^2 > 1 and |x| > |p|, was up to ~1e-13 off in float64 until session 40: the antipode
+    # x* = -x/(k|x|^2) there, stereo_triple.h's eval_dist2plane; checked here since)
     for o, t, e, name in zip(ours, theirs, exp, ("out", "dx", "dp", "da")):
         rel = lambda v: (v - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
-        bad = (rel(o) > 2 * rel(t) + (floor if name == "out" else gfloor)) & ~(x_far & (name == "dx"))
+        bad = rel(o) > 2 * rel(t) + (floor if name == "out" else gfloor)
         assert not bad.any(), (name, rel(o)[bad], rel(t)[bad], bad.nonzero().flatten())
 
 
@@ -295,3 +293,58 @@ def test_dist2plane_y_form_edges(device, d):
 
     args = (x, p, a, k)
     nh._check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3, only={"dx": ~nh._x_far(*args)})
+
+
+# ---------------------------------------------------------------- cdist's backward far out on the sphere (session 40)
+@pytest.mark.xfail(strict=True, reason="the C++ fix (session 40: k > 0 pairs' coefficients in G = <x, y>, the GEMM's "
+                   "value) needs G in _pair_bwd_kernel, which has only the forward's saved A: recomputing G there by "
+                   "tl.dot under `if k > 0` was exact under the interpreter (float32 dx 1.5e-4 -> within the rule) but "
+                   "spilled 1.3-15 KB (float32, sm_80 / sm_90) and failed to compile in float64 (PassManager) in the "
+                   "compile check, so it was taken out.  A KPOS constexpr variant chosen on the host (a k > 0 batch in "
+                   "the call; 16-row tiles, 8 warps: commit 70ab9bb, reverted) passes this test and compiles "
+                   "everywhere but still spills 4-28 B (float32 D 10/32/64, float64; sm_80 / sm_90).  Other way on: "
+                   "the forward saving G (not A) for k > 0 batches, the backward forming A with its close pairs "
+                   "exact.  Written up, session 40")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cdist_sphere_far_points_gradients(device, dtype):
+    """cdist's backward formed a pair's share of alpha (dx = alpha x - W y) as W + 2 g dd/d|x|^2 = W (1 - kA/p_x) and
+    den as p_x p_y - kA, both of which cancel for x far out on the sphere (k|x|^2 >> 1): float32 dx up to ~1e-4, the
+    eager reference's ~1e-6.  Now (k > 0) in G = <x, y>: W (1 + 2kG - k|y|^2)/p_x where k|x|^2 > 1 and |x| > |y| (and
+    the same for dy), den = 1 + 2kG + k^2|x|^2|y|^2.  One pair per batch (its own k) and the 8 x 8 cross pairs of the
+    rows with k = 1: per row within 2x the eager reference's error in the same dtype + a floor."""
+    from geoops.reference import stereographic as ref
+
+    floor = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
+    x64, y64, k64 = _far_pairs(40, 3, seed=43)
+    g = torch.randn(40, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def run(fn, x, y, k, dev="cpu"):
+        x, y = x.to(dev).requires_grad_(), y.to(dev).requires_grad_()
+        out = fn(x, y, k=k.to(dev))
+        return [t.detach().cpu().double().reshape(x.shape[0], -1) for t in
+                (out, *torch.autograd.grad((out * g.to(out).reshape(-1, *[1] * (out.dim() - 1))[:out.shape[0]]).sum(),
+                                           (x, y)))]
+
+    k1 = (k64.squeeze(-1) == 1).nonzero().flatten()[:8]
+    for shape in ("pairs", "cross"):
+        if shape == "pairs":  # [40, 1, 3]: one pair a batch, k per batch
+            args64 = (x64[:, None], y64[:, None], k64.reshape(-1, 1, 1))
+        else:  # [8, 3] x [8, 3], k = 1: far x against near y, far y, close y (and near x against far y)
+            args64 = (x64[k1], y64[k1], torch.tensor(1.0, dtype=torch.float64))
+        exp = run(ref.cdist, *args64)
+        args = [t.to(dtype) for t in args64]
+        ours = run(gs.cdist, *args, dev=device)
+        rels = lambda outs: [(o - e).norm(dim=-1) / e.norm(dim=-1) for o, e in zip(outs, exp)]  # noqa: E731
+        if dtype == torch.float32:
+            theirs = rels(run(ref.cdist, *args))
+        else:  # the float64 reference's error: its largest change under 1-ulp changes of x and y (as numhunt's rule)
+            gen = torch.Generator().manual_seed(7)
+            theirs = [torch.zeros(e.shape[0], dtype=torch.float64) for e in exp]
+            for _ in range(4):
+                pert = [t * (1 + 2.0 ** -52 * torch.randn(t.shape, generator=gen, dtype=torch.float64))
+                        for t in args64[:2]]
+                theirs = [torch.maximum(t, r) for t, r in zip(theirs, rels(run(ref.cdist, *pert, args64[2])))]
+        for o, t, e, name in zip(ours, theirs, exp, ("out", "dx", "dy")):
+            rel = lambda v: (v - e).norm(dim=-1) / e.norm(dim=-1)  # noqa: E731
+            bad = rel(o) > 2 * t + (1 if name == "out" else 2) * floor
+            assert not bad.any(), (shape, name, rel(o)[bad], t[bad], bad.nonzero().flatten())

@@ -240,7 +240,40 @@ template <typename T> GEO_HD void eval_parallel_transport(const T* s, const T& k
   c[2] = ratio;
 }
 
+template <typename T> GEO_HD void eval_dist2plane_rows(const T* s, const T& k, int flags, T* c);
+
+// dist2plane with x far out on the sphere (session 40): k xx > 1, xx > pp (x the farther point: the x form's case,
+// p in logmap's x place) and not close to p (ee > xx / 4).  The value is fine in the x form, but its gradient
+// dx = 2 (G_xx + G_ee) x + (G_xp - 2 G_ee + G_pe) p + (G_xa + G_ea) a cancelled: x enters through ee ~ xx and den's
+// k^2 pp xx, whose adjoints times x are ~|x| / |p| times dx (~1e-13 in float64, 4-6x the eager reference's error).
+// On the sphere the gyroplane is a great sphere, closed under the antipodal map x -> x* = -x / (k xx), which negates
+// the signed distance: dist2plane(x) = -dist2plane(x*) (signed; the same unsigned or scaled).  x* lies inside the
+// equator (k |x*|^2 = 1 / (k xx) < 1), and its dot products are exact rewrites of x's with no x-sized term left:
+//   x*x* = 1 / (k^2 xx),  <x*, p> = c xp,  <x*, a> = c xa  (c = -1 / (k xx)),
+//   |x* - p|^2 = (1 + 2k xp) / (k^2 xx) + pp  (= den / (k^2 xx); not c^2 xx - 2c xp + pp, whose xx-terms cancel),
+//   <x* - p, p> = c xp - pp,  <x* - p, a> = c xa - pa;
+// the dual numbers carry the chain rule back to x's dot products (every derivative of the rewrite is ~1 / xx times
+// its own term: no cancellation).  Close pairs (ee <= xx / 4) keep the x form, whose <e, a> keeps a small distance's
+// digits; there den* = 1 - 2 xp / xx + pp / xx = ee / xx would cancel.
 template <typename T> GEO_HD void eval_dist2plane(const T* s, const T& k, int flags, T* c) {
+  const T& xx = s[0];
+  if (val(k) * val(xx) > 1.0 && val(xx) > val(s[1]) && val(s[5]) > 0.25 * val(xx)) {
+    const T& pp = s[1];
+    const T& xp = s[2];
+    const T& pa = s[3];
+    const T& xa = s[8];
+    const T ik2 = 1.0 / (k * k * xx);
+    const T cx = -1.0 / (k * xx);
+    const T cxp = cx * xp, cxa = cx * xa;
+    const T t[9] = {ik2, pp, cxp, pa, s[4], (1.0 + 2.0 * k * xp) * ik2 + pp, cxp - pp, cxa - pa, cxa};
+    eval_dist2plane_rows(t, k, flags, c);
+    if (flags & SIGNED) c[0] = -c[0];
+    return;
+  }
+  eval_dist2plane_rows(s, k, flags, c);
+}
+
+template <typename T> GEO_HD void eval_dist2plane_rows(const T* s, const T& k, int flags, T* c) {
   // v0 = x, v1 = p, v2 = a; s = (xx, pp, xp, pa, aa, ee, pe, ea, xa) with e = x - p.
   // diff = (-p) (+)_k x = N / max(den, 1e-15), den = 1 + 2k <x,p> + k^2 pp xx, |N|^2 = ee den, in logmap's two forms
   // (stereo_math.h, logmap_y_form, with p in logmap's x place): the x form N = B e + k ee p, B = 1 + k pp (the
