@@ -47,7 +47,10 @@ def short_layout() -> dict:
     csrc/cpu/stereographic_rows_f32_paths.h, which reg_takes / reg_range / lanes_core_g read) and the register pass's
     group trait (f32rows::RegGroup, stereographic_rows_f32_reg.h): ``register_pass_max_d`` (its largest D, 0: none),
     ``register_pass_rows`` (rows per group), ``register_pass_ops`` (the ops it takes, a tuple of names),
-    ``register_pass_op_max_d`` ({op: its largest D}), ``register_pass_bits_as_fused`` (its writes are the fused
+    ``register_pass_op_max_d`` ({op: its largest D}), ``register_pass_declined_d`` ({op: the D <= its largest that
+    the register pass declines by default, session 40: those take the fused / eight-loop blocks,
+    GEOOPS_STEREO_F32_REG=0's path, and GEOOPS_STEREO_F32_REG=2 the register pass}, only ops with such D),
+    ``register_pass_bits_as_fused`` (its writes are the fused
     blocks' at D = 3..8: the same bits) and ``float_mobius_ops`` (the ops whose lane math takes the float Mobius
     terms).  The build's own constants: torch's ``get_cpu_capability()`` names the machine, not what -march=native
     (or a portable build) compiled."""
@@ -68,9 +71,16 @@ def paths_bitwise() -> bool:
     return short_layout()["isa"] != "DEFAULT"
 
 
-def reg_takes(op: str, d: int) -> bool:
-    """Whether the fp32 register pass (on by default) takes `op` at row width `d` on this build."""
-    return 1 <= d <= short_layout()["register_pass_op_max_d"].get(op, 0)
+def reg_takes(op: str, d: int, reg: str = "1") -> bool:
+    """Whether the fp32 register pass takes `op` at row width `d` on this build with GEOOPS_STEREO_F32_REG=`reg`:
+    "1" (or unset: the default) at 1 <= d <= its largest D but not at the D it declines (register_pass_declined_d),
+    "2" at every such d (the tests' way to the register pass at the declined D), "0" never."""
+    if reg not in ("0", "1", "2"):
+        raise ValueError(f"reg_takes: reg must be '0', '1' or '2' (GEOOPS_STEREO_F32_REG), got {reg!r}")
+    layout = short_layout()
+    if reg == "0" or not 1 <= d <= layout["register_pass_op_max_d"].get(op, 0):
+        return False
+    return reg == "2" or d not in layout["register_pass_declined_d"].get(op, ())
 
 
 def block_rows(dtype: torch.dtype = torch.float32) -> int:

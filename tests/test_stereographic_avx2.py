@@ -152,7 +152,9 @@ def _env(monkeypatch, **kv):
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8))
 @pytest.mark.parametrize("op", FAST_OPS)
 def test_f32_register_pass_vs_fused(op, d, monkeypatch):
-    """The register pass (default) against the fused blocks (the same lane math on scratch lanes), for k = -1, 0, 0.5
+    """The register pass (GEOOPS_STEREO_F32_REG=2: where the build compiles it, the D it declines by default included,
+    session 40; where it does not, the default) against the fused blocks (the same lane math on scratch lanes), for
+    k = -1, 0, 0.5
     and per-row k (the second 8-row group of a block has other k than the first): the one-input ops (out = a x) equal
     bit for bit; the two-input ops' write a x + b y (one FMA here, GCC's loop there) rounds differently and cancels
     near the boundary, so their largest error vs the fp64 math within 2x the fused path's + 2e-6 (per row they differ
@@ -166,7 +168,7 @@ def test_f32_register_pass_vs_fused(op, d, monkeypatch):
           "per_row": per_row_k(n, (-1.0, -0.3, 0.0, -0.5, -0.7, -1.0, -0.1, -0.9, -0.2))}
     for name, k in ks.items():
         xs, ys = (x, y) if name != "0.5" else ((x.double() * 0.3).float(), None if y is None else (y.double() * 0.3).float())
-        _env(monkeypatch)
+        _env(monkeypatch, F32_REG="2")
         reg = _call(op, xs, ys, k)
         _env(monkeypatch, F32_ROWS="2", F32_REG="0")
         fused = _call(op, xs, ys, k)
@@ -193,16 +195,17 @@ def test_f32_register_pass_vs_fused(op, d, monkeypatch):
 def test_f32_register_pass_declined_blocks(op, d, monkeypatch):
     """A block with a NaN row, or a row whose float terms leave float's range, is declined as a whole: its rows equal
     the double path's (GEOOPS_STEREO_F32_ROWS=0) bit for bit, the NaN row is NaN, and the blocks around it are the
-    register pass's (equal to a call on those rows alone)."""
+    register pass's (equal to a call on those rows alone).  GEOOPS_STEREO_F32_REG=2: the register pass also at the D
+    it declines by default (session 40)."""
     x, y = _reg_inputs(op, d, seed=400 + d)
     x[BLOCK + 3] = float("nan")
     x[3 * BLOCK + 9] = 3e19  # |x|^2 beyond float's range
     k = torch.tensor(-1.0)
-    _env(monkeypatch)
+    _env(monkeypatch, F32_REG="2")
     out = _call(op, x, y, k)
     _env(monkeypatch, F32_ROWS="0")
     dbl = _call(op, x, y, k)
-    _env(monkeypatch)
+    _env(monkeypatch, F32_REG="2")
     assert torch.isnan(out[BLOCK + 3]).all()
     for b in (1, 3):
         rows = slice(b * BLOCK, (b + 1) * BLOCK)

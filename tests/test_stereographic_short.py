@@ -234,8 +234,10 @@ REG_PASS_OPS = F32_FAST_OPS + ("dist",)
 
 def _float_path_runs(op: str, d: int, path: str = "default") -> bool:
     """Whether the fp32 float path takes op's whole blocks at D = d on BLOCK_PATHS' `path` (D <= 8): the fast ops on
-    every dispatch; dist only through the register pass (the default, where the layout says it takes dist)."""
-    return op in F32_FAST_OPS or (path == "default" and reg_takes(op, d))
+    every dispatch; dist only through the register pass (the default or GEOOPS_STEREO_F32_REG=2, where the layout says
+    it takes dist)."""
+    reg = {"default": "1", "register_pass": "2"}.get(path, "0")
+    return op in F32_FAST_OPS or reg_takes(op, d, reg)
 
 
 def _fast_inputs(op: str, d: int, n: int, seed: int):
@@ -331,8 +333,10 @@ def test_f32_fast_path_hard_blocks(op, monkeypatch):
 # The fp32 float path runs whole blocks of B rows (the build's: LAYOUT["block_rows"]); a partial last block and a block
 # with a hard row take the double path.  Hard rows on both sides of a boundary (B - 1, B, 2B - 1, 2B) and row counts
 # around whole blocks (B - 1 .. 2B + 1), on each dispatch this build has: the default (the register pass on AVX-512,
-# the eight-loop / fused blocks elsewhere), the blocks without the register pass, the fused blocks forced.
-BLOCK_PATHS = {"default": {}, "no_register_pass": {"GEOOPS_STEREO_F32_REG": "0"},
+# the eight-loop / fused blocks elsewhere and at the D it declines), the register pass at every D it is compiled for
+# (GEOOPS_STEREO_F32_REG=2, session 40), the blocks without the register pass, the fused blocks forced.
+BLOCK_PATHS = {"default": {}, "register_pass": {"GEOOPS_STEREO_F32_REG": "2"},
+               "no_register_pass": {"GEOOPS_STEREO_F32_REG": "0"},
                "fused": {"GEOOPS_STEREO_F32_ROWS": "2", "GEOOPS_STEREO_F32_REG": "0"}}
 
 
@@ -628,14 +632,15 @@ def _hard_huge_row(k):
     return k
 
 
-def _f32_default_takes(op: str, d: int) -> bool:
-    """Whether the default dispatch (GEOOPS_STEREO_F32_ROWS unset) runs fp32 `op` at D = d on the float blocks on this
-    build: f32rows::use in csrc/cpu/stereographic_rows_f32.h (every fast op at D <= 8; at D = 9..16 all five with the
-    register pass, else expmap, and expmap0 / logmap0 / logmap up to D = 12; AVX2 builds since session 26: expmap, and
-    all five up to D = 15; dist where the register pass takes it).  Elsewhere the double path runs."""
+def _f32_default_takes(op: str, d: int, reg: str = "1") -> bool:
+    """Whether the default dispatch (GEOOPS_STEREO_F32_ROWS unset; GEOOPS_STEREO_F32_REG=`reg`, "1": unset) runs fp32
+    `op` at D = d on the float blocks on this build: f32rows::use in csrc/cpu/stereographic_rows_f32.h (every fast op at
+    D <= 8; at D = 9..16 all five where the register pass takes them, else expmap, and expmap0 / logmap0 / logmap up
+    to D = 12; AVX2 builds since session 26: expmap, and all five up to D = 15; dist where the register pass takes
+    it).  Elsewhere the double path runs."""
     if op not in F32_FAST_OPS:
-        return reg_takes(op, d)
-    if d <= 8 or (reg_takes(op, d) and d <= LAYOUT["f32_max_d"]):
+        return reg_takes(op, d, reg)
+    if d <= 8 or (reg_takes(op, d, reg) and d <= LAYOUT["f32_max_d"]):
         return True
     if LAYOUT["isa"] == "AVX2":
         return d <= LAYOUT["f32_max_d"] and (op == "expmap" or d < 16)
@@ -678,12 +683,14 @@ DOCUMENTED_LAYOUT = {
     "AVX512": dict(register_pass_rows=16, register_pass_bits_as_fused=True,
                    register_pass_op_max_d={"mobius_add": 16, "expmap": 16, "expmap0": 16, "logmap": 16, "logmap0": 16,
                                            "dist": 16},
+                   register_pass_declined_d={"mobius_add": (5, 6, 7, 8), "expmap": (8,), "expmap0": (6, 7, 8),
+                                             "logmap0": (6, 7, 8)},
                    float_mobius_ops=("mobius_add", "expmap", "logmap")),
     "AVX2": dict(register_pass_rows=8, register_pass_bits_as_fused=False,
                  register_pass_op_max_d={"mobius_add": 8, "expmap0": 8, "logmap": 8, "dist": 8},
-                 float_mobius_ops=("mobius_add", "logmap")),
+                 register_pass_declined_d={}, float_mobius_ops=("mobius_add", "logmap")),
     "DEFAULT": dict(register_pass_rows=0, register_pass_bits_as_fused=False, register_pass_op_max_d={},
-                    float_mobius_ops=()),
+                    register_pass_declined_d={}, float_mobius_ops=()),
 }
 
 
@@ -696,6 +703,10 @@ def test_short_layout_documented():
     assert LAYOUT["register_pass_ops"] == tuple(per_op)
     assert set(per_op) <= set(REG_PASS_OPS) and all(1 <= v <= LAYOUT["f32_max_d"] for v in per_op.values())
     assert LAYOUT["register_pass_max_d"] == max(per_op.values(), default=0)
+    declined = LAYOUT["register_pass_declined_d"]  # (session 40) only ops it takes, D within 1..their largest, sorted
+    assert set(declined) <= set(per_op)
+    for op, ds in declined.items():
+        assert ds and list(ds) == sorted(set(ds)) and 1 <= ds[0] and ds[-1] <= per_op[op], (op, ds)
     assert LAYOUT["register_pass"] == bool(per_op)
     assert LAYOUT["float_mobius_terms"] == bool(LAYOUT["float_mobius_ops"])
     assert set(LAYOUT["float_mobius_ops"]) <= {"mobius_add", "expmap", "logmap"}
@@ -710,7 +721,9 @@ def test_short_layout_register_pass_ops(op, d, monkeypatch):
     take op at D = d, GEOOPS_STEREO_F32_REG=0 changes no bit of the output; where it does take a two-input op and
     its writes are not the fused blocks' (AVX2; AVX-512 at D = 1, 2, 9..16; dist at every D: without the register pass
     it runs its double path), the switch changes some row's rounding (the register pass ran).  (The one-input ops
-    write a x alike on both paths: the same bits either way.)"""
+    write a x alike on both paths: the same bits either way.)  The D it declines by default (register_pass_declined_d,
+    session 40) count as not taken; GEOOPS_STEREO_F32_REG=2 equals =0 where the layout says the register pass is not
+    compiled for op at D, and the default where it takes op by default."""
     n = B * 6 + 13
     x, y = _reg_inputs(op, d, n, seed=1500 + d)
     k = torch.tensor(-1.0)
@@ -719,16 +732,60 @@ def test_short_layout_register_pass_ops(op, d, monkeypatch):
     new = _call(op, x, y, k).nan_to_num(7.0)
     monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
     off = _call(op, x, y, k).nan_to_num(7.0)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
+    forced = _call(op, x, y, k).nan_to_num(7.0)
     if not reg_takes(op, d):
         assert torch.equal(new, off)
     elif y is not None and (op not in F32_FAST_OPS or not (LAYOUT["register_pass_bits_as_fused"] and 3 <= d <= 8)):
         assert not torch.equal(new, off)
+    if not reg_takes(op, d, "2"):
+        assert torch.equal(forced, off)
+    elif reg_takes(op, d):
+        assert torch.equal(forced, new)
+
+
+@pytest.mark.parametrize("op", REG_PASS_OPS)
+def test_f32_register_pass_declined_d(op, monkeypatch):
+    """Session 40: at the D where the layout says the register pass declines op by default (register_pass_declined_d:
+    where the fused / eight-loop blocks measured faster), the default equals GEOOPS_STEREO_F32_REG=0's path (those
+    blocks; dist: its double path) bit for bit, k = -1 and per-row k of both signs; GEOOPS_STEREO_F32_REG=2 runs the
+    register pass there: where its writes are the fused blocks' (AVX-512, D = 3..8) equal to the fused blocks
+    (GEOOPS_STEREO_F32_ROWS=2 with the register pass off) bit for bit, and for mobius_add / logmap (whose default
+    without the register pass at D <= 8 is the eight-loop blocks) unlike =0 (the register pass ran).  Skipped for an
+    op the register pass declines at no D on this build."""
+    declined = LAYOUT["register_pass_declined_d"].get(op, ())
+    if not declined:
+        pytest.skip(f"the register pass declines {op} at no D on this build ({LAYOUT['isa']})")
+    n = B * 6 + 13
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+    for d in declined:
+        assert reg_takes(op, d, "2") and not reg_takes(op, d)
+        x, y = _reg_inputs(op, d, n, seed=1900 + d)
+        for name, k in _k_cases(n, (-1.0,), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5)).items():
+            k = _hard_huge_row(k)
+            monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+            new = _call(op, x, y, k).nan_to_num(7.0)
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
+            off = _call(op, x, y, k).nan_to_num(7.0)
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
+            forced = _call(op, x, y, k).nan_to_num(7.0)
+            monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
+            fused = _call(op, x, y, k).nan_to_num(7.0)
+            monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS")
+            monkeypatch.delenv("GEOOPS_STEREO_F32_REG")
+            assert torch.equal(new, off), (d, name)
+            if op in F32_FAST_OPS and LAYOUT["register_pass_bits_as_fused"] and 3 <= d <= 8:
+                assert torch.equal(forced, fused), (d, name)
+            if op in ("mobius_add", "logmap") and d <= 8:
+                assert not torch.equal(forced, off), (d, name)
 
 
 @pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", F32_FAST_OPS)
 def test_f32_register_pass(op, d, monkeypatch):
-    """The register pass against the fused blocks (GEOOPS_STEREO_F32_REG=0): equal bit for bit at D >= 3, for k = -1, k = 0,
+    """The register pass (GEOOPS_STEREO_F32_REG=2: also at the D it declines by default, session 40) against the fused
+    blocks (GEOOPS_STEREO_F32_REG=0): equal bit for bit at D >= 3, for k = -1, k = 0,
     k = 0.5 (positive, within the float series for most rows: the others' blocks take the double path) and per-row k
     of both signs; a partial last block (13 rows: the double path); the blocks with a NaN row or a row beyond float
     range equal the double path (GEOOPS_STEREO_F32_ROWS=0) bit for bit; every finite row within a few float ulps of
@@ -745,9 +802,10 @@ def test_f32_register_pass(op, d, monkeypatch):
         monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
         monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
         fused = _call(op, xs, y, k)
-        monkeypatch.delenv("GEOOPS_STEREO_F32_REG")
+        monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
         new = _call(op, xs, y, k)
-        if 3 <= d <= 8 and (LAYOUT["register_pass_bits_as_fused"] or not reg_takes(op, d)):
+        monkeypatch.delenv("GEOOPS_STEREO_F32_REG")
+        if 3 <= d <= 8 and (LAYOUT["register_pass_bits_as_fused"] or not reg_takes(op, d, "2")):
             # the same permute writes as the fused blocks (AVX-512), or the default is the fused blocks
             assert torch.equal(new.nan_to_num(7.0), fused.nan_to_num(7.0)), name
         else:  # the fused blocks' scalar write loop (D <= 2, D > 8) rounds a x + b y in its own order: ~1 ulp of its terms
@@ -767,7 +825,7 @@ def test_f32_register_pass(op, d, monkeypatch):
         # short-row double path, whose sums round in another order than the long rows' double path of
         # GEOOPS_STEREO_F32_ROWS=0, or the default is that long-row path itself: test_f32_register_pass_wide compares
         # those blocks with the fused blocks' fallback.)
-        if d <= LAYOUT["short_row_max_d"] or reg_takes(op, d):
+        if d <= LAYOUT["short_row_max_d"] or reg_takes(op, d, "2"):
             for sl in (slice(2 * B, 3 * B), slice(4 * B, 5 * B), slice(6 * B, n)):
                 assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, sl)
         assert torch.isnan(new[REG_NAN]).all()
@@ -776,7 +834,7 @@ def test_f32_register_pass(op, d, monkeypatch):
         err = op_row_err(op, new, expect, xs)[_reg_normal_rows(expect)]
         # (expmap at D = 1: see test_f32_fast_path_accuracy; without the register pass, AVX2's eight-loop blocks, 3.4e-4
         # on one row of these inputs where a x + b u cancels: the double path 5.4e-5, the eager fp32 reference 2.6e-2)
-        tol = (2e-4 if reg_takes(op, d) else 4e-4) if (op == "expmap" and d == 1) else 2e-6
+        tol = (2e-4 if reg_takes(op, d, "2") else 4e-4) if (op == "expmap" and d == 1) else 2e-6
         assert float(err.max()) <= tol, (name, float(err.max()))
 
 
@@ -788,7 +846,8 @@ def test_f32_register_pass(op, d, monkeypatch):
 @pytest.mark.parametrize("d", (9, 10, 12, 13, 16))
 @pytest.mark.parametrize("op", REG_PASS_OPS)
 def test_f32_register_pass_wide(op, d, monkeypatch):
-    """The default (register pass) at D = 9..16, without GEOOPS_STEREO_F32_ROWS: near-boundary, tiny, zero, close
+    """The register pass at D = 9..16 (GEOOPS_STEREO_F32_REG=2: the default there, which it declines at no D = 9..16
+    today; session 40), without GEOOPS_STEREO_F32_ROWS: near-boundary, tiny, zero, close
     and (mobius_add, logmap, expmap) adversarial rows, k = -1, -0.3, 0, 0.5 and per-row k of both signs; every
     finite row within 2x the eager fp32 reference's error vs fp64 + 2e-6 (relative to the output, or |x| / 10
     where the write's terms are larger); NaN / beyond-float / partial blocks equal the short-row double path (the
@@ -810,7 +869,7 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
                 x, y = _mob_adversarial(op, d, kv, seed=1800 + d)
                 x, y = x[:n].clone(), y[:n].clone()
                 x[REG_NAN] = float("nan")
-            monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
             new = _call(op, x, y, k)
             monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")  # (the fused blocks: their hard blocks take the same
             monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")  # short-row double path as the register pass's)
@@ -818,7 +877,7 @@ def test_f32_register_pass_wide(op, d, monkeypatch):
             monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
             monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
             assert torch.isnan(new[REG_NAN]).all()
-            if _f32_default_takes(op, d):
+            if _f32_default_takes(op, d, "2"):
                 hard = [slice(2 * B, 3 * B), slice(6 * B, n)] + ([slice(4 * B, 5 * B)] if src == "reg" else [])
                 for sl in hard:  # NaN row, huge row, partial block: the double path
                     assert torch.equal(new[sl].nan_to_num(7.0), slow[sl].nan_to_num(7.0)), (name, src, sl)
@@ -1119,9 +1178,10 @@ def test_f32_register_pass_long_unaligned(op, d, monkeypatch):
     """The register pass loop over 1600 rows (blocks both with and without a block 128 rows ahead: the prefetch at
     D = 5..8) on the register pass's rows (a NaN row, a beyond-float row: their blocks take the double path) and the
     Mobius-adversarial rows, k = -1, 0, 0.5 and per row of both signs: rows at an odd float offset (unaligned) equal
-    the aligned ones bit for bit, a partial last block; every finite row within a few float ulps of the fp64 math."""
+    the aligned ones bit for bit, a partial last block; every finite row within a few float ulps of the fp64 math.
+    GEOOPS_STEREO_F32_REG=2: the register pass also at the D it declines by default (session 40)."""
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
-    monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
     kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * 400)
     kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65, -2.0, -0.05] * 400)
     for src in ("reg", "mob"):
@@ -1163,13 +1223,13 @@ def test_f32_register_pass_four_groups(op, d, monkeypatch):
     way (the call from block 1 on: every block meets a different partner, the first alone): equal bit for bit, k = -1,
     0, 0.5, per row; NaN / beyond-float rows in blocks 2 and 4 (declined pairs), a partial last block and a last pair
     cut short.  Blocks of B rows (without the register pass, AVX2: the fused / eight-loop blocks, shifted by one block
-    as well)."""
+    as well).  GEOOPS_STEREO_F32_REG=2: the register pass wherever it is compiled (session 40)."""
     n = B * 7 + 13
     x, y = _reg_inputs(op, d, n, seed=1500 + d)
     kr = torch.tensor([-1.0, -0.3, 0.0, 0.05, -0.5, -2.0, 0.2] * n)[:n].reshape(n, 1)
     kn = torch.tensor([-1.0, -0.3, 0.0, -0.5, -0.8, -0.1, -0.65] * n)[:n].reshape(n, 1)
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
-    monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
     for name, k in {"-1": torch.tensor(-1.0), "0": torch.tensor(0.0), "0.5": torch.tensor(0.5),
                     "per_row": kr, "per_row_neg": kn}.items():
         xs = x if name != "0.5" else x * 0.1

@@ -45,3 +45,26 @@ def test_f32_switches_read_per_call(op, d, monkeypatch):
     if AVX512:
         assert not torch.equal(a, b)
     assert torch.allclose(a, c, rtol=1e-5, atol=1e-6) and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_f32_reg_switch_read_per_call(monkeypatch):
+    """GEOOPS_STEREO_F32_REG's values 0 and 2 (session 40) read per call: at a D where the register pass declines
+    mobius_add by default (the layout's register_pass_declined_d), default, =2 (the register pass there: other bits
+    than the default's eight-loop blocks), default, =0, default: every default equal to =0's bits, =2 not, and =2 again
+    the same as the first =2.  Skipped where the build declines mobius_add at no D."""
+    ds = short_layout()["register_pass_declined_d"].get("mobius_add", ())
+    if not ds:
+        pytest.skip("the register pass declines mobius_add at no D on this build")
+    x, y = _rows(ds[0], seed=40)
+    k = torch.tensor(-1.0)
+    monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
+    out = {}
+    for i, v in enumerate((None, "2", None, "0", None, "2")):
+        if v is None:
+            monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+        else:
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", v)
+        out[i] = gs.mobius_add(x, y, k=k)
+    assert all(torch.equal(out[i], out[3]) for i in (0, 2, 4))
+    assert torch.equal(out[1], out[5]) and not torch.equal(out[1], out[0])
+    assert torch.allclose(out[1], out[0], rtol=1e-5, atol=1e-6)

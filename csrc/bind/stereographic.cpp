@@ -45,6 +45,13 @@ GEOOPS_BINDINGS(stereographic, m) {
         }
         d["register_pass_ops"] = pybind11::tuple(ops);
         d["register_pass_op_max_d"] = op_max_d;
+        pybind11::dict declined;
+        for (const auto& e : l.register_pass_declined) {
+          pybind11::list ds;
+          for (int64_t v : e.second) ds.append(v);
+          declined[pybind11::str(e.first)] = pybind11::tuple(ds);
+        }
+        d["register_pass_declined_d"] = declined;
         d["register_pass_bits_as_fused"] = l.register_pass_bits_as_fused;
         pybind11::list fm;
         for (const auto& e : l.float_mobius_ops) fm.append(e);

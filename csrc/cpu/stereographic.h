@@ -52,6 +52,8 @@ struct StereoShortLayout {
   int64_t register_pass_max_d = 0;  // the register pass's largest D over the ops (0: none)
   int64_t register_pass_rows = 0;   // rows per register-pass group (one float vector; 0: none)
   std::vector<std::pair<std::string, int64_t>> register_pass_ops;  // (op, largest D) for each op it takes
+  // (op, the D <= its largest it declines by default: GEOOPS_STEREO_F32_REG=2 takes them) for each op with such D
+  std::vector<std::pair<std::string, std::vector<int64_t>>> register_pass_declined;
   bool register_pass_bits_as_fused = false;  // its writes are the fused blocks' at D = 3..8 (the same bits)
   std::vector<std::string> float_mobius_ops;  // the ops whose lane math takes the float Mobius terms
 };

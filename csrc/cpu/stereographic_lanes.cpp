@@ -134,6 +134,11 @@ StereoShortLayout stereo_short_layout() {
   l.register_pass_max_d = f32rows::kRegIsaMaxD;
   for (const f32rows::OpPaths& e : f32rows::kOpPaths) {
     if (e.reg_max_d > 0) l.register_pass_ops.emplace_back(e.name, e.reg_max_d);
+    std::vector<int64_t> declined;
+    for (int d = 1; d <= e.reg_max_d; ++d) {
+      if (!f32rows::reg_on(1, e.op, d)) declined.push_back(d);
+    }
+    if (!declined.empty()) l.register_pass_declined.emplace_back(e.name, declined);
     if (e.float_mob) l.float_mobius_ops.emplace_back(e.name);
   }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)

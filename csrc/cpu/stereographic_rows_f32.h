@@ -77,13 +77,13 @@ inline int mode() {
   const int m = e && e[0] == '0' ? 0 : (e && e[0] == '2' ? 2 : 1);
   return m != 0 && knobs::off("GEOOPS_STEREO_F32_G2") ? m | kModeG1 : m;
 }
-// m: mode(), reg: the register pass on (reg_mode() != 0).
-inline bool use(int m, bool reg, int op, int64_t D) {
+// m: mode(), reg: reg_mode() (0 off, 1 the default, 2 also at the D kOpPaths declines: reg_on).
+inline bool use(int m, int reg, int op, int64_t D) {
   m &= ~kModeG1;
   if (m == 0 || !f32_op(op) || D > kMaxD) return false;
-  if (!fast_op(op)) return (reg || m == 2) && D >= 1 && D <= reg_max_d(op);  // (dist: the register pass only)
+  if (!fast_op(op)) return (reg_on(reg, op, D) || m == 2) && D >= 1 && D <= reg_max_d(op);  // (dist: register pass only)
   if (m == 2 || D <= 8) return true;
-  if (reg && D <= kRegIsaMaxD) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
+  if (reg_on(reg, op, D)) return true;  // the register pass takes all five ops at D = 9..16 (AVX-512 builds)
 #if defined(CPU_CAPABILITY_AVX2)
   // AVX2 builds (session 26; the fused blocks two vectors at a time): all five ops at D = 9..15, expmap at D = 16.
   // 1 thread, kernel-only A/B on the AMD EPYC (Zen 3) of the fused blocks (GEOOPS_STEREO_F32_ROWS=2) against the

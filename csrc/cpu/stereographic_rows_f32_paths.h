@@ -5,15 +5,19 @@
 // geoops/stereo_math.h and the ISA of the translation unit: geoops/cpu_capability.h).
 #pragma once
 
+#include <cstdint>
+
 #include "geoops/stereo_math.h"
 
 namespace geoops {
 namespace cpu {
 namespace f32rows {
 
-// One op of the fp32 fast path: reg_max_d, the register pass (stereographic_rows_f32_reg.h) takes rows of
-// 1 <= D <= reg_max_d (0: never); float_mob, its lane math takes the float Mobius terms (lanes_mob_g) when
-// GEOOPS_STEREO_F32_MOB is on (only mobius_add, expmap and logmap have Mobius terms).
+// One op of the fp32 fast path: reg_max_d, the register pass (stereographic_rows_f32_reg.h) is compiled for rows of
+// 1 <= D <= reg_max_d (0: never); reg_declined, the D of those it declines by default (bit D set: such a call takes
+// the fused / eight-loop blocks, GEOOPS_STEREO_F32_REG=0's path, where those measured faster; session 40), taken
+// only with GEOOPS_STEREO_F32_REG=2 (the tests' way to it); float_mob, its lane math takes the float Mobius terms
+// (lanes_mob_g) when GEOOPS_STEREO_F32_MOB is on (only mobius_add, expmap and logmap have Mobius terms).
 // dist (session 40) is the one op with one value per row: the register pass only (the fused / eight-loop blocks of
 // stereographic_rows_f32.h, fast_op, write (N, D) rows), its own float terms whatever GEOOPS_STEREO_F32_MOB
 // (lanes_dist_fg); with reg_max_d 0 (portable builds) it keeps the double path.
@@ -21,19 +25,33 @@ struct OpPaths {
   int op;
   const char* name;  // the op's name in geoops.stereographic / the tests
   int reg_max_d;
+  uint32_t reg_declined;  // bit D: the register pass declines rows of D by default (d_bits)
   bool float_mob;
 };
 
+// The bits lo..hi of OpPaths::reg_declined (rows of D = lo..hi).
+constexpr uint32_t d_bits(int lo, int hi) {
+  uint32_t m = 0;
+  for (int d = lo; d <= hi; ++d) m |= 1u << d;
+  return m;
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 // AVX-512: 16-row groups, all five ops and (session 40) dist to D = 16, the float Mobius terms for all three Mobius
-// ops.
+// ops.  Declined by default (session 40, issue 6): mobius_add at D = 5..8, expmap0 and logmap0 at D = 6..8, expmap at
+// D = 8, where the fused / eight-loop blocks (GEOOPS_STEREO_F32_REG=0's path) measured faster: register pass over
+// their time, in-process A/B, 2^20 rows, k = -1, outputs on the heap, medians per run (1 thread thread CPU time, 2-5
+// runs; 2 threads wall time, 2-5 runs): mobius_add 1.08-1.14 / 0.98-1.14 at D = 5, 1.22-1.41 / 1.08-1.35 at D = 6..8;
+// expmap0 1.19-1.44 / 1.05-1.24, logmap0 1.26-1.35 / 1.11-1.35 at D = 6..8 (at D = 5 0.79-1.09: kept); expmap at
+// D = 8 0.99-1.26 / 0.91-1.08 (median 1.07; 0.89-0.96 at D = 7).  logmap 0.59-1.14 at D = 4..8: kept.  At D = 9..16
+// the register pass is 0.28-0.84x the time of GEOOPS_STEREO_F32_REG=0's path (1 thread, 3 runs).
 inline constexpr OpPaths kOpPaths[] = {
-    {stereo::MOBIUS_ADD, "mobius_add", 16, true},
-    {stereo::EXPMAP, "expmap", 16, true},
-    {stereo::EXPMAP0, "expmap0", 16, false},
-    {stereo::LOGMAP, "logmap", 16, true},
-    {stereo::LOGMAP0, "logmap0", 16, false},
-    {stereo::DIST, "dist", 16, false},
+    {stereo::MOBIUS_ADD, "mobius_add", 16, d_bits(5, 8), true},
+    {stereo::EXPMAP, "expmap", 16, d_bits(8, 8), true},
+    {stereo::EXPMAP0, "expmap0", 16, d_bits(6, 8), false},
+    {stereo::LOGMAP, "logmap", 16, 0, true},
+    {stereo::LOGMAP0, "logmap0", 16, d_bits(6, 8), false},
+    {stereo::DIST, "dist", 16, 0, false},
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 // AVX2 (session 25): 8-row groups.  Not expmap and logmap0, which measured slower in the 8-row register pass than in
@@ -45,22 +63,22 @@ inline constexpr OpPaths kOpPaths[] = {
 // time of its double path at D = 1..8 (1 thread, in-process A/B of GEOOPS_STEREO_F32_REG, 2^20 rows, two runs; the AVX2
 // build GEOOPS_MARCH=znver3 on the AMD EPYC Zen 4, a proxy for an AVX2 machine).
 inline constexpr OpPaths kOpPaths[] = {
-    {stereo::MOBIUS_ADD, "mobius_add", 8, true},
-    {stereo::EXPMAP, "expmap", 0, false},
-    {stereo::EXPMAP0, "expmap0", 8, false},
-    {stereo::LOGMAP, "logmap", 8, true},
-    {stereo::LOGMAP0, "logmap0", 0, false},
-    {stereo::DIST, "dist", 8, false},
+    {stereo::MOBIUS_ADD, "mobius_add", 8, 0, true},
+    {stereo::EXPMAP, "expmap", 0, 0, false},
+    {stereo::EXPMAP0, "expmap0", 8, 0, false},
+    {stereo::LOGMAP, "logmap", 8, 0, true},
+    {stereo::LOGMAP0, "logmap0", 0, 0, false},
+    {stereo::DIST, "dist", 8, 0, false},
 };
 #else
 // Without AVX-512 / AVX2 (GEOOPS_PORTABLE=1): neither path is compiled.
 inline constexpr OpPaths kOpPaths[] = {
-    {stereo::MOBIUS_ADD, "mobius_add", 0, false},
-    {stereo::EXPMAP, "expmap", 0, false},
-    {stereo::EXPMAP0, "expmap0", 0, false},
-    {stereo::LOGMAP, "logmap", 0, false},
-    {stereo::LOGMAP0, "logmap0", 0, false},
-    {stereo::DIST, "dist", 0, false},
+    {stereo::MOBIUS_ADD, "mobius_add", 0, 0, false},
+    {stereo::EXPMAP, "expmap", 0, 0, false},
+    {stereo::EXPMAP0, "expmap0", 0, 0, false},
+    {stereo::LOGMAP, "logmap", 0, 0, false},
+    {stereo::LOGMAP0, "logmap0", 0, 0, false},
+    {stereo::DIST, "dist", 0, 0, false},
 };
 #endif
 inline constexpr int kNumOpPaths = static_cast<int>(sizeof(kOpPaths) / sizeof(kOpPaths[0]));
@@ -71,6 +89,19 @@ constexpr int reg_max_d(int op) {
     if (e.op == op) return e.reg_max_d;
   }
   return 0;
+}
+// The D the register pass declines for op by default (OpPaths::reg_declined).
+constexpr uint32_t reg_declined_d(int op) {
+  for (const OpPaths& e : kOpPaths) {
+    if (e.op == op) return e.reg_declined;
+  }
+  return 0;
+}
+// Whether the register pass takes op's rows of D (compile-time where op and D are): reg, GEOOPS_STEREO_F32_REG's mode
+// (reg_mode(), stereographic_rows_f32_reg.h): 0 never, 1 (the default) at 1 <= D <= reg_max_d but not the D of
+// reg_declined, 2 at every 1 <= D <= reg_max_d.
+constexpr bool reg_on(int reg, int op, int64_t D) {
+  return reg != 0 && D >= 1 && D <= reg_max_d(op) && (reg == 2 || ((reg_declined_d(op) >> D) & 1u) == 0);
 }
 // Whether op's lane math takes the float Mobius terms (when they are on: mob_terms()).
 constexpr bool float_mob_op(int op) {
@@ -100,13 +131,14 @@ constexpr bool paths_valid() {
   for (const OpPaths& e : kOpPaths) {
     if (!table_op(e.op)) return false;
     if (e.reg_max_d < 0 || e.reg_max_d > 16) return false;  // the fast path's rows (kMaxD)
+    if ((e.reg_declined & ~d_bits(1, e.reg_max_d)) != 0) return false;  // declines only D it is compiled for
     if (e.float_mob && !(e.op == stereo::MOBIUS_ADD || e.op == stereo::EXPMAP || e.op == stereo::LOGMAP)) return false;
   }
   return true;
 }
 static_assert(paths_valid(),
-              "kOpPaths: the five fast ops and dist, reg_max_d in [0, 16], float Mobius terms only for mobius_add / "
-              "expmap / logmap");
+              "kOpPaths: the five fast ops and dist, reg_max_d in [0, 16], reg_declined within 1..reg_max_d, float "
+              "Mobius terms only for mobius_add / expmap / logmap");
 
 // The rows the register pass takes at most (stereographic_rows_f32_reg.h: reg_range's instances).
 constexpr int kRegIsaMaxD = reg_isa_max_d();

@@ -1,8 +1,9 @@
 // One register pass per group of rows for the fp32 short-row forward (stereographic_lanes.h only, included after
 // stereographic_rows_f32.h): the ops and widths of kOpPaths (stereographic_rows_f32_paths.h) -- AVX-512: mobius_add,
 // expmap, expmap0, logmap, logmap0 and (session 40) dist at D <= 16 in 16-row groups (columns by permutes at D <= 8,
-// by cols16_t's transpose at D = 9..16); AVX2 (session 25): mobius_add, logmap, expmap0 (and dist, session 40) at
-// D <= 8 in 8-row groups.
+// by cols16_t's transpose at D = 9..16), by default not mobius_add at D = 5..8, expmap0 / logmap0 at D = 6..8, expmap
+// at D = 8 (session 40, below); AVX2 (session 25): mobius_add, logmap, expmap0 (and dist, session 40) at D <= 8 in
+// 8-row groups.
 // dist's output is one value per row: a group's values are one float vector, stored as is (block_reg: one store per
 // group); the fused / eight-loop blocks do not take dist (a declined block runs its double path).
 //
@@ -18,9 +19,11 @@
 // One template (block_reg, reg_loop, reg_range) for both ISAs (session 26); what differs is the group trait
 // RegGroup: vector type, rows per group, cols / write / widen, interleaving of the groups, four-group pairs,
 // prefetch.
-// GEOOPS_STEREO_F32_REG=0: off (the fused / eight-loop blocks, the path of portable builds and of k with a
-// stride other than 0 or 1; dist: its double path; read per call).  D = 5..8 prefetch the rows 128 ahead (reg_loop's
-// PF).
+// Session 40: the D of an op's reg_declined (kOpPaths) take the fused / eight-loop blocks by default, where those
+// measured faster (AVX-512: mobius_add at D = 5..8, expmap0 and logmap0 at D = 6..8, expmap at D = 8);
+// GEOOPS_STEREO_F32_REG=2: the register pass at those D too (the tests' way to it).  GEOOPS_STEREO_F32_REG=0: off
+// (the fused / eight-loop blocks, the path of portable builds and of k with a stride other than 0 or 1; dist: its
+// double path; read per call).  D = 5..8 prefetch the rows 128 ahead (reg_loop's PF).
 #pragma once
 
 #include <algorithm>
@@ -35,11 +38,14 @@ namespace f32rows {
 static_assert(kRegIsaMaxD <= kMaxD, "the register pass's rows are the fast path's");
 constexpr int kRegNarrowD = 8;  // two-input ops interleave their groups up to here (block_reg)
 
-// 1: the register pass for the ops and widths of kOpPaths (AVX-512 and AVX2 builds; unset), 0: off
-// (GEOOPS_STEREO_F32_REG=0, and every build without AVX-512 or AVX2).
+// 1: the register pass for the ops and widths of kOpPaths less the D each op's reg_declined names (AVX-512 and AVX2
+// builds; unset), 2: at every D of kOpPaths, the declined D included (GEOOPS_STEREO_F32_REG=2: the tests' way to
+// the register pass there), 0: off (GEOOPS_STEREO_F32_REG=0, and every build without AVX-512 or AVX2).  reg_on
+// (stereographic_rows_f32_paths.h) reads the mode.
 inline int reg_mode() {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  return knobs::off("GEOOPS_STEREO_F32_REG") ? 0 : 1;
+  const char* e = knobs::get("GEOOPS_STEREO_F32_REG");
+  return e && e[0] == '0' ? 0 : (e && e[0] == '2' ? 2 : 1);
 #else
   return 0;
 #endif
@@ -61,7 +67,7 @@ inline Switches switches(int op, int64_t D) {
   if (s.mode == 0 || !f32_op(op) || D > kMaxD) return s;
   s.reg = reg_mode();
   s.lane = lane_mode();
-  s.use = use(s.mode, s.reg != 0, op, D);
+  s.use = use(s.mode, s.reg, op, D);
   return s;
 }
 
@@ -335,17 +341,21 @@ inline void reg_loop(int64_t begin, int64_t end, const float* x, const float* y,
 
 // Whether the register pass takes a call of OP (reg: reg_mode(), read once per call: switches(); m, the caller's
 // mode(), does not matter: mode 0 never gets here): D up to OP's reg_max_d on this build (kOpPaths,
-// stereographic_rows_f32_paths.h: where each ISA measured the register pass faster), k one value or one per row
-// (stride 1).  OP a template argument: the bound is a constant before the caller's code is built (with a runtime op
-// folded after inlining, GCC allocated the callers' registers differently on AVX-512, session 26).
+// stereographic_rows_f32_paths.h: where each ISA measured the register pass faster), less the D of OP's reg_declined
+// unless reg is 2 (session 40: those take the fused / eight-loop blocks, GEOOPS_STEREO_F32_REG=0's path), k one
+// value or one per row (stride 1).  OP a template argument: the bounds are constants before the caller's code is
+// built (with a runtime op folded after inlining, GCC allocated the callers' registers differently on AVX-512,
+// session 26).
 template <int OP>
 inline bool reg_takes(int reg, int m, int64_t D, int64_t sk) {
   (void)m;
   constexpr int kMax = reg_max_d(OP);
-  return reg != 0 && D >= 1 && D <= kMax && (sk == 0 || sk == 1);
+  constexpr uint32_t kDeclined = reg_declined_d(OP);
+  return reg != 0 && D >= 1 && D <= kMax && (reg == 2 || ((kDeclined >> D) & 1u) == 0) && (sk == 0 || sk == 1);
 }
 
-// reg_loop for the runtime D (reg_takes must hold); lm: lane_mode().  Instances for D <= reg_max_d(OP) only.
+// reg_loop for the runtime D (reg_takes must hold); lm: lane_mode().  Instances for D <= reg_max_d(OP) only, the
+// declined D included (GEOOPS_STEREO_F32_REG=2 runs them).
 template <int OP, int NB, typename F>
 inline void reg_range(int64_t D, int64_t begin, int64_t end, const float* x, const float* y, float* o,
                       const double* k, int64_t sk, const double* kconst, int lm, F&& fallback) {
