@@ -714,6 +714,19 @@ def test_short_layout_documented():
         assert LAYOUT["register_pass_rows"] == LAYOUT["float_lanes"] and B % LAYOUT["register_pass_rows"] == 0
 
 
+def _reg_switch_outputs(op, x, y, k, monkeypatch):
+    """op's outputs (NaN as 7) with GEOOPS_STEREO_F32_REG unset (the default), =0 (off) and =2 (the register pass at
+    every D it is compiled for); the variable is left at 2."""
+    outs = []
+    for v in (None, "0", "2"):
+        if v is None:
+            monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
+        else:
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", v)
+        outs.append(_call(op, x, y, k).nan_to_num(7.0))
+    return outs
+
+
 @pytest.mark.parametrize("d", (1, 2, 3, 5, 8, 9, 12, 16))
 @pytest.mark.parametrize("op", REG_PASS_OPS)
 def test_short_layout_register_pass_ops(op, d, monkeypatch):
@@ -728,12 +741,7 @@ def test_short_layout_register_pass_ops(op, d, monkeypatch):
     x, y = _reg_inputs(op, d, n, seed=1500 + d)
     k = torch.tensor(-1.0)
     monkeypatch.delenv("GEOOPS_STEREO_F32_ROWS", raising=False)
-    monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
-    new = _call(op, x, y, k).nan_to_num(7.0)
-    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
-    off = _call(op, x, y, k).nan_to_num(7.0)
-    monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
-    forced = _call(op, x, y, k).nan_to_num(7.0)
+    new, off, forced = _reg_switch_outputs(op, x, y, k, monkeypatch)
     if not reg_takes(op, d):
         assert torch.equal(new, off)
     elif y is not None and (op not in F32_FAST_OPS or not (LAYOUT["register_pass_bits_as_fused"] and 3 <= d <= 8)):
@@ -763,12 +771,7 @@ def test_f32_register_pass_declined_d(op, monkeypatch):
         x, y = _reg_inputs(op, d, n, seed=1900 + d)
         for name, k in _k_cases(n, (-1.0,), per_row=(-1.0, -0.3, 0.0, 0.05, -0.5)).items():
             k = _hard_huge_row(k)
-            monkeypatch.delenv("GEOOPS_STEREO_F32_REG", raising=False)
-            new = _call(op, x, y, k).nan_to_num(7.0)
-            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
-            off = _call(op, x, y, k).nan_to_num(7.0)
-            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "2")
-            forced = _call(op, x, y, k).nan_to_num(7.0)
+            new, off, forced = _reg_switch_outputs(op, x, y, k, monkeypatch)
             monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
             monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
             fused = _call(op, x, y, k).nan_to_num(7.0)

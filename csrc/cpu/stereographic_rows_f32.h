@@ -927,6 +927,23 @@ struct ArrCols {
   DVec d(int j, int h) const { return widen(&xs[j][o + h * kD]); }
 };
 
+// |x|^2 and |y|^2 of G float vectors of rows in double halves (xd(g, j, h): column j's half h widened), one FMA
+// chain per half in column order: the row sums of lanes_mob_g and lanes_dist_fg.
+template <int D, int G, typename XD, typename YD>
+GEOOPS_F32_AI void sq_sums_g(const XD& xd, const YD& yd, DVec (&xx)[G][2], DVec (&yy)[G][2]) {
+  GEOOPS_G for (int h = 0; h < 2; ++h) xx[g][h] = yy[g][h] = DVec(0.0);
+  for (int j = 0; j < D; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      GEOOPS_G {
+        const DVec xv = xd(g, j, h);
+        xx[g][h] = at::vec::fmadd(xv, xv, xx[g][h]);
+        const DVec yv = yd(g, j, h);
+        yy[g][h] = at::vec::fmadd(yv, yv, yy[g][h]);
+      }
+    }
+  }
+}
+
 // mobius_add, expmap and logmap with their Mobius terms regrouped so that nothing cancels for k <= 0
 // (the hyperbolic case), all in float but for 1 + k|x|^2 and 1 + k|y|^2 (row sums and the term in double, rounded
 // once).  With p_x = 1 + k|x|^2, p_y = 1 + k|y|^2 and w = x + y:
@@ -955,17 +972,7 @@ GEOOPS_F32_AI bool lanes_mob_g(const XF& xf, const XD& xd, const YF& yf, const Y
   using namespace geoops::stereo;
   const DVec one(1.0);
   DVec xx[G][2], yy[G][2];
-  GEOOPS_G for (int h = 0; h < 2; ++h) xx[g][h] = yy[g][h] = DVec(0.0);
-  for (int j = 0; j < D; ++j) {
-    for (int h = 0; h < 2; ++h) {
-      GEOOPS_G {
-        const DVec xv = xd(g, j, h);
-        xx[g][h] = at::vec::fmadd(xv, xv, xx[g][h]);
-        const DVec yv = yd(g, j, h);
-        yy[g][h] = at::vec::fmadd(yv, yv, yy[g][h]);
-      }
-    }
-  }
+  sq_sums_g<D, G>(xd, yd, xx, yy);
   FVec px[G], py[G], kf[G], s2[G];  // s2: |w|^2 (mobius_add), |x - y|^2 (logmap), k|u|^2 (expmap)
   GEOOPS_G {
     DVec k[2], p[2], q[2];
@@ -1077,17 +1084,7 @@ GEOOPS_F32_AI bool lanes_dist_fg(const XF& xf, const XD& xd, const YF& yf, const
   using namespace geoops::stereo;
   const DVec one(1.0);
   DVec xx[G][2], yy[G][2];
-  GEOOPS_G for (int h = 0; h < 2; ++h) xx[g][h] = yy[g][h] = DVec(0.0);
-  for (int j = 0; j < D; ++j) {
-    for (int h = 0; h < 2; ++h) {
-      GEOOPS_G {
-        const DVec xv = xd(g, j, h);
-        xx[g][h] = at::vec::fmadd(xv, xv, xx[g][h]);
-        const DVec yv = yd(g, j, h);
-        yy[g][h] = at::vec::fmadd(yv, yv, yy[g][h]);
-      }
-    }
-  }
+  sq_sums_g<D, G>(xd, yd, xx, yy);
   FVec px[G], py[G], kf[G], s2[G], wb[G];
   GEOOPS_G {
     DVec k[2], p[2], q[2];
