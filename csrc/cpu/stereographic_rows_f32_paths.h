@@ -100,9 +100,12 @@ constexpr uint32_t reg_declined_d(int op) {
 // Whether the register pass takes op's rows of D (compile-time where op and D are): reg, GEOOPS_STEREO_F32_REG's mode
 // (reg_mode(), stereographic_rows_f32_reg.h): 0 never, 1 (the default) at 1 <= D <= reg_max_d but not the D of
 // reg_declined, 2 at every 1 <= D <= reg_max_d.
-constexpr bool reg_on(int reg, int op, int64_t D) {
-  return reg != 0 && D >= 1 && D <= reg_max_d(op) && (reg == 2 || ((reg_declined_d(op) >> D) & 1u) == 0);
+// The rule on op's table values (max_d: reg_max_d, declined: reg_declined_d), for callers that hold them as constants
+// (reg_takes, stereographic_rows_f32_reg.h).
+constexpr bool reg_on_d(int reg, int64_t D, int max_d, uint32_t declined) {
+  return reg != 0 && D >= 1 && D <= max_d && (reg == 2 || ((declined >> D) & 1u) == 0);
 }
+constexpr bool reg_on(int reg, int op, int64_t D) { return reg_on_d(reg, D, reg_max_d(op), reg_declined_d(op)); }
 // Whether op's lane math takes the float Mobius terms (when they are on: mob_terms()).
 constexpr bool float_mob_op(int op) {
   for (const OpPaths& e : kOpPaths) {

@@ -351,7 +351,7 @@ inline bool reg_takes(int reg, int m, int64_t D, int64_t sk) {
   (void)m;
   constexpr int kMax = reg_max_d(OP);
   constexpr uint32_t kDeclined = reg_declined_d(OP);
-  return reg != 0 && D >= 1 && D <= kMax && (reg == 2 || ((kDeclined >> D) & 1u) == 0) && (sk == 0 || sk == 1);
+  return reg_on_d(reg, D, kMax, kDeclined) && (sk == 0 || sk == 1);
 }
 
 // reg_loop for the runtime D (reg_takes must hold); lm: lane_mode().  Instances for D <= reg_max_d(OP) only, the
