@@ -1629,7 +1629,7 @@ def _atanc_d(z):
         zc = zc.clamp_min(-lim)  # points outside the ball: clamped as geoopt clamps artanh's argument
         sn = (-zc).clamp_min(0).sqrt()
         sp = zc.clamp_min(0).sqrt()
-        a_c = torch.where(zc < 0, torch.atanh(sn) / sn.clamp_min(1e-30), torch.atan(sp) / sp.clamp_min(1e-30))
+        a_c = torch.where(zc < 0, _ref._atanh_pos(sn) / sn.clamp_min(1e-30), torch.atan(sp) / sp.clamp_min(1e-30))
         return a_c, (1 / (1 + zc) - a_c) / (2 * zc)
 
     return _series_or_closed(z, _ATANC, closed)

@@ -55,6 +55,24 @@ def default_eps(dtype: torch.dtype) -> float:
     return _BALL_EPS.get(dtype, 4e-3)
 
 
+# torch.atanh and torch.sinh round differently in their vectorised loop and its scalar tail, so their bits depend on
+# where a thread's chunk starts (torch.set_num_threads); log1p and expm1 do not.  These forms are as accurate (within
+# ~2 ulps, float32 and float64) and keep the composed public helpers (artan_k, sin_k) bitwise thread-count independent.
+def _atanh_pos(s: torch.Tensor) -> torch.Tensor:
+    """artanh(s) for 0 <= s < 1: log1p(2s / (1 - s)) / 2 (1 - s is exact for s >= 1/2)."""
+    return 0.5 * torch.log1p(2 * s / (1 - s))
+
+
+def _sinh_pos(s: torch.Tensor) -> torch.Tensor:
+    """sinh(s) for s >= 0: (e + e / (e + 1)) / 2 with e = expm1(s) (no cancellation); e^(s/2) e^(s/2) / 2 beyond
+    s = 20, where e^-2s is below float64's half ulp, so it overflows only where sinh does.  Each branch sees a safe
+    argument, so the unused one puts no NaN into the gradient."""
+    big = s > 20
+    e = torch.expm1(torch.where(big, torch.zeros_like(s), s))
+    h = torch.exp(0.5 * torch.where(big, s, torch.zeros_like(s)))
+    return torch.where(big, (0.5 * h) * h, 0.5 * (e + e / (e + 1)))
+
+
 def _split(z: torch.Tensor):
     """Masks and clamped copies of z for the three regimes (safe under autograd)."""
     small = z.abs() < _SERIES_CUT
@@ -81,7 +99,7 @@ def atanc(z: torch.Tensor) -> torch.Tensor:
     # points outside the ball (z <= -1) are clamped just inside it, like geoopt
     sn = (-zn).sqrt().clamp(max=1 - 1e-15 if z.dtype == torch.float64 else 1 - 1e-7)
     sp = zp.sqrt()
-    closed = torch.where(neg, torch.atanh(sn) / sn, torch.atan(sp) / sp)
+    closed = torch.where(neg, _atanh_pos(sn) / sn, torch.atan(sp) / sp)
     return torch.where(small, series, closed)
 
 
@@ -234,7 +252,7 @@ def sinc(z: torch.Tensor) -> torch.Tensor:
     small, neg, zs, zn, zp = _split(z)
     series = 1 + zs * (-1 / 6 + zs * (1 / 120 + zs * (-1 / 5040 + zs * (1 / 362880 + zs * (-1 / 39916800)))))
     sn, sp = (-zn).sqrt(), zp.sqrt()
-    closed = torch.where(neg, torch.sinh(sn) / sn, torch.sin(sp) / sp)
+    closed = torch.where(neg, _sinh_pos(sn) / sn, torch.sin(sp) / sp)
     return torch.where(small, series, closed)
 
 
