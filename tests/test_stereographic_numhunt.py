@@ -462,6 +462,35 @@ def test_cdist_sphere_far_points_gradients(monkeypatch, dtype, shape, epi):
     _check_rule(run, gs.cdist, (x, y, k), ("out", "dx", "dy"), n_vec=2)
 
 
+@pytest.mark.parametrize("epi", ["v2", "v1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cdist_sphere_far_near_forward(monkeypatch, dtype, epi):
+    """Session 41 (review40): cdist's k > 0 forward formed den = p_x p_y - kA, which cancels ~p_x p_y / den-fold for
+    x far out on the sphere against y near the origin (k|x|^2 = 9e4, k|y|^2 ~ 1e-5: den ~ 1 against p_x p_y ~ 1e5):
+    float32 values 2.4e-5 off (the eager reference 1e-7), float64 3e-14 (1e-16), and dk, which reads the forward's
+    distances, as much (the backward alone was fixed in session 40).  Now den = 1 + 2kG + k^2 |x|^2 |y|^2 from the
+    GEMM's G = <x, y>, as the backward.  x far (|x| sqrt(k) 100 .. 1000) against y near (|y| sqrt(k) 3e-4 .. 3e-2),
+    near against far, and a close pair and x = y among them; three batches, k = 0.5, 1e-3, 1; the value, dx, dy, dk."""
+    monkeypatch.setenv("GEOOPS_CDIST_F32_EPI", epi)
+    g = torch.Generator().manual_seed(41)
+    kv = torch.tensor([0.5, 1e-3, 1.0], dtype=D64)
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g, dtype=D64), dim=-1)  # noqa: E731
+    x = unit(3, 9, 4) * 10 ** (2 + torch.rand(3, 9, 1, generator=g, dtype=D64)) / kv.sqrt()[:, None, None]
+    y = unit(3, 19, 4) * 10 ** (-3.5 + 2 * torch.rand(3, 19, 1, generator=g, dtype=D64)) / kv.sqrt()[:, None, None]
+    x[:, 7:] = y[:, :2]  # near against near: x = y and ...
+    y[:, 1] *= 1 + 1e-4  # ... a close pair
+    y[:, 17:] = x[:, :2].flip(1) * 1.001  # far against far (close, 0.1 % apart)
+    x, y, k = x.to(dtype), y.to(dtype), kv.to(dtype)
+    w = torch.randn(3, 9, 19, generator=torch.Generator().manual_seed(6), dtype=D64).to(dtype)
+
+    def run(fn, x, y, k):
+        x, y, k = (t.clone().requires_grad_() for t in (x, y, k))
+        out = fn(x, y, k=k.reshape(-1, 1, 1))
+        return [out.detach().reshape(-1, 19), *torch.autograd.grad((out * w).sum(), (x, y, k))]
+
+    _check_rule(run, gs.cdist, (x, y, k), ("out", "dx", "dy", "dk"), n_vec=2)
+
+
 # ---------------------------------------------------------------- known, written up (strict xfails)
 @pytest.mark.xfail(strict=True, reason="k^2 |x|^2 |y|^2 is formed as (k k) |x|^2 |y|^2 in the kernels and the reference: "
                    "k k underflows for |k| < ~1e-154 (float64), so points at the scale of such a ball (|x| ~ 1/sqrt|k| "

@@ -19,7 +19,8 @@
 // so with W_ij = 2 g_ij dd/dA:  dx = alpha * x - W y,  dy = beta * y - W^T x  (two GEMMs), alpha_i =
 // sum_j W_ij + 2 g_ij dd/d|x|^2, beta_j likewise.  Close pairs are taken out of the GEMMs and added
 // exactly as W_ij (x_i - y_j), so no [N, M, D] tensor is ever formed.  k > 0: den, the far rows' shares of
-// alpha / beta and dk's linear term are expanded in G = <x, y> (session 40, BwdRow: they cancelled far out).
+// alpha / beta and dk's linear term are expanded in G = <x, y> (session 40, BwdRow: they cancelled far out); the
+// forward's den too (session 41, dist_row).
 //
 // Points outside the ball (k < 0, p <= 0) are treated as geoopt treats them after its clamps: p is
 // clamped at a small positive value, which gives large but finite distances and bounded gradients.
@@ -161,9 +162,13 @@ inline void fill_A_row(T* G, const T* xi, const T* y, double x2, const double* y
   redo(M - (M % L), M);
 }
 
-// Distances of one row from A (in place allowed: out may equal A only when A is not saved).
+// Distances of one row from A (in place allowed: out may equal A only when A is not saved).  k > 0: den from the
+// row's G = <x, y> (the GEMM's values, read before fill_A_row overwrites them), x2 = |x|^2 and y2f = |y_j|^2 as
+// 1 + 2kG + (k|x|^2)(k|y|^2), not p_x p_y - kA: that cancels ~p_x p_y / den-fold for x far out on the sphere
+// against y near the origin (float32 d 2.4e-5 off at k|x|^2 = 9e4, k|y|^2 = 1e-5; session 41, the backward's BwdRow).
 template <typename T>
-inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Curv<T>& cv) {
+inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Curv<T>& cv, const T* G = nullptr,
+                     T x2 = T(0), const T* y2f = nullptr) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t L = Vec::size();
   int64_t j = 0;
@@ -180,16 +185,15 @@ inline void dist_row(const T* A, T* out, T px, const T* py, int64_t M, const Cur
       f(Vec::loadu(A + j, m), Vec::loadu(py + j, m)).store(out + j, m);
     }
   } else if (cv.sign > 0) {
-    const Vec vk(cv.k), vpx(px), two_rs(T(2) * cv.rs), zero(T(0));
-    auto f = [&](const Vec& a, const Vec& p) {
-      const Vec ka = vk * a;
-      const Vec den = at::vec::maximum(vpx * p - ka, zero);
-      return ka.sqrt().atan2(den.sqrt()) * two_rs;
+    const Vec vk(cv.k), two_k(T(2) * cv.k), kx2(cv.k * x2), one(T(1)), two_rs(T(2) * cv.rs), zero(T(0));
+    auto f = [&](const Vec& a, const Vec& g, const Vec& y2) {
+      const Vec den = at::vec::maximum(at::vec::fmadd(two_k, g, at::vec::fmadd(kx2, vk * y2, one)), zero);
+      return (vk * a).sqrt().atan2(den.sqrt()) * two_rs;
     };
-    for (; j + L <= M; j += L) f(Vec::loadu(A + j), Vec::loadu(py + j)).store(out + j);
+    for (; j + L <= M; j += L) f(Vec::loadu(A + j), Vec::loadu(G + j), Vec::loadu(y2f + j)).store(out + j);
     if (j < M) {
       const int64_t m = M - j;
-      f(Vec::loadu(A + j, m), Vec::loadu(py + j, m)).store(out + j, m);
+      f(Vec::loadu(A + j, m), Vec::loadu(G + j, m), Vec::loadu(y2f + j, m)).store(out + j, m);
     }
   } else if (cv.k != cv.k) {  // a NaN k (neither sign): NaN, as dist and the reference (was k = 0's 2|x - y|)
     std::fill(out, out + M, std::numeric_limits<T>::quiet_NaN());
@@ -519,6 +523,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
     const bool neg_fast = is_f32 && kp[b] < 0;
     const Curv<T> cv = curv<T>(kp[b]);
     const T pmin = kp[b] < 0 ? min_p<T>() : T(-1e30);
+    std::vector<T> grow(cv.sign > 0 ? s.M : 0);  // k > 0: a row's G, before fill_A_row (dist_row)
     for (int64_t r = b * s.N + i0; r < b * s.N + i0 + nr; ++r) {
       const T* xi = xp + r * s.D;
       double x2 = 0;
@@ -548,9 +553,10 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
           continue;
         }
       }
+      if (cv.sign > 0) std::copy(Ap + off, Ap + off + s.M, grow.begin());
       fill_A_row<T>(Ap + off, xi, yp + b * s.M * s.D, x2, y2.data() + b * s.M, y2f.data() + b * s.M, s.M, s.D,
                     tau);
-      dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv);
+      dist_row<T>(Ap + off, op + off, px, py.data() + b * s.M, s.M, cv, grow.data(), T(x2), y2f.data() + b * s.M);
     }
   };
   auto gemm_target = [&](int64_t b) { return (save && !(is_f32 && kp[b] < 0) ? A : out).select(0, b); };

@@ -48,11 +48,7 @@ constexpr int kMaxD = 16;  // the fused path; the eight-loop blocks (block) run 
 // The rows and ops the register pass takes (kRegIsaMaxD, reg_max_d) and the ops with float Mobius terms
 // (float_mob_op): the table kOpPaths, one per ISA, that the layout report reads too.
 
-// The ops of the fused / eight-loop blocks (run below).
-constexpr bool fast_op(int op) {
-  return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
-         op == stereo::LOGMAP0;
-}
+// fast_op: the ops of the fused / eight-loop blocks (run below; stereographic_rows_f32_paths.h).
 // The ops of the fp32 short-row float path on this build: fast_op's, and those the register pass alone takes (dist on
 // AVX-512 and AVX2 builds, session 40: kOpPaths).
 constexpr bool f32_op(int op) { return fast_op(op) || reg_max_d(op) > 0; }

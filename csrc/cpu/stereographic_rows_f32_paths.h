@@ -125,11 +125,13 @@ constexpr bool any_float_mob() {
   }
   return false;
 }
-// The ops of the fused / eight-loop blocks (stereographic_rows_f32.h: fast_op) and dist (the register pass only).
-constexpr bool table_op(int op) {
+// The ops of the fused / eight-loop blocks (stereographic_rows_f32.h).
+constexpr bool fast_op(int op) {
   return op == stereo::MOBIUS_ADD || op == stereo::EXPMAP || op == stereo::EXPMAP0 || op == stereo::LOGMAP ||
-         op == stereo::LOGMAP0 || op == stereo::DIST;
+         op == stereo::LOGMAP0;
 }
+// The ops kOpPaths may list: fast_op's and dist (the register pass only).
+constexpr bool table_op(int op) { return fast_op(op) || op == stereo::DIST; }
 constexpr bool paths_valid() {
   for (const OpPaths& e : kOpPaths) {
     if (!table_op(e.op)) return false;
