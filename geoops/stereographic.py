@@ -1629,7 +1629,7 @@ def _atanc_d(z):
         zc = zc.clamp_min(-lim)  # points outside the ball: clamped as geoopt clamps artanh's argument
         sn = (-zc).clamp_min(0).sqrt()
         sp = zc.clamp_min(0).sqrt()
-        a_c = torch.where(zc < 0, _ref._atanh_pos(sn) / sn.clamp_min(1e-30), torch.atan(sp) / sp.clamp_min(1e-30))
+        a_c = torch.where(zc < 0, torch.atanh(sn) / sn.clamp_min(1e-30), torch.atan(sp) / sp.clamp_min(1e-30))
         return a_c, (1 / (1 + zc) - a_c) / (2 * zc)
 
     return _series_or_closed(z, _ATANC, closed)
@@ -2188,7 +2188,7 @@ def artan_k(x: torch.Tensor, k) -> torch.Tensor:
     """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("artan_k", "x", x)
     k = _library.fixed_expand(_kt("artan_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
-    return _ref.artan_k(x, k)
+    return x * _ref.atanc(k * x * x, atanh=_ref._atanh_pos)  # (log1p: the same bits for any thread count)
 
 
 def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
@@ -2259,7 +2259,7 @@ def sin_k(x: torch.Tensor, k) -> torch.Tensor:
     """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("sin_k", "x", x)
     k = _library.fixed_expand(_kt("sin_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
-    return _ref.sin_k(x, k)
+    return x * _ref.sinc(k * x * x, sinh=_ref._sinh_pos)  # (expm1: the same bits for any thread count)
 
 
 def arsin_k(x: torch.Tensor, k) -> torch.Tensor:

@@ -58,6 +58,8 @@ def default_eps(dtype: torch.dtype) -> float:
 # torch.atanh and torch.sinh round differently in their vectorised loop and its scalar tail, so their bits depend on
 # where a thread's chunk starts (torch.set_num_threads); log1p and expm1 do not.  These forms are as accurate (within
 # ~2 ulps, float32 and float64) and keep the composed public helpers (artan_k, sin_k) bitwise thread-count independent.
+# The references keep torch.atanh / torch.sinh: the parity rule bounds a kernel's error by the eager same-dtype
+# error, and log1p's backward (exact 1 - s) is more accurate near the boundary than atanh's 1 / (1 - s^2).
 def _atanh_pos(s: torch.Tensor) -> torch.Tensor:
     """artanh(s) for 0 <= s < 1: log1p(2s / (1 - s)) / 2 (1 - s is exact for s >= 1/2)."""
     return 0.5 * torch.log1p(2 * s / (1 - s))
@@ -92,14 +94,16 @@ def tanc(z: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, closed)
 
 
-def atanc(z: torch.Tensor) -> torch.Tensor:
-    """atan(sqrt z)/sqrt z, analytic through z = 0 (artanh branch for z < 0)."""
+def atanc(z: torch.Tensor, atanh=torch.atanh) -> torch.Tensor:
+    """atan(sqrt z)/sqrt z, analytic through z = 0 (artanh branch for z < 0; ``atanh`` for it: torch.atanh, what an
+    eager user writes, keeps the parity rule's same-dtype baseline; geoops.stereographic.artan_k passes
+    _atanh_pos)."""
     small, neg, zs, zn, zp = _split(z)
     series = 1 + zs * (-1 / 3 + zs * (1 / 5 + zs * (-1 / 7 + zs * (1 / 9 + zs * (-1 / 11)))))
     # points outside the ball (z <= -1) are clamped just inside it, like geoopt
     sn = (-zn).sqrt().clamp(max=1 - 1e-15 if z.dtype == torch.float64 else 1 - 1e-7)
     sp = zp.sqrt()
-    closed = torch.where(neg, _atanh_pos(sn) / sn, torch.atan(sp) / sp)
+    closed = torch.where(neg, atanh(sn) / sn, torch.atan(sp) / sp)
     return torch.where(small, series, closed)
 
 
@@ -246,13 +250,13 @@ def asinc(z: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, closed)
 
 
-def sinc(z: torch.Tensor) -> torch.Tensor:
+def sinc(z: torch.Tensor, sinh=torch.sinh) -> torch.Tensor:
     """sin(sqrt z)/sqrt z (= sinh(sqrt -z)/sqrt -z for z < 0), analytic through z = 0 (its Taylor series for
-    |z| < 1e-3)."""
+    |z| < 1e-3); ``sinh`` as atanc's ``atanh`` (geoops.stereographic.sin_k passes _sinh_pos)."""
     small, neg, zs, zn, zp = _split(z)
     series = 1 + zs * (-1 / 6 + zs * (1 / 120 + zs * (-1 / 5040 + zs * (1 / 362880 + zs * (-1 / 39916800)))))
     sn, sp = (-zn).sqrt(), zp.sqrt()
-    closed = torch.where(neg, _sinh_pos(sn) / sn, torch.sin(sp) / sp)
+    closed = torch.where(neg, sinh(sn) / sn, torch.sin(sp) / sp)
     return torch.where(small, series, closed)
 
 
