@@ -53,6 +53,13 @@ GEOOPS_BINDINGS(stereographic, m) {
         }
         d["register_pass_declined_d"] = declined;
         d["register_pass_bits_as_fused"] = l.register_pass_bits_as_fused;
+        pybind11::dict groups;
+        for (const auto& e : l.register_pass_groups) {
+          pybind11::list gs;
+          for (int64_t v : e.second) gs.append(v);
+          groups[pybind11::str(e.first)] = pybind11::tuple(gs);
+        }
+        d["register_pass_groups"] = groups;
         pybind11::list fm;
         for (const auto& e : l.float_mobius_ops) fm.append(e);
         d["float_mobius_ops"] = pybind11::tuple(fm);
