@@ -685,12 +685,18 @@ DOCUMENTED_LAYOUT = {
                                            "dist": 16},
                    register_pass_declined_d={"mobius_add": (5, 6, 7, 8), "expmap": (8,), "expmap0": (6, 7, 8),
                                              "logmap0": (6, 7, 8)},
+                   # (session 41: expmap0 / logmap0 four groups at D <= 8, before at D <= 4 and one at D = 5..8)
+                   register_pass_groups={"mobius_add": (2,) * 8 + (1,) * 8, "expmap": (4, 4) + (2,) * 6 + (1,) * 8,
+                                         "expmap0": (4,) * 8 + (1,) * 8, "logmap": (4, 4) + (2,) * 6 + (1,) * 8,
+                                         "logmap0": (4,) * 8 + (1,) * 8, "dist": (2,) * 8 + (1,) * 8},
                    float_mobius_ops=("mobius_add", "expmap", "logmap")),
     "AVX2": dict(register_pass_rows=8, register_pass_bits_as_fused=False,
                  register_pass_op_max_d={"mobius_add": 8, "expmap0": 8, "logmap": 8, "dist": 8},
-                 register_pass_declined_d={}, float_mobius_ops=("mobius_add", "logmap")),
+                 register_pass_declined_d={},
+                 register_pass_groups={"mobius_add": (1,) * 8, "expmap0": (1,) * 8, "logmap": (1,) * 8, "dist": (1,) * 8},
+                 float_mobius_ops=("mobius_add", "logmap")),
     "DEFAULT": dict(register_pass_rows=0, register_pass_bits_as_fused=False, register_pass_op_max_d={},
-                    register_pass_declined_d={}, float_mobius_ops=()),
+                    register_pass_declined_d={}, register_pass_groups={}, float_mobius_ops=()),
 }
 
 
@@ -707,6 +713,10 @@ def test_short_layout_documented():
     assert set(declined) <= set(per_op)
     for op, ds in declined.items():
         assert ds and list(ds) == sorted(set(ds)) and 1 <= ds[0] and ds[-1] <= per_op[op], (op, ds)
+    groups = LAYOUT["register_pass_groups"]  # (session 41) one entry per D = 1..the op's largest
+    assert set(groups) == set(per_op)
+    for op, gs in groups.items():
+        assert len(gs) == per_op[op] and set(gs) <= {1, 2, 4}, (op, gs)
     assert LAYOUT["register_pass"] == bool(per_op)
     assert LAYOUT["float_mobius_terms"] == bool(LAYOUT["float_mobius_ops"])
     assert set(LAYOUT["float_mobius_ops"]) <= {"mobius_add", "expmap", "logmap"}
@@ -1133,7 +1143,7 @@ def test_dist_fp64_close_pairs_near_boundary():
 @pytest.mark.parametrize("d", (1, 2, 3, 5))
 @pytest.mark.parametrize("op", ("expmap0", "logmap0", "expmap", "logmap", "dist"))
 def test_f32_lane_quotients(op, d, monkeypatch):
-    """The default (register pass: four 16-row groups at D <= 2 for these ops, D <= 4 for expmap0 / logmap0, else two)
+    """The default (register pass: four 16-row groups at D <= 2 for these ops, D <= 8 for expmap0 / logmap0, else two)
     on rows whose tanc / atanc take the closed form (expmap0: s = sqrt(-k)|u| from 0.23 to 12, tanh(s) = 1 in float
     beyond 9; logmap0: s = sqrt(-k)|x| from 0.23 to within 1e-4 of the boundary) and, for expmap / logmap, the register
     pass's rows (near-boundary, tiny, close; dist: logmap's rows), k = -1, -0.3 and per row (-1, -0.3, -2.5): expmap0 /
@@ -1170,8 +1180,9 @@ def test_f32_lane_quotients(op, d, monkeypatch):
 
 # ---------------------------------------------------------------- the register pass's loop
 # The register pass runs a block's 16-row groups through the lane math together (lanes_core_g, G = 2; four groups,
-# two blocks, for expmap0 / logmap0 at D <= 4 and expmap / logmap at D <= 2, a pair with a hard lane going back to
-# the blocks one by one) and prefetches the rows 128 ahead at D = 5..8.  The lane math does not depend on G, the
+# two blocks, for expmap0 / logmap0 at D <= 8 (session 41; D <= 4 before) and expmap / logmap at D <= 2, a pair with a
+# hard lane going back to the blocks one by one: the layout's register_pass_groups) and prefetches the rows 128 ahead
+# at D = 5..8.  The lane math does not depend on G, the
 # prefetch is a hint: the same rows give the same bits wherever they sit in the tensor.
 
 
@@ -1219,7 +1230,7 @@ def test_f32_register_pass_long_unaligned(op, d, monkeypatch):
                 assert float(err.max()) <= 2e-6, float(err.max())
 
 
-@pytest.mark.parametrize("d", (1, 2, 3, 4))
+@pytest.mark.parametrize("d", (1, 2, 3, 4, 5, 6, 7, 8))
 @pytest.mark.parametrize("op", REG_PASS_OPS)
 def test_f32_register_pass_four_groups(op, d, monkeypatch):
     """Four groups (two blocks at once, where the register pass takes them) against the same rows paired the other

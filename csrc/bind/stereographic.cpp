@@ -45,14 +45,19 @@ GEOOPS_BINDINGS(stereographic, m) {
         }
         d["register_pass_ops"] = pybind11::tuple(ops);
         d["register_pass_op_max_d"] = op_max_d;
-        pybind11::dict declined;
-        for (const auto& e : l.register_pass_declined) {
-          pybind11::list ds;
-          for (int64_t v : e.second) ds.append(v);
-          declined[pybind11::str(e.first)] = pybind11::tuple(ds);
-        }
-        d["register_pass_declined_d"] = declined;
+        // {op: tuple of ints} from (op, values) pairs
+        auto per_op = [](const std::vector<std::pair<std::string, std::vector<int64_t>>>& entries) {
+          pybind11::dict out;
+          for (const auto& e : entries) {
+            pybind11::list vs;
+            for (int64_t v : e.second) vs.append(v);
+            out[pybind11::str(e.first)] = pybind11::tuple(vs);
+          }
+          return out;
+        };
+        d["register_pass_declined_d"] = per_op(l.register_pass_declined);
         d["register_pass_bits_as_fused"] = l.register_pass_bits_as_fused;
+        d["register_pass_groups"] = per_op(l.register_pass_groups);
         pybind11::list fm;
         for (const auto& e : l.float_mobius_ops) fm.append(e);
         d["float_mobius_ops"] = pybind11::tuple(fm);

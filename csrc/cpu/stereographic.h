@@ -55,6 +55,9 @@ struct StereoShortLayout {
   // (op, the D <= its largest it declines by default: GEOOPS_STEREO_F32_REG=2 takes them) for each op with such D
   std::vector<std::pair<std::string, std::vector<int64_t>>> register_pass_declined;
   bool register_pass_bits_as_fused = false;  // its writes are the fused blocks' at D = 3..8 (the same bits)
+  // (op, the groups of rows whose lane math runs together at D = 1..its largest: 4, 2 or 1; RegGroup::groups) for
+  // each op it takes (session 41)
+  std::vector<std::pair<std::string, std::vector<int64_t>>> register_pass_groups;
   std::vector<std::string> float_mobius_ops;  // the ops whose lane math takes the float Mobius terms
 };
 StereoShortLayout stereo_short_layout();

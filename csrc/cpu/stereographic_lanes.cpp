@@ -144,6 +144,11 @@ StereoShortLayout stereo_short_layout() {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   l.register_pass_rows = f32rows::RegGroup::kRows;
   l.register_pass_bits_as_fused = f32rows::RegGroup::kWritesAsFused;
+  for (const f32rows::OpPaths& e : f32rows::kOpPaths) {
+    std::vector<int64_t> groups;
+    for (int d = 1; d <= e.reg_max_d; ++d) groups.push_back(f32rows::RegGroup::groups(e.op, d));
+    if (!groups.empty()) l.register_pass_groups.emplace_back(e.name, groups);
+  }
 #else
   l.register_pass_rows = 0;
   l.register_pass_bits_as_fused = false;

@@ -93,13 +93,20 @@ inline __attribute__((always_inline)) void prefetch_rows(const float* p, const f
 
 #if defined(CPU_CAPABILITY_AVX512)
 // Four 16-row groups (two of the caller's 32-row blocks) through lanes_core_g together where that measured faster
-// than two: expmap0 / logmap0 at D <= 4, expmap / logmap at D <= 2 (the standalone loop,
+// than two: expmap0 / logmap0 at D <= 8 (D <= 4 before session 41), expmap / logmap at D <= 2 (the standalone loop,
 // scripts/short_rows/bound.cpp, 1 thread, 2^20 rows: 0.85-0.92x the time of two groups; mobius_add no better, expmap /
-// logmap at D = 4 slower streaming).  Same results bit for bit (the lane math does not depend on G).
+// logmap at D = 4 slower streaming, at D = 5 1.34-1.42x streaming).  Session 41 (ab2.sh, in-process, 1 thread):
+// expmap0 / logmap0 four groups interleaved against one group after the other (reg_loop's block of two) at D = 5:
+// 0.77-0.80 / 0.75-0.87x the time on cached rows, 0.86-0.96 / 0.87-0.94x streaming; D = 6..8 below (RegGroup::
+// interleave).  reg_loop's prefetch stays one block per iteration (prefetching both blocks of a pair measured
+// slower streaming at D = 5: 0.95-0.99x of the old time against 0.86-0.88x).  Same results bit for bit (the lane math
+// does not depend on G).
+constexpr bool reg_four_d(int op, int64_t D) {
+  return op == stereo::EXPMAP0 || op == stereo::LOGMAP0 ? D <= 8 : (op == stereo::EXPMAP || op == stereo::LOGMAP) && D <= 2;
+}
 template <int OP, int D>
 constexpr bool reg_four(int NB) {
-  return NB == 32 && (OP == stereo::EXPMAP0 || OP == stereo::LOGMAP0 ? D <= 4
-                                                                     : (OP == stereo::EXPMAP || OP == stereo::LOGMAP) && D <= 2);
+  return NB == 32 && reg_four_d(OP, D);
 }
 
 // The register pass's group on AVX-512: 16 rows (one __m512 per column), columns by cols16 (permutes at D <= 8,
@@ -124,19 +131,25 @@ struct RegGroup {
                   : _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(c), 1)));
   }
   // The block's groups through lanes_core_g together (chains interleaved step by step) or one after the other.
-  // Two-input ops interleave up to kRegNarrowD.  The one-input ops at D <= 4 only: at D = 5 expmap0 measured 3-6 %
-  // slower interleaved (its 2 x D column registers and the chain's vectors spill), logmap0 the same; at D = 3 both
-  // 0.85-0.95x the time of one group after the other, at D = 4 even (standalone loop, 1 thread, under load).
+  // Two-input ops interleave up to kRegNarrowD (at D = 5 one group after the other took expmap / logmap 1.26-1.59x
+  // the time, session 41).  The one-input ops too (session 41; D <= 4 before: session 12 measured expmap0 3-6 % slower
+  // interleaved at D = 5, with the lane math of then): with four groups (reg_four), against one group after the
+  // other, 1 thread, in-process (ab2.sh), cached / streaming rows: D = 5 above; D = 6 expmap0 0.88 / 1.04x, logmap0
+  // 0.85 / 0.93x; D = 7 0.84 / 1.02x, 0.56 / 0.71x; D = 8 0.87 / 0.95x, 0.57 / 0.64x (logmap0's lone chain at D = 7, 8
+  // spilled: ~70 ns per 16 rows cached, against ~40 interleaved).
   // D > 8: one group after the other, each group's columns made just before its lane math (2 x 2 x D column
   // registers would not fit).
+  static constexpr bool interleave_d(int op, int64_t D) { return stereo::op_has_y(op) ? D <= kRegNarrowD : D <= 8; }
   template <int OP, int D>
   static constexpr bool interleave() {
-    return stereo::op_has_y(OP) ? D <= kRegNarrowD : D <= 4;
+    return interleave_d(OP, D);
   }
   template <int OP, int D>
   static constexpr bool four(int NB) {
     return reg_four<OP, D>(NB);
   }
+  // 16-row groups whose lane math runs together (the layout's register_pass_groups): 4, 2 or 1
+  static constexpr int groups(int op, int64_t D) { return reg_four_d(op, D) ? 4 : (interleave_d(op, D) ? 2 : 1); }
   // prefetch_rows kPfRows ahead (reg_loop's PF)
   static constexpr bool prefetch(int D) { return D >= 5 && D <= 8; }
 };
@@ -243,6 +256,7 @@ struct RegGroup {
   static constexpr bool four(int) {
     return false;
   }
+  static constexpr int groups(int, int64_t) { return 1; }  // (the layout's register_pass_groups)
   static constexpr bool prefetch(int D) { return D >= 5 && D <= 8; }
 };
 #endif

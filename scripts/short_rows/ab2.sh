@@ -1,7 +1,7 @@
 #!/bin/bash
 # In-process A/B of two versions of the register pass (stereographic_rows_f32*.h): A = the tree's headers, B = the
 # copies in $1 (a folder holding edited stereographic_rows_f32.h / _reg.h; B's symbols renamed by -Dgeoops=geoopsB).
-# reg_range as the extension calls it (four / two groups, prefetch), k = -1 one value, D = 2 and 5, ns per 16 rows,
+# reg_range as the extension calls it (four / two groups, prefetch), k = -1 one value, D = 2, 5, 6, 7, 8, ns per 16 rows,
 # rounds interleaved A B A B (2^20 rows streaming, 4096 rows cached), medians of the per-round ratios and of the times,
 # and the count of output elements that differ (bits).  Run from the repository root:
 #   bash scripts/short_rows/ab2.sh /tmp/hdr && /tmp/ab2 21 expmap_2,logmap_2,expmap0_5

@@ -9,7 +9,7 @@
 typedef void (*Fn)(const float*, const float*, float*, int64_t, const double*);
 #define DECL(S, NAME, D) extern "C" void run_##S##_##NAME##_##D(const float*, const float*, float*, int64_t, const double*);
 #define DALL(S, D) DECL(S, expmap, D) DECL(S, logmap, D) DECL(S, mobius_add, D) DECL(S, expmap0, D) DECL(S, logmap0, D)
-DALL(A, 2) DALL(A, 5) DALL(B, 2) DALL(B, 5)
+DALL(A, 2) DALL(A, 5) DALL(B, 2) DALL(B, 5) DALL(A, 6) DALL(B, 6) DALL(A, 7) DALL(B, 7) DALL(A, 8) DALL(B, 8)
 struct E { const char* name; int D; Fn a, b; int xin, yin; };  // 0 x, 1 y, 2 u
 #define ROW(NAME, D, X, Y) {#NAME, D, &run_A_##NAME##_##D, &run_B_##NAME##_##D, X, Y}
 int main(int argc, char** argv) {
@@ -17,7 +17,10 @@ int main(int argc, char** argv) {
   std::string want = argc > 2 ? argv[2] : "all";
   double kv = argc > 3 ? atof(argv[3]) : -1.0;
   E es[] = {ROW(expmap, 2, 0, 2), ROW(logmap, 2, 0, 1), ROW(mobius_add, 2, 0, 1), ROW(expmap0, 2, 2, 1), ROW(logmap0, 2, 0, 1),
-            ROW(expmap, 5, 0, 2), ROW(logmap, 5, 0, 1), ROW(mobius_add, 5, 0, 1), ROW(expmap0, 5, 2, 1), ROW(logmap0, 5, 0, 1)};
+            ROW(expmap, 5, 0, 2), ROW(logmap, 5, 0, 1), ROW(mobius_add, 5, 0, 1), ROW(expmap0, 5, 2, 1), ROW(logmap0, 5, 0, 1),
+            ROW(expmap, 6, 0, 2), ROW(logmap, 6, 0, 1), ROW(mobius_add, 6, 0, 1), ROW(expmap0, 6, 2, 1), ROW(logmap0, 6, 0, 1),
+            ROW(expmap, 7, 0, 2), ROW(logmap, 7, 0, 1), ROW(mobius_add, 7, 0, 1), ROW(expmap0, 7, 2, 1), ROW(logmap0, 7, 0, 1),
+            ROW(expmap, 8, 0, 2), ROW(logmap, 8, 0, 1), ROW(mobius_add, 8, 0, 1), ROW(expmap0, 8, 2, 1), ROW(logmap0, 8, 0, 1)};
   alignas(64) static double kc[64];
   for (double& v : kc) v = kv;
   const int64_t N = 1 << 20, NS = 4096;

@@ -16,3 +16,6 @@ namespace st = geoops::stereo;
   ENTRY(expmap0, st::EXPMAP0, D) ENTRY(logmap0, st::LOGMAP0, D)
 ALL(2)
 ALL(5)
+ALL(6)
+ALL(7)
+ALL(8)
