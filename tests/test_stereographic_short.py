@@ -1170,6 +1170,21 @@ def test_dist_logmap_fp64_close_pairs_near_boundary(d):
         assert float(e_dist.max()) <= 1e-9 and float(e_log.max()) <= 1e-9, (kv, float(e_dist.max()), float(e_log.max()))
 
 
+@pytest.mark.parametrize("d", (17, 64))
+def test_logmap_fp32_long_rows_close_pairs_near_boundary(d, monkeypatch):
+    """fp32 logmap on long rows (logmap's one-reciprocal lanes, block_fwd_logmap_rcp, and with GEOOPS_STEREO_LOGMAP_RCP=0
+    the divisions) on the close pairs near the boundary, k = -1: within 1e-6 of the float64 math on the same fp32
+    inputs (_logmap_ref64; the eager fp32 reference is 1e11 off).  Before session 41 the one-reciprocal lanes formed
+    den = 1 + 2k<x,y> + k^2|x|^2|y|^2 in double: 6.9e-6 at D = 64."""
+    x, y = _close_near_boundary(d, seed=d, dtype=torch.float32)
+    k = torch.tensor(-1.0)
+    expect = _logmap_ref64(x.double(), y.double(), k.double())
+    for rcp in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", rcp)
+        err = float(row_rel_err(gs.logmap(x, y, k=k), expect).max())
+        assert err <= 1e-6, (rcp, err)
+
+
 def _den_grads(fn, ref_fn, x, y, kv, w):
     """(ours, truth) lists of (out, dx, dy, dk) of fn (geoops) and ref_fn (the float64 reference) at per-row k = kv,
     gradients of sum(out * w)."""
