@@ -298,9 +298,25 @@ def _mobius_add_vjp(xx, yy, xy, k, ga, gb):
 
 
 @triton.jit
-def _sub_den(xx, yy, xy, k):
-    """Denominator of (-x) (+) y (unclamped)."""
-    return 1.0 + 2.0 * k * xy + k * k * xx * yy
+def _sub_den(pp, xx, yy, xy, dd, k):
+    """Denominator of (-x) (+) y (unclamped), pp = (1 + k xx)(1 + k yy): pp - k dd for k <= 0 (non-negative terms;
+    1 + 2k xy + k^2 xx yy cancels for close pairs near the boundary), that form for k > 0 (its terms never sum to
+    more than pp + k dd).  Why: stereo_math.h, sub_den (session 41)."""
+    return tl.where(k > 0, 1.0 + 2.0 * k * xy + k * k * xx * yy, pp - k * dd)
+
+
+@triton.jit
+def _sub_den_vjp(den_, live, xx, yy, xy, dd, k):
+    """Adjoints (xx, yy, xy, dd, k) of _sub_den from its adjoint den_ (0 where not live), in the form it took."""
+    pos = k > 0
+    kd = den_ * k
+    g_xx = tl.where(live, kd * tl.where(pos, k * yy, 1.0 + k * yy), 0.0)
+    g_yy = tl.where(live, kd * tl.where(pos, k * xx, 1.0 + k * xx), 0.0)
+    g_xy = tl.where(live & pos, 2.0 * kd, 0.0)
+    g_dd = tl.where(live & (k <= 0), -kd, 0.0)
+    g_k = tl.where(live, den_ * tl.where(pos, 2.0 * xy + 2.0 * k * xx * yy,
+                                         xx * (1.0 + k * yy) + yy * (1.0 + k * xx) - dd), 0.0)
+    return g_xx, g_yy, g_xy, g_dd, g_k
 
 
 # ---------------------------------------------------------------- forward coefficients
@@ -347,11 +363,12 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
         # s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
         #                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form: k xx > 1 and xx > yy),
         # |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s.  Why two forms: stereo_math.h, logmap_y_form.
-        den = _clamp_min_den(_sub_den(xx, yy, xy, k))
         nb = 1.0 + k * xx
+        pp = nb * (1.0 + k * yy)
+        den = _clamp_min_den(_sub_den(pp, xx, yy, xy, dd, k))
         p = _clamp_min_den(nb)
         z = _div(k * dd, den)
-        q = _div(nb * (1.0 + k * yy), den)
+        q = _div(pp, den)
         f = _atanc(z, q, CUT) * p
         yf = (k * xx > 1.0) & (xx > yy)
         w = 1.0 + 2.0 * k * xy - k * yy
@@ -363,10 +380,11 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
         z = k * xx
         a = _atanc(z, 1.0 + z, CUT)
     elif OP == DIST:
-        den = _clamp_min_den(_sub_den(xx, yy, xy, k))
+        pp = (1.0 + k * xx) * (1.0 + k * yy)
+        den = _clamp_min_den(_sub_den(pp, xx, yy, xy, dd, k))
         ss = _div(dd, den)
         z = k * ss
-        q = _div((1.0 + k * xx) * (1.0 + k * yy), den)
+        q = _div(pp, den)
         a = 2.0 * _sqrt(ss) * _atanc(z, q, CUT)
     elif OP == DIST0:
         z = k * xx
@@ -450,11 +468,12 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_xx = z_ * k
         g_k = z_ * xx
     elif OP == LOGMAP:
-        den, den_live = _clamp_min_den_live(_sub_den(xx, yy, xy, k))
         nb = 1.0 + k * xx
+        pp = nb * (1.0 + k * yy)
+        den, den_live = _clamp_min_den_live(_sub_den(pp, xx, yy, xy, dd, k))
         p, p_live = _clamp_min_den_live(nb)
         z = _div(k * dd, den)
-        q = _div(nb * (1.0 + k * yy), den)
+        q = _div(pp, den)
         A = _atanc(z, q, CUT)
         f = A * p
         # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy);
@@ -482,12 +501,12 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         xx1 = nb_ + tl.where(p_live, p_, 0.0)
         g_xx = xx1 * k
         k_ += xx1 * xx
-        g_xy = tl.where(den_live, den_ * 2.0 * k, 0.0) + wy * 2.0 * k  # (+ the y form's w)
-        g_xx = tl.where(den_live, g_xx + den_ * k * k * yy, g_xx)
-        g_yy = tl.where(den_live, den_ * k * k * xx, 0.0) - wy * k
-        k_ = tl.where(den_live, k_ + den_ * (2.0 * xy + 2.0 * k * xx * yy), k_)
-        g_dd = dd_
-        g_k = k_
+        s_xx, s_yy, s_xy, s_dd, s_k = _sub_den_vjp(den_, den_live, xx, yy, xy, dd, k)
+        g_xy = s_xy + wy * 2.0 * k  # (+ the y form's w)
+        g_xx = g_xx + s_xx
+        g_yy = s_yy - wy * k
+        g_dd = dd_ + s_dd
+        g_k = k_ + s_k
     elif OP == LOGMAP0:
         z = k * xx
         q = 1.0 + z
@@ -495,26 +514,23 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_xx = z_ * k
         g_k = z_ * xx
     elif OP == DIST:
-        den, den_live = _clamp_min_den_live(_sub_den(xx, yy, xy, k))
+        pp = (1.0 + k * xx) * (1.0 + k * yy)
+        den, den_live = _clamp_min_den_live(_sub_den(pp, xx, yy, xy, dd, k))
         ss = _div(dd, den)
         # |s| is not differentiable at 0: zero subgradient, like torch.norm
         on = ss > 0
         w = _sqrt(tl.where(on, ss, 1.0))
         z = k * ss
-        q = _div((1.0 + k * xx) * (1.0 + k * yy), den)
+        q = _div(pp, den)
         A = _atanc(z, q, CUT)
         Ad = _atanc_d(z, q, A, CUT)
         # v = 2 w A(k w^2)
         ss_ = ga * (_div(A, w) + 2.0 * w * k * Ad)
         k_ = ga * 2.0 * w * Ad * ss
-        g_dd = tl.where(on, _div(ss_, den), 0.0)
         den_ = _div(-ss_ * ss, den)
-        both = on & den_live
-        g_xy = tl.where(both, den_ * 2.0 * k, 0.0)
-        g_xx = tl.where(both, den_ * k * k * yy, 0.0)
-        g_yy = tl.where(both, den_ * k * k * xx, 0.0)
-        k_ = tl.where(den_live, k_ + den_ * (2.0 * xy + 2.0 * k * xx * yy), k_)
-        g_k = tl.where(on, k_, 0.0)
+        g_xx, g_yy, g_xy, s_dd, s_k = _sub_den_vjp(den_, on & den_live, xx, yy, xy, dd, k)
+        g_dd = tl.where(on, _div(ss_, den), 0.0) + s_dd
+        g_k = tl.where(on, k_ + s_k, 0.0)
     elif OP == DIST0:
         on = xx > 0
         w = _sqrt(tl.where(on, xx, 1.0))

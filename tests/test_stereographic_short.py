@@ -1116,23 +1116,195 @@ def test_f32_register_pass_dist_hard_lanes(d, monkeypatch):
             assert not torch.equal(new[sl], dbl[sl]), (blk, "should be the register pass's")
 
 
-_DIST_DEN_OPEN = (
-    "open (session 40): dist's double lanes (stereo_math.h fwd, DIST) form den = 1 + 2k<x,y> + k^2|x|^2|y|^2, which "
-    "cancels for close pairs near the boundary (~1e-16 / den relative: 5e-6 .. 1.4e-5 of dist here, within 2x the "
-    "eager fp64 reference's 2e-5 .. 8e-5); p_x p_y - k|x - y|^2 (the fp32 register pass's form) has non-negative "
-    "terms for k <= 0 -- a change of every backend's forward and of dist's backward (add_sub_den_vjp), left to the "
-    "lead")
+def _close_near_boundary(d: int, seed: int = 2, dtype=torch.float64):
+    """_dist_house_rows' close pairs within 1e-6 .. 1e-2 of the boundary of k = -1 (kind 3; |x - y| / |x| from 1e-7 to
+    1e-2), as `dtype` (the fp32 points, widened)."""
+    x, y = _dist_house_rows(d, -1.0, seed=seed)
+    return x[3 * 64:4 * 64].to(dtype), y[3 * 64:4 * 64].to(dtype)
 
 
-@pytest.mark.xfail(strict=True, reason=_DIST_DEN_OPEN)
+def _den_ref64(x, y, k):
+    """float64 (-x) (+) y's pieces for k < 0 in the non-cancelling form, differentiable: (1 + k|x|^2, dd, den, q) with
+    den = (1 + k|x|^2)(1 + k|y|^2) - k|x - y|^2 (non-negative terms), q = 1 - k dd / den = pp / den (formed without
+    cancellation), dd = |x - y|^2 from the difference.  k: a scalar or (N, 1); rows along the last dim, keepdim."""
+    px, py = 1 + k * (x * x).sum(-1, keepdim=True), 1 + k * (y * y).sum(-1, keepdim=True)
+    dd = ((x - y) ** 2).sum(-1, keepdim=True)
+    den = px * py - k * dd
+    return px, dd, den, px * py / den
+
+
+def _artanh_ref64(t, q):
+    """artanh(t) for t in [0, 1), q = 1 - t^2 formed without cancellation: atanh below 0.5, 0.5 log((1 + t)^2 / q)
+    above (1 - t would lose t's last digits near 1); differentiable (both branches finite)."""
+    return torch.where(t < 0.5, torch.atanh(t.clamp(max=0.5)), 0.5 * torch.log((1 + t) ** 2 / q))
+
+
+def _dist_ref64(x, y, k):
+    """dist for k < 0 in float64 in the non-cancelling form (_den_ref64), differentiable in x, y, k (no x = y rows)."""
+    _, dd, den, q = _den_ref64(x, y, k)
+    t = (-k * dd / den).sqrt()
+    return (2 * _artanh_ref64(t, q) / (-k).sqrt()).squeeze(-1)
+
+
+def _logmap_ref64(x, y, k):
+    """logmap_x(y) for k < 0 in float64: (1 + k|x|^2) artanh(t) / t * s, s = (-x) (+) y = (k dd x - (1 + k|x|^2)(x - y))
+    / den (the x form, stereo_math.h), |s|^2 = dd / den, t = sqrt(-k) |s|; den and q from _den_ref64."""
+    px, dd, den, q = _den_ref64(x, y, k)
+    t = (-k * dd / den).sqrt()
+    s = (k * dd * x - px * (x - y)) / den
+    return px * _artanh_ref64(t, q) / t * s
+
+
 def test_dist_fp64_close_pairs_near_boundary():
     """fp64 dist on _dist_house_rows' close pairs within 1e-6 .. 1e-2 of the boundary (k = -1, D = 2): within 1e-9 of
-    _dist_fp64 (the non-cancelling form, same inputs)."""
-    x, y = _dist_house_rows(2, -1.0, seed=2)
-    x, y = x.double()[3 * 64:4 * 64], y.double()[3 * 64:4 * 64]  # (kind 3: close pairs near the boundary)
+    _dist_fp64 (the non-cancelling form, same inputs).  Before session 41 (den = 1 + 2k<x,y> + k^2|x|^2|y|^2, which
+    cancels there: ~1e-16 / den relative) 1.4e-5; now ~1e-15."""
+    x, y = _close_near_boundary(2)
     k = torch.tensor(-1.0, dtype=torch.float64)
     err = op_row_err("dist", gs.dist(x, y, k=k), _dist_fp64(x, y, k), x)
     assert float(err.max()) <= 1e-9, float(err.max())
+
+
+@pytest.mark.parametrize("d", (2, 7, 64))
+def test_dist_logmap_fp64_close_pairs_near_boundary(d):
+    """dist and logmap in fp64 on close pairs near the boundary (_close_near_boundary), k = -1 and -0.3 (the points
+    scaled into its ball), D = 2, 7 (short rows) and 64 (long rows): values within 1e-9 of the non-cancelling float64
+    form (_dist_ref64, _logmap_ref64; relative per row: both share (-x) (+) y's denominator).  Before session 41 (its
+    1 + 2k<x,y> + k^2|x|^2|y|^2) ~1e-5 for both."""
+    for kv in (-1.0, -0.3):
+        x, y = _close_near_boundary(d, seed=d)
+        x, y = x / abs(kv) ** 0.5, y / abs(kv) ** 0.5
+        k = torch.tensor(kv, dtype=torch.float64)
+        e_dist = row_rel_err(gs.dist(x, y, k=k).unsqueeze(-1), _dist_ref64(x, y, k).unsqueeze(-1))
+        e_log = row_rel_err(gs.logmap(x, y, k=k), _logmap_ref64(x, y, k))
+        assert float(e_dist.max()) <= 1e-9 and float(e_log.max()) <= 1e-9, (kv, float(e_dist.max()), float(e_log.max()))
+
+
+@pytest.mark.parametrize("d", (17, 64))
+def test_logmap_fp32_long_rows_close_pairs_near_boundary(d, monkeypatch):
+    """fp32 logmap on long rows (logmap's one-reciprocal lanes, block_fwd_logmap_rcp, and with GEOOPS_STEREO_LOGMAP_RCP=0
+    the divisions) on the close pairs near the boundary, k = -1: within 1e-6 of the float64 math on the same fp32
+    inputs (_logmap_ref64; the eager fp32 reference is 1e11 off).  Before session 41 the one-reciprocal lanes formed
+    den = 1 + 2k<x,y> + k^2|x|^2|y|^2 in double: 6.9e-6 at D = 64."""
+    x, y = _close_near_boundary(d, seed=d, dtype=torch.float32)
+    k = torch.tensor(-1.0)
+    expect = _logmap_ref64(x.double(), y.double(), k.double())
+    for rcp in ("1", "0"):
+        monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", rcp)
+        err = float(row_rel_err(gs.logmap(x, y, k=k), expect).max())
+        assert err <= 1e-6, (rcp, err)
+
+
+def _den_grads(fn, ref_fn, x, y, kv, w):
+    """(ours, truth) lists of (out, dx, dy, dk) of fn (geoops) and ref_fn (the float64 reference) at per-row k = kv,
+    gradients of sum(out * w)."""
+    res = []
+    for f in (fn, ref_fn):
+        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+        k = torch.full((x.shape[0], 1), kv, dtype=torch.float64, requires_grad=True)
+        out = f(xs, ys, k)
+        res.append([out.detach(), *torch.autograd.grad((out * w).sum(), (xs, ys, k))])
+    return res
+
+
+@pytest.mark.parametrize("d", (2, 7, 64))
+def test_dist_logmap_fp64_grads_close_pairs_near_boundary(d):
+    """dist's and logmap's backward in fp64 on the same rows (k = -1, per row): dx, dy (per row, relative to the row's
+    norm) and dk (relative) within 1e-8 of torch.autograd on the non-cancelling float64 forms (_dist_ref64,
+    _logmap_ref64); logmap's dk within 1e-7 (it is ill-conditioned in the inputs' last bits there: the float64 truth
+    itself moves 1.9e-8 at D = 64 when the coordinates are permuted; ours measured 3.8e-8).  Before session 41 den's
+    adjoint went through <x,y>: dx's term 2k den_ (y + k|y|^2 x) cancelled (3e-6 .. 2e-5 off; logmap's dk 4e-4 at D = 7,
+    3.7e-3 at D = 64)."""
+    x, y = _close_near_boundary(d, seed=d)
+    g = torch.Generator().manual_seed(d)
+    for name, fn, ref_fn, w in (
+            ("dist", lambda a, b, k: gs.dist(a, b, k=k), _dist_ref64, torch.randn(x.shape[0], generator=g,
+                                                                                   dtype=torch.float64)),
+            ("logmap", lambda a, b, k: gs.logmap(a, b, k=k), _logmap_ref64, torch.randn(x.shape, generator=g,
+                                                                                         dtype=torch.float64))):
+        ours, truth = _den_grads(fn, ref_fn, x, y, -1.0, w)
+        for what, o, t in zip(("out", "dx", "dy", "dk"), ours, truth):
+            o, t = (o.unsqueeze(-1), t.unsqueeze(-1)) if o.dim() == 1 else (o, t)
+            err = float(row_rel_err(o, t).max())
+            assert err <= (1e-7 if (name, what) == ("logmap", "dk") else 1e-8), (name, what, err)
+
+
+def test_dist_fp64_gradcheck_near_boundary():
+    """torch.autograd.gradcheck of fp64 dist (x, y, per-row k) on close pairs (|x - y| ~ 3e-4) and far pairs (y = -x / 2)
+    1.5e-3 .. 9e-3 inside the boundary (finite differences of 1e-7 stay inside the ball), k = -1 and 0.5."""
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    fr = (1 - 1.5e-3 * (1 + torch.arange(6, dtype=torch.float64))).reshape(-1, 1)
+    x = u / u.norm(dim=-1, keepdim=True) * fr
+    yc = x + 3e-4 * torch.randn(6, 3, generator=g, dtype=torch.float64)
+    yc = yc * torch.clamp(fr / yc.norm(dim=-1, keepdim=True), max=1.0)
+    y = torch.cat([yc[:3], -0.5 * x[3:]])
+    for kv in (-1.0, 0.5):
+        k = torch.full((6, 1), kv, dtype=torch.float64, requires_grad=True)
+        args = (x.clone().requires_grad_(), y.clone().requires_grad_(), k)
+        assert torch.autograd.gradcheck(lambda a, b, c: gs.dist(a, b, k=c), args, eps=1e-7, atol=1e-6, rtol=1e-5)
+
+
+_DIST2PLANE_DEN_OPEN = (
+    "open (session 41): dist2plane's (-p) (+) x (csrc/include/geoops/stereo_triple.h, eval_dist2plane_rows; Triton "
+    "_triple_coefs / _triple_vjp) still forms den = 1 + 2k<x,p> + k^2|p|^2|x|^2, which cancels for close x, p near the "
+    "boundary as dist's did (9e-6 .. 3e-5 in float64 here, the eager reference 4e-5 .. 2.5e-4); the fix is dist's "
+    "(den = (1 + k|p|^2)(1 + k|x|^2) - k|x - p|^2 for k <= 0, and 1 + k|diff|^2 = that product / den), through the "
+    "dual numbers of the C++ backward and the Triton vjp")
+
+
+@pytest.mark.xfail(strict=True, reason=_DIST2PLANE_DEN_OPEN)
+@pytest.mark.parametrize("d", (2, 7))
+def test_dist2plane_fp64_close_pairs_near_boundary(d):
+    """fp64 dist2plane(x, p, a) on _close_near_boundary's pairs (x, p), random a, k = -1: within 1e-9 of the float64
+    math in the non-cancelling form (_den_ref64's den and q: diff = (-p) (+) x = ((1 + k|p|^2)(x - p) + k|x - p|^2 p)
+    / den, 1 + k|diff|^2 = q)."""
+    x, p = _close_near_boundary(d, seed=d)
+    k = torch.tensor(-1.0, dtype=torch.float64)
+    a = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pb, ee, den, q = _den_ref64(p, x, k)
+    diff = (pb * (x - p) + k * ee * p) / den
+    truth = torch.asinh(2 * (diff * a).sum(-1).abs() / (q.squeeze(-1) * a.norm(dim=-1)))  # arsin_k at k = -1
+    err = row_rel_err(gs.dist2plane(x, p, a, k=k).unsqueeze(-1), truth.unsqueeze(-1))
+    assert float(err.max()) <= 1e-9, float(err.max())
+
+
+def test_sub_den_k_positive_form():
+    """Why (-x) (+) y's denominator keeps 1 + 2k<x,y> + k^2|x|^2|y|^2 for k > 0 (stereo_math.h, sub_den): on pairs with
+    y near x's antipode -x / (k|x|^2) (den down to 5e-13, where both forms cancel), close pairs and random pairs,
+    k = 0.5 and 2, its float64 rounding error (row sums as torch forms them, against exact rational arithmetic on the
+    same inputs) is at most the other form's, (1 + k|x|^2)(1 + k|y|^2) - k|x - y|^2, on the worst and the median row
+    of each kind (measured near the antipode: worst 1.6e-4 / 2.9e-4 against 1.4e-3 / 4.4e-3, median 4-6x lower); and
+    geoops' dist there is within 1e-9 of the first form's float64 value (its own row sums round differently)."""
+    from fractions import Fraction
+
+    g = torch.Generator().manual_seed(41)
+    n, d = 200, 3
+    for kv in (0.5, 2.0):
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        anti = -x / (kv * (x * x).sum(-1, keepdim=True)) * (1 + torch.logspace(-6, -1, n, dtype=torch.float64)
+                                                            ).reshape(-1, 1)
+        close = x * (1 + 1e-6 * torch.randn(n, d, generator=g, dtype=torch.float64))
+        rand = torch.randn(n, d, generator=g, dtype=torch.float64)
+        for kind, y in (("antipode", anti + 1e-7 * torch.randn(n, d, generator=g, dtype=torch.float64)),
+                        ("close", close), ("random", rand)):
+            xx, yy = (x * x).sum(-1), (y * y).sum(-1)
+            xy, dd = (x * y).sum(-1), ((x - y) ** 2).sum(-1)
+            first = 1 + 2 * kv * xy + kv * kv * xx * yy
+            second = (1 + kv * xx) * (1 + kv * yy) - kv * dd
+            kf = Fraction(kv)
+            exact = []
+            for i in range(n):
+                xi, yi = [Fraction(float(v)) for v in x[i]], [Fraction(float(v)) for v in y[i]]
+                fxy = sum(a * b for a, b in zip(xi, yi))
+                exact.append(float(1 + 2 * kf * fxy + kf * kf * sum(a * a for a in xi) * sum(b * b for b in yi)))
+            exact = torch.tensor(exact, dtype=torch.float64)
+            e1, e2 = ((first - exact) / exact).abs(), ((second - exact) / exact).abs()
+            assert float(e1.max()) <= float(e2.max()), (kv, kind, float(e1.max()), float(e2.max()))
+            assert float(e1.median()) <= float(e2.median()), (kv, kind, float(e1.median()), float(e2.median()))
+            if kind == "antipode":
+                fd = 2 * ref.artan_k((dd / first.clamp_min(1e-15)).sqrt(), torch.tensor(kv, dtype=torch.float64))
+                assert float(row_rel_err(gs.dist(x, y, k=kv).unsqueeze(-1), fd.unsqueeze(-1)).max()) <= 1e-9
 
 
 # ---------------------------------------------------------------- the lane math's quotients as divisions

@@ -726,12 +726,14 @@ inline bool block_fwd_logmap_rcp(const double* xx, const double* yy, const doubl
     Vec z[2] = {Vec(0.0), Vec(0.0)}, q[2] = {one, one}, nb[2], rd[2];
     for (int h = 0; h < (two ? 2 : 1); ++h) {
       const int64_t o = v + h * kLanes;
-      const Vec k = Vec::loadu(kk + o), x2 = Vec::loadu(xx + o), y2 = Vec::loadu(yy + o);
-      const Vec den = clamp_lo(one + two_ * k * Vec::loadu(xy + o) + k * k * x2 * y2, lo);
+      const Vec k = Vec::loadu(kk + o), x2 = Vec::loadu(xx + o), y2 = Vec::loadu(yy + o), d2 = Vec::loadu(dd + o);
       nb[h] = one + k * x2;
+      const Vec pp = nb[h] * (one + k * y2);
+      // (stereo_math.h's sub_den, session 41: pp - k dd for k <= 0, no cancellation for close pairs near the boundary)
+      const Vec den = clamp_lo(sub_den(pp, x2, y2, Vec::loadu(xy + o), d2, k), lo);
       rd[h] = one / den;
-      z[h] = k * Vec::loadu(dd + o) * rd[h];
-      q[h] = nb[h] * (one + k * y2) * rd[h];
+      z[h] = k * d2 * rd[h];
+      q[h] = pp * rd[h];
       ok = ok & (z[h] < cut) & (z[h] > -big) & (q[h] < big);  // !(z < cut) also catches NaN
       // (the x form only: a block with a row of the y form, stereo::logmap_y_form, takes the divisions' path)
       ok = ok & ((k * x2 <= one) | (x2 <= y2));  // not logmap_y_form (a NaN lane fails: declined above already)

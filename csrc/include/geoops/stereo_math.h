@@ -171,10 +171,16 @@ template <typename T> GEO_HD Row<T> mobius_add_vjp(T xx, T yy, T xy, T k, T ga, 
   return g;
 }
 
-// Denominator of (-x) (+) y: 1 + 2k<x,y> + k^2|x|^2|y|^2 (callers clamp it).
-template <typename T> GEO_HD T sub_den(T xx, T yy, T xy, T k) {
-  T den = T(1) + T(2) * k * xy + k * k * xx * yy;
-  return den;
+// Denominator of (-x) (+) y (callers clamp it), given pp = (1 + k xx)(1 + k yy) (session 41):
+//     den = 1 + 2k xy + k^2 xx yy = pp - k dd.
+// k <= 0: pp - k dd, whose terms are non-negative inside the ball (1 + k xx, 1 + k yy >= 0, -k dd >= 0), so it rounds
+// to ~eps relative; the first form cancels for close pairs near the boundary (1 - 2 + 1 against den ~ pp: ~eps / den
+// relative, 1e-5 of dist and logmap in float64 for pairs within 1e-6 of it).  k > 0: the first form, whose terms'
+// magnitudes sum to at most the second's (1 + 2k|xy| + k^2 xx yy <= pp + k dd, as 2|xy| <= xx + yy), so its rounding
+// is never the larger; both cancel only for y near x's antipode -x / (k xx), the first form less
+// (tests/test_stereographic_short.py, test_sub_den_k_positive_form).  dd is the directly accumulated |x - y|^2.
+template <typename T> GEO_HD T sub_den(T pp, T xx, T yy, T xy, T dd, T k) {
+  return sel(k > T(0), T(1) + T(2) * k * xy + k * k * xx * yy, pp - k * dd);
 }
 
 // Which form logmap writes (-x) (+) y's numerator N = k dd x - (1 + k xx)(x - y) in (session 39).  N has three
@@ -194,13 +200,19 @@ template <typename T> GEO_HD T sub_den(T xx, T yy, T xy, T k) {
 // with a y-form row take the double path.
 template <typename T> GEO_HD auto logmap_y_form(T xx, T yy, T k) { return (k * xx > T(1)) & (xx > yy); }
 
-// Adds the adjoint den_ of sub_den(s.xx, s.yy, s.xy, s.k) to the row adjoints g.
+// Adds the adjoint den_ of sub_den to the row adjoints g, in the form sub_den took: k > 0 through xy (and xx, yy, k),
+// k <= 0 (pp - k dd) through xx, yy, dd and k -- no xy term, so dx's den term 2k den_ ((1 + k yy) x - (x - y)) keeps
+// its digits for close pairs (the first form's 2k den_ (y + k yy x) cancels there).
 template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T>& g) {
   const T k = s.k;
-  g.xy += den_ * T(2) * k;
-  g.xx += den_ * k * k * s.yy;
-  g.yy += den_ * k * k * s.xx;
-  g.k += den_ * (T(2) * s.xy + T(2) * k * s.xx * s.yy);
+  auto pos = k > T(0);
+  T kd = den_ * k;
+  g.xy += sel(pos, T(2) * kd, T(0));
+  g.xx += kd * sel(pos, k * s.yy, T(1) + k * s.yy);
+  g.yy += kd * sel(pos, k * s.xx, T(1) + k * s.xx);
+  g.dd += sel(pos, T(0), -kd);
+  g.k += den_ * sel(pos, T(2) * s.xy + T(2) * k * s.xx * s.yy,
+                    s.xx * (T(1) + k * s.yy) + s.yy * (T(1) + k * s.xx) - s.dd);
 }
 
 template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param, M& m) {
@@ -243,11 +255,12 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
       // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
       //                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form, logmap_y_form: k xx > 1, xx > yy),
       // |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s
-      T den = clamp_lo(sub_den(s.xx, s.yy, s.xy, k), min_den<T>());
       T nb = T(1) + k * s.xx;
+      T pp = nb * (T(1) + k * s.yy);
+      T den = clamp_lo(sub_den(pp, s.xx, s.yy, s.xy, s.dd, k), min_den<T>());
       T p = clamp_lo(nb, min_den<T>());
       T z = k * s.dd / den;
-      T q = nb * (T(1) + k * s.yy) / den;
+      T q = pp / den;
       T f = m.atanc(z, q) * p;
       T F = f * k * s.dd / den;
       auto yf = logmap_y_form(s.xx, s.yy, k);
@@ -259,10 +272,11 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
       return {m.atanc(z, T(1) + z), T(0), T(0)};
     }
     case DIST: {
-      T den = clamp_lo(sub_den(s.xx, s.yy, s.xy, k), min_den<T>());
+      T pp = (T(1) + k * s.xx) * (T(1) + k * s.yy);
+      T den = clamp_lo(sub_den(pp, s.xx, s.yy, s.xy, s.dd, k), min_den<T>());
       T ss = s.dd / den;
       T z = k * ss;
-      T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
+      T q = pp / den;
       return {T(2) * vsqrt(ss) * m.atanc(z, q), T(0), T(0)};
     }
     case DIST0: {
@@ -350,14 +364,15 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       return g;
     }
     case LOGMAP: {
-      T den0 = sub_den(s.xx, s.yy, s.xy, k);
+      T nb = T(1) + k * s.xx;
+      T pp = nb * (T(1) + k * s.yy);
+      T den0 = sub_den(pp, s.xx, s.yy, s.xy, s.dd, k);
       auto den_live = den0 > min_den<T>();
       T den = sel(den_live, den0, min_den<T>());
-      T nb = T(1) + k * s.xx;
       auto p_live = nb > min_den<T>();
       T p = sel(p_live, nb, min_den<T>());
       T z = k * s.dd / den;
-      T q = nb * (T(1) + k * s.yy) / den;
+      T q = pp / den;
       T A = m.atanc(z, q);
       T f = A * p;
       // x form: a = F, c = -f nb / den; y form (logmap_y_form): b = F, c = -f w / den; F = f k dd / den,
@@ -388,8 +403,8 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       g.xx = xx1 * k;
       k_ += xx1 * s.xx;
       g.k = k_;
-      add_sub_den_vjp(s, sel(den_live, den_, T(0)), g);
       g.dd = dd_;
+      add_sub_den_vjp(s, sel(den_live, den_, T(0)), g);
       return g;
     }
     case LOGMAP0: {
@@ -400,7 +415,8 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       return g;
     }
     case DIST: {
-      T den0 = sub_den(s.xx, s.yy, s.xy, k);
+      T pp = (T(1) + k * s.xx) * (T(1) + k * s.yy);
+      T den0 = sub_den(pp, s.xx, s.yy, s.xy, s.dd, k);
       auto den_live = den0 > min_den<T>();
       T den = sel(den_live, den0, min_den<T>());
       T ss0 = s.dd / den;
@@ -408,7 +424,7 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       T ss = sel(live, ss0, T(1));
       T w = vsqrt(ss);
       T z = k * ss;
-      T q = (T(1) + k * s.xx) * (T(1) + k * s.yy) / den;
+      T q = pp / den;
       T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
       // v = 2 w A(k w^2)
       T ss_ = ga * (A / w + T(2) * w * k * Ad);
