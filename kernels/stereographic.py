@@ -1742,7 +1742,7 @@ def _pair_compile_variants():
 # p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): a call with such a batch runs the KPOS variant,
 # which reads the saved G beside A (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed by the host:
 # _pair_saved_A) and forms those batches' den, dk's linear term and far rows' alpha share in G (the C++
-# BwdRow); k <= 0 calls run the kernel as before (same bits), their S is A itself.
+# BwdRow); k <= 0 calls run the kernel as before (same bits), their saved tensor is A itself.
 _PAIR_MIN_P = {torch.float32: 1e-7, torch.float64: 1e-15}  # clamp of p = 1 + k|x|^2 for k < 0 (C++ min_p)
 
 
@@ -1822,7 +1822,7 @@ def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
     a, pp, m2, g = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT, PMIN,
                                 BLOCK_M, BLOCK_N, BLOCK_K)
     off = (b * N + rows[:, None]) * M + cols[None, :]
-    if SAVE:  # the backward's saved tensor (_pair_saved): A where k <= 0, G = <x, y> where k > 0
+    if SAVE:  # the backward's saved tensor (_pair_saved_A): A where k <= 0, G = <x, y> where k > 0
         tl.store(SOUT + off, tl.where(k > 0, g, a).to(SOUT.dtype.element_ty), mask=m2)
     if KEY:
         v = _pair_key(a, pp, k)
@@ -1982,7 +1982,7 @@ def _pair_knn_kernel(X, Y, K, IDX, N, M, D, tau, n_out,
         cols = j0 + tl.arange(0, BLOCK_N)
         cmask = cols < M
         a, pp, m2, _ = _pair_a_tile(X, Y, xrow, (b * M + cols) * D, rmask, cmask, k, D, tau, tl.float32, PMIN,
-                                 BLOCK_M, BLOCK_N, BLOCK_K)
+                                    BLOCK_M, BLOCK_N, BLOCK_K)
         key = _pair_key(a, pp, k)
         # a NaN key as the positive quiet NaN (above +inf, as torch.topk ranks NaN) whatever its sign bit
         bits = tl.where(key == key, key.to(tl.int32, bitcast=True), 0x7FC00000).to(tl.int64) << 32
