@@ -990,25 +990,27 @@ class CdistFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, k):
-        d, A = _PAIR["cdist_fwd"](x, y, k, True)
-        ctx.save_for_backward(x, y, k, A, d)  # (op_context's work)
+        # saved: what the kernel set's cdist_bwd reads (geoops._ops.stereographic's pairwise contract: A where
+        # k <= 0, the set's own where k > 0, or empty)
+        d, saved = _PAIR["cdist_fwd"](x, y, k, True)
+        ctx.save_for_backward(x, y, k, saved, d)  # (op_context's work)
         return d
 
     @staticmethod
     def op_context(ctx, inputs, output):
         """What backward needs (also the op's own autograd, _library.op_autograd: an exported program; a call
-        with save=False kept no A: cdist_bwd recomputes it)."""
-        d, A = output
-        ctx.save_for_backward(*inputs[:3], A, d)
+        with save=False kept nothing: cdist_bwd recomputes A)."""
+        d, saved = output
+        ctx.save_for_backward(*inputs[:3], saved, d)
 
     @staticmethod
     @_library.first_order_only
     def backward(ctx, grad):
-        x, y, k, A, d = ctx.saved_tensors
+        x, y, k, saved, d = ctx.saved_tensors
         need, mask = _grad_mask(ctx)
         if mask == 0:
             return None, None, None
-        dx, dy, dk = _PAIR["cdist_bwd"](grad.contiguous(), x, y, k, A, d, mask)
+        dx, dy, dk = _PAIR["cdist_bwd"](grad.contiguous(), x, y, k, saved, d, mask)
         return (dx if need[0] else None, dy if need[1] else None, dk if need[2] else None)
 
 
@@ -1040,7 +1042,8 @@ def _func_with_aux(name: str, eager, forward, reference, doc: str) -> type:
 CdistFnFunc = _func_with_aux(
     "CdistFnFunc", CdistFn, lambda x, y, k: _PAIR["cdist_fwd"](x, y, k, True),
     lambda x, y, k: _ref.cdist(x, y, k=k.to(x.dtype).reshape(-1, 1, 1)),
-    "CdistFn for torch.func transforms; returns (dist, A), A = |x - y|^2 saved for the backward.")
+    "CdistFn for torch.func transforms; returns (dist, saved), saved = what the backward reads (A = |x - y|^2 "
+    "where k <= 0; Triton: <x, y> where k > 0).")
 
 
 def _pair_args(op: str, x, y, k):

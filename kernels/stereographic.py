@@ -1713,11 +1713,12 @@ def _pair_compile_variants():
             g = torch.zeros(1, 37, 37, dtype=dtype)
             for mask, what in ((7, "dx,dy,dk"), (1, "dx")):
                 for split, tag in ((0, ""), (2, " split")):  # split: the column-split partials (SPLIT)
-                    def bwd(xd=xd, g=g, k=k, mask=mask, split=split):
-                        _pair_bwd(g, xd, xd, k, g, g, mask, split=split)
+                    for kpos in (False, True):  # KPOS: a call with a k > 0 batch (reads G beside A)
+                        def bwd(xd=xd, g=g, k=k, mask=mask, split=split, kpos=kpos):
+                            _pair_bwd(g, xd, xd, k, g, g, mask, split=split, kpos=kpos)
 
-                    entries.append({"label": f"pair/cdist/{dname}/D{D} bwd{tag} {what}", "launch": bwd,
-                                    "expect": expect})
+                        entries.append({"label": f"pair/cdist/{dname}/D{D} bwd{tag}{' kpos' if kpos else ''} {what}",
+                                        "launch": bwd, "expect": expect})
     # the fused float32 knn: one binary per top-n width NP (2..KNN_MAX_NEIGHBORS) and direction
     x = torch.zeros(1, 37, 10)
     y = torch.zeros(1, 100, 10)
@@ -1734,10 +1735,11 @@ def _pair_compile_variants():
 
 # ================================================================ pairwise: cdist, rank keys (knn / pairwise_rank)
 # The pairwise contract of geoops._ops.stereographic (the same as the C++ kernels):
-#   cdist_fwd(x [B,N,D], y [B,M,D], k [B], save) -> (dist [B,N,M], A [B,N,M] or empty)
-#   cdist_bwd(g, x, y, k, A, dist, mask)         -> (dx, dy, dk [B])   (mask bits 1 dx, 2 dy, 4 dk)
+#   cdist_fwd(x [B,N,D], y [B,M,D], k [B], save) -> (dist [B,N,M], saved [B,N,M] or empty)
+#   cdist_bwd(g, x, y, k, saved, dist, mask)     -> (dx, dy, dk [B])   (mask bits 1 dx, 2 dy, 4 dk)
 #   rank_key(x, y, k) -> a monotone function of the distance [B,N,M]; dist_from_key(key, k)
-# x and y are float32 or float64.
+# x and y are float32 or float64.  The saved tensor is per batch A = |x - y|^2 (close pairs exact) where
+# k <= 0 and G = <x, y> where k > 0 (session 41: the k > 0 coefficients need G, which A has lost far out).
 #
 # Forward (_pair_fwd_kernel): one program per (BLOCK_M rows of x, BLOCK_N rows of y, batch): G = x y^T by
 # tl.dot over BLOCK_K-wide chunks of D in the input precision (float32: input_precision="ieee", never
@@ -1748,11 +1750,15 @@ def _pair_compile_variants():
 # input precision, with IEEE division and square root and libdevice log1p / atan.
 #
 # Backward (_pair_bwd_kernel, once for dx and once for dy with the roles of x and y swapped): per pair,
-# from the saved A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
+# from A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
 # csrc/cpu/stereographic_pairwise.cpp; dP = alpha * P - W Q accumulated by tl.dot over tiles of Q
 # (no [N, M, D] tensor).  Close pairs are left out of W (their W (x - y) cancels in the GEMM form) and
 # added exactly afterwards, from the (rare) list of close pairs, like the C++ kernel.  dk: per row
-# partial sums of g dd/dk, summed per batch.
+# partial sums of g dd/dk, summed per batch.  k > 0 (far out on the projected sphere, k|x|^2 >> 1,
+# p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): a call with such a batch runs the KPOS variant,
+# which reads the saved G beside A (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed by the host:
+# _pair_saved_A) and forms those batches' den, dk's linear term and far rows' alpha share in G (the C++
+# BwdRow); k <= 0 calls run the kernel as before (same bits), their saved tensor is A itself.
 _PAIR_MIN_P = {torch.float32: 1e-7, torch.float64: 1e-15}  # clamp of p = 1 + k|x|^2 for k < 0 (C++ min_p)
 
 
@@ -1797,7 +1803,7 @@ def _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M:
 @triton.jit
 def _pair_a_tile(X, Y, xrow, yrow, rmask, cmask, k, D, tau, CT: tl.constexpr, PMIN: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A = |x - y|^2 of a tile (close pairs recomputed exactly), p_x p_y, and the tile's mask."""
+    """A = |x - y|^2 of a tile (close pairs recomputed exactly), p_x p_y, the tile's mask and G = <x, y>."""
     g, x2, y2 = _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N, BLOCK_K)
     s2 = x2[:, None] + y2[None, :]
     a = s2 - 2.0 * g
@@ -1807,7 +1813,7 @@ def _pair_a_tile(X, Y, xrow, yrow, rmask, cmask, k, D, tau, CT: tl.constexpr, PM
     if tl.max(close.to(tl.int32)) > 0:  # rare: tiles that hold a close pair (the diagonal of cdist(x, x))
         a = tl.where(close, _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N), a)
     pp = _pair_p(k, x2, PMIN)[:, None] * _pair_p(k, y2, PMIN)[None, :]
-    return a, pp, m2
+    return a, pp, m2, g
 
 
 @triton.jit
@@ -1818,7 +1824,7 @@ def _pair_key(a, pp, k):
 
 
 @triton.jit
-def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
+def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
                      KEY: tl.constexpr, SAVE: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     i0 = tl.program_id(0).to(tl.int64) * BLOCK_M  # 64-bit before any arithmetic
@@ -1829,8 +1835,11 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
     rmask = rows < N
     cmask = cols < M
     k = tl.load(K + b).to(CT)
-    a, pp, m2 = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT, PMIN,
-                             BLOCK_M, BLOCK_N, BLOCK_K)
+    a, pp, m2, g = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT, PMIN,
+                                BLOCK_M, BLOCK_N, BLOCK_K)
+    off = (b * N + rows[:, None]) * M + cols[None, :]
+    if SAVE:  # the backward's saved tensor (_pair_saved_A): A where k <= 0, G = <x, y> where k > 0
+        tl.store(SOUT + off, tl.where(k > 0, g, a).to(SOUT.dtype.element_ty), mask=m2)
     if KEY:
         v = _pair_key(a, pp, k)
     else:  # k is uniform over the program: one branch runs (and holds registers)
@@ -1844,28 +1853,32 @@ def _pair_fwd_kernel(X, Y, K, OUT, AOUT, N, M, D, tau,
             v = 2.0 * tl.where(den != 0, _math.atan(ratio), 1.5707963267948966) * rs
         else:  # k = 0, or a NaN k (k * 0: NaN then, as dist; it was 2|x - y|)
             v = 2.0 * _sqrt(a) + k * 0.0
-    off = (b * N + rows[:, None]) * M + cols[None, :]
     tl.store(OUT + off, v.to(OUT.dtype.element_ty), mask=m2)
-    if SAVE:
-        tl.store(AOUT + off, a.to(AOUT.dtype.element_ty), mask=m2)
 
 
 @triton.jit
-def _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid):
-    """Per pair: W = 2 g dd/dA (0 for close pairs), the self term 2 g dd/d|p|^2 and s = |(-x) (+) y|.
+def _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS: tl.constexpr):
+    """Per pair: W = 2 g dd/dA (0 for close pairs), s = |(-x) (+) y|, den = p_p p_q - kA and the close mask.
 
-    Two IEEE divisions and one square root a pair; 1/p_p is per row (a reciprocal of the caller's)."""
+    KPOS (k > 0 batches, xy = <p, q>): den = 1 + 2k<p, q> + k^2 |p|^2 |q|^2, which does not cancel far out on the
+    sphere (p_p p_q - kA does: C++ BwdRow).  Two IEEE divisions and one square root a pair."""
     asafe = tl.where(valid, a, 1.0)
-    den = tl.maximum(pp[:, None] * pq[None, :] - k * asafe, 1.1754943508222875e-38)
+    if KPOS:
+        den = tl.where(k > 0, 1.0 + 2.0 * k * xy + (k * p2)[:, None] * (k * q2)[None, :],
+                       pp[:, None] * pq[None, :] - k * asafe)
+    else:
+        den = pp[:, None] * pq[None, :] - k * asafe
+    den = tl.maximum(den, 1.1754943508222875e-38)
     s = _sqrt(_div(asafe, den))
     w = tl.where(valid, _div(2.0 * g, s * den), 0.0)
     close = valid & (a < tau * (p2[:, None] + q2[None, :]))
-    return tl.where(close, 0.0, w), s, den
+    return tl.where(close, 0.0, w), s, den, close
 
 
 @triton.jit
-def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
-    """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl).
+def _pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid, KPOS: tl.constexpr):
+    """g dd/dk per pair: s^3 E(z) + (s/P)(A - |p|^2 p_q - |q|^2 p_p), z = k s^2, P = p_p p_q (C++ bwd_impl);
+    KPOS (k > 0 batches): the linear term as -2 (<p, q> + k |p|^2 |q|^2), free of far out cancellation.
 
     The closed form of s^3 E(z) is (s den/P - d/2)/k (d = 2 s atanc(z)): no division a pair."""
     z = k * s * s
@@ -1874,15 +1887,21 @@ def _pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid):
     s_p = s * ipp[:, None] * ipq[None, :]  # s/P
     ik = _div(1.0, tl.where(k != 0, k, 1.0))
     e = tl.where(small, s * s * s * series, (s_p * den - 0.5 * d) * ik)
-    dkk = e + s_p * (a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None])
-    return tl.where(valid, g * dkk, 0.0)
+    lin = a - p2[:, None] * pq[None, :] - q2[None, :] * pp[:, None]
+    if KPOS:
+        lin = tl.where(k > 0, -2.0 * (xy + (k * p2)[:, None] * q2[None, :]), lin)
+    return tl.where(valid, g * (e + s_p * lin), 0.0)
 
 
 @triton.jit
-def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau, q_per, n_dblk,
-                     NEED_K: tl.constexpr, SPLIT: tl.constexpr, CT: tl.constexpr, PMIN: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau, q_per,
+                     n_dblk, NEED_K: tl.constexpr, SPLIT: tl.constexpr, KPOS: tl.constexpr, CT: tl.constexpr,
+                     PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x).
+
+    G: the upstream gradient; A: |x - y|^2 (close pairs exact).  KPOS (some batch of the call has k > 0): XY holds
+    <x, y> for those batches, which form den, dk's linear term and (far rows) alpha's share from it (session 41,
+    the C++ BwdRow); k <= 0 batches ignore XY and take the same formulas as without KPOS.
 
     SPLIT: program_id(1) = split * n_dblk + feature block; the split walks columns [sp q_per, (sp + 1) q_per)
     of Q and writes its partial alpha_s P - W_s Q (and dk partials) to OUT / DKP's slice sp ([S, B, NP, D],
@@ -1922,15 +1941,24 @@ def _pair_bwd_kernel(P_, Q_, G, A, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
         pq = _pair_p(k, q2, PMIN)
         valid = m2 & (a > 0)
-        w, s, den = _pair_coef(g, a, p2, q2, pp, pq, k, tau, valid)
-        gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
-        alpha += tl.sum(w, 1)
+        if KPOS:
+            xy = tl.load(XY + off, mask=m2, other=0.0).to(CT)
+        else:
+            xy = a  # (unused)
+        w, s, den, close = _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS)
+        if KPOS:  # k > 0, p far out (k|p|^2 > 1) and beyond q: alpha's share W + 2 g dd/d|p|^2 as W q_p / p_p
+            far = (k * p2 > 1.0)[:, None] & (p2[:, None] > q2[None, :]) & valid & (close == 0)
+            gs_ += tl.sum(tl.where(valid & (far == 0), g * s, 0.0), 1)
+            alpha += tl.sum(tl.where(far, w * (1.0 + 2.0 * k * xy - k * q2[None, :]) * ipp[:, None], w), 1)
+        else:
+            gs_ += tl.sum(tl.where(valid, g * s, 0.0), 1)
+            alpha += tl.sum(w, 1)
         qt = tl.load(Q_ + (b * NQ + cols[:, None]) * D + dc[None, :], mask=cmask[:, None] & dmask[None, :],
                      other=0.0).to(CT)
         acc += tl.dot(w, qt, input_precision="ieee")
         if NEED_K:
             d = tl.load(DIST + off, mask=m2, other=0.0).to(CT)
-            dk += tl.sum(_pair_dk(g, a, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid), 1)
+            dk += tl.sum(_pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid, KPOS), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
     if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
@@ -1969,8 +1997,8 @@ def _pair_knn_kernel(X, Y, K, IDX, N, M, D, tau, n_out,
     for j0 in range(0, M, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         cmask = cols < M
-        a, pp, m2 = _pair_a_tile(X, Y, xrow, (b * M + cols) * D, rmask, cmask, k, D, tau, tl.float32, PMIN,
-                                 BLOCK_M, BLOCK_N, BLOCK_K)
+        a, pp, m2, _ = _pair_a_tile(X, Y, xrow, (b * M + cols) * D, rmask, cmask, k, D, tau, tl.float32, PMIN,
+                                    BLOCK_M, BLOCK_N, BLOCK_K)
         key = _pair_key(a, pp, k)
         # a NaN key as the positive quiet NaN (above +inf, as torch.topk ranks NaN) whatever its sign bit
         bits = tl.where(key == key, key.to(tl.int32, bitcast=True), 0x7FC00000).to(tl.int64) << 32
@@ -2053,18 +2081,18 @@ def _pair_fwd(x, y, k, save: bool, key: bool):
     B, N, D = x.shape
     M = y.shape[1]
     out = x.new_empty((B, N, M))
-    A = x.new_empty((B, N, M)) if save else x.new_empty(0)
+    saved = x.new_empty((B, N, M)) if save else x.new_empty(0)  # the backward's: A where k <= 0, <x, y> where k > 0
     if out.numel() == 0:
-        return out, A
+        return out, saved
     blk = _pair_fwd_blocks(x.dtype)
     grid = (triton.cdiv(N, blk["BLOCK_M"]), triton.cdiv(M, blk["BLOCK_N"]), B)
     if grid[1] > 65535 or B > 65535:  # CUDA's limit on the grid's y and z dimensions
         raise ValueError(f"geoops.kernels.stereographic: cdist supports M <= {65535 * blk['BLOCK_N']} points of y "
                          f"and <= 65535 batches per call, got M={M}, B={B} (split y, e.g. with knn's tiling)")
     with _device_guard(x):
-        _pair_fwd_kernel[grid](x, y, k, out, A if save else out, N, M, D, _pair_tau(D, x.dtype),
+        _pair_fwd_kernel[grid](x, y, k, out, saved if save else out, N, M, D, _pair_tau(D, x.dtype),
                                KEY=key, SAVE=save, CT=_compute_type(x.dtype)[0], PMIN=_PAIR_MIN_P[x.dtype], **blk)
-    return out, A
+    return out, saved
 
 
 # The backward's programs, (NP / BLOCK_P) x (D / BLOCK_D) x B, each walk all NQ columns: at N = 2048, D = 64, B = 1
@@ -2101,7 +2129,27 @@ def _pair_split(NP: int, NQ: int, n_dblk: int, B: int, bp: int, bq: int, device:
     return triton.cdiv(NQ, q_per), q_per
 
 
-def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
+def _pair_saved_A(saved, g, x, y, x2, y2, k, tau):
+    """A = |x - y|^2 for the backward from the forward's saved tensor (SAVE of _pair_fwd_kernel: A where k <= 0,
+    G = <x, y> where k > 0), and whether some batch has k > 0 (one host read).  k > 0 batches: A = |x|^2 + |y|^2 - 2G
+    as the forward forms it, its close pairs (the forward's test) recomputed exactly from the rows, as the forward
+    does (pairs with g = 0 contribute nothing: skipped).  k <= 0 only: the saved A itself (no copy)."""
+    kpos = k > 0
+    if not bool(kpos.any()):
+        return saved, False
+    s2 = x2[:, :, None] + y2[:, None, :]
+    A = torch.where(kpos[:, None, None], (s2 - 2 * saved).clamp_min(0), saved)  # (clamp_min keeps NaN, as the forward)
+    bi, ii, jj = (kpos[:, None, None] & (A < tau * s2) & (g != 0)).nonzero(as_tuple=True)
+    if bi.numel():
+        diff = x[bi, ii] - y[bi, jj]
+        A[bi, ii, jj] = (diff * diff).sum(-1)
+    return A, True
+
+
+def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
+    """(dx, dy, dk) of cdist from the forward's saved tensor (A where k <= 0, <x, y> where k > 0: _pair_fwd).
+
+    kpos: None = from k (a host read); True / False = the KPOS kernel or not (the compile check's variants)."""
     x, y, k = _pair_check(x, y, k)
     B, N, D = x.shape
     M = y.shape[1]
@@ -2110,10 +2158,14 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
     if B == 0 or N == 0 or M == 0 or D == 0 or not (want_x or want_y or want_k):
         return (torch.zeros_like(x) if want_x else x.new_empty(0), torch.zeros_like(y) if want_y else x.new_empty(0),
                 torch.zeros(B, dtype=k.dtype, device=x.device) if want_k else x.new_empty(0))
-    g, A, d = g.contiguous().to(x.dtype), A.contiguous(), d.contiguous()
+    g, saved, d = g.contiguous().to(x.dtype), saved.contiguous(), d.contiguous()
     x2 = (x * x).sum(-1).contiguous()
     y2 = (y * y).sum(-1).contiguous()
     tau = _pair_tau(D, x.dtype)
+    if kpos is None:
+        A, kpos = _pair_saved_A(saved, g, x, y, x2, y2, k, tau)
+    else:
+        A = saved
     ct = _compute_type(x.dtype)[0]
     pmin = _PAIR_MIN_P[x.dtype]
     bd = min(64, max(16, triton.next_power_of_2(D)))  # wider feature blocks spilled (D > 64: several blocks)
@@ -2124,7 +2176,15 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
         # 4 (float64) / 8 (float32) pairs a thread: the per-pair coefficients (and dk's) keep ~10 values
         # per pair live; 16 pairs a thread spilled
         bp, bq, nw = (32, 16, 4) if x.dtype == torch.float64 else (32, 32, 4)
-    blk = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd)
+        if kpos:  # (<x, y> beside A: one more value a pair; at 32 rows two variants spilled 24 B)
+            bp = 16
+    blk = dict(KPOS=kpos, CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd)
+    # KPOS (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): .maxnreg for the passes
+    # with dk and in float64 (left alone ptxas held the float32 D = 64 x pass with dk at 128-168 registers and the
+    # float64 D = 32 split y pass at 80 and spilled 8-12 B; with it they take 100-180); not for the float32 passes
+    # without dk (they take 64-165 left alone; with .maxnreg ptxas scheduled the D = 64 ones up to 255 and spilled)
+    def regs(nw_, need_k):
+        return _maxnreg(nw_) if kpos and (need_k or x.dtype == torch.float64) else {}
     # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
     # y pass at 8 (at 4 ptxas held it at 168 registers and spilled 8 B); the x pass at 4 with dk or in float32 (at 8
     # the float32 D = 64 pass with dk spilled 8 B at 128 registers, D = 32 without 4 B at 80 on sm_80), else at 8 (the
@@ -2139,17 +2199,19 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
             # split: the partials [S, B, N, D] (dk alone: no dx, a stand-in the kernel writes)
             out = x.new_empty((S, B, N, D)) if S > 1 or not want_x else x.new_zeros((B, N, D))
             dkp = (x.new_empty((S, B, N)) if S > 1 else x.new_empty((B, N))) if want_k else x
+            w_ = nw_x if S > 1 else nw
             _pair_bwd_kernel[(triton.cdiv(N, bp), S * nd, B)](
-                x, y, g, A, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau, q_per, nd,
-                NEED_K=want_k, SPLIT=S > 1, num_warps=nw_x if S > 1 else nw, **blk)
+                x, y, g, A, saved, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau, q_per, nd,
+                NEED_K=want_k, SPLIT=S > 1, num_warps=w_, **regs(w_, want_k), **blk)
             if want_x:
                 dx = out.sum(0) if S > 1 else out
         if want_y:
             S, q_per = _pair_split(M, N, nd, B, bp, bq, x.device, split)
             out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
+            w_ = nw_y if S > 1 else nw
             _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
-                y, x, g, A, d, y2, x2, k, out, out, M, N, D, 1, M, tau, q_per, nd,
-                NEED_K=False, SPLIT=S > 1, num_warps=nw_y if S > 1 else nw, **blk)
+                y, x, g, A, saved, d, y2, x2, k, out, out, M, N, D, 1, M, tau, q_per, nd,
+                NEED_K=False, SPLIT=S > 1, num_warps=w_, **regs(w_, False), **blk)
             dy = out.sum(0) if S > 1 else out
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
@@ -2178,13 +2240,14 @@ def _pair_bwd(g, x, y, k, A, d, mask: int, *, split=None):
 
 
 def cdist_fwd(x, y, k, save):
-    """(dist [B,N,M], A [B,N,M] when save, else empty) for x [B,N,D], y [B,M,D], k [B]."""
+    """(dist [B,N,M], saved [B,N,M] when save, else empty) for x [B,N,D], y [B,M,D], k [B]; saved[b] = |x - y|^2
+    (close pairs exact) where k[b] <= 0, <x, y> where k[b] > 0 (what cdist_bwd reads)."""
     return _pair_fwd(x, y, k, bool(save), False)
 
 
-def cdist_bwd(g, x, y, k, A, d, mask):
-    """(dx, dy, dk [B]) of cdist; mask bits 1 dx, 2 dy, 4 dk; unselected ones are empty."""
-    return _pair_bwd(g, x, y, k, A, d, int(mask))
+def cdist_bwd(g, x, y, k, saved, d, mask):
+    """(dx, dy, dk [B]) of cdist from cdist_fwd's saved tensor; mask bits 1 dx, 2 dy, 4 dk; unselected ones empty."""
+    return _pair_bwd(g, x, y, k, saved, d, int(mask))
 
 
 def rank_key(x, y, k):

@@ -120,7 +120,8 @@ def test_attention_variants_cover_every_dtype_mask_and_pass():
 
 
 def test_pairwise_stereographic_variants_are_listed():
-    """cdist (with and without the saved A), the rank keys, and the backward's roles and feature blocks."""
+    """cdist (with and without the saved tensor), the rank keys, and the backward's roles and feature blocks, each
+    also as the KPOS variant (a call with a k > 0 batch, session 41)."""
     pytest.importorskip("triton")
     from geoops.kernels import stereographic as S
 
@@ -130,6 +131,8 @@ def test_pairwise_stereographic_variants_are_listed():
             assert f"pair/{what}/{dt} fwd" in labels
         for D in S._PAIR_COMPILE_DIMS:
             assert f"pair/cdist/{dt}/D{D} bwd dx,dy,dk" in labels and f"pair/cdist/{dt}/D{D} bwd dx" in labels
+            assert f"pair/cdist/{dt}/D{D} bwd kpos dx,dy,dk" in labels
+            assert f"pair/cdist/{dt}/D{D} bwd split kpos dx" in labels
     for n in (2, 4, 8, 16, 32, 64):
         assert f"pair/knn/float32/n{n} nearest" in labels and f"pair/knn/float32/n{n} largest" in labels
     assert S.KNN_MAX_NEIGHBORS == 64

@@ -303,9 +303,12 @@ TRIPLE_CALLERS = {name: _register_triple(spec) for name, spec in TRIPLE_OPS.item
 # ---------------------------------------------------------------- pairwise (cdist, knn)
 # geoops::cdist_fwd(Tensor x, Tensor y, Tensor k, bool save) -> (Tensor dist, Tensor A)
 # geoops::cdist_bwd(Tensor g, Tensor x, Tensor y, Tensor k, Tensor A, Tensor dist, int mask) -> (dx, dy, dk)
-# on x [B, N, D], y [B, M, D] (float32/float64, contiguous), k [B]; dist and A = |x_i - y_j|^2 are
-# [B, N, M] (A empty unless save and the kernel set's SAVES_A; cdist_bwd then recomputes A).  dk is per batch [B]
-# in k's dtype.
+# on x [B, N, D], y [B, M, D] (float32/float64, contiguous), k [B]; dist and the saved tensor "A" are [B, N, M]
+# ("A" empty unless save and the kernel set's SAVES_A; cdist_bwd then recomputes what it needs).  "A" is what the
+# same set's cdist_bwd reads: |x_i - y_j|^2 (close pairs exact) in the batches with k <= 0, the set's own choice where
+# k > 0 -- Triton saves <x_i, y_j> there (its k > 0 coefficients need it: session 41); the C++ cdist_fwd_cpu(save)
+# writes A everywhere and its backward reads a saved tensor only when no batch has k > 0 (else it recomputes).  dk is
+# per batch [B] in k's dtype.
 class _PairCpp:
     # the C++ backward recomputes A per block of rows (one more GEMM) instead of reading an [N, M] buffer that the
     # forward would have to write (a second output stream, its page faults and its memory)

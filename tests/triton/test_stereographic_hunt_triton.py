@@ -295,23 +295,15 @@ def test_dist2plane_y_form_edges(device, d):
     nh._check_rule(run, gs.dist2plane, args, ("out", "dx", "dp", "da"), n_vec=3)
 
 
-# ---------------------------------------------------------------- cdist's backward far out on the sphere (session 40)
-@pytest.mark.xfail(strict=True, reason="the C++ fix (session 40: k > 0 pairs' coefficients in G = <x, y>, the GEMM's "
-                   "value) needs G in _pair_bwd_kernel, which has only the forward's saved A: recomputing G there by "
-                   "tl.dot under `if k > 0` was exact under the interpreter (float32 dx 1.5e-4 -> within the rule) but "
-                   "spilled 1.3-15 KB (float32, sm_80 / sm_90) and failed to compile in float64 (PassManager) in the "
-                   "compile check, so it was taken out.  A KPOS constexpr variant chosen on the host (a k > 0 batch in "
-                   "the call; 16-row tiles, 8 warps: commit 70ab9bb, reverted) passes this test and compiles "
-                   "everywhere but still spills 4-28 B (float32 D 10/32/64, float64; sm_80 / sm_90).  Other way on: "
-                   "the forward saving G (not A) for k > 0 batches, the backward forming A with its close pairs "
-                   "exact.  Written up, session 40")
+# ------------------------------------------------------------ cdist's backward far out on the sphere (sessions 40, 41)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cdist_sphere_far_points_gradients(device, dtype):
     """cdist's backward formed a pair's share of alpha (dx = alpha x - W y) as W + 2 g dd/d|x|^2 = W (1 - kA/p_x) and
     den as p_x p_y - kA, both of which cancel for x far out on the sphere (k|x|^2 >> 1): float32 dx up to ~1e-4, the
     eager reference's ~1e-6.  Now (k > 0) in G = <x, y>: W (1 + 2kG - k|y|^2)/p_x where k|x|^2 > 1 and |x| > |y| (and
-    the same for dy), den = 1 + 2kG + k^2|x|^2|y|^2.  One pair per batch (its own k) and the 8 x 8 cross pairs of the
-    rows with k = 1: per row within 2x the eager reference's error in the same dtype + a floor."""
+    the same for dy), den = 1 + 2kG + k^2|x|^2|y|^2 (C++ session 40; Triton session 41: the forward saves G for k > 0
+    batches, the KPOS backward reads it).  One pair per batch (its own k) and the 8 x 8 cross pairs of the rows with
+    k = 1: per row within 2x the eager reference's error in the same dtype + a floor."""
     from geoops.reference import stereographic as ref
 
     floor = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]

@@ -127,6 +127,40 @@ def test_cdist_gradients(dtype, k):
         assert err < tol, (name, err)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cdist_saved_tensor_per_batch_and_mixed_k(dtype):
+    """The forward's saved tensor is A = |x - y|^2 (close pairs exact, duplicates 0) where k <= 0 and G = <x, y>
+    where k > 0 (what the KPOS backward reads; it was A everywhere before session 41).  A call with both signs runs
+    the KPOS backward: its k <= 0 batches get the gradients of a call without k > 0 (the same bits under the
+    interpreter), its k > 0 batch the reference's."""
+    x = _points(3, 11, 6, dtype, 60, k=-1.0)
+    y = _close_pairs(x, _points(3, 13, 6, dtype, 61, k=-1.0), 1e-3, 62)
+    kt = torch.tensor([-1.0, 0.7, 0.0], dtype=dtype, device=DEVICE)
+    d, saved = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
+    x64, y64 = x.double().cpu(), y.double().cpu()
+    A = (x64[:, :, None] - y64[:, None]).pow(2).sum(-1)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    for b in (0, 2):
+        torch.testing.assert_close(saved[b].double().cpu(), A[b], rtol=1e-3, atol=0)  # (close pairs: exact)
+        assert (saved[b, 5, 5] == 0).all()
+    torch.testing.assert_close(saved[1].double().cpu(), x64[1] @ y64[1].T, rtol=rtol, atol=rtol)
+    g = torch.randn(d.shape, generator=torch.Generator().manual_seed(63), dtype=torch.float64).to(d)
+    mixed = ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, saved, d, 7)
+    nb = [0, 2]
+    alone = ops.PAIR_CALLERS["cdist_bwd"](g[nb], x[nb], y[nb], kt[nb], saved[nb], d[nb], 7)
+    for a, b in zip(mixed, alone):
+        if DEVICE == "cpu":
+            assert torch.equal(a[nb], b)
+        else:  # (another compiled variant)
+            torch.testing.assert_close(a[nb], b, rtol=rtol, atol=0)
+    rl = [t.detach().double().cpu().requires_grad_(True) for t in (x, y, kt)]
+    want = torch.autograd.grad(ref.cdist(rl[0], rl[1], k=rl[2].reshape(-1, 1, 1)), rl, g.double().cpu())
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for name, a, b in zip(("dx", "dy", "dk"), mixed, want):
+        err = float((a.double().cpu() - b).abs().max() / b.abs().max().clamp_min(1e-300))
+        assert err < tol, (name, err)
+
+
 def test_cdist_backward_wide_rows_and_masks():
     """D > 128 is walked in feature blocks; dy alone, dk alone."""
     x = _points(1, 9, 130, torch.float64, 10)
@@ -224,10 +258,11 @@ def _bwd(monkeypatch, split, g, x, y, k, A, d, mask):
     return ops.PAIR_CALLERS["cdist_bwd"](g, x, y, k, A, d, mask)
 
 
-def _sum_scale(g, x, y, k, A):
+def _sum_scale(g, x, y, k):
     """Per row of x (and of y): sum_j |W_ij| |y_j| + |alpha_i| |x_i| in float64, the magnitude of the terms the
     backward adds (a sum of n terms is within n u of this scale of the exact value in either order)."""
-    g, x, y, k, A = (t.double().cpu() for t in (g, x, y, k, A))
+    g, x, y, k = (t.double().cpu() for t in (g, x, y, k))
+    A = (x[:, :, None] - y[:, None]).pow(2).sum(-1)
     kk = k.reshape(-1, 1, 1)
     x2, y2 = (x * x).sum(-1), (y * y).sum(-1)
     px, py = 1 + kk[:, :, 0] * x2, 1 + kk[:, :, 0] * y2
@@ -263,7 +298,7 @@ def test_cdist_bwd_split_matches_unsplit_and_reference(monkeypatch, device, dtyp
     rl = [t.detach().double().cpu().requires_grad_(True) for t in (x, y, kt)]
     want = torch.autograd.grad(ref.cdist(rl[0], rl[1], k=rl[2].reshape(-1, 1, 1)), rl, g.double().cpu())
     u = torch.finfo(dtype).eps / 2
-    sx, sy = _sum_scale(g, x, y, kt, A)
+    sx, sy = _sum_scale(g, x, y, kt)
     for name, a, b, r, scale, n in (("dx", split[0], base[0], want[0], sx, M + D),
                                     ("dy", split[1], base[1], want[1], sy, N + D)):
         a, b = a.double().cpu(), b.double().cpu()
@@ -286,7 +321,7 @@ def test_cdist_bwd_split_near_boundary_float32(monkeypatch, device):
     g = torch.randn(d.shape, generator=torch.Generator().manual_seed(37), dtype=torch.float64).to(d)
     base = _bwd(monkeypatch, 0, g, x, y, kt, A, d, 7)
     split = _bwd(monkeypatch, 2, g, x, y, kt, A, d, 7)
-    sx, sy = _sum_scale(g, x, y, kt, A)
+    sx, sy = _sum_scale(g, x, y, kt)
     u = 2.0 ** -24
     for a, b, scale, n in ((split[0], base[0], sx, 45 + 7), (split[1], base[1], sy, 40 + 7)):
         assert ((a.double().cpu() - b.double().cpu()).abs() <= 2 * n * u * scale).all()
@@ -399,26 +434,29 @@ def host_reads(monkeypatch):
     return seen
 
 
-def _close_case(dtype, device):
-    x = _points(1, 21, 70, dtype, 50)
-    y = _close_pairs(x, _points(1, 19, 70, dtype, 51), 1e-3, 52)
-    kt = torch.full((1,), -1.0, dtype=dtype, device=device)
+def _close_case(dtype, device, k=-1.0):
+    x = _points(1, 21, 70, dtype, 50, k=k)
+    y = _close_pairs(x, _points(1, 19, 70, dtype, 51, k=k), 1e-3, 52)
+    kt = torch.full((1,), k, dtype=dtype, device=device)
     d, A = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
     g = torch.randn(d.shape, generator=torch.Generator().manual_seed(53), dtype=torch.float64).to(d)
     return x, y, kt, d, A, g
 
 
+@pytest.mark.parametrize("k", [-1.0, 0.7])
 @pytest.mark.parametrize("split", [0, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split):
+def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split, k):
     """cdist's backward with close pairs (their exact W (x_i - y_j) terms) and a copy of a point (A = 0), unsplit
-    and split, D = 70 (two feature blocks): the float64 reference within 1e-9 / 1e-4."""
+    and split, D = 70 (two feature blocks): the float64 reference within 1e-9 / 1e-4.  k > 0: the forward saved G,
+    the backward recomputes the close pairs' A from the rows (_pair_saved_A; from G they are off by ~100 %)."""
     monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", str(split))
-    x, y, kt, d, A, g = _close_case(dtype, device)
+    x, y, kt, d, saved, g = _close_case(dtype, device, k)
     tau = __import__("geoops.kernels.stereographic", fromlist=["_pair_tau"])._pair_tau(70, dtype)
+    A = (x[:, :, None] - y[:, None]).pow(2).sum(-1)
     x2, y2 = (x * x).sum(-1), (y * y).sum(-1)
     assert int(((A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :]))).sum()) >= 3  # close pairs present
-    dx, dy, dk = ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
+    dx, dy, dk = ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, saved, d, 7)
     rl = [t.detach().double().cpu().requires_grad_(True) for t in (x, y, kt)]
     want = torch.autograd.grad(ref.cdist(rl[0], rl[1], k=rl[2].reshape(-1, 1, 1)), rl, g.double().cpu())
     tol = 1e-9 if dtype == torch.float64 else 1e-4
@@ -430,7 +468,8 @@ def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split
 @pytest.mark.xfail(strict=True, reason="cdist's Triton backward reads close.any() and takes nonzero of the close "
                                        "pairs for its exact host-side fix-up (a device sync per backward); doing "
                                        "it in _pair_bwd_kernel spilled 50-900 B (session 36, "
-                                       "docs/families/stereographic-pairwise.md)")
+                                       "docs/families/stereographic-pairwise.md).  Since session 41 it also reads "
+                                       "whether some k > 0 (the KPOS variant; _pair_saved_A)")
 def test_cdist_backward_reads_nothing_back(device, host_reads):
     x, y, kt, d, A, g = _close_case(torch.float32, device)
     host_reads.clear()
