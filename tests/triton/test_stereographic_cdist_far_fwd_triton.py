@@ -16,8 +16,8 @@ needs_cpp = pytest.mark.skipif(_backend.compiled() is None, reason="geoops._C (t
 @pytest.mark.xfail(strict=True, reason="the Triton cdist forward forms k > 0's den as p_x p_y - kA (_pair_fwd_kernel), "
                    "which cancels ~p_x p_y / den-fold for x far out on the sphere against y near the origin: float32 "
                    "1.5e-5, float64 1.9e-14 off under the interpreter (the C++ forward takes den = 1 + 2kG + "
-                   "(k|x|^2)(k|y|^2) from the GEMM's G since session 41, and so does the Triton backward): written up.  "
-                   "Session 41's lead tried two fixes; both pass this test under the interpreter but spill in the "
+                   "(k|x|^2)(k|y|^2) from the GEMM's G since session 41, and so does the Triton backward): written "
+                   "up.  Session 41's lead tried two fixes; both pass this test under the interpreter but spill in the "
                    "compile check: den = 1 + 2kG + (k|x|^2)(k|y|^2) in the k > 0 branch (|x|^2, |y|^2 kept live): 4 B "
                    "(float64 fwd, Triton 3.6 sm_80); that den returned by _pair_a_tile in place of p_x p_y for k > 0 "
                    "(also fixing knn's keys): 4-12 B (float64 fwd, float32 knn n32; Triton 3.6 sm_80 / sm_90)")
