@@ -2233,11 +2233,13 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))
     # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own).  The
-    # host read (close.any(), nonzero: a device sync per backward) stays: doing it in _pair_bwd_kernel spilled
-    # 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
+    # nonzero (a device sync per backward; since session 42 without a close.any() read before it) stays: doing the
+    # fix-up in _pair_bwd_kernel spilled 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
+    if not (want_x or want_y):
+        return dx, dy, dk
     close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
-    if (want_x or want_y) and bool(close.any()):
-        bi, ii, jj = close.nonzero(as_tuple=True)
+    bi, ii, jj = close.nonzero(as_tuple=True)
+    if bi.numel():  # (host metadata: no second read)
         kk = k[bi]
         a = A[bi, ii, jj]
         px = 1 + kk * x2[bi, ii]
