@@ -1747,7 +1747,8 @@ def _pair_compile_variants():
 # with A < tau (|x|^2 + |y|^2) (tau = u (D + 4)/rel, rel = 1/512 fp32, 1e-12 fp64, as the C++ kernel) lost too many digits to the
 # cancellation: a tile that holds one recomputes its close pairs exactly, sum_d (x_d - y_d)^2 (so x
 # against itself gives exact zeros).  The epilogue turns A into the distance (or the rank key) in the
-# input precision, with IEEE division and square root and libdevice log1p / atan.
+# input precision, with IEEE division and square root and libdevice log1p / atan; k > 0's den (distance and key) as
+# 1 + 2kG + (k|x|^2)(k|y|^2) from the tile's G, not p_x p_y - kA (which cancels far out on the sphere; session 42).
 #
 # Backward (_pair_bwd_kernel, once for dx and once for dy with the roles of x and y swapped): per pair,
 # from A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
@@ -2086,7 +2087,8 @@ def _pair_fwd_blocks(dtype: torch.dtype):
     if INTERPRETED:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1)
     # 8 pairs a thread (float32: 64 x 64 tiles over 8 warps): the epilogue's transcendental keeps several
-    # values per pair live, and 32 pairs a thread spilled (kernels/COMPILE_REPORT.md)
+    # values per pair live, and 32 pairs a thread spilled (kernels/COMPILE_REPORT.md).  float64 with .maxnreg: with
+    # k > 0's den from G (session 42) ptxas held the cdist forward at 128 registers and spilled 4 B (Triton 3.6 sm_80)
     if dtype == torch.float64:
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, **_maxnreg(4))
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=8)
