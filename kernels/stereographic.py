@@ -1747,7 +1747,8 @@ def _pair_compile_variants():
 # with A < tau (|x|^2 + |y|^2) (tau = u (D + 4)/rel, rel = 1/512 fp32, 1e-12 fp64, as the C++ kernel) lost too many digits to the
 # cancellation: a tile that holds one recomputes its close pairs exactly, sum_d (x_d - y_d)^2 (so x
 # against itself gives exact zeros).  The epilogue turns A into the distance (or the rank key) in the
-# input precision, with IEEE division and square root and libdevice log1p / atan.
+# input precision, with IEEE division and square root and libdevice log1p / atan; k > 0's den (distance and key) as
+# 1 + 2kG + (k|x|^2)(k|y|^2) from the tile's G, not p_x p_y - kA (which cancels far out on the sphere; session 42).
 #
 # Backward (_pair_bwd_kernel, once for dx and once for dy with the roles of x and y swapped): per pair,
 # from A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
@@ -1803,7 +1804,10 @@ def _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT: tl.constexpr, BLOCK_M:
 @triton.jit
 def _pair_a_tile(X, Y, xrow, yrow, rmask, cmask, k, D, tau, CT: tl.constexpr, PMIN: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A = |x - y|^2 of a tile (close pairs recomputed exactly), p_x p_y, the tile's mask and G = <x, y>."""
+    """A = |x - y|^2 of a tile (close pairs recomputed exactly), G = <x, y>, the row norms and the tile's mask.
+
+    (No p_x p_y tile: each branch of the epilogue forms its own denominator from the norms, so no third pairwise
+    tile is live beside A and G.)"""
     g, x2, y2 = _pair_dot(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N, BLOCK_K)
     s2 = x2[:, None] + y2[None, :]
     a = s2 - 2.0 * g
@@ -1812,14 +1816,27 @@ def _pair_a_tile(X, Y, xrow, yrow, rmask, cmask, k, D, tau, CT: tl.constexpr, PM
     a = tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)  # (a NaN point's pairs stay NaN: maxnum drops it)
     if tl.max(close.to(tl.int32)) > 0:  # rare: tiles that hold a close pair (the diagonal of cdist(x, x))
         a = tl.where(close, _pair_exact_sq(X, Y, xrow, yrow, rmask, cmask, D, CT, BLOCK_M, BLOCK_N), a)
-    pp = _pair_p(k, x2, PMIN)[:, None] * _pair_p(k, y2, PMIN)[None, :]
-    return a, pp, m2, g
+    return a, g, x2, y2, m2
 
 
 @triton.jit
-def _pair_key(a, pp, k):
-    """The rank key: A/(p_x p_y) for k < 0, A/(p_x p_y - kA) for k > 0 (antipode: +inf), A for k = 0."""
-    den = tl.where(k < 0, pp, tl.where(k > 0, tl.maximum(pp - k * a, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0))
+def _pair_pp(k, x2, y2, PMIN: tl.constexpr):
+    """p_x p_y of a tile (each p clamped for k < 0)."""
+    return _pair_p(k, x2, PMIN)[:, None] * _pair_p(k, y2, PMIN)[None, :]
+
+
+@triton.jit
+def _pair_den_pos(g, x2, y2, k):
+    """den = 1 + 2k<x, y> + (k|x|^2)(k|y|^2) >= 0 for k > 0 (clamped at 0: the antipode), as the C++ kernels and
+    the Triton backward form it: p_x p_y - kA cancels ~p_x p_y / den-fold for x far out against y near 0."""
+    den = 1.0 + 2.0 * k * g + (k * x2)[:, None] * (k * y2)[None, :]
+    return tl.maximum(den, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _pair_key(a, g, x2, y2, k, PMIN: tl.constexpr):
+    """The rank key: A/(p_x p_y) for k < 0, A/den for k > 0 (_pair_den_pos; antipode: +inf), A for k = 0."""
+    den = tl.where(k < 0, _pair_pp(k, x2, y2, PMIN), tl.where(k > 0, _pair_den_pos(g, x2, y2, k), 1.0))
     return _div(a, den)
 
 
@@ -1835,20 +1852,20 @@ def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
     rmask = rows < N
     cmask = cols < M
     k = tl.load(K + b).to(CT)
-    a, pp, m2, g = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT, PMIN,
-                                BLOCK_M, BLOCK_N, BLOCK_K)
+    a, g, x2, y2, m2 = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT,
+                                    PMIN, BLOCK_M, BLOCK_N, BLOCK_K)
     off = (b * N + rows[:, None]) * M + cols[None, :]
     if SAVE:  # the backward's saved tensor (_pair_saved_A): A where k <= 0, G = <x, y> where k > 0
         tl.store(SOUT + off, tl.where(k > 0, g, a).to(SOUT.dtype.element_ty), mask=m2)
     if KEY:
-        v = _pair_key(a, pp, k)
+        v = _pair_key(a, g, x2, y2, k, PMIN)
     else:  # k is uniform over the program: one branch runs (and holds registers)
         rs = _div(1.0, _sqrt(tl.where(k != 0, tl.abs(k), 1.0)))
         if k < 0:  # log1p(t + sqrt(t (t + 2)))/sqrt(c), t = 2cA/(p_x p_y), c = -k
-            t = _div(-2.0 * k * a, tl.maximum(pp, 1e-15))  # the row ops' clamp of p_x p_y (C++ min_pp)
+            t = _div(-2.0 * k * a, tl.maximum(_pair_pp(k, x2, y2, PMIN), 1e-15))  # the row ops' clamp (C++ min_pp)
             v = _math.log1p(t + _sqrt(t * (t + 2.0))) * rs
-        elif k > 0:  # 2 atan2(sqrt(kA), sqrt(p_x p_y - kA))/sqrt(k)
-            den = tl.maximum(pp - k * a, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        elif k > 0:  # 2 atan2(sqrt(kA), sqrt(den))/sqrt(k), den = p_x p_y - kA formed from G (_pair_den_pos)
+            den = _pair_den_pos(g, x2, y2, k)
             ratio = _div(_sqrt(k * a), _sqrt(tl.where(den != 0, den, 1.0)))  # (den >= 0, or NaN: kept)
             v = 2.0 * tl.where(den != 0, _math.atan(ratio), 1.5707963267948966) * rs
         else:  # k = 0, or a NaN k (k * 0: NaN then, as dist; it was 2|x - y|)
@@ -1997,9 +2014,9 @@ def _pair_knn_kernel(X, Y, K, IDX, N, M, D, tau, n_out,
     for j0 in range(0, M, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         cmask = cols < M
-        a, pp, m2, _ = _pair_a_tile(X, Y, xrow, (b * M + cols) * D, rmask, cmask, k, D, tau, tl.float32, PMIN,
-                                    BLOCK_M, BLOCK_N, BLOCK_K)
-        key = _pair_key(a, pp, k)
+        a, g, x2, y2, m2 = _pair_a_tile(X, Y, xrow, (b * M + cols) * D, rmask, cmask, k, D, tau, tl.float32, PMIN,
+                                        BLOCK_M, BLOCK_N, BLOCK_K)
+        key = _pair_key(a, g, x2, y2, k, PMIN)
         # a NaN key as the positive quiet NaN (above +inf, as torch.topk ranks NaN) whatever its sign bit
         bits = tl.where(key == key, key.to(tl.int32, bitcast=True), 0x7FC00000).to(tl.int64) << 32
         c64 = cols.to(tl.int64)[None, :]
@@ -2070,9 +2087,10 @@ def _pair_fwd_blocks(dtype: torch.dtype):
     if INTERPRETED:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1)
     # 8 pairs a thread (float32: 64 x 64 tiles over 8 warps): the epilogue's transcendental keeps several
-    # values per pair live, and 32 pairs a thread spilled (kernels/COMPILE_REPORT.md)
+    # values per pair live, and 32 pairs a thread spilled (kernels/COMPILE_REPORT.md).  float64 with .maxnreg: with
+    # k > 0's den from G (session 42) ptxas held the cdist forward at 128 registers and spilled 4 B (Triton 3.6 sm_80)
     if dtype == torch.float64:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4)
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, **_maxnreg(4))
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=8)
 
 
@@ -2217,11 +2235,13 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))
     # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own).  The
-    # host read (close.any(), nonzero: a device sync per backward) stays: doing it in _pair_bwd_kernel spilled
-    # 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
+    # nonzero (a device sync per backward; since session 42 without a close.any() read before it) stays: doing the
+    # fix-up in _pair_bwd_kernel spilled 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
+    if not (want_x or want_y):
+        return dx, dy, dk
     close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
-    if (want_x or want_y) and bool(close.any()):
-        bi, ii, jj = close.nonzero(as_tuple=True)
+    bi, ii, jj = close.nonzero(as_tuple=True)
+    if bi.numel():  # (host metadata: no second read)
         kk = k[bi]
         a = A[bi, ii, jj]
         px = 1 + kk * x2[bi, ii]

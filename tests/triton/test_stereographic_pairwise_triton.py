@@ -465,16 +465,30 @@ def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split
         assert err < tol, (name, err)
 
 
-@pytest.mark.xfail(strict=True, reason="cdist's Triton backward reads close.any() and takes nonzero of the close "
-                                       "pairs for its exact host-side fix-up (a device sync per backward); doing "
-                                       "it in _pair_bwd_kernel spilled 50-900 B (session 36, "
-                                       "docs/families/stereographic-pairwise.md).  Since session 41 it also reads "
-                                       "whether some k > 0 (the KPOS variant; _pair_saved_A)")
+@pytest.mark.xfail(strict=True, reason="cdist's Triton backward reads whether some k > 0 (the KPOS variant and, for "
+                                       "k > 0 batches, A from the saved G with their close pairs exact: "
+                                       "_pair_saved_A, a nonzero) and takes nonzero of the close pairs for its "
+                                       "exact host-side fix-up W (x_i - y_j): 2 device syncs per backward where no "
+                                       "k > 0 (3 with), test_cdist_backward_host_reads.  The fix-up inside "
+                                       "_pair_bwd_kernel spilled 50-900 B (session 36); sync-free designs (a "
+                                       "fix-up kernel over per-tile close flags, KPOS per batch in-kernel) in "
+                                       "docs/families/stereographic-pairwise.md, Session 42")
 def test_cdist_backward_reads_nothing_back(device, host_reads):
     x, y, kt, d, A, g = _close_case(torch.float32, device)
     host_reads.clear()
     ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
     assert host_reads == []
+
+
+@pytest.mark.parametrize("k", [-1.0, 0.7])
+def test_cdist_backward_host_reads(device, host_reads, k):
+    """The reads cdist's Triton backward still takes (see the xfail above): whether some k > 0, the nonzero of the
+    k > 0 batches' close pairs (k > 0 only) and the nonzero of all close pairs, no close.any() before it (session
+    42; it read close.any() too before: 3 / 4 reads)."""
+    x, y, kt, d, A, g = _close_case(torch.float32, device, k)
+    host_reads.clear()
+    ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
+    assert host_reads == (["__bool__", "nonzero"] if k < 0 else ["__bool__", "nonzero", "nonzero"])
 
 
 def test_cdist_backward_self_and_near_boundary_float32(device):
