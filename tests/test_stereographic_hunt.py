@@ -500,3 +500,23 @@ def test_forward_ad_dual_with_a_tensor_k_keeps_its_tangent(dtype):
             got = fwAD.unpack_dual(f(fwAD.make_dual(x, t))).tangent
         assert got is not None
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_sin_k_low_precision_overflow_is_inf(dtype):
+    """sin_k at k = -1 in float16 / bfloat16 / float32 up to and past its overflow: the float64 value rounded to the
+    dtype (inf where sinh overflows), never NaN, and the gradient cosh where that is finite.  Session 41's expm1 form
+    ((e + e / (e + 1)) / 2 up to s = 20) gave NaN in float16 for s in (11.1, 20] (expm1 overflowed there, and
+    inf / inf is NaN; torch.sinh before it gave inf), and its e^(s/2) e^(s/2) / 2 beyond s = 20 an inf gradient in
+    float32 at s = 89 (cosh(89) = 2.2e38 is finite)."""
+    xs = [0.5, 3.0, 9.9, 10.5, 11.0, 11.5, 12.0, 15.0, 19.9, 20.0, 20.5, 30.0, 88.0, 89.0, 95.0]
+    x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+    got = gs.sin_k(x, torch.tensor(-1.0, dtype=dtype))
+    assert got.dtype == dtype
+    want = torch.sinh(x.detach().double()).to(dtype)  # (inf past the dtype's max)
+    assert not got.isnan().any(), got
+    torch.testing.assert_close(got.detach(), want, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    cosh = torch.cosh(x.detach().double())
+    fin = got.isfinite() & (cosh <= torch.finfo(dtype).max)  # (past sinh's overflow the gradient is not pinned)
+    torch.testing.assert_close(gx[fin], cosh[fin].to(dtype), rtol=8 * torch.finfo(dtype).eps, atol=0)

@@ -1195,6 +1195,26 @@ def test_logmap_fp32_long_rows_close_pairs_near_boundary(d, monkeypatch):
         assert err <= 1e-6, (rcp, err)
 
 
+@pytest.mark.parametrize("d", (2, 3, 5, 8, 12, 16))
+def test_logmap_fp32_short_rows_double_terms_close_pairs_near_boundary(d, monkeypatch):
+    """fp32 logmap on short rows through the double Mobius terms (GEOOPS_STEREO_F32_MOB=0: the register pass's
+    lanes_core_g terms, what builds without AVX-512 run by default; GEOOPS_STEREO_F32_REG=0: the fused blocks'
+    staging) on the close pairs near the boundary, k = -1: within 1e-6 of the float64 math on the same fp32 inputs,
+    as the default path and the double path (<= 2.1e-7).  Until session 42 both formed den = 1 + 2k<x,y> +
+    k^2|x|^2|y|^2 in double (not stereo_math.h's sub_den): 1.3e-6 .. 7.1e-6 at D = 3 .. 16."""
+    x, y = _close_near_boundary(d, seed=d, dtype=torch.float32)
+    k = torch.tensor(-1.0)
+    expect = _logmap_ref64(x.double(), y.double(), k.double())
+    for env in ({"GEOOPS_STEREO_F32_MOB": "0"}, {"GEOOPS_STEREO_F32_REG": "0"},
+                {"GEOOPS_STEREO_F32_REG": "0", "GEOOPS_STEREO_F32_MOB": "0"}):
+        for name in ("GEOOPS_STEREO_F32_MOB", "GEOOPS_STEREO_F32_REG", "GEOOPS_STEREO_F32_ROWS"):
+            monkeypatch.delenv(name, raising=False)
+        for name, v in env.items():
+            monkeypatch.setenv(name, v)
+        err = float(row_rel_err(gs.logmap(x, y, k=k), expect).max())
+        assert err <= 1e-6, (env, err)
+
+
 def _den_grads(fn, ref_fn, x, y, kv, w):
     """(ours, truth) lists of (out, dx, dy, dk) of fn (geoops) and ref_fn (the float64 reference) at per-row k = kv,
     gradients of sum(out * w)."""

@@ -310,7 +310,8 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
     } else if (OP == EXPMAP0 || OP == LOGMAP0) {
       t0[b] = k * xx, t1[b] = 1.0 + k * xx;
     } else if (OP == LOGMAP) {
-      const double den0 = 1.0 + 2.0 * k * xy + k * k * xx * yy, nb1 = 1.0 + k * xx;
+      // (sub_den: p_x p_y - k dd for k <= 0, no cancellation for close pairs near the boundary; session 42)
+      const double nb1 = 1.0 + k * xx, den0 = sub_den(nb1 * (1.0 + k * yy), xx, yy, xy, dd, k);
       t0[b] = den0 > lo ? den0 : lo, t1[b] = nb1, t2[b] = nb1 > lo ? nb1 : lo, t3[b] = k * dd, t4[b] = 1.0 + k * yy;
     }
   }
@@ -1173,7 +1174,8 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
       } else if (OP == EXPMAP0 || OP == LOGMAP0) {
         tt[0][h] = k * x2, tt[1][h] = one + k * x2;
       } else if (OP == LOGMAP) {
-        const DVec den0 = one + two * k * xy2 + k * k * x2 * y2, nb1 = one + k * x2;
+        // (sub_den, as the fused blocks' staging: p_x p_y - k dd for k <= 0; session 42)
+        const DVec nb1 = one + k * x2, den0 = sub_den(nb1 * (one + k * y2), x2, y2, xy2, dd[g][h], k);
         tt[0][h] = cl(den0), tt[1][h] = nb1, tt[2][h] = cl(nb1);
         tt[3][h] = k * dd[g][h], tt[4][h] = one + k * y2;
       }

@@ -68,11 +68,14 @@ def _atanh_pos(s: torch.Tensor) -> torch.Tensor:
 def _sinh_pos(s: torch.Tensor) -> torch.Tensor:
     """sinh(s) for s >= 0: (e + e / (e + 1)) / 2 with e = expm1(s) (no cancellation); e^(s/2) e^(s/2) / 2 beyond
     s = 20, where e^-2s is below float64's half ulp, so it overflows only where sinh does.  Each branch sees a safe
-    argument, so the unused one puts no NaN into the gradient."""
-    big = s > 20
+    argument, so the unused one puts no NaN into the gradient.  float16 switches at s = 10 (e^-20 is far below its
+    half ulp): its expm1 overflows past s = 11.1, and inf + inf / inf was NaN where sinh is inf."""
+    big = s > (10 if s.dtype == torch.float16 else 20)
     e = torch.expm1(torch.where(big, torch.zeros_like(s), s))
-    h = torch.exp(0.5 * torch.where(big, s, torch.zeros_like(s)))
-    return torch.where(big, (0.5 * h) * h, 0.5 * (e + e / (e + 1)))
+    t = torch.where(big, s, torch.zeros_like(s))
+    # (e^(t/2) as two nodes, the same bits: through one node the gradient formed e^(t/2) e^(t/2) or 2 sinh, which
+    # overflowed short of cosh, e.g. float32 s in (88.7, 89.4]; each node's share here is sinh / 2)
+    return torch.where(big, (0.5 * torch.exp(0.5 * t)) * torch.exp(0.5 * t), 0.5 * (e + e / (e + 1)))
 
 
 def _split(z: torch.Tensor):
