@@ -1229,16 +1229,20 @@ def test_dist_logmap_fp64_grads_close_pairs_near_boundary(d):
             assert err <= (1e-7 if (name, what) == ("logmap", "dk") else 1e-8), (name, what, err)
 
 
-def test_dist_fp64_gradcheck_near_boundary():
-    """torch.autograd.gradcheck of fp64 dist (x, y, per-row k) on close pairs (|x - y| ~ 3e-4) and far pairs (y = -x / 2)
-    1.5e-3 .. 9e-3 inside the boundary (finite differences of 1e-7 stay inside the ball), k = -1 and 0.5."""
-    g = torch.Generator().manual_seed(5)
+def _gradcheck_pairs(g):
+    """Six 3-d pairs (x, y) 1.5e-3 .. 9e-3 inside the boundary of k = -1 (finite differences of 1e-7 stay inside the
+    ball): three close (|x - y| ~ 3e-4), three far (y = -x / 2)."""
     u = torch.randn(6, 3, generator=g, dtype=torch.float64)
     fr = (1 - 1.5e-3 * (1 + torch.arange(6, dtype=torch.float64))).reshape(-1, 1)
     x = u / u.norm(dim=-1, keepdim=True) * fr
     yc = x + 3e-4 * torch.randn(6, 3, generator=g, dtype=torch.float64)
     yc = yc * torch.clamp(fr / yc.norm(dim=-1, keepdim=True), max=1.0)
-    y = torch.cat([yc[:3], -0.5 * x[3:]])
+    return x, torch.cat([yc[:3], -0.5 * x[3:]])
+
+
+def test_dist_fp64_gradcheck_near_boundary():
+    """torch.autograd.gradcheck of fp64 dist (x, y, per-row k) on _gradcheck_pairs, k = -1 and 0.5."""
+    x, y = _gradcheck_pairs(torch.Generator().manual_seed(5))
     for kv in (-1.0, 0.5):
         k = torch.full((6, 1), kv, dtype=torch.float64, requires_grad=True)
         args = (x.clone().requires_grad_(), y.clone().requires_grad_(), k)
@@ -1312,16 +1316,10 @@ def test_dist2plane_fp64_grads_close_pairs_near_boundary(d):
 
 
 def test_dist2plane_fp64_gradcheck_near_boundary():
-    """torch.autograd.gradcheck of fp64 dist2plane (x, p, a, per-row k; signed and not) on close pairs (|x - p| ~ 3e-4)
-    and far pairs (p = -x / 2) 1.5e-3 .. 9e-3 inside the boundary, k = -1 (den's non-cancelling form) and 0.5 (the
-    first form)."""
+    """torch.autograd.gradcheck of fp64 dist2plane (x, p, a, per-row k; signed and not) on _gradcheck_pairs (x, p),
+    random a, k = -1 (den's non-cancelling form) and 0.5 (the first form)."""
     g = torch.Generator().manual_seed(6)
-    u = torch.randn(6, 3, generator=g, dtype=torch.float64)
-    fr = (1 - 1.5e-3 * (1 + torch.arange(6, dtype=torch.float64))).reshape(-1, 1)
-    x = u / u.norm(dim=-1, keepdim=True) * fr
-    pc = x + 3e-4 * torch.randn(6, 3, generator=g, dtype=torch.float64)
-    pc = pc * torch.clamp(fr / pc.norm(dim=-1, keepdim=True), max=1.0)
-    p = torch.cat([pc[:3], -0.5 * x[3:]])
+    x, p = _gradcheck_pairs(g)
     a = torch.randn(6, 3, generator=g, dtype=torch.float64)
     for kv in (-1.0, 0.5):
         for signed in (False, True):
