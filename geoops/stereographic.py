@@ -2279,7 +2279,9 @@ def dist2plane(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, *, k, keepdim:
     ``arsin_k(2 |<d, a>| / ((1 + k|d|^2) |a|))`` with d = (-p) (+)_k x (|d|^2 clamped at 1e-15, the denominator's
     magnitude at 1e-15), signed without the |.|, times |a| when ``scaled``.  One fused kernel: d is never
     formed, its norm and <d, a> come from the row's dot products (|x - p|^2 accumulated directly, so close x
-    and p keep their digits); gradients to x, p, a and k."""
+    and p keep their digits; for k <= 0, d's denominator is (1 + k|p|^2)(1 + k|x|^2) - k|x - p|^2 and
+    1 + k|d|^2 that product over it, no clamp: terms that do not cancel near the boundary); gradients to x, p, a
+    and k."""
     return _run_triple("dist2plane", (x, p, a), k, dim, flags=(1 if signed else 0) | (2 if scaled else 0),
                        keepdim=keepdim)
 

@@ -1180,8 +1180,12 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         # logmap's two forms, stereo_math.h's logmap_y_form, with p in x's place), |N|^2 = ee den
         yf = (k * s11 > 1.0) & (s11 > s00)
         B = 1.0 + k * s11
+        C = 1.0 + k * s00
         w = 1.0 + 2.0 * k * s01 - k * s00
-        den, live_den = _live_min(1.0 + 2.0 * k * s01 + k * k * s11 * s00, 1e-15)
+        # den = B C - k ee for k <= 0, the first form for k > 0 (_sub_den, session 41; it cancelled for close x, p
+        # near the boundary); 1 + k |diff|^2 = B C / den for k <= 0, from |diff|^2 (clamped) for k > 0
+        pos = k > 0
+        den, live_den = _live_min(_sub_den(B * C, s11, s00, s01, see, k), 1e-15)
         kee = k * see
         n2 = B * B * see + 2.0 * B * kee * se1 + kee * kee * s11
         r2 = tl.where(yf, see / den, n2 / (den * den))
@@ -1192,7 +1196,8 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         else:
             sc = tl.abs(scs)
         an = _sqrt(s22)
-        dd_raw = (1.0 + k * diff2) * an
+        q = tl.where(pos, 1.0 + k * diff2, B * C / den)
+        dd_raw = q * an
         live_dd = ~(tl.abs(dd_raw) < 1e-15)
         dd = tl.where(live_dd, dd_raw, tl.where(dd_raw >= 0, 1e-15, -1e-15))
         z = 2.0 * sc / dd
@@ -1206,23 +1211,25 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
             adj_an = zero
         adj_sc = adj_z * 2.0 / dd
         adj_dd = tl.where(live_dd, -adj_z * z / dd, 0.0)
-        adj_diff2 = adj_dd * k * an
-        gk += adj_dd * diff2 * an
-        adj_an += adj_dd * (1.0 + k * diff2)
+        adj_q = adj_dd * an
+        adj_diff2 = tl.where(pos, adj_q * k, 0.0)
+        gk += tl.where(pos, adj_q * diff2, 0.0)
+        adj_P = tl.where(pos, 0.0, adj_q / den)  # q = P / den, P = B C (k <= 0)
+        adj_an += adj_dd * q
         g22 = tl.where(an > 0, adj_an * 0.5 / tl.where(an > 0, an, 1.0), 0.0)
         if FLAGS & 1:
             adj_scs = adj_sc
         else:
             adj_scs = tl.where(scs > 0, adj_sc, tl.where(scs < 0, -adj_sc, 0.0))
         adj_num = adj_scs / den
-        adj_den = -adj_scs * scs / den
+        adj_den = -(adj_scs * scs + adj_P * B * C) / den
         adj_r2 = tl.where(live_d2, adj_diff2, 0.0)
         # x form: r2 = n2 / den^2, num = B ea + kee pa; y form: r2 = ee / den, num = kee xa + w ea
         adj_n2 = tl.where(yf, 0.0, adj_r2 / (den * den))
         adj_den += tl.where(yf, -adj_r2 * r2 / den, -2.0 * adj_r2 * r2 / den)
         adj_nx = tl.where(yf, 0.0, adj_num)
         adj_ny = tl.where(yf, adj_num, 0.0)
-        adj_B = adj_nx * se2 + adj_n2 * (2.0 * B * see + 2.0 * kee * se1)
+        adj_B = adj_nx * se2 + adj_n2 * (2.0 * B * see + 2.0 * kee * se1) + adj_P * C
         adj_w = adj_ny * se2
         ge2 = adj_nx * B + adj_ny * w
         adj_kee = adj_nx * s12 + adj_n2 * (2.0 * B * se1 + 2.0 * kee * s11) + adj_ny * s02
@@ -1232,11 +1239,13 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         ge1 = adj_n2 * 2.0 * B * kee
         g11 = adj_n2 * kee * kee
         gk += adj_kee * see
-        adj_denr = tl.where(live_den, adj_den, 0.0)
-        g01 = adj_denr * 2.0 * k + adj_w * 2.0 * k
-        g11 += adj_denr * k * k * s00 + adj_B * k
-        g00 = adj_denr * k * k * s11 - adj_w * k
-        gk += adj_denr * (2.0 * s01 + 2.0 * k * s11 * s00) + adj_B * s11 + adj_w * (2.0 * s01 - s00)
+        d_pp, d_xx, d_xp, d_ee, d_k = _sub_den_vjp(adj_den, live_den, s11, s00, s01, see, k)
+        adj_C = adj_P * B
+        g01 = d_xp + adj_w * 2.0 * k
+        g11 += d_pp + adj_B * k
+        g00 = d_xx - adj_w * k + adj_C * k
+        gee += d_ee
+        gk += d_k + adj_B * s11 + adj_w * (2.0 * s01 - s00) + adj_C * s00
         if FLAGS & 1:
             c0 = tl.where(xf, -c0, c0)
         # x far: the adjoints of x*'s dot products chained to x's (xx* = ik2 = 1/(k^2 xx), <x*, p> = c xp,

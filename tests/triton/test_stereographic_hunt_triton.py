@@ -402,3 +402,57 @@ def test_dist_logmap_den_forms_match_cpp(device):
             err = sh.row_rel_err(o[ok], c[ok])
             bound = 1e-6 if (fn is gs.logmap and what == "dk") else tol  # (1.2e-7 before session 41 too: see above)
             assert float(err.max()) <= bound, (fn.__name__, what, float(err.max()))
+
+
+@needs_cpp
+@pytest.mark.parametrize("d", [2, 17])
+def test_dist2plane_close_pairs_near_boundary(device, d):
+    """dist2plane (signed and not) on the close pairs near the boundary on the Triton kernels, fp64, k = -1 per row:
+    value, dx, dp, dk within 1e-8 (values 1e-9, da 5e-8: see the CPU test) of torch.autograd on the non-cancelling
+    float64 form (tests/test_stereographic_short.py, _dist2plane_ref64).  Before session 42 _triple_vjp formed den = 1 + 2k<x,p> +
+    k^2|p|^2|x|^2 and 1 + k|diff|^2 from it (~1e-5 off there)."""
+    sh = _short()
+    x, p = sh._close_near_boundary(d, seed=d)
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    w = torch.randn(x.shape[0], generator=g, dtype=torch.float64)
+    for signed in (False, True):
+        res = []
+        for f in (lambda *t: gs.dist2plane(*(v.to(device) for v in t[:3]), k=t[3].to(device), signed=signed).cpu(),
+                  lambda *t: sh._dist2plane_ref64(*t, signed=signed)):
+            xs, ps, as_ = x.clone().requires_grad_(), p.clone().requires_grad_(), a.clone().requires_grad_()
+            k = torch.full((x.shape[0], 1), -1.0, dtype=torch.float64, requires_grad=True)
+            out = f(xs, ps, as_, k)
+            res.append([out.detach(), *torch.autograd.grad((out * w).sum(), (xs, ps, as_, k))])
+        for what, o, t in zip(("out", "dx", "dp", "da", "dk"), *res):
+            o, t = (o.unsqueeze(-1), t.unsqueeze(-1)) if o.dim() == 1 else (o, t)
+            err = float(sh.row_rel_err(o, t).max())
+            assert err <= {"out": 1e-9, "da": 5e-8}.get(what, 1e-8), (signed, what, err)
+
+
+@needs_cpp
+def test_dist2plane_den_forms_match_cpp(device):
+    """Per-row k of both signs (den's two forms, chosen per row by k's sign, forward and backward) on random, close,
+    near-boundary and far pairs (D = 5, fp64), every flag pair: dist2plane, its dx, dp, dk as the C++ backend's (its
+    dual numbers), within 1e-10 relative per row; da within 1e-8 (G_ea x - G_ea p on close pairs, test_stereographic_
+    short.py's gradient test: 6e-10 apart before session 42 too)."""
+    sh = _short()
+    x, p = sh._dist_house_rows(5, -1.0, seed=7, n=64 * 6)
+    x, p = x.double() * 0.5, p.double() * 0.5
+    a = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    kv = torch.tensor([-1.0, -0.3, 0.0, 0.4, -2.0, 1.5] * 64, dtype=torch.float64).reshape(-1, 1)
+    w = torch.randn(x.shape[0], generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    for signed in (False, True):
+        for scaled in (False, True):
+            res = []
+            for dev, backend in ((device, "triton"), ("cpu", "cpp")):
+                xs, ps, as_, k = (t.to(dev).clone().requires_grad_() for t in (x, p, a, kv))
+                with geoops.use_backend(backend):
+                    out = gs.dist2plane(xs, ps, as_, k=k, signed=signed, scaled=scaled)
+                    grads = torch.autograd.grad((out * w.to(dev)).sum(), (xs, ps, as_, k))
+                res.append([t.detach().cpu() for t in (out, *grads)])
+            for what, o, c in zip(("out", "dx", "dp", "da", "dk"), *res):
+                o, c = (o.unsqueeze(-1), c.unsqueeze(-1)) if o.dim() == 1 else (o, c)
+                ok = c.isfinite().all(-1) & (c.norm(dim=-1) > 1e-12)  # (x = p rows: da is 0 to rounding, 1e-17)
+                err = float(sh.row_rel_err(o[ok], c[ok]).max())
+                assert err <= (1e-8 if what == "da" else 1e-10), (signed, scaled, what, err)

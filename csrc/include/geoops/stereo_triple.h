@@ -275,7 +275,8 @@ template <typename T> GEO_HD void eval_dist2plane(const T* s, const T& k, int fl
 
 template <typename T> GEO_HD void eval_dist2plane_rows(const T* s, const T& k, int flags, T* c) {
   // v0 = x, v1 = p, v2 = a; s = (xx, pp, xp, pa, aa, ee, pe, ea, xa) with e = x - p.
-  // diff = (-p) (+)_k x = N / max(den, 1e-15), den = 1 + 2k <x,p> + k^2 pp xx, |N|^2 = ee den, in logmap's two forms
+  // diff = (-p) (+)_k x = N / max(den, 1e-15), den = 1 + 2k <x,p> + k^2 pp xx = P - k ee (P = (1 + k pp)(1 + k xx)),
+  // |N|^2 = ee den, in logmap's two forms
   // (stereo_math.h, logmap_y_form, with p in logmap's x place): the x form N = B e + k ee p, B = 1 + k pp (the
   // numerator (1 + 2k<x,p> - k xx)(-p) + B x rewritten so that close x, p keep their digits), and, where k pp > 1
   // and pp > xx (p far out on the sphere, where the x form's terms cancel: float64 values 1e-11 off at |p| ~ 100,
@@ -290,15 +291,26 @@ template <typename T> GEO_HD void eval_dist2plane_rows(const T* s, const T& k, i
   const T& ea = s[7];
   const T& xa = s[8];
   const T B = 1.0 + k * pp;
-  const T den = t_max(1.0 + 2.0 * k * xp + k * k * pp * xx, stereo::min_den<double>());
+  const T P = B * (1.0 + k * xx);
+  // den = P - k ee for k <= 0 (non-negative terms; the first form cancels for close x, p near the boundary),
+  // 1 + 2k xp + k^2 pp xx for k > 0 (stereo_math.h, sub_den, session 41); the dual numbers follow the form taken
+  const T den = t_max(stereo::sub_den(P, pp, xx, xp, ee, k), stereo::min_den<double>());
   const T kee = k * ee;
   const bool yf = val(k) * val(pp) > 1.0 && val(pp) > val(xx);
-  const T diff2 = yf ? t_max(ee / den, 1e-15)
-                     : t_max((B * B * ee + 2.0 * B * kee * pe + kee * kee * pp) / (den * den), 1e-15);
   T sc = yf ? (kee * xa + (1.0 + 2.0 * k * xp - k * xx) * ea) / den : (B * ea + kee * pa) / den;
   if (!(flags & SIGNED)) sc = t_abs(sc);
   const T an = t_sqrt(aa);
-  T dd = (1.0 + k * diff2) * an;
+  // 1 + k |diff|^2: for k <= 0 as P / den (= (den + k ee) / den; 1 + k |diff|^2 cancels where |diff| nears the
+  // boundary; |diff|^2's 1e-15 clamp moved it by at most |k| 1e-15), for k > 0 from |diff|^2 as before
+  T q;
+  if (val(k) > 0) {
+    const T diff2 = yf ? t_max(ee / den, 1e-15)
+                       : t_max((B * B * ee + 2.0 * B * kee * pe + kee * kee * pp) / (den * den), 1e-15);
+    q = 1.0 + k * diff2;
+  } else {
+    q = P / den;
+  }
+  T dd = q * an;
   dd = val(dd) >= 0 ? t_max(dd, 1e-15) : t_min(dd, -1e-15);
   T d = arsin_k(2.0 * sc / dd, k);
   if (flags & SCALED) d = d * an;
