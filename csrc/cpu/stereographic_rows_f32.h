@@ -727,7 +727,7 @@ GEOOPS_F32_AI void round_pow2(const FVec& m, FVec& n, FVec& sc) {
 inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec(*)[1]>(&v); }
 // QUOT (expmap's float Mobius terms, lanes_mob_g; session 30): s as sqrt_cr's (the estimate corrected once by its
 // FMA residual; session 42: vsqrtps, correctly rounded, the same bits on the A/B's 2^20 rows at D = 2, 5 and ~8
-// multiply-class operations fewer per vector; measured 0.97-0.98x expmap's time there) and tanh(s)/s as one
+// multiply-class operations fewer per vector; measured 0.97-0.99x expmap's time there) and tanh(s)/s as one
 // quotient ((1 - e) / ((1 + e) s)) of that same s, where 1/s from the estimate and s = s2 (1/s) carried its error twice (tanh(s)/s's sensitivity to s is ~0 for small s, but 1/s's error is not
 // cancelled by anything): expmap's t missed by up to ~8 float ulps (x = 0 rows) against ~2.7 with the double terms'
 // tanc_neg, and its cancelling write a x + b u turned that into 1.5-2.6x the eager fp32 error in the worst rows.
@@ -878,9 +878,10 @@ GEOOPS_F32_AI void log_ratio_fg(const FVec (&n)[G], const FVec (&d)[G], FVec (&o
 
 // AVX-512 (session 42): 1 + w = 1 + 2s(1 + s)/q = (1 + s)^2 / q (q = 1 - s^2), so log1p(w) = log((1 + s)^2 / q) by
 // log_ratio_fg: one division where 1/q (estimate and Newton step), the products of w, 1 + w and log1p_big_fg's
-// normalisation and quotient took more operations per vector.  The ratio's rounding: 1 + s and its square (~3 2^-24
-// relative, but see below) against s(1 + s), 2s, the reciprocal, the product and 1 + w before; q is the caller's (the
-// double terms' accurately rounded 1 + z): the cancelling 1 - s^2 is still never formed in float.  s = vsqrtps
+// normalisation and quotient took more operations per vector.  The ratio's rounding: (1 + s)^2 as one FMA (~1.5 2^-24
+// relative) against s(1 + s), 2s, the reciprocal, the product and 1 + w before (worst rows of test_f32_atanc_log_ratio
+// 1.8-2.4e-7 against 2.5-2.8e-7; (1 + s) rounded and then squared gave 3.0e-7); q is the caller's (the double terms'
+// accurately rounded 1 + z): the cancelling 1 - s^2 is still never formed in float.  s = vsqrtps
 // (correctly rounded) and the final 1/s a division, in place of the reciprocal square root's estimate, its Newton step
 // and s = s^2 (1/s) (~6 multiply-class operations per vector; the divider is otherwise idle here).
 template <int G>
