@@ -728,9 +728,10 @@ inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec
 // QUOT (expmap's float Mobius terms, lanes_mob_g; session 30): s as sqrt_cr's (the estimate corrected once by its
 // FMA residual; session 42: vsqrtps, correctly rounded, the same bits on the A/B's 2^20 rows at D = 2, 5 and ~8
 // multiply-class operations fewer per vector; measured 0.97-0.99x expmap's time there) and tanh(s)/s as one
-// quotient ((1 - e) / ((1 + e) s)) of that same s, where 1/s from the estimate and s = s2 (1/s) carried its error twice (tanh(s)/s's sensitivity to s is ~0 for small s, but 1/s's error is not
-// cancelled by anything): expmap's t missed by up to ~8 float ulps (x = 0 rows) against ~2.7 with the double terms'
-// tanc_neg, and its cancelling write a x + b u turned that into 1.5-2.6x the eager fp32 error in the worst rows.
+// quotient ((1 - e) / ((1 + e) s)) of that same s, where 1/s from the estimate and s = s2 (1/s) carried its error
+// twice (tanh(s)/s's sensitivity to s is ~0 for small s, but 1/s's error is not cancelled by anything): expmap's
+// t missed by up to ~8 float ulps (x = 0 rows) against ~2.7 with the double terms' tanc_neg, and its cancelling
+// write a x + b u turned that into 1.5-2.6x the eager fp32 error in the worst rows.
 template <int G, bool QUOT = false>
 GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
