@@ -585,6 +585,47 @@ def test_f32_fused_atanc_float_accuracy(op, d, monkeypatch):
         assert err <= 1e-6, (kv, err)
 
 
+@pytest.mark.parametrize("d", (2, 5))
+@pytest.mark.parametrize("op", ("logmap0", "logmap", "dist"))
+def test_f32_atanc_log_ratio(op, d, monkeypatch):
+    """The float atanc's log on AVX-512 (session 42): log((1 + s)^2 / q) from the two mantissas' one quotient
+    t = (mn - md) / (mn + md), |t| < 1/3, and the series to t^15.  Rows whose z = k|y|^2 (logmap0; logmap / dist with
+    x = 0 and x near y) sweeps the whole non-series range (-1, -0.05] densely, so that mn / md falls on both sides of
+    1 and reaches ~0.5 and ~2: within 2.45e-7 of the fp64 math on the same fp32 inputs, relative to the output's norm
+    (measured 1.8-2.4e-7; the form before, 1/q by an estimate and log1p(w) of the product w, 2.5-3.1e-7 on these rows,
+    the eager fp32 reference ~3e-3), on the default path (the register pass) and the fused blocks (logmap0, logmap:
+    GEOOPS_STEREO_F32_ROWS=2 with GEOOPS_STEREO_F32_REG=0).  AVX-512 builds (the other builds keep the old form)."""
+    if LAYOUT["isa"] != "AVX512":
+        pytest.skip("the log-ratio atanc is the AVX-512 lane math's")
+    n = 32 * 64
+    g = torch.Generator().manual_seed(4200 + d)
+    kv = -1.0
+    frac = torch.cat([0.2236 + 0.7764 * torch.rand(n // 2, generator=g, dtype=torch.float64),
+                      1 - torch.logspace(-6, -0.7, n - n // 2, dtype=torch.float64)])
+    frac = frac[torch.randperm(n, generator=g)]
+    y = pc._ball_points(g, n, d, kv, frac).float()
+    if op == "logmap0":
+        args = (y,)
+    elif op == "logmap":
+        args = (torch.zeros_like(y), y)
+    else:  # dist(0, y) = 2 artanh(|y|): the same z as logmap0's
+        args = (torch.zeros_like(y), y)
+    k = torch.tensor(kv)
+    expect = getattr(ref, op)(*(a.double() for a in args), k=k.double())
+    for path in ("default", "fused"):
+        if path == "fused":
+            if op == "dist":  # (no fused blocks: its GEOOPS_STEREO_F32_REG=0 path is the double one)
+                continue
+            monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+            monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
+        out = getattr(gs, op)(*args, k=k).double()
+        if op == "dist":
+            err = ((out - expect).abs() / expect.abs()).max()
+        else:
+            err = ((out - expect).norm(dim=-1) / expect.norm(dim=-1)).max()
+        assert float(err) <= 2.45e-7, (path, float(err))
+
+
 # ---------------------------------------------------------------- one register pass per 16 rows
 # At D <= 16 (AVX-512 builds) the fast path loads 16 rows as D vectors, permutes them into column registers, runs
 # the fused path's lane math on those registers and writes through expanding permutes, with no scratch lanes

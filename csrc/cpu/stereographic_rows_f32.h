@@ -727,19 +727,24 @@ GEOOPS_F32_AI void round_pow2(const FVec& m, FVec& n, FVec& sc) {
 // One vector as the G = 1 array of the functions below.
 inline const FVec (&as1(const FVec& v))[1] { return *reinterpret_cast<const FVec(*)[1]>(&v); }
 // QUOT (expmap's float Mobius terms, lanes_mob_g; session 30): s as sqrt_cr's (the estimate corrected once by its
-// FMA residual) and tanh(s)/s as one quotient ((1 - e) / ((1 + e) s)) of that same s, where 1/s from the estimate
-// and s = s2 (1/s) carried its error twice (tanh(s)/s's sensitivity to s is ~0 for small s, but 1/s's error is not
-// cancelled by anything): expmap's t missed by up to ~8 float ulps (x = 0 rows) against ~2.7 with the double terms'
-// tanc_neg, and its cancelling write a x + b u turned that into 1.5-2.6x the eager fp32 error in the worst rows.
+// FMA residual; session 42: vsqrtps, correctly rounded, the same bits on the A/B's 2^20 rows at D = 2, 5 and ~8
+// multiply-class operations fewer per vector; measured 0.97-0.99x expmap's time there) and tanh(s)/s as one
+// quotient ((1 - e) / ((1 + e) s)) of that same s, where 1/s from the estimate and s = s2 (1/s) carried its error
+// twice (tanh(s)/s's sensitivity to s is ~0 for small s, but 1/s's error is not cancelled by anything): expmap's
+// t missed by up to ~8 float ulps (x = 0 rows) against ~2.7 with the double terms' tanc_neg, and its cancelling
+// write a x + b u turned that into 1.5-2.6x the eager fp32 error in the worst rows.
 template <int G, bool QUOT = false>
 GEOOPS_F32_AI void tanc_neg_fg(const FVec (&z)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   FVec s2[G], rs[G], s[G], x[G], n[G], r[G], p[G], q[G], sc[G], num[G], den[G];
   GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
-  GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
-  GEOOPS_G s[g] = s2[g] * rs[g];
-  if constexpr (QUOT) GEOOPS_G s[g] = sqrt_fix(s2[g], s[g], rs[g]);
+  if constexpr (QUOT) {
+    GEOOPS_G s[g] = s2[g].sqrt();
+  } else {
+    GEOOPS_G rs[g] = rsqrt_nr(s2[g]);  // 1/s
+    GEOOPS_G s[g] = s2[g] * rs[g];
+  }
   GEOOPS_G x[g] = FVec(-2.f) * min_c(s[g], FVec(9.f));
   GEOOPS_G round_pow2(x[g] * FVec(1.44269504088896341f), n[g], sc[g]);  // n = round(x log2 e), sc = 2^n
   GEOOPS_G r[g] = at::vec::fnmadd(n[g], FVec(1.42860682030941723e-06f), at::vec::fnmadd(n[g], FVec(0.693145751953125f), x[g]));
@@ -842,16 +847,67 @@ GEOOPS_F32_AI FVec log1p_big_f(const FVec& w) {
   return log1p_big_fg<1>(as1(w), out), out[0];
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// log(n / d) for positive normal floats n, d with n / d >= 1.5 (atanc_neg_fg's (1 + s)^2 / q) and one division
+// (session 42, in place of 1 / d, w = n / d - 1 as products and log1p_big_fg's second division): n = mn 2^en,
+// d = md 2^ed with mn, md in [1, 2) (vgetmantps / vgetexpps, exact), so n / d = (mn / md) 2^(en - ed) with mn / md in
+// (0.5, 2) and log(mn / md) = 2 artanh(t), t = (mn - md) / (mn + md) in (-1/3, 1/3): mn - md is exact (Sterbenz: md / 2
+// <= mn <= 2 md), mn + md one rounding, the quotient one more.  The odd series to t^15 (truncation < (1/3)^16 / 17 ~
+// 1.4e-9 relative; two terms more than log_mant_exp_fg's, whose |t| <= 0.2).  n / d >= 1.5 keeps the result >= 0.4
+// whatever en - ed: no cancellation between e ln 2 and log(mn / md).
+template <int G>
+GEOOPS_F32_AI void log_ratio_fg(const FVec (&n)[G], const FVec (&d)[G], FVec (&out)[G]) {
+  FVec mn[G], md[G], e[G], t[G], t2[G], p[G];
+  GEOOPS_G {
+    mn[g] = FVec(_mm512_getmant_ps(n[g], _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src));
+    md[g] = FVec(_mm512_getmant_ps(d[g], _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src));
+    e[g] = FVec(_mm512_getexp_ps(n[g])) - FVec(_mm512_getexp_ps(d[g]));
+  }
+  GEOOPS_G t[g] = (mn[g] - md[g]) / (mn[g] + md[g]);
+  GEOOPS_G t2[g] = t[g] * t[g];
+  GEOOPS_G p[g] = at::vec::fmadd(FVec(1.f / 15.f), t2[g], FVec(1.f / 13.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 11.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 9.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 7.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 5.f));
+  GEOOPS_G p[g] = at::vec::fmadd(p[g], t2[g], FVec(1.f / 3.f));
+  GEOOPS_G {
+    const FVec lm = at::vec::fmadd(FVec(2.f) * t[g] * t2[g], p[g], FVec(2.f) * t[g]);  // log(mn / md) = 2t + 2t^3 p
+    out[g] = at::vec::fmadd(e[g], FVec(0.693145751953125f), at::vec::fmadd(e[g], FVec(1.42860682030941723e-06f), lm));
+  }
+}
+#endif
+
+// AVX-512 (session 42): 1 + w = 1 + 2s(1 + s)/q = (1 + s)^2 / q (q = 1 - s^2), so log1p(w) = log((1 + s)^2 / q) by
+// log_ratio_fg: one division where 1/q (estimate and Newton step), the products of w, 1 + w and log1p_big_fg's
+// normalisation and quotient took more operations per vector.  The ratio's rounding: (1 + s)^2 as one FMA (~1.5 2^-24
+// relative) against s(1 + s), 2s, the reciprocal, the product and 1 + w before (worst rows of test_f32_atanc_log_ratio
+// 1.8-2.4e-7 against 2.5-2.8e-7; (1 + s) rounded and then squared gave 3.0e-7); q is the caller's (the double terms'
+// accurately rounded 1 + z): the cancelling 1 - s^2 is still never formed in float.  s = vsqrtps
+// (correctly rounded) and the final 1/s a division, in place of the reciprocal square root's estimate, its Newton step
+// and s = s^2 (1/s) (~6 multiply-class operations per vector; the divider is otherwise idle here).
 template <int G>
 GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&out)[G]) {
   const FVec cut(stereo::series_cut<float>());
-  FVec s2[G], rs[G], s[G], w[G], l[G];
+  FVec s2[G], s[G], w[G], l[G];
   GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
+#if defined(CPU_CAPABILITY_AVX512)
+  FVec qc[G];
+  GEOOPS_G {
+    s[g] = s2[g].sqrt();
+    // (1 + s)^2 as 1 + s (2 + s), one FMA: ~1.5 2^-24 relative where (1 + s) squared after its rounding doubled it
+    w[g] = at::vec::fmadd(s[g], FVec(2.f) + s[g], FVec(1.f)), qc[g] = max_c(q[g], FVec(stereo::min_den<float>()));
+  }
+  log_ratio_fg<G>(w, qc, l);
+  GEOOPS_G out[g] = sel_le(z[g], cut.neg(), stereo::atanc_series(z[g]), FVec(0.5f) * l[g] / s[g]);
+#else
+  FVec rs[G];
   GEOOPS_G rs[g] = rsqrt_nr(s2[g]);
   GEOOPS_G s[g] = s2[g] * rs[g];
   GEOOPS_G w[g] = FVec(2.f) * s[g] * (FVec(1.f) + s[g]) * rcp_nr(max_c(q[g], FVec(stereo::min_den<float>())));
   log1p_big_fg<G>(w, l);
   GEOOPS_G out[g] = sel_le(z[g], cut.neg(), stereo::atanc_series(z[g]), FVec(0.5f) * l[g] * rs[g]);
+#endif
 }
 GEOOPS_F32_AI FVec atanc_neg_f(const FVec& z, const FVec& q) {
   FVec out[1];
