@@ -34,7 +34,9 @@ def test_triton_backend_is_used():
 
 # odd head dims over several BLOCK_K = 16 chunks (the interpreter's): D = 37 (16 + 16 + 5), Dv = 21 (16 + 5)
 CHUNKED = (1, 2, 1, 9, 7, 6, 37, 21)
-CASES = ([(s, m, torch.float64) for s in SHAPES for m in MASKS] + [(SHAPES[1], m, torch.float32) for m in MASKS]
+# (SHAPES[1] in float32 under every mask: test_dkv1_fallback_knob's default route, which checks the same forward and
+# gradients at the same tolerances)
+CASES = ([(s, m, torch.float64) for s in SHAPES for m in MASKS]
          + [(CHUNKED, m, dt) for dt in (torch.float64, torch.float32) for m in MASKS[:3]])
 
 
@@ -176,7 +178,8 @@ def test_interpreter_bf16_dot():
 @pytest.mark.parametrize("mask", MASKS, ids=str)
 def test_dkv1_fallback_knob(mask, monkeypatch):
     """GEOOPS_ATTN_TRITON_DKV1=0 (read per call): dk1/dv1 by the swapped dkv kernel, as before session 31; both
-    routes agree with the float64 reference on ordinary logits (grouped heads, M1 != M2 != N, Dv != D)."""
+    routes agree with the float64 reference on ordinary logits (grouped heads, M1 != M2 != N, Dv != D).  The
+    default route ("1") is also test_forward_and_gradients' float32 check of SHAPES[1] (out, lse, five gradients)."""
     ins = _inputs(*SHAPES[1], torch.float32)
     g = torch.randn(1, 2, 17, 5, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     leaves = [t.double().cpu().requires_grad_(True) for t in ins]
@@ -184,7 +187,10 @@ def test_dkv1_fallback_knob(mask, monkeypatch):
     for knob in ("1", "0"):
         monkeypatch.setenv("GEOOPS_ATTN_TRITON_DKV1", knob)
         xs = [t.clone().requires_grad_(True) for t in ins]
-        grads = torch.autograd.grad(ga.triple_attention(*xs, **mask), xs, g)
+        out, lse = ga.triple_attention(*xs, return_lse=True, **mask)
+        grads = torch.autograd.grad(out, xs, g)
+        if knob == "1":
+            _check_against_reference(xs, mask, torch.float32, out, lse, g, grads)
         for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, rgrads):
             torch.testing.assert_close(a.double().cpu(), b, rtol=2e-4, atol=2e-4, msg=f"{name} knob={knob}")
 
