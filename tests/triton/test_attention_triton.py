@@ -118,12 +118,14 @@ if DEVICE == "cpu":
     # The interpreter's tiles are 16 x 16 with 16-wide head-dim chunks (K._blocks), a GPU's 32-64: the two causal
     # cases sized for GPU tiles (N33 with H4 / Hk2, N64-D64) took ~45 % of this file's CPU time in the interpreter.
     # Here they run at the smallest shapes with the same structure in the interpreter's tiles (each in every
-    # parity dtype): N20 / M2 18, 4 heads on 2 key heads (query and second-key tiles full + partial, so diagonal,
-    # fully visible and fully masked tile pairs), and N32-D32 (full tiles only, head dims in two full chunks).
+    # parity dtype): N17 / M1 19 / M2 18, 4 heads on 2 key heads (query and key tiles full + partial, so diagonal,
+    # fully visible and skipped tile pairs; the last query tile is one row whose own key starts a key tile, which
+    # catches a causal key bound one short: N33 / M2 31 did not), and N32-D32 (full tiles only, head dims in two
+    # full chunks).
     # A GPU run (DEVICE cuda) and `python -m geoops.parity` keep the original cases.
     from geoops.parity import attention as _pa
 
-    _SMALL = {"causal/N33": ("causal/N20-M18", (1, 4, 2, 20, 20, 18, 16, 16)),
+    _SMALL = {"causal/N33": ("causal/N17-M19-M18", (1, 4, 2, 17, 19, 18, 16, 16)),
               "causal/N64-D64": ("causal/N32-D32", (1, 1, 1, 32, 32, 32, 32, 32))}
     _g = torch.Generator().manual_seed(0)
 
@@ -132,8 +134,8 @@ if DEVICE == "cpu":
         return c if small is None else _pa._case(small[0], _g, *small[1], **c.kwargs)
 
     PARITY_CASES = [_interpreter_sized(c) for c in PARITY_CASES]
-    assert [c.name for c in PARITY_CASES if "N20-M18" in c.name or "N32-D32" in c.name] == [
-        "triple_attention/causal/N20-M18", "triple_attention/causal/N32-D32"]
+    assert [c.name for c in PARITY_CASES if "N17-M19-M18" in c.name or "N32-D32" in c.name] == [
+        "triple_attention/causal/N17-M19-M18", "triple_attention/causal/N32-D32"]
 PARITY_DTYPES = tuple(parity.FLOOR)  # the dtypes `python -m geoops.parity` runs (float64 ... bfloat16)
 
 
