@@ -34,7 +34,9 @@ def test_triton_backend_is_used():
 
 # odd head dims over several BLOCK_K = 16 chunks (the interpreter's): D = 37 (16 + 16 + 5), Dv = 21 (16 + 5)
 CHUNKED = (1, 2, 1, 9, 7, 6, 37, 21)
-CASES = ([(s, m, torch.float64) for s in SHAPES for m in MASKS] + [(SHAPES[1], m, torch.float32) for m in MASKS]
+# (SHAPES[1] in float32 under every mask: test_dkv1_fallback_knob's default route, which checks the same forward and
+# gradients at the same tolerances)
+CASES = ([(s, m, torch.float64) for s in SHAPES for m in MASKS]
          + [(CHUNKED, m, dt) for dt in (torch.float64, torch.float32) for m in MASKS[:3]])
 
 
@@ -112,6 +114,26 @@ def test_inf_values_like_elementwise_sum():
 from geoops import parity  # noqa: E402
 
 PARITY_CASES = parity.family_cases("attention", False)
+if DEVICE == "cpu":
+    # The interpreter's tiles are 16 x 16 with 16-wide head-dim chunks (K._blocks), a GPU's 32-64: the two causal
+    # cases sized for GPU tiles (N33 with H4 / Hk2, N64-D64) took ~45 % of this file's CPU time in the interpreter.
+    # Here they run at the smallest shapes with the same structure in the interpreter's tiles (each in every
+    # parity dtype): N17 / M1 19 / M2 18, 4 heads on 2 key heads (query and key tiles full + partial, so diagonal,
+    # fully visible and skipped tile pairs; the last query tile is one row whose own key starts a key tile, which
+    # catches a causal key bound one short: N33 / M2 31 did not), and N32-D32 (full tiles only, head dims in two
+    # full chunks).
+    # A GPU run (DEVICE cuda) and `python -m geoops.parity` keep the original cases.
+    from geoops.parity import attention as _pa
+
+    _SMALL = {"causal/N33": ("causal/N17-M19-M18", (1, 4, 2, 17, 19, 18, 16, 16)),
+              "causal/N64-D64": ("causal/N32-D32", (1, 1, 1, 32, 32, 32, 32, 32))}
+    def _interpreter_sized(c):  # (a generator per case: one case's inputs do not depend on the other's size)
+        small = _SMALL.get(c.name.split("/", 1)[1])
+        return c if small is None else _pa._case(small[0], torch.Generator().manual_seed(0), *small[1], **c.kwargs)
+
+    PARITY_CASES = [_interpreter_sized(c) for c in PARITY_CASES]
+    assert [c.name for c in PARITY_CASES if "N17-M19-M18" in c.name or "N32-D32" in c.name] == [
+        "triple_attention/causal/N17-M19-M18", "triple_attention/causal/N32-D32"]
 PARITY_DTYPES = tuple(parity.FLOOR)  # the dtypes `python -m geoops.parity` runs (float64 ... bfloat16)
 
 
@@ -156,7 +178,8 @@ def test_interpreter_bf16_dot():
 @pytest.mark.parametrize("mask", MASKS, ids=str)
 def test_dkv1_fallback_knob(mask, monkeypatch):
     """GEOOPS_ATTN_TRITON_DKV1=0 (read per call): dk1/dv1 by the swapped dkv kernel, as before session 31; both
-    routes agree with the float64 reference on ordinary logits (grouped heads, M1 != M2 != N, Dv != D)."""
+    routes agree with the float64 reference on ordinary logits (grouped heads, M1 != M2 != N, Dv != D).  The
+    default route ("1") is also test_forward_and_gradients' float32 check of SHAPES[1] (out, lse, five gradients)."""
     ins = _inputs(*SHAPES[1], torch.float32)
     g = torch.randn(1, 2, 17, 5, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     leaves = [t.double().cpu().requires_grad_(True) for t in ins]
@@ -164,7 +187,10 @@ def test_dkv1_fallback_knob(mask, monkeypatch):
     for knob in ("1", "0"):
         monkeypatch.setenv("GEOOPS_ATTN_TRITON_DKV1", knob)
         xs = [t.clone().requires_grad_(True) for t in ins]
-        grads = torch.autograd.grad(ga.triple_attention(*xs, **mask), xs, g)
+        out, lse = ga.triple_attention(*xs, return_lse=True, **mask)
+        grads = torch.autograd.grad(out, xs, g)
+        if knob == "1":
+            _check_against_reference(xs, mask, torch.float32, out, lse, g, grads)
         for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, rgrads):
             torch.testing.assert_close(a.double().cpu(), b, rtol=2e-4, atol=2e-4, msg=f"{name} knob={knob}")
 
