@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import geoops
 import geoops.stereographic as gs
 from geoops import parity
 from geoops._ops.stereographic import STEREO_OPS
@@ -624,6 +625,35 @@ def test_f32_atanc_log_ratio(op, d, monkeypatch):
         else:
             err = ((out - expect).norm(dim=-1) / expect.norm(dim=-1)).max()
         assert float(err) <= 2.45e-7, (path, float(err))
+
+
+@pytest.mark.parametrize("d", (2, 5, 16))
+@pytest.mark.parametrize("op", ("logmap0", "logmap", "dist"))
+def test_f32_atanc_outside_ball_as_double(op, d, monkeypatch):
+    """Points on or outside the boundary (|y| sqrt|k| in [1, 1.6]) are a clamp regime (q = 1 + k|y|^2 clamped to
+    min_den), and every compiled path must clamp alike: the float lanes on the default path and the fused blocks
+    within 1e-5 of the C++ float64 path on the same inputs.  The session-42 log-ratio atanc first took (1 + s)^2 / q,
+    equal to 1 + 2s(1 + s) / q only while q = 1 - s^2: 7e-4 off there (a traced Poincare flatten, which runs the op
+    path, then disagreed with the eager fused flatten)."""
+    g = torch.Generator().manual_seed(4300 + d)
+    kv = -0.974
+    n = 16 * 24
+    u = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    y = (u * torch.linspace(1.0, 1.6, n, dtype=torch.float64).reshape(-1, 1) / abs(kv) ** 0.5).float()
+    args = (y,) if op == "logmap0" else (torch.zeros_like(y), y)
+    k = torch.tensor(kv)
+    with geoops.use_backend("cpp"):
+        expect = getattr(gs, op)(*(a.double() for a in args), k=k.double())
+        for path in ("default", "fused"):
+            if path == "fused":
+                if op == "dist":
+                    continue
+                monkeypatch.setenv("GEOOPS_STEREO_F32_ROWS", "2")
+                monkeypatch.setenv("GEOOPS_STEREO_F32_REG", "0")
+            out = getattr(gs, op)(*args, k=k).double()
+            err = ((out - expect).abs() / expect.abs()).max() if op == "dist" else \
+                ((out - expect).norm(dim=-1) / expect.norm(dim=-1)).max()
+            assert float(err) <= 1e-5, (path, float(err))
 
 
 # ---------------------------------------------------------------- one register pass per 16 rows

@@ -897,6 +897,11 @@ GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&o
     s[g] = s2[g].sqrt();
     // (1 + s)^2 as 1 + s (2 + s), one FMA: ~1.5 2^-24 relative where (1 + s) squared after its rounding doubled it
     w[g] = at::vec::fmadd(s[g], FVec(2.f) + s[g], FVec(1.f)), qc[g] = max_c(q[g], FVec(stereo::min_den<float>()));
+    // (1 + s)^2 = q + 2s(1 + s) only while q = 1 - s^2: where q was clamped (points on or outside the boundary) the
+    // ratio is (q + 2s(1 + s)) / q as in every other path (the double terms, the fused blocks, the reference's
+    // clamp regime), else this path's values there moved by ~log(2s / (1 + s)) (review, session 42)
+    w[g] = sel_le(q[g], FVec(stereo::min_den<float>()), w[g],
+                  at::vec::fmadd(FVec(2.f) * s[g], FVec(1.f) + s[g], qc[g]));
   }
   log_ratio_fg<G>(w, qc, l);
   GEOOPS_G out[g] = sel_le(z[g], cut.neg(), stereo::atanc_series(z[g]), FVec(0.5f) * l[g] / s[g]);
