@@ -1420,6 +1420,117 @@ def test_dist2plane_fp64_gradcheck_near_boundary():
                                             args, eps=1e-7, atol=1e-6, rtol=1e-5), (kv, signed)
 
 
+def _dist2plane_exact(x, p, a, kv, signed, scaled):
+    """dist2plane of one row (float64 lists x, p, a and k) and its gradient [dx, dp, da, dk], independent of every
+    form the kernels take: (-p) (+)_k x as geoopt's Mobius sum (the cancelling first form: exact here) and r = 2 <d, a>
+    / (1 + k |d|^2) with their derivatives in exact rational forward mode (Fractions), then the irrational tail
+    arsin_k(r / |a|) (times |a|) in 40-digit mpmath (its k-derivative at k = 0: r^3 / (6 |a|^3))."""
+    from fractions import Fraction
+
+    import mpmath
+
+    D = len(x)
+    n = 3 * D + 1
+
+    def var(v, i):  # (value, gradient) of one input
+        return Fraction(v), [Fraction(int(j == i)) for j in range(n)]
+
+    def mul(u, w):
+        return u[0] * w[0], [du * w[0] + u[0] * dw for du, dw in zip(u[1], w[1])]
+
+    def add(u, w, sw=1):
+        return u[0] + sw * w[0], [du + sw * dw for du, dw in zip(u[1], w[1])]
+
+    def div(u, w):
+        q = u[0] / w[0]
+        return q, [(du - q * dw) / w[0] for du, dw in zip(u[1], w[1])]
+
+    def const(c):
+        return Fraction(c), [Fraction(0)] * n
+
+    def dot(u, w):
+        out = const(0)
+        for ui, wi in zip(u, w):
+            out = add(out, mul(ui, wi))
+        return out
+
+    xs = [var(v, i) for i, v in enumerate(x)]
+    mp_ = [mul(const(-1), var(v, D + i)) for i, v in enumerate(p)]
+    as_ = [var(v, 2 * D + i) for i, v in enumerate(a)]
+    k = var(kv, 3 * D)
+    ab, aa, bb = dot(mp_, xs), dot(mp_, mp_), dot(xs, xs)
+    two_k_ab = mul(mul(const(2), k), ab)
+    ca = add(add(const(1), two_k_ab, -1), mul(k, bb), -1)  # 1 - 2k<a, b> - k|b|^2, a = -p, b = x
+    cb = add(const(1), mul(k, aa))
+    den = add(add(const(1), two_k_ab, -1), mul(mul(k, k), mul(aa, bb)))
+    d = [div(add(mul(ca, ai), mul(cb, bi)), den) for ai, bi in zip(mp_, xs)]
+    r = div(mul(const(2), dot(d, as_)), add(const(1), mul(k, dot(d, d))))
+    A = dot(as_, as_)
+    mpmath.mp.dps = 40
+    mpf = lambda q: mpmath.mpf(q.numerator) / q.denominator  # noqa: E731
+    rv, av, kf = mpf(r[0]), mpf(A[0]), mpf(k[0])
+    sg = 1 if (signed or rv >= 0) else -1
+
+    def f(rr, aa_, kk):
+        z = sg * rr / mpmath.sqrt(aa_)
+        v = z if kk == 0 else (mpmath.asin(mpmath.sqrt(kk) * z) / mpmath.sqrt(kk) if kk > 0 else
+                               mpmath.asinh(mpmath.sqrt(-kk) * z) / mpmath.sqrt(-kk))
+        return v * mpmath.sqrt(aa_) if scaled else v
+
+    f_r = mpmath.diff(lambda t: f(t, av, kf), rv)
+    f_a = mpmath.diff(lambda t: f(rv, t, kf), av)
+    if kf == 0:
+        f_k = (sg * rv / mpmath.sqrt(av)) ** 3 / 6 * (mpmath.sqrt(av) if scaled else 1)
+    else:
+        f_k = mpmath.diff(lambda t: f(rv, av, t), kf)
+    grad = [float(f_r * mpf(dr) + f_a * mpf(da)) for dr, da in zip(r[1], A[1])]
+    grad[-1] += float(f_k)
+    return float(f(rv, av, kf)), grad
+
+
+def test_dist2plane_fp64_exact_every_k():
+    """fp64 dist2plane (one call, per-row k = -1, -0.25, 0, 0.5, 2: den's two forms side by side, k = 0 exactly) on
+    the four of _close_near_boundary's pairs (x, p) nearest the boundary (scaled into each k < 0 ball; the same points
+    for k >= 0) and two random interior rows per k, every flag pair: the value within 1e-9, dx, dp, dk 1e-8, da 5e-8
+    (per row, relative to the row's norm; da: see test_dist2plane_fp64_grads_close_pairs_near_boundary) of exact
+    rational arithmetic (_dist2plane_exact), a check independent of the float64 forms the other tests compare with.
+    Measured (session 43 review): value 2.8e-11, dx / dp / dk <= 2.3e-10, da 2.4e-11; session 41's build (den = 1 +
+    2k<x,p> + k^2|p|^2|x|^2) failed it on the close rows of k < 0.  The Triton twin: test_stereographic_hunt_triton.py."""
+    pytest.importorskip("mpmath")
+    check_dist2plane_exact(gs.dist2plane)
+
+
+def check_dist2plane_exact(run):
+    """test_dist2plane_fp64_exact_every_k's rows and bounds for run(x, p, a, k=, signed=, scaled=) (float64 CPU
+    tensors in and out)."""
+    g = torch.Generator().manual_seed(43)
+    xc, pc_ = _close_near_boundary(3, seed=3)
+    near = (1 - (xc * xc).sum(-1)).argsort()[:4]
+    xs, ps, ks = [], [], []
+    for kv in (-1.0, -0.25, 0.0, 0.5, 2.0):
+        sc = abs(kv) ** 0.5 if kv < 0 else 1.0
+        xs += [xc[near] / sc, 0.3 * torch.randn(2, 3, generator=g, dtype=torch.float64)]
+        ps += [pc_[near] / sc, 0.3 * torch.randn(2, 3, generator=g, dtype=torch.float64)]
+        ks += [kv] * 6
+    x, p = torch.cat(xs), torch.cat(ps)
+    a = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for signed in (False, True):
+        for scaled in (False, True):
+            leaves = [t.clone().requires_grad_() for t in (x, p, a, torch.tensor(ks, dtype=torch.float64)[:, None])]
+            out = run(*leaves[:3], k=leaves[3], signed=signed, scaled=scaled)
+            grads = torch.autograd.grad(out.sum(), leaves)
+            for i in range(x.shape[0]):
+                v, gr = _dist2plane_exact(x[i].tolist(), p[i].tolist(), a[i].tolist(), ks[i], signed, scaled)
+                gr = torch.tensor(gr, dtype=torch.float64)
+                errs = {"out": abs(out[i].item() - v) / abs(v)}
+                for j, what in enumerate(("dx", "dp", "da")):
+                    t = gr[3 * j:3 * j + 3]
+                    errs[what] = float((grads[j][i] - t).norm() / t.norm())
+                errs["dk"] = abs(grads[3][i, 0].item() - gr[-1].item()) / abs(gr[-1].item())
+                for what, e in errs.items():
+                    assert e <= {"out": 1e-9, "da": 5e-8}.get(what, 1e-8), (ks[i], i, signed, scaled, what, e)
+
+
 _TRANSPORT_CLOSE_OPEN = (
     "open (session 42): parallel_transport(x, y, v) = gyr[y, -x] v lambda_x / lambda_y on close x, y near the boundary "
     "(and gyration(a, b, u) with b near -a) is 3e-5 off in float64 (the eager reference 1e-4): geoopt's closed form's "

@@ -456,3 +456,18 @@ def test_dist2plane_den_forms_match_cpp(device):
                 ok = c.isfinite().all(-1) & (c.norm(dim=-1) > 1e-12)  # (x = p rows: da is 0 to rounding, 1e-17)
                 err = float(sh.row_rel_err(o[ok], c[ok]).max())
                 assert err <= (1e-8 if what == "da" else 1e-10), (signed, scaled, what, err)
+
+
+@needs_cpp
+def test_dist2plane_exact_every_k(device):
+    """_triple_vjp's dist2plane (fp64, per-row k = -1, -0.25, 0, 0.5, 2 in one call, every flag pair) on close pairs
+    near the boundary and random rows: value and gradients against exact rational arithmetic, the CPU test's rows and
+    bounds (test_stereographic_short.py, test_dist2plane_fp64_exact_every_k; session 43 review)."""
+    pytest.importorskip("mpmath")
+    sh = _short()
+
+    def run(x, p, a, *, k, signed, scaled):
+        with geoops.use_backend("triton"):
+            return gs.dist2plane(*(t.to(device) for t in (x, p, a)), k=k.to(device), signed=signed, scaled=scaled).cpu()
+
+    sh.check_dist2plane_exact(run)
