@@ -30,7 +30,10 @@ int main(int argc, char** argv) {
     RowInputs in = ball_inputs(N, e.D);
     const std::vector<float>* v[3] = {&in.x, &in.y, &in.u};
     const float *X = v[e.xin]->data(), *Y = v[e.yin]->data();
-    std::vector<float> oa(N * e.D), ob(N * e.D);
+    // outputs 64-byte aligned, as torch's CPU allocations
+    struct AF { float* p; explicit AF(size_t n) : p(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {}
+                ~AF() { std::free(p); } float* data() { return p; } float& operator[](size_t i) { return p[i]; } };
+    AF oa(N * e.D), ob(N * e.D);
     e.a(X, Y, oa.data(), N, kc), e.b(X, Y, ob.data(), N, kc);
     int64_t diff = 0; float md = 0;
     for (int64_t i = 0; i < N * e.D; ++i) if (std::memcmp(&oa[i], &ob[i], 4)) { ++diff; md = std::max(md, std::fabs(oa[i] - ob[i]) / std::max(1e-30f, std::fabs(oa[i]))); }
