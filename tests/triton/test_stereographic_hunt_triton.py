@@ -484,7 +484,9 @@ def test_gyration_transport_close_pairs_near_boundary(device, op, d):
 def test_gyration_transport_forms_match_cpp(device, op):
     """Per-row k of both signs and 0 (the coefficients' two forms, chosen per row by k's sign, forward and backward)
     on random, close, near-boundary, close near-boundary, equal and far pairs (D = 5, fp64; gyration's b = -y):
-    the value, dv0, dv1, dv2, dk as the C++ backend's dual numbers, within 1e-10 relative per row."""
+    the value, dv0, dv1, dv2 as the C++ backend's dual numbers within 1e-10 relative per row, dk within 1e-10 of max
+    |dk| (rows whose dk is ~1e-8 .. 1e-10 of the others' -- close, equal and far pairs -- cancel in every form: both
+    backends and the eager reference are 1e-9 .. 2e-7 of it off the exact rational dk there, none ahead)."""
     sh = _short()
     x, y = sh._dist_house_rows(5, -1.0, seed=7, n=64 * 6)
     x, y = x.double() * 0.5, y.double() * 0.5
@@ -500,9 +502,11 @@ def test_gyration_transport_forms_match_cpp(device, op):
             grads = torch.autograd.grad((out * w.to(dev)).sum(), xs)
         res.append([t.detach().cpu() for t in (out, *grads)])
     for what, o, c in zip(("out", "dv0", "dv1", "dv2", "dk"), *res):
-        o, c = o.reshape(c.shape[0], -1), c.reshape(c.shape[0], -1)
-        ok = c.isfinite().all(-1) & (c.norm(dim=-1) > 1e-12)
-        err = float(sh.row_rel_err(o[ok], c[ok]).max())
+        if what == "dk":
+            err = float((o - c).abs().max() / c.abs().max())
+        else:
+            ok = c.isfinite().all(-1) & (c.norm(dim=-1) > 1e-12)
+            err = float(sh.row_rel_err(o[ok], c[ok]).max())
         assert err <= 1e-10, (what, err)
 
 
