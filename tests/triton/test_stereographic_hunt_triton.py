@@ -464,7 +464,7 @@ def test_gyration_transport_close_pairs_near_boundary(device, op, d):
     """gyration (b near -a) and parallel_transport on tests/test_stereographic_short.py's close pairs near the
     boundary on the Triton kernels, fp64, k = -1 per row (every fourth row): value within 1e-9, dv0, dv1, dv2 and dk
     within that file's bounds of the exact rational values and gradients.  Before session 43 _gyr_vjp took geoopt's
-    na, nb and denominator, which cancel there (value 3e-7 .. 5e-6 off, dk up to 1.6e-4)."""
+    na, nb and denominator, which cancel there (the value 2.6e-7 .. 5e-6 off on these rows)."""
     sh = _short()
     vs = [t[::4] for t in sh._triple_close_rows(op, d)]
     w = torch.randn(vs[0].shape, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
