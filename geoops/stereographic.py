@@ -2070,7 +2070,8 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
 
 def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Gyration gyr[a, b]u = -(a (+) b) (+) (a (+) (b (+) u)), in geoopt's closed form
-    ``u + 2 (c_a a + c_b b) / max(d, 1e-15)`` (coefficients from <a,a>, <b,b>, <a,b>, <a,u>, <b,u> and k).
+    ``u + 2 (c_a a + c_b b) / max(d, 1e-15)`` (coefficients from <a,a>, <b,b>, <a,b>, <a,u>, <b,u> and k; for
+    k <= 0 in an equal form in |a + b|^2, <a + b, u> that keeps its digits for b near -a near the boundary).
 
     One fused kernel (forward: one pass of dot products, then the combination; backward: one hand-written fused
     kernel), gradients to a, b, u and k; same values as geoopt to rounding."""

@@ -1043,8 +1043,9 @@ def stereo_bwd(code, grad, x, y, k, r, param, mask):
 #     triple_fwd(code, v0, v1, v2, k, flags)              -> (N, D), or (N,) for dist2plane
 #     triple_bwd(code, grad, v0, v1, v2, k, flags, mask)  -> (dv0, dv1, dv2, dk)
 #
-# Per row the kernels reduce the dot products S00 = <v0,v0>, S11, S22, S01, S02, S12 and, for dist2plane,
-# SEE = |e|^2, SE1 = <e,v1>, SE2 = <e,v2> with e = v0 - v1 (csrc/include/geoops/stereo_triple.h), in chunks
+# Per row the kernels reduce the dot products S00 = <v0,v0>, S11, S22, S01, S02, S12 and SEE = |e|^2, SE2 = <e,v2>
+# (gyration, parallel_transport, dist2plane), SE1 = <e,v1> (dist2plane) with e = v0 - v1, for gyration e = v0 + v1
+# (csrc/include/geoops/stereo_triple.h), in chunks
 # of BLOCK_D columns, in the tile type CT; the epilogue runs in float64.  The forward writes
 # c0 v0 + c1 v1 + c2 v2 (or the scalar); the backward's epilogue is the hand-derived vector-Jacobian product
 # of the coefficients (the C++ kernels evaluate the same epilogue on dual numbers; the tests compare the two),
@@ -1066,26 +1067,54 @@ def _live_min(v, lo):
 
 
 @triton.jit
-def _gyr_vjp(a2, b2, ab, au, bu, k, A, B):
+def _gyr_vjp(a2, b2, ab, au, bu, dd, du, k, A, B):
     """geoopt's gyration coefficients ca, cb (gyr[a, b]u = u + ca a + cb b) and the vjp of (A, B) = the adjoints
-    of (ca, cb) -> adjoints of a2, b2, ab, au, bu, k."""
+    of (ca, cb) -> adjoints of a2, b2, ab, au, bu, dd, du, k; dd = |a + b|^2, du = <a + b, u>.  k > 0 rows take
+    geoopt's form, k <= 0 rows the one in d = a + b that keeps its digits for b near -a near the boundary (exactly
+    equal; why: csrc/include/geoops/stereo_triple.h, gyr_coefs):
+    na = t - k du (1 - 2k ab) - k^2 au dd, nb = t - k^2 a2 du, t = k au (1 + k a2), d = (1 + k a2)(1 + k b2) - k dd."""
     k2 = k * k
-    na = -k2 * au * b2 - k * bu + 2.0 * k2 * ab * bu
-    nb = -k2 * bu * a2 + k * au
-    d, live = _live_min(1.0 - 2.0 * k * ab + k2 * a2 * b2, 1e-15)
+    pos = k > 0
+    pa = 1.0 + k * a2
+    pb = 1.0 + k * b2
+    t = k * au * pa
+    m = 1.0 - 2.0 * k * ab
+    na = tl.where(pos, -k2 * au * b2 - k * bu + 2.0 * k2 * ab * bu, t - k * du * m - k2 * au * dd)
+    nb = tl.where(pos, -k2 * bu * a2 + k * au, t - k2 * a2 * du)
+    d, live = _live_min(tl.where(pos, 1.0 - 2.0 * k * ab + k2 * a2 * b2, pa * pb - k * dd), 1e-15)
     ca = 2.0 * na / d
     cb = 2.0 * nb / d
     adj_na = 2.0 * A / d
     adj_nb = 2.0 * B / d
     adj_d = tl.where(live, -(A * ca + B * cb) / d, 0.0)
-    g_a2 = adj_nb * (-k2 * bu) + adj_d * k2 * b2
-    g_b2 = adj_na * (-k2 * au) + adj_d * k2 * a2
-    g_ab = adj_na * (2.0 * k2 * bu) - adj_d * 2.0 * k
-    g_au = adj_na * (-k2 * b2) + adj_nb * k
-    g_bu = adj_na * (2.0 * k2 * ab - k) + adj_nb * (-k2 * a2)
-    g_k = (adj_na * (-2.0 * k * au * b2 - bu + 4.0 * k * ab * bu) + adj_nb * (-2.0 * k * bu * a2 + au)
+    # geoopt's form (k > 0)
+    p_a2 = adj_nb * (-k2 * bu) + adj_d * k2 * b2
+    p_b2 = adj_na * (-k2 * au) + adj_d * k2 * a2
+    p_ab = adj_na * (2.0 * k2 * bu) - adj_d * 2.0 * k
+    p_au = adj_na * (-k2 * b2) + adj_nb * k
+    p_bu = adj_na * (2.0 * k2 * ab - k) + adj_nb * (-k2 * a2)
+    p_k = (adj_na * (-2.0 * k * au * b2 - bu + 4.0 * k * ab * bu) + adj_nb * (-2.0 * k * bu * a2 + au)
            + adj_d * (2.0 * k * a2 * b2 - 2.0 * ab))
-    return ca, cb, g_a2, g_b2, g_ab, g_au, g_bu, g_k
+    # the d = a + b form (k <= 0)
+    adj_t = adj_na + adj_nb
+    dt_dk = au * (pa + k * a2)
+    n_a2 = (adj_t * k * au + adj_d * pb) * k - adj_nb * k2 * du
+    n_b2 = adj_d * pa * k
+    n_ab = adj_na * 2.0 * k2 * du
+    n_au = adj_t * k * pa - adj_na * k2 * dd
+    n_dd = -adj_na * k2 * au - adj_d * k
+    n_du = -adj_na * k * m - adj_nb * k2 * a2
+    n_k = (adj_na * (dt_dk - du * m + 2.0 * k * du * ab - 2.0 * k * au * dd) + adj_nb * (dt_dk - 2.0 * k * a2 * du)
+           + adj_d * (a2 * pb + pa * b2 - dd))
+    g_a2 = tl.where(pos, p_a2, n_a2)
+    g_b2 = tl.where(pos, p_b2, n_b2)
+    g_ab = tl.where(pos, p_ab, n_ab)
+    g_au = tl.where(pos, p_au, n_au)
+    g_bu = tl.where(pos, p_bu, 0.0)
+    g_dd = tl.where(pos, 0.0, n_dd)
+    g_du = tl.where(pos, 0.0, n_du)
+    g_k = tl.where(pos, p_k, n_k)
+    return ca, cb, g_a2, g_b2, g_ab, g_au, g_bu, g_dd, g_du, g_k
 
 
 @triton.jit
@@ -1128,13 +1157,16 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
     c0, c1, c2 = zero, zero, zero
     g00, g11, g22, g01, g02, g12, gee, ge1, ge2, gk = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
     if OP == GYRATION:  # (a, b, u): u + ca a + cb b
-        ca, cb, g00, g11, g01, g02, g12, gk = _gyr_vjp(s00, s11, s01, s02, s12, k, w0, w1)
+        # e = a + b (_triple_sums): see = |a + b|^2, se2 = <a + b, u>
+        ca, cb, g00, g11, g01, g02, g12, gee, ge2, gk = _gyr_vjp(s00, s11, s01, s02, s12, see, se2, k, w0, w1)
         c0, c1, c2 = ca, cb, zero + 1.0
     elif OP == PARALLEL_TRANSPORT:  # (x, y, v): gyr[y, -x] v * lambda_x / lambda_y
         qx, live_x = _live_min(1.0 + k * s00, 1e-15)
         qy, live_y = _live_min(1.0 + k * s11, 1e-15)
         ratio = (2.0 / qx) / (2.0 / qy)
-        ca, cb, g_a2, g_b2, g_ab, g_au, g_bu, gk = _gyr_vjp(s11, s00, -s01, s12, -s02, k, w1 * ratio, -w0 * ratio)
+        # a = y, b = -x, u = v: a + b = -e (e = x - y)
+        ca, cb, g_a2, g_b2, g_ab, g_au, g_bu, g_dd, g_du, gk = _gyr_vjp(s11, s00, -s01, s12, -s02, see, -se2, k,
+                                                                        w1 * ratio, -w0 * ratio)
         c0 = -(cb * ratio)
         c1 = ca * ratio
         c2 = ratio
@@ -1146,6 +1178,8 @@ def _triple_vjp(OP: tl.constexpr, FLAGS: tl.constexpr, s00, s11, s22, s01, s02, 
         g01 = -g_ab
         g02 = -g_bu
         g12 = g_au
+        gee = g_dd
+        ge2 = -g_du
         gk = gk + adj_qy * s11 + adj_qx * s00
     elif OP == PARALLEL_TRANSPORT0:  # (y, v): v * max(1 + k yy, 1e-15)
         q, live = _live_min(1.0 + k * s00, 1e-15)
@@ -1295,12 +1329,15 @@ def _triple_sums(p0, p1, p2, pg, rmask, D, OP: tl.constexpr, THREE: tl.constexpr
             c = tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(tl.float64)
             s12 += tl.sum(b * c, axis=1)
             s02 += tl.sum(a * c, axis=1)
-            if OP == DIST2PLANE:
+            if OP == GYRATION:
+                e = a + b
+            else:
                 e = a - b
+            see += tl.sum(e * e, axis=1)
+            se2 += tl.sum(e * c, axis=1)
+            if OP == DIST2PLANE:
                 s22 += tl.sum(c * c, axis=1)
-                see += tl.sum(e * e, axis=1)
                 se1 += tl.sum(e * b, axis=1)
-                se2 += tl.sum(e * c, axis=1)
             if HAS_G:
                 g2 += tl.sum(gv * c, axis=1)
     return s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2
@@ -1323,14 +1360,22 @@ def _triple_fwd_kernel(V0, V1, V2, K, OUT, N, D, s0, s1, s2, sk,
         OP, FLAGS, s00, s11, s22, s01, s02, s12, see, se1, se2, k, zero, zero, zero)
     if SCALAR:
         tl.store(OUT + rows, c0.to(CT).to(OUT.dtype.element_ty), mask=rmask)  # float64 -> bfloat16 via CT
+    elif OP == GYRATION:
+        # c0 a + c1 b = c0 (a + b) + (c1 - c0) b: for b near -a near the boundary c0, c1 are ~1 / (1 + k|a|^2) and
+        # nearly equal, while c0 |a + b| and c1 - c0 stay ~1 (float32 tiles: 1e-2 .. 2e-2 off there before)
+        _triple_store_comb(OUT, rows, rmask, D, p0, p1, p2, p0, c0, c1 - c0, c2, zero, THREE, False, CT, BLOCK_D, -1)
+    elif OP == PARALLEL_TRANSPORT:  # the same with a = y, b = -x: c0 (x - y) + (c1 + c0) y
+        _triple_store_comb(OUT, rows, rmask, D, p0, p1, p2, p0, c0, c1 + c0, c2, zero, THREE, False, CT, BLOCK_D, 1)
     else:
         _triple_store_comb(OUT, rows, rmask, D, p0, p1, p2, p0, c0, c1, c2, zero, THREE, False, CT, BLOCK_D)
 
 
 @triton.jit
 def _triple_store_comb(PD, rows, rmask, D, p0, p1, p2, pg, w0, w1, w2, wg, THREE: tl.constexpr,
-                       HAS_G: tl.constexpr, CT: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Store the rows w0 v0 + w1 v1 + w2 v2 (+ wg g with HAS_G) into PD ((N, D), contiguous), chunk by chunk."""
+                       HAS_G: tl.constexpr, CT: tl.constexpr, BLOCK_D: tl.constexpr, ESIGN: tl.constexpr = 0):
+    """Store the rows w0 v0 + w1 v1 + w2 v2 (+ wg g with HAS_G) into PD ((N, D), contiguous), chunk by chunk; with
+    ESIGN = 1 / -1 the rows w0 (v0 - v1) + w1 v1 + ... / w0 (v0 + v1) + w1 v1 + ... (e formed per element: exact for
+    close rows by Sterbenz; see _triple_fwd_kernel)."""
     cols = tl.arange(0, BLOCK_D)
     a0 = w0.to(CT)[:, None]
     a1 = w1.to(CT)[:, None]
@@ -1340,8 +1385,14 @@ def _triple_store_comb(PD, rows, rmask, D, p0, p1, p2, pg, w0, w1, w2, wg, THREE
     for d0 in range(0, D, BLOCK_D):
         cc = d0 + cols
         m2 = rmask[:, None] & (cc[None, :] < D)
-        o = a0 * tl.load(p0[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
-        o += a1 * tl.load(p1[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        x0 = tl.load(p0[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        x1 = tl.load(p1[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
+        if ESIGN == 1:
+            x0 = x0 - x1
+        elif ESIGN == -1:
+            x0 = x0 + x1
+        o = a0 * x0
+        o += a1 * x1
         if THREE:
             o += a2 * tl.load(p2[:, None] + cc[None, :], mask=m2, other=0.0).to(CT)
         if HAS_G:
@@ -1371,16 +1422,46 @@ def _triple_bwd_kernel(G, V0, V1, V2, K, D0, D1, D2, DK, N, D, sg, s0, s1, s2, s
     zero = tl.zeros_like(k)
     if SCALAR:
         c0, c1, c2 = zero, zero, zero
+    # gyration / parallel_transport write each gradient's w0 v0 + w1 v1 as w0 e + (w1 + p w0) v1 (as the forward)
+    if OP == GYRATION:
+        _triple_bwd_stores(D0, D1, D2, rows, rmask, D, p0, p1, p2, pg, q00, q11, q22, q01, q02, q12, qee, qe1, qe2,
+                           c0, c1, c2, THREE, SCALAR, MASK, CT, BLOCK_D, -1)
+    elif OP == PARALLEL_TRANSPORT:
+        _triple_bwd_stores(D0, D1, D2, rows, rmask, D, p0, p1, p2, pg, q00, q11, q22, q01, q02, q12, qee, qe1, qe2,
+                           c0, c1, c2, THREE, SCALAR, MASK, CT, BLOCK_D, 1)
+    else:
+        _triple_bwd_stores(D0, D1, D2, rows, rmask, D, p0, p1, p2, pg, q00, q11, q22, q01, q02, q12, qee, qe1, qe2,
+                           c0, c1, c2, THREE, SCALAR, MASK, CT, BLOCK_D, 0)
+
+
+@triton.jit
+def _triple_bwd_stores(D0, D1, D2, rows, rmask, D, p0, p1, p2, pg, q00, q11, q22, q01, q02, q12, qee, qe1, qe2,
+                       c0, c1, c2, THREE: tl.constexpr, SCALAR: tl.constexpr, MASK: tl.constexpr, CT: tl.constexpr,
+                       BLOCK_D: tl.constexpr, ESIGN: tl.constexpr):
+    """The wanted gradients dv_i = W_i0 v0 + W_i1 v1 + W_i2 v2 + c_i g from the dot products' adjoints q (stereo_triple.h,
+    dot_adjoint_coefs, with e = v0 - p v1: p = -1 for gyration (e = a + b), else 1); ESIGN != 0 (p = ESIGN) writes
+    W_i0 e + (W_i1 + p W_i0) v1 (_triple_store_comb)."""
+    if ESIGN == -1:
+        pe = -1.0
+    else:
+        pe = 1.0
+    if ESIGN == 0:
+        fold = 0.0
+    else:
+        fold = pe
     if MASK & 1:
-        _triple_store_comb(D0, rows, rmask, D, p0, p1, p2, pg, 2.0 * q00 + 2.0 * qee, q01 - 2.0 * qee + qe1,
-                           q02 + qe2, c0, THREE, not SCALAR, CT, BLOCK_D)
+        w0 = 2.0 * q00 + 2.0 * qee
+        _triple_store_comb(D0, rows, rmask, D, p0, p1, p2, pg, w0, q01 - 2.0 * pe * qee + qe1 + fold * w0,
+                           q02 + qe2, c0, THREE, not SCALAR, CT, BLOCK_D, ESIGN)
     if MASK & 2:
-        _triple_store_comb(D1, rows, rmask, D, p0, p1, p2, pg, q01 - 2.0 * qee + qe1,
-                           2.0 * q11 + 2.0 * qee - 2.0 * qe1, q12 - qe2, c1, THREE, not SCALAR, CT, BLOCK_D)
+        w0 = q01 - 2.0 * pe * qee + qe1
+        _triple_store_comb(D1, rows, rmask, D, p0, p1, p2, pg, w0, 2.0 * q11 + 2.0 * qee - 2.0 * pe * qe1 + fold * w0,
+                           q12 - pe * qe2, c1, THREE, not SCALAR, CT, BLOCK_D, ESIGN)
     if THREE:
         if MASK & 4:
-            _triple_store_comb(D2, rows, rmask, D, p0, p1, p2, pg, q02 + qe2, q12 - qe2, 2.0 * q22, c2, THREE,
-                               not SCALAR, CT, BLOCK_D)
+            w0 = q02 + qe2
+            _triple_store_comb(D2, rows, rmask, D, p0, p1, p2, pg, w0, q12 - pe * qe2 + fold * w0, 2.0 * q22, c2,
+                               THREE, not SCALAR, CT, BLOCK_D, ESIGN)
 
 
 def _triple_blocks(N, D):

@@ -110,13 +110,14 @@ inline void row_dots(const scalar_t* a, const scalar_t* b, const scalar_t* c, co
   constexpr bool n02 = needs<OP>(S02), n12 = needs<OP>(S12), nee = needs<OP>(SEE), ne1 = needs<OP>(SE1);
   constexpr bool ne2 = needs<OP>(SE2);
   constexpr bool vec = !op_scalar_out(OP);
+  constexpr bool plus = op_e_plus(OP);
   double s00 = 0, s11 = 0, s22 = 0, s01 = 0, s02 = 0, s12 = 0, see = 0, se1 = 0, se2 = 0, g0 = 0, g1 = 0, g2 = 0;
 #pragma omp simd reduction(+ : s00, s11, s22, s01, s02, s12, see, se1, se2, g0, g1, g2)
   for (int64_t j = 0; j < D; ++j) {
     const double x = static_cast<double>(a[j]);
     const double y = static_cast<double>(b[j]);
     const double z = three ? static_cast<double>(c[j]) : 0.0;
-    const double e = x - y;
+    const double e = plus ? x + y : x - y;
     if (n00) s00 += x * x;
     if (n11) s11 += y * y;
     if (n22) s22 += z * z;
@@ -156,10 +157,11 @@ inline void row_dots_vec(const scalar_t* a, const scalar_t* b, const scalar_t* c
   constexpr bool nd[9] = {needs<OP>(S00), needs<OP>(S11), needs<OP>(S22), needs<OP>(S01), needs<OP>(S02),
                           needs<OP>(S12), needs<OP>(SEE), needs<OP>(SE1), needs<OP>(SE2)};
   constexpr bool ng[3] = {GRAD && vec, GRAD && vec, GRAD && vec && three};
+  constexpr bool plus = op_e_plus(OP);
   DVec acc[12];
   for (int q = 0; q < 12; ++q) acc[q] = DVec(0.0);
   auto step = [&](const DVec& x, const DVec& y, const DVec& z, const DVec& gg, DVec* A) {
-    const DVec e = x - y;
+    const DVec e = plus ? x + y : x - y;
     if (nd[0]) A[0] = at::vec::fmadd(x, x, A[0]);
     if (nd[1]) A[1] = at::vec::fmadd(y, y, A[1]);
     if (nd[2]) A[2] = at::vec::fmadd(z, z, A[2]);
@@ -184,7 +186,7 @@ inline void row_dots_vec(const scalar_t* a, const scalar_t* b, const scalar_t* c
   for (int q = 0; q < 12; ++q) r[q] = (q < 9 ? nd[q] : ng[q - 9]) ? hsum(acc[q]) : 0.0;
   for (; j < D; ++j) {  // the tail, in scalars
     const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
-    const double z = three ? static_cast<double>(c[j]) : 0.0, e = x - y;
+    const double z = three ? static_cast<double>(c[j]) : 0.0, e = plus ? x + y : x - y;
     const double gg = ng[0] ? static_cast<double>(g[j]) : 0.0;
     const double t[12] = {x * x, y * y, z * z, x * y, x * z, y * z, e * e, e * y, e * z, gg * x, gg * y, gg * z};
     for (int q = 0; q < 12; ++q) r[q] += t[q];
@@ -314,7 +316,7 @@ void bwd_kernel(const Ptrs& p, const scalar_t* gp, int64_t sg, const double* kp,
       for (int m = 0; m < n; ++m) G[Dots<OP>::id[m]] = gd[m];
       if (dk) dk[i] = gd[n];
       double W[3][3];
-      dot_adjoint_coefs(G, W);
+      dot_adjoint_coefs(G, W, op_e_plus(OP));
       double w[3][4];
       scalar_t* o[3];
       for (int q = 0; q < nq; ++q) {

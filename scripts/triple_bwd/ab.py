@@ -3,7 +3,8 @@
 usage: ab.py OLD_SO [SHAPES] [OPS] [ROUNDS] [DTYPES]
   OLD_SO  path of a geoops._C built from the older sources (copy geoops/_C*.so aside before rebuilding)
   SHAPES  e.g. 262144x64,16384x64,64x16;  OPS e.g. gyration,parallel_transport,dist2plane;  DTYPES float32,float64
-1 thread, time.thread_time (CPU time: fair under load), interleaved rounds (bench._timing.round_order), medians.  Per op and shape:
+1 thread, time.thread_time (CPU time: fair under load), interleaved rounds (bench._timing.round_order), medians (and the
+interquartile range of the per-round new/old ratios).  Per op and shape:
   kernel fwd, kernel bwd (gradients to every vector), public fwd+bwd (autograd, gradients to every vector);
   old / new and geoopt's fwd and fwd+bwd in the same rounds.
 """
@@ -111,9 +112,15 @@ for dt in dtypes:
                     T[name].append(t1(lambda: [f() for _ in range(reps)]) / reps)
             m = {name: st.median(v) for name, v in T.items()}
             ratio = lambda a, b: st.median([x / y for x, y in zip(T[a], T[b])])
+
+            def spread(a, b):  # the per-round ratios' quartiles
+                q = st.quantiles([x / y for x, y in zip(T[a], T[b])], n=4) if R > 1 else [float("nan")] * 3
+                return f"[{q[0]:5.3f}, {q[2]:5.3f}]"
+
             line = (f"{str(dt)[6:]:8s} {N}x{D:<3d} {op:24s} fwd {m['fwd new']*1e3:8.3f} ms (old {m['fwd old']*1e3:8.3f})"
                     f"  bwd {m['bwd new']*1e3:8.3f} (old {m['bwd old']*1e3:8.3f})  bwd/fwd new {m['bwd new']/m['fwd new']:4.2f}"
-                    f" old {m['bwd old']/m['fwd old']:4.2f}  new/old bwd {ratio('bwd new', 'bwd old'):5.3f}"
+                    f" old {m['bwd old']/m['fwd old']:4.2f}  new/old fwd {ratio('fwd new', 'fwd old'):5.3f}"
+                    f" {spread('fwd new', 'fwd old')} bwd {ratio('bwd new', 'bwd old'):5.3f} {spread('bwd new', 'bwd old')}"
                     f"  pub f+b {m['f+b pub']*1e3:8.3f}")
             if gm is not None:
                 line += (f"  geoopt fwd {m['geoopt fwd']/m['fwd new']:5.1f}x f+b {m['geoopt f+b']/m['f+b pub']:5.1f}x")

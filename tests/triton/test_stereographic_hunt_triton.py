@@ -471,3 +471,67 @@ def test_dist2plane_exact_every_k(device):
             return gs.dist2plane(*(t.to(device) for t in (x, p, a)), k=k.to(device), signed=signed, scaled=scaled).cpu()
 
     sh.check_dist2plane_exact(run)
+
+
+@pytest.mark.parametrize("d", [2, 7])
+@pytest.mark.parametrize("op", ["parallel_transport", "gyration"])
+def test_gyration_transport_close_pairs_near_boundary(device, op, d):
+    """gyration (b near -a) and parallel_transport on tests/test_stereographic_short.py's close pairs near the
+    boundary on the Triton kernels, fp64, k = -1 per row (every fourth row): value within 1e-9, dv0, dv1, dv2 and dk
+    within that file's bounds of the exact rational values and gradients.  Before session 43 _gyr_vjp took geoopt's
+    na, nb and denominator, which cancel there (the value 2.6e-7 .. 5e-6 off on these rows)."""
+    sh = _short()
+    vs = [t[::4] for t in sh._triple_close_rows(op, d)]
+    w = torch.randn(vs[0].shape, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    exact = sh._triple_exact(op, *vs, -1.0, w)
+    xs = [t.to(device).requires_grad_() for t in vs]
+    k = torch.full((vs[0].shape[0], 1), -1.0, dtype=torch.float64, device=device, requires_grad=True)
+    out = sh._triple_call(op, xs, k)
+    ours = [t.cpu() for t in (out.detach(), *torch.autograd.grad((out * w.to(device)).sum(), (*xs, k)))]
+    for what, o, t in zip(("out", "dv0", "dv1", "dv2", "dk"), ours, exact):
+        o, t = o.reshape(t.shape[0], -1), t.reshape(t.shape[0], -1)
+        err = float(sh.row_rel_err(o, t).max())
+        assert err <= {"out": 1e-9, "dk": sh._TRIPLE_DK_TOL}.get(what, sh._TRIPLE_GRAD_TOL), (what, err)
+
+
+@needs_cpp
+@pytest.mark.parametrize("op", ["parallel_transport", "gyration"])
+def test_gyration_transport_forms_match_cpp(device, op):
+    """Per-row k of both signs and 0 (the coefficients' two forms, chosen per row by k's sign, forward and backward)
+    on random, close, near-boundary, close near-boundary, equal and far pairs (D = 5, fp64; gyration's b = -y):
+    the value, dv0, dv1, dv2 as the C++ backend's dual numbers within 1e-10 relative per row, dk within 1e-10 of max
+    |dk| (rows whose dk is ~1e-8 .. 1e-10 of the others' -- close, equal and far pairs -- cancel in every form: both
+    backends and the eager reference are 1e-9 .. 2e-7 of it off the exact rational dk there, none ahead)."""
+    sh = _short()
+    x, y = sh._dist_house_rows(5, -1.0, seed=7, n=64 * 6)
+    x, y = x.double() * 0.5, y.double() * 0.5
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    vs = (x, y, v) if op == "parallel_transport" else (x, -y, v)
+    kv = torch.tensor([-1.0, -0.3, 0.0, 0.4, -2.0, 1.5] * 64, dtype=torch.float64).reshape(-1, 1)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    res = []
+    for dev, backend in ((device, "triton"), ("cpu", "cpp")):
+        xs = [t.to(dev).clone().requires_grad_() for t in (*vs, kv)]
+        with geoops.use_backend(backend):
+            out = sh._triple_call(op, xs[:3], xs[3])
+            grads = torch.autograd.grad((out * w.to(dev)).sum(), xs)
+        res.append([t.detach().cpu() for t in (out, *grads)])
+    for what, o, c in zip(("out", "dv0", "dv1", "dv2", "dk"), *res):
+        if what == "dk":
+            err = float((o - c).abs().max() / c.abs().max())
+        else:
+            ok = c.isfinite().all(-1) & (c.norm(dim=-1) > 1e-12)
+            err = float(sh.row_rel_err(o[ok], c[ok]).max())
+        assert err <= 1e-10, (what, err)
+
+
+@pytest.mark.parametrize("d", [2, 7, 64])
+@pytest.mark.parametrize("op", ["parallel_transport", "gyration"])
+def test_gyration_transport_fp32_close_pairs_near_boundary(device, op, d):
+    """float32 on the Triton kernels on those rows (tests/test_stereographic_short.py, _triple_fp32_errors): value and
+    gradients by the house rule and within 5e-7 max |truth|.  Before session 43 the float32 tiles wrote c0 v0 + c1 v1
+    with c0, c1 ~ 1 / (1 + k|a|^2) nearly cancelling: the value 5e-6 .. 2e-2 off, the gradients up to 5e-3."""
+    sh = _short()
+    for what, (err, eager, scale) in sh._triple_fp32_errors(op, d, device).items():
+        assert err <= 2 * eager + 1e-6 * scale, (what, err, eager)
+        assert err <= 5e-7 * scale, (what, err / scale)

@@ -6,7 +6,8 @@
 // result is a linear combination c0 v0 + c1 v1 + c2 v2 (vector ops) or a scalar c0 (dist2plane) whose
 // coefficients are functions of a few dot products of the row,
 //     S00 = <v0,v0>, S11 = <v1,v1>, S22 = <v2,v2>, S01 = <v0,v1>, S02 = <v0,v2>, S12 = <v1,v2>,
-//     SEE = |e|^2, SE1 = <e,v1>, SE2 = <e,v2>   with e = v0 - v1 accumulated directly,
+//     SEE = |e|^2, SE1 = <e,v1>, SE2 = <e,v2>   with e = v0 - v1 accumulated directly (v0 + v1 for gyration:
+//     its form needs |a + b|^2 where b nears -a; `op_e_plus`),
 // and of k.  So a kernel is one pass for the dot products, then the epilogue `eval` below, then one pass
 // writing the combination.  The backward differentiates `eval` exactly by evaluating it on dual numbers
 // (value + gradient with respect to the op's dot products and k, `Dual` below, its gradient a tangent type): with the adjoints G of the
@@ -38,16 +39,18 @@ constexpr int SCALED = 2;
 
 GEO_HD constexpr int op_nvec(int op) { return (op == PARALLEL_TRANSPORT0 || op == PARALLEL_TRANSPORT0BACK) ? 2 : 3; }
 GEO_HD constexpr bool op_scalar_out(int op) { return op == DIST2PLANE; }
+// e = v0 + v1 (gyration's a + b) where true, e = v0 - v1 (the transport's x - y, dist2plane's x - p) otherwise
+GEO_HD constexpr bool op_e_plus(int op) { return op == GYRATION; }
 
 // The dot products each op reads, in the order of its `s` array (and of its dual components; k comes last).
 template <int OP> struct Dots;
 template <> struct Dots<GYRATION> {
-  static constexpr int n = 5;
-  static constexpr int id[n] = {S00, S11, S01, S02, S12};
+  static constexpr int n = 7;
+  static constexpr int id[n] = {S00, S11, S01, S02, S12, SEE, SE2};
 };
 template <> struct Dots<PARALLEL_TRANSPORT> {
-  static constexpr int n = 5;
-  static constexpr int id[n] = {S00, S11, S01, S02, S12};
+  static constexpr int n = 7;
+  static constexpr int id[n] = {S00, S11, S01, S02, S12, SEE, SE2};
 };
 template <> struct Dots<PARALLEL_TRANSPORT0> {
   static constexpr int n = 1;
@@ -211,27 +214,50 @@ template <typename T> GEO_HD T arsin_k(const T& z, const T& k) {
 // coefficients of v0, v1, v2) or c[0] (dist2plane: the value).
 template <int OP, typename T> GEO_HD void eval(const T* s, const T& k, int flags, T* c);
 
-// geoopt's gyration closed form, gyr[a, b]u = u + 2 (ca a + cb b) / max(d, 1e-15)
+// geoopt's gyration closed form, gyr[a, b]u = u + ca a + cb b, ca = 2 na / D, cb = 2 nb / D with
+//   na = -k^2 au bb - k bu + 2k^2 ab bu,  nb = -k^2 bu aa + k au,  D = 1 - 2k ab + k^2 aa bb  (clamped at 1e-15).
+// For k < 0 and b near -a near the boundary (the transport's close x, y) all three cancel: the output's error is
+// ~eps |na - nb| / D ~ eps / D, D ~ (1 + k aa)^2 + |k| |a + b|^2 down to 1e-12 (3e-5 in float64, session 42).  With
+// d = a + b (dd = |d|^2, du = <d, u> accumulated directly) they are, exactly,
+//   na = T - k du (1 - 2k ab) - k^2 au dd,  nb = T - k^2 aa du,  T = k au (1 + k aa),
+//   D = (1 + k aa)(1 + k bb) - k dd  (non-negative terms for k <= 0; stereo_math.h, sub_den),
+// every term small there (1 + k aa, du, dd) and T, the one term that is not ~|d|, shared: its rounding moves the
+// output by 2 dT d / D only (dT ~ eps), so the error is ~eps / (1 + k aa), the rounding of aa itself.  k <= 0 rows
+// take this form (per row, as sub_den; the dual numbers differentiate the form taken), k > 0 rows geoopt's: there
+// 1 + k aa >= 1 and b near -a cancels nothing, while the rewrite's T and k^2 au dd are ~k^2 au aa for far points and
+// small b (d ~ a), where geoopt's terms are not.  Equal for k = 0 (na = nb = 0, D = 1).
 template <typename T>
-GEO_HD void gyr_coefs(const T& a2, const T& b2, const T& ab, const T& au, const T& bu, const T& k, T& ca, T& cb) {
+GEO_HD void gyr_coefs(const T& a2, const T& b2, const T& ab, const T& au, const T& bu, const T& dd, const T& du,
+                      const T& k, T& ca, T& cb) {
   const T k2 = k * k;
-  const T na = -k2 * au * b2 - k * bu + 2.0 * k2 * ab * bu;
-  const T nb = -k2 * bu * a2 + k * au;
-  const T d = t_max(1.0 - 2.0 * k * ab + k2 * a2 * b2, stereo::min_den<double>());
+  T na, nb, d;
+  if (val(k) > 0) {
+    na = -k2 * au * b2 - k * bu + 2.0 * k2 * ab * bu;
+    nb = -k2 * bu * a2 + k * au;
+    d = 1.0 - 2.0 * k * ab + k2 * a2 * b2;
+  } else {
+    const T pa = 1.0 + k * a2;
+    const T t = k * au * pa;
+    na = t - k * du * (1.0 - 2.0 * k * ab) - k2 * au * dd;
+    nb = t - k2 * a2 * du;
+    d = pa * (1.0 + k * b2) - k * dd;
+  }
+  d = t_max(d, stereo::min_den<double>());
   ca = 2.0 * na / d;
   cb = 2.0 * nb / d;
 }
 
 template <typename T> GEO_HD void eval_gyration(const T* s, const T& k, T* c) {
-  // s = (aa, bb, ab, au, bu)
-  gyr_coefs(s[0], s[1], s[2], s[3], s[4], k, c[0], c[1]);
+  // s = (aa, bb, ab, au, bu, dd, du), d = a + b (op_e_plus)
+  gyr_coefs(s[0], s[1], s[2], s[3], s[4], s[5], s[6], k, c[0], c[1]);
   c[2] = T(1.0);
 }
 
 template <typename T> GEO_HD void eval_parallel_transport(const T* s, const T& k, T* c) {
-  // v0 = x, v1 = y, v2 = v: gyr[y, -x] v * lambda_x / lambda_y; s = (xx, yy, xy, xv, yv)
+  // v0 = x, v1 = y, v2 = v: gyr[y, -x] v * lambda_x / lambda_y; s = (xx, yy, xy, xv, yv, ee, ev), e = x - y:
+  // a = y, b = -x, u = v, d = a + b = -e
   T ca, cb;
-  gyr_coefs(s[1], s[0], -s[2], s[4], -s[3], k, ca, cb);  // a = y, b = -x, u = v
+  gyr_coefs(s[1], s[0], -s[2], s[4], -s[3], s[5], -s[6], k, ca, cb);
   const T lx = 2.0 / t_max(1.0 + k * s[0], stereo::min_den<double>());
   const T ly = 2.0 / t_max(1.0 + k * s[1], stereo::min_den<double>());
   const T ratio = lx / ly;
@@ -334,17 +360,19 @@ template <int OP, typename T> GEO_HD void eval(const T* s, const T& k, int flags
 }
 
 // The adjoints of the dot products, G[NUM_DOTS], as vector gradients: dv_i = sum_j W[i][j] v_j (i, j < 3).
-//   <v0,v0>: dv0 += 2G v0;  <v0,v1>: dv0 += G v1, dv1 += G v0;  e = v0 - v1:  |e|^2: dv0 += 2G e, dv1 -= 2G e;
-//   <e,v1>: dv0 += G v1, dv1 += G (v0 - 2 v1);  <e,v2>: dv0 += G v2, dv1 -= G v2, dv2 += G e
-GEO_HD void dot_adjoint_coefs(const double* G, double W[3][3]) {
+//   <v0,v0>: dv0 += 2G v0;  <v0,v1>: dv0 += G v1, dv1 += G v0;  e = v0 - p v1 (p = -1 where op_e_plus, else 1):
+//   |e|^2: dv0 += 2G e, dv1 -= 2pG e;  <e,v1>: dv0 += G v1, dv1 += G (v0 - 2p v1);
+//   <e,v2>: dv0 += G v2, dv1 -= pG v2, dv2 += G e
+GEO_HD void dot_adjoint_coefs(const double* G, double W[3][3], bool e_plus = false) {
+  const double p = e_plus ? -1.0 : 1.0;
   W[0][0] = 2 * G[S00] + 2 * G[SEE];
-  W[0][1] = G[S01] - 2 * G[SEE] + G[SE1];
+  W[0][1] = G[S01] - 2 * p * G[SEE] + G[SE1];
   W[0][2] = G[S02] + G[SE2];
-  W[1][0] = G[S01] - 2 * G[SEE] + G[SE1];
-  W[1][1] = 2 * G[S11] + 2 * G[SEE] - 2 * G[SE1];
-  W[1][2] = G[S12] - G[SE2];
+  W[1][0] = G[S01] - 2 * p * G[SEE] + G[SE1];
+  W[1][1] = 2 * G[S11] + 2 * G[SEE] - 2 * p * G[SE1];
+  W[1][2] = G[S12] - p * G[SE2];
   W[2][0] = G[S02] + G[SE2];
-  W[2][1] = G[S12] - G[SE2];
+  W[2][1] = G[S12] - p * G[SE2];
   W[2][2] = 2 * G[S22];
 }
 
