@@ -96,6 +96,9 @@ _MIN_DEN = tl.constexpr(1e-15)
 # Taylor cuts (series_cut<T>()).
 _CUT_F64 = 1e-3
 _CUT_F32 = 0.05
+# logmap (k > 0) near x's antipode: rows whose den from the row sums is below this take it from a second pass,
+# |x + k xx y|^2 / xx (antipode_cut<T>(), stereo_math.h: why, and the bound that sets it).
+_ANTIPODE_CUT = tl.constexpr(1e-3)
 
 # A row up to this width lives in one tile; wider rows are walked in chunks of it.
 MAX_BLOCK_D = 4096
@@ -321,6 +324,74 @@ def _sub_den_vjp(den_, live, xx, yy, xy, dd, k):
 
 # ---------------------------------------------------------------- forward coefficients
 @triton.jit
+def _logmap_coef(xx, yy, xy, dd, k, den0, CUT: tl.constexpr):
+    """logmap's (a, b, c) given den0, the denominator of (-x) (+) y before its clamp (_sub_den of the row sums, or
+    _logmap_den's near x's antipode).
+    s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
+                   = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form: k xx > 1 and xx > yy),
+    |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s.  Why two forms: stereo_math.h, logmap_y_form."""
+    nb = 1.0 + k * xx
+    pp = nb * (1.0 + k * yy)
+    den = _clamp_min_den(den0)
+    p = _clamp_min_den(nb)
+    z = _div(k * dd, den)
+    q = _div(pp, den)
+    f = _atanc(z, q, CUT) * p
+    yf = (k * xx > 1.0) & (xx > yy)
+    w = 1.0 + 2.0 * k * xy - k * yy
+    F = _div(f * k * dd, den)
+    a = tl.where(yf, 0.0, F)
+    b = tl.where(yf, F, 0.0)
+    c = _div(-f * tl.where(yf, w, nb), den)
+    return a, b, c
+
+
+@triton.jit
+def _logmap_vjp(xx, yy, xy, dd, k, den0, ga, gb, gc, CUT: tl.constexpr):
+    """Adjoints (xx, yy, xy, dd, k) of logmap's (a, b, c) given den0 as _logmap_coef."""
+    nb = 1.0 + k * xx
+    pp = nb * (1.0 + k * yy)
+    den, den_live = _clamp_min_den_live(den0)
+    p, p_live = _clamp_min_den_live(nb)
+    z = _div(k * dd, den)
+    q = _div(pp, den)
+    A = _atanc(z, q, CUT)
+    f = A * p
+    # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy);
+    # w's adjoint wy (0 in x-form rows) carried to xy, yy below (one live value: the sm_90 float64 variant spilled
+    # with the mask and the adjoint both live)
+    yf = (k * xx > 1.0) & (xx > yy)
+    mw = tl.where(yf, 1.0 + 2.0 * k * xy - k * yy, nb)
+    gF = tl.where(yf, gb, ga)
+    a = _div(f * k * dd, den)
+    c = _div(-f * mw, den)
+    f_ = _div(gF * k * dd, den) - _div(gc * mw, den)
+    dd_ = _div(gF * f * k, den)
+    mw_ = _div(-gc * f, den)
+    wy = tl.where(yf, mw_, 0.0)
+    nb_ = tl.where(yf, 0.0, mw_)
+    den_ = _div(-(a * gF + c * gc), den)
+    k_ = _div(gF * f * dd, den) + wy * (2.0 * xy - yy)
+    # f = A(z) p
+    A_ = f_ * p
+    p_ = f_ * A
+    z_ = A_ * _atanc_d(z, q, A, CUT)
+    k_ += _div(z_ * dd, den)
+    dd_ += _div(z_ * k, den)
+    den_ -= _div(z_ * z, den)
+    xx1 = nb_ + tl.where(p_live, p_, 0.0)
+    g_xx = xx1 * k
+    k_ += xx1 * xx
+    s_xx, s_yy, s_xy, s_dd, s_k = _sub_den_vjp(den_, den_live, xx, yy, xy, dd, k)
+    g_xy = s_xy + wy * 2.0 * k  # (+ the y form's w)
+    g_xx = g_xx + s_xx
+    g_yy = s_yy - wy * k
+    g_dd = dd_ + s_dd
+    g_k = k_ + s_k
+    return g_xx, g_yy, g_xy, g_dd, g_k
+
+
+@triton.jit
 def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: tl.constexpr):
     """Coefficients (a, b, c): out = a x + b y + c (x - y); scalar ops return their value in a."""
     zero = tl.zeros_like(xx)
@@ -360,22 +431,7 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
     elif OP == EXPMAP0:
         a = _tanc(k * xx, CUT)
     elif OP == LOGMAP:
-        # s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
-        #                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form: k xx > 1 and xx > yy),
-        # |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s.  Why two forms: stereo_math.h, logmap_y_form.
-        nb = 1.0 + k * xx
-        pp = nb * (1.0 + k * yy)
-        den = _clamp_min_den(_sub_den(pp, xx, yy, xy, dd, k))
-        p = _clamp_min_den(nb)
-        z = _div(k * dd, den)
-        q = _div(pp, den)
-        f = _atanc(z, q, CUT) * p
-        yf = (k * xx > 1.0) & (xx > yy)
-        w = 1.0 + 2.0 * k * xy - k * yy
-        F = _div(f * k * dd, den)
-        a = tl.where(yf, 0.0, F)
-        b = tl.where(yf, F, 0.0)
-        c = _div(-f * tl.where(yf, w, nb), den)
+        a, b, c = _logmap_coef(xx, yy, xy, dd, k, _sub_den((1.0 + k * xx) * (1.0 + k * yy), xx, yy, xy, dd, k), CUT)
     elif OP == LOGMAP0:
         z = k * xx
         a = _atanc(z, 1.0 + z, CUT)
@@ -468,45 +524,8 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_xx = z_ * k
         g_k = z_ * xx
     elif OP == LOGMAP:
-        nb = 1.0 + k * xx
-        pp = nb * (1.0 + k * yy)
-        den, den_live = _clamp_min_den_live(_sub_den(pp, xx, yy, xy, dd, k))
-        p, p_live = _clamp_min_den_live(nb)
-        z = _div(k * dd, den)
-        q = _div(pp, den)
-        A = _atanc(z, q, CUT)
-        f = A * p
-        # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy);
-        # w's adjoint wy (0 in x-form rows) carried to xy, yy below (one live value: the sm_90 float64 variant spilled
-        # with the mask and the adjoint both live)
-        yf = (k * xx > 1.0) & (xx > yy)
-        mw = tl.where(yf, 1.0 + 2.0 * k * xy - k * yy, nb)
-        gF = tl.where(yf, gb, ga)
-        a = _div(f * k * dd, den)
-        c = _div(-f * mw, den)
-        f_ = _div(gF * k * dd, den) - _div(gc * mw, den)
-        dd_ = _div(gF * f * k, den)
-        mw_ = _div(-gc * f, den)
-        wy = tl.where(yf, mw_, 0.0)
-        nb_ = tl.where(yf, 0.0, mw_)
-        den_ = _div(-(a * gF + c * gc), den)
-        k_ = _div(gF * f * dd, den) + wy * (2.0 * xy - yy)
-        # f = A(z) p
-        A_ = f_ * p
-        p_ = f_ * A
-        z_ = A_ * _atanc_d(z, q, A, CUT)
-        k_ += _div(z_ * dd, den)
-        dd_ += _div(z_ * k, den)
-        den_ -= _div(z_ * z, den)
-        xx1 = nb_ + tl.where(p_live, p_, 0.0)
-        g_xx = xx1 * k
-        k_ += xx1 * xx
-        s_xx, s_yy, s_xy, s_dd, s_k = _sub_den_vjp(den_, den_live, xx, yy, xy, dd, k)
-        g_xy = s_xy + wy * 2.0 * k  # (+ the y form's w)
-        g_xx = g_xx + s_xx
-        g_yy = s_yy - wy * k
-        g_dd = dd_ + s_dd
-        g_k = k_ + s_k
+        pp = (1.0 + k * xx) * (1.0 + k * yy)
+        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, _sub_den(pp, xx, yy, xy, dd, k), ga, gb, gc, CUT)
     elif OP == LOGMAP0:
         z = k * xx
         q = 1.0 + z
@@ -678,6 +697,42 @@ def _program_rows(X, Y, K, R, N, stride_x, stride_y, stride_k, stride_r, HAS_R: 
 
 
 @triton.jit
+def _antipode_den(xx, yy, xy, dd, k, sq):
+    """logmap's den0 (float64): _sub_den of the row sums, or sq / xx (sq = |x + k xx y|^2, the second pass) in the
+    rows near x's antipode (k > 0, below _ANTIPODE_CUT), where the sums' den is ~eps / den off (stereo_math.h)."""
+    den0 = _sub_den((1.0 + k * xx) * (1.0 + k * yy), xx, yy, xy, dd, k)
+    near = (k > 0) & (den0 < _ANTIPODE_CUT)
+    return tl.where(near, sq / tl.where(near, xx, 1.0), den0)
+
+
+@triton.jit
+def _antipode_rows(xx, yy, xy, k):
+    """Whether this program has a row near x's antipode (k > 0, den below _ANTIPODE_CUT): the one branch per program
+    that the usual rows pay."""
+    den0 = 1.0 + 2.0 * k * xy + k * k * xx * yy  # (_sub_den's k > 0 form)
+    return tl.max(((k > 0) & (den0 < _ANTIPODE_CUT)).to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _antipode_sq(xv, yv, kxx):
+    """|x + k xx y|^2 of a tile's rows in float64 (kxx = k xx per row)."""
+    t = xv.to(F64) + kxx[:, None] * yv.to(F64)
+    return tl.sum(t * t, axis=1)
+
+
+@triton.jit
+def _antipode_sq_chunked(x_row, y_row, rmask, D, kxx, CT: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    """_antipode_sq over rows wider than a tile, chunk by chunk."""
+    cols = tl.arange(0, BLOCK_D)
+    sq = tl.zeros([BLOCK_M], dtype=F64)
+    for d0 in range(0, D, BLOCK_D):
+        m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, d0 + cols, rmask, D, True, False, CT)
+        sq += _antipode_sq(xv, yv, kxx)
+    return sq
+
+
+@triton.jit
 def _stereo_fwd_kernel(
     X, Y, K, R, OUT,
     N, D,
@@ -701,7 +756,19 @@ def _stereo_fwd_kernel(
                                                    BLOCK_D)
 
     # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops (row math in float64)
-    a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
+    if OP == LOGMAP:
+        # logmap's rows near x's antipode: den from a second pass over the row (_antipode_den), only in the
+        # programs that have one
+        xx, yy, xy, dd, k = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64)
+        sq = xx
+        if _antipode_rows(xx, yy, xy, k):
+            if ONE_CHUNK:
+                sq = _antipode_sq(xv, yv, k * xx)
+            else:
+                sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
+        a, b, c = _logmap_coef(xx, yy, xy, dd, k, _antipode_den(xx, yy, xy, dd, k, sq), CUT)
+    else:
+        a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
     if not SCALAR_OUT:
         a, b, c = a.to(CT), b.to(CT), c.to(CT)
     if SCALAR_OUT:
@@ -750,7 +817,20 @@ def _stereo_bwd_kernel(
 
     # ---- row adjoints (row math in float64)
     xx, yy, xy, dd, k, r = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64)
-    g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga.to(F64), gb.to(F64), gc.to(F64), PARAM, CUT)
+    if OP == LOGMAP:
+        # the forward's den near x's antipode (_antipode_den): the gradient of the value computed
+        sq = xx
+        if _antipode_rows(xx, yy, xy, k):
+            if ONE_CHUNK:
+                sq = _antipode_sq(xv, yv, k * xx)
+            else:
+                sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
+        den0 = _antipode_den(xx, yy, xy, dd, k, sq)
+        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, den0, ga.to(F64), gb.to(F64), gc.to(F64), CUT)
+        g_r = tl.zeros_like(xx)
+    else:
+        g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga.to(F64), gb.to(F64), gc.to(F64), PARAM,
+                                                CUT)
     need_dx = (GRAD_MASK & 1) != 0
     need_dy = (GRAD_MASK & 2) != 0  # only set for ops with y
     if (GRAD_MASK & 4) != 0:
@@ -770,7 +850,10 @@ def _stereo_bwd_kernel(
             gxc = zero[:, None]
             gyc = zero[:, None]
         else:
-            a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
+            if OP == LOGMAP:
+                a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
+            else:
+                a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
             gxc = (a + c).to(CT)[:, None]
             gyc = (b - c).to(CT)[:, None]
         if ONE_CHUNK:

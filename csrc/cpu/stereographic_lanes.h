@@ -330,6 +330,34 @@ inline void block_scalars(const RowScalars& sc, int64_t i0, int64_t nv, int64_t 
   } while (++b < nv);
 }
 
+// logmap on the sphere near x's antipode (stereo::antipode_cut, stereo_math.h): whether a lane of 0 .. nv (a whole
+// number of vectors) has k > 0 and den = 1 + 2k xy + k^2 xx yy (sub_den's k > 0 form) below the cut.  One compare per
+// row; false in the usual case, and then the block's coefficients stand as computed.
+inline bool antipode_lanes(const double* xx, const double* yy, const double* xy, const double* kk, int64_t nv) {
+  const Vec zero(0.0), one(1.0), two(2.0), cut(stereo::antipode_cut<double>());
+  for (int64_t v = 0; v < nv; v += kLanes) {
+    const Vec k = Vec::loadu(kk + v);
+    const Vec den = one + two * k * Vec::loadu(xy + v) + k * k * Vec::loadu(xx + v) * Vec::loadu(yy + v);
+    if (((k > zero) & (den < cut)).zero_mask() != (1 << kLanes) - 1) return true;
+  }
+  return false;
+}
+
+// A row's den as |x + k xx y|^2 / xx (stereo_math.h, above antipode_cut) where it is near x's antipode (k > 0 and the
+// sums' den below the cut), else -1.
+template <typename scalar_t>
+inline double antipode_den(const scalar_t* xr, const scalar_t* yr, int64_t D, double k, double xx, double yy,
+                           double xy) {
+  if (!(k > 0.0) || !(1.0 + 2.0 * k * xy + k * k * xx * yy < stereo::antipode_cut<double>())) return -1.0;
+  const double kx = k * xx;
+  double s = 0.0;
+  for (int64_t j = 0; j < D; ++j) {
+    const double t = static_cast<double>(load_elem(xr + j)) + kx * static_cast<double>(load_elem(yr + j));
+    s += t * t;
+  }
+  return s / xx;  // (xx > 0: den = 1 at x = 0)
+}
+
 // Writes out = a x + b y + c (x - y) for the nb rows of a block of contiguous short rows (x, y, out
 // rows of stride D, starting at the block's first row) as one stream of nb * D elements, each with
 // the coefficients of its row (rowof[e] = e / D; fa, fb, fc: the block's coefficients in opmath_t),
@@ -1075,7 +1103,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   alignas(64) double kconst[kMaxBlock];
   if (kF32Op && f32_fast && sc.sk == 0 && N > 0) std::fill(kconst, kconst + kMaxBlock, sc.k[0]);
   // the lane math of a block: the coefficients ca, cb, cc of its nv lanes from its row sums (kk, rr: scratch)
-  auto block_coefs = [&](int64_t i0, int64_t nv, int64_t end, const double* xx, const double* yy, const double* xy,
+  auto block_coefs_sums = [&](int64_t i0, int64_t nv, int64_t end, const double* xx, const double* yy, const double* xy,
                          const double* dd, double* kk, double* rr, double* ca, double* cb, double* cc) {
     block_scalars<HAS_R>(sc, i0, nv, end, kk, rr);
     if constexpr (!std::is_same<scalar_t, double>::value && float_call_op(OP)) {
@@ -1101,6 +1129,23 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         c.a.store(ca + v);
         c.b.store(cb + v);
         c.c.store(cc + v);
+      }
+    }
+  };
+  // ... and logmap's rows near x's antipode (k > 0, antipode_lanes) again in scalar double with den from a second pass
+  // over the row (antipode_den): the sums' den is off by ~eps / den relative there
+  auto block_coefs = [&](int64_t i0, int64_t nv, int64_t end, const double* xx, const double* yy, const double* xy,
+                         const double* dd, double* kk, double* rr, double* ca, double* cb, double* cc) {
+    block_coefs_sums(i0, nv, end, xx, yy, xy, dd, kk, rr, ca, cb, cc);
+    if constexpr (OP == LOGMAP) {
+      if (!antipode_lanes(xx, yy, xy, kk, nv)) return;
+      for (int64_t b = 0; b < std::min(nv, end - i0); ++b) {
+        const int64_t i = i0 + b;
+        const double den = antipode_den(xp + i * sx, yp + i * sy, D, kk[b], xx[b], yy[b], xy[b]);
+        if (den < 0.0) continue;
+        DirectMath<double> dm;
+        const Coef<double> c = stereo::logmap_coef(Row<double>{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0}, den, dm);
+        ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
       }
     }
   };
@@ -1458,6 +1503,23 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
     } else {
       LaneMath lm;
       lane_adjoints(lm);
+    }
+    // logmap's rows near x's antipode: the forward's den (fwd_rows' block_coefs), so that the gradient is the
+    // derivative of the value computed
+    if constexpr (OP == LOGMAP) {
+      if (antipode_lanes(xx, yy, xy, kk, nv)) {
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t i = i0 + b;
+          const double den = antipode_den(xp + i * sx, yp + i * sy, D, kk[b], xx[b], yy[b], xy[b]);
+          if (den < 0.0) continue;
+          DirectMath<double> dm;
+          const Row<double> s{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0};
+          const Row<double> adj = stereo::logmap_vjp(s, den, ga[b], gb[b], gc[b], dm);
+          axx[b] = adj.xx, ayy[b] = adj.yy, axy[b] = adj.xy, add[b] = adj.dd, ak[b] = adj.k, ar[b] = adj.r;
+          const Coef<double> c = stereo::logmap_coef(s, den, dm);
+          ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
+        }
+      }
     }
     for (int64_t b = 0; b < nb; ++b) {
       if (dk) dk[i0 + b] = ak[b];

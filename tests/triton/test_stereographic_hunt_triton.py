@@ -535,3 +535,36 @@ def test_gyration_transport_fp32_close_pairs_near_boundary(device, op, d):
     for what, (err, eager, scale) in sh._triple_fp32_errors(op, d, device).items():
         assert err <= 2 * eager + 1e-6 * scale, (what, err, eager)
         assert err <= 5e-7 * scale, (what, err / scale)
+
+
+# ---------------------------------------------------------------- logmap near x's antipode on the sphere (session 43)
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 19])
+def test_logmap_sphere_near_antipode(device, d, chunk):
+    """tests/test_stereographic_numhunt.py's near-antipode rows (y within 1e-7 .. 1e-2 of -x / (k|x|^2), k = 0.5, 2)
+    on the Triton kernels, one tile and chunked (max_block_d=8): float64 values within 1e-6 of the exact value, dx, dy,
+    dk within 1e-6 of 60-digit derivatives (the kernels took den from the row sums: ~eps / den relative, 1e-2 off at
+    den 1e-14), and random rows between them as the eager reference."""
+    from geoops.kernels import stereographic as S
+    from geoops.reference import stereographic as ref
+
+    nh = _numhunt()
+    f64 = torch.float64
+    for kv in (0.5, 2.0):
+        x, y = nh._antipode_pairs(6, d, kv, seed=d)
+        xr, yr = (torch.randn(6, d, generator=torch.Generator().manual_seed(s), dtype=f64) * 0.5 for s in (1, 2))
+        x, y = torch.cat([xr[:3], x, xr[3:]]), torch.cat([yr[:3], y, yr[3:]])
+        k = torch.full((12,), kv, dtype=f64)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=f64)
+        out = S._stereo_fwd(7, x, y, k, None, 0.0, max_block_d=chunk)
+        dx, dy, dk, _ = S._stereo_bwd(7, w, x, y, k, None, 0.0, 7, max_block_d=chunk)
+        near = slice(3, 9)
+        want = nh._logmap_exact_s(x[near], y[near], kv)
+        assert ((out[near] - want).norm(dim=-1) / want.norm(dim=-1)).max() <= 1e-6
+        ex, ey, ek = nh._logmap_grads_mp(x[near], y[near], kv, w[near])
+        for got, e in ((dx[near], ex), (dy[near], ey)):
+            assert ((got - e).norm(dim=-1) / e.norm(dim=-1)).max() <= 1e-6, kv
+        assert abs(dk[near].sum().item() - ek) <= 1e-6 * abs(ek)
+        rest = torch.cat([torch.arange(3), torch.arange(9, 12)])
+        torch.testing.assert_close(out[rest], ref.logmap(x[rest], y[rest], k=torch.tensor(kv, dtype=f64)),
+                                   rtol=1e-10, atol=1e-12)

@@ -183,6 +183,18 @@ template <typename T> GEO_HD T sub_den(T pp, T xx, T yy, T xy, T dd, T k) {
   return sel(k > T(0), T(1) + T(2) * k * xy + k * k * xx * yy, pp - k * dd);
 }
 
+// k > 0 near x's antipode -x / (k xx) den -> 0, and the rounding of the row sums (~eps (1 + 2k|xy| + k^2 xx yy), about
+// 4 eps there, more with D) is ~eps / den of it: logmap's value f N / den (|N| = |x - y| sqrt(den), f ~ sqrt(den)) is
+// off by that much (den 1e-14: 1e-2 in double).  The same den as a sum of squares does not cancel:
+//     xx den = xx + 2k xx xy + k^2 xx^2 yy = |x + k xx y|^2,
+// whose terms x_j + k xx y_j round to ~eps |x_j| against |x + k xx y| = |x| sqrt(den): ~eps / sqrt(den) relative,
+// the problem's own condition (the eager reference's error, which also divides the vector N).  It needs xx first, a
+// second pass over the row, so the kernels take it (antipode_den, csrc/cpu/stereographic_lanes.h) only for the rows
+// with k > 0 and den0 < antipode_cut: above it the sums' den moves the value by at most ~2e-13 D relative (half
+// of 4 D eps / cut); random rows almost never fall below it (y within a few % of x's antipode).  dist needs no such care:
+// den enters it only through |s| = sqrt(dd / den) in atan's saturated tail (tests: test_dist_sphere_near_antipode).
+template <typename T> GEO_HD T antipode_cut() { return T(1e-3); }
+
 // Which form logmap writes (-x) (+) y's numerator N = k dd x - (1 + k xx)(x - y) in (session 39).  N has three
 // equal forms, N = a x + b y = k dd x - b (x - y) = k dd y + a (x - y) with a = -(1 + 2k<x,y> - k yy), b = 1 + k xx
 // (a + b = k dd); their rounding errors are ~eps times the size of their terms, against |N| = |x - y| sqrt(den):
@@ -213,6 +225,72 @@ template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T
   g.dd += sel(pos, T(0), -kd);
   g.k += den_ * sel(pos, T(2) * s.xy + T(2) * k * s.xx * s.yy,
                     s.xx * (T(1) + k * s.yy) + s.yy * (T(1) + k * s.xx) - s.dd);
+}
+
+// logmap's coefficients (fwd, case LOGMAP) and row adjoints (vjp, case LOGMAP) given den0, the denominator of
+// (-x) (+) y before its clamp: sub_den of the row sums, or antipode_den's where those sums' rounding would show.
+template <typename T, typename M> GEO_HD Coef<T> logmap_coef(const Row<T>& s, T den0, M& m) {
+  const T k = s.k;
+  // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
+  //                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form, logmap_y_form: k xx > 1, xx > yy),
+  // |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s
+  T nb = T(1) + k * s.xx;
+  T pp = nb * (T(1) + k * s.yy);
+  T den = clamp_lo(den0, min_den<T>());
+  T p = clamp_lo(nb, min_den<T>());
+  T z = k * s.dd / den;
+  T q = pp / den;
+  T f = m.atanc(z, q) * p;
+  T F = f * k * s.dd / den;
+  auto yf = logmap_y_form(s.xx, s.yy, k);
+  T w = T(1) + T(2) * k * s.xy - k * s.yy;
+  return {sel(yf, T(0), F), sel(yf, F, T(0)), -f * sel(yf, w, nb) / den};
+}
+
+template <typename T, typename M> GEO_HD Row<T> logmap_vjp(const Row<T>& s, T den0, T ga, T gb, T gc, M& m) {
+  const T k = s.k;
+  Row<T> g{T(0), T(0), T(0), T(0), T(0), T(0)};
+  T nb = T(1) + k * s.xx;
+  T pp = nb * (T(1) + k * s.yy);
+  auto den_live = den0 > min_den<T>();
+  T den = sel(den_live, den0, min_den<T>());
+  auto p_live = nb > min_den<T>();
+  T p = sel(p_live, nb, min_den<T>());
+  T z = k * s.dd / den;
+  T q = pp / den;
+  T A = m.atanc(z, q);
+  T f = A * p;
+  // x form: a = F, c = -f nb / den; y form (logmap_y_form): b = F, c = -f w / den; F = f k dd / den,
+  // w = 1 + 2k xy - k yy
+  auto yf = logmap_y_form(s.xx, s.yy, k);
+  T w = T(1) + T(2) * k * s.xy - k * s.yy;
+  T mw = sel(yf, w, nb);
+  T gF = sel(yf, gb, ga);
+  T a = f * k * s.dd / den, c = -f * mw / den;
+  T f_ = gF * k * s.dd / den - gc * mw / den;
+  T dd_ = gF * f * k / den;
+  T mw_ = -gc * f / den;
+  T nb_ = sel(yf, T(0), mw_);
+  T den_ = -(a * gF + c * gc) / den;
+  T k_ = gF * f * s.dd / den;
+  // y form: w's adjoint mw_ to xy, yy, k
+  k_ = sel(yf, k_ + mw_ * (T(2) * s.xy - s.yy), k_);
+  g.xy = sel(yf, mw_ * T(2) * k, T(0));
+  g.yy = sel(yf, -(mw_ * k), T(0));
+  // f = A(z) p
+  T A_ = f_ * p;
+  T p_ = f_ * A;
+  T z_ = A_ * atanc_d(z, q, A);
+  k_ += z_ * s.dd / den;
+  dd_ += z_ * k / den;
+  den_ -= z_ * z / den;
+  T xx1 = nb_ + sel(p_live, p_, T(0));
+  g.xx = xx1 * k;
+  k_ += xx1 * s.xx;
+  g.k = k_;
+  g.dd = dd_;
+  add_sub_den_vjp(s, sel(den_live, den_, T(0)), g);
+  return g;
 }
 
 template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T param, M& m) {
@@ -252,20 +330,8 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
     case EXPMAP0:
       return {m.tanc(k * s.xx), T(0), T(0)};
     case LOGMAP: {
-      // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
-      //                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form, logmap_y_form: k xx > 1, xx > yy),
-      // |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s
-      T nb = T(1) + k * s.xx;
-      T pp = nb * (T(1) + k * s.yy);
-      T den = clamp_lo(sub_den(pp, s.xx, s.yy, s.xy, s.dd, k), min_den<T>());
-      T p = clamp_lo(nb, min_den<T>());
-      T z = k * s.dd / den;
-      T q = pp / den;
-      T f = m.atanc(z, q) * p;
-      T F = f * k * s.dd / den;
-      auto yf = logmap_y_form(s.xx, s.yy, k);
-      T w = T(1) + T(2) * k * s.xy - k * s.yy;
-      return {sel(yf, T(0), F), sel(yf, F, T(0)), -f * sel(yf, w, nb) / den};
+      T pp = (T(1) + k * s.xx) * (T(1) + k * s.yy);
+      return logmap_coef(s, sub_den(pp, s.xx, s.yy, s.xy, s.dd, k), m);
     }
     case LOGMAP0: {
       T z = k * s.xx;
@@ -364,48 +430,8 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       return g;
     }
     case LOGMAP: {
-      T nb = T(1) + k * s.xx;
-      T pp = nb * (T(1) + k * s.yy);
-      T den0 = sub_den(pp, s.xx, s.yy, s.xy, s.dd, k);
-      auto den_live = den0 > min_den<T>();
-      T den = sel(den_live, den0, min_den<T>());
-      auto p_live = nb > min_den<T>();
-      T p = sel(p_live, nb, min_den<T>());
-      T z = k * s.dd / den;
-      T q = pp / den;
-      T A = m.atanc(z, q);
-      T f = A * p;
-      // x form: a = F, c = -f nb / den; y form (logmap_y_form): b = F, c = -f w / den; F = f k dd / den,
-      // w = 1 + 2k xy - k yy
-      auto yf = logmap_y_form(s.xx, s.yy, k);
-      T w = T(1) + T(2) * k * s.xy - k * s.yy;
-      T mw = sel(yf, w, nb);
-      T gF = sel(yf, gb, ga);
-      T a = f * k * s.dd / den, c = -f * mw / den;
-      T f_ = gF * k * s.dd / den - gc * mw / den;
-      T dd_ = gF * f * k / den;
-      T mw_ = -gc * f / den;
-      T nb_ = sel(yf, T(0), mw_);
-      T den_ = -(a * gF + c * gc) / den;
-      T k_ = gF * f * s.dd / den;
-      // y form: w's adjoint mw_ to xy, yy, k
-      k_ = sel(yf, k_ + mw_ * (T(2) * s.xy - s.yy), k_);
-      g.xy = sel(yf, mw_ * T(2) * k, T(0));
-      g.yy = sel(yf, -(mw_ * k), T(0));
-      // f = A(z) p
-      T A_ = f_ * p;
-      T p_ = f_ * A;
-      T z_ = A_ * atanc_d(z, q, A);
-      k_ += z_ * s.dd / den;
-      dd_ += z_ * k / den;
-      den_ -= z_ * z / den;
-      T xx1 = nb_ + sel(p_live, p_, T(0));
-      g.xx = xx1 * k;
-      k_ += xx1 * s.xx;
-      g.k = k_;
-      g.dd = dd_;
-      add_sub_den_vjp(s, sel(den_live, den_, T(0)), g);
-      return g;
+      T pp = (T(1) + k * s.xx) * (T(1) + k * s.yy);
+      return logmap_vjp(s, sub_den(pp, s.xx, s.yy, s.xy, s.dd, k), ga, gb, gc, m);
     }
     case LOGMAP0: {
       T z = k * s.xx, q = T(1) + z;
