@@ -213,9 +213,9 @@ def test_seq_model_train_steps_match_the_eager_twin_fp64(sapp, transposed, causa
 
 def test_seq_model_fp32_within_twice_the_eager_error(sapp, tf32_dots):
     """float32 (the tensor-core paths' TF32 operands emulated): loss and gradients within 2x (+ a floor) of the
-    float32 eager twin's distance to the float64 run.  One layout (S4D's default, transposed): transposed=False
-    only hands the kernels the other strided view, which they copy once (test_non_contiguous_input_is_copied_once),
-    so the float32 arithmetic is the same; both layouts' results are checked to float64 rounding above (the
+    float32 eager twin's distance to the float64 run.  One layout (S4D's default, transposed): with
+    transposed=False S4D, not the block, transposes its (B, L, H) input, so the kernels get the same strided
+    (B, H, L) view and do the same float32 arithmetic; both layouts are checked to float64 rounding above (the
     transposed=False case was ~16 s of the interpreter stage's CPU)."""
     import copy
     m, e = sapp._twins(torch.float32, transposed=True, causal=True, dropout=0.1, **S_CFG)
