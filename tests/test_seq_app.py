@@ -312,6 +312,9 @@ def test_gradient_accumulation_and_clipping():
     assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()])).item() < 1.0001e-3
 
 
+@pytest.mark.build_relative("compiled against eager in one build; the entry points it reads (ssm_conv_*, ssm_discretize_*, "
+                            "ssm_direct_fft, triple_attention_*) are read by the eager tests of this file, "
+                            "tests/test_ssm*.py and tests/test_attention.py, which the portable stage runs")
 @pytest.mark.parametrize("mode", [pytest.param("default", marks=pytest.mark.slow), "fullgraph",
                                   pytest.param("dynamic", marks=pytest.mark.slow)])
 def test_torch_compile_of_the_whole_model(mode):
