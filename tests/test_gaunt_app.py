@@ -486,6 +486,8 @@ def _small(route="auto"):
 
 
 @pytest.mark.slow
+@pytest.mark.build_relative("compiled against the eager model in one build; the gaunt entry points it reads "
+                            "are read by the eager tests of this file and tests/test_gaunt.py, which the portable stage runs")
 @pytest.mark.parametrize("dynamic", [None, True])
 def test_compiled_model_energies_and_forces(dynamic):
     """torch.compile of the model, two batches of different sizes (a recompile or a dynamic graph); forces by
@@ -506,6 +508,8 @@ def test_compiled_model_energies_and_forces(dynamic):
 
 
 @pytest.mark.slow
+@pytest.mark.build_relative("compiled against the eager model in one build; the gaunt entry points it reads "
+                            "are read by the eager tests of this file and tests/test_gaunt.py, which the portable stage runs")
 def test_compiled_force_training_through_func_grad():
     """Force training under torch.compile: autograd.grad(create_graph=True) through a compiled forward is torch's
     own limitation ("torch.compile with aot_autograd does not currently support double backward", raised, not
