@@ -10,8 +10,9 @@
 # AVX-512 and without hardware fma (ATen's vector fmadd is then two roundings), so its paths and their bits differ
 # (tests state which results are bit-exact only on SIMD builds: tests/_stereo_rows.py paths_bitwise()).
 # GEOOPS_C_USAGE_SELECT=DIR deselects the tests that a native run with GEOOPS_C_USAGE_RECORD=DIR saw pass without
-# reaching geoops._C (tests/conftest.py; scripts/test.sh does this): they run the same Python on both builds.  Every
-# other test runs (those that reached geoops._C, started a process or did not pass, and any the native run did not
+# reaching geoops._C (tests/conftest.py; scripts/test.sh does this): they run the same Python on both builds; and the
+# tests marked build_relative (they check geoops against geoops in one build: compiled vs eager).  Every other test
+# runs (those that reached geoops._C, started a process or did not pass, and any the native run did not
 # see to its end).  Unset, or nothing recorded there: the whole suite.
 #   bash scripts/portable_tests.sh [pytest args]      # after scripts/wheel_check.sh
 set -euo pipefail
@@ -59,7 +60,7 @@ assert C.build_isa() == "DEFAULT", f"not a portable build: {C.build_isa()}"
 print(f"[portable] geoops and {os.path.basename(C.__file__)} from {here}; build_isa() = {C.build_isa()}")
 EOF
 if [ -n "${GEOOPS_C_USAGE_SELECT:-}" ]; then
-  echo "[portable] the $(cat "$GEOOPS_C_USAGE_SELECT"/*.skip | sort -u | wc -l) tests that passed in the native run without reaching geoops._C are deselected; the others run again ($(cat "$GEOOPS_C_USAGE_SELECT"/*.txt | sort -u | wc -l) reached it, started a process or did not pass there)"
+  echo "[portable] the $(cat "$GEOOPS_C_USAGE_SELECT"/*.skip | sort -u | wc -l) tests that passed in the native run without reaching geoops._C are deselected; the others run again ($(cat "$GEOOPS_C_USAGE_SELECT"/*.txt | sort -u | wc -l) reached it, started a process or did not pass there; those marked build_relative are deselected too)"
 else
   unset GEOOPS_C_USAGE_SELECT
   echo "[portable] no record of the native run's geoops._C use: the whole suite"

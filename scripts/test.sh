@@ -13,8 +13,9 @@
 #  7. then the pytest suite on that wheel's portable extension (scripts/portable_tests.sh:
 #     a copy of the checkout with the wheel's extension in place of the native one): the tests of stage 4 that
 #     reached geoops._C there (or started a process, or did not pass; tests/conftest.py records them) and any
-#     it did not see to their end, since the others run the same Python on both builds; pytest reports the rest
-#     as deselected.
+#     it did not see to their end, since the others run the same Python on both builds, less those marked
+#     build_relative (compiled / exported programs checked against eager geoops in one build); pytest reports the
+#     rest as deselected.
 # A failed stage does not stop the later ones; the run ends with one table
 # (stage, result, passed/failed/skipped, time, skip reasons grouped) and exits
 # non-zero if any stage failed.  Arguments go to the pytest stage:

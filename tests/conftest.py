@@ -15,11 +15,17 @@ C++ kernel joins by itself:
   the others (tests that ran to their end, passed and never read geoops._C), both written test by test (a worker
   that crashes keeps what it wrote).
 * GEOOPS_C_USAGE_SELECT=DIR (scripts/portable_tests.sh): deselects the tests of DIR's *.skip files (pytest reports
-  them as deselected) and runs every other: the recorded ones, and those the native run did not see to their end
+  them as deselected) and runs every other (but those marked build_relative, below): the recorded ones, and those the native run did not see to their end
   (a crash, a test it never reached, an id only this run has, e.g. build-dependent parameters).  No *.skip file in
   DIR: every test runs.
 
-Without either variable this file does nothing.
+* ``@pytest.mark.build_relative("why")``: a test whose every check compares geoops with geoops in this build
+  (a torch.compile / export / AOTInductor program against the same model run eagerly, a child process against this
+  one) is deselected as well under GEOOPS_C_USAGE_SELECT: a kernel that computes differently on the portable
+  build does so on both sides, and the eager tests of the same kernels, which stay, see it.  Only where the
+  compiled route calls no geoops._C entry point that kept tests do not call (the reason says which tests).
+
+Without either variable this file does nothing (the marker too).
 """
 import os
 import types
@@ -132,6 +138,8 @@ class _Recorder:
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "build_relative(why): compares geoops with geoops in one build; CI's portable "
+                            "stage leaves it out (tests/conftest.py)")
     if not _RECORD:
         return
     worker = hasattr(config, "workerinput")
@@ -168,7 +176,8 @@ def pytest_collection_modifyitems(config, items):
     skip = _deselectable(_SELECT)
     if skip is None:
         return
-    drop = [it for it in items if it.nodeid in skip]
+    drop = [it for it in items if it.nodeid in skip or it.get_closest_marker("build_relative")]
     if drop:
-        items[:] = [it for it in items if it.nodeid not in skip]
+        gone = set(map(id, drop))
+        items[:] = [it for it in items if id(it) not in gone]
         config.hook.pytest_deselected(items=drop)

@@ -45,6 +45,12 @@ def test_starts_a_process():
     subprocess.run([sys.executable, "-c", "pass"], check=True)
 
 
+@pytest.mark.build_relative("a compiled route against the eager one")
+def test_compiled_against_eager():
+    x = torch.full((3, 4), 0.1)
+    assert torch.isfinite(gs.mobius_add(x, x, k=torch.tensor(-1.0))).all()
+
+
 @pytest.mark.skip(reason="skipped here")
 def test_skipped():
     pass
@@ -76,7 +82,7 @@ def test_record_and_select_the_tests_that_reach_the_extension(tmp_path):
     native run saw pass without reading geoops._C.  So a test that crashed the native run, one it never reached
     and one whose id only the portable run has (build-dependent parameters) all run again (session 40: the record
     was written at the session's end, so a crashed worker's tests, and ids the native run never had, were
-    deselected)."""
+    deselected).  A test marked build_relative is deselected although it reached geoops._C."""
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     rec = tmp_path / "rec"
     r = _pytest(tmp_path, {"GEOOPS_C_USAGE_RECORD": str(rec)})
@@ -86,9 +92,10 @@ def test_record_and_select_the_tests_that_reach_the_extension(tmp_path):
         if f.endswith(".txt"):
             recorded.update(line.split("::")[-1] for line in (rec / f).read_text().split())
     assert recorded == {"test_calls_a_kernel", "test_first_fixture_user", "test_second_fixture_user",
-                        "test_starts_a_process", "test_skipped"}, recorded
+                        "test_starts_a_process", "test_compiled_against_eager", "test_skipped"}, recorded
     r = _pytest(tmp_path, {"GEOOPS_C_USAGE_SELECT": str(rec), "SAMPLE_BUILD": "portable"}, "-rA")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "6 passed, 1 skipped, 1 deselected" in r.stdout, r.stdout
+    assert "6 passed, 1 skipped, 2 deselected" in r.stdout, r.stdout  # test_python_only, the build_relative one
+    assert "test_compiled_against_eager" not in r.stdout, r.stdout
     for name in ("test_build_dependent_id[portable]", "test_zz_crashes_the_native_run"):
         assert f"PASSED test_sample.py::{name}" in r.stdout, r.stdout

@@ -207,6 +207,8 @@ def test_load_in_a_fresh_process(tmp_path):
 
 # ---------------------------------------------------------------- AOTInductor (the suite's only AOTI compile)
 @pytest.mark.slow
+@pytest.mark.build_relative("the package's numbers against the eager model's in one build; its one kernel entry point "
+                            "(gaunt_direct_fwd_cpu) is read by tests/test_gaunt*.py, which the portable stage runs")
 def test_aoti_package_runs_in_a_fresh_process(tmp_path):
     """AOTInductor on the CPU (~40 s: one compile, the Gaunt model, whose op takes a Tensor?[] list): the package
     runs geoops' Python-registered ops through torch's proxy executor, so it loads only in a Python process that

@@ -35,6 +35,8 @@ def _check(f, *args):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.build_relative("compiled against eager (_check) in one build; every geoops._C entry point it reads "
+                            "is read by the family's eager tests, which the portable stage runs")
 def test_gaunt_grad():
     g = _gen(0)
     x = torch.randn(5, 3, 9, generator=g, dtype=F64)
@@ -45,6 +47,8 @@ def test_gaunt_grad():
     _check(vmap(lambda a, b: gg.gaunt_tensor_product(a, b, 2)), x, y)
 
 
+@pytest.mark.build_relative("compiled against eager (_check) in one build; every geoops._C entry point it reads "
+                            "is read by the family's eager tests, which the portable stage runs")
 def test_stereographic_grad_jacrev_vmap():
     g = _gen(1)
     x = torch.randn(6, 4, generator=g, dtype=F64) * 0.2
@@ -62,6 +66,8 @@ def test_stereographic_grad_jacrev_vmap():
     _check(grad(lambda a: st.weighted_midpoint(a, k=k, reducedim=[0]).square().sum()), x)
 
 
+@pytest.mark.build_relative("compiled against eager (_check) in one build; every geoops._C entry point it reads "
+                            "is read by the family's eager tests, which the portable stage runs")
 def test_poincare_grad():
     g = _gen(2)
     x = (torch.rand(5, 6, generator=g, dtype=F64) - 0.5) * 0.3
@@ -76,6 +82,8 @@ def test_poincare_grad():
     _check(grad(lambda zz: gp.poincare_conv2d(img, zz, c=c, kernel_size=3, padding=1).square().sum()), zc)
 
 
+@pytest.mark.build_relative("compiled against eager (_check) in one build; every geoops._C entry point it reads "
+                            "is read by the family's eager tests, which the portable stage runs")
 def test_ssm_grad():
     g = _gen(3)
     H, N, L = 3, 4, 9
@@ -91,6 +99,8 @@ def test_ssm_grad():
     _check(grad(lambda ld: ssm.ssm_conv(u, ld, A, B, C, D).square().sum()), log_dt)
 
 
+@pytest.mark.build_relative("compiled against eager (_check) in one build; every geoops._C entry point it reads "
+                            "is read by the family's eager tests, which the portable stage runs")
 def test_attention_grad():
     g = _gen(4)
     q, k1, k2, v1, v2 = (torch.randn(1, 2, 6, 4, generator=g, dtype=F64) for _ in range(5))

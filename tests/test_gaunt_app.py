@@ -486,13 +486,18 @@ def _small(route="auto"):
 
 
 @pytest.mark.slow
+@pytest.mark.build_relative("compiled against the eager model in one build; the gaunt entry points it reads "
+                            "are read by the eager tests of this file and tests/test_gaunt.py, which the portable stage runs")
 @pytest.mark.parametrize("dynamic", [None, True])
 def test_compiled_model_energies_and_forces(dynamic):
     """torch.compile of the model, two batches of different sizes (a recompile or a dynamic graph); forces by
-    autograd.grad through the compiled graph (inference / MD: no create_graph)."""
+    autograd.grad through the compiled graph (inference / MD: no create_graph).  The recompile (None) on
+    aot_eager: automatic dynamic shapes are dynamo's; Inductor's lowering of the model is dynamic=True's (symbolic
+    sizes) and, static then recompiled, test_compiled_force_training_through_func_grad's (an Inductor compile
+    per case was the main pytest stage's largest sink)."""
     torch._dynamo.reset()
     m = _small()
-    cm = torch.compile(m, dynamic=dynamic)
+    cm = torch.compile(m, dynamic=dynamic, **({} if dynamic else dict(backend="aot_eager")))
     for mol in (molecules(MOL_SIZES), molecules((4, 6), seed=5)):
         pos = mol[0].clone().requires_grad_()
         E = cm(pos, *mol[1:])
@@ -503,6 +508,8 @@ def test_compiled_model_energies_and_forces(dynamic):
 
 
 @pytest.mark.slow
+@pytest.mark.build_relative("compiled against the eager model in one build; the gaunt entry points it reads "
+                            "are read by the eager tests of this file and tests/test_gaunt.py, which the portable stage runs")
 def test_compiled_force_training_through_func_grad():
     """Force training under torch.compile: autograd.grad(create_graph=True) through a compiled forward is torch's
     own limitation ("torch.compile with aot_autograd does not currently support double backward", raised, not

@@ -211,12 +211,14 @@ def test_seq_model_train_steps_match_the_eager_twin_fp64(sapp, transposed, causa
     assert abs(sapp._loss(m, tok, lab, "triton").item() - sapp._loss(e, tok, lab, "reference").item()) < 1e-12
 
 
-@pytest.mark.parametrize("transposed", [True, False])
-def test_seq_model_fp32_within_twice_the_eager_error(sapp, transposed, tf32_dots):
+def test_seq_model_fp32_within_twice_the_eager_error(sapp, tf32_dots):
     """float32 (the tensor-core paths' TF32 operands emulated): loss and gradients within 2x (+ a floor) of the
-    float32 eager twin's distance to the float64 run."""
+    float32 eager twin's distance to the float64 run.  One layout (S4D's default, transposed): with
+    transposed=False S4D, not the block, transposes its (B, L, H) input, so the kernels get the same strided
+    (B, H, L) view and do the same float32 arithmetic; both layouts are checked to float64 rounding above (the
+    transposed=False case was ~16 s of the interpreter stage's CPU)."""
     import copy
-    m, e = sapp._twins(torch.float32, transposed=transposed, causal=True, dropout=0.1, **S_CFG)
+    m, e = sapp._twins(torch.float32, transposed=True, causal=True, dropout=0.1, **S_CFG)
     m64 = copy.deepcopy(m).double()
     tok, lab = sapp._data(B=2, L=24)
     out = {}
