@@ -575,7 +575,7 @@ def test_logmap_sphere_near_antipode(device, d, chunk):
 def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
     """test_stereographic_numhunt.py's rows within 1e-14 .. 1e-8 of x's antipode (den 1e-28 .. 1e-16, below
     _MIN_DEN) on the Triton kernels, one tile and chunked: float64 values within 16 eps / sqrt(den) of the exact value
-    per row, dx, dy (1e-12 .. 1e-9) as much of 60-digit derivatives; y exactly at the antipode bounded by the
+    per row, dx, dy (1e-12 .. 1e-9) within 64 eps / sqrt(den) of 60-digit derivatives; y exactly at the antipode bounded by the
     sphere's largest logmap, gradients finite.  _logmap_coef clamped the second pass's den at _MIN_DEN: 0.68 .. 1.0
     short (4 of 4 failed before)."""
     from geoops.kernels import stereographic as S
@@ -590,7 +590,7 @@ def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
         tol = 16 * 2.0 ** -52 / torch.logspace(-14, -8, 6, dtype=f64)
         assert ((out - want).norm(dim=-1) / want.norm(dim=-1) <= tol).all(), kv
         x, y = nh._antipode_pairs(3, d, kv, seed=40 + d, lo=-12, hi=-9)
-        tol = 16 * 2.0 ** -52 / torch.logspace(-12, -9, 3, dtype=f64)
+        tol = 64 * 2.0 ** -52 / torch.logspace(-12, -9, 3, dtype=f64)
         w = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=f64)
         dx, dy, dk, _ = S._stereo_bwd(7, w, x, y, k[:3], None, 0.0, 7, max_block_d=chunk)
         ex, ey, ek = nh._logmap_grads_mp(x, y, kv, w)
