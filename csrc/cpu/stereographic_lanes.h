@@ -358,6 +358,13 @@ inline double antipode_den(const scalar_t* xr, const scalar_t* yr, int64_t D, do
   return s / xx;  // (xx > 0: den = 1 at x = 0)
 }
 
+// The floor of antipode_den's den for rows of scalar_t (stereo::antipode_min_den): the double write's, or min_den
+// where the rows are written in float.
+template <typename scalar_t>
+constexpr double antipode_floor() {
+  return std::is_same<scalar_t, double>::value ? stereo::antipode_min_den<double>() : stereo::min_den<double>();
+}
+
 // Writes out = a x + b y + c (x - y) for the nb rows of a block of contiguous short rows (x, y, out
 // rows of stride D, starting at the block's first row) as one stream of nb * D elements, each with
 // the coefficients of its row (rowof[e] = e / D; fa, fb, fc: the block's coefficients in opmath_t),
@@ -1144,7 +1151,8 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         const double den = antipode_den(xp + i * sx, yp + i * sy, D, kk[b], xx[b], yy[b], xy[b]);
         if (den < 0.0) continue;
         DirectMath<double> dm;
-        const Coef<double> c = stereo::logmap_coef(Row<double>{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0}, den, dm);
+        const Coef<double> c =
+            stereo::logmap_coef(Row<double>{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0}, den, dm, antipode_floor<scalar_t>());
         ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
       }
     }
@@ -1514,9 +1522,10 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
           if (den < 0.0) continue;
           DirectMath<double> dm;
           const Row<double> s{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0};
-          const Row<double> adj = stereo::logmap_vjp(s, den, ga[b], gb[b], gc[b], dm);
+          const double lo = antipode_floor<scalar_t>();
+          const Row<double> adj = stereo::logmap_vjp(s, den, ga[b], gb[b], gc[b], dm, lo);
           axx[b] = adj.xx, ayy[b] = adj.yy, axy[b] = adj.xy, add[b] = adj.dd, ak[b] = adj.k, ar[b] = adj.r;
-          const Coef<double> c = stereo::logmap_coef(s, den, dm);
+          const Coef<double> c = stereo::logmap_coef(s, den, dm, lo);
           ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
         }
       }

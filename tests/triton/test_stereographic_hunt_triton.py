@@ -568,3 +568,37 @@ def test_logmap_sphere_near_antipode(device, d, chunk):
         rest = torch.cat([torch.arange(3), torch.arange(9, 12)])
         torch.testing.assert_close(out[rest], ref.logmap(x[rest], y[rest], k=torch.tensor(kv, dtype=f64)),
                                    rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 19])
+def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
+    """test_stereographic_numhunt.py's rows within 1e-14 .. 1e-8 of x's antipode (den 1e-28 .. 1e-16, below
+    _MIN_DEN) on the Triton kernels, one tile and chunked: float64 values within 16 eps / sqrt(den) of the exact value
+    per row, dx, dy (1e-12 .. 1e-9) within 64 eps / sqrt(den) of 60-digit derivatives; y exactly at the antipode bounded by the
+    sphere's largest logmap, gradients finite.  _logmap_coef clamped the second pass's den at _MIN_DEN: 0.68 .. 1.0
+    short (4 of 4 failed before)."""
+    from geoops.kernels import stereographic as S
+
+    nh = _numhunt()
+    f64 = torch.float64
+    for kv in (0.5, 2.0):
+        x, y = nh._antipode_pairs(6, d, kv, seed=30 + d, lo=-14, hi=-8)
+        k = torch.full((6,), kv, dtype=f64)
+        out = S._stereo_fwd(7, x, y, k, None, 0.0, max_block_d=chunk)
+        want = nh._logmap_exact_s(x, y, kv)
+        tol = 16 * 2.0 ** -52 / torch.logspace(-14, -8, 6, dtype=f64)
+        assert ((out - want).norm(dim=-1) / want.norm(dim=-1) <= tol).all(), kv
+        x, y = nh._antipode_pairs(3, d, kv, seed=40 + d, lo=-12, hi=-9)
+        tol = 64 * 2.0 ** -52 / torch.logspace(-12, -9, 3, dtype=f64)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=f64)
+        dx, dy, dk, _ = S._stereo_bwd(7, w, x, y, k[:3], None, 0.0, 7, max_block_d=chunk)
+        ex, ey, ek = nh._logmap_grads_mp(x, y, kv, w)
+        for got, e in ((dx, ex), (dy, ey)):
+            assert ((got - e).norm(dim=-1) / e.norm(dim=-1) <= tol).all(), kv
+    x, y = nh._antipode_exact_rows(d)
+    k = torch.ones(2, dtype=f64)
+    out = S._stereo_fwd(7, x, y, k, None, 0.0, max_block_d=chunk)
+    assert (out.norm(dim=-1) <= math.pi * (1 + (x * x).sum(-1)) / 2).all(), out
+    grads = S._stereo_bwd(7, torch.ones_like(x), x, y, k, None, 0.0, 7, max_block_d=chunk)[:3]
+    assert all(torch.isfinite(t).all() for t in grads)
