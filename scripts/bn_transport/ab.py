@@ -29,7 +29,8 @@ spec = importlib.util.spec_from_file_location("geoops_old._C", sys.argv[1])
 OLD = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(OLD)
 NEW = _backend.compiled()
-shapes = [tuple(int(v) for v in s.split("x")) for s in (sys.argv[2] if len(sys.argv) > 2 else "4096x8,1024x64,64x16").split(",")]
+SHAPES = sys.argv[2] if len(sys.argv) > 2 else "4096x8,1024x64,64x16"
+shapes = [tuple(int(v) for v in s.split("x")) for s in SHAPES.split(",")]
 R = int(sys.argv[3]) if len(sys.argv) > 3 else 15
 NEW_PY = (gp._gram, gp._transport_matrix)
 
