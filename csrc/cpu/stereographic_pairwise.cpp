@@ -70,16 +70,7 @@ constexpr int64_t kDetGroups = 16;
 // MKL's own threads off (thread-local, restored on exit) for the GEMMs of one parallel task: a task that runs
 // alone (one block or group, a team of one) would otherwise hand its GEMM to MKL's threads, whose split of the
 // sums depends on their number; inside a team of several MKL runs single-threaded anyway.
-struct OneMklThread {
-  const mkl_packed::SgemmApi* api = mkl_packed::packed_sgemm();
-  int prev = 0;
-  OneMklThread() {
-    if (api && api->set_threads_local) prev = api->set_threads_local(1);
-  }
-  ~OneMklThread() {
-    if (api && api->set_threads_local) api->set_threads_local(prev);
-  }
-};
+using mkl_packed::OneMklThread;
 
 template <typename T>
 constexpr double unit_roundoff() {
