@@ -1260,10 +1260,22 @@ def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = 
         return midpoint(x.float(), c=c, dim=dim, batch_dim=batch_dim, keepdim=keepdim).to(x.dtype)
     ct = _curv("midpoint", c, x)
     lam = 2 / (1 - ct * x.pow(2).sum(dim=dim, keepdim=True)).clamp_min(1e-15)
-    f = (lam * x).sum(dim=batch_dim, keepdim=True) / (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
-    # 1 - c|f|^2 > 0 only in exact arithmetic (f is the Klein point): near the boundary it rounds to <= 0 (float32
-    # points within ~1e-6 of it gave NaN); its root is taken as 0 there, with a zero (not 0 * inf) gradient (session 35)
-    q = 1 - ct * f.pow(2).sum(dim=dim, keepdim=True)
+    L = lam.sum(dim=batch_dim, keepdim=True)
+    F = (lam * x).sum(dim=batch_dim, keepdim=True)
+    Lm = (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
+    f = F / Lm
+    # q = 1 - c|f|^2 (f is the Klein point) near the boundary is ~delta^2 / 4 for rows with 1 - c|x|^2 ~ delta:
+    # formed as 1 - c|f|^2 it cancels (~eps / q relative: m off by ~1e-12 at delta = 1e-4 in float64, the batch
+    # norm's logmap_m rows by 2e-5, session 44).  Lm^2 q = sum_ij cosh d(x_i, x_j) = n^2 + c V with the weighted
+    # scatter V = (1/2) sum_ij lam_i lam_j |x_i - x_j|^2 = L sum_i lam_i |e_i|^2 - |sum_i lam_i e_i|^2, e_i = x_i - p
+    # for any p: all terms >= 0, and with p = F / L (detached: V does not depend on p) the last one is ~rounding.
+    n = math.prod(x.shape[b] for b in bdims)  # rows averaged
+    e = x - (F / L).detach()
+    V = (L * (lam * e.pow(2).sum(dim=dim, keepdim=True)).sum(dim=batch_dim, keepdim=True)
+         - (lam * e).sum(dim=batch_dim, keepdim=True).pow(2).sum(dim=dim, keepdim=True)).clamp_min(0)
+    # q > 0 in exact arithmetic; kept: the root of a q <= 0 (rows outside the ball, clamped lam) is taken as 0,
+    # with a zero (not 0 * inf) gradient (session 35)
+    q = (n * n + ct * V) / Lm.square()
     pos = q > 0
     m = f / (1 + torch.where(pos, torch.where(pos, q, 1).sqrt(), 0))
     return m if keepdim else m.squeeze(batch_dim)
