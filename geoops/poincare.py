@@ -1649,9 +1649,10 @@ class MidpointMeanFn(torch.autograd.Function):
         F_, L_ = _ops.poincare_midpoint_sums_fwd(x, c)
         Lc = L_.clamp_min(1e-15)
         f = F_ / Lc
-        ff = torch.dot(f, f)
-        r = (1 - c * ff).sqrt()
-        ctx.save_for_backward(x, c, F_, L_, f, ff, r)
+        # the root of q = 1 - c|f|^2 as (n^2 + c V) / L^2 (see midpoint: 1 - c|f|^2 cancels near the boundary)
+        V = _mid_scatter(x, c, F_)[0]
+        r = ((x.shape[0] ** 2 + c * V) / Lc.square()).sqrt()
+        ctx.save_for_backward(x, c, F_, L_, f, V, r)
         return f / (1 + r)
 
     @staticmethod
@@ -1662,16 +1663,40 @@ class MidpointMeanFn(torch.autograd.Function):
             need_c = ctx.needs_input_grad[1]
             gx, gc = _backend.triton_kernels(_ops.FAMILY).poincare_midpoint_mean_bwd(gm, x, c, fs, sc, need_c)
             return gx, (gc.reshape(c.shape) if need_c else None)
-        x, c, F_, L_, f, ff, r = ctx.saved_tensors
+        x, c, F_, L_, f, V, r = ctx.saved_tensors
         opr = 1 + r
-        h = torch.dot(gm, f) / (opr * opr)  # <gm, f> / (1 + r)^2
-        gf = gm / opr + f * (h * c / r)
-        gF = gf / L_.clamp_min(1e-15)
-        gL = -torch.dot(gF, f) * (L_ > 1e-15)
+        Lc = L_.clamp_min(1e-15)
+        gq = -torch.dot(gm, f) / (2 * r * opr * opr)  # d/dq of the root's part, f / (1 + sqrt(q))
+        gF = gm / (opr * Lc)
+        # q = (n^2 + c V) / L^2: its L and V parts (the V part through the rows below, not through f: the
+        # chain through f, 1 - c <f, x_i> - q, cancels as the forward did)
+        gL = (-torch.dot(gF, f) - 2 * gq * r.square() / Lc) * (L_ > 1e-15)
+        gV = gq * c / Lc.square()
         gx, gc = _ops.poincare_midpoint_sums_bwd(gF.contiguous(), gL, x, c)
+        _, lam, e, G, S1, Lt, live = _mid_scatter(x, c, F_)
+        # V = Lt S1 - |G|^2 (Lt = sum lam_i, S1 = sum lam_i |e_i|^2, G = sum lam_i e_i, e_i = x_i - F / Lt held)
+        dlam = (S1 + Lt * e.square().sum(-1, keepdim=True) - 2 * (e @ G).unsqueeze(-1)) * live
+        gx = gx + (gV * (2 * lam * (Lt * e - G) + dlam * c * lam.square() * x)).to(gx.dtype)
         if not ctx.needs_input_grad[1]:
             return gx, None
-        return gx, (gc + h * ff / (2 * r)).reshape(c.shape)
+        gc = gc + gq * V / Lc.square() + gV * (dlam * lam.square() * x.square().sum(-1, keepdim=True)).sum() / 2
+        return gx, gc.reshape(c.shape)
+
+
+def _mid_scatter(x, c, F_):
+    """The midpoint's weighted scatter V = (1/2) sum_ij lam_i lam_j |x_i - x_j|^2 = Lt S1 - |G|^2 of rows x (N, D)
+    in double about p = F / Lt (V does not depend on p; at the weighted centroid G ~ 0: no cancellation), and the
+    backward's pieces (lam, e, G, S1, Lt, live: 1 - c|x_i|^2 above lam's clamp)."""
+    xd, cd = x.to(F_.dtype), c.to(F_.dtype)
+    den = 1 - cd * xd.square().sum(-1, keepdim=True)
+    live = den > 1e-15  # the sums op's clamp
+    lam = 2 / den.clamp_min(1e-15)
+    Lt = lam.sum()
+    e = xd - F_ / Lt
+    le = lam * e
+    G = le.sum(0)
+    S1 = (le * e).sum()
+    return (Lt * S1 - torch.dot(G, G)).clamp_min(0), lam, e, G, S1, Lt, live
 
 
 def _midpoint_sums_context(ctx, inputs, output):
