@@ -13,28 +13,6 @@ import _bn_transport_exact as ex
 mp = ex.mp
 
 
-def _mid(X, c):
-    D = len(X[0])
-    lam = [2 / (1 - c * ex._dot(r, r)) for r in X]
-    den = mp.fsum(v - 1 for v in lam)
-    f = [mp.fsum(lam[i] * X[i][d] for i in range(len(X))) / den for d in range(D)]
-    return [t / (1 + mp.sqrt(1 - c * ex._dot(f, f))) for t in f]
-
-
-def _exact(x, c, g):
-    """(m, d<g, m>/dx, d<g, m>/dc) of the exact midpoint at the float64 inputs."""
-    with mp.workdps(ex.DPS):
-        N, D = x.shape
-        G = ex._v(g)
-        m = torch.tensor([float(t) for t in _mid([ex._v(r) for r in x], mp.mpf(c))], dtype=torch.float64)
-
-        def f(z):
-            return mp.fsum(a * b for a, b in zip(G, _mid([z[i * D:(i + 1) * D] for i in range(N)], z[-1])))
-
-        gr = ex._central(f, ex._v(x) + [mp.mpf(c)], mp.mpf("1e-20"))
-        return m, torch.tensor(gr[:-1], dtype=torch.float64).reshape(N, D), gr[-1]
-
-
 @pytest.mark.parametrize("D", [2, 7])
 @pytest.mark.parametrize("c", [1.0, 0.3])
 @pytest.mark.parametrize("delta", [1e-4, 1e-6])
@@ -47,7 +25,7 @@ def test_midpoint_near_boundary_exact(D, c, delta, spread):
     xr, cr = x.clone().requires_grad_(), torch.tensor(c, dtype=torch.float64, requires_grad=True)
     m = gp.midpoint(xr, c=cr, dim=-1, batch_dim=0)
     gx, gc = torch.autograd.grad(m, (xr, cr), g)
-    me, gxe, gce = _exact(x, c, g)
+    me, gxe, gce = ex.midpoint_exact(x, c, g)
     # the rows' offsets from m are ~spread delta: m must be far inside them (ulps of |m| ~ 1 / sqrt(c))
     assert float((m.detach() - me).abs().max()) < 8e-16 / c ** 0.5
     # gradients: ~eps / delta is the problem's own (lam_i's digits); 20x that (before: 3e3 .. 3e6 x)
