@@ -1635,9 +1635,10 @@ class SqRowsFn(torch.autograd.Function):
 
 @_library.with_func_twin
 class MidpointMeanFn(torch.autograd.Function):
-    """Rows x (N, D) -> the batch midpoint m = f / (1 + sqrt(1 - c|f|^2)), f = F / L, from the fused sums
-    (F, L) = geoops::poincare_midpoint_sums_fwd; backward by hand on the D-vector (gf, then gF = gf / L,
-    gL = -<gf, F> / L^2, the c term through the root), then geoops::poincare_midpoint_sums_bwd."""
+    """Rows x (N, D) -> the batch midpoint m = f / (1 + sqrt(q)), f = F / L, q = 1 - c|f|^2 = (N^2 + c V) / L^2,
+    from the fused sums (F, L) = geoops::poincare_midpoint_sums_fwd and the scatter V (_mid_scatter); backward by
+    hand on the D-vector (gF = gm / ((1 + r) L), gL, gV and q's c term), then geoops::poincare_midpoint_sums_bwd and
+    V's row part."""
 
     @staticmethod
     def forward(ctx, x, c):
