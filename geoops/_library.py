@@ -915,7 +915,7 @@ def distinct_inputs(args):
 def apply_distinct(cls, *args):
     """``cls.apply(*args)`` with repeated tensor inputs made distinct under torch.compile (:func:`distinct_inputs`):
     for the callers that call a Function directly rather than through :func:`apply`."""
-    return cls.apply(*distinct_inputs(args))
+    return cls.apply(*distinct_inputs(args)) if torch.compiler.is_compiling() else cls.apply(*args)
 
 
 def with_compiled_apply(twin):
@@ -988,7 +988,7 @@ def apply(cls, *args, op: Optional[str] = None):
         if not functorch_active():
             if _jit_tracing() is not None:
                 return _traced_forward(cls, args)
-            return cls.apply(*distinct_inputs(args))
+            return cls.apply(*distinct_inputs(args)) if torch.compiler.is_compiling() else cls.apply(*args)
         compiled_transform_fallback()
         res = cls.func_twin_apply(*compiled_transform_args(args))
     except NotImplementedError as e:
