@@ -890,6 +890,34 @@ def compiled_transform_args(args):
     return tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
+def distinct_inputs(args):
+    """`args` for a Function's apply: under torch.compile a tensor passed again (``gaunt_power``'s factors,
+    ``mobius_add(x, x)``, self-attention's ``k1 is k2``) as a view of itself from its second place on, else `args`
+    unchanged.
+
+    Dynamo (2.13) refuses ``autograd.Function.apply`` with one tensor in two places ("duplicate tensor input"): a
+    graph break, so the op ran eagerly between graph fragments and fullgraph=True raised.  Each view is a distinct
+    traced tensor whose gradient autograd adds to the original's, as eager sums the repeats' gradients; it costs
+    nothing in the compiled graph, and eager mode skips it."""
+    if not torch.compiler.is_compiling():
+        return args
+    seen, out = [], []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if any(a is s for s in seen):
+                a = a.view_as(a)
+            else:
+                seen.append(a)
+        out.append(a)
+    return tuple(out)
+
+
+def apply_distinct(cls, *args):
+    """``cls.apply(*args)`` with repeated tensor inputs made distinct under torch.compile (:func:`distinct_inputs`):
+    for the callers that call a Function directly rather than through :func:`apply`."""
+    return cls.apply(*distinct_inputs(args)) if torch.compiler.is_compiling() else cls.apply(*args)
+
+
 def with_compiled_apply(twin):
     """Give `twin`, a Function in the torch.func form with a custom ``jvp``, the static method ``compiled_apply``
     that its callers use inside transforms: ``twin.apply`` outside torch.compile; under torch.compile the apply of
@@ -960,7 +988,7 @@ def apply(cls, *args, op: Optional[str] = None):
         if not functorch_active():
             if _jit_tracing() is not None:
                 return _traced_forward(cls, args)
-            return cls.apply(*args)
+            return cls.apply(*distinct_inputs(args)) if torch.compiler.is_compiling() else cls.apply(*args)
         compiled_transform_fallback()
         res = cls.func_twin_apply(*compiled_transform_args(args))
     except NotImplementedError as e:

@@ -606,7 +606,7 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = _FNS_FUNC[op].compiled_apply(x2, y2, k2, r2, float(eps))
     elif _library.reverse_wanted(x2, y2, k2, r2):
-        out = _FNS[op].apply(x2, y2, k2, r2, float(eps))
+        out = _library.apply_distinct(_FNS[op], x2, y2, k2, r2, float(eps))
     else:  # nothing to differentiate: no autograd node
         out = _FWD[op](x2, y2, k2, r2, float(eps))
     return _from_rows(out, batch, D, d, nd, spec.scalar_out, keepdim)
@@ -1149,7 +1149,7 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = CdistFnFunc.compiled_apply(x3, y3, k3)[0]
     elif _library.reverse_wanted(x3, y3, k3):
-        out = CdistFn.apply(x3, y3, k3)
+        out = _library.apply_distinct(CdistFn, x3, y3, k3)
     else:
         out = _PAIR["cdist_fwd"](x3, y3, k3, False)[0]
     out = out.reshape(batch + (N, M))
@@ -1749,7 +1749,7 @@ def _fused_matvec_rows(op, fn, xl, w, kt):
     wc = w if w.is_contiguous() else w.contiguous()
     kr = _rows_k(op, kt, batch, R)
     if _library.reverse_wanted(x2, wc, kr):
-        out = fn.apply(x2, wc, kr)
+        out = _library.apply_distinct(fn, x2, wc, kr)
     else:
         out = _PAIR[op + "_fwd"](x2, wc, kr)[0]
     return out.reshape(batch + (out.shape[-1],))
@@ -1784,7 +1784,7 @@ def _mobius_scale(op, v, x, k):
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = MobiusScaleFnFunc.compiled_apply(v2, x2, kr)[0]
     elif _library.reverse_wanted(v2, x2, kr):
-        out = MobiusScaleFn.apply(v2, x2, kr)
+        out = _library.apply_distinct(MobiusScaleFn, v2, x2, kr)
     else:
         out = _PAIR["mobius_scale_fwd"](v2, x2, kr)[0]
     return out.reshape(batch + (Do,))
@@ -2062,7 +2062,7 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     if _transformed():  # inside torch.func.grad / vmap / jacrev / jacfwd, or forward-mode AD
         out = _TRIPLE_FNS[op][1].compiled_apply(v0, v1, v2, k2, int(flags))
     elif _library.reverse_wanted(v0, v1, v2, k2):
-        out = _TRIPLE_FNS[op][0].apply(v0, v1, v2, k2, int(flags))
+        out = _library.apply_distinct(_TRIPLE_FNS[op][0], v0, v1, v2, k2, int(flags))
     else:  # nothing to differentiate: no autograd node
         out = _TRIPLE[op][0](v0, v1, v2, k2, int(flags))
     return _from_rows(out, batch, D, d, nd, spec.scalar_out, keepdim)
