@@ -706,11 +706,17 @@ def _antipode_den(xx, yy, xy, dd, k, sq):
 
 
 @triton.jit
-def _antipode_rows(xx, yy, xy, k):
-    """Whether this program has a row near x's antipode (k > 0, den below _ANTIPODE_CUT): the one branch per program
-    that the usual rows pay."""
+def _antipode_near(xx, yy, xy, k):
+    """Per row: near x's antipode (k > 0 and the sums' den below _ANTIPODE_CUT), the rows that _antipode_den takes."""
     den0 = 1.0 + 2.0 * k * xy + k * k * xx * yy  # (_sub_den's k > 0 form)
-    return tl.max(((k > 0) & (den0 < _ANTIPODE_CUT)).to(tl.int32), axis=0) > 0
+    return (k > 0) & (den0 < _ANTIPODE_CUT)
+
+
+@triton.jit
+def _antipode_rows(xx, yy, xy, k):
+    """Whether this program has a row near x's antipode (_antipode_near): the one branch per program that the usual
+    rows pay."""
+    return tl.max(_antipode_near(xx, yy, xy, k).to(tl.int32), axis=0) > 0
 
 
 @triton.jit
@@ -730,6 +736,53 @@ def _antipode_sq_chunked(x_row, y_row, rmask, D, kxx, CT: tl.constexpr, BLOCK_M:
         m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, d0 + cols, rmask, D, True, False, CT)
         sq += _antipode_sq(xv, yv, kxx)
     return sq
+
+
+@triton.jit
+def _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr):
+    """logmap's den0 (float64 row sums in, _antipode_den) and whether this program has a row near x's antipode
+    (_antipode_rows): only such programs take the second pass, on the tiles xv, yv (ONE_CHUNK; unread placeholders
+    otherwise) or chunk by chunk.  The forward and the backward share it: the gradient of the value computed."""
+    sq = xx
+    near = _antipode_rows(xx, yy, xy, k)
+    if near:
+        if ONE_CHUNK:
+            sq = _antipode_sq(xv, yv, k * xx)
+        else:
+            sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
+    return _antipode_den(xx, yy, xy, dd, k, sq), near
+
+
+# logmap's rows near x's antipode in the float types (CT below float64): their output and gradients in float64, the
+# usual float write masked off them.  There a, c ~ 1 / sqrt(den) and the terms a x, c (x - y) cancel to O(1) (dx, dy:
+# ~1 / den-sized terms), so a float write is ~eps32 / sqrt(den) off, more than the eager reference, which cancels only
+# in its numerator; in float64 the rows round once (as csrc/cpu/stereographic_lanes.h's write_near_row).  The tiles
+# are reloaded in float64: no float64 tile is held in the usual path.
+@triton.jit
+def _near_rows_out(o_row, x_row, y_row, nmask, cols, D, a, b, c, BLOCK_D: tl.constexpr):
+    """The forward's rows nmask (float64 coefficients a, b, c) in float64."""
+    for d0 in range(0, D, BLOCK_D):
+        cc = d0 + cols
+        m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, cc, nmask, D, True, False, F64)
+        _store_tile(o_row, cc, m2, _out_tile(a, b, c, xv, yv, dv, True).to(tl.float32))
+
+
+@triton.jit
+def _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, nmask, D, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy):
+    """The backward's rows nmask (float64 coefficients as _store_grad_tiles', per row) in float64, one column of the
+    rows at a time: no float64 tile (the narrow float32 kernel is at ptxas's 255 registers without this branch)."""
+    for j in range(0, D):
+        xv = tl.load(x_row + j, mask=nmask, other=0.0).to(F64)
+        yv = tl.load(y_row + j, mask=nmask, other=0.0).to(F64)
+        gv = tl.load(g_row + j, mask=nmask, other=0.0).to(F64)
+        dv = xv - yv
+        if need_dx:
+            tl.store(dx_row + j, (gxc * gv + (cxx * xv + cxy * yv + cdd * dv)).to(tl.float32).to(
+                dx_row.dtype.element_ty), mask=nmask)
+        if need_dy:
+            tl.store(dy_row + j, (gyc * gv + (cyy * yv + cxy * xv - cdd * dv)).to(tl.float32).to(
+                dy_row.dtype.element_ty), mask=nmask)
 
 
 @triton.jit
@@ -757,30 +810,36 @@ def _stereo_fwd_kernel(
 
     # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops (row math in float64)
     if OP == LOGMAP:
-        # logmap's rows near x's antipode: den from a second pass over the row (_antipode_den), only in the
-        # programs that have one
+        # logmap's rows near x's antipode: den from a second pass over the row (_logmap_den0), only in the
+        # programs that have one; in float types, those rows are written again in float64 below
         xx, yy, xy, dd, k = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64)
-        sq = xx
-        if _antipode_rows(xx, yy, xy, k):
-            if ONE_CHUNK:
-                sq = _antipode_sq(xv, yv, k * xx)
-            else:
-                sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
-        a, b, c = _logmap_coef(xx, yy, xy, dd, k, _antipode_den(xx, yy, xy, dd, k, sq), CUT)
+        if not ONE_CHUNK:
+            xv, yv = rmask, rmask  # (unread placeholders)
+        den0, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D, ONE_CHUNK)
+        a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
     else:
         a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
+    wmask = rmask  # the rows of the usual write
+    if OP == LOGMAP:
+        if CT != F64:
+            if near:  # the rows near x's antipode in float64 (_near_rows_out)
+                nmask = rmask & _antipode_near(xx, yy, xy, k)
+                _near_rows_out(o_row, x_row, y_row, nmask, cols, D, a, b, c, BLOCK_D)
+                wmask = rmask & ~nmask
     if not SCALAR_OUT:
         a, b, c = a.to(CT), b.to(CT), c.to(CT)
     if SCALAR_OUT:
         # via CT: float64 -> bfloat16 directly is not lowered everywhere (nor in the interpreter)
         tl.store(OUT + rows64, a.to(CT).to(OUT.dtype.element_ty), mask=rmask)
     elif ONE_CHUNK:
+        if OP == LOGMAP:
+            m2 = m2 & wmask[:, None]
         _store_tile(o_row, cols, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
     else:
         for d0 in range(0, D, BLOCK_D):
             cc = d0 + cols
-            m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, cc, rmask, D, HAS_Y, False, CT)
-            _store_tile(o_row, cc, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
+            mt, xt, yt, dt, gt = _load_tiles(x_row, y_row, x_row, cc, wmask, D, HAS_Y, False, CT)
+            _store_tile(o_row, cc, mt, _out_tile(a, b, c, xt, yt, dt, HAS_Y))
 
 
 # GRAD_MASK (bits 1 dx, 2 dy, 4 dk, 8 dr: the gradients the kernel writes) is a run-time argument and
@@ -812,20 +871,15 @@ def _stereo_bwd_kernel(
     else:
         xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, g_row, rmask, D, HAS_Y, HAS_G, CT, ST, BLOCK_M,
                                                    BLOCK_D)
+        xv, yv = rmask, rmask  # (_logmap_den0's unread placeholders)
     if SCALAR_OUT:
         ga = g_scalar
 
     # ---- row adjoints (row math in float64)
     xx, yy, xy, dd, k, r = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64)
     if OP == LOGMAP:
-        # the forward's den near x's antipode (_antipode_den): the gradient of the value computed
-        sq = xx
-        if _antipode_rows(xx, yy, xy, k):
-            if ONE_CHUNK:
-                sq = _antipode_sq(xv, yv, k * xx)
-            else:
-                sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
-        den0 = _antipode_den(xx, yy, xy, dd, k, sq)
+        # the forward's den near x's antipode (_logmap_den0): the gradient of the value computed
+        den0, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D, ONE_CHUNK)
         g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, den0, ga.to(F64), gb.to(F64), gc.to(F64), CUT)
         g_r = tl.zeros_like(xx)
     else:
@@ -842,6 +896,17 @@ def _stereo_bwd_kernel(
     # ---- pass 2: dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)
     #              dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
     if (GRAD_MASK & 3) != 0:  # dx or dy
+        wmask = rmask  # the rows of the usual write
+        if OP == LOGMAP:
+            a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
+            if CT != F64:
+                if near:  # the forward's rows near x's antipode: their gradients in float64 (_near_rows_grads)
+                    nmask = rmask & _antipode_near(xx, yy, xy, k)
+                    _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, nmask, D, 2.0 * g_xx, 2.0 * g_yy, g_xy,
+                                     2.0 * g_dd, a + c, b - c, need_dx, need_dy)
+                    wmask = rmask & ~nmask
+                if ONE_CHUNK:
+                    m2 = m2 & wmask[:, None]
         cxx = (2.0 * g_xx).to(CT)[:, None]
         cyy = (2.0 * g_yy).to(CT)[:, None]
         cxy = g_xy.to(CT)[:, None]
@@ -850,9 +915,7 @@ def _stereo_bwd_kernel(
             gxc = zero[:, None]
             gyc = zero[:, None]
         else:
-            if OP == LOGMAP:
-                a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
-            else:
+            if OP != LOGMAP:
                 a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
             gxc = (a + c).to(CT)[:, None]
             gyc = (b - c).to(CT)[:, None]
@@ -863,9 +926,9 @@ def _stereo_bwd_kernel(
         else:
             for d0 in range(0, D, BLOCK_D):
                 cc = d0 + cols
-                m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y, HAS_G, CT)
+                mt, xt, yt, dt, gt = _load_tiles(x_row, y_row, g_row, cc, wmask, D, HAS_Y, HAS_G, CT)
                 _store_grad_tiles(
-                    dx_row, dy_row, cc, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
+                    dx_row, dy_row, cc, mt, xt, yt, dt, gt, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
                 )
 
 

@@ -568,3 +568,38 @@ def test_logmap_sphere_near_antipode(device, d, chunk):
         rest = torch.cat([torch.arange(3), torch.arange(9, 12)])
         torch.testing.assert_close(out[rest], ref.logmap(x[rest], y[rest], k=torch.tensor(kv, dtype=f64)),
                                    rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 7, 19])
+def test_logmap_sphere_near_antipode_fp32(device, d, chunk):
+    """float32 logmap near x's antipode (y within 1e-5 .. 1e-1 of it, k = 0.5, 2) between random rows, on the Triton
+    kernels, one tile and chunked (max_block_d=8): value, dx, dy by the low-precision rule (the CPU hunt's
+    test_logmap_sphere_near_antipode_fp32).  The kernels wrote those rows in float, out = a x + c (x - y) with a, c ~
+    1 / sqrt(den) cancelling to O(1): 2-10x the eager float32 reference's error; now in float64 (_near_rows_out,
+    _near_rows_grads)."""
+    from geoops.kernels import stereographic as S
+
+    nh = _numhunt()
+    f64 = torch.float64
+    xs, ys, ks = [], [], []
+    for kv in (0.5, 2.0):
+        xa, ya = nh._antipode_pairs(12, d, kv, seed=3 + d, lo=-5, hi=-1)
+        xr, yr = (torch.randn(6, d, generator=torch.Generator().manual_seed(s), dtype=f64) * 0.5 for s in (1, 2))
+        xs += [xr[:3], xa, xr[3:]]
+        ys += [yr[:3], ya, yr[3:]]
+        ks.append(torch.full((18, 1), kv, dtype=f64))
+    x, y, k = torch.cat(xs).float(), torch.cat(ys).float(), torch.cat(ks).float()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=f64).float()
+
+    def run(fn, x, y, k):
+        if fn is gs.logmap:  # ours: the kernels themselves (max_block_d)
+            xd, yd, kd, wd = (t.to(device) for t in (x, y, k.flatten(), w.to(x.dtype)))
+            out = S._stereo_fwd(7, xd, yd, kd, None, 0.0, max_block_d=chunk)
+            dx, dy, _, _ = S._stereo_bwd(7, wd, xd, yd, kd, None, 0.0, 3, max_block_d=chunk)
+            return [t.cpu() for t in (out, dx, dy)]
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = fn(x, y, k=k)
+        return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, y))]
+
+    nh._check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
