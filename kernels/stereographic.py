@@ -771,7 +771,7 @@ def _near_rows_out(o_row, x_row, y_row, nmask, cols, D, a, b, c, BLOCK_D: tl.con
 @triton.jit
 def _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, nmask, D, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy):
     """The backward's rows nmask (float64 coefficients as _store_grad_tiles', per row) in float64, one column of the
-    rows at a time: no float64 tile (the narrow float32 kernel is at ptxas's 255 registers without this branch)."""
+    rows at a time: no float64 tile (float64 tiles spilled 56-84 B in the narrow float32 kernel, sm_90)."""
     for j in range(0, D):
         xv = tl.load(x_row + j, mask=nmask, other=0.0).to(F64)
         yv = tl.load(y_row + j, mask=nmask, other=0.0).to(F64)
@@ -860,7 +860,6 @@ def _stereo_bwd_kernel(
     g_row = G + rows64 * stride_g
     dx_row = DX + rows64 * stride_dx
     dy_row = DY + rows64 * stride_dy
-    zero = tl.zeros([BLOCK_M], dtype=CT)
 
     # ---- pass 1: row scalars (and <g,x>, <g,y>, <g,x-y> for vector ops; scalar ops read ga directly)
     if SCALAR_OUT:
@@ -871,7 +870,7 @@ def _stereo_bwd_kernel(
     else:
         xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, g_row, rmask, D, HAS_Y, HAS_G, CT, ST, BLOCK_M,
                                                    BLOCK_D)
-        xv, yv = rmask, rmask  # (_logmap_den0's unread placeholders)
+        m2, xv, yv, dv, gv = rmask, rmask, rmask, rmask, rmask  # (unread placeholders: the tiles are reloaded)
     if SCALAR_OUT:
         ga = g_scalar
 
@@ -896,40 +895,55 @@ def _stereo_bwd_kernel(
     # ---- pass 2: dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)
     #              dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
     if (GRAD_MASK & 3) != 0:  # dx or dy
-        wmask = rmask  # the rows of the usual write
-        if OP == LOGMAP:
-            a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
-            if CT != F64:
-                if near:  # the forward's rows near x's antipode: their gradients in float64 (_near_rows_grads)
-                    nmask = rmask & _antipode_near(xx, yy, xy, k)
-                    _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, nmask, D, 2.0 * g_xx, 2.0 * g_yy, g_xy,
-                                     2.0 * g_dd, a + c, b - c, need_dx, need_dy)
-                    wmask = rmask & ~nmask
-                if ONE_CHUNK:
-                    m2 = m2 & wmask[:, None]
-        cxx = (2.0 * g_xx).to(CT)[:, None]
-        cyy = (2.0 * g_yy).to(CT)[:, None]
-        cxy = g_xy.to(CT)[:, None]
-        cdd = (2.0 * g_dd).to(CT)[:, None]
         if SCALAR_OUT:
-            gxc = zero[:, None]
-            gyc = zero[:, None]
+            gxc = tl.zeros_like(xx)
+            gyc = gxc
         else:
-            if OP != LOGMAP:
+            if OP == LOGMAP:
+                a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
+            else:
                 a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
-            gxc = (a + c).to(CT)[:, None]
-            gyc = (b - c).to(CT)[:, None]
-        if ONE_CHUNK:
-            _store_grad_tiles(
-                dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
-            )
+            gxc = a + c
+            gyc = b - c
+        NEAR_F64: tl.constexpr = OP == LOGMAP and CT != F64
+        if NEAR_F64:
+            if near:
+                # a program with a row near x's antipode: all its rows in float64 (_near_rows_grads).  Those rows
+                # alone, the usual write masked off them as in the forward, took 255 registers and spilled 4 B
+                # (narrow float32, Triton 3.6 sm_90)
+                _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, rmask, D, 2.0 * g_xx, 2.0 * g_yy, g_xy,
+                                 2.0 * g_dd, gxc, gyc, need_dx, need_dy)
+            else:
+                _grad_rows(dx_row, dy_row, x_row, y_row, g_row, rmask, cols, D, m2, xv, yv, dv, gv, g_xx, g_yy, g_xy,
+                           g_dd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G, CT, BLOCK_D, ONE_CHUNK)
         else:
-            for d0 in range(0, D, BLOCK_D):
-                cc = d0 + cols
-                mt, xt, yt, dt, gt = _load_tiles(x_row, y_row, g_row, cc, wmask, D, HAS_Y, HAS_G, CT)
-                _store_grad_tiles(
-                    dx_row, dy_row, cc, mt, xt, yt, dt, gt, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
-                )
+            _grad_rows(dx_row, dy_row, x_row, y_row, g_row, rmask, cols, D, m2, xv, yv, dv, gv, g_xx, g_yy, g_xy, g_dd,
+                       gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G, CT, BLOCK_D, ONE_CHUNK)
+
+
+@triton.jit
+def _grad_rows(dx_row, dy_row, x_row, y_row, g_row, rmask, cols, D, m2, xv, yv, dv, gv, g_xx, g_yy, g_xy, g_dd, gxc, gyc,
+               need_dx, need_dy, HAS_Y: tl.constexpr, HAS_G: tl.constexpr, CT: tl.constexpr, BLOCK_D: tl.constexpr,
+               ONE_CHUNK: tl.constexpr):
+    """The backward's pass 2 in CT from the float64 row adjoints and coefficients gxc = a + c, gyc = b - c: from the
+    tiles m2, xv, yv, dv, gv (ONE_CHUNK; unread placeholders otherwise) or reloading them chunk by chunk."""
+    cxx = (2.0 * g_xx).to(CT)[:, None]
+    cyy = (2.0 * g_yy).to(CT)[:, None]
+    cxy = g_xy.to(CT)[:, None]
+    cdd = (2.0 * g_dd).to(CT)[:, None]
+    gxc = gxc.to(CT)[:, None]
+    gyc = gyc.to(CT)[:, None]
+    if ONE_CHUNK:
+        _store_grad_tiles(
+            dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
+        )
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            cc = d0 + cols
+            mt, xt, yt, dt, gt = _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y, HAS_G, CT)
+            _store_grad_tiles(
+                dx_row, dy_row, cc, mt, xt, yt, dt, gt, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
+            )
 
 
 def _fix_interpreter_loop_bounds() -> bool:
