@@ -32,7 +32,7 @@ __all__ = ["triple_attention", "TripleAttentionFn"]
 class TripleAttentionFn(torch.autograd.Function):
     """autograd.Function of triple_attention: torch.ops.geoops.triple_attention_fwd / _bwd.
 
-    forward(q, k1, k2, v1, v2, scale, causal, w1, w2) -> (out, lse); lse is not differentiable.
+    forward(q, k1, k2, v1, v2, scale, causal, w1, w2) -> (out, lse); both differentiable.
     """
 
     @staticmethod
@@ -48,20 +48,28 @@ class TripleAttentionFn(torch.autograd.Function):
         out, lse = output
         ctx.save_for_backward(*inputs[:5], out, lse)
         ctx.args = tuple(inputs[5:])
-        ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)  # (no zero lse gradient made per backward; a None dout is handled there)
 
     @staticmethod
     @_library.first_order_only
-    def backward(ctx, dout, _dlse):
+    def backward(ctx, dout, dlse):
         q, k1, k2, v1, v2, out, lse = ctx.saved_tensors
         mask = _library.grad_mask(ctx.needs_input_grad, 5)
         if not mask:
             return (None,) * 9
         if dout is None:
             dout = torch.zeros_like(out)
+        if dlse is not None:
+            # dS = P (dP - delta + dlse) with delta = <dout, out>: the kernels' own backward on one more value
+            # column, zero in v1 and v2 (dP unchanged) with dout = 1 and out = -dlse there (delta - dlse)
+            dv = v1.shape[-1]
+            v1, v2 = (torch.cat((v, v.new_zeros(v.shape[:-1] + (1,))), -1) for v in (v1, v2))
+            dout = torch.cat((dout, dout.new_ones(dout.shape[:-1] + (1,))), -1)
+            out = torch.cat((out, -dlse.unsqueeze(-1).to(out.dtype)), -1)
         # (the kernels form all five gradients: the op takes no mask)
         grads = _ops.BWD(dout.contiguous(), q, k1, k2, v1, v2, out, lse, *ctx.args)
+        if dlse is not None:
+            grads = (*grads[:3], grads[3][..., :dv], grads[4][..., :dv])
         return tuple(g if (mask >> i) & 1 else None for i, g in enumerate(grads)) + (None,) * 4
 
 
@@ -139,7 +147,7 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
 
     Returns:
         out (B, H, N, Dv) in the inputs' dtype, and with ``return_lse`` also lse (B, H, N) in float32
-        (float64 for float64 inputs; not differentiable).  A query without any admissible pair (e.g. a
+        (float64 for float64 inputs; differentiable: a loss may use it beside out).  A query without any admissible pair (e.g. a
         window that reaches past the end of a shorter key sequence) gets out = 0 and lse = -inf, never NaN.
         A query with a NaN or +inf admissible score (NaN inputs, a NaN or infinite scale, overflow) gets
         out = NaN and lse = NaN, as the eager softmax does.

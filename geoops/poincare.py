@@ -1335,10 +1335,10 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
             elif _transport_triton_on(b := _bias_b(b, bias, cdt, k), mean, S, weight, ct):
                 M, var = BnTransportFn.apply(b, mean, S, _as(weight, cdt), ct, float(n), float(eps), True)
             else:
-                AE, G = _gram(b, mean)
-                lam_m = 2 / (1 + k * G[1, 1]).clamp_min(1e-15)
+                AF, G = _gram(b, mean)
+                lam_m = 2 / (1 + k * G[2, 2]).clamp_min(1e-15)
                 var = lam_m.square() * S / n
-                M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
+                M = _transport_matrix(AF, G, k, (weight.to(cdt) / (var + eps)).sqrt())
         if training and running_mean is not None:
             _bn_running_update_(running_mean, running_var, mean, var, x.shape[0], momentum, ct, k, fused)
         if y is not None:
@@ -1353,8 +1353,8 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         elif _transport_triton_on(b := _bias_b(b, bias, cdt, k), mean, var, weight, ct):
             M = BnTransportFn.apply(b, mean.contiguous(), var, _as(weight, cdt), ct, 1.0, float(eps), False)[0]
         else:
-            AE, G = _gram(b, mean)
-            M = _transport_matrix(AE, G, k, (weight.to(cdt) / (var + eps)).sqrt())
+            AF, G = _gram(b, mean)
+            M = _transport_matrix(AF, G, k, (weight.to(cdt) / (var + eps)).sqrt())
     # M: the transport m -> b and the rescaling as one (D, D) matrix; then expmap_b(u M) + project: one fused
     # row op (the kernels run u M as a GEMM and the row pass after it)
     return _as(_library.apply(BnRowsFn, u.contiguous(), M.contiguous(), b.contiguous(), ct, _eps(None, cdt)), x.dtype)
@@ -1510,26 +1510,29 @@ def _tanc_neg(z: float) -> float:
 
 def _running_mean_step_(rm: torch.Tensor, m: torch.Tensor, t: float, c: float) -> None:
     """rm <- geodesic(t, rm, m) on the ball of curvature -c, in place: x (+) t (x) ((-x) (+) y) is a linear
-    combination A x + B y whose coefficients follow from |x|^2, <x, y>, |y|^2 (the Möbius formulas of
-    geoops.reference.stereographic on those scalars, in double); the same values as the composition up to
-    rounding, in 3 small aten calls instead of ~40."""
-    G = torch.stack((rm, m))
-    (x2, xy), (_, y2) = (G @ G.t()).tolist()
+    combination A x + B g of x and g = y - x whose coefficients follow from |x|^2, |y|^2, |g|^2, <x, g> (the Möbius
+    formulas of geoops.reference.stereographic on those scalars, in double); the same values as the composition up
+    to rounding, in 3 small aten calls instead of ~40.  In x and the difference g (session 44): from <x, y> the
+    denominator 1 + 2k<x,y> + k^2|x|^2|y|^2 and (-x) (+) y = p x + q y (p ~ -q) cancel for y near x near the
+    boundary (1e-2 of the step off at 1 - |x|^2 = 1e-6); here den = (1 + k|x|^2)(1 + k|y|^2) - k|g|^2 and
+    (-x) (+) y = (k|g|^2 x + (1 + k|x|^2) g) / den have no cancelling sum for k < 0."""
+    G = torch.stack((rm, m - rm, m))
+    (x2, xg, _), (_, g2, _), (_, _, y2) = (G @ G.t()).tolist()
     k = -c
     single = rm.dtype != torch.float64
-    # v = (-x) (+) y = p x + q y
-    den = max(1 + 2 * k * xy + k * k * x2 * y2, 1e-15)
-    p, q = -(1 + 2 * k * xy - k * y2) / den, (1 + k * x2) / den
-    v2 = p * p * x2 + 2 * p * q * xy + q * q * y2
+    # v = (-x) (+) y = p x + q g
+    den = max((1 + k * x2) * (1 + k * y2) - k * g2, 1e-15)
+    p, q = k * g2 / den, (1 + k * x2) / den
+    v2 = p * p * x2 + 2 * p * q * xg + q * q * g2
     # w = t (x) v = s v
     a = _atanc_neg(k * v2, single)
     s = t * a * _tanc_neg(k * t * t * v2 * a * a)
-    w2, xw = s * s * v2, s * (p * x2 + q * xy)
-    # x (+) w = A x + B y
+    w2, xw = s * s * v2, s * (p * x2 + q * xg)
+    # x (+) w = A x + B g
     den = max(1 - 2 * k * xw + k * k * x2 * w2, 1e-15)
     A = ((1 - 2 * k * xw - k * w2) + (1 + k * x2) * s * p) / den
     B = (1 + k * x2) * s * q / den
-    rm.add_(rm, alpha=A - 1).add_(m, alpha=B)  # add_ with a Python alpha: no scalar tensor to convert (mul_)
+    rm.add_(rm, alpha=A - 1).add_(G[1], alpha=B)  # add_ with a Python alpha: no scalar tensor to convert
 
 
 class BnLayerFn(torch.autograd.Function):
@@ -1780,9 +1783,10 @@ class BnTransportFn(torch.autograd.Function):
 
 
 def _gram(b: torch.Tensor, m: torch.Tensor):
-    """AE = [b; -m] (2, D) and its Gram matrix [[|b|^2, -<b,m>], [-<b,m>, |m|^2]] (one small GEMM)."""
-    AE = torch.stack((b, -m))
-    return AE, AE @ AE.t()
+    """AF = [b; f; m] (3, D) with f = b - m (the difference formed before any sum, session 44) and its Gram matrix
+    (one small GEMM): its diagonal |b|^2, |b - m|^2, |m|^2 is what ``_transport_matrix`` and lam_m read."""
+    AF = torch.stack((b, b - m, m))
+    return AF, AF @ AF.t()
 
 
 _TRANSPORT_CONST: dict = {}
@@ -1797,28 +1801,33 @@ def _transport_consts(D: int, like: torch.Tensor):
         # normal tensors under torch.inference_mode(), which a later training call saves for its backward)
         keep = len(_TRANSPORT_CONST) < 64 and not _is_fake(like) and not torch.compiler.is_compiling()
         with torch.inference_mode(False) if keep and torch.is_inference_mode_enabled() else contextlib.nullcontext():
-            cst = (torch.eye(D, **o), torch.tensor([[-1.0, 0.0], [2.0, -1.0]], **o),
-                   torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **o))
+            cst = torch.eye(D, **o)
         if keep:
             _TRANSPORT_CONST[key] = cst
     return cst
 
 
-def _transport_matrix(AE: torch.Tensor, G: torch.Tensor, k: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _transport_matrix(AF: torch.Tensor, G: torch.Tensor, k: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """s times the parallel transport from m to b (k = -c) as a (D, D) matrix T: s PT(v) = v @ T, from
-    AE = [a; e] = [b; -m] and its Gram matrix G (``_gram``).
+    AF = [a; f; m] = [b; b - m; m] and its Gram matrix G (``_gram``).
 
-    PT_{m->b}(v) = gyr[b, -m] v * lam_m / lam_b, and a gyration with both points fixed is linear in v:
-    gyr[a, e] v = v + (2/d) [<a,v>, <e,v>] W [a; e] with geoopt's closed form W = [[-k^2 |e|^2, k],
-    [-k + 2 k^2 <a,e>, -k^2 |a|^2]] and d = 1 - 2k<a,e> + k^2 |a|^2 |e|^2; W = k^2 (flip(G) * C1) + k C2 for the
-    constant C1 = [[-1, 0], [2, -1]], C2 = [[0, 1], [-1, 0]] (few small ops: this runs once per layer call)."""
-    eye, C1, C2 = _transport_consts(AE.shape[1], AE)
-    a2, ae, _, e2 = G.reshape(4).unbind()
+    PT_{m->b}(v) = gyr[b, -m] v * lam_m / lam_b, and a gyration with both points fixed is linear in v.  geoopt's
+    closed form (rows [a; -m], d = 1 - 2k<a,-m> + k^2 |a|^2 |m|^2) cancels for b near m near the boundary (d ~
+    (1 + k|m|^2)^2 from O(1) terms, and the rank-2 term's O(1/d) pieces cancel to O(1); 2e-5 off in float64,
+    session 44).  The same map in the rows [a; f], f = b - m (exactly equal; checked with rationals):
+    gyr[a, -m] v = v + (2/den) [<a,v>, <f,v>] W [a; f] with p = 1 + k|a|^2, q = 1 + k|m|^2,
+    W = [[-k^2 |f|^2, k p], [-k q + k^2 |f|^2, -k^2 |a|^2]], den = p q - k |f|^2: for k < 0 every term of den is
+    non-negative, the small entries of W are small by themselves, and |f|^2 is summed from the difference."""
+    eye = _transport_consts(AF.shape[1], AF)
+    a2, f2, e2 = G.diagonal().unbind()
     k2 = k * k
-    W = torch.flip(G, (0, 1)) * C1 * k2 + C2 * k
-    d = (1 - 2 * k * ae + k2 * a2 * e2).clamp_min(1e-15)
-    alpha = s * (1 + k * a2) / (1 + k * e2)  # s lam_m / lam_b
-    return eye * alpha + AE.t() @ (W * (2 * alpha / d)) @ AE
+    p, q = 1 + k * a2, 1 + k * e2
+    kf = k2 * f2
+    W = torch.stack((-kf, k * p, kf - k * q, -k2 * a2)).reshape(2, 2)
+    den = (p * q - k * f2).clamp_min(1e-15)
+    alpha = s * p / q  # s lam_m / lam_b
+    A = AF[:2]
+    return eye * alpha + A.t() @ (W * (2 * alpha / den)) @ A
 
 
 # ---------------------------------------------------------------- HNN

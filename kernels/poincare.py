@@ -1037,8 +1037,8 @@ def _mlr_bwd_kernel(G_ptr, X_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr,
 # GEOOPS_POINCARE_TRITON_FUSED_BN (default on): the training batch norm's running-statistics update (the
 # geodesic step of running_mean towards the batch midpoint, the running variance's average) as one launch
 # instead of the stereographic geodesic composition (~39 torch ops and 3 launches): the geodesic
-# x (+) t (x) ((-x) (+) y) is A x + B y with A, B from |x|^2, <x, y>, |y|^2 (the formulas of
-# geoops.poincare._running_mean_step_, the CPU path's, in float64).
+# x (+) t (x) ((-x) (+) y) is A x + B (y - x) with A, B from |x|^2, <x, y - x>, |y - x|^2, |y|^2 (the formulas
+# of geoops.poincare._running_mean_step_, the CPU path's, in float64).
 
 
 @triton.jit
@@ -1051,15 +1051,33 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
     momentum = (zero + mom_hi) + mom_lo
     unbias = (zero + ub_hi) + ub_lo
     offs = tl.arange(0, BLOCK_D).to(tl.int64)
-    x2, mxy, y2 = _bn_tr_gram(RM_ptr, M_ptr, D, BLOCK_D, 0.0, False)  # (|x|^2, <x, -y>, |y|^2)
-    xy = -mxy
+    # in x = RM and the difference g = M - RM (session 44: the <x, y> form cancels for M near RM near the boundary;
+    # geoops.poincare._running_mean_step_)
+    s_xx = tl.zeros((BLOCK_D,), tl.float64)
+    s_xg = tl.zeros((BLOCK_D,), tl.float64)
+    s_gg = tl.zeros((BLOCK_D,), tl.float64)
+    s_yy = tl.zeros((BLOCK_D,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + offs
+        dm = cols < D
+        xv = tl.load(RM_ptr + cols, mask=dm, other=0.0).to(tl.float64)
+        yv = tl.load(M_ptr + cols, mask=dm, other=0.0).to(tl.float64)
+        gv = yv - xv
+        s_xx += xv * xv
+        s_xg += xv * gv
+        s_gg += gv * gv
+        s_yy += yv * yv
+    x2 = tl.sum(s_xx, 0)
+    xg = tl.sum(s_xg, 0)
+    g2 = tl.sum(s_gg, 0)
+    y2 = tl.sum(s_yy, 0)
     k = -tl.load(C_ptr).to(tl.float64)
     t = momentum
-    # v = (-x) (+) y = p x + q y
-    den = tl.maximum(1.0 + 2.0 * k * xy + k * k * x2 * y2, 1e-15)
-    p = -(1.0 + 2.0 * k * xy - k * y2) / den
+    # v = (-x) (+) y = p x + q g
+    den = tl.maximum((1.0 + k * x2) * (1.0 + k * y2) - k * g2, 1e-15)
+    p = k * g2 / den
     q = (1.0 + k * x2) / den
-    v2 = p * p * x2 + 2.0 * p * q * xy + q * q * y2
+    v2 = p * p * x2 + 2.0 * p * q * xg + q * q * g2
     # w = t (x) v = s v: s = t atanc(k v2) tanc(k t^2 v2 atanc^2) (artanh's argument clamped as the CPU path)
     z = k * v2
     sn = tl.minimum(tl.sqrt(tl.maximum(-z, 0.0)), 1.0 - 1e-7 if SINGLE else 1.0 - 1e-15)
@@ -1070,8 +1088,8 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
     s2_ = tl.maximum(s2, 1e-300)
     s = t * a * tl.where(z2 > -1e-12, 1.0 + z2 / 3.0, _math.tanh(s2_) / s2_)
     w2 = s * s * v2
-    xw = s * (p * x2 + q * xy)
-    # x (+) w = A x + B y
+    xw = s * (p * x2 + q * xg)
+    # x (+) w = A x + B g
     den2 = tl.maximum(1.0 - 2.0 * k * xw + k * k * x2 * w2, 1e-15)
     A = ((1.0 - 2.0 * k * xw - k * w2) + (1.0 + k * x2) * s * p) / den2
     B = (1.0 + k * x2) * s * q / den2
@@ -1080,15 +1098,17 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
         dm = cols < D
         xv = tl.load(RM_ptr + cols, mask=dm, other=0.0).to(tl.float64)
         yv = tl.load(M_ptr + cols, mask=dm, other=0.0).to(tl.float64)
-        tl.store(RM_ptr + cols, (A * xv + B * yv).to(RM_ptr.dtype.element_ty), mask=dm)
+        tl.store(RM_ptr + cols, (A * xv + B * (yv - xv)).to(RM_ptr.dtype.element_ty), mask=dm)
     rv = tl.load(RV_ptr).to(tl.float64)
     bv = tl.load(V_ptr).to(tl.float64)
     tl.store(RV_ptr, ((1.0 - momentum) * rv + momentum * (bv * unbias)).to(RV_ptr.dtype.element_ty))
 
 
-# The batch norm's transport matrix (FUSED_BN): M = alpha I + [a; e]^T Wt [a; e] for a = b, e = -m (the
+# The batch norm's transport matrix (FUSED_BN): M = alpha I + [a; f]^T Wt [a; f] for a = b, f = b - m (the
 # scalar chain of geoops.poincare._gram / _transport_matrix, and in training var = lam_m^2 S / n) as one
-# forward launch and one backward launch instead of ~30 / ~90 torch ops on 2 x 2 and length-D tensors.
+# forward launch and one backward launch instead of ~30 / ~90 torch ops on 2 x 2 and length-D tensors.  Rows
+# [a; f] and |f|^2 summed from the differences (session 44): geoopt's rows [b; -m] cancel for b near m near the
+# boundary (see _transport_matrix).
 
 
 @triton.jit
@@ -1119,25 +1139,27 @@ def _bn_bias_coef(B_ptr, C_ptr, D, CUT: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _bn_tr_gram(B_ptr, M_ptr, D, BLOCK: tl.constexpr, sa, FROM_BIAS: tl.constexpr):
-    """(|a|^2, <a, e>, |e|^2) in float64 for a = b, e = -m (FROM_BIAS: b = sa bias, see ``_bn_tr_a``)."""
+def _bn_tr_sums(B_ptr, M_ptr, D, BLOCK: tl.constexpr, sa, FROM_BIAS: tl.constexpr):
+    """(|a|^2, |f|^2, |m|^2) in float64 for a = b, f = a - m (FROM_BIAS: b = sa bias, see ``_bn_tr_a``)."""
     offs = tl.arange(0, BLOCK).to(tl.int64)
     s_aa = tl.zeros((BLOCK,), tl.float64)
-    s_ae = tl.zeros((BLOCK,), tl.float64)
+    s_ff = tl.zeros((BLOCK,), tl.float64)
     s_ee = tl.zeros((BLOCK,), tl.float64)
     for d0 in range(0, D, BLOCK):
         i = d0 + offs
         a = _bn_tr_a(B_ptr, i, i < D, sa, FROM_BIAS)
-        e = -tl.load(M_ptr + i, mask=i < D, other=0.0).to(tl.float64)
+        e = tl.load(M_ptr + i, mask=i < D, other=0.0).to(tl.float64)
+        f = a - e
         s_aa += a * a
-        s_ae += a * e
+        s_ff += f * f
         s_ee += e * e
-    return tl.sum(s_aa, 0), tl.sum(s_ae, 0), tl.sum(s_ee, 0)
+    return tl.sum(s_aa, 0), tl.sum(s_ff, 0), tl.sum(s_ee, 0)
 
 
 @triton.jit
-def _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN: tl.constexpr):
-    """The forward scalar chain: lam_m, var, s, d, alpha, Wt (the four entries of W * 2 alpha / d)."""
+def _bn_tr_scalars(a2, f2, e2, k, S_ptr, W_ptr, n, eps, TRAIN: tl.constexpr):
+    """The forward scalar chain: lam_m, var, s, d, alpha, Wt (the four entries of W * 2 alpha / d), in the rows
+    [a; f]: d = p q - k f2, W = [[-k^2 f2, k p], [-k q + k^2 f2, -k^2 a2]] (p = 1 + k a2, q = 1 + k e2)."""
     one_ke = 1.0 + k * e2
     lam = 2.0 / tl.maximum(one_ke, 1e-15)
     Sv = tl.load(S_ptr).to(tl.float64)
@@ -1147,12 +1169,13 @@ def _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN: tl.constexpr):
         var = Sv
     w = tl.load(W_ptr).to(tl.float64)
     s = tl.sqrt(w / (var + eps))
-    d = tl.maximum(1.0 - 2.0 * k * ae + k * k * a2 * e2, 1e-15)
-    alpha = s * (1.0 + k * a2) / one_ke
+    one_ka = 1.0 + k * a2
+    d = tl.maximum(one_ka * one_ke - k * f2, 1e-15)
+    alpha = s * one_ka / one_ke
     f = 2.0 * alpha / d
-    w00 = -k * k * e2
-    w01 = k
-    w10 = -k + 2.0 * k * k * ae
+    w00 = -k * k * f2
+    w01 = k * one_ka
+    w10 = k * k * f2 - k * one_ke
     w11 = -k * k * a2
     return lam, var, w, s, d, alpha, f, w00, w01, w10, w11
 
@@ -1173,17 +1196,17 @@ def _bn_tr_fwd_kernel(B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, OUT_ptr, VAR_ptr, BO_pt
     sa = 0.0
     if FROM_BIAS:
         _xx, _sa64, sa = _bn_bias_coef(B_ptr, C_ptr, D, CUT, BLOCK_G)
-    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G, sa, FROM_BIAS)
-    lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
+    a2, f2, e2 = _bn_tr_sums(B_ptr, M_ptr, D, BLOCK_G, sa, FROM_BIAS)
+    lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, f2, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
     rows = pr * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     cols = pc * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     rm = rows < D
     cm = cols < D
     ar = _bn_tr_a(B_ptr, rows, rm, sa, FROM_BIAS)
-    er = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+    er = ar - tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)  # (f = a - m)
     ac = _bn_tr_a(B_ptr, cols, cm, sa, FROM_BIAS)
-    ec = -tl.load(M_ptr + cols, mask=cm, other=0.0).to(tl.float64)
-    # row p of [a e] times Wt: u_p = f (W00 a_p + W10 e_p), v_p = f (W01 a_p + W11 e_p); M_pq = u_p a_q + v_p e_q
+    ec = ac - tl.load(M_ptr + cols, mask=cm, other=0.0).to(tl.float64)
+    # row p of [a f] times Wt: u_p = f (W00 a_p + W10 f_p), v_p = f (W01 a_p + W11 f_p); M_pq = u_p a_q + v_p f_q
     u = f * (w00 * ar + w10 * er)
     v = f * (w01 * ar + w11 * er)
     Mt = u[:, None] * ac[None, :] + v[:, None] * ec[None, :]
@@ -1231,7 +1254,8 @@ def _bn_bias_bwd_kernel(GB_ptr, BIAS_ptr, C_ptr, GS_ptr, D, CUT: tl.constexpr, B
 
 @triton.jit
 def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.constexpr):
-    """For the rows p of the block: (gM (x0 a + x1 e))_p and (gM^T (y0 a + y1 e))_p, and the diagonal entries."""
+    """For the rows p of the block: (gM (x0 a + x1 f))_p and (gM^T (y0 a + y1 f))_p (f = a - m), and the diagonal
+    entries."""
     offs = tl.arange(0, BLOCK_T).to(tl.int64)
     acc_r = tl.zeros((BLOCK_T,), tl.float64)
     acc_c = tl.zeros((BLOCK_T,), tl.float64)
@@ -1240,7 +1264,7 @@ def _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, x0, x1, y0, y1, BLOCK_T: tl.
         q = q0 + offs
         qm = q < D
         aq = tl.load(B_ptr + q, mask=qm, other=0.0).to(tl.float64)
-        eq = -tl.load(M_ptr + q, mask=qm, other=0.0).to(tl.float64)
+        eq = aq - tl.load(M_ptr + q, mask=qm, other=0.0).to(tl.float64)
         m2 = rm[:, None] & qm[None, :]
         g_pq = tl.load(G_ptr + rows[:, None] * D + q[None, :], mask=m2, other=0.0).to(tl.float64)
         g_qp = tl.load(G_ptr + q[None, :] * D + rows[:, None], mask=m2, other=0.0).to(tl.float64)
@@ -1261,10 +1285,10 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
     n = (zero + n_hi) + n_lo
     eps = (zero + eps_hi) + eps_lo
     k = -tl.load(C_ptr).to(tl.float64)
-    a2, ae, e2 = _bn_tr_gram(B_ptr, M_ptr, D, BLOCK_G, 0.0, False)
-    lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, ae, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
+    a2, f2, e2 = _bn_tr_sums(B_ptr, M_ptr, D, BLOCK_G, 0.0, False)
+    lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, f2, e2, k, S_ptr, W_ptr, n, eps, TRAIN)
     offs = tl.arange(0, BLOCK_T).to(tl.int64)
-    # pass 1: gWt_ij = X_i^T gM X_j (X_0 = a, X_1 = e) and tr gM
+    # pass 1: gWt_ij = X_i^T gM X_j (X_0 = a, X_1 = f) and tr gM
     h00 = tl.zeros((BLOCK_T,), tl.float64)
     h01 = tl.zeros((BLOCK_T,), tl.float64)
     h10 = tl.zeros((BLOCK_T,), tl.float64)
@@ -1274,7 +1298,7 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
         rows = p0 + offs
         rm = rows < D
         ap = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
-        ep = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        ep = ap - tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
         ga_r, ge_r, dg = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 1.0, 0.0, 0.0, 0.0, BLOCK_T)
         ge_r2, _unused, _d2 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, 0.0, 1.0, 0.0, 0.0, BLOCK_T)
         h00 += ap * ga_r
@@ -1294,14 +1318,17 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
     gw10 = g10 * f
     gw11 = g11 * f
     g_alpha = tr + hh * 2.0 / d
-    dd_raw = 1.0 - 2.0 * k * ae + k * k * a2 * e2
-    g_d = tl.where(dd_raw > 1e-15, -hh * 2.0 * alpha / (d * d), 0.0)
-    g_a2 = -k * k * gw11 + k * k * e2 * g_d
-    g_ae = 2.0 * k * k * gw10 - 2.0 * k * g_d
-    g_e2 = -k * k * gw00 + k * k * a2 * g_d
-    g_k = -2.0 * k * e2 * gw00 + gw01 + (-1.0 + 4.0 * k * ae) * gw10 - 2.0 * k * a2 * gw11
-    g_k += (-2.0 * ae + 2.0 * k * a2 * e2) * g_d
     one_ke = 1.0 + k * e2
+    one_ka = 1.0 + k * a2
+    dd_raw = one_ka * one_ke - k * f2
+    g_d = tl.where(dd_raw > 1e-15, -hh * 2.0 * alpha / (d * d), 0.0)
+    # W00 = -k^2 f2, W01 = k + k^2 a2, W10 = -k - k^2 e2 + k^2 f2, W11 = -k^2 a2; d = p q - k f2
+    g_a2 = k * k * (gw01 - gw11) + k * one_ke * g_d
+    g_f2 = k * k * (gw10 - gw00) - k * g_d
+    g_e2 = -k * k * gw10 + k * one_ka * g_d
+    g_k = (-2.0 * k * f2 * gw00 + (1.0 + 2.0 * k * a2) * gw01 + (-1.0 - 2.0 * k * e2 + 2.0 * k * f2) * gw10
+           - 2.0 * k * a2 * gw11)
+    g_k += (a2 * one_ke + one_ka * e2 - f2) * g_d
     g_s = g_alpha * (1.0 + k * a2) / one_ke
     g_a2 += g_alpha * s * k / one_ke
     g_e2 += -g_alpha * alpha * k / one_ke
@@ -1321,17 +1348,19 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
         tl.store(GS_ptr, g_var.to(GS_ptr.dtype.element_ty))
     tl.store(GS_ptr + 1, g_w.to(GS_ptr.dtype.element_ty))
     tl.store(GS_ptr + 2, (-g_k).to(GS_ptr.dtype.element_ty))
-    # pass 2: ga = gM r1 + gM^T c1 + 2 g_a2 a + g_ae e, ge = gM r2 + gM^T c2 + 2 g_e2 e + g_ae a with
-    # r1 = Wt00 a + Wt01 e, c1 = Wt00 a + Wt10 e, r2 = Wt10 a + Wt11 e, c2 = Wt01 a + Wt11 e (Wt = f W)
+    # pass 2: ga = gM r1 + gM^T c1 + 2 g_a2 a, gf = gM r2 + gM^T c2 + 2 g_f2 f with r1 = Wt00 a + Wt01 f,
+    # c1 = Wt00 a + Wt10 f, r2 = Wt10 a + Wt11 f, c2 = Wt01 a + Wt11 f (Wt = f W); f = a - m: gb = ga + gf,
+    # gm = 2 g_e2 m - gf
     for p0 in range(0, D, BLOCK_T):
         rows = p0 + offs
         rm = rows < D
         ap = tl.load(B_ptr + rows, mask=rm, other=0.0).to(tl.float64)
-        ep = -tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
+        mp_ = tl.load(M_ptr + rows, mask=rm, other=0.0).to(tl.float64)
         r1, c1, _d3 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w00, f * w01, f * w00, f * w10, BLOCK_T)
         r2, c2, _d4 = _bn_tr_gm_vec(G_ptr, B_ptr, M_ptr, rows, rm, D, f * w10, f * w11, f * w01, f * w11, BLOCK_T)
-        ga = r1 + c1 + 2.0 * g_a2 * ap + g_ae * ep
-        ge = r2 + c2 + 2.0 * g_e2 * ep + g_ae * ap
+        gf = r2 + c2 + 2.0 * g_f2 * (ap - mp_)
+        ga = r1 + c1 + 2.0 * g_a2 * ap + gf
+        ge = gf - 2.0 * g_e2 * mp_  # (-dL/dm)
         ga_t = ga.to(GB_ptr.dtype.element_ty)
         if HAS_GBO:  # b's two gradients summed in the tile type (autograd's accumulation of the old path)
             ga_t = ga_t + tl.load(GBO_ptr + rows, mask=rm, other=0.0).to(GB_ptr.dtype.element_ty)

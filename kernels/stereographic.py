@@ -99,6 +99,9 @@ _CUT_F32 = 0.05
 # logmap (k > 0) near x's antipode: rows whose den from the row sums is below this take it from a second pass,
 # |x + k xx y|^2 / xx (antipode_cut<T>(), stereo_math.h: why, and the bound that sets it).
 _ANTIPODE_CUT = tl.constexpr(1e-3)
+# ... and the floor of that den (antipode_min_den<T>(), stereo_math.h; min_den's 1e-15 shortened the rows within ~3e-8
+# of the antipode by up to 97 %): those rows are written in float64 in every dtype
+_ANTIPODE_MIN_DEN = tl.constexpr(1e-30)
 
 # A row up to this width lives in one tile; wider rows are walked in chunks of it.
 MAX_BLOCK_D = 4096
@@ -324,15 +327,15 @@ def _sub_den_vjp(den_, live, xx, yy, xy, dd, k):
 
 # ---------------------------------------------------------------- forward coefficients
 @triton.jit
-def _logmap_coef(xx, yy, xy, dd, k, den0, CUT: tl.constexpr):
-    """logmap's (a, b, c) given den0, the denominator of (-x) (+) y before its clamp (_sub_den of the row sums, or
-    _logmap_den's near x's antipode).
+def _logmap_coef(xx, yy, xy, dd, k, den0, lo, CUT: tl.constexpr):
+    """logmap's (a, b, c) given den0, the denominator of (-x) (+) y before its clamp at lo (_sub_den of the row sums
+    and _MIN_DEN, or _antipode_den's near x's antipode).
     s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
                    = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form: k xx > 1 and xx > yy),
     |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s.  Why two forms: stereo_math.h, logmap_y_form."""
     nb = 1.0 + k * xx
     pp = nb * (1.0 + k * yy)
-    den = _clamp_min_den(den0)
+    den = tl.where(den0 > lo, den0, lo)
     p = _clamp_min_den(nb)
     z = _div(k * dd, den)
     q = _div(pp, den)
@@ -347,11 +350,12 @@ def _logmap_coef(xx, yy, xy, dd, k, den0, CUT: tl.constexpr):
 
 
 @triton.jit
-def _logmap_vjp(xx, yy, xy, dd, k, den0, ga, gb, gc, CUT: tl.constexpr):
-    """Adjoints (xx, yy, xy, dd, k) of logmap's (a, b, c) given den0 as _logmap_coef."""
+def _logmap_vjp(xx, yy, xy, dd, k, den0, lo, ga, gb, gc, CUT: tl.constexpr):
+    """Adjoints (xx, yy, xy, dd, k) of logmap's (a, b, c) given den0 and its floor lo as _logmap_coef."""
     nb = 1.0 + k * xx
     pp = nb * (1.0 + k * yy)
-    den, den_live = _clamp_min_den_live(den0)
+    den_live = den0 > lo
+    den = tl.where(den_live, den0, lo)
     p, p_live = _clamp_min_den_live(nb)
     z = _div(k * dd, den)
     q = _div(pp, den)
@@ -431,7 +435,8 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
     elif OP == EXPMAP0:
         a = _tanc(k * xx, CUT)
     elif OP == LOGMAP:
-        a, b, c = _logmap_coef(xx, yy, xy, dd, k, _sub_den((1.0 + k * xx) * (1.0 + k * yy), xx, yy, xy, dd, k), CUT)
+        a, b, c = _logmap_coef(xx, yy, xy, dd, k, _sub_den((1.0 + k * xx) * (1.0 + k * yy), xx, yy, xy, dd, k),
+                               _MIN_DEN, CUT)
     elif OP == LOGMAP0:
         z = k * xx
         a = _atanc(z, 1.0 + z, CUT)
@@ -525,7 +530,8 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         g_k = z_ * xx
     elif OP == LOGMAP:
         pp = (1.0 + k * xx) * (1.0 + k * yy)
-        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, _sub_den(pp, xx, yy, xy, dd, k), ga, gb, gc, CUT)
+        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, _sub_den(pp, xx, yy, xy, dd, k), _MIN_DEN, ga, gb,
+                                                  gc, CUT)
     elif OP == LOGMAP0:
         z = k * xx
         q = 1.0 + z
@@ -698,11 +704,14 @@ def _program_rows(X, Y, K, R, N, stride_x, stride_y, stride_k, stride_r, HAS_R: 
 
 @triton.jit
 def _antipode_den(xx, yy, xy, dd, k, sq):
-    """logmap's den0 (float64): _sub_den of the row sums, or sq / xx (sq = |x + k xx y|^2, the second pass) in the
-    rows near x's antipode (k > 0, below _ANTIPODE_CUT), where the sums' den is ~eps / den off (stereo_math.h)."""
+    """logmap's den0 (float64) and its floor: _sub_den of the row sums, or sq / xx (sq = |x + k xx y|^2, the second
+    pass) in the rows near x's antipode (k > 0, below _ANTIPODE_CUT), where the sums' den is ~eps / den off
+    (stereo_math.h); the floor _MIN_DEN, or _ANTIPODE_MIN_DEN in those rows, which every dtype writes in float64
+    (_near_rows_out, _near_rows_grads below float64)."""
     den0 = _sub_den((1.0 + k * xx) * (1.0 + k * yy), xx, yy, xy, dd, k)
     near = (k > 0) & (den0 < _ANTIPODE_CUT)
-    return tl.where(near, sq / tl.where(near, xx, 1.0), den0)
+    lo = tl.where(near, _ANTIPODE_MIN_DEN, _MIN_DEN)
+    return tl.where(near, sq / tl.where(near, xx, 1.0), den0), lo
 
 
 @triton.jit
@@ -741,9 +750,10 @@ def _antipode_sq_chunked(x_row, y_row, rmask, D, kxx, CT: tl.constexpr, BLOCK_M:
 @triton.jit
 def _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr):
-    """logmap's den0 (float64 row sums in, _antipode_den) and whether this program has a row near x's antipode
-    (_antipode_rows): only such programs take the second pass, on the tiles xv, yv (ONE_CHUNK; unread placeholders
-    otherwise) or chunk by chunk.  The forward and the backward share it: the gradient of the value computed."""
+    """logmap's den0 and its floor (float64 row sums in, _antipode_den) and whether this program has a row near x's
+    antipode (_antipode_rows): only such programs take the second pass, on the tiles xv, yv (ONE_CHUNK; unread
+    placeholders otherwise) or chunk by chunk.  The forward and the backward share it: the gradient of the value
+    computed."""
     sq = xx
     near = _antipode_rows(xx, yy, xy, k)
     if near:
@@ -751,7 +761,8 @@ def _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT: tl.const
             sq = _antipode_sq(xv, yv, k * xx)
         else:
             sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
-    return _antipode_den(xx, yy, xy, dd, k, sq), near
+    den0, lo = _antipode_den(xx, yy, xy, dd, k, sq)
+    return den0, lo, near
 
 
 # logmap's rows near x's antipode in the float types (CT below float64): their output and gradients in float64, the
@@ -815,8 +826,9 @@ def _stereo_fwd_kernel(
         xx, yy, xy, dd, k = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64)
         if not ONE_CHUNK:
             xv, yv = rmask, rmask  # (unread placeholders)
-        den0, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D, ONE_CHUNK)
-        a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
+        den0, lo, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
+                                      ONE_CHUNK)
+        a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, lo, CUT)
     else:
         a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
     wmask = rmask  # the rows of the usual write
@@ -878,8 +890,9 @@ def _stereo_bwd_kernel(
     xx, yy, xy, dd, k, r = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64)
     if OP == LOGMAP:
         # the forward's den near x's antipode (_logmap_den0): the gradient of the value computed
-        den0, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D, ONE_CHUNK)
-        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, den0, ga.to(F64), gb.to(F64), gc.to(F64), CUT)
+        den0, lo, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
+                                      ONE_CHUNK)
+        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, den0, lo, ga.to(F64), gb.to(F64), gc.to(F64), CUT)
         g_r = tl.zeros_like(xx)
     else:
         g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga.to(F64), gb.to(F64), gc.to(F64), PARAM,
@@ -900,7 +913,7 @@ def _stereo_bwd_kernel(
             gyc = gxc
         else:
             if OP == LOGMAP:
-                a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, CUT)
+                a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, lo, CUT)
             else:
                 a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
             gxc = a + c

@@ -475,4 +475,42 @@ def test_backward_makes_no_zero_lse_gradient():
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
     out, lse = geoops.attention.triple_attention(*qkv, return_lse=True)
-    assert not lse.requires_grad and out.requires_grad
+    assert lse.requires_grad and out.requires_grad  # (session 44: lse is differentiable)
+    with record_ops() as ops:
+        torch.autograd.grad(out, qkv, gout)
+    assert not [n for n in ops.names if "zeros" in n or "cat" in n], ops.names  # lse unused: no extra column
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask", [dict(), dict(causal=True), dict(window=(5, 3)), dict(window=(100, 2))],
+                         ids=lambda m: str(m) or "dense")
+@pytest.mark.parametrize("use_out", [True, False], ids=["out+lse", "lse"])
+def test_lse_gradient_fp64(shape, mask, use_out):
+    """Session 44: a loss using lse (alone or beside out) gets its gradient (lse was non-differentiable: that part
+    was silently dropped).  float64 against the reference's autograd through logsumexp, windows and causal masks
+    included."""
+    ins = _inputs(*shape, seed=3)
+    g = torch.Generator().manual_seed(4)
+    N, Dv = shape[3], shape[7]
+    gout = torch.randn(shape[0], shape[1], N, Dv, generator=g, dtype=torch.float64)
+    glse = torch.randn(shape[0], shape[1], N, generator=g, dtype=torch.float64)
+
+    def loss(fn, xs):
+        out, lse = fn(*xs, return_lse=True, **mask)
+        lse = torch.where(torch.isfinite(lse), lse, 0.0)  # (empty rows: -inf)
+        return (lse * glse).sum() + ((out * gout).sum() if use_out else 0.0)
+
+    grads = []
+    for fn in (ga.triple_attention, ref.triple_attention):
+        xs = [t.detach().clone().requires_grad_(True) for t in ins]
+        got = torch.autograd.grad(loss(fn, xs), xs, allow_unused=True)  # (lse alone: no v1, v2 in the graph)
+        grads.append([torch.zeros_like(x) if d is None else d for x, d in zip(xs, got)])
+    for name, a, b in zip(("dq", "dk1", "dk2", "dv1", "dv2"), *grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+    assert grads[1][0].abs().max() > 0  # (the lse part alone moves q)
+
+
+def test_lse_gradcheck():
+    """gradcheck of (out, lse) together (float64, causal, grouped heads)."""
+    ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 5, 6, 4, 3, 2, seed=7)]
+    assert torch.autograd.gradcheck(lambda *a: ga.triple_attention(*a, causal=True, return_lse=True), ins)

@@ -327,12 +327,10 @@ def test_gradcheck_and_gradgradcheck(route):
     def f(a, b, c, d, e):
         return ga.gaunt_tensor_product(a, b, L3, weight1=c, weight2=d, weight_out=e, route=route)
 
-    # grid_gemm at one thread: 3 rows are one row tile, so its parallel region (threads = min(threads, tiles))
-    # runs one thread either way; with two, each of its ~1000 three-row BLAS calls here woke MKL's thread team
-    # (17-55 s of CPU on CI's busy two cores, 0.4 s at one thread).
-    with num_threads(1) if route == "grid_gemm" else contextlib.nullcontext():
-        assert torch.autograd.gradcheck(f, (x1, x2, w1, w2, wo))
-        assert torch.autograd.gradgradcheck(f, (x1, x2, w1, w2, wo))
+    # (grid_gemm: 3 rows are one row tile; its ~1000 three-row BLAS calls here run on one MKL thread since
+    # session 44 -- before, each woke MKL's team: 17-55 s of CPU on CI's busy two cores; tests/test_blas_threads.py)
+    assert torch.autograd.gradcheck(f, (x1, x2, w1, w2, wo))
+    assert torch.autograd.gradgradcheck(f, (x1, x2, w1, w2, wo))
 
 
 def test_gradcheck_many_body():

@@ -41,6 +41,8 @@ GEOOPS_BINDINGS(poincare, m) {
         "Poincare batch norm training layer, forward -> (y, var, m, saved...) (CPU)");
   m.def("poincare_bn_train_bwd_cpu", &geoops::cpu::poincare_bn_train_bwd_cpu, GEOOPS_NOGIL,
         "Poincare batch norm training layer, backward -> (dx, dbias, dweight, dc) (CPU)");
+  m.def("poincare_bn_transport_cpu", &geoops::cpu::poincare_bn_transport_cpu, GEOOPS_NOGIL,
+        "Poincare batch norm's transport matrix and its backward in double -> (M, gb, gm, [gS, gw, gc]) (CPU, tests)");
   m.def("poincare_bn_running_update_cpu", &geoops::cpu::poincare_bn_running_update_cpu, GEOOPS_NOGIL,
         "Poincare batch norm: the running statistics' training update in place (CPU)");
   m.def("poincare_relu_bwd_cpu", &geoops::cpu::poincare_relu_bwd_cpu, GEOOPS_NOGIL, "Poincare ReLU of rows, backward -> (dx, dc) (CPU)");

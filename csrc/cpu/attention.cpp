@@ -17,7 +17,8 @@
 // size N^2 is stored: the per-thread workspace is O(BQ * BJ * (BK + D + Dv)).
 //
 // GEMMs run on MKL's sgemm/dgemm (the Fortran entry points that libtorch_cpu exports), called from
-// inside the parallel region, where MKL runs single-threaded.
+// inside the parallel region, where MKL runs single-threaded (each worker holds OneMklThread: a lone worker,
+// one tile of work or one torch thread, is no active OpenMP region and MKL would thread every small GEMM).
 //
 // Backward (recomputes P = exp(S - lse) from the forward's log-sum-exp, delta_i = <dout_i, out_i>):
 //   G   = dout_i (.) va_j          dP = G . Vb^T         dS = P (.) (dP - delta_i)
@@ -48,6 +49,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "mkl_packed.h"  // OneMklThread
 
 // MKL's (or OpenBLAS') Fortran GEMM entry points, which libtorch_cpu exports in the x86 wheels.  Weak, so that
 // the extension still loads against a torch whose BLAS does not export them: then gemm_rm falls back to at::mm.
@@ -350,6 +352,7 @@ void fwd_impl(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
   std::atomic<int64_t> next{0};
   const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
   auto worker = [&](int64_t) {
+    const mkl_packed::OneMklThread one_mkl_thread;  // a lone worker is no active region: MKL would thread each GEMM
     FwdWork<T> w(g.D, g.Dv);
     for (int64_t it = next.fetch_add(1); it < items; it = next.fetch_add(1)) {
       // last tiles first: under a causal mask they are the largest, and go first for balance
@@ -568,6 +571,7 @@ void bwd_impl(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
   std::atomic<int64_t> next{0};
   const int64_t nth = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
   auto worker = [&](int64_t) {
+    const mkl_packed::OneMklThread one_mkl_thread;  // a lone worker is no active region: MKL would thread each GEMM
     BwdWork<T> w(D, Dv);
     for (int64_t it = next.fetch_add(1); it < items; it = next.fetch_add(1)) {
       const int64_t gi = it % plan.G, bh = it / plan.G, b = bh / g.H, h = bh % g.H, hk = h / rep;

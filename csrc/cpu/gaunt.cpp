@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "mkl_packed.h"  // OneMklThread
+
 #if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
@@ -190,6 +192,8 @@ void grid_impl(const std::vector<at::Tensor>& xs, const std::vector<c10::optiona
 
 #pragma omp parallel num_threads(nthreads)
   {
+    // the tile GEMMs are small: MKL's own team for each (a team of one here is not an active region) only waits
+    const mkl_packed::OneMklThread one_mkl_thread;
     std::vector<T> xbuf(tile * nmax), acc(tile * P), tmp(nu > 1 ? tile * P : 0);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < ntiles; ++t) {

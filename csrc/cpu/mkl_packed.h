@@ -6,7 +6,8 @@
 // (no MKL, ARM) lack them: this header declares the documented cblas ABI (LP64: int dimensions, the CBLAS enum
 // values) itself and looks the functions up with dlsym once.  packed_sgemm() returns null when they are missing;
 // callers then keep their at::mm path (also when GEOOPS_MKL_PACKED=0: packed_sgemm_for).  Users: the
-// float32 cdist / mobius_matvec (stereographic_pairwise.cpp) and the Poincaré fc forward (poincare.cpp).  Nothing here is needed to build or import the extension.
+// float32 cdist / mobius_matvec (stereographic_pairwise.cpp) and the Poincaré fc forward (poincare.cpp).  Also
+// OneMklThread (MKL single-threaded on this thread) for the small GEMMs that kernels call inside their own threads.  Nothing here is needed to build or import the extension.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -72,6 +73,30 @@ inline const SgemmApi* packed_sgemm() {
   }();
   return api;
 }
+
+// MKL runs single-threaded on this thread while in scope (MKL_Set_Num_Threads_Local, thread-local; restored on
+// exit).  For the BLAS calls of one parallel task: a team of one (one tile, a small `if` region, a lone worker) is
+// not an active OpenMP region, so MKL would hand every small GEMM of the task to its own team -- a wake-up per call
+// that, on a busy machine, waits for descheduled threads (a Gaunt gradcheck: 209 s of wall instead of 0.4 s) and,
+// where MKL splits the reduction, changes the last bits with the thread count.  Inside a team of several MKL
+// runs single-threaded anyway.  A no-op without MKL (other BLAS builds keep their own threading).
+struct OneMklThread {
+  using Fn = int (*)(int);
+  Fn f;
+  int prev = 0;
+  explicit OneMklThread(bool on = true) : f(on ? fn() : nullptr) {
+    if (f) prev = f(1);
+  }
+  ~OneMklThread() {
+    if (f) f(prev);
+  }
+  OneMklThread(const OneMklThread&) = delete;
+  OneMklThread& operator=(const OneMklThread&) = delete;
+  static Fn fn() {
+    static const Fn p = reinterpret_cast<Fn>(detail::find_symbol("MKL_Set_Num_Threads_Local"));
+    return p;
+  }
+};
 
 // Dimensions the LP64 interface can take.
 inline bool fits_int(int64_t a, int64_t b, int64_t c) {

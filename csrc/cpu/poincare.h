@@ -120,6 +120,10 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy, const at
                                                   const at::Tensor& m, const at::Tensor& mid, const at::Tensor& u,
                                                   const at::Tensor& v, const at::Tensor& M, const at::Tensor& b,
                                                   const at::Tensor& tr, double c, double eps_proj);
+// The training layer's transport alone, forward and backward in double (for the tests: the exact-value checks of
+// session 44): (b, m, gM float64; S, w, c, n, eps) -> (M (D, D), gb, gm, [gS, gw, gc]).
+std::vector<at::Tensor> poincare_bn_transport_cpu(const at::Tensor& b, const at::Tensor& m, const at::Tensor& gM,
+                                                  double S, double w, double c, double n, double eps);
 // batch_norm's training update of its running buffers in place (one call): rm (D,) <- geodesic(momentum, rm, m) on
 // the ball of curvature -c, rv (one entry) <- (1 - momentum) rv + momentum f var; rm, rv, m, var of one float dtype.
 void poincare_bn_running_update_cpu(const at::Tensor& rm, const at::Tensor& rv, const at::Tensor& m,

@@ -1248,7 +1248,7 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
 
 // ---------------------------------------------------------------- the whole training layer in two calls
 // BnLayerFn's forward and backward (geoops/poincare.py) as one C++ call each: b = expmap0(bias), the layer's midpoint
-// / logmap pass (poincare_bn_layer_fwd_cpu), the transport's scalar chain and M = alpha I + AE^T V AE (AE = [b; -m],
+// / logmap pass (poincare_bn_layer_fwd_cpu), the transport's scalar chain and M = alpha I + AF^T V AF (AF = [b; b - m],
 // V = 2 alpha W / d, 2 x 2) in double, v = u M (one GEMM), the row op; backward: the row op's backward on the saved
 // v, gM = u^T gv (GEMM), the transport's backward in double (the adjoints of the 2 x 2 algebra and of the scalar
 // chain, bn_transport_bwd), gu = gv M^T + 2 gS u (one addmm), the layer's backward, expmap0's backward to bias.
@@ -1256,21 +1256,26 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
 // Function.
 namespace {
 
-// The transport's scalars and V, in double; kept for the backward in a float64 tensor of kTrN entries:
-// a2 = |b|^2, ae = <b, -m>, e2 = |m|^2, k = -c, S, w (weight), n, eps, q = 1 + k e2, p = 1 + k a2,
-// lam = 2 / max(q, 1e-15), var = lam^2 S / n, s = sqrt(w / (var + eps)), ratio = p / q, alpha = s ratio,
-// d = 1 - 2 k ae + k^2 a2 e2, dc = max(d, 1e-15), W = ((-k^2 e2, k), (-k + 2 k^2 ae, -k^2 a2)), V = 2 alpha W / dc.
+// The transport's scalars and V, in double; kept for the backward in a float64 tensor of kTrN entries.  Rows
+// [a; f] = [b; b - m] (session 44: geoopt's rows [b; -m] and d = 1 - 2k<b, -m> + k^2 |b|^2 |m|^2 cancel for b near m
+// near the boundary, 2e-5 off in float64; the same map in these rows, exactly equal, has no cancelling sum, see
+// geoops/poincare.py's _transport_matrix): a2 = |b|^2, f2 = |b - m|^2 (summed from the differences), e2 = |m|^2,
+// k = -c, S, w (weight), n, eps, q = 1 + k e2, p = 1 + k a2, lam = 2 / max(q, 1e-15), var = lam^2 S / n,
+// s = sqrt(w / (var + eps)), ratio = p / q, alpha = s ratio, d = p q - k f2, dc = max(d, 1e-15),
+// W = ((-k^2 f2, k p), (-k q + k^2 f2, -k^2 a2)), V = 2 alpha W / dc; M = alpha I + [a; f]^T V [a; f].
 struct BnTransport {
-  double a2, ae, e2, k, S, w, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W[2][2], V[2][2];
+  double a2, f2, e2, k, S, w, n, eps, q, p, lam, var, s, ratio, alpha, d, dc, W[2][2], V[2][2];
 };
 constexpr int64_t kTrN = sizeof(BnTransport) / sizeof(double);
 
 BnTransport bn_transport(const double* b, const double* m, int64_t D, double S, double w, double c, double n,
                          double eps) {
   BnTransport t;
-  t.a2 = t.ae = t.e2 = 0;
-  for (int64_t d = 0; d < D; ++d)
-    t.a2 = std::fma(b[d], b[d], t.a2), t.ae = std::fma(-b[d], m[d], t.ae), t.e2 = std::fma(m[d], m[d], t.e2);
+  t.a2 = t.f2 = t.e2 = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double fd = b[d] - m[d];
+    t.a2 = std::fma(b[d], b[d], t.a2), t.f2 = std::fma(fd, fd, t.f2), t.e2 = std::fma(m[d], m[d], t.e2);
+  }
   const double k = -c;
   t.k = k, t.S = S, t.w = w, t.n = n, t.eps = eps;
   t.q = 1 + k * t.e2, t.p = 1 + k * t.a2;
@@ -1279,44 +1284,65 @@ BnTransport bn_transport(const double* b, const double* m, int64_t D, double S, 
   t.s = std::sqrt(w / (t.var + eps));
   t.ratio = t.p / t.q;
   t.alpha = t.s * t.ratio;
-  t.d = 1 - 2 * k * t.ae + k * k * t.a2 * t.e2;
+  t.d = t.p * t.q - k * t.f2;
   t.dc = std::max(t.d, 1e-15);
-  t.W[0][0] = -k * k * t.e2, t.W[0][1] = k, t.W[1][0] = -k + 2 * k * k * t.ae, t.W[1][1] = -k * k * t.a2;
+  const double kf = k * k * t.f2;
+  t.W[0][0] = -kf, t.W[0][1] = k * t.p, t.W[1][0] = kf - k * t.q, t.W[1][1] = -k * k * t.a2;
   const double f = 2 * t.alpha / t.dc;
   for (int r = 0; r < 2; ++r)
     for (int s2 = 0; s2 < 2; ++s2) t.V[r][s2] = f * t.W[r][s2];
   return t;
 }
 
-// All that the transport's backward reads of gM (D x D, double): tr gM, Q = AE gM, R = AE gM^T (rows a = b,
-// e = -m), as one vector [tr, Q_a, Q_e, R_a, R_e] of 4 D + 1 entries (the D x D route: gM formed by rows_gram).
-std::vector<double> gm_contract(const double* b, const double* m, const double* gM, int64_t D) {
+// f = b - m in double (the second row of the transport's rows).
+std::vector<double> bn_diff(const std::vector<double>& b, const std::vector<double>& m) {
+  std::vector<double> f(b.size());
+  for (size_t d = 0; d < b.size(); ++d) f[d] = b[d] - m[d];
+  return f;
+}
+
+// M = alpha I + [a; f]^T V [a; f] (D x D, double).
+std::vector<double> bn_transport_matrix(const BnTransport& t, const double* a, const double* f, int64_t D) {
+  std::vector<double> Md(D * D);
+  for (int64_t i = 0; i < D; ++i) {
+    const double ai = a[i], fi = f[i];
+    for (int64_t j = 0; j < D; ++j)
+      Md[i * D + j] = (i == j ? t.alpha : 0.0) + ai * (t.V[0][0] * a[j] + t.V[0][1] * f[j]) +
+                      fi * (t.V[1][0] * a[j] + t.V[1][1] * f[j]);
+  }
+  return Md;
+}
+
+// All that the transport's backward reads of gM (D x D, double): tr gM, Q = AF gM, R = AF gM^T (rows a = b,
+// f = b - m), as one vector [tr, Q_a, Q_f, R_a, R_f] of 4 D + 1 entries (the D x D route: gM formed by rows_gram).
+std::vector<double> gm_contract(const double* a, const double* f, const double* gM, int64_t D) {
   std::vector<double> o(4 * D + 1, 0.0);
   double *Q = o.data() + 1, *R = o.data() + 1 + 2 * D;
   for (int64_t i = 0; i < D; ++i) {
-    const double ai = b[i], ei = -m[i];
+    const double ai = a[i], fi = f[i];
     o[0] += gM[i * D + i];
     for (int64_t j = 0; j < D; ++j) {
       const double g = gM[i * D + j];
-      Q[j] = std::fma(ai, g, Q[j]), Q[D + j] = std::fma(ei, g, Q[D + j]);
-      R[i] = std::fma(b[j], g, R[i]), R[D + i] = std::fma(-m[j], g, R[D + i]);
+      Q[j] = std::fma(ai, g, Q[j]), Q[D + j] = std::fma(fi, g, Q[D + j]);
+      R[i] = std::fma(a[j], g, R[i]), R[D + i] = std::fma(f[j], g, R[D + i]);
     }
   }
   return o;
 }
 
-// The transport's backward from gM's contractions ct = [tr gM, AE gM, AE gM^T] (gm_contract, bn_contract):
-// gV = AE gM AE^T = Q AE^T, gAE = V AE gM^T + V^T AE gM, then the scalar chain's adjoints (W, d, the ratio, s,
-// var, lam) back to |b|^2, |m|^2, <b, -m>, k, S and w -> gb, gm (D), gS, gw, gc.
+// The transport's backward from gM's contractions ct = [tr gM, AF gM, AF gM^T] (gm_contract, bn_contract):
+// gV = AF gM AF^T = Q AF^T, gAF = V AF gM^T + V^T AF gM, then the scalar chain's adjoints (W, d, the ratio, s,
+// var, lam) back to |b|^2, |b - m|^2, |m|^2, k, S and w -> gb, gm (D), gS, gw, gc (f = b - m: its row's gradient
+// goes to b and, negated, to m).
 void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, const double* ct, int64_t D,
                       double* gb, double* gm, double* gS, double* gw, double* gc) {
   const double *Q = ct + 1, *R = ct + 1 + 2 * D;
   double galpha = ct[0];
   double gV[2][2] = {{0, 0}, {0, 0}};
   for (int64_t j = 0; j < D; ++j) {
-    const double aj = b[j], ej = -m[j];
-    gV[0][0] = std::fma(Q[j], aj, gV[0][0]), gV[0][1] = std::fma(Q[j], ej, gV[0][1]);
-    gV[1][0] = std::fma(Q[D + j], aj, gV[1][0]), gV[1][1] = std::fma(Q[D + j], ej, gV[1][1]);
+    const double aj = b[j], fj = b[j] - m[j];
+    gV[0][0] = std::fma(Q[j], aj, gV[0][0]), gV[0][1] = std::fma(Q[j], fj, gV[0][1]);
+    gV[1][0] = std::fma(Q[D + j], aj, gV[1][0]), gV[1][1] = std::fma(Q[D + j], fj, gV[1][1]);
   }
   const double k = t.k, k2 = k * k, f = 2 * t.alpha / t.dc;
   double gVW = 0;
@@ -1325,12 +1351,14 @@ void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, co
   galpha += 2 / t.dc * gVW;
   const double gd = t.d > 1e-15 ? -f / t.dc * gVW : 0.0;
   const double gW00 = f * gV[0][0], gW01 = f * gV[0][1], gW10 = f * gV[1][0], gW11 = f * gV[1][1];
-  double gk = gW00 * (-2 * k * t.e2) + gW01 + gW10 * (-1 + 4 * k * t.ae) + gW11 * (-2 * k * t.a2);
-  double ge2 = -k2 * gW00, gae = 2 * k2 * gW10, ga2 = -k2 * gW11;
-  gk += gd * (-2 * t.ae + 2 * k * t.a2 * t.e2);
-  gae += gd * (-2 * k);
-  ga2 += gd * k2 * t.e2;
-  ge2 += gd * k2 * t.a2;
+  // W00 = -k^2 f2, W01 = k + k^2 a2, W10 = -k - k^2 e2 + k^2 f2, W11 = -k^2 a2; d = p q - k f2
+  double gk = gW00 * (-2 * k * t.f2) + gW01 * (1 + 2 * k * t.a2) + gW10 * (-1 - 2 * k * t.e2 + 2 * k * t.f2) +
+              gW11 * (-2 * k * t.a2);
+  double gf2 = k2 * (gW10 - gW00), ge2 = -k2 * gW10, ga2 = k2 * (gW01 - gW11);
+  gk += gd * (t.a2 * t.q + t.p * t.e2 - t.f2);
+  ga2 += gd * k * t.q;
+  ge2 += gd * k * t.p;
+  gf2 -= gd * k;
   const double gs = galpha * t.ratio, gratio = galpha * t.s;
   gk += gratio * (t.a2 / t.q - t.p * t.e2 / (t.q * t.q));
   ga2 += gratio * k / t.q;
@@ -1344,13 +1372,14 @@ void bn_transport_bwd(const BnTransport& t, const double* b, const double* m, co
     gk += glam * (-2 * t.e2 / (t.q * t.q));
     ge2 += glam * (-2 * k / (t.q * t.q));
   }
-  // gAE = V R + V^T Q, then + Gg AE with Gg = [[2 ga2, gae], [gae, 2 ge2]]; gb = row a, gm = -(row e)
+  // gAF = V R + V^T Q, then + the Gram terms: gb = row a + row f + 2 ga2 a + 2 gf2 f, gm = -(row f + 2 gf2 f) + 2 ge2 m
   for (int64_t j = 0; j < D; ++j) {
-    const double aj = b[j], ej = -m[j];
+    const double aj = b[j], fj = b[j] - m[j];
     const double ga = t.V[0][0] * R[j] + t.V[0][1] * R[D + j] + t.V[0][0] * Q[j] + t.V[1][0] * Q[D + j];
-    const double ge = t.V[1][0] * R[j] + t.V[1][1] * R[D + j] + t.V[0][1] * Q[j] + t.V[1][1] * Q[D + j];
-    gb[j] = ga + (2 * ga2 * aj + gae * ej);
-    gm[j] = -(ge + (gae * aj + 2 * ge2 * ej));
+    const double gf = t.V[1][0] * R[j] + t.V[1][1] * R[D + j] + t.V[0][1] * Q[j] + t.V[1][1] * Q[D + j] +
+                      2 * gf2 * fj;
+    gb[j] = ga + 2 * ga2 * aj + gf;
+    gm[j] = 2 * ge2 * m[j] - gf;
   }
   *gc = -gk;
 }
@@ -1540,7 +1569,7 @@ void rows_gram(const T* a, const T* g, int64_t N, int64_t D, double* out) {
 
 // ---- session 23: gM's contractions without gM, and gu = gv M^T from M's rank 2 (GEOOPS_POINCARE_BN_CONTRACT=0,
 // read per call: the D x D route above, rows_gram + gm_contract and rows_times_range).  bn_transport_bwd reads of
-// gM = u^T gv only tr gM, AE gM and AE gM^T (AE = [b; e], e = -m), and per row n these are
+// gM = u^T gv only tr gM, AE gM and AE gM^T (AE = [b; e], e = f = b - m), and per row n these are
 //   tr gM = sum_n <u_n, gv_n>,  (AE gM)_a = sum_n <a, u_n> gv_n,  (AE gM^T)_a = sum_n <a, gv_n> u_n  (a = b, e):
 // four dots and five D-vector multiply-adds per row (9 D instead of D^2).  Two passes per block of kBnBlock rows:
 // (1) the dots on lanes of rows (one row per lane, each an fma chain over d in order from 0; columns from tiles of
@@ -1726,15 +1755,7 @@ std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at:
   const at::Tensor b = from_dvec(bd, {D}, x.options(), &br);  // br, md: b and m as the layer's dtype rounds them
   const std::vector<double> md = to_dvec(m);
   const BnTransport t = bn_transport(br.data(), md.data(), D, S, w, c, n, eps);
-  std::vector<double> Md(D * D);
-  for (int64_t i = 0; i < D; ++i) {
-    const double ai = br[i], ei = -md[i];
-    for (int64_t j = 0; j < D; ++j) {
-      const double aj = br[j], ej = -md[j];
-      Md[i * D + j] = (i == j ? t.alpha : 0.0) + ai * (t.V[0][0] * aj + t.V[0][1] * ej) +
-                      ei * (t.V[1][0] * aj + t.V[1][1] * ej);
-    }
-  }
+  const std::vector<double> Md = bn_transport_matrix(t, br.data(), bn_diff(br, md).data(), D);
   const at::Tensor M = from_dvec(Md, {D, D}, x.options());
   const bool f64 = x.scalar_type() == at::kDouble;
   const at::Tensor v = bn_times_M(u, M).contiguous();  // D <= 16: a float row pass (session 20), else MKL
@@ -1749,6 +1770,21 @@ std::vector<at::Tensor> poincare_bn_train_fwd_cpu(const at::Tensor& x, const at:
   std::memcpy(tr.data_ptr<double>(), &t, sizeof(BnTransport));
   const at::Tensor var = from_dvec({t.var}, {}, x.options());
   return {y, var, m, u, v, M, b, mid, tr};
+}
+
+std::vector<at::Tensor> poincare_bn_transport_cpu(const at::Tensor& b, const at::Tensor& m, const at::Tensor& gM,
+                                                  double S, double w, double c, double n, double eps) {
+  const int64_t D = b.numel();
+  TORCH_CHECK(m.numel() == D && gM.numel() == D * D, "poincare_bn_transport: b, m (D,) and gM (D, D) expected");
+  const std::vector<double> bd = to_dvec(b), md = to_dvec(m), gMd = to_dvec(gM.contiguous());
+  const BnTransport t = bn_transport(bd.data(), md.data(), D, S, w, c, n, eps);
+  const std::vector<double> fd = bn_diff(bd, md);
+  const auto opt = b.options().dtype(at::kDouble);
+  const at::Tensor M = from_dvec(bn_transport_matrix(t, bd.data(), fd.data(), D), {D, D}, opt);
+  const std::vector<double> ct = gm_contract(bd.data(), fd.data(), gMd.data(), D);
+  std::vector<double> gb(D), gm(D), gs(3);
+  bn_transport_bwd(t, bd.data(), md.data(), ct.data(), D, gb.data(), gm.data(), &gs[0], &gs[1], &gs[2]);
+  return {M, from_dvec(gb, {D}, opt), from_dvec(gm, {D}, opt), from_dvec(gs, {3}, opt)};
 }
 
 std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const at::Tensor& x, const at::Tensor& bias,
@@ -1781,14 +1817,14 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   });
   at::NoGradGuard ng;
   const bool small = bn_small_gemm(D), contract = bn_contract_on(D, f64);
-  std::vector<double> ct, ed(D), tg;
-  for (int64_t d = 0; d < D; ++d) ed[d] = -md[d];
+  std::vector<double> ct, tg;
+  const std::vector<double> fd = bn_diff(br, md);  // the transport's second row f = b - m
   if (contract) {  // session 23: gM's contractions on lanes of rows, no gM
     ct.resize(4 * D + 1);
     tg.resize(2 * N);
     by_dtype(f64, [&](auto z) {
       using T = decltype(z);
-      bn_contract<T>(u.data_ptr<T>(), gv.data_ptr<T>(), br.data(), ed.data(), N, D, ct.data(), tg.data());
+      bn_contract<T>(u.data_ptr<T>(), gv.data_ptr<T>(), br.data(), fd.data(), N, D, ct.data(), tg.data());
     });
   } else {
     std::vector<double> gMd(D * D);
@@ -1799,7 +1835,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
         using T = decltype(z);
         rows_gram<T>(u.data_ptr<T>(), gv.data_ptr<T>(), N, D, gMd.data());
       });
-    ct = gm_contract(br.data(), md.data(), gMd.data(), D);
+    ct = gm_contract(br.data(), fd.data(), gMd.data(), D);
   }
   std::vector<double> gb2(D), gm(D);
   double gS, gw, gc2;
@@ -1813,7 +1849,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
     fill = [&, beta = 2 * gS](int64_t i0, int64_t i1) {
       by_dtype(f64, [&](auto z) {
         using T = decltype(z);
-        gu_rank2_rows<T>(gv.data_ptr<T>(), u.data_ptr<T>(), tg.data(), N, t, br.data(), ed.data(), beta,
+        gu_rank2_rows<T>(gv.data_ptr<T>(), u.data_ptr<T>(), tg.data(), N, t, br.data(), fd.data(), beta,
                          gu.data_ptr<T>(), i0, i1, D);
       });
     };
@@ -1862,8 +1898,8 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
 
 // ---------------------------------------------------------------- the running statistics' update
 // batch_norm's training update of its running buffers in place, in one call (instead of ~8 small aten calls):
-// rm <- geodesic(t, rm, m) as A rm + B m, the coefficients from |rm|^2, <rm, m>, |m|^2 in double (the Möbius
-// formulas of geoops/poincare.py's _running_mean_step_), rv <- (1 - t) rv + t f var.
+// rm <- geodesic(t, rm, m) as A rm + B (m - rm), the coefficients from |rm|^2, <rm, m - rm>, |m - rm|^2, |m|^2 in
+// double (the Möbius formulas of geoops/poincare.py's _running_mean_step_), rv <- (1 - t) rv + t f var.
 namespace {
 
 double atanc_neg_d(double z, bool single) {
@@ -1880,23 +1916,25 @@ double tanc_neg_d(double z) {
 
 template <typename T>
 void bn_running_impl(T* rm, T* rv, const T* m, double var, int64_t D, double t, double c, double f) {
-  double x2 = 0, xy = 0, y2 = 0;
+  // in x = rm and the difference g = m - rm (session 44: the <x, y> form cancels for m near rm near the boundary;
+  // geoops/poincare.py's _running_mean_step_)
+  double x2 = 0, xg = 0, g2 = 0, y2 = 0;
   for (int64_t d = 0; d < D; ++d) {
-    const double a = double(rm[d]), b = double(m[d]);
-    x2 = std::fma(a, a, x2), xy = std::fma(a, b, xy), y2 = std::fma(b, b, y2);
+    const double a = double(rm[d]), b = double(m[d]), g = b - a;
+    x2 = std::fma(a, a, x2), xg = std::fma(a, g, xg), g2 = std::fma(g, g, g2), y2 = std::fma(b, b, y2);
   }
   const double k = -c;
   const bool single = !std::is_same_v<T, double>;
-  double den = std::max(1 + 2 * k * xy + k * k * x2 * y2, 1e-15);
-  const double p = -(1 + 2 * k * xy - k * y2) / den, q = (1 + k * x2) / den;  // (-x) (+) y = p x + q y
-  const double v2 = p * p * x2 + 2 * p * q * xy + q * q * y2;
+  double den = std::max((1 + k * x2) * (1 + k * y2) - k * g2, 1e-15);
+  const double p = k * g2 / den, q = (1 + k * x2) / den;  // (-x) (+) y = p x + q g
+  const double v2 = p * p * x2 + 2 * p * q * xg + q * q * g2;
   const double a = atanc_neg_d(k * v2, single);
   const double s = t * a * tanc_neg_d(k * t * t * v2 * a * a);  // t (x) v = s v
-  const double w2 = s * s * v2, xw = s * (p * x2 + q * xy);
+  const double w2 = s * s * v2, xw = s * (p * x2 + q * xg);
   den = std::max(1 - 2 * k * xw + k * k * x2 * w2, 1e-15);
   const double A = ((1 - 2 * k * xw - k * w2) + (1 + k * x2) * s * p) / den;
   const double B = (1 + k * x2) * s * q / den;
-  for (int64_t d = 0; d < D; ++d) rm[d] = T(std::fma(A, double(rm[d]), B * double(m[d])));
+  for (int64_t d = 0; d < D; ++d) rm[d] = T(std::fma(A, double(rm[d]), B * (double(m[d]) - double(rm[d]))));
   rv[0] = T(std::fma(1 - t, double(rv[0]), t * f * var));
 }
 

@@ -24,22 +24,7 @@ namespace geoops {
 namespace cpu {
 namespace fixed_gemm {
 
-// MKL runs single-threaded on this thread while in scope
-struct OneMklThread {
-  using Fn = int (*)(int);
-  Fn f;
-  int prev = 0;
-  OneMklThread() : f(fn()) {
-    if (f) prev = f(1);
-  }
-  ~OneMklThread() {
-    if (f) f(prev);
-  }
-  static Fn fn() {
-    static const Fn p = reinterpret_cast<Fn>(mkl_packed::detail::find_symbol("MKL_Set_Num_Threads_Local"));
-    return p;
-  }
-};
+using mkl_packed::OneMklThread;  // MKL single-threaded on this thread while in scope
 
 constexpr int64_t kRows = 1024;  // rows of the reduction per chunk
 

@@ -31,6 +31,7 @@
 // interface is not exported); see the FFT section below.  ssm_conv fuses the Vandermonde kernel
 // generation into the FFT's input buffer and its backward into the FFT backward's dK rows.
 #include "cpu/ssm.h"
+#include "cpu/mkl_packed.h"  // OneMklThread
 
 #include <ATen/Parallel.h>
 #include <c10/util/complex.h>
@@ -678,6 +679,9 @@ bool conv_bwd_direct(const T* gp, const T* up, const cplx<T>* ufp, const cplx<T>
   const bool need_g_hat = dup || want_dk;
 #pragma omp parallel if (B * C * H * n > kParallelMin)
   {
+    // the sink's GEMMs (ssm_conv's Vandermonde backward) are per channel: one MKL thread (a team of one here is
+    // not an active region, and MKL would wake its own team for each)
+    const mkl_packed::OneMklThread one_mkl_thread;
     RealFft<T> fft(n);
     Buf<T> r(n);
     Buf<cplx<T>> gh(F), uh(F), adu(F), adk(want_dk ? C * F : 1);
@@ -1040,7 +1044,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fftconv_bwd_cpu(const at::Tensor&
 // Vandermonde backward (one GEMM against [Q | i Q] and O(N J) double reductions) -- no (C, H, L) dK tensor.
 namespace {
 
-// column-major C (m x n, ldc) = A (m x k, lda) . B (k x n, ldb), sequential (called inside our threads)
+// column-major C (m x n, ldc) = A (m x k, lda) . B (k x n, ldb), sequential: called inside our threads, which hold
+// mkl_packed::OneMklThread (a team of one, below kParallelMin, would otherwise let MKL thread each call)
 template <typename T>
 void small_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
@@ -1175,6 +1180,7 @@ bool ssm_conv_fwd_direct(const c10::complex<double>* vp, const c10::complex<doub
   std::atomic<bool> ok{true};
 #pragma omp parallel if ((B + 1) * C * H * n > kParallelMin)
   {
+    const mkl_packed::OneMklThread one_mkl_thread;  // the Vandermonde GEMMs are per channel: one MKL thread
     RealFft<T> fft(n);
     Buf<T> r(std::max(n, blk.J * blk.T));
     Buf<cplx<T>> s(F), t(F), kh(kfp ? 1 : C * F);

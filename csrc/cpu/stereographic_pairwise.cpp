@@ -46,6 +46,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -54,6 +55,14 @@ namespace cpu {
 
 namespace {
 
+// f(std::bool_constant<A>{}, std::bool_constant<B>{}) for the runtime flags (a, b): the row kernels take their
+// variants as template flags, and one call site per kernel beats four spelled-out calls.
+template <typename F>
+decltype(auto) with_flags(bool a, bool b, F&& f) {
+  if (a) return b ? f(std::true_type{}, std::true_type{}) : f(std::true_type{}, std::false_type{});
+  return b ? f(std::false_type{}, std::true_type{}) : f(std::false_type{}, std::false_type{});
+}
+
 // Reductions across blocks of rows (cdist's dy / beta / dk, mobius_matvec's dm) use this many fixed groups of
 // blocks, each with its own partial, summed in group order: results independent of the number of threads.
 constexpr int64_t kDetGroups = 16;
@@ -61,16 +70,7 @@ constexpr int64_t kDetGroups = 16;
 // MKL's own threads off (thread-local, restored on exit) for the GEMMs of one parallel task: a task that runs
 // alone (one block or group, a team of one) would otherwise hand its GEMM to MKL's threads, whose split of the
 // sums depends on their number; inside a team of several MKL runs single-threaded anyway.
-struct OneMklThread {
-  const mkl_packed::SgemmApi* api = mkl_packed::packed_sgemm();
-  int prev = 0;
-  OneMklThread() {
-    if (api && api->set_threads_local) prev = api->set_threads_local(1);
-  }
-  ~OneMklThread() {
-    if (api && api->set_threads_local) api->set_threads_local(prev);
-  }
-};
+using mkl_packed::OneMklThread;
 
 template <typename T>
 constexpr double unit_roundoff() {
@@ -541,10 +541,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_impl(const at::Tensor& x, const at::Tenso
             const bool fast = rc.ipx * ipy_max[b] <= 1.f / min_pp<float>();
             float* As = save ? Ap + off : nullptr;
             const float *yb = yp + b * s.M * s.D, *y2b = y2f.data() + b * s.M, *ipyb = ipy.data() + b * s.M;
-            if (fast && !save) neg_row_f32_v2<true, false>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
-            else if (fast) neg_row_f32_v2<true, true>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
-            else if (!save) neg_row_f32_v2<false, false>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
-            else neg_row_f32_v2<false, true>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
+            with_flags(fast, save, [&](auto f, auto sv) {
+              neg_row_f32_v2<f(), sv()>(op + off, op + off, As, xi, yb, y2b, ipyb, s.M, s.D, rc, pc);
+            });
             continue;
           }
 #endif
@@ -900,16 +899,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
             const float* xi = xp + (b * s.N + i) * s.D;
             const float* yb0 = yp + b * s.M * s.D;
             const float* dpo = want_k ? dp + off : nullptr;
-            if (kv > 0)
-              alpha[r] = want_k ? bwd_row_f32_v2<true, true>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
-                                                             pyb, ipyb, y2b, dk_acc, on_close)
-                                : bwd_row_f32_v2<false, true>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
-                                                              pyb, ipyb, y2b, dk_acc, on_close);
-            else
-              alpha[r] = want_k ? bwd_row_f32_v2<true, false>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
-                                                              pyb, ipyb, y2b, dk_acc, on_close)
-                                : bwd_row_f32_v2<false, false>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr,
-                                                               pyb, ipyb, y2b, dk_acc, on_close);
+            alpha[r] = with_flags(want_k, kv > 0, [&](auto wk, auto kpos) {
+              return bwd_row_f32_v2<wk(), kpos()>(Ar, gp + off, dpo, colf.data(), xi, yb0, s.M, s.D, cr, pyb, ipyb,
+                                                  y2b, dk_acc, on_close);
+            });
             continue;
           }
         }
@@ -930,16 +923,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_impl(const at::Tensor& g_in, 
         int64_t nclose = 0;
         T* wr = Wp + r * s.M;
         const T* dpo = want_k ? dp + off : nullptr;
-        if (kv > 0)
-          alpha[r] = want_k ? bwd_row<T, true, true>(gp + off, ar, grow.data(), dpo, wr, colf.data(), s.M, cr, pyb,
-                                                     ipyb, y2b, dk_acc, nclose)
-                            : bwd_row<T, false, true>(gp + off, ar, grow.data(), dpo, wr, colf.data(), s.M, cr, pyb,
-                                                      ipyb, y2b, dk_acc, nclose);
-        else
-          alpha[r] = want_k ? bwd_row<T, true, false>(gp + off, ar, nullptr, dpo, wr, colf.data(), s.M, cr, pyb,
-                                                      ipyb, y2b, dk_acc, nclose)
-                            : bwd_row<T, false, false>(gp + off, ar, nullptr, dpo, wr, colf.data(), s.M, cr, pyb,
-                                                       ipyb, y2b, dk_acc, nclose);
+        alpha[r] = with_flags(want_k, kv > 0, [&](auto wk, auto kpos) {  // the sums' G row only where k > 0
+          return bwd_row<T, wk(), kpos()>(gp + off, ar, kpos() ? grow.data() : nullptr, dpo, wr, colf.data(), s.M, cr,
+                                          pyb, ipyb, y2b, dk_acc, nclose);
+        });
         if (nclose) {  // close pairs (rare): W_ij (x_i - y_j) added exactly after the GEMMs
           for (int64_t j = 0; j < s.M; ++j) {
             const T a = ar[j];

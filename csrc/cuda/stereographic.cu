@@ -355,8 +355,9 @@ __device__ __forceinline__ Row<T> row_scalars(const Params& p, const RowSums<T>&
 
 // logmap (k > 0) near x's antipode: the row's den as |x + k xx y|^2 / xx from a second pass over the row, where the
 // row sums' den = 1 + 2k xy + k^2 xx yy is below stereo::antipode_cut (stereo_math.h: there its rounding is ~eps / den
-// relative, the second pass's ~eps / sqrt(den)); -1 for every other row (the sums' den stands).  Every thread of the
-// group holds the same sums, so the branch, and group_sum in it, are uniform over the group (G > 32: the block).
+// relative, the second pass's ~eps / sqrt(den)); -1 for every other row (the sums' den stands), floored at
+// antipode_min_den in every dtype (T is double for all of them: a double write).  Every thread of the group holds the
+// same sums, so the branch, and group_sum in it, are uniform over the group (G > 32: the block).
 // smem: group_sum's scratch for one value (any GroupSmem of the kernel holds it).
 template <typename S, int G, int V, typename T>
 __device__ __forceinline__ T antipode_den(const S* xr, const S* yr, int t, int64_t nvec, const Row<T>& s, T* smem) {
@@ -401,7 +402,7 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_fwd_kernel(const FwdPar
       if (p.op == LOGMAP) {
         const T den = antipode_den<S, G, V>(xr, yr, t, nvec, s, smem);
         DirectMath<T> m;
-        if (den >= T(0)) c = logmap_coef(s, den, m);
+        if (den >= T(0)) c = logmap_coef(s, den, m, antipode_min_den<T>());
       }
     }
 
@@ -458,7 +459,7 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_bwd_kernel(const BwdPar
       if (p.op == LOGMAP) {
         den = antipode_den<S, G, V>(xr, yr, t, nvec, s, smem);
         DirectMath<T> m;
-        if (den >= T(0)) adj = logmap_vjp(s, den, d.ga, d.gb, d.gc, m);
+        if (den >= T(0)) adj = logmap_vjp(s, den, d.ga, d.gb, d.gc, m, antipode_min_den<T>());
       }
     }
     if (t == 0) {
@@ -471,7 +472,7 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_bwd_kernel(const BwdPar
     if constexpr (!SCALAR_OUT) {
       cf = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param);
       DirectMath<T> m;
-      if (den >= T(0)) cf = logmap_coef(s, den, m);
+      if (den >= T(0)) cf = logmap_coef(s, den, m, antipode_min_den<T>());
     }
     const T gxc = cf.a + cf.c, gyc = cf.b - cf.c;
     const T cxx = T(2) * adj.xx, cyy = T(2) * adj.yy, cxy = adj.xy, cdd = T(2) * adj.dd;

@@ -603,3 +603,64 @@ def test_logmap_sphere_near_antipode_fp32(device, d, chunk):
         return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, y))]
 
     nh._check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 19])
+def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
+    """test_stereographic_numhunt.py's rows within 1e-14 .. 1e-8 of x's antipode (den 1e-28 .. 1e-16, below
+    _MIN_DEN) on the Triton kernels, one tile and chunked: float64 values within 16 eps / sqrt(den) of the exact value
+    per row, dx, dy (1e-12 .. 1e-9) within 64 eps / sqrt(den) of 60-digit derivatives; y exactly at the antipode bounded by the
+    sphere's largest logmap, gradients finite.  _logmap_coef clamped the second pass's den at _MIN_DEN: 0.68 .. 1.0
+    short (4 of 4 failed before)."""
+    from geoops.kernels import stereographic as S
+
+    nh = _numhunt()
+    f64 = torch.float64
+    for kv in (0.5, 2.0):
+        x, y = nh._antipode_pairs(6, d, kv, seed=30 + d, lo=-14, hi=-8)
+        k = torch.full((6,), kv, dtype=f64)
+        out = S._stereo_fwd(7, x, y, k, None, 0.0, max_block_d=chunk)
+        want = nh._logmap_exact_s(x, y, kv)
+        tol = 16 * 2.0 ** -52 / torch.logspace(-14, -8, 6, dtype=f64)
+        assert ((out - want).norm(dim=-1) / want.norm(dim=-1) <= tol).all(), kv
+        x, y = nh._antipode_pairs(3, d, kv, seed=40 + d, lo=-12, hi=-9)
+        tol = 64 * 2.0 ** -52 / torch.logspace(-12, -9, 3, dtype=f64)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=f64)
+        dx, dy, dk, _ = S._stereo_bwd(7, w, x, y, k[:3], None, 0.0, 7, max_block_d=chunk)
+        ex, ey, ek = nh._logmap_grads_mp(x, y, kv, w)
+        for got, e in ((dx, ex), (dy, ey)):
+            assert ((got - e).norm(dim=-1) / e.norm(dim=-1) <= tol).all(), kv
+    x, y = nh._antipode_exact_rows(d)
+    k = torch.ones(2, dtype=f64)
+    out = S._stereo_fwd(7, x, y, k, None, 0.0, max_block_d=chunk)
+    assert (out.norm(dim=-1) <= math.pi * (1 + (x * x).sum(-1)) / 2).all(), out
+    grads = S._stereo_bwd(7, torch.ones_like(x), x, y, k, None, 0.0, 7, max_block_d=chunk)[:3]
+    assert all(torch.isfinite(t).all() for t in grads)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 19])
+def test_logmap_sphere_within_3e8_of_antipode_fp32(device, d, chunk):
+    """The CPU hunt's test_logmap_sphere_within_3e8_of_antipode_fp32 on the Triton kernels, one tile and chunked:
+    float32 rows within 1e-11 .. 1e-8 of x's antipode (den ~1e-23 .. 1e-17), which the kernels write in float64
+    (_near_rows_out, _near_rows_grads), floored at _ANTIPODE_MIN_DEN: the value within 2 eps32 + 16 eps64 / sqrt(den)
+    of the exact value, dx, dy within 64 eps64 / sqrt(den) + 4 eps32 of 60-digit derivatives.  With _MIN_DEN as their
+    floor the value came out sqrt(den / 1e-15) of its length."""
+    from geoops.kernels import stereographic as S
+
+    nh = _numhunt()
+    e32, e64 = 2.0 ** -23, 2.0 ** -52
+    for kv in (1.0, 2.0):
+        x, y, sden = nh._antipode_rows_fp32(d, kv)
+        k = torch.full((x.shape[0],), kv, dtype=torch.float32, device=device)
+        xd, yd = x.float().to(device), y.float().to(device)
+        out = S._stereo_fwd(7, xd, yd, k, None, 0.0, max_block_d=chunk).cpu().double()
+        want = nh._logmap_exact_s(x, y, kv)
+        assert ((out - want).norm(dim=-1) / want.norm(dim=-1) <= 2 * e32 + 16 * e64 / sden).all(), kv
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(d), dtype=torch.float64).float()
+        dx, dy, _, _ = S._stereo_bwd(7, w.to(device), xd, yd, k, None, 0.0, 3, max_block_d=chunk)
+        ex, ey, _ = nh._logmap_grads_mp(x, y, kv, w.double())
+        for got, e in ((dx, ex), (dy, ey)):
+            err = (got.cpu().double() - e).norm(dim=-1) / e.norm(dim=-1)
+            assert (err <= 4 * e32 + 64 * e64 / sden).all(), (kv, err.tolist())

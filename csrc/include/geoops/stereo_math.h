@@ -194,6 +194,14 @@ template <typename T> GEO_HD T sub_den(T pp, T xx, T yy, T xy, T dd, T k) {
 // of 4 D eps / cut); random rows almost never fall below it (y within a few % of x's antipode).  dist needs no such care:
 // den enters it only through |s| = sqrt(dd / den) in atan's saturated tail (tests: test_dist_sphere_near_antipode).
 template <typename T> GEO_HD T antipode_cut() { return T(1e-3); }
+// The floor of logmap's den where antipode_den took it and the row is written in double.  In the saturated atan the
+// value's length goes as sqrt(den0 / den): min_den's 1e-15 shortened the rows with y within ~3e-8 (relative) of the
+// antipode by up to 97 % (den 1e-18), although the second pass has den to ~eps / sqrt(den) there.  1e-30 (~(4 eps)^2,
+// where that den has no digit left) keeps the double write a x + c (x - y), whose terms ~1 / sqrt(den) cancel to O(1),
+// bounded at the antipode itself (den0 = 0): ~eps 1e15 ~ 0.2 of the sphere's largest logmap.  Every kernel writes
+// those rows in double, the float types' too (CPU write_near_row, Triton _near_rows_out, CUDA's double compute), so
+// every type takes this floor.
+template <typename T> GEO_HD T antipode_min_den() { return T(1e-30); }
 
 // Which form logmap writes (-x) (+) y's numerator N = k dd x - (1 + k xx)(x - y) in (session 39).  N has three
 // equal forms, N = a x + b y = k dd x - b (x - y) = k dd y + a (x - y) with a = -(1 + 2k<x,y> - k yy), b = 1 + k xx
@@ -229,14 +237,15 @@ template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T
 
 // logmap's coefficients (fwd, case LOGMAP) and row adjoints (vjp, case LOGMAP) given den0, the denominator of
 // (-x) (+) y before its clamp: sub_den of the row sums, or antipode_den's where those sums' rounding would show.
-template <typename T, typename M> GEO_HD Coef<T> logmap_coef(const Row<T>& s, T den0, M& m) {
+// lo: den0's floor (min_den; antipode_min_den for antipode_den's rows, written in double).
+template <typename T, typename M> GEO_HD Coef<T> logmap_coef(const Row<T>& s, T den0, M& m, T lo = min_den<T>()) {
   const T k = s.k;
   // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
   //                = (k dd y - (1 + 2k xy - k yy)(x - y)) / den  (y form, logmap_y_form: k xx > 1, xx > yy),
   // |s|^2 = dd / den, out = (1 + k xx) A(k |s|^2) s
   T nb = T(1) + k * s.xx;
   T pp = nb * (T(1) + k * s.yy);
-  T den = clamp_lo(den0, min_den<T>());
+  T den = clamp_lo(den0, lo);
   T p = clamp_lo(nb, min_den<T>());
   T z = k * s.dd / den;
   T q = pp / den;
@@ -247,13 +256,14 @@ template <typename T, typename M> GEO_HD Coef<T> logmap_coef(const Row<T>& s, T 
   return {sel(yf, T(0), F), sel(yf, F, T(0)), -f * sel(yf, w, nb) / den};
 }
 
-template <typename T, typename M> GEO_HD Row<T> logmap_vjp(const Row<T>& s, T den0, T ga, T gb, T gc, M& m) {
+template <typename T, typename M>
+GEO_HD Row<T> logmap_vjp(const Row<T>& s, T den0, T ga, T gb, T gc, M& m, T lo = min_den<T>()) {
   const T k = s.k;
   Row<T> g{T(0), T(0), T(0), T(0), T(0), T(0)};
   T nb = T(1) + k * s.xx;
   T pp = nb * (T(1) + k * s.yy);
-  auto den_live = den0 > min_den<T>();
-  T den = sel(den_live, den0, min_den<T>());
+  auto den_live = den0 > lo;
+  T den = sel(den_live, den0, lo);
   auto p_live = nb > min_den<T>();
   T p = sel(p_live, nb, min_den<T>());
   T z = k * s.dd / den;

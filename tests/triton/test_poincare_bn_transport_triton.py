@@ -1,0 +1,69 @@
+"""Session 44: the Triton twins of tests/test_poincare_bn_transport.py -- the batch norm's transport kernels
+(poincare_bn_transport_fwd / _bwd, with b given and formed from the bias) and the running statistics' kernel against
+exact arithmetic (mpmath) for a bias point / running mean near the batch midpoint near the boundary (geoopt's
+closed form in the rows [b; -m]: 1e-4 of M off in float64 at 1 - c|m|^2 = 1e-6)."""
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytest.importorskip("mpmath")
+
+import geoops.poincare as gp  # noqa: E402
+from geoops import stereographic as st  # noqa: E402
+from geoops.kernels import poincare as P  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # (tests/: the exact oracles)
+import _bn_transport_exact as ex  # noqa: E402
+
+TOL, _pair, _rel, _running = ex.TOL, ex.pair, ex.rel, ex.running_step
+
+CASES = [(D, c, delta) for D in (2, 7, 40) for c in (1.0, 0.3) for delta in (1e-6, 1e-4)]
+
+
+@pytest.mark.parametrize("D,c,delta", CASES)
+@pytest.mark.parametrize("train", [True, False])
+def test_triton_transport_exact(D, c, delta, train):
+    b, m = _pair(D, c, delta)
+    S = 0.3 * (1 - c * float(m @ m)) ** 2 if train else 0.7
+    w, n, eps = 0.5, 8.0 if train else 1.0, 1e-6
+    St, wt = torch.tensor(S, dtype=torch.float64), torch.tensor([w], dtype=torch.float64)
+    ct = torch.tensor(c, dtype=torch.float64)
+    M, var = P.poincare_bn_transport_fwd(b, m, St, wt, ct, n, eps, train)
+    ref, _ = ex.transport_t(b, m, -c, S, w, n, eps, train=train)
+    assert _rel(M, ref) < TOL
+    gM = torch.randn(D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    gb, gm, gs = P.poincare_bn_transport_bwd(gM, b, m, St, wt, ct, n, eps, train)
+    want = ex.transport_grad(gM, b, m, -c, S, w, n, eps, train=train)
+    assert _rel(torch.cat((gb, gm, gs)), torch.cat((want[0], want[1], torch.tensor(want[2:], dtype=torch.float64)))) \
+        < 100 * TOL
+
+
+@pytest.mark.parametrize("D", [3, 7])
+def test_triton_transport_from_bias_exact(D):
+    """from_bias (b = expmap0(bias) in the kernel): M against the exact value at the b the kernel formed."""
+    c = 1.0
+    b0, m = _pair(D, c, 1e-6)
+    bias = st.logmap0(b0, k=torch.tensor(-c, dtype=torch.float64))
+    St, wt = torch.tensor(0.7, dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64)
+    M, var, b = P.poincare_bn_transport_fwd(bias, m, St, wt, torch.tensor(c, dtype=torch.float64), 1.0, 1e-6, False,
+                                            True)
+    ref, _ = ex.transport_t(b, m, -c, 0.7, 0.5, 1, 1e-6, train=False)
+    assert _rel(M, ref) < TOL
+
+
+@pytest.mark.parametrize("D,c,delta", CASES)
+def test_triton_running_update_exact(D, c, delta):
+    m, rm = _pair(D, c, delta)
+    want = _running(rm, m, 0.1, c)
+    r, rv = rm.clone(), torch.ones(1, dtype=torch.float64)
+    P.poincare_bn_running_update_(r, rv, m, torch.ones((), dtype=torch.float64), torch.tensor(c, dtype=torch.float64),
+                                  0.1, 1.0)
+    step = float((want - rm).abs().max())
+    assert float((r - want).abs().max()) <= 1e-5 * step + 4e-16
+    # the same as the CPU path's (the formulas of geoops.poincare._running_mean_step_)
+    r2 = rm.clone()
+    gp._running_mean_step_(r2, m, 0.1, c)
+    assert float((r - r2).abs().max()) <= 4e-16
