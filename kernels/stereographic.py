@@ -99,8 +99,8 @@ _CUT_F32 = 0.05
 # logmap (k > 0) near x's antipode: rows whose den from the row sums is below this take it from a second pass,
 # |x + k xx y|^2 / xx (antipode_cut<T>(), stereo_math.h: why, and the bound that sets it).
 _ANTIPODE_CUT = tl.constexpr(1e-3)
-# ... and the floor of that den in float64 rows (antipode_min_den<T>(), stereo_math.h; min_den's 1e-15 shortened the
-# rows within ~3e-8 of the antipode by up to 97 %); rows of a float write keep _MIN_DEN
+# ... and the floor of that den (antipode_min_den<T>(), stereo_math.h; min_den's 1e-15 shortened the rows within ~3e-8
+# of the antipode by up to 97 %): those rows are written in float64 in every dtype
 _ANTIPODE_MIN_DEN = tl.constexpr(1e-30)
 
 # A row up to this width lives in one tile; wider rows are walked in chunks of it.
@@ -703,25 +703,29 @@ def _program_rows(X, Y, K, R, N, stride_x, stride_y, stride_k, stride_r, HAS_R: 
 
 
 @triton.jit
-def _antipode_den(xx, yy, xy, dd, k, sq, X):
+def _antipode_den(xx, yy, xy, dd, k, sq):
     """logmap's den0 (float64) and its floor: _sub_den of the row sums, or sq / xx (sq = |x + k xx y|^2, the second
     pass) in the rows near x's antipode (k > 0, below _ANTIPODE_CUT), where the sums' den is ~eps / den off
-    (stereo_math.h); the floor _MIN_DEN, or _ANTIPODE_MIN_DEN in those rows where X's rows (written alike) are
-    float64."""
+    (stereo_math.h); the floor _MIN_DEN, or _ANTIPODE_MIN_DEN in those rows, which every dtype writes in float64
+    (_near_rows_out, _near_rows_grads below float64)."""
     den0 = _sub_den((1.0 + k * xx) * (1.0 + k * yy), xx, yy, xy, dd, k)
     near = (k > 0) & (den0 < _ANTIPODE_CUT)
-    lo = tl.zeros_like(den0) + _MIN_DEN
-    if X.dtype.element_ty == tl.float64:
-        lo = tl.where(near, _ANTIPODE_MIN_DEN, lo)
+    lo = tl.where(near, _ANTIPODE_MIN_DEN, _MIN_DEN)
     return tl.where(near, sq / tl.where(near, xx, 1.0), den0), lo
 
 
 @triton.jit
-def _antipode_rows(xx, yy, xy, k):
-    """Whether this program has a row near x's antipode (k > 0, den below _ANTIPODE_CUT): the one branch per program
-    that the usual rows pay."""
+def _antipode_near(xx, yy, xy, k):
+    """Per row: near x's antipode (k > 0 and the sums' den below _ANTIPODE_CUT), the rows that _antipode_den takes."""
     den0 = 1.0 + 2.0 * k * xy + k * k * xx * yy  # (_sub_den's k > 0 form)
-    return tl.max(((k > 0) & (den0 < _ANTIPODE_CUT)).to(tl.int32), axis=0) > 0
+    return (k > 0) & (den0 < _ANTIPODE_CUT)
+
+
+@triton.jit
+def _antipode_rows(xx, yy, xy, k):
+    """Whether this program has a row near x's antipode (_antipode_near): the one branch per program that the usual
+    rows pay."""
+    return tl.max(_antipode_near(xx, yy, xy, k).to(tl.int32), axis=0) > 0
 
 
 @triton.jit
@@ -741,6 +745,55 @@ def _antipode_sq_chunked(x_row, y_row, rmask, D, kxx, CT: tl.constexpr, BLOCK_M:
         m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, d0 + cols, rmask, D, True, False, CT)
         sq += _antipode_sq(xv, yv, kxx)
     return sq
+
+
+@triton.jit
+def _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr):
+    """logmap's den0 and its floor (float64 row sums in, _antipode_den) and whether this program has a row near x's
+    antipode (_antipode_rows): only such programs take the second pass, on the tiles xv, yv (ONE_CHUNK; unread
+    placeholders otherwise) or chunk by chunk.  The forward and the backward share it: the gradient of the value
+    computed."""
+    sq = xx
+    near = _antipode_rows(xx, yy, xy, k)
+    if near:
+        if ONE_CHUNK:
+            sq = _antipode_sq(xv, yv, k * xx)
+        else:
+            sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
+    den0, lo = _antipode_den(xx, yy, xy, dd, k, sq)
+    return den0, lo, near
+
+
+# logmap's rows near x's antipode in the float types (CT below float64): their output and gradients in float64, the
+# usual float write masked off them.  There a, c ~ 1 / sqrt(den) and the terms a x, c (x - y) cancel to O(1) (dx, dy:
+# ~1 / den-sized terms), so a float write is ~eps32 / sqrt(den) off, more than the eager reference, which cancels only
+# in its numerator; in float64 the rows round once (as csrc/cpu/stereographic_lanes.h's write_near_row).  The tiles
+# are reloaded in float64: no float64 tile is held in the usual path.
+@triton.jit
+def _near_rows_out(o_row, x_row, y_row, nmask, cols, D, a, b, c, BLOCK_D: tl.constexpr):
+    """The forward's rows nmask (float64 coefficients a, b, c) in float64."""
+    for d0 in range(0, D, BLOCK_D):
+        cc = d0 + cols
+        m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, cc, nmask, D, True, False, F64)
+        _store_tile(o_row, cc, m2, _out_tile(a, b, c, xv, yv, dv, True).to(tl.float32))
+
+
+@triton.jit
+def _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, nmask, D, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy):
+    """The backward's rows nmask (float64 coefficients as _store_grad_tiles', per row) in float64, one column of the
+    rows at a time: no float64 tile (float64 tiles spilled 56-84 B in the narrow float32 kernel, sm_90)."""
+    for j in range(0, D):
+        xv = tl.load(x_row + j, mask=nmask, other=0.0).to(F64)
+        yv = tl.load(y_row + j, mask=nmask, other=0.0).to(F64)
+        gv = tl.load(g_row + j, mask=nmask, other=0.0).to(F64)
+        dv = xv - yv
+        if need_dx:
+            tl.store(dx_row + j, (gxc * gv + (cxx * xv + cxy * yv + cdd * dv)).to(tl.float32).to(
+                dx_row.dtype.element_ty), mask=nmask)
+        if need_dy:
+            tl.store(dy_row + j, (gyc * gv + (cyy * yv + cxy * xv - cdd * dv)).to(tl.float32).to(
+                dy_row.dtype.element_ty), mask=nmask)
 
 
 @triton.jit
@@ -768,31 +821,37 @@ def _stereo_fwd_kernel(
 
     # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops (row math in float64)
     if OP == LOGMAP:
-        # logmap's rows near x's antipode: den from a second pass over the row (_antipode_den), only in the
-        # programs that have one
+        # logmap's rows near x's antipode: den from a second pass over the row (_logmap_den0), only in the
+        # programs that have one; in float types, those rows are written again in float64 below
         xx, yy, xy, dd, k = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64)
-        sq = xx
-        if _antipode_rows(xx, yy, xy, k):
-            if ONE_CHUNK:
-                sq = _antipode_sq(xv, yv, k * xx)
-            else:
-                sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
-        den0, lo = _antipode_den(xx, yy, xy, dd, k, sq, X)
+        if not ONE_CHUNK:
+            xv, yv = rmask, rmask  # (unread placeholders)
+        den0, lo, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
+                                      ONE_CHUNK)
         a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, lo, CUT)
     else:
         a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
+    wmask = rmask  # the rows of the usual write
+    if OP == LOGMAP:
+        if CT != F64:
+            if near:  # the rows near x's antipode in float64 (_near_rows_out)
+                nmask = rmask & _antipode_near(xx, yy, xy, k)
+                _near_rows_out(o_row, x_row, y_row, nmask, cols, D, a, b, c, BLOCK_D)
+                wmask = rmask & ~nmask
     if not SCALAR_OUT:
         a, b, c = a.to(CT), b.to(CT), c.to(CT)
     if SCALAR_OUT:
         # via CT: float64 -> bfloat16 directly is not lowered everywhere (nor in the interpreter)
         tl.store(OUT + rows64, a.to(CT).to(OUT.dtype.element_ty), mask=rmask)
     elif ONE_CHUNK:
+        if OP == LOGMAP:
+            m2 = m2 & wmask[:, None]
         _store_tile(o_row, cols, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
     else:
         for d0 in range(0, D, BLOCK_D):
             cc = d0 + cols
-            m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, x_row, cc, rmask, D, HAS_Y, False, CT)
-            _store_tile(o_row, cc, m2, _out_tile(a, b, c, xv, yv, dv, HAS_Y))
+            mt, xt, yt, dt, gt = _load_tiles(x_row, y_row, x_row, cc, wmask, D, HAS_Y, False, CT)
+            _store_tile(o_row, cc, mt, _out_tile(a, b, c, xt, yt, dt, HAS_Y))
 
 
 # GRAD_MASK (bits 1 dx, 2 dy, 4 dk, 8 dr: the gradients the kernel writes) is a run-time argument and
@@ -813,7 +872,6 @@ def _stereo_bwd_kernel(
     g_row = G + rows64 * stride_g
     dx_row = DX + rows64 * stride_dx
     dy_row = DY + rows64 * stride_dy
-    zero = tl.zeros([BLOCK_M], dtype=CT)
 
     # ---- pass 1: row scalars (and <g,x>, <g,y>, <g,x-y> for vector ops; scalar ops read ga directly)
     if SCALAR_OUT:
@@ -824,22 +882,17 @@ def _stereo_bwd_kernel(
     else:
         xx, yy, xy, dd, ga, gb, gc = _chunked_sums(x_row, y_row, g_row, rmask, D, HAS_Y, HAS_G, CT, ST, BLOCK_M,
                                                    BLOCK_D)
+        m2, xv, yv, dv, gv = rmask, rmask, rmask, rmask, rmask  # (unread placeholders: the tiles are reloaded)
     if SCALAR_OUT:
         ga = g_scalar
 
     # ---- row adjoints (row math in float64)
     xx, yy, xy, dd, k, r = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64)
     if OP == LOGMAP:
-        # the forward's den near x's antipode (_antipode_den): the gradient of the value computed
-        sq = xx
-        if _antipode_rows(xx, yy, xy, k):
-            if ONE_CHUNK:
-                sq = _antipode_sq(xv, yv, k * xx)
-            else:
-                sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
-        den0, lo = _antipode_den(xx, yy, xy, dd, k, sq, X)
-        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, den0, lo, ga.to(F64), gb.to(F64), gc.to(F64),
-                                                  CUT)
+        # the forward's den near x's antipode (_logmap_den0): the gradient of the value computed
+        den0, lo, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
+                                      ONE_CHUNK)
+        g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, den0, lo, ga.to(F64), gb.to(F64), gc.to(F64), CUT)
         g_r = tl.zeros_like(xx)
     else:
         g_xx, g_yy, g_xy, g_dd, g_k, g_r = _vjp(OP, xx, yy, xy, dd, k, r, ga.to(F64), gb.to(F64), gc.to(F64), PARAM,
@@ -855,31 +908,55 @@ def _stereo_bwd_kernel(
     # ---- pass 2: dx = (a + c) g + 2 xx_ x + xy_ y + 2 dd_ (x - y)
     #              dy = (b - c) g + 2 yy_ y + xy_ x - 2 dd_ (x - y)
     if (GRAD_MASK & 3) != 0:  # dx or dy
-        cxx = (2.0 * g_xx).to(CT)[:, None]
-        cyy = (2.0 * g_yy).to(CT)[:, None]
-        cxy = g_xy.to(CT)[:, None]
-        cdd = (2.0 * g_dd).to(CT)[:, None]
         if SCALAR_OUT:
-            gxc = zero[:, None]
-            gyc = zero[:, None]
+            gxc = tl.zeros_like(xx)
+            gyc = gxc
         else:
             if OP == LOGMAP:
                 a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, lo, CUT)
             else:
                 a, b, c = _fwd_coef(OP, xx, yy, xy, dd, k, r, PARAM, CUT)
-            gxc = (a + c).to(CT)[:, None]
-            gyc = (b - c).to(CT)[:, None]
-        if ONE_CHUNK:
-            _store_grad_tiles(
-                dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
-            )
+            gxc = a + c
+            gyc = b - c
+        NEAR_F64: tl.constexpr = OP == LOGMAP and CT != F64
+        if NEAR_F64:
+            if near:
+                # a program with a row near x's antipode: all its rows in float64 (_near_rows_grads).  Those rows
+                # alone, the usual write masked off them as in the forward, took 255 registers and spilled 4 B
+                # (narrow float32, Triton 3.6 sm_90)
+                _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, rmask, D, 2.0 * g_xx, 2.0 * g_yy, g_xy,
+                                 2.0 * g_dd, gxc, gyc, need_dx, need_dy)
+            else:
+                _grad_rows(dx_row, dy_row, x_row, y_row, g_row, rmask, cols, D, m2, xv, yv, dv, gv, g_xx, g_yy, g_xy,
+                           g_dd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G, CT, BLOCK_D, ONE_CHUNK)
         else:
-            for d0 in range(0, D, BLOCK_D):
-                cc = d0 + cols
-                m2, xv, yv, dv, gv = _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y, HAS_G, CT)
-                _store_grad_tiles(
-                    dx_row, dy_row, cc, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
-                )
+            _grad_rows(dx_row, dy_row, x_row, y_row, g_row, rmask, cols, D, m2, xv, yv, dv, gv, g_xx, g_yy, g_xy, g_dd,
+                       gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G, CT, BLOCK_D, ONE_CHUNK)
+
+
+@triton.jit
+def _grad_rows(dx_row, dy_row, x_row, y_row, g_row, rmask, cols, D, m2, xv, yv, dv, gv, g_xx, g_yy, g_xy, g_dd, gxc, gyc,
+               need_dx, need_dy, HAS_Y: tl.constexpr, HAS_G: tl.constexpr, CT: tl.constexpr, BLOCK_D: tl.constexpr,
+               ONE_CHUNK: tl.constexpr):
+    """The backward's pass 2 in CT from the float64 row adjoints and coefficients gxc = a + c, gyc = b - c: from the
+    tiles m2, xv, yv, dv, gv (ONE_CHUNK; unread placeholders otherwise) or reloading them chunk by chunk."""
+    cxx = (2.0 * g_xx).to(CT)[:, None]
+    cyy = (2.0 * g_yy).to(CT)[:, None]
+    cxy = g_xy.to(CT)[:, None]
+    cdd = (2.0 * g_dd).to(CT)[:, None]
+    gxc = gxc.to(CT)[:, None]
+    gyc = gyc.to(CT)[:, None]
+    if ONE_CHUNK:
+        _store_grad_tiles(
+            dx_row, dy_row, cols, m2, xv, yv, dv, gv, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
+        )
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            cc = d0 + cols
+            mt, xt, yt, dt, gt = _load_tiles(x_row, y_row, g_row, cc, rmask, D, HAS_Y, HAS_G, CT)
+            _store_grad_tiles(
+                dx_row, dy_row, cc, mt, xt, yt, dt, gt, cxx, cyy, cxy, cdd, gxc, gyc, need_dx, need_dy, HAS_Y, HAS_G
+            )
 
 
 def _fix_interpreter_loop_bounds() -> bool:

@@ -358,11 +358,22 @@ inline double antipode_den(const scalar_t* xr, const scalar_t* yr, int64_t D, do
   return s / xx;  // (xx > 0: den = 1 at x = 0)
 }
 
-// The floor of antipode_den's den for rows of scalar_t (stereo::antipode_min_den): the double write's, or min_den
-// where the rows are written in float.
-template <typename scalar_t>
-constexpr double antipode_floor() {
-  return std::is_same<scalar_t, double>::value ? stereo::antipode_min_den<double>() : stereo::min_den<double>();
+// logmap's rows near x's antipode in a block of rows i0 .. i0 + nb (row sums xx, yy, xy and k per lane, initialised
+// up to nb rounded up to whole vectors): visit(b, den) with antipode_den's den for each such row b, after one vector
+// compare per lane vector in the usual case (antipode_lanes).  The forward's coefficients and the backward's adjoints
+// of those rows take that den (fwd_rows' block_coefs, bwd_rows), floored at stereo::antipode_min_den in every scalar
+// type: the rows visited are written in double in every type (write_near_row, bwd_rows' double write_grads), and
+// min_den's 1e-15 shortened the rows within ~3e-8 of the antipode by up to 97 % (float inputs reach den ~1e-28 too).
+template <typename scalar_t, typename F>
+inline void antipode_block(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64_t sy, int64_t i0, int64_t nb,
+                           int64_t D, const double* xx, const double* yy, const double* xy, const double* kk,
+                           F&& visit) {
+  if (!antipode_lanes(xx, yy, xy, kk, (nb + kLanes - 1) / kLanes * kLanes)) return;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t i = i0 + b;
+    const double den = antipode_den(xp + i * sx, yp + i * sy, D, kk[b], xx[b], yy[b], xy[b]);
+    if (den >= 0.0) visit(b, den);
+  }
 }
 
 // Writes out = a x + b y + c (x - y) for the nb rows of a block of contiguous short rows (x, y, out
@@ -1140,22 +1151,22 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     }
   };
   // ... and logmap's rows near x's antipode (k > 0, antipode_lanes) again in scalar double with den from a second pass
-  // over the row (antipode_den): the sums' den is off by ~eps / den relative there
+  // over the row (antipode_den): the sums' den is off by ~eps / den relative there.  Returns those rows' mask (bit b:
+  // row i0 + b; 0 in the usual case), which the writes take (write_block_row, near_rows).
   auto block_coefs = [&](int64_t i0, int64_t nv, int64_t end, const double* xx, const double* yy, const double* xy,
-                         const double* dd, double* kk, double* rr, double* ca, double* cb, double* cc) {
+                         const double* dd, double* kk, double* rr, double* ca, double* cb, double* cc) -> uint64_t {
     block_coefs_sums(i0, nv, end, xx, yy, xy, dd, kk, rr, ca, cb, cc);
+    uint64_t near = 0;
     if constexpr (OP == LOGMAP) {
-      if (!antipode_lanes(xx, yy, xy, kk, nv)) return;
-      for (int64_t b = 0; b < std::min(nv, end - i0); ++b) {
-        const int64_t i = i0 + b;
-        const double den = antipode_den(xp + i * sx, yp + i * sy, D, kk[b], xx[b], yy[b], xy[b]);
-        if (den < 0.0) continue;
+      antipode_block(xp, sx, yp, sy, i0, std::min(nv, end - i0), D, xx, yy, xy, kk, [&](int64_t b, double den) {
         DirectMath<double> dm;
-        const Coef<double> c =
-            stereo::logmap_coef(Row<double>{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0}, den, dm, antipode_floor<scalar_t>());
+        const double lo = stereo::antipode_min_den<double>();
+        const Coef<double> c = stereo::logmap_coef(Row<double>{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0}, den, dm, lo);
         ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
-      }
+        near |= uint64_t(1) << b;
+      });
     }
+    return near;
   };
   // row b of a block from row i0 with coefficients ca, cb, cc: the per-row write (no_b: write_row's NO_B)
   auto write_row_as = [&](auto no_b, int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
@@ -1172,7 +1183,20 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
     write_row<scalar_t, HAS_Y, kNoB>(xp + i * sx, yp + i * sy, op_ + i * so, D, static_cast<opmath_t>(ca[b]),
                                static_cast<opmath_t>(cb[b]), static_cast<opmath_t>(cc[b]));
   };
-  auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
+  // logmap's rows near x's antipode (block_coefs' mask) in float types: the write in double.  Their a, c ~ 1 / sqrt(den)
+  // and the terms a x, c (x - y) cancel to O(1), so a float write (coefficients, x - y and products rounded to float)
+  // is ~eps32 / sqrt(den) off, more than the eager reference (which cancels only in its numerator); in double the
+  // row rounds once.  (float64 rows: the usual write is this one.)
+  constexpr bool kNearDouble = OP == LOGMAP && !std::is_same<scalar_t, double>::value;
+  auto write_near_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
+    const int64_t i = i0 + b;
+    write_row<scalar_t, HAS_Y>(xp + i * sx, yp + i * sy, op_ + i * so, D, ca[b], cb[b], cc[b]);
+  };
+  auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc,
+                             uint64_t near) {
+    if constexpr (kNearDouble) {
+      if (near >> b & 1) return write_near_row(i0, b, ca, cb, cc);
+    }
     // NO_B for logmap's fp32 long rows, whose b is 0 but in the rows of its y form (stereo::logmap_y_form,
     // session 39: a = 0, b != 0), which take the general write
     if constexpr (OP == LOGMAP && !SHORT && std::is_same<scalar_t, float>::value) {
@@ -1256,7 +1280,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
             // the coefficients in scalar double (a vdivpd of a whole vector per row was ~18 % of the loop's samples)
             const Coef<double> c = stereo::mobius_add_coef(sxx, syy, sgn * sxy, k);
             ca[0] = c.a, cb[0] = sgn * c.b, cc[0] = 0.0;
-            write_block_row(i, 0, ca, cb, cc);
+            write_block_row(i, 0, ca, cb, cc, 0);
           }
           if (nt) _mm_sfence();  // the streamed rows visible before the chunk ends
         });
@@ -1269,6 +1293,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       parallel_rows(N, std::max(B, G), grain_for(D), [&](int64_t begin, int64_t end) {
         alignas(64) double xx[kMaxBlock], yy[kMaxBlock], xy[kMaxBlock], dd[kMaxBlock], kk[kMaxBlock], rr[kMaxBlock];
         alignas(64) double co[2][3][kMaxBlock];
+        uint64_t near[2] = {0, 0};  // block_coefs' masks
         int64_t p0 = begin, pn = 0;  // the pending block: rows p0 .. p0 + pn, coefficients co[1 - cur]
         int cur = 0;
         // the pending rows' write order (pass_rotation, above): row (b + rot) mod pn with the sums of row b
@@ -1279,7 +1304,10 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
           const double *pa = co[1 - cur][0], *pb = co[1 - cur][1], *pc = co[1 - cur][2];
           const int64_t s = rot < pn ? rot : 0;
           bool early = false;  // mobius_scalar_mul: the first kFLanes lanes' coefficients done (msm_part)
-          auto write_pending = [&](int64_t b) { write_block_row(p0, b + s < pn ? b + s : b + s - pn, pa, pb, pc); };
+          const uint64_t pnear = near[1 - cur];
+          auto write_pending = [&](int64_t b) {
+            write_block_row(p0, b + s < pn ? b + s : b + s - pn, pa, pb, pc, pnear);
+          };
           long_sums(i0, nb, nv, end, xx, yy, xy, dd, [&](int64_t b) {
             if (b < pn) write_pending(b);
             if constexpr (OP == MOBIUS_SCALAR_MUL) {
@@ -1287,12 +1315,15 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
             }
           });
           for (int64_t b = nv; b < pn; ++b) write_pending(b);
+          near[cur] = 0;
           if (!(early && msm_part(i0, kFLanes, nv, end, xx, kk, rr, co[cur]))) {
-            block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
+            near[cur] = block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, co[cur][0], co[cur][1], co[cur][2]);
           }
           p0 = i0, pn = nb, cur = 1 - cur;
         }
-        for (int64_t b = 0; b < pn; ++b) write_block_row(p0, b, co[1 - cur][0], co[1 - cur][1], co[1 - cur][2]);
+        for (int64_t b = 0; b < pn; ++b) {
+          write_block_row(p0, b, co[1 - cur][0], co[1 - cur][1], co[1 - cur][2], near[1 - cur]);
+        }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
         if (nt) _mm_sfence();  // the streamed rows visible before the chunk ends
 #endif
@@ -1337,7 +1368,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
         xx[b] = s.xx, yy[b] = s.yy, xy[b] = s.xy, dd[b] = s.dd;
       }
     }
-    block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, ca, cb, cc);
+    const uint64_t near = block_coefs(i0, nv, end, xx, yy, xy, dd, kk, rr, ca, cb, cc);
     if (SCALAR_OUT) {
       for (int64_t b = 0; b < nb; ++b) store(op_, i0 + b, static_cast<opmath_t>(ca[b]));
       return;
@@ -1350,9 +1381,12 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       }
       write_block<scalar_t, HAS_Y>(xp + i0 * D, HAS_Y ? yp + i0 * D : nullptr, op_ + i0 * D, static_cast<int>(nb * D), rowof, fa, fb,
                                    fc);
+      if constexpr (kNearDouble) {  // (over the stream's write of those rows)
+        for (uint64_t m = near; m; m &= m - 1) write_near_row(i0, __builtin_ctzll(m), ca, cb, cc);
+      }
       return;
     }
-    for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc);
+    for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc, near);
   };
   if constexpr (kF32Op) {
     // fp32 rows of the ops / D of kOpPaths: one register pass per group of rows over each chunk's blocks
@@ -1514,59 +1548,67 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
     }
     // logmap's rows near x's antipode: the forward's den (fwd_rows' block_coefs), so that the gradient is the
     // derivative of the value computed
+    // (and, in float types, their gradients written in double: like the forward's write, dx and dy are sums of
+    // ~1 / den-sized terms that cancel, ~eps32 / sqrt(den) off in float)
+    uint64_t near = 0;
     if constexpr (OP == LOGMAP) {
-      if (antipode_lanes(xx, yy, xy, kk, nv)) {
-        for (int64_t b = 0; b < nb; ++b) {
-          const int64_t i = i0 + b;
-          const double den = antipode_den(xp + i * sx, yp + i * sy, D, kk[b], xx[b], yy[b], xy[b]);
-          if (den < 0.0) continue;
-          DirectMath<double> dm;
-          const Row<double> s{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0};
-          const double lo = antipode_floor<scalar_t>();
-          const Row<double> adj = stereo::logmap_vjp(s, den, ga[b], gb[b], gc[b], dm, lo);
-          axx[b] = adj.xx, ayy[b] = adj.yy, axy[b] = adj.xy, add[b] = adj.dd, ak[b] = adj.k, ar[b] = adj.r;
-          const Coef<double> c = stereo::logmap_coef(s, den, dm, lo);
-          ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
-        }
-      }
+      antipode_block(xp, sx, yp, sy, i0, nb, D, xx, yy, xy, kk, [&](int64_t b, double den) {
+        DirectMath<double> dm;
+        const Row<double> s{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0};
+        const double lo = stereo::antipode_min_den<double>();
+        const Row<double> adj = stereo::logmap_vjp(s, den, ga[b], gb[b], gc[b], dm, lo);
+        axx[b] = adj.xx, ayy[b] = adj.yy, axy[b] = adj.xy, add[b] = adj.dd, ak[b] = adj.k, ar[b] = adj.r;
+        const Coef<double> c = stereo::logmap_coef(s, den, dm, lo);
+        ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
+        near |= uint64_t(1) << b;
+      });
     }
     for (int64_t b = 0; b < nb; ++b) {
       if (dk) dk[i0 + b] = ak[b];
       if (dr) dr[i0 + b] = ar[b];
     }
-    for (int64_t b = 0; b < nb; ++b) {
+    // the gradient rows in the arithmetic type T (opmath_t; double for the rows in near)
+    auto write_grads = [&](auto t0, int64_t b) {
+      using T = decltype(t0);
       const int64_t i = i0 + b;
       const scalar_t* xr = xp + i * sx;
       const scalar_t* yr = yp + i * sy;
       const scalar_t* gr = gp + i * sg;
-      const opmath_t gx = SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(ca[b] + cc[b]);
-      const opmath_t gy = SCALAR_OUT ? opmath_t(0) : static_cast<opmath_t>(cb[b] - cc[b]);
-      const opmath_t cxx = static_cast<opmath_t>(2 * axx[b]), cyy = static_cast<opmath_t>(2 * ayy[b]);
-      const opmath_t cxy = static_cast<opmath_t>(axy[b]), cdd = static_cast<opmath_t>(2 * add[b]);
+      const T gx = SCALAR_OUT ? T(0) : static_cast<T>(ca[b] + cc[b]);
+      const T gy = SCALAR_OUT ? T(0) : static_cast<T>(cb[b] - cc[b]);
+      const T cxx = static_cast<T>(2 * axx[b]), cyy = static_cast<T>(2 * ayy[b]);
+      const T cxy = static_cast<T>(axy[b]), cdd = static_cast<T>(2 * add[b]);
       scalar_t* ox = dxp ? dxp + i * D : nullptr;
       scalar_t* oy = (HAS_Y && dyp) ? dyp + i * D : nullptr;
-      auto grad_at = [&](int64_t j) { return SCALAR_OUT ? opmath_t(0) : load_elem(gr + j); };
+      auto grad_at = [&](int64_t j) { return SCALAR_OUT ? T(0) : static_cast<T>(load_elem(gr + j)); };
       if (HAS_Y && ox && oy) {  // both gradients in one pass over x, y, g
 #pragma omp simd
         for (int64_t j = 0; j < D; ++j) {
-          const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j), gv = grad_at(j);
-          const opmath_t dv = cdd * (xv - yv);
+          const T xv = load_elem(xr + j), yv = load_elem(yr + j), gv = grad_at(j);
+          const T dv = cdd * (xv - yv);
           store(ox, j, gx * gv + cxx * xv + cxy * yv + dv);
           store(oy, j, gy * gv + cyy * yv + cxy * xv - dv);
         }
       } else if (ox) {
 #pragma omp simd
         for (int64_t j = 0; j < D; ++j) {
-          const opmath_t xv = load_elem(xr + j), gv = grad_at(j);
-          const opmath_t yv = HAS_Y ? load_elem(yr + j) : opmath_t(0);
+          const T xv = load_elem(xr + j), gv = grad_at(j);
+          const T yv = HAS_Y ? T(load_elem(yr + j)) : T(0);
           store(ox, j, gx * gv + cxx * xv + cxy * yv + cdd * (xv - yv));
         }
       } else if (oy) {
 #pragma omp simd
         for (int64_t j = 0; j < D; ++j) {
-          const opmath_t xv = load_elem(xr + j), yv = load_elem(yr + j), gv = grad_at(j);
+          const T xv = load_elem(xr + j), yv = load_elem(yr + j), gv = grad_at(j);
           store(oy, j, gy * gv + cyy * yv + cxy * xv - cdd * (xv - yv));
         }
+      }
+    };
+    for (int64_t b = 0; b < nb; ++b) {
+      if (near >> b & 1) {
+        write_grads(double(0), b);
+      } else {
+        write_grads(opmath_t(0), b);
       }
     }
   });

@@ -353,6 +353,32 @@ __device__ __forceinline__ Row<T> row_scalars(const Params& p, const RowSums<T>&
   return s;
 }
 
+// logmap (k > 0) near x's antipode: the row's den as |x + k xx y|^2 / xx from a second pass over the row, where the
+// row sums' den = 1 + 2k xy + k^2 xx yy is below stereo::antipode_cut (stereo_math.h: there its rounding is ~eps / den
+// relative, the second pass's ~eps / sqrt(den)); -1 for every other row (the sums' den stands), floored at
+// antipode_min_den in every dtype (T is double for all of them: a double write).  Every thread of the group holds the
+// same sums, so the branch, and group_sum in it, are uniform over the group (G > 32: the block).
+// smem: group_sum's scratch for one value (any GroupSmem of the kernel holds it).
+template <typename S, int G, int V, typename T>
+__device__ __forceinline__ T antipode_den(const S* xr, const S* yr, int t, int64_t nvec, const Row<T>& s, T* smem) {
+  const T k = s.k;
+  if (!(k > T(0)) || !(T(1) + T(2) * k * s.xy + k * k * s.xx * s.yy < antipode_cut<T>())) return T(-1);
+  const T kx = k * s.xx;
+  T acc[1] = {T(0)};
+  for (int64_t v = t; v < nvec; v += G) {
+    T xv[V], yv[V];
+    load_pack<S, V>(xr + v * V, xv);
+    load_pack<S, V>(yr + v * V, yv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const T u = xv[e] + kx * yv[e];
+      acc[0] += u * u;
+    }
+  }
+  group_sum<T, G, 1>(acc, smem);
+  return acc[0] / s.xx;  // (xx > 0: den = 1 at x = 0)
+}
+
 template <typename S, int G, int V, bool HAS_Y, bool SCALAR_OUT>
 __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_fwd_kernel(const FwdParams p) {
   using T = typename Elem<S>::T;
@@ -370,7 +396,15 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_fwd_kernel(const FwdPar
     const S* yr = HAS_Y ? yp + row * p.sy : xr;
 
     const RowSums<T> d = row_sums<S, G, V, HAS_Y, false>(xr, yr, nullptr, t, nvec, smem);
-    const Coef<T> c = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, row_scalars(p, d, row), param);
+    const Row<T> s = row_scalars(p, d, row);
+    Coef<T> c = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param);
+    if constexpr (HAS_Y && !SCALAR_OUT) {  // logmap near x's antipode: antipode_den's den
+      if (p.op == LOGMAP) {
+        const T den = antipode_den<S, G, V>(xr, yr, t, nvec, s, smem);
+        DirectMath<T> m;
+        if (den >= T(0)) c = logmap_coef(s, den, m, antipode_min_den<T>());
+      }
+    }
 
     if constexpr (SCALAR_OUT) {
       if (t == 0) outp[row * p.so] = Elem<S>::store(c.a);
@@ -417,7 +451,17 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_bwd_kernel(const BwdPar
     RowSums<T> d = row_sums<S, G, V, HAS_Y, !SCALAR_OUT>(xr, yr, gr, t, nvec, smem);
     const Row<T> s = row_scalars(p, d, row);
     if constexpr (SCALAR_OUT) d.ga = Elem<S>::load(gr[0]);
-    const Row<T> adj = vjp_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param, d.ga, d.gb, d.gc);
+    Row<T> adj = vjp_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param, d.ga, d.gb, d.gc);
+    // logmap near x's antipode: the forward's den (antipode_den), so that the gradient is the derivative of the
+    // value computed
+    T den = T(-1);
+    if constexpr (HAS_Y && !SCALAR_OUT) {
+      if (p.op == LOGMAP) {
+        den = antipode_den<S, G, V>(xr, yr, t, nvec, s, smem);
+        DirectMath<T> m;
+        if (den >= T(0)) adj = logmap_vjp(s, den, d.ga, d.gb, d.gc, m, antipode_min_den<T>());
+      }
+    }
     if (t == 0) {
       if (p.dk) store_any<T>(p.dk, p.dk_dtype, row, adj.k);
       if (p.dr) store_any<T>(p.dr, p.dr_dtype, row, adj.r);
@@ -425,7 +469,11 @@ __global__ void __launch_bounds__(Cfg<G>::kBlock) stereo_bwd_kernel(const BwdPar
     if (dxp == nullptr && dyp == nullptr) continue;
 
     Coef<T> cf{T(0), T(0), T(0)};
-    if constexpr (!SCALAR_OUT) cf = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param);
+    if constexpr (!SCALAR_OUT) {
+      cf = fwd_shaped<T, HAS_Y, SCALAR_OUT>(p.op, s, param);
+      DirectMath<T> m;
+      if (den >= T(0)) cf = logmap_coef(s, den, m, antipode_min_den<T>());
+    }
     const T gxc = cf.a + cf.c, gyc = cf.b - cf.c;
     const T cxx = T(2) * adj.xx, cyy = T(2) * adj.yy, cxy = adj.xy, cdd = T(2) * adj.dd;
     S* dxr = dxp ? dxp + row * p.sdx : nullptr;

@@ -571,6 +571,41 @@ def test_logmap_sphere_near_antipode(device, d, chunk):
 
 
 @pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 7, 19])
+def test_logmap_sphere_near_antipode_fp32(device, d, chunk):
+    """float32 logmap near x's antipode (y within 1e-5 .. 1e-1 of it, k = 0.5, 2) between random rows, on the Triton
+    kernels, one tile and chunked (max_block_d=8): value, dx, dy by the low-precision rule (the CPU hunt's
+    test_logmap_sphere_near_antipode_fp32).  The kernels wrote those rows in float, out = a x + c (x - y) with a, c ~
+    1 / sqrt(den) cancelling to O(1): 2-10x the eager float32 reference's error; now in float64 (_near_rows_out,
+    _near_rows_grads)."""
+    from geoops.kernels import stereographic as S
+
+    nh = _numhunt()
+    f64 = torch.float64
+    xs, ys, ks = [], [], []
+    for kv in (0.5, 2.0):
+        xa, ya = nh._antipode_pairs(12, d, kv, seed=3 + d, lo=-5, hi=-1)
+        xr, yr = (torch.randn(6, d, generator=torch.Generator().manual_seed(s), dtype=f64) * 0.5 for s in (1, 2))
+        xs += [xr[:3], xa, xr[3:]]
+        ys += [yr[:3], ya, yr[3:]]
+        ks.append(torch.full((18, 1), kv, dtype=f64))
+    x, y, k = torch.cat(xs).float(), torch.cat(ys).float(), torch.cat(ks).float()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=f64).float()
+
+    def run(fn, x, y, k):
+        if fn is gs.logmap:  # ours: the kernels themselves (max_block_d)
+            xd, yd, kd, wd = (t.to(device) for t in (x, y, k.flatten(), w.to(x.dtype)))
+            out = S._stereo_fwd(7, xd, yd, kd, None, 0.0, max_block_d=chunk)
+            dx, dy, _, _ = S._stereo_bwd(7, wd, xd, yd, kd, None, 0.0, 3, max_block_d=chunk)
+            return [t.cpu() for t in (out, dx, dy)]
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = fn(x, y, k=k)
+        return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, y))]
+
+    nh._check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
 @pytest.mark.parametrize("d", [2, 19])
 def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
     """test_stereographic_numhunt.py's rows within 1e-14 .. 1e-8 of x's antipode (den 1e-28 .. 1e-16, below
@@ -602,3 +637,30 @@ def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
     assert (out.norm(dim=-1) <= math.pi * (1 + (x * x).sum(-1)) / 2).all(), out
     grads = S._stereo_bwd(7, torch.ones_like(x), x, y, k, None, 0.0, 7, max_block_d=chunk)[:3]
     assert all(torch.isfinite(t).all() for t in grads)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 19])
+def test_logmap_sphere_within_3e8_of_antipode_fp32(device, d, chunk):
+    """The CPU hunt's test_logmap_sphere_within_3e8_of_antipode_fp32 on the Triton kernels, one tile and chunked:
+    float32 rows within 1e-11 .. 1e-8 of x's antipode (den ~1e-23 .. 1e-17), which the kernels write in float64
+    (_near_rows_out, _near_rows_grads), floored at _ANTIPODE_MIN_DEN: the value within 2 eps32 + 16 eps64 / sqrt(den)
+    of the exact value, dx, dy within 64 eps64 / sqrt(den) + 4 eps32 of 60-digit derivatives.  With _MIN_DEN as their
+    floor the value came out sqrt(den / 1e-15) of its length."""
+    from geoops.kernels import stereographic as S
+
+    nh = _numhunt()
+    e32, e64 = 2.0 ** -23, 2.0 ** -52
+    for kv in (1.0, 2.0):
+        x, y, sden = nh._antipode_rows_fp32(d, kv)
+        k = torch.full((x.shape[0],), kv, dtype=torch.float32, device=device)
+        xd, yd = x.float().to(device), y.float().to(device)
+        out = S._stereo_fwd(7, xd, yd, k, None, 0.0, max_block_d=chunk).cpu().double()
+        want = nh._logmap_exact_s(x, y, kv)
+        assert ((out - want).norm(dim=-1) / want.norm(dim=-1) <= 2 * e32 + 16 * e64 / sden).all(), kv
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(d), dtype=torch.float64).float()
+        dx, dy, _, _ = S._stereo_bwd(7, w.to(device), xd, yd, k, None, 0.0, 3, max_block_d=chunk)
+        ex, ey, _ = nh._logmap_grads_mp(x, y, kv, w.double())
+        for got, e in ((dx, ex), (dy, ey)):
+            err = (got.cpu().double() - e).norm(dim=-1) / e.norm(dim=-1)
+            assert (err <= 4 * e32 + 64 * e64 / sden).all(), (kv, err.tolist())

@@ -198,8 +198,9 @@ template <typename T> GEO_HD T antipode_cut() { return T(1e-3); }
 // value's length goes as sqrt(den0 / den): min_den's 1e-15 shortened the rows with y within ~3e-8 (relative) of the
 // antipode by up to 97 % (den 1e-18), although the second pass has den to ~eps / sqrt(den) there.  1e-30 (~(4 eps)^2,
 // where that den has no digit left) keeps the double write a x + c (x - y), whose terms ~1 / sqrt(den) cancel to O(1),
-// bounded at the antipode itself (den0 = 0): ~eps 1e15 ~ 0.2 of the sphere's largest logmap.  Rows written in float
-// keep min_den (their write's ~eps32 / sqrt(den)).
+// bounded at the antipode itself (den0 = 0): ~eps 1e15 ~ 0.2 of the sphere's largest logmap.  Every kernel writes
+// those rows in double, the float types' too (CPU write_near_row, Triton _near_rows_out, CUDA's double compute), so
+// every type takes this floor.
 template <typename T> GEO_HD T antipode_min_den() { return T(1e-30); }
 
 // Which form logmap writes (-x) (+) y's numerator N = k dd x - (1 + k xx)(x - y) in (session 39).  N has three
@@ -236,7 +237,7 @@ template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T
 
 // logmap's coefficients (fwd, case LOGMAP) and row adjoints (vjp, case LOGMAP) given den0, the denominator of
 // (-x) (+) y before its clamp: sub_den of the row sums, or antipode_den's where those sums' rounding would show.
-// lo: den0's floor (min_den; antipode_min_den for antipode_den's rows written in double).
+// lo: den0's floor (min_den; antipode_min_den for antipode_den's rows, written in double).
 template <typename T, typename M> GEO_HD Coef<T> logmap_coef(const Row<T>& s, T den0, M& m, T lo = min_den<T>()) {
   const T k = s.k;
   // s = (-x) (+) y = (k dd x - (1 + k xx)(x - y)) / den  (x form)
