@@ -727,12 +727,6 @@ def test_logmap_sphere_within_3e8_of_antipode_fp32(d):
             assert (err <= 4 * e32 + 64 * e64 / sden).all(), (kv, err.tolist())
 
 
-_LOGMAP_ANTIPODE_F32_PORTABLE = (
-    "open on portable builds (baseline x86-64, no fma): float32 logmap near x's antipode at D = 64, the worst row "
-    "3.05e-3 against the eager 1.50e-3 (session 43's CI rehearsal); not yet checked there since the rows near the "
-    "antipode are written in double (session 44)")
-
-
 _LOGMAP_ANTIPODE_F32_OPEN = (
     "open (session 44): float32 logmap at D = 2, rows with den between antipode_cut (1e-3) and ~0.3 -- y within ~3 .. "
     "50 % of x's antipode -- are still written in float (the double path's float write, and the fp32 fast paths, "
@@ -744,7 +738,7 @@ _LOGMAP_ANTIPODE_F32_OPEN = (
 @pytest.mark.parametrize("knob", _LOGMAP_KNOBS)
 @pytest.mark.parametrize("d", [pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=_LOGMAP_ANTIPODE_F32_OPEN)),
                                7, 12, 64])
-def test_logmap_sphere_near_antipode_fp32(request, monkeypatch, d, knob):
+def test_logmap_sphere_near_antipode_fp32(monkeypatch, d, knob):
     """float32 logmap near x's antipode (y within 1e-5 .. 1e-1 of it, den ~1e-10 .. 1e-2), every fp32 path: value,
     dx, dy by the float rule (ours <= 2x the eager float32 reference's error + a floor) against the float64
     reference.  The double den of the row sums is ~eps64 / den off there, below float's own ~eps32 / sqrt(den) down
@@ -752,11 +746,9 @@ def test_logmap_sphere_near_antipode_fp32(request, monkeypatch, d, knob):
     above their series cut).  What failed at D <= 16 (on session 43's build, value, dx, dy 2-10x the eager error) was
     the float write out = a x + c (x - y) (and dx, dy from their coefficients), where a, c ~ 1 / sqrt(den) and the
     terms cancel to O(1) (the reference cancels only in its numerator): the rows below antipode_cut are now written
-    in double.  D = 2 still fails on a row just above the cut (_LOGMAP_ANTIPODE_F32_OPEN)."""
-    from _stereo_rows import short_layout
-
-    if d == 64 and short_layout()["isa"] == "DEFAULT":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_LOGMAP_ANTIPODE_F32_PORTABLE))
+    in double.  D = 2 still fails on a row just above the cut (_LOGMAP_ANTIPODE_F32_OPEN).  D = 64 on portable builds
+    (baseline x86-64, no fma; session 43's strict xfail there, 3.05e-3 against the eager 1.50e-3) passes since
+    session 44 (checked against the CI rehearsal's portable wheel)."""
     if knob:
         monkeypatch.setenv(knob, "0")
     x, y, k = [], [], []
