@@ -756,6 +756,11 @@ def test_logmap_sphere_near_antipode_fp32(monkeypatch, d, knob):
         xa, ya = _antipode_pairs(35, d, kv, seed=3 + d, lo=-5, hi=-1)
         x, y, k = x + [xa], y + [ya], k + [torch.full((35, 1), kv, dtype=D64)]
     x, y, k = torch.cat(x).float(), torch.cat(y).float(), torch.cat(k).float()
+    _logmap_rule_fp32(x, y, k)
+
+
+def _logmap_rule_fp32(x, y, k):
+    """logmap's value, dx and dy (float32 x, y, k) by the float rule (_check_rule) against the float64 reference."""
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=D64).float()
 
     def run(fn, x, y, k):
@@ -764,6 +769,35 @@ def test_logmap_sphere_near_antipode_fp32(monkeypatch, d, knob):
         return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, y))]
 
     _check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
+_LOGMAP_ANTIPODE_F32_BAND_OPEN = (
+    "open (session 45, review44): float32 logmap just above antipode_cut at D = 3 .. 7 too, not only D = 2: rows "
+    "with den 1e-3 .. 3e-3 keep the float write and their value is 3-6e-6 off against the eager float32 3e-7 .. "
+    "1.5e-6 (2000 rows at den 1e-3 .. 1e-2: 26 / 19 / 8 / 6 rows over the rule at D = 3 / 4 / 5 / 6, 4 at D = 7, "
+    "none at D >= 8; every fp32 knob alike); the float-specific cut for D = 2 (antipode34) would have to cover these")
+
+
+_BAND_XFAIL = pytest.mark.xfail(strict=True, reason=_LOGMAP_ANTIPODE_F32_BAND_OPEN)
+
+
+@pytest.mark.parametrize("d", [pytest.param(d, marks=_BAND_XFAIL) for d in (3, 4, 5)])
+def test_logmap_sphere_near_antipode_fp32_above_cut(d):
+    """float32 logmap for y with den between antipode_cut (1e-3) and 1e-2 (offsets 3 .. 10 % of x's antipode, random
+    directions, k = 0.5 / 2): the float rule (value, dx, dy) against the float64 reference, as
+    test_logmap_sphere_near_antipode_fp32, on the band just above the cut that that test samples thinly."""
+    g = torch.Generator().manual_seed(d)
+    xs, ys, ks = [], [], []
+    for kv in (0.5, 2.0):
+        n = 1000
+        x = torch.randn(n, d, generator=g, dtype=D64)
+        a = -x / (kv * (x * x).sum(-1, keepdim=True))
+        off = torch.logspace(-3, -2, n, dtype=D64).sqrt().reshape(-1, 1)  # sqrt(den) ~ the relative offset
+        u = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=D64), dim=-1)
+        xs.append(x)
+        ys.append(a + off * a.norm(dim=-1, keepdim=True) * u)
+        ks.append(torch.full((n, 1), kv, dtype=D64))
+    _logmap_rule_fp32(torch.cat(xs).float(), torch.cat(ys).float(), torch.cat(ks).float())
 
 
 @pytest.mark.parametrize("d", (2, 7, 64))
