@@ -187,8 +187,13 @@ def _knob_off(name: str) -> bool:
     return os.environ.get(name, "")[:1] == "0"
 
 
-def _eps(eps, dtype) -> float:
-    return default_eps(dtype) if eps is None or eps < 0 else float(eps)
+def _eps(eps, dtype, op: str = "project") -> float:
+    if eps is None:
+        return default_eps(dtype)
+    if not (type(eps) in (int, float) and eps < 1.0):  # (a radius <= 0 mirrors the points; NaN: no projection)
+        eps = _args.float_arg(f"geoops.poincare.{op}", "eps", eps, below=1.0,
+                              what="a margin below 1 (None or a negative value picks the dtype's default)")
+    return default_eps(dtype) if eps < 0 else float(eps)
 
 
 def _debug_checks(op: str, c, points: dict, others: dict = None, k=None) -> None:
@@ -289,7 +294,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     zz = z.to(cdt).contiguous()
     bb = None if bias is None else bias.to(cdt).contiguous()
     cc = ct if ct.dtype == cdt else ct.to(cdt)
-    y = _library.apply(PoincareFcFn, x2, zz, bb, cc, _eps(eps, cdt), bool(from_tangent))
+    y = _library.apply(PoincareFcFn, x2, zz, bb, cc, _eps(eps, cdt, "poincare_fc"), bool(from_tangent))
     y = y.reshape(*lead, z.shape[1])
     if d != x.dim() - 1:
         y = y.movedim(-1, d)

@@ -723,6 +723,7 @@ def _REP_OFF() -> bool:
 
 _CPU = torch.device("cpu")
 _EPS_FAST = {dt: _ref.default_eps(dt) for dt in _FAST_DTYPES}
+_EPS_WHAT = "a margin below 1 (a negative value picks the dtype's default)"
 
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)
@@ -744,8 +745,11 @@ def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1)
     - Numerics: the margin is 1e-5 (float64) or 4e-3 (float32); float16/bfloat16 use 4e-3/8e-3 so
       that the projected point stays inside the ball after rounding.
     - Peer: ``geoopt.manifolds.stereographic.math.project`` (same signature; same values to
-      rounding); geoopt has no half-precision margins.
+      rounding); geoopt has no half-precision margins.  An ``eps`` of 1 or more (a radius of 0 or less: geoopt
+      returns the origin or mirrored points) or NaN (geoopt: no projection at all) raises ValueError.
     """
+    if not (type(eps) in (int, float) and eps < 1.0):  # (NaN too: it compares false)
+        eps = _args.float_arg("geoops.stereographic.project", "eps", eps, below=1.0, what=_EPS_WHAT)
     return _run("project", x, k=k, dim=dim, eps=eps)
 
 
@@ -2635,6 +2639,7 @@ def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, d
     ``x``, ``grad``: the same shape, the vectors along ``dim``; ``k``: a number or a tensor with one element.
     """
     op = "riemannian_sgd_step_"
+    lr = _args.float_arg(f"geoops.stereographic.{op}", "lr", lr)  # (NaN / inf would fill x with NaN)
     _check_float(op, "x", x)
     _check_float(op, "grad", grad)
     if grad.shape != x.shape:
