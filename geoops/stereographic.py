@@ -519,6 +519,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     spec = _ops.STEREO_OPS[op]
     if type(dim) is not int:
         dim = _int_arg(op, "dim", dim)
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg(op, "keepdim", keepdim)
     if dim == -1 and r is None and eps < 0:
         out = _run_fast(op, spec, x, y, k, keepdim)
         if out is not None:
@@ -1158,6 +1160,16 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
         out = _PAIR["cdist_fwd"](x3, y3, k3, False)[0]
     out = out.reshape(batch + (N, M))
     return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _bool_arg(op: str, name: str, v) -> bool:
+    """A flag (``keepdim``) as a bool: a Python or numpy bool; anything else (a string, an int: Python's truth value
+    would take "no" as True) is refused as torch's own ``keepdim=`` refuses it."""
+    if type(v) is bool:
+        return v
+    if type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool"):
+        return bool(v)
+    _fail(op, f"{name} must be a bool, got {type(v).__name__}", TypeError)
 
 
 def _int_arg(op: str, name: str, v, lo: Optional[int] = None, what: str = "") -> int:
@@ -2035,6 +2047,8 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     spec = _ops.TRIPLE_OPS[op]
     names = spec.names
     dim = _check_surface(op, dim, k, **dict(zip(names, vecs)))
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg(op, "keepdim", keepdim)
     kt = _as_scalar_tensor(op, "k", k, vecs[0])
     dtype = vecs[0].dtype
     shape = vecs[0].shape
@@ -2151,12 +2165,16 @@ def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool
     reduced <u, v>, so rows of shape (B, D) give a (B, B) outer product; here the result has shape (B,).
     """
     dim = _check_surface("inner", dim, k, x=x, u=u, v=v)
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg("inner", "keepdim", keepdim)
     return lambda_x(_to_result_dtype(x, u, v), k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
     """Riemannian norm at x: lambda_x |u|."""
     dim = _check_surface("norm", dim, k, x=x, u=u)
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg("norm", "keepdim", keepdim)
     return lambda_x(_to_result_dtype(x, u), k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 

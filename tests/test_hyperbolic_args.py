@@ -69,3 +69,27 @@ def test_riemannian_sgd_step_lr_forms():
     for lr in (torch.tensor(0.1), torch.tensor(0.1, dtype=torch.float64)):
         torch.testing.assert_close(gs.riemannian_sgd_step_(x0.clone(), g, lr=lr, k=-1.0), want)
     torch.testing.assert_close(gs.riemannian_sgd_step_(x0.clone(), g, lr=0, k=-1.0), x0)
+
+
+_KEEPDIM_OPS = {
+    "dist": lambda kd: gs.dist(_x() * 0.1, _x() * 0.05, k=-1.0, keepdim=kd),
+    "dist0": lambda kd: gs.dist0(_x() * 0.1, k=-1.0, keepdim=kd),
+    "lambda_x": lambda kd: gs.lambda_x(_x() * 0.1, k=-1.0, keepdim=kd),
+    "inner": lambda kd: gs.inner(_x() * 0.1, _x(), _x(), k=-1.0, keepdim=kd),
+    "norm": lambda kd: gs.norm(_x() * 0.1, _x(), k=-1.0, keepdim=kd),
+    "dist2plane": lambda kd: gs.dist2plane(_x() * 0.1, _x() * 0.05, _x(), k=-1.0, keepdim=kd),
+}
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("op", sorted(_KEEPDIM_OPS))
+def test_keepdim_must_be_bool(op, backend):
+    """keepdim="no" was taken as True (Python's truth value) and keepdim=1 too; torch's own keepdim refuses both."""
+    f = _KEEPDIM_OPS[op]
+    with geoops.use_backend(backend):
+        for bad in ("no", 1, None, torch.tensor(True)):
+            with pytest.raises(TypeError, match=rf"geoops\.stereographic\.{op}: keepdim must be a bool"):
+                f(bad)
+        assert f(True).shape == (2, 1) and f(False).shape == (2,)
+        np = pytest.importorskip("numpy")
+        assert f(np.bool_(True)).shape == (2, 1)
