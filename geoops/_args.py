@@ -5,6 +5,8 @@
 torch's own ``dim=`` does) -- and a bool, a float, a string or a tensor / array with dimensions is refused with a
 TypeError naming the argument, before any kernel runs.
 
+``bool_arg``: a flag (``keepdim``) as a bool; a string or an int (whose truth value Python would take) is refused.
+
 ``float_arg``: a real scalar argument (a step size, a margin) as a finite Python float -- a Python int / float, a
 numpy scalar or a 0-d real tensor; a string, a bool, a complex, a tensor with dimensions, NaN or +-inf is refused
 naming the argument, before any kernel runs (NaN compares false, so a kernel's ``eps < 0`` / ``n > r`` branches would
@@ -57,6 +59,16 @@ def int_arg(who: str, name: str, v, *, lo: Optional[int] = None, what: str = "",
     if lo is not None and type(n) is int and n < lo:  # (no guard on a SymInt)
         raise ValueError(f"{who}: {name} must be {what or f'an int >= {lo}'}, got {n}")
     return n
+
+
+def bool_arg(who: str, name: str, v) -> bool:
+    """A flag (``keepdim``) as a bool: a Python or numpy bool; anything else (a string, an int: Python's truth value
+    would take "no" as True) is refused naming the argument, as torch's own ``keepdim=`` refuses it."""
+    if type(v) is bool:
+        return v
+    if type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool"):
+        return bool(v)
+    raise TypeError(f"{who}: {name} must be a bool, got {type(v).__name__}")
 
 
 def float_arg(who: str, name: str, v, *, below: Optional[float] = None, what: str = "") -> float:

@@ -1250,6 +1250,7 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
 def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
     """HypLL's midpoint: m = f / (1 + sqrt(1 - c|f|^2)), f = sum lam_i x_i / sum (lam_i - 1) over batch_dim."""
     _check_float("midpoint", "x", x)
+    keepdim = _args.bool_arg("geoops.poincare.midpoint", "keepdim", keepdim)
     d = _st._vector_dim("midpoint", x, dim, fail=_fail)
     bdims = tuple(batch_dim) if isinstance(batch_dim, (tuple, list)) else (batch_dim,)
     bdims = tuple(_args.as_index(b) for b in bdims)

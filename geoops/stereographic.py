@@ -1163,13 +1163,7 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
 
 
 def _bool_arg(op: str, name: str, v) -> bool:
-    """A flag (``keepdim``) as a bool: a Python or numpy bool; anything else (a string, an int: Python's truth value
-    would take "no" as True) is refused as torch's own ``keepdim=`` refuses it."""
-    if type(v) is bool:
-        return v
-    if type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool"):
-        return bool(v)
-    _fail(op, f"{name} must be a bool, got {type(v).__name__}", TypeError)
+    return _args.bool_arg(f"geoops.stereographic.{op}", name, v)
 
 
 def _int_arg(op: str, name: str, v, lo: Optional[int] = None, what: str = "") -> int:

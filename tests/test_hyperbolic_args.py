@@ -93,3 +93,13 @@ def test_keepdim_must_be_bool(op, backend):
         assert f(True).shape == (2, 1) and f(False).shape == (2,)
         np = pytest.importorskip("numpy")
         assert f(np.bool_(True)).shape == (2, 1)
+
+
+def test_poincare_keepdim_must_be_bool():
+    x = torch.randn(4, 3, dtype=torch.float64) * 0.1
+    for bad in ("no", 1):
+        with pytest.raises(TypeError, match=r"geoops\.poincare\.midpoint: keepdim must be a bool"):
+            gp.midpoint(x, c=1.0, keepdim=bad)  # took "no" as True: shape (1, 3)
+        with pytest.raises(TypeError, match=r"dist: keepdim must be a bool"):
+            gp.dist(x, x * 0.5, c=1.0, keepdim=bad)
+    assert gp.midpoint(x, c=1.0, keepdim=True).shape == (1, 3) and gp.midpoint(x, c=1.0).shape == (3,)
