@@ -5,6 +5,13 @@
 torch's own ``dim=`` does) -- and a bool, a float, a string or a tensor / array with dimensions is refused with a
 TypeError naming the argument, before any kernel runs.
 
+``bool_arg``: a flag (``keepdim``) as a bool; a string or an int (whose truth value Python would take) is refused.
+
+``float_arg``: a real scalar argument (a step size, a margin) as a finite Python float -- a Python int / float, a
+numpy scalar or a 0-d real tensor; a string, a bool, a complex, a tensor with dimensions, NaN or +-inf is refused
+naming the argument, before any kernel runs (NaN compares false, so a kernel's ``eps < 0`` / ``n > r`` branches would
+otherwise take it silently).
+
 ``promote_types``: torch.promote_types of any number of dtypes from a table built at import (torch.export records
 each torch.promote_types call as a dead ``aten.promote_types`` node that dynamo cannot trace: compiling the loaded
 program of a model failed with "torch.* op returned non-Tensor").
@@ -52,6 +59,42 @@ def int_arg(who: str, name: str, v, *, lo: Optional[int] = None, what: str = "",
     if lo is not None and type(n) is int and n < lo:  # (no guard on a SymInt)
         raise ValueError(f"{who}: {name} must be {what or f'an int >= {lo}'}, got {n}")
     return n
+
+
+def bool_arg(who: str, name: str, v) -> bool:
+    """A flag (``keepdim``) as a bool: a Python or numpy bool; anything else (a string, an int: Python's truth value
+    would take "no" as True) is refused naming the argument, as torch's own ``keepdim=`` refuses it."""
+    if type(v) is bool:
+        return v
+    if type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool"):
+        return bool(v)
+    raise TypeError(f"{who}: {name} must be a bool, got {type(v).__name__}")
+
+
+def float_arg(who: str, name: str, v, *, below: Optional[float] = None, what: str = "") -> float:
+    """``v`` as a finite Python float, below ``below`` when given (``what`` says what is expected).  Errors start
+    with ``who`` and name the argument."""
+    if type(v) is float and v == v and v not in (_INF, -_INF) and (below is None or v < below):
+        return v  # (the common case: one type check and three comparisons)
+    if isinstance(v, (bool, str, bytes, complex)) or (isinstance(v, torch.Tensor) and (
+            v.dim() != 0 or v.dtype == torch.bool or v.is_complex())):
+        raise TypeError(f"{who}: {name} must be a real number, got {_describe(v)}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: {name} must be a real number, got {_describe(v)}") from None
+    if f != f or f in (_INF, -_INF) or (below is not None and not f < below):
+        raise ValueError(f"{who}: {name} must be {what or 'a finite number'}, got {f!r}")
+    return f
+
+
+_INF = float("inf")
+
+
+def _describe(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"a tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
+    return type(v).__name__
 
 
 _DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,

@@ -369,7 +369,9 @@ def _rsgd_step(self, closure=None):
         for group in self.param_groups:
             group["step"] = group.get("step", 0) + 1
         moved = False  # a Euclidean parameter (a learnable curvature among them) updated earlier in this step
+        state = self.state
         for group, p, kind, man, k, kf in plan:
+            state[p]  # (geoopt's step leaves an empty state per updated parameter: the same state_dict)
             grad = p.grad
             if group["weight_decay"]:
                 grad.add_(p, alpha=group["weight_decay"])

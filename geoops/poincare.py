@@ -187,8 +187,13 @@ def _knob_off(name: str) -> bool:
     return os.environ.get(name, "")[:1] == "0"
 
 
-def _eps(eps, dtype) -> float:
-    return default_eps(dtype) if eps is None or eps < 0 else float(eps)
+def _eps(eps, dtype, op: str = "project") -> float:
+    if eps is None:
+        return default_eps(dtype)
+    if not (type(eps) in (int, float) and eps < 1.0):  # (a radius <= 0 mirrors the points; NaN: no projection)
+        eps = _args.float_arg(f"geoops.poincare.{op}", "eps", eps, below=1.0,
+                              what="a margin below 1 (None or a negative value picks the dtype's default)")
+    return default_eps(dtype) if eps < 0 else float(eps)
 
 
 def _debug_checks(op: str, c, points: dict, others: dict = None, k=None) -> None:
@@ -289,7 +294,7 @@ def poincare_fc(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] =
     zz = z.to(cdt).contiguous()
     bb = None if bias is None else bias.to(cdt).contiguous()
     cc = ct if ct.dtype == cdt else ct.to(cdt)
-    y = _library.apply(PoincareFcFn, x2, zz, bb, cc, _eps(eps, cdt), bool(from_tangent))
+    y = _library.apply(PoincareFcFn, x2, zz, bb, cc, _eps(eps, cdt, "poincare_fc"), bool(from_tangent))
     y = y.reshape(*lead, z.shape[1])
     if d != x.dim() - 1:
         y = y.movedim(-1, d)
@@ -1245,6 +1250,7 @@ def max_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0, dilat
 def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = False) -> torch.Tensor:
     """HypLL's midpoint: m = f / (1 + sqrt(1 - c|f|^2)), f = sum lam_i x_i / sum (lam_i - 1) over batch_dim."""
     _check_float("midpoint", "x", x)
+    keepdim = _args.bool_arg("geoops.poincare.midpoint", "keepdim", keepdim)
     d = _st._vector_dim("midpoint", x, dim, fail=_fail)
     bdims = tuple(batch_dim) if isinstance(batch_dim, (tuple, list)) else (batch_dim,)
     bdims = tuple(_args.as_index(b) for b in bdims)

@@ -519,6 +519,8 @@ def _run(op: str, x, y=None, *, k, dim: int = -1, r=None, eps: float = -1.0, kee
     spec = _ops.STEREO_OPS[op]
     if type(dim) is not int:
         dim = _int_arg(op, "dim", dim)
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg(op, "keepdim", keepdim)
     if dim == -1 and r is None and eps < 0:
         out = _run_fast(op, spec, x, y, k, keepdim)
         if out is not None:
@@ -723,6 +725,7 @@ def _REP_OFF() -> bool:
 
 _CPU = torch.device("cpu")
 _EPS_FAST = {dt: _ref.default_eps(dt) for dt in _FAST_DTYPES}
+_EPS_WHAT = "a margin below 1 (a negative value picks the dtype's default)"
 
 
 # ---------------------------------------------------------------- public API (geoopt's signatures)
@@ -744,8 +747,11 @@ def project(x: torch.Tensor, *, k: torch.Tensor, dim: int = -1, eps: float = -1)
     - Numerics: the margin is 1e-5 (float64) or 4e-3 (float32); float16/bfloat16 use 4e-3/8e-3 so
       that the projected point stays inside the ball after rounding.
     - Peer: ``geoopt.manifolds.stereographic.math.project`` (same signature; same values to
-      rounding); geoopt has no half-precision margins.
+      rounding); geoopt has no half-precision margins.  An ``eps`` of 1 or more (a radius of 0 or less: geoopt
+      returns the origin or mirrored points) or NaN (geoopt: no projection at all) raises ValueError.
     """
+    if not (type(eps) in (int, float) and eps < 1.0):  # (NaN too: it compares false)
+        eps = _args.float_arg("geoops.stereographic.project", "eps", eps, below=1.0, what=_EPS_WHAT)
     return _run("project", x, k=k, dim=dim, eps=eps)
 
 
@@ -1154,6 +1160,10 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
         out = _PAIR["cdist_fwd"](x3, y3, k3, False)[0]
     out = out.reshape(batch + (N, M))
     return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _bool_arg(op: str, name: str, v) -> bool:
+    return _args.bool_arg(f"geoops.stereographic.{op}", name, v)
 
 
 def _int_arg(op: str, name: str, v, lo: Optional[int] = None, what: str = "") -> int:
@@ -2031,6 +2041,8 @@ def _run_triple(op: str, vecs: tuple, k, dim: int, flags: int = 0, keepdim: bool
     spec = _ops.TRIPLE_OPS[op]
     names = spec.names
     dim = _check_surface(op, dim, k, **dict(zip(names, vecs)))
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg(op, "keepdim", keepdim)
     kt = _as_scalar_tensor(op, "k", k, vecs[0])
     dtype = vecs[0].dtype
     shape = vecs[0].shape
@@ -2147,12 +2159,16 @@ def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool
     reduced <u, v>, so rows of shape (B, D) give a (B, B) outer product; here the result has shape (B,).
     """
     dim = _check_surface("inner", dim, k, x=x, u=u, v=v)
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg("inner", "keepdim", keepdim)
     return lambda_x(_to_result_dtype(x, u, v), k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
     """Riemannian norm at x: lambda_x |u|."""
     dim = _check_surface("norm", dim, k, x=x, u=u)
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg("norm", "keepdim", keepdim)
     return lambda_x(_to_result_dtype(x, u), k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
@@ -2635,6 +2651,7 @@ def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, d
     ``x``, ``grad``: the same shape, the vectors along ``dim``; ``k``: a number or a tensor with one element.
     """
     op = "riemannian_sgd_step_"
+    lr = _args.float_arg(f"geoops.stereographic.{op}", "lr", lr)  # (NaN / inf would fill x with NaN)
     _check_float(op, "x", x)
     _check_float(op, "grad", grad)
     if grad.shape != x.shape:

@@ -390,3 +390,26 @@ def test_patched_rsgd_reads_k_again_after_it_changes(man, change):
     with compat.patched_geoopt():
         patched = run()
     torch.testing.assert_close(patched, plain, rtol=1e-9, atol=1e-11)
+
+
+def test_fused_rsgd_step_keeps_geoopts_optimizer_state():
+    """geoopt's RiemannianSGD step leaves an empty ``state[p]`` per updated parameter (momentum 0): the fused step
+    under patch_geoopt() left none, so ``state_dict()["state"]`` was ``{}`` instead of ``{0: {}, 1: {}}``."""
+    geoopt = pytest.importorskip("geoopt")
+
+    def run():
+        torch.manual_seed(0)
+        ball = geoopt.PoincareBall()
+        p = geoopt.ManifoldParameter(ball.projx(torch.randn(6, 3) * 0.1), manifold=ball)
+        e = torch.nn.Parameter(torch.randn(3))
+        unused = torch.nn.Parameter(torch.randn(2))  # no gradient: no state, as in geoopt
+        opt = geoopt.optim.RiemannianSGD([p, e, unused], lr=0.1)
+        (ball.dist0(p).sum() + (e ** 2).sum()).backward()
+        opt.step()
+        return opt.state_dict()["state"], p.detach().clone()
+
+    want, p_want = run()
+    with compat.patched_geoopt():
+        got, p_got = run()
+    assert got == want == {0: {}, 1: {}}
+    torch.testing.assert_close(p_got, p_want)
