@@ -83,3 +83,60 @@ def test_batch_norm_gradients_near_boundary_within_conditioning(mode):
     20x what ulp-sized input changes do to the exact gradients: fused C++ layer and the torch composition."""
     errs = _layer_errors(mode, 1e-4, 1e-3)
     assert all(e < b for e, b in zip(errs, _COND_BOUND)), errs
+
+
+# ---- rows outside the ball (session 45, bngrad2).  Their lam is clamped (2 / 1e-15), where the identity
+# Lm^2 (1 - c|f|^2) = n^2 + c V needs lam_i (1 - c|x_i|^2) = 2: session 44's root without R moved such batches by
+# ~1 % (tests/triton/test_poincare_hostwork.py's first training step: points made at c = 0.7 in a ball of
+# c = softplus(0.7) = 1.10, 9 of 48 rows outside) while the Triton midpoint kept 1 - c|f|^2.
+def _outside_rows(seed=0, n=48, D=5):
+    g = torch.Generator().manual_seed(seed)
+    x = gp.expmap0(torch.randn(n, D, generator=g, dtype=torch.float64) * 0.5, c=0.7)
+    c = 1.103186048885458
+    assert 0 < int((c * x.square().sum(-1) >= 1).sum()) < n // 2
+    return x, c
+
+
+def _midpoint_old_form(x, c):
+    """The midpoint as every backend formed it before session 44: q = 1 - c|f|^2 from the clamped lam."""
+    lam = 2 / (1 - c * x.square().sum(-1, keepdim=True)).clamp_min(1e-15)
+    f = (lam * x).sum(0) / (lam - 1).sum()
+    return f / (1 + (1 - c * f.dot(f)).sqrt())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_midpoint_rows_outside_ball_as_old_form(seed):
+    """gp.midpoint and MidpointMeanFn (value, dx, dc) on a batch with rows outside the ball equal the old form
+    1 - c|f|^2 (there it does not cancel: q ~ 0.3 .. 0.6).  Before (no R): m 1e-2 off."""
+    x, c = _outside_rows(seed)
+    g = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref_in = [x.clone().requires_grad_(), torch.tensor(c, dtype=torch.float64, requires_grad=True)]
+    ref = _midpoint_old_form(*ref_in)
+    ref_g = torch.autograd.grad(ref, ref_in, g)
+    for fn in (lambda x, c: gp.midpoint(x, c=c, dim=-1, batch_dim=0), gp.MidpointMeanFn.apply):
+        ins = [t.detach().clone().requires_grad_() for t in ref_in]
+        m = fn(*ins)
+        assert float((m - ref).abs().max()) < 1e-14
+        gr = torch.autograd.grad(m, ins, g)
+        assert ex.rel(gr[0], ref_g[0]) < 1e-11 and abs(float(gr[1] - ref_g[1])) < 1e-11 * abs(float(ref_g[1]))
+
+
+def test_batch_norm_rows_outside_ball_fused_matches_composition(monkeypatch):
+    """The fused C++ layer against the torch composition over the same C++ ops on that batch: output, the batch
+    mean, every gradient.  Before (the layer's root without R, the composition's with it): y 6e-3 off."""
+    x, c = _outside_rows(1)
+    D = x.shape[1]
+    bias = torch.randn(D, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.4
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    res = []
+    for fused in (True, False):
+        if not fused:  # the composition (checks, the usual way to it, reject x here)
+            monkeypatch.setattr(gp._library, "direct_call_ok", lambda *a: False)
+        ins = [t.clone().requires_grad_() for t in (x, bias, torch.tensor([1.3], dtype=torch.float64),
+                                                     torch.tensor(c, dtype=torch.float64))]
+        rm, rv = torch.zeros(D, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+        y = gp.batch_norm(*ins[:3], c=ins[3], eps=1e-6, running_mean=rm, running_var=rv, momentum=1.0)
+        res.append([y.detach(), rm, rv] + list(torch.autograd.grad(y, ins, g)))
+    assert float((res[0][1] - _midpoint_old_form(x, c)).abs().max()) < 1e-14
+    for i, (a, b) in enumerate(zip(*res)):
+        assert float((a - b).abs().max()) <= 1e-11 * float(b.abs().max()), i
