@@ -2046,8 +2046,9 @@ def poincare_midpoint_mean_fwd(x, c):
     with _device_guard(x):
         _mid_fwd_kernel[(nprog,)](x, pf, pl, cv, N, D, BLOCK_R=br, BLOCK_D=bd, SCATTER=True, num_warps=nw,
                                   **_st._maxnreg(nw))
+        # (8 warps for the widest tiles: the scatter's (BLOCK_P, BLOCK_D) float64 tile spilled at 4 on sm_80 / sm_90)
         _mid_fin_fwd_kernel[(1,)](pf, pl, cv, m, fs, sc, nprog, N, D, BLOCK_P=bp, BLOCK_D=bfd,
-                                  num_warps=1 if bp * bfd <= 256 else 4)
+                                  num_warps=1 if bp * bfd <= 256 else (4 if bp * bfd <= 2048 else 8))
     return m, fs, sc
 
 
