@@ -1265,11 +1265,29 @@ def midpoint(x: torch.Tensor, *, c, dim: int = -1, batch_dim=0, keepdim: bool = 
     if x.dtype in _HALF:  # a composition of torch ops: computed in float32, returned in x's dtype
         return midpoint(x.float(), c=c, dim=dim, batch_dim=batch_dim, keepdim=keepdim).to(x.dtype)
     ct = _curv("midpoint", c, x)
-    lam = 2 / (1 - ct * x.pow(2).sum(dim=dim, keepdim=True)).clamp_min(1e-15)
-    f = (lam * x).sum(dim=batch_dim, keepdim=True) / (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
-    # 1 - c|f|^2 > 0 only in exact arithmetic (f is the Klein point): near the boundary it rounds to <= 0 (float32
-    # points within ~1e-6 of it gave NaN); its root is taken as 0 there, with a zero (not 0 * inf) gradient (session 35)
-    q = 1 - ct * f.pow(2).sum(dim=dim, keepdim=True)
+    den = 1 - ct * x.pow(2).sum(dim=dim, keepdim=True)
+    lam = 2 / den.clamp_min(1e-15)
+    L = lam.sum(dim=batch_dim, keepdim=True)
+    F = (lam * x).sum(dim=batch_dim, keepdim=True)
+    Lm = (lam - 1).sum(dim=batch_dim, keepdim=True).clamp_min(1e-15)
+    f = F / Lm
+    # q = 1 - c|f|^2 (f is the Klein point) near the boundary is ~delta^2 / 4 for rows with 1 - c|x|^2 ~ delta:
+    # formed as 1 - c|f|^2 it cancels (~eps / q relative: m off by ~1e-12 at delta = 1e-4 in float64, the batch
+    # norm's logmap_m rows by 2e-5, session 44).  For any lam_i, Lm^2 q = n^2 + c V + L R with the weighted scatter
+    # V = (1/2) sum_ij lam_i lam_j |x_i - x_j|^2 = L sum_i lam_i |e_i|^2 - |sum_i lam_i e_i|^2, e_i = x_i - p for any
+    # p (all terms >= 0; with p = F / L, detached as V does not depend on p, the last one is ~rounding), and
+    # R = sum_i (lam_i (1 - c|x_i|^2) - 2): zero but on rows outside the ball, whose lam is clamped (there it keeps
+    # q = 1 - c|f|^2 exactly, as every backend's midpoint; session 45: without it such batches moved by %).
+    n = 1  # rows averaged (a loop: dynamo's fullgraph does not trace a generator expression)
+    for b in bdims:
+        n *= x.shape[b]
+    e = x - (F / L).detach()
+    V = (L * (lam * e.pow(2).sum(dim=dim, keepdim=True)).sum(dim=batch_dim, keepdim=True)
+         - (lam * e).sum(dim=batch_dim, keepdim=True).pow(2).sum(dim=dim, keepdim=True)).clamp_min(0)
+    R = torch.where(den > 1e-15, 0, lam * den - 2).sum(dim=batch_dim, keepdim=True)
+    # q > 0 in exact arithmetic for points in the ball; the root of a q <= 0 (rows outside it) is taken as 0, with a
+    # zero (not 0 * inf) gradient (session 35)
+    q = (n * n + ct * V + L * R) / Lm.square()
     pos = q > 0
     m = f / (1 + torch.where(pos, torch.where(pos, q, 1).sqrt(), 0))
     return m if keepdim else m.squeeze(batch_dim)
@@ -1629,9 +1647,10 @@ class SqRowsFn(torch.autograd.Function):
 
 @_library.with_func_twin
 class MidpointMeanFn(torch.autograd.Function):
-    """Rows x (N, D) -> the batch midpoint m = f / (1 + sqrt(1 - c|f|^2)), f = F / L, from the fused sums
-    (F, L) = geoops::poincare_midpoint_sums_fwd; backward by hand on the D-vector (gf, then gF = gf / L,
-    gL = -<gf, F> / L^2, the c term through the root), then geoops::poincare_midpoint_sums_bwd."""
+    """Rows x (N, D) -> the batch midpoint m = f / (1 + sqrt(q)), f = F / L, q = 1 - c|f|^2 = (N^2 + c V + Lt R) / L^2
+    (see midpoint), from the fused sums (F, L) = geoops::poincare_midpoint_sums_fwd and the scatter V, R
+    (_mid_scatter); backward by hand on the D-vector (gF = gm / ((1 + r) L), gL, gV, gR and q's c term), then
+    geoops::poincare_midpoint_sums_bwd and V's and R's row parts."""
 
     @staticmethod
     def forward(ctx, x, c):
@@ -1643,9 +1662,10 @@ class MidpointMeanFn(torch.autograd.Function):
         F_, L_ = _ops.poincare_midpoint_sums_fwd(x, c)
         Lc = L_.clamp_min(1e-15)
         f = F_ / Lc
-        ff = torch.dot(f, f)
-        r = (1 - c * ff).sqrt()
-        ctx.save_for_backward(x, c, F_, L_, f, ff, r)
+        # the root of q = 1 - c|f|^2 as (n^2 + c V + Lt R) / L^2 (see midpoint: 1 - c|f|^2 cancels near the boundary)
+        V, R = _mid_scatter(x, c, F_)[:2]
+        r = ((x.shape[0] ** 2 + c * V + (L_ + x.shape[0]) * R) / Lc.square()).sqrt()
+        ctx.save_for_backward(x, c, F_, L_, f, V, R, r)
         return f / (1 + r)
 
     @staticmethod
@@ -1656,16 +1676,47 @@ class MidpointMeanFn(torch.autograd.Function):
             need_c = ctx.needs_input_grad[1]
             gx, gc = _backend.triton_kernels(_ops.FAMILY).poincare_midpoint_mean_bwd(gm, x, c, fs, sc, need_c)
             return gx, (gc.reshape(c.shape) if need_c else None)
-        x, c, F_, L_, f, ff, r = ctx.saved_tensors
+        x, c, F_, L_, f, V, R, r = ctx.saved_tensors
         opr = 1 + r
-        h = torch.dot(gm, f) / (opr * opr)  # <gm, f> / (1 + r)^2
-        gf = gm / opr + f * (h * c / r)
-        gF = gf / L_.clamp_min(1e-15)
-        gL = -torch.dot(gF, f) * (L_ > 1e-15)
+        Lc = L_.clamp_min(1e-15)
+        gq = -torch.dot(gm, f) / (2 * r * opr * opr)  # d/dq of the root's part, f / (1 + sqrt(q))
+        gF = gm / (opr * Lc)
+        # q = (n^2 + c V + (L + n) R) / L^2: its L, V and R parts (V's and R's through the rows below, not through f:
+        # the chain through f, 1 - c <f, x_i> - q, cancels as the forward did)
+        gL = (-torch.dot(gF, f) + gq * (R / Lc - 2 * r.square()) / Lc) * (L_ > 1e-15)
+        gV = gq * c / Lc.square()
+        gR = gq * (L_ + x.shape[0]) / Lc.square()
         gx, gc = _ops.poincare_midpoint_sums_bwd(gF.contiguous(), gL, x, c)
+        _, _, lam, e, G, S1, Lt, live = _mid_scatter(x, c, F_)
+        # V = Lt S1 - |G|^2 (Lt = sum lam_i, S1 = sum lam_i |e_i|^2, G = sum lam_i e_i, e_i = x_i - F / Lt held);
+        # R's rows (lam clamped: a constant) d(lam_i (1 - c|x_i|^2)) = -lam_i (2 c x_i dx_i + |x_i|^2 dc)
+        dlam = (S1 + Lt * e.square().sum(-1, keepdim=True) - 2 * (e @ G).unsqueeze(-1)) * live
+        xd = x.to(lam.dtype)
+        dead = gR * lam * ~live
+        gx = gx + (gV * (2 * lam * (Lt * e - G) + dlam * c * lam.square() * xd) - 2 * c * dead * xd).to(gx.dtype)
         if not ctx.needs_input_grad[1]:
             return gx, None
-        return gx, (gc + h * ff / (2 * r)).reshape(c.shape)
+        xx = xd.square().sum(-1, keepdim=True)
+        gc = gc + gq * V / Lc.square() + gV * (dlam * lam.square() * xx).sum() / 2 - (dead * xx).sum()
+        return gx, gc.reshape(c.shape)
+
+
+def _mid_scatter(x, c, F_):
+    """The midpoint's weighted scatter V = (1/2) sum_ij lam_i lam_j |x_i - x_j|^2 = Lt S1 - |G|^2 of rows x (N, D)
+    about p = F / Lt (V does not depend on p; at the weighted centroid G ~ 0: no cancellation), R = sum of
+    lam_i (1 - c|x_i|^2) - 2 over the rows whose lam is clamped (outside the ball; see midpoint), and the backward's
+    pieces (lam, e, G, S1, Lt, live: 1 - c|x_i|^2 above lam's clamp)."""
+    xd, cd = x.to(F_.dtype), c.to(F_.dtype)
+    den = 1 - cd * xd.square().sum(-1, keepdim=True)
+    live = den > 1e-15  # the sums op's clamp
+    lam = 2 / den.clamp_min(1e-15)
+    Lt = lam.sum()
+    e = xd - F_ / Lt
+    le = lam * e
+    G = le.sum(0)
+    S1 = (le * e).sum()
+    R = torch.where(live, 0, lam * den - 2).sum()
+    return (Lt * S1 - torch.dot(G, G)).clamp_min(0), R, lam, e, G, S1, Lt, live
 
 
 def _midpoint_sums_context(ctx, inputs, output):

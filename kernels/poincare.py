@@ -238,8 +238,11 @@ def _relu_bwd_kernel(G_ptr, X_ptr, GX_ptr, GK_ptr, C_ptr, N, D, eps: tl.float64,
 # ---------------------------------------------------------------- midpoint sums
 @triton.jit
 def _mid_fwd_kernel(X_ptr, PF_ptr, PL_ptr, C_ptr, N, D,
-                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Per program: PF[pid] = sum over its rows of lam_i x_i (D,), PL[pid] = sum of (lam_i - 1)."""
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, SCATTER: tl.constexpr):
+    """Per program: PF[pid] = sum over its rows of lam_i x_i (D,), PL[pid] = sum of (lam_i - 1).  SCATTER (the
+    batch midpoint's root, _mid_fin_fwd_kernel): PL[pid] is the row (sum (lam_i - 1), Lt = sum lam_i, W = sum
+    lam_i |x_i - p|^2 about the program's own centroid p = PF[pid] / Lt, R = sum of lam_i (1 - c|x_i|^2) - 2 over
+    the rows whose lam is clamped); W per column chunk, as p's chunk is known there (no third pass)."""
     pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     XX = tl.zeros((BLOCK_R,), tl.float64)
@@ -247,42 +250,88 @@ def _mid_fwd_kernel(X_ptr, PF_ptr, PL_ptr, C_ptr, N, D,
         cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
         XX += tl.sum(x * x, 1)
-    lam = 2.0 / tl.maximum(1.0 - c * XX, 1e-15)
+    den = 1.0 - c * XX
+    lam = 2.0 / tl.maximum(den, 1e-15)
     lam = tl.where(rmask, lam, 0.0)
-    tl.store(PL_ptr + pid, tl.sum(tl.where(rmask, lam - 1.0, 0.0), 0))
-    for d0 in range(0, D, BLOCK_D):
-        cols, m = _chunk(d0, rmask, D, BLOCK_D)
-        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
-        tl.store(PF_ptr + pid * D + cols, tl.sum(lam[:, None] * x, 0), mask=cols < D)
+    Lm = tl.sum(tl.where(rmask, lam - 1.0, 0.0), 0)
+    if SCATTER:
+        Lt = tl.sum(lam, 0)
+        Wv = tl.zeros((BLOCK_R,), tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            cols, m = _chunk(d0, rmask, D, BLOCK_D)
+            x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+            Fc = tl.sum(lam[:, None] * x, 0)
+            tl.store(PF_ptr + pid * D + cols, Fc, mask=cols < D)
+            e = tl.where(m, x - (Fc / Lt)[None, :], 0.0)
+            Wv += tl.sum(e * e, 1)
+        tl.store(PL_ptr + pid * 4, Lm)
+        tl.store(PL_ptr + pid * 4 + 1, Lt)
+        tl.store(PL_ptr + pid * 4 + 2, tl.sum(lam * Wv, 0))
+        tl.store(PL_ptr + pid * 4 + 3, tl.sum(tl.where(rmask & ~(den > 1e-15), lam * den - 2.0, 0.0), 0))
+    else:
+        tl.store(PL_ptr + pid, Lm)
+        for d0 in range(0, D, BLOCK_D):
+            cols, m = _chunk(d0, rmask, D, BLOCK_D)
+            x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+            tl.store(PF_ptr + pid * D + cols, tl.sum(lam[:, None] * x, 0), mask=cols < D)
 
 
 @triton.jit
-def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, N, D,
-                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dx_i = lam_i gF + (<gF, x_i> + gL) c lam_i^2 x_i; GC[i] = (<gF, x_i> + gL) lam_i^2 |x_i|^2 / 2."""
+def _mid_bwd_kernel(GF_ptr, GL_ptr, X_ptr, GX_ptr, GC_ptr, C_ptr, FS_ptr, SC_ptr, N, D,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, SCATTER: tl.constexpr):
+    """dx_i = lam_i gF + (<gF, x_i> + gL) c lam_i^2 x_i; GC[i] = (<gF, x_i> + gL) lam_i^2 |x_i|^2 / 2.  SCATTER
+    (_mid_fin_bwd_kernel's GL = (gL, -, gV, gR)): also V's and R's parts (see _mid_fin_fwd_kernel) with
+    e_i = x_i - p, p = F / Lt = f L / Lt the weighted centroid (FS = f, SC = (L, Lt, W, ...)): dV/dx_i =
+    2 lam_i Lt e_i + dV/dlam_i c lam_i^2 x_i, dV/dlam_i = W + Lt |e_i|^2 (zero where lam is clamped); there
+    dR/dx_i = -2 c lam_i x_i, dR/dc = -lam_i |x_i|^2 (lam a constant).  (sum_i lam_i e_i = 0 at p: dropped.)"""
     pid, rows, rmask, base = _row_block(N, D, BLOCK_R)
     c = tl.load(C_ptr).to(tl.float64)
     gL = tl.load(GL_ptr).to(tl.float64)
     XX = tl.zeros((BLOCK_R,), tl.float64)
     PP = tl.zeros((BLOCK_R,), tl.float64)
+    EE = tl.zeros((BLOCK_R,), tl.float64)
+    ps = 0.0
+    if SCATTER:
+        ps = tl.load(SC_ptr) / tl.load(SC_ptr + 1)  # p = f L / Lt
     for d0 in range(0, D, BLOCK_D):
         cols, m = _chunk(d0, rmask, D, BLOCK_D)
         x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
         gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
         XX += tl.sum(x * x, 1)
         PP += tl.sum(gf[None, :] * x, 1)
+        if SCATTER:
+            p = tl.load(FS_ptr + cols, mask=cols < D, other=0.0) * ps
+            e = tl.where(m, x - p[None, :], 0.0)
+            EE += tl.sum(e * e, 1)
     den = 1.0 - c * XX
     lam = 2.0 / tl.maximum(den, 1e-15)
-    w = tl.where(den > 1e-15, (PP + gL) * lam * lam, 0.0)
     ty = GX_ptr.dtype.element_ty
-    aT = lam.to(ty)[:, None]
-    bT = (w * c).to(ty)[:, None]
-    for d0 in range(0, D, BLOCK_D):
-        cols, m = _chunk(d0, rmask, D, BLOCK_D)
-        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
-        gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0)
-        tl.store(GX_ptr + base + cols[None, :], aT * gf[None, :] + bT * x, mask=m)
-    tl.store(GC_ptr + rows, 0.5 * w * XX, mask=rmask)
+    if SCATTER:
+        Lt = tl.load(SC_ptr + 1)
+        gV = tl.load(GL_ptr + 2)
+        gR = tl.load(GL_ptr + 3)
+        live = den > 1e-15
+        w = tl.where(live, (PP + gL + gV * (tl.load(SC_ptr + 2) + Lt * EE)) * lam * lam, 0.0)
+        bx = tl.where(live, w * c, -2.0 * c * gR * lam)[:, None]
+        be = (2.0 * gV * Lt * lam)[:, None]
+        for d0 in range(0, D, BLOCK_D):
+            cols, m = _chunk(d0, rmask, D, BLOCK_D)
+            x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+            gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
+            p = tl.load(FS_ptr + cols, mask=cols < D, other=0.0) * ps
+            gx = lam[:, None] * gf[None, :] + bx * x + be * (x - p[None, :])
+            tl.store(GX_ptr + base + cols[None, :], gx.to(ty), mask=m)
+        tl.store(GC_ptr + rows, tl.where(live, 0.5 * w * XX, -gR * lam * XX), mask=rmask)
+    else:
+        w = tl.where(den > 1e-15, (PP + gL) * lam * lam, 0.0)
+        aT = lam.to(ty)[:, None]
+        bT = (w * c).to(ty)[:, None]
+        for d0 in range(0, D, BLOCK_D):
+            cols, m = _chunk(d0, rmask, D, BLOCK_D)
+            x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+            gf = tl.load(GF_ptr + cols, mask=cols < D, other=0.0)
+            tl.store(GX_ptr + base + cols[None, :], aT * gf[None, :] + bT * x, mask=m)
+        tl.store(GC_ptr + rows, 0.5 * w * XX, mask=rmask)
 
 
 @triton.jit
@@ -299,42 +348,71 @@ def _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexp
 
 
 @triton.jit
-def _mid_fin_fwd_kernel(PF_ptr, PL_ptr, C_ptr, M_ptr, FS_ptr, SC_ptr, P, D,
+def _mid_fin_fwd_kernel(PF_ptr, PL_ptr, C_ptr, M_ptr, FS_ptr, SC_ptr, P, N, D,
                         BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One program: the midpoint from _mid_fwd_kernel's P partial rows.  F = sum_p PF[p] (D,), L = sum_p PL[p],
-    f = F / max(L, 1e-15), r = sqrt(1 - c |f|^2), M = f / (1 + r) in M's dtype; FS = f (D,) and SC = (L, |f|^2, r)
-    in float64 for the backward.  F is summed twice (two sweeps over D) instead of stored and read back."""
+    """One program: the midpoint from _mid_fwd_kernel's P partial rows (SCATTER).  F = sum_p PF[p] (D,), L, Lt, R
+    the sums of PL's columns, f = F / max(L, 1e-15), r = sqrt(q), M = f / (1 + r) in M's dtype with q = 1 - c|f|^2
+    formed as (N^2 + c V + Lt R) / L^2 (geoops.poincare.midpoint: 1 - c|f|^2 cancels near the boundary): the
+    weighted scatter V = Lt W, W = sum_p (W_p + Lt_p |p_p - p|^2) about the centroid p = F / Lt from the programs'
+    own (p_p = PF[p] / Lt_p; all terms >= 0).  FS = f (D,) and SC = (L, Lt, W, V, R, r) in float64 for the
+    backward.  F is summed twice (two sweeps over D) instead of stored and read back."""
     c = tl.load(C_ptr).to(tl.float64)
     pp = tl.arange(0, BLOCK_P).to(tl.int64)
     Lv = tl.zeros((BLOCK_P,), tl.float64)
+    Tv = tl.zeros((BLOCK_P,), tl.float64)
+    Wv = tl.zeros((BLOCK_P,), tl.float64)
+    Rv = tl.zeros((BLOCK_P,), tl.float64)
     for p0 in range(0, P, BLOCK_P):
-        Lv += tl.load(PL_ptr + p0 + pp, mask=p0 + pp < P, other=0.0)
+        pm = p0 + pp < P
+        Lv += tl.load(PL_ptr + (p0 + pp) * 4, mask=pm, other=0.0)
+        Tv += tl.load(PL_ptr + (p0 + pp) * 4 + 1, mask=pm, other=0.0)
+        Wv += tl.load(PL_ptr + (p0 + pp) * 4 + 2, mask=pm, other=0.0)
+        Rv += tl.load(PL_ptr + (p0 + pp) * 4 + 3, mask=pm, other=0.0)
     L = tl.sum(Lv, 0)
+    Lt = tl.sum(Tv, 0)
+    R = tl.sum(Rv, 0)
     Lc = tl.maximum(L, 1e-15)
-    ffv = tl.zeros((BLOCK_D,), tl.float64)
+    Bv = tl.zeros((BLOCK_P,), tl.float64)  # the programs' Lt_p |p_p - p|^2, over the column chunks
     for d0 in range(0, D, BLOCK_D):
         cols, f = _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P, BLOCK_D)
-        ffv += f * f
-    ff = tl.sum(ffv, 0)
-    r = tl.sqrt(1.0 - c * ff)
+        pc = f * (L / Lt)
+        for p0 in range(0, P, BLOCK_P):
+            prow = p0 + pp
+            pm = prow < P
+            Fp = tl.load(PF_ptr + prow[:, None] * D + cols[None, :], mask=pm[:, None] & (cols[None, :] < D),
+                         other=0.0)
+            Tp = tl.load(PL_ptr + prow * 4 + 1, mask=pm, other=1.0)
+            dlt = tl.where(pm[:, None] & (cols[None, :] < D), Fp / Tp[:, None] - pc[None, :], 0.0)
+            Bv += tl.where(pm, Tp * tl.sum(dlt * dlt, 1), 0.0)
+    W = tl.sum(Wv, 0) + tl.sum(Bv, 0)
+    V = Lt * W
+    n = N.to(tl.float64)
+    r = tl.sqrt(n * n + c * V + Lt * R) / Lc
     for d0 in range(0, D, BLOCK_D):
         cols, f = _mid_fin_f(PF_ptr, P, D, d0, Lc, BLOCK_P, BLOCK_D)
         tl.store(FS_ptr + cols, f, mask=cols < D)
         tl.store(M_ptr + cols, (f / (1.0 + r)).to(M_ptr.dtype.element_ty), mask=cols < D)
     tl.store(SC_ptr, L)
-    tl.store(SC_ptr + 1, ff)
-    tl.store(SC_ptr + 2, r)
+    tl.store(SC_ptr + 1, Lt)
+    tl.store(SC_ptr + 2, W)
+    tl.store(SC_ptr + 3, V)
+    tl.store(SC_ptr + 4, R)
+    tl.store(SC_ptr + 5, r)
 
 
 @triton.jit
 def _mid_fin_bwd_kernel(GM_ptr, FS_ptr, SC_ptr, C_ptr, GF_ptr, GL_ptr, D, BLOCK_D: tl.constexpr):
-    """One program: _mid_fin_fwd_kernel's backward.  h = <gm, f> / (1 + r)^2, gf = gm / (1 + r) + (h c / r) f,
-    GF = gf / max(L, 1e-15) (GF's dtype), GL = (-<GF, f> [L > 1e-15], h |f|^2 / (2 r)) in float64: dL/dL and the
-    root's part of dL/dc."""
+    """One program: _mid_fin_fwd_kernel's backward on the D-vector.  gq = -<gm, f> / (2 r (1 + r)^2) (d/dq of
+    f / (1 + sqrt(q))), GF = gm / ((1 + r) max(L, 1e-15)) (GF's dtype); q = (N^2 + c V + Lt R) / L^2 (Lt = L + N):
+    GL = (gL = -<GF, f> + gq (R / L - 2 q) / L [L > 1e-15], the root's direct dL/dc gq V / L^2, gV = gq c / L^2,
+    gR = gq Lt / L^2) in float64; V's and R's row parts in _mid_bwd_kernel (not through f: that chain,
+    1 - c <f, x_i> - q, cancels as 1 - c|f|^2 did)."""
     c = tl.load(C_ptr).to(tl.float64)
     L = tl.load(SC_ptr)
-    ff = tl.load(SC_ptr + 1)
-    r = tl.load(SC_ptr + 2)
+    Lt = tl.load(SC_ptr + 1)
+    V = tl.load(SC_ptr + 3)
+    R = tl.load(SC_ptr + 4)
+    r = tl.load(SC_ptr + 5)
     opr = 1.0 + r
     Lc = tl.maximum(L, 1e-15)
     dd = tl.arange(0, BLOCK_D).to(tl.int64)
@@ -344,18 +422,20 @@ def _mid_fin_bwd_kernel(GM_ptr, FS_ptr, SC_ptr, C_ptr, GF_ptr, GL_ptr, D, BLOCK_
         gm = tl.load(GM_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
         f = tl.load(FS_ptr + cols, mask=cols < D, other=0.0)
         hv += gm * f
-    h = tl.sum(hv, 0) / (opr * opr)
-    hc = h * c / r
+    gq = -tl.sum(hv, 0) / (2.0 * r * opr * opr)
     gv = tl.zeros((BLOCK_D,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + dd
         gm = tl.load(GM_ptr + cols, mask=cols < D, other=0.0).to(tl.float64)
         f = tl.load(FS_ptr + cols, mask=cols < D, other=0.0)
-        gF = (gm / opr + f * hc) / Lc
+        gF = gm / (opr * Lc)
         tl.store(GF_ptr + cols, gF.to(GF_ptr.dtype.element_ty), mask=cols < D)
         gv += gF * f
-    tl.store(GL_ptr, tl.where(L > 1e-15, -tl.sum(gv, 0), 0.0))
-    tl.store(GL_ptr + 1, h * ff / (2.0 * r))
+    L2 = Lc * Lc
+    tl.store(GL_ptr, tl.where(L > 1e-15, -tl.sum(gv, 0) + gq * (R / Lc - 2.0 * r * r) / Lc, 0.0))
+    tl.store(GL_ptr + 1, gq * V / L2)
+    tl.store(GL_ptr + 2, gq * c / L2)
+    tl.store(GL_ptr + 3, gq * Lt / L2)
 
 
 # ---------------------------------------------------------------- batch norm row pass
@@ -1919,7 +1999,8 @@ def poincare_midpoint_sums_fwd(x, c):
     pl = torch.zeros(max(nprog, 1), device=x.device, dtype=torch.float64)
     if N:
         with _device_guard(x):
-            _mid_fwd_kernel[(nprog,)](x, pf, pl, _cval(c, x), N, D, BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+            _mid_fwd_kernel[(nprog,)](x, pf, pl, _cval(c, x), N, D, BLOCK_R=br, BLOCK_D=bd, SCATTER=False,
+                                      num_warps=nw, **_st._maxnreg(nw))
     return pf.sum(0).to(x.dtype), pl.sum().to(x.dtype)
 
 
@@ -1936,8 +2017,9 @@ def poincare_midpoint_sums_bwd(gF, gL, x, c):
         br, bd, nw = _blocks(N, D, 1024, dtype=x.dtype)
         gl = gL.detach().reshape(1).to(device=x.device, dtype=torch.float64)
         with _device_guard(x):
-            _mid_bwd_kernel[(triton.cdiv(N, br),)](gF, gl, x, gx, gc, _cval(c, x), N, D,
-                                                   BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+            _mid_bwd_kernel[(triton.cdiv(N, br),)](gF, gl, x, gx, gc, _cval(c, x), gl, gl, N, D,  # (no FS, SC)
+                                                   BLOCK_R=br, BLOCK_D=bd, SCATTER=False, num_warps=nw,
+                                                   **_st._maxnreg(nw))
     return gx, gc.sum().to(c.dtype)
 
 
@@ -1947,33 +2029,37 @@ def _mid_fin_blocks(P: int, D: int):
 
 def poincare_midpoint_mean_fwd(x, c):
     """(m, fs, sc): the batch midpoint m (D,) in x's dtype of rows x (N, D) contiguous, N > 0 (the batch norm's
-    MidpointMeanFn), two launches: _mid_fwd_kernel's partial sums, _mid_fin_fwd_kernel's finish; fs = f (D,) and
-    sc = (L, |f|^2, r) float64 for poincare_midpoint_mean_bwd."""
+    MidpointMeanFn), two launches: _mid_fwd_kernel's partial sums and scatters, _mid_fin_fwd_kernel's finish (the
+    root from the scatter: no cancellation near the boundary); fs = f (D,) and sc = (L, Lt, W, V, R, r) float64
+    for poincare_midpoint_mean_bwd."""
     N, D = x.shape
     br, bd, nw = _blocks(N, D, dtype=x.dtype)
     nprog = triton.cdiv(N, br)
     f64 = dict(device=x.device, dtype=torch.float64)
     pf = torch.empty((nprog, D), **f64)  # every program writes its row
-    pl = torch.empty(nprog, **f64)
+    pl = torch.empty((nprog, 4), **f64)  # (sum (lam - 1), Lt, W, R) per program
     m = torch.empty(D, device=x.device, dtype=x.dtype)
     fs = torch.empty(D, **f64)
-    sc = torch.empty(3, **f64)
+    sc = torch.empty(6, **f64)
     cv = _cval(c, x)
     bp, bfd = _mid_fin_blocks(nprog, D)
     with _device_guard(x):
-        _mid_fwd_kernel[(nprog,)](x, pf, pl, cv, N, D, BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
-        _mid_fin_fwd_kernel[(1,)](pf, pl, cv, m, fs, sc, nprog, D, BLOCK_P=bp, BLOCK_D=bfd,
-                                  num_warps=1 if bp * bfd <= 256 else 4)
+        _mid_fwd_kernel[(nprog,)](x, pf, pl, cv, N, D, BLOCK_R=br, BLOCK_D=bd, SCATTER=True, num_warps=nw,
+                                  **_st._maxnreg(nw))
+        # (8 warps for the widest tiles: the scatter's (BLOCK_P, BLOCK_D) float64 tile spilled at 4 on sm_80 / sm_90)
+        _mid_fin_fwd_kernel[(1,)](pf, pl, cv, m, fs, sc, nprog, N, D, BLOCK_P=bp, BLOCK_D=bfd,
+                                  num_warps=1 if bp * bfd <= 256 else (4 if bp * bfd <= 2048 else 8))
     return m, fs, sc
 
 
 def poincare_midpoint_mean_bwd(gm, x, c, fs, sc, need_c: bool):
-    """(gx, gc) of poincare_midpoint_mean_fwd's m: _mid_fin_bwd_kernel (dL/dF, dL/dL and the root's part of dL/dc)
-    then _mid_bwd_kernel; gc (c's dtype, 0-dim) only with need_c, else None."""
+    """(gx, gc) of poincare_midpoint_mean_fwd's m: _mid_fin_bwd_kernel (dL/dF, dL/dL, the root's part of dL/dc,
+    dL/dV, dL/dR) then _mid_bwd_kernel (with the scatter's row parts); gc (c's dtype, 0-dim) only with need_c, else
+    None."""
     N, D = x.shape
     gm = gm.contiguous()
     gF = torch.empty(D, device=x.device, dtype=x.dtype)
-    gl = torch.empty(2, device=x.device, dtype=torch.float64)
+    gl = torch.empty(4, device=x.device, dtype=torch.float64)
     gx = torch.empty_like(x)
     gc = torch.empty(N, device=x.device, dtype=torch.float64)  # every row written
     cv = _cval(c, x)
@@ -1981,8 +2067,9 @@ def poincare_midpoint_mean_bwd(gm, x, c, fs, sc, need_c: bool):
     with _device_guard(x):
         _mid_fin_bwd_kernel[(1,)](gm, fs, sc, cv, gF, gl, D, BLOCK_D=_mid_fin_blocks(1, D)[1],
                                   num_warps=1 if D <= 256 else 4)
-        _mid_bwd_kernel[(triton.cdiv(N, br),)](gF, gl, x, gx, gc, cv, N, D,
-                                               BLOCK_R=br, BLOCK_D=bd, num_warps=nw, **_st._maxnreg(nw))
+        _mid_bwd_kernel[(triton.cdiv(N, br),)](gF, gl, x, gx, gc, cv, fs, sc, N, D,
+                                               BLOCK_R=br, BLOCK_D=bd, SCATTER=True, num_warps=nw,
+                                               **_st._maxnreg(nw))
     if not need_c:
         return gx, None
     return gx, (gc.sum() + gl[1]).to(c.dtype)
@@ -2113,7 +2200,7 @@ def compile_variants():
             add(f"midpoint_sums/{shape} bwd", lambda x=x, D=D: poincare_midpoint_sums_bwd(x[0], c, x, c))
             add(f"midpoint_mean/{shape} fwd", lambda x=x: poincare_midpoint_mean_fwd(x, c))
             add(f"midpoint_mean/{shape} bwd", lambda x=x, D=D: poincare_midpoint_mean_bwd(
-                x[0], x, c, torch.zeros(D, dtype=torch.float64), torch.ones(3, dtype=torch.float64), True))
+                x[0], x, c, torch.zeros(D, dtype=torch.float64), torch.ones(6, dtype=torch.float64), True))
             Db = 200 if shape == "wide" else D
             u = torch.zeros(N, Db, dtype=dtype)
             M = torch.zeros(Db, Db, dtype=dtype)

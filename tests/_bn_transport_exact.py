@@ -188,3 +188,26 @@ def running_step(rm, m, t, c):
         sc = mp.sqrt(-k)
         w = [mp.tanh(mp.mpf(t) * mp.atanh(sc * nv)) * a / (sc * nv) for a in v]
         return torch.tensor([float(a) for a in _madd(X, w, k)], dtype=torch.float64)
+
+
+# ---- the batch midpoint alone (session 44, bngrad: its 1 - c|f|^2 cancelled near the boundary)
+def _midpoint(X, c):
+    D = len(X[0])
+    lam = [2 / (1 - c * _dot(r, r)) for r in X]
+    den = mp.fsum(v - 1 for v in lam)
+    f = [mp.fsum(lam[i] * X[i][d] for i in range(len(X))) / den for d in range(D)]
+    return [t / (1 + mp.sqrt(1 - c * _dot(f, f))) for t in f]
+
+
+def midpoint_exact(x, c, g):
+    """(m, d<g, m>/dx, d<g, m>/dc) of the exact midpoint at the float64 inputs."""
+    with mp.workdps(DPS):
+        N, D = x.shape
+        G = _v(g)
+        m = torch.tensor([float(t) for t in _midpoint([_v(r) for r in x], mp.mpf(c))], dtype=torch.float64)
+
+        def f(z):
+            return mp.fsum(a * b for a, b in zip(G, _midpoint([z[i * D:(i + 1) * D] for i in range(N)], z[-1])))
+
+        gr = _central(f, _v(x) + [mp.mpf(c)], mp.mpf("1e-20"))
+        return m, torch.tensor(gr[:-1], dtype=torch.float64).reshape(N, D), gr[-1]

@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_fwd_cpu(const at::Tens
 std::tuple<at::Tensor, at::Tensor> poincare_midpoint_sums_bwd_cpu(const at::Tensor& gF, const at::Tensor& gL,
                                                                   const at::Tensor& x, const at::Tensor& c);
 // The training layer's midpoint, u = logmap_m(x) and S = sum_i |u_i|^2 in one call -> (u, m, S, the sums
-// [F, L] as float64 (D + 1) for the backward); x contiguous rows.
+// [F, L, V, R] as float64 (D + 3) for the backward: poincare_bn.cpp's mid_vec); x contiguous rows.
 std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu(const at::Tensor& x, double c);
 // Its backward from gu = dL/du and the other gradient of m (gm, the transport's) -> (dx, dc) with the logmap's
 // and the midpoint's dc.

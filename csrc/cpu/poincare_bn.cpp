@@ -1060,20 +1060,105 @@ double bn_log_bwd_dx(const T* gp, const T* xp, const double* mp, const double* c
   return part.sum()[0];
 }
 
-// The midpoint's D-vector step in double from the sums F (D), L: f = F / max(L, 1e-15), r = sqrt(1 - c |f|^2),
+// The midpoint's weighted scatter V = (1/2) sum_ij lam_i lam_j |x_i - x_j|^2 = Lt S1 - |G|^2 about p = F / Lt
+// (Lt = sum lam_i = L + N, S1 = sum lam_i |x_i - p|^2, G = sum lam_i (x_i - p); V does not depend on p, and at the
+// weighted centroid G is rounding: no cancellation).  It gives the root's q = 1 - c |f|^2 = (N^2 + c V) / L^2
+// (sum_ij cosh d(x_i, x_j) = L^2 q), whose own form cancels near the boundary: q ~ delta^2 / 4 for rows with
+// 1 - c|x|^2 ~ delta, ~eps / q relative (m 1e-12 off, the layer's gradients 6e-5 at delta = 1e-4; session 44).
+// The identity needs lam_i (1 - c|x_i|^2) = 2, false on rows outside the ball (lam clamped to 2 / 1e-15): for any
+// lam, L^2 (1 - c|f|^2) = N^2 + c V + Lt R with R = sum_i (lam_i (1 - c|x_i|^2) - 2), zero but on those rows, where
+// the R term keeps 1 - c|f|^2 exactly (every backend's midpoint there; session 45: without it such batches moved by
+// ~1 %).  Rc = dR/dc = -sum over those rows of lam_i |x_i|^2.
+// A second row pass (p needs F); the backward's scatter pass below adds V's and R's parts of dx.
+struct MidScatter {
+  double V, Lt, S1, R, Rc;
+  std::vector<double> p, G;
+};
+template <typename T>
+MidScatter mid_scatter(const T* xp, int64_t N, int64_t D, double c, const double* F, double L) {
+  MidScatter o;
+  o.Lt = L + double(N);
+  o.p.resize(D), o.G.assign(D, 0.0);
+  for (int64_t d = 0; d < D; ++d) o.p[d] = F[d] / std::max(o.Lt, 1e-300);
+  const double* pp = o.p.data();
+  const int64_t CH = chunk_rows(D);
+  const Partials part(N, CH, D + 3);  // G (D), S1, R, Rc
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
+    double* a = part.row(ci);
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xr = xp + i * D;
+      double X = 0, ee = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double x = double(xr[d]), e = x - pp[d];
+        X = std::fma(x, x, X), ee = std::fma(e, e, ee);
+      }
+      const double den = 1.0 - c * X;
+      const double lam = 2.0 / std::max(den, 1e-15);  // the sums pass's lam
+      for (int64_t d = 0; d < D; ++d) a[d] = std::fma(lam, double(xr[d]) - pp[d], a[d]);
+      a[D] = std::fma(lam, ee, a[D]);
+      if (!(den > 1e-15)) a[D + 1] += std::fma(lam, den, -2.0), a[D + 2] -= lam * X;
+    }
+  });
+  const std::vector<double> sm = part.sum();
+  double GG = 0;
+  for (int64_t d = 0; d < D; ++d) o.G[d] = sm[d], GG = std::fma(sm[d], sm[d], GG);
+  o.S1 = sm[D], o.R = sm[D + 1], o.Rc = sm[D + 2];
+  o.V = std::max(o.Lt * o.S1 - GG, 0.0);
+  return o;
+}
+
+// V's and R's parts of the midpoint's backward, added to dx (gV = dL/dV, gR = dL/dR): dV/dx_i = 2 lam_i (Lt e_i - G)
+// + dV/dlam_i c lam_i^2 x_i, dV/dlam_i = S1 + Lt |e_i|^2 - 2 <G, e_i> (zero where lam is clamped); dR/dx_i =
+// -2 c lam_i x_i where it is (lam a constant there); returns dc's part gV sum_i dV/dlam_i lam_i^2 |x_i|^2 / 2 + gR Rc.
+template <typename T>
+double mid_scatter_bwd(const MidScatter& ms, double gV, double gR, const T* xp, T* dxp, int64_t N, int64_t D,
+                       double c) {
+  const double* pp = ms.p.data();
+  const double* G = ms.G.data();
+  const int64_t CH = chunk_rows(D);
+  const Partials part(N, CH, 1);
+  for_row_chunks(N, CH, [&](int64_t i0, int64_t i1, int64_t ci) {
+    double gcl = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xr = xp + i * D;
+      T* dr = dxp + i * D;
+      double X = 0, ee = 0, eG = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double x = double(xr[d]), e = x - pp[d];
+        X = std::fma(x, x, X), ee = std::fma(e, e, ee), eG = std::fma(e, G[d], eG);
+      }
+      const double den = 1.0 - c * X;
+      const double lam = 2.0 / std::max(den, 1e-15);
+      const bool live = den > 1e-15;
+      const double dlam = live ? ms.S1 + ms.Lt * ee - 2.0 * eG : 0.0;
+      const double a = 2.0 * gV * lam, b = live ? gV * dlam * c * lam * lam : -2.0 * gR * c * lam;
+      for (int64_t d = 0; d < D; ++d) {
+        const double x = double(xr[d]);
+        dr[d] = T(double(dr[d]) + a * (ms.Lt * (x - pp[d]) - G[d]) + b * x);
+      }
+      gcl = std::fma(0.5 * gV * dlam * lam * lam, X, gcl);
+    }
+    part.row(ci)[0] = gcl;
+  });
+  return part.sum()[0] + gR * ms.Rc;
+}
+
+// The midpoint's D-vector step in double from the sums F (D), L and the scatter's V, R (the sums vector [F, L, V, R]):
+// f = F / max(L, 1e-15), r = sqrt(q), q = (N^2 + c V + (L + N) R) / L^2 (= 1 - c |f|^2: see MidScatter),
 // m = f / (1 + r).
 struct MidVec {
   std::vector<double> f;
-  double L, Lc, ff, r;
+  double L, Lc, V, R, r;
 };
-MidVec mid_vec(const double* F, double L, int64_t D, double c) {
+MidVec mid_vec(const double* Fs, int64_t N, int64_t D, double c) {
   MidVec o;
-  o.L = L;
-  o.Lc = std::max(L, 1e-15);
+  o.L = Fs[D];
+  o.Lc = std::max(o.L, 1e-15);
+  o.V = Fs[D + 1], o.R = Fs[D + 2];
   o.f.resize(D);
-  o.ff = 0;
-  for (int64_t d = 0; d < D; ++d) o.f[d] = F[d] / o.Lc, o.ff = std::fma(o.f[d], o.f[d], o.ff);
-  o.r = std::sqrt(1.0 - c * o.ff);
+  for (int64_t d = 0; d < D; ++d) o.f[d] = Fs[d] / o.Lc;
+  const double n = double(N);
+  o.r = std::sqrt(n * n + c * o.V + (o.L + n) * o.R) / o.Lc;
   return o;
 }
 
@@ -1160,7 +1245,7 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
   check_layer_rows(x);
   const int64_t N = x.size(0), D = x.size(1);
   const auto dopt = x.options().dtype(at::kDouble);
-  at::Tensor mid = at::empty({D + 1}, dopt);  // F (D), L: the backward's midpoint step starts from them
+  at::Tensor mid = at::empty({D + 3}, dopt);  // F (D), L, V, R: the backward's midpoint step starts from them
   double* Fp = mid.data_ptr<double>();
   const bool f64 = x.scalar_type() == at::kDouble;
   const bool lanes = bn_lanes(D);
@@ -1168,8 +1253,10 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
   by_dtype(f64, [&](auto z) {
     using T = decltype(z);
     mid_fwd_impl<T>(x.data_ptr<T>(), N, D, c, Fp, Fp + D, X.get(), lanes);
+    const MidScatter ms = mid_scatter<T>(x.data_ptr<T>(), N, D, c, Fp, Fp[D]);
+    Fp[D + 1] = ms.V, Fp[D + 2] = ms.R;
   });
-  const MidVec mv = mid_vec(Fp, Fp[D], D, c);
+  const MidVec mv = mid_vec(Fp, N, D, c);
   at::Tensor m = at::empty({D}, x.options());
   std::vector<double> md(D);  // m as the layer's dtype rounds it: the logmap runs at the returned point
   double mm = 0;
@@ -1192,7 +1279,7 @@ std::tuple<at::Tensor, at::Tensor, double, at::Tensor> poincare_bn_layer_fwd_cpu
 
 namespace {
 
-// poincare_bn_layer_bwd_cpu's body on gu (x's dtype, contiguous rows) and the D-vectors m, [F, L], gm in double.
+// poincare_bn_layer_bwd_cpu's body on gu (x's dtype, contiguous rows) and the D-vectors m, [F, L, V, R], gm in double.
 // fill: writes gu's rows inside the reduction pass (bn_log_bwd_red), gu then only allocated.
 std::tuple<at::Tensor, double> bn_layer_bwd(const at::Tensor& gu, const at::Tensor& x, const double* mp,
                                             const double* Fp, const double* gmp, double c,
@@ -1211,23 +1298,29 @@ std::tuple<at::Tensor, double> bn_layer_bwd(const at::Tensor& gu, const at::Tens
     bn_log_bwd_red<T>(gu.data_ptr<T>(), x.data_ptr<T>(), mp, N, D, mm, -c, cf, pm.data(), &sm, &sk, lanes, fill);
   });
   // the total gm (the transport's, the logmap's), then the midpoint's D-vector backward in double
-  const MidVec mv = mid_vec(Fp, Fp[D], D, c);
+  const MidVec mv = mid_vec(Fp, N, D, c);
   std::vector<double> gm(D), gF(D);
   double gmf = 0;
   for (int64_t d = 0; d < D; ++d) gm[d] = std::fma(sm, mp[d], gmp[d] + pm[d]), gmf = std::fma(gm[d], mv.f[d], gmf);
-  const double opr = 1.0 + mv.r, h = gmf / (opr * opr);
+  const double opr = 1.0 + mv.r, gq = -gmf / (2.0 * mv.r * opr * opr);  // d/dq of m = f / (1 + sqrt(q))
   double gFf = 0;
   for (int64_t d = 0; d < D; ++d) {
-    gF[d] = (gm[d] / opr + mv.f[d] * (h * c / mv.r)) / mv.Lc;
+    gF[d] = gm[d] / (opr * mv.Lc);
     gFf = std::fma(gF[d], mv.f[d], gFf);
   }
-  const double gL = mv.L > 1e-15 ? -gFf : 0.0;
+  // q = (N^2 + c V + (L + N) R) / L^2: its L, V and R parts (not through f: that chain, 1 - c <f, x_i> - q, cancels
+  // as q did)
+  const double gL = mv.L > 1e-15 ? -gFf + gq * (mv.R / mv.Lc - 2.0 * mv.r * mv.r) / mv.Lc : 0.0;
+  const double gV = gq * c / (mv.Lc * mv.Lc), gR = gq * (mv.L + double(N)) / (mv.Lc * mv.Lc);
   at::Tensor dx = at::empty_like(x);
   const double gc3 = by_dtype(f64, [&](auto z) {
     using T = decltype(z);
-    return bn_log_bwd_dx<T>(gu.data_ptr<T>(), x.data_ptr<T>(), mp, cf, gF.data(), gL, c, dx.data_ptr<T>(), N, D, lanes);
+    const double g = bn_log_bwd_dx<T>(gu.data_ptr<T>(), x.data_ptr<T>(), mp, cf, gF.data(), gL, c, dx.data_ptr<T>(),
+                                      N, D, lanes);
+    const MidScatter ms = mid_scatter<T>(x.data_ptr<T>(), N, D, c, Fp, Fp[D]);
+    return g + mid_scatter_bwd<T>(ms, gV, gR, x.data_ptr<T>(), dx.data_ptr<T>(), N, D, c);
   });
-  return {dx, -sk + gc3 + h * mv.ff / (2.0 * mv.r)};  // dc = -dk of the logmap + the midpoint's
+  return {dx, -sk + gc3 + gq * mv.V / (mv.Lc * mv.Lc)};  // dc = -dk of the logmap + the midpoint's
 }
 
 }  // namespace
@@ -1239,8 +1332,8 @@ std::tuple<at::Tensor, double> poincare_bn_layer_bwd_cpu(const at::Tensor& gu_in
   const int64_t D = x.size(1);
   const at::Tensor gu = gu_in.to(x.scalar_type()).contiguous();
   TORCH_CHECK(gu.sizes() == x.sizes(), "poincare_bn_layer: grad of u and x must have one shape");
-  TORCH_CHECK(m_in.numel() == D && gm_in.numel() == D && mid.numel() == D + 1 && mid.scalar_type() == at::kDouble,
-              "poincare_bn_layer: m, its grad (D,) and the sums (D + 1, float64) must match x");
+  TORCH_CHECK(m_in.numel() == D && gm_in.numel() == D && mid.numel() == D + 3 && mid.scalar_type() == at::kDouble,
+              "poincare_bn_layer: m, its grad (D,) and the sums (D + 3, float64) must match x");
   const at::Tensor md_t = m_in.to(at::kDouble).contiguous(), gm_t = gm_in.to(at::kDouble).contiguous();
   const at::Tensor mid_c = mid.contiguous();
   return bn_layer_bwd(gu, x, md_t.data_ptr<double>(), mid_c.data_ptr<double>(), gm_t.data_ptr<double>(), c);
@@ -1795,7 +1888,7 @@ std::vector<at::Tensor> poincare_bn_train_bwd_cpu(const at::Tensor& gy_in, const
   const int64_t N = x.size(0), D = x.size(1);
   TORCH_CHECK(tr.numel() == kTrN && tr.scalar_type() == at::kDouble && tr.is_contiguous(),
               "poincare_bn_train: bad saved transport");
-  TORCH_CHECK(mid.numel() == D + 1 && mid.scalar_type() == at::kDouble && mid.is_contiguous(),
+  TORCH_CHECK(mid.numel() == D + 3 && mid.scalar_type() == at::kDouble && mid.is_contiguous(),
               "poincare_bn_train: bad saved sums");
   const bool f64 = x.scalar_type() == at::kDouble;
   const at::Tensor gy = gy_in.scalar_type() == x.scalar_type() && gy_in.is_contiguous()

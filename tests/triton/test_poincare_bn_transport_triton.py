@@ -67,3 +67,49 @@ def test_triton_running_update_exact(D, c, delta):
     r2 = rm.clone()
     gp._running_mean_step_(r2, m, 0.1, c)
     assert float((r - r2).abs().max()) <= 4e-16
+
+
+@pytest.mark.parametrize("D,c", [(2, 1.0), (7, 0.3)])
+def test_triton_midpoint_mean_near_boundary_exact(D, c):
+    """poincare_midpoint_mean_fwd / _bwd (float64) on a batch with 1 - c|x|^2 ~ 1e-4 against the 50-digit midpoint:
+    as tests/test_poincare_midpoint_exact.py's bounds (m to ulps, dx to 20 eps / delta)."""
+    delta = 1e-4
+    x, _ = ex.cloud(6, D, c, delta, 1e-3, seed=D)
+    ct = torch.tensor(c, dtype=torch.float64)
+    m, fs, sc = P.poincare_midpoint_mean_fwd(x, ct)
+    g = torch.randn(D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    gx, gc = P.poincare_midpoint_mean_bwd(g, x, ct, fs, sc, True)
+    me, gxe, gce = ex.midpoint_exact(x, c, g)
+    assert float((m - me).abs().max()) < 8e-16 / c ** 0.5
+    tol = 20 * 2.0 ** -53 / delta
+    assert _rel(gx, gxe) < tol
+    assert abs(float(gc) - gce) < tol * x.shape[0] * float(gxe.abs().max() * x.norm(dim=-1).max()) / c
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["boundary", "outside"])
+def test_triton_midpoint_mean_programs_match_torch(dtype, case):
+    """Several programs (the scatter combined from the programs' own, _mid_fin_fwd_kernel): m, dx, dc against
+    geoops.poincare.midpoint's torch composition in float64 (checked against mpmath in
+    tests/test_poincare_midpoint_exact.py) near the boundary (1 - c|x|^2 ~ 1e-4) and with rows outside the ball
+    (their clamped lam: the old form 1 - c|f|^2 there).  float32: to ~eps32 / delta for dx."""
+    c = 0.7
+    if case == "boundary":
+        x, _ = ex.cloud(700, 5, c, 1e-4, 1e-2, seed=3)
+    else:
+        g0 = torch.Generator().manual_seed(0)
+        x = gp.expmap0(torch.randn(700, 5, generator=g0, dtype=torch.float64) * 0.5, c=0.45)
+        assert bool((c * x.square().sum(-1) >= 1).any())
+    x = x.to(dtype)
+    ct = torch.tensor(c, dtype=dtype)
+    m, fs, sc = P.poincare_midpoint_mean_fwd(x, ct)
+    g = torch.randn(5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    gx, gc = P.poincare_midpoint_mean_bwd(g.to(dtype), x, ct, fs, sc, True)
+    xr, cr = x.double().requires_grad_(), torch.tensor(float(ct), dtype=torch.float64, requires_grad=True)
+    me = gp.midpoint(xr, c=cr, dim=-1, batch_dim=0)
+    gxe, gce = torch.autograd.grad(me, (xr, cr), g)
+    eps = 2.0 ** -53 if dtype == torch.float64 else 2.0 ** -24
+    tol = 20 * eps / (1e-4 if case == "boundary" else 1)
+    assert float((m.double() - me).abs().max()) < 8 * eps / c ** 0.5
+    assert _rel(gx.double(), gxe) < tol
+    assert abs(float(gc) - float(gce)) < tol * float(gce.abs().clamp_min(1))

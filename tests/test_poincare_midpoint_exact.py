@@ -1,0 +1,162 @@
+"""The Poincaré midpoint (and the batch norm built on it) near the boundary against 50-digit mpmath (session 44,
+helper bngrad): 1 - c|f|^2 of the Klein point cancelled (m ~1e-12 off at 1 - c|x|^2 = 1e-4, the batch norm's
+logmap_m rows 2e-5, its gradients 6e-5) while the problem is conditioned to ulps (scripts/bn_grad/cond.py)."""
+import mpmath  # noqa: F401  (a test extra)
+import pytest
+import torch
+
+import geoops.poincare as gp
+from geoops import _backend
+
+import _bn_transport_exact as ex
+
+mp = ex.mp
+
+
+@pytest.mark.parametrize("D", [2, 7])
+@pytest.mark.parametrize("c", [1.0, 0.3])
+@pytest.mark.parametrize("delta", [1e-4, 1e-6])
+@pytest.mark.parametrize("spread", [1e-3, 0.5])
+def test_midpoint_near_boundary_exact(D, c, delta, spread):
+    """gp.midpoint (the torch composition) in float64, value and vjp, on a batch with 1 - c|x|^2 ~ delta.  Before:
+    m 6e-13 .. 3e-10 off absolute (the rows' offsets |x - m| ~ spread delta / 2), dx 8e-9 .. 7e-4 relative."""
+    x, _ = ex.cloud(6, D, c, delta, spread, seed=D)
+    g = torch.randn(D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    xr, cr = x.clone().requires_grad_(), torch.tensor(c, dtype=torch.float64, requires_grad=True)
+    m = gp.midpoint(xr, c=cr, dim=-1, batch_dim=0)
+    gx, gc = torch.autograd.grad(m, (xr, cr), g)
+    me, gxe, gce = ex.midpoint_exact(x, c, g)
+    # the rows' offsets from m are ~spread delta: m must be far inside them (ulps of |m| ~ 1 / sqrt(c))
+    assert float((m.detach() - me).abs().max()) < 8e-16 / c ** 0.5
+    # gradients: ~eps / delta is the problem's own (lam_i's digits); 20x that (before: 3e3 .. 3e6 x)
+    tol = 20 * 2.0 ** -53 / delta
+    assert ex.rel(gx, gxe) < tol
+    # dc mostly cancels (m(s x, c / s^2) = s m(x, c): 2c dm/dc = sum_i <dm/dx_i, x_i> - m, of which |dc| is down to
+    # 1e-6 here): measured against that sum's terms, N max|dx| |x| / c
+    assert abs(float(gc) - gce) < tol * x.shape[0] * float(gxe.abs().max() * x.norm(dim=-1).max()) / c
+
+
+def test_midpoint_gradcheck_near_boundary():
+    x, _ = ex.cloud(4, 3, 1.0, 1e-3, 0.5, seed=1)
+    c = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, c: gp.midpoint(x, c=c, dim=-1, batch_dim=0),
+                                    (x.requires_grad_(), c), eps=1e-9, atol=1e-6, rtol=1e-6)
+
+
+
+@pytest.mark.parametrize("delta", [1e-3, 0.3])
+def test_midpoint_mean_fn_gradcheck(delta):
+    """MidpointMeanFn (the batch norm composition's midpoint: the sums op, the scatter V, their hand-written
+    backward) is differentiable as written, x and c."""
+    x, _ = ex.cloud(5, 3, 0.7, delta, 0.5, seed=2)
+    c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gp.MidpointMeanFn.apply, (x.requires_grad_(), c), eps=1e-9 if delta < 0.1 else 1e-6,
+                                    atol=1e-6, rtol=1e-6)
+
+
+def _layer_errors(mode, delta, spread):
+    N, D, c = 6, 3, 1.0
+    x, bias = ex.cloud(N, D, c, delta, spread, seed=0)
+    ins = [t.clone().requires_grad_() for t in (x, bias, torch.tensor([1.0], dtype=torch.float64),
+                                                 torch.tensor(c, dtype=torch.float64))]
+    _backend.set_checks(mode == "composition")  # checks on: the torch composition instead of the fused layer
+    try:
+        y = gp.batch_norm(*ins[:3], c=ins[3], eps=1e-6)
+    finally:
+        _backend.set_checks(False)
+    g = torch.randn(N, D, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+    gr = torch.autograd.grad(y, ins, g)
+    gx, gb, gw, gc = ex.layer_grad(g, x, bias, 1.0, c, 1e-6, 1e-15)
+    return ex.rel(gr[0], gx), ex.rel(gr[1], gb), abs(float(gr[2]) - gw) / abs(gw), abs(float(gr[3]) - gc) / abs(gc)
+
+
+# The layer's exact gradients move by <= 1.0e-9 (dx), 9.9e-10 (dbias), 3.7e-9 (dweight), 1.8e-10 (dc) relative when
+# x and bias move by an ulp (scripts/bn_grad/cond.py, delta 1e-4, spread 1e-3; the worst of 6 random draws): the
+# bounds are 20x that.  Measured after the fix: composition 1.7e-9, 1.4e-9, 7.2e-9, 1.3e-9; fused C++ 1.5e-9,
+# 1.1e-9, 7.8e-9, 2.6e-9; before: 6e-5, 5e-5, 3e-4, 4e-5 .. 7e-5.
+_COND_BOUND = (2e-8, 2e-8, 7.4e-8, 3.6e-9)
+
+
+@pytest.mark.parametrize("mode", ["fused", "composition"])
+def test_batch_norm_gradients_near_boundary_within_conditioning(mode):
+    """The training layer's dx, dbias, dweight, dc (float64) near the boundary against the 50-digit layer, within
+    20x what ulp-sized input changes do to the exact gradients: fused C++ layer and the torch composition."""
+    errs = _layer_errors(mode, 1e-4, 1e-3)
+    assert all(e < b for e, b in zip(errs, _COND_BOUND)), errs
+
+
+# ---- rows outside the ball (session 45, bngrad2).  Their lam is clamped (2 / 1e-15), where the identity
+# Lm^2 (1 - c|f|^2) = n^2 + c V needs lam_i (1 - c|x_i|^2) = 2: session 44's root without R moved such batches by
+# ~1 % (tests/triton/test_poincare_hostwork.py's first training step: points made at c = 0.7 in a ball of
+# c = softplus(0.7) = 1.10, 9 of 48 rows outside) while the Triton midpoint kept 1 - c|f|^2.
+def _outside_rows(seed=0, n=48, D=5):
+    g = torch.Generator().manual_seed(seed)
+    x = gp.expmap0(torch.randn(n, D, generator=g, dtype=torch.float64) * 0.5, c=0.7)
+    c = 1.103186048885458
+    assert 0 < int((c * x.square().sum(-1) >= 1).sum()) < n // 2
+    return x, c
+
+
+def _midpoint_old_form(x, c):
+    """The midpoint as every backend formed it before session 44: q = 1 - c|f|^2 from the clamped lam."""
+    lam = 2 / (1 - c * x.square().sum(-1, keepdim=True)).clamp_min(1e-15)
+    f = (lam * x).sum(0) / (lam - 1).sum()
+    return f / (1 + (1 - c * f.dot(f)).sqrt())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_midpoint_rows_outside_ball_as_old_form(seed):
+    """gp.midpoint and MidpointMeanFn (value, dx, dc) on a batch with rows outside the ball equal the old form
+    1 - c|f|^2 (there it does not cancel: q 0.80 .. 0.97).  Before (no R): m 2e-3 .. 7e-3 off."""
+    x, c = _outside_rows(seed)
+    g = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref_in = [x.clone().requires_grad_(), torch.tensor(c, dtype=torch.float64, requires_grad=True)]
+    ref = _midpoint_old_form(*ref_in)
+    ref_g = torch.autograd.grad(ref, ref_in, g)
+    for fn in (lambda x, c: gp.midpoint(x, c=c, dim=-1, batch_dim=0), gp.MidpointMeanFn.apply):
+        ins = [t.detach().clone().requires_grad_() for t in ref_in]
+        m = fn(*ins)
+        assert float((m - ref).detach().abs().max()) < 1e-14
+        gr = torch.autograd.grad(m, ins, g)
+        assert ex.rel(gr[0], ref_g[0]) < 1e-11 and abs(float(gr[1] - ref_g[1])) < 1e-11 * abs(float(ref_g[1]))
+
+
+def test_batch_norm_rows_outside_ball_fused_matches_composition(monkeypatch):
+    """The fused C++ layer against the torch composition over the same C++ ops on that batch: output, the batch
+    mean, every gradient.  Before (the layer's root without R, the composition's with it): the mean 6.6e-3 off."""
+    x, c = _outside_rows(1)
+    D = x.shape[1]
+    bias = torch.randn(D, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.4
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    res = []
+    for fused in (True, False):
+        if not fused:  # the composition (checks, the usual way to it, reject x here)
+            monkeypatch.setattr(gp._library, "direct_call_ok", lambda *a: False)
+        ins = [t.clone().requires_grad_() for t in (x, bias, torch.tensor([1.3], dtype=torch.float64),
+                                                     torch.tensor(c, dtype=torch.float64))]
+        rm, rv = torch.zeros(D, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+        y = gp.batch_norm(*ins[:3], c=ins[3], eps=1e-6, running_mean=rm, running_var=rv, momentum=1.0)
+        res.append([y.detach(), rm, rv] + list(torch.autograd.grad(y, ins, g)))
+    assert float((res[0][1] - _midpoint_old_form(x, c)).abs().max()) < 1e-14
+    for i, (a, b) in enumerate(zip(*res)):
+        assert float((a - b).abs().max()) <= 1e-11 * float(b.abs().max()), i
+
+
+@pytest.mark.xfail(strict=True, reason="geoops.stereographic.weighted_midpoint forms 1/2 (x) of the Klein point, whose "
+                                       "root 1 + k|f|^2 cancels near the boundary as the Poincaré midpoint's did "
+                                       "(session 45, bngrad2: m 1e-12 .. 3e-10 off, dx 1e-8 .. 5e-4 at delta 1e-4 .. "
+                                       "1e-6, C++ and reference; the scatter root is not applied there yet)")
+@pytest.mark.parametrize("delta", [1e-4, 1e-6])
+def test_stereographic_weighted_midpoint_near_boundary_exact(delta):
+    """geoops.stereographic.weighted_midpoint (k = -c, no weights: the same midpoint) against the 50-digit one, with
+    test_midpoint_near_boundary_exact's bounds."""
+    import geoops.stereographic as st
+    D, c = 2, 1.0
+    x, _ = ex.cloud(6, D, c, delta, 1e-3, seed=D)
+    g = torch.randn(D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    xr = x.clone().requires_grad_()
+    m = st.weighted_midpoint(xr, k=-c, reducedim=0)
+    (gx,) = torch.autograd.grad(m, (xr,), g)
+    me, gxe, _ = ex.midpoint_exact(x, c, g)
+    assert float((m.detach() - me).abs().max()) < 8e-16 / c ** 0.5
+    assert ex.rel(gx, gxe) < 20 * 2.0 ** -53 / delta
