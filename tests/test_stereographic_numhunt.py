@@ -727,17 +727,8 @@ def test_logmap_sphere_within_3e8_of_antipode_fp32(d):
             assert (err <= 4 * e32 + 64 * e64 / sden).all(), (kv, err.tolist())
 
 
-_LOGMAP_ANTIPODE_F32_OPEN = (
-    "open (session 44): float32 logmap at D = 2, rows with den between antipode_cut (1e-3) and ~0.3 -- y within ~3 .. "
-    "50 % of x's antipode -- are still written in float (the double path's float write, and the fp32 fast paths, "
-    "which take those rows): dy of one row here (den ~2e-3) 2.0e-5 against the eager 3.7e-6; a scan of 2400 rows per "
-    "band: den 1e-4 .. 1e-2 40 / 27 / 23 rows (value / dx / dy) over the rule, worst dy excess 7.9e-5, den 1e-2 .. "
-    "1e-1 4 / 6 (dx / dy); D = 7: 2 rows (value) at den 1e-4 .. 1e-2.  The rows below the cut are written in double")
-
-
 @pytest.mark.parametrize("knob", _LOGMAP_KNOBS)
-@pytest.mark.parametrize("d", [pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=_LOGMAP_ANTIPODE_F32_OPEN)),
-                               7, 12, 64])
+@pytest.mark.parametrize("d", [2, 7, 12, 64])
 def test_logmap_sphere_near_antipode_fp32(monkeypatch, d, knob):
     """float32 logmap near x's antipode (y within 1e-5 .. 1e-1 of it, den ~1e-10 .. 1e-2), every fp32 path: value,
     dx, dy by the float rule (ours <= 2x the eager float32 reference's error + a floor) against the float64
@@ -746,7 +737,8 @@ def test_logmap_sphere_near_antipode_fp32(monkeypatch, d, knob):
     above their series cut).  What failed at D <= 16 (on session 43's build, value, dx, dy 2-10x the eager error) was
     the float write out = a x + c (x - y) (and dx, dy from their coefficients), where a, c ~ 1 / sqrt(den) and the
     terms cancel to O(1) (the reference cancels only in its numerator): the rows below antipode_cut are now written
-    in double.  D = 2 still fails on a row just above the cut (_LOGMAP_ANTIPODE_F32_OPEN).  D = 64 on portable builds
+    in double, and in float types up to antipode_float_cut_fwd / _bwd (D = 2 failed on a row just above antipode_cut
+    until session 45: dy 2.0e-5 against the eager 3.7e-6, den ~2e-3).  D = 64 on portable builds
     (baseline x86-64, no fma; session 43's strict xfail there, 3.05e-3 against the eager 1.50e-3) passes since
     session 44 (checked against the CI rehearsal's portable wheel)."""
     if knob:
@@ -757,6 +749,44 @@ def test_logmap_sphere_near_antipode_fp32(monkeypatch, d, knob):
         x, y, k = x + [xa], y + [ya], k + [torch.full((35, 1), kv, dtype=D64)]
     x, y, k = torch.cat(x).float(), torch.cat(y).float(), torch.cat(k).float()
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=D64).float()
+
+    def run(fn, x, y, k):
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = fn(x, y, k=k)
+        return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, y))]
+
+    _check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
+def _antipode_band_rows(n, d, kv, lo, hi, seed):
+    """n rows with y off x's antipode -x / (k|x|^2) in a random direction by sqrt(den) |antipode| (relative), den
+    log-uniform in 10^lo .. 10^hi (den = |x + k|x|^2 y|^2 / |x|^2 = the offset squared), x random normal."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=D64)
+    a = -x / (kv * (x * x).sum(-1, keepdim=True))
+    off = (10.0 ** (lo + (hi - lo) * torch.rand(n, 1, generator=g, dtype=D64))).sqrt()
+    u = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=D64), dim=-1)
+    return x, a + off * a.norm(dim=-1, keepdim=True) * u
+
+
+@pytest.mark.parametrize("knob", _LOGMAP_KNOBS)
+@pytest.mark.parametrize("d", [2, 7])
+def test_logmap_sphere_antipode_band_fp32(monkeypatch, d, knob):
+    """float32 logmap, a scan of rows between antipode_cut and the sphere's usual rows (den 1e-3 .. 1, y within ~3 ..
+    100 % of x's antipode; k = 0.5, 1, 2; 1200 rows per den decade), every fp32 path: value, dx, dy by the float rule.
+    A float write there is ~3 eps32 / sqrt(den) off (gradients ~15 eps32 / den), the eager float32 reference's error of
+    the same order, so per row the rule failed wherever ours exceeded the floor (session 44's build, D = 2: 40 / 120
+    / 160 rows of 3600 over it, value / dx / dy, up to den ~0.5; D = 7: a few): the float types now write the rows
+    below antipode_float_cut_fwd (0.05) / _bwd (0.5) in double (stereo_math.h), the rows above keep a float write."""
+    if knob:
+        monkeypatch.setenv(knob, "0")
+    x, y, k = [], [], []
+    for i, kv in enumerate((0.5, 1.0, 2.0)):
+        for lo, n in ((-3, 1600), (-2, 400), (-1, 400)):
+            xa, ya = _antipode_band_rows(n, d, kv, lo, lo + 1, seed=100 * i + 10 * d - lo)
+            x, y, k = x + [xa], y + [ya], k + [torch.full((n, 1), kv, dtype=D64)]
+    x, y, k = torch.cat(x).float(), torch.cat(y).float(), torch.cat(k).float()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=D64).float()
 
     def run(fn, x, y, k):
         x, y = x.clone().requires_grad_(), y.clone().requires_grad_()

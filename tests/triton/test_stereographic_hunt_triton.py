@@ -640,6 +640,37 @@ def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
 
 
 @pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 7])
+def test_logmap_sphere_antipode_band_fp32(device, d, chunk):
+    """The CPU hunt's test_logmap_sphere_antipode_band_fp32 on the Triton kernels, one tile and chunked: float32 rows
+    with den 1e-3 .. 1 (k = 0.5, 1, 2), value, dx, dy by the float rule.  Rows above _ANTIPODE_CUT kept the float
+    write (~3 eps32 / sqrt(den), gradients ~15 eps32 / den) until session 45; now in float64 up to
+    _ANTIPODE_FLOAT_CUT_FWD / _BWD (_near_rows_out, _near_rows_grads)."""
+    from geoops.kernels import stereographic as S
+
+    nh = _numhunt()
+    xs, ys, ks = [], [], []
+    for i, kv in enumerate((0.5, 1.0, 2.0)):
+        for lo in (-3, -2, -1):
+            xa, ya = nh._antipode_band_rows(60, d, kv, lo, lo + 1, seed=100 * i + 10 * d - lo)
+            xs, ys, ks = xs + [xa], ys + [ya], ks + [torch.full((60, 1), kv, dtype=torch.float64)]
+    x, y, k = torch.cat(xs).float(), torch.cat(ys).float(), torch.cat(ks).float()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64).float()
+
+    def run(fn, x, y, k):
+        if fn is gs.logmap:  # ours: the kernels themselves (max_block_d)
+            xd, yd, kd, wd = (t.to(device) for t in (x, y, k.flatten(), w.to(x.dtype)))
+            out = S._stereo_fwd(7, xd, yd, kd, None, 0.0, max_block_d=chunk)
+            dx, dy, _, _ = S._stereo_bwd(7, wd, xd, yd, kd, None, 0.0, 3, max_block_d=chunk)
+            return [t.cpu() for t in (out, dx, dy)]
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = fn(x, y, k=k)
+        return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, y))]
+
+    nh._check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
 @pytest.mark.parametrize("d", [2, 19])
 def test_logmap_sphere_within_3e8_of_antipode_fp32(device, d, chunk):
     """The CPU hunt's test_logmap_sphere_within_3e8_of_antipode_fp32 on the Triton kernels, one tile and chunked:
