@@ -59,6 +59,13 @@ class TripleAttentionFn(torch.autograd.Function):
             return (None,) * 9
         if dout is None:
             dout = torch.zeros_like(out)
+        half = dlse is not None and q.dtype in (torch.float16, torch.bfloat16)
+        if half:
+            # the half backwards never read out (delta from their own float32 recompute, C++, or from sum P dP,
+            # Triton), so the column below would be ignored: run float32, with out and lse recomputed unrounded
+            # (the half forward's arithmetic on the CPU), and round the gradients once
+            q, k1, k2, v1, v2, dout = (t.float() for t in (q, k1, k2, v1, v2, dout))
+            out, lse = _ops.FWD(q, k1, k2, v1, v2, *ctx.args)
         if dlse is not None:
             # dS = P (dP - delta + dlse) with delta = <dout, out>: the kernels' own backward on one more value
             # column, zero in v1 and v2 (dP unchanged) with dout = 1 and out = -dlse there (delta - dlse)
@@ -70,6 +77,8 @@ class TripleAttentionFn(torch.autograd.Function):
         grads = _ops.BWD(dout.contiguous(), q, k1, k2, v1, v2, out, lse, *ctx.args)
         if dlse is not None:
             grads = (*grads[:3], grads[3][..., :dv], grads[4][..., :dv])
+        if half:
+            grads = tuple(g.to(t.dtype) for g, t in zip(grads, ctx.saved_tensors[:5]))
         return tuple(g if (mask >> i) & 1 else None for i, g in enumerate(grads)) + (None,) * 4
 
 

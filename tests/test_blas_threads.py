@@ -88,3 +88,33 @@ def test_small_gemms_inside_kernels_run_on_one_mkl_thread(capfd, two_threads, ca
     torch.manual_seed(0)
     teams = _gemm_teams(capfd, case(dtype))
     assert all(n == 1 for _, n in teams), f"MKL teams of the kernel's GEMMs: {teams}"
+
+
+def _mkl_set_num_threads_local():
+    import ctypes
+    import os
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"),
+                      mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    return getattr(lib, "MKL_Set_Num_Threads_Local", None)
+
+
+@pytest.mark.parametrize("case", [_gaunt, _ssm_conv, _attention, _cdist], ids=["gaunt", "ssm_conv", "attention", "cdist"])
+def test_user_gemm_after_kernels_keeps_its_team(capfd, two_threads, case, request):
+    """Session 45 (review44): the guard restores the calling thread's MKL setting (the kernels' lone workers and
+    teams of one run on the caller's thread): the user's own GEMM afterwards gets MKL's team of two again, and a
+    thread-local setting of the user's own (3) survives the kernels too."""
+    torch.manual_seed(0)
+    a = torch.randn(384, 384)
+    case(torch.float32)()
+    teams = _gemm_teams(capfd, lambda: torch.mm(a, a))
+    assert teams and all(n == 2 for _, n in teams), teams
+    set_local = _mkl_set_num_threads_local()
+    if set_local is None:
+        return
+    prev = set_local(3)
+    try:
+        case(torch.float32)()
+        teams = _gemm_teams(capfd, lambda: torch.mm(a, a))
+    finally:
+        set_local(prev)
+    assert teams and all(n == 3 for _, n in teams), teams

@@ -89,6 +89,23 @@ def test_lse_gradient(shape, mask):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_lse_gradient_half(dtype):
+    """Session 45 (review44): the float16 / bfloat16 backward forms delta as sum P dP and never reads out, so the
+    extra column's out = -dlse was ignored and lse's part of the gradient dropped (dq 100 % off with lse alone):
+    such a backward now runs in float32.  lse alone, causal, against the reference on the rounded inputs."""
+    ins = _inputs(*SHAPES[1], dtype, seed=2)
+    glse = torch.randn(1, 2, SHAPES[1][3], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads = []
+    for fn, xs in ((ga.triple_attention, ins), (ref.triple_attention, [t.double() for t in ins])):
+        xs = [t.detach().clone().requires_grad_(True) for t in xs]
+        lse = fn(*xs, return_lse=True, causal=True)[1]
+        grads.append(torch.autograd.grad((lse * glse.to(DEVICE, lse.dtype)).sum(), xs[:3]))
+    for name, a, b in zip(("dq", "dk1", "dk2"), *grads):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double().cpu(), b.cpu(), rtol=0, atol=1e-2 * b.abs().max().item(), msg=name)
+
 def test_empty_rows():
     ins = _inputs(1, 1, 1, 6, 6, 3, 4, 4, torch.float32)
     out, lse = ga.triple_attention(*ins, window=(2, 1), return_lse=True)
