@@ -1155,7 +1155,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   };
   // ... and logmap's rows near x's antipode (k > 0, antipode_lanes) again in scalar double with den from a second pass
   // over the row (antipode_den): the sums' den is off by ~eps / den relative there.  Returns those rows' mask (bit b:
-  // row i0 + b; 0 in the usual case), which the writes take (write_block_row, near_rows).
+  // row i0 + b; 0 in the usual case), which the writes take (write_block_row, write_near_rows).
   // In float types the mask reaches up to stereo::antipode_float_cut_fwd (the rows between antipode_cut and it keep
   // their coefficients, double there: z >= the float series cut; only their write changes).
   auto block_coefs = [&](int64_t i0, int64_t nv, int64_t end, const double* xx, const double* yy, const double* xy,
@@ -1202,7 +1202,7 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   };
   // ... the rows of a block's mask near (nonzero), over the usual write of the block: out of line, so that the short
   // rows' block function (the blocks the fp32 fast paths decline: most at k > 0) keeps its size and its row loop no
-  // test (session 44 tested each row in the loop: its forward at 2^20 x 5, k = +1 was ~5-10 % slower)
+  // test (session 44 tested each row in the loop: its fp32 forward at 2^20 x 5, k = +1 was 4.5 % slower)
   auto write_near_rows = [&](int64_t i0, uint64_t near, const double* ca, const double* cb, const double* cc)
       __attribute__((noinline, cold)) {
     for (; near; near &= near - 1) write_near_row(i0, __builtin_ctzll(near), ca, cb, cc);
@@ -1631,7 +1631,7 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
       }
     };
     // every row in opmath_t, then the rows in near again in double, out of line (session 44 chose per row in the
-    // loop: its float32 logmap backward was 10-20 % slower at 2^20 x 2 and x 5, for either sign of k)
+    // loop: its float32 logmap backward was 5-27 % slower at 2^20 x 2, for either sign of k)
     for (int64_t b = 0; b < nb; ++b) write_grads(opmath_t(0), b);
     if constexpr (!std::is_same<opmath_t, double>::value) {
       auto write_near_grads = [&](uint64_t m) __attribute__((noinline, cold)) {
