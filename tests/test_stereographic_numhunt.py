@@ -793,6 +793,22 @@ def test_logmap_sphere_antipode_band_fp32(monkeypatch, d, knob):
     _logmap_rule_fp32(torch.cat(x).float(), torch.cat(y).float(), torch.cat(k).float())
 
 
+@pytest.mark.parametrize("knob", _LOGMAP_KNOBS)
+@pytest.mark.parametrize("d", [2, 7, 33, 64])
+def test_logmap_sphere_antipode_band_fp32_double_write(monkeypatch, d, knob):
+    """float32 logmap rows with den 1e-3 .. 0.04 (above antipode_cut, below antipode_float_cut_fwd), short and long
+    rows, every fp32 path: written in double, so each row within 4 eps32 of the float64 reference on the same inputs
+    (one rounding; the float write was ~3 eps32 / sqrt(den) off: 3e-6 at D = 33 / 64 on session 44's build)."""
+    if knob:
+        monkeypatch.setenv(knob, "0")
+    xs, ys = zip(*[_antipode_band_rows(300, d, kv, -3, -1.4, seed=d + i) for i, kv in enumerate((0.5, 2.0))])
+    k = torch.cat([torch.full((300, 1), kv) for kv in (0.5, 2.0)])
+    x, y = torch.cat(xs).float(), torch.cat(ys).float()
+    want = ref.logmap(x.double(), y.double(), k=k.double())
+    err = (gs.logmap(x, y, k=k).double() - want).norm(dim=-1) / want.norm(dim=-1)
+    assert err.max().item() <= 4 * 2.0 ** -23, err.max().item()
+
+
 @pytest.mark.parametrize("d", (3, 4, 5))
 def test_logmap_sphere_near_antipode_fp32_above_cut(d):
     """float32 logmap for y with den between antipode_cut (1e-3) and 1e-2 (offsets 3 .. 10 % of x's antipode, random

@@ -664,6 +664,24 @@ def test_logmap_sphere_antipode_band_fp32(device, d, chunk):
 
 
 @pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 33])
+def test_logmap_sphere_antipode_band_fp32_double_write(device, d, chunk):
+    """The CPU hunt's test of the same name on the Triton kernels, one tile and chunked: float32 rows with den 1e-3 ..
+    0.04 written in float64 (_near_rows_out), each within 4 eps32 of the float64 reference (the float write: ~3e-6)."""
+    from geoops.kernels import stereographic as S
+    from geoops.reference import stereographic as ref
+
+    nh = _numhunt()
+    xs, ys = zip(*[nh._antipode_band_rows(40, d, kv, -3, -1.4, seed=d + i) for i, kv in enumerate((0.5, 2.0))])
+    k = torch.cat([torch.full((40,), kv) for kv in (0.5, 2.0)])
+    x, y = torch.cat(xs).float(), torch.cat(ys).float()
+    want = ref.logmap(x.double(), y.double(), k=k.double().reshape(-1, 1))
+    got = S._stereo_fwd(7, x.to(device), y.to(device), k.to(device), None, 0.0, max_block_d=chunk).cpu()
+    err = (got.double() - want).norm(dim=-1) / want.norm(dim=-1)
+    assert err.max().item() <= 4 * 2.0 ** -23, err.max().item()
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
 @pytest.mark.parametrize("d", [2, 19])
 def test_logmap_sphere_within_3e8_of_antipode_fp32(device, d, chunk):
     """The CPU hunt's test_logmap_sphere_within_3e8_of_antipode_fp32 on the Triton kernels, one tile and chunked:
