@@ -102,6 +102,11 @@ _ANTIPODE_CUT = tl.constexpr(1e-3)
 # ... and the floor of that den (antipode_min_den<T>(), stereo_math.h; min_den's 1e-15 shortened the rows within ~3e-8
 # of the antipode by up to 97 %): those rows are written in float64 in every dtype
 _ANTIPODE_MIN_DEN = tl.constexpr(1e-30)
+# ... and in the float types the rows written in float64 reach up to these (antipode_float_cut_fwd / _bwd<T>(),
+# stereo_math.h: a float write is ~3 eps32 / sqrt(den) off, its gradients ~15 eps32 / den); the rows between
+# _ANTIPODE_CUT and them keep the sums' den
+_ANTIPODE_FLOAT_CUT_FWD = tl.constexpr(0.05)
+_ANTIPODE_FLOAT_CUT_BWD = tl.constexpr(0.5)
 
 # A row up to this width lives in one tile; wider rows are walked in chunks of it.
 MAX_BLOCK_D = 4096
@@ -715,17 +720,18 @@ def _antipode_den(xx, yy, xy, dd, k, sq):
 
 
 @triton.jit
-def _antipode_near(xx, yy, xy, k):
-    """Per row: near x's antipode (k > 0 and the sums' den below _ANTIPODE_CUT), the rows that _antipode_den takes."""
+def _antipode_near(xx, yy, xy, k, cut):
+    """Per row: near x's antipode (k > 0 and the sums' den below cut): with _ANTIPODE_CUT the rows that _antipode_den
+    takes, with _ANTIPODE_FLOAT_CUT_FWD / _BWD the rows the float types write in float64."""
     den0 = 1.0 + 2.0 * k * xy + k * k * xx * yy  # (_sub_den's k > 0 form)
-    return (k > 0) & (den0 < _ANTIPODE_CUT)
+    return (k > 0) & (den0 < cut)
 
 
 @triton.jit
-def _antipode_rows(xx, yy, xy, k):
+def _antipode_rows(xx, yy, xy, k, cut):
     """Whether this program has a row near x's antipode (_antipode_near): the one branch per program that the usual
     rows pay."""
-    return tl.max(_antipode_near(xx, yy, xy, k).to(tl.int32), axis=0) > 0
+    return tl.max(_antipode_near(xx, yy, xy, k, cut).to(tl.int32), axis=0) > 0
 
 
 @triton.jit
@@ -750,26 +756,27 @@ def _antipode_sq_chunked(x_row, y_row, rmask, D, kxx, CT: tl.constexpr, BLOCK_M:
 @triton.jit
 def _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr):
-    """logmap's den0 and its floor (float64 row sums in, _antipode_den) and whether this program has a row near x's
-    antipode (_antipode_rows): only such programs take the second pass, on the tiles xv, yv (ONE_CHUNK; unread
-    placeholders otherwise) or chunk by chunk.  The forward and the backward share it: the gradient of the value
+    """logmap's den0 and its floor (float64 row sums in, _antipode_den): only a program with a row near x's antipode
+    (_antipode_rows below _ANTIPODE_CUT) takes the second pass, on the tiles xv, yv (ONE_CHUNK; unread placeholders
+    otherwise) or chunk by chunk.  The forward and the backward share it: the gradient of the value
     computed."""
     sq = xx
-    near = _antipode_rows(xx, yy, xy, k)
+    near = _antipode_rows(xx, yy, xy, k, _ANTIPODE_CUT)
     if near:
         if ONE_CHUNK:
             sq = _antipode_sq(xv, yv, k * xx)
         else:
             sq = _antipode_sq_chunked(x_row, y_row, rmask, D, k * xx, CT, BLOCK_M, BLOCK_D)
     den0, lo = _antipode_den(xx, yy, xy, dd, k, sq)
-    return den0, lo, near
+    return den0, lo
 
 
-# logmap's rows near x's antipode in the float types (CT below float64): their output and gradients in float64, the
-# usual float write masked off them.  There a, c ~ 1 / sqrt(den) and the terms a x, c (x - y) cancel to O(1) (dx, dy:
-# ~1 / den-sized terms), so a float write is ~eps32 / sqrt(den) off, more than the eager reference, which cancels only
-# in its numerator; in float64 the rows round once (as csrc/cpu/stereographic_lanes.h's write_near_row).  The tiles
-# are reloaded in float64: no float64 tile is held in the usual path.
+# logmap's rows near x's antipode in the float types (CT below float64; the sums' den below _ANTIPODE_FLOAT_CUT_FWD /
+# _BWD): their output and gradients in float64, the usual float write masked off them.  There a, c ~ 1 / sqrt(den)
+# and the terms a x, c (x - y) cancel to O(1) (dx, dy: ~1 / den-sized terms), so a float write is ~eps32 / sqrt(den)
+# off (gradients ~eps32 / den), more than the float rule allows beside the eager reference, whose error is of the same
+# order (it cancels in its numerator); in float64 the rows round once (as csrc/cpu/stereographic_lanes.h's
+# write_near_row).  The tiles are reloaded in float64: no float64 tile is held in the usual path.
 @triton.jit
 def _near_rows_out(o_row, x_row, y_row, nmask, cols, D, a, b, c, BLOCK_D: tl.constexpr):
     """The forward's rows nmask (float64 coefficients a, b, c) in float64."""
@@ -822,20 +829,20 @@ def _stereo_fwd_kernel(
     # ---- pass 2: out = a x + b y + c (x - y), or the row value a for scalar ops (row math in float64)
     if OP == LOGMAP:
         # logmap's rows near x's antipode: den from a second pass over the row (_logmap_den0), only in the
-        # programs that have one; in float types, those rows are written again in float64 below
+        # programs that have one; in float types, those rows (up to _ANTIPODE_FLOAT_CUT_FWD) in float64 below
         xx, yy, xy, dd, k = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64)
         if not ONE_CHUNK:
             xv, yv = rmask, rmask  # (unread placeholders)
-        den0, lo, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
-                                      ONE_CHUNK)
+        den0, lo = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
+                                ONE_CHUNK)
         a, b, c = _logmap_coef(xx, yy, xy, dd, k, den0, lo, CUT)
     else:
         a, b, c = _fwd_coef(OP, xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64), PARAM, CUT)
     wmask = rmask  # the rows of the usual write
     if OP == LOGMAP:
         if CT != F64:
-            if near:  # the rows near x's antipode in float64 (_near_rows_out)
-                nmask = rmask & _antipode_near(xx, yy, xy, k)
+            if _antipode_rows(xx, yy, xy, k, _ANTIPODE_FLOAT_CUT_FWD):  # those rows in float64 (_near_rows_out)
+                nmask = rmask & _antipode_near(xx, yy, xy, k, _ANTIPODE_FLOAT_CUT_FWD)
                 _near_rows_out(o_row, x_row, y_row, nmask, cols, D, a, b, c, BLOCK_D)
                 wmask = rmask & ~nmask
     if not SCALAR_OUT:
@@ -890,8 +897,11 @@ def _stereo_bwd_kernel(
     xx, yy, xy, dd, k, r = xx.to(F64), yy.to(F64), xy.to(F64), dd.to(F64), k.to(F64), r.to(F64)
     if OP == LOGMAP:
         # the forward's den near x's antipode (_logmap_den0): the gradient of the value computed
-        den0, lo, near = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
-                                      ONE_CHUNK)
+        den0, lo = _logmap_den0(xx, yy, xy, dd, k, xv, yv, x_row, y_row, rmask, D, CT, BLOCK_M, BLOCK_D,
+                                ONE_CHUNK)
+        # a row near x's antipode up to _ANTIPODE_FLOAT_CUT_BWD: this program's gradients in float64 below (the flag
+        # taken here, before the adjoints: 255 -> 250 registers in the narrow float32 kernel, Triton 3.6)
+        near_f64 = _antipode_rows(xx, yy, xy, k, _ANTIPODE_FLOAT_CUT_BWD)
         g_xx, g_yy, g_xy, g_dd, g_k = _logmap_vjp(xx, yy, xy, dd, k, den0, lo, ga.to(F64), gb.to(F64), gc.to(F64), CUT)
         g_r = tl.zeros_like(xx)
     else:
@@ -920,8 +930,9 @@ def _stereo_bwd_kernel(
             gyc = b - c
         NEAR_F64: tl.constexpr = OP == LOGMAP and CT != F64
         if NEAR_F64:
-            if near:
-                # a program with a row near x's antipode: all its rows in float64 (_near_rows_grads).  Those rows
+            if near_f64:
+                # a program with a row near x's antipode (up to _ANTIPODE_FLOAT_CUT_BWD): all its rows in float64
+                # (_near_rows_grads).  Those rows
                 # alone, the usual write masked off them as in the forward, took 255 registers and spilled 4 B
                 # (narrow float32, Triton 3.6 sm_90)
                 _near_rows_grads(dx_row, dy_row, x_row, y_row, g_row, rmask, D, 2.0 * g_xx, 2.0 * g_yy, g_xy,

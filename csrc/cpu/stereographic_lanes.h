@@ -330,25 +330,25 @@ inline void block_scalars(const RowScalars& sc, int64_t i0, int64_t nv, int64_t 
   } while (++b < nv);
 }
 
-// logmap on the sphere near x's antipode (stereo::antipode_cut, stereo_math.h): whether a lane of 0 .. nv (a whole
-// number of vectors) has k > 0 and den = 1 + 2k xy + k^2 xx yy (sub_den's k > 0 form) below the cut.  One compare per
-// row; false in the usual case, and then the block's coefficients stand as computed.
-inline bool antipode_lanes(const double* xx, const double* yy, const double* xy, const double* kk, int64_t nv) {
-  const Vec zero(0.0), one(1.0), two(2.0), cut(stereo::antipode_cut<double>());
+// logmap on the sphere near x's antipode (stereo::antipode_cut, stereo_math.h): the mask of the lanes of 0 .. nv (a
+// whole number of vectors, at most kMaxBlock) with k > 0 and den = 1 + 2k xy + k^2 xx yy (sub_den's k > 0 form)
+// below cut_ (antipode_cut, or a float type's write cut).  One compare per row; 0 in the usual case.
+inline uint64_t antipode_lanes(const double* xx, const double* yy, const double* xy, const double* kk, int64_t nv,
+                               double cut_) {
+  static_assert(kMaxBlock <= 64, "antipode_lanes: one bit per row of a block");
+  const Vec zero(0.0), one(1.0), two(2.0), cut(cut_);
+  uint64_t m = 0;
   for (int64_t v = 0; v < nv; v += kLanes) {
     const Vec k = Vec::loadu(kk + v);
     const Vec den = one + two * k * Vec::loadu(xy + v) + k * k * Vec::loadu(xx + v) * Vec::loadu(yy + v);
-    if (((k > zero) & (den < cut)).zero_mask() != (1 << kLanes) - 1) return true;
+    m |= uint64_t(~((k > zero) & (den < cut)).zero_mask() & ((1 << kLanes) - 1)) << v;
   }
-  return false;
+  return m;
 }
 
-// A row's den as |x + k xx y|^2 / xx (stereo_math.h, above antipode_cut) where it is near x's antipode (k > 0 and the
-// sums' den below the cut), else -1.
+// A row's den as |x + k xx y|^2 / xx (stereo_math.h, above antipode_cut): a second pass over the row.
 template <typename scalar_t>
-inline double antipode_den(const scalar_t* xr, const scalar_t* yr, int64_t D, double k, double xx, double yy,
-                           double xy) {
-  if (!(k > 0.0) || !(1.0 + 2.0 * k * xy + k * k * xx * yy < stereo::antipode_cut<double>())) return -1.0;
+inline double antipode_den(const scalar_t* xr, const scalar_t* yr, int64_t D, double k, double xx) {
   const double kx = k * xx;
   double s = 0.0;
   for (int64_t j = 0; j < D; ++j) {
@@ -359,20 +359,23 @@ inline double antipode_den(const scalar_t* xr, const scalar_t* yr, int64_t D, do
 }
 
 // logmap's rows near x's antipode in a block of rows i0 .. i0 + nb (row sums xx, yy, xy and k per lane, initialised
-// up to nb rounded up to whole vectors): visit(b, den) with antipode_den's den for each such row b, after one vector
-// compare per lane vector in the usual case (antipode_lanes).  The forward's coefficients and the backward's adjoints
-// of those rows take that den (fwd_rows' block_coefs, bwd_rows), floored at stereo::antipode_min_den in every scalar
-// type: the rows visited are written in double in every type (write_near_row, bwd_rows' double write_grads), and
-// min_den's 1e-15 shortened the rows within ~3e-8 of the antipode by up to 97 % (float inputs reach den ~1e-28 too).
+// up to nb rounded up to whole vectors): visit(b, den) for each row b with k > 0 and the sums' den below cut
+// (antipode_cut; a float type's write cut, stereo::antipode_float_cut_fwd / _bwd, above it), den antipode_den's where
+// the sums' den is below antipode_cut, else -1 (the block's coefficients stand); one vector compare per lane vector in
+// the usual case (antipode_lanes).  The forward's coefficients and the backward's adjoints of the rows with a den
+// take it (fwd_rows' block_coefs, bwd_rows), floored at stereo::antipode_min_den in every scalar type: the rows
+// visited are written in double in every type (write_near_row, bwd_rows' double write_grads), and min_den's 1e-15
+// shortened the rows within ~3e-8 of the antipode by up to 97 % (float inputs reach den ~1e-28 too).
 template <typename scalar_t, typename F>
 inline void antipode_block(const scalar_t* xp, int64_t sx, const scalar_t* yp, int64_t sy, int64_t i0, int64_t nb,
-                           int64_t D, const double* xx, const double* yy, const double* xy, const double* kk,
+                           int64_t D, const double* xx, const double* yy, const double* xy, const double* kk, double cut,
                            F&& visit) {
-  if (!antipode_lanes(xx, yy, xy, kk, (nb + kLanes - 1) / kLanes * kLanes)) return;
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t i = i0 + b;
-    const double den = antipode_den(xp + i * sx, yp + i * sy, D, kk[b], xx[b], yy[b], xy[b]);
-    if (den >= 0.0) visit(b, den);
+  uint64_t m = antipode_lanes(xx, yy, xy, kk, (nb + kLanes - 1) / kLanes * kLanes, cut);
+  if (nb < 64) m &= (uint64_t(1) << nb) - 1;
+  for (; m; m &= m - 1) {
+    const int64_t b = __builtin_ctzll(m), i = i0 + b;
+    const double k = kk[b], den0 = 1.0 + 2.0 * k * xy[b] + k * k * xx[b] * yy[b];
+    visit(b, den0 < stereo::antipode_cut<double>() ? antipode_den(xp + i * sx, yp + i * sy, D, k, xx[b]) : -1.0);
   }
 }
 
@@ -1152,18 +1155,23 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   };
   // ... and logmap's rows near x's antipode (k > 0, antipode_lanes) again in scalar double with den from a second pass
   // over the row (antipode_den): the sums' den is off by ~eps / den relative there.  Returns those rows' mask (bit b:
-  // row i0 + b; 0 in the usual case), which the writes take (write_block_row, near_rows).
+  // row i0 + b; 0 in the usual case), which the writes take (write_block_row, write_near_rows).
+  // In float types the mask reaches up to stereo::antipode_float_cut_fwd (the rows between antipode_cut and it keep
+  // their coefficients, double there: z >= the float series cut; only their write changes).
   auto block_coefs = [&](int64_t i0, int64_t nv, int64_t end, const double* xx, const double* yy, const double* xy,
                          const double* dd, double* kk, double* rr, double* ca, double* cb, double* cc) -> uint64_t {
     block_coefs_sums(i0, nv, end, xx, yy, xy, dd, kk, rr, ca, cb, cc);
     uint64_t near = 0;
     if constexpr (OP == LOGMAP) {
-      antipode_block(xp, sx, yp, sy, i0, std::min(nv, end - i0), D, xx, yy, xy, kk, [&](int64_t b, double den) {
+      const double cut = std::is_same<scalar_t, double>::value ? stereo::antipode_cut<double>()
+                                                                : stereo::antipode_float_cut_fwd<double>();
+      antipode_block(xp, sx, yp, sy, i0, std::min(nv, end - i0), D, xx, yy, xy, kk, cut, [&](int64_t b, double den) {
+        near |= uint64_t(1) << b;
+        if (den < 0.0) return;
         DirectMath<double> dm;
         const double lo = stereo::antipode_min_den<double>();
         const Coef<double> c = stereo::logmap_coef(Row<double>{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0}, den, dm, lo);
         ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
-        near |= uint64_t(1) << b;
       });
     }
     return near;
@@ -1191,6 +1199,13 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
   auto write_near_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc) {
     const int64_t i = i0 + b;
     write_row<scalar_t, HAS_Y>(xp + i * sx, yp + i * sy, op_ + i * so, D, ca[b], cb[b], cc[b]);
+  };
+  // ... the rows of a block's mask near (nonzero), over the usual write of the block: out of line, so that the short
+  // rows' block function (the blocks the fp32 fast paths decline: most at k > 0) keeps its size and its row loop no
+  // test (session 44 tested each row in the loop: its fp32 forward at 2^20 x 5, k = +1 was 4.5 % slower)
+  auto write_near_rows = [&](int64_t i0, uint64_t near, const double* ca, const double* cb, const double* cc)
+      __attribute__((noinline, cold)) {
+    for (; near; near &= near - 1) write_near_row(i0, __builtin_ctzll(near), ca, cb, cc);
   };
   auto write_block_row = [&](int64_t i0, int64_t b, const double* ca, const double* cb, const double* cc,
                              uint64_t near) {
@@ -1382,11 +1397,18 @@ void fwd_rows(const at::Tensor& x, const at::Tensor& y, const RowScalars& sc, do
       write_block<scalar_t, HAS_Y>(xp + i0 * D, HAS_Y ? yp + i0 * D : nullptr, op_ + i0 * D, static_cast<int>(nb * D), rowof, fa, fb,
                                    fc);
       if constexpr (kNearDouble) {  // (over the stream's write of those rows)
-        for (uint64_t m = near; m; m &= m - 1) write_near_row(i0, __builtin_ctzll(m), ca, cb, cc);
+        if (near) write_near_rows(i0, near, ca, cb, cc);
       }
       return;
     }
-    for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc, near);
+    if constexpr (SHORT) {
+      for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc, 0);
+      if constexpr (kNearDouble) {  // (likewise)
+        if (near) write_near_rows(i0, near, ca, cb, cc);
+      }
+    } else {  // (long rows: their write may be streamed stores, so those rows are not written twice)
+      for (int64_t b = 0; b < nb; ++b) write_block_row(i0, b, ca, cb, cc, near);
+    }
   };
   if constexpr (kF32Op) {
     // fp32 rows of the ops / D of kOpPaths: one register pass per group of rows over each chunk's blocks
@@ -1550,9 +1572,14 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
     // derivative of the value computed
     // (and, in float types, their gradients written in double: like the forward's write, dx and dy are sums of
     // ~1 / den-sized terms that cancel, ~eps32 / sqrt(den) off in float)
+    // (float types: up to stereo::antipode_float_cut_bwd, the rows above antipode_cut with their lane adjoints)
     uint64_t near = 0;
     if constexpr (OP == LOGMAP) {
-      antipode_block(xp, sx, yp, sy, i0, nb, D, xx, yy, xy, kk, [&](int64_t b, double den) {
+      const double cut = std::is_same<scalar_t, double>::value ? stereo::antipode_cut<double>()
+                                                                : stereo::antipode_float_cut_bwd<double>();
+      antipode_block(xp, sx, yp, sy, i0, nb, D, xx, yy, xy, kk, cut, [&](int64_t b, double den) {
+        near |= uint64_t(1) << b;
+        if (den < 0.0) return;
         DirectMath<double> dm;
         const Row<double> s{xx[b], yy[b], xy[b], dd[b], kk[b], 0.0};
         const double lo = stereo::antipode_min_den<double>();
@@ -1560,7 +1587,6 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
         axx[b] = adj.xx, ayy[b] = adj.yy, axy[b] = adj.xy, add[b] = adj.dd, ak[b] = adj.k, ar[b] = adj.r;
         const Coef<double> c = stereo::logmap_coef(s, den, dm, lo);
         ca[b] = c.a, cb[b] = c.b, cc[b] = c.c;
-        near |= uint64_t(1) << b;
       });
     }
     for (int64_t b = 0; b < nb; ++b) {
@@ -1604,12 +1630,14 @@ void bwd_rows(const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, con
         }
       }
     };
-    for (int64_t b = 0; b < nb; ++b) {
-      if (near >> b & 1) {
-        write_grads(double(0), b);
-      } else {
-        write_grads(opmath_t(0), b);
-      }
+    // every row in opmath_t, then the rows in near again in double, out of line (session 44 chose per row in the
+    // loop: its float32 logmap backward was 5-27 % slower at 2^20 x 2, for either sign of k)
+    for (int64_t b = 0; b < nb; ++b) write_grads(opmath_t(0), b);
+    if constexpr (!std::is_same<opmath_t, double>::value) {
+      auto write_near_grads = [&](uint64_t m) __attribute__((noinline, cold)) {
+        for (; m; m &= m - 1) write_grads(double(0), __builtin_ctzll(m));
+      };
+      if (near) write_near_grads(near);
     }
   });
 }

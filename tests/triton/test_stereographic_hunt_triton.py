@@ -570,27 +570,13 @@ def test_logmap_sphere_near_antipode(device, d, chunk):
                                    rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("chunk", [None, 8])
-@pytest.mark.parametrize("d", [2, 7, 19])
-def test_logmap_sphere_near_antipode_fp32(device, d, chunk):
-    """float32 logmap near x's antipode (y within 1e-5 .. 1e-1 of it, k = 0.5, 2) between random rows, on the Triton
-    kernels, one tile and chunked (max_block_d=8): value, dx, dy by the low-precision rule (the CPU hunt's
-    test_logmap_sphere_near_antipode_fp32).  The kernels wrote those rows in float, out = a x + c (x - y) with a, c ~
-    1 / sqrt(den) cancelling to O(1): 2-10x the eager float32 reference's error; now in float64 (_near_rows_out,
-    _near_rows_grads)."""
+def _logmap_rule_fp32(device, chunk, x, y, k, seed=5):
+    """logmap's value, dx and dy on the Triton kernels (max_block_d=chunk; float32 x, y, k) by the CPU hunt's float
+    rule against the float64 reference."""
     from geoops.kernels import stereographic as S
 
     nh = _numhunt()
-    f64 = torch.float64
-    xs, ys, ks = [], [], []
-    for kv in (0.5, 2.0):
-        xa, ya = nh._antipode_pairs(12, d, kv, seed=3 + d, lo=-5, hi=-1)
-        xr, yr = (torch.randn(6, d, generator=torch.Generator().manual_seed(s), dtype=f64) * 0.5 for s in (1, 2))
-        xs += [xr[:3], xa, xr[3:]]
-        ys += [yr[:3], ya, yr[3:]]
-        ks.append(torch.full((18, 1), kv, dtype=f64))
-    x, y, k = torch.cat(xs).float(), torch.cat(ys).float(), torch.cat(ks).float()
-    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=f64).float()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
 
     def run(fn, x, y, k):
         if fn is gs.logmap:  # ours: the kernels themselves (max_block_d)
@@ -603,6 +589,27 @@ def test_logmap_sphere_near_antipode_fp32(device, d, chunk):
         return [out.detach(), *torch.autograd.grad((out * w.to(out.dtype)).sum(), (x, y))]
 
     nh._check_rule(run, gs.logmap, (x, y, k), ("out", "dx", "dy"), n_vec=2)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 7, 19])
+def test_logmap_sphere_near_antipode_fp32(device, d, chunk):
+    """float32 logmap near x's antipode (y within 1e-5 .. 1e-1 of it, k = 0.5, 2) between random rows, on the Triton
+    kernels, one tile and chunked (max_block_d=8): value, dx, dy by the low-precision rule (the CPU hunt's
+    test_logmap_sphere_near_antipode_fp32).  The kernels wrote those rows in float, out = a x + c (x - y) with a, c ~
+    1 / sqrt(den) cancelling to O(1): 2-10x the eager float32 reference's error; now in float64 (_near_rows_out,
+    _near_rows_grads)."""
+    nh = _numhunt()
+    f64 = torch.float64
+    xs, ys, ks = [], [], []
+    for kv in (0.5, 2.0):
+        xa, ya = nh._antipode_pairs(12, d, kv, seed=3 + d, lo=-5, hi=-1)
+        xr, yr = (torch.randn(6, d, generator=torch.Generator().manual_seed(s), dtype=f64) * 0.5 for s in (1, 2))
+        xs += [xr[:3], xa, xr[3:]]
+        ys += [yr[:3], ya, yr[3:]]
+        ks.append(torch.full((18, 1), kv, dtype=f64))
+    x, y, k = torch.cat(xs).float(), torch.cat(ys).float(), torch.cat(ks).float()
+    _logmap_rule_fp32(device, chunk, x, y, k)
 
 
 @pytest.mark.parametrize("chunk", [None, 8])
@@ -637,6 +644,41 @@ def test_logmap_sphere_within_3e8_of_antipode(device, d, chunk):
     assert (out.norm(dim=-1) <= math.pi * (1 + (x * x).sum(-1)) / 2).all(), out
     grads = S._stereo_bwd(7, torch.ones_like(x), x, y, k, None, 0.0, 7, max_block_d=chunk)[:3]
     assert all(torch.isfinite(t).all() for t in grads)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 7])
+def test_logmap_sphere_antipode_band_fp32(device, d, chunk):
+    """The CPU hunt's test_logmap_sphere_antipode_band_fp32 on the Triton kernels, one tile and chunked: float32 rows
+    with den 1e-3 .. 1 (k = 0.5, 1, 2), value, dx, dy by the float rule.  Rows above _ANTIPODE_CUT kept the float
+    write (~3 eps32 / sqrt(den), gradients ~15 eps32 / den) until session 45; now in float64 up to
+    _ANTIPODE_FLOAT_CUT_FWD / _BWD (_near_rows_out, _near_rows_grads)."""
+    nh = _numhunt()
+    xs, ys, ks = [], [], []
+    for i, kv in enumerate((0.5, 1.0, 2.0)):
+        for lo in (-3, -2, -1):
+            xa, ya = nh._antipode_band_rows(60, d, kv, lo, lo + 1, seed=100 * i + 10 * d - lo)
+            xs, ys, ks = xs + [xa], ys + [ya], ks + [torch.full((60, 1), kv, dtype=torch.float64)]
+    x, y, k = torch.cat(xs).float(), torch.cat(ys).float(), torch.cat(ks).float()
+    _logmap_rule_fp32(device, chunk, x, y, k, seed=6)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("d", [2, 33])
+def test_logmap_sphere_antipode_band_fp32_double_write(device, d, chunk):
+    """The CPU hunt's test of the same name on the Triton kernels, one tile and chunked: float32 rows with den 1e-3 ..
+    0.04 written in float64 (_near_rows_out), each within 4 eps32 of the float64 reference (the float write: ~3e-6)."""
+    from geoops.kernels import stereographic as S
+    from geoops.reference import stereographic as ref
+
+    nh = _numhunt()
+    xs, ys = zip(*[nh._antipode_band_rows(40, d, kv, -3, -1.4, seed=d + i) for i, kv in enumerate((0.5, 2.0))])
+    k = torch.cat([torch.full((40,), kv) for kv in (0.5, 2.0)])
+    x, y = torch.cat(xs).float(), torch.cat(ys).float()
+    want = ref.logmap(x.double(), y.double(), k=k.double().reshape(-1, 1))
+    got = S._stereo_fwd(7, x.to(device), y.to(device), k.to(device), None, 0.0, max_block_d=chunk).cpu()
+    err = (got.double() - want).norm(dim=-1) / want.norm(dim=-1)
+    assert err.max().item() <= 4 * 2.0 ** -23, err.max().item()
 
 
 @pytest.mark.parametrize("chunk", [None, 8])

@@ -202,6 +202,18 @@ template <typename T> GEO_HD T antipode_cut() { return T(1e-3); }
 // those rows in double, the float types' too (CPU write_near_row, Triton _near_rows_out, CUDA's double compute), so
 // every type takes this floor.
 template <typename T> GEO_HD T antipode_min_den() { return T(1e-30); }
+// The float types' near-antipode rows written in double reach beyond antipode_cut (the rows between take the sums'
+// den: only their write changes).  A float write of logmap's row, out = a x + c (x - y) with a, c ~ 1 / sqrt(den)
+// (x + k xx y, the direction that survives, is the difference of O(1) terms), is off by ~3 eps32 / sqrt(den) relative
+// (the coefficients and the sums are double, so not D-dependent); its gradients, sums of ~1 / den-sized terms, by
+// ~15 eps32 / den.  The eager float32 reference is of the same order (more with D: its sums are float), so per row the
+// float rule (ours <= 2x eager + 2e-6, 4e-6 for gradients) holds only where that error is below the floor itself:
+// den >~ 0.03 for the value, ~0.5 for the gradients (a scan of random rows near the antipode, D = 2: value rows over
+// the rule up to den 1e-1.5, gradient rows up to ~0.3).  Both cuts stay below 0.95: there z = k dd / den >= 0.05, the
+// float series cut, so the fp32 fast paths and the float calls (which need z below it) decline every such row and the
+// rows' coefficients are double.
+template <typename T> GEO_HD T antipode_float_cut_fwd() { return T(0.05); }
+template <typename T> GEO_HD T antipode_float_cut_bwd() { return T(0.5); }
 
 // Which form logmap writes (-x) (+) y's numerator N = k dd x - (1 + k xx)(x - y) in (session 39).  N has three
 // equal forms, N = a x + b y = k dd x - b (x - y) = k dd y + a (x - y) with a = -(1 + 2k<x,y> - k yy), b = 1 + k xx
