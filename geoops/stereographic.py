@@ -2433,7 +2433,12 @@ def _midpoint_mean(x, w, k, posweight):
         return _PAIR["midpoint_mean_fwd"](F, L, k)
     F, L = _midpoint_sums(x, w, k, posweight)
     half = torch.full((x.shape[0], 1), 0.5, dtype=torch.float64, device=x.device)
-    return mobius_scalar_mul(half, F / _ops.midpoint_den(L), k=k.unsqueeze(-1))
+    f = F / _ops.midpoint_den(L)
+    mean = mobius_scalar_mul(half, f, k=k.unsqueeze(-1))
+    if _branch_free() or bool(k.lt(0).any()):  # the ball: 1 + k|f|^2 from the sums (a torch pass over the points)
+        q = _ops.midpoint_root_sums(x, w, k, posweight, F, L)
+        mean = _ops.midpoint_half(f, q, L.unsqueeze(-1), k.to(torch.float64).reshape(-1, 1), mean)
+    return mean
 
 
 def _weights_at(weights: torch.Tensor, dim: int) -> torch.Tensor:
@@ -2572,12 +2577,16 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
     if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
         w = w.abs()
-    den = rsum((gamma - 1) * w)
+    L = rsum((gamma - 1) * w)
     num = rsum(gamma * w * xs)
-    den = torch.where(den >= 0, den.clamp_min(1e-10), den.clamp_max(-1e-10))
+    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10))
     two_mean = num / den
     half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
     mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
+    if compiling or bool(kk.lt(0).any()):  # the ball: 1 + k|f|^2 from the sums, not from f (it cancels there)
+        wb, _ = torch.broadcast_tensors(w, gamma)
+        q = _ops.midpoint_root(xs, wb, gamma, kk, num, L, rsum, dim)
+        mean = _ops.midpoint_half(two_mean, q, L, kk, mean)
     if compiling or bool(torch.any(kk.gt(0))):
         b_mean = antipode(mean, k=kk, dim=dim)
         a_dist = rsum(dist(mean, xs, k=kk, keepdim=True, dim=dim))
