@@ -2428,9 +2428,29 @@ def _midpoint_mean(x, w, k, posweight):
     row kernels."""
     if not _transformed() and x.device.type == "cpu" and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
         if _library.autograd_wanted(x, w, k):
-            return MidpointFn.apply(x, w, k, posweight)
-        F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
-        return _PAIR["midpoint_mean_fwd"](F, L, k)
+            mean = MidpointFn.apply(x, w, k, posweight)
+        else:
+            F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
+            mean = _PAIR["midpoint_mean_fwd"](F, L, k)
+        # the kernels form 1 + k|f|^2 from f; where that cancels (a ball's midpoint near its boundary) the groups
+        # run again on the path below, whose root comes from the sums (value and gradient)
+        with torch.no_grad():
+            near = _ops.midpoint_near_boundary(mean, k)
+        if _branch_free():
+            return torch.where(near.unsqueeze(-1), _midpoint_mean_generic(x, w, k, posweight), mean)
+        if not bool(near.any()):
+            return mean
+        idx = near.nonzero().squeeze(1)
+        again = _midpoint_mean_generic(x[idx], None if w is None else w[idx], k if k.numel() == 1 else k[idx],
+                                       posweight)
+        return mean.index_put((idx,), again)
+    return _midpoint_mean_generic(x, w, k, posweight)
+
+
+def _midpoint_mean_generic(x, w, k, posweight):
+    """_midpoint_mean on the sums (MidpointSumsFn: the C++ or Triton kernels, or torch ops), the epilogue as torch
+    ops and the row kernels, and for k < 0 the root from the sums (_ops.midpoint_root_sums: a torch pass over the
+    points)."""
     F, L = _midpoint_sums(x, w, k, posweight)
     half = torch.full((x.shape[0], 1), 0.5, dtype=torch.float64, device=x.device)
     f = F / _ops.midpoint_den(L)

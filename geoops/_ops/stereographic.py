@@ -757,6 +757,15 @@ def midpoint_half(f, q, L, k, old):
     return torch.where(use, f / (1 + qs.sqrt()), old)
 
 
+def midpoint_near_boundary(mean, k):
+    """[G] bool: the groups whose midpoint (mean [G, D]) lies in a ball (k < 0) with 1 + k|mean|^2 < 2/3, i.e.
+    1 + k|f|^2 < 1/4: there 1 + k|f|^2 formed from f loses more than ~2 bits (relative error ~eps |k||f|^2 / q)
+    and the mean more than an ulp; elsewhere it is within ~1 ulp."""
+    kk = k.to(torch.float64).reshape(-1)
+    m = mean.to(torch.float64)
+    return (kk < 0) & (1 + kk * (m * m).sum(-1) < 2.0 / 3.0)
+
+
 def midpoint_root_sums(x, w, k, posweight: bool, F, L):
     """midpoint_root for the sums' layout (x [G, N, D], w [G, N] or None, k [1] or [G], F [G, D], L [G]): q [G, 1]
     in float64 (a torch pass over the points, autograd-differentiable)."""
