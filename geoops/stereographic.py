@@ -2438,9 +2438,9 @@ def _midpoint_mean(x, w, k, posweight):
             near = _ops.midpoint_near_boundary(mean, k)
         if _branch_free():
             return torch.where(near.unsqueeze(-1), _midpoint_mean_generic(x, w, k, posweight), mean)
-        if not bool(near.any()):
+        idx = near.nonzero().squeeze(1)  # (a CPU tensor: no device sync; numel is host metadata)
+        if idx.numel() == 0:
             return mean
-        idx = near.nonzero().squeeze(1)
         again = _midpoint_mean_generic(x[idx], None if w is None else w[idx], k if k.numel() == 1 else k[idx],
                                        posweight)
         return mean.index_put((idx,), again)
