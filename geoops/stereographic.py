@@ -2435,7 +2435,9 @@ def _midpoint_mean(x, w, k, posweight):
         # the kernels form 1 + k|f|^2 from f; where that cancels (a ball's midpoint near its boundary) the groups
         # run again on the path below, whose root comes from the sums (value and gradient)
         with torch.no_grad():
-            near = _ops.midpoint_near_boundary(mean, k)
+            near = _ops.midpoint_near_boundary(mean, k, host=not _branch_free())
+        if near is None:
+            return mean
         if _branch_free():
             return torch.where(near.unsqueeze(-1), _midpoint_mean_generic(x, w, k, posweight), mean)
         idx = near.nonzero().squeeze(1)  # (a CPU tensor: no device sync; numel is host metadata)

@@ -757,13 +757,20 @@ def midpoint_half(f, q, L, k, old):
     return torch.where(use, f / (1 + qs.sqrt()), old)
 
 
-def midpoint_near_boundary(mean, k):
+def midpoint_near_boundary(mean, k, host: bool = True):
     """[G] bool: the groups whose midpoint (mean [G, D]) lies in a ball (k < 0) with 1 + k|mean|^2 < 2/3, i.e.
     1 + k|f|^2 < 1/4: there 1 + k|f|^2 formed from f loses more than ~2 bits (relative error ~eps |k||f|^2 / q)
-    and the mean more than an ulp; elsewhere it is within ~1 ulp."""
+    and the mean more than an ulp; elsewhere it is within ~1 ulp.  None when no group can be (a CPU k of one
+    value >= 0, read on the host where ``host``).  Few ops, no [G, D] temporary: it runs on every C++ midpoint
+    call."""
+    if host and k.numel() == 1 and k.device.type == "cpu":
+        kv = float(k.reshape(()))
+        if not kv < 0:
+            return None
+        return torch.linalg.vector_norm(mean, dim=-1) > (1.0 / (3.0 * -kv)) ** 0.5
     kk = k.to(torch.float64).reshape(-1)
-    m = mean.to(torch.float64)
-    return (kk < 0) & (1 + kk * (m * m).sum(-1) < 2.0 / 3.0)
+    n = torch.linalg.vector_norm(mean, dim=-1).to(torch.float64)
+    return (kk < 0) & (1 + kk * (n * n) < 2.0 / 3.0)
 
 
 def midpoint_root_sums(x, w, k, posweight: bool, F, L):
