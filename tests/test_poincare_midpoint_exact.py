@@ -193,13 +193,16 @@ def _wmid_case(case, delta, c=1.0, D=3, N=6):
     if case == "dim0":  # vectors along dim 0, points along dim 1
         return (x2.T.contiguous(), w[1], dict(reducedim=1, dim=0), [(x2, w[1])], lambda t: t.T[None],
                 lambda t: [t], lambda m: m[None])
-    # two groups (dim 0), the points along dim 1, weights per group; keepdim
+    # two groups (dim 0), the points along dim 1, weights per group; keepdim.  "mixed": the second group far from
+    # the boundary (the C++ path re-runs only the first)
+    if case == "mixed":
+        x2, _ = ex.cloud(N, D, c, 0.8, 0.5, seed=2)
     xs = torch.stack([x1, x2])
     return (xs, w, dict(reducedim=1, keepdim=True), [(x1, w[0]), (x2, w[1])], lambda t: t, lambda t: list(t),
             lambda m: m.reshape(2, D))
 
 
-CASES = ["plain", "weights_keepdim", "posweight", "dim0", "groups"]
+CASES = ["plain", "weights_keepdim", "posweight", "dim0", "groups", "mixed"]
 
 
 def _wmid_run(backend, xs, w, k, kw, g):
