@@ -2428,12 +2428,39 @@ def _midpoint_mean(x, w, k, posweight):
     row kernels."""
     if not _transformed() and x.device.type == "cpu" and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
         if _library.autograd_wanted(x, w, k):
-            return MidpointFn.apply(x, w, k, posweight)
-        F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
-        return _PAIR["midpoint_mean_fwd"](F, L, k)
+            mean = MidpointFn.apply(x, w, k, posweight)
+        else:
+            F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
+            mean = _PAIR["midpoint_mean_fwd"](F, L, k)
+        # the kernels form 1 + k|f|^2 from f; where that cancels (a ball's midpoint near its boundary) the groups
+        # run again on the path below, whose root comes from the sums (value and gradient)
+        with torch.no_grad():
+            near = _ops.midpoint_near_boundary(mean, k, host=not _branch_free())
+        if near is None:
+            return mean
+        if _branch_free():
+            return torch.where(near.unsqueeze(-1), _midpoint_mean_generic(x, w, k, posweight), mean)
+        idx = near.nonzero().squeeze(1)  # (a CPU tensor: no device sync; numel is host metadata)
+        if idx.numel() == 0:
+            return mean
+        again = _midpoint_mean_generic(x[idx], None if w is None else w[idx], k if k.numel() == 1 else k[idx],
+                                       posweight)
+        return mean.index_put((idx,), again)
+    return _midpoint_mean_generic(x, w, k, posweight)
+
+
+def _midpoint_mean_generic(x, w, k, posweight):
+    """_midpoint_mean on the sums (MidpointSumsFn: the C++ or Triton kernels, or torch ops), the epilogue as torch
+    ops and the row kernels, and for k < 0 the root from the sums (_ops.midpoint_root_sums: a torch pass over the
+    points)."""
     F, L = _midpoint_sums(x, w, k, posweight)
     half = torch.full((x.shape[0], 1), 0.5, dtype=torch.float64, device=x.device)
-    return mobius_scalar_mul(half, F / _ops.midpoint_den(L), k=k.unsqueeze(-1))
+    f = F / _ops.midpoint_den(L)
+    mean = mobius_scalar_mul(half, f, k=k.unsqueeze(-1))
+    if _branch_free() or bool(k.lt(0).any()):  # the ball: 1 + k|f|^2 from the sums (a torch pass over the points)
+        q = _ops.midpoint_root_sums(x, w, k, posweight, F, L)
+        mean = _ops.midpoint_half(f, q, L.unsqueeze(-1), k.to(torch.float64).reshape(-1, 1), mean)
+    return mean
 
 
 def _weights_at(weights: torch.Tensor, dim: int) -> torch.Tensor:
@@ -2572,12 +2599,16 @@ def _weighted_midpoint_composed(xs, weights, *, k, reducedim, dim, keepdim, linc
     if posweight and (compiling or bool(w.lt(0).any())):
         xs = torch.where(w.lt(0), antipode(xs, k=kk, dim=dim), xs)
         w = w.abs()
-    den = rsum((gamma - 1) * w)
+    L = rsum((gamma - 1) * w)
     num = rsum(gamma * w * xs)
-    den = torch.where(den >= 0, den.clamp_min(1e-10), den.clamp_max(-1e-10))
+    den = torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10))
     two_mean = num / den
     half = torch.full(two_mean.shape[:d] + (1,) + two_mean.shape[d + 1:], 0.5, dtype=xs.dtype, device=xs.device)
     mean = mobius_scalar_mul(half, two_mean, k=kk, dim=dim)
+    if compiling or bool(kk.lt(0).any()):  # the ball: 1 + k|f|^2 from the sums, not from f (it cancels there)
+        wb, _ = torch.broadcast_tensors(w, gamma)
+        q = _ops.midpoint_root(xs, wb, gamma, kk, num, L, rsum, dim)
+        mean = _ops.midpoint_half(two_mean, q, L, kk, mean)
     if compiling or bool(torch.any(kk.gt(0))):
         b_mean = antipode(mean, k=kk, dim=dim)
         a_dist = rsum(dist(mean, xs, k=kk, keepdim=True, dim=dim))

@@ -724,6 +724,70 @@ def midpoint_sums_reference(x, w, k, posweight: bool):
     return F, (sw * (lam - 1.0)).sum(1)
 
 
+def midpoint_root(y, u, lam, k, F, L, rsum, dim: int):
+    """q = 1 + k|f|^2 of the midpoint's f = F / L for k < 0, without its cancellation near the boundary (torch ops,
+    any shapes: ``rsum`` sums over the points keeping dims, ``dim`` is the vector dim, y the points after
+    posweight's flip (for k <= 0 the antipode is -x and lam is unchanged), u their weights, lam = 2 / max(1 + k|y|^2,
+    1e-15), F = sum u lam y, L = sum u (lam - 1)).
+
+    With a_i = u_i lam_i, A = sum a_i, W = sum u_i:  L^2 (1 + k|f|^2) = W^2 - k V + A R, where
+    V = 1/2 sum_ij a_i a_j |y_i - y_j|^2 (the weighted scatter times A; >= 0 for weights >= 0) and
+    R = sum_i u_i (lam_i (1 + k|y_i|^2) - 2), non-zero only on rows whose lam the clamp holds (outside the ball).
+    V is formed about a shift s as A sum a_i |y_i - s|^2 - |sum a_i (y_i - s)|^2, exact for any s; s is the centroid
+    F / A (the second term ~0), detached (V does not depend on it)."""
+    a = u * lam
+    A = rsum(a)
+    with torch.no_grad():
+        s = F / torch.where(A != 0, A, torch.ones_like(A))
+    d = y - s
+    S1 = rsum(a * d)
+    V = A * rsum(a * (d * d).sum(dim, keepdim=True)) - (S1 * S1).sum(dim, keepdim=True)
+    den1 = 1 + k * (y * y).sum(dim, keepdim=True)
+    R = rsum(u * torch.where(den1 <= 1e-15, lam * den1 - 2, torch.zeros_like(den1)))
+    W = rsum(u)
+    return (W * W - k * V + A * R) / (L * L)
+
+
+def midpoint_half(f, q, L, k, old):
+    """1/2 (x)_k f = f / (1 + sqrt(1 + k|f|^2)) with the root q of midpoint_root where it applies (k < 0, L not
+    clamped, q > 0), else ``old`` (the mean formed from f itself: k >= 0, where 1 + k|f|^2 does not cancel, and the
+    degenerate cases).  The unused side gets a safe q (no NaN into the gradient)."""
+    use = (k < 0) & (L.abs() >= 1e-10) & (q > 0)
+    qs = torch.where(use, q, torch.ones_like(q))
+    return torch.where(use, f / (1 + qs.sqrt()), old)
+
+
+def midpoint_near_boundary(mean, k, host: bool = True):
+    """[G] bool: the groups whose midpoint (mean [G, D]) lies in a ball (k < 0) with 1 + k|mean|^2 < 2/3, i.e.
+    1 + k|f|^2 < 1/4: there 1 + k|f|^2 formed from f loses more than ~2 bits (relative error ~eps |k||f|^2 / q)
+    and the mean more than an ulp; elsewhere it is within ~1 ulp.  None when no group can be (a CPU k of one
+    value >= 0, read on the host where ``host``).  Few ops, no [G, D] temporary: it runs on every C++ midpoint
+    call."""
+    if host and k.numel() == 1 and k.device.type == "cpu":
+        kv = float(k.reshape(()))
+        if not kv < 0:
+            return None
+        return torch.linalg.vector_norm(mean, dim=-1) > (1.0 / (3.0 * -kv)) ** 0.5
+    kk = k.to(torch.float64).reshape(-1)
+    n = torch.linalg.vector_norm(mean, dim=-1).to(torch.float64)
+    return (kk < 0) & (1 + kk * (n * n) < 2.0 / 3.0)
+
+
+def midpoint_root_sums(x, w, k, posweight: bool, F, L):
+    """midpoint_root for the sums' layout (x [G, N, D], w [G, N] or None, k [1] or [G], F [G, D], L [G]): q [G, 1]
+    in float64 (a torch pass over the points, autograd-differentiable)."""
+    xd = x.to(torch.float64)
+    kk = k.to(torch.float64).reshape(-1, 1, 1)
+    u = torch.ones(xd.shape[:2], dtype=torch.float64, device=x.device) if w is None else w.to(torch.float64)
+    u = u.unsqueeze(-1)
+    if posweight:  # k <= 0: geoopt's antipode of a point of negative weight is -x, with weight |w| (lam unchanged)
+        flip = u < 0
+        xd, u = torch.where(flip, -xd, xd), u.abs()
+    lam = 2.0 / (1.0 + kk * (xd * xd).sum(-1, keepdim=True)).clamp_min(1e-15)
+    q = midpoint_root(xd, u, lam, kk, F.unsqueeze(1), L.reshape(-1, 1, 1), lambda t: t.sum(1, keepdim=True), -1)
+    return q.squeeze(1)
+
+
 class _MidpointTorch:
     @staticmethod
     def midpoint_fwd(x, w, k, posweight):
