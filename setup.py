@@ -212,7 +212,11 @@ def _extensions():
     # -g0: Python's own CFLAGS (which setuptools puts first) carry -g; the debug info made every object ~50x
     # larger (a 148 MB extension, a 44 MB wheel) and cost ~25 % of each file's compile time.  Code generation is
     # the same with or without it (GCC's rule: -g never changes the instructions), so the kernels are unchanged.
-    cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-g0"]
+    # Hidden visibility: the module exports PyInit__C alone (pybind11 marks it).  With default visibility every
+    # inline function's local static and every inline variable (e.g. a row op's path table) was an STB_GNU_UNIQUE
+    # symbol, unified process-wide: a second build of _C loaded into the same process (an in-process A/B) read the
+    # first build's copies and so ran the first build's kernels.  It also routed internal calls through the PLT.
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-g0", "-fvisibility=hidden", "-fvisibility-inlines-hidden"]
     if not portable:
         cxx.append(f"-march={march}")
     define_macros = []
@@ -234,7 +238,7 @@ def _extensions():
             "geoops._C",
             sources,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "-Xcompiler", "-fvisibility=hidden"]},
             **kwargs,
         )
     else:
