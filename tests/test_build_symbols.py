@@ -6,7 +6,6 @@ points found at run time).  The dynamic loader unifies those process-wide, so a 
 same process (scripts/short_rows/ab_build.py's in-process A/B) used the first build's copies: its module init ran
 the first build's binding functions as well (every function an overload chain whose first entry was, per family,
 either build's) and its row ops read the first build's path table -- the A/B compared a build with itself."""
-import importlib.util
 import pathlib
 import shutil
 import subprocess
@@ -42,12 +41,9 @@ def test_second_build_in_one_process_keeps_its_own_functions(tmp_path):
     copy.parent.mkdir()
     shutil.copy2(so, copy)
     code = textwrap.dedent(f"""
-        import importlib.util
         from geoops import _backend
         first = _backend.compiled()
-        spec = importlib.util.spec_from_file_location("other._C", {str(copy)!r})
-        second = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(second)
+        second = _backend.load_other_build({str(copy)!r})  # raises if its functions are the first build's
         fns = [n for n in dir(second) if type(getattr(second, n)).__name__ == "builtin_function_or_method"]
         chained = [n for n in fns if "Overloaded function" in (getattr(second, n).__doc__ or "")]
         print(len(fns), len(chained), chained[:5])
