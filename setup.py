@@ -212,13 +212,21 @@ def _extensions():
     # -g0: Python's own CFLAGS (which setuptools puts first) carry -g; the debug info made every object ~50x
     # larger (a 148 MB extension, a 44 MB wheel) and cost ~25 % of each file's compile time.  Code generation is
     # the same with or without it (GCC's rule: -g never changes the instructions), so the kernels are unchanged.
-    cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-g0"]
+    # Hidden visibility (with the version script in extra_link_args): the module exports PyInit__C alone.  With
+    # default visibility every inline function's local static and inline variable (the families' binder list, a row
+    # op's path table) was an STB_GNU_UNIQUE symbol, unified process-wide: a second build of _C loaded into the same
+    # process (an in-process A/B) bound the first build's functions into its module and read its tables, so it ran
+    # the first build's kernels.  Exported functions were also called through the PLT (interposable).
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-g0", "-fvisibility=hidden", "-fvisibility-inlines-hidden"]
     if not portable:
         cxx.append(f"-march={march}")
     define_macros = []
     kwargs = dict(
         include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")],
-        extra_link_args=["-fopenmp"],
+        # The headers of the standard library and torch force default visibility on what they declare (their
+        # template instantiations, RTTI of function types, two GNU_UNIQUE tables of std::to_chars): the version
+        # script makes those local too, so the dynamic symbol table holds PyInit__C alone (csrc/exports.map).
+        extra_link_args=["-fopenmp", "-Wl,--version-script=" + os.path.join(ROOT, "csrc", "exports.map")],
     )
     if use_cuda:
         visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
@@ -234,7 +242,7 @@ def _extensions():
             "geoops._C",
             sources,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "-Xcompiler", "-fvisibility=hidden"]},
             **kwargs,
         )
     else:

@@ -30,7 +30,7 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
-NVCC_FLAGS=(-c -std=c++20 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra --threads 0)
+NVCC_FLAGS=(-c -std=c++20 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra,-fvisibility=hidden --threads 0)  # setup.py's visibility
 
 status=0
 

@@ -238,6 +238,26 @@ def compiled():
     return mod
 
 
+def load_other_build(path) -> object:
+    """Another build of geoops._C loaded from `path` beside this process's own, for in-process A/B runs (set
+    `_cache["C"]` to it to route the public ops there).  Refuses a build whose functions are not its own: two builds
+    that both export their inline functions' statics (default visibility, before session 45) share them process-wide,
+    so the later one's module init also ran the first one's binding functions (every function then an overload chain
+    that runs the first build's kernel).  One of the two built with hidden visibility (setup.py) keeps them apart."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"geoops_other_{len(_cache)}._C", str(path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    chained = [n for n in dir(mod) if "Overloaded function" in (getattr(getattr(mod, n), "__doc__", None) or "")]
+    if chained:
+        raise RuntimeError(
+            f"{path}: {len(chained)} of its functions are also another loaded build's ({', '.join(chained[:3])}, ...): "
+            "both builds export their symbols (default visibility), so its calls would run the other build's kernels; "
+            "rebuild either with setup.py's hidden visibility (session 45) and load that one")
+    return mod
+
+
 def triton_kernels(family: str):
     """The module geoops.kernels.<family> when it and Triton import, else None.  Under torch.autocast its functions
     run with autocast off (geoops._library.torch_kernels): the modules compose torch ops around the kernels (the

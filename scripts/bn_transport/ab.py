@@ -9,7 +9,6 @@ running buffers, forward+backward (BnLayerFn: the C++ transport, its backward an
 calls), and the eval layer forward (the torch composition _gram / _transport_matrix; old = the pre-session-44
 functions, copied below).
 """
-import importlib.util
 import statistics as st
 import sys
 import time
@@ -25,9 +24,7 @@ try:
 except ImportError:
     from geoops.bench._timing import round_order
 
-spec = importlib.util.spec_from_file_location("geoops_old._C", sys.argv[1])
-OLD = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(OLD)
+OLD = _backend.load_other_build(sys.argv[1])  # refuses a build that shares this one's symbols
 NEW = _backend.compiled()
 SHAPES = sys.argv[2] if len(sys.argv) > 2 else "4096x8,1024x64,64x16"
 shapes = [tuple(int(v) for v in s.split("x")) for s in SHAPES.split(",")]

@@ -7,9 +7,11 @@ usage: ab_build.py OLD_SO DIMS OPS ROUNDS
 fp32 (bench.stereographic.make_inputs), rounds in the bench runner's order (bench._timing.round_order: position and
 predecessor vary); per op and D: medians of new / old per round (with the interquartile range), and of new and old
 x the limit op per round.  Both builds run the public op (geoops.stereographic.<op>): the module the dispatch reads
-(_backend.compiled()) is switched before each call.
+(_backend.compiled()) is switched before each call.  Valid since session 45 only when at least one of the two builds has
+hidden visibility (setup.py since then; _backend.load_other_build refuses two builds that share their symbols): with
+two default-visibility builds the old build's module init ran this build's binding functions too, so its calls ran
+this build's kernels (new/old ~1 and "bits same" whatever the sources; docs/history.md, session 45, helper vis45).
 """
-import importlib.util
 import os
 import statistics as st
 import sys
@@ -25,9 +27,7 @@ from bench.stereographic import make_inputs, limit_call, op_call, geoops_fn  # n
 from bench._timing import round_order  # noqa: E402
 
 old_so, dims, ops, R = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-spec = importlib.util.spec_from_file_location("geoops_old._C", old_so)
-OLD = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(OLD)
+OLD = _backend.load_other_build(old_so)  # refuses a build that shares this one's symbols
 NEW = _backend.compiled()
 N = 2 ** 20
 

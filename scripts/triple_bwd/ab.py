@@ -8,7 +8,6 @@ interquartile range of the per-round new/old ratios).  Per op and shape:
   kernel fwd, kernel bwd (gradients to every vector), public fwd+bwd (autograd, gradients to every vector);
   old / new and geoopt's fwd and fwd+bwd in the same rounds.
 """
-import importlib.util
 import statistics as st
 import sys
 import time
@@ -30,9 +29,7 @@ ops = (sys.argv[3] if len(sys.argv) > 3 else "gyration,parallel_transport,parall
 R = int(sys.argv[4]) if len(sys.argv) > 4 else 7
 dtypes = [getattr(torch, d) for d in (sys.argv[5] if len(sys.argv) > 5 else "float32,float64").split(",")]
 
-spec = importlib.util.spec_from_file_location("geoops_old._C", old_so)
-OLD = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(OLD)
+OLD = _backend.load_other_build(old_so)  # refuses a build that shares this one's symbols
 NEW = _backend.compiled()
 try:
     import geoopt.manifolds.stereographic.math as gm
