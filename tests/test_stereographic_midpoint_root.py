@@ -16,21 +16,32 @@ from geoops._ops import stereographic as _ops
 import _bn_transport_exact as ex
 
 
+def _near(G, N, D, c, delta, gen):
+    """[G, N, D] points within ~delta / 10 of a point P per group with 1 - c|P|^2 = delta (inside the ball)."""
+    u = torch.randn(G, 1, D, generator=gen, dtype=torch.float64)
+    P = u / u.norm(dim=-1, keepdim=True) * ((1 - delta) / c) ** 0.5
+    return P + torch.randn(G, N, D, generator=gen, dtype=torch.float64) * delta / (10 * D ** 0.5 * c ** 0.5)
+
+
 def _groups(case, dtype=torch.float64):
     """(x [G, N, D], w [G, N] or None, k [1] or [G], posweight) for the root ops."""
     g = torch.Generator().manual_seed(11)
     if case == "near":  # two groups near the boundary (1 - |x|^2 ~ 1e-4), one far
         xs = [ex.cloud(6, 3, 1.0, 1e-4, s, seed=i)[0] for i, s in enumerate((1e-3, 0.5))]
-        xs.append(ex.cloud(6, 3, 1.0, 0.5, 0.5, seed=3)[0])
+        xs.append(ex.cloud(6, 3, 1.0, 0.9, 0.5, seed=3)[0])
         x = torch.stack(xs)
         w = torch.rand(3, 6, generator=g, dtype=torch.float64) + 0.25
         return x.to(dtype), w.to(dtype), torch.tensor([-1.0], dtype=torch.float64), False
-    if case == "posweight":  # negative weights flipped (-x, |w|), per-group k of every sign
-        x = torch.randn(4, 7, 5, generator=g, dtype=torch.float64) * 0.3
-        w = torch.randn(4, 7, generator=g, dtype=torch.float64)
-        return x.to(dtype), w.to(dtype), torch.tensor([-1.0, -0.3, 0.0, 0.7], dtype=torch.float64), True
-    if case == "mixed":  # mixed-sign weights without posweight (V may be negative)
-        x = torch.randn(3, 9, 4, generator=g, dtype=torch.float64) * 0.3
+    if case == "posweight":  # negative weights flipped (-x, |w|), per-group k of every sign; the first two groups
+        k = torch.tensor([-1.0, -0.3, -1.0, 0.0, 0.7], dtype=torch.float64)  # near the boundary, the third far
+        x = torch.cat([_near(1, 7, 5, 1.0, 1e-3, g), _near(1, 7, 5, 0.3, 1e-4, g),
+                       torch.randn(3, 7, 5, generator=g, dtype=torch.float64) * 0.3])
+        w = torch.rand(5, 7, generator=g, dtype=torch.float64) + 0.2
+        w[:, [0, 3]] *= -1  # given as -x with weight -w: posweight flips them back
+        x[:, [0, 3]] *= -1
+        return x.to(dtype), w.to(dtype), k, True
+    if case == "mixed":  # mixed-sign weights without posweight, near the boundary
+        x = _near(3, 9, 4, 0.8, 1e-3, g)
         w = torch.rand(3, 9, generator=g, dtype=torch.float64) + 0.3
         w[:, 2] = -0.2  # (the midpoint inside the ball: q > 0)
         return x.to(dtype), w.to(dtype), torch.tensor([-0.8], dtype=torch.float64), False
@@ -41,7 +52,7 @@ def _groups(case, dtype=torch.float64):
         assert bool((1 + k * x.square().sum(-1) <= 0).any())
         return x.to(dtype), None, k, False
     # "chunks": more points than one chunk of the kernel (chunk_points(64) = 512), one group
-    x = torch.randn(1, 1300, 64, generator=g, dtype=torch.float64) * 0.02
+    x = _near(1, 1300, 64, 1.5, 1e-4, g)
     w = torch.rand(1, 1300, generator=g, dtype=torch.float64) + 0.1
     return x.to(dtype), w.to(dtype), torch.tensor([-1.5], dtype=torch.float64), False
 
@@ -64,6 +75,8 @@ def test_root_sums_op_matches_reference(case):
     assert torch.equal(F, F0) and torch.equal(L, L0)
     Fr, Lr, Sr = _ops.midpoint_root_sums_reference(x, w, k.expand(x.shape[0]), pw)
     assert S.shape == (x.shape[0], 5)
+    near = _ops.midpoint_near(F, L, k.expand(x.shape[0]))
+    assert torch.equal(S[:, 0] != 0, near) and (case != "near" or near.tolist() == [True, True, False])
     for j in range(5):
         assert _rel(S[:, j], Sr[:, j]) < 1e-11 or float((S[:, j] - Sr[:, j]).abs().max()) < 1e-12, (j, S, Sr)
     G, N, D = x.shape
@@ -134,13 +147,15 @@ def _grad_inputs(name):
     if name == "near_groups":  # 1 - |x|^2 ~ 1e-3 (finite differences need some room), and a far group
         xs = torch.stack([ex.cloud(5, 3, 1.0, 1e-3, 0.5, seed=1)[0], ex.cloud(5, 3, 1.0, 0.3, 0.5, seed=2)[0]])
         return xs, torch.rand(2, 5, generator=g, dtype=torch.float64) + 0.3, torch.tensor(-1.0, dtype=torch.float64)
-    if name == "posweight":
-        xs = torch.randn(3, 6, 4, generator=g, dtype=torch.float64) * 0.25
-        return xs, torch.randn(3, 6, generator=g, dtype=torch.float64), torch.tensor(-0.7, dtype=torch.float64)
-    if name == "mixed":
-        xs = torch.randn(2, 5, 3, generator=g, dtype=torch.float64) * 0.25
+    if name == "posweight":  # near the boundary (1 - c|x|^2 ~ 1e-2), rows 1, 4 given as -x with weight -w
+        xs, w = _near(3, 6, 4, 0.7, 1e-2, g), torch.rand(3, 6, generator=g, dtype=torch.float64) + 0.2
+        xs[:, [1, 4]] *= -1
+        w[:, [1, 4]] *= -1
+        return xs, w, torch.tensor(-0.7, dtype=torch.float64)
+    if name == "mixed":  # near the boundary, mixed signs (the weights' sum well away from 0)
+        xs = _near(2, 5, 3, 1.2, 1e-2, g)
         w = torch.rand(2, 5, generator=g, dtype=torch.float64) + 0.2
-        w[:, 1] *= -0.3  # mixed signs, the weights' sum well away from 0
+        w[:, 1] *= -0.3
         return xs, w, torch.tensor(-1.2, dtype=torch.float64)
     xs = torch.randn(3, 4, 2, generator=g, dtype=torch.float64) * 0.25  # vectors along dim 1
     return xs, torch.rand(3, 2, generator=g, dtype=torch.float64) + 0.2, torch.tensor(-0.5, dtype=torch.float64)
@@ -150,6 +165,9 @@ def _grad_inputs(name):
 def test_weighted_midpoint_root_gradcheck(name, kw):
     """gradcheck (float64, x, weights, k) of weighted_midpoint on the C++ path: MidpointFn's root ops."""
     xs, w, k = _grad_inputs(name)
+    if name != "dim0":  # (points far from the boundary there): the root's groups are there
+        S = torch.ops.geoops.stereo_midpoint_root_fwd(xs, w, k.reshape(1), name == "posweight")[2]
+        assert bool((S[:, 0] > 0).any())
     ins = (xs.requires_grad_(), w.requires_grad_(), k.requires_grad_())
     with geoops.use_backend("cpp"):
         x3 = xs.detach().reshape(1, -1, xs.shape[-1]).requires_grad_()

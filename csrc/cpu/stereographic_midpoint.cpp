@@ -181,12 +181,28 @@ inline PointCoef point_coef(double X, double k, double w, bool posweight, bool g
   return p;
 }
 
+// <a, b> of double vectors (the order of sqnorm's sums).
+inline double dot(const double* a, const double* b, int64_t D) {
+  DVec s0(0.0), s1(0.0);
+  int64_t d = 0;
+  for (; d + 2 * kL <= D; d += 2 * kL)
+    s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), s1 = at::vec::fmadd(ld(a + d + kL), ld(b + d + kL), s1);
+  if (d + kL <= D) s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), d += kL;
+  double r = hsum(s0 + s1);
+  for (; d < D; ++d) r = std::fma(a[d], b[d], r);
+  return r;
+}
+
 // The root's per-group sums (S != nullptr, k < 0; see the header): with y_i the point after posweight's flip
-// (sign sg_i: for k < 0 the antipode is -x_i, lam unchanged), u_i = sg_i w_i its weight, a_i = u_i lam_i, the shift
-// s = y_0 (the group's first point, known before any chunk starts: one pass):  A = sum a_i, W = sum u_i,
-// S2 = sum a_i |y_i - s|^2, R = sum over the clamped rows of u_i (lam_i (1 + k X_i) - 2).  y_i - s = sg_i (x_i - t x_0)
-// with t = sg_i sg_0 (|x_i - t x_0|^2 from the point's own pass over its columns).
+// (sign sg_i: for k < 0 the antipode is -x_i, lam unchanged), u_i = sg_i w_i its weight, a_i = u_i lam_i:
+// A = sum a_i, W = sum u_i, R = sum over the clamped rows of u_i (lam_i (1 + k X_i) - 2) in the sums' pass (scalars
+// per point); then, only in the groups whose midpoint is near the boundary (kNearQ), a second pass for
+// S2 = sum a_i |y_i - s|^2 about s = y_0 (the group's first point; y_i - s = sg_i (x_i - t x_0), t = sg_i sg_0) and
+// Q = W^2 - k V + A R, V = A S2 - |F - A s|^2.  Elsewhere Q = S2 = 0: the mean keeps 1 + k|f|^2 from f, within ~1 ulp
+// there, and the passes cost what they did (the scalars only).
 constexpr int kRootCols = 4;  // A, W, S2, R
+// 1 + k|f|^2 < 1/4 (1 + k|m|^2 < 2/3): there the root formed from f loses more than ~2 bits (session 45, wmid)
+constexpr double kNearQ = 0.25;
 
 inline double flip_sign(double w, bool posweight) { return posweight && w < 0.0 ? -1.0 : 1.0; }
 
@@ -196,49 +212,45 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
   const int64_t CH = chunk_points(D);
   const int64_t nc = std::max<int64_t>(1, (N + CH - 1) / CH);
   const int64_t WP = D + 1 + (S ? kRootCols : 0);
-  // per (group, chunk): F (D), L [, A, W, S2, R]; a group of one chunk sums straight into its rows (zeroed first)
+  // per (group, chunk): F (D), L [, A, W, S2 (0 here), R]; a group of one chunk sums straight into its rows
   const chunks::Partials part(nc > 1 ? G * nc : 0, WP);
+  // the groups near the boundary: k < 0, 1 + k|f|^2 < kNearQ with f = F / L (L not clamped), from the row just summed
+  std::vector<char> near(S ? G : 0, 0);
+  auto near_test = [&](int64_t g, double kk, const double* Fg, double Lg) {
+    if (!(kk < 0.0) || !(std::fabs(Lg) >= 1e-10)) return;
+    near[g] = std::fma(kk, dot(Fg, Fg, D) / (Lg * Lg), 1.0) < kNearQ;
+  };
   at::parallel_for(0, G * nc, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / nc, i0 = (t % nc) * CH, i1 = std::min(N, i0 + CH);
       const double kk = kg(k, nk, g);
       double* a = nc > 1 ? part.row(t) : F + g * D;
       if (nc == 1) std::fill(a, a + D, 0.0);  // F comes uninitialised: zeroed here, by the thread that sums into it
-      double l = 0;
-      if (S && kk < 0.0) {
-        const T* x0 = xp + g * N * D;
-        const double sg0 = flip_sign(wp ? double(wp[g * N]) : 1.0, posweight);
-        double sA = 0, sW = 0, sS2 = 0, sR = 0;
-        for (int64_t i = i0; i < i1; ++i) {
-          const T* xr = xp + (g * N + i) * D;
-          const double w = wp ? double(wp[g * N + i]) : 1.0;
-          const double sg = flip_sign(w, posweight), u = sg * w;
-          double X, E;
-          sqnorm_off(xr, x0, sg * sg0, D, X, E);
-          const PointCoef pc = point_coef(X, kk, w, posweight, false);
-          const double den = 1.0 + kk * X, au = u * pc.lam;
-          l += pc.s * w * (pc.lam - 1.0);
-          axpy(w * pc.c, xr, D, a);
-          sA += au, sW += u, sS2 = std::fma(au, E, sS2);
+      const bool root = S && kk < 0.0;
+      double l = 0, sA = 0, sW = 0, sR = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* xr = xp + (g * N + i) * D;
+        const double X = sqnorm(xr, D);
+        const double w = wp ? double(wp[g * N + i]) : 1.0;
+        const PointCoef pc = point_coef(X, kk, w, posweight, false);
+        l += pc.s * w * (pc.lam - 1.0);
+        axpy(w * pc.c, xr, D, a);
+        if (root) {
+          const double u = flip_sign(w, posweight) * w, den = 1.0 + kk * X;
+          sA = std::fma(u, pc.lam, sA), sW += u;
           if (!(den > kLamFloor)) sR = std::fma(u, std::fma(pc.lam, den, -2.0), sR);
         }
-        double* r = nc > 1 ? a + D + 1 : S + g * (1 + kRootCols) + 1;
-        r[0] = sA, r[1] = sW, r[2] = sS2, r[3] = sR;
-      } else {
-        for (int64_t i = i0; i < i1; ++i) {
-          const T* xr = xp + (g * N + i) * D;
-          const double X = sqnorm(xr, D);
-          const double w = wp ? double(wp[g * N + i]) : 1.0;
-          const PointCoef pc = point_coef(X, kk, w, posweight, false);
-          l += pc.s * w * (pc.lam - 1.0);
-          axpy(w * pc.c, xr, D, a);
-        }
-        if (S && nc == 1) std::fill(S + g * (1 + kRootCols) + 1, S + (g + 1) * (1 + kRootCols), 0.0);
       }
-      if (nc > 1)
+      if (S) {
+        double* r = nc > 1 ? a + D + 1 : S + g * (1 + kRootCols) + 1;
+        r[0] = sA, r[1] = sW, r[2] = 0.0, r[3] = sR;
+      }
+      if (nc > 1) {
         a[D] = l;
-      else
+      } else {
         L[g] = l;
+        if (S) S[g * (1 + kRootCols)] = 0.0, near_test(g, kk, a, l);
+      }
     }
   });
   if (nc > 1) {
@@ -248,32 +260,51 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
         part.sum(g * nc, (g + 1) * nc, s_.data());
         std::copy(s_.begin(), s_.begin() + D, F + g * D);
         L[g] = s_[D];
-        if (S) std::copy(s_.begin() + D + 1, s_.end(), S + g * (1 + kRootCols) + 1);
+        if (S) {
+          std::copy(s_.begin() + D + 1, s_.end(), S + g * (1 + kRootCols) + 1);
+          S[g * (1 + kRootCols)] = 0.0, near_test(g, kg(k, nk, g), F + g * D, L[g]);
+        }
       }
     });
   }
-  if (!S) return;
-  // Q = W^2 - k V + A R with V = A S2 - |S1|^2, S1 = sum a_i (y_i - s) = F - A s (F = sum a_i y_i for k <= 0)
-  at::parallel_for(0, G, 16, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      double* r = S + g * (1 + kRootCols);
+  if (!S || std::find(near.begin(), near.end(), 1) == near.end()) return;
+  // their S2 (the second pass, in the same chunks: fixed-order sums) and Q
+  const chunks::Partials p2(G * nc, 1);
+  at::parallel_for(0, G * nc, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / nc, i0 = (t % nc) * CH, i1 = std::min(N, i0 + CH);
+      if (!near[g]) continue;
       const double kk = kg(k, nk, g);
-      if (!(kk < 0.0)) {
-        r[0] = 0.0;  // (unused: the mean's root is for k < 0 only)
-        continue;
-      }
-      const double A = r[1], W = r[2], S2 = r[3], R = r[4];
       const T* x0 = xp + g * N * D;
       const double sg0 = flip_sign(wp ? double(wp[g * N]) : 1.0, posweight);
-      double s1 = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const double e = std::fma(-A * sg0, double(x0[d]), F[g * D + d]);
-        s1 = std::fma(e, e, s1);
+      double s2 = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* xr = xp + (g * N + i) * D;
+        const double w = wp ? double(wp[g * N + i]) : 1.0;
+        const double sg = flip_sign(w, posweight);
+        double X, E;
+        sqnorm_off(xr, x0, sg * sg0, D, X, E);
+        const PointCoef pc = point_coef(X, kk, w, posweight, false);
+        s2 = std::fma(sg * w * pc.lam, E, s2);
       }
-      const double V = std::fma(A, S2, -s1);
-      r[0] = std::fma(W, W, std::fma(-kk, V, A * R));
+      p2.row(t)[0] = s2;
     }
   });
+  for (int64_t g = 0; g < G; ++g) {
+    if (!near[g]) continue;
+    double* r = S + g * (1 + kRootCols);
+    p2.sum(g * nc, (g + 1) * nc, r + 3);
+    const double kk = kg(k, nk, g), A = r[1], W = r[2], S2 = r[3], R = r[4];
+    const T* x0 = xp + g * N * D;
+    const double sg0 = flip_sign(wp ? double(wp[g * N]) : 1.0, posweight);
+    double s1 = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const double e = std::fma(-A * sg0, double(x0[d]), F[g * D + d]);
+      s1 = std::fma(e, e, s1);
+    }
+    const double V = std::fma(A, S2, -s1);
+    r[0] = std::fma(W, W, std::fma(-kk, V, A * R));
+  }
 }
 
 // The backward; with gQ (and F, S: the root's sums) it adds, in groups of k < 0, Q's part (Q = W^2 - k V + A R,
@@ -298,7 +329,8 @@ void bwd_impl(const double* gF, const double* gL, const double* gQ, const double
       const double* gf = gF + g * D;
       const double gl = gL[g];
       double dkl = 0;
-      const double gq = gQ && kk < 0.0 ? gQ[g] : 0.0;
+      // (Q = 0: a group the forward did not form Q in, or one whose mean did not use it: no gradient through Q)
+      const double gq = gQ && kk < 0.0 && S[g * (1 + kRootCols)] != 0.0 ? gQ[g] : 0.0;
       if (gq != 0.0) {
         const double* r = S + g * (1 + kRootCols);
         const double A = r[1], W = r[2], S2 = r[3], R = r[4];
@@ -397,16 +429,6 @@ constexpr double kDenFloor = 1e-10;  // geoopt's clamp of the denominator sum
 
 inline double clamp_den(double L) { return L >= 0.0 ? std::max(L, kDenFloor) : std::min(L, -kDenFloor); }
 
-inline double dot(const double* a, const double* b, int64_t D) {
-  DVec s0(0.0), s1(0.0);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL)
-    s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), s1 = at::vec::fmadd(ld(a + d + kL), ld(b + d + kL), s1);
-  if (d + kL <= D) s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), d += kL;
-  double r = hsum(s0 + s1);
-  for (; d < D; ++d) r = std::fma(a[d], b[d], r);
-  return r;
-}
 
 // The half-scalar-multiplication row of group g: t = F / den (written to t), returns the row scalars.
 inline stereo::Row<double> half_row(const double* F, double den, double k, int64_t D, double* t) {

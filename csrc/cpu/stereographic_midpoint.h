@@ -21,8 +21,9 @@ std::tuple<at::Tensor, at::Tensor> stereo_midpoint_fwd_cpu(const at::Tensor& x, 
 // the points after posweight's flip (for k < 0 the antipode -x_i, lam_i unchanged), u_i their weights, a_i = u_i lam_i,
 // A = sum a_i, W = sum u_i, S2 = sum a_i |y_i - y_0|^2, R = sum over the clamped rows (1 + k|x_i|^2 <= 1e-15) of
 // u_i (lam_i (1 + k|x_i|^2) - 2) and Q = W^2 - k V + A R = L^2 (1 + k|F / L|^2) without its cancellation near the
-// boundary, V = A S2 - |F - A y_0|^2 = 1/2 sum_ij a_i a_j |y_i - y_j|^2 (one pass: the scatter about the first point).
-// Groups of k >= 0: S's row is zeros.
+// boundary, V = A S2 - |F - A y_0|^2 = 1/2 sum_ij a_i a_j |y_i - y_j|^2 (the scatter about the first point).  Q and
+// S2 only in the groups near the boundary (1 + k|F / L|^2 < 1/4, |L| >= 1e-10: a second pass over their points),
+// else 0 (the mean then keeps 1 + k|f|^2 from f, within ~1 ulp there).  Groups of k >= 0: S's row is zeros.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stereo_midpoint_root_fwd_cpu(const at::Tensor& x,
                                                                             const c10::optional<at::Tensor>& w,
                                                                             const at::Tensor& k, bool posweight);

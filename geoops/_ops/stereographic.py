@@ -779,7 +779,8 @@ def midpoint_root_sums(x, w, k, posweight: bool, F, L):
 
 def midpoint_root_sums_reference(x, w, k, posweight: bool):
     """(F [G, D], L [G], S [G, 5]) of geoops::stereo_midpoint_root_fwd with torch ops in float64: S = (Q, A, W, S2, R)
-    (S2 about the group's first point after posweight's flip; zeros where k >= 0); Q differentiable."""
+    (S2 about the group's first point after posweight's flip; Q and S2 only in the groups near the boundary,
+    midpoint_near, else 0; zeros where k >= 0); Q differentiable."""
     F, L = midpoint_sums_reference(x, w, k, posweight)
     xd = x.to(torch.float64)
     kk = k.to(torch.float64).reshape(-1, 1, 1).expand(x.shape[0], 1, 1)
@@ -795,8 +796,18 @@ def midpoint_root_sums_reference(x, w, k, posweight: bool):
     cols = [a.sum(1), u.sum(1), (a * (e * e).sum(-1, keepdim=True)).sum(1),
             (u * torch.where(den1 <= 1e-15, lam * den1 - 2, torch.zeros_like(den1))).sum(1)]
     Q = midpoint_root_num(xd, u, lam, kk, F.unsqueeze(1), lambda t: t.sum(1, keepdim=True), -1).reshape(-1, 1)
-    S = torch.cat([Q] + cols, dim=-1)
+    near = midpoint_near(F, L, kk.reshape(-1)).unsqueeze(-1)
+    S = torch.cat([torch.where(near, Q, 0.0)] + cols[:2] + [torch.where(near, cols[2], 0.0), cols[3]], dim=-1)
     return F, L, torch.where(kk.reshape(-1, 1) < 0, S, torch.zeros_like(S))
+
+
+def midpoint_near(F, L, k):
+    """[G] bool: the groups whose midpoint the root forms from Q (k < 0, |L| >= 1e-10, 1 + k|F / L|^2 < 1/4, i.e.
+    1 + k|m|^2 < 2/3: there 1 + k|f|^2 formed from f loses more than ~2 bits; elsewhere the mean is within ~1 ulp
+    of it, session 45).  No gradient (a choice between two forms of one function)."""
+    with torch.no_grad():
+        ff = (F * F).sum(-1) / (L * L)
+        return (k < 0) & (L.abs() >= 1e-10) & (1 + k * ff < 0.25)
 
 
 class _MidpointTorch:
@@ -896,8 +907,9 @@ _register_midpoint_vmaps()
 # geoops::stereo_midpoint_root_bwd(Tensor gF, Tensor gL, Tensor gQ, Tensor F, Tensor S, Tensor x, Tensor? w,
 #     Tensor k, bool posweight, int mask) -> (dx, dw, dk)
 # The sums above and S [G, 5] float64 = (Q, A, W, S2, R) per group: Q = W^2 - k V + A R = L^2 (1 + k|F / L|^2)
-# for k < 0 without its cancellation near the boundary (midpoint_root; zeros where k >= 0), the rest what the
-# backward needs.  The C++ path's (MidpointFn); CPU: one pass each (csrc/cpu/stereographic_midpoint.cpp), other
+# for k < 0 without its cancellation near the boundary (midpoint_root), formed only in the groups near it
+# (midpoint_near: a second pass over their points for S2; Q = S2 = 0 elsewhere, zeros where k >= 0), the rest what
+# the backward needs.  The C++ path's (MidpointFn); CPU: one pass each (csrc/cpu/stereographic_midpoint.cpp), other
 # devices: the torch reference above and its autograd.
 def _root_fwd(x, w, k, posweight: bool):
     if x.device.type == "cpu" and _backend.resolve(x.device, FAMILY) == "cpp":
