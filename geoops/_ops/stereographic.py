@@ -818,25 +818,32 @@ class _MidpointTorch:
 
     @staticmethod
     def midpoint_bwd(gF, gL, x, w, k, posweight, mask):
-        G = x.shape[0]
-        with _library.reference_autograd():
-            lx, lk = x.detach().requires_grad_(True), k.detach().requires_grad_(True)
-            lw = None if w is None else w.detach().requires_grad_(True)
-            kr = lk.expand(G) if lk.numel() == 1 else lk
-            F, L = midpoint_sums_reference(lx, lw, kr, posweight)
-            want = [(1, lx), (2, lw), (4, kr)]
-            inputs = [t for bit, t in want if (mask & bit) and t is not None]
-            grads = iter(torch.autograd.grad((F, L), inputs, (gF.to(F.dtype), gL.to(L.dtype)), allow_unused=True)) \
-                if inputs else iter(())
-        res = []
-        for bit, t in want:
-            if (mask & bit) and t is not None:
-                gr = next(grads)
-                gr = torch.zeros_like(t) if gr is None else gr
-                res.append((gr if bit == 4 else gr.to(x.dtype)).to(torch.float64 if bit == 4 else x.dtype).contiguous())
-            else:
-                res.append(x.new_empty(0))
-        return tuple(res)
+        return midpoint_reference_bwd(lambda a, b, c: midpoint_sums_reference(a, b, c, posweight), (gF, gL),
+                                      x, w, k, mask)
+
+
+def midpoint_reference_bwd(fn, gouts, x, w, k, mask: int):
+    """(dx, dw, dk [G] float64) of the reference sums fn(x, w, k) -> outputs from their gradients `gouts` (torch
+    autograd; mask bits 1 dx, 2 dw, 4 dk, unselected ones empty): the torch backends' backward of the sums ops."""
+    G = x.shape[0]
+    with _library.reference_autograd():
+        lx, lk = x.detach().requires_grad_(True), k.detach().requires_grad_(True)
+        lw = None if w is None else w.detach().requires_grad_(True)
+        kr = lk.expand(G) if lk.numel() == 1 else lk
+        outs = fn(lx, lw, kr)
+        want = [(1, lx), (2, lw), (4, kr)]
+        inputs = [t for bit, t in want if (mask & bit) and t is not None]
+        grads = iter(torch.autograd.grad(outs, inputs, tuple(g.to(o.dtype) for g, o in zip(gouts, outs)),
+                                         allow_unused=True)) if inputs else iter(())
+    res = []
+    for bit, t in want:
+        if (mask & bit) and t is not None:
+            gr = next(grads)
+            gr = torch.zeros_like(t) if gr is None else gr
+            res.append(gr.to(torch.float64 if bit == 4 else x.dtype).contiguous())
+        else:
+            res.append(x.new_empty(0))
+    return tuple(res)
 
 
 def _midpoint_kernels(device: torch.device):
@@ -922,25 +929,11 @@ def _root_bwd(gF, gL, gQ, F, S, x, w, k, posweight: bool, mask: int):
     if x.device.type == "cpu" and _backend.resolve(x.device, FAMILY) == "cpp":
         return tuple(_backend.compiled().stereo_midpoint_root_bwd_cpu(gF, gL, gQ, F, S, x, w, k, bool(posweight),
                                                                       mask))
-    G = x.shape[0]
-    with _library.reference_autograd():
-        lx, lk = x.detach().requires_grad_(True), k.detach().requires_grad_(True)
-        lw = None if w is None else w.detach().requires_grad_(True)
-        kr = lk.expand(G) if lk.numel() == 1 else lk
-        Fr, Lr, Sr = midpoint_root_sums_reference(lx, lw, kr, posweight)
-        want = [(1, lx), (2, lw), (4, kr)]
-        inputs = [t for bit, t in want if (mask & bit) and t is not None]
-        grads = iter(torch.autograd.grad((Fr, Lr, Sr[:, 0]), inputs, (gF.to(Fr.dtype), gL.to(Lr.dtype),
-                                                                      gQ.to(Fr.dtype)), allow_unused=True))
-    res = []
-    for bit, t in want:
-        if (mask & bit) and t is not None:
-            gr = next(grads)
-            gr = torch.zeros_like(t) if gr is None else gr
-            res.append(gr.to(torch.float64 if bit == 4 else x.dtype).contiguous())
-        else:
-            res.append(x.new_empty(0))
-    return tuple(res)
+
+    def sums(a, b, c):
+        F, L, S = midpoint_root_sums_reference(a, b, c, posweight)
+        return F, L, S[:, 0]
+    return midpoint_reference_bwd(sums, (gF, gL, gQ), x, w, k, mask)
 
 
 def _root_fwd_fake(x, w, k, posweight):
