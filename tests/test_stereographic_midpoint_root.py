@@ -190,3 +190,26 @@ def test_cpp_path_runs_no_second_pass(monkeypatch):
         m = gs.weighted_midpoint(xs, ws, k=kt, reducedim=1)
         m.sum().backward()
         gs.weighted_midpoint(x, w, k=-1.0, reducedim=1)  # no autograd
+
+
+def test_root_ops_same_bits_for_any_thread_count():
+    """The root's second pass and its backward sum in the sums' fixed chunks: 1 and 2 threads give the same bits
+    (near-boundary groups, several chunks)."""
+    x, w, k, pw = _groups("chunks")
+    x = torch.cat([x, x.flip(1)])  # two groups, 3 chunks each
+    w = torch.cat([w, w.flip(1)])
+    lib = geoops._backend.compiled()
+    gg = torch.Generator().manual_seed(8)
+    gF, gL, gQ = (torch.randn(*s, generator=gg, dtype=torch.float64) for s in ((2, 64), (2,), (2,)))
+    res = []
+    n = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            F, L, S = lib.stereo_midpoint_root_fwd_cpu(x, w, k, pw)
+            res.append((F, L, S) + tuple(lib.stereo_midpoint_root_bwd_cpu(gF, gL, gQ, F, S, x, w, k, pw, 7)))
+    finally:
+        torch.set_num_threads(n)
+    assert bool((res[0][2][:, 0] > 0).all())
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
