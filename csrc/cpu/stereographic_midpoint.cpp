@@ -11,6 +11,9 @@
 // (lam_X = -k lam^2 / 2, lam_k = -X lam^2 / 2, zero where the clamp holds lam at 2e15; for the sphere's flipped
 // points q = lam / (k X) = 2 / (k X + k^2 X^2): q_X = -q^2 (k + 2 k^2 X) / 2, q_k = -q^2 (X + 2 k X^2) / 2).
 //
+// The root of the mean for k < 0 (stereo_midpoint_root_fwd_cpu / _bwd_cpu, the mean op's Q): the sums pass adds A,
+// W, R per group and the groups near the boundary a second pass for S2 (see fwd_impl and bwd_impl below).
+//
 // Reproducibility: each group's points go in chunks of a fixed number of points (chunks::Partials, independent of
 // the thread count), every sum a fixed-order chain: the same bits for any thread count.
 //
