@@ -2340,19 +2340,53 @@ def _midpoint_mean_context(ctx, inputs, output):
 
 @_library.first_order_only
 def _midpoint_mean_backward(ctx, gm):
-    """geoops::stereo_midpoint_mean_fwd(F, L, k) differentiated on its own (an exported program keeps MidpointFn's
+    """geoops::stereo_midpoint_mean_fwd(F, L, Q, k) differentiated on its own (an exported program keeps MidpointFn's
     two ops, not the Function): its backward op, k's per-group gradient summed where k is one curvature."""
-    F, L, k = ctx.saved_tensors
+    F, L, Q, k = ctx.saved_tensors
     need = ctx.needs_input_grad
-    gF, gL, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, k, 4 if need[2] else 0)
-    if need[2]:
+    gF, gL, gQ, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, Q, k, 4 if need[3] else 0)
+    if need[3]:
         gk = _rows_k_grad(gk, k, F.shape[0])
-    return (gF if need[0] else None), (gL if need[1] else None), (gk if need[2] else None)
+    return ((gF if need[0] else None), (gL if need[1] else None), (gQ if need[2] and Q is not None else None),
+            (gk if need[3] else None))
+
+
+class MidpointRootSumsFn(torch.autograd.Function):
+    """geoops::stereo_midpoint_root_fwd (F, L, S) differentiated on its own (an exported program): S's first column
+    Q carries a gradient, its other columns are the backward's saved sums."""
+
+    @staticmethod
+    def forward(ctx, x, w, k, posweight):
+        out = _PAIR["midpoint_root_fwd"](x, w, k, posweight)
+        MidpointRootSumsFn.op_context(ctx, (x, w, k, posweight), out)
+        return out
+
+    @staticmethod
+    def op_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3], output[0], output[2])
+        ctx.posweight = inputs[3]
+
+    @staticmethod
+    @_library.first_order_only
+    def backward(ctx, gF, gL, gS):
+        x, w, k, F, S = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = (1 if need[0] else 0) | (2 if need[1] and w is not None else 0) | (4 if need[2] else 0)
+        if mask == 0:
+            return None, None, None, None
+        gF = torch.zeros_like(F) if gF is None else gF.contiguous()
+        gL = F.new_zeros(F.shape[0]) if gL is None else gL.contiguous()
+        gQ = F.new_zeros(F.shape[0]) if gS is None else gS[:, 0].contiguous()
+        dx, dw, dk = _PAIR["midpoint_root_bwd"](gF, gL, gQ, F, S, x, w, k, ctx.posweight, mask)
+        if need[2]:
+            dk = _rows_k_grad(dk, k, x.shape[0])
+        return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
 
 
 _library.op_autograd("geoops::cdist_fwd", CdistFn, outputs=1)  # (A is the backward's)
 _library.op_autograd("geoops::mobius_scale_fwd", MobiusScaleFn, outputs=1)  # (the stats are the backward's)
 _library.op_autograd("geoops::stereo_midpoint_fwd", MidpointSumsFn)
+_library.op_autograd("geoops::stereo_midpoint_root_fwd", MidpointRootSumsFn)
 _library.op_autograd("geoops::stereo_midpoint_mean_fwd", setup_context=_midpoint_mean_context,
                      backward=_midpoint_mean_backward)
 
@@ -2397,26 +2431,27 @@ def _midpoint_sums(x, w, k, posweight):
 class MidpointFn(torch.autograd.Function):
     """The weighted midpoint of each group before the sphere's choice between it and its antipode (x [G, N, D],
     w [G, N] or None, k [1] or [G]): mean = 1/2 (x)_k (F / den) of the sums (F, L) [G, D] float64, den = L clamped
-    away from 0.  Forward: geoops::stereo_midpoint_fwd, then geoops::stereo_midpoint_mean_fwd; backward: the mean's
-    backward op, then the sums' (no float64 [G, D] temporaries, no autograd graph over the epilogue)."""
+    away from 0; for k < 0 its root from the sums' Q (no cancellation near the boundary).  Forward:
+    geoops::stereo_midpoint_root_fwd, then geoops::stereo_midpoint_mean_fwd; backward: the mean's backward op, then
+    the sums' (no float64 [G, D] temporaries, no autograd graph over the epilogue)."""
 
     @staticmethod
     def forward(ctx, x, w, k, posweight):
-        F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
-        ctx.save_for_backward(x, w, k, F, L)
+        F, L, S = _PAIR["midpoint_root_fwd"](x, w, k, posweight)
+        ctx.save_for_backward(x, w, k, F, L, S)
         ctx.posweight = posweight
-        return _PAIR["midpoint_mean_fwd"](F, L, k)
+        return _PAIR["midpoint_mean_fwd"](F, L, S[:, 0], k)
 
     @staticmethod
     @_library.first_order_only
     def backward(ctx, gm):
-        x, w, k, F, L = ctx.saved_tensors
+        x, w, k, F, L, S = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = (1 if need[0] else 0) | (2 if need[1] and w is not None else 0) | (4 if need[2] else 0)
         if mask == 0:
             return None, None, None, None
-        gF, gL, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, k, mask & 4)
-        dx, dw, dk = _PAIR["midpoint_bwd"](gF, gL, x, w, k, ctx.posweight, mask)
+        gF, gL, gQ, gk = _PAIR["midpoint_mean_bwd"](gm.contiguous(), F, L, S[:, 0], k, mask & 4)
+        dx, dw, dk = _PAIR["midpoint_root_bwd"](gF, gL, gQ, F, S, x, w, k, ctx.posweight, mask)
         if need[2]:
             dk = _rows_k_grad(dk + gk, k, x.shape[0])
         return (dx if need[0] else None, dw if mask & 2 else None, dk if need[2] else None, None)
@@ -2424,28 +2459,13 @@ class MidpointFn(torch.autograd.Function):
 
 def _midpoint_mean(x, w, k, posweight):
     """mean = 1/2 (x)_k (F / den) per group (float64 [G, D]): MidpointFn where the C++ kernels run (CPU, backend
-    cpp, outside torch.func transforms); elsewhere the sums (MidpointSumsFn) and the epilogue as torch ops and the
-    row kernels."""
+    cpp, outside torch.func transforms: the root for k < 0 inside the kernels); elsewhere the sums (MidpointSumsFn)
+    and the epilogue as torch ops and the row kernels."""
     if not _transformed() and x.device.type == "cpu" and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
         if _library.autograd_wanted(x, w, k):
-            mean = MidpointFn.apply(x, w, k, posweight)
-        else:
-            F, L = _PAIR["midpoint_fwd"](x, w, k, posweight)
-            mean = _PAIR["midpoint_mean_fwd"](F, L, k)
-        # the kernels form 1 + k|f|^2 from f; where that cancels (a ball's midpoint near its boundary) the groups
-        # run again on the path below, whose root comes from the sums (value and gradient)
-        with torch.no_grad():
-            near = _ops.midpoint_near_boundary(mean, k, host=not _branch_free())
-        if near is None:
-            return mean
-        if _branch_free():
-            return torch.where(near.unsqueeze(-1), _midpoint_mean_generic(x, w, k, posweight), mean)
-        idx = near.nonzero().squeeze(1)  # (a CPU tensor: no device sync; numel is host metadata)
-        if idx.numel() == 0:
-            return mean
-        again = _midpoint_mean_generic(x[idx], None if w is None else w[idx], k if k.numel() == 1 else k[idx],
-                                       posweight)
-        return mean.index_put((idx,), again)
+            return MidpointFn.apply(x, w, k, posweight)
+        F, L, S = _PAIR["midpoint_root_fwd"](x, w, k, posweight)
+        return _PAIR["midpoint_mean_fwd"](F, L, S[:, 0], k)
     return _midpoint_mean_generic(x, w, k, posweight)
 
 

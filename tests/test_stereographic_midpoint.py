@@ -353,34 +353,34 @@ def test_mean_op_matches_reference(k, D):
           else torch.tensor(k, dtype=torch.float64))
     F = F * 0.05 / (1 + kt.abs().max())  # |t| = |F / den| inside every curvature's ball for |L| >~ 1
     lib = geoops._backend.compiled()
-    m = lib.stereo_midpoint_mean_fwd_cpu(F, L, kt)
+    m = lib.stereo_midpoint_mean_fwd_cpu(F, L, None, kt)
     Fr, Lr, kr = (t.clone().requires_grad_() for t in (F, L, kt.expand(G).clone()))
     mr = _ops.midpoint_mean_reference(Fr, Lr, kr)
     _close(m, mr, 1e-12)
     gm = torch.randn(G, D, generator=torch.Generator().manual_seed(D + 1), dtype=torch.float64)
-    gF, gL, gk = lib.stereo_midpoint_mean_bwd_cpu(gm, F, L, kt, 4)
+    gF, gL, gQ, gk = lib.stereo_midpoint_mean_bwd_cpu(gm, F, L, None, kt, 4)
     gF2, gL2, gk2 = torch.autograd.grad(mr, (Fr, Lr, kr), gm)
     _close(gF, gF2, 1e-11)
     _close(gL, gL2, 1e-11)
     _close(gk, gk2, 1e-11)
     assert gL[0] == 0 and gL[1] == 0 and gL[2] == 0  # the clamp holds L: no gradient through it
-    assert lib.stereo_midpoint_mean_bwd_cpu(gm, F, L, kt, 0)[2].numel() == 0
+    assert lib.stereo_midpoint_mean_bwd_cpu(gm, F, L, None, kt, 0)[3].numel() == 0 and gQ.numel() == 0
 
 
 def test_mean_op_opcheck_and_fallback():
     F, L = _mean_case(5, 4, seed=40)
     F = F * 0.05
     for k in (torch.tensor([-1.0], dtype=torch.float64), torch.linspace(-1, 0.5, 5, dtype=torch.float64)):
-        torch.library.opcheck(torch.ops.geoops.stereo_midpoint_mean_fwd.default, (F, L, k))
+        torch.library.opcheck(torch.ops.geoops.stereo_midpoint_mean_fwd.default, (F, L, None, k))
         gm = torch.randn(5, 4, dtype=torch.float64)
         for mask in (0, 4):
-            torch.library.opcheck(torch.ops.geoops.stereo_midpoint_mean_bwd.default, (gm, F, L, k, mask))
+            torch.library.opcheck(torch.ops.geoops.stereo_midpoint_mean_bwd.default, (gm, F, L, None, k, mask))
         # the torch implementation other devices run, here on the CPU under the reference backend
-        ref = torch.ops.geoops.stereo_midpoint_mean_fwd(F, L, k)
+        ref = torch.ops.geoops.stereo_midpoint_mean_fwd(F, L, None, k)
         with geoops.use_backend("reference"):
-            _close(torch.ops.geoops.stereo_midpoint_mean_fwd(F, L, k), ref, 1e-12)
-            back = torch.ops.geoops.stereo_midpoint_mean_bwd(gm, F, L, k, 4)
-        for a, b in zip(back, torch.ops.geoops.stereo_midpoint_mean_bwd(gm, F, L, k, 4)):
+            _close(torch.ops.geoops.stereo_midpoint_mean_fwd(F, L, None, k), ref, 1e-12)
+            back = torch.ops.geoops.stereo_midpoint_mean_bwd(gm, F, L, None, k, 4)
+        for a, b in zip(back, torch.ops.geoops.stereo_midpoint_mean_bwd(gm, F, L, None, k, 4)):
             _close(a, b, 1e-11)
 
 

@@ -84,6 +84,10 @@ GEOOPS_BINDINGS(stereographic, m) {
   m.def("stereo_midpoint_fwd_cpu", &geoops::cpu::stereo_midpoint_fwd_cpu, GEOOPS_NOGIL,
         "weighted midpoint sums (F, L) per group of points (CPU; csrc/cpu/stereographic_midpoint.cpp)");
   m.def("stereo_midpoint_bwd_cpu", &geoops::cpu::stereo_midpoint_bwd_cpu, GEOOPS_NOGIL, "weighted midpoint sums, backward (CPU)");
+  m.def("stereo_midpoint_root_fwd_cpu", &geoops::cpu::stereo_midpoint_root_fwd_cpu, GEOOPS_NOGIL,
+        "weighted midpoint sums (F, L) and the root's S = (Q, A, W, S2, R) per group (CPU)");
+  m.def("stereo_midpoint_root_bwd_cpu", &geoops::cpu::stereo_midpoint_root_bwd_cpu, GEOOPS_NOGIL,
+        "weighted midpoint sums and the root's Q, backward (CPU)");
   m.def("stereo_midpoint_mean_fwd_cpu", &geoops::cpu::stereo_midpoint_mean_fwd_cpu, GEOOPS_NOGIL,
         "weighted midpoint: the mean of each group from its sums (CPU)");
   m.def("stereo_midpoint_mean_bwd_cpu", &geoops::cpu::stereo_midpoint_mean_bwd_cpu, GEOOPS_NOGIL,

@@ -735,6 +735,11 @@ def midpoint_root(y, u, lam, k, F, L, rsum, dim: int):
     R = sum_i u_i (lam_i (1 + k|y_i|^2) - 2), non-zero only on rows whose lam the clamp holds (outside the ball).
     V is formed about a shift s as A sum a_i |y_i - s|^2 - |sum a_i (y_i - s)|^2, exact for any s; s is the centroid
     F / A (the second term ~0), detached (V does not depend on it)."""
+    return midpoint_root_num(y, u, lam, k, F, rsum, dim) / (L * L)
+
+
+def midpoint_root_num(y, u, lam, k, F, rsum, dim: int):
+    """midpoint_root's numerator W^2 - k V + A R (= L^2 q; the same arguments)."""
     a = u * lam
     A = rsum(a)
     with torch.no_grad():
@@ -745,7 +750,7 @@ def midpoint_root(y, u, lam, k, F, L, rsum, dim: int):
     den1 = 1 + k * (y * y).sum(dim, keepdim=True)
     R = rsum(u * torch.where(den1 <= 1e-15, lam * den1 - 2, torch.zeros_like(den1)))
     W = rsum(u)
-    return (W * W - k * V + A * R) / (L * L)
+    return W * W - k * V + A * R
 
 
 def midpoint_half(f, q, L, k, old):
@@ -755,22 +760,6 @@ def midpoint_half(f, q, L, k, old):
     use = (k < 0) & (L.abs() >= 1e-10) & (q > 0)
     qs = torch.where(use, q, torch.ones_like(q))
     return torch.where(use, f / (1 + qs.sqrt()), old)
-
-
-def midpoint_near_boundary(mean, k, host: bool = True):
-    """[G] bool: the groups whose midpoint (mean [G, D]) lies in a ball (k < 0) with 1 + k|mean|^2 < 2/3, i.e.
-    1 + k|f|^2 < 1/4: there 1 + k|f|^2 formed from f loses more than ~2 bits (relative error ~eps |k||f|^2 / q)
-    and the mean more than an ulp; elsewhere it is within ~1 ulp.  None when no group can be (a CPU k of one
-    value >= 0, read on the host where ``host``).  Few ops, no [G, D] temporary: it runs on every C++ midpoint
-    call."""
-    if host and k.numel() == 1 and k.device.type == "cpu":
-        kv = float(k.reshape(()))
-        if not kv < 0:
-            return None
-        return torch.linalg.vector_norm(mean, dim=-1) > (1.0 / (3.0 * -kv)) ** 0.5
-    kk = k.to(torch.float64).reshape(-1)
-    n = torch.linalg.vector_norm(mean, dim=-1).to(torch.float64)
-    return (kk < 0) & (1 + kk * (n * n) < 2.0 / 3.0)
 
 
 def midpoint_root_sums(x, w, k, posweight: bool, F, L):
@@ -788,6 +777,39 @@ def midpoint_root_sums(x, w, k, posweight: bool, F, L):
     return q.squeeze(1)
 
 
+def midpoint_root_sums_reference(x, w, k, posweight: bool):
+    """(F [G, D], L [G], S [G, 5]) of geoops::stereo_midpoint_root_fwd with torch ops in float64: S = (Q, A, W, S2, R)
+    (S2 about the group's first point after posweight's flip; Q and S2 only in the groups near the boundary,
+    midpoint_near, else 0; zeros where k >= 0); Q differentiable."""
+    F, L = midpoint_sums_reference(x, w, k, posweight)
+    xd = x.to(torch.float64)
+    kk = k.to(torch.float64).reshape(-1, 1, 1).expand(x.shape[0], 1, 1)
+    u = torch.ones(xd.shape[:2], dtype=torch.float64, device=x.device) if w is None else w.to(torch.float64)
+    u = u.unsqueeze(-1)
+    if posweight:
+        flip = u < 0
+        xd, u = torch.where(flip, -xd, xd), u.abs()
+    den1 = 1.0 + kk * (xd * xd).sum(-1, keepdim=True)
+    lam = 2.0 / den1.clamp_min(1e-15)
+    a = u * lam
+    e = xd - xd[:, :1]
+    cols = [a.sum(1), u.sum(1), (a * (e * e).sum(-1, keepdim=True)).sum(1),
+            (u * torch.where(den1 <= 1e-15, lam * den1 - 2, torch.zeros_like(den1))).sum(1)]
+    Q = midpoint_root_num(xd, u, lam, kk, F.unsqueeze(1), lambda t: t.sum(1, keepdim=True), -1).reshape(-1, 1)
+    near = midpoint_near(F, L, kk.reshape(-1)).unsqueeze(-1)
+    S = torch.cat([torch.where(near, Q, 0.0)] + cols[:2] + [torch.where(near, cols[2], 0.0), cols[3]], dim=-1)
+    return F, L, torch.where(kk.reshape(-1, 1) < 0, S, torch.zeros_like(S))
+
+
+def midpoint_near(F, L, k):
+    """[G] bool: the groups whose midpoint the root forms from Q (k < 0, |L| >= 1e-10, 1 + k|F / L|^2 < 1/4, i.e.
+    1 + k|m|^2 < 2/3: there 1 + k|f|^2 formed from f loses more than ~2 bits; elsewhere the mean is within ~1 ulp
+    of it, session 45).  No gradient (a choice between two forms of one function)."""
+    with torch.no_grad():
+        ff = (F * F).sum(-1) / (L * L)
+        return (k < 0) & (L.abs() >= 1e-10) & (1 + k * ff < 0.25)
+
+
 class _MidpointTorch:
     @staticmethod
     def midpoint_fwd(x, w, k, posweight):
@@ -796,25 +818,32 @@ class _MidpointTorch:
 
     @staticmethod
     def midpoint_bwd(gF, gL, x, w, k, posweight, mask):
-        G = x.shape[0]
-        with _library.reference_autograd():
-            lx, lk = x.detach().requires_grad_(True), k.detach().requires_grad_(True)
-            lw = None if w is None else w.detach().requires_grad_(True)
-            kr = lk.expand(G) if lk.numel() == 1 else lk
-            F, L = midpoint_sums_reference(lx, lw, kr, posweight)
-            want = [(1, lx), (2, lw), (4, kr)]
-            inputs = [t for bit, t in want if (mask & bit) and t is not None]
-            grads = iter(torch.autograd.grad((F, L), inputs, (gF.to(F.dtype), gL.to(L.dtype)), allow_unused=True)) \
-                if inputs else iter(())
-        res = []
-        for bit, t in want:
-            if (mask & bit) and t is not None:
-                gr = next(grads)
-                gr = torch.zeros_like(t) if gr is None else gr
-                res.append((gr if bit == 4 else gr.to(x.dtype)).to(torch.float64 if bit == 4 else x.dtype).contiguous())
-            else:
-                res.append(x.new_empty(0))
-        return tuple(res)
+        return midpoint_reference_bwd(lambda a, b, c: midpoint_sums_reference(a, b, c, posweight), (gF, gL),
+                                      x, w, k, mask)
+
+
+def midpoint_reference_bwd(fn, gouts, x, w, k, mask: int):
+    """(dx, dw, dk [G] float64) of the reference sums fn(x, w, k) -> outputs from their gradients `gouts` (torch
+    autograd; mask bits 1 dx, 2 dw, 4 dk, unselected ones empty): the torch backends' backward of the sums ops."""
+    G = x.shape[0]
+    with _library.reference_autograd():
+        lx, lk = x.detach().requires_grad_(True), k.detach().requires_grad_(True)
+        lw = None if w is None else w.detach().requires_grad_(True)
+        kr = lk.expand(G) if lk.numel() == 1 else lk
+        outs = fn(lx, lw, kr)
+        want = [(1, lx), (2, lw), (4, kr)]
+        inputs = [t for bit, t in want if (mask & bit) and t is not None]
+        grads = iter(torch.autograd.grad(outs, inputs, tuple(g.to(o.dtype) for g, o in zip(gouts, outs)),
+                                         allow_unused=True)) if inputs else iter(())
+    res = []
+    for bit, t in want:
+        if (mask & bit) and t is not None:
+            gr = next(grads)
+            gr = torch.zeros_like(t) if gr is None else gr
+            res.append(gr.to(torch.float64 if bit == 4 else x.dtype).contiguous())
+        else:
+            res.append(x.new_empty(0))
+    return tuple(res)
 
 
 def _midpoint_kernels(device: torch.device):
@@ -880,60 +909,113 @@ def _register_midpoint_vmaps():
 _register_midpoint_vmaps()
 
 
+# ---------------------------------------------------------------- weighted midpoint: the sums with the root's
+# geoops::stereo_midpoint_root_fwd(Tensor x, Tensor? w, Tensor k, bool posweight) -> (Tensor F, Tensor L, Tensor S)
+# geoops::stereo_midpoint_root_bwd(Tensor gF, Tensor gL, Tensor gQ, Tensor F, Tensor S, Tensor x, Tensor? w,
+#     Tensor k, bool posweight, int mask) -> (dx, dw, dk)
+# The sums above and S [G, 5] float64 = (Q, A, W, S2, R) per group: Q = W^2 - k V + A R = L^2 (1 + k|F / L|^2)
+# for k < 0 without its cancellation near the boundary (midpoint_root), formed only in the groups near it
+# (midpoint_near: a second pass over their points for S2; Q = S2 = 0 elsewhere, zeros where k >= 0), the rest what
+# the backward needs.  The C++ path's (MidpointFn); CPU: one pass each (csrc/cpu/stereographic_midpoint.cpp), other
+# devices: the torch reference above and its autograd.
+def _root_fwd(x, w, k, posweight: bool):
+    if x.device.type == "cpu" and _backend.resolve(x.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().stereo_midpoint_root_fwd_cpu(x, w, k, bool(posweight)))
+    with torch.no_grad():
+        return tuple(t.contiguous() for t in midpoint_root_sums_reference(x, w, k, posweight))
+
+
+def _root_bwd(gF, gL, gQ, F, S, x, w, k, posweight: bool, mask: int):
+    if x.device.type == "cpu" and _backend.resolve(x.device, FAMILY) == "cpp":
+        return tuple(_backend.compiled().stereo_midpoint_root_bwd_cpu(gF, gL, gQ, F, S, x, w, k, bool(posweight),
+                                                                      mask))
+
+    def sums(a, b, c):
+        F, L, S = midpoint_root_sums_reference(a, b, c, posweight)
+        return F, L, S[:, 0]
+    return midpoint_reference_bwd(sums, (gF, gL, gQ), x, w, k, mask)
+
+
+def _root_fwd_fake(x, w, k, posweight):
+    G, _, D = x.shape
+    return (x.new_empty((G, D), dtype=torch.float64), x.new_empty((G,), dtype=torch.float64),
+            x.new_empty((G, 5), dtype=torch.float64))
+
+
+def _root_bwd_fake(gF, gL, gQ, F, S, x, w, k, posweight, mask):
+    return _midpoint_bwd_fake(gF, gL, x, w, k, posweight, mask)
+
+
+_define_pair("midpoint_root", "stereo_midpoint_root",
+             "(Tensor x, Tensor? w, Tensor k, bool posweight) -> (Tensor, Tensor, Tensor)", _root_fwd, _root_fwd_fake,
+             "(Tensor gF, Tensor gL, Tensor gQ, Tensor F, Tensor S, Tensor x, Tensor? w, Tensor k, bool posweight, "
+             "int mask) -> (Tensor, Tensor, Tensor)", _root_bwd, _root_bwd_fake)
+
+
 # ---------------------------------------------------------------- weighted midpoint (the mean from the sums)
-# geoops::stereo_midpoint_mean_fwd(Tensor F, Tensor L, Tensor k) -> Tensor mean
-# geoops::stereo_midpoint_mean_bwd(Tensor gm, Tensor F, Tensor L, Tensor k, int mask) -> (gF, gL, gk)
-# F [G, D], L [G], k [1] or [G], all float64: mean = 1/2 (x)_k (F / den) [G, D] float64, den = L clamped away from 0
-# to +-1e-10 (its sign kept): geoopt's epilogue before the sphere's choice between the mean and its antipode.  The
-# backward: gF [G, D], gL [G], gk [G] per group (empty unless mask bit 4).  CPU: csrc/cpu/stereographic_midpoint.cpp
-# (one pass per group); other devices: the torch composition below (and its autograd).
+# geoops::stereo_midpoint_mean_fwd(Tensor F, Tensor L, Tensor? Q, Tensor k) -> Tensor mean
+# geoops::stereo_midpoint_mean_bwd(Tensor gm, Tensor F, Tensor L, Tensor? Q, Tensor k, int mask) -> (gF, gL, gQ, gk)
+# F [G, D], L [G], Q [G] or None, k [1] or [G], all float64: mean = 1/2 (x)_k (F / den) [G, D] float64, den = L
+# clamped away from 0 to +-1e-10 (its sign kept): geoopt's epilogue before the sphere's choice between the mean and
+# its antipode; with Q (stereo_midpoint_root_fwd's) the root f / (1 + sqrt(Q / L^2)) where it applies (midpoint_half).
+# The backward: gF [G, D], gL [G], gQ [G] (empty without Q), gk [G] per group (empty unless mask bit 4).  CPU:
+# csrc/cpu/stereographic_midpoint.cpp (one pass per group); other devices: the torch composition below (and its
+# autograd).
 def midpoint_den(L):
     """den = L clamped away from 0 to +-1e-10, its sign kept (geoopt's clamp), as a [G, 1] column."""
     return torch.where(L >= 0, L.clamp_min(1e-10), L.clamp_max(-1e-10)).unsqueeze(-1)
 
 
-def midpoint_mean_reference(F, L, k):
-    """The mean above with torch ops in float64 (geoops.reference.stereographic.mobius_scalar_mul)."""
+def midpoint_mean_reference(F, L, k, Q=None):
+    """The mean above with torch ops in float64 (geoops.reference.stereographic.mobius_scalar_mul, midpoint_half)."""
     from ..reference import stereographic as ref
 
     den = midpoint_den(L)
-    return ref.mobius_scalar_mul(torch.tensor(0.5, dtype=torch.float64, device=F.device), F / den,
-                                 k=k.to(torch.float64).reshape(-1, 1))
+    kk = k.to(torch.float64).reshape(-1, 1)
+    f = F / den
+    mean = ref.mobius_scalar_mul(torch.tensor(0.5, dtype=torch.float64, device=F.device), f, k=kk)
+    if Q is None:
+        return mean
+    Lc = L.unsqueeze(-1)
+    return midpoint_half(f, Q.unsqueeze(-1) / (Lc * Lc), Lc, kk, mean)
 
 
-def _mean_fwd(F, L, k):
+def _mean_fwd(F, L, Q, k):
     if F.device.type == "cpu" and _backend.resolve(F.device, FAMILY) == "cpp":
-        return _backend.compiled().stereo_midpoint_mean_fwd_cpu(F, L, k)
+        return _backend.compiled().stereo_midpoint_mean_fwd_cpu(F, L, Q, k)
     with torch.no_grad():
-        return midpoint_mean_reference(F, L, k).contiguous()
+        return midpoint_mean_reference(F, L, k, Q).contiguous()
 
 
-def _mean_bwd(gm, F, L, k, mask):
+def _mean_bwd(gm, F, L, Q, k, mask):
     if F.device.type == "cpu" and _backend.resolve(F.device, FAMILY) == "cpp":
-        return tuple(_backend.compiled().stereo_midpoint_mean_bwd_cpu(gm, F, L, k, mask))
+        return tuple(_backend.compiled().stereo_midpoint_mean_bwd_cpu(gm, F, L, Q, k, mask))
     G = F.shape[0]
     with _library.reference_autograd():
         lF, lL = F.detach().requires_grad_(True), L.detach().requires_grad_(True)
+        lQ = None if Q is None else Q.detach().to(torch.float64).requires_grad_(True)
         lk = k.detach().to(torch.float64).expand(G).clone().requires_grad_(True)
-        m = midpoint_mean_reference(lF, lL, lk)
-        inputs = (lF, lL, lk) if mask & 4 else (lF, lL)
+        m = midpoint_mean_reference(lF, lL, lk, lQ)
+        inputs = [lF, lL] + ([lQ] if Q is not None else []) + ([lk] if mask & 4 else [])
         grads = torch.autograd.grad(m, inputs, gm.to(torch.float64), allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
-    gk = grads[2] if mask & 4 else F.new_empty((0,))
-    return grads[0].contiguous(), grads[1].contiguous(), gk.contiguous()
+    gQ = grads[2] if Q is not None else F.new_empty((0,))
+    gk = grads[-1] if mask & 4 else F.new_empty((0,))
+    return grads[0].contiguous(), grads[1].contiguous(), gQ.contiguous(), gk.contiguous()
 
 
-def _mean_fwd_fake(F, L, k):
+def _mean_fwd_fake(F, L, Q, k):
     return torch.empty_like(F, dtype=torch.float64)
 
 
-def _mean_bwd_fake(gm, F, L, k, mask):
+def _mean_bwd_fake(gm, F, L, Q, k, mask):
     G = F.shape[0]
     return (torch.empty_like(F, dtype=torch.float64), F.new_empty((G,), dtype=torch.float64),
+            F.new_empty((G,) if Q is not None else (0,), dtype=torch.float64),
             F.new_empty((G,) if mask & 4 else (0,), dtype=torch.float64))
 
 
-_define_pair("midpoint_mean", "stereo_midpoint_mean", "(Tensor F, Tensor L, Tensor k) -> Tensor",
+_define_pair("midpoint_mean", "stereo_midpoint_mean", "(Tensor F, Tensor L, Tensor? Q, Tensor k) -> Tensor",
              _mean_fwd, _mean_fwd_fake,
-             "(Tensor gm, Tensor F, Tensor L, Tensor k, int mask) -> (Tensor, Tensor, Tensor)", _mean_bwd,
-             _mean_bwd_fake)
+             "(Tensor gm, Tensor F, Tensor L, Tensor? Q, Tensor k, int mask) -> (Tensor, Tensor, Tensor, Tensor)",
+             _mean_bwd, _mean_bwd_fake)
