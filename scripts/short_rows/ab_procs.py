@@ -1,12 +1,18 @@
 """A/B of two builds of geoops._C, one worker process per build, interleaved round by round.
 
 usage: ab_procs.py TREE_A TREE_B ROUNDS [CASES]
-  TREE_X: a folder holding a `geoops` package with that build's _C (e.g. a copy of geoops/ with the .so swapped in);
+  TREE_X: a folder holding a `geoops` package with that build's _C (e.g. a copy of geoops/ with the .so swapped in,
+    or a `git worktree` of an old commit built in place: its own Python with its own build);
   CASES: comma-separated names from CASES below (default: all).
 Each worker (PYTHONPATH=TREE_X, 1 thread) builds every case's inputs once; the driver asks A and B in turn (order
-alternating per round) to time one call of a case by thread CPU time (time.thread_time: the least sensitive to other
-processes on a shared machine).  Prints per case the medians of A, B and of B / A per round with its interquartile
-range.  Unlike an in-process switch, each build's process holds only that build.
+alternating per round) to time `reps` calls of a case by thread CPU time (time.thread_time: the least sensitive to
+other processes on a shared machine).  Prints per case the medians of A, B (per call) and of B / A per round with
+its interquartile range.  Unlike an in-process switch, each build's process holds only that build.  A case whose
+setup defines `out` (a function returning a tensor) also prints each worker's digest of it: "same" / "DIFFER" tells
+whether the two builds compute the same bits (a check that the two workers did run different code where the sources
+differ).  Cases: the bench's row ops; logmap0 (session 44 review43's ab_build check); the three-vector kernels fwd /
+bwd (scripts/triple_bwd/ab.py's direct calls); the Poincaré batch norm's training layer fwd+bwd
+(scripts/bn_transport/ab.py's shapes) and PoincareBatchNorm2d (the bench's (32, 16, 32, 32), and (8, 64, 32, 32)).
 """
 import os
 import statistics as st
@@ -17,7 +23,49 @@ CASES = {  # name -> (setup code defining `f`, a zero-argument call)
     **{f"{op}_{n}x{d}": (f"""
 from bench.stereographic import make_inputs, op_call, geoops_fn
 inp = make_inputs({op!r}, {n}, {d}, torch.float32, "cpu"); g = op_call(geoops_fn({op!r}), {op!r})
-f = lambda: g(inp)""", None) for op in ("mobius_add", "expmap", "logmap", "dist") for n, d in ((2 ** 20, 5), (2 ** 18, 64))},
+f = lambda: g(inp); out = lambda: g(inp)""", None) for op in ("mobius_add", "expmap", "logmap", "dist") for n, d in ((2 ** 20, 5), (2 ** 18, 64))},
+    **{f"logmap0_{n}x{d}": (f"""
+from bench.stereographic import make_inputs, op_call, geoops_fn
+inp = make_inputs("logmap0", {n}, {d}, torch.float32, "cpu"); g = op_call(geoops_fn("logmap0"), "logmap0")
+f = lambda: g(inp); out = lambda: g(inp)""", None) for n, d in ((2 ** 20, 5),)},
+    **{f"triple_{op}_{dr}_{n}x{d}": (f"""
+import geoops.stereographic, geoops._backend as B
+gen = torch.Generator().manual_seed(0)
+vs = [(torch.randn({n}, {d}, generator=gen, dtype=torch.float64) * 0.3 / {d} ** 0.5).float() for _ in range(3)]
+k64 = torch.tensor([-1.0], dtype=torch.float64); C = B.compiled(); c = {code}
+o = C.stereo_triple_fwd_cpu(c, vs[0], vs[1], vs[2], k64, 0); gr = torch.randn(o.shape, generator=gen)
+fw = lambda: C.stereo_triple_fwd_cpu(c, vs[0], vs[1], vs[2], k64, 0)
+bw = lambda: C.stereo_triple_bwd_cpu(c, gr, vs[0], vs[1], vs[2], k64, 0, 7)
+f = {"fw" if dr == "fwd" else "bw"}; reps = {max(1, min(200, int(2e6 // (n * d))))}
+out = lambda: torch.cat([t.reshape(-1) for t in (fw(), *bw())])""", None)
+       for op, code in (("gyration", 0), ("parallel_transport", 1)) for dr in ("fwd", "bwd")
+       for n, d in ((2 ** 18, 64), (2 ** 20, 5))},
+    **{f"bn_train_{n}x{d}": (f"""
+import geoops.poincare as gp
+gen = torch.Generator().manual_seed(0)
+x = (torch.randn({n}, {d}, generator=gen) * 0.3 / {d} ** 0.5).requires_grad_()
+bias = (torch.randn({d}, generator=gen) * 0.1).requires_grad_(); w = torch.ones(1, requires_grad=True)
+rm, rv = torch.zeros({d}), torch.ones(1)
+def f():
+    y = gp.batch_norm(x, bias, w, c=1.0, running_mean=rm, running_var=rv, training=True)
+    y.sum().backward()
+def out():
+    x.grad = None
+    y = gp.batch_norm(x, bias, w, c=1.0, running_mean=rm.clone(), running_var=rv.clone(), training=True)
+    y.sum().backward()
+    return torch.cat([y.detach().reshape(-1), x.grad.reshape(-1)])
+reps = {max(1, int(2e6 / (n * d)))}""", None) for n, d in ((4096, 8), (1024, 64), (64, 16), (256, 8))},
+    **{f"bn2d_train_{b}x{c}x{h}x{h}": (f"""
+from bench.poincare import _img
+from geoops.nn import poincare as P
+torch.manual_seed(0)
+x = _img({b}, {c}, {h}, {h}).requires_grad_(); gout = torch.randn({b}, {c}, {h}, {h})
+ball = P.PoincareBall(1.0); bn = P.PoincareBatchNorm2d({c}, ball)
+f = lambda: bn(x).backward(gout)
+def out():
+    x.grad = None
+    y = bn(x); y.backward(gout)
+    return torch.cat([y.detach().reshape(-1), x.grad.reshape(-1)])""", None) for b, c, h in ((32, 16, 32), (8, 64, 32))},
     "gaunt_L4_2048x16": ("""
 import geoops.gaunt as ga
 x1, x2 = torch.randn(2048, 16, 25), torch.randn(2048, 16, 25)
@@ -33,21 +81,25 @@ f = lambda: gs.fftconv(u, k)""", None),
 }
 
 WORKER = r"""
-import sys, time, torch
+import hashlib, sys, time, torch
 torch.set_num_threads(1)
 torch.manual_seed(0)
 import geoops
-fs = {}
+fs, digests = {}, {}
 for name in sys.argv[1].split(","):
     env = {"torch": torch}
     exec(SETUPS[name], env)
+    if "out" in env:
+        digests[name] = hashlib.sha1(env["out"]().detach().contiguous().numpy().tobytes()).hexdigest()[:12]
     env["f"](); env["f"]()
-    fs[name] = env["f"]
-print("ready", geoops._backend.compiled().__file__, flush=True)
+    fs[name] = (env["f"], env.get("reps", 1))
+print("ready", geoops._backend.compiled().__file__, repr(digests), flush=True)
 for line in sys.stdin:
-    name = line.strip()
-    t = time.thread_time(); fs[name](); t = time.thread_time() - t
-    print(t, flush=True)
+    f, reps = fs[line.strip()]
+    t = time.thread_time()
+    for _ in range(reps):
+        f()
+    print((time.thread_time() - t) / reps, flush=True)
 """
 
 
@@ -62,8 +114,11 @@ def main():
         p = subprocess.Popen([sys.executable, "-c", code, ",".join(names)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
         procs[key] = p
+    digests = {}
     for key, p in procs.items():
-        print(key, p.stdout.readline().strip(), flush=True)
+        line = p.stdout.readline().strip()
+        print(key, line, flush=True)
+        digests[key] = eval(line.split(" ", 2)[2]) if line.startswith("ready ") else {}
     print(f"load {os.getloadavg()[0]:.1f}, rounds {rounds}", flush=True)
     for name in names:
         T = {"A": [], "B": []}
@@ -74,7 +129,9 @@ def main():
         ratio = sorted(b / a for a, b in zip(T["A"], T["B"]))
         q = lambda p: ratio[min(len(ratio) - 1, int(p * len(ratio)))]
         print(f"{name:30s} A {st.median(T['A']) * 1e3:8.2f} ms  B {st.median(T['B']) * 1e3:8.2f} ms  "
-              f"B/A {st.median(ratio):.3f} (IQR {q(.25):.3f}-{q(.75):.3f})", flush=True)
+              f"B/A {st.median(ratio):.3f} (IQR {q(.25):.3f}-{q(.75):.3f})"
+              + (f"  bits {'same' if digests['A'][name] == digests['B'][name] else 'DIFFER'}" if name in digests["A"]
+                 and name in digests["B"] else ""), flush=True)
     for p in procs.values():
         p.stdin.close(); p.wait()
 
