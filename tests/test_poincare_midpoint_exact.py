@@ -266,3 +266,34 @@ def test_stereographic_weighted_midpoint_near_boundary_float32(case):
     if w is not None:
         for a, b, e in zip(wrows(ours[1][2]), wrows(ref[1][2]), gue):
             assert ok(a, b, e)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("mode", ["eager", "compile", "func"])
+def test_stereographic_weighted_midpoint_zero_weight_group_finite_gradients(backend, mode):
+    """A group whose weights are all zero (a masked group) beside a normal one, k < 0: the gradients are those of
+    each group alone (finite; the zero group's dx and dk 0, its dweights geoopt's clamped 1 / 1e-10 scale).  The root's
+    q = (...) / L^2 at L = 0 put 0 * inf = NaN into every gradient (x, weights and the shared k) where the root was
+    formed (the reference backend; compile, torch.func and non-CPU devices on every backend; session 46, review45)."""
+    x = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.3
+    w = torch.stack([torch.zeros(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5])
+    k = torch.tensor(-1.0, dtype=torch.float64)
+    g = torch.randn(2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def loss(x, w, k):
+        return (st.weighted_midpoint(x, w, k=k, reducedim=1) * g).sum()
+    with _backend.use_backend(backend):
+        if mode == "func":
+            grads = torch.func.grad(loss, argnums=(0, 1, 2))(x, w, k)
+        else:
+            fn = torch.compile(loss, fullgraph=True, backend="aot_eager") if mode == "compile" else loss
+            ins = [t.clone().requires_grad_() for t in (x, w, k)]
+            grads = torch.autograd.grad(fn(*ins), ins)
+    assert all(bool(torch.isfinite(t).all()) for t in grads), grads
+    ins = [t.clone().requires_grad_() for t in (x[1], w[1], k)]  # the normal group alone
+    with _backend.use_backend(backend):
+        alone = torch.autograd.grad((st.weighted_midpoint(ins[0], ins[1], k=ins[2], reducedim=0) * g[1]).sum(), ins)
+    torch.testing.assert_close(grads[0][1], alone[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grads[1][1], alone[1], rtol=1e-12, atol=1e-14)
+    assert float(grads[0][0].abs().max()) == 0.0
+    torch.testing.assert_close(grads[2], alone[2], rtol=1e-12, atol=1e-14)

@@ -745,7 +745,10 @@ def midpoint_root(y, u, lam, k, F, L, rsum, dim: int):
     den1 = 1 + k * (y * y).sum(dim, keepdim=True)
     R = rsum(u * torch.where(den1 <= 1e-15, lam * den1 - 2, torch.zeros_like(den1)))
     W = rsum(u)
-    return (W * W - k * V + A * R) / (L * L)
+    # L^2 where midpoint_half uses q (|L| >= 1e-10), else 1: at L = 0 (a group of zero weights) q's own gradient,
+    # 1 / L^2, times the zero it gets there was NaN in every gradient
+    L2 = L * L
+    return (W * W - k * V + A * R) / torch.where(L.abs() >= 1e-10, L2, torch.ones_like(L2))
 
 
 def midpoint_half(f, q, L, k, old):
