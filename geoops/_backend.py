@@ -238,6 +238,9 @@ def compiled():
     return mod
 
 
+_other_builds = 0  # load_other_build's calls (its module names)
+
+
 def load_other_build(path) -> object:
     """Another build of geoops._C loaded from `path` beside this process's own, for in-process A/B runs (set
     `_cache["C"]` to it to route the public ops there).  Refuses a build whose functions are not its own: two builds
@@ -246,9 +249,15 @@ def load_other_build(path) -> object:
     that runs the first build's kernel).  One of the two built with hidden visibility (setup.py) keeps them apart."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"geoops_other_{len(_cache)}._C", str(path))
+    global _other_builds
+    _other_builds += 1
+    # a new module name per call: under a name loaded before, Python returns that earlier module (the first
+    # build loaded) whatever the path (session 46: a second call returned the first call's build)
+    spec = importlib.util.spec_from_file_location(f"geoops_other_{_other_builds}._C", str(path))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    if os.path.realpath(getattr(mod, "__file__", "")) != os.path.realpath(path):
+        raise RuntimeError(f"{path}: loading it returned the module of {getattr(mod, '__file__', None)}")
     chained = [n for n in dir(mod) if "Overloaded function" in (getattr(getattr(mod, n), "__doc__", None) or "")]
     if chained:
         raise RuntimeError(

@@ -2502,6 +2502,12 @@ def weighted_midpoint(xs: torch.Tensor, weights: Optional[torch.Tensor] = None, 
     """
     op = "weighted_midpoint"
     udim, dim = dim, _check_surface(op, dim, k, xs=xs)
+    if keepdim is not False and keepdim is not True:
+        keepdim = _bool_arg(op, "keepdim", keepdim)
+    if posweight is not False and posweight is not True:
+        posweight = _bool_arg(op, "posweight", posweight)
+    if lincomb is not False and lincomb is not True:
+        lincomb = _bool_arg(op, "lincomb", lincomb)
     if weights is not None:
         _check_float(op, "weights", weights)
         if weights.device != xs.device:

@@ -53,3 +53,27 @@ def test_second_build_in_one_process_keeps_its_own_functions(tmp_path):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+def test_load_other_build_twice_loads_each_path(tmp_path):
+    """Two other builds loaded one after the other (an A/B of two older builds beside the package's): each call returns
+    the module of its own path.  Its module name was the same on both calls (from len(_cache), unchanged between
+    them), under which Python returned the first call's module for the second path: an A/B of the second build timed
+    the first (session 46, review45)."""
+    so = _so()
+    paths = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / so.name)
+        shutil.copy2(so, paths[-1])
+    code = textwrap.dedent(f"""
+        import os
+        from geoops import _backend
+        a = _backend.load_other_build({str(paths[0])!r})
+        b = _backend.load_other_build({str(paths[1])!r})
+        assert a is not b, (a.__file__, b.__file__)
+        assert os.path.samefile(a.__file__, {str(paths[0])!r}) and os.path.samefile(b.__file__, {str(paths[1])!r})
+        assert a.stereo_midpoint_mean_fwd_cpu is not b.stereo_midpoint_mean_fwd_cpu
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]

@@ -95,6 +95,21 @@ def test_keepdim_must_be_bool(op, backend):
         assert f(np.bool_(True)).shape == (2, 1)
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_weighted_midpoint_flags_must_be_bool(backend):
+    """weighted_midpoint's keepdim (and its posweight / lincomb flags) took "no" and 1 as True, as the other reducing
+    ops did before session 45 (session 46, review45: probe45's check left this op out)."""
+    x = torch.randn(3, 4, 2, dtype=torch.float64) * 0.1
+    with geoops.use_backend(backend):
+        for name in ("keepdim", "posweight", "lincomb"):
+            for bad in ("no", 1, None, torch.tensor(True)):
+                with pytest.raises(TypeError, match=rf"geoops\.stereographic\.weighted_midpoint: {name} must be a bool"):
+                    gs.weighted_midpoint(x, None, k=-1.0, reducedim=1, **{name: bad})
+        assert gs.weighted_midpoint(x, None, k=-1.0, reducedim=1, keepdim=True).shape == (3, 1, 2)
+        np = pytest.importorskip("numpy")
+        assert gs.weighted_midpoint(x, None, k=-1.0, reducedim=1, keepdim=np.bool_(False)).shape == (3, 2)
+
+
 def test_poincare_keepdim_must_be_bool():
     x = torch.randn(4, 3, dtype=torch.float64) * 0.1
     for bad in ("no", 1):

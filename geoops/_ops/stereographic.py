@@ -735,7 +735,10 @@ def midpoint_root(y, u, lam, k, F, L, rsum, dim: int):
     R = sum_i u_i (lam_i (1 + k|y_i|^2) - 2), non-zero only on rows whose lam the clamp holds (outside the ball).
     V is formed about a shift s as A sum a_i |y_i - s|^2 - |sum a_i (y_i - s)|^2, exact for any s; s is the centroid
     F / A (the second term ~0), detached (V does not depend on it)."""
-    return midpoint_root_num(y, u, lam, k, F, rsum, dim) / (L * L)
+    # L^2 where midpoint_half uses q (|L| >= 1e-10), else 1: at L = 0 (a group of zero weights) q's own gradient,
+    # 1 / L^2, times the zero it gets there was NaN in every gradient
+    L2 = L * L
+    return midpoint_root_num(y, u, lam, k, F, rsum, dim) / torch.where(L.abs() >= 1e-10, L2, torch.ones_like(L2))
 
 
 def midpoint_root_num(y, u, lam, k, F, rsum, dim: int):
