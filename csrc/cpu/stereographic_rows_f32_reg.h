@@ -79,15 +79,19 @@ inline Switches switches(int op, int64_t D) {
 // logmap0 88 -> 68, expmap0 70 -> 56 ns per 16 rows at D = 5 (128 rows ahead with out's lines for writing; 64 and
 // 256 rows, or x / y alone, measured less).  A hint only: same values.
 constexpr int kPfRows = 128;
-// The lines of the N bytes from p, q (if HAS_Y) for reading and of the NW bytes from w for writing (prefetchw where
-// the target has it).
+// The lines of the N bytes from p, q (if HAS_Y) for reading and, for the one-input ops only, of the NW bytes from w for
+// writing (prefetchw where the target has it).  The two-input ops go without the write prefetch: one process per
+// build, 1 thread, thread CPU time, AMD EPYC (Zen 4) under load, both build orders (session 46): expmap D = 6
+// 0.76-0.77x the time, D = 5 expmap / logmap 0.93-0.96x (a one-input op, whose code did not change, 0.96x in the
+// same runs: build layout), dist 0.98x; session 43's ab2.sh had measured the two-input ops 0.74-0.95x streaming and
+// logmap0 (one input) 1.07x slower without it.  A hint only: same values.
 template <bool HAS_Y, int N, int NW = N>
 inline __attribute__((always_inline)) void prefetch_rows(const float* p, const float* q, float* w) {
 #pragma GCC unroll 16
   for (int b = 0; b < N; b += 64) {
     __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 3);
     if constexpr (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(q) + b, 0, 3);
-    if (b < NW) __builtin_prefetch(reinterpret_cast<char*>(w) + b, 1, 3);
+    if (!HAS_Y && b < NW) __builtin_prefetch(reinterpret_cast<char*>(w) + b, 1, 3);
   }
 }
 

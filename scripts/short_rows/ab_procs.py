@@ -1,9 +1,16 @@
 """A/B of two builds of geoops._C, one worker process per build, interleaved round by round.
 
-usage: ab_procs.py TREE_A TREE_B ROUNDS [CASES]
+usage: ab_procs.py TREE_A TREE_B ROUNDS [CASES] [--threads N] [--wall] [--limit] [--calls C]
   TREE_X: a folder holding a `geoops` package with that build's _C (e.g. a copy of geoops/ with the .so swapped in,
     or a `git worktree` of an old commit built in place: its own Python with its own build);
-  CASES: comma-separated names from CASES below (default: all).
+  CASES: comma-separated names from CASES below, or any `OP_NxD` of bench.stereographic's ops (float32, k = -1, the
+  bench's inputs; e.g. expmap0_1048576x5) (default: CASES).
+  --threads N: torch / OpenMP threads of each worker (default 1); --wall: time wall-clock (perf_counter) instead of
+  thread CPU time (needed for more than one thread); --calls C: the median of C calls per sample (default 1);
+  --limit: each worker also times the case's limit op (bench.stereographic.limit_call) right after it in the same
+  round, and the per-round ratio op / limit is printed per build (a ratio taken in one process, one round apart).
+  The workers inherit the environment (e.g. THP_MEM_ALLOC_ENABLE=1 for the `--thp` rows); --env-b K=V[,K=V]: B's
+  worker only also gets these (a knob's A/B within one build: TREE_B may be TREE_A).
 Each worker (PYTHONPATH=TREE_X, 1 thread) builds every case's inputs once; the driver asks A and B in turn (order
 alternating per round) to time `reps` calls of a case by thread CPU time (time.thread_time: the least sensitive to
 other processes on a shared machine).  Prints per case the medians of A, B (per call) and of B / A per round with
@@ -19,11 +26,16 @@ import statistics as st
 import subprocess
 import sys
 
-CASES = {  # name -> (setup code defining `f`, a zero-argument call)
-    **{f"{op}_{n}x{d}": (f"""
-from bench.stereographic import make_inputs, op_call, geoops_fn
+ROW_CASE = """
+from bench.stereographic import make_inputs, op_call, geoops_fn, limit_call
 inp = make_inputs({op!r}, {n}, {d}, torch.float32, "cpu"); g = op_call(geoops_fn({op!r}), {op!r})
-f = lambda: g(inp); out = lambda: g(inp)""", None) for op in ("mobius_add", "expmap", "logmap", "dist") for n, d in ((2 ** 20, 5), (2 ** 18, 64))},
+lim = limit_call({op!r})
+f = lambda: g(inp); out = lambda: g(inp)
+flim = lambda: lim(inp)"""
+
+CASES = {  # name -> (setup code defining `f` (and for the row ops the limit op `flim`), a zero-argument call)
+    **{f"{op}_{n}x{d}": (ROW_CASE.format(op=op, n=n, d=d), None)
+       for op in ("mobius_add", "expmap", "logmap", "dist") for n, d in ((2 ** 20, 5), (2 ** 18, 64))},
     **{f"logmap0_{n}x{d}": (f"""
 from bench.stereographic import make_inputs, op_call, geoops_fn
 inp = make_inputs("logmap0", {n}, {d}, torch.float32, "cpu"); g = op_call(geoops_fn("logmap0"), "logmap0")
@@ -80,11 +92,22 @@ u, k = torch.randn(8, 64, 4096), torch.randn(64, 4096)
 f = lambda: gs.fftconv(u, k)""", None),
 }
 
+
+def setup_code(name):
+    """CASES[name]'s setup, or a row op OP_NxD of bench.stereographic (defining f and its limit op flim)."""
+    if name in CASES:
+        return CASES[name][0]
+    op, shape = name.rsplit("_", 1)
+    n, d = (int(v) for v in shape.split("x"))
+    return ROW_CASE.format(op=op, n=n, d=d)
+
+
 WORKER = r"""
-import hashlib, sys, time, torch
-torch.set_num_threads(1)
+import hashlib, statistics, sys, time, torch
+torch.set_num_threads(THREADS)
 torch.manual_seed(0)
 import geoops
+clock = time.perf_counter if WALL else time.thread_time
 fs, digests = {}, {}
 for name in sys.argv[1].split(","):
     env = {"torch": torch}
@@ -93,24 +116,45 @@ for name in sys.argv[1].split(","):
         digests[name] = hashlib.sha1(env["out"]().detach().contiguous().numpy().tobytes()).hexdigest()[:12]
     env["f"](); env["f"]()
     fs[name] = (env["f"], env.get("reps", 1))
+    if "flim" in env:
+        env["flim"](); env["flim"]()
+        fs["lim:" + name] = (env["flim"], env.get("reps", 1))
 print("ready", geoops._backend.compiled().__file__, repr(digests), flush=True)
+
+
+def one(f, reps):
+    ts = []
+    for _ in range(CALLS):
+        t = clock()
+        for _ in range(reps):
+            f()
+        ts.append((clock() - t) / reps)
+    return statistics.median(ts)
+
+
 for line in sys.stdin:
-    f, reps = fs[line.strip()]
-    t = time.thread_time()
-    for _ in range(reps):
-        f()
-    print((time.thread_time() - t) / reps, flush=True)
+    name = line.strip()
+    print(one(*fs[name]), flush=True)
 """
 
 
 def main():
-    ta, tb, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    names = sys.argv[4].split(",") if len(sys.argv) > 4 else list(CASES)
-    code = "SETUPS = %r\n" % {n: CASES[n][0] for n in names} + WORKER
+    flags = [a for a in sys.argv[1:] if a.startswith("--")]
+    pos = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--") and not (
+        i > 0 and sys.argv[i] in ("--threads", "--calls", "--env-b"))]
+    opt = lambda key, default: int(sys.argv[sys.argv.index(key) + 1]) if key in sys.argv else default
+    threads, calls, wall, limit = opt("--threads", 1), opt("--calls", 1), "--wall" in flags, "--limit" in flags
+    env_b = dict(kv.split("=", 1) for kv in sys.argv[sys.argv.index("--env-b") + 1].split(",")) \
+        if "--env-b" in sys.argv else {}
+    ta, tb, rounds = pos[0], pos[1], int(pos[2])
+    names = pos[3].split(",") if len(pos) > 3 else list(CASES)
+    code = ("SETUPS = %r\nTHREADS = %d\nCALLS = %d\nWALL = %r\n" % ({n: setup_code(n) for n in names}, threads,
+                                                                   calls, wall) + WORKER)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     procs = {}
     for key, tree in (("A", ta), ("B", tb)):
-        env = dict(os.environ, PYTHONPATH=f"{tree}:{root}", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONPATH=f"{tree}:{root}", OMP_NUM_THREADS=str(threads),
+                   MKL_NUM_THREADS=str(threads), **(env_b if key == "B" else {}))
         p = subprocess.Popen([sys.executable, "-c", code, ",".join(names)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
         procs[key] = p
@@ -119,19 +163,36 @@ def main():
         line = p.stdout.readline().strip()
         print(key, line, flush=True)
         digests[key] = eval(line.split(" ", 2)[2]) if line.startswith("ready ") else {}
-    print(f"load {os.getloadavg()[0]:.1f}, rounds {rounds}", flush=True)
+    print(f"load {os.getloadavg()[0]:.1f}, rounds {rounds}, threads {threads}, B's env {env_b}, "
+          f"{'wall' if wall else 'thread CPU'} time, median of {calls} call(s) per sample", flush=True)
+
+    def ask(key, name):
+        procs[key].stdin.write(name + "\n"); procs[key].stdin.flush()
+        return float(procs[key].stdout.readline())
+
+    def quart(v):
+        v = sorted(v)
+        q = lambda p: v[min(len(v) - 1, int(p * len(v)))]
+        return f"{st.median(v):.3f} (IQR {q(.25):.3f}-{q(.75):.3f})"
+
     for name in names:
         T = {"A": [], "B": []}
+        L = {"A": [], "B": []}
+        lim = limit and "flim" in setup_code(name)
         for r in range(rounds):
             for key in (("A", "B") if r % 2 == 0 else ("B", "A")):
-                procs[key].stdin.write(name + "\n"); procs[key].stdin.flush()
-                T[key].append(float(procs[key].stdout.readline()))
-        ratio = sorted(b / a for a, b in zip(T["A"], T["B"]))
-        q = lambda p: ratio[min(len(ratio) - 1, int(p * len(ratio)))]
-        print(f"{name:30s} A {st.median(T['A']) * 1e3:8.2f} ms  B {st.median(T['B']) * 1e3:8.2f} ms  "
-              f"B/A {st.median(ratio):.3f} (IQR {q(.25):.3f}-{q(.75):.3f})"
-              + (f"  bits {'same' if digests['A'][name] == digests['B'][name] else 'DIFFER'}" if name in digests["A"]
-                 and name in digests["B"] else ""), flush=True)
+                T[key].append(ask(key, name))
+                if lim:
+                    L[key].append(ask(key, "lim:" + name))
+        line = (f"{name:26s} A {st.median(T['A']) * 1e3:8.2f} ms  B {st.median(T['B']) * 1e3:8.2f} ms  "
+                f"B/A {quart([b / a for a, b in zip(T['A'], T['B'])])}")
+        if lim:
+            line += (f"  xlimit A {quart([t / l for t, l in zip(T['A'], L['A'])])}"
+                     f" B {quart([t / l for t, l in zip(T['B'], L['B'])])}  (limit A {st.median(L['A']) * 1e3:.2f}"
+                     f" B {st.median(L['B']) * 1e3:.2f} ms)")
+        if name in digests["A"] and name in digests["B"]:
+            line += f"  bits {'same' if digests['A'][name] == digests['B'][name] else 'DIFFER'}"
+        print(line, flush=True)
     for p in procs.values():
         p.stdin.close(); p.wait()
 
