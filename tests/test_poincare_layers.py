@@ -2104,3 +2104,45 @@ def test_conv_rows_ops_opcheck():
         ev, ez = torch.autograd.grad(((0.7 * pp @ zz) * gt).sum() + (0.49 * (pp * pp).sum(-1) * gU).sum(), (vv, zz))
         torch.testing.assert_close(gv, ev)
         torch.testing.assert_close(gz, ez)
+
+
+def _klein_q(x, c):
+    """1 - c|f|^2 of the batch midpoint's Klein point f = F / L (float64 sums, as the C++ layer forms them)."""
+    X = (x * x).sum(-1)
+    lam = 2 / (1 - c * X).clamp_min(1e-15)
+    f = (lam[:, None] * x).sum(0) / (lam - 1).sum()
+    return float(1 - c * (f * f).sum())
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_bn_layer_root_forms_meet(side):
+    """The C++ layer takes the midpoint's root as 1 - c|f|^2 where that is >= 1/4 and from the scatter (N^2 + cV +
+    L R) / L^2 below (session 46: the scatter's row passes only where the plain form cancels).  Batches just above
+    and just below the switch: the layer's m, u and its backward (dx, dc) against autograd through gp.midpoint and
+    gp.logmap in float64, so both forms and their gradients are checked where they meet."""
+    from geoops._backend import compiled
+
+    c, N, D = 1.1, 37, 5
+    g0 = torch.Generator().manual_seed(7)
+    dirn = torch.randn(D, generator=g0, dtype=torch.float64)
+    base = dirn / dirn.norm() + 0.15 * torch.randn(N, D, generator=g0, dtype=torch.float64)
+    lo, hi = 0.0, 0.999 / (c ** 0.5 * base.norm(dim=-1).max().item())  # q(s) falls from 1 as the cluster moves out
+    for _ in range(80):  # bisect the scale where q = 1/4, then step just across it
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _klein_q(mid * base, c) > 0.25 else (lo, mid)
+    x = (lo if side > 0 else hi) * base * (1 - side * 1e-9)  # a little further from the switch
+    q = _klein_q(x, c)
+    assert (q >= 0.25) == (side > 0) and abs(q - 0.25) < 1e-6
+    u, m, S, midv = compiled().poincare_bn_layer_fwd_cpu(x, c)
+    xr = x.clone().requires_grad_(True)
+    ct = torch.tensor(c, dtype=torch.float64, requires_grad=True)
+    mm = gp.midpoint(xr, c=ct)
+    uu = gp.logmap(mm, xr, c=ct)
+    torch.testing.assert_close(m, mm.detach(), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(u, uu.detach(), rtol=1e-11, atol=1e-12)
+    gu = torch.randn(N, D, generator=g0, dtype=torch.float64)
+    gm = torch.randn(D, generator=g0, dtype=torch.float64)
+    dx_r, dc_r = torch.autograd.grad((uu * gu).sum() + (mm * gm).sum(), (xr, ct))
+    dx, dc = compiled().poincare_bn_layer_bwd_cpu(gu, x, m, midv, gm, c)
+    torch.testing.assert_close(dx, dx_r, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(torch.tensor(dc, dtype=torch.float64), dc_r, rtol=1e-9, atol=1e-11)
