@@ -16,6 +16,10 @@ otherwise take it silently).
 each torch.promote_types call as a dead ``aten.promote_types`` node that dynamo cannot trace: compiling the loaded
 program of a model failed with "torch.* op returned non-Tensor").
 
+``called_as``: an argument error raised by the geoops function that a public wrapper forwards to (poincare.dist ->
+stereographic.dist, stereographic.inner -> lambda_x), re-addressed to the function the user called and its
+argument names.
+
 ``broadcast_shapes``: torch.broadcast_shapes of tensor shapes in plain Python for int sizes (torch's costs ~10 us
 per call on the CPU, a sixth of a small Gaunt product's time); symbolic sizes (torch.compile / export) go through
 torch.broadcast_shapes, which guards as little as possible.
@@ -23,6 +27,7 @@ torch.broadcast_shapes, which guards as little as possible.
 from __future__ import annotations
 
 import operator
+import re
 from typing import Optional
 
 import torch
@@ -143,3 +148,25 @@ def broadcast_shapes(*shapes) -> torch.Size:
     for s in shapes:
         out = broadcast2(out, s)
     return out
+
+
+# The argument errors that the family modules raise (prefixed "geoops.<module>.<function>: ").
+ARG_ERRORS = (TypeError, ValueError, IndexError)
+_PREFIX = re.compile(r"geoops\.[A-Za-z_][\w.]*: ")
+
+
+def called_as(e: BaseException, who: str, **renames: str) -> BaseException:
+    """``e`` (an error of :data:`ARG_ERRORS`) re-addressed to ``who``, the public function the user called (e.g.
+    ``geoops.poincare.dist``), where ``e`` was raised by a geoops function it forwards to: that function's
+    ``geoops.<module>.<name>:`` prefix replaced by ``who``'s, and its argument names by the caller's (``renames``:
+    inner name = the caller's, whole words).  An error without such a prefix (torch's own) or already naming ``who``
+    comes back as it is.  Use: ``except ARG_ERRORS as e: raise called_as(e, who) from None`` (a try block costs
+    nothing until something raises)."""
+    msg = str(e.args[0]) if len(e.args) == 1 and isinstance(e.args[0], str) else None
+    m = _PREFIX.match(msg) if msg is not None else None
+    if m is None or msg.startswith(who + ":"):
+        return e
+    rest = msg[m.end():]
+    for inner, outer in renames.items():
+        rest = re.sub(rf"\b{inner}\b", outer, rest)
+    return type(e)(f"{who}: {rest}")

@@ -57,6 +57,12 @@ def _fail(op: str, msg: str, exc=ValueError):
     raise exc(f"geoops.poincare.{op}: {msg}")
 
 
+def _called_as(e: BaseException, op: str, **renames: str) -> BaseException:
+    """An argument error of the function that ``op`` forwards to (a stereographic op: its k is -c here; or another
+    poincare function) re-addressed to ``geoops.poincare.<op>`` and its argument names (geoops._args.called_as)."""
+    return _args.called_as(e, f"geoops.poincare.{op}", k="c", **renames)
+
+
 def _int_arg(op: str, name: str, v, lo=None, what: str = "") -> int:
     """An integer argument (any integer operator.index takes, not a bool) as a Python int (geoops._args)."""
     return _args.int_arg(f"geoops.poincare.{op}", name, v, lo=lo, what=what)
@@ -66,6 +72,11 @@ def beta_concat_scale(n_i: int, n: int) -> float:
     """The tangent-space factor of beta-concatenating n_i-dimensional blocks into n dimensions (positive ints)."""
     return _ref.beta_concat_scale(_int_arg("beta_concat_scale", "n_i", n_i, 1, "a positive int"),
                                   _int_arg("beta_concat_scale", "n", n, 1, "a positive int"))
+
+
+def _check_bn_eps(op: str, eps) -> float:
+    """batch norm's variance eps: a finite real number (a string reached the C++ layer's argument parser)."""
+    return eps if type(eps) is float and 0.0 <= eps < math.inf else _args.float_arg(f"geoops.poincare.{op}", "eps", eps)
 
 
 def _check_momentum(op: str, momentum) -> None:
@@ -469,7 +480,10 @@ class PoincareMlrFn(torch.autograd.Function):
 @_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
 def mlr(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tensor] = None, *, c, dim: int = -1) -> torch.Tensor:
     """Hyperbolic multinomial logistic regression logits: :func:`hyperplane_dists` (HNN++'s unidirectional MLR)."""
-    return hyperplane_dists(x, z, bias, c=c, dim=dim)
+    try:
+        return hyperplane_dists(x, z, bias, c=c, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "mlr") from None
 
 
 # ---------------------------------------------------------------- maps (fused stereographic kernels, k = -c)
@@ -495,7 +509,10 @@ def _rows(x: torch.Tensor, dim: int, op: str = "rows"):
 def project(x: torch.Tensor, *, c, dim: int = -1, eps: Optional[float] = None) -> torch.Tensor:
     """Rescale points beyond (1 - eps)/sqrt(c) onto that radius (HypLL's project)."""
     _check_float("project", "x", x)
-    return _st.project(x, k=_k("project", c, x), dim=dim, eps=_eps(eps, x.dtype))
+    try:
+        return _st.project(x, k=_k("project", c, x), dim=dim, eps=_eps(eps, x.dtype))
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "project") from None
 
 
 def expmap0(v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
@@ -503,46 +520,69 @@ def expmap0(v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     _check_float("expmap0", "v", v)
     k = _k("expmap0", c, v)
     e = _eps(None, v.dtype)
-    if v.dim() > 1 and v.numel() > 0 and e == _st_ref_eps(v.dtype) and _fused_on():
-        # points along any dim as (R, D) rows (a free view when dim is innermost in memory): the row ops' fast
-        # path, then the caller's layout back
-        r, back = _rows(v, dim, "expmap0")
-        return back(_st.project(_st.expmap0(r, k=k), k=k))
-    return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=e)
+    try:
+        if v.dim() > 1 and v.numel() > 0 and e == _st_ref_eps(v.dtype) and _fused_on():
+            # points along any dim as (R, D) rows (a free view when dim is innermost in memory): the row ops' fast
+            # path, then the caller's layout back
+            r, back = _rows(v, dim, "expmap0")
+            return back(_st.project(_st.expmap0(r, k=k), k=k))
+        return _st.project(_st.expmap0(v, k=k, dim=dim), k=k, dim=dim, eps=e)
+    except _args.ARG_ERRORS as err:
+        raise _called_as(err, "expmap0", u="v") from None
 
 
 def logmap0(y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     """Logarithmic map at the origin (HypLL's logmap0)."""
     _check_float("logmap0", "y", y)
-    return _st.logmap0(y, k=_k("logmap0", c, y), dim=dim)
+    try:
+        return _st.logmap0(y, k=_k("logmap0", c, y), dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "logmap0") from None
 
 
 def expmap(x: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     """Exponential map at x (HypLL's expmap): the point reached from x along the tangent vector v, projected
     back inside the ball as HypLL does (curvature -c, c > 0). Shapes broadcast along ``dim``; gradients to x, v and c."""
+    _check_float("expmap", "x", x)
     k = _k("expmap", c, x)
-    return _st.project(_st.expmap(x, v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, x.dtype))
+    try:
+        return _st.project(_st.expmap(x, v, k=k, dim=dim), k=k, dim=dim, eps=_eps(None, x.dtype))
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "expmap", u="v") from None
 
 
 def logmap(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     """Logarithmic map at x (HypLL's logmap): the tangent vector at x pointing to y with length d_c(x, y).
     Shapes broadcast along ``dim``; gradients to x, y and c."""
-    return _st.logmap(x, y, k=_k("logmap", c, x), dim=dim)
+    _check_float("logmap", "x", x)
+    try:
+        return _st.logmap(x, y, k=_k("logmap", c, x), dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "logmap") from None
 
 
 def transp(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     """Parallel transport of v from x to y (half types computed in float32: the transport is a composition whose
     intermediate products would round to the half type)."""
+    for name, t in (("x", x), ("y", y), ("v", v)):
+        _check_float("transp", name, t)
     half = _args.promote_types(_args.promote_types(x.dtype, y.dtype), v.dtype)
     if half in _HALF:
         return transp(x.float(), y.float(), v.float(), c=c, dim=dim).to(half)
-    return _st.parallel_transport(x, y, v, k=_k("transp", c, x), dim=dim)
+    try:
+        return _st.parallel_transport(x, y, v, k=_k("transp", c, x), dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "transp") from None
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
     """Geodesic distance d_c(x, y) = 2/sqrt(c) artanh(sqrt(c) |(-x) (+) y|) on the ball of curvature -c
     (HypLL's dist); reduces ``dim`` (kept with ``keepdim``). Gradients to x, y and c."""
-    return _st.dist(x, y, k=_k("dist", c, x), dim=dim, keepdim=keepdim)
+    _check_float("dist", "x", x)
+    try:
+        return _st.dist(x, y, k=_k("dist", c, x), dim=dim, keepdim=keepdim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "dist") from None
 
 
 def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
@@ -565,7 +605,10 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, *, c, dim: int = -1) -> torch.T
         xr, back = _rows(x, dim, "mobius_add")
         yr, _ = _rows(y, dim, "mobius_add")
         return back(_st.mobius_add(xr, yr, k=k))
-    return _st.mobius_add(x, y, k=k, dim=dim)
+    try:
+        return _st.mobius_add(x, y, k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "mobius_add") from None
 
 
 class PoincareResidualFn(torch.autograd.Function):
@@ -1301,11 +1344,14 @@ def avg_pool2d(x: torch.Tensor, *, c, kernel_size, stride=None, padding=0) -> to
         return avg_pool2d(x.float(), c=c, kernel_size=kernel_size, stride=stride, padding=padding).to(x.dtype)
     kernel, padding, stride = _geometry(op, x, kernel_size, padding, kernel_size if stride is None else stride)
     B, C, H, W = x.shape
-    u = poincare_unfold(x, c=c, kernel_size=kernel, padding=padding, stride=stride)
-    u = u.reshape(B, C, kernel[0] * kernel[1], u.shape[-1])
-    Ho = (H + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    Wo = (W + 2 * padding[1] - kernel[1]) // stride[1] + 1
-    return midpoint(u, c=c, dim=1, batch_dim=2).reshape(B, C, Ho, Wo)
+    try:
+        u = poincare_unfold(x, c=c, kernel_size=kernel, padding=padding, stride=stride)
+        u = u.reshape(B, C, kernel[0] * kernel[1], u.shape[-1])
+        Ho = (H + 2 * padding[0] - kernel[0]) // stride[0] + 1
+        Wo = (W + 2 * padding[1] - kernel[1]) // stride[1] + 1
+        return midpoint(u, c=c, dim=1, batch_dim=2).reshape(B, C, Ho, Wo)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, op) from None
 
 
 @_library.no_autocast  # (torch.autocast: computed in the inputs' dtypes, see _library)
@@ -1325,6 +1371,7 @@ def batch_norm(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c,
         _fail(op, f"x must be (N, D) rows of points, got shape {tuple(x.shape)}")
     _bn_check_params(op, x, x.shape[1], bias, weight, running_mean, running_var)
     _check_momentum(op, momentum)
+    eps = _check_bn_eps(op, eps)
     ct = _curv(op, c, x)
     _debug_checks(op, ct, {"x": (x, 1)}, {"bias": bias, "weight": weight})
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
@@ -1428,13 +1475,14 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
     float64 image: BnLayerFn takes the image itself (its pixel rows a free view of a channels-last image, the C++
     tiled transpose of a contiguous one, inside the Function; the output rows returned as a channels-last image on
     their storage; dx in x's layout): no permute / reshape autograd nodes, no torch strided copies."""
-    op = "batch_norm"
+    op = "batch_norm2d"
     _check_float(op, "x", x)
     if x.dim() != 4:
         _fail(op, f"x must be an image (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     _bn_check_params(op, x, C, bias, weight, running_mean, running_var)
     _check_momentum(op, momentum)
+    eps = _check_bn_eps(op, eps)
     if _backend.checks_enabled():
         _debug_checks(op, _curv(op, c, x), {"x": (x, 1)}, {"bias": bias, "weight": weight})
     if ((training or running_mean is None) and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
@@ -1450,8 +1498,12 @@ def batch_norm2d(x: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor, *, c
                 _bn_running_update_(running_mean, running_var, mean, var, n, momentum, ct, None, True)
             return y
     rows = x.permute(0, 2, 3, 1).reshape(-1, C)
-    return batch_norm(rows, bias, weight, c=c, running_mean=running_mean, running_var=running_var, training=training,
-                      momentum=momentum, eps=eps).reshape(B, H, W, C).permute(0, 3, 1, 2)
+    try:
+        y = batch_norm(rows, bias, weight, c=c, running_mean=running_mean, running_var=running_var,
+                       training=training, momentum=momentum, eps=eps)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, op) from None
+    return y.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
 def _bn_running_update_(running_mean, running_var, mean, var, nr: int, momentum: float, ct, k, fused: bool) -> None:

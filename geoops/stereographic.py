@@ -353,6 +353,12 @@ def _fail(op: str, msg: str, exc=ValueError):
     raise exc(f"geoops.stereographic.{op}: {msg}")
 
 
+def _called_as(e: BaseException, op: str, **renames: str) -> BaseException:
+    """An argument error of the public function that the composed op ``op`` calls (lambda_x, mobius_add, ...)
+    re-addressed to ``geoops.stereographic.<op>`` and its argument names (geoops._args.called_as)."""
+    return _args.called_as(e, f"geoops.stereographic.{op}", **renames)
+
+
 def _check_float(op: str, name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
@@ -1419,6 +1425,7 @@ def _rank_with_keys(op, x, y, query, target, k, block_elems):
                       f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}", TypeError)
     if query.shape != target.shape:
         _fail(op, f"query and target must have the same shape, got {tuple(query.shape)} and {tuple(target.shape)}")
+    _check_float(op, "x", x)
     if x.dim() != 2 or (isinstance(y, torch.Tensor) and y.dim() != 2):
         _fail(op, "x and y must be 2-d: [N, D] and [M, D]")
     x3, y3, k3, _, dtype, _ = _pair_args(op, x, y, k)
@@ -1554,6 +1561,9 @@ def reconstruction_metrics(x: torch.Tensor, edges: torch.Tensor, *, k, block_ele
             or edges.dtype not in (torch.int32, torch.int64)):
         got = f"{edges.dtype} {tuple(edges.shape)}" if isinstance(edges, torch.Tensor) else type(edges).__name__
         _fail(op, f"edges must be an int32/int64 tensor of shape [P, 2], got {got}", TypeError)
+    _check_float(op, "x", x)
+    if isinstance(k, bool) or not isinstance(k, (torch.Tensor, numbers.Real)):
+        _check_float(op, "k", k)  # (before the finiteness read below, whose torch error would name nothing)
     if isinstance(x, torch.Tensor) and x.dim() == 2 and edges.numel() and (
             int(edges.min()) < 0 or int(edges.max()) >= x.shape[0]):
         _fail(op, f"edges has node indices outside [0, N={x.shape[0]}) (the rows of x)", IndexError)
@@ -1996,6 +2006,10 @@ def _check_surface(op: str, dim, k=None, **tensors) -> int:
         if k.dim() >= -dim and k.shape[dim] != 1:  # geoopt would mix curvatures within one vector
             _fail(op, f"k must have size 1 along dim={dim} (one curvature per vector), got shape {tuple(k.shape)} "
                       f"for inputs of shape {tuple(shape)}")
+    elif k is not None and (isinstance(k, bool) or not isinstance(k, (torch.Tensor, numbers.Real))):
+        _check_float(op, "k", k)  # (its error: the inner ops would name themselves)
+    if k is not None and _backend.checks_enabled():  # the inner ops' checks would name them, not `op`
+        _debug_checks(op, tensors, _scale_k(op, k, tensors[seen[0]]), dim)
     return dim
 
 
@@ -2005,6 +2019,9 @@ def _check_surface(op: str, dim, k=None, **tensors) -> int:
 _TRIPLE = _ops.TRIPLE_CALLERS
 _ON_MANIFOLD.update({"gyration": ("a", "b"), "parallel_transport": ("x", "y"), "parallel_transport0": ("y",),
                      "parallel_transport0back": ("x",), "dist2plane": ("x", "p")})
+# composed ops whose inner calls (lambda_x, mobius_add) check these points (_check_surface checks them first, named)
+_ON_MANIFOLD.update({"egrad2rgrad": ("x",), "inner": ("x",), "norm": ("x",), "inv_sproj": ("x",),
+                     "geodesic": ("x", "y"), "geodesic_unit": ("x",)})
 
 
 def _triple_grads(need, saved, grads) -> tuple:
@@ -2149,7 +2166,10 @@ def _to_result_dtype(x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
 def egrad2rgrad(x: torch.Tensor, grad: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Riemannian gradient from the Euclidean one: grad / lambda_x^2."""
     dim = _check_surface("egrad2rgrad", dim, k, x=x, grad=grad)
-    return grad / lambda_x(_to_result_dtype(x, grad), k=k, keepdim=True, dim=dim) ** 2
+    try:
+        return grad / lambda_x(_to_result_dtype(x, grad), k=k, keepdim=True, dim=dim) ** 2
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "egrad2rgrad") from None
 
 
 def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
@@ -2161,7 +2181,11 @@ def inner(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, k, keepdim: bool
     dim = _check_surface("inner", dim, k, x=x, u=u, v=v)
     if keepdim is not False and keepdim is not True:
         keepdim = _bool_arg("inner", "keepdim", keepdim)
-    return lambda_x(_to_result_dtype(x, u, v), k=k, keepdim=keepdim, dim=dim) ** 2 * _dot(u, v, dim, keepdim=keepdim)
+    try:
+        lam = lambda_x(_to_result_dtype(x, u, v), k=k, keepdim=keepdim, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "inner") from None
+    return lam ** 2 * _dot(u, v, dim, keepdim=keepdim)
 
 
 def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int = -1):
@@ -2169,7 +2193,11 @@ def norm(x: torch.Tensor, u: torch.Tensor, *, k, keepdim: bool = False, dim: int
     dim = _check_surface("norm", dim, k, x=x, u=u)
     if keepdim is not False and keepdim is not True:
         keepdim = _bool_arg("norm", "keepdim", keepdim)
-    return lambda_x(_to_result_dtype(x, u), k=k, keepdim=keepdim, dim=dim) * u.norm(dim=dim, keepdim=keepdim, p=2)
+    try:
+        lam = lambda_x(_to_result_dtype(x, u), k=k, keepdim=keepdim, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "norm") from None
+    return lam * u.norm(dim=dim, keepdim=keepdim, p=2)
 
 
 def _check_time(op: str, t) -> None:
@@ -2192,22 +2220,39 @@ def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int =
     """Point at time t of the geodesic from x (t = 0) to y (t = 1): x (+) t (x) ((-x) (+) y)."""
     dim = _check_surface("geodesic", dim, k, x=x, y=y)
     _check_time("geodesic", t)
-    v = mobius_add(-x, y, k=k, dim=dim)
-    t = _time_tensor(t, v)
-    return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
+    try:
+        v = mobius_add(-x, y, k=k, dim=dim)
+        t = _time_tensor(t, v)
+        return mobius_add(x, mobius_scalar_mul(t, v, k=k, dim=dim), k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "geodesic", r="t") from None  # (t is mobius_scalar_mul's r)
+
+
+def _elementwise_k(op: str, k, x: torch.Tensor) -> torch.Tensor:
+    """The k of an elementwise op (tan_k, artan_k, sin_k, arsin_k) as a tensor of x's dtype, broadcasting against x
+    (else an error naming k, before torch's own names nothing)."""
+    kk = _kt(op, k, x)
+    if kk.dim():
+        try:
+            _broadcast2(x.shape, kk.shape)
+        except RuntimeError:
+            _fail(op, f"k of shape {tuple(kk.shape)} does not broadcast against x of shape {tuple(x.shape)}")
+    return kk
 
 
 def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
     _check_float("tan_k", "x", x)
-    k = _library.fixed_expand(_kt("tan_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
+    # (fixed_expand: k's gradient has the same bits for any thread count)
+    k = _library.fixed_expand(_elementwise_k("tan_k", k, x), x.shape)
     return _ref.tan_k(x, k)
 
 
 def artan_k(x: torch.Tensor, k) -> torch.Tensor:
     """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("artan_k", "x", x)
-    k = _library.fixed_expand(_kt("artan_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
+    # (fixed_expand: k's gradient has the same bits for any thread count)
+    k = _library.fixed_expand(_elementwise_k("artan_k", k, x), x.shape)
     return x * _ref.atanc(k * x * x, atanh=_ref._atanh_pos)  # (log1p: the same bits for any thread count)
 
 
@@ -2215,11 +2260,16 @@ def geodesic_unit(t: torch.Tensor, x: torch.Tensor, u: torch.Tensor, *, k, dim: 
     """Unit-speed geodesic from x in direction u at time t: x (+) tan_k(t/2) u/|u|."""
     dim = _check_surface("geodesic_unit", dim, k, x=x, u=u)
     _check_time("geodesic_unit", t)
+    if isinstance(t, torch.Tensor):
+        _check_surface("geodesic_unit", -1, None, u=u, t=t)  # t broadcasts against the inputs (names t, not torch)
     u = _to_result_dtype(u, x)
     kk = _kt("geodesic_unit", k, u)
     t = _time_tensor(t, u)
     un = u.norm(dim=dim, p=2, keepdim=True).clamp_min(1e-15)
-    return mobius_add(x, tan_k(t / 2.0, kk) * (u / un), k=k, dim=dim)
+    try:
+        return mobius_add(x, tan_k(t / 2.0, kk) * (u / un), k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "geodesic_unit", y="tan_k(t / 2) u / |u|") from None
 
 
 def antipode(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
@@ -2271,14 +2321,18 @@ def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Inverse stereographic projection: (lambda_x x, (lambda_x - 1)/sqrt|k|)."""
     dim = _check_surface("inv_sproj", dim, k, x=x)
     kk = _kt("inv_sproj", k, x)
-    lam = lambda_x(x, k=kk, keepdim=True, dim=dim)
+    try:
+        lam = lambda_x(x, k=kk, keepdim=True, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "inv_sproj") from None
     return torch.cat((lam * x, (lam - 1.0) / kk.abs().sqrt()), dim=dim)
 
 
 def sin_k(x: torch.Tensor, k) -> torch.Tensor:
     """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
     _check_float("sin_k", "x", x)
-    k = _library.fixed_expand(_kt("sin_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
+    # (fixed_expand: k's gradient has the same bits for any thread count)
+    k = _library.fixed_expand(_elementwise_k("sin_k", k, x), x.shape)
     return x * _ref.sinc(k * x * x, sinh=_ref._sinh_pos)  # (expm1: the same bits for any thread count)
 
 
@@ -2286,7 +2340,8 @@ def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
     """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0, the argument
     clamped at 1 - 1e-7), smooth in k."""
     _check_float("arsin_k", "x", x)
-    k = _library.fixed_expand(_kt("arsin_k", k, x), x.shape)  # (k's gradient: the same bits for any thread count)
+    # (fixed_expand: k's gradient has the same bits for any thread count)
+    k = _library.fixed_expand(_elementwise_k("arsin_k", k, x), x.shape)
     return _ref.arsin_k(x, k)
 
 
@@ -2661,7 +2716,15 @@ def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> t
     if not callable(fn):
         _fail("mobius_fn_apply", f"fn must be callable, got {type(fn).__name__}", TypeError)
     dim = _from_end(x, dim)
-    return expmap0(fn(logmap0(x, k=k, dim=dim), *args, **kwargs), k=k, dim=dim)
+    try:
+        v = logmap0(x, k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "mobius_fn_apply", y="x") from None
+    v = fn(v, *args, **kwargs)
+    try:
+        return expmap0(v, k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "mobius_fn_apply", u="fn's result") from None
 
 
 def _from_end(x, dim):
@@ -2676,16 +2739,25 @@ def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tens
     if not fns:
         return x
     dim = _from_end(x, dim)
-    v = logmap0(x, k=k, dim=dim)
+    try:
+        v = logmap0(x, k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "mobius_fn_apply_chain", y="x") from None
     for fn in fns:
         v = fn(v)
-    return expmap0(v, k=k, dim=dim)
+    try:
+        return expmap0(v, k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "mobius_fn_apply_chain", u="the last fn's result") from None
 
 
 def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
     """Retraction x + u followed by projection into the ball (geoopt's Stereographic.retr)."""
     _check_surface("retr", dim, k, x=x, u=u)
-    return project(x + u, k=k, dim=dim)
+    try:
+        return project(x + u, k=k, dim=dim)
+    except _args.ARG_ERRORS as e:
+        raise _called_as(e, "retr", x="x + u") from None
 
 
 # ---------------------------------------------------------------- fused Riemannian SGD update
@@ -2713,7 +2785,7 @@ def riemannian_sgd_step_(x: torch.Tensor, grad: torch.Tensor, *, lr: float, k, d
     _check_float(op, "grad", grad)
     if grad.shape != x.shape:
         _fail(op, f"grad must have x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
-    dim = _int_arg(op, "dim", dim)
+    dim = _vector_dim(op, x, dim)
     with torch.no_grad():
         # geoopt's ManifoldParameter disables __torch_function__: its views (x.view below) are plain tensors
         xp = x if type(x) in (torch.Tensor, torch.nn.Parameter) else x.view(x.shape)

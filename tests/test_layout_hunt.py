@@ -166,7 +166,7 @@ def test_batch_norm_no_features_is_refused(dtype, backend):
             gp.batch_norm(torch.zeros(6, 0, dtype=dtype), torch.zeros(0, dtype=dtype), w, c=1.0)
         for fmt in (torch.contiguous_format, torch.channels_last):
             x = torch.zeros(2, 0, 3, 4, dtype=dtype).contiguous(memory_format=fmt)
-            with pytest.raises(ValueError, match=r"batch_norm: x must have at least one"):
+            with pytest.raises(ValueError, match=r"batch_norm2d: x must have at least one"):
                 gp.batch_norm2d(x, torch.zeros(0, dtype=dtype), w, c=1.0)
 
 

@@ -268,8 +268,8 @@ _M = lambda t: t.to("meta")  # noqa: E731  (a tensor on another device, without 
                                                                         c=1.0)),
     ("batch_norm: running_mean is on meta but x", lambda x, xi: gp.batch_norm(
         x, torch.zeros(4), torch.ones(1), c=1.0, running_mean=_M(torch.zeros(4)), running_var=torch.ones(1))),
-    ("batch_norm: bias is on meta but x", lambda x, xi: gp.batch_norm2d(xi, _M(torch.zeros(3)), torch.ones(1),
-                                                                        c=1.0)),
+    ("batch_norm2d: bias is on meta but x", lambda x, xi: gp.batch_norm2d(xi, _M(torch.zeros(3)), torch.ones(1),
+                                                                          c=1.0)),
     ("mobius_linear: weight is on meta but x", lambda x, xi: gp.mobius_linear(x, _M(torch.randn(3, 4)), c=1.0)),
     ("mobius_linear: bias is on meta but x", lambda x, xi: gp.mobius_linear(x, torch.randn(3, 4) * 0.1,
                                                                             _M(torch.zeros(3)), c=1.0)),

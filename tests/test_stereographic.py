@@ -429,7 +429,7 @@ def test_debug_check_messages_exact():
         (lambda: gp.poincare_relu(nan, c=1.0), "geoops.poincare.poincare_relu: x has non-finite values (NaN or Inf) "
                                                 "[GEOOPS_CHECK]"),
         (lambda: gp.mlr(x, torch.full((3, 2), float("nan")), c=1.0),
-         "geoops.poincare.hyperplane_dists: z has non-finite values (NaN or Inf) [GEOOPS_CHECK]"),
+         "geoops.poincare.mlr: z has non-finite values (NaN or Inf) [GEOOPS_CHECK]"),  # (the function called)
     ]
     geoops.set_checks(True)
     try:

@@ -97,21 +97,35 @@ def tanc(z: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, closed)
 
 
-def atanc(z: torch.Tensor, atanh=torch.atanh) -> torch.Tensor:
+def atanc(z: torch.Tensor, atanh=torch.atanh, q: torch.Tensor | None = None) -> torch.Tensor:
     """atan(sqrt z)/sqrt z, analytic through z = 0 (artanh branch for z < 0; ``atanh`` for it: torch.atanh, what an
     eager user writes, keeps the parity rule's same-dtype baseline; geoops.stereographic.artan_k passes
-    _atanh_pos)."""
+    _atanh_pos).
+
+    ``q``: 1 + z, where the caller has it without cancellation (logmap: (1 + k|x|^2)(1 + k|y|^2) / den).  The
+    artanh branch then takes artanh(s) = log1p(2s (1 + s) / q) / 2 (1 - s = q / (1 + s)): near the ball's boundary
+    1 - s from s alone keeps only ~eps / q of its digits.  q is clamped at 1e-15 (points outside the ball), as the
+    kernels' clamp_q."""
     small, neg, zs, zn, zp = _split(z)
     series = 1 + zs * (-1 / 3 + zs * (1 / 5 + zs * (-1 / 7 + zs * (1 / 9 + zs * (-1 / 11)))))
-    # points outside the ball (z <= -1) are clamped just inside it, like geoopt
-    sn = (-zn).sqrt().clamp(max=1 - 1e-15 if z.dtype == torch.float64 else 1 - 1e-7)
     sp = zp.sqrt()
-    closed = torch.where(neg, atanh(sn) / sn, torch.atan(sp) / sp)
+    if q is None:
+        # points outside the ball (z <= -1) are clamped just inside it, like geoopt
+        sn = (-zn).sqrt().clamp(max=1 - 1e-15 if z.dtype == torch.float64 else 1 - 1e-7)
+        artanh = atanh(sn)
+    else:
+        sn = (-zn).sqrt()
+        artanh = 0.5 * torch.log1p(2 * sn * (1 + sn) / q.clamp_min(MIN_NORM))
+    closed = torch.where(neg, artanh / sn, torch.atan(sp) / sp)
     return torch.where(small, series, closed)
 
 
 def _sqnorm(x: torch.Tensor, dim: int, keepdim: bool = True) -> torch.Tensor:
     return (x * x).sum(dim=dim, keepdim=keepdim)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    return (a * b).sum(dim=dim, keepdim=True)
 
 
 def tan_k(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -183,20 +197,48 @@ def expmap(x: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) 
     return mobius_add(x, second, k=k, dim=dim)
 
 
+def _sub_den(xx: torch.Tensor, yy: torch.Tensor, xy: torch.Tensor, dd: torch.Tensor,
+             k: torch.Tensor) -> torch.Tensor:
+    """Denominator of (-x) (+)_k y, 1 + 2k<x,y> + k^2 |x|^2 |y|^2, from |x|^2, |y|^2, <x,y> and dd = |x - y|^2.
+
+    k <= 0: as (1 + k|x|^2)(1 + k|y|^2) - k|x - y|^2, whose terms are non-negative inside the ball; the first form
+    cancels (1 - 2 + 1) for close pairs near the boundary, to ~eps / den relative.  k > 0: the first form, whose
+    terms are never the larger (the kernels' sub_den, csrc/include/geoops/stereo_math.h)."""
+    return torch.where(k > 0, 1 + 2 * k * xy + k * k * xx * yy, (1 + k * xx) * (1 + k * yy) - k * dd)
+
+
 def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Reference of `geoops.stereographic.logmap`: (2/lambda_x) artan_k(|s|) s/|s| with s = (-x) (+)_k y."""
-    # 2/lambda_x * artan_k(|s|) s/|s|,  s = (-x) (+) y
-    s = mobius_add(-x, y, k=k, dim=dim)
-    lam = lambda_x(x, k=k, keepdim=True, dim=dim)
-    return s * (2 / lam * atanc(k * _sqnorm(s, dim)))
+    """Reference of `geoops.stereographic.logmap`: (2/lambda_x) artan_k(|s|) s/|s| with s = (-x) (+)_k y.
+
+    Written in x - y, which close pairs keep exactly (the kernels' form): with e = x - y, dd = |e|^2,
+        s = (k dd x - (1 + k|x|^2) e) / den,   |s|^2 = dd / den,   1 + k|s|^2 = (1 + k|x|^2)(1 + k|y|^2) / den,
+    den from `_sub_den`.  Near the boundary (1 + k|x|^2 = 2/lambda_x -> 0) Möbius addition's a x + b y and its
+    denominator cancel, and 1 - sqrt(-k)|s| formed from |s| loses the rest (before session 46: a close pair at
+    1 - |x| sqrt(-k) = 1e-6 was 1.2e-4 off relative, its k-gradient 8.4e-3;
+    tests/test_stereographic_reference_exact.py).
+    den is clamped at 1e-15 (geoopt's clamp; the kernels' too).  For k > 0 with x beyond the equator and the farther
+    point (k|x|^2 > 1, |x| > |y|) the numerator's equal y form k dd y - (1 + 2k<x,y> - k|y|^2) e, whose terms do not
+    cancel there."""
+    e = x - y
+    xx, yy, xy, dd = _sqnorm(x, dim), _sqnorm(y, dim), _dot(x, y, dim), _sqnorm(e, dim)
+    b = 1 + k * xx  # = 2 / lambda_x
+    den = _sub_den(xx, yy, xy, dd, k).clamp_min(MIN_NORM)
+    x_form = k * dd * x - b * e
+    y_form = k * dd * y - (1 + 2 * k * xy - k * yy) * e
+    num = torch.where((k * xx > 1) & (xx > yy), y_form, x_form)
+    a = atanc(k * dd / den, q=b * (1 + k * yy) / den)
+    return num * (b.clamp_min(MIN_NORM) * a / den)
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int = -1) -> torch.Tensor:
-    """Reference of `geoops.stereographic.dist`: 2 artan_k(|(-x) (+)_k y|), the norm formed from |x - y|."""
-    # |(-x) (+) y| = |x - y| / sqrt(1 + 2k<x,y> + k^2 |x|^2 |y|^2): no cancellation for close pairs
-    den = 1 + 2 * k * (x * y).sum(dim=dim, keepdim=True) + k * k * _sqnorm(x, dim) * _sqnorm(y, dim)
-    s_norm = (x - y).norm(dim=dim, p=2, keepdim=True) / den.clamp_min(MIN_NORM).sqrt()
-    d = 2 * artan_k(s_norm, k)
+    """Reference of `geoops.stereographic.dist`: 2 artan_k(|(-x) (+)_k y|), as logmap's length: |s| = |x - y| /
+    sqrt(den) (den from `_sub_den`) and artanh through 1 + k|s|^2 = (1 + k|x|^2)(1 + k|y|^2) / den, so that close
+    pairs and points near the boundary keep their digits."""
+    xx, yy, xy = _sqnorm(x, dim), _sqnorm(y, dim), _dot(x, y, dim)
+    dd = _sqnorm(x - y, dim)
+    den = _sub_den(xx, yy, xy, dd, k).clamp_min(MIN_NORM)
+    s_norm = (x - y).norm(dim=dim, p=2, keepdim=True) / den.sqrt()
+    d = 2 * s_norm * atanc(k * s_norm * s_norm, q=(1 + k * xx) * (1 + k * yy) / den)
     return d if keepdim else d.squeeze(dim)
 
 
@@ -209,10 +251,6 @@ def dist0(x: torch.Tensor, *, k: torch.Tensor, keepdim: bool = False, dim: int =
 # ---------------------------------------------------------------- three-vector row ops
 # The compositions that geoops.stereographic ran before its fused kernels (csrc/cpu/stereographic_triple.cpp):
 # geoopt's formulas and clamps, one torch op per term.
-def _dot(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
-    return (a * b).sum(dim=dim, keepdim=True)
-
-
 def gyration(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Reference of `geoops.stereographic.gyration`: geoopt's closed form of gyr[a, b]u, the denominator clamped
     at 1e-15."""

@@ -1,0 +1,151 @@
+"""The eager reference's logmap and dist (geoops.reference.stereographic, the oracle of the parity tests) against
+50-digit mpmath near the ball's boundary (session 46, helper reflog).  Before, Möbius addition's a x + b y and its
+denominator 1 + 2k<x,y> + k^2|x|^2|y|^2 cancelled for close pairs near the boundary and artanh's 1 - sqrt(-k)|s| was
+formed from |s|: at 1 - sqrt(-k)|x| = 1e-6 logmap was 1e-4 off and its k-gradient 8e-3 (dist 1e-5 / 3e-5), where the
+problem itself is conditioned to ~eps / delta.
+
+The bound is the problem's own condition, measured: the exact answer's move when every input coordinate moves by
+an ulp, and k too (two random draws of signs), times 32, plus 32 ulps of the answer's size (dk: of its terms)."""
+import math
+
+import mpmath as mp
+import pytest
+import torch
+
+import geoops.stereographic as gs
+from geoops.reference import stereographic as ref
+
+EPS = 2.0 ** -52
+D = 3
+
+
+def _mp_logmap(x, y, k):
+    xx, yy = mp.fsum(a * a for a in x), mp.fsum(b * b for b in y)
+    xy = mp.fsum(a * b for a, b in zip(x, y))
+    a = 1 + 2 * k * xy - k * yy  # (-x) (+) y = (-a x + b y) / den, at 50 digits nothing cancels to nothing
+    b = 1 + k * xx
+    den = 1 + 2 * k * xy + k * k * xx * yy
+    s = [(-a * xi + b * yi) / den for xi, yi in zip(x, y)]
+    t = mp.sqrt(abs(k) * mp.fsum(v * v for v in s))
+    f = 1 if t == 0 else (mp.atanh(t) if k < 0 else mp.atan(t)) / t
+    return [b * f * v for v in s]  # 2 / lambda_x = 1 + k|x|^2
+
+
+def _mp_dist(x, y, k):
+    s = _mp_logmap(x, y, k)
+    b = 1 + k * mp.fsum(a * a for a in x)
+    return [2 * mp.sqrt(mp.fsum(v * v for v in s)) / b]  # |logmap| = dist / lambda_x
+
+
+_MP = {"logmap": _mp_logmap, "dist": _mp_dist}
+
+
+def _mp_answer(op, x, y, k, g):
+    """Value and the gradients (x, y, k) of <g, op(x, y, k)>, at 50 digits, as one flat list."""
+    with mp.workdps(50):
+        X, Y, K, G = ([mp.mpf(v) for v in t] for t in (x, y, [k], g))
+        K = K[0]
+        f = _MP[op]
+        loss = lambda X_, Y_, K_: mp.fsum(gi * oi for gi, oi in zip(G, f(X_, Y_, K_)))
+        out = f(X, Y, K)
+        dx = [mp.diff(lambda v: loss(X[:i] + [v] + X[i + 1:], Y, K), X[i]) for i in range(len(X))]
+        dy = [mp.diff(lambda v: loss(X, Y[:i] + [v] + Y[i + 1:], K), Y[i]) for i in range(len(Y))]
+        dk = mp.diff(lambda v: loss(X, Y, v), K)
+        return [float(v) for v in out], [float(v) for v in dx], [float(v) for v in dy], float(dk)
+
+
+def _case(k, delta, pair, seed):
+    """x with 1 - sqrt|k| |x| = delta (k > 0: delta < 0 puts x beyond the equator, at sqrt(k)|x| = -delta); y near x
+    (|y - x| = 0.3 |delta| / sqrt|k|), a little inside (~20 delta), or far (|y| sqrt|k| = 0.5); both inside the ball
+    for k < 0."""
+    gen = torch.Generator().manual_seed(seed)
+    unit = lambda: (lambda v: v / v.norm())(torch.randn(D, generator=gen, dtype=torch.float64))
+    sc = math.sqrt(abs(k))
+    x = unit() * ((1 - delta) if delta > 0 else -delta) / sc
+    delta = abs(delta)
+    if pair == "near":
+        r = unit() * 0.3 * delta / sc
+        y = x + r if abs(k) * float((x + r).dot(x + r)) < 1 else x - r
+    elif pair == "mid":
+        r = unit() * 5 * delta / sc
+        y = x * (1 - 20 * delta) + r - 2 * torch.clamp(r.dot(x), min=0) * x / x.dot(x)  # r turned inward
+    else:
+        y = unit() * 0.5 / sc
+    return x, y, torch.randn(D if pair else 1, generator=gen, dtype=torch.float64)
+
+
+def _ours(fn, x, y, k, g):
+    x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+    kt = torch.tensor(k, dtype=torch.float64, requires_grad=True)
+    out = fn(x, y, k=kt).reshape(-1)
+    dx, dy, dk = torch.autograd.grad((out * g).sum(), (x, y, kt))
+    return out.detach(), dx, dy, float(dk)
+
+
+def _errors_and_bounds(op, fn, k, delta, pair, seed=0):
+    x, y, g = _case(k, delta, pair, seed)
+    if op == "dist":
+        g = g[:1]
+    exact = _mp_answer(op, x.tolist(), y.tolist(), k, g.tolist())
+    # the problem's condition: the exact answer's move for an ulp's move of every input coordinate
+    gen = torch.Generator().manual_seed(seed + 1)
+    moves = [0.0] * 4
+    for _ in range(2):
+        sx, sy = (torch.randint(0, 2, (D,), generator=gen).double() * 2 - 1 for _ in range(2))
+        sk = float(sx[0])
+        moved = _mp_answer(op, (x * (1 + EPS * sx)).tolist(), (y * (1 + EPS * sy)).tolist(), k * (1 + EPS * sk),
+                           g.tolist())
+        for i in range(4):
+            moves[i] = max(moves[i], _dist(moved[i], exact[i]))
+    ours = _ours(fn, x, y, k, g)
+    errs = [_dist(ours[i], exact[i]) for i in range(4)]
+    # dk's own terms: with out(s x, s y, k / s^2) = s out(x, y, k), 2k dk = <dx, x> + <dy, y> - <g, out>
+    sizes = [_size(exact[i]) for i in range(3)]
+    sizes.append((sizes[1] * _size(x) + sizes[2] * _size(y) + _size(g) * sizes[0]) / abs(k))
+    bounds = [32 * moves[i] + 32 * EPS * sizes[i] for i in range(4)]
+    return errs, bounds
+
+
+def _dist(a, b):
+    return float((torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)).norm())
+
+
+def _size(a):
+    return float(torch.as_tensor(a, dtype=torch.float64).norm())
+
+
+# delta = 1e-8 with a close pair puts (-x) (+) y's denominator below its 1e-15 clamp (geoopt's), where no
+# implementation computes the unclamped value: left out (the clamp's own test: test_stereographic_reliability.py).
+# k > 0 far out (sqrt(k)|x| = 100, 3; delta = -100, -3): logmap's y form (x the farther point), a x + b y's regime.
+_CASES = [(k, delta, pair) for k in (-1.0, -0.3, 1.0, 0.3) for delta in (1e-4, 1e-6, 1e-7, 1e-8)
+          for pair in ("near", "mid", "far") if not (k < 0 and delta == 1e-8 and pair == "near")]
+_CASES += [(1.0, -100.0, pair) for pair in ("near", "far")] + [(0.3, -3.0, pair) for pair in ("near", "far")]
+
+
+@pytest.mark.parametrize("op", ["logmap", "dist"])
+@pytest.mark.parametrize("k,delta,pair", _CASES)
+def test_reference_near_boundary_exact(op, k, delta, pair):
+    """Before (main's reference, logmap, k = -1): value 1.2e-4 / 1.4e-2 off relative at delta = 1e-6 / 1e-7 (near),
+    dk 8.4e-3 / 8.2e-2; dist 1.1e-5 / 1.6e-3, dk 3.2e-5 / 4.7e-3; k > 0 close pairs: logmap's dk up to 1.0."""
+    errs, bounds = _errors_and_bounds(op, getattr(ref, op), k, delta, pair)
+    for name, e, b in zip(("value", "dx", "dy", "dk"), errs, bounds):
+        assert e <= b, f"{op} {name}: {e:.3g} > {b:.3g}"
+
+
+@pytest.mark.parametrize("op", ["logmap", "dist"])
+@pytest.mark.parametrize("k,delta,pair", [(-1.0, 1e-7, "near"), (-0.3, 1e-6, "mid"), (1.0, 1e-7, "near")])
+def test_kernel_near_boundary_exact(op, k, delta, pair):
+    """The public op (C++ on the CPU) within the same bound: the reference is not the only one held to it."""
+    errs, bounds = _errors_and_bounds(op, getattr(gs, op), k, delta, pair)
+    for name, e, b in zip(("value", "dx", "dy", "dk"), errs, bounds):
+        assert e <= b, f"{op} {name}: {e:.3g} > {b:.3g}"
+
+
+@pytest.mark.xfail(strict=True, reason="open (session 46): the C++ dist backward forms dy from ~1/delta-sized row "
+                                       "adjoints (dd_, xy_) that cancel to O(1) when x is near the boundary and y "
+                                       "is not: dy ~eps/delta relative off (3.5e-11 at delta = 1e-6, 4.5e-9 at "
+                                       "1e-8), where the problem is conditioned to ulps and the reference is")
+@pytest.mark.parametrize("k,delta", [(-1.0, 1e-6), (-0.3, 1e-7)])
+def test_kernel_dist_dy_far_pair_near_boundary(k, delta):
+    errs, bounds = _errors_and_bounds("dist", gs.dist, k, delta, "far")
+    assert errs[2] <= bounds[2], f"dist dy: {errs[2]:.3g} > {bounds[2]:.3g}"
