@@ -2952,4 +2952,11 @@ def _midpoint_compile_variants():
                                 "launch": lambda x=x, w=w, k=k, pw=pw: midpoint_fwd(x, w, k, pw)})
                 entries.append({"label": f"{tag} bwd", "expect": expect,
                                 "launch": lambda x=x, w=w, k=k, pw=pw, gF=gF, gL=gL: midpoint_bwd(gF, gL, x, w, k, pw, 7)})
+                # the root's launches (ROOT sums, the near groups' S2, the backward with Q's terms)
+                entries.append({"label": f"{tag}/root fwd", "expect": expect,
+                                "launch": lambda x=x, w=w, k=k, pw=pw: midpoint_root_fwd(x, w, k, pw)})
+                entries.append({"label": f"{tag}/root bwd", "expect": expect,
+                                "launch": lambda x=x, w=w, k=k, pw=pw, gF=gF, gL=gL:
+                                midpoint_root_bwd(gF, gL, gL, gF, torch.zeros(2, 5, dtype=torch.float64), x, w, k, pw,
+                                                  7)})
     return entries

@@ -149,3 +149,13 @@ def test_weighted_midpoint_gradcheck_triton(name, kw):
     ins = (xs.clone().requires_grad_(), w.clone().requires_grad_(), k.clone().requires_grad_())
     eps = 1e-9 if name == "near_groups" else 1e-6
     assert gradcheck(lambda a, b, c: gs.weighted_midpoint(a, b, k=c, **kw), ins, eps=eps, atol=1e-6, rtol=1e-6)
+
+
+def test_root_ops_opcheck_triton():
+    """The op pair on the triton backend: schema, fake tensors, autograd registration (outputs not aliased)."""
+    x, w, k, pw = _case("posweight")
+    torch.library.opcheck(torch.ops.geoops.stereo_midpoint_root_fwd.default, (x, w, k, pw))
+    F, L, S = torch.ops.geoops.stereo_midpoint_root_fwd(x, w, k, pw)
+    gF, gL, gQ = _grads(*F.shape, S)
+    for mask in (1, 6, 7):
+        torch.library.opcheck(torch.ops.geoops.stereo_midpoint_root_bwd.default, (gF, gL, gQ, F, S, x, w, k, pw, mask))
