@@ -2682,6 +2682,16 @@ def _midpoint_flip0(W_ptr, g, N, HAS_W: tl.constexpr, POSW: tl.constexpr):
 
 
 @triton.jit
+def _midpoint_t(w, rmask, sg0, POSW: tl.constexpr):
+    """t = sg_i sg_0 of a tile of points (y_i - y_0 = sg_i (x_i - t x_0)), a block."""
+    if POSW:
+        t = tl.where(w < 0.0, -sg0, sg0)
+    else:
+        t = tl.where(rmask, sg0, sg0)
+    return t
+
+
+@triton.jit
 def _midpoint_s2_kernel(X_ptr, W_ptr, K_ptr, NEAR, P2, N, D, n_per, S, stride_k,
                         HAS_W: tl.constexpr, POSW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     g = tl.program_id(0).to(tl.int64)
@@ -2697,10 +2707,7 @@ def _midpoint_s2_kernel(X_ptr, W_ptr, K_ptr, NEAR, P2, N, D, n_per, S, stride_k,
         rows, rmask = _midpoint_rows(i0, i_hi, BLOCK_N)
         base = X_ptr + (g * N + rows)[:, None] * D
         w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
-        if POSW:
-            t = tl.where(w < 0.0, -sg0, sg0)
-        else:
-            t = tl.where(rmask, sg0, sg0)
+        t = _midpoint_t(w, rmask, sg0, POSW)
         xx = tl.zeros([BLOCK_N], tl.float64)
         ee = tl.zeros([BLOCK_N], tl.float64)
         for d0 in range(0, D, BLOCK_D):
@@ -2739,10 +2746,7 @@ def _midpoint_bwd_kernel(GF, GF2, GL, RS, S1V, X_ptr, W_ptr, K_ptr, DX, DW, DKP,
         xx = tl.zeros([BLOCK_N], tl.float64)
         pp = tl.zeros([BLOCK_N], tl.float64)
         if ROOT:  # y_i - y_0 = sg_i (x_i - t x_0), t = sg_i sg_0: E = |x_i - t x_0|^2, Z = <x_i - t x_0, F - A y_0>
-            if POSW:
-                t = tl.where(w < 0.0, -sg0, sg0)
-            else:
-                t = tl.where(rmask, sg0, sg0)
+            t = _midpoint_t(w, rmask, sg0, POSW)
             ee = tl.zeros([BLOCK_N], tl.float64)
             zz = tl.zeros([BLOCK_N], tl.float64)
         for d0 in range(0, D, BLOCK_D):
