@@ -2926,6 +2926,9 @@ def _midpoint_backward(gF, gL, gQ, F, Sr, x, w, k, posweight, mask):
         gF2 = (gF + (2.0 * kk * gq).unsqueeze(-1) * F).contiguous()
         rs = torch.stack([gq, A, Sr[:, 2], S2, Sr[:, 4], sg0], dim=-1).contiguous()
         dk0 = -gq * (A * S2 - (s1v * s1v).sum(-1))  # -V gQ, once per group
+    # Q's terms carry two more [BLOCK_N, BLOCK_D] float64 operands per column chunk: half the tile's rows (a split
+    # holds a multiple of either), else ptxas spills (sm_90: up to 360 B)
+    block_n = max(1, block_n // 2) if root else block_n
     dkp = torch.empty((G, S), dtype=torch.float64, device=x.device)
     with _device_guard(x):
         _midpoint_bwd_kernel[(G, S)](gF, gF2, gL, rs, s1v, x, w if w is not None else x, k, dx if need_dx else x,
