@@ -2513,10 +2513,10 @@ class MidpointFn(torch.autograd.Function):
 
 
 def _midpoint_mean(x, w, k, posweight):
-    """mean = 1/2 (x)_k (F / den) per group (float64 [G, D]): MidpointFn where the C++ kernels run (CPU, backend
-    cpp, outside torch.func transforms: the root for k < 0 inside the kernels); elsewhere the sums (MidpointSumsFn)
-    and the epilogue as torch ops and the row kernels."""
-    if not _transformed() and x.device.type == "cpu" and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+    """mean = 1/2 (x)_k (F / den) per group (float64 [G, D]): MidpointFn outside torch.func transforms (the root
+    for k < 0 inside the kernels: C++ on CPU, Triton on the triton / cuda backends, the torch reference ops
+    elsewhere); under them the sums (MidpointSumsFn) and the epilogue as torch ops and the row kernels."""
+    if not _transformed():
         if _library.autograd_wanted(x, w, k):
             return MidpointFn.apply(x, w, k, posweight)
         F, L, S = _PAIR["midpoint_root_fwd"](x, w, k, posweight)
@@ -2525,17 +2525,15 @@ def _midpoint_mean(x, w, k, posweight):
 
 
 def _midpoint_mean_generic(x, w, k, posweight):
-    """_midpoint_mean on the sums (MidpointSumsFn: the C++ or Triton kernels, or torch ops), the epilogue as torch
-    ops and the row kernels, and for k < 0 the root from the sums (_ops.midpoint_root_sums: a torch pass over the
-    points)."""
+    """_midpoint_mean under torch.func transforms (and forward-mode AD): the sums (MidpointSumsFn: the C++ or Triton
+    kernels, or torch ops), the epilogue as torch ops and the row kernels, and for k < 0 the root from the sums
+    (_ops.midpoint_root_sums: a torch pass over the points; branch-free, as a transform needs)."""
     F, L = _midpoint_sums(x, w, k, posweight)
     half = torch.full((x.shape[0], 1), 0.5, dtype=torch.float64, device=x.device)
     f = F / _ops.midpoint_den(L)
     mean = mobius_scalar_mul(half, f, k=k.unsqueeze(-1))
-    if _branch_free() or bool(k.lt(0).any()):  # the ball: 1 + k|f|^2 from the sums (a torch pass over the points)
-        q = _ops.midpoint_root_sums(x, w, k, posweight, F, L)
-        mean = _ops.midpoint_half(f, q, L.unsqueeze(-1), k.to(torch.float64).reshape(-1, 1), mean)
-    return mean
+    q = _ops.midpoint_root_sums(x, w, k, posweight, F, L)
+    return _ops.midpoint_half(f, q, L.unsqueeze(-1), k.to(torch.float64).reshape(-1, 1), mean)
 
 
 def _weights_at(weights: torch.Tensor, dim: int) -> torch.Tensor:

@@ -66,7 +66,8 @@ try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at co
 except ImportError:  # pragma: no cover - older layouts
     from triton.language.extra.cuda import libdevice as _libdevice
 
-__all__ = ["stereo_fwd", "stereo_bwd", "triple_fwd", "triple_bwd", "MAX_BLOCK_D", "midpoint_fwd", "midpoint_bwd"]
+__all__ = ["stereo_fwd", "stereo_bwd", "triple_fwd", "triple_bwd", "MAX_BLOCK_D", "midpoint_fwd", "midpoint_bwd",
+           "midpoint_root_fwd", "midpoint_root_bwd"]
 
 # Op codes: geoops::stereo::Op in csrc/include/geoops/stereo_math.h.
 MOBIUS_ADD = tl.constexpr(0)
@@ -2623,7 +2624,8 @@ def _midpoint_w(W_ptr, idx, rmask, HAS_W: tl.constexpr):
 
 @triton.jit
 def _midpoint_fwd_kernel(X_ptr, W_ptr, K_ptr, PART, N, D, n_per, S, stride_k,
-                         HAS_W: tl.constexpr, POSW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                         HAS_W: tl.constexpr, POSW: tl.constexpr, ROOT: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
     g = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1).to(tl.int64)
     dc = tl.program_id(2).to(tl.int64)
@@ -2632,6 +2634,9 @@ def _midpoint_fwd_kernel(X_ptr, W_ptr, K_ptr, PART, N, D, n_per, S, stride_k,
     cmask = cols < D
     acc_f = tl.zeros([BLOCK_D], tl.float64)
     acc_l = tl.zeros([BLOCK_N], tl.float64)
+    acc_a = tl.zeros([BLOCK_N], tl.float64)
+    acc_w = tl.zeros([BLOCK_N], tl.float64)
+    acc_r = tl.zeros([BLOCK_N], tl.float64)
     i_lo, i_hi = _midpoint_split(sp, n_per, N)
     for i0 in range(i_lo, i_hi, BLOCK_N):
         rows, rmask = _midpoint_rows(i0, i_hi, BLOCK_N)
@@ -2646,27 +2651,104 @@ def _midpoint_fwd_kernel(X_ptr, W_ptr, K_ptr, PART, N, D, n_per, S, stride_k,
         acc_l += tl.where(rmask, s * w * (lam - 1.0), 0.0)
         xt = tl.load(base + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float64)
         acc_f += tl.sum(tl.where(rmask, w * c, 0.0)[:, None] * xt, axis=0)
-    out = PART + (g * S + sp) * (D + 1)
+        if ROOT:  # the root's scalars (u = s w: the flipped point's weight; masked rows have w = 0)
+            u = s * w
+            den = 1.0 + k * xx
+            acc_a += u * lam
+            acc_w += u
+            acc_r += tl.where(den > 1e-15, 0.0, u * (lam * den - 2.0))
+    if ROOT:
+        out = PART + (g * S + sp) * (D + 4)
+    else:
+        out = PART + (g * S + sp) * (D + 1)
     tl.store(out + cols, acc_f, mask=cmask)
     if dc == 0:
         tl.store(out + D, tl.sum(acc_l, axis=0))
+        if ROOT:  # zeros where k >= 0 (the contract's S)
+            neg = k < 0.0
+            tl.store(out + D + 1, tl.where(neg, tl.sum(acc_a, axis=0), 0.0))
+            tl.store(out + D + 2, tl.where(neg, tl.sum(acc_w, axis=0), 0.0))
+            tl.store(out + D + 3, tl.where(neg, tl.sum(acc_r, axis=0), 0.0))
 
 
 @triton.jit
-def _midpoint_bwd_kernel(GF, GL, X_ptr, W_ptr, K_ptr, DX, DW, DKP, N, D, n_per, S, stride_k,
-                         HAS_W: tl.constexpr, POSW: tl.constexpr, NEED_DX: tl.constexpr, NEED_DW: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _midpoint_flip0(W_ptr, g, N, HAS_W: tl.constexpr, POSW: tl.constexpr):
+    """The sign of posweight's flip of the group's first point (1.0 or -1.0)."""
+    sg0 = 1.0
+    if POSW and HAS_W:
+        w0 = tl.load(W_ptr + g * N).to(tl.float64)
+        sg0 = tl.where(w0 < 0.0, -1.0, 1.0)
+    return sg0
+
+
+@triton.jit
+def _midpoint_t(w, rmask, sg0, POSW: tl.constexpr):
+    """t = sg_i sg_0 of a tile of points (y_i - y_0 = sg_i (x_i - t x_0)), a block."""
+    if POSW:
+        t = tl.where(w < 0.0, -sg0, sg0)
+    else:
+        t = tl.where(rmask, sg0, sg0)
+    return t
+
+
+@triton.jit
+def _midpoint_s2_kernel(X_ptr, W_ptr, K_ptr, NEAR, P2, N, D, n_per, S, stride_k,
+                        HAS_W: tl.constexpr, POSW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    g = tl.program_id(0).to(tl.int64)
+    sp = tl.program_id(1).to(tl.int64)
+    k = tl.load(K_ptr + g * stride_k).to(tl.float64)
+    near = tl.load(NEAR + g)
+    sg0 = _midpoint_flip0(W_ptr, g, N, HAS_W, POSW)
+    x0 = X_ptr + g * N * D
+    acc = tl.zeros([BLOCK_N], tl.float64)
+    i_lo, i_hi = _midpoint_split(sp, n_per, N)
+    i_hi = tl.where(near != 0, i_hi, i_lo)  # a far group's programs walk no points
+    for i0 in range(i_lo, i_hi, BLOCK_N):
+        rows, rmask = _midpoint_rows(i0, i_hi, BLOCK_N)
+        base = X_ptr + (g * N + rows)[:, None] * D
+        w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
+        t = _midpoint_t(w, rmask, sg0, POSW)
+        xx = tl.zeros([BLOCK_N], tl.float64)
+        ee = tl.zeros([BLOCK_N], tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            cc = d0 + tl.arange(0, BLOCK_D)
+            xt = tl.load(base + cc[None, :], mask=rmask[:, None] & (cc < D)[None, :], other=0.0).to(tl.float64)
+            xs = tl.load(x0 + cc, mask=cc < D, other=0.0).to(tl.float64)
+            e = xt - t[:, None] * xs[None, :]
+            xx += tl.sum(xt * xt, axis=1)
+            ee += tl.sum(e * e, axis=1)
+        lam, c, s, lam_x, lam_k, c_x, c_k = _midpoint_coef(xx, k, w, POSW)
+        acc += tl.where(rmask, s * w * lam * ee, 0.0)
+    tl.store(P2 + g * S + sp, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _midpoint_bwd_kernel(GF, GF2, GL, RS, S1V, X_ptr, W_ptr, K_ptr, DX, DW, DKP, N, D, n_per, S, stride_k,
+                         HAS_W: tl.constexpr, POSW: tl.constexpr, ROOT: tl.constexpr, NEED_DX: tl.constexpr,
+                         NEED_DW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     g = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1).to(tl.int64)
     k = tl.load(K_ptr + g * stride_k).to(tl.float64)
     gl = tl.load(GL + g).to(tl.float64)
+    if ROOT:  # the group's (gQ, A, W, S2, R, sign of the first point's flip); gQ = 0: no Q terms
+        gq = tl.load(RS + g * 6).to(tl.float64)
+        rA = tl.load(RS + g * 6 + 1).to(tl.float64)
+        rW = tl.load(RS + g * 6 + 2).to(tl.float64)
+        rS2 = tl.load(RS + g * 6 + 3).to(tl.float64)
+        rR = tl.load(RS + g * 6 + 4).to(tl.float64)
+        sg0 = tl.load(RS + g * 6 + 5).to(tl.float64)
     acc_k = tl.zeros([BLOCK_N], tl.float64)
     i_lo, i_hi = _midpoint_split(sp, n_per, N)
     for i0 in range(i_lo, i_hi, BLOCK_N):
         rows, rmask = _midpoint_rows(i0, i_hi, BLOCK_N)
         base = (g * N + rows)[:, None] * D
+        w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
         xx = tl.zeros([BLOCK_N], tl.float64)
         pp = tl.zeros([BLOCK_N], tl.float64)
+        if ROOT:  # y_i - y_0 = sg_i (x_i - t x_0), t = sg_i sg_0: E = |x_i - t x_0|^2, Z = <x_i - t x_0, F - A y_0>
+            t = _midpoint_t(w, rmask, sg0, POSW)
+            ee = tl.zeros([BLOCK_N], tl.float64)
+            zz = tl.zeros([BLOCK_N], tl.float64)
         for d0 in range(0, D, BLOCK_D):
             cc = d0 + tl.arange(0, BLOCK_D)
             m2 = rmask[:, None] & (cc < D)[None, :]
@@ -2674,20 +2756,37 @@ def _midpoint_bwd_kernel(GF, GL, X_ptr, W_ptr, K_ptr, DX, DW, DKP, N, D, n_per, 
             gf = tl.load(GF + g * D + cc, mask=cc < D, other=0.0).to(tl.float64)
             xx += tl.sum(xt * xt, axis=1)
             pp += tl.sum(xt * gf[None, :], axis=1)
-        w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
+            if ROOT:
+                mq = (cc < D) & ((cc * 0.0 + gq) != 0.0)  # (gq broadcast to the chunk: the interpreter's numpy)
+                xs = tl.load(X_ptr + g * N * D + cc, mask=mq, other=0.0).to(tl.float64)
+                s1 = tl.load(S1V + g * D + cc, mask=mq, other=0.0)
+                e = xt - t[:, None] * xs[None, :]
+                ee += tl.sum(e * e, axis=1)
+                zz += tl.sum(e * s1[None, :], axis=1)
         lam, c, s, lam_x, lam_k, c_x, c_k = _midpoint_coef(xx, k, w, POSW)
         sgl = s * gl
+        dw = c * pp + sgl * (lam - 1.0)
+        b = 2.0 * w * (pp * c_x + sgl * lam_x)
+        dkt = w * (pp * c_k + sgl * lam_k)
+        if ROOT:  # Q's part (csrc/cpu/stereographic_midpoint.cpp's bwd_impl; u = s w, y = s x)
+            u = s * w
+            den = 1.0 + k * xx
+            live = den > 1e-15
+            rkd = rR - k * (rA * ee - 2.0 * s * zz + rS2)
+            ri = tl.where(live, 0.0, lam * den - 2.0)
+            dw += s * (gq * (2.0 * rW + lam * rkd + rA * ri))
+            b += -2.0 * k * gq * rA * u * lam + tl.where(live, 2.0 * gq * u * rkd * lam_x, 2.0 * gq * rA * u * lam * k)
+            dkt += tl.where(live, gq * u * rkd * lam_k, gq * rA * u * lam * xx)
         if NEED_DW:
-            tl.store(DW + g * N + rows, (c * pp + sgl * (lam - 1.0)).to(DW.dtype.element_ty), mask=rmask)
-        acc_k += tl.where(rmask, w * (pp * c_k + sgl * lam_k), 0.0)
+            tl.store(DW + g * N + rows, dw.to(DW.dtype.element_ty), mask=rmask)
+        acc_k += tl.where(rmask, dkt, 0.0)
         if NEED_DX:
             a = w * c
-            b = 2.0 * w * (pp * c_x + sgl * lam_x)
             for d0 in range(0, D, BLOCK_D):
                 cc = d0 + tl.arange(0, BLOCK_D)
                 m2 = rmask[:, None] & (cc < D)[None, :]
                 xt = tl.load(X_ptr + base + cc[None, :], mask=m2, other=0.0).to(tl.float64)
-                gf = tl.load(GF + g * D + cc, mask=cc < D, other=0.0).to(tl.float64)
+                gf = tl.load(GF2 + g * D + cc, mask=cc < D, other=0.0).to(tl.float64)
                 v = a[:, None] * gf[None, :] + b[:, None] * xt
                 tl.store(DX + base + cc[None, :], v.to(DX.dtype.element_ty), mask=m2)
     tl.store(DKP + g * S + sp, tl.sum(acc_k, axis=0))
@@ -2719,27 +2818,88 @@ def _midpoint_launch(x: torch.Tensor, k: torch.Tensor):
     return x, k.contiguous(), (0 if k.numel() == 1 else 1), block_n, block_d, S, n_per
 
 
-def midpoint_fwd(x, w, k, posweight):
-    """(F [G,D], L [G]) float64: the weighted midpoint's sums per group (see the contract above)."""
+def _midpoint_sums(x, w, k, posweight, root: bool):
+    """The sums launch: [G, D + 1 (+ 3: A, W, R with root)] float64 per group (the splits' partials added in order)
+    and the launch's operands."""
     x, k, sk, block_n, block_d, S, n_per = _midpoint_launch(x, k)
     G, N, D = x.shape
-    if G == 0 or N == 0:
-        return x.new_zeros((G, D), dtype=torch.float64), x.new_zeros((G,), dtype=torch.float64)
     w = w.to(x.dtype).contiguous() if w is not None else None
-    part = torch.empty((G, S, D + 1), dtype=torch.float64, device=x.device)
+    width = D + (4 if root else 1)
+    if G == 0 or N == 0:
+        return x.new_zeros((G, width), dtype=torch.float64), (x, w, k, sk, block_n, block_d, S, n_per)
+    part = torch.empty((G, S, width), dtype=torch.float64, device=x.device)
     grid = (G, S, triton.cdiv(max(D, 1), block_d))
     with _device_guard(x):
         _midpoint_fwd_kernel[grid](x, w if w is not None else x, k, part, N, D, n_per, S, sk,
-                                   HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d,
-                                   num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
-    s = part.sum(1) if S > 1 else part[:, 0]
+                                   HAS_W=w is not None, POSW=bool(posweight), ROOT=root, BLOCK_N=block_n,
+                                   BLOCK_D=block_d, num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
+    return (part.sum(1) if S > 1 else part[:, 0]), (x, w, k, sk, block_n, block_d, S, n_per)
+
+
+def midpoint_fwd(x, w, k, posweight):
+    """(F [G,D], L [G]) float64: the weighted midpoint's sums per group (see the contract above)."""
+    s, _ = _midpoint_sums(x, w, k, posweight, False)
+    D = x.shape[-1]
     # copies, not views: with one group .contiguous() kept both as views of one buffer (a custom op's outputs
     # must not alias: torch.compile / opcheck refuse it)
     return s[:, :D].clone(memory_format=torch.contiguous_format), s[:, D].clone()
 
 
+# The root's sums for k < 0 (geoops._ops.stereographic's stereo_midpoint_root_fwd / _bwd contract, as
+# csrc/cpu/stereographic_midpoint.cpp): S [G, 5] = (Q, A, W, S2, R).  Forward: the sums launch adds A, W, R per
+# group (ROOT); the groups near the boundary (_ops.midpoint_near, tested on the device: no host sync) get a second
+# launch (_midpoint_s2_kernel, every (group, split) program; a far group's walk no points) for S2 about the group's
+# first point y_0; then per group in torch V = A S2 - |F - A y_0|^2, Q = W^2 - k V + A R (0 in far groups).
+# Backward: the sums' backward kernel with Q's terms (ROOT) from the per-group gQ (0 where Q = 0), A, W, S2, R,
+# F - A y_0 and gF' = gF + 2 k gQ F; the -gQ V of dk added per group in torch.
+def _midpoint_first(x, w, posweight):
+    """(y_0's flip sign [G], x_0 [G, D]) float64: each group's first point (N >= 1)."""
+    sg0 = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+    if posweight and w is not None:
+        sg0 = torch.where(w[:, 0] < 0, -sg0, sg0)
+    return sg0, x[:, 0].to(torch.float64)
+
+
+def midpoint_root_fwd(x, w, k, posweight):
+    """(F [G,D], L [G], S [G,5]) float64: the sums and the root's (see the contract above)."""
+    s, (x, w, k, sk, block_n, block_d, S, n_per) = _midpoint_sums(x, w, k, posweight, True)
+    G, N, D = x.shape
+    F = s[:, :D].clone(memory_format=torch.contiguous_format)
+    L = s[:, D].clone()
+    out = torch.zeros((G, 5), dtype=torch.float64, device=x.device)
+    if G == 0 or N == 0:
+        return F, L, out
+    from geoops._ops.stereographic import midpoint_near  # (late: geoops._ops imports these kernels)
+
+    kk = k.to(torch.float64).expand(G)
+    near = midpoint_near(F, L, kk)
+    p2 = torch.empty((G, S), dtype=torch.float64, device=x.device)
+    with _device_guard(x):
+        _midpoint_s2_kernel[(G, S)](x, w if w is not None else x, k, near.to(torch.int8), p2, N, D, n_per, S, sk,
+                                    HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d,
+                                    num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
+    S2 = p2.sum(1) if S > 1 else p2[:, 0]
+    A, W, R = s[:, D + 1], s[:, D + 2], s[:, D + 3]
+    sg0, x0 = _midpoint_first(x, w, posweight)
+    e = F - (A * sg0).unsqueeze(-1) * x0
+    V = A * S2 - (e * e).sum(-1)
+    Q = W * W - kk * V + A * R
+    zero = torch.zeros_like(Q)
+    torch.stack([torch.where(near, Q, zero), A, W, torch.where(near, S2, zero), R], dim=-1, out=out)
+    return F, L, out
+
+
 def midpoint_bwd(gF, gL, x, w, k, posweight, mask):
     """(dx, dw, dk [G] float64) of the sums; mask bits 1 dx, 2 dw, 4 dk; unselected ones are empty."""
+    return _midpoint_backward(gF, gL, None, None, None, x, w, k, posweight, mask)
+
+
+def midpoint_root_bwd(gF, gL, gQ, F, S, x, w, k, posweight, mask):
+    """(dx, dw, dk [G] float64) of the root's sums (F, L, Q = S[:, 0]); as midpoint_bwd."""
+    return _midpoint_backward(gF, gL, gQ, F, S, x, w, k, posweight, mask)
+
+
+def _midpoint_backward(gF, gL, gQ, F, Sr, x, w, k, posweight, mask):
     x, k, sk, block_n, block_d, S, n_per = _midpoint_launch(x, k)
     G, N, D = x.shape
     mask = int(mask)
@@ -2752,14 +2912,34 @@ def midpoint_bwd(gF, gL, x, w, k, posweight, mask):
     w = w.to(x.dtype).contiguous() if w is not None else None
     gF = gF.to(torch.float64).expand(G, D).contiguous()
     gL = gL.to(torch.float64).expand(G).contiguous()
+    root = gQ is not None
+    gF2, rs, s1v, dk0 = gF, gL, gF, None
+    if root:
+        kk = k.to(torch.float64).expand(G)
+        F = F.to(torch.float64)
+        Sr = Sr.to(torch.float64)
+        # a group whose S has Q = 0 (not formed, or k >= 0) takes no gradient through Q (the reference's where)
+        gq = torch.where((kk < 0) & (Sr[:, 0] != 0), gQ.to(torch.float64).expand(G), 0.0)
+        A, S2 = Sr[:, 1], Sr[:, 3]
+        sg0, x0 = _midpoint_first(x, w, posweight)
+        s1v = (F - (A * sg0).unsqueeze(-1) * x0).contiguous()
+        gF2 = (gF + (2.0 * kk * gq).unsqueeze(-1) * F).contiguous()
+        rs = torch.stack([gq, A, Sr[:, 2], S2, Sr[:, 4], sg0], dim=-1).contiguous()
+        dk0 = -gq * (A * S2 - (s1v * s1v).sum(-1))  # -V gQ, once per group
+    # Q's terms carry two more [BLOCK_N, BLOCK_D] float64 operands per column chunk: half the tile's rows (a split
+    # holds a multiple of either), else ptxas spills (sm_90: up to 360 B)
+    block_n = max(1, block_n // 2) if root else block_n
     dkp = torch.empty((G, S), dtype=torch.float64, device=x.device)
     with _device_guard(x):
-        _midpoint_bwd_kernel[(G, S)](gF, gL, x, w if w is not None else x, k, dx if need_dx else x,
+        _midpoint_bwd_kernel[(G, S)](gF, gF2, gL, rs, s1v, x, w if w is not None else x, k, dx if need_dx else x,
                                      dw if need_dw else x, dkp, N, D, n_per, S, sk,
-                                     HAS_W=w is not None, POSW=bool(posweight), NEED_DX=need_dx, NEED_DW=need_dw,
-                                     BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
-    dk = (dkp.sum(1) if S > 1 else dkp[:, 0].contiguous()) if need_dk else x.new_empty(0)
-    return dx, dw, dk
+                                     HAS_W=w is not None, POSW=bool(posweight), ROOT=root, NEED_DX=need_dx,
+                                     NEED_DW=need_dw, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_MID_WARPS,
+                                     **_maxnreg(_MID_WARPS))
+    if not need_dk:
+        return dx, dw, x.new_empty(0)
+    dk = dkp.sum(1) if S > 1 else dkp[:, 0].contiguous()
+    return dx, dw, (dk + dk0 if root else dk)
 
 
 def _midpoint_compile_variants():
@@ -2779,4 +2959,11 @@ def _midpoint_compile_variants():
                                 "launch": lambda x=x, w=w, k=k, pw=pw: midpoint_fwd(x, w, k, pw)})
                 entries.append({"label": f"{tag} bwd", "expect": expect,
                                 "launch": lambda x=x, w=w, k=k, pw=pw, gF=gF, gL=gL: midpoint_bwd(gF, gL, x, w, k, pw, 7)})
+                # the root's launches (ROOT sums, the near groups' S2, the backward with Q's terms)
+                entries.append({"label": f"{tag}/root fwd", "expect": expect,
+                                "launch": lambda x=x, w=w, k=k, pw=pw: midpoint_root_fwd(x, w, k, pw)})
+                entries.append({"label": f"{tag}/root bwd", "expect": expect,
+                                "launch": lambda x=x, w=w, k=k, pw=pw, gF=gF, gL=gL:
+                                midpoint_root_bwd(gF, gL, gL, gF, torch.zeros(2, 5, dtype=torch.float64), x, w, k, pw,
+                                                  7)})
     return entries

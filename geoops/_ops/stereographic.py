@@ -919,19 +919,26 @@ _register_midpoint_vmaps()
 # The sums above and S [G, 5] float64 = (Q, A, W, S2, R) per group: Q = W^2 - k V + A R = L^2 (1 + k|F / L|^2)
 # for k < 0 without its cancellation near the boundary (midpoint_root), formed only in the groups near it
 # (midpoint_near: a second pass over their points for S2; Q = S2 = 0 elsewhere, zeros where k >= 0), the rest what
-# the backward needs.  The C++ path's (MidpointFn); CPU: one pass each (csrc/cpu/stereographic_midpoint.cpp), other
-# devices: the torch reference above and its autograd.
+# the backward needs.  MidpointFn's; CPU: one pass each (csrc/cpu/stereographic_midpoint.cpp); triton / cuda
+# backends: the Triton kernels (kernels/stereographic.py: midpoint_root_fwd / _bwd); elsewhere (no Triton, the
+# reference backend): the torch reference above and its autograd.
 def _root_fwd(x, w, k, posweight: bool):
-    if x.device.type == "cpu" and _backend.resolve(x.device, FAMILY) == "cpp":
+    ks = _midpoint_kernels(x.device)
+    if ks is None:
         return tuple(_backend.compiled().stereo_midpoint_root_fwd_cpu(x, w, k, bool(posweight)))
+    if hasattr(ks, "midpoint_root_fwd"):
+        return tuple(ks.midpoint_root_fwd(x, w, k, bool(posweight)))
     with torch.no_grad():
         return tuple(t.contiguous() for t in midpoint_root_sums_reference(x, w, k, posweight))
 
 
 def _root_bwd(gF, gL, gQ, F, S, x, w, k, posweight: bool, mask: int):
-    if x.device.type == "cpu" and _backend.resolve(x.device, FAMILY) == "cpp":
+    ks = _midpoint_kernels(x.device)
+    if ks is None:
         return tuple(_backend.compiled().stereo_midpoint_root_bwd_cpu(gF, gL, gQ, F, S, x, w, k, bool(posweight),
                                                                       mask))
+    if hasattr(ks, "midpoint_root_bwd"):
+        return tuple(ks.midpoint_root_bwd(gF, gL, gQ, F, S, x, w, k, bool(posweight), mask))
 
     def sums(a, b, c):
         F, L, S = midpoint_root_sums_reference(a, b, c, posweight)
