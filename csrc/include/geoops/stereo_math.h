@@ -476,18 +476,18 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       T z = k * ss;
       T q = pp / den;
       T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
-      // v = 2 w A(k w^2), dv/dss = P / w with P = A + 2z A'(z) = 1 / (1 + z) (artan_k's derivative): the series
-      // below the cut, 1 / q above it (0 outside the ball, as atanc_d), whatever A is (SkipCallMath's A = 1)
+      // v = 2 w A(k w^2), dv/dss = ss_ = ga P / w with P = A + 2z A'(z) = 1 / (1 + z) (artan_k's derivative): the
+      // series below the cut, 1 / q above it (0 outside the ball, as atanc_d), whatever A is (SkipCallMath's A = 1)
       auto series = vabs(z) < series_cut<T>();
       T P = sel(series, A + T(2) * z * Ad, sel(q > min_den<T>(), T(1) / q, T(0)));
-      T ss_ = ga * P / w;
+      T u = ga / (w * den);  // ss_ / den = u P (one division for the three adjoints below)
       T k_ = ga * T(2) * w * Ad * ss;
-      T den_ = -ss_ * ss / den;
-      // dd's adjoint, k <= 0: ss_ / den directly plus -k den_ through den = pp - k dd, = ss_ (1 + z) / den.  Near the
+      T den_ = -u * P * ss;  // -ss_ ss / den
+      // dd's adjoint, k <= 0: ss_ / den directly plus -k den_ through den = pp - k dd, = u P (1 + z).  Near the
       // boundary 1 + z = q -> 0 and the two terms are ~1 / q each: their sum lost ~eps / q relative (dy of a far
       // pair, whose dy is O(1)).  As P (1 + z) = 1 above the cut, the product instead (session 46).
-      T dd_q = ga * sel(series, P * (T(1) + z), sel(q > min_den<T>(), T(1), T(0))) / (w * den);
-      g.dd = sel(live, sel(den_live & (k <= T(0)), dd_q, ss_ / den), T(0));
+      T Pz = sel(series, P * (T(1) + z), sel(q > min_den<T>(), T(1), T(0)));
+      g.dd = sel(live, u * sel(den_live & (k <= T(0)), Pz, P), T(0));
       g.k = sel(live, k_, T(0));
       add_sub_den_vjp(s, sel(live & den_live, den_, T(0)), g, false);
       return g;
