@@ -189,7 +189,10 @@ def test_logmap_sphere_far_points(device, dtype, d):
     eager reference's error in the same dtype + a floor, for the output and dx, dy."""
     from geoops.reference import stereographic as ref
 
-    floor = {torch.float32: 2e-6, torch.float64: 1e-14}[dtype]
+    # float64: `theirs` is `exp` itself, so the rule is the floor alone; the eager reference's own dy is up to 2e-14
+    # relative off at these pairs (row 21 at d = 17, k = 1, |x| = 1.0015, |y| = 276: reference 2.0e-14, C++ 4.5e-15
+    # against a 60-digit mpmath gradient; session 46 after reflog's stable reference forms)
+    floor = {torch.float32: 2e-6, torch.float64: 5e-14}[dtype]
     x64, y64, k64 = _far_pairs(40, d, seed=d)
     w = torch.randn(x64.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 
