@@ -555,12 +555,19 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         q = _div(pp, den)
         A = _atanc(z, q, CUT)
         Ad = _atanc_d(z, q, A, CUT)
-        # v = 2 w A(k w^2)
-        ss_ = ga * (_div(A, w) + 2.0 * w * k * Ad)
+        # v = 2 w A(k w^2), dv/dss = ss_ = ga P / w, P = A + 2z A'(z) = 1 / (1 + z): 1 / q above the cut
+        # (stereo_math.h); u = ss_ / den / P
+        series = tl.abs(z) < CUT
+        qc, q_live = _clamp_min_den_live(q)
+        P = tl.where(series, A + 2.0 * z * Ad, tl.where(q_live, _div(1.0, qc), 0.0))
+        u = _div(ga, w * den)
         k_ = ga * 2.0 * w * Ad * ss
-        den_ = _div(-ss_ * ss, den)
+        den_ = -u * P * ss
         g_xx, g_yy, g_xy, s_dd, s_k = _sub_den_vjp(den_, on & den_live, xx, yy, xy, dd, k)
-        g_dd = tl.where(on, _div(ss_, den), 0.0) + s_dd
+        # dd's whole adjoint where k <= 0, u P (1 + z) with P (1 + z) = 1 above the cut: the sum of ss_ / den and
+        # s_dd = -k den_ (~1 / q each near the boundary) lost ~eps / q relative (stereo_math.h, DIST)
+        Pz = tl.where(series, P * (1.0 + z), tl.where(q_live, 1.0, 0.0))
+        g_dd = tl.where(on, tl.where(den_live & (k <= 0), u * Pz, u * P + s_dd), 0.0)
         g_k = tl.where(on, k_ + s_k, 0.0)
     elif OP == DIST0:
         on = xx > 0

@@ -193,8 +193,8 @@ inline void block_fwd_float_call(const double* xx, const double* yy, const doubl
 
 // The backward of dist / dist0 without dk (session 29): no atanc call.  v = 2 w A(k w^2) (w = |s| or |x|), and the
 // vjp's gradient to the row sums reads A only through A + 2z A'(z), where above the double series cut
-// A'(z) = (1/q - A)/(2z) (0 - A over 2z outside the ball): A + (1/q - A) = 1/q (or 0), whatever A is, up to the
-// rounding of the sum.  So the lanes there take A = 1 (finite, no SLEEF log1p / atan), the lanes below the cut
+// A'(z) = (1/q - A)/(2z) (0 - A over 2z outside the ball): A + (1/q - A) = 1/q (or 0), whatever A is (dist's vjp
+// takes 1/q itself there since session 46).  So the lanes there take A = 1 (finite, no SLEEF log1p / atan), the lanes below the cut
 // atanc's Taylor series (the value the double call gives there): the gradients to x and y equal the double call's up
 // to double roundings (the same float bits in every check; the tests bound them by a few ulps).  dk reads A'(z)
 // alone: with dk wanted the call runs.  Every dtype, every k.  GEOOPS_STEREO_BWD_SKIP_CALL=0: the call (read per call).

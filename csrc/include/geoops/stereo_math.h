@@ -235,14 +235,16 @@ template <typename T> GEO_HD auto logmap_y_form(T xx, T yy, T k) { return (k * x
 // Adds the adjoint den_ of sub_den to the row adjoints g, in the form sub_den took: k > 0 through xy (and xx, yy, k),
 // k <= 0 (pp - k dd) through xx, yy, dd and k -- no xy term, so dx's den term 2k den_ ((1 + k yy) x - (x - y)) keeps
 // its digits for close pairs (the first form's 2k den_ (y + k yy x) cancels there).
-template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T>& g) {
+// with_dd false: the k <= 0 form's dd term -k den_ is left to the caller (dist, which has dd's whole adjoint in a
+// form that does not cancel).
+template <typename T> GEO_HD void add_sub_den_vjp(const Row<T>& s, T den_, Row<T>& g, bool with_dd = true) {
   const T k = s.k;
   auto pos = k > T(0);
   T kd = den_ * k;
   g.xy += sel(pos, T(2) * kd, T(0));
   g.xx += kd * sel(pos, k * s.yy, T(1) + k * s.yy);
   g.yy += kd * sel(pos, k * s.xx, T(1) + k * s.xx);
-  g.dd += sel(pos, T(0), -kd);
+  if (with_dd) g.dd += sel(pos, T(0), -kd);
   g.k += den_ * sel(pos, T(2) * s.xy + T(2) * k * s.xx * s.yy,
                     s.xx * (T(1) + k * s.yy) + s.yy * (T(1) + k * s.xx) - s.dd);
 }
@@ -474,13 +476,20 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       T z = k * ss;
       T q = pp / den;
       T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
-      // v = 2 w A(k w^2)
-      T ss_ = ga * (A / w + T(2) * w * k * Ad);
+      // v = 2 w A(k w^2), dv/dss = ss_ = ga P / w with P = A + 2z A'(z) = 1 / (1 + z) (artan_k's derivative): the
+      // series below the cut, 1 / q above it (0 outside the ball, as atanc_d), whatever A is (SkipCallMath's A = 1)
+      auto series = vabs(z) < series_cut<T>();
+      T P = sel(series, A + T(2) * z * Ad, sel(q > min_den<T>(), T(1) / q, T(0)));
+      T u = ga / (w * den);  // ss_ / den = u P (one division for the three adjoints below)
       T k_ = ga * T(2) * w * Ad * ss;
-      g.dd = sel(live, ss_ / den, T(0));
-      T den_ = -ss_ * ss / den;
+      T den_ = -u * P * ss;  // -ss_ ss / den
+      // dd's adjoint, k <= 0: ss_ / den directly plus -k den_ through den = pp - k dd, = u P (1 + z).  Near the
+      // boundary 1 + z = q -> 0 and the two terms are ~1 / q each: their sum lost ~eps / q relative (dy of a far
+      // pair, whose dy is O(1)).  As P (1 + z) = 1 above the cut, the product instead (session 46).
+      T Pz = sel(series, P * (T(1) + z), sel(q > min_den<T>(), T(1), T(0)));
+      g.dd = sel(live, u * sel(den_live & (k <= T(0)), Pz, P), T(0));
       g.k = sel(live, k_, T(0));
-      add_sub_den_vjp(s, sel(live & den_live, den_, T(0)), g);
+      add_sub_den_vjp(s, sel(live & den_live, den_, T(0)), g, false);
       return g;
     }
     case DIST0: {
