@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check of geoops, in the environment made by scripts/setup.sh, in stages:
-#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc); every Triton kernel
+#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc; .ci/run starts the .cu compile
+#     before setup, in the background, and this stage waits for it: GEOOPS_NVCC_EARLY); every Triton kernel
 #     variant is compiled for sm_80/sm_90 (.ci/triton_compile_check.sh) and gpu_check.sh is dry-run;
 #  2. the Triton kernels under the Triton interpreter (own processes: TRITON_INTERPRET=1, one pytest-xdist worker per core),
 #     every tests/triton/test_*.py;
@@ -28,41 +29,29 @@ VENV=${GEOOPS_VENV:-.venv}
 [ -f "$VENV/bin/activate" ] && . "$VENV/bin/activate"
 export PYTHONUNBUFFERED=1
 WORK=$(mktemp -d)
-# the early wheel build's process group (below), if still running when this script ends
-trap '[ -s "$WORK/wheel/pid" ] && kill -- "-$(cat "$WORK/wheel/pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
+# shellcheck source=scripts/_early.sh
+. scripts/_early.sh
+trap 'early_kill "$WORK/wheel"; rm -rf "$WORK"' EXIT
 T_ALL=$SECONDS
 n=0
 
 # The wheel stage's portable build needs only the checkout and this venv, and the stages before it leave part of
 # the cores idle (single-process steps of the nvcc and gpu_check stages, the parity and docs runs, the last tests
-# of a pytest run): with GEOOPS_TEST_WHEEL=1 scripts/wheel_check.sh starts now, at nice 19 (it takes the cycles
-# the stages leave, next to nothing from them) with MAX_JOBS=2, and the wheel stage shows its output, waiting for
-# the rest.  It builds in build/temp-*-portable and dist/, which no stage before it reads.  Its own process group
-# (killed if this script ends first) in this session (where nice counts: the kernel's autogroups are per
-# session); orphaned at once, so that its CPU is not counted in the stage that happens to reap it: it reports its
-# own.  GEOOPS_WHEEL_EARLY=0 runs it in its place instead.
-wheel_early() {
-  mkdir -p "$WORK/wheel"
-  ( python -c 'import os, sys; os.setpgid(0, 0); os.execvp(sys.argv[1], sys.argv[1:])' \
-      nice -n 19 env MAX_JOBS=2 bash -c 'bash scripts/wheel_check.sh > "$1/log" 2>&1; rc=$?; times > "$1/times"; echo "$rc" > "$1/rc"' \
-      wheel_early "$WORK/wheel" </dev/null &
-    echo $! > "$WORK/wheel/pid" )
-}
+# of a pytest run): with GEOOPS_TEST_WHEEL=1 scripts/wheel_check.sh starts now in the background (_early.sh: nice
+# 19, MAX_JOBS=2), and the wheel stage shows its output, waiting for the rest.  It builds in
+# build/temp-*-portable and dist/, which no stage before it reads.  GEOOPS_WHEEL_EARLY=0: in its place instead.
 wheel_wait() {  # the wheel stage's command when the build started early
   echo "[wheel] scripts/wheel_check.sh started before stage 1 at nice 19 (GEOOPS_WHEEL_EARLY=0: here instead); its output:"
-  tail -n +1 -f --pid="$(cat "$WORK/wheel/pid")" "$WORK/wheel/log"
-  local t=$SECONDS
-  while [ ! -s "$WORK/wheel/rc" ] && [ $((SECONDS - t)) -lt 10 ]; do sleep 1; done
-  if [ ! -s "$WORK/wheel/rc" ]; then echo "[wheel] the background build ended without an exit status"; echo "wheel: 0 passed, 1 failed"; return 1; fi
-  # `times`: the wrapper's own and its children's user / sys times, e.g. "1m2.5s 0m3.1s"
-  sed -n 2p "$WORK/wheel/times" | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] } printf "%d\n", s }' \
-    > "$WORK/extra-cpu.$STAGE_ID"
-  echo "[wheel] the background build and check took $(cat "$WORK/extra-cpu.$STAGE_ID") s of CPU"
-  return "$(cat "$WORK/wheel/rc")"
+  early_wait "$WORK/wheel"
+  local rc=$?
+  cp "$WORK/wheel/cpu" "$WORK/extra-cpu.$STAGE_ID" 2>/dev/null
+  echo "[wheel] the background build and check took $(cat "$WORK/wheel/cpu" 2>/dev/null) s of CPU"
+  [ -s "$WORK/wheel/rc" ] || echo "wheel: 0 passed, 1 failed"
+  return "$rc"
 }
 WHEEL_EARLY=0
 if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ] && [ "${GEOOPS_WHEEL_EARLY:-1}" = 1 ]; then
-  wheel_early && WHEEL_EARLY=1
+  early_start "$WORK/wheel" env MAX_JOBS=2 bash scripts/wheel_check.sh && WHEEL_EARLY=1
 fi
 
 # stage NAME KIND COMMAND...: run it (output shown live and kept), record the
@@ -101,8 +90,17 @@ skipped_stage() {  # skipped_stage NAME REASON
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$1" skipped 0 0 "$2" >> "$WORK/stages.tsv"
 }
 
+nvcc_wait() {  # the nvcc stage when .ci/run started its .cu compile early: that output, then the host checks
+  echo "[nvcc] the .cu compile started before setup at nice 19 (.ci/run); its output:"
+  early_wait "$GEOOPS_NVCC_EARLY"
+  local rc=$?
+  cp "$GEOOPS_NVCC_EARLY/cpu" "$WORK/extra-cpu.$STAGE_ID" 2>/dev/null
+  bash .ci/nvcc_check.sh --host-only || rc=1
+  return "$rc"
+}
 if command -v nvcc >/dev/null 2>&1; then
-  stage "nvcc compile check" lines bash .ci/nvcc_check.sh
+  if [ -s "${GEOOPS_NVCC_EARLY:-/nonexistent}/pid" ]; then stage "nvcc compile check" lines nvcc_wait
+  else stage "nvcc compile check" lines bash .ci/nvcc_check.sh; fi
 else
   skipped_stage "nvcc compile check" "nvcc not found"
 fi
