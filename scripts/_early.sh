@@ -15,7 +15,8 @@ early_start() {
 }
 early_wait() {
   local dir=$1 t=$SECONDS
-  tail -n +1 -f --pid="$(cat "$dir/pid")" "$dir/log"
+  # (done already: its log as it is, so that tail never follows a reused pid)
+  if [ -s "$dir/rc" ]; then cat "$dir/log"; else tail -n +1 -f --pid="$(cat "$dir/pid")" "$dir/log"; fi
   while [ ! -s "$dir/rc" ] && [ $((SECONDS - t)) -lt 10 ]; do sleep 1; done
   if [ ! -s "$dir/rc" ]; then echo "[early] $dir: the background job ended without an exit status"; return 1; fi
   # `times`: the wrapper's own and its children's user / sys times ("1m2.5s 0m3.1s"); the children's line
