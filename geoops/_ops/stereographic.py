@@ -987,7 +987,8 @@ def midpoint_mean_reference(F, L, k, Q=None):
     if Q is None:
         return mean
     Lc = L.unsqueeze(-1)
-    return midpoint_half(f, Q.unsqueeze(-1) / (Lc * Lc), Lc, kk, mean)
+    L2 = Lc * Lc  # 1 where midpoint_half does not use q (|L| < 1e-10): Q / 0 made 0 * NaN in every gradient (L = 0)
+    return midpoint_half(f, Q.unsqueeze(-1) / torch.where(Lc.abs() >= 1e-10, L2, torch.ones_like(L2)), Lc, kk, mean)
 
 
 def _mean_fwd(F, L, Q, k):
