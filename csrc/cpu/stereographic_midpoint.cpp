@@ -279,17 +279,17 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
     });
   }
   if (!S || std::find(near.begin(), near.end(), 1) == near.end()) return;
-  // their S2 (the second pass, in the same chunks: fixed-order sums) and Q
-  std::vector<double> shift(G * D);
-  for (int64_t g = 0; g < G; ++g)
-    if (near[g]) midpoint_shift(F + g * D, S[g * (1 + kRootCols) + 1], D, shift.data() + g * D);
+  // their S2 (the second pass, in the same chunks: fixed-order sums) and Q; each task forms its group's shift (D
+  // divisions, no [G, D] buffer)
   const chunks::Partials p2(G * nc, 1);
   at::parallel_for(0, G * nc, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<double> shv(D);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / nc, i0 = (t % nc) * CH, i1 = std::min(N, i0 + CH);
       if (!near[g]) continue;
       const double kk = kg(k, nk, g);
-      const double* sh = shift.data() + g * D;
+      const double* sh = shv.data();
+      midpoint_shift(F + g * D, S[g * (1 + kRootCols) + 1], D, shv.data());
       double s2 = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const T* xr = xp + (g * N + i) * D;
@@ -303,12 +303,14 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
       p2.row(t)[0] = s2;
     }
   });
+  std::vector<double> shv(D);
   for (int64_t g = 0; g < G; ++g) {
     if (!near[g]) continue;
     double* r = S + g * (1 + kRootCols);
     p2.sum(g * nc, (g + 1) * nc, r + 3);
     const double kk = kg(k, nk, g), A = r[1], W = r[2], S2 = r[3], R = r[4];
-    const double* sh = shift.data() + g * D;
+    const double* sh = shv.data();
+    midpoint_shift(F + g * D, A, D, shv.data());
     double s1 = 0;
     for (int64_t d = 0; d < D; ++d) {
       const double e = std::fma(-A, sh[d], F[g * D + d]);
