@@ -50,90 +50,76 @@ using dvec::kL;
 using dvec::ld;
 using dvec::st;
 
-// |x|^2 in double (see the top of the file for the order of the sums).
+using at::vec::fmadd;
+using at::vec::fnmadd;
+
+// |x|^2 in double (see the top of the file for the order of the sums: dvec::lane_sums).
 template <typename T>
 inline double sqnorm(const T* x, int64_t D) {
-  DVec a0(0.0), a1(0.0);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d);
-    a0 = at::vec::fmadd(v, v, a0), d += kL;
-  }
-  double X = hsum(a0 + a1);
-  for (; d < D; ++d) X = std::fma(double(x[d]), double(x[d]), X);
-  return X;
+  double r[1];
+  dvec::lane_sums(
+      D, [&](DVec* a, int64_t d) { const DVec v = ld(x + d); a[0] = fmadd(v, v, a[0]); },
+      [&](double* a, int64_t d) { a[0] = std::fma(double(x[d]), double(x[d]), a[0]); }, r);
+  return r[0];
 }
 
 // |x|^2 and |x - t s|^2 (t = +-1: the point's offset from the shift s of the root's scatter), the same order.
 template <typename T>
 inline void sqnorm_off(const T* x, const double* s, double t, int64_t D, double& X, double& E) {
-  DVec a0(0.0), a1(0.0), b0(0.0), b1(0.0);
   const DVec tv(t);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    const DVec e0 = at::vec::fnmadd(tv, ld(s + d), v0), e1 = at::vec::fnmadd(tv, ld(s + d + kL), v1);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-    b0 = at::vec::fmadd(e0, e0, b0), b1 = at::vec::fmadd(e1, e1, b1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d), e = at::vec::fnmadd(tv, ld(s + d), v);
-    a0 = at::vec::fmadd(v, v, a0), b0 = at::vec::fmadd(e, e, b0), d += kL;
-  }
-  X = hsum(a0 + a1), E = hsum(b0 + b1);
-  for (; d < D; ++d) {
-    const double v = double(x[d]), e = std::fma(-t, s[d], v);
-    X = std::fma(v, v, X), E = std::fma(e, e, E);
-  }
+  double r[2];
+  dvec::lane_sums(
+      D,
+      [&](DVec* a, int64_t d) {
+        const DVec v = ld(x + d), e = fnmadd(tv, ld(s + d), v);
+        a[0] = fmadd(v, v, a[0]), a[1] = fmadd(e, e, a[1]);
+      },
+      [&](double* a, int64_t d) {
+        const double v = double(x[d]), e = std::fma(-t, s[d], v);
+        a[0] = std::fma(v, v, a[0]), a[1] = std::fma(e, e, a[1]);
+      },
+      r);
+  X = r[0], E = r[1];
 }
 
 // |x|^2, <g, x>, |e|^2 and <e, h> with e = x - t s (g, h in double), the same order.
 template <typename T>
 inline void sqnorm_dot_off(const T* x, const double* g, const double* s, double t, const double* h, int64_t D, double& X,
                            double& P, double& E, double& Z) {
-  DVec a0(0.0), a1(0.0), b0(0.0), b1(0.0), c0(0.0), c1(0.0), z0(0.0), z1(0.0);
   const DVec tv(t);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    const DVec e0 = at::vec::fnmadd(tv, ld(s + d), v0), e1 = at::vec::fnmadd(tv, ld(s + d + kL), v1);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-    b0 = at::vec::fmadd(ld(g + d), v0, b0), b1 = at::vec::fmadd(ld(g + d + kL), v1, b1);
-    c0 = at::vec::fmadd(e0, e0, c0), c1 = at::vec::fmadd(e1, e1, c1);
-    z0 = at::vec::fmadd(ld(h + d), e0, z0), z1 = at::vec::fmadd(ld(h + d + kL), e1, z1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d), e = at::vec::fnmadd(tv, ld(s + d), v);
-    a0 = at::vec::fmadd(v, v, a0), b0 = at::vec::fmadd(ld(g + d), v, b0);
-    c0 = at::vec::fmadd(e, e, c0), z0 = at::vec::fmadd(ld(h + d), e, z0), d += kL;
-  }
-  X = hsum(a0 + a1), P = hsum(b0 + b1), E = hsum(c0 + c1), Z = hsum(z0 + z1);
-  for (; d < D; ++d) {
-    const double v = double(x[d]), e = std::fma(-t, s[d], v);
-    X = std::fma(v, v, X), P = std::fma(g[d], v, P), E = std::fma(e, e, E), Z = std::fma(h[d], e, Z);
-  }
+  double r[4];
+  dvec::lane_sums(
+      D,
+      [&](DVec* a, int64_t d) {
+        const DVec v = ld(x + d), e = fnmadd(tv, ld(s + d), v);
+        a[0] = fmadd(v, v, a[0]), a[1] = fmadd(ld(g + d), v, a[1]);
+        a[2] = fmadd(e, e, a[2]), a[3] = fmadd(ld(h + d), e, a[3]);
+      },
+      [&](double* a, int64_t d) {
+        const double v = double(x[d]), e = std::fma(-t, s[d], v);
+        a[0] = std::fma(v, v, a[0]), a[1] = std::fma(g[d], v, a[1]);
+        a[2] = std::fma(e, e, a[2]), a[3] = std::fma(h[d], e, a[3]);
+      },
+      r);
+  X = r[0], P = r[1], E = r[2], Z = r[3];
 }
 
 // |x|^2 and <g, x> (g in double), the same order.
 template <typename T>
 inline void sqnorm_dot(const T* x, const double* g, int64_t D, double& X, double& P) {
-  DVec a0(0.0), a1(0.0), b0(0.0), b1(0.0);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-    b0 = at::vec::fmadd(ld(g + d), v0, b0), b1 = at::vec::fmadd(ld(g + d + kL), v1, b1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d);
-    a0 = at::vec::fmadd(v, v, a0), b0 = at::vec::fmadd(ld(g + d), v, b0), d += kL;
-  }
-  X = hsum(a0 + a1), P = hsum(b0 + b1);
-  for (; d < D; ++d) X = std::fma(double(x[d]), double(x[d]), X), P = std::fma(g[d], double(x[d]), P);
+  double r[2];
+  dvec::lane_sums(
+      D,
+      [&](DVec* a, int64_t d) {
+        const DVec v = ld(x + d);
+        a[0] = fmadd(v, v, a[0]), a[1] = fmadd(ld(g + d), v, a[1]);
+      },
+      [&](double* a, int64_t d) {
+        const double v = double(x[d]);
+        a[0] = std::fma(v, v, a[0]), a[1] = std::fma(g[d], v, a[1]);
+      },
+      r);
+  X = r[0], P = r[1];
 }
 
 // a += c x (a in double).
@@ -186,14 +172,11 @@ inline PointCoef point_coef(double X, double k, double w, bool posweight, bool g
 
 // <a, b> of double vectors (the order of sqnorm's sums).
 inline double dot(const double* a, const double* b, int64_t D) {
-  DVec s0(0.0), s1(0.0);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL)
-    s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), s1 = at::vec::fmadd(ld(a + d + kL), ld(b + d + kL), s1);
-  if (d + kL <= D) s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), d += kL;
-  double r = hsum(s0 + s1);
-  for (; d < D; ++d) r = std::fma(a[d], b[d], r);
-  return r;
+  double r[1];
+  dvec::lane_sums(
+      D, [&](DVec* s, int64_t d) { s[0] = fmadd(ld(a + d), ld(b + d), s[0]); },
+      [&](double* s, int64_t d) { s[0] = std::fma(a[d], b[d], s[0]); }, r);
+  return r[0];
 }
 
 // The root's per-group sums (S != nullptr, k < 0; see the header): with y_i the point after posweight's flip

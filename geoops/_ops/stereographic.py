@@ -112,17 +112,7 @@ class _ReferenceRows:
             kr = lk.expand(N) if lk.numel() == 1 else lk  # per-row k gradients
             rr = None if lr is None else (lr.expand(N) if lr.numel() == 1 else lr)
             out = cls._call(spec, lx, ly, kr, rr, param)
-            want = [(1, lx), (2, ly), (4, kr), (8, rr)]
-            inputs = [t for bit, t in want if (mask & bit) and t is not None]
-            grads = iter(torch.autograd.grad(out, inputs, g, allow_unused=True)) if inputs else iter(())
-        res = []
-        for bit, t in want:
-            if (mask & bit) and t is not None:
-                gr = next(grads)
-                res.append(torch.zeros_like(t) if gr is None else gr.contiguous())
-            else:
-                res.append(x.new_empty(0))
-        return tuple(res)
+            return _library.masked_autograd(out, g, (lx, ly, kr, rr), mask, x)
 
 
 # the row ops' kernel set that the current backend setting picks for a device
@@ -237,18 +227,7 @@ class _TripleReference:
             lk = k.detach().requires_grad_(True)
             kr = lk.expand(N) if lk.numel() == 1 else lk  # per-row k gradients
             out = cls._call(spec, *leaves, kr, flags)
-            want = [t for i, t in enumerate((*leaves, kr)) if (mask >> i) & 1 and t is not None]
-            grads = torch.autograd.grad(out, want, up(g), allow_unused=True) if want else ()
-        it = iter(grads)
-        res = []
-        for i, t in enumerate((*leaves, kr)):
-            if (mask >> i) & 1 and t is not None:
-                gr = next(it)
-                gr = torch.zeros_like(t) if gr is None else gr
-                res.append(gr.to(k.dtype if i == 3 else v0.dtype).contiguous())
-            else:
-                res.append(v0.new_empty(0))
-        return tuple(res)
+            return _library.masked_autograd(out, up(g), (*leaves, kr), mask, v0, dtypes=(v0.dtype,) * 3 + (k.dtype,))
 
 
 def triple_kernels(device: torch.device):
@@ -354,17 +333,7 @@ class _PairReference:
         with _library.reference_autograd():
             lx, ly, lk = (t.detach().requires_grad_(True) for t in (x, y, k))
             out = ref.cdist(lx, ly, k=lk.to(x.dtype).reshape(-1, 1, 1))
-            want = [(1, lx), (2, ly), (4, lk)]
-            inputs = [t for bit, t in want if mask & bit]
-            grads = iter(torch.autograd.grad(out, inputs, g, allow_unused=True)) if inputs else iter(())
-        res = []
-        for bit, t in want:
-            if mask & bit:
-                gr = next(grads)
-                res.append(torch.zeros_like(t) if gr is None else gr.contiguous())
-            else:
-                res.append(x.new_empty(0))
-        return tuple(res)
+            return _library.masked_autograd(out, g, (lx, ly, lk), mask, x)
 
     @staticmethod
     def rank_key(x, y, k):
@@ -843,19 +812,8 @@ def midpoint_reference_bwd(fn, gouts, x, w, k, mask: int):
         lw = None if w is None else w.detach().requires_grad_(True)
         kr = lk.expand(G) if lk.numel() == 1 else lk
         outs = fn(lx, lw, kr)
-        want = [(1, lx), (2, lw), (4, kr)]
-        inputs = [t for bit, t in want if (mask & bit) and t is not None]
-        grads = iter(torch.autograd.grad(outs, inputs, tuple(g.to(o.dtype) for g, o in zip(gouts, outs)),
-                                         allow_unused=True)) if inputs else iter(())
-    res = []
-    for bit, t in want:
-        if (mask & bit) and t is not None:
-            gr = next(grads)
-            gr = torch.zeros_like(t) if gr is None else gr
-            res.append(gr.to(torch.float64 if bit == 4 else x.dtype).contiguous())
-        else:
-            res.append(x.new_empty(0))
-    return tuple(res)
+        return _library.masked_autograd(outs, tuple(g.to(o.dtype) for g, o in zip(gouts, outs)), (lx, lw, kr), mask, x,
+                               dtypes=(x.dtype, x.dtype, torch.float64))
 
 
 def _midpoint_kernels(device: torch.device):
