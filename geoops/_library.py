@@ -20,7 +20,8 @@ Every family follows one path::
 * Backward ops take an ``int mask`` (bit i: input i's gradient is wanted; :func:`grad_mask` makes it from
   ``ctx.needs_input_grad``) and return 0-element tensors for the rest: :func:`masked_empty` (fake
   implementations) and :func:`masked_grads` (reference backends, whose backward differentiates the
-  eager reference inside :func:`reference_autograd`).
+  eager reference inside :func:`reference_autograd`; :func:`masked_autograd` differentiates only the
+  inputs the mask asks for).
 * :func:`fixed_sum` is ``torch.sum`` with the same bits for any ``torch.set_num_threads`` (backwards summing a
   per-row gradient to one shared parameter use it); :func:`fixed_expand` broadcasts a one-element tensor so that
   autograd's sum back to it has that property (compositions of torch ops with a shared parameter use it).
@@ -43,7 +44,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "op_autograd", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "reference_autograd", "functorch_active",
+__all__ = ["direct_call_ok", "kernel_set", "family_kernels", "define_op", "define_pair", "op_autograd", "caller", "grad_mask", "check_tensors", "masked_empty", "masked_grads", "masked_autograd", "reference_autograd", "functorch_active",
            "forward_ad_active", "autograd_wanted", "first_order_only", "loop_vmap", "fold_vmap", "func_twin", "with_func_twin", "compiled_transform_args", "with_compiled_apply", "apply",
            "concrete", "check_finite", "no_autocast", "torch_kernels", "fixed_sum", "fixed_expand"]
 
@@ -405,6 +406,24 @@ def masked_grads(mask: int, grads, like, *, optional: int = 0):
             out.append(_unused(i, like, optional))
         else:
             out.append(torch.zeros_like(t) if g is None else g.to(t.dtype).contiguous())
+    return tuple(out)
+
+
+def masked_autograd(outputs, grad_outputs, leaves, mask: int, like: torch.Tensor, *, dtypes=None):
+    """A backward op's outputs, differentiating only what `mask` asks for (inside
+    :func:`reference_autograd`): autograd's gradients of `outputs` to each leaf whose bit i of `mask` is set
+    and that is not None (zeros where autograd finds no path), cast to ``dtypes[i]`` when given, contiguous;
+    a 0-element tensor of `like`'s dtype for every other leaf (the op's fake implementation says the same)."""
+    want = [t for i, t in enumerate(leaves) if (mask >> i) & 1 and t is not None]
+    grads = iter(torch.autograd.grad(outputs, want, grad_outputs, allow_unused=True) if want else ())
+    out = []
+    for i, t in enumerate(leaves):
+        if (mask >> i) & 1 and t is not None:
+            g = next(grads)
+            g = torch.zeros_like(t) if g is None else g
+            out.append((g if dtypes is None else g.to(dtypes[i])).contiguous())
+        else:
+            out.append(like.new_empty(0))
     return tuple(out)
 
 

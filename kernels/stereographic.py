@@ -2679,34 +2679,22 @@ def _midpoint_fwd_kernel(X_ptr, W_ptr, K_ptr, PART, N, D, n_per, S, stride_k,
 
 
 @triton.jit
-def _midpoint_flip0(W_ptr, g, N, HAS_W: tl.constexpr, POSW: tl.constexpr):
-    """The sign of posweight's flip of the group's first point (1.0 or -1.0)."""
-    sg0 = 1.0
-    if POSW and HAS_W:
-        w0 = tl.load(W_ptr + g * N).to(tl.float64)
-        sg0 = tl.where(w0 < 0.0, -1.0, 1.0)
-    return sg0
-
-
-@triton.jit
-def _midpoint_t(w, rmask, sg0, POSW: tl.constexpr):
-    """t = sg_i sg_0 of a tile of points (y_i - y_0 = sg_i (x_i - t x_0)), a block."""
+def _midpoint_t(w, rmask, POSW: tl.constexpr):
+    """posweight's flip sign sg_i of a tile of points (y_i - s = sg_i (x_i - sg_i s) about the shift s), a block."""
     if POSW:
-        t = tl.where(w < 0.0, -sg0, sg0)
+        t = tl.where(w < 0.0, -1.0, 1.0)
     else:
-        t = tl.where(rmask, sg0, sg0)
+        t = tl.where(rmask, 1.0, 1.0)
     return t
 
 
 @triton.jit
-def _midpoint_s2_kernel(X_ptr, W_ptr, K_ptr, NEAR, P2, N, D, n_per, S, stride_k,
+def _midpoint_s2_kernel(X_ptr, W_ptr, K_ptr, NEAR, SH, P2, N, D, n_per, S, stride_k,
                         HAS_W: tl.constexpr, POSW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     g = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1).to(tl.int64)
     k = tl.load(K_ptr + g * stride_k).to(tl.float64)
     near = tl.load(NEAR + g)
-    sg0 = _midpoint_flip0(W_ptr, g, N, HAS_W, POSW)
-    x0 = X_ptr + g * N * D
     acc = tl.zeros([BLOCK_N], tl.float64)
     i_lo, i_hi = _midpoint_split(sp, n_per, N)
     i_hi = tl.where(near != 0, i_hi, i_lo)  # a far group's programs walk no points
@@ -2714,13 +2702,13 @@ def _midpoint_s2_kernel(X_ptr, W_ptr, K_ptr, NEAR, P2, N, D, n_per, S, stride_k,
         rows, rmask = _midpoint_rows(i0, i_hi, BLOCK_N)
         base = X_ptr + (g * N + rows)[:, None] * D
         w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
-        t = _midpoint_t(w, rmask, sg0, POSW)
+        t = _midpoint_t(w, rmask, POSW)
         xx = tl.zeros([BLOCK_N], tl.float64)
         ee = tl.zeros([BLOCK_N], tl.float64)
         for d0 in range(0, D, BLOCK_D):
             cc = d0 + tl.arange(0, BLOCK_D)
             xt = tl.load(base + cc[None, :], mask=rmask[:, None] & (cc < D)[None, :], other=0.0).to(tl.float64)
-            xs = tl.load(x0 + cc, mask=cc < D, other=0.0).to(tl.float64)
+            xs = tl.load(SH + g * D + cc, mask=cc < D, other=0.0)
             e = xt - t[:, None] * xs[None, :]
             xx += tl.sum(xt * xt, axis=1)
             ee += tl.sum(e * e, axis=1)
@@ -2730,20 +2718,19 @@ def _midpoint_s2_kernel(X_ptr, W_ptr, K_ptr, NEAR, P2, N, D, n_per, S, stride_k,
 
 
 @triton.jit
-def _midpoint_bwd_kernel(GF, GF2, GL, RS, S1V, X_ptr, W_ptr, K_ptr, DX, DW, DKP, N, D, n_per, S, stride_k,
+def _midpoint_bwd_kernel(GF, GF2, GL, RS, S1V, SH, X_ptr, W_ptr, K_ptr, DX, DW, DKP, N, D, n_per, S, stride_k,
                          HAS_W: tl.constexpr, POSW: tl.constexpr, ROOT: tl.constexpr, NEED_DX: tl.constexpr,
                          NEED_DW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     g = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1).to(tl.int64)
     k = tl.load(K_ptr + g * stride_k).to(tl.float64)
     gl = tl.load(GL + g).to(tl.float64)
-    if ROOT:  # the group's (gQ, A, W, S2, R, sign of the first point's flip); gQ = 0: no Q terms
-        gq = tl.load(RS + g * 6).to(tl.float64)
-        rA = tl.load(RS + g * 6 + 1).to(tl.float64)
-        rW = tl.load(RS + g * 6 + 2).to(tl.float64)
-        rS2 = tl.load(RS + g * 6 + 3).to(tl.float64)
-        rR = tl.load(RS + g * 6 + 4).to(tl.float64)
-        sg0 = tl.load(RS + g * 6 + 5).to(tl.float64)
+    if ROOT:  # the group's (gQ, A, W, S2, R); gQ = 0: no Q terms
+        gq = tl.load(RS + g * 5).to(tl.float64)
+        rA = tl.load(RS + g * 5 + 1).to(tl.float64)
+        rW = tl.load(RS + g * 5 + 2).to(tl.float64)
+        rS2 = tl.load(RS + g * 5 + 3).to(tl.float64)
+        rR = tl.load(RS + g * 5 + 4).to(tl.float64)
     acc_k = tl.zeros([BLOCK_N], tl.float64)
     i_lo, i_hi = _midpoint_split(sp, n_per, N)
     for i0 in range(i_lo, i_hi, BLOCK_N):
@@ -2752,8 +2739,8 @@ def _midpoint_bwd_kernel(GF, GF2, GL, RS, S1V, X_ptr, W_ptr, K_ptr, DX, DW, DKP,
         w = _midpoint_w(W_ptr, g * N + rows, rmask, HAS_W)
         xx = tl.zeros([BLOCK_N], tl.float64)
         pp = tl.zeros([BLOCK_N], tl.float64)
-        if ROOT:  # y_i - y_0 = sg_i (x_i - t x_0), t = sg_i sg_0: E = |x_i - t x_0|^2, Z = <x_i - t x_0, F - A y_0>
-            t = _midpoint_t(w, rmask, sg0, POSW)
+        if ROOT:  # y_i - s = t (x_i - t s), t = sg_i, s the shift: E = |x_i - t s|^2, Z = <x_i - t s, F - A s>
+            t = _midpoint_t(w, rmask, POSW)
             ee = tl.zeros([BLOCK_N], tl.float64)
             zz = tl.zeros([BLOCK_N], tl.float64)
         for d0 in range(0, D, BLOCK_D):
@@ -2765,7 +2752,7 @@ def _midpoint_bwd_kernel(GF, GF2, GL, RS, S1V, X_ptr, W_ptr, K_ptr, DX, DW, DKP,
             pp += tl.sum(xt * gf[None, :], axis=1)
             if ROOT:
                 mq = (cc < D) & ((cc * 0.0 + gq) != 0.0)  # (gq broadcast to the chunk: the interpreter's numpy)
-                xs = tl.load(X_ptr + g * N * D + cc, mask=mq, other=0.0).to(tl.float64)
+                xs = tl.load(SH + g * D + cc, mask=mq, other=0.0)
                 s1 = tl.load(S1V + g * D + cc, mask=mq, other=0.0)
                 e = xt - t[:, None] * xs[None, :]
                 ee += tl.sum(e * e, axis=1)
@@ -2856,15 +2843,10 @@ def midpoint_fwd(x, w, k, posweight):
 # csrc/cpu/stereographic_midpoint.cpp): S [G, 5] = (Q, A, W, S2, R).  Forward: the sums launch adds A, W, R per
 # group (ROOT); the groups near the boundary (_ops.midpoint_near, tested on the device: no host sync) get a second
 # launch (_midpoint_s2_kernel, every (group, split) program; a far group's walk no points) for S2 about the group's
-# first point y_0; then per group in torch V = A S2 - |F - A y_0|^2, Q = W^2 - k V + A R (0 in far groups).
-# Backward: the sums' backward kernel with Q's terms (ROOT) from the per-group gQ (0 where Q = 0), A, W, S2, R,
-# F - A y_0 and gF' = gF + 2 k gQ F; the -gQ V of dk added per group in torch.
-def _midpoint_first(x, w, posweight):
-    """(y_0's flip sign [G], x_0 [G, D]) float64: each group's first point (N >= 1)."""
-    sg0 = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
-    if posweight and w is not None:
-        sg0 = torch.where(w[:, 0] < 0, -sg0, sg0)
-    return sg0, x[:, 0].to(torch.float64)
+# centroid s = F / A (_ops.midpoint_root_shift); then per group in torch V = A S2 - |F - A s|^2,
+# Q = W^2 - k V + A R (0 in far groups).  Backward: the sums' backward kernel with Q's terms (ROOT) from the
+# per-group gQ (0 where Q = 0), A, W, S2, R, s, F - A s and gF' = gF + 2 k gQ F; the -gQ V of dk added per group in
+# torch.
 
 
 def midpoint_root_fwd(x, w, k, posweight):
@@ -2876,19 +2858,19 @@ def midpoint_root_fwd(x, w, k, posweight):
     out = torch.zeros((G, 5), dtype=torch.float64, device=x.device)
     if G == 0 or N == 0:
         return F, L, out
-    from geoops._ops.stereographic import midpoint_near  # (late: geoops._ops imports these kernels)
+    from geoops._ops.stereographic import midpoint_near, midpoint_root_shift  # (late: geoops._ops imports these)
 
     kk = k.to(torch.float64).expand(G)
     near = midpoint_near(F, L, kk)
+    A, W, R = s[:, D + 1], s[:, D + 2], s[:, D + 3]
+    sh = midpoint_root_shift(F, A).contiguous()
     p2 = torch.empty((G, S), dtype=torch.float64, device=x.device)
     with _device_guard(x):
-        _midpoint_s2_kernel[(G, S)](x, w if w is not None else x, k, near.to(torch.int8), p2, N, D, n_per, S, sk,
+        _midpoint_s2_kernel[(G, S)](x, w if w is not None else x, k, near.to(torch.int8), sh, p2, N, D, n_per, S, sk,
                                     HAS_W=w is not None, POSW=bool(posweight), BLOCK_N=block_n, BLOCK_D=block_d,
                                     num_warps=_MID_WARPS, **_maxnreg(_MID_WARPS))
     S2 = p2.sum(1) if S > 1 else p2[:, 0]
-    A, W, R = s[:, D + 1], s[:, D + 2], s[:, D + 3]
-    sg0, x0 = _midpoint_first(x, w, posweight)
-    e = F - (A * sg0).unsqueeze(-1) * x0
+    e = F - A.unsqueeze(-1) * sh
     V = A * S2 - (e * e).sum(-1)
     Q = W * W - kk * V + A * R
     zero = torch.zeros_like(Q)
@@ -2920,25 +2902,27 @@ def _midpoint_backward(gF, gL, gQ, F, Sr, x, w, k, posweight, mask):
     gF = gF.to(torch.float64).expand(G, D).contiguous()
     gL = gL.to(torch.float64).expand(G).contiguous()
     root = gQ is not None
-    gF2, rs, s1v, dk0 = gF, gL, gF, None
+    gF2, rs, s1v, sh, dk0 = gF, gL, gF, gF, None
     if root:
+        from geoops._ops.stereographic import midpoint_root_shift  # (late: geoops._ops imports these kernels)
+
         kk = k.to(torch.float64).expand(G)
         F = F.to(torch.float64)
         Sr = Sr.to(torch.float64)
         # a group whose S has Q = 0 (not formed, or k >= 0) takes no gradient through Q (the reference's where)
         gq = torch.where((kk < 0) & (Sr[:, 0] != 0), gQ.to(torch.float64).expand(G), 0.0)
         A, S2 = Sr[:, 1], Sr[:, 3]
-        sg0, x0 = _midpoint_first(x, w, posweight)
-        s1v = (F - (A * sg0).unsqueeze(-1) * x0).contiguous()
+        sh = midpoint_root_shift(F, A).contiguous()  # the forward's (S2 is about it)
+        s1v = (F - A.unsqueeze(-1) * sh).contiguous()
         gF2 = (gF + (2.0 * kk * gq).unsqueeze(-1) * F).contiguous()
-        rs = torch.stack([gq, A, Sr[:, 2], S2, Sr[:, 4], sg0], dim=-1).contiguous()
+        rs = torch.stack([gq, A, Sr[:, 2], S2, Sr[:, 4]], dim=-1).contiguous()
         dk0 = -gq * (A * S2 - (s1v * s1v).sum(-1))  # -V gQ, once per group
     # Q's terms carry two more [BLOCK_N, BLOCK_D] float64 operands per column chunk: half the tile's rows (a split
     # holds a multiple of either), else ptxas spills (sm_90: up to 360 B)
     block_n = max(1, block_n // 2) if root else block_n
     dkp = torch.empty((G, S), dtype=torch.float64, device=x.device)
     with _device_guard(x):
-        _midpoint_bwd_kernel[(G, S)](gF, gF2, gL, rs, s1v, x, w if w is not None else x, k, dx if need_dx else x,
+        _midpoint_bwd_kernel[(G, S)](gF, gF2, gL, rs, s1v, sh, x, w if w is not None else x, k, dx if need_dx else x,
                                      dw if need_dw else x, dkp, N, D, n_per, S, sk,
                                      HAS_W=w is not None, POSW=bool(posweight), ROOT=root, NEED_DX=need_dx,
                                      NEED_DW=need_dw, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_MID_WARPS,

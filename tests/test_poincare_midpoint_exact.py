@@ -190,6 +190,11 @@ def _wmid_case(case, delta, c=1.0, D=3, N=6):
         sg[[1, 4]] = -1
         return (x1 * sg[:, None], w[0] * sg, dict(reducedim=0, posweight=True), [(x1, w[0])],
                 lambda t: (t * sg[:, None])[None], lambda t: [t * sg], lambda m: m[None])
+    if case == "outlier":  # the group's first point far inside (small weight), the rest near the boundary: a
+        # shift of the root's scatter at that point (session 46's kernels) cancelled ~A |y_0 - c|^2 against V
+        xo = torch.cat([torch.full((1, D), 0.01, dtype=torch.float64), x1[1:]])
+        wo = torch.cat([torch.tensor([1e-6], dtype=torch.float64), w[0, 1:]])
+        return xo, wo, dict(reducedim=0), [(xo, wo)], lambda t: t[None], lambda t: [t], lambda m: m[None]
     if case == "dim0":  # vectors along dim 0, points along dim 1
         return (x2.T.contiguous(), w[1], dict(reducedim=1, dim=0), [(x2, w[1])], lambda t: t.T[None],
                 lambda t: [t], lambda m: m[None])
@@ -202,7 +207,7 @@ def _wmid_case(case, delta, c=1.0, D=3, N=6):
             lambda m: m.reshape(2, D))
 
 
-CASES = ["plain", "weights_keepdim", "posweight", "dim0", "groups", "mixed"]
+CASES = ["plain", "weights_keepdim", "posweight", "dim0", "groups", "mixed", "outlier"]
 
 
 def _wmid_run(backend, xs, w, k, kw, g):

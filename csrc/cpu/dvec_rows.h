@@ -1,4 +1,4 @@
-// Row loads and stores widened to / narrowed from double SIMD lanes, and a fixed-order lane sum: shared by the CPU
+// Row loads and stores widened to / narrowed from double SIMD lanes, and fixed-order lane sums: shared by the CPU
 // kernels that run float / double rows through at::vec::Vectorized<double> loops (stereographic_triple.cpp,
 // stereographic_midpoint.cpp).  Include after geoops/cpu_capability.h (the .cpp file picks the ISA).
 #pragma once
@@ -47,6 +47,21 @@ inline double hsum(const DVec& v) {
   for (int i = 0; i < kL; ++i) r += t[i];
   return r;
 #endif
+}
+
+// K sums over a row's columns 0 .. D in a fixed order (for any thread count and ISA width kL): columns in blocks of
+// kL alternating between two sets of K lane accumulators (lane l of set j: the columns = l mod kL of every other
+// block), the two sets added and their lanes summed by hsum, then the last D mod kL columns in scalars after them.
+// vstep(acc, d) adds columns d .. d + kL to acc (DVec[K]); sstep(sum, d) adds column d to sum (double[K]).
+template <int K, typename VStep, typename SStep>
+inline void lane_sums(int64_t D, VStep&& vstep, SStep&& sstep, double (&sum)[K]) {
+  DVec a[K], b[K];
+  for (int i = 0; i < K; ++i) a[i] = DVec(0.0), b[i] = DVec(0.0);
+  int64_t d = 0;
+  for (; d + 2 * kL <= D; d += 2 * kL) vstep(a, d), vstep(b, d + kL);
+  if (d + kL <= D) vstep(a, d), d += kL;
+  for (int i = 0; i < K; ++i) sum[i] = hsum(a[i] + b[i]);
+  for (; d < D; ++d) sstep(sum, d);
 }
 
 }  // namespace dvec

@@ -50,90 +50,76 @@ using dvec::kL;
 using dvec::ld;
 using dvec::st;
 
-// |x|^2 in double (see the top of the file for the order of the sums).
+using at::vec::fmadd;
+using at::vec::fnmadd;
+
+// |x|^2 in double (see the top of the file for the order of the sums: dvec::lane_sums).
 template <typename T>
 inline double sqnorm(const T* x, int64_t D) {
-  DVec a0(0.0), a1(0.0);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d);
-    a0 = at::vec::fmadd(v, v, a0), d += kL;
-  }
-  double X = hsum(a0 + a1);
-  for (; d < D; ++d) X = std::fma(double(x[d]), double(x[d]), X);
-  return X;
+  double r[1];
+  dvec::lane_sums(
+      D, [&](DVec* a, int64_t d) { const DVec v = ld(x + d); a[0] = fmadd(v, v, a[0]); },
+      [&](double* a, int64_t d) { a[0] = std::fma(double(x[d]), double(x[d]), a[0]); }, r);
+  return r[0];
 }
 
 // |x|^2 and |x - t s|^2 (t = +-1: the point's offset from the shift s of the root's scatter), the same order.
 template <typename T>
-inline void sqnorm_off(const T* x, const T* s, double t, int64_t D, double& X, double& E) {
-  DVec a0(0.0), a1(0.0), b0(0.0), b1(0.0);
+inline void sqnorm_off(const T* x, const double* s, double t, int64_t D, double& X, double& E) {
   const DVec tv(t);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    const DVec e0 = at::vec::fnmadd(tv, ld(s + d), v0), e1 = at::vec::fnmadd(tv, ld(s + d + kL), v1);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-    b0 = at::vec::fmadd(e0, e0, b0), b1 = at::vec::fmadd(e1, e1, b1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d), e = at::vec::fnmadd(tv, ld(s + d), v);
-    a0 = at::vec::fmadd(v, v, a0), b0 = at::vec::fmadd(e, e, b0), d += kL;
-  }
-  X = hsum(a0 + a1), E = hsum(b0 + b1);
-  for (; d < D; ++d) {
-    const double v = double(x[d]), e = std::fma(-t, double(s[d]), v);
-    X = std::fma(v, v, X), E = std::fma(e, e, E);
-  }
+  double r[2];
+  dvec::lane_sums(
+      D,
+      [&](DVec* a, int64_t d) {
+        const DVec v = ld(x + d), e = fnmadd(tv, ld(s + d), v);
+        a[0] = fmadd(v, v, a[0]), a[1] = fmadd(e, e, a[1]);
+      },
+      [&](double* a, int64_t d) {
+        const double v = double(x[d]), e = std::fma(-t, s[d], v);
+        a[0] = std::fma(v, v, a[0]), a[1] = std::fma(e, e, a[1]);
+      },
+      r);
+  X = r[0], E = r[1];
 }
 
 // |x|^2, <g, x>, |e|^2 and <e, h> with e = x - t s (g, h in double), the same order.
 template <typename T>
-inline void sqnorm_dot_off(const T* x, const double* g, const T* s, double t, const double* h, int64_t D, double& X,
+inline void sqnorm_dot_off(const T* x, const double* g, const double* s, double t, const double* h, int64_t D, double& X,
                            double& P, double& E, double& Z) {
-  DVec a0(0.0), a1(0.0), b0(0.0), b1(0.0), c0(0.0), c1(0.0), z0(0.0), z1(0.0);
   const DVec tv(t);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    const DVec e0 = at::vec::fnmadd(tv, ld(s + d), v0), e1 = at::vec::fnmadd(tv, ld(s + d + kL), v1);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-    b0 = at::vec::fmadd(ld(g + d), v0, b0), b1 = at::vec::fmadd(ld(g + d + kL), v1, b1);
-    c0 = at::vec::fmadd(e0, e0, c0), c1 = at::vec::fmadd(e1, e1, c1);
-    z0 = at::vec::fmadd(ld(h + d), e0, z0), z1 = at::vec::fmadd(ld(h + d + kL), e1, z1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d), e = at::vec::fnmadd(tv, ld(s + d), v);
-    a0 = at::vec::fmadd(v, v, a0), b0 = at::vec::fmadd(ld(g + d), v, b0);
-    c0 = at::vec::fmadd(e, e, c0), z0 = at::vec::fmadd(ld(h + d), e, z0), d += kL;
-  }
-  X = hsum(a0 + a1), P = hsum(b0 + b1), E = hsum(c0 + c1), Z = hsum(z0 + z1);
-  for (; d < D; ++d) {
-    const double v = double(x[d]), e = std::fma(-t, double(s[d]), v);
-    X = std::fma(v, v, X), P = std::fma(g[d], v, P), E = std::fma(e, e, E), Z = std::fma(h[d], e, Z);
-  }
+  double r[4];
+  dvec::lane_sums(
+      D,
+      [&](DVec* a, int64_t d) {
+        const DVec v = ld(x + d), e = fnmadd(tv, ld(s + d), v);
+        a[0] = fmadd(v, v, a[0]), a[1] = fmadd(ld(g + d), v, a[1]);
+        a[2] = fmadd(e, e, a[2]), a[3] = fmadd(ld(h + d), e, a[3]);
+      },
+      [&](double* a, int64_t d) {
+        const double v = double(x[d]), e = std::fma(-t, s[d], v);
+        a[0] = std::fma(v, v, a[0]), a[1] = std::fma(g[d], v, a[1]);
+        a[2] = std::fma(e, e, a[2]), a[3] = std::fma(h[d], e, a[3]);
+      },
+      r);
+  X = r[0], P = r[1], E = r[2], Z = r[3];
 }
 
 // |x|^2 and <g, x> (g in double), the same order.
 template <typename T>
 inline void sqnorm_dot(const T* x, const double* g, int64_t D, double& X, double& P) {
-  DVec a0(0.0), a1(0.0), b0(0.0), b1(0.0);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL) {
-    const DVec v0 = ld(x + d), v1 = ld(x + d + kL);
-    a0 = at::vec::fmadd(v0, v0, a0), a1 = at::vec::fmadd(v1, v1, a1);
-    b0 = at::vec::fmadd(ld(g + d), v0, b0), b1 = at::vec::fmadd(ld(g + d + kL), v1, b1);
-  }
-  if (d + kL <= D) {
-    const DVec v = ld(x + d);
-    a0 = at::vec::fmadd(v, v, a0), b0 = at::vec::fmadd(ld(g + d), v, b0), d += kL;
-  }
-  X = hsum(a0 + a1), P = hsum(b0 + b1);
-  for (; d < D; ++d) X = std::fma(double(x[d]), double(x[d]), X), P = std::fma(g[d], double(x[d]), P);
+  double r[2];
+  dvec::lane_sums(
+      D,
+      [&](DVec* a, int64_t d) {
+        const DVec v = ld(x + d);
+        a[0] = fmadd(v, v, a[0]), a[1] = fmadd(ld(g + d), v, a[1]);
+      },
+      [&](double* a, int64_t d) {
+        const double v = double(x[d]);
+        a[0] = std::fma(v, v, a[0]), a[1] = std::fma(g[d], v, a[1]);
+      },
+      r);
+  X = r[0], P = r[1];
 }
 
 // a += c x (a in double).
@@ -186,28 +172,33 @@ inline PointCoef point_coef(double X, double k, double w, bool posweight, bool g
 
 // <a, b> of double vectors (the order of sqnorm's sums).
 inline double dot(const double* a, const double* b, int64_t D) {
-  DVec s0(0.0), s1(0.0);
-  int64_t d = 0;
-  for (; d + 2 * kL <= D; d += 2 * kL)
-    s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), s1 = at::vec::fmadd(ld(a + d + kL), ld(b + d + kL), s1);
-  if (d + kL <= D) s0 = at::vec::fmadd(ld(a + d), ld(b + d), s0), d += kL;
-  double r = hsum(s0 + s1);
-  for (; d < D; ++d) r = std::fma(a[d], b[d], r);
-  return r;
+  double r[1];
+  dvec::lane_sums(
+      D, [&](DVec* s, int64_t d) { s[0] = fmadd(ld(a + d), ld(b + d), s[0]); },
+      [&](double* s, int64_t d) { s[0] = std::fma(a[d], b[d], s[0]); }, r);
+  return r[0];
 }
 
 // The root's per-group sums (S != nullptr, k < 0; see the header): with y_i the point after posweight's flip
 // (sign sg_i: for k < 0 the antipode is -x_i, lam unchanged), u_i = sg_i w_i its weight, a_i = u_i lam_i:
 // A = sum a_i, W = sum u_i, R = sum over the clamped rows of u_i (lam_i (1 + k X_i) - 2) in the sums' pass (scalars
 // per point); then, only in the groups whose midpoint is near the boundary (kNearQ), a second pass for
-// S2 = sum a_i |y_i - s|^2 about s = y_0 (the group's first point; y_i - s = sg_i (x_i - t x_0), t = sg_i sg_0) and
-// Q = W^2 - k V + A R, V = A S2 - |F - A s|^2.  Elsewhere Q = S2 = 0: the mean keeps 1 + k|f|^2 from f, within ~1 ulp
-// there, and the passes cost what they did (the scalars only).
+// S2 = sum a_i |y_i - s|^2 about the centroid s = F / A (midpoint_shift; y_i - s = sg_i (x_i - sg_i s)) and
+// Q = W^2 - k V + A R, V = A S2 - |F - A s|^2 (exact for any s, but about a point far from the centroid, e.g. a
+// group's first point of small weight, A S2 ~ A^2 |y_0 - s|^2 cancels against |F - A y_0|^2 to V's few digits).
+// Elsewhere Q = S2 = 0: the mean keeps 1 + k|f|^2 from f, within ~1 ulp there, and the passes cost what they did
+// (the scalars only).
 constexpr int kRootCols = 4;  // A, W, S2, R
 // 1 + k|f|^2 < 1/4 (1 + k|m|^2 < 2/3): there the root formed from f loses more than ~2 bits (session 45, wmid)
 constexpr double kNearQ = 0.25;
 
 inline double flip_sign(double w, bool posweight) { return posweight && w < 0.0 ? -1.0 : 1.0; }
+
+// The shift of group g's scatter: s = F / A (F itself where A = 0: any s is exact), the same bits in both passes.
+inline void midpoint_shift(const double* F, double A, int64_t D, double* s) {
+  const double a = A != 0.0 ? A : 1.0;
+  for (int64_t d = 0; d < D; ++d) s[d] = F[d] / a;
+}
 
 template <typename T>
 void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool posweight, int64_t G, int64_t N, int64_t D,
@@ -271,38 +262,41 @@ void fwd_impl(const T* xp, const T* wp, const double* k, int64_t nk, bool poswei
     });
   }
   if (!S || std::find(near.begin(), near.end(), 1) == near.end()) return;
-  // their S2 (the second pass, in the same chunks: fixed-order sums) and Q
+  // their S2 (the second pass, in the same chunks: fixed-order sums) and Q; each task forms its group's shift (D
+  // divisions, no [G, D] buffer)
   const chunks::Partials p2(G * nc, 1);
   at::parallel_for(0, G * nc, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<double> shv(D);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / nc, i0 = (t % nc) * CH, i1 = std::min(N, i0 + CH);
       if (!near[g]) continue;
       const double kk = kg(k, nk, g);
-      const T* x0 = xp + g * N * D;
-      const double sg0 = flip_sign(wp ? double(wp[g * N]) : 1.0, posweight);
+      const double* sh = shv.data();
+      midpoint_shift(F + g * D, S[g * (1 + kRootCols) + 1], D, shv.data());
       double s2 = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const T* xr = xp + (g * N + i) * D;
         const double w = wp ? double(wp[g * N + i]) : 1.0;
         const double sg = flip_sign(w, posweight);
         double X, E;
-        sqnorm_off(xr, x0, sg * sg0, D, X, E);
+        sqnorm_off(xr, sh, sg, D, X, E);
         const PointCoef pc = point_coef(X, kk, w, posweight, false);
         s2 = std::fma(sg * w * pc.lam, E, s2);
       }
       p2.row(t)[0] = s2;
     }
   });
+  std::vector<double> shv(D);
   for (int64_t g = 0; g < G; ++g) {
     if (!near[g]) continue;
     double* r = S + g * (1 + kRootCols);
     p2.sum(g * nc, (g + 1) * nc, r + 3);
     const double kk = kg(k, nk, g), A = r[1], W = r[2], S2 = r[3], R = r[4];
-    const T* x0 = xp + g * N * D;
-    const double sg0 = flip_sign(wp ? double(wp[g * N]) : 1.0, posweight);
+    const double* sh = shv.data();
+    midpoint_shift(F + g * D, A, D, shv.data());
     double s1 = 0;
     for (int64_t d = 0; d < D; ++d) {
-      const double e = std::fma(-A * sg0, double(x0[d]), F[g * D + d]);
+      const double e = std::fma(-A, sh[d], F[g * D + d]);
       s1 = std::fma(e, e, s1);
     }
     const double V = std::fma(A, S2, -s1);
@@ -325,7 +319,7 @@ void bwd_impl(const double* gF, const double* gL, const double* gQ, const double
   const int64_t nc = std::max<int64_t>(1, (N + CH - 1) / CH);
   const chunks::Partials part(G * nc, 1);  // per (group, chunk): dk
   at::parallel_for(0, G * nc, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<double> s1v, gfv;
+    std::vector<double> s1v, gfv, shv;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / nc, i0 = (t % nc) * CH, i1 = std::min(N, i0 + CH);
       const double kk = kg(k, nk, g);
@@ -337,13 +331,12 @@ void bwd_impl(const double* gF, const double* gL, const double* gQ, const double
       if (gq != 0.0) {
         const double* r = S + g * (1 + kRootCols);
         const double A = r[1], W = r[2], S2 = r[3], R = r[4];
-        const T* x0 = xp + g * N * D;
-        const double sg0 = flip_sign(wp ? double(wp[g * N]) : 1.0, posweight);
         const double* Fg = Fs + g * D;
-        s1v.resize(D), gfv.resize(D);
+        s1v.resize(D), gfv.resize(D), shv.resize(D);
+        midpoint_shift(Fg, A, D, shv.data());  // the forward's shift (S2 is about it)
         double s1 = 0;
         for (int64_t d = 0; d < D; ++d) {
-          s1v[d] = std::fma(-A * sg0, double(x0[d]), Fg[d]);
+          s1v[d] = std::fma(-A, shv[d], Fg[d]);
           s1 = std::fma(s1v[d], s1v[d], s1);
           gfv[d] = std::fma(2.0 * kk * gq, Fg[d], gf[d]);
         }
@@ -353,7 +346,7 @@ void bwd_impl(const double* gF, const double* gL, const double* gQ, const double
           const double w = wp ? double(wp[g * N + i]) : 1.0;
           const double sg = flip_sign(w, posweight), u = sg * w;
           double X, P, E, Z;
-          sqnorm_dot_off(xr, gf, x0, sg * sg0, s1v.data(), D, X, P, E, Z);
+          sqnorm_dot_off(xr, gf, shv.data(), sg, s1v.data(), D, X, P, E, Z);
           const PointCoef pc = point_coef(X, kk, w, posweight, true);
           const double den = 1.0 + kk * X;
           const bool live = den > kLamFloor;

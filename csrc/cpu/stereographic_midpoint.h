@@ -19,9 +19,10 @@ std::tuple<at::Tensor, at::Tensor> stereo_midpoint_fwd_cpu(const at::Tensor& x, 
 
 // The sums above and, for the root of the mean in groups of k < 0, S (G, 5) = (Q, A, W, S2, R) in double: with y_i
 // the points after posweight's flip (for k < 0 the antipode -x_i, lam_i unchanged), u_i their weights, a_i = u_i lam_i,
-// A = sum a_i, W = sum u_i, S2 = sum a_i |y_i - y_0|^2, R = sum over the clamped rows (1 + k|x_i|^2 <= 1e-15) of
-// u_i (lam_i (1 + k|x_i|^2) - 2) and Q = W^2 - k V + A R = L^2 (1 + k|F / L|^2) without its cancellation near the
-// boundary, V = A S2 - |F - A y_0|^2 = 1/2 sum_ij a_i a_j |y_i - y_j|^2 (the scatter about the first point).  Q and
+// A = sum a_i, W = sum u_i, S2 = sum a_i |y_i - s|^2 about the centroid s = F / A (F where A = 0), R = sum over the
+// clamped rows (1 + k|x_i|^2 <= 1e-15) of u_i (lam_i (1 + k|x_i|^2) - 2) and Q = W^2 - k V + A R =
+// L^2 (1 + k|F / L|^2) without its cancellation near the boundary, V = A S2 - |F - A s|^2 =
+// 1/2 sum_ij a_i a_j |y_i - y_j|^2 (the scatter; |F - A s| ~ 0 keeps its digits).  Q and
 // S2 only in the groups near the boundary (1 + k|F / L|^2 < 1/4, |L| >= 1e-10: a second pass over their points),
 // else 0 (the mean then keeps 1 + k|f|^2 from f, within ~1 ulp there).  Groups of k >= 0: S's row is zeros.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stereo_midpoint_root_fwd_cpu(const at::Tensor& x,

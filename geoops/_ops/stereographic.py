@@ -112,17 +112,7 @@ class _ReferenceRows:
             kr = lk.expand(N) if lk.numel() == 1 else lk  # per-row k gradients
             rr = None if lr is None else (lr.expand(N) if lr.numel() == 1 else lr)
             out = cls._call(spec, lx, ly, kr, rr, param)
-            want = [(1, lx), (2, ly), (4, kr), (8, rr)]
-            inputs = [t for bit, t in want if (mask & bit) and t is not None]
-            grads = iter(torch.autograd.grad(out, inputs, g, allow_unused=True)) if inputs else iter(())
-        res = []
-        for bit, t in want:
-            if (mask & bit) and t is not None:
-                gr = next(grads)
-                res.append(torch.zeros_like(t) if gr is None else gr.contiguous())
-            else:
-                res.append(x.new_empty(0))
-        return tuple(res)
+            return _library.masked_autograd(out, g, (lx, ly, kr, rr), mask, x)
 
 
 # the row ops' kernel set that the current backend setting picks for a device
@@ -237,18 +227,7 @@ class _TripleReference:
             lk = k.detach().requires_grad_(True)
             kr = lk.expand(N) if lk.numel() == 1 else lk  # per-row k gradients
             out = cls._call(spec, *leaves, kr, flags)
-            want = [t for i, t in enumerate((*leaves, kr)) if (mask >> i) & 1 and t is not None]
-            grads = torch.autograd.grad(out, want, up(g), allow_unused=True) if want else ()
-        it = iter(grads)
-        res = []
-        for i, t in enumerate((*leaves, kr)):
-            if (mask >> i) & 1 and t is not None:
-                gr = next(it)
-                gr = torch.zeros_like(t) if gr is None else gr
-                res.append(gr.to(k.dtype if i == 3 else v0.dtype).contiguous())
-            else:
-                res.append(v0.new_empty(0))
-        return tuple(res)
+            return _library.masked_autograd(out, up(g), (*leaves, kr), mask, v0, dtypes=(v0.dtype,) * 3 + (k.dtype,))
 
 
 def triple_kernels(device: torch.device):
@@ -354,17 +333,7 @@ class _PairReference:
         with _library.reference_autograd():
             lx, ly, lk = (t.detach().requires_grad_(True) for t in (x, y, k))
             out = ref.cdist(lx, ly, k=lk.to(x.dtype).reshape(-1, 1, 1))
-            want = [(1, lx), (2, ly), (4, lk)]
-            inputs = [t for bit, t in want if mask & bit]
-            grads = iter(torch.autograd.grad(out, inputs, g, allow_unused=True)) if inputs else iter(())
-        res = []
-        for bit, t in want:
-            if mask & bit:
-                gr = next(grads)
-                res.append(torch.zeros_like(t) if gr is None else gr.contiguous())
-            else:
-                res.append(x.new_empty(0))
-        return tuple(res)
+            return _library.masked_autograd(out, g, (lx, ly, lk), mask, x)
 
     @staticmethod
     def rank_key(x, y, k):
@@ -782,8 +751,8 @@ def midpoint_root_sums(x, w, k, posweight: bool, F, L):
 
 def midpoint_root_sums_reference(x, w, k, posweight: bool):
     """(F [G, D], L [G], S [G, 5]) of geoops::stereo_midpoint_root_fwd with torch ops in float64: S = (Q, A, W, S2, R)
-    (S2 about the group's first point after posweight's flip; Q and S2 only in the groups near the boundary,
-    midpoint_near, else 0; zeros where k >= 0); Q differentiable."""
+    (S2 about the group's centroid s = F / A, F where A = 0 (midpoint_root_shift); Q and S2 only in the groups near
+    the boundary, midpoint_near, else 0; zeros where k >= 0); Q differentiable."""
     F, L = midpoint_sums_reference(x, w, k, posweight)
     xd = x.to(torch.float64)
     kk = k.to(torch.float64).reshape(-1, 1, 1).expand(x.shape[0], 1, 1)
@@ -795,13 +764,22 @@ def midpoint_root_sums_reference(x, w, k, posweight: bool):
     den1 = 1.0 + kk * (xd * xd).sum(-1, keepdim=True)
     lam = 2.0 / den1.clamp_min(1e-15)
     a = u * lam
-    e = xd - xd[:, :1]
+    e = xd - midpoint_root_shift(F, a.sum(1)).unsqueeze(1)
     cols = [a.sum(1), u.sum(1), (a * (e * e).sum(-1, keepdim=True)).sum(1),
             (u * torch.where(den1 <= 1e-15, lam * den1 - 2, torch.zeros_like(den1))).sum(1)]
     Q = midpoint_root_num(xd, u, lam, kk, F.unsqueeze(1), lambda t: t.sum(1, keepdim=True), -1).reshape(-1, 1)
     near = midpoint_near(F, L, kk.reshape(-1)).unsqueeze(-1)
     S = torch.cat([torch.where(near, Q, 0.0)] + cols[:2] + [torch.where(near, cols[2], 0.0), cols[3]], dim=-1)
     return F, L, torch.where(kk.reshape(-1, 1) < 0, S, torch.zeros_like(S))
+
+
+def midpoint_root_shift(F, A):
+    """The point S2 is about: the centroid F / A ([G, D] from F [G, D], A [G, 1] or [G]; F where A = 0), detached.
+    V = A S2 - |F - A s|^2 is exact for any s, but about a point far from the centroid (a group's first point of small
+    weight, as session 46 had it) A S2 and |F - A s|^2 ~ A^2 |s - F / A|^2 cancel to V's few digits."""
+    with torch.no_grad():
+        A = A.reshape(-1, 1)
+        return F / torch.where(A != 0, A, torch.ones_like(A))
 
 
 def midpoint_near(F, L, k):
@@ -834,19 +812,8 @@ def midpoint_reference_bwd(fn, gouts, x, w, k, mask: int):
         lw = None if w is None else w.detach().requires_grad_(True)
         kr = lk.expand(G) if lk.numel() == 1 else lk
         outs = fn(lx, lw, kr)
-        want = [(1, lx), (2, lw), (4, kr)]
-        inputs = [t for bit, t in want if (mask & bit) and t is not None]
-        grads = iter(torch.autograd.grad(outs, inputs, tuple(g.to(o.dtype) for g, o in zip(gouts, outs)),
-                                         allow_unused=True)) if inputs else iter(())
-    res = []
-    for bit, t in want:
-        if (mask & bit) and t is not None:
-            gr = next(grads)
-            gr = torch.zeros_like(t) if gr is None else gr
-            res.append(gr.to(torch.float64 if bit == 4 else x.dtype).contiguous())
-        else:
-            res.append(x.new_empty(0))
-    return tuple(res)
+        return _library.masked_autograd(outs, tuple(g.to(o.dtype) for g, o in zip(gouts, outs)), (lx, lw, kr), mask, x,
+                               dtypes=(x.dtype, x.dtype, torch.float64))
 
 
 def _midpoint_kernels(device: torch.device):
@@ -916,7 +883,8 @@ _register_midpoint_vmaps()
 # geoops::stereo_midpoint_root_fwd(Tensor x, Tensor? w, Tensor k, bool posweight) -> (Tensor F, Tensor L, Tensor S)
 # geoops::stereo_midpoint_root_bwd(Tensor gF, Tensor gL, Tensor gQ, Tensor F, Tensor S, Tensor x, Tensor? w,
 #     Tensor k, bool posweight, int mask) -> (dx, dw, dk)
-# The sums above and S [G, 5] float64 = (Q, A, W, S2, R) per group: Q = W^2 - k V + A R = L^2 (1 + k|F / L|^2)
+# The sums above and S [G, 5] float64 = (Q, A, W, S2, R) per group (S2 = sum a_i |y_i - s|^2 about the centroid
+# s = F / A, midpoint_root_shift): Q = W^2 - k V + A R = L^2 (1 + k|F / L|^2)
 # for k < 0 without its cancellation near the boundary (midpoint_root), formed only in the groups near it
 # (midpoint_near: a second pass over their points for S2; Q = S2 = 0 elsewhere, zeros where k >= 0), the rest what
 # the backward needs.  MidpointFn's; CPU: one pass each (csrc/cpu/stereographic_midpoint.cpp); triton / cuda
@@ -987,7 +955,8 @@ def midpoint_mean_reference(F, L, k, Q=None):
     if Q is None:
         return mean
     Lc = L.unsqueeze(-1)
-    return midpoint_half(f, Q.unsqueeze(-1) / (Lc * Lc), Lc, kk, mean)
+    L2 = Lc * Lc  # 1 where midpoint_half does not use q (|L| < 1e-10): Q / 0 made 0 * NaN in every gradient (L = 0)
+    return midpoint_half(f, Q.unsqueeze(-1) / torch.where(Lc.abs() >= 1e-10, L2, torch.ones_like(L2)), Lc, kk, mean)
 
 
 def _mean_fwd(F, L, Q, k):

@@ -19,7 +19,8 @@ setup defines `out` (a function returning a tensor) also prints each worker's di
 whether the two builds compute the same bits (a check that the two workers did run different code where the sources
 differ).  Cases: the bench's row ops; logmap0 (session 44 review43's ab_build check); the three-vector kernels fwd /
 bwd (scripts/triple_bwd/ab.py's direct calls); the Poincaré batch norm's training layer fwd+bwd
-(scripts/bn_transport/ab.py's shapes) and PoincareBatchNorm2d (the bench's (32, 16, 32, 32), and (8, 64, 32, 32)).
+(scripts/bn_transport/ab.py's shapes) and PoincareBatchNorm2d (the bench's (32, 16, 32, 32), and (8, 64, 32, 32)); weighted_midpoint over groups of
+points far from the boundary and clustered near it (the root's second pass), fwd and fwd+bwd.
 """
 import os
 import statistics as st
@@ -78,6 +79,20 @@ def out():
     x.grad = None
     y = bn(x); y.backward(gout)
     return torch.cat([y.detach().reshape(-1), x.grad.reshape(-1)])""", None) for b, c, h in ((32, 16, 32), (8, 64, 32))},
+    **{f"midpoint_{dr}_{where}_{g}x{n}x{d}": (f"""
+import geoops.stereographic as gs
+gen = torch.Generator().manual_seed(0)
+x = torch.randn({g}, {n}, {d}, generator=gen, dtype=torch.float64)
+x = x[:, :1] + 0.05 * x if {where == "near"} else x  # near: each group clustered at a point 0.999 of the radius out
+x = (x / x.norm(dim=-1, keepdim=True) * {0.999 if where == "near" else 0.3}).float().requires_grad_()
+w = torch.rand({g}, {n}, generator=gen).requires_grad_(); k = torch.tensor(-1.0, requires_grad=True)
+gy = torch.randn({g}, {d}, generator=gen)
+def run():
+    y = gs.weighted_midpoint(x, w, k=k, reducedim=[1])
+    return torch.cat([y.reshape(-1), *(t.reshape(-1) for t in torch.autograd.grad(y, (x, w, k), gy))]) \
+        if {dr == "fwdbwd"} else y.detach()
+f = run; out = run; reps = {max(1, int(4e6 // (g * n * d)))}""", None)
+       for dr in ("fwd", "fwdbwd") for where in ("far", "near") for g, n, d in ((64, 1024, 64), (4096, 64, 5))},
     "gaunt_L4_2048x16": ("""
 import geoops.gaunt as ga
 x1, x2 = torch.randn(2048, 16, 25), torch.randn(2048, 16, 25)
