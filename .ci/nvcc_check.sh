@@ -11,7 +11,9 @@
 #     is found (skipped with a note otherwise); warnings fail here too.
 #
 # Prints a line when each file starts and one with its result and time.
-# Run from anywhere:  bash .ci/nvcc_check.sh
+# Run from anywhere:  bash .ci/nvcc_check.sh [--cu-only | --host-only]
+# (--cu-only: the .cu files alone, which need no torch: .ci/run starts them before the venv exists;
+# --host-only: the host syntax checks alone.)
 # Env: NVCC (default nvcc), CXX (default g++), PYTHON (default python3, else
 # python), CUDA_HOME (else asked from nvcc).
 set -euo pipefail
@@ -25,6 +27,14 @@ if ! command -v "$NVCC" >/dev/null 2>&1; then
   echo "nvcc_check: nvcc not found" >&2
   exit 1
 fi
+
+PART=all
+case "${1:-}" in
+  --cu-only) PART=cu ;;
+  --host-only) PART=host ;;
+  "") ;;
+  *) echo "nvcc_check: unknown argument $1 (--cu-only, --host-only)" >&2; exit 2 ;;
+esac
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -42,7 +52,9 @@ if [ "${#cu_files[@]}" -eq 0 ]; then
   exit 1
 fi
 T0=$(date +%s)
-echo "nvcc_check: nvcc $("$NVCC" --version | grep -o "release [0-9.]*" | cut -d" " -f2); ${#cu_files[@]} .cu file(s) for sm_80 + sm_90 (about a minute each on 2 cores)"
+if [ "$PART" = host ]; then cu_files=()
+else echo "nvcc_check: nvcc $("$NVCC" --version | grep -o "release [0-9.]*" | cut -d" " -f2); ${#cu_files[@]} .cu file(s) for sm_80 + sm_90 (about a minute each on 2 cores)"
+fi
 n=0
 for f in "${cu_files[@]}"; do
   n=$((n + 1))
@@ -72,6 +84,7 @@ done
 # warnings in our own files count.
 cpp_files=(csrc/cuda/*.cpp)
 if [ "${#cpp_files[@]}" -gt 0 ] && [ -f csrc/ops.cpp ]; then cpp_files+=(csrc/ops.cpp); fi
+if [ "$PART" = cu ]; then cpp_files=(); fi
 if [ "${#cpp_files[@]}" -gt 0 ]; then
   PY="${PYTHON:-}"
   if [ -z "$PY" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check of geoops, in the environment made by scripts/setup.sh, in stages:
-#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc); every Triton kernel
+#  1. nvcc compiles every CUDA source for sm_80 and sm_90 (skipped without nvcc; .ci/run starts the .cu compile
+#     before setup, in the background, and this stage waits for it: GEOOPS_NVCC_EARLY); every Triton kernel
 #     variant is compiled for sm_80/sm_90 (.ci/triton_compile_check.sh) and gpu_check.sh is dry-run;
 #  2. the Triton kernels under the Triton interpreter (own processes: TRITON_INTERPRET=1, one pytest-xdist worker per core),
 #     every tests/triton/test_*.py;
@@ -9,7 +10,8 @@
 #     workers as stage 2 (one per core, at most 4; `-n 0` among the arguments runs it in one process);
 #  5. the API docs build and docstring check (scripts/docs.sh --check);
 #  6. with GEOOPS_TEST_WHEEL=1 (CI sets it): the wheel recipe, installed into a
-#     clean venv and imported from outside the checkout (scripts/wheel_check.sh);
+#     clean venv and imported from outside the checkout (scripts/wheel_check.sh); its portable build starts
+#     before stage 1, in the background at the lowest CPU priority, and this stage waits for it (below);
 #  7. then the pytest suite on that wheel's portable extension (scripts/portable_tests.sh:
 #     a copy of the checkout with the wheel's extension in place of the native one): the tests of stage 4 that
 #     reached geoops._C there (or started a process, or did not pass; tests/conftest.py records them) and any
@@ -17,7 +19,7 @@
 #     build_relative (compiled / exported programs checked against eager geoops in one build); pytest reports the
 #     rest as deselected.
 # A failed stage does not stop the later ones; the run ends with one table
-# (stage, result, passed/failed/skipped, time, skip reasons grouped) and exits
+# (stage, result, passed/failed/skipped, time, CPU, idle cores, skip reasons grouped) and exits
 # non-zero if any stage failed.  Arguments go to the pytest stage:
 #   bash scripts/test.sh -x -k mobius
 set -uo pipefail
@@ -27,18 +29,47 @@ VENV=${GEOOPS_VENV:-.venv}
 [ -f "$VENV/bin/activate" ] && . "$VENV/bin/activate"
 export PYTHONUNBUFFERED=1
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# shellcheck source=scripts/_early.sh
+. scripts/_early.sh
+trap 'early_kill "$WORK/wheel"; rm -rf "$WORK"' EXIT
 T_ALL=$SECONDS
 n=0
+
+# The wheel stage's portable build needs only the checkout and this venv, and the stages before it leave part of
+# the cores idle (single-process steps of the nvcc and gpu_check stages, the parity and docs runs, the last tests
+# of a pytest run): with GEOOPS_TEST_WHEEL=1 scripts/wheel_check.sh starts now in the background (_early.sh: nice
+# 19, MAX_JOBS=2), and the wheel stage shows its output, waiting for the rest.  It builds in
+# build/temp-*-portable and dist/, which no stage before it reads.  GEOOPS_WHEEL_EARLY=0: in its place instead.
+wheel_wait() {  # the wheel stage's command when the build started early
+  echo "[wheel] scripts/wheel_check.sh started before stage 1 at nice 19 (GEOOPS_WHEEL_EARLY=0: here instead); its output:"
+  early_wait "$WORK/wheel"
+  local rc=$?
+  cp "$WORK/wheel/cpu" "$WORK/extra-cpu.$STAGE_ID" 2>/dev/null
+  echo "[wheel] the background build and check took $(cat "$WORK/wheel/cpu" 2>/dev/null) s of CPU"
+  [ -s "$WORK/wheel/rc" ] || echo "wheel: 0 passed, 1 failed"
+  return "$rc"
+}
+WHEEL_EARLY=0
+if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ] && [ "${GEOOPS_WHEEL_EARLY:-1}" = 1 ]; then
+  early_start "$WORK/wheel" env MAX_JOBS=2 bash scripts/wheel_check.sh && WHEEL_EARLY=1
+fi
 
 # stage NAME KIND COMMAND...: run it (output shown live and kept), record the
 # result.  KIND: pytest (counts from its JUnit XML, passed as --junitxml),
 # lines (counts from "ok"/"FAIL"/"skip" line prefixes), or summary (counts from
 # a closing "N passed, N failed[, N skipped]" line).
+# CPU accounting per stage, in clock ticks: this shell's reaped children (every process a stage ran and waited
+# for), and the machine's idle + iowait time over all cores.  CPU / wall is how many cores a stage kept busy; the
+# idle core-seconds are what running something beside it could use (on a machine of its own: CI).
+HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
+child_ticks() { awk '{print $16 + $17}' "/proc/$$/stat" 2>/dev/null || echo 0; }
+idle_ticks() { awk '/^cpu /{print $5 + $6}' /proc/stat 2>/dev/null || echo 0; }
 stage() {
   local name=$1 kind=$2; shift 2
   n=$((n + 1))
-  local id=$n t=$SECONDS rc
+  local id=$n t=$SECONDS rc c0 i0 cpu idle
+  STAGE_ID=$id  # a command may add CPU of its own accounting (work it waited for) in $WORK/extra-cpu.$STAGE_ID
+  c0=$(child_ticks); i0=$(idle_ticks)
   echo
   echo "======== [$id] $name: $*"
   if [ "$kind" = pytest ]; then
@@ -47,8 +78,10 @@ stage() {
     "$@" 2>&1 | tee "$WORK/$id.log"
   fi
   rc=${PIPESTATUS[0]}
-  printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$kind" "$rc" "$((SECONDS - t))" >> "$WORK/stages.tsv"
-  echo "======== [$id] $name: exit $rc in $((SECONDS - t)) s"
+  cpu=$(( ($(child_ticks) - c0) / HZ + $(cat "$WORK/extra-cpu.$id" 2>/dev/null || echo 0) ))
+  idle=$(( ($(idle_ticks) - i0) / HZ ))
+  printf '%s\t%s\t%s\t%s\t%s\t\t%s\t%s\n' "$id" "$name" "$kind" "$rc" "$((SECONDS - t))" "$cpu" "$idle" >> "$WORK/stages.tsv"
+  echo "======== [$id] $name: exit $rc in $((SECONDS - t)) s (CPU $cpu s; machine idle $idle core-s)"
 }
 skipped_stage() {  # skipped_stage NAME REASON
   n=$((n + 1))
@@ -57,8 +90,17 @@ skipped_stage() {  # skipped_stage NAME REASON
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$1" skipped 0 0 "$2" >> "$WORK/stages.tsv"
 }
 
+nvcc_wait() {  # the nvcc stage when .ci/run started its .cu compile early: that output, then the host checks
+  echo "[nvcc] the .cu compile started before setup at nice 19 (.ci/run); its output:"
+  early_wait "$GEOOPS_NVCC_EARLY"
+  local rc=$?
+  cp "$GEOOPS_NVCC_EARLY/cpu" "$WORK/extra-cpu.$STAGE_ID" 2>/dev/null
+  bash .ci/nvcc_check.sh --host-only || rc=1
+  return "$rc"
+}
 if command -v nvcc >/dev/null 2>&1; then
-  stage "nvcc compile check" lines bash .ci/nvcc_check.sh
+  if [ -s "${GEOOPS_NVCC_EARLY:-/nonexistent}/pid" ]; then stage "nvcc compile check" lines nvcc_wait
+  else stage "nvcc compile check" lines bash .ci/nvcc_check.sh; fi
 else
   skipped_stage "nvcc compile check" "nvcc not found"
 fi
@@ -76,7 +118,8 @@ stage "parity run (--quick)" summary python -m geoops.parity --quick
 stage "pytest" pytest env GEOOPS_C_USAGE_RECORD="$WORK/c-usage" python -m pytest tests -q -p no:cacheprovider -rs "${XDIST[@]}" "$@"
 stage "API docs" summary bash scripts/docs.sh --check
 if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ]; then
-  stage "wheel (GEOOPS_PORTABLE=1)" summary bash scripts/wheel_check.sh
+  if [ "$WHEEL_EARLY" = 1 ]; then stage "wheel (GEOOPS_PORTABLE=1)" summary wheel_wait
+  else stage "wheel (GEOOPS_PORTABLE=1)" summary bash scripts/wheel_check.sh; fi
   # the pytest suite again on that wheel's (portable) extension, in a copy of the checkout
   stage "pytest (portable build)" pytest env GEOOPS_C_USAGE_SELECT="$WORK/c-usage" bash scripts/portable_tests.sh -rs "${XDIST[@]}"
 fi
@@ -90,10 +133,11 @@ rows, reasons = [], {}
 for line in open(os.path.join(work, "stages.tsv")):
     f = line.rstrip("\n").split("\t")
     sid, name, kind, rc, secs = f[:5]
+    cpu, idle = (int(v) if v else None for v in (f[6:8] if len(f) >= 8 else ("", "")))
     rc = int(rc)
     p = fl = sk = None
     if kind == "skipped":
-        rows.append((name, "skipped", None, None, None, int(secs)))
+        rows.append((name, "skipped", None, None, None, int(secs), None, None))
         reasons[name] = [f"stage skipped: {f[5]}"]
         continue
     log = open(os.path.join(work, f"{sid}.log"), errors="replace").read()
@@ -133,16 +177,18 @@ for line in open(os.path.join(work, "stages.tsv")):
         result = "FAILED (no tests ran)"
     else:
         result = f"FAILED (exit {rc})"
-    rows.append((name, result, p, fl, sk, int(secs)))
+    rows.append((name, result, p, fl, sk, int(secs), cpu, idle))
 
 fmt = lambda v: "-" if v is None else str(v)
 w = max(len(r[0]) for r in rows)
 wr = max(len(r[1]) for r in rows)
 print()
 print("=" * 28, "geoops test summary", "=" * 28)
-print(f"{'stage':<{w}}  {'result':<{wr}}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'time':>7}")
-for name, result, p, fl, sk, secs in rows:
-    print(f"{name:<{w}}  {result:<{wr}}  {fmt(p):>6}  {fmt(fl):>6}  {fmt(sk):>7}  {secs:>5} s")
+# cpu: CPU seconds of the stage's processes; idle: core-seconds the machine's cores sat idle meanwhile (with the
+# machine to itself, what a stage run beside it could have had)
+print(f"{'stage':<{w}}  {'result':<{wr}}  {'passed':>6}  {'failed':>6}  {'skipped':>7}  {'time':>7}  {'cpu':>7}  {'idle':>7}")
+for name, result, p, fl, sk, secs, cpu, idle in rows:
+    print(f"{name:<{w}}  {result:<{wr}}  {fmt(p):>6}  {fmt(fl):>6}  {fmt(sk):>7}  {secs:>5} s  {fmt(cpu):>5} s  {fmt(idle):>5} s")
 if reasons:
     print("skip reasons:")
     for name, lines in reasons.items():
@@ -154,6 +200,9 @@ tf = sum(r[3] or 0 for r in rows)
 ts = sum(r[4] or 0 for r in rows)
 m, s = divmod(total_s, 60)
 print(f"{len(rows)} stages in {m} min {s:02d} s; " + (f"FAILED: {', '.join(bad)}" if bad else "all passed"))
+if any(r[6] is not None for r in rows):
+    print(f"CPU {sum(r[6] or 0 for r in rows)} s in all; the machine's cores idle {sum(r[7] or 0 for r in rows)} core-s "
+          "during the stages")
 # A failed stage with no counted failure (a crash, a build error) still counts as one.
 tf += sum(1 for r in rows if r[1].startswith("FAILED") and not r[3])
 print(f"total: {tp} passed, {tf} failed, {ts} skipped")
