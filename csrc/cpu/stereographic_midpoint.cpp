@@ -82,7 +82,7 @@ inline void sqnorm_off(const T* x, const double* s, double t, int64_t D, double&
   X = r[0], E = r[1];
 }
 
-// |x|^2, <g, x>, |e|^2 and <e, h> with e = x - t s (g, h in double), the same order.
+// |x|^2, <g, x>, |e|^2 and <e, h> with e = x - t s (g, s, h in double), the same order.
 template <typename T>
 inline void sqnorm_dot_off(const T* x, const double* g, const double* s, double t, const double* h, int64_t D, double& X,
                            double& P, double& E, double& Z) {
