@@ -85,6 +85,27 @@ def test_per_row_curvature_of_every_sign(case):
     torch.testing.assert_close(got, _geoopt(op, args, ks, **_kw(op, flags)).reshape(got.shape), rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("D", [3, 8, 13, 64])
+@pytest.mark.parametrize("op", ["gyration", "parallel_transport"])
+def test_per_row_k_sign_passes(op, D, dtype):
+    """gyration / parallel_transport read five of their seven dot products for k <= 0 rows and the CPU forward runs a
+    dot pass of its own for them (stereo_triple.h, dots_mask_nonpos); k > 0 rows take the full pass.  Rows of both
+    signs and 0 interleaved, row lengths below, at and above the 8 double lanes: each row as the float64 reference
+    (on float32 rows: the float32 inputs' float64 result rounded, within 2.5e-7), and the forward with one shared k
+    equals the per-row call's row."""
+    kv = [-1.0, 0.5, 0.0, -0.3, 1.3, -1e-9, 2.0, -2.0] * 3
+    ks = torch.tensor(kv, dtype=D64).reshape(-1, 1)
+    args = tuple(torch.cat([_args(op, (1, D), k=-2.0, seed=17 * i + D)[j] for i in range(len(kv))])
+                 for j in range(3))
+    got = _call(gs, op, [a.to(dtype) for a in args], ks.to(dtype))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == D64 else dict(rtol=2.5e-7, atol=1e-7)
+    torch.testing.assert_close(got, _call(ref, op, [a.to(dtype).to(D64) for a in args], ks).to(dtype), **tol)
+    for i in (0, 1, 2):  # one shared k: the same rows, the same bits
+        one = _call(gs, op, [a.to(dtype) for a in args], torch.tensor(kv[i], dtype=dtype))
+        assert torch.equal(one[i], got[i]), (op, D, i)
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_near_boundary_points(case):
     op, flags = case

@@ -147,15 +147,17 @@ using dvec::ld;
 using dvec::st;
 
 // row_dots for float / double rows: one DVec accumulator per sum (lane l sums the columns = l mod kL), the
-// last D mod kL columns in scalar accumulators added after the lanes.
-template <int OP, typename scalar_t, bool GRAD>
+// last D mod kL columns in scalar accumulators added after the lanes.  M: the sums formed (the rest stay 0; a
+// subset of the op's for rows whose eval reads fewer, dots_mask_nonpos).
+template <int OP, typename scalar_t, bool GRAD, unsigned M = dots_mask<OP>()>
 inline void row_dots_vec(const scalar_t* a, const scalar_t* b, const scalar_t* c, const scalar_t* g, int64_t D,
                          double* s, double* gv) {
   constexpr bool three = op_nvec(OP) == 3;
   constexpr bool vec = !op_scalar_out(OP);
   constexpr int ids[9] = {S00, S11, S22, S01, S02, S12, SEE, SE1, SE2};
-  constexpr bool nd[9] = {needs<OP>(S00), needs<OP>(S11), needs<OP>(S22), needs<OP>(S01), needs<OP>(S02),
-                          needs<OP>(S12), needs<OP>(SEE), needs<OP>(SE1), needs<OP>(SE2)};
+  static_assert((M & ~dots_mask<OP>()) == 0, "M: a subset of the op's dot products");
+  constexpr bool nd[9] = {(M >> S00) & 1, (M >> S11) & 1, (M >> S22) & 1, (M >> S01) & 1, (M >> S02) & 1,
+                          (M >> S12) & 1, (M >> SEE) & 1, (M >> SE1) & 1, (M >> SE2) & 1};
   constexpr bool ng[3] = {GRAD && vec, GRAD && vec, GRAD && vec && three};
   constexpr bool plus = op_e_plus(OP);
   DVec acc[12];
@@ -183,7 +185,10 @@ inline void row_dots_vec(const scalar_t* a, const scalar_t* b, const scalar_t* c
     step(x, y, z, gg, acc);
   }
   double r[12];
-  for (int q = 0; q < 12; ++q) r[q] = (q < 9 ? nd[q] : ng[q - 9]) ? hsum(acc[q]) : 0.0;
+  // rows shorter than kL ran no lane step: their accumulators are zero, not summed (per row, a lane sum each;
+  // the same bits: every sum starts at +0 either way)
+  const bool lanes = D >= kL;
+  for (int q = 0; q < 12; ++q) r[q] = (lanes && (q < 9 ? nd[q] : ng[q - 9])) ? hsum(acc[q]) : 0.0;
   for (; j < D; ++j) {  // the tail, in scalars
     const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
     const double z = three ? static_cast<double>(c[j]) : 0.0, e = plus ? x + y : x - y;
@@ -259,7 +264,10 @@ void fwd_kernel(const Ptrs& p, const double* kp, int64_t sk, int flags, scalar_t
       const scalar_t* c = three ? static_cast<const scalar_t*>(p.v[2]) + i * p.s[2] : nullptr;
       double s[NUM_DOTS], sel[Dots<OP>::n];
       if constexpr (kVecRows<scalar_t>) {
-        row_dots_vec<OP, scalar_t, false>(a, b, c, nullptr, D, s, nullptr);
+        if (dots_mask_nonpos<OP>() != dots_mask<OP>() && !(kp[i * sk] > 0))  // eval's k <= 0 form: fewer sums
+          row_dots_vec<OP, scalar_t, false, dots_mask_nonpos<OP>()>(a, b, c, nullptr, D, s, nullptr);
+        else
+          row_dots_vec<OP, scalar_t, false>(a, b, c, nullptr, D, s, nullptr);
       } else {
         row_dots<OP, scalar_t, false>(a, b, c, nullptr, D, s, nullptr);
       }

@@ -51,8 +51,10 @@ fw = lambda: C.stereo_triple_fwd_cpu(c, vs[0], vs[1], vs[2], k64, 0)
 bw = lambda: C.stereo_triple_bwd_cpu(c, gr, vs[0], vs[1], vs[2], k64, 0, 7)
 f = {"fw" if dr == "fwd" else "bw"}; reps = {max(1, min(200, int(2e6 // (n * d))))}
 out = lambda: torch.cat([t.reshape(-1) for t in (fw(), *bw())])""", None)
-       for op, code in (("gyration", 0), ("parallel_transport", 1)) for dr in ("fwd", "bwd")
-       for n, d in ((2 ** 18, 64), (2 ** 20, 5))},
+       for op, code, shapes in (("gyration", 0, ((2 ** 18, 64), (2 ** 20, 5))),
+                                ("parallel_transport", 1, ((2 ** 18, 64), (2 ** 20, 5))),
+                                ("dist2plane", 4, ((2 ** 18, 16),)))
+       for dr in ("fwd", "bwd") for n, d in shapes},
     **{f"bn_train_{n}x{d}": (f"""
 import geoops.poincare as gp
 gen = torch.Generator().manual_seed(0)

@@ -65,6 +65,23 @@ template <> struct Dots<DIST2PLANE> {
   static constexpr int id[n] = {S00, S11, S01, S12, S22, SEE, SE1, SE2, S02};
 };
 
+// Bit masks (1 << Dot) of the dot products eval<OP> reads: all of Dots<OP>::id, and for a row with k <= 0 (eval's
+// own test: !(k > 0)) the subset its form reads there.  gyr_coefs' k <= 0 form reads neither <a,b> nor <b,u>, so
+// gyration and parallel_transport need five sums there, not seven: the CPU forward's dot pass accumulates only those
+// for such rows (session 43's seven sums cost its D = 5 / 64 float32 forward 7-17 %, session 46 remeasure46).
+template <int OP> constexpr unsigned dots_mask() {
+  unsigned m = 0;
+  for (int i = 0; i < Dots<OP>::n; ++i) m |= 1u << Dots<OP>::id[i];
+  return m;
+}
+template <int OP> constexpr unsigned dots_mask_nonpos() {
+  // gyration: a = v0, b = v1, u = v2, d = a + b: aa, bb, au, dd, du; parallel_transport: a = v1, b = -v0, u = v2,
+  // d = -(v0 - v1): aa = S11, bb = S00, au = S12, dd = SEE, du = -SE2
+  if constexpr (OP == GYRATION) return (1u << S00) | (1u << S11) | (1u << S02) | (1u << SEE) | (1u << SE2);
+  if constexpr (OP == PARALLEL_TRANSPORT) return (1u << S00) | (1u << S11) | (1u << S12) | (1u << SEE) | (1u << SE2);
+  return dots_mask<OP>();
+}
+
 // ---------------------------------------------------------------- forward-mode dual numbers
 // The tangent of a dual number: its gradient with respect to NV independent variables.  Tan() is zero,
 // Tan::unit(i) the i-th unit vector, and a tangent type has +, -, * double and lin(a, s, b, t) = a s + b t.
@@ -221,6 +238,8 @@ template <int OP, typename T> GEO_HD void eval(const T* s, const T& k, int flags
 // d = a + b (dd = |d|^2, du = <d, u> accumulated directly) they are, exactly,
 //   na = T - k du (1 - 2k ab) - k^2 au dd,  nb = T - k^2 aa du,  T = k au (1 + k aa),
 //   D = (1 + k aa)(1 + k bb) - k dd  (non-negative terms for k <= 0; stereo_math.h, sub_den),
+// with 1 - 2k ab taken as (1 + k aa) + k bb - k dd (2ab = dd - aa - bb: equal; for points in the ball each term is
+// O(1), so its rounding stays ~eps as with a summed ab, and the form reads five sums, dots_mask_nonpos),
 // every term small there (1 + k aa, du, dd) and T, the one term that is not ~|d|, shared: its rounding moves the
 // output by 2 dT d / D only (dT ~ eps), so the error is ~eps / (1 + k aa), the rounding of aa itself.  k <= 0 rows
 // take this form (per row, as sub_den; the dual numbers differentiate the form taken), k > 0 rows geoopt's: there
@@ -238,7 +257,7 @@ GEO_HD void gyr_coefs(const T& a2, const T& b2, const T& ab, const T& au, const 
   } else {
     const T pa = 1.0 + k * a2;
     const T t = k * au * pa;
-    na = t - k * du * (1.0 - 2.0 * k * ab) - k2 * au * dd;
+    na = t - k * du * (pa + k * b2 - k * dd) - k2 * au * dd;
     nb = t - k2 * a2 * du;
     d = pa * (1.0 + k * b2) - k * dd;
   }
