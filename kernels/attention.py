@@ -396,14 +396,9 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                              other=0.0).to(ct) * scale * kaj[None, :]
                 gj = tl.load(do_rows[:, None] + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
                              other=0.0).to(ct) * vaj[None, :]
-                if HALF:  # (p <= 1; ds, qj and gj scaled into float16's range per key / feature column)
-                    fg, ig = _half_fit(gj, 0, DVB.dtype.element_ty)
-                    dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)),
-                                  (gj * fg[None, :]).to(DVB.dtype.element_ty)) * ig[None, :]
-                    fs, i_s = _half_fit(ds, 0, DKB.dtype.element_ty)
-                    fq, iq = _half_fit(qj, 0, DKB.dtype.element_ty)
-                    dkb += tl.dot(tl.trans((ds * fs[None, :]).to(DKB.dtype.element_ty)),
-                                  (qj * fq[None, :]).to(DKB.dtype.element_ty)) * i_s[:, None] * iq[None, :]
+                if HALF:
+                    dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)), gj.to(DVB.dtype.element_ty))
+                    dkb += tl.dot(tl.trans(ds.to(DKB.dtype.element_ty)), qj.to(DKB.dtype.element_ty))
                 else:
                     dvb += tl.dot(tl.trans(p), gj, input_precision="ieee")
                     dkb += tl.dot(tl.trans(ds), qj, input_precision="ieee")
