@@ -91,6 +91,24 @@ def _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2, CAUSAL:
 
 
 @triton.jit
+def _half_fit(x, AXIS: tl.constexpr, OPERAND: tl.constexpr):
+    """Powers of two (f, 1/f) per row (AXIS = 1) or column (AXIS = 0) of the float32 tile x, for a dot operand
+    rounded to OPERAND: a float16 row whose max |x| reaches 2^15 is brought into [2^14, 2^15) by f (exact), so
+    that the rounding cannot overflow float16's 65504 where the dot's float32 result, times 1/f, is in range
+    (q (.) k1 = 9e4 with moderate scores was inf: out NaN; session 47).  f = 1 elsewhere and for bfloat16 (float32's
+    range): those tiles keep their bits.  A row holding inf / NaN stays inf / NaN."""
+    if OPERAND == tl.float16:
+        eb = (tl.max(tl.abs(x), AXIS).to(tl.int32, bitcast=True) & 0x7F800000) >> 23  # biased exponent of the max
+        big = eb >= 127 + 15
+        f = tl.where(big, ((127 + 141 - eb) << 23).to(tl.float32, bitcast=True), 1.0)  # 2^(14 - e)
+        inv = tl.where(big, ((eb - 14) << 23).to(tl.float32, bitcast=True), 1.0)  # 2^(e - 14)
+    else:
+        f = tl.full([x.shape[1 - AXIS]], 1.0, tl.float32)
+        inv = f
+    return f, inv
+
+
+@triton.jit
 def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.constexpr, HALF: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """S[m, n] = sum_{d < L} (a[m, d] * a_scale * w[d]) * b[n, d]: the score (and dp) dots of every kernel.
@@ -99,7 +117,8 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
     first key (or value) row.  The head dim is walked in chunks of BLOCK_K (a run-time loop, the last chunk
     masked), so no operand is ever held over the whole head dim: exact float32 dots (input_precision="ieee")
     lower to FMA loops whose registers grow with K, which spilled from D = 16 on.  float16/bfloat16 feed the
-    chunk's tensor-core dot in their own dtype (the product a * a_scale * w in float32, rounded once)."""
+    chunk's tensor-core dot in their own dtype (the product a * a_scale * w in float32, rounded once; in float16
+    each row first brought into range by a power of two, _half_fit)."""
     s = tl.zeros([BLOCK_M, BLOCK_N], CT)
     for d0 in range(0, L, BLOCK_K):
         offs = d0 + tl.arange(0, BLOCK_K)
@@ -109,7 +128,8 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
         b = tl.load(b_rows[:, None] + offs[None, :], mask=b_ok[:, None] & dm[None, :], other=0.0)
         a = a * w[None, :]
         if HALF:
-            s += tl.dot(a.to(b.dtype), tl.trans(b))
+            f, inv = _half_fit(a, 1, b.dtype)
+            s += tl.dot((a * f[:, None]).to(b.dtype), tl.trans(b)) * inv[:, None]
         else:
             s += tl.dot(a, tl.trans(b.to(CT)), input_precision="ieee")
     return s
@@ -279,7 +299,8 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
             k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
                          other=0.0)
             if HALF:
-                dqj += tl.dot(ds.to(k2.dtype), k2)
+                f, inv = _half_fit(ds, 1, k2.dtype)
+                dqj += tl.dot((ds * f[:, None]).to(k2.dtype), k2) * inv[:, None]
             else:  # sum_k dS_ijk (k1_j (.) k2_k): one accumulator, no per-j partial sum held
                 acc += tl.dot(ds, k2.to(ct) * k1j[None, :], input_precision="ieee")
         if HALF:
@@ -488,7 +509,8 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
                              other=0.0)
                 if HALF:
                     pv += tl.dot(p.to(v2.dtype), v2)
-                    dsk += tl.dot(ds.to(k2.dtype), k2)
+                    f, inv = _half_fit(ds, 1, k2.dtype)
+                    dsk += tl.dot((ds * f[:, None]).to(k2.dtype), k2) * inv[:, None]
                 else:
                     pv += tl.dot(p, v2.to(ct), input_precision="ieee")
                     dsk += tl.dot(ds, k2.to(ct), input_precision="ieee")
