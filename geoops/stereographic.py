@@ -1149,8 +1149,8 @@ def cdist(x: torch.Tensor, y: torch.Tensor, *, k) -> torch.Tensor:
     :math:`A < \tau (|x|^2 + |y|^2)`, :math:`\tau \approx 512\,u\,(D + 4)`, are recomputed from the rows,
     so the float32 relative error stays below 1e-3 (close pairs and points near the boundary included)
     and x against itself gives exact zeros.  Points on or outside the ball (k < 0) are handled like
-    geoopt's clamps: :math:`p` is clamped at 1e-7 (float32; 1e-15 float64) and :math:`p_x p_y` at 1e-15 (the
-    row op :func:`dist`'s clamp), giving large, finite distances.  Memory: the output; with a gradient the C++ backend saves nothing of size ``[N, M]`` (its
+    geoopt's clamps: :math:`p` is clamped at 1e-7 (float32; 1e-15 float64) per point, giving large, finite
+    distances (pairs inside the ball are never clamped, as in :func:`dist`).  Memory: the output; with a gradient the C++ backend saves nothing of size ``[N, M]`` (its
     backward recomputes ``A`` per block of rows), the Triton and reference backends save one ``[..., N, M]``
     buffer.  For nearest neighbours at scale use :func:`knn` (bounded memory).
     """

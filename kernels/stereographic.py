@@ -182,6 +182,20 @@ def _clamp_min_den_live(v):
     return tl.where(live, v, _MIN_DEN), live
 
 
+@triton.jit
+def _clamp_q_live(q):
+    # (stereo_math.h's clamp_q) atanc's q: only q <= 0 (or NaN; outside the ball) takes min_den, a positive q
+    # however small is a point inside's (session 47); live: q let through
+    live = q > 0.0
+    return tl.where(live, q, _MIN_DEN), live
+
+
+@triton.jit
+def _ball_q(nb, q):
+    # (stereo_math.h's ball_q) a pair's q = pp / den, or 0 (clamped) where x is outside the ball and q <= min_den
+    return tl.where((nb > 0.0) | (q > _MIN_DEN), q, 0.0)
+
+
 # ---------------------------------------------------------------- tanc / atanc
 # The closed forms run in float64 for every input precision: float32 kernels round once at the end.
 # libdevice's float32 tan/tanh/atan are up to 4/2/2 ulp off and sqrt's rounding is amplified by the
@@ -236,7 +250,7 @@ def _tanc_closed(az, neg):
 def _atanc_closed(az, q, neg):
     """atan(s)/s, or artanh(s)/s where `neg` (q = 1 - s^2), for s = sqrt(az): in float64, cast to az's type."""
     s = tl.sqrt(az.to(tl.float64))
-    q64 = _clamp_min_den(q.to(tl.float64))
+    q64, _ = _clamp_q_live(q.to(tl.float64))
     # artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
     r = tl.where(neg, 0.5 * _math.log1p(2.0 * s * (1.0 + s) / q64) / s, _math.atan(s) / s)
     return r.to(az.dtype)
@@ -278,10 +292,10 @@ def _atanc_d(z, q, a, CUT: tl.constexpr):
     small = tl.abs(z) < CUT
     series = -1.0 / 3 + z * (2.0 / 5 + z * (-3.0 / 7 + z * (4.0 / 9 + z * (-5.0 / 11))))
     zs = tl.where(small, 1.0, z)
-    # Outside the ball (q <= min_den) the value was taken at the clamped q, and the 1/q term is the clamp's
+    # Outside the ball (q <= 0) the value was taken at the clamped q, and the 1/q term is the clamp's
     # derivative, which geoopt's clamp zeroes: drop it (as stereo_math.h does), so that points just outside
     # the ball get bounded gradients instead of ~1/min_den.
-    qc, live = _clamp_min_den_live(q)
+    qc, live = _clamp_q_live(q)
     closed = _div(tl.where(live, _div(1.0, qc), 0.0) - a, 2.0 * zs)
     return tl.where(small, series, closed)
 
@@ -344,7 +358,7 @@ def _logmap_coef(xx, yy, xy, dd, k, den0, lo, CUT: tl.constexpr):
     den = tl.where(den0 > lo, den0, lo)
     p = _clamp_min_den(nb)
     z = _div(k * dd, den)
-    q = _div(pp, den)
+    q = _ball_q(nb, _div(pp, den))
     f = _atanc(z, q, CUT) * p
     yf = (k * xx > 1.0) & (xx > yy)
     w = 1.0 + 2.0 * k * xy - k * yy
@@ -364,7 +378,7 @@ def _logmap_vjp(xx, yy, xy, dd, k, den0, lo, ga, gb, gc, CUT: tl.constexpr):
     den = tl.where(den_live, den0, lo)
     p, p_live = _clamp_min_den_live(nb)
     z = _div(k * dd, den)
-    q = _div(pp, den)
+    q = _ball_q(nb, _div(pp, den))
     A = _atanc(z, q, CUT)
     f = A * p
     # x form: a = F, c = -f nb / den; y form: b = F, c = -f w / den (F = f k dd / den, w = 1 + 2k xy - k yy);
@@ -451,7 +465,7 @@ def _fwd_coef(OP: tl.constexpr, xx, yy, xy, dd, k, r, PARAM: tl.constexpr, CUT: 
         den = _clamp_min_den(_sub_den(pp, xx, yy, xy, dd, k))
         ss = _div(dd, den)
         z = k * ss
-        q = _div(pp, den)
+        q = _ball_q(1.0 + k * xx, _div(pp, den))
         a = 2.0 * _sqrt(ss) * _atanc(z, q, CUT)
     elif OP == DIST0:
         z = k * xx
@@ -552,13 +566,13 @@ def _vjp(OP: tl.constexpr, xx, yy, xy, dd, k, r, ga, gb, gc, PARAM: tl.constexpr
         on = ss > 0
         w = _sqrt(tl.where(on, ss, 1.0))
         z = k * ss
-        q = _div(pp, den)
+        q = _ball_q(1.0 + k * xx, _div(pp, den))
         A = _atanc(z, q, CUT)
         Ad = _atanc_d(z, q, A, CUT)
         # v = 2 w A(k w^2), dv/dss = ss_ = ga P / w, P = A + 2z A'(z) = 1 / (1 + z): 1 / q above the cut
         # (stereo_math.h); u = ss_ / den / P
         series = tl.abs(z) < CUT
-        qc, q_live = _clamp_min_den_live(q)
+        qc, q_live = _clamp_q_live(q)
         P = tl.where(series, A + 2.0 * z * Ad, tl.where(q_live, _div(1.0, qc), 0.0))
         u = _div(ga, w * den)
         k_ = ga * 2.0 * w * Ad * ss
@@ -2144,7 +2158,9 @@ def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
     else:  # k is uniform over the program: one branch runs (and holds registers)
         rs = _div(1.0, _sqrt(tl.where(k != 0, tl.abs(k), 1.0)))
         if k < 0:  # log1p(t + sqrt(t (t + 2)))/sqrt(c), t = 2cA/(p_x p_y), c = -k
-            t = _div(-2.0 * k * a, tl.maximum(_pair_pp(k, x2, y2, PMIN), 1e-15))  # the row ops' clamp (C++ min_pp)
+            # (C++ min_pp: p_x p_y's own floor only below PMIN^2, the product of two clamped p; inside the ball the
+            # row ops clamp no positive q, session 47)
+            t = _div(-2.0 * k * a, tl.maximum(_pair_pp(k, x2, y2, PMIN), PMIN * PMIN))
             v = _math.log1p(t + _sqrt(t * (t + 2.0))) * rs
         elif k > 0:  # 2 atan2(sqrt(kA), sqrt(den))/sqrt(k), den = p_x p_y - kA formed from G (_pair_den_pos)
             den = _pair_den_pos(g, x2, y2, k)

@@ -56,8 +56,8 @@ def _mp_answer(op, x, y, k, g):
 
 def _case(k, delta, pair, seed):
     """x with 1 - sqrt|k| |x| = delta (k > 0: delta < 0 puts x beyond the equator, at sqrt(k)|x| = -delta); y near x
-    (|y - x| = 0.3 |delta| / sqrt|k|), a little inside (~20 delta), or far (|y| sqrt|k| = 0.5); both inside the ball
-    for k < 0."""
+    (|y - x| = 0.3 |delta| / sqrt|k|), a little inside (~20 delta), far (|y| sqrt|k| = 0.5), or far and as near the
+    boundary ("both", k < 0); both inside the ball for k < 0."""
     gen = torch.Generator().manual_seed(seed)
     unit = lambda: (lambda v: v / v.norm())(torch.randn(D, generator=gen, dtype=torch.float64))
     sc = math.sqrt(abs(k))
@@ -66,6 +66,8 @@ def _case(k, delta, pair, seed):
     if pair == "near":
         r = unit() * 0.3 * delta / sc
         y = x + r if abs(k) * float((x + r).dot(x + r)) < 1 else x - r
+    elif pair == "both":  # y near the boundary too, far from x: q = (1 + k xx)(1 + k yy) / den ~ delta^2
+        y = unit() * (1 - delta) / sc
     elif pair == "mid":
         r = unit() * 5 * delta / sc
         y = x * (1 - 20 * delta) + r - 2 * torch.clamp(r.dot(x), min=0) * x / x.dot(x)  # r turned inward
@@ -153,3 +155,76 @@ def test_kernel_dist_dy_far_pair_near_boundary(k, delta, k_grad):
     errs, bounds = _errors_and_bounds("dist", gs.dist, k, delta, "far", k_grad=k_grad)
     for name, e, b in list(zip(("value", "dx", "dy", "dk"), errs, bounds))[:4 if k_grad else 3]:
         assert e <= b, f"dist {name}: {e:.3g} > {b:.3g}"
+
+
+# Both points within delta of the boundary and far apart (session 47, helper qclamp47): artanh's q = (1 + k|x|^2)
+# (1 + k|y|^2) / den ~ delta^2 falls below 1e-15 at delta ~ 1e-8 (float64).  Every implementation clamped q there
+# as if the points were outside the ball: dist 6e-2 (an antipodal pair at delta 1e-8), 1.6e-1 (1e-9) relative
+# short, silently, in the reference, C++ and Triton; logmap's length the same.  Now only q <= 0 is clamped.
+_BOTH = [(-1.0, 5e-9), (-1.0, 1e-9), (-0.3, 3e-9), (-0.3, 3e-10)]  # q: 3.3e-16, 1.3e-17, 1.2e-16, 1.2e-18
+
+
+@pytest.mark.parametrize("op", ["logmap", "dist"])
+@pytest.mark.parametrize("k,delta", _BOTH)
+def test_reference_both_near_boundary_exact(op, k, delta):
+    errs, bounds = _errors_and_bounds(op, getattr(ref, op), k, delta, "both")
+    for name, e, b in zip(("value", "dx", "dy", "dk"), errs, bounds):
+        assert e <= b, f"{op} {name}: {e:.3g} > {b:.3g}"
+
+
+@pytest.mark.parametrize("k_grad", [True, False])
+@pytest.mark.parametrize("op", ["logmap", "dist"])
+@pytest.mark.parametrize("k,delta", _BOTH)
+def test_kernel_both_near_boundary_exact(op, k, delta, k_grad):
+    """The public op (C++ on the CPU); k without grad: the backward without dk (dist's SkipCallMath)."""
+    errs, bounds = _errors_and_bounds(op, getattr(gs, op), k, delta, "both", k_grad=k_grad)
+    for name, e, b in list(zip(("value", "dx", "dy", "dk"), errs, bounds))[:4 if k_grad else 3]:
+        assert e <= b, f"{op} {name}: {e:.3g} > {b:.3g}"
+
+
+def both_rows(k, delta, n, d, seed=0, dtype=torch.float64):
+    """n pairs of rows in R^d, each point at 1 - delta of the radius, directions random (far apart)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(2, n, d, generator=gen, dtype=torch.float64)
+    u = u / u.norm(dim=-1, keepdim=True) * ((1 - delta) / math.sqrt(abs(k)))
+    return u[0].to(dtype), u[1].to(dtype)
+
+
+def mp_dist_rows(x, y, k):
+    with mp.workdps(50):
+        return [float(_mp_dist([mp.mpf(v) for v in a], [mp.mpf(v) for v in b], mp.mpf(k))[0])
+                for a, b in zip(x.double().tolist(), y.double().tolist())]
+
+
+@pytest.mark.parametrize("d", [2, 5, 64])
+@pytest.mark.parametrize("k,delta", [(-1.0, 1e-9), (-0.3, 3e-9)])
+def test_kernel_both_near_boundary_rows(k, delta, d):
+    """Many rows (the C++ lane / vector paths of dist, its batched atanc calls; cdist's and knn's epilogues) against
+    mpmath, within 32 eps / delta absolute: the rounding of |x|^2 moves 1 + k|x|^2 by ~eps / delta relative, the
+    distance by that much (before: 2.3 .. 12 short, 6e-2 .. 1.6e-1 relative)."""
+    x, y = both_rows(k, delta, 37, d)
+    exact = torch.tensor(mp_dist_rows(x, y, k), dtype=torch.float64)
+    row0 = torch.tensor(mp_dist_rows(x[:1].expand_as(y), y, k), dtype=torch.float64)  # x[0] against every y
+    kt = torch.tensor(k, dtype=torch.float64)
+    for name, got in (("dist", gs.dist(x, y, k=kt)), ("cdist", gs.cdist(x, y, k=kt).diagonal()),
+                      ("knn", gs.knn(x[:1], y, 3, k=kt, largest=True)[0].reshape(-1)),
+                      ("dist (reference)", ref.dist(x, y, k=kt))):
+        want = row0.sort(descending=True).values[:3] if name == "knn" else exact
+        err = float((got - want).abs().max())
+        assert err < 32 * EPS / delta, f"{name} d={d}: {err:.3g}"
+
+
+def test_both_outside_still_clamped():
+    """Both points just outside the ball (q = pp / den > 0 but no point inside's): still the clamp, bounded
+    gradients, in the reference and the kernels alike."""
+    x, y = both_rows(-1.0, -1e-9, 5, 3)
+    kt = torch.tensor(-1.0, dtype=torch.float64)
+    vals = []
+    for fn in (gs.dist, ref.dist):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        v = fn(a, b, k=kt)
+        ga, gb = torch.autograd.grad(v.sum(), (a, b))
+        assert torch.isfinite(v).all() and float(v.max()) < 40
+        assert float(ga.abs().max()) < 1e10 and float(gb.abs().max()) < 1e10
+        vals.append(v.detach())
+    torch.testing.assert_close(vals[0], vals[1], rtol=1e-10, atol=0)

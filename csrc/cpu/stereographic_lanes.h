@@ -782,7 +782,7 @@ inline bool block_fwd_logmap_rcp(const double* xx, const double* yy, const doubl
       const Vec den = clamp_lo(sub_den(pp, x2, y2, Vec::loadu(xy + o), d2, k), lo);
       rd[h] = one / den;
       z[h] = k * d2 * rd[h];
-      q[h] = pp * rd[h];
+      q[h] = ball_q(nb[h], pp * rd[h]);
       ok = ok & (z[h] < cut) & (z[h] > -big) & (q[h] < big);  // !(z < cut) also catches NaN
       // (the x form only: a block with a row of the y form, stereo::logmap_y_form, takes the divisions' path)
       ok = ok & ((k * x2 <= one) | (x2 <= y2));  // not logmap_y_form (a NaN lane fails: declined above already)
@@ -841,8 +841,8 @@ __attribute__((noinline)) bool block_fwd_msm_closed(const double* xx, const doub
     const __m512 zero_f = _mm512_setzero_ps(), s = _mm512_sqrt_ps(_mm512_sub_ps(zero_f, zf));
     const __mmask16 zsmall = _mm512_cmp_ps_mask(zf, neg_cut, _CMP_GT_OQ);
     const __m512 a1s = __m512(stereo::atanc_series(FVec(zf)));
-    const __m512 arg =
-        _mm512_div_ps(_mm512_mul_ps(_mm512_mul_ps(two_f, s), _mm512_add_ps(one_f, s)), _mm512_max_ps(qf, lo_f));
+    const __m512 qc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(qf, zero_f, _CMP_GT_OQ), lo_f, qf);  // stereo::clamp_q
+    const __m512 arg = _mm512_div_ps(_mm512_mul_ps(_mm512_mul_ps(two_f, s), _mm512_add_ps(one_f, s)), qc);
     const __m512 L = _mm512_mask_blend_ps(zsmall, __m512(FVec(arg).log1p()), _mm512_mul_ps(_mm512_mul_ps(two_f, s), a1s));
     const __m512 ra = _mm512_andnot_ps(sign_f, rf);  // |r|
     const __m512 y = _mm512_mul_ps(ra, L), h = _mm512_mul_ps(half_f, y);

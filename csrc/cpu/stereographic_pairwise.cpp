@@ -93,15 +93,15 @@ template <typename T>
 constexpr T min_p() {
   return std::is_same<T, float>::value ? T(1e-7) : T(1e-15);
 }
-// Smallest p_x p_y of the forward's t = 2cA/(p_x p_y): 1e-15 in both precisions, the row ops' clamp of
-// q = p_x p_y / den (stereo_math.h's min_den, geoopt's artanh clamp in double), so that cdist caps where dist and
-// knn's distances do (fp64 pairs within ~1e-8 of the boundary; no fp32 point inside the ball reaches it).  Until
-// session 35 fp32 used min_p = 1e-7, which cut the distances of pairs inside the ball (both points beyond
-// ~1 - 1.6e-4 of the radius: an antipodal pair at 1 - 1e-7 gave 18.9 instead of 33.3) below dist, knn and the
-// backward (which never clamped the product).
+// Smallest p_x p_y of the forward's t = 2cA/(p_x p_y): no clamp of its own for points inside the ball, as the row
+// ops clamp q = p_x p_y / den only where it is <= 0 (stereo_math.h's clamp_q, session 47): min_p^2 in double, the
+// product of two clamped p (points outside); 1e-15 in float, which min_p^2 = 1e-14 never reaches (the float fast
+// paths' bound 1 / min_pp).  Until session 47 double used 1e-15, which cut the distances of far pairs within ~1e-8
+// of the boundary (an antipodal pair at 1 - 1e-8: 35.9 instead of 38.2) as dist and knn did; until session 35 fp32
+// used min_p = 1e-7 (an antipodal pair at 1 - 1e-7 gave 18.9 instead of 33.3).  The backward never clamped it.
 template <typename T>
 constexpr T min_pp() {
-  return T(1e-15);
+  return std::is_same<T, float>::value ? T(1e-15) : min_p<T>() * min_p<T>();
 }
 
 template <typename T>

@@ -343,6 +343,7 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
       const float rden = 1.0f / f[0][b];
       zb = f[3][b] * rden;
       qb = f[1][b] * f[4][b] * rden;
+      qb = (f[1][b] > 0.f) | (qb > min_den<float>()) ? qb : 0.f;  // stereo::ball_q
       s.u0[b] = f[2][b] * zb;            // a = atanc * p * k dd / den
       s.u1[b] = -f[2][b] * f[1][b] * rden;  // c = -atanc * p * (1 + k xx) / den
       ok = GEOOPS_F32_FIN(rden) & GEOOPS_F32_FIN(s.u0[b]) & GEOOPS_F32_FIN(s.u1[b]);
@@ -888,7 +889,7 @@ GEOOPS_F32_AI void log_ratio_fg(const FVec (&n)[G], const FVec (&d)[G], FVec (&o
 // and s = s^2 (1/s) (~6 multiply-class operations per vector; the divider is otherwise idle here).
 template <int G>
 GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&out)[G]) {
-  const FVec cut(stereo::series_cut<float>());
+  const FVec cut(stereo::series_cut<float>()), zero(0.f), lo(stereo::min_den<float>());
   FVec s2[G], s[G], w[G], l[G];
   GEOOPS_G s2[g] = max_c(z[g].neg(), cut);
 #if defined(CPU_CAPABILITY_AVX512)
@@ -896,12 +897,12 @@ GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&o
   GEOOPS_G {
     s[g] = s2[g].sqrt();
     // (1 + s)^2 as 1 + s (2 + s), one FMA: ~1.5 2^-24 relative where (1 + s) squared after its rounding doubled it
-    w[g] = at::vec::fmadd(s[g], FVec(2.f) + s[g], FVec(1.f)), qc[g] = max_c(q[g], FVec(stereo::min_den<float>()));
+    // (stereo::clamp_q: only q <= 0 takes min_den)
+    w[g] = at::vec::fmadd(s[g], FVec(2.f) + s[g], FVec(1.f)), qc[g] = sel_le(q[g], zero, q[g], lo);
     // (1 + s)^2 = q + 2s(1 + s) only while q = 1 - s^2: where q was clamped (points on or outside the boundary) the
     // ratio is (q + 2s(1 + s)) / q as in every other path (the double terms, the fused blocks, the reference's
     // clamp regime), else this path's values there moved by ~log(2s / (1 + s)) (review, session 42)
-    w[g] = sel_le(q[g], FVec(stereo::min_den<float>()), w[g],
-                  at::vec::fmadd(FVec(2.f) * s[g], FVec(1.f) + s[g], qc[g]));
+    w[g] = sel_le(q[g], zero, w[g], at::vec::fmadd(FVec(2.f) * s[g], FVec(1.f) + s[g], qc[g]));
   }
   log_ratio_fg<G>(w, qc, l);
   GEOOPS_G out[g] = sel_le(z[g], cut.neg(), stereo::atanc_series(z[g]), FVec(0.5f) * l[g] / s[g]);
@@ -909,7 +910,7 @@ GEOOPS_F32_AI void atanc_neg_fg(const FVec (&z)[G], const FVec (&q)[G], FVec (&o
   FVec rs[G];
   GEOOPS_G rs[g] = rsqrt_nr(s2[g]);
   GEOOPS_G s[g] = s2[g] * rs[g];
-  GEOOPS_G w[g] = FVec(2.f) * s[g] * (FVec(1.f) + s[g]) * rcp_nr(max_c(q[g], FVec(stereo::min_den<float>())));
+  GEOOPS_G w[g] = FVec(2.f) * s[g] * (FVec(1.f) + s[g]) * rcp_nr(sel_le(q[g], zero, q[g], lo));  // clamp_q
   log1p_big_fg<G>(w, l);
   GEOOPS_G out[g] = sel_le(z[g], cut.neg(), stereo::atanc_series(z[g]), FVec(0.5f) * l[g] * rs[g]);
 #endif
@@ -1264,6 +1265,8 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
     } else if (OP == LOGMAP) {
       const FVec rden = rcp_cr(f[g][0]);
       z[g] = f[g][3] * rden, q[g] = f[g][1] * f[g][4] * rden;
+      // stereo::ball_q: 0 (clamp_q's floor) where x is outside the ball and q <= min_den
+      q[g] = sel_le(f[g][1], FVec(0.f), q[g], sel_le(q[g], FVec(min_den<float>()), q[g], FVec(0.f)));
       u0[g] = f[g][2] * z[g], u1[g] = (f[g][2] * f[g][1] * rden).neg();
       okg[g].fin(rden), okg[g].fin(u0[g]), okg[g].fin(u1[g]);
       okg[g].x_form(f[g][1], f[g][4]);

@@ -36,7 +36,7 @@ inline V eval_series_neg(const V& z, const V& q) {
     const V s = at::vec::maximum(-z, cut).sqrt();
     V v;
     if (ATANC) {  // artanh(s)/s = 0.5*log1p(2s(1+s)/q)/s
-      const V qc = at::vec::maximum(q, V(stereo::min_den<S>()));
+      const V qc = V::blendv(V(stereo::min_den<S>()), q, q > V(S(0)));  // stereo::clamp_q: only q <= 0 (or NaN)
       v = V(S(0.5)) * (V(S(2)) * s * (V(S(1)) + s) / qc).log1p() / s;
     } else {
       v = s.tanh() / s;

@@ -115,8 +115,17 @@ template <typename T> GEO_HD T tanc_d(T z, T t) {
 
 // q = 1 + z, passed in separately because callers can often form it without
 // cancellation (e.g. (1 + k|x|^2)(1 + k|y|^2)/den for dist); near the ball's
-// boundary q is tiny and 1 - sqrt(-z) would lose every digit.
-template <typename T> GEO_HD T clamp_q(T q) { return q > min_den<T>() ? q : min_den<T>(); }
+// boundary q is tiny and 1 - sqrt(-z) would lose every digit.  Only q <= 0 (or NaN: a point
+// outside the ball, or on its boundary) is clamped, to min_den: a positive q is a true value however
+// small (two float64 points within 1e-8 of the boundary and far apart have q ~ 1e-16; the old clamp of
+// every q below min_den cut their dist by 6 %, session 47).  Callers mark the other out-of-ball case
+// with q = 0 (ball_q).
+template <typename T> GEO_HD T clamp_q(T q) { return q > T(0) ? q : min_den<T>(); }
+
+// q = pp / den of a pair (dist, logmap; nb = 1 + k|x|^2), or 0 (clamp_q's floor, no 1/q gradient) where x lies
+// outside the ball and q is below min_den: with y outside too pp > 0, and that q, however small, is no point
+// inside's (the clamp there as before session 47; one outside point alone gives q < 0 anyway).
+template <typename T> GEO_HD T ball_q(T nb, T q) { return sel((nb > T(0)) | (q > min_den<T>()), q, T(0)); }
 
 template <typename T> GEO_HD T atanc(T z, T q) {
   if (fabs(z) < series_cut<T>()) return atanc_series(z);
@@ -139,12 +148,12 @@ template <typename T> struct DirectMath {
 
 // d atanc / dz, given a = atanc(z).
 template <typename T> GEO_HD T atanc_d(T z, T q, T a) {
-  // Outside the ball (q <= min_den: the value was taken at the clamped q) the 1/q term is the derivative
+  // Outside the ball (q <= 0: the value was taken at the clamped q, clamp_q) the 1/q term is the derivative
   // of the clamp, which geoopt's clamp of artanh's argument zeroes: drop it, so that points just
   // outside the ball get bounded gradients instead of ~1/min_den = 1e15.
   return sel(vabs(z) < series_cut<T>(),
              T(-1.0 / 3) + z * (T(2.0 / 5) + z * (T(-3.0 / 7) + z * (T(4.0 / 9) + z * T(-5.0 / 11)))),
-             (sel(q > min_den<T>(), T(1) / q, T(0)) - a) / (T(2) * z));
+             (sel(q > T(0), T(1) / q, T(0)) - a) / (T(2) * z));
 }
 
 // ---------------------------------------------------------------- forward
@@ -262,7 +271,7 @@ template <typename T, typename M> GEO_HD Coef<T> logmap_coef(const Row<T>& s, T 
   T den = clamp_lo(den0, lo);
   T p = clamp_lo(nb, min_den<T>());
   T z = k * s.dd / den;
-  T q = pp / den;
+  T q = ball_q(nb, pp / den);
   T f = m.atanc(z, q) * p;
   T F = f * k * s.dd / den;
   auto yf = logmap_y_form(s.xx, s.yy, k);
@@ -281,7 +290,7 @@ GEO_HD Row<T> logmap_vjp(const Row<T>& s, T den0, T ga, T gb, T gc, M& m, T lo =
   auto p_live = nb > min_den<T>();
   T p = sel(p_live, nb, min_den<T>());
   T z = k * s.dd / den;
-  T q = pp / den;
+  T q = ball_q(nb, pp / den);
   T A = m.atanc(z, q);
   T f = A * p;
   // x form: a = F, c = -f nb / den; y form (logmap_y_form): b = F, c = -f w / den; F = f k dd / den,
@@ -366,7 +375,7 @@ template <typename T, typename M> GEO_HD Coef<T> fwd(int op, const Row<T>& s, T 
       T den = clamp_lo(sub_den(pp, s.xx, s.yy, s.xy, s.dd, k), min_den<T>());
       T ss = s.dd / den;
       T z = k * ss;
-      T q = pp / den;
+      T q = ball_q(T(1) + k * s.xx, pp / den);
       return {T(2) * vsqrt(ss) * m.atanc(z, q), T(0), T(0)};
     }
     case DIST0: {
@@ -474,19 +483,19 @@ template <typename T, typename M> GEO_HD Row<T> vjp(int op, const Row<T>& s, T p
       T ss = sel(live, ss0, T(1));
       T w = vsqrt(ss);
       T z = k * ss;
-      T q = pp / den;
+      T q = ball_q(T(1) + k * s.xx, pp / den);
       T A = m.atanc(z, q), Ad = atanc_d(z, q, A);
       // v = 2 w A(k w^2), dv/dss = ss_ = ga P / w with P = A + 2z A'(z) = 1 / (1 + z) (artan_k's derivative): the
-      // series below the cut, 1 / q above it (0 outside the ball, as atanc_d), whatever A is (SkipCallMath's A = 1)
+      // series below the cut, 1 / q above it (0 outside the ball, q <= 0, as atanc_d), whatever A is (SkipCallMath's A = 1)
       auto series = vabs(z) < series_cut<T>();
-      T P = sel(series, A + T(2) * z * Ad, sel(q > min_den<T>(), T(1) / q, T(0)));
+      T P = sel(series, A + T(2) * z * Ad, sel(q > T(0), T(1) / q, T(0)));
       T u = ga / (w * den);  // ss_ / den = u P (one division for the three adjoints below)
       T k_ = ga * T(2) * w * Ad * ss;
       T den_ = -u * P * ss;  // -ss_ ss / den
       // dd's adjoint, k <= 0: ss_ / den directly plus -k den_ through den = pp - k dd, = u P (1 + z).  Near the
       // boundary 1 + z = q -> 0 and the two terms are ~1 / q each: their sum lost ~eps / q relative (dy of a far
       // pair, whose dy is O(1)).  As P (1 + z) = 1 above the cut, the product instead (session 46).
-      T Pz = sel(series, P * (T(1) + z), sel(q > min_den<T>(), T(1), T(0)));
+      T Pz = sel(series, P * (T(1) + z), sel(q > T(0), T(1), T(0)));
       g.dd = sel(live, u * sel(den_live & (k <= T(0)), Pz, P), T(0));
       g.k = sel(live, k_, T(0));
       add_sub_den_vjp(s, sel(live & den_live, den_, T(0)), g, false);
