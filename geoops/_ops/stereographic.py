@@ -812,8 +812,8 @@ def midpoint_reference_bwd(fn, gouts, x, w, k, mask: int):
         lw = None if w is None else w.detach().requires_grad_(True)
         kr = lk.expand(G) if lk.numel() == 1 else lk
         outs = fn(lx, lw, kr)
-        return _library.masked_autograd(outs, tuple(g.to(o.dtype) for g, o in zip(gouts, outs)), (lx, lw, kr), mask, x,
-                               dtypes=(x.dtype, x.dtype, torch.float64))
+        gouts = tuple(g.to(o.dtype) for g, o in zip(gouts, outs))
+        return _library.masked_autograd(outs, gouts, (lx, lw, kr), mask, x, dtypes=(x.dtype, x.dtype, torch.float64))
 
 
 def _midpoint_kernels(device: torch.device):
