@@ -228,3 +228,31 @@ def test_both_outside_still_clamped():
         assert float(ga.abs().max()) < 1e10 and float(gb.abs().max()) < 1e10
         vals.append(v.detach())
     torch.testing.assert_close(vals[0], vals[1], rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("k", [-1.0, -4.0])
+def test_reference_float16_pairs_finite(k):
+    """float16 pairs both at 1 - sqrt|k||x| = 2e-3 (distances ~14 / sqrt|k|) and pairs with a point outside: the
+    reference's artanh ratio 2s (1 + s) / q ~ e^(d sqrt|k|) passed float16's 65504 beyond d sqrt|k| ~ 11 and its
+    1e-15 clamp of q rounded to 0, so dist and logmap were inf and the gradients NaN (session 48; the C++ backend
+    was right).  Now q in float32: the values within float16's own rounding of |x|^2 of the exact (1.3e-2
+    measured), the gradients near float64's (0.11 of their max measured), the clamped pairs as the kernels'."""
+    x, y = both_rows(k, 2e-3, 8, 3, seed=3, dtype=torch.float16)
+    exact = torch.tensor(mp_dist_rows(x, y, k), dtype=torch.float64)
+    kt = torch.tensor(k, dtype=torch.float16)
+    a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+    v = ref.dist(a, b, k=kt)
+    ga, gb = torch.autograd.grad(v.sum(), (a, b))
+    assert float(((v.double() - exact) / exact).abs().max()) < 3e-2
+    a64, b64 = x.double().requires_grad_(), y.double().requires_grad_()
+    want = torch.autograd.grad(ref.dist(a64, b64, k=kt.double()).sum(), (a64, b64))
+    for g, w in zip((ga, gb), want):
+        assert float((g.double() - w).abs().max()) < 0.3 * float(w.abs().max())
+    lm, lm64 = ref.logmap(x, y, k=kt).double(), ref.logmap(x.double(), y.double(), k=kt.double())
+    assert float((lm - lm64).abs().max()) < 0.3 * float(lm64.abs().max())
+    out = x.double() * 1.01  # outside, against y inside, and both outside: clamped, finite, as the C++ kernels
+    for p, r in ((x, out), (out, y), (out, out.flip(0))):
+        p, r = p.half().requires_grad_(), r.half().requires_grad_()
+        v = ref.dist(p, r, k=kt)
+        assert torch.isfinite(v).all() and all(torch.isfinite(g).all() for g in torch.autograd.grad(v.sum(), (p, r)))
+        torch.testing.assert_close(v, gs.dist(p, r, k=kt), rtol=3e-2, atol=0)  # float16 |x|^2

@@ -107,7 +107,7 @@ def atanc(z: torch.Tensor, atanh=torch.atanh, q: torch.Tensor | None = None) -> 
     1 - s from s alone keeps only ~eps / q of its digits.  q <= 0 (points outside the ball; `_ball_q` marks the
     other case) is clamped at 1e-15 and no gradient flows through it, as the kernels' clamp_q; a positive q however
     small is a point inside's (session 47: clamping every q below 1e-15 cut the dist of far float64 pairs within
-    ~1e-8 of the boundary by 6 %)."""
+    ~1e-8 of the boundary by 6 %).  float16 takes this branch in float32 (`_ball_q`)."""
     small, neg, zs, zn, zp = _split(z)
     series = 1 + zs * (-1 / 3 + zs * (1 / 5 + zs * (-1 / 7 + zs * (1 / 9 + zs * (-1 / 11)))))
     sp = zp.sqrt()
@@ -116,8 +116,12 @@ def atanc(z: torch.Tensor, atanh=torch.atanh, q: torch.Tensor | None = None) -> 
         sn = (-zn).sqrt().clamp(max=1 - 1e-15 if z.dtype == torch.float64 else 1 - 1e-7)
         artanh = atanh(sn)
     else:
-        sn = (-zn).sqrt()
+        # float16 in float32: the ratio 2s (1 + s) / q ~ e^(d sqrt|k|) passes 65504 beyond a distance d of ~11 / sqrt|k|
+        # (pairs both near the boundary), and MIN_NORM rounds to 0 in it: dist and logmap were inf (session 48)
+        w = torch.float32 if z.dtype == torch.float16 else z.dtype
+        sn, q = (-zn).to(w).sqrt(), q.to(w)
         artanh = 0.5 * torch.log1p(2 * sn * (1 + sn) / torch.where(q > 0, q, MIN_NORM))
+        sn, artanh = sn.to(z.dtype), artanh.to(z.dtype)
     closed = torch.where(neg, artanh / sn, torch.atan(sp) / sp)
     return torch.where(small, series, closed)
 
@@ -199,9 +203,14 @@ def expmap(x: torch.Tensor, u: torch.Tensor, *, k: torch.Tensor, dim: int = -1) 
     return mobius_add(x, second, k=k, dim=dim)
 
 
-def _ball_q(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """A pair's q = (1 + k|x|^2)(1 + k|y|^2) / den for `atanc`, or 0 (its clamp) where x is outside the ball
-    (b = 1 + k|x|^2 <= 0) and q <= 1e-15: with y outside too q > 0, and no point inside's (the kernels' ball_q)."""
+def _ball_q(b: torch.Tensor, c: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """A pair's q = b c / den = (1 + k|x|^2)(1 + k|y|^2) / den for `atanc`, or 0 (its clamp) where x is outside the
+    ball (b <= 0) and q <= 1e-15: with y outside too q > 0, and no point inside's (the kernels' ball_q).  float16
+    factors give q in float32, as `atanc` takes it: q ~ 4 e^(-d sqrt|k|) falls below float16's normal range for a
+    distance d beyond ~11 / sqrt|k|, and its gradient ~1 / q passes 65504 (session 48)."""
+    if b.dtype == torch.float16:
+        b, c, den = b.float(), c.float(), den.float()
+    q = b * c / den
     return torch.where((b > 0) | (q > MIN_NORM), q, torch.zeros_like(q))
 
 
@@ -234,7 +243,7 @@ def logmap(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, dim: int = -1) 
     x_form = k * dd * x - b * e
     y_form = k * dd * y - (1 + 2 * k * xy - k * yy) * e
     num = torch.where((k * xx > 1) & (xx > yy), y_form, x_form)
-    a = atanc(k * dd / den, q=_ball_q(b, b * (1 + k * yy) / den))
+    a = atanc(k * dd / den, q=_ball_q(b, 1 + k * yy, den))
     return num * (b.clamp_min(MIN_NORM) * a / den)
 
 
@@ -246,7 +255,7 @@ def dist(x: torch.Tensor, y: torch.Tensor, *, k: torch.Tensor, keepdim: bool = F
     dd = _sqnorm(x - y, dim)
     den = _sub_den(xx, yy, xy, dd, k).clamp_min(MIN_NORM)
     s_norm = (x - y).norm(dim=dim, p=2, keepdim=True) / den.sqrt()
-    d = 2 * s_norm * atanc(k * s_norm * s_norm, q=_ball_q(1 + k * xx, (1 + k * xx) * (1 + k * yy) / den))
+    d = 2 * s_norm * atanc(k * s_norm * s_norm, q=_ball_q(1 + k * xx, 1 + k * yy, den))
     return d if keepdim else d.squeeze(dim)
 
 
