@@ -2696,11 +2696,12 @@ def _midpoint_fwd_kernel(X_ptr, W_ptr, K_ptr, PART, N, D, n_per, S, stride_k,
 
 @triton.jit
 def _midpoint_t(w, rmask, POSW: tl.constexpr):
-    """posweight's flip sign sg_i of a tile of points (y_i - s = sg_i (x_i - sg_i s) about the shift s), a block."""
+    """posweight's flip sign sg_i of a tile of points (y_i - s = sg_i (x_i - sg_i s) about the shift s), a block
+    (of ones without posweight)."""
     if POSW:
         t = tl.where(w < 0.0, -1.0, 1.0)
     else:
-        t = tl.where(rmask, 1.0, 1.0)
+        t = tl.full(rmask.shape, 1.0, tl.float32)
     return t
 
 

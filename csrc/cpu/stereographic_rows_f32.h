@@ -343,7 +343,7 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
       const float rden = 1.0f / f[0][b];
       zb = f[3][b] * rden;
       qb = f[1][b] * f[4][b] * rden;
-      qb = (f[1][b] > 0.f) | (qb > min_den<float>()) ? qb : 0.f;  // stereo::ball_q
+      qb = ball_q(f[1][b], qb);
       s.u0[b] = f[2][b] * zb;            // a = atanc * p * k dd / den
       s.u1[b] = -f[2][b] * f[1][b] * rden;  // c = -atanc * p * (1 + k xx) / den
       ok = GEOOPS_F32_FIN(rden) & GEOOPS_F32_FIN(s.u0[b]) & GEOOPS_F32_FIN(s.u1[b]);
@@ -1265,16 +1265,17 @@ GEOOPS_F32_AI bool lanes_core_g(const XF& xf, const XD& xd, const YF& yf, const 
     } else if (OP == LOGMAP) {
       const FVec rden = rcp_cr(f[g][0]);
       z[g] = f[g][3] * rden, q[g] = f[g][1] * f[g][4] * rden;
-      // stereo::ball_q: 0 (clamp_q's floor) where x is outside the ball and q <= min_den
-      q[g] = sel_le(f[g][1], FVec(0.f), q[g], sel_le(q[g], FVec(min_den<float>()), q[g], FVec(0.f)));
+      // (q < 1e30 is checked where it does not follow from z < cut: logmap's q = p_x p_y / den; checked before
+      // ball_q, which turns a NaN q of an x outside the ball into 0: such a row (p_x p_y overflowing float, 1 / den
+      // rounded to 0) still takes the double path)
+      okg[g].lt(q[g], FVec(1e30f));
+      q[g] = ball_q(f[g][1], q[g]);
       u0[g] = f[g][2] * z[g], u1[g] = (f[g][2] * f[g][1] * rden).neg();
       okg[g].fin(rden), okg[g].fin(u0[g]), okg[g].fin(u1[g]);
       okg[g].x_form(f[g][1], f[g][4]);
     }
     if (CALL) okg[g].lt(z[g], FVec(series_cut<float>())), okg[g].gt(z[g], FVec(-1e30f));
-    // (q < 1e30 is checked where it does not follow from z < cut: logmap's q = p_x p_y / den; expmap's
-    // q is 1, expmap0's / logmap0's 1 + k|x|^2 rounded from the double whose k|x|^2 rounded to z < cut)
-    if (OP == LOGMAP) okg[g].lt(q[g], FVec(1e30f));
+    // (expmap's q is 1, expmap0's / logmap0's 1 + k|x|^2 rounded from the double whose k|x|^2 rounded to z < cut)
   }
   for (int g = 1; g < G; ++g) okg[0].also(okg[g]);
   if (!okg[0].all()) return false;

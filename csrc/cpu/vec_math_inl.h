@@ -87,6 +87,11 @@ namespace stereo {
 // stereo::fwd<Vec> / stereo::vjp<Vec> (stereographic_lanes.h, poincare_bn.cpp's batch-norm row pass).
 using cpu::vecmath::Vec;
 template <> inline Vec sel<Vec, Vec>(Vec c, Vec a, Vec b) { return Vec::blendv(b, a, c); }
+// sel on float lanes: stereographic_rows_f32.h's logmap takes stereo::ball_q on its 8 / 16 rows per vector
+template <> inline at::vec::Vectorized<float> sel(at::vec::Vectorized<float> c, at::vec::Vectorized<float> a,
+                                                  at::vec::Vectorized<float> b) {
+  return at::vec::Vectorized<float>::blendv(b, a, c);
+}
 template <> inline Vec clamp_lo<Vec>(Vec v, Vec lo) { return Vec::blendv(lo, v, v > lo); }
 template <> inline Vec vsqrt<Vec>(Vec v) { return v.sqrt(); }
 template <> inline Vec vabs<Vec>(Vec v) { return v.abs(); }
