@@ -98,10 +98,7 @@ def _half_fit(x, AXIS: tl.constexpr, OPERAND: tl.constexpr):
     (q (.) k1 = 9e4 with moderate scores was inf: out NaN; session 47).  f = 1 elsewhere and for bfloat16 (float32's
     range): those tiles keep their bits.  A row holding inf / NaN stays inf / NaN."""
     if OPERAND == tl.float16:
-        eb = (tl.max(tl.abs(x), AXIS).to(tl.int32, bitcast=True) & 0x7F800000) >> 23  # biased exponent of the max
-        big = eb >= 127 + 15
-        f = tl.where(big, ((127 + 141 - eb) << 23).to(tl.float32, bitcast=True), 1.0)  # 2^(14 - e)
-        inv = tl.where(big, ((eb - 14) << 23).to(tl.float32, bitcast=True), 1.0)  # 2^(e - 14)
+        f, inv = _half_pow2(tl.max(tl.abs(x), AXIS))
     else:
         f = tl.full([x.shape[1 - AXIS]], 1.0, tl.float32)
         inv = f
@@ -109,8 +106,19 @@ def _half_fit(x, AXIS: tl.constexpr, OPERAND: tl.constexpr):
 
 
 @triton.jit
+def _half_pow2(amax):
+    """_half_fit's (f, 1/f) for float16 from the rows' max |x| (amax, float32)."""
+    eb = (amax.to(tl.int32, bitcast=True) & 0x7F800000) >> 23  # biased exponent of the max
+    big = eb >= 127 + 15
+    f = tl.where(big, ((127 + 141 - eb) << 23).to(tl.float32, bitcast=True), 1.0)  # 2^(14 - e)
+    inv = tl.where(big, ((eb - 14) << 23).to(tl.float32, bitcast=True), 1.0)  # 2^(e - 14)
+    return f, inv
+
+
+@triton.jit
 def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.constexpr, HALF: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    ROWMAX: tl.constexpr = False):
     """S[m, n] = sum_{d < L} (a[m, d] * a_scale * w[d]) * b[n, d]: the score (and dp) dots of every kernel.
 
     a_rows / b_rows: pointers to the rows of a (BLOCK_M) and b (BLOCK_N), masked by a_ok / b_ok; w: the
@@ -118,8 +126,11 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
     masked), so no operand is ever held over the whole head dim: exact float32 dots (input_precision="ieee")
     lower to FMA loops whose registers grow with K, which spilled from D = 16 on.  float16/bfloat16 feed the
     chunk's tensor-core dot in their own dtype (the product a * a_scale * w in float32, rounded once; in float16
-    each row first brought into range by a power of two, _half_fit)."""
+    each row first brought into range by a power of two, _half_fit).  ROWMAX: also each row's max |a * a_scale * w|
+    over the head dim (float32), returned as (S, max)."""
     s = tl.zeros([BLOCK_M, BLOCK_N], CT)
+    if ROWMAX:
+        amax = tl.zeros([BLOCK_M], CT)
     for d0 in range(0, L, BLOCK_K):
         offs = d0 + tl.arange(0, BLOCK_K)
         dm = offs < L
@@ -127,12 +138,17 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
         w = tl.load(w_ptr + offs, mask=dm, other=0.0).to(CT)
         b = tl.load(b_rows[:, None] + offs[None, :], mask=b_ok[:, None] & dm[None, :], other=0.0)
         a = a * w[None, :]
+        if ROWMAX:
+            amax = tl.maximum(amax, tl.max(tl.abs(a), 1))
         if HALF:
             f, inv = _half_fit(a, 1, b.dtype)
             s += tl.dot((a * f[:, None]).to(b.dtype), tl.trans(b)) * inv[:, None]
         else:
             s += tl.dot(a, tl.trans(b.to(CT)), input_precision="ieee")
-    return s
+    if ROWMAX:
+        return s, amax
+    else:
+        return s
 
 
 @triton.jit
@@ -342,6 +358,7 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     b = kvh // HK
     hk = kvh % HK
     ct = tl.float64 if F64 else tl.float32
+    F16: tl.constexpr = DKB.dtype.element_ty == tl.float16  # not the split's float32 partial sums
     if not F64:
         scale = tl.cast(scale, ct)
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -382,8 +399,12 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                 j_start = tl.maximum(j_start, sp * JS)
                 j_end = tl.minimum(j_end, (sp + 1) * JS)
             for j in range(j_start, j_end):
-                s = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
-                                    BLOCK_M, BLOCK_N, BLOCK_K)
+                if F16:  # and each row's max |q (.) k_a| over the head dim (the dkb dot's operand below)
+                    s, qmax = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
+                                              BLOCK_M, BLOCK_N, BLOCK_K, ROWMAX=True)
+                else:
+                    s = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
+                                        BLOCK_M, BLOCK_N, BLOCK_K)
                 dp = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
                                      BLOCK_M, BLOCK_N, BLOCK_K)
                 ok = kok & ((j >= loa) & (j <= hia))[:, None]
@@ -397,6 +418,15 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                 gj = tl.load(do_rows[:, None] + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
                              other=0.0).to(ct) * vaj[None, :]
                 if HALF:
+                    if F16:
+                        # each row of q (.) k_a that would overflow float16 brought into range by a power of two
+                        # (_half_pow2 of its max, taken as the scores formed it), undone on the same row of dS: the
+                        # rows are the dot's K, so dkb still accumulates in place (a scale on the dot's result, or
+                        # the max taken from qj here, spilled at D = 128 on sm_80).  dout (.) v_a is not scaled
+                        # (the same for gj spilled there; docs/families/attention.md)
+                        fq, iq = _half_pow2(qmax)
+                        qj = qj * fq[:, None]
+                        ds = ds * iq[:, None]
                     dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)), gj.to(DVB.dtype.element_ty))
                     dkb += tl.dot(tl.trans(ds.to(DKB.dtype.element_ty)), qj.to(DKB.dtype.element_ty))
                 else:

@@ -12,6 +12,10 @@ import geoops.attention as ga
 from geoops.reference import attention as ref
 
 pytest.importorskip("triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from geoops.kernels import attention as K  # noqa: E402
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "cuda"
 
 SHAPES = [  # B, H, Hk, N, M1, M2, D, Dv
@@ -42,7 +46,6 @@ CASES = ([(s, m, torch.float64) for s in SHAPES for m in MASKS]
 
 def test_chunked_shape_takes_several_chunks():
     """CHUNKED walks the head dims in more than one chunk, the last one partial (not a multiple of BLOCK_K)."""
-    from geoops.kernels import attention as K
     D, Dv = CHUNKED[6], CHUNKED[7]
     bk = K._blocks(D, Dv, torch.float32)["BLOCK_K"]
     assert D > 2 * bk and D % bk and Dv > bk and Dv % bk and D % 2
@@ -194,8 +197,6 @@ def test_parity_cases(case, dtype):
 def test_interpreter_bf16_dot():
     """tl.dot of bfloat16 tiles in the interpreter gives the float32 product of the values (the shim of
     kernels/attention.py; the stock interpreter multiplied the uint16 bit patterns: ~1e10)."""
-    import triton
-    import triton.language as tl
 
     @triton.jit
     def _dot(A, B, C, M: tl.constexpr):
@@ -294,7 +295,6 @@ def test_split_count_from_the_multiprocessors(monkeypatch):
     from types import SimpleNamespace
 
     import geoops.kernels as kernels
-    from geoops.kernels import attention as K
     monkeypatch.delenv("GEOOPS_ATTN_TRITON_SPLIT", raising=False)
     monkeypatch.setattr(K, "INTERPRETED", False)
     monkeypatch.setattr(kernels, "_SM_COUNTS", {})  # kernels.sm_count's cache: read the patched properties
@@ -349,8 +349,54 @@ def test_float16_products_beyond_half_range(mask):
         _close_in_float16(ours[name], refs[name], name)
 
 
-@pytest.mark.xfail(strict=True, reason="the key-side kernel (_triple_attention_bwd_dkv_kernel) rounds q (.) k1 to "
-                   "float16 unscaled: scaling it spilled the D = 128 variants on sm_80 (session 47)")
 def test_float16_products_beyond_half_range_key_side():
+    """dk2 (the key-side kernel, _triple_attention_bwd_dkv_kernel) of the same inputs: its dot dK2 += dS^T (q (.) k1_j)
+    rounded q (.) k1_j to float16 unscaled (dk2 inf; a strict xfail in session 47).  Each such row is now scaled by
+    the power of two of its max, taken while the scores are formed, and dS's row by the inverse (session 48)."""
     ours, refs = _float16_beyond_range(dict())
     _close_in_float16(ours["dk2"], refs["dk2"], "dk2")
+
+
+@triton.jit
+def _rows_fit_kernel(Q, W, KB, MX, F, INV, L, BM: tl.constexpr, BK: tl.constexpr):
+    r = tl.arange(0, BM)
+    ok = r < BM
+    _, mx = K._chunked_scores(Q + r * L, 1.0, W, KB + r * L, ok, ok, L, tl.float32, True, BM, BM, BK, ROWMAX=True)
+    f, inv = K._half_pow2(mx)
+    tl.store(MX + r, mx)
+    tl.store(F + r, f)
+    tl.store(INV + r, inv)
+
+
+def test_float16_row_fit_keeps_the_rows_in_range():
+    """The key-side fix's row factors (_chunked_scores' ROWMAX, _half_pow2): the max is the row's max |q (.) w| over
+    every chunk of the head dim (exactly, as float32 forms it); a row below 2^15 gets f = 1/f = 1 (q (.) w and dS keep
+    their bits), a row at or above it a power of two f (1/f its exact inverse) that brings the max into [2^14, 2^15);
+    inf stays inf (f finite)."""
+    L, BM = 20, 16  # two chunks of 16, the second masked
+    g = torch.Generator().manual_seed(48)
+    q = torch.randn(BM, L, generator=g)
+    peak = [0.0, 1e-3, 1.0, 3e4, 32752.0, 32768.0, 65504.0, 7e4, 1e6, 1e8, float("inf")]  # 32752: below 2^15
+    w = torch.ones(L)
+    w[3], w[17] = -2.0, 2048.0
+    for i, v in enumerate(peak):  # each row's largest product in the second chunk: q[i, 17] w[17] ~ peak[i]
+        q[i] /= q[i].abs().max()
+        q[i, 17] = v / w[17]
+    q[2, 3] = 0.75  # 0.75 * -2: the row's max is |q (.) w| = 1.5, not max |q| = 1
+    q, w = q.to(torch.float16), w.to(torch.float16)
+    kb = torch.zeros(BM, L, dtype=torch.float16)
+    mx, f, inv = (torch.empty(BM) for _ in range(3))
+    q, w, kb, mx, f, inv = (t.to(DEVICE) for t in (q, w, kb, mx, f, inv))
+    _rows_fit_kernel[(1,)](q, w, kb, mx, f, inv, L, BM=BM, BK=16)
+    mx, f, inv = mx.cpu(), f.cpu(), inv.cpu()
+    want = (q.float() * w.float()).abs().amax(1).cpu()
+    assert torch.equal(mx, want)
+    small = want < 2.0 ** 15
+    assert small[:5].all() and not small[5:len(peak)].any()
+    assert (f[small] == 1).all() and (inv[small] == 1).all()
+    big = ~small
+    assert torch.equal(f[big] * inv[big], torch.ones(int(big.sum())))
+    assert torch.equal(torch.frexp(f[big]).mantissa, torch.full_like(f[big], 0.5))  # powers of two
+    fitted = (mx * f)[big & torch.isfinite(mx)]
+    assert ((fitted >= 2.0 ** 14) & (fitted < 2.0 ** 15)).all()
+    assert torch.isfinite(f).all() and torch.isinf(mx[len(peak) - 1] * f[len(peak) - 1])
