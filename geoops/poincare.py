@@ -97,6 +97,13 @@ def _check_float(op: str, name: str, t):
     return t
 
 
+def _check_bias(op: str, bias, n: int, what: str) -> None:
+    """bias a floating-point tensor of shape (n,); `what` says what its entries are in the error."""
+    _check_float(op, "bias", bias)
+    if bias.shape != (n,):
+        _fail(op, f"bias must have shape ({n},) ({what}), got {tuple(bias.shape)}")
+
+
 def _same_device(op: str, named: dict) -> None:
     """One device for the named tensors (None entries skipped; the first is the one named in the error), checked
     after their types and dtypes (_check_float)."""
@@ -224,6 +231,13 @@ def _debug_checks(op: str, c, points: dict, others: dict = None, k=None) -> None
 
 
 # ---------------------------------------------------------------- fully connected
+def _hyperplane_grads(ng, has_bias, c, gx, gz, gb, gc):
+    """The gradients of (x, z, bias, c) of poincare_fc / hyperplane_dists that autograd asked for (ng: its
+    needs_input_grad), None for the others and for an absent bias; gc in c's shape."""
+    return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and has_bias) else None,
+            gc.reshape(c.shape) if ng[3] else None)
+
+
 @_library.with_func_twin
 class PoincareFcFn(torch.autograd.Function):
     """poincare_fc on 2-D x (N, n): forward geoops::poincare_fc_fwd, backward geoops::poincare_fc_bwd."""
@@ -258,8 +272,7 @@ class PoincareFcFn(torch.autograd.Function):
         ng = ctx.needs_input_grad
         mask = _library.grad_mask(ng, 4)  # (no bias: its bit is clear)
         gx, gz, gb, gc = _ops.poincare_fc_bwd(g.contiguous(), x, z, bias, c, t, ctx.eps, mask, ctx.tangent)
-        return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and ctx.has_bias) else None,
-                gc.reshape(c.shape) if ng[3] else None, None, None)
+        return _hyperplane_grads(ng, ctx.has_bias, c, gx, gz, gb, gc) + (None, None)
 
 
 def _fc_args(op, x, z, bias, c, dim):
@@ -273,9 +286,7 @@ def _fc_args(op, x, z, bias, c, dim):
         _fail(op, f"x has {x.shape[d]} entries along the manifold dimension dim={dim} but z has "
                   f"in_features={z.shape[0]} rows")
     if bias is not None:
-        _check_float(op, "bias", bias)
-        if bias.shape != (z.shape[1],):
-            _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output), got {tuple(bias.shape)}")
+        _check_bias(op, bias, z.shape[1], "one offset per output")
     _same_device(op, {"x": x, "z": z, "bias": bias})
     ct = _curv(op, c, x)
     return d, ct
@@ -393,8 +404,7 @@ class PoincareMlrOpFn(torch.autograd.Function):
         ng = ctx.needs_input_grad
         mask = _library.grad_mask(ng, 4)  # (no bias: its bit is clear)
         gx, gz, gb, gc = _ops.poincare_mlr_bwd(g.contiguous(), x, z, bias, c, t, mask)
-        return (gx if ng[0] else None, gz if ng[1] else None, gb if (ng[2] and ctx.has_bias) else None,
-                gc.reshape(c.shape) if ng[3] else None)
+        return _hyperplane_grads(ng, ctx.has_bias, c, gx, gz, gb, gc)
 
 
 class PoincareMlrCppFn(torch.autograd.Function):
@@ -836,9 +846,7 @@ def poincare_conv2d(x: torch.Tensor, z: torch.Tensor, bias: Optional[torch.Tenso
     if z.shape[1] == 0:
         _fail(op, "z must have at least one column (out_channels >= 1)")
     if bias is not None:
-        _check_float(op, "bias", bias)
-        if bias.shape != (z.shape[1],):
-            _fail(op, f"bias must have shape ({z.shape[1]},) (one offset per output channel), got {tuple(bias.shape)}")
+        _check_bias(op, bias, z.shape[1], "one offset per output channel")
     _same_device(op, {"x": x, "z": z, "bias": bias})
     ct = _curv(op, c, x)
     _debug_checks(op, ct, {"x": (x, 1)}, {"z": z, "bias": bias})
@@ -1446,9 +1454,7 @@ def _bn_check_params(op, x, D, bias, weight, running_mean, running_var):
     if D < 1:  # (the forward would run and the backward fail inside autograd: no point has a coordinate)
         _fail(op, f"x must have at least one {'channel' if x.dim() == 4 else 'feature'} (the manifold dimension), "
                   f"got shape {tuple(x.shape)}")
-    _check_float(op, "bias", bias)
-    if bias.shape != (D,):
-        _fail(op, f"bias must have shape ({D},) (the manifold dimension of x), got {tuple(bias.shape)}")
+    _check_bias(op, bias, D, "the manifold dimension of x")
     _check_float(op, "weight", weight)
     if weight.numel() != 1:
         _fail(op, f"weight must be a 1-element tensor (the target variance), got shape {tuple(weight.shape)}")

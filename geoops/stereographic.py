@@ -2229,30 +2229,28 @@ def geodesic(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, k, dim: int =
 
 
 def _elementwise_k(op: str, k, x: torch.Tensor) -> torch.Tensor:
-    """The k of an elementwise op (tan_k, artan_k, sin_k, arsin_k) as a tensor of x's dtype, broadcasting against x
-    (else an error naming k, before torch's own names nothing)."""
+    """The argument checks of an elementwise op (tan_k, artan_k, sin_k, arsin_k): x a floating tensor, and its k as
+    a tensor of x's dtype broadcasting against x (else an error naming k, before torch's own names nothing),
+    returned expanded to x's shape (fixed_expand: k's gradient has the same bits for any thread count)."""
+    _check_float(op, "x", x)
     kk = _kt(op, k, x)
     if kk.dim():
         try:
             _broadcast2(x.shape, kk.shape)
         except RuntimeError:
             _fail(op, f"k of shape {tuple(kk.shape)} does not broadcast against x of shape {tuple(x.shape)}")
-    return kk
+    return _library.fixed_expand(kk, x.shape)
 
 
 def tan_k(x: torch.Tensor, k) -> torch.Tensor:
     """tan_k(x): tanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), tan(sqrt(k) x)/sqrt(k) (k > 0)."""
-    _check_float("tan_k", "x", x)
-    # (fixed_expand: k's gradient has the same bits for any thread count)
-    k = _library.fixed_expand(_elementwise_k("tan_k", k, x), x.shape)
+    k = _elementwise_k("tan_k", k, x)
     return _ref.tan_k(x, k)
 
 
 def artan_k(x: torch.Tensor, k) -> torch.Tensor:
     """artan_k(x): artanh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), atan(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
-    _check_float("artan_k", "x", x)
-    # (fixed_expand: k's gradient has the same bits for any thread count)
-    k = _library.fixed_expand(_elementwise_k("artan_k", k, x), x.shape)
+    k = _elementwise_k("artan_k", k, x)
     return x * _ref.atanc(k * x * x, atanh=_ref._atanh_pos)  # (log1p: the same bits for any thread count)
 
 
@@ -2330,18 +2328,14 @@ def inv_sproj(x: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:
 
 def sin_k(x: torch.Tensor, k) -> torch.Tensor:
     """sin_k(x): sinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), sin(sqrt(k) x)/sqrt(k) (k > 0), smooth in k."""
-    _check_float("sin_k", "x", x)
-    # (fixed_expand: k's gradient has the same bits for any thread count)
-    k = _library.fixed_expand(_elementwise_k("sin_k", k, x), x.shape)
+    k = _elementwise_k("sin_k", k, x)
     return x * _ref.sinc(k * x * x, sinh=_ref._sinh_pos)  # (expm1: the same bits for any thread count)
 
 
 def arsin_k(x: torch.Tensor, k) -> torch.Tensor:
     """arsin_k(x): asinh(sqrt(-k) x)/sqrt(-k) (k < 0), x (k = 0), asin(sqrt(k) x)/sqrt(k) (k > 0, the argument
     clamped at 1 - 1e-7), smooth in k."""
-    _check_float("arsin_k", "x", x)
-    # (fixed_expand: k's gradient has the same bits for any thread count)
-    k = _library.fixed_expand(_elementwise_k("arsin_k", k, x), x.shape)
+    k = _elementwise_k("arsin_k", k, x)
     return _ref.arsin_k(x, k)
 
 
@@ -2713,16 +2707,7 @@ def mobius_fn_apply(fn, x: torch.Tensor, *args, k, dim: int = -1, **kwargs) -> t
     """Mobius version of fn: expmap0(fn(logmap0(x), *args, **kwargs))."""
     if not callable(fn):
         _fail("mobius_fn_apply", f"fn must be callable, got {type(fn).__name__}", TypeError)
-    dim = _from_end(x, dim)
-    try:
-        v = logmap0(x, k=k, dim=dim)
-    except _args.ARG_ERRORS as e:
-        raise _called_as(e, "mobius_fn_apply", y="x") from None
-    v = fn(v, *args, **kwargs)
-    try:
-        return expmap0(v, k=k, dim=dim)
-    except _args.ARG_ERRORS as e:
-        raise _called_as(e, "mobius_fn_apply", u="fn's result") from None
+    return _through_origin("mobius_fn_apply", x, lambda v: fn(v, *args, **kwargs), k, dim, "fn's result")
 
 
 def _from_end(x, dim):
@@ -2736,17 +2721,27 @@ def mobius_fn_apply_chain(x: torch.Tensor, *fns, k, dim: int = -1) -> torch.Tens
     """Mobius version of a chain of functions: expmap0(fn_n(...fn_1(logmap0(x))))."""
     if not fns:
         return x
+
+    def chain(v):
+        for fn in fns:
+            v = fn(v)
+        return v
+    return _through_origin("mobius_fn_apply_chain", x, chain, k, dim, "the last fn's result")
+
+
+def _through_origin(op, x, tangent_fn, k, dim, result):
+    """expmap0(tangent_fn(logmap0(x))) for mobius_fn_apply(_chain); an argument error of logmap0 names x, one of
+    expmap0 names `result` (what tangent_fn returned)."""
     dim = _from_end(x, dim)
     try:
         v = logmap0(x, k=k, dim=dim)
     except _args.ARG_ERRORS as e:
-        raise _called_as(e, "mobius_fn_apply_chain", y="x") from None
-    for fn in fns:
-        v = fn(v)
+        raise _called_as(e, op, y="x") from None
+    v = tangent_fn(v)
     try:
         return expmap0(v, k=k, dim=dim)
     except _args.ARG_ERRORS as e:
-        raise _called_as(e, "mobius_fn_apply_chain", u="the last fn's result") from None
+        raise _called_as(e, op, u=result) from None
 
 
 def retr(x: torch.Tensor, u: torch.Tensor, *, k, dim: int = -1) -> torch.Tensor:

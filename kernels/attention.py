@@ -91,6 +91,52 @@ def _query_tile(Q, K1, K2, V1, V2, DO, N, M1, M2, D, DV, H, REP, W1, W2, CAUSAL:
 
 
 @triton.jit
+def _split_keys(j_start, j_end, sp, JS):
+    """The first-key loop bounds [j_start, j_end) of split sp (SPLIT kernels): cut to the split's keys
+    [sp JS, (sp + 1) JS)."""
+    return tl.maximum(j_start, sp * JS), tl.minimum(j_end, (sp + 1) * JS)
+
+
+@triton.jit
+def _seeing_queries(first, last, W, N, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The query loop bounds [i_lo, i_hi) of the key-side backward kernels: the queries that can see some key in
+    [first, last] (causal: i >= first; window W > 0: i < last + W), i_lo rounded down to a query tile's start."""
+    if CAUSAL:
+        i_lo = first
+    else:
+        i_lo = 0
+    i_hi = tl.where(W > 0, tl.minimum(N, last + W), N)
+    return (i_lo // BLOCK_M) * BLOCK_M, i_hi
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, bh, offs_m, row_ok, N, ct: tl.constexpr):
+    """The backward's per-row inputs of query rows offs_m of head bh: delta, live (rows with an admissible pair; a
+    NaN lse propagates) and lse_safe (lse where live, else 0)."""
+    lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
+    delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
+    live = row_ok & (lse != float("-inf"))
+    return delta, live, tl.where(live, lse, 0.0)
+
+
+@triton.jit
+def _store_out_lse(O, LSE, acc, l, m, bh, N, DV, offs_m, row_ok, offs_e, emask, F64: tl.constexpr):
+    """out = acc / l and lse = m + log l of query rows offs_m of head bh, stored (l = 0: no admissible pair, out 0
+    and lse -inf; NaN, from a NaN or +inf score, propagates)."""
+    has = l != 0
+    l_safe = tl.where(has, l, 1.0)
+    if F64:
+        out = acc / l_safe[:, None]
+    else:  # IEEE division (a float32 `/` compiles to the approximate div.full.f32)
+        out = tl.div_rn(acc, l_safe[:, None])
+    out = tl.where(has[:, None], out, 0.0)
+    lse = tl.where(has, m + tl.log(l_safe), float("-inf"))
+    tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & emask[None, :])
+    tl.store(LSE + bh * N + offs_m, lse.to(LSE.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
 def _half_fit(x, AXIS: tl.constexpr, OPERAND: tl.constexpr):
     """Powers of two (f, 1/f) per row (AXIS = 1) or column (AXIS = 0) of the float32 tile x, for a dot operand
     rounded to OPERAND: a float16 row whose max |x| reaches 2^15 is brought into [2^14, 2^15) by f (exact), so
@@ -173,8 +219,7 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
                                                        CAUSAL, BLOCK_M)
     if SPLIT:
         sp = tl.program_id(2).to(tl.int64)
-        j_start = tl.maximum(j_start, sp * JS)
-        j_end = tl.minimum(j_end, (sp + 1) * JS)
+        j_start, j_end = _split_keys(j_start, j_end, sp, JS)
     offs_e = tl.arange(0, BLOCK_DV)
     emask = offs_e < DV
     m_i = tl.full([BLOCK_M], float("-inf"), ct)
@@ -212,26 +257,17 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
                     pv = tl.dot(p, v2.to(ct), input_precision="ieee")
                 acc = acc * alpha[:, None] + pv * v1j[None, :]
             m_i = m_new
-    has = l_i != 0  # l_i = 0: no admissible pair (out 0, lse -inf); NaN (a NaN or +inf score) propagates
     if SPLIT:
         part = (sp * tl.num_programs(1).to(tl.int64) + bh) * N + offs_m
         tl.store(O + part[:, None] * DV + offs_e[None, :], acc, mask=row_ok[:, None] & emask[None, :])
         tl.store(LSE + part * 2, m_i, mask=row_ok)
         tl.store(LSE + part * 2 + 1, l_i, mask=row_ok)
     elif DELTA:
+        has = l_i != 0  # l_i = 0: no admissible pair (delta 0); NaN (a NaN or +inf score) propagates
         delta = tl.where(has, tl.div_rn(acc, tl.where(has, l_i, 1.0)), 0.0)
         tl.store(O + bh * N + offs_m, delta, mask=row_ok)
     else:
-        l_safe = tl.where(has, l_i, 1.0)[:, None]
-        if F64:
-            out = acc / l_safe
-        else:  # IEEE division (a float32 `/` compiles to the approximate div.full.f32)
-            out = tl.div_rn(acc, l_safe)
-        out = tl.where(has[:, None], out, 0.0)
-        lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
-        tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
-                 mask=row_ok[:, None] & emask[None, :])
-        tl.store(LSE + bh * N + offs_m, lse.to(LSE.dtype.element_ty), mask=row_ok)
+        _store_out_lse(O, LSE, acc, l_i, m_i, bh, N, DV, offs_m, row_ok, offs_e, emask, F64)
 
 
 @triton.jit
@@ -259,17 +295,7 @@ def _triple_attention_combine_kernel(PO, PML, O, LSE, S, N, DV, F64: tl.constexp
         l_sum += tl.load(PML + part * 2 + 1, mask=row_ok, other=0.0) * w
         acc += tl.load(PO + part[:, None] * DV + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
                        other=0.0) * w[:, None]
-    has = l_sum != 0
-    l_safe = tl.where(has, l_sum, 1.0)
-    if F64:
-        out = acc / l_safe[:, None]
-    else:
-        out = tl.div_rn(acc, l_safe[:, None])
-    out = tl.where(has[:, None], out, 0.0)
-    lse = tl.where(has, mx + tl.log(l_safe), float("-inf"))
-    tl.store(O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & emask[None, :])
-    tl.store(LSE + bh * N + offs_m, lse.to(LSE.dtype.element_ty), mask=row_ok)
+    _store_out_lse(O, LSE, acc, l_sum, mx, bh, N, DV, offs_m, row_ok, offs_e, emask, F64)
 
 
 @triton.jit
@@ -288,15 +314,11 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
                                                        CAUSAL, BLOCK_M)
     if SPLIT:
         sp = tl.program_id(2).to(tl.int64)
-        j_start = tl.maximum(j_start, sp * JS)
-        j_end = tl.minimum(j_end, (sp + 1) * JS)
+        j_start, j_end = _split_keys(j_start, j_end, sp, JS)
         DQ += sp * tl.num_programs(1).to(tl.int64) * N * D
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
-    lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
-    delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
-    live = row_ok & (lse != float("-inf"))  # NaN lse propagates
-    lse_safe = tl.where(live, lse, 0.0)
+    delta, live, lse_safe = _row_stats(LSE, DELTA, bh, offs_m, row_ok, N, ct)
     acc = tl.zeros([BLOCK_M, BLOCK_D], ct)
     for j in range(j_start, j_end):
         k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
@@ -331,11 +353,8 @@ def _key_side_rows(Q, DO, LSE, DELTA, bh, i0, N, D, DV, ct: tl.constexpr, BLOCK_
     into Q and DO, delta, and lse (live: rows with an admissible pair; a NaN lse propagates; lse_safe 0 elsewhere)."""
     offs_m = i0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < N
-    lse = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
-    delta = tl.load(DELTA + bh * N + offs_m, mask=row_ok, other=0.0).to(ct)
-    live = row_ok & (lse != float("-inf"))
-    return (offs_m, row_ok, Q + (bh * N + offs_m) * D, DO + (bh * N + offs_m) * DV, delta, live,
-            tl.where(live, lse, 0.0))
+    delta, live, lse_safe = _row_stats(LSE, DELTA, bh, offs_m, row_ok, N, ct)
+    return offs_m, row_ok, Q + (bh * N + offs_m) * D, DO + (bh * N + offs_m) * DV, delta, live, lse_safe
 
 
 @triton.jit
@@ -372,13 +391,7 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     dkb = tl.zeros([BLOCK_N, BLOCK_D], ct)
     dvb = tl.zeros([BLOCK_N, BLOCK_DV], ct)
     n_last = tl.minimum(n0 + BLOCK_N, MB) - 1
-    # queries that can see some key of this tile: causal i >= n0; window i < n_last + WB
-    if CAUSAL:
-        i_lo = n0
-    else:
-        i_lo = 0
-    i_hi = tl.where(WB > 0, tl.minimum(N, n_last + WB), N)
-    i_lo = (i_lo // BLOCK_M) * BLOCK_M
+    i_lo, i_hi = _seeing_queries(n0, n_last, WB, N, CAUSAL, BLOCK_M)  # the queries that see a key of this tile
     ka_base = KA + kvh * MA * D
     va_base = VA + kvh * MA * DV
     for hq in range(0, REP):
@@ -396,8 +409,7 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
             else:
                 j_end = MA
             if SPLIT:
-                j_start = tl.maximum(j_start, sp * JS)
-                j_end = tl.minimum(j_end, (sp + 1) * JS)
+                j_start, j_end = _split_keys(j_start, j_end, sp, JS)
             for j in range(j_start, j_end):
                 if F16:  # and each row's max |q (.) k_a| over the head dim (the dkb dot's operand below)
                     s, qmax = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
@@ -501,13 +513,7 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
     v2_base = V2 + kvh * M2 * DV
     dk = tl.zeros([BLOCK_D], ct)
     dv = tl.zeros([BLOCK_DV], ct)
-    # queries that can see j: causal i >= j; window i < j + W1
-    if CAUSAL:
-        i_lo = j
-    else:
-        i_lo = 0
-    i_hi = tl.where(W1 > 0, tl.minimum(N, j + W1), N)
-    i_lo = (i_lo // BLOCK_M) * BLOCK_M
+    i_lo, i_hi = _seeing_queries(j, j, W1, N, CAUSAL, BLOCK_M)  # the queries that see key j
     for hq in range(0, REP):
         bh = b * H + hk * REP + hq
         for i0 in range(i_lo, i_hi, BLOCK_M):
