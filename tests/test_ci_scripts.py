@@ -35,13 +35,14 @@ def test_exit_trap_ends_a_job_still_running(tmp_path):
 . {EARLY}
 D={tmp_path}/job
 trap 'early_kill "$D"' EXIT
-early_start "$D" bash -c 'sleep 3; touch {marker}'
-sleep 0.5
+early_start "$D" bash -c 'echo started; sleep 4; touch {marker}'
+for _ in $(seq 300); do grep -q started "$D/log" && break; sleep 0.1; done  # running, in its own group
 """
     r = _bash(script, tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "started" in (tmp_path / "job" / "log").read_text()
     pid = int((tmp_path / "job" / "pid").read_text())
-    time.sleep(3.5)
+    time.sleep(5)
     assert not marker.exists()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)

@@ -568,24 +568,35 @@ class _Passthrough(TorchFunctionMode):
 
 def _bn_eager_vs_composition(dtype, N, D, cval, wval, scale, seed):
     """The training batch norm's eager CPU path (one BnLayerFn node) vs the torch composition that traced / CUDA
-    calls take (forced by a torch-function mode): values, gradients to x, bias, weight, c and running statistics."""
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    calls take (forced by a torch-function mode): values, gradients to x, bias, weight, c and running statistics.
+    float32: neither is exact, so both are measured against the float64 composition on the same input and the eager
+    path's error may be at most twice the composition's, plus a floor (the house low-precision rule; on AVX2 builds
+    one gradient element of 8000 at N = 1000 differed by 2.3e-5 from the float32 composition)."""
     g0 = torch.Generator().manual_seed(seed)
     x0 = gp.expmap0(torch.randn(N, D, generator=g0, dtype=dtype) * scale, c=cval).detach()
-    outs = []
-    for mode in (None, _Passthrough):
-        x = x0.clone().requires_grad_(True)
-        c = torch.tensor(cval, dtype=dtype, requires_grad=True)
-        bias = torch.linspace(-0.3, 0.4, D, dtype=dtype).requires_grad_(True)
-        w = torch.tensor(wval, dtype=dtype, requires_grad=True)
-        rm, rv = torch.zeros(D, dtype=dtype), torch.ones((), dtype=dtype)
+
+    def run(mode, dt):
+        x = x0.to(dt).clone().requires_grad_(True)
+        c = torch.tensor(cval, dtype=dt, requires_grad=True)
+        bias = torch.linspace(-0.3, 0.4, D, dtype=dt).requires_grad_(True)
+        w = torch.tensor(wval, dtype=dt, requires_grad=True)
+        rm, rv = torch.zeros(D, dtype=dt), torch.ones((), dtype=dt)
         with (mode() if mode else contextlib.nullcontext()):
             y = gp.batch_norm(x, bias, w, c=c, running_mean=rm, running_var=rv)
         assert ("BnLayerFn" in type(y.grad_fn).__name__) == (mode is None)
-        g = torch.linspace(-1, 1.5, y.numel(), dtype=dtype).reshape(y.shape)
-        outs.append((y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv))
-    for a, r in zip(*outs):
-        torch.testing.assert_close(a, r, **tol)
+        g = torch.linspace(-1, 1.5, y.numel(), dtype=dt).reshape(y.shape)
+        return (y.detach(), *torch.autograd.grad(y, (x, bias, w, c), g), rm, rv)
+
+    ours, comp = run(None, dtype), run(_Passthrough, dtype)
+    if dtype == torch.float64:
+        for a, r in zip(ours, comp):
+            torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+        return
+    exact = run(_Passthrough, torch.float64)
+    for i, (a, r, e) in enumerate(zip(ours, comp, exact)):
+        err, ref_err = (a.double() - e).abs(), (r.double() - e).abs()
+        bound = 2 * ref_err + 2e-5 + 2e-4 * e.abs()
+        assert bool((err <= bound).all()), (i, float((err - bound).max()), float(err.max()), float(ref_err.max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
