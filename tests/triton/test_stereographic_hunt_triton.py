@@ -40,9 +40,12 @@ def test_cdist_nonfinite_input_propagates(device, dtype, kv, bad, which):
     t[0, 1] = bad
     ours = gs.cdist(x.to(device), y.to(device), k=kv).cpu()
     cpp = _on("cpp", gs.cdist, x, y, k=kv)
-    assert torch.equal(ours.isnan(), cpp.isnan()), f"NaN pattern: ours\n{ours}\ncpp\n{cpp}"
     fin = cpp.isfinite()
-    assert torch.equal(ours.isinf(), cpp.isinf())
+    assert torch.equal(ours.isfinite(), fin), f"non-finite pattern: ours\n{ours}\ncpp\n{cpp}"
+    if bad != bad:  # NaN in, NaN out
+        assert torch.equal(ours.isnan(), cpp.isnan()), f"NaN pattern: ours\n{ours}\ncpp\n{cpp}"
+    # (an inf coordinate makes the pair a ratio of infinities: NaN or inf by the order of the kernel's operations --
+    # the AVX2 build's float32 C++ path gives NaN where its AVX-512 path and Triton give inf; non-finite is the contract)
     torch.testing.assert_close(ours[fin], cpp[fin])
     assert not (ours[0] if which == "x" else ours[:, 0]).isfinite().any()  # the bad point's pairs
 
