@@ -28,8 +28,10 @@ P = exp(S - lse) again.
     does not cancel the rounding (large logits: dv1 2-3x the eager reference's error, session 31).
 
 Precision: float64 in float64 (interpreter / tests); everything else accumulates in float32; fp32 dots
-use input_precision="ieee" (exact fp32, as the tests need; never TF32); float16/bfloat16 tiles feed the
-dots in their own dtype with float32 accumulation.  Offsets are 64-bit.
+use input_precision="ieee" (exact fp32, as the tests need); float16/bfloat16 tiles feed the dots in their
+own dtype with float32 accumulation -- except the split dkv kernel's (SPLIT, float32 partial sums), whose dV2 /
+dK2 dots take P, dout (.) v1_j, dS and q (.) k1_j as float32 at Triton's default precision: TF32 on the GPU
+(float16's 10-bit mantissa, float32's range; exact float32 in the interpreter).  Offsets are 64-bit.
 
 Registers: the score and dp dots (K = the head dim) are walked in BLOCK_K-wide chunks of the head dim
 (``_chunked_scores``: no operand is held over the whole head dim; exact float32 dots lower to FMA loops

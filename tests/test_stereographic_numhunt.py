@@ -853,3 +853,29 @@ def test_dist_sphere_near_antipode(d):
         k = torch.tensor(kv, dtype=D64)
         assert _relerr(gs.dist(x, y, k=k), want) <= 1e-8
         assert _relerr(gs.cdist(x, y, k=k).diagonal(), want) <= 1e-8
+
+
+@pytest.mark.parametrize("path", tuple(_F32_PATHS))
+@pytest.mark.parametrize("d", [1, 2, 4, 8, 12, 17])
+def test_logmap_f32_den_beyond_float_range(monkeypatch, path, d):
+    """float32 logmap of pairs far outside the ball (|x|, |y| ~ 1e10 at k = -1 / -0.3): den = p_x p_y - k dd ~ 1e40
+    passes float's range, so the fast paths' 1 / den rounds to 0 and every coefficient with it.  pass_a (D <= 8 on
+    this AVX2 build, with and without the register pass) returned exact zeros where the value is ~1e-25: its
+    q < 1e30 check ran after ball_q, which turns the NaN q = inf * 0 into 0 (found by session 48's simp48, left).
+    Such rows take the double path now (pass_a: den < 1e30 in float before its reciprocal; session 49)."""
+    from _stereo_rows import row_rel_err
+
+    g = torch.Generator().manual_seed(49 + d)
+    n = 40
+    x = torch.randn(n, d, generator=g, dtype=D64) * 1e10
+    y = torch.randn(n, d, generator=g, dtype=D64) * 1e10
+    k = torch.full((n, 1), -1.0, dtype=D64)
+    k[n // 2:] = -0.3
+    x, y, k = x.float(), y.float(), k.float()
+    exp = ref.logmap(x.double(), y.double(), k=k.double())
+    assert (exp.norm(dim=-1) > 0).all() and torch.isfinite(exp).all()
+    for knob, value in _F32_PATHS[path].items():
+        monkeypatch.setenv(knob, value)
+    out = gs.logmap(x, y, k=k)
+    err = row_rel_err(out, exp)
+    assert (err < 1e-3).all(), (err.max().item(), (out == 0).all(-1).sum().item())  # (zeros: error 1; now <= 5e-7)

@@ -346,7 +346,9 @@ GEOOPS_F32_PASS bool pass_a(const float* __restrict xb, const float* __restrict 
       qb = ball_q(f[1][b], qb);
       s.u0[b] = f[2][b] * zb;            // a = atanc * p * k dd / den
       s.u1[b] = -f[2][b] * f[1][b] * rden;  // c = -atanc * p * (1 + k xx) / den
-      ok = GEOOPS_F32_FIN(rden) & GEOOPS_F32_FIN(s.u0[b]) & GEOOPS_F32_FIN(s.u1[b]);
+      // (den < 1e30: beyond it 1 / den is 0 or subnormal in float -- den ~ 1e40 for |x|, |y| ~ 1e10 at k = -1 made
+      // every coefficient 0, and q = inf * 0 = NaN, which ball_q turns into 0 before the q < 1e30 check; session 49)
+      ok = GEOOPS_F32_FIN(f[0][b]) & GEOOPS_F32_FIN(rden) & GEOOPS_F32_FIN(s.u0[b]) & GEOOPS_F32_FIN(s.u1[b]);
       ok &= static_cast<int>(f[1][b] < 2.f) | static_cast<int>(f[1][b] < f[4][b]);  // x form only (OkMask::x_form)
     }
     if (CALL) ok = ok & static_cast<int>(zb < cut) & static_cast<int>(zb > -1e30f) & static_cast<int>(qb < 1e30f);
