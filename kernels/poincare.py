@@ -1106,7 +1106,7 @@ def _mlr_bwd_kernel(G_ptr, X_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr,
 
 @triton.jit
 def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float64, mom_lo: tl.float64,
-                       ub_hi: tl.float64, ub_lo: tl.float64, SINGLE: tl.constexpr, BLOCK_D: tl.constexpr):
+                       ub_hi: tl.float64, ub_lo: tl.float64, BLOCK_D: tl.constexpr):
     """One program, in place: RM (D,) <- geodesic(momentum, RM, M) on the ball of curvature -c, RV (1,) <-
     (1 - momentum) RV + momentum unbias V (V: the batch variance, 1 entry).  momentum and unbias come as
     float32-exact pairs hi + lo (_f64_pair): the interpreter passes Python floats as float32."""
@@ -1137,15 +1137,16 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
     k = -tl.load(C_ptr).to(tl.float64)
     t = momentum
     # v = (-x) (+) y = p x + q g
-    den = tl.maximum((1.0 + k * x2) * (1.0 + k * y2) - k * g2, 1e-15)
+    nb = 1.0 + k * x2
+    pp = nb * (1.0 + k * y2)
+    den = tl.maximum(pp - k * g2, 1e-15)
     p = k * g2 / den
-    q = (1.0 + k * x2) / den
+    q = nb / den
     v2 = p * p * x2 + 2.0 * p * q * xg + q * q * g2
-    # w = t (x) v = s v: s = t atanc(k v2) tanc(k t^2 v2 atanc^2) (artanh's argument clamped as the CPU path)
+    # w = t (x) v = s v: s = t atanc(k v2) tanc(k t^2 v2 atanc^2), atanc the stereographic family's with
+    # 1 + k|v|^2 = pp / den (_ball_q; the CPU path's stereo_math.h atanc, session 49)
     z = k * v2
-    sn = tl.minimum(tl.sqrt(tl.maximum(-z, 0.0)), 1.0 - 1e-7 if SINGLE else 1.0 - 1e-15)
-    sn_ = tl.maximum(sn, 1e-300)
-    a = tl.where(z > -1e-12, 1.0 - z / 3.0, 0.5 * _math.log1p(2.0 * sn_ / (1.0 - sn_)) / sn_)
+    a = _atanc(z, _st._ball_q(nb, pp / den), _CUT, True)
     z2 = k * t * t * v2 * a * a
     s2 = tl.sqrt(tl.maximum(-z2, 0.0))
     s2_ = tl.maximum(s2, 1e-300)
@@ -1650,7 +1651,7 @@ def poincare_bn_running_update_(running_mean, running_var, mean, var, c, momentu
     block_d = min(triton.next_power_of_2(max(D, 1)), 1024)
     with _device_guard(running_mean):
         _bn_running_kernel[(1,)](running_mean, running_var, mean, var, _cval(c, running_mean), D,
-                                 *_f64_pair(momentum), *_f64_pair(unbias), SINGLE=running_mean.dtype != torch.float64, BLOCK_D=block_d,
+                                 *_f64_pair(momentum), *_f64_pair(unbias), BLOCK_D=block_d,
                                  num_warps=1 if block_d <= 128 else 4)
 
 

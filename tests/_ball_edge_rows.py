@@ -123,3 +123,47 @@ def rel_err(a: torch.Tensor, truth) -> float:
     """max |a - truth| / max |truth| (truth: nested lists of floats)."""
     t = torch.tensor(truth, dtype=torch.float64)
     return ((a.detach().to(torch.float64).cpu() - t).abs().max() / t.abs().max().clamp_min(1e-300)).item()
+
+
+def geodesic_step_truth(x, y, t: float, c: float):
+    """mpmath (80 digits) of x (+) t (x) ((-x) (+) y) on the ball of curvature -c (the batch norm's running-mean
+    step; x, y: lists of floats inside the ball) as Python floats."""
+    with mpmath.workdps(80):
+        c, t = _mp(c), _mp(t)
+
+        def add(a, b):
+            ab = mpmath.fsum(u * v for u, v in zip(a, b))
+            a2, b2 = mpmath.fsum(u * u for u in a), mpmath.fsum(v * v for v in b)
+            den = 1 + 2 * c * ab + c * c * a2 * b2
+            return [((1 + 2 * c * ab + c * b2) * u + (1 - c * a2) * v) / den for u, v in zip(a, b)]
+
+        xm, ym = [_mp(v) for v in x], [_mp(v) for v in y]
+        v = add([-u for u in xm], ym)
+        n = mpmath.sqrt(mpmath.fsum(u * u for u in v))
+        sc = mpmath.sqrt(c)
+        w = [mpmath.tanh(t * mpmath.atanh(sc * n)) / (sc * n) * u for u in v]
+        return [float(u) for u in add(xm, w)]
+
+
+# (rows for the running-mean step: two far points at 1 - delta of the radius; float64 deltas whose 1 + k|v|^2 ~ delta^2
+# falls below 1e-15 (the old clamp of |v| at 1 - 1e-15), float32 deltas below ~3e-4 (its clamp at 1 - 1e-7))
+STEP_DELTAS = {torch.float64: (1e-3, 1e-6, 1e-8, 1e-9, 3e-10), torch.float32: (1e-2, 1e-3, 1e-4, 3e-5, 1e-5)}
+
+
+# bound of step_err: float32 16 eps (measured <= 3.5 with x2 .. y2 in double); float64 2e-12 (~9000 eps: the rows' sums
+# round |x|^2 by ~eps against 1 - c|x|^2 ~ 2 delta, measured <= 1566 eps at delta = 3e-10, c = 0.7)
+STEP_TOL = {torch.float64: 2e-12 / torch.finfo(torch.float64).eps, torch.float32: 16.0}
+
+
+def far_pair(delta: float, c: float, dtype):
+    """Two points of the ball of curvature -c at 1 - delta of its radius, ~100 degrees apart (D = 4)."""
+    u = torch.tensor([1.0, 0.3, -0.2, 0.1], dtype=torch.float64)
+    w = torch.tensor([-0.9, 0.2, 0.4, -0.1], dtype=torch.float64)
+    r = (1 - delta) / math.sqrt(c)
+    return (u / u.norm() * r).to(dtype), (w / w.norm() * r).to(dtype)
+
+
+def step_err(new: torch.Tensor, x: torch.Tensor, y: torch.Tensor, t: float, c: float) -> float:
+    """max |new - truth| of a running-mean step x -> geodesic(t, x, y), in units of the dtype's eps (times |truth|)."""
+    tr = torch.tensor(geodesic_step_truth(x.tolist(), y.tolist(), t, c), dtype=torch.float64)
+    return ((new.double() - tr).abs().max() / (torch.finfo(new.dtype).eps * tr.abs().max())).item()

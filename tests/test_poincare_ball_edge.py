@@ -7,7 +7,9 @@ older rule, q clamped at 1e-15 and the 1/q term dropped below it: float64 pixel 
 got dx (and dk) without the 1/q term (~1e15), while the forward (the stereographic kernel) took their true q and a
 learnable c's path (the stereographic backward) the 1/q term.  Rows with an exact q (tests/_ball_edge_rows.py):
 inside against mpmath, on / outside the boundary against the stereographic backward (the same clamp); the fused
-ReLU (already on the shared helpers) against mpmath as a guard.
+ReLU (already on the shared helpers) against mpmath as a guard.  The batch norm's running-mean step (C++ and eager
+Python) for far pairs near the boundary against mpmath: its own artanh of |v| clamped at 1 - 1e-15 (1 - 1e-7 for
+float tensors) before session 49.
 """
 import pytest
 import torch
@@ -69,3 +71,23 @@ def test_relu_inside_edge_rows_exact(dtype, c):
         assert E.rel_err(dx[i], dxt) <= E.TOL[dtype], ("dx", i)
         dcs += dct
     assert E.rel_err(dc.reshape(1), [dcs]) <= E.TOL[dtype], ("dc", float(dc), dcs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("c", [1.0, 0.7])
+@pytest.mark.parametrize("path", ["cpp", "python"])
+def test_running_mean_step_far_pairs_exact(dtype, c, path):
+    """The batch norm's running-mean step (geodesic(t, rm, m), C++ poincare_bn_running_update and the eager
+    _running_mean_step_) for far pairs near the boundary against mpmath: artanh(|v|) of v = (-rm) (+) m through
+    stereo_math.h's atanc with 1 + k|v|^2 = pp / den.  Before session 49 both clamped |v| at 1 - 1e-15 (1 - 1e-7 for
+    float tensors): the step of pairs at 1 - 1e-8 (float: 1 - 1e-4) of the radius was ~25 % short."""
+    import geoops.poincare as gp
+    t = 0.1
+    for delta in E.STEP_DELTAS[dtype]:
+        x, y = E.far_pair(delta, c, dtype)
+        new = x.clone()
+        if path == "cpp":
+            C2.poincare_bn_running_update_cpu(new, torch.ones(1, dtype=dtype), y, torch.ones(1, dtype=dtype), t, c, 1.0)
+        else:
+            gp._running_mean_step_(new, y, t, c)
+        assert E.step_err(new, x, y, t, c) <= E.STEP_TOL[dtype], (delta, E.step_err(new, x, y, t, c))

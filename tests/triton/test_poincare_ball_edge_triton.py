@@ -5,7 +5,9 @@ gradient flows (geoops/stereo_math.h clamp_q / atanc_d, kernels/stereographic.py
 session 49 kernels/poincare.py's ReLU kept its own copy of the older rule (q clamped at 1e-15, the 1/q term
 dropped below it): float64 rows within ~9 ulps of the boundary took another value than the C++ kernel and the
 truth, and gradients without the 1/q term (~1e15).  Rows with an exact q (tests/_ball_edge_rows.py): inside
-against mpmath and the C++ kernel, on / outside the boundary against the C++ kernel (the same clamp).
+against mpmath and the C++ kernel, on / outside the boundary against the C++ kernel (the same clamp).  The batch
+norm's running-mean launch for far pairs near the boundary against mpmath (its own artanh of |v| clamped at
+1 - 1e-15, 1 - 1e-7 for float32, before session 49).
 """
 import os
 import sys
@@ -64,3 +66,19 @@ def test_relu_edge_rows_match_cpp(dtype, c, device):
         assert E.rel_err(dx[i].cpu(), dxc[i].tolist()) <= E.TOL[dtype], ("dx", i, dx[i], dxc[i])
     assert torch.isfinite(dx).all()
     assert E.rel_err(dc.cpu().reshape(1), [float(dcc)]) <= E.TOL[dtype], ("dc", float(dc), float(dcc))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("c", [1.0, 0.7])
+def test_running_mean_step_far_pairs_exact(dtype, c, device):
+    """The batch norm's running-mean launch (_bn_running_kernel) for far pairs near the boundary against mpmath:
+    artanh(|v|) through the stereographic family's _atanc with 1 + k|v|^2 = pp / den (before session 49: |v|
+    clamped at 1 - 1e-15, 1 - 1e-7 for float32, the step of pairs at 1 - 1e-8 / 1 - 1e-4 of the radius ~25 % short)."""
+    t = 0.1
+    for delta in E.STEP_DELTAS[dtype]:
+        x, y = E.far_pair(delta, c, dtype)
+        new = x.clone().to(device)
+        P.poincare_bn_running_update_(new, torch.ones(1, dtype=dtype, device=device), y.to(device),
+                                      torch.ones((), dtype=dtype, device=device),
+                                      torch.tensor(c, dtype=dtype, device=device), t, 1.0)
+        assert E.step_err(new.cpu(), x, y, t, c) <= E.STEP_TOL[dtype], (delta, E.step_err(new.cpu(), x, y, t, c))
