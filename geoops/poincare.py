@@ -1574,12 +1574,14 @@ def _running_cpp_on(running_mean: torch.Tensor, running_var: torch.Tensor, var: 
             and var.dtype == running_mean.dtype and running_var.device.type == "cpu")
 
 
-def _atanc_neg(z: float, single: bool) -> float:
-    """atanc(z) = artanh(sqrt(-z))/sqrt(-z) for z <= 0 (the reference's clamp just inside the ball)."""
-    if z > -1e-12:
-        return 1 - z / 3
-    sn = min(math.sqrt(-z), 1 - 1e-7 if single else 1 - 1e-15)
-    return math.atanh(sn) / sn
+def _atanc_neg(z: float, q: float) -> float:
+    """atanc(z) = artanh(sqrt(-z))/sqrt(-z) for z <= 0 given q = 1 + z without cancellation: stereo_math.h's atanc
+    (its series below |z| = 1e-3; q clamped only where q <= 0, outside the ball) in Python floats, the same
+    operations as the C++ running update's call (session 49)."""
+    if abs(z) < 1e-3:
+        return 1 + z * (-1 / 3 + z * (1 / 5 + z * (-1 / 7 + z * (1 / 9 + z * (-1 / 11)))))
+    s = math.sqrt(-z)
+    return 0.5 * math.log1p(2 * s * (1 + s) / (q if q > 0 else 1e-15)) / s
 
 
 def _tanc_neg(z: float) -> float:
@@ -1601,13 +1603,15 @@ def _running_mean_step_(rm: torch.Tensor, m: torch.Tensor, t: float, c: float) -
     G = torch.stack((rm, m - rm, m))
     (x2, xg, _), (_, g2, _), (_, _, y2) = (G @ G.t()).tolist()
     k = -c
-    single = rm.dtype != torch.float64
     # v = (-x) (+) y = p x + q g
-    den = max((1 + k * x2) * (1 + k * y2) - k * g2, 1e-15)
-    p, q = k * g2 / den, (1 + k * x2) / den
+    nb = 1 + k * x2
+    pp = nb * (1 + k * y2)
+    den = max(pp - k * g2, 1e-15)
+    p, q = k * g2 / den, nb / den
     v2 = p * p * x2 + 2 * p * q * xg + q * q * g2
-    # w = t (x) v = s v
-    a = _atanc_neg(k * v2, single)
+    # w = t (x) v = s v; 1 + k|v|^2 = pp / den, or 0 (clamped) for x outside the ball (stereo_math.h's ball_q)
+    qv = pp / den
+    a = _atanc_neg(k * v2, qv if (nb > 0 or qv > 1e-15) else 0.0)
     s = t * a * _tanc_neg(k * t * t * v2 * a * a)
     w2, xw = s * s * v2, s * (p * x2 + q * xg)
     # x (+) w = A x + B g

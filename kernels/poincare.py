@@ -65,7 +65,7 @@ import triton.language as tl
 
 from . import stereographic as _st
 from . import with_env
-from .stereographic import EXPMAP, PROJECT, _div, _fwd_coef, _sqrt, _tanc, _tanc_d, _vjp
+from .stereographic import EXPMAP, PROJECT, _atanc, _atanc_d, _div, _fwd_coef, _sqrt, _tanc, _tanc_d, _vjp
 
 try:  # Triton >= 3.0: backend-neutral stubs, mapped to CUDA/HIP libdevice at compile time
     from triton.language.extra import libdevice as _libdevice
@@ -113,26 +113,6 @@ def _tanhc_d(p, t, CUT: tl.constexpr):
 
 
 @triton.jit
-def _atanhc(p, q, CUT: tl.constexpr):
-    """artanh(s)/s for s = sqrt(p), q = 1 - p formed by the caller (clamped at 1e-15)."""
-    small = p < CUT
-    series = 1.0 + p * (1.0 / 3 + p * (1.0 / 5 + p * (1.0 / 7 + p * (1.0 / 9))))
-    s = tl.sqrt(tl.where(small, 1.0, p))
-    qc = tl.where(q > 1e-15, q, 1e-15)
-    return tl.where(small, series, 0.5 * _math.log1p(2.0 * s * (1.0 + s) / qc) / s)
-
-
-@triton.jit
-def _atanhc_d(p, q, a, CUT: tl.constexpr):
-    """d/dp of artanh(sqrt p)/sqrt p given its value a (the clamp's derivative dropped, as stereo_math.h)."""
-    small = p < CUT
-    series = 1.0 / 3 + p * (2.0 / 5 + p * (3.0 / 7 + p * (4.0 / 9)))
-    ps = tl.where(small, 1.0, p)
-    live = q > 1e-15
-    return tl.where(small, series, (tl.where(live, 1.0 / tl.where(live, q, 1.0), 0.0) - a) / (2.0 * ps))
-
-
-@triton.jit
 def _rows_of(pid, BLOCK_R: tl.constexpr):
     return pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
 
@@ -156,9 +136,12 @@ def _chunk(d0, rmask, D, BLOCK_D: tl.constexpr):
 @triton.jit
 def _relu_row(X, R, c, eps, GRADS: tl.constexpr):
     """f (y = f relu(x)) and, with GRADS, (fR2, fX2, fk) of csrc/cpu/poincare_relu.cpp's relu_row_f, k = -c."""
-    # h = artanh(sqrt(cX))/sqrt(cX); z2 = -c h^2 R; f = tanh(sqrt(-z2))/sqrt(-z2) h
-    p1 = c * X
-    h = _atanhc(p1, 1.0 - p1, _CUT)
+    # h = artanh(sqrt(cX))/sqrt(cX) = atanc(z1), z1 = -cX (the stereographic family's _atanc / _atanc_d, stereo_math.h's
+    # rule: q1 = 1 + z1 clamped only where q1 <= 0, outside the ball, where no 1/q1 gradient flows; session 49);
+    # z2 = -c h^2 R; f = tanh(sqrt(-z2))/sqrt(-z2) h
+    z1 = -c * X
+    q1 = 1.0 + z1
+    h = _atanc(z1, q1, _CUT, True)  # (NEG: z1 <= 0, no atan branch)
     p2 = c * h * h * R
     t2 = _tanhc(p2, _CUT)
     f = t2 * h
@@ -173,7 +156,7 @@ def _relu_row(X, R, c, eps, GRADS: tl.constexpr):
     if GRADS:
         k = -c
         t2d = -_tanhc_d(p2, t2, _CUT)        # d tanc / dz at z = -p2
-        h1 = -_atanhc_d(p1, 1.0 - p1, h, _CUT)  # d atanc / dz at z = -p1
+        h1 = _atanc_d(z1, q1, h, _CUT)
         dh_dX = k * h1
         dh_dk = X * h1
         df_dh = t2 + 2.0 * k * h * h * R * t2d
@@ -1123,7 +1106,7 @@ def _mlr_bwd_kernel(G_ptr, X_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr,
 
 @triton.jit
 def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float64, mom_lo: tl.float64,
-                       ub_hi: tl.float64, ub_lo: tl.float64, SINGLE: tl.constexpr, BLOCK_D: tl.constexpr):
+                       ub_hi: tl.float64, ub_lo: tl.float64, BLOCK_D: tl.constexpr):
     """One program, in place: RM (D,) <- geodesic(momentum, RM, M) on the ball of curvature -c, RV (1,) <-
     (1 - momentum) RV + momentum unbias V (V: the batch variance, 1 entry).  momentum and unbias come as
     float32-exact pairs hi + lo (_f64_pair): the interpreter passes Python floats as float32."""
@@ -1154,15 +1137,16 @@ def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float6
     k = -tl.load(C_ptr).to(tl.float64)
     t = momentum
     # v = (-x) (+) y = p x + q g
-    den = tl.maximum((1.0 + k * x2) * (1.0 + k * y2) - k * g2, 1e-15)
+    nb = 1.0 + k * x2
+    pp = nb * (1.0 + k * y2)
+    den = tl.maximum(pp - k * g2, 1e-15)
     p = k * g2 / den
-    q = (1.0 + k * x2) / den
+    q = nb / den
     v2 = p * p * x2 + 2.0 * p * q * xg + q * q * g2
-    # w = t (x) v = s v: s = t atanc(k v2) tanc(k t^2 v2 atanc^2) (artanh's argument clamped as the CPU path)
+    # w = t (x) v = s v: s = t atanc(k v2) tanc(k t^2 v2 atanc^2), atanc the stereographic family's with
+    # 1 + k|v|^2 = pp / den (_ball_q; the CPU path's stereo_math.h atanc, session 49)
     z = k * v2
-    sn = tl.minimum(tl.sqrt(tl.maximum(-z, 0.0)), 1.0 - 1e-7 if SINGLE else 1.0 - 1e-15)
-    sn_ = tl.maximum(sn, 1e-300)
-    a = tl.where(z > -1e-12, 1.0 - z / 3.0, 0.5 * _math.log1p(2.0 * sn_ / (1.0 - sn_)) / sn_)
+    a = _atanc(z, _st._ball_q(nb, pp / den), _CUT, True)
     z2 = k * t * t * v2 * a * a
     s2 = tl.sqrt(tl.maximum(-z2, 0.0))
     s2_ = tl.maximum(s2, 1e-300)
@@ -1667,7 +1651,7 @@ def poincare_bn_running_update_(running_mean, running_var, mean, var, c, momentu
     block_d = min(triton.next_power_of_2(max(D, 1)), 1024)
     with _device_guard(running_mean):
         _bn_running_kernel[(1,)](running_mean, running_var, mean, var, _cval(c, running_mean), D,
-                                 *_f64_pair(momentum), *_f64_pair(unbias), SINGLE=running_mean.dtype != torch.float64, BLOCK_D=block_d,
+                                 *_f64_pair(momentum), *_f64_pair(unbias), BLOCK_D=block_d,
                                  num_warps=1 if block_d <= 128 else 4)
 
 

@@ -247,12 +247,15 @@ def _tanc_closed(az, neg):
 
 
 @triton.jit
-def _atanc_closed(az, q, neg):
-    """atan(s)/s, or artanh(s)/s where `neg` (q = 1 - s^2), for s = sqrt(az): in float64, cast to az's type."""
+def _atanc_closed(az, q, neg, NEG: tl.constexpr = False):
+    """atan(s)/s, or artanh(s)/s where `neg` (q = 1 - s^2), for s = sqrt(az): in float64, cast to az's type.
+    NEG: every lane is a `neg` one (the Poincaré ball's k < 0): no atan is evaluated."""
     s = tl.sqrt(az.to(tl.float64))
     q64, _ = _clamp_q_live(q.to(tl.float64))
     # artanh(s) = 0.5*log1p(2s/(1-s)) and 1 - s = q/(1 + s)
-    r = tl.where(neg, 0.5 * _math.log1p(2.0 * s * (1.0 + s) / q64) / s, _math.atan(s) / s)
+    r = 0.5 * _math.log1p(2.0 * s * (1.0 + s) / q64) / s
+    if not NEG:
+        r = tl.where(neg, r, _math.atan(s) / s)
     return r.to(az.dtype)
 
 
@@ -277,12 +280,13 @@ def _tanc_d(z, t, CUT: tl.constexpr):
 
 
 @triton.jit
-def _atanc(z, q, CUT: tl.constexpr):
-    """atan(sqrt z)/sqrt z (artanh(sqrt -z)/sqrt -z for z < 0); q = 1 + z formed by the caller."""
+def _atanc(z, q, CUT: tl.constexpr, NEG: tl.constexpr = False):
+    """atan(sqrt z)/sqrt z (artanh(sqrt -z)/sqrt -z for z < 0); q = 1 + z formed by the caller.  NEG: the caller's
+    z are <= 0 (the Poincaré ball, k = -c < 0): the artanh branch alone (_atanc_closed)."""
     az = tl.abs(z)
     small = az < CUT
     series = 1.0 + z * (-1.0 / 3 + z * (1.0 / 5 + z * (-1.0 / 7 + z * (1.0 / 9 + z * (-1.0 / 11)))))
-    closed = _atanc_closed(tl.where(small, 1.0, az), q, z < 0)
+    closed = _atanc_closed(tl.where(small, 1.0, az), q, z < 0, NEG)
     return tl.where(small, series, closed)
 
 

@@ -20,6 +20,7 @@
 #include "knobs.h"
 #include "poincare_gemm.h"
 #include "poincare_paths.h"  // AVX2: paths::rows_to_cols8 (logmap0_rows_bwd's row sums)
+#include "geoops/stereo_math.h"  // atanc / atanc_d (logmap0_bwd_scalars)
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -653,8 +654,9 @@ ConvGeom make_geom(const at::Tensor& v, const at::Tensor& z, int64_t B, int64_t 
 // The backward of PoincareConv2dFn's logmap0 of its pixel rows (stereo_math.h's LOGMAP0, k = -c): v = A x with
 // A = atanc(z, 1 + z), z = k |x|^2, so dx = A dv + 2 k A' <x, dv> x and the row's dk = A' <x, dv> |x|^2, A' =
 // d atanc / dz.  The stereographic backward recomputes atanc (a log1p per row) and its derivative; here A comes
-// from the forward's output, A = <v, x> / |x|^2 (to the rounding of v), and A' = ((q > 1e-15 ? 1/q : 0) - A) / (2z)
-// -- or its Taylor series for |z| < 0.05, where that difference cancels (terms to z^13: truncation < 1e-17
+// from the forward's output, A = <v, x> / |x|^2 (to the rounding of v), and A' = stereo::atanc_d = ((q > 0 ? 1/q : 0)
+// - A) / (2z) (the forward's rule: q <= 0, outside the ball, is clamped and has no 1/q term; session 49) -- or its
+// Taylor series for |z| < 0.05, where that difference cancels (terms to z^13: truncation < 1e-17
 // relative) -- so the pass has no transcendental: per row three dot products in double (x.x, v.x, x.dv, j
 // ascending, explicit fma: the same bits wherever the row lies and whatever the thread count), the row scalars in
 // double, and dx = fma(A, dv, (2 k A' <x, dv>) x) in the rows' type.  Beyond the series, A's rounding error
@@ -673,12 +675,9 @@ inline void logmap0_bwd_scalars(double xx, double vx, double xg, double k, bool 
   if (std::fabs(z) < kLogSeriesCut) {  // d/dz sum (-1)^n z^n / (2n + 1) = sum_{n>=1} (-1)^n n z^(n-1) / (2n + 1)
     ad = 0;
     for (int n = 14; n >= 1; --n) ad = std::fma(ad, z, (n % 2 ? -1.0 : 1.0) * n / (2 * n + 1));
-  } else {
-    if (exact) {  // stereo_math.h's atanc(z, q)
-      const double sg = std::sqrt(std::fabs(z));
-      a = z < 0 ? 0.5 * std::log1p(2.0 * sg * (1.0 + sg) / (q > 1e-15 ? q : 1e-15)) / sg : std::atan(sg) / sg;
-    }
-    ad = ((q > 1e-15 ? 1.0 / q : 0.0) - a) / (2.0 * z);
+  } else {  // |z| >= 0.05, above stereo_math.h's series cut: its closed forms, its clamp of q (clamp_q)
+    if (exact) a = stereo::atanc(z, q);
+    ad = stereo::atanc_d(z, q, a);
   }
   f = 2.0 * k * ad * xg;
   dk = ad * xg * xx;
