@@ -168,19 +168,23 @@ def _relu_row(X, R, c, eps, GRADS: tl.constexpr):
 
 @triton.jit
 def _relu_sums(X_ptr, G_ptr, base, rmask, D, GRADS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Row sums |x|^2, |relu x|^2 and (GRADS) <g, relu x> in float64 (G_ptr is not read without GRADS)."""
+    """Row sums |x|^2, |relu x|^2 and (GRADS) <g, relu x> in float64 (G_ptr is not read without GRADS).
+
+    The entries are widened before the products (exact in float64 for float32 entries), as the C++ kernel's double
+    sums: 1 - c|x|^2 is tiny near the boundary, and float32 sums rounded |x|^2 by ~eps against it (dx 1.7e-3 off at
+    1 - 1e-5 of the radius; session 50)."""
     XX = tl.zeros((BLOCK_R,), tl.float64)
     RR = tl.zeros((BLOCK_R,), tl.float64)
     GG = tl.zeros((BLOCK_R,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
         cols, m = _chunk(d0, rmask, D, BLOCK_D)
-        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0)
+        x = tl.load(X_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
         r = tl.where(x > 0, x, 0.0)
-        XX += tl.sum(x * x, 1).to(tl.float64)
-        RR += tl.sum(r * r, 1).to(tl.float64)
+        XX += tl.sum(x * x, 1)
+        RR += tl.sum(r * r, 1)
         if GRADS:
-            g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0)
-            GG += tl.sum(g * r, 1).to(tl.float64)
+            g = tl.load(G_ptr + base + cols[None, :], mask=m, other=0.0).to(tl.float64)
+            GG += tl.sum(g * r, 1)
     return XX, RR, GG
 
 

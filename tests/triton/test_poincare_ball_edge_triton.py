@@ -82,3 +82,32 @@ def test_running_mean_step_far_pairs_exact(dtype, c, device):
                                       torch.ones((), dtype=dtype, device=device),
                                       torch.tensor(c, dtype=dtype, device=device), t, 1.0)
         assert E.step_err(new.cpu(), x, y, t, c) <= E.STEP_TOL[dtype], (delta, E.step_err(new.cpu(), x, y, t, c))
+
+
+@pytest.mark.parametrize("c", [1.0, 0.75])
+@pytest.mark.parametrize("D", [8, 33])
+def test_relu_float32_random_rows_near_boundary_exact(c, D, device):
+    """float32 rows at random directions, 1 - delta of the radius (delta 1e-3 .. 1e-5), against mpmath: the row sums
+    |x|^2, |relu x|^2, <g, relu x> in float64 (products of float32 entries are exact there), as the C++ kernel's
+    double sums.  Before session 50 the Triton ReLU formed them in float32 and rounded |x|^2 by ~eps against
+    q = 1 - c|x|^2 ~ 2 delta: y 5.7e-5, dx 1.7e-3, dc 3.6e-3 off at delta = 1e-5 (C++: <= 1e-7).  The exact rows of
+    tests/_ball_edge_rows.py sum exactly in float32 too, so they could not see it."""
+    import math
+
+    gen = torch.Generator().manual_seed(50 + D)
+    eps = E.EPS[torch.float32]
+    cc = torch.tensor(c, dtype=torch.float32)
+    for delta in (1e-3, 1e-4, 1e-5):
+        u = torch.randn(3, D, generator=gen, dtype=torch.float64)
+        x = (u / u.norm(dim=1, keepdim=True) * ((1 - delta) / math.sqrt(c))).float()
+        g = torch.randn(3, D, generator=gen, dtype=torch.float64).float()
+        y = P.poincare_relu_fwd(x.to(device), cc.to(device), eps).cpu()
+        dx, dc = P.poincare_relu_bwd(g.to(device), x.to(device), cc.to(device), eps)
+        dx, dc = dx.cpu(), dc.cpu()
+        dcs = 0.0
+        for i in range(x.shape[0]):
+            yt, dxt, dct = E.relu_truth(x[i].tolist(), g[i].tolist(), c, eps)
+            assert E.rel_err(y[i], yt) <= E.TOL[torch.float32], ("y", delta, i, E.rel_err(y[i], yt))
+            assert E.rel_err(dx[i], dxt) <= E.TOL[torch.float32], ("dx", delta, i, E.rel_err(dx[i], dxt))
+            dcs += dct
+        assert E.rel_err(dc.reshape(1), [dcs]) <= E.TOL[torch.float32], ("dc", delta, float(dc), dcs)
