@@ -717,7 +717,7 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
+def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool = False) -> dict:
     """Launch configuration per dtype and head dims (forward, or the backward's dq/dkv kernels): what a GPU
     launch uses (also what the compile check compiles), or the interpreter's.  The one place it is chosen.
 
@@ -728,7 +728,12 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
     32 x 32, 16 x 16 from head dim 128 (a 32 x 32 dkv kernel took 192 KB of shared memory with Triton 3.6
     on sm_80), one pipeline stage (three took 173-197 KB at D = 128, over sm_80's 163 KB per block).
     float16/bfloat16 (tensor-core dots): 64 x 64 in the forward up to head dim 64, 32 x 32 otherwise (64 x 64
-    spilled 0.5-1.3 KB in the backward and ~0.1 KB in the forward at D = 128)."""
+    spilled 0.5-1.3 KB in the backward and ~0.1 KB in the forward at D = 128).
+
+    causal (a causal / window launch: its kernels carry the per-tile non-finite test and the fix-ups): float64's
+    32 x 32 tiles (head dim 64) take 8 warps (4 spilled 104 B in the forward, 112 B in the dkv kernel and 48 B in
+    the dq fix-up with Triton 3.6 on sm_90; session 50).  Launches that narrow the float64 tiles to 16 x 16 set 4
+    warps again."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
     if INTERPRETED:  # the interpreter: smallest legal dot tiles (head dims > 16 take the chunked path)
@@ -740,8 +745,8 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
         bm = bn = 16 if wide >= 128 else 32
     else:
         bm, bn = 32, 16
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be,
-                num_warps=8 if dtype == torch.float32 and wide >= 128 else 4, maxnreg=255,
+    warps = 8 if (dtype == torch.float32 and wide >= 128) or (causal and dtype == torch.float64 and bm == 32) else 4
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be, num_warps=warps, maxnreg=255,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
 
 
@@ -806,7 +811,7 @@ def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=None):
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     causal = bool(causal) or w1 > 0 or w2 > 0
-    blk = _blocks(D, DV, q.dtype)
+    blk = _blocks(D, DV, q.dtype, causal=causal)
     grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
     if N == 0 or B * H == 0:
         return out, lse
@@ -816,7 +821,7 @@ def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=None):
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         sblk, sgrid = blk, grid
         if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 96-120 B split (sm_90)
-            sblk = dict(blk, BLOCK_M=16, BLOCK_N=16)
+            sblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)
             sgrid = (triton.cdiv(N, 16), B * H)
         po = torch.empty((S, B * H, N, DV), dtype=acc, device=q.device)
         pml = torch.empty((S, B * H, N, 2), dtype=acc, device=q.device)
@@ -850,9 +855,12 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     lse = lse.to(acc).contiguous()
     dq = torch.empty_like(q)
     dk1, dk2, dv1, dv2 = (torch.empty_like(t) for t in (k1, k2, v1, v2))
-    blk = _blocks(D, DV, q.dtype, bwd=True)
+    blk = _blocks(D, DV, q.dtype, bwd=True, causal=causal)
     fl = _flags(q.dtype)
     c1, c2, cq = (_nonfinite_prefix(causal, *ts) for ts in ((k1, v1), (k2, v2), (q, dout)))
+    # the causal dq kernel of the half types from head dim 128 on: 8 warps (4 spilled 44 B in float16 with Triton
+    # 3.6 on sm_90; its fix-up keeps 4)
+    qblk = dict(blk, num_warps=8) if causal and fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 else blk
     if q.numel():
         grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
         S, js = _splits(grid[0] * grid[1], M1, q.device)
@@ -860,11 +868,11 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
             dqp = torch.empty((S,) + tuple(q.shape), dtype=acc, device=q.device)
             _triple_attention_bwd_dq_kernel[grid + (S,)](q, k1, k2, v1, v2, dout, lse, delta, dqp, N, M1, M2, D, DV,
                                                          H, H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal,
-                                                         **fl, **blk, C1=c1, C2=c2, JS=js, SPLIT=True)
+                                                         **fl, **qblk, C1=c1, C2=c2, JS=js, SPLIT=True)
             dq = dqp.sum(0).to(q.dtype)
         else:
             _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H,
-                                                  H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **blk,
+                                                  H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **qblk,
                                                   C1=c1, C2=c2)
         if causal:  # the fix-up: the tiles left out for a non-finite row (exits at once where none)
             _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H,
@@ -912,7 +920,7 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
         if causal:  # the fix-up: the (query tile, j) left out for a non-finite row (exits at once where none)
             fblk, fgrid = blk, grid
             if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 132 B (sm_90, D = 64)
-                fblk = dict(blk, BLOCK_M=16, BLOCK_N=16)
+                fblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)
                 fgrid = (triton.cdiv(Mb, 16), B * Hk)
             _triple_attention_bwd_dkv_kernel[fgrid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
                                                     H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=True, **fl,
@@ -942,7 +950,10 @@ left to itself ptxas aimed at 128-168 registers and spilled.  Before (main, 2026
 kernels per column spilled, up to 2-5 KB.  float64 (one pipeline stage; 16 x 16 tiles from head dim 128,
 32 x 32 below): 16 B (8 B stores + 8 B loads) in the D = 64 forward with Triton 3.6 on sm_90 only, at 255
 registers: the 32 x 32 float64 tiles' accumulator and online-softmax state; allowed up to 64 B
-(_SPILL_ALLOWANCE)."""
+(_SPILL_ALLOWANCE).  Causal launches (the per-tile non-finite test and the fix-up kernels, session 49) run
+float64's 32 x 32 tiles at 8 warps and the float16/bfloat16 dq kernel from head dim 128 at 8 warps (at 4,
+Triton 3.6 on sm_90 spilled 104-112 B in the float64 D = 64 forward and dkv kernels and 44 B in the float16
+D = 128 dq kernel); the float64 dkv fix-up (16 x 16 tiles) keeps up to 20 B at D = 128 there."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
