@@ -730,9 +730,9 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
     float16/bfloat16 (tensor-core dots): 64 x 64 in the forward up to head dim 64, 32 x 32 otherwise (64 x 64
     spilled 0.5-1.3 KB in the backward and ~0.1 KB in the forward at D = 128).
 
-    causal (a causal / window launch: its kernels carry the per-tile non-finite test and the fix-ups): float64's
-    32 x 32 tiles (head dim 64) take 8 warps (4 spilled 104 B in the forward, 112 B in the dkv kernel and 48 B in
-    the dq fix-up with Triton 3.6 on sm_90; session 50).  Launches that narrow the float64 tiles to 16 x 16 set 4
+    causal (a causal / window launch: its kernels carry the per-tile non-finite test and the fix-ups): float64 at
+    head dim 64 (32 x 32 tiles) takes 8 warps (4 spilled 104 B in the forward, 112 B in the dkv kernel and 48 B in
+    the dq fix-up with Triton 3.6 on sm_90; session 50); the launches that narrow those tiles to 16 x 16 set 4
     warps again."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
@@ -745,7 +745,7 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
         bm = bn = 16 if wide >= 128 else 32
     else:
         bm, bn = 32, 16
-    warps = 8 if (dtype == torch.float32 and wide >= 128) or (causal and dtype == torch.float64 and bm == 32) else 4
+    warps = 8 if (dtype == torch.float32 and wide >= 128) or (causal and dtype == torch.float64 and wide == 64) else 4
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be, num_warps=warps, maxnreg=255,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
 
@@ -948,12 +948,13 @@ float32 uses 32 x 16 tiles (K = 16 in the P V and dS K2 dots), 8 warps from head
 use 32 x 32 tiles except the forward up to head dim 64 (64 x 64).  Every kernel compiles with maxnreg=255:
 left to itself ptxas aimed at 128-168 registers and spilled.  Before (main, 2026-11-30): 46-59 of 84
 kernels per column spilled, up to 2-5 KB.  float64 (one pipeline stage; 16 x 16 tiles from head dim 128,
-32 x 32 below): 16 B (8 B stores + 8 B loads) in the D = 64 forward with Triton 3.6 on sm_90 only, at 255
-registers: the 32 x 32 float64 tiles' accumulator and online-softmax state; allowed up to 64 B
+32 x 32 below): 32 B (16 B stores + 16 B loads) in the dense D = 64 forward with Triton 3.6 on sm_90 only, at
+255 registers: the 32 x 32 float64 tiles' accumulator and online-softmax state; allowed up to 64 B
 (_SPILL_ALLOWANCE).  Causal launches (the per-tile non-finite test and the fix-up kernels, session 49) run
-float64's 32 x 32 tiles at 8 warps and the float16/bfloat16 dq kernel from head dim 128 at 8 warps (at 4,
+float64 at head dim 64 (32 x 32 tiles) and the float16/bfloat16 dq kernel from head dim 128 at 8 warps (at 4,
 Triton 3.6 on sm_90 spilled 104-112 B in the float64 D = 64 forward and dkv kernels and 44 B in the float16
-D = 128 dq kernel); the float64 dkv fix-up (16 x 16 tiles) keeps up to 20 B at D = 128 there."""
+D = 128 dq kernel; session 50); the float64 D = 128 dkv fix-up (16 x 16 tiles) keeps 20 B (12 B stores + 8 B
+loads) there."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
