@@ -159,7 +159,9 @@ def triple_attention(q: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, v1: to
         (float64 for float64 inputs; differentiable: a loss may use it beside out).  A query without any admissible pair (e.g. a
         window that reaches past the end of a shorter key sequence) gets out = 0 and lse = -inf, never NaN.
         A query with a NaN or +inf admissible score (NaN inputs, a NaN or infinite scale, overflow) gets
-        out = NaN and lse = NaN, as the eager softmax does.
+        out = NaN and lse = NaN, as the eager softmax does.  Masked pairs are no terms: an inf or NaN input at a
+        position that a query may not see (padding, an unfilled buffer) reaches neither that query's output nor
+        its gradients, nor a key's gradients through a query that may not see the key.
 
     Dtypes: float32 and float64 natively; float16 and bfloat16 are computed with float32 accumulation and
     float32 softmax statistics and rounded once at the end.  Gradients flow to q, k1, k2, v1 and v2

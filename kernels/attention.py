@@ -200,11 +200,45 @@ def _chunked_scores(a_rows, a_scale, w_ptr, b_rows, a_ok, b_ok, L, CT: tl.conste
 
 
 @triton.jit
+def _bad_rows(C, base, lo, hi):
+    """Whether rows [lo, hi) (hi <= M) of a key set (or the queries) hold an inf / NaN: C holds the prefix counts of
+    the flagged rows, M + 1 per head from base (_nonfinite_prefix).  Two scalar loads."""
+    return (tl.load(C + base + hi) - tl.load(C + base + lo)) > 0
+
+
+@triton.jit
+def _clean_bound(C, base, lo, hi, R):
+    """R where rows [lo, hi) hold no inf / NaN (not _bad_rows), else 0: the common kernels' load bound of a tile's
+    rows (offs < bound), so that a flagged tile reads as 0 with no branch."""
+    return tl.where(tl.load(C + base + hi) == tl.load(C + base + lo), R, 0)
+
+
+@triton.jit
+def _masked_dot(c, a, ok, B, r0, R, w, L, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_L: tl.constexpr):
+    """c + (the dot a . (B rows (.) w) with the masked entries left out): c[m, :] += sum over the n with ok[m, n] of
+    a[m, n] (b[r0 + n, :] (.) w) (a dot multiplies a masked entry's zero a by the row: 0 * inf = NaN).  b: rows of
+    L elements at B (rows >= R read as 0), w: BLOCK_L (masked past L).  One column of a at a time, accumulated into
+    c in place (no second tile held): slow, for the rare tiles where a non-finite row meets a masked entry."""
+    cols = tl.arange(0, BLOCK_N)
+    offs = tl.arange(0, BLOCK_L)
+    lm = offs < L
+    for n in range(0, BLOCK_N):
+        sel = ok & (cols[None, :] == n)
+        a_n = tl.sum(tl.where(sel, a, 0.0), 1)
+        ok_n = tl.max(sel.to(tl.int32), 1) > 0
+        row = r0 + n + tl.zeros_like(offs)
+        b_n = tl.load(B + row * L + offs, mask=lm & (row < R), other=0.0).to(CT) * w
+        c += tl.where(ok_n[:, None], a_n[:, None] * b_n[None, :], 0.0)
+    return c
+
+
+@triton.jit
 def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H, REP, scale: tl.float64, W1, W2,
                                  CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DO, DELTA: tl.constexpr,
-                                 JS=0, SPLIT: tl.constexpr = False):
+                                 C1, C2, JS=0, SPLIT: tl.constexpr = False, FIX: tl.constexpr = False):
     """The forward (out, lse; DO unused); with DELTA (the float16/bfloat16 backward) instead delta_i = sum_jk P_ijk dP_ijk
     into O (B x H x N, float32), dP formed by the backward kernels' own _chunked_scores call (dout (.) v1_j
     rounded to the input dtype, as they round it), so that dP - delta vanishes where the exact dS does (a
@@ -212,7 +246,14 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
 
     SPLIT (not with DELTA): program_id(2) = sp takes the first keys [sp JS, (sp + 1) JS) only and stores its
     unnormalised partial accumulator into O ([S, B H, N, DV], the compute type) and its running max and sum into
-    LSE ([S, B H, N, 2]); _triple_attention_combine_kernel merges the splits (small B H: more programs)."""
+    LSE ([S, B H, N, 2]); _triple_attention_combine_kernel merges the splits (small B H: more programs).
+
+    C1, C2 (CAUSAL): prefix counts of the non-finite rows of (k1, v1) and (k2, v2) (_nonfinite_prefix): a (j,
+    k-tile) whose v1_j or v2 tile holds such a row is "flagged" and its P V2 product left out (v1_j / the v2 tile
+    read as 0: one scalar test, no branch, so the common kernel keeps main's registers); its scores still enter
+    the row max and sum.  FIX (causal, after the forward): the fix-up launch adds the flagged tiles' products to
+    out with the final lse, P = exp(S - lse), over the admissible pairs only (_masked_dot: a masked zero P never
+    meets the inf / NaN, 0 * inf; session 48); a head without a non-finite row exits at once (empty loop)."""
     ct = tl.float64 if F64 else tl.float32
     if not F64:  # scale is a float64 parameter (a plain Python float argument arrives rounded to float32)
         scale = tl.cast(scale, ct)
@@ -226,13 +267,24 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
     emask = offs_e < DV
     m_i = tl.full([BLOCK_M], float("-inf"), ct)
     l_i = tl.zeros([BLOCK_M], ct)
+    if FIX:
+        lse_f = tl.load(LSE + bh * N + offs_m, mask=row_ok, other=float("-inf")).to(ct)
+        lse_f = tl.where(lse_f == float("-inf"), 0.0, lse_f)  # no admissible pair: every P entry is masked
+        j_end = tl.where(_bad_rows(C1, kvh * (M1 + 1), 0, M1) | _bad_rows(C2, kvh * (M2 + 1), 0, M2), j_end, j_start)
     if DELTA:
         acc = tl.zeros([BLOCK_M], ct)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
     for j in range(j_start, j_end):
         if not DELTA:
-            v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+            if FIX:
+                v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+                bad1 = _bad_rows(C1, kvh * (M1 + 1), j, j + 1)
+            elif CAUSAL:  # a non-finite v1_j read as 0 (its products added by the fix-up)
+                v1j = tl.load(v1_base + j * DV + offs_e, mask=offs_e < _clean_bound(C1, kvh * (M1 + 1), j, j + 1, DV),
+                              other=0.0).to(ct)
+            else:
+                v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
         jok = row_ok & (j >= lo1) & (j <= hi1)
         for k0 in range(k_start, k_end, BLOCK_N):
             offs_n = k0 + tl.arange(0, BLOCK_N)
@@ -241,25 +293,37 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
                                 BLOCK_M, BLOCK_N, BLOCK_K)
             ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
             s = tl.where(ok, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_safe)
-            p = tl.exp(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if DELTA:
-                dp = _chunked_scores(do_rows, 1.0, v1_base + j * DV, v2_base + offs_n * DV, row_ok, nmask, DV, ct,
-                                     HALF, BLOCK_M, BLOCK_N, BLOCK_K)
-                acc = acc * alpha + tl.sum(tl.where(ok, p * dp, 0.0), 1)
+            if FIX:  # the flagged tiles only, with the final lse
+                if bad1 | _bad_rows(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2)):
+                    acc = _masked_dot(acc, tl.exp(s - lse_f[:, None]), ok, v2_base, k0, M2, v1j, DV, ct, BLOCK_M,
+                                      BLOCK_N, BLOCK_DV)
             else:
-                v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
-                             other=0.0)
-                if HALF:
-                    pv = tl.dot(p.to(v2.dtype), v2)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp(m_i - m_safe)
+                p = tl.exp(s - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                if DELTA:
+                    dp = _chunked_scores(do_rows, 1.0, v1_base + j * DV, v2_base + offs_n * DV, row_ok, nmask, DV,
+                                         ct, HALF, BLOCK_M, BLOCK_N, BLOCK_K)
+                    acc = acc * alpha + tl.sum(tl.where(ok, p * dp, 0.0), 1)
                 else:
-                    pv = tl.dot(p, v2.to(ct), input_precision="ieee")
-                acc = acc * alpha[:, None] + pv * v1j[None, :]
-            m_i = m_new
-    if SPLIT:
+                    vmask = nmask[:, None] & emask[None, :]
+                    if CAUSAL:  # a non-finite v2 row in the tile: the tile read as 0 (its product: the fix-up)
+                        vmask = (offs_n < _clean_bound(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2),
+                                                       M2))[:, None] & emask[None, :]
+                    v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=vmask, other=0.0)
+                    if HALF:
+                        pv = tl.dot(p.to(v2.dtype), v2)
+                    else:
+                        pv = tl.dot(p, v2.to(ct), input_precision="ieee")
+                    acc = acc * alpha[:, None] + pv * v1j[None, :]
+                m_i = m_new
+    if FIX:
+        o_ptr = O + (bh * N + offs_m[:, None]) * DV + offs_e[None, :]
+        o_ok = row_ok[:, None] & emask[None, :]
+        tl.store(o_ptr, (tl.load(o_ptr, mask=o_ok, other=0.0).to(ct) + acc).to(O.dtype.element_ty), mask=o_ok)
+    elif SPLIT:
         part = (sp * tl.num_programs(1).to(tl.int64) + bh) * N + offs_m
         tl.store(O + part[:, None] * DV + offs_e[None, :], acc, mask=row_ok[:, None] & emask[None, :])
         tl.store(LSE + part * 2, m_i, mask=row_ok)
@@ -305,9 +369,12 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
                                     W1, W2,
                                     CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, JS=0, SPLIT: tl.constexpr = False):
+                                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, C1, C2, JS=0,
+                                    SPLIT: tl.constexpr = False, FIX: tl.constexpr = False):
     """dq of one query tile; SPLIT: program_id(2) = sp takes the first keys [sp JS, (sp + 1) JS) and stores its
-    partial dq into DQ [S, B H, N, D] (the compute type), summed over the splits by the launcher."""
+    partial dq into DQ [S, B H, N, D] (the compute type), summed over the splits by the launcher.  C1, C2
+    (CAUSAL): as the forward's; a (j, k-tile) whose k1_j or k2 tile holds a non-finite row is left out (read as 0)
+    and FIX (the fix-up launch, after the common one) adds it into DQ with _masked_dot."""
     ct = tl.float64 if F64 else tl.float32
     if not F64:
         scale = tl.cast(scale, ct)
@@ -322,8 +389,17 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
     dmask = offs_d < D
     delta, live, lse_safe = _row_stats(LSE, DELTA, bh, offs_m, row_ok, N, ct)
     acc = tl.zeros([BLOCK_M, BLOCK_D], ct)
+    if FIX:  # a key head without a non-finite row: nothing to add
+        j_end = tl.where(_bad_rows(C1, kvh * (M1 + 1), 0, M1) | _bad_rows(C2, kvh * (M2 + 1), 0, M2), j_end, j_start)
     for j in range(j_start, j_end):
-        k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+        if FIX:
+            k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+            bad1 = _bad_rows(C1, kvh * (M1 + 1), j, j + 1)
+        elif CAUSAL:  # a non-finite k1_j read as 0 (its products added by the fix-up)
+            k1j = tl.load(k1_base + j * D + offs_d, mask=offs_d < _clean_bound(C1, kvh * (M1 + 1), j, j + 1, D),
+                          other=0.0).to(ct)
+        else:
+            k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
         jok = live & (j >= lo1) & (j <= hi1)
         dqj = tl.zeros([BLOCK_M, BLOCK_D], ct)  # float16/bfloat16 only (k1_j applied once per j, in float32)
         for k0 in range(k_start, k_end, BLOCK_N):
@@ -336,17 +412,30 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
             ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
             p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
             ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
-            k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
-                         other=0.0)
-            if HALF:
-                f, inv = _half_fit(ds, 1, k2.dtype)
-                dqj += tl.dot((ds * f[:, None]).to(k2.dtype), k2) * inv[:, None]
-            else:  # sum_k dS_ijk (k1_j (.) k2_k): one accumulator, no per-j partial sum held
-                acc += tl.dot(ds, k2.to(ct) * k1j[None, :], input_precision="ieee")
+            if FIX:  # the flagged tiles only: no masked (zero) dS entry times the inf / NaN
+                if bad1 | _bad_rows(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2)):
+                    acc = _masked_dot(acc, ds, ok, k2_base, k0, M2, k1j, D, ct, BLOCK_M, BLOCK_N, BLOCK_D)
+            else:
+                kmask = nmask[:, None] & dmask[None, :]
+                if CAUSAL:  # a non-finite k2 row in the tile: the tile read as 0 (its product: the fix-up)
+                    kmask = (offs_n < _clean_bound(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2),
+                                                   M2))[:, None] & dmask[None, :]
+                k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=kmask, other=0.0)
+                if HALF:
+                    f, inv = _half_fit(ds, 1, k2.dtype)
+                    dqj += tl.dot((ds * f[:, None]).to(k2.dtype), k2) * inv[:, None]
+                else:  # sum_k dS_ijk (k1_j (.) k2_k): one accumulator, no per-j partial sum held
+                    acc += tl.dot(ds, k2.to(ct) * k1j[None, :], input_precision="ieee")
         if HALF:
-            acc += dqj * k1j[None, :]
-    tl.store(DQ + (bh * N + offs_m[:, None]) * D + offs_d[None, :], (acc * scale).to(DQ.dtype.element_ty),
-             mask=row_ok[:, None] & dmask[None, :])
+            if not FIX:
+                acc += dqj * k1j[None, :]
+    dq_ptr = DQ + (bh * N + offs_m[:, None]) * D + offs_d[None, :]
+    if FIX:  # added to the common kernel's dq
+        dq_ok = row_ok[:, None] & dmask[None, :]
+        acc = tl.load(dq_ptr, mask=dq_ok, other=0.0).to(ct) + acc * scale
+        tl.store(dq_ptr, acc.to(DQ.dtype.element_ty), mask=dq_ok)
+    else:
+        tl.store(dq_ptr, (acc * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & dmask[None, :])
 
 
 @triton.jit
@@ -364,11 +453,17 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                                      scale: tl.float64,
                                      WA, WB, CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, JS=0,
-                                     SPLIT: tl.constexpr = False):
+                                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, CA, CQ, JS=0,
+                                     SPLIT: tl.constexpr = False, FIX: tl.constexpr = False):
     """Gradients of the key set B (KB, VB) for one tile of BLOCK_N of its keys and one key head.  SPLIT:
     program_id(2) = sp takes the first keys (set A) [sp JS, (sp + 1) JS) and stores partial gradients into DKB
-    [S, B Hk, MB, D] / DVB [S, B Hk, MB, DV] (the compute type), summed over the splits by the launcher."""
+    [S, B Hk, MB, D] / DVB [S, B Hk, MB, DV] (the compute type), summed over the splits by the launcher.
+    CA, CQ (CAUSAL): prefix counts of the non-finite rows of (KA, VA) and of the queries (q, dout)
+    (_nonfinite_prefix): the common kernel leaves out a query tile with such a q / dout row whole (an empty j loop)
+    and a j whose ka_j / va_j holds one (both read as 0: the two dots add 0); FIX (the fix-up launch, after the
+    common one) adds exactly those (query tile, j) into DKB / DVB with _masked_dot, so that a key's gradients
+    never take a query that may not see it (0 * inf).  A key head whose query heads and key set A hold no
+    non-finite row exits at once."""
     n0 = tl.program_id(0).to(tl.int64) * BLOCK_N  # 64-bit before any arithmetic
     kvh = tl.program_id(1).to(tl.int64)
     if SPLIT:
@@ -396,9 +491,14 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     i_lo, i_hi = _seeing_queries(n0, n_last, WB, N, CAUSAL, BLOCK_M)  # the queries that see a key of this tile
     ka_base = KA + kvh * MA * D
     va_base = VA + kvh * MA * DV
+    if FIX:
+        bad_a = _bad_rows(CA, kvh * (MA + 1), 0, MA)
     for hq in range(0, REP):
         bh = b * H + hk * REP + hq
-        for i0 in range(i_lo, i_hi, BLOCK_M):
+        i_end = i_hi
+        if FIX:  # nothing to add for this query head
+            i_end = tl.where(bad_a | _bad_rows(CQ, bh * (N + 1), 0, N), i_hi, i_lo)
+        for i0 in range(i_lo, i_end, BLOCK_M):
             offs_m, row_ok, q_rows, do_rows, delta, live, lse_safe = _key_side_rows(Q, DO, LSE, DELTA, bh, i0, N, D, DV,
                                                                                     ct, BLOCK_M)
             loa, hia = _ranges(offs_m, N, MA, WA, CAUSAL)
@@ -412,6 +512,10 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                 j_end = MA
             if SPLIT:
                 j_start, j_end = _split_keys(j_start, j_end, sp, JS)
+            if FIX:  # a non-finite q / dout row in this query tile (prefix counts, two scalar loads)
+                badq = _bad_rows(CQ, bh * (N + 1), i0, tl.minimum(i0 + BLOCK_M, N))
+            elif CAUSAL:  # the common kernel leaves such a query tile out whole (the fix-up adds it)
+                j_end = tl.where(_bad_rows(CQ, bh * (N + 1), i0, tl.minimum(i0 + BLOCK_M, N)), j_start, j_end)
             for j in range(j_start, j_end):
                 if F16:  # and each row's max |q (.) k_a| over the head dim (the dkb dot's operand below)
                     s, qmax = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
@@ -425,31 +529,47 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                 p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
                 ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
                 # the (query, first key) operands of the two accumulating dots, over the whole head dims
-                kaj = tl.load(ka_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
-                vaj = tl.load(va_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
-                qj = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
-                             other=0.0).to(ct) * scale * kaj[None, :]
-                gj = tl.load(do_rows[:, None] + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
-                             other=0.0).to(ct) * vaj[None, :]
-                if HALF:
-                    if F16:
-                        # each row of q (.) k_a that would overflow float16 brought into range by a power of two
-                        # (_half_pow2 of its max, taken as the scores formed it), undone on the same row of dS: the
-                        # rows are the dot's K, so dkb still accumulates in place (a scale on the dot's result, or
-                        # the max taken from qj here, spilled at D = 128 on sm_80).  dout (.) v_a is not scaled
-                        # (the same for gj spilled there; docs/families/attention.md)
-                        fq, iq = _half_pow2(qmax)
-                        qj = qj * fq[:, None]
-                        ds = ds * iq[:, None]
-                    dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)), gj.to(DVB.dtype.element_ty))
-                    dkb += tl.dot(tl.trans(ds.to(DKB.dtype.element_ty)), qj.to(DKB.dtype.element_ty))
+                if FIX or not CAUSAL:
+                    kaj = tl.load(ka_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+                    vaj = tl.load(va_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+                else:  # a non-finite k_a_j / v_a_j: both read as 0 (the tile's q / dout rows are finite here)
+                    a_ok = _clean_bound(CA, kvh * (MA + 1), j, j + 1, 1)
+                    kaj = tl.load(ka_base + j * D + offs_d, mask=offs_d < a_ok * D, other=0.0).to(ct)
+                    vaj = tl.load(va_base + j * DV + offs_e, mask=offs_e < a_ok * DV, other=0.0).to(ct)
+                if FIX:  # the flagged (query tile, j) only: no masked (zero) P / dS entry times the inf / NaN
+                    if badq | _bad_rows(CA, kvh * (MA + 1), j, j + 1):
+                        okt = tl.trans(ok.to(tl.int32)) != 0
+                        dvb = _masked_dot(dvb, tl.trans(p), okt, DO + bh * N * DV, i0, N, vaj, DV, ct, BLOCK_N,
+                                          BLOCK_M, BLOCK_DV)
+                        dkb = _masked_dot(dkb, tl.trans(ds), okt, Q + bh * N * D, i0, N, kaj * scale, D, ct, BLOCK_N,
+                                          BLOCK_M, BLOCK_D)
                 else:
-                    dvb += tl.dot(tl.trans(p), gj, input_precision="ieee")
-                    dkb += tl.dot(tl.trans(ds), qj, input_precision="ieee")
-    tl.store(DKB + (kvh * MB + offs_n[:, None]) * D + offs_d[None, :], dkb.to(DKB.dtype.element_ty),
-             mask=nmask[:, None] & dmask[None, :])
-    tl.store(DVB + (kvh * MB + offs_n[:, None]) * DV + offs_e[None, :], dvb.to(DVB.dtype.element_ty),
-             mask=nmask[:, None] & emask[None, :])
+                    qj = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
+                                 other=0.0).to(ct) * scale * kaj[None, :]
+                    gj = tl.load(do_rows[:, None] + offs_e[None, :], mask=row_ok[:, None] & emask[None, :],
+                                 other=0.0).to(ct) * vaj[None, :]
+                    if HALF:
+                        if F16:
+                            # each row of q (.) k_a that would overflow float16 brought into range by a power of two
+                            # (_half_pow2 of its max, taken as the scores formed it), undone on the same row of dS:
+                            # the rows are the dot's K, so dkb still accumulates in place (a scale on the dot's
+                            # result, or the max taken from qj here, spilled at D = 128 on sm_80).  dout (.) v_a is
+                            # not scaled (the same for gj spilled there; docs/families/attention.md)
+                            fq, iq = _half_pow2(qmax)
+                            qj = qj * fq[:, None]
+                            ds = ds * iq[:, None]
+                        dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)), gj.to(DVB.dtype.element_ty))
+                        dkb += tl.dot(tl.trans(ds.to(DKB.dtype.element_ty)), qj.to(DKB.dtype.element_ty))
+                    else:
+                        dvb += tl.dot(tl.trans(p), gj, input_precision="ieee")
+                        dkb += tl.dot(tl.trans(ds), qj, input_precision="ieee")
+    dkb_ptr = DKB + (kvh * MB + offs_n[:, None]) * D + offs_d[None, :]
+    dvb_ptr = DVB + (kvh * MB + offs_n[:, None]) * DV + offs_e[None, :]
+    if FIX:  # added to the common kernel's gradients
+        dkb += tl.load(dkb_ptr, mask=nmask[:, None] & dmask[None, :], other=0.0).to(ct)
+        dvb += tl.load(dvb_ptr, mask=nmask[:, None] & emask[None, :], other=0.0).to(ct)
+    tl.store(dkb_ptr, dkb.to(DKB.dtype.element_ty), mask=nmask[:, None] & dmask[None, :])
+    tl.store(dvb_ptr, dvb.to(DVB.dtype.element_ty), mask=nmask[:, None] & emask[None, :])
 
 
 def _fix_interpreter_bf16_dot() -> bool:
@@ -487,7 +607,8 @@ def _fix_interpreter_bf16_dot() -> bool:
 def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV1, N, M1, M2, D, DV, H, REP,
                                       scale: tl.float64, W1, W2, CAUSAL: tl.constexpr, F64: tl.constexpr,
                                       HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                      BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                                      BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, C2,
+                                      FIX: tl.constexpr = False):
     """Gradients of the first key set (k1, v1) for one first key j and one key head, with the scores formed
     as the forward forms them: S = (Q (.) k1_j) K2_tile^T (_chunked_scores, the forward's operands and
     chunks), so P = exp(S - lse) is normalised by the lse of the very scores it is recomputed from.
@@ -496,7 +617,10 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
     difference exp() turns into relative errors of P that do not cancel against the forward's lse (large
     logits: dv1 2-3x the eager reference's error in float32/float16; session 31).  Per query tile:
     dV1_j += sum_rows dout (.) (P V2), dK1_j += s sum_rows q (.) (dS K2), the two dots accumulated over the
-    second-key tiles in float32 (float16/bfloat16: P and dS rounded to the input dtype, V2 / K2 as stored)."""
+    second-key tiles in float32 (float16/bfloat16: P and dS rounded to the input dtype, V2 / K2 as stored).
+    C2 (CAUSAL): as the forward's: a (k2, v2) tile with a non-finite row is left out (read as 0) and FIX (the
+    fix-up launch, after the common one; a key head without such a row exits at once) adds its products into
+    DK1 / DV1 with _masked_dot; the dout / q rows that may not see j are read as 0 (pv, dsk are 0 there)."""
     j = tl.program_id(0).to(tl.int64)  # 64-bit before any arithmetic
     kvh = tl.program_id(1).to(tl.int64)
     HK = H // REP
@@ -516,6 +640,8 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
     dk = tl.zeros([BLOCK_D], ct)
     dv = tl.zeros([BLOCK_DV], ct)
     i_lo, i_hi = _seeing_queries(j, j, W1, N, CAUSAL, BLOCK_M)  # the queries that see key j
+    if FIX:  # nothing to add for this key head
+        i_hi = tl.where(_bad_rows(C2, kvh * (M2 + 1), 0, M2), i_hi, i_lo)
     for hq in range(0, REP):
         bh = b * H + hk * REP + hq
         for i0 in range(i_lo, i_hi, BLOCK_M):
@@ -541,23 +667,44 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
                 ok = jok[:, None] & nmask[None, :] & (offs_n[None, :] >= lo2[:, None]) & (offs_n[None, :] <= hi2[:, None])
                 p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
                 ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
-                v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=nmask[:, None] & emask[None, :],
-                             other=0.0)
-                k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=nmask[:, None] & dmask[None, :],
-                             other=0.0)
-                if HALF:
-                    pv += tl.dot(p.to(v2.dtype), v2)
-                    f, inv = _half_fit(ds, 1, k2.dtype)
-                    dsk += tl.dot((ds * f[:, None]).to(k2.dtype), k2) * inv[:, None]
+                if FIX:  # the flagged tiles only: no masked (zero) P / dS entry times the inf / NaN
+                    if _bad_rows(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2)):
+                        pv = _masked_dot(pv, p, ok, v2_base, k0, M2, tl.full([BLOCK_DV], 1.0, ct), DV, ct, BLOCK_M,
+                                         BLOCK_N, BLOCK_DV)
+                        dsk = _masked_dot(dsk, ds, ok, k2_base, k0, M2, tl.full([BLOCK_D], 1.0, ct), D, ct, BLOCK_M,
+                                          BLOCK_N, BLOCK_D)
                 else:
-                    pv += tl.dot(p, v2.to(ct), input_precision="ieee")
-                    dsk += tl.dot(ds, k2.to(ct), input_precision="ieee")
-            g = tl.load(do_rows[:, None] + offs_e[None, :], mask=row_ok[:, None] & emask[None, :], other=0.0).to(ct)
-            qs = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :], other=0.0).to(ct)
+                    vmask = nmask[:, None] & emask[None, :]
+                    kmask = nmask[:, None] & dmask[None, :]
+                    if CAUSAL:  # a non-finite k2 / v2 row in the tile: the tile read as 0 (its products: the fix-up)
+                        n_ok = offs_n < _clean_bound(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2), M2)
+                        vmask = n_ok[:, None] & emask[None, :]
+                        kmask = n_ok[:, None] & dmask[None, :]
+                    v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=vmask, other=0.0)
+                    k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=kmask, other=0.0)
+                    if HALF:
+                        pv += tl.dot(p.to(v2.dtype), v2)
+                        f, inv = _half_fit(ds, 1, k2.dtype)
+                        dsk += tl.dot((ds * f[:, None]).to(k2.dtype), k2) * inv[:, None]
+                    else:
+                        pv += tl.dot(p, v2.to(ct), input_precision="ieee")
+                        dsk += tl.dot(ds, k2.to(ct), input_precision="ieee")
+            if CAUSAL:  # rows that may not see j read as 0 (pv, dsk are 0 there: no 0 * inf from a dout / q row)
+                g_ok = jok
+            else:
+                g_ok = row_ok
+            g = tl.load(do_rows[:, None] + offs_e[None, :], mask=g_ok[:, None] & emask[None, :], other=0.0).to(ct)
+            qs = tl.load(q_rows[:, None] + offs_d[None, :], mask=g_ok[:, None] & dmask[None, :], other=0.0).to(ct)
             dv += tl.sum(g * pv, 0)
             dk += tl.sum(qs * dsk, 0)
-    tl.store(DK1 + (kvh * M1 + j) * D + offs_d, (dk * scale).to(DK1.dtype.element_ty), mask=dmask)
-    tl.store(DV1 + (kvh * M1 + j) * DV + offs_e, dv.to(DV1.dtype.element_ty), mask=emask)
+    if FIX:  # added to the common kernel's gradients
+        dk = tl.load(DK1 + (kvh * M1 + j) * D + offs_d, mask=dmask, other=0.0).to(ct) + dk * scale
+        dv += tl.load(DV1 + (kvh * M1 + j) * DV + offs_e, mask=emask, other=0.0).to(ct)
+        tl.store(DK1 + (kvh * M1 + j) * D + offs_d, dk.to(DK1.dtype.element_ty), mask=dmask)
+        tl.store(DV1 + (kvh * M1 + j) * DV + offs_e, dv.to(DV1.dtype.element_ty), mask=emask)
+    else:
+        tl.store(DK1 + (kvh * M1 + j) * D + offs_d, (dk * scale).to(DK1.dtype.element_ty), mask=dmask)
+        tl.store(DV1 + (kvh * M1 + j) * DV + offs_e, dv.to(DV1.dtype.element_ty), mask=emask)
 
 
 INTERPRETED = type(_triple_attention_fwd_kernel).__name__ == "InterpretedFunction"
@@ -570,7 +717,7 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
+def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool = False) -> dict:
     """Launch configuration per dtype and head dims (forward, or the backward's dq/dkv kernels): what a GPU
     launch uses (also what the compile check compiles), or the interpreter's.  The one place it is chosen.
 
@@ -581,7 +728,12 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
     32 x 32, 16 x 16 from head dim 128 (a 32 x 32 dkv kernel took 192 KB of shared memory with Triton 3.6
     on sm_80), one pipeline stage (three took 173-197 KB at D = 128, over sm_80's 163 KB per block).
     float16/bfloat16 (tensor-core dots): 64 x 64 in the forward up to head dim 64, 32 x 32 otherwise (64 x 64
-    spilled 0.5-1.3 KB in the backward and ~0.1 KB in the forward at D = 128)."""
+    spilled 0.5-1.3 KB in the backward and ~0.1 KB in the forward at D = 128).
+
+    causal (a causal / window launch: its kernels carry the per-tile non-finite test and the fix-ups): float64 at
+    head dim 64 (32 x 32 tiles) takes 8 warps (4 spilled 104 B in the forward, 112 B in the dkv kernel and 48 B in
+    the dq fix-up with Triton 3.6 on sm_90; session 50); the launches that narrow those tiles to 16 x 16 set 4
+    warps again."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
     if INTERPRETED:  # the interpreter: smallest legal dot tiles (head dims > 16 take the chunked path)
@@ -593,8 +745,8 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False) -> dict:
         bm = bn = 16 if wide >= 128 else 32
     else:
         bm, bn = 32, 16
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be,
-                num_warps=8 if dtype == torch.float32 and wide >= 128 else 4, maxnreg=255,
+    warps = 8 if (dtype == torch.float32 and wide >= 128) or (causal and dtype == torch.float64 and wide == 64) else 4
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be, num_warps=warps, maxnreg=255,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
 
 
@@ -630,6 +782,21 @@ def _splits(programs: int, first_keys: int, device: torch.device):
     return triton.cdiv(first_keys, js), js
 
 
+def _nonfinite_prefix(causal, *ts):
+    """Prefix counts (int32, (B x heads) x (M + 1)) of the rows (dim 2) where any of ts (same B, heads, M) holds an inf
+    or NaN: the kernels' per-tile test whether a masked product could meet one (_bad_rows).  Dense (not causal): no
+    pair is masked, nothing to test; a placeholder.  A few elementwise passes over the inputs, no host sync."""
+    if not causal:
+        return torch.zeros(1, dtype=torch.int32, device=ts[0].device)
+    bad = None
+    for t in ts:
+        b = ~torch.isfinite(t).all(-1)
+        bad = b if bad is None else bad | b
+    c = torch.zeros((bad.shape[0] * bad.shape[1], bad.shape[2] + 1), dtype=torch.int32, device=bad.device)
+    torch.cumsum(bad.reshape(c.shape[0], -1), 1, out=c[:, 1:])
+    return c
+
+
 def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=None):
     """(out, lse); with dout (float16/bfloat16 backward): (delta, lse) instead, delta float32 (B, H, N), lse unset."""
     q, k1, k2, v1, v2 = (t.contiguous() for t in (q, k1, k2, v1, v2))
@@ -644,27 +811,34 @@ def _triple_attention_fwd(q, k1, k2, v1, v2, scale, causal, w1, w2, dout=None):
     if out.numel() == 0 and lse.numel() == 0:
         return out, lse
     causal = bool(causal) or w1 > 0 or w2 > 0
-    blk = _blocks(D, DV, q.dtype)
+    blk = _blocks(D, DV, q.dtype, causal=causal)
     grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
     if N == 0 or B * H == 0:
         return out, lse
     S, js = _splits(grid[0] * grid[1], M1, q.device) if dout is None else (1, 0)
+    c1, c2 = _nonfinite_prefix(causal and dout is None, k1, v1), _nonfinite_prefix(causal and dout is None, k2, v2)
     if S > 1:  # few programs (small B H): the first keys split across programs, merged by the combine kernel
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        sblk, sgrid = blk, grid
         if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 96-120 B split (sm_90)
-            blk = dict(blk, BLOCK_M=16, BLOCK_N=16)
-            grid = (triton.cdiv(N, 16), B * H)
+            sblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)
+            sgrid = (triton.cdiv(N, 16), B * H)
         po = torch.empty((S, B * H, N, DV), dtype=acc, device=q.device)
         pml = torch.empty((S, B * H, N, 2), dtype=acc, device=q.device)
-        _triple_attention_fwd_kernel[grid + (S,)](q, k1, k2, v1, v2, po, pml, N, M1, M2, D, DV, H, H // Hk,
-                                                  float(scale), int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype),
-                                                  **blk, DO=q, DELTA=False, JS=js, SPLIT=True)
-        _triple_attention_combine_kernel[grid](po, pml, out, lse, S, N, DV, F64=q.dtype == torch.float64,
-                                               BLOCK_M=blk["BLOCK_M"], BLOCK_DV=blk["BLOCK_DV"], num_warps=4)
-        return out, lse
-    _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
-                                       int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype), **blk,
-                                       DO=q if dout is None else dout.contiguous(), DELTA=dout is not None)
+        _triple_attention_fwd_kernel[sgrid + (S,)](q, k1, k2, v1, v2, po, pml, N, M1, M2, D, DV, H, H // Hk,
+                                                   float(scale), int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype),
+                                                   **sblk, DO=q, DELTA=False, C1=c1, C2=c2, JS=js, SPLIT=True)
+        _triple_attention_combine_kernel[sgrid](po, pml, out, lse, S, N, DV, F64=q.dtype == torch.float64,
+                                                BLOCK_M=sblk["BLOCK_M"], BLOCK_DV=sblk["BLOCK_DV"], num_warps=4)
+    else:
+        _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
+                                           int(w1), int(w2), CAUSAL=causal, **_flags(q.dtype), **blk,
+                                           DO=q if dout is None else dout.contiguous(), DELTA=dout is not None,
+                                           C1=c1, C2=c2)
+    if causal and dout is None:  # the fix-up: the tiles left out for a non-finite row (exits at once where none)
+        _triple_attention_fwd_kernel[grid](q, k1, k2, v1, v2, out, lse, N, M1, M2, D, DV, H, H // Hk, float(scale),
+                                           int(w1), int(w2), CAUSAL=True, **_flags(q.dtype), **blk, DO=q,
+                                           DELTA=False, C1=c1, C2=c2, FIX=True)
     return out, lse
 
 
@@ -681,8 +855,12 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
     lse = lse.to(acc).contiguous()
     dq = torch.empty_like(q)
     dk1, dk2, dv1, dv2 = (torch.empty_like(t) for t in (k1, k2, v1, v2))
-    blk = _blocks(D, DV, q.dtype, bwd=True)
+    blk = _blocks(D, DV, q.dtype, bwd=True, causal=causal)
     fl = _flags(q.dtype)
+    c1, c2, cq = (_nonfinite_prefix(causal, *ts) for ts in ((k1, v1), (k2, v2), (q, dout)))
+    # the causal dq kernel of the half types from head dim 128 on: 8 warps (4 spilled 44 B in float16 with Triton
+    # 3.6 on sm_90; its fix-up keeps 4)
+    qblk = dict(blk, num_warps=8) if causal and fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 else blk
     if q.numel():
         grid = (triton.cdiv(N, blk["BLOCK_M"]), B * H)
         S, js = _splits(grid[0] * grid[1], M1, q.device)
@@ -690,25 +868,38 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
             dqp = torch.empty((S,) + tuple(q.shape), dtype=acc, device=q.device)
             _triple_attention_bwd_dq_kernel[grid + (S,)](q, k1, k2, v1, v2, dout, lse, delta, dqp, N, M1, M2, D, DV,
                                                          H, H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal,
-                                                         **fl, **blk, JS=js, SPLIT=True)
+                                                         **fl, **qblk, C1=c1, C2=c2, JS=js, SPLIT=True)
             dq = dqp.sum(0).to(q.dtype)
         else:
             _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H,
-                                                  H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **blk)
+                                                  H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **qblk,
+                                                  C1=c1, C2=c2)
+        if causal:  # the fix-up: the tiles left out for a non-finite row (exits at once where none)
+            _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H,
+                                                  H // Hk, float(scale), int(w1), int(w2), CAUSAL=True, **fl, **blk,
+                                                  C1=c1, C2=c2, FIX=True)
     else:
         dq.zero_()
-    sets = [(k1, k2, v1, v2, dk2, dv2, M1, M2, w1, w2)]
+    sets = [(k1, k2, v1, v2, dk2, dv2, M1, M2, w1, w2, c1)]
     # k1's gradients: float64 and GEOOPS_ATTN_TRITON_DKV1=0 (README knob table, read per call) by the swapped
     # dkv kernel; otherwise in the forward's orientation (_triple_attention_bwd_dkv1_kernel)
     if q.dtype == torch.float64 or os.environ.get("GEOOPS_ATTN_TRITON_DKV1", "")[:1] == "0":
-        sets.append((k2, k1, v2, v1, dk1, dv1, M2, M1, w2, w1))
+        sets.append((k2, k1, v2, v1, dk1, dv1, M2, M1, w2, w1, c2))
     elif dk1.numel() or dv1.numel():
         # the half types from head dim 128 on: 8 warps (4 spilled 24-28 B on sm_80 in the compile check)
         blk1 = dict(blk, num_warps=8) if fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 else blk
         _triple_attention_bwd_dkv1_kernel[(M1, B * Hk)](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2, D,
                                                         DV, H, H // Hk, float(scale), int(w1), int(w2),
-                                                        CAUSAL=causal, **fl, **blk1)
-    for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb in sets:
+                                                        CAUSAL=causal, **fl, **blk1, C2=c2)
+        if causal:  # the fix-up (exits at once where no k2 / v2 row is non-finite), at 8 warps (4: 16 B spilled at
+            # D = 64 on sm_80), 16-row query tiles for the half types from head dim 128 (32: 8-48 B, Triton 3.6 sm_80)
+            fblk = dict(blk1, num_warps=8)
+            if fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 and not INTERPRETED:
+                fblk["BLOCK_M"] = 16
+            _triple_attention_bwd_dkv1_kernel[(M1, B * Hk)](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2,
+                                                            D, DV, H, H // Hk, float(scale), int(w1), int(w2),
+                                                            CAUSAL=True, **fl, **fblk, C2=c2, FIX=True)
+    for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb, ca in sets:
         if dkb.numel() == 0 and dvb.numel() == 0:
             continue
         grid = (triton.cdiv(Mb, blk["BLOCK_N"]), B * Hk)
@@ -718,13 +909,22 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
             pv = torch.empty((S,) + tuple(vb.shape), dtype=acc, device=q.device)
             _triple_attention_bwd_dkv_kernel[grid + (S,)](q, ka, kb, va, vb, dout, lse, delta, pk, pv, N, Ma, Mb, D,
                                                           DV, H, H // Hk, float(scale), int(wa), int(wb),
-                                                          CAUSAL=causal, **fl, **blk, JS=js, SPLIT=True)
+                                                          CAUSAL=causal, **fl, **blk, CA=ca, CQ=cq, JS=js,
+                                                          SPLIT=True)
             dkb.copy_(pk.sum(0))
             dvb.copy_(pv.sum(0))
         else:
             _triple_attention_bwd_dkv_kernel[grid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
                                                    H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=causal, **fl,
-                                                   **blk)
+                                                   **blk, CA=ca, CQ=cq)
+        if causal:  # the fix-up: the (query tile, j) left out for a non-finite row (exits at once where none)
+            fblk, fgrid = blk, grid
+            if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 132 B (sm_90, D = 64)
+                fblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)
+                fgrid = (triton.cdiv(Mb, 16), B * Hk)
+            _triple_attention_bwd_dkv_kernel[fgrid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
+                                                    H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=True, **fl,
+                                                    **fblk, CA=ca, CQ=cq, FIX=True)
     return dq, dk1, dk2, dv1, dv2
 
 
@@ -748,9 +948,13 @@ float32 uses 32 x 16 tiles (K = 16 in the P V and dS K2 dots), 8 warps from head
 use 32 x 32 tiles except the forward up to head dim 64 (64 x 64).  Every kernel compiles with maxnreg=255:
 left to itself ptxas aimed at 128-168 registers and spilled.  Before (main, 2026-11-30): 46-59 of 84
 kernels per column spilled, up to 2-5 KB.  float64 (one pipeline stage; 16 x 16 tiles from head dim 128,
-32 x 32 below): 16 B (8 B stores + 8 B loads) in the D = 64 forward with Triton 3.6 on sm_90 only, at 255
-registers: the 32 x 32 float64 tiles' accumulator and online-softmax state; allowed up to 64 B
-(_SPILL_ALLOWANCE)."""
+32 x 32 below): 32 B (16 B stores + 16 B loads) in the dense D = 64 forward with Triton 3.6 on sm_90 only, at
+255 registers: the 32 x 32 float64 tiles' accumulator and online-softmax state; allowed up to 64 B
+(_SPILL_ALLOWANCE).  Causal launches (the per-tile non-finite test and the fix-up kernels, session 49) run
+float64 at head dim 64 (32 x 32 tiles) and the float16/bfloat16 dq kernel from head dim 128 at 8 warps (at 4,
+Triton 3.6 on sm_90 spilled 104-112 B in the float64 D = 64 forward and dkv kernels and 44 B in the float16
+D = 128 dq kernel; session 50); the float64 D = 128 dkv fix-up (16 x 16 tiles) keeps 20 B (12 B stores + 8 B
+loads) there."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).

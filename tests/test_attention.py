@@ -125,7 +125,8 @@ def _nonfinite_patterns(x):
 
 
 def _elementwise_out(q, k1, k2, v1, v2, **mask):
-    """out as the IEEE sum of every term P[i,j,k] v1[j,e] v2[k,e] (masked pairs: P = 0), in no particular order."""
+    """out as the IEEE sum of the terms P[i,j,k] v1[j,e] v2[k,e] of the admissible pairs (masked pairs are no terms,
+    session 48), in no particular order."""
     B, H, N, D = q.shape
     M1, M2 = k1.shape[2], k2.shape[2]
     T = torch.einsum("bhid,bhjd,bhkd->bhijk", q * D ** -0.5, k1, k2)
@@ -133,12 +134,14 @@ def _elementwise_out(q, k1, k2, v1, v2, **mask):
     ok = ref.admissible_mask(N, M1, M2, causal=mask.get("causal", False), window=w)
     P = torch.softmax(T.masked_fill(~ok, float("-inf")).reshape(B, H, N, -1), -1).reshape(T.shape)
     P = torch.where(ok.any((-1, -2)).view(1, 1, N, 1, 1), P, 0.0)
-    return (P[..., None] * v1[:, :, None, :, None, :] * v2[:, :, None, None, :, :]).sum((3, 4))
+    terms = P[..., None] * v1[:, :, None, :, None, :] * v2[:, :, None, None, :, :]
+    return torch.where(ok[..., None], terms, 0.0).sum((3, 4))
 
 
 def check_nan_rows_like_eager(backend, dtype=torch.float64):
-    """A NaN in one row of q, k1, k2, v1 or v2: out and all five gradients NaN exactly where the eager reference
-    has them, for dense, causal and windowed masks, grouped heads and unequal lengths."""
+    """A NaN in one row of q, k1, k2, v1 or v2: out and all five gradients NaN exactly where the reference has them
+    (masked pairs are no terms: the reference evaluates each query over its own key ranges, session 48), for
+    dense, causal and windowed masks, grouped heads and unequal lengths."""
     g = torch.Generator().manual_seed(80)
     for mask in _NF_MODES:
         for (H, Hk, N, M1, M2) in ((1, 1, 5, 5, 5), (2, 1, 6, 4, 7)):
@@ -163,9 +166,9 @@ def check_nan_rows_like_eager(backend, dtype=torch.float64):
 
 
 def check_inf_values_like_elementwise(backend):
-    """+-inf in v1 or v2: out is NaN / +inf / -inf as the IEEE sum of all terms P v1 (.) v2 (a masked pair's
-    0 * inf is NaN, as in the eager einsum; infinite terms of both signs are NaN).  The kernels gave +-inf for
-    queries with a masked pair containing the inf, and +-inf for an inf v1 against v2 values of both signs."""
+    """+-inf in v1 or v2: out is NaN / +inf / -inf as the IEEE sum of the admissible terms P v1 (.) v2 (infinite
+    terms of both signs, and inf * 0, are NaN; a masked pair is no term, session 48: before, its 0 * inf was NaN as
+    in the eager einsum).  The kernels gave +-inf for an inf v1 against v2 values of both signs."""
     g = torch.Generator().manual_seed(81)
     for mask in _NF_MODES:
         for (H, Hk, N, M1, M2) in ((1, 1, 5, 5, 5), (2, 1, 6, 4, 7)):

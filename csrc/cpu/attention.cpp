@@ -200,6 +200,26 @@ void exp_dsoftmax(T* s, T* d, int64_t n, T L_, T delta) {
 inline void zero(float* x, int64_t n) { if (n > 0) std::memset(x, 0, sizeof(float) * n); }
 inline void zero(double* x, int64_t n) { if (n > 0) std::memset(x, 0, sizeof(double) * n); }
 
+template <typename T>
+bool all_finite(const T* x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c)
+    if (!std::isfinite(x[c])) return false;
+  return true;
+}
+
+// Masked pairs stay out of every product.  The GEMMs of a chunk run over all its bk shared keys, while query i
+// sees only the columns [c0, c1): a masked column's zero probability (or dS) times an inf / NaN key or value row
+// would be NaN (0 * inf) in i's row, and a masked column's gradient would take 0 times a non-finite row of
+// A (q, ka) or G (dout, va).  Such a chunk is rare (a non-finite value where some query of the tile may not look:
+// padding, an unfilled buffer): it takes one GEMM per query over exactly its columns instead (masked_chunk).
+// True when the chunk's rows [k0, k0 + bk) of x (width per row) hold a non-finite value outside [vis0, vis1),
+// the columns that every active query of the tile sees (vis1 <= vis0: none; all rows are checked).
+template <typename T>
+bool masked_rows_nonfinite(const T* x, int64_t width, int64_t bk, int64_t vis0, int64_t vis1) {
+  if (vis1 <= vis0) return !all_finite(x, bk * width);
+  return !all_finite(x, vis0 * width) || !all_finite(x + vis1 * width, (bk - vis1) * width);
+}
+
 // Admissible key ranges of query i: [lo, hi] (empty when hi < lo).
 struct Geometry {
   int64_t B, H, Hk, N, Ma, Mb, D, Dv;
@@ -309,7 +329,26 @@ void fwd_tile(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
           }
           w.l[ii] += sum;
         }
-        gemm_rm<T>(false, false, R, Dv, bk, S, bk, vb + k0 * Dv, Dv, T(0), w.PV.data(), Dv);
+        // the columns that every active query sees: [vis0, vis1) (rows without a folded key give no output)
+        int64_t vis0 = 0, vis1 = bk;
+        for (int64_t ii = 0; ii < nq; ++ii) {
+          if (w.jrow[ii * bj] < 0) continue;
+          const int64_t i = i0 + ii;
+          vis0 = std::max(vis0, std::max(g.lo_b(i), k0) - k0);
+          vis1 = std::min(vis1, std::min(g.hi_b(i) + 1, k0 + bk) - k0);
+        }
+        const T* vbc = vb + k0 * Dv;
+        if ((vis0 > 0 || vis1 < bk) && masked_rows_nonfinite(vbc, Dv, bk, vis0, vis1)) {
+          for (int64_t ii = 0; ii < nq; ++ii) {  // masked_chunk: each query's rows times its own columns only
+            const int64_t i = i0 + ii;
+            const int64_t c0 = std::min(std::max(g.lo_b(i), k0) - k0, bk);
+            const int64_t c1 = std::min(g.hi_b(i) + 1, k0 + bk) - k0;
+            gemm_rm<T>(false, false, bj, Dv, std::max<int64_t>(c1 - c0, 0), S + ii * bj * bk + c0, bk,
+                       vbc + c0 * Dv, Dv, T(0), w.PV.data() + ii * bj * Dv, Dv);
+          }
+        } else {
+          gemm_rm<T>(false, false, R, Dv, bk, S, bk, vbc, Dv, T(0), w.PV.data(), Dv);
+        }
         for (int64_t ii = 0; ii < nq; ++ii) {
           T* acc = w.acc.data() + ii * Dv;
           for (int64_t tt = 0; tt < bj; ++tt) {
@@ -376,6 +415,7 @@ template <typename T>
 struct BwdWork {
   std::vector<T> A, G, S, dS, E, F, dq, delta, L;
   std::vector<int64_t> jrow;
+  std::vector<char> rowbad;  // per query: a non-finite value in its A or G rows (this chunk of folded keys)
   BwdWork(int64_t D, int64_t Dv) {
     const int64_t R = kBQ * kBJ;
     A.resize(R * D);
@@ -388,6 +428,7 @@ struct BwdWork {
     delta.resize(kBQ);
     L.resize(kBQ);
     jrow.resize(R);
+    rowbad.resize(kBQ);
   }
 };
 
@@ -427,6 +468,7 @@ void bwd_tile(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
         const bool any = w.L[ii] != -std::numeric_limits<T>::infinity() && g.hi_b(i) >= g.lo_b(i);
         const T* qi = q + ii * D;
         const T* di = dout + ii * Dv;
+        bool bad = false;
         for (int64_t tt = 0; tt < bj; ++tt) {
           const int64_t r = ii * bj + tt, j = g.lo_a(i) + t0 + tt;
           T* Ar = w.A.data() + r * D;
@@ -444,7 +486,9 @@ void bwd_tile(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
           for (int64_t d = 0; d < D; ++d) Ar[d] = scale * qi[d] * kj[d];
 #pragma omp simd
           for (int64_t e = 0; e < Dv; ++e) Gr[e] = di[e] * vj[e];
+          bad = bad || (g.causal && (!all_finite(Ar, D) || !all_finite(Gr, Dv)));  // dense: no chunk is partial
         }
+        w.rowbad[ii] = bad;
       }
       bool first = true;
       for (int64_t k0 = klo; k0 <= khi; k0 += kBK) {
@@ -473,10 +517,43 @@ void bwd_tile(const Geometry& g, const T* q, const T* ka, const T* kb, const T* 
           }
         }
         const int64_t kb0 = k0 - p.blo;
-        gemm_rm<T>(true, false, bk, Dv, R, S, bk, w.G.data(), Dv, T(1), p.dvb + kb0 * Dv, Dv);
-        gemm_rm<T>(true, false, bk, D, R, dS, bk, w.A.data(), D, T(1), p.dkb + kb0 * D, D);
-        gemm_rm<T>(false, false, R, D, bk, dS, bk, kb + k0 * D, D, first ? T(0) : T(1), w.E.data(), D);
-        gemm_rm<T>(false, false, R, Dv, bk, S, bk, vb + k0 * Dv, Dv, first ? T(0) : T(1), w.F.data(), Dv);
+        const T* kbc = kb + k0 * D;
+        const T* vbc = vb + k0 * Dv;
+        const T beta = first ? T(0) : T(1);
+        // masked_chunk (see the forward): a non-finite key / value row in a column that some active query does
+        // not see, or a non-finite A / G row of a query that does not see every column of the chunk
+        int64_t vis0 = 0, vis1 = bk;
+        bool bad_rows = false;
+        for (int64_t ii = 0; ii < nq; ++ii) {
+          if (w.jrow[ii * bj] < 0) continue;
+          const int64_t i = i0 + ii;
+          const int64_t c0 = std::max(g.lo_b(i), k0) - k0, c1 = std::min(g.hi_b(i) + 1, k0 + bk) - k0;
+          vis0 = std::max(vis0, c0);
+          vis1 = std::min(vis1, c1);
+          bad_rows = bad_rows || (w.rowbad[ii] && (c0 > 0 || c1 < bk));
+        }
+        const bool partial = vis0 > 0 || vis1 < bk;
+        if (partial && (bad_rows || masked_rows_nonfinite(kbc, D, bk, vis0, vis1) ||
+                        masked_rows_nonfinite(vbc, Dv, bk, vis0, vis1))) {
+          for (int64_t ii = 0; ii < nq; ++ii) {  // each query's rows with its own columns [c0, c1) only
+            const int64_t i = i0 + ii, r0 = ii * bj;
+            const int64_t c0 = std::min(std::max(g.lo_b(i), k0) - k0, bk);
+            const int64_t n = std::max<int64_t>(std::min(g.hi_b(i) + 1, k0 + bk) - k0 - c0, 0);
+            const T* Si = S + r0 * bk + c0;
+            const T* dSi = dS + r0 * bk + c0;
+            if (w.jrow[r0] >= 0) {
+              gemm_rm<T>(true, false, n, Dv, bj, Si, bk, w.G.data() + r0 * Dv, Dv, T(1), p.dvb + (kb0 + c0) * Dv, Dv);
+              gemm_rm<T>(true, false, n, D, bj, dSi, bk, w.A.data() + r0 * D, D, T(1), p.dkb + (kb0 + c0) * D, D);
+            }
+            gemm_rm<T>(false, false, bj, D, n, dSi, bk, kbc + c0 * D, D, beta, w.E.data() + r0 * D, D);
+            gemm_rm<T>(false, false, bj, Dv, n, Si, bk, vbc + c0 * Dv, Dv, beta, w.F.data() + r0 * Dv, Dv);
+          }
+        } else {
+          gemm_rm<T>(true, false, bk, Dv, R, S, bk, w.G.data(), Dv, T(1), p.dvb + kb0 * Dv, Dv);
+          gemm_rm<T>(true, false, bk, D, R, dS, bk, w.A.data(), D, T(1), p.dkb + kb0 * D, D);
+          gemm_rm<T>(false, false, R, D, bk, dS, bk, kbc, D, beta, w.E.data(), D);
+          gemm_rm<T>(false, false, R, Dv, bk, S, bk, vbc, Dv, beta, w.F.data(), Dv);
+        }
         first = false;
       }
       for (int64_t ii = 0; ii < nq; ++ii) {

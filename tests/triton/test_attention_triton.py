@@ -149,6 +149,64 @@ def test_inf_values_like_elementwise_sum():
     _cpu_checks().check_inf_values_like_elementwise("triton")
 
 
+def _numhunt_checks():
+    """tests/test_attention_numhunt.py, for its masked non-finite check (session 48)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_attention_numhunt_tests", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_attention_numhunt.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("mask", [dict(causal=True), dict(window=(2, 3)), dict(window=(3, 2))], ids=str)
+@pytest.mark.parametrize("which", range(6), ids=("q", "k1", "k2", "v1", "v2", "dout"))
+def test_nonfinite_at_masked_positions_stays_out(dtype, mask, which):
+    """A NaN (inf for the values) where a query may not see it reaches neither its output nor its gradients, nor
+    a key's gradients through a query that may not see the key (the masked products: _masked_dot, session 48)."""
+    bad = float("inf") if which in (3, 4) else float("nan")
+    _numhunt_checks().check_masked_nonfinite("triton", dtype, mask, which, bad, device=DEVICE)
+
+
+@pytest.mark.parametrize("which", range(6), ids=("q", "k1", "k2", "v1", "v2", "dout"))
+def test_nonfinite_row_across_tiles(which):
+    """The lean form (session 49): the common kernels leave out only the tiles that hold a non-finite row and the
+    fix-up launch adds exactly those, so with several query and key tiles (N = M = 37: three 16-row tiles here)
+    out, lse and the five gradients match the reference backend (which evaluates each query over its own keys when
+    an input or dout is non-finite) -- NaN exactly where it has NaN, the same values elsewhere -- for one NaN row in
+    the middle of one input."""
+    g = torch.Generator().manual_seed(49 + which)
+    B, H, Hk, N = 1, 2, 1, 37
+    shapes = [(B, H, N, 4), (B, Hk, N, 4), (B, Hk, N, 4), (B, Hk, N, 3), (B, Hk, N, 3)]
+    ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    go = torch.randn(B, H, N, 3, generator=g, dtype=torch.float64)
+    (go if which == 5 else ins[which])[0, -1, 20, 1] = float("nan")
+    for mask in (dict(causal=True), dict(window=(9, 20))):
+        a = [t.clone().to(DEVICE).requires_grad_() for t in ins]
+        b = [t.clone().requires_grad_() for t in ins]
+        with geoops.use_backend("triton"):
+            out, lse = ga.triple_attention(*a, **mask, return_lse=True)
+        out.backward(go.to(DEVICE))
+        with geoops.use_backend("reference"):  # the op's reference backend: per query when an input is non-finite
+            rout, rlse = ga.triple_attention(*b, **mask, return_lse=True)
+        rout.backward(go)
+        for name, x, y in [("out", out, rout), ("lse", lse, rlse)] + [
+                ("d" + n, s.grad, t.grad) for n, s, t in zip(("q", "k1", "k2", "v1", "v2"), a, b)]:
+            x = x.detach().cpu()
+            y = y.detach()
+            assert torch.equal(x.isnan(), y.isnan()), (mask, name, x.isnan().sum(), y.isnan().sum())
+            torch.testing.assert_close(x.nan_to_num(), y.nan_to_num(), rtol=1e-9, atol=1e-11,
+                                       msg=lambda m: f"{mask} {name}: {m}")
+        if "causal" in mask:  # and the rule itself: queries 0..19 may not see row 20, keys 21.. are not seen by 20
+            grads = [t.grad.cpu() for t in a]
+            assert bool(torch.isfinite(out.detach().cpu()[:, :, :20]).all()), which
+            assert bool(torch.isfinite(grads[0][:, :, :20]).all()), which
+            if which in (0, 5):
+                assert all(bool(torch.isfinite(gr[:, :, 21:]).all()) for gr in grads[1:]), which
+
+
 # ---------------------------------------------------------------- session 31: the parity run on the Triton kernels
 from geoops import parity  # noqa: E402
 
