@@ -685,6 +685,15 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     _check_float("poincare_relu", "x", x)
     ct = _curv("poincare_relu", c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
+    if (type(dim) is int and (dim == 1 or dim == -3) and x.dim() == 4 and x.dtype == cdt and x.device.type == "cpu"
+            and x.shape[1] > 0 and x.shape[0] * x.shape[2] * x.shape[3] > 0 and not _backend.checks_enabled()
+            and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()) and _fused_on()):
+        # an image with the points along the channels on the eager CPU path (the branch below) taken before the
+        # row view: _rows' movedim / reshape are two view nodes on an x that requires grad, unused on this path
+        # (~15 us per call measured in a training step, 1 thread: a third of the ReLU's Python time)
+        cc = _as(ct, cdt)
+        if _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
+            return PoincareReluImgFn.apply(x, cc, _eps(None, cdt))
     r, back = _rows(x, dim, "poincare_relu")
     _debug_checks("poincare_relu", ct, {"x": (r, -1)})
     cc = _as(ct, cdt)

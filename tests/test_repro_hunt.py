@@ -149,6 +149,18 @@ def test_poincare_conv_c_grad_same_bits_for_any_thread_count():
                                               [x, z, b, c]))
 
 
+def test_poincare_conv_digits_shape_float32_same_bits_for_any_thread_count():
+    """The digits CNN's float32 convolution (64 images of 8 x 8 pixels, 8 -> 8 channels: 4096 fc rows of 8, whose
+    epilogue's row passes split over the threads since session 50) with every gradient, c's included."""
+    x = _mk(8, 64, 8, 8, 8, dtype=torch.float32, scale=0.1).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    z = _mk(9, 8 * 9, 8, dtype=torch.float32, scale=0.1).requires_grad_()
+    b = _mk(10, 8, dtype=torch.float32, scale=0.1).requires_grad_()
+    c = torch.tensor(0.9, dtype=torch.float32, requires_grad=True)
+    _assert_same_bits(lambda: _outs_and_grads([gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)],
+                                              [x, z, b, c]))
+
+
 def test_poincare_batch_norm_statistics_same_bits_for_any_thread_count():
     """Training batch norm over > 32768 rows / pixels: outputs, gradients and the running statistics."""
     def run():

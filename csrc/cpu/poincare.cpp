@@ -854,8 +854,17 @@ inline void fc_fwd_block_any(const T* tb, T* yb, int64_t nr, BlockBuf<T>& bb, bo
 }
 
 // Rows per at::parallel_for task: prows::grain (poincare_rows.h), about 32768 elements, torch's own grain, so that
-// small inputs (the digits CNN's 4096 rows of 8) run serially instead of waking the pool for a few microseconds.
+// small inputs run serially instead of waking the pool for a few microseconds.
 using prows::grain;
+
+// Row blocks per task of the epilogue's row passes (fc_fwd_impl's rows_only loop, fc_bwd_impl's row pass): each
+// element costs a few transcendentals (asinh, sinh / cosh; the backward twice over), ~kFcElemWork plain elements'
+// worth, so the grain counts m * kFcElemWork per row.  The digits CNN's convolutions (4096 rows of 8, a third of
+// the step's kernel time on 2 threads) split in two there: fwd ~100 -> ~55 us, bwd ~240 -> ~140 us per call (AMD
+// EPYC, 2 threads; the bare grain(m) kept them on one thread).  The sums stay per fixed row block (the same bits
+// for any thread count).
+constexpr int64_t kFcElemWork = 8;
+inline int64_t fc_block_grain(int64_t m) { return std::max<int64_t>(1, grain(m * kFcElemWork) / kRowBlock); }
 
 // rows_only (U defined): t = x @ z is given (e.g. computed by a convolution) with U the squared row norms of x;
 // x is not used.  Otherwise the GEMM runs per block of kFwdBlock rows inside the parallel loop (one MKL call
@@ -879,7 +888,7 @@ void fc_fwd_impl(const at::Tensor& x, const at::Tensor& z, const at::Tensor& bia
   if (U.defined()) {
     const T* up = U.data_ptr<T>();
     const int64_t nb = (N + kRowBlock - 1) / kRowBlock;
-    at::parallel_for(0, nb, std::max<int64_t>(1, grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, nb, fc_block_grain(m), [&](int64_t b0, int64_t b1) {
       BlockBuf<T> bb(m, flat);
       ScaledRow sr;
       for (int64_t b = b0; b < b1; ++b) {
@@ -1323,7 +1332,7 @@ void fc_bwd_impl(const at::Tensor& g, const at::Tensor& x, const at::Tensor& z, 
     for (int64_t k = 0; k < nr; ++k) tg += tgb[k];
     return tg;
   };
-  at::parallel_for(0, nblk, std::max<int64_t>(1, grain(m) / kRowBlock), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, nblk, fc_block_grain(m), [&](int64_t b0, int64_t b1) {
     using V = Vectorized<T>;
     int64_t cur = b0;  // the block being summed
     BlockBuf<T> bb(m, flat);

@@ -984,8 +984,13 @@ std::tuple<at::Tensor, at::Tensor> poincare_conv2d_logmap0_bwd_cpu(const at::Ten
     const scalar_t* vp = v.data_ptr<scalar_t>();
     scalar_t* dxp = need_dx ? dx.data_ptr<scalar_t>() : nullptr;
     scalar_t* dkp = need_dk ? dk.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, N, std::max<int64_t>(16, 32768 / std::max<int64_t>(C, 1)), [&](int64_t i0, int64_t i1) {
-      logmap0_rows_bwd<scalar_t>(gp, xp, vp, dxp, dkp, i0, i1, C, -c);
+    // tasks of whole 16-row blocks (logmap0_rows_bwd's; the same blocks for any thread count: the same bits), about
+    // 4096 elements of work each (a row's scalars cost a division and a series, ~8 plain elements' worth per
+    // element): the digits CNN's 4096 rows of 8 split over 2 threads (they ran on one)
+    constexpr int64_t R = 16;
+    const int64_t nblk = (N + R - 1) / R;
+    at::parallel_for(0, nblk, std::max<int64_t>(1, 4096 / (R * std::max<int64_t>(C, 1))), [&](int64_t b0, int64_t b1) {
+      logmap0_rows_bwd<scalar_t>(gp, xp, vp, dxp, dkp, b0 * R, std::min(N, b1 * R), C, -c);
     });
   });
   return {dx, dk};
