@@ -149,16 +149,38 @@ def test_poincare_conv_c_grad_same_bits_for_any_thread_count():
                                               [x, z, b, c]))
 
 
-def test_poincare_conv_digits_shape_float32_same_bits_for_any_thread_count():
-    """The digits CNN's float32 convolution (64 images of 8 x 8 pixels, 8 -> 8 channels: 4096 fc rows of 8, whose
-    epilogue's row passes split over the threads since session 50) with every gradient, c's included."""
-    x = _mk(8, 64, 8, 8, 8, dtype=torch.float32, scale=0.1).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_poincare_conv_digits_shape_same_bits_for_any_thread_count(dtype):
+    """The digits CNN's convolution (64 images of 8 x 8 pixels, 8 -> 8 channels: 4096 fc rows of 8, whose
+    epilogue's row passes split over the threads since session 50) with every gradient, c's included.  float64
+    too: the backward's per-block scalar sums (dc) are doubles, and float32's dc, rounded from them, does not see
+    their order (a mutant summing them per thread instead of per block passed in float32, failed in float64)."""
+    x = _mk(8, 64, 8, 8, 8, dtype=dtype, scale=0.1).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    z = _mk(9, 8 * 9, 8, dtype=torch.float32, scale=0.1).requires_grad_()
-    b = _mk(10, 8, dtype=torch.float32, scale=0.1).requires_grad_()
-    c = torch.tensor(0.9, dtype=torch.float32, requires_grad=True)
+    z = _mk(9, 8 * 9, 8, dtype=dtype, scale=0.1).requires_grad_()
+    b = _mk(10, 8, dtype=dtype, scale=0.1).requires_grad_()
+    c = torch.tensor(0.9, dtype=dtype, requires_grad=True)
     _assert_same_bits(lambda: _outs_and_grads([gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)],
                                               [x, z, b, c]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_poincare_digits_rows_fixed_c_same_bits_for_any_thread_count(dtype):
+    """The digits CNN's other row passes that split over the threads since session 50, which the test above does
+    not reach: the convolution's logmap0 backward row pass (poincare_conv2d_logmap0_bwd_cpu, taken only when c
+    needs no gradient: with c's gradient the stereographic backward runs) and the ReLU's forward (an image, points
+    along the channels).  63 images of 9 x 9: 5103 pixel rows of 8, a multiple of none of the row
+    blocks (16, 32, 128, 256, 512), so that the tasks' last blocks are partial."""
+    x = _mk(11, 63, 8, 9, 9, dtype=dtype, scale=0.1).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    z = _mk(12, 8 * 9, 8, dtype=dtype, scale=0.1).requires_grad_()
+    b = _mk(13, 8, dtype=dtype, scale=0.1).requires_grad_()
+    c = torch.tensor(0.9, dtype=dtype)
+
+    def run():
+        y = gp.poincare_conv2d(x, z, b, c=c, kernel_size=3, padding=1)
+        return _outs_and_grads([gp.poincare_relu(y, c=c, dim=1)], [x, z, b])
+    _assert_same_bits(run)
 
 
 def test_poincare_batch_norm_statistics_same_bits_for_any_thread_count():
