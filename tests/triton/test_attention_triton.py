@@ -127,15 +127,20 @@ def test_nan_scores_propagate():
     assert xs[0].grad[..., 2:, :].isnan().all()
 
 
-def _cpu_checks():
-    """tests/test_attention.py, for its non-finite checks (run here on the Triton kernels)."""
+def _sibling_tests(name):
+    """The CPU test module tests/<name>.py, loaded by path, for checks that run here on the Triton kernels."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_attention_cpu_tests", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_attention.py"))
+    spec = importlib.util.spec_from_file_location("_attention_" + name, os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _cpu_checks():
+    """tests/test_attention.py, for its non-finite checks."""
+    return _sibling_tests("test_attention")
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
@@ -151,13 +156,7 @@ def test_inf_values_like_elementwise_sum():
 
 def _numhunt_checks():
     """tests/test_attention_numhunt.py, for its masked non-finite check (session 48)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_attention_numhunt_tests", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_attention_numhunt.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _sibling_tests("test_attention_numhunt")
 
 
 @pytest.mark.parametrize("dtype, mask", [(torch.float64, dict(causal=True)), (torch.float32, dict(causal=True)),
