@@ -685,24 +685,21 @@ def poincare_relu(x: torch.Tensor, *, c, dim: int = -1) -> torch.Tensor:
     _check_float("poincare_relu", "x", x)
     ct = _curv("poincare_relu", c, x)
     cdt = torch.float32 if x.dtype in _HALF else x.dtype
-    if (type(dim) is int and (dim == 1 or dim == -3) and x.dim() == 4 and x.dtype == cdt and x.device.type == "cpu"
-            and x.shape[1] > 0 and x.shape[0] * x.shape[2] * x.shape[3] > 0 and not _backend.checks_enabled()
-            and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()) and _fused_on()):
-        # an image with the points along the channels on the eager CPU path (the branch below) taken before the
-        # row view: _rows' movedim / reshape are two view nodes on an x that requires grad, unused on this path
-        # (~15 us per call measured in a training step, 1 thread: a third of the ReLU's Python time)
-        cc = _as(ct, cdt)
-        if _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp":
-            return PoincareReluImgFn.apply(x, cc, _eps(None, cdt))
+    # an image with the points along the channels (dim 1, a plain or channels-last layout) on the eager CPU path:
+    # one Function from image to image (no view nodes; a plain image's pixel rows by the C++ transpose, each way),
+    # taken before the row view unless the debug checks need it (_rows' movedim / reshape are two view nodes on an x
+    # that requires grad: ~15 us per call in a training step, 1 thread)
+    image = (type(dim) is int and (dim == 1 or dim == -3) and x.dim() == 4 and x.shape[1] > 0
+             and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()))
+    cc = _as(ct, cdt)
+    cpp = (x.device.type == "cpu" and x.dtype == cdt and _fused_on() and _library.direct_call_ok(x, cc)
+           and _backend.resolve(x.device, _ops.FAMILY) == "cpp")
+    if image and cpp and x.numel() > 0 and not _backend.checks_enabled():
+        return PoincareReluImgFn.apply(x, cc, _eps(None, cdt))
     r, back = _rows(x, dim, "poincare_relu")
     _debug_checks("poincare_relu", ct, {"x": (r, -1)})
-    cc = _as(ct, cdt)
-    if (x.device.type == "cpu" and x.dtype == cdt and r.shape[0] > 0 and _fused_on()
-            and _library.direct_call_ok(x, cc) and _backend.resolve(x.device, _ops.FAMILY) == "cpp"):
-        if x.dim() == 4 and dim % 4 == 1 and x.shape[1] > 0 and (x.is_contiguous(memory_format=torch.channels_last)
-                                              or x.is_contiguous()):
-            # an image with the points along the channels: one Function from image to image (no view nodes; a
-            # plain image's pixel rows by the C++ transpose, each way)
+    if cpp and r.shape[0] > 0:
+        if image:
             return PoincareReluImgFn.apply(x, cc, _eps(None, cdt))
         return back(PoincareReluCppFn.apply(r.contiguous(), cc, _eps(None, cdt)))
     y = _library.apply(PoincareReluFn, _as(r, cdt).contiguous(), cc, _eps(None, cdt))
