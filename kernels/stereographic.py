@@ -2054,7 +2054,8 @@ def _pair_compile_variants():
 # from A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
 # csrc/cpu/stereographic_pairwise.cpp; dP = alpha * P - W Q accumulated by tl.dot over tiles of Q
 # (no [N, M, D] tensor).  Close pairs are left out of W (their W (x - y) cancels in the GEMM form) and
-# added exactly afterwards, from the (rare) list of close pairs, like the C++ kernel.  dk: per row
+# added exactly afterwards, like the C++ kernel: the pass flags each tile holding one, and _pair_close_fix_kernel
+# recomputes those tiles' close pairs and adds W (p_i - q_j) into its own rows (session 51: no host read).  dk: per row
 # partial sums of g dd/dk, summed per batch.  k > 0 (far out on the projected sphere, k|x|^2 >> 1,
 # p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): a call with such a batch runs the KPOS variant,
 # which reads the saved G beside A (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed by the host:
@@ -2213,7 +2214,7 @@ def _pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid, KPOS: tl.c
 
 
 @triton.jit
-def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau, q_per,
+def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ, D, stride_gp, stride_gq, tau, q_per,
                      n_dblk, NEED_K: tl.constexpr, SPLIT: tl.constexpr, KPOS: tl.constexpr, CT: tl.constexpr,
                      PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x).
@@ -2224,7 +2225,10 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, str
 
     SPLIT: program_id(1) = split * n_dblk + feature block; the split walks columns [sp q_per, (sp + 1) q_per)
     of Q and writes its partial alpha_s P - W_s Q (and dk partials) to OUT / DKP's slice sp ([S, B, NP, D],
-    [S, B, NP]); the caller adds the slices in split order.  Without SPLIT: all columns, the result itself."""
+    [S, B, NP]); the caller adds the slices in split order.  Without SPLIT: all columns, the result itself.
+
+    FLAGS [B, NP / BLOCK_P, NQ / BLOCK_Q] (uint8): whether the (row tile, column tile) holds a close pair (left out of
+    W here), written by the programs of the first feature block; _pair_close_fix_kernel adds those pairs' terms."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(2).to(tl.int64)
     if SPLIT:
@@ -2265,6 +2269,9 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, str
         else:
             xy = a  # (unused)
         w, s, den, close = _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS)
+        if c0 == 0:  # the tile's close-pair flag (one program per tile writes it: no zeroing, no race)
+            fl = (b * tl.num_programs(0) + tl.program_id(0)) * tl.cdiv(NQ, BLOCK_Q) + q0 // BLOCK_Q
+            tl.store(FLAGS + fl, tl.max(close.to(tl.int32)).to(FLAGS.dtype.element_ty))
         if KPOS:  # k > 0, p far out (k|p|^2 > 1) and beyond q: alpha's share W + 2 g dd/d|p|^2 as W q_p / p_p
             far = (k * p2 > 1.0)[:, None] & (p2[:, None] > q2[None, :]) & valid & (close == 0)
             gs_ += tl.sum(tl.where(valid & (far == 0), g * s, 0.0), 1)
@@ -2292,6 +2299,44 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, str
     if NEED_K:
         if c0 == 0:
             tl.store(DKP + b * NP + rows, dk.to(DKP.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def _pair_close_fix_kernel(P_, Q_, G, A, P2, Q2, K, FLAGS, OUT, NP, NQ, D, stride_gp, stride_gq, tau,
+                           CT: tl.constexpr, PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """OUT[i] += sum_j w_ij (p_i - q_j) over the close pairs that _pair_bwd_kernel left out of W (dP's exact terms:
+    in the GEMM form W p_i - W q_j cancels ~|p|/|p - q|-fold).  One program per (BLOCK_P rows of P, batch) walks its
+    row tile's FLAGS (one byte load a column tile) and, for flagged tiles only, recomputes W of the close pairs (the
+    test of _pair_coef; den = p_p p_q - kA, exact for them since A is) and adds the sums feature by feature into its
+    own rows: no atomics, one order (the same bits on every run).  BLOCK_P / BLOCK_Q: the backward pass's."""
+    p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
+    b = tl.program_id(1).to(tl.int64)
+    rows = p0 + tl.arange(0, BLOCK_P)
+    rmask = rows < NP
+    n_qt = tl.cdiv(NQ, BLOCK_Q)
+    fbase = (b * tl.num_programs(0) + tl.program_id(0)) * n_qt
+    for t in range(0, n_qt):
+        if tl.load(FLAGS + fbase + t) != 0:  # rare: tiles with a close pair
+            k = tl.load(K + b).to(CT)
+            p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
+            cols = t * BLOCK_Q + tl.arange(0, BLOCK_Q)
+            cmask = cols < NQ
+            m2 = rmask[:, None] & cmask[None, :]
+            off = b * NP * NQ + rows[:, None] * stride_gp + cols[None, :] * stride_gq
+            g = tl.load(G + off, mask=m2, other=0.0).to(CT)
+            a = tl.load(A + off, mask=m2, other=0.0).to(CT)
+            q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
+            close = m2 & (a > 0) & (a < tau * (p2[:, None] + q2[None, :])) & (g != 0)
+            asafe = tl.where(close, a, 1.0)
+            den = _pair_p(k, p2, PMIN)[:, None] * _pair_p(k, q2, PMIN)[None, :] - k * asafe
+            den = tl.maximum(den, 1.1754943508222875e-38)  # (as _pair_coef; close pairs' den ~ p_p p_q)
+            w = tl.where(close, _div(2.0 * g, _sqrt(_div(asafe, den)) * den), 0.0)
+            for d in range(0, D):
+                pc = tl.load(P_ + (b * NP + rows) * D + d, mask=rmask, other=0.0).to(CT)
+                qc = tl.load(Q_ + (b * NQ + cols) * D + d, mask=cmask, other=0.0).to(CT)
+                v = tl.sum(tl.where(close, w * (pc[:, None] - qc[None, :]), 0.0), 1)
+                o = OUT + (b * NP + rows) * D + d
+                tl.store(o, (tl.load(o, mask=rmask, other=0.0).to(CT) + v).to(OUT.dtype.element_ty), mask=rmask)
 
 
 # knn (float32): one program per BLOCK_M rows of x walks all of y in BLOCK_N tiles, keeping the best NP keys
@@ -2511,6 +2556,9 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     # float64 D = 32 pass spilled 4 B at 4 warps on sm_90, Triton 3.9); .maxnreg made ptxas spill more (40-236 B)
     nw_x = nw if INTERPRETED or want_k or x.dtype == torch.float32 else 8
     nw_y = nw if INTERPRETED else 8
+    # the close pairs' exact terms W (x_i - y_j) (left out of W: their GEMM form cancels): one launch a pass over the
+    # tiles _pair_bwd_kernel flagged, no host read (session 51; before, a nonzero of the close pairs and index_add_)
+    fix = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, num_warps=nw)
     dx = dy = dk = None
     with _device_guard(x):
         # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
@@ -2520,44 +2568,28 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             out = x.new_empty((S, B, N, D)) if S > 1 or not want_x else x.new_zeros((B, N, D))
             dkp = (x.new_empty((S, B, N)) if S > 1 else x.new_empty((B, N))) if want_k else x
             w_ = nw_x if S > 1 else nw
+            flags = x.new_empty((B, triton.cdiv(N, bp), triton.cdiv(M, bq)), dtype=torch.uint8)
             _pair_bwd_kernel[(triton.cdiv(N, bp), S * nd, B)](
-                x, y, g, A, saved, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau, q_per, nd,
+                x, y, g, A, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau, q_per, nd,
                 NEED_K=want_k, SPLIT=S > 1, num_warps=w_, **regs(w_, want_k), **blk)
             if want_x:
                 dx = out.sum(0) if S > 1 else out
+                _pair_close_fix_kernel[(triton.cdiv(N, bp), B)](
+                    x, y, g, A, x2, y2, k, flags, dx, N, M, D, M, 1, tau, **fix)
         if want_y:
             S, q_per = _pair_split(M, N, nd, B, bp, bq, x.device, split)
             out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
             w_ = nw_y if S > 1 else nw
+            flags = x.new_empty((B, triton.cdiv(M, bp), triton.cdiv(N, bq)), dtype=torch.uint8)
             _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
-                y, x, g, A, saved, d, y2, x2, k, out, out, M, N, D, 1, M, tau, q_per, nd,
+                y, x, g, A, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau, q_per, nd,
                 NEED_K=False, SPLIT=S > 1, num_warps=w_, **regs(w_, False), **blk)
             dy = out.sum(0) if S > 1 else out
+            _pair_close_fix_kernel[(triton.cdiv(M, bp), B)](
+                y, x, g, A, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))
-    # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own).  The
-    # nonzero (a device sync per backward; since session 42 without a close.any() read before it) stays: doing the
-    # fix-up in _pair_bwd_kernel spilled 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
-    if not (want_x or want_y):
-        return dx, dy, dk
-    close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
-    bi, ii, jj = close.nonzero(as_tuple=True)
-    if bi.numel():  # (host metadata: no second read)
-        kk = k[bi]
-        a = A[bi, ii, jj]
-        px = 1 + kk * x2[bi, ii]
-        py = 1 + kk * y2[bi, jj]
-        px = torch.where(kk < 0, px.clamp_min(pmin), px)
-        py = torch.where(kk < 0, py.clamp_min(pmin), py)
-        den = (px * py - kk * a).clamp_min(torch.finfo(x.dtype).tiny)
-        s = torch.sqrt(a / den)
-        w = (2 * g[bi, ii, jj] / (s * den)).unsqueeze(1)
-        diff = x[bi, ii] - y[bi, jj]
-        if want_x:
-            dx.view(B * N, D).index_add_(0, bi * N + ii, w * diff)
-        if want_y:
-            dy.view(B * M, D).index_add_(0, bi * M + jj, -w * diff)
     return dx, dy, dk
 
 
