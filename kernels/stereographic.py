@@ -2227,8 +2227,8 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
     of Q and writes its partial alpha_s P - W_s Q (and dk partials) to OUT / DKP's slice sp ([S, B, NP, D],
     [S, B, NP]); the caller adds the slices in split order.  Without SPLIT: all columns, the result itself.
 
-    FLAGS [B, NP / BLOCK_P, NQ / BLOCK_Q] (uint8): whether the (row tile, column tile) holds a close pair (left out of
-    W here), written by the programs of the first feature block; _pair_close_fix_kernel adds those pairs' terms."""
+    FLAGS [B, NP / BLOCK_P] (uint8, zeroed): set to 1 where the row tile holds a close pair (left out of W here), by
+    the programs of the first feature block; _pair_close_fix_kernel adds those pairs' terms."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(2).to(tl.int64)
     if SPLIT:
@@ -2254,6 +2254,7 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
     alpha = tl.zeros([BLOCK_P], CT)
     gs_ = tl.zeros([BLOCK_P], CT)
     dk = tl.zeros([BLOCK_P], CT)
+    anyc = tl.zeros([BLOCK_P, BLOCK_Q], tl.int1)
     for q0 in range(q_lo, q_hi, BLOCK_Q):
         cols = q0 + tl.arange(0, BLOCK_Q)
         cmask = cols < q_hi
@@ -2269,9 +2270,7 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
         else:
             xy = a  # (unused)
         w, s, den, close = _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS)
-        if c0 == 0:  # the tile's close-pair flag (one program per tile writes it: no zeroing, no race)
-            fl = (b * tl.num_programs(0) + tl.program_id(0)) * tl.cdiv(NQ, BLOCK_Q) + q0 // BLOCK_Q
-            tl.store(FLAGS + fl, tl.max(close.to(tl.int32)).to(FLAGS.dtype.element_ty))
+        anyc = anyc | close  # (reduced once after the loop)
         if KPOS:  # k > 0, p far out (k|p|^2 > 1) and beyond q: alpha's share W + 2 g dd/d|p|^2 as W q_p / p_p
             far = (k * p2 > 1.0)[:, None] & (p2[:, None] > q2[None, :]) & valid & (close == 0)
             gs_ += tl.sum(tl.where(valid & (far == 0), g * s, 0.0), 1)
@@ -2287,6 +2286,10 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
             dk += tl.sum(_pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid, KPOS), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
+    if c0 == 0:  # the row tile's close-pair flag: 1 where some column (of this split) holds one; FLAGS zeroed by the
+        # caller, splits store the same 1 (a tl.max per column tile and a flag per tile spilled 12-156 B on sm_90)
+        tl.store(FLAGS + (b * tl.num_programs(0) + tl.program_id(0).to(tl.int64)), 1,
+                 mask=tl.max(anyc.to(tl.int32)) > 0)
     if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
         sp = tl.program_id(1).to(tl.int64) // n_dblk
         OUT += sp * tl.num_programs(2).to(tl.int64) * NP * D
@@ -2305,21 +2308,21 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
 def _pair_close_fix_kernel(P_, Q_, G, A, P2, Q2, K, FLAGS, OUT, NP, NQ, D, stride_gp, stride_gq, tau,
                            CT: tl.constexpr, PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
     """OUT[i] += sum_j w_ij (p_i - q_j) over the close pairs that _pair_bwd_kernel left out of W (dP's exact terms:
-    in the GEMM form W p_i - W q_j cancels ~|p|/|p - q|-fold).  One program per (BLOCK_P rows of P, batch) walks its
-    row tile's FLAGS (one byte load a column tile) and, for flagged tiles only, recomputes W of the close pairs (the
-    test of _pair_coef; den = p_p p_q - kA, exact for them since A is) and adds the sums feature by feature into its
-    own rows: no atomics, one order (the same bits on every run).  BLOCK_P / BLOCK_Q: the backward pass's."""
+    in the GEMM form W p_i - W q_j cancels ~|p|/|p - q|-fold).  One program per (BLOCK_P rows of P, batch): a row
+    tile that _pair_bwd_kernel flagged (one byte load; nothing else where none) walks its column tiles, and those
+    holding a close pair (the test of _pair_coef, and g != 0) recompute W of their close pairs (den = p_p p_q - kA,
+    exact for them since A is) and add the sums feature by feature into the program's own rows: no atomics, one
+    order (the same bits on every run).  BLOCK_P / BLOCK_Q: the backward pass's (FLAGS is per row tile)."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(1).to(tl.int64)
-    rows = p0 + tl.arange(0, BLOCK_P)
-    rmask = rows < NP
-    n_qt = tl.cdiv(NQ, BLOCK_Q)
-    fbase = (b * tl.num_programs(0) + tl.program_id(0)) * n_qt
-    for t in range(0, n_qt):
-        if tl.load(FLAGS + fbase + t) != 0:  # rare: tiles with a close pair
-            k = tl.load(K + b).to(CT)
-            p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
-            cols = t * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    if tl.load(FLAGS + (b * tl.num_programs(0) + tl.program_id(0).to(tl.int64))) != 0:  # rare: a close pair
+        rows = p0 + tl.arange(0, BLOCK_P)
+        rmask = rows < NP
+        k = tl.load(K + b).to(CT)
+        p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
+        pp = _pair_p(k, p2, PMIN)
+        for q0 in range(0, NQ, BLOCK_Q):
+            cols = q0 + tl.arange(0, BLOCK_Q)
             cmask = cols < NQ
             m2 = rmask[:, None] & cmask[None, :]
             off = b * NP * NQ + rows[:, None] * stride_gp + cols[None, :] * stride_gq
@@ -2327,16 +2330,17 @@ def _pair_close_fix_kernel(P_, Q_, G, A, P2, Q2, K, FLAGS, OUT, NP, NQ, D, strid
             a = tl.load(A + off, mask=m2, other=0.0).to(CT)
             q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
             close = m2 & (a > 0) & (a < tau * (p2[:, None] + q2[None, :])) & (g != 0)
-            asafe = tl.where(close, a, 1.0)
-            den = _pair_p(k, p2, PMIN)[:, None] * _pair_p(k, q2, PMIN)[None, :] - k * asafe
-            den = tl.maximum(den, 1.1754943508222875e-38)  # (as _pair_coef; close pairs' den ~ p_p p_q)
-            w = tl.where(close, _div(2.0 * g, _sqrt(_div(asafe, den)) * den), 0.0)
-            for d in range(0, D):
-                pc = tl.load(P_ + (b * NP + rows) * D + d, mask=rmask, other=0.0).to(CT)
-                qc = tl.load(Q_ + (b * NQ + cols) * D + d, mask=cmask, other=0.0).to(CT)
-                v = tl.sum(tl.where(close, w * (pc[:, None] - qc[None, :]), 0.0), 1)
-                o = OUT + (b * NP + rows) * D + d
-                tl.store(o, (tl.load(o, mask=rmask, other=0.0).to(CT) + v).to(OUT.dtype.element_ty), mask=rmask)
+            if tl.max(close.to(tl.int32)) > 0:
+                asafe = tl.where(close, a, 1.0)
+                den = pp[:, None] * _pair_p(k, q2, PMIN)[None, :] - k * asafe
+                den = tl.maximum(den, 1.1754943508222875e-38)  # (as _pair_coef; close pairs' den ~ p_p p_q)
+                w = tl.where(close, _div(2.0 * g, _sqrt(_div(asafe, den)) * den), 0.0)
+                for d in range(0, D):
+                    pc = tl.load(P_ + (b * NP + rows) * D + d, mask=rmask, other=0.0).to(CT)
+                    qc = tl.load(Q_ + (b * NQ + cols) * D + d, mask=cmask, other=0.0).to(CT)
+                    v = tl.sum(tl.where(close, w * (pc[:, None] - qc[None, :]), 0.0), 1)
+                    o = OUT + (b * NP + rows) * D + d
+                    tl.store(o, (tl.load(o, mask=rmask, other=0.0).to(CT) + v).to(OUT.dtype.element_ty), mask=rmask)
 
 
 # knn (float32): one program per BLOCK_M rows of x walks all of y in BLOCK_N tiles, keeping the best NP keys
@@ -2568,7 +2572,7 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             out = x.new_empty((S, B, N, D)) if S > 1 or not want_x else x.new_zeros((B, N, D))
             dkp = (x.new_empty((S, B, N)) if S > 1 else x.new_empty((B, N))) if want_k else x
             w_ = nw_x if S > 1 else nw
-            flags = x.new_empty((B, triton.cdiv(N, bp), triton.cdiv(M, bq)), dtype=torch.uint8)
+            flags = x.new_zeros((B, triton.cdiv(N, bp)), dtype=torch.uint8)
             _pair_bwd_kernel[(triton.cdiv(N, bp), S * nd, B)](
                 x, y, g, A, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau, q_per, nd,
                 NEED_K=want_k, SPLIT=S > 1, num_warps=w_, **regs(w_, want_k), **blk)
@@ -2580,7 +2584,7 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             S, q_per = _pair_split(M, N, nd, B, bp, bq, x.device, split)
             out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
             w_ = nw_y if S > 1 else nw
-            flags = x.new_empty((B, triton.cdiv(M, bp), triton.cdiv(N, bq)), dtype=torch.uint8)
+            flags = x.new_zeros((B, triton.cdiv(M, bp)), dtype=torch.uint8)
             _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
                 y, x, g, A, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau, q_per, nd,
                 NEED_K=False, SPLIT=S > 1, num_warps=w_, **regs(w_, False), **blk)

@@ -404,7 +404,8 @@ def test_cdist_bwd_split_gradcheck(monkeypatch, device):
 
 
 def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
-    """The split adds no launch (its partials are summed by one torch op a pass)."""
+    """The split adds no launch (its partials are summed by one torch op a pass).  5 launches: the forward, and per
+    pass _pair_bwd_kernel and the close-pair fix-up (_pair_close_fix_kernel, session 51; 3 before it)."""
     x = _points(1, 40, 8, torch.float32, 46).requires_grad_(True)
     y = _points(1, 40, 8, torch.float32, 47).requires_grad_(True)
     counts = {}
@@ -414,7 +415,7 @@ def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
             d = gs.cdist(x, y, k=-1.0)
             d.backward(torch.ones_like(d))
         counts[s] = w
-    assert len(counts["2"].launches) == len(counts["0"].launches) == 3
+    assert len(counts["2"].launches) == len(counts["0"].launches) == 5
     assert len(counts["2"].ops) <= len(counts["0"].ops) + 2
 
 
