@@ -2552,6 +2552,8 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     # with dk and in float64 (left alone ptxas held the float32 D = 64 x pass with dk at 128-168 registers and the
     # float64 D = 32 split y pass at 80 and spilled 8-12 B; with it they take 100-180); not for the float32 passes
     # without dk (they take 64-165 left alone; with .maxnreg ptxas scheduled the D = 64 ones up to 255 and spilled)
+    # The unsplit float64 y pass too since the close-pair flag (session 51: left alone ptxas held it at 168 registers
+    # and spilled 8 B on sm_90, Triton 3.9)
     def regs(nw_, need_k):
         return _maxnreg(nw_) if kpos and (need_k or x.dtype == torch.float64) else {}
     # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
@@ -2562,7 +2564,8 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     nw_y = nw if INTERPRETED else 8
     # the close pairs' exact terms W (x_i - y_j) (left out of W: their GEMM form cancels): one launch a pass over the
     # tiles _pair_bwd_kernel flagged, no host read (session 51; before, a nonzero of the close pairs and index_add_)
-    fix = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, num_warps=nw)
+    # (8 warps on the GPU: at 4 ptxas held the float32 y pass's at 96 registers and spilled 8 B, Triton 3.6 sm_90)
+    fix = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, num_warps=nw if INTERPRETED else 8)
     dx = dy = dk = None
     with _device_guard(x):
         # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
@@ -2587,7 +2590,8 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             flags = x.new_zeros((B, triton.cdiv(M, bp)), dtype=torch.uint8)
             _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
                 y, x, g, A, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau, q_per, nd,
-                NEED_K=False, SPLIT=S > 1, num_warps=w_, **regs(w_, False), **blk)
+                NEED_K=False, SPLIT=S > 1, num_warps=w_,
+                **(regs(w_, False) or (_maxnreg(w_) if x.dtype == torch.float64 and S == 1 else {})), **blk)
             dy = out.sum(0) if S > 1 else out
             _pair_close_fix_kernel[(triton.cdiv(M, bp), B)](
                 y, x, g, A, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
