@@ -2054,13 +2054,14 @@ def _pair_compile_variants():
 # from A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
 # csrc/cpu/stereographic_pairwise.cpp; dP = alpha * P - W Q accumulated by tl.dot over tiles of Q
 # (no [N, M, D] tensor).  Close pairs are left out of W (their W (x - y) cancels in the GEMM form) and
-# added exactly afterwards, like the C++ kernel: the pass flags each tile holding one, and _pair_close_fix_kernel
-# recomputes those tiles' close pairs and adds W (p_i - q_j) into its own rows (session 51: no host read).  dk: per row
+# added exactly afterwards, like the C++ kernel: the pass flags each row holding one, and _pair_close_fix_kernel
+# recomputes those rows' close pairs and adds W (p_i - q_j) into its own rows (session 51: no host read).  dk: per row
 # partial sums of g dd/dk, summed per batch.  k > 0 (far out on the projected sphere, k|x|^2 >> 1,
-# p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): a call with such a batch runs the KPOS variant,
-# which reads the saved G beside A (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed by the host:
-# _pair_saved_A) and forms those batches' den, dk's linear term and far rows' alpha share in G (the C++
-# BwdRow); k <= 0 calls run the kernel as before (same bits), their saved tensor is A itself.
+# p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): those batches run the KPOS variant, which reads
+# the saved G (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed in the kernel: _pair_a_from_g) and forms den,
+# dk's linear term and far rows' alpha share in G (the C++ BwdRow); k <= 0 batches run the kernel as before (same
+# bits) from the saved A.  Both variants are launched on every call, each program doing its batch only where k is
+# of its kind: no host read of k's sign (session 51).
 _PAIR_MIN_P = {torch.float32: 1e-7, torch.float64: 1e-15}  # clamp of p = 1 + k|x|^2 for k < 0 (C++ min_p)
 
 
@@ -2156,7 +2157,7 @@ def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
     a, g, x2, y2, m2 = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT,
                                     PMIN, BLOCK_M, BLOCK_N, BLOCK_K)
     off = (b * N + rows[:, None]) * M + cols[None, :]
-    if SAVE:  # the backward's saved tensor (_pair_saved_A): A where k <= 0, G = <x, y> where k > 0
+    if SAVE:  # the backward's saved tensor (_pair_a_from_g): A where k <= 0, G = <x, y> where k > 0
         tl.store(SOUT + off, tl.where(k > 0, g, a).to(SOUT.dtype.element_ty), mask=m2)
     if KEY:
         v = _pair_key(a, g, x2, y2, k, PMIN)
@@ -2214,21 +2215,36 @@ def _pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid, KPOS: tl.c
 
 
 @triton.jit
+def _pair_a_from_g(P_, Q_, xy, p2, q2, prow, qrow, rmask, cmask, m2, D, tau, CT: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """A = |p|^2 + |q|^2 - 2<p, q> of a k > 0 tile from the saved G, as the forward forms it (_pair_a_tile): its close
+    pairs (the forward's test) recomputed exactly from the rows, in a branch that only tiles holding one take."""
+    s2 = p2[:, None] + q2[None, :]
+    a = s2 - 2.0 * xy
+    near = (a < tau * s2) & m2
+    a = tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    if tl.max(near.to(tl.int32)) > 0:
+        a = tl.where(near, _pair_exact_sq(P_, Q_, prow * D, qrow * D, rmask, cmask, D, CT, BLOCK_P, BLOCK_Q), a)
+    return a
+
+
+@triton.jit
 def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ, D, stride_gp, stride_gq, tau, q_per,
                      n_dblk, NEED_K: tl.constexpr, SPLIT: tl.constexpr, KPOS: tl.constexpr, CT: tl.constexpr,
                      PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x).
 
-    G: the upstream gradient; A: |x - y|^2 (close pairs exact).  KPOS (some batch of the call has k > 0): XY holds
-    <x, y> for those batches, which form den, dk's linear term and (far rows) alpha's share from it (session 41,
-    the C++ BwdRow); k <= 0 batches ignore XY and take the same formulas as without KPOS.
+    G: the upstream gradient; A: |x - y|^2 (close pairs exact) for k <= 0 batches.  KPOS (the k > 0 batches): XY
+    holds <x, y>, which forms A (_pair_a_from_g), den, dk's linear term and (far rows) alpha's share (session 41,
+    the C++ BwdRow; A in the kernel since session 51).
 
     SPLIT: program_id(1) = split * n_dblk + feature block; the split walks columns [sp q_per, (sp + 1) q_per)
     of Q and writes its partial alpha_s P - W_s Q (and dk partials) to OUT / DKP's slice sp ([S, B, NP, D],
     [S, B, NP]); the caller adds the slices in split order.  Without SPLIT: all columns, the result itself.
 
-    FLAGS [B, NP / BLOCK_P] (uint8, zeroed): set to 1 where the row tile holds a close pair (left out of W here), by
-    the programs of the first feature block; _pair_close_fix_kernel adds those pairs' terms."""
+    FLAGS [B, NP] (uint8, zeroed): set to 1 where the row holds a close pair (left out of W here), by the programs
+    of the first feature block; _pair_close_fix_kernel adds those pairs' terms.  Both variants are launched: each
+    program does its batch only where k is of its kind (KPOS: k > 0), the KPOS one forming A from the saved G."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(2).to(tl.int64)
     if SPLIT:
@@ -2246,6 +2262,13 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
     dc = c0 + tl.arange(0, BLOCK_D)
     dmask = dc < D
     k = tl.load(K + b).to(CT)
+    # both variants run on every call (no host read of k's sign, session 51): a program whose batch's k is not of
+    # this variant's kind (KPOS: k > 0; else k <= 0 or NaN) walks no column and stores nothing
+    if KPOS:
+        np_mine = tl.where(k > 0, NP, 0)  # the rows this program stores: all or none
+    else:
+        np_mine = tl.where(k > 0, 0, NP)  # (a NaN k: this variant, as before)
+    q_hi = tl.where(np_mine > 0, q_hi, q_lo)
     p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
     pp = _pair_p(k, p2, PMIN)
     ipp = _div(1.0, pp)
@@ -2261,14 +2284,16 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
         m2 = rmask[:, None] & cmask[None, :]
         off = gbase + rows[:, None] * stride_gp + cols[None, :] * stride_gq
         g = tl.load(G + off, mask=m2, other=0.0).to(CT)
-        a = tl.load(A + off, mask=m2, other=0.0).to(CT)
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
+        if KPOS:  # XY = the saved G: A formed as the forward forms it, its close pairs recomputed exactly (rare)
+            xy = tl.load(XY + off, mask=m2, other=0.0).to(CT)
+            a = _pair_a_from_g(P_, Q_, xy, p2, q2, b * NP + rows, b * NQ + cols, rmask, cmask, m2, D, tau, CT,
+                               BLOCK_P, BLOCK_Q)
+        else:
+            a = tl.load(A + off, mask=m2, other=0.0).to(CT)
+            xy = a  # (unused)
         pq = _pair_p(k, q2, PMIN)
         valid = m2 & (a > 0)
-        if KPOS:
-            xy = tl.load(XY + off, mask=m2, other=0.0).to(CT)
-        else:
-            xy = a  # (unused)
         w, s, den, close = _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS)
         anyc = anyc | close  # (reduced once after the loop)
         if KPOS:  # k > 0, p far out (k|p|^2 > 1) and beyond q: alpha's share W + 2 g dd/d|p|^2 as W q_p / p_p
@@ -2286,10 +2311,9 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
             dk += tl.sum(_pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid, KPOS), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
-    if c0 == 0:  # the row tile's close-pair flag: 1 where some column (of this split) holds one; FLAGS zeroed by the
+    if c0 == 0:  # the rows' close-pair flags: 1 where some column (of this split) holds one; FLAGS zeroed by the
         # caller, splits store the same 1 (a tl.max per column tile and a flag per tile spilled 12-156 B on sm_90)
-        tl.store(FLAGS + (b * tl.num_programs(0) + tl.program_id(0).to(tl.int64)), 1,
-                 mask=tl.max(anyc.to(tl.int32)) > 0)
+        tl.store(FLAGS + b * NP + rows, 1, mask=rmask & (tl.max(anyc.to(tl.int32), 1) > 0))
     if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
         sp = tl.program_id(1).to(tl.int64) // n_dblk
         OUT += sp * tl.num_programs(2).to(tl.int64) * NP * D
@@ -2298,10 +2322,10 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
                  other=0.0).to(CT)
     out = alpha[:, None] * pt - acc
     tl.store(OUT + (b * NP + rows[:, None]) * D + dc[None, :], out.to(OUT.dtype.element_ty),
-             mask=rmask[:, None] & dmask[None, :])
+             mask=(rows < np_mine)[:, None] & dmask[None, :])
     if NEED_K:
         if c0 == 0:
-            tl.store(DKP + b * NP + rows, dk.to(DKP.dtype.element_ty), mask=rmask)
+            tl.store(DKP + b * NP + rows, dk.to(DKP.dtype.element_ty), mask=rows < np_mine)
 
 
 @triton.jit
@@ -2309,15 +2333,15 @@ def _pair_close_fix_kernel(P_, Q_, G, A, P2, Q2, K, FLAGS, OUT, NP, NQ, D, strid
                            CT: tl.constexpr, PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
     """OUT[i] += sum_j w_ij (p_i - q_j) over the close pairs that _pair_bwd_kernel left out of W (dP's exact terms:
     in the GEMM form W p_i - W q_j cancels ~|p|/|p - q|-fold).  One program per (BLOCK_P rows of P, batch): a row
-    tile that _pair_bwd_kernel flagged (one byte load; nothing else where none) walks its column tiles, and those
+    tile with a row that _pair_bwd_kernel flagged (BLOCK_P byte loads; nothing else where none) walks its column tiles, and those
     holding a close pair (the test of _pair_coef, and g != 0) recompute W of their close pairs (den = p_p p_q - kA,
     exact for them since A is) and add the sums feature by feature into the program's own rows: no atomics, one
-    order (the same bits on every run).  BLOCK_P / BLOCK_Q: the backward pass's (FLAGS is per row tile)."""
+    order (the same bits on every run).  k > 0 batches: A holds G, A formed as in the KPOS pass."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(1).to(tl.int64)
-    if tl.load(FLAGS + (b * tl.num_programs(0) + tl.program_id(0).to(tl.int64))) != 0:  # rare: a close pair
-        rows = p0 + tl.arange(0, BLOCK_P)
-        rmask = rows < NP
+    rows = p0 + tl.arange(0, BLOCK_P)
+    rmask = rows < NP
+    if tl.max(tl.load(FLAGS + b * NP + rows, mask=rmask, other=0).to(tl.int32)) != 0:  # rare: a close pair
         k = tl.load(K + b).to(CT)
         p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
         pp = _pair_p(k, p2, PMIN)
@@ -2329,6 +2353,9 @@ def _pair_close_fix_kernel(P_, Q_, G, A, P2, Q2, K, FLAGS, OUT, NP, NQ, D, strid
             g = tl.load(G + off, mask=m2, other=0.0).to(CT)
             a = tl.load(A + off, mask=m2, other=0.0).to(CT)
             q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
+            if k > 0:  # A holds G there: A as the KPOS pass formed it
+                a = _pair_a_from_g(P_, Q_, a, p2, q2, b * NP + rows, b * NQ + cols, rmask, cmask, m2, D, tau, CT,
+                                   BLOCK_P, BLOCK_Q)
             close = m2 & (a > 0) & (a < tau * (p2[:, None] + q2[None, :])) & (g != 0)
             if tl.max(close.to(tl.int32)) > 0:
                 asafe = tl.where(close, a, 1.0)
@@ -2498,27 +2525,11 @@ def _pair_split(NP: int, NQ: int, n_dblk: int, B: int, bp: int, bq: int, device:
     return triton.cdiv(NQ, q_per), q_per
 
 
-def _pair_saved_A(saved, g, x, y, x2, y2, k, tau):
-    """A = |x - y|^2 for the backward from the forward's saved tensor (SAVE of _pair_fwd_kernel: A where k <= 0,
-    G = <x, y> where k > 0), and whether some batch has k > 0 (one host read).  k > 0 batches: A = |x|^2 + |y|^2 - 2G
-    as the forward forms it, its close pairs (the forward's test) recomputed exactly from the rows, as the forward
-    does (pairs with g = 0 contribute nothing: skipped).  k <= 0 only: the saved A itself (no copy)."""
-    kpos = k > 0
-    if not bool(kpos.any()):
-        return saved, False
-    s2 = x2[:, :, None] + y2[:, None, :]
-    A = torch.where(kpos[:, None, None], (s2 - 2 * saved).clamp_min(0), saved)  # (clamp_min keeps NaN, as the forward)
-    bi, ii, jj = (kpos[:, None, None] & (A < tau * s2) & (g != 0)).nonzero(as_tuple=True)
-    if bi.numel():
-        diff = x[bi, ii] - y[bi, jj]
-        A[bi, ii, jj] = (diff * diff).sum(-1)
-    return A, True
-
-
 def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     """(dx, dy, dk) of cdist from the forward's saved tensor (A where k <= 0, <x, y> where k > 0: _pair_fwd).
 
-    kpos: None = from k (a host read); True / False = the KPOS kernel or not (the compile check's variants)."""
+    kpos: None = both variants (each program does its batch where k is of its kind: no host read); True / False =
+    the KPOS variant or the other alone (the compile check's variants)."""
     x, y, k = _pair_check(x, y, k)
     B, N, D = x.shape
     M = y.shape[1]
@@ -2531,10 +2542,7 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     x2 = (x * x).sum(-1).contiguous()
     y2 = (y * y).sum(-1).contiguous()
     tau = _pair_tau(D, x.dtype)
-    if kpos is None:
-        A, kpos = _pair_saved_A(saved, g, x, y, x2, y2, k, tau)
-    else:
-        A = saved
+    kinds = (False, True) if kpos is None else (bool(kpos),)
     ct = _compute_type(x.dtype)[0]
     pmin = _PAIR_MIN_P[x.dtype]
     bd = min(64, max(16, triton.next_power_of_2(D)))  # wider feature blocks spilled (D > 64: several blocks)
@@ -2545,17 +2553,17 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
         # 4 (float64) / 8 (float32) pairs a thread: the per-pair coefficients (and dk's) keep ~10 values
         # per pair live; 16 pairs a thread spilled
         bp, bq, nw = (32, 16, 4) if x.dtype == torch.float64 else (32, 32, 4)
-        if kpos:  # (<x, y> beside A: one more value a pair; at 32 rows two variants spilled 24 B)
-            bp = 16
-    blk = dict(KPOS=kpos, CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd)
+    # KPOS: 16-row tiles on the GPU (<x, y> beside A: one more value a pair; at 32 rows two variants spilled 24 B)
+    bpk = {False: bp, True: bp if INTERPRETED else 16}
+    blk = dict(CT=ct, PMIN=pmin, BLOCK_Q=bq, BLOCK_D=bd)
     # KPOS (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): .maxnreg for the passes
     # with dk and in float64 (left alone ptxas held the float32 D = 64 x pass with dk at 128-168 registers and the
     # float64 D = 32 split y pass at 80 and spilled 8-12 B; with it they take 100-180); not for the float32 passes
     # without dk (they take 64-165 left alone; with .maxnreg ptxas scheduled the D = 64 ones up to 255 and spilled)
     # The unsplit float64 y pass too since the close-pair flag (session 51: left alone ptxas held it at 168 registers
     # and spilled 8 B on sm_90, Triton 3.9)
-    def regs(nw_, need_k):
-        return _maxnreg(nw_) if kpos and (need_k or x.dtype == torch.float64) else {}
+    def regs(kind, nw_, need_k):
+        return _maxnreg(nw_) if kind and (need_k or x.dtype == torch.float64) else {}
     # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
     # y pass at 8 (at 4 ptxas held it at 168 registers and spilled 8 B); the x pass at 4 with dk or in float32 (at 8
     # the float32 D = 64 pass with dk spilled 8 B at 128 registers, D = 32 without 4 B at 80 on sm_80), else at 8 (the
@@ -2575,26 +2583,30 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             out = x.new_empty((S, B, N, D)) if S > 1 or not want_x else x.new_zeros((B, N, D))
             dkp = (x.new_empty((S, B, N)) if S > 1 else x.new_empty((B, N))) if want_k else x
             w_ = nw_x if S > 1 else nw
-            flags = x.new_zeros((B, triton.cdiv(N, bp)), dtype=torch.uint8)
-            _pair_bwd_kernel[(triton.cdiv(N, bp), S * nd, B)](
-                x, y, g, A, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau, q_per, nd,
-                NEED_K=want_k, SPLIT=S > 1, num_warps=w_, **regs(w_, want_k), **blk)
+            flags = x.new_zeros((B, N), dtype=torch.uint8)
+            for kind in kinds:  # (S and q_per from the k <= 0 tiles: both variants write the same slices)
+                _pair_bwd_kernel[(triton.cdiv(N, bpk[kind]), S * nd, B)](
+                    x, y, g, saved, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau, q_per, nd,
+                    NEED_K=want_k, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
+                    **regs(kind, w_, want_k), **blk)
             if want_x:
                 dx = out.sum(0) if S > 1 else out
                 _pair_close_fix_kernel[(triton.cdiv(N, bp), B)](
-                    x, y, g, A, x2, y2, k, flags, dx, N, M, D, M, 1, tau, **fix)
+                    x, y, g, saved, x2, y2, k, flags, dx, N, M, D, M, 1, tau, **fix)
         if want_y:
             S, q_per = _pair_split(M, N, nd, B, bp, bq, x.device, split)
             out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
             w_ = nw_y if S > 1 else nw
-            flags = x.new_zeros((B, triton.cdiv(M, bp)), dtype=torch.uint8)
-            _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
-                y, x, g, A, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau, q_per, nd,
-                NEED_K=False, SPLIT=S > 1, num_warps=w_,
-                **(regs(w_, False) or (_maxnreg(w_) if x.dtype == torch.float64 and S == 1 else {})), **blk)
+            flags = x.new_zeros((B, M), dtype=torch.uint8)
+            for kind in kinds:
+                _pair_bwd_kernel[(triton.cdiv(M, bpk[kind]), S * nd, B)](
+                    y, x, g, saved, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau, q_per, nd,
+                    NEED_K=False, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
+                    **(regs(kind, w_, False) or (_maxnreg(w_) if x.dtype == torch.float64 and S == 1 else {})),
+                    **blk)
             dy = out.sum(0) if S > 1 else out
             _pair_close_fix_kernel[(triton.cdiv(M, bp), B)](
-                y, x, g, A, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
+                y, x, g, saved, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))

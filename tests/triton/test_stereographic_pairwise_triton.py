@@ -404,8 +404,8 @@ def test_cdist_bwd_split_gradcheck(monkeypatch, device):
 
 
 def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
-    """The split adds no launch (its partials are summed by one torch op a pass).  5 launches: the forward, and per
-    pass _pair_bwd_kernel and the close-pair fix-up (_pair_close_fix_kernel, session 51; 3 before it)."""
+    """The split adds no launch (its partials are summed by one torch op a pass).  7 launches: the forward, and per
+    pass _pair_bwd_kernel's two variants (k <= 0, k > 0) and the close-pair fix-up (session 51; 3 before it)."""
     x = _points(1, 40, 8, torch.float32, 46).requires_grad_(True)
     y = _points(1, 40, 8, torch.float32, 47).requires_grad_(True)
     counts = {}
@@ -415,7 +415,7 @@ def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
             d = gs.cdist(x, y, k=-1.0)
             d.backward(torch.ones_like(d))
         counts[s] = w
-    assert len(counts["2"].launches) == len(counts["0"].launches) == 5
+    assert len(counts["2"].launches) == len(counts["0"].launches) == 7
     assert len(counts["2"].ops) <= len(counts["0"].ops) + 2
 
 
@@ -450,7 +450,7 @@ def _close_case(dtype, device, k=-1.0):
 def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split, k):
     """cdist's backward with close pairs (their exact W (x_i - y_j) terms) and a copy of a point (A = 0), unsplit
     and split, D = 70 (two feature blocks): the float64 reference within 1e-9 / 1e-4.  k > 0: the forward saved G,
-    the backward recomputes the close pairs' A from the rows (_pair_saved_A; from G they are off by ~100 %)."""
+    the backward recomputes the close pairs' A from the rows (_pair_a_from_g; from G they are off by ~100 %)."""
     monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", str(split))
     x, y, kt, d, saved, g = _close_case(dtype, device, k)
     tau = __import__("geoops.kernels.stereographic", fromlist=["_pair_tau"])._pair_tau(70, dtype)
@@ -466,29 +466,16 @@ def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split
         assert err < tol, (name, err)
 
 
-@pytest.mark.xfail(strict=True, reason="cdist's Triton backward reads whether some k > 0 (the KPOS variant and, for "
-                                       "k > 0 batches, A from the saved G with their close pairs exact: "
-                                       "_pair_saved_A, a nonzero): 1 device sync per backward where no k > 0 (2 "
-                                       "with), test_cdist_backward_host_reads.  The close pairs' fix-up reads "
-                                       "nothing since session 51 (_pair_close_fix_kernel); KPOS per batch in-kernel "
-                                       "(both variants launched): docs/families/stereographic-pairwise.md, "
-                                       "Sessions 42 and 51")
-def test_cdist_backward_reads_nothing_back(device, host_reads):
-    x, y, kt, d, A, g = _close_case(torch.float32, device)
-    host_reads.clear()
-    ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
-    assert host_reads == []
-
-
 @pytest.mark.parametrize("k", [-1.0, 0.7])
-def test_cdist_backward_host_reads(device, host_reads, k):
-    """The reads cdist's Triton backward still takes (see the xfail above): whether some k > 0 and the nonzero of the
-    k > 0 batches' close pairs (k > 0 only).  Session 42 also took the nonzero of all close pairs for the host-side
-    fix-up (2 / 3 reads; before it, close.any() too: 3 / 4); since session 51 _pair_close_fix_kernel adds them."""
+def test_cdist_backward_reads_nothing_back(device, host_reads, k):
+    """cdist's Triton backward reads nothing back to the host, with close pairs, for k < 0 and k > 0 (a strict xfail
+    until session 51: whether some k > 0, the k > 0 batches' close pairs' nonzero and all close pairs' nonzero, 2
+    reads where no k > 0, 3 with).  Both kernel variants run; the close pairs' terms come from
+    _pair_close_fix_kernel."""
     x, y, kt, d, A, g = _close_case(torch.float32, device, k)
     host_reads.clear()
     ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
-    assert host_reads == (["__bool__"] if k < 0 else ["__bool__", "nonzero"])
+    assert host_reads == []
 
 
 @pytest.mark.parametrize("split", [0, 2])
