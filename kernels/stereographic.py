@@ -2058,7 +2058,7 @@ def _pair_compile_variants():
 # recomputes those rows' close pairs and adds W (p_i - q_j) into its own rows (session 51: no host read).  dk: per row
 # partial sums of g dd/dk, summed per batch.  k > 0 (far out on the projected sphere, k|x|^2 >> 1,
 # p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): those batches run the KPOS variant, which reads
-# the saved G (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed in the kernel: _pair_a_from_g) and forms den,
+# the saved G (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed by _pair_a_kernel) and forms den,
 # dk's linear term and far rows' alpha share in G (the C++ BwdRow); k <= 0 batches run the kernel as before (same
 # bits) from the saved A.  Both variants are launched on every call, each program doing its batch only where k is
 # of its kind: no host read of k's sign (session 51).
@@ -2157,7 +2157,7 @@ def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
     a, g, x2, y2, m2 = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT,
                                     PMIN, BLOCK_M, BLOCK_N, BLOCK_K)
     off = (b * N + rows[:, None]) * M + cols[None, :]
-    if SAVE:  # the backward's saved tensor (_pair_a_from_g): A where k <= 0, G = <x, y> where k > 0
+    if SAVE:  # the backward's saved tensor (_pair_a_kernel): A where k <= 0, G = <x, y> where k > 0
         tl.store(SOUT + off, tl.where(k > 0, g, a).to(SOUT.dtype.element_ty), mask=m2)
     if KEY:
         v = _pair_key(a, g, x2, y2, k, PMIN)
@@ -2229,14 +2229,37 @@ def _pair_a_from_g(P_, Q_, xy, p2, q2, prow, qrow, rmask, cmask, m2, D, tau, CT:
 
 
 @triton.jit
+def _pair_a_kernel(X, Y, XY, X2, Y2, K, AOUT, N, M, D, tau, CT: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """A of the k > 0 batches for the backward (AOUT [B, N, M]) from the saved G (_pair_a_from_g); the programs of
+    k <= 0 batches return at once (their saved tensor is A).  Launched on every backward: no host read of k's sign
+    (session 51; before, the host formed it after reading whether some k > 0 and the nonzero of the close pairs)."""
+    b = tl.program_id(2).to(tl.int64)
+    k = tl.load(K + b).to(CT)
+    if k > 0:
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        cmask = cols < M
+        m2 = rmask[:, None] & cmask[None, :]
+        off = (b * N + rows[:, None]) * M + cols[None, :]
+        xy = tl.load(XY + off, mask=m2, other=0.0).to(CT)
+        x2 = tl.load(X2 + b * N + rows, mask=rmask, other=0.0).to(CT)
+        y2 = tl.load(Y2 + b * M + cols, mask=cmask, other=0.0).to(CT)
+        a = _pair_a_from_g(X, Y, xy, x2, y2, b * N + rows, b * M + cols, rmask, cmask, m2, D, tau, CT, BLOCK_M,
+                           BLOCK_N)
+        tl.store(AOUT + off, a.to(AOUT.dtype.element_ty), mask=m2)
+
+
+@triton.jit
 def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ, D, stride_gp, stride_gq, tau, q_per,
                      n_dblk, NEED_K: tl.constexpr, SPLIT: tl.constexpr, KPOS: tl.constexpr, CT: tl.constexpr,
                      PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x).
 
-    G: the upstream gradient; A: |x - y|^2 (close pairs exact) for k <= 0 batches.  KPOS (the k > 0 batches): XY
-    holds <x, y>, which forms A (_pair_a_from_g), den, dk's linear term and (far rows) alpha's share (session 41,
-    the C++ BwdRow; A in the kernel since session 51).
+    G: the upstream gradient; A: |x - y|^2 (close pairs exact).  KPOS (the k > 0 batches): XY holds <x, y>, which
+    forms den, dk's linear term and (far rows) alpha's share (session 41, the C++ BwdRow), and A is _pair_a_kernel's
+    (since session 51; before, the host's).
 
     SPLIT: program_id(1) = split * n_dblk + feature block; the split walks columns [sp q_per, (sp + 1) q_per)
     of Q and writes its partial alpha_s P - W_s Q (and dk partials) to OUT / DKP's slice sp ([S, B, NP, D],
@@ -2244,7 +2267,7 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
 
     FLAGS [B, NP] (uint8, zeroed): set to 1 where the row holds a close pair (left out of W here), by the programs
     of the first feature block; _pair_close_fix_kernel adds those pairs' terms.  Both variants are launched: each
-    program does its batch only where k is of its kind (KPOS: k > 0), the KPOS one forming A from the saved G."""
+    program does its batch only where k is of its kind (KPOS: k > 0)."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(2).to(tl.int64)
     if SPLIT:
@@ -2285,12 +2308,10 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
         off = gbase + rows[:, None] * stride_gp + cols[None, :] * stride_gq
         g = tl.load(G + off, mask=m2, other=0.0).to(CT)
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
-        if KPOS:  # XY = the saved G: A formed as the forward forms it, its close pairs recomputed exactly (rare)
+        a = tl.load(A + off, mask=m2, other=0.0).to(CT)
+        if KPOS:
             xy = tl.load(XY + off, mask=m2, other=0.0).to(CT)
-            a = _pair_a_from_g(P_, Q_, xy, p2, q2, b * NP + rows, b * NQ + cols, rmask, cmask, m2, D, tau, CT,
-                               BLOCK_P, BLOCK_Q)
         else:
-            a = tl.load(A + off, mask=m2, other=0.0).to(CT)
             xy = a  # (unused)
         pq = _pair_p(k, q2, PMIN)
         valid = m2 & (a > 0)
@@ -2329,14 +2350,14 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ,
 
 
 @triton.jit
-def _pair_close_fix_kernel(P_, Q_, G, A, P2, Q2, K, FLAGS, OUT, NP, NQ, D, stride_gp, stride_gq, tau,
+def _pair_close_fix_kernel(P_, Q_, G, A, AK, P2, Q2, K, FLAGS, OUT, NP, NQ, D, stride_gp, stride_gq, tau,
                            CT: tl.constexpr, PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
     """OUT[i] += sum_j w_ij (p_i - q_j) over the close pairs that _pair_bwd_kernel left out of W (dP's exact terms:
     in the GEMM form W p_i - W q_j cancels ~|p|/|p - q|-fold).  One program per (BLOCK_P rows of P, batch): a row
     tile with a row that _pair_bwd_kernel flagged (BLOCK_P byte loads; nothing else where none) walks its column tiles, and those
     holding a close pair (the test of _pair_coef, and g != 0) recompute W of their close pairs (den = p_p p_q - kA,
     exact for them since A is) and add the sums feature by feature into the program's own rows: no atomics, one
-    order (the same bits on every run).  k > 0 batches: A holds G, A formed as in the KPOS pass."""
+    order (the same bits on every run).  A: the saved tensor (k <= 0 batches); AK: _pair_a_kernel's (k > 0)."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(1).to(tl.int64)
     rows = p0 + tl.arange(0, BLOCK_P)
@@ -2351,11 +2372,11 @@ def _pair_close_fix_kernel(P_, Q_, G, A, P2, Q2, K, FLAGS, OUT, NP, NQ, D, strid
             m2 = rmask[:, None] & cmask[None, :]
             off = b * NP * NQ + rows[:, None] * stride_gp + cols[None, :] * stride_gq
             g = tl.load(G + off, mask=m2, other=0.0).to(CT)
-            a = tl.load(A + off, mask=m2, other=0.0).to(CT)
+            if k > 0:  # (the saved tensor holds G there: A is _pair_a_kernel's)
+                a = tl.load(AK + off, mask=m2, other=0.0).to(CT)
+            else:
+                a = tl.load(A + off, mask=m2, other=0.0).to(CT)
             q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
-            if k > 0:  # A holds G there: A as the KPOS pass formed it
-                a = _pair_a_from_g(P_, Q_, a, p2, q2, b * NP + rows, b * NQ + cols, rmask, cmask, m2, D, tau, CT,
-                                   BLOCK_P, BLOCK_Q)
             close = m2 & (a > 0) & (a < tau * (p2[:, None] + q2[None, :])) & (g != 0)
             if tl.max(close.to(tl.int32)) > 0:
                 asafe = tl.where(close, a, 1.0)
@@ -2543,6 +2564,7 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     y2 = (y * y).sum(-1).contiguous()
     tau = _pair_tau(D, x.dtype)
     kinds = (False, True) if kpos is None else (bool(kpos),)
+    ak = saved  # A of the k > 0 batches (_pair_a_kernel's) where the KPOS variant runs
     ct = _compute_type(x.dtype)[0]
     pmin = _PAIR_MIN_P[x.dtype]
     bd = min(64, max(16, triton.next_power_of_2(D)))  # wider feature blocks spilled (D > 64: several blocks)
@@ -2576,6 +2598,11 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     fix = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, num_warps=nw if INTERPRETED else 8)
     dx = dy = dk = None
     with _device_guard(x):
+        if True in kinds:  # (one [B, N, M] temporary, as the host's close-pair test made before session 51)
+            ak = torch.empty_like(saved)
+            ba = 16 if INTERPRETED else 32
+            _pair_a_kernel[(triton.cdiv(N, ba), triton.cdiv(M, ba), B)](
+                x, y, saved, x2, y2, k, ak, N, M, D, tau, CT=ct, BLOCK_M=ba, BLOCK_N=ba, num_warps=nw)
         # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
         if want_x or want_k:
             S, q_per = _pair_split(N, M, nd, B, bp, bq, x.device, split)
@@ -2586,13 +2613,14 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             flags = x.new_zeros((B, N), dtype=torch.uint8)
             for kind in kinds:  # (S and q_per from the k <= 0 tiles: both variants write the same slices)
                 _pair_bwd_kernel[(triton.cdiv(N, bpk[kind]), S * nd, B)](
-                    x, y, g, saved, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau, q_per, nd,
+                    x, y, g, ak if kind else saved, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau,
+                    q_per, nd,
                     NEED_K=want_k, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
                     **regs(kind, w_, want_k), **blk)
             if want_x:
                 dx = out.sum(0) if S > 1 else out
                 _pair_close_fix_kernel[(triton.cdiv(N, bp), B)](
-                    x, y, g, saved, x2, y2, k, flags, dx, N, M, D, M, 1, tau, **fix)
+                    x, y, g, saved, ak, x2, y2, k, flags, dx, N, M, D, M, 1, tau, **fix)
         if want_y:
             S, q_per = _pair_split(M, N, nd, B, bp, bq, x.device, split)
             out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
@@ -2600,13 +2628,14 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             flags = x.new_zeros((B, M), dtype=torch.uint8)
             for kind in kinds:
                 _pair_bwd_kernel[(triton.cdiv(M, bpk[kind]), S * nd, B)](
-                    y, x, g, saved, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau, q_per, nd,
+                    y, x, g, ak if kind else saved, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau,
+                    q_per, nd,
                     NEED_K=False, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
                     **(regs(kind, w_, False) or (_maxnreg(w_) if x.dtype == torch.float64 and S == 1 else {})),
                     **blk)
             dy = out.sum(0) if S > 1 else out
             _pair_close_fix_kernel[(triton.cdiv(M, bp), B)](
-                y, x, g, saved, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
+                y, x, g, saved, ak, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))

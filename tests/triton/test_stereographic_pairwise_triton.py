@@ -404,8 +404,9 @@ def test_cdist_bwd_split_gradcheck(monkeypatch, device):
 
 
 def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
-    """The split adds no launch (its partials are summed by one torch op a pass).  7 launches: the forward, and per
-    pass _pair_bwd_kernel's two variants (k <= 0, k > 0) and the close-pair fix-up (session 51; 3 before it)."""
+    """The split adds no launch (its partials are summed by one torch op a pass).  8 launches: the forward,
+    _pair_a_kernel (A of the k > 0 batches), and per pass _pair_bwd_kernel's two variants (k <= 0, k > 0) and the
+    close-pair fix-up (session 51: no host read; 3 before it)."""
     x = _points(1, 40, 8, torch.float32, 46).requires_grad_(True)
     y = _points(1, 40, 8, torch.float32, 47).requires_grad_(True)
     counts = {}
@@ -415,7 +416,7 @@ def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
             d = gs.cdist(x, y, k=-1.0)
             d.backward(torch.ones_like(d))
         counts[s] = w
-    assert len(counts["2"].launches) == len(counts["0"].launches) == 7
+    assert len(counts["2"].launches) == len(counts["0"].launches) == 8
     assert len(counts["2"].ops) <= len(counts["0"].ops) + 2
 
 
@@ -450,7 +451,7 @@ def _close_case(dtype, device, k=-1.0):
 def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split, k):
     """cdist's backward with close pairs (their exact W (x_i - y_j) terms) and a copy of a point (A = 0), unsplit
     and split, D = 70 (two feature blocks): the float64 reference within 1e-9 / 1e-4.  k > 0: the forward saved G,
-    the backward recomputes the close pairs' A from the rows (_pair_a_from_g; from G they are off by ~100 %)."""
+    the backward recomputes the close pairs' A from the rows (_pair_a_kernel; from G they are off by ~100 %)."""
     monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", str(split))
     x, y, kt, d, saved, g = _close_case(dtype, device, k)
     tau = __import__("geoops.kernels.stereographic", fromlist=["_pair_tau"])._pair_tau(70, dtype)
