@@ -2582,10 +2582,13 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     # with dk and in float64 (left alone ptxas held the float32 D = 64 x pass with dk at 128-168 registers and the
     # float64 D = 32 split y pass at 80 and spilled 8-12 B; with it they take 100-180); not for the float32 passes
     # without dk (they take 64-165 left alone; with .maxnreg ptxas scheduled the D = 64 ones up to 255 and spilled)
-    # The unsplit float64 y pass too since the close-pair flag (session 51: left alone ptxas held it at 168 registers
-    # and spilled 8 B on sm_90, Triton 3.9)
-    def regs(kind, nw_, need_k):
-        return _maxnreg(nw_) if kind and (need_k or x.dtype == torch.float64) else {}
+    # Since session 51 (the close-pair flags and the kind test: left alone ptxas held these at 96-168 registers and
+    # spilled 8 B, sm_80 / sm_90, Triton 3.6 / 3.9) also the KPOS float32 passes without dk up to D = 32, and in the
+    # other variant the float64 passes without dk, unsplit or the split x pass
+    def regs(kind, nw_, need_k, split, ypass=False):
+        if kind:
+            return _maxnreg(nw_) if need_k or x.dtype == torch.float64 or bd <= 32 else {}
+        return _maxnreg(nw_) if x.dtype == torch.float64 and not need_k and not (split and ypass) else {}
     # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
     # y pass at 8 (at 4 ptxas held it at 168 registers and spilled 8 B); the x pass at 4 with dk or in float32 (at 8
     # the float32 D = 64 pass with dk spilled 8 B at 128 registers, D = 32 without 4 B at 80 on sm_80), else at 8 (the
@@ -2616,7 +2619,7 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
                     x, y, g, ak if kind else saved, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau,
                     q_per, nd,
                     NEED_K=want_k, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
-                    **regs(kind, w_, want_k), **blk)
+                    **regs(kind, w_, want_k, S > 1), **blk)
             if want_x:
                 dx = out.sum(0) if S > 1 else out
                 _pair_close_fix_kernel[(triton.cdiv(N, bp), B)](
@@ -2631,8 +2634,7 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
                     y, x, g, ak if kind else saved, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau,
                     q_per, nd,
                     NEED_K=False, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
-                    **(regs(kind, w_, False) or (_maxnreg(w_) if x.dtype == torch.float64 and S == 1 else {})),
-                    **blk)
+                    **regs(kind, w_, False, S > 1, ypass=True), **blk)
             dy = out.sum(0) if S > 1 else out
             _pair_close_fix_kernel[(triton.cdiv(M, bp), B)](
                 y, x, g, saved, ak, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
