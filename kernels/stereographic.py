@@ -2354,10 +2354,11 @@ def _pair_close_fix_kernel(P_, Q_, G, A, AK, P2, Q2, K, FLAGS, OUT, NP, NQ, D, s
                            CT: tl.constexpr, PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
     """OUT[i] += sum_j w_ij (p_i - q_j) over the close pairs that _pair_bwd_kernel left out of W (dP's exact terms:
     in the GEMM form W p_i - W q_j cancels ~|p|/|p - q|-fold).  One program per (BLOCK_P rows of P, batch): a row
-    tile with a row that _pair_bwd_kernel flagged (BLOCK_P byte loads; nothing else where none) walks its column tiles, and those
-    holding a close pair (the test of _pair_coef, and g != 0) recompute W of their close pairs (den = p_p p_q - kA,
-    exact for them since A is) and add the sums feature by feature into the program's own rows: no atomics, one
-    order (the same bits on every run).  A: the saved tensor (k <= 0 batches); AK: _pair_a_kernel's (k > 0)."""
+    tile with a row that _pair_bwd_kernel flagged (BLOCK_P byte loads; nothing else where none) walks its column
+    tiles, and those holding a close pair (the test of _pair_coef, and g != 0) recompute W of their close pairs
+    (den = p_p p_q - kA, exact for them since A is) and add the sums feature by feature into the program's own rows:
+    no atomics, one order (the same bits on every run).  A: the saved tensor (k <= 0 batches); AK: _pair_a_kernel's
+    (k > 0)."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(1).to(tl.int64)
     rows = p0 + tl.arange(0, BLOCK_P)
@@ -2596,7 +2597,7 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     nw_x = nw if INTERPRETED or want_k or x.dtype == torch.float32 else 8
     nw_y = nw if INTERPRETED else 8
     # the close pairs' exact terms W (x_i - y_j) (left out of W: their GEMM form cancels): one launch a pass over the
-    # tiles _pair_bwd_kernel flagged, no host read (session 51; before, a nonzero of the close pairs and index_add_)
+    # rows _pair_bwd_kernel flagged, no host read (session 51; before, a nonzero of the close pairs and index_add_)
     # (8 warps on the GPU: at 4 ptxas held the float32 y pass's at 96 registers and spilled 8 B, Triton 3.6 sm_90)
     fix = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, num_warps=nw if INTERPRETED else 8)
     dx = dy = dk = None
