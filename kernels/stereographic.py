@@ -2054,12 +2054,14 @@ def _pair_compile_variants():
 # from A, g and the row norms, W = 2 g dd/dA and the self term 2 g dd/d|p|^2 |p|... as in
 # csrc/cpu/stereographic_pairwise.cpp; dP = alpha * P - W Q accumulated by tl.dot over tiles of Q
 # (no [N, M, D] tensor).  Close pairs are left out of W (their W (x - y) cancels in the GEMM form) and
-# added exactly afterwards, from the (rare) list of close pairs, like the C++ kernel.  dk: per row
+# added exactly afterwards, like the C++ kernel: the pass flags each row holding one, and _pair_close_fix_kernel
+# recomputes those rows' close pairs and adds W (p_i - q_j) into its own rows (session 51: no host read).  dk: per row
 # partial sums of g dd/dk, summed per batch.  k > 0 (far out on the projected sphere, k|x|^2 >> 1,
-# p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): a call with such a batch runs the KPOS variant,
-# which reads the saved G beside A (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed by the host:
-# _pair_saved_A) and forms those batches' den, dk's linear term and far rows' alpha share in G (the C++
-# BwdRow); k <= 0 calls run the kernel as before (same bits), their saved tensor is A itself.
+# p_p p_q - kA and W + 2 g dd/d|p|^2 cancel ~k|x|^2-fold): those batches run the KPOS variant, which reads
+# the saved G (A = |x|^2 + |y|^2 - 2G, close pairs exact, formed by _pair_a_kernel) and forms den,
+# dk's linear term and far rows' alpha share in G (the C++ BwdRow); k <= 0 batches run the kernel as before (same
+# bits) from the saved A.  Both variants are launched on every call, each program doing its batch only where k is
+# of its kind: no host read of k's sign (session 51).
 _PAIR_MIN_P = {torch.float32: 1e-7, torch.float64: 1e-15}  # clamp of p = 1 + k|x|^2 for k < 0 (C++ min_p)
 
 
@@ -2155,7 +2157,7 @@ def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
     a, g, x2, y2, m2 = _pair_a_tile(X, Y, (b * N + rows) * D, (b * M + cols) * D, rmask, cmask, k, D, tau, CT,
                                     PMIN, BLOCK_M, BLOCK_N, BLOCK_K)
     off = (b * N + rows[:, None]) * M + cols[None, :]
-    if SAVE:  # the backward's saved tensor (_pair_saved_A): A where k <= 0, G = <x, y> where k > 0
+    if SAVE:  # the backward's saved tensor (_pair_a_kernel): A where k <= 0, G = <x, y> where k > 0
         tl.store(SOUT + off, tl.where(k > 0, g, a).to(SOUT.dtype.element_ty), mask=m2)
     if KEY:
         v = _pair_key(a, g, x2, y2, k, PMIN)
@@ -2213,18 +2215,59 @@ def _pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, ipq, k, valid, KPOS: tl.c
 
 
 @triton.jit
-def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, stride_gp, stride_gq, tau, q_per,
+def _pair_a_from_g(P_, Q_, xy, p2, q2, prow, qrow, rmask, cmask, m2, D, tau, CT: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """A = |p|^2 + |q|^2 - 2<p, q> of a k > 0 tile from the saved G, as the forward forms it (_pair_a_tile): its close
+    pairs (the forward's test) recomputed exactly from the rows, in a branch that only tiles holding one take."""
+    s2 = p2[:, None] + q2[None, :]
+    a = s2 - 2.0 * xy
+    near = (a < tau * s2) & m2
+    a = tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    if tl.max(near.to(tl.int32)) > 0:
+        a = tl.where(near, _pair_exact_sq(P_, Q_, prow * D, qrow * D, rmask, cmask, D, CT, BLOCK_P, BLOCK_Q), a)
+    return a
+
+
+@triton.jit
+def _pair_a_kernel(X, Y, XY, X2, Y2, K, AOUT, N, M, D, tau, CT: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """A of the k > 0 batches for the backward (AOUT [B, N, M]) from the saved G (_pair_a_from_g); the programs of
+    k <= 0 batches return at once (their saved tensor is A).  Launched on every backward: no host read of k's sign
+    (session 51; before, the host formed it after reading whether some k > 0 and the nonzero of the close pairs)."""
+    b = tl.program_id(2).to(tl.int64)
+    k = tl.load(K + b).to(CT)
+    if k > 0:
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        cmask = cols < M
+        m2 = rmask[:, None] & cmask[None, :]
+        off = (b * N + rows[:, None]) * M + cols[None, :]
+        xy = tl.load(XY + off, mask=m2, other=0.0).to(CT)
+        x2 = tl.load(X2 + b * N + rows, mask=rmask, other=0.0).to(CT)
+        y2 = tl.load(Y2 + b * M + cols, mask=cmask, other=0.0).to(CT)
+        a = _pair_a_from_g(X, Y, xy, x2, y2, b * N + rows, b * M + cols, rmask, cmask, m2, D, tau, CT, BLOCK_M,
+                           BLOCK_N)
+        tl.store(AOUT + off, a.to(AOUT.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, FLAGS, NP, NQ, D, stride_gp, stride_gq, tau, q_per,
                      n_dblk, NEED_K: tl.constexpr, SPLIT: tl.constexpr, KPOS: tl.constexpr, CT: tl.constexpr,
                      PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """dP = alpha * P - W Q for BLOCK_P points of P and BLOCK_D features; P is x (Q = y) or y (Q = x).
 
-    G: the upstream gradient; A: |x - y|^2 (close pairs exact).  KPOS (some batch of the call has k > 0): XY holds
-    <x, y> for those batches, which form den, dk's linear term and (far rows) alpha's share from it (session 41,
-    the C++ BwdRow); k <= 0 batches ignore XY and take the same formulas as without KPOS.
+    G: the upstream gradient; A: |x - y|^2 (close pairs exact).  KPOS (the k > 0 batches): XY holds <x, y>, which
+    forms den, dk's linear term and (far rows) alpha's share (session 41, the C++ BwdRow), and A is _pair_a_kernel's
+    (since session 51; before, the host's).
 
     SPLIT: program_id(1) = split * n_dblk + feature block; the split walks columns [sp q_per, (sp + 1) q_per)
     of Q and writes its partial alpha_s P - W_s Q (and dk partials) to OUT / DKP's slice sp ([S, B, NP, D],
-    [S, B, NP]); the caller adds the slices in split order.  Without SPLIT: all columns, the result itself."""
+    [S, B, NP]); the caller adds the slices in split order.  Without SPLIT: all columns, the result itself.
+
+    FLAGS [B, NP] (uint8, zeroed): set to 1 where the row holds a close pair (left out of W here), by the programs
+    of the first feature block; _pair_close_fix_kernel adds those pairs' terms.  Both variants are launched: each
+    program does its batch only where k is of its kind (KPOS: k > 0)."""
     p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
     b = tl.program_id(2).to(tl.int64)
     if SPLIT:
@@ -2242,6 +2285,13 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, str
     dc = c0 + tl.arange(0, BLOCK_D)
     dmask = dc < D
     k = tl.load(K + b).to(CT)
+    # both variants run on every call (no host read of k's sign, session 51): a program whose batch's k is not of
+    # this variant's kind (KPOS: k > 0; else k <= 0 or NaN) walks no column and stores nothing
+    if KPOS:
+        np_mine = tl.where(k > 0, NP, 0)  # the rows this program stores: all or none
+    else:
+        np_mine = tl.where(k > 0, 0, NP)  # (a NaN k: this variant, as before)
+    q_hi = tl.where(np_mine > 0, q_hi, q_lo)
     p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
     pp = _pair_p(k, p2, PMIN)
     ipp = _div(1.0, pp)
@@ -2250,21 +2300,23 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, str
     alpha = tl.zeros([BLOCK_P], CT)
     gs_ = tl.zeros([BLOCK_P], CT)
     dk = tl.zeros([BLOCK_P], CT)
+    anyc = tl.zeros([BLOCK_P, BLOCK_Q], tl.int1)
     for q0 in range(q_lo, q_hi, BLOCK_Q):
         cols = q0 + tl.arange(0, BLOCK_Q)
         cmask = cols < q_hi
         m2 = rmask[:, None] & cmask[None, :]
         off = gbase + rows[:, None] * stride_gp + cols[None, :] * stride_gq
         g = tl.load(G + off, mask=m2, other=0.0).to(CT)
-        a = tl.load(A + off, mask=m2, other=0.0).to(CT)
         q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
-        pq = _pair_p(k, q2, PMIN)
-        valid = m2 & (a > 0)
+        a = tl.load(A + off, mask=m2, other=0.0).to(CT)
         if KPOS:
             xy = tl.load(XY + off, mask=m2, other=0.0).to(CT)
         else:
             xy = a  # (unused)
+        pq = _pair_p(k, q2, PMIN)
+        valid = m2 & (a > 0)
         w, s, den, close = _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS)
+        anyc = anyc | close  # (reduced once after the loop)
         if KPOS:  # k > 0, p far out (k|p|^2 > 1) and beyond q: alpha's share W + 2 g dd/d|p|^2 as W q_p / p_p
             far = (k * p2 > 1.0)[:, None] & (p2[:, None] > q2[None, :]) & valid & (close == 0)
             gs_ += tl.sum(tl.where(valid & (far == 0), g * s, 0.0), 1)
@@ -2280,6 +2332,9 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, str
             dk += tl.sum(_pair_dk(g, a, xy, d, s, den, p2, q2, pp, pq, ipp, _div(1.0, pq), k, valid, KPOS), 1)
     # the self term sum_j 2 g dd/d|p|^2 = -2k sum_j g s / p_p, with one division a row
     alpha += -2.0 * k * gs_ * ipp
+    if c0 == 0:  # the rows' close-pair flags: 1 where some column (of this split) holds one; FLAGS zeroed by the
+        # caller, splits store the same 1 (a tl.max per column tile and a flag per tile spilled 12-156 B on sm_90)
+        tl.store(FLAGS + b * NP + rows, 1, mask=rmask & (tl.max(anyc.to(tl.int32), 1) > 0))
     if SPLIT:  # this split's slice of the partials (the offsets formed here: not live across the loop)
         sp = tl.program_id(1).to(tl.int64) // n_dblk
         OUT += sp * tl.num_programs(2).to(tl.int64) * NP * D
@@ -2288,10 +2343,53 @@ def _pair_bwd_kernel(P_, Q_, G, A, XY, DIST, P2, Q2, K, OUT, DKP, NP, NQ, D, str
                  other=0.0).to(CT)
     out = alpha[:, None] * pt - acc
     tl.store(OUT + (b * NP + rows[:, None]) * D + dc[None, :], out.to(OUT.dtype.element_ty),
-             mask=rmask[:, None] & dmask[None, :])
+             mask=(rows < np_mine)[:, None] & dmask[None, :])
     if NEED_K:
         if c0 == 0:
-            tl.store(DKP + b * NP + rows, dk.to(DKP.dtype.element_ty), mask=rmask)
+            tl.store(DKP + b * NP + rows, dk.to(DKP.dtype.element_ty), mask=rows < np_mine)
+
+
+@triton.jit
+def _pair_close_fix_kernel(P_, Q_, G, A, AK, P2, Q2, K, FLAGS, OUT, NP, NQ, D, stride_gp, stride_gq, tau,
+                           CT: tl.constexpr, PMIN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """OUT[i] += sum_j w_ij (p_i - q_j) over the close pairs that _pair_bwd_kernel left out of W (dP's exact terms:
+    in the GEMM form W p_i - W q_j cancels ~|p|/|p - q|-fold).  One program per (BLOCK_P rows of P, batch): a row
+    tile with a row that _pair_bwd_kernel flagged (BLOCK_P byte loads; nothing else where none) walks its column
+    tiles, and those holding a close pair (the test of _pair_coef, and g != 0) recompute W of their close pairs
+    (den = p_p p_q - kA, exact for them since A is) and add the sums feature by feature into the program's own rows:
+    no atomics, one order (the same bits on every run).  A: the saved tensor (k <= 0 batches); AK: _pair_a_kernel's
+    (k > 0)."""
+    p0 = tl.program_id(0).to(tl.int64) * BLOCK_P
+    b = tl.program_id(1).to(tl.int64)
+    rows = p0 + tl.arange(0, BLOCK_P)
+    rmask = rows < NP
+    if tl.max(tl.load(FLAGS + b * NP + rows, mask=rmask, other=0).to(tl.int32)) != 0:  # rare: a close pair
+        k = tl.load(K + b).to(CT)
+        p2 = tl.load(P2 + b * NP + rows, mask=rmask, other=0.0).to(CT)
+        pp = _pair_p(k, p2, PMIN)
+        for q0 in range(0, NQ, BLOCK_Q):
+            cols = q0 + tl.arange(0, BLOCK_Q)
+            cmask = cols < NQ
+            m2 = rmask[:, None] & cmask[None, :]
+            off = b * NP * NQ + rows[:, None] * stride_gp + cols[None, :] * stride_gq
+            g = tl.load(G + off, mask=m2, other=0.0).to(CT)
+            if k > 0:  # (the saved tensor holds G there: A is _pair_a_kernel's)
+                a = tl.load(AK + off, mask=m2, other=0.0).to(CT)
+            else:
+                a = tl.load(A + off, mask=m2, other=0.0).to(CT)
+            q2 = tl.load(Q2 + b * NQ + cols, mask=cmask, other=0.0).to(CT)
+            close = m2 & (a > 0) & (a < tau * (p2[:, None] + q2[None, :])) & (g != 0)
+            if tl.max(close.to(tl.int32)) > 0:
+                asafe = tl.where(close, a, 1.0)
+                den = pp[:, None] * _pair_p(k, q2, PMIN)[None, :] - k * asafe
+                den = tl.maximum(den, 1.1754943508222875e-38)  # (as _pair_coef; close pairs' den ~ p_p p_q)
+                w = tl.where(close, _div(2.0 * g, _sqrt(_div(asafe, den)) * den), 0.0)
+                for d in range(0, D):
+                    pc = tl.load(P_ + (b * NP + rows) * D + d, mask=rmask, other=0.0).to(CT)
+                    qc = tl.load(Q_ + (b * NQ + cols) * D + d, mask=cmask, other=0.0).to(CT)
+                    v = tl.sum(tl.where(close, w * (pc[:, None] - qc[None, :]), 0.0), 1)
+                    o = OUT + (b * NP + rows) * D + d
+                    tl.store(o, (tl.load(o, mask=rmask, other=0.0).to(CT) + v).to(OUT.dtype.element_ty), mask=rmask)
 
 
 # knn (float32): one program per BLOCK_M rows of x walks all of y in BLOCK_N tiles, keeping the best NP keys
@@ -2449,27 +2547,11 @@ def _pair_split(NP: int, NQ: int, n_dblk: int, B: int, bp: int, bq: int, device:
     return triton.cdiv(NQ, q_per), q_per
 
 
-def _pair_saved_A(saved, g, x, y, x2, y2, k, tau):
-    """A = |x - y|^2 for the backward from the forward's saved tensor (SAVE of _pair_fwd_kernel: A where k <= 0,
-    G = <x, y> where k > 0), and whether some batch has k > 0 (one host read).  k > 0 batches: A = |x|^2 + |y|^2 - 2G
-    as the forward forms it, its close pairs (the forward's test) recomputed exactly from the rows, as the forward
-    does (pairs with g = 0 contribute nothing: skipped).  k <= 0 only: the saved A itself (no copy)."""
-    kpos = k > 0
-    if not bool(kpos.any()):
-        return saved, False
-    s2 = x2[:, :, None] + y2[:, None, :]
-    A = torch.where(kpos[:, None, None], (s2 - 2 * saved).clamp_min(0), saved)  # (clamp_min keeps NaN, as the forward)
-    bi, ii, jj = (kpos[:, None, None] & (A < tau * s2) & (g != 0)).nonzero(as_tuple=True)
-    if bi.numel():
-        diff = x[bi, ii] - y[bi, jj]
-        A[bi, ii, jj] = (diff * diff).sum(-1)
-    return A, True
-
-
 def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     """(dx, dy, dk) of cdist from the forward's saved tensor (A where k <= 0, <x, y> where k > 0: _pair_fwd).
 
-    kpos: None = from k (a host read); True / False = the KPOS kernel or not (the compile check's variants)."""
+    kpos: None = both variants (each program does its batch where k is of its kind: no host read); True / False =
+    the KPOS variant or the other alone (the compile check's variants)."""
     x, y, k = _pair_check(x, y, k)
     B, N, D = x.shape
     M = y.shape[1]
@@ -2482,10 +2564,8 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
     x2 = (x * x).sum(-1).contiguous()
     y2 = (y * y).sum(-1).contiguous()
     tau = _pair_tau(D, x.dtype)
-    if kpos is None:
-        A, kpos = _pair_saved_A(saved, g, x, y, x2, y2, k, tau)
-    else:
-        A = saved
+    kinds = (False, True) if kpos is None else (bool(kpos),)
+    ak = saved  # A of the k > 0 batches (_pair_a_kernel's) where the KPOS variant runs
     ct = _compute_type(x.dtype)[0]
     pmin = _PAIR_MIN_P[x.dtype]
     bd = min(64, max(16, triton.next_power_of_2(D)))  # wider feature blocks spilled (D > 64: several blocks)
@@ -2496,23 +2576,37 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
         # 4 (float64) / 8 (float32) pairs a thread: the per-pair coefficients (and dk's) keep ~10 values
         # per pair live; 16 pairs a thread spilled
         bp, bq, nw = (32, 16, 4) if x.dtype == torch.float64 else (32, 32, 4)
-        if kpos:  # (<x, y> beside A: one more value a pair; at 32 rows two variants spilled 24 B)
-            bp = 16
-    blk = dict(KPOS=kpos, CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, BLOCK_D=bd)
+    # KPOS: 16-row tiles on the GPU (<x, y> beside A: one more value a pair; at 32 rows two variants spilled 24 B)
+    bpk = {False: bp, True: bp if INTERPRETED else 16}
+    blk = dict(CT=ct, PMIN=pmin, BLOCK_Q=bq, BLOCK_D=bd)
     # KPOS (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): .maxnreg for the passes
     # with dk and in float64 (left alone ptxas held the float32 D = 64 x pass with dk at 128-168 registers and the
     # float64 D = 32 split y pass at 80 and spilled 8-12 B; with it they take 100-180); not for the float32 passes
     # without dk (they take 64-165 left alone; with .maxnreg ptxas scheduled the D = 64 ones up to 255 and spilled)
-    def regs(nw_, need_k):
-        return _maxnreg(nw_) if kpos and (need_k or x.dtype == torch.float64) else {}
+    # Since session 51 (the close-pair flags and the kind test: left alone ptxas held these at 96-168 registers and
+    # spilled 8 B, sm_80 / sm_90, Triton 3.6 / 3.9) also the KPOS float32 passes without dk up to D = 32, and in the
+    # other variant the float64 passes without dk, unsplit or the split x pass
+    def regs(kind, nw_, need_k, split, ypass=False):
+        if kind:
+            return _maxnreg(nw_) if need_k or x.dtype == torch.float64 or bd <= 32 else {}
+        return _maxnreg(nw_) if x.dtype == torch.float64 and not need_k and not (split and ypass) else {}
     # warps of the split kernels (the compile check's choice, no spills on sm_80 / sm_90 with Triton 3.6 / 3.9): the
     # y pass at 8 (at 4 ptxas held it at 168 registers and spilled 8 B); the x pass at 4 with dk or in float32 (at 8
     # the float32 D = 64 pass with dk spilled 8 B at 128 registers, D = 32 without 4 B at 80 on sm_80), else at 8 (the
     # float64 D = 32 pass spilled 4 B at 4 warps on sm_90, Triton 3.9); .maxnreg made ptxas spill more (40-236 B)
     nw_x = nw if INTERPRETED or want_k or x.dtype == torch.float32 else 8
     nw_y = nw if INTERPRETED else 8
+    # the close pairs' exact terms W (x_i - y_j) (left out of W: their GEMM form cancels): one launch a pass over the
+    # rows _pair_bwd_kernel flagged, no host read (session 51; before, a nonzero of the close pairs and index_add_)
+    # (8 warps on the GPU: at 4 ptxas held the float32 y pass's at 96 registers and spilled 8 B, Triton 3.6 sm_90)
+    fix = dict(CT=ct, PMIN=pmin, BLOCK_P=bp, BLOCK_Q=bq, num_warps=nw if INTERPRETED else 8)
     dx = dy = dk = None
     with _device_guard(x):
+        if True in kinds:  # (one [B, N, M] temporary, as the host's close-pair test made before session 51)
+            ak = torch.empty_like(saved)
+            ba = 16 if INTERPRETED else 32
+            _pair_a_kernel[(triton.cdiv(N, ba), triton.cdiv(M, ba), B)](
+                x, y, saved, x2, y2, k, ak, N, M, D, tau, CT=ct, BLOCK_M=ba, BLOCK_N=ba, num_warps=nw)
         # dx (and the dk partials per row of x); dk alone still runs the x pass (its result unused)
         if want_x or want_k:
             S, q_per = _pair_split(N, M, nd, B, bp, bq, x.device, split)
@@ -2520,44 +2614,34 @@ def _pair_bwd(g, x, y, k, saved, d, mask: int, *, split=None, kpos=None):
             out = x.new_empty((S, B, N, D)) if S > 1 or not want_x else x.new_zeros((B, N, D))
             dkp = (x.new_empty((S, B, N)) if S > 1 else x.new_empty((B, N))) if want_k else x
             w_ = nw_x if S > 1 else nw
-            _pair_bwd_kernel[(triton.cdiv(N, bp), S * nd, B)](
-                x, y, g, A, saved, d, x2, y2, k, out, dkp, N, M, D, M, 1, tau, q_per, nd,
-                NEED_K=want_k, SPLIT=S > 1, num_warps=w_, **regs(w_, want_k), **blk)
+            flags = x.new_zeros((B, N), dtype=torch.uint8)
+            for kind in kinds:  # (S and q_per from the k <= 0 tiles: both variants write the same slices)
+                _pair_bwd_kernel[(triton.cdiv(N, bpk[kind]), S * nd, B)](
+                    x, y, g, ak if kind else saved, saved, d, x2, y2, k, out, dkp, flags, N, M, D, M, 1, tau,
+                    q_per, nd,
+                    NEED_K=want_k, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
+                    **regs(kind, w_, want_k, S > 1), **blk)
             if want_x:
                 dx = out.sum(0) if S > 1 else out
+                _pair_close_fix_kernel[(triton.cdiv(N, bp), B)](
+                    x, y, g, saved, ak, x2, y2, k, flags, dx, N, M, D, M, 1, tau, **fix)
         if want_y:
             S, q_per = _pair_split(M, N, nd, B, bp, bq, x.device, split)
             out = x.new_empty((S, B, M, D)) if S > 1 else x.new_zeros((B, M, D))
             w_ = nw_y if S > 1 else nw
-            _pair_bwd_kernel[(triton.cdiv(M, bp), S * nd, B)](
-                y, x, g, A, saved, d, y2, x2, k, out, out, M, N, D, 1, M, tau, q_per, nd,
-                NEED_K=False, SPLIT=S > 1, num_warps=w_, **regs(w_, False), **blk)
+            flags = x.new_zeros((B, M), dtype=torch.uint8)
+            for kind in kinds:
+                _pair_bwd_kernel[(triton.cdiv(M, bpk[kind]), S * nd, B)](
+                    y, x, g, ak if kind else saved, saved, d, y2, x2, k, out, out, flags, M, N, D, 1, M, tau,
+                    q_per, nd,
+                    NEED_K=False, SPLIT=S > 1, KPOS=kind, BLOCK_P=bpk[kind], num_warps=w_,
+                    **regs(kind, w_, False, S > 1, ypass=True), **blk)
             dy = out.sum(0) if S > 1 else out
+            _pair_close_fix_kernel[(triton.cdiv(M, bp), B)](
+                y, x, g, saved, ak, y2, x2, k, flags, dy, M, N, D, 1, M, tau, **fix)
     if want_k:
         dk = (dkp.sum((0, 2)) if dkp.dim() == 3 else dkp.sum(1)).to(k.dtype)
     dx, dy, dk = (t if t is not None else x.new_empty(0) for t in (dx, dy, dk))
-    # close pairs: left out of W above, added exactly as W (x_i - y_j) (the test is the kernels' own).  The
-    # nonzero (a device sync per backward; since session 42 without a close.any() read before it) stays: doing the
-    # fix-up in _pair_bwd_kernel spilled 4-880 B on sm_80 / sm_90 (session 36; docs/families/stereographic-pairwise.md)
-    if not (want_x or want_y):
-        return dx, dy, dk
-    close = (A > 0) & (A < tau * (x2[:, :, None] + y2[:, None, :])) & (g != 0)
-    bi, ii, jj = close.nonzero(as_tuple=True)
-    if bi.numel():  # (host metadata: no second read)
-        kk = k[bi]
-        a = A[bi, ii, jj]
-        px = 1 + kk * x2[bi, ii]
-        py = 1 + kk * y2[bi, jj]
-        px = torch.where(kk < 0, px.clamp_min(pmin), px)
-        py = torch.where(kk < 0, py.clamp_min(pmin), py)
-        den = (px * py - kk * a).clamp_min(torch.finfo(x.dtype).tiny)
-        s = torch.sqrt(a / den)
-        w = (2 * g[bi, ii, jj] / (s * den)).unsqueeze(1)
-        diff = x[bi, ii] - y[bi, jj]
-        if want_x:
-            dx.view(B * N, D).index_add_(0, bi * N + ii, w * diff)
-        if want_y:
-            dy.view(B * M, D).index_add_(0, bi * M + jj, -w * diff)
     return dx, dy, dk
 
 

@@ -404,7 +404,9 @@ def test_cdist_bwd_split_gradcheck(monkeypatch, device):
 
 
 def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
-    """The split adds no launch (its partials are summed by one torch op a pass)."""
+    """The split adds no launch (its partials are summed by one torch op a pass).  8 launches: the forward,
+    _pair_a_kernel (A of the k > 0 batches), and per pass _pair_bwd_kernel's two variants (k <= 0, k > 0) and the
+    close-pair fix-up (session 51: no host read; 3 before it)."""
     x = _points(1, 40, 8, torch.float32, 46).requires_grad_(True)
     y = _points(1, 40, 8, torch.float32, 47).requires_grad_(True)
     counts = {}
@@ -414,7 +416,7 @@ def test_cdist_bwd_split_host_work(monkeypatch, device, host_work):
             d = gs.cdist(x, y, k=-1.0)
             d.backward(torch.ones_like(d))
         counts[s] = w
-    assert len(counts["2"].launches) == len(counts["0"].launches) == 3
+    assert len(counts["2"].launches) == len(counts["0"].launches) == 8
     assert len(counts["2"].ops) <= len(counts["0"].ops) + 2
 
 
@@ -449,7 +451,7 @@ def _close_case(dtype, device, k=-1.0):
 def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split, k):
     """cdist's backward with close pairs (their exact W (x_i - y_j) terms) and a copy of a point (A = 0), unsplit
     and split, D = 70 (two feature blocks): the float64 reference within 1e-9 / 1e-4.  k > 0: the forward saved G,
-    the backward recomputes the close pairs' A from the rows (_pair_saved_A; from G they are off by ~100 %)."""
+    the backward recomputes the close pairs' A from the rows (_pair_a_kernel; from G they are off by ~100 %)."""
     monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", str(split))
     x, y, kt, d, saved, g = _close_case(dtype, device, k)
     tau = __import__("geoops.kernels.stereographic", fromlist=["_pair_tau"])._pair_tau(70, dtype)
@@ -465,30 +467,44 @@ def test_cdist_backward_close_pairs_split_wide(monkeypatch, device, dtype, split
         assert err < tol, (name, err)
 
 
-@pytest.mark.xfail(strict=True, reason="cdist's Triton backward reads whether some k > 0 (the KPOS variant and, for "
-                                       "k > 0 batches, A from the saved G with their close pairs exact: "
-                                       "_pair_saved_A, a nonzero) and takes nonzero of the close pairs for its "
-                                       "exact host-side fix-up W (x_i - y_j): 2 device syncs per backward where no "
-                                       "k > 0 (3 with), test_cdist_backward_host_reads.  The fix-up inside "
-                                       "_pair_bwd_kernel spilled 50-900 B (session 36); sync-free designs (a "
-                                       "fix-up kernel over per-tile close flags, KPOS per batch in-kernel) in "
-                                       "docs/families/stereographic-pairwise.md, Session 42")
-def test_cdist_backward_reads_nothing_back(device, host_reads):
-    x, y, kt, d, A, g = _close_case(torch.float32, device)
+@pytest.mark.parametrize("k", [-1.0, 0.7])
+def test_cdist_backward_reads_nothing_back(device, host_reads, k):
+    """cdist's Triton backward reads nothing back to the host, with close pairs, for k < 0 and k > 0 (a strict xfail
+    until session 51: whether some k > 0, the k > 0 batches' close pairs' nonzero and all close pairs' nonzero, 2
+    reads where no k > 0, 3 with).  Both kernel variants run; the close pairs' terms come from
+    _pair_close_fix_kernel."""
+    x, y, kt, d, A, g = _close_case(torch.float32, device, k)
     host_reads.clear()
     ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
     assert host_reads == []
 
 
-@pytest.mark.parametrize("k", [-1.0, 0.7])
-def test_cdist_backward_host_reads(device, host_reads, k):
-    """The reads cdist's Triton backward still takes (see the xfail above): whether some k > 0, the nonzero of the
-    k > 0 batches' close pairs (k > 0 only) and the nonzero of all close pairs, no close.any() before it (session
-    42; it read close.any() too before: 3 / 4 reads)."""
-    x, y, kt, d, A, g = _close_case(torch.float32, device, k)
-    host_reads.clear()
-    ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, A, d, 7)
-    assert host_reads == (["__bool__", "nonzero"] if k < 0 else ["__bool__", "nonzero", "nonzero"])
+@pytest.mark.parametrize("split", [0, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cdist_backward_all_pairs_close(monkeypatch, device, dtype, split):
+    """Clustered points (every pair close: the fix-up kernel's worst case, all row and column tiles flagged), two
+    batches of opposite k in one call (k = -1 and 0.7: the saved A and the saved G), unsplit and split: the float64
+    reference within 1e-9 / 1e-4, and the same bits on a second run (the fix-up adds without atomics)."""
+    monkeypatch.setenv("GEOOPS_TRITON_CDIST_SPLIT", str(split))
+    gen = torch.Generator().manual_seed(58)
+    c = torch.randn(2, 1, 6, generator=gen, dtype=torch.float64) * 0.2
+    x = (c + 1e-3 * torch.randn(2, 35, 6, generator=gen, dtype=torch.float64)).to(device, dtype)
+    y = (c + 1e-3 * torch.randn(2, 33, 6, generator=gen, dtype=torch.float64)).to(device, dtype)
+    kt = torch.tensor([-1.0, 0.7], dtype=dtype, device=device)
+    tau = __import__("geoops.kernels.stereographic", fromlist=["_pair_tau"])._pair_tau(6, dtype)
+    A = (x[:, :, None] - y[:, None]).pow(2).sum(-1)
+    assert bool((A < tau * ((x * x).sum(-1)[:, :, None] + (y * y).sum(-1)[:, None, :])).all())  # all close
+    d, saved = ops.PAIR_CALLERS["cdist_fwd"](x, y, kt, True)
+    g = torch.randn(d.shape, generator=gen, dtype=torch.float64).to(d)
+    got = ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, saved, d, 7)
+    again = ops.PAIR_CALLERS["cdist_bwd"](g, x, y, kt, saved, d, 7)
+    rl = [t.detach().double().cpu().requires_grad_(True) for t in (x, y, kt)]
+    want = torch.autograd.grad(ref.cdist(rl[0], rl[1], k=rl[2].reshape(-1, 1, 1)), rl, g.double().cpu())
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for name, a, b, a2 in zip(("dx", "dy", "dk"), got, want, again):
+        assert torch.equal(a, a2), name
+        err = float((a.double().cpu() - b).abs().max() / b.abs().max().clamp_min(1e-300))
+        assert err < tol, (name, err)
 
 
 def test_cdist_backward_self_and_near_boundary_float32(device):
