@@ -517,14 +517,16 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
             elif CAUSAL:  # the common kernel leaves such a query tile out whole (the fix-up adds it)
                 j_end = tl.where(_bad_rows(CQ, bh * (N + 1), i0, tl.minimum(i0 + BLOCK_M, N)), j_start, j_end)
             for j in range(j_start, j_end):
-                if F16:  # and each row's max |q (.) k_a| over the head dim (the dkb dot's operand below)
+                if F16:  # and each row's max |q (.) k_a|, |dout (.) v_a| (the dkb, dvb dots' operands below)
                     s, qmax = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
                                               BLOCK_M, BLOCK_N, BLOCK_K, ROWMAX=True)
+                    dp, gmax = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
+                                               BLOCK_M, BLOCK_N, BLOCK_K, ROWMAX=True)
                 else:
                     s = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
                                         BLOCK_M, BLOCK_N, BLOCK_K)
-                dp = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
-                                     BLOCK_M, BLOCK_N, BLOCK_K)
+                    dp = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
+                                         BLOCK_M, BLOCK_N, BLOCK_K)
                 ok = kok & ((j >= loa) & (j <= hia))[:, None]
                 p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
                 ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
@@ -553,11 +555,16 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                             # each row of q (.) k_a that would overflow float16 brought into range by a power of two
                             # (_half_pow2 of its max, taken as the scores formed it), undone on the same row of dS:
                             # the rows are the dot's K, so dkb still accumulates in place (a scale on the dot's
-                            # result, or the max taken from qj here, spilled at D = 128 on sm_80).  dout (.) v_a is
-                            # not scaled (the same for gj spilled there; docs/families/attention.md)
+                            # result, or the max taken from qj here, spilled at D = 128 on sm_80).  dout (.) v_a the
+                            # same way, its max from the dp scores, undone on P's row (p <= 1: p / f reaches 65504
+                            # only where one product p |dout (.) v_a| passes 2^30; session 51; at 4 warps this
+                            # spilled 24-60 B at D = 128, which takes 8: _triple_attention_bwd)
                             fq, iq = _half_pow2(qmax)
                             qj = qj * fq[:, None]
                             ds = ds * iq[:, None]
+                            fg, ig = _half_pow2(gmax)
+                            gj = gj * fg[:, None]
+                            p = p * ig[:, None]
                         dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)), gj.to(DVB.dtype.element_ty))
                         dkb += tl.dot(tl.trans(ds.to(DKB.dtype.element_ty)), qj.to(DKB.dtype.element_ty))
                     else:
@@ -899,6 +906,9 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
             _triple_attention_bwd_dkv1_kernel[(M1, B * Hk)](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2,
                                                             D, DV, H, H // Hk, float(scale), int(w1), int(w2),
                                                             CAUSAL=True, **fl, **fblk, C2=c2, FIX=True)
+    # the float16 dkv kernel (not split) from head dim 128 on: 8 warps (4 spilled 24-60 B once dout (.) v_a's rows
+    # were scaled into float16's range too; session 51)
+    kblk = dict(blk, num_warps=8) if q.dtype == torch.float16 and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 else blk
     for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb, ca in sets:
         if dkb.numel() == 0 and dvb.numel() == 0:
             continue
@@ -916,7 +926,7 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
         else:
             _triple_attention_bwd_dkv_kernel[grid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
                                                    H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=causal, **fl,
-                                                   **blk, CA=ca, CQ=cq)
+                                                   **kblk, CA=ca, CQ=cq)
         if causal:  # the fix-up: the (query tile, j) left out for a non-finite row (exits at once where none)
             fblk, fgrid = blk, grid
             if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 132 B (sm_90, D = 64)
