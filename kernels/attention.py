@@ -964,7 +964,8 @@ kernels per column spilled, up to 2-5 KB.  float64 (one pipeline stage; 16 x 16 
 float64 at head dim 64 (32 x 32 tiles) and the float16/bfloat16 dq kernel from head dim 128 at 8 warps (at 4,
 Triton 3.6 on sm_90 spilled 104-112 B in the float64 D = 64 forward and dkv kernels and 44 B in the float16
 D = 128 dq kernel; session 50); the float64 D = 128 dkv fix-up (16 x 16 tiles) keeps 20 B (12 B stores + 8 B
-loads) there."""
+loads) there.  The float16 dkv kernel (not split) runs 8 warps from head dim 128 (at 4 it spilled 24-60 B once
+dout (.) v_a's rows were scaled into float16's range as q (.) k_a's; session 51)."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
