@@ -740,7 +740,11 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
     causal (a causal / window launch: its kernels carry the per-tile non-finite test and the fix-ups): float64 at
     head dim 64 (32 x 32 tiles) takes 8 warps (4 spilled 104 B in the forward, 112 B in the dkv kernel and 48 B in
     the dq fix-up with Triton 3.6 on sm_90; session 50); the launches that narrow those tiles to 16 x 16 set 4
-    warps again."""
+    warps again.
+
+    Head dims over 128 (not in the compile check's _COMPILE_DIMS): 16 x 16 tiles for every dtype, 8 warps (4 for
+    the half types): at head dim 256 the tiles above spilled in 16-21 of 49 kernels per column (up to 1 KB, the
+    dkv kernels most); now none of the common kernels does (the causal fix-ups still do; session 51)."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
     if INTERPRETED:  # the interpreter: smallest legal dot tiles (head dims > 16 take the chunked path)
@@ -753,6 +757,9 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
     else:
         bm, bn = 32, 16
     warps = 8 if (dtype == torch.float32 and wide >= 128) or (causal and dtype == torch.float64 and wide == 64) else 4
+    if wide > 128:  # head dims over 128: 16 x 16 tiles (a tile's rows span the head dim), 8 warps but in half types
+        bm = bn = 16
+        warps = 4 if dtype in (torch.float16, torch.bfloat16) else 8
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be, num_warps=warps, maxnreg=255,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
 
@@ -929,9 +936,11 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
                                                    **kblk, CA=ca, CQ=cq)
         if causal:  # the fix-up: the (query tile, j) left out for a non-finite row (exits at once where none)
             fblk, fgrid = blk, grid
-            if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 132 B (sm_90, D = 64)
-                fblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)
+            if q.dtype == torch.float64 and not INTERPRETED and blk["BLOCK_N"] > 16:  # 32 x 32 float64 tiles
+                fblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)  # spilled 132 B (sm_90, D = 64)
                 fgrid = (triton.cdiv(Mb, 16), B * Hk)
+            elif fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) > 128:  # head dims over 128: 8 warps (4 spilled
+                fblk = dict(blk, num_warps=8)  # 20 B in float16 on Triton 3.9 sm_80; 3.6 sm_90 keeps 28-36 B)
             _triple_attention_bwd_dkv_kernel[fgrid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
                                                     H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=True, **fl,
                                                     **fblk, CA=ca, CQ=cq, FIX=True)

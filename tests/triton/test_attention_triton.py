@@ -73,6 +73,16 @@ def _check_against_reference(ins, mask, dtype, out, lse, g, grads):
         torch.testing.assert_close(a.double().cpu(), b, rtol=10 * tol, atol=10 * tol, msg=name)
 
 
+# head dims over 128 (a GPU launch takes _blocks' own branch for them): D = 256, Dv = 130 (16 chunks; 9, the last of 2)
+WIDE = (1, 2, 1, 5, 6, 4, 256, 130)
+
+
+@pytest.mark.parametrize("mask", [dict(), dict(causal=True)], ids=str)
+def test_head_dim_256(mask):
+    """Forward and gradients at head dim 256 (none of the cases above passes 128), float32 against the reference."""
+    test_forward_and_gradients(WIDE, mask, torch.float32)
+
+
 @pytest.mark.parametrize("shape, mask", [(SHAPES[2], dict(causal=True)), (CHUNKED, dict(window=(3, 2)))],
                          ids=["Dv16-causal", "chunked-window"])
 def test_lse_gradient(shape, mask):
