@@ -517,14 +517,16 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
             elif CAUSAL:  # the common kernel leaves such a query tile out whole (the fix-up adds it)
                 j_end = tl.where(_bad_rows(CQ, bh * (N + 1), i0, tl.minimum(i0 + BLOCK_M, N)), j_start, j_end)
             for j in range(j_start, j_end):
-                if F16:  # and each row's max |q (.) k_a| over the head dim (the dkb dot's operand below)
+                if F16:  # and each row's max |q (.) k_a|, |dout (.) v_a| (the dkb, dvb dots' operands below)
                     s, qmax = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
                                               BLOCK_M, BLOCK_N, BLOCK_K, ROWMAX=True)
+                    dp, gmax = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
+                                               BLOCK_M, BLOCK_N, BLOCK_K, ROWMAX=True)
                 else:
                     s = _chunked_scores(q_rows, scale, ka_base + j * D, kb_rows, row_ok, nmask, D, ct, HALF,
                                         BLOCK_M, BLOCK_N, BLOCK_K)
-                dp = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
-                                     BLOCK_M, BLOCK_N, BLOCK_K)
+                    dp = _chunked_scores(do_rows, 1.0, va_base + j * DV, vb_rows, row_ok, nmask, DV, ct, HALF,
+                                         BLOCK_M, BLOCK_N, BLOCK_K)
                 ok = kok & ((j >= loa) & (j <= hia))[:, None]
                 p = tl.where(ok, tl.exp(s - lse_safe[:, None]), 0.0)
                 ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
@@ -553,11 +555,16 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                             # each row of q (.) k_a that would overflow float16 brought into range by a power of two
                             # (_half_pow2 of its max, taken as the scores formed it), undone on the same row of dS:
                             # the rows are the dot's K, so dkb still accumulates in place (a scale on the dot's
-                            # result, or the max taken from qj here, spilled at D = 128 on sm_80).  dout (.) v_a is
-                            # not scaled (the same for gj spilled there; docs/families/attention.md)
+                            # result, or the max taken from qj here, spilled at D = 128 on sm_80).  dout (.) v_a the
+                            # same way, its max from the dp scores, undone on P's row (p <= 1: p / f reaches 65504
+                            # only where one product p |dout (.) v_a| passes 2^30; session 51; at 4 warps this
+                            # spilled 24-60 B at D = 128, which takes 8: _triple_attention_bwd)
                             fq, iq = _half_pow2(qmax)
                             qj = qj * fq[:, None]
                             ds = ds * iq[:, None]
+                            fg, ig = _half_pow2(gmax)
+                            gj = gj * fg[:, None]
+                            p = p * ig[:, None]
                         dvb += tl.dot(tl.trans(p.to(DVB.dtype.element_ty)), gj.to(DVB.dtype.element_ty))
                         dkb += tl.dot(tl.trans(ds.to(DKB.dtype.element_ty)), qj.to(DKB.dtype.element_ty))
                     else:
@@ -733,7 +740,11 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
     causal (a causal / window launch: its kernels carry the per-tile non-finite test and the fix-ups): float64 at
     head dim 64 (32 x 32 tiles) takes 8 warps (4 spilled 104 B in the forward, 112 B in the dkv kernel and 48 B in
     the dq fix-up with Triton 3.6 on sm_90; session 50); the launches that narrow those tiles to 16 x 16 set 4
-    warps again."""
+    warps again.
+
+    Head dims over 128 (not in the compile check's _COMPILE_DIMS): 16 x 16 tiles for every dtype, 8 warps (4 for
+    the half types): at head dim 256 the tiles above spilled in 16-21 of 49 kernels per column (up to 1 KB, the
+    dkv kernels most); now none of the common kernels does (the causal fix-ups still do; session 51)."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
     if INTERPRETED:  # the interpreter: smallest legal dot tiles (head dims > 16 take the chunked path)
@@ -746,6 +757,9 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
     else:
         bm, bn = 32, 16
     warps = 8 if (dtype == torch.float32 and wide >= 128) or (causal and dtype == torch.float64 and wide == 64) else 4
+    if wide > 128:  # head dims over 128: 16 x 16 tiles (a tile's rows span the head dim), 8 warps but in half types
+        bm = bn = 16
+        warps = 4 if dtype in (torch.float16, torch.bfloat16) else 8
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be, num_warps=warps, maxnreg=255,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
 
@@ -899,6 +913,9 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
             _triple_attention_bwd_dkv1_kernel[(M1, B * Hk)](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2,
                                                             D, DV, H, H // Hk, float(scale), int(w1), int(w2),
                                                             CAUSAL=True, **fl, **fblk, C2=c2, FIX=True)
+    # the float16 dkv kernel (not split) from head dim 128 on: 8 warps (4 spilled 24-60 B once dout (.) v_a's rows
+    # were scaled into float16's range too; session 51)
+    kblk = dict(blk, num_warps=8) if q.dtype == torch.float16 and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 else blk
     for ka, kb, va, vb, dkb, dvb, Ma, Mb, wa, wb, ca in sets:
         if dkb.numel() == 0 and dvb.numel() == 0:
             continue
@@ -916,12 +933,14 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
         else:
             _triple_attention_bwd_dkv_kernel[grid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
                                                    H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=causal, **fl,
-                                                   **blk, CA=ca, CQ=cq)
+                                                   **kblk, CA=ca, CQ=cq)
         if causal:  # the fix-up: the (query tile, j) left out for a non-finite row (exits at once where none)
             fblk, fgrid = blk, grid
-            if q.dtype == torch.float64 and not INTERPRETED:  # 32 x 32 float64 tiles spilled 132 B (sm_90, D = 64)
-                fblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)
+            if q.dtype == torch.float64 and not INTERPRETED and blk["BLOCK_N"] > 16:  # 32 x 32 float64 tiles
+                fblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)  # spilled 132 B (sm_90, D = 64)
                 fgrid = (triton.cdiv(Mb, 16), B * Hk)
+            elif fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) > 128:  # head dims over 128: 8 warps (4 spilled
+                fblk = dict(blk, num_warps=8)  # 20 B in float16 on Triton 3.9 sm_80; 3.6 sm_90 keeps 28-36 B)
             _triple_attention_bwd_dkv_kernel[fgrid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
                                                     H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=True, **fl,
                                                     **fblk, CA=ca, CQ=cq, FIX=True)
@@ -954,7 +973,8 @@ kernels per column spilled, up to 2-5 KB.  float64 (one pipeline stage; 16 x 16 
 float64 at head dim 64 (32 x 32 tiles) and the float16/bfloat16 dq kernel from head dim 128 at 8 warps (at 4,
 Triton 3.6 on sm_90 spilled 104-112 B in the float64 D = 64 forward and dkv kernels and 44 B in the float16
 D = 128 dq kernel; session 50); the float64 D = 128 dkv fix-up (16 x 16 tiles) keeps 20 B (12 B stores + 8 B
-loads) there."""
+loads) there.  The float16 dkv kernel (not split) runs 8 warps from head dim 128 (at 4 it spilled 24-60 B once
+dout (.) v_a's rows were scaled into float16's range as q (.) k_a's; session 51)."""
 # Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
 # widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
 # lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
