@@ -113,9 +113,10 @@ stage "gpu_check.sh --dry-run" lines env OUT="$WORK/gpu-dry" bash scripts/gpu_ch
 # main suite runs on them too (its tests that change the thread count, an env switch or the backend restore it)
 XDIST=()
 python -c "import xdist" 2>/dev/null && XDIST=(-n "$(python -c 'import os; print(min(4, max(1, len(os.sched_getaffinity(0)))))')")
-stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs "${XDIST[@]}"
+# --durations: the slowest tests of the two long stages in the log (where the CI's time goes; session 51)
+stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs --durations=25 "${XDIST[@]}"
 stage "parity run (--quick)" summary python -m geoops.parity --quick
-stage "pytest" pytest env GEOOPS_C_USAGE_RECORD="$WORK/c-usage" python -m pytest tests -q -p no:cacheprovider -rs "${XDIST[@]}" "$@"
+stage "pytest" pytest env GEOOPS_C_USAGE_RECORD="$WORK/c-usage" python -m pytest tests -q -p no:cacheprovider -rs --durations=25 "${XDIST[@]}" "$@"
 stage "API docs" summary bash scripts/docs.sh --check
 if [ "${GEOOPS_TEST_WHEEL:-0}" = 1 ]; then
   if [ "$WHEEL_EARLY" = 1 ]; then stage "wheel (GEOOPS_PORTABLE=1)" summary wheel_wait
