@@ -188,34 +188,54 @@ def test_nonfinite_row_across_tiles(which):
     out, lse and the five gradients match the reference backend (which evaluates each query over its own keys when
     an input or dout is non-finite) -- NaN exactly where it has NaN, the same values elsewhere -- for one NaN row in
     the middle of one input."""
+    _check_nonfinite_row(which, 37, 4, 3, 20, (dict(causal=True), dict(window=(9, 20))))
+
+
+def _check_nonfinite_row(which, N, D, Dv, row, masks, dtype=torch.float64):
+    """test_nonfinite_row_across_tiles' check: one NaN in row `row` of input `which` (5: dout); the reference in
+    float64 on the inputs rounded to dtype."""
     g = torch.Generator().manual_seed(49 + which)
-    B, H, Hk, N = 1, 2, 1, 37
-    shapes = [(B, H, N, 4), (B, Hk, N, 4), (B, Hk, N, 4), (B, Hk, N, 3), (B, Hk, N, 3)]
-    ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    go = torch.randn(B, H, N, 3, generator=g, dtype=torch.float64)
-    (go if which == 5 else ins[which])[0, -1, 20, 1] = float("nan")
-    for mask in (dict(causal=True), dict(window=(9, 20))):
-        a = [t.clone().to(DEVICE).requires_grad_() for t in ins]
+    B, H, Hk = 1, 2, 1
+    shapes = [(B, H, N, D), (B, Hk, N, D), (B, Hk, N, D), (B, Hk, N, Dv), (B, Hk, N, Dv)]
+    ins = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).double() for s in shapes]
+    go = torch.randn(B, H, N, Dv, generator=g, dtype=torch.float64).to(dtype).double()
+    (go if which == 5 else ins[which])[0, -1, row, 1] = float("nan")
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for mask in masks:
+        a = [t.clone().to(DEVICE, dtype).requires_grad_() for t in ins]
         b = [t.clone().requires_grad_() for t in ins]
         with geoops.use_backend("triton"):
             out, lse = ga.triple_attention(*a, **mask, return_lse=True)
-        out.backward(go.to(DEVICE))
+        out.backward(go.to(DEVICE, dtype))
         with geoops.use_backend("reference"):  # the op's reference backend: per query when an input is non-finite
             rout, rlse = ga.triple_attention(*b, **mask, return_lse=True)
         rout.backward(go)
         for name, x, y in [("out", out, rout), ("lse", lse, rlse)] + [
                 ("d" + n, s.grad, t.grad) for n, s, t in zip(("q", "k1", "k2", "v1", "v2"), a, b)]:
-            x = x.detach().cpu()
+            x = x.detach().cpu().double()
             y = y.detach()
             assert torch.equal(x.isnan(), y.isnan()), (mask, name, x.isnan().sum(), y.isnan().sum())
-            torch.testing.assert_close(x.nan_to_num(), y.nan_to_num(), rtol=1e-9, atol=1e-11,
-                                       msg=lambda m: f"{mask} {name}: {m}")
-        if "causal" in mask:  # and the rule itself: queries 0..19 may not see row 20, keys 21.. are not seen by 20
+            torch.testing.assert_close(x.nan_to_num(), y.nan_to_num(), **tol, msg=lambda m: f"{mask} {name}: {m}")
+        if "causal" in mask:  # and the rule itself: queries before row may not see it, keys after it are not seen
             grads = [t.grad.cpu() for t in a]
-            assert bool(torch.isfinite(out.detach().cpu()[:, :, :20]).all()), which
-            assert bool(torch.isfinite(grads[0][:, :, :20]).all()), which
+            assert bool(torch.isfinite(out.detach().cpu()[:, :, :row]).all()), which
+            assert bool(torch.isfinite(grads[0][:, :, :row]).all()), which
             if which in (0, 5):
-                assert all(bool(torch.isfinite(gr[:, :, 21:]).all()) for gr in grads[1:]), which
+                assert all(bool(torch.isfinite(gr[:, :, row + 1:]).all()) for gr in grads[1:]), which
+
+
+@pytest.mark.parametrize("dtype, which", [(torch.float64, 2), (torch.float64, 5), (torch.float32, 4)],
+                         ids=("float64-k2", "float64-dout", "float32-v2"))
+def test_nonfinite_row_head_dim_over_128(dtype, which):
+    """The backward fix-ups over head dims over 128 add their gradients in head-dim chunks (CH, _head_chunks;
+    session 51): the check above, causal, at D = 136, Dv = 130 (two 16-row query tiles): float64 in 5 chunks of
+    32 (a NaN k2 row: the dq and dkv fix-ups; dout: the dkv fix-up), float32 in 3 chunks of 64 (v2: the dkv1
+    fix-up), the last chunk partial in D and Dv."""
+    blk = K._blocks(136, 130, dtype, bwd=True, causal=True)
+    xblk, xgrid = K._head_chunks(blk, (1, 1), dtype, 136, 130)
+    ch = 32 if dtype == torch.float64 else 64
+    assert xblk["CH"] and xblk["BLOCK_D"] == xblk["BLOCK_DV"] == ch and xgrid == (1, 1, -(-136 // ch))
+    _check_nonfinite_row(which, 17, 136, 130, 9, (dict(causal=True),), dtype)
 
 
 # ---------------------------------------------------------------- session 31: the parity run on the Triton kernels
