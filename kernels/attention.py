@@ -214,14 +214,13 @@ def _clean_bound(C, base, lo, hi, R):
 
 
 @triton.jit
-def _masked_dot(c, a, ok, B, r0, R, w, L, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_L: tl.constexpr):
+def _masked_dot(c, a, ok, B, r0, R, w, L, offs, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """c + (the dot a . (B rows (.) w) with the masked entries left out): c[m, :] += sum over the n with ok[m, n] of
-    a[m, n] (b[r0 + n, :] (.) w) (a dot multiplies a masked entry's zero a by the row: 0 * inf = NaN).  b: rows of
-    L elements at B (rows >= R read as 0), w: BLOCK_L (masked past L).  One column of a at a time, accumulated into
-    c in place (no second tile held): slow, for the rare tiles where a non-finite row meets a masked entry."""
+    a[m, n] (b[r0 + n, offs] (.) w) (a dot multiplies a masked entry's zero a by the row: 0 * inf = NaN).  b: rows
+    of L elements at B (rows >= R read as 0), offs: the columns c holds (the whole row, or a chunk of it: CH),
+    w: those columns' (masked past L).  One column of a at a time, accumulated into c in place (no second tile
+    held): slow, for the rare tiles where a non-finite row meets a masked entry."""
     cols = tl.arange(0, BLOCK_N)
-    offs = tl.arange(0, BLOCK_L)
     lm = offs < L
     for n in range(0, BLOCK_N):
         sel = ok & (cols[None, :] == n)
@@ -295,8 +294,8 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
             s = tl.where(ok, s, float("-inf"))
             if FIX:  # the flagged tiles only, with the final lse
                 if bad1 | _bad_rows(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2)):
-                    acc = _masked_dot(acc, tl.exp(s - lse_f[:, None]), ok, v2_base, k0, M2, v1j, DV, ct, BLOCK_M,
-                                      BLOCK_N, BLOCK_DV)
+                    acc = _masked_dot(acc, tl.exp(s - lse_f[:, None]), ok, v2_base, k0, M2, v1j, DV, offs_e, ct,
+                                      BLOCK_M, BLOCK_N)
             else:
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -370,11 +369,13 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
                                     CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, C1, C2, JS=0,
-                                    SPLIT: tl.constexpr = False, FIX: tl.constexpr = False):
+                                    SPLIT: tl.constexpr = False, FIX: tl.constexpr = False,
+                                    CH: tl.constexpr = False):
     """dq of one query tile; SPLIT: program_id(2) = sp takes the first keys [sp JS, (sp + 1) JS) and stores its
     partial dq into DQ [S, B H, N, D] (the compute type), summed over the splits by the launcher.  C1, C2
     (CAUSAL): as the forward's; a (j, k-tile) whose k1_j or k2 tile holds a non-finite row is left out (read as 0)
-    and FIX (the fix-up launch, after the common one) adds it into DQ with _masked_dot."""
+    and FIX (the fix-up launch, after the common one) adds it into DQ with _masked_dot.  CH (FIX only): dq's
+    columns [c BLOCK_D, (c + 1) BLOCK_D) for c = program_id(2) (_head_chunks), the scores over the whole D."""
     ct = tl.float64 if F64 else tl.float32
     if not F64:
         scale = tl.cast(scale, ct)
@@ -386,6 +387,8 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
         j_start, j_end = _split_keys(j_start, j_end, sp, JS)
         DQ += sp * tl.num_programs(1).to(tl.int64) * N * D
     offs_d = tl.arange(0, BLOCK_D)
+    if CH:
+        offs_d += tl.program_id(2).to(tl.int64) * BLOCK_D
     dmask = offs_d < D
     delta, live, lse_safe = _row_stats(LSE, DELTA, bh, offs_m, row_ok, N, ct)
     acc = tl.zeros([BLOCK_M, BLOCK_D], ct)
@@ -414,7 +417,7 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
             ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
             if FIX:  # the flagged tiles only: no masked (zero) dS entry times the inf / NaN
                 if bad1 | _bad_rows(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2)):
-                    acc = _masked_dot(acc, ds, ok, k2_base, k0, M2, k1j, D, ct, BLOCK_M, BLOCK_N, BLOCK_D)
+                    acc = _masked_dot(acc, ds, ok, k2_base, k0, M2, k1j, D, offs_d, ct, BLOCK_M, BLOCK_N)
             else:
                 kmask = nmask[:, None] & dmask[None, :]
                 if CAUSAL:  # a non-finite k2 row in the tile: the tile read as 0 (its product: the fix-up)
@@ -454,7 +457,8 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                                      WA, WB, CAUSAL: tl.constexpr, F64: tl.constexpr, HALF: tl.constexpr,
                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, CA, CQ, JS=0,
-                                     SPLIT: tl.constexpr = False, FIX: tl.constexpr = False):
+                                     SPLIT: tl.constexpr = False, FIX: tl.constexpr = False,
+                                     CH: tl.constexpr = False):
     """Gradients of the key set B (KB, VB) for one tile of BLOCK_N of its keys and one key head.  SPLIT:
     program_id(2) = sp takes the first keys (set A) [sp JS, (sp + 1) JS) and stores partial gradients into DKB
     [S, B Hk, MB, D] / DVB [S, B Hk, MB, DV] (the compute type), summed over the splits by the launcher.
@@ -463,7 +467,8 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     and a j whose ka_j / va_j holds one (both read as 0: the two dots add 0); FIX (the fix-up launch, after the
     common one) adds exactly those (query tile, j) into DKB / DVB with _masked_dot, so that a key's gradients
     never take a query that may not see it (0 * inf).  A key head whose query heads and key set A hold no
-    non-finite row exits at once."""
+    non-finite row exits at once.  CH (FIX only): the columns [c BLOCK_D, (c + 1) BLOCK_D) of dkb and
+    [c BLOCK_DV, (c + 1) BLOCK_DV) of dvb for c = program_id(2) (_head_chunks), the scores over the whole D, DV."""
     n0 = tl.program_id(0).to(tl.int64) * BLOCK_N  # 64-bit before any arithmetic
     kvh = tl.program_id(1).to(tl.int64)
     if SPLIT:
@@ -480,6 +485,9 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_DV)
+    if CH:
+        offs_d += tl.program_id(2).to(tl.int64) * BLOCK_D
+        offs_e += tl.program_id(2).to(tl.int64) * BLOCK_DV
     nmask = offs_n < MB
     dmask = offs_d < D
     emask = offs_e < DV
@@ -541,10 +549,10 @@ def _triple_attention_bwd_dkv_kernel(Q, KA, KB, VA, VB, DO, LSE, DELTA, DKB, DVB
                 if FIX:  # the flagged (query tile, j) only: no masked (zero) P / dS entry times the inf / NaN
                     if badq | _bad_rows(CA, kvh * (MA + 1), j, j + 1):
                         okt = tl.trans(ok.to(tl.int32)) != 0
-                        dvb = _masked_dot(dvb, tl.trans(p), okt, DO + bh * N * DV, i0, N, vaj, DV, ct, BLOCK_N,
-                                          BLOCK_M, BLOCK_DV)
-                        dkb = _masked_dot(dkb, tl.trans(ds), okt, Q + bh * N * D, i0, N, kaj * scale, D, ct, BLOCK_N,
-                                          BLOCK_M, BLOCK_D)
+                        dvb = _masked_dot(dvb, tl.trans(p), okt, DO + bh * N * DV, i0, N, vaj, DV, offs_e, ct,
+                                          BLOCK_N, BLOCK_M)
+                        dkb = _masked_dot(dkb, tl.trans(ds), okt, Q + bh * N * D, i0, N, kaj * scale, D, offs_d, ct,
+                                          BLOCK_N, BLOCK_M)
                 else:
                     qj = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & dmask[None, :],
                                  other=0.0).to(ct) * scale * kaj[None, :]
@@ -615,7 +623,7 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
                                       scale: tl.float64, W1, W2, CAUSAL: tl.constexpr, F64: tl.constexpr,
                                       HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                       BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, C2,
-                                      FIX: tl.constexpr = False):
+                                      FIX: tl.constexpr = False, CH: tl.constexpr = False):
     """Gradients of the first key set (k1, v1) for one first key j and one key head, with the scores formed
     as the forward forms them: S = (Q (.) k1_j) K2_tile^T (_chunked_scores, the forward's operands and
     chunks), so P = exp(S - lse) is normalised by the lse of the very scores it is recomputed from.
@@ -627,7 +635,9 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
     second-key tiles in float32 (float16/bfloat16: P and dS rounded to the input dtype, V2 / K2 as stored).
     C2 (CAUSAL): as the forward's: a (k2, v2) tile with a non-finite row is left out (read as 0) and FIX (the
     fix-up launch, after the common one; a key head without such a row exits at once) adds its products into
-    DK1 / DV1 with _masked_dot; the dout / q rows that may not see j are read as 0 (pv, dsk are 0 there)."""
+    DK1 / DV1 with _masked_dot; the dout / q rows that may not see j are read as 0 (pv, dsk are 0 there).  CH (FIX
+    only): the columns [c BLOCK_D, (c + 1) BLOCK_D) of dk1 and [c BLOCK_DV, (c + 1) BLOCK_DV) of dv1 for
+    c = program_id(2) (_head_chunks), the scores over the whole D, DV."""
     j = tl.program_id(0).to(tl.int64)  # 64-bit before any arithmetic
     kvh = tl.program_id(1).to(tl.int64)
     HK = H // REP
@@ -638,6 +648,9 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
         scale = tl.cast(scale, ct)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_DV)
+    if CH:
+        offs_d += tl.program_id(2).to(tl.int64) * BLOCK_D
+        offs_e += tl.program_id(2).to(tl.int64) * BLOCK_DV
     dmask = offs_d < D
     emask = offs_e < DV
     k1j = K1 + (kvh * M1 + j) * D
@@ -676,10 +689,10 @@ def _triple_attention_bwd_dkv1_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DK1, DV
                 ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # masked: 0, also for a NaN delta (as eager's)
                 if FIX:  # the flagged tiles only: no masked (zero) P / dS entry times the inf / NaN
                     if _bad_rows(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2)):
-                        pv = _masked_dot(pv, p, ok, v2_base, k0, M2, tl.full([BLOCK_DV], 1.0, ct), DV, ct, BLOCK_M,
-                                         BLOCK_N, BLOCK_DV)
-                        dsk = _masked_dot(dsk, ds, ok, k2_base, k0, M2, tl.full([BLOCK_D], 1.0, ct), D, ct, BLOCK_M,
-                                          BLOCK_N, BLOCK_D)
+                        pv = _masked_dot(pv, p, ok, v2_base, k0, M2, tl.full([BLOCK_DV], 1.0, ct), DV, offs_e, ct,
+                                         BLOCK_M, BLOCK_N)
+                        dsk = _masked_dot(dsk, ds, ok, k2_base, k0, M2, tl.full([BLOCK_D], 1.0, ct), D, offs_d, ct,
+                                          BLOCK_M, BLOCK_N)
                 else:
                     vmask = nmask[:, None] & emask[None, :]
                     kmask = nmask[:, None] & dmask[None, :]
@@ -744,7 +757,8 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
 
     Head dims over 128 (not in the compile check's _COMPILE_DIMS): 16 x 16 tiles for every dtype, 8 warps (4 for
     the half types): at head dim 256 the tiles above spilled in 16-21 of 49 kernels per column (up to 1 KB, the
-    dkv kernels most); now none of the common kernels does (the causal fix-ups still do; session 51)."""
+    dkv kernels most); now none does, the backward's causal fix-ups walking the head dims in chunks (_head_chunks;
+    session 51)."""
     bd = max(16, triton.next_power_of_2(max(D, 1)))
     be = max(16, triton.next_power_of_2(max(DV, 1)))
     if INTERPRETED:  # the interpreter: smallest legal dot tiles (head dims > 16 take the chunked path)
@@ -762,6 +776,23 @@ def _blocks(D: int, DV: int, dtype: torch.dtype, bwd: bool = False, causal: bool
         warps = 4 if dtype in (torch.float16, torch.bfloat16) else 8
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=16, BLOCK_D=bd, BLOCK_DV=be, num_warps=warps, maxnreg=255,
                 **({"num_stages": 1} if dtype == torch.float64 else {}))
+
+
+# head-dim chunk of the backward fix-ups (CH) over head dims over 128: each program adds one chunk of the
+# gradients' columns, its scores recomputed over the whole head dims (at head dim 256 the whole-width fix-ups
+# spilled up to 1.8 KB; float64's dkv fix-up still 140 B in chunks of 64 with Triton 3.6 on sm_90; session 51)
+_FIX_CHUNK = {torch.float64: 32}
+
+
+def _head_chunks(blk: dict, grid: tuple, dtype: torch.dtype, D: int, DV: int) -> tuple:
+    """(blk, grid) of a backward fix-up launch (FIX=True): unchanged up to head dim 128; over it, BLOCK_D and
+    BLOCK_DV narrowed to the chunk (_FIX_CHUNK, 64 by default), CH=True and a third grid axis over the chunks of
+    max(D, DV) (program_id(2); a chunk past D or DV adds nothing there)."""
+    if max(blk["BLOCK_D"], blk["BLOCK_DV"]) <= 128:
+        return blk, grid
+    ch = _FIX_CHUNK.get(dtype, 64)
+    return (dict(blk, BLOCK_D=min(blk["BLOCK_D"], ch), BLOCK_DV=min(blk["BLOCK_DV"], ch), CH=True),
+            grid + (triton.cdiv(max(D, DV), ch),))
 
 
 def _flags(dtype: torch.dtype) -> dict:
@@ -889,9 +920,10 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
                                                   H // Hk, float(scale), int(w1), int(w2), CAUSAL=causal, **fl, **qblk,
                                                   C1=c1, C2=c2)
         if causal:  # the fix-up: the tiles left out for a non-finite row (exits at once where none)
-            _triple_attention_bwd_dq_kernel[grid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H,
-                                                  H // Hk, float(scale), int(w1), int(w2), CAUSAL=True, **fl, **blk,
-                                                  C1=c1, C2=c2, FIX=True)
+            xblk, xgrid = _head_chunks(blk, grid, q.dtype, D, DV)
+            _triple_attention_bwd_dq_kernel[xgrid](q, k1, k2, v1, v2, dout, lse, delta, dq, N, M1, M2, D, DV, H,
+                                                   H // Hk, float(scale), int(w1), int(w2), CAUSAL=True, **fl, **xblk,
+                                                   C1=c1, C2=c2, FIX=True)
     else:
         dq.zero_()
     sets = [(k1, k2, v1, v2, dk2, dv2, M1, M2, w1, w2, c1)]
@@ -910,9 +942,10 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
             fblk = dict(blk1, num_warps=8)
             if fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 and not INTERPRETED:
                 fblk["BLOCK_M"] = 16
-            _triple_attention_bwd_dkv1_kernel[(M1, B * Hk)](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2,
-                                                            D, DV, H, H // Hk, float(scale), int(w1), int(w2),
-                                                            CAUSAL=True, **fl, **fblk, C2=c2, FIX=True)
+            fblk, fgrid = _head_chunks(fblk, (M1, B * Hk), q.dtype, D, DV)
+            _triple_attention_bwd_dkv1_kernel[fgrid](q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, N, M1, M2,
+                                                     D, DV, H, H // Hk, float(scale), int(w1), int(w2),
+                                                     CAUSAL=True, **fl, **fblk, C2=c2, FIX=True)
     # the float16 dkv kernel (not split) from head dim 128 on: 8 warps (4 spilled 24-60 B once dout (.) v_a's rows
     # were scaled into float16's range too; session 51)
     kblk = dict(blk, num_warps=8) if q.dtype == torch.float16 and max(blk["BLOCK_D"], blk["BLOCK_DV"]) >= 128 else blk
@@ -940,7 +973,8 @@ def _triple_attention_bwd(dout, q, k1, k2, v1, v2, out, lse, scale, causal, w1, 
                 fblk = dict(blk, BLOCK_M=16, BLOCK_N=16, num_warps=4)  # spilled 132 B (sm_90, D = 64)
                 fgrid = (triton.cdiv(Mb, 16), B * Hk)
             elif fl["HALF"] and max(blk["BLOCK_D"], blk["BLOCK_DV"]) > 128:  # head dims over 128: 8 warps (4 spilled
-                fblk = dict(blk, num_warps=8)  # 20 B in float16 on Triton 3.9 sm_80; 3.6 sm_90 keeps 28-36 B)
+                fblk = dict(blk, num_warps=8)  # 20 B in float16 on Triton 3.9 sm_80)
+            fblk, fgrid = _head_chunks(fblk, fgrid, q.dtype, D, DV)
             _triple_attention_bwd_dkv_kernel[fgrid](q, ka, kb, va, vb, dout, lse, delta, dkb, dvb, N, Ma, Mb, D, DV,
                                                     H, H // Hk, float(scale), int(wa), int(wb), CAUSAL=True, **fl,
                                                     **fblk, CA=ca, CQ=cq, FIX=True)
@@ -974,11 +1008,14 @@ float64 at head dim 64 (32 x 32 tiles) and the float16/bfloat16 dq kernel from h
 Triton 3.6 on sm_90 spilled 104-112 B in the float64 D = 64 forward and dkv kernels and 44 B in the float16
 D = 128 dq kernel; session 50); the float64 D = 128 dkv fix-up (16 x 16 tiles) keeps 20 B (12 B stores + 8 B
 loads) there.  The float16 dkv kernel (not split) runs 8 warps from head dim 128 (at 4 it spilled 24-60 B once
-dout (.) v_a's rows were scaled into float16's range as q (.) k_a's; session 51)."""
-# Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one) and 128 (the
-# widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32).  Sequence
-# lengths are not multiples of 16 (Triton would specialise those: same code, fewer masks).
-_COMPILE_DIMS = (16, 64, 128)
+dout (.) v_a's rows were scaled into float16's range as q (.) k_a's; session 51).  Head dim 256: 16 x 16 tiles
+(8 warps, the half types 4), and the backward's causal fix-ups add their gradients in head-dim chunks of 64
+(float64 32; whole [16, 256] tiles spilled up to 1.8 KB; session 51)."""
+# Head dims whose block configurations differ: 16 (the smallest tile), 64 (the usual one), 128 (the
+# widest tile with 64-row float16/bfloat16 blocks; wider heads take 32-row blocks like float32) and 256 (head
+# dims over 128: 16 x 16 tiles, the backward fix-ups in head-dim chunks; session 51).  Sequence lengths are not
+# multiples of 16 (Triton would specialise those: same code, fewer masks).
+_COMPILE_DIMS = (16, 64, 128, 256)
 # spill bytes (stores + loads) tolerated per dtype: none, except float64's (explained in COMPILE_NOTES)
 _SPILL_ALLOWANCE = {torch.float32: 0, torch.float16: 0, torch.bfloat16: 0, torch.float64: 64}
 

@@ -196,34 +196,106 @@ def test_nonfinite_row_across_tiles(which):
     gradients); one head for the key inputs (both heads saw the same row: twice the programs, nothing new).
     The reference's gradients by the reference backward (session 51: its backward ran outside the backend block,
     i.e. on the Triton kernels under test, so a backward defect met itself)."""
+    _check_nonfinite_row(which, 33, 4, 3, 20, (dict(causal=True), dict(window=(9, 20))))
+
+
+def _check_nonfinite_row(which, N, D, Dv, row, masks, dtype=torch.float64):
+    """test_nonfinite_row_across_tiles' check: one NaN in row `row` of input `which` (5: dout); the reference in
+    float64 on the inputs rounded to dtype.  Two query heads on one key head where the NaN is in q or dout, one
+    head otherwise (session 51)."""
     g = torch.Generator().manual_seed(49 + which)
-    B, H, Hk, N = 1, 2 if which in (0, 5) else 1, 1, 33
-    shapes = [(B, H, N, 4), (B, Hk, N, 4), (B, Hk, N, 4), (B, Hk, N, 3), (B, Hk, N, 3)]
-    ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    go = torch.randn(B, H, N, 3, generator=g, dtype=torch.float64)
-    (go if which == 5 else ins[which])[0, -1, 20, 1] = float("nan")
-    for mask in (dict(causal=True), dict(window=(9, 20))):
-        a = [t.clone().to(DEVICE).requires_grad_() for t in ins]
+    B, H, Hk = 1, 2 if which in (0, 5) else 1, 1
+    shapes = [(B, H, N, D), (B, Hk, N, D), (B, Hk, N, D), (B, Hk, N, Dv), (B, Hk, N, Dv)]
+    ins = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).double() for s in shapes]
+    go = torch.randn(B, H, N, Dv, generator=g, dtype=torch.float64).to(dtype).double()
+    (go if which == 5 else ins[which])[0, -1, row, 1] = float("nan")
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for mask in masks:
+        a = [t.clone().to(DEVICE, dtype).requires_grad_() for t in ins]
         b = [t.clone().requires_grad_() for t in ins]
         with geoops.use_backend("triton"):
             out, lse = ga.triple_attention(*a, **mask, return_lse=True)
-            out.backward(go.to(DEVICE))
+            out.backward(go.to(DEVICE, dtype))
         with geoops.use_backend("reference"):  # the op's reference backend: per query when an input is non-finite
             rout, rlse = ga.triple_attention(*b, **mask, return_lse=True)
             rout.backward(go)
         for name, x, y in [("out", out, rout), ("lse", lse, rlse)] + [
                 ("d" + n, s.grad, t.grad) for n, s, t in zip(("q", "k1", "k2", "v1", "v2"), a, b)]:
-            x = x.detach().cpu()
+            x = x.detach().cpu().double()
             y = y.detach()
             assert torch.equal(x.isnan(), y.isnan()), (mask, name, x.isnan().sum(), y.isnan().sum())
-            torch.testing.assert_close(x.nan_to_num(), y.nan_to_num(), rtol=1e-9, atol=1e-11,
-                                       msg=lambda m: f"{mask} {name}: {m}")
-        if "causal" in mask:  # and the rule itself: queries 0..19 may not see row 20, keys 21.. are not seen by 20
+            torch.testing.assert_close(x.nan_to_num(), y.nan_to_num(), **tol, msg=lambda m: f"{mask} {name}: {m}")
+        if "causal" in mask:  # and the rule itself: queries before row may not see it, keys after it are not seen
             grads = [t.grad.cpu() for t in a]
-            assert bool(torch.isfinite(out.detach().cpu()[:, :, :20]).all()), which
-            assert bool(torch.isfinite(grads[0][:, :, :20]).all()), which
+            assert bool(torch.isfinite(out.detach().cpu()[:, :, :row]).all()), which
+            assert bool(torch.isfinite(grads[0][:, :, :row]).all()), which
             if which in (0, 5):
-                assert all(bool(torch.isfinite(gr[:, :, 21:]).all()) for gr in grads[1:]), which
+                assert all(bool(torch.isfinite(gr[:, :, row + 1:]).all()) for gr in grads[1:]), which
+
+
+@pytest.mark.parametrize("dtype, which", [(torch.float64, 2), (torch.float64, 5), (torch.float32, 4)],
+                         ids=("float64-k2", "float64-dout", "float32-v2"))
+def test_nonfinite_row_head_dim_over_128(dtype, which):
+    """The backward fix-ups over head dims over 128 add their gradients in head-dim chunks (CH, _head_chunks;
+    session 51): the check above, causal, at D = 136, Dv = 130 (two 16-row query tiles): float64 in 5 chunks of
+    32 (a NaN k2 row: the dq and dkv fix-ups; dout: the dkv fix-up), float32 in 3 chunks of 64 (v2: the dkv1
+    fix-up), the last chunk partial in D and Dv.  Caveat (session 51 break-check): through the public op these rows'
+    gradients did not change with the dkv fix-up launch skipped, so this does not reach the chunked kernels (the
+    next test does); the _head_chunks configuration is what it pins."""
+    blk = K._blocks(136, 130, dtype, bwd=True, causal=True)
+    xblk, xgrid = K._head_chunks(blk, (1, 1), dtype, 136, 130)
+    ch = 32 if dtype == torch.float64 else 64
+    assert xblk["CH"] and xblk["BLOCK_D"] == xblk["BLOCK_DV"] == ch and xgrid == (1, 1, -(-136 // ch))
+    _check_nonfinite_row(which, 17, 136, 130, 9, (dict(causal=True),), dtype)
+
+
+@pytest.mark.parametrize("dtype, bad, window", [(torch.float32, "values", (3, 2)), (torch.float64, "query", (0, 0))],
+                         ids=("float32-v1v2-window32", "float64-q-causal"))
+def test_chunked_fixups_add_real_terms(dtype, bad, window):
+    """The chunked fix-ups (CH, _head_chunks; session 51) numerically: the launchers called directly at D = 136,
+    Dv = 130 (float32 3 chunks of 64, float64 5 of 32, the last partial), N = M = 12 (one 16-row tile), against the
+    float64 reference on the entries it has finite.  A NaN key row kills every query that sees it and so every key
+    those see (the test above: what the fix-ups add there is NaN anyway); these rows leave finite entries that only
+    the fix-ups supply.  values (window (3, 2)): inf in v1 row 7, -inf in v2 row 5 (P stays finite; delta not, for
+    queries 5-9): dq of queries 0-4 and 10-11 (their k2 tile read as 0: the dq fix-up), dv2 through j = 7 (the dkv
+    fix-up), dv1 and dk1 (j <= 2, 10, 11) through the k2 tile (the dkv1 fix-up), all but one column.  query
+    (causal): a NaN q row 3, its tile left out of the common dkv kernels: dk / dv of keys 4-11 (the dkv fix-ups,
+    both key sets in float64, dkb and dvb).  Break-checked: the test fails with each fix-up launch skipped and with
+    any one column offset of the chunks dropped (kernels' offs_d / offs_e, each _masked_dot call's)."""
+    N, D, Dv = 12, 136, 130
+    g = torch.Generator().manual_seed(256)
+    shapes = [(1, 1, N, D), (1, 1, N, D), (1, 1, N, D), (1, 1, N, Dv), (1, 1, N, Dv)]
+    ins = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).double() for s in shapes]
+    go = torch.randn(1, 1, N, Dv, generator=g, dtype=torch.float64).to(dtype).double()
+    if bad == "values":
+        ins[3][0, 0, 7, 100] = float("inf")
+        ins[4][0, 0, 5, 70] = float("-inf")
+    else:
+        ins[0][0, 0, 3, 90] = float("nan")
+    chunked = []
+
+    def spy(*args):  # the three fix-up launches take the chunked configuration
+        blk, grid = head_chunks(*args)
+        chunked.append(blk.get("CH", False) and len(grid) == 3)
+        return blk, grid
+
+    head_chunks, K._head_chunks = K._head_chunks, spy
+    try:
+        a = [t.to(DEVICE, dtype) for t in ins]
+        out, lse = K._triple_attention_fwd(*a, D ** -0.5, True, *window)
+        grads = K._triple_attention_bwd(go.to(DEVICE, dtype), *a, out, lse, D ** -0.5, True, *window)
+    finally:
+        K._head_chunks = head_chunks
+    assert chunked == [True] * 3
+    b = [t.clone().requires_grad_() for t in ins]
+    rout = ref.triple_attention(*b, causal=True, window=window if window[0] else None, per_query=True)
+    rgrads = torch.autograd.grad(rout, b, go)
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for name, x, y in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, rgrads):
+        x, ok = x.cpu().double(), torch.isfinite(y)
+        assert torch.equal(torch.isfinite(x), ok), (name, int(torch.isfinite(x).sum()), int(ok.sum()))
+        assert ok.any(), name  # finite entries to compare, every gradient
+        torch.testing.assert_close(x[ok], y[ok], **tol, msg=lambda m: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------- session 31: the parity run on the Triton kernels
