@@ -123,7 +123,7 @@ def transport_grad(gM, b, m, k, S, w, n, eps, train, h=mp.mpf("1e-45"), exact=Fa
 
 def _transport_grad_fd(gM, b, m, k, S, w, n, eps, train, h=mp.mpf("1e-20"), exact=False):
     """transport_grad's old form: central differences in each of b, m, S, w, c at 50 digits, M re-formed for each
-    (2D + 3 of them, 16 D^2 mp operations each); kept to check transport_grad (scripts/bn_transport/oracle_check.py).
+    (2D + 3 of them, O(D^2) mp operations each); kept to check transport_grad (scripts/bn_transport/oracle_check.py).
     exact: the gradient as one list of mpf."""
     with mp.workdps(DPS):
         G = _v(gM)
