@@ -41,14 +41,14 @@ def _dot(x, y):
     return mp.fsum(a * b for a, b in zip(x, y))
 
 
-def _central(f, x0, h):
-    """f's gradient at x0 (a list of mpf) by central differences of step h, as floats."""
+def _central(f, x0, h, cast=float):
+    """f's gradient at x0 (a list of mpf) by central differences of step h, as floats (cast)."""
     g = []
     for i in range(len(x0)):
         xp, xm = list(x0), list(x0)
         xp[i] += h
         xm[i] -= h
-        g.append(float((f(xp) - f(xm)) / (2 * h)))
+        g.append(cast((f(xp) - f(xm)) / (2 * h)))
     return g
 
 
@@ -61,10 +61,11 @@ def transport(b, m, k, s):
     W = [[-k * k * e2, k], [-k + 2 * k * k * ae, -k * k * a2]]
     d = 1 - 2 * k * ae + k * k * a2 * e2
     alpha = s * (1 + k * a2) / (1 + k * e2)
-    X = [b, e]
-    return [[(alpha if i == j else 0) + 2 * alpha / d * mp.fsum(X[r][i] * W[r][t] * X[t][j] for r in range(2)
-                                                                for t in range(2)) for j in range(D)]
-            for i in range(D)]
+    # sum_rt X_r[i] W_rt X_t[j] (X = [b, e]) = u_i b_j + v_i e_j, u = W_00 b + W_10 e, v = W_01 b + W_11 e
+    g = 2 * alpha / d
+    u = [g * (W[0][0] * x + W[1][0] * y) for x, y in zip(b, e)]
+    v = [g * (W[0][1] * x + W[1][1] * y) for x, y in zip(b, e)]
+    return [[(alpha if i == j else 0) + u[i] * b[j] + v[i] * e[j] for j in range(D)] for i in range(D)]
 
 
 def transport_t(b, m, k, S, w, n, eps, train):
@@ -77,9 +78,53 @@ def transport_t(b, m, k, S, w, n, eps, train):
         return torch.tensor([[float(x) for x in r] for r in M], dtype=torch.float64), float(var)
 
 
-def transport_grad(gM, b, m, k, S, w, n, eps, train, h=mp.mpf("1e-20")):
-    """d<gM, M>/d(b, m, S, w, c) by central differences at 50 digits (exact to ~1e-25 here): (gb, gm, gS, gw, gc)
-    as float64 tensors / floats."""
+def transport_grad(gM, b, m, k, S, w, n, eps, train, h=mp.mpf("1e-45"), exact=False):
+    """d<gM, M>/d(b, m, S, w, c) exactly (to ~1e-30 here): (gb, gm, gS, gw, gc) as float64 tensors / floats.
+
+    <gM, M> = alpha tr(gM) + (2 alpha / d) sum_rt W_rt X_r^T gM X_t (transport's closed form, X = [b, -m]) depends
+    on (b, m) only through the scalars |b|^2, <b, e>, |e|^2 (e = -m) and the bilinear forms Q_rt = X_r^T gM X_t:
+    central differences in those ten scalars (and S, w, c) at DPS + 30 digits with step h (the closed form's
+    cancellations near the boundary cost ~1/delta^4 of them), then the chain rule with the forms' exact vector
+    derivatives (d Q_01 / db = gM e, ...).  O(D^2) instead of the (2D + 3) evaluations of M of _transport_grad_fd
+    (the old oracle, kept to check this one: scripts/bn_transport/oracle_check.py).  exact: the gradient as one list
+    of mpf (b, m, S, w, c)."""
+    D = b.numel()
+    with mp.workdps(DPS + 30):
+        G = [_v(r) for r in gM]
+        bb, ee = _v(b), [-x for x in _v(m)]
+        Gb = [_dot(r, bb) for r in G]
+        Ge = [_dot(r, ee) for r in G]
+        GTb = [mp.fsum(G[i][j] * bb[i] for i in range(D)) for j in range(D)]
+        GTe = [mp.fsum(G[i][j] * ee[i] for i in range(D)) for j in range(D)]
+        trG = mp.fsum(G[i][i] for i in range(D))
+        x0 = [_dot(bb, bb), _dot(bb, ee), _dot(ee, ee), _dot(bb, Gb), _dot(bb, Ge), _dot(ee, Gb), _dot(ee, Ge),
+              mp.mpf(float(S)), mp.mpf(float(w)), mp.mpf(-float(k))]
+        ep = mp.mpf(eps)
+
+        def f(x):
+            a2, ae, e2, Q00, Q01, Q10, Q11, SS, ww, c = x
+            kk = -c
+            var = (2 / (1 + kk * e2)) ** 2 * SS / n if train else SS
+            s = mp.sqrt(ww / (var + ep))
+            W = [[-kk * kk * e2, kk], [-kk + 2 * kk * kk * ae, -kk * kk * a2]]
+            d = 1 - 2 * kk * ae + kk * kk * a2 * e2
+            alpha = s * (1 + kk * a2) / (1 + kk * e2)
+            return alpha * trG + 2 * alpha / d * (W[0][0] * Q00 + W[0][1] * Q01 + W[1][0] * Q10 + W[1][1] * Q11)
+
+        F = _central(f, x0, h, cast=lambda x: x)
+        Fa2, Fae, Fe2, F00, F01, F10, F11 = F[:7]
+        gb = [2 * Fa2 * bb[j] + Fae * ee[j] + F00 * (Gb[j] + GTb[j]) + F01 * Ge[j] + F10 * GTe[j] for j in range(D)]
+        ge = [Fae * bb[j] + 2 * Fe2 * ee[j] + F01 * GTb[j] + F10 * Gb[j] + F11 * (Ge[j] + GTe[j]) for j in range(D)]
+        if exact:
+            return gb + [-x for x in ge] + F[7:]
+        return (torch.tensor([float(x) for x in gb], dtype=torch.float64),
+                torch.tensor([-float(x) for x in ge], dtype=torch.float64), float(F[7]), float(F[8]), float(F[9]))
+
+
+def _transport_grad_fd(gM, b, m, k, S, w, n, eps, train, h=mp.mpf("1e-20"), exact=False):
+    """transport_grad's old form: central differences in each of b, m, S, w, c at 50 digits, M re-formed for each
+    (2D + 3 of them, O(D^2) mp operations each); kept to check transport_grad (scripts/bn_transport/oracle_check.py).
+    exact: the gradient as one list of mpf."""
     with mp.workdps(DPS):
         G = _v(gM)
         D = b.numel()
@@ -92,7 +137,9 @@ def transport_grad(gM, b, m, k, S, w, n, eps, train, h=mp.mpf("1e-20")):
             M = transport(bb, mm, kk, mp.sqrt(ww / (var + mp.mpf(eps))))
             return mp.fsum(G[i * D + j] * M[i][j] for i in range(D) for j in range(D))
 
-        g = _central(f, x0, h)
+        g = _central(f, x0, h, cast=(lambda x: x) if exact else float)
+        if exact:
+            return g
         t = torch.tensor(g, dtype=torch.float64)
         return t[:D], t[D:2 * D], g[2 * D], g[2 * D + 1], g[2 * D + 2]
 

@@ -475,8 +475,9 @@ def test_fused_grid_backward_gradcheck_and_double_backward(route):
         out = f(x1, x2, w1, wo)
         g1, = torch.autograd.grad(out.square().sum(), x1, create_graph=True)
     assert g1.requires_grad and not calls
-    # the second derivative's own (first-order) backward of those products may run fused again
-    assert torch.autograd.gradgradcheck(f, (x1, x2, w1, wo))
+    # the second derivative's own (first-order) backward of those products may run fused again.  On the first two
+    # rows (rows are independent; all 5: 15 s of CPU for grid, 0.6 s on 2, session 52)
+    assert torch.autograd.gradgradcheck(f, tuple(t.detach()[:2].requires_grad_() for t in (x1, x2, w1)) + (wo,))
 
 
 @contextlib.contextmanager
