@@ -565,6 +565,31 @@ inline void pad_block_lanes(BlockBuf<T>& bb, int64_t nr) {
   for (int64_t i = nr; i < (nr + kLanesF - 1) / kLanesF * kLanesF && i < kRowBlock; ++i)
     bb.X[i] = bb.U[i] = bb.s[i] = bb.k1[i] = bb.k0[i] = bb.lam[i] = 0.0;
 }
+
+// tangent_k16's float part (the same on both ISAs): k1, k0 of the rows from the lane vectors nn = |u|, q = sc |u|,
+// n and r (e^(-2 min(q, 9)) = 2^n e^r) and q2 = q^2 (formed in double by the ISA's tangent_k16).  always_inline: the
+// code (and its FMA contraction, hence the bits) is that of one function, as when each tangent_k16 spelled it out.
+__attribute__((always_inline)) inline void tangent_k_lanes(const Vectorized<float>& nn, const Vectorized<float>& q,
+                                                           const Vectorized<float>& n, const Vectorized<float>& r,
+                                                           const Vectorized<float>& q2, double sc, double maxnorm,
+                                                           double lmax, Vectorized<float>& k1, Vectorized<float>& k0) {
+  using V = Vectorized<float>;
+  const V p = expm1_over_r_f(r) * r;  // e^r - 1
+  const V p2 = vecmath::pow2_f(n);    // 2^n
+  const V num = at::vec::fnmadd(p2, p, V(1.f) - p2), den = at::vec::fmadd(p2, p, V(1.f) + p2);
+  const V e = at::vec::fmadd(p2, p, p2);
+  const V ss = stereo::tanc_series(q2.neg());
+  const V small = q2 < V(0.05f);
+  const V s = V::blendv(num / (den * q), ss, small);
+  const V lam = V::blendv((den * den) / (e + e), V(2.f) / at::vec::fnmadd(q2 * ss, ss, V(1.f)), small);
+  k1 = V(float(sc)) * lam * s;
+  k0 = lam - V(1.f);
+  const V proj = s * nn > V(float(maxnorm));
+  if (vecmath::any_lane(proj)) {
+    k1 = V::blendv(k1, V(float(sc * lmax * maxnorm)) / nn, proj);
+    k0 = V::blendv(k0, V(float(lmax - 1.0)), proj);
+  }
+}
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -616,23 +641,7 @@ __attribute__((noinline)) void tangent_k16(const double* U, double c, double sc,
   }
   const V nn(f32_of(nd[0], nd[1])), q(f32_of(qd[0], qd[1])), n(f32_of(n2[0], n2[1])), r(f32_of(rd[0], rd[1]));
   const V q2(f32_of(_mm512_mul_pd(qd[0], qd[0]), _mm512_mul_pd(qd[1], qd[1])));
-  V p = expm1_over_r_f(r);
-  p = p * r;                           // e^r - 1
-  const V p2 = vecmath::pow2_f(n);     // 2^n
-  const V num = at::vec::fnmadd(p2, p, V(1.f) - p2);
-  const V den = at::vec::fmadd(p2, p, V(1.f) + p2);
-  const V e = at::vec::fmadd(p2, p, p2);
-  const V ss = stereo::tanc_series(q2.neg());
-  const V small = q2 < V(0.05f);
-  V s = V::blendv(num / (den * q), ss, small);
-  V lam = V::blendv((den * den) / (e + e), V(2.f) / at::vec::fnmadd(q2 * ss, ss, V(1.f)), small);
-  k1 = V(float(sc)) * lam * s;
-  k0 = lam - V(1.f);
-  const V proj = s * nn > V(float(maxnorm));
-  if (vecmath::any_lane(proj)) {
-    k1 = V::blendv(k1, V(float(sc * lmax * maxnorm)) / nn, proj);
-    k0 = V::blendv(k0, V(float(lmax - 1.0)), proj);
-  }
+  tangent_k_lanes(nn, q, n, r, q2, sc, maxnorm, lmax, k1, k0);
 }
 
 // fc_fwd_block's element math, output scale and store on row lanes (bb's scalars already formed by block_scalars)
@@ -723,21 +732,7 @@ __attribute__((noinline)) void tangent_k16(const double* U, double c, double sc,
   }
   const V nn(f32_of(nd[0], nd[1])), q(f32_of(qd[0], qd[1])), n(f32_of(n2[0], n2[1])), r(f32_of(rd[0], rd[1]));
   const V q2(f32_of(_mm256_mul_pd(qd[0], qd[0]), _mm256_mul_pd(qd[1], qd[1])));
-  const V p = expm1_over_r_f(r) * r;  // e^r - 1
-  const V p2 = vecmath::pow2_f(n);    // 2^n
-  const V num = at::vec::fnmadd(p2, p, V(1.f) - p2), den = at::vec::fmadd(p2, p, V(1.f) + p2);
-  const V e = at::vec::fmadd(p2, p, p2);
-  const V ss = stereo::tanc_series(q2.neg());
-  const V small = q2 < V(0.05f);
-  const V s = V::blendv(num / (den * q), ss, small);
-  const V lam = V::blendv((den * den) / (e + e), V(2.f) / at::vec::fnmadd(q2 * ss, ss, V(1.f)), small);
-  k1 = V(float(sc)) * lam * s;
-  k0 = lam - V(1.f);
-  const V proj = s * nn > V(float(maxnorm));
-  if (vecmath::any_lane(proj)) {
-    k1 = V::blendv(k1, V(float(sc * lmax * maxnorm)) / nn, proj);
-    k0 = V::blendv(k0, V(float(lmax - 1.0)), proj);
-  }
+  tangent_k_lanes(nn, q, n, r, q2, sc, maxnorm, lmax, k1, k0);
 }
 
 // fc_fwd_block_lanes16 on AVX2: groups of 8 rows, 8 columns at a time through one transpose each way

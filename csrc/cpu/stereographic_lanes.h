@@ -583,6 +583,11 @@ inline __m512d hsum8(const __m512d (&a)[8]) {
   const __m512d t1 = _mm512_add_pd(_mm512_shuffle_f64x2(s[2], s[3], 0x88), _mm512_shuffle_f64x2(s[2], s[3], 0xDD));
   return _mm512_add_pd(_mm512_shuffle_f64x2(t0, t1, 0x88), _mm512_shuffle_f64x2(t0, t1, 0xDD));
 }
+// long_sums_f32's vector steps (it follows the ISA sections): groups of 8 rows, one hsum8 a sum.
+constexpr int kSumLanes = 8;
+inline __m512d hsum_lanes(const __m512d (&a)[8]) { return hsum8(a); }
+inline void store_lanes(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+inline __m512d zero_lanes() { return _mm512_setzero_pd(); }
 
 // The sums of one fp32 row (x row xr, y row yr) as 8-lane double vectors acc[s] (s: xx, yy, xy, dd), whose 8 lanes
 // hsum8 / hsum8_one then add: FS (float sums, mobius_add / mobius_sub) the products in float, 16 lanes x two chains
@@ -652,50 +657,6 @@ inline double hsum8_one(__m512d a) {
   return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 
-// The sums of the nb rows from row i0 (x rows of stride sx, y of sy; nb <= nv, nv a multiple of 8 lanes, the
-// lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).  after_row(b) runs
-// after the loads and sums of lane b (b = 0 .. nv - 1): the one-pass loop writes a row of the previous block there.
-// FS: float sums (row_acc_f32).
-template <bool HAS_Y, bool DD, bool FS = false, typename W>
-inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
-                          int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
-                          int64_t end, int64_t pf, W&& after_row) {
-  static_assert(!(FS && DD), "float sums: no dd");
-  constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
-  __m512d acc[NS][8];
-  for (int64_t g = 0; g < nv; g += 8) {
-    for (int r = 0; r < 8; ++r) {
-      const int64_t b = std::min<int64_t>(g + r, nb - 1);
-      const int64_t i = i0 + b;
-      const float* xr = xp + i * sx;
-      const float* yr = yp + i * sy;
-      if (pf > 0 && i + pf < end) {
-        for (int64_t l = 0; l < D * 4; l += 64) {
-          __builtin_prefetch(reinterpret_cast<const char*>(xr + pf * sx) + l, 0, 3);
-          if (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(yr + pf * sy) + l, 0, 3);
-        }
-      }
-      __m512d a[NS];
-      row_acc_f32<HAS_Y, DD, FS>(xr, yr, D, a);
-      for (int s = 0; s < NS; ++s) acc[s][r] = a[s];
-      after_row(g + r);
-    }
-    _mm512_storeu_pd(xx + g, hsum8(acc[0]));
-    if (HAS_Y) {
-      _mm512_storeu_pd(yy + g, hsum8(acc[1]));
-      _mm512_storeu_pd(xy + g, hsum8(acc[2]));
-      if (DD) {
-        _mm512_storeu_pd(dd + g, hsum8(acc[NS - 1]));
-      } else {
-        _mm512_storeu_pd(dd + g, _mm512_setzero_pd());
-      }
-    } else {
-      _mm512_storeu_pd(yy + g, _mm512_setzero_pd());
-      _mm512_storeu_pd(xy + g, _mm512_setzero_pd());
-      _mm512_storeu_pd(dd + g, _mm512_setzero_pd());
-    }
-  }
-}
 
 // The one-call float ops' coefficients of one block of long fp32 rows with the staging in registers
 // (mobius_scalar_mul's two chained calls measured ~3 % slower this way and keep block_fwd_float_call):
@@ -907,6 +868,11 @@ inline __m256d hsum4(const __m256d (&a)[4]) {
   const __m256d s1 = _mm256_add_pd(_mm256_unpacklo_pd(a[2], a[3]), _mm256_unpackhi_pd(a[2], a[3]));
   return _mm256_add_pd(_mm256_permute2f128_pd(s0, s1, 0x20), _mm256_permute2f128_pd(s0, s1, 0x31));
 }
+// long_sums_f32's vector steps (it follows the ISA sections): groups of 4 rows, one hsum4 a sum.
+constexpr int kSumLanes = 4;
+inline __m256d hsum_lanes(const __m256d (&a)[4]) { return hsum4(a); }
+inline void store_lanes(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+inline __m256d zero_lanes() { return _mm256_setzero_pd(); }
 // The sum of the 4 lanes of a in hsum4's order: the same bits as hsum4's lane for a row (the one-row loop).
 inline double hsum8_one(__m256d a) {
   alignas(32) double t[4];
@@ -983,45 +949,6 @@ inline void row_acc_f32(const float* xr, const float* yr, int64_t D, __m256d* ac
   }
 }
 
-// The sums of the nb rows from row i0 (as AVX-512's long_sums_f32: nv a multiple of 4 lanes, the lanes nb .. nv
-// repeat row nb - 1; software prefetch pf rows ahead; after_row(b) after the loads and sums of lane b).
-template <bool HAS_Y, bool DD, bool FS = false, typename W>
-inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
-                          int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
-                          int64_t end, int64_t pf, W&& after_row) {
-  static_assert(!(FS && DD), "float sums: no dd");
-  constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
-  __m256d acc[NS][4];
-  for (int64_t g = 0; g < nv; g += 4) {
-    for (int r = 0; r < 4; ++r) {
-      const int64_t b = std::min<int64_t>(g + r, nb - 1);
-      const int64_t i = i0 + b;
-      const float* xr = xp + i * sx;
-      const float* yr = yp + i * sy;
-      if (pf > 0 && i + pf < end) {
-        for (int64_t l = 0; l < D * 4; l += 64) {
-          __builtin_prefetch(reinterpret_cast<const char*>(xr + pf * sx) + l, 0, 3);
-          if (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(yr + pf * sy) + l, 0, 3);
-        }
-      }
-      __m256d a[NS];
-      row_acc_f32<HAS_Y, DD, FS>(xr, yr, D, a);
-      for (int s = 0; s < NS; ++s) acc[s][r] = a[s];
-      after_row(g + r);
-    }
-    _mm256_storeu_pd(xx + g, hsum4(acc[0]));
-    if (HAS_Y) {
-      _mm256_storeu_pd(yy + g, hsum4(acc[1]));
-      _mm256_storeu_pd(xy + g, hsum4(acc[2]));
-      _mm256_storeu_pd(dd + g, DD ? hsum4(acc[NS - 1]) : _mm256_setzero_pd());
-    } else {
-      _mm256_storeu_pd(yy + g, _mm256_setzero_pd());
-      _mm256_storeu_pd(xy + g, _mm256_setzero_pd());
-      _mm256_storeu_pd(dd + g, _mm256_setzero_pd());
-    }
-  }
-}
-
 // write_row_f32_nt (AVX-512, above) on 8-float vectors: the same operations, the same bits as write_row
 // (orow 64-byte aligned, D a multiple of 16: the caller checks).
 template <bool HAS_Y, bool NO_B>
@@ -1077,6 +1004,50 @@ template <int OP>
 inline bool block_fwd_float_reg(const double*, const double*, const double*, const double*, const double*,
                                 const double*, int64_t, double, double*, double*, double*) {
   return false;
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// The sums of the nb rows from row i0 (x rows of stride sx, y of sy; nb <= nv, nv a multiple of kSumLanes (8 lanes on
+// AVX-512, 4 on AVX2), the lanes nb .. nv repeat row nb - 1); software prefetch of the row pf rows ahead (0: none).
+// after_row(b) runs after the loads and sums of lane b (b = 0 .. nv - 1): the one-pass loop writes a row of the
+// previous block there.  FS: float sums (row_acc_f32).  One body for both ISAs: the vector steps are the section's
+// LaneAccD, kSumLanes, hsum_lanes, store_lanes and zero_lanes.
+template <bool HAS_Y, bool DD, bool FS = false, typename W>
+inline void long_sums_f32(const float* xp, int64_t sx, const float* yp, int64_t sy, int64_t i0, int64_t nb,
+                          int64_t nv, int64_t D, double* xx, double* yy, double* xy, double* dd,
+                          int64_t end, int64_t pf, W&& after_row) {
+  static_assert(!(FS && DD), "float sums: no dd");
+  constexpr int NS = HAS_Y ? (DD ? 4 : 3) : 1;
+  LaneAccD acc[NS][kSumLanes];
+  for (int64_t g = 0; g < nv; g += kSumLanes) {
+    for (int r = 0; r < kSumLanes; ++r) {
+      const int64_t b = std::min<int64_t>(g + r, nb - 1);
+      const int64_t i = i0 + b;
+      const float* xr = xp + i * sx;
+      const float* yr = yp + i * sy;
+      if (pf > 0 && i + pf < end) {
+        for (int64_t l = 0; l < D * 4; l += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(xr + pf * sx) + l, 0, 3);
+          if (HAS_Y) __builtin_prefetch(reinterpret_cast<const char*>(yr + pf * sy) + l, 0, 3);
+        }
+      }
+      LaneAccD a[NS];
+      row_acc_f32<HAS_Y, DD, FS>(xr, yr, D, a);
+      for (int s = 0; s < NS; ++s) acc[s][r] = a[s];
+      after_row(g + r);
+    }
+    store_lanes(xx + g, hsum_lanes(acc[0]));
+    if (HAS_Y) {
+      store_lanes(yy + g, hsum_lanes(acc[1]));
+      store_lanes(xy + g, hsum_lanes(acc[2]));
+      store_lanes(dd + g, DD ? hsum_lanes(acc[NS - 1]) : zero_lanes());
+    } else {
+      store_lanes(yy + g, zero_lanes());
+      store_lanes(xy + g, zero_lanes());
+      store_lanes(dd + g, zero_lanes());
+    }
+  }
 }
 #endif
 
