@@ -2,6 +2,7 @@
 
 Run on their own: ``TRITON_INTERPRET=1 python -m pytest tests/triton/test_attention_triton.py``.
 """
+import dataclasses
 import os
 
 import pytest
@@ -412,8 +413,6 @@ def test_split_first_keys(shape, mask, dtype, splits, monkeypatch, host_work):
 
 SPLIT_PARITY = [c for c in PARITY_CASES if any(t in c.name for t in ("dense/N17", "window(1,1)", "large-logits"))]
 if DEVICE == "cpu":  # the dense case's first batch only (its second ran the same split programs again; session 52)
-    import dataclasses
-
     SPLIT_PARITY = [dataclasses.replace(c, args={n: t[:1] for n, t in c.args.items()}) if "dense/N17" in c.name
                     else c for c in SPLIT_PARITY]
 
