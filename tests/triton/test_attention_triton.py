@@ -2,6 +2,7 @@
 
 Run on their own: ``TRITON_INTERPRET=1 python -m pytest tests/triton/test_attention_triton.py``.
 """
+import dataclasses
 import os
 
 import pytest
@@ -411,6 +412,9 @@ def test_split_first_keys(shape, mask, dtype, splits, monkeypatch, host_work):
 
 
 SPLIT_PARITY = [c for c in PARITY_CASES if any(t in c.name for t in ("dense/N17", "window(1,1)", "large-logits"))]
+if DEVICE == "cpu":  # the dense case's first batch only (its second ran the same split programs again; session 52)
+    SPLIT_PARITY = [dataclasses.replace(c, args={n: t[:1] for n, t in c.args.items()}) if "dense/N17" in c.name
+                    else c for c in SPLIT_PARITY]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -466,7 +470,7 @@ def _float16_beyond_range(mask):
     """float16 inputs whose products q (.) k1 (scale 1) exceed float16's range (65504) while the scores, out and
     the gradients are moderate; (out, lse, five gradients) of the Triton kernels and of the float64 reference."""
     g = torch.Generator().manual_seed(47)
-    B, H, N, M1, M2, D, Dv = 1, 2, 18, 17, 19, 20, 5  # two query / key tiles and two head-dim chunks
+    B, H, N, M1, M2, D, Dv = 1, 1, 18, 17, 19, 20, 5  # two query / key tiles and two head-dim chunks; one head (52)
     sign = lambda *s: torch.randint(0, 2, s, generator=g).double() * 2 - 1  # noqa: E731
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     q, k1, k2 = 300 * sign(B, H, N, D), 300 * sign(B, H, M1, D), 1e-5 * rnd(B, H, M2, D)  # |scores| ~ 10
@@ -519,7 +523,7 @@ def test_float16_dout_v_beyond_half_range_key_side(monkeypatch):
     small grid; the split's float32 operands do not overflow)."""
     monkeypatch.setenv("GEOOPS_ATTN_TRITON_SPLIT", "0")
     g = torch.Generator().manual_seed(49)
-    B, H, N, M1, M2, D, Dv = 1, 2, 18, 17, 19, 20, 5
+    B, H, N, M1, M2, D, Dv = 1, 1, 18, 17, 19, 20, 5  # two query / key tiles and head-dim chunks; one head (52)
     sign = lambda *s: torch.randint(0, 2, s, generator=g).double() * 2 - 1  # noqa: E731
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     q, k1, k2 = 0.1 * rnd(B, H, N, D), rnd(B, H, M1, D), rnd(B, H, M2, D)  # near-uniform P: dv2's sum cancels
