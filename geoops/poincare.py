@@ -653,21 +653,23 @@ class PoincareResidualFn(torch.autograd.Function):
         return gx, gy, (gc.to(c.dtype).reshape(c.shape) if ng[2] else None)
 
 
+def _tensors_eps_context(ctx, inputs, output):
+    """op_context (what backward needs; also the op's own autograd, _library.op_autograd: an exported program) of a
+    Function whose inputs are tensors and then eps (PoincareReluFn, BnRowsFn): the tensors saved, eps kept."""
+    ctx.save_for_backward(*inputs[:-1])
+    ctx.eps = inputs[-1]
+
+
 @_library.with_func_twin
 class PoincareReluFn(torch.autograd.Function):
     """Poincaré ReLU of rows (N, D): forward geoops::poincare_relu_fwd, backward geoops::poincare_relu_bwd."""
 
     @staticmethod
     def forward(ctx, x, c, eps):
-        ctx.save_for_backward(x, c)  # (op_context's work)
-        ctx.eps = eps
+        _tensors_eps_context(ctx, (x, c, eps), None)
         return _ops.poincare_relu_fwd(x, c, eps)
 
-    @staticmethod
-    def op_context(ctx, inputs, output):
-        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
-        ctx.save_for_backward(*inputs[:2])
-        ctx.eps = inputs[2]
+    op_context = staticmethod(_tensors_eps_context)
 
     @staticmethod
     @_library.first_order_only
@@ -1822,15 +1824,10 @@ class BnRowsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, M, b, c, eps):
-        ctx.save_for_backward(u, M, b, c)  # (op_context's work)
-        ctx.eps = eps
+        _tensors_eps_context(ctx, (u, M, b, c, eps), None)
         return _ops.poincare_bn_rows_fwd(u, M, b, c, eps)
 
-    @staticmethod
-    def op_context(ctx, inputs, output):
-        """What backward needs (also the op's own autograd, _library.op_autograd: an exported program)."""
-        ctx.save_for_backward(*inputs[:4])
-        ctx.eps = inputs[4]
+    op_context = staticmethod(_tensors_eps_context)
 
     @staticmethod
     @_library.first_order_only

@@ -214,6 +214,30 @@ def _clean_bound(C, base, lo, hi, R):
 
 
 @triton.jit
+def _key_row(base, j, L, offs, lmask, C, cbase, ct: tl.constexpr, FIX: tl.constexpr, CAUSAL: tl.constexpr):
+    """Row j of a key set (L entries from base + j L, offs < L: lmask) in ct, and (FIX) whether it holds an inf / NaN
+    (_bad_rows; else False).  CAUSAL and not FIX: a non-finite row reads as 0 (its products added by the fix-up)."""
+    bad = False
+    if FIX:
+        row = tl.load(base + j * L + offs, mask=lmask, other=0.0).to(ct)
+        bad = _bad_rows(C, cbase, j, j + 1)
+    elif CAUSAL:
+        row = tl.load(base + j * L + offs, mask=offs < _clean_bound(C, cbase, j, j + 1, L), other=0.0).to(ct)
+    else:
+        row = tl.load(base + j * L + offs, mask=lmask, other=0.0).to(ct)
+    return row, bad
+
+
+@triton.jit
+def _key_tile_mask(offs_n, nmask, lmask, C, cbase, k0, M, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The load mask of a key tile's rows offs_n (nmask: offs_n < M) times lmask over the entries; CAUSAL: a tile
+    holding a non-finite row reads as 0 (its products added by the fix-up)."""
+    if CAUSAL:
+        nmask = offs_n < _clean_bound(C, cbase, k0, tl.minimum(k0 + BLOCK_N, M), M)
+    return nmask[:, None] & lmask[None, :]
+
+
+@triton.jit
 def _masked_dot(c, a, ok, B, r0, R, w, L, offs, CT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """c + (the dot a . (B rows (.) w) with the masked entries left out): c[m, :] += sum over the n with ok[m, n] of
     a[m, n] (b[r0 + n, offs] (.) w) (a dot multiplies a masked entry's zero a by the row: 0 * inf = NaN).  b: rows
@@ -276,14 +300,7 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
         acc = tl.zeros([BLOCK_M, BLOCK_DV], ct)
     for j in range(j_start, j_end):
         if not DELTA:
-            if FIX:
-                v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
-                bad1 = _bad_rows(C1, kvh * (M1 + 1), j, j + 1)
-            elif CAUSAL:  # a non-finite v1_j read as 0 (its products added by the fix-up)
-                v1j = tl.load(v1_base + j * DV + offs_e, mask=offs_e < _clean_bound(C1, kvh * (M1 + 1), j, j + 1, DV),
-                              other=0.0).to(ct)
-            else:
-                v1j = tl.load(v1_base + j * DV + offs_e, mask=emask, other=0.0).to(ct)
+            v1j, bad1 = _key_row(v1_base, j, DV, offs_e, emask, C1, kvh * (M1 + 1), ct, FIX, CAUSAL)
         jok = row_ok & (j >= lo1) & (j <= hi1)
         for k0 in range(k_start, k_end, BLOCK_N):
             offs_n = k0 + tl.arange(0, BLOCK_N)
@@ -307,10 +324,7 @@ def _triple_attention_fwd_kernel(Q, K1, K2, V1, V2, O, LSE, N, M1, M2, D, DV, H,
                                          ct, HALF, BLOCK_M, BLOCK_N, BLOCK_K)
                     acc = acc * alpha + tl.sum(tl.where(ok, p * dp, 0.0), 1)
                 else:
-                    vmask = nmask[:, None] & emask[None, :]
-                    if CAUSAL:  # a non-finite v2 row in the tile: the tile read as 0 (its product: the fix-up)
-                        vmask = (offs_n < _clean_bound(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2),
-                                                       M2))[:, None] & emask[None, :]
+                    vmask = _key_tile_mask(offs_n, nmask, emask, C2, kvh * (M2 + 1), k0, M2, CAUSAL, BLOCK_N)
                     v2 = tl.load(v2_base + offs_n[:, None] * DV + offs_e[None, :], mask=vmask, other=0.0)
                     if HALF:
                         pv = tl.dot(p.to(v2.dtype), v2)
@@ -395,14 +409,7 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
     if FIX:  # a key head without a non-finite row: nothing to add
         j_end = tl.where(_bad_rows(C1, kvh * (M1 + 1), 0, M1) | _bad_rows(C2, kvh * (M2 + 1), 0, M2), j_end, j_start)
     for j in range(j_start, j_end):
-        if FIX:
-            k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
-            bad1 = _bad_rows(C1, kvh * (M1 + 1), j, j + 1)
-        elif CAUSAL:  # a non-finite k1_j read as 0 (its products added by the fix-up)
-            k1j = tl.load(k1_base + j * D + offs_d, mask=offs_d < _clean_bound(C1, kvh * (M1 + 1), j, j + 1, D),
-                          other=0.0).to(ct)
-        else:
-            k1j = tl.load(k1_base + j * D + offs_d, mask=dmask, other=0.0).to(ct)
+        k1j, bad1 = _key_row(k1_base, j, D, offs_d, dmask, C1, kvh * (M1 + 1), ct, FIX, CAUSAL)
         jok = live & (j >= lo1) & (j <= hi1)
         dqj = tl.zeros([BLOCK_M, BLOCK_D], ct)  # float16/bfloat16 only (k1_j applied once per j, in float32)
         for k0 in range(k_start, k_end, BLOCK_N):
@@ -419,10 +426,7 @@ def _triple_attention_bwd_dq_kernel(Q, K1, K2, V1, V2, DO, LSE, DELTA, DQ, N, M1
                 if bad1 | _bad_rows(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2)):
                     acc = _masked_dot(acc, ds, ok, k2_base, k0, M2, k1j, D, offs_d, ct, BLOCK_M, BLOCK_N)
             else:
-                kmask = nmask[:, None] & dmask[None, :]
-                if CAUSAL:  # a non-finite k2 row in the tile: the tile read as 0 (its product: the fix-up)
-                    kmask = (offs_n < _clean_bound(C2, kvh * (M2 + 1), k0, tl.minimum(k0 + BLOCK_N, M2),
-                                                   M2))[:, None] & dmask[None, :]
+                kmask = _key_tile_mask(offs_n, nmask, dmask, C2, kvh * (M2 + 1), k0, M2, CAUSAL, BLOCK_N)
                 k2 = tl.load(k2_base + offs_n[:, None] * D + offs_d[None, :], mask=kmask, other=0.0)
                 if HALF:
                     f, inv = _half_fit(ds, 1, k2.dtype)

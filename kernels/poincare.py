@@ -1109,14 +1109,19 @@ def _mlr_bwd_kernel(G_ptr, X_ptr, T_ptr, GT_ptr, CC_ptr, SS_ptr, ZZ_ptr, QQ_ptr,
 
 
 @triton.jit
+def _f64_join(hi, lo):
+    """The float64 scalar hi + lo of a float32-exact pair (_f64_pair), summed in float64."""
+    return (tl.full((), 0.0, tl.float64) + hi) + lo
+
+
+@triton.jit
 def _bn_running_kernel(RM_ptr, RV_ptr, M_ptr, V_ptr, C_ptr, D, mom_hi: tl.float64, mom_lo: tl.float64,
                        ub_hi: tl.float64, ub_lo: tl.float64, BLOCK_D: tl.constexpr):
     """One program, in place: RM (D,) <- geodesic(momentum, RM, M) on the ball of curvature -c, RV (1,) <-
     (1 - momentum) RV + momentum unbias V (V: the batch variance, 1 entry).  momentum and unbias come as
     float32-exact pairs hi + lo (_f64_pair): the interpreter passes Python floats as float32."""
-    zero = tl.full((), 0.0, tl.float64)
-    momentum = (zero + mom_hi) + mom_lo
-    unbias = (zero + ub_hi) + ub_lo
+    momentum = _f64_join(mom_hi, mom_lo)
+    unbias = _f64_join(ub_hi, ub_lo)
     offs = tl.arange(0, BLOCK_D).to(tl.int64)
     # in x = RM and the difference g = M - RM (session 44: the <x, y> form cancels for M near RM near the boundary;
     # geoops.poincare._running_mean_step_)
@@ -1255,9 +1260,8 @@ def _bn_tr_fwd_kernel(B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, OUT_ptr, VAR_ptr, BO_pt
     """OUT (D, D) tile (program_id(0), program_id(1)) of M; VAR (1 entry) = var from program (0, 0).  n and eps
     as float32-exact pairs (_f64_pair).  FROM_BIAS (session 34): B_ptr is the bias, b = expmap0(bias) is formed
     here (every program; ``_bn_bias_coef``) and the programs of column block 0 write their rows of it to BO."""
-    zero = tl.full((), 0.0, tl.float64)
-    n = (zero + n_hi) + n_lo
-    eps = (zero + eps_hi) + eps_lo
+    n = _f64_join(n_hi, n_lo)
+    eps = _f64_join(eps_hi, eps_lo)
     pr = tl.program_id(0).to(tl.int64)
     pc = tl.program_id(1).to(tl.int64)
     k = -tl.load(C_ptr).to(tl.float64)
@@ -1349,9 +1353,8 @@ def _bn_tr_bwd_kernel(G_ptr, B_ptr, M_ptr, S_ptr, W_ptr, C_ptr, GB_ptr, GM_ptr, 
     """One program: gb (D), gm (D), GS (3) = (gS (train: dL/dS; else dL/dvar), gw, gc) from gM (D, D).
     HAS_GBO (session 34, FUSED_BIAS): b's gradient from its other users (GBO) added to gb in the tile type (as
     autograd accumulates them), for ``_bn_bias_bwd_kernel`` to take on to the bias."""
-    zero = tl.full((), 0.0, tl.float64)
-    n = (zero + n_hi) + n_lo
-    eps = (zero + eps_hi) + eps_lo
+    n = _f64_join(n_hi, n_lo)
+    eps = _f64_join(eps_hi, eps_lo)
     k = -tl.load(C_ptr).to(tl.float64)
     a2, f2, e2 = _bn_tr_sums(B_ptr, M_ptr, D, BLOCK_G, 0.0, False)
     lam, var, w, s, d, alpha, f, w00, w01, w10, w11 = _bn_tr_scalars(a2, f2, e2, k, S_ptr, W_ptr, n, eps, TRAIN)

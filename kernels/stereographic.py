@@ -2178,6 +2178,15 @@ def _pair_fwd_kernel(X, Y, K, OUT, SOUT, N, M, D, tau,
 
 
 @triton.jit
+def _pair_w(g, asafe, den, ok):
+    """den clamped at FLT_MIN, s = |(-x) (+) y| = sqrt(A / den) and W = 2 g / (s den) where ok (else 0): the terms of a
+    pair that _pair_coef forms for every pair and _pair_close_fix_kernel again for the close ones."""
+    den = tl.maximum(den, 1.1754943508222875e-38)
+    s = _sqrt(_div(asafe, den))
+    return den, s, tl.where(ok, _div(2.0 * g, s * den), 0.0)
+
+
+@triton.jit
 def _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS: tl.constexpr):
     """Per pair: W = 2 g dd/dA (0 for close pairs), s = |(-x) (+) y|, den = p_p p_q - kA and the close mask.
 
@@ -2189,9 +2198,7 @@ def _pair_coef(g, a, xy, p2, q2, pp, pq, k, tau, valid, KPOS: tl.constexpr):
                        pp[:, None] * pq[None, :] - k * asafe)
     else:
         den = pp[:, None] * pq[None, :] - k * asafe
-    den = tl.maximum(den, 1.1754943508222875e-38)
-    s = _sqrt(_div(asafe, den))
-    w = tl.where(valid, _div(2.0 * g, s * den), 0.0)
+    den, s, w = _pair_w(g, asafe, den, valid)
     close = valid & (a < tau * (p2[:, None] + q2[None, :]))
     return tl.where(close, 0.0, w), s, den, close
 
@@ -2381,9 +2388,8 @@ def _pair_close_fix_kernel(P_, Q_, G, A, AK, P2, Q2, K, FLAGS, OUT, NP, NQ, D, s
             close = m2 & (a > 0) & (a < tau * (p2[:, None] + q2[None, :])) & (g != 0)
             if tl.max(close.to(tl.int32)) > 0:
                 asafe = tl.where(close, a, 1.0)
-                den = pp[:, None] * _pair_p(k, q2, PMIN)[None, :] - k * asafe
-                den = tl.maximum(den, 1.1754943508222875e-38)  # (as _pair_coef; close pairs' den ~ p_p p_q)
-                w = tl.where(close, _div(2.0 * g, _sqrt(_div(asafe, den)) * den), 0.0)
+                # (as _pair_coef; close pairs' den ~ p_p p_q)
+                _den, _s, w = _pair_w(g, asafe, pp[:, None] * _pair_p(k, q2, PMIN)[None, :] - k * asafe, close)
                 for d in range(0, D):
                     pc = tl.load(P_ + (b * NP + rows) * D + d, mask=rmask, other=0.0).to(CT)
                     qc = tl.load(Q_ + (b * NQ + cols) * D + d, mask=cmask, other=0.0).to(CT)
