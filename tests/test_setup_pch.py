@@ -105,3 +105,53 @@ def test_geoops_pch_env(setup_py, monkeypatch):
     monkeypatch.setenv("GEOOPS_PCH", "maybe")
     with pytest.raises(SystemExit, match="GEOOPS_PCH"):
         setup_py["_pch_wanted"]()
+
+
+def test_incremental_build_follows_the_pch_headers(setup_py, tmp_path):
+    """Real g++ and ninja on a small tree (a stand-in for the torch headers): a header inside the .gch rebuilds the
+    .gch and every unit that uses it (their depfiles do not list what came from the .gch), a unit's own header only
+    that unit, and a second run does nothing."""
+    ninja_exe = shutil.which("ninja") or str(pathlib.Path(sys.executable).parent / "ninja")
+    cxx = shutil.which("g++")
+    if not os.path.exists(ninja_exe) or cxx is None:
+        pytest.skip("needs ninja and g++")
+    src = tmp_path / "src"
+    (src / "geoops").mkdir(parents=True)
+    (src / "geoops" / "cpu_capability.h").write_text("#pragma once\n#define CAP 3\n")
+    (src / "torchish.h").write_text("#pragma once\ninline int torchish() { return CAP * 2; }\n")
+    (src / "own.h").write_text("#pragma once\ninline int own() { return 5; }\n")
+    unit = _unit(src / "unit.cpp", '#include "geoops/cpu_capability.h"',
+                 body='#include "torchish.h"\n#include "own.h"\nint f() { return torchish() + own(); }\n')
+    plain = _unit(src / "plain.cpp", '#include "own.h"')
+    ninja = _torch_style_ninja(tmp_path, [unit, plain])
+    text = ninja.read_text().replace("cxx = c++", f"cxx = {cxx}").replace("-Iinc", f"-I{src}")
+    ninja.write_text(text.replace("-march=native ", ""))
+    write = setup_py["_pch_ninja"]
+    pch_text = write.__globals__["_PCH_TEXT"]
+    write.__globals__["_PCH_TEXT"] = '#include "geoops/cpu_capability.h"\n#include "torchish.h"\n'
+    try:
+        assert write(str(ninja), str(ninja.parent)) == 1
+    finally:
+        write.__globals__["_PCH_TEXT"] = pch_text
+
+    def build(*extra):
+        r = subprocess.run([ninja_exe, "-f", str(ninja), "-d", "explain", *extra], cwd=ninja.parent,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return {ln.split(" -o ")[1].split()[0] for ln in r.stdout.splitlines() if " -o " in ln}
+
+    out = {n: str(ninja.parent / f"{n}.o") for n in ("unit", "plain")}
+    gch = str(ninja.parent / "pch" / "geoops_pch.h.gch")
+    assert build("-v") == {gch, out["unit"], out["plain"]}
+    assert build("-v") == set()
+
+    def touch(path):  # now: later than every output built so far (nanosecond time stamps)
+        os.utime(path)
+
+    touch(src / "geoops" / "cpu_capability.h")
+    assert build("-v") == {gch, out["unit"]}
+    touch(src / "torchish.h")
+    assert build("-v") == {gch, out["unit"]}
+    touch(src / "own.h")
+    assert build("-v") == {out["unit"], out["plain"]}
+    assert build("-v") == set()
