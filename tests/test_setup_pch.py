@@ -10,6 +10,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import setuptools
@@ -145,7 +146,8 @@ def test_incremental_build_follows_the_pch_headers(setup_py, tmp_path):
     assert build("-v") == {gch, out["unit"], out["plain"]}
     assert build("-v") == set()
 
-    def touch(path):  # now: later than every output built so far (nanosecond time stamps)
+    def touch(path):  # later than every output so far (file times tick in ms steps: an output may share the last one)
+        time.sleep(0.1)
         os.utime(path)
 
     touch(src / "geoops" / "cpu_capability.h")
