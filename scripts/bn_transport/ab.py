@@ -7,7 +7,7 @@ usage: ab.py OLD_SO [SHAPES] [ROUNDS]
 the interquartile range of the per-round new/old ratios.  Per shape (float32): the eager CPU training layer with
 running buffers, forward+backward (BnLayerFn: the C++ transport, its backward and the running update; old = OLD_SO's
 calls), and the eval layer forward (the torch composition _gram / _transport_matrix; old = the pre-session-44
-functions, copied below).
+functions, scripts/bn_transport/old_form.py).
 """
 import statistics as st
 import sys
@@ -18,6 +18,7 @@ import torch
 torch.set_num_threads(1)
 import geoops.poincare as gp  # noqa: E402
 from geoops import _backend  # noqa: E402
+from old_form import old_gram, old_transport_matrix  # noqa: E402
 
 try:
     from bench._timing import round_order
@@ -30,23 +31,6 @@ SHAPES = sys.argv[2] if len(sys.argv) > 2 else "4096x8,1024x64,64x16"
 shapes = [tuple(int(v) for v in s.split("x")) for s in SHAPES.split(",")]
 R = int(sys.argv[3]) if len(sys.argv) > 3 else 15
 NEW_PY = (gp._gram, gp._transport_matrix)
-
-
-def old_gram(b, m):  # (the pre-session-44 torch composition: rows [b; -m], geoopt's closed form)
-    AE = torch.stack((b, -m))
-    return AE, AE @ AE.t()
-
-
-def old_transport_matrix(AE, G, k, s):
-    eye = torch.eye(AE.shape[1], dtype=AE.dtype)
-    C1 = torch.tensor([[-1.0, 0.0], [2.0, -1.0]], dtype=AE.dtype)
-    C2 = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=AE.dtype)
-    a2, ae, _, e2 = G.reshape(4).unbind()
-    k2 = k * k
-    W = torch.flip(G, (0, 1)) * C1 * k2 + C2 * k
-    d = (1 - 2 * k * ae + k2 * a2 * e2).clamp_min(1e-15)
-    alpha = s * (1 + k * a2) / (1 + k * e2)
-    return eye * alpha + AE.t() @ (W * (2 * alpha / d)) @ AE
 
 
 def use(which):

@@ -1,7 +1,7 @@
 """Session 52: do tests/test_poincare_bn_transport.py's exact tests still fail on the defect they guard (session 44,
 commit 987247e: geoopt's closed form in the rows [b; -m] cancelled for a bias point near the batch midpoint near the
 boundary)?  Puts the old closed form back -- geoops.poincare's _gram / _transport_matrix by the pre-session-44 torch
-composition (scripts/bn_transport/ab.py's copies), the C++ hook poincare_bn_transport_cpu by the same closed form in
+composition (scripts/bn_transport/old_form.py), the C++ hook poincare_bn_transport_cpu by the same closed form in
 float64 with autograd for its backward -- and runs test_reference_transport_exact / test_cpp_transport_exact on
 their cases; prints which fail and the assertion that failed.  grad: the current M (value) with the old closed
 form's gradient, to see the gradient assertions (the exact oracle transport_grad's) fail by themselves.
@@ -18,27 +18,11 @@ import geoops.poincare as gp
 from geoops import _backend
 
 import test_poincare_bn_transport as T
+from old_form import old_gram, old_transport_matrix
 
 DIMS = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "2,7,64").split(",")]
 GRAD = sys.argv[2:] == ["grad"]
 NEW_TM, NEW_HOOK = gp._transport_matrix, _backend.compiled().poincare_bn_transport_cpu
-
-
-def old_gram(b, m):
-    AE = torch.stack((b, -m))
-    return AE, AE @ AE.t()
-
-
-def old_transport_matrix(AE, G, k, s):
-    eye = torch.eye(AE.shape[1], dtype=AE.dtype)
-    C1 = torch.tensor([[-1.0, 0.0], [2.0, -1.0]], dtype=AE.dtype)
-    C2 = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=AE.dtype)
-    a2, ae, _, e2 = G.reshape(4).unbind()
-    k2 = k * k
-    W = torch.flip(G, (0, 1)) * C1 * k2 + C2 * k
-    d = (1 - 2 * k * ae + k2 * a2 * e2).clamp_min(1e-15)
-    alpha = s * (1 + k * a2) / (1 + k * e2)
-    return eye * alpha + AE.t() @ (W * (2 * alpha / d)) @ AE
 
 
 def old_hook(b, m, gM, S, w, c, n, eps):
