@@ -228,7 +228,7 @@ def _pch_ninja(ninja_file, build_temp):
     out, used = [], 0
     for line in lines:
         out.append(line)
-        head, _, src = line.partition(": compile ")
+        src = line.partition(": compile ")[2]
         if line.startswith("build ") and src and _first_include_is_capability(src.replace("$ ", " ")):
             out[-1] = f"{line} | {gch}"
             out.append(f"  cflags = $cflags -include {hdr} -Winvalid-pch")

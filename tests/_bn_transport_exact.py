@@ -52,15 +52,22 @@ def _central(f, x0, h, cast=float):
     return g
 
 
+def _closed_form(a2, ae, e2, k, s):
+    """geoopt's closed form of s PT_{m->b} in the rows X = [b, e] (e = -m) from |b|^2, <b, e>, |e|^2: the 2 x 2
+    W, d and alpha of M = alpha I + (2 alpha / d) sum_rt W_rt X_r X_t^T."""
+    W = [[-k * k * e2, k], [-k + 2 * k * k * ae, -k * k * a2]]
+    d = 1 - 2 * k * ae + k * k * a2 * e2
+    alpha = s * (1 + k * a2) / (1 + k * e2)
+    return W, d, alpha
+
+
 def transport(b, m, k, s):
     """s PT_{m->b} as the (D, D) matrix T (v @ T) from mp lists: s lam_m / lam_b gyr[b, -m], geoopt's closed form
     (exact enough at 50 digits)."""
     D = len(b)
     e = [-x for x in m]
     a2, ae, e2 = _dot(b, b), _dot(b, e), _dot(e, e)
-    W = [[-k * k * e2, k], [-k + 2 * k * k * ae, -k * k * a2]]
-    d = 1 - 2 * k * ae + k * k * a2 * e2
-    alpha = s * (1 + k * a2) / (1 + k * e2)
+    W, d, alpha = _closed_form(a2, ae, e2, k, s)
     # sum_rt X_r[i] W_rt X_t[j] (X = [b, e]) = u_i b_j + v_i e_j, u = W_00 b + W_10 e, v = W_01 b + W_11 e
     g = 2 * alpha / d
     u = [g * (W[0][0] * x + W[1][0] * y) for x, y in zip(b, e)]
@@ -106,9 +113,7 @@ def transport_grad(gM, b, m, k, S, w, n, eps, train, h=mp.mpf("1e-45"), exact=Fa
             kk = -c
             var = (2 / (1 + kk * e2)) ** 2 * SS / n if train else SS
             s = mp.sqrt(ww / (var + ep))
-            W = [[-kk * kk * e2, kk], [-kk + 2 * kk * kk * ae, -kk * kk * a2]]
-            d = 1 - 2 * kk * ae + kk * kk * a2 * e2
-            alpha = s * (1 + kk * a2) / (1 + kk * e2)
+            W, d, alpha = _closed_form(a2, ae, e2, kk, s)
             return alpha * trG + 2 * alpha / d * (W[0][0] * Q00 + W[0][1] * Q01 + W[1][0] * Q10 + W[1][1] * Q11)
 
         F = _central(f, x0, h, cast=lambda x: x)
