@@ -7,7 +7,7 @@
 #     every tests/triton/test_*.py;
 #  3. the parity run against the fp64 reference (python -m geoops.parity --quick);
 #  4. the main pytest suite, every tests/test_*.py (CUDA cases skip themselves without a GPU), on pytest-xdist
-#     workers as stage 2 (one per core, at most 4; `-n 0` among the arguments runs it in one process);
+#     workers as stage 2 (one per core, at most 4, --dist worksteal; `-n 0` among the arguments runs it in one process);
 #  5. the API docs build and docstring check (scripts/docs.sh --check);
 #  6. with GEOOPS_TEST_WHEEL=1 (CI sets it): the wheel recipe, installed into a
 #     clean venv and imported from outside the checkout (scripts/wheel_check.sh); its portable build starts
@@ -112,7 +112,9 @@ stage "gpu_check.sh --dry-run" lines env OUT="$WORK/gpu-dry" bash scripts/gpu_ch
 # one pytest worker per core (at most 4) when pytest-xdist is there: the interpreter is single-threaded Python; the
 # main suite runs on them too (its tests that change the thread count, an env switch or the backend restore it)
 XDIST=()
-python -c "import xdist" 2>/dev/null && XDIST=(-n "$(python -c 'import os; print(min(4, max(1, len(os.sched_getaffinity(0)))))')")
+# --dist worksteal: a worker whose queue runs dry takes half of another's (the interpreter stage had ended with one
+# worker still on a queue of slow attention tests: 325 core-s idle in session 52's rehearsal)
+python -c "import xdist" 2>/dev/null && XDIST=(-n "$(python -c 'import os; print(min(4, max(1, len(os.sched_getaffinity(0)))))')" --dist worksteal)
 # --durations: the slowest tests of the two long stages in the log (where the CI's time goes; session 51)
 stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs --durations=25 "${XDIST[@]}"
 stage "parity run (--quick)" summary python -m geoops.parity --quick
