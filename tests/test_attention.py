@@ -439,6 +439,8 @@ def test_opcheck(kw, backend):
         torch.library.opcheck(torch.ops.geoops.triple_attention_bwd.default, (g, *ins, out, lse, 0.5, *kw))
 
 
+@pytest.mark.build_relative("compiled against eager in one build; the entry points it reads (triple_attention_fwd_cpu / "
+                            "_bwd_cpu) are read by this file's eager tests, which the portable stage runs")
 def test_torch_compile_fullgraph():
     ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 9, 8, 10, 4, 4, dtype=torch.float32)]
     fn = torch.compile(lambda *a: ga.triple_attention(*a, window=(3, 4)).sin(), fullgraph=True, backend="aot_eager")
@@ -453,6 +455,8 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, t.grad)
 
 
+@pytest.mark.build_relative("compiled against eager in one build; the entry points it reads (triple_attention_fwd_cpu / "
+                            "_bwd_cpu) are read by this file's eager tests, which the portable stage runs")
 def test_torch_compile_inductor():
     ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 9, 8, 10, 4, 4, dtype=torch.float32, seed=9)]
     fn = torch.compile(lambda *a: (ga.triple_attention(*a, causal=True) * 2).sum(), fullgraph=True)
