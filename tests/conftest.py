@@ -24,6 +24,8 @@ C++ kernel joins by itself:
   one) is deselected as well under GEOOPS_C_USAGE_SELECT: a kernel that computes differently on the portable
   build does so on both sides, and the eager tests of the same kernels, which stay, see it.  Only where the
   compiled route calls no geoops._C entry point that kept tests do not call (the reason says which tests).
+  Also a test none of whose checks reads a compiled result (a child pytest's selection, a Triton compiler run,
+  a script's --help): the two builds cannot make it differ (the reason says so).
 
 Without either variable this file does nothing (the marker too).
 """
@@ -138,8 +140,8 @@ class _Recorder:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "build_relative(why): compares geoops with geoops in one build; CI's portable "
-                            "stage leaves it out (tests/conftest.py)")
+    config.addinivalue_line("markers", "build_relative(why): compares geoops with geoops in one build (or reads no "
+                            "compiled result); CI's portable stage leaves it out (tests/conftest.py)")
     if not _RECORD:
         return
     worker = hasattr(config, "workerinput")

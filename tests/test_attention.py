@@ -141,12 +141,13 @@ def _elementwise_out(q, k1, k2, v1, v2, **mask):
 _NF_SIZES = ((1, 1, 5, 5, 5), (2, 1, 6, 4, 7))  # (H, Hk, N, M1, M2)
 
 
-def check_nan_rows_like_eager(backend, dtype=torch.float64, sizes=_NF_SIZES, dense_rows=None):
+def check_nan_rows_like_eager(backend, dtypes=(torch.float64,), sizes=_NF_SIZES, dense_rows=None):
     """A NaN in one row of q, k1, k2, v1 or v2: out and all five gradients NaN exactly where the reference has them
     (masked pairs are no terms: the reference evaluates each query over its own key ranges, session 48), for
     dense, causal and windowed masks, grouped heads and unequal lengths.  Rows 0, middle and last of each input;
     dense_rows (a subset of those positions, 0 1 2) narrows the dense mask's rows, where every query sees every row
-    (sizes and dense_rows: the Triton interpreter's share, whose cost grows with each kernel program)."""
+    (sizes and dense_rows: the Triton interpreter's share, whose cost grows with each kernel program).  Each case's
+    float64 reference (the eager per-query loop, most of the CPU time) is computed once for all of dtypes."""
     g = torch.Generator().manual_seed(80)
     for mask in _NF_MODES:
         for (H, Hk, N, M1, M2) in sizes:
@@ -156,19 +157,20 @@ def check_nan_rows_like_eager(backend, dtype=torch.float64, sizes=_NF_SIZES, den
                 for row in rows if mask or dense_rows is None else [rows[i] for i in dense_rows]:
                     ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
                     ins[which][0, -1, row, 1] = float("nan")
-                    a = [t.clone().to(dtype).requires_grad_() for t in ins]
                     b = [t.clone().requires_grad_() for t in ins]
                     go = torch.randn(1, H, N, 2, generator=g, dtype=torch.float64)
-                    with geoops.use_backend(backend):
-                        out = ga.triple_attention(*a, **mask)
-                    out.backward(go.to(dtype))
                     rout = ref.triple_attention(*b, **mask)
                     rout.backward(go)
-                    case = (mask, H, which, row)
-                    assert torch.equal(out.isnan(), rout.isnan()), case
-                    for n, x, y in zip(("q", "k1", "k2", "v1", "v2"), a, b):
-                        assert torch.equal(x.grad.isnan(), y.grad.isnan()), (case, n, x.grad.isnan().sum(),
-                                                                              y.grad.isnan().sum())
+                    for dtype in dtypes:
+                        a = [t.clone().to(dtype).requires_grad_() for t in ins]
+                        with geoops.use_backend(backend):
+                            out = ga.triple_attention(*a, **mask)
+                        out.backward(go.to(dtype))
+                        case = (mask, H, which, row, dtype)
+                        assert torch.equal(out.isnan(), rout.isnan()), case
+                        for n, x, y in zip(("q", "k1", "k2", "v1", "v2"), a, b):
+                            assert torch.equal(x.grad.isnan(), y.grad.isnan()), (case, n, x.grad.isnan().sum(),
+                                                                                  y.grad.isnan().sum())
 
 
 def check_inf_values_like_elementwise(backend):
@@ -196,8 +198,7 @@ def check_inf_values_like_elementwise(backend):
 
 
 def test_nan_rows_gradients_like_eager():
-    check_nan_rows_like_eager("auto")
-    check_nan_rows_like_eager("auto", torch.float32)
+    check_nan_rows_like_eager("auto", (torch.float64, torch.float32))
 
 
 def test_inf_values_like_elementwise_sum():
@@ -438,6 +439,8 @@ def test_opcheck(kw, backend):
         torch.library.opcheck(torch.ops.geoops.triple_attention_bwd.default, (g, *ins, out, lse, 0.5, *kw))
 
 
+@pytest.mark.build_relative("compiled against eager in one build; the entry points it reads (triple_attention_fwd_cpu / "
+                            "_bwd_cpu) are read by this file's eager tests, which the portable stage runs")
 def test_torch_compile_fullgraph():
     ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 9, 8, 10, 4, 4, dtype=torch.float32)]
     fn = torch.compile(lambda *a: ga.triple_attention(*a, window=(3, 4)).sin(), fullgraph=True, backend="aot_eager")
@@ -452,6 +455,8 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, t.grad)
 
 
+@pytest.mark.build_relative("compiled against eager in one build; the entry points it reads (triple_attention_fwd_cpu / "
+                            "_bwd_cpu) are read by this file's eager tests, which the portable stage runs")
 def test_torch_compile_inductor():
     ins = [t.requires_grad_(True) for t in _inputs(1, 2, 1, 9, 8, 10, 4, 4, dtype=torch.float32, seed=9)]
     fn = torch.compile(lambda *a: (ga.triple_attention(*a, causal=True) * 2).sum(), fullgraph=True)

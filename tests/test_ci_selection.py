@@ -76,6 +76,8 @@ def _pytest(tmp_path, env_extra, *args):
 
 
 @pytest.mark.skipif(_backend.compiled() is None, reason="needs the compiled extension geoops._C")
+@pytest.mark.build_relative("checks tests/conftest.py's record and selection (Python) in child pytest runs of a sample; "
+                            "nothing it asserts depends on which build the children load")
 def test_record_and_select_the_tests_that_reach_the_extension(tmp_path):
     """The record and the selection, on a sample whose native run dies in its last test (an xdist worker's crash
     leaves its record as this does).  What the selection deselects must be known to need no rerun: a test the

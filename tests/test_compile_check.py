@@ -90,6 +90,8 @@ def test_stereographic_variants_cover_every_op_dtype_path():
                     assert f"{name}/{dt}/{path} {kind}" in labels
 
 
+@pytest.mark.build_relative("Triton's compiler on kernels/ in a child process: no geoops._C entry point, the same on "
+                            "both builds")
 def test_one_variant_compiles_for_sm90_without_a_gpu(tmp_path):
     """End to end: the stand-in driver, Triton's compiler and ptxas; the result passes every check."""
     pytest.importorskip("triton")
@@ -225,6 +227,8 @@ def test_uncovered_kernels_finds_a_kernel_no_variant_launches(tmp_path):
     assert p.stdout.strip().splitlines()[-1] == "['_b_kernel']"
 
 
+@pytest.mark.build_relative("Triton's compiler on kernels/ in a child process: no geoops._C entry point, the same on "
+                            "both builds")
 def test_every_triton_kernel_is_in_a_compile_variant():
     """Every @triton.jit ``*_kernel`` of kernels/<family>.py is launched by some compile_variants() entry
     (``--coverage``: a dry run of every launcher, ~2 s; the full check also fails on an uncovered kernel)."""

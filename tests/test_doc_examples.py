@@ -203,6 +203,8 @@ def helps():
     return json.loads(r.stdout.rsplit("@@HELP@@", 1)[1])
 
 
+@pytest.mark.build_relative("the --help text of each documented command (argparse, in one child process): its flags "
+                            "are the same on both builds")
 @pytest.mark.parametrize("module", sorted(COMMANDS))
 def test_documented_command_flags_exist(module, helps):
     """`python -m <module> --help` works and lists every flag the docs show for it."""

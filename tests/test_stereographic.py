@@ -514,6 +514,8 @@ def test_reference_backward_op_values(op, mask):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.build_relative("compiled against eager in one build; the entry points it reads (stereo_fwd_cpu / "
+                            "stereo_bwd_cpu) are read by this file's eager tests, which the portable stage runs")
 @pytest.mark.parametrize("op", OPS)
 def test_torch_compile_fullgraph(op):
     torch._dynamo.reset()

@@ -796,6 +796,12 @@ def test_cdist_cpu_packed_gemm_and_mm_paths(kval, monkeypatch):
     k = torch.tensor([kval, kval / 2])
     ref = _ref64(x, y, k.reshape(-1, 1, 1).double())
     g = torch.randn(2, 150, 1005, generator=torch.Generator().manual_seed(92))
+    xr, yr, kr = (t.clone().double().requires_grad_() for t in (x, y, k))  # the reference's gradients, for both modes
+    dr = _ref64(xr, yr, kr.reshape(-1, 1, 1))
+    mask = torch.ones_like(dr, dtype=torch.bool)
+    mask[:, :5, 1000:1005] = False  # near-duplicate pairs: the reference's gradient is ill-conditioned there
+    mask[:, 3, 3] = False
+    (dr * g.double() * mask).sum().backward()
     results = {}
     for mode in ("1", "0"):
         monkeypatch.setenv("GEOOPS_MKL_PACKED", mode)
@@ -803,12 +809,6 @@ def test_cdist_cpu_packed_gemm_and_mm_paths(kval, monkeypatch):
         assert _relerr(d, ref) < 1e-3, mode
         assert (d[:, 3, 3] == 0).all(), mode
         results[mode] = (d,) + tuple(C.cdist_bwd_cpu(g, x, y, k, A, d, 7))
-        xr, yr, kr = (t.clone().double().requires_grad_() for t in (x, y, k))
-        dr = _ref64(xr, yr, kr.reshape(-1, 1, 1))
-        mask = torch.ones_like(dr, dtype=torch.bool)
-        mask[:, :5, 1000:1005] = False  # near-duplicate pairs: the reference's gradient is ill-conditioned there
-        mask[:, 3, 3] = False
-        (dr * g.double() * mask).sum().backward()
         # the kernel's gradients over the well-conditioned pairs only (the masked cotangent)
         dx, dy, dk = C.cdist_bwd_cpu(g * mask, x, y, k, A, d, 7)
         for got, exp in ((dx, xr.grad), (dy, yr.grad), (dk, kr.grad)):
