@@ -321,10 +321,11 @@ def test_torch_compile_of_the_whole_model(mode):
     """torch.compile of the whole model (default, fullgraph, dynamic) gives the eager loss and gradients at two
     sequence lengths (fullgraph: one), one of them odd (default: the second length recompiles with a dynamic L;
     ~2 min each on 2 cores).  default on aot_eager: what it adds to fullgraph is dynamo's (its recompile at the
-    second length falls back to compiling the block alone, a graph fullgraph never makes); Inductor's lowering of the same ops,
-    static and at a symbolic L, is fullgraph's and dynamic's (an Inductor compile of the model per mode was the
-    sink of the main pytest stage).  fullgraph at the odd length only: a second length recompiled it with a dynamic
-    L, a second Inductor compile of the symbolic-L graph that dynamic makes (and checks at both lengths)."""
+    second length falls back to compiling the block alone, a graph fullgraph never makes); Inductor's lowering of
+    the same ops, static and at a symbolic L, is fullgraph's and dynamic's (an Inductor compile of the model per
+    mode was the sink of the main pytest stage).  fullgraph at the odd length only: a second length recompiled it
+    with a dynamic L, a second Inductor compile of the symbolic-L graph that dynamic makes (and checks at both
+    lengths)."""
     torch._dynamo.reset()
     m, _ = _twins(torch.float32, causal=True, layers=1, dropout=0.1)
     m.eval()
