@@ -111,9 +111,7 @@ def test_forward_mode_under_compile_runs_eagerly():
     """jvp / jacfwd of a compiled function: torch.compile traces a geoops Function there with its forward alone (the
     custom op dropped the tangents: a jvp of zeros) or refuses its custom jvp, so the call graph-breaks and runs
     eagerly: stereographic's jvp as in eager, the families without one raise their NotImplementedError; fullgraph
-    raises dynamo's error instead of a wrong answer.  On aot_eager: the graph break and what runs where are dynamo's
-    and AOTAutograd's (a traced Function's dropped tangents too); Inductor only compiled the fragments around the
-    break (most of the test's CPU)."""
+    raises dynamo's error instead of a wrong answer."""
     g = _gen(5)
     x = torch.randn(6, 4, generator=g, dtype=F64) * 0.2
     y = torch.randn(6, 4, generator=g, dtype=F64) * 0.2
@@ -124,16 +122,16 @@ def test_forward_mode_under_compile_runs_eagerly():
     for h in (f, jacfwd(lambda a: st.mobius_add(a, y, k=k)), lambda a: torch.func.jvp(
             vmap(lambda b: st.mobius_add(b, y, k=k)), (a,), (y,))[1]):
         torch._dynamo.reset()
-        torch.testing.assert_close(torch.compile(h, backend="aot_eager")(x), h(x), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(torch.compile(h)(x), h(x), rtol=1e-12, atol=1e-14)
     torch._dynamo.reset()
     with torch.no_grad(), pytest.raises(Exception, match="graph_break|forward-mode"):
-        torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+        torch.compile(f, fullgraph=True)(x)
     xg = torch.randn(5, 9, generator=g, dtype=F64)
     for h in (lambda a: torch.func.jvp(lambda b: gg.gaunt_tensor_product(b, b, 2), (a,), (a,))[1],
               lambda a: torch.func.jvp(lambda b: ssm.fftconv(b.reshape(1, 5, 9), b), (a,), (a,))[1]):
         torch._dynamo.reset()
         with pytest.raises(NotImplementedError, match="forward-mode AD"):
-            torch.compile(h, backend="aot_eager")(xg)
+            torch.compile(h)(xg)
 
 
 def test_outer_autograd_falls_back_to_eager():
