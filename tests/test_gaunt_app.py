@@ -515,8 +515,8 @@ def test_compiled_force_training_through_func_grad():
     own limitation ("torch.compile with aot_autograd does not currently support double backward", raised, not
     silent); forces by torch.func.grad inside the compiled function train correctly.  One batch, Inductor's static
     lowering of the func.grad graph: a second batch size only recompiled it with a dynamic batch (a second Inductor
-    compile, ~half the test's CPU), a symbolic-size lowering that test_compiled_model_energies_and_forces[True]
-    makes of the model; the recompile itself is dynamo's ([None] there)."""
+    compile: 137.6 -> 81.4 s of CPU with a cold Inductor cache, 45.7 -> 28.6 warm), a symbolic-size lowering that
+    test_compiled_model_energies_and_forces[True] makes of the model; the recompile itself is dynamo's ([None])."""
     torch._dynamo.reset()
     m = _small()
     mol = molecules(MOL_SIZES)
