@@ -54,8 +54,30 @@ def _patch_lang_once_per_launch():
     interp._patch_lang = patch
 
 
+def _skip_unasserted_overflow_checks():
+    """Under the interpreter, leave out the integer-overflow checks whose assert never runs.
+
+    Triton's semantic layer follows every 32-bit integer add / sub / mul (index arithmetic) with an overflow check
+    when its builder's options ask for one (sanitize_overflow, True in the interpreter's options): the operands cast
+    to int64, the operation again, two comparisons and an and, handed to device_assert, which drops the condition
+    unless options.debug is set (never in the interpreter's options).  So without debug the checks compute a value
+    nobody reads: ~25 % of an attention fix-up launch's time here.  With debug set they stay."""
+    try:
+        import dataclasses
+
+        from triton.runtime import interpreter as interp
+
+        opts = interp.interpreter_builder.options
+        if opts.sanitize_overflow and not opts.debug:
+            interp.interpreter_builder.options = dataclasses.replace(opts, sanitize_overflow=False)
+    except (ImportError, AttributeError, TypeError):  # another Triton: leave it as it is
+        return
+
+
 if INTERPRET and os.environ.get("GEOOPS_INTERPRETER_REPATCH", "0") != "1":
     _patch_lang_once_per_launch()
+if INTERPRET and os.environ.get("GEOOPS_INTERPRETER_OVERFLOW_CHECKS", "0") != "1":
+    _skip_unasserted_overflow_checks()
 
 
 def pytest_collection_modifyitems(config, items):
