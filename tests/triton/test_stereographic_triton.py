@@ -773,7 +773,13 @@ def _parity_row_cases(name):
                          ids=["f64", "f32", "f16", "bf16"])
 @pytest.mark.parametrize("name", OPS)
 def test_parity_run_row_cases(name, dtype):
-    """Every row-op case of the full parity run within its bound (the GPU's test_cuda_parity_cases, here)."""
+    """Every row-op case of the full parity run within its bound (the GPU's test_cuda_parity_cases, here).
+
+    The interpreter leaves bfloat16 out: its kernels are the float32 ones (float32 tiles, float64 sums and scalar
+    math) with bfloat16 loads and stores, float32's exponent range and a bound ~2^16 times looser than float32's;
+    its loads and stores are test_half_types_vs_cpp's (a GPU run keeps it: there the conversions are compiled)."""
+    if INTERPRET and dtype == torch.bfloat16:
+        pytest.skip("bfloat16: the float32 kernels with bfloat16 loads and stores (test_half_types_vs_cpp)")
     from geoops import parity
 
     cases = _parity_row_cases(name)
