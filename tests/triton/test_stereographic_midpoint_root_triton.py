@@ -141,6 +141,8 @@ def test_weighted_midpoint_runs_midpoint_fn(monkeypatch):
 def test_weighted_midpoint_gradcheck_triton(name, kw):
     """gradcheck (float64, x, weights, k) of weighted_midpoint on the triton backend: MidpointFn's root ops."""
     xs, w, k = (t.to(DEVICE) for t in R._grad_inputs(name))
+    if name == "posweight":  # two of the CPU test's three groups (each with its rows 1, 4 flipped): 61 inputs, not 91
+        xs, w = xs[:2].contiguous(), w[:2].contiguous()
     if name != "dim0":  # (points far from the boundary there): the root's groups are there
         S = torch.ops.geoops.stereo_midpoint_root_fwd(xs, w, k.reshape(1), name == "posweight")[2]
         assert bool((S[:, 0] > 0).any())
