@@ -221,13 +221,15 @@ def _modes(H, N, g, slow=False):
     return torch.complex(re, torch.randn(H, N, generator=g, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("L,C", [(1, 1), (2, 3), (37, 1), (100, 3), (301, 1)])
+@pytest.mark.parametrize("L,C", [(1, 1), (37, 1), (100, 3), (301, 1)])
 @pytest.mark.parametrize("cdt", [torch.complex64, torch.complex128], ids=str)
 def test_vandermonde_fused_factors_match_torch_factors(device, monkeypatch, L, C, cdt):
     """The factor kernels against the torch factors (the path before session 32, under the knob): forward
     float32 within 2 float32 ulps of the largest entry (the same float64 factors, rounded alike: bit-identical in
     practice), float64 within 1e-14; the backward (the sums over j in float64 in another order) within 1e-6 /
-    1e-13 of the largest entry, for each mask; N = 17 spans two mode tiles."""
+    1e-13 of the largest entry, for each mask; N = 17 spans two mode tiles.  C = 3 (not H = 2: the channel loop
+    and p = c H + h) at L = 100 only (J = 10 position blocks; session 53 dropped L = 2, C = 3: the same channel code
+    with J = 1)."""
     g = torch.Generator().manual_seed(L + 7 * C)
     H, N = 2, 17
     x = _modes(H, N, g).to(cdt).to(device)
@@ -271,8 +273,10 @@ def test_discretize_kernels_match_torch(device, monkeypatch, disc, C_out, dtype)
     gv = torch.randn(C.shape, generator=g, dtype=torch.complex128).to(device)
     gx = torch.randn(H, N, generator=g, dtype=torch.complex128).to(device)
     none = gv.new_empty(0)
-    for gvi, gxi in ((gv, gx), (gv, none), (none, gx)):
-        for mask in (15, 1, 6, 8):
+    # every mask with both cotangents; each absent one with mask 15 only (the kernel's HAS_GV / HAS_GX branches
+    # hold every masked store, so the other masks there ran no other code: session 53)
+    for gvi, gxi, masks in ((gv, gx, (15, 1, 6, 8)), (gv, none, (15,)), (none, gx, (15,))):
+        for mask in masks:
             new, old = _both(monkeypatch, lambda: S.ssm_discretize_bwd(gvi, gxi, *ins, disc, mask))
             for i, (a, b) in enumerate(zip(new, old)):
                 assert a.shape == b.shape and a.dtype == b.dtype
