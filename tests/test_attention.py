@@ -429,8 +429,11 @@ def test_debug_checks_name_the_non_finite_argument():
 
 # ---------------------------------------------------------------- torch.library / torch.compile
 @pytest.mark.parametrize("backend", ["auto", "reference"])
-@pytest.mark.parametrize("kw", [(False, 0, 0), (True, 0, 0), (True, 3, 2)], ids=str)
+@pytest.mark.parametrize("kw", [(False, 0, 0), (True, 3, 2)], ids=str)
 def test_opcheck(kw, backend):
+    # (causal without a window, (True, 0, 0), dropped: the fakes take no flag and the op's Python path
+    # (_nonfinite_values_nan) branches on `causal or w1 > 0`, which (True, 3, 2) takes; the parity tests check
+    # the values under each mask)
     ins = _inputs(1, 2, 1, 6, 5, 7, 4, 3, dtype=torch.float32)
     with geoops.use_backend(backend):
         torch.library.opcheck(torch.ops.geoops.triple_attention_fwd.default, (*ins, 0.5, *kw))

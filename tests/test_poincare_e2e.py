@@ -69,6 +69,10 @@ def _ddp_worker(rank, world, port, out_dir):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.build_relative("two DDP child processes against this process's eager gradients of the same model in one "
+                            "build; the entry points it reads (poincare conv2d / bn_train / fc_rows / mlr / relu / "
+                            "residual / flatten, stereo_fwd_cpu) are read by test_digits_same_loss_curve_as_hypll, "
+                            "which the portable stage runs")
 def test_ddp_gloo_two_processes_same_gradients():
     import torch.multiprocessing as mp
 
