@@ -173,16 +173,19 @@ def check_nan_rows_like_eager(backend, dtypes=(torch.float64,), sizes=_NF_SIZES,
                                                                                   y.grad.isnan().sum())
 
 
-def check_inf_values_like_elementwise(backend):
+def check_inf_values_like_elementwise(backend, sizes=_NF_SIZES, dense_rows=None):
     """+-inf in v1 or v2: out is NaN / +inf / -inf as the IEEE sum of the admissible terms P v1 (.) v2 (infinite
     terms of both signs, and inf * 0, are NaN; a masked pair is no term, session 48: before, its 0 * inf was NaN as
-    in the eager einsum).  The kernels gave +-inf for an inf v1 against v2 values of both signs."""
+    in the eager einsum).  The kernels gave +-inf for an inf v1 against v2 values of both signs.  Every row of the
+    input; sizes and dense_rows (row indices kept under the dense mask, where every query sees every row) as in
+    check_nan_rows_like_eager: the Triton interpreter's share."""
     g = torch.Generator().manual_seed(81)
     for mask in _NF_MODES:
-        for (H, Hk, N, M1, M2) in ((1, 1, 5, 5, 5), (2, 1, 6, 4, 7)):
+        for (H, Hk, N, M1, M2) in sizes:
             shapes = [(1, H, N, 3), (1, Hk, M1, 3), (1, Hk, M2, 3), (1, Hk, M1, 2), (1, Hk, M2, 2)]
             for which in (3, 4):
-                for row in range(shapes[which][2]):
+                rows = range(shapes[which][2])
+                for row in rows if mask or dense_rows is None else [rows[i] for i in dense_rows]:
                     for val in (float("inf"), -float("inf")):
                         ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
                         ins[7 - which][..., 0] = ins[7 - which][..., 0].abs()  # column 0: other values of one sign
