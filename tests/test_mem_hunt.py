@@ -175,8 +175,7 @@ def test_forward_backward_loop_keeps_tensor_count_flat():
     growth = _loop_growth(CASES)
     if growth > 0:
         grown = {n: g for n in CASES if (g := _loop_growth([n])) > 0}
-        assert not grown, f"live tensors grew over 25 steps: {grown} (all cases together: {growth})"
-        assert growth <= 0, f"live tensors grew by {growth} over 25 steps of all cases (of none alone)"
+        pytest.fail(f"live tensors grew by {growth} over 25 steps of all cases; alone: {grown or 'none grew'}")
 
 
 # ---------------------------------------------------------------- caches

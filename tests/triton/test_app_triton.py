@@ -205,10 +205,8 @@ def test_seq_model_train_steps_match_the_eager_twin_fp64(sapp, transposed, causa
     second step was ~3.5 s of the interpreter stage's CPU per case."""
     m, e = sapp._twins(torch.float64, transposed=transposed, causal=causal, dropout=0.25, **S_CFG)
     batches = [sapp._data(B=2, L=11, seed=0)]
-    with _use("triton"):  # (around the backward too: its kernels are the backend's where it runs)
-        lm, gm = sapp._train(m, sapp._param_groups(m), batches, "triton")
-    with _use("reference"):
-        le, ge = sapp._train(e, sapp._param_groups(e), batches, "reference")
+    lm, gm = sapp._train(m, sapp._param_groups(m), batches, "triton")  # (the backward under its backend too)
+    le, ge = sapp._train(e, sapp._param_groups(e), batches, "reference")
     assert max(abs(a - b) for a, b in zip(lm, le)) < 1e-12
     assert sapp._max_rel(gm, ge) < 1e-10
     for (k, p), q in zip(m.named_parameters(), e.parameters()):
@@ -233,9 +231,8 @@ def test_seq_model_fp32_within_twice_the_eager_error(sapp, tf32_dots):
     out = {}
     for name, model, be in (("ours", m, "triton"), ("eager", e, "reference"), ("64", m64, "reference")):
         torch.manual_seed(7)
-        with _use(be):  # (the backward's kernels are the backend's where it runs)
-            loss = sapp._loss(model, tok, lab, be)
-            loss.backward()
+        loss = sapp._loss(model, tok, lab, be)
+        sapp._backward(loss, be)
         out[name] = (loss.item(), sapp._grads(model))
     err = {n: abs(out[n][0] - out["64"][0]) for n in ("ours", "eager")}
     assert err["ours"] <= 2 * err["eager"] + 1e-6
@@ -255,8 +252,7 @@ def test_seq_model_autocast_bfloat16_trains_like_cpp(sapp):
         tok, lab = sapp._data(B=1, L=16)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = sapp._loss(m, tok, lab, be)
-        with _use(be):  # (the backward's kernels are the backend's where it runs, not where the forward ran)
-            loss.backward()
+        sapp._backward(loss, be)
         out.append((loss.item(), sapp._grads(m)))
     (l, g), (l0, g0) = out
     assert math.isfinite(l) and abs(l - l0) <= 2e-2 * abs(l0)
