@@ -245,15 +245,12 @@ def _check_nonfinite_row(which, N, D, Dv, row, masks, dtype=torch.float64):
 
 def test_nonfinite_row_head_dim_over_128():
     """The backward fix-ups over head dims over 128 add their gradients in head-dim chunks (CH, _head_chunks;
-    session 51): the check above, causal, at D = 136, Dv = 130 (two 16-row query tiles): float64 in 5 chunks of
-    32 (a NaN k2 row: the dq and dkv fix-ups; dout: the dkv fix-up), float32 in 3 chunks of 64 (v2: the dkv1
-    fix-up), the last chunk partial in D and Dv.  Caveat (session 51 break-check): through the public op these rows'
-    gradients did not change with the dkv fix-up launch skipped, so this does not reach the chunked kernels (the
-    next test does); the _head_chunks configuration is what it pins.  Session 53: the end-to-end run in float64
-    with the k2 row only (it fails with the dq fix-up launch skipped: queries 0-8 see only the flagged k2 tile).
-    The dout (float64) and v2 (float32) runs were dropped: they failed with every dkv / dkv1 fix-up launch skipped,
-    and so does the next test (float64-q-causal / float32-v1v2, ~25 s of interpreter together against their 73 s),
-    which also checks the values; the float32 configuration is still asserted."""
+    session 51), at D = 136, Dv = 130 (two 16-row query tiles): the chunk configuration of both dtypes (float64 5
+    chunks of 32, float32 3 of 64, the last partial in D and Dv), and the check above end to end, causal, float64,
+    a NaN k2 row: it fails with the dq fix-up launch skipped (queries 0-8 see only the flagged k2 tile).  The dkv /
+    dkv1 fix-ups in chunks, with their values, are the next test's (float64-q-causal / float32-v1v2); session 53
+    dropped this test's dout (float64) and v2 (float32) runs: what they caught (the dkv / dkv1 fix-up launches
+    skipped) fails that test too, at ~25 s of interpreter against their 73 s."""
     for dtype in (torch.float64, torch.float32):
         blk = K._blocks(136, 130, dtype, bwd=True, causal=True)
         xblk, xgrid = K._head_chunks(blk, (1, 1), dtype, 136, 130)
