@@ -247,6 +247,22 @@ def _pch_ninja(ninja_file, build_temp):
     return used
 
 
+def _compiler_cache_env():
+    """Settings for ccache, which torch's BuildExtension puts in front of the compiler when it is on PATH.
+
+    With them a build in another checkout of the same sources (CI's fresh clone, a worktree) reuses the cached
+    objects: CCACHE_BASEDIR makes the absolute paths under the checkout (sources, -I, the precompiled header, a
+    venv inside it) relative in ccache's hash; CCACHE_SLOPPINESS lets the units that force-include the precompiled
+    header (_pch_ninja) be cached at all.  A hit is what the compiler would write (ccache keys on the compiler, its
+    flags and the preprocessed or hashed input), so the build is the same.  Values set in the environment win;
+    TORCH_NO_COMPILER_WRAPPER=1 (torch's switch) builds without ccache.
+    """
+    if os.environ.get("TORCH_NO_COMPILER_WRAPPER") or not shutil.which("ccache"):
+        return
+    os.environ.setdefault("CCACHE_BASEDIR", ROOT)
+    os.environ.setdefault("CCACHE_SLOPPINESS", "pch_defines,time_macros")
+
+
 def _pch_wanted():
     """GEOOPS_PCH=0 builds without the precompiled header; otherwise it is used with GCC on Linux (see _pch_ninja)."""
     want = os.environ.get("GEOOPS_PCH", "1").lower()
@@ -356,6 +372,7 @@ def _extensions():
     _say(f"{'C++ + CUDA' if use_cuda else 'C++'} kernels, {'portable' if portable else f'-march={march}'}, "
          f"objects in build/temp-{variant} (incremental)")
 
+    _compiler_cache_env()
     base = BuildExtension.with_options(use_ninja=True)
 
     class build_ext(base):
