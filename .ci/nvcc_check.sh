@@ -15,7 +15,7 @@
 # (--cu-only: the .cu files alone, which need no torch: .ci/run starts them before the venv exists;
 # --host-only: the host syntax checks alone.)
 # Env: NVCC (default nvcc), CXX (default g++), PYTHON (default python3, else
-# python), CUDA_HOME (else asked from nvcc).
+# python), CUDA_HOME (else asked from nvcc), TORCH_NO_COMPILER_WRAPPER=1 (no ccache in front of nvcc).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +42,13 @@ trap 'rm -rf "$TMP"' EXIT
 GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
 NVCC_FLAGS=(-c -std=c++20 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra,-fvisibility=hidden --threads 0)  # setup.py's visibility
 
+# ccache, when it is installed, in front of nvcc (torch's extension builds put it in front of their compilers too):
+# a .cu file compiled before on this machine with the same nvcc, flags and preprocessed input is a cache hit, and
+# ccache replays the compiler's output with it (warnings included), so the check reads the same.
+# TORCH_NO_COMPILER_WRAPPER=1 (torch's switch) compiles afresh.
+LAUNCH=()
+if [ -z "${TORCH_NO_COMPILER_WRAPPER:-}" ] && command -v ccache >/dev/null 2>&1; then LAUNCH=(ccache); fi
+
 status=0
 
 # ------------------------------------------------------------------ .cu files
@@ -62,7 +69,7 @@ for f in "${cu_files[@]}"; do
   log="$TMP/$(basename "$f").log"
   start=$(date +%s)
   echo "..    [$n/${#cu_files[@]}] $f: compiling ..."
-  if "$NVCC" "${NVCC_FLAGS[@]}" "$f" -o "$obj" >"$log" 2>&1; then
+  if "${LAUNCH[@]}" "$NVCC" "${NVCC_FLAGS[@]}" "$f" -o "$obj" >"$log" 2>&1; then
     secs=$(( $(date +%s) - start ))
     if grep -qiE "warning" "$log"; then
       echo "FAIL  $f  (warnings, ${secs} s)"

@@ -19,7 +19,8 @@
 #      only when Triton's own cache key matches (the source of the kernel and of every function it calls,
 #      its constexprs and specialisation, the options, the target, the Triton version): like ccache,
 #      the result is what a fresh compile would give.  Cold: every variant compiles (minutes); warm:
-#      only the changed kernels do.
+#      only the changed kernels do.  GEOOPS_COMPILE_CACHE_DAYS: entries unread for that many days are removed
+#      after the run (default 3; 0 keeps them all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -96,6 +97,20 @@ if [ "${#jsons[@]}" -gt 0 ]; then
       echo "note: kernels/COMPILE_REPORT.md differs from this run (update it: bash .ci/triton_compile_check.sh --write)"
       diff <(grep '^|' kernels/COMPILE_REPORT.md 2>/dev/null || true) <(grep '^|' "$TMP/COMPILE_REPORT.md") | head -n 20 || true
     fi
+  fi
+fi
+# The caches would keep every version of every kernel ever compiled (~6 GB after a day of sessions): an entry none
+# of whose files was read for GEOOPS_COMPILE_CACHE_DAYS days (default 3; 0 keeps all) goes.  A hit reads the
+# entry's files, and the file system updates a file's access time on a read at least once a day (relatime).
+DAYS=${GEOOPS_COMPILE_CACHE_DAYS:-3}
+if [ "$CACHE" != off ] && [ "$DAYS" != 0 ]; then
+  if ! [[ "$DAYS" =~ ^[0-9]+$ ]]; then
+    echo "triton_compile_check: GEOOPS_COMPILE_CACHE_DAYS=$DAYS: expected a whole number of days (0: keep all)" >&2
+    status=1
+  else
+    comm -23 <(find "$CACHE" -mindepth 2 -maxdepth 2 -type d | LC_ALL=C sort) \
+             <(find "$CACHE" -mindepth 3 -type f -atime -"$DAYS" -printf '%h\n' | LC_ALL=C sort -u) \
+      | xargs -r -d '\n' rm -rf
   fi
 fi
 echo "triton compile check: $([ $status -eq 0 ] && echo ok || echo FAILED) ($(( $(date +%s) - start )) s)"
