@@ -1,4 +1,5 @@
-"""setup.py's precompiled header (_pch_ninja): which units get it, and the ninja file it writes.
+"""setup.py's precompiled header (_pch_ninja): which units get it, and the ninja file it writes; and the ccache
+settings (_compiler_cache_env) that keep those units cacheable from any checkout.
 
 The .gch must carry the ISA a unit picks itself (geoops/cpu_capability.h first, before any torch header: torch's
 Half.h and at::vec read CPU_CAPABILITY), so only the units whose first include leads to cpu_capability.h use it.
@@ -157,3 +158,30 @@ def test_incremental_build_follows_the_pch_headers(setup_py, tmp_path):
     touch(src / "own.h")
     assert build("-v") == {out["unit"], out["plain"]}
     assert build("-v") == set()
+
+
+def test_ccache_settings_when_ccache_runs(setup_py, monkeypatch):
+    """_compiler_cache_env: where torch's build runs the compiler through ccache, the checkout is ccache's base dir
+    (a fresh clone elsewhere hits the same entries) and the pch units are cacheable; values already in the
+    environment win; nothing is set without ccache or with TORCH_NO_COMPILER_WRAPPER (torch then runs no wrapper)."""
+    fn = setup_py["_compiler_cache_env"]
+    for var in ("CCACHE_BASEDIR", "CCACHE_SLOPPINESS", "TORCH_NO_COMPILER_WRAPPER"):
+        monkeypatch.delenv(var, raising=False)
+    on_path = {"ccache": "/usr/bin/ccache"}
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: on_path.get(name))
+    fn()
+    assert os.environ["CCACHE_BASEDIR"] == str(ROOT)
+    assert {"pch_defines", "time_macros"} <= set(os.environ["CCACHE_SLOPPINESS"].split(","))
+    monkeypatch.setenv("CCACHE_BASEDIR", "/elsewhere")
+    monkeypatch.setenv("CCACHE_SLOPPINESS", "locale")
+    fn()
+    assert (os.environ["CCACHE_BASEDIR"], os.environ["CCACHE_SLOPPINESS"]) == ("/elsewhere", "locale")
+    unset = lambda: [monkeypatch.delenv(v, raising=False) for v in ("CCACHE_BASEDIR", "CCACHE_SLOPPINESS")]
+    monkeypatch.setenv("TORCH_NO_COMPILER_WRAPPER", "1")
+    unset()
+    fn()
+    assert "CCACHE_BASEDIR" not in os.environ and "CCACHE_SLOPPINESS" not in os.environ
+    monkeypatch.delenv("TORCH_NO_COMPILER_WRAPPER")
+    on_path.clear()
+    fn()
+    assert "CCACHE_BASEDIR" not in os.environ and "CCACHE_SLOPPINESS" not in os.environ
