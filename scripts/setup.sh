@@ -88,7 +88,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ] && installed_here; then
 else
   t=$SECONDS
   say "building geoops._C and installing geoops in editable mode (pip install --no-build-isolation -e .);"
-  say "  a first build compiles every C++ file (~5 min on 2 quiet cores, longer with CUDA), later builds only what changed ..."
+  say "  a first build compiles every C++ file (~5 min on 2 quiet cores, longer with CUDA), later builds only what changed$(command -v ccache >/dev/null && [ -z "${TORCH_NO_COMPILER_WRAPPER:-}" ] && echo "; ccache is on: files compiled before on this machine are cache hits") ..."
   log=$(mktemp)
   set +e
   # -v streams the build's output; keep our own messages and ninja's [i/n] lines, shortened to the file.
