@@ -154,21 +154,30 @@ def _cpu_checks():
     return _sibling_tests("test_attention")
 
 
+# the non-finite checks' masks here: dense and the two windows.  The causal mask left out (session 54): a causal launch
+# is a window launch with both bounds 0 (the same CAUSAL kernels, per-tile tests and fix-ups), and its non-finite rows
+# run in test_nonfinite_at_masked_positions_stays_out (float32-causal) and test_nonfinite_row_across_tiles.
+_NF_MASKS = (dict(), dict(window=(2, 3)), dict(window=(3, 1)))
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
 def test_nan_rows_gradients_like_eager():
     """The NaN patterns of out and the five gradients as the eager reference's (a NaN in one row of an input):
     the grouped-heads, unequal-lengths size only (the CPU test's other size, one head with N = M1 = M2, runs the
     same one-tile kernel paths), the dense mask at the middle row only (no masked pair: every row alike).  Both cut
-    for the interpreter's cost (session 51: 120 -> 50 fwd + bwd runs)."""
-    _cpu_checks().check_nan_rows_like_eager("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,))
+    for the interpreter's cost (session 51: 120 -> 50 fwd + bwd runs); the causal mask too (_NF_MASKS; session 54:
+    50 -> 35)."""
+    _cpu_checks().check_nan_rows_like_eager("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,), masks=_NF_MASKS)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
 def test_inf_values_like_elementwise_sum():
     """+-inf values: out as the IEEE sum of the admissible terms.  As the NaN-row check above (session 53): the
     grouped-heads, unequal-lengths size only and the dense mask at row 1 only (the dense launches have no per-tile
-    test or fix-up, every row alike); the causal and window masks keep every row (168 -> 70 fwd runs)."""
-    _cpu_checks().check_inf_values_like_elementwise("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,))
+    test or fix-up, every row alike); the window masks keep every row; the causal mask left out (_NF_MASKS; 168 ->
+    70 -> 48 fwd runs)."""
+    _cpu_checks().check_inf_values_like_elementwise("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,),
+                                                    masks=_NF_MASKS)
 
 
 def _numhunt_checks():
