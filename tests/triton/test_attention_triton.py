@@ -218,23 +218,22 @@ def test_nonfinite_row_across_tiles(which):
     _check_nonfinite_row(which, 33, 4, 3, 20, (dict(causal=True), dict(window=(9, 20))))
 
 
-def _check_nonfinite_row(which, N, D, Dv, row, masks, dtype=torch.float64):
-    """test_nonfinite_row_across_tiles' check: one NaN in row `row` of input `which` (5: dout); the reference in
-    float64 on the inputs rounded to dtype.  Two query heads on one key head where the NaN is in q or dout, one
-    head otherwise (session 51)."""
+def _check_nonfinite_row(which, N, D, Dv, row, masks):
+    """test_nonfinite_row_across_tiles' check: one NaN in row `row` of input `which` (5: dout), float64.  Two query
+    heads on one key head where the NaN is in q or dout, one head otherwise (session 51)."""
     g = torch.Generator().manual_seed(49 + which)
     B, H, Hk = 1, 2 if which in (0, 5) else 1, 1
     shapes = [(B, H, N, D), (B, Hk, N, D), (B, Hk, N, D), (B, Hk, N, Dv), (B, Hk, N, Dv)]
-    ins = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).double() for s in shapes]
-    go = torch.randn(B, H, N, Dv, generator=g, dtype=torch.float64).to(dtype).double()
+    ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    go = torch.randn(B, H, N, Dv, generator=g, dtype=torch.float64)
     (go if which == 5 else ins[which])[0, -1, row, 1] = float("nan")
-    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    tol = dict(rtol=1e-9, atol=1e-11)
     for mask in masks:
-        a = [t.clone().to(DEVICE, dtype).requires_grad_() for t in ins]
+        a = [t.clone().to(DEVICE).requires_grad_() for t in ins]
         b = [t.clone().requires_grad_() for t in ins]
         with geoops.use_backend("triton"):
             out, lse = ga.triple_attention(*a, **mask, return_lse=True)
-            out.backward(go.to(DEVICE, dtype))
+            out.backward(go.to(DEVICE))
         with geoops.use_backend("reference"):  # the op's reference backend: per query when an input is non-finite
             rout, rlse = ga.triple_attention(*b, **mask, return_lse=True)
             rout.backward(go)
@@ -252,35 +251,22 @@ def _check_nonfinite_row(which, N, D, Dv, row, masks, dtype=torch.float64):
                 assert all(bool(torch.isfinite(gr[:, :, row + 1:]).all()) for gr in grads[1:]), which
 
 
-def test_nonfinite_row_head_dim_over_128():
-    """The backward fix-ups over head dims over 128 add their gradients in head-dim chunks (CH, _head_chunks;
-    session 51), at D = 136, Dv = 130 (two 16-row query tiles): the chunk configuration of both dtypes (float64 5
-    chunks of 32, float32 3 of 64, the last partial in D and Dv), and the check above end to end, causal, float64,
-    a NaN k2 row: it fails with the dq fix-up launch skipped (queries 0-8 see only the flagged k2 tile).  The dkv /
-    dkv1 fix-ups in chunks, with their values, are the next test's (float64-q-causal / float32-v1v2); session 53
-    dropped this test's dout (float64) and v2 (float32) runs: what they caught (the dkv / dkv1 fix-up launches
-    skipped) fails that test too, at ~25 s of interpreter against their 73 s."""
-    for dtype in (torch.float64, torch.float32):
-        blk = K._blocks(136, 130, dtype, bwd=True, causal=True)
-        xblk, xgrid = K._head_chunks(blk, (1, 1), dtype, 136, 130)
-        ch = 32 if dtype == torch.float64 else 64
-        assert xblk["CH"] and xblk["BLOCK_D"] == xblk["BLOCK_DV"] == ch and xgrid == (1, 1, -(-136 // ch)), dtype
-    _check_nonfinite_row(2, 17, 136, 130, 9, (dict(causal=True),), torch.float64)
-
-
 @pytest.mark.parametrize("dtype, bad, window", [(torch.float32, "values", (3, 2)), (torch.float64, "query", (0, 0))],
                          ids=("float32-v1v2-window32", "float64-q-causal"))
 def test_chunked_fixups_add_real_terms(dtype, bad, window):
-    """The chunked fix-ups (CH, _head_chunks; session 51) numerically: the launchers called directly at D = 136,
-    Dv = 130 (float32 3 chunks of 64, float64 5 of 32, the last partial), N = M = 12 (one 16-row tile), against the
+    """The chunked fix-ups (CH, _head_chunks; session 51) numerically: the launchers called directly at D = 136, Dv =
+    130 (float32 3 chunks of 64, float64 5 of 32, the last partial), N = M = 12 (one 16-row tile), against the
     float64 reference on the entries it has finite.  A NaN key row kills every query that sees it and so every key
-    those see (the test above: what the fix-ups add there is NaN anyway); these rows leave finite entries that only
-    the fix-ups supply.  values (window (3, 2)): inf in v1 row 7, -inf in v2 row 5 (P stays finite; delta not, for
-    queries 5-9): dq of queries 0-4 and 10-11 (their k2 tile read as 0: the dq fix-up), dv2 through j = 7 (the dkv
-    fix-up), dv1 and dk1 (j <= 2, 10, 11) through the k2 tile (the dkv1 fix-up), all but one column.  query
-    (causal): a NaN q row 3, its tile left out of the common dkv kernels: dk / dv of keys 4-11 (the dkv fix-ups,
-    both key sets in float64, dkb and dvb).  Break-checked: the test fails with each fix-up launch skipped and with
-    any one column offset of the chunks dropped (kernels' offs_d / offs_e, each _masked_dot call's)."""
+    those see (test_nonfinite_row_across_tiles: what the fix-ups add there is NaN anyway); these rows leave finite
+    entries that only the fix-ups supply.  values (window (3, 2)): inf in v1 row 7, -inf in v2 row 5 (P stays finite;
+    delta not, for queries 5-9): dq of queries 0-4 and 10-11 (their k2 tile read as 0: the dq fix-up), dv2 through j
+    = 7 (the dkv fix-up), dv1 and dk1 (j <= 2, 10, 11) through the k2 tile (the dkv1 fix-up), all but one column.
+    query (causal): a NaN q row 3, its tile left out of the common dkv kernels: dk / dv of keys 4-11 (the dkv
+    fix-ups, both key sets in float64, dkb and dvb).  Break-checked: the test fails with each fix-up launch skipped
+    and with any one column offset of the chunks dropped (kernels' offs_d / offs_e, each _masked_dot call's).  Each
+    fix-up launch's chunk configuration asserted too (BLOCK_D = BLOCK_DV = the chunk, one program per chunk of D):
+    session 54 folded test_nonfinite_row_head_dim_over_128 in here, whose one end-to-end run (float64, a NaN k2 row,
+    D = 136, ~40 s in the interpreter) failed only with the dq fix-up launch skipped, as the values case does."""
     N, D, Dv = 12, 136, 130
     g = torch.Generator().manual_seed(256)
     shapes = [(1, 1, N, D), (1, 1, N, D), (1, 1, N, D), (1, 1, N, Dv), (1, 1, N, Dv)]
@@ -292,10 +278,12 @@ def test_chunked_fixups_add_real_terms(dtype, bad, window):
     else:
         ins[0][0, 0, 3, 90] = float("nan")
     chunked = []
+    ch = 32 if dtype == torch.float64 else 64  # _FIX_CHUNK
 
     def spy(*args):  # the three fix-up launches take the chunked configuration
         blk, grid = head_chunks(*args)
-        chunked.append(blk.get("CH", False) and len(grid) == 3)
+        chunked.append(blk.get("CH", False) and blk["BLOCK_D"] == blk["BLOCK_DV"] == ch
+                       and len(grid) == 3 and grid[2] == -(-D // ch))
         return blk, grid
 
     head_chunks, K._head_chunks = K._head_chunks, spy
