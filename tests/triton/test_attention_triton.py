@@ -332,6 +332,11 @@ if DEVICE == "cpu":
 PARITY_DTYPES = tuple(parity.FLOOR)  # the dtypes `python -m geoops.parity` runs (float64 ... bfloat16)
 
 
+def _first_batch(case):
+    """case with its inputs' first batch only."""
+    return dataclasses.replace(case, args={n: t[:1] for n, t in case.args.items()})
+
+
 def _parity_failures(case, dtype):
     return [f"{q}: err {e:.3e} bound {b:.3e}{'' if fin else ' (non-finite)'}"
             for q, e, b, fin in parity.check_case(case, "triton", dtype, DEVICE) if not (fin and e <= b)]
@@ -344,7 +349,13 @@ def test_parity_cases(case, dtype):
     kernels (out and the five gradients within 2x the eager same-dtype reference's error + floor).  Before
     session 31: dv1 at large logits (float32 2.1x, float16 2.8x the bound: the swapped-orientation scores of
     dk1/dv1), every bfloat16 case (the interpreter's bfloat16 dot, see test_interpreter_bf16_dot), and dq / dk of
-    window(1,1) in float16/bfloat16 (one pair per query, exact dS = 0: delta was not formed from the rounded dP)."""
+    window(1,1) in float16/bfloat16 (one pair per query, exact dS = 0: delta was not formed from the rounded dP).
+    In the interpreter the dense/N17 case (the only batch-2 case) runs bfloat16 on its first batch (session 54):
+    the batch reaches the kernels only through the batch x head program id bh and the key head kvh, code without a
+    dtype branch that float64, float32 and float16 (the half types' delta pass too) run at batch 2; what bfloat16
+    runs differently from float16 (no row fit: _half_fit, the dkv kernel's F16; the bfloat16 dot) batch 1 runs."""
+    if DEVICE == "cpu" and dtype == torch.bfloat16 and "dense/N17" in case.name:
+        case = _first_batch(case)
     bad = _parity_failures(case, dtype)
     assert not bad, f"{case.name} {dtype}: " + "; ".join(bad)
 
@@ -419,8 +430,7 @@ def test_split_first_keys(shape, mask, dtype, splits, monkeypatch, host_work):
 
 SPLIT_PARITY = [c for c in PARITY_CASES if any(t in c.name for t in ("dense/N17", "window(1,1)", "large-logits"))]
 if DEVICE == "cpu":  # the dense case's first batch only (its second ran the same split programs again; session 52)
-    SPLIT_PARITY = [dataclasses.replace(c, args={n: t[:1] for n, t in c.args.items()}) if "dense/N17" in c.name
-                    else c for c in SPLIT_PARITY]
+    SPLIT_PARITY = [_first_batch(c) if "dense/N17" in c.name else c for c in SPLIT_PARITY]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
