@@ -141,15 +141,16 @@ def _elementwise_out(q, k1, k2, v1, v2, **mask):
 _NF_SIZES = ((1, 1, 5, 5, 5), (2, 1, 6, 4, 7))  # (H, Hk, N, M1, M2)
 
 
-def check_nan_rows_like_eager(backend, dtypes=(torch.float64,), sizes=_NF_SIZES, dense_rows=None):
+def check_nan_rows_like_eager(backend, dtypes=(torch.float64,), sizes=_NF_SIZES, dense_rows=None, masks=_NF_MODES):
     """A NaN in one row of q, k1, k2, v1 or v2: out and all five gradients NaN exactly where the reference has them
     (masked pairs are no terms: the reference evaluates each query over its own key ranges, session 48), for
     dense, causal and windowed masks, grouped heads and unequal lengths.  Rows 0, middle and last of each input;
     dense_rows (a subset of those positions, 0 1 2) narrows the dense mask's rows, where every query sees every row
-    (sizes and dense_rows: the Triton interpreter's share, whose cost grows with each kernel program).  Each case's
-    float64 reference (the eager per-query loop, most of the CPU time) is computed once for all of dtypes."""
+    (sizes, dense_rows and masks, a subset of _NF_MODES: the Triton interpreter's share, whose cost grows with each
+    kernel program).  Each case's float64 reference (the eager per-query loop, most of the CPU time) is computed once
+    for all of dtypes."""
     g = torch.Generator().manual_seed(80)
-    for mask in _NF_MODES:
+    for mask in masks:
         for (H, Hk, N, M1, M2) in sizes:
             shapes = [(1, H, N, 3), (1, Hk, M1, 3), (1, Hk, M2, 3), (1, Hk, M1, 2), (1, Hk, M2, 2)]
             for which in range(5):
@@ -173,14 +174,14 @@ def check_nan_rows_like_eager(backend, dtypes=(torch.float64,), sizes=_NF_SIZES,
                                                                                   y.grad.isnan().sum())
 
 
-def check_inf_values_like_elementwise(backend, sizes=_NF_SIZES, dense_rows=None):
+def check_inf_values_like_elementwise(backend, sizes=_NF_SIZES, dense_rows=None, masks=_NF_MODES):
     """+-inf in v1 or v2: out is NaN / +inf / -inf as the IEEE sum of the admissible terms P v1 (.) v2 (infinite
     terms of both signs, and inf * 0, are NaN; a masked pair is no term, session 48: before, its 0 * inf was NaN as
     in the eager einsum).  The kernels gave +-inf for an inf v1 against v2 values of both signs.  Every row of the
-    input; sizes and dense_rows (row indices kept under the dense mask, where every query sees every row) as in
-    check_nan_rows_like_eager: the Triton interpreter's share."""
+    input; sizes, dense_rows (row indices kept under the dense mask, where every query sees every row) and masks as
+    in check_nan_rows_like_eager: the Triton interpreter's share."""
     g = torch.Generator().manual_seed(81)
-    for mask in _NF_MODES:
+    for mask in masks:
         for (H, Hk, N, M1, M2) in sizes:
             shapes = [(1, H, N, 3), (1, Hk, M1, 3), (1, Hk, M2, 3), (1, Hk, M1, 2), (1, Hk, M2, 2)]
             for which in (3, 4):

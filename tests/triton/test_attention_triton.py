@@ -154,21 +154,30 @@ def _cpu_checks():
     return _sibling_tests("test_attention")
 
 
+# the non-finite checks' masks here: dense and the two windows.  The causal mask left out (session 54): a causal launch
+# is a window launch with both bounds 0 (the same CAUSAL kernels, per-tile tests and fix-ups), and its non-finite rows
+# run in test_nonfinite_at_masked_positions_stays_out (float32-causal) and test_nonfinite_row_across_tiles.
+_NF_MASKS = (dict(), dict(window=(2, 3)), dict(window=(3, 1)))
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
 def test_nan_rows_gradients_like_eager():
     """The NaN patterns of out and the five gradients as the eager reference's (a NaN in one row of an input):
     the grouped-heads, unequal-lengths size only (the CPU test's other size, one head with N = M1 = M2, runs the
     same one-tile kernel paths), the dense mask at the middle row only (no masked pair: every row alike).  Both cut
-    for the interpreter's cost (session 51: 120 -> 50 fwd + bwd runs)."""
-    _cpu_checks().check_nan_rows_like_eager("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,))
+    for the interpreter's cost (session 51: 120 -> 50 fwd + bwd runs); the causal mask too (_NF_MASKS; session 54:
+    50 -> 35)."""
+    _cpu_checks().check_nan_rows_like_eager("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,), masks=_NF_MASKS)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the checks build CPU tensors")
 def test_inf_values_like_elementwise_sum():
     """+-inf values: out as the IEEE sum of the admissible terms.  As the NaN-row check above (session 53): the
     grouped-heads, unequal-lengths size only and the dense mask at row 1 only (the dense launches have no per-tile
-    test or fix-up, every row alike); the causal and window masks keep every row (168 -> 70 fwd runs)."""
-    _cpu_checks().check_inf_values_like_elementwise("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,))
+    test or fix-up, every row alike); the window masks keep every row; the causal mask left out (_NF_MASKS; 168 ->
+    70 -> 48 fwd runs)."""
+    _cpu_checks().check_inf_values_like_elementwise("triton", sizes=((2, 1, 6, 4, 7),), dense_rows=(1,),
+                                                    masks=_NF_MASKS)
 
 
 def _numhunt_checks():
@@ -176,17 +185,27 @@ def _numhunt_checks():
     return _sibling_tests("test_attention_numhunt")
 
 
-@pytest.mark.parametrize("dtype, mask", [(torch.float32, dict(causal=True)),
-                                         (torch.float64, dict(window=(2, 3))), (torch.float64, dict(window=(3, 2)))],
-                         ids=("float32-causal", "float64-window23", "float64-window32"))
-@pytest.mark.parametrize("which", range(6), ids=("q", "k1", "k2", "v1", "v2", "dout"))
-def test_nonfinite_at_masked_positions_stays_out(dtype, mask, which):
+_MASKED_MODES = {"float32-causal": (torch.float32, dict(causal=True)), "float64-window23": (torch.float64, dict(
+    window=(2, 3))), "float64-window32": (torch.float64, dict(window=(3, 2)))}
+_MASKED_CASES = [(which, mode) for which in range(6) for mode in _MASKED_MODES
+                 if (which, mode) not in ((2, "float64-window32"), (4, "float64-window23"))]
+
+
+@pytest.mark.parametrize("which, mode", _MASKED_CASES,
+                         ids=[("q", "k1", "k2", "v1", "v2", "dout")[w] + "-" + m for w, m in _MASKED_CASES])
+def test_nonfinite_at_masked_positions_stays_out(which, mode):
     """A NaN (inf for the values) where a query may not see it reaches neither its output nor its gradients, nor
     a key's gradients through a query that may not see the key (the masked products: _masked_dot, session 48).
     float32 only with the causal mask (the windows take the same kernel code; 18 s a case in the interpreter); one
     batch (the CPU test's second, untouched batch doubled the programs).  float64 with the windows only (session
     53): a causal launch is a window launch with both bounds 0 (the same CAUSAL kernels and fix-ups), float32-causal
-    runs that mask and the windows float64's own k1 route (the swapped dkv kernel), with both bounds set."""
+    runs that mask and the windows float64's own k1 route (the swapped dkv kernel), with both bounds set.  k2 and v2
+    one window each (session 54; their flagged k2 tile makes every first key's _masked_dot run: the costliest
+    cases): what the check keeps there is out and dq of the queries that may not see row 5 and the clean key head's
+    gradients (key head 1's are left out whole), i.e. the forward and dq fix-ups' masks, which either window tests
+    below its bound (k2-window23 fails with the dq fix-up's _masked_dot admitting the pairs below the window,
+    v2-window32 with the forward fix-up's; the float32-causal cases cannot: no lower bound)."""
+    dtype, mask = _MASKED_MODES[mode]
     bad = float("inf") if which in (3, 4) else float("nan")
     _numhunt_checks().check_masked_nonfinite("triton", dtype, mask, which, bad, device=DEVICE, batch=1)
 
@@ -209,23 +228,22 @@ def test_nonfinite_row_across_tiles(which):
     _check_nonfinite_row(which, 33, 4, 3, 20, (dict(causal=True), dict(window=(9, 20))))
 
 
-def _check_nonfinite_row(which, N, D, Dv, row, masks, dtype=torch.float64):
-    """test_nonfinite_row_across_tiles' check: one NaN in row `row` of input `which` (5: dout); the reference in
-    float64 on the inputs rounded to dtype.  Two query heads on one key head where the NaN is in q or dout, one
-    head otherwise (session 51)."""
+def _check_nonfinite_row(which, N, D, Dv, row, masks):
+    """test_nonfinite_row_across_tiles' check: one NaN in row `row` of input `which` (5: dout), float64.  Two query
+    heads on one key head where the NaN is in q or dout, one head otherwise (session 51)."""
     g = torch.Generator().manual_seed(49 + which)
     B, H, Hk = 1, 2 if which in (0, 5) else 1, 1
     shapes = [(B, H, N, D), (B, Hk, N, D), (B, Hk, N, D), (B, Hk, N, Dv), (B, Hk, N, Dv)]
-    ins = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).double() for s in shapes]
-    go = torch.randn(B, H, N, Dv, generator=g, dtype=torch.float64).to(dtype).double()
+    ins = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    go = torch.randn(B, H, N, Dv, generator=g, dtype=torch.float64)
     (go if which == 5 else ins[which])[0, -1, row, 1] = float("nan")
-    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    tol = dict(rtol=1e-9, atol=1e-11)
     for mask in masks:
-        a = [t.clone().to(DEVICE, dtype).requires_grad_() for t in ins]
+        a = [t.clone().to(DEVICE).requires_grad_() for t in ins]
         b = [t.clone().requires_grad_() for t in ins]
         with geoops.use_backend("triton"):
             out, lse = ga.triple_attention(*a, **mask, return_lse=True)
-            out.backward(go.to(DEVICE, dtype))
+            out.backward(go.to(DEVICE))
         with geoops.use_backend("reference"):  # the op's reference backend: per query when an input is non-finite
             rout, rlse = ga.triple_attention(*b, **mask, return_lse=True)
             rout.backward(go)
@@ -243,35 +261,22 @@ def _check_nonfinite_row(which, N, D, Dv, row, masks, dtype=torch.float64):
                 assert all(bool(torch.isfinite(gr[:, :, row + 1:]).all()) for gr in grads[1:]), which
 
 
-def test_nonfinite_row_head_dim_over_128():
-    """The backward fix-ups over head dims over 128 add their gradients in head-dim chunks (CH, _head_chunks;
-    session 51), at D = 136, Dv = 130 (two 16-row query tiles): the chunk configuration of both dtypes (float64 5
-    chunks of 32, float32 3 of 64, the last partial in D and Dv), and the check above end to end, causal, float64,
-    a NaN k2 row: it fails with the dq fix-up launch skipped (queries 0-8 see only the flagged k2 tile).  The dkv /
-    dkv1 fix-ups in chunks, with their values, are the next test's (float64-q-causal / float32-v1v2); session 53
-    dropped this test's dout (float64) and v2 (float32) runs: what they caught (the dkv / dkv1 fix-up launches
-    skipped) fails that test too, at ~25 s of interpreter against their 73 s."""
-    for dtype in (torch.float64, torch.float32):
-        blk = K._blocks(136, 130, dtype, bwd=True, causal=True)
-        xblk, xgrid = K._head_chunks(blk, (1, 1), dtype, 136, 130)
-        ch = 32 if dtype == torch.float64 else 64
-        assert xblk["CH"] and xblk["BLOCK_D"] == xblk["BLOCK_DV"] == ch and xgrid == (1, 1, -(-136 // ch)), dtype
-    _check_nonfinite_row(2, 17, 136, 130, 9, (dict(causal=True),), torch.float64)
-
-
 @pytest.mark.parametrize("dtype, bad, window", [(torch.float32, "values", (3, 2)), (torch.float64, "query", (0, 0))],
                          ids=("float32-v1v2-window32", "float64-q-causal"))
 def test_chunked_fixups_add_real_terms(dtype, bad, window):
-    """The chunked fix-ups (CH, _head_chunks; session 51) numerically: the launchers called directly at D = 136,
-    Dv = 130 (float32 3 chunks of 64, float64 5 of 32, the last partial), N = M = 12 (one 16-row tile), against the
+    """The chunked fix-ups (CH, _head_chunks; session 51) numerically: the launchers called directly at D = 136, Dv =
+    130 (float32 3 chunks of 64, float64 5 of 32, the last partial), N = M = 12 (one 16-row tile), against the
     float64 reference on the entries it has finite.  A NaN key row kills every query that sees it and so every key
-    those see (the test above: what the fix-ups add there is NaN anyway); these rows leave finite entries that only
-    the fix-ups supply.  values (window (3, 2)): inf in v1 row 7, -inf in v2 row 5 (P stays finite; delta not, for
-    queries 5-9): dq of queries 0-4 and 10-11 (their k2 tile read as 0: the dq fix-up), dv2 through j = 7 (the dkv
-    fix-up), dv1 and dk1 (j <= 2, 10, 11) through the k2 tile (the dkv1 fix-up), all but one column.  query
-    (causal): a NaN q row 3, its tile left out of the common dkv kernels: dk / dv of keys 4-11 (the dkv fix-ups,
-    both key sets in float64, dkb and dvb).  Break-checked: the test fails with each fix-up launch skipped and with
-    any one column offset of the chunks dropped (kernels' offs_d / offs_e, each _masked_dot call's)."""
+    those see (test_nonfinite_row_across_tiles: what the fix-ups add there is NaN anyway); these rows leave finite
+    entries that only the fix-ups supply.  values (window (3, 2)): inf in v1 row 7, -inf in v2 row 5 (P stays finite;
+    delta not, for queries 5-9): dq of queries 0-4 and 10-11 (their k2 tile read as 0: the dq fix-up), dv2 through j
+    = 7 (the dkv fix-up), dv1 and dk1 (j <= 2, 10, 11) through the k2 tile (the dkv1 fix-up), all but one column.
+    query (causal): a NaN q row 3, its tile left out of the common dkv kernels: dk / dv of keys 4-11 (the dkv
+    fix-ups, both key sets in float64, dkb and dvb).  Break-checked: the test fails with each fix-up launch skipped
+    and with any one column offset of the chunks dropped (kernels' offs_d / offs_e, each _masked_dot call's).  Each
+    fix-up launch's chunk configuration asserted too (BLOCK_D = BLOCK_DV = the chunk, one program per chunk of D):
+    session 54 folded test_nonfinite_row_head_dim_over_128 in here, whose one end-to-end run (float64, a NaN k2 row,
+    D = 136, ~40 s in the interpreter) failed only with the dq fix-up launch skipped, as the values case does."""
     N, D, Dv = 12, 136, 130
     g = torch.Generator().manual_seed(256)
     shapes = [(1, 1, N, D), (1, 1, N, D), (1, 1, N, D), (1, 1, N, Dv), (1, 1, N, Dv)]
@@ -283,10 +288,12 @@ def test_chunked_fixups_add_real_terms(dtype, bad, window):
     else:
         ins[0][0, 0, 3, 90] = float("nan")
     chunked = []
+    ch = 32 if dtype == torch.float64 else 64  # _FIX_CHUNK
 
     def spy(*args):  # the three fix-up launches take the chunked configuration
         blk, grid = head_chunks(*args)
-        chunked.append(blk.get("CH", False) and len(grid) == 3)
+        chunked.append(blk.get("CH", False) and blk["BLOCK_D"] == blk["BLOCK_DV"] == ch
+                       and len(grid) == 3 and grid[2] == -(-D // ch))
         return blk, grid
 
     head_chunks, K._head_chunks = K._head_chunks, spy
@@ -335,6 +342,11 @@ if DEVICE == "cpu":
 PARITY_DTYPES = tuple(parity.FLOOR)  # the dtypes `python -m geoops.parity` runs (float64 ... bfloat16)
 
 
+def _first_batch(case):
+    """case with its inputs' first batch only."""
+    return dataclasses.replace(case, args={n: t[:1] for n, t in case.args.items()})
+
+
 def _parity_failures(case, dtype):
     return [f"{q}: err {e:.3e} bound {b:.3e}{'' if fin else ' (non-finite)'}"
             for q, e, b, fin in parity.check_case(case, "triton", dtype, DEVICE) if not (fin and e <= b)]
@@ -347,7 +359,13 @@ def test_parity_cases(case, dtype):
     kernels (out and the five gradients within 2x the eager same-dtype reference's error + floor).  Before
     session 31: dv1 at large logits (float32 2.1x, float16 2.8x the bound: the swapped-orientation scores of
     dk1/dv1), every bfloat16 case (the interpreter's bfloat16 dot, see test_interpreter_bf16_dot), and dq / dk of
-    window(1,1) in float16/bfloat16 (one pair per query, exact dS = 0: delta was not formed from the rounded dP)."""
+    window(1,1) in float16/bfloat16 (one pair per query, exact dS = 0: delta was not formed from the rounded dP).
+    In the interpreter the dense/N17 case (the only batch-2 case) runs bfloat16 on its first batch (session 54):
+    the batch reaches the kernels only through the batch x head program id bh and the key head kvh, code without a
+    dtype branch that float64, float32 and float16 (the half types' delta pass too) run at batch 2; what bfloat16
+    runs differently from float16 (no row fit: _half_fit, the dkv kernel's F16; the bfloat16 dot) batch 1 runs."""
+    if DEVICE == "cpu" and dtype == torch.bfloat16 and "dense/N17" in case.name:
+        case = _first_batch(case)
     bad = _parity_failures(case, dtype)
     assert not bad, f"{case.name} {dtype}: " + "; ".join(bad)
 
@@ -422,8 +440,7 @@ def test_split_first_keys(shape, mask, dtype, splits, monkeypatch, host_work):
 
 SPLIT_PARITY = [c for c in PARITY_CASES if any(t in c.name for t in ("dense/N17", "window(1,1)", "large-logits"))]
 if DEVICE == "cpu":  # the dense case's first batch only (its second ran the same split programs again; session 52)
-    SPLIT_PARITY = [dataclasses.replace(c, args={n: t[:1] for n, t in c.args.items()}) if "dense/N17" in c.name
-                    else c for c in SPLIT_PARITY]
+    SPLIT_PARITY = [_first_batch(c) if "dense/N17" in c.name else c for c in SPLIT_PARITY]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
