@@ -131,8 +131,11 @@ def test_fftconv_half_knob_off_and_fake(device, monkeypatch):
 
 def test_two_pass_channel_groups(device, monkeypatch):
     """N >= 8192 goes through the scratch in groups of channels: a scratch budget of one channel (G = 1, four
-    launch pairs for C H = 4) gives the same output as one group, and both match the reference."""
-    N, L = 8192, 2500
+    launch pairs for C H = 4) gives the same output as one group, and both match the reference.  B = 3: two row
+    pairs, P = 2 scratch rows a channel (session 53: with B = 1 a scratch row c + p instead of c P + p passes).
+    L = 1000: the fewest rows of u (R1 = 16; L = 2500 until session 54: R1 = 64, the same grouping, ~40 % more CPU);
+    the size's other R1 run in test_kernel_every_size_float32[8192]."""
+    N, L = 8192, 1000
     u, k, D = _inputs(3, 2, L, 2, 2, seed=11)
     kf = S._monarch_spectrum(k.to(device), L, N, *S._MONARCH_SPLIT[N])
     y1 = S._monarch_conv(u.to(device), kf, D.to(device), N)

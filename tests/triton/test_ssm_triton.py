@@ -221,15 +221,19 @@ def _modes(H, N, g, slow=False):
     return torch.complex(re, torch.randn(H, N, generator=g, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("L,C", [(1, 1), (37, 1), (100, 3), (301, 1)])
-@pytest.mark.parametrize("cdt", [torch.complex64, torch.complex128], ids=str)
+@pytest.mark.parametrize("L,C,cdt", [(1, 1, torch.complex64), (37, 1, torch.complex64), (1, 1, torch.complex128),
+                                     (37, 1, torch.complex128), (100, 3, torch.complex128),
+                                     (301, 1, torch.complex128)], ids=str)
 def test_vandermonde_fused_factors_match_torch_factors(device, monkeypatch, L, C, cdt):
     """The factor kernels against the torch factors (the path before session 32, under the knob): forward
     float32 within 2 float32 ulps of the largest entry (the same float64 factors, rounded alike: bit-identical in
     practice), float64 within 1e-14; the backward (the sums over j in float64 in another order) within 1e-6 /
     1e-13 of the largest entry, for each mask; N = 17 spans two mode tiles.  C = 3 (not H = 2: the channel loop
     and p = c H + h) at L = 100 only (J = 10 position blocks; session 53 dropped L = 2, C = 3: the same channel code
-    with J = 1)."""
+    with J = 1); J > 8 blocks at L = 100 and 301 (T = 18, J = 17, J T > L as at L = 37).  out64, not cdt, picks the
+    factors' and gradients' dtype (the kernels widen x and v to float64 on load): complex64 changes only those loads
+    and dv / dx's stores, which its L = 1 and 37 cases run (session 54 dropped its L = 100, C = 3 and L = 301 cases,
+    ~6 CPU s: the same programs as complex128's past the loads)."""
     g = torch.Generator().manual_seed(L + 7 * C)
     H, N = 2, 17
     x = _modes(H, N, g).to(cdt).to(device)
