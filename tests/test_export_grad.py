@@ -198,6 +198,17 @@ def _assert_grads(got, want, exact=False):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+# The portable stage (scripts/portable_tests.sh) deselects the export-vs-eager tests below: each of their checks compares
+# an exported (saved and loaded, or compiled) program with the eager model in the same build, and every geoops._C
+# entry point they read (57, recorded per test in session 54) is read by a passing test the portable stage keeps, in
+# tests/test_stereographic_pairwise.py, test_poincare.py, test_ssm.py, test_gaunt.py, test_stereographic_midpoint.py,
+# test_stereographic_triple.py, test_stereographic_rep.py, test_poincare_bn_train_passes.py, test_poincare_layers.py,
+# test_stereographic.py.  test_bare_forward_op_gradcheck stays: gradcheck checks the kernels against finite differences.
+_EXPORT_VS_EAGER = pytest.mark.build_relative(
+    "an exported (saved / loaded, compiled) program against the eager model in one build; every geoops._C entry "
+    "point it reads is read by the family files' eager tests, which the portable stage runs")
+
+
 # the Poincaré layers' eager CPU path runs fused layer Functions (PoincareConv2dFn, PoincareMlrCppFn, ...) that a
 # graph does not (GEOOPS_POINCARE_FUSED=0 runs the graph's route eagerly): equal to rounding; elsewhere the same
 # kernels run, forward and backward, and the gradients are the same bits
@@ -209,6 +220,7 @@ def _export(name):
     return m, args, torch.export.export(m, args)
 
 
+@_EXPORT_VS_EAGER
 @pytest.mark.parametrize("name", CASES)
 def test_backward_through_the_exported_module_matches_eager(name):
     m, args, ep = _export(name)
@@ -218,6 +230,7 @@ def test_backward_through_the_exported_module_matches_eager(name):
     _assert_grads(_grads(ep.module(), args), want, exact=name not in _NOT_BITWISE)
 
 
+@_EXPORT_VS_EAGER
 @pytest.mark.parametrize("name", ("poincare", "ssm", "gaunt", "attention", "dist", "stereo_matrix"))
 def test_backward_after_save_and_load(name):
     m, args = build(name)
@@ -231,6 +244,7 @@ def test_backward_after_save_and_load(name):
     _assert_grads(_grads(loaded.module(), args), _grads(m, args))
 
 
+@_EXPORT_VS_EAGER
 @pytest.mark.parametrize("name", ("ssm", "ssm_fns", "stereo_rows", "gaunt", "poincare_fns"))
 def test_backward_of_a_program_exported_without_gradients(name):
     """Exported with frozen parameters (no gradient wanted at trace time) the public functions call the forward ops
@@ -255,6 +269,7 @@ def test_every_forward_op_has_an_autograd_formula():
     assert _library.FORWARD_OPS and set(_library.FORWARD_OPS) <= _library.OP_AUTOGRAD
 
 
+@_EXPORT_VS_EAGER
 @pytest.mark.parametrize("name", ("poincare_fns", "ssm", "gaunt", "attention", "dist", "stereo_rows"))
 def test_compiled_exported_module_training_step(name):
     """torch.compile of ``ep.module()`` (dynamo + AOTAutograd, which traces the ops' autograd formulas) outside
@@ -272,6 +287,7 @@ def test_compiled_exported_module_training_step(name):
         torch.testing.assert_close(p, want[n], rtol=1e-5, atol=1e-6, msg=lambda s: f"{n}: {s}")
 
 
+@_EXPORT_VS_EAGER
 def test_inductor_compiled_exported_module_gradients():
     """The same through Inductor (one small family: a C++ compile)."""
     m, args, ep = _export("attention_fn")
@@ -279,6 +295,7 @@ def test_inductor_compiled_exported_module_gradients():
     _assert_grads(_grads(cm, args), _grads(m, args))
 
 
+@_EXPORT_VS_EAGER
 def test_double_backward_through_the_exported_module():
     """gaunt's backward is differentiable (GauntFn's, for forces): so is the exported program's; a family whose
     backward kernels are once-differentiable raises on the second derivative, as its eager path does."""
@@ -300,6 +317,7 @@ def test_double_backward_through_the_exported_module():
         g.sum().backward()
 
 
+@_EXPORT_VS_EAGER
 def test_save_of_a_training_mode_batch_norm_program():
     """A Poincaré batch norm exported in training mode updates its running statistics in the program; the update
     ran under torch.no_grad(), a region without outputs that torch.export.save (2.13) refused ("Node.meta

@@ -37,6 +37,33 @@ def _long_sums_build() -> bool:
     return short_layout()["isa"] in ("AVX512", "AVX2")
 
 
+def _skip_without_long_loops():
+    """The knobs of the long-row loops (GEOOPS_STEREO_LONG_LOOP, _NT_STORES, _PASS_ROT) are read only where the build
+    has the long-row sums (kLongSumsF32 in csrc/cpu/stereographic_lanes.h); elsewhere (DEFAULT: the portable build)
+    every setting runs the same code, so a comparison of two settings could not fail there."""
+    if not _long_sums_build():
+        pytest.skip("no long-row loops on this build: the knobs compared here are not read")
+
+
+def _staged_float_calls_build() -> bool:
+    """Whether this build has the staged float calls (block_fwd_float_reg, block_fwd_logmap_rcp: AVX-512 only; AVX2
+    and DEFAULT builds run block_fwd_float_call whatever GEOOPS_STEREO_FLOAT_STAGE / _LOGMAP_RCP say)."""
+    return short_layout()["isa"] == "AVX512"
+
+
+def _assert_close_nan(actual, expected, **kw):
+    """torch.testing.assert_close(actual, expected, equal_nan=True, **kw), with a quick pass when the two have the
+    same dtype and shape and are equal (NaN where NaN): the same verdict (equal values pass any rtol / atol).  On one
+    intra-op thread: the comparisons, not the kernels (1 or 2 threads, _with_threads), were most of the loop tests'
+    CPU time (each small torch op on two OpenMP threads of a loaded 2-core machine ~10 ms of CPU, on one ~0.5 ms)."""
+    with num_threads(1):
+        if actual.dtype == expected.dtype and actual.shape == expected.shape:
+            an, en = actual.isnan(), expected.isnan()
+            if torch.equal(an, en) and torch.equal(actual.masked_fill(an, 0), expected.masked_fill(en, 0)):
+                return
+        torch.testing.assert_close(actual, expected, equal_nan=True, **kw)
+
+
 def _ball_rows(g, n, d, max_norm, near_step=0, near=0.0, width=None):
     """n random directions (the first d columns of width-column draws) with norms uniform in [0, max_norm), every
     near_step-th row at norm `near` instead; float64."""
@@ -188,7 +215,7 @@ def _same_bits_both_ways(knob, op, args, k, n, threads, monkeypatch):
     old = _with_threads(threads, lambda: _call(op, args, k))
     monkeypatch.setenv(knob, "1")
     new = _with_threads(threads, lambda: _call(op, args, k))
-    torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True, msg=f"{knob}, n={n}")
+    _assert_close_nan(new, old, rtol=0, atol=0, msg=f"{knob}, n={n}")
     return new
 
 
@@ -218,10 +245,16 @@ def _cases(op, d, tiny=True):
 @pytest.mark.parametrize("d", (17, 63, 64, 100))
 @pytest.mark.parametrize("op", STAGE_OPS)
 def test_float_stage_matches_staged_blocks(op, d, threads, monkeypatch):
-    """GEOOPS_STEREO_FLOAT_STAGE on (the default) and off give the same output bit for bit; knob read per call."""
+    """GEOOPS_STEREO_FLOAT_STAGE on (the default) and off give the same output bit for bit; knob read per call
+    (AVX-512 builds: the only ones with the staged calls, _staged_float_calls_build; elsewhere the default output
+    alone against the fp64 reference)."""
     monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "0")  # (logmap's one-reciprocal lanes: tested below)
+    staged = _staged_float_calls_build()
     for n, args, k in _cases(op, d):
-        new = _same_bits_both_ways("GEOOPS_STEREO_FLOAT_STAGE", op, args, k, n, threads, monkeypatch)
+        if staged:
+            new = _same_bits_both_ways("GEOOPS_STEREO_FLOAT_STAGE", op, args, k, n, threads, monkeypatch)
+        else:
+            new = _with_threads(threads, lambda: _call(op, args, k))
         expect = _ref(op, args, k)
         ok = ~(new.isnan() if new.dim() == 1 else new.isnan().any(-1))
         assert ok.sum() >= n - 1
@@ -278,7 +311,7 @@ def test_float_sums_accuracy(op, d, k_signs, threads, monkeypatch):
     assert bool((e_new <= 2 * e_old + 2e-6).all()), float((e_new - 2 * e_old).max())
     torch.testing.assert_close(new[ok], old[ok], rtol=2e-5, atol=2e-6)
     if d > 256:
-        torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True)
+        _assert_close_nan(new, old, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("loop", ("pass", "row"))
@@ -304,8 +337,8 @@ def test_float_sums_overflow_falls_back(op, d, loop, monkeypatch):
     old = fn(x, y, k=k)
     B = _long_block(d)  # (the block of row 21: rows 16..31 with 16-row blocks, 20..39 with 20)
     rows = slice(21 // B * B, 21 // B * B + B) if loop == "pass" else slice(21, 22)
-    torch.testing.assert_close(new[rows], old[rows], rtol=0, atol=0, equal_nan=True)
-    torch.testing.assert_close(new, old, rtol=2e-5, atol=2e-6, equal_nan=True)
+    _assert_close_nan(new[rows], old[rows], rtol=0, atol=0)
+    _assert_close_nan(new, old, rtol=2e-5, atol=2e-6)
 
 
 # ---------------------------------------------------------------- logmap's one reciprocal, msm's float r
@@ -317,7 +350,10 @@ def test_float_sums_overflow_falls_back(op, d, loop, monkeypatch):
 def test_logmap_rcp_matches_divisions(d, threads, monkeypatch):
     """GEOOPS_STEREO_LOGMAP_RCP on and off: outputs within 1 float ulp of each other (relative to the row's size),
     errors against the fp64 reference within the divisions' + 1e-7; the near-boundary rows (1 - 1e-3) and close
-    pairs of _inputs included; knob read per call."""
+    pairs of _inputs included; knob read per call.  AVX-512 builds only (block_fwd_logmap_rcp; elsewhere
+    logmap_rcp_on() is false: both settings run the divisions)."""
+    if not _staged_float_calls_build():
+        pytest.skip("no one-reciprocal logmap lanes on this build (AVX-512 only): both settings run the divisions")
     ndiff = 0
     for n, args, k in _cases("logmap", d):
         monkeypatch.setenv("GEOOPS_STEREO_LOGMAP_RCP", "0")
@@ -364,7 +400,7 @@ def test_scalar_mul_float_r_in_place(d, r_kind):
         dx, _, dk, dr = C.stereo_bwd_cpu(code, gy, x, None, k, r, 1e-5, 1 | 4 | 8)
         outs.append((out, dx, dk, dr))
     for a, b in zip(*outs):  # (dr comes back in r's dtype)
-        torch.testing.assert_close(a, b.to(a.dtype), rtol=0, atol=0, equal_nan=True)
+        _assert_close_nan(a, b.to(a.dtype), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- non-temporal row writes (session 20)
@@ -380,6 +416,7 @@ NT_OPS = tuple(op for op in OPS if not STEREO_OPS[op].scalar_out)
 @pytest.mark.parametrize("op", NT_OPS)
 def test_nt_stores_same_bits(op, d, threads, monkeypatch):
     """GEOOPS_STEREO_NT_STORES=1 and =0 give the same output bit for bit (knob read per call)."""
+    _skip_without_long_loops()
     for n, args, k in _cases(op, d):
         _same_bits_both_ways("GEOOPS_STEREO_NT_STORES", op, args, k, n, threads, monkeypatch)
 
@@ -391,35 +428,41 @@ def test_nt_stores_same_bits(op, d, threads, monkeypatch):
 # row sums are in double (GEOOPS_STEREO_F32_SUMS=0), and with the float sums the same bits except rows that share a
 # 16-row block with a row whose denominator sends its sums back to double (the block loops redo the block);
 # regular and non-temporal writes; partial blocks per thread chunk, strided rows, per-row k of both signs, NaN rows.
+# The non-temporal writes (GEOOPS_STEREO_NT_STORES=1) only at D = 64: fwd_rows takes them only for D a multiple of 16
+# (`nt` there tests D % 16 == 0 before it reads the knob), so at D = 17 / 100 both settings run the same loops
+# (test_nt_stores_same_bits checks the knob there).
+D_NT = ((17, "0"), (64, "0"), (64, "1"), (100, "0"))
+
+
 def _loop_out(loop, op, args, k, threads, monkeypatch):
     monkeypatch.setenv("GEOOPS_STEREO_LONG_LOOP", loop)
     return _with_threads(threads, lambda: _call(op, args, k))
 
 
 @pytest.mark.parametrize("threads", (1, 2))
-@pytest.mark.parametrize("nt", ("0", "1"))
-@pytest.mark.parametrize("d", (17, 64, 100))
+@pytest.mark.parametrize("d,nt", D_NT)
 @pytest.mark.parametrize("op", NT_OPS)
 def test_long_loops(op, d, nt, threads, monkeypatch):
     """GEOOPS_STEREO_LONG_LOOP=pass / block / row: pass and block bit for bit; row bit for bit with double sums and
     within the float sums' rounding (and bit for bit where no block fell back to double) with them."""
+    _skip_without_long_loops()
     monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
     for n, args, k in _cases(op, d):
         ref_out = _loop_out("pass", op, args, k, threads, monkeypatch)
         blk = _loop_out("block", op, args, k, threads, monkeypatch)
-        torch.testing.assert_close(blk, ref_out, rtol=0, atol=0, equal_nan=True, msg=f"block, n={n}")
+        _assert_close_nan(blk, ref_out, rtol=0, atol=0, msg=f"block, n={n}")
         row = _loop_out("row", op, args, k, threads, monkeypatch)
         if op not in ("mobius_add", "mobius_sub"):
-            torch.testing.assert_close(row, ref_out, rtol=0, atol=0, equal_nan=True, msg=f"row, n={n}")
+            _assert_close_nan(row, ref_out, rtol=0, atol=0, msg=f"row, n={n}")
             continue
-        torch.testing.assert_close(row, ref_out, rtol=2e-6, atol=2e-7, equal_nan=True, msg=f"row, n={n}")
+        _assert_close_nan(row, ref_out, rtol=2e-6, atol=2e-7, msg=f"row, n={n}")
         monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
         try:
             a = _loop_out("pass", op, args, k, threads, monkeypatch)
             b = _loop_out("row", op, args, k, threads, monkeypatch)
         finally:
             monkeypatch.delenv("GEOOPS_STEREO_F32_SUMS")
-        torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=f"row, double sums, n={n}")
+        _assert_close_nan(b, a, rtol=0, atol=0, msg=f"row, double sums, n={n}")
         if d != 64:
             continue
         # (D = 64: blocks of B rows, _long_block) rows of the blocks with no row near the fallback (den < 0.5 or not
@@ -436,16 +479,16 @@ def test_long_loops(op, d, nt, threads, monkeypatch):
         bad_blk[:n] = bad
         keep = ~bad_blk.view(nb, B).any(-1, keepdim=True).expand(nb, B).reshape(-1)[:n]
         assert n < 100 or int(keep.sum()) >= n // 2
-        torch.testing.assert_close(row[keep], ref_out[keep], rtol=0, atol=0, equal_nan=True, msg=f"row bits, n={n}")
+        _assert_close_nan(row[keep], ref_out[keep], rtol=0, atol=0, msg=f"row bits, n={n}")
 
 
 @pytest.mark.parametrize("threads", (1, 2))
-@pytest.mark.parametrize("nt", ("0", "1"))
-@pytest.mark.parametrize("d", (17, 64, 100))
+@pytest.mark.parametrize("d,nt", D_NT)
 @pytest.mark.parametrize("op", NT_OPS)
 def test_pass_rotation_same_bits(op, d, nt, threads, monkeypatch):
     """GEOOPS_STEREO_PASS_ROT (the one pass's write order of the pending block: default, auto, 0, 3, 8, 15, 16 rows):
     every row written once, with its own coefficients: bit for bit the blocked loop's result."""
+    _skip_without_long_loops()
     monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
     for n, args, k in _cases(op, d):
         monkeypatch.delenv("GEOOPS_STEREO_PASS_ROT", raising=False)
@@ -456,7 +499,7 @@ def test_pass_rotation_same_bits(op, d, nt, threads, monkeypatch):
             else:
                 monkeypatch.setenv("GEOOPS_STEREO_PASS_ROT", rot)
             out = _loop_out("pass", op, args, k, threads, monkeypatch)
-            torch.testing.assert_close(out, ref_out, rtol=0, atol=0, equal_nan=True, msg=f"rot {rot}, n={n}")
+            _assert_close_nan(out, ref_out, rtol=0, atol=0, msg=f"rot {rot}, n={n}")
         monkeypatch.delenv("GEOOPS_STEREO_PASS_ROT", raising=False)
 
 
@@ -515,12 +558,12 @@ def _decliners(op, args, k, n):
 
 
 @pytest.mark.parametrize("threads", (1, 2))
-@pytest.mark.parametrize("nt", ("0", "1"))
-@pytest.mark.parametrize("d", (17, 64, 100))
+@pytest.mark.parametrize("d,nt", D_NT)
 @pytest.mark.parametrize("op", NT_OPS)
 def test_group_loops(op, d, nt, threads, monkeypatch):
     """GEOOPS_STEREO_LONG_LOOP=group / group4 / pass8 / pass4 / pass32 / block8 against pass: bit for bit with every
     call in double and double sums; with the defaults bit for bit away from declining rows, within 2e-6 everywhere."""
+    _skip_without_long_loops()
     monkeypatch.setenv("GEOOPS_STEREO_NT_STORES", nt)
     for n, args, k in _cases(op, d):
         ref_out = _loop_out("pass", op, args, k, threads, monkeypatch)
@@ -528,16 +571,15 @@ def test_group_loops(op, d, nt, threads, monkeypatch):
         assert n < 100 or k.numel() > 1 or int(keep.sum()) >= n // 4
         for loop in GROUP_LOOPS:
             out = _loop_out(loop, op, args, k, threads, monkeypatch)
-            torch.testing.assert_close(out, ref_out, rtol=2e-6, atol=2e-7, equal_nan=True, msg=f"{loop}, n={n}")
-            torch.testing.assert_close(out[keep], ref_out[keep], rtol=0, atol=0, equal_nan=True,
-                                       msg=f"{loop} bits, n={n}")
+            _assert_close_nan(out, ref_out, rtol=2e-6, atol=2e-7, msg=f"{loop}, n={n}")
+            _assert_close_nan(out[keep], ref_out[keep], rtol=0, atol=0, msg=f"{loop} bits, n={n}")
         monkeypatch.setenv("GEOOPS_STEREO_FLOAT_CALL", "0")
         monkeypatch.setenv("GEOOPS_STEREO_F32_SUMS", "0")
         try:
             a = _loop_out("pass", op, args, k, threads, monkeypatch)
             for loop in GROUP_LOOPS:
                 b = _loop_out(loop, op, args, k, threads, monkeypatch)
-                torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg=f"{loop}, pinned, n={n}")
+                _assert_close_nan(b, a, rtol=0, atol=0, msg=f"{loop}, pinned, n={n}")
         finally:
             monkeypatch.delenv("GEOOPS_STEREO_FLOAT_CALL")
             monkeypatch.delenv("GEOOPS_STEREO_F32_SUMS")
