@@ -115,6 +115,13 @@ XDIST=()
 # --dist worksteal: a worker whose queue runs dry takes half of another's (the interpreter stage had ended with one
 # worker still on a queue of slow attention tests: 325 core-s idle in session 52's rehearsal)
 python -c "import xdist" 2>/dev/null && XDIST=(-n "$(python -c 'import os; print(min(4, max(1, len(os.sched_getaffinity(0)))))')" --dist worksteal)
+# Each worker's torch (and geoops._C) runs its OpenMP regions on one thread per core (the default, kept: the kernels'
+# parallel splits are what the tests run), so two workers put four threads on two cores, and libgomp's idle threads
+# spin (~300k rounds) after every parallel region before they sleep, on the core the other worker needs.
+# OMP_WAIT_POLICY=PASSIVE: they sleep at once; the same threads, splits and results (session 54, -n 2, CPU s:
+# test_stereographic_pairwise.py 75-80 -> 39-41, test_stereographic_short.py 49-51 -> 34-35; the interpreter's
+# files, Python-bound, within noise).  A value in the environment wins.
+[ "${#XDIST[@]}" -gt 0 ] && export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # --durations: the slowest tests of the two long stages in the log (where the CI's time goes; session 51)
 stage "Triton interpreter tests" pytest env TRITON_INTERPRET=1 python -m pytest tests/triton -q -p no:cacheprovider -rs --durations=25 "${XDIST[@]}"
 stage "parity run (--quick)" summary python -m geoops.parity --quick
