@@ -42,13 +42,13 @@ trap 'rm -rf "$TMP"' EXIT
 GENCODE=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
 NVCC_FLAGS=(-c -std=c++20 -O3 -I csrc -I csrc/include "${GENCODE[@]}" -Xcompiler -Wall,-Wextra,-fvisibility=hidden --threads 0)  # setup.py's visibility
 
-# ccache, when it is installed, in front of nvcc (torch's extension builds put it in front of their compilers too):
-# a .cu file compiled before on this machine with the same nvcc, flags and preprocessed input is a cache hit, and
-# ccache replays the compiler's output with it (warnings included), so the check reads the same.
+# ccache, when it is installed, in front of nvcc and the host compiler (torch's extension builds put it in front of
+# their compilers too): a file compiled before on this machine with the same compiler, flags and preprocessed input
+# is a cache hit, and ccache replays the compiler's output with it (warnings included), so the check reads the same.
+# The host checks compile at -O0 (-fsyntax-only is not cacheable) with torch's headers from a venv that may sit
+# inside the checkout: CCACHE_BASEDIR (as setup.py sets it) makes those paths relative, so a fresh clone hits too.
 # TORCH_NO_COMPILER_WRAPPER=1 (torch's switch) compiles afresh.
 LAUNCH=()
-# The host checks below compile at -O0 (-fsyntax-only is not cacheable) with torch's headers from a venv that may sit
-# inside the checkout: CCACHE_BASEDIR (as setup.py sets it) makes those paths relative, so a fresh clone hits too.
 if [ -z "${TORCH_NO_COMPILER_WRAPPER:-}" ] && command -v ccache >/dev/null 2>&1; then
   LAUNCH=(ccache)
   export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"

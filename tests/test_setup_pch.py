@@ -176,9 +176,9 @@ def test_ccache_settings_when_ccache_runs(setup_py, monkeypatch):
     monkeypatch.setenv("CCACHE_SLOPPINESS", "locale")
     fn()
     assert (os.environ["CCACHE_BASEDIR"], os.environ["CCACHE_SLOPPINESS"]) == ("/elsewhere", "locale")
-    unset = lambda: [monkeypatch.delenv(v, raising=False) for v in ("CCACHE_BASEDIR", "CCACHE_SLOPPINESS")]
     monkeypatch.setenv("TORCH_NO_COMPILER_WRAPPER", "1")
-    unset()
+    for var in ("CCACHE_BASEDIR", "CCACHE_SLOPPINESS"):
+        monkeypatch.delenv(var)
     fn()
     assert "CCACHE_BASEDIR" not in os.environ and "CCACHE_SLOPPINESS" not in os.environ
     monkeypatch.delenv("TORCH_NO_COMPILER_WRAPPER")
